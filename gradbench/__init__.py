@@ -1,0 +1,24 @@
+"""gradbench: the exact gradient chain through very deep stacks, and why it vanishes or explodes.
+
+Quick start::
+
+    import gradbench as gb
+    stack = gb.Stack(depth=50, width=64, activation="sigmoid", init="xavier_normal")
+    params = gb.init_params(stack, seed=0)
+    x = gb.gaussian_input(stack, batch=32, seed=1)
+    res = gb.backprop(stack, params, x, backend="numpy")
+    res.grad_norm.log10()      # log10 ||dL/dW_l||_F per layer, exact at any depth
+"""
+
+from gradbench.backends import backend_status, backends
+from gradbench.engine import Grads, Result, backprop
+from gradbench.logscaled import LogScaled, UnderflowWarning
+from gradbench.params import Params, gaussian_input, init_params
+from gradbench.spec import ACTIVATIONS, INITS, LOSSES, Stack
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS", "INITS", "LOSSES", "Grads", "LogScaled", "Params", "Result", "Stack",
+    "UnderflowWarning", "backend_status", "backends", "backprop", "gaussian_input", "init_params",
+]

@@ -1,0 +1,83 @@
+"""cffi build script (API mode) for the C backend: ``gradbench._ckernels``.
+
+Run by setuptools through ``setup(cffi_modules=[...])`` at ``pip install``. Compiler flags are
+chosen here for the machine that builds: ``-O3 -march=native`` when the compiler accepts it,
+else ``-O3``; ``GRADBENCH_CFLAGS`` (space separated) overrides them. No ``-ffast-math``: NaN
+and inf must keep their meaning and results must match the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+HEADER = CSRC / "gradbench.h"
+
+
+def _cdef_text() -> str:
+    """The declarations between the cffi markers of the header (integer #defines included)."""
+    text = HEADER.read_text()
+    return text.split("/* cffi-begin */", 1)[1].split("/* cffi-end */", 1)[0]
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    exe = cc.split()[0]
+    return cc if shutil.which(exe) else None
+
+
+def _accepts(cc: str, flags: list[str]) -> bool:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "probe.c"
+        src.write_text("int main(void) { return 0; }\n")
+        cmd = cc.split() + flags + [str(src), "-o", str(Path(tmp) / "probe")]
+        return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+def compile_flags() -> list[str]:
+    """Optimisation flags for this machine (see the module docstring)."""
+    if os.environ.get("GRADBENCH_CFLAGS"):
+        return os.environ["GRADBENCH_CFLAGS"].split()
+    cc = _compiler()
+    base = ["-O3", "-std=c11", "-fno-math-errno"]
+    if cc and _accepts(cc, base + ["-march=native"]):
+        return base + ["-march=native"]
+    return base
+
+
+def _build() -> FFI:
+    if _compiler() is None:
+        print(
+            "gradbench: no C compiler found (set CC or install gcc/clang); the C backend "
+            "will not be built, the numpy and numba backends still work",
+            file=sys.stderr,
+        )
+    ffi = FFI()
+    ffi.cdef(_cdef_text())
+    sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.c"))
+    ffi.set_source(
+        "gradbench._ckernels",
+        '#include "gradbench.h"',
+        sources=sources,
+        include_dirs=[str(CSRC.relative_to(ROOT))],
+        extra_compile_args=compile_flags(),
+        libraries=["m"],
+        optional=True,  # a failed build leaves the other backends usable
+    )
+    return ffi
+
+
+ffibuilder = _build()
+
+if __name__ == "__main__":  # build in place: python gradbench/_cbuild.py
+    os.chdir(ROOT)
+    ffibuilder.compile(verbose=True, tmpdir=str(ROOT / "build" / "cffi"), target=None)

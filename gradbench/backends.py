@@ -1,0 +1,64 @@
+"""The registry of backends: one place that names every implementation.
+
+A backend is a module with ``stack_forward`` and ``stack_backward`` of the signatures that
+:mod:`gradbench.reference` documents. Tests and benchmarks iterate over this registry, so a new
+backend is added here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from types import ModuleType
+
+# name -> module path. The order is the order of preference for backend="auto" (fastest first).
+REGISTRY = {
+    "c": "gradbench.cbackend",
+    "numba": "gradbench.kernels",
+    "numpy": "gradbench.reference",
+}
+PREFERENCE = ("c", "numba", "numpy")
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str) -> tuple[ModuleType | None, str | None]:
+    try:
+        module = importlib.import_module(REGISTRY[name])
+    except ImportError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    missing = [f for f in ("stack_forward", "stack_backward") if not hasattr(module, f)]
+    if missing:
+        return None, f"{REGISTRY[name]} does not define {', '.join(missing)} yet"
+    return module, None
+
+
+def backends() -> list[str]:
+    """Names of the backends that work here, e.g. ``["numpy", "numba", "c"]``."""
+    return [name for name in REGISTRY if _load(name)[0] is not None][::-1]
+
+
+def backend_status() -> dict[str, str]:
+    """Every registered backend with "available" or the reason it is not."""
+    return {name: _load(name)[1] or "available" for name in REGISTRY}
+
+
+def get_backend(name: str) -> ModuleType:
+    """The backend module ``name``; ``"auto"`` picks the fastest available one."""
+    if name == "auto":
+        name = next(n for n in PREFERENCE if _load(n)[0] is not None)
+    if name not in REGISTRY:
+        raise ValueError(
+            f"backend={name!r} is not one of {', '.join(map(repr, REGISTRY))} or 'auto'"
+        )
+    module, reason = _load(name)
+    if module is None:
+        raise RuntimeError(f"backend {name!r} is not available: {reason}")
+    return module
+
+
+def resolve(name: str) -> str:
+    """The concrete backend name that ``get_backend(name)`` would use."""
+    if name == "auto":
+        return next(n for n in PREFERENCE if _load(n)[0] is not None)
+    get_backend(name)
+    return name

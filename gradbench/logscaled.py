@@ -1,0 +1,105 @@
+"""``LogScaled``: numbers carried as a floating mantissa times an integer power of two.
+
+The backward signal is rescaled after every layer by ``2**-e`` (exact in floating point) and
+``e`` is added to an int64 exponent, so the true value is ``mantissa * 2**exponent`` at any
+depth: a gradient of 10^-30000 is reported as such, not as 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+LOG10_2 = float(np.log10(2.0))
+
+
+class UnderflowWarning(RuntimeWarning):
+    """A LogScaled value was converted to a float that cannot hold it."""
+
+
+@dataclass(frozen=True, eq=False)
+class LogScaled:
+    """``mantissa * 2**exponent`` with an int64 exponent per leading index.
+
+    ``exponent.shape`` is a prefix of ``mantissa.shape``: a gradient ``(L, N, N)`` carries one
+    exponent per layer ``(L,)``; a per-layer norm ``(L,)`` carries ``(L,)``.
+    """
+
+    mantissa: np.ndarray
+    exponent: np.ndarray
+
+    def __post_init__(self):
+        m = np.asarray(self.mantissa)
+        e = np.asarray(self.exponent, dtype=np.int64)
+        if m.shape[: e.ndim] != e.shape:
+            raise ValueError(
+                f"exponent shape {e.shape} must be a prefix of mantissa shape {m.shape}"
+            )
+        object.__setattr__(self, "mantissa", m)
+        object.__setattr__(self, "exponent", e)
+
+    @classmethod
+    def from_float(cls, x) -> "LogScaled":
+        """Split ordinary floats into normalised mantissas in [0.5, 1) and exponents."""
+        m, e = np.frexp(np.asarray(x, dtype=np.float64))
+        return cls(m, e.astype(np.int64))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.mantissa.shape
+
+    def __len__(self) -> int:
+        return len(self.mantissa)
+
+    def __getitem__(self, index) -> "LogScaled":
+        if not isinstance(index, tuple):
+            index = (index,)
+        e_index = index[: self.exponent.ndim]
+        return LogScaled(self.mantissa[index], self.exponent[e_index])
+
+    def _broadcast_exponent(self) -> np.ndarray:
+        extra = self.mantissa.ndim - self.exponent.ndim
+        return self.exponent.reshape(self.exponent.shape + (1,) * extra)
+
+    def log10(self) -> np.ndarray:
+        """log10 |value|, exact at any exponent (-inf for zeros, nan for nan)."""
+        with np.errstate(divide="ignore"):
+            return np.log10(np.abs(self.mantissa.astype(np.float64))) + LOG10_2 * self._broadcast_exponent()
+
+    def to_float(self, dtype=np.float64, warn: bool = True) -> np.ndarray:
+        """The value as an ordinary float array.
+
+        Values outside the dtype's range become 0 or inf; ``warn`` says so with a
+        :class:`UnderflowWarning` naming how many and the smallest exponent.
+        """
+        m = self.mantissa.astype(np.float64)
+        e = np.broadcast_to(self._broadcast_exponent(), m.shape)
+        # ldexp takes int32 exponents; anything beyond +-2^30 is 0 or inf anyway.
+        out = np.ldexp(m, np.clip(e, -(2**30), 2**30).astype(np.int32)).astype(dtype)
+        if warn:
+            lost = (out == 0) & (m != 0)
+            if lost.any():
+                warnings.warn(
+                    f"{int(lost.sum())} of {m.size} values underflow {np.dtype(dtype).name} "
+                    f"(down to 10^{float(np.nanmin(self.log10()[lost])):.0f}); "
+                    "they are 0 here, use .log10() for exact magnitudes",
+                    UnderflowWarning,
+                    stacklevel=2,
+                )
+            over = np.isinf(out) & np.isfinite(m)
+            if over.any():
+                warnings.warn(
+                    f"{int(over.sum())} of {m.size} values overflow {np.dtype(dtype).name}; "
+                    "they are inf here, use .log10() for exact magnitudes",
+                    UnderflowWarning,
+                    stacklevel=2,
+                )
+        return out
+
+    def __repr__(self) -> str:
+        if self.mantissa.size <= 6:
+            body = ", ".join(f"10^{v:.4g}" for v in np.ravel(self.log10()))
+            return f"LogScaled([{body}])"
+        return f"LogScaled(shape={self.shape}, exponent range [{self.exponent.min()}, {self.exponent.max()}])"

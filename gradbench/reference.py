@@ -1,0 +1,291 @@
+"""The NumPy reference backend: plain, readable, the oracle every other backend is tested against.
+
+Dimension letters: L depth, B batch, N width. Layer functions take their arguments in the order
+outputs, saved values, inputs, parameters (as in llm.c), and write into the outputs. The two
+drivers :func:`stack_forward` and :func:`stack_backward` define the contract that the Numba and
+C backends implement with the same names and the same arguments:
+
+``stack_forward(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
+act_mean, act_std, saturation, dead, info)``
+    reads ``H[0]`` (the input h_0) and ``fexp[0]``; writes ``H[1:]`` (B, N) per layer,
+    ``Z`` (the pre-activation z_l, or the normalised xhat_l under batch norm), the batch-norm
+    mean and 1/std per unit, the forward exponents ``fexp[1:]`` (all 0 unless forward
+    rescaling is on), the statistics of h_{l+1} and ``info[0]`` = first layer whose output is
+    not finite (-1: none).
+
+``stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
+dbeta, dslope, sig_m, sig_e, gnorm_m, info)``
+    ``G`` (B, N) holds dL/dh_L on entry (true value ``G * 2**sig_e[L]``) and dL/dh_0 on exit.
+    Writes the parameter-gradient mantissas (the true dW_l is ``dW[l] * 2**(sig_e[l+1] +
+    fexp[l])``, db, dgamma, dbeta use ``sig_e[l+1]``, dslope ``sig_e[l+1] + fexp[l]``), the
+    signal norms ``sig_m[l] * 2**sig_e[l]`` = ||dL/dh_l|| for l = 0..L, ``gnorm_m[l]`` =
+    ||dW[l]|| (mantissa norm), and ``info[1]`` = first layer (counting down from the top)
+    whose backpropagated signal is not finite.
+
+The exact chain: after every layer the signal g is replaced by ``g * 2**-e`` with e the
+exponent of max|g| (frexp), and e is added to the int64 exponent. Multiplication by a power of
+two is exact, so the mantissas are the numbers that unbounded-exponent arithmetic would give.
+Statistics are accumulated in float64 whatever the dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import erf
+
+from gradbench import spec
+from gradbench.spec import SELU_ALPHA, SELU_LAMBDA
+
+# Stay inside np.ldexp's int32 range; beyond +-4000 every float is 0 or inf already.
+_EXP_CLAMP = 4000
+
+
+# ------------------------------------------------------------------ activations
+def activation(z: np.ndarray, code: int, param: float) -> np.ndarray:
+    """phi(z) for activation ``code`` (:data:`gradbench.spec.ACTIVATIONS`)."""
+    name = spec.ACTIVATIONS[code]
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name == "identity":
+            return z.copy()
+        if name == "sigmoid":
+            return _sigmoid(z)
+        if name == "tanh":
+            return np.tanh(z)
+        if name == "relu":  # NaN stays NaN so that non-finite values are reported
+            return np.where((z > 0) | np.isnan(z), z, 0.0).astype(z.dtype)
+        if name in ("leaky_relu", "prelu"):
+            return np.where(z > 0, z, param * z).astype(z.dtype)
+        if name == "elu":
+            return np.where(z > 0, z, param * np.expm1(np.minimum(z, 0))).astype(z.dtype)
+        if name == "selu":
+            neg = SELU_ALPHA * np.expm1(np.minimum(z, 0))
+            return (SELU_LAMBDA * np.where(z > 0, z, neg)).astype(z.dtype)
+        if name == "swish":
+            return z * _sigmoid(z)
+        if name == "gelu":
+            return (0.5 * z * (1.0 + erf(z * np.sqrt(0.5)))).astype(z.dtype)
+    raise ValueError(f"unknown activation code {code}")
+
+
+def activation_grad(z: np.ndarray, code: int, param: float) -> np.ndarray:
+    """phi'(z); at the kink of the ReLU family the left derivative (z <= 0) is used."""
+    name = spec.ACTIVATIONS[code]
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name == "identity":
+            return np.ones_like(z)
+        if name == "sigmoid":
+            s = _sigmoid(z)
+            return s * (1 - s)
+        if name == "tanh":
+            t = np.tanh(z)
+            return 1 - t * t
+        if name == "relu":
+            return (z > 0).astype(z.dtype)
+        if name in ("leaky_relu", "prelu"):
+            return np.where(z > 0, 1.0, param).astype(z.dtype)
+        if name == "elu":
+            return np.where(z > 0, 1.0, param * np.exp(np.minimum(z, 0))).astype(z.dtype)
+        if name == "selu":
+            return (SELU_LAMBDA * np.where(z > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(z, 0)))).astype(z.dtype)
+        if name == "swish":
+            s = _sigmoid(z)
+            return s + z * s * (1 - s)
+        if name == "gelu":
+            cdf = 0.5 * (1.0 + erf(z * np.sqrt(0.5)))
+            pdf = np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+            return (cdf + z * pdf).astype(z.dtype)
+    raise ValueError(f"unknown activation code {code}")
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)), written so that neither branch overflows."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype)
+
+
+# ------------------------------------------------------------------ layers
+def dense_forward(z, h, W, b):
+    """z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,)"""
+    np.matmul(h, W.T, out=z)
+    z += b
+
+
+def dense_backward(dh, dW, db, dz, h, W):
+    """dW = dz^T h, db = sum_B dz, dh = dz W.    dh (B,N), dW (N,N), db (N,), dz (B,N), h (B,N)"""
+    np.matmul(dz.T, h, out=dW)
+    db[...] = dz.sum(axis=0)
+    np.matmul(dz, W, out=dh)
+
+
+def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
+    """y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance).
+
+    y, xhat, z (B,N); mean, rstd, gamma, beta (N,)
+    """
+    mean[...] = z.mean(axis=0)
+    var = ((z - mean) ** 2).mean(axis=0)
+    rstd[...] = 1.0 / np.sqrt(var + eps)
+    xhat[...] = (z - mean) * rstd
+    y[...] = gamma * xhat + beta
+
+
+def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
+    """Train-mode batch norm backward, linear in dy.
+
+    dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat)).
+    dz, dy, xhat (B,N); dgamma, dbeta, rstd, gamma (N,)
+    """
+    dbeta[...] = dy.sum(axis=0)
+    dgamma[...] = (dy * xhat).sum(axis=0)
+    B = dy.shape[0]
+    dz[...] = gamma * rstd * (dy - dbeta / B - xhat * (dgamma / B))
+
+
+def activation_forward(a, z, code, param):
+    """a = phi(z).    a, z (B,N)"""
+    a[...] = activation(z, code, param)
+
+
+def activation_backward(dz, da, z, code, param):
+    """dz = da * phi'(z); returns dL/dslope = sum(da * min(z, 0)) for PReLU, else 0.
+
+    dz, da, z (B,N)
+    """
+    dz[...] = da * activation_grad(z, code, param)
+    if code != spec.ACT_CODE["prelu"]:
+        return 0.0
+    return float(np.sum(da * np.minimum(z, 0), dtype=np.float64))
+
+
+# ------------------------------------------------------------------ the exact chain
+def normalise(g: np.ndarray) -> int:
+    """Scale g in place by 2**-e so that max|g| lies in [0.5, 1); return e.
+
+    e is 0 when g is all zero or when its largest magnitude is not finite.
+    """
+    with np.errstate(invalid="ignore"):
+        m = np.max(np.abs(g), initial=0.0, where=~np.isnan(g))
+    if m == 0 or not np.isfinite(m):
+        return 0
+    e = int(np.frexp(m)[1])
+    g *= np.asarray(np.ldexp(1.0, -e), dtype=g.dtype)
+    return e
+
+
+def _ldexp(x: np.ndarray, e: int) -> np.ndarray:
+    e = int(np.clip(e, -_EXP_CLAMP, _EXP_CLAMP))
+    return np.ldexp(x, e).astype(x.dtype)
+
+
+def add_aligned(a: np.ndarray, ea: int, s: np.ndarray, es: int, scale: float = 1.0):
+    """a * 2**ea + scale * s * 2**es, written into a, at the larger exponent; returns it."""
+    em = max(ea, es)
+    a[...] = _ldexp(s, es - em) + np.asarray(scale, dtype=a.dtype) * _ldexp(a, ea - em)
+    return em
+
+
+def clip_signal(g: np.ndarray, e: int, mode: int, c: float) -> int:
+    """Clip the true value g * 2**e (value: to [-c, c]; norm: Frobenius norm <= c) in place.
+
+    ``g`` must be normalised (max|g| < 1). Returns the new exponent.
+    """
+    if mode == spec.CLIP_VALUE:
+        ec = int(np.frexp(c)[1])
+        t = np.ldexp(c, -ec)  # c = t * 2**ec, t in [0.5, 1)
+        m = float(np.max(np.abs(g), initial=0.0))
+        if np.ldexp(m, int(np.clip(e - ec, -_EXP_CLAMP, _EXP_CLAMP))) > t:
+            g[...] = np.clip(_ldexp(g, e - ec), -t, t)
+            return ec
+    elif mode == spec.CLIP_NORM:
+        n = float(np.sqrt(np.sum(np.square(g, dtype=np.float64))))
+        if np.ldexp(n, int(np.clip(e, -_EXP_CLAMP, _EXP_CLAMP))) > c:
+            g *= np.asarray(c / n, dtype=g.dtype)
+            return 0
+    return e
+
+
+def _norm(x: np.ndarray) -> float:
+    return float(np.sqrt(np.sum(np.square(x, dtype=np.float64))))
+
+
+# ------------------------------------------------------------------ drivers
+def stack_forward(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
+                  act_mean, act_std, saturation, dead, info):
+    """Forward through all L layers, saving H and Z for the backward pass (module docstring)."""
+    code, bn, k = int(icfg[spec.I_ACT]), bool(icfg[spec.I_BN]), int(icfg[spec.I_RESIDUAL])
+    rescale = bool(icfg[spec.I_RESCALE_FWD])
+    param, alpha, eps = fcfg[spec.F_ACT_PARAM], fcfg[spec.F_RES_SCALE], fcfg[spec.F_BN_EPS]
+    sat_threshold = fcfg[spec.F_SAT]
+    L = W.shape[0]
+    info[0] = -1
+    z = np.empty_like(H[0])
+    for l in range(L):
+        layer_param = slope[l] if code == spec.ACT_CODE["prelu"] else param
+        dense_forward(z, H[l], W[l], b[l])
+        if bn:
+            batchnorm_forward(z, Z[l], bn_mean[l], bn_rstd[l], z.copy(), gamma[l], beta[l], eps)
+        else:
+            Z[l] = z
+        activation_forward(H[l + 1], z, code, layer_param)
+        fexp[l + 1] = fexp[l]
+        if k and (l + 1) % k == 0:
+            fexp[l + 1] = add_aligned(H[l + 1], fexp[l], H[l + 1 - k], fexp[l + 1 - k], alpha)
+        if rescale:
+            fexp[l + 1] += normalise(H[l + 1])
+        # statistics of h_{l+1} and of z_l
+        h = H[l + 1].astype(np.float64)
+        act_mean[l] = h.mean()
+        act_std[l] = np.sqrt(((h - act_mean[l]) ** 2).mean())
+        saturation[l] = np.mean(activation_grad(z, code, layer_param) < sat_threshold)
+        dead[l] = np.mean(np.all(z <= 0, axis=0))
+        if info[0] < 0 and not np.all(np.isfinite(H[l + 1])):
+            info[0] = l
+
+
+def stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
+                   dbeta, dslope, sig_m, sig_e, gnorm_m, info):
+    """Backward through all L layers with the power-of-two rescaled chain (module docstring)."""
+    code, bn, k = int(icfg[spec.I_ACT]), bool(icfg[spec.I_BN]), int(icfg[spec.I_RESIDUAL])
+    clip_mode, c = int(icfg[spec.I_CLIP]), float(fcfg[spec.F_CLIP])
+    param, alpha = fcfg[spec.F_ACT_PARAM], fcfg[spec.F_RES_SCALE]
+    L = W.shape[0]
+    info[1] = -1
+
+    def finish(l):
+        """Normalise, clip and record dL/dh_l, now complete in G."""
+        e = int(sig_e[l]) + normalise(G)
+        if clip_mode:
+            e = clip_signal(G, e, clip_mode, c)
+            e += normalise(G)
+        sig_e[l] = e
+        sig_m[l] = _norm(G)
+        if info[1] < 0 and not np.all(np.isfinite(G)):
+            info[1] = l
+
+    finish(L)
+    skip, skip_e = np.zeros_like(G), 0
+    da, dz, zl = np.empty_like(G), np.empty_like(G), np.empty_like(G)
+    for l in range(L - 1, -1, -1):
+        e = int(sig_e[l + 1])
+        layer_param = slope[l] if code == spec.ACT_CODE["prelu"] else param
+        da[...] = G
+        if k and (l + 1) % k == 0:  # end of a group: dL/dh_{l+1} also flows down the skip
+            skip[...], skip_e = G, e
+            da *= np.asarray(alpha, dtype=G.dtype)
+        if bn:
+            zl[...] = gamma[l] * Z[l] + beta[l]
+        else:
+            zl[...] = Z[l]
+        dslope[l] = activation_backward(dz, da, zl, code, layer_param)
+        if bn:
+            dy = dz.copy()
+            batchnorm_backward(dz, dgamma[l], dbeta[l], dy, Z[l], bn_rstd[l], gamma[l])
+        else:
+            dgamma[l] = 0
+            dbeta[l] = 0
+        dense_backward(G, dW[l], db[l], dz, H[l], W[l])
+        gnorm_m[l] = _norm(dW[l])
+        sig_e[l] = e
+        if k and l % k == 0:  # start of a group: add the skip path
+            sig_e[l] = add_aligned(G, e, skip, skip_e)
+        finish(l)

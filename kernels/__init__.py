@@ -1,0 +1,1 @@
+"""Numba backend (imported as ``gradbench.kernels``)."""

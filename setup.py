@@ -1,0 +1,3 @@
+from setuptools import setup
+
+setup(cffi_modules=["gradbench/_cbuild.py:ffibuilder"])
