@@ -50,7 +50,8 @@ CLIP_NONE, CLIP_VALUE, CLIP_NORM = 0, 1, 2
 
 
 def _closest(name: str, valid) -> str:
-    match = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.0)
+    names = [v for v in valid if isinstance(v, str)]
+    match = difflib.get_close_matches(str(name), names, n=1, cutoff=0.0)
     return f"; did you mean {match[0]!r}?" if match else ""
 
 

@@ -1,0 +1,213 @@
+"""Public API, validation of bad input, LogScaled, and the lecture notes' worked numbers."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench.optim import SGD, sgd_update
+
+
+# ---------------------------------------------------------------- the public API of the issue
+def test_public_api_names_and_shapes():
+    stack = gb.Stack(depth=50, width=64, activation="sigmoid", init="xavier_normal")
+    params = gb.init_params(stack, seed=0)
+    assert params.W.shape == (50, 64, 64) and params.b.shape == (50, 64)
+    x = gb.gaussian_input(stack, batch=32, seed=1)
+    assert x.shape == (32, 64)
+    res = gb.backprop(stack, params, x, backend="numpy")
+    assert isinstance(res.loss, float)
+    assert res.grad_norm.log10().shape == (50,)
+    assert res.grads.W.to_float().shape == (50, 64, 64)
+    assert res.signal_norm.log10().shape == (50,)
+    assert "numpy" in gb.backends()
+
+
+def test_seeds_reproduce_parameters_and_inputs():
+    stack = gb.Stack(depth=3, width=4)
+    a, b = gb.init_params(stack, seed=5), gb.init_params(stack, seed=5)
+    for (n, x), (_, y) in zip(a.items(), b.items()):
+        np.testing.assert_array_equal(x, y, err_msg=n)
+    assert not np.array_equal(gb.init_params(stack, seed=6).W, a.W)
+    np.testing.assert_array_equal(gb.gaussian_input(stack, 3, seed=2), gb.gaussian_input(stack, 3, seed=2))
+
+
+@pytest.mark.parametrize("init,var", [
+    ("normal", 1.0), ("xavier_normal", 1.0), ("xavier_uniform", 1.0), ("he_normal", 2.0),
+    ("he_uniform", 2.0), ("lecun_normal", 1.0), ("orthogonal", 1.0),
+])
+def test_init_variances(init, var):
+    N = 256
+    W = gb.init_params(gb.Stack(depth=4, width=N, init=init), seed=0).W
+    assert np.var(W) * N == pytest.approx(var, rel=0.02)
+    if init == "orthogonal":
+        np.testing.assert_allclose(W[0] @ W[0].T, np.eye(N), atol=1e-12)
+    if init.endswith("uniform"):
+        assert np.abs(W).max() <= math.sqrt(3 * var / N)
+    # sigma_w overrides the gain: variance sigma_w^2 / fan_in
+    W2 = gb.init_params(gb.Stack(depth=2, width=N, init=init, sigma_w=3.0), seed=0).W
+    assert np.var(W2) * N == pytest.approx(9.0, rel=0.03)
+
+
+# ---------------------------------------------------------------- bad input, before any kernel
+def test_unknown_activation_lists_names_and_closest():
+    with pytest.raises(ValueError) as e:
+        gb.Stack(depth=3, width=4, activation="sigmod")
+    msg = str(e.value)
+    assert "activation" in msg and "'sigmoid'" in msg and "did you mean 'sigmoid'" in msg
+    for name in gb.ACTIVATIONS:
+        assert repr(name) in msg
+
+
+@pytest.mark.parametrize("kw,exc,words", [
+    (dict(depth=0), ValueError, "depth must be >= 1"),
+    (dict(width=0), ValueError, "width must be >= 1"),
+    (dict(depth=2.5), TypeError, "depth must be an int"),
+    (dict(init="glorot"), ValueError, "init="),
+    (dict(dtype="float16"), ValueError, "dtype="),
+    (dict(loss="hinge"), ValueError, "loss="),
+    (dict(clip="both"), ValueError, "clip="),
+    (dict(clip="norm", clip_threshold=0.0), ValueError, "clip_threshold must be > 0"),
+    (dict(clip="norm", clip_on="weights"), ValueError, "clip_on="),
+    (dict(residual=3, depth=4), ValueError, "residual=3 must divide depth=4"),
+    (dict(sigma_w=-1.0), ValueError, "sigma_w must be > 0"),
+    (dict(sigma_b=float("nan")), ValueError, "sigma_b must be finite"),
+    (dict(activation="tanh", activation_param=0.1), ValueError, "activation_param"),
+    (dict(loss="softmax_ce", output_dim=1), ValueError, "output_dim >= 2"),
+])
+def test_bad_stack_fields(kw, exc, words):
+    with pytest.raises(exc, match=words.replace("(", r"\(").replace(")", r"\)")):
+        gb.Stack(**(dict(depth=4, width=4) | kw))
+
+
+def _ok():
+    stack = gb.Stack(depth=3, width=4)
+    return stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 2, 1)
+
+
+def test_wrong_x_shape():
+    stack, params, x = _ok()
+    with pytest.raises(ValueError, match=r"x has shape \(2, 5\), expected \(batch, 4\)"):
+        gb.backprop(stack, params, np.zeros((2, 5)), backend="numpy")
+    with pytest.raises(ValueError, match="x has shape"):
+        gb.backprop(stack, params, np.zeros(4), backend="numpy")
+    with pytest.raises(TypeError, match="x must be a numpy.ndarray"):
+        gb.backprop(stack, params, [[0.0] * 4], backend="numpy")
+
+
+@pytest.mark.parametrize("where", ["x", "W", "b"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_in_inputs(where, bad):
+    stack, params, x = _ok()
+    if where == "x":
+        x[1, 2] = bad
+    else:
+        getattr(params, where).flat[3] = bad
+    name = "x" if where == "x" else f"params.{where}"
+    with pytest.raises(ValueError, match=f"{name} contains NaN or Inf"):
+        gb.backprop(stack, params, x, backend="numpy")
+
+
+def test_unsupported_or_mismatched_dtype():
+    stack, params, x = _ok()
+    with pytest.raises(TypeError, match="x has dtype float32, the stack's dtype is float64"):
+        gb.backprop(stack, params, x.astype(np.float32), backend="numpy")
+    with pytest.raises(TypeError, match="supported dtypes are float64, float32"):
+        gb.backprop(stack, params, x.astype(np.float16), backend="numpy")
+    with pytest.raises(TypeError, match="supported dtypes"):
+        gb.backprop(stack, params, x.astype(np.int64), backend="numpy")
+
+
+def test_mismatched_params_and_stack():
+    stack, params, x = _ok()
+    bigger = gb.Stack(depth=4, width=4)
+    with pytest.raises(ValueError, match=r"params.W has shape \(3, 4, 4\), expected \(4, 4, 4\)"):
+        gb.backprop(bigger, params, x, backend="numpy")
+    head = gb.Stack(depth=3, width=4, loss="mse")
+    with pytest.raises(ValueError, match="params.W_out is missing"):
+        gb.backprop(head, params, x, np.zeros((2, 1)), backend="numpy")
+    with pytest.raises(TypeError, match="params must be gradbench.Params"):
+        gb.backprop(stack, dict(params.items()), x, backend="numpy")
+
+
+def test_bad_backend_and_targets():
+    stack, params, x = _ok()
+    with pytest.raises(ValueError, match="backend='cuda' is not one of"):
+        gb.backprop(stack, params, x, backend="cuda")
+    with pytest.raises(ValueError, match="loss='sum_squares' takes none"):
+        gb.backprop(stack, params, x, np.zeros((2, 1)), backend="numpy")
+    ce = gb.Stack(depth=3, width=4, loss="softmax_ce", output_dim=3)
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 3\)"):
+        gb.backprop(ce, gb.init_params(ce, 0), x, np.array([0, 3]), backend="numpy")
+
+
+def test_validation_happens_before_any_kernel(monkeypatch):
+    """A bad input raises before the backend's forward is called."""
+    from gradbench import reference
+
+    called = []
+    monkeypatch.setattr(reference, "stack_forward", lambda *a: called.append(1))
+    stack, params, x = _ok()
+    x[0, 0] = np.nan
+    with pytest.raises(ValueError):
+        gb.backprop(stack, params, x, backend="numpy")
+    assert called == []
+
+
+# ---------------------------------------------------------------- LogScaled
+def test_logscaled_log10_and_to_float():
+    v = gb.LogScaled(np.array([0.75, 0.5, 0.0]), np.array([-100_000, 3, 7]))
+    expected = [math.log10(0.75) - 100_000 * math.log10(2), math.log10(4.0), -np.inf]
+    np.testing.assert_allclose(v.log10(), expected, rtol=1e-15)
+    with pytest.warns(gb.UnderflowWarning, match="1 of 3 values underflow"):
+        f = v.to_float()
+    np.testing.assert_array_equal(f, [0.0, 4.0, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert v[1:].to_float().tolist() == [4.0, 0.0]
+    w = gb.LogScaled.from_float([3.0, 1e-300])
+    np.testing.assert_array_equal(w.to_float(), [3.0, 1e-300])
+
+
+def test_logscaled_layer_exponents_broadcast():
+    m = np.ones((2, 3, 3)) * 0.5
+    v = gb.LogScaled(m, np.array([1, -2000]))
+    assert v[0].to_float().tolist() == np.ones((3, 3)).tolist()
+    np.testing.assert_allclose(v.log10()[1], np.full((3, 3), math.log10(0.5) - 2000 * math.log10(2)))
+    with pytest.raises(ValueError, match="prefix"):
+        gb.LogScaled(m, np.array([1, 2, 3]))
+
+
+# ---------------------------------------------------------------- the lecture notes' numbers
+def test_vanishing_chain_worked_example():
+    """0.20 * 0.5 * 0.02 = 0.002 moves w = 2.5 to 2.498 at lr = 1.
+
+    A width-1 identity stack h1 = w1 x, h2 = w2 h1 + b2, L = 0.5 h2^2 with x = 0.02, w2 = 0.5
+    and b2 chosen so that dL/dh2 = h2 = 0.20: the chain rule gives dL/dw1 = 0.20 * 0.5 * 0.02.
+    """
+    stack = gb.Stack(depth=2, width=1, activation="identity")
+    params = gb.init_params(stack, 0)
+    params.W[:, 0, 0] = [2.5, 0.5]
+    params.b[:, 0] = [0.0, 0.20 - 0.5 * 2.5 * 0.02]
+    res = gb.backprop(stack, params, np.array([[0.02]]), backend="numpy")
+    g = res.grads.W.to_float()[0, 0, 0]
+    assert g == pytest.approx(0.20 * 0.5 * 0.02, rel=1e-14) and g == pytest.approx(0.002, rel=1e-14)
+    assert sgd_update(params.W[0, 0, 0], g, lr=1.0) == pytest.approx(2.498, rel=1e-14)
+    state = {"W": params.W.copy()}
+    SGD(lr=1.0).step(state, {"W": res.grads.W.to_float()})
+    assert state["W"][0, 0, 0] == pytest.approx(2.498, rel=1e-14)
+
+
+def test_exploding_step_worked_example():
+    """A gradient of 100 at lr = 0.1 moves w = 1 to -9."""
+    stack = gb.Stack(depth=1, width=1, activation="identity")
+    params = gb.init_params(stack, 0)
+    params.W[0, 0, 0] = 1.0
+    res = gb.backprop(stack, params, np.array([[10.0]]), backend="numpy")  # dL/dw = h x = 100
+    g = res.grads.W.to_float()[0, 0, 0]
+    assert g == pytest.approx(100.0, rel=1e-15)
+    state = {"W": params.W.copy()}
+    SGD(lr=0.1).step(state, {"W": res.grads.W.to_float()})
+    assert state["W"][0, 0, 0] == pytest.approx(-9.0, rel=1e-14)
