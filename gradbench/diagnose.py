@@ -1,0 +1,513 @@
+"""Diagnosis of one forward + backward pass: where and why the gradients vanish or explode.
+
+:func:`diagnose` turns a :class:`~gradbench.Result` into a :class:`Diagnosis` (frozen,
+``to_dict`` / ``to_json`` / ``from_dict``, and ``str`` for a terminal). Definitions (DESIGN
+section 6; L layers, l = 0 at the input, l = L - 1 at the top):
+
+- ``grad_log10[l]`` = log10 ||dL/dW_l||_F and ``signal_log10[l]`` = log10 ||dL/dh_l||_F, exact
+  (mantissa and int64 exponent), so 10^-60000 is reported as such.
+- ``decades_per_layer`` = least-squares slope of ``grad_log10`` against l over the layers with
+  a finite non-zero gradient. The backward pass runs from l = L - 1 down to 0, so a positive
+  slope means the gradient *shrinks* towards the input (vanishing), a negative one that it
+  grows (exploding).
+- ``verdict``: ``vanishing`` if the fitted change over the stack, ``decades_per_layer * (L - 1)``,
+  is at least ``threshold`` decades (default 2: a factor 100 between top and bottom) or a layer
+  has an exactly zero gradient below a non-zero one; ``exploding`` if it is at most
+  ``-threshold`` or the backward pass turned non-finite; otherwise ``stable``.
+- ``float_limits[dtype]``: the first layer, in backward order (from the top down), whose
+  ||dL/dW_l|| lies below the smallest normal number of the dtype (``underflow_layer``: a plain
+  chain loses it to subnormals, then to 0) or above the largest finite one
+  (``overflow_layer``: inf); and, when the stack never gets there, how many layers from the
+  top it would take at the fitted rate (``layers_to_underflow`` / ``layers_to_overflow``).
+- Histograms of log10 |dW_l| entries with the same bin edges for every layer (default: the
+  whole-decade range of all layers in ``bins`` bins), computed exactly from the mantissas and
+  exponents; exact zeros and non-finite entries are counted apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradbench.logscaled import LOG10_2
+from gradbench.spec import Stack
+
+VERDICTS = ("vanishing", "exploding", "stable")
+
+# log10 of the smallest normal and the largest finite number of each dtype.
+FLOAT_LIMITS = {
+    name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
+    for name in ("float64", "float32")
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Diagnosis:
+    """The diagnosis of one pass (field definitions in the module docstring).
+
+    Per-layer arrays have length L (l = 0 at the input); histograms are (L, bins) with
+    ``hist_edges`` (bins + 1,) in log10 units.
+    """
+
+    stack: dict
+    backend: str
+    loss: float
+    loss_log10: float
+    grad_log10: np.ndarray
+    signal_log10: np.ndarray
+    act_mean: np.ndarray
+    act_std: np.ndarray
+    act_std_log10: np.ndarray
+    saturation: np.ndarray
+    dead: np.ndarray
+    hist_edges: np.ndarray
+    hist_counts: np.ndarray
+    hist_zeros: np.ndarray
+    hist_nonfinite: np.ndarray
+    hist_outside: np.ndarray
+    first_nonfinite_forward: int | None
+    first_nonfinite_backward: int | None
+    decades_per_layer: float
+    intercept: float
+    verdict: str
+    explanation: str
+    float_limits: dict
+    threshold: float
+
+    @property
+    def depth(self) -> int:
+        return len(self.grad_log10)
+
+    # ------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: arrays as lists, non-finite floats as "inf", "-inf", "nan"."""
+        return {f.name: _to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_json(self, **kwargs) -> str:
+        """Strict JSON (no NaN/Infinity literals); ``kwargs`` go to :func:`json.dumps`."""
+        return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Diagnosis":
+        kw = {}
+        for f in dataclasses.fields(cls):
+            v = d[f.name]
+            if f.name in _ARRAY_FIELDS:
+                dtype = np.int64 if f.name in _INT_ARRAYS else np.float64
+                v = np.array(_from_jsonable(v), dtype=dtype)
+                if f.name == "hist_counts" and v.ndim == 1:
+                    v = v.reshape(0, max(len(d["hist_edges"]) - 1, 0))
+            elif f.name in ("loss", "loss_log10", "decades_per_layer", "intercept", "threshold"):
+                v = float(_from_jsonable(v))
+            kw[f.name] = v
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, s: str) -> "Diagnosis":
+        return cls.from_dict(json.loads(s))
+
+    # ------------------------------------------------------------ text
+    def __str__(self) -> str:
+        return format_report(self)
+
+
+_ARRAY_FIELDS = {
+    "grad_log10", "signal_log10", "act_mean", "act_std", "act_std_log10", "saturation", "dead",
+    "hist_edges", "hist_counts", "hist_zeros", "hist_nonfinite", "hist_outside",
+}
+_INT_ARRAYS = {"hist_counts", "hist_zeros", "hist_nonfinite", "hist_outside"}
+
+
+def _to_jsonable(v):
+    if isinstance(v, np.ndarray):
+        return _to_jsonable(v.tolist())
+    if isinstance(v, (list, tuple)):
+        return [_to_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _to_jsonable(x) for k, x in v.items()}
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return v
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def _from_jsonable(v):
+    if isinstance(v, list):
+        return [_from_jsonable(x) for x in v]
+    if isinstance(v, str) and v in ("nan", "inf", "-inf"):
+        return float(v)
+    return v
+
+
+# ------------------------------------------------------------------ the computations
+def slope_fit(y: np.ndarray) -> tuple[float, float]:
+    """Least-squares line ``y ~ intercept + slope * l`` over the finite entries of ``y``.
+
+    Returns ``(slope, intercept)``; ``(0.0, y)`` with a single point, ``(nan, nan)`` with none.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    l = np.arange(len(y), dtype=np.float64)
+    ok = np.isfinite(y)
+    if ok.sum() == 0:
+        return math.nan, math.nan
+    if ok.sum() == 1:
+        return 0.0, float(y[ok][0])
+    lm, ym = l[ok].mean(), y[ok].mean()
+    dl = l[ok] - lm
+    slope = float(np.dot(dl, y[ok] - ym) / np.dot(dl, dl))
+    return slope, float(ym - slope * lm)
+
+
+def float_limits(grad_log10: np.ndarray, slope: float) -> dict:
+    """Where plain float64 / float32 would under- or overflow ||dL/dW_l|| (module docstring)."""
+    L = len(grad_log10)
+    g = np.asarray(grad_log10, dtype=np.float64)
+    out = {}
+    finite = np.isfinite(g)
+    top = float(g[finite][-1]) if finite.any() else math.nan
+    for name, (lo, hi) in FLOAT_LIMITS.items():
+        under = np.flatnonzero(finite & (g < lo))
+        over = np.flatnonzero((g > hi) | (g == np.inf))
+        entry = {
+            "min_log10": lo,
+            "max_log10": hi,
+            "underflow_layer": int(under.max()) if under.size else None,
+            "overflow_layer": int(over.max()) if over.size else None,
+            "layers_to_underflow": None,
+            "layers_to_overflow": None,
+        }
+        if math.isfinite(slope) and math.isfinite(top) and slope != 0:
+            # Going down from the top the log changes by -slope per layer.
+            if slope > 0 and top > lo:
+                entry["layers_to_underflow"] = int(math.ceil((top - lo) / slope))
+            elif slope < 0 and top < hi:
+                entry["layers_to_overflow"] = int(math.ceil((hi - top) / -slope))
+        out[name] = entry
+    del L
+    return out
+
+
+def histograms(W, bins: int = 40, hist_range: tuple[float, float] | None = None, chunk: int = 4096):
+    """Histograms of log10 |entries| of each layer's dW, exact from mantissas and exponents.
+
+    Parameters
+    ----------
+    W : LogScaled (L, N, M)
+    bins : int
+    hist_range : (lo, hi), optional
+        In log10 units; default: floor and ceil of the finite, non-zero range over all layers.
+
+    Returns
+    -------
+    edges (bins + 1,), counts (L, bins), zeros (L,), nonfinite (L,), outside (L,)
+    """
+    m = W.mantissa
+    L = m.shape[0]
+    m2 = m.reshape(L, -1)
+    e = W.exponent.reshape(L)
+    absm = np.abs(m2)
+    zeros = np.sum(absm == 0, axis=1).astype(np.int64)
+    nonfinite = np.sum(~np.isfinite(m2), axis=1).astype(np.int64)
+    if hist_range is None:
+        ok = np.isfinite(absm) & (absm > 0)
+        has = ok.any(axis=1)
+        if has.any():
+            with np.errstate(divide="ignore"):
+                lmin = np.where(ok, absm, np.inf).min(axis=1)
+                lmax = np.where(ok, absm, 0).max(axis=1)
+                lo = float(np.min(np.log10(lmin[has]) + LOG10_2 * e[has]))
+                hi = float(np.max(np.log10(lmax[has]) + LOG10_2 * e[has]))
+            lo, hi = math.floor(lo), math.ceil(hi)
+            if hi <= lo:
+                hi = lo + 1
+        else:
+            lo, hi = -1.0, 0.0
+    else:
+        lo, hi = map(float, hist_range)
+        if not hi > lo:
+            raise ValueError(f"hist_range must be (lo, hi) with hi > lo, got {hist_range}")
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = np.zeros((L, bins), dtype=np.int64)
+    outside = np.zeros(L, dtype=np.int64)
+    width = (hi - lo) / bins
+    for s in range(0, L, chunk):
+        a = absm[s:s + chunk]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.log10(a) + LOG10_2 * e[s:s + chunk, None]
+        ok = np.isfinite(v) & (a > 0)
+        idx = np.floor((v - lo) / width)
+        idx = np.where(idx == bins, bins - 1, idx)  # hi itself goes in the last bin
+        inside = ok & (idx >= 0) & (idx < bins)
+        outside[s:s + chunk] = np.sum(ok & ~inside, axis=1)
+        rows = np.broadcast_to(np.arange(a.shape[0])[:, None], a.shape)
+        flat = rows[inside] * bins + idx[inside].astype(np.int64)
+        counts[s:s + chunk] = np.bincount(flat, minlength=a.shape[0] * bins).reshape(a.shape[0], bins)
+    return edges, counts, zeros, nonfinite, outside
+
+
+def diagnose(res, *, bins: int = 40, hist_range: tuple[float, float] | None = None,
+             threshold: float = 2.0) -> Diagnosis:
+    """Statistics and a verdict from a :class:`~gradbench.Result`.
+
+    Parameters
+    ----------
+    res : Result
+        From :func:`gradbench.backprop`.
+    bins, hist_range
+        Bin count and range (log10 units) of the per-layer histograms of log10 |dW_l|.
+    threshold : float
+        Decades of fitted change over the stack that make the verdict vanishing or exploding.
+
+    Returns
+    -------
+    Diagnosis
+    """
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins must be an int >= 1, got {bins!r}")
+    stack: Stack = res.stack
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.asarray(res.grad_norm.log10(), dtype=np.float64)
+        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+        act_mean = res.act_mean.to_float(warn=False)
+        act_std = res.act_std.to_float(warn=False)
+        act_std_log10 = res.act_std.log10()
+    fit = np.where(np.isfinite(g), g, np.nan)
+    slope, intercept = slope_fit(fit)
+    edges, counts, zeros, nonfinite, outside = histograms(res.grads.W, bins, hist_range)
+    limits = float_limits(g, slope)
+    verdict, explanation = _verdict(stack, g, slope, threshold, res, limits)
+    loss_log10 = float(res.loss_exact.log10())
+    return Diagnosis(
+        stack=dataclasses.asdict(stack),
+        backend=res.backend,
+        loss=float(res.loss),
+        loss_log10=loss_log10,
+        grad_log10=g,
+        signal_log10=s,
+        act_mean=np.asarray(act_mean, dtype=np.float64),
+        act_std=np.asarray(act_std, dtype=np.float64),
+        act_std_log10=np.asarray(act_std_log10, dtype=np.float64),
+        saturation=np.asarray(res.saturation, dtype=np.float64),
+        dead=np.asarray(res.dead, dtype=np.float64),
+        hist_edges=edges,
+        hist_counts=counts,
+        hist_zeros=zeros,
+        hist_nonfinite=nonfinite,
+        hist_outside=outside,
+        first_nonfinite_forward=res.first_nonfinite_forward,
+        first_nonfinite_backward=res.first_nonfinite_backward,
+        decades_per_layer=slope,
+        intercept=intercept,
+        verdict=verdict,
+        explanation=explanation,
+        float_limits=limits,
+        threshold=float(threshold),
+    )
+
+
+def classify(grad_log10: np.ndarray, threshold: float = 2.0, big: float = 6.0) -> str:
+    """The verdict from log10 grad norms alone (see the module docstring).
+
+    ``exploding`` also when some ||dW_l|| reaches 10^big even without a trend: a ReLU stack
+    with a large init and the sum-of-squares probe has flat but enormous gradients.
+    """
+    g = np.asarray(grad_log10, dtype=np.float64)
+    if np.any(np.isnan(g) | (g == np.inf)):
+        return "exploding"
+    slope, _ = slope_fit(np.where(np.isfinite(g), g, np.nan))
+    nz = np.flatnonzero(g > -np.inf)
+    if nz.size and np.any(g[: nz.max()] == -np.inf):
+        return "vanishing"
+    change = slope * (len(g) - 1) if math.isfinite(slope) else 0.0
+    if change >= threshold:
+        return "vanishing"
+    if change <= -threshold or (nz.size and np.max(g[nz]) >= big):
+        return "exploding"
+    return "stable"
+
+
+def _verdict(stack, g, slope, threshold, res, limits) -> tuple[str, str]:
+    L = len(g)
+    verdict = classify(g, threshold)
+    words = []
+    finite = np.isfinite(g)
+    if res.first_nonfinite_forward is not None:
+        words.append(
+            f"the forward pass turned non-finite at layer {res.first_nonfinite_forward} "
+            "(activations overflowed): every gradient below is meaningless"
+        )
+    if res.first_nonfinite_backward is not None:
+        words.append(f"the backward signal turned non-finite at layer {res.first_nonfinite_backward}")
+    zero = np.flatnonzero(g == -np.inf)
+    if zero.size:
+        dead_note = " (dead ReLU units block the chain)" if stack.activation in ("relu",) else ""
+        words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
+    if finite.sum() >= 2:
+        top, bottom = g[finite][-1], g[finite][0]
+        change = slope * (L - 1)
+        if verdict == "vanishing":
+            words.insert(0, (
+                f"gradients vanish: they shrink by {slope:.3g} decades per layer going down, "
+                f"a factor 10^{change:.4g} over {L} layers "
+                f"(||dW|| from 10^{top:.4g} at the top to 10^{bottom:.4g} at layer 0)"
+            ))
+        elif verdict == "exploding" and change > -threshold:
+            words.insert(0, (
+                f"gradients are huge: ||dW|| reaches 10^{np.max(g[finite]):.4g} (an SGD step of that size "
+                f"wrecks the weights) although the trend over {L} layers is only {-change:.3g} decades"
+            ))
+        elif verdict == "exploding":
+            words.insert(0, (
+                f"gradients explode: they grow by {-slope:.3g} decades per layer going down, "
+                f"a factor 10^{-change:.4g} over {L} layers "
+                f"(||dW|| from 10^{top:.4g} at the top to 10^{bottom:.4g} at layer 0)"
+            ))
+        else:
+            words.insert(0, (
+                f"gradients are stable: {abs(change):.3g} decades of fitted change over {L} layers "
+                f"(threshold {threshold:g}); ||dW|| from 10^{top:.4g} at the top to 10^{bottom:.4g} at layer 0"
+            ))
+    elif finite.sum() == 1:
+        words.insert(0, f"one layer: ||dW|| = 10^{g[finite][0]:.4g}; no trend to fit")
+    std = np.asarray(res.act_std.log10(), dtype=np.float64)
+    ok = np.isfinite(std)
+    if ok.sum() >= 2 and abs(std[ok][-1] - std[ok][0]) >= 3:
+        grow = std[ok][-1] - std[ok][0]
+        words.append(
+            f"the forward activations {'grow' if grow > 0 else 'shrink'} by {abs(grow):.3g} decades "
+            f"(std 10^{std[ok][0]:.3g} at layer 0, 10^{std[ok][-1]:.3g} at the top)"
+        )
+    if stack.activation in ("sigmoid", "tanh"):
+        sat = float(np.mean(res.saturation))
+        if sat > 0.1:
+            words.append(f"{100 * sat:.0f} % of the units are saturated (phi' < 1% of its maximum)")
+        if stack.activation == "sigmoid" and verdict == "vanishing" and not stack.batch_norm:
+            words.append("sigmoid' <= 0.25 costs at least 0.6 decades per layer times the weight gain")
+    if stack.activation in ("relu", "leaky_relu", "prelu"):
+        dead = float(np.mean(res.dead))
+        if dead > 0.1:
+            words.append(f"{100 * dead:.0f} % of the units are dead (z <= 0 for the whole batch)")
+    return verdict, "; ".join(words) + "."
+
+
+# ------------------------------------------------------------------ text
+def _fmt_pow(v: float) -> str:
+    if math.isnan(v):
+        return "nan"
+    if v == -math.inf:
+        return "0"
+    if v == math.inf:
+        return "inf"
+    return f"10^{v:.2f}" if abs(v) < 1e4 else f"10^{v:.1f}"
+
+
+def table_layers(L: int, rows: int = 12) -> list[int]:
+    """A readable selection of layers: all when few, else both ends and evenly spaced middle."""
+    if L <= rows:
+        return list(range(L))
+    ends = 3
+    middle = np.linspace(ends, L - 1 - ends, rows - 2 * ends).round().astype(int).tolist()
+    return sorted(set(range(ends)) | set(middle) | set(range(L - ends, L)))
+
+
+def _describe(stack: dict) -> str:
+    parts = [f"depth {stack['depth']}", f"width {stack['width']}", stack["activation"], stack["init"]]
+    if stack.get("sigma_w") is not None:
+        parts.append(f"sigma_w={stack['sigma_w']:g}")
+    if stack.get("batch_norm"):
+        parts.append("batch norm")
+    if stack.get("residual"):
+        parts.append(f"residual every {stack['residual']}")
+    if stack.get("clip"):
+        parts.append(f"clip {stack['clip']} {stack['clip_threshold']:g} on {stack['clip_on']}")
+    if stack.get("loss", "sum_squares") != "sum_squares":
+        parts.append(f"loss {stack['loss']}")
+    parts.append(stack.get("dtype", "float64"))
+    return ", ".join(parts)
+
+
+def format_report(d: Diagnosis, rows: int = 12) -> str:
+    """The terminal text of a diagnosis."""
+    L = d.depth
+    out = [f"gradbench diagnosis: {_describe(d.stack)} (backend {d.backend})"]
+    out.append(f"  verdict: {d.verdict.upper()}")
+    for sentence in _wrap(d.explanation, 92):
+        out.append("    " + sentence)
+    if math.isfinite(d.decades_per_layer):
+        out.append(
+            f"  slope: {d.decades_per_layer:+.4g} decades per layer (log10 ||dW_l|| vs l, least squares;"
+            " + means smaller towards the input)"
+        )
+    out.append(f"  loss: {_fmt_pow(d.loss_log10) if not math.isfinite(d.loss) or abs(d.loss_log10) > 300 else f'{d.loss:.6g}'}")
+    for name, lim in d.float_limits.items():
+        out.append("  " + _limit_sentence(name, lim))
+    if d.first_nonfinite_forward is not None:
+        out.append(f"  first non-finite layer (forward): {d.first_nonfinite_forward}")
+    if d.first_nonfinite_backward is not None:
+        out.append(f"  first non-finite layer (backward): {d.first_nonfinite_backward}")
+    act = d.stack["activation"]
+    show_sat = act in ("sigmoid", "tanh")
+    show_dead = act in ("relu", "leaky_relu", "prelu")
+    head = f"  {'layer':>7} {'||dL/dW_l||':>14} {'||dL/dh_l||':>14} {'act mean':>11} {'act std':>11}"
+    if show_sat:
+        head += f" {'saturated':>9}"
+    if show_dead:
+        head += f" {'dead':>6}"
+    out.append("")
+    out.append(head)
+    prev = -1
+    for l in table_layers(L, rows):
+        if l != prev + 1:
+            out.append(f"  {'...':>7}")
+        prev = l
+        std = d.act_std[l]
+        std_s = f"{std:11.4g}" if std != 0 and math.isfinite(std) else f"{_fmt_pow(d.act_std_log10[l]):>11}"
+        line = (f"  {l:>7} {_fmt_pow(d.grad_log10[l]):>14} {_fmt_pow(d.signal_log10[l]):>14} "
+                f"{d.act_mean[l]:11.4g} {std_s}")
+        if show_sat:
+            line += f" {100 * d.saturation[l]:8.1f}%"
+        if show_dead:
+            line += f" {100 * d.dead[l]:5.1f}%"
+        out.append(line)
+    return "\n".join(out)
+
+
+def _limit_sentence(name: str, lim: dict) -> str:
+    parts = []
+    if lim["underflow_layer"] is not None:
+        parts.append(
+            f"plain {name} would underflow at layer {lim['underflow_layer']} "
+            f"(||dW|| < 10^{lim['min_log10']:.2f}; that layer and every one below would read 0 or subnormal)"
+        )
+    if lim["overflow_layer"] is not None:
+        parts.append(
+            f"plain {name} would overflow at layer {lim['overflow_layer']} (||dW|| > 10^{lim['max_log10']:.2f}: inf)"
+        )
+    if not parts:
+        if lim["layers_to_underflow"] is not None:
+            parts.append(f"plain {name} is fine here; at this rate it would underflow after ~{lim['layers_to_underflow']} layers")
+        elif lim["layers_to_overflow"] is not None:
+            parts.append(f"plain {name} is fine here; at this rate it would overflow after ~{lim['layers_to_overflow']} layers")
+        else:
+            parts.append(f"plain {name} is fine here")
+    return "; ".join(parts)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]

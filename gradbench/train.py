@@ -1,0 +1,382 @@
+"""Training a stack on a small data set, and the classic demonstrations.
+
+The model is the :class:`~gradbench.Stack` with an input layer (data dimension D -> width N,
+``Stack.input_dim``) and a head (``Stack.loss`` mse / bce / softmax_ce, ``output_dim``).
+Gradients come from :func:`gradbench.backprop` (exact, :class:`~gradbench.LogScaled`) and are
+converted to floats for the update; an optimiser from :mod:`gradbench.optim` applies
+``w <- w - lr * dL/dw`` or its refinements. Clipping is the stack's own (``clip``, ``clip_on``).
+
+Recorded per epoch (E epochs, L layers):
+
+- ``loss`` (E,): mean mini-batch loss during the epoch (what Keras prints);
+- ``eval_loss``, ``accuracy`` (E + 1,): on the whole data set before training and after each
+  epoch;
+- ``grad_log10`` (E + 1, L): log10 ||dL/dW_l|| on the whole data set, exact;
+- ``update_ratio`` (E, L): 100 * ||W_l(after) - W_l(before)|| / ||W_l(before)|| over the
+  epoch, in percent. For one plain SGD step this is ``||lr * dL/dW_l|| / ||W_l||``
+  (DESIGN section 6), the "weights changed by 0.0001 %" of the lecture notes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradbench import datasets
+from gradbench.engine import backprop
+from gradbench.optim import SGD, Adam
+from gradbench.params import Params, init_params
+from gradbench.spec import Stack, check_choice
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def make_optimizer(name: str = "sgd", lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0):
+    """An optimiser of :mod:`gradbench.optim` by name: ``sgd``, ``momentum`` or ``adam``."""
+    check_choice("optimizer", name, OPTIMIZERS)
+    if name == "adam":
+        return Adam(lr=lr, weight_decay=weight_decay)
+    return SGD(lr=lr, momentum=momentum if name == "momentum" else 0.0, weight_decay=weight_decay)
+
+
+def targets_for(stack: Stack, y: np.ndarray) -> np.ndarray:
+    """Targets in the form the stack's head expects, from integer labels ``y`` (B,).
+
+    bce: (B, 1) labels in {0, 1}; softmax_ce: the labels; mse: one-hot (B, O), or (B, 1)
+    labels when ``output_dim == 1``.
+    """
+    y = np.asarray(y)
+    if stack.loss == "softmax_ce":
+        return np.ascontiguousarray(y, dtype=np.int64)
+    if stack.loss == "bce":
+        if stack.output_dim != 1:
+            raise ValueError(f"loss='bce' with labels needs output_dim=1, got {stack.output_dim}")
+        return np.ascontiguousarray(y.reshape(-1, 1), dtype=stack.np_dtype)
+    if stack.output_dim == 1:
+        return np.ascontiguousarray(y.reshape(-1, 1), dtype=stack.np_dtype)
+    onehot = np.zeros((len(y), stack.output_dim), dtype=stack.np_dtype)
+    onehot[np.arange(len(y)), y.astype(np.int64)] = 1.0
+    return onehot
+
+
+def predict_labels(stack: Stack, params: Params, h_top: np.ndarray) -> np.ndarray:
+    """Class labels from the top activations h_L through the head."""
+    logits = h_top @ params.W_out.T.astype(np.float64) + params.b_out
+    if stack.loss == "softmax_ce" or (stack.loss == "mse" and stack.output_dim > 1):
+        return np.argmax(logits, axis=1)
+    threshold = 0.0 if stack.loss == "bce" else 0.5
+    return (logits[:, 0] > threshold).astype(np.int64)
+
+
+def learnable(stack: Stack) -> tuple[str, ...]:
+    """Names of the parameters that training updates (gamma/beta only with batch norm, slope only for PReLU)."""
+    names = ["W", "b"]
+    if stack.batch_norm:
+        names += ["gamma", "beta"]
+    if stack.activation == "prelu":
+        names.append("slope")
+    if stack.has_input_layer:
+        names += ["W_in", "b_in"]
+    names += ["W_out", "b_out"]
+    return tuple(names)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """The history of one training run (see the module docstring for the shapes)."""
+
+    stack: Stack
+    params: Params
+    settings: dict
+    loss: np.ndarray
+    eval_loss: np.ndarray
+    accuracy: np.ndarray
+    grad_log10: np.ndarray
+    update_ratio: np.ndarray
+    update_ratio_input: np.ndarray
+    update_ratio_head: np.ndarray
+    diverged_epoch: int | None = None
+    divergence: str = ""
+    seconds: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def epochs_run(self) -> int:
+        return int(np.sum(~np.isnan(self.loss)))
+
+    @property
+    def final_loss(self) -> float:
+        """The last finite full-data loss (or the non-finite value at which training stopped)."""
+        if self.diverged_epoch is not None:
+            return float(self.loss[self.diverged_epoch])
+        return float(self.eval_loss[-1])
+
+    @property
+    def first_layer_ratio(self) -> np.ndarray:
+        """Per-epoch % change of the first weight matrix: the input layer if any, else W_0."""
+        return self.update_ratio_input if self.stack.has_input_layer else self.update_ratio[:, 0]
+
+    def summary(self) -> str:
+        s = self.settings
+        lines = [
+            f"{s.get('name') or 'training'}: {_describe(self.stack)}",
+            f"  data {s['dataset']} ({s['n_samples']} samples), {s['optimizer']} lr={s['lr']:g}, "
+            f"batch {s['batch_size']}, {s['epochs']} epochs, seed {s['seed']}",
+        ]
+        if self.diverged_epoch is not None:
+            lines.append(f"  DIVERGED in epoch {self.diverged_epoch + 1}: {self.divergence}")
+        ran = max(self.epochs_run, 1)
+        lines.append(
+            f"  loss {self.eval_loss[0]:.4f} -> {self.final_loss:.4f}"
+            f" (ln 2 = {math.log(2):.4f}), accuracy {self.accuracy[0]:.2f} -> "
+            f"{self.accuracy[min(ran, len(self.accuracy) - 1)]:.2f}"
+        )
+        ratio = self.first_layer_ratio[:ran]
+        if np.any(np.isfinite(ratio)):
+            lines.append(
+                f"  first layer's weights change by {np.nanmedian(ratio):.3g} % per epoch (median),"
+                f" top layer's by {np.nanmedian(self.update_ratio[:ran, -1]):.3g} %"
+            )
+        return "\n".join(lines)
+
+
+def _describe(stack: Stack) -> str:
+    parts = [f"depth {stack.depth}", f"width {stack.width}", stack.activation, stack.init]
+    if stack.sigma_w is not None:
+        parts.append(f"sigma_w={stack.sigma_w:g}")
+    if stack.batch_norm:
+        parts.append("batch norm")
+    if stack.residual:
+        parts.append(f"residual every {stack.residual}")
+    if stack.clip:
+        parts.append(f"clip {stack.clip} {stack.clip_threshold:g} on {stack.clip_on}")
+    parts.append(f"loss {stack.loss}")
+    return ", ".join(parts)
+
+
+def _norm(a: np.ndarray) -> float:
+    return float(np.sqrt(np.sum(np.square(a, dtype=np.float64))))
+
+
+def _layer_ratios(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """100 * ||after_l - before_l|| / ||before_l|| for each leading index l."""
+    L = before.shape[0]
+    d = (after - before).reshape(L, -1).astype(np.float64)
+    w = before.reshape(L, -1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 100.0 * np.sqrt(np.sum(d * d, axis=1)) / np.sqrt(np.sum(w * w, axis=1))
+
+
+def train(
+    stack: Stack,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int = 100,
+    batch_size: int = 32,
+    optimizer="sgd",
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    params: Params | None = None,
+    backend: str = "auto",
+    progress: bool = False,
+    name: str = "",
+    dataset: str = "custom",
+) -> TrainResult:
+    """Train ``stack`` on ``(X, y)`` with mini-batch gradients from :func:`gradbench.backprop`.
+
+    Parameters
+    ----------
+    stack : Stack
+        With ``input_dim == X.shape[1]`` (or ``width`` equal to it) and a head
+        (``loss`` in mse / bce / softmax_ce).
+    X, y : ndarray
+        Features (B, D) and integer labels (B,).
+    epochs, batch_size : int
+        Passes over the data and mini-batch size (the last batch of an epoch may be smaller).
+    optimizer : {"sgd", "momentum", "adam"} or an optimiser of :mod:`gradbench.optim`
+        With ``lr``, ``momentum`` (for "momentum") and ``weight_decay`` when given by name.
+    seed : int
+        Parameters from ``init_params(stack, seed)`` (unless ``params`` is given) and the
+        shuffling order from ``default_rng([seed, 1])``.
+
+    Returns
+    -------
+    TrainResult
+        Training stops at the first non-finite loss, gradient or parameter and says where
+        (``diverged_epoch``, ``divergence``); later entries of the history are NaN.
+    """
+    if not stack.has_head:
+        raise ValueError("training needs a head: give the Stack loss='bce', 'mse' or 'softmax_ce'")
+    X = np.ascontiguousarray(X, dtype=stack.np_dtype)
+    if X.ndim != 2 or X.shape[1] != stack.d_in:
+        raise ValueError(
+            f"X has shape {X.shape} but the stack expects {stack.d_in} features: "
+            f"use Stack(..., input_dim={X.shape[1] if X.ndim == 2 else '?'})"
+        )
+    if len(y) != len(X):
+        raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    opt = make_optimizer(optimizer, lr, momentum, weight_decay) if isinstance(optimizer, str) else optimizer
+    T = targets_for(stack, y)
+    labels = np.asarray(y).astype(np.int64)
+    params = init_params(stack, seed) if params is None else params.copy()
+    pdict = dict(params.items())
+    names = learnable(stack)
+    rng = np.random.default_rng([seed, 1])
+    B, L = len(X), stack.depth
+
+    loss = np.full(epochs, np.nan)
+    eval_loss = np.full(epochs + 1, np.nan)
+    accuracy = np.full(epochs + 1, np.nan)
+    grad_log10 = np.full((epochs + 1, L), np.nan)
+    ratio = np.full((epochs, L), np.nan)
+    ratio_in = np.full(epochs, np.nan)
+    ratio_out = np.full(epochs, np.nan)
+    diverged, why = None, ""
+
+    def evaluate(e: int) -> None:
+        res = backprop(stack, params, X, T, backend=backend)
+        eval_loss[e] = res.loss
+        grad_log10[e] = res.grad_norm.log10()
+        h = res.output.to_float(np.float64, warn=False)
+        accuracy[e] = float(np.mean(predict_labels(stack, params, h) == labels))
+
+    settings = dict(
+        name=name, dataset=dataset, n_samples=B, epochs=epochs, batch_size=batch_size,
+        optimizer=optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
+        lr=float(getattr(opt, "lr", lr)), momentum=momentum if optimizer == "momentum" else 0.0,
+        weight_decay=weight_decay, seed=seed, backend=backend,
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc=name or "training", unit="epoch", leave=False)
+    t0 = time.perf_counter()
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        evaluate(0)
+        for epoch in range(epochs):
+            W0 = params.W.copy()
+            Win0 = None if params.W_in is None else params.W_in.copy()
+            Wout0 = params.W_out.copy()
+            order = rng.permutation(B)
+            total, count = 0.0, 0
+            for start in range(0, B, batch_size):
+                idx = order[start:start + batch_size]
+                res = backprop(stack, params, X[idx], T[idx], backend=backend)
+                total += res.loss * len(idx)
+                count += len(idx)
+                if not math.isfinite(res.loss):
+                    diverged, why = epoch, _why_loss(res)
+                    break
+                grads = {k: g.to_float(stack.np_dtype, warn=False) for k, g in res.grads.items() if k in names}
+                bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
+                if bad:
+                    diverged, why = epoch, f"gradient of {', '.join(bad)} overflowed {stack.dtype}"
+                    break
+                opt.step(pdict, grads)
+                bad = [k for k in names if not np.all(np.isfinite(pdict[k]))]
+                if bad:
+                    diverged, why = epoch, f"parameters {', '.join(bad)} became non-finite after an update"
+                    break
+            loss[epoch] = total / max(count, 1)
+            if diverged is not None:
+                if math.isfinite(loss[epoch]):  # stopped on a gradient or parameter, not the loss
+                    loss[epoch] = np.nan
+                break
+            ratio[epoch] = _layer_ratios(W0, params.W)
+            if Win0 is not None:
+                ratio_in[epoch] = _layer_ratios(Win0[None], params.W_in[None])[0]
+            ratio_out[epoch] = _layer_ratios(Wout0[None], params.W_out[None])[0]
+            evaluate(epoch + 1)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss[epoch]:.4f}")
+    if bar is not None:
+        bar.close()
+    return TrainResult(
+        stack=stack, params=params, settings=settings, loss=loss, eval_loss=eval_loss,
+        accuracy=accuracy, grad_log10=grad_log10, update_ratio=ratio,
+        update_ratio_input=ratio_in, update_ratio_head=ratio_out, diverged_epoch=diverged,
+        divergence=why, seconds=time.perf_counter() - t0,
+    )
+
+
+def _why_loss(res) -> str:
+    where = []
+    if res.first_nonfinite_forward is not None:
+        where.append(f"the forward pass first turned non-finite at layer {res.first_nonfinite_forward}")
+    return f"loss became {res.loss}" + (f" ({'; '.join(where)})" if where else "")
+
+
+# ------------------------------------------------------------------ the classic demonstrations
+@dataclass(frozen=True)
+class Demo:
+    """A named, seeded training run: the stack, the data and the training settings."""
+
+    name: str
+    title: str
+    stack: dict
+    train: dict
+    dataset: str = "moons"
+    n_samples: int = 200
+    noise: float = 0.1
+    data_seed: int = 0
+
+    def make_stack(self, **overrides) -> Stack:
+        kw = dict(input_dim=2, loss="bce", output_dim=1)
+        kw.update(self.stack)
+        kw.update(overrides)
+        return Stack(**kw)
+
+    def data(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.dataset == "moons":
+            return datasets.moons(self.n_samples, noise=self.noise, seed=self.data_seed)
+        return datasets.load(self.dataset, self.n_samples, seed=self.data_seed)
+
+
+# One deep net and its remedies, all on the same two-moons data with plain SGD (Adam would
+# rescale the tiny gradients and hide the vanishing). See the README of the demos in the
+# docstring of `run_demo` for the measured outcomes.
+_DEEP = dict(depth=10, width=16, activation="sigmoid", init="xavier_normal")
+_SGD = dict(optimizer="sgd", lr=0.5, batch_size=20, epochs=100, seed=0)
+
+DEMOS: dict[str, Demo] = {}
+
+
+def _register(demo: Demo) -> None:
+    DEMOS[demo.name] = demo
+
+
+_register(Demo("deep-sigmoid", "10 sigmoid layers, Xavier init: stuck at ln 2", _DEEP, _SGD))
+_register(Demo("shallow-sigmoid", "2 sigmoid layers: trains", {**_DEEP, "depth": 2}, _SGD))
+_register(Demo("relu-he", "10 ReLU layers, He init", {**_DEEP, "activation": "relu", "init": "he_normal"}, _SGD))
+_register(Demo("batchnorm", "10 sigmoid layers with batch norm", {**_DEEP, "batch_norm": True}, _SGD))
+_register(Demo("residual", "10 sigmoid layers, residual every layer", {**_DEEP, "residual": 1}, _SGD))
+_register(Demo("xavier-tanh", "10 tanh layers, Xavier init", {**_DEEP, "activation": "tanh"}, _SGD))
+_EXPLODE = dict(depth=10, width=16, activation="relu", init="he_normal", sigma_w=3.0)
+_register(Demo("exploding", "10 ReLU layers, large init (sigma_w=3): loss turns non-finite", _EXPLODE, _SGD))
+_register(Demo(
+    "exploding-clipped", "the same net with gradient clipping by global norm",
+    {**_EXPLODE, "clip": "norm", "clip_threshold": 1.0, "clip_on": "global"}, _SGD,
+))
+
+
+def run_demo(name: str, *, backend: str = "auto", progress: bool = False, **overrides) -> TrainResult:
+    """Run one of :data:`DEMOS` (``overrides`` change training settings, e.g. ``epochs``)."""
+    check_choice("demo", name, tuple(DEMOS))
+    demo = DEMOS[name]
+    X, y = demo.data()
+    kw = dict(demo.train)
+    kw.update(overrides)
+    return train(demo.make_stack(), X, y, backend=backend, progress=progress, name=name,
+                 dataset=demo.dataset, **kw)
