@@ -2,8 +2,12 @@
 
 Run by setuptools through ``setup(cffi_modules=[...])`` at ``pip install``. Compiler flags are
 chosen here for the machine that builds: ``-O3 -march=native`` when the compiler accepts it,
-else ``-O3``; ``GRADBENCH_CFLAGS`` (space separated) overrides them. No ``-ffast-math``: NaN
-and inf must keep their meaning and results must match the reference.
+else ``-O3``; ``-fopenmp`` when the compiler can build and link an OpenMP program (without it
+the kernels run on one thread). ``GRADBENCH_CFLAGS`` (space separated) replaces all of them
+(add ``-fopenmp`` there yourself if you want threads); ``GRADBENCH_NO_OPENMP=1`` drops OpenMP.
+No ``-ffast-math``: NaN and inf must keep their meaning and results must match the reference.
+Under ``-std=c11`` GCC does not contract ``a*b+c`` into FMA (``-ffp-contract=off``), so the
+elementwise formulas round as NumPy's do; the matrix products call ``fma()`` explicitly.
 """
 
 from __future__ import annotations
@@ -35,10 +39,21 @@ def _compiler() -> str | None:
     return cc if shutil.which(exe) else None
 
 
-def _accepts(cc: str, flags: list[str]) -> bool:
+_PROBE = "int main(void) { return 0; }\n"
+_OMP_PROBE = """#include <omp.h>
+int main(void) {
+    int n = 0;
+#pragma omp parallel num_threads(2) reduction(+ : n)
+    n += omp_get_num_threads() > 0;
+    return n > 0 ? 0 : 1;
+}
+"""
+
+
+def _accepts(cc: str, flags: list[str], source: str = _PROBE) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "probe.c"
-        src.write_text("int main(void) { return 0; }\n")
+        src.write_text(source)
         cmd = cc.split() + flags + [str(src), "-o", str(Path(tmp) / "probe")]
         return subprocess.run(cmd, capture_output=True).returncode == 0
 
@@ -48,10 +63,19 @@ def compile_flags() -> list[str]:
     if os.environ.get("GRADBENCH_CFLAGS"):
         return os.environ["GRADBENCH_CFLAGS"].split()
     cc = _compiler()
-    base = ["-O3", "-std=c11", "-fno-math-errno"]
-    if cc and _accepts(cc, base + ["-march=native"]):
-        return base + ["-march=native"]
-    return base
+    flags = ["-O3", "-std=c11", "-fno-math-errno"]
+    if cc is None:
+        return flags
+    if _accepts(cc, flags + ["-march=native"]):
+        flags.append("-march=native")
+    if os.environ.get("GRADBENCH_NO_OPENMP", "") in ("", "0") and _accepts(cc, flags + ["-fopenmp"], _OMP_PROBE):
+        flags.append("-fopenmp")
+    return flags
+
+
+def link_flags(cflags: list[str]) -> list[str]:
+    """The compile flags that the linker needs too (OpenMP runtime, sanitizers)."""
+    return [f for f in cflags if f.startswith(("-fopenmp", "-fsanitize"))]
 
 
 def _build() -> FFI:
@@ -64,12 +88,15 @@ def _build() -> FFI:
     ffi = FFI()
     ffi.cdef(_cdef_text())
     sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.c"))
+    cflags = compile_flags()
     ffi.set_source(
         "gradbench._ckernels",
         '#include "gradbench.h"',
         sources=sources,
         include_dirs=[str(CSRC.relative_to(ROOT))],
-        extra_compile_args=compile_flags(),
+        extra_compile_args=cflags,
+        extra_link_args=link_flags(cflags),
+        depends=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.h")),
         libraries=["m"],
         optional=True,  # a failed build leaves the other backends usable
     )

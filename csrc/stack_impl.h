@@ -1,0 +1,562 @@
+/* The layer kernels and the two stack drivers, written once over the real type T.
+ *
+ * Included by stack_f64.c (T = double) and stack_f32.c (T = float), which define
+ *   T, SFX (f64/f32), TFMA, TLDEXP, TFABS, GEMM_FN (the BLAS pointer type), GEMM_FIELD
+ *   (its gb_opts field) and T_MAX_EXP (the largest e with 2^e finite in T).
+ *
+ * Dimension letters: L depth, B batch, N width. Every function follows the reference
+ * (gradbench/reference.py): same names, arguments in the order outputs, saved values, inputs,
+ * parameters, dimensions; the formulas are evaluated in the same order so that, given the same
+ * inputs, the elementwise results are the same numbers. Matrix products use FMA and their own
+ * summation order (as BLAS does); reductions use a fixed order whatever the thread count.
+ *
+ * Threads: the own matrix products split their output into tiles, the elementwise passes split
+ * rows; every output entry is computed by one thread in a fixed order and reductions go through
+ * per-row partial sums combined in row order, so results do not depend on the thread count.
+ */
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "gb_internal.h"
+
+#define GB_CAT2(a, b) a##_##b
+#define GB_CAT(a, b) GB_CAT2(a, b)
+#define F(name) GB_CAT(name, SFX)
+
+#ifdef __FMA__ /* hardware FMA: fma() compiles to one (vector) instruction */
+#define MADD(a, b, c) TFMA(a, b, c)
+#else
+#define MADD(a, b, c) ((a) * (b) + (c))
+#endif
+
+#define GB_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define GB_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Per-call state: chosen once per call, read-only inside the layer loop. */
+typedef struct {
+    GEMM_FN gemm;   /* BLAS gemm for this width, or NULL: own kernels */
+    int nth;        /* threads of the own kernels for this layer size */
+    T *wt;          /* (N,N) workspace: W^T for the own forward product */
+    double *rowacc; /* (max(B,N),) per-row partial sums */
+    unsigned char *flag; /* (N,) */
+} F(gb_ctx);
+
+/* ------------------------------------------------------------------ matrix products */
+/* Register tile: C (R,NC) = A (R,K) Bm (K,NC) [+ bias (NC,)]; A(r,k) = A[r*sam + k*sak].
+ * Each C entry is one FMA chain over k in order. */
+#define GB_TILE(R, NC)                                                                          \
+    static inline void F(gb_tile_##R##x##NC)(T *C, int64_t ldc, const T *A, int64_t sam,       \
+                                             int64_t sak, const T *Bm, int64_t ldb, int64_t K, \
+                                             const T *bias) {                                  \
+        T acc[R][NC];                                                                          \
+        for (int r = 0; r < R; r++)                                                            \
+            for (int c = 0; c < NC; c++) acc[r][c] = 0;                                        \
+        for (int64_t k = 0; k < K; k++) {                                                      \
+            const T *bk = Bm + k * ldb;                                                        \
+            for (int r = 0; r < R; r++) {                                                      \
+                const T a = A[r * sam + k * sak];                                              \
+                for (int c = 0; c < NC; c++) acc[r][c] = MADD(a, bk[c], acc[r][c]);            \
+            }                                                                                  \
+        }                                                                                      \
+        if (bias) {                                                                            \
+            for (int r = 0; r < R; r++)                                                        \
+                for (int c = 0; c < NC; c++) C[r * ldc + c] = acc[r][c] + bias[c];             \
+        } else {                                                                               \
+            for (int r = 0; r < R; r++)                                                        \
+                for (int c = 0; c < NC; c++) C[r * ldc + c] = acc[r][c];                       \
+        }                                                                                      \
+    }
+
+GB_TILE(4, 16)
+GB_TILE(4, 8)
+GB_TILE(4, 1)
+GB_TILE(1, 16)
+GB_TILE(1, 8)
+GB_TILE(1, 1)
+
+/* One block of at most 4 rows and nw columns, cut into the register tiles. */
+static void F(gb_gemm_block)(T *C, const T *A, int64_t sam, int64_t sak, const T *Bm,
+                             const T *bias, int64_t mr, int64_t nw, int64_t K, int64_t ld) {
+#define GB_ROWS(R)                                                                              \
+    {                                                                                          \
+        int64_t c = 0;                                                                         \
+        for (; c + 16 <= nw; c += 16)                                                          \
+            F(gb_tile_##R##x16)(C + c, ld, A, sam, sak, Bm + c, ld, K, bias ? bias + c : NULL); \
+        for (; c + 8 <= nw; c += 8)                                                            \
+            F(gb_tile_##R##x8)(C + c, ld, A, sam, sak, Bm + c, ld, K, bias ? bias + c : NULL); \
+        for (; c < nw; c++)                                                                    \
+            F(gb_tile_##R##x1)(C + c, ld, A, sam, sak, Bm + c, ld, K, bias ? bias + c : NULL); \
+    }
+    if (mr == 4) {
+        GB_ROWS(4)
+    } else {
+        for (int64_t r = 0; r < mr; r++, C += ld, A += sam) GB_ROWS(1)
+    }
+#undef GB_ROWS
+}
+
+/* C (M,N) = A (M,K) Bm (K,N) [+ bias (N,)] with A(m,k) = A[m*sam + k*sak]; ldb = ldc = N. */
+static void F(gb_gemm_own)(T *C, const T *A, int64_t sam, int64_t sak, const T *Bm,
+                           const T *bias, int64_t M, int64_t N, int64_t K, int nth) {
+    const int64_t PW = 128; /* column panel */
+    const int64_t mb = (M + 3) / 4, nb = (N + PW - 1) / PW, ntile = mb * nb;
+    (void)nth;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1 && ntile > 1)
+#endif
+    for (int64_t t = 0; t < ntile; t++) {
+        const int64_t m0 = (t / nb) * 4, n0 = (t % nb) * PW;
+        F(gb_gemm_block)(C + m0 * N + n0, A + m0 * sam, sam, sak, Bm + n0,
+                         bias ? bias + n0 : NULL, GB_MIN(4, M - m0), GB_MIN(PW, N - n0), K, N);
+    }
+}
+
+/* ------------------------------------------------------------------ layers */
+/* z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,) */
+static void F(gb_dense_forward)(const F(gb_ctx) *cx, T *z, const T *h, const T *W, const T *b,
+                                int64_t B, int64_t N) {
+    if (cx->gemm) { /* column major: z^T (N,B) = W (N,N) h^T (N,B) + b */
+        for (int64_t r = 0; r < B; r++) memcpy(z + r * N, b, (size_t)N * sizeof(T));
+        char ta = 'T', tb = 'N';
+        int m = (int)N, n = (int)B, k = (int)N, ld = (int)N;
+        T one = 1;
+        cx->gemm(&ta, &tb, &m, &n, &k, &one, (T *)W, &ld, (T *)h, &ld, &one, z, &ld);
+        return;
+    }
+    T *wt = cx->wt;
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t j = 0; j < N; j++) wt[j * N + i] = W[i * N + j];
+    F(gb_gemm_own)(z, h, N, 1, wt, b, B, N, N, cx->nth);
+}
+
+/* dW = dz^T h, db = sum_B dz, dh = dz W.
+ * dh (B,N), dW (N,N), db (N,), dz (B,N), h (B,N), W (N,N) */
+static void F(gb_dense_backward)(const F(gb_ctx) *cx, T *dh, T *dW, T *db, const T *dz,
+                                 const T *h, const T *W, int64_t B, int64_t N) {
+    for (int64_t j = 0; j < N; j++) db[j] = 0;
+    for (int64_t r = 0; r < B; r++)
+        for (int64_t j = 0; j < N; j++) db[j] += dz[r * N + j];
+    if (cx->gemm) { /* column major: dW^T = h^T dz, dh^T = W^T dz^T */
+        char tn = 'N', tt = 'T';
+        int n = (int)N, bb = (int)B, ld = (int)N;
+        T one = 1, zero = 0;
+        cx->gemm(&tn, &tt, &n, &n, &bb, &one, (T *)h, &ld, (T *)dz, &ld, &zero, dW, &ld);
+        cx->gemm(&tn, &tn, &n, &bb, &n, &one, (T *)W, &ld, (T *)dz, &ld, &zero, dh, &ld);
+        return;
+    }
+    F(gb_gemm_own)(dW, dz, 1, N, h, NULL, N, N, B, cx->nth);
+    F(gb_gemm_own)(dh, dz, N, 1, W, NULL, B, N, N, cx->nth);
+}
+
+/* y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance).
+ * y, xhat, z (B,N); mean, rstd, gamma, beta (N,). y may be z. */
+static void F(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma,
+                                    const T *beta, double eps, int64_t B, int64_t N) {
+    T *var = rstd; /* the variance lives in rstd until rstd is computed */
+    for (int64_t j = 0; j < N; j++) mean[j] = var[j] = 0;
+    for (int64_t r = 0; r < B; r++)
+        for (int64_t j = 0; j < N; j++) mean[j] += z[r * N + j];
+    for (int64_t j = 0; j < N; j++) mean[j] /= (T)B;
+    for (int64_t r = 0; r < B; r++)
+        for (int64_t j = 0; j < N; j++) {
+            T d = z[r * N + j] - mean[j];
+            var[j] += d * d;
+        }
+    for (int64_t j = 0; j < N; j++) {
+        T v = var[j] / (T)B;
+        rstd[j] = (T)(1.0 / sqrt((double)v + eps));
+    }
+    for (int64_t r = 0; r < B; r++)
+        for (int64_t j = 0; j < N; j++) {
+            T x = (z[r * N + j] - mean[j]) * rstd[j];
+            xhat[r * N + j] = x;
+            y[r * N + j] = gamma[j] * x + beta[j];
+        }
+}
+
+/* Train-mode batch norm backward, linear in dy:
+ * dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat)).
+ * dz, dy, xhat (B,N); dgamma, dbeta, rstd, gamma (N,). dz may be dy. */
+static void F(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat,
+                                     const T *rstd, const T *gamma, int64_t B, int64_t N) {
+    for (int64_t j = 0; j < N; j++) dgamma[j] = dbeta[j] = 0;
+    for (int64_t r = 0; r < B; r++)
+        for (int64_t j = 0; j < N; j++) {
+            dbeta[j] += dy[r * N + j];
+            dgamma[j] += dy[r * N + j] * xhat[r * N + j];
+        }
+    for (int64_t r = 0; r < B; r++)
+        for (int64_t j = 0; j < N; j++) {
+            T gr = gamma[j] * rstd[j];
+            dz[r * N + j] =
+                gr * (dy[r * N + j] - dbeta[j] / (T)B - xhat[r * N + j] * (dgamma[j] / (T)B));
+        }
+}
+
+/* a = phi(z); returns the number of entries with phi'(z) < thr (the saturation count).
+ * a, z (n,) */
+static int64_t F(gb_activation_forward_sat)(T *a, const T *z, int64_t n, int act, T p, double thr,
+                                        int nth) {
+    int64_t nsat = 0;
+    const int64_t CH = 4096, nch = (n + CH - 1) / CH;
+    (void)nth;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nth) schedule(static) reduction(+ : nsat) if (nth > 1 && nch > 1)
+#endif
+    for (int64_t c = 0; c < nch; c++) {
+        const int64_t i0 = c * CH, i1 = GB_MIN(n, i0 + CH);
+        int64_t cnt = 0;
+        switch (act) { /* phi' of tanh and sigmoid from phi itself: the same numbers */
+        case GB_TANH:
+            for (int64_t i = i0; i < i1; i++) {
+                T t = F(gb_phi)(z[i], GB_TANH, p);
+                a[i] = t;
+                cnt += (double)((T)1 - t * t) < thr;
+            }
+            break;
+        case GB_SIGMOID:
+            for (int64_t i = i0; i < i1; i++) {
+                T s = F(gb_phi)(z[i], GB_SIGMOID, p);
+                a[i] = s;
+                cnt += (double)(s * ((T)1 - s)) < thr;
+            }
+            break;
+        default:
+            for (int64_t i = i0; i < i1; i++) {
+                a[i] = F(gb_phi)(z[i], act, p);
+                cnt += (double)F(gb_dphi)(z[i], act, p) < thr;
+            }
+        }
+        nsat += cnt;
+    }
+    return nsat;
+}
+
+/* dz = da * phi'(zl), with da = G (times alpha when scale), zl = z or gamma * xhat + beta under
+ * batch norm, and phi'(zl) of tanh/sigmoid taken from a = phi(zl) when given. Returns
+ * dL/dslope = sum(da * min(zl, 0)) for PReLU (in double, rows in order), else 0.
+ * dz, G, z, a (B,N); gamma, beta (N,) */
+static double F(gb_activation_backward_layer)(T *dz, const T *G, const T *z, const T *a,
+                                        const T *gamma, const T *beta, int scale, T alpha,
+                                        int act, T p, int64_t B, int64_t N, double *rowacc,
+                                        int nth) {
+    (void)nth;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1 && B > 1)
+#endif
+    for (int64_t r = 0; r < B; r++) {
+        const T *g = G + r * N, *zr = z + r * N, *ar = a ? a + r * N : NULL;
+        T *d = dz + r * N;
+        double s = 0;
+        if (ar && act == GB_TANH) {
+            for (int64_t j = 0; j < N; j++) {
+                T da = scale ? g[j] * alpha : g[j];
+                d[j] = da * ((T)1 - ar[j] * ar[j]);
+            }
+        } else if (ar && act == GB_SIGMOID) {
+            for (int64_t j = 0; j < N; j++) {
+                T da = scale ? g[j] * alpha : g[j];
+                d[j] = da * (ar[j] * ((T)1 - ar[j]));
+            }
+        } else {
+            for (int64_t j = 0; j < N; j++) {
+                T da = scale ? g[j] * alpha : g[j];
+                T zl = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
+                d[j] = da * F(gb_dphi)(zl, act, p);
+                if (act == GB_PRELU) s += (double)(da * ((zl < 0 || zl != zl) ? zl : (T)0));
+            }
+        }
+        rowacc[r] = s;
+    }
+    double total = 0;
+    if (act == GB_PRELU)
+        for (int64_t r = 0; r < B; r++) total += rowacc[r];
+    return total;
+}
+
+/* ------------------------------------------------------------------ the exact chain */
+/* max |g| ignoring NaN (propagate_nan = 0) or NaN if any entry is NaN (propagate_nan = 1). */
+static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
+    T lane[16] = {0};
+    int nan = 0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int c = 0; c < 16; c++) {
+            T v = TFABS(g[i + c]);
+            nan |= v != v;
+            lane[c] = v > lane[c] ? v : lane[c];
+        }
+    T m = 0;
+    for (; i < n; i++) {
+        T v = TFABS(g[i]);
+        nan |= v != v;
+        m = v > m ? v : m;
+    }
+    for (int c = 0; c < 16; c++) m = lane[c] > m ? lane[c] : m;
+    return (propagate_nan && nan) ? (T)NAN : m;
+}
+
+/* Scale g (n,) in place by 2^-e so that max|g| lies in [0.5, 1); return e (0 when g is all
+ * zero or its largest magnitude is not finite). Exact: 2^-e is applied in two steps when it
+ * is not a finite T (max|g| subnormal). */
+static int64_t F(gb_normalise)(T *g, int64_t n) {
+    T m = F(gb_absmax)(g, n, 0);
+    if (!(m > 0) || !isfinite(m)) return 0;
+    int e;
+    frexp((double)m, &e); /* m is finite and non-zero here: frexp is well defined */
+    if (-e <= T_MAX_EXP) {
+        const T s = (T)ldexp(1.0, -e);
+        for (int64_t i = 0; i < n; i++) g[i] *= s;
+    } else {
+        const int e1 = e / 2;
+        const T s1 = (T)ldexp(1.0, -e1), s2 = (T)ldexp(1.0, e1 - e);
+        for (int64_t i = 0; i < n; i++) g[i] = (g[i] * s1) * s2;
+    }
+    return e;
+}
+
+/* a * 2^ea + scale * s * 2^es written into a at the larger exponent; returns it.
+ * a, s (n,) */
+static int64_t F(gb_add_aligned)(T *a, int64_t ea, const T *s, int64_t es, double scale,
+                                 int64_t n) {
+    const int64_t em = GB_MAX(ea, es);
+    const int da = gb_clamp_exp(ea - em), ds = gb_clamp_exp(es - em);
+    const T sc = (T)scale;
+    if (da == 0 && ds == 0) {
+        for (int64_t i = 0; i < n; i++) a[i] = s[i] + sc * a[i];
+    } else {
+        for (int64_t i = 0; i < n; i++) a[i] = TLDEXP(s[i], ds) + sc * TLDEXP(a[i], da);
+    }
+    return em;
+}
+
+/* sqrt(sum x^2) in double, by rows of N in order.    x (M,N) */
+static double F(gb_norm)(const T *x, int64_t M, int64_t N, double *rowacc) {
+    for (int64_t r = 0; r < M; r++) {
+        double lane[8] = {0};
+        const T *xr = x + r * N;
+        int64_t j = 0;
+        for (; j + 8 <= N; j += 8)
+            for (int c = 0; c < 8; c++) lane[c] += (double)xr[j + c] * (double)xr[j + c];
+        double s = 0;
+        for (; j < N; j++) s += (double)xr[j] * (double)xr[j];
+        for (int c = 0; c < 8; c++) s += lane[c];
+        rowacc[r] = s;
+    }
+    double total = 0;
+    for (int64_t r = 0; r < M; r++) total += rowacc[r];
+    return sqrt(total);
+}
+
+/* Clip the true value g * 2^e (value: to [-c, c]; norm: norm <= c) in place; g normalised.
+ * Returns the new exponent.    g (B,N) */
+static int64_t F(gb_clip_signal)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N,
+                                 double *rowacc) {
+    const int64_t n = B * N;
+    if (mode == GB_CLIP_VALUE) {
+        int ec;
+        const double t = frexp(c, &ec); /* c = t * 2^ec, t in [0.5, 1) */
+        const double m = (double)F(gb_absmax)(g, n, 1);
+        const int sh = gb_clamp_exp(e - ec);
+        if (ldexp(m, sh) > t) {
+            for (int64_t i = 0; i < n; i++) {
+                double v = (double)TLDEXP(g[i], sh);
+                g[i] = (T)(v > t ? t : (v < -t ? -t : v));
+            }
+            return ec;
+        }
+    } else if (mode == GB_CLIP_NORM) {
+        const double nrm = F(gb_norm)(g, B, N, rowacc);
+        if (ldexp(nrm, gb_clamp_exp(e)) > c) {
+            const T s = (T)(c / nrm);
+            for (int64_t i = 0; i < n; i++) g[i] *= s;
+            return 0;
+        }
+    }
+    return e;
+}
+
+static int F(gb_all_finite)(const T *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ drivers */
+static int F(gb_check_cfg)(const int64_t *icfg, int64_t L, int64_t B, int64_t N) {
+    if (icfg[0] < GB_IDENTITY || icfg[0] > GB_GELU) return GB_EBADACT;
+    if (L < 1 || B < 1 || N < 1 || icfg[2] < 0 || (icfg[2] > 0 && L % icfg[2] != 0))
+        return GB_EBADARG;
+    if (icfg[3] < GB_CLIP_NONE || icfg[3] > GB_CLIP_NORM) return GB_EBADARG;
+    if (N > INT32_MAX / 2 || B > INT32_MAX / 2) return GB_EBADARG;
+    return GB_OK;
+}
+
+static void *F(gb_alloc)(size_t bytes) {
+    size_t n = (bytes + 63) / 64 * 64;
+    return aligned_alloc(64, n ? n : 64);
+}
+
+/* Choose BLAS or own kernels and the thread count; allocate the workspace. */
+static int F(gb_ctx_init)(F(gb_ctx) *cx, const gb_opts *opts, int64_t B, int64_t N, int need_wt) {
+    memset(cx, 0, sizeof *cx);
+    cx->gemm = (opts && opts->GEMM_FIELD && N >= opts->blas_min_width) ? opts->GEMM_FIELD : NULL;
+    cx->nth = 1;
+    if (opts && opts->nthreads > 1 && B * N * N >= opts->par_min_work)
+        cx->nth = (int)GB_MIN(opts->nthreads, 64);
+    cx->rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
+    cx->flag = F(gb_alloc)((size_t)N);
+    if (need_wt && !cx->gemm) cx->wt = F(gb_alloc)(sizeof(T) * (size_t)(N * N));
+    if (!cx->rowacc || !cx->flag || (need_wt && !cx->gemm && !cx->wt)) return GB_ENOMEM;
+    return GB_OK;
+}
+
+static void F(gb_ctx_free)(F(gb_ctx) *cx) {
+    free(cx->wt);
+    free(cx->rowacc);
+    free(cx->flag);
+}
+
+int F(gb_stack_forward)(const int64_t *icfg, const double *fcfg, const T *W, const T *b,
+                        const T *gamma, const T *beta, const T *slope, T *H, T *Z, T *bn_mean,
+                        T *bn_rstd, int64_t *fexp, double *act_mean, double *act_std,
+                        double *saturation, double *dead, int64_t *info, int64_t L, int64_t B,
+                        int64_t N, const gb_opts *opts) {
+    int rc = F(gb_check_cfg)(icfg, L, B, N);
+    if (rc) return rc;
+    const int act = (int)icfg[0], bn = icfg[1] != 0, rescale = icfg[4] != 0;
+    const int64_t k = icfg[2], BN = B * N, NN = N * N;
+    const double param = fcfg[0], alpha = fcfg[1], eps = fcfg[3], thr = fcfg[4];
+    F(gb_ctx) cx;
+    rc = F(gb_ctx_init)(&cx, opts, B, N, 1);
+    T *zb = bn ? F(gb_alloc)(sizeof(T) * (size_t)BN) : NULL;
+    if (rc || (bn && !zb)) {
+        F(gb_ctx_free)(&cx);
+        free(zb);
+        return GB_ENOMEM;
+    }
+    info[0] = -1;
+    for (int64_t l = 0; l < L; l++) {
+        const T p = act == GB_PRELU ? slope[l] : (T)param;
+        T *h = H + l * BN, *hn = H + (l + 1) * BN, *Zl = Z + l * BN;
+        T *z = bn ? zb : Zl;
+        F(gb_dense_forward)(&cx, z, h, W + l * NN, b + l * N, B, N);
+        if (bn)
+            F(gb_batchnorm_forward)(z, Zl, bn_mean + l * N, bn_rstd + l * N, z, gamma + l * N,
+                                    beta + l * N, eps, B, N);
+        const int64_t nsat = F(gb_activation_forward_sat)(hn, z, BN, act, p, thr, cx.nth);
+        fexp[l + 1] = fexp[l];
+        if (k && (l + 1) % k == 0)
+            fexp[l + 1] = F(gb_add_aligned)(hn, fexp[l], H + (l + 1 - k) * BN, fexp[l + 1 - k],
+                                            alpha, BN);
+        if (rescale) fexp[l + 1] += F(gb_normalise)(hn, BN);
+        /* statistics of h_{l+1} (two-pass, double, rows in order) and of z_l */
+        double s = 0;
+        for (int64_t r = 0; r < B; r++) {
+            double rs = 0;
+            for (int64_t j = 0; j < N; j++) rs += (double)hn[r * N + j];
+            s += rs;
+        }
+        const double mean = s / (double)BN;
+        double v = 0;
+        for (int64_t r = 0; r < B; r++) {
+            double rv = 0;
+            for (int64_t j = 0; j < N; j++) {
+                double d = (double)hn[r * N + j] - mean;
+                rv += d * d;
+            }
+            v += rv;
+        }
+        act_mean[l] = mean;
+        act_std[l] = sqrt(v / (double)BN);
+        saturation[l] = (double)nsat / (double)BN;
+        unsigned char *fl = cx.flag;
+        for (int64_t j = 0; j < N; j++) fl[j] = 1;
+        for (int64_t r = 0; r < B; r++)
+            for (int64_t j = 0; j < N; j++) fl[j] &= z[r * N + j] <= 0;
+        int64_t nd = 0;
+        for (int64_t j = 0; j < N; j++) nd += fl[j];
+        dead[l] = (double)nd / (double)N;
+        /* a finite sum means every entry is finite; otherwise look */
+        if (info[0] < 0 && !isfinite(s) && !F(gb_all_finite)(hn, BN)) info[0] = l;
+    }
+    F(gb_ctx_free)(&cx);
+    free(zb);
+    return GB_OK;
+}
+
+/* Normalise, clip and record dL/dh_l, now complete in G (the reference's finish()). */
+static void F(gb_finish)(T *G, int64_t l, int clip_mode, double c, double *sig_m,
+                         int64_t *sig_e, int64_t *info, int64_t B, int64_t N, double *rowacc) {
+    int64_t e = sig_e[l] + F(gb_normalise)(G, B * N);
+    if (clip_mode) {
+        e = F(gb_clip_signal)(G, e, clip_mode, c, B, N, rowacc);
+        e += F(gb_normalise)(G, B * N);
+    }
+    sig_e[l] = e;
+    sig_m[l] = F(gb_norm)(G, B, N, rowacc);
+    if (info[1] < 0 && !isfinite(sig_m[l]) && !F(gb_all_finite)(G, B * N)) info[1] = l;
+}
+
+int F(gb_stack_backward)(const int64_t *icfg, const double *fcfg, const T *W, const T *gamma,
+                         const T *beta, const T *slope, const T *H, const T *Z, const T *bn_rstd,
+                         const int64_t *fexp, T *G, T *dW, T *db, T *dgamma, T *dbeta, T *dslope,
+                         double *sig_m, int64_t *sig_e, double *gnorm_m, int64_t *info, int64_t L,
+                         int64_t B, int64_t N, const gb_opts *opts) {
+    int rc = F(gb_check_cfg)(icfg, L, B, N);
+    if (rc) return rc;
+    (void)fexp; /* the forward exponents only enter the weights' exponents (Python side) */
+    const int act = (int)icfg[0], bn = icfg[1] != 0, rescale = icfg[4] != 0;
+    const int clip_mode = (int)icfg[3];
+    const int64_t k = icfg[2], BN = B * N, NN = N * N;
+    const double param = fcfg[0], alpha = fcfg[1], c = fcfg[2];
+    F(gb_ctx) cx;
+    rc = F(gb_ctx_init)(&cx, opts, B, N, 0);
+    T *dz = F(gb_alloc)(sizeof(T) * (size_t)BN);
+    T *skip = k ? F(gb_alloc)(sizeof(T) * (size_t)BN) : NULL;
+    if (rc || !dz || (k && !skip)) {
+        F(gb_ctx_free)(&cx);
+        free(dz);
+        free(skip);
+        return GB_ENOMEM;
+    }
+    info[1] = -1;
+    F(gb_finish)(G, L, clip_mode, c, sig_m, sig_e, info, B, N, cx.rowacc);
+    int64_t skip_e = 0;
+    for (int64_t l = L - 1; l >= 0; l--) {
+        const int64_t e = sig_e[l + 1];
+        const T p = act == GB_PRELU ? slope[l] : (T)param;
+        const int end_group = k && (l + 1) % k == 0;
+        if (end_group) { /* dL/dh_{l+1} also flows down the skip */
+            memcpy(skip, G, sizeof(T) * (size_t)BN);
+            skip_e = e;
+        }
+        /* h_{l+1} = phi(z_l) exactly when no residual add or rescaling changed it */
+        const T *a = (!end_group && !rescale) ? H + (l + 1) * BN : NULL;
+        const T *Zl = Z + l * BN;
+        double ds = F(gb_activation_backward_layer)(dz, G, Zl, a, bn ? gamma + l * N : NULL,
+                                              bn ? beta + l * N : NULL, end_group, (T)alpha,
+                                              act, p, B, N, cx.rowacc, cx.nth);
+        dslope[l] = (T)ds;
+        if (bn) {
+            F(gb_batchnorm_backward)(dz, dgamma + l * N, dbeta + l * N, dz, Zl, bn_rstd + l * N,
+                                     gamma + l * N, B, N);
+        } else {
+            for (int64_t j = 0; j < N; j++) dgamma[l * N + j] = dbeta[l * N + j] = 0;
+        }
+        F(gb_dense_backward)(&cx, G, dW + l * NN, db + l * N, dz, H + l * BN, W + l * NN, B, N);
+        gnorm_m[l] = F(gb_norm)(dW + l * NN, N, N, cx.rowacc);
+        sig_e[l] = e;
+        if (k && l % k == 0) sig_e[l] = F(gb_add_aligned)(G, e, skip, skip_e, 1.0, BN);
+        F(gb_finish)(G, l, clip_mode, c, sig_m, sig_e, info, B, N, cx.rowacc);
+    }
+    F(gb_ctx_free)(&cx);
+    free(dz);
+    free(skip);
+    return GB_OK;
+}
+
+#undef F
+#undef MADD
