@@ -340,6 +340,11 @@ def classify(grad_log10: np.ndarray, threshold: float = 2.0, big: float = 6.0) -
     return "stable"
 
 
+def _num(v: float) -> str:
+    """A decade count without scientific notation (10^-64411.7, not 10^-6.441e+04)."""
+    return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
 def _verdict(stack, g, slope, threshold, res, limits) -> tuple[str, str]:
     L = len(g)
     verdict = classify(g, threshold)
@@ -362,34 +367,34 @@ def _verdict(stack, g, slope, threshold, res, limits) -> tuple[str, str]:
         if verdict == "vanishing":
             words.insert(0, (
                 f"gradients vanish: they shrink by {slope:.3g} decades per layer going down, "
-                f"a factor 10^{change:.4g} over {L} layers "
-                f"(||dW|| from 10^{top:.4g} at the top to 10^{bottom:.4g} at layer 0)"
+                f"a factor 10^{_num(change)} over {L} layers "
+                f"(||dW|| from 10^{_num(top)} at the top to 10^{_num(bottom)} at layer 0)"
             ))
         elif verdict == "exploding" and change > -threshold:
             words.insert(0, (
-                f"gradients are huge: ||dW|| reaches 10^{np.max(g[finite]):.4g} (an SGD step of that size "
-                f"wrecks the weights) although the trend over {L} layers is only {-change:.3g} decades"
+                f"gradients are huge: ||dW|| reaches 10^{_num(np.max(g[finite]))} (an SGD step of that size "
+                f"wrecks the weights) although the trend over {L} layers is only {_num(-change)} decades"
             ))
         elif verdict == "exploding":
             words.insert(0, (
                 f"gradients explode: they grow by {-slope:.3g} decades per layer going down, "
-                f"a factor 10^{-change:.4g} over {L} layers "
-                f"(||dW|| from 10^{top:.4g} at the top to 10^{bottom:.4g} at layer 0)"
+                f"a factor 10^{_num(-change)} over {L} layers "
+                f"(||dW|| from 10^{_num(top)} at the top to 10^{_num(bottom)} at layer 0)"
             ))
         else:
             words.insert(0, (
                 f"gradients are stable: {abs(change):.3g} decades of fitted change over {L} layers "
-                f"(threshold {threshold:g}); ||dW|| from 10^{top:.4g} at the top to 10^{bottom:.4g} at layer 0"
+                f"(threshold {threshold:g}); ||dW|| from 10^{_num(top)} at the top to 10^{_num(bottom)} at layer 0"
             ))
     elif finite.sum() == 1:
-        words.insert(0, f"one layer: ||dW|| = 10^{g[finite][0]:.4g}; no trend to fit")
+        words.insert(0, f"one layer: ||dW|| = 10^{_num(g[finite][0])}; no trend to fit")
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
     ok = np.isfinite(std)
     if ok.sum() >= 2 and abs(std[ok][-1] - std[ok][0]) >= 3:
         grow = std[ok][-1] - std[ok][0]
         words.append(
             f"the forward activations {'grow' if grow > 0 else 'shrink'} by {abs(grow):.3g} decades "
-            f"(std 10^{std[ok][0]:.3g} at layer 0, 10^{std[ok][-1]:.3g} at the top)"
+            f"(std 10^{_num(std[ok][0])} at layer 0, 10^{_num(std[ok][-1])} at the top)"
         )
     if stack.activation in ("sigmoid", "tanh"):
         sat = float(np.mean(res.saturation))

@@ -129,16 +129,17 @@ class TrainResult:
         if self.diverged_epoch is not None:
             lines.append(f"  DIVERGED in epoch {self.diverged_epoch + 1}: {self.divergence}")
         ran = max(self.epochs_run, 1)
+        acc = self.accuracy[min(ran, len(self.accuracy) - 1)]
         lines.append(
             f"  loss {self.eval_loss[0]:.4f} -> {self.final_loss:.4f}"
             f" (ln 2 = {math.log(2):.4f}), accuracy {self.accuracy[0]:.2f} -> "
-            f"{self.accuracy[min(ran, len(self.accuracy) - 1)]:.2f}"
+            + (f"{acc:.2f}" if math.isfinite(acc) else "-")
         )
         ratio = self.first_layer_ratio[:ran]
         if np.any(np.isfinite(ratio)):
             lines.append(
-                f"  first layer's weights change by {np.nanmedian(ratio):.3g} % per epoch (median),"
-                f" top layer's by {np.nanmedian(self.update_ratio[:ran, -1]):.3g} %"
+                f"  first layer's weights change by {np.nanmean(ratio):.3g} % per epoch on average "
+                f"(max {np.nanmax(ratio):.3g} %), the top layer's by {np.nanmean(self.update_ratio[:ran, -1]):.3g} %"
             )
         return "\n".join(lines)
 
@@ -260,7 +261,7 @@ def train(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, desc=name or "training", unit="epoch", leave=False)
+        bar = tqdm(total=epochs, desc=name or "training", unit="epoch", leave=False, disable=None)
     t0 = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         evaluate(0)
@@ -348,7 +349,7 @@ class Demo:
 # rescale the tiny gradients and hide the vanishing). See the README of the demos in the
 # docstring of `run_demo` for the measured outcomes.
 _DEEP = dict(depth=10, width=16, activation="sigmoid", init="xavier_normal")
-_SGD = dict(optimizer="sgd", lr=0.5, batch_size=20, epochs=100, seed=0)
+_SGD = dict(optimizer="sgd", lr=0.1, batch_size=20, epochs=100, seed=0)
 
 DEMOS: dict[str, Demo] = {}
 
