@@ -22,3 +22,11 @@ __all__ = [
     "ACTIVATIONS", "INITS", "LOSSES", "Grads", "LogScaled", "Params", "Result", "Stack",
     "UnderflowWarning", "backend_status", "backends", "backprop", "gaussian_input", "init_params",
 ]
+
+# Diagnosis, training and the classic demonstrations (plots: ``import gradbench.plot``;
+# it is not imported here so that ``import gradbench`` does not load matplotlib).
+from gradbench import datasets
+from gradbench.diagnose import Diagnosis, diagnose
+from gradbench.train import DEMOS, TrainResult, run_demo, train
+
+__all__ += ["DEMOS", "Diagnosis", "TrainResult", "datasets", "diagnose", "run_demo", "train"]

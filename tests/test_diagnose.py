@@ -1,0 +1,289 @@
+"""gb.diagnose: slopes, verdicts, float limits, histograms and JSON, against independent numbers."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench.diagnose import FLOAT_LIMITS, Diagnosis, classify, float_limits, histograms, slope_fit
+from tests import naive
+
+LOG10_2 = math.log10(2.0)
+
+
+def small_result(depth=6, width=4, batch=3, **kw):
+    stack = gb.Stack(depth=depth, width=width, **kw)
+    params = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, batch, 1)
+    return gb.backprop(stack, params, x, backend="numpy")
+
+
+def with_chain(res, exponents, mantissa=0.75):
+    """A Result whose ||dW_l|| is mantissa * 2**exponents[l] exactly (built by hand)."""
+    L = len(exponents)
+    e = np.asarray(exponents, dtype=np.int64)
+    grad_norm = gb.LogScaled(np.full(L, mantissa), e)
+    W = res.grads.W
+    grads = dataclasses.replace(res.grads, W=gb.LogScaled(W.mantissa, e))
+    return dataclasses.replace(res, grad_norm=grad_norm, grads=grads)
+
+
+# ---------------------------------------------------------------- slope against a closed-form chain
+@pytest.mark.parametrize("k", [1, -1, 7, 1000, -1500])
+def test_slope_of_a_hand_built_exponential_chain(k):
+    # ||dW_l|| = 0.75 * 2**(k*l - offset): exactly k*log10(2) decades per layer, at any size
+    L = 40
+    res = with_chain(small_result(depth=L), k * np.arange(L) - 20000)
+    d = gb.diagnose(res)
+    assert d.decades_per_layer == pytest.approx(k * LOG10_2, rel=1e-12)
+    expect = math.log10(0.75) + LOG10_2 * (k * np.arange(L) - 20000)
+    np.testing.assert_allclose(d.grad_log10, expect, rtol=1e-13)
+    assert d.intercept == pytest.approx(expect[0], rel=1e-12)
+    assert d.verdict == ("vanishing" if k > 0 else "exploding")
+
+
+def test_slope_fit_matches_numpy_polyfit_with_noise(rng):
+    y = 0.3 * np.arange(50) + rng.normal(0, 0.5, 50)
+    slope, intercept = slope_fit(y)
+    ref = np.polyfit(np.arange(50), y, 1)
+    assert slope == pytest.approx(ref[0], rel=1e-10) and intercept == pytest.approx(ref[1], rel=1e-10)
+    # non-finite entries are left out of the fit
+    y2 = y.copy()
+    y2[[3, 10]] = -np.inf
+    keep = np.isfinite(y2)
+    ref2 = np.polyfit(np.arange(50)[keep], y2[keep], 1)
+    assert slope_fit(y2)[0] == pytest.approx(ref2[0], rel=1e-10)
+    assert slope_fit(np.array([2.0])) == (0.0, 2.0)
+    assert all(math.isnan(v) for v in slope_fit(np.array([np.nan, np.nan])))
+
+
+def test_sigmoid_stack_slope_against_a_plain_independent_backward():
+    stack = gb.Stack(depth=30, width=8, activation="sigmoid", init="xavier_normal")
+    params = gb.init_params(stack, 3)
+    x = gb.gaussian_input(stack, 5, 4)
+    d = gb.diagnose(gb.backprop(stack, params, x, backend="numpy"))
+    P = {k: v.astype(np.float64) for k, v in params.items()}
+    _, grads, signal = naive.backward(stack, P, x)
+    ref = np.log10(np.linalg.norm(grads["W"].reshape(30, -1), axis=1))
+    np.testing.assert_allclose(d.grad_log10, ref, atol=1e-10)
+    np.testing.assert_allclose(d.signal_log10, np.log10(signal), atol=1e-10)
+    assert d.decades_per_layer == pytest.approx(np.polyfit(np.arange(30), ref, 1)[0], rel=1e-9)
+    # sigmoid' <= 1/4: at least ~0.6 decades per layer lost with Xavier's unit gain
+    assert d.decades_per_layer > 0.5
+    assert d.verdict == "vanishing"
+    assert "vanish" in d.explanation
+
+
+# ---------------------------------------------------------------- verdict thresholds
+def test_verdict_thresholds_on_constructed_inputs():
+    L = 11  # change over the stack = slope * 10
+    l = np.arange(L)
+    assert classify(0.201 * l, threshold=2.0) == "vanishing"
+    assert classify(0.199 * l, threshold=2.0) == "stable"
+    assert classify(-0.201 * l, threshold=2.0) == "exploding"
+    assert classify(-0.199 * l, threshold=2.0) == "stable"
+    assert classify(0.199 * l, threshold=1.0) == "vanishing"
+    assert classify(np.zeros(L)) == "stable"
+    # an exactly zero gradient below a non-zero one: vanishing (dead units block the chain)
+    g = np.zeros(L)
+    g[:3] = -np.inf
+    assert classify(g) == "vanishing"
+    # zero only at the top (nothing flows at all) is not called vanishing by the trend
+    # non-finite gradients: exploding
+    g = np.zeros(L)
+    g[2] = np.nan
+    assert classify(g) == "exploding"
+    g[2] = np.inf
+    assert classify(g) == "exploding"
+    # flat but huge: exploding in magnitude
+    assert classify(np.full(L, 7.0)) == "exploding"
+    assert classify(np.full(L, 5.0)) == "stable"
+    # one layer: no trend
+    assert classify(np.array([0.3])) == "stable"
+
+
+@pytest.mark.parametrize("act,init,sigma_w,verdict", [
+    ("sigmoid", "xavier_normal", None, "vanishing"),
+    ("relu", "he_normal", None, "stable"),
+    ("tanh", "xavier_normal", None, "stable"),
+    ("tanh", "normal", math.sqrt(16), "exploding"),
+    ("relu", "normal", math.sqrt(16), "exploding"),
+])
+def test_verdicts_of_the_classic_stacks(act, init, sigma_w, verdict):
+    stack = gb.Stack(depth=40, width=16, activation=act, init=init, sigma_w=sigma_w)
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1), backend="numpy")
+    d = gb.diagnose(res)
+    assert d.verdict == verdict, d.explanation
+    assert d.verdict.upper() in str(d)
+
+
+def test_threshold_must_be_positive_and_bins_an_int():
+    res = small_result()
+    with pytest.raises(ValueError, match="threshold"):
+        gb.diagnose(res, threshold=0)
+    with pytest.raises(ValueError, match="bins"):
+        gb.diagnose(res, bins=0)
+
+
+# ---------------------------------------------------------------- float limits
+def test_float_limit_layers_by_hand():
+    assert FLOAT_LIMITS["float64"][0] == pytest.approx(-307.6527, abs=1e-3)
+    assert FLOAT_LIMITS["float64"][1] == pytest.approx(308.2547, abs=1e-3)
+    assert FLOAT_LIMITS["float32"][0] == pytest.approx(-37.929, abs=1e-3)
+    assert FLOAT_LIMITS["float32"][1] == pytest.approx(38.531, abs=1e-3)
+    L = 101
+    g = -4.0 * (L - 1 - np.arange(L))  # 0 at the top, -400 at layer 0, 4 decades per layer
+    lim = float_limits(g, 4.0)
+    # first layer from the top below -307.65: -4 * (100 - l) < -307.65  <=>  l < 23.09  -> l = 23
+    assert lim["float64"]["underflow_layer"] == 23
+    # below -37.93: 100 - l > 9.48  ->  l = 90
+    assert lim["float32"]["underflow_layer"] == 90
+    assert lim["float64"]["overflow_layer"] is None
+    # exploding the other way round
+    lim = float_limits(-g, -4.0)
+    assert lim["float64"]["overflow_layer"] == 22  # 4 * (100 - l) > 308.25  <=>  l < 22.94
+    assert lim["float32"]["overflow_layer"] == 90  # 4 * (100 - l) > 38.53  <=>  l < 90.37
+    # never reached: extrapolated from the top at the fitted rate
+    lim = float_limits(np.array([-2.0, -1.0, 0.0]), 1.0)
+    assert lim["float64"]["underflow_layer"] is None
+    assert lim["float64"]["layers_to_underflow"] == math.ceil(307.6527 / 1.0)
+    assert lim["float32"]["layers_to_underflow"] == 38
+
+
+def test_deep_exact_chain_reports_where_plain_float_would_fail():
+    L = 1200
+    stack = gb.Stack(depth=L, width=8, activation="sigmoid", init="xavier_normal")
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1), backend="auto")
+    d = gb.diagnose(res)
+    assert np.all(np.isfinite(d.grad_log10))
+    assert d.grad_log10[0] < -600  # far below float64, still exact
+    u64 = d.float_limits["float64"]["underflow_layer"]
+    u32 = d.float_limits["float32"]["underflow_layer"]
+    assert u64 is not None and u32 is not None and u64 < u32 < L
+    assert d.grad_log10[u64] < FLOAT_LIMITS["float64"][0] <= d.grad_log10[u64 + 1:].min()
+    # the plain chain really does underflow there: the float conversion of the same gradients is 0
+    plain = res.grads.W.to_float(warn=False)
+    assert np.all(plain[: u64 - 40] == 0)  # 26 decades below: past the subnormals too
+    assert np.all(plain[u64 + 1:] != 0)
+    text = str(d)
+    assert f"underflow at layer {u64}" in text
+    assert "VANISHING" in text
+
+
+# ---------------------------------------------------------------- histograms
+def test_histograms_match_numpy_when_representable(rng):
+    W = gb.LogScaled.from_float(rng.standard_normal((5, 6, 6)) * 10.0 ** rng.uniform(-8, 2, (5, 6, 6)))
+    # from_float gives one exponent per entry; fold to one per layer as the engine does
+    m = W.to_float()
+    e = np.zeros(5, dtype=np.int64)
+    layer = gb.LogScaled(m, e)
+    edges, counts, zeros, nonfinite, outside = histograms(layer, bins=12)
+    for l in range(5):
+        ref, _ = np.histogram(np.log10(np.abs(m[l])), bins=edges)
+        np.testing.assert_array_equal(counts[l], ref)
+    assert counts.sum() == m.size and not zeros.any() and not nonfinite.any() and not outside.any()
+    assert edges[0] == math.floor(np.log10(np.abs(m)).min()) and edges[-1] == math.ceil(np.log10(np.abs(m)).max())
+
+
+def test_histograms_are_exact_at_huge_exponents(rng):
+    m = rng.uniform(0.5, 1.0, (3, 4, 4)) * rng.choice([-1, 1], (3, 4, 4))
+    m[1, 0, 0] = 0.0
+    e = np.array([-200000, -100000, 5], dtype=np.int64)
+    edges, counts, zeros, nonfinite, outside = histograms(gb.LogScaled(m, e), bins=50)
+    with np.errstate(divide="ignore"):
+        v = np.log10(np.abs(m)) + LOG10_2 * e[:, None, None]
+    for l in range(3):
+        ok = m[l] != 0
+        ref, _ = np.histogram(v[l][ok], bins=edges)
+        np.testing.assert_array_equal(counts[l], ref)
+    assert zeros.tolist() == [0, 1, 0]
+    assert edges[0] == math.floor(v[m != 0].min()) and edges[0] < -60205
+    # a fixed range: values outside are counted apart
+    edges, counts, zeros, nonfinite, outside = histograms(gb.LogScaled(m, e), bins=10, hist_range=(-40000, 10))
+    assert outside.tolist() == [16, 0, 0] and counts[1].sum() == 15 and counts[2].sum() == 16
+    with pytest.raises(ValueError, match="hist_range"):
+        histograms(gb.LogScaled(m, e), hist_range=(1, 1))
+
+
+def test_diagnosis_counts_every_entry_once():
+    res = small_result(depth=12, width=5, activation="relu", init="he_normal")
+    d = gb.diagnose(res, bins=17)
+    assert d.hist_counts.shape == (12, 17) and d.hist_edges.shape == (18,)
+    total = d.hist_counts.sum(axis=1) + d.hist_zeros + d.hist_nonfinite + d.hist_outside
+    np.testing.assert_array_equal(total, np.full(12, 25))
+
+
+# ---------------------------------------------------------------- statistics passed through
+def test_statistics_are_those_of_the_result():
+    res = small_result(depth=8, width=6, activation="tanh", sigma_w=3.0, init="normal")
+    d = gb.diagnose(res)
+    np.testing.assert_array_equal(d.saturation, res.saturation)
+    np.testing.assert_array_equal(d.dead, res.dead)
+    np.testing.assert_allclose(d.act_mean, res.act_mean.to_float())
+    np.testing.assert_allclose(d.act_std, res.act_std.to_float())
+    assert d.first_nonfinite_forward is None and d.first_nonfinite_backward is None
+    assert d.loss == res.loss and d.depth == 8
+    assert d.stack["activation"] == "tanh" and d.backend == "numpy"
+
+
+def test_nonfinite_forward_is_reported():
+    # a plain float64 forward through a bias-free... with a head cannot be rescaled: make it overflow
+    stack = gb.Stack(depth=6, width=4, activation="relu", init="normal", sigma_w=1e80, loss="mse")
+    params = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, 3, 1)
+    with np.errstate(all="ignore"):
+        res = gb.backprop(stack, params, x, np.zeros((3, 1)), backend="numpy")
+        d = gb.diagnose(res)
+    assert d.first_nonfinite_forward is not None
+    assert d.verdict == "exploding"
+    assert f"first non-finite layer (forward): {d.first_nonfinite_forward}" in str(d)
+    json.loads(d.to_json())  # still strict JSON
+
+
+# ---------------------------------------------------------------- serialisation and text
+def test_json_round_trip_is_strict_and_lossless():
+    res = small_result(depth=9, width=4, activation="relu", init="normal", sigma_w=0.3)
+    d = gb.diagnose(res)
+    text = d.to_json()
+
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    raw = json.loads(text, parse_constant=no_constants)
+    assert raw["verdict"] == d.verdict and len(raw["grad_log10"]) == 9
+    back = Diagnosis.from_json(text)
+    assert back.to_json() == text
+    for f in dataclasses.fields(Diagnosis):
+        a, b = getattr(d, f.name), getattr(back, f.name)
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b, err_msg=f.name)
+            assert a.dtype.kind == b.dtype.kind, f.name
+        else:
+            assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), f.name
+
+
+def test_json_keeps_zero_gradients_as_minus_infinity():
+    res = with_chain(small_result(depth=5), [-3, -2, -1, 0, 1])
+    res = dataclasses.replace(res, grad_norm=gb.LogScaled(np.array([0.0, 0.0, 0.5, 0.5, 0.5]), res.grad_norm.exponent))
+    d = gb.diagnose(res)
+    assert d.grad_log10[0] == -np.inf
+    raw = json.loads(d.to_json())
+    assert raw["grad_log10"][:2] == ["-inf", "-inf"]
+    assert Diagnosis.from_json(d.to_json()).grad_log10[0] == -np.inf
+    assert d.verdict == "vanishing" and "exactly zero gradient" in d.explanation
+
+
+def test_str_reads_well():
+    d = gb.diagnose(small_result(depth=40, width=4, activation="sigmoid"))
+    text = str(d)
+    lines = text.splitlines()
+    assert lines[0].startswith("gradbench diagnosis: depth 40, width 4, sigmoid")
+    assert "verdict: VANISHING" in text and "decades per layer" in text
+    assert "plain float64" in text and "plain float32" in text
+    # a selection of layers: both ends and some in between, marked with "..."
+    assert any(line.split()[:1] == ["0"] for line in lines) and any(line.split()[:1] == ["39"] for line in lines)
+    assert "..." in text
+    assert max(len(line) for line in lines) <= 110
