@@ -1,0 +1,130 @@
+"""The classic demonstrations, seeded, with their outcomes asserted with margins.
+
+Settings (gradbench.train.DEMOS): two moons, 200 samples, noise 0.1; width 16; input layer
+2 -> 16 and a bce head; plain SGD, lr 0.1, mini-batches of 20, 100 epochs, seed 0.
+Measured with seeds 0-4 (numpy backend; see the final report of issue 6):
+
+    deep-sigmoid       10 sigmoid layers, Xavier     loss 0.694-0.738 in every epoch, first layer moves
+                                                     <= 2.3e-5 % per epoch (limit below: 0.01 %)
+    shallow-sigmoid    2 sigmoid layers              final loss 0.272-0.276
+    relu-he            ReLU + He                     final loss 0.0001-0.022
+    batchnorm          sigmoid + batch norm          final loss 0.012-0.020
+    residual           sigmoid + residual each layer final loss 0.009-0.31
+    xavier-tanh        tanh + Xavier                 final loss 0.0008-0.0011
+    exploding          ReLU, sigma_w = 3             loss NaN in epoch 1
+    exploding-clipped  the same, global norm <= 1    loss 307 -> 0.20, finite throughout
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench.train import DEMOS, run_demo
+
+LN2 = math.log(2.0)
+
+
+@pytest.fixture(scope="module")
+def demos():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = run_demo(name, backend="auto")
+        return cache[name]
+
+    return get
+
+
+def test_every_demo_is_registered_with_its_settings():
+    assert set(DEMOS) == {"deep-sigmoid", "shallow-sigmoid", "relu-he", "batchnorm", "residual",
+                          "xavier-tanh", "exploding", "exploding-clipped"}
+    deep = DEMOS["deep-sigmoid"]
+    for name in ("relu-he", "batchnorm", "residual", "xavier-tanh"):
+        # each remedy changes one thing of the deep net and trains with the same settings
+        assert DEMOS[name].train == deep.train and DEMOS[name].stack["depth"] == deep.stack["depth"]
+    assert DEMOS["shallow-sigmoid"].stack["depth"] == 2 and deep.stack["depth"] == 10
+    assert DEMOS["exploding-clipped"].stack["clip"] == "norm"
+
+
+def test_deep_sigmoid_is_stuck_at_ln2_and_its_first_layer_does_not_move(demos):
+    r = demos("deep-sigmoid")
+    assert r.diverged_epoch is None and r.epochs_run == 100
+    assert np.all(np.abs(r.loss - LN2) < 0.06), r.loss  # every one of the 100 epochs
+    assert abs(r.eval_loss[-1] - LN2) < 0.005
+    assert r.accuracy[-1] <= 0.6
+    # "the weights changed by 0.0001 %": the first layer (input layer and W_0) < 0.01 % every epoch
+    assert np.max(r.update_ratio_input) < 0.01
+    assert np.max(r.update_ratio[:, 0]) < 0.01
+    # while the top layer does move: the gradient vanishes on the way down
+    assert np.mean(r.update_ratio[:, -1]) > 100 * np.mean(r.update_ratio[:, 0])
+    # the recorded exact gradient norms show it: decades between the top and the bottom layer
+    assert np.all(r.grad_log10[:, -1] - r.grad_log10[:, 0] > 2)
+    assert np.median(r.grad_log10[:, -1] - r.grad_log10[:, 0]) > 4
+
+
+def test_shallow_sigmoid_trains_well_below_ln2(demos):
+    r = demos("shallow-sigmoid")
+    assert r.diverged_epoch is None
+    assert r.eval_loss[-1] < 0.35  # the classic figure is ~0.39
+    assert r.accuracy[-1] >= 0.85
+    assert np.mean(r.first_layer_ratio) > 0.1  # % per epoch
+
+
+@pytest.mark.parametrize("name", ["relu-he", "batchnorm", "residual", "xavier-tanh"])
+def test_each_remedy_trains_the_deep_net(demos, name):
+    r = demos(name)
+    stuck = demos("deep-sigmoid")
+    assert r.diverged_epoch is None
+    assert r.eval_loss[-1] < 0.45
+    assert r.eval_loss[-1] < LN2 - 0.25
+    assert r.accuracy[-1] >= 0.8
+    # its first layer learns: orders of magnitude more movement than in the stuck net
+    assert np.mean(r.first_layer_ratio) > 0.05
+    assert np.mean(r.first_layer_ratio) > 1000 * np.mean(stuck.first_layer_ratio)
+
+
+def test_exploding_net_loss_becomes_nonfinite(demos):
+    r = demos("exploding")
+    assert r.diverged_epoch is not None and r.diverged_epoch <= 2
+    assert not np.isfinite(r.loss[r.diverged_epoch])
+    assert "non-finite" in r.divergence or "nan" in r.divergence or "inf" in r.divergence
+    # at initialisation it is finite but huge, and its gradients explode in magnitude
+    assert np.isfinite(r.eval_loss[0]) and r.eval_loss[0] > 10
+    assert np.max(r.grad_log10[0]) > 2
+
+
+def test_clipping_keeps_the_exploding_net_finite_and_it_trains(demos):
+    r = demos("exploding-clipped")
+    plain = demos("exploding")
+    assert r.diverged_epoch is None and r.epochs_run == 100
+    assert np.all(np.isfinite(r.loss)) and np.all(np.isfinite(r.eval_loss))
+    assert r.eval_loss[0] == pytest.approx(plain.eval_loss[0])  # the same net
+    assert r.eval_loss[-1] < 0.5 and r.eval_loss[-1] < 0.01 * r.eval_loss[0]
+    assert r.accuracy[-1] >= 0.8
+
+
+def test_the_diagnosis_of_the_deep_net_agrees():
+    demo = DEMOS["deep-sigmoid"]
+    X, y = demo.data()
+    stack = demo.make_stack()
+    from gradbench.train import targets_for
+
+    res = gb.backprop(stack, gb.init_params(stack, 0), X, targets_for(stack, y), backend="auto")
+    d = gb.diagnose(res)
+    assert d.verdict == "vanishing" and d.decades_per_layer > 0.3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_outcomes_hold_for_other_seeds(seed):
+    deep = run_demo("deep-sigmoid", seed=seed)
+    assert np.all(np.abs(deep.loss - LN2) < 0.06) and np.max(deep.first_layer_ratio) < 0.01
+    assert run_demo("shallow-sigmoid", seed=seed).eval_loss[-1] < 0.35
+    for name in ("relu-he", "batchnorm", "residual", "xavier-tanh"):
+        assert run_demo(name, seed=seed).eval_loss[-1] < 0.45, name
+    assert run_demo("exploding", seed=seed).diverged_epoch is not None
+    clipped = run_demo("exploding-clipped", seed=seed)
+    assert clipped.diverged_epoch is None and clipped.eval_loss[-1] < 0.5

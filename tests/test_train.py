@@ -1,0 +1,208 @@
+"""gb.train and the data sets: updates, update ratios and divergence against hand computations."""
+
+import math
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench import datasets
+from gradbench.train import learnable, make_optimizer, targets_for
+
+
+def moons_stack(**kw):
+    base = dict(depth=3, width=8, activation="tanh", init="xavier_normal", input_dim=2, loss="bce")
+    base.update(kw)
+    return gb.Stack(**base)
+
+
+def full_batch_grads(stack, params, X, y):
+    res = gb.backprop(stack, params, X.astype(stack.np_dtype), targets_for(stack, y), backend="numpy")
+    return res, {k: g.to_float(warn=False) for k, g in res.grads.items()}
+
+
+# ---------------------------------------------------------------- data sets
+@pytest.mark.parametrize("name", datasets.DATASETS)
+def test_datasets_are_seeded_balanced_and_shaped(name):
+    X, y = datasets.load(name, 101, seed=3)
+    assert X.shape == (101, 2) and X.dtype == np.float64 and y.shape == (101,) and y.dtype == np.int64
+    assert set(np.unique(y)) == {0, 1} and abs(int(y.sum()) - 50) <= 1
+    X2, y2 = datasets.load(name, 101, seed=3)
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(y, y2)
+    assert not np.array_equal(datasets.load(name, 101, seed=4)[0], X)
+
+
+def test_dataset_geometry_without_noise():
+    X, y = datasets.moons(200, noise=0.0, seed=0)
+    up, down = X[y == 0], X[y == 1]
+    np.testing.assert_allclose(np.hypot(up[:, 0], up[:, 1]), 1.0, atol=1e-12)
+    assert up[:, 1].min() >= -1e-12  # upper half circle
+    np.testing.assert_allclose(np.hypot(down[:, 0] - 1, down[:, 1] - 0.5), 1.0, atol=1e-12)
+    X, y = datasets.circles(100, noise=0.0, factor=0.3, seed=0)
+    r = np.hypot(X[:, 0], X[:, 1])
+    np.testing.assert_allclose(r[y == 0], 1.0, atol=1e-12)
+    np.testing.assert_allclose(r[y == 1], 0.3, atol=1e-12)
+    X, y = datasets.xor(400, std=0.01, seed=0)
+    np.testing.assert_array_equal(y, (np.sign(X[:, 0]) != np.sign(X[:, 1])).astype(int))
+
+
+def test_dataset_errors():
+    with pytest.raises(ValueError, match="did you mean 'moons'"):
+        datasets.load("moon")
+    with pytest.raises(ValueError, match="n_samples"):
+        datasets.moons(1)
+    with pytest.raises(ValueError, match="factor"):
+        datasets.circles(10, factor=1.5)
+
+
+# ---------------------------------------------------------------- one step against a hand computation
+def test_one_sgd_step_and_update_ratio_by_hand():
+    X, y = datasets.moons(40, seed=1)
+    stack = moons_stack()
+    params = gb.init_params(stack, 0)
+    lr = 0.3
+    _, g = full_batch_grads(stack, params, X, y)
+    r = gb.train(stack, X, y, epochs=1, batch_size=40, lr=lr, seed=0, backend="numpy")
+    # the update rule w <- w - lr * dL/dw, for every learnable parameter
+    for name in learnable(stack):
+        np.testing.assert_allclose(getattr(r.params, name), getattr(params, name) - lr * g[name],
+                                   rtol=1e-12, atol=1e-15, err_msg=name)
+    # gamma/beta are not trained without batch norm
+    np.testing.assert_array_equal(r.params.gamma, params.gamma)
+    # update ratio = ||lr * dW_l|| / ||W_l|| in percent (DESIGN section 6)
+    for l in range(stack.depth):
+        ref = 100 * lr * np.linalg.norm(g["W"][l]) / np.linalg.norm(params.W[l])
+        assert r.update_ratio[0, l] == pytest.approx(ref, rel=1e-10)
+    ref_in = 100 * lr * np.linalg.norm(g["W_in"]) / np.linalg.norm(params.W_in)
+    assert r.update_ratio_input[0] == pytest.approx(ref_in, rel=1e-10)
+    np.testing.assert_allclose(r.first_layer_ratio, r.update_ratio_input)
+    ref_out = 100 * lr * np.linalg.norm(g["W_out"]) / np.linalg.norm(params.W_out)
+    assert r.update_ratio_head[0] == pytest.approx(ref_out, rel=1e-10)
+    # the recorded gradient norms are the exact ones of the full data set, before and after
+    res0, _ = full_batch_grads(stack, params, X, y)
+    np.testing.assert_allclose(r.grad_log10[0], res0.grad_norm.log10(), rtol=1e-12)
+    assert r.eval_loss[0] == pytest.approx(res0.loss, rel=1e-12)
+    assert r.loss[0] == pytest.approx(res0.loss, rel=1e-12)  # one batch = the whole epoch
+    res1, _ = full_batch_grads(stack, r.params, X, y)
+    assert r.eval_loss[1] == pytest.approx(res1.loss, rel=1e-12)
+
+
+def test_weight_decay_and_momentum_by_hand():
+    X, y = datasets.xor(32, seed=2)
+    stack = moons_stack(activation="sigmoid")
+    params = gb.init_params(stack, 5)
+    lr, wd, mu = 0.2, 0.01, 0.9
+    _, g0 = full_batch_grads(stack, params, X, y)
+    r1 = gb.train(stack, X, y, epochs=1, batch_size=32, optimizer="sgd", lr=lr, weight_decay=wd, seed=5,
+                  backend="numpy")
+    np.testing.assert_allclose(r1.params.W, params.W - lr * (g0["W"] + wd * params.W), rtol=1e-12)
+    # momentum, two steps: v1 = g0, v2 = mu g0 + g1
+    r2 = gb.train(stack, X, y, epochs=2, batch_size=32, optimizer="momentum", lr=lr, momentum=mu, seed=5,
+                  backend="numpy")
+    w1 = {k: getattr(params, k) - lr * g0[k] for k in learnable(stack)}
+    p1 = gb.Params(**{**dict(params.items()), **w1})
+    _, g1 = full_batch_grads(stack, p1, X, y)
+    np.testing.assert_allclose(r2.params.W, w1["W"] - lr * (mu * g0["W"] + g1["W"]), rtol=1e-11)
+
+
+def test_first_adam_step_moves_each_weight_by_lr():
+    # bias-corrected Adam's first step is lr * g / (|g| + eps): lr for every entry with |g| >> eps
+    X, y = datasets.moons(30, seed=0)
+    stack = moons_stack()
+    params = gb.init_params(stack, 1)
+    _, g = full_batch_grads(stack, params, X, y)
+    r = gb.train(stack, X, y, epochs=1, batch_size=30, optimizer="adam", lr=1e-3, seed=1, backend="numpy")
+    step = params.W - r.params.W
+    big = np.abs(g["W"]) > 1e-4
+    np.testing.assert_allclose(step[big], 1e-3 * np.sign(g["W"][big]), rtol=1e-3)
+
+
+def test_mini_batches_visit_every_sample_once_per_epoch():
+    # with lr tiny the mean mini-batch loss of epoch 1 equals the full-data loss (weighted mean)
+    X, y = datasets.circles(50, seed=0)
+    stack = moons_stack()
+    r = gb.train(stack, X, y, epochs=1, batch_size=7, lr=1e-12, seed=0, backend="numpy")
+    assert r.loss[0] == pytest.approx(r.eval_loss[0], rel=1e-9)
+
+
+def test_gradient_clipping_bounds_every_step():
+    X, y = datasets.moons(40, seed=0)
+    c, lr = 0.05, 0.5
+    stack = moons_stack(clip="norm", clip_threshold=c, clip_on="global", sigma_w=3.0, init="normal")
+    params = gb.init_params(stack, 0)
+    r = gb.train(stack, X, y, epochs=1, batch_size=40, lr=lr, seed=0, backend="numpy")
+    step = np.sqrt(sum(np.sum((getattr(r.params, k) - getattr(params, k)) ** 2) for k in learnable(stack)))
+    _, g = full_batch_grads(stack.replace(clip=None), params, X, y)
+    raw = np.sqrt(sum(np.sum(g[k] ** 2) for k in learnable(stack)))
+    assert raw > c  # clipping is active...
+    assert step == pytest.approx(lr * c, rel=1e-9)  # ...and the step has norm exactly lr * c
+
+
+# ---------------------------------------------------------------- seeds, heads, divergence
+def test_training_is_seeded():
+    X, y = datasets.moons(60, seed=0)
+    stack = moons_stack()
+    a = gb.train(stack, X, y, epochs=3, batch_size=16, seed=4, backend="numpy")
+    b = gb.train(stack, X, y, epochs=3, batch_size=16, seed=4, backend="numpy")
+    c = gb.train(stack, X, y, epochs=3, batch_size=16, seed=5, backend="numpy")
+    np.testing.assert_array_equal(a.loss, b.loss)
+    np.testing.assert_array_equal(a.params.W, b.params.W)
+    assert not np.array_equal(a.loss, c.loss)
+
+
+@pytest.mark.parametrize("loss,out", [("softmax_ce", 2), ("mse", 1), ("mse", 2), ("bce", 1)])
+def test_every_head_trains_on_xor(loss, out):
+    X, y = datasets.xor(120, seed=0)
+    stack = gb.Stack(depth=2, width=12, activation="tanh", input_dim=2, loss=loss, output_dim=out)
+    r = gb.train(stack, X, y, epochs=40, batch_size=20, optimizer="adam", lr=0.03, seed=0, backend="auto")
+    assert r.diverged_epoch is None
+    assert r.eval_loss[-1] < 0.5 * r.eval_loss[0]
+    assert r.accuracy[-1] >= 0.9
+
+
+def test_divergence_is_reported_not_raised():
+    X, y = datasets.moons(40, seed=0)
+    stack = moons_stack(activation="relu", init="normal", sigma_w=4.0, depth=10, width=16)
+    r = gb.train(stack, X, y, epochs=20, batch_size=10, lr=0.3, seed=0, backend="numpy")
+    assert r.diverged_epoch is not None and r.diverged_epoch < 5
+    assert r.divergence
+    assert not np.isfinite(r.loss[r.diverged_epoch])
+    assert np.all(np.isnan(r.loss[r.diverged_epoch + 1:]))
+    assert r.epochs_run == r.diverged_epoch
+    assert "DIVERGED" in r.summary()
+
+
+def test_training_input_errors():
+    X, y = datasets.moons(20, seed=0)
+    with pytest.raises(ValueError, match="needs a head"):
+        gb.train(gb.Stack(depth=2, width=4, input_dim=2), X, y)
+    with pytest.raises(ValueError, match="input_dim=2"):
+        gb.train(gb.Stack(depth=2, width=4, loss="bce"), X, y)
+    with pytest.raises(ValueError, match="labels"):
+        gb.train(moons_stack(), X, y[:-1])
+    with pytest.raises(ValueError, match="epochs"):
+        gb.train(moons_stack(), X, y, epochs=0)
+    with pytest.raises(ValueError, match="optimizer"):
+        gb.train(moons_stack(), X, y, optimizer="adagrad")
+    with pytest.raises(ValueError, match="lr"):
+        make_optimizer("sgd", lr=-1)
+
+
+def test_targets_for_each_head():
+    y = np.array([0, 1, 1, 0])
+    assert targets_for(moons_stack(), y).shape == (4, 1)
+    s = gb.Stack(depth=1, width=3, input_dim=2, loss="mse", output_dim=2)
+    np.testing.assert_array_equal(targets_for(s, y), [[1, 0], [0, 1], [0, 1], [1, 0]])
+    s = gb.Stack(depth=1, width=3, input_dim=2, loss="softmax_ce", output_dim=2)
+    assert targets_for(s, y).dtype == np.int64
+
+
+def test_ln2_is_the_loss_of_a_constant_half_prediction():
+    # the "stuck at ln 2" of the lecture: bce of p = 1/2 on any labels
+    X, y = datasets.moons(20, seed=0)
+    stack = moons_stack()
+    params = gb.init_params(stack, 0)
+    zero_head = gb.Params(**{**dict(params.items()), "W_out": np.zeros_like(params.W_out)})
+    res = gb.backprop(stack, zero_head, X, targets_for(stack, y), backend="numpy")
+    assert res.loss == pytest.approx(math.log(2), rel=1e-14)
