@@ -1,0 +1,135 @@
+"""gradbench.plot: the figures exist, are real images, and show the numbers they claim to."""
+
+import os
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench import plot
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def diag(depth=20, width=8, **kw):
+    stack = gb.Stack(depth=depth, width=width, **kw)
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 8, 1), backend="numpy")
+    return gb.diagnose(res)
+
+
+@pytest.fixture(scope="module")
+def diags():
+    return {
+        "sigmoid": diag(activation="sigmoid"),
+        "relu, He": diag(activation="relu", init="he_normal"),
+        "tanh, N(0,1)": diag(activation="tanh", init="normal", sigma_w=np.sqrt(8)),
+    }
+
+
+@pytest.fixture(scope="module")
+def runs():
+    X, y = gb.datasets.moons(60, seed=0)
+    out = {}
+    for name, kw in {"deep": dict(depth=6, activation="sigmoid"), "relu": dict(depth=6, activation="relu",
+                                                                                init="he_normal")}.items():
+        stack = gb.Stack(width=8, input_dim=2, loss="bce", **kw)
+        out[name] = gb.train(stack, X, y, epochs=8, batch_size=20, lr=0.1, backend="numpy")
+    stack = gb.Stack(depth=10, width=16, input_dim=2, loss="bce", activation="relu", init="normal", sigma_w=4.0)
+    out["exploding"] = gb.train(stack, X, y, epochs=8, batch_size=10, lr=0.3, backend="numpy")
+    assert out["exploding"].diverged_epoch is not None
+    return out
+
+
+def is_png(path, min_bytes=10_000):
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head == PNG_MAGIC and os.path.getsize(path) >= min_bytes
+
+
+def no_temp_files(directory):
+    return not [f for f in os.listdir(directory) if f.startswith(".gradbench-")]
+
+
+def test_gradient_flow_png_shows_the_exact_norms(tmp_path, diags):
+    path = tmp_path / "flow.png"
+    fig = plot.gradient_flow(diags, path, title="flow")
+    assert is_png(path) and no_temp_files(tmp_path)
+    ax = fig.axes[0]
+    assert ax.get_title() == "flow" and "layer" in ax.get_xlabel() and "log" in ax.get_ylabel()
+    lines = [ln for ln in ax.lines if len(ln.get_xdata()) == 20]
+    assert len(lines) == 3
+    np.testing.assert_allclose(lines[0].get_ydata(), diags["sigmoid"].grad_log10)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("sigmoid" in t and "vanishing" in t for t in labels)
+
+
+def test_gradient_flow_accepts_results_and_draws_float_limits(tmp_path):
+    stack = gb.Stack(depth=700, width=4, activation="sigmoid")
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1), backend="auto")
+    fig = plot.gradient_flow(res, tmp_path / "deep.svg")
+    text = (tmp_path / "deep.svg").read_text()
+    assert "<svg" in text and len(text) > 10_000
+    ax = fig.axes[0]
+    ys = [ln.get_ydata()[0] for ln in ax.lines if len(ln.get_xdata()) == 2 and ln.get_xdata()[0] == 0]
+    assert any(abs(y - (-307.65)) < 0.01 for y in ys)  # float64's smallest normal is inside the range
+    assert min(ax.get_ylim()) < -400
+
+
+def test_gradient_flow_marks_exactly_zero_gradients(tmp_path):
+    d = diag(depth=12, width=3, activation="sigmoid")
+    d = gb.Diagnosis.from_dict({**d.to_dict(), "grad_log10": ["-inf"] * 4 + list(d.grad_log10[4:])})
+    fig = plot.gradient_flow({"dead": d}, tmp_path / "dead.png")
+    assert is_png(tmp_path / "dead.png", 5_000)
+    marks = [ln for ln in fig.axes[0].lines if ln.get_marker() == "v"]
+    assert len(marks) == 1 and list(marks[0].get_xdata()) == [0, 1, 2, 3]
+
+
+def test_histogram_heatmap(tmp_path, diags):
+    fig = plot.histogram_heatmap(diags["sigmoid"], tmp_path / "hist.png")
+    assert is_png(tmp_path / "hist.png")
+    ax = fig.axes[0]
+    assert "log" in ax.get_xlabel() and "layer" in ax.get_ylabel() and ax.get_title()
+    assert len(fig.axes) == 2  # with a colour bar
+    mesh = ax.collections[0]
+    shown = np.ma.filled(mesh.get_array(), 0.0).reshape(diags["sigmoid"].hist_counts.shape)
+    np.testing.assert_allclose(shown, diags["sigmoid"].hist_counts / 64.0)  # fraction of 8x8 entries
+
+
+def test_loss_and_update_ratio_curves(tmp_path, runs):
+    fig = plot.loss_curves(runs, tmp_path / "loss.png")
+    assert is_png(tmp_path / "loss.png")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xlabel() == "epoch" and ax.get_title()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "deep" in labels and any("diverged" in t for t in labels)
+    deep_line = next(ln for ln in ax.lines if ln.get_label() == "deep")
+    np.testing.assert_allclose(deep_line.get_ydata(), runs["deep"].loss)
+    assert any(abs(ln.get_ydata()[0] - np.log(2)) < 1e-12 for ln in ax.lines if len(ln.get_ydata()) == 2)
+
+    fig = plot.update_ratio_curves({k: runs[k] for k in ("deep", "relu")}, tmp_path / "ratio.pdf")
+    assert (tmp_path / "ratio.pdf").read_bytes()[:4] == b"%PDF"
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and "%" in ax.get_ylabel()
+    first = next(ln for ln in ax.lines if ln.get_label() == "deep: first layer")
+    np.testing.assert_allclose(first.get_ydata(), runs["deep"].first_layer_ratio)
+    assert no_temp_files(tmp_path)
+
+
+def test_save_rejects_unknown_formats_and_leaves_nothing(tmp_path, diags):
+    with pytest.raises(ValueError, match=r"\.png, \.svg or \.pdf"):
+        plot.gradient_flow(diags, tmp_path / "flow.jpeg")
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_is_atomic_when_rendering_fails(tmp_path, diags, monkeypatch):
+    path = tmp_path / "flow.png"
+    path.write_bytes(b"old")
+    fig = plot.gradient_flow(diags)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", boom)
+    with pytest.raises(RuntimeError):
+        plot.save(fig, path)
+    assert path.read_bytes() == b"old" and no_temp_files(tmp_path)
