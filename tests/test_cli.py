@@ -1,0 +1,256 @@
+"""The gradbench command line: exit codes, outputs, JSON files, plots, the bench hook."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench import cli
+from gradbench.diagnose import Diagnosis
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- run
+def test_run_prints_the_diagnosis_and_writes_json_and_plots(tmp_path, capsys):
+    out_json, flow, hist = tmp_path / "r.json", tmp_path / "flow.png", tmp_path / "h.svg"
+    code, out, err = run(["run", "--depth", "25", "--width", "8", "--activation", "sigmoid", "--backend", "numpy",
+                          "--out", str(out_json), "--plot", str(flow), "--hist", str(hist)], capsys)
+    assert code == 0, err
+    assert "verdict: VANISHING" in out and "decades per layer" in out
+    data = json.loads(out_json.read_text())
+    assert data["command"] == "run" and data["gradbench"] == gb.__version__
+    d = Diagnosis.from_dict(data["diagnosis"])
+    # the same numbers as the Python API with the CLI's seeds
+    stack = gb.Stack(depth=25, width=8, activation="sigmoid")
+    x = gb.gaussian_input(stack, 16, seed=np.random.default_rng([0, 1]))
+    ref = gb.diagnose(gb.backprop(stack, gb.init_params(stack, 0), x, backend="numpy"))
+    np.testing.assert_array_equal(d.grad_log10, ref.grad_log10)
+    assert d.verdict == ref.verdict == "vanishing"
+    assert flow.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and flow.stat().st_size > 10_000
+    assert "<svg" in hist.read_text()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".gradbench-")]
+
+
+def test_run_with_a_head_and_options(capsys):
+    code, out, err = run(["run", "--depth", "6", "--width", "5", "--activation", "relu", "--init", "he_normal",
+                          "--loss", "softmax_ce", "--output-dim", "3", "--input-dim", "2", "--batch-norm",
+                          "--residual", "2", "--clip", "norm", "--clip-on", "layer", "--batch", "4",
+                          "--backend", "numpy"], capsys)
+    assert code == 0, err
+    assert "batch norm" in out and "residual every 2" in out and "loss softmax_ce" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "--depth", "3", "--width", "4", "--activation", "sigmod"], "did you mean 'sigmoid'"),
+    (["run", "--depth", "0", "--width", "4"], "depth must be >= 1"),
+    (["run", "--depth", "4", "--width", "4", "--residual", "3"], "must divide depth"),
+    (["run", "--depth", "4", "--width", "4", "--sigma-w", "-1"], "sigma_w must be > 0"),
+    (["run", "--depth", "4", "--width", "4", "--loss", "softmax_ce"], "output_dim >= 2"),
+    (["run", "--depth", "4", "--width", "4", "--plot", "flow.txt"], ".png, .svg or .pdf"),
+    (["run", "--depth", "4", "--width", "4", "--out", "r.txt"], ".json"),
+    (["run", "--depth", "4", "--width", "4", "--batch", "0"], "--batch"),
+    (["run", "--depth", "four", "--width", "4"], "invalid int value"),
+    (["run", "--width", "4"], "--depth"),
+    (["run", "--depth", "4", "--width", "4", "--bogus"], "unrecognized arguments"),
+    (["run", "--depth", "4", "--width", "4", "--backend", "cuda"], "invalid choice"),
+    (["compare", "--configs", "sigmoid,nonsense"], "unknown configuration"),
+    (["train", "--demo", "nope"], "unknown demo"),
+    (["train"], "--demo"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_options_exit_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert needle in lines[0]
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_help_has_examples(capsys):
+    for argv in (["--help"], ["run", "--help"], ["compare", "--help"], ["train", "--help"], ["demo", "--help"]):
+        code, out, _ = run(argv, capsys)
+        assert code == 0 and ("examples" in out or "--out-dir" in out), argv
+    assert run([], capsys)[0] == 2
+
+
+# ---------------------------------------------------------------- compare and demo
+def test_compare_table_and_verdicts(tmp_path, capsys):
+    out_json = tmp_path / "cmp.json"
+    code, out, err = run(["compare", "--depth", "30", "--width", "16", "--configs",
+                          "sigmoid-xavier,relu,relu-he,tanh-clip", "--backend", "numpy", "--out", str(out_json)],
+                         capsys)
+    assert code == 0, err
+    rows = {line.split("  ")[0].strip(): line for line in out.splitlines() if line.startswith(("sigmoid", "relu", "tanh"))}
+    assert "vanishing" in rows["sigmoid, Xavier init"]
+    assert "exploding" in rows["relu, base init"]
+    assert "stable" in rows["relu + He init"]
+    assert "stable" in rows["tanh + clip ||dh|| <= 1"]
+    assert "||dW_0||" in out and "||dW_29||" in out
+    data = json.loads(out_json.read_text())
+    assert set(data["configurations"]) == set(rows)
+    d = Diagnosis.from_dict(data["configurations"]["relu + He init"])
+    assert d.stack["init"] == "he_normal" and d.stack["activation"] == "relu"
+    # the base init is N(0, 1) entries: sigma_w = sqrt(width)
+    assert Diagnosis.from_dict(data["configurations"]["relu, base init"]).stack["sigma_w"] == pytest.approx(4.0)
+
+
+def test_demo_writes_the_flow_plot_and_says_where(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    code, out, err = run(["demo", "--no-train", "--out-dir", str(out_dir), "--depth", "20", "--width", "8"], capsys)
+    assert code == 0, err
+    flow = out_dir / "flow.png"
+    assert flow.read_bytes()[:4] == b"\x89PNG" and flow.stat().st_size > 20_000
+    assert f"gradient-flow plot written to {flow}" in out
+    for label in ("sigmoid, base init", "relu + He init", "sigmoid + batch norm", "tanh + Xavier init",
+                  "tanh + clip ||dh|| <= 1", "sigmoid + residual/2"):
+        assert label in out
+    assert "VANISHING" in out and "EXPLODING" in out and "STABLE" in out
+    data = json.loads((out_dir / "gradients.json").read_text())
+    assert len(data["configurations"]) == len(cli.DEMO_CONFIGS)
+
+
+@pytest.mark.slow
+def test_full_demo_with_training(tmp_path, capsys):
+    code, out, err = run(["demo", "--out-dir", str(tmp_path)], capsys)
+    assert code == 0, err
+    for f in ("flow.png", "histograms.png", "loss.png", "update_ratio.png", "training.json"):
+        assert (tmp_path / f).stat().st_size > 1000
+    assert "stuck near ln 2" in out and "loss non-finite in epoch" in out
+
+
+# ---------------------------------------------------------------- train
+def test_train_demo_writes_history(tmp_path, capsys):
+    out_json, loss_png = tmp_path / "h.json", tmp_path / "loss.png"
+    code, out, err = run(["train", "--demo", "deep-sigmoid,shallow-sigmoid", "--epochs", "5", "--out",
+                          str(out_json), "--plot", str(loss_png), "--ratio-plot", str(tmp_path / "r.png")], capsys)
+    assert code == 0, err
+    assert "deep-sigmoid" in out and "first layer's weights change by" in out
+    runs = json.loads(out_json.read_text())["runs"]
+    assert set(runs) == {"deep-sigmoid", "shallow-sigmoid"}
+    deep = runs["deep-sigmoid"]
+    assert len(deep["loss"]) == 5 and deep["settings"]["epochs"] == 5
+    assert max(deep["update_ratio_input_percent"]) < 0.01
+    assert loss_png.stat().st_size > 10_000 and (tmp_path / "r.png").stat().st_size > 10_000
+
+
+def test_train_custom_stack_and_list(capsys):
+    code, out, err = run(["train", "--dataset", "xor", "--depth", "2", "--width", "8", "--activation", "tanh",
+                          "--loss", "softmax_ce", "--optimizer", "adam", "--lr", "0.03", "--epochs", "30",
+                          "--samples", "80"], capsys)
+    assert code == 0, err
+    assert "data xor (80 samples), adam lr=0.03" in out
+    code, out, _ = run(["train", "--list"], capsys)
+    assert code == 0 and "deep-sigmoid" in out and "exploding-clipped" in out and "lr=0.1" in out
+
+
+def test_train_diverging_run_is_reported_not_crashed(tmp_path, capsys):
+    code, out, err = run(["train", "--demo", "exploding", "--out", str(tmp_path / "x.json")], capsys)
+    assert code == 0, err
+    assert "DIVERGED in epoch 1" in out
+    data = json.loads((tmp_path / "x.json").read_text())  # strict JSON even with NaN losses
+    assert data["runs"]["exploding"]["loss"][0] in ("nan", "inf")
+
+
+# ---------------------------------------------------------------- helpers: atomic writes, notices, bench
+def test_write_atomic_replaces_whole_files_only(tmp_path, monkeypatch):
+    path = tmp_path / "out.json"
+    cli.write_atomic(str(path), "first")
+    assert path.read_text() == "first"
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+    real_replace = os.replace
+
+    def fail(*a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        cli.write_atomic(str(path), "second")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert path.read_text() == "first"
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_numba_notice_is_printed_once_per_process(monkeypatch, capsys):
+    backends = sys.modules["gradbench.backends"]  # the package attribute is the function backends()
+    monkeypatch.setattr(backends, "resolve", lambda name: "numba")
+    monkeypatch.setattr(cli._Notice, "numba_shown", False)
+    assert cli.resolve_backend("auto") == "numba"
+    assert cli.resolve_backend("numba") == "numba"
+    err = capsys.readouterr().err
+    assert err.count("compiling kernels (first run only)") == 1
+    monkeypatch.setattr(backends, "resolve", lambda name: "numpy")
+    cli.resolve_backend("auto")
+    assert "compiling" not in capsys.readouterr().err
+
+
+def test_spinner_notice_for_slow_calls():
+    import io
+    import time
+
+    stream = io.StringIO()
+    with cli.Spinner("backprop (depth 100000)", delay=0.05, stream=stream):
+        time.sleep(0.3)
+    assert "backprop (depth 100000)" in stream.getvalue()
+    quiet = io.StringIO()
+    with cli.Spinner("fast", delay=5.0, stream=quiet):
+        pass
+    assert quiet.getvalue() == ""
+
+
+def test_bench_without_the_module_exits_2(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gradbench.benchreport" else real(name, *a))
+    code, out, err = run(["bench", "--quick"], capsys)
+    assert code == 2 and "gradbench.benchreport" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_passes_its_arguments_on(monkeypatch, capsys):
+    seen = []
+    fake = types.ModuleType("gradbench.benchreport")
+    fake.main = lambda argv: seen.append(argv) or 3
+    monkeypatch.setitem(sys.modules, "gradbench.benchreport", fake)
+    import gradbench
+
+    monkeypatch.setattr(gradbench, "benchreport", fake, raising=False)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "gradbench.benchreport" else real(name, *a))
+    assert cli.main(["bench", "--quick", "--json", "x.json"]) == 3
+    assert seen == [["--quick", "--json", "x.json"]]
+
+
+def test_python_dash_m_and_version():
+    done = subprocess.run([sys.executable, "-m", "gradbench", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and gb.__version__ in done.stdout
+    done = subprocess.run([sys.executable, "-m", "gradbench", "run", "--depth", "2", "--width", "2",
+                           "--activation", "nope"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_depth_100000_is_exact_not_zero(capsys):
+    code, out, err = run(["run", "--depth", "100000", "--width", "16", "--activation", "sigmoid"], capsys)
+    assert code == 0, err
+    layer0 = next(line for line in out.splitlines() if line.split()[:1] == ["0"])
+    value = float(layer0.split()[1].removeprefix("10^"))
+    assert math.isfinite(value) and -70000 < value < -55000
+    assert "plain float64 would underflow at layer" in out
