@@ -1,0 +1,390 @@
+"""The layer kernels: the same names and argument order as :mod:`gradbench.reference`.
+
+Dimension letters: B batch, N width (outputs of a layer), D inputs of a layer (= N here).
+Argument order: outputs, saved values, inputs, parameters, dimensions. Kernels write into
+caller-provided arrays and never allocate (except the two ``_into`` helpers' callers, which
+allocate their workspace once per stack). Arithmetic follows the reference operation by
+operation in the array dtype; reductions over the batch (db, dbeta, dgamma, BN mean/var) run
+over rows in order, as NumPy's axis-0 reductions do, so they agree to the last bit; matrix
+products and whole-array float64 norms may round differently (within a few ulps).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from gradbench.spec import CLIP_NORM, CLIP_VALUE
+
+from ._config import EXP_CLAMP, JIT, NARROW
+from .activations import PRELU, RELU, TANH, _as, dphi, phi
+
+
+@njit(**JIT)
+def _clamp(e):
+    if e > EXP_CLAMP:
+        return EXP_CLAMP
+    if e < -EXP_CLAMP:
+        return -EXP_CLAMP
+    return e
+
+
+@njit(**JIT)
+def _ldexp(x, e):
+    """x * 2**e in x's dtype, e already clamped (exact unless the result is subnormal)."""
+    if e == 0:
+        return x
+    return math.ldexp(x, e)
+
+
+# ------------------------------------------------------------------ dense
+# Two paths chosen by width (measured, float64, fwd+bwd of one layer, best of 5, this machine):
+#   N=32  B=16: loops 9 us   np.dot 14 us     N=64  B=64:  loops 75 us  np.dot 60 us
+#   N=128 B=64: loops 0.30 ms np.dot 0.22 ms  N=512 B=256: loops 20 ms  np.dot 5 ms
+# (see the final report; NARROW in _config.py).
+@njit(**JIT)
+def dense_forward(z, h, W, b):
+    """z = h W^T + b.    z (B,N), h (B,D), W (N,D), b (N,)"""
+    B, N = z.shape
+    D = h.shape[1]
+    if N > NARROW:
+        np.dot(h, W.T, z)
+        for i in range(B):
+            for j in range(N):
+                z[i, j] += b[j]
+        return
+    for i in range(B):
+        for j in range(N):
+            acc = _as(0.0, b[j])
+            for k in range(D):
+                acc += h[i, k] * W[j, k]
+            z[i, j] = acc + b[j]
+
+
+@njit(**JIT)
+def dense_backward(dh, dW, db, dz, h, W):
+    """dW = dz^T h, db = sum_B dz, dh = dz W.    dh (B,D), dW (N,D), db (N,), dz (B,N), h (B,D)"""
+    B, N = dz.shape
+    D = h.shape[1]
+    for j in range(N):
+        db[j] = 0
+    for i in range(B):
+        for j in range(N):
+            db[j] += dz[i, j]
+    if N > NARROW:
+        np.dot(dz.T, h, dW)
+        np.dot(dz, W, dh)
+        return
+    for j in range(N):
+        for k in range(D):
+            dW[j, k] = 0
+        for i in range(B):
+            d = dz[i, j]
+            for k in range(D):
+                dW[j, k] += d * h[i, k]
+    for i in range(B):
+        for k in range(D):
+            dh[i, k] = 0
+        for j in range(N):
+            d = dz[i, j]
+            for k in range(D):
+                dh[i, k] += d * W[j, k]
+
+
+# ------------------------------------------------------------------ batch norm
+@njit(**JIT)
+def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
+    """y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance).
+
+    y, xhat, z (B,N); mean, rstd, gamma, beta (N,). y may be z (in place).
+    """
+    B, N = z.shape
+    nb = _as(B, mean[0])
+    for j in range(N):
+        mean[j] = 0
+    for i in range(B):
+        for j in range(N):
+            mean[j] += z[i, j]
+    for j in range(N):
+        mean[j] = mean[j] / nb
+        rstd[j] = 0  # the variance first
+    for i in range(B):
+        for j in range(N):
+            d = z[i, j] - mean[j]
+            rstd[j] += d * d
+    for j in range(N):
+        # eps is a float64: the reference computes var + eps, sqrt and 1/ in float64
+        rstd[j] = 1.0 / math.sqrt((rstd[j] / nb) + eps)
+    for i in range(B):
+        for j in range(N):
+            x = (z[i, j] - mean[j]) * rstd[j]
+            xhat[i, j] = x
+            y[i, j] = gamma[j] * x + beta[j]
+
+
+@njit(**JIT)
+def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
+    """dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat)), linear in dy.
+
+    dz, dy, xhat (B,N); dgamma, dbeta, rstd, gamma (N,). dz may be dy (in place).
+    """
+    B, N = dy.shape
+    nb = _as(B, dbeta[0])
+    for j in range(N):
+        dbeta[j] = 0
+        dgamma[j] = 0
+    for i in range(B):
+        for j in range(N):
+            dbeta[j] += dy[i, j]
+            dgamma[j] += dy[i, j] * xhat[i, j]
+    for i in range(B):
+        for j in range(N):
+            gr = gamma[j] * rstd[j]
+            dz[i, j] = gr * ((dy[i, j] - dbeta[j] / nb) - xhat[i, j] * (dgamma[j] / nb))
+
+
+# ------------------------------------------------------------------ activations
+@njit(**JIT)
+def _activation_forward_stats(a, z, code, param, sat_threshold, alive):
+    """a = phi(z); returns the number of entries with phi'(z) < sat_threshold and sets
+    alive[j] = some z[:, j] > 0 (not "z <= 0", so NaN counts as alive as in the reference).
+
+    The activation switch is outside the element loops for the common cheap cases.
+    """
+    B, N = z.shape
+    nsat = 0
+    for j in range(N):
+        alive[j] = False
+    if code == TANH:  # phi' = 1 - a^2 from the value just computed
+        one = _as(1.0, a[0, 0])
+        for i in range(B):
+            for j in range(N):
+                zz = z[i, j]
+                t = math.tanh(zz)
+                a[i, j] = t
+                nsat += (one - t * t) < sat_threshold
+                if not (zz <= 0):
+                    alive[j] = True
+        return nsat
+    if code == RELU:
+        zero = _as(0.0, a[0, 0])
+        for i in range(B):
+            for j in range(N):
+                zz = z[i, j]
+                pos = zz > 0
+                a[i, j] = zz if (pos or zz != zz) else zero
+                nsat += (1.0 if pos else 0.0) < sat_threshold
+                if not (zz <= 0):
+                    alive[j] = True
+        return nsat
+    use_a = N > 0  # True, but typed bool (not a literal) to share dphi's compilation
+    for i in range(B):
+        for j in range(N):
+            zz = z[i, j]
+            v = phi(zz, code, param)
+            a[i, j] = v
+            nsat += dphi(zz, v, use_a, code, param) < sat_threshold
+            if not (zz <= 0):
+                alive[j] = True
+    return nsat
+
+
+@njit(**JIT)
+def activation_forward(a, z, code, param):
+    """a = phi(z).    a, z (B,N)"""
+    B, N = z.shape
+    for i in range(B):
+        for j in range(N):
+            a[i, j] = phi(z[i, j], code, param)
+
+
+@njit(**JIT)
+def _activation_backward(dz, da, z, a, use_a, code, param):
+    """dz = da * phi'(z) (a = phi(z) when use_a); returns sum(da * min(z, 0)) for PReLU."""
+    B, N = z.shape
+    if code == TANH and use_a:  # from the saved output
+        one = _as(1.0, a[0, 0])
+        for i in range(B):
+            for j in range(N):
+                t = a[i, j]
+                dz[i, j] = da[i, j] * (one - t * t)
+        return 0.0
+    for i in range(B):
+        for j in range(N):
+            zz = z[i, j]
+            dz[i, j] = da[i, j] * dphi(zz, a[i, j], use_a, code, param)
+    if code != PRELU:
+        return 0.0
+    s = 0.0
+    for i in range(B):
+        for j in range(N):
+            zz = z[i, j]
+            m = zz if not (zz > 0) else _as(0.0, zz)  # min(z, 0), NaN stays NaN
+            s += np.float64(da[i, j] * m)
+    return s
+
+
+@njit(**JIT)
+def activation_backward(dz, da, z, code, param):
+    """dz = da * phi'(z); returns dL/dslope = sum(da * min(z, 0)) for PReLU, else 0.
+
+    dz, da, z (B,N)
+    """
+    return _activation_backward(dz, da, z, z, False, code, param)
+
+
+# ------------------------------------------------------------------ the exact chain
+@njit(**JIT)
+def normalise(g):
+    """Scale g in place by 2**-e so that max|g| lies in [0.5, 1); return e.
+
+    e is 0 when g is all zero or when its largest magnitude is not finite (NaN ignored).
+    """
+    B, N = g.shape
+    m = 0.0
+    for i in range(B):
+        for j in range(N):
+            v = abs(np.float64(g[i, j]))
+            if v > m:  # False for NaN
+                m = v
+    if m == 0.0 or not math.isfinite(m):
+        return 0
+    e = np.int64(math.frexp(m)[1])
+    s = _as(math.ldexp(1.0, -e), g[0, 0])  # as the reference: 2**-e in float64, then the dtype
+    for i in range(B):
+        for j in range(N):
+            g[i, j] *= s
+    return e
+
+
+@njit(**JIT)
+def add_aligned(a, ea, s, es, scale):
+    """a * 2**ea + scale * s * 2**es, written into a, at the larger exponent; returns it.
+
+    a, s (B,N)
+    """
+    B, N = a.shape
+    em = max(ea, es)
+    da = _clamp(ea - em)
+    ds = _clamp(es - em)
+    sc = _as(scale, a[0, 0])
+    for i in range(B):
+        for j in range(N):
+            a[i, j] = _ldexp(s[i, j], ds) + sc * _ldexp(a[i, j], da)
+    return em
+
+
+@njit(**JIT)
+def clip_signal(g, e, mode, c):
+    """Clip the true value g * 2**e (value: to [-c, c]; norm: Frobenius norm <= c) in place.
+
+    g (B,N) must be normalised (max|g| < 1). Returns the new exponent.
+    """
+    B, N = g.shape
+    if mode == CLIP_VALUE:
+        ec = np.int64(math.frexp(c)[1])
+        t = math.ldexp(c, -ec)  # c = t * 2**ec, t in [0.5, 1)
+        m = 0.0
+        for i in range(B):
+            for j in range(N):
+                v = abs(np.float64(g[i, j]))
+                if v != v:  # np.max propagates NaN and NaN > t is False: no clipping
+                    return e
+                if v > m:
+                    m = v
+        d = _clamp(e - ec)
+        if math.ldexp(m, d) > t:
+            for i in range(B):
+                for j in range(N):
+                    x = np.float64(_ldexp(g[i, j], d))
+                    if x > t:
+                        x = t
+                    elif x < -t:
+                        x = -t
+                    g[i, j] = x
+            return ec
+    elif mode == CLIP_NORM:
+        n = math.sqrt(sumsq(g))
+        if math.ldexp(n, _clamp(e)) > c:
+            s = _as(c / n, g[0, 0])
+            for i in range(B):
+                for j in range(N):
+                    g[i, j] *= s
+            return np.int64(0)
+    return e
+
+
+# ------------------------------------------------------------------ float64 reductions
+# Whole-array sums in float64 by blocks of 128 with 8 partial sums each (NumPy's pairwise
+# leaf), block sums added in order: within a few ulps of NumPy's pairwise summation.
+@njit(**JIT)
+def _sum_block(x, start, stop, mean, square):
+    """sum over x[start:stop] of (x - mean) or (x - mean)**2, 8 partial sums."""
+    r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
+    n8 = start + ((stop - start) // 8) * 8
+    for i in range(start, n8, 8):
+        v0 = np.float64(x[i]) - mean
+        v1 = np.float64(x[i + 1]) - mean
+        v2 = np.float64(x[i + 2]) - mean
+        v3 = np.float64(x[i + 3]) - mean
+        v4 = np.float64(x[i + 4]) - mean
+        v5 = np.float64(x[i + 5]) - mean
+        v6 = np.float64(x[i + 6]) - mean
+        v7 = np.float64(x[i + 7]) - mean
+        if square:
+            v0 *= v0
+            v1 *= v1
+            v2 *= v2
+            v3 *= v3
+            v4 *= v4
+            v5 *= v5
+            v6 *= v6
+            v7 *= v7
+        r0 += v0
+        r1 += v1
+        r2 += v2
+        r3 += v3
+        r4 += v4
+        r5 += v5
+        r6 += v6
+        r7 += v7
+    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for i in range(n8, stop):
+        v = np.float64(x[i]) - mean
+        s += v * v if square else v
+    return s
+
+
+@njit(**JIT)
+def _sum_flat(x, mean, square):
+    n = x.size
+    s = 0.0
+    for start in range(0, n, 128):
+        s += _sum_block(x, start, min(start + 128, n), mean, square)
+    return s
+
+
+@njit(**JIT)
+def sumsq(g):
+    """sum(g**2) in float64 over a C-contiguous array of any shape."""
+    return _sum_flat(g.reshape(g.size), 0.0, True)
+
+
+@njit(**JIT)
+def all_finite(g):
+    x = g.reshape(g.size)
+    for i in range(x.size):
+        if not math.isfinite(x[i]):
+            return False
+    return True
+
+
+@njit(**JIT)
+def moments(h):
+    """(mean, std) of all entries of h in float64, two passes, as h.mean() and h.std()."""
+    x = h.reshape(h.size)
+    m = _sum_flat(x, 0.0, False) / x.size
+    v = _sum_flat(x, m, True) / x.size
+    return m, math.sqrt(v)

@@ -1,0 +1,141 @@
+"""The fused drivers: the whole stack in one compiled call per direction.
+
+Same contract as :func:`gradbench.reference.stack_forward` / ``stack_backward`` (read its
+module docstring). Workspace is allocated once at the start; the layer loop allocates nothing
+and never leaves compiled code. One compiled kernel per dtype: the activation and the options
+arrive as integer codes in ``icfg`` and floats in ``fcfg``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from gradbench.spec import (
+    F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, I_ACT, I_BN, I_CLIP, I_RESCALE_FWD,
+    I_RESIDUAL,
+)
+
+from ._config import JIT
+from .activations import PRELU, SIGMOID, TANH, _as
+from .layers import (
+    _activation_backward, _activation_forward_stats, add_aligned, all_finite, batchnorm_backward,
+    batchnorm_forward, clip_signal, dense_backward, dense_forward, moments, normalise, sumsq,
+)
+
+
+@njit(**JIT)
+def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
+                         act_mean, act_std, saturation, dead, info):
+    """Forward through all L layers.  W (L,N,N), b/gamma/beta (L,N), slope (L,), H (L+1,B,N),
+    Z (L,B,N), bn_mean/bn_rstd (L,N), fexp (L+1,), statistics (L,), info (>=1,)"""
+    code = icfg[I_ACT]
+    bn = icfg[I_BN] != 0
+    k = icfg[I_RESIDUAL]
+    rescale = icfg[I_RESCALE_FWD] != 0
+    param = fcfg[F_ACT_PARAM]
+    alpha = fcfg[F_RES_SCALE]
+    eps = fcfg[F_BN_EPS]
+    sat_threshold = fcfg[F_SAT]
+    L, B, N = Z.shape
+    info[0] = -1
+    y = np.empty_like(H[0])  # workspace: the batch-normalised pre-activation
+    alive = np.empty(N, dtype=np.bool_)
+    for l in range(L):
+        p = np.float64(slope[l]) if code == PRELU else param
+        if bn:
+            dense_forward(y, H[l], W[l], b[l])
+            batchnorm_forward(y, Z[l], bn_mean[l], bn_rstd[l], y, gamma[l], beta[l], eps)
+            z = y
+        else:
+            z = Z[l]
+            dense_forward(z, H[l], W[l], b[l])
+        nsat = _activation_forward_stats(H[l + 1], z, code, p, sat_threshold, alive)
+        fexp[l + 1] = fexp[l]
+        if k > 0 and (l + 1) % k == 0:
+            fexp[l + 1] = add_aligned(H[l + 1], fexp[l], H[l + 1 - k], fexp[l + 1 - k], alpha)
+        if rescale:
+            fexp[l + 1] += normalise(H[l + 1])
+        m, s = moments(H[l + 1])
+        act_mean[l] = m
+        act_std[l] = s
+        saturation[l] = nsat / (B * N)
+        ndead = 0
+        for j in range(N):
+            ndead += not alive[j]
+        dead[l] = ndead / N
+        if info[0] < 0 and not all_finite(H[l + 1]):
+            info[0] = l
+
+
+@njit(**JIT)
+def _finish(G, l, clip_mode, c, sig_m, sig_e, info):
+    """Normalise, clip and record dL/dh_l, now complete in G."""
+    e = sig_e[l] + normalise(G)
+    if clip_mode != 0:
+        e = clip_signal(G, e, clip_mode, c)
+        e += normalise(G)
+    sig_e[l] = e
+    sig_m[l] = math.sqrt(sumsq(G))
+    if info[1] < 0 and not all_finite(G):
+        info[1] = l
+
+
+@njit(**JIT)
+def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db,
+                          dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, info):
+    """Backward through all L layers with the power-of-two rescaled chain.  G (B,N) holds
+    dL/dh_L on entry and dL/dh_0 on exit; dW (L,N,N), db/dgamma/dbeta (L,N), dslope (L,),
+    sig_m/sig_e (L+1,), gnorm_m (L,)"""
+    code = icfg[I_ACT]
+    bn = icfg[I_BN] != 0
+    k = icfg[I_RESIDUAL]
+    clip_mode = icfg[I_CLIP]
+    rescale = icfg[I_RESCALE_FWD] != 0
+    c = fcfg[F_CLIP]
+    param = fcfg[F_ACT_PARAM]
+    alpha = _as(fcfg[F_RES_SCALE], G[0, 0])
+    L, B, N = Z.shape
+    info[1] = -1
+    dz = np.empty_like(G)  # workspace, allocated once
+    zl = np.empty_like(G)
+    skip = np.zeros_like(G)
+    skip_e = np.int64(0)
+    _finish(G, L, clip_mode, c, sig_m, sig_e, info)
+    for l in range(L - 1, -1, -1):
+        e = sig_e[l + 1]
+        p = np.float64(slope[l]) if code == PRELU else param
+        end = k > 0 and (l + 1) % k == 0
+        if end:  # end of a group: dL/dh_{l+1} also flows down the skip
+            skip_e = e
+            for i in range(B):
+                for j in range(N):
+                    skip[i, j] = G[i, j]
+                    G[i, j] *= alpha
+        if bn:
+            gl = gamma[l]
+            bl = beta[l]
+            Zl = Z[l]
+            for i in range(B):
+                for j in range(N):
+                    zl[i, j] = gl[j] * Zl[i, j] + bl[j]
+            z = zl
+        else:
+            z = Z[l]
+        # H[l+1] = phi(z_l) exactly unless a residual add or forward rescaling changed it
+        use_a = (code == TANH or code == SIGMOID) and not end and not rescale
+        dslope[l] = _activation_backward(dz, G, z, H[l + 1], use_a, code, p)
+        if bn:
+            batchnorm_backward(dz, dgamma[l], dbeta[l], dz, Z[l], bn_rstd[l], gamma[l])
+        else:
+            for j in range(N):
+                dgamma[l, j] = 0
+                dbeta[l, j] = 0
+        dense_backward(G, dW[l], db[l], dz, H[l], W[l])
+        gnorm_m[l] = math.sqrt(sumsq(dW[l]))
+        sig_e[l] = e
+        if k > 0 and l % k == 0:  # start of a group: add the skip path
+            sig_e[l] = add_aligned(G, e, skip, skip_e, 1.0)
+        _finish(G, l, clip_mode, c, sig_m, sig_e, info)
