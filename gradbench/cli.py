@@ -452,7 +452,7 @@ def cmd_demo(args) -> int:
         ratio_png = os.path.join(out_dir, "update_ratio.png")
         plot.loss_curves(results, loss_png, title="Two moons: deep sigmoid stuck at ln 2, the remedies train")
         plot.update_ratio_curves({k: results[k] for k in ("deep-sigmoid", "shallow-sigmoid", "relu-he", "batchnorm")},
-                                 ratio_png, title="% change of the weights per epoch")
+                                 ratio_png)
         written += [loss_png, ratio_png]
         write_atomic(os.path.join(out_dir, "training.json"), json.dumps(_payload(command="demo", runs={
             k: train_to_dict(r) for k, r in results.items()}), allow_nan=False))
@@ -472,10 +472,10 @@ def training_table(results: dict) -> str:
         last = r.loss[ran - 1] if ran else math.nan
         ratio = r.first_layer_ratio[:ran]
         med = f"{np.nanmean(ratio):.2g} %" if ran and np.any(np.isfinite(ratio)) else "-"
-        acc = r.accuracy[min(ran, len(r.accuracy) - 1)]
+        acc = r.accuracy[ran] if r.diverged_epoch is None else math.nan
         note = (f"loss non-finite in epoch {r.diverged_epoch + 1}" if r.diverged_epoch is not None
                 else ("stuck near ln 2" if abs(last - math.log(2)) < 0.02 else "trains"))
-        lines.append(f"{name:<18} {r.loss[0]:>13.4g} {last:>8.4g} {acc:>8.2f}  {med:>24}  {note}")
+        lines.append(f"{name:<18} {r.loss[0]:>13.4f} {last:>8.4f} {acc:>8.2f}  {med:>24}  {note}")
     return "\n".join(lines)
 
 

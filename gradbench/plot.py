@@ -158,10 +158,12 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
 
     A run that diverged ends with a cross at the epoch where its loss turned non-finite.
     """
-    fig = Figure(figsize=(8.5, 5.0))
+    items = _curve_items(data)
+    many = len(items) > 4
+    fig = Figure(figsize=(8.5, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
     ax = fig.add_subplot()
     top = 0.0
-    for label, r in _curve_items(data):
+    for label, r in items:
         loss = np.asarray(r.loss, dtype=np.float64)
         epochs = np.arange(1, len(loss) + 1)
         finite = np.isfinite(loss)
@@ -176,21 +178,26 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
                         xytext=(8, 0), fontsize=8, color=line.get_color(), va="center")
             line.set_label(f"{label} (diverged)")
     ax.axhline(LN2, color="0.4", ls="--", lw=1)
-    ax.annotate("ln 2 = 0.693 (chance for 2 classes)", (0.99, LN2), xycoords=("axes fraction", "data"),
-                ha="right", va="bottom", fontsize=8, color="0.3")
+    # labelled in the right margin, where no curve can hide it
+    ax.annotate("ln 2", (1.0, LN2), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                textcoords="offset points", ha="left", va="center", fontsize=9, color="0.3")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mean mini-batch loss" + (" (log scale)" if log else ""))
+    ax.set_ylabel("mean mini-batch loss" + (" (log scale)" if log else "") + "; dashed: ln 2 = 0.693")
     ax.set_title(title)
     ax.grid(True, which="both" if log else "major", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if many:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
+    else:
+        ax.legend(fontsize=8, loc="best")
     if path is not None:
         save(fig, path)
     return fig
 
 
-def update_ratio_curves(data, path=None, *, title: str = "How much the weights move per epoch") -> Figure:
+def update_ratio_curves(data, path=None, *,
+                        title: str = "How much the weights move per epoch (solid: first layer, dashed: top)") -> Figure:
     """100 * ||Delta W|| / ||W|| per epoch for the first weight matrix (solid) and the top layer (dashed)."""
     fig = Figure(figsize=(8.5, 5.0))
     ax = fig.add_subplot()
