@@ -60,6 +60,7 @@ class Diagnosis:
     grad_log10: np.ndarray
     signal_log10: np.ndarray
     act_mean: np.ndarray
+    act_mean_log10: np.ndarray
     act_std: np.ndarray
     act_std_log10: np.ndarray
     saturation: np.ndarray
@@ -116,7 +117,7 @@ class Diagnosis:
 
 
 _ARRAY_FIELDS = {
-    "grad_log10", "signal_log10", "act_mean", "act_std", "act_std_log10", "saturation", "dead",
+    "grad_log10", "signal_log10", "act_mean", "act_mean_log10", "act_std", "act_std_log10", "saturation", "dead",
     "hist_edges", "hist_counts", "hist_zeros", "hist_nonfinite", "hist_outside",
 }
 _INT_ARRAYS = {"hist_counts", "hist_zeros", "hist_nonfinite", "hist_outside"}
@@ -285,6 +286,7 @@ def diagnose(res, *, bins: int = 40, hist_range: tuple[float, float] | None = No
         act_mean = res.act_mean.to_float(warn=False)
         act_std = res.act_std.to_float(warn=False)
         act_std_log10 = res.act_std.log10()
+        act_mean_log10 = res.act_mean.log10()
     fit = np.where(np.isfinite(g), g, np.nan)
     slope, intercept = slope_fit(fit)
     edges, counts, zeros, nonfinite, outside = histograms(res.grads.W, bins, hist_range)
@@ -299,6 +301,7 @@ def diagnose(res, *, bins: int = 40, hist_range: tuple[float, float] | None = No
         grad_log10=g,
         signal_log10=s,
         act_mean=np.asarray(act_mean, dtype=np.float64),
+        act_mean_log10=np.asarray(act_mean_log10, dtype=np.float64),
         act_std=np.asarray(act_std, dtype=np.float64),
         act_std_log10=np.asarray(act_std_log10, dtype=np.float64),
         saturation=np.asarray(res.saturation, dtype=np.float64),
@@ -420,6 +423,13 @@ def _fmt_pow(v: float) -> str:
     return f"10^{v:.2f}" if abs(v) < 1e4 else f"10^{v:.1f}"
 
 
+def _fmt_float(v: float, log10_abs: float) -> str:
+    """A float, or its exact power of ten when the float cannot hold it (forward-rescaled stacks)."""
+    if (v != 0 and math.isfinite(v)) or log10_abs == -math.inf or math.isnan(log10_abs):
+        return f"{v:.4g}"
+    return ("-" if math.copysign(1.0, v) < 0 else "") + _fmt_pow(log10_abs)
+
+
 def table_layers(L: int, rows: int = 12) -> list[int]:
     """A readable selection of layers: all when few, else both ends and evenly spaced middle."""
     if L <= rows:
@@ -479,10 +489,9 @@ def format_report(d: Diagnosis, rows: int = 12) -> str:
         if l != prev + 1:
             out.append(f"  {'...':>7}")
         prev = l
-        std = d.act_std[l]
-        std_s = f"{std:11.4g}" if std != 0 and math.isfinite(std) else f"{_fmt_pow(d.act_std_log10[l]):>11}"
         line = (f"  {l:>7} {_fmt_pow(d.grad_log10[l]):>14} {_fmt_pow(d.signal_log10[l]):>14} "
-                f"{d.act_mean[l]:11.4g} {std_s}")
+                f"{_fmt_float(d.act_mean[l], d.act_mean_log10[l]):>11} "
+                f"{_fmt_float(d.act_std[l], d.act_std_log10[l]):>11}")
         if show_sat:
             line += f" {100 * d.saturation[l]:8.1f}%"
         if show_dead:

@@ -345,9 +345,9 @@ class Demo:
         return datasets.load(self.dataset, self.n_samples, seed=self.data_seed)
 
 
-# One deep net and its remedies, all on the same two-moons data with plain SGD (Adam would
-# rescale the tiny gradients and hide the vanishing). See the README of the demos in the
-# docstring of `run_demo` for the measured outcomes.
+# One deep net and its remedies, all on the same two-moons data (200 samples, noise 0.1) with
+# plain SGD, lr 0.1, mini-batches of 20, 100 epochs (Adam would rescale the tiny gradients and
+# hide the vanishing). The measured outcomes are in the docstring of `run_demo`.
 _DEEP = dict(depth=10, width=16, activation="sigmoid", init="xavier_normal")
 _SGD = dict(optimizer="sgd", lr=0.1, batch_size=20, epochs=100, seed=0)
 
@@ -373,7 +373,23 @@ _register(Demo(
 
 
 def run_demo(name: str, *, backend: str = "auto", progress: bool = False, **overrides) -> TrainResult:
-    """Run one of :data:`DEMOS` (``overrides`` change training settings, e.g. ``epochs``)."""
+    """Run one of :data:`DEMOS` (``overrides`` change training settings, e.g. ``epochs``).
+
+    Outcomes with seeds 0-4 (tests/test_demos.py asserts them with margins); "moves" is the
+    per-epoch change of the first weight matrix, 100 * ||Delta W|| / ||W||:
+
+    ================== ====================================== =====================================
+    deep-sigmoid       loss 0.694-0.738 in every one of the    first layer moves <= 2.3e-5 % per
+                       100 epochs, ends at ln 2 +- 0.001       epoch; accuracy 0.50
+    shallow-sigmoid    final loss 0.272-0.276                  moves ~1-3 % per epoch
+    relu-he            final loss 0.0001-0.022                 accuracy 1.00
+    batchnorm          final loss 0.012-0.020                  accuracy 1.00
+    residual           final loss 0.009-0.31                   accuracy 0.86-1.00
+    xavier-tanh        final loss 0.0008-0.0011                accuracy 1.00
+    exploding          loss NaN in epoch 1 (initial loss 307)
+    exploding-clipped  307 -> 0.20, finite throughout          accuracy 0.94
+    ================== ====================================== =====================================
+    """
     check_choice("demo", name, tuple(DEMOS))
     demo = DEMOS[name]
     X, y = demo.data()
