@@ -1,0 +1,99 @@
+"""The benchmark cases: one place that says what work every implementation is timed on.
+
+Activations stay O(1) through the depth in every case (tanh at the edge of chaos, sigmoid at its
+edge of chaos, ReLU with He init), so no case times a stack whose activations have decayed to
+exact zeros. FLOPs of a plain dense stack: 6 B N^2 L (forward h W^T, backward dz W and dz^T h).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import gradbench as gb
+
+# Edge of chaos (Schoenholz et al. 2017) with sigma_b^2 = 0.05: chi_1 = 1.
+TANH_EOC = dict(init="normal", sigma_w=math.sqrt(1.76), sigma_b=math.sqrt(0.05))
+SIGMOID_EOC = dict(init="normal", sigma_w=9.869, sigma_b=math.sqrt(0.05))  # mean field, Gauss-Hermite
+RELU_HE = dict(init="he_normal")  # sigma_w^2 = 2, zero bias: the ReLU critical point
+
+INITS = {"tanh": TANH_EOC, "sigmoid": SIGMOID_EOC, "relu": RELU_HE}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One unit of work: a stack, its batch, and in which suites it runs.
+
+    ``family``: "size" (the depth x width grid, drawn in the report's figure), "option"
+    (activation, batch norm, residual at one size) or "subnormal" (the plain float32 chain
+    sinks into subnormals; peers are timed there with and without flush-to-zero).
+    ``quick``: part of ``make bench-quick``; every case runs in ``make bench``.
+    """
+
+    depth: int
+    width: int
+    batch: int
+    dtype: str = "float64"
+    activation: str = "tanh"
+    batch_norm: bool = False
+    residual: int = 0
+    family: str = "size"
+    quick: bool = True
+    sigma_w: float | None = None  # overrides the activation's init gain (tiny subnormal stand-in)
+
+    @property
+    def id(self) -> str:
+        opts = "".join(["-bn" if self.batch_norm else "", f"-res{self.residual}" if self.residual else ""])
+        prefix = "subnormal-" if self.family == "subnormal" else ""
+        return (f"{prefix}{self.activation}{opts}-L{self.depth}-n{self.width}-B{self.batch}-"
+                f"{'f64' if self.dtype == 'float64' else 'f32'}")
+
+    @property
+    def flops(self) -> int:
+        return 6 * self.batch * self.width ** 2 * self.depth
+
+    def stack(self) -> gb.Stack:
+        return gb.Stack(depth=self.depth, width=self.width, activation=self.activation,
+                        batch_norm=self.batch_norm, residual=self.residual,
+                        residual_scale=0.5 if self.residual else 1.0, dtype=self.dtype,
+                        **{**INITS[self.activation],
+                           **({"sigma_w": self.sigma_w} if self.sigma_w is not None else {})})
+
+    def tiny(self) -> "Case":
+        """The stand-in run when benchmarks are disabled (``make test``): same options, small sizes.
+
+        The subnormal stand-in decays fast instead of deep (tanh, sigma_w = 0.5: about 0.3
+        decades per layer), so that plain float32 still sinks into subnormals within 160 layers
+        and the partial check of the peers is exercised too.
+        """
+        if self.family == "subnormal":
+            return replace(self, depth=160, width=8, batch=4, sigma_w=0.5)
+        return replace(self, depth=min(self.depth, 12), width=min(self.width, 8), batch=min(self.batch, 4))
+
+
+SIZES = [  # (L, N, B): very deep and narrow ... wide
+    (100_000, 8, 4),
+    (10_000, 32, 16),
+    (1_000, 64, 64),
+    (200, 512, 256),
+    (50, 2048, 512),
+]
+
+
+def _cases() -> list[Case]:
+    cases = []
+    for L, N, B in SIZES:
+        for dt in ("float64", "float32"):
+            cases.append(Case(L, N, B, dt, quick=N <= 512 and not (N == 512 and dt == "float64")))
+    L, N, B = 1_000, 64, 64
+    for dt in ("float64", "float32"):
+        for act, bn, res in (("sigmoid", False, 0), ("relu", False, 0), ("tanh", True, 0),
+                             ("tanh", False, 2), ("tanh", True, 2)):
+            cases.append(Case(L, N, B, dt, act, bn, res, family="option", quick=dt == "float64" or act == "relu"))
+    # Plain float32 sinks below 1.2e-38 about 3800 layers from the top and spends the last
+    # ~15 % of the depth in subnormals (the exact chain reaches ~1e-48 at layer 0).
+    cases.append(Case(4_800, 32, 16, "float32", family="subnormal"))
+    return cases
+
+
+CASES = _cases()
