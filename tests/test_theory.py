@@ -1,0 +1,118 @@
+"""gradbench.theory against closed forms, independent quadrature, and simulations."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate
+
+import gradbench as gb
+from gradbench import theory
+
+
+def _quad_expect(f):
+    return integrate.quad(lambda z: f(z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi), -np.inf, np.inf,
+                          points=None, limit=200)[0]
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.2, 0.5])
+def test_relu_family_critical_line_closed_form(slope):
+    # chi_1 = sigma_w^2 (1 + slope^2) / 2 whatever q: critical at sigma_w^2 = 2 / (1 + slope^2)
+    act = "relu" if slope == 0 else "leaky_relu"
+    param = None if slope == 0 else slope
+    s_c = theory.critical_sigma_w(act, 0.0, param)
+    assert s_c**2 == pytest.approx(2 / (1 + slope**2), rel=1e-10)
+    assert theory.chi1(act, 1.3, 0.0, param) == pytest.approx(1.69 * (1 + slope**2) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("activation,sigma_w,sigma_b", [
+    ("tanh", 1.5, 0.1), ("tanh", 2.5, 0.3), ("sigmoid", 1.0, 0.0), ("erf_like_gelu", 1.2, 0.2),
+])
+def test_fixed_point_and_chi1_match_adaptive_quadrature(activation, sigma_w, sigma_b):
+    if activation == "erf_like_gelu":
+        activation = "gelu"
+        phi = lambda z: 0.5 * z * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+        dphi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2))) + z * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    elif activation == "tanh":
+        phi, dphi = math.tanh, lambda z: 1 - math.tanh(z) ** 2
+    else:
+        phi = lambda z: 0.5 * (1 + math.tanh(z / 2))  # noqa: E731
+        dphi = lambda z: phi(z) * (1 - phi(z))  # noqa: E731
+    q = 1.0
+    for _ in range(300):
+        q = sigma_w**2 * _quad_expect(lambda z: phi(math.sqrt(q) * z) ** 2) + sigma_b**2
+    chi = sigma_w**2 * _quad_expect(lambda z: dphi(math.sqrt(q) * z) ** 2)
+    mf = theory.mean_field(activation, sigma_w, sigma_b)
+    assert mf.q_star == pytest.approx(q, rel=1e-8)
+    assert mf.chi1 == pytest.approx(chi, rel=1e-8)
+
+
+def test_classic_edge_of_chaos_point():
+    # sigma_w^2 = 1.76, sigma_b^2 = 0.05 lies on the tanh critical line (Schoenholz et al.)
+    assert theory.critical_sigma_w("tanh", math.sqrt(0.05)) ** 2 == pytest.approx(1.76, abs=0.01)
+    assert theory.mean_field("tanh", math.sqrt(1.76), math.sqrt(0.05)).phase == "critical"
+    assert theory.mean_field("tanh", 0.9, 0.05).phase.startswith("ordered")
+    assert theory.mean_field("tanh", 2.5, 0.3).phase.startswith("chaotic")
+
+
+def test_newman_formula_small_cases():
+    # N = 1: E ln|w| for w ~ N(0, s^2) is ln s - (gamma + ln 2)/2
+    s = 0.7
+    assert theory.newman_lambda1(1, s) == pytest.approx(math.log(s) - (np.euler_gamma + math.log(2)) / 2, rel=1e-12)
+    # N = 2: psi(1) = -gamma
+    assert theory.newman_lambda1(2, 1.0) == pytest.approx(0.5 * (math.log(1.0) - np.euler_gamma), rel=1e-12)
+
+
+def test_100000_layer_linear_stack_decays_at_newmans_rate():
+    L, N = 100_000, 4
+    stack = gb.Stack(depth=L, width=N, activation="identity", init="normal")
+    params = gb.init_params(stack, seed=3)
+    x = gb.gaussian_input(stack, batch=2, seed=4)
+    res = gb.backprop(stack, params, x, backend="auto")
+    ln_s = res.signal_norm.log10() * math.log(10)
+    assert np.all(np.isfinite(ln_s))
+    # ln ||dL/dh_l|| falls by lambda_1 per layer going down; block means give the standard error
+    rate = np.diff(ln_s[::-1])  # per-layer change, from the top down
+    blocks = rate[: (len(rate) // 100) * 100].reshape(100, -1).mean(axis=1)
+    est, se = blocks.mean(), blocks.std(ddof=1) / math.sqrt(len(blocks))
+    lam = theory.newman_lambda1(N, 1.0)
+    assert abs(est - lam) < 4 * se, f"measured {est:.5f} +- {se:.5f}, Newman {lam:.5f}"
+    assert se < 0.01  # the test has power: lambda_1 = -0.135 is resolved to a few percent
+
+
+@pytest.mark.parametrize("sigma_w,sigma_b", [(0.9, 0.05), (math.sqrt(1.76), math.sqrt(0.05)), (2.5, 0.3)])
+def test_wide_tanh_simulation_matches_chi1(sigma_w, sigma_b):
+    L, N = 120, 256
+    stack = gb.Stack(depth=L, width=N, activation="tanh", init="normal", sigma_w=sigma_w, sigma_b=sigma_b)
+    mf = theory.mean_field(stack)
+    slopes = []
+    for seed in range(2):
+        params = gb.init_params(stack, seed=seed)
+        x = gb.gaussian_input(stack, batch=16, seed=seed + 10) * math.sqrt(mf.q_star or 1.0)
+        res = gb.backprop(stack, params, x, backend="auto")
+        lg = res.signal_norm.log10()[10 : L - 10]
+        slopes.append(-np.polyfit(np.arange(len(lg)), lg, 1)[0])  # change per layer going down
+    # finite width: the per-layer factor fluctuates with relative size ~ 1/sqrt(N B)
+    assert np.mean(slopes) == pytest.approx(mf.decades_per_layer, abs=0.006)
+
+
+def test_lyapunov_spectrum_closed_forms():
+    # orthogonal linear layers scaled by g: every exponent is exactly ln g
+    stack = gb.Stack(depth=50, width=6, activation="identity", init="orthogonal", sigma_w=1.3)
+    params = gb.init_params(stack, seed=0)
+    spec = theory.lyapunov_spectrum(stack, params, np.ones(6))
+    np.testing.assert_allclose(spec, math.log(1.3), atol=1e-12)
+    # Gaussian linear layers: the top exponent is Newman's lambda_1
+    stack = gb.Stack(depth=20_000, width=3, activation="identity", init="normal")
+    params = gb.init_params(stack, seed=1)
+    top = theory.lyapunov_spectrum(stack, params, np.ones(3), k=1)[0]
+    assert top == pytest.approx(theory.newman_lambda1(3), abs=0.02)
+
+
+def test_lyapunov_of_residual_identity_blocks():
+    # residual groups of 2 identity layers with W = c I: each group maps h -> (1 + alpha c^2) h
+    stack = gb.Stack(depth=40, width=3, activation="identity", residual=2, residual_scale=0.5)
+    params = gb.init_params(stack, seed=0)
+    params.W[:] = 0.8 * np.eye(3)
+    spec = theory.lyapunov_spectrum(stack, params, np.ones(3))
+    np.testing.assert_allclose(spec, math.log(1 + 0.5 * 0.64) / 2, atol=1e-12)
