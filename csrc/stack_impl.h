@@ -76,25 +76,88 @@ GB_TILE(1, 16)
 GB_TILE(1, 8)
 GB_TILE(1, 1)
 
+#if defined(__GNUC__) && !defined(GB_PLAIN_C)
+/* Vector tiles through the GCC/Clang vector extension: an R x NV*VL block of C lives in
+ * R*NV vector registers over the whole k loop (plain C11 tiles above are the fallback and
+ * the remainder). Contraction to FMA is switched on for these functions only. */
+#define GB_HAVE_VTILES 1
+typedef T F(gb_v64) __attribute__((vector_size(64)));
+typedef T F(gb_v32) __attribute__((vector_size(32)));
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+#define GB_VTILE(R, NV, V)                                                                      \
+    static void F(gb_vtile_##R##x##NV##_##V)(T *C, int64_t ldc, const T *A, int64_t sam,       \
+                                             int64_t sak, const T *Bm, int64_t ldb, int64_t K, \
+                                             const T *bias) {                                  \
+        typedef F(V) vt;                                                                       \
+        enum { VL = sizeof(vt) / sizeof(T) };                                                  \
+        vt acc[R][NV];                                                                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                    \
+            _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[r][v] = (vt){0};          \
+        for (int64_t k = 0; k < K; k++) {                                                      \
+            vt bv[NV];                                                                         \
+            _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)                               \
+                memcpy(&bv[v], Bm + k * ldb + v * VL, sizeof(vt));                             \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
+                const vt a = (vt){0} + A[r * sam + k * sak];                                   \
+                _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[r][v] += a * bv[v];   \
+            }                                                                                  \
+        }                                                                                      \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                    \
+            _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) {                             \
+                vt out = acc[r][v];                                                            \
+                if (bias) {                                                                    \
+                    vt bb;                                                                     \
+                    memcpy(&bb, bias + v * VL, sizeof(vt));                                    \
+                    out = out + bb;                                                            \
+                }                                                                              \
+                memcpy(C + r * ldc + v * VL, &out, sizeof(vt));                                \
+            }                                                                                  \
+    }
+GB_VTILE(4, 4, gb_v64)
+GB_VTILE(4, 2, gb_v64)
+GB_VTILE(4, 1, gb_v64)
+GB_VTILE(4, 1, gb_v32)
+GB_VTILE(1, 4, gb_v64)
+GB_VTILE(1, 2, gb_v64)
+GB_VTILE(1, 1, gb_v64)
+GB_VTILE(1, 1, gb_v32)
+#pragma GCC pop_options
+#endif
+
 /* One block of at most 4 rows and nw columns, cut into the register tiles. */
 static void F(gb_gemm_block)(T *C, const T *A, int64_t sam, int64_t sak, const T *Bm,
                              const T *bias, int64_t mr, int64_t nw, int64_t K, int64_t ld) {
-#define GB_ROWS(R)                                                                              \
+#define GB_CALL(NAME, W)                                                                       \
+    for (; c + (W) <= nw; c += (W))                                                            \
+        NAME(C + c, ld, A, sam, sak, Bm + c, ld, K, bias ? bias + c : NULL);
+#ifdef GB_HAVE_VTILES
+#define GB_ROWS(R)                                                                             \
+    {                                                                                          \
+        const int64_t V64 = 64 / sizeof(T), V32 = 32 / sizeof(T);                              \
+        int64_t c = 0;                                                                         \
+        GB_CALL(F(gb_vtile_##R##x4_gb_v64), 4 * V64)                                           \
+        GB_CALL(F(gb_vtile_##R##x2_gb_v64), 2 * V64)                                           \
+        GB_CALL(F(gb_vtile_##R##x1_gb_v64), V64)                                               \
+        GB_CALL(F(gb_vtile_##R##x1_gb_v32), V32)                                               \
+        GB_CALL(F(gb_tile_##R##x1), 1)                                                         \
+    }
+#else
+#define GB_ROWS(R)                                                                             \
     {                                                                                          \
         int64_t c = 0;                                                                         \
-        for (; c + 16 <= nw; c += 16)                                                          \
-            F(gb_tile_##R##x16)(C + c, ld, A, sam, sak, Bm + c, ld, K, bias ? bias + c : NULL); \
-        for (; c + 8 <= nw; c += 8)                                                            \
-            F(gb_tile_##R##x8)(C + c, ld, A, sam, sak, Bm + c, ld, K, bias ? bias + c : NULL); \
-        for (; c < nw; c++)                                                                    \
-            F(gb_tile_##R##x1)(C + c, ld, A, sam, sak, Bm + c, ld, K, bias ? bias + c : NULL); \
+        GB_CALL(F(gb_tile_##R##x16), 16)                                                       \
+        GB_CALL(F(gb_tile_##R##x8), 8)                                                         \
+        GB_CALL(F(gb_tile_##R##x1), 1)                                                         \
     }
+#endif
     if (mr == 4) {
         GB_ROWS(4)
     } else {
         for (int64_t r = 0; r < mr; r++, C += ld, A += sam) GB_ROWS(1)
     }
 #undef GB_ROWS
+#undef GB_CALL
 }
 
 /* C (M,N) = A (M,K) Bm (K,N) [+ bias (N,)] with A(m,k) = A[m*sam + k*sak]; ldb = ldc = N. */
@@ -210,11 +273,8 @@ static int64_t F(gb_activation_forward_sat)(T *a, const T *z, int64_t n, int act
         int64_t cnt = 0;
         switch (act) { /* phi' of tanh and sigmoid from phi itself: the same numbers */
         case GB_TANH:
-            for (int64_t i = i0; i < i1; i++) {
-                T t = F(gb_phi)(z[i], GB_TANH, p);
-                a[i] = t;
-                cnt += (double)((T)1 - t * t) < thr;
-            }
+            F(gb_tanh)(a + i0, z + i0, i1 - i0);
+            for (int64_t i = i0; i < i1; i++) cnt += (double)((T)1 - a[i] * a[i]) < thr;
             break;
         case GB_SIGMOID:
             for (int64_t i = i0; i < i1; i++) {
@@ -254,6 +314,13 @@ static double F(gb_activation_backward_layer)(T *dz, const T *G, const T *z, con
             for (int64_t j = 0; j < N; j++) {
                 T da = scale ? g[j] * alpha : g[j];
                 d[j] = da * ((T)1 - ar[j] * ar[j]);
+            }
+        } else if (act == GB_TANH) { /* t = tanh(zl) through the array tanh, kept in d */
+            for (int64_t j = 0; j < N; j++) d[j] = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
+            F(gb_tanh)(d, d, N);
+            for (int64_t j = 0; j < N; j++) {
+                T da = scale ? g[j] * alpha : g[j];
+                d[j] = da * ((T)1 - d[j] * d[j]);
             }
         } else if (ar && act == GB_SIGMOID) {
             for (int64_t j = 0; j < N; j++) {
