@@ -25,7 +25,7 @@ static inline int gb_clamp_exp(int64_t e) {
  *   sigmoid(z) = 1/(1+exp(-z)) for z >= 0, exp(z)/(1+exp(z)) otherwise (no overflow)
  *   elu(z) = z (z > 0), alpha*expm1(z);  selu = lambda * elu with alpha_selu
  *   swish(z) = z*sigmoid(z);  gelu(z) = 0.5*z*(1+erf(z/sqrt(2)))
- * NaN stays NaN, so that non-finite values are reported. They are static inline so that a
+ * NaN stays NaN, so that non-finite values are reported (min(z, 0) keeps NaN, as np.minimum). They are static inline so that a
  * layer loop with a constant activation code compiles to straight code (the switch folds). */
 #define GB_DEFINE_PHI(T, SUFFIX, EXP, EXPM1, TANH, ERF)                                         \
     static inline T gb_sigmoid_##SUFFIX(T z) {                                                 \
@@ -40,9 +40,9 @@ static inline int gb_clamp_exp(int64_t e) {
         case GB_RELU: return (z > 0 || z != z) ? z : (T)0;                                     \
         case GB_LEAKY_RELU:                                                                    \
         case GB_PRELU: return z > 0 ? z : p * z;                                               \
-        case GB_ELU: return z > 0 ? z : p * EXPM1(z < 0 ? z : (T)0);                           \
+        case GB_ELU: return z > 0 ? z : p * EXPM1((z < 0 || z != z) ? z : (T)0);                           \
         case GB_SELU:                                                                          \
-            return (T)GB_SELU_LAMBDA * (z > 0 ? z : (T)GB_SELU_ALPHA * EXPM1(z < 0 ? z : (T)0)); \
+            return (T)GB_SELU_LAMBDA * (z > 0 ? z : (T)GB_SELU_ALPHA * EXPM1((z < 0 || z != z) ? z : (T)0)); \
         case GB_SWISH: return z * gb_sigmoid_##SUFFIX(z);                                      \
         case GB_GELU: return (T)0.5 * z * ((T)1 + ERF(z * (T)GB_SQRT_HALF));                   \
         }                                                                                      \
@@ -57,9 +57,9 @@ static inline int gb_clamp_exp(int64_t e) {
         case GB_RELU: return z > 0 ? (T)1 : (T)0;                                              \
         case GB_LEAKY_RELU:                                                                    \
         case GB_PRELU: return z > 0 ? (T)1 : p;                                                \
-        case GB_ELU: return z > 0 ? (T)1 : p * EXP(z < 0 ? z : (T)0);                          \
+        case GB_ELU: return z > 0 ? (T)1 : p * EXP((z < 0 || z != z) ? z : (T)0);                          \
         case GB_SELU:                                                                          \
-            return (T)GB_SELU_LAMBDA * (z > 0 ? (T)1 : (T)GB_SELU_ALPHA * EXP(z < 0 ? z : (T)0)); \
+            return (T)GB_SELU_LAMBDA * (z > 0 ? (T)1 : (T)GB_SELU_ALPHA * EXP((z < 0 || z != z) ? z : (T)0)); \
         case GB_SWISH: s = gb_sigmoid_##SUFFIX(z); return s + z * s * ((T)1 - s);              \
         case GB_GELU:                                                                          \
             return (T)0.5 * ((T)1 + ERF(z * (T)GB_SQRT_HALF)) +                                \

@@ -102,7 +102,8 @@ def _default_threads() -> int:
     return max(1, min(2, cores))
 
 
-def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None):
+def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,
+              par_min_work: int | None = None):
     """A ``gb_opts`` struct for the drivers (BLAS pointers, thresholds, thread count)."""
     o = ffi.new("gb_opts *")
     if blas:
@@ -111,7 +112,7 @@ def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: in
         o.sgemm = ffi.cast("gb_sgemm_fn", s)
     o.blas_min_width = BLAS_MIN_WIDTH if blas_min_width is None else int(blas_min_width)
     o.nthreads = _default_threads() if nthreads is None else int(nthreads)
-    o.par_min_work = PAR_MIN_WORK
+    o.par_min_work = PAR_MIN_WORK if par_min_work is None else int(par_min_work)
     return o
 
 
@@ -157,6 +158,20 @@ def _dims(W, H):
 def stack_forward(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
                   act_mean, act_std, saturation, dead, info):
     """Forward through all L layers in one C call (contract: :mod:`gradbench.reference`)."""
+    forward_with(_OPTS, icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
+                 act_mean, act_std, saturation, dead, info)
+
+
+def stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
+                   dbeta, dslope, sig_m, sig_e, gnorm_m, info):
+    """Backward through all L layers in one C call (contract: :mod:`gradbench.reference`)."""
+    backward_with(_OPTS, icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db,
+                  dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, info)
+
+
+def forward_with(opts, icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
+                 act_mean, act_std, saturation, dead, info):
+    """:func:`stack_forward` with explicit options from :func:`make_opts` (tests, tuning)."""
     ic, fc = _cfg(icfg, fcfg)
     L, B, N = _dims(W, H)
     t, f8, i8 = W.dtype, np.dtype(np.float64), np.dtype(np.int64)
@@ -176,13 +191,13 @@ def stack_forward(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, 
     p = {n: buffer(a, n) for n, a in arrays.items()}
     rc = fn(ic, fc, p["W"], p["b"], p["gamma"], p["beta"], p["slope"], p["H"], p["Z"],
             p["bn_mean"], p["bn_rstd"], p["fexp"], p["act_mean"], p["act_std"], p["saturation"],
-            p["dead"], p["info"], L, B, N, _OPTS)
+            p["dead"], p["info"], L, B, N, opts)
     check(rc, f"gb_stack_forward_{sfx}")
 
 
-def stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
-                   dbeta, dslope, sig_m, sig_e, gnorm_m, info):
-    """Backward through all L layers in one C call (contract: :mod:`gradbench.reference`)."""
+def backward_with(opts, icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db,
+                  dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, info):
+    """:func:`stack_backward` with explicit options from :func:`make_opts` (tests, tuning)."""
     ic, fc = _cfg(icfg, fcfg)
     L, B, N = _dims(W, H)
     t, f8, i8 = W.dtype, np.dtype(np.float64), np.dtype(np.int64)
@@ -203,7 +218,7 @@ def stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW
     p = {n: buffer(a, n) for n, a in arrays.items()}
     rc = fn(ic, fc, p["W"], p["gamma"], p["beta"], p["slope"], p["H"], p["Z"], p["bn_rstd"],
             p["fexp"], p["G"], p["dW"], p["db"], p["dgamma"], p["dbeta"], p["dslope"], p["sig_m"],
-            p["sig_e"], p["gnorm_m"], p["info"], L, B, N, _OPTS)
+            p["sig_e"], p["gnorm_m"], p["info"], L, B, N, opts)
     check(rc, f"gb_stack_backward_{sfx}")
 
 

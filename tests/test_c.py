@@ -1,0 +1,393 @@
+"""C-backend tests: the compiled module, phi and phi' against the reference, every driver output
+against the NumPy reference (the oracle), BLAS vs own kernels, thread counts, thread safety and
+the GIL, error codes, and the exact chain where the reference itself over/underflows.
+
+The cross-backend suite (tests/test_crosscheck.py) runs the engine-level comparison for every
+registered backend; the tests here compare the raw arrays each driver writes, layer by layer.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench import reference as ref
+from gradbench import spec
+
+cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built")
+
+# Tolerances by dtype: (values and gradients, relative to the largest entry of the layer).
+RTOL = {"float64": 1e-12, "float32": 1e-4}
+EPS = {"float64": np.finfo(np.float64).eps, "float32": np.finfo(np.float32).eps}
+
+
+# ------------------------------------------------------------------ the compiled module
+def test_compiled_module_imports():
+    from gradbench import _ckernels
+
+    for name in ("gb_stack_forward_f64", "gb_stack_forward_f32", "gb_stack_backward_f64",
+                 "gb_stack_backward_f32", "gb_activation_forward_f64", "gb_activation_backward_f32"):
+        assert hasattr(_ckernels.lib, name), name
+    assert "c" in gb.backends()
+    assert gb.backend_status()["c"] == "available"
+
+
+# ------------------------------------------------------------------ activations
+def _grid(dtype):
+    z = np.concatenate([
+        np.linspace(-12, 12, 4801),
+        np.geomspace(1e-12, 300, 400), -np.geomspace(1e-12, 300, 400),
+        [0.0, -0.0, 0.5499999999, 0.55, 19.9, 20.0, 20.1, 299.0, -299.0, 300.0, -300.0, 700.0,
+         -700.0, np.inf, -np.inf, np.nan],
+    ])
+    return z.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", spec.ACTIVATIONS)
+def test_phi_matches_reference(act, dtype):
+    code = spec.ACT_CODE[act]
+    param = spec.ACT_PARAM_DEFAULT.get(act, 0.0)
+    z = _grid(dtype)
+    got, want = cb.activation(z, code, param), ref.activation(z, code, param)
+    assert got.dtype == want.dtype == z.dtype
+    # a few ulp of the value (libm / the vector tanh vs NumPy's and SciPy's own functions);
+    # gelu = 0.5 z (1 + erf(z/sqrt 2)) cancels for z < 0 in both: ulp of 0.5 |z| there
+    scale = np.abs(want.astype(np.float64))
+    if act == "gelu":
+        scale = np.maximum(scale, 0.5 * np.abs(z.astype(np.float64)))
+    tol = 8 * EPS[dtype] * np.maximum(scale, np.finfo(dtype).tiny)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN pattern of {act}")
+    ok = ~np.isnan(want) & (got != want)  # equal entries (inf included) pass
+    diff = np.abs(got[ok].astype(np.float64) - want[ok].astype(np.float64))
+    bad = np.flatnonzero(~(diff <= tol[ok]))
+    assert bad.size == 0, f"{act} {dtype}: phi({z[ok][bad[0]]}) = {got[ok][bad[0]]}, reference {want[ok][bad[0]]}"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", spec.ACTIVATIONS)
+def test_dphi_matches_reference(act, dtype):
+    code = spec.ACT_CODE[act]
+    param = spec.ACT_PARAM_DEFAULT.get(act, 0.0)
+    z = _grid(dtype)
+    got, want = cb.activation_grad(z, code, param), ref.activation_grad(z, code, param)
+    assert got.dtype == want.dtype == z.dtype
+    # phi' = 1 - t*t and s*(1-s) cancel where phi saturates: a few ulp of phi' itself or of its
+    # scale (max phi'), whichever is larger
+    scale = spec.dphi_max(act, param)
+    w = want.astype(np.float64)
+    tol = 8 * EPS[dtype] * np.maximum(np.abs(w), scale)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN pattern of {act}'")
+    ok = ~np.isnan(want) & (got != want)
+    diff = np.abs(got[ok].astype(np.float64) - w[ok])
+    bad = np.flatnonzero(~(diff <= tol[ok]))
+    assert bad.size == 0, f"{act}' {dtype}: at z = {z[ok][bad[0]]}: {got[ok][bad[0]]}, reference {want[ok][bad[0]]}"
+
+
+def test_dphi_against_finite_differences():
+    """Independent of the reference: central differences of the C phi itself."""
+    z = np.linspace(-6, 6, 1201) + 0.0123  # avoid the kinks at 0
+    h = 1e-6
+    for act in spec.ACTIVATIONS:
+        code, param = spec.ACT_CODE[act], spec.ACT_PARAM_DEFAULT.get(act, 0.0)
+        fd = (cb.activation(z + h, code, param) - cb.activation(z - h, code, param)) / (2 * h)
+        np.testing.assert_allclose(cb.activation_grad(z, code, param), fd, rtol=1e-6, atol=1e-8,
+                                   err_msg=act)
+
+
+# ------------------------------------------------------------------ whole drivers vs reference
+def _problem(stack, batch, seed=0):
+    params = gb.init_params(stack, seed=seed)
+    x = gb.gaussian_input(stack, batch=batch, seed=seed + 1)
+    if stack.activation == "prelu":  # distinct slopes per layer
+        rng = np.random.default_rng(seed + 3)
+        params.slope[...] = rng.uniform(0.05, 0.5, stack.depth).astype(stack.dtype)
+    return params, x
+
+
+def _run(forward, backward, stack, params, x):
+    """The engine's allocation and calls (sum_squares loss), returning every array written."""
+    L, N, B, dt = stack.depth, stack.width, x.shape[0], stack.np_dtype
+    rescale = gb.engine.can_rescale_forward(stack, params)
+    icfg, fcfg = spec.kernel_config(stack, rescale)
+    out = dict(
+        H=np.empty((L + 1, B, N), dt), Z=np.empty((L, B, N), dt), bn_mean=np.zeros((L, N), dt),
+        bn_rstd=np.ones((L, N), dt), fexp=np.zeros(L + 1, np.int64), act_mean=np.empty(L),
+        act_std=np.empty(L), saturation=np.empty(L), dead=np.empty(L),
+        info=np.full(4, -1, np.int64),
+    )
+    out["H"][0] = x
+    o = out
+    forward(icfg, fcfg, params.W, params.b, params.gamma, params.beta, params.slope, o["H"], o["Z"],
+            o["bn_mean"], o["bn_rstd"], o["fexp"], o["act_mean"], o["act_std"], o["saturation"],
+            o["dead"], o["info"])
+    o.update(G=o["H"][L].copy(), dW=np.empty((L, N, N), dt), db=np.empty((L, N), dt),
+             dgamma=np.empty((L, N), dt), dbeta=np.empty((L, N), dt), dslope=np.empty(L, dt),
+             sig_m=np.empty(L + 1), sig_e=np.zeros(L + 1, np.int64), gnorm_m=np.empty(L))
+    o["sig_e"][L] = o["fexp"][L]
+    backward(icfg, fcfg, params.W, params.gamma, params.beta, params.slope, o["H"], o["Z"],
+             o["bn_rstd"], o["fexp"], o["G"], o["dW"], o["db"], o["dgamma"], o["dbeta"], o["dslope"],
+             o["sig_m"], o["sig_e"], o["gnorm_m"], o["info"])
+    return o
+
+
+def _c_with(opts):
+    return (lambda *a: cb.forward_with(opts, *a), lambda *a: cb.backward_with(opts, *a))
+
+
+def _compare(got, want, stack, label, rtol=None):
+    """Layer-by-layer comparison of every output; exponents and flags exactly."""
+    rtol = RTOL[stack.dtype] if rtol is None else rtol
+    for name in ("fexp", "sig_e"):
+        np.testing.assert_array_equal(got[name], want[name], err_msg=f"{label}: exponents {name}")
+    np.testing.assert_array_equal(got["info"][:2], want["info"][:2], err_msg=f"{label}: info")
+    arrays = ["H", "Z", "G", "dW", "gnorm_m", "sig_m", "act_std", "dslope"]
+    if stack.batch_norm:
+        arrays += ["bn_mean", "bn_rstd", "dgamma", "dbeta"]  # db is zero up to rounding under BN
+    else:
+        arrays += ["db"]
+        for name in ("dgamma", "dbeta"):
+            assert not np.any(got[name]), f"{label}: {name} must be zero without batch norm"
+    if stack.activation != "prelu":
+        assert not np.any(got["dslope"]), f"{label}: dslope must be zero unless PReLU"
+    for name in arrays:
+        g = np.asarray(got[name], np.float64)
+        w = np.asarray(want[name], np.float64)
+        if g.ndim <= 1 and name not in ("dslope",):
+            g, w = g[:, None], w[:, None]
+        elif name == "dslope":
+            g, w = g[None], w[None]  # one scale for the whole vector
+        g, w = g.reshape(len(g), -1), w.reshape(len(w), -1)
+        scale = np.max(np.abs(w), axis=1, keepdims=True)
+        err = np.abs(g - w) / np.where(scale > 0, scale, 1.0)
+        finite = np.isfinite(w)
+        np.testing.assert_array_equal(np.isfinite(g), finite, err_msg=f"{label}: {name} finiteness")
+        err = np.where(finite, err, 0.0)
+        if err.max() > rtol:
+            l, i = np.unravel_index(np.argmax(err), err.shape)
+            raise AssertionError(f"{label}: {name} layer/row {l} index {i}: {g[l, i]!r} vs "
+                                 f"reference {w[l, i]!r} (relative error {err.max():.2e} > {rtol:g})")
+    # mean of the activations: cancels near zero, so relative to its std
+    dm = np.abs(got["act_mean"] - want["act_mean"])
+    assert np.all(dm <= rtol * (np.abs(want["act_mean"]) + want["act_std"]) + 1e-300), f"{label}: act_mean"
+    for name, count in (("saturation", got["H"].shape[1] * stack.width), ("dead", stack.width)):
+        # a threshold comparison may flip for an entry within rounding of it
+        assert np.all(np.abs(got[name] - want[name]) <= 1.0 / count + 1e-12), f"{label}: {name}"
+
+
+OPTIONS = {
+    "plain": {},
+    "bn": dict(batch_norm=True),
+    "residual": dict(residual=2, residual_scale=0.5),
+    "clip_value": dict(clip="value", clip_threshold=0.01),
+    "clip_norm": dict(clip="norm", clip_threshold=1e-3),
+    "bn_res_clip": dict(batch_norm=True, residual=3, clip="norm", clip_threshold=0.1),
+    "sigma_b": dict(sigma_b=0.3),
+}
+# widths that exercise every tile of the own products (vector, half vector, scalar remainder)
+# and the BLAS path (>= cbackend.BLAS_MIN_WIDTH)
+SHAPES = [(3, 5), (8, 6), (33, 7), (130, 4)]  # batch >= 4: batch norm over 2 samples is noise
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("act", spec.ACTIVATIONS)
+def test_drivers_match_reference(act, option, dtype):
+    for width, batch in SHAPES:
+        if act == "identity" and "bn" in option:
+            # 0.5 ||BN(z)||^2 does not depend on z: its gradient is exactly zero and both
+            # backends return rounding noise (nothing to compare)
+            continue
+        stack = gb.Stack(depth=6, width=width, activation=act, init="he_normal", dtype=dtype,
+                         **OPTIONS[option])
+        params, x = _problem(stack, batch)
+        want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
+        got = _run(cb.stack_forward, cb.stack_backward, stack, params, x)
+        _compare(got, want, stack, f"{act} {option} {dtype} N={width} B={batch}")
+
+
+@pytest.mark.parametrize("act, depth, width, batch", [
+    ("relu", 300, 16, 4),       # forward rescaling on (homogeneous, zero bias): fexp moves
+    ("identity", 200, 9, 3),
+    ("prelu", 100, 12, 5),
+    ("sigmoid", 600, 16, 8),    # vanishing: sig_e goes far below the float64 range
+])
+def test_deep_exact_chain_matches_reference(act, depth, width, batch):
+    stack = gb.Stack(depth=depth, width=width, activation=act, init="he_normal" if act != "sigmoid" else "xavier_normal")
+    params, x = _problem(stack, batch)
+    want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
+    got = _run(cb.stack_forward, cb.stack_backward, stack, params, x)
+    if act == "sigmoid":
+        assert want["sig_e"][0] < -1100  # beyond what plain float64 represents
+    _compare(got, want, stack, f"deep {act}", rtol=1e-11)
+
+
+def test_chaotic_stack_layer_by_layer():
+    """tanh with he init over hundreds of layers amplifies rounding; check each layer given
+    the same input: the C forward of one layer from the reference's h_l."""
+    stack = gb.Stack(depth=300, width=24, activation="tanh", init="he_normal")
+    params, x = _problem(stack, 6)
+    want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
+    for l in range(0, 300, 37):
+        one = gb.Stack(depth=1, width=24, activation="tanh")
+        p1 = gb.Params(**{n: np.ascontiguousarray(a[l:l + 1]) for n, a in params.items()})
+        got = _run(cb.stack_forward, cb.stack_backward, one, p1, want["H"][l])
+        np.testing.assert_allclose(got["H"][1], want["H"][l + 1], rtol=1e-13, atol=1e-13 * np.abs(want["H"][l + 1]).max())
+
+
+# ------------------------------------------------------------------ kernels, BLAS, threads
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("width", [7, 64, 200])
+def test_blas_and_own_kernels_agree(width, dtype):
+    stack = gb.Stack(depth=5, width=width, activation="gelu", batch_norm=True, residual=5, dtype=dtype)
+    params, x = _problem(stack, 9)
+    own = _run(*_c_with(cb.make_opts(nthreads=1, blas=False)), stack, params, x)
+    blas = _run(*_c_with(cb.make_opts(nthreads=1, blas_min_width=1)), stack, params, x)
+    want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
+    _compare(own, want, stack, "own kernels")
+    _compare(blas, want, stack, "BLAS")
+
+
+@pytest.mark.parametrize("width, batch", [(64, 64), (40, 33), (8, 300)])
+def test_results_do_not_depend_on_thread_count(width, batch):
+    stack = gb.Stack(depth=8, width=width, activation="prelu", batch_norm=True, residual=2,
+                     clip="norm", clip_threshold=0.5)
+    params, x = _problem(stack, batch)
+    runs = [_run(*_c_with(cb.make_opts(nthreads=t, blas=False, par_min_work=0)), stack, params, x)
+            for t in (1, 2, 3, 2)]
+    for other in runs[1:]:
+        for name, a in runs[0].items():
+            np.testing.assert_array_equal(other[name], a, err_msg=name)
+
+
+def test_two_python_threads_at_once_match_serial():
+    stacks = [gb.Stack(depth=40, width=48, activation="tanh", init="he_normal", batch_norm=True),
+              gb.Stack(depth=30, width=20, activation="selu", residual=3, dtype="float32")]
+    problems = [(s, *_problem(s, 16, seed=i)) for i, s in enumerate(stacks)]
+    serial = [gb.backprop(s, p, x, backend="c") for s, p, x in problems]
+    results = [[None, None] for _ in range(3)]
+
+    def work(rep, i):
+        s, p, x = problems[i]
+        results[rep][i] = gb.backprop(s, p, x, backend="c")
+
+    threads = [threading.Thread(target=work, args=(rep, i)) for rep in range(3) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for rep in range(3):
+        for i in range(2):
+            got, want = results[rep][i], serial[i]
+            np.testing.assert_array_equal(got.grads.W.mantissa, want.grads.W.mantissa)
+            np.testing.assert_array_equal(got.grads.W.exponent, want.grads.W.exponent)
+            np.testing.assert_array_equal(got.signal_norm.mantissa, want.signal_norm.mantissa)
+            np.testing.assert_array_equal(got.act_std.mantissa, want.act_std.mantissa)
+
+
+def test_gil_is_released_during_the_call():
+    """While one thread is inside the C driver, the main thread keeps running Python."""
+    stack = gb.Stack(depth=3000, width=32, activation="gelu")
+    params, x = _problem(stack, 32)
+    L, N, B = stack.depth, stack.width, 32
+    icfg, fcfg = spec.kernel_config(stack, False)
+    H = np.empty((L + 1, B, N)); H[0] = x
+    bufs = [np.empty((L, B, N)), np.zeros((L, N)), np.ones((L, N)), np.zeros(L + 1, np.int64),
+            np.empty(L), np.empty(L), np.empty(L), np.empty(L), np.full(4, -1, np.int64)]
+    span = {}
+
+    def call():
+        t0 = time.perf_counter()
+        cb.stack_forward(icfg, fcfg, params.W, params.b, params.gamma, params.beta, params.slope, H, *bufs)
+        span["t"] = (t0, time.perf_counter())
+
+    worker = threading.Thread(target=call)
+    ticks = []
+    worker.start()
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+    worker.join()
+    t0, t1 = span["t"]
+    inside = [t for t in ticks if t0 < t < t1]
+    # with the GIL held the main thread would not tick at all during the call
+    assert len(inside) > 100, f"{len(inside)} ticks of the main thread during a {t1 - t0:.3f} s C call"
+
+
+# ------------------------------------------------------------------ errors
+def _arrays(stack, batch=2):
+    L, N = stack.depth, stack.width
+    params, x = _problem(stack, batch)
+    icfg, fcfg = spec.kernel_config(stack, False)
+    H = np.zeros((L + 1, batch, N)); H[0] = x
+    fwd = [icfg, fcfg, params.W, params.b, params.gamma, params.beta, params.slope, H,
+           np.empty((L, batch, N)), np.zeros((L, N)), np.ones((L, N)), np.zeros(L + 1, np.int64),
+           np.empty(L), np.empty(L), np.empty(L), np.empty(L), np.full(4, -1, np.int64)]
+    return fwd
+
+
+def test_error_codes_become_exceptions():
+    stack = gb.Stack(depth=4, width=6, activation="tanh")
+    fwd = _arrays(stack)
+    bad_act = fwd[0].copy(); bad_act[spec.I_ACT] = 42
+    with pytest.raises(ValueError, match="unknown activation"):
+        cb.stack_forward(bad_act, *fwd[1:])
+    bad_res = fwd[0].copy(); bad_res[spec.I_RESIDUAL] = 3  # does not divide L = 4
+    with pytest.raises(ValueError, match="bad argument"):
+        cb.stack_forward(bad_res, *fwd[1:])
+    bad_clip = fwd[0].copy(); bad_clip[spec.I_CLIP] = 7
+    with pytest.raises(ValueError, match="bad argument"):
+        cb.stack_forward(bad_clip, *fwd[1:])
+    with pytest.raises(ValueError, match="unknown activation"):
+        cb.activation(np.zeros(3), 99, 0.0)
+    with pytest.raises(MemoryError):
+        cb.check(3, "gb_stack_forward_f64")
+    # a workspace that cannot be allocated: N*N doubles for a huge N (no buffer is touched
+    # before the allocation fails)
+    ic, fc = cb.buffer(fwd[0], "icfg"), cb.buffer(fwd[1], "fcfg")
+    d = cb.ffi.new("double[16]")
+    i = cb.ffi.new("int64_t[16]")
+    rc = cb.lib.gb_stack_forward_f64(ic, fc, d, d, d, d, d, d, d, d, d, i, d, d, d, d, i,
+                                     1, 1, 1 << 29, cb.make_opts(blas=False))
+    with pytest.raises(MemoryError, match="workspace"):
+        cb.check(rc, "gb_stack_forward_f64")
+
+
+def test_wrappers_validate_before_any_kernel_runs():
+    stack = gb.Stack(depth=4, width=6, activation="tanh")
+    fwd = _arrays(stack)
+    wrong_dtype = list(fwd); wrong_dtype[7] = fwd[7].astype(np.float32)
+    with pytest.raises(TypeError, match="H has dtype float32"):
+        cb.stack_forward(*wrong_dtype)
+    wrong_shape = list(fwd); wrong_shape[8] = np.empty((3, 2, 6))
+    with pytest.raises(ValueError, match=r"Z has shape \(3, 2, 6\), expected \(4, 2, 6\)"):
+        cb.stack_forward(*wrong_shape)
+    strided = list(fwd); strided[7] = np.zeros((5, 2, 12))[:, :, ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        cb.stack_forward(*strided)
+    bad_cfg = list(fwd); bad_cfg[0] = fwd[0].astype(np.int32)
+    with pytest.raises(TypeError, match="icfg"):
+        cb.stack_forward(*bad_cfg)
+    with pytest.raises(TypeError, match="float16"):
+        cb.activation(np.zeros(3, np.float16), 2, 0.0)
+
+
+# ------------------------------------------------------------------ the exact chain at the edge
+@pytest.mark.parametrize("dtype, scale, shift", [("float64", 2.0 ** -1040, 1200), ("float32", 2.0 ** -140, 200)])
+def test_subnormal_signal_is_normalised_exactly(dtype, scale, shift):
+    """dL/dh_L below 2^-1024 (float32: 2^-128): 2^-e itself is not a finite float, so the
+    normalisation must scale in two steps. Checked against the exact product G^T h_0."""
+    stack = gb.Stack(depth=1, width=4, activation="tanh", dtype=dtype)
+    params, x = _problem(stack, 3)
+    params.W[...] = (params.W.astype(np.float64) * scale).astype(dtype)  # exact (power of two)
+    got = _run(cb.stack_forward, cb.stack_backward, stack, params, x)
+    G = got["H"][1].astype(np.float64)  # tanh(z) = z here; subnormal entries, held exactly
+    assert 0 < np.abs(G).max() < np.finfo(dtype).tiny
+    assert np.all(np.isfinite(got["dW"])) and got["info"][1] == -1
+    e = int(got["sig_e"][1])
+    true_dW = np.ldexp(G, shift).T @ x.astype(np.float64)  # exact scaling into the normal range
+    mant = got["dW"][0].astype(np.float64)
+    np.testing.assert_allclose(np.ldexp(mant, e + shift), true_dW, rtol=RTOL[dtype])
+    sig_true = np.sqrt(np.sum(np.ldexp(G, shift) ** 2))
+    np.testing.assert_allclose(np.ldexp(got["sig_m"][1], e + shift), sig_true, rtol=RTOL[dtype])
