@@ -188,7 +188,10 @@ def random_targets(stack: Stack, batch: int, seed: int):
 
 
 def run_stack(stack: Stack, batch: int, seed: int, backend: str, label: str = ""):
-    """Parameters, input and targets from ``seed``; one backprop with a notice if it is slow."""
+    """Parameters, input and targets from ``seed``; one backprop with a notice if it is slow.
+
+    Returns ``(result, params)``.
+    """
     import gradbench as gb
 
     if isinstance(batch, bool) or batch < 1:
@@ -199,7 +202,7 @@ def run_stack(stack: Stack, batch: int, seed: int, backend: str, label: str = ""
     t = random_targets(stack, batch, seed)
     desc = f"backprop {label + ' ' if label else ''}(depth {stack.depth}, width {stack.width}, {concrete})"
     with Spinner(desc):
-        return gb.backprop(stack, params, x, t, backend=concrete)
+        return gb.backprop(stack, params, x, t, backend=concrete), params
 
 
 def _payload(**kw) -> dict:
@@ -216,9 +219,9 @@ def cmd_run(args) -> int:
     _check_json_path(args.out)
     stack = stack_from_args(args)
     t0 = time.perf_counter()
-    res = run_stack(stack, args.batch, args.seed, args.backend)
+    res, params = run_stack(stack, args.batch, args.seed, args.backend)
     with Spinner("diagnosing"):
-        d = diagnose(res, bins=args.bins)
+        d = diagnose(res, params, bins=args.bins)
     print(format_report(d, rows=args.rows))
     print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed})")
     if args.out:
@@ -315,7 +318,8 @@ def compare_stacks(args, names: list[str]) -> dict:
     for name in tqdm(names, desc="configurations", unit="config", leave=False, disable=None):
         label, changes = table[name]
         stack = base.replace(**changes)
-        diags[label] = diagnose(run_stack(stack, args.batch, args.seed, args.backend, label=name), bins=args.bins)
+        res, params = run_stack(stack, args.batch, args.seed, args.backend, label=name)
+        diags[label] = diagnose(res, params, bins=args.bins)
     return diags
 
 
@@ -435,7 +439,7 @@ def cmd_demo(args) -> int:
     print(f"gradbench demo: one deep stack, {len(DEMO_CONFIGS)} configurations "
           f"(backend {resolve_backend(args.backend)})\n")
     diags = compare_stacks(args, list(DEMO_CONFIGS))
-    print(f"gradient norms per layer ({_describe_base(args)}; seed {args.seed})")
+    print(f"gradient norms per layer ({_describe_base(args)}; loss {args.loss}, seed {args.seed})")
     print(compare_table(diags, sample_layers(args.depth)))
     _print_verdicts(diags)
     flow = os.path.join(out_dir, "flow.png")
@@ -524,14 +528,15 @@ examples:
     p = sub.add_parser("compare", help="several activations / remedies side by side at one depth", epilog="""\
 configurations: any activation name (sigmoid, tanh, relu, ...), sigmoid-xavier, relu-he, sigmoid-bn,
 sigmoid-residual, tanh-xavier, tanh-clip, relu-clip. They change the activation or add a remedy to a
-base stack whose init is N(0, 1) entries (sigma_w = sqrt(width)) unless --init / --sigma-w say otherwise.
+base stack whose init is N(0, 1) entries (sigma_w = sqrt(width)) unless --init / --sigma-w say otherwise,
+with a bce head on seeded random labels (--loss sum_squares for the plain 0.5 ||h_L||^2 probe).
 
 examples:
   gradbench compare --depth 50 --width 32
   gradbench compare --depth 100 --width 64 --activations sigmoid,tanh,relu,gelu --init xavier_normal
   gradbench compare --depth 40 --width 32 --configs relu,relu-he,relu-clip --plot flow.png --out cmp.json
 """, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_stack_args(p, depth=50, width=32, init=None)
+    add_stack_args(p, depth=50, width=32, init=None, loss="bce")
     common(p)
     p.add_argument("--configs", help="comma-separated configuration names (default: the demo's)")
     p.add_argument("--activations", help="comma-separated activations under the base init")
@@ -570,12 +575,12 @@ examples:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="what `make demo` runs: the classic demonstrations with plots", epilog=f"""\
-The same deep stack under sigmoid / tanh / relu (N(0, 1) init) and the remedies (Xavier, He, batch
-norm, residual, clipping): a table of gradient norms at a few layers, the verdicts, and plots in
+The same deep stack (bce head on seeded random labels) under sigmoid / tanh / relu (N(0, 1) init) and
+the remedies (Xavier, He, batch norm, residual, clipping): a table of gradient norms at a few layers, the verdicts, and plots in
 --out-dir ({DEFAULT_DEMO_DIR}/flow.png, histograms.png); then the training demos on two moons
 (loss.png, update_ratio.png) unless --no-train.
 """, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_stack_args(p, depth=50, width=32, init=None)
+    add_stack_args(p, depth=50, width=32, init=None, loss="bce")
     common(p)
     p.add_argument("--out-dir", default=DEFAULT_DEMO_DIR, help=f"where the plots go (default ./{DEFAULT_DEMO_DIR})")
     p.add_argument("--no-train", action="store_true", help="skip the training demos")

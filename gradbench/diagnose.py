@@ -78,6 +78,7 @@ class Diagnosis:
     explanation: str
     float_limits: dict
     threshold: float
+    weight_log10: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     @property
     def depth(self) -> int:
@@ -96,6 +97,8 @@ class Diagnosis:
     def from_dict(cls, d: dict) -> "Diagnosis":
         kw = {}
         for f in dataclasses.fields(cls):
+            if f.name not in d and f.name == "weight_log10":
+                continue
             v = d[f.name]
             if f.name in _ARRAY_FIELDS:
                 dtype = np.int64 if f.name in _INT_ARRAYS else np.float64
@@ -118,7 +121,7 @@ class Diagnosis:
 
 _ARRAY_FIELDS = {
     "grad_log10", "signal_log10", "act_mean", "act_mean_log10", "act_std", "act_std_log10", "saturation", "dead",
-    "hist_edges", "hist_counts", "hist_zeros", "hist_nonfinite", "hist_outside",
+    "hist_edges", "hist_counts", "hist_zeros", "hist_nonfinite", "hist_outside", "weight_log10",
 }
 _INT_ARRAYS = {"hist_counts", "hist_zeros", "hist_nonfinite", "hist_outside"}
 
@@ -258,14 +261,19 @@ def histograms(W, bins: int = 40, hist_range: tuple[float, float] | None = None,
     return edges, counts, zeros, nonfinite, outside
 
 
-def diagnose(res, *, bins: int = 40, hist_range: tuple[float, float] | None = None,
-             threshold: float = 2.0) -> Diagnosis:
+def diagnose(res, params=None, *, bins: int = 40, hist_range: tuple[float, float] | None = None,
+             threshold: float = 2.0, big_ratio: float = 10.0) -> Diagnosis:
     """Statistics and a verdict from a :class:`~gradbench.Result`.
 
     Parameters
     ----------
     res : Result
         From :func:`gradbench.backprop`.
+    params : Params, optional
+        The parameters of that pass. With them the diagnosis also records log10 ||W_l||
+        (``weight_log10``) and calls the gradients exploding when some ||dW_l|| / ||W_l||
+        reaches ``big_ratio`` (one SGD step at lr = 0.1 would then move W_l by >= 100 %), even
+        without a trend across layers (a ReLU stack with a large init has flat, huge gradients).
     bins, hist_range
         Bin count and range (log10 units) of the per-layer histograms of log10 |dW_l|.
     threshold : float
@@ -277,6 +285,8 @@ def diagnose(res, *, bins: int = 40, hist_range: tuple[float, float] | None = No
     """
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold}")
+    if not big_ratio > 0:
+        raise ValueError(f"big_ratio must be > 0, got {big_ratio}")
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be an int >= 1, got {bins!r}")
     stack: Stack = res.stack
@@ -291,7 +301,14 @@ def diagnose(res, *, bins: int = 40, hist_range: tuple[float, float] | None = No
     slope, intercept = slope_fit(fit)
     edges, counts, zeros, nonfinite, outside = histograms(res.grads.W, bins, hist_range)
     limits = float_limits(g, slope)
-    verdict, explanation = _verdict(stack, g, slope, threshold, res, limits)
+    w = np.zeros(0)
+    if params is not None:
+        W = np.asarray(params.W, dtype=np.float64).reshape(len(g), -1)
+        if W.shape[0] != len(g):
+            raise ValueError(f"params.W has {W.shape[0]} layers, the result {len(g)}: mismatched params")
+        with np.errstate(divide="ignore"):
+            w = np.log10(np.sqrt(np.sum(W * W, axis=1)))
+    verdict, explanation = _verdict(stack, g, slope, threshold, res, limits, w, math.log10(big_ratio))
     loss_log10 = float(res.loss_exact.log10())
     return Diagnosis(
         stack=dataclasses.asdict(stack),
@@ -319,16 +336,23 @@ def diagnose(res, *, bins: int = 40, hist_range: tuple[float, float] | None = No
         explanation=explanation,
         float_limits=limits,
         threshold=float(threshold),
+        weight_log10=w,
     )
 
 
-def classify(grad_log10: np.ndarray, threshold: float = 2.0, big: float = 6.0) -> str:
-    """The verdict from log10 grad norms alone (see the module docstring).
+def classify(grad_log10: np.ndarray, threshold: float = 2.0, big: float = 6.0,
+             relative_log10: np.ndarray | None = None, big_relative: float = 1.0) -> str:
+    """The verdict from log10 grad norms (see the module docstring).
 
-    ``exploding`` also when some ||dW_l|| reaches 10^big even without a trend: a ReLU stack
-    with a large init and the sum-of-squares probe has flat but enormous gradients.
+    ``exploding`` also when some ||dW_l|| reaches 10^big, or some ||dW_l|| / ||W_l|| reaches
+    10^big_relative (``relative_log10`` given), even without a trend: a ReLU stack with a large
+    init has flat but enormous gradients.
     """
     g = np.asarray(grad_log10, dtype=np.float64)
+    if relative_log10 is not None and len(relative_log10):
+        rel = np.asarray(relative_log10, dtype=np.float64)
+        if np.any(np.isfinite(rel) & (rel >= big_relative)):
+            return "exploding" if classify(g, threshold, big) != "vanishing" else "vanishing"
     if np.any(np.isnan(g) | (g == np.inf)):
         return "exploding"
     slope, _ = slope_fit(np.where(np.isfinite(g), g, np.nan))
@@ -348,9 +372,10 @@ def _num(v: float) -> str:
     return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
-def _verdict(stack, g, slope, threshold, res, limits) -> tuple[str, str]:
+def _verdict(stack, g, slope, threshold, res, limits, w, big_relative) -> tuple[str, str]:
     L = len(g)
-    verdict = classify(g, threshold)
+    rel = g - w if len(w) else None
+    verdict = classify(g, threshold, relative_log10=rel, big_relative=big_relative)
     words = []
     finite = np.isfinite(g)
     if res.first_nonfinite_forward is not None:
@@ -374,9 +399,14 @@ def _verdict(stack, g, slope, threshold, res, limits) -> tuple[str, str]:
                 f"(||dW|| from 10^{_num(top)} at the top to 10^{_num(bottom)} at layer 0)"
             ))
         elif verdict == "exploding" and change > -threshold:
+            if rel is not None and np.any(np.isfinite(rel)):
+                worst = int(np.nanargmax(np.where(np.isfinite(rel), rel, np.nan)))
+                size = (f"||dW_l|| / ||W_l|| reaches 10^{_num(rel[worst])} at layer {worst}: one SGD step "
+                        f"at lr = 0.1 would change W_{worst} by {_num(100 * 0.1 * 10 ** min(rel[worst], 300))} %")
+            else:
+                size = f"||dW|| reaches 10^{_num(np.max(g[finite]))} (an SGD step of that size wrecks the weights)"
             words.insert(0, (
-                f"gradients are huge: ||dW|| reaches 10^{_num(np.max(g[finite]))} (an SGD step of that size "
-                f"wrecks the weights) although the trend over {L} layers is only {_num(-change)} decades"
+                f"gradients are huge: {size}, although the trend over {L} layers is only {_num(-change)} decades"
             ))
         elif verdict == "exploding":
             words.insert(0, (

@@ -287,3 +287,30 @@ def test_str_reads_well():
     assert any(line.split()[:1] == ["0"] for line in lines) and any(line.split()[:1] == ["39"] for line in lines)
     assert "..." in text
     assert max(len(line) for line in lines) <= 110
+
+
+def test_relative_size_of_the_gradient_with_params():
+    # flat but huge gradients: a ReLU stack with a large init and a bce head
+    stack = gb.Stack(depth=10, width=16, activation="relu", init="he_normal", sigma_w=3.0, input_dim=2,
+                     loss="bce")
+    params = gb.init_params(stack, 0)
+    X, y = gb.datasets.moons(200, seed=0)
+    res = gb.backprop(stack, params, X, y[:, None].astype(float), backend="numpy")
+    without = gb.diagnose(res)
+    with_params = gb.diagnose(res, params)
+    assert without.verdict == "stable"  # no trend across layers, and ||dW|| ~ 10^3 < 10^6
+    ref = np.log10([np.linalg.norm(params.W[l]) for l in range(10)])
+    np.testing.assert_allclose(with_params.weight_log10, ref, rtol=1e-12)
+    rel = with_params.grad_log10 - ref
+    assert rel.max() > 1  # one step at lr 0.1 would move some W_l by more than 100 %
+    assert with_params.verdict == "exploding" and "||dW_l|| / ||W_l||" in with_params.explanation
+    assert gb.diagnose(res, params, big_ratio=10 ** (rel.max() + 0.01)).verdict == "stable"
+    back = Diagnosis.from_json(with_params.to_json())
+    np.testing.assert_array_equal(back.weight_log10, with_params.weight_log10)
+    with pytest.raises(ValueError, match="big_ratio"):
+        gb.diagnose(res, params, big_ratio=0)
+    # a relative criterion never hides a vanishing chain
+    g = 0.5 * np.arange(11.0)
+    assert classify(g, relative_log10=np.full(11, 3.0)) == "vanishing"
+    assert classify(np.zeros(11), relative_log10=np.full(11, 1.5)) == "exploding"
+    assert classify(np.zeros(11), relative_log10=np.full(11, 0.5)) == "stable"
