@@ -1,4 +1,4 @@
-"""The ``gradbench`` command line: run, compare, train, demo, bench.
+"""The ``gradbench`` command line: run, compare, train, demo, theory, bench.
 
 Every subcommand validates its options through :class:`~gradbench.Stack` and exits with
 status 2 and a one-line message on bad input. Results are written atomically (temporary file
@@ -32,6 +32,7 @@ examples:
   gradbench compare --depth 50 --width 32 --configs sigmoid,relu,relu-he,sigmoid-bn
   gradbench train --demo deep-sigmoid --plot loss.png
   gradbench train --list
+  gradbench theory --activation tanh --sigma-w 1.5 --sigma-b 0.1 --depth 200 --width 256 --plot theory.png
   gradbench bench --help                          (when the benchmark report is installed)
 """
 
@@ -496,6 +497,63 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------ parser
+# ------------------------------------------------------------------ theory
+def cmd_theory(args) -> int:
+    from gradbench import theory
+
+    _check_plot_path(args.plot)
+    _check_json_path(args.out)
+    if (args.depth is None) != (args.width is None) and args.depth is not None:
+        raise UsageError("--depth needs --width (and the other way round) to simulate a stack")
+    if args.plot and args.depth is None:
+        raise UsageError("--plot needs a simulation: give --depth and --width")
+    mf = theory.mean_field(args.activation, args.sigma_w, args.sigma_b, args.activation_param)
+    out = {"activation": args.activation, "sigma_w": args.sigma_w, "sigma_b": args.sigma_b,
+           "q_star": mf.q_star, "chi1": mf.chi1, "decades_per_layer": mf.decades_per_layer,
+           "depth_scale": mf.depth_scale, "phase": mf.phase}
+    print(f"mean field: {args.activation}, sigma_w = {args.sigma_w:g}, sigma_b = {args.sigma_b:g}")
+    print(f"  fixed point q*          {mf.q_star:.6g}")
+    print(f"  chi_1                   {mf.chi1:.6g}   ({mf.phase})")
+    print(f"  ||dL/dh|| per layer     {mf.decades_per_layer:+.6g} decades going down the stack")
+    print(f"  depth scale             {mf.depth_scale:.4g} layers (1 / |ln chi_1|)")
+    try:
+        crit = theory.critical_sigma_w(args.activation, args.sigma_b, args.activation_param)
+        out["critical_sigma_w"] = crit
+        print(f"  critical sigma_w        {crit:.6g} at sigma_b = {args.sigma_b:g} (sigma_w^2 = {crit * crit:.6g})")
+    except ValueError as exc:
+        print(f"  critical sigma_w        none ({exc})")
+    prediction = mf.decades_per_layer
+    if args.activation == "identity" and args.width:
+        lam = theory.newman_lambda1(args.width, args.sigma_w)
+        prediction = lam / math.log(10)
+        out["newman_lambda1"] = lam
+        print(f"  Newman lambda_1 (N={args.width})  {lam:+.6g} nats = {prediction:+.6g} decades per layer "
+              "(finite-width exact for linear Gaussian stacks)")
+    if args.depth is not None:
+        stack = Stack(depth=args.depth, width=args.width, activation=args.activation,
+                      activation_param=args.activation_param, init="normal", sigma_w=args.sigma_w,
+                      sigma_b=args.sigma_b)
+        res, _ = run_stack(stack, args.batch, args.seed, args.backend)
+        s = res.signal_norm.log10()
+        skip = min(args.depth // 10, 50)  # the length map converges first
+        part = s[skip : args.depth - skip] if args.depth > 4 * skip + 2 else s
+        ok = np.isfinite(part)
+        if ok.sum() >= 2:
+            slope = -float(np.polyfit(np.flatnonzero(ok), part[ok], 1)[0])
+            out["simulated_decades_per_layer"] = slope
+            print(f"simulated ({args.depth} layers, width {args.width}, batch {args.batch}, {res.backend}): "
+                  f"{slope:+.6g} decades per layer going down (prediction {prediction:+.6g})")
+        if args.plot:
+            from gradbench import plot
+
+            plot.theory_vs_simulation(res, prediction, args.plot)
+            print(f"wrote {args.plot}")
+    if args.out:
+        write_atomic(args.out, json.dumps(_payload(command="theory", **out), allow_nan=False))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradbench", description=(
         "The exact gradient chain through very deep stacks: where and why gradients vanish or explode."),
@@ -585,6 +643,31 @@ the remedies (Xavier, He, batch norm, residual, clipping): a table of gradient n
     p.add_argument("--out-dir", default=DEFAULT_DEMO_DIR, help=f"where the plots go (default ./{DEFAULT_DEMO_DIR})")
     p.add_argument("--no-train", action="store_true", help="skip the training demos")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("theory", help="mean-field and Lyapunov predictions, optionally against a simulation",
+                       epilog="""\
+Mean field (Poole et al. 2016, Schoenholz et al. 2017) for W ~ N(0, sigma_w^2/N), b ~ N(0, sigma_b^2):
+the fixed point q*, chi_1 (the per-layer factor of ||dL/dh||^2), the decades per layer, the depth scale
+and the critical sigma_w at this sigma_b; for identity stacks Newman's top Lyapunov exponent at --width.
+With --depth and --width a simulated stack is run and its fitted slope compared with the prediction.
+
+examples:
+  gradbench theory --activation tanh --sigma-w 1.5 --sigma-b 0.1
+  gradbench theory --activation sigmoid --sigma-w 1 --depth 2000 --width 128 --plot theory.png
+  gradbench theory --activation identity --sigma-w 1 --width 4 --depth 100000
+""", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--activation", default="tanh", metavar="NAME", help=f"one of {', '.join(ACTIVATIONS)}")
+    p.add_argument("--activation-param", type=float, default=None)
+    p.add_argument("--sigma-w", type=float, default=1.0, help="weight gain (variance sigma_w^2 / N)")
+    p.add_argument("--sigma-b", type=float, default=0.0, help="bias standard deviation")
+    p.add_argument("--depth", type=int, default=None, help="simulate a stack of this depth")
+    p.add_argument("--width", type=int, default=None, help="width of the simulated stack")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
+    p.add_argument("--plot", help="write simulated vs predicted log10 ||dL/dh_l|| (.png, .svg, .pdf)")
+    p.add_argument("--out", help="write the predictions (and the fitted slope) as JSON")
+    p.set_defaults(func=cmd_theory)
 
     sub.add_parser("bench", help="benchmark report (gradbench.benchreport; arguments are passed on)",
                    add_help=False)

@@ -221,3 +221,34 @@ def update_ratio_curves(data, path=None, *,
     if path is not None:
         save(fig, path)
     return fig
+
+
+def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None) -> Figure:
+    """Simulated log10 ||dL/dh_l|| against layer with the theory's straight line.
+
+    Parameters
+    ----------
+    res : Result
+        A backprop result (its exact signal norms are plotted).
+    prediction : float
+        Predicted change of log10 ||dL/dh|| per layer going down the stack (e.g.
+        ``theory.mean_field(stack).decades_per_layer`` or ``newman_lambda1 / ln 10``).
+        The line is anchored at the top layer.
+    """
+    s = res.signal_norm.log10()
+    L = len(s)
+    l = np.arange(L)
+    predicted = s[L - 1] + (L - 1 - l) * prediction
+    fig = Figure(figsize=(9.0, 5.0))
+    ax = fig.add_subplot()
+    ax.plot(l, np.where(np.isfinite(s), s, np.nan), lw=1.6, label="simulated (exact chain)")
+    ax.plot(l, predicted, ls="--", color="k", lw=1.2, label=f"theory: {prediction:+.4g} decades per layer going down")
+    ax.set_xlabel("layer l (0 = input side; backprop runs right to left)")
+    ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_l\|_F$ (exact)")
+    stack = res.stack
+    ax.set_title(title or f"Theory vs simulation: {stack.activation}, depth {stack.depth}, width {stack.width}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=9, loc="best")
+    if path is not None:
+        save(fig, path)
+    return fig

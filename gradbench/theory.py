@@ -122,7 +122,9 @@ class MeanField:
     @property
     def depth_scale(self) -> float:
         """Layers over which the squared gradient norm changes by a factor e: 1 / |ln chi_1|."""
-        return math.inf if self.chi1 == 1 else 1.0 / abs(math.log(self.chi1))
+        if abs(self.chi1 - 1) < 1e-12:  # critical to rounding: no finite depth scale
+            return math.inf
+        return 1.0 / abs(math.log(self.chi1))
 
     @property
     def phase(self) -> str:

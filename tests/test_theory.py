@@ -116,3 +116,35 @@ def test_lyapunov_of_residual_identity_blocks():
     params.W[:] = 0.8 * np.eye(3)
     spec = theory.lyapunov_spectrum(stack, params, np.ones(3))
     np.testing.assert_allclose(spec, math.log(1 + 0.5 * 0.64) / 2, atol=1e-12)
+
+
+def test_theory_cli_prints_and_writes_the_predictions(tmp_path, capsys):
+    from gradbench.cli import main
+
+    out = tmp_path / "t.json"
+    plot_path = tmp_path / "t.png"
+    rc = main(["theory", "--activation", "tanh", "--sigma-w", "1.5", "--sigma-b", "0.1", "--depth", "60",
+               "--width", "64", "--backend", "numpy", "--out", str(out), "--plot", str(plot_path)])
+    assert rc == 0
+    import json
+
+    d = json.loads(out.read_text())
+    mf = theory.mean_field("tanh", 1.5, 0.1)
+    assert d["chi1"] == mf.chi1 and d["q_star"] == mf.q_star
+    assert d["simulated_decades_per_layer"] == pytest.approx(mf.decades_per_layer, abs=0.03)
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot_path.stat().st_size > 10_000
+    assert "chaotic" in capsys.readouterr().out
+    assert main(["theory", "--activation", "tanh", "--plot", str(plot_path)]) == 2  # no simulation to plot
+    assert main(["theory", "--activation", "sigmod"]) == 2
+
+
+def test_theory_plot_shows_the_exact_norms_and_the_line():
+    from gradbench import plot
+
+    stack = gb.Stack(depth=30, width=8, activation="tanh")
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1), backend="numpy")
+    fig = plot.theory_vs_simulation(res, -0.05)
+    sim, line = fig.axes[0].lines[:2]
+    np.testing.assert_array_equal(sim.get_ydata(), res.signal_norm.log10())
+    s = res.signal_norm.log10()
+    np.testing.assert_allclose(line.get_ydata(), s[-1] + (29 - np.arange(30)) * -0.05)
