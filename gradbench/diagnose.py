@@ -402,7 +402,7 @@ def _verdict(stack, g, slope, threshold, res, limits, w, big_relative) -> tuple[
             if rel is not None and np.any(np.isfinite(rel)):
                 worst = int(np.nanargmax(np.where(np.isfinite(rel), rel, np.nan)))
                 size = (f"||dW_l|| / ||W_l|| reaches 10^{_num(rel[worst])} at layer {worst}: one SGD step "
-                        f"at lr = 0.1 would change W_{worst} by {_num(100 * 0.1 * 10 ** min(rel[worst], 300))} %")
+                        f"at lr = 0.1 would change W_{worst} by 10^{rel[worst] + 1:.1f} %")
             else:
                 size = f"||dW|| reaches 10^{_num(np.max(g[finite]))} (an SGD step of that size wrecks the weights)"
             words.insert(0, (
