@@ -32,3 +32,23 @@ test-slow: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info gradbench/_ckernels*.so .pytest_cache .hypothesis
+
+# Benchmarks (benchmarks/README.md): pytest-benchmark JSON in benchmarks/results/, a table per
+# case (time, GF/s, speed-up vs NumPy and vs the best peer) and the figure out/<name>.png.
+# One thread per implementation by default (robust ratios on a shared machine); BENCH_THREADS=2
+# for two, BENCH_THREADS= for each library's default. BENCH_ARGS="-k relu" selects cases.
+BENCH_THREADS ?= 1
+BENCH_ARGS    ?=
+BENCH_ENV     ?= $(if $(BENCH_THREADS),OMP_NUM_THREADS=$(BENCH_THREADS) OPENBLAS_NUM_THREADS=$(BENCH_THREADS) \
+	MKL_NUM_THREADS=$(BENCH_THREADS) NUMBA_NUM_THREADS=$(BENCH_THREADS) \
+	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=$(BENCH_THREADS)")
+BENCH_RUN      = $(BENCH_ENV) $(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-columns=min,median,rounds
+
+bench-quick: $(VENV)/.installed-test
+	GRADBENCH_BENCH_BUDGET=1.5 $(BENCH_RUN) -m "not slow and not bench_full" \
+	  --benchmark-json=benchmarks/results/bench-quick.json $(BENCH_ARGS); \
+	rc=$$?; $(PY) -m gradbench.benchreport benchmarks/results/bench-quick.json; exit $$rc
+
+bench: $(VENV)/.installed-test
+	GRADBENCH_BENCH_BUDGET=5 $(BENCH_RUN) -m "not slow" --benchmark-json=benchmarks/results/bench.json $(BENCH_ARGS); \
+	rc=$$?; $(PY) -m gradbench.benchreport benchmarks/results/bench.json; exit $$rc

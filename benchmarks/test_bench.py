@@ -98,7 +98,7 @@ def _bench_backend(benchmark, case: Case, work: Case, impl: str) -> None:
     check_backend(impl, work, res, ref)  # before timing: no one wins by doing less
     del res
     rounds = rounds_for(seconds, benchmark.disabled)
-    _info(benchmark, case, work, impl, "backend", first_call_s=first if first is not None else seconds,
+    _info(benchmark, case, work, impl, "backend", first_call_s=first,
           checked_call_s=seconds, rounds=rounds, check="reference", **mem,
           **({"plain_subnormal_layers": _subnormal_layers(ref, work.dtype)} if case.family == "subnormal" else {}))
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
@@ -122,8 +122,13 @@ def _bench_peer(benchmark, case: Case, work: Case, impl: str, base: str, options
     got, seconds, mem = measure(run, trace_numpy=False, memory=not benchmark.disabled)
     peers.check(impl, stack, got, ref, rtol=RTOL[work.dtype], partial=partial)
     rounds = rounds_for(seconds, benchmark.disabled)
+    more = {}
+    if partial:  # what the plain chain gave at the bottom: exact zeros, or tiny (subnormal) norms
+        tiny = float(np.finfo(work.dtype).tiny)
+        more = dict(plain_zero_layers=int(np.sum(got.grad_norm == 0)),
+                    plain_below_normal_layers=int(np.sum((got.grad_norm > 0) & (got.grad_norm < tiny * work.width))))
     _info(benchmark, case, work, impl, "peer", first_call_s=first, checked_call_s=seconds, rounds=rounds,
-          check="partial: layers in the normal float range" if partial else "reference", **mem)
+          check="partial: layers in the normal float range" if partial else "reference", **mem, **more)
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
 
 

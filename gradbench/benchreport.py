@@ -1,0 +1,243 @@
+"""Tables and a figure from a saved pytest-benchmark JSON (``make bench``, ``make bench-quick``).
+
+Usage::
+
+    python -m gradbench.benchreport benchmarks/results/bench-quick.json [--plot out/bench.png]
+    gradbench bench benchmarks/results/bench-quick.json       (the CLI calls main(argv))
+
+For every case (a pytest-benchmark group: all implementations on the same work) one table:
+time (the minimum over rounds, the least disturbed on a shared machine), GF/s = 6 B N^2 L / time,
+the speed-up against the NumPy reference and against the fastest peer (t_other / t_this: 2.0x
+means twice as fast), peak memory and the first (warm-up, compiling) call. Implementations that
+were skipped are listed with the reason. Then one summary matrix of the speed-ups against NumPy,
+and a figure of GF/s against width and depth (one line per implementation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+
+GRADBENCH = ("numpy", "numba", "c")
+
+
+def _fmt_time(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.3f} s"
+
+
+def _fmt_ratio(r: float | None) -> str:
+    return "-" if r is None or not math.isfinite(r) else f"{r:.2f}x"
+
+
+def load(path: str) -> dict:
+    with open(path) as f:
+        data = json.load(f)
+    if "benchmarks" not in data:
+        raise ValueError(f"{path} is not a pytest-benchmark JSON (no 'benchmarks' key)")
+    return data
+
+
+def rows_by_case(data: dict) -> dict[str, list[dict]]:
+    """Case id -> rows {impl, kind, time, median, rounds, gflops, info} of the timed runs."""
+    cases: dict[str, list[dict]] = {}
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        case = info.get("case", b.get("group") or b["name"])
+        t = float(b["stats"]["min"])
+        flops = info.get("flops")
+        cases.setdefault(case, []).append(dict(
+            impl=info.get("impl", b["name"]), kind=info.get("kind", "?"), time=t,
+            median=float(b["stats"]["median"]), rounds=int(b["stats"]["rounds"]),
+            gflops=flops / t / 1e9 if flops and t > 0 else None, info=info,
+        ))
+    return cases
+
+
+def ratios(rows: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Per implementation: speed-up vs numpy and vs the fastest peer (t_other / t_this)."""
+    t = {r["impl"]: r["time"] for r in rows}
+    peer_times = [r["time"] for r in rows if r["kind"] == "peer"]
+    best_peer = min(peer_times) if peer_times else None
+    return {impl: {"numpy": t["numpy"] / ti if "numpy" in t else None,
+                   "peer": best_peer / ti if best_peer else None} for impl, ti in t.items()}
+
+
+def case_table(case: str, rows: list[dict], skipped: list[dict]) -> str:
+    info = rows[0]["info"] if rows else {}
+    head = case
+    if "L" in info:
+        head += (f"   (L={info['L']} n={info['n']} B={info['B']} {info['dtype']} {info['activation']}"
+                 f"{' bn' if info.get('batch_norm') else ''}"
+                 f"{' res' + str(info['residual']) if info.get('residual') else ''},"
+                 f" {info['flops'] / 1e9:.3g} GFLOP)")
+    if "plain_subnormal_layers" in info:
+        head += f"\n  plain float32 has {info['plain_subnormal_layers']} of {info['L']} layers in subnormals"
+    lines = [head]
+    cols = ("impl", "time", "GF/s", "vs numpy", "vs best peer", "rounds", "peak MiB", "first call")
+    table = [cols]
+    rat = ratios(rows)
+    for r in sorted(rows, key=lambda r: r["time"]):
+        i = r["info"]
+        peak = i.get("peak_rss_mib")
+        table.append((
+            r["impl"], _fmt_time(r["time"]), "-" if r["gflops"] is None else f"{r['gflops']:.2f}",
+            _fmt_ratio(rat[r["impl"]]["numpy"]), _fmt_ratio(rat[r["impl"]]["peer"]), str(r["rounds"]),
+            "-" if peak is None else f"{peak:.1f}",
+            "-" if i.get("first_call_s") is None else _fmt_time(float(i["first_call_s"])),
+        ))
+    widths = [max(len(row[c]) for row in table) for c in range(len(cols))]
+    for k, row in enumerate(table):
+        lines.append("  " + "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths))))
+        if k == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    for s in skipped:
+        lines.append(f"  {s['impl']}: skipped: {s['reason']}")
+    return "\n".join(lines)
+
+
+def compile_table(rows: list[dict]) -> str:
+    lines = ["compile"]
+    for r in rows:
+        i = r["info"]
+        lines.append(f"  {r['impl']}: cold compile {i.get('cold_compile_s', float('nan')):.2f} s in a fresh "
+                     f"cache (subprocess wall {_fmt_time(r['time'])}), from cache {i.get('cached_load_s', float('nan')):.2f} s")
+    return "\n".join(lines)
+
+
+def summary(cases: dict[str, list[dict]]) -> str:
+    """One line per case: speed-up of every implementation against the NumPy reference."""
+    impls = []
+    for rows in cases.values():
+        for r in rows:
+            if r["impl"] not in impls:
+                impls.append(r["impl"])
+    order = [i for i in GRADBENCH if i in impls] + [i for i in impls if i not in GRADBENCH]
+    cols = ["case"] + order + ["best gradbench vs best peer"]
+    table = [cols]
+    for case, rows in cases.items():
+        rat = ratios(rows)
+        t = {r["impl"]: r["time"] for r in rows}
+        ours = [t[i] for i in GRADBENCH if i in t]
+        theirs = [r["time"] for r in rows if r["kind"] == "peer"]
+        vs = min(theirs) / min(ours) if ours and theirs else None
+        table.append([case] + [_fmt_ratio(rat[i]["numpy"]) if i in rat else "" for i in order] + [_fmt_ratio(vs)])
+    widths = [max(len(row[c]) for row in table) for c in range(len(cols))]
+    lines = ["speed-up against the NumPy reference (t_numpy / t; min over rounds)"]
+    for k, row in enumerate(table):
+        lines.append("  " + "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths))))
+        if k == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def report(data: dict) -> str:
+    cases = rows_by_case(data)
+    skipped: dict[str, list[dict]] = {}
+    for s in data.get("skipped", []):
+        skipped.setdefault(s["case"], []).append(s)
+    mi = data.get("machine_info", {})
+    cpu = mi.get("cpu", {}) if isinstance(mi.get("cpu"), dict) else {}
+    out = [f"machine: {mi.get('cpu_model') or cpu.get('brand_raw', '?')}, {mi.get('cpu_count', cpu.get('count', '?'))} cores; "
+           f"python {mi.get('python_version', '?')}; {data.get('datetime', '')}"]
+    if mi.get("versions"):
+        out.append("versions: " + ", ".join(f"{k} {v}" for k, v in mi["versions"].items()))
+    timed = {c: r for c, r in cases.items() if c != "compile"}
+    for case, rows in timed.items():
+        out.append("")
+        out.append(case_table(case, rows, skipped.pop(case, [])))
+    for case, rows in skipped.items():  # cases where nothing ran
+        out.append("")
+        out.append(case_table(case, [], rows))
+    if "compile" in cases:
+        out += ["", compile_table(cases["compile"])]
+    if timed:
+        out += ["", summary(timed)]
+    return "\n".join(out)
+
+
+def plot(data: dict, path: str) -> str | None:
+    """GF/s against width and against depth for the size-grid cases; returns the path written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = rows_by_case(data)
+    points: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
+    for rows in cases.values():
+        for r in rows:
+            i = r["info"]
+            if i.get("family") == "size" and r["gflops"]:
+                points.setdefault((i["dtype"], r["impl"]), []).append((i["n"], i["L"], r["gflops"]))
+    if not points:
+        return None
+    dtypes = sorted({d for d, _ in points}, reverse=True)
+    fig, axes = plt.subplots(len(dtypes), 2, figsize=(11, 4.2 * len(dtypes)), squeeze=False)
+    for row, dt in enumerate(dtypes):
+        for col, (label, key) in enumerate((("width N", 0), ("depth L", 1))):
+            ax = axes[row][col]
+            for (d, impl), pts in sorted(points.items()):
+                if d != dt:
+                    continue
+                pts = sorted(pts, key=lambda p: p[key])
+                ax.plot([p[key] for p in pts], [p[2] for p in pts], marker="o",
+                        linestyle="-" if impl in GRADBENCH else "--", label=impl)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel("GF/s (6 B N^2 L / time)")
+            ax.set_title(f"{dt}: GF/s against {label}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _latest(directory: str = os.path.join("benchmarks", "results")) -> str | None:
+    files = glob.glob(os.path.join(directory, "*.json"))
+    return max(files, key=os.path.getmtime) if files else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the tables of a saved benchmark JSON and draw the figure; returns an exit code."""
+    parser = argparse.ArgumentParser(
+        prog="gradbench bench",
+        description="Tables (time, GF/s, speed-up vs NumPy and vs the best peer) and a GF/s figure "
+                    "from a pytest-benchmark JSON saved by `make bench` or `make bench-quick`.",
+    )
+    parser.add_argument("json", nargs="?", help="the JSON (default: the newest in benchmarks/results/)")
+    parser.add_argument("--plot", metavar="PNG", help="where to draw the figure (default: out/<json name>.png)")
+    parser.add_argument("--no-plot", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+    path = args.json or _latest()
+    if path is None:
+        print("gradbench bench: no JSON given and none in benchmarks/results/: run `make bench-quick` first",
+              file=sys.stderr)
+        return 2
+    try:
+        data = load(path)
+    except (OSError, ValueError) as exc:
+        print(f"gradbench bench: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    print(f"results: {path}")
+    print(report(data))
+    if not args.no_plot:
+        out = args.plot or os.path.join("out", os.path.splitext(os.path.basename(path))[0] + ".png")
+        written = plot(data, out)
+        print(f"\nfigure: {written}" if written else "\nfigure: no size-grid cases to draw")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
