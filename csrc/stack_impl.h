@@ -554,7 +554,8 @@ int F(gb_stack_forward)(const int64_t *icfg, const double *fcfg, const T *W, con
     return GB_OK;
 }
 
-/* Normalise, clip and record dL/dh_l, now complete in G (the reference's finish()). */
+/* Normalise, clip and record dL/dh_l, now complete in G (the reference's finish()). The top
+ * signal is only normalised (clip_mode 0): the caller has clipped it already. */
 static void F(gb_finish)(T *G, int64_t l, int clip_mode, double c, double *sig_m,
                          int64_t *sig_e, int64_t *info, int64_t B, int64_t N, double *rowacc) {
     int64_t e = sig_e[l] + F(gb_normalise)(G, B * N);
@@ -590,7 +591,7 @@ int F(gb_stack_backward)(const int64_t *icfg, const double *fcfg, const T *W, co
         return GB_ENOMEM;
     }
     info[1] = -1;
-    F(gb_finish)(G, L, clip_mode, c, sig_m, sig_e, info, B, N, cx.rowacc);
+    F(gb_finish)(G, L, GB_CLIP_NONE, c, sig_m, sig_e, info, B, N, cx.rowacc);
     int64_t skip_e = 0;
     for (int64_t l = L - 1; l >= 0; l--) {
         const int64_t e = sig_e[l + 1];

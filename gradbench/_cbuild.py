@@ -105,6 +105,6 @@ def _build() -> FFI:
 
 ffibuilder = _build()
 
-if __name__ == "__main__":  # build in place: python gradbench/_cbuild.py
-    os.chdir(ROOT)
-    ffibuilder.compile(verbose=True, tmpdir=str(ROOT / "build" / "cffi"), target=None)
+if __name__ == "__main__":  # build in place: python gradbench/_cbuild.py (used by `make asan`)
+    os.chdir(ROOT)  # the sources are relative to the root, and so is cffi's tmpdir
+    print(ffibuilder.compile(verbose=True, tmpdir=".", target=None))
