@@ -1,23 +1,45 @@
 """The engine: validates, allocates, runs a backend's forward and backward, gathers a Result.
 
 Everything that is the same for every backend lives here, written once: input validation,
-the optional input layer and the loss head (one matrix product each, in NumPy), clipping of
-parameter gradients (per layer or global) and the assembly of :class:`Result`. Backends
-implement only the stack's forward and backward (see :mod:`gradbench.reference`).
+the optional input layer and the loss head (one matrix product each, in NumPy), the top
+signal (normalised and, with signal clipping, clipped once here: :func:`top_signal`), clipping
+of parameter gradients (per layer or global), memory planning and the assembly of
+:class:`Result`. Backends implement only the stack's forward and backward (see
+:mod:`gradbench.reference`), and the engine calls them on segments of layers.
+
+Memory (DESIGN section 5)
+-------------------------
+A plain run stores every activation: (2L+1) B N numbers, plus weights and gradients 2 L N^2.
+``checkpoint=k`` stores only h_0, h_k, h_2k, ... and, in the backward pass, recomputes each
+segment of k layers from its checkpoint (one extra forward pass), then runs the backend's
+backward on that segment: O(L/k + k) B N memory; k ~ sqrt(L) by default, a multiple of the
+residual group size so that no group straddles two segments. Segments are passed to the
+backends as slices of the layer arrays (``W[s:e]``, ``H[s:e+1]``, ``fexp[s:e+1]``,
+``sig_e[s:e+1]``, ...): ``fexp[s]`` is the input exponent of a segment's forward,
+``sig_e[e]`` the exponent of its top signal, which the segment above has already normalised
+and clipped. The gradients are bitwise those of the one-piece run, for every backend.
+``stats_only=True`` keeps per-layer statistics (norms, activation statistics, histograms of
+log10 |dW|) and no gradient arrays; :class:`~gradbench.weights.GeneratedParams` regenerates the
+weights per segment instead of storing them. Together they run 10^6 layers in O(sqrt(L) B N)
+memory plus O(L) statistics. A run that does not fit is refused before it starts, with the
+estimate and the options that would fit.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradbench import spec
+from gradbench import reference, spec
 from gradbench.backends import get_backend, resolve
-from gradbench.logscaled import LogScaled
+from gradbench.logscaled import LOG10_2, LogScaled
 from gradbench.params import Params, expected_shapes
 from gradbench.spec import Stack
+from gradbench.weights import GeneratedParams
 
 
 # ------------------------------------------------------------------ results
@@ -47,6 +69,51 @@ class Grads:
 
 
 @dataclass(frozen=True, eq=False)
+class GradHistogram:
+    """Per-layer histograms of log10 |dL/dW_l| entries on a fixed grid, exact at any depth.
+
+    Bin ``j`` (an integer, the same grid for every layer) holds the entries with
+    ``j <= log10|dW| * per_decade < j + 1``, computed from mantissa and int64 exponent (no
+    underflow; bin assignment is as exact as float64 log10, about 1e-12 decades at 10^5
+    decades). Each layer keeps the ``bins`` bins ending at its largest entry: ``counts[l, i]``
+    is bin ``top[l] - bins + 1 + i``; ``below[l]`` counts non-zero finite entries under the
+    window, ``zeros[l]`` and ``nonfinite[l]`` the rest. Layers with no non-zero finite entry
+    have ``top = 0`` and empty counts.
+    """
+
+    per_decade: int
+    bins: int
+    top: np.ndarray
+    counts: np.ndarray
+    below: np.ndarray
+    zeros: np.ndarray
+    nonfinite: np.ndarray
+
+    def edges(self, layer: int) -> np.ndarray:
+        """The bins + 1 bin edges (log10 units) of layer ``layer``."""
+        lo = int(self.top[layer]) - self.bins + 1
+        return np.arange(lo, lo + self.bins + 1) / self.per_decade
+
+    def dense(self, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All layers on the common grid [lo, hi) (log10 units, rounded out to the bin grid).
+
+        Returns edges (nb + 1,), counts (L, nb) and outside (L,): non-zero finite entries not
+        in [lo, hi), including those under each layer's window.
+        """
+        j0, j1 = math.floor(lo * self.per_decade), math.ceil(hi * self.per_decade)
+        nb = max(j1 - j0, 1)
+        L = len(self.top)
+        out = np.zeros((L, nb), dtype=np.int64)
+        first = self.top - self.bins + 1 - j0  # column of counts[:, 0] on the dense grid
+        for i in range(self.bins):
+            col = first + i
+            ok = (col >= 0) & (col < nb)
+            out[np.nonzero(ok)[0], col[ok]] += self.counts[ok, i]
+        total = self.counts.sum(axis=1, dtype=np.int64) + self.below
+        return np.arange(j0, j0 + nb + 1) / self.per_decade, out, total - out.sum(axis=1)
+
+
+@dataclass(frozen=True, eq=False)
 class Result:
     """What one forward + backward pass through a stack gives (DESIGN section 6).
 
@@ -54,8 +121,9 @@ class Result:
     ----------
     loss : float
         The loss as a float (inf or 0 if it does not fit; ``loss_exact`` holds it exactly).
-    grads : Grads
-        dL/dparams, after parameter-gradient clipping when the stack asks for it.
+    grads : Grads or None
+        dL/dparams, after parameter-gradient clipping when the stack asks for it; ``None`` for
+        ``stats_only=True`` runs, which keep the per-layer statistics only.
     grad_norm : LogScaled (L,)
         ||dL/dW_l||_F of ``grads.W``.
     signal_norm : LogScaled (L,)
@@ -68,13 +136,20 @@ class Result:
         Fraction of units with z <= 0 for every sample of the batch.
     first_nonfinite_forward, first_nonfinite_backward : int or None
         First layer whose output (forward) or backpropagated signal (backward) is not finite.
+    extras : dict
+        How the run was done: ``checkpoint`` (segment length or None), ``segments``,
+        ``stats_only``, ``generated`` (weights), ``memory_estimate`` (bytes) and ``seconds``
+        spent in forward, backward (including recomputation), weight generation and statistics.
+    grad_hist : GradHistogram or None
+        Histograms of log10 |dW_l| (``stats_only=True`` runs; otherwise ``None``: use
+        ``gradbench.diagnose`` on ``grads``).
     """
 
     stack: Stack
     backend: str
     loss: float
     loss_exact: LogScaled
-    grads: Grads
+    grads: Grads | None
     grad_norm: LogScaled
     signal_norm: LogScaled
     input_grad: LogScaled
@@ -87,6 +162,7 @@ class Result:
     first_nonfinite_backward: int | None
     forward_rescaled: bool
     extras: dict = field(default_factory=dict)
+    grad_hist: GradHistogram | None = None
 
 
 # ------------------------------------------------------------------ validation
@@ -108,12 +184,21 @@ def _check_array(name: str, a, shape, dtype) -> np.ndarray:
     return np.ascontiguousarray(a)  # non-contiguous input is accepted and copied
 
 
-def validate(stack: Stack, params: Params, x, targets=None) -> tuple[Params, np.ndarray, np.ndarray | None]:
+def validate(stack: Stack, params: Params | GeneratedParams, x, targets=None):
     """Check everything before any kernel runs; return contiguous params, x and targets."""
     if not isinstance(stack, Stack):
         raise TypeError(f"stack must be a gradbench.Stack, got {type(stack).__name__}")
+    if isinstance(params, GeneratedParams):
+        if params.stack != stack:
+            diff = [f"{k}={getattr(params.stack, k)!r} vs {getattr(stack, k)!r}"
+                    for k in stack.__dataclass_fields__ if getattr(params.stack, k) != getattr(stack, k)]
+            raise ValueError("GeneratedParams was made for a different stack (" + ", ".join(diff)
+                             + "): pass GeneratedParams(stack, seed) for this stack")
+        x, targets = _check_x(stack, x, targets)
+        return params, x, targets
     if not isinstance(params, Params):
-        raise TypeError(f"params must be gradbench.Params (from gb.init_params), got {type(params).__name__}")
+        raise TypeError("params must be gradbench.Params (from gb.init_params) or "
+                        f"gradbench.weights.GeneratedParams, got {type(params).__name__}")
     dt = stack.np_dtype
     checked = {}
     for name, shape in expected_shapes(stack).items():
@@ -125,13 +210,19 @@ def validate(stack: Stack, params: Params, x, targets=None) -> tuple[Params, np.
         if a is None:
             raise ValueError(f"params.{name} is missing: the stack needs shape {shape} (mismatched params/stack)")
         checked[name] = _check_array(f"params.{name}", a, shape, dt)
+    x, targets = _check_x(stack, x, targets)
+    return Params(**checked), x, targets
+
+
+def _check_x(stack: Stack, x, targets):
+    dt = stack.np_dtype
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a numpy.ndarray of shape (batch, {stack.d_in}), got {type(x).__name__}")
     if x.ndim != 2 or x.shape[1] != stack.d_in or x.shape[0] < 1:
         raise ValueError(f"x has shape {x.shape}, expected (batch, {stack.d_in}) with batch >= 1")
     x = _check_array("x", x, None, dt)
     targets = _check_targets(stack, targets, x.shape[0])
-    return Params(**checked), x, targets
+    return x, targets
 
 
 def _check_targets(stack: Stack, t, batch: int):
@@ -155,24 +246,58 @@ def _check_targets(stack: Stack, t, batch: int):
     return t
 
 
-def can_rescale_forward(stack: Stack, params: Params) -> bool:
+def can_rescale_forward(stack: Stack, params: Params | GeneratedParams) -> bool:
     """The forward pass is positively homogeneous and can carry power-of-two exponents too.
 
     True for identity/ReLU-family stacks with zero biases, no batch norm and no head.
     """
+    zero_bias = params.zero_bias if isinstance(params, GeneratedParams) else not np.any(params.b)
     return (
         stack.activation in spec.HOMOGENEOUS
         and not stack.batch_norm
         and not stack.has_head
-        and not np.any(params.b)
+        and zero_bias
     )
 
 
-def memory_estimate(stack: Stack, batch: int) -> int:
-    """Bytes a plain run allocates: activations H, Z (2L+1)*B*N, weights and gradients 2*L*N^2."""
+def default_segment(stack: Stack) -> int:
+    """The default checkpoint interval: about sqrt(L), a multiple of the residual group size."""
+    L, r = stack.depth, stack.residual or 1
+    k = max(1, round(math.sqrt(L)))
+    k = max(r, round(k / r) * r)
+    return min(k, L)
+
+
+def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, stats_only: bool = False,
+                    generated: bool = False, hist_bins: int = 40) -> int:
+    """Bytes a run allocates (an estimate, within a few per cent at large depth).
+
+    With the defaults, a plain run: activations H, Z (2L+1)*B*N, weights and gradients 2*L*N^2
+    and the per-layer vectors. ``checkpoint=k``: the L/k checkpoints and one segment's H, Z
+    instead of all activations. ``stats_only``: no gradient arrays (one segment's worth) and
+    O(L) statistics. ``generated``: one segment of weights instead of all of them (with
+    ``checkpoint=None`` all weights are generated into memory at once).
+    """
     L, N = stack.depth, stack.width
     item = stack.np_dtype.itemsize
-    return item * ((2 * L + 1) * batch * N + 2 * L * N * N + 6 * L * N)
+    B = batch
+    seg = checkpoint if checkpoint is not None else (default_segment(stack) if stats_only else L)
+    layer_vectors = 4 * N + 1  # b, gamma, beta (L, N) and slope (L,)
+    if checkpoint is None:
+        acts = (2 * L + 1) * B * N + 2 * L * N
+    else:
+        acts = (L // checkpoint + 2) * B * N + (2 * seg + 1) * B * N + 2 * seg * N
+    if generated and checkpoint is not None:
+        weights = seg * (N * N + layer_vectors)
+    else:
+        weights = L * (N * N + layer_vectors)
+    grads = seg if stats_only else L
+    grads *= N * N + layer_vectors
+    stats = 8 * L * 12  # norms, exponents, activation statistics, info (float64/int64 each)
+    if stats_only:
+        stats += L * (8 * 4 + hist_bins * (2 if N * N < 2**16 else 4))
+        stats += 8 * 4 * seg * N * N  # the histogram's temporaries on one segment of dW
+    return item * (acts + weights + grads) + stats
 
 
 def _available_memory() -> int:
@@ -295,59 +420,265 @@ def clip_param_grads(stack: Stack, grads: dict[str, LogScaled]) -> dict[str, Log
     return out
 
 
+# ------------------------------------------------------------------ the top signal
+def top_signal(stack: Stack, G: np.ndarray, e: int) -> tuple[int, float]:
+    """Normalise and (signal clipping) clip the true top gradient dL/dh_L = G * 2**e in place.
+
+    Done once, here, with the reference's :func:`~gradbench.reference.normalise` and
+    :func:`~gradbench.reference.clip_signal` (:func:`gradbench.reference.top_signal`); the
+    backends' ``stack_backward`` only normalise their top signal. Returns the new exponent
+    and the norm of the mantissas.
+    """
+    e = reference.top_signal(G, e, stack.signal_clip, stack.clip_threshold)
+    return e, float(np.sqrt(np.sum(np.square(G, dtype=np.float64))))
+
+
+# ------------------------------------------------------------------ planning
+@dataclass(frozen=True)
+class Plan:
+    """How a run is done: segment length, recomputation, what is kept, the memory estimate."""
+
+    segment: int           # layers per backend call
+    recompute: bool        # activations are checkpointed every `segment` layers and recomputed
+    stats_only: bool
+    generated: bool
+    estimate: int          # bytes
+
+    @property
+    def checkpoint(self) -> int | None:
+        return self.segment if self.recompute else None
+
+
+def _check_checkpoint(stack: Stack, checkpoint) -> None:
+    if checkpoint is None or (isinstance(checkpoint, str) and checkpoint == "auto"):
+        return
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer)):
+        raise TypeError(f"checkpoint must be 'auto', None or an int, got {type(checkpoint).__name__} {checkpoint!r}")
+    r = stack.residual or 1
+    if checkpoint < 1 or checkpoint % r:
+        raise ValueError(
+            f"checkpoint={checkpoint} must be a positive multiple of the residual group size {r} "
+            "(a residual group must not straddle two segments)"
+        )
+
+
+def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = False, generated: bool = False,
+             memory_budget: int | None = None, hist_bins: int = 40, available: int | None = None) -> Plan:
+    """Choose segment length and checkpointing; raise MemoryError if the run would not fit.
+
+    ``checkpoint="auto"`` checkpoints only when the plain run needs more than the budget
+    (``memory_budget`` bytes, default half of the available RAM). A run whose estimate exceeds
+    ``memory_budget`` (default 90 % of the available RAM) is refused with the options that fit.
+    """
+    _check_checkpoint(stack, checkpoint)
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float, np.integer))
+                                      or not memory_budget > 0):
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    avail = _available_memory() if available is None else available
+    auto_budget = memory_budget if memory_budget is not None else 0.5 * avail
+    limit = memory_budget if memory_budget is not None else 0.9 * avail
+    L = stack.depth
+    k_auto = default_segment(stack)
+
+    def est(ck, so=stats_only, gen=generated):
+        return memory_estimate(stack, batch, checkpoint=ck, stats_only=so, generated=gen, hist_bins=hist_bins)
+
+    if isinstance(checkpoint, str):  # "auto"
+        ck = None if est(None) <= auto_budget else k_auto
+    else:
+        ck = None if checkpoint is None else min(int(checkpoint), L)
+    need = est(ck)
+    if need > limit:
+        options = []
+        for so, gen, label in ((False, generated, ""), (True, generated, "stats_only=True"),
+                               (True, True, "stats_only=True with gradbench.weights.GeneratedParams(stack, seed)")):
+            for c2 in (k_auto, None):
+                if (so, gen, c2) == (stats_only, generated, ck):
+                    continue
+                if est(c2, so, gen) <= limit:
+                    opt = f"checkpoint={c2}" + (f", {label}" if label else "")
+                    options.append(f"{opt} (about {est(c2, so, gen) / 2**30:.2f} GiB)")
+                    break
+            if options:
+                break
+        hint = ("; it fits with " + options[0]) if options else "; reduce depth, width or batch"
+        raise MemoryError(
+            f"this run (depth {L}, width {stack.width}, batch {batch}, checkpoint={ck}, stats_only={stats_only}, "
+            f"{'generated' if generated else 'stored'} weights) needs about {need / 2**30:.2f} GiB but the "
+            f"budget is {limit / 2**30:.2f} GiB "
+            f"({'memory_budget' if memory_budget is not None else '90% of the available RAM'}){hint}"
+        )
+    segment = ck if ck is not None else (k_auto if stats_only or generated else L)
+    return Plan(segment=segment, recompute=ck is not None, stats_only=bool(stats_only), generated=generated,
+                estimate=need)
+
+
+# ------------------------------------------------------------------ per-segment parameters
+class _Layers:
+    """The parameters of layers [s, e): views of stored Params, or generated into buffers."""
+
+    def __init__(self, params, stack: Stack, seg: int):
+        self.params = params
+        self.generated = isinstance(params, GeneratedParams)
+        self.seconds = 0.0
+        self.span = None
+        if self.generated:
+            N, dt = stack.width, stack.np_dtype
+            self.W = np.empty((seg, N, N), dtype=dt)
+            self.b = np.empty((seg, N), dtype=dt)
+            self.consts = None
+
+    def get(self, s: int, e: int):
+        p = self.params
+        if not self.generated:
+            return p.W[s:e], p.b[s:e], p.gamma[s:e], p.beta[s:e], p.slope[s:e]
+        m = e - s
+        if self.span != (s, e):  # the last segment of the forward is the first of the backward
+            t = time.perf_counter()
+            p.weights(s, e, out=self.W[:m])
+            p.biases(s, e, out=self.b[:m])
+            self.seconds += time.perf_counter() - t
+            self.span = (s, e)
+        if self.consts is None or len(self.consts[2]) != m:
+            self.consts = p.constants(0, m)
+        gamma, beta, slope = self.consts
+        return self.W[:m], self.b[:m], gamma, beta, slope
+
+
+# ------------------------------------------------------------------ streaming statistics
+def _histogram(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, top, counts, below, zeros, nonfinite):
+    """Fill the GradHistogram rows of the layers of dW (m, N, N) with exponents e (m,)."""
+    m = dW.shape[0]
+    a = np.abs(dW.reshape(m, -1), dtype=np.float64)
+    zeros[:] = np.count_nonzero(a == 0, axis=1)
+    fin = np.isfinite(a)
+    nonfinite[:] = a.shape[1] - np.count_nonzero(fin, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.log10(a)
+        v *= per_decade
+        v += (e * (LOG10_2 * per_decade))[:, None]
+        idx = np.floor(v)
+    ok = np.isfinite(idx)  # excludes zeros (-inf) and non-finite entries
+    t = np.max(idx, axis=1, where=ok, initial=-np.inf)
+    has = np.isfinite(t)
+    t = np.where(has, t, 0.0)
+    top[:] = t.astype(np.int64)
+    rel = idx - (t - bins + 1)[:, None]
+    inside = ok & (rel >= 0)
+    below[:] = np.count_nonzero(ok, axis=1) - np.count_nonzero(inside, axis=1)
+    rows = np.broadcast_to(np.arange(m)[:, None], a.shape)
+    flat = rows[inside] * bins + rel[inside].astype(np.int64)
+    counts[:] = np.bincount(flat, minlength=m * bins).reshape(m, bins)
+
+
 # ------------------------------------------------------------------ the pass
-def backprop(stack: Stack, params: Params, x: np.ndarray, targets=None, *, backend: str = "auto") -> Result:
+def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targets=None, *,
+             backend: str = "auto", checkpoint="auto", stats_only: bool = False,
+             memory_budget: int | None = None, hist_bins: int = 40, hist_per_decade: int = 4) -> Result:
     """Forward and backward through ``stack``, exact at any depth.
 
     Parameters
     ----------
     stack : Stack
-    params : Params
-        From :func:`gradbench.init_params` (or trained); arrays of the stack's dtype.
+    params : Params or GeneratedParams
+        From :func:`gradbench.init_params` (or trained), arrays of the stack's dtype; or
+        :class:`gradbench.weights.GeneratedParams` (weights generated per layer, never stored).
     x : ndarray (B, D)
         The input batch, of the stack's dtype.
     targets : ndarray, optional
         (B, O) for mse and bce, integer labels (B,) for softmax_ce; none for sum_squares.
     backend : str
         ``"numpy"`` (the reference), ``"numba"``, ``"c"`` or ``"auto"`` (fastest available).
+    checkpoint : "auto", int or None
+        Store every k-th activation and recompute the segments in the backward pass
+        (a multiple of the residual group size). ``"auto"``: only when the plain run would
+        need more than ``memory_budget``, with k ~ sqrt(L). The gradients are bitwise those of
+        the plain run.
+    stats_only : bool
+        Keep per-layer statistics only (``grad_norm``, ``signal_norm``, activation statistics,
+        saturation, dead units, ``grad_hist``); ``Result.grads`` is then ``None``. Parameter
+        gradient clipping per layer is applied to the statistics; ``clip_on="global"`` needs
+        every gradient and is refused.
+    memory_budget : int, optional
+        Bytes. Default: half of the available RAM for the "auto" decision, 90 % as the limit
+        beyond which a run is refused (MemoryError naming the options that fit).
+    hist_bins, hist_per_decade : int
+        The window and resolution of ``grad_hist`` (stats_only); ``hist_bins=0`` skips it.
 
     Returns
     -------
     Result
         The loss, exact gradients (:class:`LogScaled`) and per-layer statistics.
     """
+    t_start = time.perf_counter()
     params, x, targets = validate(stack, params, x, targets)
+    for name, v, low in (("hist_bins", hist_bins, 0), ("hist_per_decade", hist_per_decade, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+    if not isinstance(stats_only, (bool, np.bool_)):
+        raise TypeError(f"stats_only must be a bool, got {stats_only!r}")
+    if stats_only and stack.clip == "norm" and stack.clip_on == "global":
+        raise ValueError("stats_only=True cannot apply clip='norm' with clip_on='global' (it scales every layer's "
+                         "gradient by one factor known only at the end): use clip_on='layer' or keep the gradients")
     name = resolve(backend)
     impl = get_backend(name)
     L, N, B = stack.depth, stack.width, x.shape[0]
-    need = memory_estimate(stack, B)
-    avail = _available_memory()
-    if need > 0.9 * avail:
-        raise MemoryError(
-            f"this run needs about {need / 2**30:.2f} GiB (activations {2 * L + 1} x {B} x {N}, "
-            f"weights and gradients {L} x {N} x {N}) but {avail / 2**30:.2f} GiB is available: "
-            "reduce depth, width or batch"
-        )
+    generated = isinstance(params, GeneratedParams)
+    plan = plan_run(stack, B, checkpoint=checkpoint, stats_only=stats_only, generated=generated,
+                    memory_budget=memory_budget, hist_bins=hist_bins)
+    seg = plan.segment
+    segments = [(s, min(s + seg, L)) for s in range(0, L, seg)]
     dt = stack.np_dtype
     rescale = can_rescale_forward(stack, params)
     icfg, fcfg = spec.kernel_config(stack, rescale)
+    layers = _Layers(params, stack, seg)
+    seconds = dict(forward=0.0, backward=0.0, generate=0.0, stats=0.0)
 
-    H = np.empty((L + 1, B, N), dtype=dt)
-    H[0] = x if params.W_in is None else x @ params.W_in.T + params.b_in
-    Z = np.empty((L, B, N), dtype=dt)
-    bn_mean, bn_rstd = np.zeros((L, N), dtype=dt), np.ones((L, N), dtype=dt)
+    # ---------------------------------------------------------------- forward
+    t = time.perf_counter()
+    h0 = x if params.W_in is None else x @ params.W_in.T + params.b_in
     fexp = np.zeros(L + 1, dtype=np.int64)
     act_mean, act_std = np.empty(L), np.empty(L)
     saturation, dead = np.empty(L), np.empty(L)
     info = np.full(4, -1, dtype=np.int64)
-    W, b, gamma, beta, slope = params.W, params.b, params.gamma, params.beta, params.slope
-    impl.stack_forward(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
-                       act_mean, act_std, saturation, dead, info)
+    seg_info = np.full(4, -1, dtype=np.int64)
+    if plan.recompute:
+        ckpt = np.empty((len(segments) + 1, B, N), dtype=dt)  # h at every segment start, and h_L
+        ckpt[0] = h0
+        H = np.empty((seg + 1, B, N), dtype=dt)
+        Z = np.empty((seg, B, N), dtype=dt)
+        bn_mean, bn_rstd = np.zeros((seg, N), dtype=dt), np.ones((seg, N), dtype=dt)
+    else:
+        H = np.empty((L + 1, B, N), dtype=dt)
+        H[0] = h0
+        Z = np.empty((L, B, N), dtype=dt)
+        bn_mean, bn_rstd = np.zeros((L, N), dtype=dt), np.ones((L, N), dtype=dt)
 
-    # loss and dL/dh_L
+    def seg_arrays(j, s, e):
+        """H, Z, bn_mean, bn_rstd of segment j (views)."""
+        if plan.recompute:
+            m = e - s
+            return H[:m + 1], Z[:m], bn_mean[:m], bn_rstd[:m]
+        return H[s:e + 1], Z[s:e], bn_mean[s:e], bn_rstd[s:e]
+
+    for j, (s, e) in enumerate(segments):
+        W, b, gamma, beta, slope = layers.get(s, e)
+        Hs, Zs, ms, rs = seg_arrays(j, s, e)
+        if plan.recompute:
+            Hs[0] = ckpt[j]
+        impl.stack_forward(icfg, fcfg, W, b, gamma, beta, slope, Hs, Zs, ms, rs, fexp[s:e + 1],
+                           act_mean[s:e], act_std[s:e], saturation[s:e], dead[s:e], seg_info)
+        if info[0] < 0 <= seg_info[0]:
+            info[0] = s + seg_info[0]
+        if plan.recompute:
+            ckpt[j + 1] = Hs[e - s]
+    hL = ckpt[-1] if plan.recompute else H[L]
+    seconds["forward"] = time.perf_counter() - t
+
+    # ---------------------------------------------------------------- loss and dL/dh_L
     extra_grads: dict[str, LogScaled] = {}
     sig_e = np.zeros(L + 1, dtype=np.int64)
-    hL = H[L]
+    sig_m = np.empty(L + 1)
     zero_exp = np.zeros(1, dtype=np.int64)
     if stack.has_head:
         loss, G, dW_out, db_out = _head_loss(stack, hL, params, targets)
@@ -355,47 +686,121 @@ def backprop(stack: Stack, params: Params, x: np.ndarray, targets=None, *, backe
         loss_exact = LogScaled.from_float(loss)
         extra_grads["W_out"] = LogScaled(dW_out[None], zero_exp)
         extra_grads["b_out"] = LogScaled(db_out[None], zero_exp)
+        e_top = 0
     else:
         m, e = np.frexp(0.5 * float(np.sum(np.square(hL, dtype=np.float64))))
         loss_exact = LogScaled(np.array(m), np.array(int(e) + 2 * int(fexp[L])))
         loss = float(loss_exact.to_float(warn=False))
         G = hL.copy()
-        sig_e[L] = fexp[L]
+        e_top = int(fexp[L])
+    sig_e[L], sig_m[L] = top_signal(stack, G, e_top)
+    if not np.all(np.isfinite(G)):
+        info[1] = L
 
-    dW = np.empty((L, N, N), dtype=dt)
-    db, dgamma, dbeta = (np.empty((L, N), dtype=dt) for _ in range(3))
-    dslope = np.empty(L, dtype=dt)
-    sig_m, gnorm_m = np.empty(L + 1), np.empty(L)
-    impl.stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db,
-                        dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, info)
+    # ---------------------------------------------------------------- backward, segment by segment
+    t = time.perf_counter()
+    gnorm_m = np.empty(L)
+    keep = not plan.stats_only
+    if keep:
+        dW = np.empty((L, N, N), dtype=dt)
+        db, dgamma, dbeta = (np.empty((L, N), dtype=dt) for _ in range(3))
+        dslope = np.empty(L, dtype=dt)
+    else:
+        dW = np.empty((seg, N, N), dtype=dt)
+        db, dgamma, dbeta = (np.empty((seg, N), dtype=dt) for _ in range(3))
+        dslope = np.empty(seg, dtype=dt)
+        hist = None
+        if hist_bins:
+            cdt = np.uint16 if N * N < 2**16 else np.uint32
+            hist = dict(top=np.zeros(L, dtype=np.int64), counts=np.zeros((L, hist_bins), dtype=cdt),
+                        below=np.zeros(L, dtype=np.int64), zeros=np.zeros(L, dtype=np.int64),
+                        nonfinite=np.zeros(L, dtype=np.int64))
+        # parameter-gradient clipping that acts layer by layer (value clipping is the same globally)
+        layer_clip = stack.clip is not None and stack.clip_on != "signal"
+        # the exponents of the (clipped) dW rows: per-layer clipping may move them
+        e_grad = sig_e[1:] + fexp[:-1] if layer_clip else None
+    scratch = None
+    last = len(segments) - 1
+    for j in range(last, -1, -1):
+        s, e = segments[j]
+        m = e - s
+        W, b, gamma, beta, slope = layers.get(s, e)
+        Hs, Zs, ms, rs = seg_arrays(j, s, e)
+        if plan.recompute and j != last:  # the top segment's activations are still in H, Z
+            if scratch is None:
+                scratch = [np.empty(seg) for _ in range(4)]
+            Hs[0] = ckpt[j]
+            impl.stack_forward(icfg, fcfg, W, b, gamma, beta, slope, Hs, Zs, ms, rs, fexp[s:e + 1].copy(),
+                               *(a[:m] for a in scratch), np.full(4, -1, dtype=np.int64))
+        if keep:
+            grads_seg = (dW[s:e], db[s:e], dgamma[s:e], dbeta[s:e], dslope[s:e])
+        else:
+            grads_seg = (dW[:m], db[:m], dgamma[:m], dbeta[:m], dslope[:m])
+        seg_info[1] = -1
+        impl.stack_backward(icfg, fcfg, W, gamma, beta, slope, Hs, Zs, rs, fexp[s:e + 1], G, *grads_seg,
+                            sig_m[s:e + 1], sig_e[s:e + 1], gnorm_m[s:e], seg_info)
+        if info[1] < 0 <= seg_info[1]:
+            info[1] = s + seg_info[1]
+        if not keep:
+            ts = time.perf_counter()
+            e_w = sig_e[s + 1:e + 1] + fexp[s:e]
+            if layer_clip:
+                e_p = sig_e[s + 1:e + 1]
+                g = {"W": LogScaled(grads_seg[0], e_w), "b": LogScaled(grads_seg[1], e_p),
+                     "gamma": LogScaled(grads_seg[2], e_p), "beta": LogScaled(grads_seg[3], e_p),
+                     "slope": LogScaled(grads_seg[4], e_w)}
+                cw = clip_param_grads(stack.replace(clip_on="layer"), g)["W"]
+                gm, e_w = cw.mantissa, cw.exponent
+                gnorm_m[s:e] = _row_norms(cw).mantissa
+                e_grad[s:e] = e_w
+            else:
+                gm = grads_seg[0]
+            if hist is not None:
+                _histogram(gm, e_w, hist_per_decade, hist_bins, hist["top"][s:e], hist["counts"][s:e],
+                           hist["below"][s:e], hist["zeros"][s:e], hist["nonfinite"][s:e])
+            seconds["stats"] += time.perf_counter() - ts
+    seconds["backward"] = time.perf_counter() - t - seconds["stats"]
+    seconds["generate"] = layers.seconds
 
+    # ---------------------------------------------------------------- the Result
     e_param, e_weight = sig_e[1:], sig_e[1:] + fexp[:-1]
-    grads = {
-        "W": LogScaled(dW, e_weight),
-        "b": LogScaled(db, e_param),
-        "gamma": LogScaled(dgamma, e_param),
-        "beta": LogScaled(dbeta, e_param),
-        "slope": LogScaled(dslope, e_weight),
-    }
     input_grad = G
+    grad_hist = None
+    if keep:
+        grads = {
+            "W": LogScaled(dW, e_weight),
+            "b": LogScaled(db, e_param),
+            "gamma": LogScaled(dgamma, e_param),
+            "beta": LogScaled(dbeta, e_param),
+            "slope": LogScaled(dslope, e_weight),
+        }
+        if params.W_in is not None:
+            grads["W_in"] = LogScaled((G.T @ x)[None], sig_e[:1])
+            grads["b_in"] = LogScaled(G.sum(axis=0)[None], sig_e[:1])
+        grads.update(extra_grads)
+        grad_norm = LogScaled(gnorm_m, e_weight.copy())
+        if stack.clip is not None and stack.clip_on != "signal":
+            grads = clip_param_grads(stack, grads)
+            grad_norm = _row_norms(grads["W"])
+        grads = Grads(**{k: (g if k in _LAYER_GROUPS[0] else g[0]) for k, g in grads.items()})
+    else:
+        grads = None
+        grad_norm = LogScaled(gnorm_m, e_weight.copy() if e_grad is None else e_grad)
+        if hist is not None:
+            grad_hist = GradHistogram(per_decade=hist_per_decade, bins=hist_bins, **hist)
     if params.W_in is not None:
-        grads["W_in"] = LogScaled((G.T @ x)[None], sig_e[:1])
-        grads["b_in"] = LogScaled(G.sum(axis=0)[None], sig_e[:1])
         input_grad = G @ params.W_in
-    grads.update(extra_grads)
-    grad_norm = LogScaled(gnorm_m, e_weight.copy())
-    if stack.clip is not None and stack.clip_on != "signal":
-        grads = clip_param_grads(stack, grads)
-        grad_norm = _row_norms(grads["W"])
-    grads = {k: (g if k in _LAYER_GROUPS[0] else g[0]) for k, g in grads.items()}
 
     ffwd, fbwd = int(info[0]), int(info[1])
+    seconds["total"] = time.perf_counter() - t_start
+    extras = dict(checkpoint=plan.checkpoint, segments=len(segments), stats_only=plan.stats_only,
+                  generated=generated, memory_estimate=plan.estimate, seconds=seconds)
     return Result(
         stack=stack,
         backend=name,
         loss=loss,
         loss_exact=loss_exact,
-        grads=Grads(**grads),
+        grads=grads,
         grad_norm=grad_norm,
         signal_norm=LogScaled(sig_m[:L].copy(), sig_e[:L].copy()),
         input_grad=LogScaled(input_grad[None], sig_e[:1])[0],
@@ -407,4 +812,6 @@ def backprop(stack: Stack, params: Params, x: np.ndarray, targets=None, *, backe
         first_nonfinite_forward=None if ffwd < 0 else ffwd,
         first_nonfinite_backward=None if fbwd < 0 else fbwd,
         forward_rescaled=rescale,
+        extras=extras,
+        grad_hist=grad_hist,
     )

@@ -16,6 +16,12 @@ act_mean, act_std, saturation, dead, info)``
 ``stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
 dbeta, dslope, sig_m, sig_e, gnorm_m, info)``
     ``G`` (B, N) holds dL/dh_L on entry (true value ``G * 2**sig_e[L]``) and dL/dh_0 on exit.
+    The caller hands over the top signal already normalised and, when signal clipping is on,
+    already clipped (the engine does it once for the true dL/dh_L, :func:`top_signal`; at a
+    checkpoint segment boundary the segment above has done it): the backward pass only
+    normalises it again (a no-op on normalised input) and records ``sig_m[L]``. It must not clip
+    it again: norm clipping ``g * (c / ||g||)`` can leave ``||g|| = c (1 + 1 ulp)``, and a second
+    clip would change the bits, so segmented and one-piece runs would differ.
     Writes the parameter-gradient mantissas (the true dW_l is ``dW[l] * 2**(sig_e[l+1] +
     fexp[l])``, db, dgamma, dbeta use ``sig_e[l+1]``, dslope ``sig_e[l+1] + fexp[l]``), the
     signal norms ``sig_m[l] * 2**sig_e[l]`` = ||dL/dh_l|| for l = 0..L, ``gnorm_m[l]`` =
@@ -208,6 +214,19 @@ def _norm(x: np.ndarray) -> float:
     return float(np.sqrt(np.sum(np.square(x, dtype=np.float64))))
 
 
+def top_signal(G: np.ndarray, e: int, clip_mode: int, c: float) -> int:
+    """Normalise and (signal clipping) clip the top gradient dL/dh_L = G * 2**e in place.
+
+    The caller of :func:`stack_backward` does this once (the backward pass only normalises its
+    top signal); returns the new exponent. Same steps as every other layer's signal.
+    """
+    e = int(e) + normalise(G)
+    if clip_mode:
+        e = clip_signal(G, e, clip_mode, c)
+        e += normalise(G)
+    return e
+
+
 # ------------------------------------------------------------------ drivers
 def stack_forward(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
                   act_mean, act_std, saturation, dead, info):
@@ -251,10 +270,10 @@ def stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW
     L = W.shape[0]
     info[1] = -1
 
-    def finish(l):
-        """Normalise, clip and record dL/dh_l, now complete in G."""
+    def finish(l, clip=True):
+        """Normalise, clip (not at the top: the caller did) and record dL/dh_l, complete in G."""
         e = int(sig_e[l]) + normalise(G)
-        if clip_mode:
+        if clip and clip_mode:
             e = clip_signal(G, e, clip_mode, c)
             e += normalise(G)
         sig_e[l] = e
@@ -262,7 +281,7 @@ def stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW
         if info[1] < 0 and not np.all(np.isfinite(G)):
             info[1] = l
 
-    finish(L)
+    finish(L, clip=False)
     skip, skip_e = np.zeros_like(G), 0
     da, dz, zl = np.empty_like(G), np.empty_like(G), np.empty_like(G)
     for l in range(L - 1, -1, -1):
