@@ -103,7 +103,8 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
     zl = np.empty_like(G)
     skip = np.zeros_like(G)
     skip_e = np.int64(0)
-    _finish(G, L, clip_mode, c, sig_m, sig_e, info)
+    # the caller normalised and clipped the top signal: normalise (a no-op) and record only
+    _finish(G, L, 0, c, sig_m, sig_e, info)
     for l in range(L - 1, -1, -1):
         e = sig_e[l + 1]
         p = np.float64(slope[l]) if code == PRELU else param

@@ -1,0 +1,311 @@
+"""Shared helpers of the cross-backend tests: tolerances, problems, comparisons with clear failures.
+
+Every comparison brings both sides to true values (mantissa * 2**exponent, aligned per layer at
+the larger exponent) and checks them layer by layer, norm-wise: ``max|got - ref| <= rtol *
+max|ref|`` over the layer. A failure names the backend, the quantity, the layer, the worst
+index, both values and how far off they are. Non-finite entries must match exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import gradbench as gb
+from gradbench import spec
+
+# One table of tolerances keyed by dtype. "stack": a whole stack run freely in an ordered or
+# critical regime (scaled by the measured growth of the chain otherwise); "layer": one layer
+# (or one residual group) fed identical inputs; "flips": entries of a count statistic
+# (saturation, dead) allowed to change side of their threshold through rounding.
+TOL = {
+    "float64": {"stack": 1e-12, "layer": 1e-13, "flips": 0, "eps": float(np.finfo(np.float64).eps)},
+    "float32": {"stack": 1e-4, "layer": 1e-5, "flips": 2, "eps": float(np.finfo(np.float32).eps)},
+}
+# Beyond this the free-running comparison says nothing (the chain is chaotic): only the
+# layer-by-layer checks and the backward on identical forward values are held.
+MAX_STACK_RTOL = {"float64": 1e-7, "float32": 3e-2}
+# dL/db under batch norm is 0 in exact arithmetic: what any backend returns is rounding noise,
+# bounded relative to max(|dbeta|, |dgamma|) of the same layer.
+BN_BIAS_NOISE = {"float64": 1e-9, "float32": 1e-2}
+
+
+def other_backends() -> list[str]:
+    """Every available backend except the reference."""
+    return [b for b in gb.backends() if b != "numpy"]
+
+
+def problem(stack, batch, seed=0, x_scale=1.0):
+    params = gb.init_params(stack, seed=seed)
+    x = gb.gaussian_input(stack, batch=batch, seed=seed + 1)
+    if x_scale != 1.0:
+        x = (x * x_scale).astype(stack.dtype)
+    rng = np.random.default_rng(seed + 2)
+    t = None
+    if stack.loss in ("mse", "bce"):
+        t = rng.uniform(0, 1, (batch, stack.output_dim)).astype(stack.dtype)
+    elif stack.loss == "softmax_ce":
+        t = rng.integers(0, stack.output_dim, batch)
+    return params, x, t
+
+
+# ------------------------------------------------------------------ comparisons
+def _rows(m, e):
+    m = np.asarray(m, dtype=np.float64)
+    e = np.asarray(e, dtype=np.int64)
+    return m.reshape(max(e.size, 1), -1), e.reshape(-1) if e.ndim else e.reshape(1)
+
+
+def _ldexp(m, e):
+    return np.ldexp(m, np.clip(e, -4000, 4000).astype(np.int32))
+
+
+def assert_true_values(backend, what, got_m, got_e, ref_m, ref_e, rtol, *, exact_exponents=False,
+                       layer_offset=0, floor=None):
+    """got_m * 2**got_e agrees with ref_m * 2**ref_e layer by layer (leading axis = exponents).
+
+    ``floor`` (one value per layer, in units of 2**ref_e): a lower bound of the scale that
+    rtol is relative to, for quantities that are 0 in exact arithmetic in some cases.
+    """
+    gm, ge = _rows(got_m, got_e)
+    rm, re = _rows(ref_m, ref_e)
+    assert gm.shape == rm.shape, f"[{backend}] {what}: shape {gm.shape} vs reference {rm.shape}"
+    for l in range(gm.shape[0]):
+        layer = l + layer_offset
+        if exact_exponents:
+            assert ge[l] == re[l], (
+                f"[{backend}] {what}, layer {layer}: exponent {ge[l]} vs reference {re[l]}")
+        g, r = gm[l], rm[l]
+        bad_r, bad_g = ~np.isfinite(r), ~np.isfinite(g)
+        if np.any(bad_r) or np.any(bad_g):
+            # NaN must stay NaN and inf keep its sign: compare the non-finite pattern exactly
+            i = np.flatnonzero((np.isnan(r) != np.isnan(g)) | (np.isinf(r) != np.isinf(g))
+                               | (np.isinf(r) & (np.sign(r) != np.sign(g))))
+            assert i.size == 0, (
+                f"[{backend}] {what}, layer {layer}, index {i[0]}: got {g[i[0]]!r}, reference {r[i[0]]!r}")
+            keep = ~(bad_r | bad_g)
+            g, r = g[keep], r[keep]
+            if g.size == 0:
+                continue
+        em = max(int(ge[l]), int(re[l]))
+        g = _ldexp(g, int(ge[l]) - em)
+        r = _ldexp(r, int(re[l]) - em)
+        scale = np.max(np.abs(r), initial=0.0)
+        if floor is not None:
+            scale = max(scale, float(_ldexp(np.float64(floor[l]), int(re[l]) - em)))
+        diff = np.abs(g - r)
+        worst = int(np.argmax(diff))
+        if diff[worst] > rtol * scale:
+            rel = diff[worst] / scale if scale > 0 else np.inf
+            raise AssertionError(
+                f"[{backend}] {what}, layer {layer}, index {np.unravel_index(worst, np.shape(got_m)[1:] or (1,))}: "
+                f"got {g[worst]!r}, reference {r[worst]!r} (x 2**{em}); off by {rel:.3g} of the "
+                f"layer's largest |value|, tolerance {rtol:.3g}")
+
+
+def assert_bias_under_batchnorm(backend, what, got_db, got_e, ref_dbeta, ref_dgamma, ref_e, dtype):
+    """Under batch norm dL/db_l = 0 exactly (the mean is subtracted): every backend returns
+    rounding noise, so check it against the scale of the layer's other gradients instead."""
+    gm, ge = _rows(got_db, got_e)
+    bm, be = _rows(ref_dbeta, ref_e)
+    cm, _ = _rows(ref_dgamma, ref_e)
+    for l in range(gm.shape[0]):
+        scale = max(np.max(np.abs(bm[l]), initial=0.0), np.max(np.abs(cm[l]), initial=0.0))
+        if not np.isfinite(scale):
+            continue
+        worst = float(np.max(np.abs(_ldexp(gm[l], int(ge[l]) - int(be[l]))), initial=0.0))
+        assert worst <= BN_BIAS_NOISE[dtype] * scale, (
+            f"[{backend}] {what}, layer {l}: |db| = {worst:.3g} (x 2**{be[l]}) should be rounding noise, "
+            f"<= {BN_BIAS_NOISE[dtype]} x max(|dbeta|, |dgamma|) = {scale:.3g}")
+
+
+def bn_param_scale(dgamma, dbeta):
+    """Per layer max(|dgamma|, |dbeta|): dbeta_l is exactly 0 when the layer above is batch norm
+    with a linear path in between, so compare both against their joint scale."""
+    g = np.abs(np.asarray(dgamma, float)).reshape(len(dgamma), -1)
+    b = np.abs(np.asarray(dbeta, float)).reshape(len(dbeta), -1)
+    return np.maximum(g.max(axis=1, initial=0.0), b.max(axis=1, initial=0.0))
+
+
+def assert_ls(backend, what, got, ref, rtol, *, exact_exponents=False):
+    """Two LogScaled values agree (true values, per leading index)."""
+    assert_true_values(backend, what, got.mantissa, got.exponent, ref.mantissa, ref.exponent,
+                       rtol, exact_exponents=exact_exponents)
+
+
+def assert_fractions(backend, what, got, ref, count, flips, layer_offset=0):
+    """Fractions of ``count`` items (saturation, dead) agree to ``flips`` items per layer."""
+    got, ref = np.asarray(got), np.asarray(ref)
+    off = np.abs(got - ref) * count
+    worst = int(np.argmax(off)) if off.size else 0
+    assert off.size == 0 or off[worst] <= flips + 1e-9, (
+        f"[{backend}] {what}, layer {worst + layer_offset}: got {got[worst]!r}, reference {ref[worst]!r} "
+        f"({off[worst]:.0f} of {count} entries differ, {flips} allowed)")
+
+
+def assert_equal_ints(backend, what, got, ref):
+    got, ref = np.asarray(got), np.asarray(ref)
+    bad = np.flatnonzero(got.reshape(-1) != ref.reshape(-1))
+    assert bad.size == 0, f"[{backend}] {what}, index {bad[0]}: got {got.reshape(-1)[bad[0]]}, reference {ref.reshape(-1)[bad[0]]}"
+
+
+def compare_results(backend, got, ref, rtol, flips, *, exact_exponents):
+    """Every field of two :class:`gradbench.Result` of the same problem."""
+    st = ref.stack
+    B, N = ref.output.shape
+    assert_ls(backend, "loss", got.loss_exact, ref.loss_exact, rtol)
+    for name, g in ref.grads.items():
+        if name == "b" and st.batch_norm:  # exactly 0 in exact arithmetic: rounding noise
+            assert_bias_under_batchnorm(backend, "grads.b", got.grads.b.mantissa, got.grads.b.exponent,
+                                        ref.grads.beta.mantissa, ref.grads.gamma.mantissa,
+                                        ref.grads.beta.exponent, st.dtype)
+            continue
+        floor = None
+        if name in ("gamma", "beta") and st.batch_norm:  # one may vanish exactly: use both
+            floor = bn_param_scale(ref.grads.gamma.mantissa, ref.grads.beta.mantissa)
+        gg = getattr(got.grads, name)
+        assert_true_values(backend, f"grads.{name}", gg.mantissa, gg.exponent, g.mantissa, g.exponent, rtol,
+                           exact_exponents=exact_exponents and name in ("W", "b", "gamma", "beta", "slope"),
+                           floor=floor)
+    if not st.batch_norm:
+        assert not np.any(got.grads.gamma.mantissa) and not np.any(got.grads.beta.mantissa), (
+            f"[{backend}] dgamma/dbeta must be exactly zero without batch norm")
+    if st.activation != "prelu":
+        assert not np.any(got.grads.slope.mantissa), f"[{backend}] dslope must be zero unless PReLU"
+    assert_ls(backend, "grad_norm", got.grad_norm, ref.grad_norm, rtol)
+    assert_ls(backend, "signal_norm", got.signal_norm, ref.signal_norm, rtol, exact_exponents=exact_exponents)
+    assert_ls(backend, "input_grad", got.input_grad, ref.input_grad, rtol)
+    assert_ls(backend, "output", got.output, ref.output, rtol)
+    # the mean may cancel: measure it against the spread of the values (and vice versa)
+    scale = gb.LogScaled(np.abs(ref.act_mean.mantissa) + ref.act_std.mantissa, ref.act_mean.exponent)
+    _assert_against(backend, "act_mean", got.act_mean, ref.act_mean, scale, rtol)
+    assert_ls(backend, "act_std", got.act_std, ref.act_std, rtol)
+    assert_fractions(backend, "saturation", got.saturation, ref.saturation, B * N, flips)
+    assert_fractions(backend, "dead", got.dead, ref.dead, N, flips)
+    assert got.first_nonfinite_forward == ref.first_nonfinite_forward, (
+        f"[{backend}] first non-finite forward layer {got.first_nonfinite_forward}, reference {ref.first_nonfinite_forward}")
+    assert got.first_nonfinite_backward == ref.first_nonfinite_backward, (
+        f"[{backend}] first non-finite backward layer {got.first_nonfinite_backward}, reference {ref.first_nonfinite_backward}")
+
+
+def _assert_against(backend, what, got, ref, scale, rtol):
+    """Per-entry |got - ref| <= rtol * scale (true values), for quantities that may cancel."""
+    g = _ldexp(np.asarray(got.mantissa, float), got.exponent)
+    r = _ldexp(np.asarray(ref.mantissa, float), ref.exponent)
+    s = _ldexp(np.asarray(scale.mantissa, float), scale.exponent)
+    same_nan = np.isnan(g) == np.isnan(r)
+    assert np.all(same_nan), f"[{backend}] {what}, layer {np.flatnonzero(~same_nan)[0]}: NaN pattern differs"
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(np.isfinite(r) & ~(np.abs(g - r) <= rtol * s))
+        bad_inf = np.flatnonzero(np.isinf(r) & (g != r))
+    assert bad.size == 0, (
+        f"[{backend}] {what}, layer {bad[0]}: got {g[bad[0]]!r}, reference {r[bad[0]]!r}, "
+        f"off by {abs(g[bad[0]] - r[bad[0]]) / s[bad[0]]:.3g} of |mean| + std, tolerance {rtol:.3g}")
+    assert bad_inf.size == 0, f"[{backend}] {what}, layer {bad_inf[0]}: got {g[bad_inf[0]]}, reference {r[bad_inf[0]]}"
+
+
+# ------------------------------------------------------------------ growth of the chain
+def chain_growth(stack, params, x, t=None, delta=1e-10, seed=99):
+    """How much the reference's results move, relative to a relative input perturbation delta.
+
+    Computed in float64 with the reference only (independent of the backend under test):
+    rounding errors of size eps injected along the stack are amplified by about this factor.
+    """
+    s64 = stack.replace(dtype="float64")
+    p64 = gb.Params(**{n: a.astype(np.float64) for n, a in params.items()})
+    x64 = x.astype(np.float64)
+    tt = t.astype(np.float64) if t is not None and t.dtype.kind == "f" else t
+    rng = np.random.default_rng(seed)
+    a = gb.backprop(s64, p64, x64, tt, backend="numpy")
+    b = gb.backprop(s64, p64, x64 * (1 + delta * rng.choice([-1.0, 1.0], x64.shape)), tt, backend="numpy")
+    worst = 0.0
+    for ga, gb_ in ((a.grads.W, b.grads.W), (a.signal_norm, b.signal_norm), (a.output, b.output),
+                    (a.input_grad, b.input_grad), (a.act_std, b.act_std)):
+        ma, ea = _rows(ga.mantissa, ga.exponent)
+        mb, eb = _rows(gb_.mantissa, gb_.exponent)
+        for l in range(ma.shape[0]):
+            if not (np.all(np.isfinite(ma[l])) and np.all(np.isfinite(mb[l]))):
+                return np.inf
+            em = max(ea[l], eb[l])
+            u, v = _ldexp(ma[l], ea[l] - em), _ldexp(mb[l], eb[l] - em)
+            s = np.max(np.abs(u), initial=0.0)
+            if s > 0:
+                worst = max(worst, float(np.max(np.abs(u - v)) / s))
+    return worst / delta
+
+
+def backward_growth(module, stack, fwd, G, top, delta=1e-10, seed=98):
+    """Relative change of the backward results per relative perturbation of the signal G.
+
+    The backward pass is linear in G, but it can cancel (batch norm projects dy off span{1,
+    xhat}; small batches): then rounding noise is amplified by the same factor.
+    """
+    rng = np.random.default_rng(seed)
+    a = run_backward(module, backward_arrays(stack, fwd, G, top))
+    b = run_backward(module, backward_arrays(stack, fwd, G * (1 + delta * rng.choice([-1.0, 1.0], G.shape)), top))
+    worst = 0.0
+    for name in ("dW", "G", "sig_m"):
+        ma, mb = a[name].reshape(a[name].shape[0], -1), b[name].reshape(b[name].shape[0], -1)
+        if name == "G":
+            ma, mb = ma.reshape(1, -1), mb.reshape(1, -1)
+        for l in range(ma.shape[0]):
+            u, v = ma[l].astype(float), mb[l].astype(float)
+            if not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+                return np.inf
+            s = np.max(np.abs(u), initial=0.0)
+            if s > 0:
+                worst = max(worst, float(np.max(np.abs(u - v)) / s))
+    return worst / delta
+
+
+# ------------------------------------------------------------------ the kernel contract
+def forward_arrays(stack, params, H0, fexp0=0, rescale=False):
+    """Arrays of ``stack_forward`` for the stack ``params`` (allocated as the engine does)."""
+    L, (B, N) = params.W.shape[0], H0.shape
+    dt = stack.np_dtype
+    icfg, fcfg = spec.kernel_config(stack, rescale)
+    H = np.empty((L + 1, B, N), dtype=dt)
+    H[0] = H0
+    fexp = np.zeros(L + 1, dtype=np.int64)
+    fexp[0] = fexp0
+    return dict(icfg=icfg, fcfg=fcfg, W=params.W, b=params.b, gamma=params.gamma, beta=params.beta,
+                slope=params.slope, H=H, Z=np.empty((L, B, N), dtype=dt),
+                bn_mean=np.zeros((L, N), dtype=dt), bn_rstd=np.ones((L, N), dtype=dt), fexp=fexp,
+                act_mean=np.empty(L), act_std=np.empty(L), saturation=np.empty(L),
+                dead=np.empty(L), info=np.full(4, -1, dtype=np.int64))
+
+
+FORWARD_ARGS = ("icfg", "fcfg", "W", "b", "gamma", "beta", "slope", "H", "Z", "bn_mean", "bn_rstd",
+                "fexp", "act_mean", "act_std", "saturation", "dead", "info")
+BACKWARD_ARGS = ("icfg", "fcfg", "W", "gamma", "beta", "slope", "H", "Z", "bn_rstd", "fexp", "G", "dW",
+                 "db", "dgamma", "dbeta", "dslope", "sig_m", "sig_e", "gnorm_m", "info")
+
+
+def run_forward(module, arrays):
+    module.stack_forward(*(arrays[k] for k in FORWARD_ARGS))
+    return arrays
+
+
+def backward_arrays(stack, fwd, G, sig_e_top):
+    """Arrays of ``stack_backward`` on given forward values (copies: both backends see the same)."""
+    L, B, N = fwd["Z"].shape
+    dt = stack.np_dtype
+    sig_e = np.zeros(L + 1, dtype=np.int64)
+    sig_e[L] = sig_e_top
+    info = fwd["info"].copy()
+    out = {k: fwd[k] for k in ("icfg", "fcfg", "W", "gamma", "beta", "slope")}
+    out.update(H=fwd["H"].copy(), Z=fwd["Z"].copy(), bn_rstd=fwd["bn_rstd"].copy(), fexp=fwd["fexp"].copy(),
+               G=np.array(G, dtype=dt, order="C"), dW=np.empty((L, N, N), dtype=dt),
+               db=np.empty((L, N), dtype=dt), dgamma=np.empty((L, N), dtype=dt),
+               dbeta=np.empty((L, N), dtype=dt), dslope=np.empty(L, dtype=dt), sig_m=np.empty(L + 1),
+               sig_e=sig_e, gnorm_m=np.empty(L), info=info)
+    return out
+
+
+def run_backward(module, arrays):
+    module.stack_backward(*(arrays[k] for k in BACKWARD_ARGS))
+    return arrays
+
+
+def slice_params(params, a, b):
+    """Layers a..b-1 of params (contiguous copies)."""
+    return gb.Params(**{n: np.ascontiguousarray(getattr(params, n)[a:b]) for n in ("W", "b", "gamma", "beta", "slope")})
