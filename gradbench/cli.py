@@ -13,13 +13,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
 
 import numpy as np
 
-from gradbench import __version__
+from gradbench import __version__, _atomic
 from gradbench.spec import ACTIVATIONS, CLIP_MODES, CLIP_TARGETS, DTYPES, INITS, LOSSES, Stack
 
 DEFAULT_DEMO_DIR = "gradbench-demo"
@@ -50,23 +49,8 @@ class UsageError(ValueError):
 
 # ------------------------------------------------------------------ helpers
 def write_atomic(path: str, text: str) -> str:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".gradbench-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``text`` to ``path`` atomically (temporary file in the same directory + ``os.replace``)."""
+    return _atomic.write_atomic(path, lambda f: f.write(text))
 
 
 def _check_plot_path(path):

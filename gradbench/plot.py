@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from gradbench._atomic import write_atomic
 from gradbench.diagnose import FLOAT_LIMITS, Diagnosis, diagnose
 
 LN2 = math.log(2.0)
@@ -28,20 +28,8 @@ def save(fig: Figure, path, dpi: int = 120) -> str:
     suffix = os.path.splitext(path)[1].lower().lstrip(".")
     if suffix not in ("png", "svg", "pdf"):
         raise ValueError(f"plot path {path!r} must end in .png, .svg or .pdf")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".gradbench-", suffix="." + suffix, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=suffix, dpi=dpi, bbox_inches="tight")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: fig.savefig(f, format=suffix, dpi=dpi, bbox_inches="tight"),
+                 binary=True, suffix="." + suffix)
     return path
 
 
