@@ -91,7 +91,11 @@ def _cases() -> list[Case]:
     for dt in ("float64", "float32"):
         for act, bn, res in (("sigmoid", False, 0), ("relu", False, 0), ("tanh", True, 0),
                              ("tanh", False, 2), ("tanh", True, 2)):
-            cases.append(Case(L, N, B, dt, act, bn, res, family="option", quick=dt == "float64" or act == "relu"))
+            # Batch norm without residual is chaotic (its gradient grows ~0.044 decades per
+            # layer, Yang et al. 2019): at L = 1000 a rounding difference grows by 10^44 and no
+            # two correct implementations agree on the loss. At L = 100 they agree to 1e-12.
+            depth = 100 if bn and not res else L
+            cases.append(Case(depth, N, B, dt, act, bn, res, family="option", quick=dt == "float64" or act == "relu"))
     # Plain float32 sinks below 1.2e-38 about 3800 layers from the top and spends the last
     # ~15 % of the depth in subnormals (the exact chain reaches ~1e-48 at layer 0).
     cases.append(Case(4_800, 32, 16, "float32", family="subnormal"))

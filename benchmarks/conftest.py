@@ -22,11 +22,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_runtest_logreport(report):
-    """Remember skipped implementations with their reason: the report lists them, not drops them."""
-    if report.skipped and report.nodeid in _ids and report.when in ("setup", "call"):
+    """Remember skipped and failed implementations with the reason: the report lists them."""
+    if report.nodeid not in _ids or report.when not in ("setup", "call"):
+        return
+    case, impl = _ids[report.nodeid]
+    if report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        case, impl = _ids[report.nodeid]
         _skipped.append({"case": case, "impl": impl, "reason": reason.removeprefix("Skipped: ")})
+    elif report.failed:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        message = crash.message if crash is not None else str(report.longrepr).splitlines()[-1]
+        _skipped.append({"case": case, "impl": impl, "reason": "FAILED " + message.splitlines()[0][:300],
+                         "failed": True})
 
 
 def _cpu_model() -> str:

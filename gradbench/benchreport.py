@@ -7,9 +7,9 @@ Usage::
 
 For every case (a pytest-benchmark group: all implementations on the same work) one table:
 time (the minimum over rounds, the least disturbed on a shared machine), GF/s = 6 B N^2 L / time,
-the speed-up against the NumPy reference and against the fastest peer (t_other / t_this: 2.0x
-means twice as fast), peak memory and the first (warm-up, compiling) call. Implementations that
-were skipped are listed with the reason. Then one summary matrix of the speed-ups against NumPy,
+microseconds per layer, the speed-up against the NumPy reference and against the fastest peer
+(t_other / t_this: 2.0x means twice as fast), peak memory and the first (warm-up, compiling)
+call. Implementations that were skipped or failed their check are listed with the reason. Then one summary matrix of the speed-ups against NumPy,
 and a figure of GF/s against width and depth (one line per implementation).
 """
 
@@ -81,14 +81,15 @@ def case_table(case: str, rows: list[dict], skipped: list[dict]) -> str:
     if "plain_subnormal_layers" in info:
         head += f"\n  plain float32 has {info['plain_subnormal_layers']} of {info['L']} layers in subnormals"
     lines = [head]
-    cols = ("impl", "time", "GF/s", "vs numpy", "vs best peer", "rounds", "peak MiB", "first call")
+    cols = ("impl", "time", "us/layer", "GF/s", "vs numpy", "vs best peer", "rounds", "peak MiB", "first call")
     table = [cols]
     rat = ratios(rows)
     for r in sorted(rows, key=lambda r: r["time"]):
         i = r["info"]
         peak = i.get("peak_rss_mib")
         table.append((
-            r["impl"], _fmt_time(r["time"]), "-" if r["gflops"] is None else f"{r['gflops']:.2f}",
+            r["impl"], _fmt_time(r["time"]), f"{r['time'] / i['L'] * 1e6:.1f}" if i.get("L") else "-",
+            "-" if r["gflops"] is None else f"{r['gflops']:.2f}",
             _fmt_ratio(rat[r["impl"]]["numpy"]), _fmt_ratio(rat[r["impl"]]["peer"]), str(r["rounds"]),
             "-" if peak is None else f"{peak:.1f}",
             "-" if i.get("first_call_s") is None else _fmt_time(float(i["first_call_s"])),
@@ -99,7 +100,7 @@ def case_table(case: str, rows: list[dict], skipped: list[dict]) -> str:
         if k == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
     for s in skipped:
-        lines.append(f"  {s['impl']}: skipped: {s['reason']}")
+        lines.append(f"  {s['impl']}: {'' if s.get('failed') else 'skipped: '}{s['reason']}")
     return "\n".join(lines)
 
 
