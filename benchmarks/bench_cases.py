@@ -93,8 +93,9 @@ def _cases() -> list[Case]:
                              ("tanh", False, 2), ("tanh", True, 2)):
             # Batch norm without residual is chaotic (its gradient grows ~0.044 decades per
             # layer, Yang et al. 2019): at L = 1000 a rounding difference grows by 10^44 and no
-            # two correct implementations agree on the loss. At L = 100 they agree to 1e-12.
-            depth = 100 if bn and not res else L
+            # two correct implementations agree on the loss; at L = 100 float32 runs already
+            # differ from the float64 truth by 2 %. At L = 50 float32 agrees to ~1e-4.
+            depth = 50 if bn and not res else L
             cases.append(Case(depth, N, B, dt, act, bn, res, family="option", quick=dt == "float64" or act == "relu"))
     # Plain float32 sinks below 1.2e-38 about 3800 layers from the top and spends the last
     # ~15 % of the depth in subnormals (the exact chain reaches ~1e-48 at layer 0).
