@@ -147,15 +147,14 @@ def _prepare_torch(torch, stack: Stack, params: Params, x: np.ndarray, *, flush_
         return loss, norms
 
     def run() -> PeerResult:
-        before = torch.is_grad_enabled()
         if flush_denormal:
             torch.set_flush_denormal(True)
         try:
-            loss, norms = forward_backward()
+            with torch.enable_grad():
+                loss, norms = forward_backward()
         finally:
             if flush_denormal:
                 torch.set_flush_denormal(False)
-            torch.set_grad_enabled(before)
         return PeerResult(float(loss.detach()), norms.detach().numpy().astype(np.float64))
 
     return run
