@@ -160,20 +160,29 @@ static void F(gb_gemm_block)(T *C, const T *A, int64_t sam, int64_t sak, const T
 #undef GB_CALL
 }
 
-/* C (M,N) = A (M,K) Bm (K,N) [+ bias (N,)] with A(m,k) = A[m*sam + k*sak]; ldb = ldc = N. */
+/* C (M,N) = A (M,K) Bm (K,N) [+ bias (N,)] with A(m,k) = A[m*sam + k*sak]; ldb = ldc = N.
+ * Cut into tiles of 4 rows x PW columns; one thread computes a whole tile. The parallel
+ * region is only entered with nth > 1 (entering it costs even for one thread). */
 static void F(gb_gemm_own)(T *C, const T *A, int64_t sam, int64_t sak, const T *Bm,
                            const T *bias, int64_t M, int64_t N, int64_t K, int nth) {
     const int64_t PW = 128; /* column panel */
     const int64_t mb = (M + 3) / 4, nb = (N + PW - 1) / PW, ntile = mb * nb;
-    (void)nth;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1 && ntile > 1)
-#endif
-    for (int64_t t = 0; t < ntile; t++) {
-        const int64_t m0 = (t / nb) * 4, n0 = (t % nb) * PW;
-        F(gb_gemm_block)(C + m0 * N + n0, A + m0 * sam, sam, sak, Bm + n0,
-                         bias ? bias + n0 : NULL, GB_MIN(4, M - m0), GB_MIN(PW, N - n0), K, N);
+#define GB_GEMM_TILE(t)                                                                        \
+    {                                                                                          \
+        const int64_t m0 = ((t) / nb) * 4, n0 = ((t) % nb) * PW;                               \
+        F(gb_gemm_block)(C + m0 * N + n0, A + m0 * sam, sam, sak, Bm + n0,                     \
+                         bias ? bias + n0 : NULL, GB_MIN(4, M - m0), GB_MIN(PW, N - n0), K, N); \
     }
+#ifdef _OPENMP
+    if (nth > 1 && ntile > 1) {
+#pragma omp parallel for num_threads(nth) schedule(static)
+        for (int64_t t = 0; t < ntile; t++) GB_GEMM_TILE(t)
+        return;
+    }
+#endif
+    (void)nth;
+    for (int64_t t = 0; t < ntile; t++) GB_GEMM_TILE(t)
+#undef GB_GEMM_TILE
 }
 
 /* ------------------------------------------------------------------ layers */
@@ -258,40 +267,79 @@ static void F(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, co
         }
 }
 
+/* One chunk of the activation forward: a = phi(z) on [i0, i1); returns its saturation count. */
+static int64_t F(gb_activation_chunk)(T *a, const T *z, int64_t i0, int64_t i1, int act, T p,
+                                      double thr) {
+    int64_t cnt = 0;
+    switch (act) { /* phi' of tanh and sigmoid from phi itself: the same numbers */
+    case GB_TANH:
+        F(gb_tanh)(a + i0, z + i0, i1 - i0);
+        for (int64_t i = i0; i < i1; i++) cnt += (double)((T)1 - a[i] * a[i]) < thr;
+        break;
+    case GB_SIGMOID:
+        for (int64_t i = i0; i < i1; i++) {
+            T s = F(gb_phi)(z[i], GB_SIGMOID, p);
+            a[i] = s;
+            cnt += (double)(s * ((T)1 - s)) < thr;
+        }
+        break;
+    default:
+        for (int64_t i = i0; i < i1; i++) {
+            a[i] = F(gb_phi)(z[i], act, p);
+            cnt += (double)F(gb_dphi)(z[i], act, p) < thr;
+        }
+    }
+    return cnt;
+}
+
 /* a = phi(z); returns the number of entries with phi'(z) < thr (the saturation count).
  * a, z (n,) */
 static int64_t F(gb_activation_forward_sat)(T *a, const T *z, int64_t n, int act, T p, double thr,
-                                        int nth) {
-    int64_t nsat = 0;
-    const int64_t CH = 4096, nch = (n + CH - 1) / CH;
-    (void)nth;
+                                            int nth) {
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(nth) schedule(static) reduction(+ : nsat) if (nth > 1 && nch > 1)
-#endif
-    for (int64_t c = 0; c < nch; c++) {
-        const int64_t i0 = c * CH, i1 = GB_MIN(n, i0 + CH);
-        int64_t cnt = 0;
-        switch (act) { /* phi' of tanh and sigmoid from phi itself: the same numbers */
-        case GB_TANH:
-            F(gb_tanh)(a + i0, z + i0, i1 - i0);
-            for (int64_t i = i0; i < i1; i++) cnt += (double)((T)1 - a[i] * a[i]) < thr;
-            break;
-        case GB_SIGMOID:
-            for (int64_t i = i0; i < i1; i++) {
-                T s = F(gb_phi)(z[i], GB_SIGMOID, p);
-                a[i] = s;
-                cnt += (double)(s * ((T)1 - s)) < thr;
-            }
-            break;
-        default:
-            for (int64_t i = i0; i < i1; i++) {
-                a[i] = F(gb_phi)(z[i], act, p);
-                cnt += (double)F(gb_dphi)(z[i], act, p) < thr;
-            }
-        }
-        nsat += cnt;
+    const int64_t CH = 4096, nch = (n + CH - 1) / CH;
+    int64_t nsat = 0;
+    if (nth > 1 && nch > 1) {
+#pragma omp parallel for num_threads(nth) schedule(static) reduction(+ : nsat)
+        for (int64_t c = 0; c < nch; c++)
+            nsat += F(gb_activation_chunk)(a, z, c * CH, GB_MIN(n, c * CH + CH), act, p, thr);
+        return nsat;
     }
-    return nsat;
+#endif
+    (void)nth;
+    return F(gb_activation_chunk)(a, z, 0, n, act, p, thr);
+}
+
+/* One row of the activation backward (see below); returns the row's PReLU slope sum. */
+static double F(gb_activation_row)(T *d, const T *g, const T *zr, const T *ar, const T *gamma,
+                                   const T *beta, int scale, T alpha, int act, T p, int64_t N) {
+    double s = 0;
+    if (ar && act == GB_TANH) {
+        for (int64_t j = 0; j < N; j++) {
+            T da = scale ? g[j] * alpha : g[j];
+            d[j] = da * ((T)1 - ar[j] * ar[j]);
+        }
+    } else if (act == GB_TANH) { /* t = tanh(zl) through the array tanh, kept in d */
+        for (int64_t j = 0; j < N; j++) d[j] = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
+        F(gb_tanh)(d, d, N);
+        for (int64_t j = 0; j < N; j++) {
+            T da = scale ? g[j] * alpha : g[j];
+            d[j] = da * ((T)1 - d[j] * d[j]);
+        }
+    } else if (ar && act == GB_SIGMOID) {
+        for (int64_t j = 0; j < N; j++) {
+            T da = scale ? g[j] * alpha : g[j];
+            d[j] = da * (ar[j] * ((T)1 - ar[j]));
+        }
+    } else {
+        for (int64_t j = 0; j < N; j++) {
+            T da = scale ? g[j] * alpha : g[j];
+            T zl = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
+            d[j] = da * F(gb_dphi)(zl, act, p);
+            if (act == GB_PRELU) s += (double)(da * ((zl < 0 || zl != zl) ? zl : (T)0));
+        }
+    }
+    return s;
 }
 
 /* dz = da * phi'(zl), with da = G (times alpha when scale), zl = z or gamma * xhat + beta under
@@ -299,44 +347,23 @@ static int64_t F(gb_activation_forward_sat)(T *a, const T *z, int64_t n, int act
  * dL/dslope = sum(da * min(zl, 0)) for PReLU (in double, rows in order), else 0.
  * dz, G, z, a (B,N); gamma, beta (N,) */
 static double F(gb_activation_backward_layer)(T *dz, const T *G, const T *z, const T *a,
-                                        const T *gamma, const T *beta, int scale, T alpha,
-                                        int act, T p, int64_t B, int64_t N, double *rowacc,
-                                        int nth) {
-    (void)nth;
+                                              const T *gamma, const T *beta, int scale, T alpha,
+                                              int act, T p, int64_t B, int64_t N, double *rowacc,
+                                              int nth) {
+#define GB_ROW(r)                                                                              \
+    rowacc[r] = F(gb_activation_row)(dz + (r) * N, G + (r) * N, z + (r) * N,                   \
+                                     a ? a + (r) * N : NULL, gamma, beta, scale, alpha, act, p, N)
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1 && B > 1)
+    if (nth > 1 && B > 1) {
+#pragma omp parallel for num_threads(nth) schedule(static)
+        for (int64_t r = 0; r < B; r++) GB_ROW(r);
+    } else
 #endif
-    for (int64_t r = 0; r < B; r++) {
-        const T *g = G + r * N, *zr = z + r * N, *ar = a ? a + r * N : NULL;
-        T *d = dz + r * N;
-        double s = 0;
-        if (ar && act == GB_TANH) {
-            for (int64_t j = 0; j < N; j++) {
-                T da = scale ? g[j] * alpha : g[j];
-                d[j] = da * ((T)1 - ar[j] * ar[j]);
-            }
-        } else if (act == GB_TANH) { /* t = tanh(zl) through the array tanh, kept in d */
-            for (int64_t j = 0; j < N; j++) d[j] = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
-            F(gb_tanh)(d, d, N);
-            for (int64_t j = 0; j < N; j++) {
-                T da = scale ? g[j] * alpha : g[j];
-                d[j] = da * ((T)1 - d[j] * d[j]);
-            }
-        } else if (ar && act == GB_SIGMOID) {
-            for (int64_t j = 0; j < N; j++) {
-                T da = scale ? g[j] * alpha : g[j];
-                d[j] = da * (ar[j] * ((T)1 - ar[j]));
-            }
-        } else {
-            for (int64_t j = 0; j < N; j++) {
-                T da = scale ? g[j] * alpha : g[j];
-                T zl = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
-                d[j] = da * F(gb_dphi)(zl, act, p);
-                if (act == GB_PRELU) s += (double)(da * ((zl < 0 || zl != zl) ? zl : (T)0));
-            }
-        }
-        rowacc[r] = s;
+    {
+        (void)nth;
+        for (int64_t r = 0; r < B; r++) GB_ROW(r);
     }
+#undef GB_ROW
     double total = 0;
     if (act == GB_PRELU)
         for (int64_t r = 0; r < B; r++) total += rowacc[r];

@@ -9,7 +9,8 @@ kernels at the same time. Error codes of the C functions become exceptions.
 For wide layers the C drivers call the BLAS that SciPy ships (``dgemm``/``sgemm`` taken from
 ``scipy.linalg.cython_blas`` at import and passed into C as function pointers); narrow layers use
 the register-blocked kernels in ``csrc/``. ``GRADBENCH_C_THREADS`` sets the number of threads of
-the own kernels (default: up to 2, the machine's cores); results do not depend on it.
+the own kernels (else ``OMP_NUM_THREADS``, else up to 2, the machine's cores); results do not
+depend on it. SciPy's BLAS follows ``OPENBLAS_NUM_THREADS``.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ _ERRORS = {
 }
 _CTYPE = {np.dtype(np.float64): ("double[]", "f64"), np.dtype(np.float32): ("float[]", "f32")}
 
-# Layers at least this wide use BLAS for their three matrix products (measured on an AMD EPYC
-# with SciPy's OpenBLAS: below it the own register-blocked kernels are faster).
-BLAS_MIN_WIDTH = int(os.environ.get("GRADBENCH_C_BLAS_MIN_WIDTH", "128"))
-# B*N*N of a layer from which the own kernels use several threads.
-PAR_MIN_WORK = int(os.environ.get("GRADBENCH_C_PAR_MIN_WORK", str(64 * 64 * 48)))
+# Layers at least this wide use BLAS for their three matrix products (measured on a 2-core AMD
+# EPYC (Zen 4) with SciPy's OpenBLAS: from width 64 on it is 10-40 % faster than the own
+# register-blocked kernels, below about even; the own kernels avoid BLAS's per-call overhead
+# and thread pool for the narrow layers of very deep stacks).
+BLAS_MIN_WIDTH = int(os.environ.get("GRADBENCH_C_BLAS_MIN_WIDTH", "64"))
+# B*N*N of a layer from which the own kernels use several threads: below it a parallel region
+# (microseconds to enter, far worse when the cores are shared) costs more than it saves.
+PAR_MIN_WORK = int(os.environ.get("GRADBENCH_C_PAR_MIN_WORK", str(1 << 22)))
 
 
 def check(rc: int, what: str) -> None:
@@ -92,9 +96,10 @@ def _blas() -> tuple[int, int]:
 
 
 def _default_threads() -> int:
-    env = os.environ.get("GRADBENCH_C_THREADS")
-    if env:
-        return max(1, int(env))
+    for var in ("GRADBENCH_C_THREADS", "OMP_NUM_THREADS"):
+        env = os.environ.get(var, "").split(",")[0].strip()
+        if env.isdigit():
+            return max(1, int(env))
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
