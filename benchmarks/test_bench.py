@@ -1,9 +1,10 @@
 """Benchmarks: every implementation of gradbench's registry and every installed peer, per case.
 
 One test per (case, implementation); ``benchmark.group`` is the case id, so a group compares all
-implementations on the same work. Each test draws the case's weights once, runs the
-implementation once untimed (warm-up: JIT compilation, allocator), runs it once more to measure
-peak memory and check its numbers against the NumPy reference, and only then times it.
+implementations on the same work. The case's weights are drawn once and shared; JIT-compiled
+implementations (Numba, JAX) and the peers first run once untimed (compilation, allocator);
+then every implementation runs once to measure peak memory and to check its numbers against
+the NumPy reference (the reference's own run becomes the reference), and only then is timed.
 
 Under ``make test`` (``--benchmark-disable``) every test runs once on a tiny stand-in of its
 case (:meth:`Case.tiny`) and still checks against the reference. ``make bench-quick`` runs the
