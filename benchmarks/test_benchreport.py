@@ -57,6 +57,10 @@ def test_main_prints_tables_skips_and_draws(saved, tmp_path, capsys):
     assert "cold compile 8.50 s" in out
     assert "speed-up against the NumPy reference" in out
     assert png.stat().st_size > 1000
+    assert benchreport.main([str(saved), "--no-plot", "--markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "| case | numpy | numba | torch | jax |" in md and "| a | 2.000 s (1.00x) | 500.00 ms (4.00x)" in md
+    assert "| b | 1.000 s (1.00x) |  |  |  |" in md  # nothing ran there, and no c column
 
 
 def test_main_fails_with_a_message_on_a_bad_file(tmp_path, capsys):

@@ -139,6 +139,30 @@ def summary(cases: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def markdown(data: dict) -> str:
+    """The summary as a Markdown table: min time and speed-up vs NumPy per implementation."""
+    cases = {c: r for c, r in rows_by_case(data).items() if c != "compile"}
+    impls = []
+    for rows in cases.values():
+        for r in rows:
+            if r["impl"] not in impls:
+                impls.append(r["impl"])
+    order = [i for i in GRADBENCH if i in impls] + [i for i in impls if i not in GRADBENCH]
+    skipped = {(x["case"], x["impl"]): "failed" if x.get("failed") else "skipped" for x in data.get("skipped", [])}
+    lines = ["| case | " + " | ".join(order) + " | best gradbench vs best peer |",
+             "|---|" + "---:|" * (len(order) + 1)]
+    for case, rows in cases.items():
+        rat = ratios(rows)
+        t = {r["impl"]: r["time"] for r in rows}
+        cells = [f"{_fmt_time(t[i])} ({_fmt_ratio(rat[i]['numpy'])})" if i in t
+                 else skipped.get((case, i), "") for i in order]
+        ours = [t[i] for i in GRADBENCH if i in t]
+        theirs = [r["time"] for r in rows if r["kind"] == "peer"]
+        vs = _fmt_ratio(min(theirs) / min(ours)) if ours and theirs else "-"
+        lines.append(f"| {case} | " + " | ".join(cells) + f" | {vs} |")
+    return "\n".join(lines)
+
+
 def report(data: dict) -> str:
     cases = rows_by_case(data)
     skipped: dict[str, list[dict]] = {}
@@ -220,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("json", nargs="?", help="the JSON (default: the newest in benchmarks/results/)")
     parser.add_argument("--plot", metavar="PNG", help="where to draw the figure (default: out/<json name>.png)")
     parser.add_argument("--no-plot", action="store_true", help="tables only")
+    parser.add_argument("--markdown", action="store_true",
+                        help="also print the summary as a Markdown table (time and speed-up vs NumPy)")
     args = parser.parse_args(argv)
     path = args.json or _latest()
     if path is None:
@@ -233,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"results: {path}")
     print(report(data))
+    if args.markdown:
+        print("\n" + markdown(data))
     if not args.no_plot:
         out = args.plot or os.path.join("out", os.path.splitext(os.path.basename(path))[0] + ".png")
         written = plot(data, out)
