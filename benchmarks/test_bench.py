@@ -103,6 +103,7 @@ def _bench_backend(benchmark, case: Case, work: Case, impl: str) -> None:
           checked_call_s=seconds, rounds=rounds, check="reference", **mem,
           **({"plain_subnormal_layers": _subnormal_layers(ref, work.dtype)} if case.family == "subnormal" else {}))
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
+    _record_gflops(benchmark, work)
 
 
 def _bench_peer(benchmark, case: Case, work: Case, impl: str, base: str, options: dict) -> None:
@@ -131,6 +132,15 @@ def _bench_peer(benchmark, case: Case, work: Case, impl: str, base: str, options
     _info(benchmark, case, work, impl, "peer", first_call_s=first, checked_call_s=seconds, rounds=rounds,
           check="partial: layers in the normal float range" if partial else "reference", **mem, **more)
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
+    _record_gflops(benchmark, work)
+
+
+def _record_gflops(benchmark, work: Case) -> None:
+    """GF/s = 6 B N^2 L / time, from the minimum and the median over the rounds."""
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is not None and stats.min > 0:
+        benchmark.extra_info["gflops_min_time"] = round(work.flops / stats.min / 1e9, 4)
+        benchmark.extra_info["gflops_median_time"] = round(work.flops / stats.median / 1e9, 4)
 
 
 # ------------------------------------------------------------------ compilation, timed apart
