@@ -38,6 +38,50 @@ def _as_impl(x, like):
     return lambda x, like: np.float64(x)
 
 
+# tanh without a libm call, so that LLVM vectorises the loops that use it (5x faster than
+# math.tanh here, ~1.2x faster than NumPy's SIMD tanh). tanh|x| = E/(E + 2), E = expm1(2|x|),
+# E = 2**n (1 + expm1(r)) - 1 with r = 2|x| - n ln2 in [-0.35, 0.35] (Cody-Waite) and expm1(r)
+# by Taylor to r**13 (truncation < 1e-17). Measured against np.tanh on 1.2e6 points from
+# 1e-3 to 30 in scale: at most 3 ulp apart, as far as libm's tanh is from np.tanh.
+_POW2 = np.array([2.0**n for n in range(64)])
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e00
+
+
+@njit(**JIT)
+def tanh64(x):
+    """tanh of a float64 (see above); NaN stays NaN, -0.0 stays -0.0, |x| >= 19.1 gives +-1."""
+    y = min(2.0 * abs(x), 40.0)  # tanh(20) rounds to 1 already
+    nf = math.floor(y * _INV_LN2 + 0.5)
+    r = (y - nf * _LN2_HI) - nf * _LN2_LO
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    em1 = r + r * (r * p)
+    n = int(nf)
+    e1 = (_POW2[n] * (1.0 + em1) - 1.0) if n > 0 else em1
+    t = e1 / (e1 + 2.0)
+    if x != x:
+        return x
+    return math.copysign(t, x)
+
+
+@njit(**JIT)
+def tanh(z):
+    """tanh in z's dtype (float32: the float64 value rounded once)."""
+    return _as(tanh64(np.float64(z)), z)
+
+
 @njit(**JIT)
 def sigmoid(z):
     """1 / (1 + exp(-z)) written so that neither branch overflows (as the reference)."""
@@ -52,7 +96,7 @@ def sigmoid(z):
 def phi(z, code, p):
     """phi(z) for activation ``code``; ``p`` (float64) is its parameter (slope, alpha)."""
     if code == TANH:
-        return math.tanh(z)
+        return tanh(z)
     if code == SIGMOID:
         return sigmoid(z)
     if code == RELU:  # NaN stays NaN
@@ -85,7 +129,7 @@ def dphi(z, a, use_a, code, p):
     instead of recomputing it (sigmoid, tanh) when ``use_a`` is true."""
     one = _as(1.0, z)
     if code == TANH:
-        t = a if use_a else math.tanh(z)
+        t = a if use_a else tanh(z)
         return one - t * t
     if code == SIGMOID:
         s = a if use_a else sigmoid(z)

@@ -19,7 +19,7 @@ from numba import njit
 from gradbench.spec import CLIP_NORM, CLIP_VALUE
 
 from ._config import EXP_CLAMP, JIT, NARROW
-from .activations import PRELU, RELU, TANH, _as, dphi, phi
+from .activations import PRELU, RELU, TANH, _as, dphi, phi, tanh
 
 
 @njit(**JIT)
@@ -36,7 +36,7 @@ def _ldexp(x, e):
     """x * 2**e in x's dtype, e already clamped (exact unless the result is subnormal)."""
     if e == 0:
         return x
-    return math.ldexp(x, e)
+    return math.ldexp(x, int(e))
 
 
 # ------------------------------------------------------------------ dense
@@ -147,6 +147,16 @@ def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
 
 # ------------------------------------------------------------------ activations
 @njit(**JIT)
+def _alive(alive, z):
+    """alive[j] = some z[:, j] is not <= 0."""
+    B, N = z.shape
+    for i in range(B):
+        for j in range(N):
+            if not (z[i, j] <= 0):
+                alive[j] = True
+
+
+@njit(**JIT)
 def _activation_forward_stats(a, z, code, param, sat_threshold, alive):
     """a = phi(z); returns the number of entries with phi'(z) < sat_threshold and sets
     alive[j] = some z[:, j] > 0 (not "z <= 0", so NaN counts as alive as in the reference).
@@ -157,16 +167,16 @@ def _activation_forward_stats(a, z, code, param, sat_threshold, alive):
     nsat = 0
     for j in range(N):
         alive[j] = False
-    if code == TANH:  # phi' = 1 - a^2 from the value just computed
+    if code == TANH:  # phi' = 1 - a^2 from the value just computed; loops LLVM vectorises
         one = _as(1.0, a[0, 0])
         for i in range(B):
             for j in range(N):
-                zz = z[i, j]
-                t = math.tanh(zz)
-                a[i, j] = t
+                a[i, j] = tanh(z[i, j])
+        for i in range(B):
+            for j in range(N):
+                t = a[i, j]
                 nsat += (one - t * t) < sat_threshold
-                if not (zz <= 0):
-                    alive[j] = True
+        _alive(alive, z)
         return nsat
     if code == RELU:
         zero = _as(0.0, a[0, 0])
@@ -252,7 +262,7 @@ def normalise(g):
     if m == 0.0 or not math.isfinite(m):
         return 0
     e = np.int64(math.frexp(m)[1])
-    s = _as(math.ldexp(1.0, -e), g[0, 0])  # as the reference: 2**-e in float64, then the dtype
+    s = _as(math.ldexp(1.0, int(-e)), g[0, 0])  # as the reference: 2**-e in float64, then the dtype
     for i in range(B):
         for j in range(N):
             g[i, j] *= s
@@ -285,7 +295,7 @@ def clip_signal(g, e, mode, c):
     B, N = g.shape
     if mode == CLIP_VALUE:
         ec = np.int64(math.frexp(c)[1])
-        t = math.ldexp(c, -ec)  # c = t * 2**ec, t in [0.5, 1)
+        t = math.ldexp(c, int(-ec))  # c = t * 2**ec, t in [0.5, 1)
         m = 0.0
         for i in range(B):
             for j in range(N):
@@ -295,7 +305,7 @@ def clip_signal(g, e, mode, c):
                 if v > m:
                     m = v
         d = _clamp(e - ec)
-        if math.ldexp(m, d) > t:
+        if math.ldexp(m, int(d)) > t:
             for i in range(B):
                 for j in range(N):
                     x = np.float64(_ldexp(g[i, j], d))
@@ -307,7 +317,7 @@ def clip_signal(g, e, mode, c):
             return ec
     elif mode == CLIP_NORM:
         n = math.sqrt(sumsq(g))
-        if math.ldexp(n, _clamp(e)) > c:
+        if math.ldexp(n, int(_clamp(e))) > c:
             s = _as(c / n, g[0, 0])
             for i in range(B):
                 for j in range(N):

@@ -23,7 +23,7 @@ TOL = {
 }
 # Beyond this the free-running comparison says nothing (the chain is chaotic): only the
 # layer-by-layer checks and the backward on identical forward values are held.
-MAX_STACK_RTOL = {"float64": 1e-7, "float32": 3e-2}
+MAX_STACK_RTOL = {"float64": 1e-7, "float32": 1e-1}
 # dL/db under batch norm is 0 in exact arithmetic: what any backend returns is rounding noise,
 # bounded relative to max(|dbeta|, |dgamma|) of the same layer.
 BN_BIAS_NOISE = {"float64": 1e-9, "float32": 1e-2}
@@ -97,7 +97,7 @@ def assert_true_values(backend, what, got_m, got_e, ref_m, ref_e, rtol, *, exact
         if diff[worst] > rtol * scale:
             rel = diff[worst] / scale if scale > 0 else np.inf
             raise AssertionError(
-                f"[{backend}] {what}, layer {layer}, index {np.unravel_index(worst, np.shape(got_m)[1:] or (1,))}: "
+                f"[{backend}] {what}, layer {layer}, index {np.unravel_index(worst, np.shape(got_m)[np.ndim(got_e):] or (1,))}: "
                 f"got {g[worst]!r}, reference {r[worst]!r} (x 2**{em}); off by {rel:.3g} of the "
                 f"layer's largest |value|, tolerance {rtol:.3g}")
 
@@ -159,6 +159,11 @@ def compare_results(backend, got, ref, rtol, flips, *, exact_exponents):
                                         ref.grads.beta.mantissa, ref.grads.gamma.mantissa,
                                         ref.grads.beta.exponent, st.dtype)
             continue
+        if name == "b_in" and st.batch_norm and not st.residual:  # the same below layer 0
+            gm, rm = got.grads.b_in, ref.grads.W_in
+            assert_bias_under_batchnorm(backend, "grads.b_in", gm.mantissa[None], gm.exponent[None],
+                                        rm.mantissa[None], rm.mantissa[None], rm.exponent[None], st.dtype)
+            continue
         floor = None
         if name in ("gamma", "beta") and st.batch_norm:  # one may vanish exactly: use both
             floor = bn_param_scale(ref.grads.gamma.mantissa, ref.grads.beta.mantissa)
@@ -178,7 +183,7 @@ def compare_results(backend, got, ref, rtol, flips, *, exact_exponents):
     # the mean may cancel: measure it against the spread of the values (and vice versa)
     scale = gb.LogScaled(np.abs(ref.act_mean.mantissa) + ref.act_std.mantissa, ref.act_mean.exponent)
     _assert_against(backend, "act_mean", got.act_mean, ref.act_mean, scale, rtol)
-    assert_ls(backend, "act_std", got.act_std, ref.act_std, rtol)
+    _assert_against(backend, "act_std", got.act_std, ref.act_std, scale, rtol)
     assert_fractions(backend, "saturation", got.saturation, ref.saturation, B * N, flips)
     assert_fractions(backend, "dead", got.dead, ref.dead, N, flips)
     assert got.first_nonfinite_forward == ref.first_nonfinite_forward, (
@@ -205,10 +210,11 @@ def _assert_against(backend, what, got, ref, scale, rtol):
 
 # ------------------------------------------------------------------ growth of the chain
 def chain_growth(stack, params, x, t=None, delta=1e-10, seed=99):
-    """How much the reference's results move, relative to a relative input perturbation delta.
+    """How much rounding moves the results of the whole stack, measured with the reference alone.
 
-    Computed in float64 with the reference only (independent of the backend under test):
-    rounding errors of size eps injected along the stack are amplified by about this factor.
+    Returns (growth, kappa): the relative change of the results per relative perturbation
+    ``delta`` of the input, and the relative difference between float32 and float64 runs per
+    float32 eps (rounding injected everywhere, e.g. where batch norm cancels).
     """
     s64 = stack.replace(dtype="float64")
     p64 = gb.Params(**{n: a.astype(np.float64) for n, a in params.items()})
@@ -217,6 +223,14 @@ def chain_growth(stack, params, x, t=None, delta=1e-10, seed=99):
     rng = np.random.default_rng(seed)
     a = gb.backprop(s64, p64, x64, tt, backend="numpy")
     b = gb.backprop(s64, p64, x64 * (1 + delta * rng.choice([-1.0, 1.0], x64.shape)), tt, backend="numpy")
+    p32 = gb.Params(**{n: v.astype(np.float32) for n, v in params.items()})
+    t32 = t.astype(np.float32) if t is not None and t.dtype.kind == "f" else t
+    with np.errstate(all="ignore"):
+        c = gb.backprop(stack.replace(dtype="float32"), p32, x.astype(np.float32), t32, backend="numpy")
+    return _result_rel(a, b) / delta, _result_rel(a, c) / float(np.finfo(np.float32).eps)
+
+
+def _result_rel(a, b):
     worst = 0.0
     for ga, gb_ in ((a.grads.W, b.grads.W), (a.signal_norm, b.signal_norm), (a.output, b.output),
                     (a.input_grad, b.input_grad), (a.act_std, b.act_std)):
@@ -224,37 +238,56 @@ def chain_growth(stack, params, x, t=None, delta=1e-10, seed=99):
         mb, eb = _rows(gb_.mantissa, gb_.exponent)
         for l in range(ma.shape[0]):
             if not (np.all(np.isfinite(ma[l])) and np.all(np.isfinite(mb[l]))):
-                return np.inf
+                continue
             em = max(ea[l], eb[l])
             u, v = _ldexp(ma[l], ea[l] - em), _ldexp(mb[l], eb[l] - em)
             s = np.max(np.abs(u), initial=0.0)
             if s > 0:
                 worst = max(worst, float(np.max(np.abs(u - v)) / s))
-    return worst / delta
+    return worst
 
 
 def backward_growth(module, stack, fwd, G, top, delta=1e-10, seed=98):
-    """Relative change of the backward results per relative perturbation of the signal G.
+    """How much rounding moves the backward results, measured with the reference alone.
 
-    The backward pass is linear in G, but it can cancel (batch norm projects dy off span{1,
-    xhat}; small batches): then rounding noise is amplified by the same factor.
+    The larger of: the relative change per relative perturbation of the signal G, and the
+    relative difference between a float32 and a float64 run on the same inputs per float32
+    eps (rounding injected everywhere, e.g. where batch norm's backward cancels: it projects
+    dy off span{1, xhat}, nearly everything for small batches and widths).
     """
     rng = np.random.default_rng(seed)
     a = run_backward(module, backward_arrays(stack, fwd, G, top))
     b = run_backward(module, backward_arrays(stack, fwd, G * (1 + delta * rng.choice([-1.0, 1.0], G.shape)), top))
+    s32 = stack.replace(dtype="float32")
+    f32 = {k: (v.astype(np.float32) if v.dtype == np.float64 and k not in
+               ("fcfg", "act_mean", "act_std", "saturation", "dead") else v) for k, v in fwd.items()}
+    with np.errstate(all="ignore"):
+        c = run_backward(module, backward_arrays(s32, f32, G.astype(np.float32), top))
+    eps32 = float(np.finfo(np.float32).eps)
+    return max(_max_rel(a, b) / delta, _max_rel(a, c) / eps32)
+
+
+def _max_rel(a, b):
+    """Largest per-layer relative difference of two backward results (true values)."""
     worst = 0.0
     for name in ("dW", "G", "sig_m"):
-        ma, mb = a[name].reshape(a[name].shape[0], -1), b[name].reshape(b[name].shape[0], -1)
-        if name == "G":
-            ma, mb = ma.reshape(1, -1), mb.reshape(1, -1)
+        if name == "dW":
+            ea, eb = a["sig_e"][1:], b["sig_e"][1:]
+        elif name == "G":
+            ea, eb = a["sig_e"][:1], b["sig_e"][:1]
+        else:
+            ea, eb = a["sig_e"], b["sig_e"]
+        ma, _ = _rows(a[name], ea)
+        mb, _ = _rows(b[name], eb)
         for l in range(ma.shape[0]):
-            u, v = ma[l].astype(float), mb[l].astype(float)
+            em = max(int(ea[l]), int(eb[l]))
+            u, v = _ldexp(ma[l], int(ea[l]) - em), _ldexp(mb[l], int(eb[l]) - em)
             if not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
-                return np.inf
+                continue  # non-finite entries are compared for their pattern, not their size
             s = np.max(np.abs(u), initial=0.0)
             if s > 0:
                 worst = max(worst, float(np.max(np.abs(u - v)) / s))
-    return worst / delta
+    return worst
 
 
 # ------------------------------------------------------------------ the kernel contract
