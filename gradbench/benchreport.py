@@ -194,6 +194,7 @@ def plot(data: dict, path: str) -> str | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     cases = rows_by_case(data)
     points: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
@@ -217,6 +218,9 @@ def plot(data: dict, path: str) -> str | None:
                         linestyle="-" if impl in GRADBENCH else "--", label=impl)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            xs = sorted({p[key] for (d, _), pts in points.items() if d == dt for p in pts})
+            ax.set_xticks(xs, [f"{v:,}" for v in xs])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel(label)
             ax.set_ylabel("GF/s (6 B N^2 L / time)")
             ax.set_title(f"{dt}: GF/s against {label}")
@@ -241,23 +245,29 @@ def main(argv: list[str] | None = None) -> int:
         description="Tables (time, GF/s, speed-up vs NumPy and vs the best peer) and a GF/s figure "
                     "from a pytest-benchmark JSON saved by `make bench` or `make bench-quick`.",
     )
-    parser.add_argument("json", nargs="?", help="the JSON (default: the newest in benchmarks/results/)")
+    parser.add_argument("json", nargs="*",
+                        help="the JSON (default: the newest in benchmarks/results/); several are merged")
     parser.add_argument("--plot", metavar="PNG", help="where to draw the figure (default: out/<json name>.png)")
     parser.add_argument("--no-plot", action="store_true", help="tables only")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the summary as a Markdown table (time and speed-up vs NumPy)")
     args = parser.parse_args(argv)
-    path = args.json or _latest()
-    if path is None:
+    paths = args.json or ([_latest()] if _latest() else [])
+    if not paths:
         print("gradbench bench: no JSON given and none in benchmarks/results/: run `make bench-quick` first",
               file=sys.stderr)
         return 2
     try:
-        data = load(path)
+        parts = [load(p) for p in paths]
     except (OSError, ValueError) as exc:
-        print(f"gradbench bench: cannot read {path}: {exc}", file=sys.stderr)
+        print(f"gradbench bench: cannot read {exc.filename if isinstance(exc, OSError) else ''}: {exc}",
+              file=sys.stderr)
         return 2
-    print(f"results: {path}")
+    data = dict(parts[0])
+    data["benchmarks"] = [b for d in parts for b in d["benchmarks"]]
+    data["skipped"] = [x for d in parts for x in d.get("skipped", [])]
+    path = paths[0]
+    print(f"results: {', '.join(paths)}")
     print(report(data))
     if args.markdown:
         print("\n" + markdown(data))
