@@ -27,8 +27,17 @@ from gradbench.logscaled import LogScaled
 
 from bench_cases import Case
 
-# Relative tolerance of an implementation's loss and ||dL/dW_l|| against the reference.
+# Relative tolerance of an implementation's loss and ||dL/dW_l|| against the reference, and its
+# growth with depth: rounding differences accumulate through the chain. At L = 100,000 (N = 8)
+# float32 runs of numpy, numba and c differ from the float64 truth by 4-8 % at the bottom
+# layers (0.2 % at L = 10,000), so float32 gets max(2e-2, 1.5e-6 * L).
 RTOL = {"float64": 1e-7, "float32": 2e-2}
+DRIFT = {"float64": 1e-13, "float32": 1.5e-6}
+
+
+def tolerance(case: Case) -> float:
+    """The relative tolerance of the checks for ``case``."""
+    return max(RTOL[case.dtype], DRIFT[case.dtype] * case.depth)
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ def reference(case: Case, computed=None) -> Reference:
 
 def check_backend(name: str, case: Case, res, ref: Reference) -> None:
     """Raise AssertionError unless a gradbench backend's Result matches the reference."""
-    rtol = RTOL[case.dtype]
+    rtol = tolerance(case)
     if not np.isclose(res.loss, ref.loss, rtol=rtol, atol=0) and not (res.loss == ref.loss):
         raise AssertionError(f"{name} on {case.id}: loss {res.loss!r} != reference {ref.loss!r}")
     got, want = res.grad_norm.log10(), ref.grad_norm.log10()

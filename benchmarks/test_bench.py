@@ -28,7 +28,7 @@ from gradbench import peers
 from gradbench.backends import REGISTRY
 
 from bench_cases import CASES, Case
-from bench_harness import RTOL, check_backend, inputs, measure, reference, rounds_for, threads_info
+from bench_harness import check_backend, inputs, measure, reference, rounds_for, threads_info, tolerance
 
 # The registry drives the benchmarks: the reference first, then every other registered backend.
 BACKENDS = ["numpy"] + [name for name in REGISTRY if name != "numpy"]
@@ -100,7 +100,7 @@ def _bench_backend(benchmark, case: Case, work: Case, impl: str) -> None:
     del res
     rounds = rounds_for(seconds, benchmark.disabled)
     _info(benchmark, case, work, impl, "backend", first_call_s=first,
-          checked_call_s=seconds, rounds=rounds, check="reference", **mem,
+          checked_call_s=seconds, rounds=rounds, check="reference", rtol=tolerance(work), **mem,
           **({"plain_subnormal_layers": _subnormal_layers(ref, work.dtype)} if case.family == "subnormal" else {}))
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
     _record_gflops(benchmark, work)
@@ -122,7 +122,7 @@ def _bench_peer(benchmark, case: Case, work: Case, impl: str, base: str, options
     run()  # warm-up: JAX traces and compiles here, torch warms its allocator
     first = time.perf_counter() - t0
     got, seconds, mem = measure(run, trace_numpy=False, memory=not benchmark.disabled)
-    peers.check(impl, stack, got, ref, rtol=RTOL[work.dtype], partial=partial)
+    peers.check(impl, stack, got, ref, rtol=tolerance(work), partial=partial)
     rounds = rounds_for(seconds, benchmark.disabled)
     more = {}
     if partial:  # what the plain chain gave at the bottom: exact zeros, or tiny (subnormal) norms
@@ -130,7 +130,8 @@ def _bench_peer(benchmark, case: Case, work: Case, impl: str, base: str, options
         more = dict(plain_zero_layers=int(np.sum(got.grad_norm == 0)),
                     plain_below_normal_layers=int(np.sum((got.grad_norm > 0) & (got.grad_norm < tiny * work.width))))
     _info(benchmark, case, work, impl, "peer", first_call_s=first, checked_call_s=seconds, rounds=rounds,
-          check="partial: layers in the normal float range" if partial else "reference", **mem, **more)
+          check="partial: layers in the normal float range" if partial else "reference",
+          rtol=tolerance(work), **mem, **more)
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
     _record_gflops(benchmark, work)
 
