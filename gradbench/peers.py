@@ -7,8 +7,8 @@ run reports and that a benchmark compares:
     grad_norm[l]  ||dL/dW_l||_F                   for l = 0..L-1
 
 by plain framework autograd: no rescaling, so a peer is only comparable where nothing under- or
-overflows the dtype (see :func:`representable`). Gradients of b, gamma and beta are computed
-too (as in training), so a peer does the same work as gradbench. :func:`check` compares a
+overflows the dtype (see :func:`representable`). Gradients of b (and of gamma and beta under
+batch norm) are computed too, as in training, so a peer does the same work as gradbench. :func:`check` compares a
 peer's numbers with the NumPy reference; benchmarks call it before timing a peer.
 
 Peers cover what the benchmark cases use: tanh, sigmoid, relu, identity; batch norm (train
