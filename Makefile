@@ -53,16 +53,17 @@ bench: $(VENV)/.installed-test
 	GRADBENCH_BENCH_BUDGET=5 $(BENCH_RUN) -m "not slow" --benchmark-json=benchmarks/results/bench.json $(BENCH_ARGS); \
 	rc=$$?; $(PY) -m gradbench.benchreport benchmarks/results/bench.json; exit $$rc
 
-# The C kernels under AddressSanitizer and UBSan: a copy of the package built in place in
-# build/asan (the normal build is untouched), run on tests/test_c.py and the C part of the
-# cross-check suite with libasan preloaded into the Python interpreter.
+# The C kernels under AddressSanitizer and UBSan: the extension built again in build/asan (the
+# normal build is untouched) and put first on gradbench's package path, then tests/test_c.py and
+# the C part of the cross-check suite, with libasan preloaded into the Python interpreter.
 ASAN_CFLAGS := -O1 -g -std=c11 -fno-math-errno -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 asan: $(VENV)/.installed-test
-	rm -rf build/asan && mkdir -p build/asan
-	cp -r gradbench csrc build/asan/ && rm -f build/asan/gradbench/_ckernels*.so
+	rm -rf build/asan && mkdir -p build/asan/gradbench
+	cp -r csrc build/asan/ && cp gradbench/_cbuild.py build/asan/gradbench/
 	GRADBENCH_CFLAGS="$(ASAN_CFLAGS)" $(PY) build/asan/gradbench/_cbuild.py > build/asan/build.log 2>&1 || (cat build/asan/build.log; exit 1)
-	ls build/asan/gradbench/_ckernels*.so
-	PYTHONPATH=build/asan LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_c.py tests/test_crosscheck.py -k "not numba"
+	$(PY) -c "import sys, gradbench; gradbench.__path__.insert(0, 'build/asan/gradbench'); \
+	import gradbench._ckernels as k; print('C kernels under test:', k.__file__); assert 'build/asan' in k.__file__; \
+	import pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_c.py', 'tests/test_crosscheck.py', '-k', 'not numba']))"
