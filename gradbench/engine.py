@@ -547,9 +547,39 @@ class _Layers:
 
 # ------------------------------------------------------------------ streaming statistics
 def _histogram(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, top, counts, below, zeros, nonfinite):
-    """Fill the GradHistogram rows of the layers of dW (m, N, N) with exponents e (m,)."""
+    """Fill the GradHistogram rows of the layers of dW (m, N, N) with exponents e (m,).
+
+    bin = floor(log10|m| * per_decade + e * log10(2) * per_decade), from the mantissa m and
+    the int64 exponent e, so nothing underflows; one log10 per entry, in place.
+    """
     m = dW.shape[0]
     a = np.abs(dW.reshape(m, -1), dtype=np.float64)
+    amax = a.max(axis=1)
+    if not np.all(np.isfinite(amax)):
+        return _histogram_nonfinite(a, e, per_decade, bins, top, counts, below, zeros, nonfinite)
+    n = a.shape[1]
+    zeros[:] = n - np.count_nonzero(a, axis=1)
+    nonfinite[:] = 0
+    with np.errstate(divide="ignore"):
+        np.log10(a, out=a)  # zeros give -inf
+    a *= per_decade
+    a += (e * (LOG10_2 * per_decade))[:, None]
+    np.floor(a, out=a)
+    t = a.max(axis=1)
+    t[~np.isfinite(t)] = 0.0  # layers of zeros only
+    top[:] = t.astype(np.int64)
+    a -= (t - bins)[:, None]  # column 1..bins inside the window, <= 0 below it (zeros: -inf)
+    np.clip(a, 0, bins, out=a)
+    idx = a.astype(np.int64)
+    idx += (np.arange(m, dtype=np.int64) * (bins + 1))[:, None]
+    c = np.bincount(idx.ravel(), minlength=m * (bins + 1)).reshape(m, bins + 1)
+    counts[:] = c[:, 1:]
+    below[:] = c[:, 0] - zeros
+
+
+def _histogram_nonfinite(a, e, per_decade, bins, top, counts, below, zeros, nonfinite):
+    """:func:`_histogram` for segments with NaN or Inf entries (which are counted apart)."""
+    m = a.shape[0]
     zeros[:] = np.count_nonzero(a == 0, axis=1)
     fin = np.isfinite(a)
     nonfinite[:] = a.shape[1] - np.count_nonzero(fin, axis=1)

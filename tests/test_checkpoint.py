@@ -159,9 +159,14 @@ def test_stats_only_equals_plain_statistics(backend):
 
 def _check_histogram(h, W, per_decade=4, bins=40):
     """The streamed histograms against an independent count from the full gradients."""
-    v = W.log10().reshape(len(W), -1)  # exact log10 |dW| from mantissa and exponent
+    with np.errstate(invalid="ignore"):
+        v = W.log10().reshape(len(W), -1)  # exact log10 |dW| from mantissa and exponent
     for l in range(len(W)):
         finite = np.isfinite(v[l])
+        assert h.nonfinite[l] == np.sum(~np.isfinite(W.mantissa[l]))
+        if not finite.any():
+            assert h.top[l] == 0 and h.counts[l].sum() == 0 and h.below[l] == 0
+            continue
         j = np.floor(v[l][finite] * per_decade).astype(np.int64)
         top = j.max()
         assert h.top[l] == top
@@ -171,6 +176,46 @@ def _check_histogram(h, W, per_decade=4, bins=40):
         assert h.below[l] == np.sum(j < lo)
         assert h.zeros[l] == np.sum(W.mantissa[l] == 0)
         np.testing.assert_allclose(h.edges(l)[[0, -1]], [lo / per_decade, (top + 1) / per_decade])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sigma_w", [1e12, 1.5])
+def test_histogram_with_nonfinite_and_zero_gradients(backend, sigma_w):
+    # relu, a bias, batch 1: dead units give exact zeros in dW; with a huge init the forward
+    # overflows and every gradient turns NaN
+    stack = gb.Stack(depth=40, width=6, activation="relu", init="he_normal", sigma_w=sigma_w, sigma_b=1.0)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 1, 1)
+    ref = gb.backprop(stack, params, x, backend=backend)
+    got = gb.backprop(stack, params, x, backend=backend, stats_only=True, checkpoint=8)
+    if sigma_w > 1e6:
+        assert ref.first_nonfinite_forward is not None and np.all(np.isnan(ref.grads.W.mantissa))
+    else:
+        assert np.all(np.isfinite(ref.grads.W.mantissa)) and np.sum(ref.grads.W.mantissa == 0) > 100
+    assert_bitwise(got, ref, grads=False)
+    _check_histogram(got.grad_hist, ref.grads.W)
+
+
+def test_histogram_of_a_segment_with_every_kind_of_entry():
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((5, 6, 6)) * 10.0 ** rng.uniform(-20, 0, (5, 6, 6))
+    m[1, 0, :3] = [np.nan, np.inf, -np.inf]
+    m[2] = 0.0
+    m[3, 2] = 0.0
+    m[4, 0, 0] = 5e-324  # subnormal
+    W = gb.LogScaled(m, np.array([0, -3000, 7, 10**6, -(10**6)]))
+    h = {k: np.zeros(5, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
+    counts = np.zeros((5, 40), np.uint16)
+    engine._histogram(m, W.exponent, 4, 40, h["top"], counts, h["below"], h["zeros"], h["nonfinite"])
+    _check_histogram(engine.GradHistogram(per_decade=4, bins=40, counts=counts, **h), W)
+    assert list(h["nonfinite"]) == [0, 3, 0, 0, 0] and list(h["zeros"]) == [0, 0, 36, 6, 0]
+    assert h["below"][4] >= 1
+    # the same finite layers alone take the fast path (no NaN/Inf in the segment)
+    h2 = {k: np.zeros(3, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
+    c2 = np.zeros((3, 40), np.uint16)
+    engine._histogram(m[2:], W.exponent[2:], 4, 40, h2["top"], c2, h2["below"], h2["zeros"], h2["nonfinite"])
+    np.testing.assert_array_equal(c2, counts[2:])
+    for k in h2:
+        np.testing.assert_array_equal(h2[k], h[k][2:], err_msg=k)
 
 
 def test_histogram_dense_grid_and_underflowing_gradients():
