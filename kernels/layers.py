@@ -18,7 +18,7 @@ from numba import njit
 
 from gradbench.spec import CLIP_NORM, CLIP_VALUE
 
-from ._config import EXP_CLAMP, JIT, NARROW
+from ._config import EXP_CLAMP, JIT
 from .activations import PRELU, RELU, TANH, _as, dphi, phi, tanh
 
 
@@ -40,10 +40,23 @@ def _ldexp(x, e):
 
 
 # ------------------------------------------------------------------ dense
-# Two paths chosen by width (measured, float64, fwd+bwd of one layer, best of 5, this machine):
-#   N=32  B=16: loops 9 us   np.dot 14 us     N=64  B=64:  loops 75 us  np.dot 60 us
-#   N=128 B=64: loops 0.30 ms np.dot 0.22 ms  N=512 B=256: loops 20 ms  np.dot 5 ms
-# (see the final report; NARROW in _config.py).
+# Two paths chosen by width: explicit loops for N <= NARROW, np.dot (BLAS, through SciPy's
+# OpenBLAS) above. Measured (float64, one layer, best of 5, 2-core AMD EPYC with AVX2/FMA,
+# shared and loaded; fwd = dense_forward, bwd = dense_backward, microseconds):
+#     N   B  | loops fwd  bwd | np.dot fwd  bwd | loops + fastmath reassoc/contract fwd
+#     4   4  |      0.0   0.2 |        0.1  0.2 |   0.0
+#     8   4  |      0.1   0.2 |        0.2  0.1 |   0.1
+#    12   8  |      0.6   0.9 |        0.3  0.4 |   0.2
+#    16  16  |      2.0   3.0 |        0.8  0.6 |   1.1
+#    32  16  |      6.6   8.3 |        0.9  1.5 |   1.4
+#    64  64  |    132.9  83.4 |       16.6 20.5 |  32.2
+# BLAS wins from N ~ 12 up, so the loops serve only the very narrow stacks (N <= 8), where
+# a call into BLAS costs more than the work. A parallel (prange) path was not added: for
+# wide layers the time is in BLAS, which already uses both cores, and the elementwise work
+# (one vectorised tanh per entry) is a few percent of it.
+NARROW = 8
+
+
 @njit(**JIT)
 def dense_forward(z, h, W, b):
     """z = h W^T + b.    z (B,N), h (B,D), W (N,D), b (N,)"""
