@@ -165,7 +165,7 @@ def check_problem(backend, stack, params, x, t=None, *, max_chunks=24, seed=0):
 def stacks(draw):
     dtype = draw(st.sampled_from(["float64", "float64", "float32"]))
     activation = draw(st.sampled_from(gb.ACTIVATIONS))
-    kind = draw(st.sampled_from(["tiny"] * 10 + ["medium"] * 4 + ["deep"]))
+    kind = draw(st.sampled_from(["tiny"] * 12 + ["medium"] * 5 + ["deep"]))
     if kind == "tiny":
         depth = draw(st.integers(1, 6))
         width = draw(st.one_of(st.integers(1, 24), st.integers(25, 256)))
@@ -202,7 +202,7 @@ def stacks(draw):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+@settings(max_examples=30, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=stacks())
 def test_random_stacks_agree_with_reference(backend, case):
@@ -298,13 +298,13 @@ def test_batch_of_one(backend, dtype):
 def test_3000_layer_sigmoid_exponents_agree_where_float64_underflows(backend):
     stack = gb.Stack(depth=3000, width=4, activation="sigmoid", init="xavier_normal")
     params, x, _ = problem(stack, batch=2, seed=6)
-    ref = gb.backprop(stack, params, x, backend="numpy")
+    growth = check_problem(backend, stack, params, x, max_chunks=8)
+    assert growth[0] < 1e3  # an ordered chain: the free-running comparison was held
+    ref = _reference_side(stack, params, x, None, 0, 8)["ref"]
     got = gb.backprop(stack, params, x, backend=backend)
     assert ref.grad_norm.log10()[0] < -400  # far below float64's smallest number
     assert_equal_ints(backend, "signal_norm exponents", got.signal_norm.exponent, ref.signal_norm.exponent)
     assert_equal_ints(backend, "grads.W exponents", got.grads.W.exponent, ref.grads.W.exponent)
-    growth = check_problem(backend, stack, params, x, max_chunks=16)
-    assert growth[0] < 1e3  # an ordered chain: the free-running comparison was held
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
