@@ -514,35 +514,89 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
 
 
 # ------------------------------------------------------------------ per-segment parameters
+# Generated weights of the next segment are drawn in a helper thread while the backend runs
+# the current one (NumPy's generators and the backends release the GIL); results are the same.
+PREFETCH = True
+
+
 class _Layers:
-    """The parameters of layers [s, e): views of stored Params, or generated into buffers."""
+    """The parameters of layers [s, e): views of stored Params, or generated into buffers.
+
+    Generated weights use two buffers: :meth:`prefetch` fills the spare one in a helper thread
+    (one thread, so generation never runs twice at once) while the caller computes with the
+    other; :meth:`get` waits for it. ``seconds`` is the time the caller waited for generation,
+    ``cpu_seconds`` the time spent generating.
+    """
 
     def __init__(self, params, stack: Stack, seg: int):
         self.params = params
         self.generated = isinstance(params, GeneratedParams)
         self.seconds = 0.0
-        self.span = None
+        self.cpu_seconds = 0.0
+        self.pool = None
         if self.generated:
             N, dt = stack.width, stack.np_dtype
-            self.W = np.empty((seg, N, N), dtype=dt)
-            self.b = np.empty((seg, N), dtype=dt)
+            self.buffers = [(np.empty((seg, N, N), dtype=dt), np.empty((seg, N), dtype=dt)) for _ in range(2)]
+            self.spans = [None, None]  # the (s, e) each buffer holds (or will hold: pending)
+            self.current = 0
+            self.pending = None  # (buffer index, future)
             self.consts = None
+
+    def _fill(self, i: int, s: int, e: int) -> None:
+        t = time.perf_counter()
+        W, b = self.buffers[i]
+        self.params.weights(s, e, out=W[:e - s])
+        self.params.biases(s, e, out=b[:e - s])
+        self.cpu_seconds += time.perf_counter() - t
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            t = time.perf_counter()
+            self.pending[1].result()
+            self.seconds += time.perf_counter() - t
+            self.pending = None
+
+    def prefetch(self, s: int, e: int) -> None:
+        """Start generating layers [s, e) into the buffer not in use (no-op for stored params)."""
+        if not (self.generated and PREFETCH):
+            return
+        self._wait()
+        i = 1 - self.current
+        if self.spans[i] == (s, e):
+            return
+        if self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="gradbench-weights")
+        self.spans[i] = (s, e)
+        self.pending = (i, self.pool.submit(self._fill, i, s, e))
 
     def get(self, s: int, e: int):
         p = self.params
         if not self.generated:
             return p.W[s:e], p.b[s:e], p.gamma[s:e], p.beta[s:e], p.slope[s:e]
         m = e - s
-        if self.span != (s, e):  # the last segment of the forward is the first of the backward
-            t = time.perf_counter()
-            p.weights(s, e, out=self.W[:m])
-            p.biases(s, e, out=self.b[:m])
-            self.seconds += time.perf_counter() - t
-            self.span = (s, e)
+        self._wait()
+        if self.spans[self.current] != (s, e):  # the forward's last segment is the backward's first
+            i = 1 - self.current
+            if self.spans[i] != (s, e):  # not prefetched
+                t = time.perf_counter()
+                self._fill(i, s, e)
+                self.seconds += time.perf_counter() - t
+                self.spans[i] = (s, e)
+            self.current = i
         if self.consts is None or len(self.consts[2]) != m:
             self.consts = p.constants(0, m)
+        W, b = self.buffers[self.current]
         gamma, beta, slope = self.consts
-        return self.W[:m], self.b[:m], gamma, beta, slope
+        return W[:m], b[:m], gamma, beta, slope
+
+    def close(self) -> None:
+        if self.generated:
+            self._wait()
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
 
 
 # ------------------------------------------------------------------ streaming statistics
@@ -656,13 +710,24 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
     generated = isinstance(params, GeneratedParams)
     plan = plan_run(stack, B, checkpoint=checkpoint, stats_only=stats_only, generated=generated,
                     memory_budget=memory_budget, hist_bins=hist_bins)
+    rescale = can_rescale_forward(stack, params)
+    layers = _Layers(params, stack, plan.segment)
+    try:
+        return _run(stack, params, x, targets, impl, name, plan, layers, rescale, hist_bins, hist_per_decade,
+                    t_start)
+    finally:
+        layers.close()
+
+
+def _run(stack, params, x, targets, impl, name, plan, layers, rescale, hist_bins, hist_per_decade, t_start):
+    """The pass itself (:func:`backprop` has validated and planned)."""
+    L, N, B = stack.depth, stack.width, x.shape[0]
     seg = plan.segment
     segments = [(s, min(s + seg, L)) for s in range(0, L, seg)]
     dt = stack.np_dtype
-    rescale = can_rescale_forward(stack, params)
     icfg, fcfg = spec.kernel_config(stack, rescale)
-    layers = _Layers(params, stack, seg)
     seconds = dict(forward=0.0, backward=0.0, generate=0.0, stats=0.0)
+    generated = isinstance(params, GeneratedParams)
 
     # ---------------------------------------------------------------- forward
     t = time.perf_counter()
@@ -693,6 +758,8 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
 
     for j, (s, e) in enumerate(segments):
         W, b, gamma, beta, slope = layers.get(s, e)
+        if j + 1 < len(segments):
+            layers.prefetch(*segments[j + 1])
         Hs, Zs, ms, rs = seg_arrays(j, s, e)
         if plan.recompute:
             Hs[0] = ckpt[j]
@@ -755,6 +822,8 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
         s, e = segments[j]
         m = e - s
         W, b, gamma, beta, slope = layers.get(s, e)
+        if j > 0:
+            layers.prefetch(*segments[j - 1])
         Hs, Zs, ms, rs = seg_arrays(j, s, e)
         if plan.recompute and j != last:  # the top segment's activations are still in H, Z
             if scratch is None:
@@ -791,6 +860,7 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
             seconds["stats"] += time.perf_counter() - ts
     seconds["backward"] = time.perf_counter() - t - seconds["stats"]
     seconds["generate"] = layers.seconds
+    seconds["generate_cpu"] = layers.cpu_seconds
 
     # ---------------------------------------------------------------- the Result
     e_param, e_weight = sig_e[1:], sig_e[1:] + fexp[:-1]
