@@ -31,7 +31,8 @@ def _close(what, got, ref, dtype):
     inf = ~fin & ~np.isnan(ref) & (got != ref)
     assert not inf.any(), f"{what}, index {np.argwhere(inf)[0]}: got {got[inf][0]}, reference {ref[inf][0]}"
     scale = np.max(np.abs(ref[fin]), initial=0.0)
-    diff = np.where(fin, np.abs(got - ref), 0.0)
+    with np.errstate(invalid="ignore"):
+        diff = np.where(fin, np.abs(got - ref), 0.0)
     i = np.unravel_index(np.argmax(diff), diff.shape) if diff.size else ()
     assert diff.size == 0 or diff[i] <= RTOL[dtype] * scale, (
         f"{what}, index {i}: got {got[i]!r}, reference {ref[i]!r}, off by {diff[i] / scale:.3g} of max |ref|")
