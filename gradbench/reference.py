@@ -174,8 +174,23 @@ def normalise(g: np.ndarray) -> int:
     if m == 0 or not np.isfinite(m):
         return 0
     e = int(np.frexp(m)[1])
-    g *= np.asarray(np.ldexp(1.0, -e), dtype=g.dtype)
+    scale_pow2(g, -e)
     return e
+
+
+def scale_pow2(g: np.ndarray, k: int) -> None:
+    """g *= 2**k in place, exactly, for k >= 0 or values that stay normal.
+
+    When 2**k itself is not a finite number of g's dtype (k > 1023 in float64, > 127 in
+    float32: a subnormal max|g| being normalised) it is applied in two exact steps.
+    """
+    top = np.finfo(g.dtype).maxexp - 1
+    if k <= top:
+        g *= np.asarray(np.ldexp(1.0, k), dtype=g.dtype)
+    else:
+        k1 = k // 2
+        g *= np.asarray(np.ldexp(1.0, k1), dtype=g.dtype)
+        g *= np.asarray(np.ldexp(1.0, k - k1), dtype=g.dtype)
 
 
 def _ldexp(x: np.ndarray, e: int) -> np.ndarray:

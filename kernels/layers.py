@@ -275,10 +275,20 @@ def normalise(g):
     if m == 0.0 or not math.isfinite(m):
         return 0
     e = np.int64(math.frexp(m)[1])
-    s = _as(math.ldexp(1.0, int(-e)), g[0, 0])  # as the reference: 2**-e in float64, then the dtype
+    # as the reference: 2**-e in float64, then the dtype; in two exact steps when 2**-e is not
+    # a finite number of the dtype (a subnormal max|g|)
+    top = 1023 if g.itemsize == 8 else 127
+    k = int(-e)
+    k1 = k if k <= top else k // 2
+    s1 = _as(math.ldexp(1.0, k1), g[0, 0])
+    s2 = _as(math.ldexp(1.0, k - k1), g[0, 0])
     for i in range(B):
         for j in range(N):
-            g[i, j] *= s
+            g[i, j] *= s1
+    if k1 != k:
+        for i in range(B):
+            for j in range(N):
+                g[i, j] *= s2
     return e
 
 

@@ -98,3 +98,23 @@ def test_10000_layer_tanh_has_finite_exact_norms_everywhere():
     assert np.all(np.isfinite(res.grad_norm.log10()))
     assert np.all(np.isfinite(res.signal_norm.log10()))
     assert res.first_nonfinite_forward is None and res.first_nonfinite_backward is None
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+@pytest.mark.parametrize("dtype,w", [("float32", -95.0), ("float64", -720.0)])
+def test_subnormal_signal_is_normalised_exactly(backend, dtype, w):
+    """A layer whose derivative is subnormal: 2**-e is not a finite number of the dtype, so
+    the backends must scale in two steps instead of multiplying by inf."""
+    stack = gb.Stack(depth=2, width=1, activation="sigmoid", dtype=dtype)
+    params = gb.init_params(stack, 0)
+    params.W[0, 0, 0], params.W[1, 0, 0] = w, 1.0
+    res = gb.backprop(stack, params, np.ones((1, 1), dtype=dtype), backend=backend)
+    assert res.first_nonfinite_backward is None
+    # closed form in log space: dL/dx = h2 * s'(z1) * 1 * s'(z0) * w with z0 = w, z1 = s(w)
+    s = lambda z: 0.5 * (1 + math.tanh(z / 2))  # noqa: E731
+    h1 = s(w)
+    h2 = s(h1)
+    log_ds0 = w / math.log(10) - 2 * math.log10(1 + math.exp(w))  # log10 s'(w) for w << 0
+    expected = math.log10(h2) + math.log10(s(h1) * (1 - s(h1))) + log_ds0 + math.log10(abs(w))
+    got = res.input_grad.log10()[0, 0]
+    assert got == pytest.approx(expected, abs=1e-5 if dtype == "float32" else 1e-9)
