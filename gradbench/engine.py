@@ -275,20 +275,19 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
     With the defaults, a plain run: activations H, Z (2L+1)*B*N, weights and gradients 2*L*N^2
     and the per-layer vectors. ``checkpoint=k``: the L/k checkpoints and one segment's H, Z
     instead of all activations. ``stats_only``: no gradient arrays (one segment's worth) and
-    O(L) statistics. ``generated``: one segment of weights instead of all of them (with
-    ``checkpoint=None`` all weights are generated into memory at once).
+    O(L) statistics. ``generated``: one segment of weights (two buffers) instead of all of them.
     """
     L, N = stack.depth, stack.width
     item = stack.np_dtype.itemsize
     B = batch
-    seg = checkpoint if checkpoint is not None else (default_segment(stack) if stats_only else L)
+    seg = checkpoint if checkpoint is not None else (default_segment(stack) if stats_only or generated else L)
     layer_vectors = 4 * N + 1  # b, gamma, beta (L, N) and slope (L,)
     if checkpoint is None:
         acts = (2 * L + 1) * B * N + 2 * L * N
     else:
         acts = (L // checkpoint + 2) * B * N + (2 * seg + 1) * B * N + 2 * seg * N
-    if generated and checkpoint is not None:
-        weights = seg * (N * N + layer_vectors)
+    if generated:
+        weights = 2 * seg * (N * N + layer_vectors)
     else:
         weights = L * (N * N + layer_vectors)
     grads = seg if stats_only else L
@@ -491,7 +490,7 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
     if need > limit:
         options = []
         for so, gen, label in ((False, generated, ""), (True, generated, "stats_only=True"),
-                               (True, True, "stats_only=True with gradbench.weights.GeneratedParams(stack, seed)")):
+                               (True, True, "stats_only=True and params=gradbench.weights.GeneratedParams(stack, seed)")):
             for c2 in (k_auto, None):
                 if (so, gen, c2) == (stats_only, generated, ck):
                     continue
