@@ -11,15 +11,17 @@ Quick start::
 """
 
 from gradbench.backends import backend_status, backends
-from gradbench.engine import Grads, Result, backprop
+from gradbench.engine import GradHistogram, Grads, Result, backprop
 from gradbench.logscaled import LogScaled, UnderflowWarning
 from gradbench.params import Params, gaussian_input, init_params
 from gradbench.spec import ACTIVATIONS, INITS, LOSSES, Stack
+from gradbench.weights import GeneratedParams
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "INITS", "LOSSES", "Grads", "LogScaled", "Params", "Result", "Stack",
+    "ACTIVATIONS", "INITS", "LOSSES", "GeneratedParams", "GradHistogram", "Grads", "LogScaled",
+    "Params", "Result", "Stack",
     "UnderflowWarning", "backend_status", "backends", "backprop", "gaussian_input", "init_params",
 ]
 

@@ -172,22 +172,38 @@ def random_targets(stack: Stack, batch: int, seed: int):
     return rng.standard_normal((batch, stack.output_dim)).astype(stack.np_dtype)
 
 
-def run_stack(stack: Stack, batch: int, seed: int, backend: str, label: str = ""):
+def run_stack(stack: Stack, batch: int, seed: int, backend: str, label: str = "", *,
+              stats_only: bool = False, checkpoint="auto"):
     """Parameters, input and targets from ``seed``; one backprop with a notice if it is slow.
 
-    Returns ``(result, params)``.
+    ``stats_only``: weights generated per layer (never stored) and per-layer statistics only,
+    for depths whose weights or gradients do not fit in memory; a progress bar follows the
+    segments. Returns ``(result, params)``.
     """
     import gradbench as gb
+    from gradbench.weights import GeneratedParams
 
     if isinstance(batch, bool) or batch < 1:
         raise UsageError(f"--batch must be >= 1, got {batch}")
     concrete = resolve_backend(backend)
-    params = gb.init_params(stack, seed)
+    params = GeneratedParams(stack, seed) if stats_only else gb.init_params(stack, seed)
     x = gb.gaussian_input(stack, batch, seed=np.random.default_rng([seed, 1]))
     t = random_targets(stack, batch, seed)
     desc = f"backprop {label + ' ' if label else ''}(depth {stack.depth}, width {stack.width}, {concrete})"
-    with Spinner(desc):
-        return gb.backprop(stack, params, x, t, backend=concrete), params
+    if not stats_only and checkpoint == "auto":
+        with Spinner(desc):
+            return gb.backprop(stack, params, x, t, backend=concrete), params
+    from tqdm import tqdm
+
+    with tqdm(total=None, desc=desc + " forward+backward", unit="seg", file=sys.stderr,
+              disable=None, mininterval=1.0) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        res = gb.backprop(stack, params, x, t, backend=concrete, stats_only=stats_only,
+                          checkpoint=checkpoint, progress=progress)
+    return res, params
 
 
 def _payload(**kw) -> dict:
@@ -204,9 +220,11 @@ def cmd_run(args) -> int:
     _check_json_path(args.out)
     stack = stack_from_args(args)
     t0 = time.perf_counter()
-    res, params = run_stack(stack, args.batch, args.seed, args.backend)
+    checkpoint = "auto" if args.checkpoint is None else (None if args.checkpoint == 0 else args.checkpoint)
+    res, params = run_stack(stack, args.batch, args.seed, args.backend, stats_only=args.stats_only,
+                            checkpoint=checkpoint)
     with Spinner("diagnosing"):
-        d = diagnose(res, params, bins=args.bins)
+        d = diagnose(res, None if args.stats_only else params, bins=args.bins)
     print(format_report(d, rows=args.rows))
     print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed})")
     if args.out:
@@ -558,6 +576,7 @@ examples:
   gradbench run --depth 100000 --width 16 --activation sigmoid --out deep.json
   gradbench run --depth 30 --width 32 --activation relu --init he_normal --plot flow.png --hist hist.png
   gradbench run --depth 20 --width 16 --activation tanh --sigma-w 3 --clip norm --clip-on signal
+  gradbench run --depth 1000000 --width 64 --batch 64 --activation tanh --init he_normal --stats-only --plot flow.png
 """, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stack_args(p)
     common(p)
@@ -565,6 +584,12 @@ examples:
     p.add_argument("--plot", help="write the gradient-flow plot (.png, .svg or .pdf)")
     p.add_argument("--hist", help="write the per-layer histogram heat map")
     p.add_argument("--rows", type=int, default=12, help="layers shown in the table (default 12)")
+    p.add_argument("--stats-only", action="store_true",
+                   help="generated weights (never stored) and per-layer statistics only: "
+                        "for 10^5-10^6 layers, memory O(sqrt(L) B N)")
+    p.add_argument("--checkpoint", type=int, default=None, metavar="K",
+                   help="store every K-th activation and recompute the rest (0: never; "
+                        "default: only when the plain run would not fit)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="several activations / remedies side by side at one depth", epilog="""\

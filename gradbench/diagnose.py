@@ -261,6 +261,41 @@ def histograms(W, bins: int = 40, hist_range: tuple[float, float] | None = None,
     return edges, counts, zeros, nonfinite, outside
 
 
+def rebin_streaming(hist, bins: int = 40, hist_range: tuple[float, float] | None = None,
+                    chunk: int = 65536):
+    """The streaming histograms of a ``stats_only`` run (:class:`gradbench.engine.GradHistogram`)
+    on ``bins`` common bins, as :func:`histograms` returns them.
+
+    Each fine bin (1 / per_decade decades, exact) goes whole into the common bin that holds its
+    centre; the default range is the floor and ceil of the fine windows over all layers.
+    """
+    L, wb, pd = len(hist.top), hist.bins, hist.per_decade
+    has = hist.counts.sum(axis=1) > 0
+    if hist_range is None:
+        if has.any():
+            lo = math.floor(float((hist.top[has] - wb + 1).min()) / pd)
+            hi = math.ceil(float(hist.top[has].max() + 1) / pd)
+        else:
+            lo, hi = -1.0, 0.0
+    else:
+        lo, hi = map(float, hist_range)
+        if not hi > lo:
+            raise ValueError(f"hist_range must be (lo, hi) with hi > lo, got {hist_range}")
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = np.zeros((L, bins), dtype=np.int64)
+    outside = hist.below.astype(np.int64).copy()
+    for a in range(0, L, chunk):
+        b = min(L, a + chunk)
+        centre = (hist.top[a:b, None] - wb + 1 + np.arange(wb)[None, :] + 0.5) / pd
+        col = np.floor((centre - lo) / (hi - lo) * bins).astype(np.int64)
+        c = hist.counts[a:b].astype(np.int64)
+        inside = (col >= 0) & (col < bins)
+        rows = np.broadcast_to(np.arange(a, b)[:, None], col.shape)
+        np.add.at(counts, (rows[inside], col[inside]), c[inside])
+        outside[a:b] += np.where(inside, 0, c).sum(axis=1)
+    return edges, counts, hist.zeros.astype(np.int64), hist.nonfinite.astype(np.int64), outside
+
+
 def diagnose(res, params=None, *, bins: int = 40, hist_range: tuple[float, float] | None = None,
              threshold: float = 2.0, big_ratio: float = 10.0) -> Diagnosis:
     """Statistics and a verdict from a :class:`~gradbench.Result`.
@@ -299,7 +334,12 @@ def diagnose(res, params=None, *, bins: int = 40, hist_range: tuple[float, float
         act_mean_log10 = res.act_mean.log10()
     fit = np.where(np.isfinite(g), g, np.nan)
     slope, intercept = slope_fit(fit)
-    edges, counts, zeros, nonfinite, outside = histograms(res.grads.W, bins, hist_range)
+    if res.grads is not None:
+        edges, counts, zeros, nonfinite, outside = histograms(res.grads.W, bins, hist_range)
+    elif getattr(res, "grad_hist", None) is not None:  # a stats_only run: its streaming histograms
+        edges, counts, zeros, nonfinite, outside = rebin_streaming(res.grad_hist, bins, hist_range)
+    else:
+        raise ValueError("the result has neither gradients nor gradient histograms to diagnose")
     limits = float_limits(g, slope)
     w = np.zeros(0)
     if params is not None:

@@ -657,7 +657,8 @@ def _histogram_nonfinite(a, e, per_decade, bins, top, counts, below, zeros, nonf
 # ------------------------------------------------------------------ the pass
 def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targets=None, *,
              backend: str = "auto", checkpoint="auto", stats_only: bool = False,
-             memory_budget: int | None = None, hist_bins: int = 40, hist_per_decade: int = 4) -> Result:
+             memory_budget: int | None = None, hist_bins: int = 40, hist_per_decade: int = 4,
+             progress=None) -> Result:
     """Forward and backward through ``stack``, exact at any depth.
 
     Parameters
@@ -687,6 +688,9 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
         beyond which a run is refused (MemoryError naming the options that fit).
     hist_bins, hist_per_decade : int
         The window and resolution of ``grad_hist`` (stats_only); ``hist_bins=0`` skips it.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after every segment of the forward and the backward
+        pass (``total`` = twice the number of segments), e.g. to drive a progress bar.
 
     Returns
     -------
@@ -713,12 +717,13 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
     layers = _Layers(params, stack, plan.segment)
     try:
         return _run(stack, params, x, targets, impl, name, plan, layers, rescale, hist_bins, hist_per_decade,
-                    t_start)
+                    t_start, progress)
     finally:
         layers.close()
 
 
-def _run(stack, params, x, targets, impl, name, plan, layers, rescale, hist_bins, hist_per_decade, t_start):
+def _run(stack, params, x, targets, impl, name, plan, layers, rescale, hist_bins, hist_per_decade, t_start,
+         progress=None):
     """The pass itself (:func:`backprop` has validated and planned)."""
     L, N, B = stack.depth, stack.width, x.shape[0]
     seg = plan.segment
@@ -755,7 +760,10 @@ def _run(stack, params, x, targets, impl, name, plan, layers, rescale, hist_bins
             return H[:m + 1], Z[:m], bn_mean[:m], bn_rstd[:m]
         return H[s:e + 1], Z[s:e], bn_mean[s:e], bn_rstd[s:e]
 
+    n_work = 2 * len(segments)
     for j, (s, e) in enumerate(segments):
+        if progress is not None and j:
+            progress(j, n_work)
         W, b, gamma, beta, slope = layers.get(s, e)
         if j + 1 < len(segments):
             layers.prefetch(*segments[j + 1])
@@ -818,6 +826,8 @@ def _run(stack, params, x, targets, impl, name, plan, layers, rescale, hist_bins
     scratch = None
     last = len(segments) - 1
     for j in range(last, -1, -1):
+        if progress is not None:
+            progress(len(segments) + last - j, n_work)
         s, e = segments[j]
         m = e - s
         W, b, gamma, beta, slope = layers.get(s, e)
@@ -894,6 +904,8 @@ def _run(stack, params, x, targets, impl, name, plan, layers, rescale, hist_bins
     seconds["total"] = time.perf_counter() - t_start
     extras = dict(checkpoint=plan.checkpoint, segments=len(segments), stats_only=plan.stats_only,
                   generated=generated, memory_estimate=plan.estimate, seconds=seconds)
+    if progress is not None:
+        progress(n_work, n_work)
     return Result(
         stack=stack,
         backend=name,
