@@ -716,8 +716,10 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
     rescale = can_rescale_forward(stack, params)
     layers = _Layers(params, stack, plan.segment)
     try:
-        return _run(stack, params, x, targets, impl, name, plan, layers, rescale, hist_bins, hist_per_decade,
-                    t_start, progress)
+        # overflow in an exploding stack is a finding, reported as first_nonfinite_forward/backward
+        with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+            return _run(stack, params, x, targets, impl, name, plan, layers, rescale, hist_bins,
+                        hist_per_decade, t_start, progress)
     finally:
         layers.close()
 
