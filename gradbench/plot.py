@@ -87,13 +87,17 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
                 label="exact zero gradient")
     if limits:
         styles = {"float64": ("0.35", "--"), "float32": ("0.6", ":")}
+        shown = []  # labels closer than 4 % of the axis to one already drawn would overprint it
+        span = (hi + pad) - (lo - pad)
         for name, (tiny, big) in FLOAT_LIMITS.items():
             color, ls = styles[name]
             for v, what in ((tiny, "smallest normal"), (big, "largest")):
                 if lo - pad <= v <= hi + pad:
                     ax.axhline(v, color=color, ls=ls, lw=1)
-                    ax.annotate(f"{name} {what} (10^{v:.1f})", (0.01, v), xycoords=("axes fraction", "data"),
-                                textcoords="offset points", xytext=(2, 3), fontsize=8, color=color)
+                    if all(abs(v - u) > 0.04 * span for u in shown):
+                        shown.append(v)
+                        ax.annotate(f"{name} {what} (10^{v:.1f})", (0.01, v), xycoords=("axes fraction", "data"),
+                                    textcoords="offset points", xytext=(2, 3), fontsize=8, color=color)
     ax.set_xlim(-0.5 if depth <= 30 else 0, depth - 0.5 if depth <= 30 else depth - 1)
     ax.set_xlabel("layer l (0 = input side; backprop runs right to left)")
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial W_l\|_F$ (exact)")
