@@ -228,7 +228,14 @@ def cmd_run(args) -> int:
     print(format_report(d, rows=args.rows))
     print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed})")
     if args.out:
-        write_atomic(args.out, json.dumps(_payload(command="run", diagnosis=d.to_dict()), allow_nan=False))
+        head = json.dumps(_payload(command="run"))[:-1]  # the diagnosis streams in: 10^6 layers fit
+
+        def write(f):
+            f.write(head + ', "diagnosis": ')
+            d.write_json(f)
+            f.write("}")
+
+        _atomic.write_atomic(args.out, write)
         print(f"wrote {args.out}")
     if args.plot:
         plot.gradient_flow({_label(stack): d}, args.plot, title=f"Gradient flow, depth {stack.depth}")

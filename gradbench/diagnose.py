@@ -93,6 +93,27 @@ class Diagnosis:
         """Strict JSON (no NaN/Infinity literals); ``kwargs`` go to :func:`json.dumps`."""
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
 
+    def write_json(self, f, chunk: int = 65536) -> None:
+        """Write :meth:`to_json`'s document to the text file ``f`` piece by piece.
+
+        The same JSON as ``to_json()``, but arrays are converted ``chunk`` entries (or rows) at a
+        time, so a 10^6-layer diagnosis (10^6 x bins histogram counts) never exists as one
+        list of Python numbers or one string.
+        """
+        f.write("{")
+        for i, field in enumerate(dataclasses.fields(self)):
+            v = getattr(self, field.name)
+            f.write(("" if i == 0 else ", ") + json.dumps(field.name) + ": ")
+            if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) > chunk:
+                f.write("[")
+                for a in range(0, len(v), chunk):
+                    part = json.dumps(_to_jsonable(v[a : a + chunk]), allow_nan=False)[1:-1]
+                    f.write(("" if a == 0 else ", ") + part)
+                f.write("]")
+            else:
+                f.write(json.dumps(_to_jsonable(v), allow_nan=False))
+        f.write("}")
+
     @classmethod
     def from_dict(cls, d: dict) -> "Diagnosis":
         kw = {}

@@ -45,3 +45,19 @@ def test_cli_stats_only_run_writes_exact_norms(tmp_path, capsys):
     np.testing.assert_allclose(g, ref.grad_norm.log10(), rtol=0, atol=1e-9)
     assert main(["run", "--depth", "10", "--width", "4", "--stats-only", "--checkpoint", "3",
                  "--residual", "2"]) == 2  # checkpoint not a multiple of the residual group
+
+
+def test_streamed_json_is_the_same_document():
+    import io
+
+    stack = gb.Stack(depth=300, width=8, activation="relu", init="he_normal")
+    params = gb.init_params(stack, 0)
+    params.b[5] = -1e3  # a dead layer: -inf norms below it, written as "-inf"
+    res = gb.backprop(stack, params, gb.gaussian_input(stack, 4, 1), backend="numpy")
+    d = gb.diagnose(res, params)
+    buf = io.StringIO()
+    d.write_json(buf, chunk=7)  # many chunks, rows of the (L, bins) histograms included
+    assert json.loads(buf.getvalue()) == json.loads(d.to_json())
+    back = type(d).from_json(buf.getvalue())
+    np.testing.assert_array_equal(back.hist_counts, d.hist_counts)
+    np.testing.assert_array_equal(back.grad_log10, d.grad_log10)
