@@ -224,6 +224,13 @@ def float_limits(grad_log10: np.ndarray, slope: float) -> dict:
     return out
 
 
+def _checked_range(hist_range) -> tuple[float, float]:
+    lo, hi = map(float, hist_range)
+    if not hi > lo:
+        raise ValueError(f"hist_range must be (lo, hi) with hi > lo, got {hist_range}")
+    return lo, hi
+
+
 def histograms(W, bins: int = 40, hist_range: tuple[float, float] | None = None, chunk: int = 4096):
     """Histograms of log10 |entries| of each layer's dW, exact from mantissas and exponents.
 
@@ -260,9 +267,7 @@ def histograms(W, bins: int = 40, hist_range: tuple[float, float] | None = None,
         else:
             lo, hi = -1.0, 0.0
     else:
-        lo, hi = map(float, hist_range)
-        if not hi > lo:
-            raise ValueError(f"hist_range must be (lo, hi) with hi > lo, got {hist_range}")
+        lo, hi = _checked_range(hist_range)
     edges = np.linspace(lo, hi, bins + 1)
     counts = np.zeros((L, bins), dtype=np.int64)
     outside = np.zeros(L, dtype=np.int64)
@@ -299,9 +304,7 @@ def rebin_streaming(hist, bins: int = 40, hist_range: tuple[float, float] | None
         else:
             lo, hi = -1.0, 0.0
     else:
-        lo, hi = map(float, hist_range)
-        if not hi > lo:
-            raise ValueError(f"hist_range must be (lo, hi) with hi > lo, got {hist_range}")
+        lo, hi = _checked_range(hist_range)
     edges = np.linspace(lo, hi, bins + 1)
     counts = np.zeros((L, bins), dtype=np.int64)
     outside = hist.below.astype(np.int64).copy()

@@ -5,21 +5,14 @@ import pytest
 
 import gradbench as gb
 from tests import naive
+from tests.helpers import problem
 
 FD_RTOL = 1e-6      # central differences, norm-wise over the sampled entries
 PLAIN_RTOL = 1e-10  # reference vs the independent plain backward (different formulas, same maths)
 
 
 def _problem(stack, seed=0, batch=4):
-    params = gb.init_params(stack, seed=seed)
-    x = gb.gaussian_input(stack, batch=batch, seed=seed + 1)
-    rng = np.random.default_rng(seed + 2)
-    t = None
-    if stack.loss in ("mse", "bce"):
-        t = rng.uniform(0, 1, (batch, stack.output_dim)).astype(stack.dtype)
-    elif stack.loss == "softmax_ce":
-        t = rng.integers(0, stack.output_dim, batch)
-    return params, x, t
+    return problem(stack, batch, seed=seed)
 
 
 def _as_dict(params):
