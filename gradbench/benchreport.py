@@ -113,14 +113,19 @@ def compile_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def summary(cases: dict[str, list[dict]]) -> str:
-    """One line per case: speed-up of every implementation against the NumPy reference."""
+def _impl_order(cases: dict[str, list[dict]]) -> list[str]:
+    """Every implementation that appears in ``cases``: gradbench's backends first, then peers."""
     impls = []
     for rows in cases.values():
         for r in rows:
             if r["impl"] not in impls:
                 impls.append(r["impl"])
-    order = [i for i in GRADBENCH if i in impls] + [i for i in impls if i not in GRADBENCH]
+    return [i for i in GRADBENCH if i in impls] + [i for i in impls if i not in GRADBENCH]
+
+
+def summary(cases: dict[str, list[dict]]) -> str:
+    """One line per case: speed-up of every implementation against the NumPy reference."""
+    order = _impl_order(cases)
     cols = ["case"] + order + ["best gradbench vs best peer"]
     table = [cols]
     for case, rows in cases.items():
@@ -142,12 +147,7 @@ def summary(cases: dict[str, list[dict]]) -> str:
 def markdown(data: dict) -> str:
     """The summary as a Markdown table: min time and speed-up vs NumPy per implementation."""
     cases = {c: r for c, r in rows_by_case(data).items() if c != "compile"}
-    impls = []
-    for rows in cases.values():
-        for r in rows:
-            if r["impl"] not in impls:
-                impls.append(r["impl"])
-    order = [i for i in GRADBENCH if i in impls] + [i for i in impls if i not in GRADBENCH]
+    order = _impl_order(cases)
     skipped = {(x["case"], x["impl"]): "failed" if x.get("failed") else "skipped" for x in data.get("skipped", [])}
     lines = ["| case | " + " | ".join(order) + " | best gradbench vs best peer |",
              "|---|" + "---:|" * (len(order) + 1)]

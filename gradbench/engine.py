@@ -709,7 +709,7 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
                          "gradient by one factor known only at the end): use clip_on='layer' or keep the gradients")
     name = resolve(backend)
     impl = get_backend(name)
-    L, N, B = stack.depth, stack.width, x.shape[0]
+    B = x.shape[0]
     generated = isinstance(params, GeneratedParams)
     plan = plan_run(stack, B, checkpoint=checkpoint, stats_only=stats_only, generated=generated,
                     memory_budget=memory_budget, hist_bins=hist_bins)

@@ -44,9 +44,6 @@ class Params:
     def copy(self) -> "Params":
         return Params(**{name: a.copy() for name, a in self.items()})
 
-    def expected_shapes(self, stack: Stack) -> dict[str, tuple[int, ...] | None]:
-        return expected_shapes(stack)
-
 
 def expected_shapes(stack: Stack) -> dict[str, tuple[int, ...] | None]:
     L, N, D, O = stack.depth, stack.width, stack.d_in, stack.output_dim
