@@ -14,7 +14,7 @@ import pytest
 
 import gradbench as gb
 from gradbench import reference as R
-from gradbench.spec import ACT_CODE, CLIP_NORM, CLIP_VALUE
+from gradbench.abi import ACT_CODE, CLIP_NORM, CLIP_VALUE
 
 K = pytest.importorskip("gradbench.kernels")
 
