@@ -4,7 +4,9 @@ Every backend (the NumPy reference, the Numba kernels, the C kernels) implements
 functions, ``stack_forward`` and ``stack_backward``, over the arrays listed in :data:`FORWARD`
 and :data:`BACKWARD` (in that order, which is also the order of the positional arguments).
 Each entry names the array, its shape in dimension letters, its dtype kind and whether the
-kernel reads it, writes it, or both. From this one table come
+kernel reads it, writes it, or both; a :class:`Contract` adds where each dimension is read
+from, and :data:`CONTRACTS` holds every registered one (recurrent cells register theirs the same
+way). From this one table come
 
 - :func:`check`, the one validation every backend wrapper calls before its kernel runs (type,
   dtype, shape, C-contiguity, writeability), with the same message whatever the backend;
@@ -113,11 +115,30 @@ BACKWARD: tuple[Arg, ...] = (
     _INFO,
 )
 
-TABLES = {"stack_forward": FORWARD, "stack_backward": BACKWARD}
-# Where each dimension is read from (array, axis); every other array is checked against it.
-DIMS = {"L": ("W", 0), "N": ("W", 1), "B": ("H", 1)}
-_CONSTS = {"I_SIZE": I_SIZE, "F_SIZE": F_SIZE, "INFO_SIZE": INFO_SIZE}
+
+@dataclass(frozen=True)
+class Contract:
+    """One backend function: its arrays (in argument order), where each dimension letter is
+    read from (array name, axis; every other array is checked against it), named constant
+    dimensions, and an optional check of the configuration arrays' codes."""
+
+    name: str
+    args: tuple[Arg, ...]
+    dims: Mapping[str, tuple[str, int]]
+    consts: Mapping[str, int]
+    check_config: Callable | None = None
+    dtype_from: str = "W"  # the array whose dtype is T
+
+
+CONTRACTS: dict[str, Contract] = {}
+_STACK_CONSTS = {"I_SIZE": I_SIZE, "F_SIZE": F_SIZE, "INFO_SIZE": INFO_SIZE}
 _KIND_DTYPE = {"f8": np.dtype(np.float64), "i8": np.dtype(np.int64)}
+
+
+def register(contract: Contract) -> Contract:
+    """Add a contract (the stack's two below; recurrent cells add theirs)."""
+    CONTRACTS[contract.name] = contract
+    return contract
 
 
 def names(table: tuple[Arg, ...]) -> tuple[str, ...]:
@@ -125,12 +146,13 @@ def names(table: tuple[Arg, ...]) -> tuple[str, ...]:
     return tuple(a.name for a in table)
 
 
-def shape_of(arg: Arg, dims: Mapping[str, int]) -> tuple[int, ...]:
+def shape_of(arg: Arg, dims: Mapping[str, int], consts: Mapping[str, int] | None = None) -> tuple[int, ...]:
     """The concrete shape of ``arg`` for dimensions ``dims`` (``{"L": .., "B": .., "N": ..}``)."""
+    consts = _STACK_CONSTS if consts is None else consts
     out = []
     for d in arg.shape:
-        if d in _CONSTS:
-            out.append(_CONSTS[d])
+        if d in consts:
+            out.append(consts[d])
         elif d.endswith("+1"):
             out.append(dims[d[:-2]] + 1)
         else:
@@ -142,10 +164,19 @@ def dtype_of(arg: Arg, dtype) -> np.dtype:
     return np.dtype(dtype) if arg.kind == "T" else _KIND_DTYPE[arg.kind]
 
 
+def _stack_contract(name: str, args: tuple[Arg, ...]) -> Contract:
+    return register(Contract(name, args, {"L": ("W", 0), "N": ("W", 1), "B": ("H", 1)}, _STACK_CONSTS,
+                             lambda f, a, d: _check_stack_config(f, a, d)))
+
+
+_stack_contract("stack_forward", FORWARD)
+_stack_contract("stack_backward", BACKWARD)
+
+
 # ------------------------------------------------------------------ validation
 def bind(function: str, args: tuple, kwargs: dict) -> dict[str, object]:
     """Arguments of a call to ``function`` (positional in table order, or by name) as a dict."""
-    table = TABLES[function]
+    table = CONTRACTS[function].args
     want = names(table)
     if len(args) > len(want):
         raise TypeError(f"{function}() takes {len(want)} arrays ({', '.join(want)}), got {len(args)}")
@@ -171,16 +202,17 @@ def check(function: str, arrays: Mapping[str, object]) -> dict[str, int]:
     value; the configuration arrays are checked for valid codes too. A kernel behind this never
     reads or writes out of bounds.
     """
-    table = TABLES[function]
+    contract = CONTRACTS[function]
+    table = contract.args
     for arg in table:
         a = arrays[arg.name]
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{function}: {arg.name} must be a numpy.ndarray, got {type(a).__name__}")
-    W = arrays["W"]
-    if W.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{function}: W has dtype {W.dtype}; supported dtypes are float64 and float32")
+    T = arrays[contract.dtype_from].dtype
+    if T not in FLOAT_DTYPES:
+        raise TypeError(f"{function}: {contract.dtype_from} has dtype {T}; supported dtypes are float64 and float32")
     dims = {}
-    for d, (name, axis) in DIMS.items():
+    for d, (name, axis) in contract.dims.items():
         a = arrays[name]
         if a.ndim <= axis:
             raise ValueError(f"{function}: {name} has shape {a.shape}, expected "
@@ -190,11 +222,11 @@ def check(function: str, arrays: Mapping[str, object]) -> dict[str, int]:
         raise ValueError(f"{function}: every dimension must be >= 1, got {_fmt_dims(dims)}")
     for arg in table:
         a = arrays[arg.name]
-        want_dt = dtype_of(arg, W.dtype)
+        want_dt = dtype_of(arg, T)
         if a.dtype != want_dt:
             raise TypeError(f"{function}: {arg.name} has dtype {a.dtype}, expected {want_dt}"
-                            + (" (the dtype of W)" if arg.kind == "T" else ""))
-        want = shape_of(arg, dims)
+                            + (f" (the dtype of {contract.dtype_from})" if arg.kind == "T" else ""))
+        want = shape_of(arg, dims, contract.consts)
         if a.shape != want:
             raise ValueError(f"{function}: {arg.name} has shape {a.shape}, expected {want} = "
                              f"({', '.join(arg.shape)}) with {_fmt_dims(dims)}")
@@ -202,11 +234,13 @@ def check(function: str, arrays: Mapping[str, object]) -> dict[str, int]:
             raise ValueError(f"{function}: {arg.name} must be C-contiguous (pass np.ascontiguousarray({arg.name}))")
         if "w" in arg.access and not a.flags.writeable:
             raise ValueError(f"{function}: {arg.name} must be writeable (the kernel writes into it)")
-    _check_config(function, arrays["icfg"], dims["L"])
+    if contract.check_config is not None:
+        contract.check_config(function, arrays, dims)
     return dims
 
 
-def _check_config(function: str, icfg: np.ndarray, L: int) -> None:
+def _check_stack_config(function: str, arrays, dims) -> None:
+    icfg, L = arrays["icfg"], dims["L"]
     act, k, clip = int(icfg[I_ACT]), int(icfg[I_RESIDUAL]), int(icfg[I_CLIP])
     if not 0 <= act < len(ACTIVATIONS):
         raise ValueError(f"{function}: icfg[I_ACT]={act} is not an activation code (0..{len(ACTIVATIONS) - 1})")
@@ -249,10 +283,11 @@ def allocate(function: str, dims: Mapping[str, int], dtype, *, skip=(), fill=Non
     """
     fill = fill or {}
     out = {}
-    for arg in TABLES[function]:
+    contract = CONTRACTS[function]
+    for arg in contract.args:
         if arg.name in skip:
             continue
-        shape, dt = shape_of(arg, dims), dtype_of(arg, dtype)
+        shape, dt = shape_of(arg, dims, contract.consts), dtype_of(arg, dtype)
         out[arg.name] = np.full(shape, fill[arg.name], dtype=dt) if arg.name in fill else np.empty(shape, dtype=dt)
     return out
 

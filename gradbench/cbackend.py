@@ -128,7 +128,7 @@ _FIELD_TYPE = {name: field.type for name, field in ffi.typeof("gb_stack_arrays")
 
 def _driver(function: str, opts, arrays: tuple) -> None:
     """Fill a gb_stack_arrays with the (checked) arrays of ``function`` and call its C driver."""
-    table = abi.TABLES[function]
+    table = abi.CONTRACTS[function].args
     W, H = arrays[2], arrays[[a.name for a in table].index("H")]
     st = ffi.new("gb_stack_arrays *")
     for arg, a in zip(table, arrays):
