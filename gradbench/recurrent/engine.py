@@ -1,0 +1,520 @@
+"""The recurrent engine: validates, plans, runs a backend's cell forward and backward segment by
+segment through time, and gathers a :class:`~gradbench.recurrent.RecurrentResult`.
+
+Written once for every backend: validation (before any kernel runs), memory planning and
+checkpointing through time (a segment of steps per backend call; with ``checkpoint=k`` only the
+states at segment starts are kept and each segment's forward is recomputed in the backward pass,
+O(T/k + k) memory), the loss and its head (NumPy), clipping of parameter gradients. Backends
+implement only the cell functions over the arrays of :mod:`gradbench.recurrent.abi`. A segment
+[s, e) of steps passes ``H[s:e+1]`` (``H[s]`` its initial state), ``fexp[s:e+1]``,
+``sig_e[s:e+1]`` (``sig_e[e]`` the exponent of the top signal, which the segment above has
+already normalised and clipped) and the gradient accumulators, which every segment extends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradbench import abi
+from gradbench.activations import sigmoid
+from gradbench.clipping import _clip_value, _scale_rows, row_norms
+from gradbench.logscaled import LogScaled, ldexp
+from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, _available_memory
+from gradbench.recurrent import abi as rabi
+from gradbench.recurrent.backends import get_backend, resolve
+from gradbench.recurrent.params import GeneratedSequence, RecurrentParams, expected_shapes
+from gradbench.recurrent.results import RecurrentGrads, RecurrentResult
+from gradbench.recurrent.spec import Recurrent
+from gradbench.reference import clip_signal, normalise
+from gradbench.spec import DTYPES
+
+# What a step saves for the backward pass (arrays of the forward table), per cell.
+SAVED = {"rnn": ("H", "DA"), "lstm": ("H", "C", "A", "DA", "TC", "DTC"), "gru": ("H", "A", "DA", "HN")}
+_STAT_NAMES = ("act_mean", "act_std", "saturation", "gate_mean", "gate_low")
+
+
+def can_rescale_forward(rnn: Recurrent) -> bool:
+    """The forward state carries power-of-two exponents: a vanilla cell with identity, relu or
+    leaky_relu and the sum_squares probe (a head needs the true state)."""
+    return rnn.homogeneous and not rnn.has_head
+
+
+# ------------------------------------------------------------------ validation
+def _check_array(name, a, shape, dtype, finite=True) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {a.dtype}, the net's dtype is {dtype}: pass {name}.astype({str(dtype)!r}) "
+            f"or a Recurrent with dtype={a.dtype.name!r}" if a.dtype.name in DTYPES
+            else f"{name} has dtype {a.dtype}; supported dtypes are {', '.join(DTYPES)}")
+    if shape is not None and a.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {a.shape}, expected {tuple(shape)}")
+    if finite and not np.all(np.isfinite(a)):
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+    return np.ascontiguousarray(a)
+
+
+def check_inputs(rnn, params, xs, targets=None, h0=None, c0=None):
+    """Check everything before any kernel runs; return contiguous params, xs, targets, h0, c0."""
+    if not isinstance(rnn, Recurrent):
+        raise TypeError(f"rnn must be a gradbench.Recurrent, got {type(rnn).__name__}")
+    if not isinstance(params, RecurrentParams):
+        raise TypeError("params must be gradbench.RecurrentParams (from gb.init_params(rnn, seed)), "
+                        f"got {type(params).__name__}")
+    dt = rnn.np_dtype
+    checked = {}
+    for name, shape in expected_shapes(rnn).items():
+        a = getattr(params, name)
+        if shape is None:
+            if a is not None:
+                raise ValueError(f"params.{name} is given but the net has no head (mismatched params/net)")
+            continue
+        if a is None:
+            raise ValueError(f"params.{name} is missing: the net needs shape {shape} (mismatched params/net)")
+        checked[name] = _check_array(f"params.{name}", a, shape, dt)
+    params = RecurrentParams(**checked)
+    T, D = rnn.steps, rnn.d_in
+    if isinstance(xs, GeneratedSequence):
+        if xs.rnn != rnn:
+            raise ValueError("the GeneratedSequence was made for a different net: pass GeneratedSequence(rnn, batch, seed)")
+    else:
+        if not isinstance(xs, np.ndarray):
+            raise TypeError(f"xs must be a numpy.ndarray of shape (steps={T}, batch, input_dim={D}) or a "
+                            f"GeneratedSequence, got {type(xs).__name__}")
+        if xs.ndim != 3 or xs.shape[0] != T or xs.shape[2] != D or xs.shape[1] < 1:
+            raise ValueError(f"xs has shape {xs.shape}, expected (steps={T}, batch, input_dim={D}) with batch >= 1")
+        xs = _check_array("xs", xs, None, dt)
+    B, N = xs.shape[1], rnn.hidden
+    if h0 is not None:
+        h0 = _check_array("h0", h0, (B, N), dt)
+    if c0 is not None:
+        if rnn.cell != "lstm":
+            raise ValueError(f"c0 is given but cell={rnn.cell!r} has no cell state (lstm only)")
+        c0 = _check_array("c0", c0, (B, N), dt)
+    return params, xs, _check_targets(rnn, targets, B), h0, c0
+
+
+def _check_targets(rnn: Recurrent, t, B: int):
+    if not rnn.has_head:
+        if t is not None:
+            raise ValueError("targets are given but loss='sum_squares' takes none")
+        return None
+    if t is None:
+        raise ValueError(f"loss={rnn.loss!r} needs targets")
+    if not isinstance(t, np.ndarray):
+        raise TypeError(f"targets must be a numpy.ndarray, got {type(t).__name__}")
+    lead = (rnn.steps, B) if rnn.loss_on == "every" else (B,)
+    if rnn.loss == "softmax_ce":
+        if t.shape != lead or not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f"targets for softmax_ce on loss_on={rnn.loss_on!r} must be integer class labels of "
+                             f"shape {lead}, got {t.dtype} {t.shape}")
+        if t.min() < 0 or t.max() >= rnn.output_dim:
+            raise ValueError(f"targets must lie in [0, {rnn.output_dim}) (output_dim), got [{t.min()}, {t.max()}]")
+        return np.ascontiguousarray(t, dtype=np.int64)
+    t = _check_array("targets", t, lead + (rnn.output_dim,), rnn.np_dtype)
+    if rnn.loss == "bce" and (t.min() < 0 or t.max() > 1):
+        raise ValueError("targets for bce must lie in [0, 1]")
+    return t
+
+
+# ------------------------------------------------------------------ memory planning
+def saved_per_step(rnn: Recurrent, batch: int) -> int:
+    """Numbers a step saves for the backward pass: B*N times 2 (rnn), 12 (lstm), 8 (gru)."""
+    return batch * rnn.hidden * {"rnn": 2, "lstm": 12, "gru": 8}[rnn.cell]
+
+
+def default_segment(rnn: Recurrent) -> int:
+    """About sqrt(T) steps per segment."""
+    return max(1, min(rnn.steps, round(math.sqrt(rnn.steps))))
+
+
+def memory_estimate(rnn: Recurrent, batch: int, *, checkpoint: int | None = None, generated: bool = False) -> int:
+    """Bytes a run allocates besides the caller's input (an estimate).
+
+    Plain: every step's saved values (:func:`saved_per_step`) and its (T+1) states. ``checkpoint=k``:
+    one segment's worth and the states at the T/k segment starts. Per step ~11 statistics
+    (float64/int64 each); a generated input holds one segment; the every-step head one segment
+    of dL/dh and logits.
+    """
+    T, N, B = rnn.steps, rnn.hidden, batch
+    item = rnn.np_dtype.itemsize
+    seg = T if checkpoint is None else min(checkpoint, T)
+    states = 0 if checkpoint is None else (T // seg + 2) * B * N * (2 if rnn.cell == "lstm" else 1)
+    acts = seg * saved_per_step(rnn, B) + 2 * B * N
+    work = 8 * B * rnn.gates * N + 2 * rnn.gates * N * (N + rnn.d_in)
+    if generated:
+        work += seg * B * rnn.d_in
+    if rnn.has_head and rnn.loss_on == "every":
+        work += seg * B * (N + 3 * rnn.output_dim)
+    stats = 8 * 11 * (T + 1)
+    return item * (states + acts + work) + stats
+
+
+@dataclass(frozen=True)
+class Plan:
+    segment: int
+    recompute: bool
+    estimate: int
+
+    @property
+    def checkpoint(self) -> int | None:
+        return self.segment if self.recompute else None
+
+
+def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False, generated=False,
+             memory_budget=None, available: int | None = None) -> Plan:
+    """Segment length and recomputation; MemoryError naming the options that fit if none does."""
+    if not (checkpoint is None or (isinstance(checkpoint, str) and checkpoint == "auto")):
+        if isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer)):
+            raise TypeError(f"checkpoint must be 'auto', None or an int, got {type(checkpoint).__name__} {checkpoint!r}")
+        if checkpoint < 1:
+            raise ValueError(f"checkpoint={checkpoint} must be a positive number of steps")
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(
+            memory_budget, (int, float, np.integer)) or not memory_budget > 0):
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    avail = _available_memory() if available is None else available
+    auto_budget = memory_budget if memory_budget is not None else AUTO_FRACTION * avail
+    limit = memory_budget if memory_budget is not None else LIMIT_FRACTION * avail
+    k_auto = default_segment(rnn)
+
+    def est(ck):
+        return memory_estimate(rnn, batch, checkpoint=ck, generated=generated)
+
+    if isinstance(checkpoint, str):
+        ck = k_auto if stats_only or est(None) > auto_budget else None
+    else:
+        ck = None if checkpoint is None else min(int(checkpoint), rnn.steps)
+    need = est(ck)
+    if need > limit:
+        hint = f"; it fits with checkpoint={k_auto} (about {est(k_auto) / 2**30:.2f} GiB)" if (
+            ck != k_auto and est(k_auto) <= limit) else "; reduce steps, hidden or batch"
+        raise MemoryError(
+            f"this run ({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, batch {batch}, checkpoint={ck}) needs "
+            f"about {need / 2**30:.2f} GiB but the budget is {limit / 2**30:.2f} GiB "
+            f"({'memory_budget' if memory_budget is not None else f'{LIMIT_FRACTION:.0%} of the available RAM'}){hint}")
+    if ck is None:
+        return Plan(rnn.steps, False, need)
+    return Plan(ck, ck < rnn.steps, need)
+
+
+# ------------------------------------------------------------------ the head
+def head_loss(rnn: Recurrent, h: np.ndarray, W_out, b_out, t, count: int):
+    """The head on rows ``h`` (R, N): returns (loss share, dL/dh (R, N), dW_out, db_out).
+
+    The loss is a mean over ``count`` samples (the batch for the last step, steps x batch for
+    every step) and, for mse and bce, over the O outputs: mse (y - t)^2, bce softplus(y) - t y
+    (from logits, stable), softmax_ce logsumexp(y) - y[t]. Computed in float64; dL/dy is rounded
+    to the net's dtype (as the stacks' head).
+    """
+    y = (h @ W_out.T + b_out).astype(np.float64)
+    O = y.shape[1]
+    if rnn.loss == "mse":
+        diff = y - t
+        loss, dy = float(np.sum(diff * diff)) / (count * O), 2.0 * diff / (count * O)
+    elif rnn.loss == "bce":
+        loss = float(np.sum(np.maximum(y, 0) - y * t + np.log1p(np.exp(-np.abs(y))))) / (count * O)
+        dy = (sigmoid(y) - t) / (count * O)
+    else:
+        rows = np.arange(len(y))
+        shifted = y - y.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(shifted).sum(axis=1))
+        loss = float(np.sum(lse - shifted[rows, t])) / count
+        p = np.exp(shifted - lse[:, None])
+        p[rows, t] -= 1.0
+        dy = p / count
+    dy = dy.astype(h.dtype)
+    return loss, dy @ W_out, (dy.T @ h).astype(np.float64), dy.sum(axis=0, dtype=np.float64)
+
+
+# ------------------------------------------------------------------ the pass
+def backprop(rnn: Recurrent, params: RecurrentParams, xs, targets=None, *, backend: str = "auto", h0=None, c0=None,
+             checkpoint="auto", stats_only: bool = False, memory_budget: int | None = None,
+             progress=None) -> RecurrentResult:
+    """Forward and backward through time, exact at any length (see ``gradbench.backprop``).
+
+    Parameters
+    ----------
+    rnn : Recurrent
+    params : RecurrentParams
+        From :func:`gradbench.init_params` (or trained), of the net's dtype.
+    xs : ndarray (T, B, D) or GeneratedSequence
+    targets : ndarray, optional
+        With a head: (B, O) (or class labels (B,)) for ``loss_on="last"``, (T, B, O) (or (T, B))
+        for ``"every"``.
+    backend : {"numpy", "numba", "c", "auto"}
+    h0, c0 : ndarray (B, N), optional
+        Initial state (c0: LSTM only); zeros by default.
+    checkpoint : "auto", int or None
+        Steps per segment whose forward is recomputed in the backward pass (keeping only the
+        states at segment starts). "auto": only when the plain run would need more than
+        ``memory_budget`` (default half of the available RAM), with k ~ sqrt(T).
+    stats_only : bool
+        Segment the run by default (k ~ sqrt(T)) even when it would fit: for 10^5-10^6 steps.
+        The parameter gradients are kept (they are small); no per-step arrays are.
+    memory_budget : int, optional
+    progress : callable, optional
+        ``progress(done, total)`` after every segment of both passes.
+    """
+    t_start = time.perf_counter()
+    params, xs, targets, h0, c0 = check_inputs(rnn, params, xs, targets, h0, c0)
+    if not isinstance(stats_only, (bool, np.bool_)):
+        raise TypeError(f"stats_only must be a bool, got {stats_only!r}")
+    name = resolve(backend)
+    impl = get_backend(name)
+    B = xs.shape[1]
+    plan = plan_run(rnn, B, checkpoint=checkpoint, stats_only=stats_only,
+                    generated=isinstance(xs, GeneratedSequence), memory_budget=memory_budget)
+    run = _Run(rnn, params, xs, targets, impl, plan, progress, B)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+        run.start(h0, c0)
+        _forward(run)
+        _top(run)
+        _backward(run)
+        return _assemble(run, name, t_start)
+
+
+@dataclass(eq=False)
+class _Run:
+    rnn: Recurrent
+    params: RecurrentParams
+    xs: object
+    targets: object
+    impl: object
+    plan: Plan
+    progress: object
+    B: int
+    seconds: dict = field(default_factory=lambda: dict(forward=0.0, backward=0.0))
+
+    def start(self, h0, c0):
+        rnn, B = self.rnn, self.B
+        T, N, D, GN, dt = rnn.steps, rnn.hidden, rnn.d_in, rnn.gates * rnn.hidden, rnn.np_dtype
+        k = self.plan.segment
+        self.segments = [(s, min(s + k, T)) for s in range(0, T, k)]
+        self.fwd_name, self.bwd_name = rabi.CELL_FUNCTIONS[rnn.cell]
+        self.rescale = can_rescale_forward(rnn)
+        self.icfg, self.fcfg = rabi.kernel_config(rnn, self.rescale)
+        kept = k if self.plan.recompute else T
+        self.saved = abi.allocate(self.fwd_name, dict(T=kept, B=B, N=N, D=D, GN=GN), dt,
+                                  skip=[a.name for a in abi.CONTRACTS[self.fwd_name].args if a.name not in SAVED[rnn.cell]])
+        lstm = rnn.cell == "lstm"
+        nck = len(self.segments) + 1 if self.plan.recompute else 0
+        self.ckpt_h = np.empty((nck, B, N), dtype=dt)
+        self.ckpt_c = np.empty((nck, B, N), dtype=dt) if lstm else None
+        first_h = self.ckpt_h[0] if self.plan.recompute else self.saved["H"][0]
+        first_h[...] = 0 if h0 is None else h0
+        if lstm:
+            first_c = self.ckpt_c[0] if self.plan.recompute else self.saved["C"][0]
+            first_c[...] = 0 if c0 is None else c0
+        self.fexp = np.zeros(T + 1, dtype=np.int64)
+        self.stats = {n: np.empty(T) for n in _STAT_NAMES}
+        self.sig_m, self.csig_m = np.empty(T + 1), np.full(T + 1, np.nan)
+        self.sig_e = np.zeros(T + 1, dtype=np.int64)
+        self.gnorm_m = np.empty(T)
+        self.info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
+        self.work = 2 * len(self.segments)
+        self.loss_every = 0.0
+        self.x_buf = np.empty((k, B, D), dtype=dt) if isinstance(self.xs, GeneratedSequence) else None
+
+    def tick(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress(done, self.work)
+
+    def x(self, s: int, e: int) -> np.ndarray:
+        if self.x_buf is not None:
+            return self.xs.steps(s, e, out=self.x_buf[: e - s])
+        return self.xs[s:e]
+
+    def seg_saved(self, s: int, e: int) -> dict:
+        """The saved arrays of segment [s, e) (views)."""
+        if self.plan.recompute:
+            m = e - s
+            return {n: (a[: m + 1] if n in ("H", "C") else a[:m]) for n, a in self.saved.items()}
+        return {n: (a[s:e + 1] if n in ("H", "C") else a[s:e]) for n, a in self.saved.items()}
+
+    @property
+    def h_top(self) -> np.ndarray:
+        return self.ckpt_h[-1] if self.plan.recompute else self.saved["H"][self.rnn.steps]
+
+
+def _call(fn, table_name: str, arrays: dict) -> None:
+    fn(**{a.name: arrays[a.name] for a in abi.CONTRACTS[table_name].args})
+
+
+def _segment_forward(run: _Run, j: int, stats: dict, info: np.ndarray) -> dict:
+    """One backend forward call over segment j (its initial state set from the checkpoints)."""
+    s, e = run.segments[j]
+    seg = run.seg_saved(s, e)
+    if run.plan.recompute:
+        seg["H"][0] = run.ckpt_h[j]
+        if run.ckpt_c is not None:
+            seg["C"][0] = run.ckpt_c[j]
+    p = run.params
+    arrays = dict(seg, icfg=run.icfg, fcfg=run.fcfg, X=run.x(s, e), W_ih=p.W_ih, W_hh=p.W_hh, b_ih=p.b_ih,
+                  b_hh=p.b_hh, fexp=run.fexp[s:e + 1], info=info, **stats)
+    _call(getattr(run.impl, run.fwd_name), run.fwd_name, arrays)
+    return seg
+
+
+def _forward(run: _Run) -> None:
+    t = time.perf_counter()
+    rnn, T = run.rnn, run.rnn.steps
+    seg_info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
+    every = rnn.has_head and rnn.loss_on == "every"
+    for j, (s, e) in enumerate(run.segments):
+        if j:
+            run.tick(j)
+        seg_info[abi.INFO_FORWARD] = -1
+        seg = _segment_forward(run, j, {n: a[s:e] for n, a in run.stats.items()}, seg_info)
+        if run.info[abi.INFO_FORWARD] < 0 <= seg_info[abi.INFO_FORWARD]:
+            run.info[abi.INFO_FORWARD] = s + seg_info[abi.INFO_FORWARD]
+        if run.plan.recompute:
+            run.ckpt_h[j + 1] = seg["H"][e - s]
+            if run.ckpt_c is not None:
+                run.ckpt_c[j + 1] = seg["C"][e - s]
+        if every:  # the loss of steps s..e-1 (their states are H[1:] of the segment)
+            h = seg["H"][1:].reshape(-1, rnn.hidden)
+            run.loss_every += head_loss(rnn, h, run.params.W_out, run.params.b_out,
+                                        _rows(rnn, run.targets[s:e]), T * run.B)[0]
+    run.seconds["forward"] = time.perf_counter() - t
+
+
+def _rows(rnn: Recurrent, t: np.ndarray) -> np.ndarray:
+    """Every-step targets (m, B, ...) as rows (m*B, ...)."""
+    return t.reshape((-1,) + t.shape[2:])
+
+
+def _top(run: _Run) -> None:
+    """The loss, dL/dh_{T-1} (and dL/dc_{T-1} = 0) into run.G, run.GC, normalised and clipped once."""
+    rnn, T, N, B = run.rnn, run.rnn.steps, run.rnn.hidden, run.B
+    hT, p = run.h_top, run.params
+    run.dW_out = run.db_out = None
+    if not rnn.has_head:
+        m, e = np.frexp(0.5 * float(np.sum(np.square(hT, dtype=np.float64))))
+        run.loss_exact = LogScaled(np.array(m), np.array(int(e) + 2 * int(run.fexp[T])))
+        run.loss = float(run.loss_exact.to_float(warn=False))
+        G, e_top = hT.copy(), int(run.fexp[T])
+    else:
+        every = rnn.loss_on == "every"
+        t = run.targets[T - 1] if every else run.targets
+        loss, G, run.dW_out, run.db_out = head_loss(rnn, hT, p.W_out, p.b_out, t, T * B if every else B)
+        run.loss = run.loss_every if every else loss
+        run.loss_exact = LogScaled.from_float(run.loss)
+        G, e_top = np.ascontiguousarray(G, dtype=rnn.np_dtype), 0
+    GC = np.zeros((B, N), dtype=rnn.np_dtype) if rnn.cell == "lstm" else None
+    g = G if GC is None else np.concatenate([G, GC])
+    e = e_top + normalise(g)
+    clip_mode = int(run.icfg[rabi.RI_CLIP])
+    if clip_mode:
+        e = clip_signal(g, e, clip_mode, rnn.clip_threshold)
+        e += normalise(g)
+    if GC is not None:
+        G, GC = np.ascontiguousarray(g[:B]), np.ascontiguousarray(g[B:])
+    run.G, run.GC = G, GC
+    run.sig_e[T] = e
+    if not np.all(np.isfinite(g)):
+        run.info[abi.INFO_BACKWARD] = T
+
+
+def _backward(run: _Run) -> None:
+    t0 = time.perf_counter()
+    rnn, T, B, N, dt = run.rnn, run.rnn.steps, run.B, run.rnn.hidden, run.rnn.np_dtype
+    GN, D = rnn.gates * N, rnn.d_in
+    run.grads = dict(dW_ih=np.zeros((GN, D), dt), dW_hh=np.zeros((GN, N), dt), db_ih=np.zeros(GN, dt),
+                     db_hh=np.zeros(GN, dt))
+    run.dexp = np.full(rabi.DE_SIZE, rabi.EXP_EMPTY, dtype=np.int64)
+    every = rnn.has_head and rnn.loss_on == "every"
+    dh_unused = np.zeros((1, B, N), dtype=dt)
+    seg_info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
+    last = len(run.segments) - 1
+    for j in range(last, -1, -1):
+        run.tick(len(run.segments) + last - j)
+        s, e = run.segments[j]
+        if run.plan.recompute and j != last:  # the top segment's values are still there
+            scratch = {n: np.empty(e - s) for n in _STAT_NAMES}
+            seg = _segment_forward(run, j, scratch, np.full(abi.INFO_SIZE, -1, dtype=np.int64))
+        else:
+            seg = run.seg_saved(s, e)
+        DH = dh_unused
+        if every:  # the head's direct gradient at H[s..e-1] (H[0] = h_{-1} has none)
+            lo = 1 if s == 0 else 0
+            DH = np.zeros((e - s, B, N), dtype=dt)
+            if e - s > lo:
+                h = seg["H"][lo:e - s].reshape(-1, N)
+                _, dh, dW, db = head_loss(rnn, h, run.params.W_out, run.params.b_out,
+                                          _rows(rnn, run.targets[s + lo - 1:e - 1]), T * B)
+                DH[lo:] = dh.reshape(-1, B, N)
+                run.dW_out += dW
+                run.db_out += db
+        seg_info[abi.INFO_BACKWARD] = -1
+        arrays = dict(seg, icfg=run.icfg, fcfg=run.fcfg, X=run.x(s, e), W_hh=run.params.W_hh,
+                      fexp=run.fexp[s:e + 1], DH=DH, G=run.G, GC=run.GC, dexp=run.dexp, sig_m=run.sig_m[s:e + 1],
+                      sig_e=run.sig_e[s:e + 1], csig_m=run.csig_m[s:e + 1], gnorm_m=run.gnorm_m[s:e], info=seg_info,
+                      **run.grads)
+        _call(getattr(run.impl, run.bwd_name), run.bwd_name, arrays)
+        if run.info[abi.INFO_BACKWARD] < 0 <= seg_info[abi.INFO_BACKWARD]:
+            run.info[abi.INFO_BACKWARD] = s + seg_info[abi.INFO_BACKWARD]
+    run.seconds["backward"] = time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------ parameter-gradient clipping
+def clip_param_grads(rnn: Recurrent, grads: dict[str, LogScaled]) -> dict[str, LogScaled]:
+    """``clip`` on ``clip_on="matrix"`` (each gradient on its own) or ``"global"`` (all by one
+    factor c / total when the total norm exceeds c), on exact values; value clipping is the
+    same for both (every entry to [-c, c])."""
+    c = rnn.clip_threshold
+    rows = {k: LogScaled(g.mantissa[None], np.atleast_1d(g.exponent)) for k, g in grads.items()}
+    if rnn.clip == "value":
+        return {k: _clip_value(g, c)[0] for k, g in rows.items()}
+    norms = {k: row_norms(g) for k, g in rows.items()}
+    out = {}
+    if rnn.clip_on == "matrix":
+        for k, g in rows.items():
+            n = norms[k]
+            over = ldexp(n.mantissa, n.exponent) > c
+            factor = np.where(over, c / np.where(over, n.mantissa, 1.0), 1.0)
+            out[k] = _scale_rows(g, factor, np.where(over, -n.exponent, 0))[0]
+        return out
+    em = int(max(n.exponent[0] for n in norms.values()))
+    total = math.sqrt(sum(float(ldexp(n.mantissa, n.exponent - em)[0]) ** 2 for n in norms.values()))
+    if not ldexp(np.float64(total), np.int64(em)) > c:
+        return dict(grads)
+    return {k: _scale_rows(g, np.array([c / total]), np.array([-em]))[0] for k, g in rows.items()}
+
+
+def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
+    rnn, T, fexp, sig_e = run.rnn, run.rnn.steps, run.fexp, run.sig_e
+    dexp = np.where(run.dexp == rabi.EXP_EMPTY, 0, run.dexp)
+    g = {"W_ih": LogScaled(run.grads["dW_ih"], dexp[rabi.DE_W_IH]), "W_hh": LogScaled(run.grads["dW_hh"], dexp[rabi.DE_W_HH]),
+         "b_ih": LogScaled(run.grads["db_ih"], dexp[rabi.DE_B_IH]), "b_hh": LogScaled(run.grads["db_hh"], dexp[rabi.DE_B_HH])}
+    if rnn.has_head:
+        dt = rnn.np_dtype
+        g["W_out"] = LogScaled(run.dW_out.astype(dt), np.int64(0))
+        g["b_out"] = LogScaled(run.db_out.astype(dt), np.int64(0))
+    if rnn.clip is not None and rnn.clip_on != "signal":
+        g = clip_param_grads(rnn, g)
+    ffwd, fbwd = (int(run.info[i]) for i in (abi.INFO_FORWARD, abi.INFO_BACKWARD))
+    lstm = rnn.cell == "lstm"
+    run.seconds["total"] = time.perf_counter() - t_start
+    run.tick(run.work)
+    st = run.stats
+    return RecurrentResult(
+        rnn=rnn, backend=name, loss=run.loss, loss_exact=run.loss_exact, grads=RecurrentGrads(**g),
+        signal_norm=LogScaled(run.sig_m[1:].copy(), sig_e[1:].copy()),
+        cell_signal_norm=LogScaled(run.csig_m[1:].copy(), sig_e[1:].copy()) if lstm else None,
+        grad_norm=LogScaled(run.gnorm_m, sig_e[1:] + fexp[:-1]),
+        h0_grad=LogScaled(run.G, sig_e[0]), c0_grad=LogScaled(run.GC, sig_e[0]) if lstm else None,
+        output=LogScaled(run.h_top.copy(), fexp[T]),
+        act_mean=LogScaled(st["act_mean"], fexp[1:].copy()), act_std=LogScaled(st["act_std"], fexp[1:].copy()),
+        saturation=st["saturation"], gate_mean=st["gate_mean"], gate_low=st["gate_low"],
+        first_nonfinite_forward=None if ffwd < 0 else ffwd,
+        first_nonfinite_backward=None if fbwd < 0 else fbwd - 1,
+        forward_rescaled=run.rescale,
+        extras=dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), memory_estimate=run.plan.estimate,
+                    seconds=run.seconds),
+    )

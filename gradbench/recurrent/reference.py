@@ -1,0 +1,321 @@
+"""The NumPy reference of the recurrent cells: plain, readable, the oracle of the other backends.
+
+Dimension letters: T steps, B batch, N hidden units, D inputs, GN = G * N gate rows. Per cell a
+step pair ``<cell>_step_forward`` / ``<cell>_step_backward`` (arguments: outputs, saved values,
+inputs, parameters) and the drivers ``rnn_forward``, ``rnn_backward``, ``lstm_forward``, ...
+over the arrays of :mod:`gradbench.recurrent.abi` (validated by :func:`gradbench.abi.check`
+before the trusting ``*_kernel`` runs). The Numba and C backends compute the same things.
+
+Forward
+    The input projection of all steps is one matrix product, ``U = X W_ih^T + b`` (T, B, GN);
+    each step adds only the recurrent product ``h_{t-1} W_hh^T``. The forward saves what the
+    backward needs: the gate values ``A`` and the derivatives of the gate activations at
+    their pre-activations ``DA`` (computed from z with :func:`gradbench.activations.dphi`, so
+    they are right in saturation, not 1 - tanh^2 rounded to 0), the cell state and tanh of it
+    (LSTM), ``h_{t-1} W_hn^T + b_hn`` (GRU). Per step it records the mean and standard deviation
+    of h_t, the saturated fraction of the activation entries, the mean forget gate (LSTM) or
+    update gate (GRU) and the fraction of them below 0.1, and the first non-finite step.
+
+The exact chain through time
+    The backward state (dL/dh_t, and dL/dc_t for the LSTM) is a mantissa with one int64 exponent
+    ``sig_e``: after every step both are scaled by one power of two so that the larger max|.|
+    lies in [0.5, 1) (exact), and signal clipping acts on the true magnitude. A parameter
+    gradient is a sum over the steps of terms with different exponents; it is kept as a running
+    (mantissa, exponent) accumulator, each term brought to the larger exponent before it is added
+    (the residual-add rule of the stacks), so the total is right to rounding at any length. Zero
+    terms are skipped (they would only move the accumulator's exponent). The every-step loss adds
+    its direct gradient dL/dh_t (exponent 0) to the state by the same rule.
+
+Forward exponents (vanilla cells with identity, relu or leaky_relu)
+    ``h_t = H[t+1] * 2**fexp[t+1]``: the pre-activation is formed at the larger of the input's
+    exponent (0) and the state's, ``z = 2**-e U_t + 2**(fexp[t]-e) h_{t-1}W_hh^T`` with
+    ``e = max(0, fexp[t])``, the activation commutes with the power of two, and h_t is
+    normalised. So an exploding or vanishing linear/ReLU state is exact at any length (the
+    input's share rounds away when the state is 2^1000 times larger, as in plain arithmetic).
+    tanh, sigmoid and the gated cells have |h| <= 1; elu, selu, swish and gelu vanilla cells are
+    not rescaled, and where they overflow the first non-finite step is reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradbench import abi
+from gradbench.abi import CLIP_NONE, EXP_CLAMP, INFO_BACKWARD, INFO_FORWARD
+from gradbench.activations import dphi, phi
+from gradbench.recurrent.abi import (
+    DE_B_HH, DE_B_IH, DE_W_HH, DE_W_IH, EXP_EMPTY, RF_ACT_PARAM, RF_CLIP, RF_GATE_LOW, RF_SAT, RF_SAT_GATE,
+    RI_ACT, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
+)
+from gradbench.reference import _norm, clip_signal, normalise
+
+SIGMOID, TANH = abi.ACT_CODE["sigmoid"], abi.ACT_CODE["tanh"]
+
+
+def _ldexp(x: np.ndarray, e: int) -> np.ndarray:
+    return np.ldexp(x, int(np.clip(e, -EXP_CLAMP, EXP_CLAMP))).astype(x.dtype)
+
+
+# ------------------------------------------------------------------ shared pieces
+def input_projection(U, X, W_ih, bias):
+    """U = X W_ih^T + bias for all steps at once.    U (T,B,GN), X (T,B,D), W_ih (GN,D), bias (GN,)"""
+    np.matmul(X, W_ih.T, out=U)
+    U += bias
+
+
+def accumulate(acc: np.ndarray, E: int, term: np.ndarray, e: int) -> int:
+    """acc * 2**E + term * 2**e written into acc at the larger exponent; returns it.
+
+    ``E == EXP_EMPTY``: acc holds nothing yet and becomes the term; an all-zero term is skipped.
+    """
+    if not np.any(term):
+        return E
+    if E == EXP_EMPTY:
+        acc[...] = term
+        return e
+    em = max(E, e)
+    acc[...] = _ldexp(acc, E - em) + _ldexp(term, e - em)
+    return em
+
+
+def add_loss_gradient(G, GC, e, dh):
+    """G * 2**e + dh * 2**0 (the every-step loss's direct gradient) at the larger exponent;
+    GC (the LSTM's dL/dc, sharing G's exponent; None otherwise) moves with G. Returns it."""
+    em = max(e, 0)
+    G[...] = _ldexp(dh, -em) + _ldexp(G, e - em)
+    if GC is not None:
+        GC[...] = _ldexp(GC, e - em)
+    return em
+
+
+def finish_state(G, GC, j, clip_mode, c, sig_m, sig_e, csig_m, info):
+    """Normalise (jointly with GC), clip and record dL/dH[j] (complete in G, exponent sig_e[j])."""
+    g = G if GC is None else np.concatenate([G, GC])
+    e = int(sig_e[j]) + normalise(g)
+    if clip_mode:
+        e = clip_signal(g, e, clip_mode, c)
+        e += normalise(g)
+    if GC is not None:
+        G[...], GC[...] = g[: len(G)], g[len(G):]
+        csig_m[j] = _norm(GC)
+    sig_e[j] = e
+    sig_m[j] = _norm(G)
+    if info[INFO_BACKWARD] < 0 and not np.all(np.isfinite(g)):
+        info[INFO_BACKWARD] = j
+
+
+def record_forward(t, h, act_mean, act_std, info):
+    h64 = h.astype(np.float64)
+    act_mean[t] = h64.mean()
+    act_std[t] = np.sqrt(((h64 - act_mean[t]) ** 2).mean())
+    if info[INFO_FORWARD] < 0 and not np.all(np.isfinite(h)):
+        info[INFO_FORWARD] = t
+
+
+def accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dzx, dzh, x, hp, e, e_h):
+    """Step t's parameter-gradient terms (dzx for W_ih/b_ih, dzh for W_hh/b_hh) into the
+    accumulators; e = sig_e[t+1], e_h = e + fexp[t] (h_{t-1}'s exponent)."""
+    term_hh = dzh.T @ hp
+    gnorm_m[t] = _norm(term_hh)
+    dexp[DE_W_HH] = accumulate(dW_hh, int(dexp[DE_W_HH]), term_hh, e_h)
+    dexp[DE_W_IH] = accumulate(dW_ih, int(dexp[DE_W_IH]), dzx.T @ x, e)
+    dexp[DE_B_IH] = accumulate(db_ih, int(dexp[DE_B_IH]), dzx.sum(axis=0), e)
+    dexp[DE_B_HH] = accumulate(db_hh, int(dexp[DE_B_HH]), dzh.sum(axis=0), e)
+
+
+# ------------------------------------------------------------------ vanilla rnn
+def rnn_step_forward(h, da, z, code, param):
+    """h_t = phi(z), da = phi'(z).    h, da, z (B,N)"""
+    h[...] = phi(z, code, param)
+    da[...] = dphi(z, code, param)
+
+
+def rnn_step_backward(dz, g, da):
+    """dz = dL/dh_t * phi'(z_t).    dz, g, da (B,N)"""
+    dz[...] = g * da
+
+
+def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, DA, fexp, act_mean, act_std, saturation,
+                       gate_mean, gate_low, info):
+    """The vanilla cell through T steps (module docstring)."""
+    code, param, rescale = int(icfg[RI_ACT]), fcfg[RF_ACT_PARAM], bool(icfg[RI_RESCALE_FWD])
+    T = X.shape[0]
+    info[INFO_FORWARD] = -1
+    input_projection(DA, X, W_ih, b_ih + b_hh)  # U is kept in DA until step t overwrites DA[t]
+    for t in range(T):
+        P = H[t] @ W_hh.T
+        if rescale:
+            e = max(0, int(fexp[t]))
+            z = _ldexp(DA[t], -e) + _ldexp(P, int(fexp[t]) - e)
+        else:
+            e = int(fexp[t])
+            z = DA[t] + P
+        rnn_step_forward(H[t + 1], DA[t], z, code, param)
+        fexp[t + 1] = e + (normalise(H[t + 1]) if rescale else 0)
+        saturation[t] = np.mean(DA[t] < fcfg[RF_SAT])
+        gate_mean[t] = gate_low[t] = np.nan
+        record_forward(t, H[t + 1], act_mean, act_std, info)
+
+
+def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, DA, fexp, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
+                        sig_e, gnorm_m, info):
+    """Backward through T steps of the vanilla cell (module docstring)."""
+    clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
+    T = X.shape[0]
+    info[INFO_BACKWARD] = -1
+    finish_state(G, None, T, CLIP_NONE, c, sig_m, sig_e, None, info)  # the caller clipped it
+    dz = np.empty_like(G)
+    for t in range(T - 1, -1, -1):
+        e = int(sig_e[t + 1])
+        rnn_step_backward(dz, G, DA[t])
+        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dz, dz, X[t], H[t], e, e + int(fexp[t]))
+        np.matmul(dz, W_hh, out=G)
+        sig_e[t] = add_loss_gradient(G, None, e, DH[t]) if every else e
+        finish_state(G, None, t, clip_mode, c, sig_m, sig_e, None, info)
+
+
+# ------------------------------------------------------------------ lstm
+def lstm_step_forward(h, c, a, da, tc, dtc, z, c_prev, N):
+    """Gates i, f, g, o of z, c_t = f c_{t-1} + i g, h_t = o tanh(c_t).
+
+    h, c, c_prev, tc, dtc (B,N); a, da, z (B,4N)
+    """
+    for k, code in enumerate((SIGMOID, SIGMOID, TANH, SIGMOID)):
+        zk = z[:, k * N:(k + 1) * N]
+        a[:, k * N:(k + 1) * N] = phi(zk, code, 0.0)
+        da[:, k * N:(k + 1) * N] = dphi(zk, code, 0.0)
+    i, f, g, o = (a[:, k * N:(k + 1) * N] for k in range(4))
+    c[...] = f * c_prev + i * g
+    tc[...] = phi(c, TANH, 0.0)
+    dtc[...] = dphi(c, TANH, 0.0)
+    h[...] = o * tc
+
+
+def lstm_step_backward(dz, gc_prev, g, gc, a, da, tc, dtc, c_prev, N):
+    """dz (B,4N) and dL/dc_{t-1} from dL/dh_t = g and dL/dc_t = gc.
+
+    dc = gc + g o tanh'(c_t); dz_i = dc g~ i', dz_f = dc c_{t-1} f', dz_g = dc i g~',
+    dz_o = g tanh(c_t) o'; dL/dc_{t-1} = dc f.    gc_prev, g, gc, tc, dtc, c_prev (B,N)
+    """
+    i, f, gg, o = (a[:, k * N:(k + 1) * N] for k in range(4))
+    di, df, dg, do = (da[:, k * N:(k + 1) * N] for k in range(4))
+    dc = gc + g * o * dtc
+    dz[:, 0 * N:1 * N] = dc * gg * di
+    dz[:, 1 * N:2 * N] = dc * c_prev * df
+    dz[:, 2 * N:3 * N] = dc * i * dg
+    dz[:, 3 * N:4 * N] = g * tc * do
+    gc_prev[...] = dc * f
+
+
+def _gate_stats(t, gate, da, fcfg, N, tanh_block, saturation, gate_mean, gate_low):
+    """Saturation over all gate entries (sigmoid' < RF_SAT_GATE, tanh' < RF_SAT), the mean of
+    ``gate`` (forget or update gate) and the fraction of it below RF_GATE_LOW."""
+    sat = da < fcfg[RF_SAT_GATE]
+    sat[:, tanh_block * N:(tanh_block + 1) * N] = da[:, tanh_block * N:(tanh_block + 1) * N] < fcfg[RF_SAT]
+    saturation[t] = np.mean(sat)
+    g64 = gate.astype(np.float64)
+    gate_mean[t] = g64.mean()
+    gate_low[t] = np.mean(g64 < fcfg[RF_GATE_LOW])
+
+
+def lstm_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, C, A, DA, TC, DTC, act_mean, act_std,
+                        saturation, gate_mean, gate_low, info):
+    """The LSTM through T steps (module docstring)."""
+    T, N = X.shape[0], W_hh.shape[1]
+    info[INFO_FORWARD] = -1
+    input_projection(A, X, W_ih, b_ih + b_hh)  # U is kept in A until step t overwrites A[t]
+    for t in range(T):
+        z = A[t] + H[t] @ W_hh.T
+        lstm_step_forward(H[t + 1], C[t + 1], A[t], DA[t], TC[t], DTC[t], z, C[t], N)
+        _gate_stats(t, A[t][:, N:2 * N], DA[t], fcfg, N, 2, saturation, gate_mean, gate_low)
+        record_forward(t, H[t + 1], act_mean, act_std, info)
+
+
+def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, A, DA, TC, DTC, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh,
+                         dexp, sig_m, sig_e, csig_m, gnorm_m, info):
+    """Backward through T steps of the LSTM; (G, GC) share one exponent (module docstring)."""
+    clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
+    T, N = X.shape[0], W_hh.shape[1]
+    info[INFO_BACKWARD] = -1
+    finish_state(G, GC, T, CLIP_NONE, c, sig_m, sig_e, csig_m, info)
+    dz = np.empty((G.shape[0], 4 * N), dtype=G.dtype)
+    for t in range(T - 1, -1, -1):
+        e = int(sig_e[t + 1])
+        lstm_step_backward(dz, GC, G, GC, A[t], DA[t], TC[t], DTC[t], C[t], N)
+        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dz, dz, X[t], H[t], e, e)
+        np.matmul(dz, W_hh, out=G)
+        sig_e[t] = add_loss_gradient(G, GC, e, DH[t]) if every else e
+        finish_state(G, GC, t, clip_mode, c, sig_m, sig_e, csig_m, info)
+
+
+# ------------------------------------------------------------------ gru
+def gru_step_forward(h, a, da, hn, u, p, h_prev, b_hn, N):
+    """r, z = sigma(u + p) of the first two blocks, hn = p_n + b_hn, n = tanh(u_n + r hn),
+    h_t = (1 - z) n + z h_{t-1}.    h, hn, h_prev (B,N); a, da, u, p (B,3N); b_hn (N,)"""
+    zr = u[:, :N] + p[:, :N]
+    zz = u[:, N:2 * N] + p[:, N:2 * N]
+    hn[...] = p[:, 2 * N:] + b_hn
+    r, z = phi(zr, SIGMOID, 0.0), phi(zz, SIGMOID, 0.0)
+    zn = u[:, 2 * N:] + r * hn
+    n = phi(zn, TANH, 0.0)
+    a[:, :N], a[:, N:2 * N], a[:, 2 * N:] = r, z, n
+    da[:, :N], da[:, N:2 * N], da[:, 2 * N:] = dphi(zr, SIGMOID, 0.0), dphi(zz, SIGMOID, 0.0), dphi(zn, TANH, 0.0)
+    h[...] = (1 - z) * n + z * h_prev
+
+
+def gru_step_backward(dzx, dzh, g, a, da, hn, h_prev, N):
+    """The pre-activation gradients of step t from dL/dh_t = g: dzx for W_ih and b_ih, dzh for
+    W_hh and b_hh (they differ in the n block: r multiplies h W_hn^T + b_hn only).
+
+    dn = g (1 - z) n', dz = g (h_{t-1} - n) z', dr = dn hn r'; dzx = [dr, dz, dn],
+    dzh = [dr, dz, dn r].    dzx, dzh, a, da (B,3N); g, hn, h_prev (B,N)
+    """
+    r, z, n = a[:, :N], a[:, N:2 * N], a[:, 2 * N:]
+    dr_, dz_, dn_ = da[:, :N], da[:, N:2 * N], da[:, 2 * N:]
+    dn = g * (1 - z) * dn_
+    dzx[:, :N] = dn * hn * dr_
+    dzx[:, N:2 * N] = g * (h_prev - n) * dz_
+    dzx[:, 2 * N:] = dn
+    dzh[:, :2 * N] = dzx[:, :2 * N]
+    dzh[:, 2 * N:] = dn * r
+
+
+def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, A, DA, HN, act_mean, act_std, saturation,
+                       gate_mean, gate_low, info):
+    """The GRU through T steps (module docstring)."""
+    T, N = X.shape[0], W_hh.shape[1]
+    info[INFO_FORWARD] = -1
+    bias = b_ih.copy()
+    bias[:2 * N] += b_hh[:2 * N]  # b_hn stays inside r * (h W_hn^T + b_hn)
+    U = np.empty_like(A)
+    input_projection(U, X, W_ih, bias)
+    for t in range(T):
+        gru_step_forward(H[t + 1], A[t], DA[t], HN[t], U[t], H[t] @ W_hh.T, H[t], b_hh[2 * N:], N)
+        _gate_stats(t, A[t][:, N:2 * N], DA[t], fcfg, N, 2, saturation, gate_mean, gate_low)
+        record_forward(t, H[t + 1], act_mean, act_std, info)
+
+
+def gru_backward_kernel(icfg, fcfg, X, W_hh, H, A, DA, HN, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
+                        sig_e, gnorm_m, info):
+    """Backward through T steps of the GRU (module docstring)."""
+    clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
+    T, N = X.shape[0], W_hh.shape[1]
+    info[INFO_BACKWARD] = -1
+    finish_state(G, None, T, CLIP_NONE, c, sig_m, sig_e, None, info)
+    dzx = np.empty((G.shape[0], 3 * N), dtype=G.dtype)
+    dzh = np.empty_like(dzx)
+    for t in range(T - 1, -1, -1):
+        e = int(sig_e[t + 1])
+        gru_step_backward(dzx, dzh, G, A[t], DA[t], HN[t], H[t], N)
+        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dzx, dzh, X[t], H[t], e, e)
+        G[...] = G * A[t][:, N:2 * N] + dzh @ W_hh
+        sig_e[t] = add_loss_gradient(G, None, e, DH[t]) if every else e
+        finish_state(G, None, t, clip_mode, c, sig_m, sig_e, None, info)
+
+
+rnn_forward = abi.checked("rnn_forward", rnn_forward_kernel)
+rnn_backward = abi.checked("rnn_backward", rnn_backward_kernel)
+lstm_forward = abi.checked("lstm_forward", lstm_forward_kernel)
+lstm_backward = abi.checked("lstm_backward", lstm_backward_kernel)
+gru_forward = abi.checked("gru_forward", gru_forward_kernel)
+gru_backward = abi.checked("gru_backward", gru_backward_kernel)

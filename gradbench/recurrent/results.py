@@ -1,0 +1,102 @@
+"""What a pass through a recurrent net returns: :class:`RecurrentResult` and its :class:`RecurrentGrads`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradbench.logscaled import LogScaled
+from gradbench.recurrent.spec import Recurrent
+
+
+@dataclass(frozen=True, eq=False)
+class RecurrentGrads:
+    """Gradients of the loss, exact to rounding at any length: one :class:`LogScaled` per
+    parameter, each a mantissa array with one exponent (``.to_float()``, ``.log10()``).
+
+    ``W_ih`` (GN, D), ``W_hh`` (GN, N), ``b_ih``, ``b_hh`` (GN,); ``W_out`` (O, N), ``b_out`` (O,)
+    with a head.
+    """
+
+    W_ih: LogScaled
+    W_hh: LogScaled
+    b_ih: LogScaled
+    b_hh: LogScaled
+    W_out: LogScaled | None = None
+    b_out: LogScaled | None = None
+
+    def items(self):
+        for name in ("W_ih", "W_hh", "b_ih", "b_hh", "W_out", "b_out"):
+            value = getattr(self, name)
+            if value is not None:
+                yield name, value
+
+
+@dataclass(frozen=True, eq=False)
+class RecurrentResult:
+    """What one forward + backward pass through time gives (steps t = 0 .. T-1, h_t the state
+    written by step t).
+
+    Attributes
+    ----------
+    rnn : Recurrent
+    backend : str
+    loss : float
+        The loss as a float (``loss_exact`` holds it as mantissa and exponent: exact at any
+        length for the sum_squares probe of a forward-rescaled cell).
+    grads : RecurrentGrads
+        dL/dparams (after parameter-gradient clipping when the net asks for it).
+    signal_norm : LogScaled (T,)
+        ||dL/dh_t||_F over the batch, exact: the backpropagated signal reaching step t (after
+        signal clipping), including the every-step loss's own gradient at t.
+    cell_signal_norm : LogScaled (T,) or None
+        ||dL/dc_t|| of the LSTM (None for the other cells).
+    grad_norm : LogScaled (T,)
+        ||dz_t^T h_{t-1}||_F: the norm of step t's contribution to dL/dW_hh, "how far back
+        learning reaches".
+    h0_grad, c0_grad : LogScaled (B, N)
+        dL/dh_{-1} (and dL/dc_{-1} for the LSTM; None otherwise).
+    output : LogScaled (B, N)
+        h_{T-1} with its forward exponent.
+    act_mean, act_std : LogScaled (T,)
+        Mean and standard deviation of h_t over batch and units.
+    saturation : ndarray (T,)
+        Fraction of the step's activation entries with phi' below 1 % of its maximum (all gates).
+    gate_mean, gate_low : ndarray (T,)
+        Mean forget gate (LSTM) / update gate z (GRU) and the fraction of them below 0.1; NaN
+        for the vanilla cell.
+    first_nonfinite_forward, first_nonfinite_backward : int or None
+        First step whose state (forward) or backpropagated signal (backward) is not finite.
+    forward_rescaled : bool
+        Whether the forward state carried power-of-two exponents (identity and ReLU-family cells
+        with the sum_squares probe).
+    extras : dict
+        ``checkpoint``, ``segments``, ``memory_estimate``, ``seconds``.
+    """
+
+    rnn: Recurrent
+    backend: str
+    loss: float
+    loss_exact: LogScaled
+    grads: RecurrentGrads
+    signal_norm: LogScaled
+    cell_signal_norm: LogScaled | None
+    grad_norm: LogScaled
+    h0_grad: LogScaled
+    c0_grad: LogScaled | None
+    output: LogScaled
+    act_mean: LogScaled
+    act_std: LogScaled
+    saturation: np.ndarray
+    gate_mean: np.ndarray
+    gate_low: np.ndarray
+    first_nonfinite_forward: int | None
+    first_nonfinite_backward: int | None
+    forward_rescaled: bool
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def stack(self) -> Recurrent:
+        """The net (the name a stack's Result uses for its spec)."""
+        return self.rnn
