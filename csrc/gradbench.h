@@ -154,6 +154,80 @@ int gb_add_aligned_f32(float *a, int64_t ea, const float *s, int64_t es, double 
 /* clip the true g 2^e in place (value or norm), g normalised; *e_out = new exponent.    g (B,N) */
 int gb_clip_signal_f64(double *g, int64_t e, int mode, double c, int64_t B, int64_t N, int64_t *e_out);
 int gb_clip_signal_f32(float *g, int64_t e, int mode, double c, int64_t B, int64_t N, int64_t *e_out);
+/* ---- recurrent cells: the contract of gradbench/recurrent/abi.py (RNN_FORWARD ... GRU_BACKWARD) */
+/* layout of icfg (int64) and fcfg (double) of the recurrent drivers (recurrent abi RI_*, RF_*) */
+#define GB_RI_ACT 0
+#define GB_RI_CLIP 1
+#define GB_RI_RESCALE_FWD 2
+#define GB_RI_LOSS_EVERY 3
+#define GB_RI_SIZE 4
+#define GB_RF_ACT_PARAM 0
+#define GB_RF_CLIP 1
+#define GB_RF_SAT 2
+#define GB_RF_SAT_GATE 3
+#define GB_RF_GATE_LOW 4
+#define GB_RF_SIZE 5
+/* the exponents of the gradient accumulators (DE_*), and that of an empty one (EXP_EMPTY) */
+#define GB_DE_W_IH 0
+#define GB_DE_W_HH 1
+#define GB_DE_B_IH 2
+#define GB_DE_B_HH 3
+#define GB_DE_SIZE 4
+#define GB_EXP_EMPTY -4611686018427387904
+
+/* Every array of the six recurrent tables, one pointer each (the first appearance fixes the
+ * order), and the dimensions: T steps, B batch, N hidden, D inputs, GN = G N gate rows, S rows of
+ * DH. `void *` arrays are of the driver's dtype; a driver reads only its own table's fields. */
+typedef struct gb_recurrent_arrays {
+    const int64_t *icfg;     /* (GB_RI_SIZE,) */
+    const double *fcfg;      /* (GB_RF_SIZE,) */
+    const void *X;           /* (T,B,D) */
+    const void *W_ih;        /* (GN,D) */
+    const void *W_hh;        /* (GN,N) */
+    const void *b_ih;        /* (GN,) */
+    const void *b_hh;        /* (GN,) */
+    void *H;                 /* (T+1,B,N) */
+    void *DA;                /* (T,B,GN) */
+    int64_t *fexp;           /* (T+1,) */
+    double *act_mean;        /* (T,) */
+    double *act_std;         /* (T,) */
+    double *saturation;      /* (T,) */
+    double *gate_mean;       /* (T,) */
+    double *gate_low;        /* (T,) */
+    int64_t *info;           /* (GB_INFO_SIZE,) */
+    const void *DH;          /* (S,B,N) */
+    void *G;                 /* (B,N) */
+    void *dW_ih;             /* (GN,D) */
+    void *dW_hh;             /* (GN,N) */
+    void *db_ih;             /* (GN,) */
+    void *db_hh;             /* (GN,) */
+    int64_t *dexp;           /* (GB_DE_SIZE,) */
+    double *sig_m;           /* (T+1,) */
+    int64_t *sig_e;          /* (T+1,) */
+    double *gnorm_m;         /* (T,) */
+    void *C;                 /* (T+1,B,N) */
+    void *A;                 /* (T,B,GN) */
+    void *TC;                /* (T,B,N) */
+    void *DTC;               /* (T,B,N) */
+    void *GC;                /* (B,N) */
+    double *csig_m;          /* (T+1,) */
+    void *HN;                /* (T,B,N) */
+    int64_t T, B, N, D, GN, S;
+} gb_recurrent_arrays;
+
+/* The cells through T steps: the contract of gradbench/recurrent/reference.py (rnn_forward, ...). */
+int gb_rnn_forward_f64(const gb_recurrent_arrays *a, const gb_opts *opts);
+int gb_rnn_forward_f32(const gb_recurrent_arrays *a, const gb_opts *opts);
+int gb_rnn_backward_f64(const gb_recurrent_arrays *a, const gb_opts *opts);
+int gb_rnn_backward_f32(const gb_recurrent_arrays *a, const gb_opts *opts);
+int gb_lstm_forward_f64(const gb_recurrent_arrays *a, const gb_opts *opts);
+int gb_lstm_forward_f32(const gb_recurrent_arrays *a, const gb_opts *opts);
+int gb_lstm_backward_f64(const gb_recurrent_arrays *a, const gb_opts *opts);
+int gb_lstm_backward_f32(const gb_recurrent_arrays *a, const gb_opts *opts);
+int gb_gru_forward_f64(const gb_recurrent_arrays *a, const gb_opts *opts);
+int gb_gru_forward_f32(const gb_recurrent_arrays *a, const gb_opts *opts);
+int gb_gru_backward_f64(const gb_recurrent_arrays *a, const gb_opts *opts);
+int gb_gru_backward_f32(const gb_recurrent_arrays *a, const gb_opts *opts);
 /* cffi-end */
 
 #endif

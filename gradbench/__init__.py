@@ -11,10 +11,9 @@ Quick start::
 """
 
 from gradbench.backends import backend_status, backends
-from gradbench.engine import backprop
 from gradbench.histograms import GradHistogram
 from gradbench.logscaled import LogScaled, UnderflowWarning
-from gradbench.params import GeneratedParams, Params, gaussian_input, init_params
+from gradbench.params import GeneratedParams, Params, gaussian_input
 from gradbench.results import Grads, Result
 from gradbench.spec import ACTIVATIONS, INITS, LOSSES, Stack
 
@@ -29,7 +28,14 @@ __all__ = [
 # Diagnosis, training and the classic demonstrations (plots: ``import gradbench.plot``;
 # it is not imported here so that ``import gradbench`` does not load matplotlib).
 from gradbench import datasets
-from gradbench.diagnose import Diagnosis, diagnose
+from gradbench.diagnose import Diagnosis
 from gradbench.train import DEMOS, TrainResult, run_demo, train
 
 __all__ += ["DEMOS", "Diagnosis", "TrainResult", "datasets", "diagnose", "run_demo", "train"]
+
+# Recurrent cells through time (gradbench.recurrent); init_params, backprop and diagnose take a
+# Stack or a Recurrent (gradbench.api dispatches).
+from gradbench.api import backprop, diagnose, init_params
+from gradbench.recurrent import GeneratedSequence, Recurrent, RecurrentParams, RecurrentResult, sequence_input
+
+__all__ += ["GeneratedSequence", "Recurrent", "RecurrentParams", "RecurrentResult", "sequence_input"]

@@ -1,0 +1,159 @@
+/* The gate activations of the recurrent cells, each with its derivative from one exponential:
+ *
+ *   sigmoid  e = exp(-|z|), s = 1/(1+e) for z >= 0, e/(1+e) otherwise (as gb_sigmoid_f64),
+ *            s' = e/(1+e)^2 = sigma(z) sigma(-z)
+ *   tanh     t = tanh(z) (the array tanh of activations.h), t' = sech^2 z = 4e/(1+e)^2, e = exp(-2|z|)
+ *
+ * The derivatives keep full relative accuracy in saturation: 1 - tanh^2 rounds to 0 from
+ * |z| ~ 19 and s (1 - s) from z ~ 37, while the true values (1e-17, 1e-16) still carry an exact
+ * chain through time. gradbench.activations.phi/dphi (NumPy) is the reference; tests compare
+ * these against it. Arrays of n values, out may be in (the derivative is written first).
+ *   gb_sigmoid_grad_f64 / _f32,  gb_tanh_grad_f64 / _f32
+ * With the GCC/Clang vector extension (as gb_vtanh), 8 doubles at a time; float is widened to
+ * double. Without it: libm's exp.
+ */
+#ifndef GB_GATES_H
+#define GB_GATES_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include "activations.h"
+
+#ifdef GB_HAVE_VTANH
+/* exp(y) for y <= 0 (NaN stays NaN): y = k ln2 + r (Cody-Waite, |r| <= ln2/2), exp(r) by Taylor
+ * to r^13, times 2^k applied as 2^k1 * 2^k2 so that subnormal results round once; y < -745.2: 0. */
+static inline gb_vd8 gb_vexp_neg(gb_vd8 y) {
+    const gb_vd8 zero = {0};
+    const gb_vi8 nan = y != y, tiny = y < -745.2;
+    const gb_vd8 ys = gb_blend(nan | tiny, zero, y);
+    const gb_vd8 shift = zero + 0x1.8p52;
+    const gb_vd8 kf = (ys * 0x1.71547652b82fep0 + shift) - shift;
+    const gb_vd8 r = (ys - kf * 0x1.62e42fee00000p-1) - kf * 0x1.a39ef35793c76p-33;
+    gb_vd8 p = zero + 1.0 / 6227020800.0; /* 1/13! */
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    const gb_vi8 k = __builtin_convertvector(kf, gb_vi8); /* -1075 <= k <= 0 */
+    const gb_vi8 k1 = k >> 1, k2 = k - k1;
+    const gb_vi8 b1 = (k1 + 1023) << 52, b2 = (k2 + 1023) << 52;
+    gb_vd8 s1, s2;
+    memcpy(&s1, &b1, sizeof s1);
+    memcpy(&s2, &b2, sizeof s2);
+    const gb_vd8 e = (p * s1) * s2;
+    return gb_blend(nan, y, gb_blend(tiny, zero, e));
+}
+
+static inline gb_vd8 gb_vabs(gb_vd8 x) {
+    gb_vi8 b;
+    memcpy(&b, &x, sizeof b);
+    b &= ~((gb_vi8){0} + INT64_MIN);
+    memcpy(&x, &b, sizeof x);
+    return x;
+}
+
+/* s = sigma(z), ds = sigma'(z) for 8 values */
+static inline void gb_vsigmoid_grad(gb_vd8 z, gb_vd8 *s, gb_vd8 *ds) {
+    const gb_vd8 e = gb_vexp_neg(-gb_vabs(z));
+    const gb_vd8 q = 1.0 + e;
+    *s = gb_blend(z >= 0.0, 1.0 / q, e / q);
+    *ds = e / (q * q);
+}
+
+/* sech^2 z for 8 values */
+static inline gb_vd8 gb_vsech2(gb_vd8 z) {
+    const gb_vd8 e = gb_vexp_neg(-2.0 * gb_vabs(z));
+    const gb_vd8 q = 1.0 + e;
+    return (4.0 * e) / (q * q);
+}
+
+#define GB_GATE_LOOP(TYPE, VEC, ...)                                                           \
+    int64_t i = 0;                                                                             \
+    for (; i < n; i += 8) {                                                                    \
+        const int64_t m = n - i < 8 ? n - i : 8;                                               \
+        VEC zin = {0};                                                                         \
+        memcpy(&zin, z + i, sizeof(TYPE) * (size_t)m);                                         \
+        __VA_ARGS__                                                                            \
+    }
+#endif
+
+static inline void gb_sigmoid_grad_f64(double *s, double *ds, const double *z, int64_t n) {
+#ifdef GB_HAVE_VTANH
+    GB_GATE_LOOP(double, gb_vd8, {
+        gb_vd8 sv, dv;
+        gb_vsigmoid_grad(zin, &sv, &dv);
+        memcpy(ds + i, &dv, sizeof(double) * (size_t)m);
+        memcpy(s + i, &sv, sizeof(double) * (size_t)m);
+    })
+#else
+    for (int64_t i = 0; i < n; i++) {
+        const double zi = z[i], e = exp(-fabs(zi)), q = 1.0 + e;
+        ds[i] = e / (q * q);
+        s[i] = zi >= 0 ? 1.0 / q : e / q;
+    }
+#endif
+}
+
+static inline void gb_sigmoid_grad_f32(float *s, float *ds, const float *z, int64_t n) {
+#ifdef GB_HAVE_VTANH
+    GB_GATE_LOOP(float, gb_vf8, {
+        gb_vd8 sv, dv;
+        gb_vsigmoid_grad(__builtin_convertvector(zin, gb_vd8), &sv, &dv);
+        const gb_vf8 sf = __builtin_convertvector(sv, gb_vf8), df = __builtin_convertvector(dv, gb_vf8);
+        memcpy(ds + i, &df, sizeof(float) * (size_t)m);
+        memcpy(s + i, &sf, sizeof(float) * (size_t)m);
+    })
+#else
+    for (int64_t i = 0; i < n; i++) {
+        const double zi = z[i], e = exp(-fabs(zi)), q = 1.0 + e;
+        ds[i] = (float)(e / (q * q));
+        s[i] = (float)(zi >= 0 ? 1.0 / q : e / q);
+    }
+#endif
+}
+
+static inline void gb_tanh_grad_f64(double *t, double *dt, const double *z, int64_t n) {
+#ifdef GB_HAVE_VTANH
+    GB_GATE_LOOP(double, gb_vd8, {
+        const gb_vd8 dv = gb_vsech2(zin), tv = gb_vtanh(zin);
+        memcpy(dt + i, &dv, sizeof(double) * (size_t)m);
+        memcpy(t + i, &tv, sizeof(double) * (size_t)m);
+    })
+#else
+    for (int64_t i = 0; i < n; i++) {
+        const double zi = z[i], e = exp(-2.0 * fabs(zi)), q = 1.0 + e;
+        dt[i] = 4.0 * e / (q * q);
+        t[i] = tanh(zi);
+    }
+#endif
+}
+
+static inline void gb_tanh_grad_f32(float *t, float *dt, const float *z, int64_t n) {
+#ifdef GB_HAVE_VTANH
+    GB_GATE_LOOP(float, gb_vf8, {
+        const gb_vd8 zd = __builtin_convertvector(zin, gb_vd8);
+        const gb_vf8 df = __builtin_convertvector(gb_vsech2(zd), gb_vf8);
+        const gb_vf8 tf = __builtin_convertvector(gb_vtanh(zd), gb_vf8);
+        memcpy(dt + i, &df, sizeof(float) * (size_t)m);
+        memcpy(t + i, &tf, sizeof(float) * (size_t)m);
+    })
+#else
+    for (int64_t i = 0; i < n; i++) {
+        const double zi = z[i], e = exp(-2.0 * fabs(zi)), q = 1.0 + e;
+        dt[i] = (float)(4.0 * e / (q * q));
+        t[i] = tanhf(z[i]);
+    }
+#endif
+}
+
+#endif

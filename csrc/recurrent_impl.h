@@ -1,0 +1,718 @@
+/* The recurrent cells (vanilla RNN, LSTM, GRU) through time, written once over the real type REAL.
+ *
+ * Included by recurrent_f64.c (REAL = double) and recurrent_f32.c (REAL = float), which define REAL (the
+ * real type: T is the number of steps here, as in gb_recurrent_arrays), SFX
+ * (f64/f32), TLDEXP, TFABS, T_MAX_EXP (the largest e with 2^e finite in REAL), GEMM_FN and
+ * GEMM_FIELD (the BLAS pointer of gb_opts).
+ *
+ * The contract is gradbench/recurrent/reference.py (the NumPy oracle, same names and steps) over
+ * the arrays of gradbench/recurrent/abi.py (gb_recurrent_arrays). Dimension letters: T steps,
+ * B batch, N hidden units, D inputs, GN = G N gate rows. The elementwise formulas are evaluated
+ * in the reference's order; the matrix products go to BLAS (SciPy's, through gb_opts) or to
+ * plain loops without it.
+ *
+ * Forward: the input projection of all steps is one product U = X W_ih^T + b (into A, or DA for
+ * the vanilla cell, which then hold the pre-activations step by step); per step only the
+ * recurrent product h_{t-1} W_hh^T.
+ *
+ * Backward: per step the elementwise backward of the cell, the recurrent product dz W_hh and the
+ * exact chain (joint power-of-two normalisation of dL/dh and dL/dc, signal clipping on the true
+ * magnitude). The parameter gradients are sums over steps of terms with different exponents;
+ * the steps' dz rows are collected in chunks of K steps, each row scaled by 2^(e_t - E_chunk)
+ * (E_chunk the largest exponent of a non-zero row: the reference's aligned add, applied before
+ * instead of after the product, which is the same numbers unless a product is subnormal), and
+ * dW_ih = Z^T X, dW_hh = Z^T H become products over K*B rows, added to the running
+ * (mantissa, exponent) accumulators by the aligned rule. The norm of step t's dW_hh term,
+ * ||dz_t^T h_{t-1}||_F, is computed from the B x B Gram matrices, sum((dz dz^T) o (h h^T)),
+ * when that is cheaper than the (GN, N) product itself (B (GN + N) < GN N), else directly.
+ *
+ * The exact-chain helpers (normalise, clip, norm) repeat those of stack_impl.h over one
+ * contiguous state [dL/dh; dL/dc], so that the LSTM's two parts share one exponent; they are
+ * static there, and this file is a separate translation unit.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "gb_internal.h"
+#include "gates.h"
+
+#define GB_CAT2(a, b) a##_##b
+#define GB_CAT(a, b) GB_CAT2(a, b)
+#define F(name) GB_CAT(name, SFX)
+#define GB_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define GB_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* ------------------------------------------------------------------ products */
+/* C (m,n) = op(A) op(Bm) + beta C in column-major (the Fortran BLAS contract, alpha = 1,
+ * beta 0 or 1). Row-major X (r, c) is column-major X^T (c, r). Own loops without BLAS. */
+static void F(gb_rgemm)(GEMM_FN gemm, char ta, char tb, int64_t m, int64_t n, int64_t k, const REAL *A,
+                        int64_t lda, const REAL *Bm, int64_t ldb, int beta, REAL *C, int64_t ldc) {
+    if (m <= 0 || n <= 0) return;
+    if (gemm && k > 0) {
+        int im = (int)m, in = (int)n, ik = (int)k, ia = (int)lda, ib = (int)ldb, ic = (int)ldc;
+        REAL one = 1, bt = (REAL)beta;
+        gemm(&ta, &tb, &im, &in, &ik, &one, (REAL *)A, &ia, (REAL *)Bm, &ib, &bt, C, &ic);
+        return;
+    }
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < m; i++) {
+            REAL acc = 0;
+            for (int64_t l = 0; l < k; l++) {
+                const REAL a = ta == 'N' ? A[i + l * lda] : A[l + i * lda];
+                const REAL b = tb == 'N' ? Bm[l + j * ldb] : Bm[j + l * ldb];
+                acc += a * b;
+            }
+            C[i + j * ldc] = beta ? acc + C[i + j * ldc] : acc;
+        }
+}
+
+/* Row-major products, named for what they compute (all alpha = 1):
+ *   rows_times_wT:  Y (R,GN) [+]= Xr (R,K) W^T, W (GN,K)       the projections x W^T, h W_hh^T
+ *   rows_times_w:   Y (R,K)  [+]= Z (R,GN) W,   W (GN,K)       dz W_hh
+ *   zT_times_rows:  Y (GN,K)  = Z^T Xr, Z (R,GN), Xr (R,K)     dW = dz^T x, dz^T h */
+static void F(gb_rows_times_wT)(GEMM_FN g, REAL *Y, const REAL *Xr, const REAL *W, int64_t R, int64_t K, int64_t GN,
+                                int beta) {
+    const int64_t CH = 1 << 20; /* rows per call: int dimensions for BLAS */
+    for (int64_t r0 = 0; r0 < R; r0 += CH)
+        F(gb_rgemm)(g, 'T', 'N', GN, GB_MIN(CH, R - r0), K, W, K, Xr + r0 * K, K, beta, Y + r0 * GN, GN);
+}
+
+static void F(gb_rows_times_w)(GEMM_FN g, REAL *Y, const REAL *Z, const REAL *W, int64_t R, int64_t K, int64_t GN,
+                               int beta) {
+    F(gb_rgemm)(g, 'N', 'N', K, R, GN, W, K, Z, GN, beta, Y, K);
+}
+
+static void F(gb_zT_times_rows)(GEMM_FN g, REAL *Y, const REAL *Z, const REAL *Xr, int64_t R, int64_t K, int64_t GN) {
+    F(gb_rgemm)(g, 'N', 'T', K, GN, R, Xr, K, Z, GN, 0, Y, K);
+}
+
+/* ------------------------------------------------------------------ the exact chain */
+/* max |g| ignoring NaN */
+static REAL F(gb_rabsmax)(const REAL *g, int64_t n) {
+    REAL lane[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int c = 0; c < 8; c++) {
+            const REAL v = TFABS(g[i + c]);
+            lane[c] = v > lane[c] ? v : lane[c];
+        }
+    REAL m = 0;
+    for (; i < n; i++) {
+        const REAL v = TFABS(g[i]);
+        m = v > m ? v : m;
+    }
+    for (int c = 0; c < 8; c++) m = lane[c] > m ? lane[c] : m;
+    return m;
+}
+
+/* g *= 2^k exactly (in two steps when 2^k is not a finite REAL) */
+static void F(gb_rscale_pow2)(REAL *g, int64_t n, int k) {
+    if (k <= T_MAX_EXP) {
+        const REAL s = (REAL)ldexp(1.0, k);
+        for (int64_t i = 0; i < n; i++) g[i] *= s;
+    } else {
+        const int k1 = k / 2;
+        const REAL s1 = (REAL)ldexp(1.0, k1), s2 = (REAL)ldexp(1.0, k - k1);
+        for (int64_t i = 0; i < n; i++) g[i] = (g[i] * s1) * s2;
+    }
+}
+
+/* g *= 2^-e with e the exponent of max|g| (0 for all-zero or non-finite max); returns e */
+static int64_t F(gb_rnormalise)(REAL *g, int64_t n) {
+    const REAL m = F(gb_rabsmax)(g, n);
+    if (!(m > 0) || !isfinite(m)) return 0;
+    int e;
+    frexp((double)m, &e);
+    F(gb_rscale_pow2)(g, n, -e);
+    return e;
+}
+
+/* sqrt(sum x^2) in double, rows of N in order.    x (M,N) */
+static double F(gb_rnorm)(const REAL *x, int64_t M, int64_t N) {
+    double total = 0;
+    for (int64_t r = 0; r < M; r++) {
+        double lane[8] = {0}, s = 0;
+        const REAL *xr = x + r * N;
+        int64_t j = 0;
+        for (; j + 8 <= N; j += 8)
+            for (int c = 0; c < 8; c++) lane[c] += (double)xr[j + c] * (double)xr[j + c];
+        for (; j < N; j++) s += (double)xr[j] * (double)xr[j];
+        for (int c = 0; c < 8; c++) s += lane[c];
+        total += s;
+    }
+    return sqrt(total);
+}
+
+/* Clip the true value g 2^e (g normalised): value, every entry to [-c, c]; norm, the norm of
+ * all n entries to <= c. Returns the new exponent (the reference's clip_signal).    g (M,N) */
+static int64_t F(gb_rclip)(REAL *g, int64_t M, int64_t N, int64_t e, int mode, double c) {
+    const int64_t n = M * N;
+    if (mode == GB_CLIP_VALUE) {
+        int ec;
+        const double t = frexp(c, &ec);
+        double m = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const double v = fabs((double)g[i]);
+            if (v != v) return e; /* NaN: np.max is NaN and NaN > t is false */
+            m = v > m ? v : m;
+        }
+        const int sh = gb_clamp_exp(e - ec);
+        if (ldexp(m, sh) > t) {
+            for (int64_t i = 0; i < n; i++) {
+                const double v = (double)TLDEXP(g[i], sh);
+                g[i] = (REAL)(v > t ? t : (v < -t ? -t : v));
+            }
+            return ec;
+        }
+    } else if (mode == GB_CLIP_NORM) {
+        const double nrm = F(gb_rnorm)(g, M, N);
+        if (ldexp(nrm, gb_clamp_exp(e)) > c) {
+            const REAL s = (REAL)(c / nrm);
+            for (int64_t i = 0; i < n; i++) g[i] *= s;
+            return 0;
+        }
+    }
+    return e;
+}
+
+static int F(gb_rall_finite)(const REAL *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* The reference's finish_state: normalise the state gg = [dL/dh; dL/dc] (rows, N) jointly,
+ * clip it, record ||dL/dh|| (the first B rows) and ||dL/dc|| (the rest) and its exponent. */
+static void F(gb_rfinish)(REAL *gg, int64_t rows, int64_t B, int64_t N, int64_t j, int clip, double c, double *sig_m,
+                          int64_t *sig_e, double *csig_m, int64_t *info) {
+    const int64_t n = rows * N;
+    int64_t e = sig_e[j] + F(gb_rnormalise)(gg, n);
+    if (clip) {
+        e = F(gb_rclip)(gg, rows, N, e, clip, c);
+        e += F(gb_rnormalise)(gg, n);
+    }
+    sig_e[j] = e;
+    sig_m[j] = F(gb_rnorm)(gg, B, N);
+    if (csig_m) csig_m[j] = F(gb_rnorm)(gg + B * N, rows - B, N);
+    if (info[GB_INFO_BACKWARD] < 0 && !F(gb_rall_finite)(gg, n)) info[GB_INFO_BACKWARD] = j;
+}
+
+/* The every-step loss: gg 2^e + dh 2^0 at the larger exponent (only the first B rows get dh;
+ * the LSTM's dL/dc moves with them). Returns the exponent. */
+static int64_t F(gb_radd_loss)(REAL *gg, int64_t rows, int64_t B, int64_t N, int64_t e, const REAL *dh) {
+    const int64_t em = GB_MAX(e, 0);
+    const int dg = gb_clamp_exp(e - em), dd = gb_clamp_exp(-em);
+    for (int64_t i = 0; i < B * N; i++) gg[i] = TLDEXP(dh[i], dd) + TLDEXP(gg[i], dg);
+    if (dg)
+        for (int64_t i = B * N; i < rows * N; i++) gg[i] = TLDEXP(gg[i], dg);
+    return em;
+}
+
+/* acc 2^E + term 2^e into acc at the larger exponent (E = GB_EXP_EMPTY: acc becomes the term);
+ * an all-zero term is skipped. */
+static void F(gb_racc)(REAL *acc, int64_t *E, const REAL *term, int64_t e, int64_t n) {
+    int nz = 0;
+    for (int64_t i = 0; i < n; i++) nz |= term[i] != 0;
+    if (!nz) return;
+    if (*E == GB_EXP_EMPTY) {
+        memcpy(acc, term, sizeof(REAL) * (size_t)n);
+        *E = e;
+        return;
+    }
+    const int64_t em = GB_MAX(*E, e);
+    const int da = gb_clamp_exp(*E - em), ds = gb_clamp_exp(e - em);
+    for (int64_t i = 0; i < n; i++) acc[i] = TLDEXP(acc[i], da) + TLDEXP(term[i], ds);
+    *E = em;
+}
+
+/* ------------------------------------------------------------------ per-call state */
+typedef struct {
+    GEMM_FN gemm;
+    int64_t K;         /* steps per chunk of the parameter-gradient products */
+    REAL *zx, *zh;        /* (K,B,GN) dz rows of the chunk for W_ih/b_ih and W_hh/b_hh (zh may be zx) */
+    int64_t *ex, *eh;  /* (K,) their exponents */
+    unsigned char *nz; /* (K,) the step's rows are not all zero */
+    REAL *tmp;            /* (GN, max(N, D)) */
+    REAL *tb;             /* (GN,) */
+    REAL *gram;           /* (2, B, B) */
+    REAL *gg;             /* (2, B, N) the state [dL/dh; dL/dc] */
+    REAL *work;           /* (B, GN) */
+    int gram_norms;    /* step norms from the Gram matrices */
+} F(gb_rctx);
+
+static void *F(gb_ralloc)(size_t bytes) {
+    size_t n = (bytes + 63) / 64 * 64;
+    return aligned_alloc(64, n ? n : 64);
+}
+
+static void F(gb_rctx_free)(F(gb_rctx) *cx) {
+    if (cx->zh != cx->zx) free(cx->zh);
+    free(cx->zx);
+    free(cx->ex);
+    free(cx->eh);
+    free(cx->nz);
+    free(cx->tmp);
+    free(cx->tb);
+    free(cx->gram);
+    free(cx->gg);
+    free(cx->work);
+}
+
+static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, const gb_recurrent_arrays *a, int separate_zh) {
+    const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = a->GN;
+    memset(cx, 0, sizeof *cx);
+    cx->gemm = opts ? opts->GEMM_FIELD : NULL;
+    cx->K = GB_MAX(1, GB_MIN(T_, (256 + B - 1) / B));
+    const size_t zrows = (size_t)(cx->K * B * GN);
+    cx->zx = F(gb_ralloc)(sizeof(REAL) * zrows);
+    cx->zh = separate_zh ? F(gb_ralloc)(sizeof(REAL) * zrows) : cx->zx;
+    cx->ex = F(gb_ralloc)(sizeof(int64_t) * (size_t)cx->K);
+    cx->eh = F(gb_ralloc)(sizeof(int64_t) * (size_t)cx->K);
+    cx->nz = F(gb_ralloc)((size_t)cx->K);
+    cx->tmp = F(gb_ralloc)(sizeof(REAL) * (size_t)(GN * GB_MAX(N, D)));
+    cx->tb = F(gb_ralloc)(sizeof(REAL) * (size_t)GN);
+    cx->gram = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * B));
+    cx->gg = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * N));
+    cx->work = F(gb_ralloc)(sizeof(REAL) * (size_t)(B * GN));
+    cx->gram_norms = B * (GN + N) < GN * N;
+    if (!cx->zx || !cx->zh || !cx->ex || !cx->eh || !cx->nz || !cx->tmp || !cx->tb || !cx->gram || !cx->gg ||
+        !cx->work)
+        return GB_ENOMEM;
+    return GB_OK;
+}
+
+static int F(gb_rcheck)(const gb_recurrent_arrays *a, int G, int need_dh) {
+    if (a->T < 1 || a->B < 1 || a->N < 1 || a->D < 1 || a->GN != G * a->N) return GB_EBADARG;
+    if (a->B * a->GN > INT32_MAX / 2 || a->GN * GB_MAX(a->N, a->D) > INT32_MAX / 2) return GB_EBADARG;
+    const int64_t act = a->icfg[GB_RI_ACT], clip = a->icfg[GB_RI_CLIP];
+    if (act < GB_IDENTITY || act > GB_GELU || act == GB_PRELU) return GB_EBADACT;
+    if (clip < GB_CLIP_NONE || clip > GB_CLIP_NORM) return GB_EBADARG;
+    if (need_dh && a->S != (a->icfg[GB_RI_LOSS_EVERY] ? a->T : 1)) return GB_EBADARG;
+    return GB_OK;
+}
+
+/* ------------------------------------------------------------------ statistics */
+/* mean and standard deviation of h (B*N values), two passes in double, rows in order */
+static void F(gb_rmoments)(const REAL *h, int64_t B, int64_t N, double *mean, double *std) {
+    double s = 0;
+    for (int64_t r = 0; r < B; r++) {
+        double rs = 0;
+        for (int64_t j = 0; j < N; j++) rs += (double)h[r * N + j];
+        s += rs;
+    }
+    const double m = s / (double)(B * N);
+    double v = 0;
+    for (int64_t r = 0; r < B; r++) {
+        double rv = 0;
+        for (int64_t j = 0; j < N; j++) {
+            const double d = (double)h[r * N + j] - m;
+            rv += d * d;
+        }
+        v += rv;
+    }
+    *mean = m;
+    *std = sqrt(v / (double)(B * N));
+}
+
+/* the reference's _gate_stats: saturation over all gate entries (the tanh block against
+ * RF_SAT, the sigmoid ones against RF_SAT_GATE), the mean of block 1 (forget / update gate)
+ * and its fraction below RF_GATE_LOW.    a, da (B,GN) */
+static void F(gb_gate_stats)(const REAL *a, const REAL *da, int64_t B, int64_t N, int G, int tanh_block, const double *fcfg,
+                             double *sat, double *gmean, double *glow) {
+    int64_t nsat = 0, nlow = 0;
+    double s = 0;
+    for (int64_t r = 0; r < B; r++) {
+        double rs = 0;
+        for (int k = 0; k < G; k++) {
+            const double thr = k == tanh_block ? fcfg[GB_RF_SAT] : fcfg[GB_RF_SAT_GATE];
+            const REAL *d = da + r * G * N + k * N;
+            for (int64_t j = 0; j < N; j++) nsat += (double)d[j] < thr;
+        }
+        const REAL *g = a + r * G * N + N;
+        for (int64_t j = 0; j < N; j++) {
+            rs += (double)g[j];
+            nlow += (double)g[j] < fcfg[GB_RF_GATE_LOW];
+        }
+        s += rs;
+    }
+    *sat = (double)nsat / (double)(B * G * N);
+    *gmean = s / (double)(B * N);
+    *glow = (double)nlow / (double)(B * N);
+}
+
+static void F(gb_record_forward)(const REAL *h, int64_t t, int64_t B, int64_t N, double *act_mean, double *act_std,
+                                  int64_t *info) {
+    F(gb_rmoments)(h, B, N, act_mean + t, act_std + t);
+    if (info[GB_INFO_FORWARD] < 0 && !isfinite(act_mean[t]) && !F(gb_rall_finite)(h, B * N))
+        info[GB_INFO_FORWARD] = t;
+}
+
+/* U (R,GN) = X (R,D) W_ih^T + bias */
+static void F(gb_input_projection)(GEMM_FN g, REAL *U, const REAL *X, const REAL *W_ih, const REAL *bias, int64_t R,
+                                   int64_t D, int64_t GN) {
+    for (int64_t r = 0; r < R; r++) memcpy(U + r * GN, bias, sizeof(REAL) * (size_t)GN);
+    F(gb_rows_times_wT)(g, U, X, W_ih, R, D, GN, 1);
+}
+
+/* ------------------------------------------------------------------ the vanilla cell */
+/* h = phi(z), da = phi'(z); returns the count of phi' < thr. z may be da. */
+static int64_t F(gb_rnn_activation)(REAL *h, REAL *da, const REAL *z, int64_t n, int act, REAL p, double thr) {
+    int64_t nsat = 0;
+    if (act == GB_TANH) {
+        F(gb_tanh_grad)(h, da, z, n);
+    } else if (act == GB_SIGMOID) {
+        F(gb_sigmoid_grad)(h, da, z, n);
+    } else {
+        for (int64_t i = 0; i < n; i++) {
+            const REAL zi = z[i];
+            h[i] = F(gb_phi)(zi, act, p);
+            da[i] = F(gb_dphi)(zi, act, p);
+        }
+    }
+    for (int64_t i = 0; i < n; i++) nsat += (double)da[i] < thr;
+    return nsat;
+}
+
+int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
+    int rc = F(gb_rcheck)(a, 1, 0);
+    if (rc) return rc;
+    const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, BN = B * N;
+    const int act = (int)a->icfg[GB_RI_ACT], rescale = a->icfg[GB_RI_RESCALE_FWD] != 0;
+    const REAL p = (REAL)a->fcfg[GB_RF_ACT_PARAM];
+    const double thr = a->fcfg[GB_RF_SAT];
+    const REAL *W_hh = ((REAL *)a->W_hh), *b_ih = ((REAL *)a->b_ih), *b_hh = ((REAL *)a->b_hh);
+    REAL *H = ((REAL *)a->H), *DA = ((REAL *)a->DA);
+    int64_t *fexp = a->fexp, *info = a->info;
+    GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
+    REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)N), *zb = F(gb_ralloc)(sizeof(REAL) * (size_t)BN);
+    if (!bias || !zb) {
+        free(bias);
+        free(zb);
+        return GB_ENOMEM;
+    }
+    for (int64_t j = 0; j < N; j++) bias[j] = b_ih[j] + b_hh[j];
+    F(gb_input_projection)(g, DA, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, N); /* U lives in DA */
+    info[GB_INFO_FORWARD] = -1;
+    for (int64_t t = 0; t < T_; t++) {
+        REAL *hp = H + t * BN, *h = H + (t + 1) * BN, *da = DA + t * BN;
+        int64_t e = fexp[t];
+        const REAL *z = da;
+        if (rescale) { /* z = 2^-e U_t + 2^(fexp - e) h_{t-1} W_hh^T, e = max(0, fexp) */
+            F(gb_rows_times_wT)(g, zb, hp, W_hh, B, N, N, 0);
+            e = GB_MAX(0, fexp[t]);
+            const int du = gb_clamp_exp(-e), dp = gb_clamp_exp(fexp[t] - e);
+            for (int64_t i = 0; i < BN; i++) zb[i] = TLDEXP(da[i], du) + TLDEXP(zb[i], dp);
+            z = zb;
+        } else {
+            F(gb_rows_times_wT)(g, da, hp, W_hh, B, N, N, 1);
+        }
+        const int64_t nsat = F(gb_rnn_activation)(h, da, z, BN, act, p, thr);
+        fexp[t + 1] = e + (rescale ? F(gb_rnormalise)(h, BN) : 0);
+        a->saturation[t] = (double)nsat / (double)BN;
+        a->gate_mean[t] = a->gate_low[t] = NAN;
+        F(gb_record_forward)(h, t, B, N, a->act_mean, a->act_std, info);
+    }
+    free(bias);
+    free(zb);
+    return GB_OK;
+}
+
+/* ------------------------------------------------------------------ lstm */
+int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
+    int rc = F(gb_rcheck)(a, 4, 0);
+    if (rc) return rc;
+    const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = 4 * N, BN = B * N;
+    const REAL *W_hh = ((REAL *)a->W_hh);
+    REAL *H = ((REAL *)a->H), *C = ((REAL *)a->C), *A = ((REAL *)a->A), *DA = ((REAL *)a->DA), *TC = ((REAL *)a->TC), *DTC = ((REAL *)a->DTC);
+    GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
+    REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN);
+    if (!bias) return GB_ENOMEM;
+    for (int64_t j = 0; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j] + ((REAL *)a->b_hh)[j];
+    F(gb_input_projection)(g, A, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U lives in A */
+    free(bias);
+    a->info[GB_INFO_FORWARD] = -1;
+    for (int64_t t = 0; t < T_; t++) {
+        REAL *At = A + t * B * GN, *Dt = DA + t * B * GN;
+        const REAL *cp = C + t * BN;
+        REAL *c = C + (t + 1) * BN, *h = H + (t + 1) * BN, *tc = TC + t * BN, *dtc = DTC + t * BN;
+        F(gb_rows_times_wT)(g, At, H + t * BN, W_hh, B, N, GN, 1); /* z = U_t + h_{t-1} W_hh^T */
+        for (int64_t r = 0; r < B; r++) {
+            REAL *ar = At + r * GN, *dr = Dt + r * GN;
+            F(gb_sigmoid_grad)(ar, dr, ar, 2 * N);          /* i, f */
+            F(gb_tanh_grad)(ar + 2 * N, dr + 2 * N, ar + 2 * N, N); /* g */
+            F(gb_sigmoid_grad)(ar + 3 * N, dr + 3 * N, ar + 3 * N, N); /* o */
+            const REAL *i = ar, *f = ar + N, *gg = ar + 2 * N;
+            for (int64_t j = 0; j < N; j++) c[r * N + j] = f[j] * cp[r * N + j] + i[j] * gg[j];
+        }
+        F(gb_tanh_grad)(tc, dtc, c, BN);
+        for (int64_t r = 0; r < B; r++) {
+            const REAL *o = At + r * GN + 3 * N;
+            for (int64_t j = 0; j < N; j++) h[r * N + j] = o[j] * tc[r * N + j];
+        }
+        F(gb_gate_stats)(At, Dt, B, N, 4, 2, a->fcfg, a->saturation + t, a->gate_mean + t, a->gate_low + t);
+        F(gb_record_forward)(h, t, B, N, a->act_mean, a->act_std, a->info);
+    }
+    return GB_OK;
+}
+
+/* ------------------------------------------------------------------ gru */
+int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
+    int rc = F(gb_rcheck)(a, 3, 0);
+    if (rc) return rc;
+    const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = 3 * N, BN = B * N;
+    const REAL *W_hh = ((REAL *)a->W_hh), *b_hn = ((REAL *)a->b_hh) + 2 * N;
+    REAL *H = ((REAL *)a->H), *A = ((REAL *)a->A), *DA = ((REAL *)a->DA), *HN = ((REAL *)a->HN);
+    GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
+    REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN), *P = F(gb_ralloc)(sizeof(REAL) * (size_t)(B * GN));
+    if (!bias || !P) {
+        free(bias);
+        free(P);
+        return GB_ENOMEM;
+    }
+    for (int64_t j = 0; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j] + (j < 2 * N ? ((REAL *)a->b_hh)[j] : (REAL)0);
+    /* b_hn stays inside r * (h W_hn^T + b_hn): the n block of the bias is b_in alone */
+    for (int64_t j = 2 * N; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j];
+    F(gb_input_projection)(g, A, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U lives in A */
+    free(bias);
+    a->info[GB_INFO_FORWARD] = -1;
+    for (int64_t t = 0; t < T_; t++) {
+        REAL *At = A + t * B * GN, *Dt = DA + t * B * GN, *hn = HN + t * BN, *h = H + (t + 1) * BN;
+        const REAL *hp = H + t * BN;
+        F(gb_rows_times_wT)(g, P, hp, W_hh, B, N, GN, 0);
+        for (int64_t r = 0; r < B; r++) {
+            REAL *ar = At + r * GN, *dr = Dt + r * GN, *hr = hn + r * N;
+            const REAL *pr = P + r * GN;
+            for (int64_t j = 0; j < 2 * N; j++) ar[j] = ar[j] + pr[j];      /* zr, zz */
+            for (int64_t j = 0; j < N; j++) hr[j] = pr[2 * N + j] + b_hn[j]; /* hn */
+            F(gb_sigmoid_grad)(ar, dr, ar, 2 * N);                          /* r, z */
+            for (int64_t j = 0; j < N; j++) ar[2 * N + j] = ar[2 * N + j] + ar[j] * hr[j]; /* zn */
+            F(gb_tanh_grad)(ar + 2 * N, dr + 2 * N, ar + 2 * N, N);        /* n */
+            const REAL *z = ar + N, *n = ar + 2 * N, *hpr = hp + r * N;
+            for (int64_t j = 0; j < N; j++) h[r * N + j] = ((REAL)1 - z[j]) * n[j] + z[j] * hpr[j];
+        }
+        F(gb_gate_stats)(At, Dt, B, N, 3, 2, a->fcfg, a->saturation + t, a->gate_mean + t, a->gate_low + t);
+        F(gb_record_forward)(h, t, B, N, a->act_mean, a->act_std, a->info);
+    }
+    free(P);
+    return GB_OK;
+}
+
+/* ------------------------------------------------------------------ backward: shared */
+/* ||dz^T h||_F for one step: from the Gram matrices (dz dz^T) o (h h^T) or directly. */
+static double F(gb_step_norm)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, int64_t B, int64_t N, int64_t GN) {
+    if (!cx->gram_norms) {
+        F(gb_zT_times_rows)(cx->gemm, cx->tmp, dz, hp, B, N, GN);
+        return F(gb_rnorm)(cx->tmp, GN, N);
+    }
+    REAL *zz = cx->gram, *hh = cx->gram + B * B;
+    F(gb_rgemm)(cx->gemm, 'T', 'N', B, B, GN, dz, GN, dz, GN, 0, zz, B);
+    F(gb_rgemm)(cx->gemm, 'T', 'N', B, B, N, hp, N, hp, N, 0, hh, B);
+    double s = 0;
+    for (int64_t i = 0; i < B * B; i++) s += (double)zz[i] * (double)hh[i];
+    return sqrt(s > 0 ? s : 0);
+}
+
+/* Mark chunk slot k (step t) after its rows were written: exponents and whether non-zero. */
+static void F(gb_chunk_mark)(F(gb_rctx) *cx, int64_t k, int64_t e, int64_t eh, int64_t n) {
+    const REAL *zx = cx->zx + k * n, *zh = cx->zh + k * n;
+    int nz = 0;
+    for (int64_t i = 0; i < n; i++) nz |= (zx[i] != 0) | (zh[i] != 0);
+    cx->ex[k] = e;
+    cx->eh[k] = eh;
+    cx->nz[k] = (unsigned char)nz;
+}
+
+/* The chunk of steps [t0, t0 + m): scale the rows to the chunk's exponents and add Z^T X,
+ * Z^T H and the row sums to the accumulators. rescale_copy: zh is zx scaled differently. */
+static void F(gb_chunk_flush)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t t0, int64_t m, int rescale_copy) {
+    const int64_t B = a->B, N = a->N, D = a->D, GN = a->GN, n = B * GN;
+    int64_t Ex = GB_EXP_EMPTY, Eh = GB_EXP_EMPTY;
+    for (int64_t k = 0; k < m; k++)
+        if (cx->nz[k]) {
+            Ex = GB_MAX(Ex, cx->ex[k]);
+            Eh = GB_MAX(Eh, cx->eh[k]);
+        }
+    if (Ex == GB_EXP_EMPTY) return;
+    for (int64_t k = 0; k < m; k++) {
+        REAL *zx = cx->zx + k * n, *zh = cx->zh + k * n;
+        if (!cx->nz[k]) { /* zero rows: keep them zero whatever the exponents */
+            memset(zx, 0, sizeof(REAL) * (size_t)n);
+            if (zh != zx) memset(zh, 0, sizeof(REAL) * (size_t)n);
+            continue;
+        }
+        const int sh = gb_clamp_exp(cx->eh[k] - Eh), sx = gb_clamp_exp(cx->ex[k] - Ex);
+        if (rescale_copy) {
+            for (int64_t i = 0; i < n; i++) zh[i] = TLDEXP(zx[i], sh);
+        } else if (zh != zx && sh) {
+            for (int64_t i = 0; i < n; i++) zh[i] = TLDEXP(zh[i], sh);
+        }
+        if (sx)
+            for (int64_t i = 0; i < n; i++) zx[i] = TLDEXP(zx[i], sx);
+    }
+    const int64_t R = m * B;
+    F(gb_zT_times_rows)(cx->gemm, cx->tmp, cx->zx, ((REAL *)a->X) + t0 * B * D, R, D, GN);
+    F(gb_racc)(a->dW_ih, a->dexp + GB_DE_W_IH, cx->tmp, Ex, GN * D);
+    /* the bias terms carry sig_e alone; db_hh's are db_ih's unless zh has rows of its own (gru) */
+    const int own_bias = cx->zh != cx->zx && !rescale_copy;
+    for (int pass = 0; pass < 1 + own_bias; pass++) {
+        const REAL *z = pass ? cx->zh : cx->zx;
+        for (int64_t j = 0; j < GN; j++) cx->tb[j] = 0;
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t j = 0; j < GN; j++) cx->tb[j] += z[r * GN + j];
+        if (pass || !own_bias)
+            F(gb_racc)(a->db_hh, a->dexp + GB_DE_B_HH, cx->tb, pass ? Eh : Ex, GN);
+        if (!pass)
+            F(gb_racc)(a->db_ih, a->dexp + GB_DE_B_IH, cx->tb, Ex, GN);
+    }
+    F(gb_zT_times_rows)(cx->gemm, cx->tmp, cx->zh, ((REAL *)a->H) + t0 * B * N, R, N, GN);
+    F(gb_racc)(a->dW_hh, a->dexp + GB_DE_W_HH, cx->tmp, Eh, GN * N);
+}
+
+/* After step t's rows are in the chunk slot: the step's norm, then the flush at a chunk start. */
+static void F(gb_step_done)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t t, int64_t e, int64_t eh,
+                            int rescale_copy) {
+    const int64_t B = a->B, N = a->N, GN = a->GN, k = t % cx->K, n = B * GN;
+    F(gb_chunk_mark)(cx, k, e, eh, n);
+    a->gnorm_m[t] = F(gb_step_norm)(cx, cx->zh + k * n, ((REAL *)a->H) + t * B * N, B, N, GN);
+    if (k == 0) F(gb_chunk_flush)(cx, a, t, GB_MIN(cx->K, a->T - t), rescale_copy);
+}
+
+/* The state [dL/dh; dL/dc] into the workspace and back. */
+static void F(gb_state_in)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int lstm) {
+    const int64_t BN = a->B * a->N;
+    memcpy(cx->gg, ((REAL *)a->G), sizeof(REAL) * (size_t)BN);
+    if (lstm) memcpy(cx->gg + BN, ((REAL *)a->GC), sizeof(REAL) * (size_t)BN);
+}
+
+static void F(gb_state_out)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int lstm) {
+    const int64_t BN = a->B * a->N;
+    memcpy(a->G, cx->gg, sizeof(REAL) * (size_t)BN);
+    if (lstm) memcpy(a->GC, cx->gg + BN, sizeof(REAL) * (size_t)BN);
+}
+
+/* After the recurrence: the every-step loss, normalise, clip, record dL/dH[t]. */
+static void F(gb_state_finish)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t t, int64_t e, int lstm) {
+    const int64_t B = a->B, N = a->N, rows = lstm ? 2 * B : B;
+    if (a->icfg[GB_RI_LOSS_EVERY]) e = F(gb_radd_loss)(cx->gg, rows, B, N, e, ((REAL *)a->DH) + t * B * N);
+    a->sig_e[t] = e;
+    F(gb_rfinish)(cx->gg, rows, B, N, t, (int)a->icfg[GB_RI_CLIP], a->fcfg[GB_RF_CLIP], a->sig_m, a->sig_e,
+                  lstm ? a->csig_m : NULL, a->info);
+}
+
+/* ------------------------------------------------------------------ backward: the cells */
+int F(gb_rnn_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
+    int rc = F(gb_rcheck)(a, 1, 1);
+    if (rc) return rc;
+    const int64_t T_ = a->T, B = a->B, N = a->N, BN = B * N;
+    const int rescale = a->icfg[GB_RI_RESCALE_FWD] != 0;
+    F(gb_rctx) cx;
+    rc = F(gb_rctx_init)(&cx, opts, a, rescale);
+    if (rc) {
+        F(gb_rctx_free)(&cx);
+        return rc;
+    }
+    a->info[GB_INFO_BACKWARD] = -1;
+    F(gb_state_in)(&cx, a, 0);
+    F(gb_rfinish)(cx.gg, B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, NULL, a->info);
+    for (int64_t t = T_ - 1; t >= 0; t--) {
+        const int64_t e = a->sig_e[t + 1], k = t % cx.K;
+        const REAL *da = ((REAL *)a->DA) + t * BN;
+        REAL *dz = cx.zx + k * BN;
+        for (int64_t i = 0; i < BN; i++) dz[i] = cx.gg[i] * da[i];
+        if (rescale) memcpy(cx.zh + k * BN, dz, sizeof(REAL) * (size_t)BN); /* scaled at the flush */
+        F(gb_rows_times_w)(cx.gemm, cx.gg, dz, ((REAL *)a->W_hh), B, N, N, 0);
+        F(gb_step_done)(&cx, a, t, e, e + a->fexp[t], rescale);
+        F(gb_state_finish)(&cx, a, t, e, 0);
+    }
+    F(gb_state_out)(&cx, a, 0);
+    F(gb_rctx_free)(&cx);
+    return GB_OK;
+}
+
+int F(gb_lstm_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
+    int rc = F(gb_rcheck)(a, 4, 1);
+    if (rc) return rc;
+    const int64_t T_ = a->T, B = a->B, N = a->N, GN = 4 * N, BN = B * N;
+    F(gb_rctx) cx;
+    rc = F(gb_rctx_init)(&cx, opts, a, 0);
+    if (rc) {
+        F(gb_rctx_free)(&cx);
+        return rc;
+    }
+    a->info[GB_INFO_BACKWARD] = -1;
+    F(gb_state_in)(&cx, a, 1);
+    F(gb_rfinish)(cx.gg, 2 * B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, a->csig_m, a->info);
+    for (int64_t t = T_ - 1; t >= 0; t--) {
+        const int64_t e = a->sig_e[t + 1], k = t % cx.K;
+        const REAL *At = ((REAL *)a->A) + t * B * GN, *Dt = ((REAL *)a->DA) + t * B * GN, *tc = ((REAL *)a->TC) + t * BN, *dtc = ((REAL *)a->DTC) + t * BN;
+        const REAL *cp = ((REAL *)a->C) + t * BN;
+        REAL *dz = cx.zx + k * B * GN, *gh = cx.gg, *gc = cx.gg + BN;
+        for (int64_t r = 0; r < B; r++) {
+            const REAL *i = At + r * GN, *f = i + N, *gg = i + 2 * N, *o = i + 3 * N;
+            const REAL *di = Dt + r * GN, *df = di + N, *dg = di + 2 * N, *dout = di + 3 * N;
+            REAL *zr = dz + r * GN;
+            for (int64_t j = 0; j < N; j++) {
+                const int64_t x = r * N + j;
+                const REAL g = gh[x];
+                const REAL dc = gc[x] + g * o[j] * dtc[x];
+                zr[j] = dc * gg[j] * di[j];
+                zr[N + j] = dc * cp[x] * df[j];
+                zr[2 * N + j] = dc * i[j] * dg[j];
+                zr[3 * N + j] = g * tc[x] * dout[j];
+                gc[x] = dc * f[j];
+            }
+        }
+        F(gb_rows_times_w)(cx.gemm, gh, dz, ((REAL *)a->W_hh), B, N, GN, 0);
+        F(gb_step_done)(&cx, a, t, e, e, 0);
+        F(gb_state_finish)(&cx, a, t, e, 1);
+    }
+    F(gb_state_out)(&cx, a, 1);
+    F(gb_rctx_free)(&cx);
+    return GB_OK;
+}
+
+int F(gb_gru_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
+    int rc = F(gb_rcheck)(a, 3, 1);
+    if (rc) return rc;
+    const int64_t T_ = a->T, B = a->B, N = a->N, GN = 3 * N, BN = B * N;
+    F(gb_rctx) cx;
+    rc = F(gb_rctx_init)(&cx, opts, a, 1);
+    if (rc) {
+        F(gb_rctx_free)(&cx);
+        return rc;
+    }
+    a->info[GB_INFO_BACKWARD] = -1;
+    F(gb_state_in)(&cx, a, 0);
+    F(gb_rfinish)(cx.gg, B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, NULL, a->info);
+    for (int64_t t = T_ - 1; t >= 0; t--) {
+        const int64_t e = a->sig_e[t + 1], k = t % cx.K;
+        const REAL *At = ((REAL *)a->A) + t * B * GN, *Dt = ((REAL *)a->DA) + t * B * GN, *hn = ((REAL *)a->HN) + t * BN, *hp = ((REAL *)a->H) + t * BN;
+        REAL *zx = cx.zx + k * B * GN, *zh = cx.zh + k * B * GN, *gh = cx.gg;
+        for (int64_t r = 0; r < B; r++) {
+            const REAL *rr = At + r * GN, *z = rr + N, *n = rr + 2 * N;
+            const REAL *dr = Dt + r * GN, *dzg = dr + N, *dn_ = dr + 2 * N;
+            REAL *xr = zx + r * GN, *hr = zh + r * GN;
+            for (int64_t j = 0; j < N; j++) {
+                const int64_t x = r * N + j;
+                const REAL g = gh[x];
+                const REAL dn = g * ((REAL)1 - z[j]) * dn_[j];
+                xr[j] = dn * hn[x] * dr[j];
+                xr[N + j] = g * (hp[x] - n[j]) * dzg[j];
+                xr[2 * N + j] = dn;
+                hr[j] = xr[j];
+                hr[N + j] = xr[N + j];
+                hr[2 * N + j] = dn * rr[j];
+                gh[x] = g * z[j];
+            }
+        }
+        F(gb_rows_times_w)(cx.gemm, gh, zh, ((REAL *)a->W_hh), B, N, GN, 1);
+        F(gb_step_done)(&cx, a, t, e, e, 0);
+        F(gb_state_finish)(&cx, a, t, e, 0);
+    }
+    F(gb_state_out)(&cx, a, 0);
+    F(gb_rctx_free)(&cx);
+    return GB_OK;
+}
+
+#undef F
+#undef GB_MIN
+#undef GB_MAX
