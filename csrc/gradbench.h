@@ -160,7 +160,8 @@ int gb_clip_signal_f32(float *g, int64_t e, int mode, double c, int64_t B, int64
 #define GB_RI_CLIP 1
 #define GB_RI_RESCALE_FWD 2
 #define GB_RI_LOSS_EVERY 3
-#define GB_RI_SIZE 4
+#define GB_RI_CHUNK 4
+#define GB_RI_SIZE 5
 #define GB_RF_ACT_PARAM 0
 #define GB_RF_CLIP 1
 #define GB_RF_SAT 2

@@ -18,7 +18,8 @@
  * Backward: per step the elementwise backward of the cell, the recurrent product dz W_hh and the
  * exact chain (joint power-of-two normalisation of dL/dh and dL/dc, signal clipping on the true
  * magnitude). The parameter gradients are sums over steps of terms with different exponents;
- * the steps' dz rows are collected in chunks of K steps, each row scaled by 2^(e_t - E_chunk)
+ * the steps' dz rows are collected in chunks of K steps (icfg[GB_RI_CHUNK]; chunk c holds the
+ * steps [cK, cK + K), so a call over a segment of a multiple of K steps chunks as the whole run), each row scaled by 2^(e_t - E_chunk)
  * (E_chunk the largest exponent of a non-zero row: the reference's aligned add, applied before
  * instead of after the product, which is the same numbers unless a product is subnormal), and
  * dW_ih = Z^T X, dW_hh = Z^T H become products over K*B rows, added to the running
@@ -261,13 +262,13 @@ static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, const gb_recurre
     const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = a->GN;
     memset(cx, 0, sizeof *cx);
     cx->gemm = opts ? opts->GEMM_FIELD : NULL;
-    cx->K = GB_MAX(1, GB_MIN(T_, (256 + B - 1) / B));
-    const size_t zrows = (size_t)(cx->K * B * GN);
+    cx->K = a->icfg[GB_RI_CHUNK]; /* slot of step t: t % K; at most T slots are used */
+    const size_t zrows = (size_t)(GB_MIN(cx->K, T_) * B * GN);
     cx->zx = F(gb_ralloc)(sizeof(REAL) * zrows);
     cx->zh = separate_zh ? F(gb_ralloc)(sizeof(REAL) * zrows) : cx->zx;
-    cx->ex = F(gb_ralloc)(sizeof(int64_t) * (size_t)cx->K);
-    cx->eh = F(gb_ralloc)(sizeof(int64_t) * (size_t)cx->K);
-    cx->nz = F(gb_ralloc)((size_t)cx->K);
+    cx->ex = F(gb_ralloc)(sizeof(int64_t) * (size_t)GB_MIN(cx->K, T_));
+    cx->eh = F(gb_ralloc)(sizeof(int64_t) * (size_t)GB_MIN(cx->K, T_));
+    cx->nz = F(gb_ralloc)((size_t)GB_MIN(cx->K, T_));
     cx->tmp = F(gb_ralloc)(sizeof(REAL) * (size_t)(GN * GB_MAX(N, D)));
     cx->tb = F(gb_ralloc)(sizeof(REAL) * (size_t)GN);
     cx->gram = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * B));
@@ -285,7 +286,7 @@ static int F(gb_rcheck)(const gb_recurrent_arrays *a, int G, int need_dh) {
     if (a->B * a->GN > INT32_MAX / 2 || a->GN * GB_MAX(a->N, a->D) > INT32_MAX / 2) return GB_EBADARG;
     const int64_t act = a->icfg[GB_RI_ACT], clip = a->icfg[GB_RI_CLIP];
     if (act < GB_IDENTITY || act > GB_GELU || act == GB_PRELU) return GB_EBADACT;
-    if (clip < GB_CLIP_NONE || clip > GB_CLIP_NORM) return GB_EBADARG;
+    if (clip < GB_CLIP_NONE || clip > GB_CLIP_NORM || a->icfg[GB_RI_CHUNK] < 1) return GB_EBADARG;
     if (need_dh && a->S != (a->icfg[GB_RI_LOSS_EVERY] ? a->T : 1)) return GB_EBADARG;
     return GB_OK;
 }

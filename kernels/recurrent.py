@@ -4,7 +4,7 @@ Same functions and arguments (the tables of :mod:`gradbench.recurrent.abi`), val
 :func:`gradbench.abi.check` before the trusting ``*_kernel`` runs. The algorithm is that of the C
 kernels (``csrc/recurrent_impl.h``): the input projection of all steps is one product, each step
 adds the recurrent product; in the backward pass the steps' dz rows are collected in chunks of
-K steps scaled to the chunk's largest exponent, dW_ih = Z^T X and dW_hh = Z^T H are products over
+K steps (``icfg[RI_CHUNK]``) scaled to the chunk's largest exponent, dW_ih = Z^T X and dW_hh = Z^T H are products over
 the chunk, added to the running (mantissa, exponent) accumulators by the aligned rule, and the
 norm of a step's dW_hh term comes from the B x B Gram matrices when that is cheaper. Matrix
 products go through ``np.dot`` (BLAS); phi and phi' are :mod:`.activations`' (``dphi`` from z).
@@ -22,7 +22,7 @@ from gradbench import abi
 from gradbench.abi import CLIP_NONE, INFO_BACKWARD, INFO_FORWARD
 from gradbench.recurrent.abi import (
     DE_B_HH, DE_B_IH, DE_W_HH, DE_W_IH, EXP_EMPTY, RF_ACT_PARAM, RF_CLIP, RF_GATE_LOW, RF_SAT, RF_SAT_GATE,
-    RI_ACT, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
+    RI_ACT, RI_CHUNK, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
 )
 
 from ._config import JIT
@@ -342,12 +342,13 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, A, DA, TC, DTC, HN, fexp, DH, G, 
     GN, N = W_hh.shape
     lstm = cell == 1
     separate = cell == 2 or rescale
-    K = max(1, min(T, (256 + B - 1) // B))
-    zx = np.zeros((K, B, GN), dtype=G.dtype)
-    zh = np.zeros((K, B, GN), dtype=G.dtype) if separate else zx
-    ex = np.zeros(K, dtype=np.int64)
-    eh = np.zeros(K, dtype=np.int64)
-    nz = np.zeros(K, dtype=np.bool_)
+    K = icfg[RI_CHUNK]  # steps per chunk; step t's slot is t % K
+    slots = min(K, T)
+    zx = np.zeros((slots, B, GN), dtype=G.dtype)
+    zh = np.zeros((slots, B, GN), dtype=G.dtype) if separate else zx
+    ex = np.zeros(slots, dtype=np.int64)
+    eh = np.zeros(slots, dtype=np.int64)
+    nz = np.zeros(slots, dtype=np.bool_)
     gram = B * (GN + N) < GN * N
     rows = 2 * B if lstm else B
     gg = np.empty((rows, N), dtype=G.dtype)

@@ -24,8 +24,19 @@ from gradbench.abi import INFO_SIZE, Arg, Contract, _arg
 
 # ------------------------------------------------------------------ codes shared with C
 # Layout of icfg (int64) and fcfg (float64) of the recurrent drivers (GB_RI_* / GB_RF_* in C).
-RI_ACT, RI_CLIP, RI_RESCALE_FWD, RI_LOSS_EVERY, RI_SIZE = range(5)
+RI_ACT, RI_CLIP, RI_RESCALE_FWD, RI_LOSS_EVERY, RI_CHUNK, RI_SIZE = range(6)
 RF_ACT_PARAM, RF_CLIP, RF_SAT, RF_SAT_GATE, RF_GATE_LOW, RF_SIZE = range(6)
+# Steps per chunk of the parameter-gradient products of the Numba and C backwards (K B rows per
+# product): fixed by the batch alone, so that segments of a multiple of it (the engine rounds
+# checkpoint intervals up) chunk the steps exactly as the one-piece run does.
+CHUNK_ROWS = 256
+
+
+def chunk_steps(batch: int) -> int:
+    """K = ceil(256 / B) steps per chunk."""
+    return max(1, -(-CHUNK_ROWS // int(batch)))
+
+
 # The exponents of the four gradient accumulators (GB_DE_* in C).
 DE_W_IH, DE_W_HH, DE_B_IH, DE_B_HH, DE_SIZE = range(5)
 # The exponent of an accumulator that holds nothing yet (GB_EXP_EMPTY): any term replaces it.
@@ -137,6 +148,8 @@ def _check_config(function: str, arrays, dims) -> None:
         raise ValueError(f"{function}: icfg[RI_ACT]={act} is not an rnn activation code")
     if clip not in (CLIP_NONE, CLIP_VALUE, CLIP_NORM):
         raise ValueError(f"{function}: icfg[RI_CLIP]={clip} is not a clip mode (0, 1, 2)")
+    if int(icfg[RI_CHUNK]) < 1:
+        raise ValueError(f"{function}: icfg[RI_CHUNK]={int(icfg[RI_CHUNK])} must be >= 1 (steps per chunk)")
     if int(icfg[RI_RESCALE_FWD]) not in (0, 1) or (cell != "rnn" and int(icfg[RI_RESCALE_FWD])):
         raise ValueError(f"{function}: icfg[RI_RESCALE_FWD]={int(icfg[RI_RESCALE_FWD])} must be 0 or 1 (1: rnn only)")
     if "S" in dims:
@@ -169,11 +182,12 @@ def field_names() -> list[str]:
 
 
 # ------------------------------------------------------------------ the net as codes
-def kernel_config(rnn, rescale_forward: bool):
+def kernel_config(rnn, rescale_forward: bool, batch: int = 1):
     """Integer and float configuration arrays of the recurrent drivers.
 
     ``icfg``: activation code (rnn), signal clip mode, forward rescaling (0/1), every-step loss
-    (0/1). ``fcfg``: activation parameter, clip threshold, saturation threshold of the rnn
+    (0/1), steps per chunk of the gradient products (:func:`chunk_steps` of ``batch``).
+    ``fcfg``: activation parameter, clip threshold, saturation threshold of the rnn
     activation (0.01 max phi'; for lstm/gru that of tanh, 0.01), of the sigmoid gates
     (0.0025), and the "low gate" threshold 0.1 of ``gate_low``.
     """
@@ -188,6 +202,7 @@ def kernel_config(rnn, rescale_forward: bool):
         CLIP_VALUE if rnn.clip == "value" else CLIP_NORM)
     icfg[RI_RESCALE_FWD] = int(bool(rescale_forward))
     icfg[RI_LOSS_EVERY] = int(rnn.has_head and rnn.loss_on == "every")
+    icfg[RI_CHUNK] = chunk_steps(batch)
     fcfg = np.zeros(RF_SIZE, dtype=np.float64)
     fcfg[RF_ACT_PARAM] = rnn.act_param
     fcfg[RF_CLIP] = rnn.clip_threshold

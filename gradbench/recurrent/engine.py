@@ -200,7 +200,9 @@ def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False,
             f"({'memory_budget' if memory_budget is not None else f'{LIMIT_FRACTION:.0%} of the available RAM'}){hint}")
     if ck is None:
         return Plan(rnn.steps, False, need)
-    return Plan(ck, ck < rnn.steps, need)
+    K = rabi.chunk_steps(batch)  # whole chunks per segment: the gradients are bitwise the plain run's
+    ck = min(rnn.steps, -(-ck // K) * K)
+    return Plan(ck, ck < rnn.steps, memory_estimate(rnn, batch, checkpoint=ck, generated=generated))
 
 
 # ------------------------------------------------------------------ the head
@@ -252,8 +254,10 @@ def backprop(rnn: Recurrent, params: RecurrentParams, xs, targets=None, *, backe
         Initial state (c0: LSTM only); zeros by default.
     checkpoint : "auto", int or None
         Steps per segment whose forward is recomputed in the backward pass (keeping only the
-        states at segment starts). "auto": only when the plain run would need more than
-        ``memory_budget`` (default half of the available RAM), with k ~ sqrt(T).
+        states at segment starts), rounded up to a multiple of ceil(256 / B) (the chunk of steps
+        whose gradient products the Numba and C backends batch: then every result is bitwise the
+        plain run's). "auto": only when the plain run would need more than ``memory_budget``
+        (default half of the available RAM), with k ~ sqrt(T).
     stats_only : bool
         Segment the run by default (k ~ sqrt(T)) even when it would fit: for 10^5-10^6 steps.
         The parameter gradients are kept (they are small); no per-step arrays are.
@@ -298,7 +302,7 @@ class _Run:
         self.segments = [(s, min(s + k, T)) for s in range(0, T, k)]
         self.fwd_name, self.bwd_name = rabi.CELL_FUNCTIONS[rnn.cell]
         self.rescale = can_rescale_forward(rnn)
-        self.icfg, self.fcfg = rabi.kernel_config(rnn, self.rescale)
+        self.icfg, self.fcfg = rabi.kernel_config(rnn, self.rescale, B)
         kept = k if self.plan.recompute else T
         self.saved = abi.allocate(self.fwd_name, dict(T=kept, B=B, N=N, D=D, GN=GN), dt,
                                   skip=[a.name for a in abi.CONTRACTS[self.fwd_name].args if a.name not in SAVED[rnn.cell]])
@@ -377,11 +381,22 @@ def _forward(run: _Run) -> None:
             run.ckpt_h[j + 1] = seg["H"][e - s]
             if run.ckpt_c is not None:
                 run.ckpt_c[j + 1] = seg["C"][e - s]
-        if every:  # the loss of steps s..e-1 (their states are H[1:] of the segment)
-            h = seg["H"][1:].reshape(-1, rnn.hidden)
-            run.loss_every += head_loss(rnn, h, run.params.W_out, run.params.b_out,
-                                        _rows(rnn, run.targets[s:e]), T * run.B)[0]
+        if every:  # the loss of steps s..e-1 (their states are H[1:] of the segment), chunk by chunk
+            for a, b in _chunks(run, s, e):
+                h = seg["H"][a - s + 1:b - s + 1].reshape(-1, rnn.hidden)
+                run.loss_every += head_loss(rnn, h, run.params.W_out, run.params.b_out,
+                                            _rows(rnn, run.targets[a:b]), T * run.B)[0]
     run.seconds["forward"] = time.perf_counter() - t
+
+
+def _chunks(run: _Run, s: int, e: int, top_down: bool = False):
+    """[a, b) pieces of [s, e) cut at the multiples of the chunk size K: the every-step head sums
+    its loss and gradients piece by piece, in an order that does not depend on the segments
+    (which start at multiples of K), so checkpointed runs give the plain run's bits."""
+    K = int(run.icfg[rabi.RI_CHUNK])
+    cuts = [s] + list(range((s // K + 1) * K, e, K)) + [e]
+    pieces = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    return pieces[::-1] if top_down else pieces
 
 
 def _rows(rnn: Recurrent, t: np.ndarray) -> np.ndarray:
@@ -441,14 +456,13 @@ def _backward(run: _Run) -> None:
         else:
             seg = run.seg_saved(s, e)
         DH = dh_unused
-        if every:  # the head's direct gradient at H[s..e-1] (H[0] = h_{-1} has none)
-            lo = 1 if s == 0 else 0
+        if every:  # the head's direct gradient at H[j], j = s..e-1 (H[0] = h_{-1} has none)
             DH = np.zeros((e - s, B, N), dtype=dt)
-            if e - s > lo:
-                h = seg["H"][lo:e - s].reshape(-1, N)
+            for a, b in _chunks(run, max(s, 1), e, top_down=True):
+                h = seg["H"][a - s:b - s].reshape(-1, N)
                 _, dh, dW, db = head_loss(rnn, h, run.params.W_out, run.params.b_out,
-                                          _rows(rnn, run.targets[s + lo - 1:e - 1]), T * B)
-                DH[lo:] = dh.reshape(-1, B, N)
+                                          _rows(rnn, run.targets[a - 1:b - 1]), T * B)
+                DH[a - s:b - s] = dh.reshape(-1, B, N)
                 run.dW_out += dW
                 run.db_out += db
         seg_info[abi.INFO_BACKWARD] = -1
