@@ -207,9 +207,7 @@ typedef struct gb_recurrent_arrays {
     int64_t *sig_e;          /* (T+1,) */
     double *gnorm_m;         /* (T,) */
     void *C;                 /* (T+1,B,N) */
-    void *A;                 /* (T,B,GN) */
-    void *TC;                /* (T,B,N) */
-    void *DTC;               /* (T,B,N) */
+    void *Z;                 /* (T,B,GN) */
     void *GC;                /* (B,N) */
     double *csig_m;          /* (T+1,) */
     void *HN;                /* (T,B,N) */

@@ -117,6 +117,24 @@ static void F(gb_rscale_pow2)(REAL *g, int64_t n, int k) {
     }
 }
 
+/* 2^k as a REAL when it is a normal number of REAL (then x * 2^k is exactly ldexp(x, k), the
+ * correctly rounded x 2^k), else 0 */
+static inline REAL F(gb_pow2)(int k) {
+    return (k >= 1 - T_MAX_EXP && k <= T_MAX_EXP) ? (REAL)ldexp(1.0, k) : (REAL)0;
+}
+
+/* y = x 2^k for n values, with ldexp's rounding (y may be x) */
+static void F(gb_scale_into)(REAL *y, const REAL *x, int64_t n, int k) {
+    const REAL s = F(gb_pow2)(k);
+    if (k == 0) {
+        if (y != x) memcpy(y, x, sizeof(REAL) * (size_t)n);
+    } else if (s != 0) {
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] * s;
+    } else {
+        for (int64_t i = 0; i < n; i++) y[i] = TLDEXP(x[i], k);
+    }
+}
+
 /* g *= 2^-e with e the exponent of max|g| (0 for all-zero or non-finite max); returns e */
 static int64_t F(gb_rnormalise)(REAL *g, int64_t n) {
     const REAL m = F(gb_rabsmax)(g, n);
@@ -202,9 +220,13 @@ static void F(gb_rfinish)(REAL *gg, int64_t rows, int64_t B, int64_t N, int64_t 
 static int64_t F(gb_radd_loss)(REAL *gg, int64_t rows, int64_t B, int64_t N, int64_t e, const REAL *dh) {
     const int64_t em = GB_MAX(e, 0);
     const int dg = gb_clamp_exp(e - em), dd = gb_clamp_exp(-em);
-    for (int64_t i = 0; i < B * N; i++) gg[i] = TLDEXP(dh[i], dd) + TLDEXP(gg[i], dg);
-    if (dg)
-        for (int64_t i = B * N; i < rows * N; i++) gg[i] = TLDEXP(gg[i], dg);
+    const REAL sd = F(gb_pow2)(dd), sg = F(gb_pow2)(dg); /* one of dd, dg is 0 */
+    if (sd != 0 && sg != 0) {
+        for (int64_t i = 0; i < B * N; i++) gg[i] = dh[i] * sd + gg[i] * sg;
+    } else {
+        for (int64_t i = 0; i < B * N; i++) gg[i] = TLDEXP(dh[i], dd) + TLDEXP(gg[i], dg);
+    }
+    F(gb_scale_into)(gg + B * N, gg + B * N, (rows - B) * N, dg);
     return em;
 }
 
@@ -221,7 +243,12 @@ static void F(gb_racc)(REAL *acc, int64_t *E, const REAL *term, int64_t e, int64
     }
     const int64_t em = GB_MAX(*E, e);
     const int da = gb_clamp_exp(*E - em), ds = gb_clamp_exp(e - em);
-    for (int64_t i = 0; i < n; i++) acc[i] = TLDEXP(acc[i], da) + TLDEXP(term[i], ds);
+    const REAL sa = F(gb_pow2)(da), ss = F(gb_pow2)(ds); /* one of da, ds is 0 */
+    if (sa != 0 && ss != 0) {
+        for (int64_t i = 0; i < n; i++) acc[i] = acc[i] * sa + term[i] * ss;
+    } else {
+        for (int64_t i = 0; i < n; i++) acc[i] = TLDEXP(acc[i], da) + TLDEXP(term[i], ds);
+    }
     *E = em;
 }
 
@@ -236,7 +263,8 @@ typedef struct {
     REAL *tb;             /* (GN,) */
     REAL *gram;           /* (2, B, B) */
     REAL *gg;             /* (2, B, N) the state [dL/dh; dL/dc] */
-    REAL *work;           /* (B, GN) */
+    REAL *ga, *gda;       /* (B, GN) gate values and derivatives recomputed from Z */
+    REAL *tc, *dtc;       /* (B, N) tanh(c_t), tanh'(c_t) */
     int gram_norms;    /* step norms from the Gram matrices */
 } F(gb_rctx);
 
@@ -255,7 +283,8 @@ static void F(gb_rctx_free)(F(gb_rctx) *cx) {
     free(cx->tb);
     free(cx->gram);
     free(cx->gg);
-    free(cx->work);
+    free(cx->ga);
+    free(cx->tc);
 }
 
 static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, const gb_recurrent_arrays *a, int separate_zh) {
@@ -273,10 +302,13 @@ static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, const gb_recurre
     cx->tb = F(gb_ralloc)(sizeof(REAL) * (size_t)GN);
     cx->gram = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * B));
     cx->gg = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * N));
-    cx->work = F(gb_ralloc)(sizeof(REAL) * (size_t)(B * GN));
+    cx->ga = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * GN));
+    cx->gda = cx->ga ? cx->ga + B * GN : NULL;
+    cx->tc = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * N));
+    cx->dtc = cx->tc ? cx->tc + B * N : NULL;
     cx->gram_norms = B * (GN + N) < GN * N;
     if (!cx->zx || !cx->zh || !cx->ex || !cx->eh || !cx->nz || !cx->tmp || !cx->tb || !cx->gram || !cx->gg ||
-        !cx->work)
+        !cx->ga || !cx->tc)
         return GB_ENOMEM;
     return GB_OK;
 }
@@ -401,7 +433,12 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
             F(gb_rows_times_wT)(g, zb, hp, W_hh, B, N, N, 0);
             e = GB_MAX(0, fexp[t]);
             const int du = gb_clamp_exp(-e), dp = gb_clamp_exp(fexp[t] - e);
-            for (int64_t i = 0; i < BN; i++) zb[i] = TLDEXP(da[i], du) + TLDEXP(zb[i], dp);
+            const REAL su = F(gb_pow2)(du), sp = F(gb_pow2)(dp); /* one of du, dp is 0 */
+            if (su != 0 && sp != 0) {
+                for (int64_t i = 0; i < BN; i++) zb[i] = da[i] * su + zb[i] * sp;
+            } else {
+                for (int64_t i = 0; i < BN; i++) zb[i] = TLDEXP(da[i], du) + TLDEXP(zb[i], dp);
+            }
             z = zb;
         } else {
             F(gb_rows_times_wT)(g, da, hp, W_hh, B, N, N, 1);
@@ -417,80 +454,95 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     return GB_OK;
 }
 
-/* ------------------------------------------------------------------ lstm */
+/* ------------------------------------------------------------------ gated cells */
+/* The gate values a and derivatives da of one row of pre-activations z (G blocks of N; the
+ * tanh block is 2, the others sigmoid): the reference's gates().    a, da, z (G N,) */
+static void F(gb_gates_row)(REAL *a, REAL *da, const REAL *z, int64_t N, int G) {
+    F(gb_sigmoid_grad)(a, da, z, 2 * N);
+    F(gb_tanh_grad)(a + 2 * N, da + 2 * N, z + 2 * N, N);
+    if (G == 4) F(gb_sigmoid_grad)(a + 3 * N, da + 3 * N, z + 3 * N, N);
+}
+
 int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     int rc = F(gb_rcheck)(a, 4, 0);
     if (rc) return rc;
     const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = 4 * N, BN = B * N;
     const REAL *W_hh = ((REAL *)a->W_hh);
-    REAL *H = ((REAL *)a->H), *C = ((REAL *)a->C), *A = ((REAL *)a->A), *DA = ((REAL *)a->DA), *TC = ((REAL *)a->TC), *DTC = ((REAL *)a->DTC);
+    REAL *H = ((REAL *)a->H), *C = ((REAL *)a->C), *Z = ((REAL *)a->Z);
     GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
-    REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN);
-    if (!bias) return GB_ENOMEM;
+    REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN), *ga = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * GN));
+    REAL *tc = F(gb_ralloc)(sizeof(REAL) * (size_t)BN);
+    if (!bias || !ga || !tc) {
+        free(bias);
+        free(ga);
+        free(tc);
+        return GB_ENOMEM;
+    }
+    REAL *gda = ga + B * GN;
     for (int64_t j = 0; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j] + ((REAL *)a->b_hh)[j];
-    F(gb_input_projection)(g, A, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U lives in A */
-    free(bias);
+    F(gb_input_projection)(g, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
     a->info[GB_INFO_FORWARD] = -1;
     for (int64_t t = 0; t < T_; t++) {
-        REAL *At = A + t * B * GN, *Dt = DA + t * B * GN;
+        REAL *Zt = Z + t * B * GN;
         const REAL *cp = C + t * BN;
-        REAL *c = C + (t + 1) * BN, *h = H + (t + 1) * BN, *tc = TC + t * BN, *dtc = DTC + t * BN;
-        F(gb_rows_times_wT)(g, At, H + t * BN, W_hh, B, N, GN, 1); /* z = U_t + h_{t-1} W_hh^T */
+        REAL *c = C + (t + 1) * BN, *h = H + (t + 1) * BN;
+        F(gb_rows_times_wT)(g, Zt, H + t * BN, W_hh, B, N, GN, 1); /* z_t = U_t + h_{t-1} W_hh^T */
         for (int64_t r = 0; r < B; r++) {
-            REAL *ar = At + r * GN, *dr = Dt + r * GN;
-            F(gb_sigmoid_grad)(ar, dr, ar, 2 * N);          /* i, f */
-            F(gb_tanh_grad)(ar + 2 * N, dr + 2 * N, ar + 2 * N, N); /* g */
-            F(gb_sigmoid_grad)(ar + 3 * N, dr + 3 * N, ar + 3 * N, N); /* o */
+            REAL *ar = ga + r * GN;
+            F(gb_gates_row)(ar, gda + r * GN, Zt + r * GN, N, 4);
             const REAL *i = ar, *f = ar + N, *gg = ar + 2 * N;
             for (int64_t j = 0; j < N; j++) c[r * N + j] = f[j] * cp[r * N + j] + i[j] * gg[j];
         }
-        F(gb_tanh_grad)(tc, dtc, c, BN);
+        F(gb_tanh)(tc, c, BN);
         for (int64_t r = 0; r < B; r++) {
-            const REAL *o = At + r * GN + 3 * N;
+            const REAL *o = ga + r * GN + 3 * N;
             for (int64_t j = 0; j < N; j++) h[r * N + j] = o[j] * tc[r * N + j];
         }
-        F(gb_gate_stats)(At, Dt, B, N, 4, 2, a->fcfg, a->saturation + t, a->gate_mean + t, a->gate_low + t);
+        F(gb_gate_stats)(ga, gda, B, N, 4, 2, a->fcfg, a->saturation + t, a->gate_mean + t, a->gate_low + t);
         F(gb_record_forward)(h, t, B, N, a->act_mean, a->act_std, a->info);
     }
+    free(bias);
+    free(ga);
+    free(tc);
     return GB_OK;
 }
 
-/* ------------------------------------------------------------------ gru */
 int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     int rc = F(gb_rcheck)(a, 3, 0);
     if (rc) return rc;
     const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = 3 * N, BN = B * N;
     const REAL *W_hh = ((REAL *)a->W_hh), *b_hn = ((REAL *)a->b_hh) + 2 * N;
-    REAL *H = ((REAL *)a->H), *A = ((REAL *)a->A), *DA = ((REAL *)a->DA), *HN = ((REAL *)a->HN);
+    REAL *H = ((REAL *)a->H), *Z = ((REAL *)a->Z), *HN = ((REAL *)a->HN);
     GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
-    REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN), *P = F(gb_ralloc)(sizeof(REAL) * (size_t)(B * GN));
+    REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN), *P = F(gb_ralloc)(sizeof(REAL) * (size_t)(3 * B * GN));
     if (!bias || !P) {
         free(bias);
         free(P);
         return GB_ENOMEM;
     }
-    for (int64_t j = 0; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j] + (j < 2 * N ? ((REAL *)a->b_hh)[j] : (REAL)0);
+    REAL *ga = P + B * GN, *gda = P + 2 * B * GN;
     /* b_hn stays inside r * (h W_hn^T + b_hn): the n block of the bias is b_in alone */
+    for (int64_t j = 0; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j] + (j < 2 * N ? ((REAL *)a->b_hh)[j] : (REAL)0);
     for (int64_t j = 2 * N; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j];
-    F(gb_input_projection)(g, A, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U lives in A */
+    F(gb_input_projection)(g, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
     free(bias);
     a->info[GB_INFO_FORWARD] = -1;
     for (int64_t t = 0; t < T_; t++) {
-        REAL *At = A + t * B * GN, *Dt = DA + t * B * GN, *hn = HN + t * BN, *h = H + (t + 1) * BN;
+        REAL *Zt = Z + t * B * GN, *hn = HN + t * BN, *h = H + (t + 1) * BN;
         const REAL *hp = H + t * BN;
         F(gb_rows_times_wT)(g, P, hp, W_hh, B, N, GN, 0);
         for (int64_t r = 0; r < B; r++) {
-            REAL *ar = At + r * GN, *dr = Dt + r * GN, *hr = hn + r * N;
+            REAL *zr = Zt + r * GN, *ar = ga + r * GN, *dr = gda + r * GN, *hr = hn + r * N;
             const REAL *pr = P + r * GN;
-            for (int64_t j = 0; j < 2 * N; j++) ar[j] = ar[j] + pr[j];      /* zr, zz */
+            for (int64_t j = 0; j < 2 * N; j++) zr[j] = zr[j] + pr[j];      /* z_r, z_z */
             for (int64_t j = 0; j < N; j++) hr[j] = pr[2 * N + j] + b_hn[j]; /* hn */
-            F(gb_sigmoid_grad)(ar, dr, ar, 2 * N);                          /* r, z */
-            for (int64_t j = 0; j < N; j++) ar[2 * N + j] = ar[2 * N + j] + ar[j] * hr[j]; /* zn */
-            F(gb_tanh_grad)(ar + 2 * N, dr + 2 * N, ar + 2 * N, N);        /* n */
+            F(gb_sigmoid_grad)(ar, dr, zr, 2 * N);                          /* r, z */
+            for (int64_t j = 0; j < N; j++) zr[2 * N + j] = zr[2 * N + j] + ar[j] * hr[j]; /* z_n */
+            F(gb_tanh_grad)(ar + 2 * N, dr + 2 * N, zr + 2 * N, N);        /* n */
             const REAL *z = ar + N, *n = ar + 2 * N, *hpr = hp + r * N;
             for (int64_t j = 0; j < N; j++) h[r * N + j] = ((REAL)1 - z[j]) * n[j] + z[j] * hpr[j];
         }
-        F(gb_gate_stats)(At, Dt, B, N, 3, 2, a->fcfg, a->saturation + t, a->gate_mean + t, a->gate_low + t);
+        F(gb_gate_stats)(ga, gda, B, N, 3, 2, a->fcfg, a->saturation + t, a->gate_mean + t, a->gate_low + t);
         F(gb_record_forward)(h, t, B, N, a->act_mean, a->act_std, a->info);
     }
     free(P);
@@ -541,13 +593,11 @@ static void F(gb_chunk_flush)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int6
             continue;
         }
         const int sh = gb_clamp_exp(cx->eh[k] - Eh), sx = gb_clamp_exp(cx->ex[k] - Ex);
-        if (rescale_copy) {
-            for (int64_t i = 0; i < n; i++) zh[i] = TLDEXP(zx[i], sh);
-        } else if (zh != zx && sh) {
-            for (int64_t i = 0; i < n; i++) zh[i] = TLDEXP(zh[i], sh);
-        }
-        if (sx)
-            for (int64_t i = 0; i < n; i++) zx[i] = TLDEXP(zx[i], sx);
+        if (rescale_copy)
+            F(gb_scale_into)(zh, zx, n, sh);
+        else if (zh != zx)
+            F(gb_scale_into)(zh, zh, n, sh);
+        F(gb_scale_into)(zx, zx, n, sx);
     }
     const int64_t R = m * B;
     F(gb_zT_times_rows)(cx->gemm, cx->tmp, cx->zx, ((REAL *)a->X) + t0 * B * D, R, D, GN);
@@ -644,12 +694,14 @@ int F(gb_lstm_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     F(gb_rfinish)(cx.gg, 2 * B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, a->csig_m, a->info);
     for (int64_t t = T_ - 1; t >= 0; t--) {
         const int64_t e = a->sig_e[t + 1], k = t % cx.K;
-        const REAL *At = ((REAL *)a->A) + t * B * GN, *Dt = ((REAL *)a->DA) + t * B * GN, *tc = ((REAL *)a->TC) + t * BN, *dtc = ((REAL *)a->DTC) + t * BN;
-        const REAL *cp = ((REAL *)a->C) + t * BN;
+        const REAL *Zt = ((REAL *)a->Z) + t * B * GN, *cp = ((REAL *)a->C) + t * BN;
+        const REAL *tc = cx.tc, *dtc = cx.dtc;
         REAL *dz = cx.zx + k * B * GN, *gh = cx.gg, *gc = cx.gg + BN;
+        for (int64_t r = 0; r < B; r++) F(gb_gates_row)(cx.ga + r * GN, cx.gda + r * GN, Zt + r * GN, N, 4);
+        F(gb_tanh_grad)(cx.tc, cx.dtc, ((REAL *)a->C) + (t + 1) * BN, BN);
         for (int64_t r = 0; r < B; r++) {
-            const REAL *i = At + r * GN, *f = i + N, *gg = i + 2 * N, *o = i + 3 * N;
-            const REAL *di = Dt + r * GN, *df = di + N, *dg = di + 2 * N, *dout = di + 3 * N;
+            const REAL *i = cx.ga + r * GN, *f = i + N, *gg = i + 2 * N, *o = i + 3 * N;
+            const REAL *di = cx.gda + r * GN, *df = di + N, *dg = di + 2 * N, *dout = di + 3 * N;
             REAL *zr = dz + r * GN;
             for (int64_t j = 0; j < N; j++) {
                 const int64_t x = r * N + j;
@@ -686,11 +738,12 @@ int F(gb_gru_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     F(gb_rfinish)(cx.gg, B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, NULL, a->info);
     for (int64_t t = T_ - 1; t >= 0; t--) {
         const int64_t e = a->sig_e[t + 1], k = t % cx.K;
-        const REAL *At = ((REAL *)a->A) + t * B * GN, *Dt = ((REAL *)a->DA) + t * B * GN, *hn = ((REAL *)a->HN) + t * BN, *hp = ((REAL *)a->H) + t * BN;
+        const REAL *Zt = ((REAL *)a->Z) + t * B * GN, *hn = ((REAL *)a->HN) + t * BN, *hp = ((REAL *)a->H) + t * BN;
         REAL *zx = cx.zx + k * B * GN, *zh = cx.zh + k * B * GN, *gh = cx.gg;
         for (int64_t r = 0; r < B; r++) {
-            const REAL *rr = At + r * GN, *z = rr + N, *n = rr + 2 * N;
-            const REAL *dr = Dt + r * GN, *dzg = dr + N, *dn_ = dr + 2 * N;
+            REAL *ar = cx.ga + r * GN, *dr = cx.gda + r * GN;
+            F(gb_gates_row)(ar, dr, Zt + r * GN, N, 3);
+            const REAL *rr = ar, *z = ar + N, *n = ar + 2 * N, *dzg = dr + N, *dn_ = dr + 2 * N;
             REAL *xr = zx + r * GN, *hr = zh + r * GN;
             for (int64_t j = 0; j < N; j++) {
                 const int64_t x = r * N + j;

@@ -131,69 +131,79 @@ def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, DA, fexp, act_m
 
 
 @njit(**JIT)
-def lstm_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, C, A, DA, TC, DTC, act_mean, act_std, saturation,
-                        gate_mean, gate_low, info):
-    """The LSTM through T steps.  A, DA (T,B,4N); H, C (T+1,B,N); TC, DTC (T,B,N)"""
+def _gates_row(a, da, z, N, G):
+    """Gate values and derivatives of rows z (B, G N): sigmoid blocks, the tanh block 2."""
+    _gate(a[:, :2 * N], da[:, :2 * N], z[:, :2 * N], SIGMOID)
+    _gate(a[:, 2 * N:3 * N], da[:, 2 * N:3 * N], z[:, 2 * N:3 * N], TANH)
+    if G == 4:
+        _gate(a[:, 3 * N:], da[:, 3 * N:], z[:, 3 * N:], SIGMOID)
+
+
+@njit(**JIT)
+def lstm_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, C, Z, act_mean, act_std, saturation, gate_mean,
+                        gate_low, info):
+    """The LSTM through T steps.  Z (T,B,4N) pre-activations; H, C (T+1,B,N)"""
     T, B, D = X.shape
     N = W_hh.shape[1]
-    _projection(A.reshape(T * B, 4 * N), X.reshape(T * B, D), W_ih, b_ih + b_hh)  # U lives in A
+    _projection(Z.reshape(T * B, 4 * N), X.reshape(T * B, D), W_ih, b_ih + b_hh)  # U, then z_t
     P = np.empty((B, 4 * N), dtype=H.dtype)
+    a = np.empty((B, 4 * N), dtype=H.dtype)
+    da = np.empty((B, 4 * N), dtype=H.dtype)
+    tc = np.empty((B, N), dtype=H.dtype)
     info[INFO_FORWARD] = -1
     for t in range(T):
         np.dot(H[t], W_hh.T, P)
-        At = A[t]
-        Dt = DA[t]
+        Zt = Z[t]
         for i in range(B):
             for j in range(4 * N):
-                At[i, j] = At[i, j] + P[i, j]
-        _gate(At[:, :2 * N], Dt[:, :2 * N], At[:, :2 * N], SIGMOID)
-        _gate(At[:, 2 * N:3 * N], Dt[:, 2 * N:3 * N], At[:, 2 * N:3 * N], TANH)
-        _gate(At[:, 3 * N:], Dt[:, 3 * N:], At[:, 3 * N:], SIGMOID)
+                Zt[i, j] = Zt[i, j] + P[i, j]
+        _gates_row(a, da, Zt, N, 4)
         c, cp, h = C[t + 1], C[t], H[t + 1]
         for i in range(B):
             for j in range(N):
-                c[i, j] = At[i, N + j] * cp[i, j] + At[i, j] * At[i, 2 * N + j]
-        _gate(TC[t], DTC[t], c, TANH)
+                c[i, j] = a[i, N + j] * cp[i, j] + a[i, j] * a[i, 2 * N + j]
+        _gate(tc, P[:, :N], c, TANH)  # P's first block: scratch for tanh'(c)
         for i in range(B):
             for j in range(N):
-                h[i, j] = At[i, 3 * N + j] * TC[t, i, j]
-        _gate_stats(t, At, Dt, fcfg, N, 4, 2, saturation, gate_mean, gate_low)
+                h[i, j] = a[i, 3 * N + j] * tc[i, j]
+        _gate_stats(t, a, da, fcfg, N, 4, 2, saturation, gate_mean, gate_low)
         _record(t, h, act_mean, act_std, info)
 
 
 @njit(**JIT)
-def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, A, DA, HN, act_mean, act_std, saturation,
-                       gate_mean, gate_low, info):
-    """The GRU through T steps.  A, DA (T,B,3N); H (T+1,B,N); HN (T,B,N)"""
+def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, HN, act_mean, act_std, saturation, gate_mean,
+                       gate_low, info):
+    """The GRU through T steps.  Z (T,B,3N) pre-activations [z_r, z_z, z_n]; H (T+1,B,N); HN (T,B,N)"""
     T, B, D = X.shape
     N = W_hh.shape[1]
     bias = b_ih.copy()
     for j in range(2 * N):  # b_hn stays inside r * (h W_hn^T + b_hn)
         bias[j] = b_ih[j] + b_hh[j]
-    _projection(A.reshape(T * B, 3 * N), X.reshape(T * B, D), W_ih, bias)  # U lives in A
+    _projection(Z.reshape(T * B, 3 * N), X.reshape(T * B, D), W_ih, bias)  # U, then z_t
     P = np.empty((B, 3 * N), dtype=H.dtype)
+    a = np.empty((B, 3 * N), dtype=H.dtype)
+    da = np.empty((B, 3 * N), dtype=H.dtype)
     one = _as(1.0, H[0, 0, 0])
     info[INFO_FORWARD] = -1
     for t in range(T):
         hp, h, hn = H[t], H[t + 1], HN[t]
         np.dot(hp, W_hh.T, P)
-        At = A[t]
-        Dt = DA[t]
+        Zt = Z[t]
         for i in range(B):
             for j in range(2 * N):
-                At[i, j] = At[i, j] + P[i, j]
+                Zt[i, j] = Zt[i, j] + P[i, j]
             for j in range(N):
                 hn[i, j] = P[i, 2 * N + j] + b_hh[2 * N + j]
-        _gate(At[:, :2 * N], Dt[:, :2 * N], At[:, :2 * N], SIGMOID)
+        _gate(a[:, :2 * N], da[:, :2 * N], Zt[:, :2 * N], SIGMOID)
         for i in range(B):
             for j in range(N):
-                At[i, 2 * N + j] = At[i, 2 * N + j] + At[i, j] * hn[i, j]
-        _gate(At[:, 2 * N:], Dt[:, 2 * N:], At[:, 2 * N:], TANH)
+                Zt[i, 2 * N + j] = Zt[i, 2 * N + j] + a[i, j] * hn[i, j]
+        _gate(a[:, 2 * N:], da[:, 2 * N:], Zt[:, 2 * N:], TANH)
         for i in range(B):
             for j in range(N):
-                z = At[i, N + j]
-                h[i, j] = (one - z) * At[i, 2 * N + j] + z * hp[i, j]
-        _gate_stats(t, At, Dt, fcfg, N, 3, 2, saturation, gate_mean, gate_low)
+                z = a[i, N + j]
+                h[i, j] = (one - z) * a[i, 2 * N + j] + z * hp[i, j]
+        _gate_stats(t, a, da, fcfg, N, 3, 2, saturation, gate_mean, gate_low)
         _record(t, h, act_mean, act_std, info)
 
 
@@ -331,8 +341,8 @@ def _mark(zx, zh, ex, eh, nz, k, e, e_h):
 
 
 @njit(**JIT)
-def _backward(cell, icfg, fcfg, X, W_hh, H, C, A, DA, TC, DTC, HN, fexp, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp,
-              sig_m, sig_e, csig_m, gnorm_m, info):
+def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, DA, HN, fexp, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
+              sig_e, csig_m, gnorm_m, info):
     """Backward through T steps of cell 0 (rnn), 1 (lstm) or 2 (gru) (module docstring)."""
     clip_mode = icfg[RI_CLIP]
     c = fcfg[RF_CLIP]
@@ -356,6 +366,10 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, A, DA, TC, DTC, HN, fexp, DH, G, 
     if lstm:
         gg[B:] = GC
     one = _as(1.0, G[0, 0])
+    a = np.empty((B, GN), dtype=G.dtype)  # gates and derivatives recomputed from Z
+    ga = np.empty((B, GN), dtype=G.dtype)
+    tc = np.empty((B, N), dtype=G.dtype)
+    dtc = np.empty((B, N), dtype=G.dtype)
     info[INFO_BACKWARD] = -1
     _finish(gg, B, T, CLIP_NONE, c, sig_m, sig_e, csig_m, lstm, info)
     for t in range(T - 1, -1, -1):
@@ -373,31 +387,34 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, A, DA, TC, DTC, HN, fexp, DH, G, 
                 dzh[:, :] = dzx
             gh[:, :] = np.dot(dzx, W_hh)
         elif cell == 1:
-            At, Dt, tc, dtc, cp = A[t], DA[t], TC[t], DTC[t], C[t]
+            Zt, cp = Z[t], C[t]
+            _gates_row(a, ga, Zt, N, 4)
+            _gate(tc, dtc, C[t + 1], TANH)
             gc = gg[B:]
             for i in range(B):
                 for j in range(N):
                     g = gh[i, j]
-                    dc = gc[i, j] + g * At[i, 3 * N + j] * dtc[i, j]
-                    dzx[i, j] = dc * At[i, 2 * N + j] * Dt[i, j]
-                    dzx[i, N + j] = dc * cp[i, j] * Dt[i, N + j]
-                    dzx[i, 2 * N + j] = dc * At[i, j] * Dt[i, 2 * N + j]
-                    dzx[i, 3 * N + j] = g * tc[i, j] * Dt[i, 3 * N + j]
-                    gc[i, j] = dc * At[i, N + j]
+                    dc = gc[i, j] + g * a[i, 3 * N + j] * dtc[i, j]
+                    dzx[i, j] = dc * a[i, 2 * N + j] * ga[i, j]
+                    dzx[i, N + j] = dc * cp[i, j] * ga[i, N + j]
+                    dzx[i, 2 * N + j] = dc * a[i, j] * ga[i, 2 * N + j]
+                    dzx[i, 3 * N + j] = g * tc[i, j] * ga[i, 3 * N + j]
+                    gc[i, j] = dc * a[i, N + j]
             gh[:, :] = np.dot(dzx, W_hh)
         else:
-            At, Dt, hn, hp = A[t], DA[t], HN[t], H[t]
+            hn, hp = HN[t], H[t]
+            _gates_row(a, ga, Z[t], N, 3)
             for i in range(B):
                 for j in range(N):
                     g = gh[i, j]
-                    z = At[i, N + j]
-                    dn = g * (one - z) * Dt[i, 2 * N + j]
-                    dzx[i, j] = dn * hn[i, j] * Dt[i, j]
-                    dzx[i, N + j] = g * (hp[i, j] - At[i, 2 * N + j]) * Dt[i, N + j]
+                    z = a[i, N + j]
+                    dn = g * (one - z) * ga[i, 2 * N + j]
+                    dzx[i, j] = dn * hn[i, j] * ga[i, j]
+                    dzx[i, N + j] = g * (hp[i, j] - a[i, 2 * N + j]) * ga[i, N + j]
                     dzx[i, 2 * N + j] = dn
                     dzh[i, j] = dzx[i, j]
                     dzh[i, N + j] = dzx[i, N + j]
-                    dzh[i, 2 * N + j] = dn * At[i, j]
+                    dzh[i, 2 * N + j] = dn * a[i, j]
                     gh[i, j] = g * z
             P = np.dot(dzh, W_hh)
             for i in range(B):
@@ -420,19 +437,19 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, A, DA, TC, DTC, HN, fexp, DH, G, 
 
 def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, DA, fexp, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
                         gnorm_m, info):
-    _backward(0, icfg, fcfg, X, W_hh, H, H, DA, DA, H[1:], H[1:], H[1:], fexp, DH, G, G, dW_ih, dW_hh, db_ih,
-              db_hh, dexp, sig_m, sig_e, sig_m, gnorm_m, info)
+    _backward(0, icfg, fcfg, X, W_hh, H, H, DA, DA, H[1:], fexp, DH, G, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
+              sig_e, sig_m, gnorm_m, info)
 
 
-def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, A, DA, TC, DTC, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp,
-                         sig_m, sig_e, csig_m, gnorm_m, info):
-    _backward(1, icfg, fcfg, X, W_hh, H, C, A, DA, TC, DTC, TC, np.zeros(len(sig_e), dtype=np.int64), DH, G, GC, dW_ih, dW_hh,
+def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
+                         csig_m, gnorm_m, info):
+    _backward(1, icfg, fcfg, X, W_hh, H, C, Z, Z, C[1:], np.zeros(len(sig_e), dtype=np.int64), DH, G, GC, dW_ih, dW_hh,
               db_ih, db_hh, dexp, sig_m, sig_e, csig_m, gnorm_m, info)
 
 
-def gru_backward_kernel(icfg, fcfg, X, W_hh, H, A, DA, HN, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
+def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
                         gnorm_m, info):
-    _backward(2, icfg, fcfg, X, W_hh, H, H, A, DA, HN, HN, HN, np.zeros(len(sig_e), dtype=np.int64), DH, G, G, dW_ih, dW_hh,
+    _backward(2, icfg, fcfg, X, W_hh, H, H, Z, Z, HN, np.zeros(len(sig_e), dtype=np.int64), DH, G, G, dW_ih, dW_hh,
               db_ih, db_hh, dexp, sig_m, sig_e, sig_m, gnorm_m, info)
 
 

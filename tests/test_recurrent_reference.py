@@ -92,6 +92,7 @@ def test_signal_norms_are_the_norms_of_dL_dh():
 # ------------------------------------------------------------------ torch autograd
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0): "
                                              "the torch.nn.RNN/LSTM/GRU comparison is skipped")
+torch.set_num_threads(1)  # tiny problems: a thread pool costs more than it gives (and ~1 s a call when loaded)
 
 
 def _torch_run(rnn, p, xs, t, h0=None, c0=None):

@@ -55,10 +55,8 @@ _B_IH = _arg("b_ih", "GN", "T", "r", "input bias")
 _B_HH = _arg("b_hh", "GN", "T", "r", "recurrent bias")
 _H_FWD = _arg("H", "T+1,B,N", "T", "rw", "H[0] = h_{-1} read (mantissa); h_t written to H[t+1]")
 _H_BWD = _arg("H", "T+1,B,N", "T", "r", "the forward's H")
-_A_FWD = _arg("A", "T,B,GN", "T", "w", "gate values (lstm i,f,g,o; gru r,z,n)")
-_A_BWD = _arg("A", "T,B,GN", "T", "r", "the forward's A")
-_DA_FWD = _arg("DA", "T,B,GN", "T", "w", "derivatives of the gate activations at their pre-activations")
-_DA_BWD = _arg("DA", "T,B,GN", "T", "r", "the forward's DA")
+_Z_FWD = _arg("Z", "T,B,GN", "T", "w", "gate pre-activations (lstm i,f,g,o; gru r, z and z_n = u_n + r hn)")
+_Z_BWD = _arg("Z", "T,B,GN", "T", "r", "the forward's Z")
 _STATS = (
     _arg("act_mean", "T", "f8", "w", "mean of h_t (true value times 2**fexp[t+1])"),
     _arg("act_std", "T", "f8", "w", "standard deviation of h_t (likewise)"),
@@ -90,37 +88,31 @@ RNN_FORWARD: tuple[Arg, ...] = (
     *_STATS, _INFO,
 )
 RNN_BACKWARD: tuple[Arg, ...] = (
-    _ICFG, _FCFG, _X, _W_HH, _H_BWD, _DA_BWD,
+    _ICFG, _FCFG, _X, _W_HH, _H_BWD, _arg("DA", "T,B,GN", "T", "r", "the forward's DA"),
     _arg("fexp", "T+1", "i8", "r", "the forward's exponents"),
     _DH, _G, *_GRADS, *_SIG, _GNORM, _INFO,
 )
 LSTM_FORWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_IH, _W_HH, _B_IH, _B_HH, _H_FWD,
     _arg("C", "T+1,B,N", "T", "rw", "C[0] = c_{-1} read; c_t written to C[t+1]"),
-    _A_FWD, _DA_FWD,
-    _arg("TC", "T,B,N", "T", "w", "tanh(c_t)"),
-    _arg("DTC", "T,B,N", "T", "w", "tanh'(c_t)"),
-    *_STATS, _INFO,
+    _Z_FWD, *_STATS, _INFO,
 )
 LSTM_BACKWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_HH, _H_BWD,
     _arg("C", "T+1,B,N", "T", "r", "the forward's C"),
-    _A_BWD, _DA_BWD,
-    _arg("TC", "T,B,N", "T", "r", "the forward's TC"),
-    _arg("DTC", "T,B,N", "T", "r", "the forward's DTC"),
-    _DH, _G,
+    _Z_BWD, _DH, _G,
     _arg("GC", "B,N", "T", "rw", "dL/dc_{T-1} on entry (exponent sig_e[T], shared with G), dL/dc_{-1} on exit"),
     *_GRADS, *_SIG,
     _arg("csig_m", "T+1", "f8", "w", "||dL/dC[j]|| = csig_m[j] * 2**sig_e[j]"),
     _GNORM, _INFO,
 )
 GRU_FORWARD: tuple[Arg, ...] = (
-    _ICFG, _FCFG, _X, _W_IH, _W_HH, _B_IH, _B_HH, _H_FWD, _A_FWD, _DA_FWD,
+    _ICFG, _FCFG, _X, _W_IH, _W_HH, _B_IH, _B_HH, _H_FWD, _Z_FWD,
     _arg("HN", "T,B,N", "T", "w", "h_{t-1} W_hn^T + b_hn (what r multiplies)"),
     *_STATS, _INFO,
 )
 GRU_BACKWARD: tuple[Arg, ...] = (
-    _ICFG, _FCFG, _X, _W_HH, _H_BWD, _A_BWD, _DA_BWD,
+    _ICFG, _FCFG, _X, _W_HH, _H_BWD, _Z_BWD,
     _arg("HN", "T,B,N", "T", "r", "the forward's HN"),
     _DH, _G, *_GRADS, *_SIG, _GNORM, _INFO,
 )

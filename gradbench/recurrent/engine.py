@@ -33,7 +33,7 @@ from gradbench.reference import clip_signal, normalise
 from gradbench.spec import DTYPES
 
 # What a step saves for the backward pass (arrays of the forward table), per cell.
-SAVED = {"rnn": ("H", "DA"), "lstm": ("H", "C", "A", "DA", "TC", "DTC"), "gru": ("H", "A", "DA", "HN")}
+SAVED = {"rnn": ("H", "DA"), "lstm": ("H", "C", "Z"), "gru": ("H", "Z", "HN")}
 _STAT_NAMES = ("act_mean", "act_std", "saturation", "gate_mean", "gate_low")
 
 
@@ -125,8 +125,8 @@ def _check_targets(rnn: Recurrent, t, B: int):
 
 # ------------------------------------------------------------------ memory planning
 def saved_per_step(rnn: Recurrent, batch: int) -> int:
-    """Numbers a step saves for the backward pass: B*N times 2 (rnn), 12 (lstm), 8 (gru)."""
-    return batch * rnn.hidden * {"rnn": 2, "lstm": 12, "gru": 8}[rnn.cell]
+    """Numbers a step saves for the backward pass: B*N times 2 (rnn), 6 (lstm), 5 (gru)."""
+    return batch * rnn.hidden * {"rnn": 2, "lstm": 6, "gru": 5}[rnn.cell]
 
 
 def default_segment(rnn: Recurrent) -> int:

@@ -9,10 +9,11 @@ before the trusting ``*_kernel`` runs). The Numba and C backends compute the sam
 Forward
     The input projection of all steps is one matrix product, ``U = X W_ih^T + b`` (T, B, GN);
     each step adds only the recurrent product ``h_{t-1} W_hh^T``. The forward saves what the
-    backward needs: the gate values ``A`` and the derivatives of the gate activations at
-    their pre-activations ``DA`` (computed from z with :func:`gradbench.activations.dphi`, so
-    they are right in saturation, not 1 - tanh^2 rounded to 0), the cell state and tanh of it
-    (LSTM), ``h_{t-1} W_hn^T + b_hn`` (GRU). Per step it records the mean and standard deviation
+    backward needs: the states, the vanilla cell's phi'(z_t) ``DA``, the gates' pre-activations
+    ``Z`` (the backward recomputes the gate values and their derivatives from them, half the
+    memory of saving both), the LSTM's cell states, the GRU's ``h_{t-1} W_hn^T + b_hn``. Every
+    derivative is :func:`gradbench.activations.dphi` at the pre-activation (right in saturation,
+    not 1 - tanh^2 rounded to 0). Per step it records the mean and standard deviation
     of h_t, the saturated fraction of the activation entries, the mean forget gate (LSTM) or
     update gate (GRU) and the fraction of them below 0.1, and the first non-finite step.
 
@@ -175,30 +176,45 @@ def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, DA, fexp, DH, G, dW_ih, dW_hh, d
 
 
 # ------------------------------------------------------------------ lstm
-def lstm_step_forward(h, c, a, da, tc, dtc, z, c_prev, N):
-    """Gates i, f, g, o of z, c_t = f c_{t-1} + i g, h_t = o tanh(c_t).
+def gates(z, codes, N):
+    """The gate values and their derivatives at z, block by block (codes: one per N-block).
 
-    h, c, c_prev, tc, dtc (B,N); a, da, z (B,4N)
+    a, da (B, G N) = phi(z), phi'(z) (phi' from z, right in saturation).
     """
-    for k, code in enumerate((SIGMOID, SIGMOID, TANH, SIGMOID)):
+    a, da = np.empty_like(z), np.empty_like(z)
+    for k, code in enumerate(codes):
         zk = z[:, k * N:(k + 1) * N]
         a[:, k * N:(k + 1) * N] = phi(zk, code, 0.0)
         da[:, k * N:(k + 1) * N] = dphi(zk, code, 0.0)
+    return a, da
+
+
+LSTM_GATES = (SIGMOID, SIGMOID, TANH, SIGMOID)
+GRU_GATES = (SIGMOID, SIGMOID, TANH)
+
+
+def lstm_step_forward(h, c, z, c_prev, N):
+    """Gates i, f, g, o of z, c_t = f c_{t-1} + i g, h_t = o tanh(c_t); returns (a, da) of the gates.
+
+    h, c, c_prev (B,N); z (B,4N)
+    """
+    a, da = gates(z, LSTM_GATES, N)
     i, f, g, o = (a[:, k * N:(k + 1) * N] for k in range(4))
     c[...] = f * c_prev + i * g
-    tc[...] = phi(c, TANH, 0.0)
-    dtc[...] = dphi(c, TANH, 0.0)
-    h[...] = o * tc
+    h[...] = o * phi(c, TANH, 0.0)
+    return a, da
 
 
-def lstm_step_backward(dz, gc_prev, g, gc, a, da, tc, dtc, c_prev, N):
-    """dz (B,4N) and dL/dc_{t-1} from dL/dh_t = g and dL/dc_t = gc.
+def lstm_step_backward(dz, gc_prev, g, gc, z, c, c_prev, N):
+    """dz (B,4N) and dL/dc_{t-1} from dL/dh_t = g and dL/dc_t = gc; the gates are recomputed from z.
 
     dc = gc + g o tanh'(c_t); dz_i = dc g~ i', dz_f = dc c_{t-1} f', dz_g = dc i g~',
-    dz_o = g tanh(c_t) o'; dL/dc_{t-1} = dc f.    gc_prev, g, gc, tc, dtc, c_prev (B,N)
+    dz_o = g tanh(c_t) o'; dL/dc_{t-1} = dc f.    gc_prev, g, gc, c, c_prev (B,N); dz, z (B,4N)
     """
+    a, da = gates(z, LSTM_GATES, N)
     i, f, gg, o = (a[:, k * N:(k + 1) * N] for k in range(4))
     di, df, dg, do = (da[:, k * N:(k + 1) * N] for k in range(4))
+    tc, dtc = phi(c, TANH, 0.0), dphi(c, TANH, 0.0)
     dc = gc + g * o * dtc
     dz[:, 0 * N:1 * N] = dc * gg * di
     dz[:, 1 * N:2 * N] = dc * c_prev * df
@@ -218,21 +234,21 @@ def _gate_stats(t, gate, da, fcfg, N, tanh_block, saturation, gate_mean, gate_lo
     gate_low[t] = np.mean(g64 < fcfg[RF_GATE_LOW])
 
 
-def lstm_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, C, A, DA, TC, DTC, act_mean, act_std,
-                        saturation, gate_mean, gate_low, info):
+def lstm_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, C, Z, act_mean, act_std, saturation, gate_mean,
+                        gate_low, info):
     """The LSTM through T steps (module docstring)."""
     T, N = X.shape[0], W_hh.shape[1]
     info[INFO_FORWARD] = -1
-    input_projection(A, X, W_ih, b_ih + b_hh)  # U is kept in A until step t overwrites A[t]
+    input_projection(Z, X, W_ih, b_ih + b_hh)  # U, then z_t = U_t + h_{t-1} W_hh^T step by step
     for t in range(T):
-        z = A[t] + H[t] @ W_hh.T
-        lstm_step_forward(H[t + 1], C[t + 1], A[t], DA[t], TC[t], DTC[t], z, C[t], N)
-        _gate_stats(t, A[t][:, N:2 * N], DA[t], fcfg, N, 2, saturation, gate_mean, gate_low)
+        Z[t] = Z[t] + H[t] @ W_hh.T
+        a, da = lstm_step_forward(H[t + 1], C[t + 1], Z[t], C[t], N)
+        _gate_stats(t, a[:, N:2 * N], da, fcfg, N, 2, saturation, gate_mean, gate_low)
         record_forward(t, H[t + 1], act_mean, act_std, info)
 
 
-def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, A, DA, TC, DTC, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh,
-                         dexp, sig_m, sig_e, csig_m, gnorm_m, info):
+def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
+                         csig_m, gnorm_m, info):
     """Backward through T steps of the LSTM; (G, GC) share one exponent (module docstring)."""
     clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
     T, N = X.shape[0], W_hh.shape[1]
@@ -241,7 +257,7 @@ def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, A, DA, TC, DTC, DH, G, GC, d
     dz = np.empty((G.shape[0], 4 * N), dtype=G.dtype)
     for t in range(T - 1, -1, -1):
         e = int(sig_e[t + 1])
-        lstm_step_backward(dz, GC, G, GC, A[t], DA[t], TC[t], DTC[t], C[t], N)
+        lstm_step_backward(dz, GC, G, GC, Z[t], C[t + 1], C[t], N)
         accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dz, dz, X[t], H[t], e, e)
         np.matmul(dz, W_hh, out=G)
         sig_e[t] = add_loss_gradient(G, GC, e, DH[t]) if every else e
@@ -249,27 +265,31 @@ def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, A, DA, TC, DTC, DH, G, GC, d
 
 
 # ------------------------------------------------------------------ gru
-def gru_step_forward(h, a, da, hn, u, p, h_prev, b_hn, N):
+def gru_step_forward(h, zs, hn, u, p, h_prev, b_hn, N):
     """r, z = sigma(u + p) of the first two blocks, hn = p_n + b_hn, n = tanh(u_n + r hn),
-    h_t = (1 - z) n + z h_{t-1}.    h, hn, h_prev (B,N); a, da, u, p (B,3N); b_hn (N,)"""
-    zr = u[:, :N] + p[:, :N]
-    zz = u[:, N:2 * N] + p[:, N:2 * N]
+    h_t = (1 - z) n + z h_{t-1}; zs = the pre-activations [z_r, z_z, z_n]; returns (a, da).
+
+    h, hn, h_prev (B,N); zs, u, p (B,3N); b_hn (N,)
+    """
+    zs[:, :2 * N] = u[:, :2 * N] + p[:, :2 * N]
     hn[...] = p[:, 2 * N:] + b_hn
-    r, z = phi(zr, SIGMOID, 0.0), phi(zz, SIGMOID, 0.0)
-    zn = u[:, 2 * N:] + r * hn
-    n = phi(zn, TANH, 0.0)
-    a[:, :N], a[:, N:2 * N], a[:, 2 * N:] = r, z, n
-    da[:, :N], da[:, N:2 * N], da[:, 2 * N:] = dphi(zr, SIGMOID, 0.0), dphi(zz, SIGMOID, 0.0), dphi(zn, TANH, 0.0)
+    r = phi(zs[:, :N], SIGMOID, 0.0)
+    zs[:, 2 * N:] = u[:, 2 * N:] + r * hn
+    a, da = gates(zs, GRU_GATES, N)
+    z, n = a[:, N:2 * N], a[:, 2 * N:]
     h[...] = (1 - z) * n + z * h_prev
+    return a, da
 
 
-def gru_step_backward(dzx, dzh, g, a, da, hn, h_prev, N):
-    """The pre-activation gradients of step t from dL/dh_t = g: dzx for W_ih and b_ih, dzh for
-    W_hh and b_hh (they differ in the n block: r multiplies h W_hn^T + b_hn only).
+def gru_step_backward(dzx, dzh, g, zs, hn, h_prev, N):
+    """The pre-activation gradients of step t from dL/dh_t = g (gates recomputed from zs): dzx
+    for W_ih and b_ih, dzh for W_hh and b_hh (they differ in the n block: r multiplies
+    h W_hn^T + b_hn only); returns z (dL/dh_{t-1} gets g z directly).
 
     dn = g (1 - z) n', dz = g (h_{t-1} - n) z', dr = dn hn r'; dzx = [dr, dz, dn],
-    dzh = [dr, dz, dn r].    dzx, dzh, a, da (B,3N); g, hn, h_prev (B,N)
+    dzh = [dr, dz, dn r].    dzx, dzh, zs (B,3N); g, hn, h_prev (B,N)
     """
+    a, da = gates(zs, GRU_GATES, N)
     r, z, n = a[:, :N], a[:, N:2 * N], a[:, 2 * N:]
     dr_, dz_, dn_ = da[:, :N], da[:, N:2 * N], da[:, 2 * N:]
     dn = g * (1 - z) * dn_
@@ -278,25 +298,25 @@ def gru_step_backward(dzx, dzh, g, a, da, hn, h_prev, N):
     dzx[:, 2 * N:] = dn
     dzh[:, :2 * N] = dzx[:, :2 * N]
     dzh[:, 2 * N:] = dn * r
+    return z
 
 
-def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, A, DA, HN, act_mean, act_std, saturation,
-                       gate_mean, gate_low, info):
+def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, HN, act_mean, act_std, saturation, gate_mean,
+                       gate_low, info):
     """The GRU through T steps (module docstring)."""
     T, N = X.shape[0], W_hh.shape[1]
     info[INFO_FORWARD] = -1
     bias = b_ih.copy()
     bias[:2 * N] += b_hh[:2 * N]  # b_hn stays inside r * (h W_hn^T + b_hn)
-    U = np.empty_like(A)
-    input_projection(U, X, W_ih, bias)
+    input_projection(Z, X, W_ih, bias)  # U, replaced step by step by the pre-activations
     for t in range(T):
-        gru_step_forward(H[t + 1], A[t], DA[t], HN[t], U[t], H[t] @ W_hh.T, H[t], b_hh[2 * N:], N)
-        _gate_stats(t, A[t][:, N:2 * N], DA[t], fcfg, N, 2, saturation, gate_mean, gate_low)
+        a, da = gru_step_forward(H[t + 1], Z[t], HN[t], Z[t].copy(), H[t] @ W_hh.T, H[t], b_hh[2 * N:], N)
+        _gate_stats(t, a[:, N:2 * N], da, fcfg, N, 2, saturation, gate_mean, gate_low)
         record_forward(t, H[t + 1], act_mean, act_std, info)
 
 
-def gru_backward_kernel(icfg, fcfg, X, W_hh, H, A, DA, HN, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
-                        sig_e, gnorm_m, info):
+def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
+                        gnorm_m, info):
     """Backward through T steps of the GRU (module docstring)."""
     clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
     T, N = X.shape[0], W_hh.shape[1]
@@ -306,9 +326,9 @@ def gru_backward_kernel(icfg, fcfg, X, W_hh, H, A, DA, HN, DH, G, dW_ih, dW_hh, 
     dzh = np.empty_like(dzx)
     for t in range(T - 1, -1, -1):
         e = int(sig_e[t + 1])
-        gru_step_backward(dzx, dzh, G, A[t], DA[t], HN[t], H[t], N)
+        z = gru_step_backward(dzx, dzh, G, Z[t], HN[t], H[t], N)
         accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dzx, dzh, X[t], H[t], e, e)
-        G[...] = G * A[t][:, N:2 * N] + dzh @ W_hh
+        G[...] = G * z + dzh @ W_hh
         sig_e[t] = add_loss_gradient(G, None, e, DH[t]) if every else e
         finish_state(G, None, t, clip_mode, c, sig_m, sig_e, None, info)
 
