@@ -227,6 +227,10 @@ int gb_gru_forward_f64(const gb_recurrent_arrays *a, const gb_opts *opts);
 int gb_gru_forward_f32(const gb_recurrent_arrays *a, const gb_opts *opts);
 int gb_gru_backward_f64(const gb_recurrent_arrays *a, const gb_opts *opts);
 int gb_gru_backward_f32(const gb_recurrent_arrays *a, const gb_opts *opts);
+/* The gate activations of the recurrent kernels (csrc/gates.h), for tests: kind 0 sigmoid,
+ * 1 tanh; a = phi(z), da = phi'(z).    a, da, z (n,) */
+int gb_gates_f64(double *a, double *da, const double *z, int64_t n, int kind);
+int gb_gates_f32(float *a, float *da, const float *z, int64_t n, int kind);
 /* cffi-end */
 
 #endif

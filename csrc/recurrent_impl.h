@@ -471,7 +471,7 @@ int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     REAL *H = ((REAL *)a->H), *C = ((REAL *)a->C), *Z = ((REAL *)a->Z);
     GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN), *ga = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * GN));
-    REAL *tc = F(gb_ralloc)(sizeof(REAL) * (size_t)BN);
+    REAL *tc = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * BN));
     if (!bias || !ga || !tc) {
         free(bias);
         free(ga);
@@ -493,7 +493,7 @@ int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
             const REAL *i = ar, *f = ar + N, *gg = ar + 2 * N;
             for (int64_t j = 0; j < N; j++) c[r * N + j] = f[j] * cp[r * N + j] + i[j] * gg[j];
         }
-        F(gb_tanh)(tc, c, BN);
+        F(gb_tanh_grad)(tc, tc + BN, c, BN); /* tanh(c_t) as the backward recomputes it */
         for (int64_t r = 0; r < B; r++) {
             const REAL *o = ga + r * GN + 3 * N;
             for (int64_t j = 0; j < N; j++) h[r * N + j] = o[j] * tc[r * N + j];
@@ -764,6 +764,16 @@ int F(gb_gru_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     }
     F(gb_state_out)(&cx, a, 0);
     F(gb_rctx_free)(&cx);
+    return GB_OK;
+}
+
+/* ------------------------------------------------------------------ exported for tests */
+int F(gb_gates)(REAL *a, REAL *da, const REAL *z, int64_t n, int kind) {
+    if (n < 0 || kind < 0 || kind > 1) return GB_EBADARG;
+    if (kind == 0)
+        F(gb_sigmoid_grad)(a, da, z, n);
+    else
+        F(gb_tanh_grad)(a, da, z, n);
     return GB_OK;
 }
 
