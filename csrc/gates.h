@@ -90,14 +90,25 @@ static inline void gb_vtanh_grad(gb_vd8 z, gb_vd8 *t, gb_vd8 *dt) {
     memcpy(t, &tb, sizeof tb);
 }
 
+/* The body runs on 8 values zin at a time and stores m (8, or the tail) of them with GB_STORE:
+ * fixed-size copies for whole vectors (plain vector loads and stores), libc's for the tail. */
 #define GB_GATE_LOOP(TYPE, VEC, ...)                                                           \
-    int64_t i = 0;                                                                             \
-    for (; i < n; i += 8) {                                                                    \
+    for (int64_t i = 0; i < n; i += 8) {                                                       \
         const int64_t m = n - i < 8 ? n - i : 8;                                               \
         VEC zin = {0};                                                                         \
-        memcpy(&zin, z + i, sizeof(TYPE) * (size_t)m);                                         \
+        if (m == 8)                                                                            \
+            memcpy(&zin, z + i, sizeof zin);                                                   \
+        else                                                                                   \
+            memcpy(&zin, z + i, sizeof(TYPE) * (size_t)m);                                     \
         __VA_ARGS__                                                                            \
     }
+#define GB_STORE(dst, src)                                                                     \
+    do {                                                                                       \
+        if (m == 8)                                                                            \
+            memcpy((dst) + i, &(src), sizeof(src));                                            \
+        else                                                                                   \
+            memcpy((dst) + i, &(src), sizeof((dst)[0]) * (size_t)m);                           \
+    } while (0)
 #endif
 
 static inline void gb_sigmoid_grad_f64(double *s, double *ds, const double *z, int64_t n) {
@@ -105,8 +116,8 @@ static inline void gb_sigmoid_grad_f64(double *s, double *ds, const double *z, i
     GB_GATE_LOOP(double, gb_vd8, {
         gb_vd8 sv, dv;
         gb_vsigmoid_grad(zin, &sv, &dv);
-        memcpy(ds + i, &dv, sizeof(double) * (size_t)m);
-        memcpy(s + i, &sv, sizeof(double) * (size_t)m);
+        GB_STORE(ds, dv);
+        GB_STORE(s, sv);
     })
 #else
     for (int64_t i = 0; i < n; i++) {
@@ -123,8 +134,8 @@ static inline void gb_sigmoid_grad_f32(float *s, float *ds, const float *z, int6
         gb_vd8 sv, dv;
         gb_vsigmoid_grad(__builtin_convertvector(zin, gb_vd8), &sv, &dv);
         const gb_vf8 sf = __builtin_convertvector(sv, gb_vf8), df = __builtin_convertvector(dv, gb_vf8);
-        memcpy(ds + i, &df, sizeof(float) * (size_t)m);
-        memcpy(s + i, &sf, sizeof(float) * (size_t)m);
+        GB_STORE(ds, df);
+        GB_STORE(s, sf);
     })
 #else
     for (int64_t i = 0; i < n; i++) {
@@ -140,8 +151,8 @@ static inline void gb_tanh_grad_f64(double *t, double *dt, const double *z, int6
     GB_GATE_LOOP(double, gb_vd8, {
         gb_vd8 tv, dv;
         gb_vtanh_grad(zin, &tv, &dv);
-        memcpy(dt + i, &dv, sizeof(double) * (size_t)m);
-        memcpy(t + i, &tv, sizeof(double) * (size_t)m);
+        GB_STORE(dt, dv);
+        GB_STORE(t, tv);
     })
 #else
     for (int64_t i = 0; i < n; i++) {
@@ -159,8 +170,8 @@ static inline void gb_tanh_grad_f32(float *t, float *dt, const float *z, int64_t
         gb_vtanh_grad(__builtin_convertvector(zin, gb_vd8), &tv, &dv);
         const gb_vf8 df = __builtin_convertvector(dv, gb_vf8);
         const gb_vf8 tf = __builtin_convertvector(tv, gb_vf8);
-        memcpy(dt + i, &df, sizeof(float) * (size_t)m);
-        memcpy(t + i, &tf, sizeof(float) * (size_t)m);
+        GB_STORE(dt, df);
+        GB_STORE(t, tf);
     })
 #else
     for (int64_t i = 0; i < n; i++) {

@@ -66,24 +66,151 @@ static void F(gb_rgemm)(GEMM_FN gemm, char ta, char tb, int64_t m, int64_t n, in
         }
 }
 
-/* Row-major products, named for what they compute (all alpha = 1):
- *   rows_times_wT:  Y (R,GN) [+]= Xr (R,K) W^T, W (GN,K)       the projections x W^T, h W_hh^T
- *   rows_times_w:   Y (R,K)  [+]= Z (R,GN) W,   W (GN,K)       dz W_hh
- *   zT_times_rows:  Y (GN,K)  = Z^T Xr, Z (R,GN), Xr (R,K)     dW = dz^T x, dz^T h */
-static void F(gb_rows_times_wT)(GEMM_FN g, REAL *Y, const REAL *Xr, const REAL *W, int64_t R, int64_t K, int64_t GN,
-                                int beta) {
+/* Own products for narrow cells (N < gb_opts.blas_min_width), where BLAS spends more on packing
+ * its operands (W_hh again at every step) than on the arithmetic:
+ *   C (M,Nc) = A (M,K) Bm (K,Nc) [+ C], A(m,k) = A[m*sam + k*sak], Bm rows ldb apart, C rows ldc.
+ * Register tiles of 4 rows x NV vectors of VL values (GCC/Clang vector extension), one FMA chain
+ * per entry over k in order; column and row remainders by the same code with smaller tiles. */
+#if defined(__GNUC__) && !defined(GB_PLAIN_C)
+#define GB_RHAVE_VEC 1
+typedef REAL F(gb_rv) __attribute__((vector_size(64)));
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+#define GB_RTILE(R, NV)                                                                        \
+    static void F(gb_rtile_##R##x##NV)(REAL *C, int64_t ldc, const REAL *A, int64_t sam, int64_t sak,  \
+                                       const REAL *Bm, int64_t ldb, int64_t K, int beta) {     \
+        typedef F(gb_rv) vt;                                                                   \
+        enum { VL = sizeof(vt) / sizeof(REAL) };                                               \
+        vt acc[R][NV];                                                                         \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                    \
+            _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[r][v] = (vt){0};          \
+        for (int64_t k = 0; k < K; k++) {                                                      \
+            vt bv[NV];                                                                         \
+            _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)                               \
+                memcpy(&bv[v], Bm + k * ldb + v * VL, sizeof(vt));                             \
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
+                const vt a = (vt){0} + A[r * sam + k * sak];                                   \
+                _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[r][v] += a * bv[v];   \
+            }                                                                                  \
+        }                                                                                      \
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                    \
+            _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) {                             \
+                vt out = acc[r][v];                                                            \
+                if (beta) {                                                                    \
+                    vt c;                                                                      \
+                    memcpy(&c, C + r * ldc + v * VL, sizeof(vt));                              \
+                    out = out + c;                                                             \
+                }                                                                              \
+                memcpy(C + r * ldc + v * VL, &out, sizeof(vt));                                \
+            }                                                                                  \
+    }
+GB_RTILE(4, 2)
+GB_RTILE(4, 1)
+GB_RTILE(1, 2)
+GB_RTILE(1, 1)
+#pragma GCC pop_options
+#endif
+
+/* the columns [c0, Nc) of rows [0, R) one value at a time (the remainder of the vector tiles) */
+static void F(gb_rtile_scalar)(REAL *C, int64_t ldc, const REAL *A, int64_t sam, int64_t sak, const REAL *Bm,
+                               int64_t ldb, int64_t K, int beta, int64_t R, int64_t c0, int64_t Nc) {
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = c0; c < Nc; c++) {
+            REAL acc = 0;
+            for (int64_t k = 0; k < K; k++) acc += A[r * sam + k * sak] * Bm[k * ldb + c];
+            C[r * ldc + c] = beta ? acc + C[r * ldc + c] : acc;
+        }
+}
+
+static void F(gb_rgemm_own)(REAL *C, int64_t ldc, const REAL *A, int64_t sam, int64_t sak, const REAL *Bm,
+                            int64_t ldb, int64_t M, int64_t Nc, int64_t K, int beta) {
+    int64_t m = 0;
+#ifdef GB_RHAVE_VEC
+    const int64_t VL = 64 / sizeof(REAL);
+#define GB_RROWS(R)                                                                            \
+    {                                                                                          \
+        int64_t c = 0;                                                                         \
+        for (; c + 2 * VL <= Nc; c += 2 * VL)                                                  \
+            F(gb_rtile_##R##x2)(C + m * ldc + c, ldc, A + m * sam, sam, sak, Bm + c, ldb, K, beta); \
+        for (; c + VL <= Nc; c += VL)                                                          \
+            F(gb_rtile_##R##x1)(C + m * ldc + c, ldc, A + m * sam, sam, sak, Bm + c, ldb, K, beta); \
+        if (c < Nc) F(gb_rtile_scalar)(C + m * ldc, ldc, A + m * sam, sam, sak, Bm, ldb, K, beta, R, c, Nc); \
+    }
+    for (; m + 4 <= M; m += 4) GB_RROWS(4)
+    for (; m < M; m++) GB_RROWS(1)
+#undef GB_RROWS
+#endif
+    if (m < M) F(gb_rtile_scalar)(C + m * ldc, ldc, A + m * sam, sam, sak, Bm, ldb, K, beta, M - m, 0, Nc);
+}
+
+/* Row-major products, named for what they compute (all alpha = 1); own: the kernels above
+ * (narrow cells), else BLAS (or, without BLAS, the plain loops of gb_rgemm):
+ *   rows_times_wT:  Y (R,GN) [+]= Xr (R,K) W^T, W (GN,K); WT = W^T (K,GN) for own  x W^T, h W_hh^T
+ *   rows_times_w:   Y (R,K)  [+]= Z (R,GN) W,   W (GN,K)                           dz W_hh
+ *   zT_times_rows:  Y (GN,K)  = Z^T Xr, Z (R,GN), Xr (R,K)                         dW = dz^T x, dz^T h
+ *   gram:           Y (R,R)   = Xr Xr^T, Xr (R,K)                                   the step norms */
+static void F(gb_rows_times_wT)(GEMM_FN g, REAL *Y, const REAL *Xr, const REAL *W, const REAL *WT, int64_t R,
+                                int64_t K, int64_t GN, int beta) {
     const int64_t CH = 1 << 20; /* rows per call: int dimensions for BLAS */
-    for (int64_t r0 = 0; r0 < R; r0 += CH)
-        F(gb_rgemm)(g, 'T', 'N', GN, GB_MIN(CH, R - r0), K, W, K, Xr + r0 * K, K, beta, Y + r0 * GN, GN);
+    for (int64_t r0 = 0; r0 < R; r0 += CH) {
+        const int64_t n = GB_MIN(CH, R - r0);
+        if (WT)
+            F(gb_rgemm_own)(Y + r0 * GN, GN, Xr + r0 * K, K, 1, WT, GN, n, GN, K, beta);
+        else
+            F(gb_rgemm)(g, 'T', 'N', GN, n, K, W, K, Xr + r0 * K, K, beta, Y + r0 * GN, GN);
+    }
 }
 
-static void F(gb_rows_times_w)(GEMM_FN g, REAL *Y, const REAL *Z, const REAL *W, int64_t R, int64_t K, int64_t GN,
-                               int beta) {
-    F(gb_rgemm)(g, 'N', 'N', K, R, GN, W, K, Z, GN, beta, Y, K);
+static void F(gb_rows_times_w)(GEMM_FN g, int own, REAL *Y, const REAL *Z, const REAL *W, int64_t R, int64_t K,
+                               int64_t GN, int beta) {
+    if (own)
+        F(gb_rgemm_own)(Y, K, Z, GN, 1, W, K, R, K, GN, beta);
+    else
+        F(gb_rgemm)(g, 'N', 'N', K, R, GN, W, K, Z, GN, beta, Y, K);
 }
 
-static void F(gb_zT_times_rows)(GEMM_FN g, REAL *Y, const REAL *Z, const REAL *Xr, int64_t R, int64_t K, int64_t GN) {
-    F(gb_rgemm)(g, 'N', 'T', K, GN, R, Xr, K, Z, GN, 0, Y, K);
+static void F(gb_zT_times_rows)(GEMM_FN g, int own, REAL *Y, const REAL *Z, const REAL *Xr, int64_t R, int64_t K,
+                                int64_t GN) {
+    if (own)
+        F(gb_rgemm_own)(Y, K, Z, 1, GN, Xr, K, GN, K, R, 0);
+    else
+        F(gb_rgemm)(g, 'N', 'T', K, GN, R, Xr, K, Z, GN, 0, Y, K);
+}
+
+static void F(gb_gram)(GEMM_FN g, int own, REAL *Y, const REAL *Xr, int64_t R, int64_t K) {
+    if (!own) {
+        F(gb_rgemm)(g, 'T', 'N', R, R, K, Xr, K, Xr, K, 0, Y, R);
+        return;
+    }
+    for (int64_t i = 0; i < R; i++)
+        for (int64_t j = 0; j <= i; j++) {
+            const REAL *a = Xr + i * K, *b = Xr + j * K;
+            REAL lane[8] = {0}, s = 0;
+            int64_t k = 0;
+            for (; k + 8 <= K; k += 8)
+                for (int c = 0; c < 8; c++) lane[c] += a[k + c] * b[k + c];
+            for (; k < K; k++) s += a[k] * b[k];
+            for (int c = 0; c < 8; c++) s += lane[c];
+            Y[i * R + j] = Y[j * R + i] = s;
+        }
+}
+
+/* Own kernels for this width? (N below gb_opts.blas_min_width, or no BLAS) */
+static int F(gb_use_own)(const gb_opts *opts, int64_t N) {
+    return !opts || !opts->GEMM_FIELD || N < opts->blas_min_width;
+}
+
+/* W^T (K, GN) of W (GN, K), for the own products; NULL when BLAS does them (or on ENOMEM: *rc) */
+static REAL *F(gb_transposed)(const REAL *W, int64_t GN, int64_t K, int own, int *rc) {
+    if (!own) return NULL;
+    REAL *WT = aligned_alloc(64, (sizeof(REAL) * (size_t)(GN * K) + 63) / 64 * 64);
+    if (!WT) {
+        *rc = GB_ENOMEM;
+        return NULL;
+    }
+    for (int64_t j = 0; j < GN; j++)
+        for (int64_t k = 0; k < K; k++) WT[k * GN + j] = W[j * K + k];
+    return WT;
 }
 
 /* ------------------------------------------------------------------ the exact chain */
@@ -266,6 +393,7 @@ typedef struct {
     REAL *ga, *gda;       /* (B, GN) gate values and derivatives recomputed from Z */
     REAL *tc, *dtc;       /* (B, N) tanh(c_t), tanh'(c_t) */
     int gram_norms;    /* step norms from the Gram matrices */
+    int own;           /* own products (narrow cells) instead of BLAS */
 } F(gb_rctx);
 
 static void *F(gb_ralloc)(size_t bytes) {
@@ -307,6 +435,7 @@ static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, const gb_recurre
     cx->tc = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * N));
     cx->dtc = cx->tc ? cx->tc + B * N : NULL;
     cx->gram_norms = B * (GN + N) < GN * N;
+    cx->own = F(gb_use_own)(opts, N);
     if (!cx->zx || !cx->zh || !cx->ex || !cx->eh || !cx->nz || !cx->tmp || !cx->tb || !cx->gram || !cx->gg ||
         !cx->ga || !cx->tc)
         return GB_ENOMEM;
@@ -380,10 +509,16 @@ static void F(gb_record_forward)(const REAL *h, int64_t t, int64_t B, int64_t N,
 }
 
 /* U (R,GN) = X (R,D) W_ih^T + bias */
-static void F(gb_input_projection)(GEMM_FN g, REAL *U, const REAL *X, const REAL *W_ih, const REAL *bias, int64_t R,
-                                   int64_t D, int64_t GN) {
+/* (one product over all T B rows: BLAS when there is one, the own kernels otherwise) */
+static int F(gb_input_projection)(GEMM_FN g, REAL *U, const REAL *X, const REAL *W_ih, const REAL *bias, int64_t R,
+                                  int64_t D, int64_t GN) {
+    int rc = GB_OK;
+    REAL *WT = F(gb_transposed)(W_ih, GN, D, g == NULL, &rc);
+    if (rc) return rc;
     for (int64_t r = 0; r < R; r++) memcpy(U + r * GN, bias, sizeof(REAL) * (size_t)GN);
-    F(gb_rows_times_wT)(g, U, X, W_ih, R, D, GN, 1);
+    F(gb_rows_times_wT)(g, U, X, W_ih, WT, R, D, GN, 1);
+    free(WT);
+    return GB_OK;
 }
 
 /* ------------------------------------------------------------------ the vanilla cell */
@@ -417,20 +552,22 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     int64_t *fexp = a->fexp, *info = a->info;
     GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)N), *zb = F(gb_ralloc)(sizeof(REAL) * (size_t)BN);
-    if (!bias || !zb) {
+    REAL *WT = F(gb_transposed)(W_hh, N, N, F(gb_use_own)(opts, N), &rc);
+    if (!bias || !zb || rc) {
         free(bias);
         free(zb);
+        free(WT);
         return GB_ENOMEM;
     }
     for (int64_t j = 0; j < N; j++) bias[j] = b_ih[j] + b_hh[j];
-    F(gb_input_projection)(g, DA, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, N); /* U lives in DA */
+    rc = F(gb_input_projection)(g, DA, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, N); /* U lives in DA */
     info[GB_INFO_FORWARD] = -1;
-    for (int64_t t = 0; t < T_; t++) {
+    for (int64_t t = 0; t < T_ && rc == GB_OK; t++) {
         REAL *hp = H + t * BN, *h = H + (t + 1) * BN, *da = DA + t * BN;
         int64_t e = fexp[t];
         const REAL *z = da;
         if (rescale) { /* z = 2^-e U_t + 2^(fexp - e) h_{t-1} W_hh^T, e = max(0, fexp) */
-            F(gb_rows_times_wT)(g, zb, hp, W_hh, B, N, N, 0);
+            F(gb_rows_times_wT)(g, zb, hp, W_hh, WT, B, N, N, 0);
             e = GB_MAX(0, fexp[t]);
             const int du = gb_clamp_exp(-e), dp = gb_clamp_exp(fexp[t] - e);
             const REAL su = F(gb_pow2)(du), sp = F(gb_pow2)(dp); /* one of du, dp is 0 */
@@ -441,7 +578,7 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
             }
             z = zb;
         } else {
-            F(gb_rows_times_wT)(g, da, hp, W_hh, B, N, N, 1);
+            F(gb_rows_times_wT)(g, da, hp, W_hh, WT, B, N, N, 1);
         }
         const int64_t nsat = F(gb_rnn_activation)(h, da, z, BN, act, p, thr);
         fexp[t + 1] = e + (rescale ? F(gb_rnormalise)(h, BN) : 0);
@@ -451,7 +588,8 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     }
     free(bias);
     free(zb);
-    return GB_OK;
+    free(WT);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ gated cells */
@@ -472,21 +610,23 @@ int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN), *ga = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * GN));
     REAL *tc = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * BN));
-    if (!bias || !ga || !tc) {
+    REAL *WT = F(gb_transposed)(W_hh, GN, N, F(gb_use_own)(opts, N), &rc);
+    if (!bias || !ga || !tc || rc) {
         free(bias);
         free(ga);
         free(tc);
+        free(WT);
         return GB_ENOMEM;
     }
     REAL *gda = ga + B * GN;
     for (int64_t j = 0; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j] + ((REAL *)a->b_hh)[j];
-    F(gb_input_projection)(g, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
+    rc = F(gb_input_projection)(g, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
     a->info[GB_INFO_FORWARD] = -1;
-    for (int64_t t = 0; t < T_; t++) {
+    for (int64_t t = 0; t < T_ && rc == GB_OK; t++) {
         REAL *Zt = Z + t * B * GN;
         const REAL *cp = C + t * BN;
         REAL *c = C + (t + 1) * BN, *h = H + (t + 1) * BN;
-        F(gb_rows_times_wT)(g, Zt, H + t * BN, W_hh, B, N, GN, 1); /* z_t = U_t + h_{t-1} W_hh^T */
+        F(gb_rows_times_wT)(g, Zt, H + t * BN, W_hh, WT, B, N, GN, 1); /* z_t = U_t + h_{t-1} W_hh^T */
         for (int64_t r = 0; r < B; r++) {
             REAL *ar = ga + r * GN;
             F(gb_gates_row)(ar, gda + r * GN, Zt + r * GN, N, 4);
@@ -504,7 +644,8 @@ int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     free(bias);
     free(ga);
     free(tc);
-    return GB_OK;
+    free(WT);
+    return rc;
 }
 
 int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
@@ -515,22 +656,24 @@ int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     REAL *H = ((REAL *)a->H), *Z = ((REAL *)a->Z), *HN = ((REAL *)a->HN);
     GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN), *P = F(gb_ralloc)(sizeof(REAL) * (size_t)(3 * B * GN));
-    if (!bias || !P) {
+    REAL *WT = F(gb_transposed)(W_hh, GN, N, F(gb_use_own)(opts, N), &rc);
+    if (!bias || !P || rc) {
         free(bias);
         free(P);
+        free(WT);
         return GB_ENOMEM;
     }
     REAL *ga = P + B * GN, *gda = P + 2 * B * GN;
     /* b_hn stays inside r * (h W_hn^T + b_hn): the n block of the bias is b_in alone */
     for (int64_t j = 0; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j] + (j < 2 * N ? ((REAL *)a->b_hh)[j] : (REAL)0);
     for (int64_t j = 2 * N; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j];
-    F(gb_input_projection)(g, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
+    rc = F(gb_input_projection)(g, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
     free(bias);
     a->info[GB_INFO_FORWARD] = -1;
-    for (int64_t t = 0; t < T_; t++) {
+    for (int64_t t = 0; t < T_ && rc == GB_OK; t++) {
         REAL *Zt = Z + t * B * GN, *hn = HN + t * BN, *h = H + (t + 1) * BN;
         const REAL *hp = H + t * BN;
-        F(gb_rows_times_wT)(g, P, hp, W_hh, B, N, GN, 0);
+        F(gb_rows_times_wT)(g, P, hp, W_hh, WT, B, N, GN, 0);
         for (int64_t r = 0; r < B; r++) {
             REAL *zr = Zt + r * GN, *ar = ga + r * GN, *dr = gda + r * GN, *hr = hn + r * N;
             const REAL *pr = P + r * GN;
@@ -546,19 +689,20 @@ int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
         F(gb_record_forward)(h, t, B, N, a->act_mean, a->act_std, a->info);
     }
     free(P);
-    return GB_OK;
+    free(WT);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ backward: shared */
 /* ||dz^T h||_F for one step: from the Gram matrices (dz dz^T) o (h h^T) or directly. */
 static double F(gb_step_norm)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, int64_t B, int64_t N, int64_t GN) {
     if (!cx->gram_norms) {
-        F(gb_zT_times_rows)(cx->gemm, cx->tmp, dz, hp, B, N, GN);
+        F(gb_zT_times_rows)(cx->gemm, cx->own, cx->tmp, dz, hp, B, N, GN);
         return F(gb_rnorm)(cx->tmp, GN, N);
     }
     REAL *zz = cx->gram, *hh = cx->gram + B * B;
-    F(gb_rgemm)(cx->gemm, 'T', 'N', B, B, GN, dz, GN, dz, GN, 0, zz, B);
-    F(gb_rgemm)(cx->gemm, 'T', 'N', B, B, N, hp, N, hp, N, 0, hh, B);
+    F(gb_gram)(cx->gemm, cx->own, zz, dz, B, GN);
+    F(gb_gram)(cx->gemm, cx->own, hh, hp, B, N);
     double s = 0;
     for (int64_t i = 0; i < B * B; i++) s += (double)zz[i] * (double)hh[i];
     return sqrt(s > 0 ? s : 0);
@@ -600,7 +744,7 @@ static void F(gb_chunk_flush)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int6
         F(gb_scale_into)(zx, zx, n, sx);
     }
     const int64_t R = m * B;
-    F(gb_zT_times_rows)(cx->gemm, cx->tmp, cx->zx, ((REAL *)a->X) + t0 * B * D, R, D, GN);
+    F(gb_zT_times_rows)(cx->gemm, cx->own, cx->tmp, cx->zx, ((REAL *)a->X) + t0 * B * D, R, D, GN);
     F(gb_racc)(a->dW_ih, a->dexp + GB_DE_W_IH, cx->tmp, Ex, GN * D);
     /* the bias terms carry sig_e alone; db_hh's are db_ih's unless zh has rows of its own (gru) */
     const int own_bias = cx->zh != cx->zx && !rescale_copy;
@@ -614,7 +758,7 @@ static void F(gb_chunk_flush)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int6
         if (!pass)
             F(gb_racc)(a->db_ih, a->dexp + GB_DE_B_IH, cx->tb, Ex, GN);
     }
-    F(gb_zT_times_rows)(cx->gemm, cx->tmp, cx->zh, ((REAL *)a->H) + t0 * B * N, R, N, GN);
+    F(gb_zT_times_rows)(cx->gemm, cx->own, cx->tmp, cx->zh, ((REAL *)a->H) + t0 * B * N, R, N, GN);
     F(gb_racc)(a->dW_hh, a->dexp + GB_DE_W_HH, cx->tmp, Eh, GN * N);
 }
 
@@ -670,7 +814,7 @@ int F(gb_rnn_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
         REAL *dz = cx.zx + k * BN;
         for (int64_t i = 0; i < BN; i++) dz[i] = cx.gg[i] * da[i];
         if (rescale) memcpy(cx.zh + k * BN, dz, sizeof(REAL) * (size_t)BN); /* scaled at the flush */
-        F(gb_rows_times_w)(cx.gemm, cx.gg, dz, ((REAL *)a->W_hh), B, N, N, 0);
+        F(gb_rows_times_w)(cx.gemm, cx.own, cx.gg, dz, ((REAL *)a->W_hh), B, N, N, 0);
         F(gb_step_done)(&cx, a, t, e, e + a->fexp[t], rescale);
         F(gb_state_finish)(&cx, a, t, e, 0);
     }
@@ -714,7 +858,7 @@ int F(gb_lstm_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
                 gc[x] = dc * f[j];
             }
         }
-        F(gb_rows_times_w)(cx.gemm, gh, dz, ((REAL *)a->W_hh), B, N, GN, 0);
+        F(gb_rows_times_w)(cx.gemm, cx.own, gh, dz, ((REAL *)a->W_hh), B, N, GN, 0);
         F(gb_step_done)(&cx, a, t, e, e, 0);
         F(gb_state_finish)(&cx, a, t, e, 1);
     }
@@ -758,7 +902,7 @@ int F(gb_gru_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
                 gh[x] = g * z[j];
             }
         }
-        F(gb_rows_times_w)(cx.gemm, gh, zh, ((REAL *)a->W_hh), B, N, GN, 1);
+        F(gb_rows_times_w)(cx.gemm, cx.own, gh, zh, ((REAL *)a->W_hh), B, N, GN, 1);
         F(gb_step_done)(&cx, a, t, e, e, 0);
         F(gb_state_finish)(&cx, a, t, e, 0);
     }

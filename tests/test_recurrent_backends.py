@@ -299,3 +299,30 @@ def test_saved_arrays_are_the_forward_tables():
         assert set(names) <= table
         assert set(names) >= {a.name for a in rabi.TABLES[f"{cell}_backward"] if a.access == "r"} & table - {
             "icfg", "fcfg", "X", "W_hh", "fexp"}
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_c_products_blas_and_own(cell):
+    """The C kernels' three product paths (BLAS from width 64, the own tiles below, the own tiles
+    without any BLAS) against the reference, with widths that leave remainders in every tile."""
+    cb = pytest.importorskip("gradbench.recurrent.cbackend", reason="C extension not built")
+    from gradbench.cbackend import make_opts
+
+    for N, B, opts in ((70, 5, None), (21, 7, None), (21, 7, make_opts(blas=False)), (9, 3, make_opts(blas=False))):
+        rnn = gb.Recurrent(cell=cell, steps=25, hidden=N, input_dim=3, sigma_b=0.2)
+        params, xs, _ = problem(rnn, B)
+        fwd, rb = run_cell(rbackends.get_backend("numpy"), rnn, params, xs)
+        mod = rbackends.get_backend("c")
+        if opts is not None:
+            class _With:  # the cell functions with explicit options
+                def __getattr__(self, name):
+                    return lambda **a: cb.call_with(name, opts, **a)
+            mod = _With()
+        gfwd, gbk = run_cell(mod, rnn, params, xs)
+        np.testing.assert_allclose(gfwd["H"], fwd["H"], rtol=0, atol=1e-13, err_msg=f"N={N} B={B} {opts}")
+        rt = 1e-12
+        assert_true_values("c", "signal norm", gbk["sig_m"], gbk["sig_e"], rb["sig_m"], rb["sig_e"], rt,
+                           exact_exponents=True)
+        assert_true_values("c", "step norms", gbk["gnorm_m"], gbk["sig_e"][1:], rb["gnorm_m"], rb["sig_e"][1:], rt)
+        for name, k in (("dW_ih", rabi.DE_W_IH), ("dW_hh", rabi.DE_W_HH), ("db_hh", rabi.DE_B_HH)):
+            assert_true_values("c", name, gbk[name][None], gbk["dexp"][k:k + 1], rb[name][None], rb["dexp"][k:k + 1], rt)
