@@ -1,0 +1,244 @@
+"""Diagnosis of one pass through time: how far back the gradient reaches, and why.
+
+:func:`diagnose` turns a :class:`~gradbench.recurrent.RecurrentResult` into a
+:class:`RecurrentDiagnosis` (frozen; ``to_dict`` / ``to_json``; ``str`` for a terminal).
+Definitions (steps t = 0 .. T-1, h_t the state written by step t):
+
+- ``signal_log10[t]`` = log10 ||dL/dh_t|| and ``grad_log10[t]`` = log10 of the norm of step t's
+  contribution to dL/dW_hh, exact (mantissa and int64 exponent); ``cell_log10`` the LSTM's
+  log10 ||dL/dc_t||.
+- ``decades_per_step``: the least-squares slope of ``signal_log10`` going *back* in time, from
+  step T-1 towards step 0: the change per step, negative = vanishing (the stacks' convention,
+  "going down towards the input").
+- ``ratio_log10`` = log10(||dL/dh_0|| / ||dL/dh_{T-1}||): "the gradient reaching step 0 is
+  10^ratio of the one at the last step".
+- ``reach``: how many steps back from the largest step contribution to dL/dW_hh the
+  contributions stay within ``reach_decades`` (8) decades of it: how far back learning reaches.
+- ``verdict``: ``vanishing`` / ``exploding`` if the fitted change over the sequence is at least
+  ``threshold`` (2) decades (or the backward turned non-finite: exploding), else ``stable``.
+- ``float_limits[dtype]``: the first step, going back, at which a plain float32 / float64 chain
+  would have lost ||dL/dh_t|| to underflow (below the smallest normal) or overflow.
+- gate statistics per step: the saturated fraction of the activation entries, the mean forget
+  gate (LSTM) or update gate (GRU) and the fraction of them below 0.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradbench.recurrent.results import RecurrentResult
+
+FLOAT_LIMITS = {
+    name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
+    for name in ("float64", "float32")
+}
+
+
+@dataclass(frozen=True, eq=False)
+class RecurrentDiagnosis:
+    """The diagnosis of one pass through time (definitions in the module docstring)."""
+
+    rnn: dict
+    backend: str
+    loss: float
+    loss_log10: float
+    signal_log10: np.ndarray
+    cell_log10: np.ndarray
+    grad_log10: np.ndarray
+    act_std_log10: np.ndarray
+    saturation: np.ndarray
+    gate_mean: np.ndarray
+    gate_low: np.ndarray
+    first_nonfinite_forward: int | None
+    first_nonfinite_backward: int | None
+    decades_per_step: float
+    ratio_log10: float
+    reach: int
+    verdict: str
+    explanation: str
+    float_limits: dict
+    threshold: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.signal_log10)
+
+    def to_dict(self) -> dict:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
+
+    def __str__(self) -> str:
+        return format_report(self)
+
+
+def _jsonable(v):
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return "nan" if math.isnan(v) else ("inf" if v == math.inf else ("-inf" if v == -math.inf else v))
+    return v
+
+
+def _fit(y: np.ndarray) -> float:
+    """Least-squares slope of y against the step over its finite entries (nan without two)."""
+    t = np.arange(len(y), dtype=np.float64)
+    ok = np.isfinite(y)
+    if ok.sum() < 2:
+        return math.nan
+    tm, ym = t[ok].mean(), y[ok].mean()
+    dt = t[ok] - tm
+    return float(np.dot(dt, y[ok] - ym) / np.dot(dt, dt))
+
+
+def _num(v: float) -> str:
+    return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def float_limits(signal_log10: np.ndarray) -> dict:
+    """The first step, going back from T-1, whose ||dL/dh_t|| a plain chain of each dtype would
+    have lost (below the smallest normal: underflow; above the largest finite: overflow)."""
+    out = {}
+    s = np.asarray(signal_log10, dtype=np.float64)
+    for name, (lo, hi) in FLOAT_LIMITS.items():
+        under = np.flatnonzero(np.isfinite(s) & (s < lo))
+        over = np.flatnonzero(s > hi)
+        out[name] = {"min_log10": lo, "max_log10": hi,
+                     "underflow_step": int(under.max()) if under.size else None,
+                     "overflow_step": int(over.max()) if over.size else None}
+    return out
+
+
+def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: float = 8.0) -> RecurrentDiagnosis:
+    """Statistics and a verdict in words from a :class:`RecurrentResult` (module docstring)."""
+    if not isinstance(res, RecurrentResult):
+        raise TypeError(f"res must be a RecurrentResult (from gb.backprop on a gb.Recurrent), got {type(res).__name__}")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+    rnn = res.rnn
+    T = rnn.steps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+        g = np.asarray(res.grad_norm.log10(), dtype=np.float64)
+        c = np.asarray(res.cell_signal_norm.log10(), dtype=np.float64) if res.cell_signal_norm is not None else np.zeros(0)
+        std = np.asarray(res.act_std.log10(), dtype=np.float64)
+    slope = _fit(np.where(np.isfinite(s), s, np.nan))
+    per_step = -slope if math.isfinite(slope) else math.nan
+    ratio = float(s[0] - s[-1]) if (math.isfinite(s[0]) or s[0] == -math.inf) and math.isfinite(s[-1]) else math.nan
+    fin = np.flatnonzero(np.isfinite(g))
+    reach = 0
+    if fin.size:
+        top = int(fin[np.argmax(g[fin])])
+        low = np.flatnonzero((np.arange(T) <= top) & ~(g >= g[top] - reach_decades))
+        reach = top - (int(low.max()) if low.size else -1)
+    nonfinite = res.first_nonfinite_backward is not None or res.first_nonfinite_forward is not None
+    change = per_step * (T - 1) if math.isfinite(per_step) else 0.0
+    if nonfinite or change >= threshold:
+        verdict = "exploding"
+    elif change <= -threshold or (math.isfinite(s[-1]) and s[0] == -math.inf):
+        verdict = "vanishing"
+    else:
+        verdict = "stable"
+    words = []
+    if math.isfinite(ratio):
+        rel = f"10^{_num(ratio)}"
+        rate = f"{abs(per_step):.3g} decades {'lost' if per_step < 0 else 'gained'} per step" if math.isfinite(per_step) else ""
+        words.append(f"the gradient reaching step 0 is {rel} of the one at step {T - 1}" + (f": {rate}" if rate else ""))
+    elif s[0] == -math.inf and math.isfinite(s[-1]):
+        words.append(f"no gradient reaches step 0 (exactly zero; {int(np.sum(s == -math.inf))} steps have none)")
+    if fin.size:
+        words.append(f"learning reaches {reach} step{'s' if reach != 1 else ''} back: the contributions to dL/dW_hh "
+                     f"stay within {reach_decades:g} decades of the largest (10^{_num(float(np.max(g[fin])))})"
+                     + ("" if reach < T else " over the whole sequence"))
+    if rnn.cell == "lstm" and len(c) and np.isfinite(c[0]) and np.isfinite(c[-2 if T > 1 else -1]):
+        words.append(f"||dL/dc|| at step 0 is 10^{_num(float(c[0]))}")
+    gate = {"lstm": "forget", "gru": "update"}.get(rnn.cell)
+    if gate is not None:
+        low = float(np.nanmean(res.gate_low))
+        words.append(f"{100 * low:.0f} % of {gate} gates below 0.1 (mean {gate} gate {float(np.nanmean(res.gate_mean)):.3g})")
+    sat = float(np.mean(res.saturation))
+    if sat > 0.1:
+        words.append(f"{100 * sat:.0f} % of the activation entries are saturated (phi' < 1 % of its maximum)")
+    if res.first_nonfinite_forward is not None:
+        words.append(f"the forward state turned non-finite at step {res.first_nonfinite_forward}")
+    if res.first_nonfinite_backward is not None:
+        words.append(f"the backward signal turned non-finite at step {res.first_nonfinite_backward}")
+    limits = float_limits(s)
+    for name in ("float32", "float64"):
+        lim = limits[name]
+        if lim["underflow_step"] is not None:
+            words.append(f"plain {name} would have lost ||dL/dh_t|| to underflow from step {lim['underflow_step']} "
+                         f"down ({T - 1 - lim['underflow_step']} steps back)")
+            break
+        if lim["overflow_step"] is not None:
+            words.append(f"plain {name} would have overflowed from step {lim['overflow_step']} down")
+            break
+    return RecurrentDiagnosis(
+        rnn=dataclasses.asdict(rnn), backend=res.backend, loss=float(res.loss),
+        loss_log10=float(res.loss_exact.log10()), signal_log10=s, cell_log10=c, grad_log10=g, act_std_log10=std,
+        saturation=np.asarray(res.saturation, dtype=np.float64), gate_mean=np.asarray(res.gate_mean, dtype=np.float64),
+        gate_low=np.asarray(res.gate_low, dtype=np.float64), first_nonfinite_forward=res.first_nonfinite_forward,
+        first_nonfinite_backward=res.first_nonfinite_backward, decades_per_step=per_step, ratio_log10=ratio,
+        reach=int(reach), verdict=verdict, explanation="; ".join(words) + ".", float_limits=limits,
+        threshold=float(threshold))
+
+
+def describe(rnn: dict) -> str:
+    parts = [rnn["cell"], f"{rnn['steps']} steps", f"hidden {rnn['hidden']}"]
+    if rnn["cell"] == "rnn":
+        parts.append(rnn.get("activation") or "tanh")
+    parts.append(f"W_hh {rnn['recurrent_init']}" + (f" (gain {rnn['sigma_w']:g})" if rnn.get("sigma_w") else ""))
+    if rnn.get("forget_bias") is not None:
+        parts.append(f"forget bias {rnn['forget_bias']:g}")
+    if rnn.get("clip"):
+        parts.append(f"clip {rnn['clip']} {rnn['clip_threshold']:g} on {rnn['clip_on']}")
+    return ", ".join(parts)
+
+
+def _pow(v: float) -> str:
+    if math.isnan(v):
+        return "nan"
+    if v == -math.inf:
+        return "0"
+    if v == math.inf:
+        return "inf"
+    return f"10^{v:.2f}" if abs(v) < 1e4 else f"10^{v:.1f}"
+
+
+def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
+    """The terminal report: the verdict, the sentences, and a table of a few steps."""
+    import textwrap
+
+    T = d.steps
+    lines = [f"{describe(d.rnn)} ({d.backend}): {d.verdict.upper()}"]
+    lines += textwrap.wrap(d.explanation, 100, initial_indent="  ", subsequent_indent="  ")
+    rate = f"{d.decades_per_step:+.4g}" if math.isfinite(d.decades_per_step) else "-"
+    lines.append(f"  loss {_pow(d.loss_log10)}, {rate} decades per step going back (negative: vanishing)")
+    if T <= rows:
+        steps = list(range(T))
+    else:
+        steps = sorted(set(np.linspace(0, T - 1, rows).round().astype(int).tolist()))
+    lstm = len(d.cell_log10) > 0
+    head = f"  {'step':>8} {'||dL/dh_t||':>12}" + (f" {'||dL/dc_t||':>12}" if lstm else "") + \
+        f" {'||dW_hh term||':>14} {'saturated':>9}" + (f" {'gate':>6} {'<0.1':>5}" if d.rnn["cell"] != "rnn" else "")
+    lines += ["", head, "  " + "-" * (len(head) - 2)]
+    for t in steps[::-1]:
+        row = f"  {t:>8} {_pow(d.signal_log10[t]):>12}" + (f" {_pow(d.cell_log10[t]):>12}" if lstm else "")
+        row += f" {_pow(d.grad_log10[t]):>14} {100 * d.saturation[t]:>8.1f}%"
+        if d.rnn["cell"] != "rnn":
+            row += f" {d.gate_mean[t]:>6.3f} {100 * d.gate_low[t]:>4.0f}%"
+        lines.append(row)
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""Theory beside simulation at T = 10^4 steps: the per-step rate of ||dL/dh_t|| going back."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench.recurrent import backends as rbackends
+from gradbench.recurrent.theory import measured_rate, predicted_rate
+
+BACKEND = "c" if "c" in rbackends.backends() else "numpy"
+
+
+def _run(steps=10_000, hidden=16, batch=4, **fields):
+    rnn = gb.Recurrent(cell="rnn", steps=steps, hidden=hidden, input_dim=4, **fields)
+    params = gb.init_params(rnn, 0)
+    res = gb.backprop(rnn, params, gb.sequence_input(rnn, batch, 1), backend=BACKEND)
+    return rnn, params, res
+
+
+@pytest.mark.parametrize("init, gain", [("normal", 1.0), ("normal", 1.3), ("xavier_normal", 0.8)])
+def test_linear_cell_rate_is_the_log_spectral_radius(init, gain):
+    """A tied W_hh: the rate is log10 rho(W_hh) exactly (not Newman's lambda_1 of untied products)."""
+    rnn, params, res = _run(activation="identity", recurrent_init=init, sigma_w=gain)
+    pred = predicted_rate(rnn, params)
+    got = measured_rate(res)
+    assert abs(got - pred.decades_per_step) <= 1e-3, (got, pred)
+    assert res.forward_rescaled and np.all(np.isfinite(res.signal_norm.log10()))
+
+
+@pytest.mark.parametrize("init", ["orthogonal", "identity"])
+def test_norm_preserving_linear_cells_have_rate_zero(init):
+    rnn, params, res = _run(activation="identity", recurrent_init=init)
+    assert predicted_rate(rnn).decades_per_step == 0.0
+    s = res.signal_norm.log10()
+    # orthogonal / identity W_hh preserve ||dL/dh|| exactly at every step (to rounding)
+    assert np.max(np.abs(np.diff(s))) <= 1e-12
+    assert abs(measured_rate(res)) <= 1e-14
+
+
+def test_newman_is_the_untied_rate_not_the_tied_one():
+    """For contrast: the same W_hh at every step has the rate log10 rho(W) of that draw, which varies
+    from draw to draw at small width; Newman's lambda_1 (independent draws) is one number."""
+    rates, newman = [], set()
+    for seed in range(4):
+        rnn = gb.Recurrent(cell="rnn", activation="identity", recurrent_init="normal", steps=5000, hidden=8,
+                           input_dim=4)
+        params = gb.init_params(rnn, seed)
+        res = gb.backprop(rnn, params, gb.sequence_input(rnn, 2, 1), backend=BACKEND)
+        pred = predicted_rate(rnn, params)
+        assert abs(measured_rate(res) - pred.decades_per_step) <= 2e-3
+        rates.append(pred.decades_per_step)
+        newman.add(pred.newman_untied)
+    assert len(newman) == 1 and max(rates) - min(rates) > 0.01
+
+
+@pytest.mark.parametrize("gain, init", [(0.5, "normal"), (1.0, "normal"), (1.0, "orthogonal"), (2.0, "normal")])
+def test_tanh_cell_rate_against_mean_field(gain, init):
+    """Mean field (chi_1 with sigma_w on W_hh, the input as the bias) at N = 64: within 15 %."""
+    rnn, params, res = _run(activation="tanh", recurrent_init=init, sigma_w=gain, hidden=64, batch=2)
+    pred = predicted_rate(rnn, params).decades_per_step
+    got = measured_rate(res)
+    assert (pred < 0) == (got < 0) == (gain < 1.5)  # vanishing below the edge of chaos, exploding above
+    assert abs(got - pred) <= 0.15 * abs(pred) + 0.005, (got, pred)
+
+
+def test_gated_cells_have_no_closed_form():
+    p = predicted_rate(gb.Recurrent(cell="lstm", steps=5, hidden=3))
+    assert p.decades_per_step is None and "lstm" in p.method
