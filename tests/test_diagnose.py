@@ -231,8 +231,8 @@ def test_statistics_are_those_of_the_result():
 
 
 def test_nonfinite_forward_is_reported():
-    # a plain float64 forward through a bias-free... with a head cannot be rescaled: make it overflow
-    stack = gb.Stack(depth=6, width=4, activation="relu", init="normal", sigma_w=1e80, loss="mse")
+    # biases: the forward is not rescaled, so plain float64 overflows
+    stack = gb.Stack(depth=6, width=4, activation="relu", init="normal", sigma_w=1e80, sigma_b=0.1, loss="mse")
     params = gb.init_params(stack, 0)
     x = gb.gaussian_input(stack, 3, 1)
     with np.errstate(all="ignore"):
