@@ -12,6 +12,7 @@ import numpy as np
 
 import gradbench as gb
 from gradbench import abi, spec
+from gradbench.logscaled import ldexp
 
 # One table of tolerances keyed by dtype. "stack": a whole stack run freely in an ordered or
 # critical regime (scaled by the measured growth of the chain otherwise); "layer": one layer
@@ -56,7 +57,7 @@ def _rows(m, e):
 
 
 def _ldexp(m, e):
-    return np.ldexp(m, np.clip(e, -4000, 4000).astype(np.int32))
+    return ldexp(m, e)
 
 
 def assert_true_values(backend, what, got_m, got_e, ref_m, ref_e, rtol, *, exact_exponents=False,
@@ -159,7 +160,8 @@ def compare_results(backend, got, ref, rtol, flips, *, exact_exponents):
                                         ref.grads.beta.mantissa, ref.grads.gamma.mantissa,
                                         ref.grads.beta.exponent, st.dtype)
             continue
-        if name == "b_in" and st.batch_norm and not st.residual:  # the same below layer 0
+        # the same below layer 0, unless signal clipping (elementwise) broke the zero batch sum
+        if name == "b_in" and st.batch_norm and not st.residual and not (st.clip and st.clip_on == "signal"):
             gm, rm = got.grads.b_in, ref.grads.W_in
             assert_bias_under_batchnorm(backend, "grads.b_in", gm.mantissa[None], gm.exponent[None],
                                         rm.mantissa[None], rm.mantissa[None], rm.exponent[None], st.dtype)
@@ -226,7 +228,11 @@ def chain_growth(stack, params, x, t=None, delta=1e-10, seed=99):
     p32 = gb.Params(**{n: v.astype(np.float32) for n, v in params.items()})
     t32 = t.astype(np.float32) if t is not None and t.dtype.kind == "f" else t
     with np.errstate(all="ignore"):
-        c = gb.backprop(stack.replace(dtype="float32"), p32, x.astype(np.float32), t32, backend="numpy")
+        x32 = x.astype(np.float32)
+    if not np.all(np.isfinite(x32)):  # an input beyond float32 (x * 1e250): no float32 run to compare
+        return _result_rel(a, b) / delta, 0.0
+    with np.errstate(all="ignore"):
+        c = gb.backprop(stack.replace(dtype="float32"), p32, x32, t32, backend="numpy")
     return _result_rel(a, b) / delta, _result_rel(a, c) / float(np.finfo(np.float32).eps)
 
 
@@ -328,7 +334,7 @@ def backward_arrays(stack, fwd, G, sig_e_top):
                G=np.array(G, dtype=dt, order="C"), dW=np.empty((L, N, N), dtype=dt),
                db=np.empty((L, N), dtype=dt), dgamma=np.empty((L, N), dtype=dt),
                dbeta=np.empty((L, N), dtype=dt), dslope=np.empty(L, dtype=dt), sig_m=np.empty(L + 1),
-               sig_e=sig_e, gnorm_m=np.empty(L), info=info)
+               sig_e=sig_e, gnorm_m=np.empty(L), gnorm_e=np.zeros(L, np.int64), info=info)
     return out
 
 
