@@ -25,7 +25,7 @@
  * dW_ih = Z^T X, dW_hh = Z^T H become products over K*B rows, added to the running
  * (mantissa, exponent) accumulators by the aligned rule. The norm of step t's dW_hh term,
  * ||dz_t^T h_{t-1}||_F, is computed from the B x B Gram matrices, sum((dz dz^T) o (h h^T)),
- * when that is cheaper than the (GN, N) product itself (B (GN + N) < GN N), else directly.
+ * when that is cheaper than the (GN, N) product itself (B (GN + N) / 2 < GN N), else directly.
  *
  * The exact-chain helpers (normalise, clip, norm) repeat those of stack_impl.h over one
  * contiguous state [dL/dh; dL/dc], so that the LSTM's two parts share one exponent; they are
@@ -434,7 +434,7 @@ static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, const gb_recurre
     cx->gda = cx->ga ? cx->ga + B * GN : NULL;
     cx->tc = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * N));
     cx->dtc = cx->tc ? cx->tc + B * N : NULL;
-    cx->gram_norms = B * (GN + N) < GN * N;
+    cx->gram_norms = B * (GN + N) < 2 * GN * N; /* the Gram matrices are symmetric: half of each */
     cx->own = F(gb_use_own)(opts, N);
     if (!cx->zx || !cx->zh || !cx->ex || !cx->eh || !cx->nz || !cx->tmp || !cx->tb || !cx->gram || !cx->gg ||
         !cx->ga || !cx->tc)
@@ -509,11 +509,13 @@ static void F(gb_record_forward)(const REAL *h, int64_t t, int64_t B, int64_t N,
 }
 
 /* U (R,GN) = X (R,D) W_ih^T + bias */
-/* (one product over all T B rows: BLAS when there is one, the own kernels otherwise) */
-static int F(gb_input_projection)(GEMM_FN g, REAL *U, const REAL *X, const REAL *W_ih, const REAL *bias, int64_t R,
-                                  int64_t D, int64_t GN) {
+/* (one product over all T B rows: the own kernels for few inputs D, where BLAS would split the
+ * thin product over threads, else BLAS) */
+static int F(gb_input_projection)(const gb_opts *opts, REAL *U, const REAL *X, const REAL *W_ih, const REAL *bias,
+                                  int64_t R, int64_t D, int64_t GN) {
     int rc = GB_OK;
-    REAL *WT = F(gb_transposed)(W_ih, GN, D, g == NULL, &rc);
+    GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
+    REAL *WT = F(gb_transposed)(W_ih, GN, D, F(gb_use_own)(opts, D), &rc);
     if (rc) return rc;
     for (int64_t r = 0; r < R; r++) memcpy(U + r * GN, bias, sizeof(REAL) * (size_t)GN);
     F(gb_rows_times_wT)(g, U, X, W_ih, WT, R, D, GN, 1);
@@ -560,7 +562,7 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
         return GB_ENOMEM;
     }
     for (int64_t j = 0; j < N; j++) bias[j] = b_ih[j] + b_hh[j];
-    rc = F(gb_input_projection)(g, DA, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, N); /* U lives in DA */
+    rc = F(gb_input_projection)(opts, DA, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, N); /* U lives in DA */
     info[GB_INFO_FORWARD] = -1;
     for (int64_t t = 0; t < T_ && rc == GB_OK; t++) {
         REAL *hp = H + t * BN, *h = H + (t + 1) * BN, *da = DA + t * BN;
@@ -620,7 +622,7 @@ int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     }
     REAL *gda = ga + B * GN;
     for (int64_t j = 0; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j] + ((REAL *)a->b_hh)[j];
-    rc = F(gb_input_projection)(g, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
+    rc = F(gb_input_projection)(opts, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
     a->info[GB_INFO_FORWARD] = -1;
     for (int64_t t = 0; t < T_ && rc == GB_OK; t++) {
         REAL *Zt = Z + t * B * GN;
@@ -667,7 +669,7 @@ int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     /* b_hn stays inside r * (h W_hn^T + b_hn): the n block of the bias is b_in alone */
     for (int64_t j = 0; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j] + (j < 2 * N ? ((REAL *)a->b_hh)[j] : (REAL)0);
     for (int64_t j = 2 * N; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j];
-    rc = F(gb_input_projection)(g, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
+    rc = F(gb_input_projection)(opts, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
     free(bias);
     a->info[GB_INFO_FORWARD] = -1;
     for (int64_t t = 0; t < T_ && rc == GB_OK; t++) {

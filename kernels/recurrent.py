@@ -57,7 +57,7 @@ def _gate(a, da, z, code):
     for i in range(B):
         for j in range(n):
             zz = z[i, j]
-            da[i, j] = dphi(zz, zz, False, code, 0.0)
+            da[i, j] = dphi(zz, code, 0.0)
             a[i, j] = phi(zz, code, 0.0)
 
 
@@ -98,7 +98,6 @@ def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, DA, fexp, act_m
     _projection(DA.reshape(T * B, N), X.reshape(T * B, D), W_ih, b_ih + b_hh)  # U lives in DA
     P = np.empty((B, N), dtype=H.dtype)
     info[INFO_FORWARD] = -1
-    use_a = N < 0  # False, typed bool
     for t in range(T):
         np.dot(H[t], W_hh.T, P)
         da = DA[t]
@@ -120,7 +119,7 @@ def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, DA, fexp, act_m
             for j in range(N):
                 zz = P[i, j]
                 h[i, j] = phi(zz, code, p)
-                d = dphi(zz, zz, use_a, code, p)
+                d = dphi(zz, code, p)
                 da[i, j] = d
                 nsat += np.float64(d) < thr
         fexp[t + 1] = e + (normalise(h) if rescale else 0)
@@ -359,7 +358,7 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, DA, HN, fexp, DH, G, GC, dW_ih
     ex = np.zeros(slots, dtype=np.int64)
     eh = np.zeros(slots, dtype=np.int64)
     nz = np.zeros(slots, dtype=np.bool_)
-    gram = B * (GN + N) < GN * N
+    gram = B * (GN + N) < 2 * GN * N
     rows = 2 * B if lstm else B
     gg = np.empty((rows, N), dtype=G.dtype)
     gg[:B] = G
