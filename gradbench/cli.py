@@ -33,6 +33,11 @@ examples:
   gradbench train --list
   gradbench theory --activation tanh --sigma-w 1.5 --sigma-b 0.1 --depth 200 --width 256 --plot theory.png
   gradbench bench --help                          (when the benchmark report is installed)
+recurrent nets (vanilla RNN, LSTM, GRU): the same commands with --cell / --cells:
+  gradbench run --cell lstm --steps 100000 --hidden 32
+  gradbench compare --cells rnn,lstm,gru --steps 10000 --plot cells.png
+  gradbench theory --cell rnn
+  gradbench train --demo memory-rnn,memory-lstm,memory-gru
 """
 
 
@@ -399,6 +404,9 @@ def cmd_train(args) -> int:
             t = demo.train
             print(f"  {name:18s} {demo.title}  [{t['optimizer']} lr={t['lr']:g}, batch {t['batch_size']}, "
                   f"{t['epochs']} epochs]")
+        from gradbench.recurrent.cli import list_demos
+
+        list_demos()
         return 0
     _check_plot_path(args.plot)
     _check_plot_path(args.ratio_plot)
@@ -696,6 +704,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         return cmd_bench(argv[1:])
+    from gradbench.recurrent import cli as recurrent_cli  # run/compare/theory --cell, recurrent demos
+
+    if recurrent_cli.claims(argv):
+        return recurrent_cli.main(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
