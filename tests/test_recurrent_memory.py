@@ -1,0 +1,64 @@
+"""Checkpointing through time: 10^6 steps at hidden 64, batch 64 in under 1 GiB."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench.recurrent.engine import memory_estimate, plan_run
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_a_million_steps_plan_under_one_gib(cell):
+    rnn = gb.Recurrent(cell=cell, steps=1_000_000, hidden=64, input_dim=64)
+    plan = plan_run(rnn, 64, stats_only=True, generated=True, available=64 * 2**30)
+    assert plan.recompute and 900 <= plan.segment <= 1100
+    assert plan.estimate < 0.7 * 2**30, plan
+    plain = memory_estimate(rnn, 64)
+    assert plain > 10 * 2**30  # what it would take without checkpointing
+
+
+def test_refused_when_it_cannot_fit():
+    rnn = gb.Recurrent(cell="lstm", steps=1_000_000, hidden=64)
+    with pytest.raises(MemoryError, match="it fits with checkpoint=1000"):
+        plan_run(rnn, 64, checkpoint=None, memory_budget=2**30)
+    with pytest.raises(MemoryError, match="reduce steps, hidden or batch"):
+        plan_run(rnn, 64, memory_budget=2**20)
+
+
+def test_estimate_tracks_a_real_run():
+    """The estimate against the peak memory of a checkpointed run (tracemalloc of NumPy)."""
+    import tracemalloc
+
+    rnn = gb.Recurrent(cell="lstm", steps=4000, hidden=32, input_dim=8)
+    params = gb.init_params(rnn, 0)
+    xs = gb.GeneratedSequence(rnn, 16, 0)
+    backend = "c" if "c" in gb.recurrent.backends.backends() else "numpy"
+    gb.backprop(rnn, params, xs, backend=backend, stats_only=True)  # imports and first allocations
+    tracemalloc.start()
+    res = gb.backprop(rnn, params, xs, backend=backend, stats_only=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    est = res.extras["memory_estimate"]
+    assert res.extras["segments"] > 1 and 0.5 * est < peak < 1.5 * est, (peak, est)
+
+
+_MILLION = "import sys; from gradbench.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.mark.slow
+def test_a_million_lstm_steps_run_under_one_gib():
+    """The whole run (minutes): peak resident memory of the process < 1 GiB."""
+    proc = subprocess.run([sys.executable, "-c", _MILLION, "run", "--cell", "lstm", "--steps", "1000000", "--hidden",
+                           "64", "--batch", "64"], capture_output=True, text=True, timeout=3600,
+                          env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kib < 2**20, f"peak RSS {peak_kib / 2**20:.2f} GiB"
+    assert "1000000 steps" in proc.stdout and "VANISHING" in proc.stdout
