@@ -26,8 +26,20 @@ from gradbench.recurrent.abi import (
 )
 
 from ._config import JIT
-from .activations import SIGMOID, TANH, _as, dphi, phi
+from .activations import SIGMOID as _SIGMOID_CODE
+from .activations import TANH as _TANH_CODE
+from .activations import _as, dphi, phi
 from .layers import _clamp, _ldexp, all_finite, clip_signal, moments, normalise, sumsq
+
+
+# The gate codes as entries of an array: an integer constant would reach phi/dphi as a literal
+# type and compile a copy of them per code (compile time is real: a fresh clone compiles all).
+_GATE_CODES = np.array([_SIGMOID_CODE, _TANH_CODE], dtype=np.int64)
+
+
+@njit(**JIT)
+def _codes():
+    return _GATE_CODES[0], _GATE_CODES[1]
 
 
 # ------------------------------------------------------------------ shared pieces
@@ -132,6 +144,7 @@ def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, DA, fexp, act_m
 @njit(**JIT)
 def _gates_row(a, da, z, N, G):
     """Gate values and derivatives of rows z (B, G N): sigmoid blocks, the tanh block 2."""
+    SIGMOID, TANH = _codes()
     _gate(a[:, :2 * N], da[:, :2 * N], z[:, :2 * N], SIGMOID)
     _gate(a[:, 2 * N:3 * N], da[:, 2 * N:3 * N], z[:, 2 * N:3 * N], TANH)
     if G == 4:
@@ -144,6 +157,7 @@ def lstm_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, C, Z, act_mean
     """The LSTM through T steps.  Z (T,B,4N) pre-activations; H, C (T+1,B,N)"""
     T, B, D = X.shape
     N = W_hh.shape[1]
+    SIGMOID, TANH = _codes()
     _projection(Z.reshape(T * B, 4 * N), X.reshape(T * B, D), W_ih, b_ih + b_hh)  # U, then z_t
     P = np.empty((B, 4 * N), dtype=H.dtype)
     a = np.empty((B, 4 * N), dtype=H.dtype)
@@ -175,6 +189,7 @@ def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, HN, act_mean
     """The GRU through T steps.  Z (T,B,3N) pre-activations [z_r, z_z, z_n]; H (T+1,B,N); HN (T,B,N)"""
     T, B, D = X.shape
     N = W_hh.shape[1]
+    SIGMOID, TANH = _codes()
     bias = b_ih.copy()
     for j in range(2 * N):  # b_hn stays inside r * (h W_hn^T + b_hn)
         bias[j] = b_ih[j] + b_hh[j]
@@ -365,6 +380,7 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, DA, HN, fexp, DH, G, GC, dW_ih
     if lstm:
         gg[B:] = GC
     one = _as(1.0, G[0, 0])
+    SIGMOID, TANH = _codes()
     a = np.empty((B, GN), dtype=G.dtype)  # gates and derivatives recomputed from Z
     ga = np.empty((B, GN), dtype=G.dtype)
     tc = np.empty((B, N), dtype=G.dtype)
