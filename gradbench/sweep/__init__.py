@@ -12,12 +12,14 @@ from ``default_rng([seed, 2])``, as ``gradbench run`` draws them), one stats-onl
 back, never a gradient array. The table has one row per run: the swept and fixed fields under
 their ``Stack`` names (and ``batch``), ``seed``, then
 
-- measured (from ``diagnose``, in its sign convention): ``decades_per_layer`` (the least-squares
-  fit of log10 ||dL/dW_l|| against l that ``diagnose`` makes), ``decades_per_layer_se`` (the
-  standard error of that slope), ``log10_grad_first`` (layer 0) and ``log10_grad_last``
-  (layer L - 1), ``loss_log10``, ``first_nonfinite`` (the first layer whose forward output, or
-  else backward signal, is not finite; <NA> if none), ``verdict``, ``saturation`` and ``dead``
-  (means over the layers);
+- measured: ``decades_per_layer`` (from ``diagnose``: its least-squares fit of
+  log10 ||dL/dW_l|| against l, in its sign convention), ``decades_per_layer_se`` (the standard
+  error of that slope), ``signal_decades_per_layer`` (the same fit of log10 ||dL/dh_l||, the
+  quantity mean field predicts, as the change per layer going down: negative = vanishing; see
+  :func:`~gradbench.sweep.worker.signal_rate`), ``log10_grad_first`` (layer 0) and
+  ``log10_grad_last`` (layer L - 1), ``loss_log10``, ``first_nonfinite`` (the first layer whose
+  forward output, or else backward signal, is not finite; <NA> if none), ``verdict``,
+  ``saturation`` and ``dead`` (means over the layers);
 - mean field (``gradbench.theory.mean_field(stack)``; NaN and ``phase`` None for stacks it does
   not describe: batch norm, residual connections, clipping): ``q_star``, ``chi1``,
   ``theory_decades_per_layer``, ``depth_scale``, ``phase``;
@@ -26,8 +28,9 @@ their ``Stack`` names (and ``batch``), ``seed``, then
 
 Execution: a ``distributed.LocalCluster`` (worker processes, one thread each, one per core) for
 the call, or a ``client=`` (a ``distributed.Client`` or a scheduler address). Runs are batched
-into tasks (:func:`~gradbench.sweep.execute.task_size`). With ``out=DIR`` the client writes every finished task's rows
-at once, atomically, as ``DIR/rows-<hash>.parquet``; ``DIR/sweep.json`` records the grid, the
+into tasks (:func:`~gradbench.sweep.execute.task_size`); each worker warms its kernels up once.
+With ``out=DIR`` the client writes every finished task's rows at once, atomically, as
+``DIR/rows-<hash>.parquet``; ``DIR/sweep.json`` records the grid, the
 fixed fields and the backend. A second call with the same ``out`` loads what is there and runs
 only the missing (configuration, seed) pairs; it refuses a ``DIR`` of another grid.
 """
