@@ -315,3 +315,79 @@ def test_a_worker_killed_mid_sweep_is_retried_and_every_row_appears_once(cluster
     assert_matches_serial(table, serial(grid, (0,), **fixed), list(grid))
     cluster.wait_for_workers(2, timeout=60)  # the nanny restarted it
     assert killed[0][0] not in cluster.run(os.getpid).values()
+
+
+# ---------------------------------------------------------------- the phase diagram
+def _synthetic_table(activations=("tanh", "relu")) -> pd.DataFrame:
+    """A table shaped like gb.sweep's, with rates set to the mean-field prediction (no runs)."""
+    rows = []
+    for act in activations:
+        for sb in (0.0, 0.1, 0.3):
+            for sw in np.linspace(0.6, 2.0, 8):
+                mf = theory.mean_field(act, sw, sb)
+                for seed in (0, 1):
+                    rows.append(dict(activation=act, sigma_w=sw, sigma_b=sb, depth=50, seed=seed,
+                                     decades_per_layer=0.0, signal_decades_per_layer=mf.decades_per_layer,
+                                     theory_decades_per_layer=mf.decades_per_layer))
+    return pd.DataFrame(rows)
+
+
+def test_phase_diagram_colours_lines_and_panels(tmp_path):
+    from gradbench.plot_sweep import phase_diagram
+
+    table = _synthetic_table()
+    fig = phase_diagram(table, path=tmp_path / "phase.png")
+    heat_tanh, heat_relu, scatter = fig.axes[:3]
+    assert [heat_tanh.get_title(), heat_relu.get_title()] == ["activation = tanh", "activation = relu"]
+    # diverging map centred on 0: negative rates (vanishing) blue, positive (exploding) red
+    mesh = heat_tanh.collections[0]
+    assert mesh.norm(0.0) == 0.5
+    values = np.ma.filled(mesh.get_array(), np.nan).ravel()
+    rgba = mesh.cmap(mesh.norm(values))
+    neg, pos = values < -0.02, values > 0.02
+    assert neg.any() and pos.any()
+    assert (rgba[neg, 2] > rgba[neg, 0]).all() and (rgba[pos, 0] > rgba[pos, 2]).all()
+    texts = [t.get_text() for a in fig.axes for t in a.texts]
+    assert texts.count("vanishing") >= 3 and texts.count("exploding") >= 3  # heat maps and colour bar
+    # the critical line is theory's chi_1 = 1 at every sigma_b it passes through
+    line = next(ln for ln in heat_tanh.lines if "chi_1" in ln.get_label())
+    for sw, sb in zip(line.get_xdata(), line.get_ydata()):
+        assert sw == theory.critical_sigma_w("tanh", sb)
+    relu_line = next(ln for ln in heat_relu.lines if "chi_1" in ln.get_label())
+    np.testing.assert_allclose(relu_line.get_xdata(), math.sqrt(2), rtol=1e-9)
+    # the measured zero crossings: one per sigma_b row, next to the line (grid spacing 0.2)
+    marks = next(ln for ln in heat_tanh.lines if ln.get_label().startswith("measured"))
+    assert sorted(marks.get_ydata()) == [0.0, 0.1, 0.3]
+    for sw, sb in zip(marks.get_xdata(), marks.get_ydata()):
+        assert abs(sw - theory.critical_sigma_w("tanh", sb)) < 0.05
+    # measured vs predicted: every run of finite theory, and the identity line
+    points = sum(len(c.get_offsets()) for c in scatter.collections)
+    assert points == np.isfinite(table.theory_decades_per_layer).sum()
+    ident = next(ln for ln in scatter.lines if ln.get_label() == "measured = predicted")
+    np.testing.assert_array_equal(ident.get_xdata(), ident.get_ydata())
+    assert (tmp_path / "phase.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_phase_diagram_into_given_axes_and_bad_arguments():
+    from matplotlib.figure import Figure
+
+    from gradbench.plot_sweep import phase_diagram
+
+    table = _synthetic_table(("tanh",))
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert phase_diagram(table, ax=ax) is fig and ax.collections  # one heat map, no scatter
+    fixed_sb = table[table.sigma_b == 0.1]
+    f2 = phase_diagram(fixed_sb, x="sigma_w", y="depth")
+    vline = next(ln for ln in f2.axes[0].lines if "chi_1" in ln.get_label())
+    assert vline.get_xdata()[0] == theory.critical_sigma_w("tanh", 0.1)  # sigma_b fixed: a vertical line
+    with pytest.raises(ValueError, match="x='sigma' is not a configuration column"):
+        phase_diagram(table, x="sigma")
+    with pytest.raises(ValueError, match="x='activation' is not numeric"):
+        phase_diagram(table, x="activation")
+    with pytest.raises(ValueError, match="value='loss' is not one of"):
+        phase_diagram(table, value="loss")
+    with pytest.raises(ValueError, match=r"ax: 3 Axes given, the table needs 1 heat map"):
+        phase_diagram(table, ax=Figure().subplots(1, 3))
+    with pytest.raises(ValueError, match="must be a gb.sweep"):
+        phase_diagram(table.drop(columns="seed"))
