@@ -49,9 +49,13 @@ def _groups(table, x: str, y: str) -> list[tuple[str, object]]:
 def _edges(v: np.ndarray) -> np.ndarray:
     """Cell edges around sorted centres ``v``: midpoints, half a step beyond the ends."""
     if len(v) == 1:
-        return np.array([v[0] - 0.5, v[0] + 0.5]) if v[0] == 0 else v[0] * np.array([0.9, 1.1])
-    mid = (v[1:] + v[:-1]) / 2
-    return np.concatenate([[2 * v[0] - mid[0]], mid, [2 * v[-1] - mid[-1]]])
+        e = np.array([v[0] - 0.5, v[0] + 0.5]) if v[0] == 0 else v[0] * np.array([0.9, 1.1])
+    else:
+        mid = (v[1:] + v[:-1]) / 2
+        e = np.concatenate([[2 * v[0] - mid[0]], mid, [2 * v[-1] - mid[-1]]])
+    if v[0] >= 0 > e[0]:  # sigma_b, sigma_w, depth, ...: no cell reaches below 0
+        e[0] = 0.0
+    return e
 
 
 def _heatmap(ax, sub, x: str, y: str, value: str, norm):

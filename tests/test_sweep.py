@@ -97,7 +97,7 @@ def assert_matches_serial(table: pd.DataFrame, ref: list[dict], names: list[str]
 # ---------------------------------------------------------------- a LocalCluster of the call's own
 def test_table_equals_a_serial_loop_on_a_local_cluster_of_two_worker_processes():
     table = gb.sweep(GRID, seeds=SEEDS, workers=2, **FIXED)
-    assert list(table.columns) == ["activation", "sigma_w", "depth", "width", "batch", "sigma_b", "init", "seed",
+    assert list(table.columns) == ["activation", "sigma_w", "depth", "width", "init", "sigma_b", "batch", "seed",
                                    *COLUMNS]
     assert table.dtypes["first_nonfinite"] == "Int64"
     ref = serial(GRID, SEEDS, **FIXED)
@@ -391,3 +391,61 @@ def test_phase_diagram_into_given_axes_and_bad_arguments():
         phase_diagram(table, ax=Figure().subplots(1, 3))
     with pytest.raises(ValueError, match="must be a gb.sweep"):
         phase_diagram(table.drop(columns="seed"))
+
+
+# ---------------------------------------------------------------- the command line
+def test_cli_sweep_runs_writes_and_resumes(cluster, tmp_path, capsys):
+    from gradbench import cli
+
+    out, png, csv = tmp_path / "out", tmp_path / "phase.png", tmp_path / "t.csv"
+    argv = ["sweep", "--activation", "tanh,relu", "--sigma-w", "0.8:1.6:3", "--sigma-b", "0,0.1", "--depth", "20",
+            "--width", "8", "--batch", "4", "--init", "normal", "--seeds", "2", "--scheduler", cluster.scheduler.address,
+            "--out", str(out), "--plot", str(png), "--csv", str(csv)]
+    assert cli.main(argv) == 0
+    stdout, stderr = capsys.readouterr()
+    assert "dask dashboard: http" in stderr
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sweep: 24 runs (12 configurations x 2 seeds) in ")
+    assert " on 2 workers; " in lines[0] and "wrote " in lines[0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    got = pd.read_csv(csv)
+    ref = gb.sweep({"activation": ["tanh", "relu"], "sigma_w": list(np.linspace(0.8, 1.6, 3)), "sigma_b": [0.0, 0.1]},
+                   depth=20, width=8, batch=4, init="normal", seeds=range(2), client=cluster)
+    assert list(got.columns) == list(ref.columns)
+    for name in MEASURED_EXACT + ["signal_decades_per_layer", "theory_decades_per_layer"]:
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-15, err_msg=name)  # CSV keeps 17 digits
+    assert got.verdict.tolist() == ref.verdict.tolist()
+    assert cli.main(argv[:-4]) == 0  # again, same --out: everything is there
+    assert "(24 resumed from " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sigma-w", "0.5:3"], "--sigma-w '0.5:3': a range is a:b:n"),
+    (["--sigma-w", "0.5:3:1"], "a range needs n >= 2 values"),
+    (["--sigma-w", "1,x"], "--sigma-w 'x': expected a number"),
+    (["--depth", "5:10:4"], "the range's values are not integers"),
+    (["--activation", "tanh,sigmod"], "did you mean 'sigmoid'? (at grid point activation='sigmod')"),
+    (["--batch-norm", "maybe"], "--batch-norm 'maybe': expected true or false"),
+    (["--sigma-w", "1,1"], "has repeated values"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--plot", "phase.gif"], "must end in .png, .svg or .pdf"),
+    (["--plot", "phase.png", "--sigma-w", "1,2"], "--plot-y sigma_b: give --sigma-b"),
+    (["--csv", "t.txt"], "--csv 't.txt' must end in .csv"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give one or the other"),
+    (["--workers", "0"], "workers must be an int >= 1"),
+    (["--seeds", "x"], "invalid int value"),
+])
+def test_cli_sweep_bad_values_exit_2_with_one_line(args, message, capsys):
+    from gradbench import cli
+
+    base = ["sweep", "--depth", "6", "--width", "4"]
+    assert cli.main(base + args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_cli_sweep_on_a_local_cluster_of_one_worker(tmp_path, capsys):
+    from gradbench import cli
+
+    assert cli.main(["sweep", "--sigma-w", "0.9,1.1", "--depth", "10", "--width", "4", "--workers", "1"]) == 0
+    assert " on 1 worker; " in capsys.readouterr().out

@@ -37,6 +37,7 @@ only the missing (configuration, seed) pairs; it refuses a ``DIR`` of another gr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
@@ -101,6 +102,8 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
     -------
     pandas.DataFrame
         One row per (configuration, seed) in grid order; columns in the module docstring.
+        ``attrs["sweep"]``: ``runs``, ``resumed`` (found in ``out``), ``computed``, ``workers``,
+        ``dashboard`` (the Dask dashboard's address) and ``seconds`` of this call.
 
     Every value is validated (each configuration through ``Stack``) before anything starts.
     """
@@ -119,16 +122,21 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
     done = set(frames[0]["run_key"]) if frames else set()
     todo = [r for r in runs if r.key not in done]
     bar = Progress(progress, len(runs))
+    info = dict(runs=len(runs), resumed=len(done), computed=len(todo), workers=None, dashboard=None)
+    t0 = time.perf_counter()
     try:
         if todo:
             with connect(client, workers) as c:
+                info.update(workers=len(c.nthreads()), dashboard=c.dashboard_link)
                 bar.start(len(done), c)
                 frames += execute(c, todo, p, out, runs_per_task, pd, bar)
         else:
             bar.start(len(done))
     finally:
         bar.close()
-    return _assemble(frames, runs, p, pd)
+    table = _assemble(frames, runs, p, pd)
+    table.attrs["sweep"] = info | {"seconds": time.perf_counter() - t0}
+    return table
 
 
 def _assemble(frames: list, runs: list[Run], p: Plan, pd):

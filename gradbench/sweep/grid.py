@@ -135,7 +135,7 @@ def plan(grid: Mapping, fixed: Mapping, seeds, backend: str = "auto") -> Plan:
         fixed.setdefault("batch", DEFAULT_BATCH)
     for name in ("depth", "width"):
         if name not in axes and name not in fixed:
-            raise ValueError(f"{name} is required: give it as a keyword ({name}=...) or a grid axis")
+            raise ValueError(f"{name} is required: a fixed value ({name}=...) or a grid axis")
     check_choice("backend", backend, tuple(REGISTRY) + ("auto",))
     p = Plan(axes, fixed, _seeds(seeds), backend)
     for point in p.points():

@@ -13,7 +13,7 @@ import json
 import os
 
 from gradbench import __version__, _atomic
-from gradbench.sweep.grid import Plan
+from gradbench.sweep.grid import FIELDS, Plan
 from gradbench.sweep.worker import COLUMNS
 
 MANIFEST = "sweep.json"
@@ -63,9 +63,9 @@ def write_rows(out: str, table) -> str:
 
 
 def frame(rows: list[dict], p: Plan, pd):
-    """Rows from the workers as a table: axis values, fixed fields, seed, the columns, run_key."""
+    """Rows from the workers as a table: axis values (grid order), fixed fields, seed, the columns, run_key."""
     points = p.point_of
-    fixed = {k: v for k, v in p.fixed.items() if k not in p.axes}
+    fixed = {k: p.fixed[k] for k in FIELDS if k in p.fixed}  # in Stack's field order, then batch
     records = [{**points[r["run_key"]], **fixed, "seed": r["seed"], **{c: r[c] for c in COLUMNS},
                 "run_key": r["run_key"]} for r in rows]
     table = pd.DataFrame.from_records(records, columns=[*p.axes, *fixed, "seed", *COLUMNS, "run_key"])
