@@ -285,7 +285,7 @@ def test_the_measured_edge_of_chaos_is_where_mean_field_puts_it(cluster):
 def _diagnose_says_vanishing_is_positive() -> bool:
     """Whether gb.diagnose still reports a vanishing stack (sigmoid, depth 30) with a positive rate."""
     stack = gb.Stack(depth=30, width=8, activation="sigmoid")
-    d = gb.diagnose(gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1)))
+    d = gb.diagnose(gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1), backend="numpy"))
     assert d.verdict == "vanishing"
     return d.decades_per_layer > 0
 
