@@ -17,8 +17,15 @@ import typing
 
 import numpy as np
 
-from gradbench.cli import UsageError, _check_plot_path, write_atomic
+from gradbench import _atomic
 from gradbench.spec import Stack
+
+
+class UsageError(ValueError):
+    """Bad options: ``gradbench``'s ``main`` prints the one line and exits with status 2.
+
+    (Not imported from :mod:`gradbench.cli`, which registers this module: no import cycle.)
+    """
 
 EPILOG = """\
 values: one value (fixed), a list a,b,c or a range a:b:n (n values from a to b, ends included);
@@ -118,7 +125,8 @@ def grid_from_args(args) -> tuple[dict, dict]:
 
 
 def cmd_sweep(args) -> int:
-    _check_plot_path(args.plot)
+    if args.plot is not None and os.path.splitext(args.plot)[1].lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"plot path {args.plot!r} must end in .png, .svg or .pdf")
     if args.csv is not None and not args.csv.lower().endswith(".csv"):
         raise UsageError(f"--csv {args.csv!r} must end in .csv")
     if isinstance(args.seeds, int) and args.seeds < 1:
@@ -148,7 +156,8 @@ def cmd_sweep(args) -> int:
         raise
     wrote = []
     if args.csv:
-        wrote.append(write_atomic(args.csv, table.to_csv(index=False)))
+        text = table.to_csv(index=False)
+        wrote.append(_atomic.write_atomic(args.csv, lambda f: f.write(text)))
     if args.plot:
         from gradbench.plot_sweep import phase_diagram
 
