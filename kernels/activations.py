@@ -200,12 +200,12 @@ _TINY32 = np.array([A.TINY["float32"].get(n, 0.0) for n in ACTIVATIONS])
 _EXP_LIMIT = 100000  # the clamp of gradbench.activations._clamp
 
 
-def _tiny(u, code):
+def tiny_threshold(u, code):
     """The TINY threshold of u's dtype (pure-Python fallback, used with NUMBA_DISABLE_JIT)."""
     return (_TINY32 if isinstance(u, np.float32) else _TINY64)[code]
 
 
-@overload(_tiny)
+@overload(tiny_threshold)
 def _tiny_impl(u, code):
     if isinstance(u, types.Float) and u.bitwidth == 32:
         return lambda u, code: _TINY32[code]
@@ -235,7 +235,7 @@ def scaled_regime(u, f, code):
     (direct), 1 (tiny: the linear form), 2 (2^f u overflows: the limit form)."""
     x = np.float64(u)
     z = math.ldexp(x, _clamp_f(f))
-    tiny = _tiny(u, code)
+    tiny = tiny_threshold(u, code)
     if abs(z) < tiny:
         return x, z, 1
     if math.isinf(z) and math.isfinite(x):

@@ -21,7 +21,7 @@ from gradbench.abi import CLIP_NORM, CLIP_VALUE
 from ._config import EXP_CLAMP, JIT
 from .activations import (
     DSIGMOID_MAX, DTANH_MAX, PRELU, RELU, SIGMOID, TANH, _as, dphi, dphi_scaled, dsigmoid64, dtanh64, phi,
-    phi_scaled, tanh,
+    phi_scaled, tanh, tanh64, tiny_threshold,
 )
 
 
@@ -211,6 +211,26 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
                 nsat += (one - t * t) < sat_threshold
                 alive[j] = alive[j] or not (zz <= 0)
         return nsat
+    if code == TANH and scaled and f <= 1000:  # phi_scaled of tanh, vectorised (scaled_regime's regimes)
+        tiny = tiny_threshold(a[0, 0], code)
+        if f >= -1000:
+            sc, isc = math.ldexp(1.0, int(f)), math.ldexp(1.0, int(-f))
+        else:  # |z| = |u| 2^f is far below TINY (f < -1000) for every entry: the linear form
+            sc, isc = 0.0, 1.0
+        for i in range(B):
+            for j in range(N):
+                zz = z[i, j] + b[j] if add_bias else z[i, j]
+                z[i, j] = zz
+                x = np.float64(zz)
+                zt = x * sc  # exact: a power of two (or 0 when every entry is tiny)
+                tz = tanh64(zt)
+                lin = abs(zt) < tiny
+                m = x if lin else tz * isc  # tiny: tanh(z) = z to the last bit (c0 = 1); exact scaling back
+                a[i, j] = _as(m, zz)
+                d = 1.0 if lin else 1.0 - tz * tz
+                nsat += d < sat_threshold
+                alive[j] = alive[j] or not (zz <= 0)
+        return nsat
     if code == RELU:
         zero = _as(0.0, a[0, 0])
         for i in range(B):
@@ -259,6 +279,28 @@ def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
     if sum_db:
         for j in range(N):
             db[j] = 0
+    if code == TANH and scaled and f <= 1000:  # dphi_scaled of tanh, vectorised; |z| > 20, NaN fixed up
+        tiny = tiny_threshold(dz[0, 0], code)
+        sc = math.ldexp(1.0, int(f)) if -1000 <= f <= 1000 else 0.0
+        for i in range(B):
+            for j in range(N):
+                zt = np.float64(z[i, j]) * sc
+                d = 1.0 if abs(zt) < tiny else dtanh64(zt)
+                dz[i, j] = da[i, j] * _as(d, z[i, j])
+        rare = 0
+        for i in range(B):
+            for j in range(N):
+                rare += not (abs(np.float64(z[i, j]) * sc) <= DTANH_MAX)
+        if rare:
+            for i in range(B):
+                for j in range(N):
+                    if not (abs(np.float64(z[i, j]) * sc) <= DTANH_MAX):
+                        dz[i, j] = da[i, j] * dphi_scaled(z[i, j], f, code, param)
+        if sum_db:
+            for i in range(B):
+                for j in range(N):
+                    db[j] += dz[i, j]
+        return 0.0
     if (code == TANH or code == SIGMOID) and not scaled:
         # vectorised: the polynomial derivative for |z| up to its bound, then dphi for the rest
         bound = DTANH_MAX if code == TANH else DSIGMOID_MAX
