@@ -332,6 +332,7 @@ class Demo:
     n_samples: int = 200
     noise: float = 0.1
     data_seed: int = 0
+    pretrain: dict | None = None  # settings of gradbench.pretrain before training (fine-tuning)
 
     def make_stack(self, **overrides) -> Stack:
         kw = dict(input_dim=2, loss="bce", output_dim=1)
@@ -370,6 +371,10 @@ _register(Demo(
     "exploding-clipped", "the same net with gradient clipping by global norm",
     {**_EXPLODE, "clip": "norm", "clip_threshold": 1.0, "clip_on": "global"}, _SGD,
 ))
+_register(Demo("adam", "10 sigmoid layers, Xavier init, Adam lr 1e-3: per-parameter step sizes", _DEEP,
+               {**_SGD, "optimizer": "adam", "lr": 1e-3}))
+_register(Demo("layerwise-pretraining", "10 sigmoid layers pretrained one at a time as autoencoders, then fine-tuned",
+               _DEEP, _SGD, pretrain=dict(epochs=100, optimizer="adam", lr=0.01)))
 
 
 def run_demo(name: str, *, backend: str = "auto", progress: bool = False, **overrides) -> TrainResult:
@@ -395,5 +400,9 @@ def run_demo(name: str, *, backend: str = "auto", progress: bool = False, **over
     X, y = demo.data()
     kw = dict(demo.train)
     kw.update(overrides)
-    return train(demo.make_stack(), X, y, backend=backend, progress=progress, name=name,
-                 dataset=demo.dataset, **kw)
+    stack = demo.make_stack()
+    if demo.pretrain is not None:  # greedy layer-wise pretraining (gradbench.pretrain), then fine-tuning
+        from gradbench.pretrain import pretrain
+
+        kw["params"] = pretrain(stack, X, seed=kw.get("seed", 0), **demo.pretrain)
+    return train(stack, X, y, backend=backend, progress=progress, name=name, dataset=demo.dataset, **kw)
