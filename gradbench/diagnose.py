@@ -135,6 +135,12 @@ class Diagnosis:
     def from_json(cls, s: str) -> "Diagnosis":
         return cls.from_dict(json.loads(s))
 
+    def to_frame(self):
+        """One row per layer as a pandas DataFrame (:func:`gradbench.frames.diagnosis_frame`)."""
+        from gradbench.frames import diagnosis_frame
+
+        return diagnosis_frame(self)
+
     # ------------------------------------------------------------ text
     def __str__(self) -> str:
         return format_report(self)

@@ -164,6 +164,12 @@ class Result:
     extras: dict = field(default_factory=dict)
     grad_hist: GradHistogram | None = None
 
+    def to_frame(self):
+        """One row per layer as a pandas DataFrame (:func:`gradbench.frames.result_frame`)."""
+        from gradbench.frames import result_frame
+
+        return result_frame(self)
+
 
 # ------------------------------------------------------------------ validation
 def _check_array(name: str, a, shape, dtype) -> np.ndarray:

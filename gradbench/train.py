@@ -103,6 +103,12 @@ class TrainResult:
     seconds: float = 0.0
     extras: dict = field(default_factory=dict)
 
+    def to_frame(self):
+        """One row per epoch and layer as a pandas DataFrame (:func:`gradbench.frames.train_frame`)."""
+        from gradbench.frames import train_frame
+
+        return train_frame(self)
+
     @property
     def epochs_run(self) -> int:
         return int(np.sum(~np.isnan(self.loss)))
@@ -188,6 +194,7 @@ def train(
     progress: bool = False,
     name: str = "",
     dataset: str = "custom",
+    tensorboard=None,
 ) -> TrainResult:
     """Train ``stack`` on ``(X, y)`` with mini-batch gradients from :func:`gradbench.backprop`.
 
@@ -205,6 +212,11 @@ def train(
     seed : int
         Parameters from ``init_params(stack, seed)`` (unless ``params`` is given) and the
         shuffling order from ``default_rng([seed, 1])``.
+    params : Params, optional
+        Start from these (copied), e.g. from :func:`gradbench.pretrain`.
+    tensorboard : str or os.PathLike, optional
+        Write TensorBoard event files there every epoch (per-layer gradient norms, update
+        ratios, loss, gradient histograms; :mod:`gradbench.tensorboard_io`, needs tensorboardX).
 
     Returns
     -------
@@ -227,6 +239,11 @@ def train(
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     opt = make_optimizer(optimizer, lr, momentum, weight_decay) if isinstance(optimizer, str) else optimizer
+    tb = None
+    if tensorboard is not None:  # checked (path, tensorboardX installed) before any work
+        from gradbench.tensorboard_io import TrainWriter
+
+        tb = TrainWriter(tensorboard, stack)
     T = targets_for(stack, y)
     labels = np.asarray(y).astype(np.int64)
     params = init_params(stack, seed) if params is None else params.copy()
@@ -250,6 +267,8 @@ def train(
         grad_log10[e] = res.grad_norm.log10()
         h = res.output.to_float(np.float64, warn=False)
         accuracy[e] = float(np.mean(predict_labels(stack, params, h) == labels))
+        if tb is not None:
+            tb.evaluation(e, res, accuracy[e])
 
     settings = dict(
         name=name, dataset=dataset, n_samples=B, epochs=epochs, batch_size=batch_size,
@@ -299,11 +318,15 @@ def train(
                 ratio_in[epoch] = _layer_ratios(Win0[None], params.W_in[None])[0]
             ratio_out[epoch] = _layer_ratios(Wout0[None], params.W_out[None])[0]
             evaluate(epoch + 1)
+            if tb is not None:
+                tb.epoch(epoch + 1, loss[epoch], ratio[epoch], ratio_in[epoch], ratio_out[epoch])
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss[epoch]:.4f}")
     if bar is not None:
         bar.close()
+    if tb is not None:
+        tb.close()
     return TrainResult(
         stack=stack, params=params, settings=settings, loss=loss, eval_loss=eval_loss,
         accuracy=accuracy, grad_log10=grad_log10, update_ratio=ratio,
