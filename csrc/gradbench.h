@@ -5,6 +5,11 @@
  * per layer or keeps global state. Every function returns GB_OK or an error code that
  * Python turns into an exception.
  *
+ * The contract of the two stack drivers is the table in gradbench/abi.py (FORWARD, BACKWARD):
+ * gb_stack_arrays below has one field per array of that table, with the same names, and the
+ * codes and layouts below have the values of the constants of the same names there
+ * (tests/test_abi.py compares both).
+ *
  * Only the text between the cffi markers is given to ffibuilder.cdef(), so it must stay
  * plain declarations (integer #defines only, no includes).
  */
@@ -14,13 +19,13 @@
 #include <stdint.h>
 
 /* cffi-begin */
-/* error codes */
+/* error codes (abi.OK, EBADACT, EBADARG, ENOMEM) */
 #define GB_OK 0
 #define GB_EBADACT 1
 #define GB_EBADARG 2
 #define GB_ENOMEM 3
 
-/* activation codes, the order of gradbench.spec.ACTIVATIONS */
+/* activation codes (abi.ACT_CODE: the order of gradbench.spec.ACTIVATIONS) */
 #define GB_IDENTITY 0
 #define GB_SIGMOID 1
 #define GB_TANH 2
@@ -32,16 +37,32 @@
 #define GB_SWISH 8
 #define GB_GELU 9
 
-/* a = phi(z), elementwise over n entries.    a, z (n,) */
-int gb_activation_forward_f64(double *a, const double *z, int64_t n, int act, double param);
-int gb_activation_forward_f32(float *a, const float *z, int64_t n, int act, double param);
-/* dz = da * phi'(z) (left derivative at the ReLU kink).    dz, da, z (n,) */
-int gb_activation_backward_f64(double *dz, const double *da, const double *z, int64_t n, int act, double param);
-int gb_activation_backward_f32(float *dz, const float *da, const float *z, int64_t n, int act, double param);
-/* clip modes of the backpropagated signal (gradbench.spec.CLIP_*) */
+/* clip modes of the backpropagated signal (abi.CLIP_*) */
 #define GB_CLIP_NONE 0
 #define GB_CLIP_VALUE 1
 #define GB_CLIP_NORM 2
+
+/* layout of icfg (int64) and fcfg (double) (abi.I_*, abi.F_*) */
+#define GB_I_ACT 0
+#define GB_I_BN 1
+#define GB_I_RESIDUAL 2
+#define GB_I_CLIP 3
+#define GB_I_RESCALE_FWD 4
+#define GB_I_SIZE 5
+#define GB_F_ACT_PARAM 0
+#define GB_F_RES_SCALE 1
+#define GB_F_CLIP 2
+#define GB_F_BN_EPS 3
+#define GB_F_SAT 4
+#define GB_F_SIZE 5
+
+/* info[GB_INFO_FORWARD], info[GB_INFO_BACKWARD]: first non-finite layer (-1: none) */
+#define GB_INFO_FORWARD 0
+#define GB_INFO_BACKWARD 1
+#define GB_INFO_SIZE 2
+
+/* exponent differences are clamped to +-GB_EXP_CLAMP before ldexp (abi.EXP_CLAMP) */
+#define GB_EXP_CLAMP 4000
 
 /* Fortran BLAS gemm (column major), e.g. from scipy.linalg.cython_blas; NULL: own kernels. */
 typedef void (*gb_dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, double *alpha,
@@ -61,38 +82,78 @@ typedef struct gb_opts {
     int64_t par_min_work;     /* B*N*N below which a layer runs on one thread */
 } gb_opts;
 
+/* Every array of the stack contract (abi.FORWARD and abi.BACKWARD, shapes there), one pointer
+ * each, and the dimensions. `void *` arrays are of the driver's dtype T (double for _f64, float
+ * for _f32); the others are int64 or double whatever T. A driver reads only the fields of its
+ * own table; the others may be NULL. */
+typedef struct gb_stack_arrays {
+    const int64_t *icfg;     /* (GB_I_SIZE,) */
+    const double *fcfg;      /* (GB_F_SIZE,) */
+    const void *W;           /* (L,N,N) */
+    const void *b;           /* (L,N) */
+    const void *gamma;       /* (L,N) */
+    const void *beta;        /* (L,N) */
+    const void *slope;       /* (L,) */
+    void *H;                 /* (L+1,B,N) */
+    void *Z;                 /* (L,B,N) */
+    void *bn_mean;           /* (L,N) */
+    void *bn_rstd;           /* (L,N) */
+    int64_t *fexp;           /* (L+1,) */
+    double *act_mean;        /* (L,) */
+    double *act_std;         /* (L,) */
+    double *saturation;      /* (L,) */
+    double *dead;            /* (L,) */
+    int64_t *info;           /* (GB_INFO_SIZE,) */
+    void *G;                 /* (B,N) */
+    void *dW;                /* (L,N,N) */
+    void *db;                /* (L,N) */
+    void *dgamma;            /* (L,N) */
+    void *dbeta;             /* (L,N) */
+    void *dslope;            /* (L,) */
+    double *sig_m;           /* (L+1,) */
+    int64_t *sig_e;          /* (L+1,) */
+    double *gnorm_m;         /* (L,) */
+    int64_t L, B, N;
+} gb_stack_arrays;
+
 /* The whole stack in one call: the contract of gradbench/reference.py stack_forward and
- * stack_backward (same arguments, then the dimensions and the options).
- * icfg (6,) int64, fcfg (6,) double, W (L,N,N), b/gamma/beta (L,N), slope (L,), H (L+1,B,N),
- * Z (L,B,N), bn_mean/bn_rstd (L,N), fexp (L+1,), act_mean/act_std/saturation/dead (L,) double,
- * info (2,) int64; G (B,N), dW (L,N,N), db/dgamma/dbeta (L,N), dslope (L,), sig_m (L+1,)
- * double, sig_e (L+1,), gnorm_m (L,) double. */
-int gb_stack_forward_f64(const int64_t *icfg, const double *fcfg, const double *W, const double *b,
-                         const double *gamma, const double *beta, const double *slope, double *H,
-                         double *Z, double *bn_mean, double *bn_rstd, int64_t *fexp,
-                         double *act_mean, double *act_std, double *saturation, double *dead,
-                         int64_t *info, int64_t L, int64_t B, int64_t N, const gb_opts *opts);
-int gb_stack_forward_f32(const int64_t *icfg, const double *fcfg, const float *W, const float *b,
-                         const float *gamma, const float *beta, const float *slope, float *H,
-                         float *Z, float *bn_mean, float *bn_rstd, int64_t *fexp,
-                         double *act_mean, double *act_std, double *saturation, double *dead,
-                         int64_t *info, int64_t L, int64_t B, int64_t N, const gb_opts *opts);
-int gb_stack_backward_f64(const int64_t *icfg, const double *fcfg, const double *W,
-                          const double *gamma, const double *beta, const double *slope,
-                          const double *H, const double *Z, const double *bn_rstd,
-                          const int64_t *fexp, double *G, double *dW, double *db, double *dgamma,
-                          double *dbeta, double *dslope, double *sig_m, int64_t *sig_e,
-                          double *gnorm_m, int64_t *info, int64_t L, int64_t B, int64_t N,
-                          const gb_opts *opts);
-int gb_stack_backward_f32(const int64_t *icfg, const double *fcfg, const float *W,
-                          const float *gamma, const float *beta, const float *slope,
-                          const float *H, const float *Z, const float *bn_rstd,
-                          const int64_t *fexp, float *G, float *dW, float *db, float *dgamma,
-                          float *dbeta, float *dslope, double *sig_m, int64_t *sig_e,
-                          double *gnorm_m, int64_t *info, int64_t L, int64_t B, int64_t N,
-                          const gb_opts *opts);
-/* 1 if the library was compiled with OpenMP, else 0 */
-int gb_have_openmp(void);
+ * stack_backward. */
+int gb_stack_forward_f64(const gb_stack_arrays *a, const gb_opts *opts);
+int gb_stack_forward_f32(const gb_stack_arrays *a, const gb_opts *opts);
+int gb_stack_backward_f64(const gb_stack_arrays *a, const gb_opts *opts);
+int gb_stack_backward_f32(const gb_stack_arrays *a, const gb_opts *opts);
+
+/* The layer pairs of the drivers, exported so that tests check them layer by layer against
+ * the reference (same names and argument order as gradbench/reference.py). They allocate a
+ * small workspace per call: drivers do not call these, they call the static versions. */
+/* z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,) */
+int gb_dense_forward_f64(double *z, const double *h, const double *W, const double *b, int64_t B, int64_t N);
+int gb_dense_forward_f32(float *z, const float *h, const float *W, const float *b, int64_t B, int64_t N);
+/* dW = dz^T h, db = sum_B dz, dh = dz W.    dh (B,N), dW (N,N), db (N,), dz (B,N), h (B,N), W (N,N) */
+int gb_dense_backward_f64(double *dh, double *dW, double *db, const double *dz, const double *h, const double *W, int64_t B, int64_t N);
+int gb_dense_backward_f32(float *dh, float *dW, float *db, const float *dz, const float *h, const float *W, int64_t B, int64_t N);
+/* y = gamma (z - mean) rstd + beta.    y, xhat, z (B,N); mean, rstd, gamma, beta (N,) */
+int gb_batchnorm_forward_f64(double *y, double *xhat, double *mean, double *rstd, const double *z, const double *gamma, const double *beta, double eps, int64_t B, int64_t N);
+int gb_batchnorm_forward_f32(float *y, float *xhat, float *mean, float *rstd, const float *z, const float *gamma, const float *beta, double eps, int64_t B, int64_t N);
+/* dz = gamma rstd (dy - mean(dy) - xhat mean(dy xhat)).    dz, dy, xhat (B,N); dgamma, dbeta, rstd, gamma (N,) */
+int gb_batchnorm_backward_f64(double *dz, double *dgamma, double *dbeta, const double *dy, const double *xhat, const double *rstd, const double *gamma, int64_t B, int64_t N);
+int gb_batchnorm_backward_f32(float *dz, float *dgamma, float *dbeta, const float *dy, const float *xhat, const float *rstd, const float *gamma, int64_t B, int64_t N);
+/* a = phi(z), elementwise over n entries.    a, z (n,) */
+int gb_activation_forward_f64(double *a, const double *z, int64_t n, int act, double param);
+int gb_activation_forward_f32(float *a, const float *z, int64_t n, int act, double param);
+/* dz = da * phi'(z) (left derivative at the ReLU kink); *dslope = sum(da * min(z, 0)) for
+ * PReLU, else 0.    dz, da, z (B,N) */
+int gb_activation_backward_f64(double *dz, double *dslope, const double *da, const double *z, int64_t B, int64_t N, int act, double param);
+int gb_activation_backward_f32(float *dz, double *dslope, const float *da, const float *z, int64_t B, int64_t N, int act, double param);
+/* g *= 2^-e with e the exponent of max|g| (0 for all-zero or non-finite max); *e = e.    g (n,) */
+int gb_normalise_f64(double *g, int64_t n, int64_t *e);
+int gb_normalise_f32(float *g, int64_t n, int64_t *e);
+/* a = a 2^ea + scale s 2^es at the larger exponent *e.    a, s (n,) */
+int gb_add_aligned_f64(double *a, int64_t ea, const double *s, int64_t es, double scale, int64_t n, int64_t *e);
+int gb_add_aligned_f32(float *a, int64_t ea, const float *s, int64_t es, double scale, int64_t n, int64_t *e);
+/* clip the true g 2^e in place (value or norm), g normalised; *e_out = new exponent.    g (B,N) */
+int gb_clip_signal_f64(double *g, int64_t e, int mode, double c, int64_t B, int64_t N, int64_t *e_out);
+int gb_clip_signal_f32(float *g, int64_t e, int mode, double c, int64_t B, int64_t N, int64_t *e_out);
 /* cffi-end */
 
 #endif

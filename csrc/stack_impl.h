@@ -187,7 +187,7 @@ static void F(gb_gemm_own)(T *C, const T *A, int64_t sam, int64_t sak, const T *
 
 /* ------------------------------------------------------------------ layers */
 /* z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,) */
-static void F(gb_dense_forward)(const F(gb_ctx) *cx, T *z, const T *h, const T *W, const T *b,
+static void F(gb_dense_forward_ctx)(const F(gb_ctx) *cx, T *z, const T *h, const T *W, const T *b,
                                 int64_t B, int64_t N) {
     if (cx->gemm) { /* column major: z^T (N,B) = W (N,N) h^T (N,B) + b */
         for (int64_t r = 0; r < B; r++) memcpy(z + r * N, b, (size_t)N * sizeof(T));
@@ -205,7 +205,7 @@ static void F(gb_dense_forward)(const F(gb_ctx) *cx, T *z, const T *h, const T *
 
 /* dW = dz^T h, db = sum_B dz, dh = dz W.
  * dh (B,N), dW (N,N), db (N,), dz (B,N), h (B,N), W (N,N) */
-static void F(gb_dense_backward)(const F(gb_ctx) *cx, T *dh, T *dW, T *db, const T *dz,
+static void F(gb_dense_backward_ctx)(const F(gb_ctx) *cx, T *dh, T *dW, T *db, const T *dz,
                                  const T *h, const T *W, int64_t B, int64_t N) {
     for (int64_t j = 0; j < N; j++) db[j] = 0;
     for (int64_t r = 0; r < B; r++)
@@ -224,7 +224,7 @@ static void F(gb_dense_backward)(const F(gb_ctx) *cx, T *dh, T *dW, T *db, const
 
 /* y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance).
  * y, xhat, z (B,N); mean, rstd, gamma, beta (N,). y may be z. */
-static void F(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma,
+static void F(gb_batchnorm_forward_impl)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma,
                                     const T *beta, double eps, int64_t B, int64_t N) {
     T *var = rstd; /* the variance lives in rstd until rstd is computed */
     for (int64_t j = 0; j < N; j++) mean[j] = var[j] = 0;
@@ -251,7 +251,7 @@ static void F(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z,
 /* Train-mode batch norm backward, linear in dy:
  * dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat)).
  * dz, dy, xhat (B,N); dgamma, dbeta, rstd, gamma (N,). dz may be dy. */
-static void F(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat,
+static void F(gb_batchnorm_backward_impl)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat,
                                      const T *rstd, const T *gamma, int64_t B, int64_t N) {
     for (int64_t j = 0; j < N; j++) dgamma[j] = dbeta[j] = 0;
     for (int64_t r = 0; r < B; r++)
@@ -395,7 +395,7 @@ static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
 /* Scale g (n,) in place by 2^-e so that max|g| lies in [0.5, 1); return e (0 when g is all
  * zero or its largest magnitude is not finite). Exact: 2^-e is applied in two steps when it
  * is not a finite T (max|g| subnormal). */
-static int64_t F(gb_normalise)(T *g, int64_t n) {
+static int64_t F(gb_normalise_impl)(T *g, int64_t n) {
     T m = F(gb_absmax)(g, n, 0);
     if (!(m > 0) || !isfinite(m)) return 0;
     int e;
@@ -413,7 +413,7 @@ static int64_t F(gb_normalise)(T *g, int64_t n) {
 
 /* a * 2^ea + scale * s * 2^es written into a at the larger exponent; returns it.
  * a, s (n,) */
-static int64_t F(gb_add_aligned)(T *a, int64_t ea, const T *s, int64_t es, double scale,
+static int64_t F(gb_add_aligned_impl)(T *a, int64_t ea, const T *s, int64_t es, double scale,
                                  int64_t n) {
     const int64_t em = GB_MAX(ea, es);
     const int da = gb_clamp_exp(ea - em), ds = gb_clamp_exp(es - em);
@@ -446,7 +446,7 @@ static double F(gb_norm)(const T *x, int64_t M, int64_t N, double *rowacc) {
 
 /* Clip the true value g * 2^e (value: to [-c, c]; norm: norm <= c) in place; g normalised.
  * Returns the new exponent.    g (B,N) */
-static int64_t F(gb_clip_signal)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N,
+static int64_t F(gb_clip_signal_impl)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N,
                                  double *rowacc) {
     const int64_t n = B * N;
     if (mode == GB_CLIP_VALUE) {
@@ -480,10 +480,10 @@ static int F(gb_all_finite)(const T *x, int64_t n) {
 
 /* ------------------------------------------------------------------ drivers */
 static int F(gb_check_cfg)(const int64_t *icfg, int64_t L, int64_t B, int64_t N) {
-    if (icfg[0] < GB_IDENTITY || icfg[0] > GB_GELU) return GB_EBADACT;
-    if (L < 1 || B < 1 || N < 1 || icfg[2] < 0 || (icfg[2] > 0 && L % icfg[2] != 0))
-        return GB_EBADARG;
-    if (icfg[3] < GB_CLIP_NONE || icfg[3] > GB_CLIP_NORM) return GB_EBADARG;
+    if (icfg[GB_I_ACT] < GB_IDENTITY || icfg[GB_I_ACT] > GB_GELU) return GB_EBADACT;
+    const int64_t k = icfg[GB_I_RESIDUAL];
+    if (L < 1 || B < 1 || N < 1 || k < 0 || (k > 0 && L % k != 0)) return GB_EBADARG;
+    if (icfg[GB_I_CLIP] < GB_CLIP_NONE || icfg[GB_I_CLIP] > GB_CLIP_NORM) return GB_EBADARG;
     if (N > INT32_MAX / 2 || B > INT32_MAX / 2) return GB_EBADARG;
     return GB_OK;
 }
@@ -513,16 +513,22 @@ static void F(gb_ctx_free)(F(gb_ctx) *cx) {
     free(cx->flag);
 }
 
-int F(gb_stack_forward)(const int64_t *icfg, const double *fcfg, const T *W, const T *b,
-                        const T *gamma, const T *beta, const T *slope, T *H, T *Z, T *bn_mean,
-                        T *bn_rstd, int64_t *fexp, double *act_mean, double *act_std,
-                        double *saturation, double *dead, int64_t *info, int64_t L, int64_t B,
-                        int64_t N, const gb_opts *opts) {
+/* The forward driver: the contract of reference.stack_forward (arrays: abi.FORWARD). */
+int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
+    const int64_t L = a->L, B = a->B, N = a->N;
+    const int64_t *icfg = a->icfg;
+    const double *fcfg = a->fcfg;
+    const T *W = a->W, *b = a->b, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
+    T *H = a->H, *Z = a->Z, *bn_mean = a->bn_mean, *bn_rstd = a->bn_rstd;
+    int64_t *fexp = a->fexp, *info = a->info;
+    double *act_mean = a->act_mean, *act_std = a->act_std, *saturation = a->saturation;
+    double *dead = a->dead;
     int rc = F(gb_check_cfg)(icfg, L, B, N);
     if (rc) return rc;
-    const int act = (int)icfg[0], bn = icfg[1] != 0, rescale = icfg[4] != 0;
-    const int64_t k = icfg[2], BN = B * N, NN = N * N;
-    const double param = fcfg[0], alpha = fcfg[1], eps = fcfg[3], thr = fcfg[4];
+    const int act = (int)icfg[GB_I_ACT], bn = icfg[GB_I_BN] != 0, rescale = icfg[GB_I_RESCALE_FWD] != 0;
+    const int64_t k = icfg[GB_I_RESIDUAL], BN = B * N, NN = N * N;
+    const double param = fcfg[GB_F_ACT_PARAM], alpha = fcfg[GB_F_RES_SCALE], eps = fcfg[GB_F_BN_EPS];
+    const double thr = fcfg[GB_F_SAT];
     F(gb_ctx) cx;
     rc = F(gb_ctx_init)(&cx, opts, B, N, 1);
     T *zb = bn ? F(gb_alloc)(sizeof(T) * (size_t)BN) : NULL;
@@ -531,21 +537,21 @@ int F(gb_stack_forward)(const int64_t *icfg, const double *fcfg, const T *W, con
         free(zb);
         return GB_ENOMEM;
     }
-    info[0] = -1;
+    info[GB_INFO_FORWARD] = -1;
     for (int64_t l = 0; l < L; l++) {
         const T p = act == GB_PRELU ? slope[l] : (T)param;
         T *h = H + l * BN, *hn = H + (l + 1) * BN, *Zl = Z + l * BN;
         T *z = bn ? zb : Zl;
-        F(gb_dense_forward)(&cx, z, h, W + l * NN, b + l * N, B, N);
+        F(gb_dense_forward_ctx)(&cx, z, h, W + l * NN, b + l * N, B, N);
         if (bn)
-            F(gb_batchnorm_forward)(z, Zl, bn_mean + l * N, bn_rstd + l * N, z, gamma + l * N,
+            F(gb_batchnorm_forward_impl)(z, Zl, bn_mean + l * N, bn_rstd + l * N, z, gamma + l * N,
                                     beta + l * N, eps, B, N);
         const int64_t nsat = F(gb_activation_forward_sat)(hn, z, BN, act, p, thr, cx.nth);
         fexp[l + 1] = fexp[l];
         if (k && (l + 1) % k == 0)
-            fexp[l + 1] = F(gb_add_aligned)(hn, fexp[l], H + (l + 1 - k) * BN, fexp[l + 1 - k],
+            fexp[l + 1] = F(gb_add_aligned_impl)(hn, fexp[l], H + (l + 1 - k) * BN, fexp[l + 1 - k],
                                             alpha, BN);
-        if (rescale) fexp[l + 1] += F(gb_normalise)(hn, BN);
+        if (rescale) fexp[l + 1] += F(gb_normalise_impl)(hn, BN);
         /* statistics of h_{l+1} (two-pass, double, rows in order) and of z_l */
         double s = 0;
         for (int64_t r = 0; r < B; r++) {
@@ -574,7 +580,8 @@ int F(gb_stack_forward)(const int64_t *icfg, const double *fcfg, const T *W, con
         for (int64_t j = 0; j < N; j++) nd += fl[j];
         dead[l] = (double)nd / (double)N;
         /* a finite sum means every entry is finite; otherwise look */
-        if (info[0] < 0 && !isfinite(s) && !F(gb_all_finite)(hn, BN)) info[0] = l;
+        if (info[GB_INFO_FORWARD] < 0 && !isfinite(s) && !F(gb_all_finite)(hn, BN))
+            info[GB_INFO_FORWARD] = l;
     }
     F(gb_ctx_free)(&cx);
     free(zb);
@@ -585,28 +592,35 @@ int F(gb_stack_forward)(const int64_t *icfg, const double *fcfg, const T *W, con
  * signal is only normalised (clip_mode 0): the caller has clipped it already. */
 static void F(gb_finish)(T *G, int64_t l, int clip_mode, double c, double *sig_m,
                          int64_t *sig_e, int64_t *info, int64_t B, int64_t N, double *rowacc) {
-    int64_t e = sig_e[l] + F(gb_normalise)(G, B * N);
+    int64_t e = sig_e[l] + F(gb_normalise_impl)(G, B * N);
     if (clip_mode) {
-        e = F(gb_clip_signal)(G, e, clip_mode, c, B, N, rowacc);
-        e += F(gb_normalise)(G, B * N);
+        e = F(gb_clip_signal_impl)(G, e, clip_mode, c, B, N, rowacc);
+        e += F(gb_normalise_impl)(G, B * N);
     }
     sig_e[l] = e;
     sig_m[l] = F(gb_norm)(G, B, N, rowacc);
-    if (info[1] < 0 && !isfinite(sig_m[l]) && !F(gb_all_finite)(G, B * N)) info[1] = l;
+    if (info[GB_INFO_BACKWARD] < 0 && !isfinite(sig_m[l]) && !F(gb_all_finite)(G, B * N))
+        info[GB_INFO_BACKWARD] = l;
 }
 
-int F(gb_stack_backward)(const int64_t *icfg, const double *fcfg, const T *W, const T *gamma,
-                         const T *beta, const T *slope, const T *H, const T *Z, const T *bn_rstd,
-                         const int64_t *fexp, T *G, T *dW, T *db, T *dgamma, T *dbeta, T *dslope,
-                         double *sig_m, int64_t *sig_e, double *gnorm_m, int64_t *info, int64_t L,
-                         int64_t B, int64_t N, const gb_opts *opts) {
+/* The backward driver: the contract of reference.stack_backward (arrays: abi.BACKWARD). */
+int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
+    const int64_t L = a->L, B = a->B, N = a->N;
+    const int64_t *icfg = a->icfg;
+    const double *fcfg = a->fcfg;
+    const T *W = a->W, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
+    const T *H = a->H, *Z = a->Z, *bn_rstd = a->bn_rstd;
+    T *G = a->G, *dW = a->dW, *db = a->db, *dgamma = a->dgamma, *dbeta = a->dbeta;
+    T *dslope = a->dslope;
+    double *sig_m = a->sig_m, *gnorm_m = a->gnorm_m;
+    int64_t *sig_e = a->sig_e, *info = a->info;
     int rc = F(gb_check_cfg)(icfg, L, B, N);
     if (rc) return rc;
-    (void)fexp; /* the forward exponents only enter the weights' exponents (Python side) */
-    const int act = (int)icfg[0], bn = icfg[1] != 0, rescale = icfg[4] != 0;
-    const int clip_mode = (int)icfg[3];
-    const int64_t k = icfg[2], BN = B * N, NN = N * N;
-    const double param = fcfg[0], alpha = fcfg[1], c = fcfg[2];
+    /* a->fexp: the forward exponents only enter the weights' exponents (Python side) */
+    const int act = (int)icfg[GB_I_ACT], bn = icfg[GB_I_BN] != 0, rescale = icfg[GB_I_RESCALE_FWD] != 0;
+    const int clip_mode = (int)icfg[GB_I_CLIP];
+    const int64_t k = icfg[GB_I_RESIDUAL], BN = B * N, NN = N * N;
+    const double param = fcfg[GB_F_ACT_PARAM], alpha = fcfg[GB_F_RES_SCALE], c = fcfg[GB_F_CLIP];
     F(gb_ctx) cx;
     rc = F(gb_ctx_init)(&cx, opts, B, N, 0);
     T *dz = F(gb_alloc)(sizeof(T) * (size_t)BN);
@@ -617,7 +631,7 @@ int F(gb_stack_backward)(const int64_t *icfg, const double *fcfg, const T *W, co
         free(skip);
         return GB_ENOMEM;
     }
-    info[1] = -1;
+    info[GB_INFO_BACKWARD] = -1;
     F(gb_finish)(G, L, GB_CLIP_NONE, c, sig_m, sig_e, info, B, N, cx.rowacc);
     int64_t skip_e = 0;
     for (int64_t l = L - 1; l >= 0; l--) {
@@ -636,20 +650,95 @@ int F(gb_stack_backward)(const int64_t *icfg, const double *fcfg, const T *W, co
                                               act, p, B, N, cx.rowacc, cx.nth);
         dslope[l] = (T)ds;
         if (bn) {
-            F(gb_batchnorm_backward)(dz, dgamma + l * N, dbeta + l * N, dz, Zl, bn_rstd + l * N,
+            F(gb_batchnorm_backward_impl)(dz, dgamma + l * N, dbeta + l * N, dz, Zl, bn_rstd + l * N,
                                      gamma + l * N, B, N);
         } else {
             for (int64_t j = 0; j < N; j++) dgamma[l * N + j] = dbeta[l * N + j] = 0;
         }
-        F(gb_dense_backward)(&cx, G, dW + l * NN, db + l * N, dz, H + l * BN, W + l * NN, B, N);
+        F(gb_dense_backward_ctx)(&cx, G, dW + l * NN, db + l * N, dz, H + l * BN, W + l * NN, B, N);
         gnorm_m[l] = F(gb_norm)(dW + l * NN, N, N, cx.rowacc);
         sig_e[l] = e;
-        if (k && l % k == 0) sig_e[l] = F(gb_add_aligned)(G, e, skip, skip_e, 1.0, BN);
+        if (k && l % k == 0) sig_e[l] = F(gb_add_aligned_impl)(G, e, skip, skip_e, 1.0, BN);
         F(gb_finish)(G, l, clip_mode, c, sig_m, sig_e, info, B, N, cx.rowacc);
     }
     F(gb_ctx_free)(&cx);
     free(dz);
     free(skip);
+    return GB_OK;
+}
+
+/* ------------------------------------------------------------------ exported layer pairs */
+/* The static layer functions above, callable one at a time (tests compare them layer by layer
+ * with the reference). One thread, no BLAS: the drivers' own kernels. */
+int F(gb_dense_forward)(T *z, const T *h, const T *W, const T *b, int64_t B, int64_t N) {
+    F(gb_ctx) cx;
+    if (B < 1 || N < 1) return GB_EBADARG;
+    int rc = F(gb_ctx_init)(&cx, NULL, B, N, 1);
+    if (!rc) F(gb_dense_forward_ctx)(&cx, z, h, W, b, B, N);
+    F(gb_ctx_free)(&cx);
+    return rc;
+}
+
+int F(gb_dense_backward)(T *dh, T *dW, T *db, const T *dz, const T *h, const T *W, int64_t B, int64_t N) {
+    F(gb_ctx) cx;
+    if (B < 1 || N < 1) return GB_EBADARG;
+    int rc = F(gb_ctx_init)(&cx, NULL, B, N, 0);
+    if (!rc) F(gb_dense_backward_ctx)(&cx, dh, dW, db, dz, h, W, B, N);
+    F(gb_ctx_free)(&cx);
+    return rc;
+}
+
+int F(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma, const T *beta,
+                            double eps, int64_t B, int64_t N) {
+    if (B < 1 || N < 1) return GB_EBADARG;
+    F(gb_batchnorm_forward_impl)(y, xhat, mean, rstd, z, gamma, beta, eps, B, N);
+    return GB_OK;
+}
+
+int F(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat, const T *rstd,
+                             const T *gamma, int64_t B, int64_t N) {
+    if (B < 1 || N < 1) return GB_EBADARG;
+    F(gb_batchnorm_backward_impl)(dz, dgamma, dbeta, dy, xhat, rstd, gamma, B, N);
+    return GB_OK;
+}
+
+int F(gb_activation_forward)(T *a, const T *z, int64_t n, int act, double param) {
+    if (act < GB_IDENTITY || act > GB_GELU) return GB_EBADACT;
+    if (n < 0) return GB_EBADARG;
+    F(gb_activation_forward_sat)(a, z, n, act, (T)param, 0.0, 1);
+    return GB_OK;
+}
+
+int F(gb_activation_backward)(T *dz, double *dslope, const T *da, const T *z, int64_t B, int64_t N,
+                              int act, double param) {
+    if (act < GB_IDENTITY || act > GB_GELU) return GB_EBADACT;
+    if (B < 1 || N < 1) return GB_EBADARG;
+    double *rowacc = F(gb_alloc)(sizeof(double) * (size_t)B);
+    if (!rowacc) return GB_ENOMEM;
+    *dslope = F(gb_activation_backward_layer)(dz, da, z, NULL, NULL, NULL, 0, (T)1, act, (T)param, B, N,
+                                              rowacc, 1);
+    free(rowacc);
+    return GB_OK;
+}
+
+int F(gb_normalise)(T *g, int64_t n, int64_t *e) {
+    if (n < 0) return GB_EBADARG;
+    *e = F(gb_normalise_impl)(g, n);
+    return GB_OK;
+}
+
+int F(gb_add_aligned)(T *a, int64_t ea, const T *s, int64_t es, double scale, int64_t n, int64_t *e) {
+    if (n < 0) return GB_EBADARG;
+    *e = F(gb_add_aligned_impl)(a, ea, s, es, scale, n);
+    return GB_OK;
+}
+
+int F(gb_clip_signal)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N, int64_t *e_out) {
+    if (B < 1 || N < 1 || mode < GB_CLIP_NONE || mode > GB_CLIP_NORM) return GB_EBADARG;
+    double *rowacc = F(gb_alloc)(sizeof(double) * (size_t)B);
+    if (!rowacc) return GB_ENOMEM;
+    *e_out = F(gb_clip_signal_impl)(g, e, mode, c, B, N, rowacc);
+    free(rowacc);
     return GB_OK;
 }
 

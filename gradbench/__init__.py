@@ -11,11 +11,12 @@ Quick start::
 """
 
 from gradbench.backends import backend_status, backends
-from gradbench.engine import GradHistogram, Grads, Result, backprop
+from gradbench.engine import backprop
+from gradbench.histograms import GradHistogram
 from gradbench.logscaled import LogScaled, UnderflowWarning
-from gradbench.params import Params, gaussian_input, init_params
+from gradbench.params import GeneratedParams, Params, gaussian_input, init_params
+from gradbench.results import Grads, Result
 from gradbench.spec import ACTIVATIONS, INITS, LOSSES, Stack
-from gradbench.weights import GeneratedParams
 
 __version__ = "0.1.0"
 

@@ -1,16 +1,18 @@
 """The C backend: thin Python wrappers over the cffi-compiled ``gradbench._ckernels``.
 
 :func:`stack_forward` and :func:`stack_backward` take exactly the arguments of
-:mod:`gradbench.reference` (the contract is documented there), check dtype, contiguity and
-shape of every array, pass the buffers with ``ffi.from_buffer`` (never copied) and make one C
-call per direction. cffi releases the GIL around every C call, so two Python threads run the
-kernels at the same time. Error codes of the C functions become exceptions.
+:mod:`gradbench.reference` (the table :data:`gradbench.abi.FORWARD` / ``BACKWARD``), validate
+them with :func:`gradbench.abi.check`, fill one ``gb_stack_arrays`` struct of pointers with
+the buffers (``ffi.from_buffer``, never copied) and make one C call per direction. cffi releases
+the GIL around every C call, so two Python threads run the kernels at the same time. Error
+codes of the C functions become exceptions. The layer functions (:func:`dense_forward`, ...)
+call the exported C layer pairs one at a time, with the reference's arguments, for tests.
 
 For wide layers the C drivers call the BLAS that SciPy ships (``dgemm``/``sgemm`` taken from
 ``scipy.linalg.cython_blas`` at import and passed into C as function pointers); narrow layers use
 the register-blocked kernels in ``csrc/``. ``GRADBENCH_C_THREADS`` sets the number of threads of
-the own kernels (else ``OMP_NUM_THREADS``, else up to 2, the machine's cores); results do not
-depend on it. SciPy's BLAS follows ``OPENBLAS_NUM_THREADS``.
+the own kernels (else ``OMP_NUM_THREADS``, else the cores this process may run on); results do
+not depend on it. SciPy's BLAS follows ``OPENBLAS_NUM_THREADS``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 
 import numpy as np
 
-from gradbench import spec
+from gradbench import abi
 
 try:
     from gradbench._ckernels import ffi, lib
@@ -30,11 +32,11 @@ except ImportError as exc:  # pragma: no cover - depends on the build
     ) from exc
 
 _ERRORS = {
-    1: (ValueError, "unknown activation code"),
-    2: (ValueError, "bad argument"),
-    3: (MemoryError, "the C kernel could not allocate its workspace"),
+    abi.EBADACT: (ValueError, "unknown activation code"),
+    abi.EBADARG: (ValueError, "bad argument"),
+    abi.ENOMEM: (MemoryError, "the C kernel could not allocate its workspace"),
 }
-_CTYPE = {np.dtype(np.float64): ("double[]", "f64"), np.dtype(np.float32): ("float[]", "f32")}
+_SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 
 # Layers at least this wide use BLAS for their three matrix products (measured on a 2-core AMD
 # EPYC (Zen 4) with SciPy's OpenBLAS: from width 64 on it is 10-40 % faster than the own
@@ -48,27 +50,20 @@ PAR_MIN_WORK = int(os.environ.get("GRADBENCH_C_PAR_MIN_WORK", str(1 << 22)))
 
 def check(rc: int, what: str) -> None:
     """Raise the exception that the C error code ``rc`` of function ``what`` stands for."""
-    if rc != 0:
+    if rc != abi.OK:
         kind, text = _ERRORS.get(rc, (RuntimeError, f"error code {rc}"))
         raise kind(f"{what}: {text}")
 
 
-def buffer(a: np.ndarray, name: str, dtype=None):
-    """A cffi pointer to the C-contiguous array ``a`` (checked, never copied)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"{name} has dtype {a.dtype}, expected {np.dtype(dtype)}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (pass np.ascontiguousarray({name}))")
-    if a.dtype == np.int64:
-        return ffi.from_buffer("int64_t[]", a)
-    return ffi.from_buffer(_CTYPE[a.dtype][0], a)
+def pointer(a: np.ndarray, ctype: str):
+    """``a``'s buffer as a cffi pointer of type ``ctype`` (never copied; ``a`` already checked)."""
+    return ffi.cast(ctype, ffi.from_buffer(a))
 
 
-def _suffix(a: np.ndarray) -> str:
+def suffix(a: np.ndarray) -> str:
+    """The C function suffix of ``a``'s dtype (f64 or f32)."""
     try:
-        return _CTYPE[a.dtype][1]
+        return _SUFFIX[a.dtype]
     except KeyError:
         raise TypeError(f"dtype {a.dtype} is not supported; use float64 or float32") from None
 
@@ -104,7 +99,7 @@ def _default_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(2, cores))
+    return max(1, cores)
 
 
 def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,
@@ -123,126 +118,141 @@ def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: in
 
 # Immutable after import: read by every call, never written (no global mutable state).
 _OPTS = make_opts()
-HAVE_OPENMP = bool(lib.gb_have_openmp())
 
 
 # ------------------------------------------------------------------ the contract
-def _cfg(icfg, fcfg):
-    if not (isinstance(icfg, np.ndarray) and icfg.dtype == np.int64 and icfg.shape == (spec.I_SIZE,)):
-        raise TypeError(f"icfg must be an int64 array of shape ({spec.I_SIZE},) from spec.kernel_config")
-    if not (isinstance(fcfg, np.ndarray) and fcfg.dtype == np.float64 and fcfg.shape == (spec.F_SIZE,)):
-        raise TypeError(f"fcfg must be a float64 array of shape ({spec.F_SIZE},) from spec.kernel_config")
-    return buffer(icfg, "icfg"), buffer(fcfg, "fcfg")
+# The C type of each gb_stack_arrays field, from the struct itself (tests/test_abi.py checks
+# that its fields are the arrays of abi.FORWARD and abi.BACKWARD).
+_FIELD_TYPE = {name: field.type for name, field in ffi.typeof("gb_stack_arrays").fields}
 
 
-def _check_shapes(arrays: dict, shapes: dict, dtypes: dict) -> None:
-    for name, a in arrays.items():
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != dtypes[name]:
-            raise TypeError(f"{name} has dtype {a.dtype}, expected {np.dtype(dtypes[name])}")
-        if a.shape != shapes[name]:
-            raise ValueError(f"{name} has shape {a.shape}, expected {shapes[name]}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous")
-    for name in ("H", "Z", "G", "dW", "db", "dgamma", "dbeta", "dslope", "bn_mean", "bn_rstd",
-                 "fexp", "act_mean", "act_std", "saturation", "dead", "info", "sig_m", "sig_e",
-                 "gnorm_m"):
-        if name in arrays and not arrays[name].flags.writeable:
-            raise ValueError(f"{name} must be writeable (the kernel writes into it)")
+def _driver(function: str, opts, arrays: tuple) -> None:
+    """Fill a gb_stack_arrays with the (checked) arrays of ``function`` and call its C driver."""
+    table = abi.CONTRACTS[function].args
+    W, H = arrays[2], arrays[[a.name for a in table].index("H")]
+    st = ffi.new("gb_stack_arrays *")
+    for arg, a in zip(table, arrays):
+        setattr(st, arg.name, pointer(a, _FIELD_TYPE[arg.name]))
+    st.L, st.B, st.N = W.shape[0], H.shape[1], W.shape[1]
+    name = f"gb_{function}_{suffix(W)}"
+    check(getattr(lib, name)(st, opts), name)  # `arrays` keeps every buffer alive during the call
 
 
-def _dims(W, H):
-    if not isinstance(W, np.ndarray) or W.ndim != 3 or W.shape[1] != W.shape[2]:
-        raise ValueError(f"W must have shape (L, N, N), got {getattr(W, 'shape', None)}")
-    if not isinstance(H, np.ndarray) or H.ndim != 3:
-        raise ValueError(f"H must have shape (L+1, B, N), got {getattr(H, 'shape', None)}")
-    return W.shape[0], H.shape[1], W.shape[1]
+def _forward_kernel(*arrays):
+    _driver("stack_forward", _OPTS, arrays)
 
 
-def stack_forward(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
-                  act_mean, act_std, saturation, dead, info):
-    """Forward through all L layers in one C call (contract: :mod:`gradbench.reference`)."""
-    forward_with(_OPTS, icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
-                 act_mean, act_std, saturation, dead, info)
+def _backward_kernel(*arrays):
+    _driver("stack_backward", _OPTS, arrays)
 
 
-def stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
-                   dbeta, dslope, sig_m, sig_e, gnorm_m, info):
-    """Backward through all L layers in one C call (contract: :mod:`gradbench.reference`)."""
-    backward_with(_OPTS, icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db,
-                  dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, info)
+stack_forward = abi.checked("stack_forward", _forward_kernel)
+stack_backward = abi.checked("stack_backward", _backward_kernel)
 
 
-def forward_with(opts, icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
-                 act_mean, act_std, saturation, dead, info):
+def forward_with(opts, *args, **kwargs):
     """:func:`stack_forward` with explicit options from :func:`make_opts` (tests, tuning)."""
-    ic, fc = _cfg(icfg, fcfg)
-    L, B, N = _dims(W, H)
-    t, f8, i8 = W.dtype, np.dtype(np.float64), np.dtype(np.int64)
-    sfx = _suffix(W)
-    arrays = dict(W=W, b=b, gamma=gamma, beta=beta, slope=slope, H=H, Z=Z, bn_mean=bn_mean,
-                  bn_rstd=bn_rstd, fexp=fexp, act_mean=act_mean, act_std=act_std,
-                  saturation=saturation, dead=dead, info=info)
-    shapes = dict(W=(L, N, N), b=(L, N), gamma=(L, N), beta=(L, N), slope=(L,), H=(L + 1, B, N),
-                  Z=(L, B, N), bn_mean=(L, N), bn_rstd=(L, N), fexp=(L + 1,), act_mean=(L,),
-                  act_std=(L,), saturation=(L,), dead=(L,), info=info.shape)
-    dtypes = dict(W=t, b=t, gamma=t, beta=t, slope=t, H=t, Z=t, bn_mean=t, bn_rstd=t, fexp=i8,
-                  act_mean=f8, act_std=f8, saturation=f8, dead=f8, info=i8)
-    _check_shapes(arrays, shapes, dtypes)
-    if info.ndim != 1 or info.size < 2:
-        raise ValueError(f"info must have shape (k,) with k >= 2, got {info.shape}")
-    fn = getattr(lib, f"gb_stack_forward_{sfx}")
-    p = {n: buffer(a, n) for n, a in arrays.items()}
-    rc = fn(ic, fc, p["W"], p["b"], p["gamma"], p["beta"], p["slope"], p["H"], p["Z"],
-            p["bn_mean"], p["bn_rstd"], p["fexp"], p["act_mean"], p["act_std"], p["saturation"],
-            p["dead"], p["info"], L, B, N, opts)
-    check(rc, f"gb_stack_forward_{sfx}")
+    arrays = abi.bind("stack_forward", args, kwargs)
+    abi.check("stack_forward", arrays)
+    _driver("stack_forward", opts, tuple(arrays.values()))
 
 
-def backward_with(opts, icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db,
-                  dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, info):
+def backward_with(opts, *args, **kwargs):
     """:func:`stack_backward` with explicit options from :func:`make_opts` (tests, tuning)."""
-    ic, fc = _cfg(icfg, fcfg)
-    L, B, N = _dims(W, H)
-    t, f8, i8 = W.dtype, np.dtype(np.float64), np.dtype(np.int64)
-    sfx = _suffix(W)
-    arrays = dict(W=W, gamma=gamma, beta=beta, slope=slope, H=H, Z=Z, bn_rstd=bn_rstd, fexp=fexp,
-                  G=G, dW=dW, db=db, dgamma=dgamma, dbeta=dbeta, dslope=dslope, sig_m=sig_m,
-                  sig_e=sig_e, gnorm_m=gnorm_m, info=info)
-    shapes = dict(W=(L, N, N), gamma=(L, N), beta=(L, N), slope=(L,), H=(L + 1, B, N),
-                  Z=(L, B, N), bn_rstd=(L, N), fexp=(L + 1,), G=(B, N), dW=(L, N, N), db=(L, N),
-                  dgamma=(L, N), dbeta=(L, N), dslope=(L,), sig_m=(L + 1,), sig_e=(L + 1,),
-                  gnorm_m=(L,), info=info.shape)
-    dtypes = dict(W=t, gamma=t, beta=t, slope=t, H=t, Z=t, bn_rstd=t, fexp=i8, G=t, dW=t, db=t,
-                  dgamma=t, dbeta=t, dslope=t, sig_m=f8, sig_e=i8, gnorm_m=f8, info=i8)
-    _check_shapes(arrays, shapes, dtypes)
-    if info.ndim != 1 or info.size < 2:
-        raise ValueError(f"info must have shape (k,) with k >= 2, got {info.shape}")
-    fn = getattr(lib, f"gb_stack_backward_{sfx}")
-    p = {n: buffer(a, n) for n, a in arrays.items()}
-    rc = fn(ic, fc, p["W"], p["gamma"], p["beta"], p["slope"], p["H"], p["Z"], p["bn_rstd"],
-            p["fexp"], p["G"], p["dW"], p["db"], p["dgamma"], p["dbeta"], p["dslope"], p["sig_m"],
-            p["sig_e"], p["gnorm_m"], p["info"], L, B, N, opts)
-    check(rc, f"gb_stack_backward_{sfx}")
+    arrays = abi.bind("stack_backward", args, kwargs)
+    abi.check("stack_backward", arrays)
+    _driver("stack_backward", opts, tuple(arrays.values()))
 
 
-# ------------------------------------------------------------------ elementwise (for tests)
-def activation(z: np.ndarray, code: int, param: float) -> np.ndarray:
+# ------------------------------------------------------------------ layer pairs (for tests)
+# The exported C layer functions with the reference's names and arguments (outputs first).
+def _layer(name: str, like: np.ndarray, *args) -> None:
+    full = f"gb_{name}_{suffix(like)}"
+    keep = [np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args]  # alive during the call
+    conv = [pointer(a, "void *") if isinstance(a, np.ndarray) else a for a in keep]
+    check(getattr(lib, full)(*conv), full)
+
+
+def _outputs(*arrays) -> None:
+    for a in arrays:
+        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError("output arrays must be C-contiguous, writeable numpy arrays")
+
+
+def dense_forward(z, h, W, b):
+    """z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,)"""
+    _outputs(z)
+    _layer("dense_forward", z, z, h, W, b, z.shape[0], z.shape[1])
+
+
+def dense_backward(dh, dW, db, dz, h, W):
+    """dW = dz^T h, db = sum_B dz, dh = dz W."""
+    _outputs(dh, dW, db)
+    _layer("dense_backward", dz, dh, dW, db, dz, h, W, dz.shape[0], dz.shape[1])
+
+
+def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
+    """y = gamma * (z - mean_B) * rstd + beta (train mode, biased variance)."""
+    _outputs(y, xhat, mean, rstd)
+    _layer("batchnorm_forward", z, y, xhat, mean, rstd, z, gamma, beta, float(eps), z.shape[0], z.shape[1])
+
+
+def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
+    """dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat))."""
+    _outputs(dz, dgamma, dbeta)
+    _layer("batchnorm_backward", dy, dz, dgamma, dbeta, dy, xhat, rstd, gamma, dy.shape[0], dy.shape[1])
+
+
+def activation_forward(a, z, code, param):
+    """a = phi(z)."""
+    _outputs(a)
+    _layer("activation_forward", z, a, z, z.size, int(code), float(param))
+
+
+def activation_backward(dz, da, z, code, param) -> float:
+    """dz = da * phi'(z); returns dL/dslope = sum(da * min(z, 0)) for PReLU, else 0."""
+    _outputs(dz)
+    ds = ffi.new("double *")
+    rows = z.shape[0] if z.ndim == 2 else 1
+    _layer("activation_backward", z, dz, ds, da, z, rows, z.size // rows, int(code), float(param))
+    return float(ds[0])
+
+
+def normalise(g) -> int:
+    """g *= 2**-e in place with e the exponent of max|g|; returns e."""
+    _outputs(g)
+    e = ffi.new("int64_t *")
+    _layer("normalise", g, g, g.size, e)
+    return int(e[0])
+
+
+def add_aligned(a, ea, s, es, scale=1.0) -> int:
+    """a * 2**ea + scale * s * 2**es, written into a, at the larger exponent; returns it."""
+    _outputs(a)
+    e = ffi.new("int64_t *")
+    _layer("add_aligned", a, a, int(ea), s, int(es), float(scale), a.size, e)
+    return int(e[0])
+
+
+def clip_signal(g, e, mode, c) -> int:
+    """Clip the true value g * 2**e in place (value or norm); returns the new exponent."""
+    _outputs(g)
+    out = ffi.new("int64_t *")
+    _layer("clip_signal", g, g, int(e), int(mode), float(c), g.shape[0], g.shape[1], out)
+    return int(out[0])
+
+
+def phi(z: np.ndarray, code: int, param: float) -> np.ndarray:
     """phi(z) computed by the C kernel (for tests against the reference)."""
     z = np.ascontiguousarray(z)
     a = np.empty_like(z)
-    fn = getattr(lib, f"gb_activation_forward_{_suffix(z)}")
-    check(fn(buffer(a, "a"), buffer(z, "z"), z.size, int(code), float(param)), f"gb_activation_forward_{_suffix(z)}")
+    activation_forward(a, z, code, param)
     return a
 
 
-def activation_grad(z: np.ndarray, code: int, param: float) -> np.ndarray:
+def dphi(z: np.ndarray, code: int, param: float) -> np.ndarray:
     """phi'(z) computed by the C kernel, as da * phi'(z) with da = 1."""
     z = np.ascontiguousarray(z)
     dz = np.empty_like(z)
-    ones = np.ones_like(z)
-    fn = getattr(lib, f"gb_activation_backward_{_suffix(z)}")
-    check(fn(buffer(dz, "dz"), buffer(ones, "da"), buffer(z, "z"), z.size, int(code), float(param)),
-          f"gb_activation_backward_{_suffix(z)}")
+    activation_backward(dz, np.ones_like(z), z, code, param)
     return dz

@@ -181,7 +181,7 @@ def run_stack(stack: Stack, batch: int, seed: int, backend: str, label: str = ""
     segments. Returns ``(result, params)``.
     """
     import gradbench as gb
-    from gradbench.weights import GeneratedParams
+    from gradbench.params import GeneratedParams
 
     if isinstance(batch, bool) or batch < 1:
         raise UsageError(f"--batch must be >= 1, got {batch}")
@@ -213,7 +213,8 @@ def _payload(**kw) -> dict:
 # ------------------------------------------------------------------ run
 def cmd_run(args) -> int:
     from gradbench import plot
-    from gradbench.diagnose import diagnose, format_report
+    from gradbench.diagnose import diagnose
+    from gradbench.report import format_report
 
     _check_plot_path(args.plot)
     _check_plot_path(args.hist)
@@ -247,7 +248,7 @@ def cmd_run(args) -> int:
 
 
 def _label(stack: Stack) -> str:
-    from gradbench.diagnose import _describe
+    from gradbench.report import describe as _describe
     from dataclasses import asdict
 
     return _describe(asdict(stack)).rsplit(", ", 1)[0]
@@ -279,7 +280,7 @@ DEMO_CONFIGS = ("sigmoid", "tanh", "relu", "sigmoid-xavier", "relu-he", "sigmoid
 
 def compare_table(diags: dict, layers: list[int]) -> str:
     """One row per configuration: verdict, slope and log10 ||dW_l|| at a few layers."""
-    from gradbench.diagnose import _fmt_pow
+    from gradbench.report import fmt_pow as _fmt_pow
 
     name_w = max(13, max(len(k) for k in diags))
     head = f"{'configuration':<{name_w}}  {'verdict':<9} {'dec/layer':>9}" + "".join(

@@ -1,8 +1,8 @@
 """Diagnosis of one forward + backward pass: where and why the gradients vanish or explode.
 
 :func:`diagnose` turns a :class:`~gradbench.Result` into a :class:`Diagnosis` (frozen,
-``to_dict`` / ``to_json`` / ``from_dict``, and ``str`` for a terminal). Definitions (DESIGN
-section 6; L layers, l = 0 at the input, l = L - 1 at the top):
+``to_dict`` / ``to_json`` / ``from_dict``, and ``str`` for a terminal). Definitions (L layers,
+l = 0 at the input, l = L - 1 at the top; docs/diagnosis.md):
 
 - ``grad_log10[l]`` = log10 ||dL/dW_l||_F and ``signal_log10[l]`` = log10 ||dL/dh_l||_F, exact
   (mantissa and int64 exponent), so 10^-60000 is reported as such.
@@ -21,7 +21,9 @@ section 6; L layers, l = 0 at the input, l = L - 1 at the top):
   top it would take at the fitted rate (``layers_to_underflow`` / ``layers_to_overflow``).
 - Histograms of log10 |dW_l| entries with the same bin edges for every layer (default: the
   whole-decade range of all layers in ``bins`` bins), computed exactly from the mantissas and
-  exponents; exact zeros and non-finite entries are counted apart.
+  exponents (:mod:`gradbench.histograms`); exact zeros and non-finite entries are counted apart.
+
+The terminal report (``str(diagnosis)``) is :func:`gradbench.report.format_report`.
 """
 
 from __future__ import annotations
@@ -33,10 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradbench.logscaled import LOG10_2
+from gradbench.histograms import DEFAULT_BINS, histograms, rebin_streaming
 from gradbench.spec import Stack
-
-VERDICTS = ("vanishing", "exploding", "stable")
 
 # log10 of the smallest normal and the largest finite number of each dtype.
 FLOAT_LIMITS = {
@@ -143,6 +143,8 @@ class Diagnosis:
 
     # ------------------------------------------------------------ text
     def __str__(self) -> str:
+        from gradbench.report import format_report
+
         return format_report(self)
 
 
@@ -230,103 +232,7 @@ def float_limits(grad_log10: np.ndarray, slope: float) -> dict:
     return out
 
 
-def _checked_range(hist_range) -> tuple[float, float]:
-    lo, hi = map(float, hist_range)
-    if not hi > lo:
-        raise ValueError(f"hist_range must be (lo, hi) with hi > lo, got {hist_range}")
-    return lo, hi
-
-
-def histograms(W, bins: int = 40, hist_range: tuple[float, float] | None = None, chunk: int = 4096):
-    """Histograms of log10 |entries| of each layer's dW, exact from mantissas and exponents.
-
-    Parameters
-    ----------
-    W : LogScaled (L, N, M)
-    bins : int
-    hist_range : (lo, hi), optional
-        In log10 units; default: floor and ceil of the finite, non-zero range over all layers.
-
-    Returns
-    -------
-    edges (bins + 1,), counts (L, bins), zeros (L,), nonfinite (L,), outside (L,)
-    """
-    m = W.mantissa
-    L = m.shape[0]
-    m2 = m.reshape(L, -1)
-    e = W.exponent.reshape(L)
-    absm = np.abs(m2)
-    zeros = np.sum(absm == 0, axis=1).astype(np.int64)
-    nonfinite = np.sum(~np.isfinite(m2), axis=1).astype(np.int64)
-    if hist_range is None:
-        ok = np.isfinite(absm) & (absm > 0)
-        has = ok.any(axis=1)
-        if has.any():
-            with np.errstate(divide="ignore"):
-                lmin = np.where(ok, absm, np.inf).min(axis=1)
-                lmax = np.where(ok, absm, 0).max(axis=1)
-                lo = float(np.min(np.log10(lmin[has]) + LOG10_2 * e[has]))
-                hi = float(np.max(np.log10(lmax[has]) + LOG10_2 * e[has]))
-            lo, hi = math.floor(lo), math.ceil(hi)
-            if hi <= lo:
-                hi = lo + 1
-        else:
-            lo, hi = -1.0, 0.0
-    else:
-        lo, hi = _checked_range(hist_range)
-    edges = np.linspace(lo, hi, bins + 1)
-    counts = np.zeros((L, bins), dtype=np.int64)
-    outside = np.zeros(L, dtype=np.int64)
-    width = (hi - lo) / bins
-    for s in range(0, L, chunk):
-        a = absm[s:s + chunk]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            v = np.log10(a) + LOG10_2 * e[s:s + chunk, None]
-        ok = np.isfinite(v) & (a > 0)
-        idx = np.floor((v - lo) / width)
-        idx = np.where(idx == bins, bins - 1, idx)  # hi itself goes in the last bin
-        inside = ok & (idx >= 0) & (idx < bins)
-        outside[s:s + chunk] = np.sum(ok & ~inside, axis=1)
-        rows = np.broadcast_to(np.arange(a.shape[0])[:, None], a.shape)
-        flat = rows[inside] * bins + idx[inside].astype(np.int64)
-        counts[s:s + chunk] = np.bincount(flat, minlength=a.shape[0] * bins).reshape(a.shape[0], bins)
-    return edges, counts, zeros, nonfinite, outside
-
-
-def rebin_streaming(hist, bins: int = 40, hist_range: tuple[float, float] | None = None,
-                    chunk: int = 65536):
-    """The streaming histograms of a ``stats_only`` run (:class:`gradbench.engine.GradHistogram`)
-    on ``bins`` common bins, as :func:`histograms` returns them.
-
-    Each fine bin (1 / per_decade decades, exact) goes whole into the common bin that holds its
-    centre; the default range is the floor and ceil of the fine windows over all layers.
-    """
-    L, wb, pd = len(hist.top), hist.bins, hist.per_decade
-    has = hist.counts.sum(axis=1) > 0
-    if hist_range is None:
-        if has.any():
-            lo = math.floor(float((hist.top[has] - wb + 1).min()) / pd)
-            hi = math.ceil(float(hist.top[has].max() + 1) / pd)
-        else:
-            lo, hi = -1.0, 0.0
-    else:
-        lo, hi = _checked_range(hist_range)
-    edges = np.linspace(lo, hi, bins + 1)
-    counts = np.zeros((L, bins), dtype=np.int64)
-    outside = hist.below.astype(np.int64).copy()
-    for a in range(0, L, chunk):
-        b = min(L, a + chunk)
-        centre = (hist.top[a:b, None] - wb + 1 + np.arange(wb)[None, :] + 0.5) / pd
-        col = np.floor((centre - lo) / (hi - lo) * bins).astype(np.int64)
-        c = hist.counts[a:b].astype(np.int64)
-        inside = (col >= 0) & (col < bins)
-        rows = np.broadcast_to(np.arange(a, b)[:, None], col.shape)
-        np.add.at(counts, (rows[inside], col[inside]), c[inside])
-        outside[a:b] += np.where(inside, 0, c).sum(axis=1)
-    return edges, counts, hist.zeros.astype(np.int64), hist.nonfinite.astype(np.int64), outside
-
-
-def diagnose(res, params=None, *, bins: int = 40, hist_range: tuple[float, float] | None = None,
+def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | None = None,
              threshold: float = 2.0, big_ratio: float = 10.0) -> Diagnosis:
     """Statistics and a verdict from a :class:`~gradbench.Result`.
 
@@ -510,118 +416,3 @@ def _verdict(stack, g, slope, threshold, res, limits, w, big_relative) -> tuple[
         if dead > 0.1:
             words.append(f"{100 * dead:.0f} % of the units are dead (z <= 0 for the whole batch)")
     return verdict, "; ".join(words) + "."
-
-
-# ------------------------------------------------------------------ text
-def _fmt_pow(v: float) -> str:
-    if math.isnan(v):
-        return "nan"
-    if v == -math.inf:
-        return "0"
-    if v == math.inf:
-        return "inf"
-    return f"10^{v:.2f}" if abs(v) < 1e4 else f"10^{v:.1f}"
-
-
-def _fmt_float(v: float, log10_abs: float) -> str:
-    """A float, or its exact power of ten when the float cannot hold it (forward-rescaled stacks)."""
-    if (v != 0 and math.isfinite(v)) or log10_abs == -math.inf or math.isnan(log10_abs):
-        return f"{v:.4g}"
-    return ("-" if math.copysign(1.0, v) < 0 else "") + _fmt_pow(log10_abs)
-
-
-def table_layers(L: int, rows: int = 12) -> list[int]:
-    """A readable selection of layers: all when few, else both ends and evenly spaced middle."""
-    if L <= rows:
-        return list(range(L))
-    ends = 3
-    middle = np.linspace(ends, L - 1 - ends, rows - 2 * ends).round().astype(int).tolist()
-    return sorted(set(range(ends)) | set(middle) | set(range(L - ends, L)))
-
-
-def _describe(stack: dict) -> str:
-    parts = [f"depth {stack['depth']}", f"width {stack['width']}", stack["activation"], stack["init"]]
-    if stack.get("sigma_w") is not None:
-        parts.append(f"sigma_w={stack['sigma_w']:g}")
-    if stack.get("batch_norm"):
-        parts.append("batch norm")
-    if stack.get("residual"):
-        parts.append(f"residual every {stack['residual']}")
-    if stack.get("clip"):
-        parts.append(f"clip {stack['clip']} {stack['clip_threshold']:g} on {stack['clip_on']}")
-    if stack.get("loss", "sum_squares") != "sum_squares":
-        parts.append(f"loss {stack['loss']}")
-    parts.append(stack.get("dtype", "float64"))
-    return ", ".join(parts)
-
-
-def format_report(d: Diagnosis, rows: int = 12) -> str:
-    """The terminal text of a diagnosis."""
-    L = d.depth
-    out = [f"gradbench diagnosis: {_describe(d.stack)} (backend {d.backend})"]
-    out.append(f"  verdict: {d.verdict.upper()}")
-    for sentence in _wrap(d.explanation, 92):
-        out.append("    " + sentence)
-    if math.isfinite(d.decades_per_layer):
-        out.append(
-            f"  slope: {d.decades_per_layer:+.4g} decades per layer (log10 ||dW_l|| vs l, least squares;"
-            " + means smaller towards the input)"
-        )
-    out.append(f"  loss: {_fmt_pow(d.loss_log10) if not math.isfinite(d.loss) or abs(d.loss_log10) > 300 else f'{d.loss:.6g}'}")
-    for name, lim in d.float_limits.items():
-        out.append("  " + _limit_sentence(name, lim))
-    if d.first_nonfinite_forward is not None:
-        out.append(f"  first non-finite layer (forward): {d.first_nonfinite_forward}")
-    if d.first_nonfinite_backward is not None:
-        out.append(f"  first non-finite layer (backward): {d.first_nonfinite_backward}")
-    act = d.stack["activation"]
-    show_sat = act in ("sigmoid", "tanh")
-    show_dead = act in ("relu", "leaky_relu", "prelu")
-    head = f"  {'layer':>7} {'||dL/dW_l||':>14} {'||dL/dh_l||':>14} {'act mean':>11} {'act std':>11}"
-    if show_sat:
-        head += f" {'saturated':>9}"
-    if show_dead:
-        head += f" {'dead':>6}"
-    out.append("")
-    out.append(head)
-    prev = -1
-    for l in table_layers(L, rows):
-        if l != prev + 1:
-            out.append(f"  {'...':>7}")
-        prev = l
-        line = (f"  {l:>7} {_fmt_pow(d.grad_log10[l]):>14} {_fmt_pow(d.signal_log10[l]):>14} "
-                f"{_fmt_float(d.act_mean[l], d.act_mean_log10[l]):>11} "
-                f"{_fmt_float(d.act_std[l], d.act_std_log10[l]):>11}")
-        if show_sat:
-            line += f" {100 * d.saturation[l]:8.1f}%"
-        if show_dead:
-            line += f" {100 * d.dead[l]:5.1f}%"
-        out.append(line)
-    return "\n".join(out)
-
-
-def _limit_sentence(name: str, lim: dict) -> str:
-    parts = []
-    if lim["underflow_layer"] is not None:
-        parts.append(
-            f"plain {name} would underflow at layer {lim['underflow_layer']} "
-            f"(||dW|| < 10^{lim['min_log10']:.2f}; that layer and every one below would read 0 or subnormal)"
-        )
-    if lim["overflow_layer"] is not None:
-        parts.append(
-            f"plain {name} would overflow at layer {lim['overflow_layer']} (||dW|| > 10^{lim['max_log10']:.2f}: inf)"
-        )
-    if not parts:
-        if lim["layers_to_underflow"] is not None:
-            parts.append(f"plain {name} is fine here; at this rate it would underflow after ~{lim['layers_to_underflow']} layers")
-        elif lim["layers_to_overflow"] is not None:
-            parts.append(f"plain {name} is fine here; at this rate it would overflow after ~{lim['layers_to_overflow']} layers")
-        else:
-            parts.append(f"plain {name} is fine here")
-    return "; ".join(parts)
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width) or [""]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradbench.abi import EXP_CLAMP
+
 LOG10_2 = float(np.log10(2.0))
 
 
@@ -103,3 +105,9 @@ class LogScaled:
             body = ", ".join(f"10^{v:.4g}" for v in np.ravel(self.log10()))
             return f"LogScaled([{body}])"
         return f"LogScaled(shape={self.shape}, exponent range [{self.exponent.min()}, {self.exponent.max()}])"
+
+
+def ldexp(m, e):
+    """m * 2**e elementwise with int64 exponents, clamped to +-EXP_CLAMP (every float is 0 or
+    inf beyond it) so that NumPy's int32 ldexp never wraps."""
+    return np.ldexp(m, np.clip(e, -EXP_CLAMP, EXP_CLAMP).astype(np.int32))

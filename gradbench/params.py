@@ -1,23 +1,64 @@
-"""Parameters of a stack: created once in Python from a seeded generator, shared by every backend.
+"""Parameters of a stack: :class:`Params` (stored arrays) and :class:`GeneratedParams` (never stored).
+
+Both are created once in Python from a seeded generator and shared by every backend, so all
+backends see bit-identical weights. The engine asks either for one segment of layers at a time
+with ``segment(start, stop)``.
 
 All arrays are C-contiguous, of the stack's dtype, stacked per layer::
 
     W      (L, N, N)   b (L, N)   gamma (L, N)   beta (L, N)   slope (L,)
     W_in   (N, D)      b_in (N,)                  only when input_dim != width
     W_out  (O, N)      b_out (O,)                 only with a head (loss other than sum_squares)
+
+Generated weights
+-----------------
+At 10^5-10^6 layers the weights themselves no longer fit (10^6 layers of width 64 are 32 GiB in
+float64). :class:`GeneratedParams` stands where :class:`Params` stands in
+:func:`gradbench.backprop`; the engine asks it for the parameters of one segment of layers at a
+time (in the forward pass and again, per segment, in the backward pass), so no weight array
+larger than a segment ever exists.
+
+The generator (counter-based, so layer l is the same whatever order layers are generated in)
+------------------------------------------------------------------------------------------------
+Every array is drawn from its own NumPy ``Philox`` (4x64, 10 rounds) bit generator::
+
+    numpy.random.Generator(numpy.random.Philox(key=seed, counter=[0, layer, kind, 0]))
+
+``key`` is the seed itself (an int in [0, 2**128), set directly, not hashed by SeedSequence).
+The 256-bit counter is ``layer * 2**64 + kind * 2**128`` (words are little-endian: word 0 is
+the low 64 bits and is the one Philox increments per block of four 64-bit outputs), so every
+(layer, kind) stream has 2**64 blocks to itself before it could reach the next one: the streams
+never overlap. ``kind`` is :data:`KIND_W` (0, W_l, layer = l), :data:`KIND_B` (1, b_l),
+:data:`KIND_W_IN`/:data:`KIND_B_IN` (2, 3, layer 0) and :data:`KIND_W_OUT`/:data:`KIND_B_OUT`
+(4, 5, layer 0). From each stream one array is drawn with the same code as
+:func:`gradbench.init_params` (:func:`_weights`), in float64, then cast to the
+stack's dtype:
+
+- ``normal``, ``xavier_normal``, ``he_normal``, ``lecun_normal``:
+  ``std * standard_normal((N, N))`` (ziggurat), std = gain / sqrt(fan_in)
+  (xavier: gain * sqrt(2 / (fan_in + fan_out)));
+- ``xavier_uniform``, ``he_uniform``: ``uniform(-std*sqrt(3), std*sqrt(3), (N, N))``;
+- ``orthogonal``: ``gain * Q`` from the QR of a standard normal (N, N) with the signs of
+  diag(R) moved into Q (one 64 x 64 QR costs about as much as drawing the matrix);
+- biases ``sigma_b * standard_normal(N)`` (kind 1) when ``sigma_b > 0``, else zeros;
+  ``gamma = 1``, ``beta = 0`` and the PReLU slopes (``activation_param``) are constants, so
+  they are produced per segment too and nothing of size L x N is ever stored.
+
+The weights are generated once per segment in Python (NumPy) and handed to whichever backend
+runs, so every backend sees bit-identical weights. They are *not* the weights that
+``init_params(stack, seed)`` draws (that one is a single sequential stream); they have the same
+distribution. :meth:`GeneratedParams.materialize` gives them as ordinary :class:`Params` for
+stacks small enough to store.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from gradbench.spec import Stack
-
-LAYER_FIELDS = ("W", "b", "gamma", "beta", "slope")
-EXTRA_FIELDS = ("W_in", "b_in", "W_out", "b_out")
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,6 +84,16 @@ class Params:
 
     def copy(self) -> "Params":
         return Params(**{name: a.copy() for name, a in self.items()})
+
+    def segment(self, start: int, stop: int, out=None) -> tuple[np.ndarray, ...]:
+        """W, b, gamma, beta, slope of layers [start, stop) (views; ``out`` is not used)."""
+        return (self.W[start:stop], self.b[start:stop], self.gamma[start:stop], self.beta[start:stop],
+                self.slope[start:stop])
+
+    @property
+    def zero_bias(self) -> bool:
+        """All stack biases are zero."""
+        return not np.any(self.b)
 
 
 def expected_shapes(stack: Stack) -> dict[str, tuple[int, ...] | None]:
@@ -124,3 +175,129 @@ def gaussian_input(stack: Stack, batch: int, seed: int | np.random.Generator = 1
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     return np.ascontiguousarray(rng.standard_normal((batch, stack.d_in)), dtype=stack.np_dtype)
+
+
+# ------------------------------------------------------------------ generated weights
+KIND_W, KIND_B, KIND_W_IN, KIND_B_IN, KIND_W_OUT, KIND_B_OUT = range(6)
+SEED_BOUND = 2**128
+
+
+def stream(seed: int, layer: int, kind: int) -> np.random.Generator:
+    """The generator of array ``kind`` of layer ``layer`` (module docstring)."""
+    return np.random.Generator(np.random.Philox(key=seed, counter=[0, layer, kind, 0]))
+
+
+@dataclass(frozen=True, eq=False)
+class GeneratedParams:
+    """Parameters of ``stack`` generated per layer from ``seed`` (see the module docstring).
+
+    Pass it to :func:`gradbench.backprop` in place of :class:`~gradbench.Params`; the stack
+    passed there must equal ``stack``. The input layer and the head (O(N*D) numbers) are
+    generated once here and kept; everything per layer is generated on demand.
+    """
+
+    stack: Stack
+    seed: int = 0
+    W_in: np.ndarray | None = field(init=False, default=None)
+    b_in: np.ndarray | None = field(init=False, default=None)
+    W_out: np.ndarray | None = field(init=False, default=None)
+    b_out: np.ndarray | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        if not isinstance(self.stack, Stack):
+            raise TypeError(f"stack must be a gradbench.Stack, got {type(self.stack).__name__}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int in [0, 2**128), got {type(self.seed).__name__} {self.seed!r}")
+        if not 0 <= int(self.seed) < SEED_BOUND:
+            raise ValueError(f"seed must be an int in [0, 2**128) (the Philox key), got {self.seed}")
+        object.__setattr__(self, "seed", int(self.seed))
+        st, dt = self.stack, self.stack.np_dtype
+        N, D, O = st.width, st.d_in, st.output_dim
+
+        def bias(n, kind):
+            if not st.sigma_b:
+                return np.zeros(n, dtype=dt)
+            return np.ascontiguousarray(st.sigma_b * stream(self.seed, 0, kind).standard_normal(n), dtype=dt)
+
+        if st.has_input_layer:
+            w = _weights(stream(self.seed, 0, KIND_W_IN), st.init, st.gain, (N, D), D, N)
+            object.__setattr__(self, "W_in", np.ascontiguousarray(w, dtype=dt))
+            object.__setattr__(self, "b_in", bias(N, KIND_B_IN))
+        if st.has_head:
+            w = _weights(stream(self.seed, 0, KIND_W_OUT), st.init, st.gain, (O, N), N, O)
+            object.__setattr__(self, "W_out", np.ascontiguousarray(w, dtype=dt))
+            object.__setattr__(self, "b_out", bias(O, KIND_B_OUT))
+
+    # ------------------------------------------------------------ per layer
+    @property
+    def zero_bias(self) -> bool:
+        """All stack biases are zero (``sigma_b == 0``)."""
+        return not self.stack.sigma_b
+
+    def weights(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """W_l for l in [start, stop): (stop - start, N, N), C-contiguous, the stack's dtype."""
+        st = self.stack
+        start, stop = self._check_range(start, stop)
+        N = st.width
+        if out is None:
+            out = np.empty((stop - start, N, N), dtype=st.np_dtype)
+        elif out.shape != (stop - start, N, N) or out.dtype != st.np_dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous {st.dtype} of shape {(stop - start, N, N)}")
+        for i, layer in enumerate(range(start, stop)):
+            rng = stream(self.seed, layer, KIND_W)
+            if st.init in ("normal", "xavier_normal", "he_normal", "lecun_normal") and out.dtype == np.float64:
+                # Same numbers as _weights (std * standard_normal), without a temporary.
+                std = st.gain * math.sqrt(2.0 / (N + N)) if st.init.startswith("xavier") else st.gain / math.sqrt(N)
+                rng.standard_normal(out=out[i])
+                out[i] *= std
+            else:
+                out[i] = _weights(rng, st.init, st.gain, (N, N), N, N)
+        return out
+
+    def biases(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """b_l for l in [start, stop): (stop - start, N)."""
+        st = self.stack
+        start, stop = self._check_range(start, stop)
+        if out is None:
+            out = np.empty((stop - start, st.width), dtype=st.np_dtype)
+        if not st.sigma_b:
+            out[...] = 0
+            return out
+        for i, layer in enumerate(range(start, stop)):
+            out[i] = st.sigma_b * stream(self.seed, layer, KIND_B).standard_normal(st.width)
+        return out
+
+    def constants(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """gamma (ones), beta (zeros) and slope (``activation_param`` for PReLU, else 0)."""
+        st = self.stack
+        start, stop = self._check_range(start, stop)
+        k, dt = stop - start, st.np_dtype
+        slope = st.act_param if st.activation == "prelu" else 0.0
+        return np.ones((k, st.width), dtype=dt), np.zeros((k, st.width), dtype=dt), np.full(k, slope, dtype=dt)
+
+    def segment(self, start: int, stop: int, out=None) -> tuple[np.ndarray, ...]:
+        """W, b, gamma, beta, slope of layers [start, stop), generated now.
+
+        ``out``: optional (W, b) buffers of at least ``stop - start`` layers to generate into.
+        """
+        W = self.weights(start, stop, None if out is None else out[0][: stop - start])
+        b = self.biases(start, stop, None if out is None else out[1][: stop - start])
+        return (W, b, *self.constants(start, stop))
+
+    def materialize(self) -> Params:
+        """All parameters as ordinary :class:`Params` (only for stacks whose weights fit)."""
+        L = self.stack.depth
+        gamma, beta, slope = self.constants(0, L)
+        return Params(W=self.weights(0, L), b=self.biases(0, L), gamma=gamma, beta=beta, slope=slope,
+                      W_in=self.W_in, b_in=self.b_in, W_out=self.W_out, b_out=self.b_out)
+
+    def _check_range(self, start, stop) -> tuple[int, int]:
+        L = self.stack.depth
+        if not (0 <= start <= stop <= L):
+            raise ValueError(f"layer range [{start}, {stop}) is not inside [0, {L})")
+        return int(start), int(stop)
+
+    def __repr__(self) -> str:
+        st = self.stack
+        return (f"GeneratedParams(depth={st.depth}, width={st.width}, init={st.init!r}, "
+                f"seed={self.seed})")

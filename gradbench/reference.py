@@ -2,19 +2,19 @@
 
 Dimension letters: L depth, B batch, N width. Layer functions take their arguments in the order
 outputs, saved values, inputs, parameters (as in llm.c), and write into the outputs. The two
-drivers :func:`stack_forward` and :func:`stack_backward` define the contract that the Numba and
-C backends implement with the same names and the same arguments:
+drivers :func:`stack_forward` and :func:`stack_backward` define what the Numba and C backends
+compute, with the same names and the same arguments: the arrays of :data:`gradbench.abi.FORWARD`
+and :data:`gradbench.abi.BACKWARD`, in that order, validated by :func:`gradbench.abi.check`
+before the trusting ``stack_forward_kernel`` / ``stack_backward_kernel`` runs.
 
-``stack_forward(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
-act_mean, act_std, saturation, dead, info)``
+``stack_forward``
     reads ``H[0]`` (the input h_0) and ``fexp[0]``; writes ``H[1:]`` (B, N) per layer,
     ``Z`` (the pre-activation z_l, or the normalised xhat_l under batch norm), the batch-norm
-    mean and 1/std per unit, the forward exponents ``fexp[1:]`` (all 0 unless forward
-    rescaling is on), the statistics of h_{l+1} and ``info[0]`` = first layer whose output is
-    not finite (-1: none).
+    mean and 1/std per unit, the forward exponents ``fexp[1:]`` (all equal to ``fexp[0]`` unless
+    forward rescaling is on), the statistics of h_{l+1} and ``info[0]`` = first layer whose
+    output is not finite (-1: none).
 
-``stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
-dbeta, dslope, sig_m, sig_e, gnorm_m, info)``
+``stack_backward``
     ``G`` (B, N) holds dL/dh_L on entry (true value ``G * 2**sig_e[L]``) and dL/dh_0 on exit.
     The caller hands over the top signal already normalised and, when signal clipping is on,
     already clipped (the engine does it once for the true dL/dh_L, :func:`top_signal`; at a
@@ -37,76 +37,13 @@ Statistics are accumulated in float64 whatever the dtype.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import erf
 
-from gradbench import spec
-from gradbench.spec import SELU_ALPHA, SELU_LAMBDA
+from gradbench import abi
+from gradbench.abi import CLIP_NORM, CLIP_VALUE, EXP_CLAMP, I_ACT, I_BN, I_CLIP, I_RESCALE_FWD, I_RESIDUAL
+from gradbench.abi import F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, INFO_BACKWARD, INFO_FORWARD
+from gradbench.activations import dphi, phi
 
-# Stay inside np.ldexp's int32 range; beyond +-4000 every float is 0 or inf already.
-_EXP_CLAMP = 4000
-
-
-# ------------------------------------------------------------------ activations
-def activation(z: np.ndarray, code: int, param: float) -> np.ndarray:
-    """phi(z) for activation ``code`` (:data:`gradbench.spec.ACTIVATIONS`)."""
-    name = spec.ACTIVATIONS[code]
-    with np.errstate(over="ignore", invalid="ignore"):
-        if name == "identity":
-            return z.copy()
-        if name == "sigmoid":
-            return _sigmoid(z)
-        if name == "tanh":
-            return np.tanh(z)
-        if name == "relu":  # NaN stays NaN so that non-finite values are reported
-            return np.where((z > 0) | np.isnan(z), z, 0.0).astype(z.dtype)
-        if name in ("leaky_relu", "prelu"):
-            return np.where(z > 0, z, param * z).astype(z.dtype)
-        if name == "elu":
-            return np.where(z > 0, z, param * np.expm1(np.minimum(z, 0))).astype(z.dtype)
-        if name == "selu":
-            neg = SELU_ALPHA * np.expm1(np.minimum(z, 0))
-            return (SELU_LAMBDA * np.where(z > 0, z, neg)).astype(z.dtype)
-        if name == "swish":
-            return z * _sigmoid(z)
-        if name == "gelu":
-            return (0.5 * z * (1.0 + erf(z * np.sqrt(0.5)))).astype(z.dtype)
-    raise ValueError(f"unknown activation code {code}")
-
-
-def activation_grad(z: np.ndarray, code: int, param: float) -> np.ndarray:
-    """phi'(z); at the kink of the ReLU family the left derivative (z <= 0) is used."""
-    name = spec.ACTIVATIONS[code]
-    with np.errstate(over="ignore", invalid="ignore"):
-        if name == "identity":
-            return np.ones_like(z)
-        if name == "sigmoid":
-            s = _sigmoid(z)
-            return s * (1 - s)
-        if name == "tanh":
-            t = np.tanh(z)
-            return 1 - t * t
-        if name == "relu":
-            return (z > 0).astype(z.dtype)
-        if name in ("leaky_relu", "prelu"):
-            return np.where(z > 0, 1.0, param).astype(z.dtype)
-        if name == "elu":
-            return np.where(z > 0, 1.0, param * np.exp(np.minimum(z, 0))).astype(z.dtype)
-        if name == "selu":
-            return (SELU_LAMBDA * np.where(z > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(z, 0)))).astype(z.dtype)
-        if name == "swish":
-            s = _sigmoid(z)
-            return s + z * s * (1 - s)
-        if name == "gelu":
-            cdf = 0.5 * (1.0 + erf(z * np.sqrt(0.5)))
-            pdf = np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
-            return (cdf + z * pdf).astype(z.dtype)
-    raise ValueError(f"unknown activation code {code}")
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-z)), written so that neither branch overflows."""
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype)
+PRELU = abi.ACT_CODE["prelu"]
 
 
 # ------------------------------------------------------------------ layers
@@ -149,7 +86,7 @@ def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
 
 def activation_forward(a, z, code, param):
     """a = phi(z).    a, z (B,N)"""
-    a[...] = activation(z, code, param)
+    a[...] = phi(z, code, param)
 
 
 def activation_backward(dz, da, z, code, param):
@@ -157,8 +94,8 @@ def activation_backward(dz, da, z, code, param):
 
     dz, da, z (B,N)
     """
-    dz[...] = da * activation_grad(z, code, param)
-    if code != spec.ACT_CODE["prelu"]:
+    dz[...] = da * dphi(z, code, param)
+    if code != PRELU:
         return 0.0
     return float(np.sum(da * np.minimum(z, 0), dtype=np.float64))
 
@@ -194,7 +131,7 @@ def scale_pow2(g: np.ndarray, k: int) -> None:
 
 
 def _ldexp(x: np.ndarray, e: int) -> np.ndarray:
-    e = int(np.clip(e, -_EXP_CLAMP, _EXP_CLAMP))
+    e = int(np.clip(e, -EXP_CLAMP, EXP_CLAMP))
     return np.ldexp(x, e).astype(x.dtype)
 
 
@@ -210,16 +147,16 @@ def clip_signal(g: np.ndarray, e: int, mode: int, c: float) -> int:
 
     ``g`` must be normalised (max|g| < 1). Returns the new exponent.
     """
-    if mode == spec.CLIP_VALUE:
+    if mode == CLIP_VALUE:
         ec = int(np.frexp(c)[1])
         t = np.ldexp(c, -ec)  # c = t * 2**ec, t in [0.5, 1)
         m = float(np.max(np.abs(g), initial=0.0))
-        if np.ldexp(m, int(np.clip(e - ec, -_EXP_CLAMP, _EXP_CLAMP))) > t:
+        if np.ldexp(m, int(np.clip(e - ec, -EXP_CLAMP, EXP_CLAMP))) > t:
             g[...] = np.clip(_ldexp(g, e - ec), -t, t)
             return ec
-    elif mode == spec.CLIP_NORM:
+    elif mode == CLIP_NORM:
         n = float(np.sqrt(np.sum(np.square(g, dtype=np.float64))))
-        if np.ldexp(n, int(np.clip(e, -_EXP_CLAMP, _EXP_CLAMP))) > c:
+        if np.ldexp(n, int(np.clip(e, -EXP_CLAMP, EXP_CLAMP))) > c:
             g *= np.asarray(c / n, dtype=g.dtype)
             return 0
     return e
@@ -243,18 +180,18 @@ def top_signal(G: np.ndarray, e: int, clip_mode: int, c: float) -> int:
 
 
 # ------------------------------------------------------------------ drivers
-def stack_forward(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
-                  act_mean, act_std, saturation, dead, info):
+def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
+                         act_mean, act_std, saturation, dead, info):
     """Forward through all L layers, saving H and Z for the backward pass (module docstring)."""
-    code, bn, k = int(icfg[spec.I_ACT]), bool(icfg[spec.I_BN]), int(icfg[spec.I_RESIDUAL])
-    rescale = bool(icfg[spec.I_RESCALE_FWD])
-    param, alpha, eps = fcfg[spec.F_ACT_PARAM], fcfg[spec.F_RES_SCALE], fcfg[spec.F_BN_EPS]
-    sat_threshold = fcfg[spec.F_SAT]
+    code, bn, k = int(icfg[I_ACT]), bool(icfg[I_BN]), int(icfg[I_RESIDUAL])
+    rescale = bool(icfg[I_RESCALE_FWD])
+    param, alpha, eps = fcfg[F_ACT_PARAM], fcfg[F_RES_SCALE], fcfg[F_BN_EPS]
+    sat_threshold = fcfg[F_SAT]
     L = W.shape[0]
-    info[0] = -1
+    info[INFO_FORWARD] = -1
     z = np.empty_like(H[0])
     for l in range(L):
-        layer_param = slope[l] if code == spec.ACT_CODE["prelu"] else param
+        layer_param = slope[l] if code == PRELU else param
         dense_forward(z, H[l], W[l], b[l])
         if bn:
             batchnorm_forward(z, Z[l], bn_mean[l], bn_rstd[l], z.copy(), gamma[l], beta[l], eps)
@@ -270,20 +207,20 @@ def stack_forward(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, 
         h = H[l + 1].astype(np.float64)
         act_mean[l] = h.mean()
         act_std[l] = np.sqrt(((h - act_mean[l]) ** 2).mean())
-        saturation[l] = np.mean(activation_grad(z, code, layer_param) < sat_threshold)
+        saturation[l] = np.mean(dphi(z, code, layer_param) < sat_threshold)
         dead[l] = np.mean(np.all(z <= 0, axis=0))
-        if info[0] < 0 and not np.all(np.isfinite(H[l + 1])):
-            info[0] = l
+        if info[INFO_FORWARD] < 0 and not np.all(np.isfinite(H[l + 1])):
+            info[INFO_FORWARD] = l
 
 
-def stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
-                   dbeta, dslope, sig_m, sig_e, gnorm_m, info):
+def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
+                          dbeta, dslope, sig_m, sig_e, gnorm_m, info):
     """Backward through all L layers with the power-of-two rescaled chain (module docstring)."""
-    code, bn, k = int(icfg[spec.I_ACT]), bool(icfg[spec.I_BN]), int(icfg[spec.I_RESIDUAL])
-    clip_mode, c = int(icfg[spec.I_CLIP]), float(fcfg[spec.F_CLIP])
-    param, alpha = fcfg[spec.F_ACT_PARAM], fcfg[spec.F_RES_SCALE]
+    code, bn, k = int(icfg[I_ACT]), bool(icfg[I_BN]), int(icfg[I_RESIDUAL])
+    clip_mode, c = int(icfg[I_CLIP]), float(fcfg[F_CLIP])
+    param, alpha = fcfg[F_ACT_PARAM], fcfg[F_RES_SCALE]
     L = W.shape[0]
-    info[1] = -1
+    info[INFO_BACKWARD] = -1
 
     def finish(l, clip=True):
         """Normalise, clip (not at the top: the caller did) and record dL/dh_l, complete in G."""
@@ -293,15 +230,15 @@ def stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW
             e += normalise(G)
         sig_e[l] = e
         sig_m[l] = _norm(G)
-        if info[1] < 0 and not np.all(np.isfinite(G)):
-            info[1] = l
+        if info[INFO_BACKWARD] < 0 and not np.all(np.isfinite(G)):
+            info[INFO_BACKWARD] = l
 
     finish(L, clip=False)
     skip, skip_e = np.zeros_like(G), 0
     da, dz, zl = np.empty_like(G), np.empty_like(G), np.empty_like(G)
     for l in range(L - 1, -1, -1):
         e = int(sig_e[l + 1])
-        layer_param = slope[l] if code == spec.ACT_CODE["prelu"] else param
+        layer_param = slope[l] if code == PRELU else param
         da[...] = G
         if k and (l + 1) % k == 0:  # end of a group: dL/dh_{l+1} also flows down the skip
             skip[...], skip_e = G, e
@@ -323,3 +260,7 @@ def stack_backward(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW
         if k and l % k == 0:  # start of a group: add the skip path
             sig_e[l] = add_aligned(G, e, skip, skip_e)
         finish(l)
+
+
+stack_forward = abi.checked("stack_forward", stack_forward_kernel)
+stack_backward = abi.checked("stack_backward", stack_backward_kernel)

@@ -1,7 +1,7 @@
 """The description of a deep stack: :class:`Stack`, validated once, frozen.
 
-Every backend receives the same stack, turned into two small arrays of codes and floats
-(:func:`kernel_config`) so that a compiled kernel never touches a Python object.
+This module is the user-facing description only and depends on nothing of the backends; the
+kernels see a stack as two small arrays of codes and floats (:func:`gradbench.abi.kernel_config`).
 
 Model (dimension letters used throughout: L depth, B batch, N width, D input dim)::
 
@@ -16,25 +16,19 @@ Model (dimension letters used throughout: L depth, B batch, N width, D input dim
 from __future__ import annotations
 
 import difflib
-import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-# Activation codes shared by every backend (NumPy, Numba, C). Order is part of the ABI.
+# The activations; their position in this tuple is their code in every backend (gradbench.abi).
 ACTIVATIONS = (
     "identity", "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "swish", "gelu",
 )
-ACT_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
 # Default of the activation's own parameter (leaky slope, initial PReLU slope, ELU alpha).
 ACT_PARAM_DEFAULT = {"leaky_relu": 0.01, "prelu": 0.25, "elu": 1.0}
 # Positively homogeneous activations: phi(c z) = c phi(z) for c > 0.
 HOMOGENEOUS = frozenset({"identity", "relu", "leaky_relu", "prelu"})
-RELU_FAMILY = frozenset({"relu", "leaky_relu", "prelu"})
-
-SELU_LAMBDA = 1.0507009873554804934193349852946
-SELU_ALPHA = 1.6732632423543772848170429916717
 
 INITS = (
     "normal", "xavier_normal", "xavier_uniform", "he_normal", "he_uniform", "lecun_normal",
@@ -44,9 +38,6 @@ LOSSES = ("sum_squares", "mse", "bce", "softmax_ce")
 CLIP_MODES = ("value", "norm")
 CLIP_TARGETS = ("signal", "layer", "global")
 DTYPES = ("float64", "float32")
-
-# Integer codes of the signal clipping inside the backward kernels.
-CLIP_NONE, CLIP_VALUE, CLIP_NORM = 0, 1, 2
 
 
 def _closest(name: str, valid) -> str:
@@ -217,61 +208,8 @@ class Stack:
             return float(self.sigma_w)
         return math.sqrt(2.0) if self.init.startswith("he_") else 1.0
 
-    @property
-    def signal_clip(self) -> int:
-        if self.clip is None or self.clip_on != "signal":
-            return CLIP_NONE
-        return CLIP_VALUE if self.clip == "value" else CLIP_NORM
-
     def replace(self, **changes) -> "Stack":
         """A copy with some fields changed (validated again)."""
         from dataclasses import replace
 
         return replace(self, **changes)
-
-
-@functools.lru_cache(maxsize=64)
-def dphi_max(activation: str, param: float) -> float:
-    """max_z phi'(z): the scale of the saturation threshold 0.01 * max phi'."""
-    if activation == "sigmoid":
-        return 0.25
-    if activation in ("identity", "tanh", "relu"):
-        return 1.0
-    if activation in ("leaky_relu", "prelu"):
-        return max(1.0, abs(param))
-    if activation == "elu":
-        return max(1.0, param)
-    if activation == "selu":
-        return SELU_LAMBDA * SELU_ALPHA
-    # swish and gelu: maximise phi' on a fine grid (both peak near z = 2.4 and 1.4).
-    from gradbench import reference
-
-    z = np.linspace(0.0, 6.0, 600001)
-    return float(reference.activation_grad(z, ACT_CODE[activation], param).max())
-
-
-# Layout of the configuration arrays passed to every kernel.
-I_ACT, I_BN, I_RESIDUAL, I_CLIP, I_RESCALE_FWD, I_SIZE = range(6)
-F_ACT_PARAM, F_RES_SCALE, F_CLIP, F_BN_EPS, F_SAT, F_SIZE = range(6)
-
-
-def kernel_config(stack: Stack, rescale_forward: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Integer and float configuration arrays, the only view of the stack a kernel gets.
-
-    ``icfg``: activation code, batch norm (0/1), residual group size, signal clip mode,
-    forward rescaling (0/1). ``fcfg``: activation parameter, residual scale, clip threshold,
-    batch-norm eps, saturation threshold (0.01 * max phi').
-    """
-    icfg = np.zeros(I_SIZE, dtype=np.int64)
-    icfg[I_ACT] = ACT_CODE[stack.activation]
-    icfg[I_BN] = int(bool(stack.batch_norm))
-    icfg[I_RESIDUAL] = stack.residual
-    icfg[I_CLIP] = stack.signal_clip
-    icfg[I_RESCALE_FWD] = int(bool(rescale_forward))
-    fcfg = np.zeros(F_SIZE, dtype=np.float64)
-    fcfg[F_ACT_PARAM] = stack.act_param
-    fcfg[F_RES_SCALE] = stack.residual_scale
-    fcfg[F_CLIP] = stack.clip_threshold
-    fcfg[F_BN_EPS] = stack.bn_eps
-    fcfg[F_SAT] = 0.01 * dphi_max(stack.activation, stack.act_param)
-    return icfg, fcfg

@@ -1,4 +1,4 @@
-"""Theory to check simulations against: mean field and Lyapunov exponents (DESIGN section 7).
+"""Theory to check simulations against: mean field and Lyapunov exponents (docs/theory.md).
 
 Mean field (Poole et al. 2016, Schoenholz et al. 2017), for W ~ N(0, sigma_w^2 / N) and
 b ~ N(0, sigma_b^2) at large width N::
@@ -29,7 +29,8 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import digamma
 
-from gradbench import reference, spec
+from gradbench import abi, reference, spec
+from gradbench.activations import dphi, phi
 from gradbench.spec import Stack
 
 _GH_POINTS = 201
@@ -53,8 +54,8 @@ def _gauss():
 
 
 def _phi(activation: str, param: float):
-    code = spec.ACT_CODE[activation]
-    return (lambda z: reference.activation(z, code, param)), (lambda z: reference.activation_grad(z, code, param))
+    code = abi.ACT_CODE[activation]
+    return (lambda z: phi(z, code, param)), (lambda z: dphi(z, code, param))
 
 
 def length_map(q: float, activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None) -> float:
@@ -185,7 +186,7 @@ def lyapunov_spectrum(stack: Stack, params, x: np.ndarray, k: int | None = None)
     if not 1 <= k <= N:
         raise ValueError(f"k must be in [1, {N}], got {k}")
     h = np.asarray(x, dtype=np.float64).reshape(1, N)
-    code, p = spec.ACT_CODE[stack.activation], stack.act_param
+    code, p = abi.ACT_CODE[stack.activation], stack.act_param
     V = np.eye(N, k)  # tangent vectors pushed through the layers since the last QR
     group_h, group_Q = h, V
     logs = np.zeros(k)
@@ -194,8 +195,8 @@ def lyapunov_spectrum(stack: Stack, params, x: np.ndarray, k: int | None = None)
         W = params.W[l].astype(np.float64)
         reference.dense_forward(z, h, W, params.b[l].astype(np.float64))
         lp = params.slope[l] if stack.activation == "prelu" else p
-        d = reference.activation_grad(z, code, lp)[0]
-        h = reference.activation(z, code, lp)
+        d = dphi(z, code, lp)[0]
+        h = phi(z, code, lp)
         V = d[:, None] * (W @ V)
         if stack.residual:
             if (l + 1) % stack.residual:

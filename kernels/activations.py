@@ -14,7 +14,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from gradbench.spec import ACT_CODE, SELU_ALPHA, SELU_LAMBDA
+from gradbench.abi import ACT_CODE
+from gradbench.activations import SELU_ALPHA, SELU_LAMBDA
 
 from ._config import JIT
 

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit
 
-from gradbench.spec import CLIP_NORM, CLIP_VALUE
+from gradbench.abi import CLIP_NORM, CLIP_VALUE
 
 from ._config import EXP_CLAMP, JIT
 from .activations import PRELU, RELU, TANH, _as, dphi, phi, tanh

@@ -13,9 +13,9 @@ import math
 import numpy as np
 from numba import njit
 
-from gradbench.spec import (
+from gradbench.abi import (
     F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, I_ACT, I_BN, I_CLIP, I_RESCALE_FWD,
-    I_RESIDUAL,
+    I_RESIDUAL, INFO_BACKWARD, INFO_FORWARD,
 )
 
 from ._config import JIT
@@ -40,7 +40,7 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
     eps = fcfg[F_BN_EPS]
     sat_threshold = fcfg[F_SAT]
     L, B, N = Z.shape
-    info[0] = -1
+    info[INFO_FORWARD] = -1
     y = np.empty_like(H[0])  # workspace: the batch-normalised pre-activation
     alive = np.empty(N, dtype=np.bool_)
     for l in range(L):
@@ -66,8 +66,8 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         for j in range(N):
             ndead += not alive[j]
         dead[l] = ndead / N
-        if info[0] < 0 and not all_finite(H[l + 1]):
-            info[0] = l
+        if info[INFO_FORWARD] < 0 and not all_finite(H[l + 1]):
+            info[INFO_FORWARD] = l
 
 
 @njit(**JIT)
@@ -79,8 +79,8 @@ def _finish(G, l, clip_mode, c, sig_m, sig_e, info):
         e += normalise(G)
     sig_e[l] = e
     sig_m[l] = math.sqrt(sumsq(G))
-    if info[1] < 0 and not all_finite(G):
-        info[1] = l
+    if info[INFO_BACKWARD] < 0 and not all_finite(G):
+        info[INFO_BACKWARD] = l
 
 
 @njit(**JIT)
@@ -98,7 +98,7 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
     param = fcfg[F_ACT_PARAM]
     alpha = _as(fcfg[F_RES_SCALE], G[0, 0])
     L, B, N = Z.shape
-    info[1] = -1
+    info[INFO_BACKWARD] = -1
     dz = np.empty_like(G)  # workspace, allocated once
     zl = np.empty_like(G)
     skip = np.zeros_like(G)

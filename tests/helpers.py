@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 import gradbench as gb
-from gradbench import spec
+from gradbench import abi, spec
 
 # One table of tolerances keyed by dtype. "stack": a whole stack run freely in an ordered or
 # critical regime (scaled by the measured growth of the chain otherwise); "layer": one layer
@@ -295,7 +295,7 @@ def forward_arrays(stack, params, H0, fexp0=0, rescale=False):
     """Arrays of ``stack_forward`` for the stack ``params`` (allocated as the engine does)."""
     L, (B, N) = params.W.shape[0], H0.shape
     dt = stack.np_dtype
-    icfg, fcfg = spec.kernel_config(stack, rescale)
+    icfg, fcfg = abi.kernel_config(stack, rescale)
     H = np.empty((L + 1, B, N), dtype=dt)
     H[0] = H0
     fexp = np.zeros(L + 1, dtype=np.int64)
@@ -304,13 +304,11 @@ def forward_arrays(stack, params, H0, fexp0=0, rescale=False):
                 slope=params.slope, H=H, Z=np.empty((L, B, N), dtype=dt),
                 bn_mean=np.zeros((L, N), dtype=dt), bn_rstd=np.ones((L, N), dtype=dt), fexp=fexp,
                 act_mean=np.empty(L), act_std=np.empty(L), saturation=np.empty(L),
-                dead=np.empty(L), info=np.full(4, -1, dtype=np.int64))
+                dead=np.empty(L), info=np.full(2, -1, dtype=np.int64))
 
 
-FORWARD_ARGS = ("icfg", "fcfg", "W", "b", "gamma", "beta", "slope", "H", "Z", "bn_mean", "bn_rstd",
-                "fexp", "act_mean", "act_std", "saturation", "dead", "info")
-BACKWARD_ARGS = ("icfg", "fcfg", "W", "gamma", "beta", "slope", "H", "Z", "bn_rstd", "fexp", "G", "dW",
-                 "db", "dgamma", "dbeta", "dslope", "sig_m", "sig_e", "gnorm_m", "info")
+FORWARD_ARGS = abi.names(abi.FORWARD)
+BACKWARD_ARGS = abi.names(abi.BACKWARD)
 
 
 def run_forward(module, arrays):

@@ -14,7 +14,9 @@ import pytest
 
 import gradbench as gb
 from gradbench import reference as ref
-from gradbench import spec
+from gradbench import abi, spec
+from gradbench import activations as A
+from gradbench.activations import dphi_max
 
 cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built")
 
@@ -48,10 +50,10 @@ def _grid(dtype):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("act", spec.ACTIVATIONS)
 def test_phi_matches_reference(act, dtype):
-    code = spec.ACT_CODE[act]
+    code = abi.ACT_CODE[act]
     param = spec.ACT_PARAM_DEFAULT.get(act, 0.0)
     z = _grid(dtype)
-    got, want = cb.activation(z, code, param), ref.activation(z, code, param)
+    got, want = cb.phi(z, code, param), A.phi(z, code, param)
     assert got.dtype == want.dtype == z.dtype
     # a few ulp of the value (libm / the vector tanh vs NumPy's and SciPy's own functions);
     # gelu = 0.5 z (1 + erf(z/sqrt 2)) cancels for z < 0 in both: ulp of 0.5 |z| there
@@ -69,14 +71,14 @@ def test_phi_matches_reference(act, dtype):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("act", spec.ACTIVATIONS)
 def test_dphi_matches_reference(act, dtype):
-    code = spec.ACT_CODE[act]
+    code = abi.ACT_CODE[act]
     param = spec.ACT_PARAM_DEFAULT.get(act, 0.0)
     z = _grid(dtype)
-    got, want = cb.activation_grad(z, code, param), ref.activation_grad(z, code, param)
+    got, want = cb.dphi(z, code, param), A.dphi(z, code, param)
     assert got.dtype == want.dtype == z.dtype
     # phi' = 1 - t*t and s*(1-s) cancel where phi saturates: a few ulp of phi' itself or of its
     # scale (max phi'), whichever is larger
-    scale = spec.dphi_max(act, param)
+    scale = dphi_max(act, param)
     w = want.astype(np.float64)
     tol = 8 * EPS[dtype] * np.maximum(np.abs(w), scale)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN pattern of {act}'")
@@ -91,9 +93,9 @@ def test_dphi_against_finite_differences():
     z = np.linspace(-6, 6, 1201) + 0.0123  # avoid the kinks at 0
     h = 1e-6
     for act in spec.ACTIVATIONS:
-        code, param = spec.ACT_CODE[act], spec.ACT_PARAM_DEFAULT.get(act, 0.0)
-        fd = (cb.activation(z + h, code, param) - cb.activation(z - h, code, param)) / (2 * h)
-        np.testing.assert_allclose(cb.activation_grad(z, code, param), fd, rtol=1e-6, atol=1e-8,
+        code, param = abi.ACT_CODE[act], spec.ACT_PARAM_DEFAULT.get(act, 0.0)
+        fd = (cb.phi(z + h, code, param) - cb.phi(z - h, code, param)) / (2 * h)
+        np.testing.assert_allclose(cb.dphi(z, code, param), fd, rtol=1e-6, atol=1e-8,
                                    err_msg=act)
 
 
@@ -113,12 +115,12 @@ def _run(forward, backward, stack, params, x, top=True):
     ``top=False`` hands dL/dh_L to the backward pass as it is (not normalised beforehand)."""
     L, N, B, dt = stack.depth, stack.width, x.shape[0], stack.np_dtype
     rescale = gb.engine.can_rescale_forward(stack, params)
-    icfg, fcfg = spec.kernel_config(stack, rescale)
+    icfg, fcfg = abi.kernel_config(stack, rescale)
     out = dict(
         H=np.empty((L + 1, B, N), dt), Z=np.empty((L, B, N), dt), bn_mean=np.zeros((L, N), dt),
         bn_rstd=np.ones((L, N), dt), fexp=np.zeros(L + 1, np.int64), act_mean=np.empty(L),
         act_std=np.empty(L), saturation=np.empty(L), dead=np.empty(L),
-        info=np.full(4, -1, np.int64),
+        info=np.full(2, -1, np.int64),
     )
     out["H"][0] = x
     o = out
@@ -131,7 +133,7 @@ def _run(forward, backward, stack, params, x, top=True):
     # the engine normalises and (signal clipping) clips the top signal once, before the backward
     o["sig_e"][L] = o["fexp"][L]
     if top:
-        o["sig_e"][L] = ref.top_signal(o["G"], int(o["fexp"][L]), stack.signal_clip, stack.clip_threshold)
+        o["sig_e"][L] = ref.top_signal(o["G"], int(o["fexp"][L]), abi.signal_clip(stack), stack.clip_threshold)
     backward(icfg, fcfg, params.W, params.gamma, params.beta, params.slope, o["H"], o["Z"],
              o["bn_rstd"], o["fexp"], o["G"], o["dW"], o["db"], o["dgamma"], o["dbeta"], o["dslope"],
              o["sig_m"], o["sig_e"], o["gnorm_m"], o["info"])
@@ -297,10 +299,10 @@ def test_gil_is_released_during_the_call():
     stack = gb.Stack(depth=3000, width=32, activation="gelu")
     params, x = _problem(stack, 32)
     L, N, B = stack.depth, stack.width, 32
-    icfg, fcfg = spec.kernel_config(stack, False)
+    icfg, fcfg = abi.kernel_config(stack, False)
     H = np.empty((L + 1, B, N)); H[0] = x
     bufs = [np.empty((L, B, N)), np.zeros((L, N)), np.ones((L, N)), np.zeros(L + 1, np.int64),
-            np.empty(L), np.empty(L), np.empty(L), np.empty(L), np.full(4, -1, np.int64)]
+            np.empty(L), np.empty(L), np.empty(L), np.empty(L), np.full(2, -1, np.int64)]
     span = {}
 
     def call():
@@ -324,37 +326,40 @@ def test_gil_is_released_during_the_call():
 def _arrays(stack, batch=2):
     L, N = stack.depth, stack.width
     params, x = _problem(stack, batch)
-    icfg, fcfg = spec.kernel_config(stack, False)
+    icfg, fcfg = abi.kernel_config(stack, False)
     H = np.zeros((L + 1, batch, N)); H[0] = x
     fwd = [icfg, fcfg, params.W, params.b, params.gamma, params.beta, params.slope, H,
            np.empty((L, batch, N)), np.zeros((L, N)), np.ones((L, N)), np.zeros(L + 1, np.int64),
-           np.empty(L), np.empty(L), np.empty(L), np.empty(L), np.full(4, -1, np.int64)]
+           np.empty(L), np.empty(L), np.empty(L), np.empty(L), np.full(2, -1, np.int64)]
     return fwd
 
 
 def test_error_codes_become_exceptions():
+    """The C drivers check their configuration themselves too (abi.check does it first in
+    Python): called directly, bad codes come back as error codes that become exceptions."""
     stack = gb.Stack(depth=4, width=6, activation="tanh")
     fwd = _arrays(stack)
-    bad_act = fwd[0].copy(); bad_act[spec.I_ACT] = 42
+    bad_act = fwd[0].copy(); bad_act[abi.I_ACT] = 42
     with pytest.raises(ValueError, match="unknown activation"):
-        cb.stack_forward(bad_act, *fwd[1:])
-    bad_res = fwd[0].copy(); bad_res[spec.I_RESIDUAL] = 3  # does not divide L = 4
+        cb._driver("stack_forward", cb._OPTS, (bad_act, *fwd[1:]))
+    bad_res = fwd[0].copy(); bad_res[abi.I_RESIDUAL] = 3  # does not divide L = 4
     with pytest.raises(ValueError, match="bad argument"):
-        cb.stack_forward(bad_res, *fwd[1:])
-    bad_clip = fwd[0].copy(); bad_clip[spec.I_CLIP] = 7
+        cb._driver("stack_forward", cb._OPTS, (bad_res, *fwd[1:]))
+    bad_clip = fwd[0].copy(); bad_clip[abi.I_CLIP] = 7
     with pytest.raises(ValueError, match="bad argument"):
-        cb.stack_forward(bad_clip, *fwd[1:])
+        cb._driver("stack_forward", cb._OPTS, (bad_clip, *fwd[1:]))
     with pytest.raises(ValueError, match="unknown activation"):
-        cb.activation(np.zeros(3), 99, 0.0)
+        cb.phi(np.zeros(3), 99, 0.0)
     with pytest.raises(MemoryError):
-        cb.check(3, "gb_stack_forward_f64")
+        cb.check(abi.ENOMEM, "gb_stack_forward_f64")
     # a workspace that cannot be allocated: N*N doubles for a huge N (no buffer is touched
     # before the allocation fails)
-    ic, fc = cb.buffer(fwd[0], "icfg"), cb.buffer(fwd[1], "fcfg")
-    d = cb.ffi.new("double[16]")
-    i = cb.ffi.new("int64_t[16]")
-    rc = cb.lib.gb_stack_forward_f64(ic, fc, d, d, d, d, d, d, d, d, d, i, d, d, d, d, i,
-                                     1, 1, 1 << 29, cb.make_opts(blas=False))
+    st = cb.ffi.new("gb_stack_arrays *")
+    keep = [np.zeros(16), np.zeros(16, np.int64)]
+    st.icfg, st.fcfg = cb.pointer(fwd[0], "int64_t *"), cb.pointer(fwd[1], "double *")
+    st.L, st.B, st.N = 1, 1, 1 << 29
+    rc = cb.lib.gb_stack_forward_f64(st, cb.make_opts(blas=False))
+    del keep
     with pytest.raises(MemoryError, match="workspace"):
         cb.check(rc, "gb_stack_forward_f64")
 
@@ -375,7 +380,7 @@ def test_wrappers_validate_before_any_kernel_runs():
     with pytest.raises(TypeError, match="icfg"):
         cb.stack_forward(*bad_cfg)
     with pytest.raises(TypeError, match="float16"):
-        cb.activation(np.zeros(3, np.float16), 2, 0.0)
+        cb.phi(np.zeros(3, np.float16), 2, 0.0)
 
 
 # ------------------------------------------------------------------ the exact chain at the edge

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gradbench as gb
-from gradbench import engine, reference
+from gradbench import abi, engine, histograms, loss, plan, reference
 from gradbench.backends import backends, get_backend
 
 BACKENDS = backends()
@@ -20,11 +20,11 @@ def _backward_top(module, G):
     return (sig_m[L], sig_e[L])."""
     stack = gb.Stack(depth=2, width=4, clip="norm", clip_threshold=1e-3)
     params = gb.init_params(stack, 0)
-    icfg, fcfg = engine.spec.kernel_config(stack, False)
+    icfg, fcfg = abi.kernel_config(stack, False)
     H = np.zeros((3, 2, 4))
     H[0] = gb.gaussian_input(stack, 2, 1)
     Z = np.empty((2, 2, 4))
-    fexp, info = np.zeros(3, dtype=np.int64), np.full(4, -1, dtype=np.int64)
+    fexp, info = np.zeros(3, dtype=np.int64), np.full(2, -1, dtype=np.int64)
     reference.stack_forward(icfg, fcfg, params.W, params.b, params.gamma, params.beta, params.slope, H, Z,
                             np.zeros((2, 4)), np.ones((2, 4)), fexp, *(np.empty(2) for _ in range(4)), info)
     sig_e, sig_m = np.zeros(3, dtype=np.int64), np.empty(3)
@@ -139,7 +139,7 @@ def test_top_signal_is_clipped_once_by_the_engine():
     top = 0.5 * np.sum(res.output.to_float() ** 2)
     assert top > 1e-6  # so the true top gradient h_L is clipped
     G = res.output.mantissa.copy()
-    e = engine.top_signal(stack, G, int(res.output.exponent))[0]
+    e = loss.top_signal(stack, G, int(res.output.exponent))[0]
     assert np.sqrt(np.sum(G.astype(float) ** 2)) * 2.0 ** e <= 1e-6 * (1 + 1e-15)
     # backward on a segment whose top is already clipped: the top is left as it is
     fwd_res = gb.backprop(stack, params, x, backend="numpy", checkpoint=1)
@@ -205,14 +205,14 @@ def test_histogram_of_a_segment_with_every_kind_of_entry():
     W = gb.LogScaled(m, np.array([0, -3000, 7, 10**6, -(10**6)]))
     h = {k: np.zeros(5, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
     counts = np.zeros((5, 40), np.uint16)
-    engine._histogram(m, W.exponent, 4, 40, h["top"], counts, h["below"], h["zeros"], h["nonfinite"])
-    _check_histogram(engine.GradHistogram(per_decade=4, bins=40, counts=counts, **h), W)
+    histograms.fill_streaming(m, W.exponent, 4, 40, h["top"], counts, h["below"], h["zeros"], h["nonfinite"])
+    _check_histogram(gb.GradHistogram(per_decade=4, bins=40, counts=counts, **h), W)
     assert list(h["nonfinite"]) == [0, 3, 0, 0, 0] and list(h["zeros"]) == [0, 0, 36, 6, 0]
     assert h["below"][4] >= 1
     # the same finite layers alone take the fast path (no NaN/Inf in the segment)
     h2 = {k: np.zeros(3, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
     c2 = np.zeros((3, 40), np.uint16)
-    engine._histogram(m[2:], W.exponent[2:], 4, 40, h2["top"], c2, h2["below"], h2["zeros"], h2["nonfinite"])
+    histograms.fill_streaming(m[2:], W.exponent[2:], 4, 40, h2["top"], c2, h2["below"], h2["zeros"], h2["nonfinite"])
     np.testing.assert_array_equal(c2, counts[2:])
     for k in h2:
         np.testing.assert_array_equal(h2[k], h[k][2:], err_msg=k)
@@ -248,27 +248,27 @@ def test_auto_checkpoints_only_beyond_the_budget():
     stack, params, x, _ = _problem(dict(depth=64, width=8, residual=4))
     plain = gb.backprop(stack, params, x, backend="numpy")
     assert plain.extras["checkpoint"] is None
-    need = engine.memory_estimate(stack, 5)
+    need = plan.memory_estimate(stack, 5)
     got = gb.backprop(stack, params, x, backend="numpy", memory_budget=need - 1)
-    assert got.extras["checkpoint"] == engine.default_segment(stack) == 8
+    assert got.extras["checkpoint"] == plan.default_segment(stack) == 8
     assert_bitwise(got, plain)
-    assert engine.default_segment(gb.Stack(depth=120, width=4, residual=3)) == 12  # round(sqrt(120)/3)*3
-    assert engine.default_segment(gb.Stack(depth=10**6, width=4)) == 1000
+    assert plan.default_segment(gb.Stack(depth=120, width=4, residual=3)) == 12  # round(sqrt(120)/3)*3
+    assert plan.default_segment(gb.Stack(depth=10**6, width=4)) == 1000
 
 
 def test_refused_before_it_starts_with_the_option_that_fits():
     stack = gb.Stack(depth=10**6, width=64, activation="tanh", init="he_normal")
     x = gb.gaussian_input(stack, 64, 1)
-    from gradbench.weights import GeneratedParams
+    from gradbench.params import GeneratedParams
     gp = GeneratedParams(stack, seed=0)
     with pytest.raises(MemoryError) as err:
         gb.backprop(stack, gp, x, checkpoint=None, memory_budget=2**30)
     msg = str(err.value)
     assert "GiB" in msg and "checkpoint=1000" in msg and "stats_only=True" in msg
     with pytest.raises(MemoryError, match="GeneratedParams"):
-        engine.plan_run(stack, 64, checkpoint="auto", generated=False, memory_budget=2**30)
-    plan = engine.plan_run(stack, 64, checkpoint="auto", stats_only=True, generated=True, memory_budget=2**30)
-    assert plan.recompute and plan.segment == 1000 and plan.estimate < 2**30
+        plan.plan_run(stack, 64, checkpoint="auto", generated=False, memory_budget=2**30)
+    p = plan.plan_run(stack, 64, checkpoint="auto", stats_only=True, generated=True, memory_budget=2**30)
+    assert p.recompute and p.segment == 1000 and p.estimate < 2**30
 
 
 def test_bad_checkpoint_arguments():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import gradbench as gb
-from gradbench.diagnose import FLOAT_LIMITS, Diagnosis, classify, float_limits, histograms, slope_fit
+from gradbench.diagnose import FLOAT_LIMITS, Diagnosis, classify, float_limits, slope_fit
+from gradbench.histograms import histograms
 from tests import naive
 
 LOG10_2 = math.log10(2.0)

@@ -16,7 +16,7 @@ from scipy import stats
 
 import gradbench as gb
 from gradbench.backends import backends
-from gradbench.weights import KIND_B, KIND_W, GeneratedParams
+from gradbench.params import KIND_B, KIND_W, GeneratedParams
 
 BACKENDS = backends()
 
@@ -170,7 +170,7 @@ def test_deep_generated_stats_only_run_in_bounded_memory():
 def test_1e5_layers_peak_memory_in_a_subprocess():
     code = textwrap.dedent("""
         import resource, gradbench as gb
-        from gradbench.weights import GeneratedParams
+        from gradbench.params import GeneratedParams
         st = gb.Stack(depth=100000, width=64, activation="tanh", init="he_normal")
         r = gb.backprop(st, GeneratedParams(st, 0), gb.gaussian_input(st, 64, 1), stats_only=True,
                         memory_budget=2**30)  # "auto" checkpoints because the plain run needs more

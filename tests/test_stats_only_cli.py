@@ -6,7 +6,7 @@ import numpy as np
 
 import gradbench as gb
 from gradbench.cli import main
-from gradbench.diagnose import histograms
+from gradbench.histograms import histograms
 
 
 def test_diagnosis_of_a_stats_only_run_equals_the_full_run():

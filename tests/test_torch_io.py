@@ -85,7 +85,7 @@ def test_to_torch_refuses_what_a_module_cannot_hold():
     stack = gb.Stack(depth=2, width=3)
     with pytest.raises(ValueError, match="params.W has shape"):
         gb.to_torch(stack, gb.init_params(gb.Stack(depth=3, width=3), 0))
-    from gradbench.weights import GeneratedParams
+    from gradbench.params import GeneratedParams
 
     with pytest.raises(TypeError, match="stored arrays"):
         gb.to_torch(stack, GeneratedParams(stack, 0))

@@ -1,0 +1,324 @@
+"""The backend contract, written once: every array a stack kernel reads or writes, and the codes.
+
+Every backend (the NumPy reference, the Numba kernels, the C kernels) implements the same two
+functions, ``stack_forward`` and ``stack_backward``, over the arrays listed in :data:`FORWARD`
+and :data:`BACKWARD` (in that order, which is also the order of the positional arguments).
+Each entry names the array, its shape in dimension letters, its dtype kind and whether the
+kernel reads it, writes it, or both; a :class:`Contract` adds where each dimension is read
+from, and :data:`CONTRACTS` holds every registered one (recurrent cells register theirs the same
+way). From this one table come
+
+- :func:`check`, the one validation every backend wrapper calls before its kernel runs (type,
+  dtype, shape, C-contiguity, writeability), with the same message whatever the backend;
+- :func:`allocate`, the arrays the engine and the tests create;
+- the C side's ``gb_stack_arrays`` struct in ``csrc/gradbench.h`` (a struct of pointers with
+  the same field names; ``tests/test_abi.py`` compares it with this table, and the integer
+  codes below with the header's ``GB_*`` constants).
+
+Dimension letters: L layers (of the segment the call covers), B batch, N width. Dtype kinds:
+``T`` the stack's dtype (float64 or float32), ``f8`` float64 whatever T (statistics, norms),
+``i8`` int64 (exponents, codes).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradbench.spec import ACTIVATIONS, Stack
+
+# ------------------------------------------------------------------ codes shared with C
+# Activation codes: the position in gradbench.spec.ACTIVATIONS (GB_IDENTITY ... GB_GELU in C).
+ACT_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
+
+# Signal clipping modes inside the backward kernels (GB_CLIP_* in C).
+CLIP_NONE, CLIP_VALUE, CLIP_NORM = 0, 1, 2
+
+# Layout of the configuration arrays icfg (int64) and fcfg (float64) (GB_I_* / GB_F_* in C).
+I_ACT, I_BN, I_RESIDUAL, I_CLIP, I_RESCALE_FWD, I_SIZE = range(6)
+F_ACT_PARAM, F_RES_SCALE, F_CLIP, F_BN_EPS, F_SAT, F_SIZE = range(6)
+
+# Error codes of the C kernels (GB_OK, GB_EBADACT, GB_EBADARG, GB_ENOMEM in C).
+OK, EBADACT, EBADARG, ENOMEM = 0, 1, 2, 3
+
+# Exponent differences are clamped to +-EXP_CLAMP before ldexp (GB_EXP_CLAMP in C): beyond it
+# every float is 0 or inf already, and NumPy's ldexp takes int32 exponents.
+EXP_CLAMP = 4000
+
+# info[INFO_FORWARD] / info[INFO_BACKWARD]: first layer whose output / backpropagated signal is
+# not finite (-1: none).
+INFO_FORWARD, INFO_BACKWARD, INFO_SIZE = 0, 1, 2
+
+FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+# ------------------------------------------------------------------ the table
+@dataclass(frozen=True)
+class Arg:
+    """One array of the contract: ``shape`` in dimension letters, ``kind`` T/f8/i8, ``access``
+    r (read), w (written) or rw."""
+
+    name: str
+    shape: tuple[str, ...]
+    kind: str
+    access: str
+    doc: str
+
+
+def _arg(name: str, shape: str, kind: str, access: str, doc: str) -> Arg:
+    return Arg(name, tuple(shape.split(",")), kind, access, doc)
+
+
+_ICFG = _arg("icfg", "I_SIZE", "i8", "r", "integer options (I_* indices, kernel_config)")
+_FCFG = _arg("fcfg", "F_SIZE", "f8", "r", "float options (F_* indices, kernel_config)")
+_W = _arg("W", "L,N,N", "T", "r", "weights W_l")
+_GAMMA = _arg("gamma", "L,N", "T", "r", "batch-norm scale")
+_BETA = _arg("beta", "L,N", "T", "r", "batch-norm shift")
+_SLOPE = _arg("slope", "L", "T", "r", "PReLU slope per layer")
+_INFO = _arg("info", "INFO_SIZE", "i8", "rw",
+             "first non-finite layer: [forward (written by forward), backward (by backward)]")
+
+FORWARD: tuple[Arg, ...] = (
+    _ICFG, _FCFG, _W,
+    _arg("b", "L,N", "T", "r", "biases b_l"),
+    _GAMMA, _BETA, _SLOPE,
+    _arg("H", "L+1,B,N", "T", "rw", "h_0 read (mantissa); h_1..h_L written"),
+    _arg("Z", "L,B,N", "T", "w", "pre-activation z_l (xhat_l under batch norm) for the backward"),
+    _arg("bn_mean", "L,N", "T", "w", "batch-norm mean per unit"),
+    _arg("bn_rstd", "L,N", "T", "w", "batch-norm 1/std per unit"),
+    _arg("fexp", "L+1", "i8", "rw", "forward exponents: h_l = H[l] * 2**fexp[l]; fexp[0] read"),
+    _arg("act_mean", "L", "f8", "w", "mean of H[l+1] (true value times 2**fexp[l+1])"),
+    _arg("act_std", "L", "f8", "w", "standard deviation of H[l+1] (likewise)"),
+    _arg("saturation", "L", "f8", "w", "fraction of z_l with phi'(z) < fcfg[F_SAT]"),
+    _arg("dead", "L", "f8", "w", "fraction of units with z <= 0 for the whole batch"),
+    _INFO,
+)
+
+BACKWARD: tuple[Arg, ...] = (
+    _ICFG, _FCFG, _W, _GAMMA, _BETA, _SLOPE,
+    _arg("H", "L+1,B,N", "T", "r", "the forward's H"),
+    _arg("Z", "L,B,N", "T", "r", "the forward's Z"),
+    _arg("bn_rstd", "L,N", "T", "r", "the forward's bn_rstd"),
+    _arg("fexp", "L+1", "i8", "r", "the forward's exponents"),
+    _arg("G", "B,N", "T", "rw", "dL/dh_L (normalised) on entry, dL/dh_0 on exit"),
+    _arg("dW", "L,N,N", "T", "w", "dL/dW_l mantissa (exponent sig_e[l+1] + fexp[l])"),
+    _arg("db", "L,N", "T", "w", "dL/db_l mantissa (exponent sig_e[l+1])"),
+    _arg("dgamma", "L,N", "T", "w", "dL/dgamma_l mantissa (exponent sig_e[l+1])"),
+    _arg("dbeta", "L,N", "T", "w", "dL/dbeta_l mantissa (exponent sig_e[l+1])"),
+    _arg("dslope", "L", "T", "w", "dL/dslope_l mantissa (exponent sig_e[l+1] + fexp[l])"),
+    _arg("sig_m", "L+1", "f8", "w", "||dL/dh_l|| = sig_m[l] * 2**sig_e[l]"),
+    _arg("sig_e", "L+1", "i8", "rw", "signal exponents; sig_e[L] read"),
+    _arg("gnorm_m", "L", "f8", "w", "||dW[l]|| (mantissa norm)"),
+    _INFO,
+)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """One backend function: its arrays (in argument order), where each dimension letter is
+    read from (array name, axis; every other array is checked against it), named constant
+    dimensions, and an optional check of the configuration arrays' codes."""
+
+    name: str
+    args: tuple[Arg, ...]
+    dims: Mapping[str, tuple[str, int]]
+    consts: Mapping[str, int]
+    check_config: Callable | None = None
+    dtype_from: str = "W"  # the array whose dtype is T
+
+
+CONTRACTS: dict[str, Contract] = {}
+_STACK_CONSTS = {"I_SIZE": I_SIZE, "F_SIZE": F_SIZE, "INFO_SIZE": INFO_SIZE}
+_KIND_DTYPE = {"f8": np.dtype(np.float64), "i8": np.dtype(np.int64)}
+
+
+def register(contract: Contract) -> Contract:
+    """Add a contract (the stack's two below; recurrent cells add theirs)."""
+    CONTRACTS[contract.name] = contract
+    return contract
+
+
+def names(table: tuple[Arg, ...]) -> tuple[str, ...]:
+    """The argument names of a table, in order."""
+    return tuple(a.name for a in table)
+
+
+def shape_of(arg: Arg, dims: Mapping[str, int], consts: Mapping[str, int] | None = None) -> tuple[int, ...]:
+    """The concrete shape of ``arg`` for dimensions ``dims`` (``{"L": .., "B": .., "N": ..}``)."""
+    consts = _STACK_CONSTS if consts is None else consts
+    out = []
+    for d in arg.shape:
+        if d in consts:
+            out.append(consts[d])
+        elif d.endswith("+1"):
+            out.append(dims[d[:-2]] + 1)
+        else:
+            out.append(dims[d])
+    return tuple(out)
+
+
+def dtype_of(arg: Arg, dtype) -> np.dtype:
+    return np.dtype(dtype) if arg.kind == "T" else _KIND_DTYPE[arg.kind]
+
+
+def _stack_contract(name: str, args: tuple[Arg, ...]) -> Contract:
+    return register(Contract(name, args, {"L": ("W", 0), "N": ("W", 1), "B": ("H", 1)}, _STACK_CONSTS,
+                             lambda f, a, d: _check_stack_config(f, a, d)))
+
+
+_stack_contract("stack_forward", FORWARD)
+_stack_contract("stack_backward", BACKWARD)
+
+
+# ------------------------------------------------------------------ validation
+def bind(function: str, args: tuple, kwargs: dict) -> dict[str, object]:
+    """Arguments of a call to ``function`` (positional in table order, or by name) as a dict."""
+    table = CONTRACTS[function].args
+    want = names(table)
+    if len(args) > len(want):
+        raise TypeError(f"{function}() takes {len(want)} arrays ({', '.join(want)}), got {len(args)}")
+    out = dict(zip(want, args))
+    for k, v in kwargs.items():
+        if k not in want:
+            raise TypeError(f"{function}() got an unexpected array {k!r}; it takes {', '.join(want)}")
+        if k in out:
+            raise TypeError(f"{function}() got array {k!r} twice")
+        out[k] = v
+    missing = [k for k in want if k not in out]
+    if missing:
+        raise TypeError(f"{function}() is missing {', '.join(missing)}")
+    return {k: out[k] for k in want}
+
+
+def check(function: str, arrays: Mapping[str, object]) -> dict[str, int]:
+    """Validate the arrays of a call to ``function`` before any kernel runs; return the dims.
+
+    Every array must be a C-contiguous ``numpy.ndarray`` of its table dtype (T: float64 or
+    float32, the dtype of ``W``) and shape; written arrays must be writeable. Raises
+    ``TypeError``/``ValueError`` naming the function, the array, the expected and the actual
+    value; the configuration arrays are checked for valid codes too. A kernel behind this never
+    reads or writes out of bounds.
+    """
+    contract = CONTRACTS[function]
+    table = contract.args
+    for arg in table:
+        a = arrays[arg.name]
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{function}: {arg.name} must be a numpy.ndarray, got {type(a).__name__}")
+    T = arrays[contract.dtype_from].dtype
+    if T not in FLOAT_DTYPES:
+        raise TypeError(f"{function}: {contract.dtype_from} has dtype {T}; supported dtypes are float64 and float32")
+    dims = {}
+    for d, (name, axis) in contract.dims.items():
+        a = arrays[name]
+        if a.ndim <= axis:
+            raise ValueError(f"{function}: {name} has shape {a.shape}, expected "
+                             f"({', '.join(_arg_of(table, name).shape)})")
+        dims[d] = int(a.shape[axis])
+    if min(dims.values()) < 1:
+        raise ValueError(f"{function}: every dimension must be >= 1, got {_fmt_dims(dims)}")
+    for arg in table:
+        a = arrays[arg.name]
+        want_dt = dtype_of(arg, T)
+        if a.dtype != want_dt:
+            raise TypeError(f"{function}: {arg.name} has dtype {a.dtype}, expected {want_dt}"
+                            + (f" (the dtype of {contract.dtype_from})" if arg.kind == "T" else ""))
+        want = shape_of(arg, dims, contract.consts)
+        if a.shape != want:
+            raise ValueError(f"{function}: {arg.name} has shape {a.shape}, expected {want} = "
+                             f"({', '.join(arg.shape)}) with {_fmt_dims(dims)}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{function}: {arg.name} must be C-contiguous (pass np.ascontiguousarray({arg.name}))")
+        if "w" in arg.access and not a.flags.writeable:
+            raise ValueError(f"{function}: {arg.name} must be writeable (the kernel writes into it)")
+    if contract.check_config is not None:
+        contract.check_config(function, arrays, dims)
+    return dims
+
+
+def _check_stack_config(function: str, arrays, dims) -> None:
+    icfg, L = arrays["icfg"], dims["L"]
+    act, k, clip = int(icfg[I_ACT]), int(icfg[I_RESIDUAL]), int(icfg[I_CLIP])
+    if not 0 <= act < len(ACTIVATIONS):
+        raise ValueError(f"{function}: icfg[I_ACT]={act} is not an activation code (0..{len(ACTIVATIONS) - 1})")
+    if k < 0 or (k > 0 and L % k):
+        raise ValueError(f"{function}: icfg[I_RESIDUAL]={k} must be 0 or divide the {L} layers of the call")
+    if clip not in (CLIP_NONE, CLIP_VALUE, CLIP_NORM):
+        raise ValueError(f"{function}: icfg[I_CLIP]={clip} is not a clip mode (0, 1, 2)")
+
+
+def _arg_of(table, name) -> Arg:
+    return next(a for a in table if a.name == name)
+
+
+def _fmt_dims(dims) -> str:
+    return ", ".join(f"{k}={v}" for k, v in dims.items())
+
+
+def checked(function: str, kernel: Callable) -> Callable:
+    """``function`` of a backend: bind the arguments, :func:`check` them, call ``kernel``.
+
+    ``kernel`` receives the arrays positionally in table order and trusts them.
+    """
+
+    @functools.wraps(kernel, updated=())
+    def entry(*args, **kwargs):
+        arrays = bind(function, args, kwargs)
+        check(function, arrays)
+        return kernel(*arrays.values())
+
+    entry.__name__ = function
+    entry.__qualname__ = function
+    return entry
+
+
+# ------------------------------------------------------------------ allocation
+def allocate(function: str, dims: Mapping[str, int], dtype, *, skip=(), fill=None) -> dict[str, np.ndarray]:
+    """Fresh arrays for ``function`` (``np.empty``; ``fill`` maps names to a fill value).
+
+    Names in ``skip`` (typically the parameters, which the caller passes) are left out.
+    """
+    fill = fill or {}
+    out = {}
+    contract = CONTRACTS[function]
+    for arg in contract.args:
+        if arg.name in skip:
+            continue
+        shape, dt = shape_of(arg, dims, contract.consts), dtype_of(arg, dtype)
+        out[arg.name] = np.full(shape, fill[arg.name], dtype=dt) if arg.name in fill else np.empty(shape, dtype=dt)
+    return out
+
+
+# ------------------------------------------------------------------ the stack as codes
+def kernel_config(stack: Stack, rescale_forward: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Integer and float configuration arrays, the only view of the stack a kernel gets.
+
+    ``icfg``: activation code, batch norm (0/1), residual group size, signal clip mode,
+    forward rescaling (0/1). ``fcfg``: activation parameter, residual scale, clip threshold,
+    batch-norm eps, saturation threshold (0.01 * max phi').
+    """
+    from gradbench.activations import dphi_max
+
+    icfg = np.zeros(I_SIZE, dtype=np.int64)
+    icfg[I_ACT] = ACT_CODE[stack.activation]
+    icfg[I_BN] = int(bool(stack.batch_norm))
+    icfg[I_RESIDUAL] = stack.residual
+    icfg[I_CLIP] = signal_clip(stack)
+    icfg[I_RESCALE_FWD] = int(bool(rescale_forward))
+    fcfg = np.zeros(F_SIZE, dtype=np.float64)
+    fcfg[F_ACT_PARAM] = stack.act_param
+    fcfg[F_RES_SCALE] = stack.residual_scale
+    fcfg[F_CLIP] = stack.clip_threshold
+    fcfg[F_BN_EPS] = stack.bn_eps
+    fcfg[F_SAT] = 0.01 * dphi_max(stack.activation, stack.act_param)
+    return icfg, fcfg
+
+
+def signal_clip(stack: Stack) -> int:
+    """The clip code of the backpropagated signal: CLIP_NONE unless ``clip_on="signal"``."""
+    if stack.clip is None or stack.clip_on != "signal":
+        return CLIP_NONE
+    return CLIP_VALUE if stack.clip == "value" else CLIP_NORM

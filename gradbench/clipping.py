@@ -1,0 +1,87 @@
+"""Clipping of parameter gradients (``clip_on="layer"`` or ``"global"``), on exact values.
+
+Gradients are :class:`~gradbench.LogScaled` with one exponent per row (a layer), so the
+thresholds are compared with true magnitudes at any depth. ``clip="value"``: every entry to
+[-c, c] (per layer and global are the same). ``clip="norm"`` with ``clip_on="layer"``: each
+layer's parameter gradients together (W, b, gamma, beta, slope of layer l; the input layer and
+the head count as one layer each) scaled by c / ||g_l|| when ||g_l|| > c. With
+``clip_on="global"``: all gradients scaled by exactly c / total when the total norm exceeds c
+(``torch.nn.utils.clip_grad_norm_`` uses c / (total + 1e-6)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradbench.logscaled import LogScaled, ldexp
+from gradbench.spec import Stack
+
+# Inside the engine every gradient carries a leading "layer" axis with one exponent per row:
+# (L, ...) for the stack's parameters, (1, ...) for the input layer and the head.
+LAYER_GROUPS = (("W", "b", "gamma", "beta", "slope"), ("W_in", "b_in"), ("W_out", "b_out"))
+
+
+def row_norms(g: LogScaled) -> LogScaled:
+    m = g.mantissa.reshape(len(g.exponent), -1)
+    return LogScaled(np.sqrt(np.sum(np.square(m, dtype=np.float64), axis=1)), g.exponent)
+
+
+def _combine_norms(norms: list[LogScaled]) -> LogScaled:
+    """Row-wise sqrt(sum of squares) of several row norms, at the largest exponent."""
+    em = np.max(np.stack([n.exponent for n in norms]), axis=0)
+    total = np.sqrt(sum(ldexp(n.mantissa, n.exponent - em) ** 2 for n in norms))
+    return LogScaled(total, em)
+
+
+def _scale_rows(g: LogScaled, factor: np.ndarray, shift: np.ndarray) -> LogScaled:
+    """g * factor * 2**shift, row by row."""
+    fm = np.asarray(factor).reshape((-1,) + (1,) * (g.mantissa.ndim - 1))
+    return LogScaled((g.mantissa * fm).astype(g.mantissa.dtype), g.exponent + shift)
+
+
+def _clip_value(g: LogScaled, c: float) -> LogScaled:
+    """Elementwise clip of the true values to [-c, c]; rows that need it move to c's exponent."""
+    ec = int(np.frexp(c)[1])
+    t = np.ldexp(c, -ec)  # c = t * 2**ec
+    shift = (g.exponent - ec).reshape((-1,) + (1,) * (g.mantissa.ndim - 1))
+    scaled = ldexp(g.mantissa.astype(np.float64), shift)
+    rows = np.any(np.abs(scaled) > t, axis=tuple(range(1, g.mantissa.ndim)))
+    m, e = g.mantissa.copy(), g.exponent.copy()
+    m[rows] = np.clip(scaled[rows], -t, t)
+    e[rows] = ec
+    return LogScaled(m, e)
+
+
+def clip_param_grads(stack: Stack, grads: dict[str, LogScaled]) -> dict[str, LogScaled]:
+    """Apply ``clip`` with ``clip_on`` = "layer" or "global" to the parameter gradients.
+
+    value: every entry to [-c, c] (per layer and global are the same). norm, layer: each
+    layer's gradients (W, b, gamma, beta, slope of layer l together; the input layer and the
+    head count as one layer each) scaled to norm <= c. norm, global: all gradients scaled by
+    one factor to a total norm <= c (as ``torch.nn.utils.clip_grad_norm_``).
+    """
+    c = stack.clip_threshold
+    if stack.clip == "value":
+        return {k: _clip_value(g, c) for k, g in grads.items()}
+    groups = [[k for k in keys if k in grads] for keys in LAYER_GROUPS]
+    groups = [keys for keys in groups if keys]
+    norms = [_combine_norms([row_norms(grads[k]) for k in keys]) for keys in groups]
+    out = dict(grads)
+    if stack.clip_on == "layer":
+        for keys, n in zip(groups, norms):
+            over = ldexp(n.mantissa, n.exponent) > c
+            factor = np.where(over, c / np.where(over, n.mantissa, 1.0), 1.0)
+            shift = np.where(over, -n.exponent, 0)
+            for k in keys:
+                out[k] = _scale_rows(grads[k], factor, shift)
+        return out
+    m = np.concatenate([n.mantissa for n in norms])
+    e = np.concatenate([n.exponent for n in norms])
+    em = int(e.max())
+    total_m = float(np.sqrt(np.sum(ldexp(m, e - em) ** 2)))
+    if not ldexp(total_m, em) > c:
+        return out
+    for k, g in grads.items():
+        rows = len(g.exponent)
+        out[k] = _scale_rows(g, np.full(rows, c / total_m), np.full(rows, -em))
+    return out

@@ -1,0 +1,214 @@
+"""Histograms of log10 |dL/dW_l| entries, exact at any exponent: one builder for every use.
+
+Entries are mantissas m with one int64 exponent e per layer (true value m 2^e); the bin of an
+entry is ``floor((log10|m| + e log10 2 - lo) * scale)``, computed from m and e so that nothing
+underflows (as exact as float64 log10: about 1e-12 decades at 10^5 decades). :func:`bin_rows`
+computes those indices in place, one log10 per entry, and :func:`count_window` counts them in
+a window of bins per layer. Two users:
+
+- streaming (``stats_only`` runs): :func:`fill_streaming` keeps per layer the ``bins`` bins of
+  1/per_decade decades ending at its largest entry (:class:`GradHistogram`);
+- :func:`histograms` (a diagnosis of stored gradients): common bins over all layers.
+
+:func:`rebin_streaming` turns streaming histograms into common bins for a diagnosis. Exact
+zeros and non-finite entries are counted apart everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradbench.logscaled import LOG10_2
+
+# The default window of the streaming histograms (bins) and of a diagnosis, and the streaming
+# resolution (bins per decade).
+DEFAULT_BINS = 40
+DEFAULT_PER_DECADE = 4
+
+
+@dataclass(frozen=True, eq=False)
+class GradHistogram:
+    """Per-layer histograms of log10 |dL/dW_l| entries on a fixed grid, exact at any depth.
+
+    Bin ``j`` (an integer, the same grid for every layer) holds the entries with
+    ``j <= log10|dW| * per_decade < j + 1``, computed from mantissa and int64 exponent (no
+    underflow; bin assignment is as exact as float64 log10, about 1e-12 decades at 10^5
+    decades). Each layer keeps the ``bins`` bins ending at its largest entry: ``counts[l, i]``
+    is bin ``top[l] - bins + 1 + i``; ``below[l]`` counts non-zero finite entries under the
+    window, ``zeros[l]`` and ``nonfinite[l]`` the rest. Layers with no non-zero finite entry
+    have ``top = 0`` and empty counts.
+    """
+
+    per_decade: int
+    bins: int
+    top: np.ndarray
+    counts: np.ndarray
+    below: np.ndarray
+    zeros: np.ndarray
+    nonfinite: np.ndarray
+
+    def edges(self, layer: int) -> np.ndarray:
+        """The bins + 1 bin edges (log10 units) of layer ``layer``."""
+        lo = int(self.top[layer]) - self.bins + 1
+        return np.arange(lo, lo + self.bins + 1) / self.per_decade
+
+    def dense(self, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All layers on the common grid [lo, hi) (log10 units, rounded out to the bin grid).
+
+        Returns edges (nb + 1,), counts (L, nb) and outside (L,): non-zero finite entries not
+        in [lo, hi), including those under each layer's window.
+        """
+        j0, j1 = math.floor(lo * self.per_decade), math.ceil(hi * self.per_decade)
+        nb = max(j1 - j0, 1)
+        L = len(self.top)
+        out = np.zeros((L, nb), dtype=np.int64)
+        first = self.top - self.bins + 1 - j0  # column of counts[:, 0] on the dense grid
+        for i in range(self.bins):
+            col = first + i
+            ok = (col >= 0) & (col < nb)
+            out[np.nonzero(ok)[0], col[ok]] += self.counts[ok, i]
+        total = self.counts.sum(axis=1, dtype=np.int64) + self.below
+        return np.arange(j0, j0 + nb + 1) / self.per_decade, out, total - out.sum(axis=1)
+
+
+# ------------------------------------------------------------------ the builder
+def bin_rows(m: np.ndarray, e: np.ndarray, lo, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bin indices ``floor((log10|m| + e log10 2 - lo) * scale)`` of every entry, as float64.
+
+    ``m`` (R, M) mantissas, ``e`` (R,) exponents, ``lo`` a scalar or (R,). Returns the indices
+    (R, M) (-inf for zeros, NaN or inf for non-finite entries), and per row the number of exact
+    zeros and of non-finite entries.
+    """
+    a = np.abs(m, dtype=np.float64)  # a fresh float64 array: worked on in place
+    zeros = a.shape[1] - np.count_nonzero(a, axis=1)
+    nonfinite = a.shape[1] - np.count_nonzero(np.isfinite(a), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.log10(a, out=a)
+        a += (np.asarray(e, dtype=np.float64) * LOG10_2 - lo).reshape(-1, 1)
+        a *= scale
+        np.floor(a, out=a)
+    return a, zeros.astype(np.int64), nonfinite.astype(np.int64)
+
+
+def count_window(idx: np.ndarray, lo, nbins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts of the finite indices ``idx`` (R, M) in bins ``lo .. lo + nbins - 1`` per row.
+
+    Returns counts (R, nbins), below (R,) and above (R,) (finite indices outside the window);
+    non-finite indices (zeros, NaN, inf entries) are not counted. ``idx`` is overwritten.
+    """
+    R = idx.shape[0]
+    idx -= np.asarray(lo, dtype=np.float64).reshape(-1, 1)
+    skip = ~np.isfinite(idx)
+    np.clip(idx, -1, nbins, out=idx)
+    idx += 1  # column 0: below, 1..nbins: inside, nbins + 1: above, nbins + 2: not counted
+    idx[skip] = nbins + 2
+    cols = idx.astype(np.int64)
+    cols += (np.arange(R, dtype=np.int64) * (nbins + 3))[:, None]
+    c = np.bincount(cols.ravel(), minlength=R * (nbins + 3)).reshape(R, nbins + 3)
+    return c[:, 1:nbins + 1], c[:, 0], c[:, nbins + 1]
+
+
+def fill_streaming(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, top, counts, below, zeros,
+                   nonfinite) -> None:
+    """Fill the :class:`GradHistogram` rows of the layers of dW (m, ...) with exponents e (m,).
+
+    Layers with no non-zero finite entry get ``top = 0`` and empty counts.
+    """
+    idx, zeros[:], nonfinite[:] = bin_rows(dW.reshape(dW.shape[0], -1), e, 0.0, per_decade)
+    with np.errstate(invalid="ignore"):
+        t = np.max(idx, axis=1, where=np.isfinite(idx), initial=-np.inf)
+    t[~np.isfinite(t)] = 0.0
+    top[:] = t.astype(np.int64)
+    counts[:], below[:], _ = count_window(idx, t - bins + 1, bins)
+
+
+def _checked_range(hist_range) -> tuple[float, float]:
+    lo, hi = map(float, hist_range)
+    if not hi > lo:
+        raise ValueError(f"hist_range must be (lo, hi) with hi > lo, got {hist_range}")
+    return lo, hi
+
+
+def histograms(W, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | None = None, chunk: int = 4096):
+    """Histograms of log10 |entries| of each layer's dW on common bins, exact from mantissas and exponents.
+
+    Parameters
+    ----------
+    W : LogScaled (L, ...)
+        One exponent per layer.
+    bins : int
+    hist_range : (lo, hi), optional
+        In log10 units; default: floor and ceil of the finite, non-zero range over all layers.
+        The upper edge belongs to the last bin.
+
+    Returns
+    -------
+    edges (bins + 1,), counts (L, bins), zeros (L,), nonfinite (L,), outside (L,)
+    """
+    m = W.mantissa
+    L = m.shape[0]
+    m2 = m.reshape(L, -1)
+    e = W.exponent.reshape(L)
+    lo, hi = _default_range(m2, e) if hist_range is None else _checked_range(hist_range)
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = np.zeros((L, bins), dtype=np.int64)
+    zeros, nonfinite, outside = (np.zeros(L, dtype=np.int64) for _ in range(3))
+    for s in range(0, L, chunk):
+        idx, zeros[s:s + chunk], nonfinite[s:s + chunk] = bin_rows(m2[s:s + chunk], e[s:s + chunk], lo,
+                                                                    bins / (hi - lo))
+        idx[idx == bins] = bins - 1  # hi itself goes in the last bin
+        c, below, above = count_window(idx, 0.0, bins)
+        counts[s:s + chunk] = c
+        outside[s:s + chunk] = below + above
+    return edges, counts, zeros, nonfinite, outside
+
+
+def _default_range(m2: np.ndarray, e: np.ndarray) -> tuple[float, float]:
+    absm = np.abs(m2)
+    ok = np.isfinite(absm) & (absm > 0)
+    has = ok.any(axis=1)
+    if not has.any():
+        return -1.0, 0.0
+    with np.errstate(divide="ignore"):
+        lmin = np.where(ok, absm, np.inf).min(axis=1)
+        lmax = np.where(ok, absm, 0).max(axis=1)
+        lo = float(np.min(np.log10(lmin[has]) + LOG10_2 * e[has]))
+        hi = float(np.max(np.log10(lmax[has]) + LOG10_2 * e[has]))
+    lo, hi = math.floor(lo), math.ceil(hi)
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def rebin_streaming(hist, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | None = None,
+                    chunk: int = 65536):
+    """The streaming histograms of a ``stats_only`` run (:class:`GradHistogram`)
+    on ``bins`` common bins, as :func:`histograms` returns them.
+
+    Each fine bin (1 / per_decade decades, exact) goes whole into the common bin that holds its
+    centre; the default range is the floor and ceil of the fine windows over all layers.
+    """
+    L, wb, pd = len(hist.top), hist.bins, hist.per_decade
+    has = hist.counts.sum(axis=1) > 0
+    if hist_range is None:
+        if has.any():
+            lo = math.floor(float((hist.top[has] - wb + 1).min()) / pd)
+            hi = math.ceil(float(hist.top[has].max() + 1) / pd)
+        else:
+            lo, hi = -1.0, 0.0
+    else:
+        lo, hi = _checked_range(hist_range)
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = np.zeros((L, bins), dtype=np.int64)
+    outside = hist.below.astype(np.int64).copy()
+    for a in range(0, L, chunk):
+        b = min(L, a + chunk)
+        centre = (hist.top[a:b, None] - wb + 1 + np.arange(wb)[None, :] + 0.5) / pd
+        col = np.floor((centre - lo) / (hi - lo) * bins).astype(np.int64)
+        c = hist.counts[a:b].astype(np.int64)
+        inside = (col >= 0) & (col < bins)
+        rows = np.broadcast_to(np.arange(a, b)[:, None], col.shape)
+        np.add.at(counts, (rows[inside], col[inside]), c[inside])
+        outside[a:b] += np.where(inside, 0, c).sum(axis=1)
+    return edges, counts, hist.zeros.astype(np.int64), hist.nonfinite.astype(np.int64), outside

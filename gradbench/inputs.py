@@ -1,0 +1,89 @@
+"""Validation of what a user passes to :func:`gradbench.backprop`, before any kernel runs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradbench import spec
+from gradbench.params import GeneratedParams, Params, expected_shapes
+from gradbench.spec import Stack
+
+
+def _check_array(name: str, a, shape, dtype) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {a.dtype}, the stack's dtype is {dtype}: "
+            f"pass {name}.astype({str(dtype)!r}) or a Stack with dtype={a.dtype.name!r}"
+            if a.dtype.name in spec.DTYPES
+            else f"{name} has dtype {a.dtype}; supported dtypes are {', '.join(spec.DTYPES)}"
+        )
+    if shape is not None and a.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {a.shape}, expected {tuple(shape)}")
+    if not np.all(np.isfinite(a)):
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+    return np.ascontiguousarray(a)  # non-contiguous input is accepted and copied
+
+
+def check_inputs(stack: Stack, params: Params | GeneratedParams, x, targets=None):
+    """Check everything before any kernel runs; return contiguous params, x and targets."""
+    if not isinstance(stack, Stack):
+        raise TypeError(f"stack must be a gradbench.Stack, got {type(stack).__name__}")
+    if isinstance(params, GeneratedParams):
+        if params.stack != stack:
+            diff = [f"{k}={getattr(params.stack, k)!r} vs {getattr(stack, k)!r}"
+                    for k in stack.__dataclass_fields__ if getattr(params.stack, k) != getattr(stack, k)]
+            raise ValueError("GeneratedParams was made for a different stack (" + ", ".join(diff)
+                             + "): pass GeneratedParams(stack, seed) for this stack")
+        x, targets = _check_x(stack, x, targets)
+        return params, x, targets
+    if not isinstance(params, Params):
+        raise TypeError("params must be gradbench.Params (from gb.init_params) or "
+                        f"gradbench.GeneratedParams, got {type(params).__name__}")
+    dt = stack.np_dtype
+    checked = {}
+    for name, shape in expected_shapes(stack).items():
+        a = getattr(params, name)
+        if shape is None:
+            if a is not None:
+                raise ValueError(f"params.{name} is given but the stack has no use for it (mismatched params/stack)")
+            continue
+        if a is None:
+            raise ValueError(f"params.{name} is missing: the stack needs shape {shape} (mismatched params/stack)")
+        checked[name] = _check_array(f"params.{name}", a, shape, dt)
+    x, targets = _check_x(stack, x, targets)
+    return Params(**checked), x, targets
+
+
+def _check_x(stack: Stack, x, targets):
+    dt = stack.np_dtype
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy.ndarray of shape (batch, {stack.d_in}), got {type(x).__name__}")
+    if x.ndim != 2 or x.shape[1] != stack.d_in or x.shape[0] < 1:
+        raise ValueError(f"x has shape {x.shape}, expected (batch, {stack.d_in}) with batch >= 1")
+    x = _check_array("x", x, None, dt)
+    targets = _check_targets(stack, targets, x.shape[0])
+    return x, targets
+
+
+def _check_targets(stack: Stack, t, batch: int):
+    if not stack.has_head:
+        if t is not None:
+            raise ValueError("targets are given but loss='sum_squares' takes none")
+        return None
+    if t is None:
+        raise ValueError(f"loss={stack.loss!r} needs targets")
+    if not isinstance(t, np.ndarray):
+        raise TypeError(f"targets must be a numpy.ndarray, got {type(t).__name__}")
+    if stack.loss == "softmax_ce":
+        if t.shape != (batch,) or not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f"targets for softmax_ce must be integer class labels of shape ({batch},), got {t.dtype} {t.shape}")
+        if t.min() < 0 or t.max() >= stack.output_dim:
+            raise ValueError(f"targets must lie in [0, {stack.output_dim}) (output_dim), got [{t.min()}, {t.max()}]")
+        return np.ascontiguousarray(t, dtype=np.int64)
+    t = _check_array("targets", t, (batch, stack.output_dim), stack.np_dtype)
+    if stack.loss == "bce" and (t.min() < 0 or t.max() > 1):
+        raise ValueError("targets for bce must lie in [0, 1]")
+    return t

@@ -1,0 +1,156 @@
+"""Memory planning: how a run is segmented, what it keeps, and whether it fits.
+
+A plain run stores every activation: (2L+1) B N numbers, plus weights and gradients 2 L N^2.
+``checkpoint=k`` stores only h_0, h_k, h_2k, ... and, in the backward pass, recomputes each
+segment of k layers from its checkpoint (Chen et al. 2016; one extra forward pass): O(L/k + k)
+B N memory; k ~ sqrt(L) by default, a multiple of the residual group size so that no group
+straddles two segments. ``stats_only`` keeps no gradient arrays (one segment's worth) and
+generated weights (:class:`~gradbench.params.GeneratedParams`) keep one segment of weights
+(two buffers). A run whose estimate exceeds the budget is refused before anything is allocated,
+with the options that fit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradbench.histograms import DEFAULT_BINS
+from gradbench.spec import Stack
+
+# Without memory_budget: checkpoint="auto" checkpoints when a plain run needs more than
+# AUTO_FRACTION of the available RAM, and a run needing more than LIMIT_FRACTION is refused.
+AUTO_FRACTION = 0.5
+LIMIT_FRACTION = 0.9
+
+
+def default_segment(stack: Stack) -> int:
+    """The default checkpoint interval: about sqrt(L), a multiple of the residual group size."""
+    L, r = stack.depth, stack.residual or 1
+    k = max(1, round(math.sqrt(L)))
+    k = max(r, round(k / r) * r)
+    return min(k, L)
+
+
+def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, stats_only: bool = False,
+                    generated: bool = False, hist_bins: int = DEFAULT_BINS) -> int:
+    """Bytes a run allocates (an estimate, within a few per cent at large depth).
+
+    With the defaults, a plain run: activations H, Z (2L+1)*B*N, weights and gradients 2*L*N^2
+    and the per-layer vectors. ``checkpoint=k``: the L/k checkpoints and one segment's H, Z
+    instead of all activations. ``stats_only``: no gradient arrays (one segment's worth) and
+    O(L) statistics. ``generated``: one segment of weights (two buffers) instead of all of them.
+    """
+    L, N = stack.depth, stack.width
+    item = stack.np_dtype.itemsize
+    B = batch
+    seg = checkpoint if checkpoint is not None else (default_segment(stack) if stats_only or generated else L)
+    layer_vectors = 4 * N + 1  # b, gamma, beta (L, N) and slope (L,)
+    if checkpoint is None:
+        acts = (2 * L + 1) * B * N + 2 * L * N
+    else:
+        acts = (L // checkpoint + 2) * B * N + (2 * seg + 1) * B * N + 2 * seg * N
+    if generated:
+        weights = 2 * seg * (N * N + layer_vectors)
+    else:
+        weights = L * (N * N + layer_vectors)
+    grads = seg if stats_only else L
+    grads *= N * N + layer_vectors
+    stats = 8 * L * 12  # norms, exponents, activation statistics, info (float64/int64 each)
+    if stats_only:
+        stats += L * (8 * 4 + hist_bins * (2 if N * N < 2**16 else 4))
+        stats += 8 * 4 * seg * N * N  # the histogram's temporaries on one segment of dW
+    return item * (acts + weights + grads) + stats
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a run is done: segment length, recomputation, what is kept, the memory estimate."""
+
+    segment: int           # layers per backend call
+    recompute: bool        # activations are checkpointed every `segment` layers and recomputed
+    stats_only: bool
+    generated: bool
+    estimate: int          # bytes
+
+    @property
+    def checkpoint(self) -> int | None:
+        return self.segment if self.recompute else None
+
+
+def _check_checkpoint(stack: Stack, checkpoint) -> None:
+    if checkpoint is None or (isinstance(checkpoint, str) and checkpoint == "auto"):
+        return
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer)):
+        raise TypeError(f"checkpoint must be 'auto', None or an int, got {type(checkpoint).__name__} {checkpoint!r}")
+    r = stack.residual or 1
+    if checkpoint < 1 or checkpoint % r:
+        raise ValueError(
+            f"checkpoint={checkpoint} must be a positive multiple of the residual group size {r} "
+            "(a residual group must not straddle two segments)"
+        )
+
+
+def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = False, generated: bool = False,
+             memory_budget: int | None = None, hist_bins: int = DEFAULT_BINS, available: int | None = None) -> Plan:
+    """Choose segment length and checkpointing; raise MemoryError if the run would not fit.
+
+    ``checkpoint="auto"`` checkpoints only when the plain run needs more than the budget
+    (``memory_budget`` bytes, default half of the available RAM). A run whose estimate exceeds
+    ``memory_budget`` (default LIMIT_FRACTION of the available RAM) is refused with the options that fit.
+    """
+    _check_checkpoint(stack, checkpoint)
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float, np.integer))
+                                      or not memory_budget > 0):
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    avail = _available_memory() if available is None else available
+    auto_budget = memory_budget if memory_budget is not None else AUTO_FRACTION * avail
+    limit = memory_budget if memory_budget is not None else LIMIT_FRACTION * avail
+    L = stack.depth
+    k_auto = default_segment(stack)
+
+    def est(ck, so=stats_only, gen=generated):
+        return memory_estimate(stack, batch, checkpoint=ck, stats_only=so, generated=gen, hist_bins=hist_bins)
+
+    if isinstance(checkpoint, str):  # "auto"
+        ck = None if est(None) <= auto_budget else k_auto
+    else:
+        ck = None if checkpoint is None else min(int(checkpoint), L)
+    need = est(ck)
+    if need > limit:
+        options = []
+        for so, gen, label in ((False, generated, ""), (True, generated, "stats_only=True"),
+                               (True, True, "stats_only=True and params=gradbench.GeneratedParams(stack, seed)")):
+            for c2 in (k_auto, None):
+                if (so, gen, c2) == (stats_only, generated, ck):
+                    continue
+                if est(c2, so, gen) <= limit:
+                    opt = f"checkpoint={c2}" + (f", {label}" if label else "")
+                    options.append(f"{opt} (about {est(c2, so, gen) / 2**30:.2f} GiB)")
+                    break
+            if options:
+                break
+        hint = ("; it fits with " + options[0]) if options else "; reduce depth, width or batch"
+        raise MemoryError(
+            f"this run (depth {L}, width {stack.width}, batch {batch}, checkpoint={ck}, stats_only={stats_only}, "
+            f"{'generated' if generated else 'stored'} weights) needs about {need / 2**30:.2f} GiB but the "
+            f"budget is {limit / 2**30:.2f} GiB "
+            f"({'memory_budget' if memory_budget is not None else f'{LIMIT_FRACTION:.0%} of the available RAM'}){hint}"
+        )
+    segment = ck if ck is not None else (k_auto if stats_only or generated else L)
+    return Plan(segment=segment, recompute=ck is not None, stats_only=bool(stats_only), generated=generated,
+                estimate=need)

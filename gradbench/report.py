@@ -1,0 +1,120 @@
+"""The terminal report of a :class:`~gradbench.Diagnosis`: a verdict, sentences and a table."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import numpy as np
+
+
+def fmt_pow(v: float) -> str:
+    if math.isnan(v):
+        return "nan"
+    if v == -math.inf:
+        return "0"
+    if v == math.inf:
+        return "inf"
+    return f"10^{v:.2f}" if abs(v) < 1e4 else f"10^{v:.1f}"
+
+
+def _fmt_float(v: float, log10_abs: float) -> str:
+    """A float, or its exact power of ten when the float cannot hold it (forward-rescaled stacks)."""
+    if (v != 0 and math.isfinite(v)) or log10_abs == -math.inf or math.isnan(log10_abs):
+        return f"{v:.4g}"
+    return ("-" if math.copysign(1.0, v) < 0 else "") + fmt_pow(log10_abs)
+
+
+def table_layers(L: int, rows: int = 12) -> list[int]:
+    """A readable selection of layers: all when few, else both ends and evenly spaced middle."""
+    if L <= rows:
+        return list(range(L))
+    ends = 3
+    middle = np.linspace(ends, L - 1 - ends, rows - 2 * ends).round().astype(int).tolist()
+    return sorted(set(range(ends)) | set(middle) | set(range(L - ends, L)))
+
+
+def describe(stack: dict) -> str:
+    parts = [f"depth {stack['depth']}", f"width {stack['width']}", stack["activation"], stack["init"]]
+    if stack.get("sigma_w") is not None:
+        parts.append(f"sigma_w={stack['sigma_w']:g}")
+    if stack.get("batch_norm"):
+        parts.append("batch norm")
+    if stack.get("residual"):
+        parts.append(f"residual every {stack['residual']}")
+    if stack.get("clip"):
+        parts.append(f"clip {stack['clip']} {stack['clip_threshold']:g} on {stack['clip_on']}")
+    if stack.get("loss", "sum_squares") != "sum_squares":
+        parts.append(f"loss {stack['loss']}")
+    parts.append(stack.get("dtype", "float64"))
+    return ", ".join(parts)
+
+
+def format_report(d, rows: int = 12) -> str:
+    """The terminal text of a diagnosis."""
+    L = d.depth
+    out = [f"gradbench diagnosis: {describe(d.stack)} (backend {d.backend})"]
+    out.append(f"  verdict: {d.verdict.upper()}")
+    for sentence in _wrap(d.explanation, 92):
+        out.append("    " + sentence)
+    if math.isfinite(d.decades_per_layer):
+        out.append(
+            f"  slope: {d.decades_per_layer:+.4g} decades per layer (log10 ||dW_l|| vs l, least squares;"
+            " + means smaller towards the input)"
+        )
+    out.append(f"  loss: {fmt_pow(d.loss_log10) if not math.isfinite(d.loss) or abs(d.loss_log10) > 300 else f'{d.loss:.6g}'}")
+    for name, lim in d.float_limits.items():
+        out.append("  " + _limit_sentence(name, lim))
+    if d.first_nonfinite_forward is not None:
+        out.append(f"  first non-finite layer (forward): {d.first_nonfinite_forward}")
+    if d.first_nonfinite_backward is not None:
+        out.append(f"  first non-finite layer (backward): {d.first_nonfinite_backward}")
+    act = d.stack["activation"]
+    show_sat = act in ("sigmoid", "tanh")
+    show_dead = act in ("relu", "leaky_relu", "prelu")
+    head = f"  {'layer':>7} {'||dL/dW_l||':>14} {'||dL/dh_l||':>14} {'act mean':>11} {'act std':>11}"
+    if show_sat:
+        head += f" {'saturated':>9}"
+    if show_dead:
+        head += f" {'dead':>6}"
+    out.append("")
+    out.append(head)
+    prev = -1
+    for l in table_layers(L, rows):
+        if l != prev + 1:
+            out.append(f"  {'...':>7}")
+        prev = l
+        line = (f"  {l:>7} {fmt_pow(d.grad_log10[l]):>14} {fmt_pow(d.signal_log10[l]):>14} "
+                f"{_fmt_float(d.act_mean[l], d.act_mean_log10[l]):>11} "
+                f"{_fmt_float(d.act_std[l], d.act_std_log10[l]):>11}")
+        if show_sat:
+            line += f" {100 * d.saturation[l]:8.1f}%"
+        if show_dead:
+            line += f" {100 * d.dead[l]:5.1f}%"
+        out.append(line)
+    return "\n".join(out)
+
+
+def _limit_sentence(name: str, lim: dict) -> str:
+    parts = []
+    if lim["underflow_layer"] is not None:
+        parts.append(
+            f"plain {name} would underflow at layer {lim['underflow_layer']} "
+            f"(||dW|| < 10^{lim['min_log10']:.2f}; that layer and every one below would read 0 or subnormal)"
+        )
+    if lim["overflow_layer"] is not None:
+        parts.append(
+            f"plain {name} would overflow at layer {lim['overflow_layer']} (||dW|| > 10^{lim['max_log10']:.2f}: inf)"
+        )
+    if not parts:
+        if lim["layers_to_underflow"] is not None:
+            parts.append(f"plain {name} is fine here; at this rate it would underflow after ~{lim['layers_to_underflow']} layers")
+        elif lim["layers_to_overflow"] is not None:
+            parts.append(f"plain {name} is fine here; at this rate it would overflow after ~{lim['layers_to_overflow']} layers")
+        else:
+            parts.append(f"plain {name} is fine here")
+    return "; ".join(parts)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width) or [""]

@@ -1,0 +1,110 @@
+"""What a pass returns: :class:`Result` and its :class:`Grads`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradbench.histograms import GradHistogram
+from gradbench.logscaled import LogScaled
+from gradbench.spec import Stack
+
+
+@dataclass(frozen=True, eq=False)
+class Grads:
+    """Gradients of the loss, exact at any depth, one :class:`LogScaled` per parameter.
+
+    ``W`` (L, N, N), ``b``/``gamma``/``beta`` (L, N), ``slope`` (L,), each with one exponent per
+    layer; ``W_in``, ``b_in``, ``W_out``, ``b_out`` when the stack has them (one exponent).
+    """
+
+    W: LogScaled
+    b: LogScaled
+    gamma: LogScaled
+    beta: LogScaled
+    slope: LogScaled
+    W_in: LogScaled | None = None
+    b_in: LogScaled | None = None
+    W_out: LogScaled | None = None
+    b_out: LogScaled | None = None
+
+    def items(self):
+        for name in ("W", "b", "gamma", "beta", "slope", "W_in", "b_in", "W_out", "b_out"):
+            value = getattr(self, name)
+            if value is not None:
+                yield name, value
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """What one forward + backward pass through a stack gives.
+
+    Layers are numbered l = 0 (at the input) to L - 1 (at the top); h_l is the input of layer l,
+    h_L the output of the stack (docs/model.md has the definitions).
+
+    Attributes
+    ----------
+    stack : Stack
+        The stack that ran.
+    backend : str
+        The concrete backend that ran ("numpy", "numba" or "c").
+    loss : float
+        The loss as a float (inf or 0 if it does not fit; ``loss_exact`` holds it exactly).
+    loss_exact : LogScaled ()
+        The loss as mantissa and exponent: exact at any depth for the sum_squares probe.
+    grads : Grads or None
+        dL/dparams, after parameter-gradient clipping when the stack asks for it; ``None`` for
+        ``stats_only=True`` runs, which keep the per-layer statistics only.
+    grad_norm : LogScaled (L,)
+        ||dL/dW_l||_F of ``grads.W``.
+    signal_norm : LogScaled (L,)
+        ||dL/dh_l||_F, the backpropagated signal at the input of layer l (after signal clipping).
+    act_mean, act_std : LogScaled (L,)
+        Mean and standard deviation of h_{l+1} over batch and units.
+    saturation : ndarray (L,)
+        Fraction of z_l entries with phi'(z) < 0.01 * max phi'.
+    dead : ndarray (L,)
+        Fraction of units with z <= 0 for every sample of the batch.
+    input_grad : LogScaled (B, D)
+        dL/dx, the gradient with respect to the input batch (through the input layer if any).
+    output : LogScaled (B, N)
+        h_L, the output of the stack (before the head), with its forward exponent.
+    first_nonfinite_forward, first_nonfinite_backward : int or None
+        First layer whose output (forward) or backpropagated signal (backward) is not finite.
+    forward_rescaled : bool
+        Whether the forward pass carried power-of-two exponents (then the activations and the
+        statistics of h are exact at any depth too).
+    extras : dict
+        How the run was done: ``checkpoint`` (segment length or None), ``segments``,
+        ``stats_only``, ``generated`` (weights), ``memory_estimate`` (bytes) and ``seconds``
+        spent in forward, backward (including recomputation), weight generation and statistics.
+    grad_hist : GradHistogram or None
+        Histograms of log10 |dW_l| (``stats_only=True`` runs; otherwise ``None``: use
+        ``gradbench.diagnose`` on ``grads``).
+    """
+
+    stack: Stack
+    backend: str
+    loss: float
+    loss_exact: LogScaled
+    grads: Grads | None
+    grad_norm: LogScaled
+    signal_norm: LogScaled
+    input_grad: LogScaled
+    output: LogScaled
+    act_mean: LogScaled
+    act_std: LogScaled
+    saturation: np.ndarray
+    dead: np.ndarray
+    first_nonfinite_forward: int | None
+    first_nonfinite_backward: int | None
+    forward_rescaled: bool
+    extras: dict = field(default_factory=dict)
+    grad_hist: GradHistogram | None = None
+
+    def to_frame(self):
+        """One row per layer as a pandas DataFrame (:func:`gradbench.frames.result_frame`)."""
+        from gradbench.frames import result_frame
+
+        return result_frame(self)
