@@ -141,6 +141,13 @@ class Diagnosis:
 
         return diagnosis_frame(self)
 
+    @classmethod
+    def from_npz(cls, path) -> "Diagnosis":
+        """Read the ``.npz`` file of :func:`gradbench.frames.write_npz` (``gradbench run --out x.npz``)."""
+        from gradbench.frames import npz_fields
+
+        return cls(**npz_fields(path))
+
     # ------------------------------------------------------------ text
     def __str__(self) -> str:
         from gradbench.report import format_report

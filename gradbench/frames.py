@@ -28,7 +28,8 @@ The ``.npz`` file of a diagnosis (:func:`write_npz`, ``gradbench run --out x.npz
 format is documented in ``docs/formats.md``) holds the per-layer columns as arrays of length
 L, their names in ``columns``, ``hist_counts`` (L, bins), ``hist_edges`` (bins + 1) and the
 scalars; ``pd.DataFrame({c: z[c] for c in z["columns"]})`` is the frame of
-:func:`diagnosis_frame` without the histogram columns.
+:func:`diagnosis_frame` without the histogram columns, and ``Diagnosis.from_npz(path)`` the
+diagnosis itself.
 """
 
 from __future__ import annotations
@@ -162,10 +163,11 @@ def write_npz(d, path) -> str:
     return _atomic.write_atomic(path, lambda f: np.savez(f, **arrays), binary=True, suffix=".npz")
 
 
-def read_npz(path):
-    """The :class:`~gradbench.Diagnosis` written by :func:`write_npz` (no pickles are loaded)."""
-    from gradbench.diagnose import Diagnosis
+def npz_fields(path) -> dict:
+    """The fields of the :class:`~gradbench.Diagnosis` written by :func:`write_npz`.
 
+    ``Diagnosis.from_npz(path)`` builds the diagnosis from them; no pickles are loaded.
+    """
     with np.load(os.fspath(path), allow_pickle=False) as z:
         if "format" not in z.files or int(z["format"]) != NPZ_FORMAT:
             raise ValueError(f"{path} is not a gradbench diagnosis .npz (format {NPZ_FORMAT})")
@@ -182,4 +184,4 @@ def read_npz(path):
             kw[name] = v
         kw["stack"] = json.loads(str(z["stack"]))
         kw["float_limits"] = json.loads(str(z["float_limits"]))
-    return Diagnosis(**kw)
+    return kw

@@ -27,21 +27,32 @@ import math
 
 import numpy as np
 
-from gradbench import reference, spec
+from gradbench import activations
+from gradbench.abi import ACT_CODE
+from gradbench.optim import SGD, Adam
 from gradbench.params import Params, init_params
 from gradbench.spec import Stack, check_choice
 
 DECODER_ACTIVATIONS = ("auto", "sigmoid", "identity")
+OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 def _phi(stack: Stack, z: np.ndarray, slope: float) -> tuple[np.ndarray, np.ndarray]:
-    code = spec.ACT_CODE[stack.activation]
+    code = ACT_CODE[stack.activation]
     p = slope if stack.activation == "prelu" else stack.act_param
-    return reference.activation(z, code, p), reference.activation_grad(z, code, p)
+    return activations.phi(z, code, p), activations.dphi(z, code, p)
 
 
 def _sigmoid(u: np.ndarray) -> np.ndarray:
-    return reference.activation(u, spec.ACT_CODE["sigmoid"], 0.0)
+    return activations.sigmoid(u)
+
+
+def _optimizer(name: str, lr: float, momentum: float):
+    """A fresh optimiser of :mod:`gradbench.optim` (as ``gradbench.train.make_optimizer``)."""
+    check_choice("optimizer", name, OPTIMIZERS)
+    if name == "adam":
+        return Adam(lr=lr)
+    return SGD(lr=lr, momentum=momentum if name == "momentum" else 0.0)
 
 
 def autoencoder_loss_and_grads(h, W, b, V, d, stack: Stack, slope: float, decoder: str, tied: bool):
@@ -87,8 +98,6 @@ def pretrain_with_history(stack: Stack, X: np.ndarray, *, epochs: int = 50, batc
     ``history[l, e]`` is layer l's reconstruction loss on the whole data set after e epochs of
     its own training (e = 0: before).
     """
-    from gradbench.train import make_optimizer
-
     if not isinstance(stack, Stack):
         raise TypeError(f"stack must be a gradbench.Stack, got {type(stack).__name__}")
     if stack.batch_norm:
@@ -108,7 +117,7 @@ def pretrain_with_history(stack: Stack, X: np.ndarray, *, epochs: int = 50, batc
         raise ValueError(f"X has shape {X.shape}, expected (samples, {stack.d_in}) (the stack's input_dim)")
     if not np.all(np.isfinite(X)):
         raise ValueError("X contains NaN or Inf")
-    make_optimizer(optimizer, lr, momentum)  # validates optimizer, lr and momentum before any work
+    _optimizer(optimizer, lr, momentum)  # validates optimizer, lr and momentum before any work
     base = init_params(stack, seed) if params is None else params
     if not isinstance(base, Params):
         raise TypeError(f"params must be gradbench.Params, got {type(base).__name__}")
@@ -127,7 +136,7 @@ def pretrain_with_history(stack: Stack, X: np.ndarray, *, epochs: int = 50, batc
         p = {"W": out.W[l].astype(np.float64), "b": out.b[l].astype(np.float64), "d": np.zeros(N)}
         if not tied:
             p["V"] = init_params(stack.replace(depth=1), rng).W[0].T.astype(np.float64)
-        opt = make_optimizer(optimizer, lr, momentum)
+        opt = _optimizer(optimizer, lr, momentum)
 
         def full_loss():
             return autoencoder_loss_and_grads(h, p["W"], p["b"], p.get("V"), p["d"], stack, slope, decoder, tied)[0]

@@ -110,7 +110,7 @@ def test_npz_round_trip_and_loads_straight_into_numpy_and_pandas(tmp_path):
         assert z["hist_counts"].shape == d.hist_counts.shape and str(z["verdict"]) == d.verdict
         df = pd.DataFrame({c: z[c] for c in z["columns"]})
     assert len(df) == 30 and "weight_log10" in df
-    back = frames.read_npz(path)
+    back = gb.Diagnosis.from_npz(path)
     assert back.to_json() == d.to_json()  # every field, bit for bit
     with pytest.raises(ValueError, match="must end in .npz"):
         frames.write_npz(d, tmp_path / "d.parquet")
