@@ -556,8 +556,8 @@ def load(path) -> nn.Module:
             raise ValueError(f"{path}: the file holds {what}, which gradbench does not load (only nn.Sequential, "
                              "Linear, BatchNorm1d, the activations and gradbench.torch_io.Residual are allowed; "
                              "torch.load weights_only=True)") from None
-        raise ValueError(f"{path}: not a model saved with torch.save(model, path) "
-                         f"({type(exc).__name__}: {msg.splitlines()[0] if msg else ''})") from None
+        first = msg.splitlines()[0].split(". ")[0][:200] if msg else ""
+        raise ValueError(f"{path}: not a model saved with torch.save(model, path) ({type(exc).__name__}: {first})") from None
     if not isinstance(obj, nn.Module):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a model: save the module itself with "
                          "torch.save(model, path) (a state_dict has no architecture)")
