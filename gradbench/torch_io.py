@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised in environments witho
         "(torch==2.13.0; the CPU wheel is enough)"
     ) from exc
 
-from gradbench.params import Params, expected_shapes
+from gradbench.params import GeneratedParams, Params, expected_shapes
 from gradbench.spec import LOSSES, Stack, check_choice
 
 __all__ = ["Residual", "from_torch", "to_torch", "loss_fn", "load", "SAFE_MODULES"]
@@ -123,8 +123,9 @@ def to_torch(stack: Stack, params: Params) -> nn.Sequential:
     stack : Stack
         Without clipping (clipping is part of gradbench's backward pass and training, not of
         the model).
-    params : Params
-        Stored parameters of that stack (from :func:`gradbench.init_params` or training).
+    params : Params or GeneratedParams
+        Parameters of that stack (from :func:`gradbench.init_params`, training, or generated
+        per layer: then materialised, so they must fit in memory).
 
     Returns
     -------
@@ -134,8 +135,12 @@ def to_torch(stack: Stack, params: Params) -> nn.Sequential:
     """
     if not isinstance(stack, Stack):
         raise TypeError(f"stack must be a gradbench.Stack, got {type(stack).__name__}")
+    if isinstance(params, GeneratedParams):
+        if params.stack != stack:
+            raise ValueError("GeneratedParams was made for a different stack: pass GeneratedParams(stack, seed)")
+        params = params.materialize()
     if not isinstance(params, Params):
-        raise TypeError(f"params must be gradbench.Params (stored arrays), got {type(params).__name__}")
+        raise TypeError(f"params must be gradbench.Params or GeneratedParams, got {type(params).__name__}")
     if stack.clip is not None:
         raise ValueError(
             f"stack.clip={stack.clip!r} (on {stack.clip_on!r}) is part of gradbench's backward pass, not of the "

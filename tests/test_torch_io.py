@@ -85,10 +85,19 @@ def test_to_torch_refuses_what_a_module_cannot_hold():
     stack = gb.Stack(depth=2, width=3)
     with pytest.raises(ValueError, match="params.W has shape"):
         gb.to_torch(stack, gb.init_params(gb.Stack(depth=3, width=3), 0))
+    with pytest.raises(TypeError, match="params must be gradbench.Params or GeneratedParams"):
+        gb.to_torch(stack, {"W": None})
+
+
+def test_generated_weights_export_as_they_are_generated():
     from gradbench.params import GeneratedParams
 
-    with pytest.raises(TypeError, match="stored arrays"):
-        gb.to_torch(stack, GeneratedParams(stack, 0))
+    stack = gb.Stack(depth=5, width=4, activation="tanh", sigma_b=0.1, input_dim=2, loss="mse")
+    gen = GeneratedParams(stack, 3)
+    _, back = gb.from_torch(gb.to_torch(stack, gen), loss="mse")
+    assert back.W.tobytes() == gen.weights(0, 5).tobytes() and back.b.tobytes() == gen.biases(0, 5).tobytes()
+    with pytest.raises(ValueError, match="different stack"):
+        gb.to_torch(stack.replace(depth=4), gen)
 
 
 # ------------------------------------------------------------------ torch-built models vs autograd
