@@ -18,7 +18,7 @@ from gradbench import abi, spec
 from gradbench import activations as A
 from gradbench.activations import dphi_max
 
-cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built")
+cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built", exc_type=ImportError)
 
 # Tolerances by dtype: (values and gradients, relative to the largest entry of the layer).
 RTOL = {"float64": 1e-12, "float32": 1e-4}
