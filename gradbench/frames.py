@@ -27,7 +27,7 @@ int64 exponent, so -30000.5 is a value like any other, and -inf means an exact z
 The ``.npz`` file of a diagnosis (:func:`write_npz`, ``gradbench run --out x.npz``; the
 format is documented in ``docs/formats.md``) holds the per-layer columns as arrays of length
 L, their names in ``columns``, ``hist_counts`` (L, bins), ``hist_edges`` (bins + 1) and the
-scalars; ``pd.DataFrame({c: z[c] for c in z["columns"]})`` is the frame of
+other fields in the JSON string ``meta``; ``pd.DataFrame({c: z[c] for c in z["columns"]})`` is the frame of
 :func:`diagnosis_frame` without the histogram columns, and ``Diagnosis.from_npz(path)`` the
 diagnosis itself.
 """
@@ -85,17 +85,20 @@ def result_frame(res):
     return df
 
 
-_DIAG_COLUMNS = ("grad_log10", "signal_log10", "act_mean", "act_mean_log10", "act_std", "act_std_log10",
-                 "saturation", "dead", "hist_zeros", "hist_nonfinite", "hist_outside")
-_DIAG_SCALARS = ("backend", "loss", "loss_log10", "decades_per_layer", "intercept", "verdict", "explanation",
-                 "threshold", "first_nonfinite_forward", "first_nonfinite_backward")
+def _split_fields(d) -> tuple[dict[str, np.ndarray], dict]:
+    """A diagnosis' fields: (arrays, everything else), whatever fields the Diagnosis has."""
+    arrays, meta = {}, {}
+    for f in dataclasses.fields(d):
+        v = getattr(d, f.name)
+        (arrays if isinstance(v, np.ndarray) else meta)[f.name] = v
+    return arrays, meta
 
 
 def _diag_columns(d) -> dict[str, np.ndarray]:
+    """``layer`` and every per-layer (L,) array of the diagnosis, in field order."""
+    arrays, _ = _split_fields(d)
     cols = {"layer": np.arange(d.depth)}
-    cols.update({name: np.asarray(getattr(d, name)) for name in _DIAG_COLUMNS})
-    if len(d.weight_log10) == d.depth:
-        cols["weight_log10"] = np.asarray(d.weight_log10)
+    cols.update({k: a for k, a in arrays.items() if a.shape == (d.depth,)})
     return cols
 
 
@@ -108,8 +111,8 @@ def diagnosis_frame(d):
     for j in range(counts.shape[1] if counts.ndim == 2 else 0):
         cols[f"hist_{j:0{width}d}"] = counts[:, j]
     df = pd.DataFrame(cols)
-    df.attrs.update({name: getattr(d, name) for name in _DIAG_SCALARS})
-    df.attrs.update(stack=dict(d.stack), float_limits=d.float_limits, hist_edges=np.asarray(d.hist_edges).tolist())
+    df.attrs.update(_split_fields(d)[1])
+    df.attrs.update(hist_edges=np.asarray(d.hist_edges).tolist())
     return df
 
 
@@ -140,25 +143,52 @@ def train_frame(r):
 
 
 # ------------------------------------------------------------------ .npz
+def _encode(v):
+    """JSON-ready: non-finite floats as {"__float__": "nan" | "inf" | "-inf"}, NumPy scalars as Python."""
+    if isinstance(v, dict):
+        return {str(k): _encode(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encode(x) for x in v]
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return v if np.isfinite(v) else {"__float__": repr(v)}
+    return v
+
+
+def _decode(v):
+    if isinstance(v, dict):
+        if set(v) == {"__float__"}:
+            return float(v["__float__"])
+        return {k: _decode(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode(x) for x in v]
+    return v
+
+
 def write_npz(d, path) -> str:
     """Write a :class:`~gradbench.Diagnosis` to ``path`` (``.npz``, atomically; ``docs/formats.md``).
 
-    Arrays are stored as they are (float64, int64), uncompressed, so a 10^6-layer diagnosis
-    takes about 8 MB per column and loads with ``np.load`` at once. Returns the path.
+    Every array field is stored as it is (float64, int64), uncompressed, so a 10^6-layer
+    diagnosis takes about 8 MB per column and loads with ``np.load`` at once; the other fields
+    are in the JSON string ``meta`` (and, when they are a number or a string, also as 0-d
+    arrays of their name). Returns the path.
     """
     path = os.fspath(path)
     if not path.lower().endswith(".npz"):
         raise ValueError(f"path {path!r} must end in .npz")
+    fields, meta = _split_fields(d)
     cols = _diag_columns(d)
-    arrays = dict(cols)
+    arrays = dict(fields)
+    arrays["layer"] = cols["layer"]
     arrays["columns"] = np.array(list(cols))
-    arrays["hist_counts"] = np.asarray(d.hist_counts, dtype=np.int64)
-    arrays["hist_edges"] = np.asarray(d.hist_edges, dtype=np.float64)
-    for name in _DIAG_SCALARS:
-        v = getattr(d, name)
-        arrays[name] = np.array(-1 if v is None else v)  # first_nonfinite_*: -1 = none
-    arrays["stack"] = np.array(json.dumps(d.stack))
-    arrays["float_limits"] = np.array(json.dumps(d.float_limits))
+    for k, v in meta.items():
+        if isinstance(v, (str, int, float, np.integer, np.floating)) and not isinstance(v, bool):
+            arrays[k] = np.array(v)
+    arrays["meta"] = np.array(json.dumps(_encode(meta), allow_nan=False))
     arrays["format"] = np.array(NPZ_FORMAT)
     return _atomic.write_atomic(path, lambda f: np.savez(f, **arrays), binary=True, suffix=".npz")
 
@@ -169,19 +199,10 @@ def npz_fields(path) -> dict:
     ``Diagnosis.from_npz(path)`` builds the diagnosis from them; no pickles are loaded.
     """
     with np.load(os.fspath(path), allow_pickle=False) as z:
-        if "format" not in z.files or int(z["format"]) != NPZ_FORMAT:
+        if "format" not in z.files or int(z["format"]) != NPZ_FORMAT or "meta" not in z.files:
             raise ValueError(f"{path} is not a gradbench diagnosis .npz (format {NPZ_FORMAT})")
-        kw = {name: z[name].copy() for name in _DIAG_COLUMNS}
-        kw["weight_log10"] = z["weight_log10"].copy() if "weight_log10" in z.files else np.zeros(0)
-        kw["hist_counts"] = z["hist_counts"].copy()
-        kw["hist_edges"] = z["hist_edges"].copy()
-        for name in _DIAG_SCALARS:
-            v = z[name].item()
-            if name.startswith("first_nonfinite"):
-                v = None if v < 0 else int(v)
-            elif isinstance(v, (np.floating, float)):
-                v = float(v)
-            kw[name] = v
-        kw["stack"] = json.loads(str(z["stack"]))
-        kw["float_limits"] = json.loads(str(z["float_limits"]))
+        meta = _decode(json.loads(str(z["meta"])))
+        extra = {"layer", "columns", "meta", "format"} | set(meta)
+        kw = {k: z[k].copy() for k in z.files if k not in extra}
+    kw.update(meta)
     return kw

@@ -126,7 +126,8 @@ def write_diagnosis(d, logdir) -> str:
                 "depth/grad_hist_log10", min=float(edges[nz[0]]), max=float(edges[nz[-1] + 1]), num=n,
                 sum=float(np.dot(counts, centres)), sum_squares=float(np.dot(counts, centres * centres)),
                 bucket_limits=edges[1:].tolist(), bucket_counts=counts.astype(float).tolist(), global_step=l)
-        w.add_text("verdict", f"**{d.verdict}** ({d.decades_per_layer:+.4g} decades per layer): {d.explanation}", 0)
+        w.add_text("verdict", f"**{d.verdict}** ({d.decades_per_layer:+.4g} decades per layer going down towards "
+                   f"the input; negative: vanishing): {d.explanation}", 0)
     finally:
         w.close()
     return os.fspath(logdir)
