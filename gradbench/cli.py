@@ -700,6 +700,8 @@ examples:
 
     sub.add_parser("bench", help="benchmark report (gradbench.benchreport; arguments are passed on)",
                    add_help=False)
+    from gradbench import cli_sweep  # `gradbench sweep` (its own module: gradbench/cli_sweep.py)
+    cli_sweep.register(sub)
     return parser
 
 
