@@ -16,7 +16,7 @@ their ``Stack`` names (and ``batch``), ``seed``, then
   log10 ||dL/dW_l|| against l, in its sign convention), ``decades_per_layer_se`` (the standard
   error of that slope), ``signal_decades_per_layer`` (the same fit of log10 ||dL/dh_l||, the
   quantity mean field predicts, as the change per layer going down: negative = vanishing; see
-  :func:`~gradbench.sweep.worker.signal_rate`), ``log10_grad_first`` (layer 0) and
+  :class:`~gradbench.Diagnosis`), ``log10_grad_first`` (layer 0) and
   ``log10_grad_last`` (layer L - 1), ``loss_log10``, ``first_nonfinite`` (the first layer whose
   forward output, or else backward signal, is not finite; <NA> if none), ``verdict``,
   ``saturation`` and ``dead`` (means over the layers);

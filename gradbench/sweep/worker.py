@@ -20,7 +20,7 @@ import numpy as np
 from gradbench import theory
 from gradbench.diagnose import diagnose
 from gradbench.engine import backprop
-from gradbench.params import gaussian_input, init_params
+from gradbench.params import gaussian_input, init_params, random_targets
 from gradbench.spec import Stack
 
 MEASURED = ("decades_per_layer", "decades_per_layer_se", "signal_decades_per_layer", "log10_grad_first", "log10_grad_last", "loss_log10",
@@ -46,24 +46,6 @@ def slope_se(y: np.ndarray) -> float:
     return math.sqrt(float(r @ r) / (n - 2) / sxx)
 
 
-def signal_rate(signal_log10: np.ndarray) -> float:
-    """Change of log10 ||dL/dh_l|| per layer going down towards the input (negative = vanishing):
-    minus the least-squares slope against l over the finite entries; NaN with fewer than two.
-
-    This is what mean field's ``0.5 log10 chi_1`` predicts. ``decades_per_layer`` (diagnose's
-    fit of log10 ||dL/dW_l||) carries in addition the evolving correlation between the samples
-    of the batch, ||dW_l||^2 = sum_ij (g_i . g_j)(h_i . h_j): near the edge of chaos they differ
-    by a few 1e-3 decades per layer at batch 16 (they agree at batch 1).
-    """
-    y = np.asarray(signal_log10, dtype=np.float64)
-    ok = np.isfinite(y)
-    if ok.sum() < 2:
-        return math.nan
-    l = np.flatnonzero(ok).astype(np.float64)
-    dl = l - l.mean()
-    return -float(dl @ (y[ok] - y[ok].mean()) / (dl @ dl))
-
-
 def mean_field_columns(stack: Stack) -> dict:
     """The theory columns of a stack (NaN and phase None where mean field does not describe it)."""
     if stack.batch_norm or stack.residual or stack.clip is not None:
@@ -72,18 +54,6 @@ def mean_field_columns(stack: Stack) -> dict:
     mf = theory.mean_field(stack)
     return dict(q_star=mf.q_star, chi1=mf.chi1, theory_decades_per_layer=mf.decades_per_layer,
                 depth_scale=mf.depth_scale, phase=mf.phase)
-
-
-def targets(stack: Stack, batch: int, seed: int):
-    """Seeded targets for a stack with a head (``gradbench run``'s rule); None for sum_squares."""
-    if not stack.has_head:
-        return None
-    rng = np.random.default_rng([seed, 2])
-    if stack.loss == "softmax_ce":
-        return rng.integers(0, stack.output_dim, size=batch).astype(np.int64)
-    if stack.loss == "bce":
-        return rng.integers(0, 2, size=(batch, stack.output_dim)).astype(stack.np_dtype)
-    return rng.standard_normal((batch, stack.output_dim)).astype(stack.np_dtype)
 
 
 # glibc's mallopt parameters and the values its dynamic mmap threshold grows to on 64-bit Linux.
@@ -127,14 +97,14 @@ def run_one(stack: Stack, batch: int, seed: int, backend: str = "auto") -> dict:
     t0 = time.perf_counter()
     params = init_params(stack, seed)
     x = gaussian_input(stack, batch, seed=np.random.default_rng([seed, 1]))
-    res = backprop(stack, params, x, targets(stack, batch, seed), backend=backend, stats_only=True)
+    res = backprop(stack, params, x, random_targets(stack, batch, seed), backend=backend, stats_only=True)
     d = diagnose(res, params)
     seconds = time.perf_counter() - t0
     nonfinite = res.first_nonfinite_forward if res.first_nonfinite_forward is not None else \
         res.first_nonfinite_backward
     g = d.grad_log10
     row = dict(decades_per_layer=float(d.decades_per_layer), decades_per_layer_se=slope_se(g),
-               signal_decades_per_layer=signal_rate(d.signal_log10),
+               signal_decades_per_layer=float(d.signal_decades_per_layer),
                log10_grad_first=float(g[0]), log10_grad_last=float(g[-1]), loss_log10=float(d.loss_log10),
                first_nonfinite=nonfinite, verdict=d.verdict, saturation=float(np.mean(d.saturation)),
                dead=float(np.mean(d.dead)), backend=res.backend, seconds=seconds)
