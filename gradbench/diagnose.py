@@ -132,6 +132,19 @@ class Diagnosis:
     def from_json(cls, s: str) -> "Diagnosis":
         return cls.from_dict(json.loads(s))
 
+    def to_frame(self):
+        """One row per layer as a pandas DataFrame (:func:`gradbench.frames.diagnosis_frame`)."""
+        from gradbench.frames import diagnosis_frame
+
+        return diagnosis_frame(self)
+
+    @classmethod
+    def from_npz(cls, path) -> "Diagnosis":
+        """Read the ``.npz`` file of :func:`gradbench.frames.write_npz` (``gradbench run --out x.npz``)."""
+        from gradbench.frames import npz_fields
+
+        return cls(**npz_fields(path))
+
     # ------------------------------------------------------------ text
     def __str__(self) -> str:
         from gradbench.report import format_report
