@@ -112,17 +112,33 @@ def count_window(idx: np.ndarray, lo, nbins: int) -> tuple[np.ndarray, np.ndarra
 
 
 def fill_streaming(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, top, counts, below, zeros,
-                   nonfinite) -> None:
+                   nonfinite, compiled: bool = True) -> None:
     """Fill the :class:`GradHistogram` rows of the layers of dW (m, ...) with exponents e (m,).
 
-    Layers with no non-zero finite entry get ``top = 0`` and empty counts.
+    Layers with no non-zero finite entry get ``top = 0`` and empty counts. ``compiled``: use the
+    Numba twin (``gradbench.kernels.histogram_fill``, the same bins in two passes and no
+    temporaries) when the arrays suit it; this NumPy version is the reference.
     """
+    if compiled and dW.flags.c_contiguous and dW.ndim == 3:
+        kernel = _compiled()
+        if kernel is not None:
+            kernel(dW, np.ascontiguousarray(e, dtype=np.int64), int(per_decade), int(bins), top, counts, below,
+                   zeros, nonfinite)
+            return
     idx, zeros[:], nonfinite[:] = bin_rows(dW.reshape(dW.shape[0], -1), e, 0.0, per_decade)
     with np.errstate(invalid="ignore"):
         t = np.max(idx, axis=1, where=np.isfinite(idx), initial=-np.inf)
     t[~np.isfinite(t)] = 0.0
     top[:] = t.astype(np.int64)
     counts[:], below[:], _ = count_window(idx, t - bins + 1, bins)
+
+
+def _compiled():
+    try:
+        from gradbench.kernels.histogram import histogram_fill
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    return histogram_fill
 
 
 def _checked_range(hist_range) -> tuple[float, float]:
