@@ -12,6 +12,8 @@ import pytest
 
 import gradbench as gb
 from gradbench import cli
+from gradbench.cli import common
+from gradbench.cli.compare import DEMO_CONFIGS
 from gradbench.diagnose import Diagnosis
 
 
@@ -119,7 +121,7 @@ def test_demo_writes_the_flow_plot_and_says_where(tmp_path, capsys):
         assert label in out
     assert "VANISHING" in out and "EXPLODING" in out and "STABLE" in out
     data = json.loads((out_dir / "gradients.json").read_text())
-    assert len(data["configurations"]) == len(cli.DEMO_CONFIGS)
+    assert len(data["configurations"]) == len(DEMO_CONFIGS)
 
 
 @pytest.mark.slow
@@ -167,7 +169,7 @@ def test_train_diverging_run_is_reported_not_crashed(tmp_path, capsys):
 # ---------------------------------------------------------------- helpers: atomic writes, notices, bench
 def test_write_atomic_replaces_whole_files_only(tmp_path, monkeypatch):
     path = tmp_path / "out.json"
-    cli.write_atomic(str(path), "first")
+    common.write_atomic(str(path), "first")
     assert path.read_text() == "first"
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
     real_replace = os.replace
@@ -177,22 +179,21 @@ def test_write_atomic_replaces_whole_files_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError):
-        cli.write_atomic(str(path), "second")
+        common.write_atomic(str(path), "second")
     monkeypatch.setattr(os, "replace", real_replace)
     assert path.read_text() == "first"
     assert os.listdir(tmp_path) == ["out.json"]
 
 
-def test_numba_notice_is_printed_once_per_process(monkeypatch, capsys):
+def test_numba_notice_is_printed_once_per_command(monkeypatch, capsys):
     backends = sys.modules["gradbench.backends"]  # the package attribute is the function backends()
-    monkeypatch.setattr(backends, "resolve", lambda name: "numba")
-    monkeypatch.setattr(cli._Notice, "numba_shown", False)
-    assert cli.resolve_backend("auto") == "numba"
-    assert cli.resolve_backend("numba") == "numba"
-    err = capsys.readouterr().err
+    real = backends.resolve
+    monkeypatch.setattr(backends, "resolve", lambda name: "numba" if name in ("auto", "numba") else real(name))
+    code, out, err = run(["compare", "--depth", "4", "--width", "3", "--configs", "relu,tanh"], capsys)
+    assert code == 0, err
     assert err.count("compiling kernels (first run only)") == 1
     monkeypatch.setattr(backends, "resolve", lambda name: "numpy")
-    cli.resolve_backend("auto")
+    common.resolve_backend("auto")
     assert "compiling" not in capsys.readouterr().err
 
 
@@ -201,23 +202,13 @@ def test_spinner_notice_for_slow_calls():
     import time
 
     stream = io.StringIO()
-    with cli.Spinner("backprop (depth 100000)", delay=0.05, stream=stream):
+    with common.Spinner("backprop (depth 100000)", delay=0.05, stream=stream):
         time.sleep(0.3)
     assert "backprop (depth 100000)" in stream.getvalue()
     quiet = io.StringIO()
-    with cli.Spinner("fast", delay=5.0, stream=quiet):
+    with common.Spinner("fast", delay=5.0, stream=quiet):
         pass
     assert quiet.getvalue() == ""
-
-
-def test_bench_without_the_module_exits_2(monkeypatch, capsys):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "gradbench.benchreport" else real(name, *a))
-    code, out, err = run(["bench", "--quick"], capsys)
-    assert code == 2 and "gradbench.benchreport" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bench_passes_its_arguments_on(monkeypatch, capsys):
@@ -228,11 +219,6 @@ def test_bench_passes_its_arguments_on(monkeypatch, capsys):
     import gradbench
 
     monkeypatch.setattr(gradbench, "benchreport", fake, raising=False)
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "gradbench.benchreport" else real(name, *a))
     assert cli.main(["bench", "--quick", "--json", "x.json"]) == 3
     assert seen == [["--quick", "--json", "x.json"]]
 
