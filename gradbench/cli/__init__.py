@@ -1,13 +1,15 @@
 """The ``gradbench`` command line: run, compare, train, demo, theory, bench.
 
 One module per subcommand (:mod:`gradbench.cli.run`, ...), each with ``register(sub)`` adding
-its parser (and ``set_defaults(func=cmd)``); a module may instead take its arguments raw with
-``run_raw(argv)`` (``bench``). Adding a subcommand is one module and one name in
-:data:`COMMANDS`. What they share is in :mod:`gradbench.cli.common`.
+its parser (``set_defaults(func=cmd)``, returning the parser); a module may instead take its
+arguments raw with ``run_raw(argv)`` (``bench``). Adding a subcommand is one module and one
+name in :data:`COMMANDS`. Shared parts: :mod:`~gradbench.cli.common` (parser, option types,
+stack options, one probe run), :mod:`~gradbench.cli.output` (checked, atomic, documented
+files), :mod:`~gradbench.cli.progress` (progress lines, the compilation notice) and
+:mod:`~gradbench.cli.process` (exit statuses, signals, streams).
 
-Every subcommand validates its options through :class:`~gradbench.Stack` and exits with
-status 2 and a one-line message on bad input. Results are written atomically (temporary file
-+ ``os.replace``), so an interrupted run never leaves half a JSON file behind.
+Every option is validated before any work: bad input exits with status 2 and one line; output
+paths are checked first; results are written before the report is printed, atomically.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import sys
 import numpy as np
 
 from gradbench import __version__
-from gradbench.cli.common import Parser
+from gradbench.cli.common import Parser, typed_options
+from gradbench.cli.process import run_guarded
 
 # The subcommands, in the order of the help: modules of this package.
 COMMANDS = ("run", "compare", "train", "demo", "theory", "bench")
@@ -33,7 +36,11 @@ examples:
   gradbench train --demo deep-sigmoid --plot loss.png
   gradbench train --list
   gradbench theory --activation tanh --sigma-w 1.5 --sigma-b 0.1 --depth 200 --width 256 --plot theory.png
-  gradbench bench --help
+  gradbench bench benchmarks/results/bench-quick.json   (written by `make bench-quick`)
+
+exit status: 0 done; 1 a file could not be written, out of memory, or an internal error (--debug
+shows its traceback); 2 a bad option, or a run refused before it started; 130 interrupted;
+143 terminated (SIGTERM); 141 standard output closed early (| head).
 """
 
 
@@ -42,20 +49,19 @@ def _module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of every subcommand, each registered by its module."""
+    """The parser of every subcommand, each registered by its module (``parser.commands``:
+    name -> subcommand parser)."""
     parser = Parser(prog="gradbench", description=(
         "The exact gradient chain through very deep stacks: where and why gradients vanish or explode."),
-        epilog=EPILOG_MAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG_MAIN)
     parser.add_argument("--version", action="version", version=f"gradbench {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for name in COMMANDS:
-        _module(name).register(sub)
+    parser.commands = {name: _module(name).register(sub) for name in COMMANDS}
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``gradbench`` console script; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in COMMANDS and hasattr(_module(argv[0]), "run_raw"):
         return _module(argv[0]).run_raw(argv[1:])
     parser = build_parser()
@@ -66,16 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    try:
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            return int(args.func(args) or 0)
-    except (ValueError, TypeError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"gradbench {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except MemoryError as exc:
-        print(f"gradbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    args.argv = argv
+    args.typed = typed_options(parser.commands[args.command], argv)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gradbench`` console script; returns the exit status
+    (``gradbench --help`` lists them)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in COMMANDS), "")
+    return run_guarded(command, lambda: _dispatch(argv), debug="--debug" in argv)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 
-def register(sub) -> None:
-    sub.add_parser("bench", help="benchmark report (gradbench.benchreport; arguments are passed on)",
-                   add_help=False)
+def register(sub):
+    return sub.add_parser("bench", help="benchmark report from `make bench-quick` / `make bench` JSON "
+                          "(gradbench.benchreport; arguments are passed on)", add_help=False)
 
 
 def run_raw(argv: list[str]) -> int:

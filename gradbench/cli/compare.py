@@ -12,10 +12,11 @@ import textwrap
 import numpy as np
 
 from gradbench.cli.common import (
-    UsageError, add_parser, add_probe_args, add_stack_args, check_json_path, check_plot_path, payload,
-    resolve_backend, run_stack, split, stack_from_args, write_atomic,
+    WEIGHTS, UsageError, add_output_args, add_parser, add_probe_args, add_stack_args, plan_probe, refuse_unused,
+    resolve_backend, run_probe, split, stack_from_args,
 )
-from gradbench.spec import ACTIVATIONS, Stack
+from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_diagnoses, write_plot
+from gradbench.spec import ACT_PARAM_DEFAULT, ACTIVATIONS, Stack
 
 EPILOG = """\
 configurations: any activation name (sigmoid, tanh, relu, ...), sigmoid-xavier, relu-he, sigmoid-bn,
@@ -27,6 +28,8 @@ examples:
   gradbench compare --depth 50 --width 32
   gradbench compare --depth 100 --width 64 --activations sigmoid,tanh,relu,gelu --init xavier_normal
   gradbench compare --depth 40 --width 32 --configs relu,relu-he,relu-clip --plot flow.png --out cmp.json
+
+Files key the configurations by their --configs name (docs/formats.md).
 """
 
 # Variants of one base stack: name -> (label, changes). The base init of `compare` and `demo`
@@ -52,15 +55,44 @@ DEMO_CONFIGS = ("sigmoid", "tanh", "relu", "sigmoid-xavier", "relu-he", "sigmoid
                 "tanh-xavier", "tanh-clip")
 
 
-def register(sub) -> None:
+def register(sub):
     p = add_parser(sub, "compare", help="several activations / remedies side by side at one depth", epilog=EPILOG)
-    add_stack_args(p, depth=50, width=32, init=None, loss="bce")
+    add_stack_args(p, depth=50, width=32, activation=None, init=None, loss="bce")
     add_probe_args(p)
-    p.add_argument("--configs", help="comma-separated configuration names (default: the demo's)")
-    p.add_argument("--activations", help="comma-separated activations under the base init")
-    p.add_argument("--out", help="write every diagnosis as JSON")
-    p.add_argument("--plot", help="write the gradient-flow plot of all configurations")
+    g = p.add_argument_group("configurations and output")
+    g.add_argument("--configs", metavar="NAMES",
+                   help=f"comma-separated configuration names (default: {','.join(DEMO_CONFIGS)})")
+    g.add_argument("--activations", metavar="NAMES",
+                   help="comma-separated activations under the base init (instead of --configs; default: none)")
+    g.add_argument("--out", metavar="FILE", help="write every diagnosis: .json or .npz (default: none)")
+    g.add_argument("--plot", metavar="FILE", help="write the gradient-flow plot of all configurations (default: none)")
+    add_output_args(p)
     p.set_defaults(func=cmd_compare)
+    return p
+
+
+def config_names(args) -> list[str]:
+    """The configurations that --configs or --activations name (the demo's by default)."""
+    if args.activation is not None:
+        raise UsageError(f"{args.command} takes --activations or --configs (several configurations), "
+                         "not --activation")
+    if getattr(args, "configs", None) is not None and getattr(args, "activations", None) is not None:
+        raise UsageError("give --configs or --activations, not both")
+    text = getattr(args, "configs", None) or getattr(args, "activations", None)
+    if text is None:
+        return list(DEMO_CONFIGS)
+    names = split(text)
+    option = "--configs" if getattr(args, "configs", None) is not None else "--activations"
+    if not names:
+        raise UsageError(f"{option} {text!r} names no configuration")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"{option} names {', '.join(twice)} more than once")
+    if option == "--activations":
+        bad = [n for n in names if n not in ACTIVATIONS]
+        if bad:
+            raise UsageError(f"--activations: {', '.join(bad)} is not an activation; choose from {', '.join(ACTIVATIONS)}")
+    return names
 
 
 def compare_table(diags: dict, layers: list[int]) -> str:
@@ -105,24 +137,54 @@ def _base_for_compare(args) -> dict:
     return over
 
 
-def compare_stacks(args, names: list[str], backend: str) -> dict:
-    """Run every configuration ``names`` on the concrete ``backend``; label -> Diagnosis."""
-    from tqdm.auto import tqdm
-
-    from gradbench.diagnose import diagnose
-
-    base = stack_from_args(args, activation="sigmoid", **_base_for_compare(args))
+def configurations(args, names: list[str]) -> dict[str, tuple[str, Stack]]:
+    """name -> (label, stack) of every configuration, validated before anything runs."""
+    base = stack_from_args(args, activation="sigmoid", activation_param=None, **_base_for_compare(args))
     table = variants(base)
     unknown = [n for n in names if n not in table]
     if unknown:
         raise UsageError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(table)}")
+    out = {}
+    for name in names:
+        label, changes = table[name]
+        if args.activation_param is not None and changes["activation"] in ACT_PARAM_DEFAULT:
+            changes = dict(changes, activation_param=args.activation_param)
+        out[name] = (label, stack_from_args(args, **{**_fields(base), **changes}))
+    if args.activation_param is not None and all(s.activation_param is None for _, s in out.values()):
+        raise UsageError(f"--activation-param is used by {', '.join(ACT_PARAM_DEFAULT)}, and none of the "
+                         "configurations has one of them")
+    return out
+
+
+def _fields(stack: Stack) -> dict:
+    from dataclasses import asdict
+
+    return asdict(stack)
+
+
+def compare_stacks(args, names: list[str], backend: str, relative: dict | None = None) -> tuple[dict, dict]:
+    """Plan every configuration (all refusals before any run), then run them on ``backend``.
+
+    Returns (name -> Diagnosis, name -> label); ``relative`` (a dict) receives name ->
+    :class:`~gradbench.histograms.RelativeHistograms` of each run, for plots.
+    """
+    from tqdm.auto import tqdm
+
+    from gradbench import plan
+    from gradbench.diagnose import diagnose
+    from gradbench.histograms import RelativeHistograms
+
+    configs = configurations(args, names)
+    available = plan.available_memory()
+    probes = {name: plan_probe(stack, args.batch, args.seed, backend, bins=args.bins, available=available, label=name)
+              for name, (_, stack) in configs.items()}
     diags = {}
     for name in tqdm(names, desc="configurations", unit="config", leave=False, disable=None):
-        label, changes = table[name]
-        stack = base.replace(**changes)
-        res, params = run_stack(stack, args.batch, args.seed, backend, label=name)
-        diags[label] = diagnose(res, params, bins=args.bins)
-    return diags
+        res, params = run_probe(probes[name])
+        diags[name] = diagnose(res, params, bins=args.bins)
+        if relative is not None:
+            relative[name] = RelativeHistograms.from_result(res)
+    return diags, {name: label for name, (label, _) in configs.items()}
 
 
 def describe_base(args) -> str:
@@ -135,30 +197,38 @@ def describe_base(args) -> str:
     return f"depth {args.depth}, width {args.width}, batch {args.batch}, base init {init}{sw}"
 
 
-def print_comparison(args, diags: dict) -> None:
+def print_comparison(args, diags: dict, labels: dict) -> None:
     """The table of gradient norms and each configuration's verdict in words."""
-    print(f"gradient norms per layer ({describe_base(args)}; loss {args.loss}, seed {args.seed})")
-    print(compare_table(diags, sample_layers(args.depth)))
+    shown = {labels[k]: d for k, d in diags.items()}
+    print(f"gradient norms per layer ({describe_base(args)}; loss {args.loss}, seed {args.seed}; weights from {WEIGHTS})")
+    print(compare_table(shown, sample_layers(args.depth)))
     print()
-    for label, d in diags.items():
+    for label, d in shown.items():
         text = textwrap.fill(d.explanation, 100, initial_indent="    ", subsequent_indent="    ")
         print(f"  {label}: {d.verdict.upper()}\n{text}")
 
 
 def cmd_compare(args) -> int:
+    import time
+
     from gradbench import plot
 
-    check_plot_path(args.plot)
-    check_json_path(args.out)
-    names = split(args.configs) if args.configs else (split(args.activations) if args.activations
-                                                       else list(DEMO_CONFIGS))
-    diags = compare_stacks(args, names, resolve_backend(args.backend))
-    print_comparison(args, diags)
+    t0 = time.perf_counter()
+    names = config_names(args)
+    refuse_unused(args, [args.plot], [args.out, args.plot])
+    check_outputs([("--out", args.out, RESULTS), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir)
+    backend = resolve_backend(args.backend)
+    diags, labels = compare_stacks(args, names, backend)
+    written = []
     if args.out:
-        write_atomic(args.out, json.dumps(payload(command="compare", configurations={
-            k: d.to_dict() for k, d in diags.items()}), allow_nan=False))
-        print(f"wrote {args.out}")
+        head = metadata("compare", args, seed=args.seed, batch=args.batch, weights=WEIGHTS, threads=threads(backend),
+                        seconds=round(time.perf_counter() - t0, 3), labels=labels)
+        written.append(write_diagnoses(args.out, head, diags, key="configurations", mkdir=args.mkdir))
     if args.plot:
-        plot.gradient_flow(diags, args.plot, title=f"Gradient flow, depth {args.depth}, width {args.width}")
-        print(f"wrote {args.plot}")
+        written.append(write_plot(args.plot, lambda path: plot.gradient_flow(
+            {labels[k]: d for k, d in diags.items()}, path,
+            title=f"Gradient flow, depth {args.depth}, width {args.width}", dpi=args.dpi), mkdir=args.mkdir))
+    print_comparison(args, diags, labels)
+    for path in written:
+        print(f"wrote {path}")
     return 0
