@@ -2,7 +2,7 @@
 
 :func:`diagnose` turns a :class:`~gradbench.Result` into a :class:`Diagnosis` (frozen,
 ``to_dict`` / ``to_json`` / ``from_dict``, and ``str`` for a terminal). Definitions (L layers,
-l = 0 at the input, l = L - 1 at the top; docs/diagnosis.md):
+l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
 
 - ``grad_log10[l]`` = log10 ||dL/dW_l||_F and ``signal_log10[l]`` = log10 ||dL/dh_l||_F, exact
   (mantissa and int64 exponent), so 10^-60000 is reported as such.
