@@ -111,7 +111,8 @@ BACKWARD: tuple[Arg, ...] = (
     _arg("dslope", "L", "T", "w", "dL/dslope_l mantissa (exponent sig_e[l+1] + fexp[l])"),
     _arg("sig_m", "L+1", "f8", "w", "||dL/dh_l|| = sig_m[l] * 2**sig_e[l]"),
     _arg("sig_e", "L+1", "i8", "rw", "signal exponents; sig_e[L] read"),
-    _arg("gnorm_m", "L", "f8", "w", "||dW[l]|| (mantissa norm)"),
+    _arg("gnorm_m", "L", "f8", "w", "||dL/dW_l|| = gnorm_m[l] * 2**gnorm_e[l] (scaled: no square underflows)"),
+    _arg("gnorm_e", "L", "i8", "w", "the exponent of ||dL/dW_l||"),
     _INFO,
 )
 

@@ -5,20 +5,32 @@ One name per concept in every language: ``phi``/``dphi`` here (NumPy), ``phi``/`
 ``gb_dphi_f32`` in ``csrc/activations.h`` (C, token-pasted from one macro). ``grep -rn dphi``
 finds all of them. Activation codes are positions in :data:`gradbench.spec.ACTIVATIONS`.
 
-Formulas (``p`` is the activation's parameter: leaky slope, PReLU slope, ELU alpha)::
+Formulas (``p`` is the activation's parameter: leaky slope, PReLU slope, ELU alpha; s(z) the
+logistic sigmoid, Phi/phi_N the normal cdf/pdf)::
 
     identity  z                                   1
-    sigmoid   1 / (1 + exp(-z))                   s (1 - s)
-    tanh      tanh z                              1 - tanh(z)^2
+    sigmoid   s(z)                                s(z) s(-z) = e / (1 + e)^2,  e = exp(-|z|)
+    tanh      tanh z                              sech^2 z = 4 e / (1 + e)^2,  e = exp(-2|z|)
     relu      max(z, 0)                           1 if z > 0 else 0
     leaky / prelu   z if z > 0 else p z           1 if z > 0 else p
     elu       z if z > 0 else p expm1(z)          1 if z > 0 else p exp(z)
     selu      lambda * elu with alpha_selu        lambda (1 if z > 0 else alpha exp(z))
-    swish     z s(z)                              s + z s (1 - s)
-    gelu      z Phi(z) = z (1 + erf(z/sqrt2)) / 2   Phi(z) + z phi_N(z)
+    swish     z s(z)                              s(z) (1 + z s(-z))
+    gelu      z Phi(z),  Phi(z) = erfc(-z/sqrt2)/2    Phi(z) + z phi_N(z)
 
-At the kink of the ReLU family the left derivative is used (z <= 0). NaN stays NaN in phi so
-that non-finite values are reported.
+The derivatives are written without cancellation, so saturated units keep their digits:
+tanh'(20) = 1.7e-17 (1 - tanh^2 would give 0), sigmoid'(-700) = 1e-304, and Phi through erfc
+keeps gelu accurate for large negative z. Float32 inputs are evaluated in float64 and rounded
+once. At the kink of the ReLU family the left derivative is used (z <= 0). NaN stays NaN in phi
+so that non-finite values are reported.
+
+Scaled evaluation (:func:`phi_scaled`, :func:`dphi_scaled`): with forward rescaling an input is
+a mantissa u and an int64 exponent f, z = u 2^f, which may lie far outside the float range.
+Where |z| < :data:`TINY` (per activation and dtype) phi(z) equals its linear term c z to the last
+bit (tanh c = 1, gelu and swish c = 1/2, elu c = 1 or alpha, selu lambda or lambda alpha) and
+phi'(z) equals c, so they are evaluated in that form on the mantissa; where 2^f u overflows,
+phi takes its limit form (linear or constant); elsewhere z is representable and phi is
+evaluated directly. The result is the mantissa of phi(z) at the same exponent f.
 """
 
 from __future__ import annotations
@@ -27,12 +39,22 @@ import functools
 import math
 
 import numpy as np
-from scipy.special import erf
+from scipy.special import erfc
 
-from gradbench.spec import ACTIVATIONS
+from gradbench.spec import ACTIVATIONS, HOMOGENEOUS
 
 SELU_LAMBDA = 1.0507009873554804934193349852946
 SELU_ALPHA = 1.6732632423543772848170429916717
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+# |z| below which phi(z) = c z and phi'(z) = c to the last bit: the next Taylor term relative
+# to the linear one (tanh z^2/3, gelu 0.8 |z|, swish and elu/selu |z|/2) is below 2^-(p+3)
+# with p the dtype's precision (53, 24).
+TINY = {
+    "float64": {"tanh": 2.0**-30, "gelu": 2.0**-57, "swish": 2.0**-57, "elu": 2.0**-57, "selu": 2.0**-57},
+    "float32": {"tanh": 2.0**-16, "gelu": 2.0**-28, "swish": 2.0**-28, "elu": 2.0**-28, "selu": 2.0**-28},
+}
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -42,60 +64,128 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype)
 
 
+def _as64(z: np.ndarray) -> np.ndarray:
+    return np.asarray(z, dtype=np.float64)
+
+
 def phi(z: np.ndarray, code: int, param: float) -> np.ndarray:
     """phi(z) for activation ``code`` (a position in :data:`gradbench.spec.ACTIVATIONS`)."""
     name = ACTIVATIONS[code]
-    with np.errstate(over="ignore", invalid="ignore"):
+    z = np.asarray(z)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         if name == "identity":
             return z.copy()
-        if name == "sigmoid":
-            return sigmoid(z)
-        if name == "tanh":
-            return np.tanh(z)
         if name == "relu":  # NaN stays NaN so that non-finite values are reported
             return np.where((z > 0) | np.isnan(z), z, 0.0).astype(z.dtype)
         if name in ("leaky_relu", "prelu"):
             return np.where(z > 0, z, param * z).astype(z.dtype)
-        if name == "elu":
-            return np.where(z > 0, z, param * np.expm1(np.minimum(z, 0))).astype(z.dtype)
-        if name == "selu":
-            neg = SELU_ALPHA * np.expm1(np.minimum(z, 0))
-            return (SELU_LAMBDA * np.where(z > 0, z, neg)).astype(z.dtype)
-        if name == "swish":
-            return z * sigmoid(z)
-        if name == "gelu":
-            return (0.5 * z * (1.0 + erf(z * np.sqrt(0.5)))).astype(z.dtype)
-    raise ValueError(f"unknown activation code {code}")
+        x = _as64(z)
+        if name == "sigmoid":
+            out = sigmoid(x)
+        elif name == "tanh":
+            out = np.tanh(x)
+        elif name == "elu":
+            out = np.where(x > 0, x, param * np.expm1(np.minimum(x, 0)))
+        elif name == "selu":
+            out = SELU_LAMBDA * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0)))
+        elif name == "swish":
+            out = x * sigmoid(x)
+        elif name == "gelu":
+            out = 0.5 * x * erfc(-x * _SQRT_HALF)
+        else:
+            raise ValueError(f"unknown activation code {code}")
+    return out.astype(z.dtype)
 
 
 def dphi(z: np.ndarray, code: int, param: float) -> np.ndarray:
-    """phi'(z); at the kink of the ReLU family the left derivative (z <= 0) is used."""
+    """phi'(z), without cancellation (module docstring); the left derivative at the ReLU kink."""
     name = ACTIVATIONS[code]
-    with np.errstate(over="ignore", invalid="ignore"):
+    z = np.asarray(z)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         if name == "identity":
             return np.ones_like(z)
-        if name == "sigmoid":
-            s = sigmoid(z)
-            return s * (1 - s)
-        if name == "tanh":
-            t = np.tanh(z)
-            return 1 - t * t
         if name == "relu":
             return (z > 0).astype(z.dtype)
         if name in ("leaky_relu", "prelu"):
             return np.where(z > 0, 1.0, param).astype(z.dtype)
-        if name == "elu":
-            return np.where(z > 0, 1.0, param * np.exp(np.minimum(z, 0))).astype(z.dtype)
-        if name == "selu":
-            return (SELU_LAMBDA * np.where(z > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(z, 0)))).astype(z.dtype)
-        if name == "swish":
-            s = sigmoid(z)
-            return s + z * s * (1 - s)
-        if name == "gelu":
-            cdf = 0.5 * (1.0 + erf(z * np.sqrt(0.5)))
-            pdf = np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
-            return (cdf + z * pdf).astype(z.dtype)
-    raise ValueError(f"unknown activation code {code}")
+        x = _as64(z)
+        if name == "sigmoid":
+            e = np.exp(-np.abs(x))
+            out = e / ((1 + e) * (1 + e))
+        elif name == "tanh":
+            e = np.exp(-2 * np.abs(x))
+            out = 4 * e / ((1 + e) * (1 + e))
+        elif name == "elu":
+            out = np.where(x > 0, 1.0, param * np.exp(np.minimum(x, 0)))
+        elif name == "selu":
+            out = SELU_LAMBDA * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0)))
+        elif name == "swish":
+            out = sigmoid(x) * (1 + x * sigmoid(-x))
+        elif name == "gelu":
+            out = 0.5 * erfc(-x * _SQRT_HALF) + x * np.exp(-0.5 * x * x) * _INV_SQRT_2PI
+        else:
+            raise ValueError(f"unknown activation code {code}")
+    return out.astype(z.dtype)
+
+
+# ------------------------------------------------------------------ scaled evaluation
+def linear_coefficients(code: int, param: float) -> tuple[float, float, float, float, float, float]:
+    """Slopes of phi at 0 and at +-infinity: (c0 for z > 0, c0 for z <= 0, c_inf for z > 0,
+    c_inf for z < 0, and the constant phi tends to at +inf and at -inf beside the slope)."""
+    name = ACTIVATIONS[code]
+    if name == "tanh":
+        return 1.0, 1.0, 0.0, 0.0, 1.0, -1.0
+    if name in ("gelu", "swish"):
+        return 0.5, 0.5, 1.0, 0.0, 0.0, 0.0
+    if name == "elu":
+        return 1.0, param, 1.0, 0.0, 0.0, -param
+    if name == "selu":
+        return SELU_LAMBDA, SELU_LAMBDA * SELU_ALPHA, SELU_LAMBDA, 0.0, 0.0, -SELU_LAMBDA * SELU_ALPHA
+    raise ValueError(f"activation {name!r} has no scaled form (homogeneous ones need none, sigmoid is O(1))")
+
+
+def _clamp(f: int) -> int:
+    """An exponent for np.ldexp (int32): beyond +-100000 every result is 0 or inf anyway."""
+    return int(min(max(int(f), -100000), 100000))
+
+
+def _regimes(u: np.ndarray, f: int, name: str):
+    """z = u 2^f (float64), and the masks of the tiny and the overflowing entries."""
+    x = _as64(u)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        z = np.ldexp(x, _clamp(f))
+        tiny = np.abs(z) < TINY[u.dtype.name][name]
+        over = np.isinf(z) & np.isfinite(x)
+    return x, z, tiny, over
+
+
+def phi_scaled(u: np.ndarray, f: int, code: int, param: float) -> np.ndarray:
+    """The mantissa of phi(u 2^f) at exponent f (module docstring); u's dtype."""
+    name = ACTIVATIONS[code]
+    if name in HOMOGENEOUS:
+        return phi(u, code, param)  # phi(u 2^f) = phi(u) 2^f exactly
+    x, z, tiny, over = _regimes(u, f, name)
+    c0p, c0m, cip, cim, kp, km = linear_coefficients(code, param)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        out = np.ldexp(phi(z, code, param), _clamp(-f)) if (tiny | over).sum() < z.size else np.zeros_like(x)
+        out = np.where(tiny, np.where(x > 0, c0p, c0m) * x, out)
+        limit = np.where(x > 0, cip, cim) * x + np.ldexp(np.where(x > 0, kp, km), _clamp(-f))
+        out = np.where(over, limit, out)
+    return out.astype(u.dtype)
+
+
+def dphi_scaled(u: np.ndarray, f: int, code: int, param: float) -> np.ndarray:
+    """phi'(u 2^f) (module docstring); u's dtype."""
+    name = ACTIVATIONS[code]
+    if name in HOMOGENEOUS:
+        return dphi(u, code, param)
+    x, z, tiny, over = _regimes(u, f, name)
+    c0p, c0m, cip, cim, _, _ = linear_coefficients(code, param)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        out = dphi(np.where(tiny | over, 0.0, z), code, param).astype(np.float64)
+        out = np.where(tiny, np.where(x > 0, c0p, c0m), out)
+        out = np.where(over, np.where(x > 0, cip, cim), out)
+    return out.astype(u.dtype)
 
 
 # ------------------------------------------------------------------ max phi'

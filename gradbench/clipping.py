@@ -22,8 +22,13 @@ LAYER_GROUPS = (("W", "b", "gamma", "beta", "slope"), ("W_in", "b_in"), ("W_out"
 
 
 def row_norms(g: LogScaled) -> LogScaled:
-    m = g.mantissa.reshape(len(g.exponent), -1)
-    return LogScaled(np.sqrt(np.sum(np.square(m, dtype=np.float64), axis=1)), g.exponent)
+    """The norm of every row (layer), scaled so that no square under- or overflows."""
+    m = g.mantissa.reshape(len(g.exponent), -1).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        a = np.max(np.abs(m), axis=1, initial=0.0)
+    e = np.where(np.isfinite(a) & (a > 0), np.frexp(a)[1], 0).astype(np.int64)
+    n = np.sqrt(np.sum(np.square(ldexp(m, -e[:, None])), axis=1))
+    return LogScaled(n, g.exponent + e)
 
 
 def _combine_norms(norms: list[LogScaled]) -> LogScaled:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradbench import abi, spec
+from gradbench import abi, reference
 from gradbench.backends import get_backend, resolve
 from gradbench.clipping import LAYER_GROUPS, clip_param_grads, row_norms
 from gradbench.histograms import DEFAULT_BINS, DEFAULT_PER_DECADE, GradHistogram, fill_streaming
@@ -35,16 +35,15 @@ from gradbench.supply import LayerSupply
 
 
 def can_rescale_forward(stack: Stack, params: Params | GeneratedParams) -> bool:
-    """The forward pass is positively homogeneous and can carry power-of-two exponents too.
+    """Whether the forward pass carries power-of-two exponents (h_l = H[l] * 2**fexp[l]).
 
-    True for identity/ReLU-family stacks with zero biases, no batch norm and no head.
+    True for stacks with zero biases and no batch norm, whatever the activation but sigmoid:
+    their activations can shrink or grow without bound (phi(0) = 0), and only exponents keep
+    them exact (positively homogeneous activations are rescaled exactly; tanh, ELU, SELU, swish
+    and GELU through :func:`gradbench.activations.phi_scaled`). Sigmoid (phi(0) = 1/2), nonzero
+    biases and batch norm keep the signal O(1) and need nothing.
     """
-    return (
-        stack.activation in spec.HOMOGENEOUS
-        and not stack.batch_norm
-        and not stack.has_head
-        and params.zero_bias
-    )
+    return params.zero_bias and not stack.batch_norm and stack.activation != "sigmoid"
 
 
 # ------------------------------------------------------------------ the pass
@@ -155,6 +154,7 @@ class _Run:
         self.sig_e = np.zeros(L + 1, dtype=np.int64)
         self.sig_m = np.empty(L + 1)
         self.gnorm_m = np.empty(L)
+        self.gnorm_e = np.zeros(L, dtype=np.int64)
         self.work = 2 * len(self.segments)
 
     def seg_arrays(self, s: int, e: int):
@@ -183,8 +183,10 @@ def _forward(run: _Run) -> None:
     """The forward pass, segment by segment (first non-finite layer into run.info)."""
     t = time.perf_counter()
     p = run.params
-    h0 = run.x if p.W_in is None else run.x @ p.W_in.T + p.b_in
-    (run.ckpt if run.plan.recompute else run.H)[0] = h0
+    h0 = (run.ckpt if run.plan.recompute else run.H)[0]
+    h0[...] = run.x if p.W_in is None else run.x @ p.W_in.T + p.b_in
+    if run.rescale:  # tiny or huge inputs too: h_0 = H[0] * 2**fexp[0] with max |H[0]| in [0.5, 1)
+        run.fexp[0] = reference.normalise(h0)
     seg_info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
     for j, (s, e) in enumerate(run.segments):
         if j:
@@ -209,16 +211,17 @@ def _top(run: _Run, targets):
     L = stack.depth
     head_grads: dict[str, LogScaled] = {}
     if stack.has_head:
-        loss, G, dW_out, db_out = head_loss(stack, hL, run.params, targets)
+        loss, G, dW_out, db_out = head_loss(stack, hL, int(fexp[L]), run.params, targets)
         G = np.ascontiguousarray(G, dtype=stack.np_dtype)
         loss_exact = LogScaled.from_float(loss)
         zero_exp = np.zeros(1, dtype=np.int64)
-        head_grads["W_out"] = LogScaled(dW_out[None], zero_exp)
+        head_grads["W_out"] = LogScaled(dW_out[None], fexp[L:])  # dy^T h_L, h_L = H[L] 2^fexp[L]
         head_grads["b_out"] = LogScaled(db_out[None], zero_exp)
         e_top = 0
     else:
-        m, e = np.frexp(0.5 * float(np.sum(np.square(hL, dtype=np.float64))))
-        loss_exact = LogScaled(np.array(m), np.array(int(e) + 2 * int(fexp[L])))
+        n, e = reference.norm_scaled(hL)  # 0.5 ||h_L||^2 with no square lost, exact at any depth
+        m, e2 = np.frexp(0.5 * n * n)
+        loss_exact = LogScaled(np.array(m), np.array(int(e2) + 2 * (e + int(fexp[L]))))
         loss = float(loss_exact.to_float(warn=False))
         G = hL.copy()
         e_top = int(fexp[L])
@@ -240,9 +243,8 @@ def _backward(run: _Run) -> None:
     run.grads = grads if keep else None
     run.hist = None if keep or not run.hist_bins else _new_histogram(L, N, run.hist_bins)
     # parameter-gradient clipping that acts layer by layer in stats_only runs (value clipping is
-    # the same globally): it may move the exponents of the clipped dW rows
+    # the same globally): it changes the clipped dW rows and their norms
     run.layer_clip = not keep and stack.clip is not None and stack.clip_on != "signal"
-    run.e_grad = run.sig_e[1:] + run.fexp[:-1] if run.layer_clip else None
     seg_info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
     last = len(run.segments) - 1
     for j in range(last, -1, -1):
@@ -262,7 +264,8 @@ def _backward(run: _Run) -> None:
         W, _, gamma, beta, slope = layer_params
         seg_info[abi.INFO_BACKWARD] = -1
         run.impl.stack_backward(run.icfg, run.fcfg, W, gamma, beta, slope, Hs, Zs, rs, run.fexp[s:e + 1], run.G,
-                                *seg_grads, run.sig_m[s:e + 1], run.sig_e[s:e + 1], run.gnorm_m[s:e], seg_info)
+                                *seg_grads, run.sig_m[s:e + 1], run.sig_e[s:e + 1], run.gnorm_m[s:e],
+                                run.gnorm_e[s:e], seg_info)
         if run.info[abi.INFO_BACKWARD] < 0 <= seg_info[abi.INFO_BACKWARD]:
             run.info[abi.INFO_BACKWARD] = s + seg_info[abi.INFO_BACKWARD]
         if not keep:
@@ -292,8 +295,8 @@ def _segment_statistics(run: _Run, s: int, e: int, seg_grads) -> None:
              "slope": LogScaled(seg_grads[4], e_w)}
         cw = clip_param_grads(run.stack.replace(clip_on="layer"), g)["W"]
         gm, e_w = cw.mantissa, cw.exponent
-        run.gnorm_m[s:e] = row_norms(cw).mantissa
-        run.e_grad[s:e] = e_w
+        n = row_norms(cw)
+        run.gnorm_m[s:e], run.gnorm_e[s:e] = n.mantissa, n.exponent
     if run.hist is not None:
         h = run.hist
         fill_streaming(gm, e_w, run.hist_per_decade, run.hist_bins, h["top"][s:e], h["counts"][s:e],
@@ -313,16 +316,18 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
               "gamma": LogScaled(g["dgamma"], e_param), "beta": LogScaled(g["dbeta"], e_param),
               "slope": LogScaled(g["dslope"], e_weight)}
         if p.W_in is not None:
-            lg["W_in"] = LogScaled((G.T @ run.x)[None], sig_e[:1])
+            xm = run.x.copy()
+            ex = reference.normalise(xm)  # tiny or huge x: dW_in = G^T x exactly scaled
+            lg["W_in"] = LogScaled((G.T @ xm)[None], sig_e[:1] + ex)
             lg["b_in"] = LogScaled(G.sum(axis=0)[None], sig_e[:1])
         lg.update(head_grads)
-        grad_norm = LogScaled(run.gnorm_m, e_weight.copy())
+        grad_norm = LogScaled(run.gnorm_m, run.gnorm_e.copy())
         if stack.clip is not None and stack.clip_on != "signal":
             lg = clip_param_grads(stack, lg)
             grad_norm = row_norms(lg["W"])
         grads = Grads(**{k: (v if k in LAYER_GROUPS[0] else v[0]) for k, v in lg.items()})
     else:
-        grad_norm = LogScaled(run.gnorm_m, e_weight.copy() if run.e_grad is None else run.e_grad)
+        grad_norm = LogScaled(run.gnorm_m, run.gnorm_e)
         if run.hist is not None:
             grad_hist = GradHistogram(per_decade=run.hist_per_decade, bins=run.hist_bins, **run.hist)
     input_grad = G if p.W_in is None else G @ p.W_in

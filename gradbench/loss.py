@@ -12,20 +12,25 @@ import numpy as np
 
 from gradbench import abi, reference
 from gradbench.activations import sigmoid
+from gradbench.logscaled import ldexp
 from gradbench.params import Params
 from gradbench.spec import Stack
 
 
-def head_loss(stack: Stack, h: np.ndarray, params: Params, t) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Loss of the head y = h_L W_out^T + b_out; returns (loss, dL/dh_L, dW_out, db_out).
+def head_loss(stack: Stack, h: np.ndarray, f: int, params: Params, t) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Loss of the head y = h_L W_out^T + b_out, h_L = h 2^f; returns (loss, dL/dh_L, dW_out
+    (mantissa at exponent f), db_out).
 
     mse: mean over the B x O elements of (y - t)^2; bce: mean over the B x O elements of
     softplus(y) - t y (from logits, stable); softmax_ce: mean over the batch of
     logsumexp(y) - y[t]. Computed in float64, dL/dy rounded to the stack's dtype.
     """
-    y = h @ params.W_out.T + params.b_out
-    B, O = y.shape
-    y64 = y.astype(np.float64)
+    if f == 0:
+        y64 = (h @ params.W_out.T + params.b_out).astype(np.float64)
+    else:  # a forward-rescaled stack: h_L W_out^T at its exponent, then the bias
+        with np.errstate(under="ignore", over="ignore"):
+            y64 = ldexp((h @ params.W_out.T).astype(np.float64), f) + params.b_out
+    B, O = y64.shape
     if stack.loss == "mse":
         diff = y64 - t
         loss = float(np.mean(diff * diff))

@@ -11,11 +11,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-def sgd_update(w, grad, lr: float):
-    """One plain gradient-descent step, ``w - lr * grad`` (the update rule of the lecture notes)."""
-    return w - lr * grad
-
-
 def _check(lr, momentum=0.0, weight_decay=0.0):
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")

@@ -12,7 +12,10 @@ before the trusting ``stack_forward_kernel`` / ``stack_backward_kernel`` runs.
     ``Z`` (the pre-activation z_l, or the normalised xhat_l under batch norm), the batch-norm
     mean and 1/std per unit, the forward exponents ``fexp[1:]`` (all equal to ``fexp[0]`` unless
     forward rescaling is on), the statistics of h_{l+1} and ``info[0]`` = first layer whose
-    output is not finite (-1: none).
+    output is not finite (-1: none). With forward rescaling (``icfg[I_RESCALE_FWD]``: zero
+    biases, no batch norm, any activation but sigmoid) H[l] and Z[l] are mantissas at exponent
+    ``fexp[l]``, the activation is evaluated by :func:`gradbench.activations.phi_scaled`, and
+    every h_{l+1} is normalised (max |H[l+1]| in [0.5, 1)).
 
 ``stack_backward``
     ``G`` (B, N) holds dL/dh_L on entry (true value ``G * 2**sig_e[L]``) and dL/dh_0 on exit.
@@ -24,8 +27,8 @@ before the trusting ``stack_forward_kernel`` / ``stack_backward_kernel`` runs.
     clip would change the bits, so segmented and one-piece runs would differ.
     Writes the parameter-gradient mantissas (the true dW_l is ``dW[l] * 2**(sig_e[l+1] +
     fexp[l])``, db, dgamma, dbeta use ``sig_e[l+1]``, dslope ``sig_e[l+1] + fexp[l]``), the
-    signal norms ``sig_m[l] * 2**sig_e[l]`` = ||dL/dh_l|| for l = 0..L, ``gnorm_m[l]`` =
-    ||dW[l]|| (mantissa norm), and ``info[1]`` = first layer (counting down from the top)
+    signal norms ``sig_m[l] * 2**sig_e[l]`` = ||dL/dh_l|| for l = 0..L, ``gnorm_m[l] *
+    2**gnorm_e[l]`` = ||dL/dW_l|| (:func:`norm_scaled`: no square lost to underflow), and ``info[1]`` = first layer (counting down from the top)
     whose backpropagated signal is not finite.
 
 The exact chain: after every layer the signal g is replaced by ``g * 2**-e`` with e the
@@ -36,12 +39,14 @@ Statistics are accumulated in float64 whatever the dtype.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gradbench import abi
 from gradbench.abi import CLIP_NORM, CLIP_VALUE, EXP_CLAMP, I_ACT, I_BN, I_CLIP, I_RESCALE_FWD, I_RESIDUAL
 from gradbench.abi import F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, INFO_BACKWARD, INFO_FORWARD
-from gradbench.activations import dphi, phi
+from gradbench.activations import dphi, dphi_scaled, phi, phi_scaled
 
 PRELU = abi.ACT_CODE["prelu"]
 
@@ -84,17 +89,21 @@ def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
     dz[...] = gamma * rstd * (dy - dbeta / B - xhat * (dgamma / B))
 
 
-def activation_forward(a, z, code, param):
-    """a = phi(z).    a, z (B,N)"""
-    a[...] = phi(z, code, param)
+def activation_forward(a, z, code, param, f=None):
+    """a = phi(z).    a, z (B,N)
+
+    With a forward exponent ``f`` (forward rescaling): z is the mantissa of z 2^f and a the
+    mantissa of phi(z 2^f) at the same exponent (:func:`gradbench.activations.phi_scaled`).
+    """
+    a[...] = phi(z, code, param) if f is None else phi_scaled(z, f, code, param)
 
 
-def activation_backward(dz, da, z, code, param):
+def activation_backward(dz, da, z, code, param, f=None):
     """dz = da * phi'(z); returns dL/dslope = sum(da * min(z, 0)) for PReLU, else 0.
 
-    dz, da, z (B,N)
+    dz, da, z (B,N). With ``f``: phi' of z 2^f (:func:`gradbench.activations.dphi_scaled`).
     """
-    dz[...] = da * dphi(z, code, param)
+    dz[...] = da * (dphi(z, code, param) if f is None else dphi_scaled(z, f, code, param))
     if code != PRELU:
         return 0.0
     return float(np.sum(da * np.minimum(z, 0), dtype=np.float64))
@@ -166,6 +175,28 @@ def _norm(x: np.ndarray) -> float:
     return float(np.sqrt(np.sum(np.square(x, dtype=np.float64))))
 
 
+# A sum of squares in [SUMSQ_LO, SUMSQ_HI] lost nothing to underflow or overflow; outside it,
+# the entries are first scaled by 2^-e (exact) with e the exponent of max|x| (BLAS nrm2's idea).
+SUMSQ_LO, SUMSQ_HI = 2.0**-960, 2.0**960
+
+
+def norm_scaled(x: np.ndarray) -> tuple[float, int]:
+    """||x||_F = m * 2**e, with no square lost to underflow or overflow; returns (m, e).
+
+    e = 0 whenever the plain float64 sum of squares is safe (then m is that plain norm, the
+    same bits); NaN and inf entries give a non-finite m.
+    """
+    s = float(np.sum(np.square(x, dtype=np.float64)))
+    if SUMSQ_LO <= s <= SUMSQ_HI or not (s > 0 or np.any(x != 0)):
+        return math.sqrt(s), 0
+    with np.errstate(invalid="ignore"):
+        a = float(np.max(np.abs(x), initial=0.0))
+    if not math.isfinite(a):
+        return math.sqrt(s), 0
+    e = int(np.frexp(a)[1])
+    return float(np.sqrt(np.sum(np.square(np.ldexp(x.astype(np.float64), -e))))), e
+
+
 def top_signal(G: np.ndarray, e: int, clip_mode: int, c: float) -> int:
     """Normalise and (signal clipping) clip the top gradient dL/dh_L = G * 2**e in place.
 
@@ -197,7 +228,8 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
             batchnorm_forward(z, Z[l], bn_mean[l], bn_rstd[l], z.copy(), gamma[l], beta[l], eps)
         else:
             Z[l] = z
-        activation_forward(H[l + 1], z, code, layer_param)
+        f = int(fexp[l]) if rescale else None  # z is the mantissa of z 2^fexp[l] when rescaling
+        activation_forward(H[l + 1], z, code, layer_param, f)
         fexp[l + 1] = fexp[l]
         if k and (l + 1) % k == 0:
             fexp[l + 1] = add_aligned(H[l + 1], fexp[l], H[l + 1 - k], fexp[l + 1 - k], alpha)
@@ -207,17 +239,19 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         h = H[l + 1].astype(np.float64)
         act_mean[l] = h.mean()
         act_std[l] = np.sqrt(((h - act_mean[l]) ** 2).mean())
-        saturation[l] = np.mean(dphi(z, code, layer_param) < sat_threshold)
+        d = dphi(z, code, layer_param) if f is None else dphi_scaled(z, f, code, layer_param)
+        saturation[l] = np.mean(d < sat_threshold)
         dead[l] = np.mean(np.all(z <= 0, axis=0))
         if info[INFO_FORWARD] < 0 and not np.all(np.isfinite(H[l + 1])):
             info[INFO_FORWARD] = l
 
 
 def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
-                          dbeta, dslope, sig_m, sig_e, gnorm_m, info):
+                          dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, info):
     """Backward through all L layers with the power-of-two rescaled chain (module docstring)."""
     code, bn, k = int(icfg[I_ACT]), bool(icfg[I_BN]), int(icfg[I_RESIDUAL])
     clip_mode, c = int(icfg[I_CLIP]), float(fcfg[F_CLIP])
+    rescale = bool(icfg[I_RESCALE_FWD])
     param, alpha = fcfg[F_ACT_PARAM], fcfg[F_RES_SCALE]
     L = W.shape[0]
     info[INFO_BACKWARD] = -1
@@ -247,7 +281,7 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
             zl[...] = gamma[l] * Z[l] + beta[l]
         else:
             zl[...] = Z[l]
-        dslope[l] = activation_backward(dz, da, zl, code, layer_param)
+        dslope[l] = activation_backward(dz, da, zl, code, layer_param, int(fexp[l]) if rescale else None)
         if bn:
             dy = dz.copy()
             batchnorm_backward(dz, dgamma[l], dbeta[l], dy, Z[l], bn_rstd[l], gamma[l])
@@ -255,7 +289,8 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
             dgamma[l] = 0
             dbeta[l] = 0
         dense_backward(G, dW[l], db[l], dz, H[l], W[l])
-        gnorm_m[l] = _norm(dW[l])
+        gnorm_m[l], ge = norm_scaled(dW[l])
+        gnorm_e[l] = e + fexp[l] + ge
         sig_e[l] = e
         if k and l % k == 0:  # start of a group: add the skip path
             sig_e[l] = add_aligned(G, e, skip, skip_e)

@@ -89,7 +89,8 @@ class Stack:
     depth, width : int
         Number of layers L >= 1 and units per layer N >= 1.
     activation : str
-        One of :data:`ACTIVATIONS`.
+        One of :data:`ACTIVATIONS` (formulas in :mod:`gradbench.activations`). The ReLU family
+        (relu, leaky_relu, prelu) uses its left derivative at 0: phi'(0) = 0 (relu) or the slope.
     activation_param : float, optional
         Leaky-ReLU slope (default 0.01), initial PReLU slope (0.25) or ELU alpha (1.0).
     init : str
@@ -102,7 +103,9 @@ class Stack:
     sigma_b : float
         Standard deviation of the biases (normal); 0 gives zero biases.
     batch_norm : bool
-        Batch normalisation (train mode, batch statistics) after each linear map.
+        Batch normalisation (train mode: batch mean and biased batch variance, as PyTorch's
+        training forward) after each linear map; gamma = 1 and beta = 0 at init. Needs a
+        batch of at least 2.
     bn_eps : float
         The epsilon of batch normalisation.
     residual : int
@@ -112,13 +115,18 @@ class Stack:
     clip : {"value", "norm"} or None
         Gradient clipping mode and ``clip_threshold`` c > 0.
     clip_on : {"signal", "layer", "global"}
-        ``signal``: the backpropagated signal dL/dh_l is clipped at every layer (value:
-        elementwise to [-c, c]; norm: Frobenius norm over the batch <= c). ``layer``: each
-        layer's parameter gradients (W, b, gamma, beta, slope together). ``global``: all
-        parameter gradients together, as ``clip_grad_norm_`` does.
+        ``signal`` (the default): the backpropagated signal dL/dh_l is clipped at every layer,
+        from dL/dh_L at the top down to dL/dh_0 (value: elementwise to [-c, c]; norm:
+        Frobenius norm over the batch <= c). ``layer``: each layer's parameter gradients
+        (W, b, gamma, beta, slope together; the input layer and the head count as one layer
+        each). ``global``: all parameter gradients together, as PyTorch's ``clip_grad_norm_``,
+        but scaled by exactly c / total (PyTorch uses c / (total + 1e-6)). Clipping acts on
+        the exact values, at any depth.
     loss : str
-        ``sum_squares`` (0.5 ||h_L||^2, no head) or a linear head to ``output_dim`` with
-        ``mse``, ``bce`` (from logits) or ``softmax_ce``.
+        ``sum_squares`` (0.5 ||h_L||^2 summed over the batch, no head) or a linear head
+        y = h_L W_out^T + b_out to ``output_dim`` with ``mse`` (mean over batch x outputs of
+        (y - t)^2), ``bce`` (from logits, mean over batch x outputs) or ``softmax_ce`` (mean
+        over the batch).
     input_dim : int, optional
         Data dimension D. When it differs from ``width`` a linear input layer
         ``h_0 = x W_in^T + b_in`` maps it to the width.

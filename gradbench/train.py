@@ -226,6 +226,10 @@ def train(
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if stack.batch_norm and (min(batch_size, len(X)) < 2 or len(X) % batch_size == 1):
+        raise ValueError(
+            f"batch_norm=True needs mini-batches of at least 2 samples; batch_size={batch_size} with {len(X)} samples "
+            "leaves a batch of 1 (its batch statistics are degenerate): choose another batch_size")
     opt = make_optimizer(optimizer, lr, momentum, weight_decay) if isinstance(optimizer, str) else optimizer
     T = targets_for(stack, y)
     labels = np.asarray(y).astype(np.int64)

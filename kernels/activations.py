@@ -1,9 +1,9 @@
-"""phi and phi' of every activation, one scalar function each, in the reference's arithmetic.
+"""phi and phi' of every activation, one scalar function each: the Numba twins of
+:mod:`gradbench.activations` (same names, same formulas; ``grep -rn dphi`` finds all three).
 
-Each function takes a scalar ``z`` of the array dtype and returns that dtype. Where the
-reference computes in float64 (a NumPy float64 parameter times a float32 array promotes to
-float64 under NEP 50) the kernels do too and round once; elsewhere they compute in the array
-dtype. ``_as(x, like)`` casts ``x`` to the type of ``like`` (float32 or float64) at compile time.
+Each function takes a scalar ``z`` of the array dtype and returns that dtype; the smooth
+activations are evaluated in float64 and rounded once, as the reference does. ``_as(x, like)``
+casts ``x`` to the type of ``like`` (float32 or float64) at compile time.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from gradbench import activations as A
 from gradbench.abi import ACT_CODE
 from gradbench.activations import SELU_ALPHA, SELU_LAMBDA
+from gradbench.spec import ACTIVATIONS
 
 from ._config import JIT
 
@@ -23,8 +25,8 @@ IDENTITY, SIGMOID, TANH, RELU = ACT_CODE["identity"], ACT_CODE["sigmoid"], ACT_C
 LEAKY, PRELU, ELU, SELU = ACT_CODE["leaky_relu"], ACT_CODE["prelu"], ACT_CODE["elu"], ACT_CODE["selu"]
 SWISH, GELU = ACT_CODE["swish"], ACT_CODE["gelu"]
 
-SQRT_HALF = float(np.sqrt(0.5))
-SQRT_2PI = float(np.sqrt(2 * np.pi))
+SQRT_HALF = math.sqrt(0.5)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def _as(x, like):
@@ -84,22 +86,25 @@ def tanh(z):
 
 
 @njit(**JIT)
+def sigmoid64(x):
+    """1 / (1 + exp(-x)) of a float64, written so that neither branch overflows (as the reference)."""
+    e = math.exp(-abs(x))
+    if x >= 0:
+        return 1.0 / (1.0 + e)
+    return e / (1.0 + e)
+
+
+@njit(**JIT)
 def sigmoid(z):
-    """1 / (1 + exp(-z)) written so that neither branch overflows (as the reference)."""
-    one = _as(1.0, z)
-    e = math.exp(-abs(z))
-    if z >= 0:
-        return one / (one + e)
-    return e / (one + e)
+    """sigmoid in z's dtype (float32: the float64 value rounded once)."""
+    return _as(sigmoid64(np.float64(z)), z)
 
 
 @njit(**JIT)
 def phi(z, code, p):
-    """phi(z) for activation ``code``; ``p`` (float64) is its parameter (slope, alpha)."""
-    if code == TANH:
-        return tanh(z)
-    if code == SIGMOID:
-        return sigmoid(z)
+    """phi(z) for activation ``code``; ``p`` (float64) is its parameter (slope, alpha).
+
+    Evaluated in float64 and rounded once to z's dtype, as the reference."""
     if code == RELU:  # NaN stays NaN
         if z > 0 or z != z:
             return z
@@ -108,33 +113,29 @@ def phi(z, code, p):
         if z > 0:
             return z
         return _as(p * z, z)
-    if code == ELU:
-        if z > 0:
-            return z
-        return _as(p * math.expm1(z), z)  # z <= 0 or NaN here: min(z, 0) is z
-    if code == SELU:
-        if z > 0:
-            return _as(SELU_LAMBDA, z) * z
-        return _as(SELU_LAMBDA, z) * (_as(SELU_ALPHA, z) * math.expm1(z))
-    if code == SWISH:
-        return z * sigmoid(z)
-    if code == GELU:
-        half = _as(0.5, z) * z
-        return _as(np.float64(half) * (1.0 + math.erf(np.float64(z) * SQRT_HALF)), z)
-    return z  # identity
+    if code == IDENTITY:
+        return z
+    x = np.float64(z)
+    if code == TANH:
+        v = tanh64(x)
+    elif code == SIGMOID:
+        v = sigmoid64(x)
+    elif code == ELU:
+        v = x if x > 0 else p * math.expm1(x)  # x <= 0 or NaN here: min(x, 0) is x
+    elif code == SELU:
+        v = SELU_LAMBDA * (x if x > 0 else SELU_ALPHA * math.expm1(x))
+    elif code == SWISH:
+        v = x * sigmoid64(x)
+    else:  # GELU
+        v = 0.5 * x * math.erfc(-x * SQRT_HALF)
+    return _as(v, z)
 
 
 @njit(**JIT)
-def dphi(z, a, use_a, code, p):
-    """phi'(z); at the kink of the ReLU family the left derivative. ``a`` = phi(z) is used
-    instead of recomputing it (sigmoid, tanh) when ``use_a`` is true."""
+def dphi(z, code, p):
+    """phi'(z) without cancellation (see gradbench.activations); the left derivative at the
+    ReLU kink. Evaluated in float64 and rounded once to z's dtype."""
     one = _as(1.0, z)
-    if code == TANH:
-        t = a if use_a else tanh(z)
-        return one - t * t
-    if code == SIGMOID:
-        s = a if use_a else sigmoid(z)
-        return s * (one - s)
     if code == RELU:
         if z > 0:
             return one
@@ -143,20 +144,99 @@ def dphi(z, a, use_a, code, p):
         if z > 0:
             return one
         return _as(p, z)
+    if code == IDENTITY:
+        return one
+    x = np.float64(z)
+    if code == TANH:
+        e = math.exp(-2.0 * abs(x))
+        v = 4.0 * e / ((1.0 + e) * (1.0 + e))
+    elif code == SIGMOID:
+        e = math.exp(-abs(x))
+        v = e / ((1.0 + e) * (1.0 + e))
+    elif code == ELU:
+        v = 1.0 if x > 0 else p * math.exp(x)
+    elif code == SELU:
+        v = SELU_LAMBDA * (1.0 if x > 0 else SELU_ALPHA * math.exp(x))
+    elif code == SWISH:
+        v = sigmoid64(x) * (1.0 + x * sigmoid64(-x))
+    else:  # GELU
+        v = 0.5 * math.erfc(-x * SQRT_HALF) + x * math.exp(-0.5 * x * x) * INV_SQRT_2PI
+    return _as(v, z)
+
+
+# ------------------------------------------------------------------ scaled evaluation
+# phi_scaled / dphi_scaled: the twins of gradbench.activations.phi_scaled / dphi_scaled (read
+# their docstring). The thresholds and coefficients are gradbench.activations' own numbers,
+# indexed here by activation code (0 for the activations that need no scaled form).
+_TINY64 = np.array([A.TINY["float64"].get(n, 0.0) for n in ACTIVATIONS])
+_TINY32 = np.array([A.TINY["float32"].get(n, 0.0) for n in ACTIVATIONS])
+_EXP_LIMIT = 100000  # the clamp of gradbench.activations._clamp
+
+
+def _tiny(u, code):
+    """The TINY threshold of u's dtype (pure-Python fallback, used with NUMBA_DISABLE_JIT)."""
+    return (_TINY32 if isinstance(u, np.float32) else _TINY64)[code]
+
+
+@overload(_tiny)
+def _tiny_impl(u, code):
+    if isinstance(u, types.Float) and u.bitwidth == 32:
+        return lambda u, code: _TINY32[code]
+    return lambda u, code: _TINY64[code]
+
+
+@njit(**JIT)
+def _clamp_f(f):
+    return int(min(max(f, -_EXP_LIMIT), _EXP_LIMIT))
+
+
+@njit(**JIT)
+def _coefficients(code, p):
+    """(c0+, c0-, cinf+, cinf-, k+, k-) of gradbench.activations.linear_coefficients."""
+    if code == TANH:
+        return 1.0, 1.0, 0.0, 0.0, 1.0, -1.0
     if code == ELU:
-        if z > 0:
-            return one
-        return _as(p * math.exp(z), z)
+        return 1.0, p, 1.0, 0.0, 0.0, -p
     if code == SELU:
-        if z > 0:
-            return _as(SELU_LAMBDA, z) * one
-        return _as(SELU_LAMBDA, z) * (_as(SELU_ALPHA, z) * math.exp(z))
-    if code == SWISH:
-        s = sigmoid(z)
-        return s + z * s * (one - s)
-    if code == GELU:
-        z64 = np.float64(z)
-        cdf = 0.5 * (1.0 + math.erf(z64 * SQRT_HALF))
-        pdf = np.float64(math.exp(_as(-0.5, z) * z * z)) / SQRT_2PI
-        return _as(cdf + z64 * pdf, z)
-    return one  # identity
+        return SELU_LAMBDA, SELU_LAMBDA * SELU_ALPHA, SELU_LAMBDA, 0.0, 0.0, -SELU_LAMBDA * SELU_ALPHA
+    return 0.5, 0.5, 1.0, 0.0, 0.0, 0.0  # gelu, swish
+
+
+@njit(**JIT)
+def scaled_regime(u, f, code):
+    """(x, z, regime) of the mantissa u at exponent f: x = float64(u), z = x 2^f, regime 0
+    (direct), 1 (tiny: the linear form), 2 (2^f u overflows: the limit form)."""
+    x = np.float64(u)
+    z = math.ldexp(x, _clamp_f(f))
+    tiny = _tiny(u, code)
+    if abs(z) < tiny:
+        return x, z, 1
+    if math.isinf(z) and math.isfinite(x):
+        return x, z, 2
+    return x, z, 0
+
+
+@njit(**JIT)
+def phi_scaled(u, f, code, p):
+    """The mantissa of phi(u 2^f) at exponent f (tanh, elu, selu, swish, gelu)."""
+    x, z, regime = scaled_regime(u, f, code)
+    c0p, c0m, cip, cim, kp, km = _coefficients(code, p)
+    if regime == 1:
+        return _as((c0p if x > 0 else c0m) * x, u)
+    if regime == 2:
+        if x > 0:
+            return _as(cip * x + math.ldexp(kp, _clamp_f(-f)), u)
+        return _as(cim * x + math.ldexp(km, _clamp_f(-f)), u)
+    return _as(math.ldexp(np.float64(phi(z, code, p)), _clamp_f(-f)), u)
+
+
+@njit(**JIT)
+def dphi_scaled(u, f, code, p):
+    """phi'(u 2^f) (tanh, elu, selu, swish, gelu)."""
+    x, z, regime = scaled_regime(u, f, code)
+    c0p, c0m, cip, cim, _, _ = _coefficients(code, p)
+    if regime == 1:
+        return _as(c0p if x > 0 else c0m, u)
+    if regime == 2:
+        return _as(cip if x > 0 else cim, u)
+    return _as(np.float64(dphi(z, code, p)), u)

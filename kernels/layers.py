@@ -19,7 +19,7 @@ from numba import njit
 from gradbench.abi import CLIP_NORM, CLIP_VALUE
 
 from ._config import EXP_CLAMP, JIT
-from .activations import PRELU, RELU, TANH, _as, dphi, phi, tanh
+from .activations import PRELU, RELU, TANH, _as, dphi, dphi_scaled, phi, phi_scaled, tanh
 
 
 @njit(**JIT)
@@ -170,9 +170,10 @@ def _alive(alive, z):
 
 
 @njit(**JIT)
-def _activation_forward_stats(a, z, code, param, sat_threshold, alive):
-    """a = phi(z); returns the number of entries with phi'(z) < sat_threshold and sets
-    alive[j] = some z[:, j] > 0 (not "z <= 0", so NaN counts as alive as in the reference).
+def _activation_forward_stats(a, z, code, param, f, scaled, sat_threshold, alive):
+    """a = phi(z) (``scaled``: the mantissa of phi(z 2^f), :func:`.activations.phi_scaled`);
+    returns the number of entries with phi' < sat_threshold and sets alive[j] = some z[:, j]
+    is not <= 0 (NaN counts as alive, as in the reference).
 
     The activation switch is outside the element loops for the common cheap cases.
     """
@@ -180,7 +181,7 @@ def _activation_forward_stats(a, z, code, param, sat_threshold, alive):
     nsat = 0
     for j in range(N):
         alive[j] = False
-    if code == TANH:  # phi' = 1 - a^2 from the value just computed; loops LLVM vectorises
+    if code == TANH and not scaled:  # loops LLVM vectorises; phi' = 1 - a^2 only for the count
         one = _as(1.0, a[0, 0])
         for i in range(B):
             for j in range(N):
@@ -202,42 +203,57 @@ def _activation_forward_stats(a, z, code, param, sat_threshold, alive):
                 if not (zz <= 0):
                     alive[j] = True
         return nsat
-    use_a = N > 0  # True, but typed bool (not a literal) to share dphi's compilation
     for i in range(B):
         for j in range(N):
             zz = z[i, j]
-            v = phi(zz, code, param)
-            a[i, j] = v
-            nsat += dphi(zz, v, use_a, code, param) < sat_threshold
+            if scaled:
+                a[i, j] = phi_scaled(zz, f, code, param)
+                d = dphi_scaled(zz, f, code, param)
+            else:
+                a[i, j] = phi(zz, code, param)
+                d = dphi(zz, code, param)
+            nsat += d < sat_threshold
             if not (zz <= 0):
                 alive[j] = True
     return nsat
 
 
 @njit(**JIT)
-def activation_forward(a, z, code, param):
-    """a = phi(z).    a, z (B,N)"""
+def activation_forward(a, z, code, param, f=None):
+    """a = phi(z) (with ``f``: the mantissa of phi(z 2^f)).    a, z (B,N)"""
     B, N = z.shape
     for i in range(B):
         for j in range(N):
-            a[i, j] = phi(z[i, j], code, param)
+            if f is None:
+                a[i, j] = phi(z[i, j], code, param)
+            else:
+                a[i, j] = phi_scaled(z[i, j], f, code, param)
 
 
 @njit(**JIT)
-def _activation_backward(dz, da, z, a, use_a, code, param):
-    """dz = da * phi'(z) (a = phi(z) when use_a); returns sum(da * min(z, 0)) for PReLU."""
+def _activation_backward(dz, da, z, a, use_a, code, param, f, scaled):
+    """dz = da * phi'(z) (``scaled``: phi'(z 2^f)); returns sum(da * min(z, 0)) for PReLU.
+
+    ``use_a``: a = tanh(z) is the saved output, and where |a| <= 1/2 tanh' = 1 - a^2 is
+    accurate to a few ulps (no cancellation), so the exp of the accurate form is skipped there.
+    """
     B, N = z.shape
-    if code == TANH and use_a:  # from the saved output
+    if code == TANH and use_a:
         one = _as(1.0, a[0, 0])
+        half = _as(0.5, a[0, 0])
         for i in range(B):
             for j in range(N):
                 t = a[i, j]
-                dz[i, j] = da[i, j] * (one - t * t)
+                if abs(t) <= half:
+                    dz[i, j] = da[i, j] * (one - t * t)
+                else:
+                    dz[i, j] = da[i, j] * dphi(z[i, j], code, param)
         return 0.0
     for i in range(B):
         for j in range(N):
             zz = z[i, j]
-            dz[i, j] = da[i, j] * dphi(zz, a[i, j], use_a, code, param)
+            d = dphi_scaled(zz, f, code, param) if scaled else dphi(zz, code, param)
+            dz[i, j] = da[i, j] * d
     if code != PRELU:
         return 0.0
     s = 0.0
@@ -250,12 +266,12 @@ def _activation_backward(dz, da, z, a, use_a, code, param):
 
 
 @njit(**JIT)
-def activation_backward(dz, da, z, code, param):
-    """dz = da * phi'(z); returns dL/dslope = sum(da * min(z, 0)) for PReLU, else 0.
-
-    dz, da, z (B,N)
-    """
-    return _activation_backward(dz, da, z, z, False, code, param)
+def activation_backward(dz, da, z, code, param, f=None):
+    """dz = da * phi'(z) (with ``f``: phi'(z 2^f)); returns dL/dslope = sum(da * min(z, 0)) for
+    PReLU, else 0.    dz, da, z (B,N)"""
+    if f is None:
+        return _activation_backward(dz, da, z, z, False, code, param, 0, False)
+    return _activation_backward(dz, da, z, z, False, code, param, f, True)
 
 
 # ------------------------------------------------------------------ the exact chain
@@ -353,19 +369,20 @@ def clip_signal(g, e, mode, c):
 # Whole-array sums in float64 by blocks of 128 with 8 partial sums each (NumPy's pairwise
 # leaf), block sums added in order: within a few ulps of NumPy's pairwise summation.
 @njit(**JIT)
-def _sum_block(x, start, stop, mean, square):
-    """sum over x[start:stop] of (x - mean) or (x - mean)**2, 8 partial sums."""
+def _sum_block(x, start, stop, mean, square, scale):
+    """sum over x[start:stop] of (x scale - mean) or (x scale - mean)**2, 8 partial sums
+    (scale: a power of two, 1 except for scaled norms)."""
     r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
     n8 = start + ((stop - start) // 8) * 8
     for i in range(start, n8, 8):
         v0 = np.float64(x[i]) - mean
-        v1 = np.float64(x[i + 1]) - mean
-        v2 = np.float64(x[i + 2]) - mean
-        v3 = np.float64(x[i + 3]) - mean
-        v4 = np.float64(x[i + 4]) - mean
-        v5 = np.float64(x[i + 5]) - mean
-        v6 = np.float64(x[i + 6]) - mean
-        v7 = np.float64(x[i + 7]) - mean
+        v1 = np.float64(x[i + 1]) * scale - mean
+        v2 = np.float64(x[i + 2]) * scale - mean
+        v3 = np.float64(x[i + 3]) * scale - mean
+        v4 = np.float64(x[i + 4]) * scale - mean
+        v5 = np.float64(x[i + 5]) * scale - mean
+        v6 = np.float64(x[i + 6]) * scale - mean
+        v7 = np.float64(x[i + 7]) * scale - mean
         if square:
             v0 *= v0
             v1 *= v1
@@ -385,24 +402,50 @@ def _sum_block(x, start, stop, mean, square):
         r7 += v7
     s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
     for i in range(n8, stop):
-        v = np.float64(x[i]) - mean
+        v = np.float64(x[i]) * scale - mean
         s += v * v if square else v
     return s
 
 
 @njit(**JIT)
-def _sum_flat(x, mean, square):
+def _sum_flat(x, mean, square, scale):
     n = x.size
     s = 0.0
     for start in range(0, n, 128):
-        s += _sum_block(x, start, min(start + 128, n), mean, square)
+        s += _sum_block(x, start, min(start + 128, n), mean, square, scale)
     return s
 
 
 @njit(**JIT)
 def sumsq(g):
     """sum(g**2) in float64 over a C-contiguous array of any shape."""
-    return _sum_flat(g.reshape(g.size), 0.0, True)
+    return _sum_flat(g.reshape(g.size), 0.0, True, 1.0)
+
+
+# A sum of squares in [SUMSQ_LO, SUMSQ_HI] lost nothing to underflow or overflow
+# (gradbench.reference.norm_scaled, the same bounds); outside it the entries are scaled by 2^-e.
+SUMSQ_LO = 2.0**-960
+SUMSQ_HI = 2.0**960
+
+
+@njit(**JIT)
+def norm_scaled(x):
+    """||x|| = m * 2**e with no square lost (gradbench.reference.norm_scaled); returns (m, e).
+
+    x: a C-contiguous array of any shape."""
+    flat = x.reshape(x.size)
+    s = _sum_flat(flat, 0.0, True, 1.0)
+    if (s >= SUMSQ_LO and s <= SUMSQ_HI) or s != s:
+        return math.sqrt(s), np.int64(0)
+    a = 0.0
+    for i in range(flat.size):
+        v = abs(np.float64(flat[i]))
+        if v > a:
+            a = v
+    if a == 0.0 or not math.isfinite(a):
+        return math.sqrt(s), np.int64(0)
+    e = np.int64(math.frexp(a)[1])
+    return math.sqrt(_sum_flat(flat, 0.0, True, math.ldexp(1.0, int(-e)))), e
 
 
 @njit(**JIT)
@@ -418,6 +461,6 @@ def all_finite(g):
 def moments(h):
     """(mean, std) of all entries of h in float64, two passes, as h.mean() and h.std()."""
     x = h.reshape(h.size)
-    m = _sum_flat(x, 0.0, False) / x.size
-    v = _sum_flat(x, m, True) / x.size
+    m = _sum_flat(x, 0.0, False, 1.0) / x.size
+    v = _sum_flat(x, m, True, 1.0) / x.size
     return m, math.sqrt(v)

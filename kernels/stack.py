@@ -19,11 +19,17 @@ from gradbench.abi import (
 )
 
 from ._config import JIT
-from .activations import PRELU, SIGMOID, TANH, _as
+from .activations import IDENTITY, LEAKY, PRELU, RELU, TANH, _as
 from .layers import (
     _activation_backward, _activation_forward_stats, add_aligned, all_finite, batchnorm_backward,
-    batchnorm_forward, clip_signal, dense_backward, dense_forward, moments, normalise, sumsq,
+    batchnorm_forward, clip_signal, dense_backward, dense_forward, moments, norm_scaled, normalise, sumsq,
 )
+
+
+@njit(**JIT)
+def _needs_scaled(code, rescale):
+    """Forward rescaling of an activation that is not positively homogeneous: phi_scaled."""
+    return rescale and not (code == IDENTITY or code == RELU or code == LEAKY or code == PRELU)
 
 
 @njit(**JIT)
@@ -52,7 +58,8 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         else:
             z = Z[l]
             dense_forward(z, H[l], W[l], b[l])
-        nsat = _activation_forward_stats(H[l + 1], z, code, p, sat_threshold, alive)
+        nsat = _activation_forward_stats(H[l + 1], z, code, p, fexp[l], _needs_scaled(code, rescale),
+                                         sat_threshold, alive)
         fexp[l + 1] = fexp[l]
         if k > 0 and (l + 1) % k == 0:
             fexp[l + 1] = add_aligned(H[l + 1], fexp[l], H[l + 1 - k], fexp[l + 1 - k], alpha)
@@ -85,10 +92,10 @@ def _finish(G, l, clip_mode, c, sig_m, sig_e, info):
 
 @njit(**JIT)
 def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db,
-                          dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, info):
+                          dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, info):
     """Backward through all L layers with the power-of-two rescaled chain.  G (B,N) holds
     dL/dh_L on entry and dL/dh_0 on exit; dW (L,N,N), db/dgamma/dbeta (L,N), dslope (L,),
-    sig_m/sig_e (L+1,), gnorm_m (L,)"""
+    sig_m/sig_e (L+1,), gnorm_m/gnorm_e (L,)"""
     code = icfg[I_ACT]
     bn = icfg[I_BN] != 0
     k = icfg[I_RESIDUAL]
@@ -126,8 +133,8 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         else:
             z = Z[l]
         # H[l+1] = phi(z_l) exactly unless a residual add or forward rescaling changed it
-        use_a = (code == TANH or code == SIGMOID) and not end and not rescale
-        dslope[l] = _activation_backward(dz, G, z, H[l + 1], use_a, code, p)
+        use_a = code == TANH and not end and not rescale
+        dslope[l] = _activation_backward(dz, G, z, H[l + 1], use_a, code, p, fexp[l], _needs_scaled(code, rescale))
         if bn:
             batchnorm_backward(dz, dgamma[l], dbeta[l], dz, Z[l], bn_rstd[l], gamma[l])
         else:
@@ -135,7 +142,9 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
                 dgamma[l, j] = 0
                 dbeta[l, j] = 0
         dense_backward(G, dW[l], db[l], dz, H[l], W[l])
-        gnorm_m[l] = math.sqrt(sumsq(dW[l]))
+        nm, ne = norm_scaled(dW[l])
+        gnorm_m[l] = nm
+        gnorm_e[l] = e + fexp[l] + ne
         sig_e[l] = e
         if k > 0 and l % k == 0:  # start of a group: add the skip path
             sig_e[l] = add_aligned(G, e, skip, skip_e, 1.0)

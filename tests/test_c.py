@@ -18,7 +18,7 @@ from gradbench import abi, spec
 from gradbench import activations as A
 from gradbench.activations import dphi_max
 
-cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built")
+cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built", exc_type=ImportError)
 
 # Tolerances by dtype: (values and gradients, relative to the largest entry of the layer).
 RTOL = {"float64": 1e-12, "float32": 1e-4}
@@ -129,14 +129,15 @@ def _run(forward, backward, stack, params, x, top=True):
             o["dead"], o["info"])
     o.update(G=o["H"][L].copy(), dW=np.empty((L, N, N), dt), db=np.empty((L, N), dt),
              dgamma=np.empty((L, N), dt), dbeta=np.empty((L, N), dt), dslope=np.empty(L, dt),
-             sig_m=np.empty(L + 1), sig_e=np.zeros(L + 1, np.int64), gnorm_m=np.empty(L))
+             sig_m=np.empty(L + 1), sig_e=np.zeros(L + 1, np.int64), gnorm_m=np.empty(L),
+             gnorm_e=np.zeros(L, np.int64))
     # the engine normalises and (signal clipping) clips the top signal once, before the backward
     o["sig_e"][L] = o["fexp"][L]
     if top:
         o["sig_e"][L] = ref.top_signal(o["G"], int(o["fexp"][L]), abi.signal_clip(stack), stack.clip_threshold)
     backward(icfg, fcfg, params.W, params.gamma, params.beta, params.slope, o["H"], o["Z"],
              o["bn_rstd"], o["fexp"], o["G"], o["dW"], o["db"], o["dgamma"], o["dbeta"], o["dslope"],
-             o["sig_m"], o["sig_e"], o["gnorm_m"], o["info"])
+             o["sig_m"], o["sig_e"], o["gnorm_m"], o["gnorm_e"], o["info"])
     return o
 
 

@@ -57,9 +57,10 @@ def _compare_backward(backend, stack, fwd, rb, gbk, rt):
     if stack.batch_norm:
         assert_bias_under_batchnorm(backend, "backward: db", gbk["db"], gbk["sig_e"][1:], rb["dbeta"],
                                     rb["dgamma"], rb["sig_e"][1:], dt)
-    for name in ("dW", "dgamma", "dbeta", "dslope", "gnorm_m") + (() if stack.batch_norm else ("db",)):
-        ge = gbk["sig_e"][1:] + (fwd["fexp"][:-1] if name in ("dW", "dslope", "gnorm_m") else 0)
-        re = e_w if name in ("dW", "dslope", "gnorm_m") else rb["sig_e"][1:]
+    assert_true_values(backend, "backward: ||dW||", gbk["gnorm_m"], gbk["gnorm_e"], rb["gnorm_m"], rb["gnorm_e"], rt)
+    for name in ("dW", "dgamma", "dbeta", "dslope") + (() if stack.batch_norm else ("db",)):
+        ge = gbk["sig_e"][1:] + (fwd["fexp"][:-1] if name in ("dW", "dslope") else 0)
+        re = e_w if name in ("dW", "dslope") else rb["sig_e"][1:]
         floor = bn_param_scale(rb["dgamma"], rb["dbeta"]) if name in ("dgamma", "dbeta") else None
         assert_true_values(backend, f"backward: {name}", gbk[name], ge, rb[name], re, rt, floor=floor)
     assert_equal_ints(backend, "backward: info[1] (first non-finite signal)", gbk["info"][1], rb["info"][1])

@@ -1,0 +1,99 @@
+"""An independent oracle with an unbounded exponent: the plain chain rule in mpmath.
+
+mpmath's numbers carry arbitrary exponents, so a plain, unscaled forward and backward pass is
+exact (to its working precision) at any depth: no rescaling, no shared code with gradbench.
+Slow (~10 us per operation), so it is used on narrow stacks: width 2-4, batch 1-2.
+"""
+
+from __future__ import annotations
+
+import mpmath as mp
+
+mp.mp.dps = 40
+
+SELU_L = mp.mpf("1.0507009873554804934193349852946")
+SELU_A = mp.mpf("1.6732632423543772848170429916717")
+
+
+def phi(name, z, p):
+    if name == "identity":
+        return z
+    if name == "tanh":
+        return mp.tanh(z)
+    if name == "sigmoid":
+        return 1 / (1 + mp.exp(-z))
+    if name == "relu":
+        return z if z > 0 else mp.mpf(0)
+    if name in ("leaky_relu", "prelu"):
+        return z if z > 0 else p * z
+    if name == "elu":
+        return z if z > 0 else p * mp.expm1(z)
+    if name == "selu":
+        return SELU_L * (z if z > 0 else SELU_A * mp.expm1(z))
+    if name == "swish":
+        return z / (1 + mp.exp(-z))
+    if name == "gelu":
+        return z * _ncdf(z)
+    raise ValueError(name)
+
+
+def dphi(name, z, p):
+    if name == "identity":
+        return mp.mpf(1)
+    if name == "tanh":
+        return mp.sech(z) ** 2
+    if name == "sigmoid":
+        return 1 / (4 * mp.cosh(z / 2) ** 2)
+    if name == "relu":
+        return mp.mpf(1) if z > 0 else mp.mpf(0)
+    if name in ("leaky_relu", "prelu"):
+        return mp.mpf(1) if z > 0 else p
+    if name == "elu":
+        return mp.mpf(1) if z > 0 else p * mp.exp(z)
+    if name == "selu":
+        return SELU_L * (1 if z > 0 else SELU_A * mp.exp(z))
+    if name == "swish":
+        s, t = 1 / (1 + mp.exp(-z)), 1 / (1 + mp.exp(z))  # s(z), s(-z) = 1 - s(z) without cancelling
+        return s + z * s * t
+    if name == "gelu":
+        return _ncdf(z) + z * mp.npdf(z)
+    raise ValueError(name)
+
+
+def _ncdf(z):
+    """Phi(z); beyond |z| = 1e6 it is 0 or 1 to far more than any working precision (mpmath's
+    erfc overflows there)."""
+    if abs(z) > 1e6:
+        return mp.mpf(1) if z > 0 else mp.mpf(0)
+    return mp.ncdf(z)
+
+
+def _log10_norm(rows):
+    s = sum(v * v for row in rows for v in row)
+    return float(mp.log10(mp.sqrt(s))) if s > 0 else float("-inf")
+
+
+def chain(activation, p, W, x):
+    """Plain forward and backward of h_{l+1} = phi(h_l W_l^T) (zero biases), loss 0.5 ||h_L||^2.
+
+    W: (L, N, N) floats, x: (B, N). Returns log10 of the loss, of ||dL/dW_l|| (L,) and of
+    ||dL/dh_l|| (L,), all exact to mpmath's precision whatever the depth.
+    """
+    L, N = len(W), len(W[0])
+    Wm = [[[mp.mpf(float(W[l][i][j])) for j in range(N)] for i in range(N)] for l in range(L)]
+    H = [[[mp.mpf(float(v)) for v in row] for row in x]]
+    Z = []
+    for l in range(L):
+        z = [[mp.fsum(h[k] * Wm[l][i][k] for k in range(N)) for i in range(N)] for h in H[-1]]
+        Z.append(z)
+        H.append([[phi(activation, v, p) for v in row] for row in z])
+    loss = mp.fsum(v * v for row in H[-1] for v in row) / 2
+    g = [row[:] for row in H[-1]]
+    gW, gh = [None] * L, [None] * L
+    for l in range(L - 1, -1, -1):
+        dz = [[g[b][i] * dphi(activation, Z[l][b][i], p) for i in range(N)] for b in range(len(g))]
+        gW[l] = _log10_norm([[mp.fsum(dz[b][i] * H[l][b][k] for b in range(len(g))) for k in range(N)]
+                             for i in range(N)])
+        g = [[mp.fsum(dz[b][i] * Wm[l][i][k] for i in range(N)) for k in range(N)] for b in range(len(g))]
+        gh[l] = _log10_norm(g)
+    return float(mp.log10(loss)), gW, gh

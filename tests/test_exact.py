@@ -1,0 +1,289 @@
+"""Exact means exact: every backend against an oracle with an unbounded exponent (mpmath), deep
+zero-bias stacks whose forward pass would underflow, saturated units, tiny and huge inputs.
+
+Each test here failed before forward rescaling covered every activation, before the
+derivatives were written without cancellation and before the norms were scaled.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench import abi
+from gradbench.backends import get_backend
+from tests.naive_mp import chain
+
+BACKENDS = gb.backends()
+SMOOTH = ("tanh", "gelu", "swish", "elu", "selu")  # phi(0) = 0, not homogeneous
+_MP: dict = {}
+
+
+def _oracle(stack, params, x):
+    key = (stack, params.W.tobytes(), x.tobytes())
+    if key not in _MP:
+        _MP[key] = chain(stack.activation, stack.act_param, params.W, x)
+    return _MP[key]
+
+
+def _deep_case(activation, dtype, depth, width=3, batch=2):
+    stack = gb.Stack(depth=depth, width=width, activation=activation, init="xavier_normal", dtype=dtype)
+    return stack, gb.init_params(stack, 0), gb.gaussian_input(stack, batch, 1)
+
+
+# decades of accumulated rounding allowed after L layers (the chains here contract: errors add up)
+def _tol(dtype, depth):
+    eps = np.finfo(dtype).eps
+    return max(1e-11, 20 * depth * eps / math.log(10))
+
+
+def _check_against_oracle(backend, stack, params, x):
+    lo, gW, gh = _oracle(stack, params, x)
+    res = gb.backprop(stack, params, x, backend=backend)
+    tol = _tol(stack.dtype, stack.depth)
+    got = res.grad_norm.log10()
+    assert np.all(np.isfinite(got)), f"[{backend}] {stack.activation}: ||dW|| not finite at {np.flatnonzero(~np.isfinite(got))[:5]}"
+    worst = int(np.argmax(np.abs(got - gW)))
+    assert abs(got[worst] - gW[worst]) <= tol, (
+        f"[{backend}] {stack.activation} {stack.dtype} L={stack.depth}: log10 ||dW_{worst}|| = {got[worst]:.6f}, "
+        f"mpmath {gW[worst]:.6f} (tolerance {tol:.2g} decades)")
+    sig = res.signal_norm.log10()
+    assert np.max(np.abs(sig - gh)) <= tol, f"[{backend}] {stack.activation}: ||dL/dh_l|| off by {np.max(np.abs(sig - gh)):.3g}"
+    assert abs(float(res.loss_exact.log10()) - lo) <= tol, f"[{backend}] loss 10^{float(res.loss_exact.log10())} vs {lo}"
+    return gW
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation", SMOOTH)
+def test_deep_zero_bias_stacks_equal_mpmath(activation, dtype, backend):
+    """3000 layers of width 3: plain float64 underflows to 0 (gelu and swish by layer ~1100,
+    float32 much earlier); every backend follows mpmath's unbounded chain to rounding."""
+    stack, params, x = _deep_case(activation, dtype, 3000)
+    gW = _check_against_oracle(backend, stack, params, x)
+    if activation in ("gelu", "swish"):
+        assert min(gW) < -600  # far below float64: the point of the test
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ["tanh"])
+def test_ten_thousand_layers_equal_mpmath(activation, backend):
+    stack, params, x = _deep_case(activation, "float64", 10_000)
+    gW = _check_against_oracle(backend, stack, params, x)
+    assert min(gW) < -320
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation", SMOOTH + ("relu", "leaky_relu", "identity"))
+def test_ten_thousand_layers_equal_mpmath_every_activation(activation, dtype, backend):
+    stack, params, x = _deep_case(activation, dtype, 10_000)
+    _check_against_oracle(backend, stack, params, x)
+
+
+# ------------------------------------------------------------------ the cases of the issue
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deep_gelu_is_not_zero(backend):
+    """Stack(depth=800, width=64, gelu, xavier) read exactly 0 from layer ~528 (loss 0.0)."""
+    stack = gb.Stack(depth=800, width=64, activation="gelu", init="xavier_normal")
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 8, 1), backend=backend)
+    assert res.forward_rescaled
+    assert np.all(np.isfinite(res.grad_norm.log10())) and np.all(np.isfinite(res.act_std.log10()))
+    assert -330 > float(res.loss_exact.log10()) > -1e5  # plain float64: 0
+    assert res.grads.W.mantissa.any(axis=(1, 2)).all()
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
+def test_long_default_tanh_stack_keeps_its_activations(backend):
+    """The default stack (tanh, xavier, zero bias) underflowed near layer 47,000 at width 32;
+    at width 4 plain float64 underflows within 20,000 layers."""
+    stack = gb.Stack(depth=20_000, width=4, activation="tanh")
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 2, 1), backend=backend)
+    std = res.act_std.log10()
+    assert np.all(np.isfinite(std)) and std.min() < -400
+    assert np.all(np.isfinite(res.grad_norm.log10()))
+
+
+def test_float32_reads_like_float64_on_the_same_weights():
+    """Stack(depth=8000, width=32, float32) stalled at the subnormal floor and read up to 16
+    decades away from float64 on the same weights, with the opposite verdict."""
+    st32 = gb.Stack(depth=8000, width=32, dtype="float32")
+    p32 = gb.init_params(st32, 0)
+    x32 = gb.gaussian_input(st32, 4, 1)
+    st64 = st32.replace(dtype="float64")
+    p64 = gb.Params(**{k: a.astype(np.float64) for k, a in p32.items()})
+    backend = BACKENDS[-1]
+    r32 = gb.backprop(st32, p32, x32, backend=backend)
+    r64 = gb.backprop(st64, p64, x32.astype(np.float64), backend=backend)
+    g32, g64 = r32.grad_norm.log10(), r64.grad_norm.log10()
+    assert np.all(np.isfinite(g32)) and g64.min() < -60  # below float32's smallest subnormal
+    assert np.max(np.abs(g32 - g64)) < 0.05, np.max(np.abs(g32 - g64))
+    assert gb.diagnose(r32).verdict == gb.diagnose(r64).verdict
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_norms_do_not_square_small_numbers(backend):
+    """tanh sigma_w = 0.5 at depth 700: grad_norm[650] was -inf while grads.W[650] held 10^-439.7."""
+    stack = gb.Stack(depth=700, width=16, activation="tanh", init="normal", sigma_w=0.5)
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1), backend=backend)
+    W = res.grads.W
+    direct = np.array([_log10_fro(W.mantissa[l], W.exponent[l]) for l in range(stack.depth)])
+    got = res.grad_norm.log10()
+    assert np.all(np.isfinite(got)) and got.min() < -300
+    np.testing.assert_allclose(got, direct, rtol=0, atol=1e-10)
+
+
+def _log10_fro(m, e):
+    """log10 ||m 2^e||_F computed independently (mpmath sums)."""
+    s = mp.fsum(mp.mpf(float(v)) ** 2 for v in np.ravel(m))
+    return float(mp.log10(mp.sqrt(s)) + e * mp.log10(2)) if s > 0 else -math.inf
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation, scale", [
+    ("leaky_relu", 1e200), ("identity", 1e250), ("leaky_relu", 1e-200),
+    ("tanh", 1e-200), ("gelu", 1e-200), ("swish", 1e-250), ("elu", 1e-300),
+])
+def test_tiny_and_huge_inputs(activation, scale, backend):
+    """x * 1e200 gave +inf and x * 1e-200 gave -inf norms while grads.W was right. (Saturating
+    activations on huge inputs have derivatives like exp(-1e200): beyond any int64 exponent.)"""
+    stack = gb.Stack(depth=6, width=3, activation=activation)
+    params = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, 2, 1) * scale
+    lo, gW, gh = chain(activation, stack.act_param, params.W, x)
+    res = gb.backprop(stack, params, x, backend=backend)
+    np.testing.assert_allclose(res.grad_norm.log10(), gW, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(res.signal_norm.log10(), gh, rtol=0, atol=1e-12)
+    assert abs(float(res.loss_exact.log10()) - lo) < 1e-12
+
+
+# ------------------------------------------------------------------ saturated units
+def _mp_dphi(name, z, p):
+    from tests.naive_mp import dphi
+
+    return dphi(name, mp.mpf(float(z)), mp.mpf(p))
+
+
+def _mp_phi(name, z, p):
+    from tests.naive_mp import phi
+
+    return phi(name, mp.mpf(float(z)), mp.mpf(p))
+
+
+ROOTS = {"gelu": -0.7517915241, "swish": -1.2784645428}  # phi' = 0 there: relative accuracy is moot
+
+
+def _grid(name, dtype):
+    big = 700.0 if dtype == "float64" else 85.0
+    z = np.concatenate([np.linspace(-big, big, 1401), np.geomspace(1e-8, big, 200), -np.geomspace(1e-8, big, 200)])
+    z = np.unique(z.astype(dtype))
+    if name in ROOTS:
+        z = z[np.abs(z - ROOTS[name]) > 0.05]
+    return z
+
+
+def _ulps(got, true, dtype):
+    """|got - true| in units of the dtype's spacing at true (results below the smallest normal
+    number, which keep only absolute precision, are left out: the README says so)."""
+    info = np.finfo(dtype)
+    t = np.array([float(v) for v in true])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.abs(got.astype(np.float64) - t) / (np.abs(t) * info.eps)
+    return np.where(np.abs(t) >= info.tiny, u, 0.0)
+
+
+def _conditioning(name, z, p, deriv):
+    """|z f'(z) / f(z)| of f = phi' (deriv) or phi: the rounding of z (or of z^2/2, z/sqrt2
+    inside exp and erfc) is amplified by it. Near the roots of swish' and gelu' and in gelu's
+    far tail it exceeds 1; elsewhere the bound below is a few ulps."""
+    from tests import naive_mp
+
+    f = naive_mp.dphi if deriv else naive_mp.phi
+    with mp.workdps(60):
+        x, pm = mp.mpf(float(z)), mp.mpf(p)
+        fx = f(name, x, pm)
+        if fx == 0:
+            return 1.0
+        return float(abs(x * mp.diff(lambda v: f(name, v, pm), x) / fx))
+
+
+@functools.lru_cache(maxsize=None)
+def _true_values(name, dtype):
+    """mpmath's phi' and phi on the grid, shared by every backend."""
+    p = gb.Stack(depth=1, width=1, activation=name).act_param
+    with mp.workdps(60):  # the oracle's formulas do not cancel (sigmoid' = 1/(4 cosh^2(z/2)), ...)
+        return ([_mp_dphi(name, v, p) for v in _grid(name, dtype)], [_mp_phi(name, v, p) for v in _grid(name, dtype)])
+
+
+@pytest.mark.parametrize("module", ["numpy", *[b for b in BACKENDS if b != "numpy"]])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", gb.ACTIVATIONS)
+def test_phi_and_dphi_to_a_few_ulps_in_saturation(name, dtype, module):
+    """tanh'(20) was 0 (true 1.7e-17): 1 - tanh^2 cancels. Every activation and derivative of
+    every backend, |z| up to 700 (float32: 85), against mpmath."""
+    if module == "numpy":
+        from gradbench import activations as impl
+
+        phi_f, dphi_f = impl.phi, impl.dphi
+    else:
+        impl = get_backend(module)
+
+        def phi_f(z, c, p):
+            a = np.empty_like(z)
+            impl.activation_forward(a, z, c, p)
+            return a
+
+        def dphi_f(z, c, p):
+            d = np.empty_like(z)
+            impl.activation_backward(d, np.ones_like(z), z, c, p)
+            return d
+
+    p = gb.Stack(depth=1, width=1, activation=name).act_param
+    z = _grid(name, dtype).reshape(1, -1)
+    code = abi.ACT_CODE[name]
+    true_d, true_p = _true_values(name, dtype)
+    bound = 4.0 if dtype == "float64" else 2.0
+    for what, got, true in (("phi'", dphi_f(z, code, p)[0], true_d), ("phi", phi_f(z, code, p)[0], true_p)):
+        u = _ulps(got, true, dtype)
+        bad = np.flatnonzero(u > bound)
+        # beyond `bound` only where the function's own conditioning explains it (3 ulp of z)
+        bad = [i for i in bad if u[i] > bound + 3 * _conditioning(name, z[0, i], p, what == "phi'")]
+        if bad:
+            i = max(bad, key=lambda k: u[k])
+            raise AssertionError(f"[{module}] {name} {what}({z[0, i]!r}) = {got[i]!r}, mpmath "
+                                 f"{mp.nstr(true[i], 17)}: {u[i]:.1f} ulp")
+    if name == "tanh" and dtype == "float64":
+        assert float(dphi_f(np.array([[20.0]]), code, p)[0, 0]) == pytest.approx(1.6993e-17, rel=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saturated_width_one_chain(backend):
+    """Width 1, depth 100, every W = 15, tanh: -1126.2372 (numpy, numba) and -1126.2630 (C)
+    decades before; the accurate value comes from mpmath."""
+    stack = gb.Stack(depth=100, width=1, activation="tanh")
+    params = gb.init_params(stack, 0)
+    params.W[...] = 15.0
+    x = np.array([[0.7]])
+    lo, gW, gh = chain("tanh", 0.0, params.W, x)
+    res = gb.backprop(stack, params, x, backend=backend)
+    assert abs(res.grad_norm.log10()[0] - gW[0]) < 1e-9, (res.grad_norm.log10()[0], gW[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saturated_stack_has_no_zero_layers(backend):
+    """Stack(depth=200, width=8, tanh, normal, sigma_w=50) reported 179 layers of exactly zero
+    gradient; the accurate chain has none (10^-902 at layer 0)."""
+    stack = gb.Stack(depth=200, width=8, activation="tanh", init="normal", sigma_w=50)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 2, 1)
+    lo, gW, gh = chain("tanh", 0.0, params.W, x)
+    res = gb.backprop(stack, params, x, backend=backend)
+    got = res.grad_norm.log10()
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, gW, rtol=0, atol=1e-8)
+    assert gW[0] < -800
