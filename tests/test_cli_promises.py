@@ -391,6 +391,7 @@ def test_help_shows_every_default_and_required_options_first():
         assert "default: None" not in text and "(default None)" not in text, name
         formatter = sub._get_formatter()
         for action in sub._actions:
+            assert action.help, (name, action.dest)  # argparse does not even list an option without help
             if action.nargs == 0 or action.required or action.help == "==SUPPRESS==":
                 continue
             assert "default" in formatter._get_help_string(action), (name, action.dest)

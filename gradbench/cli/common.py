@@ -179,16 +179,17 @@ def add_stack_args(p: argparse.ArgumentParser, *, depth=None, width=None, activa
     g.add_argument("--input-dim", type=positive_int, default=None, metavar="D",
                    help="data dimension D: an input layer D -> N (default: D = N, no input layer)")
     g.add_argument("--output-dim", type=positive_int, default=1, metavar="O", help="outputs of the head (classes for softmax_ce)")
-    g.add_argument("--dtype", choices=DTYPES, default="float64")
+    g.add_argument("--dtype", choices=DTYPES, default="float64", help="floating-point type of the run")
     return g
 
 
 def add_probe_args(p: argparse.ArgumentParser, batch: int = 16) -> None:
     """Batch, seed, backend and histogram bins of a probe run."""
-    p.add_argument("--batch", type=positive_int, default=batch, help="batch size of the probe input")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, input and targets")
-    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="auto picks the fastest available")
-    p.add_argument("--bins", type=positive_int, default=DEFAULT_BINS, help="bins of the per-layer histograms")
+    g = p.add_argument_group("the run")
+    g.add_argument("--batch", type=positive_int, default=batch, help="batch size of the probe input")
+    g.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, input and targets")
+    g.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="auto picks the fastest available")
+    g.add_argument("--bins", type=positive_int, default=DEFAULT_BINS, help="bins of the per-layer histograms")
 
 
 def add_output_args(p: argparse.ArgumentParser, plots: bool = True) -> None:

@@ -35,7 +35,7 @@ def register(sub):
     g.add_argument("--demo", metavar="NAMES", help="demo name(s), comma-separated, or all (default: your own stack "
                    "from --depth, --width, ...)")
     g.add_argument("--list", action="store_true", help="list the demos and their settings")
-    g.add_argument("--dataset", default="moons", choices=("moons", "circles", "xor"))
+    g.add_argument("--dataset", default="moons", choices=("moons", "circles", "xor"), help="the data set of your own stack")
     g.add_argument("--samples", type=positive_int, default=200, help="data set size")
     g.add_argument("--data-seed", type=seed_int, default=0, help="seed of the data set")
     t = p.add_argument_group("training (a demo's own settings unless given)")
