@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from dataclasses import asdict
 
 import numpy as np
 
@@ -149,17 +150,11 @@ def configurations(args, names: list[str]) -> dict[str, tuple[str, Stack]]:
         label, changes = table[name]
         if args.activation_param is not None and changes["activation"] in ACT_PARAM_DEFAULT:
             changes = dict(changes, activation_param=args.activation_param)
-        out[name] = (label, stack_from_args(args, **{**_fields(base), **changes}))
+        out[name] = (label, stack_from_args(args, **{**asdict(base), **changes}))
     if args.activation_param is not None and all(s.activation_param is None for _, s in out.values()):
         raise UsageError(f"--activation-param is used by {', '.join(ACT_PARAM_DEFAULT)}, and none of the "
                          "configurations has one of them")
     return out
-
-
-def _fields(stack: Stack) -> dict:
-    from dataclasses import asdict
-
-    return asdict(stack)
 
 
 def compare_stacks(args, names: list[str], backend: str, relative: dict | None = None) -> tuple[dict, dict]:
