@@ -28,7 +28,7 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 HEADER = CSRC / "gradbench.h"
-# Read by gradbench.cbackend when the extension is missing (the same name there).
+# Read by gradbench.backends.c_not_built_message when the extension is missing (the same name there).
 BUILD_RECORD = ROOT / "gradbench" / "_cbuild_error.txt"
 
 

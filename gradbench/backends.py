@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from types import ModuleType
 
 from gradbench._env import EnvError
@@ -20,6 +21,21 @@ REGISTRY = {
     "numpy": "gradbench.reference",
 }
 PREFERENCE = ("c", "numba", "numpy")
+
+# What the C build script (gradbench/_cbuild.py, BUILD_RECORD) wrote when it could not build.
+C_BUILD_RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cbuild_error.txt")
+
+
+def c_not_built_message(record: str = C_BUILD_RECORD) -> str:
+    """Why ``gradbench._ckernels`` is missing: the recorded build problem, or how to build it."""
+    try:
+        with open(record, encoding="utf-8") as f:
+            problem = f.read().strip()
+    except OSError:
+        problem = ""
+    if problem:
+        return f'C extension not built: {problem} (fix that, then run "pip install -e .")'
+    return 'C extension not built: run "pip install -e ." (needs a C compiler such as gcc)'
 
 
 @functools.lru_cache(maxsize=None)

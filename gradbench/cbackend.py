@@ -25,26 +25,12 @@ import numpy as np
 from gradbench import abi
 from gradbench._env import env_flag, env_int
 
-# What the build script (gradbench/_cbuild.py, BUILD_RECORD) wrote when it could not build.
-BUILD_RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cbuild_error.txt")
-
-
-def not_built_message(record: str = BUILD_RECORD) -> str:
-    """Why ``gradbench._ckernels`` is missing: the recorded build problem, or how to build it."""
-    try:
-        with open(record, encoding="utf-8") as f:
-            problem = f.read().strip()
-    except OSError:
-        problem = ""
-    if problem:
-        return f'C extension not built: {problem} (fix that, then run "pip install -e .")'
-    return 'C extension not built: run "pip install -e ." (needs a C compiler such as gcc)'
-
-
 try:
     from gradbench._ckernels import ffi, lib
 except ImportError as exc:  # pragma: no cover - depends on the build
-    raise ImportError(not_built_message()) from exc
+    from gradbench.backends import c_not_built_message
+
+    raise ImportError(c_not_built_message()) from exc
 
 _ERRORS = {
     abi.EBADACT: (ValueError, "unknown activation code"),
