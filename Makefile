@@ -24,7 +24,13 @@ $(VENV)/.installed-test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/gradbench demo
 
-test: $(VENV)/.installed-test
+# Numba's on-disk cache is keyed by each kernel's own file, not by the files it inlines: after any
+# change under kernels/ the compiled kernels are dropped (a fresh clone has none anyway).
+$(VENV)/.kernels: $(VENV)/.created $(wildcard kernels/*.py)
+	rm -rf kernels/__pycache__
+	touch $@
+
+test: $(VENV)/.installed-test $(VENV)/.kernels
 	$(PY) -m pytest -q
 
 test-slow: $(VENV)/.installed-test

@@ -1,11 +1,10 @@
 /* The activations in C: phi and phi' of one value for both dtypes, and an array tanh.
  *
  * One name per concept in every language: phi/dphi in gradbench/activations.py (NumPy, the
- * reference) and kernels/activations.py (Numba). Here GB_DEFINE_PHI token-pastes, for each
- * dtype suffix, the functions
- *     gb_sigmoid_f64, gb_phi_f64, gb_dphi_f64   (double)
- *     gb_sigmoid_f32, gb_phi_f32, gb_dphi_f32   (float)
- * and the array tanh is gb_tanh_f64 / gb_tanh_f32 (vectorised through gb_vtanh).
+ * reference) and kernels/activations.py (Numba); here gb_phi_f64, gb_dphi_f64 (double) and
+ * gb_phi_f32, gb_dphi_f32 (float, evaluated in double), the scaled forms gb_phi_scaled_f64/_f32
+ * and gb_dphi_scaled_f64/_f32 (phi_scaled, dphi_scaled), and the array tanh gb_tanh_f64 /
+ * gb_tanh_f32 (vectorised through gb_vtanh).
  */
 #ifndef GB_ACTIVATIONS_H
 #define GB_ACTIVATIONS_H
@@ -18,59 +17,151 @@
 #define GB_SELU_LAMBDA 1.0507009873554804934193349852946
 #define GB_SELU_ALPHA 1.6732632423543772848170429916717
 #define GB_SQRT_HALF 0.70710678118654752440084436210485
+#define GB_SQRT_HALF_LO (-4.8336466567264567e-17) /* sqrt(1/2) - GB_SQRT_HALF */
 #define GB_INV_SQRT_2PI 0.39894228040143267793994605993438
+#define GB_INV_SQRT_PI 0.56418958354775628694807945156077
 
-/* phi and phi' of one value: the building blocks of every layer kernel, written once for both
- * dtypes through a macro over the real type. The formulas are those of gradbench/reference.py
- * (the oracle):
- *   sigmoid(z) = 1/(1+exp(-z)) for z >= 0, exp(z)/(1+exp(z)) otherwise (no overflow)
- *   elu(z) = z (z > 0), alpha*expm1(z);  selu = lambda * elu with alpha_selu
- *   swish(z) = z*sigmoid(z);  gelu(z) = 0.5*z*(1+erf(z/sqrt(2)))
- * NaN stays NaN, so that non-finite values are reported (min(z, 0) keeps NaN, as np.minimum). They are static inline so that a
- * layer loop with a constant activation code compiles to straight code (the switch folds). */
-#define GB_DEFINE_PHI(T, SUFFIX, EXP, EXPM1, TANH, ERF)                                         \
-    static inline T gb_sigmoid_##SUFFIX(T z) {                                                 \
-        T e = EXP(-(z >= 0 ? z : -z));                                                         \
-        return z >= 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);                                   \
-    }                                                                                          \
-    static inline T gb_phi_##SUFFIX(T z, int act, T p) {                                       \
-        switch (act) {                                                                         \
-        case GB_IDENTITY: return z;                                                            \
-        case GB_SIGMOID: return gb_sigmoid_##SUFFIX(z);                                        \
-        case GB_TANH: return TANH(z);                                                          \
-        case GB_RELU: return (z > 0 || z != z) ? z : (T)0;                                     \
-        case GB_LEAKY_RELU:                                                                    \
-        case GB_PRELU: return z > 0 ? z : p * z;                                               \
-        case GB_ELU: return z > 0 ? z : p * EXPM1((z < 0 || z != z) ? z : (T)0);                           \
-        case GB_SELU:                                                                          \
-            return (T)GB_SELU_LAMBDA * (z > 0 ? z : (T)GB_SELU_ALPHA * EXPM1((z < 0 || z != z) ? z : (T)0)); \
-        case GB_SWISH: return z * gb_sigmoid_##SUFFIX(z);                                      \
-        case GB_GELU: return (T)0.5 * z * ((T)1 + ERF(z * (T)GB_SQRT_HALF));                   \
-        }                                                                                      \
-        return (T)NAN;                                                                         \
-    }                                                                                          \
-    static inline T gb_dphi_##SUFFIX(T z, int act, T p) {                                      \
-        T s, t;                                                                                \
-        switch (act) {                                                                         \
-        case GB_IDENTITY: return (T)1;                                                         \
-        case GB_SIGMOID: s = gb_sigmoid_##SUFFIX(z); return s * ((T)1 - s);                    \
-        case GB_TANH: t = TANH(z); return (T)1 - t * t;                                        \
-        case GB_RELU: return z > 0 ? (T)1 : (T)0;                                              \
-        case GB_LEAKY_RELU:                                                                    \
-        case GB_PRELU: return z > 0 ? (T)1 : p;                                                \
-        case GB_ELU: return z > 0 ? (T)1 : p * EXP((z < 0 || z != z) ? z : (T)0);                          \
-        case GB_SELU:                                                                          \
-            return (T)GB_SELU_LAMBDA * (z > 0 ? (T)1 : (T)GB_SELU_ALPHA * EXP((z < 0 || z != z) ? z : (T)0)); \
-        case GB_SWISH: s = gb_sigmoid_##SUFFIX(z); return s + z * s * ((T)1 - s);              \
-        case GB_GELU:                                                                          \
-            return (T)0.5 * ((T)1 + ERF(z * (T)GB_SQRT_HALF)) +                                \
-                   z * EXP((T)-0.5 * z * z) * (T)GB_INV_SQRT_2PI;                              \
-        }                                                                                      \
-        return (T)NAN;                                                                         \
+/* phi and phi' of one value, in double: the building blocks of every layer kernel. The
+ * formulas are those of gradbench/activations.py (phi, dphi; the oracle), written without
+ * cancellation so that saturated units keep their digits:
+ *   sigmoid(z) = 1/(1+e) (z >= 0), e/(1+e) (z < 0), e = exp(-|z|);  sigmoid' = e/(1+e)^2
+ *   tanh' = sech^2 z = 4e/(1+e)^2, e = exp(-2|z|)
+ *   elu(z) = z (z > 0), p expm1(z);  elu' = 1 or p exp(z);  selu = lambda * elu(alpha_selu)
+ *   swish(z) = z s(z);  swish' = s(z) (1 + z s(-z))
+ *   gelu(z) = z Phi(z), Phi(z) = erfc(-z/sqrt2)/2;  gelu' = Phi(z) + z phi_N(z)
+ * Phi and phi_N are evaluated a little more carefully than the reference: -z/sqrt2 and z^2
+ * carry rounding errors that exp and erfc magnify by z^2 (hundreds of ulps at |z| ~ 30), so
+ * the rounding error of each is computed with fma and corrected to first order. Float32
+ * values are evaluated by these double functions and rounded once, as the reference does.
+ * NaN stays NaN, so that non-finite values are reported (the min(z, 0) of np.minimum keeps
+ * NaN). Static inline: in a layer loop with a constant activation the switch folds. */
+static inline double gb_sigmoid_f64(double z) {
+    double e = exp(-fabs(z));
+    return z >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+}
+
+/* exp(-z^2/2) with z^2's rounding error p_lo = fma(z, z, -p) applied as the factor 1 - p_lo/2 */
+static inline double gb_gauss_f64(double z) {
+    const double p = z * z, p_lo = isfinite(p) ? fma(z, z, -p) : 0.0;
+    return exp(-0.5 * p) * (1.0 - 0.5 * p_lo);
+}
+
+/* Phi(z) = erfc(t)/2, t = -z/sqrt2 = th + tl: erfc(th + tl) = erfc(th) - tl 2/sqrt(pi) exp(-th^2) */
+static inline double gb_ncdf_f64(double z) {
+    const double th = -z * GB_SQRT_HALF;
+    const double tl = isfinite(th) ? fma(-z, GB_SQRT_HALF, -th) - z * GB_SQRT_HALF_LO : 0.0;
+    return 0.5 * (erfc(th) - tl * (2.0 * GB_INV_SQRT_PI) * exp(-th * th));
+}
+
+static inline double gb_phi_f64(double z, int act, double p) {
+    const double zn = (z < 0 || z != z) ? z : 0.0; /* np.minimum(z, 0) */
+    switch (act) {
+    case GB_IDENTITY: return z;
+    case GB_SIGMOID: return gb_sigmoid_f64(z);
+    case GB_TANH: return tanh(z);
+    case GB_RELU: return (z > 0 || z != z) ? z : 0.0;
+    case GB_LEAKY_RELU:
+    case GB_PRELU: return z > 0 ? z : p * z;
+    case GB_ELU: return z > 0 ? z : p * expm1(zn);
+    case GB_SELU: return GB_SELU_LAMBDA * (z > 0 ? z : GB_SELU_ALPHA * expm1(zn));
+    case GB_SWISH: return z * gb_sigmoid_f64(z);
+    case GB_GELU: return z * gb_ncdf_f64(z);
     }
+    return NAN;
+}
 
-GB_DEFINE_PHI(double, f64, exp, expm1, tanh, erf)
-GB_DEFINE_PHI(float, f32, expf, expm1f, tanhf, erff)
+static inline double gb_dphi_f64(double z, int act, double p) {
+    const double zn = (z < 0 || z != z) ? z : 0.0;
+    double e;
+    switch (act) {
+    case GB_IDENTITY: return 1.0;
+    case GB_SIGMOID: e = exp(-fabs(z)); return e / ((1.0 + e) * (1.0 + e));
+    case GB_TANH: e = exp(-2.0 * fabs(z)); return 4.0 * e / ((1.0 + e) * (1.0 + e));
+    case GB_RELU: return z > 0 ? 1.0 : 0.0;
+    case GB_LEAKY_RELU:
+    case GB_PRELU: return z > 0 ? 1.0 : p;
+    case GB_ELU: return z > 0 ? 1.0 : p * exp(zn);
+    case GB_SELU: return GB_SELU_LAMBDA * (z > 0 ? 1.0 : GB_SELU_ALPHA * exp(zn));
+    case GB_SWISH: return gb_sigmoid_f64(z) * (1.0 + z * gb_sigmoid_f64(-z));
+    case GB_GELU: return gb_ncdf_f64(z) + z * gb_gauss_f64(z) * GB_INV_SQRT_2PI;
+    }
+    return NAN;
+}
+
+/* float32: evaluated in double, rounded once (the reference's float64 evaluation) */
+static inline float gb_phi_f32(float z, int act, double p) { return (float)gb_phi_f64(z, act, p); }
+static inline float gb_dphi_f32(float z, int act, double p) { return (float)gb_dphi_f64(z, act, p); }
+
+/* ------------------------------------------------------------------ scaled evaluation
+ * The C twin of phi_scaled / dphi_scaled / linear_coefficients / TINY in
+ * gradbench/activations.py. With forward rescaling a pre-activation is a mantissa u at an
+ * int64 exponent f, z = u 2^f (possibly far outside the float range):
+ *   |z| < tiny            phi = c0 u (c0 by the sign of u), phi' = c0        (linear term)
+ *   u 2^f overflows       phi = c_inf u + k 2^-f, phi' = c_inf                (limit form)
+ *   otherwise             phi = phi(z) 2^-f, phi' = phi'(z)
+ * and the result is phi's mantissa at the same exponent f. Homogeneous activations (identity,
+ * the ReLU family) need none of this: phi(u 2^f) = phi(u) 2^f exactly. */
+typedef struct gb_scaled {
+    int act;       /* activation code */
+    int on;        /* 1: the three regimes above; 0: phi(u) as it is (homogeneous, or no rescaling) */
+    int f, mf;     /* the exponent and its negative, clamped to +-100000 (np.ldexp's int) */
+    double p;      /* the activation parameter */
+    double tiny;   /* TINY[dtype][act] */
+    double c0p, c0m, cip, cim, kp, km; /* linear_coefficients: slopes at 0 (u > 0, u <= 0), at
+                                          +-inf, and the limit constants at +inf, -inf */
+} gb_scaled;
+
+/* TINY of gradbench/activations.py: |z| below which phi(z) = c z to the last bit (float32: f32 = 1) */
+static inline double gb_tiny(int act, int f32) {
+    if (act == GB_TANH) return f32 ? 0x1p-16 : 0x1p-30;
+    return f32 ? 0x1p-28 : 0x1p-57; /* gelu, swish, elu, selu */
+}
+
+/* The scaled-evaluation setup for one layer: activation, parameter, rescaling on/off, exponent
+ * f of the layer's pre-activation mantissas, dtype (f32 = 1 for float). */
+static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f, int f32) {
+    gb_scaled s;
+    memset(&s, 0, sizeof s);
+    s.act = act;
+    s.p = p;
+    s.on = rescale && (act == GB_TANH || act == GB_ELU || act == GB_SELU || act == GB_SWISH ||
+                       act == GB_GELU);
+    f = f > 100000 ? 100000 : (f < -100000 ? -100000 : f);
+    s.f = (int)f;
+    s.mf = (int)-f;
+    s.tiny = gb_tiny(act, f32);
+    switch (act) {
+    case GB_TANH: s.c0p = s.c0m = 1.0; s.kp = 1.0; s.km = -1.0; break;
+    case GB_GELU:
+    case GB_SWISH: s.c0p = s.c0m = 0.5; s.cip = 1.0; break;
+    case GB_ELU: s.c0p = 1.0; s.c0m = p; s.cip = 1.0; s.km = -p; break;
+    case GB_SELU:
+        s.c0p = s.cip = GB_SELU_LAMBDA;
+        s.c0m = GB_SELU_LAMBDA * GB_SELU_ALPHA;
+        s.km = -GB_SELU_LAMBDA * GB_SELU_ALPHA;
+        break;
+    }
+    return s;
+}
+
+static inline double gb_phi_scaled_f64(double u, const gb_scaled *s) {
+    if (!s->on) return gb_phi_f64(u, s->act, s->p);
+    const double z = ldexp(u, s->f);
+    if (fabs(z) < s->tiny) return (u > 0 ? s->c0p : s->c0m) * u;
+    if (isinf(z) && isfinite(u)) return (u > 0 ? s->cip : s->cim) * u + ldexp(u > 0 ? s->kp : s->km, s->mf);
+    return ldexp(gb_phi_f64(z, s->act, s->p), s->mf);
+}
+
+static inline double gb_dphi_scaled_f64(double u, const gb_scaled *s) {
+    if (!s->on) return gb_dphi_f64(u, s->act, s->p);
+    const double z = ldexp(u, s->f);
+    if (fabs(z) < s->tiny) return u > 0 ? s->c0p : s->c0m;
+    if (isinf(z) && isfinite(u)) return u > 0 ? s->cip : s->cim;
+    return gb_dphi_f64(z, s->act, s->p);
+}
+
+static inline float gb_phi_scaled_f32(float u, const gb_scaled *s) { return (float)gb_phi_scaled_f64(u, s); }
+static inline float gb_dphi_scaled_f32(float u, const gb_scaled *s) { return (float)gb_dphi_scaled_f64(u, s); }
 
 
 /* tanh over an array: the activation every benchmark uses, so it gets a vector version.

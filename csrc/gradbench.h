@@ -113,6 +113,7 @@ typedef struct gb_stack_arrays {
     double *sig_m;           /* (L+1,) */
     int64_t *sig_e;          /* (L+1,) */
     double *gnorm_m;         /* (L,) */
+    int64_t *gnorm_e;        /* (L,) */
     int64_t L, B, N;
 } gb_stack_arrays;
 
@@ -138,13 +139,14 @@ int gb_batchnorm_forward_f32(float *y, float *xhat, float *mean, float *rstd, co
 /* dz = gamma rstd (dy - mean(dy) - xhat mean(dy xhat)).    dz, dy, xhat (B,N); dgamma, dbeta, rstd, gamma (N,) */
 int gb_batchnorm_backward_f64(double *dz, double *dgamma, double *dbeta, const double *dy, const double *xhat, const double *rstd, const double *gamma, int64_t B, int64_t N);
 int gb_batchnorm_backward_f32(float *dz, float *dgamma, float *dbeta, const float *dy, const float *xhat, const float *rstd, const float *gamma, int64_t B, int64_t N);
-/* a = phi(z), elementwise over n entries.    a, z (n,) */
-int gb_activation_forward_f64(double *a, const double *z, int64_t n, int act, double param);
-int gb_activation_forward_f32(float *a, const float *z, int64_t n, int act, double param);
-/* dz = da * phi'(z) (left derivative at the ReLU kink); *dslope = sum(da * min(z, 0)) for
- * PReLU, else 0.    dz, da, z (B,N) */
-int gb_activation_backward_f64(double *dz, double *dslope, const double *da, const double *z, int64_t B, int64_t N, int act, double param);
-int gb_activation_backward_f32(float *dz, double *dslope, const float *da, const float *z, int64_t B, int64_t N, int act, double param);
+/* a = phi(z), elementwise over n entries; with rescale != 0, z is the mantissa of z 2^f and a
+ * the mantissa of phi(z 2^f) at exponent f (activations.py phi_scaled).    a, z (n,) */
+int gb_activation_forward_f64(double *a, const double *z, int64_t n, int act, double param, int rescale, int64_t f);
+int gb_activation_forward_f32(float *a, const float *z, int64_t n, int act, double param, int rescale, int64_t f);
+/* dz = da * phi'(z) (left derivative at the ReLU kink; dphi_scaled of z 2^f with rescale != 0);
+ * *dslope = sum(da * min(z, 0)) for PReLU, else 0.    dz, da, z (B,N) */
+int gb_activation_backward_f64(double *dz, double *dslope, const double *da, const double *z, int64_t B, int64_t N, int act, double param, int rescale, int64_t f);
+int gb_activation_backward_f32(float *dz, double *dslope, const float *da, const float *z, int64_t B, int64_t N, int act, double param, int rescale, int64_t f);
 /* g *= 2^-e with e the exponent of max|g| (0 for all-zero or non-finite max); *e = e.    g (n,) */
 int gb_normalise_f64(double *g, int64_t n, int64_t *e);
 int gb_normalise_f32(float *g, int64_t n, int64_t *e);

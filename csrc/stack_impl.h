@@ -267,92 +267,64 @@ static void F(gb_batchnorm_backward_impl)(T *dz, T *dgamma, T *dbeta, const T *d
         }
 }
 
-/* One chunk of the activation forward: a = phi(z) on [i0, i1); returns its saturation count. */
-static int64_t F(gb_activation_chunk)(T *a, const T *z, int64_t i0, int64_t i1, int act, T p,
+/* One chunk of the activation forward: a = phi(z) on [i0, i1) (phi_scaled with rescaling);
+ * returns its saturation count (entries with phi'(z) < thr). */
+static int64_t F(gb_activation_chunk)(T *a, const T *z, int64_t i0, int64_t i1, const gb_scaled *s,
                                       double thr) {
     int64_t cnt = 0;
-    switch (act) { /* phi' of tanh and sigmoid from phi itself: the same numbers */
-    case GB_TANH:
+    if (s->act == GB_TANH && !s->on) { /* the array tanh; phi' from z (sech^2, no cancellation) */
         F(gb_tanh)(a + i0, z + i0, i1 - i0);
-        for (int64_t i = i0; i < i1; i++) cnt += (double)((T)1 - a[i] * a[i]) < thr;
-        break;
-    case GB_SIGMOID:
-        for (int64_t i = i0; i < i1; i++) {
-            T s = F(gb_phi)(z[i], GB_SIGMOID, p);
-            a[i] = s;
-            cnt += (double)(s * ((T)1 - s)) < thr;
-        }
-        break;
-    default:
-        for (int64_t i = i0; i < i1; i++) {
-            a[i] = F(gb_phi)(z[i], act, p);
-            cnt += (double)F(gb_dphi)(z[i], act, p) < thr;
-        }
+        for (int64_t i = i0; i < i1; i++) cnt += (double)F(gb_dphi)(z[i], GB_TANH, 0.0) < thr;
+        return cnt;
+    }
+    for (int64_t i = i0; i < i1; i++) {
+        a[i] = F(gb_phi_scaled)(z[i], s);
+        cnt += (double)F(gb_dphi_scaled)(z[i], s) < thr;
     }
     return cnt;
 }
 
-/* a = phi(z); returns the number of entries with phi'(z) < thr (the saturation count).
- * a, z (n,) */
-static int64_t F(gb_activation_forward_sat)(T *a, const T *z, int64_t n, int act, T p, double thr,
-                                            int nth) {
+/* a = phi(z) (phi_scaled with rescaling); returns the number of entries with phi'(z) < thr
+ * (the saturation count).    a, z (n,) */
+static int64_t F(gb_activation_forward_sat)(T *a, const T *z, int64_t n, const gb_scaled *s,
+                                            double thr, int nth) {
 #ifdef _OPENMP
     const int64_t CH = 4096, nch = (n + CH - 1) / CH;
     int64_t nsat = 0;
     if (nth > 1 && nch > 1) {
 #pragma omp parallel for num_threads(nth) schedule(static) reduction(+ : nsat)
         for (int64_t c = 0; c < nch; c++)
-            nsat += F(gb_activation_chunk)(a, z, c * CH, GB_MIN(n, c * CH + CH), act, p, thr);
+            nsat += F(gb_activation_chunk)(a, z, c * CH, GB_MIN(n, c * CH + CH), s, thr);
         return nsat;
     }
 #endif
     (void)nth;
-    return F(gb_activation_chunk)(a, z, 0, n, act, p, thr);
+    return F(gb_activation_chunk)(a, z, 0, n, s, thr);
 }
 
 /* One row of the activation backward (see below); returns the row's PReLU slope sum. */
-static double F(gb_activation_row)(T *d, const T *g, const T *zr, const T *ar, const T *gamma,
-                                   const T *beta, int scale, T alpha, int act, T p, int64_t N) {
-    double s = 0;
-    if (ar && act == GB_TANH) {
-        for (int64_t j = 0; j < N; j++) {
-            T da = scale ? g[j] * alpha : g[j];
-            d[j] = da * ((T)1 - ar[j] * ar[j]);
-        }
-    } else if (act == GB_TANH) { /* t = tanh(zl) through the array tanh, kept in d */
-        for (int64_t j = 0; j < N; j++) d[j] = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
-        F(gb_tanh)(d, d, N);
-        for (int64_t j = 0; j < N; j++) {
-            T da = scale ? g[j] * alpha : g[j];
-            d[j] = da * ((T)1 - d[j] * d[j]);
-        }
-    } else if (ar && act == GB_SIGMOID) {
-        for (int64_t j = 0; j < N; j++) {
-            T da = scale ? g[j] * alpha : g[j];
-            d[j] = da * (ar[j] * ((T)1 - ar[j]));
-        }
-    } else {
-        for (int64_t j = 0; j < N; j++) {
-            T da = scale ? g[j] * alpha : g[j];
-            T zl = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
-            d[j] = da * F(gb_dphi)(zl, act, p);
-            if (act == GB_PRELU) s += (double)(da * ((zl < 0 || zl != zl) ? zl : (T)0));
-        }
+static double F(gb_activation_row)(T *d, const T *g, const T *zr, const T *gamma, const T *beta,
+                                   int scale, T alpha, const gb_scaled *s, int64_t N) {
+    double sum = 0;
+    for (int64_t j = 0; j < N; j++) {
+        T da = scale ? g[j] * alpha : g[j];
+        T zl = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
+        d[j] = da * F(gb_dphi_scaled)(zl, s);
+        if (s->act == GB_PRELU) sum += (double)(da * ((zl < 0 || zl != zl) ? zl : (T)0));
     }
-    return s;
+    return sum;
 }
 
 /* dz = da * phi'(zl), with da = G (times alpha when scale), zl = z or gamma * xhat + beta under
- * batch norm, and phi'(zl) of tanh/sigmoid taken from a = phi(zl) when given. Returns
- * dL/dslope = sum(da * min(zl, 0)) for PReLU (in double, rows in order), else 0.
- * dz, G, z, a (B,N); gamma, beta (N,) */
-static double F(gb_activation_backward_layer)(T *dz, const T *G, const T *z, const T *a,
-                                              const T *gamma, const T *beta, int scale, T alpha,
-                                              int act, T p, int64_t B, int64_t N, double *rowacc,
-                                              int nth) {
+ * batch norm, phi' from zl (dphi_scaled with rescaling). Returns dL/dslope = sum(da * min(zl,
+ * 0)) for PReLU (in double, rows in order), else 0.
+ * dz, G, z (B,N); gamma, beta (N,) */
+static double F(gb_activation_backward_layer)(T *dz, const T *G, const T *z, const T *gamma,
+                                              const T *beta, int scale, T alpha, const gb_scaled *s,
+                                              int64_t B, int64_t N, double *rowacc, int nth) {
 #define GB_ROW(r)                                                                              \
-    rowacc[r] = F(gb_activation_row)(dz + (r) * N, G + (r) * N, z + (r) * N,                   \
-                                     a ? a + (r) * N : NULL, gamma, beta, scale, alpha, act, p, N)
+    rowacc[r] = F(gb_activation_row)(dz + (r) * N, G + (r) * N, z + (r) * N, gamma, beta, scale, \
+                                     alpha, s, N)
 #ifdef _OPENMP
     if (nth > 1 && B > 1) {
 #pragma omp parallel for num_threads(nth) schedule(static)
@@ -365,7 +337,7 @@ static double F(gb_activation_backward_layer)(T *dz, const T *G, const T *z, con
     }
 #undef GB_ROW
     double total = 0;
-    if (act == GB_PRELU)
+    if (s->act == GB_PRELU)
         for (int64_t r = 0; r < B; r++) total += rowacc[r];
     return total;
 }
@@ -426,22 +398,51 @@ static int64_t F(gb_add_aligned_impl)(T *a, int64_t ea, const T *s, int64_t es, 
     return em;
 }
 
-/* sqrt(sum x^2) in double, by rows of N in order.    x (M,N) */
-static double F(gb_norm)(const T *x, int64_t M, int64_t N, double *rowacc) {
+/* sum (x 2^k)^2 in double, by rows of N in order (8 lanes per row, then the rows in order);
+ * 2^k = s1 s2 (both 1 but in the scaled norm below), applied to each entry exactly.    x (M,N) */
+static double F(gb_sumsq)(const T *x, int64_t M, int64_t N, double s1, double s2, double *rowacc) {
     for (int64_t r = 0; r < M; r++) {
         double lane[8] = {0};
         const T *xr = x + r * N;
         int64_t j = 0;
         for (; j + 8 <= N; j += 8)
-            for (int c = 0; c < 8; c++) lane[c] += (double)xr[j + c] * (double)xr[j + c];
+            for (int c = 0; c < 8; c++) {
+                const double v = ((double)xr[j + c] * s1) * s2;
+                lane[c] += v * v;
+            }
         double s = 0;
-        for (; j < N; j++) s += (double)xr[j] * (double)xr[j];
+        for (; j < N; j++) {
+            const double v = ((double)xr[j] * s1) * s2;
+            s += v * v;
+        }
         for (int c = 0; c < 8; c++) s += lane[c];
         rowacc[r] = s;
     }
     double total = 0;
     for (int64_t r = 0; r < M; r++) total += rowacc[r];
-    return sqrt(total);
+    return total;
+}
+
+/* sqrt(sum x^2) in double.    x (M,N) */
+static double F(gb_norm)(const T *x, int64_t M, int64_t N, double *rowacc) {
+    return sqrt(F(gb_sumsq)(x, M, N, 1.0, 1.0, rowacc));
+}
+
+/* ||x||_F = m 2^*e with no square lost to under- or overflow (reference.norm_scaled): the plain
+ * sum of squares when it lies in [2^-960, 2^960] (then *e = 0), else the entries scaled by
+ * 2^-e, e the exponent of max|x|, before squaring (in two exact steps when 2^-e is not a
+ * normal double). NaN or inf entries give a non-finite m.    x (M,N) */
+static double F(gb_norm_scaled)(const T *x, int64_t M, int64_t N, double *rowacc, int64_t *e_out) {
+    const double s = F(gb_sumsq)(x, M, N, 1.0, 1.0, rowacc);
+    *e_out = 0;
+    if (s >= 0x1p-960 && s <= 0x1p960) return sqrt(s);
+    const double a = (double)F(gb_absmax)(x, M * N, 1);
+    if (!(a > 0) || !isfinite(a)) return sqrt(s); /* all zero, NaN or inf */
+    int e;
+    frexp(a, &e);
+    const int e1 = -e / 2, e2 = -e - e1;
+    *e_out = e;
+    return sqrt(F(gb_sumsq)(x, M, N, ldexp(1.0, e1), ldexp(1.0, e2), rowacc));
 }
 
 /* Clip the true value g * 2^e (value: to [-c, c]; norm: norm <= c) in place; g normalised.
@@ -485,6 +486,8 @@ static int F(gb_check_cfg)(const int64_t *icfg, int64_t L, int64_t B, int64_t N)
     if (L < 1 || B < 1 || N < 1 || k < 0 || (k > 0 && L % k != 0)) return GB_EBADARG;
     if (icfg[GB_I_CLIP] < GB_CLIP_NONE || icfg[GB_I_CLIP] > GB_CLIP_NORM) return GB_EBADARG;
     if (N > INT32_MAX / 2 || B > INT32_MAX / 2) return GB_EBADARG;
+    /* sigmoid has no scaled form (phi(0) = 1/2 keeps the signal O(1); linear_coefficients) */
+    if (icfg[GB_I_RESCALE_FWD] && icfg[GB_I_ACT] == GB_SIGMOID) return GB_EBADARG;
     return GB_OK;
 }
 
@@ -528,6 +531,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     const int act = (int)icfg[GB_I_ACT], bn = icfg[GB_I_BN] != 0, rescale = icfg[GB_I_RESCALE_FWD] != 0;
     const int64_t k = icfg[GB_I_RESIDUAL], BN = B * N, NN = N * N;
     const double param = fcfg[GB_F_ACT_PARAM], alpha = fcfg[GB_F_RES_SCALE], eps = fcfg[GB_F_BN_EPS];
+    const int f32 = sizeof(T) == sizeof(float);
     const double thr = fcfg[GB_F_SAT];
     F(gb_ctx) cx;
     rc = F(gb_ctx_init)(&cx, opts, B, N, 1);
@@ -539,14 +543,16 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     }
     info[GB_INFO_FORWARD] = -1;
     for (int64_t l = 0; l < L; l++) {
-        const T p = act == GB_PRELU ? slope[l] : (T)param;
+        const double p = act == GB_PRELU ? (double)slope[l] : param;
+        /* with rescaling z is the mantissa of z 2^fexp[l] (zero bias, no batch norm) */
+        const gb_scaled sc = gb_scaled_init(act, p, rescale, fexp[l], f32);
         T *h = H + l * BN, *hn = H + (l + 1) * BN, *Zl = Z + l * BN;
         T *z = bn ? zb : Zl;
         F(gb_dense_forward_ctx)(&cx, z, h, W + l * NN, b + l * N, B, N);
         if (bn)
             F(gb_batchnorm_forward_impl)(z, Zl, bn_mean + l * N, bn_rstd + l * N, z, gamma + l * N,
                                     beta + l * N, eps, B, N);
-        const int64_t nsat = F(gb_activation_forward_sat)(hn, z, BN, act, p, thr, cx.nth);
+        const int64_t nsat = F(gb_activation_forward_sat)(hn, z, BN, &sc, thr, cx.nth);
         fexp[l + 1] = fexp[l];
         if (k && (l + 1) % k == 0)
             fexp[l + 1] = F(gb_add_aligned_impl)(hn, fexp[l], H + (l + 1 - k) * BN, fexp[l + 1 - k],
@@ -613,14 +619,15 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     T *G = a->G, *dW = a->dW, *db = a->db, *dgamma = a->dgamma, *dbeta = a->dbeta;
     T *dslope = a->dslope;
     double *sig_m = a->sig_m, *gnorm_m = a->gnorm_m;
-    int64_t *sig_e = a->sig_e, *info = a->info;
+    int64_t *sig_e = a->sig_e, *gnorm_e = a->gnorm_e, *info = a->info;
+    const int64_t *fexp = a->fexp;
     int rc = F(gb_check_cfg)(icfg, L, B, N);
     if (rc) return rc;
-    /* a->fexp: the forward exponents only enter the weights' exponents (Python side) */
     const int act = (int)icfg[GB_I_ACT], bn = icfg[GB_I_BN] != 0, rescale = icfg[GB_I_RESCALE_FWD] != 0;
     const int clip_mode = (int)icfg[GB_I_CLIP];
     const int64_t k = icfg[GB_I_RESIDUAL], BN = B * N, NN = N * N;
     const double param = fcfg[GB_F_ACT_PARAM], alpha = fcfg[GB_F_RES_SCALE], c = fcfg[GB_F_CLIP];
+    const int f32 = sizeof(T) == sizeof(float);
     F(gb_ctx) cx;
     rc = F(gb_ctx_init)(&cx, opts, B, N, 0);
     T *dz = F(gb_alloc)(sizeof(T) * (size_t)BN);
@@ -636,18 +643,17 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     int64_t skip_e = 0;
     for (int64_t l = L - 1; l >= 0; l--) {
         const int64_t e = sig_e[l + 1];
-        const T p = act == GB_PRELU ? slope[l] : (T)param;
+        const double p = act == GB_PRELU ? (double)slope[l] : param;
+        const gb_scaled sc = gb_scaled_init(act, p, rescale, fexp[l], f32);
         const int end_group = k && (l + 1) % k == 0;
         if (end_group) { /* dL/dh_{l+1} also flows down the skip */
             memcpy(skip, G, sizeof(T) * (size_t)BN);
             skip_e = e;
         }
-        /* h_{l+1} = phi(z_l) exactly when no residual add or rescaling changed it */
-        const T *a = (!end_group && !rescale) ? H + (l + 1) * BN : NULL;
         const T *Zl = Z + l * BN;
-        double ds = F(gb_activation_backward_layer)(dz, G, Zl, a, bn ? gamma + l * N : NULL,
-                                              bn ? beta + l * N : NULL, end_group, (T)alpha,
-                                              act, p, B, N, cx.rowacc, cx.nth);
+        double ds = F(gb_activation_backward_layer)(dz, G, Zl, bn ? gamma + l * N : NULL,
+                                                    bn ? beta + l * N : NULL, end_group, (T)alpha,
+                                                    &sc, B, N, cx.rowacc, cx.nth);
         dslope[l] = (T)ds;
         if (bn) {
             F(gb_batchnorm_backward_impl)(dz, dgamma + l * N, dbeta + l * N, dz, Zl, bn_rstd + l * N,
@@ -656,7 +662,9 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
             for (int64_t j = 0; j < N; j++) dgamma[l * N + j] = dbeta[l * N + j] = 0;
         }
         F(gb_dense_backward_ctx)(&cx, G, dW + l * NN, db + l * N, dz, H + l * BN, W + l * NN, B, N);
-        gnorm_m[l] = F(gb_norm)(dW + l * NN, N, N, cx.rowacc);
+        int64_t ge;
+        gnorm_m[l] = F(gb_norm_scaled)(dW + l * NN, N, N, cx.rowacc, &ge);
+        gnorm_e[l] = e + fexp[l] + ge;
         sig_e[l] = e;
         if (k && l % k == 0) sig_e[l] = F(gb_add_aligned_impl)(G, e, skip, skip_e, 1.0, BN);
         F(gb_finish)(G, l, clip_mode, c, sig_m, sig_e, info, B, N, cx.rowacc);
@@ -702,21 +710,22 @@ int F(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *x
     return GB_OK;
 }
 
-int F(gb_activation_forward)(T *a, const T *z, int64_t n, int act, double param) {
+int F(gb_activation_forward)(T *a, const T *z, int64_t n, int act, double param, int rescale, int64_t f) {
     if (act < GB_IDENTITY || act > GB_GELU) return GB_EBADACT;
-    if (n < 0) return GB_EBADARG;
-    F(gb_activation_forward_sat)(a, z, n, act, (T)param, 0.0, 1);
+    if (n < 0 || (rescale && act == GB_SIGMOID)) return GB_EBADARG;
+    const gb_scaled s = gb_scaled_init(act, param, rescale, f, sizeof(T) == sizeof(float));
+    F(gb_activation_forward_sat)(a, z, n, &s, 0.0, 1);
     return GB_OK;
 }
 
 int F(gb_activation_backward)(T *dz, double *dslope, const T *da, const T *z, int64_t B, int64_t N,
-                              int act, double param) {
+                              int act, double param, int rescale, int64_t f) {
     if (act < GB_IDENTITY || act > GB_GELU) return GB_EBADACT;
-    if (B < 1 || N < 1) return GB_EBADARG;
+    if (B < 1 || N < 1 || (rescale && act == GB_SIGMOID)) return GB_EBADARG;
     double *rowacc = F(gb_alloc)(sizeof(double) * (size_t)B);
     if (!rowacc) return GB_ENOMEM;
-    *dslope = F(gb_activation_backward_layer)(dz, da, z, NULL, NULL, NULL, 0, (T)1, act, (T)param, B, N,
-                                              rowacc, 1);
+    const gb_scaled s = gb_scaled_init(act, param, rescale, f, sizeof(T) == sizeof(float));
+    *dslope = F(gb_activation_backward_layer)(dz, da, z, NULL, NULL, 0, (T)1, &s, B, N, rowacc, 1);
     free(rowacc);
     return GB_OK;
 }

@@ -33,3 +33,5 @@ from gradbench.diagnose import Diagnosis, diagnose
 from gradbench.train import DEMOS, TrainResult, run_demo, train
 
 __all__ += ["DEMOS", "Diagnosis", "TrainResult", "datasets", "diagnose", "run_demo", "train"]
+
+from gradbench.sweep import sweep  # noqa: E402  (Dask and pandas are imported only when it runs)

@@ -32,16 +32,20 @@ def _create_temp(directory: str, suffix: str) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary file name in {directory}")
 
 
-def write_atomic(path, write: Callable[[IO], None], *, binary: bool = False, suffix: str = ".tmp") -> str:
+def write_atomic(path, write: Callable[[IO], None], *, binary: bool = False, suffix: str = ".tmp",
+                 mkdir: bool = True) -> str:
     """Create ``path`` atomically with ``write(file)``; returns the path.
 
-    The directory must exist (it is not created: a typo in a path should not make a tree). The
-    file gets the usual mode of a new file (0666 less the umask). Whatever interrupts ``write``
-    or the rename (any exception, KeyboardInterrupt included) removes the temporary file and
-    leaves an existing ``path`` as it was.
+    ``mkdir``: create missing directories (the command line passes its ``--mkdir``, after
+    refusing a missing directory without it: a typo should not make a tree). The file gets the
+    usual mode of a new file (0666 less the umask). Whatever interrupts ``write`` or the rename
+    (any exception, KeyboardInterrupt included) removes the temporary file and leaves an
+    existing ``path`` as it was.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    if mkdir:
+        os.makedirs(directory, exist_ok=True)
     fd, tmp = _create_temp(directory, suffix)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:

@@ -211,18 +211,20 @@ def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
     _layer("batchnorm_backward", dy, dz, dgamma, dbeta, dy, xhat, rstd, gamma, dy.shape[0], dy.shape[1])
 
 
-def activation_forward(a, z, code, param):
-    """a = phi(z)."""
+def activation_forward(a, z, code, param, f=None):
+    """a = phi(z); with a forward exponent ``f``, phi_scaled (the mantissa of phi(z 2**f))."""
     _outputs(a)
-    _layer("activation_forward", z, a, z, z.size, int(code), float(param))
+    _layer("activation_forward", z, a, z, z.size, int(code), float(param), int(f is not None), int(f or 0))
 
 
-def activation_backward(dz, da, z, code, param) -> float:
-    """dz = da * phi'(z); returns dL/dslope = sum(da * min(z, 0)) for PReLU, else 0."""
+def activation_backward(dz, da, z, code, param, f=None) -> float:
+    """dz = da * phi'(z) (dphi_scaled of z 2**f with ``f``); returns dL/dslope = sum(da * min(z,
+    0)) for PReLU, else 0."""
     _outputs(dz)
     ds = ffi.new("double *")
     rows = z.shape[0] if z.ndim == 2 else 1
-    _layer("activation_backward", z, dz, ds, da, z, rows, z.size // rows, int(code), float(param))
+    _layer("activation_backward", z, dz, ds, da, z, rows, z.size // rows, int(code), float(param),
+           int(f is not None), int(f or 0))
     return float(ds[0])
 
 
@@ -250,17 +252,17 @@ def clip_signal(g, e, mode, c) -> int:
     return int(out[0])
 
 
-def phi(z: np.ndarray, code: int, param: float) -> np.ndarray:
-    """phi(z) computed by the C kernel (for tests against the reference)."""
+def phi(z: np.ndarray, code: int, param: float, f: int | None = None) -> np.ndarray:
+    """phi(z) computed by the C kernel (phi_scaled with ``f``; for tests against the reference)."""
     z = np.ascontiguousarray(z)
     a = np.empty_like(z)
-    activation_forward(a, z, code, param)
+    activation_forward(a, z, code, param, f)
     return a
 
 
-def dphi(z: np.ndarray, code: int, param: float) -> np.ndarray:
-    """phi'(z) computed by the C kernel, as da * phi'(z) with da = 1."""
+def dphi(z: np.ndarray, code: int, param: float, f: int | None = None) -> np.ndarray:
+    """phi'(z) computed by the C kernel, as da * phi'(z) with da = 1 (dphi_scaled with ``f``)."""
     z = np.ascontiguousarray(z)
     dz = np.empty_like(z)
-    activation_backward(dz, np.ones_like(z), z, code, param)
+    activation_backward(dz, np.ones_like(z), z, code, param, f)
     return dz

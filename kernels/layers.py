@@ -375,7 +375,7 @@ def _sum_block(x, start, stop, mean, square, scale):
     r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
     n8 = start + ((stop - start) // 8) * 8
     for i in range(start, n8, 8):
-        v0 = np.float64(x[i]) - mean
+        v0 = np.float64(x[i]) * scale - mean
         v1 = np.float64(x[i + 1]) * scale - mean
         v2 = np.float64(x[i + 2]) * scale - mean
         v3 = np.float64(x[i + 3]) * scale - mean

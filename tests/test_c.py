@@ -56,7 +56,8 @@ def test_phi_matches_reference(act, dtype):
     got, want = cb.phi(z, code, param), A.phi(z, code, param)
     assert got.dtype == want.dtype == z.dtype
     # a few ulp of the value (libm / the vector tanh vs NumPy's and SciPy's own functions);
-    # gelu = 0.5 z (1 + erf(z/sqrt 2)) cancels for z < 0 in both: ulp of 0.5 |z| there
+    # gelu: the reference's erfc(-z/sqrt2) is hundreds of ulps off for z << 0 (see
+    # test_saturated_units_against_mpmath): ulp of 0.5 |z| there
     scale = np.abs(want.astype(np.float64))
     if act == "gelu":
         scale = np.maximum(scale, 0.5 * np.abs(z.astype(np.float64)))
@@ -76,10 +77,11 @@ def test_dphi_matches_reference(act, dtype):
     z = _grid(dtype)
     got, want = cb.dphi(z, code, param), A.dphi(z, code, param)
     assert got.dtype == want.dtype == z.dtype
-    # phi' = 1 - t*t and s*(1-s) cancel where phi saturates: a few ulp of phi' itself or of its
-    # scale (max phi'), whichever is larger
-    scale = dphi_max(act, param)
+    # a few ulp of phi' itself (both evaluate it without cancellation), but for gelu: the
+    # reference's Phi + z phi_N is hundreds of ulps off where it is tiny (the rounding of -z/sqrt2
+    # and z^2, magnified by erfc and exp; the C version corrects both), so its scale max phi'
     w = want.astype(np.float64)
+    scale = dphi_max(act, param) if act == "gelu" else np.finfo(dtype).tiny
     tol = 8 * EPS[dtype] * np.maximum(np.abs(w), scale)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN pattern of {act}'")
     ok = ~np.isnan(want) & (got != want)
@@ -99,6 +101,101 @@ def test_dphi_against_finite_differences():
                                    err_msg=act)
 
 
+def _mp_phi(act, z, p, derivative):
+    """phi(z) or phi'(z) in mpmath (exact maths, 160 bits), from the textbook definitions."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.prec = 160
+    z, p = mp.mpf(float(z)), mp.mpf(float(p))
+    lam, alpha = mp.mpf(A.SELU_LAMBDA), mp.mpf(A.SELU_ALPHA)  # the library's constants
+
+    def s(x):
+        return 1 / (1 + mp.exp(-x))
+
+    pos = z > 0
+    table = {
+        "identity": (z, 1),
+        "sigmoid": (s(z), s(z) * s(-z)),
+        "tanh": (mp.tanh(z), mp.sech(z) ** 2),
+        "relu": (z if pos else 0, 1 if pos else 0),
+        "leaky_relu": (z if pos else p * z, 1 if pos else p),
+        "prelu": (z if pos else p * z, 1 if pos else p),
+        "elu": (z if pos else p * mp.expm1(z), 1 if pos else p * mp.exp(z)),
+        "selu": (lam * (z if pos else alpha * mp.expm1(z)), lam * (1 if pos else alpha * mp.exp(z))),
+        "swish": (z * s(z), s(z) + z * s(z) * s(-z)),
+        "gelu": (z * mp.erfc(-z / mp.sqrt(2)) / 2,
+                 mp.erfc(-z / mp.sqrt(2)) / 2 + z * mp.exp(-z * z / 2) / mp.sqrt(2 * mp.pi)),
+    }
+    return table[act][1 if derivative else 0]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", spec.ACTIVATIONS)
+def test_saturated_units_against_mpmath(act, dtype):
+    """phi and phi' far into saturation (|z| up to 700 in float64, 80 in float32) within a few
+    ulps of the exact value (mpmath): no cancellation (1 - tanh^2 gives 0 at z = 20, the true
+    value is 1.7e-17). Results below the normal range (gelu beyond |z| ~ 37) come from an
+    intermediate that is itself subnormal: |z| more ulps of 2^-1074 are allowed there.
+    Near the roots of swish' and gelu' (|z| < 2) the terms cancel in any double evaluation:
+    a few ulps of max phi' there."""
+    code, param = abi.ACT_CODE[act], spec.ACT_PARAM_DEFAULT.get(act, 0.0)
+    zmax = {"float64": 700.0, "float32": 80.0}[dtype]
+    big = np.geomspace(2.0, zmax, 150)
+    small = np.concatenate([np.geomspace(1e-6, 2.0, 60, endpoint=False), [0.0]])
+    z = np.concatenate([big, -big, small, -small, [20.0, -20.0]]).astype(dtype)
+    ulps = {"float64": 4.0, "float32": 1.0}[dtype]  # float32: double evaluation rounded once
+    tiny = np.finfo(dtype).tiny
+    for derivative, fn in ((False, cb.phi), (True, cb.dphi)):
+        got = fn(z, code, param).astype(np.float64)
+        exact = [_mp_phi(act, v, param, derivative) for v in z]
+        want = np.array([float(v) for v in exact]).astype(dtype)
+        ulp = np.spacing(np.abs(want)).astype(np.float64)
+        err = np.array([abs(float(g - v)) for g, v in zip(got, exact)])  # exact difference, rounded
+        tol = ulps * ulp
+        tol = np.where(np.abs(want) < tiny, tol + np.abs(z) * np.spacing(want.dtype.type(0)), tol)
+        if derivative:
+            tol = np.where(np.abs(z) < 2, np.maximum(tol, ulps * EPS[dtype] * dphi_max(act, param)), tol)
+        bad = np.flatnonzero(~(err <= tol))
+        name = f"{act}{chr(39) if derivative else ''} {dtype}"
+        assert bad.size == 0, (f"{name} at z = {z[bad[0]]!r}: {got[bad[0]]!r}, exact {float(exact[bad[0]])!r} "
+                               f"({err[bad[0]] / ulp[bad[0]]:.1f} ulp)")
+    if act == "tanh":  # the motivating case of issue 12
+        assert cb.dphi(np.array([20.0]), code, 0.0)[0] == pytest.approx(1.7e-17, rel=0.01)
+
+
+SCALED = ["tanh", "elu", "selu", "swish", "gelu", "relu", "identity", "leaky_relu"]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", SCALED)
+def test_scaled_activations_match_reference(act, dtype):
+    """phi_scaled / dphi_scaled (mantissa u, exponent f): the linear form where |u 2^f| is below
+    TINY, the limit form where u 2^f overflows, phi itself between, against the reference."""
+    code, param = abi.ACT_CODE[act], spec.ACT_PARAM_DEFAULT.get(act, 0.3)
+    rng = np.random.default_rng(7)
+    u = np.concatenate([rng.uniform(-1, 1, 200), [0.0, -0.0, 0.5, -0.5, 0.999, -0.999, 1e-30, -1e-30,
+                                                  3.0, -3.0, np.nan]]).astype(dtype)
+    tiny = A.TINY[dtype].get(act, 2.0**-57)
+    fs = [0, 3, -3, -20, -30, -31, -60, -200, -1100, -100000, -10**7, 20, 130, 1000, 1030, 5000, 10**7]
+    for f in fs:
+        for derivative in (False, True):
+            ref_fn = A.dphi_scaled if derivative else A.phi_scaled
+            c_fn = cb.dphi if derivative else cb.phi
+            want = ref_fn(u, f, code, np.float64(param)).astype(np.float64)  # fcfg's type
+            got = c_fn(u, code, param, f).astype(np.float64)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{act} f={f}: NaN pattern")
+            scale = np.abs(want)
+            if act == "gelu" and not derivative:  # the reference's erfc is less accurate (see above)
+                scale = np.maximum(scale, 0.5 * np.abs(u.astype(np.float64)))
+            if derivative:
+                scale = np.maximum(scale, dphi_max(act, param))
+            with np.errstate(invalid="ignore", over="ignore"):
+                z = np.abs(np.ldexp(u.astype(np.float64), max(min(f, 100000), -100000)))
+                exact = ((z < tiny) | np.isinf(z)) & (act not in spec.HOMOGENEOUS)  # linear or limit form: bitwise
+                ok = np.isnan(want) | (got == want) | (~exact & (np.abs(got - want) <= 16 * EPS[dtype] * scale))
+            assert ok.all(), (f"{act}{chr(39) if derivative else ''} {dtype} u={u[~ok][0]!r} f={f}: "
+                              f"{got[~ok][0]!r}, reference {want[~ok][0]!r} (TINY {tiny:g})")
+
+
 # ------------------------------------------------------------------ whole drivers vs reference
 def _problem(stack, batch, seed=0):
     params = gb.init_params(stack, seed=seed)
@@ -109,12 +206,14 @@ def _problem(stack, batch, seed=0):
     return params, x
 
 
-def _run(forward, backward, stack, params, x, top=True):
+def _run(forward, backward, stack, params, x, top=True, rescale=None):
     """The engine's allocation and calls (sum_squares loss), returning every array written.
 
-    ``top=False`` hands dL/dh_L to the backward pass as it is (not normalised beforehand)."""
+    ``top=False`` hands dL/dh_L to the backward pass as it is (not normalised beforehand);
+    ``rescale`` overrides the engine's choice of forward rescaling."""
     L, N, B, dt = stack.depth, stack.width, x.shape[0], stack.np_dtype
-    rescale = gb.engine.can_rescale_forward(stack, params)
+    if rescale is None:
+        rescale = gb.engine.can_rescale_forward(stack, params)
     icfg, fcfg = abi.kernel_config(stack, rescale)
     out = dict(
         H=np.empty((L + 1, B, N), dt), Z=np.empty((L, B, N), dt), bn_mean=np.zeros((L, N), dt),
@@ -148,7 +247,7 @@ def _c_with(opts):
 def _compare(got, want, stack, label, rtol=None):
     """Layer-by-layer comparison of every output; exponents and flags exactly."""
     rtol = RTOL[stack.dtype] if rtol is None else rtol
-    for name in ("fexp", "sig_e"):
+    for name in ("fexp", "sig_e", "gnorm_e"):
         np.testing.assert_array_equal(got[name], want[name], err_msg=f"{label}: exponents {name}")
     np.testing.assert_array_equal(got["info"][:2], want["info"][:2], err_msg=f"{label}: info")
     arrays = ["H", "Z", "G", "dW", "gnorm_m", "sig_m", "act_std", "dslope"]
@@ -230,6 +329,48 @@ def test_deep_exact_chain_matches_reference(act, depth, width, batch):
     if act == "sigmoid":
         assert want["sig_e"][0] < -1100  # beyond what plain float64 represents
     _compare(got, want, stack, f"deep {act}", rtol=1e-11)
+
+
+def _aligned_error(got_m, got_e, want_m, want_e):
+    """max over layers of |got - want| / max|want| with both at the reference's exponents."""
+    shape = (-1,) + (1,) * (got_m.ndim - 1)
+    g = np.ldexp(got_m.astype(np.float64), (got_e - want_e).reshape(shape))
+    w = want_m.astype(np.float64)
+    scale = np.max(np.abs(w.reshape(len(w), -1)), axis=1).reshape(shape)
+    return float(np.max(np.abs(g - w) / np.where(scale > 0, scale, 1.0)))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", ["tanh", "gelu", "swish", "elu", "selu"])
+def test_deep_zero_bias_stack_tracks_reference_exponents(act, dtype):
+    """10^4 zero-bias layers at sigma_w = 0.6: the activations decay far below the float range
+    (2^-3000 .. 2^-18000) and only the forward exponents keep them; the chain runs in the
+    linear form of phi_scaled. In float64 every exponent must be the reference's. In float32
+    the two backends' roundings drift apart over 10^4 layers (up to ~1e-2 for SELU, whose
+    slope jumps at 0), so a max|h| that close to a power of two may normalise one exponent
+    apart: exponents within one, and the true values (mantissas brought to the reference's
+    exponents) agree to the rounding of a 10^4-layer product chain (100 L ulps)."""
+    L = 10_000
+    stack = gb.Stack(depth=L, width=8, activation=act, init="normal", sigma_w=0.6, dtype=dtype)
+    params, x = _problem(stack, 4)
+    want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
+    got = _run(cb.stack_forward, cb.stack_backward, stack, params, x)
+    assert want["fexp"][L] < -3000 and want["sig_e"][0] < -6000  # far beyond float64
+    for name in ("fexp", "sig_e", "gnorm_e"):
+        if dtype == "float64":
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{act}: {name}")
+        elif name != "gnorm_e":  # the sum of three exponents (sig_e, fexp, the norm's): by its value below
+            d = np.abs(got[name] - want[name])
+            assert d.max() <= 1, f"{act} {dtype}: {name} {d.max()} apart at layer {np.argmax(d)}"
+    rtol = 100 * L * EPS[dtype] / 2
+    e_w = lambda o: o["sig_e"][1:] + o["fexp"][:-1]  # noqa: E731
+    for what, gm, ge, wm, we in (
+            ("H", got["H"], got["fexp"], want["H"], want["fexp"]),
+            ("dW", got["dW"], e_w(got), want["dW"], e_w(want)),
+            ("||dW||", got["gnorm_m"], got["gnorm_e"], want["gnorm_m"], want["gnorm_e"]),
+            ("||dL/dh||", got["sig_m"], got["sig_e"], want["sig_m"], want["sig_e"])):
+        err = _aligned_error(gm, ge, wm, we)
+        assert err <= rtol, f"{act} {dtype}: {what} off by {err:.3g} (> {rtol:.3g})"
 
 
 def test_chaotic_stack_layer_by_layer():
@@ -349,6 +490,10 @@ def test_error_codes_become_exceptions():
     bad_clip = fwd[0].copy(); bad_clip[abi.I_CLIP] = 7
     with pytest.raises(ValueError, match="bad argument"):
         cb._driver("stack_forward", cb._OPTS, (bad_clip, *fwd[1:]))
+    sig_rescaled = fwd[0].copy(); sig_rescaled[abi.I_ACT] = abi.ACT_CODE["sigmoid"]
+    sig_rescaled[abi.I_RESCALE_FWD] = 1  # sigmoid has no scaled form (linear_coefficients)
+    with pytest.raises(ValueError, match="bad argument"):
+        cb._driver("stack_forward", cb._OPTS, (sig_rescaled, *fwd[1:]))
     with pytest.raises(ValueError, match="unknown activation"):
         cb.phi(np.zeros(3), 99, 0.0)
     with pytest.raises(MemoryError):
@@ -394,7 +539,7 @@ def test_subnormal_signal_is_normalised_exactly(dtype, scale, shift):
     params.W[...] = (params.W.astype(np.float64) * scale).astype(dtype)  # exact (power of two)
     # the backward pass normalises its top signal itself (the reference's normalise would
     # multiply by 2^-e = inf here)
-    got = _run(cb.stack_forward, cb.stack_backward, stack, params, x, top=False)
+    got = _run(cb.stack_forward, cb.stack_backward, stack, params, x, top=False, rescale=False)
     G = got["H"][1].astype(np.float64)  # tanh(z) = z here; subnormal entries, held exactly
     assert 0 < np.abs(G).max() < np.finfo(dtype).tiny
     assert np.all(np.isfinite(got["dW"])) and got["info"][1] == -1

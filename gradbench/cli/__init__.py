@@ -1,9 +1,10 @@
 """The ``gradbench`` command line: run, compare, train, demo, theory, bench.
 
-One module per subcommand (:mod:`gradbench.cli.run`, ...), each with ``register(sub)`` adding
-its parser (``set_defaults(func=cmd)``, returning the parser); a module may instead take its
-arguments raw with ``run_raw(argv)`` (``bench``). Adding a subcommand is one module and one
-name in :data:`COMMANDS`. Shared parts: :mod:`~gradbench.cli.common` (parser, option types,
+One module per subcommand (:mod:`gradbench.cli.run`, ...; ``gradbench sweep`` is
+:mod:`gradbench.cli_sweep`), each with ``register(sub)`` adding its parser
+(``set_defaults(func=cmd)``); a module may instead take its arguments raw with
+``run_raw(argv)`` (``bench``). Adding a subcommand is one module and one line in
+:data:`COMMANDS`. Shared parts: :mod:`~gradbench.cli.common` (parser, option types,
 stack options, one probe run), :mod:`~gradbench.cli.output` (checked, atomic, documented
 files), :mod:`~gradbench.cli.progress` (progress lines, the compilation notice) and
 :mod:`~gradbench.cli.process` (exit statuses, signals, streams).
@@ -24,8 +25,16 @@ from gradbench import __version__
 from gradbench.cli.common import Parser, typed_options
 from gradbench.cli.process import run_guarded
 
-# The subcommands, in the order of the help: modules of this package.
-COMMANDS = ("run", "compare", "train", "demo", "theory", "bench")
+# The subcommands, in the order of the help: name -> the module that registers it.
+COMMANDS = {
+    "run": "gradbench.cli.run",
+    "compare": "gradbench.cli.compare",
+    "train": "gradbench.cli.train",
+    "demo": "gradbench.cli.demo",
+    "theory": "gradbench.cli.theory",
+    "sweep": "gradbench.cli_sweep",
+    "bench": "gradbench.cli.bench",
+}
 
 EPILOG_MAIN = """\
 examples:
@@ -45,7 +54,7 @@ shows its traceback); 2 a bad option, or a run refused before it started; 130 in
 
 
 def _module(name: str):
-    return importlib.import_module(f"gradbench.cli.{name}")
+    return importlib.import_module(COMMANDS[name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gradbench {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    parser.commands = {name: _module(name).register(sub) for name in COMMANDS}
+    for name in COMMANDS:
+        _module(name).register(sub)
+    parser.commands = {name: sub.choices[name] for name in COMMANDS}
     return parser
 
 

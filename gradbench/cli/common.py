@@ -233,18 +233,6 @@ def resolve_backend(name: str) -> str:
         raise UsageError(str(exc)) from None
 
 
-def random_targets(stack: Stack, batch: int, seed: int):
-    """Seeded targets for a stack with a head (none for sum_squares)."""
-    if not stack.has_head:
-        return None
-    rng = np.random.default_rng([seed, 2])
-    if stack.loss == "softmax_ce":
-        return rng.integers(0, stack.output_dim, size=batch).astype(np.int64)
-    if stack.loss == "bce":
-        return rng.integers(0, 2, size=(batch, stack.output_dim)).astype(stack.np_dtype)
-    return rng.standard_normal((batch, stack.output_dim)).astype(stack.np_dtype)
-
-
 WEIGHTS = "gradbench.GeneratedParams(stack, seed)"  # the one weight source of every probe run
 
 
@@ -323,6 +311,7 @@ def run_probe(probe: Probe, *, quiet: bool = False):
     """
     import gradbench as gb
     from gradbench.cli.progress import Progress, numba_notice
+    from gradbench.params import random_targets
 
     stack, plan = probe.stack, probe.plan
     generated = gb.GeneratedParams(stack, probe.seed)

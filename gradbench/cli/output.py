@@ -91,7 +91,8 @@ def write_file(path: str, write, *, binary: bool = False, mkdir: bool = False) -
     if mkdir:
         make_directory(os.path.dirname(os.path.abspath(path)))
     try:
-        return _atomic.write_atomic(path, write, binary=binary, suffix=os.path.splitext(path)[1] or ".tmp")
+        return _atomic.write_atomic(path, write, binary=binary, suffix=os.path.splitext(path)[1] or ".tmp",
+                                    mkdir=False)
     except OSError as exc:
         raise OutputError(f"cannot write {path!r}: {exc.strerror or exc}") from None
 
