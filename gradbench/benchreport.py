@@ -257,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         print("gradbench bench: no JSON given and none in benchmarks/results/: run `make bench-quick` first",
               file=sys.stderr)
         return 2
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        print(f"gradbench bench: {missing[0]} does not exist: benchmark results are written by `make bench-quick` "
+              "(benchmarks/results/bench-quick.json) or `make bench` (bench.json)", file=sys.stderr)
+        return 2
     try:
         parts = [load(p) for p in paths]
     except (OSError, ValueError) as exc:

@@ -14,7 +14,7 @@ Recorded per epoch (E epochs, L layers):
 - ``grad_log10`` (E + 1, L): log10 ||dL/dW_l|| on the whole data set, exact;
 - ``update_ratio`` (E, L): 100 * ||W_l(after) - W_l(before)|| / ||W_l(before)|| over the
   epoch, in percent. For one plain SGD step this is ``||lr * dL/dW_l|| / ||W_l||``
-  (DESIGN section 6), the "weights changed by 0.0001 %" of the lecture notes.
+  (docs/design.md section 6), the "weights changed by 0.0001 %" of the lecture notes.
 """
 
 from __future__ import annotations
