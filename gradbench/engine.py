@@ -300,7 +300,8 @@ def _segment_statistics(run: _Run, s: int, e: int, seg_grads) -> None:
     if run.hist is not None:
         h = run.hist
         fill_streaming(gm, e_w, run.hist_per_decade, run.hist_bins, h["top"][s:e], h["counts"][s:e],
-                       h["below"][s:e], h["zeros"][s:e], h["nonfinite"][s:e])
+                       h["below"][s:e], h["zeros"][s:e], h["nonfinite"][s:e],
+                       compiled=run.impl is not reference)  # the reference stays plain NumPy
 
 
 def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_grads: dict,

@@ -329,14 +329,16 @@ def test_npz_beside_json(tmp_path, capsys):
     with np.load(tmp_path / "r.npz") as z:
         np.testing.assert_array_equal(z["grad_log10"], ref.grad_log10)
         np.testing.assert_array_equal(z["hist_counts"], ref.hist_counts)
-        meta = json.loads(str(z["meta"]))
-    assert meta["diagnosis"]["verdict"] == ref.verdict and meta["seed"] == 0
+        meta, head = json.loads(str(z["meta"])), json.loads(str(z["head"]))
+    assert meta["verdict"] == ref.verdict and head["seed"] == 0
+    assert gb.Diagnosis.from_npz(tmp_path / "r.npz").to_json() == ref.to_json()
     code, _, err = run(["compare", "--depth", "6", "--width", "4", "--configs", "relu,relu-he", "--backend", "numpy",
                         "--out", str(tmp_path / "c.npz")], capsys)
     assert code == 0, err
     with np.load(tmp_path / "c.npz") as z:
         assert {"relu/grad_log10", "relu-he/grad_log10"} <= set(z.files)
-        assert json.loads(str(z["meta"]))["labels"]["relu-he"] == "relu + He init"
+        assert json.loads(str(z["head"]))["labels"]["relu-he"] == "relu + He init"
+    assert gb.Diagnosis.from_npz(tmp_path / "c.npz", name="relu-he").verdict in ("stable", "vanishing", "exploding")
 
 
 def test_formats_and_design_are_documented_where_the_code_says():
@@ -400,7 +402,9 @@ def test_help_shows_every_default_and_required_options_first():
                 continue
             assert "default" in formatter._get_help_string(action), (name, action.dest)
     run_help = parser.commands["run"].format_help()
-    assert run_help.index("required:") < run_help.index("the stack:") < run_help.index("options:")
+    # --depth and --width come first, needed unless --torch brings a model
+    assert run_help.index("the stack:") < run_help.index("--depth") < run_help.index("options:")
+    assert "needed unless --torch" in run_help
     assert "clip_grad_norm_" in run_help and "backpropagated signal" in run_help
 
 

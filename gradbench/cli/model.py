@@ -26,6 +26,9 @@ def add_run_args(p: argparse.ArgumentParser, stack_group) -> None:
     """``--torch`` and ``--tensorboard`` on the ``run`` parser (after its stack options, whose
     ``--depth`` and ``--width`` are then needed only without ``--torch``)."""
     p.set_defaults(stack_defaults={a.dest: a.default for a in stack_group._group_actions})
+    for a in stack_group._group_actions:
+        if a.dest in ("depth", "width"):
+            a.help = a.help.replace(" (default: none)", "") + " (needed unless --torch; default: none)"
     g = p.add_argument_group("your own model")
     g.add_argument("--torch", metavar="MODEL.pt", help=TORCH_HELP + " (default: none)")
     g.add_argument("--tensorboard", metavar="DIR",
