@@ -403,7 +403,8 @@ def test_help_shows_every_default_and_required_options_first():
             assert "default" in formatter._get_help_string(action), (name, action.dest)
     run_help = parser.commands["run"].format_help()
     # --depth and --width come first, needed unless --torch brings a model
-    assert run_help.index("the stack:") < run_help.index("--depth") < run_help.index("options:")
+    body = run_help[run_help.index("the stack:"):]
+    assert body.index("--depth") < body.index("--activation") and run_help.index("the stack:") < run_help.index("options:")
     assert "needed unless --torch" in run_help
     assert "clip_grad_norm_" in run_help and "backpropagated signal" in run_help
 
