@@ -83,7 +83,10 @@ def torch_stack(args):
         torch_io = importlib.import_module("gradbench.torch_io")
     except ImportError as exc:
         raise UsageError(str(exc)) from None
-    model = torch_io.load(args.torch)
+    try:
+        model = torch_io.load(args.torch)
+    except ValueError as exc:  # not a model, or a class outside the allowlist: the user's file
+        raise UsageError(str(exc)) from None
     loss = None if args.loss == args.stack_defaults["loss"] else args.loss
     dtype = None if args.dtype == args.stack_defaults["dtype"] else args.dtype
     try:
