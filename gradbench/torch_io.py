@@ -33,19 +33,11 @@ import operator
 
 import numpy as np
 
-try:
-    import torch
-    from torch import nn
-except ImportError as exc:  # pragma: no cover - exercised in environments without torch
-    raise ImportError(
-        "gradbench.torch_io needs PyTorch: pip install 'gradbench[torch]' "
-        "(torch==2.13.0; the CPU wheel is enough)"
-    ) from exc
-
 from gradbench.params import GeneratedParams, Params, expected_shapes
 from gradbench.spec import LOSSES, Stack, check_choice
+# torch itself comes through torch_model, whose import says what to install when it is missing
 from gradbench.torch_model import (  # noqa: F401  (Residual and SAFE_MODULES are part of this module's API)
-    _LOSS_MODULES, _TORCH_DTYPES, SAFE_MODULES, Residual, _from_torch, _np, _Refused, _tensor,
+    _LOSS_MODULES, _TORCH_DTYPES, SAFE_MODULES, Residual, _from_torch, _np, _Refused, _tensor, nn, torch,
 )
 
 __all__ = ["Residual", "from_torch", "to_torch", "loss_fn", "load", "SAFE_MODULES"]

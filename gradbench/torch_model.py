@@ -14,7 +14,7 @@ try:
     from torch import nn
 except ImportError as exc:  # pragma: no cover - exercised in environments without torch
     raise ImportError(
-        "gradbench.torch_model needs PyTorch: pip install 'gradbench[torch]' "
+        "gradbench.torch_io needs PyTorch: pip install 'gradbench[torch]' "
         "(torch==2.13.0; the CPU wheel is enough)"
     ) from exc
 
