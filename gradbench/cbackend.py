@@ -23,13 +23,14 @@ import os
 import numpy as np
 
 from gradbench import abi
+from gradbench._env import env_flag, env_int
 
 try:
     from gradbench._ckernels import ffi, lib
 except ImportError as exc:  # pragma: no cover - depends on the build
-    raise ImportError(
-        'C extension not built: run "pip install -e ." (needs a C compiler such as gcc)'
-    ) from exc
+    from gradbench.backends import c_not_built_message
+
+    raise ImportError(c_not_built_message()) from exc
 
 _ERRORS = {
     abi.EBADACT: (ValueError, "unknown activation code"),
@@ -42,10 +43,10 @@ _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 # EPYC (Zen 4) with SciPy's OpenBLAS: from width 64 on it is 10-40 % faster than the own
 # register-blocked kernels, below about even; the own kernels avoid BLAS's per-call overhead
 # and thread pool for the narrow layers of very deep stacks).
-BLAS_MIN_WIDTH = int(os.environ.get("GRADBENCH_C_BLAS_MIN_WIDTH", "64"))
+BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 64, low=0)
 # B*N*N of a layer from which the own kernels use several threads: below it a parallel region
 # (microseconds to enter, far worse when the cores are shared) costs more than it saves.
-PAR_MIN_WORK = int(os.environ.get("GRADBENCH_C_PAR_MIN_WORK", str(1 << 22)))
+PAR_MIN_WORK = env_int("GRADBENCH_C_PAR_MIN_WORK", 1 << 22, low=0)
 
 
 def check(rc: int, what: str) -> None:
@@ -79,7 +80,7 @@ def _capsule_pointer(capsule) -> int:
 
 def _blas() -> tuple[int, int]:
     """Addresses of SciPy's Fortran dgemm and sgemm (0, 0 when unavailable)."""
-    if os.environ.get("GRADBENCH_C_NO_BLAS", "") not in ("", "0"):
+    if env_flag("GRADBENCH_C_NO_BLAS"):
         return 0, 0
     try:
         from scipy.linalg import cython_blas
@@ -91,10 +92,12 @@ def _blas() -> tuple[int, int]:
 
 
 def _default_threads() -> int:
-    for var in ("GRADBENCH_C_THREADS", "OMP_NUM_THREADS"):
-        env = os.environ.get(var, "").split(",")[0].strip()
-        if env.isdigit():
-            return max(1, int(env))
+    threads = env_int("GRADBENCH_C_THREADS", 0, low=1)
+    if threads:
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP's own syntax
+    if env.isdigit():
+        return max(1, int(env))
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -118,6 +121,11 @@ def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: in
 
 # Immutable after import: read by every call, never written (no global mutable state).
 _OPTS = make_opts()
+
+
+def threads() -> int:
+    """Threads of the own C kernels (``GRADBENCH_C_THREADS``, else ``OMP_NUM_THREADS``, else the cores)."""
+    return int(_OPTS.nthreads)
 
 
 # ------------------------------------------------------------------ the contract

@@ -1,4 +1,5 @@
-"""The layer kernels: the same names and argument order as :mod:`gradbench.reference`.
+"""The layer kernels: the same names and argument order as :mod:`gradbench.reference` (the exact
+chain's helpers and the float64 reductions are in :mod:`.chain`).
 
 Dimension letters: B batch, N width (outputs of a layer), D inputs of a layer (= N here).
 Argument order: outputs, saved values, inputs, parameters, dimensions. Kernels write into
@@ -16,27 +17,11 @@ import math
 import numpy as np
 from numba import njit
 
-from gradbench.abi import CLIP_NORM, CLIP_VALUE
-
-from ._config import EXP_CLAMP, JIT
-from .activations import PRELU, RELU, TANH, _as, dphi, dphi_scaled, phi, phi_scaled, tanh
-
-
-@njit(**JIT)
-def _clamp(e):
-    if e > EXP_CLAMP:
-        return EXP_CLAMP
-    if e < -EXP_CLAMP:
-        return -EXP_CLAMP
-    return e
-
-
-@njit(**JIT)
-def _ldexp(x, e):
-    """x * 2**e in x's dtype, e already clamped (exact unless the result is subnormal)."""
-    if e == 0:
-        return x
-    return math.ldexp(x, int(e))
+from ._config import JIT
+from .activations import (
+    DSIGMOID_MAX, DTANH_MAX, PRELU, RELU, SIGMOID, TANH, _as, dphi, dphi_scaled, dsigmoid64, dtanh64, phi,
+    phi_scaled, tanh, tanh64, tiny_threshold,
+)
 
 
 # ------------------------------------------------------------------ dense
@@ -60,32 +45,48 @@ NARROW = 8
 @njit(**JIT)
 def dense_forward(z, h, W, b):
     """z = h W^T + b.    z (B,N), h (B,D), W (N,D), b (N,)"""
+    matmul_forward(z, h, W)
+    B, N = z.shape
+    for i in range(B):
+        for j in range(N):
+            z[i, j] += b[j]
+
+
+@njit(**JIT)
+def matmul_forward(z, h, W):
+    """z = h W^T (the bias is added by the caller: dense_forward, or fused into the activation).
+
+    z (B,N), h (B,D), W (N,D)"""
     B, N = z.shape
     D = h.shape[1]
     if N > NARROW:
         np.dot(h, W.T, z)
-        for i in range(B):
-            for j in range(N):
-                z[i, j] += b[j]
         return
     for i in range(B):
         for j in range(N):
-            acc = _as(0.0, b[j])
+            acc = _as(0.0, z[0, 0])
             for k in range(D):
                 acc += h[i, k] * W[j, k]
-            z[i, j] = acc + b[j]
+            z[i, j] = acc
 
 
 @njit(**JIT)
 def dense_backward(dh, dW, db, dz, h, W):
     """dW = dz^T h, db = sum_B dz, dh = dz W.    dh (B,D), dW (N,D), db (N,), dz (B,N), h (B,D)"""
     B, N = dz.shape
-    D = h.shape[1]
     for j in range(N):
         db[j] = 0
     for i in range(B):
         for j in range(N):
             db[j] += dz[i, j]
+    matmul_backward(dh, dW, dz, h, W)
+
+
+@njit(**JIT)
+def matmul_backward(dh, dW, dz, h, W):
+    """dW = dz^T h, dh = dz W (db is summed by the caller).    dh (B,D), dW (N,D), dz (B,N), h (B,D)"""
+    B, N = dz.shape
+    D = h.shape[1]
     if N > NARROW:
         np.dot(dz.T, h, dW)
         np.dot(dz, W, dh)
@@ -170,42 +171,63 @@ def _alive(alive, z):
 
 
 @njit(**JIT)
-def _activation_forward_stats(a, z, code, param, f, scaled, sat_threshold, alive):
-    """a = phi(z) (``scaled``: the mantissa of phi(z 2^f), :func:`.activations.phi_scaled`);
-    returns the number of entries with phi' < sat_threshold and sets alive[j] = some z[:, j]
-    is not <= 0 (NaN counts as alive, as in the reference).
-
-    The activation switch is outside the element loops for the common cheap cases.
+def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_threshold, alive):
+    """z += b (when ``add_bias``: the dense layer's bias, fused here) and a = phi(z) (``scaled``:
+    the mantissa of phi(z 2^f), :func:`.activations.phi_scaled`); returns the number of entries
+    with phi' < sat_threshold and sets alive[j] = some z[:, j] is not <= 0 (NaN counts as
+    alive, as in the reference). One pass over z for the common activations; the switch is
+    outside the element loops.
     """
     B, N = z.shape
     nsat = 0
     for j in range(N):
         alive[j] = False
-    if code == TANH and not scaled:  # loops LLVM vectorises; phi' = 1 - a^2 only for the count
+    if code == TANH and not scaled:  # a loop LLVM vectorises; phi' = 1 - a^2 only for the count
         one = _as(1.0, a[0, 0])
         for i in range(B):
             for j in range(N):
-                a[i, j] = tanh(z[i, j])
+                zz = z[i, j] + b[j] if add_bias else z[i, j]
+                z[i, j] = zz
+                t = tanh(zz)
+                a[i, j] = t
+                nsat += (one - t * t) < sat_threshold
+                alive[j] = alive[j] or not (zz <= 0)
+        return nsat
+    if code == TANH and scaled and f <= 1000:  # phi_scaled of tanh, vectorised (scaled_regime's regimes)
+        tiny = tiny_threshold(a[0, 0], code)
+        if f >= -1000:
+            sc, isc = math.ldexp(1.0, int(f)), math.ldexp(1.0, int(-f))
+        else:  # |z| = |u| 2^f is far below TINY (f < -1000) for every entry: the linear form
+            sc, isc = 0.0, 1.0
         for i in range(B):
             for j in range(N):
-                t = a[i, j]
-                nsat += (one - t * t) < sat_threshold
-        _alive(alive, z)
+                zz = z[i, j] + b[j] if add_bias else z[i, j]
+                z[i, j] = zz
+                x = np.float64(zz)
+                zt = x * sc  # exact: a power of two (or 0 when every entry is tiny)
+                tz = tanh64(zt)
+                lin = abs(zt) < tiny
+                m = x if lin else tz * isc  # tiny: tanh(z) = z to the last bit (c0 = 1); exact scaling back
+                a[i, j] = _as(m, zz)
+                d = 1.0 if lin else 1.0 - tz * tz
+                nsat += d < sat_threshold
+                alive[j] = alive[j] or not (zz <= 0)
         return nsat
     if code == RELU:
         zero = _as(0.0, a[0, 0])
         for i in range(B):
             for j in range(N):
-                zz = z[i, j]
+                zz = z[i, j] + b[j] if add_bias else z[i, j]
+                z[i, j] = zz
                 pos = zz > 0
                 a[i, j] = zz if (pos or zz != zz) else zero
                 nsat += (1.0 if pos else 0.0) < sat_threshold
-                if not (zz <= 0):
-                    alive[j] = True
+                alive[j] = alive[j] or not (zz <= 0)
         return nsat
     for i in range(B):
         for j in range(N):
-            zz = z[i, j]
+            zz = z[i, j] + b[j] if add_bias else z[i, j]
+            z[i, j] = zz
             if scaled:
                 a[i, j] = phi_scaled(zz, f, code, param)
                 d = dphi_scaled(zz, f, code, param)
@@ -219,7 +241,7 @@ def _activation_forward_stats(a, z, code, param, f, scaled, sat_threshold, alive
 
 
 @njit(**JIT)
-def activation_forward(a, z, code, param, f=None):
+def activation_forward(a, z, code, param, f=None):  # noqa: D401 (the reference's layer function)
     """a = phi(z) (with ``f``: the mantissa of phi(z 2^f)).    a, z (B,N)"""
     B, N = z.shape
     for i in range(B):
@@ -231,29 +253,70 @@ def activation_forward(a, z, code, param, f=None):
 
 
 @njit(**JIT)
-def _activation_backward(dz, da, z, a, use_a, code, param, f, scaled):
-    """dz = da * phi'(z) (``scaled``: phi'(z 2^f)); returns sum(da * min(z, 0)) for PReLU.
-
-    ``use_a``: a = tanh(z) is the saved output, and where |a| <= 1/2 tanh' = 1 - a^2 is
-    accurate to a few ulps (no cancellation), so the exp of the accurate form is skipped there.
-    """
+def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
+    """dz = da * phi'(z) (``scaled``: phi'(z 2^f)); with ``sum_db`` also db = sum_B dz (rows in
+    order, as dense_backward sums it), fused into the same pass. Returns sum(da * min(z, 0))
+    for PReLU, else 0.  dz, da, z (B,N); db (N,)"""
     B, N = z.shape
-    if code == TANH and use_a:
-        one = _as(1.0, a[0, 0])
-        half = _as(0.5, a[0, 0])
+    if sum_db:
+        for j in range(N):
+            db[j] = 0
+    if code == TANH and scaled and f <= 1000:  # dphi_scaled of tanh, vectorised; |z| > 20, NaN fixed up
+        tiny = tiny_threshold(dz[0, 0], code)
+        sc = math.ldexp(1.0, int(f)) if -1000 <= f <= 1000 else 0.0
         for i in range(B):
             for j in range(N):
-                t = a[i, j]
-                if abs(t) <= half:
-                    dz[i, j] = da[i, j] * (one - t * t)
-                else:
-                    dz[i, j] = da[i, j] * dphi(z[i, j], code, param)
+                zt = np.float64(z[i, j]) * sc
+                d = 1.0 if abs(zt) < tiny else dtanh64(zt)
+                dz[i, j] = da[i, j] * _as(d, z[i, j])
+        rare = 0
+        for i in range(B):
+            for j in range(N):
+                rare += not (abs(np.float64(z[i, j]) * sc) <= DTANH_MAX)
+        if rare:
+            for i in range(B):
+                for j in range(N):
+                    if not (abs(np.float64(z[i, j]) * sc) <= DTANH_MAX):
+                        dz[i, j] = da[i, j] * dphi_scaled(z[i, j], f, code, param)
+        if sum_db:
+            for i in range(B):
+                for j in range(N):
+                    db[j] += dz[i, j]
+        return 0.0
+    if (code == TANH or code == SIGMOID) and not scaled:
+        # vectorised: the polynomial derivative for |z| up to its bound, then dphi for the rest
+        bound = DTANH_MAX if code == TANH else DSIGMOID_MAX
+        if code == TANH:
+            for i in range(B):
+                for j in range(N):
+                    dz[i, j] = da[i, j] * _as(dtanh64(np.float64(z[i, j])), z[i, j])
+        else:
+            for i in range(B):
+                for j in range(N):
+                    dz[i, j] = da[i, j] * _as(dsigmoid64(np.float64(z[i, j])), z[i, j])
+        rare = 0
+        for i in range(B):
+            for j in range(N):
+                rare += not (abs(z[i, j]) <= bound)
+        if rare:
+            for i in range(B):
+                for j in range(N):
+                    zz = z[i, j]
+                    if not (abs(zz) <= bound):
+                        dz[i, j] = da[i, j] * dphi(zz, code, param)
+        if sum_db:
+            for i in range(B):
+                for j in range(N):
+                    db[j] += dz[i, j]
         return 0.0
     for i in range(B):
         for j in range(N):
             zz = z[i, j]
             d = dphi_scaled(zz, f, code, param) if scaled else dphi(zz, code, param)
-            dz[i, j] = da[i, j] * d
+            v = da[i, j] * d
+            dz[i, j] = v
+            if sum_db:
+                db[j] += v
     if code != PRELU:
         return 0.0
     s = 0.0
@@ -270,197 +333,5 @@ def activation_backward(dz, da, z, code, param, f=None):
     """dz = da * phi'(z) (with ``f``: phi'(z 2^f)); returns dL/dslope = sum(da * min(z, 0)) for
     PReLU, else 0.    dz, da, z (B,N)"""
     if f is None:
-        return _activation_backward(dz, da, z, z, False, code, param, 0, False)
-    return _activation_backward(dz, da, z, z, False, code, param, f, True)
-
-
-# ------------------------------------------------------------------ the exact chain
-@njit(**JIT)
-def normalise(g):
-    """Scale g in place by 2**-e so that max|g| lies in [0.5, 1); return e.
-
-    e is 0 when g is all zero or when its largest magnitude is not finite (NaN ignored).
-    """
-    B, N = g.shape
-    m = 0.0
-    for i in range(B):
-        for j in range(N):
-            v = abs(np.float64(g[i, j]))
-            if v > m:  # False for NaN
-                m = v
-    if m == 0.0 or not math.isfinite(m):
-        return 0
-    e = np.int64(math.frexp(m)[1])
-    # as the reference: 2**-e in float64, then the dtype; in two exact steps when 2**-e is not
-    # a finite number of the dtype (a subnormal max|g|)
-    top = 1023 if g.itemsize == 8 else 127
-    k = int(-e)
-    k1 = k if k <= top else k // 2
-    s1 = _as(math.ldexp(1.0, k1), g[0, 0])
-    s2 = _as(math.ldexp(1.0, k - k1), g[0, 0])
-    for i in range(B):
-        for j in range(N):
-            g[i, j] *= s1
-    if k1 != k:
-        for i in range(B):
-            for j in range(N):
-                g[i, j] *= s2
-    return e
-
-
-@njit(**JIT)
-def add_aligned(a, ea, s, es, scale):
-    """a * 2**ea + scale * s * 2**es, written into a, at the larger exponent; returns it.
-
-    a, s (B,N)
-    """
-    B, N = a.shape
-    em = max(ea, es)
-    da = _clamp(ea - em)
-    ds = _clamp(es - em)
-    sc = _as(scale, a[0, 0])
-    for i in range(B):
-        for j in range(N):
-            a[i, j] = _ldexp(s[i, j], ds) + sc * _ldexp(a[i, j], da)
-    return em
-
-
-@njit(**JIT)
-def clip_signal(g, e, mode, c):
-    """Clip the true value g * 2**e (value: to [-c, c]; norm: Frobenius norm <= c) in place.
-
-    g (B,N) must be normalised (max|g| < 1). Returns the new exponent.
-    """
-    B, N = g.shape
-    if mode == CLIP_VALUE:
-        ec = np.int64(math.frexp(c)[1])
-        t = math.ldexp(c, int(-ec))  # c = t * 2**ec, t in [0.5, 1)
-        m = 0.0
-        for i in range(B):
-            for j in range(N):
-                v = abs(np.float64(g[i, j]))
-                if v != v:  # np.max propagates NaN and NaN > t is False: no clipping
-                    return e
-                if v > m:
-                    m = v
-        d = _clamp(e - ec)
-        if math.ldexp(m, int(d)) > t:
-            for i in range(B):
-                for j in range(N):
-                    x = np.float64(_ldexp(g[i, j], d))
-                    if x > t:
-                        x = t
-                    elif x < -t:
-                        x = -t
-                    g[i, j] = x
-            return ec
-    elif mode == CLIP_NORM:
-        n = math.sqrt(sumsq(g))
-        if math.ldexp(n, int(_clamp(e))) > c:
-            s = _as(c / n, g[0, 0])
-            for i in range(B):
-                for j in range(N):
-                    g[i, j] *= s
-            return np.int64(0)
-    return e
-
-
-# ------------------------------------------------------------------ float64 reductions
-# Whole-array sums in float64 by blocks of 128 with 8 partial sums each (NumPy's pairwise
-# leaf), block sums added in order: within a few ulps of NumPy's pairwise summation.
-@njit(**JIT)
-def _sum_block(x, start, stop, mean, square, scale):
-    """sum over x[start:stop] of (x scale - mean) or (x scale - mean)**2, 8 partial sums
-    (scale: a power of two, 1 except for scaled norms)."""
-    r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
-    n8 = start + ((stop - start) // 8) * 8
-    for i in range(start, n8, 8):
-        v0 = np.float64(x[i]) * scale - mean
-        v1 = np.float64(x[i + 1]) * scale - mean
-        v2 = np.float64(x[i + 2]) * scale - mean
-        v3 = np.float64(x[i + 3]) * scale - mean
-        v4 = np.float64(x[i + 4]) * scale - mean
-        v5 = np.float64(x[i + 5]) * scale - mean
-        v6 = np.float64(x[i + 6]) * scale - mean
-        v7 = np.float64(x[i + 7]) * scale - mean
-        if square:
-            v0 *= v0
-            v1 *= v1
-            v2 *= v2
-            v3 *= v3
-            v4 *= v4
-            v5 *= v5
-            v6 *= v6
-            v7 *= v7
-        r0 += v0
-        r1 += v1
-        r2 += v2
-        r3 += v3
-        r4 += v4
-        r5 += v5
-        r6 += v6
-        r7 += v7
-    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    for i in range(n8, stop):
-        v = np.float64(x[i]) * scale - mean
-        s += v * v if square else v
-    return s
-
-
-@njit(**JIT)
-def _sum_flat(x, mean, square, scale):
-    n = x.size
-    s = 0.0
-    for start in range(0, n, 128):
-        s += _sum_block(x, start, min(start + 128, n), mean, square, scale)
-    return s
-
-
-@njit(**JIT)
-def sumsq(g):
-    """sum(g**2) in float64 over a C-contiguous array of any shape."""
-    return _sum_flat(g.reshape(g.size), 0.0, True, 1.0)
-
-
-# A sum of squares in [SUMSQ_LO, SUMSQ_HI] lost nothing to underflow or overflow
-# (gradbench.reference.norm_scaled, the same bounds); outside it the entries are scaled by 2^-e.
-SUMSQ_LO = 2.0**-960
-SUMSQ_HI = 2.0**960
-
-
-@njit(**JIT)
-def norm_scaled(x):
-    """||x|| = m * 2**e with no square lost (gradbench.reference.norm_scaled); returns (m, e).
-
-    x: a C-contiguous array of any shape."""
-    flat = x.reshape(x.size)
-    s = _sum_flat(flat, 0.0, True, 1.0)
-    if (s >= SUMSQ_LO and s <= SUMSQ_HI) or s != s:
-        return math.sqrt(s), np.int64(0)
-    a = 0.0
-    for i in range(flat.size):
-        v = abs(np.float64(flat[i]))
-        if v > a:
-            a = v
-    if a == 0.0 or not math.isfinite(a):
-        return math.sqrt(s), np.int64(0)
-    e = np.int64(math.frexp(a)[1])
-    return math.sqrt(_sum_flat(flat, 0.0, True, math.ldexp(1.0, int(-e)))), e
-
-
-@njit(**JIT)
-def all_finite(g):
-    x = g.reshape(g.size)
-    for i in range(x.size):
-        if not math.isfinite(x[i]):
-            return False
-    return True
-
-
-@njit(**JIT)
-def moments(h):
-    """(mean, std) of all entries of h in float64, two passes, as h.mean() and h.std()."""
-    x = h.reshape(h.size)
-    m = _sum_flat(x, 0.0, False, 1.0) / x.size
-    v = _sum_flat(x, m, True, 1.0) / x.size
-    return m, math.sqrt(v)
+        return _activation_backward(dz, dz[0], False, da, z, code, param, 0, False)
+    return _activation_backward(dz, dz[0], False, da, z, code, param, f, True)

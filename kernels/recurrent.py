@@ -29,7 +29,7 @@ from ._config import JIT
 from .activations import SIGMOID as _SIGMOID_CODE
 from .activations import TANH as _TANH_CODE
 from .activations import _as, dphi, phi
-from .layers import _clamp, _ldexp, all_finite, clip_signal, moments, normalise, sumsq
+from .chain import _clamp, _ldexp, all_finite, clip_signal, moments, normalise, sumsq
 
 
 # The gate codes as entries of an array: an integer constant would reach phi/dphi as a literal

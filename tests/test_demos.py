@@ -40,7 +40,7 @@ def demos():
 
 def test_every_demo_is_registered_with_its_settings():
     assert set(DEMOS) == {"deep-sigmoid", "shallow-sigmoid", "relu-he", "batchnorm", "residual",
-                          "xavier-tanh", "exploding", "exploding-clipped"}
+                          "xavier-tanh", "exploding", "exploding-clipped", "adam", "layerwise-pretraining"}
     deep = DEMOS["deep-sigmoid"]
     for name in ("relu-he", "batchnorm", "residual", "xavier-tanh"):
         # each remedy changes one thing of the deep net and trains with the same settings
