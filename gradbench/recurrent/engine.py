@@ -21,9 +21,10 @@ import numpy as np
 
 from gradbench import abi
 from gradbench.activations import sigmoid
+from gradbench.buffers import WORKSPACE
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
 from gradbench.logscaled import LogScaled, ldexp
-from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, _available_memory
+from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, available_memory
 from gradbench.recurrent import abi as rabi
 from gradbench.recurrent.backends import get_backend, resolve
 from gradbench.recurrent.params import GeneratedSequence, RecurrentParams, expected_shapes
@@ -178,7 +179,7 @@ def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False,
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(
             memory_budget, (int, float, np.integer)) or not memory_budget > 0):
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    avail = _available_memory() if available is None else available
+    avail = available_memory() + WORKSPACE.bytes() if available is None else available
     auto_budget = memory_budget if memory_budget is not None else AUTO_FRACTION * avail
     limit = memory_budget if memory_budget is not None else LIMIT_FRACTION * avail
     k_auto = default_segment(rnn)
@@ -275,12 +276,15 @@ def backprop(rnn: Recurrent, params: RecurrentParams, xs, targets=None, *, backe
     plan = plan_run(rnn, B, checkpoint=checkpoint, stats_only=stats_only,
                     generated=isinstance(xs, GeneratedSequence), memory_budget=memory_budget)
     run = _Run(rnn, params, xs, targets, impl, plan, progress, B)
-    with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
-        run.start(h0, c0)
-        _forward(run)
-        _top(run)
-        _backward(run)
-        return _assemble(run, name, t_start)
+    try:
+        with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+            run.start(h0, c0)
+            _forward(run)
+            _top(run)
+            _backward(run)
+            return _assemble(run, name, t_start)
+    finally:  # the saved values and checkpoints (never returned) serve the next call of these shapes
+        WORKSPACE.give(getattr(run, "internal", []))
 
 
 @dataclass(eq=False)
@@ -304,12 +308,17 @@ class _Run:
         self.rescale = can_rescale_forward(rnn)
         self.icfg, self.fcfg = rabi.kernel_config(rnn, self.rescale, B)
         kept = k if self.plan.recompute else T
-        self.saved = abi.allocate(self.fwd_name, dict(T=kept, B=B, N=N, D=D, GN=GN), dt,
-                                  skip=[a.name for a in abi.CONTRACTS[self.fwd_name].args if a.name not in SAVED[rnn.cell]])
+        # internal arrays (the saved values, the checkpoints; never returned) come from the
+        # stacks' workspace (gradbench.buffers): small pages, reused by the next call of these shapes
+        contract = abi.CONTRACTS[self.fwd_name]
+        dims = dict(T=kept, B=B, N=N, D=D, GN=GN)
+        self.internal = []
+        self.saved = {a.name: self._take(abi.shape_of(a, dims, contract.consts), dt)
+                      for a in contract.args if a.name in SAVED[rnn.cell]}
         lstm = rnn.cell == "lstm"
         nck = len(self.segments) + 1 if self.plan.recompute else 0
-        self.ckpt_h = np.empty((nck, B, N), dtype=dt)
-        self.ckpt_c = np.empty((nck, B, N), dtype=dt) if lstm else None
+        self.ckpt_h = self._take((nck, B, N), dt)
+        self.ckpt_c = self._take((nck, B, N), dt) if lstm else None
         first_h = self.ckpt_h[0] if self.plan.recompute else self.saved["H"][0]
         first_h[...] = 0 if h0 is None else h0
         if lstm:
@@ -324,6 +333,11 @@ class _Run:
         self.work = 2 * len(self.segments)
         self.loss_every = 0.0
         self.x_buf = np.empty((k, B, D), dtype=dt) if isinstance(self.xs, GeneratedSequence) else None
+
+    def _take(self, shape, dtype) -> np.ndarray:
+        a = WORKSPACE.take(shape, dtype)
+        self.internal.append(a)
+        return a
 
     def tick(self, done: int) -> None:
         if self.progress is not None:
