@@ -1,4 +1,4 @@
-"""Recurrent cells through time: vanilla RNN, LSTM and GRU with the exact chain (DESIGN section 9).
+"""Recurrent cells through time: vanilla RNN, LSTM and GRU with the exact chain (docs/design.md section 11).
 
 ``gb.Recurrent`` describes the net, ``gb.init_params(rnn, seed)`` draws its parameters in
 torch's layout, ``gb.sequence_input(rnn, batch, seed)`` an input sequence, and
