@@ -31,6 +31,7 @@ examples:
   gradbench compare --depth 40 --width 32 --configs relu,relu-he,relu-clip --plot flow.png --out cmp.json
 
 Files key the configurations by their --configs name (docs/formats.md).
+recurrent nets: gradbench compare --cells rnn,lstm,gru --steps 10000 (options: gradbench compare --cells rnn --help)
 """
 
 # Variants of one base stack: name -> (label, changes). The base init of `compare` and `demo`

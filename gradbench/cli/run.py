@@ -22,6 +22,7 @@ examples:
 
 The weights come from the seed through gradbench.GeneratedParams, with or without --stats-only:
 one seed, one network (with --torch: the model's). File formats: docs/formats.md.
+recurrent nets: gradbench run --cell lstm --steps 100000 --hidden 32 (options: gradbench run --cell lstm --help)
 """
 
 

@@ -26,6 +26,7 @@ examples:
   gradbench theory --activation tanh --sigma-w 1.5 --sigma-b 0.1
   gradbench theory --activation sigmoid --sigma-w 1 --depth 2000 --width 128 --plot theory.png
   gradbench theory --activation identity --sigma-w 1 --width 4 --depth 100000
+recurrent nets: gradbench theory --cell rnn (options: gradbench theory --cell rnn --help)
 """
 
 SIMULATION_OPTIONS = ("batch", "seed", "backend", "plot")
