@@ -2,9 +2,8 @@
 
 Run by setuptools through ``setup(cffi_modules=[...])`` at ``pip install``. Compiler flags are
 chosen here for the machine that builds: ``-O3 -march=native`` when the compiler accepts it,
-else ``-O3``; ``-fopenmp`` when the compiler can build and link an OpenMP program (without it
-the kernels run on one thread). ``GRADBENCH_CFLAGS`` (space separated) replaces all of them
-(add ``-fopenmp`` there yourself if you want threads); ``GRADBENCH_NO_OPENMP=1`` drops OpenMP.
+else ``-O3``, and ``-pthread`` (the drivers' own threads, csrc/team.c). ``GRADBENCH_CFLAGS``
+(space separated) replaces all of them.
 No ``-ffast-math``: NaN and inf must keep their meaning and results must match the reference.
 Under ``-std=c11`` GCC does not contract ``a*b+c`` into FMA (``-ffp-contract=off``), so the
 elementwise formulas round as NumPy's do; the matrix products call ``fma()`` explicitly.
@@ -40,14 +39,6 @@ def _compiler() -> str | None:
 
 
 _PROBE = "int main(void) { return 0; }\n"
-_OMP_PROBE = """#include <omp.h>
-int main(void) {
-    int n = 0;
-#pragma omp parallel num_threads(2) reduction(+ : n)
-    n += omp_get_num_threads() > 0;
-    return n > 0 ? 0 : 1;
-}
-"""
 
 
 def _accepts(cc: str, flags: list[str], source: str = _PROBE) -> bool:
@@ -68,14 +59,14 @@ def compile_flags() -> list[str]:
         return flags
     if _accepts(cc, flags + ["-march=native"]):
         flags.append("-march=native")
-    if os.environ.get("GRADBENCH_NO_OPENMP", "") in ("", "0") and _accepts(cc, flags + ["-fopenmp"], _OMP_PROBE):
-        flags.append("-fopenmp")
+    if _accepts(cc, flags + ["-pthread"]):
+        flags.append("-pthread")
     return flags
 
 
 def link_flags(cflags: list[str]) -> list[str]:
-    """The compile flags that the linker needs too (OpenMP runtime, sanitizers)."""
-    return [f for f in cflags if f.startswith(("-fopenmp", "-fsanitize"))]
+    """The compile flags that the linker needs too (threads, sanitizers)."""
+    return [f for f in cflags if f.startswith(("-pthread", "-fopenmp", "-fsanitize"))]
 
 
 def _build() -> FFI:
