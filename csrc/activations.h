@@ -193,6 +193,10 @@ static inline float gb_dphi_scaled_f32(float u, const gb_scaled *s) { return (fl
  * functions. */
 #if defined(__GNUC__) && !defined(GB_PLAIN_C)
 #define GB_HAVE_VEC 1
+#if !defined(__clang__)
+/* the vector helpers are static inline: no vector crosses an external ABI */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 typedef double gb_vd8 __attribute__((vector_size(64)));
 typedef int64_t gb_vi8 __attribute__((vector_size(64)));
 typedef float gb_vf8 __attribute__((vector_size(32)));

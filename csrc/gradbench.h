@@ -80,7 +80,12 @@ typedef struct gb_opts {
     int64_t blas_min_width;   /* layers with N >= this use BLAS for the three products */
     int64_t nthreads;         /* threads of the own kernels (1: serial) */
     int64_t par_min_work;     /* B*N*N below which a layer runs on one thread */
+    int64_t isa;              /* 0: the best instance this CPU runs; 1, 3, 4: at most baseline,
+                                 AVX2+FMA, AVX-512 (dispatch.c) */
 } gb_opts;
+
+/* The instruction-set level the drivers run at with these options (1, 3 or 4). */
+int gb_isa(const gb_opts *opts);
 
 /* Every array of the stack contract (abi.FORWARD and abi.BACKWARD, shapes there), one pointer
  * each, and the dimensions. `void *` arrays are of the driver's dtype T (double for _f64, float

@@ -1,8 +1,9 @@
 /* The layer kernels and the two stack drivers, written once over the real type T.
  *
  * Included by stack_f64.c (T = double) and stack_f32.c (T = float), which define
- *   T, SFX (f64/f32), TFMA, TLDEXP, TFABS, GEMM_FN (the BLAS pointer type), GEMM_FIELD
- *   (its gb_opts field) and T_MAX_EXP (the largest e with 2^e finite in T).
+ *   T, DT (f64/f32), GB_ISA (v0/v3/v4, see dispatch.c), TFMA, TLDEXP, TFABS, GEMM_FN (the
+ *   BLAS pointer type), GEMM_FIELD (its gb_opts field) and T_MAX_EXP (the largest e with 2^e
+ *   finite in T).
  *
  * Dimension letters: L depth, B batch, N width. Every function follows the reference
  * (gradbench/reference.py): same names, arguments in the order outputs, saved values, inputs,
@@ -20,7 +21,8 @@
 
 #define GB_CAT2(a, b) a##_##b
 #define GB_CAT(a, b) GB_CAT2(a, b)
-#define F(name) GB_CAT(name, SFX)
+#define F(name) GB_CAT(GB_CAT(name, DT), GB_ISA) /* this instance's: gb_stack_forward_f64_v4 */
+#define FP(name) GB_CAT(name, DT)                /* the exported layer pairs: gb_dense_forward_f64 */
 
 #ifdef __FMA__ /* hardware FMA: fma() compiles to one (vector) instruction */
 #define MADD(a, b, c) TFMA(a, b, c)
@@ -312,15 +314,15 @@ static int64_t F(gb_act_forward_row)(T *a, const T *z, int64_t N, const gb_scale
             continue;
         }
         for (int i = 0; i < 8; i++) {
-            a[j + i] = F(gb_phi_scaled)(z[j + i], s);
-            cnt += (double)F(gb_dphi_scaled)(z[j + i], s) < thr;
+            a[j + i] = FP(gb_phi_scaled)(z[j + i], s);
+            cnt += (double)FP(gb_dphi_scaled)(z[j + i], s) < thr;
             dead[j + i] &= z[j + i] <= 0;
         }
     }
 #endif
     for (; j < N; j++) {
-        a[j] = F(gb_phi_scaled)(z[j], s);
-        cnt += (double)F(gb_dphi_scaled)(z[j], s) < thr;
+        a[j] = FP(gb_phi_scaled)(z[j], s);
+        cnt += (double)FP(gb_dphi_scaled)(z[j], s) < thr;
         dead[j] &= z[j] <= 0;
     }
     return cnt;
@@ -351,7 +353,7 @@ static double F(gb_act_backward_row)(T *d, const T *g, const T *zr, const T *gam
         T da = g[j];
         if (scale) da = da * alpha;
         const T zl = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
-        d[j] = da * F(gb_dphi_scaled)(zl, s);
+        d[j] = da * FP(gb_dphi_scaled)(zl, s);
         if (s->act == GB_PRELU) sum += (double)(da * ((zl < 0 || zl != zl) ? zl : (T)0));
     }
     return sum;
@@ -893,9 +895,10 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
 }
 
 /* ------------------------------------------------------------------ exported layer pairs */
+#ifdef GB_LAYER_PAIRS
 /* The static layer functions above, callable one at a time (tests compare them layer by layer
  * with the reference). One thread, no BLAS: the drivers' own kernels. */
-int F(gb_dense_forward)(T *z, const T *h, const T *W, const T *b, int64_t B, int64_t N) {
+int FP(gb_dense_forward)(T *z, const T *h, const T *W, const T *b, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
     T *wt = F(gb_alloc)(sizeof(T) * (size_t)(N * N));
     if (!wt) return GB_ENOMEM;
@@ -904,27 +907,27 @@ int F(gb_dense_forward)(T *z, const T *h, const T *W, const T *b, int64_t B, int
     return GB_OK;
 }
 
-int F(gb_dense_backward)(T *dh, T *dW, T *db, const T *dz, const T *h, const T *W, int64_t B, int64_t N) {
+int FP(gb_dense_backward)(T *dh, T *dW, T *db, const T *dz, const T *h, const T *W, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
     F(gb_dense_backward_ctx)(NULL, dh, dW, db, dz, h, W, B, N);
     return GB_OK;
 }
 
-int F(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma, const T *beta,
+int FP(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma, const T *beta,
                             double eps, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
     F(gb_batchnorm_forward_impl)(y, xhat, mean, rstd, z, gamma, beta, eps, B, N);
     return GB_OK;
 }
 
-int F(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat, const T *rstd,
+int FP(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat, const T *rstd,
                              const T *gamma, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
     F(gb_batchnorm_backward_impl)(dz, dgamma, dbeta, dy, xhat, rstd, gamma, B, N);
     return GB_OK;
 }
 
-int F(gb_activation_forward)(T *a, const T *z, int64_t n, int act, double param, int rescale, int64_t f) {
+int FP(gb_activation_forward)(T *a, const T *z, int64_t n, int act, double param, int rescale, int64_t f) {
     if (act < GB_IDENTITY || act > GB_GELU) return GB_EBADACT;
     if (n < 0 || (rescale && act == GB_SIGMOID)) return GB_EBADARG;
     const gb_scaled s = gb_scaled_init(act, param, rescale, f, sizeof(T) == sizeof(float));
@@ -937,7 +940,7 @@ int F(gb_activation_forward)(T *a, const T *z, int64_t n, int act, double param,
     return GB_OK;
 }
 
-int F(gb_activation_backward)(T *dz, double *dslope, const T *da, const T *z, int64_t B, int64_t N,
+int FP(gb_activation_backward)(T *dz, double *dslope, const T *da, const T *z, int64_t B, int64_t N,
                               int act, double param, int rescale, int64_t f) {
     if (act < GB_IDENTITY || act > GB_GELU) return GB_EBADACT;
     if (B < 1 || N < 1 || (rescale && act == GB_SIGMOID)) return GB_EBADARG;
@@ -949,19 +952,19 @@ int F(gb_activation_backward)(T *dz, double *dslope, const T *da, const T *z, in
     return GB_OK;
 }
 
-int F(gb_normalise)(T *g, int64_t n, int64_t *e) {
+int FP(gb_normalise)(T *g, int64_t n, int64_t *e) {
     if (n < 0) return GB_EBADARG;
     *e = F(gb_normalise_impl)(g, n);
     return GB_OK;
 }
 
-int F(gb_add_aligned)(T *a, int64_t ea, const T *s, int64_t es, double scale, int64_t n, int64_t *e) {
+int FP(gb_add_aligned)(T *a, int64_t ea, const T *s, int64_t es, double scale, int64_t n, int64_t *e) {
     if (n < 0) return GB_EBADARG;
     *e = F(gb_add_aligned_impl)(a, ea, s, es, scale, n);
     return GB_OK;
 }
 
-int F(gb_clip_signal)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N, int64_t *e_out) {
+int FP(gb_clip_signal)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N, int64_t *e_out) {
     if (B < 1 || N < 1 || mode < GB_CLIP_NONE || mode > GB_CLIP_NORM) return GB_EBADARG;
     double *rowacc = F(gb_alloc)(sizeof(double) * (size_t)B);
     if (!rowacc) return GB_ENOMEM;
@@ -970,5 +973,8 @@ int F(gb_clip_signal)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N,
     return GB_OK;
 }
 
+#endif /* GB_LAYER_PAIRS */
+
 #undef F
+#undef FP
 #undef MADD

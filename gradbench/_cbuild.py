@@ -1,9 +1,11 @@
 """cffi build script (API mode) for the C backend: ``gradbench._ckernels``.
 
 Run by setuptools through ``setup(cffi_modules=[...])`` at ``pip install``. Compiler flags are
-chosen here for the machine that builds: ``-O3 -march=native`` when the compiler accepts it,
-else ``-O3``, and ``-pthread`` (the drivers' own threads, csrc/team.c). ``GRADBENCH_CFLAGS``
-(space separated) replaces all of them.
+portable: ``-O3`` and ``-pthread`` (the drivers' own threads, csrc/team.c), no ``-march``, so
+that the extension runs on any CPU of the architecture; on x86-64 the kernels are compiled
+again for AVX2+FMA and for AVX-512 (``csrc/stack_*_v3.c``, ``_v4.c``, by target pragmas) and
+``csrc/dispatch.c`` picks the instance for the CPU at run time. ``GRADBENCH_CFLAGS`` (space
+separated) replaces the flags (e.g. ``-O3 -march=native`` for this machine only).
 No ``-ffast-math``: NaN and inf must keep their meaning and results must match the reference.
 Under ``-std=c11`` GCC does not contract ``a*b+c`` into FMA (``-ffp-contract=off``), so the
 elementwise formulas round as NumPy's do; the matrix products call ``fma()`` explicitly.
@@ -57,8 +59,6 @@ def compile_flags() -> list[str]:
     flags = ["-O3", "-std=c11", "-fno-math-errno"]
     if cc is None:
         return flags
-    if _accepts(cc, flags + ["-march=native"]):
-        flags.append("-march=native")
     if _accepts(cc, flags + ["-pthread"]):
         flags.append("-pthread")
     return flags

@@ -103,8 +103,9 @@ def _default_threads() -> int:
 
 
 def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,
-              par_min_work: int | None = None):
-    """A ``gb_opts`` struct for the drivers (BLAS pointers, thresholds, thread count)."""
+              par_min_work: int | None = None, isa: int = 0):
+    """A ``gb_opts`` struct for the drivers (BLAS pointers, thresholds, thread count, and the
+    instruction set: 0 the best this CPU runs, 1 baseline, 3 AVX2+FMA, 4 AVX-512 at most)."""
     o = ffi.new("gb_opts *")
     if blas:
         d, s = _blas()
@@ -113,7 +114,13 @@ def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: in
     o.blas_min_width = BLAS_MIN_WIDTH if blas_min_width is None else int(blas_min_width)
     o.nthreads = _default_threads() if nthreads is None else int(nthreads)
     o.par_min_work = PAR_MIN_WORK if par_min_work is None else int(par_min_work)
+    o.isa = int(isa)
     return o
+
+
+def isa(opts=None) -> int:
+    """The instruction-set level the drivers run at (1 baseline, 3 AVX2+FMA, 4 AVX-512)."""
+    return int(lib.gb_isa(opts if opts is not None else _OPTS))
 
 
 # Immutable after import: read by every call, never written (no global mutable state).

@@ -425,6 +425,26 @@ def test_results_do_not_depend_on_thread_count(case, width, batch):
     _compare(runs[1], want, stack, f"{case} 2 threads")
 
 
+ISAS = [i for i in (1, 3, 4) if i <= cb.isa()]  # baseline, AVX2+FMA, AVX-512: those this CPU runs
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", ["tanh", "relu-res-rescaled", "gelu-f32", "bn-clip"])
+def test_every_instruction_set_matches_reference(case, isa):
+    """The portable build: the baseline instance (no -march, e.g. SSE2 on x86-64) and the
+    AVX2/AVX-512 instances chosen at run time all match the reference, and each is
+    bit-identical across thread counts."""
+    stack = gb.Stack(depth=8, width=40, init="he_normal", **THREAD_STACKS[case])
+    params, x = _problem(stack, 33)
+    assert cb.isa(cb.make_opts(isa=isa)) == isa
+    runs = [_run(*_c_with(cb.make_opts(nthreads=t, isa=isa, par_min_work=0, blas=False)), stack, params, x)
+            for t in (1, 2)]
+    for name, a in runs[0].items():
+        np.testing.assert_array_equal(runs[1][name], a, err_msg=f"isa {isa}: {name}")
+    want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
+    _compare(runs[0], want, stack, f"{case} isa {isa}")
+
+
 def _fork_child(seed):
     """In a forked child: a threaded C call must not hang (a GNU OpenMP pool would)."""
     stack = gb.Stack(depth=3, width=32, activation="tanh")
