@@ -180,15 +180,14 @@ static inline float gb_dphi_scaled_f32(float u, const gb_scaled *s) { return (fl
  * phi and phi' of 8 doubles at once (both dtypes: float is widened, as in the scalar
  * functions), through the GCC/Clang vector extension: AVX-512, AVX2 or SSE2 code depending on
  * the target the including file is compiled for. Every activation but GELU (erfc: its lanes go
- * through the scalar gb_phi_f64/gb_dphi_f64) is written with gb_vexp / gb_vexpm1 and the
+ * through the scalar gb_phi_f64/gb_dphi_f64) is written with gb_vexp2 (exp, expm1) and the
  * formulas above, within a few ulps of the scalar ones (tests/test_c.py checks both against
  * mpmath and the reference):
- *   gb_vexp: exp(x) = 2^k exp(r), k = round(x/ln2), r = x - k ln2 (Cody-Waite, |r| <= ln2/2),
- *     exp(r) by Taylor to r^13 (truncation < 1e-17); 2^k applied as 2^(k/2) 2^(k - k/2), so
- *     that results in the subnormal range are rounded once, as libm's; overflow gives inf.
- *   gb_vexpm1: the Taylor series to x^22 where |x| < 0.5, else gb_vexp(x) - 1.
- *   tanh: -m/(2 + m), m = expm1(-2|x|) where |x| < 0.55, else (1 - e)/(1 + e), e = exp(-2|x|);
- *     sign restored; sech^2 = 4e/(1+e)^2 from the same e.
+ *   gb_vexp2: exp(x) = 2^k exp(r), k = round(x/ln2), r = x - k ln2 (Cody-Waite, |r| <= ln2/2),
+ *     exp(r) - 1 by Taylor to r^13 (truncation < 1e-17); 2^k applied as 2^(k/2) 2^(k - k/2),
+ *     so that results in the subnormal range are rounded once, as libm's; overflow gives inf;
+ *     expm1(x) (x <= 0) from the same reduction, 2^k (exp(r) - 1) + (2^k - 1).
+ *   tanh: -m/(2 + m), m = expm1(-2|x|), sign restored; sech^2 = 4e/(1+e)^2, e = exp(-2|x|).
  * NaN stays NaN. Without the vector extension (GB_PLAIN_C) the layer loops call the scalar
  * functions. */
 #if defined(__GNUC__) && !defined(GB_PLAIN_C)
@@ -230,7 +229,11 @@ static inline gb_vd8 gb_vpow2(gb_vi8 k) { /* 2^k for k in [-1022, 1023] */
     return out;
 }
 
-static inline gb_vd8 gb_vexp(gb_vd8 x) {
+/* exp(x) into *e and, for x <= 0, expm1(x) into *m (either may be NULL), from one range
+ * reduction: x = k ln2 + r, q = exp(r) - 1 by Taylor to r^13 (no constant term), then
+ * e = 2^k (1 + q) (as 2^(k/2) 2^(k - k/2): subnormal results rounded once) and
+ * m = 2^k q + (2^k - 1) (exact scalings, one rounding; -1 once 2^k is below the last bit). */
+static inline void gb_vexp2(gb_vd8 x, gb_vd8 *e, gb_vd8 *m) {
     const gb_vd8 zero = {0};
     const gb_vi8 nan = x != x;
     gb_vd8 y = gb_blend(x > 1100.0, zero + 1100.0, x);
@@ -251,37 +254,28 @@ static inline gb_vd8 gb_vexp(gb_vd8 x) {
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
     p = p * r + 1.0;
-    p = p * r + 1.0;
-    const gb_vi8 k = __builtin_convertvector(kf, gb_vi8), k1 = k >> 1;
-    return gb_blend(nan, x, (p * gb_vpow2(k1)) * gb_vpow2(k - k1));
-}
-
-static inline gb_vd8 gb_vexpm1_small(gb_vd8 y) { /* |y| < 0.55: Taylor to y^22 */
-    static const double inv[23] = {0, 1, 1. / 2, 1. / 3, 1. / 4, 1. / 5, 1. / 6, 1. / 7,
-                                   1. / 8, 1. / 9, 1. / 10, 1. / 11, 1. / 12, 1. / 13,
-                                   1. / 14, 1. / 15, 1. / 16, 1. / 17, 1. / 18, 1. / 19,
-                                   1. / 20, 1. / 21, 1. / 22};
-    gb_vd8 q = (gb_vd8){0} + 1.0;
-    for (int n = 22; n >= 2; n--) q = 1.0 + y * (q * inv[n]);
-    return y * q;
-}
-
-static inline gb_vd8 gb_vexpm1(gb_vd8 x) {
-    const gb_vi8 small = gb_vabs(x) < 0.5;
-    gb_vd8 out = gb_vexp(x) - 1.0;
-    if (gb_any(small)) out = gb_blend(small, gb_vexpm1_small(x), out);
-    return gb_blend(x != x, x, out);
-}
-
-/* tanh x and sech^2 x from e = exp(-2|x|) */
-static inline gb_vd8 gb_vtanh_e(gb_vd8 x, gb_vd8 e) {
-    const gb_vd8 a = gb_vabs(x);
-    const gb_vi8 small = a < 0.55;
-    gb_vd8 t = (1.0 - e) / (1.0 + e);
-    if (gb_any(small)) {
-        const gb_vd8 m = gb_vexpm1_small(-2.0 * a);
-        t = gb_blend(small, -m / (2.0 + m), t);
+    const gb_vd8 q = p * r; /* exp(r) - 1 */
+    const gb_vi8 k = __builtin_convertvector(kf, gb_vi8);
+    if (e) {
+        const gb_vi8 k1 = k >> 1;
+        *e = gb_blend(nan, x, ((1.0 + q) * gb_vpow2(k1)) * gb_vpow2(k - k1));
     }
+    if (m) {
+        const gb_vi8 low = k < -60; /* 2^k below the last bit of 1: m = -1 */
+        const gb_vd8 t = gb_vpow2((low & -60) | (~low & k));
+        *m = gb_blend(nan, x, t * q + (t - 1.0));
+    }
+}
+
+static inline gb_vd8 gb_vexp(gb_vd8 x) {
+    gb_vd8 e;
+    gb_vexp2(x, &e, NULL);
+    return e;
+}
+
+/* tanh x = -m / (2 + m), m = expm1(-2|x|) (no cancellation at any |x|), sign restored */
+static inline gb_vd8 gb_vtanh_m(gb_vd8 x, gb_vd8 m) {
+    gb_vd8 t = -m / (2.0 + m);
     gb_vi8 xb, tb;
     memcpy(&xb, &x, sizeof xb);
     memcpy(&tb, &t, sizeof tb);
@@ -325,20 +319,24 @@ static inline void gb_vact(gb_vd8 z, int act, double p, gb_vd8 *a, gb_vd8 *d) {
         }
         return;
     }
-    case GB_TANH:
-        e = gb_vexp(-2.0 * gb_vabs(z));
-        if (a) *a = gb_vtanh_e(z, e);
+    case GB_TANH: {
+        gb_vd8 m;
+        gb_vexp2(-2.0 * gb_vabs(z), &e, &m);
+        if (a) *a = gb_vtanh_m(z, m);
         if (d) *d = 4.0 * e / ((1.0 + e) * (1.0 + e));
         return;
+    }
     case GB_ELU:
     case GB_SELU: {
         const double c = act == GB_ELU ? p : GB_SELU_ALPHA, l = act == GB_ELU ? 1.0 : GB_SELU_LAMBDA;
+        gb_vd8 m;
+        gb_vexp2(zn, d ? &e : NULL, a ? &m : NULL);
         if (a) {
-            const gb_vd8 v = gb_blend(pos, z, c * gb_vexpm1(zn));
+            const gb_vd8 v = gb_blend(pos, z, c * m);
             *a = act == GB_ELU ? v : l * v;
         }
         if (d) {
-            const gb_vd8 v = gb_blend(pos, one, c * gb_vexp(zn));
+            const gb_vd8 v = gb_blend(pos, one, c * e);
             *d = act == GB_ELU ? v : l * v;
         }
         return;

@@ -13,6 +13,7 @@
 #define GB_LAYER_PAIRS 1
 #endif
 #define T float
+#define TINT int32_t /* the integer of T's width (vector shuffles) */
 #define DT f32
 #define TFMA fmaf
 #define TLDEXP ldexpf

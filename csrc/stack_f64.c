@@ -12,6 +12,7 @@
 #define GB_LAYER_PAIRS 1
 #endif
 #define T double
+#define TINT int64_t /* the integer of T's width (vector shuffles) */
 #define DT f64
 #define TFMA fma
 #define TLDEXP ldexp

@@ -362,23 +362,26 @@ static double F(gb_act_backward_row)(T *d, const T *g, const T *zr, const T *gam
 /* ------------------------------------------------------------------ the exact chain */
 /* max |g| ignoring NaN (propagate_nan = 0) or NaN if any entry is NaN (propagate_nan = 1). */
 static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
-    T lane[16] = {0};
+    double m = 0;
     int nan = 0;
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int c = 0; c < 16; c++) {
-            T v = TFABS(g[i + c]);
-            nan |= v != v;
-            lane[c] = v > lane[c] ? v : lane[c];
-        }
-    T m = 0;
+#ifdef GB_HAVE_VEC
+    gb_vd8 acc = {0};
+    gb_vi8 vnan = {0};
+    for (; i + 8 <= n; i += 8) {
+        const gb_vd8 v = gb_vabs(F(gb_load8)(g + i));
+        vnan |= v != v;
+        acc = gb_blend(v > acc, v, acc);
+    }
+    nan = gb_any(vnan);
+    for (int c = 0; c < 8; c++) m = acc[c] > m ? acc[c] : m;
+#endif
     for (; i < n; i++) {
-        T v = TFABS(g[i]);
+        const double v = (double)TFABS(g[i]);
         nan |= v != v;
         m = v > m ? v : m;
     }
-    for (int c = 0; c < 16; c++) m = lane[c] > m ? lane[c] : m;
-    return (propagate_nan && nan) ? (T)NAN : m;
+    return (propagate_nan && nan) ? (T)NAN : (T)m;
 }
 
 /* Scale g (n,) in place by 2^-e, e the exponent of m (m = max|g|, maybe over several threads'
@@ -417,28 +420,37 @@ static int64_t F(gb_add_aligned_impl)(T *a, int64_t ea, const T *s, int64_t es, 
     return em;
 }
 
-/* sum (x 2^k)^2 in double, by rows of N in order (8 lanes per row, then the rows in order);
- * 2^k = s1 s2 (both 1 but in the scaled norm below), applied to each entry exactly.    x (M,N) */
-static double F(gb_sumsq)(const T *x, int64_t M, int64_t N, double s1, double s2, double *rowacc) {
-    for (int64_t r = 0; r < M; r++) {
-        double lane[8] = {0};
-        const T *xr = x + r * N;
-        int64_t j = 0;
-        for (; j + 8 <= N; j += 8)
-            for (int c = 0; c < 8; c++) {
-                const double v = ((double)xr[j + c] * s1) * s2;
-                lane[c] += v * v;
-            }
-        double s = 0;
-        for (; j < N; j++) {
-            const double v = ((double)xr[j] * s1) * s2;
-            s += v * v;
-        }
-        for (int c = 0; c < 8; c++) s += lane[c];
-        rowacc[r] = s;
+/* sum (x 2^k)^2 in double of one row: 8 lane sums (entries j = c mod 8), then the tail and the
+ * lanes in order; 2^k = s1 s2 (both 1 but in the scaled norm), applied to each entry exactly. */
+static double F(gb_sumsq_row)(const T *x, int64_t N, double s1, double s2) {
+    double lane[8] = {0}, s = 0;
+    int64_t j = 0;
+#ifdef GB_HAVE_VEC
+    gb_vd8 acc = {0};
+    for (; j + 8 <= N; j += 8) {
+        const gb_vd8 v = (F(gb_load8)(x + j) * s1) * s2;
+        acc += v * v;
     }
+    memcpy(lane, &acc, sizeof lane);
+#else
+    for (; j + 8 <= N; j += 8)
+        for (int c = 0; c < 8; c++) {
+            const double v = ((double)x[j + c] * s1) * s2;
+            lane[c] += v * v;
+        }
+#endif
+    for (; j < N; j++) {
+        const double v = ((double)x[j] * s1) * s2;
+        s += v * v;
+    }
+    for (int c = 0; c < 8; c++) s += lane[c];
+    return s;
+}
+
+/* the same over the rows of x (M,N), the row sums (kept in rowacc) added in order */
+static double F(gb_sumsq)(const T *x, int64_t M, int64_t N, double s1, double s2, double *rowacc) {
     double total = 0;
-    for (int64_t r = 0; r < M; r++) total += rowacc[r];
+    for (int64_t r = 0; r < M; r++) total += rowacc[r] = F(gb_sumsq_row)(x + r * N, N, s1, s2);
     return total;
 }
 
@@ -556,24 +568,70 @@ typedef struct {
     int nth;
 } F(gb_fwd);
 
-/* W^T rows [j0, j1) of one layer: wt[j][i] = W[i][j] */
+/* W^T rows [j0, j1) of one layer: wt[j][i] = W[i][j]. Whole 8 x 8 blocks by three rounds of
+ * two-vector shuffles (GCC), the rest element by element. */
 static void F(gb_transpose_rows)(T *wt, const T *W, int64_t N, int64_t j0, int64_t j1) {
-    for (int64_t i = 0; i < N; i++)
-        for (int64_t j = j0; j < j1; j++) wt[j * N + i] = W[i * N + j];
+    int64_t jb = j0;
+#if defined(GB_HAVE_VEC) && !defined(__clang__)
+    typedef F(gb_tv) tv;
+    typedef TINT ti __attribute__((vector_size(8 * sizeof(T))));
+    const int64_t N8 = N / 8 * 8;
+    for (; jb + 8 <= j1; jb += 8) {
+        for (int64_t ib = 0; ib < N8; ib += 8) {
+            tv r[8], t[8], u[8], v[8];
+            for (int q = 0; q < 8; q++) memcpy(&r[q], W + (ib + q) * N + jb, sizeof(tv));
+            for (int q = 0; q < 8; q += 2) {
+                t[q] = __builtin_shuffle(r[q], r[q + 1], (ti){0, 8, 2, 10, 4, 12, 6, 14});
+                t[q + 1] = __builtin_shuffle(r[q], r[q + 1], (ti){1, 9, 3, 11, 5, 13, 7, 15});
+            }
+            for (int q = 0; q < 8; q += 4)
+                for (int o = 0; o < 2; o++) {
+                    u[q + o] = __builtin_shuffle(t[q + o], t[q + o + 2], (ti){0, 1, 8, 9, 4, 5, 12, 13});
+                    u[q + o + 2] = __builtin_shuffle(t[q + o], t[q + o + 2], (ti){2, 3, 10, 11, 6, 7, 14, 15});
+                }
+            for (int o = 0; o < 4; o++) {
+                v[o] = __builtin_shuffle(u[o], u[o + 4], (ti){0, 1, 2, 3, 8, 9, 10, 11});
+                v[o + 4] = __builtin_shuffle(u[o], u[o + 4], (ti){4, 5, 6, 7, 12, 13, 14, 15});
+            }
+            for (int q = 0; q < 8; q++) memcpy(wt + (jb + q) * N + ib, &v[q], sizeof(tv));
+        }
+        for (int64_t j = jb; j < jb + 8; j++)
+            for (int64_t i = N8; i < N; i++) wt[j * N + i] = W[i * N + j];
+    }
+#endif
+    for (; jb < j1; jb++)
+        for (int64_t i = 0; i < N; i++) wt[jb * N + i] = W[i * N + jb];
 }
 
 /* Per-row statistics of h rows [r0, r1): sum, squared deviations from the row's mean, finiteness */
 static void F(gb_row_stats)(const T *h, int64_t r0, int64_t r1, int64_t N, double *rsum, double *rm2,
                             unsigned char *rbad) {
-    for (int64_t r = r0; r < r1; r++) {
+    for (int64_t r = r0; r < r1; r++) { /* 8 lanes (j = c mod 8), then the tail and the lanes in order */
         const T *hr = h + r * N;
-        double s = 0, m2 = 0;
-        for (int64_t j = 0; j < N; j++) s += (double)hr[j];
+        double ls[8] = {0}, lm[8] = {0}, s = 0, m2 = 0;
+        int64_t j = 0;
+#ifdef GB_HAVE_VEC
+        gb_vd8 acc = {0};
+        for (; j + 8 <= N; j += 8) acc += F(gb_load8)(hr + j);
+        memcpy(ls, &acc, sizeof ls);
+#endif
+        for (; j < N; j++) s += (double)hr[j];
+        for (int c = 0; c < 8; c++) s += ls[c];
         const double mean = s / (double)N;
-        for (int64_t j = 0; j < N; j++) {
+        j = 0;
+#ifdef GB_HAVE_VEC
+        acc = (gb_vd8){0};
+        for (; j + 8 <= N; j += 8) {
+            const gb_vd8 d = F(gb_load8)(hr + j) - mean;
+            acc += d * d;
+        }
+        memcpy(lm, &acc, sizeof lm);
+#endif
+        for (; j < N; j++) {
             const double d = (double)hr[j] - mean;
             m2 += d * d;
         }
+        for (int c = 0; c < 8; c++) m2 += lm[c];
         rsum[r] = s;
         rm2[r] = m2;
         rbad[r] = !isfinite(s) && !F(gb_all_finite)(hr, N);
@@ -734,7 +792,7 @@ typedef struct {
 /* Sum of squares of rows [r0, r1) into rsq[r] (8 lanes per row, then in order); finiteness */
 static void F(gb_row_sumsq)(const T *g, int64_t r0, int64_t r1, int64_t N, double *rsq, unsigned char *rbad) {
     for (int64_t r = r0; r < r1; r++) {
-        rsq[r] = F(gb_sumsq)(g + r * N, 1, N, 1.0, 1.0, rsq + r);
+        rsq[r] = F(gb_sumsq_row)(g + r * N, N, 1.0, 1.0);
         rbad[r] = !isfinite(rsq[r]) && !F(gb_all_finite)(g + r * N, N);
     }
 }
@@ -799,14 +857,12 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         gb_barrier_wait(bar, &sense); /* every row of dz_l and every slot written */
         if (!st->gemm) { /* dW rows [i0, i1) = dz^T h over the whole batch, db likewise */
             F(gb_gemm_own)(dW + l * NN + i0 * N, dz + i0, 1, N, H + l * BN, NULL, i1 - i0, N, B);
-            for (int64_t i = i0; i < i1; i++) {
-                T s = 0;
-                for (int64_t r = 0; r < B; r++) s += dz[r * N + i];
-                db[l * N + i] = s;
-            }
+            T *dbl = db + l * N; /* each db_i summed over the rows in order */
+            for (int64_t i = i0; i < i1; i++) dbl[i] = 0;
+            for (int64_t r = 0; r < B; r++)
+                for (int64_t i = i0; i < i1; i++) dbl[i] += dz[r * N + i];
         }
-        for (int64_t i = i0; i < i1; i++)
-            st->gsq[l * N + i] = F(gb_sumsq)(dW + l * NN + i * N, 1, N, 1.0, 1.0, st->gsq + l * N + i);
+        for (int64_t i = i0; i < i1; i++) st->gsq[l * N + i] = F(gb_sumsq_row)(dW + l * NN + i * N, N, 1.0, 1.0);
         m = 0;
         for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
         e = el + F(gb_scale_pow2)(g, nr * N, m);
