@@ -241,20 +241,16 @@ static inline void gb_vexp2(gb_vd8 x, gb_vd8 *e, gb_vd8 *m) {
     const gb_vd8 shift = zero + 0x1.8p52;
     const gb_vd8 kf = (y * 0x1.71547652b82fep0 + shift) - shift;
     const gb_vd8 r = (y - kf * 0x1.62e42fee00000p-1) - kf * 0x1.a39ef35793c76p-33;
-    gb_vd8 p = zero + 1.0 / 6227020800.0; /* 1/13! */
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    const gb_vd8 q = p * r; /* exp(r) - 1 */
+    /* q = r P(r), P(r) = sum_{n=0..12} r^n / (n+1)!, by Estrin's scheme (a few dependent
+     * steps instead of Horner's 13: the lanes' latency, not the arithmetic, bounded the loop) */
+    const gb_vd8 r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    const gb_vd8 p01 = 1.0 + r * 0.5, p23 = 1.0 / 6.0 + r * (1.0 / 24.0);
+    const gb_vd8 p45 = 1.0 / 120.0 + r * (1.0 / 720.0), p67 = 1.0 / 5040.0 + r * (1.0 / 40320.0);
+    const gb_vd8 p89 = 1.0 / 362880.0 + r * (1.0 / 3628800.0);
+    const gb_vd8 p1011 = 1.0 / 39916800.0 + r * (1.0 / 479001600.0);
+    const gb_vd8 s0 = (p01 + r2 * p23) + r4 * (p45 + r2 * p67);
+    const gb_vd8 s1 = (p89 + r2 * p1011) + r4 * (1.0 / 6227020800.0);
+    const gb_vd8 q = r * (s0 + r8 * s1); /* exp(r) - 1 */
     const gb_vi8 k = __builtin_convertvector(kf, gb_vi8);
     if (e) {
         const gb_vi8 k1 = k >> 1;
