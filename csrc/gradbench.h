@@ -82,6 +82,8 @@ typedef struct gb_opts {
     int64_t par_min_work;     /* B*N*N below which a layer runs on one thread */
     int64_t isa;              /* 0: the best instance this CPU runs; 1, 3, 4: at most baseline,
                                  AVX2+FMA, AVX-512 (dispatch.c) */
+    int64_t solo_after;       /* tests: the threads hand over to one from this barrier on (0:
+                                 only when a partner is late, csrc/team.c) */
 } gb_opts;
 
 /* The instruction-set level the drivers run at with these options (1, 3 or 4). */

@@ -646,8 +646,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     T *H = a->H, *Z = a->Z;
     int64_t *fexp = a->fexp;
     const int f32 = sizeof(T) == sizeof(float);
-    const int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
-    const int64_t j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
+    int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
+    int64_t j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
     int sense = 0;
     int64_t f = fexp[0]; /* exponent of h_l (every thread keeps its copy) */
     if (!st->gemm) {
@@ -655,10 +655,13 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         gb_barrier_wait(bar, &sense);
     }
     for (int64_t l = 0; l < L; l++) {
+        if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 */
+        r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
+        j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
         const double p = st->act == GB_PRELU ? (double)slope[l] : st->param;
         const gb_scaled sc = gb_scaled_init(st->act, p, st->rescale, f, f32);
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
-        unsigned char *dead = st->dead + (l * nth + tid) * N;
+        unsigned char *dead = st->dead + (l * st->nth + tid) * N; /* all 1 for a thread that left */
         if (st->gemm) { /* one thread, all rows */
             F(gb_dense_forward_ctx)(st->gemm, NULL, st->bn ? st->zb : Zl, h, W + l * NN, b + l * N, B, N);
         } else {
@@ -671,7 +674,6 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                                          gamma + l * N, beta + l * N, st->eps, B, N);
             z = st->zb;
         }
-        memset(dead, 1, (size_t)N);
         for (int64_t r = 0; r < nr; r++)
             st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, z + r * N, N, &sc, st->thr, dead);
         int64_t fn = f;
@@ -731,7 +733,10 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
         st.rbad && st.dead && st.amax) {
         rc = GB_OK;
         /* results do not depend on the number of threads that actually ran */
-        st.nth = gb_team_run(nth, F(gb_forward_member), &st);
+        /* every thread's dead flags start at 1: those of a thread that did not run stay neutral;
+         * results do not depend on how many threads ran, or until which layer */
+        memset(st.dead, 1, (size_t)(L * nth * N));
+        gb_team_run(nth, F(gb_forward_member), &st, opts ? opts->solo_after : 0);
         /* the statistics of every layer, rows and threads combined in order */
         const double BN = (double)(B * N);
         a->info[GB_INFO_FORWARD] = -1;
@@ -807,8 +812,8 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
     int64_t *sig_e = a->sig_e;
     const int64_t *fexp = a->fexp;
     const int f32 = sizeof(T) == sizeof(float);
-    const int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
-    const int64_t i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
+    int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
+    int64_t i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
     T *g = G + r0 * N;
     int sense = 0;
     /* the top signal: normalised (the caller has clipped it); its scaling is applied to this
@@ -823,6 +828,10 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
     F(gb_row_sumsq)(G, r0, r1, N, st->rsq + L * B, st->rbad + L * B);
     if (tid == 0) sig_e[L] = e;
     for (int64_t l = L - 1; l >= 0; l--) {
+        if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 */
+        r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
+        i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
+        g = G + r0 * N;
         const double p = st->act == GB_PRELU ? (double)slope[l] : st->param;
         const gb_scaled sc = gb_scaled_init(st->act, p, st->rescale, fexp[l], f32);
         const int end_group = k && (l + 1) % k == 0;
@@ -909,7 +918,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     if (st.dz[0] && st.dz[1] && (!st.k || st.skip) && st.rsq && st.rbad &&
         (st.act != GB_PRELU || st.rslope) && st.gsq && st.amax && st.rowacc) {
         rc = GB_OK;
-        gb_team_run(nth, F(gb_backward_member), &st);
+        gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
         /* norms, slope sums and the first non-finite signal: rows combined in order */
         a->info[GB_INFO_BACKWARD] = -1;
         for (int64_t l = L; l >= 0; l--) {

@@ -9,10 +9,16 @@
  *
  * The barrier spins briefly (a layer's work on the other thread usually ends within
  * microseconds) and then sleeps on a condition variable: a thread whose partner was descheduled
- * on a shared machine does not burn the core the partner needs.
+ * on a shared machine does not burn the core the partner needs. On such a machine a team can
+ * be slower than one thread (every layer waits for a partner that has no core): the barrier
+ * measures how long the first arrival waited for the last; once these waits add up to more
+ * than GB_SOLO_SKEW of the time since the team started (two threads then gain less than ~1.3x
+ * and soon lose), it sets `solo` and the drivers finish the call on one thread. Results do not
+ * depend on the thread count, so they do not change.
  */
 #include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 #include "gb_internal.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -25,13 +31,30 @@
 
 /* spins (~1 us per 100 on current x86) before sleeping */
 #define GB_SPIN 4000
+#define GB_SOLO_MIN_WAITS 4 /* judge after this many barriers */
+#define GB_SOLO_SKEW 0.35   /* the share of the time threads spent waiting for a late partner */
+
+static int64_t gb_now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
 
 void gb_barrier_wait(gb_barrier *b, int *sense) {
     if (!b || b->n <= 1) return;
     const int s = !*sense;
     *sense = s;
-    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == b->n - 1) {
+    const int64_t now = gb_now_ns();
+    const int rank = atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel);
+    if (rank == 0) atomic_store_explicit(&b->t_first, now, memory_order_relaxed);
+    if (rank == b->n - 1) { /* the last to arrive: the others wait until the sense flips */
         atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        const int64_t t = gb_now_ns();
+        b->skew += t - atomic_load_explicit(&b->t_first, memory_order_relaxed);
+        b->waits++;
+        if (b->waits >= GB_SOLO_MIN_WAITS && (double)b->skew > GB_SOLO_SKEW * (double)(t - b->t_start))
+            b->solo = 1;
+        if (b->solo_after > 0 && b->waits >= b->solo_after) b->solo = 1;
         pthread_mutex_lock(&b->mu);
         atomic_store_explicit(&b->sense, s, memory_order_release);
         pthread_cond_broadcast(&b->cv);
@@ -65,7 +88,7 @@ static void *gb_member_main(void *p) {
     return NULL;
 }
 
-int gb_team_run(int nth, gb_team_fn fn, void *arg) {
+int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after) {
     gb_barrier bar;
     gb_member m[GB_MAX_THREADS];
     pthread_t th[GB_MAX_THREADS];
@@ -75,7 +98,12 @@ int gb_team_run(int nth, gb_team_fn fn, void *arg) {
         if (!pthread_cond_init(&bar.cv, NULL)) {
             atomic_init(&bar.count, 0);
             atomic_init(&bar.sense, 0);
+            atomic_init(&bar.t_first, 0);
             bar.n = nth;
+            bar.solo = 0;
+            bar.waits = bar.skew = 0;
+            bar.t_start = gb_now_ns();
+            bar.solo_after = solo_after;
             for (int t = 1; t < nth; t++) {
                 m[t] = (gb_member){fn, arg, &bar, t, nth, &gate};
                 if (pthread_create(&th[t], NULL, gb_member_main, &m[t])) break;

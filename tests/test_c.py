@@ -416,8 +416,8 @@ THREAD_STACKS = {  # every path of the threaded drivers: plain, residual, rescal
 def test_results_do_not_depend_on_thread_count(case, width, batch):
     stack = gb.Stack(depth=8, width=width, init="he_normal", **THREAD_STACKS[case])
     params, x = _problem(stack, batch)
-    runs = [_run(*_c_with(cb.make_opts(nthreads=t, blas=False, par_min_work=0)), stack, params, x)
-            for t in (1, 2, 3, 2, 5)]
+    runs = [_run(*_c_with(cb.make_opts(nthreads=t, blas=False, par_min_work=0, solo_after=s)), stack, params, x)
+            for t, s in ((1, 0), (2, 0), (3, 0), (2, 0), (5, 0), (2, 4), (3, 1))]  # s: one thread from then on
     for other in runs[1:]:
         for name, a in runs[0].items():
             np.testing.assert_array_equal(other[name], a, err_msg=name)
