@@ -3,7 +3,7 @@
  * One name per concept in every language: phi/dphi in gradbench/activations.py (NumPy, the
  * reference) and kernels/activations.py (Numba); here gb_phi_f64, gb_dphi_f64 (double) and
  * gb_phi_f32, gb_dphi_f32 (float, evaluated in double), the scaled forms gb_phi_scaled_f64/_f32
- * and gb_dphi_scaled_f64/_f32 (phi_scaled, dphi_scaled), and 8 lanes at a time gb_vact
+ * and gb_dphi_scaled_f64/_f32 (phi_scaled, dphi_scaled), and GB_VL lanes at a time gb_vact
  * (phi and phi' together; the layer rows in stack_impl.h use it).
  */
 #ifndef GB_ACTIVATIONS_H
@@ -177,7 +177,7 @@ static inline float gb_dphi_scaled_f32(float u, const gb_scaled *s) { return (fl
 
 
 /* ------------------------------------------------------------------ vector activations
- * phi and phi' of 8 doubles at once (both dtypes: float is widened, as in the scalar
+ * phi and phi' of GB_VL doubles at once (both dtypes: float is widened, as in the scalar
  * functions), through the GCC/Clang vector extension: AVX-512, AVX2 or SSE2 code depending on
  * the target the including file is compiled for. Every activation but GELU (erfc: its lanes go
  * through the scalar gb_phi_f64/gb_dphi_f64) is written with gb_vexp2 (exp, expm1) and the
@@ -196,13 +196,21 @@ static inline float gb_dphi_scaled_f32(float u, const gb_scaled *s) { return (fl
 /* the vector helpers are static inline: no vector crosses an external ABI */
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
+/* GB_VL double lanes: the width of the instance's registers (AVX-512 8, AVX2 4); the
+ * baseline's SSE2 takes 4 too, as two registers (2 lanes made GCC 12 fail on the float rows) */
+#if defined(__AVX512F__)
+#define GB_VL 8
+#else
+#define GB_VL 4
+#endif
+typedef double gb_vd __attribute__((vector_size(GB_VL * 8)));
+typedef int64_t gb_vi __attribute__((vector_size(GB_VL * 8)));
+/* 8 lanes whatever the instance: the fixed order of the reductions (stack_impl.h) */
 typedef double gb_vd8 __attribute__((vector_size(64)));
-typedef int64_t gb_vi8 __attribute__((vector_size(64)));
-typedef float gb_vf8 __attribute__((vector_size(32)));
 
-static inline gb_vd8 gb_blend(gb_vi8 mask, gb_vd8 a, gb_vd8 b) { /* mask ? a : b */
-    gb_vi8 ia, ib, r;
-    gb_vd8 out;
+static inline gb_vd gb_blend(gb_vi mask, gb_vd a, gb_vd b) { /* mask ? a : b */
+    gb_vi ia, ib, r;
+    gb_vd out;
     memcpy(&ia, &a, sizeof ia);
     memcpy(&ib, &b, sizeof ib);
     r = (mask & ia) | (~mask & ib);
@@ -210,21 +218,23 @@ static inline gb_vd8 gb_blend(gb_vi8 mask, gb_vd8 a, gb_vd8 b) { /* mask ? a : b
     return out;
 }
 
-static inline int gb_any(gb_vi8 m) {
-    return (m[0] | m[1] | m[2] | m[3] | m[4] | m[5] | m[6] | m[7]) != 0;
+static inline int gb_any(gb_vi m) {
+    int64_t a = 0;
+    for (int i = 0; i < GB_VL; i++) a |= m[i];
+    return a != 0;
 }
 
-static inline gb_vd8 gb_vabs(gb_vd8 x) {
-    gb_vi8 b;
+static inline gb_vd gb_vabs(gb_vd x) {
+    gb_vi b;
     memcpy(&b, &x, sizeof b);
-    b &= ~((gb_vi8){0} + INT64_MIN);
+    b &= ~((gb_vi){0} + INT64_MIN);
     memcpy(&x, &b, sizeof x);
     return x;
 }
 
-static inline gb_vd8 gb_vpow2(gb_vi8 k) { /* 2^k for k in [-1022, 1023] */
-    gb_vi8 b = (k + 1023) << 52;
-    gb_vd8 out;
+static inline gb_vd gb_vpow2(gb_vi k) { /* 2^k for k in [-1022, 1023] */
+    gb_vi b = (k + 1023) << 52;
+    gb_vd out;
     memcpy(&out, &b, sizeof out);
     return out;
 }
@@ -233,59 +243,59 @@ static inline gb_vd8 gb_vpow2(gb_vi8 k) { /* 2^k for k in [-1022, 1023] */
  * reduction: x = k ln2 + r, q = exp(r) - 1 by Taylor to r^13 (no constant term), then
  * e = 2^k (1 + q) (as 2^(k/2) 2^(k - k/2): subnormal results rounded once) and
  * m = 2^k q + (2^k - 1) (exact scalings, one rounding; -1 once 2^k is below the last bit). */
-static inline void gb_vexp2(gb_vd8 x, gb_vd8 *e, gb_vd8 *m) {
-    const gb_vd8 zero = {0};
-    const gb_vi8 nan = x != x;
-    gb_vd8 y = gb_blend(x > 1100.0, zero + 1100.0, x);
+static inline void gb_vexp2(gb_vd x, gb_vd *e, gb_vd *m) {
+    const gb_vd zero = {0};
+    const gb_vi nan = x != x;
+    gb_vd y = gb_blend(x > 1100.0, zero + 1100.0, x);
     y = gb_blend((y < -1100.0) | nan, zero - 1100.0, y);
-    const gb_vd8 shift = zero + 0x1.8p52;
-    const gb_vd8 kf = (y * 0x1.71547652b82fep0 + shift) - shift;
-    const gb_vd8 r = (y - kf * 0x1.62e42fee00000p-1) - kf * 0x1.a39ef35793c76p-33;
+    const gb_vd shift = zero + 0x1.8p52;
+    const gb_vd kf = (y * 0x1.71547652b82fep0 + shift) - shift;
+    const gb_vd r = (y - kf * 0x1.62e42fee00000p-1) - kf * 0x1.a39ef35793c76p-33;
     /* q = r P(r), P(r) = sum_{n=0..12} r^n / (n+1)!, by Estrin's scheme (a few dependent
      * steps instead of Horner's 13: the lanes' latency, not the arithmetic, bounded the loop) */
-    const gb_vd8 r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
-    const gb_vd8 p01 = 1.0 + r * 0.5, p23 = 1.0 / 6.0 + r * (1.0 / 24.0);
-    const gb_vd8 p45 = 1.0 / 120.0 + r * (1.0 / 720.0), p67 = 1.0 / 5040.0 + r * (1.0 / 40320.0);
-    const gb_vd8 p89 = 1.0 / 362880.0 + r * (1.0 / 3628800.0);
-    const gb_vd8 p1011 = 1.0 / 39916800.0 + r * (1.0 / 479001600.0);
-    const gb_vd8 s0 = (p01 + r2 * p23) + r4 * (p45 + r2 * p67);
-    const gb_vd8 s1 = (p89 + r2 * p1011) + r4 * (1.0 / 6227020800.0);
-    const gb_vd8 q = r * (s0 + r8 * s1); /* exp(r) - 1 */
-    const gb_vi8 k = __builtin_convertvector(kf, gb_vi8);
+    const gb_vd r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    const gb_vd p01 = 1.0 + r * 0.5, p23 = 1.0 / 6.0 + r * (1.0 / 24.0);
+    const gb_vd p45 = 1.0 / 120.0 + r * (1.0 / 720.0), p67 = 1.0 / 5040.0 + r * (1.0 / 40320.0);
+    const gb_vd p89 = 1.0 / 362880.0 + r * (1.0 / 3628800.0);
+    const gb_vd p1011 = 1.0 / 39916800.0 + r * (1.0 / 479001600.0);
+    const gb_vd s0 = (p01 + r2 * p23) + r4 * (p45 + r2 * p67);
+    const gb_vd s1 = (p89 + r2 * p1011) + r4 * (1.0 / 6227020800.0);
+    const gb_vd q = r * (s0 + r8 * s1); /* exp(r) - 1 */
+    const gb_vi k = __builtin_convertvector(kf, gb_vi);
     if (e) {
-        const gb_vi8 k1 = k >> 1;
+        const gb_vi k1 = k >> 1;
         *e = gb_blend(nan, x, ((1.0 + q) * gb_vpow2(k1)) * gb_vpow2(k - k1));
     }
     if (m) {
-        const gb_vi8 low = k < -60; /* 2^k below the last bit of 1: m = -1 */
-        const gb_vd8 t = gb_vpow2((low & -60) | (~low & k));
+        const gb_vi low = k < -60; /* 2^k below the last bit of 1: m = -1 */
+        const gb_vd t = gb_vpow2((low & -60) | (~low & k));
         *m = gb_blend(nan, x, t * q + (t - 1.0));
     }
 }
 
-static inline gb_vd8 gb_vexp(gb_vd8 x) {
-    gb_vd8 e;
+static inline gb_vd gb_vexp(gb_vd x) {
+    gb_vd e;
     gb_vexp2(x, &e, NULL);
     return e;
 }
 
 /* tanh x = -m / (2 + m), m = expm1(-2|x|) (no cancellation at any |x|), sign restored */
-static inline gb_vd8 gb_vtanh_m(gb_vd8 x, gb_vd8 m) {
-    gb_vd8 t = -m / (2.0 + m);
-    gb_vi8 xb, tb;
+static inline gb_vd gb_vtanh_m(gb_vd x, gb_vd m) {
+    gb_vd t = -m / (2.0 + m);
+    gb_vi xb, tb;
     memcpy(&xb, &x, sizeof xb);
     memcpy(&tb, &t, sizeof tb);
-    tb |= xb & ((gb_vi8){0} + INT64_MIN);
+    tb |= xb & ((gb_vi){0} + INT64_MIN);
     memcpy(&t, &tb, sizeof t);
     return gb_blend(x != x, x, t);
 }
 
-/* phi(z) into *a and phi'(z) into *d, 8 lanes (either pointer may be NULL) */
-static inline void gb_vact(gb_vd8 z, int act, double p, gb_vd8 *a, gb_vd8 *d) {
-    const gb_vd8 zero = {0}, one = zero + 1.0;
-    const gb_vi8 pos = z > 0.0, nan = z != z;
-    const gb_vd8 zn = gb_blend(pos, zero, z); /* np.minimum(z, 0), NaN kept */
-    gb_vd8 e, q;
+/* phi(z) into *a and phi'(z) into *d, GB_VL lanes (either pointer may be NULL) */
+static inline void gb_vact(gb_vd z, int act, double p, gb_vd *a, gb_vd *d) {
+    const gb_vd zero = {0}, one = zero + 1.0;
+    const gb_vi pos = z > 0.0, nan = z != z;
+    const gb_vd zn = gb_blend(pos, zero, z); /* np.minimum(z, 0), NaN kept */
+    gb_vd e, q;
     switch (act) {
     case GB_IDENTITY:
         if (a) *a = z;
@@ -304,8 +314,8 @@ static inline void gb_vact(gb_vd8 z, int act, double p, gb_vd8 *a, gb_vd8 *d) {
     case GB_SWISH: {
         e = gb_vexp(-gb_vabs(z));
         q = 1.0 + e;
-        const gb_vi8 nonneg = z >= 0.0;
-        const gb_vd8 s = gb_blend(nonneg, 1.0 / q, e / q); /* sigmoid(z) */
+        const gb_vi nonneg = z >= 0.0;
+        const gb_vd s = gb_blend(nonneg, 1.0 / q, e / q); /* sigmoid(z) */
         if (act == GB_SIGMOID) {
             if (a) *a = s;
             if (d) *d = e / (q * q);
@@ -316,7 +326,7 @@ static inline void gb_vact(gb_vd8 z, int act, double p, gb_vd8 *a, gb_vd8 *d) {
         return;
     }
     case GB_TANH: {
-        gb_vd8 m;
+        gb_vd m;
         gb_vexp2(-2.0 * gb_vabs(z), &e, &m);
         if (a) *a = gb_vtanh_m(z, m);
         if (d) *d = 4.0 * e / ((1.0 + e) * (1.0 + e));
@@ -325,20 +335,20 @@ static inline void gb_vact(gb_vd8 z, int act, double p, gb_vd8 *a, gb_vd8 *d) {
     case GB_ELU:
     case GB_SELU: {
         const double c = act == GB_ELU ? p : GB_SELU_ALPHA, l = act == GB_ELU ? 1.0 : GB_SELU_LAMBDA;
-        gb_vd8 m;
+        gb_vd m;
         gb_vexp2(zn, d ? &e : NULL, a ? &m : NULL);
         if (a) {
-            const gb_vd8 v = gb_blend(pos, z, c * m);
+            const gb_vd v = gb_blend(pos, z, c * m);
             *a = act == GB_ELU ? v : l * v;
         }
         if (d) {
-            const gb_vd8 v = gb_blend(pos, one, c * e);
+            const gb_vd v = gb_blend(pos, one, c * e);
             *d = act == GB_ELU ? v : l * v;
         }
         return;
     }
     default: /* GELU (erfc) and anything else: the scalar functions, lane by lane */
-        for (int i = 0; i < 8; i++) {
+        for (int i = 0; i < GB_VL; i++) {
             if (a) (*a)[i] = gb_phi_f64(z[i], act, p);
             if (d) (*d)[i] = gb_dphi_f64(z[i], act, p);
         }

@@ -69,13 +69,27 @@ GB_TILE(1, 1)
 #if defined(__GNUC__) && !defined(GB_PLAIN_C)
 /* Vector tiles through the GCC/Clang vector extension: an R x NV*VL block of C lives in
  * R*NV vector registers over the whole k loop (plain C11 tiles above are the fallback and
- * the remainder). Contraction to FMA is switched on for these functions only. */
+ * the remainder). The vectors are the instance's own width (AVX-512: 64 bytes, 4 x 4 tiles
+ * in 32 registers; AVX2 and the baseline's SSE2: 32 / 16 bytes, 4 x 3 tiles in 16), and a
+ * half-width vector for the remainder. Contraction to FMA is switched on for these
+ * functions (the build does it everywhere; this keeps it under GRADBENCH_CFLAGS too). */
 #define GB_HAVE_VTILES 1
-typedef T F(gb_v64) __attribute__((vector_size(64)));
-typedef T F(gb_v32) __attribute__((vector_size(32)));
+#if defined(__AVX512F__)
+#define GB_VB 64
+#define GB_NVW 4
+#elif defined(__AVX__)
+#define GB_VB 32
+#define GB_NVW 3
+#else
+#define GB_VB 16
+#define GB_NVW 3
+#endif
+typedef T F(gb_vw) __attribute__((vector_size(GB_VB)));     /* the instance's vector */
+typedef T F(gb_vh) __attribute__((vector_size(GB_VB / 2))); /* half of it */
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
-#define GB_VTILE(R, NV, V)                                                                      \
+#define GB_VTILE(R, NV, V) GB_VTILE_(R, NV, V)
+#define GB_VTILE_(R, NV, V)                                                                     \
     static void F(gb_vtile_##R##x##NV##_##V)(T *C, int64_t ldc, const T *A, int64_t sam,       \
                                              int64_t sak, const T *Bm, int64_t ldb, int64_t K, \
                                              const T *bias) {                                  \
@@ -104,14 +118,14 @@ typedef T F(gb_v32) __attribute__((vector_size(32)));
                 memcpy(C + r * ldc + v * VL, &out, sizeof(vt));                                \
             }                                                                                  \
     }
-GB_VTILE(4, 4, gb_v64)
-GB_VTILE(4, 2, gb_v64)
-GB_VTILE(4, 1, gb_v64)
-GB_VTILE(4, 1, gb_v32)
-GB_VTILE(1, 4, gb_v64)
-GB_VTILE(1, 2, gb_v64)
-GB_VTILE(1, 1, gb_v64)
-GB_VTILE(1, 1, gb_v32)
+GB_VTILE(4, GB_NVW, gb_vw)
+GB_VTILE(4, 2, gb_vw)
+GB_VTILE(4, 1, gb_vw)
+GB_VTILE(4, 1, gb_vh)
+GB_VTILE(1, GB_NVW, gb_vw)
+GB_VTILE(1, 2, gb_vw)
+GB_VTILE(1, 1, gb_vw)
+GB_VTILE(1, 1, gb_vh)
 #endif
 
 /* One block of at most 4 rows and nw columns, cut into the register tiles. */
@@ -121,14 +135,16 @@ static void F(gb_gemm_block)(T *C, const T *A, int64_t sam, int64_t sak, const T
     for (; c + (W) <= nw; c += (W))                                                            \
         NAME(C + c, ld, A, sam, sak, Bm + c, ld, K, bias ? bias + c : NULL);
 #ifdef GB_HAVE_VTILES
+#define GB_VNAME(R, NV, V) GB_VNAME_(R, NV, V)
+#define GB_VNAME_(R, NV, V) F(gb_vtile_##R##x##NV##_##V)
 #define GB_ROWS(R)                                                                             \
     {                                                                                          \
-        const int64_t V64 = 64 / sizeof(T), V32 = 32 / sizeof(T);                              \
+        const int64_t VW = GB_VB / sizeof(T);                                                  \
         int64_t c = 0;                                                                         \
-        GB_CALL(F(gb_vtile_##R##x4_gb_v64), 4 * V64)                                           \
-        GB_CALL(F(gb_vtile_##R##x2_gb_v64), 2 * V64)                                           \
-        GB_CALL(F(gb_vtile_##R##x1_gb_v64), V64)                                               \
-        GB_CALL(F(gb_vtile_##R##x1_gb_v32), V32)                                               \
+        GB_CALL(GB_VNAME(R, GB_NVW, gb_vw), GB_NVW * VW)                                       \
+        GB_CALL(GB_VNAME(R, 2, gb_vw), 2 * VW)                                                 \
+        GB_CALL(GB_VNAME(R, 1, gb_vw), VW)                                                     \
+        GB_CALL(GB_VNAME(R, 1, gb_vh), VW / 2)                                                 \
         GB_CALL(F(gb_tile_##R##x1), 1)                                                         \
     }
 #else
@@ -249,41 +265,48 @@ static void F(gb_batchnorm_backward_impl)(T *dz, T *dgamma, T *dbeta, const T *d
 
 /* ------------------------------------------------------------------ activation rows */
 #ifdef GB_HAVE_VEC
-typedef T F(gb_tv) __attribute__((vector_size(8 * sizeof(T)))); /* 8 lanes of T */
+typedef T F(gb_tv) __attribute__((vector_size(GB_VL * sizeof(T)))); /* GB_VL lanes of T */
+typedef T F(gb_t8) __attribute__((vector_size(8 * sizeof(T))));     /* 8 lanes of T */
 
-static inline gb_vd8 F(gb_load8)(const T *x) {
+static inline gb_vd F(gb_loadv)(const T *x) { /* GB_VL entries, widened to double */
     F(gb_tv) v;
+    memcpy(&v, x, sizeof v);
+    return __builtin_convertvector(v, gb_vd);
+}
+
+static inline gb_vd8 F(gb_load8)(const T *x) { /* 8 entries, widened (the reductions) */
+    F(gb_t8) v;
     memcpy(&v, x, sizeof v);
     return __builtin_convertvector(v, gb_vd8);
 }
 
-static inline F(gb_tv) F(gb_round8)(gb_vd8 v) { return __builtin_convertvector(v, F(gb_tv)); }
+static inline F(gb_tv) F(gb_roundv)(gb_vd v) { return __builtin_convertvector(v, F(gb_tv)); }
 
 /* phi_scaled and dphi_scaled of 8 mantissas u (gb_scaled's vector modes); 0 when these lanes
  * need the scalar functions (a non-finite u, or an exponent between the vector modes). */
-static inline int F(gb_vact_scaled)(gb_vd8 u, const gb_scaled *s, gb_vd8 *a, gb_vd8 *d) {
+static inline int F(gb_vact_scaled)(gb_vd u, const gb_scaled *s, gb_vd *a, gb_vd *d) {
     if (s->vmode == GB_VM_PLAIN) {
         gb_vact(u, s->act, s->p, a, d);
         return 1;
     }
-    const gb_vd8 zero = {0};
+    const gb_vd zero = {0};
     if (s->vmode == GB_VM_SCALAR || gb_any(~(gb_vabs(u) <= 0x1.fffffffffffffp1023))) return 0;
-    const gb_vi8 pos = u > 0.0;
-    const gb_vd8 c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
-    const gb_vd8 ci = gb_blend(pos, zero + s->cip, zero + s->cim);
-    gb_vd8 va, vd;
+    const gb_vi pos = u > 0.0;
+    const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
+    const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
+    gb_vd va, vd;
     if (s->vmode == GB_VM_TINY) { /* every finite u 2^f is below TINY */
         va = c0 * u;
         vd = c0;
     } else if (s->vmode == GB_VM_OVER) { /* every finite non-zero u 2^f overflows */
-        const gb_vi8 z0 = u == 0.0;
+        const gb_vi z0 = u == 0.0;
         va = gb_blend(z0, c0 * u, ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf);
         vd = gb_blend(z0, c0, ci);
     } else { /* GB_VM_MUL: z = u 2^f and 2^-f are plain products (= ldexp) */
-        const gb_vd8 z = u * s->pf;
-        const gb_vi8 tiny = gb_vabs(z) < s->tiny, over = gb_vabs(z) > 0x1.fffffffffffffp1023;
-        const gb_vd8 lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
-        gb_vd8 pa, pd;
+        const gb_vd z = u * s->pf;
+        const gb_vi tiny = gb_vabs(z) < s->tiny, over = gb_vabs(z) > 0x1.fffffffffffffp1023;
+        const gb_vd lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
+        gb_vd pa, pd;
         gb_vact(gb_blend(tiny | over, zero, z), s->act, s->p, a ? &pa : NULL, d ? &pd : NULL);
         if (a) va = gb_blend(tiny, c0 * u, gb_blend(over, lim, pa * s->pmf));
         if (d) vd = gb_blend(tiny, c0, gb_blend(over, ci, pd));
@@ -301,19 +324,19 @@ static int64_t F(gb_act_forward_row)(T *a, const T *z, int64_t N, const gb_scale
                                      unsigned char *dead) {
     int64_t cnt = 0, j = 0;
 #ifdef GB_HAVE_VEC
-    for (; j + 8 <= N; j += 8) {
-        const gb_vd8 u = F(gb_load8)(z + j);
-        gb_vd8 va, vd;
+    for (; j + GB_VL <= N; j += GB_VL) {
+        const gb_vd u = F(gb_loadv)(z + j);
+        gb_vd va, vd;
         if (F(gb_vact_scaled)(u, s, &va, &vd)) {
-            const F(gb_tv) ta = F(gb_round8)(va), td = F(gb_round8)(vd);
+            const F(gb_tv) ta = F(gb_roundv)(va), td = F(gb_roundv)(vd);
             memcpy(a + j, &ta, sizeof ta);
-            for (int i = 0; i < 8; i++) {
+            for (int i = 0; i < GB_VL; i++) {
                 cnt += (double)td[i] < thr;
                 dead[j + i] &= z[j + i] <= 0;
             }
             continue;
         }
-        for (int i = 0; i < 8; i++) {
+        for (int i = 0; i < GB_VL; i++) {
             a[j + i] = FP(gb_phi_scaled)(z[j + i], s);
             cnt += (double)FP(gb_dphi_scaled)(z[j + i], s) < thr;
             dead[j + i] &= z[j + i] <= 0;
@@ -339,13 +362,13 @@ static double F(gb_act_backward_row)(T *d, const T *g, const T *zr, const T *gam
     int64_t j = 0;
 #ifdef GB_HAVE_VEC
     if (!gamma && s->act != GB_PRELU)
-        for (; j + 8 <= N; j += 8) {
-            gb_vd8 vd;
-            if (!F(gb_vact_scaled)(F(gb_load8)(zr + j), s, NULL, &vd)) break;
+        for (; j + GB_VL <= N; j += GB_VL) {
+            gb_vd vd;
+            if (!F(gb_vact_scaled)(F(gb_loadv)(zr + j), s, NULL, &vd)) break;
             F(gb_tv) da;
             memcpy(&da, g + j, sizeof da);
             if (scale) da = da * alpha;
-            const F(gb_tv) out = da * F(gb_round8)(vd);
+            const F(gb_tv) out = da * F(gb_roundv)(vd);
             memcpy(d + j, &out, sizeof out);
         }
 #endif
@@ -366,15 +389,15 @@ static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
     int nan = 0;
     int64_t i = 0;
 #ifdef GB_HAVE_VEC
-    gb_vd8 acc = {0};
-    gb_vi8 vnan = {0};
-    for (; i + 8 <= n; i += 8) {
-        const gb_vd8 v = gb_vabs(F(gb_load8)(g + i));
+    gb_vd acc = {0};
+    gb_vi vnan = {0};
+    for (; i + GB_VL <= n; i += GB_VL) {
+        const gb_vd v = gb_vabs(F(gb_loadv)(g + i));
         vnan |= v != v;
         acc = gb_blend(v > acc, v, acc);
     }
     nan = gb_any(vnan);
-    for (int c = 0; c < 8; c++) m = acc[c] > m ? acc[c] : m;
+    for (int c = 0; c < GB_VL; c++) m = acc[c] > m ? acc[c] : m;
 #endif
     for (; i < n; i++) {
         const double v = (double)TFABS(g[i]);
@@ -573,7 +596,7 @@ typedef struct {
 static void F(gb_transpose_rows)(T *wt, const T *W, int64_t N, int64_t j0, int64_t j1) {
     int64_t jb = j0;
 #if defined(GB_HAVE_VEC) && !defined(__clang__)
-    typedef F(gb_tv) tv;
+    typedef F(gb_t8) tv; /* 8 lanes of T: one row of a block */
     typedef TINT ti __attribute__((vector_size(8 * sizeof(T))));
     const int64_t N8 = N / 8 * 8;
     for (; jb + 8 <= j1; jb += 8) {
