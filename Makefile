@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 SOURCES := pyproject.toml setup.py gradbench/_cbuild.py $(wildcard csrc/*.c csrc/*.h)
 
-.PHONY: demo test test-slow bench bench-quick asan clean
+.PHONY: demo test test-all test-slow bench bench-quick asan clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,27 @@ $(VENV)/.installed-test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/gradbench demo
 
-test: $(VENV)/.installed-test
+# Numba's on-disk cache is keyed by each kernel's own file, not by the files it inlines: after any
+# change under kernels/ the compiled kernels are dropped (a fresh clone has none anyway).
+$(VENV)/.kernels: $(VENV)/.created $(wildcard kernels/*.py)
+	rm -rf kernels/__pycache__
+	touch $@
+
+test: $(VENV)/.installed-test $(VENV)/.kernels
 	$(PY) -m pytest -q
+
+# Everything with the optional extras too, nothing skipped for want of torch: the test extras
+# (pandas, tensorboardX, tensorboard) plus torch 2.13.0, the CPU build (2.13.0+cpu, the wheel in
+# pip's configured wheel directory; TORCH_SPEC=... to install another file or index). Under
+# GRADBENCH_REQUIRE_TORCH=1 a missing torch fails the run and any test skipped for want of torch
+# counts as failed. jax stays optional: its peer tests skip unless `pip install 'jax[cpu]'`.
+TORCH_SPEC ?= torch==2.13.0+cpu
+$(VENV)/.installed-all: $(VENV)/.installed-test
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	touch $@
+
+test-all: $(VENV)/.installed-all
+	GRADBENCH_REQUIRE_TORCH=1 $(PY) -m pytest -q
 
 test-slow: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m slow

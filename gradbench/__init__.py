@@ -33,3 +33,20 @@ from gradbench.diagnose import Diagnosis, diagnose
 from gradbench.train import DEMOS, TrainResult, run_demo, train
 
 __all__ += ["DEMOS", "Diagnosis", "TrainResult", "datasets", "diagnose", "run_demo", "train"]
+
+from gradbench.sweep import sweep  # noqa: E402  (Dask and pandas are imported only when it runs)
+
+# PyTorch interchange (needs torch: pip install 'gradbench[torch]'), imported on first use so
+# that ``import gradbench`` never imports torch; layer-wise pretraining; pandas and TensorBoard
+# output (gradbench.frames, gradbench.tensorboard_io; pandas / tensorboardX imported when used).
+from gradbench.pretrain import pretrain  # noqa: E402
+
+__all__ += ["from_torch", "pretrain", "to_torch"]
+
+
+def __getattr__(name: str):
+    if name in ("from_torch", "to_torch"):
+        import importlib
+
+        return getattr(importlib.import_module("gradbench.torch_io"), name)
+    raise AttributeError(f"module 'gradbench' has no attribute {name!r}")

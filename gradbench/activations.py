@@ -39,7 +39,7 @@ import functools
 import math
 
 import numpy as np
-from scipy.special import erfc
+from scipy.special import erfc, erfcx
 
 from gradbench.spec import ACTIVATIONS, HOMOGENEOUS
 
@@ -62,6 +62,14 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z)
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype)
+
+
+def _ncdf(x: np.ndarray) -> np.ndarray:
+    """Phi(x) = erfc(-x/sqrt2)/2 (float64); in the lower tail as erfcx(a) exp(-a^2)/2 (a = -x/sqrt2),
+    which stays accurate where erfc's own result is subnormal."""
+    a = -x * _SQRT_HALF
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        return np.where(a > 20, 0.5 * erfcx(np.where(a > 20, a, 0.0)) * np.exp(-a * a), 0.5 * erfc(a))
 
 
 def _as64(z: np.ndarray) -> np.ndarray:
@@ -91,7 +99,7 @@ def phi(z: np.ndarray, code: int, param: float) -> np.ndarray:
         elif name == "swish":
             out = x * sigmoid(x)
         elif name == "gelu":
-            out = 0.5 * x * erfc(-x * _SQRT_HALF)
+            out = x * _ncdf(x)
         else:
             raise ValueError(f"unknown activation code {code}")
     return out.astype(z.dtype)
@@ -122,7 +130,7 @@ def dphi(z: np.ndarray, code: int, param: float) -> np.ndarray:
         elif name == "swish":
             out = sigmoid(x) * (1 + x * sigmoid(-x))
         elif name == "gelu":
-            out = 0.5 * erfc(-x * _SQRT_HALF) + x * np.exp(-0.5 * x * x) * _INV_SQRT_2PI
+            out = _ncdf(x) + x * np.exp(-0.5 * x * x) * _INV_SQRT_2PI
         else:
             raise ValueError(f"unknown activation code {code}")
     return out.astype(z.dtype)

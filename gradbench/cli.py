@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from gradbench import __version__, _atomic
+from gradbench import __version__, _atomic, cli_io
 from gradbench.spec import ACTIVATIONS, CLIP_MODES, CLIP_TARGETS, DTYPES, INITS, LOSSES, Stack
 
 DEFAULT_DEMO_DIR = "gradbench-demo"
@@ -173,7 +173,7 @@ def random_targets(stack: Stack, batch: int, seed: int):
 
 
 def run_stack(stack: Stack, batch: int, seed: int, backend: str, label: str = "", *,
-              stats_only: bool = False, checkpoint="auto"):
+              stats_only: bool = False, checkpoint="auto", params=None):
     """Parameters, input and targets from ``seed``; one backprop with a notice if it is slow.
 
     ``stats_only``: weights generated per layer (never stored) and per-layer statistics only,
@@ -186,7 +186,8 @@ def run_stack(stack: Stack, batch: int, seed: int, backend: str, label: str = ""
     if isinstance(batch, bool) or batch < 1:
         raise UsageError(f"--batch must be >= 1, got {batch}")
     concrete = resolve_backend(backend)
-    params = GeneratedParams(stack, seed) if stats_only else gb.init_params(stack, seed)
+    if params is None:  # given: a model from --torch
+        params = GeneratedParams(stack, seed) if stats_only else gb.init_params(stack, seed)
     x = gb.gaussian_input(stack, batch, seed=np.random.default_rng([seed, 1]))
     t = random_targets(stack, batch, seed)
     desc = f"backprop {label + ' ' if label else ''}(depth {stack.depth}, width {stack.width}, {concrete})"
@@ -218,17 +219,19 @@ def cmd_run(args) -> int:
 
     _check_plot_path(args.plot)
     _check_plot_path(args.hist)
-    _check_json_path(args.out)
-    stack = stack_from_args(args)
+    cli_io.check_run_args(args)  # --out .json/.npz, --tensorboard, --torch
+    stack, given = cli_io.torch_stack(args) if args.torch else (stack_from_args(args), None)
     t0 = time.perf_counter()
     checkpoint = "auto" if args.checkpoint is None else (None if args.checkpoint == 0 else args.checkpoint)
     res, params = run_stack(stack, args.batch, args.seed, args.backend, stats_only=args.stats_only,
-                            checkpoint=checkpoint)
+                            checkpoint=checkpoint, params=given)
     with Spinner("diagnosing"):
         d = diagnose(res, None if args.stats_only else params, bins=args.bins)
     print(format_report(d, rows=args.rows))
     print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed})")
-    if args.out:
+    for path in cli_io.write_run_outputs(args, d):  # --out x.npz, --tensorboard DIR
+        print(f"wrote {path}")
+    if args.out and args.out.lower().endswith(".json"):
         head = json.dumps(_payload(command="run"))[:-1]  # the diagnosis streams in: 10^6 layers fit
 
         def write(f):
@@ -403,6 +406,7 @@ def cmd_train(args) -> int:
     _check_plot_path(args.plot)
     _check_plot_path(args.ratio_plot)
     _check_json_path(args.out)
+    cli_io.check_tensorboard_dir(args.tensorboard)
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "seed", "optimizer")
                  if getattr(args, k) is not None}
     concrete = resolve_backend(args.backend)
@@ -413,7 +417,8 @@ def cmd_train(args) -> int:
         if bad:
             raise UsageError(f"unknown demo {', '.join(bad)}; choose from {', '.join(DEMOS)} or all")
         for name in names:
-            results[name] = run_demo(name, backend=concrete, progress=True, **overrides)
+            results[name] = run_demo(name, backend=concrete, progress=True,
+                                     tensorboard=cli_io.train_tensorboard_dir(args, name), **overrides)
     else:
         if args.depth is None or args.width is None:
             raise UsageError("give --demo NAME (see --list) or a stack with --depth and --width")
@@ -425,7 +430,8 @@ def cmd_train(args) -> int:
         kw.update(overrides)
         results["custom"] = train(stack, X, y, backend=concrete, progress=True, name="custom",
                                   dataset=args.dataset, momentum=args.momentum,
-                                  weight_decay=args.weight_decay, **kw)
+                                  weight_decay=args.weight_decay,
+                                  tensorboard=cli_io.train_tensorboard_dir(args, "custom"), **kw)
     for r in results.values():
         print(r.summary())
     if args.out:
@@ -583,12 +589,16 @@ examples:
   gradbench run --depth 50 --width 64 --activation sigmoid
   gradbench run --depth 100000 --width 16 --activation sigmoid --out deep.json
   gradbench run --depth 30 --width 32 --activation relu --init he_normal --plot flow.png --hist hist.png
+  gradbench run --torch model.pt --loss bce --tensorboard runs/model   a saved nn.Sequential (needs torch)
+  gradbench run --depth 100000 --width 16 --activation sigmoid --stats-only --out deep.npz
   gradbench run --depth 20 --width 16 --activation tanh --sigma-w 3 --clip norm --clip-on signal
   gradbench run --depth 1000000 --width 64 --batch 64 --activation tanh --init he_normal --stats-only --plot flow.png
 """, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stack_args(p)
+    cli_io.add_run_args(p)
     common(p)
-    p.add_argument("--out", help="write the diagnosis as JSON (e.g. result.json)")
+    p.add_argument("--out", help="write the diagnosis as JSON (result.json) or, for large runs, as NumPy "
+                                 ".npz (result.npz; docs/formats.md)")
     p.add_argument("--plot", help="write the gradient-flow plot (.png, .svg or .pdf)")
     p.add_argument("--hist", help="write the per-layer histogram heat map")
     p.add_argument("--rows", type=int, default=12, help="layers shown in the table (default 12)")
@@ -624,6 +634,7 @@ examples:
   gradbench train --list
   gradbench train --demo deep-sigmoid
   gradbench train --demo deep-sigmoid,shallow-sigmoid --plot loss.png --ratio-plot ratio.png
+  gradbench train --demo deep-sigmoid,layerwise-pretraining,adam --tensorboard runs   (tensorboard --logdir runs)
   gradbench train --demo all --out history.json
   gradbench train --dataset circles --depth 6 --width 16 --activation relu --init he_normal --optimizer adam --lr 0.01
 """, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -645,6 +656,7 @@ examples:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
     p.add_argument("--out", help="write the training history as JSON")
+    cli_io.add_train_args(p)
     p.add_argument("--plot", help="write the loss curves")
     p.add_argument("--ratio-plot", help="write the update-ratio curves")
     p.set_defaults(func=cmd_train)
@@ -688,6 +700,8 @@ examples:
 
     sub.add_parser("bench", help="benchmark report (gradbench.benchreport; arguments are passed on)",
                    add_help=False)
+    from gradbench import cli_sweep  # `gradbench sweep` (its own module: gradbench/cli_sweep.py)
+    cli_sweep.register(sub)
     return parser
 
 

@@ -6,19 +6,17 @@ l = 0 at the input, l = L - 1 at the top; docs/diagnosis.md):
 
 - ``grad_log10[l]`` = log10 ||dL/dW_l||_F and ``signal_log10[l]`` = log10 ||dL/dh_l||_F, exact
   (mantissa and int64 exponent), so 10^-60000 is reported as such.
-- ``decades_per_layer`` = least-squares slope of ``grad_log10`` against l over the layers with
-  a finite non-zero gradient. The backward pass runs from l = L - 1 down to 0, so a positive
-  slope means the gradient *shrinks* towards the input (vanishing), a negative one that it
-  grows (exploding).
-- ``verdict``: ``vanishing`` if the fitted change over the stack, ``decades_per_layer * (L - 1)``,
-  is at least ``threshold`` decades (default 2: a factor 100 between top and bottom) or a layer
-  has an exactly zero gradient below a non-zero one; ``exploding`` if it is at most
-  ``-threshold`` or the backward pass turned non-finite; otherwise ``stable``.
-- ``float_limits[dtype]``: the first layer, in backward order (from the top down), whose
-  ||dL/dW_l|| lies below the smallest normal number of the dtype (``underflow_layer``: a plain
-  chain loses it to subnormals, then to 0) or above the largest finite one
-  (``overflow_layer``: inf); and, when the stack never gets there, how many layers from the
-  top it would take at the fitted rate (``layers_to_underflow`` / ``layers_to_overflow``).
+- ``decades_per_layer`` (of ``grad_log10``) and ``signal_decades_per_layer`` (of
+  ``signal_log10``): the least-squares change per layer going DOWN the stack, towards the
+  input, over the layers with a finite non-zero norm. Negative = vanishing, positive =
+  exploding: the one convention of the package (:mod:`gradbench.verdict`, :mod:`gradbench.theory`).
+  ``intercept`` is the fitted log10 ||dL/dW_0||.
+- ``verdict``: vanishing, exploding, stable or no gradient, by the rules of
+  :mod:`gradbench.verdict` (trends of the signal and of ||dW_l||, exact zeros, magnitudes
+  relative to the weights), with a plain-language ``explanation``.
+- ``float_limits[dtype]``: where plain float64 / float32 would have under- or overflowed the
+  gradients (from the top) and the forward activations (from the input), or how many layers
+  it would take at the fitted rate (:func:`gradbench.verdict.float_limits`).
 - Histograms of log10 |dW_l| entries with the same bin edges for every layer (default: the
   whole-decade range of all layers in ``bins`` bins), computed exactly from the mantissas and
   exponents (:mod:`gradbench.histograms`); exact zeros and non-finite entries are counted apart.
@@ -37,13 +35,7 @@ import numpy as np
 
 from gradbench.histograms import DEFAULT_BINS, histograms, rebin_streaming
 from gradbench.spec import Stack
-
-# log10 of the smallest normal and the largest finite number of each dtype.
-FLOAT_LIMITS = {
-    name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
-    for name in ("float64", "float32")
-}
-
+from gradbench.verdict import FLOAT_LIMITS, classify, decades_per_layer, explain, float_limits  # noqa: F401
 
 @dataclass(frozen=True, eq=False)
 class Diagnosis:
@@ -74,6 +66,7 @@ class Diagnosis:
     first_nonfinite_backward: int | None
     decades_per_layer: float
     intercept: float
+    signal_decades_per_layer: float
     verdict: str
     explanation: str
     float_limits: dict
@@ -120,13 +113,17 @@ class Diagnosis:
         for f in dataclasses.fields(cls):
             if f.name not in d and f.name == "weight_log10":
                 continue
+            if f.name not in d and f.name == "signal_decades_per_layer":  # files of gradbench < 0.2
+                kw[f.name] = math.nan
+                continue
             v = d[f.name]
             if f.name in _ARRAY_FIELDS:
                 dtype = np.int64 if f.name in _INT_ARRAYS else np.float64
                 v = np.array(_from_jsonable(v), dtype=dtype)
                 if f.name == "hist_counts" and v.ndim == 1:
                     v = v.reshape(0, max(len(d["hist_edges"]) - 1, 0))
-            elif f.name in ("loss", "loss_log10", "decades_per_layer", "intercept", "threshold"):
+            elif f.name in ("loss", "loss_log10", "decades_per_layer", "intercept", "threshold",
+                            "signal_decades_per_layer"):
                 v = float(_from_jsonable(v))
             kw[f.name] = v
         return cls(**kw)
@@ -134,6 +131,19 @@ class Diagnosis:
     @classmethod
     def from_json(cls, s: str) -> "Diagnosis":
         return cls.from_dict(json.loads(s))
+
+    def to_frame(self):
+        """One row per layer as a pandas DataFrame (:func:`gradbench.frames.diagnosis_frame`)."""
+        from gradbench.frames import diagnosis_frame
+
+        return diagnosis_frame(self)
+
+    @classmethod
+    def from_npz(cls, path) -> "Diagnosis":
+        """Read the ``.npz`` file of :func:`gradbench.frames.write_npz` (``gradbench run --out x.npz``)."""
+        from gradbench.frames import npz_fields
+
+        return cls(**npz_fields(path))
 
     # ------------------------------------------------------------ text
     def __str__(self) -> str:
@@ -178,56 +188,8 @@ def _from_jsonable(v):
     return v
 
 
-# ------------------------------------------------------------------ the computations
-def slope_fit(y: np.ndarray) -> tuple[float, float]:
-    """Least-squares line ``y ~ intercept + slope * l`` over the finite entries of ``y``.
-
-    Returns ``(slope, intercept)``; ``(0.0, y)`` with a single point, ``(nan, nan)`` with none.
-    """
-    y = np.asarray(y, dtype=np.float64)
-    l = np.arange(len(y), dtype=np.float64)
-    ok = np.isfinite(y)
-    if ok.sum() == 0:
-        return math.nan, math.nan
-    if ok.sum() == 1:
-        return 0.0, float(y[ok][0])
-    lm, ym = l[ok].mean(), y[ok].mean()
-    dl = l[ok] - lm
-    slope = float(np.dot(dl, y[ok] - ym) / np.dot(dl, dl))
-    return slope, float(ym - slope * lm)
-
-
-def float_limits(grad_log10: np.ndarray, slope: float) -> dict:
-    """Where plain float64 / float32 would under- or overflow ||dL/dW_l|| (module docstring)."""
-    L = len(grad_log10)
-    g = np.asarray(grad_log10, dtype=np.float64)
-    out = {}
-    finite = np.isfinite(g)
-    top = float(g[finite][-1]) if finite.any() else math.nan
-    for name, (lo, hi) in FLOAT_LIMITS.items():
-        under = np.flatnonzero(finite & (g < lo))
-        over = np.flatnonzero((g > hi) | (g == np.inf))
-        entry = {
-            "min_log10": lo,
-            "max_log10": hi,
-            "underflow_layer": int(under.max()) if under.size else None,
-            "overflow_layer": int(over.max()) if over.size else None,
-            "layers_to_underflow": None,
-            "layers_to_overflow": None,
-        }
-        if math.isfinite(slope) and math.isfinite(top) and slope != 0:
-            # Going down from the top the log changes by -slope per layer.
-            if slope > 0 and top > lo:
-                entry["layers_to_underflow"] = int(math.ceil((top - lo) / slope))
-            elif slope < 0 and top < hi:
-                entry["layers_to_overflow"] = int(math.ceil((hi - top) / -slope))
-        out[name] = entry
-    del L
-    return out
-
-
 def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | None = None,
-             threshold: float = 2.0, big_ratio: float = 10.0) -> Diagnosis:
+             threshold: float = 2.0, big_ratio: float = 10.0, tiny: float = 8.0) -> Diagnosis:
     """Statistics and a verdict from a :class:`~gradbench.Result`.
 
     Parameters
@@ -236,22 +198,24 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         From :func:`gradbench.backprop`.
     params : Params, optional
         The parameters of that pass. With them the diagnosis also records log10 ||W_l||
-        (``weight_log10``) and calls the gradients exploding when some ||dW_l|| / ||W_l||
-        reaches ``big_ratio`` (one SGD step at lr = 0.1 would then move W_l by >= 100 %), even
-        without a trend across layers (a ReLU stack with a large init has flat, huge gradients).
+        (``weight_log10``) and judges magnitudes relative to them: exploding when some
+        ||dW_l|| / ||W_l|| reaches ``big_ratio`` (one SGD step at lr = 0.1 would then move W_l
+        by >= 100 %), vanishing everywhere when every ratio is below 10^-``tiny``, even without
+        a trend across layers. Without them ||W_l|| is taken as the init's sqrt(N) sigma_w.
     bins, hist_range
         Bin count and range (log10 units) of the per-layer histograms of log10 |dW_l|.
     threshold : float
         Decades of fitted change over the stack that make the verdict vanishing or exploding.
+    big_ratio, tiny : float
+        The magnitude rules (:mod:`gradbench.verdict`).
 
     Returns
     -------
     Diagnosis
     """
-    if not threshold > 0:
-        raise ValueError(f"threshold must be > 0, got {threshold}")
-    if not big_ratio > 0:
-        raise ValueError(f"big_ratio must be > 0, got {big_ratio}")
+    for name, v in (("threshold", threshold), ("big_ratio", big_ratio), ("tiny", tiny)):
+        if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be an int >= 1, got {bins!r}")
     stack: Stack = res.stack
@@ -262,15 +226,15 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         act_std = res.act_std.to_float(warn=False)
         act_std_log10 = res.act_std.log10()
         act_mean_log10 = res.act_mean.log10()
-    fit = np.where(np.isfinite(g), g, np.nan)
-    slope, intercept = slope_fit(fit)
+    rate, intercept = decades_per_layer(np.where(np.isfinite(g) & (g > -np.inf), g, np.nan))
+    signal_rate, _ = decades_per_layer(np.where(np.isfinite(s) & (s > -np.inf), s, np.nan))
     if res.grads is not None:
         edges, counts, zeros, nonfinite, outside = histograms(res.grads.W, bins, hist_range)
     elif getattr(res, "grad_hist", None) is not None:  # a stats_only run: its streaming histograms
         edges, counts, zeros, nonfinite, outside = rebin_streaming(res.grad_hist, bins, hist_range)
     else:
         raise ValueError("the result has neither gradients nor gradient histograms to diagnose")
-    limits = float_limits(g, slope)
+    limits = float_limits(g, rate, act_std_log10)
     w = np.zeros(0)
     if params is not None:
         W = np.asarray(params.W, dtype=np.float64).reshape(len(g), -1)
@@ -278,7 +242,12 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
             raise ValueError(f"params.W has {W.shape[0]} layers, the result {len(g)}: mismatched params")
         with np.errstate(divide="ignore"):
             w = np.log10(np.sqrt(np.sum(W * W, axis=1)))
-    verdict, explanation = _verdict(stack, g, slope, threshold, res, limits, w, math.log10(big_ratio))
+    w_ref = w if len(w) else np.full(len(g), math.log10(math.sqrt(stack.width) * stack.gain))
+    with np.errstate(invalid="ignore"):
+        rel = g - w_ref
+    verdict = classify(g, s, threshold=threshold, relative_log10=rel, big_ratio=big_ratio, tiny=tiny,
+                       nonfinite_backward=res.first_nonfinite_backward is not None)
+    explanation = explain(verdict, stack, g, rate, signal_rate, threshold, res, rel)
     loss_log10 = float(res.loss_exact.log10())
     return Diagnosis(
         stack=dataclasses.asdict(stack),
@@ -300,113 +269,12 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         hist_outside=outside,
         first_nonfinite_forward=res.first_nonfinite_forward,
         first_nonfinite_backward=res.first_nonfinite_backward,
-        decades_per_layer=slope,
+        decades_per_layer=rate,
         intercept=intercept,
+        signal_decades_per_layer=signal_rate,
         verdict=verdict,
         explanation=explanation,
         float_limits=limits,
         threshold=float(threshold),
         weight_log10=w,
     )
-
-
-def classify(grad_log10: np.ndarray, threshold: float = 2.0, big: float = 6.0,
-             relative_log10: np.ndarray | None = None, big_relative: float = 1.0) -> str:
-    """The verdict from log10 grad norms (see the module docstring).
-
-    ``exploding`` also when some ||dW_l|| reaches 10^big, or some ||dW_l|| / ||W_l|| reaches
-    10^big_relative (``relative_log10`` given), even without a trend: a ReLU stack with a large
-    init has flat but enormous gradients.
-    """
-    g = np.asarray(grad_log10, dtype=np.float64)
-    if relative_log10 is not None and len(relative_log10):
-        rel = np.asarray(relative_log10, dtype=np.float64)
-        if np.any(np.isfinite(rel) & (rel >= big_relative)):
-            return "exploding" if classify(g, threshold, big) != "vanishing" else "vanishing"
-    if np.any(np.isnan(g) | (g == np.inf)):
-        return "exploding"
-    slope, _ = slope_fit(np.where(np.isfinite(g), g, np.nan))
-    nz = np.flatnonzero(g > -np.inf)
-    if nz.size and np.any(g[: nz.max()] == -np.inf):
-        return "vanishing"
-    change = slope * (len(g) - 1) if math.isfinite(slope) else 0.0
-    if change >= threshold:
-        return "vanishing"
-    if change <= -threshold or (nz.size and np.max(g[nz]) >= big):
-        return "exploding"
-    return "stable"
-
-
-def _num(v: float) -> str:
-    """A decade count without scientific notation (10^-64411.7, not 10^-6.441e+04)."""
-    return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
-
-
-def _verdict(stack, g, slope, threshold, res, limits, w, big_relative) -> tuple[str, str]:
-    L = len(g)
-    rel = g - w if len(w) else None
-    verdict = classify(g, threshold, relative_log10=rel, big_relative=big_relative)
-    words = []
-    finite = np.isfinite(g)
-    if res.first_nonfinite_forward is not None:
-        words.append(
-            f"the forward pass turned non-finite at layer {res.first_nonfinite_forward} "
-            "(activations overflowed): every gradient below is meaningless"
-        )
-    if res.first_nonfinite_backward is not None:
-        words.append(f"the backward signal turned non-finite at layer {res.first_nonfinite_backward}")
-    zero = np.flatnonzero(g == -np.inf)
-    if zero.size:
-        dead_note = " (dead ReLU units block the chain)" if stack.activation in ("relu",) else ""
-        words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
-    if finite.sum() >= 2:
-        top, bottom = g[finite][-1], g[finite][0]
-        change = slope * (L - 1)
-        if verdict == "vanishing":
-            words.insert(0, (
-                f"gradients vanish: they shrink by {slope:.3g} decades per layer going down, "
-                f"a factor 10^{_num(change)} over {L} layers "
-                f"(||dW|| from 10^{_num(top)} at the top to 10^{_num(bottom)} at layer 0)"
-            ))
-        elif verdict == "exploding" and change > -threshold:
-            if rel is not None and np.any(np.isfinite(rel)):
-                worst = int(np.nanargmax(np.where(np.isfinite(rel), rel, np.nan)))
-                size = (f"||dW_l|| / ||W_l|| reaches 10^{_num(rel[worst])} at layer {worst}: one SGD step "
-                        f"at lr = 0.1 would change W_{worst} by 10^{rel[worst] + 1:.1f} %")
-            else:
-                size = f"||dW|| reaches 10^{_num(np.max(g[finite]))} (an SGD step of that size wrecks the weights)"
-            words.insert(0, (
-                f"gradients are huge: {size}, although the trend over {L} layers is only {_num(-change)} decades"
-            ))
-        elif verdict == "exploding":
-            words.insert(0, (
-                f"gradients explode: they grow by {-slope:.3g} decades per layer going down, "
-                f"a factor 10^{_num(-change)} over {L} layers "
-                f"(||dW|| from 10^{_num(top)} at the top to 10^{_num(bottom)} at layer 0)"
-            ))
-        else:
-            words.insert(0, (
-                f"gradients are stable: {abs(change):.3g} decades of fitted change over {L} layers "
-                f"(threshold {threshold:g}); ||dW|| from 10^{_num(top)} at the top to 10^{_num(bottom)} at layer 0"
-            ))
-    elif finite.sum() == 1:
-        words.insert(0, f"one layer: ||dW|| = 10^{_num(g[finite][0])}; no trend to fit")
-    std = np.asarray(res.act_std.log10(), dtype=np.float64)
-    ok = np.isfinite(std)
-    if ok.sum() >= 2 and abs(std[ok][-1] - std[ok][0]) >= 3:
-        grow = std[ok][-1] - std[ok][0]
-        words.append(
-            f"the forward activations {'grow' if grow > 0 else 'shrink'} by {abs(grow):.3g} decades "
-            f"(std 10^{_num(std[ok][0])} at layer 0, 10^{_num(std[ok][-1])} at the top)"
-        )
-    if stack.activation in ("sigmoid", "tanh"):
-        sat = float(np.mean(res.saturation))
-        if sat > 0.1:
-            words.append(f"{100 * sat:.0f} % of the units are saturated (phi' < 1% of its maximum)")
-        if stack.activation == "sigmoid" and verdict == "vanishing" and not stack.batch_norm:
-            words.append("sigmoid' <= 0.25 costs at least 0.6 decades per layer times the weight gain")
-    if stack.activation in ("relu", "leaky_relu", "prelu"):
-        dead = float(np.mean(res.dead))
-        if dead > 0.1:
-            words.append(f"{100 * dead:.0f} % of the units are dead (z <= 0 for the whole batch)")
-    return verdict, "; ".join(words) + "."

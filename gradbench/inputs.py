@@ -63,6 +63,9 @@ def _check_x(stack: Stack, x, targets):
         raise TypeError(f"x must be a numpy.ndarray of shape (batch, {stack.d_in}), got {type(x).__name__}")
     if x.ndim != 2 or x.shape[1] != stack.d_in or x.shape[0] < 1:
         raise ValueError(f"x has shape {x.shape}, expected (batch, {stack.d_in}) with batch >= 1")
+    if stack.batch_norm and x.shape[0] < 2:
+        raise ValueError("batch_norm=True needs a batch of at least 2 (x has 1 sample): the batch statistics of one "
+                         "sample are degenerate (z - mean = 0 everywhere); PyTorch refuses it too")
     x = _check_array("x", x, None, dt)
     targets = _check_targets(stack, targets, x.shape[0])
     return x, targets

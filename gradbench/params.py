@@ -169,6 +169,20 @@ def init_params(stack: Stack, seed: int | np.random.Generator = 0) -> Params:
     return Params(**p)
 
 
+def random_targets(stack: Stack, batch: int, seed: int):
+    """Seeded targets for a stack with a head, the probe of ``gradbench run`` and of sweeps:
+    integer labels (softmax_ce), labels in {0, 1} (bce) or standard normal values (mse), from
+    ``numpy.random.default_rng([seed, 2])``; None for sum_squares."""
+    if not stack.has_head:
+        return None
+    rng = np.random.default_rng([seed, 2])
+    if stack.loss == "softmax_ce":
+        return rng.integers(0, stack.output_dim, size=batch).astype(np.int64)
+    if stack.loss == "bce":
+        return rng.integers(0, 2, size=(batch, stack.output_dim)).astype(stack.np_dtype)
+    return rng.standard_normal((batch, stack.output_dim)).astype(stack.np_dtype)
+
+
 def gaussian_input(stack: Stack, batch: int, seed: int | np.random.Generator = 1) -> np.ndarray:
     """A standard normal input x of shape (batch, input_dim) in the stack's dtype."""
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:

@@ -17,7 +17,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from gradbench._atomic import write_atomic
-from gradbench.diagnose import FLOAT_LIMITS, Diagnosis, diagnose
+from gradbench.diagnose import Diagnosis, diagnose
+from gradbench.verdict import FLOAT_LIMITS
 
 LN2 = math.log(2.0)
 

@@ -58,10 +58,9 @@ def format_report(d, rows: int = 12) -> str:
     for sentence in _wrap(d.explanation, 92):
         out.append("    " + sentence)
     if math.isfinite(d.decades_per_layer):
-        out.append(
-            f"  slope: {d.decades_per_layer:+.4g} decades per layer (log10 ||dW_l|| vs l, least squares;"
-            " + means smaller towards the input)"
-        )
+        out.append(f"  rate: {d.decades_per_layer:+.4g} decades per layer for ||dW_l||, "
+                   f"{d.signal_decades_per_layer:+.4g} for ||dL/dh_l||")
+        out.append("        (least-squares change per layer going down towards the input; negative: vanishing)")
     out.append(f"  loss: {fmt_pow(d.loss_log10) if not math.isfinite(d.loss) or abs(d.loss_log10) > 300 else f'{d.loss:.6g}'}")
     for name, lim in d.float_limits.items():
         out.append("  " + _limit_sentence(name, lim))
@@ -97,20 +96,28 @@ def format_report(d, rows: int = 12) -> str:
 
 def _limit_sentence(name: str, lim: dict) -> str:
     parts = []
+    if lim.get("forward_underflow_layer") is not None:
+        parts.append(f"plain {name} would lose the forward activations at layer {lim['forward_underflow_layer']} "
+                     f"(their spread falls below 10^{lim['min_log10']:.2f}: 0 or subnormal from there up)")
+    if lim.get("forward_overflow_layer") is not None:
+        parts.append(f"plain {name} would overflow the forward activations at layer {lim['forward_overflow_layer']}")
     if lim["underflow_layer"] is not None:
         parts.append(
-            f"plain {name} would underflow at layer {lim['underflow_layer']} "
+            f"plain {name} would underflow the gradient at layer {lim['underflow_layer']} "
             f"(||dW|| < 10^{lim['min_log10']:.2f}; that layer and every one below would read 0 or subnormal)"
         )
     if lim["overflow_layer"] is not None:
         parts.append(
-            f"plain {name} would overflow at layer {lim['overflow_layer']} (||dW|| > 10^{lim['max_log10']:.2f}: inf)"
+            f"plain {name} would overflow the gradient at layer {lim['overflow_layer']} "
+            f"(||dW|| > 10^{lim['max_log10']:.2f}: inf)"
         )
     if not parts:
         if lim["layers_to_underflow"] is not None:
-            parts.append(f"plain {name} is fine here; at this rate it would underflow after ~{lim['layers_to_underflow']} layers")
+            parts.append(f"plain {name} is fine here; at this rate its gradient would underflow after "
+                         f"~{lim['layers_to_underflow']} layers")
         elif lim["layers_to_overflow"] is not None:
-            parts.append(f"plain {name} is fine here; at this rate it would overflow after ~{lim['layers_to_overflow']} layers")
+            parts.append(f"plain {name} is fine here; at this rate its gradient would overflow after "
+                         f"~{lim['layers_to_overflow']} layers")
         else:
             parts.append(f"plain {name} is fine here")
     return "; ".join(parts)

@@ -102,3 +102,9 @@ class Result:
     forward_rescaled: bool
     extras: dict = field(default_factory=dict)
     grad_hist: GradHistogram | None = None
+
+    def to_frame(self):
+        """One row per layer as a pandas DataFrame (:func:`gradbench.frames.result_frame`)."""
+        from gradbench.frames import result_frame
+
+        return result_frame(self)

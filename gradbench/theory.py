@@ -102,6 +102,10 @@ def chi1(activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | N
     z, w = _gauss()
     if activation in spec.HOMOGENEOUS and (q == 0 or not math.isfinite(q)):
         q = 1.0  # phi' of a homogeneous activation does not depend on the scale
+    elif math.isinf(q):
+        # lengths grow without bound (gelu, swish, elu, selu above their growth threshold):
+        # the limit of phi'(sqrt(q) z) as q -> inf, evaluated at a scale where it has converged
+        q = 1e300
     return float(sigma_w**2 * np.sum(w * dphi(math.sqrt(q) * z) ** 2))
 
 
@@ -158,7 +162,17 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None 
     lo, hi = bracket
     if f(lo) * f(hi) > 0:
         raise ValueError(f"chi_1 - 1 does not change sign for sigma_w in {bracket} ({activation}, sigma_b={sigma_b})")
-    return float(brentq(f, lo, hi, xtol=1e-12))
+    root = float(brentq(f, lo, hi, xtol=1e-12))
+    below, above = chi1(activation, root * (1 - 1e-6), sigma_b, param), chi1(activation, root * (1 + 1e-6), sigma_b, param)
+    if abs(above - below) > 1e-2:
+        q_lo = fixed_point(activation, root * (1 - 1e-6), sigma_b, param)
+        q_hi = fixed_point(activation, root * (1 + 1e-6), sigma_b, param)
+        raise ValueError(
+            f"{activation} at sigma_b={sigma_b:g} has no edge of chaos: at sigma_w = {root:.6g} the fixed point q* "
+            f"jumps from {q_lo:.3g} to {q_hi:.3g} (the forward pass either dies out or grows without bound) and "
+            f"chi_1 jumps from {below:.4g} to {above:.4g}, past 1; mean field predicts no critical line there"
+        )
+    return root
 
 
 def newman_lambda1(width: int, sigma_w: float = 1.0) -> float:

@@ -53,9 +53,9 @@ _INV_LN2 = 1.44269504088896338700e00
 
 
 @njit(**JIT)
-def tanh64(x):
-    """tanh of a float64 (see above); NaN stays NaN, -0.0 stays -0.0, |x| >= 19.1 gives +-1."""
-    y = min(2.0 * abs(x), 40.0)  # tanh(20) rounds to 1 already
+def _exp_poly(y):
+    """(2**n, expm1(r)) with e^y = 2**n (1 + expm1(r)), for 0 <= y <= 40 (Cody-Waite, Taylor to
+    r**13): no libm call, so loops over it vectorise."""
     nf = math.floor(y * _INV_LN2 + 0.5)
     r = (y - nf * _LN2_HI) - nf * _LN2_LO
     p = 1.0 / 6227020800.0
@@ -70,13 +70,40 @@ def tanh64(x):
     p = p * r + 1.0 / 24.0
     p = p * r + 1.0 / 6.0
     p = p * r + 0.5
-    em1 = r + r * (r * p)
-    n = int(nf)
-    e1 = (_POW2[n] * (1.0 + em1) - 1.0) if n > 0 else em1
+    return _POW2[int(nf)], r + r * (r * p)
+
+
+@njit(**JIT)
+def tanh64(x):
+    """tanh of a float64 (see above); NaN stays NaN, -0.0 stays -0.0, |x| >= 19.1 gives +-1."""
+    y = min(2.0 * abs(x), 40.0)  # tanh(20) rounds to 1 already
+    p2, em1 = _exp_poly(y)
+    e1 = (p2 * (1.0 + em1) - 1.0) if p2 > 1.0 else em1
     t = e1 / (e1 + 2.0)
     if x != x:
         return x
     return math.copysign(t, x)
+
+
+# The derivatives of tanh and sigmoid from the same polynomial, for |x| up to 20 and 40 (the
+# callers fix up larger |x| and NaN with dphi): sech^2 x = 4P / (P + 1)^2 with P = e^{2|x|},
+# sigmoid' x = P / (P + 1)^2 with P = e^{|x|}. No cancellation: a few ulps like dphi's form.
+DTANH_MAX = 20.0
+DSIGMOID_MAX = 40.0
+
+
+@njit(**JIT)
+def dtanh64(x):
+    p2, em1 = _exp_poly(min(2.0 * abs(x), 40.0))
+    P = p2 * (1.0 + em1)
+    return 4.0 * P / ((P + 1.0) * (P + 1.0))
+
+
+@njit(**JIT)
+def dsigmoid64(x):
+    p2, em1 = _exp_poly(min(abs(x), 40.0))
+    P = p2 * (1.0 + em1)
+    return P / ((P + 1.0) * (P + 1.0))
 
 
 @njit(**JIT)
@@ -173,12 +200,12 @@ _TINY32 = np.array([A.TINY["float32"].get(n, 0.0) for n in ACTIVATIONS])
 _EXP_LIMIT = 100000  # the clamp of gradbench.activations._clamp
 
 
-def _tiny(u, code):
+def tiny_threshold(u, code):
     """The TINY threshold of u's dtype (pure-Python fallback, used with NUMBA_DISABLE_JIT)."""
     return (_TINY32 if isinstance(u, np.float32) else _TINY64)[code]
 
 
-@overload(_tiny)
+@overload(tiny_threshold)
 def _tiny_impl(u, code):
     if isinstance(u, types.Float) and u.bitwidth == 32:
         return lambda u, code: _TINY32[code]
@@ -208,7 +235,7 @@ def scaled_regime(u, f, code):
     (direct), 1 (tiny: the linear form), 2 (2^f u overflows: the limit form)."""
     x = np.float64(u)
     z = math.ldexp(x, _clamp_f(f))
-    tiny = _tiny(u, code)
+    tiny = tiny_threshold(u, code)
     if abs(z) < tiny:
         return x, z, 1
     if math.isinf(z) and math.isfinite(x):

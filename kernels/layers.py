@@ -19,7 +19,10 @@ from numba import njit
 from gradbench.abi import CLIP_NORM, CLIP_VALUE
 
 from ._config import EXP_CLAMP, JIT
-from .activations import PRELU, RELU, TANH, _as, dphi, dphi_scaled, phi, phi_scaled, tanh
+from .activations import (
+    DSIGMOID_MAX, DTANH_MAX, PRELU, RELU, SIGMOID, TANH, _as, dphi, dphi_scaled, dsigmoid64, dtanh64, phi,
+    phi_scaled, tanh, tanh64, tiny_threshold,
+)
 
 
 @njit(**JIT)
@@ -60,32 +63,48 @@ NARROW = 8
 @njit(**JIT)
 def dense_forward(z, h, W, b):
     """z = h W^T + b.    z (B,N), h (B,D), W (N,D), b (N,)"""
+    matmul_forward(z, h, W)
+    B, N = z.shape
+    for i in range(B):
+        for j in range(N):
+            z[i, j] += b[j]
+
+
+@njit(**JIT)
+def matmul_forward(z, h, W):
+    """z = h W^T (the bias is added by the caller: dense_forward, or fused into the activation).
+
+    z (B,N), h (B,D), W (N,D)"""
     B, N = z.shape
     D = h.shape[1]
     if N > NARROW:
         np.dot(h, W.T, z)
-        for i in range(B):
-            for j in range(N):
-                z[i, j] += b[j]
         return
     for i in range(B):
         for j in range(N):
-            acc = _as(0.0, b[j])
+            acc = _as(0.0, z[0, 0])
             for k in range(D):
                 acc += h[i, k] * W[j, k]
-            z[i, j] = acc + b[j]
+            z[i, j] = acc
 
 
 @njit(**JIT)
 def dense_backward(dh, dW, db, dz, h, W):
     """dW = dz^T h, db = sum_B dz, dh = dz W.    dh (B,D), dW (N,D), db (N,), dz (B,N), h (B,D)"""
     B, N = dz.shape
-    D = h.shape[1]
     for j in range(N):
         db[j] = 0
     for i in range(B):
         for j in range(N):
             db[j] += dz[i, j]
+    matmul_backward(dh, dW, dz, h, W)
+
+
+@njit(**JIT)
+def matmul_backward(dh, dW, dz, h, W):
+    """dW = dz^T h, dh = dz W (db is summed by the caller).    dh (B,D), dW (N,D), dz (B,N), h (B,D)"""
+    B, N = dz.shape
+    D = h.shape[1]
     if N > NARROW:
         np.dot(dz.T, h, dW)
         np.dot(dz, W, dh)
@@ -170,42 +189,63 @@ def _alive(alive, z):
 
 
 @njit(**JIT)
-def _activation_forward_stats(a, z, code, param, f, scaled, sat_threshold, alive):
-    """a = phi(z) (``scaled``: the mantissa of phi(z 2^f), :func:`.activations.phi_scaled`);
-    returns the number of entries with phi' < sat_threshold and sets alive[j] = some z[:, j]
-    is not <= 0 (NaN counts as alive, as in the reference).
-
-    The activation switch is outside the element loops for the common cheap cases.
+def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_threshold, alive):
+    """z += b (when ``add_bias``: the dense layer's bias, fused here) and a = phi(z) (``scaled``:
+    the mantissa of phi(z 2^f), :func:`.activations.phi_scaled`); returns the number of entries
+    with phi' < sat_threshold and sets alive[j] = some z[:, j] is not <= 0 (NaN counts as
+    alive, as in the reference). One pass over z for the common activations; the switch is
+    outside the element loops.
     """
     B, N = z.shape
     nsat = 0
     for j in range(N):
         alive[j] = False
-    if code == TANH and not scaled:  # loops LLVM vectorises; phi' = 1 - a^2 only for the count
+    if code == TANH and not scaled:  # a loop LLVM vectorises; phi' = 1 - a^2 only for the count
         one = _as(1.0, a[0, 0])
         for i in range(B):
             for j in range(N):
-                a[i, j] = tanh(z[i, j])
+                zz = z[i, j] + b[j] if add_bias else z[i, j]
+                z[i, j] = zz
+                t = tanh(zz)
+                a[i, j] = t
+                nsat += (one - t * t) < sat_threshold
+                alive[j] = alive[j] or not (zz <= 0)
+        return nsat
+    if code == TANH and scaled and f <= 1000:  # phi_scaled of tanh, vectorised (scaled_regime's regimes)
+        tiny = tiny_threshold(a[0, 0], code)
+        if f >= -1000:
+            sc, isc = math.ldexp(1.0, int(f)), math.ldexp(1.0, int(-f))
+        else:  # |z| = |u| 2^f is far below TINY (f < -1000) for every entry: the linear form
+            sc, isc = 0.0, 1.0
         for i in range(B):
             for j in range(N):
-                t = a[i, j]
-                nsat += (one - t * t) < sat_threshold
-        _alive(alive, z)
+                zz = z[i, j] + b[j] if add_bias else z[i, j]
+                z[i, j] = zz
+                x = np.float64(zz)
+                zt = x * sc  # exact: a power of two (or 0 when every entry is tiny)
+                tz = tanh64(zt)
+                lin = abs(zt) < tiny
+                m = x if lin else tz * isc  # tiny: tanh(z) = z to the last bit (c0 = 1); exact scaling back
+                a[i, j] = _as(m, zz)
+                d = 1.0 if lin else 1.0 - tz * tz
+                nsat += d < sat_threshold
+                alive[j] = alive[j] or not (zz <= 0)
         return nsat
     if code == RELU:
         zero = _as(0.0, a[0, 0])
         for i in range(B):
             for j in range(N):
-                zz = z[i, j]
+                zz = z[i, j] + b[j] if add_bias else z[i, j]
+                z[i, j] = zz
                 pos = zz > 0
                 a[i, j] = zz if (pos or zz != zz) else zero
                 nsat += (1.0 if pos else 0.0) < sat_threshold
-                if not (zz <= 0):
-                    alive[j] = True
+                alive[j] = alive[j] or not (zz <= 0)
         return nsat
     for i in range(B):
         for j in range(N):
-            zz = z[i, j]
+            zz = z[i, j] + b[j] if add_bias else z[i, j]
+            z[i, j] = zz
             if scaled:
                 a[i, j] = phi_scaled(zz, f, code, param)
                 d = dphi_scaled(zz, f, code, param)
@@ -219,7 +259,7 @@ def _activation_forward_stats(a, z, code, param, f, scaled, sat_threshold, alive
 
 
 @njit(**JIT)
-def activation_forward(a, z, code, param, f=None):
+def activation_forward(a, z, code, param, f=None):  # noqa: D401 (the reference's layer function)
     """a = phi(z) (with ``f``: the mantissa of phi(z 2^f)).    a, z (B,N)"""
     B, N = z.shape
     for i in range(B):
@@ -231,29 +271,70 @@ def activation_forward(a, z, code, param, f=None):
 
 
 @njit(**JIT)
-def _activation_backward(dz, da, z, a, use_a, code, param, f, scaled):
-    """dz = da * phi'(z) (``scaled``: phi'(z 2^f)); returns sum(da * min(z, 0)) for PReLU.
-
-    ``use_a``: a = tanh(z) is the saved output, and where |a| <= 1/2 tanh' = 1 - a^2 is
-    accurate to a few ulps (no cancellation), so the exp of the accurate form is skipped there.
-    """
+def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
+    """dz = da * phi'(z) (``scaled``: phi'(z 2^f)); with ``sum_db`` also db = sum_B dz (rows in
+    order, as dense_backward sums it), fused into the same pass. Returns sum(da * min(z, 0))
+    for PReLU, else 0.  dz, da, z (B,N); db (N,)"""
     B, N = z.shape
-    if code == TANH and use_a:
-        one = _as(1.0, a[0, 0])
-        half = _as(0.5, a[0, 0])
+    if sum_db:
+        for j in range(N):
+            db[j] = 0
+    if code == TANH and scaled and f <= 1000:  # dphi_scaled of tanh, vectorised; |z| > 20, NaN fixed up
+        tiny = tiny_threshold(dz[0, 0], code)
+        sc = math.ldexp(1.0, int(f)) if -1000 <= f <= 1000 else 0.0
         for i in range(B):
             for j in range(N):
-                t = a[i, j]
-                if abs(t) <= half:
-                    dz[i, j] = da[i, j] * (one - t * t)
-                else:
-                    dz[i, j] = da[i, j] * dphi(z[i, j], code, param)
+                zt = np.float64(z[i, j]) * sc
+                d = 1.0 if abs(zt) < tiny else dtanh64(zt)
+                dz[i, j] = da[i, j] * _as(d, z[i, j])
+        rare = 0
+        for i in range(B):
+            for j in range(N):
+                rare += not (abs(np.float64(z[i, j]) * sc) <= DTANH_MAX)
+        if rare:
+            for i in range(B):
+                for j in range(N):
+                    if not (abs(np.float64(z[i, j]) * sc) <= DTANH_MAX):
+                        dz[i, j] = da[i, j] * dphi_scaled(z[i, j], f, code, param)
+        if sum_db:
+            for i in range(B):
+                for j in range(N):
+                    db[j] += dz[i, j]
+        return 0.0
+    if (code == TANH or code == SIGMOID) and not scaled:
+        # vectorised: the polynomial derivative for |z| up to its bound, then dphi for the rest
+        bound = DTANH_MAX if code == TANH else DSIGMOID_MAX
+        if code == TANH:
+            for i in range(B):
+                for j in range(N):
+                    dz[i, j] = da[i, j] * _as(dtanh64(np.float64(z[i, j])), z[i, j])
+        else:
+            for i in range(B):
+                for j in range(N):
+                    dz[i, j] = da[i, j] * _as(dsigmoid64(np.float64(z[i, j])), z[i, j])
+        rare = 0
+        for i in range(B):
+            for j in range(N):
+                rare += not (abs(z[i, j]) <= bound)
+        if rare:
+            for i in range(B):
+                for j in range(N):
+                    zz = z[i, j]
+                    if not (abs(zz) <= bound):
+                        dz[i, j] = da[i, j] * dphi(zz, code, param)
+        if sum_db:
+            for i in range(B):
+                for j in range(N):
+                    db[j] += dz[i, j]
         return 0.0
     for i in range(B):
         for j in range(N):
             zz = z[i, j]
             d = dphi_scaled(zz, f, code, param) if scaled else dphi(zz, code, param)
-            dz[i, j] = da[i, j] * d
+            v = da[i, j] * d
+            dz[i, j] = v
+            if sum_db:
+                db[j] += v
     if code != PRELU:
         return 0.0
     s = 0.0
@@ -270,8 +351,8 @@ def activation_backward(dz, da, z, code, param, f=None):
     """dz = da * phi'(z) (with ``f``: phi'(z 2^f)); returns dL/dslope = sum(da * min(z, 0)) for
     PReLU, else 0.    dz, da, z (B,N)"""
     if f is None:
-        return _activation_backward(dz, da, z, z, False, code, param, 0, False)
-    return _activation_backward(dz, da, z, z, False, code, param, f, True)
+        return _activation_backward(dz, dz[0], False, da, z, code, param, 0, False)
+    return _activation_backward(dz, dz[0], False, da, z, code, param, f, True)
 
 
 # ------------------------------------------------------------------ the exact chain
@@ -375,7 +456,7 @@ def _sum_block(x, start, stop, mean, square, scale):
     r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
     n8 = start + ((stop - start) // 8) * 8
     for i in range(start, n8, 8):
-        v0 = np.float64(x[i]) - mean
+        v0 = np.float64(x[i]) * scale - mean
         v1 = np.float64(x[i + 1]) * scale - mean
         v2 = np.float64(x[i + 2]) * scale - mean
         v3 = np.float64(x[i + 3]) * scale - mean

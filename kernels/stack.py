@@ -19,10 +19,11 @@ from gradbench.abi import (
 )
 
 from ._config import JIT
-from .activations import IDENTITY, LEAKY, PRELU, RELU, TANH, _as
+from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
 from .layers import (
     _activation_backward, _activation_forward_stats, add_aligned, all_finite, batchnorm_backward,
-    batchnorm_forward, clip_signal, dense_backward, dense_forward, moments, norm_scaled, normalise, sumsq,
+    batchnorm_forward, clip_signal, dense_backward, dense_forward, matmul_backward, matmul_forward, moments,
+    norm_scaled, normalise, sumsq,
 )
 
 
@@ -57,9 +58,9 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
             z = y
         else:
             z = Z[l]
-            dense_forward(z, H[l], W[l], b[l])
-        nsat = _activation_forward_stats(H[l + 1], z, code, p, fexp[l], _needs_scaled(code, rescale),
-                                         sat_threshold, alive)
+            matmul_forward(z, H[l], W[l])  # + b[l], fused into the activation's pass
+        nsat = _activation_forward_stats(H[l + 1], z, b[l], not bn, code, p, fexp[l],
+                                         _needs_scaled(code, rescale), sat_threshold, alive)
         fexp[l + 1] = fexp[l]
         if k > 0 and (l + 1) % k == 0:
             fexp[l + 1] = add_aligned(H[l + 1], fexp[l], H[l + 1 - k], fexp[l + 1 - k], alpha)
@@ -68,12 +69,13 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         m, s = moments(H[l + 1])
         act_mean[l] = m
         act_std[l] = s
+        # finite moments mean every entry is finite; otherwise look (a huge finite sum can overflow)
         saturation[l] = nsat / (B * N)
         ndead = 0
         for j in range(N):
             ndead += not alive[j]
         dead[l] = ndead / N
-        if info[INFO_FORWARD] < 0 and not all_finite(H[l + 1]):
+        if info[INFO_FORWARD] < 0 and not (math.isfinite(m) and math.isfinite(s)) and not all_finite(H[l + 1]):
             info[INFO_FORWARD] = l
 
 
@@ -86,7 +88,8 @@ def _finish(G, l, clip_mode, c, sig_m, sig_e, info):
         e += normalise(G)
     sig_e[l] = e
     sig_m[l] = math.sqrt(sumsq(G))
-    if info[INFO_BACKWARD] < 0 and not all_finite(G):
+    # a finite sum of squares means every entry is finite; otherwise look
+    if info[INFO_BACKWARD] < 0 and not math.isfinite(sig_m[l]) and not all_finite(G):
         info[INFO_BACKWARD] = l
 
 
@@ -132,16 +135,16 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
             z = zl
         else:
             z = Z[l]
-        # H[l+1] = phi(z_l) exactly unless a residual add or forward rescaling changed it
-        use_a = code == TANH and not end and not rescale
-        dslope[l] = _activation_backward(dz, G, z, H[l + 1], use_a, code, p, fexp[l], _needs_scaled(code, rescale))
+        # without batch norm db = sum_B dz is summed in the activation's pass
+        dslope[l] = _activation_backward(dz, db[l], not bn, G, z, code, p, fexp[l], _needs_scaled(code, rescale))
         if bn:
             batchnorm_backward(dz, dgamma[l], dbeta[l], dz, Z[l], bn_rstd[l], gamma[l])
+            dense_backward(G, dW[l], db[l], dz, H[l], W[l])
         else:
             for j in range(N):
                 dgamma[l, j] = 0
                 dbeta[l, j] = 0
-        dense_backward(G, dW[l], db[l], dz, H[l], W[l])
+            matmul_backward(G, dW[l], dz, H[l], W[l])
         nm, ne = norm_scaled(dW[l])
         gnorm_m[l] = nm
         gnorm_e[l] = e + fexp[l] + ne

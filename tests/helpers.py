@@ -160,7 +160,8 @@ def compare_results(backend, got, ref, rtol, flips, *, exact_exponents):
                                         ref.grads.beta.mantissa, ref.grads.gamma.mantissa,
                                         ref.grads.beta.exponent, st.dtype)
             continue
-        if name == "b_in" and st.batch_norm and not st.residual:  # the same below layer 0
+        # the same below layer 0, unless signal clipping (elementwise) broke the zero batch sum
+        if name == "b_in" and st.batch_norm and not st.residual and not (st.clip and st.clip_on == "signal"):
             gm, rm = got.grads.b_in, ref.grads.W_in
             assert_bias_under_batchnorm(backend, "grads.b_in", gm.mantissa[None], gm.exponent[None],
                                         rm.mantissa[None], rm.mantissa[None], rm.exponent[None], st.dtype)
@@ -227,7 +228,11 @@ def chain_growth(stack, params, x, t=None, delta=1e-10, seed=99):
     p32 = gb.Params(**{n: v.astype(np.float32) for n, v in params.items()})
     t32 = t.astype(np.float32) if t is not None and t.dtype.kind == "f" else t
     with np.errstate(all="ignore"):
-        c = gb.backprop(stack.replace(dtype="float32"), p32, x.astype(np.float32), t32, backend="numpy")
+        x32 = x.astype(np.float32)
+    if not np.all(np.isfinite(x32)):  # an input beyond float32 (x * 1e250): no float32 run to compare
+        return _result_rel(a, b) / delta, 0.0
+    with np.errstate(all="ignore"):
+        c = gb.backprop(stack.replace(dtype="float32"), p32, x32, t32, backend="numpy")
     return _result_rel(a, b) / delta, _result_rel(a, c) / float(np.finfo(np.float32).eps)
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import gradbench as gb
-from gradbench.diagnose import FLOAT_LIMITS, Diagnosis, classify, float_limits, slope_fit
+from gradbench.diagnose import Diagnosis
+from gradbench.verdict import FLOAT_LIMITS, classify, decades_per_layer, float_limits
 from gradbench.histograms import histograms
 from tests import naive
 
@@ -39,26 +40,28 @@ def test_slope_of_a_hand_built_exponential_chain(k):
     L = 40
     res = with_chain(small_result(depth=L), k * np.arange(L) - 20000)
     d = gb.diagnose(res)
-    assert d.decades_per_layer == pytest.approx(k * LOG10_2, rel=1e-12)
+    # going down the stack the norm changes by -k log10(2) per layer: negative = vanishing
+    assert d.decades_per_layer == pytest.approx(-k * LOG10_2, rel=1e-12)
     expect = math.log10(0.75) + LOG10_2 * (k * np.arange(L) - 20000)
     np.testing.assert_allclose(d.grad_log10, expect, rtol=1e-13)
     assert d.intercept == pytest.approx(expect[0], rel=1e-12)
     assert d.verdict == ("vanishing" if k > 0 else "exploding")
 
 
-def test_slope_fit_matches_numpy_polyfit_with_noise(rng):
+def test_rate_fit_matches_numpy_polyfit_with_noise(rng):
     y = 0.3 * np.arange(50) + rng.normal(0, 0.5, 50)
-    slope, intercept = slope_fit(y)
+    rate, intercept = decades_per_layer(y)
     ref = np.polyfit(np.arange(50), y, 1)
-    assert slope == pytest.approx(ref[0], rel=1e-10) and intercept == pytest.approx(ref[1], rel=1e-10)
+    # the rate is per layer going DOWN (towards l = 0): minus polyfit's slope in l
+    assert rate == pytest.approx(-ref[0], rel=1e-10) and intercept == pytest.approx(ref[1], rel=1e-10)
     # non-finite entries are left out of the fit
     y2 = y.copy()
     y2[[3, 10]] = -np.inf
     keep = np.isfinite(y2)
     ref2 = np.polyfit(np.arange(50)[keep], y2[keep], 1)
-    assert slope_fit(y2)[0] == pytest.approx(ref2[0], rel=1e-10)
-    assert slope_fit(np.array([2.0])) == (0.0, 2.0)
-    assert all(math.isnan(v) for v in slope_fit(np.array([np.nan, np.nan])))
+    assert decades_per_layer(y2)[0] == pytest.approx(-ref2[0], rel=1e-10)
+    assert decades_per_layer(np.array([2.0])) == (0.0, 2.0)
+    assert all(math.isnan(v) for v in decades_per_layer(np.array([np.nan, np.nan])))
 
 
 def test_sigmoid_stack_slope_against_a_plain_independent_backward():
@@ -71,9 +74,9 @@ def test_sigmoid_stack_slope_against_a_plain_independent_backward():
     ref = np.log10(np.linalg.norm(grads["W"].reshape(30, -1), axis=1))
     np.testing.assert_allclose(d.grad_log10, ref, atol=1e-10)
     np.testing.assert_allclose(d.signal_log10, np.log10(signal), atol=1e-10)
-    assert d.decades_per_layer == pytest.approx(np.polyfit(np.arange(30), ref, 1)[0], rel=1e-9)
+    assert d.decades_per_layer == pytest.approx(-np.polyfit(np.arange(30), ref, 1)[0], rel=1e-9)
     # sigmoid' <= 1/4: at least ~0.6 decades per layer lost with Xavier's unit gain
-    assert d.decades_per_layer > 0.5
+    assert d.decades_per_layer < -0.5
     assert d.verdict == "vanishing"
     assert "vanish" in d.explanation
 
@@ -137,18 +140,18 @@ def test_float_limit_layers_by_hand():
     assert FLOAT_LIMITS["float32"][1] == pytest.approx(38.531, abs=1e-3)
     L = 101
     g = -4.0 * (L - 1 - np.arange(L))  # 0 at the top, -400 at layer 0, 4 decades per layer
-    lim = float_limits(g, 4.0)
+    lim = float_limits(g, -4.0)
     # first layer from the top below -307.65: -4 * (100 - l) < -307.65  <=>  l < 23.09  -> l = 23
     assert lim["float64"]["underflow_layer"] == 23
     # below -37.93: 100 - l > 9.48  ->  l = 90
     assert lim["float32"]["underflow_layer"] == 90
     assert lim["float64"]["overflow_layer"] is None
     # exploding the other way round
-    lim = float_limits(-g, -4.0)
+    lim = float_limits(-g, 4.0)
     assert lim["float64"]["overflow_layer"] == 22  # 4 * (100 - l) > 308.25  <=>  l < 22.94
     assert lim["float32"]["overflow_layer"] == 90  # 4 * (100 - l) > 38.53  <=>  l < 90.37
     # never reached: extrapolated from the top at the fitted rate
-    lim = float_limits(np.array([-2.0, -1.0, 0.0]), 1.0)
+    lim = float_limits(np.array([-2.0, -1.0, 0.0]), -1.0)
     assert lim["float64"]["underflow_layer"] is None
     assert lim["float64"]["layers_to_underflow"] == math.ceil(307.6527 / 1.0)
     assert lim["float32"]["layers_to_underflow"] == 38
@@ -170,7 +173,7 @@ def test_deep_exact_chain_reports_where_plain_float_would_fail():
     assert np.all(plain[: u64 - 40] == 0)  # 26 decades below: past the subnormals too
     assert np.all(plain[u64 + 1:] != 0)
     text = str(d)
-    assert f"underflow at layer {u64}" in text
+    assert f"underflow the gradient at layer {u64}" in text
     assert "VANISHING" in text
 
 
@@ -299,13 +302,18 @@ def test_relative_size_of_the_gradient_with_params():
     res = gb.backprop(stack, params, X, y[:, None].astype(float), backend="numpy")
     without = gb.diagnose(res)
     with_params = gb.diagnose(res, params)
-    assert without.verdict == "stable"  # no trend across layers, and ||dW|| ~ 10^3 < 10^6
+    # ||dW_l|| is flat (zero-bias ReLU: forward and backward grow alike), the signal is not:
+    # chi_1 = sigma_w^2 / 2 = 4.5, 0.33 decades per layer going down
+    assert abs(without.decades_per_layer) < 0.05 and without.signal_decades_per_layer > 0.2
+    assert without.verdict == "exploding" and "backward signal" in without.explanation
     ref = np.log10([np.linalg.norm(params.W[l]) for l in range(10)])
     np.testing.assert_allclose(with_params.weight_log10, ref, rtol=1e-12)
     rel = with_params.grad_log10 - ref
     assert rel.max() > 1  # one step at lr 0.1 would move some W_l by more than 100 %
-    assert with_params.verdict == "exploding" and "||dW_l|| / ||W_l||" in with_params.explanation
-    assert gb.diagnose(res, params, big_ratio=10 ** (rel.max() + 0.01)).verdict == "stable"
+    # without the trend rule (a huge threshold) the magnitude rule alone calls it
+    no_trend = gb.diagnose(res, params, threshold=100)
+    assert no_trend.verdict == "exploding" and "||dW_l|| / ||W_l||" in no_trend.explanation
+    assert gb.diagnose(res, params, threshold=100, big_ratio=10 ** (rel.max() + 0.01)).verdict == "stable"
     back = Diagnosis.from_json(with_params.to_json())
     np.testing.assert_array_equal(back.weight_log10, with_params.weight_log10)
     with pytest.raises(ValueError, match="big_ratio"):

@@ -287,3 +287,46 @@ def test_saturated_stack_has_no_zero_layers(backend):
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, gW, rtol=0, atol=1e-8)
     assert gW[0] < -800
+
+
+# ------------------------------------------------------------------ where it stops (the README's list)
+def test_limit_head_output_beyond_float64_is_non_finite():
+    stack = gb.Stack(depth=4, width=4, activation="relu", init="normal", sigma_w=1e100, loss="mse")
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 3, 1)
+    with np.errstate(all="ignore"):
+        res = gb.backprop(stack, params, x, np.zeros((3, 1)))
+    assert res.forward_rescaled and np.all(np.isfinite(res.act_std.mantissa))  # the stack itself is exact
+    assert not np.isfinite(res.loss) and gb.diagnose(res).verdict == "exploding"
+
+
+def test_limit_one_exponent_per_layer_flushes_entries_2_to_1074_below():
+    stack = gb.Stack(depth=1, width=2, activation="identity")
+    params = gb.init_params(stack, 0)
+    x = np.array([[1e300, 1e-300], [2e300, -3e-300]])  # 1e600 apart: more than 2^1074
+    res = gb.backprop(stack, params, x, backend="numpy")
+    W = res.grads.W.mantissa[0]
+    assert np.all(W[:, 0] != 0) and np.all(W[:, 1] == 0)  # the small column is flushed ...
+    lo, gW, gh = chain("identity", 0.0, params.W, x)  # ... which the unbounded chain keeps
+    assert abs(res.grad_norm.log10()[0] - gW[0]) < 1e-12  # and the norm does not notice it
+
+
+@pytest.mark.parametrize("name, z", [("tanh", 360.0), ("sigmoid", 720.0), ("gelu", -37.9)])
+def test_limit_subnormal_unit_derivatives_are_accurate_in_absolute_terms(name, z):
+    p = gb.Stack(depth=1, width=1, activation=name).act_param
+    for module in BACKENDS:
+        impl = get_backend(module)
+        zz = np.array([[z]])
+        d = np.empty_like(zz)
+        impl.activation_backward(d, np.ones_like(zz), zz, abi.ACT_CODE[name], p)
+        with mp.workdps(60):
+            true = float(_mp_dphi(name, z, p))
+        assert 0 < abs(true) < np.finfo(np.float64).tiny
+        assert abs(d[0, 0] - true) <= 1e-7 * np.finfo(np.float64).tiny, (module, d[0, 0], true)
+
+
+def test_limit_derivatives_beyond_any_int64_exponent_are_zero():
+    stack = gb.Stack(depth=3, width=3, activation="tanh")
+    params = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, 2, 1) * 1e200  # tanh'(1e200) = 4 exp(-2e200): 10^(-8.7e199)
+    res = gb.backprop(stack, params, x)
+    assert res.grad_norm.log10()[0] == -np.inf and np.all(np.isfinite(res.grad_norm.log10()[1:]))

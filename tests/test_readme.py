@@ -1,22 +1,30 @@
-"""The README's Python examples run, and the numbers they state are what they print."""
+"""The README's Python examples run, and the numbers they state are what they print.
+
+A block whose first line starts with ``# needs torch`` runs only when torch is installed (in
+its own test, skipped with the reason otherwise; ``make test-all`` installs torch and turns such
+a skip into a failure).
+"""
 
 import ast
 import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+NEEDS_TORCH = "# needs torch"
 
 
 def _blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_python_examples_run_and_their_comments_hold():
+def _run(blocks) -> int:
+    """Execute the blocks in one namespace; returns how many stated values were compared."""
     ns: dict = {}
     checked = 0
-    for block in _blocks():
+    for block in blocks:
         lines = block.splitlines()
         for stmt in ast.parse(block).body:
             code = ast.get_source_segment(block, stmt)
@@ -35,4 +43,17 @@ def test_readme_python_examples_run_and_their_comments_hold():
                 checked += 1
             else:
                 exec(compile(ast.Module([stmt], []), "README", "exec"), ns)
+    return checked
+
+
+def test_readme_python_examples_run_and_their_comments_hold():
+    checked = _run([b for b in _blocks() if not b.startswith(NEEDS_TORCH)])
     assert checked >= 5  # the stated numbers were really compared
+
+
+def test_readme_torch_examples_run_and_their_comments_hold():
+    blocks = [b for b in _blocks() if b.startswith(NEEDS_TORCH)]
+    assert blocks, "the README has no torch example ('Bring your own model')"
+    pytest.importorskip("torch", reason="torch is not installed: pip install 'gradbench[torch]' "
+                                        "(make test-all installs it)")
+    assert _run(blocks) >= 4

@@ -1,0 +1,223 @@
+"""``gradbench sweep``: a grid of exact runs on Dask, a table, a phase diagram.
+
+Every :class:`~gradbench.Stack` field is an option (``--sigma-w``, ``--activation``, ...) that
+takes one value (fixed for every run), a list ``a,b,c`` or a range ``a:b:n`` (n values from a
+to b, ends included); two or more values make it a swept axis. ``--seeds N`` runs seeds
+0..N-1 of every configuration. Without ``--scheduler`` a LocalCluster runs for the command
+(``--workers`` processes, default one per core). Bad values exit with status 2 and one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import typing
+
+import numpy as np
+
+from gradbench import _atomic
+from gradbench.spec import Stack
+
+
+class UsageError(ValueError):
+    """Bad options: ``gradbench``'s ``main`` prints the one line and exits with status 2.
+
+    (Not imported from :mod:`gradbench.cli`, which registers this module: no import cycle.)
+    """
+
+EPILOG = """\
+values: one value (fixed), a list a,b,c or a range a:b:n (n values from a to b, ends included);
+two or more values sweep that field. "none" stands for an unset optional field (--clip none,norm).
+
+examples:
+  gradbench sweep --activation tanh,relu --sigma-w 0.5:3.0:26 --sigma-b 0,0.05,0.1 --depth 200 --width 256 \\
+      --seeds 3 --out sweep/ --plot phase.png
+  gradbench sweep --sigma-w 1:2:11 --depth 100 --width 64 --batch 16,64 --scheduler tcp://host:8786
+  gradbench sweep --activation relu --init he_normal --residual 0,2 --depth 200 --width 128 --csv table.csv
+"""
+
+
+def _kinds() -> dict[str, type]:
+    """Field -> its scalar type (int, float, str, bool), from Stack's annotations; and batch."""
+    hints = typing.get_type_hints(Stack)
+    kinds = {}
+    for name, hint in hints.items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        kinds[name] = args[0]
+    kinds["batch"] = int
+    return kinds
+
+
+def _optional(name: str) -> bool:
+    return name != "batch" and type(None) in typing.get_args(typing.get_type_hints(Stack)[name])
+
+
+def _number(option: str, text: str, kind: type):
+    try:
+        v = float(text)
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected a number, a list a,b,c or a range a:b:n") from None
+    if kind is int:
+        if not v.is_integer():
+            raise UsageError(f"{option} {text!r}: expected an integer")
+        return int(v)
+    return v
+
+
+def _range(option: str, text: str, kind: type) -> list:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise UsageError(f"{option} {text!r}: a range is a:b:n (n values from a to b), e.g. 0.5:3.0:26")
+    a, b = (_number(option, p, float) for p in parts[:2])
+    n = _number(option, parts[2], int)
+    if n < 2:
+        raise UsageError(f"{option} {text!r}: a range needs n >= 2 values, got {n}")
+    values = np.linspace(a, b, n).tolist()
+    if kind is int:
+        if not all(float(v).is_integer() for v in values):
+            raise UsageError(f"{option} {text!r}: the range's values are not integers ({values[1]:g}, ...)")
+        values = [int(v) for v in values]
+    return values
+
+
+def parse_values(name: str, text: str, kinds: dict | None = None) -> list:
+    """The values of option ``--name`` from its text: ``a``, ``a,b,c`` or ``a:b:n``."""
+    kind = (kinds or _kinds())[name]
+    option = "--" + name.replace("_", "-")
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise UsageError(f"{option} {text!r}: an empty value")
+        if item.lower() == "none" and _optional(name):
+            out.append(None)
+        elif kind is bool:
+            if item.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise UsageError(f"{option} {text!r}: expected true or false")
+            out.append(item.lower() in ("true", "1", "yes"))
+        elif kind is str:
+            out.append(item)
+        elif ":" in item:
+            if kind not in (int, float):
+                raise UsageError(f"{option} {text!r}: ranges a:b:n are for numbers")
+            out.extend(_range(option, item, kind))
+        else:
+            out.append(_number(option, item, kind))
+    return out
+
+
+def grid_from_args(args) -> tuple[dict, dict]:
+    """(grid, fixed) from the field options: several values sweep a field, one value fixes it."""
+    kinds = _kinds()
+    grid, fixed = {}, {}
+    for name in kinds:
+        text = getattr(args, name)
+        if text is None:
+            continue
+        values = parse_values(name, text, kinds)
+        if len(values) > 1:
+            grid[name] = values
+        else:
+            fixed[name] = values[0]
+    return grid, fixed
+
+
+def cmd_sweep(args) -> int:
+    if args.plot is not None and os.path.splitext(args.plot)[1].lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"plot path {args.plot!r} must end in .png, .svg or .pdf")
+    if args.csv is not None and not args.csv.lower().endswith(".csv"):
+        raise UsageError(f"--csv {args.csv!r} must end in .csv")
+    if isinstance(args.seeds, int) and args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError("--workers sizes the LocalCluster run without --scheduler: give one or the other")
+    grid, fixed = grid_from_args(args)
+    if args.plot:
+        for flag, axis in (("--plot-x", args.plot_x), ("--plot-y", args.plot_y)):
+            if axis not in grid and axis not in fixed:
+                raise UsageError(f"{flag} {axis}: give --{axis.replace('_', '-')} (the phase diagram's axes "
+                                 "must be fields of the sweep)")
+    import gradbench as gb
+
+    t0 = time.perf_counter()
+    try:
+        table = gb.sweep(grid, seeds=range(args.seeds), out=args.out, client=args.scheduler, workers=args.workers,
+                         backend=args.backend, runs_per_task=args.runs_per_task, progress=True, **fixed)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:  # the scheduler cannot be reached
+        raise UsageError(f"cannot reach the scheduler {args.scheduler!r}: {exc}") from None
+    except KeyboardInterrupt:
+        if args.out:
+            print(f"interrupted: the finished runs are saved in {args.out}; run the same command again to resume",
+                  file=sys.stderr)
+        raise
+    wrote = []
+    if args.csv:
+        text = table.to_csv(index=False)
+        wrote.append(_atomic.write_atomic(args.csv, lambda f: f.write(text)))
+    if args.plot:
+        from gradbench.plot_sweep import phase_diagram
+
+        phase_diagram(table, x=args.plot_x, y=args.plot_y, path=args.plot, value=args.plot_value)
+        wrote.append(args.plot)
+    print(summary(table, time.perf_counter() - t0, args.out, wrote))
+    return 0
+
+
+def summary(table, seconds: float, out, wrote: list[str]) -> str:
+    """The one line printed at the end."""
+    info = table.attrs.get("sweep", {})
+    configs = len(table) // max(1, table["seed"].nunique())
+    verdicts = ", ".join(f"{n} {v}" for v, n in table["verdict"].value_counts().items())
+    diff = (table["signal_decades_per_layer"] - table["theory_decades_per_layer"]).abs()
+    diff = diff[np.isfinite(diff)]
+    parts = [f"sweep: {len(table)} runs ({configs} configurations x {table['seed'].nunique()} seeds) in {seconds:.1f} s"]
+    if info.get("workers"):
+        parts[0] += f" on {info['workers']} worker{'s' if info['workers'] > 1 else ''}"
+    if info.get("resumed"):
+        parts[0] += f" ({info['resumed']} resumed from {out})"
+    parts.append(verdicts)
+    if len(diff):
+        parts.append(f"||dL/dh|| rate - mean field: median |diff| {float(np.median(diff)):.2g} decades/layer")
+    if out:
+        wrote = [os.path.join(os.fspath(out), "")] + wrote
+    if wrote:
+        parts.append("wrote " + ", ".join(wrote))
+    return "; ".join(parts)
+
+
+def register(sub) -> argparse.ArgumentParser:
+    """Add the ``sweep`` subcommand to ``sub`` (the subparsers of ``gradbench``)."""
+    p = sub.add_parser("sweep", help="a grid of exact runs on Dask: a table and a phase diagram", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("Stack fields and batch (each: one value, a,b,c or a:b:n)")
+    for name in _kinds():
+        g.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUES", default=None,
+                       help=_HELP.get(name, "as in gradbench run"))
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 of every configuration (default 1)")
+    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
+    p.add_argument("--out", metavar="DIR", help="write each finished task's rows there (Parquet); rerun to resume")
+    p.add_argument("--csv", metavar="PATH", help="write the table as CSV")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of the LocalCluster (default: one per core)")
+    p.add_argument("--runs-per-task", type=int, default=None, metavar="K", help="runs batched into one task")
+    p.add_argument("--plot", metavar="PATH", help="write the phase diagram (.png, .svg or .pdf)")
+    p.add_argument("--plot-x", default="sigma_w", metavar="FIELD", help="its x axis (default sigma_w)")
+    p.add_argument("--plot-y", default="sigma_b", metavar="FIELD", help="its y axis (default sigma_b)")
+    p.add_argument("--plot-value", default="signal_decades_per_layer",
+                   choices=("signal_decades_per_layer", "decades_per_layer"),
+                   help="the measured rate shown: of ||dL/dh_l|| (what chi_1 predicts) or of ||dL/dW_l||")
+    p.set_defaults(func=cmd_sweep)
+    return p
+
+
+_HELP = {
+    "depth": "layers L (required)", "width": "units N (required)", "batch": "batch size (default 16)",
+    "activation": "tanh (default), relu, sigmoid, ...", "init": "xavier_normal (default), normal, he_normal, ...",
+    "sigma_w": "weight gain: variance sigma_w^2 / fan_in", "sigma_b": "bias standard deviation (default 0)",
+    "batch_norm": "true or false", "residual": "residual group size K (0: none)", "clip": "none, value or norm",
+}

@@ -1,0 +1,208 @@
+"""Results where people analyse them: pandas DataFrames and a NumPy ``.npz`` file.
+
+pandas is optional (``pip install 'gradbench[pandas]'``) and imported only by the ``*_frame``
+functions; ``write_npz`` / ``read_npz`` need NumPy only.
+
+Frames (L layers, E epochs; exact log10 norms are float64 columns computed from mantissa and
+int64 exponent, so -30000.5 is a value like any other, and -inf means an exact zero):
+
+- :func:`result_frame` (``Result.to_frame()``): one row per layer ``l``: ``grad_log10``
+  (log10 ||dL/dW_l||), ``grad_mantissa`` and ``grad_exponent`` (the norm is exactly
+  ``grad_mantissa * 2**grad_exponent``), ``signal_log10`` (log10 ||dL/dh_l||) and its
+  mantissa/exponent, ``act_mean``, ``act_mean_log10``, ``act_std``, ``act_std_log10`` (of
+  h_{l+1}; the float column is 0 where it underflows, the log10 column is exact),
+  ``saturation``, ``dead``. ``df.attrs``: loss, loss_log10, backend, stack.
+- :func:`diagnosis_frame` (``Diagnosis.to_frame()``): one row per layer with the diagnosis'
+  per-layer arrays (the columns above that it holds, ``weight_log10`` when recorded, the
+  histogram counts ``hist_00``, ``hist_01``, ... on the bin edges ``df.attrs["hist_edges"]``,
+  and ``hist_zeros``, ``hist_nonfinite``, ``hist_outside``). ``df.attrs``: verdict,
+  explanation, decades_per_layer, loss, stack, ...
+- :func:`train_frame` (``TrainResult.to_frame()``): one row per epoch and layer, ``epoch`` 0
+  (before training) to E and ``layer`` 0 to L - 1: ``grad_log10`` (full data set, before
+  epoch 1 / after epoch e), ``update_ratio_percent`` (100 ||Delta W_l|| / ||W_l|| during
+  epoch e; NaN at epoch 0), ``loss`` (mean mini-batch loss during epoch e; NaN at 0),
+  ``eval_loss``, ``accuracy`` (after epoch e), ``update_ratio_input_percent`` and
+  ``update_ratio_head_percent`` (the input layer's and the head's, repeated per layer).
+
+The ``.npz`` file of a diagnosis (:func:`write_npz`, ``gradbench run --out x.npz``; the
+format is documented in ``docs/formats.md``) holds the per-layer columns as arrays of length
+L, their names in ``columns``, ``hist_counts`` (L, bins), ``hist_edges`` (bins + 1) and the
+other fields in the JSON string ``meta``; ``pd.DataFrame({c: z[c] for c in z["columns"]})`` is the frame of
+:func:`diagnosis_frame` without the histogram columns, and ``Diagnosis.from_npz(path)`` the
+diagnosis itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from gradbench import _atomic
+
+NPZ_FORMAT = 1
+
+
+def _pandas():
+    try:
+        import pandas as pd
+    except ImportError as exc:
+        raise ImportError("to_frame() needs pandas: pip install pandas (or pip install 'gradbench[pandas]')") from exc
+    return pd
+
+
+def _float_and_log(v):
+    """(float value, exact log10 |value|) of a LogScaled."""
+    with np.errstate(divide="ignore"):
+        return np.asarray(v.to_float(warn=False), dtype=np.float64), np.asarray(v.log10(), dtype=np.float64)
+
+
+def result_frame(res):
+    """One row per layer of a :class:`~gradbench.Result` (module docstring)."""
+    pd = _pandas()
+    L = len(res.grad_norm)
+    act_mean, act_mean_log10 = _float_and_log(res.act_mean)
+    act_std, act_std_log10 = _float_and_log(res.act_std)
+    with np.errstate(divide="ignore"):
+        cols = {
+            "layer": np.arange(L),
+            "grad_log10": np.asarray(res.grad_norm.log10(), dtype=np.float64),
+            "grad_mantissa": np.asarray(res.grad_norm.mantissa, dtype=np.float64),
+            "grad_exponent": np.asarray(res.grad_norm.exponent, dtype=np.int64),
+            "signal_log10": np.asarray(res.signal_norm.log10(), dtype=np.float64),
+            "signal_mantissa": np.asarray(res.signal_norm.mantissa, dtype=np.float64),
+            "signal_exponent": np.asarray(res.signal_norm.exponent, dtype=np.int64),
+            "act_mean": act_mean, "act_mean_log10": act_mean_log10,
+            "act_std": act_std, "act_std_log10": act_std_log10,
+            "saturation": np.asarray(res.saturation, dtype=np.float64),
+            "dead": np.asarray(res.dead, dtype=np.float64),
+        }
+    df = pd.DataFrame(cols)
+    df.attrs.update(loss=float(res.loss), loss_log10=float(res.loss_exact.log10()), backend=res.backend,
+                    stack=dataclasses.asdict(res.stack))
+    return df
+
+
+def _split_fields(d) -> tuple[dict[str, np.ndarray], dict]:
+    """A diagnosis' fields: (arrays, everything else), whatever fields the Diagnosis has."""
+    arrays, meta = {}, {}
+    for f in dataclasses.fields(d):
+        v = getattr(d, f.name)
+        (arrays if isinstance(v, np.ndarray) else meta)[f.name] = v
+    return arrays, meta
+
+
+def _diag_columns(d) -> dict[str, np.ndarray]:
+    """``layer`` and every per-layer (L,) array of the diagnosis, in field order."""
+    arrays, _ = _split_fields(d)
+    cols = {"layer": np.arange(d.depth)}
+    cols.update({k: a for k, a in arrays.items() if a.shape == (d.depth,)})
+    return cols
+
+
+def diagnosis_frame(d):
+    """One row per layer of a :class:`~gradbench.Diagnosis` (module docstring)."""
+    pd = _pandas()
+    cols = _diag_columns(d)
+    counts = np.asarray(d.hist_counts)
+    width = max(2, len(str(max(counts.shape[1] - 1, 0))))
+    for j in range(counts.shape[1] if counts.ndim == 2 else 0):
+        cols[f"hist_{j:0{width}d}"] = counts[:, j]
+    df = pd.DataFrame(cols)
+    df.attrs.update(_split_fields(d)[1])
+    df.attrs.update(hist_edges=np.asarray(d.hist_edges).tolist())
+    return df
+
+
+def train_frame(r):
+    """One row per epoch (0 = before training) and layer of a :class:`~gradbench.TrainResult`."""
+    pd = _pandas()
+    E1, L = r.grad_log10.shape
+    epoch = np.repeat(np.arange(E1), L)
+
+    def per_epoch(a):  # (E,) over epochs 1..E -> (E+1,) with NaN at epoch 0, repeated per layer
+        return np.repeat(np.concatenate([[np.nan], np.asarray(a, dtype=np.float64)]), L)
+
+    ratio = np.vstack([np.full((1, L), np.nan), np.asarray(r.update_ratio, dtype=np.float64)])
+    df = pd.DataFrame({
+        "epoch": epoch,
+        "layer": np.tile(np.arange(L), E1),
+        "grad_log10": np.asarray(r.grad_log10, dtype=np.float64).reshape(-1),
+        "update_ratio_percent": ratio.reshape(-1),
+        "loss": per_epoch(r.loss),
+        "eval_loss": np.repeat(np.asarray(r.eval_loss, dtype=np.float64), L),
+        "accuracy": np.repeat(np.asarray(r.accuracy, dtype=np.float64), L),
+        "update_ratio_input_percent": per_epoch(r.update_ratio_input),
+        "update_ratio_head_percent": per_epoch(r.update_ratio_head),
+    })
+    df.attrs.update(settings=dict(r.settings), stack=dataclasses.asdict(r.stack), diverged_epoch=r.diverged_epoch,
+                    divergence=r.divergence)
+    return df
+
+
+# ------------------------------------------------------------------ .npz
+def _encode(v):
+    """JSON-ready: non-finite floats as {"__float__": "nan" | "inf" | "-inf"}, NumPy scalars as Python."""
+    if isinstance(v, dict):
+        return {str(k): _encode(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encode(x) for x in v]
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        return v if np.isfinite(v) else {"__float__": repr(v)}
+    return v
+
+
+def _decode(v):
+    if isinstance(v, dict):
+        if set(v) == {"__float__"}:
+            return float(v["__float__"])
+        return {k: _decode(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode(x) for x in v]
+    return v
+
+
+def write_npz(d, path) -> str:
+    """Write a :class:`~gradbench.Diagnosis` to ``path`` (``.npz``, atomically; ``docs/formats.md``).
+
+    Every array field is stored as it is (float64, int64), uncompressed, so a 10^6-layer
+    diagnosis takes about 8 MB per column and loads with ``np.load`` at once; the other fields
+    are in the JSON string ``meta`` (and, when they are a number or a string, also as 0-d
+    arrays of their name). Returns the path.
+    """
+    path = os.fspath(path)
+    if not path.lower().endswith(".npz"):
+        raise ValueError(f"path {path!r} must end in .npz")
+    fields, meta = _split_fields(d)
+    cols = _diag_columns(d)
+    arrays = dict(fields)
+    arrays["layer"] = cols["layer"]
+    arrays["columns"] = np.array(list(cols))
+    for k, v in meta.items():
+        if isinstance(v, (str, int, float, np.integer, np.floating)) and not isinstance(v, bool):
+            arrays[k] = np.array(v)
+    arrays["meta"] = np.array(json.dumps(_encode(meta), allow_nan=False))
+    arrays["format"] = np.array(NPZ_FORMAT)
+    return _atomic.write_atomic(path, lambda f: np.savez(f, **arrays), binary=True, suffix=".npz")
+
+
+def npz_fields(path) -> dict:
+    """The fields of the :class:`~gradbench.Diagnosis` written by :func:`write_npz`.
+
+    ``Diagnosis.from_npz(path)`` builds the diagnosis from them; no pickles are loaded.
+    """
+    with np.load(os.fspath(path), allow_pickle=False) as z:
+        if "format" not in z.files or int(z["format"]) != NPZ_FORMAT or "meta" not in z.files:
+            raise ValueError(f"{path} is not a gradbench diagnosis .npz (format {NPZ_FORMAT})")
+        meta = _decode(json.loads(str(z["meta"])))
+        extra = {"layer", "columns", "meta", "format"} | set(meta)
+        kw = {k: z[k].copy() for k in z.files if k not in extra}
+    kw.update(meta)
+    return kw

@@ -1,0 +1,153 @@
+"""Sweeps: many exact runs over a grid of :class:`~gradbench.Stack` fields x seeds, on Dask.
+
+::
+
+    table = gb.sweep({"activation": ["tanh", "relu"], "sigma_w": np.linspace(0.5, 3.0, 26)},
+                     depth=200, width=256, batch=64, seeds=range(3), out="sweep/")
+
+One *run* is one (configuration, seed): ``params = init_params(stack, seed)``, the input
+``gaussian_input(stack, batch, default_rng([seed, 1]))`` (and, for a stack with a head, targets
+from ``default_rng([seed, 2])``, as ``gradbench run`` draws them), one stats-only
+:func:`~gradbench.backprop` and :func:`~gradbench.diagnose`. Only the statistics below travel
+back, never a gradient array. The table has one row per run: the swept and fixed fields under
+their ``Stack`` names (and ``batch``), ``seed``, then
+
+- measured: ``decades_per_layer`` (from ``diagnose``: its least-squares fit of
+  log10 ||dL/dW_l|| against l, in its sign convention), ``decades_per_layer_se`` (the standard
+  error of that slope), ``signal_decades_per_layer`` (the same fit of log10 ||dL/dh_l||, the
+  quantity mean field predicts, as the change per layer going down: negative = vanishing; see
+  :class:`~gradbench.Diagnosis`), ``log10_grad_first`` (layer 0) and
+  ``log10_grad_last`` (layer L - 1), ``loss_log10``, ``first_nonfinite`` (the first layer whose
+  forward output, or else backward signal, is not finite; <NA> if none), ``verdict``,
+  ``saturation`` and ``dead`` (means over the layers);
+- mean field (``gradbench.theory.mean_field(stack)``; NaN and ``phase`` None for stacks it does
+  not describe: batch norm, residual connections, clipping): ``q_star``, ``chi1``,
+  ``theory_decades_per_layer``, ``depth_scale``, ``phase``;
+- ``backend`` (the concrete one) and ``seconds`` (the run on its worker: parameters, backprop,
+  diagnosis; the once-per-worker kernel warm-up is not counted).
+
+Execution: a ``distributed.LocalCluster`` (worker processes, one thread each, one per core) for
+the call, or a ``client=`` (a ``distributed.Client`` or a scheduler address). Runs are batched
+into tasks (:func:`~gradbench.sweep.execute.task_size`); each worker warms its kernels up once.
+With ``out=DIR`` the client writes every finished task's rows at once, atomically, as
+``DIR/rows-<hash>.parquet``; ``DIR/sweep.json`` records the grid, the
+fixed fields and the backend. A second call with the same ``out`` loads what is there and runs
+only the missing (configuration, seed) pairs; it refuses a ``DIR`` of another grid.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+
+from gradbench.backends import backends
+from gradbench.sweep.execute import Progress, check_options, connect, execute, task_size
+from gradbench.sweep.grid import FIELDS, Plan, Run, plan, run_key
+from gradbench.sweep.store import MANIFEST, frame, open_out
+from gradbench.sweep.worker import COLUMNS, MEASURED, THEORY, mean_field_columns, run_one, slope_se
+
+__all__ = ["COLUMNS", "FIELDS", "MANIFEST", "MEASURED", "THEORY", "Plan", "Run", "mean_field_columns", "plan",
+           "run_key", "run_one", "slope_se", "sweep", "task_size"]
+
+_INSTALL = "pip install 'gradbench[sweep]'"
+
+
+def _require():
+    """pandas and distributed, or an ImportError that says how to install them."""
+    try:
+        import distributed
+        import pandas
+        import pyarrow  # noqa: F401  (Parquet files)
+    except ImportError as exc:
+        raise ImportError(f"gradbench sweeps need Dask distributed, pandas and pyarrow ({exc}): "
+                          f"{_INSTALL}") from None
+    return pandas, distributed
+
+
+def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, workers: int | None = None,
+          backend: str = "auto", runs_per_task: int | None = None, progress: bool | Callable = False,
+          **fixed):
+    """Run every configuration of ``grid`` x ``seeds`` on Dask; one table row per run.
+
+    Parameters
+    ----------
+    grid : dict
+        Field name -> list of values: any :class:`~gradbench.Stack` field, or ``batch``. The
+        configurations are the Cartesian product (the last axis varies fastest).
+    seeds : iterable of int
+        Seeds >= 0 of every configuration (parameters, input, targets; module docstring).
+    out : path, optional
+        A directory: each finished task's rows are written there at once (Parquet, atomically),
+        and a second call with the same ``out`` runs only what is missing. A directory written
+        by another grid, other fixed fields or another backend is refused.
+    client : distributed.Client or str, optional
+        A client, or the address of a running scheduler (``"tcp://host:8786"``). Default: a
+        ``LocalCluster`` for this call, ``workers`` worker processes (default: one per core) of
+        one thread each.
+    backend : str
+        ``"auto"`` (the fastest on each worker), ``"c"``, ``"numba"`` or ``"numpy"``.
+    runs_per_task : int, optional
+        Runs batched into one Dask task; default :func:`task_size`.
+    progress : bool or callable
+        True: print the Dask dashboard address and a progress bar over finished runs (stderr);
+        a callable is called as ``progress(done, total)`` once at the start (``done``: runs found
+        in ``out``) and after every finished task.
+    **fixed
+        Fields that all runs share: ``depth=200, width=256, batch=64, activation="tanh"``, ...
+        (``batch`` defaults to 16).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (configuration, seed) in grid order; columns in the module docstring.
+        ``attrs["sweep"]``: ``runs``, ``resumed`` (found in ``out``), ``computed``, ``workers``,
+        ``dashboard`` (the Dask dashboard's address) and ``seconds`` of this call.
+
+    Every value is validated (each configuration through ``Stack``) before anything starts.
+    """
+    p = plan(grid, fixed, seeds, backend)
+    check_options(client, workers, runs_per_task, progress, out)
+    pd, _ = _require()
+    if client is None and backend != "auto" and backend not in backends():
+        raise ValueError(f"backend={backend!r} is not available here (available: {', '.join(backends())})")
+    runs = p.runs()
+    frames = []
+    if out is not None:
+        out, have = open_out(out, p, pd)
+        if have is not None:
+            have = have[have["run_key"].isin({r.key for r in runs})].drop_duplicates("run_key")
+            frames.append(have)
+    done = set(frames[0]["run_key"]) if frames else set()
+    todo = [r for r in runs if r.key not in done]
+    bar = Progress(progress, len(runs))
+    info = dict(runs=len(runs), resumed=len(done), computed=len(todo), workers=None, dashboard=None)
+    t0 = time.perf_counter()
+    try:
+        if todo:
+            with connect(client, workers) as c:
+                info.update(workers=len(c.nthreads()), dashboard=c.dashboard_link)
+                bar.start(len(done), c)
+                frames += execute(c, todo, p, out, runs_per_task, pd, bar)
+        else:
+            bar.start(len(done))
+    finally:
+        bar.close()
+    table = _assemble(frames, runs, p, pd)
+    table.attrs["sweep"] = info | {"seconds": time.perf_counter() - t0}
+    return table
+
+
+def _assemble(frames: list, runs: list[Run], p: Plan, pd):
+    """One table: every run exactly once, in grid order, without the run_key column."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return frame([], p, pd).drop(columns="run_key")
+    table = pd.concat(frames, ignore_index=True).drop_duplicates("run_key")
+    order = {r.key: i for i, r in enumerate(runs)}
+    missing = len(runs) - len(table)
+    if missing:
+        raise RuntimeError(f"sweep: {missing} of {len(runs)} runs have no row (a bug: please report it)")
+    table = table.iloc[np.argsort(table["run_key"].map(order).to_numpy(), kind="stable")]
+    return table.drop(columns="run_key").reset_index(drop=True).astype({"first_nonfinite": "Int64"})

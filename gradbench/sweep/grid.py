@@ -1,0 +1,154 @@
+"""The grid of a sweep: validation (every configuration through :class:`~gradbench.Stack`) and runs.
+
+A *plan* is a validated sweep: its axes (field -> values, in the caller's order), the fixed
+fields (with ``batch``), the seeds and the backend. A *run* is one (configuration, seed),
+identified by :func:`run_key`: the axis values in name order and the seed, as JSON (floats
+written by ``repr``, so they round-trip exactly).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from gradbench.backends import REGISTRY
+from gradbench.spec import Stack, check_choice
+
+#: Stack fields and run options that can be swept or fixed.
+FIELDS = tuple(f.name for f in dataclasses.fields(Stack)) + ("batch",)
+DEFAULT_BATCH = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One (configuration, seed): ``key`` identifies it in the table and on disk."""
+
+    key: str
+    config: dict
+    batch: int
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A validated sweep: the axes (name -> values), the fixed fields, seeds and backend."""
+
+    axes: dict
+    fixed: dict
+    seeds: tuple
+    backend: str
+
+    def points(self) -> list[dict]:
+        """Every configuration (axis values only), the last axis varying fastest."""
+        names = list(self.axes)
+        return [dict(zip(names, values)) for values in itertools.product(*self.axes.values())]
+
+    def runs(self) -> list[Run]:
+        """Every run: configuration-major, seeds innermost."""
+        out = []
+        for point in self.points():
+            settings = {**self.fixed, **point}
+            batch = settings.pop("batch")
+            for seed in self.seeds:
+                out.append(Run(run_key(point, seed), settings, batch, seed))
+        return out
+
+    @functools.cached_property
+    def point_of(self) -> dict:
+        """run key -> the axis values of its configuration."""
+        return {run_key(point, seed): point for point in self.points() for seed in self.seeds}
+
+    def identity(self) -> dict:
+        """What an ``out`` directory must match: the set of values of every axis, fixed fields, backend."""
+        axes = {name: sorted(values, key=json.dumps) for name, values in self.axes.items()}
+        return {"axes": axes, "fixed": self.fixed, "backend": self.backend}
+
+
+def run_key(point: Mapping, seed: int) -> str:
+    """The identity of a run: its axis values (in name order) and seed, as JSON."""
+    return json.dumps([sorted(point.items()), seed], allow_nan=False)
+
+
+def _scalar(where: str, v):
+    """A grid value as a plain Python scalar (NumPy scalars are converted losslessly)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is not None and not isinstance(v, (bool, int, float, str)):
+        raise TypeError(f"{where} values must be numbers, strings, bools or None, got {type(v).__name__} {v!r}")
+    return v
+
+
+def _axis(name: str, values) -> list:
+    where = f"grid[{name!r}]"
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{where} must be a list of values (e.g. [{values!r}]), got {type(values).__name__} {values!r}")
+    if isinstance(values, np.ndarray) and values.ndim != 1:
+        raise ValueError(f"{where} must be one-dimensional, got an array of shape {values.shape}")
+    out = [_scalar(where, v) for v in values]
+    if not out:
+        raise ValueError(f"{where} is empty: give at least one value")
+    dup = sorted(v for v, n in collections.Counter(json.dumps(v) for v in out).items() if n > 1)
+    if dup:
+        raise ValueError(f"{where} has repeated values {', '.join(dup)}: each configuration is run once")
+    return out
+
+
+def _seeds(seeds) -> tuple:
+    if isinstance(seeds, (int, np.integer, str, bytes)) or not isinstance(seeds, Iterable):
+        raise TypeError(f"seeds must be an iterable of ints such as range(3), got {type(seeds).__name__} {seeds!r}")
+    out = tuple(_scalar("seeds", s) for s in seeds)
+    for s in out:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ValueError(f"seeds must be ints >= 0, got {s!r}")
+    if not out:
+        raise ValueError("seeds is empty: give at least one seed, e.g. range(3)")
+    if len(set(out)) != len(out):
+        raise ValueError(f"seeds has repeated values: {list(out)}")
+    return out
+
+
+def plan(grid: Mapping, fixed: Mapping, seeds, backend: str = "auto") -> Plan:
+    """Validate a sweep completely (every configuration through :class:`Stack`); return its Plan.
+
+    Raises the errors ``Stack`` raises (naming the field and, for a grid point, the point), and
+    ``ValueError`` / ``TypeError`` for unknown or repeated names, empty axes and bad seeds.
+    """
+    if not isinstance(grid, Mapping):
+        raise TypeError(f"grid must be a dict of field -> list of values, got {type(grid).__name__}")
+    for name in list(grid) + list(fixed):
+        check_choice("grid field" if name in grid else "fixed field", name, FIELDS)
+    both = sorted(set(grid) & set(fixed))
+    if both:
+        raise ValueError(f"{', '.join(both)} given both as a grid axis and as a fixed value")
+    axes = {name: _axis(name, values) for name, values in grid.items()}
+    for name, v in fixed.items():
+        if isinstance(v, (list, tuple, range, np.ndarray)):
+            raise TypeError(f"{name}={v!r}: a fixed field takes one value; to sweep it, put it in the grid")
+    fixed = {name: _scalar(name, v) for name, v in fixed.items()}
+    if "batch" not in axes:
+        fixed.setdefault("batch", DEFAULT_BATCH)
+    for name in ("depth", "width"):
+        if name not in axes and name not in fixed:
+            raise ValueError(f"{name} is required: a fixed value ({name}=...) or a grid axis")
+    check_choice("backend", backend, tuple(REGISTRY) + ("auto",))
+    p = Plan(axes, fixed, _seeds(seeds), backend)
+    for point in p.points():
+        settings = {**p.fixed, **point}
+        batch = settings.pop("batch")
+        try:
+            if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+                raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+            stack = Stack(**settings)
+            if stack.clip == "norm" and stack.clip_on == "global":  # what backprop(stats_only=True) refuses
+                raise ValueError("clip='norm' with clip_on='global' needs every gradient; sweeps keep "
+                                 "statistics only: use clip_on='layer'")
+        except (TypeError, ValueError) as exc:
+            at = f" (at grid point {', '.join(f'{k}={v!r}' for k, v in point.items())})" if point else ""
+            raise type(exc)(f"{exc}{at}") from None
+    return p

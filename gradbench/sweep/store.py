@@ -1,0 +1,72 @@
+"""The ``out`` directory of a sweep: a manifest and one Parquet file per finished task.
+
+``DIR/sweep.json`` records what identifies the sweep (the set of values of every axis, the
+fixed fields, the backend); ``DIR/rows-<hash>.parquet`` holds one finished task's rows, written
+at once and atomically (temporary file + ``os.replace``), so the table is their union whatever
+was interrupted, and a second call loads them and runs only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from gradbench import __version__, _atomic
+from gradbench.sweep.grid import FIELDS, Plan
+from gradbench.sweep.worker import COLUMNS
+
+MANIFEST = "sweep.json"
+
+
+def open_out(out, p: Plan, pd) -> tuple[str, "object"]:
+    """Create or check ``out``; return its path and the rows already there (a DataFrame)."""
+    out = os.fspath(out)
+    manifest = os.path.join(out, MANIFEST)
+    ident = p.identity()
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out={out!r} is a file, not a directory")
+    if os.path.exists(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            have = json.load(f)
+        diff = _differences(ident, {k: have.get(k) for k in ident})
+        if diff:
+            raise ValueError(f"out={out!r} holds a sweep of a different grid or fixed fields (differs in "
+                             f"{', '.join(diff)}): use another directory, or delete it to start again")
+    elif os.path.isdir(out) and os.listdir(out):
+        raise ValueError(f"out={out!r} is a non-empty directory without {MANIFEST}: not a sweep's; "
+                         "give a new or empty directory")
+    else:
+        text = json.dumps({"gradbench": __version__, **ident}, indent=1, allow_nan=False)
+        _atomic.write_atomic(manifest, lambda f: f.write(text))
+    files = sorted(n for n in os.listdir(out) if n.startswith("rows-") and n.endswith(".parquet"))
+    frames = [pd.read_parquet(os.path.join(out, n)) for n in files]
+    return out, (pd.concat(frames, ignore_index=True) if frames else None)
+
+
+def _differences(ours: dict, theirs: dict) -> list[str]:
+    """What differs between two identities, compared as JSON (1 and 1.0 are different values)."""
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
+    out = []
+    for part, word in (("axes", "axis"), ("fixed", "fixed field")):
+        a, b = ours[part], theirs[part] or {}
+        out += [f"{word} {name}" for name in sorted(set(a) | set(b)) if not same(a.get(name), b.get(name))]
+    return out + (["backend"] if ours["backend"] != theirs["backend"] else [])
+
+
+def write_rows(out: str, table) -> str:
+    """``table`` as ``out/rows-<hash of its run keys>.parquet``, atomically; returns the path."""
+    digest = hashlib.sha1("\n".join(table["run_key"]).encode()).hexdigest()[:16]
+    path = os.path.join(out, f"rows-{digest}.parquet")
+    return _atomic.write_atomic(path, lambda f: table.to_parquet(f, index=False, engine="pyarrow"),
+                                binary=True, suffix=".parquet.tmp")
+
+
+def frame(rows: list[dict], p: Plan, pd):
+    """Rows from the workers as a table: axis values (grid order), fixed fields, seed, the columns, run_key."""
+    points = p.point_of
+    fixed = {k: p.fixed[k] for k in FIELDS if k in p.fixed}  # in Stack's field order, then batch
+    records = [{**points[r["run_key"]], **fixed, "seed": r["seed"], **{c: r[c] for c in COLUMNS},
+                "run_key": r["run_key"]} for r in rows]
+    table = pd.DataFrame.from_records(records, columns=[*p.axes, *fixed, "seed", *COLUMNS, "run_key"])
+    return table.astype({"first_nonfinite": "Int64", "seed": "int64"})

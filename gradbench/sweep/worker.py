@@ -1,0 +1,126 @@
+"""What a sweep's worker computes: one run's statistics, the mean-field columns, the warm-up.
+
+Only these plain numbers travel back to the client, never a gradient array (the runs are
+stats-only). Columns (the package's docstring defines them): :data:`MEASURED`, :data:`THEORY`,
+``backend`` and ``seconds``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from gradbench import theory
+from gradbench.diagnose import diagnose
+from gradbench.engine import backprop
+from gradbench.params import gaussian_input, init_params, random_targets
+from gradbench.spec import Stack
+
+MEASURED = ("decades_per_layer", "decades_per_layer_se", "signal_decades_per_layer", "log10_grad_first", "log10_grad_last", "loss_log10",
+            "first_nonfinite", "verdict", "saturation", "dead")
+THEORY = ("q_star", "chi1", "theory_decades_per_layer", "depth_scale", "phase")
+COLUMNS = MEASURED + THEORY + ("backend", "seconds")
+
+
+def slope_se(y: np.ndarray) -> float:
+    """Standard error of the least-squares slope of ``y`` against l = 0, 1, ... over its finite entries.
+
+    ``sqrt(sum(r^2) / (n - 2) / sum((l - mean l)^2))`` with r the residuals; NaN for n < 3.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(y)
+    n = int(ok.sum())
+    if n < 3:
+        return math.nan
+    l, y = np.flatnonzero(ok).astype(np.float64), y[ok]
+    dl, dy = l - l.mean(), y - y.mean()
+    sxx = float(dl @ dl)
+    r = dy - (float(dl @ dy) / sxx) * dl
+    return math.sqrt(float(r @ r) / (n - 2) / sxx)
+
+
+def mean_field_columns(stack: Stack) -> dict:
+    """The theory columns of a stack (NaN and phase None where mean field does not describe it)."""
+    if stack.batch_norm or stack.residual or stack.clip is not None:
+        return dict(q_star=math.nan, chi1=math.nan, theory_decades_per_layer=math.nan, depth_scale=math.nan,
+                    phase=None)
+    mf = theory.mean_field(stack)
+    return dict(q_star=mf.q_star, chi1=mf.chi1, theory_decades_per_layer=mf.decades_per_layer,
+                depth_scale=mf.depth_scale, phase=mf.phase)
+
+
+# glibc's mallopt parameters and the values its dynamic mmap threshold grows to on 64-bit Linux.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_MAX, _TRIM = 32 * 2**20, 64 * 2**20
+
+
+@functools.lru_cache(maxsize=None)
+def tune_malloc() -> bool:
+    """Let this process reuse the memory of one run for the next (once per process; glibc only).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, and a fixed threshold
+    turns off glibc's dynamic mmap threshold: every array of a run (16 MB of weights at depth
+    500, width 64) is then mapped and zero-filled afresh, ~11,000 page faults a run and runs
+    ~1.3x slower than in a plain process. Where such a threshold was imposed, set the values
+    the dynamic scheme would reach (mmap above 32 MiB, trim above 64 MiB): ~0 faults a run.
+    Returns whether it changed anything.
+    """
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def warm_up(backend: str, dtype: str) -> str:
+    """Compile or load the kernels once per process (per worker), not once per task or run.
+
+    A tiny stats-only pass of the same backend and dtype; the kernels take the activation and
+    options as codes, so this covers every configuration. Returns the concrete backend.
+    """
+    s = Stack(depth=2, width=4, activation="tanh", dtype=dtype)
+    return backprop(s, init_params(s, 0), gaussian_input(s, 2, 0), backend=backend, stats_only=True).backend
+
+
+def run_one(stack: Stack, batch: int, seed: int, backend: str = "auto") -> dict:
+    """One run's measured columns, ``backend`` and ``seconds``: what a sweep's worker computes."""
+    t0 = time.perf_counter()
+    params = init_params(stack, seed)
+    x = gaussian_input(stack, batch, seed=np.random.default_rng([seed, 1]))
+    res = backprop(stack, params, x, random_targets(stack, batch, seed), backend=backend, stats_only=True)
+    d = diagnose(res, params)
+    seconds = time.perf_counter() - t0
+    nonfinite = res.first_nonfinite_forward if res.first_nonfinite_forward is not None else \
+        res.first_nonfinite_backward
+    g = d.grad_log10
+    row = dict(decades_per_layer=float(d.decades_per_layer), decades_per_layer_se=slope_se(g),
+               signal_decades_per_layer=float(d.signal_decades_per_layer),
+               log10_grad_first=float(g[0]), log10_grad_last=float(g[-1]), loss_log10=float(d.loss_log10),
+               first_nonfinite=nonfinite, verdict=d.verdict, saturation=float(np.mean(d.saturation)),
+               dead=float(np.mean(d.dead)), backend=res.backend, seconds=seconds)
+    return row
+
+
+def run_task(runs: list[tuple], backend: str) -> list[dict]:
+    """A Dask task: ``runs`` of ``(key, stack fields, batch, seed)``; returns one row dict per run."""
+    rows, mean_field = [], {}
+    for key, settings, batch, seed in runs:
+        stack = Stack(**settings)
+        tune_malloc()
+        warm_up(backend, stack.dtype)
+        measured = run_one(stack, batch, seed, backend)
+        cfg = json.dumps(sorted(settings.items()))
+        if cfg not in mean_field:
+            mean_field[cfg] = mean_field_columns(stack)
+        rows.append({"run_key": key, "seed": seed, **measured, **mean_field[cfg]})
+    return rows

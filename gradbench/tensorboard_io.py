@@ -1,0 +1,133 @@
+"""TensorBoard event files of training runs and diagnoses, written with ``tensorboardX``.
+
+tensorboardX is optional (``pip install 'gradbench[tensorboard]'``; it needs no torch) and
+imported only here. View the files with ``tensorboard --logdir DIR``.
+
+Training (``gb.train(..., tensorboard=DIR)``, ``gradbench train --tensorboard DIR``), step =
+epoch (0: before training, e: after epoch e), L layers, tags with zero-padded layer numbers:
+
+==================================== =========================================================
+``loss/train``                       mean mini-batch loss during epoch e (steps 1..E)
+``loss/eval``, ``accuracy``          on the whole data set (steps 0..E)
+``grad_log10/layer_LL``              log10 ||dL/dW_l|| on the whole data set, exact
+``update_ratio_percent/layer_LL``    100 ||Delta W_l|| / ||W_l|| during epoch e (steps 1..E);
+                                     also ``update_ratio_percent/input`` and ``/head``
+``grad_hist_log10/layer_LL``         histogram of log10 |dL/dW_l| entries (exact from mantissa
+                                     and exponent; exact zeros left out), 30 bins
+==================================== =========================================================
+
+A diagnosis (``gradbench run --tensorboard DIR``, :func:`write_diagnosis`), step = layer l so
+that the depth profile shows as a curve: ``depth/grad_log10``, ``depth/signal_log10``,
+``depth/act_mean``, ``depth/act_std_log10``, ``depth/saturation``, ``depth/dead`` (and
+``depth/weight_log10`` when recorded), the histogram ``depth/grad_hist_log10`` of the
+diagnosis' bins (counts exact; TensorBoard's sum and sum of squares from the bin centres) and
+the verdict as text.
+
+TensorBoard stores scalars as float32: log10 norms keep 7 significant digits, which is why
+the norms are written as their logarithms (a norm of 10^-30000 is the scalar -30000).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+HIST_BINS = 30
+
+
+def summary_writer(logdir):
+    """A ``tensorboardX.SummaryWriter`` on ``logdir`` (created), or a clear ImportError."""
+    if not isinstance(logdir, (str, os.PathLike)) or not os.fspath(logdir):
+        raise TypeError(f"tensorboard must be a directory path (str or os.PathLike), got {logdir!r}")
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        raise ValueError(f"tensorboard={os.fspath(logdir)!r} exists and is not a directory")
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as exc:
+        raise ImportError("TensorBoard output needs tensorboardX: pip install tensorboardX "
+                          "(or pip install 'gradbench[tensorboard]')") from exc
+    return SummaryWriter(logdir=os.fspath(logdir))
+
+
+def _layer_tag(prefix: str, l: int, L: int) -> str:
+    return f"{prefix}/layer_{l:0{max(2, len(str(L - 1)))}d}"
+
+
+def log10_abs(g) -> np.ndarray:
+    """log10 |entries| of a LogScaled array, exact, with exact zeros and non-finite entries left out."""
+    v = np.asarray(g.log10(), dtype=np.float64).reshape(-1)
+    return v[np.isfinite(v)]
+
+
+class TrainWriter:
+    """Writes one training run as it goes (used by :func:`gradbench.train`; module docstring)."""
+
+    def __init__(self, logdir, stack):
+        self.writer = summary_writer(logdir)
+        self.L = stack.depth
+
+    def evaluation(self, epoch: int, res, accuracy: float) -> None:
+        """The full-data pass before training (epoch 0) and after each epoch."""
+        w, L = self.writer, self.L
+        w.add_scalar("loss/eval", float(res.loss), epoch)
+        w.add_scalar("accuracy", float(accuracy), epoch)
+        g = res.grad_norm.log10()
+        for l in range(L):
+            if np.isfinite(g[l]):
+                w.add_scalar(_layer_tag("grad_log10", l, L), float(g[l]), epoch)
+            if res.grads is not None:
+                v = log10_abs(res.grads.W[l])
+                if v.size:
+                    w.add_histogram(_layer_tag("grad_hist_log10", l, L), v, epoch, bins=HIST_BINS)
+
+    def epoch(self, epoch: int, loss: float, ratio: np.ndarray, ratio_in: float, ratio_out: float) -> None:
+        """Epoch ``epoch`` (1-based) has finished: its mean loss and update ratios."""
+        w, L = self.writer, self.L
+        if math.isfinite(loss):
+            w.add_scalar("loss/train", float(loss), epoch)
+        for l in range(L):
+            if np.isfinite(ratio[l]):
+                w.add_scalar(_layer_tag("update_ratio_percent", l, L), float(ratio[l]), epoch)
+        if np.isfinite(ratio_in):
+            w.add_scalar("update_ratio_percent/input", float(ratio_in), epoch)
+        if np.isfinite(ratio_out):
+            w.add_scalar("update_ratio_percent/head", float(ratio_out), epoch)
+        w.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def write_diagnosis(d, logdir) -> str:
+    """Write a :class:`~gradbench.Diagnosis` with the layer index as the step (module docstring).
+
+    Returns the directory. Non-finite values (an exact zero's log10 -inf, NaN) are left out.
+    """
+    w = summary_writer(logdir)
+    try:
+        series = {"grad_log10": d.grad_log10, "signal_log10": d.signal_log10, "act_mean": d.act_mean,
+                  "act_std_log10": d.act_std_log10, "saturation": d.saturation, "dead": d.dead}
+        if len(d.weight_log10) == d.depth:
+            series["weight_log10"] = d.weight_log10
+        for name, values in series.items():
+            for l, v in enumerate(np.asarray(values, dtype=np.float64)):
+                if math.isfinite(v):
+                    w.add_scalar(f"depth/{name}", float(v), l)
+        edges = np.asarray(d.hist_edges, dtype=np.float64)
+        centres = 0.5 * (edges[:-1] + edges[1:])
+        for l, counts in enumerate(np.asarray(d.hist_counts)):
+            nz = np.flatnonzero(counts)
+            if nz.size == 0:
+                continue
+            n = int(counts.sum())
+            w.add_histogram_raw(
+                "depth/grad_hist_log10", min=float(edges[nz[0]]), max=float(edges[nz[-1] + 1]), num=n,
+                sum=float(np.dot(counts, centres)), sum_squares=float(np.dot(counts, centres * centres)),
+                bucket_limits=edges[1:].tolist(), bucket_counts=counts.astype(float).tolist(), global_step=l)
+        w.add_text("verdict", f"**{d.verdict}** ({d.decades_per_layer:+.4g} decades per layer going down towards "
+                   f"the input; negative: vanishing): {d.explanation}", 0)
+    finally:
+        w.close()
+    return os.fspath(logdir)

@@ -1,0 +1,136 @@
+"""The command-line options of issue 17: run --torch / --tensorboard / --out x.npz, train --tensorboard."""
+
+import os
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench import cli
+from gradbench.diagnose import Diagnosis
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _events(logdir):
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                             reason="the tensorboard package (event reader) is not installed: pip install '.[test]'")
+    acc = ea.EventAccumulator(str(logdir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+def test_run_out_npz_holds_the_same_diagnosis_as_json(tmp_path, capsys):
+    base = ["run", "--depth", "40", "--width", "8", "--activation", "tanh", "--backend", "numpy"]
+    assert run(base + ["--out", str(tmp_path / "d.json")], capsys)[0] == 0
+    code, out, err = run(base + ["--out", str(tmp_path / "d.npz")], capsys)
+    assert code == 0, err and f"wrote {tmp_path / 'd.npz'}" in out
+    import json
+
+    ref = Diagnosis.from_dict(json.loads((tmp_path / "d.json").read_text())["diagnosis"])
+    got = Diagnosis.from_npz(tmp_path / "d.npz")
+    assert got.to_json() == ref.to_json()
+    with np.load(tmp_path / "d.npz") as z:
+        np.testing.assert_array_equal(z["grad_log10"], ref.grad_log10)
+
+
+def test_run_tensorboard_writes_the_depth_profile(tmp_path, capsys):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install '.[test]'")
+    code, out, err = run(["run", "--depth", "30", "--width", "8", "--activation", "sigmoid", "--backend", "numpy",
+                          "--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path / "d.json")], capsys)
+    assert code == 0, err
+    import json
+
+    d = Diagnosis.from_dict(json.loads((tmp_path / "d.json").read_text())["diagnosis"])
+    acc = _events(tmp_path / "tb")
+    ev = acc.Scalars("depth/grad_log10")
+    assert [e.step for e in ev] == list(range(30))
+    np.testing.assert_allclose([e.value for e in ev], d.grad_log10, rtol=1e-6)
+
+
+def test_train_tensorboard_writes_one_run_per_demo(tmp_path, capsys):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install '.[test]'")
+    code, out, err = run(["train", "--demo", "deep-sigmoid,adam", "--epochs", "2", "--backend", "numpy",
+                          "--tensorboard", str(tmp_path / "runs")], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "runs")) == ["adam", "deep-sigmoid"]
+    ref = gb.run_demo("adam", epochs=2, backend="numpy")
+    acc = _events(tmp_path / "runs" / "adam")
+    np.testing.assert_allclose([e.value for e in acc.Scalars("loss/eval")], ref.eval_loss, rtol=1e-6)
+    assert len(acc.Tags()["histograms"]) == ref.stack.depth
+
+
+def test_run_torch_model_diagnoses_the_saved_weights(tmp_path, capsys):
+    torch = pytest.importorskip("torch", reason="torch is not installed: pip install 'gradbench[torch]' "
+                                                "(make test-all installs it)")
+    stack = gb.Stack(depth=12, width=8, activation="sigmoid", input_dim=3, loss="bce")
+    params = gb.init_params(stack, 7)
+    torch.save(gb.to_torch(stack, params), tmp_path / "model.pt")
+    code, out, err = run(["run", "--torch", str(tmp_path / "model.pt"), "--loss", "bce", "--backend", "numpy",
+                          "--batch", "8", "--seed", "3", "--out", str(tmp_path / "d.npz")], capsys)
+    assert code == 0, err
+    assert "depth 12, width 8, sigmoid" in out and "verdict: VANISHING" in out
+    # the same numbers as the Python API on the same weights with the CLI's seeds
+    x = gb.gaussian_input(stack, 8, seed=np.random.default_rng([3, 1]))
+    t = cli.random_targets(stack, 8, 3)
+    ref = gb.diagnose(gb.backprop(stack, params, x, t, backend="numpy"), params)
+    np.testing.assert_array_equal(Diagnosis.from_npz(tmp_path / "d.npz").grad_log10, ref.grad_log10)
+    # float32 on request
+    code, out, err = run(["run", "--torch", str(tmp_path / "model.pt"), "--loss", "bce", "--dtype", "float32"],
+                         capsys)
+    assert code == 0 and "float32" in out, err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "--depth", "4", "--width", "4", "--out", "r.parquet"], "must end in .json or .npz"),
+    (["run", "--width", "4"], "give --depth and --width (or --torch MODEL.pt)"),
+    (["run", "--torch", "missing.pt"], "--torch 'missing.pt': no such file"),
+    (["run", "--torch", "model.pt", "--depth", "3"], "--torch takes the stack from the model: drop --depth"),
+    (["run", "--torch", "model.pt", "--stats-only"], "drop it"),
+    (["run", "--depth", "4", "--width", "4", "--tensorboard", "afile"], "exists and is not a directory"),
+    (["train", "--demo", "adam", "--tensorboard", "afile"], "exists and is not a directory"),
+])
+def test_bad_options_exit_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "model.pt").write_bytes(b"")
+    before = sorted(os.listdir(tmp_path))
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written
+
+
+def test_run_torch_refusals_exit_2_with_one_line(tmp_path, capsys):
+    torch = pytest.importorskip("torch", reason="torch is not installed: pip install 'gradbench[torch]'")
+    nn = torch.nn
+    torch.save(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Dropout()).double(), tmp_path / "drop.pt")
+    torch.save(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)).double(), tmp_path / "head.pt")
+    torch.save(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU()).double(), tmp_path / "mix.pt")
+    for name, needle in (("drop.pt", "holds torch.nn.modules.dropout.Dropout"),
+                         ("head.pt", "ends in a head: give --loss mse, bce or softmax_ce"),
+                         ("mix.pt", "activations must be the same in every layer")):
+        code, out, err = run(["run", "--torch", str(tmp_path / name)], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, (name, err)
+
+
+def test_run_torch_without_torch_exits_2_with_the_install_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    (tmp_path / "model.pt").write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.delitem(sys.modules, "gradbench.torch_io", raising=False)
+    code, out, err = run(["run", "--torch", str(tmp_path / "model.pt")], capsys)
+    assert code == 2 and "pip install 'gradbench[torch]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_names_what_is_trusted(capsys):
+    code, out, _ = run(["run", "--help"], capsys)
+    assert code == 0 and "weights_only=True" in out and "--tensorboard" in out and ".npz" in out
+    code, out, _ = run(["train", "--help"], capsys)
+    assert code == 0 and "--tensorboard" in out

@@ -1,0 +1,218 @@
+"""pandas frames, the .npz diagnosis file and TensorBoard event files, read back and checked.
+
+Reference values come from tests/naive.py (a plain float64 forward/backward written apart from
+gradbench) where the depth allows; the event files are read with the ``tensorboard`` package's
+own EventAccumulator, not with the writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench import frames
+from gradbench.train import DEMOS, targets_for
+from tests import naive
+
+pd = pytest.importorskip("pandas", reason="pandas is not installed: pip install '.[test]' (make test installs it)")
+
+
+def _naive_params(params):
+    return {k: np.asarray(a, dtype=np.float64) for k, a in params.items()}
+
+
+# ------------------------------------------------------------------ frames
+def test_result_frame_has_one_row_per_layer_with_exact_log10_norms():
+    stack = gb.Stack(depth=8, width=6, activation="tanh", loss="mse", output_dim=2)
+    params = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, 5, 1)
+    t = np.random.default_rng(2).standard_normal((5, 2))
+    df = gb.backprop(stack, params, x, t, backend="numpy").to_frame()
+    _, grads, signal = naive.backward(stack, _naive_params(params), x, t)
+    ref = np.log10([np.linalg.norm(grads["W"][l]) for l in range(8)])
+    assert list(df["layer"]) == list(range(8)) and len(df) == 8
+    np.testing.assert_allclose(df["grad_log10"], ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(df["grad_mantissa"] * 2.0 ** df["grad_exponent"], 10 ** ref, rtol=1e-12)
+    assert df["grad_exponent"].dtype == np.int64
+    loss, s = naive.forward(stack, _naive_params(params), x, t)
+    std = [np.std(h) for h in s["hs"][1:]]
+    np.testing.assert_allclose(df["act_std"], std, rtol=1e-12)
+    np.testing.assert_allclose(df["act_std_log10"], np.log10(std), atol=1e-12)
+    assert df.attrs["loss"] == pytest.approx(loss, rel=1e-12)
+    assert set(df.columns) >= {"signal_log10", "act_mean", "saturation", "dead"}
+
+
+def test_result_frame_holds_what_float64_cannot():
+    stack = gb.Stack(depth=2000, width=16, activation="sigmoid")
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1))
+    df = res.to_frame()
+    assert df["grad_log10"].iloc[0] < -1000  # 10^-1000 and below: a float64 would read 0
+    np.testing.assert_array_equal(df["grad_log10"], res.grad_norm.log10())
+
+
+def test_diagnosis_frame_matches_the_diagnosis():
+    stack = gb.Stack(depth=12, width=8, activation="relu", init="he_normal")
+    params = gb.init_params(stack, 1)
+    res = gb.backprop(stack, params, gb.gaussian_input(stack, 6, 2))
+    d = gb.diagnose(res, params, bins=10)
+    df = d.to_frame()
+    assert len(df) == 12
+    for c in ("grad_log10", "signal_log10", "act_std_log10", "dead", "weight_log10", "hist_zeros"):
+        np.testing.assert_array_equal(df[c], getattr(d, c))
+    counts = df[[f"hist_{j:02d}" for j in range(10)]].to_numpy()
+    np.testing.assert_array_equal(counts, d.hist_counts)
+    # every entry of dW is counted once: bins + zeros + outside + non-finite = N * N per layer
+    total = counts.sum(axis=1) + df["hist_zeros"] + df["hist_outside"] + df["hist_nonfinite"]
+    assert np.all(total == 64)
+    assert df.attrs["verdict"] == d.verdict and df.attrs["hist_edges"] == list(d.hist_edges)
+
+
+def test_train_frame_has_one_row_per_epoch_and_layer():
+    r = gb.run_demo("deep-sigmoid", epochs=3)
+    df = r.to_frame()
+    L = r.stack.depth
+    assert len(df) == 4 * L and list(df.columns[:2]) == ["epoch", "layer"]
+    row = df[(df.epoch == 2) & (df.layer == 4)].iloc[0]
+    assert row.grad_log10 == r.grad_log10[2, 4] and row.update_ratio_percent == r.update_ratio[1, 4]
+    assert row.loss == r.loss[1] and row.eval_loss == r.eval_loss[2] and row.accuracy == r.accuracy[2]
+    assert df[df.epoch == 0].update_ratio_percent.isna().all() and df[df.epoch == 0].loss.isna().all()
+    # epoch 0 is the initial parameters: its gradient norms against the naive backward
+    demo = DEMOS["deep-sigmoid"]
+    X, y = demo.data()
+    stack = demo.make_stack()
+    _, grads, _ = naive.backward(stack, _naive_params(gb.init_params(stack, 0)), X, targets_for(stack, y))
+    ref = np.log10([np.linalg.norm(grads["W"][l]) for l in range(L)])
+    np.testing.assert_allclose(df[df.epoch == 0].grad_log10, ref, atol=1e-11)
+
+
+def test_to_frame_without_pandas_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    stack = gb.Stack(depth=2, width=3)
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 2, 1))
+    with pytest.raises(ImportError, match=r"pip install pandas"):
+        res.to_frame()
+
+
+# ------------------------------------------------------------------ .npz
+def test_npz_round_trip_and_loads_straight_into_numpy_and_pandas(tmp_path):
+    stack = gb.Stack(depth=30, width=8, activation="sigmoid")
+    params = gb.init_params(stack, 0)
+    d = gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 4, 1)), params)
+    path = frames.write_npz(d, tmp_path / "d.npz")
+    with np.load(path, allow_pickle=False) as z:  # plain NumPy, no pickles
+        np.testing.assert_array_equal(z["grad_log10"], d.grad_log10)
+        assert z["hist_counts"].shape == d.hist_counts.shape and str(z["verdict"]) == d.verdict
+        df = pd.DataFrame({c: z[c] for c in z["columns"]})
+    assert len(df) == 30 and "weight_log10" in df
+    back = gb.Diagnosis.from_npz(path)
+    assert back.to_json() == d.to_json()  # every field, bit for bit
+    with pytest.raises(ValueError, match="must end in .npz"):
+        frames.write_npz(d, tmp_path / "d.parquet")
+    assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]  # no temporary file left behind
+
+
+# ------------------------------------------------------------------ TensorBoard
+def _events(logdir):
+    ea_mod = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="the tensorboard package (the event reader) is not installed: pip install '.[test]'")
+    acc = ea_mod.EventAccumulator(str(logdir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def _scalars(acc, tag):
+    ev = acc.Scalars(tag)
+    return np.array([e.step for e in ev]), np.array([e.value for e in ev])
+
+
+def test_train_writes_tensorboard_events_every_epoch(tmp_path):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install '.[test]'")
+    demo = DEMOS["deep-sigmoid"]
+    X, y = demo.data()
+    stack = demo.make_stack()
+    r = gb.train(stack, X, y, epochs=3, batch_size=20, lr=0.1, seed=0, tensorboard=tmp_path / "run")
+    acc = _events(tmp_path / "run")
+    L = stack.depth
+    steps, v = _scalars(acc, "loss/eval")
+    assert list(steps) == [0, 1, 2, 3]
+    np.testing.assert_allclose(v, r.eval_loss, rtol=1e-6)  # float32 in the event file
+    steps, v = _scalars(acc, "loss/train")
+    assert list(steps) == [1, 2, 3]
+    np.testing.assert_allclose(v, r.loss, rtol=1e-6)
+    for l in range(L):
+        steps, v = _scalars(acc, f"grad_log10/layer_{l:02d}")
+        np.testing.assert_allclose(v, r.grad_log10[:, l], rtol=1e-6)
+        steps, v = _scalars(acc, f"update_ratio_percent/layer_{l:02d}")
+        assert list(steps) == [1, 2, 3]
+        np.testing.assert_allclose(v, r.update_ratio[:, l], rtol=1e-6)
+    np.testing.assert_allclose(_scalars(acc, "update_ratio_percent/input")[1], r.update_ratio_input, rtol=1e-6)
+    # independent check of step 0 (the initial parameters) and of the last step (r.params):
+    # norms and histograms of log10 |dL/dW_l| from the naive plain backward
+    T = targets_for(stack, y)
+    for step, P in ((0, gb.init_params(stack, 0)), (3, r.params)):
+        _, grads, _ = naive.backward(stack, _naive_params(P), X, T)
+        for l in (0, L - 1):
+            got = [e.value for e in acc.Scalars(f"grad_log10/layer_{l:02d}") if e.step == step][0]
+            assert got == pytest.approx(math.log10(np.linalg.norm(grads["W"][l])), rel=1e-6)
+            h = [e.histogram_value for e in acc.Histograms(f"grad_hist_log10/layer_{l:02d}") if e.step == step][0]
+            ref = np.log10(np.abs(grads["W"][l][grads["W"][l] != 0]))
+            assert h.num == ref.size
+            assert h.min == pytest.approx(ref.min(), abs=1e-9) and h.max == pytest.approx(ref.max(), abs=1e-9)
+            assert h.sum == pytest.approx(ref.sum(), rel=1e-9)
+            counts, _ = np.histogram(ref, bins=30)
+            assert sum(h.bucket) == ref.size and sorted(c for c in h.bucket if c) == sorted(c for c in counts if c)
+    assert set(acc.Tags()["histograms"]) == {f"grad_hist_log10/layer_{l:02d}" for l in range(L)}
+
+
+def test_run_diagnosis_in_tensorboard_has_the_layer_as_step(tmp_path):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install '.[test]'")
+    from gradbench.tensorboard_io import write_diagnosis
+
+    stack = gb.Stack(depth=40, width=8, activation="sigmoid")
+    params = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, 4, 1)
+    d = gb.diagnose(gb.backprop(stack, params, x), params, bins=12)
+    write_diagnosis(d, tmp_path / "diag")
+    acc = _events(tmp_path / "diag")
+    steps, v = _scalars(acc, "depth/grad_log10")
+    assert list(steps) == list(range(40))
+    _, grads, signal = naive.backward(stack, _naive_params(params), x)
+    ref = np.log10([np.linalg.norm(grads["W"][l]) for l in range(40)])
+    np.testing.assert_allclose(v, ref, rtol=1e-6)
+    np.testing.assert_allclose(_scalars(acc, "depth/weight_log10")[1], d.weight_log10, rtol=1e-6)
+    hist = acc.Histograms("depth/grad_hist_log10")
+    assert [e.step for e in hist] == list(range(40))
+    for e in hist:
+        assert list(e.histogram_value.bucket) == list(d.hist_counts[e.step].astype(float))
+        np.testing.assert_allclose(e.histogram_value.bucket_limit, d.hist_edges[1:])
+    assert "verdict/text_summary" in acc.Tags()["tensors"]
+
+
+def test_tensorboard_bad_paths_are_refused_before_training(tmp_path):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install '.[test]'")
+    f = tmp_path / "file"
+    f.write_text("x")
+    demo = DEMOS["deep-sigmoid"]
+    X, y = demo.data()
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        gb.train(demo.make_stack(), X, y, epochs=1, tensorboard=f)
+    with pytest.raises(TypeError, match="tensorboard must be a directory path"):
+        gb.train(demo.make_stack(), X, y, epochs=1, tensorboard=3)
+
+
+def test_frame_attrs_are_plain_python_values():
+    """attrs hold plain values (no gradbench objects): a frame pickles and loads without gradbench types."""
+    import pickle
+
+    stack = gb.Stack(depth=3, width=4)
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 2, 1))
+    df = gb.diagnose(res).to_frame()
+    back = pickle.loads(pickle.dumps(df))
+    assert back.attrs["stack"] == dataclasses.asdict(stack) and isinstance(back.attrs["verdict"], str)

@@ -1,0 +1,448 @@
+"""PyTorch in and out: round trips are bitwise, imported models agree with torch autograd.
+
+The models are built with torch's own constructors and initialisers (independent of
+``to_torch``); the reference values are torch's forward and ``.grad`` in float64, and
+gradbench's come from ``gb.backprop`` on the imported stack (numpy backend, the reference).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    "torch", reason="torch is not installed: pip install 'gradbench[torch]' (make test-all installs torch==2.13.0)")
+from torch import nn  # noqa: E402
+
+import gradbench as gb  # noqa: E402
+from gradbench import torch_io  # noqa: E402
+from gradbench.torch_io import Residual  # noqa: E402
+
+RTOL = 1e-12  # float64: loss and every gradient, max|got - ref| <= RTOL * max|ref| per array
+
+ACTIVATION_MODULES = {
+    "identity": nn.Identity, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.2), "prelu": nn.PReLU, "elu": lambda: nn.ELU(0.7),
+    "selu": nn.SELU, "swish": nn.SiLU, "gelu": nn.GELU,
+}
+
+
+# ------------------------------------------------------------------ round trips
+ROUND_TRIP = [
+    dict(activation=a) for a in gb.ACTIVATIONS
+] + [
+    dict(activation="leaky_relu", activation_param=0.3, batch_norm=True, bn_eps=1e-3),
+    dict(activation="elu", activation_param=0.5, residual=2, residual_scale=0.25),
+    dict(activation="tanh", batch_norm=True, residual=1, input_dim=3, loss="mse", output_dim=2),
+    dict(activation="relu", input_dim=5, loss="softmax_ce", output_dim=4),
+    dict(activation="sigmoid", input_dim=2, loss="bce", output_dim=1, dtype="float32"),
+    dict(activation="prelu", activation_param=0.1, batch_norm=True, residual=3, loss="bce", dtype="float32"),
+]
+
+
+@pytest.mark.parametrize("kw", ROUND_TRIP, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_round_trip_to_torch_from_torch_is_bitwise(kw):
+    stack = gb.Stack(depth=6, width=5, sigma_b=0.3, **kw)
+    params = gb.init_params(stack, seed=4)
+    if stack.batch_norm:  # gamma and beta away from their initial 1 and 0
+        rng = np.random.default_rng(1)
+        params.gamma[...] = rng.uniform(0.5, 1.5, params.gamma.shape)
+        params.beta[...] = rng.normal(0, 0.3, params.beta.shape)
+    if stack.activation == "prelu":
+        params.slope[...] = np.linspace(-0.3, 0.6, stack.depth)
+    model = gb.to_torch(stack, params)
+    assert isinstance(model, nn.Sequential) and model.training
+    assert all(p.dtype == getattr(torch, stack.dtype) for p in model.parameters())
+    back, got = gb.from_torch(model, loss=stack.loss if stack.has_head else None)
+    for name, a in params.items():
+        b = getattr(got, name)
+        assert b is not None and b.dtype == a.dtype, name
+        assert a.tobytes() == b.tobytes(), f"params.{name} changed in the round trip"
+    for f in ("depth", "width", "activation", "act_param", "batch_norm", "bn_eps", "residual", "residual_scale",
+              "loss", "d_in", "output_dim", "dtype"):
+        assert getattr(back, f) == getattr(stack, f), f
+
+
+def test_to_torch_computes_what_gradbench_computes():
+    """The exported model's loss equals gradbench's (float64) on a stack with every part."""
+    stack = gb.Stack(depth=6, width=7, activation="swish", batch_norm=True, residual=2, residual_scale=0.5,
+                     input_dim=3, loss="softmax_ce", output_dim=3, sigma_b=0.2)
+    params = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, 9, 1)
+    t = np.random.default_rng(2).integers(0, 3, 9)
+    model = gb.to_torch(stack, params)
+    ref = torch_io.loss_fn(stack)(model(torch.tensor(x)), torch.tensor(t)).item()
+    assert gb.backprop(stack, params, x, t, backend="numpy").loss == pytest.approx(ref, rel=RTOL)
+
+
+def test_to_torch_refuses_what_a_module_cannot_hold():
+    stack = gb.Stack(depth=2, width=3, clip="norm", clip_on="signal")
+    with pytest.raises(ValueError, match="clip='norm'.*no nn.Module counterpart"):
+        gb.to_torch(stack, gb.init_params(stack, 0))
+    stack = gb.Stack(depth=2, width=3)
+    with pytest.raises(ValueError, match="params.W has shape"):
+        gb.to_torch(stack, gb.init_params(gb.Stack(depth=3, width=3), 0))
+    with pytest.raises(TypeError, match="params must be gradbench.Params or GeneratedParams"):
+        gb.to_torch(stack, {"W": None})
+
+
+def test_generated_weights_export_as_they_are_generated():
+    from gradbench.params import GeneratedParams
+
+    stack = gb.Stack(depth=5, width=4, activation="tanh", sigma_b=0.1, input_dim=2, loss="mse")
+    gen = GeneratedParams(stack, 3)
+    _, back = gb.from_torch(gb.to_torch(stack, gen), loss="mse")
+    assert back.W.tobytes() == gen.weights(0, 5).tobytes() and back.b.tobytes() == gen.biases(0, 5).tobytes()
+    with pytest.raises(ValueError, match="different stack"):
+        gb.to_torch(stack.replace(depth=4), gen)
+
+
+# ------------------------------------------------------------------ torch-built models vs autograd
+def build(activation="tanh", depth=4, width=6, d_in=None, d_out=None, batch_norm=False, residual=0, scale=1.0,
+          bias=True, affine=True, seed=0):
+    """A model made with torch's constructors and default init; returns it and its parameters by role."""
+    torch.manual_seed(seed)
+    lin = [nn.Linear(width, width, bias=bias, dtype=torch.float64) for _ in range(depth)]
+    bns = [nn.BatchNorm1d(width, affine=affine, dtype=torch.float64) for _ in range(depth)] if batch_norm else []
+    acts = [ACTIVATION_MODULES[activation]().double() for _ in range(depth)]
+    if activation == "prelu":
+        with torch.no_grad():
+            for l, a in enumerate(acts):
+                a.weight.fill_(-0.2 + 0.15 * l)
+    if bns and affine:
+        with torch.no_grad():
+            for bn in bns:
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.normal_(0.0, 0.3)
+    blocks = [[lin[l]] + ([bns[l]] if bns else []) + [acts[l]] for l in range(depth)]
+    body: list[nn.Module] = []
+    if residual:
+        for g in range(0, depth, residual):
+            body.append(Residual(nn.Sequential(*[m for b in blocks[g:g + residual] for m in b]), scale))
+    else:
+        body = [m for b in blocks for m in b]
+    inp = nn.Linear(d_in, width, dtype=torch.float64) if d_in else None
+    head = nn.Linear(width, d_out, dtype=torch.float64) if d_out else None
+    model = nn.Sequential(*([inp] if inp else []), *body, *([head] if head else []))
+    roles = {"W": [m.weight for m in lin]}
+    if bias:
+        roles["b"] = [m.bias for m in lin]
+    if bns and affine:
+        roles["gamma"] = [m.weight for m in bns]
+        roles["beta"] = [m.bias for m in bns]
+    if activation == "prelu":
+        roles["slope"] = [a.weight for a in acts]
+    if inp:
+        roles["W_in"], roles["b_in"] = [inp.weight], [inp.bias]
+    if head:
+        roles["W_out"], roles["b_out"] = [head.weight], [head.bias]
+    return model, roles
+
+
+def targets(loss, batch, d_out, seed=5):
+    rng = np.random.default_rng(seed)
+    if loss == "mse":
+        return rng.standard_normal((batch, d_out))
+    if loss == "bce":
+        return rng.integers(0, 2, (batch, d_out)).astype(np.float64)
+    if loss == "softmax_ce":
+        return rng.integers(0, d_out, batch)
+    return None
+
+
+def torch_reference(model, x, t, loss):
+    fn = {"mse": nn.MSELoss(), "bce": nn.BCEWithLogitsLoss(), "softmax_ce": nn.CrossEntropyLoss()}.get(loss)
+    model.zero_grad()
+    out = model(torch.tensor(x))
+    value = fn(out, torch.tensor(t)) if fn else 0.5 * (out * out).sum()
+    value.backward()
+    return value.item()
+
+
+def assert_agree(model, roles, loss, batch=10, d_in=6, d_out=None, seed=1):
+    """gb.backprop on the imported model == torch autograd: the loss and every gradient."""
+    stack, params = gb.from_torch(model, loss=loss)
+    x = np.random.default_rng(seed).standard_normal((batch, d_in))
+    t = targets(loss, batch, d_out)
+    res = gb.backprop(stack, params, x, t, backend="numpy")
+    ref_loss = torch_reference(model, x, t, loss)
+    assert abs(res.loss - ref_loss) <= RTOL * abs(ref_loss), (res.loss, ref_loss)
+    grads = dict(res.grads.items())
+    compared = 0
+    for name, tensors in roles.items():
+        got_all = grads[name].to_float()
+        for l, p in enumerate(tensors):
+            ref = p.grad.detach().numpy().reshape(-1)
+            got = (got_all[l] if name not in ("W_in", "b_in", "W_out", "b_out") else got_all).reshape(-1)
+            scale = np.max(np.abs(ref))
+            err = np.max(np.abs(got - ref))
+            if stack.batch_norm and (name == "b" or (name == "b_in" and not stack.residual)):
+                # dL/db_l (and dL/db_in) is exactly 0 under batch norm, which subtracts the batch
+                # mean (b_in: unless a skip path carries it): both sides are rounding noise, bounded
+                # relative to the layer's dL/dbeta
+                bound = RTOL * np.max(np.abs(grads["beta"].to_float()[l]))
+                assert max(np.max(np.abs(got)), np.max(np.abs(ref))) <= bound, f"d loss / d {name}[{l}] under batch norm"
+                compared += 1
+                continue
+            assert scale > 0, f"{name}[{l}]: torch's gradient is zero, the test would compare nothing"
+            assert err <= RTOL * scale, (
+                f"d loss / d {name}[{l}]: max |gradbench - torch| = {err:.3g}, {err / scale:.3g} of max|torch| "
+                f"(index {int(np.argmax(np.abs(got - ref)))})")
+            compared += 1
+    assert compared >= len(roles)
+    return stack
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATION_MODULES))
+def test_each_activation_module_agrees_with_autograd(activation):
+    model, roles = build(activation, d_in=3, d_out=2)
+    stack = assert_agree(model, roles, "mse", d_in=3, d_out=2)
+    assert stack.activation == activation
+    if activation == "leaky_relu":
+        assert stack.act_param == 0.2
+    if activation == "elu":
+        assert stack.act_param == 0.7
+
+
+@pytest.mark.parametrize("loss,d_out", [(None, None), ("mse", 3), ("bce", 1), ("softmax_ce", 4)])
+def test_each_loss_agrees_with_autograd(loss, d_out):
+    model, roles = build("tanh", d_out=d_out)
+    stack = assert_agree(model, roles, loss, d_out=d_out)
+    assert stack.loss == (loss or "sum_squares")
+
+
+def test_loss_can_be_given_as_a_torch_module():
+    model, _ = build("relu", d_out=3)
+    assert gb.from_torch(model, loss=nn.CrossEntropyLoss())[0].loss == "softmax_ce"
+    with pytest.raises(ValueError, match="reduction='sum'"):
+        gb.from_torch(model, loss=nn.MSELoss(reduction="sum"))
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "prelu"])
+def test_batch_norm_blocks_agree_with_autograd(activation):
+    model, roles = build(activation, batch_norm=True, d_in=4, d_out=2)
+    stack = assert_agree(model, roles, "bce", d_in=4, d_out=2)
+    assert stack.batch_norm and stack.bn_eps == 1e-5
+
+
+def test_batch_norm_without_affine_or_running_stats_agrees_with_autograd():
+    model, roles = build("tanh", batch_norm=True, affine=False, d_out=2)
+    assert_agree(model, roles, "mse", d_out=2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6, dtype=torch.float64),
+                          nn.BatchNorm1d(6, track_running_stats=False, dtype=torch.float64), nn.Tanh(),
+                          nn.Linear(6, 2, dtype=torch.float64)).eval()  # eval, but batch statistics
+    roles = {"W": [model[0].weight], "b": [model[0].bias], "gamma": [model[1].weight], "beta": [model[1].bias]}
+    assert_agree(model, roles, "mse", d_out=2)
+
+
+@pytest.mark.parametrize("k,scale,bn", [(1, 1.0, False), (2, 0.5, False), (3, 1.0, True)])
+def test_residual_groups_agree_with_autograd(k, scale, bn):
+    model, roles = build("gelu", depth=6, residual=k, scale=scale, batch_norm=bn, d_in=3, d_out=2)
+    stack = assert_agree(model, roles, "mse", d_in=3, d_out=2)
+    assert stack.residual == k and stack.residual_scale == scale
+
+
+def test_linear_layers_without_bias_agree_with_autograd():
+    model, roles = build("elu", bias=False, d_out=2)
+    stack, params = gb.from_torch(model, loss="mse")
+    assert not np.any(params.b)
+    assert_agree(model, roles, "mse", d_out=2)
+
+
+def test_nested_sequential_and_a_module_whose_forward_is_one():
+    inner, roles = build("sigmoid", d_out=1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = inner
+
+        def forward(self, x):
+            return self.net(x)
+
+    assert_agree(Net(), roles, "bce", d_out=1)
+    nested = nn.Sequential(nn.Sequential(*list(inner)[:4]), nn.Sequential(*list(inner)[4:]))
+    assert_agree(nested, roles, "bce", d_out=1)
+
+
+def test_dtype_is_kept_or_chosen():
+    model, _ = build("tanh")
+    assert gb.from_torch(model)[0].dtype == "float64"
+    stack, params = gb.from_torch(model, dtype="float32")
+    assert stack.dtype == "float32" and params.W.dtype == np.float32
+    assert gb.from_torch(model.float())[0].dtype == "float32"
+    with pytest.raises(ValueError, match="dtype='float16' is not one of"):
+        gb.from_torch(model, dtype="float16")
+    with pytest.raises(ValueError, match=r"dtype\(s\) \['torch.float16'\]"):
+        gb.from_torch(model.half())
+
+
+# ------------------------------------------------------------------ refused, with the reason
+def _seq(*modules):
+    return nn.Sequential(*modules).double()
+
+
+UNSUPPORTED = [
+    ("dropout", lambda: _seq(nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 4), nn.ReLU()),
+     r"Dropout at '2': Dropout is not supported"),
+    ("width change", lambda: _seq(nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 128), nn.Tanh(),
+                                  nn.Linear(128, 128), nn.Tanh()),
+     r"Linear\(256, 128\) at '2': widths must be uniform inside the stack"),
+    ("bn eval", lambda: _seq(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Tanh()).eval(),
+     r"BatchNorm1d\(4\) at '1' is in eval mode .*batch statistics"),
+    ("mixed activations", lambda: _seq(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU()),
+     r"ReLU at '3': activations must be the same in every layer \(the first is Tanh at '1'\)"),
+    ("leaky slopes differ", lambda: _seq(nn.Linear(4, 4), nn.LeakyReLU(0.1), nn.Linear(4, 4), nn.LeakyReLU(0.2)),
+     r"LeakyReLU at '3': activations must be the same"),
+    ("gelu tanh", lambda: _seq(nn.Linear(4, 4), nn.GELU(approximate="tanh")),
+     r"GELU at '1': GELU\(approximate='tanh'\) is not gradbench's gelu"),
+    ("prelu per unit", lambda: _seq(nn.Linear(4, 4), nn.PReLU(4)),
+     r"PReLU\(num_parameters=4\) has one slope per unit"),
+    ("layernorm", lambda: _seq(nn.Linear(4, 4), nn.LayerNorm(4), nn.Tanh()),
+     r"LayerNorm at '1': LayerNorm has no gradbench counterpart"),
+    ("softplus", lambda: _seq(nn.Linear(4, 4), nn.Softplus()),
+     r"Softplus at '1': Softplus has no gradbench counterpart"),
+    ("batchnorm2d", lambda: _seq(nn.Linear(4, 4), nn.BatchNorm2d(4), nn.Tanh()),
+     r"BatchNorm2d at '1': BatchNorm2d is not supported"),
+    ("no activation", lambda: _seq(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Linear(4, 4), nn.Tanh()),
+     r"Linear\(4, 4\) at '3' follows Linear\(4, 4\) at '2' without an activation"),
+    ("bn not everywhere", lambda: _seq(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh()),
+     r"Linear\(4, 4\) at '3': batch norm must follow every Linear\(N, N\) or none"),
+    ("bn eps differ", lambda: _seq(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 4),
+                                   nn.BatchNorm1d(4, eps=1e-3), nn.Tanh()),
+     r"BatchNorm1d\(4\) at '4': eps=0.001 differs"),
+    ("input with activation", lambda: _seq(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU()),
+     r"Linear\(2, 4\) at '0' is followed by ReLU: gradbench's input layer \(D -> N\) is linear"),
+    ("square input layer", lambda: _seq(nn.Linear(4, 4), nn.Linear(4, 4), nn.ReLU()),
+     r"input layer of the stack's own width"),
+    ("mixed residual", lambda: _seq(Residual(nn.Sequential(nn.Linear(4, 4), nn.ReLU())), nn.Linear(4, 4), nn.ReLU()),
+     r"residual groups and plain blocks are mixed"),
+    ("residual sizes", lambda: _seq(Residual(nn.Sequential(nn.Linear(4, 4), nn.ReLU())),
+                                    Residual(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU()))),
+     r"Residual\(scale=1.0\) at '1' holds 2 blocks, the first group 1"),
+    ("residual scales", lambda: _seq(Residual(nn.Sequential(nn.Linear(4, 4), nn.ReLU())),
+                                     Residual(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), 0.5)),
+     r"residual scales must be equal"),
+    ("conv", lambda: _seq(nn.Conv1d(1, 1, 3)), r"Conv1d at '0': Conv1d has no gradbench counterpart"),
+]
+
+
+@pytest.mark.parametrize("make,message", [u[1:] for u in UNSUPPORTED], ids=[u[0] for u in UNSUPPORTED])
+def test_every_unsupported_module_is_refused_with_its_reason(make, message):
+    with pytest.raises(ValueError, match=message) as info:
+        gb.from_torch(make())
+    assert str(info.value).startswith("cannot map the model to a gradbench stack: ")
+    assert "\n" not in str(info.value)
+
+
+def test_a_head_needs_a_loss_and_a_loss_needs_a_head():
+    model, _ = build("tanh", d_out=2)
+    with pytest.raises(ValueError, match=r"ends in a head Linear\(6, 2\) at '8': give loss="):
+        gb.from_torch(model)
+    with pytest.raises(ValueError, match="loss='sum_squares' is 0.5"):
+        gb.from_torch(model, loss="sum_squares")
+    plain, _ = build("tanh")
+    with pytest.raises(ValueError, match="loss='mse' needs a head"):
+        gb.from_torch(plain, loss="mse")
+    with pytest.raises(ValueError, match="did you mean 'mse'"):
+        gb.from_torch(plain, loss="mes")
+
+
+def test_a_forward_that_is_not_a_chain_is_refused():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.relu(self.lin(x))
+
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.act = nn.Linear(4, 4), nn.Tanh()
+
+        def forward(self, x):
+            return x + self.act(self.lin(x))
+
+    with pytest.raises(ValueError, match="Functional.forward calls relu outside a module"):
+        gb.from_torch(Functional())
+    with pytest.raises(ValueError, match=r"Skip.forward calls arithmetic \(add\) outside a module"):
+        gb.from_torch(Skip())
+
+
+# ------------------------------------------------------------------ saved models
+def test_a_saved_model_loads_weights_only_and_maps_back(tmp_path):
+    stack = gb.Stack(depth=4, width=5, activation="prelu", batch_norm=True, residual=2, input_dim=3, loss="mse")
+    params = gb.init_params(stack, 0)
+    path = tmp_path / "model.pt"
+    torch.save(gb.to_torch(stack, params), path)
+    back, got = gb.from_torch(torch_io.load(path), loss="mse")
+    assert back.residual == 2 and all(a.tobytes() == getattr(got, k).tobytes() for k, a in params.items())
+
+
+def test_a_saved_file_with_other_classes_is_refused_before_it_runs(tmp_path):
+    path = tmp_path / "dropout.pt"
+    torch.save(nn.Sequential(nn.Linear(3, 3), nn.Dropout()), path)
+    with pytest.raises(ValueError, match=r"holds torch.nn.modules.dropout.Dropout, which gradbench does not load"):
+        torch_io.load(path)
+    sd = tmp_path / "state.pt"
+    torch.save(nn.Linear(3, 3).state_dict(), sd)
+    with pytest.raises(ValueError, match="holds a OrderedDict, not a model"):
+        torch_io.load(sd)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a model saved with torch.save"):
+        torch_io.load(junk)
+
+
+# ------------------------------------------------------------------ the adam demo in PyTorch
+def test_pytorch_reproduces_the_adam_demo():
+    """The deep sigmoid net trained with torch.optim.Adam (lr 1e-3, same init and batch order)."""
+    from gradbench.train import DEMOS, targets_for
+
+    demo = DEMOS["adam"]
+    X, y = demo.data()
+    stack = demo.make_stack()
+    kw = demo.train
+    model = gb.to_torch(stack, gb.init_params(stack, kw["seed"]))
+    opt = torch.optim.Adam(model.parameters(), lr=kw["lr"])
+    lossf = torch_io.loss_fn(stack)
+    Xt, T = torch.tensor(X), torch.tensor(targets_for(stack, y))
+    rng = np.random.default_rng([kw["seed"], 1])  # gb.train's shuffling
+    for _ in range(kw["epochs"]):
+        order = rng.permutation(len(X))
+        for s in range(0, len(X), kw["batch_size"]):
+            idx = torch.tensor(order[s:s + kw["batch_size"]])
+            opt.zero_grad()
+            lossf(model(Xt[idx]), T[idx]).backward()
+            opt.step()
+    with torch.no_grad():
+        torch_loss = lossf(model(Xt), T).item()
+    ours = gb.run_demo("adam").eval_loss[-1]
+    assert 0.30 < torch_loss < 0.38 and torch_loss < math.log(2) - 0.3
+    assert abs(ours - torch_loss) < 1e-6, (ours, torch_loss)
+
+
+def test_import_without_torch_says_how_to_install(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.delitem(sys.modules, "gradbench.torch_io", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'gradbench\[torch\]'"):
+        importlib.import_module("gradbench.torch_io")
+    monkeypatch.delitem(sys.modules, "gradbench.torch_io", raising=False)
+    with pytest.raises(ImportError, match=r"gradbench\[torch\]"):
+        gb.from_torch(None)
+
+
+def test_buffer_io_does_not_need_a_file():
+    buf = io.BytesIO()
+    torch.save(nn.Sequential(nn.Linear(3, 3), nn.Tanh()).double(), buf)
+    buf.seek(0)
+    assert gb.from_torch(torch_io.load(buf))[0].depth == 1

@@ -1,0 +1,127 @@
+"""Verdicts and sentences that agree with theory: the rules of gradbench.verdict on the grid of
+mean-field phases, the cases where the old verdict said the opposite of the truth, and one
+sign convention for every rate."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench import theory
+
+THRESHOLD = 2.0
+
+
+def _diagnose(stack, batch=16, seed=0, x=None, params=None):
+    params = gb.init_params(stack, seed) if params is None else params
+    x = gb.gaussian_input(stack, batch, seed + 1) if x is None else x
+    return gb.diagnose(gb.backprop(stack, params, x), threshold=THRESHOLD)
+
+
+def test_verdict_agrees_with_the_mean_field_phase():
+    """The rule (gradbench.verdict): wherever the predicted change over the stack,
+    |0.5 log10 chi_1| (L - 1), is at least 3 x threshold, the verdict is the phase's."""
+    decided, checked = 0, []
+    grid = itertools.product(("tanh", "relu", "sigmoid", "elu"), (0.5, 1.0, 1.5, 2.5, 4.0), (0.0, 0.3), (60, 200))
+    for act, sigma_w, sigma_b, depth in grid:
+        mf = theory.mean_field(act, sigma_w, sigma_b)
+        change = mf.decades_per_layer * (depth - 1)
+        if not abs(change) >= 3 * THRESHOLD:
+            continue
+        stack = gb.Stack(depth=depth, width=48, activation=act, init="normal", sigma_w=sigma_w, sigma_b=sigma_b)
+        d = _diagnose(stack)
+        want = "vanishing" if change < 0 else "exploding"
+        checked.append((act, sigma_w, sigma_b, depth, round(change, 1), d.verdict))
+        assert d.verdict == want, (f"{act} sigma_w={sigma_w} sigma_b={sigma_b} L={depth}: mean field predicts "
+                                   f"{change:+.1f} decades ({mf.phase}), verdict {d.verdict}: {d.explanation}")
+        decided += 1
+    assert decided >= 40, checked  # the grid really covers both phases
+    assert {c[-1] for c in checked} == {"vanishing", "exploding"}
+
+
+@pytest.mark.parametrize("sigma_w", [0.5, 0.75, 0.9])
+def test_zero_bias_ordered_tanh_is_vanishing_not_stable(sigma_w):
+    """Flat ||dW_l|| at 10^-118 / 10^-48 / 10^-17 read "stable": the signal vanishes."""
+    stack = gb.Stack(depth=200, width=32, activation="tanh", init="normal", sigma_w=sigma_w)
+    d = _diagnose(stack)
+    assert d.verdict == "vanishing", d.explanation
+    assert d.signal_decades_per_layer < 0
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "swish"])
+def test_deep_xavier_stacks_are_vanishing(activation):
+    """ReLU with Xavier at L = 800 (||dW|| 10^-261 everywhere), GELU, swish: vanishing."""
+    stack = gb.Stack(depth=800, width=32, activation=activation, init="xavier_normal")
+    d = _diagnose(stack, batch=8)
+    assert d.verdict == "vanishing", d.explanation
+    assert np.all(np.isfinite(d.grad_log10))
+
+
+def test_no_gradient_at_all():
+    stack = gb.Stack(depth=20, width=8, activation="tanh")
+    d = _diagnose(stack, x=np.zeros((4, 8)))
+    assert d.verdict == "no gradient" and "no gradient at all" in d.explanation
+    # every ReLU unit dead: negative weights on a positive input
+    relu = gb.Stack(depth=20, width=8, activation="relu", init="he_normal")
+    p = gb.init_params(relu, 0)
+    p.W[...] = -np.abs(p.W)
+    d = _diagnose(relu, params=p, x=np.abs(gb.gaussian_input(relu, 4, 1)))
+    assert d.verdict == "no gradient"
+    assert np.all(d.dead[1:] == 1.0)
+
+
+def test_batch_norm_at_batch_one_is_refused():
+    stack = gb.Stack(depth=4, width=8, batch_norm=True)
+    with pytest.raises(ValueError, match="batch_norm=True needs a batch of at least 2"):
+        gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 1, 1))
+    X, y = gb.datasets.moons(40, seed=0)
+    with pytest.raises(ValueError, match="batch"):
+        gb.train(stack.replace(input_dim=2, loss="bce"), X, y, epochs=1, batch_size=1)
+
+
+def test_explanations_name_the_layers_they_quote():
+    """"from 10^-0.02 at the top to 10^-66.78 at layer 0" was printed while layer 0 read 0."""
+    stack = gb.Stack(depth=30, width=6, activation="sigmoid", init="xavier_normal", sigma_b=0.5)
+    d = _diagnose(stack, x=np.zeros((4, 6)))  # h_0 = 0: dL/dW_0 = dz^T h_0 is exactly 0
+    assert d.grad_log10[0] == -np.inf and np.all(np.isfinite(d.grad_log10[1:]))
+    quoted = re.findall(r"10\^(-?[\d.]+) at layer (\d+)", d.explanation)
+    assert quoted and all(np.isfinite(d.grad_log10[int(layer)]) for _, layer in quoted if "||dW||" in d.explanation)
+    assert "at layer 1" in d.explanation and "at layer 0 " not in d.explanation
+
+
+def test_float_limit_sentence_accounts_for_the_forward():
+    """"float64 is fine, it would underflow after ~7 million layers" for a run whose own
+    activations underflow at 47,000: the forward is now part of the sentence."""
+    stack = gb.Stack(depth=3000, width=4, activation="gelu")
+    d = _diagnose(stack, batch=2)
+    lim = d.float_limits["float64"]
+    assert lim["forward_underflow_layer"] is not None
+    assert d.act_std_log10[lim["forward_underflow_layer"]] < -307.6 <= d.act_std_log10[lim["forward_underflow_layer"] - 1]
+    assert f"lose the forward activations at layer {lim['forward_underflow_layer']}" in str(d)
+
+
+def test_one_sign_convention_for_theory_and_measurement():
+    stack = gb.Stack(depth=400, width=128, activation="sigmoid", init="normal", sigma_w=1.0)
+    d = _diagnose(stack, batch=8)
+    mf = theory.mean_field(stack)
+    assert mf.decades_per_layer < 0 and d.decades_per_layer < 0 and d.signal_decades_per_layer < 0
+    assert d.signal_decades_per_layer == pytest.approx(mf.decades_per_layer, abs=0.05)
+    assert "negative: vanishing" in str(d)
+
+
+def test_theory_handles_every_activation():
+    """GELU/swish found no critical sigma_w ("value at x=20.0 is NaN") and printed -inf decades
+    above sigma_w ~ 2: the limits are finite, and where mean field has no edge it says so."""
+    for act in gb.ACTIVATIONS:
+        for sigma_w in (0.5, 1.0, 2.0, 3.0):
+            mf = theory.mean_field(act, sigma_w, 0.1)
+            assert math.isfinite(mf.chi1) and math.isfinite(mf.decades_per_layer), (act, sigma_w, mf)
+    assert theory.mean_field("gelu", 3.0, 0.0).chi1 == pytest.approx(4.5, rel=1e-9)  # the ReLU limit
+    with pytest.raises(ValueError, match="no edge of chaos"):
+        theory.critical_sigma_w("gelu", 0.0)
+    assert theory.critical_sigma_w("elu", 0.1) == pytest.approx(1.1761, abs=1e-3)
