@@ -348,6 +348,8 @@ static inline void gb_vact(gb_vd z, int act, double p, gb_vd *a, gb_vd *d) {
         return;
     }
     default: /* GELU (erfc) and anything else: the scalar functions, lane by lane */
+        if (a) *a = zero;
+        if (d) *d = zero;
         for (int i = 0; i < GB_VL; i++) {
             if (a) (*a)[i] = gb_phi_f64(z[i], act, p);
             if (d) (*d)[i] = gb_dphi_f64(z[i], act, p);

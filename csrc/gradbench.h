@@ -77,7 +77,8 @@ typedef void (*gb_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, 
 typedef struct gb_opts {
     gb_dgemm_fn dgemm;
     gb_sgemm_fn sgemm;
-    int64_t blas_min_width;   /* layers with N >= this use BLAS for the three products */
+    int64_t blas_min_width;   /* float64 layers with N >= this use BLAS for the three products */
+    int64_t blas_min_width_f32; /* the same for float32 */
     int64_t nthreads;         /* threads of the own kernels (1: serial) */
     int64_t par_min_work;     /* B*N*N below which a layer runs on one thread */
     int64_t isa;              /* 0: the best instance this CPU runs; 1, 3, 4: at most baseline,

@@ -1,16 +1,10 @@
-/* The float32 kernels compiled for x86-64 CPUs with AVX2 and FMA (x86-64-v3); dispatch.c calls
- * them only on such a CPU. Elsewhere (another architecture or compiler) this file is empty. */
-#if defined(__x86_64__) && defined(__GNUC__)
+/* The float32 kernels for x86-64 CPUs with AVX2 and FMA (x86-64-v3); dispatch.c calls them there. */
 #define GB_ISA v3
-#ifdef __clang__
-#pragma clang attribute push(__attribute__((target("avx2,fma,bmi,bmi2,lzcnt,popcnt,f16c,movbe"))), apply_to = function)
-#else
-#pragma GCC target("avx2,fma,bmi,bmi2,lzcnt,popcnt,f16c,movbe")
-#endif
+#define GB_ISA_LEVEL 3
+#include "target_begin.h"
+#ifdef GB_TARGET_ON
 #include "stack_f32.c"
-#ifdef __clang__
-#pragma clang attribute pop
-#endif
+#include "target_end.h"
 #else
-typedef int gb_no_f32_v3; /* ISO C: not an empty translation unit */
+typedef int gb_no_f32_v3; /* another architecture: ISO C wants a declaration */
 #endif

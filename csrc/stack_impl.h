@@ -294,7 +294,7 @@ static inline int F(gb_vact_scaled)(gb_vd u, const gb_scaled *s, gb_vd *a, gb_vd
     const gb_vi pos = u > 0.0;
     const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
     const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
-    gb_vd va, vd;
+    gb_vd va = zero, vd = zero;
     if (s->vmode == GB_VM_TINY) { /* every finite u 2^f is below TINY */
         va = c0 * u;
         vd = c0;
@@ -306,7 +306,7 @@ static inline int F(gb_vact_scaled)(gb_vd u, const gb_scaled *s, gb_vd *a, gb_vd
         const gb_vd z = u * s->pf;
         const gb_vi tiny = gb_vabs(z) < s->tiny, over = gb_vabs(z) > 0x1.fffffffffffffp1023;
         const gb_vd lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
-        gb_vd pa, pd;
+        gb_vd pa = zero, pd = zero;
         gb_vact(gb_blend(tiny | over, zero, z), s->act, s->p, a ? &pa : NULL, d ? &pd : NULL);
         if (a) va = gb_blend(tiny, c0 * u, gb_blend(over, lim, pa * s->pmf));
         if (d) vd = gb_blend(tiny, c0, gb_blend(over, ci, pd));
@@ -552,7 +552,8 @@ static void *F(gb_alloc)(size_t bytes) {
 
 /* BLAS for this width, or NULL: the own kernels */
 static GEMM_FN F(gb_pick_gemm)(const gb_opts *opts, int64_t N) {
-    return (opts && opts->GEMM_FIELD && N >= opts->blas_min_width) ? opts->GEMM_FIELD : NULL;
+    if (!opts || !opts->GEMM_FIELD) return NULL;
+    return N >= (sizeof(T) == sizeof(float) ? opts->blas_min_width_f32 : opts->blas_min_width) ? opts->GEMM_FIELD : NULL;
 }
 
 /* Threads for a call: the own kernels on nth threads, each owning a block of batch rows (and
@@ -574,13 +575,33 @@ static inline int64_t F(gb_part)(int64_t n, int tid, int nth) {
     return tid >= nth ? n : (n * tid / nth) / 4 * 4;
 }
 
+/* The options of icfg and fcfg (gradbench.h layouts), read once per call */
+typedef struct {
+    int act, bn, rescale, clip;
+    int64_t k;
+    double param, alpha, eps, thr, c;
+} F(gb_cfg);
+
+static F(gb_cfg) F(gb_read_cfg)(const int64_t *icfg, const double *fcfg) {
+    F(gb_cfg) c;
+    c.act = (int)icfg[GB_I_ACT];
+    c.bn = icfg[GB_I_BN] != 0;
+    c.rescale = icfg[GB_I_RESCALE_FWD] != 0;
+    c.clip = (int)icfg[GB_I_CLIP];
+    c.k = icfg[GB_I_RESIDUAL];
+    c.param = fcfg[GB_F_ACT_PARAM];
+    c.alpha = fcfg[GB_F_RES_SCALE];
+    c.eps = fcfg[GB_F_BN_EPS];
+    c.thr = fcfg[GB_F_SAT];
+    c.c = fcfg[GB_F_CLIP];
+    return c;
+}
+
 /* ---------------------------------------------------------------- forward */
 typedef struct {
     const gb_stack_arrays *a;
     GEMM_FN gemm;
-    int act, bn, rescale;
-    int64_t k;
-    double param, alpha, eps, thr;
+    F(gb_cfg) cfg;
     T *wt[2];             /* (N,N) W^T of the current and the next layer (own kernels) */
     T *zb;                /* (B,N) pre-normalisation z under batch norm (one thread) */
     double *rsum, *rm2;   /* (L,B) per row of h_{l+1}: sum, sum of squared deviations from its mean */
@@ -664,7 +685,7 @@ static void F(gb_row_stats)(const T *h, int64_t r0, int64_t r1, int64_t N, doubl
 static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     F(gb_fwd) *st = arg;
     const gb_stack_arrays *a = st->a;
-    const int64_t L = a->L, B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->k;
+    const int64_t L = a->L, B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;
     const T *W = a->W, *b = a->b, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
     T *H = a->H, *Z = a->Z;
     int64_t *fexp = a->fexp;
@@ -681,28 +702,28 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 */
         r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
         j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
-        const double p = st->act == GB_PRELU ? (double)slope[l] : st->param;
-        const gb_scaled sc = gb_scaled_init(st->act, p, st->rescale, f, f32);
+        const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
+        const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, f, f32);
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
         unsigned char *dead = st->dead + (l * st->nth + tid) * N; /* all 1 for a thread that left */
         if (st->gemm) { /* one thread, all rows */
-            F(gb_dense_forward_ctx)(st->gemm, NULL, st->bn ? st->zb : Zl, h, W + l * NN, b + l * N, B, N);
+            F(gb_dense_forward_ctx)(st->gemm, NULL, st->cfg.bn ? st->zb : Zl, h, W + l * NN, b + l * N, B, N);
         } else {
-            F(gb_gemm_own)(st->bn ? st->zb : Zl + r0 * N, h, N, 1, st->wt[l & 1], b + l * N, nr, N, N);
+            F(gb_gemm_own)(st->cfg.bn ? st->zb : Zl + r0 * N, h, N, 1, st->wt[l & 1], b + l * N, nr, N, N);
             if (l + 1 < L) F(gb_transpose_rows)(st->wt[(l + 1) & 1], W + (l + 1) * NN, N, j0, j1);
         }
         const T *z = Zl + r0 * N;
-        if (st->bn) { /* one thread */
+        if (st->cfg.bn) { /* one thread */
             F(gb_batchnorm_forward_impl)(st->zb, Zl, (T *)a->bn_mean + l * N, (T *)a->bn_rstd + l * N, st->zb,
-                                         gamma + l * N, beta + l * N, st->eps, B, N);
+                                         gamma + l * N, beta + l * N, st->cfg.eps, B, N);
             z = st->zb;
         }
         for (int64_t r = 0; r < nr; r++)
-            st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, z + r * N, N, &sc, st->thr, dead);
+            st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, z + r * N, N, &sc, st->cfg.thr, dead);
         int64_t fn = f;
         if (k && (l + 1) % k == 0)
-            fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, fexp[l + 1 - k], st->alpha, nr * N);
-        if (st->rescale) { /* normalise h_{l+1}: the global max|h| from every thread's rows */
+            fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, fexp[l + 1 - k], st->cfg.alpha, nr * N);
+        if (st->cfg.rescale) { /* normalise h_{l+1}: the global max|h| from every thread's rows */
             T *slot = st->amax + (l & 1) * nth;
             slot[tid] = F(gb_absmax)(hn, nr * N, 0);
             gb_barrier_wait(bar, &sense);
@@ -728,23 +749,16 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     F(gb_fwd) st;
     memset(&st, 0, sizeof st);
     st.a = a;
-    st.act = (int)icfg[GB_I_ACT];
-    st.bn = icfg[GB_I_BN] != 0;
-    st.rescale = icfg[GB_I_RESCALE_FWD] != 0;
-    st.k = icfg[GB_I_RESIDUAL];
-    st.param = fcfg[GB_F_ACT_PARAM];
-    st.alpha = fcfg[GB_F_RES_SCALE];
-    st.eps = fcfg[GB_F_BN_EPS];
-    st.thr = fcfg[GB_F_SAT];
+    st.cfg = F(gb_read_cfg)(icfg, fcfg);
     st.gemm = F(gb_pick_gemm)(opts, N);
-    const int nth = F(gb_pick_threads)(opts, st.gemm, st.bn, 0, B, N);
+    const int nth = F(gb_pick_threads)(opts, st.gemm, st.cfg.bn, 0, B, N);
     st.nth = nth;
     const size_t LB = (size_t)(L * B);
     if (!st.gemm) {
         st.wt[0] = F(gb_alloc)(sizeof(T) * (size_t)(N * N));
         st.wt[1] = F(gb_alloc)(sizeof(T) * (size_t)(N * N));
     }
-    st.zb = st.bn ? F(gb_alloc)(sizeof(T) * (size_t)(B * N)) : NULL;
+    st.zb = st.cfg.bn ? F(gb_alloc)(sizeof(T) * (size_t)(B * N)) : NULL;
     st.rsum = F(gb_alloc)(sizeof(double) * LB);
     st.rm2 = F(gb_alloc)(sizeof(double) * LB);
     st.rsat = F(gb_alloc)(sizeof(int64_t) * LB);
@@ -752,7 +766,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.dead = F(gb_alloc)((size_t)(L * nth * N));
     st.amax = F(gb_alloc)(sizeof(T) * 2 * (size_t)nth);
     rc = GB_ENOMEM;
-    if ((st.gemm || (st.wt[0] && st.wt[1])) && (!st.bn || st.zb) && st.rsum && st.rm2 && st.rsat &&
+    if ((st.gemm || (st.wt[0] && st.wt[1])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 && st.rsat &&
         st.rbad && st.dead && st.amax) {
         rc = GB_OK;
         /* results do not depend on the number of threads that actually ran */
@@ -804,9 +818,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
 typedef struct {
     const gb_stack_arrays *a;
     GEMM_FN gemm;
-    int act, bn, rescale, clip;
-    int64_t k;
-    double param, alpha, c;
+    F(gb_cfg) cfg;
     T *dz[2];             /* (B,N) dL/dz_l (layer parity) */
     T *skip;              /* (B,N) dL/dh at the end of the current residual group */
     double *rsq;          /* (L+1,B) per row: sum of squares of the normalised dL/dh_l */
@@ -828,7 +840,7 @@ static void F(gb_row_sumsq)(const T *g, int64_t r0, int64_t r1, int64_t N, doubl
 static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     F(gb_bwd) *st = arg;
     const gb_stack_arrays *a = st->a;
-    const int64_t L = a->L, B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->k;
+    const int64_t L = a->L, B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;
     const T *W = a->W, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
     const T *H = a->H, *Z = a->Z, *bn_rstd = a->bn_rstd;
     T *G = a->G, *dW = a->dW, *db = a->db, *dgamma = a->dgamma, *dbeta = a->dbeta;
@@ -855,8 +867,8 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
         i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
         g = G + r0 * N;
-        const double p = st->act == GB_PRELU ? (double)slope[l] : st->param;
-        const gb_scaled sc = gb_scaled_init(st->act, p, st->rescale, fexp[l], f32);
+        const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
+        const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, fexp[l], f32);
         const int end_group = k && (l + 1) % k == 0;
         T *dz = st->dz[l & 1];
         if (end_group) { /* dL/dh_{l+1} also flows down the skip */
@@ -866,12 +878,12 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         const T *Zl = Z + l * BN;
         for (int64_t r = r0; r < r1; r++) {
             const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N,
-                                                    st->bn ? gamma + l * N : NULL,
-                                                    st->bn ? beta + l * N : NULL, end_group,
-                                                    (T)st->alpha, &sc, N);
+                                                    st->cfg.bn ? gamma + l * N : NULL,
+                                                    st->cfg.bn ? beta + l * N : NULL, end_group,
+                                                    (T)st->cfg.alpha, &sc, N);
             if (st->rslope) st->rslope[l * B + r] = s;
         }
-        if (st->bn) { /* one thread */
+        if (st->cfg.bn) { /* one thread */
             F(gb_batchnorm_backward_impl)(dz, dgamma + l * N, dbeta + l * N, dz, Zl, bn_rstd + l * N,
                                           gamma + l * N, B, N);
         } else {
@@ -898,8 +910,8 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         m = 0;
         for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
         e = el + F(gb_scale_pow2)(g, nr * N, m);
-        if (st->clip) { /* one thread: clip and normalise again (the reference's finish) */
-            e = F(gb_clip_signal_impl)(G, e, st->clip, st->c, B, N, st->rowacc);
+        if (st->cfg.clip) { /* one thread: clip and normalise again (the reference's finish) */
+            e = F(gb_clip_signal_impl)(G, e, st->cfg.clip, st->cfg.c, B, N, st->rowacc);
             e += F(gb_normalise_impl)(G, BN);
         }
         F(gb_row_sumsq)(G, r0, r1, N, st->rsq + l * B, st->rbad + l * B);
@@ -917,29 +929,22 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     F(gb_bwd) st;
     memset(&st, 0, sizeof st);
     st.a = a;
-    st.act = (int)icfg[GB_I_ACT];
-    st.bn = icfg[GB_I_BN] != 0;
-    st.rescale = icfg[GB_I_RESCALE_FWD] != 0;
-    st.clip = (int)icfg[GB_I_CLIP];
-    st.k = icfg[GB_I_RESIDUAL];
-    st.param = fcfg[GB_F_ACT_PARAM];
-    st.alpha = fcfg[GB_F_RES_SCALE];
-    st.c = fcfg[GB_F_CLIP];
+    st.cfg = F(gb_read_cfg)(icfg, fcfg);
     st.gemm = F(gb_pick_gemm)(opts, N);
-    const int nth = F(gb_pick_threads)(opts, st.gemm, st.bn, st.clip, B, N);
+    const int nth = F(gb_pick_threads)(opts, st.gemm, st.cfg.bn, st.cfg.clip, B, N);
     const size_t BN = (size_t)(B * N), L1B = (size_t)((L + 1) * B);
     st.dz[0] = F(gb_alloc)(sizeof(T) * BN);
     st.dz[1] = F(gb_alloc)(sizeof(T) * BN);
-    st.skip = st.k ? F(gb_alloc)(sizeof(T) * BN) : NULL;
+    st.skip = st.cfg.k ? F(gb_alloc)(sizeof(T) * BN) : NULL;
     st.rsq = F(gb_alloc)(sizeof(double) * L1B);
     st.rbad = F(gb_alloc)(L1B);
-    st.rslope = st.act == GB_PRELU ? F(gb_alloc)(sizeof(double) * (size_t)(L * B)) : NULL;
+    st.rslope = st.cfg.act == GB_PRELU ? F(gb_alloc)(sizeof(double) * (size_t)(L * B)) : NULL;
     st.gsq = F(gb_alloc)(sizeof(double) * (size_t)(L * N));
     st.amax = F(gb_alloc)(sizeof(T) * 2 * (size_t)nth);
     st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
     rc = GB_ENOMEM;
-    if (st.dz[0] && st.dz[1] && (!st.k || st.skip) && st.rsq && st.rbad &&
-        (st.act != GB_PRELU || st.rslope) && st.gsq && st.amax && st.rowacc) {
+    if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rsq && st.rbad &&
+        (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.amax && st.rowacc) {
         rc = GB_OK;
         gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
         /* norms, slope sums and the first non-finite signal: rows combined in order */

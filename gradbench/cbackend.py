@@ -47,6 +47,10 @@ _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 # 256 / 512 / 1024 / 2048, BLAS 42.5 / 49.0 / 53.6 / 56.8 / 58.4 GF/s (the own products are not
 # blocked for caches yet; at N = 2048 W no longer fits in L2).
 BLAS_MIN_WIDTH = int(os.environ.get("GRADBENCH_C_BLAS_MIN_WIDTH", "1024"))
+# float32: the own products sum in float32 in one FMA chain per entry; from N ~ 128 on that
+# drifts further from NumPy's (pairwise-blocked) sgemm than batch norm over a small batch
+# tolerates (1e-4 of the layer at N = 130, B = 4: 9.4e-5 own, 1.9e-5 BLAS), so BLAS from 128.
+BLAS_MIN_WIDTH_F32 = int(os.environ.get("GRADBENCH_C_BLAS_MIN_WIDTH_F32", "128"))
 # B*N*N of a layer from which the own kernels use several threads (N = 64, B = 64 and up): one
 # barrier per layer costs ~1 us when both threads have a core. When they have not (a shared
 # machine), the team notices its waits and finishes the call on one thread (csrc/team.c).
@@ -117,6 +121,7 @@ def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: in
         o.dgemm = ffi.cast("gb_dgemm_fn", d)
         o.sgemm = ffi.cast("gb_sgemm_fn", s)
     o.blas_min_width = BLAS_MIN_WIDTH if blas_min_width is None else int(blas_min_width)
+    o.blas_min_width_f32 = BLAS_MIN_WIDTH_F32 if blas_min_width is None else int(blas_min_width)
     o.nthreads = _default_threads() if nthreads is None else int(nthreads)
     o.par_min_work = PAR_MIN_WORK if par_min_work is None else int(par_min_work)
     o.isa = int(isa)
