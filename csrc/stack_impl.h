@@ -7,13 +7,16 @@
  *
  * Dimension letters: L depth, B batch, N width. Every function follows the reference
  * (gradbench/reference.py): same names, arguments in the order outputs, saved values, inputs,
- * parameters, dimensions; the formulas are evaluated in the same order so that, given the same
- * inputs, the elementwise results are the same numbers. Matrix products use FMA and their own
- * summation order (as BLAS does); reductions use a fixed order whatever the thread count.
+ * parameters, dimensions; the formulas are the reference's (vectorised, with FMA where the
+ * instance has it: results agree to rounding, not bit for bit). Matrix products use FMA and
+ * their own summation order (as BLAS does); reductions use a fixed order.
  *
- * Threads: the own matrix products split their output into tiles, the elementwise passes split
- * rows; every output entry is computed by one thread in a fixed order and reductions go through
- * per-row partial sums combined in row order, so results do not depend on the thread count.
+ * Threads (team.c, one team per driver call): each thread owns blocks of 4 batch rows (the
+ * forward, the activation rows, dh = dz W) and of 4 dW rows (dW = dz^T h, db); one barrier per
+ * layer (W^T of the next layer, the global max|h| or max|g| of the normalisation, all of dz
+ * before dW). Every entry is computed by one thread with the same code whatever the thread
+ * count, statistics are kept per row and combined in row order after the layers, so results
+ * are bit-identical for any thread count, and a team may hand over to one thread mid-call.
  */
 #include <stdlib.h>
 #include <string.h>
