@@ -279,9 +279,10 @@ static inline gb_vd gb_vexp(gb_vd x) {
     return e;
 }
 
-/* tanh x = -m / (2 + m), m = expm1(-2|x|) (no cancellation at any |x|), sign restored */
-static inline gb_vd gb_vtanh_m(gb_vd x, gb_vd m) {
-    gb_vd t = -m / (2.0 + m);
+/* tanh x = -m r with r = 1/(2 + m) (or 1/(1 + e), e = m + 1: one division shared with
+ * sech^2 = 4 e r^2), m = expm1(-2|x|) (no cancellation at any |x|), sign restored */
+static inline gb_vd gb_vtanh_r(gb_vd x, gb_vd m, gb_vd r) {
+    gb_vd t = -m * r;
     gb_vi xb, tb;
     memcpy(&xb, &x, sizeof xb);
     memcpy(&tb, &t, sizeof tb);
@@ -289,6 +290,8 @@ static inline gb_vd gb_vtanh_m(gb_vd x, gb_vd m) {
     memcpy(&t, &tb, sizeof t);
     return gb_blend(x != x, x, t);
 }
+
+static inline gb_vd gb_vtanh_m(gb_vd x, gb_vd m) { return gb_vtanh_r(x, m, 1.0 / (2.0 + m)); }
 
 /* phi(z) into *a and phi'(z) into *d, GB_VL lanes (either pointer may be NULL) */
 static inline void gb_vact(gb_vd z, int act, double p, gb_vd *a, gb_vd *d) {
@@ -327,7 +330,13 @@ static inline void gb_vact(gb_vd z, int act, double p, gb_vd *a, gb_vd *d) {
     }
     case GB_TANH: {
         gb_vd m;
-        gb_vexp2(-2.0 * gb_vabs(z), &e, &m);
+        gb_vexp2(-2.0 * gb_vabs(z), &e, a ? &m : NULL);
+        if (a && d) { /* both (the forward: phi and its saturation count): one division */
+            const gb_vd r = 1.0 / (1.0 + e);
+            *a = gb_vtanh_r(z, m, r);
+            *d = (4.0 * e) * (r * r);
+            return;
+        }
         if (a) *a = gb_vtanh_m(z, m);
         if (d) *d = 4.0 * e / ((1.0 + e) * (1.0 + e));
         return;
