@@ -709,20 +709,28 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, f, f32);
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
         unsigned char *dead = st->dead + (l * st->nth + tid) * N; /* all 1 for a thread that left */
-        if (st->gemm) { /* one thread, all rows */
-            F(gb_dense_forward_ctx)(st->gemm, NULL, st->cfg.bn ? st->zb : Zl, h, W + l * NN, b + l * N, B, N);
-        } else {
-            F(gb_gemm_own)(st->cfg.bn ? st->zb : Zl + r0 * N, h, N, 1, st->wt[l & 1], b + l * N, nr, N, N);
-            if (l + 1 < L) F(gb_transpose_rows)(st->wt[(l + 1) & 1], W + (l + 1) * NN, N, j0, j1);
+        if (st->gemm || st->cfg.bn) { /* BLAS or batch norm: one thread, all rows, pass by pass */
+            T *zz = st->cfg.bn ? st->zb : Zl;
+            if (st->gemm)
+                F(gb_dense_forward_ctx)(st->gemm, NULL, zz, h, W + l * NN, b + l * N, B, N);
+            else
+                F(gb_gemm_own)(zz, h, N, 1, st->wt[l & 1], b + l * N, B, N, N);
+            if (st->cfg.bn)
+                F(gb_batchnorm_forward_impl)(st->zb, Zl, (T *)a->bn_mean + l * N, (T *)a->bn_rstd + l * N,
+                                             st->zb, gamma + l * N, beta + l * N, st->cfg.eps, B, N);
+            for (int64_t r = 0; r < B; r++)
+                st->rsat[l * B + r] = F(gb_act_forward_row)(hn + r * N, zz + r * N, N, &sc, st->cfg.thr, dead);
+        } else { /* the activation as the epilogue of every block of 4 rows, while z is in L1 */
+            for (int64_t q = 0; q < nr; q += 4) {
+                const int64_t m = GB_MIN(4, nr - q);
+                T *zq = Zl + (r0 + q) * N;
+                F(gb_gemm_own)(zq, h + q * N, N, 1, st->wt[l & 1], b + l * N, m, N, N);
+                for (int64_t r = q; r < q + m; r++)
+                    st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, Zl + (r0 + r) * N, N, &sc,
+                                                                     st->cfg.thr, dead);
+            }
         }
-        const T *z = Zl + r0 * N;
-        if (st->cfg.bn) { /* one thread */
-            F(gb_batchnorm_forward_impl)(st->zb, Zl, (T *)a->bn_mean + l * N, (T *)a->bn_rstd + l * N, st->zb,
-                                         gamma + l * N, beta + l * N, st->cfg.eps, B, N);
-            z = st->zb;
-        }
-        for (int64_t r = 0; r < nr; r++)
-            st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, z + r * N, N, &sc, st->cfg.thr, dead);
+        if (!st->gemm && l + 1 < L) F(gb_transpose_rows)(st->wt[(l + 1) & 1], W + (l + 1) * NN, N, j0, j1);
         int64_t fn = f;
         if (k && (l + 1) % k == 0)
             fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, fexp[l + 1 - k], st->cfg.alpha, nr * N);
