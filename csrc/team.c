@@ -12,8 +12,9 @@
  * on a shared machine does not burn the core the partner needs. On such a machine a team can
  * be slower than one thread (every layer waits for a partner that has no core): the barrier
  * measures how long the first arrival waited for the last; once these waits add up to more
- * than GB_SOLO_SKEW of the time since the team started (two threads then gain less than ~1.3x
- * and soon lose), it sets `solo` and the drivers finish the call on one thread. Results do not
+ * than GB_SOLO_SKEW of the time since the first barrier (which also waits for the helpers to
+ * start, and is not counted; two threads then gain less than ~1.3x and soon lose), it sets
+ * `solo` and the drivers finish the call on one thread. Results do not
  * depend on the thread count, so they do not change.
  */
 #include <pthread.h>
@@ -31,7 +32,7 @@
 
 /* spins (~1 us per 100 on current x86) before sleeping */
 #define GB_SPIN 4000
-#define GB_SOLO_MIN_WAITS 4 /* judge after this many barriers */
+#define GB_SOLO_MIN_WAITS 6 /* judge after this many barriers */
 #define GB_SOLO_SKEW 0.35   /* the share of the time threads spent waiting for a late partner */
 
 static int64_t gb_now_ns(void) {
@@ -50,10 +51,13 @@ void gb_barrier_wait(gb_barrier *b, int *sense) {
     if (rank == b->n - 1) { /* the last to arrive: the others wait until the sense flips */
         atomic_store_explicit(&b->count, 0, memory_order_relaxed);
         const int64_t t = gb_now_ns();
-        b->skew += t - atomic_load_explicit(&b->t_first, memory_order_relaxed);
-        b->waits++;
-        if (b->waits >= GB_SOLO_MIN_WAITS && (double)b->skew > GB_SOLO_SKEW * (double)(t - b->t_start))
-            b->solo = 1;
+        if (b->waits++ == 0) { /* the first wait also covers the helpers' start: judged from here */
+            b->t_start = t;
+        } else {
+            b->skew += t - atomic_load_explicit(&b->t_first, memory_order_relaxed);
+            if (b->waits >= GB_SOLO_MIN_WAITS && (double)b->skew > GB_SOLO_SKEW * (double)(t - b->t_start))
+                b->solo = 1;
+        }
         if (b->solo_after > 0 && b->waits >= b->solo_after) b->solo = 1;
         pthread_mutex_lock(&b->mu);
         atomic_store_explicit(&b->sense, s, memory_order_release);
