@@ -33,12 +33,12 @@ from bench_harness import check_backend, inputs, measure, reference, rounds_for,
 # The registry drives the benchmarks: the reference first, then every other registered backend.
 BACKENDS = ["numpy"] + [name for name in REGISTRY if name != "numpy"]
 JIT = {"numba"}  # backends whose first call may compile
-PEER_VARIANTS = {"torch": ("torch", {}), "jax": ("jax", {}),
+PEER_VARIANTS = {"numpy-loop": ("numpy-loop", {}), "torch": ("torch", {}), "jax": ("jax", {}),
                  "torch-ftz": ("torch", {"flush_denormal": True})}
 
 
 def implementations(case: Case) -> list[str]:
-    names = BACKENDS + ["torch", "jax"]
+    names = BACKENDS + ["numpy-loop", "torch", "jax"]
     if case.family == "subnormal":
         names.append("torch-ftz")  # torch.set_flush_denormal(True) around the pass
     return names

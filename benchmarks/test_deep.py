@@ -1,4 +1,4 @@
-"""Million-layer runs: checkpointed, generated weights, statistics only (DESIGN section 5).
+"""Million-layer runs: checkpointed, generated weights, statistics only (docs/design.md section 5).
 
 Each run is a fresh subprocess so that its peak resident memory (``ru_maxrss``) is its own;
 the time is measured inside it around ``gb.backprop`` (import and compilation excluded).

@@ -277,10 +277,11 @@ def checked(function: str, kernel: Callable) -> Callable:
 
 
 # ------------------------------------------------------------------ allocation
-def allocate(function: str, dims: Mapping[str, int], dtype, *, skip=(), fill=None) -> dict[str, np.ndarray]:
-    """Fresh arrays for ``function`` (``np.empty``; ``fill`` maps names to a fill value).
-
-    Names in ``skip`` (typically the parameters, which the caller passes) are left out.
+def allocate(function: str, dims: Mapping[str, int], dtype, *, skip=(), fill=None,
+             empty: Callable = np.empty) -> dict[str, np.ndarray]:
+    """Arrays for ``function``: ``empty(shape, dtype)`` (default ``np.empty``), then filled where
+    ``fill`` maps the name to a value. Names in ``skip`` (typically the parameters, which the
+    caller passes) are left out.
     """
     fill = fill or {}
     out = {}
@@ -288,8 +289,10 @@ def allocate(function: str, dims: Mapping[str, int], dtype, *, skip=(), fill=Non
     for arg in contract.args:
         if arg.name in skip:
             continue
-        shape, dt = shape_of(arg, dims, contract.consts), dtype_of(arg, dtype)
-        out[arg.name] = np.full(shape, fill[arg.name], dtype=dt) if arg.name in fill else np.empty(shape, dtype=dt)
+        a = empty(shape_of(arg, dims, contract.consts), dtype_of(arg, dtype))
+        if arg.name in fill:
+            a[...] = fill[arg.name]
+        out[arg.name] = a
     return out
 
 

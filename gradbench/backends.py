@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from types import ModuleType
+
+from gradbench._env import EnvError
 
 # name -> module path. The order is the order of preference for backend="auto" (fastest first).
 REGISTRY = {
@@ -19,17 +22,39 @@ REGISTRY = {
 }
 PREFERENCE = ("c", "numba", "numpy")
 
+# What the C build script (gradbench/_cbuild.py, BUILD_RECORD) wrote when it could not build.
+C_BUILD_RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cbuild_error.txt")
+
+
+def c_not_built_message(record: str = C_BUILD_RECORD) -> str:
+    """Why ``gradbench._ckernels`` is missing: the recorded build problem, or how to build it."""
+    try:
+        with open(record, encoding="utf-8") as f:
+            problem = f.read().strip()
+    except OSError:
+        problem = ""
+    if problem:
+        return f'C extension not built: {problem} (fix that, then run "pip install -e .")'
+    return 'C extension not built: run "pip install -e ." (needs a C compiler such as gcc)'
+
 
 @functools.lru_cache(maxsize=None)
-def _load(name: str) -> tuple[ModuleType | None, str | None]:
+def _load_checked(name: str) -> tuple[ModuleType | None, str | None, bool]:
+    """(module or None, why not, whether "why not" is a misconfiguration rather than a missing part)."""
     try:
         module = importlib.import_module(REGISTRY[name])
     except ImportError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, f"{type(exc).__name__}: {exc}", False
+    except EnvError as exc:  # reported, and refused when the backend is asked for (also by "auto")
+        return None, str(exc), True
     missing = [f for f in ("stack_forward", "stack_backward") if not hasattr(module, f)]
     if missing:
-        return None, f"{REGISTRY[name]} does not define {', '.join(missing)} yet"
-    return module, None
+        return None, f"{REGISTRY[name]} does not define {', '.join(missing)} yet", False
+    return module, None, False
+
+
+def _load(name: str) -> tuple[ModuleType | None, str | None]:
+    return _load_checked(name)[:2]
 
 
 def backends() -> list[str]:
@@ -42,10 +67,21 @@ def backend_status() -> dict[str, str]:
     return {name: _load(name)[1] or "available" for name in REGISTRY}
 
 
+def _auto() -> str:
+    """The fastest available backend; a faster one that is misconfigured is an error, not skipped."""
+    for n in PREFERENCE:
+        module, reason, misconfigured = _load_checked(n)
+        if module is not None:
+            return n
+        if misconfigured:
+            raise RuntimeError(f"backend {n!r} (the fastest, picked by 'auto') cannot be used: {reason}")
+    raise RuntimeError("no backend is available")  # pragma: no cover - numpy always is
+
+
 def get_backend(name: str) -> ModuleType:
     """The backend module ``name``; ``"auto"`` picks the fastest available one."""
     if name == "auto":
-        name = next(n for n in PREFERENCE if _load(n)[0] is not None)
+        name = _auto()
     if name not in REGISTRY:
         raise ValueError(
             f"backend={name!r} is not one of {', '.join(map(repr, REGISTRY))} or 'auto'"
@@ -59,6 +95,6 @@ def get_backend(name: str) -> ModuleType:
 def resolve(name: str) -> str:
     """The concrete backend name that ``get_backend(name)`` would use."""
     if name == "auto":
-        return next(n for n in PREFERENCE if _load(n)[0] is not None)
+        return _auto()
     get_backend(name)
     return name

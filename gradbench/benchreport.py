@@ -22,7 +22,8 @@ import math
 import os
 import sys
 
-GRADBENCH = ("numpy", "numba", "c")
+GRADBENCH = ("numpy", "numba", "c", "auto")
+PLAIN_LOOP = "numpy-loop"  # the loop a user writes instead (gradbench.peers): the baseline that matters
 
 
 def _fmt_time(s: float) -> str:
@@ -124,9 +125,10 @@ def _impl_order(cases: dict[str, list[dict]]) -> list[str]:
 
 
 def summary(cases: dict[str, list[dict]]) -> str:
-    """One line per case: speed-up of every implementation against the NumPy reference."""
+    """One line per case: speed-up of every implementation against the NumPy reference, and of
+    gradbench's fastest backend against the plain loop and against the fastest peer."""
     order = _impl_order(cases)
-    cols = ["case"] + order + ["best gradbench vs best peer"]
+    cols = ["case"] + order + ["best gradbench vs plain loop", "best gradbench vs best peer"]
     table = [cols]
     for case, rows in cases.items():
         rat = ratios(rows)
@@ -134,7 +136,9 @@ def summary(cases: dict[str, list[dict]]) -> str:
         ours = [t[i] for i in GRADBENCH if i in t]
         theirs = [r["time"] for r in rows if r["kind"] == "peer"]
         vs = min(theirs) / min(ours) if ours and theirs else None
-        table.append([case] + [_fmt_ratio(rat[i]["numpy"]) if i in rat else "" for i in order] + [_fmt_ratio(vs)])
+        loop = t[PLAIN_LOOP] / min(ours) if ours and PLAIN_LOOP in t else None
+        table.append([case] + [_fmt_ratio(rat[i]["numpy"]) if i in rat else "" for i in order]
+                     + [_fmt_ratio(loop), _fmt_ratio(vs)])
     widths = [max(len(row[c]) for row in table) for c in range(len(cols))]
     lines = ["speed-up against the NumPy reference (t_numpy / t; min over rounds)"]
     for k, row in enumerate(table):
@@ -144,9 +148,29 @@ def summary(cases: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def targets_table(rows: list[dict]) -> str:
+    """The speed targets (benchmarks/test_targets.py): measured ratio, what is wanted, whether it holds."""
+    lines = ["targets (ratios measured in this run; benchmarks/test_targets.py)"]
+    for r in rows:
+        i = r["info"]
+        mark = "ok  " if i.get("ok") else "MISS"
+        lines.append(f"  {mark} {i.get('target')}: {i.get('value')} (want {i.get('want')})")
+        detail = i.get("detail") or {}
+        for d in detail.get("rows", []):
+            keys = [k for k in d if k not in ("L", "N", "B", "times", "want")]
+            size = f"L={d.get('L')} n={d.get('N')} B={d.get('B')}"
+            lines.append(f"         {size}: " + ", ".join(
+                f"{k} {d[k]:.3g}" if isinstance(d[k], float) else f"{k} {d[k]}" for k in keys))
+        extra = {k: v for k, v in detail.items() if k != "rows"}
+        if extra:
+            lines.append("         " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in extra.items()))
+    return "\n".join(lines)
+
+
 def markdown(data: dict) -> str:
     """The summary as a Markdown table: min time and speed-up vs NumPy per implementation."""
-    cases = {c: r for c, r in rows_by_case(data).items() if c != "compile"}
+    cases = {c: r for c, r in rows_by_case(data).items() if c not in ("compile", "targets")}
     order = _impl_order(cases)
     skipped = {(x["case"], x["impl"]): "failed" if x.get("failed") else "skipped" for x in data.get("skipped", [])}
     lines = ["| case | " + " | ".join(order) + " | best gradbench vs best peer |",
@@ -174,7 +198,7 @@ def report(data: dict) -> str:
            f"python {mi.get('python_version', '?')}; {data.get('datetime', '')}"]
     if mi.get("versions"):
         out.append("versions: " + ", ".join(f"{k} {v}" for k, v in mi["versions"].items()))
-    timed = {c: r for c, r in cases.items() if c != "compile"}
+    timed = {c: r for c, r in cases.items() if c not in ("compile", "targets")}
     for case, rows in timed.items():
         out.append("")
         out.append(case_table(case, rows, skipped.pop(case, [])))
@@ -185,6 +209,8 @@ def report(data: dict) -> str:
         out += ["", compile_table(cases["compile"])]
     if timed:
         out += ["", summary(timed)]
+    if "targets" in cases:
+        out += ["", targets_table(cases["targets"])]
     return "\n".join(out)
 
 
@@ -256,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("gradbench bench: no JSON given and none in benchmarks/results/: run `make bench-quick` first",
               file=sys.stderr)
+        return 2
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        print(f"gradbench bench: {missing[0]} does not exist: benchmark results are written by `make bench-quick` "
+              "(benchmarks/results/bench-quick.json) or `make bench` (bench.json)", file=sys.stderr)
         return 2
     try:
         parts = [load(p) for p in paths]

@@ -26,13 +26,14 @@ import os
 import numpy as np
 
 from gradbench import abi
+from gradbench._env import env_flag, env_int
 
 try:
     from gradbench._ckernels import ffi, lib
 except ImportError as exc:  # pragma: no cover - depends on the build
-    raise ImportError(
-        'C extension not built: run "pip install -e ." (needs a C compiler such as gcc)'
-    ) from exc
+    from gradbench.backends import c_not_built_message
+
+    raise ImportError(c_not_built_message()) from exc
 
 _ERRORS = {
     abi.EBADACT: (ValueError, "unknown activation code"),
@@ -46,15 +47,15 @@ _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 # a whole forward + backward: own kernels 59.7 / 72.7 / 64.5 / 56.0 / 41.7 GF/s at N = 128 /
 # 256 / 512 / 1024 / 2048, BLAS 42.5 / 49.0 / 53.6 / 56.8 / 58.4 GF/s (the own products are not
 # blocked for caches yet; at N = 2048 W no longer fits in L2).
-BLAS_MIN_WIDTH = int(os.environ.get("GRADBENCH_C_BLAS_MIN_WIDTH", "1024"))
+BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 1024, low=0)
 # float32: the own products sum in float32 in one FMA chain per entry; from N ~ 128 on that
 # drifts further from NumPy's (pairwise-blocked) sgemm than batch norm over a small batch
 # tolerates (1e-4 of the layer at N = 130, B = 4: 9.4e-5 own, 1.9e-5 BLAS), so BLAS from 128.
-BLAS_MIN_WIDTH_F32 = int(os.environ.get("GRADBENCH_C_BLAS_MIN_WIDTH_F32", "128"))
+BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", 128, low=0)
 # B*N*N of a layer from which the own kernels use several threads (N = 64, B = 64 and up): one
 # barrier per layer costs ~1 us when both threads have a core. When they have not (a shared
 # machine), the team notices its waits and finishes the call on one thread (csrc/team.c).
-PAR_MIN_WORK = int(os.environ.get("GRADBENCH_C_PAR_MIN_WORK", str(1 << 18)))
+PAR_MIN_WORK = env_int("GRADBENCH_C_PAR_MIN_WORK", 1 << 18, low=0)
 
 
 def check(rc: int, what: str) -> None:
@@ -88,7 +89,7 @@ def _capsule_pointer(capsule) -> int:
 
 def _blas() -> tuple[int, int]:
     """Addresses of SciPy's Fortran dgemm and sgemm (0, 0 when unavailable)."""
-    if os.environ.get("GRADBENCH_C_NO_BLAS", "") not in ("", "0"):
+    if env_flag("GRADBENCH_C_NO_BLAS"):
         return 0, 0
     try:
         from scipy.linalg import cython_blas
@@ -100,10 +101,12 @@ def _blas() -> tuple[int, int]:
 
 
 def _default_threads() -> int:
-    for var in ("GRADBENCH_C_THREADS", "OMP_NUM_THREADS"):
-        env = os.environ.get(var, "").split(",")[0].strip()
-        if env.isdigit():
-            return max(1, int(env))
+    threads = env_int("GRADBENCH_C_THREADS", 0, low=1)
+    if threads:
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP's own syntax
+    if env.isdigit():
+        return max(1, int(env))
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -136,6 +139,11 @@ def isa(opts=None) -> int:
 
 # Immutable after import: read by every call, never written (no global mutable state).
 _OPTS = make_opts()
+
+
+def threads() -> int:
+    """Threads of the own C kernels (``GRADBENCH_C_THREADS``, else ``OMP_NUM_THREADS``, else the cores)."""
+    return int(_OPTS.nthreads)
 
 
 # ------------------------------------------------------------------ the contract

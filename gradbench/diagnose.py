@@ -2,7 +2,7 @@
 
 :func:`diagnose` turns a :class:`~gradbench.Result` into a :class:`Diagnosis` (frozen,
 ``to_dict`` / ``to_json`` / ``from_dict``, and ``str`` for a terminal). Definitions (L layers,
-l = 0 at the input, l = L - 1 at the top; docs/diagnosis.md):
+l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
 
 - ``grad_log10[l]`` = log10 ||dL/dW_l||_F and ``signal_log10[l]`` = log10 ||dL/dh_l||_F, exact
   (mantissa and int64 exponent), so 10^-60000 is reported as such.
@@ -139,11 +139,12 @@ class Diagnosis:
         return diagnosis_frame(self)
 
     @classmethod
-    def from_npz(cls, path) -> "Diagnosis":
-        """Read the ``.npz`` file of :func:`gradbench.frames.write_npz` (``gradbench run --out x.npz``)."""
+    def from_npz(cls, path, name: str | None = None) -> "Diagnosis":
+        """Read the ``.npz`` file of :func:`gradbench.frames.write_npz` (``gradbench run --out x.npz``;
+        ``name``: one diagnosis of ``gradbench compare --out x.npz``)."""
         from gradbench.frames import npz_fields
 
-        return cls(**npz_fields(path))
+        return cls(**npz_fields(path, name))
 
     # ------------------------------------------------------------ text
     def __str__(self) -> str:

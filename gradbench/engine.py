@@ -22,13 +22,14 @@ import numpy as np
 
 from gradbench import abi, reference
 from gradbench.backends import get_backend, resolve
+from gradbench.buffers import WORKSPACE, empty
 from gradbench.clipping import LAYER_GROUPS, clip_param_grads, row_norms
 from gradbench.histograms import DEFAULT_BINS, DEFAULT_PER_DECADE, GradHistogram, fill_streaming
 from gradbench.inputs import check_inputs
 from gradbench.logscaled import LogScaled
 from gradbench.loss import head_loss, top_signal
 from gradbench.params import GeneratedParams, Params
-from gradbench.plan import Plan, plan_run
+from gradbench.plan import Plan, available_memory, plan_run
 from gradbench.results import Grads, Result
 from gradbench.spec import Stack
 from gradbench.supply import LayerSupply
@@ -102,9 +103,10 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
                          "gradient by one factor known only at the end): use clip_on='layer' or keep the gradients")
     name = resolve(backend)
     impl = get_backend(name)
+    # arrays the workspace keeps from an earlier call can be freed: they count as available
     plan = plan_run(stack, x.shape[0], checkpoint=checkpoint, stats_only=stats_only,
                     generated=isinstance(params, GeneratedParams), memory_budget=memory_budget,
-                    hist_bins=hist_bins)
+                    hist_bins=hist_bins, available=available_memory() + WORKSPACE.bytes())
     run = _Run(stack, params, x, impl, plan, hist_bins, hist_per_decade, progress)
     try:
         # overflow in an exploding stack is a finding, reported as first_nonfinite_forward/backward
@@ -115,6 +117,7 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
             return _assemble(run, name, loss, loss_exact, head_grads, t_start)
     finally:
         run.layers.close()
+        WORKSPACE.give(run.internal)
 
 
 # ------------------------------------------------------------------ the state of one pass
@@ -141,14 +144,20 @@ class _Run:
         self.icfg, self.fcfg = abi.kernel_config(st, self.rescale)
         self.layers = LayerSupply(self.params, st, seg)
         self.info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
-        # forward: every activation, or (recompute) one segment's worth and the checkpoints
+        # forward: every activation, or (recompute) one segment's worth and the checkpoints; the
+        # internal arrays (never returned) come from the workspace (gradbench.buffers)
         kept = seg if self.plan.recompute else L
+        shapes = {"H": (kept + 1, B, N), "Z": (kept, B, N), "bn_mean": (kept, N), "bn_rstd": (kept, N)}
+        if self.plan.recompute:
+            shapes["ckpt"] = (len(self.segments) + 1, B, N)
+        WORKSPACE.retain([(shape, dt) for shape in shapes.values()])
+        self.internal = []
         fwd = abi.allocate("stack_forward", dict(L=kept, B=B, N=N), dt,
                            skip=("icfg", "fcfg", "W", "b", "gamma", "beta", "slope", "fexp",
                                  "act_mean", "act_std", "saturation", "dead", "info"),
-                           fill=dict(bn_mean=0.0, bn_rstd=1.0))
+                           fill=dict(bn_mean=0.0, bn_rstd=1.0), empty=self.take)
         self.H, self.Z, self.bn_mean, self.bn_rstd = fwd["H"], fwd["Z"], fwd["bn_mean"], fwd["bn_rstd"]
-        self.ckpt = np.empty((len(self.segments) + 1, B, N), dtype=dt) if self.plan.recompute else None
+        self.ckpt = self.take(shapes["ckpt"], dt) if self.plan.recompute else None
         self.fexp = np.zeros(L + 1, dtype=np.int64)
         self.act_mean, self.act_std, self.saturation, self.dead = (np.empty(L) for _ in range(4))
         self.sig_e = np.zeros(L + 1, dtype=np.int64)
@@ -156,6 +165,12 @@ class _Run:
         self.gnorm_m = np.empty(L)
         self.gnorm_e = np.zeros(L, dtype=np.int64)
         self.work = 2 * len(self.segments)
+
+    def take(self, shape, dtype) -> np.ndarray:
+        """An internal array from the workspace; handed back to it when the pass ends."""
+        a = WORKSPACE.take(shape, dtype)
+        self.internal.append(a)
+        return a
 
     def seg_arrays(self, s: int, e: int):
         """H, Z, bn_mean, bn_rstd of the segment [s, e) (views)."""
@@ -238,8 +253,10 @@ def _backward(run: _Run) -> None:
     stack, L, N, dt, seg = run.stack, run.stack.depth, run.stack.width, run.stack.np_dtype, run.plan.segment
     keep = not run.plan.stats_only
     kept = L if keep else seg
+    # returned gradients: fresh (on small pages when large); one segment's (stats_only): internal
     grads = abi.allocate("stack_backward", dict(L=kept, B=run.B, N=N), dt,
-                         skip=[a.name for a in abi.BACKWARD if a.name not in ("dW", "db", "dgamma", "dbeta", "dslope")])
+                         skip=[a.name for a in abi.BACKWARD if a.name not in ("dW", "db", "dgamma", "dbeta", "dslope")],
+                         empty=empty if keep else run.take)
     run.grads = grads if keep else None
     run.hist = None if keep or not run.hist_bins else _new_histogram(L, N, run.hist_bins)
     # parameter-gradient clipping that acts layer by layer in stats_only runs (value clipping is
@@ -300,7 +317,8 @@ def _segment_statistics(run: _Run, s: int, e: int, seg_grads) -> None:
     if run.hist is not None:
         h = run.hist
         fill_streaming(gm, e_w, run.hist_per_decade, run.hist_bins, h["top"][s:e], h["counts"][s:e],
-                       h["below"][s:e], h["zeros"][s:e], h["nonfinite"][s:e])
+                       h["below"][s:e], h["zeros"][s:e], h["nonfinite"][s:e],
+                       compiled=run.impl is not reference)  # the reference stays plain NumPy
 
 
 def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_grads: dict,
@@ -345,7 +363,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         grad_norm=grad_norm,
         signal_norm=LogScaled(run.sig_m[:L].copy(), sig_e[:L].copy()),
         input_grad=LogScaled(input_grad[None], sig_e[:1])[0],
-        output=LogScaled(run.h_top[None], fexp[L:])[0],
+        output=LogScaled(run.h_top[None].copy(), fexp[L:])[0],  # a copy: H goes back to the workspace
         act_mean=LogScaled(run.act_mean, fexp[1:].copy()),
         act_std=LogScaled(run.act_std, fexp[1:].copy()),
         saturation=run.saturation,

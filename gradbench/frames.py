@@ -169,40 +169,70 @@ def _decode(v):
     return v
 
 
-def write_npz(d, path) -> str:
-    """Write a :class:`~gradbench.Diagnosis` to ``path`` (``.npz``, atomically; ``docs/formats.md``).
-
-    Every array field is stored as it is (float64, int64), uncompressed, so a 10^6-layer
-    diagnosis takes about 8 MB per column and loads with ``np.load`` at once; the other fields
-    are in the JSON string ``meta`` (and, when they are a number or a string, also as 0-d
-    arrays of their name). Returns the path.
-    """
-    path = os.fspath(path)
-    if not path.lower().endswith(".npz"):
-        raise ValueError(f"path {path!r} must end in .npz")
+def _npz_arrays(d, head: dict | None = None) -> dict:
+    """The arrays of one diagnosis's ``.npz`` (see :func:`write_npz`)."""
     fields, meta = _split_fields(d)
     cols = _diag_columns(d)
-    arrays = dict(fields)
+    arrays = {k: (v.astype(np.min_scalar_type(int(v.max()))) if v.dtype.kind in "iu" and v.size and v.min() >= 0
+                  else v) for k, v in fields.items()}  # counts in the smallest unsigned type
     arrays["layer"] = cols["layer"]
     arrays["columns"] = np.array(list(cols))
     for k, v in meta.items():
         if isinstance(v, (str, int, float, np.integer, np.floating)) and not isinstance(v, bool):
             arrays[k] = np.array(v)
     arrays["meta"] = np.array(json.dumps(_encode(meta), allow_nan=False))
+    if head is not None:
+        arrays["head"] = np.array(json.dumps(_encode(head), allow_nan=False))
     arrays["format"] = np.array(NPZ_FORMAT)
-    return _atomic.write_atomic(path, lambda f: np.savez(f, **arrays), binary=True, suffix=".npz")
+    return arrays
 
 
-def npz_fields(path) -> dict:
-    """The fields of the :class:`~gradbench.Diagnosis` written by :func:`write_npz`.
+def save_npz(f, diagnoses, head: dict | None = None) -> None:
+    """Write one diagnosis, or a dict ``{name: diagnosis}`` of several (each field under
+    ``name/field``), and the JSON ``head`` of the file, to the binary file ``f``."""
+    if isinstance(diagnoses, dict):
+        arrays = {"names": np.array(list(diagnoses)), "format": np.array(NPZ_FORMAT)}
+        for name, d in diagnoses.items():
+            arrays.update({f"{name}/{k}": v for k, v in _npz_arrays(d).items() if k != "format"})
+        if head is not None:
+            arrays["head"] = np.array(json.dumps(_encode(head), allow_nan=False))
+    else:
+        arrays = _npz_arrays(diagnoses, head)
+    np.savez_compressed(f, **arrays)
+
+
+def write_npz(d, path, head: dict | None = None) -> str:
+    """Write a :class:`~gradbench.Diagnosis` to ``path`` (``.npz``, atomically; ``docs/formats.md``).
+
+    Every array field is stored (float64; counts in the smallest unsigned type that holds them),
+    compressed, and loads with ``np.load`` at once; the other fields
+    are in the JSON string ``meta`` (and, when they are a number or a string, also as 0-d
+    arrays of their name), what wrote the file in the JSON string ``head``. Returns the path.
+    """
+    path = os.fspath(path)
+    if not path.lower().endswith(".npz"):
+        raise ValueError(f"path {path!r} must end in .npz")
+    return _atomic.write_atomic(path, lambda f: save_npz(f, d, head), binary=True, suffix=".npz")
+
+
+def npz_fields(path, name: str | None = None) -> dict:
+    """The fields of the :class:`~gradbench.Diagnosis` written by :func:`write_npz` (``name``:
+    one of a file of several, ``gradbench compare --out x.npz``).
 
     ``Diagnosis.from_npz(path)`` builds the diagnosis from them; no pickles are loaded.
     """
     with np.load(os.fspath(path), allow_pickle=False) as z:
-        if "format" not in z.files or int(z["format"]) != NPZ_FORMAT or "meta" not in z.files:
+        if "format" not in z.files or int(z["format"]) != NPZ_FORMAT:
             raise ValueError(f"{path} is not a gradbench diagnosis .npz (format {NPZ_FORMAT})")
-        meta = _decode(json.loads(str(z["meta"])))
-        extra = {"layer", "columns", "meta", "format"} | set(meta)
-        kw = {k: z[k].copy() for k in z.files if k not in extra}
+        pre = "" if name is None else f"{name}/"
+        if pre + "meta" not in z.files:
+            names = [str(n) for n in z["names"]] if "names" in z.files else []
+            raise ValueError(f"{path} holds the diagnoses {', '.join(names)}: pass name=" if names else
+                             f"{path} has no diagnosis {name!r}")
+        meta = _decode(json.loads(str(z[pre + "meta"])))
+        extra = {"layer", "columns", "meta", "format", "head"} | set(meta)
+        kw = {k[len(pre):]: (z[k].astype(np.int64) if z[k].dtype.kind in "iu" else z[k].copy())
+              for k in z.files if k.startswith(pre) and k[len(pre):] not in extra and (pre or "/" not in k)
+              and k != "names"}
     kw.update(meta)
     return kw

@@ -112,17 +112,33 @@ def count_window(idx: np.ndarray, lo, nbins: int) -> tuple[np.ndarray, np.ndarra
 
 
 def fill_streaming(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, top, counts, below, zeros,
-                   nonfinite) -> None:
+                   nonfinite, compiled: bool = True) -> None:
     """Fill the :class:`GradHistogram` rows of the layers of dW (m, ...) with exponents e (m,).
 
-    Layers with no non-zero finite entry get ``top = 0`` and empty counts.
+    Layers with no non-zero finite entry get ``top = 0`` and empty counts. ``compiled``: use the
+    Numba twin (``gradbench.kernels.histogram_fill``, the same bins in two passes and no
+    temporaries) when the arrays suit it; this NumPy version is the reference.
     """
+    if compiled and dW.flags.c_contiguous and dW.ndim == 3:
+        kernel = _compiled()
+        if kernel is not None:
+            kernel(dW, np.ascontiguousarray(e, dtype=np.int64), int(per_decade), int(bins), top, counts, below,
+                   zeros, nonfinite)
+            return
     idx, zeros[:], nonfinite[:] = bin_rows(dW.reshape(dW.shape[0], -1), e, 0.0, per_decade)
     with np.errstate(invalid="ignore"):
         t = np.max(idx, axis=1, where=np.isfinite(idx), initial=-np.inf)
     t[~np.isfinite(t)] = 0.0
     top[:] = t.astype(np.int64)
     counts[:], below[:], _ = count_window(idx, t - bins + 1, bins)
+
+
+def _compiled():
+    try:
+        from gradbench.kernels.histogram import histogram_fill
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    return histogram_fill
 
 
 def _checked_range(hist_range) -> tuple[float, float]:
@@ -166,17 +182,24 @@ def histograms(W, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | No
     return edges, counts, zeros, nonfinite, outside
 
 
-def _default_range(m2: np.ndarray, e: np.ndarray) -> tuple[float, float]:
-    absm = np.abs(m2)
-    ok = np.isfinite(absm) & (absm > 0)
-    has = ok.any(axis=1)
-    if not has.any():
+def _default_range(m2: np.ndarray, e: np.ndarray, chunk: int = 4096) -> tuple[float, float]:
+    """Floor and ceil of log10 of the smallest and largest non-zero finite entry over all rows,
+    ``chunk`` rows at a time (a copy of every dW at once would double the memory of a run)."""
+    lo, hi = math.inf, -math.inf
+    for s in range(0, m2.shape[0], chunk):
+        absm = np.abs(m2[s:s + chunk])
+        ok = np.isfinite(absm) & (absm > 0)
+        has = ok.any(axis=1)
+        if not has.any():
+            continue
+        es = e[s:s + chunk][has]
+        with np.errstate(divide="ignore"):
+            lmin = np.where(ok, absm, np.inf).min(axis=1)[has]
+            lmax = np.where(ok, absm, 0).max(axis=1)[has]
+            lo = min(lo, float(np.min(np.log10(lmin) + LOG10_2 * es)))
+            hi = max(hi, float(np.max(np.log10(lmax) + LOG10_2 * es)))
+    if not math.isfinite(lo):
         return -1.0, 0.0
-    with np.errstate(divide="ignore"):
-        lmin = np.where(ok, absm, np.inf).min(axis=1)
-        lmax = np.where(ok, absm, 0).max(axis=1)
-        lo = float(np.min(np.log10(lmin[has]) + LOG10_2 * e[has]))
-        hi = float(np.max(np.log10(lmax[has]) + LOG10_2 * e[has]))
     lo, hi = math.floor(lo), math.ceil(hi)
     return float(lo), float(hi if hi > lo else lo + 1)
 
@@ -212,3 +235,79 @@ def rebin_streaming(hist, bins: int = DEFAULT_BINS, hist_range: tuple[float, flo
         np.add.at(counts, (rows[inside], col[inside]), c[inside])
         outside[a:b] += np.where(inside, 0, c).sum(axis=1)
     return edges, counts, hist.zeros.astype(np.int64), hist.nonfinite.astype(np.int64), outside
+
+
+# ------------------------------------------------------------------ relative to each layer's norm
+@dataclass(frozen=True, eq=False)
+class RelativeHistograms:
+    """Per-layer histograms of log10 |dW_l entries| - log10 ||dW_l||_F on one grid.
+
+    Every entry satisfies |dW_ij| <= ||dW||_F, so the values are <= 0 and each layer's
+    distribution sits near -log10 N whatever its scale: at 10^5 layers spanning 60,000 decades
+    the shape of every layer stays visible (absolute bins would give each layer one bin).
+    ``edges`` (bins + 1,) in decades; ``counts`` (L, bins); ``zeros`` (L,) exact zeros;
+    ``outside`` (L,) non-zero entries below the grid (or above, from coarse sources).
+    """
+
+    edges: np.ndarray
+    counts: np.ndarray
+    zeros: np.ndarray
+    outside: np.ndarray
+
+    @classmethod
+    def from_result(cls, res, per_decade: int = DEFAULT_PER_DECADE, decades: float | None = None
+                    ) -> "RelativeHistograms":
+        """Exact from the stored gradients of a Result, or re-binned (by bin centre, exact to a
+        1/per_decade-decade bin) from the streaming histograms of a ``stats_only`` Result."""
+        norm = np.asarray(res.grad_norm.log10(), dtype=np.float64)
+        N = res.stack.width
+        lo = -float(math.ceil(math.log10(N)) + 5 if decades is None else decades)
+        bins = int(round(-lo * per_decade))
+        if res.grads is not None:
+            W = res.grads.W
+            L = W.mantissa.shape[0]
+            m2, e = W.mantissa.reshape(L, -1), W.exponent.reshape(L)
+            counts = np.zeros((L, bins), dtype=np.int64)
+            zeros, outside = np.zeros(L, dtype=np.int64), np.zeros(L, dtype=np.int64)
+            shift = np.where(np.isfinite(norm), norm, 0.0) + lo
+            for s in range(0, L, 4096):
+                idx, zeros[s:s + 4096], _ = bin_rows(m2[s:s + 4096], e[s:s + 4096], shift[s:s + 4096], per_decade)
+                idx[idx == bins] = bins - 1  # |entry| = ||dW|| (one non-zero entry): the top bin
+                c, below, above = count_window(idx, 0.0, bins)
+                counts[s:s + 4096], outside[s:s + 4096] = c, below + above
+            return cls(np.linspace(lo, 0.0, bins + 1), counts, zeros, outside)
+        h = res.grad_hist
+        first = (h.top - h.bins + 1) / h.per_decade  # the lower edge of each layer's window
+        return cls.shifted(first, 1.0 / h.per_decade, h.counts, norm, lo, bins, h.zeros, h.below)
+
+    @classmethod
+    def from_diagnosis(cls, d, per_decade: int = DEFAULT_PER_DECADE) -> "RelativeHistograms":
+        """From a diagnosis's common bins, each shifted by its layer's norm (as fine as those bins)."""
+        N = int(d.stack["width"])
+        lo = -float(math.ceil(math.log10(N)) + 5)
+        width = float(d.hist_edges[1] - d.hist_edges[0]) if len(d.hist_edges) > 1 else 1.0
+        bins = max(1, int(round(-lo / max(width, 1.0 / per_decade))))
+        first = np.full(len(d.grad_log10), float(d.hist_edges[0]))
+        return cls.shifted(first, width, d.hist_counts, np.asarray(d.grad_log10, dtype=np.float64), lo, bins,
+                           d.hist_zeros, d.hist_outside)
+
+    @classmethod
+    def shifted(cls, first, width, counts, norm, lo, bins, zeros, outside) -> "RelativeHistograms":
+        """Counts on per-layer grids (lower edge ``first[l]``, bins of ``width``) moved to the
+        relative grid [lo, 0): each source bin goes whole into the bin holding its centre minus
+        the layer's norm."""
+        counts = np.asarray(counts, dtype=np.int64)
+        L, nb = counts.shape if counts.ndim == 2 else (len(norm), 0)
+        out = np.zeros((L, bins), dtype=np.int64)
+        extra = np.asarray(outside, dtype=np.int64).copy()
+        ok = np.isfinite(norm)
+        for s in range(0, L, 65536):
+            centre = first[s:s + 65536, None] + (np.arange(nb)[None, :] + 0.5) * width
+            rel = centre - np.where(ok[s:s + 65536], norm[s:s + 65536], 0.0)[:, None]
+            col = np.floor((rel - lo) / -lo * bins).astype(np.int64)
+            c = counts[s:s + 65536]
+            inside = (col >= 0) & (col < bins) & (c > 0)
+            rows = np.broadcast_to(np.arange(s, s + c.shape[0])[:, None], col.shape)
+            np.add.at(out, (rows[inside], col[inside]), c[inside])
+            extra[s:s + 65536] += np.where(inside, 0, c).sum(axis=1)
+        return cls(np.linspace(lo, 0.0, bins + 1), out, np.asarray(zeros, dtype=np.int64), extra)

@@ -1,4 +1,5 @@
-"""Peers: the same stack through PyTorch (eager autograd) and JAX (jit + lax.scan).
+"""Peers: the same stack through the plain NumPy loop a user would write, PyTorch (eager
+autograd) and JAX (jit + lax.scan).
 
 Each peer computes, on the same weights and input as gradbench, the quantities that a gradbench
 run reports and that a benchmark compares:
@@ -11,10 +12,15 @@ overflows the dtype (see :func:`representable`). Gradients of b (and of gamma an
 batch norm) are computed too, as in training, so a peer does the same work as gradbench. :func:`check` compares a
 peer's numbers with the NumPy reference; benchmarks call it before timing a peer.
 
+``numpy-loop`` is the code a user writes instead of gradbench: forward ``h = phi(h @ W.T + b)``
+storing every h, backward ``g *= phi'(...)`` from the stored values, ``dW = g.T @ h_prev``,
+``||dW||`` (a float64 sum of squares), ``g = g @ W``; no exact rescaling, no statistics. It is always available
+and it is the baseline that matters.
+
 Peers cover what the benchmark cases use: tanh, sigmoid, relu, identity; batch norm (train
 mode, biased batch variance) and residual groups on or off; ``sum_squares``; no input layer, no
-clipping. They are optional (``pip install .[peers]``): :func:`peer_status` says why one is
-missing.
+clipping. torch and JAX are optional (``pip install .[peers]``): :func:`peer_status` says why
+one is missing.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import numpy as np
 from gradbench.params import Params
 from gradbench.spec import Stack
 
-PEERS = ("torch", "jax")
+PEERS = ("numpy-loop", "torch", "jax")
 ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu")
 
 
@@ -44,6 +50,8 @@ class PeerResult:
 # ------------------------------------------------------------------ availability
 @functools.lru_cache(maxsize=None)
 def _import(name: str):
+    if name == "numpy-loop":
+        return np, None
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
@@ -109,7 +117,74 @@ def prepare(name: str, stack: Stack, params: Params, x: np.ndarray, **options) -
     module, why = _import(name) if name in PEERS else (None, f"unknown peer {name!r}; peers are {PEERS}")
     if module is None:
         raise RuntimeError(why)
-    return {"torch": _prepare_torch, "jax": _prepare_jax}[name](module, stack, params, x, **options)
+    return {"numpy-loop": _prepare_numpy_loop, "torch": _prepare_torch,
+            "jax": _prepare_jax}[name](module, stack, params, x, **options)
+
+
+# ------------------------------------------------------------------ the plain NumPy loop
+def _prepare_numpy_loop(np_, stack: Stack, params: Params, x: np.ndarray):
+    """The loop a user writes (module docstring): every h kept, phi' from the stored values."""
+    act = stack.activation
+    L, k, alpha, eps = stack.depth, stack.residual, stack.residual_scale, stack.bn_eps
+    bn = stack.batch_norm
+    W, b, gamma, beta = params.W, params.b, params.gamma, params.beta
+
+    def phi(z):
+        if act == "tanh":
+            return np.tanh(z)
+        if act == "sigmoid":
+            return 1 / (1 + np.exp(-z))
+        if act == "relu":
+            return np.maximum(z, 0)
+        return z
+
+    def dphi(a, z):  # from the stored output a (tanh, sigmoid) or pre-activation z (relu)
+        if act == "tanh":
+            return 1 - a * a
+        if act == "sigmoid":
+            return a * (1 - a)
+        if act == "relu":
+            return z > 0
+        return 1
+
+    def run() -> PeerResult:
+        hs, zs, xs, rs, skips = [x], [], [], [], []
+        h = skip = x
+        for l in range(L):
+            if k and l % k == 0:
+                skip = h
+            z = h @ W[l].T + b[l]
+            zs.append(z)
+            if bn:
+                mu = z.mean(axis=0)
+                r = 1 / np.sqrt(z.var(axis=0) + eps)
+                xh = (z - mu) * r
+                xs.append(xh)
+                rs.append(r)
+                z = gamma[l] * xh + beta[l]
+            a = phi(z)
+            skips.append(a)
+            h = skip + alpha * a if k and (l + 1) % k == 0 else a
+            hs.append(h)
+        loss = 0.5 * float(np.sum(h * h))
+        g, norms, g_skip = h.copy(), np.empty(L), None
+        for l in range(L - 1, -1, -1):
+            if k and (l + 1) % k == 0:
+                g_skip, g = g, alpha * g
+            pre = gamma[l] * xs[l] + beta[l] if bn else zs[l]
+            g = g * dphi(skips[l], pre)
+            if bn:  # train-mode batch norm backward
+                g = gamma[l] * rs[l] * (g - g.mean(axis=0) - xs[l] * (g * xs[l]).mean(axis=0))
+            dW = g.T @ hs[l]
+            # a float64 sum of squares, as gradbench's and the other peers': in float32 a square of
+            # 1e-25 is already 0 and the plain chain would look worse than it is
+            norms[l] = np.sqrt(np.sum(np.square(dW, dtype=np.float64)))
+            g = g @ W[l]
+            if k and l % k == 0:
+                g = g + g_skip
+        return PeerResult(loss, norms.astype(np.float64))
+
+    return run
 
 
 # ------------------------------------------------------------------ PyTorch, eager autograd

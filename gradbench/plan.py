@@ -7,7 +7,7 @@ B N memory; k ~ sqrt(L) by default, a multiple of the residual group size so tha
 straddles two segments. ``stats_only`` keeps no gradient arrays (one segment's worth) and
 generated weights (:class:`~gradbench.params.GeneratedParams`) keep one segment of weights
 (two buffers). A run whose estimate exceeds the budget is refused before anything is allocated,
-with the options that fit.
+with the options that fit (:class:`PlanRefused`).
 """
 
 from __future__ import annotations
@@ -36,37 +36,61 @@ def default_segment(stack: Stack) -> int:
 
 
 def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, stats_only: bool = False,
-                    generated: bool = False, hist_bins: int = DEFAULT_BINS) -> int:
-    """Bytes a run allocates (an estimate, within a few per cent at large depth).
+                    generated: bool = False, hist_bins: int = DEFAULT_BINS, diagnose_bins: int | None = None) -> int:
+    """Bytes a run allocates at its peak (an estimate, within a few per cent at large depth).
 
-    With the defaults, a plain run: activations H, Z (2L+1)*B*N, weights and gradients 2*L*N^2
-    and the per-layer vectors. ``checkpoint=k``: the L/k checkpoints and one segment's H, Z
-    instead of all activations. ``stats_only``: no gradient arrays (one segment's worth) and
-    O(L) statistics. ``generated``: one segment of weights (two buffers) instead of all of them.
+    Counted: the activations H, Z ((2L+1) B N with ``checkpoint=None``; with ``checkpoint=k``
+    the L/k checkpoints and one segment's H, Z), the weights W, b, gamma, beta, slope (all L of
+    them, or two segments' worth when ``generated``) and their gradients (one segment's worth
+    when ``stats_only``), the input x, the input layer and the head with their gradients, the
+    signal and the head's temporaries, the O(L) statistics and, for ``stats_only``, the
+    streaming histograms (``hist_bins`` per layer) with their temporaries on one segment.
+    ``diagnose_bins``: also what :func:`gradbench.diagnose` with that many bins allocates on
+    the result (its (L, bins) counts and temporaries; for stored gradients a few copies of
+    dW, for stored weights one of W).
     """
-    L, N = stack.depth, stack.width
+    L, N, B = int(stack.depth), int(stack.width), int(batch)
+    D, O = int(stack.d_in), int(stack.output_dim)
     item = stack.np_dtype.itemsize
-    B = batch
     seg = checkpoint if checkpoint is not None else (default_segment(stack) if stats_only or generated else L)
-    layer_vectors = 4 * N + 1  # b, gamma, beta (L, N) and slope (L,)
+    seg = int(seg)
+    layer = N * N + 4 * N + 1  # W (N, N); b, gamma, beta (N,); slope
     if checkpoint is None:
         acts = (2 * L + 1) * B * N + 2 * L * N
     else:
         acts = (L // checkpoint + 2) * B * N + (2 * seg + 1) * B * N + 2 * seg * N
-    if generated:
-        weights = 2 * seg * (N * N + layer_vectors)
-    else:
-        weights = L * (N * N + layer_vectors)
-    grads = seg if stats_only else L
-    grads *= N * N + layer_vectors
+    weights = (2 * seg if generated else L) * layer
+    grads = (seg if stats_only else L) * layer
+    ends = B * D + 3 * B * N + B * D  # x, the top signal G and its copies, dL/dx
+    if stack.has_input_layer:
+        ends += 2 * (N * D + N) + B * N
+    if stack.has_head:  # W_out, b_out and their gradients; targets, logits and the loss's temporaries
+        ends += 2 * (O * N + O) + 8 * B * O
     stats = 8 * L * 12  # norms, exponents, activation statistics, info (float64/int64 each)
-    if stats_only:
+    if stats_only and hist_bins:
         stats += L * (8 * 4 + hist_bins * (2 if N * N < 2**16 else 4))
         stats += 8 * 4 * seg * N * N  # the histogram's temporaries on one segment of dW
-    return item * (acts + weights + grads) + stats
+    return item * (acts + weights + grads + ends) + stats + _diagnose_bytes(stack, stats_only, generated,
+                                                                             hist_bins, diagnose_bins)
 
 
-def _available_memory() -> int:
+def _diagnose_bytes(stack: Stack, stats_only: bool, generated: bool, hist_bins: int, bins: int | None) -> int:
+    """What :func:`gradbench.diagnose` allocates at its peak (see :func:`memory_estimate`)."""
+    if bins is None:
+        return 0
+    L, N = int(stack.depth), int(stack.width)
+    per_layer = 8 * 16 * L + 8 * L * int(bins)  # its L-vectors and the (L, bins) counts
+    if stats_only:  # rebinning the streaming histograms, 65536 layers at a time
+        rows = min(L, 65536)
+        return per_layer + 8 * 6 * rows * max(int(hist_bins), 1) + 8 * rows * (int(bins) + 3)
+    rows = min(L, 4096)  # histograms of the stored dW, 4096 layers at a time (range, then counts)
+    chunked = rows * (17 * N * N + 16 * (int(bins) + 3))
+    weight_norms = 0 if generated else L * N * N * 8  # log10 ||W_l|| from the stored weights
+    return per_layer + max(chunked, weight_norms)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable, else free pages)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -92,6 +116,27 @@ class Plan:
         return self.segment if self.recompute else None
 
 
+class PlanRefused(MemoryError):
+    """A run that would not fit in memory, refused before anything is allocated.
+
+    ``str()`` is the message for the Python API (naming the arguments that fit); ``need`` and
+    ``limit`` (bytes) and ``budget`` (where the limit comes from) let a caller such as the
+    command line say the same in its own words.
+    """
+
+    def __init__(self, message: str, *, need: int, limit: float, budget: str):
+        super().__init__(message)
+        self.need, self.limit, self.budget = need, limit, budget
+
+
+def memory_limits(memory_budget: int | None = None, available: int | None = None) -> tuple[float, float, str]:
+    """The "auto" checkpointing budget, the refusal limit (bytes) and where they come from."""
+    if memory_budget is not None:
+        return memory_budget, memory_budget, "memory_budget"
+    avail = available_memory() if available is None else available
+    return AUTO_FRACTION * avail, LIMIT_FRACTION * avail, f"{LIMIT_FRACTION:.0%} of the available RAM"
+
+
 def _check_checkpoint(stack: Stack, checkpoint) -> None:
     if checkpoint is None or (isinstance(checkpoint, str) and checkpoint == "auto"):
         return
@@ -106,25 +151,26 @@ def _check_checkpoint(stack: Stack, checkpoint) -> None:
 
 
 def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = False, generated: bool = False,
-             memory_budget: int | None = None, hist_bins: int = DEFAULT_BINS, available: int | None = None) -> Plan:
-    """Choose segment length and checkpointing; raise MemoryError if the run would not fit.
+             memory_budget: int | None = None, hist_bins: int = DEFAULT_BINS, available: int | None = None,
+             diagnose_bins: int | None = None) -> Plan:
+    """Choose segment length and checkpointing; raise :class:`PlanRefused` if the run would not fit.
 
     ``checkpoint="auto"`` checkpoints only when the plain run needs more than the budget
     (``memory_budget`` bytes, default half of the available RAM). A run whose estimate exceeds
-    ``memory_budget`` (default LIMIT_FRACTION of the available RAM) is refused with the options that fit.
+    ``memory_budget`` (default LIMIT_FRACTION of the available RAM) is refused with the options
+    that fit. ``diagnose_bins``: count the diagnosis too (:func:`memory_estimate`).
     """
     _check_checkpoint(stack, checkpoint)
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float, np.integer))
                                       or not memory_budget > 0):
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    avail = _available_memory() if available is None else available
-    auto_budget = memory_budget if memory_budget is not None else AUTO_FRACTION * avail
-    limit = memory_budget if memory_budget is not None else LIMIT_FRACTION * avail
+    auto_budget, limit, budget = memory_limits(memory_budget, available)
     L = stack.depth
     k_auto = default_segment(stack)
 
     def est(ck, so=stats_only, gen=generated):
-        return memory_estimate(stack, batch, checkpoint=ck, stats_only=so, generated=gen, hist_bins=hist_bins)
+        return memory_estimate(stack, batch, checkpoint=ck, stats_only=so, generated=gen, hist_bins=hist_bins,
+                               diagnose_bins=diagnose_bins)
 
     if isinstance(checkpoint, str):  # "auto"
         ck = None if est(None) <= auto_budget else k_auto
@@ -145,11 +191,11 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
             if options:
                 break
         hint = ("; it fits with " + options[0]) if options else "; reduce depth, width or batch"
-        raise MemoryError(
+        raise PlanRefused(
             f"this run (depth {L}, width {stack.width}, batch {batch}, checkpoint={ck}, stats_only={stats_only}, "
             f"{'generated' if generated else 'stored'} weights) needs about {need / 2**30:.2f} GiB but the "
-            f"budget is {limit / 2**30:.2f} GiB "
-            f"({'memory_budget' if memory_budget is not None else f'{LIMIT_FRACTION:.0%} of the available RAM'}){hint}"
+            f"budget is {limit / 2**30:.2f} GiB ({budget}){hint}",
+            need=need, limit=limit, budget=budget,
         )
     segment = ck if ck is not None else (k_auto if stats_only or generated else L)
     return Plan(segment=segment, recompute=ck is not None, stats_only=bool(stats_only), generated=generated,

@@ -1,9 +1,10 @@
 """Figures: gradient flow, per-layer histograms, loss and update-ratio curves.
 
 Built on :class:`matplotlib.figure.Figure` without pyplot, so no window opens and no global
-backend is switched (the Agg canvas renders PNG, SVG and PDF). Every function returns the
-figure and, given ``path``, writes it atomically (temporary file + ``os.replace``) in the
-format of the path's suffix.
+backend is switched (the Agg canvas renders PNG, SVG and PDF). Every function draws into
+``ax`` when given (a matplotlib Axes: for subplots of your own), else into a new figure;
+returns the figure; and, given ``path``, writes it atomically (temporary file +
+``os.replace``) in the format of the path's suffix, at ``dpi`` for PNG.
 """
 
 from __future__ import annotations
@@ -18,12 +19,22 @@ from matplotlib.figure import Figure
 
 from gradbench._atomic import write_atomic
 from gradbench.diagnose import Diagnosis, diagnose
+from gradbench.histograms import RelativeHistograms
 from gradbench.verdict import FLOAT_LIMITS
 
 LN2 = math.log(2.0)
+DPI = 120
 
 
-def save(fig: Figure, path, dpi: int = 120) -> str:
+def _axes(ax, figsize):
+    """(figure, axes): ``ax`` and its figure, or a new figure of ``figsize`` inches."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize)
+    return fig, fig.add_subplot()
+
+
+def save(fig: Figure, path, dpi: int = DPI) -> str:
     """Write ``fig`` to ``path`` atomically; the format is the suffix (.png, .svg, .pdf)."""
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower().lstrip(".")
@@ -46,7 +57,8 @@ def _items(data) -> list[tuple[str, object]]:
     return [("", data)]
 
 
-def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool = True) -> Figure:
+def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool = True, ax=None,
+                  dpi: int = DPI) -> Figure:
     """log10 ||dL/dW_l|| against layer l, one line per configuration.
 
     Parameters
@@ -54,26 +66,28 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     data : Diagnosis, Result, or a dict label -> Diagnosis / Result
     limits : bool
         Draw the smallest normal and largest finite float64/float32 where they fall inside the
-        plotted range (a plain chain loses gradients beyond them).
+        plotted range (a plain chain loses gradients beyond them); limits closer together than
+        2 % of the axis are drawn as one band.
+    ax : matplotlib Axes, optional
+
+    Lines that coincide stay distinguishable: each has its own dash pattern, marker shape (at
+    positions staggered from line to line) and width. Layers whose gradient is exactly 0 are
+    marked below the curves (one legend entry).
     """
     items = _items(data)
     many = len(items) > 4
-    fig = Figure(figsize=(9.0, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
-    ax = fig.add_subplot()
+    fig, ax = _axes(ax, (9.0, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
     lo, hi = math.inf, -math.inf
     depth = 1
     zeros = []  # layers whose gradient is exactly 0 (log10 = -inf), drawn at the bottom edge
     for i, (label, item) in enumerate(items):
         d = _as_diagnosis(item)
         g = d.grad_log10
-        l = np.arange(len(g))
         ok = np.isfinite(g)
         depth = max(depth, len(g))
-        marker = "o" if len(g) <= 30 else None
-        # Several stable configurations overlap near one value: vary the dash pattern too.
-        (line,) = ax.plot(l, np.where(ok, g, np.nan), marker=marker, ms=3, lw=1.6, ls=_STYLES[i % len(_STYLES)],
-                label=f"{label}  ({d.verdict}, {d.decades_per_layer:+.2g} dec/layer)" if label else
-                f"{d.verdict}, {d.decades_per_layer:+.2g} decades/layer")
+        line = _flow_line(ax, g, i, len(items),
+                          f"{label}  ({d.verdict}, {d.decades_per_layer:+.2g} dec/layer)" if label else
+                          f"{d.verdict}, {d.decades_per_layer:+.2g} decades/layer")
         if ok.any():
             lo, hi = min(lo, g[ok].min()), max(hi, g[ok].max())
         zero = np.flatnonzero(g == -np.inf)
@@ -83,22 +97,12 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
         lo, hi = -1.0, 1.0
     pad = max(0.5, 0.05 * (hi - lo))
     ax.set_ylim(lo - pad, hi + pad)
-    for zero, color in zeros:
-        ax.plot(zero, np.full(zero.size, lo - 0.8 * pad), ls="none", marker="v", color=color, ms=5,
-                label="exact zero gradient")
+    for j, (zero, color) in enumerate(zeros):  # staggered, so that equal layers of several lines all show
+        y = lo - pad * (0.25 + 0.6 * j / max(len(zeros), 1))
+        ax.plot(zero, np.full(zero.size, y), ls="none", marker="v", color=color, ms=6, zorder=5, clip_on=False,
+                label="exact zero gradient (coloured as its line)" if j == 0 else "_nolegend_")
     if limits:
-        styles = {"float64": ("0.35", "--"), "float32": ("0.6", ":")}
-        shown = []  # labels closer than 4 % of the axis to one already drawn would overprint it
-        span = (hi + pad) - (lo - pad)
-        for name, (tiny, big) in FLOAT_LIMITS.items():
-            color, ls = styles[name]
-            for v, what in ((tiny, "smallest normal"), (big, "largest")):
-                if lo - pad <= v <= hi + pad:
-                    ax.axhline(v, color=color, ls=ls, lw=1)
-                    if all(abs(v - u) > 0.04 * span for u in shown):
-                        shown.append(v)
-                        ax.annotate(f"{name} {what} (10^{v:.1f})", (0.01, v), xycoords=("axes fraction", "data"),
-                                    textcoords="offset points", xytext=(2, 3), fontsize=8, color=color)
+        _float_limits(ax, lo - pad, hi + pad)
     ax.set_xlim(-0.5 if depth <= 30 else 0, depth - 0.5 if depth <= 30 else depth - 1)
     ax.set_xlabel("layer l (0 = input side; backprop runs right to left)")
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial W_l\|_F$ (exact)")
@@ -109,36 +113,135 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     else:
         ax.legend(fontsize=8, loc="best")
     if path is not None:
-        save(fig, path)
+        save(fig, path, dpi)
     return fig
 
 
 _STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "P", "X", "*", "<", ">", "h")  # "v" marks exact zeros
 
 
-def histogram_heatmap(item, path=None, *, title: str | None = None) -> Figure:
-    """Per-layer histograms of log10 |dW_l| entries as a heat map (layers up, decades across)."""
-    d = _as_diagnosis(item)
-    counts = d.hist_counts.astype(np.float64)
-    L = counts.shape[0]
-    total = np.maximum(counts.sum(axis=1, keepdims=True) + d.hist_zeros[:, None], 1)
-    frac = counts / total
-    fig = Figure(figsize=(8.5, 5.0))
-    ax = fig.add_subplot()
-    e = d.hist_edges
+def _flow_line(ax, g: np.ndarray, i: int, n: int, label: str):
+    """Line i of n: its own dash pattern, marker shape and width (the first lines widest, so a
+    later line lying on top of an earlier one leaves its edges visible)."""
+    L = len(g)
+    every = 1 if L <= 30 else max(1, L // 12)
+    offset = (i * every) // max(n, 1) if every > 1 else 0
+    (line,) = ax.plot(np.arange(L), np.where(np.isfinite(g), g, np.nan), ls=_STYLES[i % len(_STYLES)],
+                      lw=1.3 + 1.5 * (n - 1 - i) / max(n - 1, 1), marker=_MARKERS[i % len(_MARKERS)],
+                      markevery=(offset, every), ms=4, label=label)
+    return line
+
+
+def _float_limits(ax, ymin: float, ymax: float) -> None:
+    """The float32/float64 limits inside [ymin, ymax]; limits closer than 2 % of the axis become one band."""
+    styles = {"float64": ("0.35", "--"), "float32": ("0.6", ":")}
+    shown = sorted((v, name, what) for name, (tiny, big) in FLOAT_LIMITS.items()
+                   for v, what in ((tiny, "smallest normal"), (big, "largest")) if ymin <= v <= ymax)
+    groups: list[list] = []
+    for v in shown:
+        if groups and v[0] - groups[-1][-1][0] < 0.02 * (ymax - ymin):
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    for group in groups:
+        if len(group) == 1:
+            v, name, what = group[0]
+            color, ls = styles[name]
+            ax.axhline(v, color=color, ls=ls, lw=1)
+            text = f"{name} {what} (10^{v:.1f})"
+        else:
+            v, top = group[0][0], group[-1][0]
+            ax.axhspan(v, top, color="0.85", lw=0, zorder=0)
+            names = " / ".join(sorted({name for _, name, _ in group}, reverse=True))
+            text = f"{names} limits: 10^{v:.1f} ... 10^{top:.1f}"
+        ax.annotate(text, (0.01, v), xycoords=("axes fraction", "data"), textcoords="offset points", xytext=(2, 3),
+                    fontsize=8, color="0.3")
+
+
+def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bool = True, verdict: str | None = None,
+                      ax=None, dpi: int = DPI) -> Figure:
+    """Per-layer histograms of the entries of dW_l as a heat map (layers up, decades across).
+
+    Parameters
+    ----------
+    item : Result, Diagnosis or RelativeHistograms
+    relative : bool
+        Each layer's log10 |dW_l entries| relative to its own norm, log10 ||dW_l||_F (default):
+        every layer's shape stays visible at any depth. From a Result this is exact (or, for a
+        ``stats_only`` run, exact to its 1/4-decade bins); from a Diagnosis it is as fine as its
+        common bins. ``False``: the diagnosis's common absolute bins.
+    verdict : str, optional
+        Shown in the default title (a Diagnosis brings its own).
+    ax : matplotlib Axes, optional
+    """
+    stack = item.stack if hasattr(item, "stack") else None
+    if isinstance(item, Diagnosis):
+        verdict = verdict or item.verdict
+    if not relative:
+        return _absolute_heatmap(_as_diagnosis(item), path, title=title, ax=ax, dpi=dpi)
+    if isinstance(item, RelativeHistograms):
+        rel = item
+    elif isinstance(item, Diagnosis):
+        rel = RelativeHistograms.from_diagnosis(item)
+    else:
+        rel = RelativeHistograms.from_result(item)
+    fig, ax = _axes(ax, (8.5, 5.0))
+    counts, rows = _row_groups(rel.counts)
+    zeros = _row_groups(rel.zeros[:, None])[0][:, 0]
+    outside = _row_groups(rel.outside[:, None])[0][:, 0]
+    _heatmap(fig, ax, rel.edges, counts, zeros + outside + counts.sum(axis=1), rows)
+    ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l| - \log_{10}\,\|\partial L/\partial W_l\|_F$"
+                  " per entry (exact)")
+    act = stack["activation"] if isinstance(stack, dict) else getattr(stack, "activation", "")
+    depth = rel.counts.shape[0]
+    ax.set_title(title or f"dW entries relative to each layer's norm: {act}, depth {depth}"
+                 + (f" ({verdict})" if verdict else ""))
+    notes = [f"{int(v)} exact zeros" for v in (rel.zeros.sum(),) if v] + [
+        f"{int(v)} entries below 10^{rel.edges[0]:g} of the norm" for v in (rel.outside.sum(),) if v]
+    if notes:
+        ax.text(0.99, 0.01, "not shown: " + ", ".join(notes), transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=8, color="0.3")
+    if path is not None:
+        save(fig, path, dpi)
+    return fig
+
+
+def _row_groups(a: np.ndarray, most: int = 2000) -> tuple[np.ndarray, int]:
+    """Rows summed in groups of ``g`` so that at most ``most`` are drawn; returns (rows, g)."""
+    L = a.shape[0]
+    g = max(1, math.ceil(L / most))
+    if g == 1:
+        return a, 1
+    pad = (-L) % g
+    a = np.concatenate([a, np.zeros((pad,) + a.shape[1:], dtype=a.dtype)])
+    return a.reshape(-1, g, *a.shape[1:]).sum(axis=1), g
+
+
+def _heatmap(fig, ax, edges, counts, totals, group: int) -> None:
+    """Fractions of each row's entries as a log-coloured mesh with a colour bar."""
+    frac = counts / np.maximum(totals, 1)[:, None]
     positive = frac[frac > 0]
     norm = LogNorm(vmin=max(positive.min(), 1e-4), vmax=positive.max()) if positive.size else None
-    mesh = ax.pcolormesh(e, np.arange(L + 1) - 0.5, np.where(frac > 0, frac, np.nan), norm=norm,
-                         cmap="viridis", shading="flat", rasterized=True)
+    rows = np.arange(counts.shape[0] + 1) * group - 0.5
+    mesh = ax.pcolormesh(edges, rows, np.where(frac > 0, frac, np.nan), norm=norm, cmap="viridis", shading="flat",
+                         rasterized=True)
     fig.colorbar(mesh, ax=ax, label="fraction of the layer's entries")
+    ax.set_ylabel("layer l (0 = input side)" + (f"; rows of {group} layers" if group > 1 else ""))
+
+
+def _absolute_heatmap(d: Diagnosis, path, *, title, ax, dpi) -> Figure:
+    fig, ax = _axes(ax, (8.5, 5.0))
+    counts, group = _row_groups(d.hist_counts.astype(np.float64))
+    zeros = _row_groups(d.hist_zeros[:, None].astype(np.float64))[0][:, 0]
+    _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + zeros, group)
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l|$ per entry (exact)")
-    ax.set_ylabel("layer l (0 = input side)")
-    ax.set_title(title or f"Gradient histograms per layer: {d.stack['activation']}, depth {L} ({d.verdict})")
+    ax.set_title(title or f"Gradient histograms per layer: {d.stack['activation']}, depth {d.depth} ({d.verdict})")
     if d.hist_zeros.any():
         ax.text(0.99, 0.01, f"exact zeros not shown: {int(d.hist_zeros.sum())}", transform=ax.transAxes,
                 ha="right", va="bottom", fontsize=8, color="0.3")
     if path is not None:
-        save(fig, path)
+        save(fig, path, dpi)
     return fig
 
 
@@ -146,15 +249,15 @@ def _curve_items(data):
     return _items(data)
 
 
-def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = True) -> Figure:
+def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = True, ax=None,
+                dpi: int = DPI) -> Figure:
     """Mean mini-batch loss per epoch of one or several :class:`~gradbench.train.TrainResult`.
 
     A run that diverged ends with a cross at the epoch where its loss turned non-finite.
     """
     items = _curve_items(data)
     many = len(items) > 4
-    fig = Figure(figsize=(8.5, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
-    ax = fig.add_subplot()
+    fig, ax = _axes(ax, (8.5, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
     top = 0.0
     for label, r in items:
         loss = np.asarray(r.loss, dtype=np.float64)
@@ -185,15 +288,15 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
     else:
         ax.legend(fontsize=8, loc="best")
     if path is not None:
-        save(fig, path)
+        save(fig, path, dpi)
     return fig
 
 
 def update_ratio_curves(data, path=None, *,
-                        title: str = "How much the weights move per epoch (solid: first layer, dashed: top)") -> Figure:
+                        title: str = "How much the weights move per epoch (solid: first layer, dashed: top)",
+                        ax=None, dpi: int = DPI) -> Figure:
     """100 * ||Delta W|| / ||W|| per epoch for the first weight matrix (solid) and the top layer (dashed)."""
-    fig = Figure(figsize=(8.5, 5.0))
-    ax = fig.add_subplot()
+    fig, ax = _axes(ax, (8.5, 5.0))
     for label, r in _curve_items(data):
         first = np.asarray(r.first_layer_ratio, dtype=np.float64)
         topl = np.asarray(r.update_ratio[:, -1], dtype=np.float64)
@@ -212,11 +315,12 @@ def update_ratio_curves(data, path=None, *,
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     if path is not None:
-        save(fig, path)
+        save(fig, path, dpi)
     return fig
 
 
-def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None) -> Figure:
+def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None, ax=None,
+                         dpi: int = DPI) -> Figure:
     """Simulated log10 ||dL/dh_l|| against layer with the theory's straight line.
 
     Parameters
@@ -232,8 +336,7 @@ def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None
     L = len(s)
     l = np.arange(L)
     predicted = s[L - 1] + (L - 1 - l) * prediction
-    fig = Figure(figsize=(9.0, 5.0))
-    ax = fig.add_subplot()
+    fig, ax = _axes(ax, (9.0, 5.0))
     ax.plot(l, np.where(np.isfinite(s), s, np.nan), lw=1.6, label="simulated (exact chain)")
     ax.plot(l, predicted, ls="--", color="k", lw=1.2, label=f"theory: {prediction:+.4g} decades per layer going down")
     ax.set_xlabel("layer l (0 = input side; backprop runs right to left)")
@@ -243,5 +346,5 @@ def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=9, loc="best")
     if path is not None:
-        save(fig, path)
+        save(fig, path, dpi)
     return fig

@@ -29,7 +29,7 @@ def table_layers(L: int, rows: int = 12) -> list[int]:
     """A readable selection of layers: all when few, else both ends and evenly spaced middle."""
     if L <= rows:
         return list(range(L))
-    ends = 3
+    ends = min(3, rows // 2)
     middle = np.linspace(ends, L - 1 - ends, rows - 2 * ends).round().astype(int).tolist()
     return sorted(set(range(ends)) | set(middle) | set(range(L - ends, L)))
 

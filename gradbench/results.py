@@ -41,7 +41,7 @@ class Result:
     """What one forward + backward pass through a stack gives.
 
     Layers are numbered l = 0 (at the input) to L - 1 (at the top); h_l is the input of layer l,
-    h_L the output of the stack (docs/model.md has the definitions).
+    h_L the output of the stack (docs/design.md section 2 has the definitions).
 
     Attributes
     ----------

@@ -34,6 +34,11 @@ INITS = (
     "normal", "xavier_normal", "xavier_uniform", "he_normal", "he_uniform", "lecun_normal",
     "orthogonal",
 )
+# The PyTorch / Keras names of the same schemes; a Stack stores the canonical name.
+INIT_ALIASES = {
+    "kaiming_normal": "he_normal", "kaiming_uniform": "he_uniform",
+    "glorot_normal": "xavier_normal", "glorot_uniform": "xavier_uniform",
+}
 LOSSES = ("sum_squares", "mse", "bce", "softmax_ce")
 CLIP_MODES = ("value", "norm")
 CLIP_TARGETS = ("signal", "layer", "global")
@@ -41,9 +46,12 @@ DTYPES = ("float64", "float32")
 
 
 def _closest(name: str, valid) -> str:
+    """The hint for a wrong name: the valid name it matches ignoring case, else the closest one."""
     names = [v for v in valid if isinstance(v, str)]
-    match = difflib.get_close_matches(str(name), names, n=1, cutoff=0.0)
-    return f"; did you mean {match[0]!r}?" if match else ""
+    lower = {v.lower(): v for v in names}
+    key = str(name).lower()
+    match = [lower[key]] if key in lower else difflib.get_close_matches(key, list(lower), n=1, cutoff=0.0)
+    return f"; did you mean {lower.get(match[0], match[0])!r}?" if match else ""
 
 
 def check_choice(param: str, value, valid) -> None:
@@ -86,7 +94,8 @@ class Stack:
     activation_param : float, optional
         Leaky-ReLU slope (default 0.01), initial PReLU slope (0.25) or ELU alpha (1.0).
     init : str
-        Weight initialisation, one of :data:`INITS`. Each scheme is a distribution family
+        Weight initialisation, one of :data:`INITS` (or a PyTorch/Keras name of
+        :data:`INIT_ALIASES`, stored as the canonical name). Each scheme is a distribution family
         (normal, uniform, orthogonal) with a default gain ``sigma_w``: the weight variance is
         ``sigma_w**2 / fan_in`` (xavier: ``2 / (fan_in + fan_out)``).
     sigma_w : float, optional
@@ -148,6 +157,8 @@ class Stack:
     def __post_init__(self):
         _check_int("depth", self.depth, 1)
         _check_int("width", self.width, 1)
+        if self.init in INIT_ALIASES:
+            object.__setattr__(self, "init", INIT_ALIASES[self.init])
         check_choice("activation", self.activation, ACTIVATIONS)
         if self.activation_param is not None:
             _check_real("activation_param", self.activation_param)
@@ -158,7 +169,7 @@ class Stack:
                 )
             if self.activation == "elu" and self.activation_param <= 0:
                 raise ValueError(f"activation_param (ELU alpha) must be > 0, got {self.activation_param}")
-        check_choice("init", self.init, INITS)
+        check_choice("init", self.init, INITS + tuple(INIT_ALIASES))
         if self.sigma_w is not None:
             _check_real("sigma_w", self.sigma_w, positive=True)
         _check_real("sigma_b", self.sigma_b, nonneg=True)
@@ -183,6 +194,20 @@ class Stack:
         if self.loss == "softmax_ce" and self.output_dim < 2:
             raise ValueError("loss='softmax_ce' needs output_dim >= 2 (the number of classes)")
         check_choice("dtype", self.dtype, DTYPES)
+        self._normalise()
+
+    def _normalise(self) -> None:
+        """NumPy scalars become Python ints, floats and bools (np.int32 depth * width * width
+        would wrap around in size estimates, and the fields go into JSON as they are)."""
+        for f in ("depth", "width", "residual", "input_dim", "output_dim"):
+            v = getattr(self, f)
+            if v is not None:
+                object.__setattr__(self, f, int(v))
+        for f in ("activation_param", "sigma_w", "sigma_b", "bn_eps", "residual_scale", "clip_threshold"):
+            v = getattr(self, f)
+            if v is not None:
+                object.__setattr__(self, f, float(v))
+        object.__setattr__(self, "batch_norm", bool(self.batch_norm))
 
     # ----------------------------------------------------------------- derived
     @property

@@ -1,4 +1,4 @@
-"""Theory to check simulations against: mean field and Lyapunov exponents (docs/theory.md).
+"""Theory to check simulations against: mean field and Lyapunov exponents (docs/design.md section 7).
 
 Mean field (Poole et al. 2016, Schoenholz et al. 2017), for W ~ N(0, sigma_w^2 / N) and
 b ~ N(0, sigma_b^2) at large width N::

@@ -14,7 +14,7 @@ Recorded per epoch (E epochs, L layers):
 - ``grad_log10`` (E + 1, L): log10 ||dL/dW_l|| on the whole data set, exact;
 - ``update_ratio`` (E, L): 100 * ||W_l(after) - W_l(before)|| / ||W_l(before)|| over the
   epoch, in percent. For one plain SGD step this is ``||lr * dL/dW_l|| / ||W_l||``
-  (DESIGN section 6), the "weights changed by 0.0001 %" of the lecture notes.
+  (docs/design.md section 6), the "weights changed by 0.0001 %" of the lecture notes.
 """
 
 from __future__ import annotations
@@ -224,6 +224,55 @@ def train(
         Training stops at the first non-finite loss, gradient or parameter and says where
         (``diverged_epoch``, ``divergence``); later entries of the history are NaN.
     """
+    X = _check_data(stack, X, y, epochs, batch_size)
+    opt = make_optimizer(optimizer, lr, momentum, weight_decay) if isinstance(optimizer, str) else optimizer
+    tb = None
+    if tensorboard is not None:  # checked (path, tensorboardX installed) before any work
+        from gradbench.tensorboard_io import TrainWriter
+
+        tb = TrainWriter(tensorboard, stack)
+    params = init_params(stack, seed) if params is None else params.copy()
+    hist = _History(stack, params, X, targets_for(stack, y), np.asarray(y).astype(np.int64), epochs, backend, tb)
+    settings = dict(
+        name=name, dataset=dataset, n_samples=len(X), epochs=epochs, batch_size=batch_size,
+        optimizer=optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
+        lr=float(getattr(opt, "lr", lr)), momentum=momentum if optimizer == "momentum" else 0.0,
+        weight_decay=weight_decay, seed=seed, backend=backend,
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc=name or "training", unit="epoch", leave=False, disable=None)
+    rng = np.random.default_rng([seed, 1])
+    t0 = time.perf_counter()
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        hist.evaluate(0)
+        for epoch in range(epochs):
+            before = (params.W.copy(), None if params.W_in is None else params.W_in.copy(), params.W_out.copy())
+            hist.loss[epoch], why = _epoch(stack, params, X, hist.T, rng.permutation(len(X)), batch_size, opt,
+                                           backend)
+            if why:
+                hist.diverged, hist.why = epoch, why
+                break
+            hist.after_epoch(epoch, before)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{hist.loss[epoch]:.4f}")
+    if bar is not None:
+        bar.close()
+    if tb is not None:
+        tb.close()
+    return TrainResult(
+        stack=stack, params=params, settings=settings, loss=hist.loss, eval_loss=hist.eval_loss,
+        accuracy=hist.accuracy, grad_log10=hist.grad_log10, update_ratio=hist.ratio,
+        update_ratio_input=hist.ratio_in, update_ratio_head=hist.ratio_out, diverged_epoch=hist.diverged,
+        divergence=hist.why, seconds=time.perf_counter() - t0,
+    )
+
+
+def _check_data(stack: Stack, X, y, epochs, batch_size) -> np.ndarray:
+    """Everything train() is given, checked before any work; returns X as a C-contiguous array."""
     if not stack.has_head:
         raise ValueError("training needs a head: give the Stack loss='bce', 'mse' or 'softmax_ce'")
     X = np.ascontiguousarray(X, dtype=stack.np_dtype)
@@ -242,101 +291,70 @@ def train(
         raise ValueError(
             f"batch_norm=True needs mini-batches of at least 2 samples; batch_size={batch_size} with {len(X)} samples "
             "leaves a batch of 1 (its batch statistics are degenerate): choose another batch_size")
-    opt = make_optimizer(optimizer, lr, momentum, weight_decay) if isinstance(optimizer, str) else optimizer
-    tb = None
-    if tensorboard is not None:  # checked (path, tensorboardX installed) before any work
-        from gradbench.tensorboard_io import TrainWriter
+    return X
 
-        tb = TrainWriter(tensorboard, stack)
-    T = targets_for(stack, y)
-    labels = np.asarray(y).astype(np.int64)
-    params = init_params(stack, seed) if params is None else params.copy()
-    pdict = dict(params.items())
-    names = learnable(stack)
-    rng = np.random.default_rng([seed, 1])
-    B, L = len(X), stack.depth
 
-    loss = np.full(epochs, np.nan)
-    eval_loss = np.full(epochs + 1, np.nan)
-    accuracy = np.full(epochs + 1, np.nan)
-    grad_log10 = np.full((epochs + 1, L), np.nan)
-    ratio = np.full((epochs, L), np.nan)
-    ratio_in = np.full(epochs, np.nan)
-    ratio_out = np.full(epochs, np.nan)
-    diverged, why = None, ""
+def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, backend: str) -> tuple[float, str]:
+    """One pass over the mini-batches in ``order``; returns (mean loss, why it diverged or "").
 
-    def evaluate(e: int) -> None:
-        res = backprop(stack, params, X, T, backend=backend)
-        eval_loss[e] = res.loss
-        grad_log10[e] = res.grad_norm.log10()
+    Stops at the first non-finite loss, gradient or parameter (the loss is then NaN unless the
+    loss itself was the first to go).
+    """
+    pdict, names = dict(params.items()), learnable(stack)
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        res = backprop(stack, params, X[idx], T[idx], backend=backend)
+        total += res.loss * len(idx)
+        count += len(idx)
+        if not math.isfinite(res.loss):
+            return total / count, _why_loss(res)
+        grads = {k: g.to_float(stack.np_dtype, warn=False) for k, g in res.grads.items() if k in names}
+        bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
+        if bad:
+            return math.nan, f"gradient of {', '.join(bad)} overflowed {stack.dtype}"
+        opt.step(pdict, grads)
+        bad = [k for k in names if not np.all(np.isfinite(pdict[k]))]
+        if bad:
+            return math.nan, f"parameters {', '.join(bad)} became non-finite after an update"
+    return total / max(count, 1), ""
+
+
+class _History:
+    """What train() records per epoch (TrainResult's arrays) and the evaluation on the whole set."""
+
+    def __init__(self, stack, params, X, T, labels, epochs, backend, tb):
+        L = stack.depth
+        self.stack, self.params, self.X, self.T, self.labels, self.backend, self.tb = (
+            stack, params, X, T, labels, backend, tb)
+        self.loss = np.full(epochs, np.nan)
+        self.eval_loss = np.full(epochs + 1, np.nan)
+        self.accuracy = np.full(epochs + 1, np.nan)
+        self.grad_log10 = np.full((epochs + 1, L), np.nan)
+        self.ratio = np.full((epochs, L), np.nan)
+        self.ratio_in = np.full(epochs, np.nan)
+        self.ratio_out = np.full(epochs, np.nan)
+        self.diverged, self.why = None, ""
+
+    def evaluate(self, e: int) -> None:
+        res = backprop(self.stack, self.params, self.X, self.T, backend=self.backend)
+        self.eval_loss[e] = res.loss
+        self.grad_log10[e] = res.grad_norm.log10()
         h = res.output.to_float(np.float64, warn=False)
-        accuracy[e] = float(np.mean(predict_labels(stack, params, h) == labels))
-        if tb is not None:
-            tb.evaluation(e, res, accuracy[e])
+        self.accuracy[e] = float(np.mean(predict_labels(self.stack, self.params, h) == self.labels))
+        if self.tb is not None:
+            self.tb.evaluation(e, res, self.accuracy[e])
 
-    settings = dict(
-        name=name, dataset=dataset, n_samples=B, epochs=epochs, batch_size=batch_size,
-        optimizer=optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
-        lr=float(getattr(opt, "lr", lr)), momentum=momentum if optimizer == "momentum" else 0.0,
-        weight_decay=weight_decay, seed=seed, backend=backend,
-    )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, desc=name or "training", unit="epoch", leave=False, disable=None)
-    t0 = time.perf_counter()
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        evaluate(0)
-        for epoch in range(epochs):
-            W0 = params.W.copy()
-            Win0 = None if params.W_in is None else params.W_in.copy()
-            Wout0 = params.W_out.copy()
-            order = rng.permutation(B)
-            total, count = 0.0, 0
-            for start in range(0, B, batch_size):
-                idx = order[start:start + batch_size]
-                res = backprop(stack, params, X[idx], T[idx], backend=backend)
-                total += res.loss * len(idx)
-                count += len(idx)
-                if not math.isfinite(res.loss):
-                    diverged, why = epoch, _why_loss(res)
-                    break
-                grads = {k: g.to_float(stack.np_dtype, warn=False) for k, g in res.grads.items() if k in names}
-                bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
-                if bad:
-                    diverged, why = epoch, f"gradient of {', '.join(bad)} overflowed {stack.dtype}"
-                    break
-                opt.step(pdict, grads)
-                bad = [k for k in names if not np.all(np.isfinite(pdict[k]))]
-                if bad:
-                    diverged, why = epoch, f"parameters {', '.join(bad)} became non-finite after an update"
-                    break
-            loss[epoch] = total / max(count, 1)
-            if diverged is not None:
-                if math.isfinite(loss[epoch]):  # stopped on a gradient or parameter, not the loss
-                    loss[epoch] = np.nan
-                break
-            ratio[epoch] = _layer_ratios(W0, params.W)
-            if Win0 is not None:
-                ratio_in[epoch] = _layer_ratios(Win0[None], params.W_in[None])[0]
-            ratio_out[epoch] = _layer_ratios(Wout0[None], params.W_out[None])[0]
-            evaluate(epoch + 1)
-            if tb is not None:
-                tb.epoch(epoch + 1, loss[epoch], ratio[epoch], ratio_in[epoch], ratio_out[epoch])
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss[epoch]:.4f}")
-    if bar is not None:
-        bar.close()
-    if tb is not None:
-        tb.close()
-    return TrainResult(
-        stack=stack, params=params, settings=settings, loss=loss, eval_loss=eval_loss,
-        accuracy=accuracy, grad_log10=grad_log10, update_ratio=ratio,
-        update_ratio_input=ratio_in, update_ratio_head=ratio_out, diverged_epoch=diverged,
-        divergence=why, seconds=time.perf_counter() - t0,
-    )
+    def after_epoch(self, epoch: int, before) -> None:
+        W0, Win0, Wout0 = before
+        p = self.params
+        self.ratio[epoch] = _layer_ratios(W0, p.W)
+        if Win0 is not None:
+            self.ratio_in[epoch] = _layer_ratios(Win0[None], p.W_in[None])[0]
+        self.ratio_out[epoch] = _layer_ratios(Wout0[None], p.W_out[None])[0]
+        self.evaluate(epoch + 1)
+        if self.tb is not None:
+            self.tb.epoch(epoch + 1, self.loss[epoch], self.ratio[epoch], self.ratio_in[epoch], self.ratio_out[epoch])
 
 
 def _why_loss(res) -> str:

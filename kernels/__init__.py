@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from gradbench import abi
 
+from .chain import add_aligned, clip_signal, normalise
 from .layers import (
-    activation_backward, activation_forward, add_aligned, batchnorm_backward, batchnorm_forward,
-    clip_signal, dense_backward, dense_forward, normalise,
+    activation_backward, activation_forward, batchnorm_backward, batchnorm_forward, dense_backward, dense_forward,
 )
 from .stack import stack_backward_kernel, stack_forward_kernel
 

@@ -20,10 +20,10 @@ from gradbench.abi import (
 
 from ._config import JIT
 from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
+from .chain import add_aligned, all_finite, clip_signal, moments, norm_scaled, normalise, sumsq
 from .layers import (
-    _activation_backward, _activation_forward_stats, add_aligned, all_finite, batchnorm_backward,
-    batchnorm_forward, clip_signal, dense_backward, dense_forward, matmul_backward, matmul_forward, moments,
-    norm_scaled, normalise, sumsq,
+    _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_backward,
+    dense_forward, matmul_backward, matmul_forward,
 )
 
 

@@ -1,6 +1,6 @@
 """An independent, plain implementation of the model: no rescaling, no shared code with gradbench.
 
-Written from the formulas of DESIGN.md section 2 with one sample-by-sample view where that is
+Written from the formulas of docs/design.md section 2 with one sample-by-sample view where that is
 clearer, so that a bug in the reference does not hide itself in the tests. Used for finite
 differences (its loss) and as the plain unscaled backward at depths where float64 is enough.
 """

@@ -196,7 +196,8 @@ def test_histogram_with_nonfinite_and_zero_gradients(backend, sigma_w):
     _check_histogram(got.grad_hist, ref.grads.W)
 
 
-def test_histogram_of_a_segment_with_every_kind_of_entry():
+@pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "numba"])
+def test_histogram_of_a_segment_with_every_kind_of_entry(compiled):
     rng = np.random.default_rng(0)
     m = rng.standard_normal((5, 6, 6)) * 10.0 ** rng.uniform(-20, 0, (5, 6, 6))
     m[1, 0, :3] = [np.nan, np.inf, -np.inf]
@@ -206,14 +207,16 @@ def test_histogram_of_a_segment_with_every_kind_of_entry():
     W = gb.LogScaled(m, np.array([0, -3000, 7, 10**6, -(10**6)]))
     h = {k: np.zeros(5, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
     counts = np.zeros((5, 40), np.uint16)
-    histograms.fill_streaming(m, W.exponent, 4, 40, h["top"], counts, h["below"], h["zeros"], h["nonfinite"])
+    histograms.fill_streaming(m, W.exponent, 4, 40, h["top"], counts, h["below"], h["zeros"], h["nonfinite"],
+                              compiled=compiled)
     _check_histogram(gb.GradHistogram(per_decade=4, bins=40, counts=counts, **h), W)
     assert list(h["nonfinite"]) == [0, 3, 0, 0, 0] and list(h["zeros"]) == [0, 0, 36, 6, 0]
     assert h["below"][4] >= 1
     # the same finite layers alone take the fast path (no NaN/Inf in the segment)
     h2 = {k: np.zeros(3, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
     c2 = np.zeros((3, 40), np.uint16)
-    histograms.fill_streaming(m[2:], W.exponent[2:], 4, 40, h2["top"], c2, h2["below"], h2["zeros"], h2["nonfinite"])
+    histograms.fill_streaming(m[2:], W.exponent[2:], 4, 40, h2["top"], c2, h2["below"], h2["zeros"], h2["nonfinite"],
+                              compiled=compiled)
     np.testing.assert_array_equal(c2, counts[2:])
     for k in h2:
         np.testing.assert_array_equal(h2[k], h[k][2:], err_msg=k)

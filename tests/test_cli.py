@@ -12,6 +12,8 @@ import pytest
 
 import gradbench as gb
 from gradbench import cli
+from gradbench.cli import common
+from gradbench.cli.compare import DEMO_CONFIGS
 from gradbench.diagnose import Diagnosis
 
 
@@ -34,7 +36,8 @@ def test_run_prints_the_diagnosis_and_writes_json_and_plots(tmp_path, capsys):
     # the same numbers as the Python API with the CLI's seeds
     stack = gb.Stack(depth=25, width=8, activation="sigmoid")
     x = gb.gaussian_input(stack, 16, seed=np.random.default_rng([0, 1]))
-    ref = gb.diagnose(gb.backprop(stack, gb.init_params(stack, 0), x, backend="numpy"))
+    params = gb.GeneratedParams(stack, 0).materialize()  # the CLI's one weight source
+    ref = gb.diagnose(gb.backprop(stack, params, x, backend="numpy"), params)
     np.testing.assert_array_equal(d.grad_log10, ref.grad_log10)
     assert d.verdict == ref.verdict == "vanishing"
     assert flow.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and flow.stat().st_size > 10_000
@@ -53,14 +56,14 @@ def test_run_with_a_head_and_options(capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["run", "--depth", "3", "--width", "4", "--activation", "sigmod"], "did you mean 'sigmoid'"),
-    (["run", "--depth", "0", "--width", "4"], "depth must be >= 1"),
-    (["run", "--depth", "4", "--width", "4", "--residual", "3"], "must divide depth"),
-    (["run", "--depth", "4", "--width", "4", "--sigma-w", "-1"], "sigma_w must be > 0"),
-    (["run", "--depth", "4", "--width", "4", "--loss", "softmax_ce"], "output_dim >= 2"),
+    (["run", "--depth", "0", "--width", "4"], "--depth: must be an integer >= 1"),
+    (["run", "--depth", "4", "--width", "4", "--residual", "3"], "--residual=3 must divide --depth=4"),
+    (["run", "--depth", "4", "--width", "4", "--sigma-w", "-1"], "--sigma-w: must be a number in (0"),
+    (["run", "--depth", "4", "--width", "4", "--loss", "softmax_ce"], "--output-dim >= 2"),
     (["run", "--depth", "4", "--width", "4", "--plot", "flow.txt"], ".png, .svg or .pdf"),
-    (["run", "--depth", "4", "--width", "4", "--out", "r.txt"], ".json"),
+    (["run", "--depth", "4", "--width", "4", "--out", "r.txt"], ".json or .npz"),
     (["run", "--depth", "4", "--width", "4", "--batch", "0"], "--batch"),
-    (["run", "--depth", "four", "--width", "4"], "invalid int value"),
+    (["run", "--depth", "four", "--width", "4"], "--depth: must be an integer >= 1, got 'four'"),
     (["run", "--width", "4"], "--depth"),
     (["run", "--depth", "4", "--width", "4", "--bogus"], "unrecognized arguments"),
     (["run", "--depth", "4", "--width", "4", "--backend", "cuda"], "invalid choice"),
@@ -100,11 +103,13 @@ def test_compare_table_and_verdicts(tmp_path, capsys):
     assert "stable" in rows["tanh + clip ||dh|| <= 1"]
     assert "||dW_0||" in out and "||dW_29||" in out
     data = json.loads(out_json.read_text())
-    assert set(data["configurations"]) == set(rows)
-    d = Diagnosis.from_dict(data["configurations"]["relu + He init"])
+    # keyed by the --configs names, with the table's labels beside them
+    assert list(data["configurations"]) == ["sigmoid-xavier", "relu", "relu-he", "tanh-clip"]
+    assert set(data["labels"].values()) == set(rows) and data["labels"]["relu-he"] == "relu + He init"
+    d = Diagnosis.from_dict(data["configurations"]["relu-he"])
     assert d.stack["init"] == "he_normal" and d.stack["activation"] == "relu"
     # the base init is N(0, 1) entries: sigma_w = sqrt(width)
-    assert Diagnosis.from_dict(data["configurations"]["relu, base init"]).stack["sigma_w"] == pytest.approx(4.0)
+    assert Diagnosis.from_dict(data["configurations"]["relu"]).stack["sigma_w"] == pytest.approx(4.0)
 
 
 def test_demo_writes_the_flow_plot_and_says_where(tmp_path, capsys):
@@ -119,7 +124,7 @@ def test_demo_writes_the_flow_plot_and_says_where(tmp_path, capsys):
         assert label in out
     assert "VANISHING" in out and "EXPLODING" in out and "STABLE" in out
     data = json.loads((out_dir / "gradients.json").read_text())
-    assert len(data["configurations"]) == len(cli.DEMO_CONFIGS)
+    assert len(data["configurations"]) == len(DEMO_CONFIGS)
 
 
 @pytest.mark.slow
@@ -166,8 +171,10 @@ def test_train_diverging_run_is_reported_not_crashed(tmp_path, capsys):
 
 # ---------------------------------------------------------------- helpers: atomic writes, notices, bench
 def test_write_atomic_replaces_whole_files_only(tmp_path, monkeypatch):
+    from gradbench import _atomic
+
     path = tmp_path / "out.json"
-    cli.write_atomic(str(path), "first")
+    _atomic.write_atomic(str(path), lambda f: f.write("first"))
     assert path.read_text() == "first"
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
     real_replace = os.replace
@@ -177,47 +184,26 @@ def test_write_atomic_replaces_whole_files_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError):
-        cli.write_atomic(str(path), "second")
+        _atomic.write_atomic(str(path), lambda f: f.write("second"))
     monkeypatch.setattr(os, "replace", real_replace)
     assert path.read_text() == "first"
     assert os.listdir(tmp_path) == ["out.json"]
 
 
-def test_numba_notice_is_printed_once_per_process(monkeypatch, capsys):
-    backends = sys.modules["gradbench.backends"]  # the package attribute is the function backends()
-    monkeypatch.setattr(backends, "resolve", lambda name: "numba")
-    monkeypatch.setattr(cli._Notice, "numba_shown", False)
-    assert cli.resolve_backend("auto") == "numba"
-    assert cli.resolve_backend("numba") == "numba"
-    err = capsys.readouterr().err
-    assert err.count("compiling kernels (first run only)") == 1
-    monkeypatch.setattr(backends, "resolve", lambda name: "numpy")
-    cli.resolve_backend("auto")
-    assert "compiling" not in capsys.readouterr().err
-
-
-def test_spinner_notice_for_slow_calls():
+def test_progress_notice_for_slow_calls():
     import io
     import time
 
+    from gradbench.cli.progress import Progress
+
     stream = io.StringIO()
-    with cli.Spinner("backprop (depth 100000)", delay=0.05, stream=stream):
+    with Progress("backprop (depth 100000)", delay=0.05, stream=stream):
         time.sleep(0.3)
     assert "backprop (depth 100000)" in stream.getvalue()
     quiet = io.StringIO()
-    with cli.Spinner("fast", delay=5.0, stream=quiet):
+    with Progress("fast", delay=5.0, stream=quiet):
         pass
     assert quiet.getvalue() == ""
-
-
-def test_bench_without_the_module_exits_2(monkeypatch, capsys):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "gradbench.benchreport" else real(name, *a))
-    code, out, err = run(["bench", "--quick"], capsys)
-    assert code == 2 and "gradbench.benchreport" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bench_passes_its_arguments_on(monkeypatch, capsys):
@@ -228,11 +214,6 @@ def test_bench_passes_its_arguments_on(monkeypatch, capsys):
     import gradbench
 
     monkeypatch.setattr(gradbench, "benchreport", fake, raising=False)
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "gradbench.benchreport" else real(name, *a))
     assert cli.main(["bench", "--quick", "--json", "x.json"]) == 3
     assert seen == [["--quick", "--json", "x.json"]]
 

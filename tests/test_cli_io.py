@@ -8,6 +8,7 @@ import pytest
 import gradbench as gb
 from gradbench import cli
 from gradbench.diagnose import Diagnosis
+from gradbench.params import random_targets
 
 
 def run(argv, capsys):
@@ -76,7 +77,7 @@ def test_run_torch_model_diagnoses_the_saved_weights(tmp_path, capsys):
     assert "depth 12, width 8, sigmoid" in out and "verdict: VANISHING" in out
     # the same numbers as the Python API on the same weights with the CLI's seeds
     x = gb.gaussian_input(stack, 8, seed=np.random.default_rng([3, 1]))
-    t = cli.random_targets(stack, 8, 3)
+    t = random_targets(stack, 8, 3)
     ref = gb.diagnose(gb.backprop(stack, params, x, t, backend="numpy"), params)
     np.testing.assert_array_equal(Diagnosis.from_npz(tmp_path / "d.npz").grad_log10, ref.grad_log10)
     # float32 on request

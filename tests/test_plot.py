@@ -85,7 +85,7 @@ def test_gradient_flow_marks_exactly_zero_gradients(tmp_path):
 
 
 def test_histogram_heatmap(tmp_path, diags):
-    fig = plot.histogram_heatmap(diags["sigmoid"], tmp_path / "hist.png")
+    fig = plot.histogram_heatmap(diags["sigmoid"], tmp_path / "hist.png", relative=False)
     assert is_png(tmp_path / "hist.png")
     ax = fig.axes[0]
     assert "log" in ax.get_xlabel() and "layer" in ax.get_ylabel() and ax.get_title()
@@ -133,3 +133,102 @@ def test_save_is_atomic_when_rendering_fails(tmp_path, diags, monkeypatch):
     with pytest.raises(RuntimeError):
         plot.save(fig, path)
     assert path.read_bytes() == b"old" and no_temp_files(tmp_path)
+
+
+# ---------------------------------------------------------------- pictures at depth (issue 13)
+def _mesh_rows(fig) -> np.ndarray:
+    mesh = fig.axes[0].collections[0]
+    return np.ma.filled(mesh.get_array(), 0.0).reshape(len(mesh.get_coordinates()) - 1, -1)
+
+
+def test_histograms_at_depth_are_relative_to_each_layers_norm(tmp_path):
+    """3000 sigmoid layers span ~2000 decades: on common bins each layer would fill one bin (a
+    staircase); relative to its own norm every layer shows its whole distribution."""
+    stack = gb.Stack(depth=3000, width=8, activation="sigmoid")
+    gp = gb.GeneratedParams(stack, 0)
+    x = gb.gaussian_input(stack, 8, 1)
+    for res in (gb.backprop(stack, gp, x, stats_only=True, checkpoint=60),
+                gb.backprop(stack, gp.materialize(), x)):
+        span = np.ptp(res.grad_norm.log10())
+        assert span > 1500
+        fig = plot.histogram_heatmap(res, tmp_path / "h.png")
+        assert is_png(tmp_path / "h.png")
+        rows = _mesh_rows(fig)
+        assert rows.shape[0] == 1500  # at most 2000 rows: here groups of 2 layers
+        spread = (rows > 0).sum(axis=1)
+        assert np.median(spread) >= 6  # each row a distribution, not one bin
+        np.testing.assert_allclose(rows.sum(axis=1), 1.0, atol=0.02)  # fractions of each layer's entries
+        assert "relative" in fig.axes[0].get_title() or "norm" in fig.axes[0].get_title()
+        assert fig.axes[0].get_xlim()[1] <= 0.01  # |entry| <= ||dW||: nothing above 0
+
+
+def test_exact_zero_markers_one_legend_entry_and_visible(tmp_path):
+    base = diag(depth=12, width=3, activation="sigmoid").to_dict()
+    dead = {k: gb.Diagnosis.from_dict({**base, "grad_log10": ["-inf"] * 4 + list(base["grad_log10"][4:])})
+            for k in ("a", "b")}
+    fig = plot.gradient_flow(dead, tmp_path / "dead.png")
+    ax = fig.axes[0]
+    marks = [ln for ln in ax.lines if ln.get_marker() == "v"]
+    assert len(marks) == 2 and all(not m.get_clip_on() for m in marks)
+    assert marks[0].get_ydata()[0] != marks[1].get_ydata()[0]  # both visible, not one on the other
+    lo = ax.get_ylim()[0]
+    assert all(m.get_ydata()[0] > lo for m in marks)  # inside the axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sum("exact zero" in t for t in labels) == 1
+
+
+def test_coinciding_lines_stay_distinguishable(diags):
+    same = {"first": diags["sigmoid"], "second": diags["sigmoid"], "third": diags["sigmoid"]}
+    ax = plot.gradient_flow(same).axes[0]
+    lines = [ln for ln in ax.lines if len(ln.get_xdata()) == 20]
+    looks = {(ln.get_linestyle(), ln.get_marker(), round(ln.get_linewidth(), 2)) for ln in lines}
+    assert len(lines) == 3 and len(looks) == 3
+    assert len({ln.get_linestyle() for ln in lines}) == 3 and len({ln.get_marker() for ln in lines}) == 3
+
+
+def _synthetic(g) -> gb.Diagnosis:
+    base = diag(depth=4, width=3).to_dict()
+    g = np.asarray(g, dtype=float)
+    return gb.Diagnosis.from_dict({**base, "grad_log10": list(g), "weight_log10": []})
+
+
+def test_float_limits_only_where_visible():
+    from matplotlib.patches import Rectangle
+
+    def limit_lines(ax):
+        return [ln for ln in ax.lines if list(ln.get_xdata()) == [0, 1]]
+
+    small = plot.gradient_flow(_synthetic(np.linspace(-10, 0, 50))).axes[0]
+    assert limit_lines(small) == []  # no float limit inside [-10, 0]
+    deep = plot.gradient_flow(_synthetic(np.linspace(-64000, 0, 1000))).axes[0]
+    assert limit_lines(deep) == []  # four limits within 700 of 64,000 decades: one band
+    bands = [p for p in deep.patches if isinstance(p, Rectangle)]
+    assert len(bands) == 1 and sum("limits" in t.get_text() for t in deep.texts) == 1
+    mid = plot.gradient_flow(_synthetic(np.linspace(-400, 0, 100))).axes[0]
+    assert sorted(round(ln.get_ydata()[0], 1) for ln in limit_lines(mid)) == [-307.7, -37.9]
+
+
+def test_every_plot_function_draws_into_a_given_axes(diags, runs):
+    import inspect
+
+    from matplotlib.figure import Figure
+
+    stack = gb.Stack(depth=10, width=4, activation="tanh")
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1), backend="numpy")
+    calls = {
+        "gradient_flow": lambda ax: plot.gradient_flow(diags, ax=ax),
+        "histogram_heatmap": lambda ax: plot.histogram_heatmap(res, ax=ax),
+        "loss_curves": lambda ax: plot.loss_curves(runs, ax=ax),
+        "update_ratio_curves": lambda ax: plot.update_ratio_curves(runs, ax=ax),
+        "theory_vs_simulation": lambda ax: plot.theory_vs_simulation(res, -0.1, ax=ax),
+    }
+    public = {n for n, f in inspect.getmembers(plot, inspect.isfunction)
+              if f.__module__ == plot.__name__ and not n.startswith("_") and n != "save"}
+    assert public == set(calls)
+    for name, call in calls.items():
+        assert "ax" in inspect.signature(getattr(plot, name)).parameters and "dpi" in inspect.signature(
+            getattr(plot, name)).parameters
+        fig = Figure()
+        left, right = fig.subplots(1, 2)
+        assert call(right) is fig, name
+        assert right.has_data() and not left.has_data(), name

@@ -433,10 +433,12 @@ def test_import_without_torch_says_how_to_install(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "torch", None)
-    monkeypatch.delitem(sys.modules, "gradbench.torch_io", raising=False)
+    for name in ("gradbench.torch_io", "gradbench.torch_model"):  # both cached modules: import afresh
+        monkeypatch.delitem(sys.modules, name, raising=False)
     with pytest.raises(ImportError, match=r"pip install 'gradbench\[torch\]'"):
         importlib.import_module("gradbench.torch_io")
-    monkeypatch.delitem(sys.modules, "gradbench.torch_io", raising=False)
+    for name in ("gradbench.torch_io", "gradbench.torch_model"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     with pytest.raises(ImportError, match=r"gradbench\[torch\]"):
         gb.from_torch(None)
 

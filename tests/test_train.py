@@ -70,7 +70,7 @@ def test_one_sgd_step_and_update_ratio_by_hand():
                                    rtol=1e-12, atol=1e-15, err_msg=name)
     # gamma/beta are not trained without batch norm
     np.testing.assert_array_equal(r.params.gamma, params.gamma)
-    # update ratio = ||lr * dW_l|| / ||W_l|| in percent (DESIGN section 6)
+    # update ratio = ||lr * dW_l|| / ||W_l|| in percent (docs/design.md section 6)
     for l in range(stack.depth):
         ref = 100 * lr * np.linalg.norm(g["W"][l]) / np.linalg.norm(params.W[l])
         assert r.update_ratio[0, l] == pytest.approx(ref, rel=1e-10)

@@ -18,14 +18,9 @@ import typing
 import numpy as np
 
 from gradbench import _atomic
+from gradbench.cli.process import UsageError  # main prints its one line and exits with status 2
 from gradbench.spec import Stack
 
-
-class UsageError(ValueError):
-    """Bad options: ``gradbench``'s ``main`` prints the one line and exits with status 2.
-
-    (Not imported from :mod:`gradbench.cli`, which registers this module: no import cycle.)
-    """
 
 EPILOG = """\
 values: one value (fixed), a list a,b,c or a range a:b:n (n values from a to b, ends included);
@@ -140,7 +135,14 @@ def cmd_sweep(args) -> int:
                 raise UsageError(f"{flag} {axis}: give --{axis.replace('_', '-')} (the phase diagram's axes "
                                  "must be fields of the sweep)")
     import gradbench as gb
+    from gradbench.sweep.execute import check_options
+    from gradbench.sweep.grid import plan
 
+    try:  # every value, as gb.sweep validates it before it starts: a bad one is the user's (exit 2)
+        plan(grid, fixed, range(args.seeds), args.backend)
+        check_options(args.scheduler, args.workers, args.runs_per_task, True, args.out)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
     t0 = time.perf_counter()
     try:
         table = gb.sweep(grid, seeds=range(args.seeds), out=args.out, client=args.scheduler, workers=args.workers,

@@ -1,0 +1,76 @@
+"""One timed run in a fresh process, for benchmarks/test_targets.py (run as a script).
+
+    python target_runner.py MODE IMPL L N B DTYPE REPS
+
+MODE ``warm``: one untimed call, then REPS timed calls (the minimum is reported); ``first``: the
+first call of the process (kernels already compiled and cached on disk) and then the warm
+minimum; ``peak``: the rate of a large float64 matrix product (2048^3) on the threads given, an
+achievable peak to state the kernels' efficiency against. IMPL is a gradbench backend
+(``numpy``, ``numba``, ``c``, ``auto``) or ``numpy-loop`` (the plain loop a user writes,
+gradbench.peers). The threads are whatever the environment of the process says (the caller
+sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, GRADBENCH_C_THREADS, ... and the affinity). Prints
+one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+
+def _stack(L, N, dtype):
+    import gradbench as gb
+
+    # tanh at the edge of chaos (sigma_w^2 = 1.76, sigma_b^2 = 0.05): activations stay O(1)
+    return gb.Stack(depth=L, width=N, activation="tanh", init="normal", sigma_w=math.sqrt(1.76),
+                    sigma_b=math.sqrt(0.05), dtype=dtype)
+
+
+def main(argv):
+    mode, impl = argv[0], argv[1]
+    L, N, B, dtype, reps = int(argv[2]), int(argv[3]), int(argv[4]), argv[5], int(argv[6])
+    out = {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    if mode == "peak":
+        import numpy as np
+
+        a = np.random.default_rng(0).standard_normal((2048, 2048))
+        a @ a
+        t = time.perf_counter()
+        a @ a
+        out["gflops"] = 2 * 2048**3 / (time.perf_counter() - t) / 1e9
+        print(json.dumps(out))
+        return
+    import gradbench as gb
+    from gradbench import peers
+
+    stack = _stack(L, N, dtype)
+    params = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, B, 1)
+    if impl == "numpy-loop":
+        run = peers.prepare("numpy-loop", stack, params, x)
+    else:
+        # the kernels compile (or load from the on-disk cache) on a tiny stack first, so that a
+        # "first" call measures what a user's first call costs with kernels already built
+        tiny = _stack(2, 4, dtype)
+        gb.backprop(tiny, gb.init_params(tiny, 0), gb.gaussian_input(tiny, 2, 1), backend=impl)
+
+        def run():
+            return gb.backprop(stack, params, x, backend=impl)
+
+    t = time.perf_counter()
+    res = run()
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    out.update(first=first, min=min(times) if times else first, backend=getattr(res, "backend", impl))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,153 @@
+"""The speed targets of the performance issue, each measured in one run, in fresh processes.
+
+Every test runs ``target_runner.py`` in subprocesses whose threads are set as a user's would be:
+``one`` (every library on one thread, the process pinned to one CPU), ``two`` (two threads, two
+CPUs) or ``default`` (no thread variables at all: library defaults). It records one row with
+``kind="target"``: the target's name, the measured ratio, what is wanted, and whether it holds;
+``gradbench bench`` prints them as one table. Ratios compare runs of the same benchmark run, one
+after the other, on the same machine (a shared machine moves single timings by up to 40 %).
+
+Targets (t = time):
+- ``plain loop``: t(plain NumPy loop) / t(best gradbench backend) >= 1.0 at every width, one
+  thread and default threads; >= 1.5 at n = 64;
+- ``auto``: t(fastest backend) / t(backend="auto") >= 1 / 1.1;
+- ``default threads``: t(one thread) / t(default threads) >= 1.0 for every backend and width;
+- ``two threads``: t(one) / t(two) >= 1.7 at n = 64 and wider;
+- ``first call``: t(first call in a fresh process, kernels cached) / t(warm) <= 1.5 at
+  L = 10^4, n = 64, B = 64;
+- ``% of peak``: 6 B N^2 L / t against an achievable one-thread peak (a 2048^3 float64 matrix
+  product through NumPy's BLAS, measured in the same run), one thread: >= 75 % at n = 64,
+  B = 64 and >= 50 % at n = 32, B = 16.
+
+Under ``make test`` (benchmarks disabled) one tiny configuration of each runs, to keep the
+plumbing honest; ``make bench-quick`` and ``make bench`` run the real sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gradbench as gb
+
+RUNNER = str(Path(__file__).with_name("target_runner.py"))
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+               "GRADBENCH_C_THREADS", "XLA_FLAGS")
+FAST = [b for b in ("numba", "c") if b in gb.backends()]
+
+
+def _env(threads: str) -> tuple[dict, list[int] | None]:
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if threads in ("one", "two"):
+        n = 1 if threads == "one" else 2
+        env.update({k: str(n) for k in THREAD_VARS if k != "XLA_FLAGS"})
+        cpus = cpus[:n] if cpus else None
+    return env, cpus
+
+
+def run(mode: str, impl: str, L: int, N: int, B: int, dtype="float64", reps=3, threads="one") -> dict:
+    env, cpus = _env(threads)
+    pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = subprocess.run([sys.executable, RUNNER, mode, impl, str(L), str(N), str(B), dtype, str(reps)],
+                          env=env, preexec_fn=pre, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise AssertionError(f"{impl} {mode} L={L} N={N} B={B} {threads}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def record(benchmark, name: str, value: float, want: str, ok: bool, **detail) -> None:
+    benchmark.group = "targets"
+    benchmark.extra_info.update(case="targets", impl=name, kind="target", target=name, value=round(value, 4),
+                                want=want, ok=bool(ok), detail=detail)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+
+def sizes(benchmark, full, quick, tiny):
+    """The (L, N, B) cases: tiny under make test, else quick, plus full under make bench."""
+    if benchmark.disabled:
+        return tiny
+    return quick + (full if os.environ.get("GRADBENCH_BENCH_BUDGET", "") not in ("", "1.5") else [])
+
+
+WIDTHS_QUICK = [(10_000, 32, 16), (1_000, 64, 64), (200, 512, 256)]
+WIDTHS_FULL = [(50, 2048, 512)]
+TINY = [(40, 16, 8)]
+
+
+@pytest.mark.parametrize("threads", ["one", "default"])
+def test_target_plain_loop_and_auto(benchmark, threads):
+    if not FAST:
+        pytest.skip("no compiled backend (numba, c) is available")
+    rows = []
+    for L, N, B in sizes(benchmark, WIDTHS_FULL, WIDTHS_QUICK, TINY):
+        reps = 1 if benchmark.disabled else 3
+        t = {impl: run("warm", impl, L, N, B, reps=reps, threads=threads)["min"]
+             for impl in ["numpy-loop", *FAST, "auto"]}
+        best = min(FAST, key=t.get)
+        want = 1.5 if N == 64 else 1.0
+        rows.append(dict(L=L, N=N, B=B, plain_loop=t["numpy-loop"] / t[best], best=best,
+                         auto=t[best] / t["auto"], want=want, times=t))
+    ok = all(r["plain_loop"] >= r["want"] for r in rows)
+    record(benchmark, f"plain loop / best gradbench ({threads} threads)", min(r["plain_loop"] for r in rows),
+           ">= 1.0 at every width, >= 1.5 at n = 64", ok, rows=rows)
+    if threads == "default":
+        assert all(r["auto"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("backend", FAST or ["none"])
+def test_target_default_and_two_threads(benchmark, backend):
+    if backend == "none":
+        pytest.skip("no compiled backend (numba, c) is available")
+    rows = []
+    for L, N, B in sizes(benchmark, WIDTHS_FULL, WIDTHS_QUICK, TINY):
+        reps = 1 if benchmark.disabled else 3
+        t = {th: run("warm", backend, L, N, B, reps=reps, threads=th)["min"] for th in ("one", "two", "default")}
+        rows.append(dict(L=L, N=N, B=B, default=t["one"] / t["default"], two=t["one"] / t["two"], times=t))
+    wide = [r for r in rows if r["N"] >= 64] or rows
+    record(benchmark, f"one thread / default threads; one / two threads at n >= 64 ({backend})",
+           min(r["default"] for r in rows), ">= 1.0; two threads >= 1.7",
+           all(r["default"] >= 1.0 for r in rows) and all(r["two"] >= 1.7 for r in wide),
+           two_threads=min(r["two"] for r in wide), rows=rows)
+
+
+def test_target_auto_picks_the_fastest(benchmark):
+    if not FAST:
+        pytest.skip("no compiled backend (numba, c) is available")
+    rows = []
+    for dtype in ("float64", "float32"):
+        for L, N, B in sizes(benchmark, WIDTHS_FULL, WIDTHS_QUICK, TINY):
+            reps = 1 if benchmark.disabled else 3
+            t = {impl: run("warm", impl, L, N, B, dtype, reps=reps, threads="default")["min"] for impl in [*FAST, "auto"]}
+            best = min(FAST, key=t.get)
+            rows.append(dict(L=L, N=N, B=B, dtype=dtype, best=best, ratio=t[best] / t["auto"], times=t))
+    record(benchmark, "fastest backend / auto (default threads)", min(r["ratio"] for r in rows), ">= 1 / 1.1",
+           all(r["ratio"] >= 1 / 1.1 for r in rows), rows=rows)
+
+
+def test_target_first_call(benchmark):
+    L, N, B = (200, 16, 8) if benchmark.disabled else (10_000, 64, 64)
+    r = run("first", "auto", L, N, B, reps=1 if benchmark.disabled else 3, threads="default")
+    ratio = r["first"] / r["min"]
+    record(benchmark, "first call / warm call (auto, L=10^4 n=64 B=64)", ratio, "<= 1.5", ratio <= 1.5, **r)
+
+
+@pytest.mark.parametrize("backend", FAST or ["none"])
+def test_target_percent_of_peak(benchmark, backend):
+    if backend == "none":
+        pytest.skip("no compiled backend (numba, c) is available")
+    peak = run("peak", "numpy", 1, 1, 1, threads="one")["gflops"]
+    rows = []
+    cases = [(200, 16, 8, 0.5)] if benchmark.disabled else [(1_000, 64, 64, 0.75), (10_000, 32, 16, 0.5)]
+    for L, N, B, want in cases:
+        t = run("warm", backend, L, N, B, reps=1 if benchmark.disabled else 3, threads="one")["min"]
+        gf = 6 * B * N * N * L / t / 1e9
+        rows.append(dict(L=L, N=N, B=B, gflops=gf, fraction=gf / peak, want=want))
+    record(benchmark, f"% of one core's peak ({backend}, one thread)", min(r["fraction"] / r["want"] for r in rows),
+           ">= 1 (75 % at n=64 B=64, 50 % at n=32 B=16)", all(r["fraction"] >= r["want"] for r in rows),
+           peak_gflops=peak, peak="a 2048^3 float64 matrix product through NumPy's BLAS, one thread", rows=rows)

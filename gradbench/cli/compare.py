@@ -1,0 +1,229 @@
+"""``gradbench compare``: several activations / remedies of one base stack side by side.
+
+The configuration registry (:func:`variants`) is shared with ``gradbench demo``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from dataclasses import asdict
+
+import numpy as np
+
+from gradbench.cli.common import (
+    WEIGHTS, UsageError, add_output_args, add_parser, add_probe_args, add_stack_args, plan_probe, refuse_unused,
+    resolve_backend, run_probe, split, stack_from_args,
+)
+from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_diagnoses, write_plot
+from gradbench.spec import ACT_PARAM_DEFAULT, ACTIVATIONS, Stack
+
+EPILOG = """\
+configurations: any activation name (sigmoid, tanh, relu, ...), sigmoid-xavier, relu-he, sigmoid-bn,
+sigmoid-residual, tanh-xavier, tanh-clip, relu-clip. They change the activation or add a remedy to a
+base stack whose init is N(0, 1) entries (sigma_w = sqrt(width)) unless --init / --sigma-w say otherwise,
+with a bce head on seeded random labels (--loss sum_squares for the plain 0.5 ||h_L||^2 probe).
+
+examples:
+  gradbench compare --depth 50 --width 32
+  gradbench compare --depth 100 --width 64 --activations sigmoid,tanh,relu,gelu --init xavier_normal
+  gradbench compare --depth 40 --width 32 --configs relu,relu-he,relu-clip --plot flow.png --out cmp.json
+
+Files key the configurations by their --configs name (docs/formats.md).
+"""
+
+# Variants of one base stack: name -> (label, changes). The base init of `compare` and `demo`
+# is N(0, 1) entries (sigma_w = sqrt(width)): the naive init that the remedies fix.
+def variants(stack: Stack) -> dict[str, tuple[str, dict]]:
+    k = 2 if stack.depth % 2 == 0 else 1
+    v = {name: (f"{name}, base init", dict(activation=name)) for name in ACTIVATIONS}
+    v.update({
+        "sigmoid-xavier": ("sigmoid, Xavier init", dict(activation="sigmoid", init="xavier_normal", sigma_w=None)),
+        "relu-he": ("relu + He init", dict(activation="relu", init="he_normal", sigma_w=None)),
+        "sigmoid-bn": ("sigmoid + batch norm", dict(activation="sigmoid", batch_norm=True)),
+        "sigmoid-residual": (f"sigmoid + residual/{k}", dict(activation="sigmoid", residual=k)),
+        "tanh-xavier": ("tanh + Xavier init", dict(activation="tanh", init="xavier_normal", sigma_w=None)),
+        "tanh-clip": ("tanh + clip ||dh|| <= 1",
+                      dict(activation="tanh", clip="norm", clip_threshold=1.0, clip_on="signal")),
+        "relu-clip": ("relu + clip ||dW_l|| <= 1",
+                      dict(activation="relu", clip="norm", clip_threshold=1.0, clip_on="layer")),
+    })
+    return v
+
+
+DEMO_CONFIGS = ("sigmoid", "tanh", "relu", "sigmoid-xavier", "relu-he", "sigmoid-bn", "sigmoid-residual",
+                "tanh-xavier", "tanh-clip")
+
+
+def register(sub):
+    p = add_parser(sub, "compare", help="several activations / remedies side by side at one depth", epilog=EPILOG)
+    add_stack_args(p, depth=50, width=32, activation=None, init=None, loss="bce")
+    add_probe_args(p)
+    g = p.add_argument_group("configurations and output")
+    g.add_argument("--configs", metavar="NAMES",
+                   help=f"comma-separated configuration names (default: {','.join(DEMO_CONFIGS)})")
+    g.add_argument("--activations", metavar="NAMES",
+                   help="comma-separated activations under the base init (instead of --configs; default: none)")
+    g.add_argument("--out", metavar="FILE", help="write every diagnosis: .json or .npz (default: none)")
+    g.add_argument("--plot", metavar="FILE", help="write the gradient-flow plot of all configurations (default: none)")
+    add_output_args(p)
+    p.set_defaults(func=cmd_compare)
+    return p
+
+
+def config_names(args) -> list[str]:
+    """The configurations that --configs or --activations name (the demo's by default)."""
+    if args.activation is not None:
+        raise UsageError(f"{args.command} takes --activations or --configs (several configurations), "
+                         "not --activation")
+    if getattr(args, "configs", None) is not None and getattr(args, "activations", None) is not None:
+        raise UsageError("give --configs or --activations, not both")
+    text = getattr(args, "configs", None) or getattr(args, "activations", None)
+    if text is None:
+        return list(DEMO_CONFIGS)
+    names = split(text)
+    option = "--configs" if getattr(args, "configs", None) is not None else "--activations"
+    if not names:
+        raise UsageError(f"{option} {text!r} names no configuration")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"{option} names {', '.join(twice)} more than once")
+    if option == "--activations":
+        bad = [n for n in names if n not in ACTIVATIONS]
+        if bad:
+            raise UsageError(f"--activations: {', '.join(bad)} is not an activation; choose from {', '.join(ACTIVATIONS)}")
+    return names
+
+
+def compare_table(diags: dict, layers: list[int]) -> str:
+    """One row per configuration: verdict, slope and log10 ||dW_l|| at a few layers."""
+    from gradbench.report import fmt_pow
+
+    name_w = max(13, max(len(k) for k in diags))
+    head = f"{'configuration':<{name_w}}  {'verdict':<9} {'dec/layer':>9}" + "".join(
+        f" {'||dW_' + str(l) + '||':>11}" for l in layers) + "  plain float fails"
+    lines = [head, "-" * len(head)]
+    for label, d in diags.items():
+        row = f"{label:<{name_w}}  {d.verdict:<9} {d.decades_per_layer:>+9.3f}"
+        row += "".join(f" {fmt_pow(d.grad_log10[l]):>11}" for l in layers)
+        row += "  " + _float_failures(d)
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _float_failures(d) -> str:
+    fails = []
+    for name in ("float32", "float64"):
+        lim = d.float_limits[name]
+        short = name.replace("float", "f")
+        if lim["underflow_layer"] is not None:
+            fails.append(f"{short} under @{lim['underflow_layer']}")
+        if lim["overflow_layer"] is not None:
+            fails.append(f"{short} over @{lim['overflow_layer']}")
+    return ", ".join(fails) if fails else "-"
+
+
+def sample_layers(L: int, n: int = 5) -> list[int]:
+    return sorted(set(np.linspace(0, L - 1, min(n, L)).round().astype(int).tolist()))
+
+
+def _base_for_compare(args) -> dict:
+    """Base init for compare/demo: N(0,1) entries unless --init or --sigma-w was given."""
+    over = {}
+    if args.init is None:
+        over["init"] = "normal"
+        if args.sigma_w is None:
+            over["sigma_w"] = math.sqrt(args.width) if args.width and args.width > 0 else 1.0
+    return over
+
+
+def configurations(args, names: list[str]) -> dict[str, tuple[str, Stack]]:
+    """name -> (label, stack) of every configuration, validated before anything runs."""
+    base = stack_from_args(args, activation="sigmoid", activation_param=None, **_base_for_compare(args))
+    table = variants(base)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise UsageError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(table)}")
+    out = {}
+    for name in names:
+        label, changes = table[name]
+        if args.activation_param is not None and changes["activation"] in ACT_PARAM_DEFAULT:
+            changes = dict(changes, activation_param=args.activation_param)
+        out[name] = (label, stack_from_args(args, **{**asdict(base), **changes}))
+    if args.activation_param is not None and all(s.activation_param is None for _, s in out.values()):
+        raise UsageError(f"--activation-param is used by {', '.join(ACT_PARAM_DEFAULT)}, and none of the "
+                         "configurations has one of them")
+    return out
+
+
+def compare_stacks(args, names: list[str], backend: str, relative: dict | None = None) -> tuple[dict, dict]:
+    """Plan every configuration (all refusals before any run), then run them on ``backend``.
+
+    Returns (name -> Diagnosis, name -> label); ``relative`` (a dict) receives name ->
+    :class:`~gradbench.histograms.RelativeHistograms` of each run, for plots.
+    """
+    from tqdm.auto import tqdm
+
+    from gradbench import plan
+    from gradbench.diagnose import diagnose
+    from gradbench.histograms import RelativeHistograms
+
+    configs = configurations(args, names)
+    available = plan.available_memory()
+    probes = {name: plan_probe(stack, args.batch, args.seed, backend, bins=args.bins, available=available, label=name)
+              for name, (_, stack) in configs.items()}
+    diags = {}
+    for name in tqdm(names, desc="configurations", unit="config", leave=False, disable=None):
+        res, params = run_probe(probes[name])
+        diags[name] = diagnose(res, params, bins=args.bins)
+        if relative is not None:
+            relative[name] = RelativeHistograms.from_result(res)
+    return diags, {name: label for name, (label, _) in configs.items()}
+
+
+def describe_base(args) -> str:
+    over = _base_for_compare(args)
+    if "sigma_w" in over:
+        return (f"depth {args.depth}, width {args.width}, batch {args.batch}, "
+                "base init N(0, 1) entries (sigma_w = sqrt(width))")
+    init = over.get("init", args.init)
+    sw = f", sigma_w={args.sigma_w:g}" if args.sigma_w is not None else ""
+    return f"depth {args.depth}, width {args.width}, batch {args.batch}, base init {init}{sw}"
+
+
+def print_comparison(args, diags: dict, labels: dict) -> None:
+    """The table of gradient norms and each configuration's verdict in words."""
+    shown = {labels[k]: d for k, d in diags.items()}
+    print(f"gradient norms per layer ({describe_base(args)}; loss {args.loss}, seed {args.seed}; weights from {WEIGHTS})")
+    print(compare_table(shown, sample_layers(args.depth)))
+    print()
+    for label, d in shown.items():
+        text = textwrap.fill(d.explanation, 100, initial_indent="    ", subsequent_indent="    ")
+        print(f"  {label}: {d.verdict.upper()}\n{text}")
+
+
+def cmd_compare(args) -> int:
+    import time
+
+    from gradbench import plot
+
+    t0 = time.perf_counter()
+    names = config_names(args)
+    refuse_unused(args, [args.plot], [args.out, args.plot])
+    check_outputs([("--out", args.out, RESULTS), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir)
+    backend = resolve_backend(args.backend)
+    diags, labels = compare_stacks(args, names, backend)
+    written = []
+    if args.out:
+        head = metadata("compare", args, seed=args.seed, batch=args.batch, weights=WEIGHTS, threads=threads(backend),
+                        seconds=round(time.perf_counter() - t0, 3), labels=labels)
+        written.append(write_diagnoses(args.out, head, diags, key="configurations", mkdir=args.mkdir))
+    if args.plot:
+        written.append(write_plot(args.plot, lambda path: plot.gradient_flow(
+            {labels[k]: d for k, d in diags.items()}, path,
+            title=f"Gradient flow, depth {args.depth}, width {args.width}", dpi=args.dpi), mkdir=args.mkdir))
+    print_comparison(args, diags, labels)
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,139 @@
+"""``gradbench demo``: what ``make demo`` runs, the classic demonstrations with plots."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from gradbench.cli.common import (
+    WEIGHTS, add_output_args, add_parser, add_probe_args, add_stack_args, resolve_backend,
+)
+from gradbench.cli.compare import DEMO_CONFIGS, compare_stacks, config_names, print_comparison
+from gradbench.cli.output import (
+    check_directory, check_outputs, make_directory, metadata, threads, write_json, write_plot,
+)
+from gradbench.cli.train import train_to_dict
+
+DEFAULT_DEMO_DIR = "gradbench-demo"
+
+EPILOG = f"""\
+The same deep stack (bce head on seeded random labels) under sigmoid / tanh / relu (N(0, 1) init) and
+the remedies (Xavier, He, batch norm, residual, clipping): a table of gradient norms at a few layers, the verdicts, and plots in
+--out-dir ({DEFAULT_DEMO_DIR}/flow.png, histograms.png of the configuration whose gradients span the
+most decades, gradients.json); then the training demos on two moons (loss.png, update_ratio.png,
+training.json) unless --no-train. File formats: docs/formats.md.
+"""
+
+FILES = ("flow.png", "histograms.png", "gradients.json")
+TRAIN_FILES = ("loss.png", "update_ratio.png", "training.json")
+
+
+def register(sub):
+    p = add_parser(sub, "demo", help="what `make demo` runs: the classic demonstrations with plots", epilog=EPILOG)
+    add_stack_args(p, depth=50, width=32, activation=None, init=None, loss="bce")
+    add_probe_args(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--out-dir", default=DEFAULT_DEMO_DIR, metavar="DIR",
+                   help="where the plots and files go (created if missing)")
+    g.add_argument("--no-train", action="store_true", help="skip the training demos")
+    add_output_args(p)
+    p.set_defaults(func=cmd_demo)
+    return p
+
+
+def training_table(results: dict) -> str:
+    head = (f"{'demo':<18} {'loss: epoch 1':>13} {'last':>8} {'accuracy':>8}  "
+            f"{'first layer moves/epoch':>24}  note")
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        ran = r.epochs_run
+        last = r.loss[ran - 1] if ran else math.nan
+        ratio = r.first_layer_ratio[:ran]
+        med = f"{np.nanmean(ratio):.2g} %" if ran and np.any(np.isfinite(ratio)) else "-"
+        acc = r.accuracy[ran] if r.diverged_epoch is None else math.nan
+        note = (f"loss non-finite in epoch {r.diverged_epoch + 1}" if r.diverged_epoch is not None
+                else ("stuck near ln 2" if abs(last - math.log(2)) < 0.02 else "trains"))
+        lines.append(f"{name:<18} {r.loss[0]:>13.4f} {last:>8.4f} {acc:>8.2f}  {med:>24}  {note}")
+    return "\n".join(lines)
+
+
+def most_telling(diags: dict) -> str:
+    """The configuration whose gradient norms span the most decades (the first of equals)."""
+    def span(d):
+        g = d.grad_log10[np.isfinite(d.grad_log10)]
+        return float(g.max() - g.min()) if g.size else -1.0
+
+    return max(diags, key=lambda k: (span(diags[k]), -list(diags).index(k)))
+
+
+def _check_out_dir(args) -> list[str]:
+    """The files the demo will write, checked before any work (the directory itself is created)."""
+    out_dir = args.out_dir
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        from gradbench.cli.process import UsageError
+
+        raise UsageError(f"--out-dir {out_dir!r} is a file, not a directory")
+    if not os.path.isdir(out_dir):
+        check_directory("--out-dir", os.path.dirname(os.path.abspath(out_dir)), args.mkdir, of=out_dir)
+    files = [os.path.join(out_dir, f) for f in FILES + (() if args.no_train else TRAIN_FILES)]
+    if os.path.isdir(out_dir):
+        check_outputs([("--out-dir", f, (os.path.splitext(f)[1],)) for f in files])
+    return files
+
+
+def _train_demos(backend: str) -> dict:
+    from gradbench.train import DEMOS, run_demo
+
+    return {name: run_demo(name, backend=backend, progress=True) for name in DEMOS}
+
+
+def _write(args, diags, labels, relative, results, head) -> list[str]:
+    """gradients.json, training.json, then the plots; returns the plots written."""
+    from gradbench import plot
+
+    out_dir = args.out_dir
+    make_directory(out_dir)
+    path = os.path.join
+    write_json(path(out_dir, "gradients.json"), {**head, "labels": labels, "configurations": diags})
+    if results:
+        write_json(path(out_dir, "training.json"), {**head, "runs": {k: train_to_dict(r) for k, r in results.items()}})
+    shown = {labels[k]: d for k, d in diags.items()}
+    telling = most_telling(diags)
+    written = [
+        write_plot(path(out_dir, "flow.png"), lambda p: plot.gradient_flow(
+            shown, p, title=f"Gradient flow through {args.depth} layers: activations and remedies", dpi=args.dpi)),
+        write_plot(path(out_dir, "histograms.png"), lambda p: plot.histogram_heatmap(
+            relative[telling], p, dpi=args.dpi, title=f"dW entries relative to each layer's norm: {labels[telling]}\n"
+            f"({diags[telling].verdict}; of the demo's configurations, the widest span of gradient norms)")),
+    ]
+    if results:
+        written.append(write_plot(path(out_dir, "loss.png"), lambda p: plot.loss_curves(
+            results, p, title="Two moons: deep sigmoid stuck at ln 2, the remedies train", dpi=args.dpi)))
+        written.append(write_plot(path(out_dir, "update_ratio.png"), lambda p: plot.update_ratio_curves(
+            {k: results[k] for k in ("deep-sigmoid", "shallow-sigmoid", "relu-he", "batchnorm")}, p, dpi=args.dpi)))
+    return written
+
+
+def cmd_demo(args) -> int:
+    import time
+
+    t0 = time.perf_counter()
+    config_names(args)  # refuses --activation
+    _check_out_dir(args)
+    backend = resolve_backend(args.backend)
+    relative = {}
+    diags, labels = compare_stacks(args, list(DEMO_CONFIGS), backend, relative)
+    results = {} if args.no_train else _train_demos(backend)
+    head = metadata("demo", args, seed=args.seed, batch=args.batch, weights=WEIGHTS, threads=threads(backend),
+                    seconds=round(time.perf_counter() - t0, 3))
+    written = _write(args, diags, labels, relative, results, head)
+    print(f"gradbench demo: one deep stack, {len(DEMO_CONFIGS)} configurations (backend {backend})\n")
+    print_comparison(args, diags, labels)
+    if results:
+        print("\ntraining on two moons (bce, plain SGD; `gradbench train --list` for the settings):")
+        print(training_table(results))
+    print("\nplots: " + ", ".join(written))
+    print(f"gradient-flow plot written to {written[0]}")
+    return 0

@@ -1,0 +1,155 @@
+"""``gradbench theory``: mean-field and Lyapunov predictions, optionally against a simulation."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from gradbench.cli.common import (
+    BACKEND_CHOICES, WEIGHTS, UsageError, add_output_args, add_parser, finite_float, gain, given, nonneg_float,
+    option, plan_probe, positive_int, refuse_unused, resolve_backend, run_probe, seed_int, stack_from_args,
+)
+from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
+from gradbench.spec import ACTIVATIONS
+
+EPILOG = """\
+Mean field (Poole et al. 2016, Schoenholz et al. 2017) for W ~ N(0, sigma_w^2/N), b ~ N(0, sigma_b^2):
+the fixed point q*, chi_1 (the per-layer factor of ||dL/dh||^2), the decades per layer, the depth scale
+and the critical sigma_w at this sigma_b; for identity stacks Newman's top Lyapunov exponent at --width.
+With --depth and --width a simulated stack is run and its fitted slope compared with the prediction.
+In --out, quantities that are infinite or undefined (q* or the depth scale at the critical point) are
+written as "inf" and "nan", as in every gradbench file (docs/formats.md).
+
+examples:
+  gradbench theory --activation tanh --sigma-w 1.5 --sigma-b 0.1
+  gradbench theory --activation sigmoid --sigma-w 1 --depth 2000 --width 128 --plot theory.png
+  gradbench theory --activation identity --sigma-w 1 --width 4 --depth 100000
+"""
+
+SIMULATION_OPTIONS = ("batch", "seed", "backend", "plot")
+
+
+def register(sub):
+    p = add_parser(sub, "theory", help="mean-field and Lyapunov predictions, optionally against a simulation",
+                   epilog=EPILOG)
+    g = p.add_argument_group("the stack")
+    g.add_argument("--activation", default="tanh", metavar="NAME", help=f"one of {', '.join(ACTIVATIONS)}")
+    g.add_argument("--activation-param", type=finite_float, default=None, metavar="X",
+                   help="leaky-ReLU slope, initial PReLU slope or ELU alpha (default: 0.01, 0.25, 1)")
+    g.add_argument("--sigma-w", type=gain, default=1.0, metavar="X", help="weight gain (variance sigma_w^2 / N)")
+    g.add_argument("--sigma-b", type=nonneg_float, default=0.0, metavar="X", help="bias standard deviation")
+    s = p.add_argument_group("simulation (with --depth and --width)")
+    s.add_argument("--depth", type=positive_int, default=None, help="simulate a stack of this depth (default: none)")
+    s.add_argument("--width", type=positive_int, default=None,
+                   help="width of the simulated stack, and of Newman's exponent for identity (default: none)")
+    s.add_argument("--batch", type=positive_int, default=16, help="batch size of the simulation")
+    s.add_argument("--seed", type=seed_int, default=0, help="seed of the simulation")
+    s.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="auto picks the fastest available")
+    o = p.add_argument_group("output")
+    o.add_argument("--plot", metavar="FILE", help="write simulated vs predicted log10 ||dL/dh_l|| (default: none)")
+    o.add_argument("--out", metavar="FILE", help="write the predictions (and the fitted slope) as .json (default: none)")
+    add_output_args(p)
+    p.set_defaults(func=cmd_theory)
+    return p
+
+
+def check_args(args):
+    """Every combination refused before any work; returns the simulated stack or None."""
+    if args.depth is not None and args.width is None:
+        raise UsageError("--depth needs --width to simulate a stack")
+    if args.depth is None:
+        unused = given(args, *SIMULATION_OPTIONS)
+        if unused:
+            raise UsageError(f"{', '.join(map(option, unused))} need a simulation: give --depth and --width")
+        if args.width is not None and args.activation != "identity":
+            raise UsageError("--width without --depth is used only by --activation identity (Newman's exponent)")
+    stack = stack_from_args(_stack_options(args), depth=args.depth or 1, width=args.width or 1, init="normal")
+    return stack if args.depth is not None else None
+
+
+def _stack_options(args):
+    """The stack fields of a theory command (the rest at the Stack's defaults)."""
+    import argparse
+    from dataclasses import asdict
+
+    from gradbench.spec import Stack
+
+    fields = asdict(Stack(depth=1, width=1))
+    fields.update(activation=args.activation, activation_param=args.activation_param, sigma_w=args.sigma_w,
+                  sigma_b=args.sigma_b)
+    return argparse.Namespace(**fields)
+
+
+def predictions(args) -> tuple[dict, list[str], float]:
+    """Mean field (and Newman for identity stacks): the JSON fields, the lines to print and the
+    predicted decades per layer that a simulation is compared with."""
+    from gradbench import theory
+
+    mf = theory.mean_field(args.activation, args.sigma_w, args.sigma_b, args.activation_param)
+    out = {"activation": args.activation, "activation_param": args.activation_param, "sigma_w": args.sigma_w,
+           "sigma_b": args.sigma_b, "q_star": mf.q_star, "chi1": mf.chi1, "decades_per_layer": mf.decades_per_layer,
+           "depth_scale": mf.depth_scale, "phase": mf.phase}
+    lines = [f"mean field: {args.activation}, sigma_w = {args.sigma_w:g}, sigma_b = {args.sigma_b:g}",
+             f"  fixed point q*          {mf.q_star:.6g}",
+             f"  chi_1                   {mf.chi1:.6g}   ({mf.phase})",
+             f"  ||dL/dh|| per layer     {mf.decades_per_layer:+.6g} decades going down the stack",
+             f"  depth scale             {mf.depth_scale:.4g} layers (1 / |ln chi_1|)"]
+    try:
+        crit = theory.critical_sigma_w(args.activation, args.sigma_b, args.activation_param)
+        out["critical_sigma_w"] = crit
+        lines.append(f"  critical sigma_w        {crit:.6g} at sigma_b = {args.sigma_b:g} (sigma_w^2 = {crit * crit:.6g})")
+    except ValueError as exc:
+        out["critical_sigma_w"] = None
+        lines.append(f"  critical sigma_w        none ({exc})")
+    prediction = mf.decades_per_layer
+    if args.activation == "identity" and args.width:
+        lam = theory.newman_lambda1(args.width, args.sigma_w)
+        prediction = lam / math.log(10)
+        out["newman_lambda1"] = lam
+        lines.append(f"  Newman lambda_1 (N={args.width})  {lam:+.6g} nats = {prediction:+.6g} decades per layer "
+                     "(finite-width exact for linear Gaussian stacks)")
+    return out, lines, prediction
+
+
+def simulate(args, stack, prediction: float, out: dict) -> tuple[object, str]:
+    """Run the planned stack and fit its slope; returns the Result and the line to print."""
+    backend = resolve_backend(args.backend)
+    res, _ = run_probe(plan_probe(stack, args.batch, args.seed, backend))
+    s = res.signal_norm.log10()
+    skip = min(args.depth // 10, 50)  # the length map converges first
+    part = s[skip : args.depth - skip] if args.depth > 4 * skip + 2 else s
+    ok = np.isfinite(part)
+    if ok.sum() < 2:
+        return res, f"simulated ({args.depth} layers): too few finite layers to fit a slope"
+    slope = -float(np.polyfit(np.flatnonzero(ok), part[ok], 1)[0])
+    out["simulated_decades_per_layer"] = slope
+    return res, (f"simulated ({args.depth} layers, width {args.width}, batch {args.batch}, {res.backend}): "
+                 f"{slope:+.6g} decades per layer going down (prediction {prediction:+.6g})")
+
+
+def cmd_theory(args) -> int:
+    t0 = time.perf_counter()
+    stack = check_args(args)
+    refuse_unused(args, [args.plot], [args.out, args.plot])
+    check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir)
+    out, lines, prediction = predictions(args)
+    res = None
+    if stack is not None:
+        res, line = simulate(args, stack, prediction, out)
+        lines.append(line)
+    written = []
+    if args.out:
+        sim = dict(seed=args.seed, batch=args.batch, weights=WEIGHTS, threads=threads(res.backend)) if res else {}
+        head = metadata("theory", args, seconds=round(time.perf_counter() - t0, 3), **sim)
+        written.append(write_json(args.out, {**head, **out}, mkdir=args.mkdir))
+    if args.plot:
+        from gradbench import plot
+
+        written.append(write_plot(args.plot, lambda p: plot.theory_vs_simulation(res, prediction, p, dpi=args.dpi),
+                                  mkdir=args.mkdir))
+    print("\n".join(lines))
+    for path in written:
+        print(f"wrote {path}")
+    return 0

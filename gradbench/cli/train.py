@@ -1,0 +1,166 @@
+"""``gradbench train``: train a named demo or your own stack on a small data set."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from gradbench.cli import model
+from gradbench.cli.common import (
+    BACKEND_CHOICES, STACK_FIELDS, UsageError, add_output_args, add_parser, add_stack_args, given, option,
+    positive_float, positive_int, refuse_unused, resolve_backend, seed_int, split, stack_from_args,
+    unit_interval, nonneg_float,
+)
+from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
+
+EPILOG = """\
+examples:
+  gradbench train --list
+  gradbench train --demo deep-sigmoid
+  gradbench train --demo deep-sigmoid,shallow-sigmoid --plot loss.png --ratio-plot ratio.png
+  gradbench train --demo deep-sigmoid,layerwise-pretraining,adam --tensorboard runs   (tensorboard --logdir runs)
+  gradbench train --demo all --out history.json
+  gradbench train --dataset circles --depth 6 --width 16 --activation relu --init he_normal --optimizer adam --lr 0.01
+
+A demo brings its own stack and data (--list shows them); --epochs, --lr, --batch-size, --seed,
+--optimizer, --momentum and --weight-decay change its training. The weights are
+gradbench.init_params(stack, seed), as gradbench.train draws them. File format: docs/formats.md.
+"""
+
+WEIGHTS = "gradbench.init_params(stack, seed)"  # as gradbench.train draws them
+DATA_OPTIONS = ("dataset", "samples", "data_seed")
+
+
+def register(sub):
+    p = add_parser(sub, "train", help="train on a small data set (a named demo or your own stack)", epilog=EPILOG)
+    add_stack_args(p, required=False, loss=None)
+    g = p.add_argument_group("what to train")
+    g.add_argument("--demo", metavar="NAMES", help="demo name(s), comma-separated, or all (default: your own stack "
+                   "from --depth, --width, ...)")
+    g.add_argument("--list", action="store_true", help="list the demos and their settings")
+    g.add_argument("--dataset", default="moons", choices=("moons", "circles", "xor"), help="the data set of your own stack")
+    g.add_argument("--samples", type=positive_int, default=200, help="data set size")
+    g.add_argument("--data-seed", type=seed_int, default=0, help="seed of the data set")
+    t = p.add_argument_group("training (a demo's own settings unless given)")
+    t.add_argument("--epochs", type=positive_int, default=None, help="passes over the data (default: 100)")
+    t.add_argument("--batch-size", type=positive_int, default=None, help="mini-batch size (default: 20)")
+    t.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default=None, help="(default: sgd)")
+    t.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: 0.1)")
+    t.add_argument("--momentum", type=unit_interval, default=None,
+                   help="momentum of --optimizer momentum (default: 0.9)")
+    t.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="L2 weight decay")
+    t.add_argument("--seed", type=seed_int, default=None, help="seed of the weights and the shuffling (default: 0)")
+    t.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="auto picks the fastest available")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="FILE", help="write the training history as .json (default: none)")
+    o.add_argument("--plot", metavar="FILE", help="write the loss curves (default: none)")
+    o.add_argument("--ratio-plot", metavar="FILE", help="write the update-ratio curves (default: none)")
+    model.add_train_args(o)
+    add_output_args(p)
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def train_to_dict(r) -> dict:
+    """A training history as JSON-ready data (non-finite numbers as "nan", "inf")."""
+    from gradbench.cli.output import jsonable
+
+    return jsonable(dict(
+        settings=r.settings, stack=dataclasses.asdict(r.stack), loss=r.loss,
+        eval_loss=r.eval_loss, accuracy=r.accuracy, grad_log10=r.grad_log10,
+        update_ratio_percent=r.update_ratio, update_ratio_input_percent=r.update_ratio_input,
+        update_ratio_head_percent=r.update_ratio_head, diverged_epoch=r.diverged_epoch,
+        divergence=r.divergence, seconds=r.seconds,
+    ))
+
+
+def list_demos() -> None:
+    from gradbench.train import DEMOS
+
+    print("demos (gradbench train --demo NAME, or --demo all):")
+    for name, demo in DEMOS.items():
+        t = demo.train
+        print(f"  {name:18s} {demo.title}  [{t['optimizer']} lr={t['lr']:g}, batch {t['batch_size']}, "
+              f"{t['epochs']} epochs]")
+
+
+def demo_names(args) -> list[str]:
+    """The demos of --demo, after refusing the options a demo would ignore."""
+    from gradbench.train import DEMOS
+
+    ignored = given(args, *STACK_FIELDS, *DATA_OPTIONS)
+    if ignored:
+        raise UsageError(f"--demo brings its own stack and data: {', '.join(map(option, ignored))} would be ignored "
+                         "(drop --demo to train your own stack)")
+    names = list(DEMOS) if args.demo == "all" else split(args.demo)
+    bad = [n for n in names if n not in DEMOS]
+    if bad or not names:
+        raise UsageError(f"unknown demo {', '.join(bad) or repr(args.demo)}; choose from {', '.join(DEMOS)} or all")
+    for name in names:
+        _check_momentum(args, args.optimizer or DEMOS[name].train["optimizer"])
+    return names
+
+
+def _check_momentum(args, optimizer: str) -> None:
+    if args.momentum is not None and optimizer != "momentum":
+        raise UsageError(f"--momentum is used by --optimizer momentum only (the optimizer here is {optimizer})")
+
+
+def train_runs(args, backend: str) -> dict:
+    """The runs that the options ask for: name -> TrainResult."""
+    from gradbench import datasets
+    from gradbench.train import run_demo, train
+
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "seed", "optimizer", "momentum")
+                 if getattr(args, k) is not None}
+    overrides["weight_decay"] = args.weight_decay
+    if args.demo:
+        return {name: run_demo(name, backend=backend, progress=True, tensorboard=model.train_tensorboard_dir(args, name),
+                               **overrides) for name in demo_names(args)}
+    if args.depth is None or args.width is None:
+        raise UsageError("give --demo NAME (see --list) or a stack with --depth and --width")
+    _check_momentum(args, args.optimizer or "sgd")
+    X, y = datasets.load(args.dataset, args.samples, seed=args.data_seed)
+    loss = args.loss or "bce"
+    out_dim = args.output_dim if loss != "softmax_ce" else max(args.output_dim, int(y.max()) + 1)
+    stack = stack_from_args(args, input_dim=X.shape[1], loss=loss, output_dim=out_dim)
+    if not stack.has_head:
+        raise UsageError("training needs a head: --loss bce, mse or softmax_ce")
+    kw = dict(epochs=100, lr=0.1, batch_size=20, seed=0, optimizer="sgd")
+    kw.update(overrides)
+    return {"custom": train(stack, X, y, backend=backend, progress=True, name="custom", dataset=args.dataset,
+                            tensorboard=model.train_tensorboard_dir(args, "custom"), **kw)}
+
+
+def cmd_train(args) -> int:
+    import time
+
+    from gradbench import plot
+
+    if args.list:
+        list_demos()
+        return 0
+    t0 = time.perf_counter()
+    refuse_unused(args, [args.plot, args.ratio_plot], [args.out, args.plot, args.ratio_plot])
+    check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS),
+                   ("--ratio-plot", args.ratio_plot, PLOTS)], mkdir=args.mkdir)
+    model.check_tensorboard_dir(args.tensorboard)
+    backend = resolve_backend(args.backend)
+    if args.demo:
+        demo_names(args)  # every refusal before the first epoch
+    results = train_runs(args, backend)
+    written = []
+    if args.out:
+        head = metadata("train", args, weights=WEIGHTS, threads=threads(backend),
+                        seconds=round(time.perf_counter() - t0, 3))
+        written.append(write_json(args.out, {**head, "runs": {k: train_to_dict(r) for k, r in results.items()}},
+                                  mkdir=args.mkdir))
+    if args.plot:
+        written.append(write_plot(args.plot, lambda p: plot.loss_curves(results, p, dpi=args.dpi), mkdir=args.mkdir))
+    if args.ratio_plot:
+        written.append(write_plot(args.ratio_plot, lambda p: plot.update_ratio_curves(results, p, dpi=args.dpi),
+                                  mkdir=args.mkdir))
+    for r in results.values():
+        print(r.summary())
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,390 @@
+"""The PyTorch side of :mod:`gradbench.torch_io`: the modules gradbench maps (:class:`Residual`)
+and the parser that reads a model into a stack (``from_torch``'s work; the mapping is in
+:mod:`gradbench.torch_io`'s docstring).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:  # pragma: no cover - exercised in environments without torch
+    raise ImportError(
+        "gradbench.torch_io needs PyTorch: pip install 'gradbench[torch]' "
+        "(torch==2.13.0; the CPU wheel is enough)"
+    ) from exc
+
+from gradbench.params import Params
+from gradbench.spec import Stack
+
+class Residual(nn.Module):
+    """One residual group of a gradbench stack: ``h + scale * body(h)``.
+
+    ``body`` is an ``nn.Sequential`` of k blocks ``Linear(N, N) [BatchNorm1d(N)] activation``;
+    this is gradbench's ``h_{l+1} = h_{l+1-k} + residual_scale * a_l`` at the end of every
+    group of k layers. :func:`to_torch` produces it and :func:`from_torch` accepts it.
+
+    Parameters
+    ----------
+    body : nn.Sequential
+        The k blocks of the group.
+    scale : float
+        The residual scale alpha (``Stack.residual_scale``).
+    """
+
+    def __init__(self, body: nn.Sequential, scale: float = 1.0):
+        super().__init__()
+        if not isinstance(body, nn.Sequential):
+            raise TypeError(f"Residual body must be an nn.Sequential, got {type(body).__name__}")
+        self.body = body
+        self.scale = float(scale)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.scale * self.body(h)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale!r}"
+
+
+# The module classes a saved model may contain (torch.load(weights_only=True) allowlist).
+SAFE_MODULES = (
+    nn.Sequential, nn.Linear, nn.BatchNorm1d, nn.Identity, nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU,
+    nn.PReLU, nn.ELU, nn.SELU, nn.SiLU, nn.GELU, Residual,
+)
+_ACTIVATION_TYPES = (nn.Identity, nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU,
+                     nn.SiLU, nn.GELU)
+_TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+_LOSS_MODULES = {"mse": nn.MSELoss, "bce": nn.BCEWithLogitsLoss, "softmax_ce": nn.CrossEntropyLoss}
+
+
+def _np(t: torch.Tensor, dtype: str) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=dtype)
+
+
+def _tensor(a: np.ndarray, dtype) -> torch.Tensor:
+    return torch.tensor(np.asarray(a), dtype=dtype)
+
+
+# ------------------------------------------------------------------ torch -> gradbench
+class _Refused(ValueError):
+    pass
+
+
+def _describe(m: nn.Module) -> str:
+    if isinstance(m, nn.Linear):
+        return f"Linear({m.in_features}, {m.out_features})"
+    if isinstance(m, nn.BatchNorm1d):
+        return f"BatchNorm1d({m.num_features})"
+    if isinstance(m, Residual):
+        return f"Residual(scale={m.scale})"
+    return type(m).__name__
+
+
+def _activation_of(where: str, m: nn.Module) -> tuple[str, float | None]:
+    """(gradbench activation name, its parameter) of an activation module, or refuse it."""
+    if isinstance(m, nn.Identity):
+        return "identity", None
+    if isinstance(m, nn.Sigmoid):
+        return "sigmoid", None
+    if isinstance(m, nn.Tanh):
+        return "tanh", None
+    if isinstance(m, nn.ReLU):
+        return "relu", None
+    if isinstance(m, nn.LeakyReLU):
+        return "leaky_relu", float(m.negative_slope)
+    if isinstance(m, nn.PReLU):
+        if m.num_parameters != 1:
+            raise _Refused(f"{where}: PReLU(num_parameters={m.num_parameters}) has one slope per unit; gradbench's "
+                           "PReLU has one learnable slope per layer (nn.PReLU() with num_parameters=1)")
+        return "prelu", float(getattr(m, "init", 0.25))
+    if isinstance(m, nn.ELU):
+        return "elu", float(m.alpha)
+    if isinstance(m, nn.SELU):
+        return "selu", None
+    if isinstance(m, nn.SiLU):
+        return "swish", None
+    if isinstance(m, nn.GELU):
+        if m.approximate != "none":
+            raise _Refused(f"{where}: GELU(approximate={m.approximate!r}) is not gradbench's gelu, which is the "
+                           "erf form: use nn.GELU() (approximate='none')")
+        return "gelu", None
+    raise _Refused(f"{where}: {_unsupported_why(m)}")
+
+
+def _unsupported_why(m: nn.Module) -> str:
+    name = type(m).__name__
+    if isinstance(m, nn.modules.dropout._DropoutNd):
+        return f"{name} is not supported (gradbench computes one deterministic pass; remove it from the model)"
+    if isinstance(m, nn.modules.batchnorm._NormBase) and not isinstance(m, nn.BatchNorm1d):
+        return f"{name} is not supported (only BatchNorm1d after a Linear, on (batch, width) inputs)"
+    return (f"{name} has no gradbench counterpart (supported: Linear, BatchNorm1d, Identity, Sigmoid, Tanh, ReLU, "
+            "LeakyReLU, PReLU, ELU, SELU, SiLU, GELU and gradbench.torch_io.Residual)")
+
+
+def _flatten(seq: nn.Sequential, prefix: str) -> list[tuple[str, nn.Module]]:
+    """Children of ``seq`` with nested plain ``nn.Sequential`` containers flattened, with their paths."""
+    out = []
+    for name, m in seq.named_children():
+        path = f"{prefix}{name}"
+        if type(m) is nn.Sequential:
+            out.extend(_flatten(m, path + "."))
+        else:
+            out.append((path, m))
+    return out
+
+
+def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules that ``model``'s forward applies one after the other (with their paths)."""
+    if isinstance(model, nn.Sequential):
+        return _flatten(model, "")
+    if isinstance(model, Residual):
+        return [("", model)]
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (an nn.Sequential), got {type(model).__name__}")
+    import torch.fx
+
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, Residual) or (super().is_leaf_module(m, qualname) and not isinstance(m, nn.Sequential))
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: not a plain chain
+        raise _Refused(f"{type(model).__name__}.forward could not be traced as a chain of modules "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                       "pass an nn.Sequential") from None
+    chain, prev, used = [], None, set()
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if prev is not None:
+                raise _Refused(f"{type(model).__name__}.forward takes more than one input; gradbench maps one")
+            prev = node
+        elif node.op == "call_module":
+            if node.args != (prev,) or node.kwargs:
+                raise _Refused(f"{type(model).__name__}.forward: module {node.target!r} does not take the previous "
+                               "module's output as its only input; only a plain chain of modules can be mapped")
+            if node.target in used:
+                raise _Refused(f"{type(model).__name__}.forward uses module {node.target!r} twice (shared weights)")
+            used.add(node.target)
+            chain.append((node.target, model.get_submodule(node.target)))
+            prev = node
+        elif node.op == "output":
+            if node.args[0] is not prev:
+                raise _Refused(f"{type(model).__name__}.forward does not return the last module's output")
+        else:
+            what = getattr(node.target, "__name__", str(node.target))
+            if node.target in (operator.add, operator.mul):
+                what = f"arithmetic ({what})"
+            raise _Refused(f"{type(model).__name__}.forward calls {what} outside a module; only a plain chain of "
+                           "modules can be mapped (use nn.Sequential, nn.ReLU(), gradbench.torch_io.Residual)")
+    return chain
+
+
+def _parse_blocks(items: list[tuple[str, nn.Module]], width: int | None, what: str):
+    """Split ``items`` into blocks Linear [BatchNorm1d] activation; returns (blocks, width)."""
+    blocks, i = [], 0
+    while i < len(items):
+        path, m = items[i]
+        where = f"{_describe(m)} at {what}{path!r}"
+        if not isinstance(m, nn.Linear):
+            if isinstance(m, _ACTIVATION_TYPES + (nn.BatchNorm1d,)):
+                raise _Refused(f"{where}: expected a Linear here (a block is Linear(N, N), optional BatchNorm1d(N), "
+                               "then one activation)")
+            raise _Refused(f"{where}: {_unsupported_why(m)}")
+        if m.in_features != m.out_features:
+            raise _Refused(f"{where}: widths must be uniform inside the stack (Linear(N, N) blocks"
+                           + (f", N = {width} here)" if width else ")"))
+        if width is not None and m.in_features != width:
+            raise _Refused(f"{where}: widths must be uniform inside the stack (N = {width} before it)")
+        width = m.in_features
+        bn = None
+        if i + 1 < len(items) and isinstance(items[i + 1][1], nn.BatchNorm1d):
+            bn = items[i + 1]
+            i += 1
+        if i + 1 >= len(items):
+            raise _Refused(f"{where}: a block Linear(N, N) [BatchNorm1d(N)] must end with an activation "
+                           "(use nn.Identity() for a linear layer)")
+        act = items[i + 1]
+        if not isinstance(act[1], _ACTIVATION_TYPES):
+            after = f"{_describe(act[1])} at {what}{act[0]!r}"
+            if isinstance(act[1], (nn.Linear, nn.BatchNorm1d)):
+                raise _Refused(f"{after} follows {where} without an activation: every block ends with one "
+                               "activation (use nn.Identity() for a linear layer)")
+            _activation_of(after, act[1])  # refuses it with the reason
+        blocks.append((items[i - (1 if bn else 0)], bn, act))
+        i += 2
+    return blocks, width
+
+
+def _from_torch(model, dtype, loss):
+    items = _chain(model)
+    if not items:
+        raise _Refused("the model has no modules")
+    dtype = _model_dtype(model, dtype)
+    input_layer, items, head = _split_ends(items)
+    blocks, width, k, scale = _blocks_of(items)
+    act_name, act_param, bn_eps = _check_blocks(blocks, width)
+    _check_ends(input_layer, head, loss, width, blocks)
+    L = len(blocks)
+    stack = Stack(
+        depth=L, width=width, activation=act_name,
+        activation_param=act_param if act_name in ("leaky_relu", "prelu", "elu") else None,
+        batch_norm=blocks[0][1] is not None, bn_eps=bn_eps if bn_eps is not None else 1e-5,
+        residual=k, residual_scale=float(scale),
+        loss=loss if head is not None else "sum_squares",
+        input_dim=None if input_layer is None else input_layer[1].in_features,
+        output_dim=1 if head is None else head[1].out_features,
+        dtype=dtype,
+    )
+    return stack, _params_of(blocks, input_layer, head, act_name, width, dtype)
+
+
+def _model_dtype(model, dtype):
+    """gradbench's dtype of the model's parameters (or the one asked for, converting them)."""
+    if dtype is not None:
+        return dtype
+    params_dtypes = {p.dtype for p in model.parameters()}
+    names = {v: k for k, v in _TORCH_DTYPES.items()}
+    bad = [d for d in params_dtypes if d not in names]
+    if bad or len(params_dtypes) != 1:
+        raise _Refused(f"the model's parameters have dtype(s) {sorted(map(str, params_dtypes))}; pass dtype="
+                       "'float64' or 'float32' (gradbench's dtypes) to convert them")
+    return names[params_dtypes.pop()]
+
+
+def _split_ends(items):
+    """(input layer, the blocks' items, head): the Linear layers not followed by a batch norm or
+    an activation at either end."""
+    input_layer = head = None
+    if (len(items) >= 2 and isinstance(items[0][1], nn.Linear)
+            and isinstance(items[1][1], (nn.Linear, Residual))):
+        input_layer = items.pop(0)
+    elif (isinstance(items[0][1], nn.Linear) and items[0][1].in_features != items[0][1].out_features
+          and len(items) >= 2 and isinstance(items[1][1], _ACTIVATION_TYPES + (nn.BatchNorm1d,))):
+        m = items[0][1]
+        raise _Refused(f"{_describe(m)} at {items[0][0]!r} is followed by {_describe(items[1][1])}: gradbench's "
+                       f"input layer (D -> N) is linear; write it as Linear({m.in_features}, {m.out_features}) "
+                       f"followed by the first block Linear({m.out_features}, {m.out_features}), ...")
+    if len(items) >= 2 and isinstance(items[-1][1], nn.Linear) and not isinstance(items[-2][1], nn.Linear):
+        head = items.pop()
+    elif len(items) == 1 and isinstance(items[0][1], nn.Linear):
+        raise _Refused(f"{_describe(items[0][1])} at {items[0][0]!r}: a model with no block "
+                       "(Linear(N, N) [BatchNorm1d(N)] activation) is not a stack")
+    if not items:
+        raise _Refused("the model has no block Linear(N, N) [BatchNorm1d(N)] activation between its input layer "
+                       "and head")
+    return input_layer, items, head
+
+
+def _blocks_of(items):
+    """(blocks, width, residual group size, residual scale) of the stack's items."""
+    residual_groups = [isinstance(m, Residual) for _, m in items]
+    if not any(residual_groups):
+        blocks, width = _parse_blocks(items, None, "")
+        return blocks, width, 0, 1.0
+    if not all(residual_groups):
+        path, m = items[residual_groups.index(not residual_groups[0])]
+        raise _Refused(f"{_describe(m)} at {path!r}: residual groups and plain blocks are mixed; gradbench needs "
+                       "every layer in a residual group of the same size")
+    blocks, width, k, scale = [], None, None, None
+    for path, r in items:
+        inner, width = _parse_blocks(_flatten(r.body, f"{path}.body."), width, "")
+        if k is None:
+            k, scale = len(inner), r.scale
+        elif len(inner) != k:
+            raise _Refused(f"{_describe(r)} at {path!r} holds {len(inner)} blocks, the first group {k}: "
+                           "residual groups must all have the same size")
+        elif r.scale != scale:
+            raise _Refused(f"{_describe(r)} at {path!r}: residual scales must be equal (first group: {scale})")
+        blocks.extend(inner)
+    return blocks, width, k, scale
+
+
+def _check_blocks(blocks, width):
+    """One activation, batch norm everywhere or nowhere, in train mode, one eps; returns
+    (activation name, its parameter, the batch norms' eps or None)."""
+    first_act = None
+    bn_eps = None
+    for lin, bn, (apath, act) in blocks:
+        where = f"{_describe(act)} at {apath!r}"
+        name, p = _activation_of(where, act)
+        if first_act is None:
+            first_act = (name, p, apath)
+        elif name != first_act[0] or (name != "prelu" and p != first_act[1]):
+            raise _Refused(f"{where}: activations must be the same in every layer (the first is "
+                           f"{_describe(blocks[0][2][1])} at {first_act[2]!r})")
+        if (bn is None) != (blocks[0][1] is None):
+            raise _Refused(f"{_describe(lin[1])} at {lin[0]!r}: batch norm must follow every Linear(N, N) or none")
+        if bn is not None:
+            bn_eps = _check_batchnorm(bn, width, bn_eps)
+    return first_act[0], first_act[1], bn_eps
+
+
+def _check_batchnorm(bn, width, bn_eps):
+    bpath, b = bn
+    bw = f"BatchNorm1d({b.num_features}) at {bpath!r}"
+    if b.num_features != width:
+        raise _Refused(f"{bw}: its width must be the stack's ({width})")
+    if not b.training and b.track_running_stats:
+        raise _Refused(f"{bw} is in eval mode and would use its running statistics; gradbench's batch norm "
+                       "uses batch statistics (train mode): call model.train() or use "
+                       "BatchNorm1d(..., track_running_stats=False)")
+    if bn_eps is not None and float(b.eps) != bn_eps:
+        raise _Refused(f"{bw}: eps={b.eps} differs from the first batch norm's eps={bn_eps}")
+    return float(b.eps)
+
+
+def _check_ends(input_layer, head, loss, width, blocks):
+    if input_layer is not None:
+        path, m = input_layer
+        if m.out_features != width:
+            raise _Refused(f"{_describe(m)} at {path!r}: the input layer must map to the stack's width {width}")
+        if m.in_features == width:
+            raise _Refused(f"{_describe(m)} at {path!r} is an input layer of the stack's own width: gradbench has "
+                           "an input layer only when input_dim != width (and it is linear)")
+    if head is not None:
+        path, m = head
+        if m.in_features != width:
+            raise _Refused(f"{_describe(m)} at {path!r}: the head must read the stack's width {width}")
+        if loss is None:
+            raise _Refused(f"the model ends in a head {_describe(m)} at {path!r}: give loss='mse', 'bce' or "
+                           "'softmax_ce' (the loss is not part of nn.Sequential)")
+        if loss == "sum_squares":
+            raise _Refused(f"loss='sum_squares' is 0.5 ||h_L||^2 of the stack's top with no head, but the model "
+                           f"ends in a head {_describe(m)} at {path!r}: use 'mse', 'bce' or 'softmax_ce'")
+    elif loss not in (None, "sum_squares"):
+        raise _Refused(f"loss={loss!r} needs a head Linear(N, O) as the model's last module; "
+                       f"the model ends in {_describe(blocks[-1][2][1])}")
+
+
+def _params_of(blocks, input_layer, head, act_name, width, dtype) -> Params:
+    """The weights, copied into gradbench's layout."""
+    def bias(m, n):
+        return _np(m.bias, dtype) if m.bias is not None else np.zeros(n, dtype=dtype)
+
+    L, N = len(blocks), width
+    W = np.stack([_np(lin[1].weight, dtype) for lin, _, _ in blocks])
+    b = np.stack([bias(lin[1], N) for lin, _, _ in blocks])
+    gamma = np.ones((L, N), dtype=dtype)
+    beta = np.zeros((L, N), dtype=dtype)
+    for l, (_, bn, _) in enumerate(blocks):
+        if bn is not None and bn[1].affine:
+            gamma[l] = _np(bn[1].weight, dtype)
+            beta[l] = _np(bn[1].bias, dtype)
+    slope = np.zeros(L, dtype=dtype)
+    if act_name == "prelu":
+        slope[:] = [float(act[1].weight.detach().reshape(())) for _, _, act in blocks]
+    p = dict(W=np.ascontiguousarray(W), b=np.ascontiguousarray(b), gamma=gamma, beta=beta, slope=slope)
+    if input_layer is not None:
+        p["W_in"] = _np(input_layer[1].weight, dtype)
+        p["b_in"] = bias(input_layer[1], N)
+    if head is not None:
+        p["W_out"] = _np(head[1].weight, dtype)
+        p["b_out"] = bias(head[1], head[1].out_features)
+    return Params(**p)
+
+

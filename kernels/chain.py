@@ -1,0 +1,225 @@
+"""The exact chain's kernels and the float64 reductions, with the reference's names:
+:func:`normalise`, :func:`add_aligned`, :func:`clip_signal` (gradbench/reference.py) and the sums
+behind every norm and statistic (:func:`sumsq`, :func:`norm_scaled`, :func:`moments`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from gradbench.abi import CLIP_NORM, CLIP_VALUE
+
+from ._config import EXP_CLAMP, JIT
+from .activations import _as
+
+
+@njit(**JIT)
+def _clamp(e):
+    if e > EXP_CLAMP:
+        return EXP_CLAMP
+    if e < -EXP_CLAMP:
+        return -EXP_CLAMP
+    return e
+
+
+@njit(**JIT)
+def _ldexp(x, e):
+    """x * 2**e in x's dtype, e already clamped (exact unless the result is subnormal)."""
+    if e == 0:
+        return x
+    return math.ldexp(x, int(e))
+
+
+# ------------------------------------------------------------------ the exact chain
+@njit(**JIT)
+def normalise(g):
+    """Scale g in place by 2**-e so that max|g| lies in [0.5, 1); return e.
+
+    e is 0 when g is all zero or when its largest magnitude is not finite (NaN ignored).
+    """
+    B, N = g.shape
+    m = 0.0
+    for i in range(B):
+        for j in range(N):
+            v = abs(np.float64(g[i, j]))
+            if v > m:  # False for NaN
+                m = v
+    if m == 0.0 or not math.isfinite(m):
+        return 0
+    e = np.int64(math.frexp(m)[1])
+    # as the reference: 2**-e in float64, then the dtype; in two exact steps when 2**-e is not
+    # a finite number of the dtype (a subnormal max|g|)
+    top = 1023 if g.itemsize == 8 else 127
+    k = int(-e)
+    k1 = k if k <= top else k // 2
+    s1 = _as(math.ldexp(1.0, k1), g[0, 0])
+    s2 = _as(math.ldexp(1.0, k - k1), g[0, 0])
+    for i in range(B):
+        for j in range(N):
+            g[i, j] *= s1
+    if k1 != k:
+        for i in range(B):
+            for j in range(N):
+                g[i, j] *= s2
+    return e
+
+
+@njit(**JIT)
+def add_aligned(a, ea, s, es, scale):
+    """a * 2**ea + scale * s * 2**es, written into a, at the larger exponent; returns it.
+
+    a, s (B,N)
+    """
+    B, N = a.shape
+    em = max(ea, es)
+    da = _clamp(ea - em)
+    ds = _clamp(es - em)
+    sc = _as(scale, a[0, 0])
+    for i in range(B):
+        for j in range(N):
+            a[i, j] = _ldexp(s[i, j], ds) + sc * _ldexp(a[i, j], da)
+    return em
+
+
+@njit(**JIT)
+def clip_signal(g, e, mode, c):
+    """Clip the true value g * 2**e (value: to [-c, c]; norm: Frobenius norm <= c) in place.
+
+    g (B,N) must be normalised (max|g| < 1). Returns the new exponent.
+    """
+    B, N = g.shape
+    if mode == CLIP_VALUE:
+        ec = np.int64(math.frexp(c)[1])
+        t = math.ldexp(c, int(-ec))  # c = t * 2**ec, t in [0.5, 1)
+        m = 0.0
+        for i in range(B):
+            for j in range(N):
+                v = abs(np.float64(g[i, j]))
+                if v != v:  # np.max propagates NaN and NaN > t is False: no clipping
+                    return e
+                if v > m:
+                    m = v
+        d = _clamp(e - ec)
+        if math.ldexp(m, int(d)) > t:
+            for i in range(B):
+                for j in range(N):
+                    x = np.float64(_ldexp(g[i, j], d))
+                    if x > t:
+                        x = t
+                    elif x < -t:
+                        x = -t
+                    g[i, j] = x
+            return ec
+    elif mode == CLIP_NORM:
+        n = math.sqrt(sumsq(g))
+        if math.ldexp(n, int(_clamp(e))) > c:
+            s = _as(c / n, g[0, 0])
+            for i in range(B):
+                for j in range(N):
+                    g[i, j] *= s
+            return np.int64(0)
+    return e
+
+
+# ------------------------------------------------------------------ float64 reductions
+# Whole-array sums in float64 by blocks of 128 with 8 partial sums each (NumPy's pairwise
+# leaf), block sums added in order: within a few ulps of NumPy's pairwise summation.
+@njit(**JIT)
+def _sum_block(x, start, stop, mean, square, scale):
+    """sum over x[start:stop] of (x scale - mean) or (x scale - mean)**2, 8 partial sums
+    (scale: a power of two, 1 except for scaled norms)."""
+    r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
+    n8 = start + ((stop - start) // 8) * 8
+    for i in range(start, n8, 8):
+        v0 = np.float64(x[i]) * scale - mean
+        v1 = np.float64(x[i + 1]) * scale - mean
+        v2 = np.float64(x[i + 2]) * scale - mean
+        v3 = np.float64(x[i + 3]) * scale - mean
+        v4 = np.float64(x[i + 4]) * scale - mean
+        v5 = np.float64(x[i + 5]) * scale - mean
+        v6 = np.float64(x[i + 6]) * scale - mean
+        v7 = np.float64(x[i + 7]) * scale - mean
+        if square:
+            v0 *= v0
+            v1 *= v1
+            v2 *= v2
+            v3 *= v3
+            v4 *= v4
+            v5 *= v5
+            v6 *= v6
+            v7 *= v7
+        r0 += v0
+        r1 += v1
+        r2 += v2
+        r3 += v3
+        r4 += v4
+        r5 += v5
+        r6 += v6
+        r7 += v7
+    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for i in range(n8, stop):
+        v = np.float64(x[i]) * scale - mean
+        s += v * v if square else v
+    return s
+
+
+@njit(**JIT)
+def _sum_flat(x, mean, square, scale):
+    n = x.size
+    s = 0.0
+    for start in range(0, n, 128):
+        s += _sum_block(x, start, min(start + 128, n), mean, square, scale)
+    return s
+
+
+@njit(**JIT)
+def sumsq(g):
+    """sum(g**2) in float64 over a C-contiguous array of any shape."""
+    return _sum_flat(g.reshape(g.size), 0.0, True, 1.0)
+
+
+# A sum of squares in [SUMSQ_LO, SUMSQ_HI] lost nothing to underflow or overflow
+# (gradbench.reference.norm_scaled, the same bounds); outside it the entries are scaled by 2^-e.
+SUMSQ_LO = 2.0**-960
+SUMSQ_HI = 2.0**960
+
+
+@njit(**JIT)
+def norm_scaled(x):
+    """||x|| = m * 2**e with no square lost (gradbench.reference.norm_scaled); returns (m, e).
+
+    x: a C-contiguous array of any shape."""
+    flat = x.reshape(x.size)
+    s = _sum_flat(flat, 0.0, True, 1.0)
+    if (s >= SUMSQ_LO and s <= SUMSQ_HI) or s != s:
+        return math.sqrt(s), np.int64(0)
+    a = 0.0
+    for i in range(flat.size):
+        v = abs(np.float64(flat[i]))
+        if v > a:
+            a = v
+    if a == 0.0 or not math.isfinite(a):
+        return math.sqrt(s), np.int64(0)
+    e = np.int64(math.frexp(a)[1])
+    return math.sqrt(_sum_flat(flat, 0.0, True, math.ldexp(1.0, int(-e)))), e
+
+
+@njit(**JIT)
+def all_finite(g):
+    x = g.reshape(g.size)
+    for i in range(x.size):
+        if not math.isfinite(x[i]):
+            return False
+    return True
+
+
+@njit(**JIT)
+def moments(h):
+    """(mean, std) of all entries of h in float64, two passes, as h.mean() and h.std()."""
+    x = h.reshape(h.size)
+    m = _sum_flat(x, 0.0, False, 1.0) / x.size
+    v = _sum_flat(x, m, True, 1.0) / x.size
+    return m, math.sqrt(v)

@@ -1,0 +1,94 @@
+"""gradbench.buffers: large arrays on small pages, and the workspace reused between calls."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench import buffers
+
+
+def test_large_arrays_are_advised_small_pages():
+    a = buffers.empty((5, 2**20), np.float64)  # 40 MiB
+    assert a.shape == (5, 2**20) and a.dtype == np.float64 and a.flags.c_contiguous and a.flags.writeable
+    a[...] = 1.5
+    assert float(a.sum()) == 1.5 * a.size
+    if sys.platform.startswith("linux"):
+        start = a.__array_interface__["data"][0]
+        with open("/proc/self/smaps") as f:
+            text = f.read().split("\n")
+        for i, line in enumerate(text):
+            lo, _, hi = line.partition(" ")[0].partition("-")
+            if hi and int(lo, 16) <= start < int(hi, 16):
+                block = "\n".join(text[i:i + 30])
+                assert "nh" in block.split("VmFlags:")[1].split("\n")[0], block  # MADV_NOHUGEPAGE
+                break
+        else:
+            pytest.fail("the array's mapping is not in /proc/self/smaps")
+    small = buffers.empty((10, 10), np.float32)
+    assert small.shape == (10, 10) and small.dtype == np.float32
+
+
+def test_workspace_reuses_hands_back_and_respects_its_limit():
+    ws = buffers.Workspace(limit=10_000)
+    a = ws.take((10, 10), np.float64)
+    ws.give([a])
+    assert ws.take((10, 10), np.float64) is a  # the same array again
+    assert ws.take((10, 10), np.float64) is not a  # taken: never handed out twice
+    ws.give([np.empty(2000)])  # 16 kB > limit: dropped
+    assert ws.bytes() == 0
+    ws.give([np.empty(100), np.empty(50)])
+    ws.retain([((100,), np.float64)])
+    assert ws.bytes() == 800
+    ws.release()
+    assert ws.bytes() == 0
+
+
+def test_repeated_calls_reuse_the_workspace_and_give_the_same_bits():
+    buffers.release()
+    stack = gb.Stack(depth=50, width=16, activation="tanh", batch_norm=True)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 8, 1)
+    first = gb.backprop(stack, params, x)
+    kept = buffers.WORKSPACE.bytes()
+    assert kept >= 2 * 51 * 8 * 16 * 8  # H and Z stay for the next call
+    second = gb.backprop(stack, params, x)
+    assert buffers.WORKSPACE.bytes() == kept
+    for name, g in first.grads.items():
+        np.testing.assert_array_equal(getattr(second.grads, name).mantissa, g.mantissa, err_msg=name)
+    assert second.grads.W.mantissa is not first.grads.W.mantissa  # returned arrays are always fresh
+    out = first.output.mantissa.copy()
+    gb.backprop(stack, params, 2 * x)  # the workspace's arrays are written again ...
+    np.testing.assert_array_equal(first.output.mantissa, out)  # ... and no Result sees it
+    np.testing.assert_array_equal(second.act_std.mantissa, first.act_std.mantissa)
+    # another shape: the kept arrays that cannot serve it are dropped first
+    gb.backprop(stack.replace(width=8), gb.init_params(stack.replace(width=8), 0), gb.gaussian_input(stack.replace(width=8), 8, 1))
+    assert buffers.WORKSPACE.bytes() < kept
+    buffers.release()
+
+
+def test_concurrent_calls_never_share_workspace_arrays():
+    buffers.release()
+    stack = gb.Stack(depth=200, width=32, activation="tanh")
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
+    want = gb.backprop(stack, params, x).grads.W.mantissa
+    out, errors = [], []
+
+    def call():
+        try:
+            out.append(gb.backprop(stack, params, x).grads.W.mantissa)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for got in out:
+        np.testing.assert_array_equal(got, want)
+    buffers.release()

@@ -1,0 +1,524 @@
+"""Issue 13: the command line and its files keep their promises.
+
+Each test here failed on the command line before the issue was done: outputs checked before
+any work, results never lost, Unix behaviour with signals, pipes, full disks and closed
+streams, memory planned before any weight is drawn, one weight source, files that describe
+themselves, every option honoured or refused. The real CLI runs in a subprocess where the
+process matters (signals, pipes, exit statuses).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench import cli, plan
+
+PY = sys.executable
+SMALL = ["--depth", "12", "--width", "4", "--backend", "numpy"]
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def gradbench(*argv, shell_tail: str = "", env=None, timeout=120, **kw):
+    """The real command line in a subprocess (``shell_tail``: e.g. ``| head -1``)."""
+    env = {**os.environ, **(env or {})}
+    if shell_tail:
+        cmd = " ".join([PY, "-m", "gradbench", *map(_quote, argv)]) + " " + shell_tail
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=timeout, **kw)
+    return subprocess.run([PY, "-m", "gradbench", *argv], capture_output=True, text=True, env=env, timeout=timeout,
+                          **kw)
+
+
+def _quote(a: str) -> str:
+    import shlex
+
+    return shlex.quote(a)
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Any backprop is a failure: the command must stop before computing."""
+    def refuse(*a, **k):
+        raise AssertionError("computed before the options were checked")
+
+    monkeypatch.setattr(gb, "backprop", refuse)
+    monkeypatch.setattr(gb.GeneratedParams, "materialize", refuse)
+
+
+def temp_files(directory) -> list[str]:
+    return [f for f in os.listdir(directory) if f.startswith(".gradbench-")]
+
+
+# ---------------------------------------------------------------- never lose a finished run
+@pytest.mark.parametrize("make,argv,needle", [
+    (lambda d: (d / "d.json").mkdir(), ["--out", "{d}/d.json"], "is a directory"),
+    (lambda d: (d / "afile").write_text("x"), ["--out", "{d}/afile/r.json"], "is not a directory"),
+    (lambda d: None, ["--out", "/proc/r.json"], "not writable"),
+    (lambda d: None, ["--out", "{d}/a/b/c.json"], "does not exist (create it, or pass --mkdir)"),
+    (lambda d: None, ["--plot", "{d}/f.png", "--hist", "{d}/f.png"], "--plot and --hist both write"),
+    (lambda d: None, ["--out", "{d}/r.png"], "must end in .json or .npz"),
+    (lambda d: None, ["--rows", "0"], "--rows: must be an integer >= 1"),
+])
+def test_outputs_and_options_are_checked_before_computing(make, argv, needle, tmp_path, capsys, no_compute):
+    make(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    code, out, err = run(["run", *SMALL, *[a.format(d=tmp_path) for a in argv]], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written, no probe file left
+
+
+def test_mkdir_creates_the_missing_directories(tmp_path, capsys):
+    out = tmp_path / "a" / "b" / "r.json"
+    code, _, err = run(["run", *SMALL, "--out", str(out), "--mkdir"], capsys)
+    assert code == 0, err
+    assert json.loads(out.read_text())["command"] == "run"
+
+
+def test_rows_below_six_are_honoured(capsys):
+    code, out, err = run(["run", *SMALL, "--rows", "3"], capsys)
+    assert code == 0, err
+    table = out.split("||dL/dW_l||", 1)[1].splitlines()[1:]
+    assert sum(line.split()[0].isdigit() for line in table if line.strip()) == 3
+
+
+def test_a_write_that_fails_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    code, _, err = run(["run", *SMALL, "--out", str(tmp_path / "r.json")], capsys)
+    assert code == 1
+    assert err.strip() == f"gradbench run: error: cannot write '{tmp_path / 'r.json'}': No space left on device"
+    assert os.listdir(tmp_path) == []
+
+
+def test_results_are_written_before_the_report_and_head_is_quiet(tmp_path):
+    out = tmp_path / "r.json"  # a report of 400 kB: more than a pipe holds, so head closes it under us
+    done = gradbench("run", "--depth", "5000", "--width", "4", "--rows", "5000", "--backend", "numpy",
+                     "--out", str(out), shell_tail="| head -1")
+    assert done.returncode == 0 and done.stdout.startswith("gradbench diagnosis:")
+    assert "Error" not in done.stderr and "Traceback" not in done.stderr, done.stderr  # no BrokenPipeError
+    assert json.loads(out.read_text())["diagnosis"]["verdict"]
+
+
+def test_a_full_stdout_is_one_line():
+    done = gradbench("run", *SMALL, shell_tail="> /dev/full")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "gradbench run: error: cannot write to standard output: No space left on device"
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--depth", "400", "--width", "4", "--stats-only", "--checkpoint", "20", "--backend", "numpy"],
+    ["compare", "--depth", "6", "--width", "4", "--configs", "relu,tanh", "--backend", "numpy"],
+])
+def test_a_closed_stderr_changes_nothing(argv, tmp_path):
+    done = gradbench(*argv, "--out", str(tmp_path / "r.json"), shell_tail="2>&-")
+    assert done.returncode == 0, done.stdout
+    assert "VANISHING" in done.stdout or "verdict" in done.stdout or "configuration" in done.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["gradbench"] == gb.__version__
+    done = gradbench("run", "--depth", "0", "--width", "4", shell_tail="2>&-")
+    assert done.returncode == 2 and done.stdout == ""
+
+
+def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path):
+    out = tmp_path / "r.json"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from gradbench import cli
+        from gradbench.diagnose import Diagnosis
+        real = Diagnosis.write_json
+        def slow(self, f, chunk=65536):
+            f.write('{{"partial": ')
+            f.flush()
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill` would, in the middle of the file
+            real(self, f, chunk)
+        Diagnosis.write_json = slow
+        sys.exit(cli.main(["run", "--depth", "50", "--width", "4", "--backend", "numpy", "--out", {str(out)!r}]))
+    """)
+    done = subprocess.run([PY, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "terminated"
+    assert os.listdir(tmp_path) == []  # neither the result nor a half-written .gradbench-*.tmp
+
+
+def test_atomic_writes_never_touch_the_umask(tmp_path, monkeypatch):
+    from gradbench import _atomic
+
+    def forbidden(*a):
+        raise AssertionError("os.umask changes the mask of every thread of the process")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    path = _atomic.write_atomic(tmp_path / "a.txt", lambda f: f.write("x"))
+    assert open(path).read() == "x"
+    monkeypatch.undo()
+    script = textwrap.dedent(f"""
+        import os
+        os.umask(0o027)
+        from gradbench import _atomic
+        _atomic.write_atomic({str(tmp_path / 'b.txt')!r}, lambda f: f.write("y"))
+    """)
+    subprocess.run([PY, "-c", script], check=True, timeout=60)
+    assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o640  # 0666 less the umask, never 0600
+
+
+# ---------------------------------------------------------------- refuse before allocating
+def test_memory_is_planned_before_any_weight_is_drawn(capsys, monkeypatch):
+    monkeypatch.setattr(plan, "available_memory", lambda: 2**30)  # a 1 GiB machine
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        code, _, err = run(["run", "--depth", "20000", "--width", "64", "--batch", "64", "--checkpoint", "0",
+                            "--backend", "numpy"], capsys)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "it fits with --stats-only" in err and "GiB" in err and "--checkpoint 0" in err
+    assert peak < 20 * 2**20 and time.perf_counter() - t0 < 10  # the weights alone are 0.6 GiB
+
+
+def test_api_refusal_names_api_arguments():
+    stack = gb.Stack(depth=10**6, width=64)
+    with pytest.raises(plan.PlanRefused, match="stats_only=True") as err:
+        plan.plan_run(stack, 64, checkpoint=None, memory_budget=2**30)
+    assert "--" not in str(err.value) and err.value.need > err.value.limit == 2**30
+
+
+def test_numpy_integer_fields_are_python_ints():
+    stack = gb.Stack(depth=np.int32(10**7), width=np.int32(1024), sigma_w=np.float32(2.0), batch_norm=np.bool_(True))
+    assert type(stack.depth) is int and type(stack.width) is int and type(stack.sigma_w) is float
+    assert type(stack.batch_norm) is bool
+    assert plan.memory_estimate(stack, np.int32(64)) > 10**7 * 1024 * 1024 * 8  # no wrap-around
+    with pytest.raises(MemoryError):
+        plan.plan_run(stack, 64, memory_budget=2**40)
+
+
+def _peak(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("kw,stats_only", [
+    (dict(depth=300, width=24, input_dim=700, output_dim=400, loss="mse"), False),
+    (dict(depth=300, width=24, input_dim=700, output_dim=400, loss="mse"), True),
+    (dict(depth=64, width=8, loss="softmax_ce", output_dim=3000), False),
+])
+def test_the_estimate_counts_everything_that_is_allocated(kw, stats_only, monkeypatch):
+    from gradbench import buffers
+    from gradbench.cli.common import plan_probe, run_probe
+
+    # every array through NumPy (traced by tracemalloc, unlike gradbench's small-page mappings),
+    # and nothing kept from an earlier call
+    monkeypatch.setattr(buffers, "SMALL_PAGES_FROM", 2**62)
+    buffers.release()
+
+    stack, batch, bins = gb.Stack(**kw), 200, 500
+    probe = plan_probe(stack, batch, 0, "numpy", stats_only=stats_only, bins=bins)
+
+    def run_and_diagnose():
+        res, params = run_probe(probe, quiet=True)
+        gb.diagnose(res, params, bins=bins)
+
+    peak = _peak(run_and_diagnose)
+    est = plan.memory_estimate(stack, batch, checkpoint=probe.plan.checkpoint, stats_only=stats_only,
+                               generated=stats_only, diagnose_bins=bins)
+    assert peak <= est <= 4 * peak, (peak, est)
+
+
+def test_huge_histogram_bins_are_refused_with_the_option_that_fits(capsys, monkeypatch):
+    monkeypatch.setattr(plan, "available_memory", lambda: 4 * 2**30)
+    code, _, err = run(["run", *SMALL, "--bins", "100000000"], capsys)
+    assert code == 2 and "--bins 40" in err, err
+
+
+def test_environment_variables_are_validated_by_name():
+    import importlib.util
+
+    if importlib.util.find_spec("gradbench._ckernels") is None:
+        pytest.skip("the C extension is not built here")
+    check = "import gradbench as gb; print(gb.backends()); print(gb.backend_status()['c'])"
+    done = subprocess.run([PY, "-c", check], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "GRADBENCH_C_BLAS_MIN_WIDTH": "abc"})
+    assert done.returncode == 0, done.stderr
+    assert "numpy" in done.stdout and "GRADBENCH_C_BLAS_MIN_WIDTH='abc' is not an integer" in done.stdout
+    for backend in ("c", "auto"):
+        done = gradbench("run", "--depth", "3", "--width", "3", "--backend", backend,
+                         env={"GRADBENCH_C_BLAS_MIN_WIDTH": "abc"})
+        assert done.returncode == 2 and "GRADBENCH_C_BLAS_MIN_WIDTH" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    done = gradbench("run", *SMALL, env={"GRADBENCH_PROGRESS_SECONDS": "soon"})
+    assert done.returncode == 2 and "GRADBENCH_PROGRESS_SECONDS='soon'" in done.stderr
+
+
+def test_a_rejected_build_flag_is_recorded_and_shown(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(gb.__file__)))
+    try:
+        import _cbuild
+    finally:
+        sys.path.pop(0)
+    problem = _cbuild.build_problem(["-O0", "-garbage"])
+    assert problem and "-garbage" in problem and "error" in problem
+    record = tmp_path / "record.txt"
+    _cbuild.record_build_problem(problem, record)
+    from gradbench.backends import c_not_built_message as not_built_message
+
+    assert problem in not_built_message(str(record)) and "compiler such as gcc" not in not_built_message(str(record))
+    _cbuild.record_build_problem(None, record)
+    assert not record.exists() and "pip install" in not_built_message(str(record))
+    # end to end: the package's record, an extension that is not there, backend_status()
+    package_record = os.path.join(os.path.dirname(gb.__file__), "_cbuild_error.txt")
+    assert not os.path.exists(package_record)
+    try:
+        _cbuild.record_build_problem(problem, __import__("pathlib").Path(package_record))
+        check = ("import sys; sys.modules['gradbench._ckernels'] = None\n"
+                 "import gradbench as gb; print(gb.backend_status()['c'])")
+        done = subprocess.run([PY, "-c", check], capture_output=True, text=True, timeout=60)
+        assert "-garbage" in done.stdout and "no C compiler" not in done.stdout, done.stdout + done.stderr
+    finally:
+        os.unlink(package_record)
+
+
+# ---------------------------------------------------------------- one seed, one network; files
+def test_stats_only_keeps_the_network_of_the_seed(tmp_path, capsys):
+    argv = ["run", "--depth", "300", "--width", "8", "--activation", "sigmoid", "--backend", "numpy", "--seed", "5"]
+    assert run([*argv, "--out", str(tmp_path / "a.json")], capsys)[0] == 0
+    code, out, _ = run([*argv, "--stats-only", "--out", str(tmp_path / "b.json")], capsys)
+    assert code == 0 and "weights from gradbench.GeneratedParams(stack, seed)" in out
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    np.testing.assert_allclose(np.array(a["diagnosis"]["grad_log10"], dtype=float),
+                               np.array(b["diagnosis"]["grad_log10"], dtype=float), rtol=0, atol=1e-9)
+    assert a["weights"] == b["weights"] == "gradbench.GeneratedParams(stack, seed)"
+
+
+def test_every_file_says_what_it_is(tmp_path, capsys):
+    code, _, err = run(["run", *SMALL, "--seed", "3", "--batch", "5", "--out", str(tmp_path / "r.json")], capsys)
+    assert code == 0, err
+    head = json.loads((tmp_path / "r.json").read_text())
+    assert head["schema"] == 2 and head["seed"] == 3 and head["batch"] == 5 and head["seconds"] > 0
+    assert head["created"].endswith("+00:00") and head["machine"]["cores"] >= 1
+    assert head["threads"]["backend"] == "numpy" and head["argv"][0] == "run"
+
+
+def test_theory_out_writes_infinite_values_as_the_run_json_does(tmp_path, capsys):
+    code, _, err = run(["theory", "--out", str(tmp_path / "t.json")], capsys)  # tanh at the critical point
+    assert code == 0, err
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["depth_scale"] == "inf" and data["schema"] == 2
+
+
+def test_npz_beside_json(tmp_path, capsys):
+    argv = ["run", "--depth", "40", "--width", "6", "--activation", "relu", "--backend", "numpy"]
+    assert run([*argv, "--out", str(tmp_path / "r.json")], capsys)[0] == 0
+    assert run([*argv, "--out", str(tmp_path / "r.npz")], capsys)[0] == 0
+    ref = gb.Diagnosis.from_dict(json.loads((tmp_path / "r.json").read_text())["diagnosis"])
+    with np.load(tmp_path / "r.npz") as z:
+        np.testing.assert_array_equal(z["grad_log10"], ref.grad_log10)
+        np.testing.assert_array_equal(z["hist_counts"], ref.hist_counts)
+        meta, head = json.loads(str(z["meta"])), json.loads(str(z["head"]))
+    assert meta["verdict"] == ref.verdict and head["seed"] == 0
+    assert gb.Diagnosis.from_npz(tmp_path / "r.npz").to_json() == ref.to_json()
+    code, _, err = run(["compare", "--depth", "6", "--width", "4", "--configs", "relu,relu-he", "--backend", "numpy",
+                        "--out", str(tmp_path / "c.npz")], capsys)
+    assert code == 0, err
+    with np.load(tmp_path / "c.npz") as z:
+        assert {"relu/grad_log10", "relu-he/grad_log10"} <= set(z.files)
+        assert json.loads(str(z["head"]))["labels"]["relu-he"] == "relu + He init"
+    assert gb.Diagnosis.from_npz(tmp_path / "c.npz", name="relu-he").verdict in ("stable", "vanishing", "exploding")
+
+
+def test_formats_and_design_are_documented_where_the_code_says():
+    import re
+    from pathlib import Path
+
+    root = Path(gb.__file__).resolve().parent.parent
+    formats = (root / "docs" / "formats.md").read_text()
+    for key in ("schema", "seed", "batch", "created", "machine", "threads", "weights", "seconds", "argv",
+                ".npz", "configurations", "labels", "runs", "depth_scale", "q_star"):
+        assert f"`{key}" in formats or key in formats, key
+    for field in gb.Diagnosis.__dataclass_fields__:
+        assert f"`{field}`" in formats, field
+    cited = set()
+    for path in list(root.glob("gradbench/**/*.py")) + list(root.glob("kernels/*.py")) + list(root.glob("csrc/*")):
+        text = path.read_text()
+        assert "DESIGN" not in text, path
+        cited |= set(re.findall(r"docs/[\w./-]+\.md", text))
+    assert cited and all((root / c).exists() for c in cited), cited
+
+
+# ---------------------------------------------------------------- batch jobs and terminals
+def test_plain_progress_lines_when_stderr_is_not_a_terminal():
+    done = gradbench("run", "--depth", "20000", "--width", "8", "--stats-only", "--checkpoint", "100",
+                     "--backend", "numpy", env={"GRADBENCH_PROGRESS_SECONDS": "0.3"})
+    assert done.returncode == 0, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if "of 40,000 layers (forward + backward)" in ln]
+    assert lines and "seg" not in done.stderr
+
+
+def test_the_compile_notice_only_when_numba_compiles(capsys, monkeypatch):
+    from gradbench.cli import progress
+
+    run(["run", *SMALL[:4], "--backend", "numba"], capsys)  # compiles (and caches) if it must
+    code, _, err = run(["run", *SMALL[:4], "--backend", "numba"], capsys)
+    assert code == 0 and "compiling" not in err
+    monkeypatch.setattr(progress, "numba_compiles", lambda dtype: True)
+    code, _, err = run(["run", *SMALL[:4], "--backend", "numba", "--dtype", "float32"], capsys)
+    assert code == 0 and "compiling the numba kernels for float32" in err
+
+
+@pytest.mark.slow
+def test_a_cold_numba_cache_says_it_compiles(tmp_path):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    first = gradbench("run", *SMALL[:4], "--backend", "numba", env=env, timeout=600)
+    second = gradbench("run", *SMALL[:4], "--backend", "numba", env=env, timeout=600)
+    assert "compiling the numba kernels" in first.stderr and "compiling" not in second.stderr
+
+
+def test_help_shows_every_default_and_required_options_first():
+    parser = cli.build_parser()
+    for name, sub in parser.commands.items():
+        if name in ("bench", "sweep"):  # bench parses its own arguments; sweep (gradbench/cli/sweep.py) has its own help
+            continue
+        text = sub.format_help()
+        assert "default: None" not in text and "(default None)" not in text, name
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            assert action.help, (name, action.dest)  # argparse does not even list an option without help
+            if action.nargs == 0 or action.required or action.help == "==SUPPRESS==":
+                continue
+            assert "default" in formatter._get_help_string(action), (name, action.dest)
+    run_help = parser.commands["run"].format_help()
+    # --depth and --width come first, needed unless --torch brings a model
+    body = run_help[run_help.index("the stack:"):]
+    assert body.index("--depth") < body.index("--activation") and run_help.index("the stack:") < run_help.index("options:")
+    assert "needed unless --torch" in run_help
+    assert "clip_grad_norm_" in run_help and "backpropagated signal" in run_help
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["compare", "--activation", "relu"], "not --activation"),
+    (["demo", "--activation", "relu", "--no-train"], "not --activation"),
+    (["compare", "--activations", "relu", "--configs", "tanh"], "not both"),
+    (["compare", "--configs", ","], "names no configuration"),
+    (["compare", "--configs", "relu,relu"], "more than once"),
+    (["compare", "--configs", "sigmoid", "--activation-param", "0.1"], "--activation-param is used by"),
+    (["train", "--demo", "deep-sigmoid", "--momentum", "0.5"], "--momentum is used by --optimizer momentum only"),
+    (["train", "--demo", "deep-sigmoid", "--depth", "5"], "--demo brings its own stack and data: --depth"),
+    (["train", "--demo", "deep-sigmoid", "--lr", "inf"], "--lr: must be a finite number > 0"),
+    (["train", "--demo", "deep-sigmoid", "--optimizer", "momentum", "--momentum", "nan"], "in [0, 1)"),
+    (["theory", "--sigma-w", "-1"], "--sigma-w: must be a number in (0, 1e+150]"),
+    (["theory", "--sigma-w", "nan"], "--sigma-w: must be a number in (0, 1e+150]"),
+    (["theory", "--sigma-w", "1e200"], "--sigma-w: must be a number in (0, 1e+150]"),
+    (["theory", "--sigma-b", "-0.5"], "--sigma-b: must be a finite number >= 0"),
+    (["theory", "--width", "0", "--depth", "3"], "--width: must be an integer >= 1"),
+    (["theory", "--width", "4"], "--width without --depth"),
+    (["theory", "--seed", "3"], "need a simulation"),
+    (["theory", "--activation", "RELU"], "did you mean 'relu'"),
+    (["run", "--depth", "3", "--width", "3", "--activation", "RELU"], "did you mean 'relu'"),
+    (["run", "--depth", "3", "--width", "3", "--dpi", "100"], "--dpi sets the resolution of plots"),
+    (["run", "--depth", "3", "--width", "3", "--mkdir"], "--mkdir creates the directories"),
+    (["run", "--depth", "4", "--width", "3", "--stats-only", "--clip", "norm", "--clip-on", "global"], "--stats-only"),
+    (["run", "--depth", "4", "--width", "3", "--residual", "2", "--checkpoint", "3"], "--checkpoint 3 must be"),
+    (["bench", "nowhere/bench-quick.json"], "make bench-quick"),
+])
+def test_every_option_is_honoured_or_refused(argv, needle, capsys, tmp_path, monkeypatch, no_compute):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(argv, capsys)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_options_a_demo_used_to_ignore_are_honoured(tmp_path, capsys):
+    code, _, err = run(["train", "--demo", "deep-sigmoid", "--epochs", "1", "--weight-decay", "5", "--out",
+                        str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "t.json").read_text())["runs"]["deep-sigmoid"]["settings"]["weight_decay"] == 5
+    code, _, err = run(["compare", "--depth", "4", "--width", "4", "--configs", "leaky_relu,relu",
+                        "--activation-param", "0.2", "--backend", "numpy", "--out", str(tmp_path / "c.json")], capsys)
+    assert code == 0, err
+    configs = json.loads((tmp_path / "c.json").read_text())["configurations"]
+    assert configs["leaky_relu"]["stack"]["activation_param"] == 0.2
+    assert configs["relu"]["stack"]["activation_param"] is None
+
+
+def test_pytorch_and_keras_init_names(tmp_path, capsys):
+    for alias, name in (("kaiming_normal", "he_normal"), ("kaiming_uniform", "he_uniform"),
+                        ("glorot_normal", "xavier_normal"), ("glorot_uniform", "xavier_uniform")):
+        assert gb.Stack(depth=2, width=2, init=alias) == gb.Stack(depth=2, width=2, init=name)
+    code, _, _ = run(["run", *SMALL, "--init", "kaiming_normal", "--out", str(tmp_path / "r.json")], capsys)
+    assert code == 0
+    assert json.loads((tmp_path / "r.json").read_text())["diagnosis"]["stack"]["init"] == "he_normal"
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), ValueError("a bug, not a user mistake")])
+def test_internal_errors_say_so_and_debug_shows_the_traceback(error, capsys, monkeypatch):
+    def broken(*a, **k):
+        raise error
+
+    monkeypatch.setattr(sys.modules["gradbench.diagnose"], "diagnose", broken)
+    code, _, err = run(["run", *SMALL], capsys)
+    assert code == 1
+    assert err.strip() == (f"gradbench run: internal error: {type(error).__name__}: {error} "
+                           "(rerun with --debug for the traceback)")
+    code, _, err = run(["run", *SMALL, "--debug"], capsys)
+    assert code == 1 and "Traceback" in err and "rerun with --debug" not in err
+
+
+def test_the_bench_report_of_the_readme_says_where_its_file_comes_from(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # a fresh clone has no benchmarks/results/*.json
+    code, _, err = run(["bench", "benchmarks/results/bench-quick.json"], capsys)
+    assert code == 2 and "make bench-quick" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- pictures at depth
+def _png_size(path) -> tuple[int, int]:
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_dpi_is_honoured(tmp_path, capsys):
+    for dpi in (60, 120):
+        code, _, err = run(["run", *SMALL, "--plot", str(tmp_path / f"f{dpi}.png"), "--dpi", str(dpi)], capsys)
+        assert code == 0, err
+    w60, w120 = _png_size(tmp_path / "f60.png")[0], _png_size(tmp_path / "f120.png")[0]
+    assert 1.8 < w120 / w60 < 2.2
+
+
+def test_the_demo_histogram_shows_the_most_telling_configuration(tmp_path, capsys, monkeypatch):
+    from gradbench import plot
+    from gradbench.cli.demo import most_telling
+
+    titles = []
+    real = plot.histogram_heatmap
+    monkeypatch.setattr(plot, "histogram_heatmap", lambda *a, **k: titles.append(k["title"]) or real(*a, **k))
+    code, _, err = run(["demo", "--no-train", "--depth", "20", "--width", "8", "--backend", "numpy",
+                        "--out-dir", str(tmp_path)], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "gradients.json").read_text())
+    diags = {k: gb.Diagnosis.from_dict(v) for k, v in data["configurations"].items()}
+    spans = {k: np.ptp(d.grad_log10[np.isfinite(d.grad_log10)]) for k, d in diags.items()}
+    best = max(spans, key=spans.get)
+    assert most_telling(diags) == best != next(iter(diags))  # not simply the first
+    assert data["labels"][best] in titles[0]
