@@ -600,6 +600,17 @@ static F(gb_cfg) F(gb_read_cfg)(const int64_t *icfg, const double *fcfg) {
     return c;
 }
 
+/* A driver's start: the checked options, BLAS or not, and the thread count */
+static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, int backward, F(gb_cfg) *cfg,
+                       GEMM_FN *gemm, int *nth) {
+    const int rc = F(gb_check_cfg)(a->icfg, a->L, a->B, a->N);
+    if (rc) return rc;
+    *cfg = F(gb_read_cfg)(a->icfg, a->fcfg);
+    *gemm = F(gb_pick_gemm)(opts, a->N);
+    *nth = F(gb_pick_threads)(opts, *gemm, cfg->bn, backward ? cfg->clip : 0, a->B, a->N);
+    return GB_OK;
+}
+
 /* ---------------------------------------------------------------- forward */
 typedef struct {
     const gb_stack_arrays *a;
@@ -753,16 +764,11 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
 /* The forward driver: the contract of reference.stack_forward (arrays: abi.FORWARD). */
 int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     const int64_t L = a->L, B = a->B, N = a->N;
-    const int64_t *icfg = a->icfg;
-    const double *fcfg = a->fcfg;
-    int rc = F(gb_check_cfg)(icfg, L, B, N);
-    if (rc) return rc;
     F(gb_fwd) st;
     memset(&st, 0, sizeof st);
     st.a = a;
-    st.cfg = F(gb_read_cfg)(icfg, fcfg);
-    st.gemm = F(gb_pick_gemm)(opts, N);
-    const int nth = F(gb_pick_threads)(opts, st.gemm, st.cfg.bn, 0, B, N);
+    int nth, rc = F(gb_setup)(a, opts, 0, &st.cfg, &st.gemm, &nth);
+    if (rc) return rc;
     st.nth = nth;
     const size_t LB = (size_t)(L * B);
     if (!st.gemm) {
@@ -933,16 +939,11 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
 /* The backward driver: the contract of reference.stack_backward (arrays: abi.BACKWARD). */
 int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     const int64_t L = a->L, B = a->B, N = a->N;
-    const int64_t *icfg = a->icfg;
-    const double *fcfg = a->fcfg;
-    int rc = F(gb_check_cfg)(icfg, L, B, N);
-    if (rc) return rc;
     F(gb_bwd) st;
     memset(&st, 0, sizeof st);
     st.a = a;
-    st.cfg = F(gb_read_cfg)(icfg, fcfg);
-    st.gemm = F(gb_pick_gemm)(opts, N);
-    const int nth = F(gb_pick_threads)(opts, st.gemm, st.cfg.bn, st.cfg.clip, B, N);
+    int nth, rc = F(gb_setup)(a, opts, 1, &st.cfg, &st.gemm, &nth);
+    if (rc) return rc;
     const size_t BN = (size_t)(B * N), L1B = (size_t)((L + 1) * B);
     st.dz[0] = F(gb_alloc)(sizeof(T) * BN);
     st.dz[1] = F(gb_alloc)(sizeof(T) * BN);
