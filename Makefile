@@ -75,7 +75,7 @@ bench: $(VENV)/.installed-test
 # The C kernels under AddressSanitizer and UBSan: the extension built again in build/asan (the
 # normal build is untouched) and put first on gradbench's package path, then tests/test_c.py and
 # the C part of the cross-check suite, with libasan preloaded into the Python interpreter.
-ASAN_CFLAGS := -O1 -g -std=c11 -fno-math-errno -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+ASAN_CFLAGS := -O1 -g -std=c11 -fno-math-errno -ffp-contract=fast -pthread -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 asan: $(VENV)/.installed-test
 	rm -rf build/asan && mkdir -p build/asan/gradbench
 	cp -r csrc build/asan/ && cp gradbench/_cbuild.py build/asan/gradbench/

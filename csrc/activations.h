@@ -3,8 +3,8 @@
  * One name per concept in every language: phi/dphi in gradbench/activations.py (NumPy, the
  * reference) and kernels/activations.py (Numba); here gb_phi_f64, gb_dphi_f64 (double) and
  * gb_phi_f32, gb_dphi_f32 (float, evaluated in double), the scaled forms gb_phi_scaled_f64/_f32
- * and gb_dphi_scaled_f64/_f32 (phi_scaled, dphi_scaled), and the array tanh gb_tanh_f64 /
- * gb_tanh_f32 (vectorised through gb_vtanh).
+ * and gb_dphi_scaled_f64/_f32 (phi_scaled, dphi_scaled), and GB_VL lanes at a time gb_vact
+ * (phi and phi' together; the layer rows in stack_impl.h use it).
  */
 #ifndef GB_ACTIVATIONS_H
 #define GB_ACTIVATIONS_H
@@ -101,8 +101,14 @@ static inline float gb_dphi_f32(float z, int act, double p) { return (float)gb_d
  *   otherwise             phi = phi(z) 2^-f, phi' = phi'(z)
  * and the result is phi's mantissa at the same exponent f. Homogeneous activations (identity,
  * the ReLU family) need none of this: phi(u 2^f) = phi(u) 2^f exactly. */
+/* how the vector code evaluates a layer: phi as it is; z = u 2^f by one product (|f| <= 1000);
+ * every finite u tiny (f < -2200) or overflowing (f > 2200); or the scalar functions */
+enum { GB_VM_PLAIN, GB_VM_MUL, GB_VM_TINY, GB_VM_OVER, GB_VM_SCALAR };
+
 typedef struct gb_scaled {
     int act;       /* activation code */
+    int vmode;     /* GB_VM_* */
+    double pf, pmf; /* 2^f and 2^-f (ldexp(1, f), 0 or inf beyond the range) */
     int on;        /* 1: the three regimes above; 0: phi(u) as it is (homogeneous, or no rescaling) */
     int f, mf;     /* the exponent and its negative, clamped to +-100000 (np.ldexp's int) */
     double p;      /* the activation parameter */
@@ -130,6 +136,12 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
     s.f = (int)f;
     s.mf = (int)-f;
     s.tiny = gb_tiny(act, f32);
+    s.pf = ldexp(1.0, s.f);
+    s.pmf = ldexp(1.0, s.mf);
+    s.vmode = !s.on ? GB_VM_PLAIN
+              : f < -2200 ? GB_VM_TINY
+              : f > 2200 ? GB_VM_OVER
+              : (f >= -1000 && f <= 1000) ? GB_VM_MUL : GB_VM_SCALAR;
     switch (act) {
     case GB_TANH: s.c0p = s.c0m = 1.0; s.kp = 1.0; s.km = -1.0; break;
     case GB_GELU:
@@ -164,22 +176,41 @@ static inline float gb_phi_scaled_f32(float u, const gb_scaled *s) { return (flo
 static inline float gb_dphi_scaled_f32(float u, const gb_scaled *s) { return (float)gb_dphi_scaled_f64(u, s); }
 
 
-/* tanh over an array: the activation every benchmark uses, so it gets a vector version.
- * With the GCC/Clang vector extension, 8 double lanes at a time (float is widened to double):
- *   |x| < 0.55:  tanh = -m / (2 + m), m = expm1(-2|x|) by its Taylor series (22 terms)
- *   |x| >= 0.55: tanh = (1 - e) / (1 + e), e = exp(-2|x|) = 2^k * exp(r), |r| <= ln2/2
- *   |x| > 20: 1;  sign restored; NaN stays NaN.
- * Error within 4 ulp of the true tanh (tests/test_c.py checks against NumPy over a grid).
- * Without the extension: libm's tanh. out may be in. */
+/* ------------------------------------------------------------------ vector activations
+ * phi and phi' of GB_VL doubles at once (both dtypes: float is widened, as in the scalar
+ * functions), through the GCC/Clang vector extension: AVX-512, AVX2 or SSE2 code depending on
+ * the target the including file is compiled for. Every activation but GELU (erfc: its lanes go
+ * through the scalar gb_phi_f64/gb_dphi_f64) is written with gb_vexp2 (exp, expm1) and the
+ * formulas above, within a few ulps of the scalar ones (tests/test_c.py checks both against
+ * mpmath and the reference):
+ *   gb_vexp2: exp(x) = 2^k exp(r), k = round(x/ln2), r = x - k ln2 (Cody-Waite, |r| <= ln2/2),
+ *     exp(r) - 1 by Taylor to r^13 (truncation < 1e-17); 2^k applied as 2^(k/2) 2^(k - k/2),
+ *     so that results in the subnormal range are rounded once, as libm's; overflow gives inf;
+ *     expm1(x) (x <= 0) from the same reduction, 2^k (exp(r) - 1) + (2^k - 1).
+ *   tanh: -m/(2 + m), m = expm1(-2|x|), sign restored; sech^2 = 4e/(1+e)^2, e = exp(-2|x|).
+ * NaN stays NaN. Without the vector extension (GB_PLAIN_C) the layer loops call the scalar
+ * functions. */
 #if defined(__GNUC__) && !defined(GB_PLAIN_C)
-#define GB_HAVE_VTANH 1
+#define GB_HAVE_VEC 1
+#if !defined(__clang__)
+/* the vector helpers are static inline: no vector crosses an external ABI */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+/* GB_VL double lanes: the width of the instance's registers (AVX-512 8, AVX2 4); the
+ * baseline's SSE2 takes 4 too, as two registers (2 lanes made GCC 12 fail on the float rows) */
+#if defined(__AVX512F__)
+#define GB_VL 8
+#else
+#define GB_VL 4
+#endif
+typedef double gb_vd __attribute__((vector_size(GB_VL * 8)));
+typedef int64_t gb_vi __attribute__((vector_size(GB_VL * 8)));
+/* 8 lanes whatever the instance: the fixed order of the reductions (stack_impl.h) */
 typedef double gb_vd8 __attribute__((vector_size(64)));
-typedef int64_t gb_vi8 __attribute__((vector_size(64)));
-typedef float gb_vf8 __attribute__((vector_size(32)));
 
-static inline gb_vd8 gb_blend(gb_vi8 mask, gb_vd8 a, gb_vd8 b) { /* mask ? a : b */
-    gb_vi8 ia, ib, r;
-    gb_vd8 out;
+static inline gb_vd gb_blend(gb_vi mask, gb_vd a, gb_vd b) { /* mask ? a : b */
+    gb_vi ia, ib, r;
+    gb_vd out;
     memcpy(&ia, &a, sizeof ia);
     memcpy(&ib, &b, sizeof ib);
     r = (mask & ia) | (~mask & ib);
@@ -187,91 +218,153 @@ static inline gb_vd8 gb_blend(gb_vi8 mask, gb_vd8 a, gb_vd8 b) { /* mask ? a : b
     return out;
 }
 
-static inline gb_vd8 gb_vtanh(gb_vd8 x) {
-    const gb_vd8 zero = {0};
-    gb_vi8 xb, ab, sign;
-    gb_vd8 a;
+static inline int gb_any(gb_vi m) {
+    int64_t a = 0;
+    for (int i = 0; i < GB_VL; i++) a |= m[i];
+    return a != 0;
+}
+
+static inline gb_vd gb_vabs(gb_vd x) {
+    gb_vi b;
+    memcpy(&b, &x, sizeof b);
+    b &= ~((gb_vi){0} + INT64_MIN);
+    memcpy(&x, &b, sizeof x);
+    return x;
+}
+
+static inline gb_vd gb_vpow2(gb_vi k) { /* 2^k for k in [-1022, 1023] */
+    gb_vi b = (k + 1023) << 52;
+    gb_vd out;
+    memcpy(&out, &b, sizeof out);
+    return out;
+}
+
+/* exp(x) into *e and, for x <= 0, expm1(x) into *m (either may be NULL), from one range
+ * reduction: x = k ln2 + r, q = exp(r) - 1 by Taylor to r^13 (no constant term), then
+ * e = 2^k (1 + q) (as 2^(k/2) 2^(k - k/2): subnormal results rounded once) and
+ * m = 2^k q + (2^k - 1) (exact scalings, one rounding; -1 once 2^k is below the last bit). */
+static inline void gb_vexp2(gb_vd x, gb_vd *e, gb_vd *m) {
+    const gb_vd zero = {0};
+    const gb_vi nan = x != x;
+    gb_vd y = gb_blend(x > 1100.0, zero + 1100.0, x);
+    y = gb_blend((y < -1100.0) | nan, zero - 1100.0, y);
+    const gb_vd shift = zero + 0x1.8p52;
+    const gb_vd kf = (y * 0x1.71547652b82fep0 + shift) - shift;
+    const gb_vd r = (y - kf * 0x1.62e42fee00000p-1) - kf * 0x1.a39ef35793c76p-33;
+    /* q = r P(r), P(r) = sum_{n=0..12} r^n / (n+1)!, by Estrin's scheme (a few dependent
+     * steps instead of Horner's 13: the lanes' latency, not the arithmetic, bounded the loop) */
+    const gb_vd r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    const gb_vd p01 = 1.0 + r * 0.5, p23 = 1.0 / 6.0 + r * (1.0 / 24.0);
+    const gb_vd p45 = 1.0 / 120.0 + r * (1.0 / 720.0), p67 = 1.0 / 5040.0 + r * (1.0 / 40320.0);
+    const gb_vd p89 = 1.0 / 362880.0 + r * (1.0 / 3628800.0);
+    const gb_vd p1011 = 1.0 / 39916800.0 + r * (1.0 / 479001600.0);
+    const gb_vd s0 = (p01 + r2 * p23) + r4 * (p45 + r2 * p67);
+    const gb_vd s1 = (p89 + r2 * p1011) + r4 * (1.0 / 6227020800.0);
+    const gb_vd q = r * (s0 + r8 * s1); /* exp(r) - 1 */
+    const gb_vi k = __builtin_convertvector(kf, gb_vi);
+    if (e) {
+        const gb_vi k1 = k >> 1;
+        *e = gb_blend(nan, x, ((1.0 + q) * gb_vpow2(k1)) * gb_vpow2(k - k1));
+    }
+    if (m) {
+        const gb_vi low = k < -60; /* 2^k below the last bit of 1: m = -1 */
+        const gb_vd t = gb_vpow2((low & -60) | (~low & k));
+        *m = gb_blend(nan, x, t * q + (t - 1.0));
+    }
+}
+
+static inline gb_vd gb_vexp(gb_vd x) {
+    gb_vd e;
+    gb_vexp2(x, &e, NULL);
+    return e;
+}
+
+/* tanh x = -m r with r = 1/(2 + m) (or 1/(1 + e), e = m + 1: one division shared with
+ * sech^2 = 4 e r^2), m = expm1(-2|x|) (no cancellation at any |x|), sign restored */
+static inline gb_vd gb_vtanh_r(gb_vd x, gb_vd m, gb_vd r) {
+    gb_vd t = -m * r;
+    gb_vi xb, tb;
     memcpy(&xb, &x, sizeof xb);
-    sign = xb & ((gb_vi8){0} + INT64_MIN);
-    ab = xb & ~((gb_vi8){0} + INT64_MIN);
-    memcpy(&a, &ab, sizeof a);
-    const gb_vi8 nan = x != x, big = a > 20.0, small = a < 0.55;
-    a = gb_blend(big | nan, zero + 20.0, a);
-    const gb_vd8 y = -2.0 * a; /* exact */
-    /* e = exp(y): k = round(y / ln2) by the 1.5*2^52 trick, r = y - k ln2 in two parts */
-    const gb_vd8 shift = zero + 0x1.8p52;
-    const gb_vd8 kf = (y * 0x1.71547652b82fep0 + shift) - shift;
-    const gb_vd8 r = (y - kf * 0x1.62e42fee00000p-1) - kf * 0x1.a39ef35793c76p-33;
-    gb_vd8 p = zero + 1.0 / 6227020800.0; /* 1/13! */
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    gb_vi8 kb = (__builtin_convertvector(kf, gb_vi8) + 1023) << 52;
-    gb_vd8 two_k;
-    memcpy(&two_k, &kb, sizeof two_k);
-    const gb_vd8 e = p * two_k;
-    gb_vd8 t = (1.0 - e) / (1.0 + e);
-    if (small[0] | small[1] | small[2] | small[3] | small[4] | small[5] | small[6] | small[7]) {
-        static const double inv[23] = {0, 1, 1. / 2, 1. / 3, 1. / 4, 1. / 5, 1. / 6, 1. / 7,
-                                       1. / 8, 1. / 9, 1. / 10, 1. / 11, 1. / 12, 1. / 13,
-                                       1. / 14, 1. / 15, 1. / 16, 1. / 17, 1. / 18, 1. / 19,
-                                       1. / 20, 1. / 21, 1. / 22};
-        gb_vd8 q = zero + 1.0;
-        for (int n = 22; n >= 2; n--) q = 1.0 + y * (q * inv[n]);
-        const gb_vd8 m = y * q;
-        t = gb_blend(small, -m / (2.0 + m), t);
-    }
-    t = gb_blend(big, zero + 1.0, t);
-    gb_vi8 tb;
     memcpy(&tb, &t, sizeof tb);
-    tb |= sign;
+    tb |= xb & ((gb_vi){0} + INT64_MIN);
     memcpy(&t, &tb, sizeof t);
-    return gb_blend(nan, x, t);
-}
-#endif
-
-static inline void gb_tanh_f64(double *out, const double *in, int64_t n) {
-#ifdef GB_HAVE_VTANH
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        gb_vd8 v;
-        memcpy(&v, in + i, sizeof v);
-        v = gb_vtanh(v);
-        memcpy(out + i, &v, sizeof v);
-    }
-    if (i < n) {
-        gb_vd8 v = {0};
-        memcpy(&v, in + i, sizeof(double) * (size_t)(n - i));
-        v = gb_vtanh(v);
-        memcpy(out + i, &v, sizeof(double) * (size_t)(n - i));
-    }
-#else
-    for (int64_t i = 0; i < n; i++) out[i] = tanh(in[i]);
-#endif
+    return gb_blend(x != x, x, t);
 }
 
-static inline void gb_tanh_f32(float *out, const float *in, int64_t n) {
-#ifdef GB_HAVE_VTANH
-    for (int64_t i = 0; i < n; i += 8) {
-        const int64_t m = n - i < 8 ? n - i : 8;
-        gb_vf8 v = {0};
-        memcpy(&v, in + i, sizeof(float) * (size_t)m);
-        v = __builtin_convertvector(gb_vtanh(__builtin_convertvector(v, gb_vd8)), gb_vf8);
-        memcpy(out + i, &v, sizeof(float) * (size_t)m);
+static inline gb_vd gb_vtanh_m(gb_vd x, gb_vd m) { return gb_vtanh_r(x, m, 1.0 / (2.0 + m)); }
+
+/* phi(z) into *a and phi'(z) into *d, GB_VL lanes (either pointer may be NULL) */
+static inline void gb_vact(gb_vd z, int act, double p, gb_vd *a, gb_vd *d) {
+    const gb_vd zero = {0}, one = zero + 1.0;
+    const gb_vi pos = z > 0.0, nan = z != z;
+    const gb_vd zn = gb_blend(pos, zero, z); /* np.minimum(z, 0), NaN kept */
+    gb_vd e, q;
+    switch (act) {
+    case GB_IDENTITY:
+        if (a) *a = z;
+        if (d) *d = one;
+        return;
+    case GB_RELU:
+        if (a) *a = gb_blend(pos | nan, z, zero);
+        if (d) *d = gb_blend(pos, one, zero);
+        return;
+    case GB_LEAKY_RELU:
+    case GB_PRELU:
+        if (a) *a = gb_blend(pos, z, p * z);
+        if (d) *d = gb_blend(pos, one, zero + p);
+        return;
+    case GB_SIGMOID:
+    case GB_SWISH: {
+        e = gb_vexp(-gb_vabs(z));
+        q = 1.0 + e;
+        const gb_vi nonneg = z >= 0.0;
+        const gb_vd s = gb_blend(nonneg, 1.0 / q, e / q); /* sigmoid(z) */
+        if (act == GB_SIGMOID) {
+            if (a) *a = s;
+            if (d) *d = e / (q * q);
+        } else {
+            if (a) *a = z * s;
+            if (d) *d = s * (1.0 + z * gb_blend(nonneg, e / q, 1.0 / q)); /* s(z)(1 + z s(-z)) */
+        }
+        return;
     }
-#else
-    for (int64_t i = 0; i < n; i++) out[i] = tanhf(in[i]);
-#endif
+    case GB_TANH: {
+        gb_vd m;
+        gb_vexp2(-2.0 * gb_vabs(z), &e, a ? &m : NULL);
+        if (a && d) { /* both (the forward: phi and its saturation count): one division */
+            const gb_vd r = 1.0 / (1.0 + e);
+            *a = gb_vtanh_r(z, m, r);
+            *d = (4.0 * e) * (r * r);
+            return;
+        }
+        if (a) *a = gb_vtanh_m(z, m);
+        if (d) *d = 4.0 * e / ((1.0 + e) * (1.0 + e));
+        return;
+    }
+    case GB_ELU:
+    case GB_SELU: {
+        const double c = act == GB_ELU ? p : GB_SELU_ALPHA, l = act == GB_ELU ? 1.0 : GB_SELU_LAMBDA;
+        gb_vd m;
+        gb_vexp2(zn, d ? &e : NULL, a ? &m : NULL);
+        if (a) {
+            const gb_vd v = gb_blend(pos, z, c * m);
+            *a = act == GB_ELU ? v : l * v;
+        }
+        if (d) {
+            const gb_vd v = gb_blend(pos, one, c * e);
+            *d = act == GB_ELU ? v : l * v;
+        }
+        return;
+    }
+    default: /* GELU (erfc) and anything else: the scalar functions, lane by lane */
+        if (a) *a = zero;
+        if (d) *d = zero;
+        for (int i = 0; i < GB_VL; i++) {
+            if (a) (*a)[i] = gb_phi_f64(z[i], act, p);
+            if (d) (*d)[i] = gb_dphi_f64(z[i], act, p);
+        }
+    }
 }
+#endif
 
 #endif

@@ -11,4 +11,44 @@ static inline int gb_clamp_exp(int64_t e) {
     return e > GB_EXP_CLAMP ? GB_EXP_CLAMP : (e < -GB_EXP_CLAMP ? -GB_EXP_CLAMP : (int)e);
 }
 
+/* ------------------------------------------------------------------ threads (team.c)
+ * A team runs fn(arg, tid, nth, bar) on nth threads (the caller is tid 0) for one call and
+ * joins them; with nth = 1 (or if a thread cannot be created) fn runs once on the caller with
+ * nth = 1 and bar = NULL. gb_barrier_wait(bar, &sense) waits until all nth arrive (a no-op
+ * for NULL); `sense` is the caller's own int, 0 before its first wait. After a wait,
+ * bar->solo = 1 asks the team to finish on thread 0 alone (gb_team_solo). */
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define GB_MAX_THREADS 64
+
+typedef struct gb_barrier {
+    atomic_int count, sense;
+    _Atomic int64_t t_first; /* when the first thread arrived (ns) */
+    int n;
+    /* written by the last arrival only: */
+    int solo;                /* finish on one thread */
+    int64_t t_start, skew;   /* the team's start, the sum of first-to-last arrival times (ns) */
+    int64_t waits, solo_after; /* barriers so far; tests: solo from the solo_after-th on (0: never) */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} gb_barrier;
+
+typedef void (*gb_team_fn)(void *arg, int tid, int nth, gb_barrier *bar);
+
+int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after);
+void gb_barrier_wait(gb_barrier *b, int *sense);
+
+/* Where every thread's work of the previous step is complete in memory only after one more
+ * barrier: if the team was asked to go solo, wait once more, then return 1 for the helpers
+ * (they leave) and set *nth = 1, *bar = NULL for thread 0 (it continues alone). */
+static inline int gb_team_solo(int tid, int *nth, gb_barrier **bar, int *sense) {
+    if (!*bar || !(*bar)->solo) return 0;
+    gb_barrier_wait(*bar, sense);
+    if (tid) return 1;
+    *nth = 1;
+    *bar = NULL;
+    return 0;
+}
+
 #endif

@@ -77,10 +77,18 @@ typedef void (*gb_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, 
 typedef struct gb_opts {
     gb_dgemm_fn dgemm;
     gb_sgemm_fn sgemm;
-    int64_t blas_min_width;   /* layers with N >= this use BLAS for the three products */
+    int64_t blas_min_width;   /* float64 layers with N >= this use BLAS for the three products */
+    int64_t blas_min_width_f32; /* the same for float32 */
     int64_t nthreads;         /* threads of the own kernels (1: serial) */
     int64_t par_min_work;     /* B*N*N below which a layer runs on one thread */
+    int64_t isa;              /* 0: the best instance this CPU runs; 1, 3, 4: at most baseline,
+                                 AVX2+FMA, AVX-512 (dispatch.c) */
+    int64_t solo_after;       /* tests: the threads hand over to one from this barrier on (0:
+                                 only when a partner is late, csrc/team.c) */
 } gb_opts;
+
+/* The instruction-set level the drivers run at with these options (1, 3 or 4). */
+int gb_isa(const gb_opts *opts);
 
 /* Every array of the stack contract (abi.FORWARD and abi.BACKWARD, shapes there), one pointer
  * each, and the dimensions. `void *` arrays are of the driver's dtype T (double for _f64, float

@@ -1,10 +1,19 @@
-/* The float64 instance of the layer kernels and drivers (see stack_impl.h). */
+/* The float64 instance of the layer kernels and drivers (see stack_impl.h).
+ *
+ * Compiled once as it is (GB_ISA v0: the build's flags, any CPU of the architecture; it also
+ * defines the exported layer pairs) and included again by stack_f64_v3.c / stack_f64_v4.c
+ * under AVX2+FMA / AVX-512 targets; dispatch.c picks the drivers for the CPU at run time. */
 #include <float.h>
 #include <math.h>
 #include "gradbench.h"
 
+#ifndef GB_ISA
+#define GB_ISA v0
+#define GB_LAYER_PAIRS 1
+#endif
 #define T double
-#define SFX f64
+#define TINT int64_t /* the integer of T's width (vector shuffles) */
+#define DT f64
 #define TFMA fma
 #define TLDEXP ldexp
 #define TFABS fabs

@@ -1,29 +1,31 @@
 /* The layer kernels and the two stack drivers, written once over the real type T.
  *
  * Included by stack_f64.c (T = double) and stack_f32.c (T = float), which define
- *   T, SFX (f64/f32), TFMA, TLDEXP, TFABS, GEMM_FN (the BLAS pointer type), GEMM_FIELD
- *   (its gb_opts field) and T_MAX_EXP (the largest e with 2^e finite in T).
+ *   T, DT (f64/f32), GB_ISA (v0/v3/v4, see dispatch.c), TFMA, TLDEXP, TFABS, GEMM_FN (the
+ *   BLAS pointer type), GEMM_FIELD (its gb_opts field) and T_MAX_EXP (the largest e with 2^e
+ *   finite in T).
  *
  * Dimension letters: L depth, B batch, N width. Every function follows the reference
  * (gradbench/reference.py): same names, arguments in the order outputs, saved values, inputs,
- * parameters, dimensions; the formulas are evaluated in the same order so that, given the same
- * inputs, the elementwise results are the same numbers. Matrix products use FMA and their own
- * summation order (as BLAS does); reductions use a fixed order whatever the thread count.
+ * parameters, dimensions; the formulas are the reference's (vectorised, with FMA where the
+ * instance has it: results agree to rounding, not bit for bit). Matrix products use FMA and
+ * their own summation order (as BLAS does); reductions use a fixed order.
  *
- * Threads: the own matrix products split their output into tiles, the elementwise passes split
- * rows; every output entry is computed by one thread in a fixed order and reductions go through
- * per-row partial sums combined in row order, so results do not depend on the thread count.
+ * Threads (team.c, one team per driver call): each thread owns blocks of 4 batch rows (the
+ * forward, the activation rows, dh = dz W) and of 4 dW rows (dW = dz^T h, db); one barrier per
+ * layer (W^T of the next layer, the global max|h| or max|g| of the normalisation, all of dz
+ * before dW). Every entry is computed by one thread with the same code whatever the thread
+ * count, statistics are kept per row and combined in row order after the layers, so results
+ * are bit-identical for any thread count, and a team may hand over to one thread mid-call.
  */
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #include "gb_internal.h"
 
 #define GB_CAT2(a, b) a##_##b
 #define GB_CAT(a, b) GB_CAT2(a, b)
-#define F(name) GB_CAT(name, SFX)
+#define F(name) GB_CAT(GB_CAT(name, DT), GB_ISA) /* this instance's: gb_stack_forward_f64_v4 */
+#define FP(name) GB_CAT(name, DT)                /* the exported layer pairs: gb_dense_forward_f64 */
 
 #ifdef __FMA__ /* hardware FMA: fma() compiles to one (vector) instruction */
 #define MADD(a, b, c) TFMA(a, b, c)
@@ -33,15 +35,6 @@
 
 #define GB_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define GB_MAX(a, b) ((a) > (b) ? (a) : (b))
-
-/* Per-call state: chosen once per call, read-only inside the layer loop. */
-typedef struct {
-    GEMM_FN gemm;   /* BLAS gemm for this width, or NULL: own kernels */
-    int nth;        /* threads of the own kernels for this layer size */
-    T *wt;          /* (N,N) workspace: W^T for the own forward product */
-    double *rowacc; /* (max(B,N),) per-row partial sums */
-    unsigned char *flag; /* (N,) */
-} F(gb_ctx);
 
 /* ------------------------------------------------------------------ matrix products */
 /* Register tile: C (R,NC) = A (R,K) Bm (K,NC) [+ bias (NC,)]; A(r,k) = A[r*sam + k*sak].
@@ -79,13 +72,27 @@ GB_TILE(1, 1)
 #if defined(__GNUC__) && !defined(GB_PLAIN_C)
 /* Vector tiles through the GCC/Clang vector extension: an R x NV*VL block of C lives in
  * R*NV vector registers over the whole k loop (plain C11 tiles above are the fallback and
- * the remainder). Contraction to FMA is switched on for these functions only. */
+ * the remainder). The vectors are the instance's own width (AVX-512: 64 bytes, 4 x 4 tiles
+ * in 32 registers; AVX2 and the baseline's SSE2: 32 / 16 bytes, 4 x 3 tiles in 16), and a
+ * half-width vector for the remainder. Contraction to FMA is switched on for these
+ * functions (the build does it everywhere; this keeps it under GRADBENCH_CFLAGS too). */
 #define GB_HAVE_VTILES 1
-typedef T F(gb_v64) __attribute__((vector_size(64)));
-typedef T F(gb_v32) __attribute__((vector_size(32)));
+#if defined(__AVX512F__)
+#define GB_VB 64
+#define GB_NVW 4
+#elif defined(__AVX__)
+#define GB_VB 32
+#define GB_NVW 3
+#else
+#define GB_VB 16
+#define GB_NVW 3
+#endif
+typedef T F(gb_vw) __attribute__((vector_size(GB_VB)));     /* the instance's vector */
+typedef T F(gb_vh) __attribute__((vector_size(GB_VB / 2))); /* half of it */
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
-#define GB_VTILE(R, NV, V)                                                                      \
+#define GB_VTILE(R, NV, V) GB_VTILE_(R, NV, V)
+#define GB_VTILE_(R, NV, V)                                                                     \
     static void F(gb_vtile_##R##x##NV##_##V)(T *C, int64_t ldc, const T *A, int64_t sam,       \
                                              int64_t sak, const T *Bm, int64_t ldb, int64_t K, \
                                              const T *bias) {                                  \
@@ -99,7 +106,7 @@ typedef T F(gb_v32) __attribute__((vector_size(32)));
             _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)                               \
                 memcpy(&bv[v], Bm + k * ldb + v * VL, sizeof(vt));                             \
             _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
-                const vt a = (vt){0} + A[r * sam + k * sak];                                   \
+                const vt a = A[r * sam + k * sak] - (vt){0}; /* broadcast (x - 0 = x, -0 too) */ \
                 _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[r][v] += a * bv[v];   \
             }                                                                                  \
         }                                                                                      \
@@ -114,15 +121,14 @@ typedef T F(gb_v32) __attribute__((vector_size(32)));
                 memcpy(C + r * ldc + v * VL, &out, sizeof(vt));                                \
             }                                                                                  \
     }
-GB_VTILE(4, 4, gb_v64)
-GB_VTILE(4, 2, gb_v64)
-GB_VTILE(4, 1, gb_v64)
-GB_VTILE(4, 1, gb_v32)
-GB_VTILE(1, 4, gb_v64)
-GB_VTILE(1, 2, gb_v64)
-GB_VTILE(1, 1, gb_v64)
-GB_VTILE(1, 1, gb_v32)
-#pragma GCC pop_options
+GB_VTILE(4, GB_NVW, gb_vw)
+GB_VTILE(4, 2, gb_vw)
+GB_VTILE(4, 1, gb_vw)
+GB_VTILE(4, 1, gb_vh)
+GB_VTILE(1, GB_NVW, gb_vw)
+GB_VTILE(1, 2, gb_vw)
+GB_VTILE(1, 1, gb_vw)
+GB_VTILE(1, 1, gb_vh)
 #endif
 
 /* One block of at most 4 rows and nw columns, cut into the register tiles. */
@@ -132,14 +138,16 @@ static void F(gb_gemm_block)(T *C, const T *A, int64_t sam, int64_t sak, const T
     for (; c + (W) <= nw; c += (W))                                                            \
         NAME(C + c, ld, A, sam, sak, Bm + c, ld, K, bias ? bias + c : NULL);
 #ifdef GB_HAVE_VTILES
+#define GB_VNAME(R, NV, V) GB_VNAME_(R, NV, V)
+#define GB_VNAME_(R, NV, V) F(gb_vtile_##R##x##NV##_##V)
 #define GB_ROWS(R)                                                                             \
     {                                                                                          \
-        const int64_t V64 = 64 / sizeof(T), V32 = 32 / sizeof(T);                              \
+        const int64_t VW = GB_VB / sizeof(T);                                                  \
         int64_t c = 0;                                                                         \
-        GB_CALL(F(gb_vtile_##R##x4_gb_v64), 4 * V64)                                           \
-        GB_CALL(F(gb_vtile_##R##x2_gb_v64), 2 * V64)                                           \
-        GB_CALL(F(gb_vtile_##R##x1_gb_v64), V64)                                               \
-        GB_CALL(F(gb_vtile_##R##x1_gb_v32), V32)                                               \
+        GB_CALL(GB_VNAME(R, GB_NVW, gb_vw), GB_NVW * VW)                                       \
+        GB_CALL(GB_VNAME(R, 2, gb_vw), 2 * VW)                                                 \
+        GB_CALL(GB_VNAME(R, 1, gb_vw), VW)                                                     \
+        GB_CALL(GB_VNAME(R, 1, gb_vh), VW / 2)                                                 \
         GB_CALL(F(gb_tile_##R##x1), 1)                                                         \
     }
 #else
@@ -161,65 +169,56 @@ static void F(gb_gemm_block)(T *C, const T *A, int64_t sam, int64_t sak, const T
 }
 
 /* C (M,N) = A (M,K) Bm (K,N) [+ bias (N,)] with A(m,k) = A[m*sam + k*sak]; ldb = ldc = N.
- * Cut into tiles of 4 rows x PW columns; one thread computes a whole tile. The parallel
- * region is only entered with nth > 1 (entering it costs even for one thread). */
+ * Cut into tiles of 4 rows x PW columns. One thread: the drivers give each thread its own
+ * rows of C; every entry is one FMA chain over k in order whichever tile computes it. */
 static void F(gb_gemm_own)(T *C, const T *A, int64_t sam, int64_t sak, const T *Bm,
-                           const T *bias, int64_t M, int64_t N, int64_t K, int nth) {
+                           const T *bias, int64_t M, int64_t N, int64_t K) {
     const int64_t PW = 128; /* column panel */
-    const int64_t mb = (M + 3) / 4, nb = (N + PW - 1) / PW, ntile = mb * nb;
-#define GB_GEMM_TILE(t)                                                                        \
-    {                                                                                          \
-        const int64_t m0 = ((t) / nb) * 4, n0 = ((t) % nb) * PW;                               \
-        F(gb_gemm_block)(C + m0 * N + n0, A + m0 * sam, sam, sak, Bm + n0,                     \
-                         bias ? bias + n0 : NULL, GB_MIN(4, M - m0), GB_MIN(PW, N - n0), K, N); \
-    }
-#ifdef _OPENMP
-    if (nth > 1 && ntile > 1) {
-#pragma omp parallel for num_threads(nth) schedule(static)
-        for (int64_t t = 0; t < ntile; t++) GB_GEMM_TILE(t)
-        return;
-    }
-#endif
-    (void)nth;
-    for (int64_t t = 0; t < ntile; t++) GB_GEMM_TILE(t)
-#undef GB_GEMM_TILE
+    for (int64_t n0 = 0; n0 < N; n0 += PW)
+        for (int64_t m0 = 0; m0 < M; m0 += 4)
+            F(gb_gemm_block)(C + m0 * N + n0, A + m0 * sam, sam, sak, Bm + n0, bias ? bias + n0 : NULL,
+                             GB_MIN(4, M - m0), GB_MIN(PW, N - n0), K, N);
 }
+
+#ifdef GB_HAVE_VTILES
+#pragma GCC pop_options /* the tiles inline into the two functions above: same contraction */
+#endif
 
 /* ------------------------------------------------------------------ layers */
 /* z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,) */
-static void F(gb_dense_forward_ctx)(const F(gb_ctx) *cx, T *z, const T *h, const T *W, const T *b,
-                                int64_t B, int64_t N) {
-    if (cx->gemm) { /* column major: z^T (N,B) = W (N,N) h^T (N,B) + b */
+/* gemm: BLAS, or NULL: the own kernels with wt (N,N) as workspace for W^T */
+static void F(gb_dense_forward_ctx)(GEMM_FN gemm, T *wt, T *z, const T *h, const T *W, const T *b,
+                                    int64_t B, int64_t N) {
+    if (gemm) { /* column major: z^T (N,B) = W (N,N) h^T (N,B) + b */
         for (int64_t r = 0; r < B; r++) memcpy(z + r * N, b, (size_t)N * sizeof(T));
         char ta = 'T', tb = 'N';
         int m = (int)N, n = (int)B, k = (int)N, ld = (int)N;
         T one = 1;
-        cx->gemm(&ta, &tb, &m, &n, &k, &one, (T *)W, &ld, (T *)h, &ld, &one, z, &ld);
+        gemm(&ta, &tb, &m, &n, &k, &one, (T *)W, &ld, (T *)h, &ld, &one, z, &ld);
         return;
     }
-    T *wt = cx->wt;
     for (int64_t i = 0; i < N; i++)
         for (int64_t j = 0; j < N; j++) wt[j * N + i] = W[i * N + j];
-    F(gb_gemm_own)(z, h, N, 1, wt, b, B, N, N, cx->nth);
+    F(gb_gemm_own)(z, h, N, 1, wt, b, B, N, N);
 }
 
 /* dW = dz^T h, db = sum_B dz, dh = dz W.
  * dh (B,N), dW (N,N), db (N,), dz (B,N), h (B,N), W (N,N) */
-static void F(gb_dense_backward_ctx)(const F(gb_ctx) *cx, T *dh, T *dW, T *db, const T *dz,
-                                 const T *h, const T *W, int64_t B, int64_t N) {
+static void F(gb_dense_backward_ctx)(GEMM_FN gemm, T *dh, T *dW, T *db, const T *dz, const T *h,
+                                     const T *W, int64_t B, int64_t N) {
     for (int64_t j = 0; j < N; j++) db[j] = 0;
     for (int64_t r = 0; r < B; r++)
         for (int64_t j = 0; j < N; j++) db[j] += dz[r * N + j];
-    if (cx->gemm) { /* column major: dW^T = h^T dz, dh^T = W^T dz^T */
+    if (gemm) { /* column major: dW^T = h^T dz, dh^T = W^T dz^T */
         char tn = 'N', tt = 'T';
         int n = (int)N, bb = (int)B, ld = (int)N;
         T one = 1, zero = 0;
-        cx->gemm(&tn, &tt, &n, &n, &bb, &one, (T *)h, &ld, (T *)dz, &ld, &zero, dW, &ld);
-        cx->gemm(&tn, &tn, &n, &bb, &n, &one, (T *)W, &ld, (T *)dz, &ld, &zero, dh, &ld);
+        gemm(&tn, &tt, &n, &n, &bb, &one, (T *)h, &ld, (T *)dz, &ld, &zero, dW, &ld);
+        gemm(&tn, &tn, &n, &bb, &n, &one, (T *)W, &ld, (T *)dz, &ld, &zero, dh, &ld);
         return;
     }
-    F(gb_gemm_own)(dW, dz, 1, N, h, NULL, N, N, B, cx->nth);
-    F(gb_gemm_own)(dh, dz, N, 1, W, NULL, B, N, N, cx->nth);
+    F(gb_gemm_own)(dW, dz, 1, N, h, NULL, N, N, B);
+    F(gb_gemm_own)(dh, dz, N, 1, W, NULL, B, N, N);
 }
 
 /* y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance).
@@ -267,108 +266,154 @@ static void F(gb_batchnorm_backward_impl)(T *dz, T *dgamma, T *dbeta, const T *d
         }
 }
 
-/* One chunk of the activation forward: a = phi(z) on [i0, i1) (phi_scaled with rescaling);
- * returns its saturation count (entries with phi'(z) < thr). */
-static int64_t F(gb_activation_chunk)(T *a, const T *z, int64_t i0, int64_t i1, const gb_scaled *s,
-                                      double thr) {
-    int64_t cnt = 0;
-    if (s->act == GB_TANH && !s->on) { /* the array tanh; phi' from z (sech^2, no cancellation) */
-        F(gb_tanh)(a + i0, z + i0, i1 - i0);
-        for (int64_t i = i0; i < i1; i++) cnt += (double)F(gb_dphi)(z[i], GB_TANH, 0.0) < thr;
-        return cnt;
+/* ------------------------------------------------------------------ activation rows */
+#ifdef GB_HAVE_VEC
+typedef T F(gb_tv) __attribute__((vector_size(GB_VL * sizeof(T)))); /* GB_VL lanes of T */
+typedef T F(gb_t8) __attribute__((vector_size(8 * sizeof(T))));     /* 8 lanes of T */
+
+static inline gb_vd F(gb_loadv)(const T *x) { /* GB_VL entries, widened to double */
+    F(gb_tv) v;
+    memcpy(&v, x, sizeof v);
+    return __builtin_convertvector(v, gb_vd);
+}
+
+static inline gb_vd8 F(gb_load8)(const T *x) { /* 8 entries, widened (the reductions) */
+    F(gb_t8) v;
+    memcpy(&v, x, sizeof v);
+    return __builtin_convertvector(v, gb_vd8);
+}
+
+static inline F(gb_tv) F(gb_roundv)(gb_vd v) { return __builtin_convertvector(v, F(gb_tv)); }
+
+/* phi_scaled and dphi_scaled of 8 mantissas u (gb_scaled's vector modes); 0 when these lanes
+ * need the scalar functions (a non-finite u, or an exponent between the vector modes). */
+static inline int F(gb_vact_scaled)(gb_vd u, const gb_scaled *s, gb_vd *a, gb_vd *d) {
+    if (s->vmode == GB_VM_PLAIN) {
+        gb_vact(u, s->act, s->p, a, d);
+        return 1;
     }
-    for (int64_t i = i0; i < i1; i++) {
-        a[i] = F(gb_phi_scaled)(z[i], s);
-        cnt += (double)F(gb_dphi_scaled)(z[i], s) < thr;
+    const gb_vd zero = {0};
+    if (s->vmode == GB_VM_SCALAR || gb_any(~(gb_vabs(u) <= 0x1.fffffffffffffp1023))) return 0;
+    const gb_vi pos = u > 0.0;
+    const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
+    const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
+    gb_vd va = zero, vd = zero;
+    if (s->vmode == GB_VM_TINY) { /* every finite u 2^f is below TINY */
+        va = c0 * u;
+        vd = c0;
+    } else if (s->vmode == GB_VM_OVER) { /* every finite non-zero u 2^f overflows */
+        const gb_vi z0 = u == 0.0;
+        va = gb_blend(z0, c0 * u, ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf);
+        vd = gb_blend(z0, c0, ci);
+    } else { /* GB_VM_MUL: z = u 2^f and 2^-f are plain products (= ldexp) */
+        const gb_vd z = u * s->pf;
+        const gb_vi tiny = gb_vabs(z) < s->tiny, over = gb_vabs(z) > 0x1.fffffffffffffp1023;
+        const gb_vd lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
+        gb_vd pa = zero, pd = zero;
+        gb_vact(gb_blend(tiny | over, zero, z), s->act, s->p, a ? &pa : NULL, d ? &pd : NULL);
+        if (a) va = gb_blend(tiny, c0 * u, gb_blend(over, lim, pa * s->pmf));
+        if (d) vd = gb_blend(tiny, c0, gb_blend(over, ci, pd));
+    }
+    if (a) *a = va;
+    if (d) *d = vd;
+    return 1;
+}
+#endif
+
+/* One row of the activation forward: a = phi(z) (phi_scaled with rescaling); returns the
+ * number of entries with phi'(z) < thr (phi' rounded to T, as the reference compares) and
+ * clears dead[j] where z_j <= 0 does not hold.    a, z, dead (N,) */
+static int64_t F(gb_act_forward_row)(T *a, const T *z, int64_t N, const gb_scaled *s, double thr,
+                                     unsigned char *dead) {
+    int64_t cnt = 0, j = 0;
+#ifdef GB_HAVE_VEC
+    for (; j + GB_VL <= N; j += GB_VL) {
+        const gb_vd u = F(gb_loadv)(z + j);
+        gb_vd va, vd;
+        if (F(gb_vact_scaled)(u, s, &va, &vd)) {
+            const F(gb_tv) ta = F(gb_roundv)(va), td = F(gb_roundv)(vd);
+            memcpy(a + j, &ta, sizeof ta);
+            for (int i = 0; i < GB_VL; i++) {
+                cnt += (double)td[i] < thr;
+                dead[j + i] &= z[j + i] <= 0;
+            }
+            continue;
+        }
+        for (int i = 0; i < GB_VL; i++) {
+            a[j + i] = FP(gb_phi_scaled)(z[j + i], s);
+            cnt += (double)FP(gb_dphi_scaled)(z[j + i], s) < thr;
+            dead[j + i] &= z[j + i] <= 0;
+        }
+    }
+#endif
+    for (; j < N; j++) {
+        a[j] = FP(gb_phi_scaled)(z[j], s);
+        cnt += (double)FP(gb_dphi_scaled)(z[j], s) < thr;
+        dead[j] &= z[j] <= 0;
     }
     return cnt;
 }
 
-/* a = phi(z) (phi_scaled with rescaling); returns the number of entries with phi'(z) < thr
- * (the saturation count).    a, z (n,) */
-static int64_t F(gb_activation_forward_sat)(T *a, const T *z, int64_t n, const gb_scaled *s,
-                                            double thr, int nth) {
-#ifdef _OPENMP
-    const int64_t CH = 4096, nch = (n + CH - 1) / CH;
-    int64_t nsat = 0;
-    if (nth > 1 && nch > 1) {
-#pragma omp parallel for num_threads(nth) schedule(static) reduction(+ : nsat)
-        for (int64_t c = 0; c < nch; c++)
-            nsat += F(gb_activation_chunk)(a, z, c * CH, GB_MIN(n, c * CH + CH), s, thr);
-        return nsat;
-    }
-#endif
-    (void)nth;
-    return F(gb_activation_chunk)(a, z, 0, n, s, thr);
-}
-
-/* One row of the activation backward (see below); returns the row's PReLU slope sum. */
-static double F(gb_activation_row)(T *d, const T *g, const T *zr, const T *gamma, const T *beta,
-                                   int scale, T alpha, const gb_scaled *s, int64_t N) {
+/* One row of the activation backward: d = da * phi'(zl), da = g (* alpha when scale),
+ * zl = z or gamma * xhat + beta under
+ * batch norm; phi' by dphi_scaled. Returns the row's PReLU sum of da * min(zl, 0).
+ * d, g, zr (N,); gamma, beta (N,) or NULL */
+static double F(gb_act_backward_row)(T *d, const T *g, const T *zr, const T *gamma,
+                                     const T *beta, int scale, T alpha, const gb_scaled *s,
+                                     int64_t N) {
     double sum = 0;
-    for (int64_t j = 0; j < N; j++) {
-        T da = scale ? g[j] * alpha : g[j];
-        T zl = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
-        d[j] = da * F(gb_dphi_scaled)(zl, s);
+    int64_t j = 0;
+#ifdef GB_HAVE_VEC
+    if (!gamma && s->act != GB_PRELU)
+        for (; j + GB_VL <= N; j += GB_VL) {
+            gb_vd vd;
+            if (!F(gb_vact_scaled)(F(gb_loadv)(zr + j), s, NULL, &vd)) break;
+            F(gb_tv) da;
+            memcpy(&da, g + j, sizeof da);
+            if (scale) da = da * alpha;
+            const F(gb_tv) out = da * F(gb_roundv)(vd);
+            memcpy(d + j, &out, sizeof out);
+        }
+#endif
+    for (; j < N; j++) {
+        T da = g[j];
+        if (scale) da = da * alpha;
+        const T zl = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
+        d[j] = da * FP(gb_dphi_scaled)(zl, s);
         if (s->act == GB_PRELU) sum += (double)(da * ((zl < 0 || zl != zl) ? zl : (T)0));
     }
     return sum;
 }
 
-/* dz = da * phi'(zl), with da = G (times alpha when scale), zl = z or gamma * xhat + beta under
- * batch norm, phi' from zl (dphi_scaled with rescaling). Returns dL/dslope = sum(da * min(zl,
- * 0)) for PReLU (in double, rows in order), else 0.
- * dz, G, z (B,N); gamma, beta (N,) */
-static double F(gb_activation_backward_layer)(T *dz, const T *G, const T *z, const T *gamma,
-                                              const T *beta, int scale, T alpha, const gb_scaled *s,
-                                              int64_t B, int64_t N, double *rowacc, int nth) {
-#define GB_ROW(r)                                                                              \
-    rowacc[r] = F(gb_activation_row)(dz + (r) * N, G + (r) * N, z + (r) * N, gamma, beta, scale, \
-                                     alpha, s, N)
-#ifdef _OPENMP
-    if (nth > 1 && B > 1) {
-#pragma omp parallel for num_threads(nth) schedule(static)
-        for (int64_t r = 0; r < B; r++) GB_ROW(r);
-    } else
-#endif
-    {
-        (void)nth;
-        for (int64_t r = 0; r < B; r++) GB_ROW(r);
-    }
-#undef GB_ROW
-    double total = 0;
-    if (s->act == GB_PRELU)
-        for (int64_t r = 0; r < B; r++) total += rowacc[r];
-    return total;
-}
-
 /* ------------------------------------------------------------------ the exact chain */
 /* max |g| ignoring NaN (propagate_nan = 0) or NaN if any entry is NaN (propagate_nan = 1). */
 static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
-    T lane[16] = {0};
+    double m = 0;
     int nan = 0;
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int c = 0; c < 16; c++) {
-            T v = TFABS(g[i + c]);
-            nan |= v != v;
-            lane[c] = v > lane[c] ? v : lane[c];
-        }
-    T m = 0;
+#ifdef GB_HAVE_VEC
+    gb_vd acc = {0};
+    gb_vi vnan = {0};
+    for (; i + GB_VL <= n; i += GB_VL) {
+        const gb_vd v = gb_vabs(F(gb_loadv)(g + i));
+        vnan |= v != v;
+        acc = gb_blend(v > acc, v, acc);
+    }
+    nan = gb_any(vnan);
+    for (int c = 0; c < GB_VL; c++) m = acc[c] > m ? acc[c] : m;
+#endif
     for (; i < n; i++) {
-        T v = TFABS(g[i]);
+        const double v = (double)TFABS(g[i]);
         nan |= v != v;
         m = v > m ? v : m;
     }
-    for (int c = 0; c < 16; c++) m = lane[c] > m ? lane[c] : m;
-    return (propagate_nan && nan) ? (T)NAN : m;
+    return (propagate_nan && nan) ? (T)NAN : (T)m;
 }
 
-/* Scale g (n,) in place by 2^-e so that max|g| lies in [0.5, 1); return e (0 when g is all
- * zero or its largest magnitude is not finite). Exact: 2^-e is applied in two steps when it
- * is not a finite T (max|g| subnormal). */
-static int64_t F(gb_normalise_impl)(T *g, int64_t n) {
-    T m = F(gb_absmax)(g, n, 0);
+/* Scale g (n,) in place by 2^-e, e the exponent of m (m = max|g|, maybe over several threads'
+ * rows), so that max|g| lies in [0.5, 1); return e (0 when m is 0 or not finite). Exact: 2^-e
+ * is applied in two steps when it is not a finite T (max|g| subnormal). */
+static int64_t F(gb_scale_pow2)(T *g, int64_t n, T m) {
     if (!(m > 0) || !isfinite(m)) return 0;
     int e;
     frexp((double)m, &e); /* m is finite and non-zero here: frexp is well defined */
@@ -382,6 +427,9 @@ static int64_t F(gb_normalise_impl)(T *g, int64_t n) {
     }
     return e;
 }
+
+/* g (n,) normalised: max|g| in [0.5, 1) (see gb_scale_pow2); returns the exponent taken out */
+static int64_t F(gb_normalise_impl)(T *g, int64_t n) { return F(gb_scale_pow2)(g, n, F(gb_absmax)(g, n, 0)); }
 
 /* a * 2^ea + scale * s * 2^es written into a at the larger exponent; returns it.
  * a, s (n,) */
@@ -398,28 +446,37 @@ static int64_t F(gb_add_aligned_impl)(T *a, int64_t ea, const T *s, int64_t es, 
     return em;
 }
 
-/* sum (x 2^k)^2 in double, by rows of N in order (8 lanes per row, then the rows in order);
- * 2^k = s1 s2 (both 1 but in the scaled norm below), applied to each entry exactly.    x (M,N) */
-static double F(gb_sumsq)(const T *x, int64_t M, int64_t N, double s1, double s2, double *rowacc) {
-    for (int64_t r = 0; r < M; r++) {
-        double lane[8] = {0};
-        const T *xr = x + r * N;
-        int64_t j = 0;
-        for (; j + 8 <= N; j += 8)
-            for (int c = 0; c < 8; c++) {
-                const double v = ((double)xr[j + c] * s1) * s2;
-                lane[c] += v * v;
-            }
-        double s = 0;
-        for (; j < N; j++) {
-            const double v = ((double)xr[j] * s1) * s2;
-            s += v * v;
-        }
-        for (int c = 0; c < 8; c++) s += lane[c];
-        rowacc[r] = s;
+/* sum (x 2^k)^2 in double of one row: 8 lane sums (entries j = c mod 8), then the tail and the
+ * lanes in order; 2^k = s1 s2 (both 1 but in the scaled norm), applied to each entry exactly. */
+static double F(gb_sumsq_row)(const T *x, int64_t N, double s1, double s2) {
+    double lane[8] = {0}, s = 0;
+    int64_t j = 0;
+#ifdef GB_HAVE_VEC
+    gb_vd8 acc = {0};
+    for (; j + 8 <= N; j += 8) {
+        const gb_vd8 v = (F(gb_load8)(x + j) * s1) * s2;
+        acc += v * v;
     }
+    memcpy(lane, &acc, sizeof lane);
+#else
+    for (; j + 8 <= N; j += 8)
+        for (int c = 0; c < 8; c++) {
+            const double v = ((double)x[j + c] * s1) * s2;
+            lane[c] += v * v;
+        }
+#endif
+    for (; j < N; j++) {
+        const double v = ((double)x[j] * s1) * s2;
+        s += v * v;
+    }
+    for (int c = 0; c < 8; c++) s += lane[c];
+    return s;
+}
+
+/* the same over the rows of x (M,N), the row sums (kept in rowacc) added in order */
+static double F(gb_sumsq)(const T *x, int64_t M, int64_t N, double s1, double s2, double *rowacc) {
     double total = 0;
-    for (int64_t r = 0; r < M; r++) total += rowacc[r];
+    for (int64_t r = 0; r < M; r++) total += rowacc[r] = F(gb_sumsq_row)(x + r * N, N, s1, s2);
     return total;
 }
 
@@ -496,253 +553,523 @@ static void *F(gb_alloc)(size_t bytes) {
     return aligned_alloc(64, n ? n : 64);
 }
 
-/* Choose BLAS or own kernels and the thread count; allocate the workspace. */
-static int F(gb_ctx_init)(F(gb_ctx) *cx, const gb_opts *opts, int64_t B, int64_t N, int need_wt) {
-    memset(cx, 0, sizeof *cx);
-    cx->gemm = (opts && opts->GEMM_FIELD && N >= opts->blas_min_width) ? opts->GEMM_FIELD : NULL;
-    cx->nth = 1;
-    if (opts && opts->nthreads > 1 && B * N * N >= opts->par_min_work)
-        cx->nth = (int)GB_MIN(opts->nthreads, 64);
-    cx->rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
-    cx->flag = F(gb_alloc)((size_t)N);
-    if (need_wt && !cx->gemm) cx->wt = F(gb_alloc)(sizeof(T) * (size_t)(N * N));
-    if (!cx->rowacc || !cx->flag || (need_wt && !cx->gemm && !cx->wt)) return GB_ENOMEM;
+/* BLAS for this width, or NULL: the own kernels */
+static GEMM_FN F(gb_pick_gemm)(const gb_opts *opts, int64_t N) {
+    if (!opts || !opts->GEMM_FIELD) return NULL;
+    return N >= (sizeof(T) == sizeof(float) ? opts->blas_min_width_f32 : opts->blas_min_width) ? opts->GEMM_FIELD : NULL;
+}
+
+/* Threads for a call: the own kernels on nth threads, each owning a block of batch rows (and
+ * of dW rows). One thread when BLAS runs the products (BLAS has its own threads: one level at
+ * a time), for small layers, and where a layer reduces across the batch (batch norm, signal
+ * clipping). */
+static int F(gb_pick_threads)(const gb_opts *opts, GEMM_FN gemm, int bn, int clip, int64_t B,
+                              int64_t N) {
+    if (!opts || opts->nthreads <= 1 || gemm || bn || clip || B < 2) return 1;
+    if (B * N * N < opts->par_min_work) return 1;
+    const int64_t nth = GB_MIN(GB_MIN(opts->nthreads, GB_MAX_THREADS), GB_MIN(B, N) / 4);
+    return nth > 1 ? (int)nth : 1;
+}
+
+/* The first of thread tid's rows among n: blocks of 4 rows (the row tile of gb_gemm_own), so
+ * that every row is computed by the same tile whatever the thread count (a 1-row and a 4-row
+ * tile may contract a*b + c differently); the last block, maybe partial, is the same for all. */
+static inline int64_t F(gb_part)(int64_t n, int tid, int nth) {
+    return tid >= nth ? n : (n * tid / nth) / 4 * 4;
+}
+
+/* The options of icfg and fcfg (gradbench.h layouts), read once per call */
+typedef struct {
+    int act, bn, rescale, clip;
+    int64_t k;
+    double param, alpha, eps, thr, c;
+} F(gb_cfg);
+
+static F(gb_cfg) F(gb_read_cfg)(const int64_t *icfg, const double *fcfg) {
+    F(gb_cfg) c;
+    c.act = (int)icfg[GB_I_ACT];
+    c.bn = icfg[GB_I_BN] != 0;
+    c.rescale = icfg[GB_I_RESCALE_FWD] != 0;
+    c.clip = (int)icfg[GB_I_CLIP];
+    c.k = icfg[GB_I_RESIDUAL];
+    c.param = fcfg[GB_F_ACT_PARAM];
+    c.alpha = fcfg[GB_F_RES_SCALE];
+    c.eps = fcfg[GB_F_BN_EPS];
+    c.thr = fcfg[GB_F_SAT];
+    c.c = fcfg[GB_F_CLIP];
+    return c;
+}
+
+/* A driver's start: the checked options, BLAS or not, and the thread count */
+static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, int backward, F(gb_cfg) *cfg,
+                       GEMM_FN *gemm, int *nth) {
+    const int rc = F(gb_check_cfg)(a->icfg, a->L, a->B, a->N);
+    if (rc) return rc;
+    *cfg = F(gb_read_cfg)(a->icfg, a->fcfg);
+    *gemm = F(gb_pick_gemm)(opts, a->N);
+    *nth = F(gb_pick_threads)(opts, *gemm, cfg->bn, backward ? cfg->clip : 0, a->B, a->N);
     return GB_OK;
 }
 
-static void F(gb_ctx_free)(F(gb_ctx) *cx) {
-    free(cx->wt);
-    free(cx->rowacc);
-    free(cx->flag);
+/* ---------------------------------------------------------------- forward */
+typedef struct {
+    const gb_stack_arrays *a;
+    GEMM_FN gemm;
+    F(gb_cfg) cfg;
+    T *wt[2];             /* (N,N) W^T of the current and the next layer (own kernels) */
+    T *zb;                /* (B,N) pre-normalisation z under batch norm (one thread) */
+    double *rsum, *rm2;   /* (L,B) per row of h_{l+1}: sum, sum of squared deviations from its mean */
+    int64_t *rsat;        /* (L,B) per row: saturated entries of z_l */
+    unsigned char *rbad;  /* (L,B) per row: h_{l+1} has a non-finite entry */
+    unsigned char *dead;  /* (L,nth,N) per thread: z_l <= 0 on all its rows */
+    T *amax;              /* (2,nth) per thread: max|h_{l+1}| over its rows (layer parity) */
+    int nth;
+} F(gb_fwd);
+
+/* W^T rows [j0, j1) of one layer: wt[j][i] = W[i][j]. Whole 8 x 8 blocks by three rounds of
+ * two-vector shuffles (GCC), the rest element by element. */
+static void F(gb_transpose_rows)(T *wt, const T *W, int64_t N, int64_t j0, int64_t j1) {
+    int64_t jb = j0;
+#if defined(GB_HAVE_VEC) && !defined(__clang__)
+    typedef F(gb_t8) tv; /* 8 lanes of T: one row of a block */
+    typedef TINT ti __attribute__((vector_size(8 * sizeof(T))));
+    const int64_t N8 = N / 8 * 8;
+    for (; jb + 8 <= j1; jb += 8) {
+        for (int64_t ib = 0; ib < N8; ib += 8) {
+            tv r[8], t[8], u[8], v[8];
+            for (int q = 0; q < 8; q++) memcpy(&r[q], W + (ib + q) * N + jb, sizeof(tv));
+            for (int q = 0; q < 8; q += 2) {
+                t[q] = __builtin_shuffle(r[q], r[q + 1], (ti){0, 8, 2, 10, 4, 12, 6, 14});
+                t[q + 1] = __builtin_shuffle(r[q], r[q + 1], (ti){1, 9, 3, 11, 5, 13, 7, 15});
+            }
+            for (int q = 0; q < 8; q += 4)
+                for (int o = 0; o < 2; o++) {
+                    u[q + o] = __builtin_shuffle(t[q + o], t[q + o + 2], (ti){0, 1, 8, 9, 4, 5, 12, 13});
+                    u[q + o + 2] = __builtin_shuffle(t[q + o], t[q + o + 2], (ti){2, 3, 10, 11, 6, 7, 14, 15});
+                }
+            for (int o = 0; o < 4; o++) {
+                v[o] = __builtin_shuffle(u[o], u[o + 4], (ti){0, 1, 2, 3, 8, 9, 10, 11});
+                v[o + 4] = __builtin_shuffle(u[o], u[o + 4], (ti){4, 5, 6, 7, 12, 13, 14, 15});
+            }
+            for (int q = 0; q < 8; q++) memcpy(wt + (jb + q) * N + ib, &v[q], sizeof(tv));
+        }
+        for (int64_t j = jb; j < jb + 8; j++)
+            for (int64_t i = N8; i < N; i++) wt[j * N + i] = W[i * N + j];
+    }
+#endif
+    for (; jb < j1; jb++)
+        for (int64_t i = 0; i < N; i++) wt[jb * N + i] = W[i * N + jb];
+}
+
+/* Per-row statistics of h rows [r0, r1): sum, squared deviations from the row's mean, finiteness */
+static void F(gb_row_stats)(const T *h, int64_t r0, int64_t r1, int64_t N, double *rsum, double *rm2,
+                            unsigned char *rbad) {
+    for (int64_t r = r0; r < r1; r++) { /* 8 lanes (j = c mod 8), then the tail and the lanes in order */
+        const T *hr = h + r * N;
+        double ls[8] = {0}, lm[8] = {0}, s = 0, m2 = 0;
+        int64_t j = 0;
+#ifdef GB_HAVE_VEC
+        gb_vd8 acc = {0};
+        for (; j + 8 <= N; j += 8) acc += F(gb_load8)(hr + j);
+        memcpy(ls, &acc, sizeof ls);
+#endif
+        for (; j < N; j++) s += (double)hr[j];
+        for (int c = 0; c < 8; c++) s += ls[c];
+        const double mean = s / (double)N;
+        j = 0;
+#ifdef GB_HAVE_VEC
+        acc = (gb_vd8){0};
+        for (; j + 8 <= N; j += 8) {
+            const gb_vd8 d = F(gb_load8)(hr + j) - mean;
+            acc += d * d;
+        }
+        memcpy(lm, &acc, sizeof lm);
+#endif
+        for (; j < N; j++) {
+            const double d = (double)hr[j] - mean;
+            m2 += d * d;
+        }
+        for (int c = 0; c < 8; c++) m2 += lm[c];
+        rsum[r] = s;
+        rm2[r] = m2;
+        rbad[r] = !isfinite(s) && !F(gb_all_finite)(hr, N);
+    }
+}
+
+static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
+    F(gb_fwd) *st = arg;
+    const gb_stack_arrays *a = st->a;
+    const int64_t L = a->L, B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;
+    const T *W = a->W, *b = a->b, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
+    T *H = a->H, *Z = a->Z;
+    int64_t *fexp = a->fexp;
+    const int f32 = sizeof(T) == sizeof(float);
+    int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
+    int64_t j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
+    int sense = 0;
+    int64_t f = fexp[0]; /* exponent of h_l (every thread keeps its copy) */
+    if (!st->gemm) {
+        F(gb_transpose_rows)(st->wt[0], W, N, j0, j1);
+        gb_barrier_wait(bar, &sense);
+    }
+    for (int64_t l = 0; l < L; l++) {
+        if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 */
+        r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
+        j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
+        const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
+        const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, f, f32);
+        T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
+        unsigned char *dead = st->dead + (l * st->nth + tid) * N; /* all 1 for a thread that left */
+        if (st->gemm || st->cfg.bn) { /* BLAS or batch norm: one thread, all rows, pass by pass */
+            T *zz = st->cfg.bn ? st->zb : Zl;
+            if (st->gemm)
+                F(gb_dense_forward_ctx)(st->gemm, NULL, zz, h, W + l * NN, b + l * N, B, N);
+            else
+                F(gb_gemm_own)(zz, h, N, 1, st->wt[l & 1], b + l * N, B, N, N);
+            if (st->cfg.bn)
+                F(gb_batchnorm_forward_impl)(st->zb, Zl, (T *)a->bn_mean + l * N, (T *)a->bn_rstd + l * N,
+                                             st->zb, gamma + l * N, beta + l * N, st->cfg.eps, B, N);
+            for (int64_t r = 0; r < B; r++)
+                st->rsat[l * B + r] = F(gb_act_forward_row)(hn + r * N, zz + r * N, N, &sc, st->cfg.thr, dead);
+        } else { /* the activation as the epilogue of every block of 4 rows, while z is in L1 */
+            for (int64_t q = 0; q < nr; q += 4) {
+                const int64_t m = GB_MIN(4, nr - q);
+                T *zq = Zl + (r0 + q) * N;
+                F(gb_gemm_own)(zq, h + q * N, N, 1, st->wt[l & 1], b + l * N, m, N, N);
+                for (int64_t r = q; r < q + m; r++)
+                    st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, Zl + (r0 + r) * N, N, &sc,
+                                                                     st->cfg.thr, dead);
+            }
+        }
+        if (!st->gemm && l + 1 < L) F(gb_transpose_rows)(st->wt[(l + 1) & 1], W + (l + 1) * NN, N, j0, j1);
+        int64_t fn = f;
+        if (k && (l + 1) % k == 0)
+            fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, fexp[l + 1 - k], st->cfg.alpha, nr * N);
+        if (st->cfg.rescale) { /* normalise h_{l+1}: the global max|h| from every thread's rows */
+            T *slot = st->amax + (l & 1) * nth;
+            slot[tid] = F(gb_absmax)(hn, nr * N, 0);
+            gb_barrier_wait(bar, &sense);
+            T m = 0;
+            for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
+            fn += F(gb_scale_pow2)(hn, nr * N, m);
+        } else if (!st->gemm) {
+            gb_barrier_wait(bar, &sense); /* W^T of layer l+1 complete */
+        }
+        F(gb_row_stats)(H + (l + 1) * BN, r0, r1, N, st->rsum + l * B, st->rm2 + l * B, st->rbad + l * B);
+        if (tid == 0) fexp[l + 1] = fn;
+        f = fn;
+    }
 }
 
 /* The forward driver: the contract of reference.stack_forward (arrays: abi.FORWARD). */
 int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     const int64_t L = a->L, B = a->B, N = a->N;
-    const int64_t *icfg = a->icfg;
-    const double *fcfg = a->fcfg;
-    const T *W = a->W, *b = a->b, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
-    T *H = a->H, *Z = a->Z, *bn_mean = a->bn_mean, *bn_rstd = a->bn_rstd;
-    int64_t *fexp = a->fexp, *info = a->info;
-    double *act_mean = a->act_mean, *act_std = a->act_std, *saturation = a->saturation;
-    double *dead = a->dead;
-    int rc = F(gb_check_cfg)(icfg, L, B, N);
+    F(gb_fwd) st;
+    memset(&st, 0, sizeof st);
+    st.a = a;
+    int nth, rc = F(gb_setup)(a, opts, 0, &st.cfg, &st.gemm, &nth);
     if (rc) return rc;
-    const int act = (int)icfg[GB_I_ACT], bn = icfg[GB_I_BN] != 0, rescale = icfg[GB_I_RESCALE_FWD] != 0;
-    const int64_t k = icfg[GB_I_RESIDUAL], BN = B * N, NN = N * N;
-    const double param = fcfg[GB_F_ACT_PARAM], alpha = fcfg[GB_F_RES_SCALE], eps = fcfg[GB_F_BN_EPS];
-    const int f32 = sizeof(T) == sizeof(float);
-    const double thr = fcfg[GB_F_SAT];
-    F(gb_ctx) cx;
-    rc = F(gb_ctx_init)(&cx, opts, B, N, 1);
-    T *zb = bn ? F(gb_alloc)(sizeof(T) * (size_t)BN) : NULL;
-    if (rc || (bn && !zb)) {
-        F(gb_ctx_free)(&cx);
-        free(zb);
-        return GB_ENOMEM;
+    st.nth = nth;
+    const size_t LB = (size_t)(L * B);
+    if (!st.gemm) {
+        st.wt[0] = F(gb_alloc)(sizeof(T) * (size_t)(N * N));
+        st.wt[1] = F(gb_alloc)(sizeof(T) * (size_t)(N * N));
     }
-    info[GB_INFO_FORWARD] = -1;
-    for (int64_t l = 0; l < L; l++) {
-        const double p = act == GB_PRELU ? (double)slope[l] : param;
-        /* with rescaling z is the mantissa of z 2^fexp[l] (zero bias, no batch norm) */
-        const gb_scaled sc = gb_scaled_init(act, p, rescale, fexp[l], f32);
-        T *h = H + l * BN, *hn = H + (l + 1) * BN, *Zl = Z + l * BN;
-        T *z = bn ? zb : Zl;
-        F(gb_dense_forward_ctx)(&cx, z, h, W + l * NN, b + l * N, B, N);
-        if (bn)
-            F(gb_batchnorm_forward_impl)(z, Zl, bn_mean + l * N, bn_rstd + l * N, z, gamma + l * N,
-                                    beta + l * N, eps, B, N);
-        const int64_t nsat = F(gb_activation_forward_sat)(hn, z, BN, &sc, thr, cx.nth);
-        fexp[l + 1] = fexp[l];
-        if (k && (l + 1) % k == 0)
-            fexp[l + 1] = F(gb_add_aligned_impl)(hn, fexp[l], H + (l + 1 - k) * BN, fexp[l + 1 - k],
-                                            alpha, BN);
-        if (rescale) fexp[l + 1] += F(gb_normalise_impl)(hn, BN);
-        /* statistics of h_{l+1} (two-pass, double, rows in order) and of z_l */
-        double s = 0;
-        for (int64_t r = 0; r < B; r++) {
-            double rs = 0;
-            for (int64_t j = 0; j < N; j++) rs += (double)hn[r * N + j];
-            s += rs;
-        }
-        const double mean = s / (double)BN;
-        double v = 0;
-        for (int64_t r = 0; r < B; r++) {
-            double rv = 0;
-            for (int64_t j = 0; j < N; j++) {
-                double d = (double)hn[r * N + j] - mean;
-                rv += d * d;
+    st.zb = st.cfg.bn ? F(gb_alloc)(sizeof(T) * (size_t)(B * N)) : NULL;
+    st.rsum = F(gb_alloc)(sizeof(double) * LB);
+    st.rm2 = F(gb_alloc)(sizeof(double) * LB);
+    st.rsat = F(gb_alloc)(sizeof(int64_t) * LB);
+    st.rbad = F(gb_alloc)(LB);
+    st.dead = F(gb_alloc)((size_t)(L * nth * N));
+    st.amax = F(gb_alloc)(sizeof(T) * 2 * (size_t)nth);
+    rc = GB_ENOMEM;
+    if ((st.gemm || (st.wt[0] && st.wt[1])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 && st.rsat &&
+        st.rbad && st.dead && st.amax) {
+        rc = GB_OK;
+        /* results do not depend on the number of threads that actually ran */
+        /* every thread's dead flags start at 1: those of a thread that did not run stay neutral;
+         * results do not depend on how many threads ran, or until which layer */
+        memset(st.dead, 1, (size_t)(L * nth * N));
+        gb_team_run(nth, F(gb_forward_member), &st, opts ? opts->solo_after : 0);
+        /* the statistics of every layer, rows and threads combined in order */
+        const double BN = (double)(B * N);
+        a->info[GB_INFO_FORWARD] = -1;
+        for (int64_t l = 0; l < L; l++) {
+            double s = 0, m2 = 0;
+            int64_t nsat = 0;
+            int bad = 0;
+            for (int64_t r = 0; r < B; r++) s += st.rsum[l * B + r];
+            const double mean = s / BN;
+            for (int64_t r = 0; r < B; r++) {
+                const double d = st.rsum[l * B + r] / (double)N - mean;
+                m2 += st.rm2[l * B + r] + (double)N * d * d; /* Chan et al.'s combination */
+                nsat += st.rsat[l * B + r];
+                bad |= st.rbad[l * B + r];
             }
-            v += rv;
+            int64_t nd = 0;
+            for (int64_t j = 0; j < N; j++) {
+                unsigned char all = 1;
+                for (int t = 0; t < st.nth; t++) all &= st.dead[(l * st.nth + t) * N + j];
+                nd += all;
+            }
+            a->act_mean[l] = mean;
+            a->act_std[l] = sqrt(m2 / BN);
+            a->saturation[l] = (double)nsat / BN;
+            a->dead[l] = (double)nd / (double)N;
+            if (bad && a->info[GB_INFO_FORWARD] < 0) a->info[GB_INFO_FORWARD] = l;
         }
-        act_mean[l] = mean;
-        act_std[l] = sqrt(v / (double)BN);
-        saturation[l] = (double)nsat / (double)BN;
-        unsigned char *fl = cx.flag;
-        for (int64_t j = 0; j < N; j++) fl[j] = 1;
-        for (int64_t r = 0; r < B; r++)
-            for (int64_t j = 0; j < N; j++) fl[j] &= z[r * N + j] <= 0;
-        int64_t nd = 0;
-        for (int64_t j = 0; j < N; j++) nd += fl[j];
-        dead[l] = (double)nd / (double)N;
-        /* a finite sum means every entry is finite; otherwise look */
-        if (info[GB_INFO_FORWARD] < 0 && !isfinite(s) && !F(gb_all_finite)(hn, BN))
-            info[GB_INFO_FORWARD] = l;
     }
-    F(gb_ctx_free)(&cx);
-    free(zb);
-    return GB_OK;
+    free(st.wt[0]);
+    free(st.wt[1]);
+    free(st.zb);
+    free(st.rsum);
+    free(st.rm2);
+    free(st.rsat);
+    free(st.rbad);
+    free(st.dead);
+    free(st.amax);
+    return rc;
 }
 
-/* Normalise, clip and record dL/dh_l, now complete in G (the reference's finish()). The top
- * signal is only normalised (clip_mode 0): the caller has clipped it already. */
-static void F(gb_finish)(T *G, int64_t l, int clip_mode, double c, double *sig_m,
-                         int64_t *sig_e, int64_t *info, int64_t B, int64_t N, double *rowacc) {
-    int64_t e = sig_e[l] + F(gb_normalise_impl)(G, B * N);
-    if (clip_mode) {
-        e = F(gb_clip_signal_impl)(G, e, clip_mode, c, B, N, rowacc);
-        e += F(gb_normalise_impl)(G, B * N);
+/* ---------------------------------------------------------------- backward */
+typedef struct {
+    const gb_stack_arrays *a;
+    GEMM_FN gemm;
+    F(gb_cfg) cfg;
+    T *dz[2];             /* (B,N) dL/dz_l (layer parity) */
+    T *skip;              /* (B,N) dL/dh at the end of the current residual group */
+    double *rsq;          /* (L+1,B) per row: sum of squares of the normalised dL/dh_l */
+    unsigned char *rbad;  /* (L+1,B) per row: dL/dh_l has a non-finite entry */
+    double *rslope;       /* (L,B) per row: PReLU slope sums (PReLU only) */
+    double *gsq;          /* (L,N) per row of dW_l: sum of squares */
+    T *amax;              /* (2,nth) per thread: max|dL/dh_l| over its rows (layer parity) */
+    double *rowacc;       /* (max(B,N),) one thread's scratch (clipping) */
+} F(gb_bwd);
+
+/* Sum of squares of rows [r0, r1) into rsq[r] (8 lanes per row, then in order); finiteness */
+static void F(gb_row_sumsq)(const T *g, int64_t r0, int64_t r1, int64_t N, double *rsq, unsigned char *rbad) {
+    for (int64_t r = r0; r < r1; r++) {
+        rsq[r] = F(gb_sumsq_row)(g + r * N, N, 1.0, 1.0);
+        rbad[r] = !isfinite(rsq[r]) && !F(gb_all_finite)(g + r * N, N);
     }
-    sig_e[l] = e;
-    sig_m[l] = F(gb_norm)(G, B, N, rowacc);
-    if (info[GB_INFO_BACKWARD] < 0 && !isfinite(sig_m[l]) && !F(gb_all_finite)(G, B * N))
-        info[GB_INFO_BACKWARD] = l;
+}
+
+static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
+    F(gb_bwd) *st = arg;
+    const gb_stack_arrays *a = st->a;
+    const int64_t L = a->L, B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;
+    const T *W = a->W, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
+    const T *H = a->H, *Z = a->Z, *bn_rstd = a->bn_rstd;
+    T *G = a->G, *dW = a->dW, *db = a->db, *dgamma = a->dgamma, *dbeta = a->dbeta;
+    int64_t *sig_e = a->sig_e;
+    const int64_t *fexp = a->fexp;
+    const int f32 = sizeof(T) == sizeof(float);
+    int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
+    int64_t i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
+    T *g = G + r0 * N;
+    int sense = 0;
+    /* the top signal: normalised (the caller has clipped it); its scaling is applied to this
+     * thread's rows where they are next read (the activation backward), as every later one */
+    T *slot = st->amax + (L & 1) * nth;
+    slot[tid] = F(gb_absmax)(g, nr * N, 0);
+    gb_barrier_wait(bar, &sense);
+    int64_t e, skip_e = 0;
+    T m = 0;
+    for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
+    e = sig_e[L] + F(gb_scale_pow2)(g, nr * N, m);
+    F(gb_row_sumsq)(G, r0, r1, N, st->rsq + L * B, st->rbad + L * B);
+    if (tid == 0) sig_e[L] = e;
+    for (int64_t l = L - 1; l >= 0; l--) {
+        if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 */
+        r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
+        i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
+        g = G + r0 * N;
+        const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
+        const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, fexp[l], f32);
+        const int end_group = k && (l + 1) % k == 0;
+        T *dz = st->dz[l & 1];
+        if (end_group) { /* dL/dh_{l+1} also flows down the skip */
+            memcpy(st->skip + r0 * N, g, sizeof(T) * (size_t)(nr * N));
+            skip_e = e;
+        }
+        const T *Zl = Z + l * BN;
+        for (int64_t r = r0; r < r1; r++) {
+            const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N,
+                                                    st->cfg.bn ? gamma + l * N : NULL,
+                                                    st->cfg.bn ? beta + l * N : NULL, end_group,
+                                                    (T)st->cfg.alpha, &sc, N);
+            if (st->rslope) st->rslope[l * B + r] = s;
+        }
+        if (st->cfg.bn) { /* one thread */
+            F(gb_batchnorm_backward_impl)(dz, dgamma + l * N, dbeta + l * N, dz, Zl, bn_rstd + l * N,
+                                          gamma + l * N, B, N);
+        } else {
+            for (int64_t i = i0; i < i1; i++) dgamma[l * N + i] = dbeta[l * N + i] = 0;
+        }
+        if (st->gemm) { /* one thread: dW, db and dh = dz W by BLAS */
+            F(gb_dense_backward_ctx)(st->gemm, G, dW + l * NN, db + l * N, dz, H + l * BN, W + l * NN, B, N);
+        } else {
+            F(gb_gemm_own)(g, dz + r0 * N, N, 1, W + l * NN, NULL, nr, N, N); /* dh rows = dz rows W */
+        }
+        int64_t el = e;
+        if (k && l % k == 0) el = F(gb_add_aligned_impl)(g, e, st->skip + r0 * N, skip_e, 1.0, nr * N);
+        slot = st->amax + (l & 1) * nth;
+        slot[tid] = F(gb_absmax)(g, nr * N, 0);
+        gb_barrier_wait(bar, &sense); /* every row of dz_l and every slot written */
+        if (!st->gemm) { /* dW rows [i0, i1) = dz^T h over the whole batch, db likewise */
+            F(gb_gemm_own)(dW + l * NN + i0 * N, dz + i0, 1, N, H + l * BN, NULL, i1 - i0, N, B);
+            T *dbl = db + l * N; /* each db_i summed over the rows in order */
+            for (int64_t i = i0; i < i1; i++) dbl[i] = 0;
+            for (int64_t r = 0; r < B; r++)
+                for (int64_t i = i0; i < i1; i++) dbl[i] += dz[r * N + i];
+        }
+        for (int64_t i = i0; i < i1; i++) st->gsq[l * N + i] = F(gb_sumsq_row)(dW + l * NN + i * N, N, 1.0, 1.0);
+        m = 0;
+        for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
+        e = el + F(gb_scale_pow2)(g, nr * N, m);
+        if (st->cfg.clip) { /* one thread: clip and normalise again (the reference's finish) */
+            e = F(gb_clip_signal_impl)(G, e, st->cfg.clip, st->cfg.c, B, N, st->rowacc);
+            e += F(gb_normalise_impl)(G, BN);
+        }
+        F(gb_row_sumsq)(G, r0, r1, N, st->rsq + l * B, st->rbad + l * B);
+        if (tid == 0) sig_e[l] = e;
+    }
 }
 
 /* The backward driver: the contract of reference.stack_backward (arrays: abi.BACKWARD). */
 int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     const int64_t L = a->L, B = a->B, N = a->N;
-    const int64_t *icfg = a->icfg;
-    const double *fcfg = a->fcfg;
-    const T *W = a->W, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
-    const T *H = a->H, *Z = a->Z, *bn_rstd = a->bn_rstd;
-    T *G = a->G, *dW = a->dW, *db = a->db, *dgamma = a->dgamma, *dbeta = a->dbeta;
-    T *dslope = a->dslope;
-    double *sig_m = a->sig_m, *gnorm_m = a->gnorm_m;
-    int64_t *sig_e = a->sig_e, *gnorm_e = a->gnorm_e, *info = a->info;
-    const int64_t *fexp = a->fexp;
-    int rc = F(gb_check_cfg)(icfg, L, B, N);
+    F(gb_bwd) st;
+    memset(&st, 0, sizeof st);
+    st.a = a;
+    int nth, rc = F(gb_setup)(a, opts, 1, &st.cfg, &st.gemm, &nth);
     if (rc) return rc;
-    const int act = (int)icfg[GB_I_ACT], bn = icfg[GB_I_BN] != 0, rescale = icfg[GB_I_RESCALE_FWD] != 0;
-    const int clip_mode = (int)icfg[GB_I_CLIP];
-    const int64_t k = icfg[GB_I_RESIDUAL], BN = B * N, NN = N * N;
-    const double param = fcfg[GB_F_ACT_PARAM], alpha = fcfg[GB_F_RES_SCALE], c = fcfg[GB_F_CLIP];
-    const int f32 = sizeof(T) == sizeof(float);
-    F(gb_ctx) cx;
-    rc = F(gb_ctx_init)(&cx, opts, B, N, 0);
-    T *dz = F(gb_alloc)(sizeof(T) * (size_t)BN);
-    T *skip = k ? F(gb_alloc)(sizeof(T) * (size_t)BN) : NULL;
-    if (rc || !dz || (k && !skip)) {
-        F(gb_ctx_free)(&cx);
-        free(dz);
-        free(skip);
-        return GB_ENOMEM;
-    }
-    info[GB_INFO_BACKWARD] = -1;
-    F(gb_finish)(G, L, GB_CLIP_NONE, c, sig_m, sig_e, info, B, N, cx.rowacc);
-    int64_t skip_e = 0;
-    for (int64_t l = L - 1; l >= 0; l--) {
-        const int64_t e = sig_e[l + 1];
-        const double p = act == GB_PRELU ? (double)slope[l] : param;
-        const gb_scaled sc = gb_scaled_init(act, p, rescale, fexp[l], f32);
-        const int end_group = k && (l + 1) % k == 0;
-        if (end_group) { /* dL/dh_{l+1} also flows down the skip */
-            memcpy(skip, G, sizeof(T) * (size_t)BN);
-            skip_e = e;
+    const size_t BN = (size_t)(B * N), L1B = (size_t)((L + 1) * B);
+    st.dz[0] = F(gb_alloc)(sizeof(T) * BN);
+    st.dz[1] = F(gb_alloc)(sizeof(T) * BN);
+    st.skip = st.cfg.k ? F(gb_alloc)(sizeof(T) * BN) : NULL;
+    st.rsq = F(gb_alloc)(sizeof(double) * L1B);
+    st.rbad = F(gb_alloc)(L1B);
+    st.rslope = st.cfg.act == GB_PRELU ? F(gb_alloc)(sizeof(double) * (size_t)(L * B)) : NULL;
+    st.gsq = F(gb_alloc)(sizeof(double) * (size_t)(L * N));
+    st.amax = F(gb_alloc)(sizeof(T) * 2 * (size_t)nth);
+    st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
+    rc = GB_ENOMEM;
+    if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rsq && st.rbad &&
+        (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.amax && st.rowacc) {
+        rc = GB_OK;
+        gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
+        /* norms, slope sums and the first non-finite signal: rows combined in order */
+        a->info[GB_INFO_BACKWARD] = -1;
+        for (int64_t l = L; l >= 0; l--) {
+            double s = 0;
+            int bad = 0;
+            for (int64_t r = 0; r < B; r++) {
+                s += st.rsq[l * B + r];
+                bad |= st.rbad[l * B + r];
+            }
+            a->sig_m[l] = sqrt(s);
+            if (bad && a->info[GB_INFO_BACKWARD] < 0) a->info[GB_INFO_BACKWARD] = l;
         }
-        const T *Zl = Z + l * BN;
-        double ds = F(gb_activation_backward_layer)(dz, G, Zl, bn ? gamma + l * N : NULL,
-                                                    bn ? beta + l * N : NULL, end_group, (T)alpha,
-                                                    &sc, B, N, cx.rowacc, cx.nth);
-        dslope[l] = (T)ds;
-        if (bn) {
-            F(gb_batchnorm_backward_impl)(dz, dgamma + l * N, dbeta + l * N, dz, Zl, bn_rstd + l * N,
-                                     gamma + l * N, B, N);
-        } else {
-            for (int64_t j = 0; j < N; j++) dgamma[l * N + j] = dbeta[l * N + j] = 0;
+        T *dslope = a->dslope;
+        for (int64_t l = 0; l < L; l++) {
+            double s = 0;
+            if (st.rslope)
+                for (int64_t r = 0; r < B; r++) s += st.rslope[l * B + r];
+            dslope[l] = (T)s;
+            double g = 0;
+            for (int64_t i = 0; i < N; i++) g += st.gsq[l * N + i];
+            int64_t ge = 0;
+            if (g >= 0x1p-960 && g <= 0x1p960) /* else scaled (reference.norm_scaled) */
+                a->gnorm_m[l] = sqrt(g);
+            else
+                a->gnorm_m[l] = F(gb_norm_scaled)((const T *)a->dW + l * N * N, N, N, st.rowacc, &ge);
+            a->gnorm_e[l] = a->sig_e[l + 1] + a->fexp[l] + ge;
         }
-        F(gb_dense_backward_ctx)(&cx, G, dW + l * NN, db + l * N, dz, H + l * BN, W + l * NN, B, N);
-        int64_t ge;
-        gnorm_m[l] = F(gb_norm_scaled)(dW + l * NN, N, N, cx.rowacc, &ge);
-        gnorm_e[l] = e + fexp[l] + ge;
-        sig_e[l] = e;
-        if (k && l % k == 0) sig_e[l] = F(gb_add_aligned_impl)(G, e, skip, skip_e, 1.0, BN);
-        F(gb_finish)(G, l, clip_mode, c, sig_m, sig_e, info, B, N, cx.rowacc);
     }
-    F(gb_ctx_free)(&cx);
-    free(dz);
-    free(skip);
-    return GB_OK;
+    free(st.dz[0]);
+    free(st.dz[1]);
+    free(st.skip);
+    free(st.rsq);
+    free(st.rbad);
+    free(st.rslope);
+    free(st.gsq);
+    free(st.amax);
+    free(st.rowacc);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ exported layer pairs */
+#ifdef GB_LAYER_PAIRS
 /* The static layer functions above, callable one at a time (tests compare them layer by layer
  * with the reference). One thread, no BLAS: the drivers' own kernels. */
-int F(gb_dense_forward)(T *z, const T *h, const T *W, const T *b, int64_t B, int64_t N) {
-    F(gb_ctx) cx;
+int FP(gb_dense_forward)(T *z, const T *h, const T *W, const T *b, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
-    int rc = F(gb_ctx_init)(&cx, NULL, B, N, 1);
-    if (!rc) F(gb_dense_forward_ctx)(&cx, z, h, W, b, B, N);
-    F(gb_ctx_free)(&cx);
-    return rc;
+    T *wt = F(gb_alloc)(sizeof(T) * (size_t)(N * N));
+    if (!wt) return GB_ENOMEM;
+    F(gb_dense_forward_ctx)(NULL, wt, z, h, W, b, B, N);
+    free(wt);
+    return GB_OK;
 }
 
-int F(gb_dense_backward)(T *dh, T *dW, T *db, const T *dz, const T *h, const T *W, int64_t B, int64_t N) {
-    F(gb_ctx) cx;
+int FP(gb_dense_backward)(T *dh, T *dW, T *db, const T *dz, const T *h, const T *W, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
-    int rc = F(gb_ctx_init)(&cx, NULL, B, N, 0);
-    if (!rc) F(gb_dense_backward_ctx)(&cx, dh, dW, db, dz, h, W, B, N);
-    F(gb_ctx_free)(&cx);
-    return rc;
+    F(gb_dense_backward_ctx)(NULL, dh, dW, db, dz, h, W, B, N);
+    return GB_OK;
 }
 
-int F(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma, const T *beta,
+int FP(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma, const T *beta,
                             double eps, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
     F(gb_batchnorm_forward_impl)(y, xhat, mean, rstd, z, gamma, beta, eps, B, N);
     return GB_OK;
 }
 
-int F(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat, const T *rstd,
+int FP(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat, const T *rstd,
                              const T *gamma, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
     F(gb_batchnorm_backward_impl)(dz, dgamma, dbeta, dy, xhat, rstd, gamma, B, N);
     return GB_OK;
 }
 
-int F(gb_activation_forward)(T *a, const T *z, int64_t n, int act, double param, int rescale, int64_t f) {
+int FP(gb_activation_forward)(T *a, const T *z, int64_t n, int act, double param, int rescale, int64_t f) {
     if (act < GB_IDENTITY || act > GB_GELU) return GB_EBADACT;
     if (n < 0 || (rescale && act == GB_SIGMOID)) return GB_EBADARG;
     const gb_scaled s = gb_scaled_init(act, param, rescale, f, sizeof(T) == sizeof(float));
-    F(gb_activation_forward_sat)(a, z, n, &s, 0.0, 1);
+    unsigned char dead[64];
+    for (int64_t i = 0; i < n; i += 64) { /* rows of 64 (dead flags unused) */
+        const int64_t m = GB_MIN(64, n - i);
+        memset(dead, 1, sizeof dead);
+        F(gb_act_forward_row)(a + i, z + i, m, &s, 0.0, dead);
+    }
     return GB_OK;
 }
 
-int F(gb_activation_backward)(T *dz, double *dslope, const T *da, const T *z, int64_t B, int64_t N,
+int FP(gb_activation_backward)(T *dz, double *dslope, const T *da, const T *z, int64_t B, int64_t N,
                               int act, double param, int rescale, int64_t f) {
     if (act < GB_IDENTITY || act > GB_GELU) return GB_EBADACT;
     if (B < 1 || N < 1 || (rescale && act == GB_SIGMOID)) return GB_EBADARG;
-    double *rowacc = F(gb_alloc)(sizeof(double) * (size_t)B);
-    if (!rowacc) return GB_ENOMEM;
     const gb_scaled s = gb_scaled_init(act, param, rescale, f, sizeof(T) == sizeof(float));
-    *dslope = F(gb_activation_backward_layer)(dz, da, z, NULL, NULL, 0, (T)1, &s, B, N, rowacc, 1);
-    free(rowacc);
+    double total = 0; /* rows in order, as the driver */
+    for (int64_t r = 0; r < B; r++)
+        total += F(gb_act_backward_row)(dz + r * N, da + r * N, z + r * N, NULL, NULL, 0, (T)1, &s, N);
+    *dslope = total;
     return GB_OK;
 }
 
-int F(gb_normalise)(T *g, int64_t n, int64_t *e) {
+int FP(gb_normalise)(T *g, int64_t n, int64_t *e) {
     if (n < 0) return GB_EBADARG;
     *e = F(gb_normalise_impl)(g, n);
     return GB_OK;
 }
 
-int F(gb_add_aligned)(T *a, int64_t ea, const T *s, int64_t es, double scale, int64_t n, int64_t *e) {
+int FP(gb_add_aligned)(T *a, int64_t ea, const T *s, int64_t es, double scale, int64_t n, int64_t *e) {
     if (n < 0) return GB_EBADARG;
     *e = F(gb_add_aligned_impl)(a, ea, s, es, scale, n);
     return GB_OK;
 }
 
-int F(gb_clip_signal)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N, int64_t *e_out) {
+int FP(gb_clip_signal)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N, int64_t *e_out) {
     if (B < 1 || N < 1 || mode < GB_CLIP_NONE || mode > GB_CLIP_NORM) return GB_EBADARG;
     double *rowacc = F(gb_alloc)(sizeof(double) * (size_t)B);
     if (!rowacc) return GB_ENOMEM;
@@ -751,5 +1078,8 @@ int F(gb_clip_signal)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N,
     return GB_OK;
 }
 
+#endif /* GB_LAYER_PAIRS */
+
 #undef F
+#undef FP
 #undef MADD

@@ -8,11 +8,14 @@ the GIL around every C call, so two Python threads run the kernels at the same t
 codes of the C functions become exceptions. The layer functions (:func:`dense_forward`, ...)
 call the exported C layer pairs one at a time, with the reference's arguments, for tests.
 
-For wide layers the C drivers call the BLAS that SciPy ships (``dgemm``/``sgemm`` taken from
-``scipy.linalg.cython_blas`` at import and passed into C as function pointers); narrow layers use
-the register-blocked kernels in ``csrc/``. ``GRADBENCH_C_THREADS`` sets the number of threads of
-the own kernels (else ``OMP_NUM_THREADS``, else the cores this process may run on); results do
-not depend on it. SciPy's BLAS follows ``OPENBLAS_NUM_THREADS``.
+For very wide layers (``BLAS_MIN_WIDTH``) the C drivers call the BLAS that SciPy ships
+(``dgemm``/``sgemm`` taken from ``scipy.linalg.cython_blas`` at import and passed into C as
+function pointers); narrower ones use the register-blocked kernels in ``csrc/``.
+``GRADBENCH_C_THREADS`` sets the number of threads of the own kernels (else ``OMP_NUM_THREADS``,
+else the cores this process may run on); results do not depend on it. The threads live for one
+call only (no pool survives into a fork) and never run beside BLAS: a layer that calls BLAS runs
+the rest of its work on one thread and leaves the parallelism to BLAS's own threads (SciPy's
+OpenBLAS follows ``OPENBLAS_NUM_THREADS``).
 """
 
 from __future__ import annotations
@@ -39,14 +42,20 @@ _ERRORS = {
 }
 _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 
-# Layers at least this wide use BLAS for their three matrix products (measured on a 2-core AMD
-# EPYC (Zen 4) with SciPy's OpenBLAS: from width 64 on it is 10-40 % faster than the own
-# register-blocked kernels, below about even; the own kernels avoid BLAS's per-call overhead
-# and thread pool for the narrow layers of very deep stacks).
-BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 64, low=0)
-# B*N*N of a layer from which the own kernels use several threads: below it a parallel region
-# (microseconds to enter, far worse when the cores are shared) costs more than it saves.
-PAR_MIN_WORK = env_int("GRADBENCH_C_PAR_MIN_WORK", 1 << 22, low=0)
+# Layers at least this wide use BLAS for their three matrix products. Measured on the 2-core
+# AMD EPYC (Zen 5, AVX-512) with SciPy's OpenBLAS (its Haswell kernels), one thread, CPU time of
+# a whole forward + backward: own kernels 59.7 / 72.7 / 64.5 / 56.0 / 41.7 GF/s at N = 128 /
+# 256 / 512 / 1024 / 2048, BLAS 42.5 / 49.0 / 53.6 / 56.8 / 58.4 GF/s (the own products are not
+# blocked for caches yet; at N = 2048 W no longer fits in L2).
+BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 1024, low=0)
+# float32: the own products sum in float32 in one FMA chain per entry; from N ~ 128 on that
+# drifts further from NumPy's (pairwise-blocked) sgemm than batch norm over a small batch
+# tolerates (1e-4 of the layer at N = 130, B = 4: 9.4e-5 own, 1.9e-5 BLAS), so BLAS from 128.
+BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", 128, low=0)
+# B*N*N of a layer from which the own kernels use several threads (N = 64, B = 64 and up): one
+# barrier per layer costs ~1 us when both threads have a core. When they have not (a shared
+# machine), the team notices its waits and finishes the call on one thread (csrc/team.c).
+PAR_MIN_WORK = env_int("GRADBENCH_C_PAR_MIN_WORK", 1 << 18, low=0)
 
 
 def check(rc: int, what: str) -> None:
@@ -106,17 +115,26 @@ def _default_threads() -> int:
 
 
 def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,
-              par_min_work: int | None = None):
-    """A ``gb_opts`` struct for the drivers (BLAS pointers, thresholds, thread count)."""
+              par_min_work: int | None = None, isa: int = 0, solo_after: int = 0):
+    """A ``gb_opts`` struct for the drivers (BLAS pointers, thresholds, thread count, and the
+    instruction set: 0 the best this CPU runs, 1 baseline, 3 AVX2+FMA, 4 AVX-512 at most)."""
     o = ffi.new("gb_opts *")
     if blas:
         d, s = _blas()
         o.dgemm = ffi.cast("gb_dgemm_fn", d)
         o.sgemm = ffi.cast("gb_sgemm_fn", s)
     o.blas_min_width = BLAS_MIN_WIDTH if blas_min_width is None else int(blas_min_width)
+    o.blas_min_width_f32 = BLAS_MIN_WIDTH_F32 if blas_min_width is None else int(blas_min_width)
     o.nthreads = _default_threads() if nthreads is None else int(nthreads)
     o.par_min_work = PAR_MIN_WORK if par_min_work is None else int(par_min_work)
+    o.isa = int(isa)
+    o.solo_after = int(solo_after)  # tests: hand over to one thread after this many barriers
     return o
+
+
+def isa(opts=None) -> int:
+    """The instruction-set level the drivers run at (1 baseline, 3 AVX2+FMA, 4 AVX-512)."""
+    return int(lib.gb_isa(opts if opts is not None else _OPTS))
 
 
 # Immutable after import: read by every call, never written (no global mutable state).

@@ -77,11 +77,12 @@ def test_dphi_matches_reference(act, dtype):
     z = _grid(dtype)
     got, want = cb.dphi(z, code, param), A.dphi(z, code, param)
     assert got.dtype == want.dtype == z.dtype
-    # a few ulp of phi' itself (both evaluate it without cancellation), but for gelu: the
-    # reference's Phi + z phi_N is hundreds of ulps off where it is tiny (the rounding of -z/sqrt2
-    # and z^2, magnified by erfc and exp; the C version corrects both), so its scale max phi'
+    # a few ulp of phi' itself (both evaluate it without cancellation), but for gelu and swish,
+    # whose phi' crosses zero (the terms of s (1 + z s(-z)) and Phi + z phi_N cancel there) and
+    # where the reference's Phi + z phi_N is hundreds of ulps off for z << 0 (the rounding of
+    # -z/sqrt2 and z^2, magnified by erfc and exp; the C version corrects both): ulps of max phi'
     w = want.astype(np.float64)
-    scale = dphi_max(act, param) if act == "gelu" else np.finfo(dtype).tiny
+    scale = dphi_max(act, param) if act in ("gelu", "swish") else np.finfo(dtype).tiny
     tol = 8 * EPS[dtype] * np.maximum(np.abs(w), scale)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN pattern of {act}'")
     ok = ~np.isnan(want) & (got != want)
@@ -399,16 +400,84 @@ def test_blas_and_own_kernels_agree(width, dtype):
     _compare(blas, want, stack, "BLAS")
 
 
-@pytest.mark.parametrize("width, batch", [(64, 64), (40, 33), (8, 300)])
-def test_results_do_not_depend_on_thread_count(width, batch):
-    stack = gb.Stack(depth=8, width=width, activation="prelu", batch_norm=True, residual=2,
-                     clip="norm", clip_threshold=0.5)
+THREAD_STACKS = {  # every path of the threaded drivers: plain, residual, rescaled (zero bias), PReLU,
+    # and the one-thread paths (batch norm, signal clipping) called with several threads
+    "tanh": dict(activation="tanh", sigma_b=0.2),
+    "relu-res-rescaled": dict(activation="relu", residual=2, residual_scale=0.5),
+    "elu-rescaled": dict(activation="elu"),
+    "prelu": dict(activation="prelu", sigma_b=0.1),
+    "gelu-f32": dict(activation="gelu", sigma_b=0.1, dtype="float32"),
+    "bn-clip": dict(activation="prelu", batch_norm=True, residual=2, clip="norm", clip_threshold=0.5),
+}
+
+
+@pytest.mark.parametrize("width, batch", [(64, 64), (40, 33), (8, 300), (24, 3)])
+@pytest.mark.parametrize("case", list(THREAD_STACKS))
+def test_results_do_not_depend_on_thread_count(case, width, batch):
+    stack = gb.Stack(depth=8, width=width, init="he_normal", **THREAD_STACKS[case])
     params, x = _problem(stack, batch)
-    runs = [_run(*_c_with(cb.make_opts(nthreads=t, blas=False, par_min_work=0)), stack, params, x)
-            for t in (1, 2, 3, 2)]
+    runs = [_run(*_c_with(cb.make_opts(nthreads=t, blas=False, par_min_work=0, solo_after=s)), stack, params, x)
+            for t, s in ((1, 0), (2, 0), (3, 0), (2, 0), (5, 0), (2, 4), (3, 1))]  # s: one thread from then on
     for other in runs[1:]:
         for name, a in runs[0].items():
             np.testing.assert_array_equal(other[name], a, err_msg=name)
+    want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
+    _compare(runs[1], want, stack, f"{case} 2 threads")
+
+
+ISAS = [i for i in (1, 3, 4) if i <= cb.isa()]  # baseline, AVX2+FMA, AVX-512: those this CPU runs
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", ["tanh", "relu-res-rescaled", "gelu-f32", "bn-clip"])
+def test_every_instruction_set_matches_reference(case, isa):
+    """The portable build: the baseline instance (no -march, e.g. SSE2 on x86-64) and the
+    AVX2/AVX-512 instances chosen at run time all match the reference, and each is
+    bit-identical across thread counts."""
+    stack = gb.Stack(depth=8, width=40, init="he_normal", **THREAD_STACKS[case])
+    params, x = _problem(stack, 33)
+    assert cb.isa(cb.make_opts(isa=isa)) == isa
+    runs = [_run(*_c_with(cb.make_opts(nthreads=t, isa=isa, par_min_work=0, blas=False)), stack, params, x)
+            for t in (1, 2)]
+    for name, a in runs[0].items():
+        np.testing.assert_array_equal(runs[1][name], a, err_msg=f"isa {isa}: {name}")
+    want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
+    _compare(runs[0], want, stack, f"{case} isa {isa}")
+
+
+def _fork_child(seed):
+    """In a forked child: a threaded C call must not hang (a GNU OpenMP pool would)."""
+    stack = gb.Stack(depth=3, width=32, activation="tanh")
+    params = gb.init_params(stack, seed)
+    res = gb.backprop(stack, params, gb.gaussian_input(stack, 4096, seed), backend="c")
+    return float(res.grad_norm.log10()[0])
+
+
+def test_fork_after_a_threaded_call_does_not_hang():
+    """Issue 14: after one C call big enough to run threads (width 32, batch 4096),
+    multiprocessing.Pool(2).map with fork children must finish. Runs in a subprocess with a
+    timeout, so that a hang fails the test instead of blocking the suite."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import multiprocessing as mp, numpy as np, gradbench as gb
+        from gradbench import cbackend as cb
+        from tests.test_c import _fork_child
+        stack = gb.Stack(depth=3, width=32, activation="tanh")
+        opts = cb.make_opts(nthreads=2, blas=False, par_min_work=0)
+        assert opts.nthreads == 2
+        gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 4096, 1), backend="c")
+        with mp.get_context("fork").Pool(2) as pool:
+            out = pool.map(_fork_child, [1, 2, 3, 4])
+        assert all(np.isfinite(out)), out
+        print("ok", len(out))
+    """)
+    env = dict(__import__("os").environ, GRADBENCH_C_THREADS="2")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent), env=env)
+    assert proc.returncode == 0 and "ok 4" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_two_python_threads_at_once_match_serial():

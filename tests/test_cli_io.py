@@ -125,7 +125,8 @@ def test_run_torch_without_torch_exits_2_with_the_install_line(tmp_path, capsys,
 
     (tmp_path / "model.pt").write_bytes(b"x")
     monkeypatch.setitem(sys.modules, "torch", None)
-    monkeypatch.delitem(sys.modules, "gradbench.torch_io", raising=False)
+    for name in ("gradbench.torch_io", "gradbench.torch_model"):  # imported afresh, without torch
+        monkeypatch.delitem(sys.modules, name, raising=False)
     code, out, err = run(["run", "--torch", str(tmp_path / "model.pt")], capsys)
     assert code == 2 and "pip install 'gradbench[torch]'" in err and len(err.strip().splitlines()) == 1
 

@@ -1,0 +1,62 @@
+/* The exported stack drivers: each calls the instance compiled for the best instruction set
+ * this CPU runs (stack_{f64,f32}{,_v3,_v4}.c), or a lower one asked for in opts->isa (tests).
+ *
+ * Why: a build with -march=native dies with SIGILL on an older CPU, a baseline build leaves
+ * AVX2/AVX-512 unused. So the default build compiles the kernels three times on x86-64 (the
+ * build's flags; AVX2+FMA; AVX-512) and chooses here, per call, from the CPU's features
+ * (__builtin_cpu_supports also checks that the OS saves the wider registers). Elsewhere (another
+ * architecture, another compiler) only the build's own instance exists. Results are
+ * bit-identical across thread counts for one instance; instances may differ in the last bits
+ * (the matrix products use FMA where the instruction set has it). */
+#include "gb_internal.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GB_X86_VARIANTS 1
+#endif
+
+/* 4: AVX-512 (x86-64-v4), 3: AVX2 + FMA (x86-64-v3), 1: the build's baseline */
+static int gb_isa_best(void) {
+#ifdef GB_X86_VARIANTS
+    __builtin_cpu_init();
+    const int v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                   __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
+    if (v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512cd"))
+        return 4;
+    if (v3) return 3;
+#endif
+    return 1;
+}
+
+int gb_isa(const gb_opts *opts) {
+    const int best = gb_isa_best();
+    const int64_t want = opts ? opts->isa : 0;
+    return (want >= 1 && want < best) ? (want >= 4 ? 4 : (want >= 3 ? 3 : 1)) : best;
+}
+
+#define GB_DRIVER(name)                                                                        \
+    int name##_v0(const gb_stack_arrays *a, const gb_opts *opts);                              \
+    GB_DRIVER_X86(name)                                                                        \
+    int name(const gb_stack_arrays *a, const gb_opts *opts) {                                  \
+        switch (gb_isa(opts)) {                                                                \
+            GB_CASES_X86(name)                                                                 \
+        default: return name##_v0(a, opts);                                                    \
+        }                                                                                      \
+    }
+#ifdef GB_X86_VARIANTS
+#define GB_DRIVER_X86(name)                                                                    \
+    int name##_v3(const gb_stack_arrays *a, const gb_opts *opts);                              \
+    int name##_v4(const gb_stack_arrays *a, const gb_opts *opts);
+#define GB_CASES_X86(name)                                                                     \
+    case 4: return name##_v4(a, opts);                                                         \
+    case 3: return name##_v3(a, opts);
+#else
+#define GB_DRIVER_X86(name)
+#define GB_CASES_X86(name)
+#endif
+
+GB_DRIVER(gb_stack_forward_f64)
+GB_DRIVER(gb_stack_forward_f32)
+GB_DRIVER(gb_stack_backward_f64)
+GB_DRIVER(gb_stack_backward_f32)

@@ -1,0 +1,130 @@
+/* A team of threads for one driver call, and its barrier (declared in gb_internal.h).
+ *
+ * Why not OpenMP: GNU OpenMP keeps a pool of threads alive between calls, spinning for a while
+ * after each parallel region (they competed with BLAS's own threads for the two cores), and a
+ * process forked after the pool started hangs at its next parallel region (multiprocessing's
+ * Pool.map on Linux). Here the threads live only during one call: created at its start, joined
+ * at its end, so nothing survives into a fork and nothing spins while BLAS or Python runs.
+ * Creating two threads costs ~20-50 us, next to calls of milliseconds.
+ *
+ * The barrier spins briefly (a layer's work on the other thread usually ends within
+ * microseconds) and then sleeps on a condition variable: a thread whose partner was descheduled
+ * on a shared machine does not burn the core the partner needs. On such a machine a team can
+ * be slower than one thread (every layer waits for a partner that has no core): the barrier
+ * measures how long the first arrival waited for the last; once these waits add up to more
+ * than GB_SOLO_SKEW of the time since the first barrier (which also waits for the helpers to
+ * start, and is not counted; two threads then gain less than ~1.3x and soon lose), it sets
+ * `solo` and the drivers finish the call on one thread. Results do not
+ * depend on the thread count, so they do not change.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+#include "gb_internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define GB_PAUSE() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define GB_PAUSE() __asm__ __volatile__("yield")
+#else
+#define GB_PAUSE() ((void)0)
+#endif
+
+/* spins (~1 us per 100 on current x86) before sleeping */
+#define GB_SPIN 4000
+#define GB_SOLO_MIN_WAITS 6 /* judge after this many barriers */
+#define GB_SOLO_SKEW 0.35   /* the share of the time threads spent waiting for a late partner */
+
+static int64_t gb_now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+void gb_barrier_wait(gb_barrier *b, int *sense) {
+    if (!b || b->n <= 1) return;
+    const int s = !*sense;
+    *sense = s;
+    const int64_t now = gb_now_ns();
+    const int rank = atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel);
+    if (rank == 0) atomic_store_explicit(&b->t_first, now, memory_order_relaxed);
+    if (rank == b->n - 1) { /* the last to arrive: the others wait until the sense flips */
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        const int64_t t = gb_now_ns();
+        if (b->waits++ == 0) { /* the first wait also covers the helpers' start: judged from here */
+            b->t_start = t;
+        } else {
+            b->skew += t - atomic_load_explicit(&b->t_first, memory_order_relaxed);
+            if (b->waits >= GB_SOLO_MIN_WAITS && (double)b->skew > GB_SOLO_SKEW * (double)(t - b->t_start))
+                b->solo = 1;
+        }
+        if (b->solo_after > 0 && b->waits >= b->solo_after) b->solo = 1;
+        pthread_mutex_lock(&b->mu);
+        atomic_store_explicit(&b->sense, s, memory_order_release);
+        pthread_cond_broadcast(&b->cv);
+        pthread_mutex_unlock(&b->mu);
+        return;
+    }
+    for (int i = 0; i < GB_SPIN; i++) {
+        if (atomic_load_explicit(&b->sense, memory_order_acquire) == s) return;
+        GB_PAUSE();
+    }
+    pthread_mutex_lock(&b->mu);
+    while (atomic_load_explicit(&b->sense, memory_order_acquire) != s) pthread_cond_wait(&b->cv, &b->mu);
+    pthread_mutex_unlock(&b->mu);
+}
+
+typedef struct {
+    gb_team_fn fn;
+    void *arg;
+    gb_barrier *bar;
+    int tid, nth;
+    int *gate; /* 0: wait, 1: run, -1: return without running (a helper could not be created) */
+} gb_member;
+
+static void *gb_member_main(void *p) {
+    gb_member *m = p;
+    pthread_mutex_lock(&m->bar->mu);
+    while (*m->gate == 0) pthread_cond_wait(&m->bar->cv, &m->bar->mu);
+    const int go = *m->gate > 0;
+    pthread_mutex_unlock(&m->bar->mu);
+    if (go) m->fn(m->arg, m->tid, m->nth, m->bar);
+    return NULL;
+}
+
+int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after) {
+    gb_barrier bar;
+    gb_member m[GB_MAX_THREADS];
+    pthread_t th[GB_MAX_THREADS];
+    int gate = 0, started = 0;
+    if (nth > GB_MAX_THREADS) nth = GB_MAX_THREADS;
+    if (nth > 1 && !pthread_mutex_init(&bar.mu, NULL)) {
+        if (!pthread_cond_init(&bar.cv, NULL)) {
+            atomic_init(&bar.count, 0);
+            atomic_init(&bar.sense, 0);
+            atomic_init(&bar.t_first, 0);
+            bar.n = nth;
+            bar.solo = 0;
+            bar.waits = bar.skew = 0;
+            bar.t_start = gb_now_ns();
+            bar.solo_after = solo_after;
+            for (int t = 1; t < nth; t++) {
+                m[t] = (gb_member){fn, arg, &bar, t, nth, &gate};
+                if (pthread_create(&th[t], NULL, gb_member_main, &m[t])) break;
+                started++;
+            }
+            /* all helpers or none: results do not depend on the thread count */
+            pthread_mutex_lock(&bar.mu);
+            gate = started == nth - 1 ? 1 : -1;
+            pthread_cond_broadcast(&bar.cv);
+            pthread_mutex_unlock(&bar.mu);
+            if (gate > 0) fn(arg, 0, nth, &bar);
+            for (int t = 1; t <= started; t++) pthread_join(th[t], NULL);
+            pthread_cond_destroy(&bar.cv);
+        }
+        pthread_mutex_destroy(&bar.mu);
+    }
+    if (gate > 0) return nth;
+    fn(arg, 0, 1, NULL);
+    return 1;
+}
