@@ -1,9 +1,10 @@
 /* The recurrent cells (vanilla RNN, LSTM, GRU) through time, written once over the real type REAL.
  *
  * Included by recurrent_f64.c (REAL = double) and recurrent_f32.c (REAL = float), which define REAL (the
- * real type: T is the number of steps here, as in gb_recurrent_arrays), SFX
- * (f64/f32), TLDEXP, TFABS, T_MAX_EXP (the largest e with 2^e finite in REAL), GEMM_FN and
- * GEMM_FIELD (the BLAS pointer of gb_opts).
+ * real type: T is the number of steps here, as in gb_recurrent_arrays), SFX (f64/f32), GB_ISA
+ * (v0/v3/v4: the instruction-set instance, as the stack's, see dispatch.c), TLDEXP, TFABS,
+ * T_MAX_EXP (the largest e with 2^e finite in REAL), GEMM_FN, GEMM_FIELD (the BLAS pointer of
+ * gb_opts) and BLAS_MIN_FIELD (its width threshold). recurrent_dispatch.c exports the drivers.
  *
  * The contract is gradbench/recurrent/reference.py (the NumPy oracle, same names and steps) over
  * the arrays of gradbench/recurrent/abi.py (gb_recurrent_arrays). Dimension letters: T steps,
@@ -38,7 +39,8 @@
 
 #define GB_CAT2(a, b) a##_##b
 #define GB_CAT(a, b) GB_CAT2(a, b)
-#define F(name) GB_CAT(name, SFX)
+#define F(name) GB_CAT(GB_CAT(name, SFX), GB_ISA) /* this instance's: gb_lstm_forward_f64_v4 */
+#define FP(name) GB_CAT(name, SFX)                /* the headers' and the exported ones: gb_tanh_grad_f64 */
 #define GB_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define GB_MAX(a, b) ((a) > (b) ? (a) : (b))
 
@@ -197,7 +199,7 @@ static void F(gb_gram)(GEMM_FN g, int own, REAL *Y, const REAL *Xr, int64_t R, i
 
 /* Own kernels for this width? (N below gb_opts.blas_min_width, or no BLAS) */
 static int F(gb_use_own)(const gb_opts *opts, int64_t N) {
-    return !opts || !opts->GEMM_FIELD || N < opts->blas_min_width;
+    return !opts || !opts->GEMM_FIELD || N < opts->BLAS_MIN_FIELD;
 }
 
 /* W^T (K, GN) of W (GN, K), for the own products; NULL when BLAS does them (or on ENOMEM: *rc) */
@@ -528,14 +530,14 @@ static int F(gb_input_projection)(const gb_opts *opts, REAL *U, const REAL *X, c
 static int64_t F(gb_rnn_activation)(REAL *h, REAL *da, const REAL *z, int64_t n, int act, REAL p, double thr) {
     int64_t nsat = 0;
     if (act == GB_TANH) {
-        F(gb_tanh_grad)(h, da, z, n);
+        FP(gb_tanh_grad)(h, da, z, n);
     } else if (act == GB_SIGMOID) {
-        F(gb_sigmoid_grad)(h, da, z, n);
+        FP(gb_sigmoid_grad)(h, da, z, n);
     } else {
         for (int64_t i = 0; i < n; i++) {
             const REAL zi = z[i];
-            h[i] = F(gb_phi)(zi, act, p);
-            da[i] = F(gb_dphi)(zi, act, p);
+            h[i] = FP(gb_phi)(zi, act, p);
+            da[i] = FP(gb_dphi)(zi, act, p);
         }
     }
     for (int64_t i = 0; i < n; i++) nsat += (double)da[i] < thr;
@@ -598,9 +600,9 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
 /* The gate values a and derivatives da of one row of pre-activations z (G blocks of N; the
  * tanh block is 2, the others sigmoid): the reference's gates().    a, da, z (G N,) */
 static void F(gb_gates_row)(REAL *a, REAL *da, const REAL *z, int64_t N, int G) {
-    F(gb_sigmoid_grad)(a, da, z, 2 * N);
-    F(gb_tanh_grad)(a + 2 * N, da + 2 * N, z + 2 * N, N);
-    if (G == 4) F(gb_sigmoid_grad)(a + 3 * N, da + 3 * N, z + 3 * N, N);
+    FP(gb_sigmoid_grad)(a, da, z, 2 * N);
+    FP(gb_tanh_grad)(a + 2 * N, da + 2 * N, z + 2 * N, N);
+    if (G == 4) FP(gb_sigmoid_grad)(a + 3 * N, da + 3 * N, z + 3 * N, N);
 }
 
 int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
@@ -635,7 +637,7 @@ int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
             const REAL *i = ar, *f = ar + N, *gg = ar + 2 * N;
             for (int64_t j = 0; j < N; j++) c[r * N + j] = f[j] * cp[r * N + j] + i[j] * gg[j];
         }
-        F(gb_tanh_grad)(tc, tc + BN, c, BN); /* tanh(c_t) as the backward recomputes it */
+        FP(gb_tanh_grad)(tc, tc + BN, c, BN); /* tanh(c_t) as the backward recomputes it */
         for (int64_t r = 0; r < B; r++) {
             const REAL *o = ga + r * GN + 3 * N;
             for (int64_t j = 0; j < N; j++) h[r * N + j] = o[j] * tc[r * N + j];
@@ -681,9 +683,9 @@ int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
             const REAL *pr = P + r * GN;
             for (int64_t j = 0; j < 2 * N; j++) zr[j] = zr[j] + pr[j];      /* z_r, z_z */
             for (int64_t j = 0; j < N; j++) hr[j] = pr[2 * N + j] + b_hn[j]; /* hn */
-            F(gb_sigmoid_grad)(ar, dr, zr, 2 * N);                          /* r, z */
+            FP(gb_sigmoid_grad)(ar, dr, zr, 2 * N);                          /* r, z */
             for (int64_t j = 0; j < N; j++) zr[2 * N + j] = zr[2 * N + j] + ar[j] * hr[j]; /* z_n */
-            F(gb_tanh_grad)(ar + 2 * N, dr + 2 * N, zr + 2 * N, N);        /* n */
+            FP(gb_tanh_grad)(ar + 2 * N, dr + 2 * N, zr + 2 * N, N);        /* n */
             const REAL *z = ar + N, *n = ar + 2 * N, *hpr = hp + r * N;
             for (int64_t j = 0; j < N; j++) h[r * N + j] = ((REAL)1 - z[j]) * n[j] + z[j] * hpr[j];
         }
@@ -844,7 +846,7 @@ int F(gb_lstm_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
         const REAL *tc = cx.tc, *dtc = cx.dtc;
         REAL *dz = cx.zx + k * B * GN, *gh = cx.gg, *gc = cx.gg + BN;
         for (int64_t r = 0; r < B; r++) F(gb_gates_row)(cx.ga + r * GN, cx.gda + r * GN, Zt + r * GN, N, 4);
-        F(gb_tanh_grad)(cx.tc, cx.dtc, ((REAL *)a->C) + (t + 1) * BN, BN);
+        FP(gb_tanh_grad)(cx.tc, cx.dtc, ((REAL *)a->C) + (t + 1) * BN, BN);
         for (int64_t r = 0; r < B; r++) {
             const REAL *i = cx.ga + r * GN, *f = i + N, *gg = i + 2 * N, *o = i + 3 * N;
             const REAL *di = cx.gda + r * GN, *df = di + N, *dg = di + 2 * N, *dout = di + 3 * N;
@@ -914,15 +916,18 @@ int F(gb_gru_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
 }
 
 /* ------------------------------------------------------------------ exported for tests */
-int F(gb_gates)(REAL *a, REAL *da, const REAL *z, int64_t n, int kind) {
+#ifdef GB_RECURRENT_EXPORTS
+int FP(gb_gates)(REAL *a, REAL *da, const REAL *z, int64_t n, int kind) {
     if (n < 0 || kind < 0 || kind > 1) return GB_EBADARG;
     if (kind == 0)
-        F(gb_sigmoid_grad)(a, da, z, n);
+        FP(gb_sigmoid_grad)(a, da, z, n);
     else
-        F(gb_tanh_grad)(a, da, z, n);
+        FP(gb_tanh_grad)(a, da, z, n);
     return GB_OK;
 }
+#endif
 
 #undef F
+#undef FP
 #undef GB_MIN
 #undef GB_MAX

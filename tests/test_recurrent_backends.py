@@ -304,11 +304,14 @@ def test_saved_arrays_are_the_forward_tables():
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_c_products_blas_and_own(cell):
     """The C kernels' three product paths (BLAS from width 64, the own tiles below, the own tiles
-    without any BLAS) against the reference, with widths that leave remainders in every tile."""
+    without any BLAS) and the lower instruction-set instances against the reference, with widths
+    that leave remainders in every tile."""
     cb = pytest.importorskip("gradbench.recurrent.cbackend", reason="C extension not built")
     from gradbench.cbackend import make_opts
 
-    for N, B, opts in ((70, 5, None), (21, 7, None), (21, 7, make_opts(blas=False)), (9, 3, make_opts(blas=False))):
+    cases = [(70, 5, None), (21, 7, None), (21, 7, make_opts(blas=False)), (9, 3, make_opts(blas=False))]
+    cases += [(21, 7, make_opts(isa=isa)) for isa in (1, 3)]  # the baseline and AVX2 instances (where they run)
+    for N, B, opts in cases:
         rnn = gb.Recurrent(cell=cell, steps=25, hidden=N, input_dim=3, sigma_b=0.2)
         params, xs, _ = problem(rnn, B)
         fwd, rb = run_cell(rbackends.get_backend("numpy"), rnn, params, xs)

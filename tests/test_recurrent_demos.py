@@ -1,9 +1,12 @@
 """The recurrent demonstrations, measured and asserted with margins (gradbench.recurrent.train).
 
-Recall the first of 100 symbols (512 training sequences, Adam lr 0.003, 24 epochs, global
-gradient-norm clipping 1, seed 0; seeds 0-3 behave alike, see the slow test): the vanilla tanh
-RNN stays at chance (its gradient at step 0 is 10^-7 .. 10^-11 of the last step's at the start),
-the LSTM (forget bias 5) and the GRU (update-gate bias 5) solve it (loss < 0.01, accuracy 1.0).
+Recall the first of 100 symbols (512 training sequences, Adam lr 0.002, 32 epochs, global
+gradient-norm clipping 1, seed 0; seeds 0-5 behave alike, 1-3 in the slow test): the vanilla tanh
+RNN stays at chance (held-out loss 0.72-0.77, accuracy 0.45-0.54; its gradient at step 0 is
+10^-6 .. 10^-11 of the last step's at the start), the LSTM (forget bias 5) and the GRU (update-gate
+bias 5) solve it (loss 0.001-0.008, accuracy >= 0.99). Training is sensitive to the last bits of
+the arithmetic (another instruction-set instance of the kernels trains another trajectory), hence
+the margins: < 0.1 and >= 0.98.
 A linear RNN with recurrent gain 1.5 over 20 steps turns non-finite in epoch 1 under plain SGD
 lr 0.1; clipped to global norm 1 it trains (10^2-10^3 down to 0.3-0.6, accuracy 0.7-0.9).
 """
@@ -30,7 +33,7 @@ def _check_memory(name, seed):
         assert np.nanmin(r.eval_loss) > 0.65
         assert gap < -5, gap  # why: the gradient from step 0 is 10^-5 and less of the last step's
     else:
-        assert r.final_loss < 0.02 and r.final_accuracy >= 0.99, r.summary()
+        assert r.final_loss < 0.1 and r.final_accuracy >= 0.98, r.summary()
         assert gap > -1.5, gap  # the gated cells carry it through 100 steps
     return r
 

@@ -253,7 +253,7 @@ def _register(demo: RecurrentDemo) -> None:
 
 
 _MEMORY = dict(steps=100, hidden=16, clip="norm", clip_threshold=1.0, clip_on="global")
-_ADAM = dict(optimizer="adam", lr=0.003, batch_size=32, epochs=24, seed=0)
+_ADAM = dict(optimizer="adam", lr=0.002, batch_size=32, epochs=32, seed=0)
 _register(RecurrentDemo("memory-rnn", "recall the first of 100 symbols: vanilla tanh RNN (Gaussian W_hh)",
                         {**_MEMORY, "cell": "rnn", "recurrent_init": "normal"}, _ADAM))
 _register(RecurrentDemo("memory-lstm", "the same with an LSTM (forget-gate bias 5)",
