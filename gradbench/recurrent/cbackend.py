@@ -3,8 +3,8 @@
 Each function takes exactly the arguments of :mod:`gradbench.recurrent.reference` (the tables of
 :mod:`gradbench.recurrent.abi`), validates them with :func:`gradbench.abi.check`, fills one
 ``gb_recurrent_arrays`` struct of pointers (``ffi.from_buffer``, never copied) and makes one C
-call (cffi releases the GIL). The matrix products go to SciPy's BLAS, as for the stacks
-(:func:`gradbench.cbackend.make_opts`).
+call (cffi releases the GIL). From width :data:`BLAS_MIN_WIDTH` on the matrix products go to
+SciPy's BLAS (:func:`gradbench.cbackend.make_opts`), below it to the kernels' own tiles.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from gradbench.cbackend import check, ffi, lib, make_opts, pointer, suffix  # no
 from gradbench.recurrent.abi import TABLES
 
 _FIELD_TYPE = {name: field.type for name, field in ffi.typeof("gb_recurrent_arrays").fields}
-_OPTS = make_opts()
+# Cells from this width on give their products to BLAS: the recurrent kernels' own register tiles
+# (4 x 16 doubles, no cache blocking, W_hh^T packed once per call) win below it, BLAS above
+# (measured, float64, one thread: the whole LSTM pass 1.3x faster with the own tiles at N = 128,
+# B = 32; 1.45x faster with BLAS at N = 512, B = 64). The stack kernels' tiles are tuned apart
+# (gradbench.cbackend.BLAS_MIN_WIDTH).
+BLAS_MIN_WIDTH = 256
+_OPTS = make_opts(blas_min_width=BLAS_MIN_WIDTH)
 
 
 def _driver(function: str, opts, arrays: tuple) -> None:
