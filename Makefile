@@ -54,23 +54,37 @@ clean:
 
 # Benchmarks (benchmarks/README.md): pytest-benchmark JSON in benchmarks/results/, a table per
 # case (time, GF/s, speed-up vs NumPy and vs the best peer) and the figure out/<name>.png.
-# One thread per implementation by default (robust ratios on a shared machine); BENCH_THREADS=2
-# for two, BENCH_THREADS= for each library's default. BENCH_ARGS="-k relu" selects cases.
+# Two runs. The grid (test_bench.py, test_deep.py): one thread per implementation by default,
+# the whole run pinned to one CPU with taskset (robust ratios on a shared machine); BENCH_THREADS=2
+# for two threads, BENCH_THREADS= for each library's default (both unpinned). The targets, thread
+# scaling and sweep throughput (the other files) set threads and CPUs per subprocess themselves,
+# at library defaults too, so they never run under taskset. BENCH_ARGS="-k relu" selects cases.
 BENCH_THREADS ?= 1
 BENCH_ARGS    ?=
 BENCH_ENV     ?= $(if $(BENCH_THREADS),OMP_NUM_THREADS=$(BENCH_THREADS) OPENBLAS_NUM_THREADS=$(BENCH_THREADS) \
-	MKL_NUM_THREADS=$(BENCH_THREADS) NUMBA_NUM_THREADS=$(BENCH_THREADS) \
+	MKL_NUM_THREADS=$(BENCH_THREADS) NUMBA_NUM_THREADS=$(BENCH_THREADS) GRADBENCH_C_THREADS=$(BENCH_THREADS) \
 	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=$(BENCH_THREADS)")
-BENCH_RUN      = $(BENCH_ENV) $(PY) -m pytest benchmarks -q --benchmark-enable --benchmark-columns=min,median,rounds
+BENCH_PIN     := $(if $(filter 1,$(BENCH_THREADS)),$(shell command -v taskset >/dev/null 2>&1 && echo taskset -c 0))
+BENCH_PYTEST   = $(PY) -m pytest -q --benchmark-enable --benchmark-columns=min,median,rounds
+BENCH_GRID     = benchmarks/test_bench.py benchmarks/test_deep.py
+BENCH_OTHER    = $(filter-out $(BENCH_GRID),$(wildcard benchmarks/test_*.py))
+R             := benchmarks/results
 
 bench-quick: $(VENV)/.installed-test
-	GRADBENCH_BENCH_BUDGET=1.5 $(BENCH_RUN) -m "not slow and not bench_full" \
-	  --benchmark-json=benchmarks/results/bench-quick.json $(BENCH_ARGS); \
-	rc=$$?; $(PY) -m gradbench.benchreport benchmarks/results/bench-quick.json; exit $$rc
+	GRADBENCH_BENCH_BUDGET=1.5 $(BENCH_ENV) $(BENCH_PIN) $(BENCH_PYTEST) $(BENCH_GRID) -m "not slow and not bench_full" \
+	  --benchmark-json=$(R)/bench-quick.json $(BENCH_ARGS); rc1=$$?; \
+	GRADBENCH_BENCH_BUDGET=1.5 $(BENCH_PYTEST) $(BENCH_OTHER) -m "not slow and not bench_full" \
+	  --benchmark-json=$(R)/bench-quick-targets.json $(BENCH_ARGS); rc2=$$?; \
+	$(PY) -m gradbench.benchreport $(R)/bench-quick.json $(R)/bench-quick-targets.json; \
+	[ $$rc1 -eq 0 ] && [ $$rc2 -eq 0 ]
 
 bench: $(VENV)/.installed-test
-	GRADBENCH_BENCH_BUDGET=5 $(BENCH_RUN) -m "not slow" --benchmark-json=benchmarks/results/bench.json $(BENCH_ARGS); \
-	rc=$$?; $(PY) -m gradbench.benchreport benchmarks/results/bench.json; exit $$rc
+	GRADBENCH_BENCH_BUDGET=5 $(BENCH_ENV) $(BENCH_PIN) $(BENCH_PYTEST) $(BENCH_GRID) -m "not slow" \
+	  --benchmark-json=$(R)/bench.json $(BENCH_ARGS); rc1=$$?; \
+	GRADBENCH_BENCH_BUDGET=5 $(BENCH_PYTEST) $(BENCH_OTHER) -m "not slow" \
+	  --benchmark-json=$(R)/bench-targets.json $(BENCH_ARGS); rc2=$$?; \
+	$(PY) -m gradbench.benchreport $(R)/bench.json $(R)/bench-targets.json; \
+	[ $$rc1 -eq 0 ] && [ $$rc2 -eq 0 ]
 
 # The C kernels under AddressSanitizer and UBSan: the extension built again in build/asan (the
 # normal build is untouched) and put first on gradbench's package path, then tests/test_c.py and

@@ -68,9 +68,9 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
         ``"numpy"`` (the reference), ``"numba"``, ``"c"`` or ``"auto"`` (fastest available).
     checkpoint : "auto", int or None
         Store every k-th activation and recompute the segments in the backward pass
-        (a multiple of the residual group size). ``"auto"``: only when the plain run would
-        need more than ``memory_budget``, with k ~ sqrt(L). The gradients are bitwise those of
-        the plain run.
+        (a multiple of the residual group size). ``"auto"``: with k ~ sqrt(L), when the plain
+        run would need more than ``memory_budget`` and always for ``stats_only`` runs. The
+        gradients are bitwise those of the plain run.
     stats_only : bool
         Keep per-layer statistics only (``grad_norm``, ``signal_norm``, activation statistics,
         saturation, dead units, ``grad_hist``); ``Result.grads`` is then ``None``. Clipping of

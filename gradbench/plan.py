@@ -156,7 +156,9 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
     """Choose segment length and checkpointing; raise :class:`PlanRefused` if the run would not fit.
 
     ``checkpoint="auto"`` checkpoints only when the plain run needs more than the budget
-    (``memory_budget`` bytes, default half of the available RAM). A run whose estimate exceeds
+    (``memory_budget`` bytes, default half of the available RAM), and always for ``stats_only``
+    runs (k ~ sqrt(L)): storing every activation of a statistics-only run would cost memory and
+    page faults for nothing the caller gets back. A run whose estimate exceeds
     ``memory_budget`` (default LIMIT_FRACTION of the available RAM) is refused with the options
     that fit. ``diagnose_bins``: count the diagnosis too (:func:`memory_estimate`).
     """
@@ -172,7 +174,9 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
         return memory_estimate(stack, batch, checkpoint=ck, stats_only=so, generated=gen, hist_bins=hist_bins,
                                diagnose_bins=diagnose_bins)
 
-    if isinstance(checkpoint, str):  # "auto"
+    if isinstance(checkpoint, str) and stats_only:  # "auto", statistics only: O(sqrt(L) B N) memory
+        ck = k_auto if k_auto < L else None
+    elif isinstance(checkpoint, str):  # "auto"
         ck = None if est(None) <= auto_budget else k_auto
     else:
         ck = None if checkpoint is None else min(int(checkpoint), L)

@@ -258,6 +258,9 @@ def test_auto_checkpoints_only_beyond_the_budget():
     assert_bitwise(got, plain)
     assert plan.default_segment(gb.Stack(depth=120, width=4, residual=3)) == 12  # round(sqrt(120)/3)*3
     assert plan.default_segment(gb.Stack(depth=10**6, width=4)) == 1000
+    # statistics only: auto checkpoints whatever the budget (nothing stored is returned)
+    so = gb.backprop(stack, params, x, backend="numpy", stats_only=True)
+    assert so.extras["checkpoint"] == 8
 
 
 def test_refused_before_it_starts_with_the_option_that_fits():
