@@ -54,7 +54,7 @@ clean:
 
 # Benchmarks (benchmarks/README.md): pytest-benchmark JSON in benchmarks/results/, a table per
 # case (time, GF/s, speed-up vs NumPy and vs the best peer) and the figure out/<name>.png.
-# Two runs. The grid (test_bench.py, test_deep.py): one thread per implementation by default,
+# Two runs. The grid (test_bench.py, test_deep.py, test_recurrent.py): one thread per implementation by default,
 # the whole run pinned to one CPU with taskset (robust ratios on a shared machine); BENCH_THREADS=2
 # for two threads, BENCH_THREADS= for each library's default (both unpinned). The targets, thread
 # scaling and sweep throughput (the other files) set threads and CPUs per subprocess themselves,
@@ -66,7 +66,7 @@ BENCH_ENV     ?= $(if $(BENCH_THREADS),OMP_NUM_THREADS=$(BENCH_THREADS) OPENBLAS
 	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=$(BENCH_THREADS)")
 BENCH_PIN     := $(if $(filter 1,$(BENCH_THREADS)),$(shell command -v taskset >/dev/null 2>&1 && echo taskset -c 0))
 BENCH_PYTEST   = $(PY) -m pytest -q --benchmark-enable --benchmark-columns=min,median,rounds
-BENCH_GRID     = benchmarks/test_bench.py benchmarks/test_deep.py
+BENCH_GRID     = benchmarks/test_bench.py benchmarks/test_deep.py benchmarks/test_recurrent.py
 BENCH_OTHER    = $(filter-out $(BENCH_GRID),$(wildcard benchmarks/test_*.py))
 R             := benchmarks/results
 

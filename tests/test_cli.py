@@ -114,7 +114,8 @@ def test_compare_table_and_verdicts(tmp_path, capsys):
 
 def test_demo_writes_the_flow_plot_and_says_where(tmp_path, capsys):
     out_dir = tmp_path / "demo"
-    code, out, err = run(["demo", "--no-train", "--out-dir", str(out_dir), "--depth", "20", "--width", "8"], capsys)
+    code, out, err = run(["demo", "--no-train", "--no-cells", "--out-dir", str(out_dir), "--depth", "20", "--width", "8"],
+                         capsys)
     assert code == 0, err
     flow = out_dir / "flow.png"
     assert flow.read_bytes()[:4] == b"\x89PNG" and flow.stat().st_size > 20_000
@@ -125,6 +126,29 @@ def test_demo_writes_the_flow_plot_and_says_where(tmp_path, capsys):
     assert "VANISHING" in out and "EXPLODING" in out and "STABLE" in out
     data = json.loads((out_dir / "gradients.json").read_text())
     assert len(data["configurations"]) == len(DEMO_CONFIGS)
+
+
+def test_demo_cells_through_time_match_the_reference(tmp_path, capsys):
+    """The demo's recurrent part: cells.json holds, per cell, the exact log10 ||dL/dh_t|| of the
+    default cell at the demo's length, seed 0; recomputed here with the NumPy reference."""
+    from gradbench.cli.demo import CELL_STEPS
+
+    code, out, err = run(["demo", "--no-train", "--out-dir", str(tmp_path), "--depth", "10", "--width", "8"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "cells.png").read_bytes()[:4] == b"\x89PNG"
+    assert "through time: vanilla tanh RNN, LSTM and GRU" in out
+    data = json.loads((tmp_path / "cells.json").read_text())["diagnoses"]
+    assert list(data) == ["rnn", "lstm", "gru"]
+    for cell, d in data.items():
+        rnn = gb.Recurrent(cell=cell, steps=CELL_STEPS, hidden=32)
+        params = gb.init_params(rnn, 0)
+        xs = gb.GeneratedSequence(rnn, 16, 0)
+        ref = gb.backprop(rnn, params, xs, backend="numpy").signal_norm.log10()
+        np.testing.assert_allclose(d["signal_log10"], ref, rtol=0, atol=1e-9)
+        assert ref[0] < -50  # all three vanish at the defaults over 1000 steps (the table says so)
+        assert d["verdict"] == "vanishing" and f"{cell:<6} vanishing" in out
+    rates = {c: d["decades_per_step"] for c, d in data.items()}
+    assert rates["lstm"] > rates["gru"] > rates["rnn"]  # the gated cells lose fewer decades per step
 
 
 @pytest.mark.slow

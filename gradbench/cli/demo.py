@@ -17,17 +17,21 @@ from gradbench.cli.output import (
 from gradbench.cli.train import train_to_dict
 
 DEFAULT_DEMO_DIR = "gradbench-demo"
+CELL_STEPS = 1000
 
 EPILOG = f"""\
 The same deep stack (bce head on seeded random labels) under sigmoid / tanh / relu (N(0, 1) init) and
 the remedies (Xavier, He, batch norm, residual, clipping): a table of gradient norms at a few layers, the verdicts, and plots in
 --out-dir ({DEFAULT_DEMO_DIR}/flow.png, histograms.png of the configuration whose gradients span the
 most decades, gradients.json); then the training demos on two moons (loss.png, update_ratio.png,
-training.json) unless --no-train. File formats: docs/formats.md.
+training.json) unless --no-train; then through time (unless --no-cells): a vanilla tanh RNN, an LSTM
+and a GRU over {CELL_STEPS} steps, the exact ||dL/dh_t|| against steps back (cells.png, cells.json; the
+same as `gradbench compare --cells rnn,lstm,gru --steps {CELL_STEPS}`). File formats: docs/formats.md.
 """
 
 FILES = ("flow.png", "histograms.png", "gradients.json")
 TRAIN_FILES = ("loss.png", "update_ratio.png", "training.json")
+CELL_FILES = ("cells.png", "cells.json")
 
 
 def register(sub):
@@ -38,6 +42,7 @@ def register(sub):
     g.add_argument("--out-dir", default=DEFAULT_DEMO_DIR, metavar="DIR",
                    help="where the plots and files go (created if missing)")
     g.add_argument("--no-train", action="store_true", help="skip the training demos")
+    g.add_argument("--no-cells", action="store_true", help="skip the recurrent cells through time")
     add_output_args(p)
     p.set_defaults(func=cmd_demo)
     return p
@@ -77,7 +82,8 @@ def _check_out_dir(args) -> list[str]:
         raise UsageError(f"--out-dir {out_dir!r} is a file, not a directory")
     if not os.path.isdir(out_dir):
         check_directory("--out-dir", os.path.dirname(os.path.abspath(out_dir)), args.mkdir, of=out_dir)
-    files = [os.path.join(out_dir, f) for f in FILES + (() if args.no_train else TRAIN_FILES)]
+    names = FILES + (() if args.no_train else TRAIN_FILES) + (() if args.no_cells else CELL_FILES)
+    files = [os.path.join(out_dir, f) for f in names]
     if os.path.isdir(out_dir):
         check_outputs([("--out-dir", f, (os.path.splitext(f)[1],)) for f in files])
     return files
@@ -116,6 +122,17 @@ def _write(args, diags, labels, relative, results, head) -> list[str]:
     return written
 
 
+def _cells(args, backend: str) -> list[str]:
+    """`gradbench compare --cells rnn,lstm,gru` at the demo's length, into --out-dir; the plot written."""
+    from gradbench.recurrent import cli as recurrent_cli
+
+    plot = os.path.join(args.out_dir, "cells.png")
+    argv = ["compare", "--cells", "rnn,lstm,gru", "--steps", str(CELL_STEPS), "--seed", str(args.seed),
+            "--backend", backend, "--plot", plot, "--out", os.path.join(args.out_dir, "cells.json")]
+    recurrent_cli.cmd_compare(recurrent_cli.build_parser().parse_args(argv))
+    return [plot]
+
+
 def cmd_demo(args) -> int:
     import time
 
@@ -134,6 +151,9 @@ def cmd_demo(args) -> int:
     if results:
         print("\ntraining on two moons (bce, plain SGD; `gradbench train --list` for the settings):")
         print(training_table(results))
+    if not args.no_cells:
+        print(f"\nthrough time: vanilla tanh RNN, LSTM and GRU over {CELL_STEPS} steps (hidden 32, batch 16):")
+        written += _cells(args, backend)
     print("\nplots: " + ", ".join(written))
     print(f"gradient-flow plot written to {written[0]}")
     return 0
