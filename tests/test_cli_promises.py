@@ -397,14 +397,14 @@ def test_a_cold_numba_cache_says_it_compiles(tmp_path):
 def test_help_shows_every_default_and_required_options_first():
     parser = cli.build_parser()
     for name, sub in parser.commands.items():
-        if name in ("bench", "sweep"):  # bench parses its own arguments; sweep (gradbench/cli/sweep.py) has its own help
+        if name == "bench":  # bench parses its own arguments
             continue
         text = sub.format_help()
         assert "default: None" not in text and "(default None)" not in text, name
         formatter = sub._get_formatter()
         for action in sub._actions:
             assert action.help, (name, action.dest)  # argparse does not even list an option without help
-            if action.nargs == 0 or action.required or action.help == "==SUPPRESS==":
+            if action.nargs == 0 or action.required or action.help == "==SUPPRESS==" or "(required)" in action.help:
                 continue
             assert "default" in formatter._get_help_string(action), (name, action.dest)
     run_help = parser.commands["run"].format_help()

@@ -26,7 +26,7 @@ from gradbench import theory
 from gradbench.sweep import COLUMNS, task_size
 from gradbench.sweep.grid import plan
 
-GRID = {"activation": ["tanh", "relu"], "sigma_w": [0.8, 1.3, 1.8, 40.0]}
+GRID = {"activation": ["tanh", "relu"], "sigma_w": [0.8, 1.5, 1.8, 40.0]}
 FIXED = dict(depth=250, width=16, batch=8, sigma_b=0.1, init="normal")
 SEEDS = (0, 1)
 MEASURED_EXACT = ["decades_per_layer", "log10_grad_first", "log10_grad_last", "loss_log10", "saturation", "dead"]
@@ -53,10 +53,11 @@ def serial(grid: dict, seeds, **fixed) -> list[dict]:
         stack = gb.Stack(**settings)
         mf = theory.mean_field(stack)
         for seed in seeds:
-            params = gb.init_params(stack, seed)
+            # the network of `gradbench run --seed`, stored here, and a plain (not stats-only) run
+            params = gb.GeneratedParams(stack, seed).materialize()
             x = gb.gaussian_input(stack, batch, seed=np.random.default_rng([seed, 1]))
             res = gb.backprop(stack, params, x)
-            d = gb.diagnose(res, params)
+            d = gb.diagnose(res)
             nonfinite = res.first_nonfinite_forward
             if nonfinite is None:
                 nonfinite = res.first_nonfinite_backward
@@ -483,6 +484,23 @@ def test_cli_sweep_bad_values_exit_2_with_one_line(args, message, capsys):
     assert cli.main(base + args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_cli_sweep_bad_paths_exit_2_before_any_run(tmp_path, capsys, monkeypatch):
+    from gradbench import cli
+
+    monkeypatch.setattr(gb, "sweep", lambda *a, **k: pytest.fail("the sweep started"))
+    (tmp_path / "afile").write_text("x")
+    base = ["sweep", "--depth", "6", "--width", "4", "--sigma-w", "1,2"]
+    for args, message in [(["--out", str(tmp_path / "afile")], "is a file, not a directory"),
+                          (["--out", str(tmp_path / "no" / "dir")], "does not exist (create it, or pass --mkdir)"),
+                          (["--csv", str(tmp_path / "no" / "t.csv")], "does not exist (create it, or pass --mkdir)"),
+                          (["--csv", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "t.csv")], "must end in"),
+                          (["--csv", str(tmp_path)], "must end in .csv")]:
+        assert cli.main(base + args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+    assert not (tmp_path / "no").exists()
 
 
 def test_cli_sweep_on_a_local_cluster_of_one_worker(tmp_path, capsys):

@@ -10,6 +10,7 @@ to b, ends included); two or more values make it a swept axis. ``--seeds N`` run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -119,11 +120,22 @@ def grid_from_args(args) -> tuple[dict, dict]:
     return grid, fixed
 
 
+def _check_files(args) -> None:
+    """--out, --csv and --plot checked before any work, as every command checks its files."""
+    from gradbench.cli.output import check_directory, check_outputs
+
+    check_outputs([("--csv", args.csv, (".csv",)), ("--plot", args.plot, (".png", ".svg", ".pdf"))],
+                  mkdir=args.mkdir)
+    if args.out is not None:
+        out = os.path.abspath(args.out)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise UsageError(f"--out {args.out!r} is a file, not a directory")
+        if not os.path.isdir(out):  # the directory itself is created; its parent must exist (or --mkdir)
+            check_directory("--out", os.path.dirname(out), args.mkdir, of=args.out)
+
+
 def cmd_sweep(args) -> int:
-    if args.plot is not None and os.path.splitext(args.plot)[1].lower() not in (".png", ".svg", ".pdf"):
-        raise UsageError(f"plot path {args.plot!r} must end in .png, .svg or .pdf")
-    if args.csv is not None and not args.csv.lower().endswith(".csv"):
-        raise UsageError(f"--csv {args.csv!r} must end in .csv")
+    _check_files(args)
     if isinstance(args.seeds, int) and args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.workers is not None and args.scheduler is not None:
@@ -197,22 +209,28 @@ def register(sub) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("Stack fields and batch (each: one value, a,b,c or a:b:n)")
     for name in _kinds():
-        g.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUES", default=None,
-                       help=_HELP.get(name, "as in gradbench run"))
+        g.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUES", default=None, help=_help(name))
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 of every configuration (default 1)")
-    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
-    p.add_argument("--out", metavar="DIR", help="write each finished task's rows there (Parquet); rerun to resume")
-    p.add_argument("--csv", metavar="PATH", help="write the table as CSV")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"),
+                   help="the backend of every run (default auto: the fastest built here)")
+    p.add_argument("--out", metavar="DIR", help="write each finished task's rows there (Parquet; the directory is "
+                   "created, its parent must exist); rerun the same command to resume (default: nothing saved)")
+    p.add_argument("--csv", metavar="PATH", help="write the table as CSV (default: none)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786 "
+                   "(default: a LocalCluster for this command)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes of the LocalCluster (default: one per core)")
-    p.add_argument("--runs-per-task", type=int, default=None, metavar="K", help="runs batched into one task")
-    p.add_argument("--plot", metavar="PATH", help="write the phase diagram (.png, .svg or .pdf)")
+    p.add_argument("--runs-per-task", type=int, default=None, metavar="K",
+                   help="runs batched into one task (default: chosen from the number of runs and workers)")
+    p.add_argument("--plot", metavar="PATH", help="write the phase diagram (.png, .svg or .pdf; default: none)")
     p.add_argument("--plot-x", default="sigma_w", metavar="FIELD", help="its x axis (default sigma_w)")
     p.add_argument("--plot-y", default="sigma_b", metavar="FIELD", help="its y axis (default sigma_b)")
     p.add_argument("--plot-value", default="signal_decades_per_layer",
                    choices=("signal_decades_per_layer", "decades_per_layer"),
-                   help="the measured rate shown: of ||dL/dh_l|| (what chi_1 predicts) or of ||dL/dW_l||")
+                   help="the measured rate shown: of ||dL/dh_l|| (what chi_1 predicts; the default) or of "
+                   "||dL/dW_l||")
+    p.add_argument("--mkdir", action="store_true", help="create missing parent directories of --out, --csv and "
+                   "--plot (without it a missing directory is an error: a typo should not make a tree)")
     p.set_defaults(func=cmd_sweep)
     return p
 
@@ -220,6 +238,17 @@ def register(sub) -> argparse.ArgumentParser:
 _HELP = {
     "depth": "layers L (required)", "width": "units N (required)", "batch": "batch size (default 16)",
     "activation": "tanh (default), relu, sigmoid, ...", "init": "xavier_normal (default), normal, he_normal, ...",
-    "sigma_w": "weight gain: variance sigma_w^2 / fan_in", "sigma_b": "bias standard deviation (default 0)",
-    "batch_norm": "true or false", "residual": "residual group size K (0: none)", "clip": "none, value or norm",
+    "sigma_w": "weight gain: variance sigma_w^2 / fan_in (default: the init's own)",
+    "sigma_b": "bias standard deviation (default 0)", "batch_norm": "true or false (default false)",
+    "residual": "residual group size K (0: none; default 0)", "clip": "none, value or norm (default none)",
+    "input_dim": "as in gradbench run (default: none, the input has the width)",
+    "activation_param": "as in gradbench run (default: the activation's own)",
 }
+
+
+def _help(name: str) -> str:
+    """The option's help: its own words, or a pointer to gradbench run and Stack's default."""
+    if name in _HELP:
+        return _HELP[name]
+    default = {f.name: f.default for f in dataclasses.fields(Stack)}[name]
+    return f"as in gradbench run (default {default})"

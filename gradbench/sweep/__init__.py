@@ -5,10 +5,11 @@
     table = gb.sweep({"activation": ["tanh", "relu"], "sigma_w": np.linspace(0.5, 3.0, 26)},
                      depth=200, width=256, batch=64, seeds=range(3), out="sweep/")
 
-One *run* is one (configuration, seed): ``params = init_params(stack, seed)``, the input
+One *run* is one (configuration, seed), the run ``gradbench run --stats-only --seed`` makes:
+the weights ``GeneratedParams(stack, seed)`` (drawn layer by layer, never stored), the input
 ``gaussian_input(stack, batch, default_rng([seed, 1]))`` (and, for a stack with a head, targets
-from ``default_rng([seed, 2])``, as ``gradbench run`` draws them), one stats-only
-:func:`~gradbench.backprop` and :func:`~gradbench.diagnose`. Only the statistics below travel
+from ``default_rng([seed, 2])``), one stats-only :func:`~gradbench.backprop` and
+:func:`~gradbench.diagnose`. Only the statistics below travel
 back, never a gradient array. The table has one row per run: the swept and fixed fields under
 their ``Stack`` names (and ``batch``), ``seed``, then
 

@@ -128,3 +128,5 @@ def check_options(client, workers, runs_per_task, progress, out) -> None:
         raise TypeError(f"progress must be a bool or a callable progress(done, total), got {progress!r}")
     if out is not None and not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a directory path or None, got {type(out).__name__} {out!r}")
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out={os.fspath(out)!r} is a file, not a directory")

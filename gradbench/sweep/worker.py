@@ -20,7 +20,7 @@ import numpy as np
 from gradbench import theory
 from gradbench.diagnose import diagnose
 from gradbench.engine import backprop
-from gradbench.params import gaussian_input, init_params, random_targets
+from gradbench.params import GeneratedParams, gaussian_input, init_params, random_targets
 from gradbench.spec import Stack
 
 MEASURED = ("decades_per_layer", "decades_per_layer_se", "signal_decades_per_layer", "log10_grad_first", "log10_grad_last", "loss_log10",
@@ -95,10 +95,10 @@ def warm_up(backend: str, dtype: str) -> str:
 def run_one(stack: Stack, batch: int, seed: int, backend: str = "auto") -> dict:
     """One run's measured columns, ``backend`` and ``seconds``: what a sweep's worker computes."""
     t0 = time.perf_counter()
-    params = init_params(stack, seed)
+    params = GeneratedParams(stack, seed)  # the network `gradbench run --seed` builds for this seed
     x = gaussian_input(stack, batch, seed=np.random.default_rng([seed, 1]))
     res = backprop(stack, params, x, random_targets(stack, batch, seed), backend=backend, stats_only=True)
-    d = diagnose(res, params)
+    d = diagnose(res)  # as `gradbench run --stats-only`: the weights are generated, never stored
     seconds = time.perf_counter() - t0
     nonfinite = res.first_nonfinite_forward if res.first_nonfinite_forward is not None else \
         res.first_nonfinite_backward
