@@ -133,11 +133,16 @@ def _critical_line(ax, sub, x: str, y: str, ys: np.ndarray) -> bool:
 
 def _measured_edge(ax, xs: np.ndarray, ys: np.ndarray, z, along_y: bool = False) -> None:
     """Where the measured rate crosses 0 along each row (each column if ``along_y``: sigma_w is
-    the y axis), by linear interpolation between cell centres."""
+    the y axis), by linear interpolation between cell centres; a cell whose rate is exactly 0
+    (tanh at sigma_w = 1, sigma_b = 0) is a crossing itself."""
     a_vals, b_vals, zz = (ys, xs, z.T) if along_y else (xs, ys, z)
     pa, pb = [], []
     for i, b in enumerate(b_vals):
         line = np.ma.filled(zz[i].astype(float), np.nan)
+        for j in range(len(a_vals)):
+            if line[j] == 0:
+                pa.append(a_vals[j])
+                pb.append(b)
         for j in range(len(a_vals) - 1):
             u, v = line[j], line[j + 1]
             if np.isfinite(u) and np.isfinite(v) and u * v < 0:

@@ -9,7 +9,8 @@ b ~ N(0, sigma_b^2) at large width N::
 chi_1 is the expected factor by which ||dL/dh||^2 changes per layer: chi_1 < 1 vanishes
 (ordered phase), > 1 explodes (chaotic), = 1 is the edge of chaos. The gradient norm then
 changes by ``0.5 * log10(chi_1)`` decades per layer, over a depth scale ``-1 / ln(chi_1)``.
-Gaussian expectations use quadrature split at z = 0 (see ``_gauss``).
+Gaussian expectations use quadrature split at z = 0 and at the activation's transition
+(see ``_log_expect``), in logarithms so that any sigma_w holds.
 
 Linear Gaussian stacks: the growth rate of log ||g|| per layer is the top Lyapunov exponent of
 the random matrix product (Newman 1986)::
@@ -33,24 +34,54 @@ from gradbench import abi, reference, spec
 from gradbench.activations import dphi, phi
 from gradbench.spec import Stack
 
-_GH_POINTS = 201
+_NODES = 201  # Gauss-Legendre points per panel
+_Z_MAX = 12.0  # the normal tails beyond |z| = 12 weigh < 1e-32
+# Every activation here reaches its asymptotes (phi'^2 within 1e-34 of its limit) by |x| = 40:
+# the transition of phi(s z) in z is 40 / s wide and gets a panel of its own.
+_TRANSITION = 40.0
+_BOUNDED = frozenset({"sigmoid", "tanh"})  # q* <= sigma_w^2 + sigma_b^2: the length map cannot diverge
+_LN_Q_LARGE = math.log(1e12)  # past this q, an unbounded activation's length map is in its linear regime
 
 
 @functools.lru_cache(maxsize=1)
-def _gauss():
-    """Nodes and weights for E_z[f(z)], z ~ N(0, 1).
+def _legendre():
+    return np.polynomial.legendre.leggauss(_NODES)
+
+
+def _rho(z):
+    return np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def _log_expect(f, log_s: float) -> float:
+    """ln E_z[f(s z)], z ~ N(0, 1), for f >= 0 and the scale s = exp(log_s) (0 <= s <= inf).
 
     Gauss-Hermite converges slowly for the kinks of the ReLU family, ELU and SELU at z = 0
-    (201 Hermite points give chi_1 = 0.91 instead of 1 for ReLU at sigma_w^2 = 2), so the
-    expectation is split at the kink: Gauss-Legendre on [-12, 0] and [0, 12] with the normal
-    density as weight (the tails beyond 12 weigh < 1e-32). Smooth activations agree with
-    Gauss-Hermite to 1e-14.
+    (201 Hermite points give chi_1 = 0.91 instead of 1 for ReLU at sigma_w^2 = 2), so every panel
+    starts at the kink: Gauss-Legendre with the normal density as weight, symmetric about 0.
+    For s <= 40 / 12 one panel, [0, 12]. For larger s the activation's transition lies in
+    |z| < 40 / s, which the nodes of one panel would miss once s passes ~10^3 (they put tanh'^2
+    at sigma_w = 10^4 four decades low): it gets its own panel, integrated in x = s z over
+    [0, 40] with the factor 1/s carried as a logarithm, and [40 / s, 12] a second. So the result
+    holds for any s up to and past the largest float (bounded activations at sigma_w ~ 1e300).
     """
-    x, w = np.polynomial.legendre.leggauss(_GH_POINTS)
-    half = 6.0 * (x + 1.0)  # [0, 12]
-    z = np.concatenate([-half[::-1], half])
-    wz = np.concatenate([w[::-1], w]) * 6.0 * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    return z, wz / wz.sum()
+    x, w = _legendre()
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        if log_s <= math.log(_TRANSITION / _Z_MAX):
+            s = math.exp(log_s)
+            z = 0.5 * _Z_MAX * (x + 1.0)
+            wz = 0.5 * _Z_MAX * w * _rho(z)
+            return float(np.log(np.sum(wz * (f(s * z) + f(-s * z)))) - np.log(2 * np.sum(wz)))
+        inv_s = math.exp(-log_s)
+        s = math.exp(log_s) if log_s < 709.0 else math.inf
+        xs = 0.5 * _TRANSITION * (x + 1.0)  # panel 1, in x = s z: the transition
+        wx = 0.5 * _TRANSITION * w * _rho(xs * inv_s)
+        a = _TRANSITION * inv_s  # panel 2, in z: the asymptotes
+        z = a + 0.5 * (_Z_MAX - a) * (x + 1.0)
+        wz = 0.5 * (_Z_MAX - a) * w * _rho(z)
+        fz = f(s * z) + f(-s * z) if math.isfinite(s) else f(np.full_like(z, np.inf)) + f(np.full_like(z, -np.inf))
+        value = np.logaddexp(np.log(np.sum(wx * (f(xs) + f(-xs)))) - log_s, np.log(np.sum(wz * fz)))
+        norm = np.logaddexp(np.log(2 * np.sum(wx)) - log_s, np.log(2 * np.sum(wz)))
+        return float(value - norm)
 
 
 def _phi(activation: str, param: float):
@@ -58,17 +89,61 @@ def _phi(activation: str, param: float):
     return (lambda z: phi(z, code, param)), (lambda z: dphi(z, code, param))
 
 
-def length_map(q: float, activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None) -> float:
-    """One step of the length map q -> sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2."""
-    param = _param(activation, param)
-    phi, _ = _phi(activation, param)
-    z, w = _gauss()
-    return float(sigma_w**2 * np.sum(w * phi(math.sqrt(q) * z) ** 2) + sigma_b**2)
-
-
 def _param(activation: str, param: float | None) -> float:
     spec.check_choice("activation", activation, spec.ACTIVATIONS)
     return float(spec.ACT_PARAM_DEFAULT.get(activation, 0.0) if param is None else param)
+
+
+def _ln(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
+
+
+def _exp(t: float) -> float:
+    """exp(t), inf past the largest float (instead of math.exp's OverflowError)."""
+    return math.exp(t) if t < 709.78 else math.inf
+
+
+def _log_variance(t: float, activation: str, sigma_w: float, param: float) -> float:
+    """ln(sigma_w^2 E[phi(sqrt(q) z)^2]) at t = ln q: the weights' part of the length map."""
+    f, _ = _phi(activation, param)
+    if activation in spec.HOMOGENEOUS:  # E[phi(s z)^2] = s^2 E[phi(z)^2], without overflowing s^2
+        return 2 * _ln(sigma_w) + t + _log_expect(lambda z: f(z) ** 2, 0.0)
+    return 2 * _ln(sigma_w) + _log_expect(lambda z: f(z) ** 2, 0.5 * t)
+
+
+def length_map(q: float, activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None) -> float:
+    """One step of the length map q -> sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2."""
+    param = _param(activation, param)
+    return _exp(float(np.logaddexp(_log_variance(_ln(q), activation, sigma_w, param), 2 * _ln(sigma_b))))
+
+
+def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: float, q0: float, tol: float,
+                     max_iter: int) -> float:
+    """ln q* by iterating the length map in t = ln q (no overflow for any finite sigma_w)."""
+    t, t_b = _ln(q0), 2 * _ln(sigma_b)
+    if activation in spec.HOMOGENEOUS:  # q_{l+1} = r q_l + sigma_b^2: closed form
+        ln_r = _log_variance(0.0, activation, sigma_w, param)
+        if abs(ln_r) < 1e-12:  # r = 1 to rounding: q stays (sigma_b = 0) or grows by sigma_b^2 a layer
+            return t if sigma_b == 0 else math.inf
+        if ln_r > 0:
+            return math.inf
+        return -math.inf if sigma_b == 0 else t_b - math.log(-math.expm1(ln_r))  # sigma_b^2 / (1 - r)
+    for _ in range(max_iter):
+        t_w = _log_variance(t, activation, sigma_w, param)
+        t_new = float(np.logaddexp(t_w, t_b))
+        if math.isnan(t_new) or t_new == math.inf:
+            return math.inf
+        if activation not in _BOUNDED and t_new > _LN_Q_LARGE and t_w > t:
+            return math.inf  # linear regime and the weights alone enlarge q: it grows without bound
+        if max(t, t_new) < 700.0:
+            if abs(_exp(t_new) - _exp(t)) <= tol * max(1.0, _exp(t)):
+                return t_new
+        elif abs(t_new - t) <= tol:
+            return t_new
+        if sigma_b == 0 and t_new < math.log(1e-3) and t_new < t:
+            return -math.inf
+        t = t_new
+    return t
 
 
 def fixed_point(activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None,
@@ -77,65 +152,83 @@ def fixed_point(activation: str, sigma_w: float, sigma_b: float = 0.0, param: fl
 
     Returns 0 where lengths shrink to zero (e.g. tanh with sigma_b = 0 and sigma_w <= 1, where
     the approach is algebraic, q_l ~ 1/l, and is recognised once q < 1e-3 and still falling),
-    and ``inf`` where they grow without bound (e.g. ReLU above sigma_w^2 = 2).
+    and ``inf`` where they grow without bound (e.g. ReLU above sigma_w^2 = 2; recognised once
+    q > 1e12 and the weights alone still enlarge it). A bounded activation (tanh, sigmoid) has
+    q* <= sigma_w^2 + sigma_b^2, which reads ``inf`` only past the largest float (sigma_w > ~1e154);
+    :func:`mean_field` keeps its logarithm.
     """
-    q = q0
-    for _ in range(max_iter):
-        q_new = length_map(q, activation, sigma_w, sigma_b, param)
-        if not math.isfinite(q_new) or q_new > 1e12:
-            return math.inf
-        if abs(q_new - q) <= tol * max(1.0, q):
-            return q_new
-        if sigma_b == 0 and q_new < 1e-3 and q_new < q:
-            return 0.0
-        q = q_new
-    return q
+    param = _param(activation, param)
+    return _exp(_log_fixed_point(activation, sigma_w, sigma_b, param, q0, tol, max_iter))
+
+
+def _log_chi1(activation: str, sigma_w: float, param: float, t: float) -> float:
+    """ln chi_1 at t = ln q."""
+    _, df = _phi(activation, param)
+    if activation in spec.HOMOGENEOUS and not math.isfinite(t):
+        t = 0.0  # phi' of a homogeneous activation does not depend on the scale
+    elif t == math.inf:
+        # lengths grow without bound (gelu, swish, elu, selu above their growth threshold):
+        # the limit of phi'(sqrt(q) z) as q -> inf, evaluated at a scale where it has converged
+        t = math.log(1e300)
+    elif t == -math.inf:
+        # lengths shrink to zero: the limit q -> 0+, where a kink at 0 (SELU) counts both its sides
+        t = math.log(1e-300)
+    return 2 * _ln(sigma_w) + _log_expect(lambda z: df(z) ** 2, 0.5 * t)
 
 
 def chi1(activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None,
          q: float | None = None) -> float:
-    """chi_1 = sigma_w^2 E[phi'(sqrt(q*) z)^2]: the per-layer factor of the squared gradient norm."""
+    """chi_1 = sigma_w^2 E[phi'(sqrt(q*) z)^2]: the per-layer factor of the squared gradient norm.
+
+    0 or ``inf`` where chi_1 itself under- or overflows a float (sigma_w ~ 1e-200 or 1e300);
+    :func:`mean_field` keeps its logarithm.
+    """
     param = _param(activation, param)
-    if q is None:
-        q = fixed_point(activation, sigma_w, sigma_b, param)
-    _, dphi = _phi(activation, param)
-    z, w = _gauss()
-    if activation in spec.HOMOGENEOUS and (q == 0 or not math.isfinite(q)):
-        q = 1.0  # phi' of a homogeneous activation does not depend on the scale
-    elif math.isinf(q):
-        # lengths grow without bound (gelu, swish, elu, selu above their growth threshold):
-        # the limit of phi'(sqrt(q) z) as q -> inf, evaluated at a scale where it has converged
-        q = 1e300
-    return float(sigma_w**2 * np.sum(w * dphi(math.sqrt(q) * z) ** 2))
+    t = _log_fixed_point(activation, sigma_w, sigma_b, param, 1.0, 1e-13, 5_000) if q is None else _ln(q)
+    return _exp(_log_chi1(activation, sigma_w, param, t))
 
 
 @dataclass(frozen=True)
 class MeanField:
-    """Mean-field predictions for one (activation, sigma_w, sigma_b)."""
+    """Mean-field predictions for one (activation, sigma_w, sigma_b).
+
+    ``q_star`` and ``chi1`` are floats, 0 or ``inf`` where they under- or overflow (sigma_w of
+    1e-200 or 1e200); ``log10_q_star`` and ``log10_chi1`` hold them at any sigma_w, and every
+    derived quantity is computed from the logarithms.
+    """
 
     activation: str
     sigma_w: float
     sigma_b: float
     q_star: float
     chi1: float
+    log10_q_star: float = math.nan
+    log10_chi1: float = math.nan
+
+    def __post_init__(self):
+        for name, value in (("log10_q_star", self.q_star), ("log10_chi1", self.chi1)):
+            if math.isnan(getattr(self, name)):  # built from the floats alone
+                object.__setattr__(self, name, math.log10(value) if value > 0 else -math.inf)
 
     @property
     def decades_per_layer(self) -> float:
         """Expected change of log10 ||dL/dh|| per layer going down the stack: 0.5 log10 chi_1."""
-        return 0.5 * math.log10(self.chi1) if self.chi1 > 0 else -math.inf
+        return 0.5 * self.log10_chi1
 
     @property
     def depth_scale(self) -> float:
         """Layers over which the squared gradient norm changes by a factor e: 1 / |ln chi_1|."""
-        if abs(self.chi1 - 1) < 1e-12:  # critical to rounding: no finite depth scale
+        ln_chi = self.log10_chi1 * math.log(10)
+        if abs(ln_chi) < 1e-12:  # critical to rounding: no finite depth scale
             return math.inf
-        return 1.0 / abs(math.log(self.chi1))
+        return 1.0 / abs(ln_chi)
 
     @property
     def phase(self) -> str:
-        if abs(self.chi1 - 1) < 1e-3:
+        ln_chi = self.log10_chi1 * math.log(10)
+        if abs(ln_chi) < 0.01 and abs(math.expm1(ln_chi)) < 1e-3:
             return "critical"
-        return "ordered (vanishing)" if self.chi1 < 1 else "chaotic (exploding)"
+        return "ordered (vanishing)" if ln_chi < 0 else "chaotic (exploding)"
 
 
 def mean_field(stack_or_activation, sigma_w: float | None = None, sigma_b: float | None = None,
@@ -151,8 +244,11 @@ def mean_field(stack_or_activation, sigma_w: float | None = None, sigma_b: float
         if sigma_w is None:
             raise ValueError("sigma_w is required when an activation name is given")
         sigma_b = 0.0 if sigma_b is None else sigma_b
-    q = fixed_point(activation, sigma_w, sigma_b, param)
-    return MeanField(activation, float(sigma_w), float(sigma_b), q, chi1(activation, sigma_w, sigma_b, param, q))
+    param = _param(activation, param)
+    t = _log_fixed_point(activation, sigma_w, sigma_b, param, 1.0, 1e-13, 5_000)
+    ln_chi = _log_chi1(activation, sigma_w, param, t)
+    ln10 = math.log(10)
+    return MeanField(activation, float(sigma_w), float(sigma_b), _exp(t), _exp(ln_chi), t / ln10, ln_chi / ln10)
 
 
 def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None = None,
@@ -180,7 +276,7 @@ def newman_lambda1(width: int, sigma_w: float = 1.0) -> float:
     with entry variance sigma_w^2 / N (Newman 1986)."""
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
-    return 0.5 * (math.log(2 * sigma_w**2 / width) + float(digamma(width / 2)))
+    return 0.5 * (math.log(2 / width) + 2 * math.log(sigma_w) + float(digamma(width / 2)))
 
 
 def lyapunov_spectrum(stack: Stack, params, x: np.ndarray, k: int | None = None) -> np.ndarray:

@@ -10,6 +10,7 @@ process matters (signals, pipes, exit statuses).
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import stat
@@ -325,6 +326,16 @@ def test_theory_out_writes_infinite_values_as_the_run_json_does(tmp_path, capsys
     assert code == 0, err
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["depth_scale"] == "inf" and data["schema"] == 2
+
+
+def test_theory_at_a_huge_gain_says_exploding(tmp_path, capsys):
+    # tanh at sigma_w = 1e4: chi_1 -> 4 sigma_w / (3 sqrt(2 pi)) = 5319 (a one-panel quadrature said 0.05, vanishing)
+    code, out, err = run(["theory", "--sigma-w", "1e4", "--out", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["chi1"] == pytest.approx(4e4 / (3 * math.sqrt(2 * math.pi)), rel=1e-3)
+    assert data["log10_chi1"] == pytest.approx(math.log10(data["chi1"]), rel=1e-12)
+    assert data["phase"] == "chaotic (exploding)" and "chaotic (exploding)" in out
 
 
 def test_npz_beside_json(tmp_path, capsys):

@@ -148,3 +148,76 @@ def test_theory_plot_shows_the_exact_norms_and_the_line():
     np.testing.assert_array_equal(sim.get_ydata(), res.signal_norm.log10())
     s = res.signal_norm.log10()
     np.testing.assert_allclose(line.get_ydata(), s[-1] + (29 - np.arange(30)) * -0.05)
+
+
+# Off the usual range of gains: closed forms that quadrature on one panel of [-12, 12] misses
+# (it put tanh's chi_1 at sigma_w = 1e4 at 0.05, "vanishing", instead of ~5319) and that
+# sigma_w**2 overflows (sigma_w >= 1e154) or underflows (sigma_w <= 1e-162).
+# Large sigma_w: q* -> sigma_w^2 E[phi(inf z)^2] and, with s = sqrt(q*),
+# E[phi'(s z)^2] -> (1 / (s sqrt(2 pi))) * integral of phi'(x)^2 over the line:
+# tanh: integral sech^4 = 4/3, q* -> sigma_w^2, chi_1 / sigma_w -> 4 / (3 sqrt(2 pi));
+# sigmoid: integral (s(1-s))^2 = 1/6, q* -> sigma_w^2 / 2, chi_1 / sigma_w -> 1 / (6 sqrt(pi)).
+@pytest.mark.parametrize("activation,slope,q_ratio", [
+    ("tanh", 4 / (3 * math.sqrt(2 * math.pi)), 1.0), ("sigmoid", 1 / (6 * math.sqrt(math.pi)), 0.5),
+])
+@pytest.mark.parametrize("sigma_w", [1e4, 1e8, 1e100, 1e200, 1e300])
+def test_bounded_activations_at_huge_gains_follow_the_asymptote(activation, slope, q_ratio, sigma_w):
+    mf = theory.mean_field(activation, sigma_w, 0.0)
+    assert mf.log10_chi1 == pytest.approx(math.log10(slope * sigma_w), abs=1e-3)  # O(1/sigma_w) corrections
+    assert mf.log10_q_star == pytest.approx(math.log10(q_ratio * sigma_w**2) if sigma_w < 1e150 else
+                                            math.log10(q_ratio) + 2 * math.log10(sigma_w), abs=1e-3)
+    assert mf.phase == "chaotic (exploding)" and mf.decades_per_layer == pytest.approx(0.5 * mf.log10_chi1)
+    assert mf.depth_scale == pytest.approx(1 / (mf.log10_chi1 * math.log(10)))
+    if sigma_w < 1e150:
+        assert mf.chi1 == pytest.approx(10**mf.log10_chi1, rel=1e-12)
+        assert theory.chi1(activation, sigma_w) == pytest.approx(mf.chi1, rel=1e-12)
+
+
+@pytest.mark.parametrize("activation,sigma_w", [("tanh", 1e3), ("tanh", 37.0), ("sigmoid", 300.0), ("gelu", 1.0)])
+def test_mid_range_gains_match_adaptive_quadrature_with_the_transition_as_a_breakpoint(activation, sigma_w):
+    # scipy's adaptive quadrature on [-12, 12], told where phi(s z) turns (|z| ~ 1 / s), as oracle
+    code = gb.abi.ACT_CODE[activation]
+
+    def expect(f, s):
+        pts = sorted({-min(12.0, 40 / s), -1 / s, 0.0, 1 / s, min(12.0, 40 / s)})
+        g = lambda z: f(s * z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+        return integrate.quad(g, -12, 12, points=pts, limit=500, epsabs=0, epsrel=1e-13)[0]
+
+    def f2(x):
+        return float(gb.activations.phi(np.array([x]), code, 0.0)[0]) ** 2
+
+    def df2(x):
+        return float(gb.activations.dphi(np.array([x]), code, 0.0)[0]) ** 2
+
+    q = 1.0
+    for _ in range(200):
+        q = sigma_w**2 * expect(f2, math.sqrt(q)) + 0.01
+    mf = theory.mean_field(activation, sigma_w, 0.1)
+    assert mf.q_star == pytest.approx(q, rel=1e-9)
+    assert mf.chi1 == pytest.approx(sigma_w**2 * expect(df2, math.sqrt(q)), rel=1e-9)
+
+
+@pytest.mark.parametrize("activation,dphi0_sq", [("tanh", 1.0), ("sigmoid", 1 / 16), ("identity", 1.0),
+                                                 ("gelu", 0.25), ("selu", None)])
+def test_tiny_gains_give_chi1_sigma_w_squared_phi_prime_zero_squared(activation, dphi0_sq):
+    # sigma_b = 0 and sigma_w = 1e-200: q* = 0, chi_1 = sigma_w^2 phi'(0)^2 = 10^(-400) phi'(0)^2 (a float's 0)
+    mf = theory.mean_field(activation, 1e-200, 0.0)
+    assert mf.q_star == 0.0 and mf.chi1 == 0.0 and mf.phase == "ordered (vanishing)"
+    if dphi0_sq is None:  # SELU: phi' jumps at 0; the mean of its two sides' squares
+        lam, alpha = 1.0507009873554805, 1.6732632423543772
+        dphi0_sq = lam**2 * (1 + alpha**2) / 2
+    assert mf.log10_chi1 == pytest.approx(-400 + math.log10(dphi0_sq), abs=1e-9)
+    assert mf.decades_per_layer == pytest.approx(-200 + 0.5 * math.log10(dphi0_sq), abs=1e-9)
+
+
+def test_homogeneous_fixed_point_is_the_closed_form():
+    # q_{l+1} = r q_l + sigma_b^2 with r = sigma_w^2 E[phi(z)^2]: q* = sigma_b^2 / (1 - r) below r = 1
+    assert theory.fixed_point("relu", 1.0, 0.1) == pytest.approx(0.01 / (1 - 0.5), rel=1e-13)
+    assert theory.fixed_point("leaky_relu", 1.0, 1e7, 0.2) == pytest.approx(1e14 / (1 - 1.04 / 2), rel=1e-12)
+    assert theory.fixed_point("identity", 1.0, 0.1) == math.inf  # r = 1: grows by sigma_b^2 a layer
+    assert theory.fixed_point("identity", 1.0, 0.0, q0=3.0) == pytest.approx(3.0, rel=1e-15)
+    assert theory.fixed_point("relu", 2.0, 0.0) == math.inf and theory.fixed_point("relu", 1.0, 0.0) == 0.0
+
+
+def test_newman_lambda1_at_huge_gain_is_finite():
+    assert theory.newman_lambda1(8, 1e200) == pytest.approx(theory.newman_lambda1(8, 1.0) + math.log(1e200), rel=1e-14)

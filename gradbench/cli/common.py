@@ -22,7 +22,7 @@ from gradbench.spec import ACTIVATIONS, CLIP_MODES, CLIP_TARGETS, DTYPES, INIT_A
 __all__ = ["UsageError"]  # and everything below
 
 BACKEND_CHOICES = ("auto", "numpy", "numba", "c")
-MAX_GAIN = 1e150  # sigma_w**2 must be a finite float (the mean-field maps square it)
+MAX_GAIN = 1e150  # squared weight norms (sigma_w^2 N) must stay finite floats in every report
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

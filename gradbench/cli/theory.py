@@ -83,6 +83,13 @@ def _stack_options(args):
     return argparse.Namespace(**fields)
 
 
+def _float(value: float, log10: float) -> str:
+    """A mean-field number, as 10^x where it under- or overflows a float (sigma_w of 1e-200 or 1e200)."""
+    if 0 < value < math.inf or not math.isfinite(log10):
+        return f"{value:.6g}"
+    return f"10^{log10:.6f}"
+
+
 def predictions(args) -> tuple[dict, list[str], float]:
     """Mean field (and Newman for identity stacks): the JSON fields, the lines to print and the
     predicted decades per layer that a simulation is compared with."""
@@ -90,11 +97,12 @@ def predictions(args) -> tuple[dict, list[str], float]:
 
     mf = theory.mean_field(args.activation, args.sigma_w, args.sigma_b, args.activation_param)
     out = {"activation": args.activation, "activation_param": args.activation_param, "sigma_w": args.sigma_w,
-           "sigma_b": args.sigma_b, "q_star": mf.q_star, "chi1": mf.chi1, "decades_per_layer": mf.decades_per_layer,
+           "sigma_b": args.sigma_b, "q_star": mf.q_star, "chi1": mf.chi1, "log10_q_star": mf.log10_q_star,
+           "log10_chi1": mf.log10_chi1, "decades_per_layer": mf.decades_per_layer,
            "depth_scale": mf.depth_scale, "phase": mf.phase}
     lines = [f"mean field: {args.activation}, sigma_w = {args.sigma_w:g}, sigma_b = {args.sigma_b:g}",
-             f"  fixed point q*          {mf.q_star:.6g}",
-             f"  chi_1                   {mf.chi1:.6g}   ({mf.phase})",
+             f"  fixed point q*          {_float(mf.q_star, mf.log10_q_star)}",
+             f"  chi_1                   {_float(mf.chi1, mf.log10_chi1)}   ({mf.phase})",
              f"  ||dL/dh|| per layer     {mf.decades_per_layer:+.6g} decades going down the stack",
              f"  depth scale             {mf.depth_scale:.4g} layers (1 / |ln chi_1|)"]
     try:
