@@ -181,6 +181,11 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, rel) -> s
     return "; ".join(words) + "."
 
 
+# Activations whose derivative is positive everywhere (gelu and swish: but at one point each),
+# so that an exactly zero gradient layer can only come from a derivative below the float range.
+_POSITIVE_DERIVATIVE = frozenset({"sigmoid", "tanh", "elu", "selu", "swish", "gelu"})
+
+
 def _findings(stack, g, res, verdict) -> list[str]:
     """The facts beside the verdict: non-finite layers, zeros, the forward, saturation, dead units."""
     words = []
@@ -192,6 +197,12 @@ def _findings(stack, g, res, verdict) -> list[str]:
     zero = np.flatnonzero(g == -np.inf)
     if zero.size and zero.size < len(g):
         dead_note = " (dead ReLU units block the chain)" if stack.activation == "relu" else ""
+        top = int(zero.max())
+        if stack.activation in _POSITIVE_DERIVATIVE and float(res.saturation[top]) == 1.0:
+            # phi' > 0 (but at a point) for these: the zero is the dtype's floor, not the chain's
+            dead_note = (f" (every unit of layer {top} is saturated so far that its {stack.activation}' times the "
+                         f"incoming signal falls below {stack.dtype}'s smallest subnormal number and reads 0: the "
+                         "true gradient there is not 0, but out of reach of one exponent per layer)")
         words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
     ok = np.isfinite(std)
