@@ -82,26 +82,31 @@ def _check_x(stack: Stack, x, targets):
         raise ValueError("batch_norm=True needs a batch of at least 2 (x has 1 sample): the batch statistics of one "
                          "sample are degenerate (z - mean = 0 everywhere); PyTorch refuses it too")
     x = check_array("x", x, None, dt)
-    targets = _check_targets(stack, targets, x.shape[0])
+    targets = check_targets(stack, targets, (x.shape[0],))
     return x, targets
 
 
-def _check_targets(stack: Stack, t, batch: int):
-    if not stack.has_head:
+def check_targets(net, t, lead: tuple, *, where: str = "", owner: str = "stack", kind: str = "Stack"):
+    """The targets of ``net`` (a Stack or a Recurrent) checked for its loss: None without a head;
+    integer labels of shape ``lead`` for softmax_ce; else an array ``lead + (output_dim,)`` of
+    the net's dtype (in [0, 1] for bce). ``where`` qualifies the softmax_ce message, ``owner``
+    and ``kind`` are as in :func:`check_array`."""
+    if not net.has_head:
         if t is not None:
             raise ValueError("targets are given but loss='sum_squares' takes none")
         return None
     if t is None:
-        raise ValueError(f"loss={stack.loss!r} needs targets")
+        raise ValueError(f"loss={net.loss!r} needs targets")
     if not isinstance(t, np.ndarray):
         raise TypeError(f"targets must be a numpy.ndarray, got {type(t).__name__}")
-    if stack.loss == "softmax_ce":
-        if t.shape != (batch,) or not np.issubdtype(t.dtype, np.integer):
-            raise ValueError(f"targets for softmax_ce must be integer class labels of shape ({batch},), got {t.dtype} {t.shape}")
-        if t.min() < 0 or t.max() >= stack.output_dim:
-            raise ValueError(f"targets must lie in [0, {stack.output_dim}) (output_dim), got [{t.min()}, {t.max()}]")
+    if net.loss == "softmax_ce":
+        if t.shape != lead or not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f"targets for softmax_ce{where} must be integer class labels of shape {lead}, "
+                             f"got {t.dtype} {t.shape}")
+        if t.min() < 0 or t.max() >= net.output_dim:
+            raise ValueError(f"targets must lie in [0, {net.output_dim}) (output_dim), got [{t.min()}, {t.max()}]")
         return np.ascontiguousarray(t, dtype=np.int64)
-    t = check_array("targets", t, (batch, stack.output_dim), stack.np_dtype)
-    if stack.loss == "bce" and (t.min() < 0 or t.max() > 1):
+    t = check_array("targets", t, lead + (net.output_dim,), net.np_dtype, owner=owner, kind=kind)
+    if net.loss == "bce" and (t.min() < 0 or t.max() > 1):
         raise ValueError("targets for bce must lie in [0, 1]")
     return t

@@ -23,7 +23,7 @@ from gradbench import abi
 from gradbench.activations import sigmoid
 from gradbench.buffers import WORKSPACE
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
-from gradbench.inputs import check_array, check_param_arrays
+from gradbench.inputs import check_array, check_param_arrays, check_targets
 from gradbench.logscaled import LogScaled, ldexp
 from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, available_memory
 from gradbench.recurrent import abi as rabi
@@ -81,26 +81,8 @@ def check_inputs(rnn, params, xs, targets=None, h0=None, c0=None):
 
 
 def _check_targets(rnn: Recurrent, t, B: int):
-    if not rnn.has_head:
-        if t is not None:
-            raise ValueError("targets are given but loss='sum_squares' takes none")
-        return None
-    if t is None:
-        raise ValueError(f"loss={rnn.loss!r} needs targets")
-    if not isinstance(t, np.ndarray):
-        raise TypeError(f"targets must be a numpy.ndarray, got {type(t).__name__}")
     lead = (rnn.steps, B) if rnn.loss_on == "every" else (B,)
-    if rnn.loss == "softmax_ce":
-        if t.shape != lead or not np.issubdtype(t.dtype, np.integer):
-            raise ValueError(f"targets for softmax_ce on loss_on={rnn.loss_on!r} must be integer class labels of "
-                             f"shape {lead}, got {t.dtype} {t.shape}")
-        if t.min() < 0 or t.max() >= rnn.output_dim:
-            raise ValueError(f"targets must lie in [0, {rnn.output_dim}) (output_dim), got [{t.min()}, {t.max()}]")
-        return np.ascontiguousarray(t, dtype=np.int64)
-    t = _check_array("targets", t, lead + (rnn.output_dim,), rnn.np_dtype)
-    if rnn.loss == "bce" and (t.min() < 0 or t.max() > 1):
-        raise ValueError("targets for bce must lie in [0, 1]")
-    return t
+    return check_targets(rnn, t, lead, where=f" on loss_on={rnn.loss_on!r}", owner="net", kind="Recurrent")
 
 
 # ------------------------------------------------------------------ memory planning
