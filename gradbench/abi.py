@@ -72,14 +72,25 @@ def _arg(name: str, shape: str, kind: str, access: str, doc: str) -> Arg:
     return Arg(name, tuple(shape.split(",")), kind, access, doc)
 
 
-_ICFG = _arg("icfg", "I_SIZE", "i8", "r", "integer options (I_* indices, kernel_config)")
-_FCFG = _arg("fcfg", "F_SIZE", "f8", "r", "float options (F_* indices, kernel_config)")
+def config_args(prefix: str = "") -> tuple[Arg, Arg]:
+    """The configuration arrays ``icfg`` ({prefix}I_SIZE int64) and ``fcfg`` ({prefix}F_SIZE
+    float64) of a table: ``prefix`` "" for the stack, "R" for the recurrent cells."""
+    return (_arg("icfg", f"{prefix}I_SIZE", "i8", "r", f"integer options ({prefix}I_* indices, kernel_config)"),
+            _arg("fcfg", f"{prefix}F_SIZE", "f8", "r", f"float options ({prefix}F_* indices, kernel_config)"))
+
+
+def info_arg(unit: str) -> Arg:
+    """The ``info`` array of a table: the first non-finite ``unit`` (layer, step) of each pass."""
+    return _arg("info", "INFO_SIZE", "i8", "rw",
+                f"first non-finite {unit}: [forward (written by forward), backward (by backward)]")
+
+
+_ICFG, _FCFG = config_args()
 _W = _arg("W", "L,N,N", "T", "r", "weights W_l")
 _GAMMA = _arg("gamma", "L,N", "T", "r", "batch-norm scale")
 _BETA = _arg("beta", "L,N", "T", "r", "batch-norm shift")
 _SLOPE = _arg("slope", "L", "T", "r", "PReLU slope per layer")
-_INFO = _arg("info", "INFO_SIZE", "i8", "rw",
-             "first non-finite layer: [forward (written by forward), backward (by backward)]")
+_INFO = info_arg("layer")
 
 FORWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _W,
@@ -247,8 +258,13 @@ def _check_stack_config(function: str, arrays, dims) -> None:
         raise ValueError(f"{function}: icfg[I_ACT]={act} is not an activation code (0..{len(ACTIVATIONS) - 1})")
     if k < 0 or (k > 0 and L % k):
         raise ValueError(f"{function}: icfg[I_RESIDUAL]={k} must be 0 or divide the {L} layers of the call")
+    check_clip_code(function, "I_CLIP", clip)
+
+
+def check_clip_code(function: str, index: str, clip: int) -> None:
+    """Raise ``ValueError`` unless ``clip`` (``icfg[index]`` of a call to ``function``) is a clip mode."""
     if clip not in (CLIP_NONE, CLIP_VALUE, CLIP_NORM):
-        raise ValueError(f"{function}: icfg[I_CLIP]={clip} is not a clip mode (0, 1, 2)")
+        raise ValueError(f"{function}: icfg[{index}]={clip} is not a clip mode (0, 1, 2)")
 
 
 def _arg_of(table, name) -> Arg:
@@ -321,8 +337,9 @@ def kernel_config(stack: Stack, rescale_forward: bool) -> tuple[np.ndarray, np.n
     return icfg, fcfg
 
 
-def signal_clip(stack: Stack) -> int:
-    """The clip code of the backpropagated signal: CLIP_NONE unless ``clip_on="signal"``."""
+def signal_clip(stack) -> int:
+    """The clip code of the backpropagated signal of a :class:`Stack` or a
+    :class:`~gradbench.Recurrent`: CLIP_NONE unless ``clip_on="signal"``."""
     if stack.clip is None or stack.clip_on != "signal":
         return CLIP_NONE
     return CLIP_VALUE if stack.clip == "value" else CLIP_NORM

@@ -9,22 +9,47 @@ from gradbench.params import GeneratedParams, Params, expected_shapes
 from gradbench.spec import Stack
 
 
-def _check_array(name: str, a, shape, dtype) -> np.ndarray:
+def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str = "Stack",
+                finite: bool = True) -> np.ndarray:
+    """``a`` as a C-contiguous array after checking its type, dtype, shape and (``finite``) values.
+
+    ``owner`` names what the dtype belongs to in the messages ("stack", "net") and ``kind`` the
+    class to build with another dtype ("Stack", "Recurrent"). Non-contiguous input is accepted
+    and copied.
+    """
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype != dtype:
         raise TypeError(
-            f"{name} has dtype {a.dtype}, the stack's dtype is {dtype}: "
-            f"pass {name}.astype({str(dtype)!r}) or a Stack with dtype={a.dtype.name!r}"
+            f"{name} has dtype {a.dtype}, the {owner}'s dtype is {dtype}: "
+            f"pass {name}.astype({str(dtype)!r}) or a {kind} with dtype={a.dtype.name!r}"
             if a.dtype.name in spec.DTYPES
             else f"{name} has dtype {a.dtype}; supported dtypes are {', '.join(spec.DTYPES)}"
         )
     if shape is not None and a.shape != tuple(shape):
         raise ValueError(f"{name} has shape {a.shape}, expected {tuple(shape)}")
-    if not np.all(np.isfinite(a)):
+    if finite and not np.all(np.isfinite(a)):
         bad = np.argwhere(~np.isfinite(a))[0]
         raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
-    return np.ascontiguousarray(a)  # non-contiguous input is accepted and copied
+    return np.ascontiguousarray(a)
+
+
+def check_param_arrays(params, shapes, dtype, *, owner: str = "stack", unused: str = "has no use for it",
+                       kind: str = "Stack") -> dict[str, np.ndarray]:
+    """The arrays of ``params`` checked against ``shapes`` (name -> shape, or None where the
+    ``owner`` takes no such array, which must then be absent; ``unused`` says why); returns
+    name -> contiguous array for those present."""
+    checked = {}
+    for name, shape in shapes.items():
+        a = getattr(params, name)
+        if shape is None:
+            if a is not None:
+                raise ValueError(f"params.{name} is given but the {owner} {unused} (mismatched params/{owner})")
+            continue
+        if a is None:
+            raise ValueError(f"params.{name} is missing: the {owner} needs shape {shape} (mismatched params/{owner})")
+        checked[name] = check_array(f"params.{name}", a, shape, dtype, owner=owner, kind=kind)
+    return checked
 
 
 def check_inputs(stack: Stack, params: Params | GeneratedParams, x, targets=None):
@@ -42,17 +67,7 @@ def check_inputs(stack: Stack, params: Params | GeneratedParams, x, targets=None
     if not isinstance(params, Params):
         raise TypeError("params must be gradbench.Params (from gb.init_params) or "
                         f"gradbench.GeneratedParams, got {type(params).__name__}")
-    dt = stack.np_dtype
-    checked = {}
-    for name, shape in expected_shapes(stack).items():
-        a = getattr(params, name)
-        if shape is None:
-            if a is not None:
-                raise ValueError(f"params.{name} is given but the stack has no use for it (mismatched params/stack)")
-            continue
-        if a is None:
-            raise ValueError(f"params.{name} is missing: the stack needs shape {shape} (mismatched params/stack)")
-        checked[name] = _check_array(f"params.{name}", a, shape, dt)
+    checked = check_param_arrays(params, expected_shapes(stack), stack.np_dtype)
     x, targets = _check_x(stack, x, targets)
     return Params(**checked), x, targets
 
@@ -66,27 +81,32 @@ def _check_x(stack: Stack, x, targets):
     if stack.batch_norm and x.shape[0] < 2:
         raise ValueError("batch_norm=True needs a batch of at least 2 (x has 1 sample): the batch statistics of one "
                          "sample are degenerate (z - mean = 0 everywhere); PyTorch refuses it too")
-    x = _check_array("x", x, None, dt)
-    targets = _check_targets(stack, targets, x.shape[0])
+    x = check_array("x", x, None, dt)
+    targets = check_targets(stack, targets, (x.shape[0],))
     return x, targets
 
 
-def _check_targets(stack: Stack, t, batch: int):
-    if not stack.has_head:
+def check_targets(net, t, lead: tuple, *, where: str = "", owner: str = "stack", kind: str = "Stack"):
+    """The targets of ``net`` (a Stack or a Recurrent) checked for its loss: None without a head;
+    integer labels of shape ``lead`` for softmax_ce; else an array ``lead + (output_dim,)`` of
+    the net's dtype (in [0, 1] for bce). ``where`` qualifies the softmax_ce message, ``owner``
+    and ``kind`` are as in :func:`check_array`."""
+    if not net.has_head:
         if t is not None:
             raise ValueError("targets are given but loss='sum_squares' takes none")
         return None
     if t is None:
-        raise ValueError(f"loss={stack.loss!r} needs targets")
+        raise ValueError(f"loss={net.loss!r} needs targets")
     if not isinstance(t, np.ndarray):
         raise TypeError(f"targets must be a numpy.ndarray, got {type(t).__name__}")
-    if stack.loss == "softmax_ce":
-        if t.shape != (batch,) or not np.issubdtype(t.dtype, np.integer):
-            raise ValueError(f"targets for softmax_ce must be integer class labels of shape ({batch},), got {t.dtype} {t.shape}")
-        if t.min() < 0 or t.max() >= stack.output_dim:
-            raise ValueError(f"targets must lie in [0, {stack.output_dim}) (output_dim), got [{t.min()}, {t.max()}]")
+    if net.loss == "softmax_ce":
+        if t.shape != lead or not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f"targets for softmax_ce{where} must be integer class labels of shape {lead}, "
+                             f"got {t.dtype} {t.shape}")
+        if t.min() < 0 or t.max() >= net.output_dim:
+            raise ValueError(f"targets must lie in [0, {net.output_dim}) (output_dim), got [{t.min()}, {t.max()}]")
         return np.ascontiguousarray(t, dtype=np.int64)
-    t = _check_array("targets", t, (batch, stack.output_dim), stack.np_dtype)
-    if stack.loss == "bce" and (t.min() < 0 or t.max() > 1):
+    t = check_array("targets", t, lead + (net.output_dim,), net.np_dtype, owner=owner, kind=kind)
+    if net.loss == "bce" and (t.min() < 0 or t.max() > 1):
         raise ValueError("targets for bce must lie in [0, 1]")
     return t

@@ -54,15 +54,16 @@ stacks small enough to store.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradbench._fields import CopyableArrays
 from gradbench.spec import Stack
 
 
 @dataclass(frozen=True, eq=False)
-class Params:
+class Params(CopyableArrays):
     """The parameters of a :class:`~gradbench.Stack` (see the module docstring for shapes)."""
 
     W: np.ndarray
@@ -74,16 +75,6 @@ class Params:
     b_in: np.ndarray | None = None
     W_out: np.ndarray | None = None
     b_out: np.ndarray | None = None
-
-    def items(self):
-        """(name, array) for every array present."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                yield f.name, value
-
-    def copy(self) -> "Params":
-        return Params(**{name: a.copy() for name, a in self.items()})
 
     def segment(self, start: int, stop: int, out=None) -> tuple[np.ndarray, ...]:
         """W, b, gamma, beta, slope of layers [start, stop) (views; ``out`` is not used)."""

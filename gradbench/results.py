@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradbench._fields import PresentFields
 from gradbench.histograms import GradHistogram
 from gradbench.logscaled import LogScaled
 from gradbench.spec import Stack
 
 
 @dataclass(frozen=True, eq=False)
-class Grads:
+class Grads(PresentFields):
     """Gradients of the loss, exact at any depth, one :class:`LogScaled` per parameter.
 
     ``W`` (L, N, N), ``b``/``gamma``/``beta`` (L, N), ``slope`` (L,), each with one exponent per
@@ -28,12 +29,6 @@ class Grads:
     b_in: LogScaled | None = None
     W_out: LogScaled | None = None
     b_out: LogScaled | None = None
-
-    def items(self):
-        for name in ("W", "b", "gamma", "beta", "slope", "W_in", "b_in", "W_out", "b_out"):
-            value = getattr(self, name)
-            if value is not None:
-                yield name, value
 
 
 @dataclass(frozen=True, eq=False)

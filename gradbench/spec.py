@@ -80,8 +80,29 @@ def _check_real(param: str, value, *, positive: bool = False, nonneg: bool = Fal
         raise ValueError(f"{param} must be >= 0, got {value}")
 
 
+def scheme_gain(init: str, sigma_w: float | None = None) -> float:
+    """The gain of a weight scheme: ``sigma_w`` when given, else the scheme's default
+    (sqrt 2 for he_*, else 1)."""
+    if sigma_w is not None:
+        return float(sigma_w)
+    return math.sqrt(2.0) if init.startswith("he_") else 1.0
+
+
+class _Net:
+    """What a :class:`Stack` and a :class:`~gradbench.Recurrent` derive alike from their
+    ``loss`` and ``dtype`` fields."""
+
+    @property
+    def has_head(self) -> bool:
+        return self.loss != "sum_squares"
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+
 @dataclass(frozen=True)
-class Stack:
+class Stack(_Net):
     """A deep dense stack, its remedies and its loss.
 
     Parameters
@@ -220,14 +241,6 @@ class Stack:
         return self.d_in != self.width
 
     @property
-    def has_head(self) -> bool:
-        return self.loss != "sum_squares"
-
-    @property
-    def np_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
-
-    @property
     def act_param(self) -> float:
         """The activation's parameter with its default filled in (0 where it has none)."""
         if self.activation_param is not None:
@@ -237,9 +250,7 @@ class Stack:
     @property
     def gain(self) -> float:
         """The weight gain sigma_w: variance sigma_w**2 / fan_in (square layers)."""
-        if self.sigma_w is not None:
-            return float(self.sigma_w)
-        return math.sqrt(2.0) if self.init.startswith("he_") else 1.0
+        return scheme_gain(self.init, self.sigma_w)
 
     def replace(self, **changes) -> "Stack":
         """A copy with some fields changed (validated again)."""

@@ -346,3 +346,23 @@ def run_backward(module, arrays):
 def slice_params(params, a, b):
     """Layers a..b-1 of params (contiguous copies)."""
     return gb.Params(**{n: np.ascontiguousarray(getattr(params, n)[a:b]) for n in ("W", "b", "gamma", "beta", "slope")})
+
+
+def wrong_arrays(good: dict, args, *, short: bool = False):
+    """(label, name, replacement) for every array of a contract's ``args``, from the valid
+    arrays ``good``: wrong dtype, wrong shape (also a last axis of 1 with ``short``), not
+    contiguous, read-only (for the arrays the kernel writes), not an array."""
+    for arg in args:
+        a = good[arg.name]
+        other = np.float32 if a.dtype == np.float64 else np.int32
+        yield f"{arg.name}-dtype", arg.name, np.zeros(a.shape, other)
+        yield f"{arg.name}-shape", arg.name, np.zeros(a.shape[:-1] + (a.shape[-1] + 1,), a.dtype)
+        if short:
+            yield f"{arg.name}-shape-short", arg.name, np.zeros(a.shape[:-1] + (1,), a.dtype)
+        wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        yield f"{arg.name}-strided", arg.name, wide[..., ::2]
+        if "w" in arg.access:
+            ro = a.copy()
+            ro.flags.writeable = False
+            yield f"{arg.name}-readonly", arg.name, ro
+        yield f"{arg.name}-list", arg.name, a.tolist()

@@ -9,6 +9,7 @@ import pytest
 import gradbench as gb
 from gradbench import abi, spec
 from gradbench.backends import get_backend
+from tests.helpers import wrong_arrays
 
 BACKENDS = gb.backends()
 # The stack's contracts (gradbench.recurrent registers its own; tests/test_recurrent_abi.py).
@@ -35,20 +36,7 @@ def _arrays(function: str, L=3, B=2, N=4, dtype="float64") -> dict:
 def _wrong_inputs(function: str):
     """(label, name, replacement) for every array: wrong dtype, wrong shape, not contiguous,
     read-only (for the arrays the kernel writes), not an array."""
-    good = _arrays(function)
-    for arg in abi.CONTRACTS[function].args:
-        a = good[arg.name]
-        other = np.float32 if a.dtype == np.float64 else np.int32
-        yield f"{arg.name}-dtype", arg.name, np.zeros(a.shape, other)
-        yield f"{arg.name}-shape", arg.name, np.zeros(a.shape[:-1] + (a.shape[-1] + 1,), a.dtype)
-        yield f"{arg.name}-shape-short", arg.name, np.zeros(a.shape[:-1] + (1,), a.dtype)
-        wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
-        yield f"{arg.name}-strided", arg.name, wide[..., ::2]
-        if "w" in arg.access:
-            ro = a.copy()
-            ro.flags.writeable = False
-            yield f"{arg.name}-readonly", arg.name, ro
-        yield f"{arg.name}-list", arg.name, a.tolist()
+    return wrong_arrays(_arrays(function), abi.CONTRACTS[function].args, short=True)
 
 
 @pytest.mark.parametrize("function", ["stack_forward", "stack_backward"])

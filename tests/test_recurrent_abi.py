@@ -10,6 +10,7 @@ import gradbench as gb
 from gradbench import abi
 from gradbench.recurrent import abi as rabi
 from gradbench.recurrent import backends as rbackends
+from tests.helpers import wrong_arrays
 
 BACKENDS = rbackends.backends()
 
@@ -33,19 +34,7 @@ FUNCTIONS = list(rabi.TABLES)
 
 
 def _wrong_inputs(function: str):
-    good = _arrays(function)
-    for arg in abi.CONTRACTS[function].args:
-        a = good[arg.name]
-        other = np.float32 if a.dtype == np.float64 else np.int32
-        yield f"{arg.name}-dtype", arg.name, np.zeros(a.shape, other)
-        yield f"{arg.name}-shape", arg.name, np.zeros(a.shape[:-1] + (a.shape[-1] + 1,), a.dtype)
-        wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
-        yield f"{arg.name}-strided", arg.name, wide[..., ::2]
-        if "w" in arg.access:
-            ro = a.copy()
-            ro.flags.writeable = False
-            yield f"{arg.name}-readonly", arg.name, ro
-        yield f"{arg.name}-list", arg.name, a.tolist()
+    return wrong_arrays(_arrays(function), abi.CONTRACTS[function].args)
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)

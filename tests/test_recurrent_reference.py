@@ -201,16 +201,22 @@ def _linear_states(p, xs, g):
     return np.array(out)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
-def test_vanishing_linear_cell_closed_form(backend):
-    """W_hh = I/2: dL/dh_t = 2^-(T-1-t) h_{T-1} exactly, 10^-1505 at step 0 for T = 5000."""
+def _linear_cell(backend, T, g):
+    """The identity rnn cell with W_hh = g I (hidden 3, input 2, batch 2) through T steps on
+    ``backend`` (skipped if it is not available): params, inputs and the result."""
     if backend not in gb.recurrent.backends.backends():
         pytest.skip(f"{backend} not available")
-    T, g = 5000, 0.5
     rnn = gb.Recurrent(cell="rnn", activation="identity", recurrent_init="identity", sigma_w=g, steps=T, hidden=3,
                        input_dim=2)
     p, xs, _ = _problem(rnn, B=2)
-    res = gb.backprop(rnn, p, xs, backend=backend)
+    return p, xs, gb.backprop(rnn, p, xs, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
+def test_vanishing_linear_cell_closed_form(backend):
+    """W_hh = I/2: dL/dh_t = 2^-(T-1-t) h_{T-1} exactly, 10^-1505 at step 0 for T = 5000."""
+    T, g = 5000, 0.5
+    p, xs, res = _linear_cell(backend, T, g)
     H = _linear_states(p, xs, g)
     t = np.arange(T)
     want = np.log10(np.linalg.norm(H[-1])) + (T - 1 - t) * math.log10(g)
@@ -229,13 +235,8 @@ def test_vanishing_linear_cell_closed_form(backend):
 def test_exploding_linear_cell_closed_form(backend):
     """W_hh = 2 I: h_{T-1} = 2^(T-1) S with S = sum_t 2^-t u_t, so the loss is 10^1806 at T = 3000
     (exact through the forward exponents) and dL/dh_t = 2^(T-1-t) h_{T-1}."""
-    if backend not in gb.recurrent.backends.backends():
-        pytest.skip(f"{backend} not available")
     T, g = 3000, 2.0
-    rnn = gb.Recurrent(cell="rnn", activation="identity", recurrent_init="identity", sigma_w=g, steps=T, hidden=3,
-                       input_dim=2)
-    p, xs, _ = _problem(rnn, B=2)
-    res = gb.backprop(rnn, p, xs, backend=backend)
+    p, xs, res = _linear_cell(backend, T, g)
     assert res.forward_rescaled
     U = xs @ p.W_ih.T + p.b_ih + p.b_hh
     S = sum(U[t] * 2.0 ** -t for t in range(80))

@@ -57,10 +57,17 @@ DEMO_CONFIGS = ("sigmoid", "tanh", "relu", "sigmoid-xavier", "relu-he", "sigmoid
                 "tanh-xavier", "tanh-clip")
 
 
-def register(sub):
-    p = add_parser(sub, "compare", help="several activations / remedies side by side at one depth", epilog=EPILOG)
+def add_configs_stack_args(p) -> None:
+    """The base stack and probe options of the commands that run several configurations
+    (compare, demo): depth 50, width 32, a bce head, the activation and init left to each
+    configuration."""
     add_stack_args(p, depth=50, width=32, activation=None, init=None, loss="bce")
     add_probe_args(p)
+
+
+def register(sub):
+    p = add_parser(sub, "compare", help="several activations / remedies side by side at one depth", epilog=EPILOG)
+    add_configs_stack_args(p)
     g = p.add_argument_group("configurations and output")
     g.add_argument("--configs", metavar="NAMES",
                    help=f"comma-separated configuration names (default: {','.join(DEMO_CONFIGS)})")

@@ -8,9 +8,11 @@ import os
 import numpy as np
 
 from gradbench.cli.common import (
-    WEIGHTS, add_output_args, add_parser, add_probe_args, add_stack_args, resolve_backend,
+    WEIGHTS, add_output_args, add_parser, resolve_backend,
 )
-from gradbench.cli.compare import DEMO_CONFIGS, compare_stacks, config_names, print_comparison
+from gradbench.cli.compare import (
+    DEMO_CONFIGS, add_configs_stack_args, compare_stacks, config_names, print_comparison,
+)
 from gradbench.cli.output import (
     check_directory, check_outputs, make_directory, metadata, threads, write_json, write_plot,
 )
@@ -36,8 +38,7 @@ CELL_FILES = ("cells.png", "cells.json")
 
 def register(sub):
     p = add_parser(sub, "demo", help="what `make demo` runs: the classic demonstrations with plots", epilog=EPILOG)
-    add_stack_args(p, depth=50, width=32, activation=None, init=None, loss="bce")
-    add_probe_args(p)
+    add_configs_stack_args(p)
     g = p.add_argument_group("output")
     g.add_argument("--out-dir", default=DEFAULT_DEMO_DIR, metavar="DIR",
                    help="where the plots and files go (created if missing)")

@@ -20,7 +20,7 @@ the exponent ``sig_e[t + 1]`` (plus ``fexp[t]`` for dW_hh, whose term is dz_t^T 
 from __future__ import annotations
 
 from gradbench import abi
-from gradbench.abi import INFO_SIZE, Arg, Contract, _arg
+from gradbench.abi import INFO_SIZE, Arg, Contract, _arg, config_args, info_arg
 
 # ------------------------------------------------------------------ codes shared with C
 # Layout of icfg (int64) and fcfg (float64) of the recurrent drivers (GB_RI_* / GB_RF_* in C).
@@ -46,8 +46,7 @@ CELL_FUNCTIONS = {cell: (f"{cell}_forward", f"{cell}_backward") for cell in ("rn
 CONSTS = {"RI_SIZE": RI_SIZE, "RF_SIZE": RF_SIZE, "DE_SIZE": DE_SIZE, "INFO_SIZE": INFO_SIZE}
 
 # ------------------------------------------------------------------ the tables
-_ICFG = _arg("icfg", "RI_SIZE", "i8", "r", "integer options (RI_* indices, kernel_config)")
-_FCFG = _arg("fcfg", "RF_SIZE", "f8", "r", "float options (RF_* indices, kernel_config)")
+_ICFG, _FCFG = config_args("R")
 _X = _arg("X", "T,B,D", "T", "r", "the inputs x_t")
 _W_IH = _arg("W_ih", "GN,D", "T", "r", "input weights, gate blocks in torch's order")
 _W_HH = _arg("W_hh", "GN,N", "T", "r", "recurrent weights")
@@ -64,8 +63,7 @@ _STATS = (
     _arg("gate_mean", "T", "f8", "w", "mean forget gate f (lstm), update gate z (gru); NaN (rnn)"),
     _arg("gate_low", "T", "f8", "w", "fraction of those gates below fcfg[RF_GATE_LOW]; NaN (rnn)"),
 )
-_INFO = _arg("info", "INFO_SIZE", "i8", "rw",
-             "first non-finite step: [forward (written by forward), backward (by backward)]")
+_INFO = info_arg("step")
 _DH = _arg("DH", "S,B,N", "T", "r", "the head's direct dL/dH[j] for j = 0..T-1 (every-step loss; else unused)")
 _G = _arg("G", "B,N", "T", "rw", "dL/dH[T] (normalised) on entry, dL/dH[0] on exit")
 _GRADS = (
@@ -126,7 +124,6 @@ _GATE_COUNT = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
 def _check_config(function: str, arrays, dims) -> None:
-    from gradbench.abi import CLIP_NONE, CLIP_NORM, CLIP_VALUE
     from gradbench.recurrent.spec import RNN_ACTIVATIONS
     from gradbench.spec import ACTIVATIONS
 
@@ -138,8 +135,7 @@ def _check_config(function: str, arrays, dims) -> None:
     act, clip, every = int(icfg[RI_ACT]), int(icfg[RI_CLIP]), int(icfg[RI_LOSS_EVERY])
     if cell == "rnn" and not (0 <= act < len(ACTIVATIONS) and ACTIVATIONS[act] in RNN_ACTIVATIONS):
         raise ValueError(f"{function}: icfg[RI_ACT]={act} is not an rnn activation code")
-    if clip not in (CLIP_NONE, CLIP_VALUE, CLIP_NORM):
-        raise ValueError(f"{function}: icfg[RI_CLIP]={clip} is not a clip mode (0, 1, 2)")
+    abi.check_clip_code(function, "RI_CLIP", clip)
     if int(icfg[RI_CHUNK]) < 1:
         raise ValueError(f"{function}: icfg[RI_CHUNK]={int(icfg[RI_CHUNK])} must be >= 1 (steps per chunk)")
     if int(icfg[RI_RESCALE_FWD]) not in (0, 1) or (cell != "rnn" and int(icfg[RI_RESCALE_FWD])):
@@ -185,13 +181,12 @@ def kernel_config(rnn, rescale_forward: bool, batch: int = 1):
     """
     import numpy as np
 
-    from gradbench.abi import ACT_CODE, CLIP_NONE, CLIP_NORM, CLIP_VALUE
+    from gradbench.abi import ACT_CODE, signal_clip
     from gradbench.activations import dphi_max
 
     icfg = np.zeros(RI_SIZE, dtype=np.int64)
     icfg[RI_ACT] = ACT_CODE[rnn.act]
-    icfg[RI_CLIP] = CLIP_NONE if rnn.clip is None or rnn.clip_on != "signal" else (
-        CLIP_VALUE if rnn.clip == "value" else CLIP_NORM)
+    icfg[RI_CLIP] = signal_clip(rnn)
     icfg[RI_RESCALE_FWD] = int(bool(rescale_forward))
     icfg[RI_LOSS_EVERY] = int(rnn.has_head and rnn.loss_on == "every")
     icfg[RI_CHUNK] = chunk_steps(batch)

@@ -42,7 +42,7 @@ def claims(argv: list[str]) -> bool:
         for i, a in enumerate(argv):
             value = a.split("=", 1)[1] if a.startswith("--demo=") else (argv[i + 1] if a == "--demo" and i + 1 < len(argv) else None)
             if value is not None:
-                names = [n for n in value.split(",") if n]
+                names = _names(value)
                 return bool(names) and all(n in RECURRENT_DEMOS for n in names)
     return False
 
@@ -71,6 +71,26 @@ class UsageError(ValueError):
 def _check_path(path, suffixes, what):
     if path is not None and os.path.splitext(path)[1].lower() not in suffixes:
         raise UsageError(f"{what} {path!r} must end in {', '.join(suffixes)}")
+
+
+_PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _check_outputs(args) -> None:
+    """``--plot`` and then ``--out`` checked before any work."""
+    _check_path(args.plot, _PLOT_SUFFIXES, "--plot")
+    _check_path(args.out, (".json",), "--out")
+
+
+def _names(value: str) -> list[str]:
+    """The non-empty names of a comma-separated option value."""
+    return [n for n in value.split(",") if n]
+
+
+def _write_out(path, **payload) -> None:
+    """Write the JSON result file ``path`` atomically and say so."""
+    _atomic.write_atomic(path, lambda f: f.write(_payload(**payload)))
+    print(f"wrote {path}")
 
 
 def _backend(name: str) -> str:
@@ -158,8 +178,7 @@ def cmd_run(args) -> int:
     from gradbench.recurrent import plot
     from gradbench.recurrent.diagnose import diagnose, format_report
 
-    _check_path(args.plot, (".png", ".svg", ".pdf"), "--plot")
-    _check_path(args.out, (".json",), "--out")
+    _check_outputs(args)
     rnn = _net(args)
     t0 = time.perf_counter()
     res, _ = run_one(rnn, args)
@@ -168,8 +187,7 @@ def cmd_run(args) -> int:
     print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed}, "
           f"{res.extras['segments']} segment{'s' if res.extras['segments'] != 1 else ''})")
     if args.out:
-        _atomic.write_atomic(args.out, lambda f: f.write(_payload(command="run", diagnosis=d.to_dict())))
-        print(f"wrote {args.out}")
+        _write_out(args.out, command="run", diagnosis=d.to_dict())
     if args.plot:
         plot.run_figure(d, args.plot)
         print(f"wrote {args.plot}")
@@ -181,9 +199,8 @@ def cmd_compare(args) -> int:
     from gradbench.recurrent import plot
     from gradbench.recurrent.diagnose import diagnose
 
-    _check_path(args.plot, (".png", ".svg", ".pdf"), "--plot")
-    _check_path(args.out, (".json",), "--out")
-    cells = [c for c in args.cells.split(",") if c]
+    _check_outputs(args)
+    cells = _names(args.cells)
     bad = [c for c in cells if c not in CELLS]
     if bad or not cells:
         raise UsageError(f"--cells {args.cells!r}: choose from {', '.join(CELLS)} (comma-separated)")
@@ -203,9 +220,7 @@ def cmd_compare(args) -> int:
     print("(log10 ||dL/dh_t|| at that many steps back from the last step, exact; reach: steps back over which "
           "the contributions to dL/dW_hh stay within 8 decades of the largest)")
     if args.out:
-        _atomic.write_atomic(args.out, lambda f: f.write(_payload(
-            command="compare", diagnoses={k: d.to_dict() for k, d in diags.items()})))
-        print(f"wrote {args.out}")
+        _write_out(args.out, command="compare", diagnoses={k: d.to_dict() for k, d in diags.items()})
     if args.plot:
         plot.signal_vs_steps_back(diags, args.plot, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}")
         print(f"wrote {args.plot}")
@@ -225,7 +240,7 @@ def cmd_theory(args) -> int:
     from gradbench.recurrent.theory import measured_rate, predicted_rate
 
     _check_path(args.out, (".json",), "--out")
-    _check_path(args.plot, (".png", ".svg", ".pdf"), "--plot")
+    _check_path(args.plot, _PLOT_SUFFIXES, "--plot")
     rnn = _net(args)
     import gradbench as gb
 
@@ -257,8 +272,7 @@ def cmd_theory(args) -> int:
         diff = got - pred.decades_per_step
         print(f"  difference  {diff:+.2e} ({abs(diff) / max(abs(pred.decades_per_step), 1e-12):.2%} of the prediction)")
     if args.out:
-        _atomic.write_atomic(args.out, lambda f: f.write(_payload(command="theory", **out)))
-        print(f"wrote {args.out}")
+        _write_out(args.out, command="theory", **out)
     if args.plot:
         from gradbench.recurrent import plot
         from gradbench.recurrent.diagnose import diagnose
@@ -275,9 +289,8 @@ def cmd_train(args) -> int:
     from gradbench.recurrent import plot
     from gradbench.recurrent.train import RECURRENT_DEMOS, run_recurrent_demo
 
-    _check_path(args.plot, (".png", ".svg", ".pdf"), "--plot")
-    _check_path(args.out, (".json",), "--out")
-    names = [n for n in args.demo.split(",") if n]
+    _check_outputs(args)
+    names = _names(args.demo)
     bad = [n for n in names if n not in RECURRENT_DEMOS]
     if bad:
         raise UsageError(f"unknown recurrent demo {', '.join(bad)}; choose from {', '.join(RECURRENT_DEMOS)}")
@@ -290,8 +303,7 @@ def cmd_train(args) -> int:
         runs = {n: dict(settings=r.settings, loss=_jl(r.loss), eval_loss=_jl(r.eval_loss), accuracy=_jl(r.accuracy),
                         signal_start=_jl(r.signal_start), signal_end=_jl(r.signal_end), diverged_epoch=r.diverged_epoch,
                         divergence=r.divergence, seconds=r.seconds) for n, r in results.items()}
-        _atomic.write_atomic(args.out, lambda f: f.write(_payload(command="train", runs=runs)))
-        print(f"wrote {args.out}")
+        _write_out(args.out, command="train", runs=runs)
     if args.plot:
         plot.training_figure(results, args.plot)
         print(f"wrote {args.plot}")

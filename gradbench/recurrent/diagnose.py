@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradbench.recurrent.results import RecurrentResult
+from gradbench.report import fmt_pow
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -208,16 +209,6 @@ def describe(rnn: dict) -> str:
     return ", ".join(parts)
 
 
-def _pow(v: float) -> str:
-    if math.isnan(v):
-        return "nan"
-    if v == -math.inf:
-        return "0"
-    if v == math.inf:
-        return "inf"
-    return f"10^{v:.2f}" if abs(v) < 1e4 else f"10^{v:.1f}"
-
-
 def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     """The terminal report: the verdict, the sentences, and a table of a few steps."""
     import textwrap
@@ -226,7 +217,7 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     lines = [f"{describe(d.rnn)} ({d.backend}): {d.verdict.upper()}"]
     lines += textwrap.wrap(d.explanation, 100, initial_indent="  ", subsequent_indent="  ")
     rate = f"{d.decades_per_step:+.4g}" if math.isfinite(d.decades_per_step) else "-"
-    lines.append(f"  loss {_pow(d.loss_log10)}, {rate} decades per step going back (negative: vanishing)")
+    lines.append(f"  loss {fmt_pow(d.loss_log10)}, {rate} decades per step going back (negative: vanishing)")
     if T <= rows:
         steps = list(range(T))
     else:
@@ -236,8 +227,8 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
         f" {'||dW_hh term||':>14} {'saturated':>9}" + (f" {'gate':>6} {'<0.1':>5}" if d.rnn["cell"] != "rnn" else "")
     lines += ["", head, "  " + "-" * (len(head) - 2)]
     for t in steps[::-1]:
-        row = f"  {t:>8} {_pow(d.signal_log10[t]):>12}" + (f" {_pow(d.cell_log10[t]):>12}" if lstm else "")
-        row += f" {_pow(d.grad_log10[t]):>14} {100 * d.saturation[t]:>8.1f}%"
+        row = f"  {t:>8} {fmt_pow(d.signal_log10[t]):>12}" + (f" {fmt_pow(d.cell_log10[t]):>12}" if lstm else "")
+        row += f" {fmt_pow(d.grad_log10[t]):>14} {100 * d.saturation[t]:>8.1f}%"
         if d.rnn["cell"] != "rnn":
             row += f" {d.gate_mean[t]:>6.3f} {100 * d.gate_low[t]:>4.0f}%"
         lines.append(row)

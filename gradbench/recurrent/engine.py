@@ -23,6 +23,7 @@ from gradbench import abi
 from gradbench.activations import sigmoid
 from gradbench.buffers import WORKSPACE
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
+from gradbench.inputs import check_array, check_param_arrays, check_targets
 from gradbench.logscaled import LogScaled, ldexp
 from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, available_memory
 from gradbench.recurrent import abi as rabi
@@ -31,7 +32,6 @@ from gradbench.recurrent.params import GeneratedSequence, RecurrentParams, expec
 from gradbench.recurrent.results import RecurrentGrads, RecurrentResult
 from gradbench.recurrent.spec import Recurrent
 from gradbench.reference import clip_signal, normalise
-from gradbench.spec import DTYPES
 
 # What a step saves for the backward pass (arrays of the forward table), per cell.
 SAVED = {"rnn": ("H", "DA"), "lstm": ("H", "C", "Z"), "gru": ("H", "Z", "HN")}
@@ -46,19 +46,7 @@ def can_rescale_forward(rnn: Recurrent) -> bool:
 
 # ------------------------------------------------------------------ validation
 def _check_array(name, a, shape, dtype, finite=True) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(
-            f"{name} has dtype {a.dtype}, the net's dtype is {dtype}: pass {name}.astype({str(dtype)!r}) "
-            f"or a Recurrent with dtype={a.dtype.name!r}" if a.dtype.name in DTYPES
-            else f"{name} has dtype {a.dtype}; supported dtypes are {', '.join(DTYPES)}")
-    if shape is not None and a.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {a.shape}, expected {tuple(shape)}")
-    if finite and not np.all(np.isfinite(a)):
-        bad = np.argwhere(~np.isfinite(a))[0]
-        raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
-    return np.ascontiguousarray(a)
+    return check_array(name, a, shape, dtype, owner="net", kind="Recurrent", finite=finite)
 
 
 def check_inputs(rnn, params, xs, targets=None, h0=None, c0=None):
@@ -69,17 +57,8 @@ def check_inputs(rnn, params, xs, targets=None, h0=None, c0=None):
         raise TypeError("params must be gradbench.RecurrentParams (from gb.init_params(rnn, seed)), "
                         f"got {type(params).__name__}")
     dt = rnn.np_dtype
-    checked = {}
-    for name, shape in expected_shapes(rnn).items():
-        a = getattr(params, name)
-        if shape is None:
-            if a is not None:
-                raise ValueError(f"params.{name} is given but the net has no head (mismatched params/net)")
-            continue
-        if a is None:
-            raise ValueError(f"params.{name} is missing: the net needs shape {shape} (mismatched params/net)")
-        checked[name] = _check_array(f"params.{name}", a, shape, dt)
-    params = RecurrentParams(**checked)
+    params = RecurrentParams(**check_param_arrays(params, expected_shapes(rnn), dt, owner="net",
+                                                  unused="has no head", kind="Recurrent"))
     T, D = rnn.steps, rnn.d_in
     if isinstance(xs, GeneratedSequence):
         if xs.rnn != rnn:
@@ -102,26 +81,8 @@ def check_inputs(rnn, params, xs, targets=None, h0=None, c0=None):
 
 
 def _check_targets(rnn: Recurrent, t, B: int):
-    if not rnn.has_head:
-        if t is not None:
-            raise ValueError("targets are given but loss='sum_squares' takes none")
-        return None
-    if t is None:
-        raise ValueError(f"loss={rnn.loss!r} needs targets")
-    if not isinstance(t, np.ndarray):
-        raise TypeError(f"targets must be a numpy.ndarray, got {type(t).__name__}")
     lead = (rnn.steps, B) if rnn.loss_on == "every" else (B,)
-    if rnn.loss == "softmax_ce":
-        if t.shape != lead or not np.issubdtype(t.dtype, np.integer):
-            raise ValueError(f"targets for softmax_ce on loss_on={rnn.loss_on!r} must be integer class labels of "
-                             f"shape {lead}, got {t.dtype} {t.shape}")
-        if t.min() < 0 or t.max() >= rnn.output_dim:
-            raise ValueError(f"targets must lie in [0, {rnn.output_dim}) (output_dim), got [{t.min()}, {t.max()}]")
-        return np.ascontiguousarray(t, dtype=np.int64)
-    t = _check_array("targets", t, lead + (rnn.output_dim,), rnn.np_dtype)
-    if rnn.loss == "bce" and (t.min() < 0 or t.max() > 1):
-        raise ValueError("targets for bce must lie in [0, 1]")
-    return t
+    return check_targets(rnn, t, lead, where=f" on loss_on={rnn.loss_on!r}", owner="net", kind="Recurrent")
 
 
 # ------------------------------------------------------------------ memory planning

@@ -12,16 +12,17 @@ Parameters are drawn once in Python from a seeded generator and shared by every 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradbench._fields import CopyableArrays
 from gradbench.params import _orthogonal, _weights
 from gradbench.recurrent.spec import Recurrent
 
 
 @dataclass(frozen=True, eq=False)
-class RecurrentParams:
+class RecurrentParams(CopyableArrays):
     """The parameters of a :class:`Recurrent` net (shapes in the module docstring)."""
 
     W_ih: np.ndarray
@@ -30,16 +31,6 @@ class RecurrentParams:
     b_hh: np.ndarray
     W_out: np.ndarray | None = None
     b_out: np.ndarray | None = None
-
-    def items(self):
-        """(name, array) for every array present."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                yield f.name, value
-
-    def copy(self) -> "RecurrentParams":
-        return RecurrentParams(**{name: a.copy() for name, a in self.items()})
 
 
 def expected_shapes(rnn: Recurrent) -> dict[str, tuple[int, ...] | None]:

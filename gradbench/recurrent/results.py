@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradbench._fields import PresentFields
 from gradbench.logscaled import LogScaled
 from gradbench.recurrent.spec import Recurrent
 
 
 @dataclass(frozen=True, eq=False)
-class RecurrentGrads:
+class RecurrentGrads(PresentFields):
     """Gradients of the loss, exact to rounding at any length: one :class:`LogScaled` per
     parameter, each a mantissa array with one exponent (``.to_float()``, ``.log10()``).
 
@@ -25,12 +26,6 @@ class RecurrentGrads:
     b_hh: LogScaled
     W_out: LogScaled | None = None
     b_out: LogScaled | None = None
-
-    def items(self):
-        for name in ("W_ih", "W_hh", "b_ih", "b_hh", "W_out", "b_out"):
-            value = getattr(self, name)
-            if value is not None:
-                yield name, value
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,14 +18,11 @@ Steps are numbered t = 0 .. T-1; step t reads x_t and h_{t-1} and writes h_t.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from gradbench.spec import (
-    ACT_PARAM_DEFAULT, ACTIVATIONS, CLIP_MODES, DTYPES, HOMOGENEOUS, INITS, LOSSES, _check_int, _check_real,
-    check_choice,
+    ACT_PARAM_DEFAULT, ACTIVATIONS, CLIP_MODES, DTYPES, HOMOGENEOUS, INITS, LOSSES, _check_int, _check_real, _Net,
+    check_choice, scheme_gain,
 )
 
 CELLS = ("rnn", "lstm", "gru")
@@ -42,7 +39,7 @@ CLIP_TARGETS = ("signal", "matrix", "global")
 
 
 @dataclass(frozen=True, kw_only=True)
-class Recurrent:
+class Recurrent(_Net):
     """A one-layer recurrent net (vanilla RNN, LSTM or GRU) unrolled over ``steps`` steps.
 
     Parameters
@@ -181,24 +178,14 @@ class Recurrent:
         return 1.0 if self.forget_bias is None else float(self.forget_bias)
 
     @property
-    def has_head(self) -> bool:
-        return self.loss != "sum_squares"
-
-    @property
-    def np_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
-
-    @property
     def gain(self) -> float:
         """The gain of W_hh: sigma_w, or the recurrent scheme's default (sqrt 2 for he_*, else 1)."""
-        if self.sigma_w is not None:
-            return float(self.sigma_w)
-        return math.sqrt(2.0) if self.recurrent_init.startswith("he_") else 1.0
+        return scheme_gain(self.recurrent_init, self.sigma_w)
 
     @property
     def input_gain(self) -> float:
         """The gain of W_ih and the head (the init scheme's default: sqrt 2 for he_*, else 1)."""
-        return math.sqrt(2.0) if self.init.startswith("he_") else 1.0
+        return scheme_gain(self.init)
 
     @property
     def homogeneous(self) -> bool:

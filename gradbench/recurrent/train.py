@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradbench.optim import SGD, Adam
 from gradbench.recurrent.engine import backprop
 from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
 from gradbench.spec import check_choice
+from gradbench.train import OPTIMIZERS, make_optimizer
 
 TASKS = ("first_symbol",)
 
@@ -108,12 +108,11 @@ class RecurrentTrainResult:
 
 
 def _optimizer(name, lr, momentum):
-    check_choice("optimizer", name, ("sgd", "momentum", "adam"))
+    """:func:`gradbench.train.make_optimizer`, with the name checked before ``lr``."""
+    check_choice("optimizer", name, OPTIMIZERS)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be > 0, got {lr!r}")
-    if name == "adam":
-        return Adam(lr=lr)
-    return SGD(lr=lr, momentum=momentum if name == "momentum" else 0.0)
+    return make_optimizer(name, lr, momentum)
 
 
 def _targets(rnn: Recurrent, y: np.ndarray) -> np.ndarray:
