@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from gradbench import __version__, _atomic
+from gradbench.report import fmt_pow
 from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, RECURRENT_INITS, RNN_ACTIVATIONS
 from gradbench.spec import CLIP_MODES, DTYPES, INITS
 
@@ -215,7 +216,7 @@ def cmd_compare(args) -> int:
     print("-" * len(head))
     for cell, d in diags.items():
         row = f"{cell:<6} {d.verdict:<10} {d.decades_per_step:>+9.4f}"
-        row += "".join(f" {_pow(d.signal_log10[T - 1 - b]):>12}" for b in backs)
+        row += "".join(f" {fmt_pow(d.signal_log10[T - 1 - b]):>12}" for b in backs)
         print(row + f"  {d.reach}")
     print("(log10 ||dL/dh_t|| at that many steps back from the last step, exact; reach: steps back over which "
           "the contributions to dL/dW_hh stay within 8 decades of the largest)")
@@ -225,14 +226,6 @@ def cmd_compare(args) -> int:
         plot.signal_vs_steps_back(diags, args.plot, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}")
         print(f"wrote {args.plot}")
     return 0
-
-
-def _pow(v: float) -> str:
-    if math.isnan(v):
-        return "nan"
-    if v == -math.inf:
-        return "0"
-    return f"10^{v:.2f}" if abs(v) < 1e4 else f"10^{v:.1f}"
 
 
 # ------------------------------------------------------------------ theory
