@@ -4,7 +4,7 @@ The case of issue 16: 200 runs (tanh, depth 500, width 64, batch 32: 50 values o
 seeds). Each measurement is a fresh subprocess with one thread per process (OMP, OpenBLAS, MKL),
 the layout of a Dask worker, so the three compare like with like:
 
-- ``serial``: the loop a user writes in one process: ``init_params``, ``gaussian_input``,
+- ``serial``: the loop a user writes in one process: ``GeneratedParams``, ``gaussian_input``,
   ``backprop(stats_only=True)``, ``diagnose`` per run (kernels warmed up first);
 - ``sweep-1``, ``sweep-2``: ``gb.sweep`` on a LocalCluster of 1 or 2 worker processes, started
   and warmed up before the clock starts (``startup_s`` records that part apart); the sweep also
@@ -45,9 +45,9 @@ if __name__ == "__main__":
         for sw in sigma_w:
             stack = gb.Stack(sigma_w=sw, **fixed)
             for seed in seeds:
-                params = gb.init_params(stack, seed)
+                params = gb.GeneratedParams(stack, seed)  # what a sweep's run uses (gradbench run --seed)
                 x = gb.gaussian_input(stack, B, seed=np.random.default_rng([seed, 1]))
-                rates.append(gb.diagnose(gb.backprop(stack, params, x, stats_only=True), params).decades_per_layer)
+                rates.append(gb.diagnose(gb.backprop(stack, params, x, stats_only=True)).decades_per_layer)
         seconds = time.perf_counter() - t
     else:
         import distributed
