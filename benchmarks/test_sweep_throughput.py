@@ -10,6 +10,11 @@ the layout of a Dask worker, so the three compare like with like:
   and warmed up before the clock starts (``startup_s`` records that part apart); the sweep also
   computes the mean-field columns and ships and assembles the table, which counts as overhead.
 
+- ``serial-1cpu``: the serial loop pinned to one CPU. A run with generated weights fills the
+  next segment's weights in a helper thread (``gradbench.supply``), so one process, and one
+  worker, uses more than one core where a second is free; two workers on two cores compete for
+  that. 2 workers against this loop is the per-core scaling.
+
 Recorded: runs per second, and the ratios (targets of the issue: 2 workers >= 1.7x one worker,
 one worker within 1.15x of the serial loop). On a shared machine they are reported, not
 asserted. Under ``make test`` a tiny stand-in (8 runs of depth 20) runs the same code once.
@@ -68,15 +73,20 @@ THREADS = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_
 
 
 def _run(mode: str, runs: int, L: int, N: int, B: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(runs), str(L), str(N), str(B)],
-                         capture_output=True, text=True, check=True, env=os.environ | THREADS, timeout=1800)
+    one_cpu = None
+    if mode == "serial-1cpu" and hasattr(os, "sched_getaffinity"):
+        cpu = min(os.sched_getaffinity(0))
+        one_cpu = lambda: os.sched_setaffinity(0, {cpu})  # noqa: E731
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode.split("-")[0] if mode.startswith("serial") else mode,
+                          str(runs), str(L), str(N), str(B)], capture_output=True, text=True, check=True,
+                         env=os.environ | THREADS, timeout=1800, preexec_fn=one_cpu)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 _results: dict = {}
 
 
-@pytest.mark.parametrize("mode", ["serial", "sweep-1", "sweep-2"])
+@pytest.mark.parametrize("mode", ["serial", "serial-1cpu", "sweep-1", "sweep-2"])
 def test_sweep_throughput(benchmark, mode):
     runs, L, N, B = 200, 500, 64, 32
     if benchmark.disabled:  # make test: a tiny stand-in, same code path
@@ -98,6 +108,9 @@ def test_sweep_throughput(benchmark, mode):
         benchmark.extra_info["overhead_vs_serial"] = r["seconds"] / serial["seconds"]
     if mode == "sweep-2" and one:
         benchmark.extra_info["speedup_vs_1_worker"] = one["seconds"] / r["seconds"]
+    pinned = _results.get(("serial-1cpu", runs))
+    if mode == "sweep-2" and pinned:
+        benchmark.extra_info["speedup_vs_1_cpu"] = pinned["seconds"] / r["seconds"]
     if not benchmark.disabled:
         print(f"\n{mode}: {rate:.2f} runs/s ({r['seconds']:.2f} s for {runs} runs; cluster start + warm-up "
               f"{r['startup_s']:.2f} s){_ratios(benchmark.extra_info)}")
@@ -110,4 +123,6 @@ def _ratios(info: dict) -> str:
         parts.append(f"1 worker / serial loop = {info['overhead_vs_serial']:.3f}x time")
     if "speedup_vs_1_worker" in info:
         parts.append(f"2 workers vs 1: {info['speedup_vs_1_worker']:.2f}x throughput")
+    if "speedup_vs_1_cpu" in info:
+        parts.append(f"2 workers vs the serial loop on one CPU: {info['speedup_vs_1_cpu']:.2f}x throughput")
     return "; " + "; ".join(parts) if parts else ""
