@@ -88,6 +88,56 @@ static inline double gb_dphi_f64(double z, int act, double p) {
     return NAN;
 }
 
+/* ln|phi'(x)| and the sign of phi'(x) (*sign, +-1) in double at any x including +-inf, for the
+ * activations whose phi' can underflow while the chain should go on (the backward's
+ * saturated-derivative rescue: sigmoid, tanh, elu, selu, swish, gelu); the twin of log_dphi in
+ * gradbench/activations.py:
+ *   sigmoid: -a - 2 log1p(e^-a);  tanh: ln4 - 2a - 2 log1p(e^-2a)  (a = |x|)
+ *   elu, selu: ln(lambda) (x > 0), ln(lambda) + ln(alpha) + x (x <= 0; alpha <= 0: -inf)
+ *   swish: ln s(x) + ln|1 + x s(-x)| (sign of the second factor); 0 at +inf, -inf at -inf
+ *   gelu: ln|gb_dphi_f64(x)| for x >= -30; below, -x^2/2 - ln sqrt(2 pi) + ln(a - m(a)),
+ *         a = -x, m the asymptotic Mills ratio to 6 terms (sign -); -inf at x = -inf.
+ * NaN x gives NaN. Other activations: NAN (they are never rescued). */
+#define GB_LN4 1.3862943611198906188344642429164
+#define GB_HALF_LN_2PI 0x1.d67f1c864beb4p-1 /* 0.5 * math.log(2 * math.pi) in Python (1 ulp low) */
+#define GB_GELU_ASYMPTOTIC (-30.0)
+static inline double gb_log_dphi_f64(double x, int act, double p, double *sign) {
+    const double a = fabs(x);
+    *sign = 1.0;
+    switch (act) {
+    case GB_SIGMOID: return -a - 2.0 * log1p(exp(-a));
+    case GB_TANH: return GB_LN4 - 2.0 * a - 2.0 * log1p(exp(-2.0 * a));
+    case GB_ELU:
+    case GB_SELU: {
+        const double lam = act == GB_ELU ? 1.0 : GB_SELU_LAMBDA, al = act == GB_ELU ? p : GB_SELU_ALPHA;
+        const double ln_alpha = al > 0 ? log(al) : -INFINITY;
+        if (x > 0) return log(lam);
+        return log(lam) + ln_alpha + ((x < 0 || x != x) ? x : 0.0); /* np.minimum(x, 0) */
+    }
+    case GB_SWISH: {
+        if (isinf(x)) return x > 0 ? 0.0 : -INFINITY;
+        const double ls = x >= 0 ? -log1p(exp(-a)) : x - log1p(exp((x < 0 || x != x) ? x : 0.0));
+        const double t = 1.0 + x / (1.0 + exp(x));
+        *sign = t > 0 ? 1.0 : (t < 0 ? -1.0 : (t == 0 ? 0.0 : NAN));
+        return ls + log(fabs(t));
+    }
+    case GB_GELU: {
+        if (x < GB_GELU_ASYMPTOTIC) {
+            *sign = -1.0;
+            if (isinf(x)) return -INFINITY;
+            const double r = 1.0 / (a * a);
+            const double mills = (1.0 - r * (1.0 - r * (3.0 - r * (15.0 - r * (105.0 - r * 945.0))))) / a;
+            return -0.5 * a * a - GB_HALF_LN_2PI + log(a - mills);
+        }
+        const double d = gb_dphi_f64(x, GB_GELU, p);
+        *sign = d > 0 ? 1.0 : (d < 0 ? -1.0 : (d == 0 ? 0.0 : NAN));
+        return log(fabs(d));
+    }
+    }
+    *sign = NAN;
+    return NAN;
+}
+
 /* float32: evaluated in double, rounded once (the reference's float64 evaluation) */
 static inline float gb_phi_f32(float z, int act, double p) { return (float)gb_phi_f64(z, act, p); }
 static inline float gb_dphi_f32(float z, int act, double p) { return (float)gb_dphi_f64(z, act, p); }

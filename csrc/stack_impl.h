@@ -14,9 +14,11 @@
  * Threads (team.c, one team per driver call): each thread owns blocks of 4 batch rows (the
  * forward, the activation rows, dh = dz W) and of 4 dW rows (dW = dz^T h, db); one barrier per
  * layer (W^T of the next layer, the global max|h| or max|g| of the normalisation, all of dz
- * before dW). Every entry is computed by one thread with the same code whatever the thread
- * count, statistics are kept per row and combined in row order after the layers, so results
- * are bit-identical for any thread count, and a team may hand over to one thread mid-call.
+ * before dW), and in the backward of the saturating activations one more (the global max|dz| of
+ * the rescue, gb_rescue_act; a second one when a layer is rescued). Every entry is computed by
+ * one thread with the same code whatever the thread count, statistics are kept per row and
+ * combined in row order after the layers, so results are bit-identical for any thread count,
+ * and a team may hand over to one thread mid-call.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -832,6 +834,58 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
 }
 
 /* ---------------------------------------------------------------- backward */
+/* The saturated-derivative rescue (reference.rescue_saturated): a layer of one of these
+ * activations whose dz = da phi'(zl) is below GB_RESCUE_BELOW everywhere (max|dz| over the whole
+ * batch: underflowed, or subnormal with its digits lost) is recomputed in log form,
+ * ell = ln|da| + ln|phi'(x)| (gb_log_dphi_f64), k = floor(max ell / ln2), dz = sign exp(ell - k ln2),
+ * and k is added to the layer's exponent (dW_l, db_l, dh_l). The driver decides it on the global
+ * maxima (per-thread slots and a barrier), so every thread takes the same branch. */
+static inline int F(gb_rescue_act)(int act) {
+    return act == GB_SIGMOID || act == GB_TANH || act == GB_ELU || act == GB_SELU || act == GB_SWISH ||
+           act == GB_GELU;
+}
+#define GB_RESCUE_BELOW(f32) ((f32) ? 0x1p-100 : 0x1p-900)
+#define GB_LN2 0.6931471805599453 /* math.log(2) */
+#define GB_RESCUE_LN_MIN (-0x1p62 * GB_LN2) /* gradbench.activations.RESCUE_LN_MIN */
+
+/* ell = ln|da| + ln|phi'(x)| of entry j of one row and its sign: da and zl in T as
+ * gb_act_backward_row forms them, x = zl 2^f (the forward's exponent, clamped) under rescaling */
+static inline double F(gb_rescue_ell)(const T *g, const T *zr, const T *gamma, const T *beta, int scale,
+                                      T alpha, const gb_scaled *s, int64_t j, double *sgn) {
+    T da = g[j];
+    if (scale) da = da * alpha;
+    const T zl = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
+    const double x = s->on ? ldexp((double)zl, s->f) : (double)zl;
+    double sp;
+    const double ell = log(fabs((double)da)) + gb_log_dphi_f64(x, s->act, s->p, &sp);
+    *sgn = (da > 0 ? 1.0 : (da < 0 ? -1.0 : (da == 0 ? 0.0 : (double)NAN))) * sp;
+    return ell;
+}
+
+/* max of ell over rows [r0, r1) (NaN ignored; -inf when none). g, zr (B,N) from row 0 */
+static double F(gb_rescue_max)(const T *g, const T *zr, const T *gamma, const T *beta, int scale, T alpha,
+                               const gb_scaled *s, int64_t r0, int64_t r1, int64_t N) {
+    double m = -INFINITY, sgn;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t j = 0; j < N; j++) {
+            const double ell = F(gb_rescue_ell)(g + r * N, zr + r * N, gamma, beta, scale, alpha, s, j, &sgn);
+            m = ell > m ? ell : m;
+        }
+    return m;
+}
+
+/* dz rows [r0, r1) = sgn exp(ell - k ln2), rounded once to T */
+static void F(gb_rescue_rows)(T *dz, const T *g, const T *zr, const T *gamma, const T *beta, int scale,
+                              T alpha, const gb_scaled *s, int64_t k, int64_t r0, int64_t r1, int64_t N) {
+    const double kl = (double)k * GB_LN2;
+    double sgn;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t j = 0; j < N; j++) {
+            const double ell = F(gb_rescue_ell)(g + r * N, zr + r * N, gamma, beta, scale, alpha, s, j, &sgn);
+            dz[r * N + j] = (T)(sgn * exp(ell - kl));
+        }
+}
+
 typedef struct {
     const gb_stack_arrays *a;
     GEMM_FN gemm;
@@ -843,6 +897,9 @@ typedef struct {
     double *rslope;       /* (L,B) per row: PReLU slope sums (PReLU only) */
     double *gsq;          /* (L,N) per row of dW_l: sum of squares */
     T *amax;              /* (2,nth) per thread: max|dL/dh_l| over its rows (layer parity) */
+    double *rmax;         /* (2,nth) per thread: max|dz_l| over its rows (rescue set; layer parity) */
+    double *rell;         /* (2,nth) per thread: max ell of dz_l over its rows (rescue; layer parity) */
+    int64_t *rk;          /* (L,) the rescue exponent k of layer l (0: not rescued) */
     double *rowacc;       /* (max(B,N),) one thread's scratch (clipping) */
 } F(gb_bwd);
 
@@ -900,6 +957,29 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
                                                     (T)st->cfg.alpha, &sc, N);
             if (st->rslope) st->rslope[l * B + r] = s;
         }
+        if (st->rmax) { /* the rescue: decided on the global max|dz_l|, the same on every thread */
+            const int scale = end_group;
+            const T *gam = st->cfg.bn ? gamma + l * N : NULL, *bet = st->cfg.bn ? beta + l * N : NULL;
+            double *ms = st->rmax + (l & 1) * nth;
+            ms[tid] = (double)F(gb_absmax)(dz + r0 * N, nr * N, 0);
+            gb_barrier_wait(bar, &sense); /* every thread's max|dz_l| written */
+            double mz = 0;
+            for (int t = 0; t < nth; t++) mz = ms[t] > mz ? ms[t] : mz;
+            int64_t kr = 0;
+            if (mz < GB_RESCUE_BELOW(f32)) { /* rare: every thread takes this branch */
+                double *es = st->rell + (l & 1) * nth;
+                es[tid] = F(gb_rescue_max)(G, Zl, gam, bet, scale, (T)st->cfg.alpha, &sc, r0, r1, N);
+                gb_barrier_wait(bar, &sense); /* every thread's max ell written */
+                double M = -INFINITY;
+                for (int t = 0; t < nth; t++) M = es[t] > M ? es[t] : M;
+                if (isfinite(M) && M >= GB_RESCUE_LN_MIN) { /* below: beyond any int64 exponent, stays 0 */
+                    kr = (int64_t)floor(M / GB_LN2);
+                    F(gb_rescue_rows)(dz, G, Zl, gam, bet, scale, (T)st->cfg.alpha, &sc, kr, r0, r1, N);
+                }
+            }
+            if (tid == 0) st->rk[l] = kr;
+            e += kr; /* dz_l = dz 2^(e + k): dW_l, db_l and dh_l carry it */
+        }
         if (st->cfg.bn) { /* one thread */
             F(gb_batchnorm_backward_impl)(dz, dgamma + l * N, dbeta + l * N, dz, Zl, bn_rstd + l * N,
                                           gamma + l * N, B, N);
@@ -953,10 +1033,17 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.rslope = st.cfg.act == GB_PRELU ? F(gb_alloc)(sizeof(double) * (size_t)(L * B)) : NULL;
     st.gsq = F(gb_alloc)(sizeof(double) * (size_t)(L * N));
     st.amax = F(gb_alloc)(sizeof(T) * 2 * (size_t)nth);
+    const int rescue = F(gb_rescue_act)(st.cfg.act);
+    if (rescue) {
+        st.rmax = F(gb_alloc)(sizeof(double) * 2 * (size_t)nth);
+        st.rell = F(gb_alloc)(sizeof(double) * 2 * (size_t)nth);
+        st.rk = F(gb_alloc)(sizeof(int64_t) * (size_t)L);
+    }
     st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
     rc = GB_ENOMEM;
     if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rsq && st.rbad &&
-        (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.amax && st.rowacc) {
+        (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.amax && st.rowacc &&
+        (!rescue || (st.rmax && st.rell && st.rk))) {
         rc = GB_OK;
         gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
         /* norms, slope sums and the first non-finite signal: rows combined in order */
@@ -984,7 +1071,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
                 a->gnorm_m[l] = sqrt(g);
             else
                 a->gnorm_m[l] = F(gb_norm_scaled)((const T *)a->dW + l * N * N, N, N, st.rowacc, &ge);
-            a->gnorm_e[l] = a->sig_e[l + 1] + a->fexp[l] + ge;
+            a->gnorm_e[l] = a->sig_e[l + 1] + (st.rk ? st.rk[l] : 0) + a->fexp[l] + ge;
         }
     }
     free(st.dz[0]);
@@ -995,6 +1082,9 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.rslope);
     free(st.gsq);
     free(st.amax);
+    free(st.rmax);
+    free(st.rell);
+    free(st.rk);
     free(st.rowacc);
     return rc;
 }

@@ -196,6 +196,58 @@ def dphi_scaled(u: np.ndarray, f: int, code: int, param: float) -> np.ndarray:
     return out.astype(u.dtype)
 
 
+# ------------------------------------------------------------------ log-derivative
+# Activations whose derivative can fall below the float range while the chain should go on
+# (phi' > 0 but at a point): the backward pass rescues a layer of them in log form.
+RESCUE = frozenset({"sigmoid", "tanh", "elu", "selu", "swish", "gelu"})
+# A layer's dz = da * phi'(z) below this everywhere is recomputed in log form (docs/design.md).
+RESCUE_BELOW = {"float64": 2.0**-900, "float32": 2.0**-100}
+# ... unless the largest ln|da phi'| is below -2^62 ln 2: a scale beyond any int64 exponent, 0.
+RESCUE_LN_MIN = -(2.0**62) * math.log(2.0)
+_LN4 = math.log(4.0)
+_HALF_LN_2PI = 0.5 * math.log(2 * math.pi)
+_GELU_ASYMPTOTIC = -30.0  # below: gelu'(x) from the asymptotic Mills ratio, in log form
+
+
+def log_dphi(x: np.ndarray, code: int, param: float) -> tuple[np.ndarray, np.ndarray]:
+    """(ln |phi'(x)|, sign of phi'(x)) in float64 for the :data:`RESCUE` activations, at any
+    float64 x including +-inf: tanh' = 4 e^-2a / (1 + e^-2a)^2 and sigmoid' = e^-a / (1 + e^-a)^2
+    (a = |x|) in closed form, ELU and SELU's exponential side as ln(alpha) + x, swish as
+    ln s(x) + ln|1 + x s(-x)|, gelu below x = -30 as -x^2/2 - ln sqrt(2 pi) + ln(a - m(a)), m the
+    asymptotic Mills ratio (6 terms: relative error below 1e-14 there)."""
+    name = ACTIVATIONS[code]
+    x = _as64(x)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+        a = np.abs(x)
+        sign = np.ones_like(x)
+        if name == "sigmoid":
+            ln = -a - 2 * np.log1p(np.exp(-a))
+        elif name == "tanh":
+            ln = _LN4 - 2 * a - 2 * np.log1p(np.exp(-2 * a))
+        elif name in ("elu", "selu"):
+            lam, alpha = (1.0, param) if name == "elu" else (SELU_LAMBDA, SELU_ALPHA)
+            ln_alpha = math.log(alpha) if alpha > 0 else -math.inf
+            ln = np.where(x > 0, math.log(lam), math.log(lam) + ln_alpha + np.minimum(x, 0))
+        elif name == "swish":
+            ls = np.where(x >= 0, -np.log1p(np.exp(-a)), x - np.log1p(np.exp(np.minimum(x, 0))))
+            t = 1 + x / (1 + np.exp(x))
+            ln = np.where(np.isposinf(x), 0.0, np.where(np.isneginf(x), -np.inf, ls + np.log(np.abs(t))))
+            sign = np.where(np.isinf(x), 1.0, np.sign(t))
+        elif name == "gelu":
+            d = dphi(np.maximum(x, _GELU_ASYMPTOTIC), code, param).astype(np.float64)
+            ai = np.where(x < _GELU_ASYMPTOTIC, a, 40.0)
+            r = 1 / (ai * ai)
+            mills = (1 - r * (1 - r * (3 - r * (15 - r * (105 - r * 945))))) / ai
+            low = -0.5 * ai * ai - _HALF_LN_2PI + np.log(ai - mills)
+            ln = np.where(x < _GELU_ASYMPTOTIC, low, np.log(np.abs(d)))
+            sign = np.where(x < _GELU_ASYMPTOTIC, -1.0, np.sign(d))
+            ln = np.where(np.isinf(x), np.where(x > 0, 0.0, -np.inf), ln)
+            sign = np.where(np.isposinf(x), 1.0, sign)
+        else:
+            raise ValueError(f"activation {name!r} needs no log-derivative (its phi' never underflows)")
+    return ln, sign
+
+
 # ------------------------------------------------------------------ max phi'
 def _swish_argmax() -> float:
     """The z where swish' peaks: the root of swish'' = s(1-s)(2 + z(1 - 2s)), i.e. z tanh(z/2) = 2."""

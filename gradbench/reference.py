@@ -44,9 +44,10 @@ import math
 import numpy as np
 
 from gradbench import abi
+from gradbench.spec import ACTIVATIONS
 from gradbench.abi import CLIP_NORM, CLIP_VALUE, EXP_CLAMP, I_ACT, I_BN, I_CLIP, I_RESCALE_FWD, I_RESIDUAL
 from gradbench.abi import F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, INFO_BACKWARD, INFO_FORWARD
-from gradbench.activations import dphi, dphi_scaled, phi, phi_scaled
+from gradbench.activations import RESCUE, RESCUE_BELOW, RESCUE_LN_MIN, dphi, dphi_scaled, log_dphi, phi, phi_scaled
 
 PRELU = abi.ACT_CODE["prelu"]
 
@@ -107,6 +108,36 @@ def activation_backward(dz, da, z, code, param, f=None):
     if code != PRELU:
         return 0.0
     return float(np.sum(da * np.minimum(z, 0), dtype=np.float64))
+
+
+def rescue_saturated(dz, da, z, code, param, f=None) -> int:
+    """Recompute dz = da * phi'(z) of a layer whose every entry fell below
+    ``RESCUE_BELOW[dtype]`` (deeply saturated units: the product underflows, or lost its digits
+    as a subnormal) in log form, scaled by 2^-k; returns k, to be added to the layer's exponent
+    (0 and dz untouched when the layer is not that small or nothing is nonzero).
+
+    ell = ln|da| + ln|phi'(z 2^f)|, k = floor(max ell / ln 2), dz = sign * exp(ell - k ln 2):
+    max|dz| in [1, 2). Only for the :data:`~gradbench.activations.RESCUE` activations.
+    """
+    if ACTIVATIONS[code] not in RESCUE:
+        return 0
+    with np.errstate(invalid="ignore"):
+        m = np.max(np.abs(dz), initial=0.0, where=~np.isnan(dz))
+    if not m < RESCUE_BELOW[dz.dtype.name]:
+        return 0
+    x = np.asarray(z, dtype=np.float64)
+    if f is not None:
+        x = np.ldexp(x, int(min(max(int(f), -100000), 100000)))
+    ln, sign = log_dphi(x, code, param)
+    da64 = np.asarray(da, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        ell = np.log(np.abs(da64)) + ln
+        top = np.max(ell, initial=-np.inf, where=~np.isnan(ell))
+        if not np.isfinite(top) or top < RESCUE_LN_MIN:  # beyond any int64 exponent: stays 0
+            return 0
+        k = int(math.floor(top / math.log(2)))
+        dz[...] = np.sign(da64) * sign * np.exp(ell - k * math.log(2))
+    return k
 
 
 # ------------------------------------------------------------------ the exact chain
@@ -282,6 +313,7 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         else:
             zl[...] = Z[l]
         dslope[l] = activation_backward(dz, da, zl, code, layer_param, int(fexp[l]) if rescale else None)
+        e += rescue_saturated(dz, da, zl, code, layer_param, int(fexp[l]) if rescale else None)
         if bn:
             dy = dz.copy()
             batchnorm_backward(dz, dgamma[l], dbeta[l], dy, Z[l], bn_rstd[l], gamma[l])

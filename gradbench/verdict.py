@@ -200,9 +200,9 @@ def _findings(stack, g, res, verdict) -> list[str]:
         top = int(zero.max())
         if stack.activation in _POSITIVE_DERIVATIVE and float(res.saturation[top]) == 1.0:
             # phi' > 0 (but at a point) for these: the zero is the dtype's floor, not the chain's
-            dead_note = (f" (every unit of layer {top} is saturated so far that its {stack.activation}' times the "
-                         f"incoming signal falls below {stack.dtype}'s smallest subnormal number and reads 0: the "
-                         "true gradient there is not 0, but out of reach of one exponent per layer)")
+            dead_note = (f" (every unit of layer {top} is saturated so far that its {stack.activation}' is below "
+                         "2^(-2^62), e.g. tanh at |z| ~ 1e200: the true gradient there is not 0, but beyond any "
+                         "int64 exponent)")
         words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
     ok = np.isfinite(std)

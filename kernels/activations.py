@@ -267,3 +267,51 @@ def dphi_scaled(u, f, code, p):
     if regime == 2:
         return _as(cip if x > 0 else cim, u)
     return _as(np.float64(dphi(z, code, p)), u)
+
+
+# ------------------------------------------------------------------ log-derivative
+# The twin of gradbench.activations.log_dphi (read its docstring): ln|phi'(x)| and its sign at
+# any float64 x, for the activations whose saturated layers the backward pass rescues.
+_LN4 = math.log(4.0)
+_HALF_LN_2PI = 0.5 * math.log(2.0 * math.pi)
+_GELU_ASYMPTOTIC = -30.0
+RESCUE_CODES = np.array([n in A.RESCUE for n in ACTIVATIONS])
+
+
+@njit(**JIT)
+def log_dphi(x, code, p):
+    """(ln |phi'(x)|, sign of phi'(x)), x float64 (may be +-inf)."""
+    a = abs(x)
+    if code == SIGMOID:
+        return -a - 2.0 * math.log1p(math.exp(-a)), 1.0
+    if code == TANH:
+        return _LN4 - 2.0 * a - 2.0 * math.log1p(math.exp(-2.0 * a)), 1.0
+    if code == ELU or code == SELU:
+        lam = 1.0 if code == ELU else SELU_LAMBDA
+        alpha = p if code == ELU else SELU_ALPHA
+        if x > 0:
+            return math.log(lam), 1.0
+        if not alpha > 0:
+            return -math.inf, 1.0
+        return math.log(lam) + math.log(alpha) + x, 1.0
+    if code == SWISH:
+        if math.isinf(x):
+            return (0.0 if x > 0 else -math.inf), 1.0
+        ls = -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+        t = 1.0 + x / (1.0 + math.exp(x))
+        if t == 0:
+            return -math.inf, 1.0
+        return ls + math.log(abs(t)), (1.0 if t > 0 else -1.0)
+    # GELU
+    if x == math.inf:
+        return 0.0, 1.0
+    if x >= _GELU_ASYMPTOTIC:
+        d = np.float64(dphi(x, code, p))
+        if d == 0:
+            return -math.inf, 1.0
+        return math.log(abs(d)), (1.0 if d > 0 else -1.0)
+    if math.isinf(a):
+        return -math.inf, -1.0
+    r = 1.0 / (a * a)
+    mills = (1.0 - r * (1.0 - r * (3.0 - r * (15.0 - r * (105.0 - r * 945.0))))) / a
+    return -0.5 * a * a - _HALF_LN_2PI + math.log(a - mills), -1.0

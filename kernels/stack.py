@@ -23,6 +23,7 @@ from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
 from .chain import add_aligned, all_finite, clip_signal, moments, norm_scaled, normalise, sumsq
 from .layers import (
     _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_backward,
+    rescue_saturated,
     dense_forward, matmul_backward, matmul_forward,
 )
 
@@ -137,6 +138,7 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
             z = Z[l]
         # without batch norm db = sum_B dz is summed in the activation's pass
         dslope[l] = _activation_backward(dz, db[l], not bn, G, z, code, p, fexp[l], _needs_scaled(code, rescale))
+        e += rescue_saturated(dz, db[l], not bn, G, z, code, p, fexp[l], _needs_scaled(code, rescale))
         if bn:
             batchnorm_backward(dz, dgamma[l], dbeta[l], dz, Z[l], bn_rstd[l], gamma[l])
             dense_backward(G, dW[l], db[l], dz, H[l], W[l])

@@ -1,0 +1,130 @@
+"""Deeply saturated layers: dz = da * phi'(z) below the float range in every unit.
+
+Before the rescue the product underflowed to 0 (or to digit-less subnormals) and the exact chain
+read 0 below such a layer (tanh at sigma_w = 1e4). Every backend now recomputes that layer in log
+form, scaled by a power of two (gradbench.reference.rescue_saturated): checked against an mpmath
+chain with unbounded exponents (tests/naive_mp.py) at batch 1, where one exponent per layer is
+exact, and backend against backend at larger batches, residual groups and float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from tests.naive_mp import chain
+
+BACKENDS = gb.backends()
+
+
+def _oracle_check(stack, params, x, backend, tol):
+    lo, gW, gh = chain(stack.activation, stack.act_param, params.W, x)
+    res = gb.backprop(stack, params, x, backend=backend)
+    got, sig = res.grad_norm.log10(), res.signal_norm.log10()
+    assert np.all(np.isfinite(got)), f"[{backend}] exact zeros at {np.flatnonzero(~np.isfinite(got))}"
+    np.testing.assert_allclose(got, np.asarray(gW, dtype=float), rtol=0, atol=tol, err_msg=backend)
+    np.testing.assert_allclose(sig, np.asarray(gh, dtype=float), rtol=0, atol=tol, err_msg=backend)
+    return got
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation, sigma_w, dtype, tol", [
+    ("tanh", 1e4, "float64", 1e-9),     # down to 10^-27064: every layer below ~10 read 0 before
+    ("sigmoid", 3e3, "float64", 1e-9),
+    ("tanh", 1e3, "float32", 2e-3),     # float32 z of |z| ~ 1e3 carry 1e-4 of ln phi' each
+])
+def test_saturated_stacks_equal_mpmath_at_batch_1(backend, activation, sigma_w, dtype, tol):
+    stack = gb.Stack(depth=30, width=12, activation=activation, init="normal", sigma_w=sigma_w, dtype=dtype)
+    params = gb.init_params(stack, 0)
+    got = _oracle_check(stack, params, gb.gaussian_input(stack, 1, 1), backend, tol)
+    assert got.min() < -2000  # far below any float: the rescue was needed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ["elu", "selu"])
+def test_one_sided_saturation_equals_mpmath(backend, activation):
+    # every pre-activation of layer 0 in the thousands below 0: phi'(z) ~ e^-2000 in every unit,
+    # phi(z) ~ -alpha; the layers above are ordinary. (Swish and GELU saturate only where phi itself
+    # underflows as fast as phi': there the forward is the limit, see README "Where it stops".)
+    stack = gb.Stack(depth=4, width=6, activation=activation, init="normal", sigma_w=1.5)
+    params = gb.init_params(stack, 0)
+    params.W[0] = -np.abs(params.W[0]) * 2000
+    x = np.abs(gb.gaussian_input(stack, 1, 1)) + 0.5
+    got = _oracle_check(stack, params, x, backend, 1e-9)
+    assert got[0] < -400
+
+
+@pytest.mark.parametrize("residual, batch_norm", [(0, False), (2, False)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation, sigma_w", [("tanh", 1e4), ("sigmoid", 3e3), ("swish", 3e3)])
+def test_backends_agree_on_rescued_layers(activation, sigma_w, dtype, residual, batch_norm):
+    if len(BACKENDS) < 2:
+        pytest.skip("one backend built")
+    stack = gb.Stack(depth=24, width=16, activation=activation, init="normal", sigma_w=sigma_w, dtype=dtype,
+                     residual=residual, batch_norm=batch_norm)
+    params = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, 5, 1)
+    ref = gb.backprop(stack, params, x, backend="numpy")
+    want = ref.grad_norm.log10()
+    assert np.isfinite(want).all()
+    # float32: the backends' forward pre-activations differ by an ulp (~1e-7 relative at |z| ~ 1e4)
+    # and ln tanh'(z) ~ -2|z| turns that into ~1e-3 decades a layer; float64 1e-16 of that
+    tol = 1e-9 if dtype == "float64" else 2e-2
+    for backend in BACKENDS[1:]:
+        got = gb.backprop(stack, params, x, backend=backend).grad_norm.log10()
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * max(1.0, np.max(np.abs(want)) / 1000),
+                                   err_msg=backend)
+
+
+def test_rescue_leaves_ordinary_layers_alone():
+    # a layer whose dz reaches 2^-900 anywhere is untouched: bitwise the plain product
+    from gradbench import abi, reference
+
+    z = np.array([[300.0, 1.0]])
+    da = np.array([[0.75, 2.0**-880]])
+    dz = np.empty_like(z)
+    reference.activation_backward(dz, da, z, abi.ACT_CODE["tanh"], 0.0)
+    before = dz.copy()
+    assert reference.rescue_saturated(dz, da, z, abi.ACT_CODE["tanh"], 0.0) == 0
+    np.testing.assert_array_equal(dz, before)
+    relu = np.array([[1e-300, 2.0]])
+    assert reference.rescue_saturated(relu.copy(), relu, relu, abi.ACT_CODE["relu"], 0.0) == 0
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "elu", "selu", "swish", "gelu"])
+def test_log_derivative_against_mpmath(activation):
+    import mpmath as mp
+
+    from gradbench import abi
+    from gradbench.activations import SELU_ALPHA, SELU_LAMBDA, log_dphi
+    from kernels import activations as nb
+
+    def true(x):
+        x = mp.mpf(x)
+        if activation == "tanh":
+            return mp.sech(x) ** 2
+        if activation == "sigmoid":
+            return mp.exp(-abs(x)) / (1 + mp.exp(-abs(x))) ** 2
+        if activation in ("elu", "selu"):
+            lam, alpha = (1, mp.mpf(1)) if activation == "elu" else (mp.mpf(SELU_LAMBDA), mp.mpf(SELU_ALPHA))
+            return lam if x > 0 else lam * alpha * mp.exp(x)
+        if activation == "swish":
+            s = 1 / (1 + mp.exp(-x))
+            return s * (1 + x * (1 - s))
+        return mp.ncdf(x) + x * mp.npdf(x)
+
+    code = abi.ACT_CODE[activation]
+    xs = np.array([-1e4, -800.0, -100.0, -37.5, -30.5, -29.5, -10.0, -3.0, -0.5, 0.0, 0.7, 5.0, 40.0, 900.0, 1e4])
+    ln, sign = log_dphi(xs, code, 1.0)
+    with mp.workdps(60):
+        for i, x in enumerate(xs):
+            t = true(x)
+            want = float(mp.log(abs(t)))
+            assert abs(ln[i] - want) <= 1e-13 * max(1.0, abs(want)), (activation, x, ln[i], want)
+            assert sign[i] == (1.0 if t > 0 else -1.0), (activation, x)
+            l2, s2 = nb.log_dphi(float(x), code, 1.0)  # the Numba twin
+            assert abs(l2 - ln[i]) <= 1e-14 * max(1.0, abs(want)) and s2 == sign[i], (activation, x, l2, ln[i])
+    ln_inf, _ = log_dphi(np.array([np.inf, -np.inf]), code, 1.0)
+    assert ln_inf[1] == -np.inf and not np.isnan(ln_inf[0])
+    assert nb.log_dphi(-np.inf, code, 1.0)[0] == -np.inf and not np.isnan(nb.log_dphi(np.inf, code, 1.0)[0])
