@@ -44,10 +44,10 @@ import math
 import numpy as np
 
 from gradbench import abi
-from gradbench.spec import ACTIVATIONS
 from gradbench.abi import CLIP_NORM, CLIP_VALUE, EXP_CLAMP, I_ACT, I_BN, I_CLIP, I_RESCALE_FWD, I_RESIDUAL
 from gradbench.abi import F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, INFO_BACKWARD, INFO_FORWARD
-from gradbench.activations import RESCUE, RESCUE_BELOW, RESCUE_LN_MIN, dphi, dphi_scaled, log_dphi, phi, phi_scaled
+from gradbench.activations import RESCUE, RESCUE_BELOW, RESCUE_LN_MIN, _clamp, dphi, dphi_scaled, log_dphi, phi, phi_scaled
+from gradbench.spec import ACTIVATIONS
 
 PRELU = abi.ACT_CODE["prelu"]
 
@@ -127,7 +127,7 @@ def rescue_saturated(dz, da, z, code, param, f=None) -> int:
         return 0
     x = np.asarray(z, dtype=np.float64)
     if f is not None:
-        x = np.ldexp(x, int(min(max(int(f), -100000), 100000)))
+        x = np.ldexp(x, _clamp(f))
     ln, sign = log_dphi(x, code, param)
     da64 = np.asarray(da, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):

@@ -117,8 +117,8 @@ def length_map(q: float, activation: str, sigma_w: float, sigma_b: float = 0.0, 
     return _exp(float(np.logaddexp(_log_variance(_ln(q), activation, sigma_w, param), 2 * _ln(sigma_b))))
 
 
-def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: float, q0: float, tol: float,
-                     max_iter: int) -> float:
+def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: float, q0: float = 1.0,
+                     tol: float = 1e-13, max_iter: int = 5_000) -> float:
     """ln q* by iterating the length map in t = ln q (no overflow for any finite sigma_w)."""
     t, t_b = _ln(q0), 2 * _ln(sigma_b)
     if activation in spec.HOMOGENEOUS:  # q_{l+1} = r q_l + sigma_b^2: closed form
@@ -184,7 +184,7 @@ def chi1(activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | N
     :func:`mean_field` keeps its logarithm.
     """
     param = _param(activation, param)
-    t = _log_fixed_point(activation, sigma_w, sigma_b, param, 1.0, 1e-13, 5_000) if q is None else _ln(q)
+    t = _log_fixed_point(activation, sigma_w, sigma_b, param) if q is None else _ln(q)
     return _exp(_log_chi1(activation, sigma_w, param, t))
 
 
@@ -245,7 +245,7 @@ def mean_field(stack_or_activation, sigma_w: float | None = None, sigma_b: float
             raise ValueError("sigma_w is required when an activation name is given")
         sigma_b = 0.0 if sigma_b is None else sigma_b
     param = _param(activation, param)
-    t = _log_fixed_point(activation, sigma_w, sigma_b, param, 1.0, 1e-13, 5_000)
+    t = _log_fixed_point(activation, sigma_w, sigma_b, param)
     ln_chi = _log_chi1(activation, sigma_w, param, t)
     ln10 = math.log(10)
     return MeanField(activation, float(sigma_w), float(sigma_b), _exp(t), _exp(ln_chi), t / ln10, ln_chi / ln10)

@@ -34,6 +34,8 @@ import math
 
 import numpy as np
 
+from gradbench.activations import RESCUE
+
 VERDICTS = ("vanishing", "exploding", "stable", "no gradient")
 
 # log10 of the smallest normal and the largest finite number of each dtype.
@@ -181,11 +183,6 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, rel) -> s
     return "; ".join(words) + "."
 
 
-# Activations whose derivative is positive everywhere (gelu and swish: but at one point each),
-# so that an exactly zero gradient layer can only come from a derivative below the float range.
-_POSITIVE_DERIVATIVE = frozenset({"sigmoid", "tanh", "elu", "selu", "swish", "gelu"})
-
-
 def _findings(stack, g, res, verdict) -> list[str]:
     """The facts beside the verdict: non-finite layers, zeros, the forward, saturation, dead units."""
     words = []
@@ -198,8 +195,8 @@ def _findings(stack, g, res, verdict) -> list[str]:
     if zero.size and zero.size < len(g):
         dead_note = " (dead ReLU units block the chain)" if stack.activation == "relu" else ""
         top = int(zero.max())
-        if stack.activation in _POSITIVE_DERIVATIVE and float(res.saturation[top]) == 1.0:
-            # phi' > 0 (but at a point) for these: the zero is the dtype's floor, not the chain's
+        if stack.activation in RESCUE and float(res.saturation[top]) == 1.0:
+            # phi' > 0 (but at a point) and rescued down to 2^(-2^62): the zero is that floor, not the chain's
             dead_note = (f" (every unit of layer {top} is saturated so far that its {stack.activation}' is below "
                          "2^(-2^62), e.g. tanh at |z| ~ 1e200: the true gradient there is not 0, but beyond any "
                          "int64 exponent)")

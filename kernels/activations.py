@@ -276,6 +276,8 @@ _LN4 = math.log(4.0)
 _HALF_LN_2PI = 0.5 * math.log(2.0 * math.pi)
 _GELU_ASYMPTOTIC = -30.0
 RESCUE_CODES = np.array([n in A.RESCUE for n in ACTIVATIONS])
+RESCUE_BELOW64, RESCUE_BELOW32 = A.RESCUE_BELOW["float64"], A.RESCUE_BELOW["float32"]
+RESCUE_LN_MIN = A.RESCUE_LN_MIN
 
 
 @njit(**JIT)

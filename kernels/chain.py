@@ -35,11 +35,8 @@ def _ldexp(x, e):
 
 # ------------------------------------------------------------------ the exact chain
 @njit(**JIT)
-def normalise(g):
-    """Scale g in place by 2**-e so that max|g| lies in [0.5, 1); return e.
-
-    e is 0 when g is all zero or when its largest magnitude is not finite (NaN ignored).
-    """
+def absmax(g):
+    """max |g| in float64 over a (B, N) array, NaN ignored (0 when all NaN or empty)."""
     B, N = g.shape
     m = 0.0
     for i in range(B):
@@ -47,6 +44,17 @@ def normalise(g):
             v = abs(np.float64(g[i, j]))
             if v > m:  # False for NaN
                 m = v
+    return m
+
+
+@njit(**JIT)
+def normalise(g):
+    """Scale g in place by 2**-e so that max|g| lies in [0.5, 1); return e.
+
+    e is 0 when g is all zero or when its largest magnitude is not finite (NaN ignored).
+    """
+    B, N = g.shape
+    m = absmax(g)
     if m == 0.0 or not math.isfinite(m):
         return 0
     e = np.int64(math.frexp(m)[1])

@@ -19,9 +19,11 @@ from numba import njit
 
 from ._config import JIT
 from .activations import (
-    DSIGMOID_MAX, DTANH_MAX, PRELU, RELU, RESCUE_CODES, SIGMOID, TANH, _as, _clamp_f, dphi, dphi_scaled,
-    dsigmoid64, dtanh64, log_dphi, phi, phi_scaled, tanh, tanh64, tiny_threshold,
+    DSIGMOID_MAX, DTANH_MAX, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, RESCUE_LN_MIN, SIGMOID,
+    TANH, _as, _clamp_f, dphi, dphi_scaled, dsigmoid64, dtanh64, log_dphi, phi, phi_scaled, tanh, tanh64,
+    tiny_threshold,
 )
+from .chain import absmax
 
 
 # ------------------------------------------------------------------ dense
@@ -40,7 +42,6 @@ from .activations import (
 # wide layers the time is in BLAS, which already uses both cores, and the elementwise work
 # (one vectorised tanh per entry) is a few percent of it.
 NARROW = 8
-RESCUE_LN_MIN = -(2.0**62) * math.log(2.0)  # gradbench.activations.RESCUE_LN_MIN
 
 
 @njit(**JIT)
@@ -336,38 +337,27 @@ def rescue_saturated(dz, db, sum_db, da, z, code, param, f, scaled):
     With ``sum_db`` db = sum_B dz again, from the new dz.    dz, da, z (B,N); db (N,)"""
     if not RESCUE_CODES[code]:
         return 0
+    if not absmax(dz) < (RESCUE_BELOW64 if dz.itemsize == 8 else RESCUE_BELOW32):
+        return 0
     B, N = z.shape
-    below = 2.0**-900 if dz.itemsize == 8 else 2.0**-100
-    m = 0.0
-    for i in range(B):
-        for j in range(N):
-            v = abs(np.float64(dz[i, j]))
-            if v > m:
-                m = v
-    if not m < below:
-        return 0
+    ell = np.empty((B, N))  # ln|da phi'| and the sign of da phi': the rare path may allocate
+    sgn = np.empty((B, N))
     top = -math.inf
-    for i in range(B):
-        for j in range(N):
-            x = math.ldexp(np.float64(z[i, j]), _clamp_f(f)) if scaled else np.float64(z[i, j])
-            ln, _ = log_dphi(x, code, param)
-            a = abs(np.float64(da[i, j]))
-            ell = (math.log(a) if a > 0 else -math.inf) + ln
-            if ell > top:
-                top = ell
-    if not (top >= RESCUE_LN_MIN and top < math.inf):  # beyond any int64 exponent: stays 0
-        return 0
-    k = int(math.floor(top / math.log(2.0)))
     for i in range(B):
         for j in range(N):
             x = math.ldexp(np.float64(z[i, j]), _clamp_f(f)) if scaled else np.float64(z[i, j])
             ln, sg = log_dphi(x, code, param)
             a = np.float64(da[i, j])
-            ell = (math.log(abs(a)) if a != 0 else -math.inf) + ln
-            sa = 1.0 if a > 0 else (-1.0 if a < 0 else 0.0)
-            if a != a:
-                sa = a
-            dz[i, j] = _as(sa * sg * math.exp(ell - k * math.log(2.0)), z[i, j])
+            ell[i, j] = (math.log(abs(a)) if a != 0 else -math.inf) + ln
+            sgn[i, j] = (1.0 if a > 0 else (-1.0 if a < 0 else (0.0 if a == 0 else a))) * sg  # NaN stays
+            if ell[i, j] > top:
+                top = ell[i, j]
+    if not (top >= RESCUE_LN_MIN and top < math.inf):  # beyond any int64 exponent: stays 0
+        return 0
+    k = int(math.floor(top / math.log(2.0)))
+    for i in range(B):
+        for j in range(N):
+            dz[i, j] = _as(sgn[i, j] * math.exp(ell[i, j] - k * math.log(2.0)), z[i, j])
     if sum_db:
         for j in range(N):
             db[j] = 0

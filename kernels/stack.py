@@ -23,8 +23,7 @@ from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
 from .chain import add_aligned, all_finite, clip_signal, moments, norm_scaled, normalise, sumsq
 from .layers import (
     _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_backward,
-    rescue_saturated,
-    dense_forward, matmul_backward, matmul_forward,
+    dense_forward, matmul_backward, matmul_forward, rescue_saturated,
 )
 
 
