@@ -22,7 +22,7 @@ import numpy as np
 
 from gradbench import abi, reference
 from gradbench.backends import get_backend, resolve
-from gradbench.buffers import WORKSPACE, empty
+from gradbench.buffers import WORKSPACE, empty, held
 from gradbench.clipping import LAYER_GROUPS, clip_param_grads, row_norms
 from gradbench.histograms import DEFAULT_BINS, DEFAULT_PER_DECADE, GradHistogram, fill_streaming
 from gradbench.inputs import check_inputs
@@ -106,7 +106,7 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
     # arrays the workspace keeps from an earlier call can be freed: they count as available
     plan = plan_run(stack, x.shape[0], checkpoint=checkpoint, stats_only=stats_only,
                     generated=isinstance(params, GeneratedParams), memory_budget=memory_budget,
-                    hist_bins=hist_bins, available=available_memory() + WORKSPACE.bytes())
+                    hist_bins=hist_bins, available=available_memory() + held())
     run = _Run(stack, params, x, impl, plan, hist_bins, hist_per_decade, progress)
     try:
         # overflow in an exploding stack is a finding, reported as first_nonfinite_forward/backward

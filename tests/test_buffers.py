@@ -92,3 +92,53 @@ def test_concurrent_calls_never_share_workspace_arrays():
     for got in out:
         np.testing.assert_array_equal(got, want)
     buffers.release()
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="own mappings on Linux only")
+def test_returned_gradients_are_recycled_only_when_nothing_holds_them(monkeypatch):
+    monkeypatch.setattr(buffers, "SMALL_PAGES_FROM", 2**16)  # dW of this stack: 200 kB
+    buffers.release()
+    stack = gb.Stack(depth=50, width=16, activation="tanh")
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 8, 1)
+    want = gb.backprop(stack, params, x).grads.W.mantissa.copy()  # before any recycling
+    first = gb.backprop(stack, params, x).grads.W.mantissa
+    addr = _address(first)
+    view = memoryview(first[3:])
+    first[...] = np.nan  # the caller's own writes must never reach a later result
+    del first
+    assert buffers.RECYCLER.bytes() == 0  # a memoryview of a view still holds the memory
+    held = gb.backprop(stack, params, x).grads.W.mantissa
+    assert _address(held) != addr
+    np.testing.assert_array_equal(held, want)
+    del view
+    assert buffers.RECYCLER.bytes() == want.nbytes
+    again = gb.backprop(stack, params, x).grads.W.mantissa
+    assert _address(again) == addr  # the same pages, taken back ...
+    assert again.flags.writeable and again.flags.c_contiguous
+    np.testing.assert_array_equal(again, want)  # ... and every element written again
+    assert buffers.RECYCLER.bytes() == 0
+    del again
+    # another size frees what is kept before mapping anew
+    wide = stack.replace(width=24)
+    gb.backprop(wide, gb.init_params(wide, 0), gb.gaussian_input(wide, 8, 1))
+    assert buffers.RECYCLER.bytes() == 50 * 24 * 24 * 8
+    buffers.release()
+    assert buffers.RECYCLER.bytes() == 0 and buffers.held() == buffers.WORKSPACE.bytes() == 0
+    del held
+
+
+def test_recycler_respects_its_limit():
+    rec = buffers.Recycler(limit=3 * 2**16)
+    a = rec.lease(2**16, np.float64, 2**13)
+    b = rec.lease(2**16, np.float64, 2**13)
+    c = rec.lease(2**16, np.float64, 2**13)
+    d = rec.lease(2**16, np.float64, 2**13)
+    assert len({_address(v) for v in (a, b, c, d)}) == 4
+    del a, b, c, d
+    assert rec.bytes() == 3 * 2**16  # the fourth mapping is unmapped, not kept
+    rec.release()
+    assert rec.bytes() == 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from gradbench import abi
 from gradbench.activations import sigmoid
-from gradbench.buffers import WORKSPACE
+from gradbench.buffers import WORKSPACE, held
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
 from gradbench.inputs import check_array, check_param_arrays, check_targets
 from gradbench.logscaled import LogScaled, ldexp
@@ -140,7 +140,7 @@ def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False,
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(
             memory_budget, (int, float, np.integer)) or not memory_budget > 0):
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    avail = available_memory() + WORKSPACE.bytes() if available is None else available
+    avail = available_memory() + held() if available is None else available
     auto_budget = memory_budget if memory_budget is not None else AUTO_FRACTION * avail
     limit = memory_budget if memory_budget is not None else LIMIT_FRACTION * avail
     k_auto = default_segment(rnn)
