@@ -241,6 +241,13 @@ int gb_gru_backward_f32(const gb_recurrent_arrays *a, const gb_opts *opts);
  * 1 tanh; a = phi(z), da = phi'(z).    a, da, z (n,) */
 int gb_gates_f64(double *a, double *da, const double *z, int64_t n, int kind);
 int gb_gates_f32(float *a, float *da, const float *z, int64_t n, int kind);
+/* ---- generated weights (csrc/philox.c): for layer l in [first_layer, first_layer + layers),
+ * out[l - first_layer, i] = scale * x_i with x the first n of
+ * numpy.random.Generator(numpy.random.Philox(key=key_hi 2^64 + key_lo, counter=[0, l, kind, 0]))
+ * .standard_normal(n), bit for bit (one rounding of x * scale; _f32: float of that double).
+ * GB_EBADARG for negative first_layer, layers or n, or out NULL with layers n > 0.    out (layers, n) */
+int gb_philox_normals_f64(uint64_t key_lo, uint64_t key_hi, uint64_t kind, int64_t first_layer, int64_t layers, int64_t n, double scale, double *out);
+int gb_philox_normals_f32(uint64_t key_lo, uint64_t key_hi, uint64_t kind, int64_t first_layer, int64_t layers, int64_t n, double scale, float *out);
 /* cffi-end */
 
 #endif

@@ -44,8 +44,13 @@ stack's dtype:
   ``gamma = 1``, ``beta = 0`` and the PReLU slopes (``activation_param``) are constants, so
   they are produced per segment too and nothing of size L x N is ever stored.
 
-The weights are generated once per segment in Python (NumPy) and handed to whichever backend
-runs, so every backend sees bit-identical weights. They are *not* the weights that
+The weights are generated once per segment and handed to whichever backend runs, so every
+backend sees bit-identical weights. For the four normal schemes and the biases,
+``csrc/philox.c`` (``gb_philox_normals_f64``/``_f32``, NumPy's Philox and ziggurat copied
+exactly) draws all layers of a segment in one C call when the C extension is built: the same
+bits as the NumPy code above (tests/test_philox.py compares them with NumPy's own Generator),
+without building a Generator per layer (about 6.5 us each); otherwise, and for the other
+schemes, NumPy draws them. They are *not* the weights that
 ``init_params(stack, seed)`` draws (that one is a single sequential stream); they have the same
 distribution. :meth:`GeneratedParams.materialize` gives them as ordinary :class:`Params` for
 stacks small enough to store.
@@ -192,6 +197,49 @@ def stream(seed: int, layer: int, kind: int) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=seed, counter=[0, layer, kind, 0]))
 
 
+NORMAL_INITS = ("normal", "xavier_normal", "he_normal", "lecun_normal")
+# False: weights() and biases() always draw with NumPy (tests compare the two paths).
+C_NORMALS = True
+_c_philox_lib = None  # (ffi, lib) once loaded, False when the extension or the function is missing
+
+
+def _c_philox():
+    global _c_philox_lib
+    if _c_philox_lib is None:
+        try:
+            from gradbench._ckernels import ffi, lib
+        except ImportError:
+            _c_philox_lib = False
+        else:
+            _c_philox_lib = (ffi, lib) if hasattr(lib, "gb_philox_normals_f64") else False
+    return _c_philox_lib if C_NORMALS else False
+
+
+def _c_normals(seed: int, kind: int, start: int, stop: int, shape: tuple, scale: float, out: np.ndarray) -> bool:
+    """``out[l - start] = scale * stream(seed, l, kind).standard_normal(shape)`` for l in
+    [start, stop), the float64 product cast to out's dtype, by csrc/philox.c. False (out
+    untouched) when the C extension is not built or ``out`` is not a C-contiguous float64/float32
+    array of shape (stop - start, *shape)."""
+    c = _c_philox()
+    k = stop - start
+    if not c or out.shape != (k, *shape) or not out.flags.c_contiguous or not out.flags.writeable:
+        return False
+    if out.dtype == np.float64:
+        fn, ctype = c[1].gb_philox_normals_f64, "double *"
+    elif out.dtype == np.float32:
+        fn, ctype = c[1].gb_philox_normals_f32, "float *"
+    else:
+        return False
+    n = math.prod(shape)
+    if k == 0 or n == 0:
+        return True
+    # cffi releases the GIL for the call (the engine draws from a helper thread)
+    rc = fn(seed & 0xFFFFFFFFFFFFFFFF, seed >> 64, kind, start, k, n, float(scale), c[0].cast(ctype, c[0].from_buffer(out)))
+    if rc != 0:
+        raise ValueError(f"gb_philox_normals failed with code {rc} (start={start}, layers={k}, n={n})")
+    return True
+
+
 @dataclass(frozen=True, eq=False)
 class GeneratedParams:
     """Parameters of ``stack`` generated per layer from ``seed`` (see the module docstring).
@@ -248,9 +296,13 @@ class GeneratedParams:
             out = np.empty((stop - start, N, N), dtype=st.np_dtype)
         elif out.shape != (stop - start, N, N) or out.dtype != st.np_dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous {st.dtype} of shape {(stop - start, N, N)}")
+        if st.init in NORMAL_INITS:
+            std = st.gain * math.sqrt(2.0 / (N + N)) if st.init.startswith("xavier") else st.gain / math.sqrt(N)
+            if _c_normals(self.seed, KIND_W, start, stop, (N, N), std, out):
+                return out
         for i, layer in enumerate(range(start, stop)):
             rng = stream(self.seed, layer, KIND_W)
-            if st.init in ("normal", "xavier_normal", "he_normal", "lecun_normal") and out.dtype == np.float64:
+            if st.init in NORMAL_INITS and out.dtype == np.float64:
                 # Same numbers as _weights (std * standard_normal), without a temporary.
                 std = st.gain * math.sqrt(2.0 / (N + N)) if st.init.startswith("xavier") else st.gain / math.sqrt(N)
                 rng.standard_normal(out=out[i])
@@ -267,6 +319,8 @@ class GeneratedParams:
             out = np.empty((stop - start, st.width), dtype=st.np_dtype)
         if not st.sigma_b:
             out[...] = 0
+            return out
+        if _c_normals(self.seed, KIND_B, start, stop, (st.width,), st.sigma_b, out):
             return out
         for i, layer in enumerate(range(start, stop)):
             out[i] = st.sigma_b * stream(self.seed, layer, KIND_B).standard_normal(st.width)
