@@ -16,6 +16,7 @@ bitwise those of the one-piece run, for every backend.
 from __future__ import annotations
 
 import time
+from functools import partial
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -253,11 +254,17 @@ def _backward(run: _Run) -> None:
     stack, L, N, dt, seg = run.stack, run.stack.depth, run.stack.width, run.stack.np_dtype, run.plan.segment
     keep = not run.plan.stats_only
     kept = L if keep else seg
-    # returned gradients: fresh (on small pages when large); one segment's (stats_only): internal
-    grads = abi.allocate("stack_backward", dict(L=kept, B=run.B, N=N), dt,
-                         skip=[a.name for a in abi.BACKWARD if a.name not in ("dW", "db", "dgamma", "dbeta", "dslope")],
-                         empty=empty if keep else run.take)
-    run.grads = grads if keep else None
+
+    def gradient_arrays(alloc):
+        return abi.allocate("stack_backward", dict(L=kept, B=run.B, N=N), dt,
+                            skip=[a.name for a in abi.BACKWARD if a.name not in GRAD_NAMES], empty=alloc)
+
+    if keep:  # returned: fresh (on small pages when large), written from the top
+        grad_sets = [gradient_arrays(partial(empty, prefault="descending"))]
+    else:  # stats_only: one segment's, internal; two sets, so that the helper thread can take
+        grad_sets = [gradient_arrays(run.take) for _ in range(2)]  # the histograms of one meanwhile
+    busy = [None, None]  # the histogram job still reading each set
+    run.grads = grad_sets[0] if keep else None
     run.hist = None if keep or not run.hist_bins else _new_histogram(L, N, run.hist_bins)
     # parameter-gradient clipping that acts layer by layer in stats_only runs (value clipping is
     # the same globally): it changes the clipped dW rows and their norms
@@ -276,7 +283,12 @@ def _backward(run: _Run) -> None:
             _segment_forward(run, s, e, layer_params, run.fexp[s:e + 1].copy(), scratch,
                              np.full(abi.INFO_SIZE, -1, dtype=np.int64))
         lo, hi = (s, e) if keep else (0, e - s)
-        seg_grads = [grads[k][lo:hi] for k in ("dW", "db", "dgamma", "dbeta", "dslope")]
+        k = j % len(grad_sets)
+        if busy[k] is not None:  # its histograms done first: then the set can be written again
+            ts = time.perf_counter()
+            busy[k].result()
+            run.seconds["stats"] += time.perf_counter() - ts
+        seg_grads = [grad_sets[k][name][lo:hi] for name in GRAD_NAMES]
         Hs, Zs, _, rs = run.seg_arrays(s, e)
         W, _, gamma, beta, slope = layer_params
         seg_info[abi.INFO_BACKWARD] = -1
@@ -287,11 +299,19 @@ def _backward(run: _Run) -> None:
             run.info[abi.INFO_BACKWARD] = s + seg_info[abi.INFO_BACKWARD]
         if not keep:
             ts = time.perf_counter()
-            _segment_statistics(run, s, e, seg_grads)
+            busy[k] = _segment_statistics(run, s, e, seg_grads)
             run.seconds["stats"] += time.perf_counter() - ts
+    ts = time.perf_counter()
+    for job in busy:
+        if job is not None:
+            job.result()
+    run.seconds["stats"] += time.perf_counter() - ts  # stats: the caller's share (waits included)
     run.seconds["backward"] = time.perf_counter() - t - run.seconds["stats"]
     run.seconds["generate"] = run.layers.seconds
     run.seconds["generate_cpu"] = run.layers.cpu_seconds
+
+
+GRAD_NAMES = ("dW", "db", "dgamma", "dbeta", "dslope")
 
 
 def _new_histogram(L: int, N: int, bins: int) -> dict:
@@ -301,8 +321,9 @@ def _new_histogram(L: int, N: int, bins: int) -> dict:
                 nonfinite=np.zeros(L, dtype=np.int64))
 
 
-def _segment_statistics(run: _Run, s: int, e: int, seg_grads) -> None:
-    """stats_only: per-layer clipping of the segment's gradients and their histograms."""
+def _segment_statistics(run: _Run, s: int, e: int, seg_grads):
+    """stats_only: per-layer clipping of the segment's gradients, and their histograms queued
+    in the helper thread (returns the job's future, None without histograms)."""
     e_w = run.sig_e[s + 1:e + 1] + run.fexp[s:e]
     gm = seg_grads[0]
     if run.layer_clip:
@@ -314,11 +335,12 @@ def _segment_statistics(run: _Run, s: int, e: int, seg_grads) -> None:
         gm, e_w = cw.mantissa, cw.exponent
         n = row_norms(cw)
         run.gnorm_m[s:e], run.gnorm_e[s:e] = n.mantissa, n.exponent
-    if run.hist is not None:
-        h = run.hist
-        fill_streaming(gm, e_w, run.hist_per_decade, run.hist_bins, h["top"][s:e], h["counts"][s:e],
-                       h["below"][s:e], h["zeros"][s:e], h["nonfinite"][s:e],
-                       compiled=run.impl is not reference)  # the reference stays plain NumPy
+    if run.hist is None:
+        return None
+    h = run.hist
+    return run.layers.background(
+        fill_streaming, gm, e_w, run.hist_per_decade, run.hist_bins, h["top"][s:e], h["counts"][s:e],
+        h["below"][s:e], h["zeros"][s:e], h["nonfinite"][s:e], run.impl is not reference)  # reference: NumPy
 
 
 def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_grads: dict,

@@ -59,12 +59,20 @@ class LayerSupply:
         i = 1 - self.current
         if self.spans[i] == (s, e):
             return
+        self.spans[i] = (s, e)
+        self.pending = (i, self.background(self._fill, i, s, e))
+
+    def background(self, fn, *args):
+        """Run ``fn(*args)`` in the helper thread, after what is queued there; returns its future.
+
+        The engine queues each segment's gradient histograms here (numba and NumPy release the
+        GIL): one helper thread for generation and statistics, in the order they were asked.
+        """
         if self.pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="gradbench-weights")
-        self.spans[i] = (s, e)
-        self.pending = (i, self.pool.submit(self._fill, i, s, e))
+        return self.pool.submit(fn, *args)
 
     def get(self, s: int, e: int):
         """W, b, gamma, beta, slope of layers [s, e)."""

@@ -142,3 +142,35 @@ def test_recycler_respects_its_limit():
     assert rec.bytes() == 3 * 2**16  # the fourth mapping is unmapped, not kept
     rec.release()
     assert rec.bytes() == 0
+
+
+def _rss_kib(address: int) -> int:
+    """Rss of the mapping that holds ``address`` (/proc/self/smaps)."""
+    with open("/proc/self/smaps") as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        lo, _, hi = line.partition(" ")[0].partition("-")
+        if hi and int(lo, 16) <= address < int(hi, 16):
+            for entry in lines[i + 1:i + 30]:
+                if entry.startswith("Rss:"):
+                    return int(entry.split()[1])
+    raise AssertionError("mapping not found in /proc/self/smaps")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux")
+@pytest.mark.parametrize("order", ["ascending", "descending"])
+def test_fresh_mappings_are_faulted_in_by_the_helper(order):
+    import time
+
+    if not buffers.PREFAULTER.enabled:
+        pytest.skip("one CPU in this process's affinity: the prefaulter is off")
+    a = buffers.empty((6, 2**20), np.float64, recycle=False, prefault=order)  # 48 MiB, untouched here
+    deadline = time.monotonic() + 30
+    while buffers.PREFAULTER.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not buffers.PREFAULTER.enabled:  # a kernel older than 5.14 refused the advice
+        pytest.skip("MADV_POPULATE_WRITE refused by this kernel")
+    assert _rss_kib(a.__array_interface__["data"][0]) >= a.nbytes // 1024  # resident, never touched
+    assert not a.any()  # and still zero
+    with pytest.raises(ValueError, match="prefault must be None, 'ascending' or 'descending'"):
+        buffers.empty((2,), np.float64, prefault="up")
