@@ -745,8 +745,9 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         }
         if (!st->gemm && l + 1 < L) F(gb_transpose_rows)(st->wt[(l + 1) & 1], W + (l + 1) * NN, N, j0, j1);
         int64_t fn = f;
-        if (k && (l + 1) % k == 0)
-            fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, fexp[l + 1 - k], st->cfg.alpha, nr * N);
+        if (k && (l + 1) % k == 0) /* k = 1: fexp[l] is f (thread 0 may not have written it yet) */
+            fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, k == 1 ? f : fexp[l + 1 - k],
+                                        st->cfg.alpha, nr * N);
         if (st->cfg.rescale) { /* normalise h_{l+1}: the global max|h| from every thread's rows */
             T *slot = st->amax + (l & 1) * nth;
             slot[tid] = F(gb_absmax)(hn, nr * N, 0);
