@@ -5,12 +5,15 @@ of the same backend, or against an independent computation from its full gradien
 against the checkpointed code's own output.
 """
 
+import math
+
 import numpy as np
 import pytest
 
 import gradbench as gb
 from gradbench import abi, engine, histograms, loss, plan, reference
 from gradbench.backends import backends, get_backend
+from gradbench.logscaled import LOG10_2
 
 BACKENDS = backends()
 
@@ -297,3 +300,65 @@ def test_reference_backward_leaves_a_clipped_top_alone():
     # ... but it does normalise it
     m, e = _backward_top(reference, 4 * _TOP)
     assert (m, e) == (np.sqrt(8 * 0.75**2), 2)
+
+
+def _histogram_by_log10(m, exps, per_decade, bins):
+    """Counts, top and below per layer from Python's math.log10 entry by entry (libm's log10, the
+    one the compiled histogram promises to agree with bin for bin)."""
+    L = len(exps)
+    counts, top, below = np.zeros((L, bins), np.int64), np.zeros(L, np.int64), np.zeros(L, np.int64)
+    for l in range(L):
+        shift = float(exps[l]) * LOG10_2
+        js = [math.floor((math.log10(abs(float(v))) + shift) * per_decade)
+              for v in m[l].ravel() if v != 0 and math.isfinite(v)]
+        if not js:
+            continue
+        top[l] = max(js)
+        for j in js:
+            if j < top[l] - bins + 1:
+                below[l] += 1
+            else:
+                counts[l, j - top[l] + bins - 1] += 1
+    return counts, top, below
+
+
+@pytest.mark.parametrize("per_decade, bins", [(4, 40), (1, 3), (3, 7), (7, 12), (10, 1), (25, 60)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_compiled_histogram_bins_boundary_entries_by_log10(per_decade, bins, dtype):
+    """Entries on and a few ulps around the bin boundaries (where the compiled kernel's table of
+    boundaries must hand over to log10), at layer exponents up to 10^15, far below the window,
+    subnormal: the compiled counts equal a per-entry math.log10 binning, and the NumPy reference's
+    except where its vectorised log10 rounds the other way at a boundary."""
+    rng = np.random.default_rng(per_decade * 100 + bins)
+    exps = np.array([0, -3000, 7, 10**6, -(10**6), 10**15, -(10**15) + 3, 1])
+    L, M = len(exps), 600
+    m = np.empty((L, M))
+    for l, e in enumerate(exps):
+        shift = e * LOG10_2
+        top = math.floor((0.0 + shift) * per_decade)  # around the bin of 1.0 * 2^e
+        j = top - rng.integers(0, bins + 3, M // 2)
+        v = 10.0 ** (j / per_decade - shift)  # boundaries, as nearly as float64 can say
+        ulps = rng.integers(-3, 4, M // 2)
+        v = np.array([np.nextafter(a, np.inf if u > 0 else 0.0) if u else a for a, u in zip(v, ulps)])
+        m[l, : M // 2] = v * rng.choice([-1.0, 1.0], M // 2)
+        m[l, M // 2:] = rng.standard_normal(M // 2) * 10.0 ** rng.uniform(-bins / per_decade - 3, 0.5, M // 2)
+    m[1, :4] = [5e-324, 1e-310, 2.2250738585072014e-308, 0.0]  # subnormals, the smallest normal, zero
+    m[2, :3] = [np.nan, -np.inf, 1e-300]  # non-finite; far below the window
+    m = m.astype(dtype)
+    got, ref = ({k: np.zeros(L, np.int64) for k in ("top", "below", "zeros", "nonfinite")} for _ in range(2))
+    c_got, c_ref = np.zeros((L, bins), np.uint32), np.zeros((L, bins), np.uint32)
+    for h, c, compiled in ((got, c_got, True), (ref, c_ref, False)):
+        histograms.fill_streaming(m.reshape(L, 20, 30), exps, per_decade, bins, h["top"], c, h["below"],
+                                  h["zeros"], h["nonfinite"], compiled=compiled)
+    want, top, below = _histogram_by_log10(m, exps, per_decade, bins)
+    np.testing.assert_array_equal(c_got, want)
+    np.testing.assert_array_equal(got["top"], top)
+    np.testing.assert_array_equal(got["below"], below)
+    for k in ("zeros", "nonfinite"):
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    assert want.sum() > L * M // 4 or bins < 7  # wide windows: most entries inside, on boundaries
+    # the NumPy reference differs at most by a few entries on boundaries, each moved to a neighbour
+    diff = c_ref.astype(np.int64) - want
+    np.testing.assert_array_equal(diff.sum(axis=1), below - ref["below"])
+    assert np.abs(diff).sum() <= L * M // 50
+    assert np.all(np.abs(np.cumsum(diff, axis=1)) <= np.abs(diff).sum(axis=1, keepdims=True))
