@@ -4,7 +4,8 @@
 
 MODE ``warm``: one untimed call, then REPS timed calls (the minimum is reported); ``first``: the
 first call of the process (kernels already compiled and cached on disk) and then the warm
-minimum; ``peak``: the rate of a large float64 matrix product (2048^3) on the threads given, an
+minimum; ``stats``: like ``first``, for a run with generated weights, statistics only and
+checkpoints every sqrt(L) layers (kernels warmed up on a small such run); ``peak``: the rate of a large float64 matrix product (2048^3) on the threads given, an
 achievable peak to state the kernels' efficiency against. IMPL is a gradbench backend
 (``numpy``, ``numba``, ``c``, ``auto``) or ``numpy-loop`` (the plain loop a user writes,
 gradbench.peers). The threads are whatever the environment of the process says (the caller
@@ -47,10 +48,17 @@ def main(argv):
     from gradbench import peers
 
     stack = _stack(L, N, dtype)
-    params = gb.init_params(stack, 0)
+    params = gb.init_params(stack, 0) if mode != "stats" else None
     x = gb.gaussian_input(stack, B, 1)
     if impl == "numpy-loop":
         run = peers.prepare("numpy-loop", stack, params, x)
+    elif mode == "stats":  # the million-layer way: generated weights, statistics only, checkpoints
+        tiny = _stack(40, N, dtype)
+        gb.backprop(tiny, gb.GeneratedParams(tiny, 0), gb.gaussian_input(tiny, B, 1), backend=impl, stats_only=True)
+        generated = gb.GeneratedParams(stack, 0)
+
+        def run():
+            return gb.backprop(stack, generated, x, backend=impl, stats_only=True, checkpoint=max(1, round(L**0.5)))
     else:
         # the kernels compile (or load from the on-disk cache) on a tiny stack first, so that a
         # "first" call measures what a user's first call costs with kernels already built

@@ -4,7 +4,9 @@ Each run is a fresh subprocess so that its peak resident memory (``ru_maxrss``) 
 the time is measured inside it around ``gb.backprop`` (import and compilation excluded).
 Targets (issue: million-layer simulations): 10^6 layers, width 64, batch 64, tanh, he_normal,
 float64, generated weights, statistics only, fastest backend: peak memory < 1 GiB, time per
-layer within 2.5x of the plain in-memory run at 10^4 layers. ``make bench-quick`` runs 10^5
+layer within 1.8x of the warm plain in-memory run at 10^4 layers (its second call in the
+process) with the second CPU free for the helper thread (benchmarks/test_targets.py measures
+that ratio in fresh processes; here the grid's threads and CPUs apply). ``make bench-quick`` runs 10^5
 layers, ``make bench`` 10^6; under ``make test`` tiny stand-ins run once.
 """
 
@@ -26,8 +28,9 @@ stack = gb.Stack(depth=L, width=N, activation="tanh", init="he_normal")
 x = gb.gaussian_input(stack, B, seed=1)
 warm = gb.Stack(depth=4, width=N, activation="tanh", init="he_normal")
 gb.backprop(warm, gb.init_params(warm, 0), gb.gaussian_input(warm, B, 1))  # compile / load caches
-if mode == "plain":
+if mode == "plain":  # warm: the second call (the first pays for its fresh memory)
     params = gb.init_params(stack, 0)
+    gb.backprop(stack, params, x, checkpoint=None)  # dropped at once: its memory serves the next call
     t = time.perf_counter()
     res = gb.backprop(stack, params, x, checkpoint=None)
 else:

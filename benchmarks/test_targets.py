@@ -15,6 +15,10 @@ Targets (t = time):
 - ``two threads``: t(one) / t(two) >= 1.7 at n = 64 and wider;
 - ``first call``: t(first call in a fresh process, kernels cached) / t(warm) <= 1.5 at
   L = 10^4, n = 64, B = 64;
+- ``million layers``: time per layer of a stats-only run with generated weights and
+  checkpoints (L = 10^5, n = 64, B = 64, fresh process) / of the warm in-memory run (L = 10^4)
+  <= 1.8, one kernel thread with the second CPU free for the helper thread (weights, histograms);
+  the same on one CPU is reported;
 - ``% of peak``: 6 B N^2 L / t against an achievable one-thread peak (a 2048^3 float64 matrix
   product through NumPy's BLAS, measured in the same run), one thread: >= 75 % at n = 64,
   B = 64 and >= 50 % at n = 32, B = 16.
@@ -42,12 +46,15 @@ FAST = [b for b in ("numba", "c") if b in gb.backends()]
 
 
 def _env(threads: str) -> tuple[dict, list[int] | None]:
+    """Environment and CPUs of a subprocess: ``one``, ``two`` (threads per library and as many
+    CPUs), ``one+cpu`` (one thread per library, two CPUs: gradbench's helper thread may take
+    the second) or ``default`` (no thread variables, every CPU)."""
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    if threads in ("one", "two"):
-        n = 1 if threads == "one" else 2
+    if threads in ("one", "two", "one+cpu"):
+        n = 2 if threads == "two" else 1
         env.update({k: str(n) for k in THREAD_VARS if k != "XLA_FLAGS"})
-        cpus = cpus[:n] if cpus else None
+        cpus = cpus[:1 if threads == "one" else 2] if cpus else None
     return env, cpus
 
 
@@ -151,3 +158,18 @@ def test_target_percent_of_peak(benchmark, backend):
     record(benchmark, f"% of one core's peak ({backend}, one thread)", min(r["fraction"] / r["want"] for r in rows),
            ">= 1 (75 % at n=64 B=64, 50 % at n=32 B=16)", all(r["fraction"] >= r["want"] for r in rows),
            peak_gflops=peak, peak="a 2048^3 float64 matrix product through NumPy's BLAS, one thread", rows=rows)
+
+
+def test_target_million_layers(benchmark):
+    """Stats-only with generated weights vs the warm in-memory run, per layer (module docstring)."""
+    impl = "c" if "c" in FAST else (FAST[0] if FAST else "numpy")
+    (L, N, B), = sizes(benchmark, [], [(100_000, 64, 64)], [(600, 16, 8)])
+    Lw = min(L, 10_000)
+    rows = {}
+    for threads in ("one+cpu", "one"):
+        warm = run("warm", impl, Lw, N, B, reps=1 if benchmark.disabled else 3, threads=threads)["min"] / Lw
+        stats = run("stats", impl, L, N, B, reps=0, threads=threads)["first"] / L
+        rows[threads] = dict(ratio=stats / warm, us_per_layer=1e6 * stats, warm_us_per_layer=1e6 * warm)
+    ratio = rows["one+cpu"]["ratio"]
+    record(benchmark, f"million layers: stats-only generated / warm in memory, per layer ({impl}, n = {N})", ratio,
+           "<= 1.8 (one kernel thread, second CPU free)", ratio <= 1.8, rows=rows, L=L, L_warm=Lw)
