@@ -151,6 +151,13 @@ class Prefaulter:
         with self._cond:
             return sum(abs(job[3] - job[2]) for job in self._jobs)
 
+    def _after_fork(self) -> None:
+        """In a forked child: no helper thread, no lock held by one, and none of the parent's
+        pending work (faulting in copy-on-write pages would copy them)."""
+        self._cond = threading.Condition()
+        self._jobs = []
+        self._thread = None
+
 
 @functools.lru_cache(maxsize=64)
 def _lease_type(nbytes: int) -> type:
@@ -262,6 +269,17 @@ class Workspace:
 WORKSPACE = Workspace()
 RECYCLER = Recycler()
 PREFAULTER = Prefaulter()
+
+
+def _after_fork_in_child() -> None:
+    # only the forking thread lives on: a lock another thread held stays held in the child
+    for keeper in (WORKSPACE, RECYCLER):
+        keeper._lock = threading.Lock()
+    PREFAULTER._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def held() -> int:

@@ -174,3 +174,36 @@ def test_fresh_mappings_are_faulted_in_by_the_helper(order):
     assert not a.any()  # and still zero
     with pytest.raises(ValueError, match="prefault must be None, 'ascending' or 'descending'"):
         buffers.empty((2,), np.float64, prefault="up")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and MADV_POPULATE_WRITE are Linux")
+def test_a_fork_while_the_helper_faults_in_pages_leaves_a_working_child():
+    """Forked in the middle of the prefaulter's work (its lock may be held at that moment): the
+    child neither hangs nor inherits the parent's pending work, and its own calls work."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import multiprocessing as mp, time
+        import numpy as np, gradbench as gb
+        from gradbench import buffers
+
+        def child(seed):
+            assert buffers.PREFAULTER.pending() == 0  # the parent's work stayed in the parent
+            stack = gb.Stack(depth=60, width=64, activation="tanh")
+            a = buffers.empty((8, 2**20), np.float64)  # fresh, faulted in by the child's own helper
+            res = gb.backprop(stack, gb.init_params(stack, seed), gb.gaussian_input(stack, 8, seed))
+            deadline = time.monotonic() + 30
+            while buffers.PREFAULTER.pending() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return float(res.grad_norm.log10()[0]), buffers.PREFAULTER.pending(), bool(a.any())
+
+        keep = [buffers.empty((64, 2**20), np.float64, recycle=False) for _ in range(4)]  # 2 GiB to fault in
+        assert buffers.PREFAULTER.pending() > 0
+        with mp.get_context("fork").Pool(2) as pool:
+            out = pool.map(child, [1, 2, 3])
+        assert all(np.isfinite(o[0]) and o[1] == 0 and not o[2] for o in out), out
+        print("ok", len(out))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok 3" in proc.stdout, proc.stderr[-2000:]
