@@ -17,6 +17,10 @@ l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
 - ``float_limits[dtype]``: where plain float64 / float32 would have under- or overflowed the
   gradients (from the top) and the forward activations (from the input), or how many layers
   it would take at the fitted rate (:func:`gradbench.verdict.float_limits`).
+- ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and
+  exactly zero at the input (the Result's ``extras["lost_samples"]``): dead units, or a signal
+  more than 2^-1074 below the batch's largest at some layer, which one exponent per layer cannot
+  carry; the explanation then says that the norms below follow the other samples.
 - Histograms of log10 |dW_l| entries with the same bin edges for every layer (default: the
   whole-decade range of all layers in ``bins`` bins), computed exactly from the mantissas and
   exponents (:mod:`gradbench.histograms`); exact zeros and non-finite entries are counted apart.
@@ -72,6 +76,7 @@ class Diagnosis:
     float_limits: dict
     threshold: float
     weight_log10: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    lost_samples: int = 0
 
     @property
     def depth(self) -> int:
@@ -111,7 +116,7 @@ class Diagnosis:
     def from_dict(cls, d: dict) -> "Diagnosis":
         kw = {}
         for f in dataclasses.fields(cls):
-            if f.name not in d and f.name == "weight_log10":
+            if f.name not in d and f.name in ("weight_log10", "lost_samples"):  # the defaults
                 continue
             if f.name not in d and f.name == "signal_decades_per_layer":  # files of gradbench < 0.2
                 kw[f.name] = math.nan
@@ -269,6 +274,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         hist_nonfinite=nonfinite,
         hist_outside=outside,
         first_nonfinite_forward=res.first_nonfinite_forward,
+        lost_samples=int((res.extras or {}).get("lost_samples", 0)),
         first_nonfinite_backward=res.first_nonfinite_backward,
         decades_per_layer=rate,
         intercept=intercept,

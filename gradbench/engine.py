@@ -245,6 +245,7 @@ def _top(run: _Run, targets):
     if not np.all(np.isfinite(G)):
         run.info[abi.INFO_BACKWARD] = L
     run.G = G
+    run.live_top = np.any(G != 0, axis=1)  # samples with a gradient at the top (lost_samples)
     return loss, loss_exact, head_grads
 
 
@@ -373,8 +374,12 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     input_grad = G if p.W_in is None else G @ p.W_in
     ffwd, fbwd = (int(run.info[i]) for i in (abi.INFO_FORWARD, abi.INFO_BACKWARD))
     run.seconds["total"] = time.perf_counter() - t_start
+    # samples whose signal was non-zero at the top and is exactly zero at the input: dead units, or
+    # more than 2^-1074 below the batch's largest (one exponent per layer; verdict._findings)
+    lost = int(np.count_nonzero(run.live_top & ~np.any(G != 0, axis=1)))
     extras = dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), stats_only=run.plan.stats_only,
-                  generated=run.plan.generated, memory_estimate=run.plan.estimate, seconds=run.seconds)
+                  generated=run.plan.generated, memory_estimate=run.plan.estimate, seconds=run.seconds,
+                  lost_samples=lost)
     run.tick(run.work)
     return Result(
         stack=stack,

@@ -73,7 +73,11 @@ class Result:
     extras : dict
         How the run was done: ``checkpoint`` (segment length or None), ``segments``,
         ``stats_only``, ``generated`` (weights), ``memory_estimate`` (bytes) and ``seconds``
-        spent in forward, backward (including recomputation), weight generation and statistics.
+        spent in forward, backward (including recomputation), weight generation and statistics;
+        ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and
+        exactly zero at the input (dead units, or a signal more than 2^-1074 below the batch's
+        largest at some layer: the chain carries one exponent per layer, so below that point
+        the norms follow the other samples; the diagnosis says so).
     grad_hist : GradHistogram or None
         Histograms of log10 |dW_l| (``stats_only=True`` runs; otherwise ``None``: use
         ``gradbench.diagnose`` on ``grads``).

@@ -201,6 +201,15 @@ def _findings(stack, g, res, verdict) -> list[str]:
                          "2^(-2^62), e.g. tanh at |z| ~ 1e200: the true gradient there is not 0, but beyond any "
                          "int64 exponent)")
         words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
+    lost = int((getattr(res, "extras", None) or {}).get("lost_samples", 0))
+    if lost:
+        B = len(res.input_grad.mantissa) if res.input_grad.mantissa.ndim == 2 else 1
+        why = ("dead units (z <= 0) for those samples in some layer, or " if stack.activation in ("relu", "prelu")
+               else "")
+        words.append(f"{lost} of {B} samples lose their gradient on the way down (exactly 0 at the input, non-zero "
+                     f"at the top): {why}their signal fell more than 2^-1074 below the batch's largest at some layer; "
+                     "one exponent per layer cannot carry both, so below that layer the norms follow the other "
+                     "samples and can be far too small: run such samples one at a time (batch 1) for their exact chain")
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
     ok = np.isfinite(std)
     if ok.sum() >= 2 and abs(std[ok][-1] - std[ok][0]) >= 3:

@@ -128,3 +128,52 @@ def test_log_derivative_against_mpmath(activation):
     ln_inf, _ = log_dphi(np.array([np.inf, -np.inf]), code, 1.0)
     assert ln_inf[1] == -np.inf and not np.isnan(ln_inf[0])
     assert nb.log_dphi(-np.inf, code, 1.0)[0] == -np.inf and not np.isnan(nb.log_dphi(np.inf, code, 1.0)[0])
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+def test_samples_lost_below_the_batch_exponent_are_counted_and_named(backend):
+    """One exponent per layer: in a deeply saturated stack the samples of a batch drift thousands of
+    decades apart and all but the largest fall to exactly 0. Each of them alone has a gradient
+    (batch 1, exact: test above), so the loss is real; the result counts it, the verdict says it."""
+    stack = gb.Stack(depth=300, width=32, activation="tanh", init="normal", sigma_w=1e4)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 3, 1)
+    res = gb.backprop(stack, params, x, backend=backend)
+    alone = [gb.backprop(stack, params, x[i:i + 1], backend=backend) for i in range(3)]
+    assert all(np.isfinite(r.grad_norm.log10()[0]) for r in alone)  # every sample has a gradient
+    assert all(r.extras["lost_samples"] == 0 for r in alone)
+    zero_rows = int(np.sum(~np.any(res.input_grad.mantissa != 0, axis=1)))
+    assert res.extras["lost_samples"] == zero_rows == 2
+    # the limit it names: the batch's norm at layer 0 is far below the largest sample's own
+    assert res.grad_norm.log10()[0] < max(r.grad_norm.log10()[0] for r in alone) - 1000
+    # the numbers README "Where it stops" quotes
+    assert round(float(res.grad_norm.log10()[0])) == -103283 and round(float(alone[0].grad_norm.log10()[0])) == -98291
+    text = gb.diagnose(res).explanation
+    assert "2 of 3 samples lose their gradient" in text and "batch 1" in text and "dead units" not in text
+    plain = gb.Stack(depth=50, width=16, activation="tanh")
+    ok = gb.backprop(plain, gb.init_params(plain, 0), gb.gaussian_input(plain, 8, 1), backend=backend)
+    assert ok.extras["lost_samples"] == 0 and "lose their gradient" not in gb.diagnose(ok).explanation
+
+
+def test_a_sample_whose_relu_units_all_die_is_counted_with_both_reasons():
+    stack = gb.Stack(depth=6, width=8, activation="relu", init="he_normal", sigma_b=0.5)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1)
+    params.W[0] = np.abs(params.W[0])
+    params.b[0] = 0.0
+    params.b[1:] = np.abs(params.b[1:]) + 0.1  # every later layer lives on its biases alone
+    x[2] = -np.abs(x[2]) - 1.0  # sample 2: z <= 0 for every unit of layer 0
+    res = gb.backprop(stack, params, x)
+    assert res.extras["lost_samples"] == 1 and np.all(res.input_grad.mantissa[2] == 0)
+    assert np.any(res.input_grad.mantissa[[0, 1, 3]] != 0)
+    assert "1 of 4 samples lose their gradient" in gb.diagnose(res).explanation
+    assert "dead units" in gb.diagnose(res).explanation
+
+
+def test_lost_samples_travel_with_the_diagnosis():
+    stack = gb.Stack(depth=300, width=32, activation="tanh", init="normal", sigma_w=1e4)
+    d = gb.diagnose(gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 3, 1)))
+    assert d.lost_samples == 2
+    back = gb.Diagnosis.from_dict(d.to_dict())
+    assert back.lost_samples == 2
+    old = d.to_dict()
+    del old["lost_samples"]  # a file written before the field existed
+    assert gb.Diagnosis.from_dict(old).lost_samples == 0
