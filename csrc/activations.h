@@ -253,12 +253,27 @@ static inline float gb_dphi_scaled_f32(float u, const gb_scaled *s) { return (fl
 #else
 #define GB_VL 4
 #endif
+/* The vector helpers are inlined into the row loops of stack_impl.h (always: a call per GB_VL
+ * lanes kept the lanes' latency from overlapping), and their few FMA contractions are fixed in
+ * the source (GB_OPAQUE below), not left to where the compiler inlines them. */
+#define GB_AINLINE __attribute__((always_inline)) inline
+/* v through an empty asm: the compiler cannot contract the product that made v into a later
+ * sum (x86 without FMA contracts nothing; other targets: through memory) */
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__)
+#if defined(__FMA__)
+#define GB_OPAQUE(v) __asm__("" : "+v"(v))
+#else
+#define GB_OPAQUE(v) ((void)0)
+#endif
+#else
+#define GB_OPAQUE(v) __asm__("" : "+m"(v))
+#endif
 typedef double gb_vd __attribute__((vector_size(GB_VL * 8)));
 typedef int64_t gb_vi __attribute__((vector_size(GB_VL * 8)));
 /* 8 lanes whatever the instance: the fixed order of the reductions (stack_impl.h) */
 typedef double gb_vd8 __attribute__((vector_size(64)));
 
-static inline gb_vd gb_blend(gb_vi mask, gb_vd a, gb_vd b) { /* mask ? a : b */
+static GB_AINLINE gb_vd gb_blend(gb_vi mask, gb_vd a, gb_vd b) { /* mask ? a : b */
     gb_vi ia, ib, r;
     gb_vd out;
     memcpy(&ia, &a, sizeof ia);
@@ -268,13 +283,13 @@ static inline gb_vd gb_blend(gb_vi mask, gb_vd a, gb_vd b) { /* mask ? a : b */
     return out;
 }
 
-static inline int gb_any(gb_vi m) {
+static GB_AINLINE int gb_any(gb_vi m) {
     int64_t a = 0;
     for (int i = 0; i < GB_VL; i++) a |= m[i];
     return a != 0;
 }
 
-static inline gb_vd gb_vabs(gb_vd x) {
+static GB_AINLINE gb_vd gb_vabs(gb_vd x) {
     gb_vi b;
     memcpy(&b, &x, sizeof b);
     b &= ~((gb_vi){0} + INT64_MIN);
@@ -282,7 +297,7 @@ static inline gb_vd gb_vabs(gb_vd x) {
     return x;
 }
 
-static inline gb_vd gb_vpow2(gb_vi k) { /* 2^k for k in [-1022, 1023] */
+static GB_AINLINE gb_vd gb_vpow2(gb_vi k) { /* 2^k for k in [-1022, 1023] */
     gb_vi b = (k + 1023) << 52;
     gb_vd out;
     memcpy(&out, &b, sizeof out);
@@ -292,8 +307,11 @@ static inline gb_vd gb_vpow2(gb_vi k) { /* 2^k for k in [-1022, 1023] */
 /* exp(x) into *e and, for x <= 0, expm1(x) into *m (either may be NULL), from one range
  * reduction: x = k ln2 + r, q = exp(r) - 1 by Taylor to r^13 (no constant term), then
  * e = 2^k (1 + q) (as 2^(k/2) 2^(k - k/2): subnormal results rounded once) and
- * m = 2^k q + (2^k - 1) (exact scalings, one rounding; -1 once 2^k is below the last bit). */
-static inline void gb_vexp2(gb_vd x, gb_vd *e, gb_vd *m) {
+ * m = 2^k q + (2^k - 1) (exact scalings, one rounding; -1 once 2^k is below the last bit).
+ * With FMA, 1 + q is one fused r P(r) + 1 when only e is asked for, and q is rounded first when
+ * m is asked for too (the results of the first vector code, whose compiler chose so). Called with
+ * e and m known at compile time (always inlined). */
+static GB_AINLINE void gb_vexp2(gb_vd x, gb_vd *e, gb_vd *m) {
     const gb_vd zero = {0};
     const gb_vi nan = x != x;
     gb_vd y = gb_blend(x > 1100.0, zero + 1100.0, x);
@@ -314,7 +332,9 @@ static inline void gb_vexp2(gb_vd x, gb_vd *e, gb_vd *m) {
     const gb_vi k = __builtin_convertvector(kf, gb_vi);
     if (e) {
         const gb_vi k1 = k >> 1;
-        *e = gb_blend(nan, x, ((1.0 + q) * gb_vpow2(k1)) * gb_vpow2(k - k1));
+        gb_vd qe = q;
+        if (m) GB_OPAQUE(qe);
+        *e = gb_blend(nan, x, ((1.0 + qe) * gb_vpow2(k1)) * gb_vpow2(k - k1));
     }
     if (m) {
         const gb_vi low = k < -60; /* 2^k below the last bit of 1: m = -1 */
@@ -323,7 +343,7 @@ static inline void gb_vexp2(gb_vd x, gb_vd *e, gb_vd *m) {
     }
 }
 
-static inline gb_vd gb_vexp(gb_vd x) {
+static GB_AINLINE gb_vd gb_vexp(gb_vd x) {
     gb_vd e;
     gb_vexp2(x, &e, NULL);
     return e;
@@ -331,7 +351,7 @@ static inline gb_vd gb_vexp(gb_vd x) {
 
 /* tanh x = -m r with r = 1/(2 + m) (or 1/(1 + e), e = m + 1: one division shared with
  * sech^2 = 4 e r^2), m = expm1(-2|x|) (no cancellation at any |x|), sign restored */
-static inline gb_vd gb_vtanh_r(gb_vd x, gb_vd m, gb_vd r) {
+static GB_AINLINE gb_vd gb_vtanh_r(gb_vd x, gb_vd m, gb_vd r) {
     gb_vd t = -m * r;
     gb_vi xb, tb;
     memcpy(&xb, &x, sizeof xb);
@@ -341,10 +361,11 @@ static inline gb_vd gb_vtanh_r(gb_vd x, gb_vd m, gb_vd r) {
     return gb_blend(x != x, x, t);
 }
 
-static inline gb_vd gb_vtanh_m(gb_vd x, gb_vd m) { return gb_vtanh_r(x, m, 1.0 / (2.0 + m)); }
+static GB_AINLINE gb_vd gb_vtanh_m(gb_vd x, gb_vd m) { return gb_vtanh_r(x, m, 1.0 / (2.0 + m)); }
 
-/* phi(z) into *a and phi'(z) into *d, GB_VL lanes (either pointer may be NULL) */
-static inline void gb_vact(gb_vd z, int act, double p, gb_vd *a, gb_vd *d) {
+/* phi(z) into *a and phi'(z) into *d, GB_VL lanes (either pointer may be NULL; both known at
+ * compile time where it is inlined, act too where the caller is specialised) */
+static GB_AINLINE void gb_vact(gb_vd z, int act, double p, gb_vd *a, gb_vd *d) {
     const gb_vd zero = {0}, one = zero + 1.0;
     const gb_vi pos = z > 0.0, nan = z != z;
     const gb_vd zn = gb_blend(pos, zero, z); /* np.minimum(z, 0), NaN kept */
