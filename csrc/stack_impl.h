@@ -246,6 +246,40 @@ static void F(gb_gemm_own)(T *C, const T *A, int64_t sam, int64_t sak, const T *
 #pragma GCC pop_options /* the tiles inline into the two functions above: same contraction */
 #endif
 
+/* db[i] = sum of dz[r][i] over the rows r in order (from 0), i in [i0, i1); the sums of a
+ * block of columns kept in registers over the rows.    db (N,), dz (B,N) */
+static void F(gb_colsum)(T *db, const T *dz, int64_t B, int64_t N, int64_t i0, int64_t i1) {
+    int64_t i = i0;
+#ifdef GB_HAVE_VTILES
+    typedef F(gb_vw) vt;
+    enum { VL = sizeof(vt) / sizeof(T) };
+    for (; i + 4 * VL <= i1; i += 4 * VL) {
+        vt acc[4] = {{0}, {0}, {0}, {0}};
+        for (int64_t r = 0; r < B; r++)
+            for (int v = 0; v < 4; v++) {
+                vt x;
+                memcpy(&x, dz + r * N + i + v * VL, sizeof x);
+                acc[v] += x;
+            }
+        memcpy(db + i, acc, sizeof acc);
+    }
+    for (; i + VL <= i1; i += VL) {
+        vt acc = {0};
+        for (int64_t r = 0; r < B; r++) {
+            vt x;
+            memcpy(&x, dz + r * N + i, sizeof x);
+            acc += x;
+        }
+        memcpy(db + i, &acc, sizeof acc);
+    }
+#endif
+    for (; i < i1; i++) {
+        T acc = 0;
+        for (int64_t r = 0; r < B; r++) acc += dz[r * N + i];
+        db[i] = acc;
+    }
+}
+
 /* ------------------------------------------------------------------ layers */
 /* z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,) */
 /* gemm: BLAS, or NULL: the own kernels with wt (N,N) as workspace for W^T */
@@ -394,6 +428,19 @@ static GB_AINLINE int64_t F(gb_act_forward_row_k)(T *a, const T *z, int64_t N, c
     int64_t cnt = 0, j = 0;
 #ifdef GB_HAVE_VEC
     gb_vi vcnt = {0}; /* minus the count per lane */
+    if (s->vmode == GB_VM_PLAIN) /* no scalar fallback: no call in the loop, constants stay in registers */
+        for (; j + GB_VL <= N; j += GB_VL) {
+            const gb_vd u = F(gb_loadv)(z + j);
+            gb_vd va, vd;
+            gb_vact(u, act, s->p, &va, &vd);
+            const F(gb_tv) ta = F(gb_roundv)(va), td = F(gb_roundv)(vd);
+            memcpy(a + j, &ta, sizeof ta);
+            vcnt += __builtin_convertvector(td, gb_vd) < thr;
+            F(gb_vb) dv, nz = __builtin_convertvector(u <= 0.0, F(gb_vb));
+            memcpy(&dv, dead + j, sizeof dv);
+            dv &= nz;
+            memcpy(dead + j, &dv, sizeof dv);
+        }
     for (; j + GB_VL <= N; j += GB_VL) {
         const gb_vd u = F(gb_loadv)(z + j);
         gb_vd va, vd;
@@ -450,10 +497,25 @@ static int64_t F(gb_act_forward_row)(T *a, const T *z, int64_t N, const gb_scale
  * d, g, zr (N,); gamma, beta (N,) or NULL */
 static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr, const T *gamma,
                                                   const T *beta, int scale, T alpha, const gb_scaled *s,
-                                                  int64_t N, const int act) {
-    double sum = 0;
+                                                  int64_t N, double *mx, const int act) {
+    double sum = 0, m = 0;
     int64_t j = 0;
 #ifdef GB_HAVE_VEC
+    gb_vd macc = {0};
+    if (!gamma && act != GB_PRELU && s->vmode == GB_VM_PLAIN) /* no call in the loop */
+        for (; j + GB_VL <= N; j += GB_VL) {
+            gb_vd vd;
+            gb_vact(F(gb_loadv)(zr + j), act, s->p, NULL, &vd);
+            F(gb_tv) da;
+            memcpy(&da, g + j, sizeof da);
+            if (scale) da = da * alpha;
+            const F(gb_tv) out = da * F(gb_roundv)(vd);
+            memcpy(d + j, &out, sizeof out);
+            if (mx) {
+                const gb_vd w = gb_vabs(__builtin_convertvector(out, gb_vd));
+                macc = gb_blend(w > macc, w, macc);
+            }
+        }
     if (!gamma && act != GB_PRELU)
         for (; j + GB_VL <= N; j += GB_VL) {
             gb_vd vd;
@@ -463,21 +525,33 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
             if (scale) da = da * alpha;
             const F(gb_tv) out = da * F(gb_roundv)(vd);
             memcpy(d + j, &out, sizeof out);
+            if (mx) {
+                const gb_vd w = gb_vabs(__builtin_convertvector(out, gb_vd));
+                macc = gb_blend(w > macc, w, macc);
+            }
         }
+    if (mx)
+        for (int c = 0; c < GB_VL; c++) m = macc[c] > m ? macc[c] : m;
 #endif
     for (; j < N; j++) {
         T da = g[j];
         if (scale) da = da * alpha;
         const T zl = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
         d[j] = da * FP(gb_dphi_scaled)(zl, s);
+        if (mx) {
+            const double w = (double)TFABS(d[j]);
+            m = w > m ? w : m;
+        }
         if (act == GB_PRELU) sum += (double)(da * ((zl < 0 || zl != zl) ? zl : (T)0));
     }
+    if (mx) *mx = m > *mx ? m : *mx;
     return sum;
 }
 
+/* ... and with mx (or NULL): *mx = max(*mx, max|d|), NaN ignored (gb_absmax of the row) */
 static double F(gb_act_backward_row)(T *d, const T *g, const T *zr, const T *gamma, const T *beta,
-                                     int scale, T alpha, const gb_scaled *s, int64_t N) {
-#define GB_BWD_CALL(ACT) return F(gb_act_backward_row_k)(d, g, zr, gamma, beta, scale, alpha, s, N, ACT)
+                                     int scale, T alpha, const gb_scaled *s, int64_t N, double *mx) {
+#define GB_BWD_CALL(ACT) return F(gb_act_backward_row_k)(d, g, zr, gamma, beta, scale, alpha, s, N, mx, ACT)
     GB_ACT_CASES(GB_BWD_CALL)
 #undef GB_BWD_CALL
 }
@@ -489,8 +563,20 @@ static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
     int nan = 0;
     int64_t i = 0;
 #ifdef GB_HAVE_VEC
-    gb_vd acc = {0};
+    gb_vd acc = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0}; /* four chains: max is exact, any order */
     gb_vi vnan = {0};
+    for (; i + 4 * GB_VL <= n; i += 4 * GB_VL) {
+        const gb_vd v0 = gb_vabs(F(gb_loadv)(g + i)), v1 = gb_vabs(F(gb_loadv)(g + i + GB_VL));
+        const gb_vd v2 = gb_vabs(F(gb_loadv)(g + i + 2 * GB_VL)), v3 = gb_vabs(F(gb_loadv)(g + i + 3 * GB_VL));
+        vnan |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3);
+        acc = gb_blend(v0 > acc, v0, acc);
+        acc1 = gb_blend(v1 > acc1, v1, acc1);
+        acc2 = gb_blend(v2 > acc2, v2, acc2);
+        acc3 = gb_blend(v3 > acc3, v3, acc3);
+    }
+    acc = gb_blend(acc1 > acc, acc1, acc);
+    acc2 = gb_blend(acc3 > acc2, acc3, acc2);
+    acc = gb_blend(acc2 > acc, acc2, acc);
     for (; i + GB_VL <= n; i += GB_VL) {
         const gb_vd v = gb_vabs(F(gb_loadv)(g + i));
         vnan |= v != v;
@@ -1054,18 +1140,19 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             skip_e = e;
         }
         const T *Zl = Z + l * BN;
+        double dzmax = 0; /* max|dz_l| over this thread's rows (the rescue's), NaN ignored */
         for (int64_t r = r0; r < r1; r++) {
             const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N,
                                                     st->cfg.bn ? gamma + l * N : NULL,
                                                     st->cfg.bn ? beta + l * N : NULL, end_group,
-                                                    (T)st->cfg.alpha, &sc, N);
+                                                    (T)st->cfg.alpha, &sc, N, st->rmax ? &dzmax : NULL);
             if (st->rslope) st->rslope[l * B + r] = s;
         }
         if (st->rmax) { /* the rescue: decided on the global max|dz_l|, the same on every thread */
             const int scale = end_group;
             const T *gam = st->cfg.bn ? gamma + l * N : NULL, *bet = st->cfg.bn ? beta + l * N : NULL;
             double *ms = st->rmax + (l & 1) * nth;
-            ms[tid] = (double)F(gb_absmax)(dz + r0 * N, nr * N, 0);
+            ms[tid] = dzmax;
             gb_barrier_wait(bar, &sense); /* every thread's max|dz_l| written */
             double mz = 0;
             for (int t = 0; t < nth; t++) mz = ms[t] > mz ? ms[t] : mz;
@@ -1112,10 +1199,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
                 gb_pf_add(&pf, dW + (l - 1) * NN + i0 * N, (i1 - i0) * N * (int64_t)sizeof(T), 1);
             }
             F(gb_gemm_own_pf)(dW + l * NN + i0 * N, dz + i0, 1, N, H + l * BN, NULL, i1 - i0, N, B, &pf);
-            T *dbl = db + l * N; /* each db_i summed over the rows in order */
-            for (int64_t i = i0; i < i1; i++) dbl[i] = 0;
-            for (int64_t r = 0; r < B; r++)
-                for (int64_t i = i0; i < i1; i++) dbl[i] += dz[r * N + i];
+            F(gb_colsum)(db + l * N, dz, B, N, i0, i1);
         }
         for (int64_t i = i0; i < i1; i++) st->gsq[l * N + i] = F(gb_sumsq_row)(dW + l * NN + i * N, N, 1.0, 1.0);
         m = 0;
@@ -1256,7 +1340,7 @@ int FP(gb_activation_backward)(T *dz, double *dslope, const T *da, const T *z, i
     const gb_scaled s = gb_scaled_init(act, param, rescale, f, sizeof(T) == sizeof(float));
     double total = 0; /* rows in order, as the driver */
     for (int64_t r = 0; r < B; r++)
-        total += F(gb_act_backward_row)(dz + r * N, da + r * N, z + r * N, NULL, NULL, 0, (T)1, &s, N);
+        total += F(gb_act_backward_row)(dz + r * N, da + r * N, z + r * N, NULL, NULL, 0, (T)1, &s, N, NULL);
     *dslope = total;
     return GB_OK;
 }
