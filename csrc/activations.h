@@ -308,14 +308,13 @@ static GB_AINLINE gb_vd gb_vpow2(gb_vi k) { /* 2^k for k in [-1022, 1023] */
  * reduction: x = k ln2 + r, q = exp(r) - 1 by Taylor to r^13 (no constant term), then
  * e = 2^k (1 + q) (as 2^(k/2) 2^(k - k/2): subnormal results rounded once) and
  * m = 2^k q + (2^k - 1) (exact scalings, one rounding; -1 once 2^k is below the last bit).
- * With FMA, 1 + q is one fused r P(r) + 1 when only e is asked for, and q is rounded first when
+ * For x <= 0 or NaN only (the activations' arguments). With FMA, 1 + q is one fused r P(r) + 1 when only e is asked for, and q is rounded first when
  * m is asked for too (the results of the first vector code, whose compiler chose so). Called with
  * e and m known at compile time (always inlined). */
 static GB_AINLINE void gb_vexp2(gb_vd x, gb_vd *e, gb_vd *m) {
     const gb_vd zero = {0};
-    const gb_vi nan = x != x;
-    gb_vd y = gb_blend(x > 1100.0, zero + 1100.0, x);
-    y = gb_blend((y < -1100.0) | nan, zero - 1100.0, y);
+    const gb_vi nan = x != x; /* x <= 0 in every caller (-|z|, -2|z|, min(z, 0)): no upper clamp */
+    const gb_vd y = gb_blend((x < -1100.0) | nan, zero - 1100.0, x);
     const gb_vd shift = zero + 0x1.8p52;
     const gb_vd kf = (y * 0x1.71547652b82fep0 + shift) - shift;
     const gb_vd r = (y - kf * 0x1.62e42fee00000p-1) - kf * 0x1.a39ef35793c76p-33;
