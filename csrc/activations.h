@@ -268,12 +268,19 @@ static inline float gb_dphi_scaled_f32(float u, const gb_scaled *s) { return (fl
 #else
 #define GB_OPAQUE(v) __asm__("" : "+m"(v))
 #endif
+#if defined(__AVX__) && !defined(__clang__)
+#include <immintrin.h>
+#endif
 typedef double gb_vd __attribute__((vector_size(GB_VL * 8)));
 typedef int64_t gb_vi __attribute__((vector_size(GB_VL * 8)));
 /* 8 lanes whatever the instance: the fixed order of the reductions (stack_impl.h) */
 typedef double gb_vd8 __attribute__((vector_size(64)));
 
 static GB_AINLINE gb_vd gb_blend(gb_vi mask, gb_vd a, gb_vd b) { /* mask ? a : b */
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && GB_VL == 8 && !defined(__clang__)
+    /* one masked move (the mask goes back to a mask register; the compares that make it put it there) */
+    return (gb_vd)_mm512_mask_blend_pd(_mm512_movepi64_mask((__m512i)mask), (__m512d)b, (__m512d)a);
+#endif
     gb_vi ia, ib, r;
     gb_vd out;
     memcpy(&ia, &a, sizeof ia);
@@ -314,7 +321,15 @@ static GB_AINLINE gb_vd gb_vpow2(gb_vi k) { /* 2^k for k in [-1022, 1023] */
 static GB_AINLINE void gb_vexp2(gb_vd x, gb_vd *e, gb_vd *m) {
     const gb_vd zero = {0};
     const gb_vi nan = x != x; /* x <= 0 in every caller (-|z|, -2|z|, min(z, 0)): no upper clamp */
+    /* y = x, or -1100 below it or for NaN: one max where the instruction's NaN rule is that one
+     * (x86 maxpd returns the second operand when either is NaN, and on ties) */
+#if defined(__AVX512F__) && GB_VL == 8 && !defined(__clang__)
+    const gb_vd y = (gb_vd)_mm512_max_pd((__m512d)x, (__m512d)(zero - 1100.0));
+#elif defined(__AVX__) && GB_VL == 4 && !defined(__clang__)
+    const gb_vd y = (gb_vd)_mm256_max_pd((__m256d)x, (__m256d)(zero - 1100.0));
+#else
     const gb_vd y = gb_blend((x < -1100.0) | nan, zero - 1100.0, x);
+#endif
     const gb_vd shift = zero + 0x1.8p52;
     const gb_vd kf = (y * 0x1.71547652b82fep0 + shift) - shift;
     const gb_vd r = (y - kf * 0x1.62e42fee00000p-1) - kf * 0x1.a39ef35793c76p-33;
