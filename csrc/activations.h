@@ -167,6 +167,15 @@ typedef struct gb_scaled {
                                           +-inf, and the limit constants at +inf, -inf */
 } gb_scaled;
 
+/* ldexp(1, e): built from the bits for a normal result (a call per layer otherwise) */
+static inline double gb_pow2_f64(int e) {
+    if (e < -1022 || e > 1023) return ldexp(1.0, e);
+    const uint64_t b = (uint64_t)(e + 1023) << 52;
+    double d;
+    memcpy(&d, &b, sizeof d);
+    return d;
+}
+
 /* TINY of gradbench/activations.py: |z| below which phi(z) = c z to the last bit (float32: f32 = 1) */
 static inline double gb_tiny(int act, int f32) {
     if (act == GB_TANH) return f32 ? 0x1p-16 : 0x1p-30;
@@ -186,8 +195,8 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
     s.f = (int)f;
     s.mf = (int)-f;
     s.tiny = gb_tiny(act, f32);
-    s.pf = ldexp(1.0, s.f);
-    s.pmf = ldexp(1.0, s.mf);
+    s.pf = gb_pow2_f64(s.f);
+    s.pmf = gb_pow2_f64(s.mf);
     s.vmode = !s.on ? GB_VM_PLAIN
               : f < -2200 ? GB_VM_TINY
               : f > 2200 ? GB_VM_OVER

@@ -226,12 +226,12 @@ static GB_PF_INLINE void gb_pf_part(const gb_pf *pf, int64_t q, int64_t nq) {
  * rows of C; every entry is one FMA chain over k in order whichever tile computes it.
  * pf (or NULL): prefetched a share per block of rows. */
 static void F(gb_gemm_own_pf)(T *C, const T *A, int64_t sam, int64_t sak, const T *Bm,
-                              const T *bias, int64_t M, int64_t N, int64_t K, const gb_pf *pf) {
+                              const T *bias, int64_t M, int64_t N, int64_t K, const gb_pf *pf, int64_t q0,
+                              int64_t nq) {
     const int64_t PW = 128; /* column panel */
-    const int64_t nb = (M + 3) / 4;
     for (int64_t n0 = 0; n0 < N; n0 += PW)
         for (int64_t m0 = 0; m0 < M; m0 += 4) {
-            if (n0 == 0) gb_pf_part(pf, m0 / 4, nb);
+            if (n0 == 0) gb_pf_part(pf, q0 + m0 / 4, nq); /* blocks are parts q0, q0 + 1, ... of nq */
             F(gb_gemm_block)(C + m0 * N + n0, A + m0 * sam, sam, sak, Bm + n0, bias ? bias + n0 : NULL,
                              GB_MIN(4, M - m0), GB_MIN(PW, N - n0), K, N);
         }
@@ -239,7 +239,7 @@ static void F(gb_gemm_own_pf)(T *C, const T *A, int64_t sam, int64_t sak, const 
 
 static void F(gb_gemm_own)(T *C, const T *A, int64_t sam, int64_t sak, const T *Bm,
                            const T *bias, int64_t M, int64_t N, int64_t K) {
-    F(gb_gemm_own_pf)(C, A, sam, sak, Bm, bias, M, N, K, NULL);
+    F(gb_gemm_own_pf)(C, A, sam, sak, Bm, bias, M, N, K, NULL, 0, 1);
 }
 
 #ifdef GB_HAVE_VTILES
@@ -599,9 +599,15 @@ static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
 static int64_t F(gb_scale_pow2)(T *g, int64_t n, T m) {
     if (!(m > 0) || !isfinite(m)) return 0;
     int e;
-    frexp((double)m, &e); /* m is finite and non-zero here: frexp is well defined */
+    const double md = (double)m;
+    uint64_t mb;
+    memcpy(&mb, &md, sizeof mb);
+    if (mb >> 52) /* normal (m > 0): frexp's exponent from the bits */
+        e = (int)(mb >> 52) - 1022;
+    else
+        frexp(md, &e); /* m is finite and non-zero here: frexp is well defined */
     if (-e <= T_MAX_EXP) {
-        const T s = (T)ldexp(1.0, -e);
+        const T s = (T)gb_pow2_f64(-e);
         for (int64_t i = 0; i < n; i++) g[i] *= s;
     } else {
         const int e1 = e / 2;
@@ -1140,8 +1146,19 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             skip_e = e;
         }
         const T *Zl = Z + l * BN;
+        /* layer l-1's W, z rows, h and dW rows, prefetched a share per activation row and per
+         * block of the two products (own kernels) */
+        gb_pf pf = {0};
+        const int64_t nb1 = (nr + 3) / 4, nb2 = (i1 - i0 + 3) / 4, npf = nr + nb1 + nb2;
+        if (l > 0 && !st->gemm) {
+            gb_pf_add(&pf, W + (l - 1) * NN, NN * (int64_t)sizeof(T), 0);
+            gb_pf_add(&pf, Zl - BN + r0 * N, nr * N * (int64_t)sizeof(T), 0);
+            gb_pf_add(&pf, H + (l - 1) * BN, BN * (int64_t)sizeof(T), 0);
+            gb_pf_add(&pf, dW + (l - 1) * NN + i0 * N, (i1 - i0) * N * (int64_t)sizeof(T), 1);
+        }
         double dzmax = 0; /* max|dz_l| over this thread's rows (the rescue's), NaN ignored */
         for (int64_t r = r0; r < r1; r++) {
+            gb_pf_part(&pf, r - r0, npf);
             const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N,
                                                     st->cfg.bn ? gamma + l * N : NULL,
                                                     st->cfg.bn ? beta + l * N : NULL, end_group,
@@ -1180,12 +1197,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         if (st->gemm) { /* one thread: dW, db and dh = dz W by BLAS */
             F(gb_dense_backward_ctx)(st->gemm, G, dW + l * NN, db + l * N, dz, H + l * BN, W + l * NN, B, N);
         } else {
-            gb_pf pf = {0}; /* layer l-1's W and z rows, for reading */
-            if (l > 0) {
-                gb_pf_add(&pf, W + (l - 1) * NN, NN * (int64_t)sizeof(T), 0);
-                gb_pf_add(&pf, Zl - BN + r0 * N, nr * N * (int64_t)sizeof(T), 0);
-            }
-            F(gb_gemm_own_pf)(g, dz + r0 * N, N, 1, W + l * NN, NULL, nr, N, N, &pf); /* dh rows = dz rows W */
+            F(gb_gemm_own_pf)(g, dz + r0 * N, N, 1, W + l * NN, NULL, nr, N, N, &pf, nr, npf); /* dh rows = dz rows W */
         }
         int64_t el = e;
         if (k && l % k == 0) el = F(gb_add_aligned_impl)(g, e, st->skip + r0 * N, skip_e, 1.0, nr * N);
@@ -1193,12 +1205,8 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         slot[tid] = F(gb_absmax)(g, nr * N, 0);
         gb_barrier_wait(bar, &sense); /* every row of dz_l and every slot written */
         if (!st->gemm) { /* dW rows [i0, i1) = dz^T h over the whole batch, db likewise */
-            gb_pf pf = {0}; /* layer l-1's h (read) and dW rows (written) */
-            if (l > 0) {
-                gb_pf_add(&pf, H + (l - 1) * BN, BN * (int64_t)sizeof(T), 0);
-                gb_pf_add(&pf, dW + (l - 1) * NN + i0 * N, (i1 - i0) * N * (int64_t)sizeof(T), 1);
-            }
-            F(gb_gemm_own_pf)(dW + l * NN + i0 * N, dz + i0, 1, N, H + l * BN, NULL, i1 - i0, N, B, &pf);
+            F(gb_gemm_own_pf)(dW + l * NN + i0 * N, dz + i0, 1, N, H + l * BN, NULL, i1 - i0, N, B, &pf,
+                              nr + nb1, npf);
             F(gb_colsum)(db + l * N, dz, B, N, i0, i1);
         }
         for (int64_t i = i0; i < i1; i++) st->gsq[l * N + i] = F(gb_sumsq_row)(dW + l * NN + i * N, N, 1.0, 1.0);
