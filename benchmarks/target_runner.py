@@ -4,7 +4,8 @@
 
 MODE ``warm``: one untimed call, then REPS timed calls (the minimum is reported); ``first``: the
 first call of the process (kernels already compiled and cached on disk) and then the warm
-minimum; ``stats``: like ``first``, for a run with generated weights, statistics only and
+minimum; ``fma``: one core's measured FMA peak (benchmarks/fma_peak.c compiled for this CPU);
+``stats``: like ``first``, for a run with generated weights, statistics only and
 checkpoints every sqrt(L) layers (kernels warmed up on a small such run); ``peak``: the rate of a large float64 matrix product (2048^3) on the threads given, an
 achievable peak to state the kernels' efficiency against. IMPL is a gradbench backend
 (``numpy``, ``numba``, ``c``, ``auto``) or ``numpy-loop`` (the plain loop a user writes,
@@ -34,6 +35,22 @@ def main(argv):
     mode, impl = argv[0], argv[1]
     L, N, B, dtype, reps = int(argv[2]), int(argv[3]), int(argv[4]), argv[5], int(argv[6])
     out = {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    if mode == "fma":  # one core's FMA peak: benchmarks/fma_peak.c, built here for this CPU
+        import shutil
+        import subprocess
+        import tempfile
+
+        cc = os.environ.get("CC", "cc")
+        if shutil.which(cc.split()[0]) is None:
+            out["gflops"] = None
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                exe = os.path.join(tmp, "fma_peak")
+                src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.c")
+                subprocess.run([*cc.split(), "-O2", "-march=native", "-ffp-contract=fast", src, "-o", exe], check=True)
+                out["gflops"] = float(subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split()[0])
+        print(json.dumps(out))
+        return
     if mode == "peak":
         import numpy as np
 

@@ -19,9 +19,10 @@ Targets (t = time):
   checkpoints (L = 10^5, n = 64, B = 64, fresh process) / of the warm in-memory run (L = 10^4)
   <= 1.8, one kernel thread with the second CPU free for the helper thread (weights, histograms);
   the same on one CPU is reported;
-- ``% of peak``: 6 B N^2 L / t against an achievable one-thread peak (a 2048^3 float64 matrix
-  product through NumPy's BLAS, measured in the same run), one thread: >= 75 % at n = 64,
-  B = 64 and >= 50 % at n = 32, B = 16.
+- ``% of peak``: 6 B N^2 L / t against one core's FMA peak, measured in the same run by
+  benchmarks/fma_peak.c (16 chains of float64 FMAs on the widest vectors, built for this CPU;
+  a 2048^3 product through NumPy's BLAS is reported beside it, and is the peak without a C
+  compiler), one thread: >= 75 % at n = 64, B = 64 and >= 50 % at n = 32, B = 16.
 
 Under ``make test`` (benchmarks disabled) one tiny configuration of each runs, to keep the
 plumbing honest; ``make bench-quick`` and ``make bench`` run the real sizes.
@@ -148,16 +149,20 @@ def test_target_first_call(benchmark):
 def test_target_percent_of_peak(benchmark, backend):
     if backend == "none":
         pytest.skip("no compiled backend (numba, c) is available")
-    peak = run("peak", "numpy", 1, 1, 1, threads="one")["gflops"]
+    blas = run("peak", "numpy", 1, 1, 1, threads="one")["gflops"]
+    fma = run("fma", "numpy", 1, 1, 1, threads="one")["gflops"]  # None without a C compiler
+    peak = fma or blas
     rows = []
     cases = [(200, 16, 8, 0.5)] if benchmark.disabled else [(1_000, 64, 64, 0.75), (10_000, 32, 16, 0.5)]
     for L, N, B, want in cases:
         t = run("warm", backend, L, N, B, reps=1 if benchmark.disabled else 3, threads="one")["min"]
         gf = 6 * B * N * N * L / t / 1e9
-        rows.append(dict(L=L, N=N, B=B, gflops=gf, fraction=gf / peak, want=want))
-    record(benchmark, f"% of one core's peak ({backend}, one thread)", min(r["fraction"] / r["want"] for r in rows),
+        rows.append(dict(L=L, N=N, B=B, gflops=gf, fraction=gf / peak, of_blas=gf / blas, want=want))
+    record(benchmark, f"% of one core's FMA peak ({backend}, one thread)", min(r["fraction"] / r["want"] for r in rows),
            ">= 1 (75 % at n=64 B=64, 50 % at n=32 B=16)", all(r["fraction"] >= r["want"] for r in rows),
-           peak_gflops=peak, peak="a 2048^3 float64 matrix product through NumPy's BLAS, one thread", rows=rows)
+           peak_gflops=peak, blas_gflops=blas,
+           peak="16 chains of float64 FMAs on the widest vectors (benchmarks/fma_peak.c, -march=native), one core"
+           if fma else "a 2048^3 float64 matrix product through NumPy's BLAS, one thread (no C compiler)", rows=rows)
 
 
 def test_target_million_layers(benchmark):
