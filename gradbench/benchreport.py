@@ -156,9 +156,12 @@ def targets_table(rows: list[dict]) -> str:
         mark = "ok  " if i.get("ok") else "MISS"
         lines.append(f"  {mark} {i.get('target')}: {i.get('value')} (want {i.get('want')})")
         detail = i.get("detail") or {}
-        for d in detail.get("rows", []):
+        rows_ = detail.get("rows", [])
+        if isinstance(rows_, dict):  # {label: row}: the label as the row's first column
+            rows_ = [{"run": k, **v} for k, v in rows_.items()]
+        for d in rows_:
             keys = [k for k in d if k not in ("L", "N", "B", "times", "want")]
-            size = f"L={d.get('L')} n={d.get('N')} B={d.get('B')}"
+            size = f"L={d.get('L')} n={d.get('N')} B={d.get('B')}" if "L" in d else ""
             lines.append(f"         {size}: " + ", ".join(
                 f"{k} {d[k]:.3g}" if isinstance(d[k], float) else f"{k} {d[k]}" for k in keys))
         extra = {k: v for k, v in detail.items() if k != "rows"}
