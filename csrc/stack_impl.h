@@ -491,6 +491,23 @@ static int64_t F(gb_act_forward_row)(T *a, const T *z, int64_t N, const gb_scale
 #undef GB_FWD_CALL
 }
 
+#ifdef GB_HAVE_VEC
+/* d = da * phi' for GB_VL entries (da = g, times alpha when scale), and max|d| folded into
+ * *macc when track: the store of the activation backward's vector loops. */
+static GB_AINLINE void F(gb_store_dz)(T *d, const T *g, gb_vd vd, int scale, T alpha, int track,
+                                      gb_vd *macc) {
+    F(gb_tv) da;
+    memcpy(&da, g, sizeof da);
+    if (scale) da = da * alpha;
+    const F(gb_tv) out = da * F(gb_roundv)(vd);
+    memcpy(d, &out, sizeof out);
+    if (track) {
+        const gb_vd w = gb_vabs(__builtin_convertvector(out, gb_vd));
+        *macc = gb_blend(w > *macc, w, *macc);
+    }
+}
+#endif
+
 /* One row of the activation backward: d = da * phi'(zl), da = g (* alpha when scale),
  * zl = z or gamma * xhat + beta under
  * batch norm; phi' by dphi_scaled. Returns the row's PReLU sum of da * min(zl, 0).
@@ -506,29 +523,13 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
         for (; j + GB_VL <= N; j += GB_VL) {
             gb_vd vd;
             gb_vact(F(gb_loadv)(zr + j), act, s->p, NULL, &vd);
-            F(gb_tv) da;
-            memcpy(&da, g + j, sizeof da);
-            if (scale) da = da * alpha;
-            const F(gb_tv) out = da * F(gb_roundv)(vd);
-            memcpy(d + j, &out, sizeof out);
-            if (mx) {
-                const gb_vd w = gb_vabs(__builtin_convertvector(out, gb_vd));
-                macc = gb_blend(w > macc, w, macc);
-            }
+            F(gb_store_dz)(d + j, g + j, vd, scale, alpha, mx != NULL, &macc);
         }
     if (!gamma && act != GB_PRELU)
         for (; j + GB_VL <= N; j += GB_VL) {
             gb_vd vd;
             if (!F(gb_vact_scaled)(F(gb_loadv)(zr + j), s, act, NULL, &vd)) break;
-            F(gb_tv) da;
-            memcpy(&da, g + j, sizeof da);
-            if (scale) da = da * alpha;
-            const F(gb_tv) out = da * F(gb_roundv)(vd);
-            memcpy(d + j, &out, sizeof out);
-            if (mx) {
-                const gb_vd w = gb_vabs(__builtin_convertvector(out, gb_vd));
-                macc = gb_blend(w > macc, w, macc);
-            }
+            F(gb_store_dz)(d + j, g + j, vd, scale, alpha, mx != NULL, &macc);
         }
     if (mx)
         for (int c = 0; c < GB_VL; c++) m = macc[c] > m ? macc[c] : m;
