@@ -159,6 +159,13 @@ class Prefaulter:
         self._thread = None
 
 
+def _limit(limit: int | None) -> int:
+    """Bytes a keeper may hold: ``limit``, or a quarter of the memory available now."""
+    from gradbench.plan import available_memory
+
+    return limit if limit is not None else available_memory() // 4
+
+
 @functools.lru_cache(maxsize=64)
 def _lease_type(nbytes: int) -> type:
     """A ctypes byte array of ``nbytes`` that can be weakly referenced (a Python subclass)."""
@@ -196,16 +203,17 @@ class Recycler:
         return np.frombuffer(lease, dtype=dtype, count=count)
 
     def _give_back(self, m: mmap.mmap) -> None:
-        from gradbench.plan import available_memory
-
-        limit = self.limit if self.limit is not None else available_memory() // 4
+        limit = _limit(self.limit)
         with self._lock:
-            if sum(len(k) for kept in self._free.values() for k in kept) + len(m) <= limit:
+            if self._total() + len(m) <= limit:
                 self._free.setdefault(len(m), []).append(m)
+
+    def _total(self) -> int:  # the caller holds the lock
+        return sum(len(m) for kept in self._free.values() for m in kept)
 
     def bytes(self) -> int:
         with self._lock:
-            return sum(len(m) for kept in self._free.values() for m in kept)
+            return self._total()
 
     def release(self) -> None:
         with self._lock:
@@ -235,13 +243,11 @@ class Workspace:
 
     def give(self, arrays) -> None:
         """Keep ``arrays`` for the next call (within the limit; the oldest are dropped first)."""
-        from gradbench.plan import available_memory
-
-        limit = self.limit if self.limit is not None else available_memory() // 4
+        limit = _limit(self.limit)
         with self._lock:
             for a in arrays:
                 self._free.setdefault((a.shape, a.dtype.str), []).append(a)
-            total = self.bytes()
+            total = self._total()
             for key in list(self._free):
                 while total > limit and self._free[key]:
                     total -= self._free[key].pop(0).nbytes
@@ -256,8 +262,12 @@ class Workspace:
             for key in [k for k in self._free if k not in keys]:
                 del self._free[key]
 
-    def bytes(self) -> int:
+    def _total(self) -> int:  # the caller holds the lock
         return sum(a.nbytes for arrays in self._free.values() for a in arrays)
+
+    def bytes(self) -> int:
+        with self._lock:
+            return self._total()
 
     def release(self) -> None:
         with self._lock:

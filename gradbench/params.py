@@ -107,12 +107,16 @@ def expected_shapes(stack: Stack) -> dict[str, tuple[int, ...] | None]:
     }
 
 
+def _std(init: str, gain: float, fan_in: int, fan_out: int) -> float:
+    """The standard deviation of a scheme's weights: gain / sqrt(fan_in) (xavier: gain sqrt(2/(in+out)))."""
+    if init.startswith("xavier"):
+        return gain * math.sqrt(2.0 / (fan_in + fan_out))
+    return gain / math.sqrt(fan_in)
+
+
 def _weights(rng: np.random.Generator, init: str, gain: float, shape, fan_in: int, fan_out: int):
     """Weights (..., fan_out, fan_in) of one scheme: variance gain**2 / fan_in (xavier: 2/(in+out))."""
-    if init.startswith("xavier"):
-        std = gain * math.sqrt(2.0 / (fan_in + fan_out))
-    else:
-        std = gain / math.sqrt(fan_in)
+    std = _std(init, gain, fan_in, fan_out)
     if init.endswith("_uniform"):
         bound = std * math.sqrt(3.0)
         return rng.uniform(-bound, bound, size=shape)
@@ -296,15 +300,13 @@ class GeneratedParams:
             out = np.empty((stop - start, N, N), dtype=st.np_dtype)
         elif out.shape != (stop - start, N, N) or out.dtype != st.np_dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous {st.dtype} of shape {(stop - start, N, N)}")
-        if st.init in NORMAL_INITS:
-            std = st.gain * math.sqrt(2.0 / (N + N)) if st.init.startswith("xavier") else st.gain / math.sqrt(N)
-            if _c_normals(self.seed, KIND_W, start, stop, (N, N), std, out):
-                return out
+        std = _std(st.init, st.gain, N, N)
+        if st.init in NORMAL_INITS and _c_normals(self.seed, KIND_W, start, stop, (N, N), std, out):
+            return out
         for i, layer in enumerate(range(start, stop)):
             rng = stream(self.seed, layer, KIND_W)
             if st.init in NORMAL_INITS and out.dtype == np.float64:
                 # Same numbers as _weights (std * standard_normal), without a temporary.
-                std = st.gain * math.sqrt(2.0 / (N + N)) if st.init.startswith("xavier") else st.gain / math.sqrt(N)
                 rng.standard_normal(out=out[i])
                 out[i] *= std
             else:

@@ -203,7 +203,7 @@ def _findings(stack, g, res, verdict) -> list[str]:
         words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
     lost = int((getattr(res, "extras", None) or {}).get("lost_samples", 0))
     if lost:
-        B = len(res.input_grad.mantissa) if res.input_grad.mantissa.ndim == 2 else 1
+        B = res.input_grad.mantissa.shape[0]  # (B, inputs): one row per sample
         why = ("dead units (z <= 0) for those samples in some layer, or " if stack.activation in ("relu", "prelu")
                else "")
         words.append(f"{lost} of {B} samples lose their gradient on the way down (exactly 0 at the input, non-zero "
