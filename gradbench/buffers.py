@@ -166,13 +166,38 @@ def _limit(limit: int | None) -> int:
     return limit if limit is not None else available_memory() // 4
 
 
+class _Keeper:
+    """What the recycler and the workspace share: kept items by key under one lock, their bytes
+    (``_size`` of each), at most ``limit`` of them (``None``: a quarter of the available memory)."""
+
+    def __init__(self, limit: int | None = None):
+        self._lock = threading.Lock()
+        self._free: dict = {}
+        self.limit = limit
+
+    @staticmethod
+    def _size(item) -> int:
+        raise NotImplementedError
+
+    def _total(self) -> int:  # the caller holds the lock
+        return sum(self._size(x) for kept in self._free.values() for x in kept)
+
+    def bytes(self) -> int:
+        with self._lock:
+            return self._total()
+
+    def release(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
 @functools.lru_cache(maxsize=64)
 def _lease_type(nbytes: int) -> type:
     """A ctypes byte array of ``nbytes`` that can be weakly referenced (a Python subclass)."""
     return type(f"Lease{nbytes}", (ctypes.c_char * nbytes,), {})
 
 
-class Recycler:
+class Recycler(_Keeper):
     """Mappings of returned arrays, taken back when the caller no longer holds them.
 
     :meth:`lease` hands out an array over a mapping through a ctypes object (the lease) that
@@ -183,10 +208,9 @@ class Recycler:
     (``None``: a quarter of the available memory). Thread-safe.
     """
 
-    def __init__(self, limit: int | None = None):
-        self._lock = threading.Lock()
-        self._free: dict[int, list[mmap.mmap]] = {}
-        self.limit = limit
+    @staticmethod
+    def _size(m: mmap.mmap) -> int:
+        return len(m)
 
     def lease(self, nbytes: int, dtype, count: int, prefault: str | None = None) -> np.ndarray:
         """A 1-d array of ``count`` ``dtype`` items over a mapping of ``nbytes`` (a fresh one is
@@ -208,29 +232,18 @@ class Recycler:
             if self._total() + len(m) <= limit:
                 self._free.setdefault(len(m), []).append(m)
 
-    def _total(self) -> int:  # the caller holds the lock
-        return sum(len(m) for kept in self._free.values() for m in kept)
-
-    def bytes(self) -> int:
-        with self._lock:
-            return self._total()
-
-    def release(self) -> None:
-        with self._lock:
-            self._free.clear()
 
 
-class Workspace:
+class Workspace(_Keeper):
     """Arrays handed back by one call and taken again by the next call of the same shapes.
 
     Thread-safe: :meth:`take` removes what it returns, so two concurrent calls never share an
     array. Keeps at most ``limit`` bytes (``None``: a quarter of the available memory).
     """
 
-    def __init__(self, limit: int | None = None):
-        self._lock = threading.Lock()
-        self._free: dict[tuple, list[np.ndarray]] = {}
-        self.limit = limit
+    @staticmethod
+    def _size(a: np.ndarray) -> int:
+        return a.nbytes
 
     def take(self, shape, dtype) -> np.ndarray:
         """An array of ``shape`` and ``dtype``: a kept one if there is one, else a new one."""
@@ -262,16 +275,6 @@ class Workspace:
             for key in [k for k in self._free if k not in keys]:
                 del self._free[key]
 
-    def _total(self) -> int:  # the caller holds the lock
-        return sum(a.nbytes for arrays in self._free.values() for a in arrays)
-
-    def bytes(self) -> int:
-        with self._lock:
-            return self._total()
-
-    def release(self) -> None:
-        with self._lock:
-            self._free.clear()
 
 
 # The engine's workspace and the recycler of returned arrays: one each per process, emptied by
