@@ -57,3 +57,36 @@ def test_readme_torch_examples_run_and_their_comments_hold():
     pytest.importorskip("torch", reason="torch is not installed: pip install 'gradbench[torch]' "
                                         "(make test-all installs it)")
     assert _run(blocks) >= 4
+
+
+DESIGN = README.parent / "docs" / "design.md"
+
+
+def test_design_environment_table_names_every_variable_the_package_reads_with_its_default():
+    """docs/design.md section 10 lists exactly the GRADBENCH_* variables the package reads, and
+    the defaults it states are the ones the code uses (read in a process with none of them set)."""
+    import os
+    import subprocess
+    import sys
+
+    section = DESIGN.read_text().split("## 10. Environment variables", 1)[1].split("\n## ", 1)[0]
+    table = dict(re.findall(r"^\| `(GRADBENCH_[A-Z0-9_]+)` \|[^|]*\| ([^|]*?) \|$", section, flags=re.M))
+    root = README.parent
+    read = set()
+    for path in [*root.joinpath("gradbench").rglob("*.py"), *root.joinpath("kernels").rglob("*.py")]:
+        read |= set(re.findall(r"\"(GRADBENCH_[A-Z0-9_]+)\"", path.read_text()))
+    assert set(table) == read, f"documented only: {set(table) - read}; read but undocumented: {read - set(table)}"
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADBENCH_")}
+    code = ("import gradbench.cbackend as c, gradbench.cli.progress as p; "
+            "print(c.BLAS_MIN_WIDTH, c.BLAS_MIN_WIDTH_F32, c.PAR_MIN_WORK, p.PROGRESS_SECONDS)")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if proc.returncode != 0 and "C extension not built" in proc.stderr + proc.stdout:
+        pytest.skip("C extension not built")
+    assert proc.returncode == 0, proc.stderr
+    blas, blas32, par, progress = proc.stdout.split()
+    assert table["GRADBENCH_C_BLAS_MIN_WIDTH"] == blas
+    assert table["GRADBENCH_C_BLAS_MIN_WIDTH_F32"] == blas32
+    base, exp = table["GRADBENCH_C_PAR_MIN_WORK"].split("^")
+    assert int(base) ** int(exp) == int(par)
+    assert float(table["GRADBENCH_PROGRESS_SECONDS"]) == float(progress)
