@@ -8,8 +8,8 @@ minimum; ``fma``: one core's measured FMA peak (benchmarks/fma_peak.c compiled f
 ``stats``: like ``first``, for a run with generated weights, statistics only and
 checkpoints every sqrt(L) layers (kernels warmed up on a small such run); ``peak``: the rate of a large float64 matrix product (2048^3) on the threads given, an
 achievable peak to state the kernels' efficiency against. IMPL is a gradbench backend
-(``numpy``, ``numba``, ``c``, ``auto``) or ``numpy-loop`` (the plain loop a user writes,
-gradbench.peers). The threads are whatever the environment of the process says (the caller
+(``numpy``, ``numba``, ``c``, ``auto``) or a peer of gradbench.peers (``numpy-loop``: the
+plain loop a user writes; ``torch``, ``jax``). The threads are whatever the environment of the process says (the caller
 sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, GRADBENCH_C_THREADS, ... and the affinity). Prints
 one JSON line.
 """
@@ -67,8 +67,8 @@ def main(argv):
     stack = _stack(L, N, dtype)
     params = gb.init_params(stack, 0) if mode != "stats" else None
     x = gb.gaussian_input(stack, B, 1)
-    if impl == "numpy-loop":
-        run = peers.prepare("numpy-loop", stack, params, x)
+    if impl in peers.PEERS:  # numpy-loop, torch, jax
+        run = peers.prepare(impl, stack, params, x)
     elif mode == "stats":  # the million-layer way: generated weights, statistics only, checkpoints
         tiny = _stack(40, N, dtype)
         gb.backprop(tiny, gb.GeneratedParams(tiny, 0), gb.gaussian_input(tiny, B, 1), backend=impl, stats_only=True)

@@ -19,6 +19,9 @@ Targets (t = time):
   checkpoints (L = 10^5, n = 64, B = 64, fresh process) / of the warm in-memory run (L = 10^4)
   <= 1.8, one kernel thread with the second CPU free for the helper thread (weights, histograms);
   the same on one CPU is reported;
+- ``BLAS kernels`` (reported): the float64 2048^3 product and the wide cases (c, plain loop, JAX)
+  under the kernels this machine's environment makes OpenBLAS run (``OPENBLAS_CORETYPE``) and
+  under OpenBLAS's own choice (the variable removed), one thread;
 - ``% of peak``: 6 B N^2 L / t against one core's FMA peak, measured in the same run by
   benchmarks/fma_peak.c (16 chains of float64 FMAs on the widest vectors, built for this CPU;
   a 2048^3 product through NumPy's BLAS is reported beside it, and is the peak without a C
@@ -60,8 +63,11 @@ def _env(threads: str) -> tuple[dict, list[int] | None]:
     return env, cpus
 
 
-def run(mode: str, impl: str, L: int, N: int, B: int, dtype="float64", reps=3, threads="one") -> dict:
+def run(mode: str, impl: str, L: int, N: int, B: int, dtype="float64", reps=3, threads="one",
+        unset: tuple[str, ...] = ()) -> dict:
     env, cpus = _env(threads)
+    for name in unset:
+        env.pop(name, None)
     pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     proc = subprocess.run([sys.executable, RUNNER, mode, impl, str(L), str(N), str(B), dtype, str(reps)],
                           env=env, preexec_fn=pre, capture_output=True, text=True, timeout=3600)
@@ -186,3 +192,25 @@ def test_target_million_layers(benchmark):
     ratio = rows[0]["ratio"]
     record(benchmark, f"million layers: stats-only generated / warm in memory, per layer ({impl}, n = {N})", ratio,
            "<= 1.8 (one kernel thread, second CPU free)", ratio <= 1.8, rows=rows, L=L, L_warm=Lw)
+
+
+def test_target_blas_kernels(benchmark):
+    """The BLAS products under the environment's OpenBLAS kernels and under OpenBLAS's own choice."""
+    from gradbench import blas, peers
+
+    rows = []
+    cases = sizes(benchmark, WIDTHS_FULL, WIDTHS_QUICK[2:], [(4, 16, 8)])
+    impls = ["c", "numpy-loop", *(["jax"] if "jax" in peers.peers() else [])] if "c" in FAST else ["numpy-loop"]
+    for label, unset in (("environment", ()), ("openblas", ("OPENBLAS_CORETYPE",))):
+        peak = run("peak", "numpy", 1, 1, 1, threads="one", unset=unset)["gflops"]
+        for L, N, B in cases:
+            t = {impl: run("warm", impl, L, N, B, reps=1 if benchmark.disabled else 2, threads="one",
+                           unset=unset)["min"] for impl in impls}
+            best_peer = min((i for i in impls if i != "c"), key=t.get)
+            rows.append(dict(kernels=label, coretype=None if unset else os.environ.get("OPENBLAS_CORETYPE"),
+                             L=L, N=N, B=B, dgemm_gflops=peak, times=t, best_peer=best_peer,
+                             c_vs_best_peer=t[best_peer] / t["c"] if "c" in t else None))
+    mine = [r["c_vs_best_peer"] for r in rows if r["kernels"] == "openblas" and r["c_vs_best_peer"]]
+    record(benchmark, "BLAS kernels: dgemm GF/s and wide c vs best peer, environment's and OpenBLAS's own kernels",
+           min(mine) if mine else 0.0, "reported (target 6 under OpenBLAS's own choice: >= 1.0)", True,
+           cpu_avx512=blas.has_avx512(), rows=rows)

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from gradbench import abi
+from gradbench import abi, blas
 from gradbench._env import env_flag, env_int
 
 try:
@@ -42,12 +42,16 @@ _ERRORS = {
 }
 _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 
-# Layers at least this wide use BLAS for their three matrix products. Measured on the 2-core
-# AMD EPYC (Zen 5, AVX-512) with SciPy's OpenBLAS (its Haswell kernels), one thread, CPU time of
-# a whole forward + backward: own kernels 59.7 / 72.7 / 64.5 / 56.0 / 41.7 GF/s at N = 128 /
-# 256 / 512 / 1024 / 2048, BLAS 42.5 / 49.0 / 53.6 / 56.8 / 58.4 GF/s (the own products are not
-# blocked for caches yet; at N = 2048 W no longer fits in L2).
-BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 1024, low=0)
+# Layers at least this wide use BLAS for their three matrix products; where, depends on the
+# kernels SciPy's OpenBLAS runs (gradbench.blas). Measured on the 2-core AMD EPYC (Zen 5,
+# AVX-512), one thread, a whole forward + backward (tanh):
+# - its AVX2 kernels (OPENBLAS_CORETYPE=Haswell, as this machine's environment sets): own
+#   kernels 59.7 / 72.7 / 64.5 / 56.0 / 41.7 GF/s at N = 128 / 256 / 512 / 1024 / 2048, BLAS
+#   42.5 / 49.0 / 53.6 / 56.8 / 58.4 GF/s: BLAS from 1024;
+# - its AVX-512 kernels (OpenBLAS's own choice on this CPU): own 75.5 / 66.6 GF/s at N = 256 /
+#   512, BLAS 70.6 / 85.5 (99.2 at 2048): BLAS from 512.
+# (The own products are not blocked for caches yet; at N = 2048 W no longer fits in L2.)
+BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 512 if blas.runs_avx512_kernels() else 1024, low=0)
 # float32: the own products sum in float32 in one FMA chain per entry; from N ~ 128 on that
 # drifts further from NumPy's (pairwise-blocked) sgemm than batch norm over a small batch
 # tolerates (1e-4 of the layer at N = 130, B = 4: 9.4e-5 own, 1.9e-5 BLAS), so BLAS from 128.
