@@ -299,6 +299,19 @@ static GB_AINLINE gb_vd gb_blend(gb_vi mask, gb_vd a, gb_vd b) { /* mask ? a : b
     return out;
 }
 
+/* v > acc ? v : acc (NaN v: acc), the running max of the reductions: one max instruction
+ * where its NaN and tie rule is exactly this one (x86 maxpd returns the second operand when
+ * either is NaN or they are equal), else a compare and a blend */
+static GB_AINLINE gb_vd gb_vmax_keep(gb_vd v, gb_vd acc) {
+#if defined(__AVX512F__) && GB_VL == 8 && !defined(__clang__)
+    return (gb_vd)_mm512_max_pd((__m512d)v, (__m512d)acc);
+#elif defined(__AVX__) && GB_VL == 4 && !defined(__clang__)
+    return (gb_vd)_mm256_max_pd((__m256d)v, (__m256d)acc);
+#else
+    return gb_blend(v > acc, v, acc);
+#endif
+}
+
 static GB_AINLINE int gb_any(gb_vi m) {
     int64_t a = 0;
     for (int i = 0; i < GB_VL; i++) a |= m[i];
