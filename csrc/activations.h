@@ -312,6 +312,22 @@ static GB_AINLINE gb_vd gb_vmax_keep(gb_vd v, gb_vd acc) {
 #endif
 }
 
+/* the largest lane of v, whose lanes are >= 0 and not NaN (the running maxima above): the
+ * same value in any order, so by a tree of shuffles and maxima instead of a chain of GB_VL
+ * scalar compares (one per activation row) */
+static GB_AINLINE double gb_hmax_nonneg(gb_vd v) {
+#if defined(__AVX512F__) && GB_VL == 8 && !defined(__clang__)
+    return _mm512_reduce_max_pd((__m512d)v);
+#elif defined(__AVX__) && GB_VL == 4 && !defined(__clang__)
+    const __m128d h = _mm_max_pd(_mm256_castpd256_pd128((__m256d)v), _mm256_extractf128_pd((__m256d)v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(h, _mm_unpackhi_pd(h, h)));
+#else
+    double m = 0;
+    for (int c = 0; c < GB_VL; c++) m = v[c] > m ? v[c] : m;
+    return m;
+#endif
+}
+
 static GB_AINLINE int gb_any(gb_vi m) {
     int64_t a = 0;
     for (int i = 0; i < GB_VL; i++) a |= m[i];

@@ -556,7 +556,7 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
             F(gb_store_dz)(d + j, g + j, vd, scale, alpha, mx != NULL, &macc);
         }
     if (mx)
-        for (int c = 0; c < GB_VL; c++) m = macc[c] > m ? macc[c] : m;
+        m = gb_hmax_nonneg(macc);
 #endif
     for (; j < N; j++) {
         T da = g[j];
@@ -608,7 +608,7 @@ static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
         acc = gb_vmax_keep(v, acc);
     }
     nan = gb_any(vnan);
-    for (int c = 0; c < GB_VL; c++) m = acc[c] > m ? acc[c] : m;
+    m = gb_hmax_nonneg(acc);
 #endif
     for (; i < n; i++) {
         const double v = (double)TFABS(g[i]);
@@ -750,6 +750,124 @@ static int F(gb_all_finite)(const T *x, int64_t n) {
     return 1;
 }
 
+/* ------------------------------------------------------------------ row reductions, 8 rows at a time
+ * The per-row sums of the statistics (gb_row_stats, gb_row_sumsq and the rows of dW) end in
+ * a chain of scalar additions, tail + lane 0 + ... + lane 7 in this order, one row after the
+ * other. With AVX-512 (GCC) eight rows are reduced together: their lane vectors are transposed
+ * (vector c = lane c of the eight rows) and the same additions run in the same order as
+ * vector additions, one lane per row; the eight rows' accumulations are interleaved. Every
+ * operation of a row is the one of the one-row code, so the results are the same bits. The
+ * functions return the first row they left (r1 but for fewer than 8 rows at the end). */
+#if defined(GB_HAVE_VEC) && GB_VL == 8 && !defined(__clang__)
+/* tail[r] + acc[r][0] + acc[r][1] + ... + acc[r][7], in this order, for r = 0..7 */
+static GB_AINLINE gb_vd8 F(gb_lanesum8)(const gb_vd8 r[8], gb_vd8 tail) {
+    typedef int64_t ti __attribute__((vector_size(64)));
+    gb_vd8 t[8], u[8], v[8]; /* the 8 x 8 transpose of gb_transpose_rows */
+    for (int q = 0; q < 8; q += 2) {
+        t[q] = __builtin_shuffle(r[q], r[q + 1], (ti){0, 8, 2, 10, 4, 12, 6, 14});
+        t[q + 1] = __builtin_shuffle(r[q], r[q + 1], (ti){1, 9, 3, 11, 5, 13, 7, 15});
+    }
+    for (int q = 0; q < 8; q += 4)
+        for (int o = 0; o < 2; o++) {
+            u[q + o] = __builtin_shuffle(t[q + o], t[q + o + 2], (ti){0, 1, 8, 9, 4, 5, 12, 13});
+            u[q + o + 2] = __builtin_shuffle(t[q + o], t[q + o + 2], (ti){2, 3, 10, 11, 6, 7, 14, 15});
+        }
+    for (int o = 0; o < 4; o++) {
+        v[o] = __builtin_shuffle(u[o], u[o + 4], (ti){0, 1, 2, 3, 8, 9, 10, 11});
+        v[o + 4] = __builtin_shuffle(u[o], u[o + 4], (ti){4, 5, 6, 7, 12, 13, 14, 15});
+    }
+    gb_vd8 out = tail;
+    for (int c = 0; c < 8; c++) out += v[c];
+    return out;
+}
+
+/* out[r] = gb_sumsq_row(x + r N, N, 1, 1) for rows r of [r0, r1), 8 at a time */
+static int64_t F(gb_sumsq_rows8)(const T *x, int64_t r0, int64_t r1, int64_t N, double *out) {
+    int64_t r = r0;
+    for (; r + 8 <= r1; r += 8) {
+        const T *xr = x + r * N;
+        gb_vd8 acc[8];
+        double tl[8];
+        int64_t j = 0;
+        for (int q = 0; q < 8; q++) acc[q] = (gb_vd8){0};
+        for (; j + 8 <= N; j += 8)
+            for (int q = 0; q < 8; q++) {
+                const gb_vd8 v = F(gb_load8)(xr + q * N + j);
+                acc[q] += v * v;
+            }
+        for (int q = 0; q < 8; q++) {
+            double s = 0;
+            for (int64_t jj = j; jj < N; jj++) {
+                const double v = (double)xr[q * N + jj];
+                s += v * v;
+            }
+            tl[q] = s;
+        }
+        gb_vd8 tail, sum;
+        memcpy(&tail, tl, sizeof tail);
+        sum = F(gb_lanesum8)(acc, tail);
+        memcpy(out + r, &sum, sizeof sum);
+    }
+    return r;
+}
+
+/* gb_row_stats of rows [r0, r1), 8 at a time: sum, squared deviations from the row's mean,
+ * finiteness */
+static int64_t F(gb_row_stats8)(const T *h, int64_t r0, int64_t r1, int64_t N, double *rsum, double *rm2,
+                                unsigned char *rbad) {
+    int64_t r = r0;
+    for (; r + 8 <= r1; r += 8) {
+        const T *hr = h + r * N;
+        gb_vd8 acc[8], tail, sum, m2;
+        double tl[8], mean[8];
+        int64_t j = 0, j8;
+        for (int q = 0; q < 8; q++) acc[q] = (gb_vd8){0};
+        for (; j + 8 <= N; j += 8)
+            for (int q = 0; q < 8; q++) acc[q] += F(gb_load8)(hr + q * N + j);
+        j8 = j;
+        for (int q = 0; q < 8; q++) {
+            double s = 0;
+            for (int64_t jj = j8; jj < N; jj++) s += (double)hr[q * N + jj];
+            tl[q] = s;
+        }
+        memcpy(&tail, tl, sizeof tail);
+        sum = F(gb_lanesum8)(acc, tail);
+        const gb_vd8 mv = sum / (double)N; /* one rounded division per lane, as s / N */
+        memcpy(mean, &mv, sizeof mean);
+        for (int q = 0; q < 8; q++) acc[q] = (gb_vd8){0};
+        for (j = 0; j + 8 <= N; j += 8)
+            for (int q = 0; q < 8; q++) {
+                const gb_vd8 d = F(gb_load8)(hr + q * N + j) - mean[q];
+                acc[q] += d * d;
+            }
+        for (int q = 0; q < 8; q++) {
+            double s = 0;
+            for (int64_t jj = j8; jj < N; jj++) {
+                const double d = (double)hr[q * N + jj] - mean[q];
+                s += d * d;
+            }
+            tl[q] = s;
+        }
+        memcpy(&tail, tl, sizeof tail);
+        m2 = F(gb_lanesum8)(acc, tail);
+        memcpy(rsum + r, &sum, sizeof sum);
+        memcpy(rm2 + r, &m2, sizeof m2);
+        for (int q = 0; q < 8; q++) rbad[r + q] = !isfinite(sum[q]) && !F(gb_all_finite)(hr + q * N, N);
+    }
+    return r;
+}
+#else
+static int64_t F(gb_sumsq_rows8)(const T *x, int64_t r0, int64_t r1, int64_t N, double *out) {
+    (void)x, (void)r1, (void)N, (void)out;
+    return r0;
+}
+static int64_t F(gb_row_stats8)(const T *h, int64_t r0, int64_t r1, int64_t N, double *rsum, double *rm2,
+                                unsigned char *rbad) {
+    (void)h, (void)r1, (void)N, (void)rsum, (void)rm2, (void)rbad;
+    return r0;
+}
+#endif
+
 /* ------------------------------------------------------------------ drivers */
 static int F(gb_check_cfg)(const int64_t *icfg, int64_t L, int64_t B, int64_t N) {
     if (icfg[GB_I_ACT] < GB_IDENTITY || icfg[GB_I_ACT] > GB_GELU) return GB_EBADACT;
@@ -878,6 +996,7 @@ static void F(gb_transpose_rows)(T *wt, const T *W, int64_t N, int64_t j0, int64
 /* Per-row statistics of h rows [r0, r1): sum, squared deviations from the row's mean, finiteness */
 static void F(gb_row_stats)(const T *h, int64_t r0, int64_t r1, int64_t N, double *rsum, double *rm2,
                             unsigned char *rbad) {
+    r0 = F(gb_row_stats8)(h, r0, r1, N, rsum, rm2, rbad); /* 8 rows at a time (AVX-512), the rest below */
     for (int64_t r = r0; r < r1; r++) { /* 8 lanes (j = c mod 8), then the tail and the lanes in order */
         const T *hr = h + r * N;
         double ls[8] = {0}, lm[8] = {0}, s = 0, m2 = 0;
@@ -1126,8 +1245,9 @@ typedef struct {
 
 /* Sum of squares of rows [r0, r1) into rsq[r] (8 lanes per row, then in order); finiteness */
 static void F(gb_row_sumsq)(const T *g, int64_t r0, int64_t r1, int64_t N, double *rsq, unsigned char *rbad) {
+    const int64_t rg = F(gb_sumsq_rows8)(g, r0, r1, N, rsq); /* rows [r0, rg) 8 at a time (AVX-512) */
     for (int64_t r = r0; r < r1; r++) {
-        rsq[r] = F(gb_sumsq_row)(g + r * N, N, 1.0, 1.0);
+        if (r >= rg) rsq[r] = F(gb_sumsq_row)(g + r * N, N, 1.0, 1.0);
         rbad[r] = !isfinite(rsq[r]) && !F(gb_all_finite)(g + r * N, N);
     }
 }
@@ -1234,7 +1354,8 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
                               nr + nb1, npf);
             F(gb_colsum)(db + l * N, dz, B, N, i0, i1);
         }
-        for (int64_t i = i0; i < i1; i++) st->gsq[l * N + i] = F(gb_sumsq_row)(dW + l * NN + i * N, N, 1.0, 1.0);
+        for (int64_t i = F(gb_sumsq_rows8)(dW + l * NN, i0, i1, N, st->gsq + l * N); i < i1; i++)
+            st->gsq[l * N + i] = F(gb_sumsq_row)(dW + l * NN + i * N, N, 1.0, 1.0);
         m = 0;
         for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
         e = el + F(gb_scale_pow2)(g, nr * N, m);
