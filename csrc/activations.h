@@ -334,6 +334,17 @@ static GB_AINLINE int gb_any(gb_vi m) {
     return a != 0;
 }
 
+/* any lane of k below c */
+static GB_AINLINE int gb_any_below(gb_vi k, int64_t c) {
+#if defined(__AVX512F__) && GB_VL == 8 && !defined(__clang__)
+    return _mm512_cmplt_epi64_mask((__m512i)k, _mm512_set1_epi64(c)) != 0;
+#elif defined(__AVX2__) && GB_VL == 4 && !defined(__clang__)
+    return _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(c), (__m256i)k))) != 0;
+#else
+    return gb_any(k < c);
+#endif
+}
+
 static GB_AINLINE gb_vd gb_vabs(gb_vd x) {
     gb_vi b;
     memcpy(&b, &x, sizeof b);
@@ -382,11 +393,28 @@ static GB_AINLINE void gb_vexp2(gb_vd x, gb_vd *e, gb_vd *m) {
     const gb_vd s1 = (p89 + r2 * p1011) + r4 * (1.0 / 6227020800.0);
     const gb_vd q = r * (s0 + r8 * s1); /* exp(r) - 1 */
     const gb_vi k = __builtin_convertvector(kf, gb_vi);
+    gb_vd q1 = zero; /* 1 + q, formed here: GCC fuses a product only into a sum of the same block */
     if (e) {
-        const gb_vi k1 = k >> 1;
         gb_vd qe = q;
         if (m) GB_OPAQUE(qe);
-        *e = gb_blend(nan, x, ((1.0 + qe) * gb_vpow2(k1)) * gb_vpow2(k - k1));
+        q1 = 1.0 + qe;
+    }
+    if (!gb_any_below(k, -1020)) {
+        /* every lane has k in [-1020, 0] (so no NaN x, whose y is -1100): 2^k is normal and so
+         * is (1 + q) 2^k (1 + q > 1/2), the two exact products below are one exact product,
+         * and 2^k serves m too: the same values with fewer instructions */
+        const gb_vd p2 = gb_vpow2(k);
+        if (e) *e = q1 * p2;
+        if (m) {
+            const gb_vi low = k < -60; /* 2^k below the last bit of 1: m = -1 */
+            const gb_vd t = gb_blend(low, zero + 0x1p-60, p2);
+            *m = t * q + (t - 1.0);
+        }
+        return;
+    }
+    if (e) {
+        const gb_vi k1 = k >> 1;
+        *e = gb_blend(nan, x, (q1 * gb_vpow2(k1)) * gb_vpow2(k - k1));
     }
     if (m) {
         const gb_vi low = k < -60; /* 2^k below the last bit of 1: m = -1 */
