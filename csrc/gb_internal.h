@@ -22,14 +22,19 @@ static inline int gb_clamp_exp(int64_t e) {
 
 #define GB_MAX_THREADS 64
 
+/* Three cache lines, so that the waiters' spinning does not slow the arrivals: the arrivals'
+ * counter with what the last arrival keeps (it owns the line after its increment), the sense
+ * the waiters spin on with what they read after the wait, and the sleepers' mutex. */
 typedef struct gb_barrier {
-    atomic_int count, sense;
-    _Atomic int64_t t_first; /* when the first thread arrived (ns) */
+    _Alignas(64) atomic_int count;
     int n;
+    _Atomic int64_t t_first;   /* when the first thread arrived (ns) */
     /* written by the last arrival only: */
-    int solo;                /* finish on one thread */
-    int64_t t_start, skew;   /* the team's start, the sum of first-to-last arrival times (ns) */
+    int64_t t_start, skew;     /* the team's start, the sum of first-to-last arrival times (ns) */
     int64_t waits, solo_after; /* barriers so far; tests: solo from the solo_after-th on (0: never) */
+    _Alignas(64) atomic_int sense;
+    int solo;                  /* finish on one thread (written by the last arrival) */
+    _Alignas(64) atomic_int sleepers; /* threads asleep on cv, or about to be: wake them */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } gb_barrier;

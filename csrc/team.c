@@ -50,19 +50,23 @@ void gb_barrier_wait(gb_barrier *b, int *sense) {
     if (rank == 0) atomic_store_explicit(&b->t_first, now, memory_order_relaxed);
     if (rank == b->n - 1) { /* the last to arrive: the others wait until the sense flips */
         atomic_store_explicit(&b->count, 0, memory_order_relaxed);
-        const int64_t t = gb_now_ns();
         if (b->waits++ == 0) { /* the first wait also covers the helpers' start: judged from here */
-            b->t_start = t;
+            b->t_start = now;
         } else {
-            b->skew += t - atomic_load_explicit(&b->t_first, memory_order_relaxed);
-            if (b->waits >= GB_SOLO_MIN_WAITS && (double)b->skew > GB_SOLO_SKEW * (double)(t - b->t_start))
+            b->skew += now - atomic_load_explicit(&b->t_first, memory_order_relaxed);
+            if (b->waits >= GB_SOLO_MIN_WAITS && (double)b->skew > GB_SOLO_SKEW * (double)(now - b->t_start))
                 b->solo = 1;
         }
         if (b->solo_after > 0 && b->waits >= b->solo_after) b->solo = 1;
-        pthread_mutex_lock(&b->mu);
-        atomic_store_explicit(&b->sense, s, memory_order_release);
-        pthread_cond_broadcast(&b->cv);
-        pthread_mutex_unlock(&b->mu);
+        /* seq_cst store then load, against the sleepers' increment then load in the loop below:
+         * either this thread sees a sleeper (and wakes it under the mutex it holds until it
+         * sleeps) or the sleeper sees the new sense. No mutex when nobody sleeps. */
+        atomic_store(&b->sense, s);
+        if (atomic_load(&b->sleepers)) {
+            pthread_mutex_lock(&b->mu);
+            pthread_cond_broadcast(&b->cv);
+            pthread_mutex_unlock(&b->mu);
+        }
         return;
     }
     for (int i = 0; i < GB_SPIN; i++) {
@@ -70,7 +74,9 @@ void gb_barrier_wait(gb_barrier *b, int *sense) {
         GB_PAUSE();
     }
     pthread_mutex_lock(&b->mu);
-    while (atomic_load_explicit(&b->sense, memory_order_acquire) != s) pthread_cond_wait(&b->cv, &b->mu);
+    atomic_fetch_add(&b->sleepers, 1);
+    while (atomic_load(&b->sense) != s) pthread_cond_wait(&b->cv, &b->mu);
+    atomic_fetch_sub(&b->sleepers, 1);
     pthread_mutex_unlock(&b->mu);
 }
 
@@ -103,6 +109,7 @@ int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after) {
             atomic_init(&bar.count, 0);
             atomic_init(&bar.sense, 0);
             atomic_init(&bar.t_first, 0);
+            atomic_init(&bar.sleepers, 0);
             bar.n = nth;
             bar.solo = 0;
             bar.waits = bar.skew = 0;
