@@ -14,8 +14,9 @@
  * Threads (team.c, one team per driver call): each thread owns blocks of 4 batch rows (the
  * forward, the activation rows, dh = dz W) and of 4 dW rows (dW = dz^T h, db); one barrier per
  * layer (W^T of the next layer, the global max|h| or max|g| of the normalisation, all of dz
- * before dW), and in the backward of the saturating activations one more (the global max|dz| of
- * the rescue, gb_rescue_act; a second one when a layer is rescued). Every entry is computed by
+ * before dW). The backward of the saturating activations exchanges the global max|dz| of the
+ * rescue (gb_rescue_act) in that barrier, dh computed as if no layer were rescued, and takes
+ * two more barriers in a layer that is rescued (computed again). Every entry is computed by
  * one thread with the same code whatever the thread count, statistics are kept per row and
  * combined in row order after the layers, so results are bit-identical for any thread count,
  * and a team may hand over to one thread mid-call.
@@ -1239,6 +1240,7 @@ typedef struct {
     T *amax;              /* (2,nth) per thread: max|dL/dh_l| over its rows (layer parity) */
     double *rmax;         /* (2,nth) per thread: max|dz_l| over its rows (rescue set; layer parity) */
     double *rell;         /* (2,nth) per thread: max ell of dz_l over its rows (rescue; layer parity) */
+    T *gsave;             /* (B,N) dL/dh_{l+1} rows of a thread that may rescue layer l (rescue) */
     int64_t *rk;          /* (L,) the rescue exponent k of layer l (0: not rescued) */
     double *rowacc;       /* (max(B,N),) one thread's scratch (clipping) */
 } F(gb_bwd);
@@ -1252,13 +1254,39 @@ static void F(gb_row_sumsq)(const T *g, int64_t r0, int64_t r1, int64_t N, doubl
     }
 }
 
+/* Layer l's steps from dz_l (rows [r0, r1), at exponent e) to the slot: batch norm (one thread),
+ * dh rows = dz rows W (or BLAS: dW, db and dh of all rows), the skip added, max|dh| of the rows
+ * into *slot; returns the exponent of dh. pf (or NULL): prefetched from part nr of npf on. */
+static int64_t F(gb_bwd_dh)(F(gb_bwd) *st, int64_t l, int64_t r0, int64_t r1, int64_t i0, int64_t i1, int64_t e,
+                            int64_t skip_e, const gb_pf *pf, int64_t nr, int64_t npf, T *slot) {
+    const gb_stack_arrays *a = st->a;
+    const int64_t B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;
+    T *dz = st->dz[l & 1], *g = (T *)a->G + r0 * N, *dgamma = a->dgamma, *dbeta = a->dbeta;
+    if (st->cfg.bn) { /* one thread */
+        F(gb_batchnorm_backward_impl)(dz, dgamma + l * N, dbeta + l * N, dz, (const T *)a->Z + l * BN,
+                                      (const T *)a->bn_rstd + l * N, (const T *)a->gamma + l * N, B, N);
+    } else {
+        for (int64_t i = i0; i < i1; i++) dgamma[l * N + i] = dbeta[l * N + i] = 0;
+    }
+    if (st->gemm) { /* one thread: dW, db and dh = dz W by BLAS */
+        F(gb_dense_backward_ctx)(st->gemm, a->G, (T *)a->dW + l * NN, (T *)a->db + l * N, dz,
+                                 (const T *)a->H + l * BN, (const T *)a->W + l * NN, B, N);
+    } else { /* dh rows = dz rows W */
+        F(gb_gemm_own_pf)(g, dz + r0 * N, N, 1, (const T *)a->W + l * NN, NULL, r1 - r0, N, N, pf, nr, npf);
+    }
+    int64_t el = e;
+    if (k && l % k == 0) el = F(gb_add_aligned_impl)(g, e, st->skip + r0 * N, skip_e, 1.0, (r1 - r0) * N);
+    *slot = F(gb_absmax)(g, (r1 - r0) * N, 0);
+    return el;
+}
+
 static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     F(gb_bwd) *st = arg;
     const gb_stack_arrays *a = st->a;
     const int64_t L = a->L, B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;
     const T *W = a->W, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
-    const T *H = a->H, *Z = a->Z, *bn_rstd = a->bn_rstd;
-    T *G = a->G, *dW = a->dW, *db = a->db, *dgamma = a->dgamma, *dbeta = a->dbeta;
+    const T *H = a->H, *Z = a->Z;
+    T *G = a->G, *dW = a->dW, *db = a->db;
     int64_t *sig_e = a->sig_e;
     const int64_t *fexp = a->fexp;
     const int f32 = sizeof(T) == sizeof(float);
@@ -1310,45 +1338,41 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
                                                     (T)st->cfg.alpha, &sc, N, st->rmax ? &dzmax : NULL);
             if (st->rslope) st->rslope[l * B + r] = s;
         }
-        if (st->rmax) { /* the rescue: decided on the global max|dz_l|, the same on every thread */
-            const int scale = end_group;
-            const T *gam = st->cfg.bn ? gamma + l * N : NULL, *bet = st->cfg.bn ? beta + l * N : NULL;
-            double *ms = st->rmax + (l & 1) * nth;
-            ms[tid] = dzmax;
-            gb_barrier_wait(bar, &sense); /* every thread's max|dz_l| written */
+        /* The rescue (st->rmax) is decided on the global max|dz_l|, known only after a barrier:
+         * dh is computed first as if no layer were rescued, and the max|dz_l| slots are
+         * exchanged in the barrier of the max|dh| slots. A thread whose own max|dz_l| is below
+         * the threshold (rare) first keeps its rows of g (dh overwrites them), which the rescue
+         * reads: when every thread's max is below (the same decision on every thread), the
+         * layer is rescued and its dz, dh rows and slots computed again (gb_bwd_dh). */
+        const int maybe = st->rmax && dzmax < GB_RESCUE_BELOW(f32);
+        if (maybe) memcpy(st->gsave + r0 * N, g, sizeof(T) * (size_t)(nr * N));
+        if (st->rmax) st->rmax[(l & 1) * nth + tid] = dzmax;
+        slot = st->amax + (l & 1) * nth;
+        int64_t el = F(gb_bwd_dh)(st, l, r0, r1, i0, i1, e, skip_e, &pf, nr, npf, slot + tid);
+        gb_barrier_wait(bar, &sense); /* every row of dz_l, every max|dh| and max|dz_l| slot written */
+        if (st->rmax) {
+            const double *ms = st->rmax + (l & 1) * nth;
             double mz = 0;
             for (int t = 0; t < nth; t++) mz = ms[t] > mz ? ms[t] : mz;
             int64_t kr = 0;
-            if (mz < GB_RESCUE_BELOW(f32)) { /* rare: every thread takes this branch */
+            if (mz < GB_RESCUE_BELOW(f32)) { /* rare: every thread takes this branch (and kept g) */
+                const int scale = end_group;
+                const T *gam = st->cfg.bn ? gamma + l * N : NULL, *bet = st->cfg.bn ? beta + l * N : NULL;
                 double *es = st->rell + (l & 1) * nth;
-                es[tid] = F(gb_rescue_max)(G, Zl, gam, bet, scale, (T)st->cfg.alpha, &sc, r0, r1, N);
+                es[tid] = F(gb_rescue_max)(st->gsave, Zl, gam, bet, scale, (T)st->cfg.alpha, &sc, r0, r1, N);
                 gb_barrier_wait(bar, &sense); /* every thread's max ell written */
                 double M = -INFINITY;
                 for (int t = 0; t < nth; t++) M = es[t] > M ? es[t] : M;
                 if (isfinite(M) && M >= GB_RESCUE_LN_MIN) { /* below: beyond any int64 exponent, stays 0 */
                     kr = (int64_t)floor(M / GB_LN2);
-                    F(gb_rescue_rows)(dz, G, Zl, gam, bet, scale, (T)st->cfg.alpha, &sc, kr, r0, r1, N);
+                    F(gb_rescue_rows)(dz, st->gsave, Zl, gam, bet, scale, (T)st->cfg.alpha, &sc, kr, r0, r1, N);
+                    /* dz_l = dz 2^(e + k): dW_l, db_l and dh_l carry it */
+                    el = F(gb_bwd_dh)(st, l, r0, r1, i0, i1, e + kr, skip_e, NULL, 0, 1, slot + tid);
+                    gb_barrier_wait(bar, &sense); /* every row of the rescued dz_l and every slot written */
                 }
             }
             if (tid == 0) st->rk[l] = kr;
-            e += kr; /* dz_l = dz 2^(e + k): dW_l, db_l and dh_l carry it */
         }
-        if (st->cfg.bn) { /* one thread */
-            F(gb_batchnorm_backward_impl)(dz, dgamma + l * N, dbeta + l * N, dz, Zl, bn_rstd + l * N,
-                                          gamma + l * N, B, N);
-        } else {
-            for (int64_t i = i0; i < i1; i++) dgamma[l * N + i] = dbeta[l * N + i] = 0;
-        }
-        if (st->gemm) { /* one thread: dW, db and dh = dz W by BLAS */
-            F(gb_dense_backward_ctx)(st->gemm, G, dW + l * NN, db + l * N, dz, H + l * BN, W + l * NN, B, N);
-        } else {
-            F(gb_gemm_own_pf)(g, dz + r0 * N, N, 1, W + l * NN, NULL, nr, N, N, &pf, nr, npf); /* dh rows = dz rows W */
-        }
-        int64_t el = e;
-        if (k && l % k == 0) el = F(gb_add_aligned_impl)(g, e, st->skip + r0 * N, skip_e, 1.0, nr * N);
-        slot = st->amax + (l & 1) * nth;
-        slot[tid] = F(gb_absmax)(g, nr * N, 0);
-        gb_barrier_wait(bar, &sense); /* every row of dz_l and every slot written */
         if (!st->gemm) { /* dW rows [i0, i1) = dz^T h over the whole batch, db likewise */
             F(gb_gemm_own_pf)(dW + l * NN + i0 * N, dz + i0, 1, N, H + l * BN, NULL, i1 - i0, N, B, &pf,
                               nr + nb1, npf);
@@ -1390,12 +1414,13 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
         st.rmax = F(gb_alloc)(sizeof(double) * 2 * (size_t)nth);
         st.rell = F(gb_alloc)(sizeof(double) * 2 * (size_t)nth);
         st.rk = F(gb_alloc)(sizeof(int64_t) * (size_t)L);
+        st.gsave = F(gb_alloc)(sizeof(T) * BN);
     }
     st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
     rc = GB_ENOMEM;
     if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rsq && st.rbad &&
         (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.amax && st.rowacc &&
-        (!rescue || (st.rmax && st.rell && st.rk))) {
+        (!rescue || (st.rmax && st.rell && st.rk && st.gsave))) {
         rc = GB_OK;
         gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
         /* norms, slope sums and the first non-finite signal: rows combined in order */
@@ -1437,6 +1462,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.rmax);
     free(st.rell);
     free(st.rk);
+    free(st.gsave);
     free(st.rowacc);
     return rc;
 }

@@ -91,3 +91,25 @@ def test_every_activation_same_bits_for_any_thread_count(act, isa):
         runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, solo_after=s), stack, params, x)
                 for t, s in ((1, 0), (2, 0), (3, 0), (2, 5))]
         _same(runs)
+
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act, sigma_w", [("tanh", 1e4), ("sigmoid", 3e3), ("tanh", 1e3)])
+def test_rescued_layers_same_bits_for_any_thread_count(act, sigma_w, dtype):
+    """The backward computes dh before it knows whether the layer is rescued (the max|dz| of the
+    whole batch comes with the max|dh| slots, one barrier) and computes the layer again when it
+    is: 1, 2 and 3 threads and hand-overs give the same bits, with and without residuals, on
+    stacks where layers are rescued (gnorm exponents far below the type's range) and where the
+    rows of only some threads are below the rescue threshold (B = 13: rows 4/4/5 on three
+    threads; sigma_w / 3: fewer layers rescued, more near the threshold)."""
+    rescued = 0
+    for residual, sw in ((0, sigma_w), (2, sigma_w), (0, sigma_w / 3)):
+        stack = gb.Stack(depth=24, width=16, activation=act, init="normal", sigma_w=sw, sigma_b=0.0,
+                         residual=residual, dtype=dtype)
+        params, x = _problem(stack, 13, 3)
+        runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, solo_after=s), stack, params, x)
+                for t, s in ((1, 0), (2, 0), (3, 0), (2, 3), (3, 8))]
+        _same(runs)
+        rescued += int((runs[0]["gnorm_e"] < (-1100 if dtype == "float64" else -160)).sum())
+    assert rescued > 0
