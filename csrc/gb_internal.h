@@ -41,8 +41,18 @@ typedef struct gb_barrier {
 
 typedef void (*gb_team_fn)(void *arg, int tid, int nth, gb_barrier *bar);
 
+/* A thread's progress, the last step it completed, in a cache line of its own: the other
+ * threads wait for a step of it without a barrier (a producer and its consumers). */
+typedef struct {
+    _Alignas(64) _Atomic int64_t step;
+} gb_progress;
+
 int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after);
 void gb_barrier_wait(gb_barrier *b, int *sense);
+/* p->step = step (release), waking the team's threads asleep in gb_progress_wait. */
+void gb_progress_set(gb_barrier *b, gb_progress *p, int64_t step);
+/* Wait until p[t].step >= step for every t < n (acquire): spin briefly, then sleep on b. */
+void gb_progress_wait(gb_barrier *b, gb_progress *p, int n, int64_t step);
 
 /* Where every thread's work of the previous step is complete in memory only after one more
  * barrier: if the team was asked to go solo, wait once more, then return 1 for the helpers

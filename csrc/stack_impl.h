@@ -12,14 +12,15 @@
  * their own summation order (as BLAS does); reductions use a fixed order.
  *
  * Threads (team.c, one team per driver call): each thread owns blocks of 4 batch rows (the
- * forward, the activation rows, dh = dz W) and of 4 dW rows (dW = dz^T h, db); one barrier per
- * layer (W^T of the next layer, the global max|h| or max|g| of the normalisation, all of dz
- * before dW). The backward of the saturating activations exchanges the global max|dz| of the
- * rescue (gb_rescue_act) in that barrier, dh computed as if no layer were rescued, and takes
- * two more barriers in a layer that is rescued (computed again). Every entry is computed by
- * one thread with the same code whatever the thread count, statistics are kept per row and
- * combined in row order after the layers, so results are bit-identical for any thread count,
- * and a team may hand over to one thread mid-call.
+ * forward, the activation rows, dh = dz W) and of 4 dW rows (dW = dz^T h, db). The forward
+ * has no barrier but the rescaling's (the global max|h|): each thread transposes a share of the
+ * W two layers ahead and the others wait for that progress only (gb_progress). The backward has
+ * one barrier per layer (the global max|g| of the normalisation, all of dz before dW); that of
+ * the saturating activations also exchanges the global max|dz| of the rescue (gb_rescue_act),
+ * dh computed as if no layer were rescued, and a rescued layer is computed again behind two
+ * more barriers. Every entry is computed by one thread with the same code whatever the thread
+ * count, statistics are kept per row and combined in row order after the layers, so results
+ * are bit-identical for any thread count, and a team may hand over to one thread mid-call.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -949,7 +950,9 @@ typedef struct {
     const gb_stack_arrays *a;
     GEMM_FN gemm;
     F(gb_cfg) cfg;
-    T *wt[2];             /* (N,N) W^T of the current and the next layer (own kernels) */
+    T *wt[3];             /* (N,N) W^T of layers l, l+1, l+2 in wt[l % 3] (own kernels), column shares */
+    gb_progress *tdone;   /* (nth) per thread: the last layer whose share of W^T it wrote */
+    gb_progress *rdone;   /* (nth) per thread: the last layer whose W^T it has read */
     T *zb;                /* (B,N) pre-normalisation z under batch norm (one thread) */
     double *rsum, *rm2;   /* (L,B) per row of h_{l+1}: sum, sum of squared deviations from its mean */
     int64_t *rsat;        /* (L,B) per row: saturated entries of z_l */
@@ -1042,14 +1045,24 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     int64_t j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
     int sense = 0;
     int64_t f = fexp[0]; /* exponent of h_l (every thread keeps its copy) */
+    int64_t fg = f;      /* exponent of the current residual group's input h (= fexp of its layer) */
+    /* W^T without a barrier: each thread transposes its column share of W_{l+2} in layer l
+     * (W_0 and W_1 first) and publishes it in tdone; a thread waits for every share of W_l
+     * before layer l (done a layer earlier: a thread may run a layer ahead of another without
+     * waiting), and, before writing W_{l+2}^T into wt[(l+2) % 3], for every thread to have read
+     * that buffer's W_{l-1}^T (rdone). The rows of a thread are independent of the others'
+     * in the forward (batch norm: one thread), so the only barrier is the rescaling's. */
     if (!st->gemm) {
-        F(gb_transpose_rows)(st->wt[0], W, N, j0, j1);
-        gb_barrier_wait(bar, &sense);
+        for (int64_t q = 0; q < GB_MIN(2, L); q++) F(gb_transpose_rows)(st->wt[q], W + q * NN, N, j0, j1);
+        gb_progress_set(bar, &st->tdone[tid], GB_MIN(2, L) - 1);
     }
     for (int64_t l = 0; l < L; l++) {
         if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 */
         r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
         j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
+        if (k && l % k == 0) fg = f; /* h_l starts a group: its skip is added at this exponent */
+        const T *wtl = st->wt[l % 3]; /* W_l^T */
+        if (!st->gemm) gb_progress_wait(bar, st->tdone, nth, l); /* every share of W_l^T written */
         const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
         const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, f, f32);
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
@@ -1059,16 +1072,16 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
             if (st->gemm)
                 F(gb_dense_forward_ctx)(st->gemm, NULL, zz, h, W + l * NN, b + l * N, B, N);
             else
-                F(gb_gemm_own)(zz, h, N, 1, st->wt[l & 1], b + l * N, B, N, N);
+                F(gb_gemm_own)(zz, h, N, 1, wtl, b + l * N, B, N, N);
             if (st->cfg.bn)
                 F(gb_batchnorm_forward_impl)(st->zb, Zl, (T *)a->bn_mean + l * N, (T *)a->bn_rstd + l * N,
                                              st->zb, gamma + l * N, beta + l * N, st->cfg.eps, B, N);
             for (int64_t r = 0; r < B; r++)
                 st->rsat[l * B + r] = F(gb_act_forward_row)(hn + r * N, zz + r * N, N, &sc, st->cfg.thr, dead);
         } else { /* the activation as the epilogue of every block of 4 rows, while z is in L1 */
-            gb_pf pf = {0}; /* the next layer's W (transposed below), z and h rows */
+            gb_pf pf = {0}; /* W_{l+2} (transposed below), the next layer's z and h rows */
             if (l + 1 < L) {
-                gb_pf_add(&pf, W + (l + 1) * NN, NN * (int64_t)sizeof(T), 0);
+                if (l + 2 < L) gb_pf_add(&pf, W + (l + 2) * NN, NN * (int64_t)sizeof(T), 0);
                 gb_pf_add(&pf, Zl + BN + r0 * N, nr * N * (int64_t)sizeof(T), 1);
                 if (l + 2 <= L) gb_pf_add(&pf, hn + BN, nr * N * (int64_t)sizeof(T), 1);
             }
@@ -1077,17 +1090,23 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 const int64_t m = GB_MIN(4, nr - q);
                 gb_pf_part(&pf, q / 4, nb);
                 T *zq = Zl + (r0 + q) * N;
-                F(gb_gemm_own)(zq, h + q * N, N, 1, st->wt[l & 1], b + l * N, m, N, N);
+                F(gb_gemm_own)(zq, h + q * N, N, 1, wtl, b + l * N, m, N, N);
                 for (int64_t r = q; r < q + m; r++)
                     st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, Zl + (r0 + r) * N, N, &sc,
                                                                      st->cfg.thr, dead);
             }
         }
-        if (!st->gemm && l + 1 < L) F(gb_transpose_rows)(st->wt[(l + 1) & 1], W + (l + 1) * NN, N, j0, j1);
+        if (!st->gemm) {
+            gb_progress_set(bar, &st->rdone[tid], l); /* done with W_l^T */
+            if (l + 2 < L) {
+                gb_progress_wait(bar, st->rdone, nth, l - 1); /* wt[(l+2) % 3] = wt[(l-1) % 3] free */
+                F(gb_transpose_rows)(st->wt[(l + 2) % 3], W + (l + 2) * NN, N, j0, j1);
+                gb_progress_set(bar, &st->tdone[tid], l + 2);
+            }
+        }
         int64_t fn = f;
-        if (k && (l + 1) % k == 0) /* k = 1: fexp[l] is f (thread 0 may not have written it yet) */
-            fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, k == 1 ? f : fexp[l + 1 - k],
-                                        st->cfg.alpha, nr * N);
+        if (k && (l + 1) % k == 0) /* fg, not fexp[l + 1 - k]: thread 0 may not have written it yet */
+            fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, fg, st->cfg.alpha, nr * N);
         if (st->cfg.rescale) { /* normalise h_{l+1}: the global max|h| from every thread's rows */
             T *slot = st->amax + (l & 1) * nth;
             slot[tid] = F(gb_absmax)(hn, nr * N, 0);
@@ -1095,8 +1114,6 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
             T m = 0;
             for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
             fn += F(gb_scale_pow2)(hn, nr * N, m);
-        } else if (!st->gemm) {
-            gb_barrier_wait(bar, &sense); /* W^T of layer l+1 complete */
         }
         F(gb_row_stats)(H + (l + 1) * BN, r0, r1, N, st->rsum + l * B, st->rm2 + l * B, st->rbad + l * B);
         if (tid == 0) fexp[l + 1] = fn;
@@ -1114,10 +1131,10 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     if (rc) return rc;
     st.nth = nth;
     const size_t LB = (size_t)(L * B);
-    if (!st.gemm) {
-        st.wt[0] = F(gb_alloc)(sizeof(T) * (size_t)(N * N));
-        st.wt[1] = F(gb_alloc)(sizeof(T) * (size_t)(N * N));
-    }
+    if (!st.gemm)
+        for (int q = 0; q < 3; q++) st.wt[q] = F(gb_alloc)(sizeof(T) * (size_t)(N * N));
+    st.tdone = F(gb_alloc)(sizeof(gb_progress) * (size_t)nth);
+    st.rdone = F(gb_alloc)(sizeof(gb_progress) * (size_t)nth);
     st.zb = st.cfg.bn ? F(gb_alloc)(sizeof(T) * (size_t)(B * N)) : NULL;
     st.rsum = F(gb_alloc)(sizeof(double) * LB);
     st.rm2 = F(gb_alloc)(sizeof(double) * LB);
@@ -1126,9 +1143,13 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.dead = F(gb_alloc)((size_t)(L * nth * N));
     st.amax = F(gb_alloc)(sizeof(T) * 2 * (size_t)nth);
     rc = GB_ENOMEM;
-    if ((st.gemm || (st.wt[0] && st.wt[1])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 && st.rsat &&
-        st.rbad && st.dead && st.amax) {
+    if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
+        st.rsat && st.rbad && st.dead && st.amax && st.tdone && st.rdone) {
         rc = GB_OK;
+        for (int t = 0; t < nth; t++) {
+            atomic_init(&st.tdone[t].step, -1);
+            atomic_init(&st.rdone[t].step, -1);
+        }
         /* results do not depend on the number of threads that actually ran */
         /* every thread's dead flags start at 1: those of a thread that did not run stay neutral;
          * results do not depend on how many threads ran, or until which layer */
@@ -1162,8 +1183,9 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
             if (bad && a->info[GB_INFO_FORWARD] < 0) a->info[GB_INFO_FORWARD] = l;
         }
     }
-    free(st.wt[0]);
-    free(st.wt[1]);
+    for (int q = 0; q < 3; q++) free(st.wt[q]);
+    free(st.tdone);
+    free(st.rdone);
     free(st.zb);
     free(st.rsum);
     free(st.rm2);

@@ -80,6 +80,36 @@ void gb_barrier_wait(gb_barrier *b, int *sense) {
     pthread_mutex_unlock(&b->mu);
 }
 
+/* The same protocol as the barrier's sense: the setter stores then loads the sleepers, a
+ * sleeper counts itself then loads the steps (all seq_cst), so a wake-up is never lost. */
+void gb_progress_set(gb_barrier *b, gb_progress *p, int64_t step) {
+    atomic_store(&p->step, step);
+    if (b && b->n > 1 && atomic_load(&b->sleepers)) {
+        pthread_mutex_lock(&b->mu);
+        pthread_cond_broadcast(&b->cv);
+        pthread_mutex_unlock(&b->mu);
+    }
+}
+
+static int gb_progress_reached(gb_progress *p, int n, int64_t step, memory_order mo) {
+    for (int t = 0; t < n; t++)
+        if (atomic_load_explicit(&p[t].step, mo) < step) return 0;
+    return 1;
+}
+
+void gb_progress_wait(gb_barrier *b, gb_progress *p, int n, int64_t step) {
+    for (int i = 0; i < GB_SPIN; i++) {
+        if (gb_progress_reached(p, n, step, memory_order_acquire)) return;
+        GB_PAUSE();
+    }
+    if (!b || b->n <= 1) return; /* alone: every step it waits for is its own, already set */
+    pthread_mutex_lock(&b->mu);
+    atomic_fetch_add(&b->sleepers, 1);
+    while (!gb_progress_reached(p, n, step, memory_order_seq_cst)) pthread_cond_wait(&b->cv, &b->mu);
+    atomic_fetch_sub(&b->sleepers, 1);
+    pthread_mutex_unlock(&b->mu);
+}
+
 typedef struct {
     gb_team_fn fn;
     void *arg;
