@@ -16,6 +16,11 @@
  * start, and is not counted; two threads then gain less than ~1.3x and soon lose), it sets
  * `solo` and the drivers finish the call on one thread. Results do not
  * depend on the thread count, so they do not change.
+ *
+ * Where a thread needs only another's earlier work, not a meeting of all (the forward's shares
+ * of W^T), it waits for that thread's published step (gb_progress_wait): the same spin, then
+ * the same sleep. These waits are not judged for `solo` (the forward without rescaling has no
+ * barrier: its threads' rows are independent, and a late partner delays only the call's end).
  */
 #include <pthread.h>
 #include <stdlib.h>
