@@ -1320,11 +1320,11 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
      * thread's rows where they are next read (the activation backward), as every later one */
     T *slot = st->amax + (L & 1) * nth;
     slot[tid] = F(gb_absmax)(g, nr * N, 0);
+    int64_t e = sig_e[L], skip_e = 0; /* read before the barrier: thread 0 writes it after */
     gb_barrier_wait(bar, &sense);
-    int64_t e, skip_e = 0;
     T m = 0;
     for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
-    e = sig_e[L] + F(gb_scale_pow2)(g, nr * N, m);
+    e += F(gb_scale_pow2)(g, nr * N, m);
     F(gb_row_sumsq)(G, r0, r1, N, st->rsq + L * B, st->rbad + L * B);
     if (tid == 0) sig_e[L] = e;
     for (int64_t l = L - 1; l >= 0; l--) {
