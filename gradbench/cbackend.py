@@ -56,8 +56,9 @@ BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 512 if blas.runs_avx512_k
 # drifts further from NumPy's (pairwise-blocked) sgemm than batch norm over a small batch
 # tolerates (1e-4 of the layer at N = 130, B = 4: 9.4e-5 own, 1.9e-5 BLAS), so BLAS from 128.
 BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", 128, low=0)
-# B*N*N of a layer from which the own kernels use several threads (N = 64, B = 64 and up): one
-# barrier per layer costs ~1 us when both threads have a core. When they have not (a shared
+# B*N*N of a layer from which the own kernels use several threads (N = 64, B = 64 and up): the
+# backward's one barrier per layer costs ~0.5 us when both threads have a core (the forward
+# waits only for the shares of W^T a thread is about to use). When they have not (a shared
 # machine), the team notices its waits and finishes the call on one thread (csrc/team.c).
 PAR_MIN_WORK = env_int("GRADBENCH_C_PAR_MIN_WORK", 1 << 18, low=0)
 
