@@ -760,24 +760,32 @@ static int F(gb_all_finite)(const T *x, int64_t n) {
  * vector additions, one lane per row; the eight rows' accumulations are interleaved. Every
  * operation of a row is the one of the one-row code, so the results are the same bits. The
  * functions return the first row they left (r1 but for fewer than 8 rows at the end). */
+#ifndef GB_TRANSPOSE8
+/* v = the 8 x 8 transpose of r (8 vectors of 8 lanes, any lane type; ti: the index vector of
+ * that lane width) by three rounds of two-vector shuffles (GCC); t, u: scratch arrays of 8 */
+#define GB_TRANSPOSE8(r, t, u, v, ti)                                                           \
+    do {                                                                                        \
+        for (int q_ = 0; q_ < 8; q_ += 2) {                                                     \
+            t[q_] = __builtin_shuffle(r[q_], r[q_ + 1], (ti){0, 8, 2, 10, 4, 12, 6, 14});       \
+            t[q_ + 1] = __builtin_shuffle(r[q_], r[q_ + 1], (ti){1, 9, 3, 11, 5, 13, 7, 15});   \
+        }                                                                                       \
+        for (int q_ = 0; q_ < 8; q_ += 4)                                                       \
+            for (int o_ = 0; o_ < 2; o_++) {                                                    \
+                u[q_ + o_] = __builtin_shuffle(t[q_ + o_], t[q_ + o_ + 2], (ti){0, 1, 8, 9, 4, 5, 12, 13});     \
+                u[q_ + o_ + 2] = __builtin_shuffle(t[q_ + o_], t[q_ + o_ + 2], (ti){2, 3, 10, 11, 6, 7, 14, 15}); \
+            }                                                                                   \
+        for (int o_ = 0; o_ < 4; o_++) {                                                        \
+            v[o_] = __builtin_shuffle(u[o_], u[o_ + 4], (ti){0, 1, 2, 3, 8, 9, 10, 11});        \
+            v[o_ + 4] = __builtin_shuffle(u[o_], u[o_ + 4], (ti){4, 5, 6, 7, 12, 13, 14, 15});  \
+        }                                                                                       \
+    } while (0)
+#endif
 #if defined(GB_HAVE_VEC) && GB_VL == 8 && !defined(__clang__)
 /* tail[r] + acc[r][0] + acc[r][1] + ... + acc[r][7], in this order, for r = 0..7 */
 static GB_AINLINE gb_vd8 F(gb_lanesum8)(const gb_vd8 r[8], gb_vd8 tail) {
     typedef int64_t ti __attribute__((vector_size(64)));
-    gb_vd8 t[8], u[8], v[8]; /* the 8 x 8 transpose of gb_transpose_rows */
-    for (int q = 0; q < 8; q += 2) {
-        t[q] = __builtin_shuffle(r[q], r[q + 1], (ti){0, 8, 2, 10, 4, 12, 6, 14});
-        t[q + 1] = __builtin_shuffle(r[q], r[q + 1], (ti){1, 9, 3, 11, 5, 13, 7, 15});
-    }
-    for (int q = 0; q < 8; q += 4)
-        for (int o = 0; o < 2; o++) {
-            u[q + o] = __builtin_shuffle(t[q + o], t[q + o + 2], (ti){0, 1, 8, 9, 4, 5, 12, 13});
-            u[q + o + 2] = __builtin_shuffle(t[q + o], t[q + o + 2], (ti){2, 3, 10, 11, 6, 7, 14, 15});
-        }
-    for (int o = 0; o < 4; o++) {
-        v[o] = __builtin_shuffle(u[o], u[o + 4], (ti){0, 1, 2, 3, 8, 9, 10, 11});
-        v[o + 4] = __builtin_shuffle(u[o], u[o + 4], (ti){4, 5, 6, 7, 12, 13, 14, 15});
-    }
+    gb_vd8 t[8], u[8], v[8];
+    GB_TRANSPOSE8(r, t, u, v, ti);
     gb_vd8 out = tail;
     for (int c = 0; c < 8; c++) out += v[c];
     return out;
@@ -974,19 +982,7 @@ static void F(gb_transpose_rows)(T *wt, const T *W, int64_t N, int64_t j0, int64
         for (int64_t ib = 0; ib < N8; ib += 8) {
             tv r[8], t[8], u[8], v[8];
             for (int q = 0; q < 8; q++) memcpy(&r[q], W + (ib + q) * N + jb, sizeof(tv));
-            for (int q = 0; q < 8; q += 2) {
-                t[q] = __builtin_shuffle(r[q], r[q + 1], (ti){0, 8, 2, 10, 4, 12, 6, 14});
-                t[q + 1] = __builtin_shuffle(r[q], r[q + 1], (ti){1, 9, 3, 11, 5, 13, 7, 15});
-            }
-            for (int q = 0; q < 8; q += 4)
-                for (int o = 0; o < 2; o++) {
-                    u[q + o] = __builtin_shuffle(t[q + o], t[q + o + 2], (ti){0, 1, 8, 9, 4, 5, 12, 13});
-                    u[q + o + 2] = __builtin_shuffle(t[q + o], t[q + o + 2], (ti){2, 3, 10, 11, 6, 7, 14, 15});
-                }
-            for (int o = 0; o < 4; o++) {
-                v[o] = __builtin_shuffle(u[o], u[o + 4], (ti){0, 1, 2, 3, 8, 9, 10, 11});
-                v[o + 4] = __builtin_shuffle(u[o], u[o + 4], (ti){4, 5, 6, 7, 12, 13, 14, 15});
-            }
+            GB_TRANSPOSE8(r, t, u, v, ti);
             for (int q = 0; q < 8; q++) memcpy(wt + (jb + q) * N + ib, &v[q], sizeof(tv));
         }
         for (int64_t j = jb; j < jb + 8; j++)
