@@ -13,30 +13,10 @@ process-wide setting of the user's NumPy and SciPy.
 
 from __future__ import annotations
 
-import functools
 import os
 
-# OpenBLAS's names of its AVX-512 kernel sets, and the CPU features its SkylakeX kernels use.
+# OpenBLAS's names of its AVX-512 kernel sets.
 AVX512_KERNELS = ("SkylakeX", "Cooperlake", "SapphireRapids")
-AVX512_FLAGS = ("avx512f", "avx512dq", "avx512bw", "avx512vl")
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (an empty set where there is none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def has_avx512() -> bool:
-    """Whether this CPU has what OpenBLAS's SkylakeX kernels need."""
-    return all(flag in cpu_flags() for flag in AVX512_FLAGS)
 
 
 def openblas_kernels() -> dict[str, str]:
