@@ -88,7 +88,8 @@ class Prefaulter:
     them; the contents stay zero) in chunks of ``chunk`` bytes, in the order the caller will
     write them, taking the pending mappings in turn (H and Z of the forward pass fill together).
     A page the caller reaches first is simply faulted in by the caller; nothing waits for the
-    helper. Off where it cannot help: one CPU in the process's affinity, or a kernel without
+    helper. The C drivers leave it a CPU while it has work (``gradbench.cbackend.call_opts``),
+    and a pass that has written its arrays drops what is left on them (:meth:`cancel`). Off where it cannot help: one CPU in the process's affinity, or a kernel without
     the advice (the first refusal turns it off).
     """
 
@@ -141,6 +142,8 @@ class Prefaulter:
             if self._madvise(address + lo, hi - lo, self.POPULATE_WRITE) != 0:
                 self.enabled = ctypes.get_errno() in (0, 12)  # ENOMEM: unmapped since; else refused
             with self._cond:
+                if not any(j is job for j in self._jobs):
+                    continue  # cancelled meanwhile
                 job[2] = hi if step > 0 else lo
                 self._jobs.remove(job)
                 if job[2] != stop and self.enabled:
@@ -150,6 +153,15 @@ class Prefaulter:
         """Bytes still to fault in."""
         with self._cond:
             return sum(abs(job[3] - job[2]) for job in self._jobs)
+
+    def cancel(self, *arrays: np.ndarray) -> None:
+        """Drop the pending work on the mappings under ``arrays``: the caller has written them
+        itself (a pass that has filled its fresh arrays; walking their pages again would only
+        hold the CPU that the next pass wants). The chunk in hand, if any, is the last."""
+        spans = [(a.__array_interface__["data"][0], a.nbytes) for a in arrays if a is not None and a.nbytes]
+        with self._cond:
+            self._jobs = [job for job in self._jobs
+                          if not any(p < job[1] + len(job[0]) and job[1] < p + n for p, n in spans)]
 
     def _after_fork(self) -> None:
         """In a forked child: no helper thread, no lock held by one, and none of the parent's

@@ -23,7 +23,7 @@ import numpy as np
 
 from gradbench import abi, reference
 from gradbench.backends import get_backend, resolve
-from gradbench.buffers import WORKSPACE, empty, held
+from gradbench.buffers import PREFAULTER, WORKSPACE, empty, held
 from gradbench.clipping import LAYER_GROUPS, clip_param_grads, row_norms
 from gradbench.histograms import DEFAULT_BINS, DEFAULT_PER_DECADE, GradHistogram, fill_streaming
 from gradbench.inputs import check_inputs
@@ -193,6 +193,7 @@ def _segment_forward(run: _Run, s: int, e: int, layer_params, fexp, stats, info)
     """One backend forward call over the segment [s, e) (H[0] of the segment already set)."""
     Hs, Zs, ms, rs = run.seg_arrays(s, e)
     run.impl.stack_forward(run.icfg, run.fcfg, *layer_params, Hs, Zs, ms, rs, fexp, *stats, info)
+    PREFAULTER.cancel(Hs, Zs)  # the pass has written them itself
 
 
 def _forward(run: _Run) -> None:
@@ -302,6 +303,7 @@ def _backward(run: _Run) -> None:
             ts = time.perf_counter()
             busy[k] = _segment_statistics(run, s, e, seg_grads)
             run.seconds["stats"] += time.perf_counter() - ts
+    PREFAULTER.cancel(*(a for grads in grad_sets for a in grads.values()))  # all written
     ts = time.perf_counter()
     for job in busy:
         if job is not None:

@@ -207,3 +207,71 @@ def test_a_fork_while_the_helper_faults_in_pages_leaves_a_working_child():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok 3" in proc.stdout, proc.stderr[-2000:]
+
+
+def _resident(a: np.ndarray) -> int:
+    """Bytes of ``a`` (page-aligned, as from gradbench.buffers.empty) in memory (mincore)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    pages = (a.nbytes + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    assert libc.mincore(a.__array_interface__["data"][0], a.nbytes, vec) == 0, ctypes.get_errno()
+    return sum(v & 1 for v in vec) * mmap.PAGESIZE
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux")
+def test_cancel_drops_only_the_work_on_the_given_arrays():
+    import time
+
+    if not buffers.PREFAULTER.enabled:
+        pytest.skip("one CPU in this process's affinity: the prefaulter is off")
+    a = buffers.empty((64, 2**20), np.float64, recycle=False)  # 512 MiB each, untouched here
+    b = buffers.empty((64, 2**20), np.float64, recycle=False)
+    before = buffers.PREFAULTER.pending()
+    buffers.PREFAULTER.cancel(a[3:5])  # a view inside a's mapping names the mapping
+    left = buffers.PREFAULTER.pending()
+    assert left <= b.nbytes < before  # a's work is gone, b's is not (some of it may be done)
+    deadline = time.monotonic() + 60
+    while buffers.PREFAULTER.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not buffers.PREFAULTER.enabled:  # a kernel older than 5.14 refused the advice
+        pytest.skip("MADV_POPULATE_WRITE refused by this kernel")
+    assert buffers.PREFAULTER.pending() == 0  # the helper went on with b after the cancel
+    assert _resident(b) == b.nbytes
+    assert _resident(a) < a.nbytes // 2  # a was left alone (a chunk may have been in hand)
+    buffers.PREFAULTER.cancel(b, None)  # nothing pending: no effect, no error
+
+
+def test_a_pass_that_faults_pages_in_leaves_a_cpu_to_the_prefaulter(monkeypatch):
+    """The C drivers run on one thread fewer while the prefaulter has fresh pages to fault in
+    (and would otherwise take every CPU); a warm call runs on every thread, with the same bits."""
+    cbackend = pytest.importorskip("gradbench.cbackend")
+    if cbackend._OPTS_SHARED is None:
+        pytest.skip("the drivers do not take every CPU here (or there is only one)")
+    full = cbackend.threads()
+    seen = []
+    driver = cbackend._driver
+    monkeypatch.setattr(cbackend, "_driver", lambda fn, opts, arrays: (seen.append((fn, opts.nthreads)),
+                                                                       driver(fn, opts, arrays)))
+    monkeypatch.setattr(buffers.PREFAULTER, "pending", lambda: cbackend.PREFAULT_SHARE_FROM - 1)
+    assert cbackend.call_opts() is cbackend._OPTS
+    monkeypatch.undo()
+    monkeypatch.setattr(cbackend, "_driver", lambda fn, opts, arrays: (seen.append((fn, opts.nthreads)),
+                                                                       driver(fn, opts, arrays)))
+    stack = gb.Stack(depth=1100, width=64, activation="tanh")  # H, Z and dW of ~36 MB each
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 64, 1)
+    buffers.release()  # no workspace, nothing to recycle: a first call's fresh memory
+    if not buffers.PREFAULTER.enabled:
+        pytest.skip("the prefaulter is off here")
+    first = gb.backprop(stack, params, x, backend="c")
+    fresh = list(seen)
+    m, e = first.grads.W.mantissa.copy(), first.grads.W.exponent.copy()
+    del first  # its gradients' pages go to the recycler: the next call faults nothing in
+    seen.clear()
+    warm = gb.backprop(stack, params, x, backend="c")
+    assert fresh == [("stack_forward", full - 1), ("stack_backward", full - 1)]
+    assert seen == [("stack_forward", full), ("stack_backward", full)]
+    assert np.array_equal(m, warm.grads.W.mantissa) and np.array_equal(e, warm.grads.W.exponent)
