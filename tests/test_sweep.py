@@ -153,6 +153,12 @@ def test_bad_input_is_refused_before_the_client_is_touched(grid, kwargs, error, 
         gb.sweep(grid, **kw)
 
 
+def test_a_scheduler_address_that_dask_cannot_parse_is_refused_before_connecting():
+    for address, match in [("foo", "missing port number"), ("bar://x:1", "unknown address scheme 'bar'")]:
+        with pytest.raises(ValueError, match=f"client='{address}' is not a scheduler address .*{match}"):
+            gb.sweep({"sigma_w": [1.0]}, depth=4, width=4, client=address)
+
+
 def test_bad_workers_and_client_values():
     with pytest.raises(ValueError, match="workers must be an int >= 1, got 0"):
         gb.sweep({"sigma_w": [1.0]}, depth=4, width=4, workers=0)
@@ -476,6 +482,8 @@ def test_cli_sweep_runs_writes_and_resumes(cluster, tmp_path, capsys):
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give one or the other"),
     (["--workers", "0"], "workers must be an int >= 1"),
     (["--seeds", "x"], "invalid int value"),
+    (["--scheduler", "foo"], "--scheduler 'foo' is not a scheduler address such as 'tcp://host:8786'"),
+    (["--scheduler", "bar://x:1"], "unknown address scheme 'bar'"),
 ])
 def test_cli_sweep_bad_values_exit_2_with_one_line(args, message, capsys):
     from gradbench import cli
@@ -491,8 +499,18 @@ def test_cli_sweep_bad_paths_exit_2_before_any_run(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(gb, "sweep", lambda *a, **k: pytest.fail("the sweep started"))
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("x")
+    other = tmp_path / "other"  # another sweep's directory
+    from gradbench.sweep.grid import plan
+    from gradbench.sweep.store import open_out
+
+    open_out(other, plan({"sigma_w": [1.0, 3.0]}, dict(depth=6, width=4), range(1), "auto"), None)
     base = ["sweep", "--depth", "6", "--width", "4", "--sigma-w", "1,2"]
     for args, message in [(["--out", str(tmp_path / "afile")], "is a file, not a directory"),
+                          (["--out", str(tmp_path / "notes")], "is a non-empty directory without sweep.json"),
+                          (["--out", str(other)], "holds a sweep of a different grid or fixed fields (differs in "
+                                                  "axis sigma_w)"),
                           (["--out", str(tmp_path / "no" / "dir")], "does not exist (create it, or pass --mkdir)"),
                           (["--csv", str(tmp_path / "no" / "t.csv")], "does not exist (create it, or pass --mkdir)"),
                           (["--csv", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "t.csv")], "must end in"),

@@ -147,11 +147,16 @@ def cmd_sweep(args) -> int:
                 raise UsageError(f"{flag} {axis}: give --{axis.replace('_', '-')} (the phase diagram's axes "
                                  "must be fields of the sweep)")
     import gradbench as gb
-    from gradbench.sweep.execute import check_options
+    from gradbench.sweep.execute import check_address, check_options
     from gradbench.sweep.grid import plan
+    from gradbench.sweep.store import check_out
 
     try:  # every value, as gb.sweep validates it before it starts: a bad one is the user's (exit 2)
-        plan(grid, fixed, range(args.seeds), args.backend)
+        p = plan(grid, fixed, range(args.seeds), args.backend)
+        if args.scheduler is not None:
+            check_address(args.scheduler, "--scheduler ")
+        if args.out is not None:
+            check_out(args.out, p, "--out ")  # another sweep's directory, or not a sweep's
         check_options(args.scheduler, args.workers, args.runs_per_task, True, args.out)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None

@@ -116,6 +116,8 @@ class Progress:
 def check_options(client, workers, runs_per_task, progress, out) -> None:
     if client is not None and not isinstance(client, str) and not hasattr(client, "submit"):
         raise TypeError(f"client must be a distributed.Client, a scheduler address or None, got {client!r}")
+    if isinstance(client, str):
+        check_address(client)
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
@@ -130,3 +132,21 @@ def check_options(client, workers, runs_per_task, progress, out) -> None:
         raise TypeError(f"out must be a directory path or None, got {type(out).__name__} {out!r}")
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"out={os.fspath(out)!r} is a file, not a directory")
+
+
+def check_address(address: str, label: str = "client=") -> None:
+    """A scheduler address that Dask can parse (scheme and, for network schemes, host:port);
+    whether a scheduler answers there is known only when connecting. ``label`` names the
+    parameter in the message."""
+    try:
+        from distributed.comm.addressing import parse_address, parse_host_port
+        from distributed.comm.registry import get_backend
+    except ImportError:  # the caller reports the missing extra
+        return
+    try:
+        scheme, loc = parse_address(address)
+        get_backend(scheme)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            parse_host_port(loc)
+    except ValueError as exc:
+        raise ValueError(f"{label}{address!r} is not a scheduler address such as 'tcp://host:8786' ({exc})") from None

@@ -19,26 +19,37 @@ from gradbench.sweep.worker import COLUMNS
 MANIFEST = "sweep.json"
 
 
-def open_out(out, p: Plan, pd) -> tuple[str, "object"]:
-    """Create or check ``out``; return its path and the rows already there (a DataFrame)."""
+def check_out(out, p: Plan, label: str = "out=") -> bool:
+    """Whether ``out`` already holds this sweep (True) or is new or empty (False); raises
+    ``ValueError`` when it is a file, a non-empty directory that is not a sweep's, or another
+    sweep's (``label`` names the parameter). Changes nothing: callers check it before any work
+    starts."""
     out = os.fspath(out)
     manifest = os.path.join(out, MANIFEST)
-    ident = p.identity()
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"out={out!r} is a file, not a directory")
+        raise ValueError(f"{label}{out!r} is a file, not a directory")
     if os.path.exists(manifest):
+        ident = p.identity()
         with open(manifest, encoding="utf-8") as f:
             have = json.load(f)
         diff = _differences(ident, {k: have.get(k) for k in ident})
         if diff:
-            raise ValueError(f"out={out!r} holds a sweep of a different grid or fixed fields (differs in "
+            raise ValueError(f"{label}{out!r} holds a sweep of a different grid or fixed fields (differs in "
                              f"{', '.join(diff)}): use another directory, or delete it to start again")
-    elif os.path.isdir(out) and os.listdir(out):
-        raise ValueError(f"out={out!r} is a non-empty directory without {MANIFEST}: not a sweep's; "
+        return True
+    if os.path.isdir(out) and os.listdir(out):
+        raise ValueError(f"{label}{out!r} is a non-empty directory without {MANIFEST}: not a sweep's; "
                          "give a new or empty directory")
-    else:
-        text = json.dumps({"gradbench": __version__, **ident}, indent=1, allow_nan=False)
-        _atomic.write_atomic(manifest, lambda f: f.write(text))
+    return False
+
+
+def open_out(out, p: Plan, pd) -> tuple[str, "object"]:
+    """Create or check ``out`` (:func:`check_out`); return its path and the rows already there
+    (a DataFrame)."""
+    out = os.fspath(out)
+    if not check_out(out, p):
+        text = json.dumps({"gradbench": __version__, **p.identity()}, indent=1, allow_nan=False)
+        _atomic.write_atomic(os.path.join(out, MANIFEST), lambda f: f.write(text))
     files = sorted(n for n in os.listdir(out) if n.startswith("rows-") and n.endswith(".parquet"))
     frames = [pd.read_parquet(os.path.join(out, n)) for n in files]
     return out, (pd.concat(frames, ignore_index=True) if frames else None)
