@@ -526,3 +526,33 @@ def test_cli_sweep_on_a_local_cluster_of_one_worker(tmp_path, capsys):
 
     assert cli.main(["sweep", "--sigma-w", "0.9,1.1", "--depth", "10", "--width", "4", "--workers", "1"]) == 0
     assert " on 1 worker; " in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and SIGINT as on a terminal")
+def test_ctrl_c_in_a_terminal_keeps_finished_rows_and_prints_no_dask_tracebacks(tmp_path):
+    """A terminal's Ctrl-C goes to the whole process group, the Dask workers included: the
+    sweep stops with status 130, one line saying where the finished runs are, no traceback."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "sw"
+    argv = [sys.executable, "-m", "gradbench", "sweep", "--activation", "tanh,relu", "--sigma-w", "0.5:3.0:10",
+            "--sigma-b", "0,0.1", "--depth", "3000", "--width", "64", "--batch", "16", "--workers", "2",
+            "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("rows-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "WARNING" not in err and "ERROR" not in err, err
+    assert f"the finished runs are saved in {out}" in err
+    assert list(out.glob("rows-*.parquet"))

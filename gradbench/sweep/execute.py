@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -35,6 +36,24 @@ def task_size(runs: list[Run], n_workers: int) -> int:
     return max(1, min(by_balance, by_time))
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored meanwhile (main thread only): processes started now keep ignoring it
+    (Python installs its KeyboardInterrupt handler only where SIGINT is not ignored), so a
+    Ctrl-C in a terminal, sent to the whole process group, interrupts only the caller."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -49,7 +68,13 @@ def connect(client, workers: int | None):
 
     if client is None:
         n = workers or _cores()
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True) as cluster, Client(cluster) as c:
+        # Dask's own log lines off (the cluster's processes and, while it runs, this one): a
+        # failure reaches the caller as an exception; a Ctrl-C that closes the workers in the
+        # middle of their tasks printed pages of warnings and tracebacks
+        with _sigint_ignored():  # the workers inherit it: Ctrl-C reaches the caller, which closes them
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   silence_logs=logging.CRITICAL)
+        with cluster, Client(cluster) as c:
             yield c
     elif isinstance(client, str):
         with Client(client) as c:
