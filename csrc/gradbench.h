@@ -122,6 +122,7 @@ typedef struct gb_stack_arrays {
     int64_t *sig_e;          /* (L+1,) */
     double *gnorm_m;         /* (L,) */
     int64_t *gnorm_e;        /* (L,) */
+    int64_t *dz_e;           /* (L,) */
     int64_t L, B, N;
 } gb_stack_arrays;
 

@@ -1466,7 +1466,8 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
                 a->gnorm_m[l] = sqrt(g);
             else
                 a->gnorm_m[l] = F(gb_norm_scaled)((const T *)a->dW + l * N * N, N, N, st.rowacc, &ge);
-            a->gnorm_e[l] = a->sig_e[l + 1] + (st.rk ? st.rk[l] : 0) + a->fexp[l] + ge;
+            a->dz_e[l] = a->sig_e[l + 1] + (st.rk ? st.rk[l] : 0);
+            a->gnorm_e[l] = a->dz_e[l] + a->fexp[l] + ge;
         }
     }
     free(st.dz[0]);

@@ -115,15 +115,17 @@ BACKWARD: tuple[Arg, ...] = (
     _arg("bn_rstd", "L,N", "T", "r", "the forward's bn_rstd"),
     _arg("fexp", "L+1", "i8", "r", "the forward's exponents"),
     _arg("G", "B,N", "T", "rw", "dL/dh_L (normalised) on entry, dL/dh_0 on exit"),
-    _arg("dW", "L,N,N", "T", "w", "dL/dW_l mantissa (exponent sig_e[l+1] + fexp[l])"),
-    _arg("db", "L,N", "T", "w", "dL/db_l mantissa (exponent sig_e[l+1])"),
-    _arg("dgamma", "L,N", "T", "w", "dL/dgamma_l mantissa (exponent sig_e[l+1])"),
-    _arg("dbeta", "L,N", "T", "w", "dL/dbeta_l mantissa (exponent sig_e[l+1])"),
-    _arg("dslope", "L", "T", "w", "dL/dslope_l mantissa (exponent sig_e[l+1] + fexp[l])"),
+    _arg("dW", "L,N,N", "T", "w", "dL/dW_l mantissa (exponent dz_e[l] + fexp[l])"),
+    _arg("db", "L,N", "T", "w", "dL/db_l mantissa (exponent dz_e[l])"),
+    _arg("dgamma", "L,N", "T", "w", "dL/dgamma_l mantissa (exponent dz_e[l])"),
+    _arg("dbeta", "L,N", "T", "w", "dL/dbeta_l mantissa (exponent dz_e[l])"),
+    _arg("dslope", "L", "T", "w", "dL/dslope_l mantissa (exponent dz_e[l] + fexp[l])"),
     _arg("sig_m", "L+1", "f8", "w", "||dL/dh_l|| = sig_m[l] * 2**sig_e[l]"),
     _arg("sig_e", "L+1", "i8", "rw", "signal exponents; sig_e[L] read"),
     _arg("gnorm_m", "L", "f8", "w", "||dL/dW_l|| = gnorm_m[l] * 2**gnorm_e[l] (scaled: no square underflows)"),
     _arg("gnorm_e", "L", "i8", "w", "the exponent of ||dL/dW_l||"),
+    _arg("dz_e", "L", "i8", "w", "exponent of dL/dz_l: sig_e[l+1] plus the saturated-derivative rescue's "
+                                 "shift; dW/dslope carry dz_e[l] + fexp[l], db/dgamma/dbeta dz_e[l]"),
     _INFO,
 )
 

@@ -165,6 +165,7 @@ class _Run:
         self.sig_m = np.empty(L + 1)
         self.gnorm_m = np.empty(L)
         self.gnorm_e = np.zeros(L, dtype=np.int64)
+        self.dz_e = np.zeros(L, dtype=np.int64)
         self.work = 2 * len(self.segments)
 
     def take(self, shape, dtype) -> np.ndarray:
@@ -296,7 +297,7 @@ def _backward(run: _Run) -> None:
         seg_info[abi.INFO_BACKWARD] = -1
         run.impl.stack_backward(run.icfg, run.fcfg, W, gamma, beta, slope, Hs, Zs, rs, run.fexp[s:e + 1], run.G,
                                 *seg_grads, run.sig_m[s:e + 1], run.sig_e[s:e + 1], run.gnorm_m[s:e],
-                                run.gnorm_e[s:e], seg_info)
+                                run.gnorm_e[s:e], run.dz_e[s:e], seg_info)
         if run.info[abi.INFO_BACKWARD] < 0 <= seg_info[abi.INFO_BACKWARD]:
             run.info[abi.INFO_BACKWARD] = s + seg_info[abi.INFO_BACKWARD]
         if not keep:
@@ -327,10 +328,10 @@ def _new_histogram(L: int, N: int, bins: int) -> dict:
 def _segment_statistics(run: _Run, s: int, e: int, seg_grads):
     """stats_only: per-layer clipping of the segment's gradients, and their histograms queued
     in the helper thread (returns the job's future, None without histograms)."""
-    e_w = run.sig_e[s + 1:e + 1] + run.fexp[s:e]
+    e_w = run.dz_e[s:e] + run.fexp[s:e]
     gm = seg_grads[0]
     if run.layer_clip:
-        e_p = run.sig_e[s + 1:e + 1]
+        e_p = run.dz_e[s:e]
         g = {"W": LogScaled(seg_grads[0], e_w), "b": LogScaled(seg_grads[1], e_p),
              "gamma": LogScaled(seg_grads[2], e_p), "beta": LogScaled(seg_grads[3], e_p),
              "slope": LogScaled(seg_grads[4], e_w)}
@@ -351,7 +352,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     """The Result: gradients as LogScaled (parameter clipping applied), norms and statistics."""
     stack, p, G, L = run.stack, run.params, run.G, run.stack.depth
     sig_e, fexp = run.sig_e, run.fexp
-    e_param, e_weight = sig_e[1:], sig_e[1:] + fexp[:-1]
+    e_param, e_weight = run.dz_e, run.dz_e + fexp[:-1]  # dz_e: sig_e[l+1] and the rescue's shift
     grads, grad_hist = None, None
     if run.grads is not None:
         g = run.grads

@@ -25,8 +25,10 @@ before the trusting ``stack_forward_kernel`` / ``stack_backward_kernel`` runs.
     normalises it again (a no-op on normalised input) and records ``sig_m[L]``. It must not clip
     it again: norm clipping ``g * (c / ||g||)`` can leave ``||g|| = c (1 + 1 ulp)``, and a second
     clip would change the bits, so segmented and one-piece runs would differ.
-    Writes the parameter-gradient mantissas (the true dW_l is ``dW[l] * 2**(sig_e[l+1] +
-    fexp[l])``, db, dgamma, dbeta use ``sig_e[l+1]``, dslope ``sig_e[l+1] + fexp[l]``), the
+    Writes the parameter-gradient mantissas (the true dW_l is ``dW[l] * 2**(dz_e[l] +
+    fexp[l])``, db, dgamma, dbeta use ``dz_e[l]``, dslope ``dz_e[l] + fexp[l]``; ``dz_e[l]``, the
+    exponent of dL/dz_l, is ``sig_e[l+1]`` plus the shift of the saturated-derivative rescue,
+    :func:`rescue_saturated`, where it acted), the
     signal norms ``sig_m[l] * 2**sig_e[l]`` = ||dL/dh_l|| for l = 0..L, ``gnorm_m[l] *
     2**gnorm_e[l]`` = ||dL/dW_l|| (:func:`norm_scaled`: no square lost to underflow), and ``info[1]`` = first layer (counting down from the top)
     whose backpropagated signal is not finite.
@@ -278,7 +280,7 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
 
 
 def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
-                          dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, info):
+                          dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, info):
     """Backward through all L layers with the power-of-two rescaled chain (module docstring)."""
     code, bn, k = int(icfg[I_ACT]), bool(icfg[I_BN]), int(icfg[I_RESIDUAL])
     clip_mode, c = int(icfg[I_CLIP]), float(fcfg[F_CLIP])
@@ -323,6 +325,7 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         dense_backward(G, dW[l], db[l], dz, H[l], W[l])
         gnorm_m[l], ge = norm_scaled(dW[l])
         gnorm_e[l] = e + fexp[l] + ge
+        dz_e[l] = e
         sig_e[l] = e
         if k and l % k == 0:  # start of a group: add the skip path
             sig_e[l] = add_aligned(G, e, skip, skip_e)

@@ -95,10 +95,10 @@ def _finish(G, l, clip_mode, c, sig_m, sig_e, info):
 
 @njit(**JIT)
 def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db,
-                          dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, info):
+                          dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, info):
     """Backward through all L layers with the power-of-two rescaled chain.  G (B,N) holds
     dL/dh_L on entry and dL/dh_0 on exit; dW (L,N,N), db/dgamma/dbeta (L,N), dslope (L,),
-    sig_m/sig_e (L+1,), gnorm_m/gnorm_e (L,)"""
+    sig_m/sig_e (L+1,), gnorm_m/gnorm_e/dz_e (L,)"""
     code = icfg[I_ACT]
     bn = icfg[I_BN] != 0
     k = icfg[I_RESIDUAL]
@@ -149,6 +149,7 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         nm, ne = norm_scaled(dW[l])
         gnorm_m[l] = nm
         gnorm_e[l] = e + fexp[l] + ne
+        dz_e[l] = e
         sig_e[l] = e
         if k > 0 and l % k == 0:  # start of a group: add the skip path
             sig_e[l] = add_aligned(G, e, skip, skip_e, 1.0)

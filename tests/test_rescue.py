@@ -18,13 +18,41 @@ from tests.naive_mp import chain
 BACKENDS = gb.backends()
 
 
+def _log10_norms(mantissa, exponent):
+    """log10 of the Frobenius norm of each layer's mantissa * 2**exponent, scaled by hand (no
+    square underflows): independent of the kernels' own norms."""
+    out = []
+    for m, e in zip(mantissa.reshape(len(mantissa), -1).astype(np.float64), exponent):
+        s = np.abs(m).max()
+        out.append(-np.inf if s == 0 else np.log10(s) + np.log10(np.linalg.norm(m / s)) + int(e) * np.log10(2))
+    return np.array(out)
+
+
 def _oracle_check(stack, params, x, backend, tol):
     lo, gW, gh = chain(stack.activation, stack.act_param, params.W, x)
+    want = np.asarray(gW, dtype=float)
     res = gb.backprop(stack, params, x, backend=backend)
     got, sig = res.grad_norm.log10(), res.signal_norm.log10()
     assert np.all(np.isfinite(got)), f"[{backend}] exact zeros at {np.flatnonzero(~np.isfinite(got))}"
-    np.testing.assert_allclose(got, np.asarray(gW, dtype=float), rtol=0, atol=tol, err_msg=backend)
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol, err_msg=backend)
     np.testing.assert_allclose(sig, np.asarray(gh, dtype=float), rtol=0, atol=tol, err_msg=backend)
+    # the gradient arrays themselves, not only their norms: a rescued layer's dW carries the
+    # rescue's power of two in its exponent (they were off by up to 2391 decades)
+    arrays = _log10_norms(res.grads.W.mantissa, res.grads.W.exponent)
+    np.testing.assert_allclose(arrays, want, rtol=0, atol=tol, err_msg=f"{backend}: grads.W")
+    # at batch 1, db_l = dz_l and dW_l = dz_l h_l^T: ||dW_l|| = ||db_l|| ||h_l||, with ||h_l|| <= sqrt(N)
+    # (tanh, sigmoid: |h| <= 1; layer 0: the input)
+    if stack.activation in ("tanh", "sigmoid"):
+        db = _log10_norms(res.grads.b.mantissa, res.grads.b.exponent)
+        h_max = np.r_[np.log10(np.linalg.norm(x)), np.full(stack.depth - 1, 0.5 * np.log10(stack.width))]
+        assert np.all(arrays <= db + h_max + tol), f"{backend}: grads.b below what grads.W implies"
+        assert np.all(db <= arrays + 30), f"{backend}: grads.b far above grads.W"  # ||h_l|| >= 1e-30 here
+    # the streaming histograms of a statistics-only run: the largest entry of a layer lies in
+    # [||dW_l|| / N, ||dW_l||] (N^2 entries), its bin [top, top + 1) / per_decade
+    st = gb.backprop(stack, params, x, backend=backend, stats_only=True).grad_hist
+    lo_edge = st.top / st.per_decade
+    assert np.all(lo_edge <= want + tol), f"{backend}: a histogram entry above the layer's norm"
+    assert np.all(lo_edge + 1 / st.per_decade >= want - np.log10(stack.width) - tol), backend
     return got
 
 
