@@ -14,10 +14,21 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
   10^ratio of the one at the last step".
 - ``reach``: how many steps back from the largest step contribution to dL/dW_hh the
   contributions stay within ``reach_decades`` (8) decades of it: how far back learning reaches.
-- ``verdict``: ``vanishing`` / ``exploding`` if the fitted change over the sequence is at least
-  ``threshold`` (2) decades (or the backward turned non-finite: exploding), else ``stable``.
+- ``verdict`` (:func:`classify`), with the threshold of the stacks' verdict
+  (gradbench/verdict.py: ``threshold`` = 2 decades, a factor 100):
+
+  1. ``exploding`` if the forward or the backward turned non-finite;
+  2. ``vanishing`` if no gradient reaches some step before a step that has one (exactly 0);
+  3. the changes of log10 ||dL/dh_t|| going back from step T-1: the fitted one (slope times
+     T - 1), the total one (``ratio_log10``), the drop to the minimum and the rise to the
+     maximum (both relative to step T-1). At most ``-threshold`` for any -> ``vanishing``, at
+     least ``+threshold`` -> ``exploding``; if both fire, the larger change wins (as for the
+     stacks). A collapse in a few steps followed by a flat stretch has a small fitted slope but
+     a large drop: it vanishes;
+  4. otherwise ``stable``.
 - ``float_limits[dtype]``: the first step, going back, at which a plain float32 / float64 chain
-  would have lost ||dL/dh_t|| to underflow (below the smallest normal) or overflow.
+  would have lost ||dL/dh_t|| to underflow (below the smallest normal) or overflow; the
+  explanation names every dtype whose range is exceeded.
 - gate statistics per step: the saturated fraction of the activation entries, the mean forget
   gate (LSTM) or update gate (GRU) and the fraction of them below 0.1.
 """
@@ -123,6 +134,50 @@ def float_limits(signal_log10: np.ndarray) -> dict:
     return out
 
 
+def _changes(s: np.ndarray, per_step: float) -> dict:
+    """The changes of log10 ||dL/dh_t|| going back from step T-1 (rule 3 of the module docstring):
+    ``fitted``, ``total``, ``minimum`` and ``maximum``; the non-finite ones left out."""
+    last = s[-1] if len(s) else math.nan
+    fin = s[np.isfinite(s)]
+    if not math.isfinite(last) or not fin.size:
+        return {}
+    out = {"fitted": per_step * (len(s) - 1), "total": s[0] - last,
+           "minimum": float(fin.min()) - last, "maximum": float(fin.max()) - last}
+    return {k: float(v) for k, v in out.items() if math.isfinite(v)}
+
+
+def classify(signal_log10, decades_per_step: float, *, threshold: float = 2.0, nonfinite: bool = False) -> str:
+    """The verdict of the rules in the module docstring, from log10 ||dL/dh_t|| (t = 0 .. T-1)
+    and its fitted rate going back."""
+    s = np.asarray(signal_log10, dtype=np.float64)
+    if nonfinite or np.any(np.isnan(s) | (s == math.inf)):
+        return "exploding"
+    some = np.flatnonzero(s > -math.inf)
+    if some.size and np.any(s[: some.max()] == -math.inf):
+        return "vanishing"
+    changes = _changes(s, decades_per_step).values()
+    low, high = min(changes, default=0.0), max(changes, default=0.0)
+    if low <= -threshold or high >= threshold:
+        return "vanishing" if -low >= high else "exploding"
+    return "stable"
+
+
+def _extremes(s: np.ndarray, threshold: float) -> list[str]:
+    """Sentences for a minimum or maximum beyond the threshold that lies inside the sequence
+    (step 0 is already said by the overall ratio)."""
+    words = []
+    fin = np.flatnonzero(np.isfinite(s))
+    if not fin.size or not math.isfinite(s[-1]):
+        return words
+    for pick, verb in ((np.argmin, "falls"), (np.argmax, "rises")):
+        t = int(fin[pick(s[fin])])
+        change = float(s[t] - s[-1])
+        if 0 < t < len(s) - 1 and abs(change) >= threshold:
+            words.append(f"going back it {verb} to 10^{_num(change)} of the last step's at step {t} "
+                         f"({len(s) - 1 - t} steps back)")
+    return words
+
+
 def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: float = 8.0) -> RecurrentDiagnosis:
     """Statistics and a verdict in words from a :class:`RecurrentResult` (module docstring)."""
     if not isinstance(res, RecurrentResult):
@@ -146,20 +201,15 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         low = np.flatnonzero((np.arange(T) <= top) & ~(g >= g[top] - reach_decades))
         reach = top - (int(low.max()) if low.size else -1)
     nonfinite = res.first_nonfinite_backward is not None or res.first_nonfinite_forward is not None
-    change = per_step * (T - 1) if math.isfinite(per_step) else 0.0
-    if nonfinite or change >= threshold:
-        verdict = "exploding"
-    elif change <= -threshold or (math.isfinite(s[-1]) and s[0] == -math.inf):
-        verdict = "vanishing"
-    else:
-        verdict = "stable"
+    verdict = classify(s, per_step, threshold=threshold, nonfinite=nonfinite)
     words = []
     if math.isfinite(ratio):
-        rel = f"10^{_num(ratio)}"
-        rate = f"{abs(per_step):.3g} decades {'lost' if per_step < 0 else 'gained'} per step" if math.isfinite(per_step) else ""
-        words.append(f"the gradient reaching step 0 is {rel} of the one at step {T - 1}" + (f": {rate}" if rate else ""))
+        words.append(f"the gradient reaching step 0 is 10^{_num(ratio)} of the one at step {T - 1}"
+                     + (f" ({abs(ratio) / (T - 1):.3g} decades {'lost' if ratio < 0 else 'gained'} per step on "
+                        "average)" if T > 1 and ratio != 0 else ""))
     elif s[0] == -math.inf and math.isfinite(s[-1]):
         words.append(f"no gradient reaches step 0 (exactly zero; {int(np.sum(s == -math.inf))} steps have none)")
+    words += _extremes(s, threshold)
     if fin.size:
         words.append(f"learning reaches {reach} step{'s' if reach != 1 else ''} back: the contributions to dL/dW_hh "
                      f"stay within {reach_decades:g} decades of the largest (10^{_num(float(np.max(g[fin])))})"
@@ -217,7 +267,8 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     lines = [f"{describe(d.rnn)} ({d.backend}): {d.verdict.upper()}"]
     lines += textwrap.wrap(d.explanation, 100, initial_indent="  ", subsequent_indent="  ")
     rate = f"{d.decades_per_step:+.4g}" if math.isfinite(d.decades_per_step) else "-"
-    lines.append(f"  loss {fmt_pow(d.loss_log10)}, {rate} decades per step going back (negative: vanishing)")
+    lines.append(f"  loss {fmt_pow(d.loss_log10)}; least-squares slope {rate} decades per step going back "
+                 "(negative: shrinking)")
     if T <= rows:
         steps = list(range(T))
     else:

@@ -1,0 +1,87 @@
+"""The recurrent verdict (gradbench/recurrent/diagnose.py, rules in its docstring): not only the
+fitted slope, but the total change and the extremes of log10 ||dL/dh_t|| beyond the threshold."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench.recurrent.diagnose import classify, diagnose
+
+
+def _slope(s):
+    """Least-squares slope going back (minus the slope against t), computed here with polyfit."""
+    return -float(np.polyfit(np.arange(len(s)), s, 1)[0])
+
+
+@pytest.mark.parametrize("sign, verdict", [(-1, "vanishing"), (1, "exploding")])
+def test_collapse_then_flat_is_not_stable(sign, verdict):
+    """5 decades lost (or gained) in the 3 steps before the last, then flat for 997 steps: the fitted
+    change over the sequence is only ~0.03 decades, the total change is 5."""
+    s = np.zeros(1000)
+    s[:-3] = sign * 5.0
+    s[-3:-1] = sign * np.array([4.0, 2.0])
+    fitted = _slope(s) * (len(s) - 1)
+    assert abs(fitted) < 2  # the old rule (fitted change only) said stable
+    assert classify(s, _slope(s)) == verdict
+
+
+def test_a_dip_inside_the_sequence_vanishes():
+    """Back to the start level at step 0, but 40 decades down in between (the drop to the minimum)."""
+    s = np.zeros(100)
+    s[10:90] = -40.0
+    assert abs(s[0] - s[-1]) == 0 and classify(s, _slope(s)) == "vanishing"
+
+
+def test_within_the_threshold_is_stable_and_the_larger_change_wins():
+    t = np.arange(500)
+    assert classify(0.9 * np.sin(t / 30.0), 0.0) == "stable"
+    s = np.zeros(500)
+    s[100] = 2.5     # a rise of 2.5 decades
+    s[:50] = -6.0    # and a total drop of 6: vanishing wins
+    assert classify(s, _slope(s)) == "vanishing"
+    s[100], s[:50] = 7.0, -3.0
+    assert classify(s, _slope(s)) == "exploding"
+    assert classify(s, 0.0, threshold=8.0) == "stable"
+
+
+def _reference(threshold_case):
+    cell, kw, batch = threshold_case
+    rnn = gb.Recurrent(cell=cell, **kw)
+    params = gb.init_params(rnn, 0)
+    res = gb.backprop(rnn, params, gb.GeneratedSequence(rnn, batch, 0), backend="numpy")
+    return rnn, res
+
+
+@pytest.mark.parametrize("case", [
+    ("lstm", dict(steps=100, hidden=2, recurrent_init="normal", sigma_w=1000, sigma_b=100), 1),
+    ("lstm", dict(steps=1000, hidden=8, sigma_b=10), 2),
+    ("gru", dict(steps=1000, hidden=8, sigma_b=10), 2),
+])
+def test_review_cases_vanish_and_the_sentence_agrees_with_the_ratio(case):
+    """The review's repros: the fitted slope is small (or of the wrong sign), but the gradient
+    reaching step 0 is more than 2 decades below the last step's (log10 norms recomputed here from
+    the reference's mantissas and exponents)."""
+    rnn, res = _reference(case)
+    s = np.log10(res.signal_norm.mantissa.astype(np.float64)) + res.signal_norm.exponent * math.log10(2)
+    ratio = s[0] - s[-1]
+    assert ratio < -2
+    d = diagnose(res)
+    assert d.verdict == "vanishing", d.explanation
+    m = re.search(r"\(([\d.e+-]+) decades (lost|gained) per step on average\)", d.explanation)
+    assert m and m.group(2) == "lost", d.explanation
+    assert float(m.group(1)) == pytest.approx(-ratio / (rnn.steps - 1), rel=2e-3)
+
+
+def test_forget_bias_5_stays_stable_where_rnn_and_gru_vanish():
+    """The LSTM's classic remedy over 1000 steps (hidden 32, as the demo): stable; rnn and gru vanish."""
+    verdicts = {}
+    for cell, kw in (("lstm", dict(forget_bias=5.0)), ("rnn", {}), ("gru", {})):
+        rnn = gb.Recurrent(cell=cell, steps=1000, hidden=32, **kw)
+        res = gb.backprop(rnn, gb.init_params(rnn, 0), gb.GeneratedSequence(rnn, 16, 0))
+        verdicts[cell] = diagnose(res).verdict
+    assert verdicts == {"lstm": "stable", "rnn": "vanishing", "gru": "vanishing"}
