@@ -85,3 +85,22 @@ def test_forget_bias_5_stays_stable_where_rnn_and_gru_vanish():
         res = gb.backprop(rnn, gb.init_params(rnn, 0), gb.GeneratedSequence(rnn, 16, 0))
         verdicts[cell] = diagnose(res).verdict
     assert verdicts == {"lstm": "stable", "rnn": "vanishing", "gru": "vanishing"}
+
+
+@pytest.mark.parametrize("kw, kind", [
+    (dict(activation="relu", recurrent_init="normal", sigma_w=2.0, steps=3000, hidden=33), "overflowed"),
+    (dict(steps=3000, hidden=8), "lost ||dL/dh_t|| to underflow"),
+])
+def test_float_limit_sentence_names_every_dtype_exceeded(kw, kind):
+    """Every dtype whose range (np.finfo: smallest normal, largest finite) the exact norms leave is
+    named, float64 included, each at the first step going back where it is left."""
+    rnn = gb.Recurrent(cell="rnn", **kw)
+    res = gb.backprop(rnn, gb.init_params(rnn, 0), gb.GeneratedSequence(rnn, 1, 0))
+    d = diagnose(res)
+    s = d.signal_log10
+    sentence = next(w for w in d.explanation.split("; ") if kind in w)
+    for name in ("float32", "float64"):
+        fi = np.finfo(name)
+        out = (s > math.log10(fi.max)) if kind == "overflowed" else (s < math.log10(fi.tiny))
+        assert out.any(), name  # both ranges are left in these two cases
+        assert name in sentence and f"step {np.flatnonzero(out).max()} down" in sentence, sentence

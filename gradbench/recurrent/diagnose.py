@@ -178,6 +178,27 @@ def _extremes(s: np.ndarray, threshold: float) -> list[str]:
     return words
 
 
+def _limit_words(limits: dict, T: int) -> list[str]:
+    """One sentence per kind (underflow, overflow) naming every dtype whose range ||dL/dh_t||
+    leaves, each with the first step it would have lost."""
+    words = []
+    for kind, what in (("underflow", "lost ||dL/dh_t|| to underflow"), ("overflow", "overflowed")):
+        hit = [(name, limits[name][f"{kind}_step"]) for name in ("float32", "float64")
+               if limits[name][f"{kind}_step"] is not None]
+        if not hit:
+            continue
+        steps = {t for _, t in hit}
+        where = [f"step {t} down ({_back(T - 1 - t)})" for t in sorted(steps, reverse=True)]
+        if len(steps) > 1:
+            where = [f"{w[:-1]}, {n})" for w, (n, _) in zip(where, sorted(hit, key=lambda h: -h[1]))]
+        words.append(f"plain {' and '.join(n for n, _ in hit)} would have {what} from {' and '.join(where)}")
+    return words
+
+
+def _back(n: int) -> str:
+    return "the last step" if n == 0 else f"{n} step{'s' if n != 1 else ''} back"
+
+
 def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: float = 8.0) -> RecurrentDiagnosis:
     """Statistics and a verdict in words from a :class:`RecurrentResult` (module docstring)."""
     if not isinstance(res, RecurrentResult):
@@ -228,15 +249,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     if res.first_nonfinite_backward is not None:
         words.append(f"the backward signal turned non-finite at step {res.first_nonfinite_backward}")
     limits = float_limits(s)
-    for name in ("float32", "float64"):
-        lim = limits[name]
-        if lim["underflow_step"] is not None:
-            words.append(f"plain {name} would have lost ||dL/dh_t|| to underflow from step {lim['underflow_step']} "
-                         f"down ({T - 1 - lim['underflow_step']} steps back)")
-            break
-        if lim["overflow_step"] is not None:
-            words.append(f"plain {name} would have overflowed from step {lim['overflow_step']} down")
-            break
+    words += _limit_words(limits, T)
     return RecurrentDiagnosis(
         rnn=dataclasses.asdict(rnn), backend=res.backend, loss=float(res.loss),
         loss_log10=float(res.loss_exact.log10()), signal_log10=s, cell_log10=c, grad_log10=g, act_std_log10=std,
