@@ -71,3 +71,33 @@ def test_bad_options_exit_2_with_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_theory_identity_w_hh_prints_no_prediction(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert main(["theory", "--cell", "rnn", "--activation", "relu", "--recurrent-init", "identity", "--hidden", "8",
+                 "--steps", "500", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "prediction: none" in text and "--recurrent-init identity" in text and "predicted" not in text
+    assert "difference" not in text
+    r = json.loads(out.read_text())
+    assert "predicted_decades_per_step" not in r and "identity" in r["method"]
+
+
+@pytest.mark.parametrize("argv, relative", [
+    # relu at gain sqrt(2) (he_normal) is mean field's critical point: chi_1 = sigma_w^2 / 2 = 1, prediction 0
+    (["--activation", "relu", "--recurrent-init", "he_normal", "--hidden", "33"], False),
+    (["--activation", "tanh", "--recurrent-init", "normal", "--sigma-w", "0.5", "--hidden", "33"], True),
+])
+def test_theory_percentage_only_away_from_zero(argv, relative, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert main(["theory", "--cell", "rnn", "--steps", "2000", "--out", str(out), *argv]) == 0
+    text = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    pred, got = r["predicted_decades_per_step"], r["measured_decades_per_step"]
+    line = next(ln for ln in text.splitlines() if "difference" in ln)
+    assert f"{got - pred:+.2e} decades per step" in line
+    if relative:
+        assert f"({abs(got - pred) / abs(pred):.2%} of the prediction)" in line
+    else:
+        assert abs(pred) < 1e-12 and "%" not in line

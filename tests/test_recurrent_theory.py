@@ -70,3 +70,21 @@ def test_tanh_cell_rate_against_mean_field(gain, init):
 def test_gated_cells_have_no_closed_form():
     p = predicted_rate(gb.Recurrent(cell="lstm", steps=5, hidden=3))
     assert p.decades_per_step is None and "lstm" in p.method
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_identity_w_hh_gets_no_mean_field_prediction(act):
+    """Mean field describes a random W_hh; W_hh = I (relu: h_t = relu(h_{t-1} + input), tied and
+    deterministic) is not covered. It predicted -0.15 decades per step for relu (chi_1 = 0.5 at
+    gain 1) while the measured rate is ~0: no number, the reason instead."""
+    rnn, params, res = _run(activation=act, recurrent_init="identity", hidden=16, steps=2000, batch=2)
+    for p in (predicted_rate(rnn, params), predicted_rate(rnn)):
+        assert p.decades_per_step is None and "identity" in p.method and "orthogonal" in p.method
+    if act == "relu":
+        assert abs(measured_rate(res)) < 0.01  # far from the mean-field -0.150515 it used to print
+
+
+def test_random_inits_keep_their_mean_field_prediction():
+    for init in ("normal", "orthogonal", "he_normal"):
+        p = predicted_rate(gb.Recurrent(cell="rnn", activation="relu", recurrent_init=init, steps=5, hidden=8))
+        assert p.decades_per_step is not None and "mean field" in p.method

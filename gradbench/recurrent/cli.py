@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -25,6 +26,9 @@ from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, RECURRENT_INITS, RNN_A
 from gradbench.spec import CLIP_MODES, DTYPES, INITS
 
 _COMMANDS = ("run", "compare", "theory")
+# theory: the difference is also given relative to the prediction from this size of it on
+# (decades per step; 10^-3 = one decade per 1000 steps): near 0 a percentage means nothing.
+RELATIVE_FROM = 1e-3
 
 
 def _flag(argv, name: str) -> bool:
@@ -244,7 +248,7 @@ def cmd_theory(args) -> int:
           f"W_hh {rnn.recurrent_init} gain {rnn.gain:g}")
     out = {"cell": rnn.cell, "method": pred.method}
     if pred.decades_per_step is None:
-        print(f"  prediction: {pred.method}")
+        print("  prediction: " + re.sub(r"recurrent_init='(\w+)'", r"--recurrent-init \1", pred.method))
     else:
         print(f"  predicted   {pred.decades_per_step:+.6f} decades per step going back ({pred.method})")
         out["predicted_decades_per_step"] = pred.decades_per_step
@@ -263,7 +267,9 @@ def cmd_theory(args) -> int:
           f"{res.backend}, least squares away from both ends)")
     if pred.decades_per_step is not None and math.isfinite(got):
         diff = got - pred.decades_per_step
-        print(f"  difference  {diff:+.2e} ({abs(diff) / max(abs(pred.decades_per_step), 1e-12):.2%} of the prediction)")
+        rel = (f" ({abs(diff) / abs(pred.decades_per_step):.2%} of the prediction)"
+               if abs(pred.decades_per_step) >= RELATIVE_FROM else "")
+        print(f"  difference  {diff:+.2e} decades per step{rel}")
     if args.out:
         _write_out(args.out, command="theory", **out)
     if args.plot:
@@ -339,7 +345,9 @@ examples:
                        epilog="""\
 linear cells: log10 of the spectral radius of the drawn W_hh (exact as T grows; orthogonal and identity
 give 0); tanh and the other activations: mean field chi_1 with sigma_w the gain of W_hh and the input as
-the bias; Newman's lambda_1 (independent matrices) for contrast. LSTM/GRU: measured only.
+the bias (a random W_hh: with --recurrent-init identity they are measured only); Newman's lambda_1
+(independent matrices) for contrast. LSTM/GRU: measured only. The difference is also given as a
+percentage of the prediction when the prediction is at least 1e-3 decades per step.
 
 examples:
   gradbench theory --cell rnn

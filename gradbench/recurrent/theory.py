@@ -15,6 +15,9 @@ convention of :mod:`gradbench.recurrent.diagnose`.
   per unit (||row of W_ih||^2 + bias^2 for x ~ N(0, 1)): rate 0.5 log10 chi_1. It treats the
   tied W_hh as if it were redrawn (the gradient independence assumption); at N = 64 it is within
   ~15 % of the measured rate (tests/test_recurrent_theory.py).
+  Mean field assumes a *random* W_hh (Gaussian or orthogonal, :data:`MEAN_FIELD_INITS`): with
+  ``recurrent_init="identity"`` (a deterministic W_hh) a nonlinear cell gets no prediction
+  (``decades_per_step`` None, the reason in ``method``), not a number that does not apply.
 - LSTM and GRU: no closed form here; the measured rate only.
 """
 
@@ -29,6 +32,7 @@ from gradbench import theory
 from gradbench.recurrent.spec import Recurrent
 
 _NORMAL_INITS = ("normal", "xavier_normal", "xavier_uniform", "he_normal", "he_uniform", "lecun_normal")
+MEAN_FIELD_INITS = _NORMAL_INITS + ("orthogonal",)  # the random W_hh that mean field describes
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,10 @@ def predicted_rate(rnn: Recurrent, params=None) -> RatePrediction:
         how = "exact" if rnn.recurrent_init in ("orthogonal", "identity") else "large-N circular law"
         return RatePrediction(rnn, math.log10(gain), f"log10 gain ({how}, linear cell)", spectral_radius=gain,
                               newman_untied=newman)
+    if rnn.recurrent_init not in MEAN_FIELD_INITS:
+        return RatePrediction(rnn, None, f"none: mean field assumes a random W_hh ({', '.join(MEAN_FIELD_INITS)}); "
+                              f"recurrent_init={rnn.recurrent_init!r} with the {rnn.act} activation is not covered "
+                              "(measured only)", newman_untied=newman)
     su = input_std(rnn, params)
     mf = theory.mean_field(rnn.act, gain, su, rnn.act_param if rnn.activation_param is not None else None)
     return RatePrediction(rnn, mf.decades_per_layer, "mean field 0.5 log10 chi_1 (sigma_w = gain of W_hh, "
