@@ -66,6 +66,19 @@ def test_train_demo_and_list(tmp_path, capsys):
     (["run", "--cell", "rnn", "--steps", "5", "--hidden", "3", "--batch", "0"], "--batch must be >= 1"),
     (["compare", "--cells", "rnn,lsm", "--steps", "5"], "--cells 'rnn,lsm'"),
     (["train", "--demo", "memory-lstm", "--steps", "-1"], "steps must be >= 1"),
+    (["run", "--cell", "lstm", "--steps", "10", "--hidden", "4", "--rows", "-2"], "argument --rows: must be an integer >= 1"),
+    (["run", "--cell", "lstm", "--steps", "10", "--hidden", "4", "--seed", "-1"], "argument --seed: must be an integer in"),
+    (["train", "--demo", "memory-rnn", "--seed", "-1"], "argument --seed: must be an integer in"),
+    (["run", "--cell", "lstm", "--steps", "10", "--hidden", "4", "--clip-threshold", "-3"],
+     "argument --clip-threshold: must be a finite number > 0"),
+    (["run", "--cell", "lstm", "--steps", "10", "--hidden", "4", "--clip-threshold", "3"],
+     "--clip-threshold applies only with --clip"),
+    (["run", "--cell", "lstm", "--steps", "10", "--hidden", "4", "--clip-on", "global"], "--clip-on applies only with --clip"),
+    (["compare", "--cells", "rnn,gru", "--steps", "10", "--forget-bias", "3"],
+     "--forget-bias applies to the lstm cell only, and --cells 'rnn,gru' has none"),
+    (["run", "--cell", "lstm", "--steps", "10", "--hidden", "4", "--mkdir"], "--mkdir creates the directories"),
+    (["train", "--demo", "memory-rnn,deep-sigmoid"], "--demo mixes recurrent (memory-rnn) and feed-forward (deep-sigmoid)"),
+    (["train", "--demo", "all,memory-rnn"], "--demo all runs every feed-forward demo and takes no other names"),
 ])
 def test_bad_options_exit_2_with_one_line(argv, message, capsys):
     assert main(argv) == 2
@@ -101,3 +114,80 @@ def test_theory_percentage_only_away_from_zero(argv, relative, tmp_path, capsys)
         assert f"({abs(got - pred) / abs(pred):.2%} of the prediction)" in line
     else:
         assert abs(pred) < 1e-12 and "%" not in line
+
+
+
+@pytest.mark.parametrize("argv", [["train", "--demo", "memory-foo"], ["train", "--demo", "deep-sigmoid,foo"],
+                                  ["train", "--demo", "memory-foo", "--depth", "3"]])
+def test_unknown_demo_lists_both_kinds(argv, capsys):
+    from gradbench.recurrent.train import RECURRENT_DEMOS
+    from gradbench.train import DEMOS
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unknown demo" in err and len(err.strip().splitlines()) == 1, err
+    for name in (*DEMOS, *RECURRENT_DEMOS):
+        assert name in err
+
+
+RUN = ["run", "--cell", "lstm", "--steps", "10", "--hidden", "4"]
+
+
+@pytest.mark.parametrize("option", ["--out", "--plot"])
+@pytest.mark.parametrize("command", [RUN, ["compare", "--cells", "rnn,lstm", "--steps", "10", "--hidden", "4"],
+                                     ["theory", "--cell", "rnn", "--steps", "10", "--hidden", "4"],
+                                     ["train", "--demo", "exploding-rnn", "--epochs", "1"]])
+def test_missing_directory_is_refused_before_the_run_unless_mkdir(command, option, tmp_path, capsys):
+    """As the feed-forward commands (gradbench/cli/output.py): exit 2 and nothing created or run;
+    with --mkdir the directory is made and the file written."""
+    path = tmp_path / "missing" / ("r.json" if option == "--out" else "r.png")
+    assert main([*command, option, str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "does not exist (create it, or pass --mkdir)" in captured.err and option in captured.err
+    assert captured.out == "" and not path.parent.exists()
+    assert main([*command, option, str(path), "--mkdir"]) == 0
+    assert path.stat().st_size > 100
+
+
+def test_unwritable_directory_is_refused_before_the_run(capsys):
+    """/proc takes no new files, even as root: exit 2 before the run (it was an internal error,
+    exit 1, after it)."""
+    import os
+
+    if not os.path.isdir("/proc"):
+        pytest.skip("no /proc")
+    assert main([*RUN, "--out", "/proc/gradbench-test.json"]) == 2
+    captured = capsys.readouterr()
+    assert "--out '/proc/gradbench-test.json'" in captured.err and "is not writable" in captured.err
+    assert captured.out == ""
+
+
+def _head(doc: dict, body: str) -> dict:
+    return {k: v for k, v in doc.items() if k != body}
+
+
+def test_json_files_carry_the_feed_forward_head(tmp_path, capsys):
+    """The head of every recurrent file has the keys of the feed-forward one (docs/formats.md:
+    gradbench, schema, command, argv, created, machine, seed, batch, weights, threads, seconds)."""
+    ff = tmp_path / "ff.json"
+    assert main(["run", "--depth", "3", "--width", "4", "--out", str(ff)]) == 0
+    ff_keys = set(_head(json.loads(ff.read_text()), "diagnosis"))
+    files = {}
+    for name, argv, body in [
+        ("run", [*RUN], "diagnosis"),
+        ("compare", ["compare", "--cells", "rnn,gru", "--steps", "10", "--hidden", "4"], "diagnoses"),
+        ("theory", ["theory", "--cell", "rnn", "--steps", "10", "--hidden", "4"], None),
+        ("train", ["train", "--demo", "exploding-rnn", "--epochs", "1"], "runs"),
+    ]:
+        out = tmp_path / f"{name}.json"
+        argv = [*argv, "--out", str(out)]
+        assert main(argv) == 0
+        doc = json.loads(out.read_text())
+        files[name] = doc
+        head = _head(doc, body) if body else doc
+        assert doc["schema"] == 2 and doc["command"] == name and doc["argv"] == argv
+        assert doc["threads"]["backend"] in ("numpy", "numba", "c") and doc["seconds"] >= 0
+        keys = ff_keys - ({"seed", "batch"} if name == "train" else set())  # a demo's seed is in its settings
+        assert keys <= set(head), keys - set(head)
+    assert files["run"]["seed"] == 0 and files["run"]["batch"] == 16
+    assert not list(tmp_path.glob(".gradbench-*"))  # atomic: no temporary file left

@@ -3,24 +3,26 @@
 demos).
 
 ``gradbench.cli.main`` hands a command line over when :func:`claims` says it is a recurrent one
-(``--cell``/``--cells``, or recurrent demo names); this module has its own parsers with the same
-conventions: one-line errors with exit status 2, atomic result files, a progress bar, a notice
-when the Numba kernels compile. It does not import ``gradbench.cli`` (which imports it).
+(``--cell``/``--cells``, or demo names that are not all feed-forward ones); this module has its
+own parsers with the same conventions, and reuses the feed-forward command line's option types
+(:mod:`gradbench.cli.common`) and output files (:mod:`gradbench.cli.output`: paths checked before
+any work, ``--mkdir``, the shared head, atomic writes): one-line errors with exit status 2, a
+progress bar, a notice when the Numba kernels compile. ``gradbench.cli`` imports this module only
+inside its dispatch, so importing those modules here is not circular.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import re
 import sys
 import time
 
 import numpy as np
 
-from gradbench import __version__, _atomic
+from gradbench.cli.common import nonneg_int, positive_float, positive_int, seed_int, typed_options
+from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
 from gradbench.report import fmt_pow
 from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, RECURRENT_INITS, RNN_ACTIVATIONS
 from gradbench.spec import CLIP_MODES, DTYPES, INITS
@@ -41,15 +43,23 @@ def claims(argv: list[str]) -> bool:
         return False
     if argv[0] in _COMMANDS:
         return _flag(argv, "--cell") or _flag(argv, "--cells")
-    if argv[0] == "train" and _flag(argv, "--demo"):
-        from gradbench.recurrent.train import RECURRENT_DEMOS
+    if argv[0] == "train":
+        from gradbench.train import DEMOS
 
-        for i, a in enumerate(argv):
-            value = a.split("=", 1)[1] if a.startswith("--demo=") else (argv[i + 1] if a == "--demo" and i + 1 < len(argv) else None)
-            if value is not None:
-                names = _names(value)
-                return bool(names) and all(n in RECURRENT_DEMOS for n in names)
+        value = _demo_value(argv)
+        # recurrent names, and unknown ones (their error lists both kinds); `all` is feed-forward
+        return value is not None and value != "all" and any(n not in DEMOS for n in _names(value))
     return False
+
+
+def _demo_value(argv) -> str | None:
+    """The value of ``--demo`` in a ``train`` command line (None without one)."""
+    for i, a in enumerate(argv):
+        if a.startswith("--demo="):
+            return a.split("=", 1)[1]
+        if a == "--demo" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
 
 
 def list_demos(out=None) -> None:
@@ -73,18 +83,26 @@ class UsageError(ValueError):
     pass
 
 
-def _check_path(path, suffixes, what):
-    if path is not None and os.path.splitext(path)[1].lower() not in suffixes:
-        raise UsageError(f"{what} {path!r} must end in {', '.join(suffixes)}")
-
-
-_PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-
-
 def _check_outputs(args) -> None:
-    """``--plot`` and then ``--out`` checked before any work."""
-    _check_path(args.plot, _PLOT_SUFFIXES, "--plot")
-    _check_path(args.out, (".json",), "--out")
+    """``--out`` and ``--plot`` checked before any work, as for the feed-forward commands: the
+    suffix, a directory that exists (or ``--mkdir``) and takes files, two different files;
+    ``--mkdir`` without an output file is refused."""
+    if "mkdir" in _typed(args) and not (args.out or args.plot):
+        raise UsageError("--mkdir creates the directories of output files, and no output file is asked for")
+    check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir)
+
+
+def _typed(args) -> frozenset:
+    """The options (argparse dests) typed on the command line."""
+    return getattr(args, "typed", frozenset())
+
+
+def _check_clip(args) -> None:
+    """``--clip-threshold`` / ``--clip-on`` do nothing without ``--clip``: refused, not ignored."""
+    unused = [o for d, o in (("clip_threshold", "--clip-threshold"), ("clip_on", "--clip-on")) if d in _typed(args)]
+    if unused and args.clip is None:
+        raise UsageError(f"{' and '.join(unused)} {'apply' if len(unused) > 1 else 'applies'} only with --clip "
+                         f"({' or '.join(CLIP_MODES)}): without --clip nothing is clipped")
 
 
 def _names(value: str) -> list[str]:
@@ -92,10 +110,18 @@ def _names(value: str) -> list[str]:
     return [n for n in value.split(",") if n]
 
 
-def _write_out(path, **payload) -> None:
-    """Write the JSON result file ``path`` atomically and say so."""
-    _atomic.write_atomic(path, lambda f: f.write(_payload(**payload)))
-    print(f"wrote {path}")
+WEIGHTS = "gradbench.init_params(rnn, seed)"  # the parameters of every probe run; input: GeneratedSequence
+
+
+def _write_out(args, command: str, t0: float, backend: str | None, body: dict, **fields) -> None:
+    """The JSON result file: the head shared with the feed-forward files (gradbench.cli.output),
+    then ``body``; written atomically."""
+    head = metadata(command, args, **fields, threads=threads(backend), seconds=round(time.perf_counter() - t0, 3))
+    print(f"wrote {write_json(args.out, {**head, **body}, mkdir=args.mkdir)}")
+
+
+def _write_plot(args, draw) -> None:
+    print(f"wrote {write_plot(args.plot, draw, mkdir=args.mkdir)}")
 
 
 def _backend(name: str) -> str:
@@ -127,8 +153,8 @@ def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None):
     g.add_argument("--sigma-b", type=float, default=0.0, help="std of the biases")
     g.add_argument("--forget-bias", type=float, default=None, help="lstm only (default 1)")
     g.add_argument("--clip", choices=CLIP_MODES, default=None)
-    g.add_argument("--clip-threshold", type=float, default=1.0)
-    g.add_argument("--clip-on", choices=CLIP_TARGETS, default="signal")
+    g.add_argument("--clip-threshold", type=positive_float, default=1.0, help="with --clip (default 1)")
+    g.add_argument("--clip-on", choices=CLIP_TARGETS, default="signal", help="with --clip (default signal)")
     g.add_argument("--dtype", choices=DTYPES, default="float64")
 
 
@@ -145,9 +171,9 @@ def _net(args, cell: str | None = None):
 
 def _common(p, batch=16):
     p.add_argument("--batch", type=int, default=batch, help=f"sequences in the probe batch (default {batch})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the parameters and the inputs")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the parameters and the inputs")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
-    p.add_argument("--checkpoint", type=int, default=None, metavar="K",
+    p.add_argument("--checkpoint", type=nonneg_int, default=None, metavar="K",
                    help="steps per recomputed segment (default: about sqrt(steps) from 10^4 steps on, else none)")
 
 
@@ -174,28 +200,25 @@ def run_one(rnn, args, label: str = ""):
     return res, params
 
 
-def _payload(**kw) -> str:
-    return json.dumps({"gradbench": __version__, **kw}, allow_nan=False)
-
-
 # ------------------------------------------------------------------ run
 def cmd_run(args) -> int:
     from gradbench.recurrent import plot
     from gradbench.recurrent.diagnose import diagnose, format_report
 
-    _check_outputs(args)
-    rnn = _net(args)
     t0 = time.perf_counter()
+    _check_outputs(args)
+    _check_clip(args)
+    rnn = _net(args)
     res, _ = run_one(rnn, args)
     d = diagnose(res)
     print(format_report(d, rows=args.rows))
     print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed}, "
           f"{res.extras['segments']} segment{'s' if res.extras['segments'] != 1 else ''})")
     if args.out:
-        _write_out(args.out, command="run", diagnosis=d.to_dict())
+        _write_out(args, "run", t0, res.backend, {"diagnosis": d.to_dict()}, seed=args.seed, batch=args.batch,
+                   weights=WEIGHTS)
     if args.plot:
-        plot.run_figure(d, args.plot)
-        print(f"wrote {args.plot}")
+        _write_plot(args, lambda path: plot.run_figure(d, path))
     return 0
 
 
@@ -204,14 +227,19 @@ def cmd_compare(args) -> int:
     from gradbench.recurrent import plot
     from gradbench.recurrent.diagnose import diagnose
 
+    t0 = time.perf_counter()
     _check_outputs(args)
+    _check_clip(args)
     cells = _names(args.cells)
     bad = [c for c in cells if c not in CELLS]
     if bad or not cells:
         raise UsageError(f"--cells {args.cells!r}: choose from {', '.join(CELLS)} (comma-separated)")
+    if args.forget_bias is not None and "lstm" not in cells:
+        raise UsageError(f"--forget-bias applies to the lstm cell only, and --cells {args.cells!r} has none")
+    nets = {cell: _net(args, cell) for cell in cells}  # every refusal before the first run
     diags = {}
-    for cell in cells:
-        res, _ = run_one(_net(args, cell), args, label=cell)
+    for cell, rnn in nets.items():
+        res, _ = run_one(rnn, args, label=cell)
         diags[cell] = diagnose(res)
     T = args.steps
     backs = sorted({b for b in (0, 1, 10, 100, 1000, 10_000, 100_000, T - 1) if b < T})
@@ -225,10 +253,11 @@ def cmd_compare(args) -> int:
     print("(log10 ||dL/dh_t|| at that many steps back from the last step, exact; reach: steps back over which "
           "the contributions to dL/dW_hh stay within 8 decades of the largest)")
     if args.out:
-        _write_out(args.out, command="compare", diagnoses={k: d.to_dict() for k, d in diags.items()})
+        _write_out(args, "compare", t0, res.backend, {"diagnoses": {k: d.to_dict() for k, d in diags.items()}},
+                   seed=args.seed, batch=args.batch, weights=WEIGHTS)
     if args.plot:
-        plot.signal_vs_steps_back(diags, args.plot, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}")
-        print(f"wrote {args.plot}")
+        _write_plot(args, lambda path: plot.signal_vs_steps_back(
+            diags, path, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}"))
     return 0
 
 
@@ -236,8 +265,9 @@ def cmd_compare(args) -> int:
 def cmd_theory(args) -> int:
     from gradbench.recurrent.theory import measured_rate, predicted_rate
 
-    _check_path(args.out, (".json",), "--out")
-    _check_path(args.plot, _PLOT_SUFFIXES, "--plot")
+    t0 = time.perf_counter()
+    _check_outputs(args)
+    _check_clip(args)
     rnn = _net(args)
     import gradbench as gb
 
@@ -271,15 +301,15 @@ def cmd_theory(args) -> int:
                if abs(pred.decades_per_step) >= RELATIVE_FROM else "")
         print(f"  difference  {diff:+.2e} decades per step{rel}")
     if args.out:
-        _write_out(args.out, command="theory", **out)
+        _write_out(args, "theory", t0, res.backend, out, seed=args.seed, batch=args.batch, weights=WEIGHTS)
     if args.plot:
         from gradbench.recurrent import plot
         from gradbench.recurrent.diagnose import diagnose
 
-        plot.signal_vs_steps_back({"measured": diagnose(res)}, args.plot,
-                                  title=f"{rnn.cell}: measured {got:+.4g} vs predicted "
-                                        f"{pred.decades_per_step if pred.decades_per_step is not None else float('nan'):+.4g} dec/step")
-        print(f"wrote {args.plot}")
+        d = diagnose(res)
+        predicted = "none" if pred.decades_per_step is None else f"{pred.decades_per_step:+.4g}"
+        _write_plot(args, lambda path: plot.signal_vs_steps_back(
+            {"measured": d}, path, title=f"{rnn.cell}: measured {got:+.4g} vs predicted {predicted} dec/step"))
     return 0
 
 
@@ -288,11 +318,12 @@ def cmd_train(args) -> int:
     from gradbench.recurrent import plot
     from gradbench.recurrent.train import RECURRENT_DEMOS, run_recurrent_demo
 
+    from gradbench.recurrent.train import check_demo_names
+
+    t0 = time.perf_counter()
     _check_outputs(args)
     names = _names(args.demo)
-    bad = [n for n in names if n not in RECURRENT_DEMOS]
-    if bad:
-        raise UsageError(f"unknown recurrent demo {', '.join(bad)}; choose from {', '.join(RECURRENT_DEMOS)}")
+    check_demo_names(names)
     over = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "steps") if getattr(args, k) is not None}
     concrete = _backend(args.backend)
     results = {n: run_recurrent_demo(n, backend=concrete, progress=True, **over) for n in names}
@@ -302,10 +333,9 @@ def cmd_train(args) -> int:
         runs = {n: dict(settings=r.settings, loss=_jl(r.loss), eval_loss=_jl(r.eval_loss), accuracy=_jl(r.accuracy),
                         signal_start=_jl(r.signal_start), signal_end=_jl(r.signal_end), diverged_epoch=r.diverged_epoch,
                         divergence=r.divergence, seconds=r.seconds) for n, r in results.items()}
-        _write_out(args.out, command="train", runs=runs)
+        _write_out(args, "train", t0, concrete, {"runs": runs}, weights="gradbench.init_params(rnn, seed)")
     if args.plot:
-        plot.training_figure(results, args.plot)
-        print(f"wrote {args.plot}")
+        _write_plot(args, lambda path: plot.training_figure(results, path))
     return 0
 
 
@@ -317,6 +347,7 @@ def _jl(a):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradbench", description="gradbench for recurrent nets (vanilla RNN, LSTM, GRU)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser.commands = sub.choices
     raw = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("run", help="one recurrent net: forward, exact backward through time, diagnosis",
                        formatter_class=raw, epilog="""\
@@ -327,9 +358,11 @@ examples:
 """)
     _add_net_args(p)
     _common(p)
-    p.add_argument("--rows", type=int, default=12, help="steps shown in the table")
+    p.add_argument("--rows", type=positive_int, default=12, help="steps shown in the table (default 12)")
     p.add_argument("--out", help="write the diagnosis as JSON")
     p.add_argument("--plot", help="write ||dL/dh_t|| and the step contributions against t (.png/.svg/.pdf)")
+    p.add_argument("--mkdir", action="store_true", help="create missing directories of the output paths "
+                   "(without it a missing directory is an error: a typo should not make a tree)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("compare", help="several cells side by side through time", formatter_class=raw, epilog="""\
 examples:
@@ -340,6 +373,8 @@ examples:
     _common(p)
     p.add_argument("--out", help="write every diagnosis as JSON")
     p.add_argument("--plot", help="write log10 ||dL/dh_t|| against steps back, one line per cell")
+    p.add_argument("--mkdir", action="store_true", help="create missing directories of the output paths "
+                   "(without it a missing directory is an error: a typo should not make a tree)")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("theory", help="predicted vs measured per-step rate through time", formatter_class=raw,
                        epilog="""\
@@ -359,6 +394,8 @@ examples:
     _common(p, batch=4)
     p.add_argument("--out", help="write the predictions and the measured rate as JSON")
     p.add_argument("--plot", help="write the measured log10 ||dL/dh_t|| against steps back")
+    p.add_argument("--mkdir", action="store_true", help="create missing directories of the output paths "
+                   "(without it a missing directory is an error: a typo should not make a tree)")
     p.set_defaults(func=cmd_theory)
     p = sub.add_parser("train", help="the recurrent demonstrations", formatter_class=raw, epilog="""\
 examples:
@@ -368,21 +405,33 @@ examples:
     p.add_argument("--demo", required=True)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=seed_int, default=None)
     p.add_argument("--steps", type=int, default=None, help="sequence length (default: the demo's)")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
     p.add_argument("--out")
     p.add_argument("--plot", help="held-out loss per epoch and the gradient curves at the start")
+    p.add_argument("--mkdir", action="store_true", help="create missing directories of the output paths "
+                   "(without it a missing directory is an error: a typo should not make a tree)")
     p.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
+    if argv and argv[0] == "train" and _demo_value(argv) is not None:
+        from gradbench.recurrent.train import check_demo_names
+
+        try:  # unknown or mixed demo names: said before the parser complains about their options
+            check_demo_names(_names(_demo_value(argv)))
+        except ValueError as exc:
+            print(f"gradbench train: error: {exc}", file=sys.stderr)
+            return 2
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    args.argv = list(argv)
+    args.typed = typed_options(parser.commands[args.command], argv)
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             return int(args.func(args) or 0)

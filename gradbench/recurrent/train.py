@@ -267,6 +267,25 @@ _register(RecurrentDemo("exploding-rnn-clipped", "the same with gradient clippin
                         {**_EXPLODE, "clip": "norm", "clip_threshold": 1.0, "clip_on": "global"}, _SGD))
 
 
+def check_demo_names(names: list[str]) -> None:
+    """Refuse (ValueError) demo names that are neither recurrent nor feed-forward demos, listing
+    both kinds, and a list that mixes the two kinds (``gradbench train`` runs one kind per call)."""
+    from gradbench.train import DEMOS
+
+    if "all" in names:
+        raise ValueError("--demo all runs every feed-forward demo and takes no other names; the recurrent demos are "
+                         f"{', '.join(RECURRENT_DEMOS)}")
+    unknown = [n for n in names if n not in RECURRENT_DEMOS and n not in DEMOS]
+    if unknown or not names:
+        raise ValueError(f"--demo: unknown demo {', '.join(unknown) or repr(','.join(names))}; feed-forward demos: "
+                         f"{', '.join(DEMOS)} or all; recurrent demos: {', '.join(RECURRENT_DEMOS)}")
+    rec = [n for n in names if n in RECURRENT_DEMOS]
+    if rec and len(rec) < len(names):
+        ff = [n for n in names if n not in RECURRENT_DEMOS]
+        raise ValueError(f"--demo mixes recurrent ({', '.join(rec)}) and feed-forward ({', '.join(ff)}) demos: "
+                         "they cannot run in one call (different options and files); run two commands")
+
+
 def run_recurrent_demo(name: str, *, backend: str = "auto", progress: bool = False, seed: int | None = None,
                        **overrides) -> RecurrentTrainResult:
     """Run one of :data:`RECURRENT_DEMOS`; ``overrides`` change training settings (``epochs``,
