@@ -191,3 +191,26 @@ def test_json_files_carry_the_feed_forward_head(tmp_path, capsys):
         assert keys <= set(head), keys - set(head)
     assert files["run"]["seed"] == 0 and files["run"]["batch"] == 16
     assert not list(tmp_path.glob(".gradbench-*"))  # atomic: no temporary file left
+
+
+def test_recurrent_formats_are_documented(tmp_path, capsys):
+    """docs/formats.md names every key of the recurrent files (the section "Recurrent nets")."""
+    from pathlib import Path
+
+    import gradbench as gb
+
+    root = Path(gb.__file__).resolve().parent.parent
+    text = (root / "docs" / "formats.md").read_text()
+    section = text[text.index("## Recurrent nets"):]
+    section = section[:section.index("\n## ", 1)]
+    out = tmp_path / "t.json"
+    assert main(["train", "--demo", "exploding-rnn", "--epochs", "1", "--out", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"]["exploding-rnn"]
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis
+
+    keys = [*RecurrentDiagnosis.__dataclass_fields__, *run, *run["settings"], "diagnoses", "method",
+            "predicted_decades_per_step", "measured_decades_per_step", "newman_untied_decades_per_step",
+            "ensemble_decades_per_step", "underflow_step", "overflow_step"]
+    missing = [k for k in keys if f"`{k}`" not in section]
+    assert not missing, missing
+    assert "cells.json" in text and "cells.png" in text
