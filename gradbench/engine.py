@@ -32,7 +32,7 @@ from gradbench.loss import head_loss, top_signal
 from gradbench.params import GeneratedParams, Params
 from gradbench.plan import Plan, available_memory, plan_run
 from gradbench.results import Grads, Result
-from gradbench.spec import Stack
+from gradbench.spec import RELU_FAMILY, Stack
 from gradbench.supply import LayerSupply
 
 
@@ -397,7 +397,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         act_mean=LogScaled(run.act_mean, fexp[1:].copy()),
         act_std=LogScaled(run.act_std, fexp[1:].copy()),
         saturation=run.saturation,
-        dead=run.dead,
+        dead=run.dead if stack.activation in RELU_FAMILY else np.full(L, np.nan),
         first_nonfinite_forward=None if ffwd < 0 else ffwd,
         first_nonfinite_backward=None if fbwd < 0 else fbwd,
         forward_rescaled=run.rescale,

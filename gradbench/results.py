@@ -60,7 +60,8 @@ class Result:
     saturation : ndarray (L,)
         Fraction of z_l entries with phi'(z) < 0.01 * max phi'.
     dead : ndarray (L,)
-        Fraction of units with z <= 0 for every sample of the batch.
+        Fraction of units with z <= 0 for every sample of the batch: dead units of the ReLU
+        family (relu, leaky_relu, prelu); NaN for other activations, where z <= 0 kills nothing.
     input_grad : LogScaled (B, D)
         dL/dx, the gradient with respect to the input batch (through the input layer if any).
     output : LogScaled (B, N)

@@ -29,6 +29,8 @@ ACTIVATIONS = (
 ACT_PARAM_DEFAULT = {"leaky_relu": 0.01, "prelu": 0.25, "elu": 1.0}
 # Positively homogeneous activations: phi(c z) = c phi(z) for c > 0.
 HOMOGENEOUS = frozenset({"identity", "relu", "leaky_relu", "prelu"})
+# The ReLU family: units with z <= 0 for the whole batch are "dead" (no or little gradient).
+RELU_FAMILY = frozenset({"relu", "leaky_relu", "prelu"})
 
 INITS = (
     "normal", "xavier_normal", "xavier_uniform", "he_normal", "he_uniform", "lecun_normal",

@@ -134,9 +134,11 @@ def assert_ls(backend, what, got, ref, rtol, *, exact_exponents=False):
 
 
 def assert_fractions(backend, what, got, ref, count, flips, layer_offset=0):
-    """Fractions of ``count`` items (saturation, dead) agree to ``flips`` items per layer."""
+    """Fractions of ``count`` items (saturation, dead) agree to ``flips`` items per layer (NaN,
+    not defined for the activation, where the reference has NaN)."""
     got, ref = np.asarray(got), np.asarray(ref)
-    off = np.abs(got - ref) * count
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=f"[{backend}] {what}: NaN where")
+    off = np.nan_to_num(np.abs(got - ref)) * count
     worst = int(np.argmax(off)) if off.size else 0
     assert off.size == 0 or off[worst] <= flips + 1e-9, (
         f"[{backend}] {what}, layer {worst + layer_offset}: got {got[worst]!r}, reference {ref[worst]!r} "
