@@ -329,7 +329,8 @@ static int F(gb_rall_finite)(const REAL *x, int64_t n) {
 }
 
 /* The reference's finish_state: normalise the state gg = [dL/dh; dL/dc] (rows, N) jointly,
- * clip it, record ||dL/dh|| (the first B rows) and ||dL/dc|| (the rest) and its exponent. */
+ * clip it, record ||dL/dh|| (the first B rows), ||dL/dc|| (the rest: the part carried through
+ * c_{t+1}, which the LSTM's next step replaces by the total's norm) and their exponent. */
 static void F(gb_rfinish)(REAL *gg, int64_t rows, int64_t B, int64_t N, int64_t j, int clip, double c, double *sig_m,
                           int64_t *sig_e, double *csig_m, int64_t *info) {
     const int64_t n = rows * N;
@@ -393,7 +394,7 @@ typedef struct {
     REAL *gram;           /* (2, B, B) */
     REAL *gg;             /* (2, B, N) the state [dL/dh; dL/dc] */
     REAL *ga, *gda;       /* (B, GN) gate values and derivatives recomputed from Z */
-    REAL *tc, *dtc;       /* (B, N) tanh(c_t), tanh'(c_t) */
+    REAL *tc, *dtc;       /* (B, N) tanh(c_t), tanh'(c_t) (then the LSTM backward's total dL/dc_t) */
     int gram_norms;    /* step norms from the Gram matrices */
     int own;           /* own products (narrow cells) instead of BLAS */
 } F(gb_rctx);
@@ -843,8 +844,8 @@ int F(gb_lstm_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     for (int64_t t = T_ - 1; t >= 0; t--) {
         const int64_t e = a->sig_e[t + 1], k = t % cx.K;
         const REAL *Zt = ((REAL *)a->Z) + t * B * GN, *cp = ((REAL *)a->C) + t * BN;
-        const REAL *tc = cx.tc, *dtc = cx.dtc;
-        REAL *dz = cx.zx + k * B * GN, *gh = cx.gg, *gc = cx.gg + BN;
+        const REAL *tc = cx.tc;
+        REAL *dz = cx.zx + k * B * GN, *gh = cx.gg, *gc = cx.gg + BN, *dtc = cx.dtc;
         for (int64_t r = 0; r < B; r++) F(gb_gates_row)(cx.ga + r * GN, cx.gda + r * GN, Zt + r * GN, N, 4);
         FP(gb_tanh_grad)(cx.tc, cx.dtc, ((REAL *)a->C) + (t + 1) * BN, BN);
         for (int64_t r = 0; r < B; r++) {
@@ -860,8 +861,10 @@ int F(gb_lstm_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
                 zr[2 * N + j] = dc * i[j] * dg[j];
                 zr[3 * N + j] = g * tc[x] * dout[j];
                 gc[x] = dc * f[j];
+                dtc[x] = dc; /* tanh'(c_t) read above: the slot keeps the total dL/dc_t */
             }
         }
+        a->csig_m[t + 1] = F(gb_rnorm)(dtc, B, N); /* ||total dL/dC[t+1]||, exponent e (the reference's) */
         F(gb_rows_times_w)(cx.gemm, cx.own, gh, dz, ((REAL *)a->W_hh), B, N, GN, 0);
         F(gb_step_done)(&cx, a, t, e, e, 0);
         F(gb_state_finish)(&cx, a, t, e, 1);

@@ -248,7 +248,8 @@ def _acc(acc, dexp, k, term, e):
 
 @njit(**JIT)
 def _finish(gg, B, j, clip_mode, c, sig_m, sig_e, csig_m, lstm, info):
-    """Normalise the state gg = [dL/dh; dL/dc] (rows, N) jointly, clip, record dL/dH[j]."""
+    """Normalise the state gg = [dL/dh; dL/dc] (rows, N) jointly, clip, record dL/dH[j] (and
+    the norm of the carried dL/dc, which the LSTM's next step replaces by the total's)."""
     e = sig_e[j] + normalise(gg)
     if clip_mode != 0:
         e = clip_signal(gg, e, clip_mode, c)
@@ -415,6 +416,8 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, DA, HN, fexp, DH, G, GC, dW_ih
                     dzx[i, 2 * N + j] = dc * a[i, j] * ga[i, 2 * N + j]
                     dzx[i, 3 * N + j] = g * tc[i, j] * ga[i, 3 * N + j]
                     gc[i, j] = dc * a[i, N + j]
+                    dtc[i, j] = dc  # tanh'(c_t) read above: the slot keeps the total dL/dc_t
+            csig_m[t + 1] = math.sqrt(sumsq(dtc))  # ||total dL/dC[t+1]||, exponent e (reference)
             gh[:, :] = np.dot(dzx, W_hh)
         else:
             hn, hp = HN[t], H[t]

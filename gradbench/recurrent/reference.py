@@ -18,10 +18,12 @@ Forward
     update gate (GRU) and the fraction of them below 0.1, and the first non-finite step.
 
 The exact chain through time
-    The backward state (dL/dh_t, and dL/dc_t for the LSTM) is a mantissa with one int64 exponent
-    ``sig_e``: after every step both are scaled by one power of two so that the larger max|.|
-    lies in [0.5, 1) (exact), and signal clipping acts on the true magnitude. A parameter
-    gradient is a sum over the steps of terms with different exponents; it is kept as a running
+    The backward state (dL/dh_t, and for the LSTM the part of dL/dc_t carried back through
+    c_{t+1}) is a mantissa with one int64 exponent ``sig_e``: after every step both are scaled
+    by one power of two so that the larger max|.| lies in [0.5, 1) (exact), and signal clipping
+    acts on the true magnitude. The LSTM's recorded ||dL/dc_t|| is that of the total, the
+    carried part plus dL/dh_t o_t tanh'(c_t), at the same exponent. A parameter gradient is a
+    sum over the steps of terms with different exponents; it is kept as a running
     (mantissa, exponent) accumulator, each term brought to the larger exponent before it is added
     (the residual-add rule of the stacks), so the total is right to rounding at any length. Zero
     terms are skipped (they would only move the accumulator's exponent). The every-step loss adds
@@ -90,7 +92,10 @@ def add_loss_gradient(G, GC, e, dh):
 
 
 def finish_state(G, GC, j, clip_mode, c, sig_m, sig_e, csig_m, info):
-    """Normalise (jointly with GC), clip and record dL/dH[j] (complete in G, exponent sig_e[j])."""
+    """Normalise (jointly with GC), clip and record dL/dH[j] (complete in G, exponent sig_e[j]).
+
+    csig_m[j] gets ||GC||, the part of dL/dC[j] carried through C[j+1]: the LSTM's backward
+    replaces it by the total's norm (lstm_backward_kernel) except at j = 0, where it is the total."""
     g = G if GC is None else np.concatenate([G, GC])
     e = int(sig_e[j]) + normalise(g)
     if clip_mode:
@@ -206,10 +211,12 @@ def lstm_step_forward(h, c, z, c_prev, N):
 
 
 def lstm_step_backward(dz, gc_prev, g, gc, z, c, c_prev, N):
-    """dz (B,4N) and dL/dc_{t-1} from dL/dh_t = g and dL/dc_t = gc; the gates are recomputed from z.
+    """dz (B,4N) and the part of dL/dc_{t-1} carried through c_t, from dL/dh_t = g and the part of
+    dL/dc_t carried through c_{t+1}, gc; the gates are recomputed from z. Returns dc, the total
+    dL/dc_t (what reaches c_t through h_t and through c_{t+1}).
 
     dc = gc + g o tanh'(c_t); dz_i = dc g~ i', dz_f = dc c_{t-1} f', dz_g = dc i g~',
-    dz_o = g tanh(c_t) o'; dL/dc_{t-1} = dc f.    gc_prev, g, gc, c, c_prev (B,N); dz, z (B,4N)
+    dz_o = g tanh(c_t) o'; gc_prev = dc f.    gc_prev, g, gc, c, c_prev (B,N); dz, z (B,4N)
     """
     a, da = gates(z, LSTM_GATES, N)
     i, f, gg, o = (a[:, k * N:(k + 1) * N] for k in range(4))
@@ -221,6 +228,7 @@ def lstm_step_backward(dz, gc_prev, g, gc, z, c, c_prev, N):
     dz[:, 2 * N:3 * N] = dc * i * dg
     dz[:, 3 * N:4 * N] = g * tc * do
     gc_prev[...] = dc * f
+    return dc
 
 
 def _gate_stats(t, gate, da, fcfg, N, tanh_block, saturation, gate_mean, gate_low):
@@ -249,7 +257,16 @@ def lstm_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, C, Z, act_mean
 
 def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
                          csig_m, gnorm_m, info):
-    """Backward through T steps of the LSTM; (G, GC) share one exponent (module docstring)."""
+    """Backward through T steps of the LSTM; (G, GC) share one exponent (module docstring).
+
+    GC holds the part of dL/dC[j] carried back through C[j+1] (0 at j = T on entry, the whole of
+    dL/dC[0] on exit). csig_m[j] is the norm of the total dL/dC[j], the carried part plus
+    dL/dH[j] o_{j-1} tanh'(C[j]) (o_{j-1} the output gate of step j-1), at exponent sig_e[j]:
+    step j-1 computes it (dc) from the state finished at j and overwrites the carried part's
+    norm that finish_state wrote. csig_m[0] keeps the carried part: the whole of dL/dc_{-1} at
+    the start of the sequence (h_{-1} does not depend on c_{-1}); at a later segment's start
+    the segment before it (run next) overwrites it.
+    """
     clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
     T, N = X.shape[0], W_hh.shape[1]
     info[INFO_BACKWARD] = -1
@@ -257,7 +274,8 @@ def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, 
     dz = np.empty((G.shape[0], 4 * N), dtype=G.dtype)
     for t in range(T - 1, -1, -1):
         e = int(sig_e[t + 1])
-        lstm_step_backward(dz, GC, G, GC, Z[t], C[t + 1], C[t], N)
+        dc = lstm_step_backward(dz, GC, G, GC, Z[t], C[t + 1], C[t], N)
+        csig_m[t + 1] = _norm(dc)  # the total dL/dC[t+1], exponent sig_e[t+1] = e
         accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dz, dz, X[t], H[t], e, e)
         np.matmul(dz, W_hh, out=G)
         sig_e[t] = add_loss_gradient(G, GC, e, DH[t]) if every else e
