@@ -329,3 +329,85 @@ def test_c_products_blas_and_own(cell):
         assert_true_values("c", "step norms", gbk["gnorm_m"], gbk["sig_e"][1:], rb["gnorm_m"], rb["sig_e"][1:], rt)
         for name, k in (("dW_ih", rabi.DE_W_IH), ("dW_hh", rabi.DE_W_HH), ("db_hh", rabi.DE_B_HH)):
             assert_true_values("c", name, gbk[name][None], gbk["dexp"][k:k + 1], rb[name][None], rb["dexp"][k:k + 1], rt)
+
+
+# ------------------------------------------------------------------ the LSTM's ||dL/dc_t||
+def _lstm_dc_oracle(p, xs):
+    """log2 ||dL/dc_t|| (t = 0 .. T-1, the total: through h_t and through c_{t+1}) for the
+    sum_squares probe, by a plain float64 backprop written out here, with dL/dh and the part of
+    dL/dc carried through c_{t+1} rescaled by a power of two each step (their exponent in E), so
+    that it holds past float64's underflow."""
+    T, B, _ = xs.shape
+    N = p.W_hh.shape[1]
+
+    def sig(z):
+        return 1.0 / (1.0 + np.exp(-z))
+
+    h, c = np.zeros((B, N)), np.zeros((B, N))
+    steps = []
+    for x in xs:
+        z = x @ p.W_ih.T + p.b_ih + h @ p.W_hh.T + p.b_hh
+        i, f, g, o = sig(z[:, :N]), sig(z[:, N:2 * N]), np.tanh(z[:, 2 * N:3 * N]), sig(z[:, 3 * N:])
+        c_prev, c = c, f * c + i * g
+        h = o * np.tanh(c)
+        steps.append((i, f, g, o, c_prev, c))
+    gh, gc, E = h.copy(), np.zeros((B, N)), 0  # dL/dh_{T-1} = h_{T-1}; nothing carried into c_{T-1}
+    out = np.empty(T)
+    for t in range(T - 1, -1, -1):
+        i, f, g, o, c_prev, c = steps[t]
+        tc = np.tanh(c)
+        dc = gc + gh * o * (1 - tc**2)
+        out[t] = np.log2(np.linalg.norm(dc)) + E
+        dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g**2),
+                             gh * tc * o * (1 - o)], axis=1)
+        gh, gc = dz @ p.W_hh, dc * f
+        k = int(np.frexp(max(np.max(np.abs(gh)), np.max(np.abs(gc))))[1])
+        gh, gc, E = np.ldexp(gh, -k), np.ldexp(gc, -k), E + k
+    return out
+
+
+def test_lstm_cell_signal_is_the_total_dL_dc_past_underflow():
+    """A vanishing LSTM (forget gates ~0.05): ||dL/dc_t|| reaches 10^-430 at step 0. In float64
+    every backend (the reference too) against a plain backprop written out in the test, to
+    1e-12 at every step; the Numba and C backends against the reference with the same exponents
+    step by step, in float64 (1e-12) and float32 (1e-4, also far past float32's range)."""
+    fields = dict(cell="lstm", recurrent_init="normal", sigma_w=0.3, forget_bias=-3.0, hidden=4, input_dim=2)
+    rnn = gb.Recurrent(steps=500, **fields)
+    params, xs, _ = problem(rnn, 2)
+    want = _lstm_dc_oracle(params, xs)
+    assert want[0] < -1400 and want[-1] > -4  # log2: 10^-430 at step 0
+    ref = gb.backprop(rnn, params, xs, backend="numpy")
+    for backend in ["numpy"] + BACKENDS:
+        res = ref if backend == "numpy" else gb.backprop(rnn, params, xs, backend=backend)
+        got = np.log2(res.cell_signal_norm.mantissa) + res.cell_signal_norm.exponent
+        err = np.abs(got - want) * np.log(2)  # |relative error| to first order
+        assert np.max(err) <= 1e-12, f"[{backend}] step {int(np.argmax(err))}: rel. err {np.max(err):.3g}"
+        if backend != "numpy":
+            assert_ls(backend, "cell_signal_norm", res.cell_signal_norm, ref.cell_signal_norm,
+                      TOL["float64"]["stack"], exact_exponents=True)
+    rnn32 = gb.Recurrent(steps=300, dtype="float32", **fields)
+    params, xs, _ = problem(rnn32, 2)
+    ref = gb.backprop(rnn32, params, xs, backend="numpy")
+    assert ref.cell_signal_norm.log10()[0] < -200
+    for backend in BACKENDS:
+        got = gb.backprop(rnn32, params, xs, backend=backend)
+        assert_ls(backend, "cell_signal_norm", got.cell_signal_norm, ref.cell_signal_norm, TOL["float32"]["stack"])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend", ["numpy"] + BACKENDS)
+def test_lstm_last_step_cell_signal_is_not_zero(backend, dtype):
+    """At the last step all of dL/dc_{T-1} comes through h_{T-1}: for the sum_squares probe it is
+    h_{T-1} o_{T-1} tanh'(c_{T-1}), not 0 (nothing is carried from a c_T)."""
+    rnn = gb.Recurrent(cell="lstm", steps=12, hidden=5, input_dim=3, dtype=dtype)
+    params, xs, _ = problem(rnn, 3)
+    fwd, _ = run_cell(rbackends.get_backend("numpy"), rnn, params, xs)
+    N = rnn.hidden
+    z = fwd["Z"][-1].astype(np.float64)
+    o = 1.0 / (1.0 + np.exp(-z[:, 3 * N:]))
+    c = fwd["C"][-1].astype(np.float64)
+    want = np.linalg.norm(fwd["H"][-1].astype(np.float64) * o * (1 - np.tanh(c) ** 2))
+    res = gb.backprop(rnn, params, xs, backend=backend)
+    last = float(res.cell_signal_norm.to_float()[-1])
+    assert last > 0
+    assert abs(last - want) <= TOL[dtype]["stack"] * want, (last, want)

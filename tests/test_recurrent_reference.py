@@ -89,10 +89,73 @@ def test_signal_norms_are_the_norms_of_dL_dh():
     assert np.isclose(res.loss, 0.5 * np.sum(hT**2), rtol=1e-14)
 
 
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _lstm_loss(p, xs, h0, c0, targets=None, W_out=None, b_out=None, kick=None):
+    """A plain float64 LSTM (torch's gate order i, f, g, o), written out independently of gradbench;
+    kick = (t, dc) adds dc to c_t right after step t computes it. The loss: 0.5 ||h_{T-1}||^2, or
+    with a head the every-step mse, mean((h_t W_out^T + b_out - target_t)^2) over (T, B, O)."""
+    N = p.W_hh.shape[1]
+    h, c = h0.copy(), c0.copy()
+    total = 0.0
+    for t, x in enumerate(xs):
+        z = x @ p.W_ih.T + p.b_ih + h @ p.W_hh.T + p.b_hh
+        i, f, g, o = _sigmoid(z[:, :N]), _sigmoid(z[:, N:2 * N]), np.tanh(z[:, 2 * N:3 * N]), _sigmoid(z[:, 3 * N:])
+        c = f * c + i * g
+        if kick is not None and kick[0] == t:
+            c = c + kick[1]
+        h = o * np.tanh(c)
+        if targets is not None:
+            total += np.sum((h @ W_out.T + b_out - targets[t]) ** 2)
+    return total / targets.size if targets is not None else 0.5 * np.sum(h**2)
+
+
+@pytest.mark.parametrize("every", [False, True], ids=["last-sum_squares", "every-mse"])
+def test_cell_signal_norms_are_the_norms_of_the_total_dL_dc(every):
+    """cell_signal_norm[t] = ||dL/dc_t||, the whole gradient reaching c_t (through h_t and through
+    c_{t+1}), by central differences of the loss in a perturbation of c_t, entry by entry, on a
+    plain LSTM written out here. (It used to be only the part carried through c_{t+1}: exactly 0
+    at the last step, and short of the total elsewhere.)"""
+    fields = dict(loss="mse", loss_on="every", output_dim=2) if every else {}
+    rnn = gb.Recurrent(cell="lstm", steps=6, hidden=3, input_dim=2, sigma_b=0.3, **fields)
+    p, xs, t = _problem(rnn, B=2)
+    rng = np.random.default_rng(11)
+    h0, c0 = 0.4 * rng.standard_normal((2, 3)), 0.4 * rng.standard_normal((2, 3))
+    head = dict(targets=t, W_out=p.W_out, b_out=p.b_out) if every else {}
+    res = gb.backprop(rnn, p, xs, t, backend="numpy", h0=h0, c0=c0)
+    assert abs(res.loss - _lstm_loss(p, xs, h0, c0, **head)) <= 1e-13 * abs(res.loss)  # the same net
+    eps = 1e-6
+    fd = np.zeros((6, 2, 3))
+    for step in range(6):
+        for idx in np.ndindex(2, 3):
+            d = np.zeros((2, 3))
+            d[idx] = eps
+            fd[(step,) + idx] = (_lstm_loss(p, xs, h0, c0, kick=(step, d), **head)
+                                 - _lstm_loss(p, xs, h0, c0, kick=(step, -d), **head)) / (2 * eps)
+    want = np.sqrt(np.sum(fd**2, axis=(1, 2)))
+    assert np.all(want > 1e-3)
+    np.testing.assert_allclose(res.cell_signal_norm.to_float(), want, rtol=1e-7)
+    # dL/dc_{-1}: all of it is carried (h_{-1} does not depend on c_{-1})
+    fd0 = np.zeros((2, 3))
+    for idx in np.ndindex(2, 3):
+        c_plus, c_minus = c0.copy(), c0.copy()
+        c_plus[idx] += eps
+        c_minus[idx] -= eps
+        fd0[idx] = (_lstm_loss(p, xs, h0, c_plus, **head) - _lstm_loss(p, xs, h0, c_minus, **head)) / (2 * eps)
+    np.testing.assert_allclose(res.c0_grad.to_float(), fd0, rtol=1e-7, atol=1e-9)
+
+
 # ------------------------------------------------------------------ torch autograd
-torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0): "
-                                             "the torch.nn.RNN/LSTM/GRU comparison is skipped")
-torch.set_num_threads(1)  # tiny problems: a thread pool costs more than it gives (and ~1 s a call when loaded)
+try:
+    import torch
+except ImportError:  # the torch comparisons skip; the rest of the module runs
+    torch = None
+else:
+    torch.set_num_threads(1)  # tiny problems: a thread pool costs more than it gives (and ~1 s a call when loaded)
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (pip install torch==2.13.0): "
+                                                        "the torch.nn.RNN/LSTM/GRU comparison is skipped")
 
 
 def _torch_run(rnn, p, xs, t, h0=None, c0=None):
@@ -143,6 +206,7 @@ TORCH_CASES = [
 ]
 
 
+@needs_torch
 @pytest.mark.parametrize("fields", TORCH_CASES, ids=lambda f: "-".join(str(v) for v in f.values()))
 def test_matches_torch_autograd(fields):
     """torch's layout and gate order map 1:1 (W_ih = weight_ih_l0, ...): the same loss and
@@ -167,27 +231,36 @@ def test_matches_torch_autograd(fields):
             assert err <= 1e-12, f"[{backend}] {k}: off by {err:.3g} of max |torch|"
 
 
+@needs_torch
 def test_torch_agrees_on_signal_norms_where_it_is_finite():
-    """||dL/dh_t|| per step from torch (an LSTMCell loop with retain_grad) beside ours."""
-    rnn = gb.Recurrent(cell="lstm", steps=30, hidden=4, input_dim=2)
+    """||dL/dh_t|| and ||dL/dc_t|| (the total: through h_t and c_{t+1}) per step from torch (an
+    LSTMCell loop with retain_grad on every h_t and c_t) beside ours, on every backend."""
+    from gradbench.recurrent.backends import backends
+
+    rnn = gb.Recurrent(cell="lstm", steps=30, hidden=5, input_dim=2)
     p, xs, _ = _problem(rnn, B=2)
     torch.set_default_dtype(torch.float64)
-    cell = torch.nn.LSTMCell(2, 4)
+    cell = torch.nn.LSTMCell(2, 5)
     with torch.no_grad():
         cell.weight_ih.copy_(torch.from_numpy(p.W_ih))
         cell.weight_hh.copy_(torch.from_numpy(p.W_hh))
         cell.bias_ih.copy_(torch.from_numpy(p.b_ih))
         cell.bias_hh.copy_(torch.from_numpy(p.b_hh))
-    h, c = torch.zeros(2, 4), torch.zeros(2, 4)
-    hs = []
+    h, c = torch.zeros(2, 5), torch.zeros(2, 5)
+    hs, cs = [], []
     for t in range(30):
         h, c = cell(torch.from_numpy(xs[t]), (h, c))
         h.retain_grad()
+        c.retain_grad()
         hs.append(h)
+        cs.append(c)
     (0.5 * (h**2).sum()).backward()
     want = np.array([float(x.grad.norm()) for x in hs])
-    res = gb.backprop(rnn, p, xs, backend="numpy")
-    np.testing.assert_allclose(res.signal_norm.to_float(), want, rtol=1e-12)
+    want_c = np.array([float(x.grad.norm()) for x in cs])
+    for backend in backends():
+        res = gb.backprop(rnn, p, xs, backend=backend)
+        np.testing.assert_allclose(res.signal_norm.to_float(), want, rtol=1e-12, err_msg=backend)
+        np.testing.assert_allclose(res.cell_signal_norm.to_float(), want_c, rtol=1e-12, err_msg=backend)
 
 
 # ------------------------------------------------------------------ closed forms beyond float64
