@@ -17,8 +17,9 @@
  * recurrent product h_{t-1} W_hh^T.
  *
  * Backward: per step the elementwise backward of the cell, the recurrent product dz W_hh and the
- * exact chain (joint power-of-two normalisation of dL/dh and dL/dc, signal clipping on the true
- * magnitude). The parameter gradients are sums over steps of terms with different exponents;
+ * exact chain (joint power-of-two normalisation of dL/dh and the LSTM's part of dL/dc carried
+ * back through c_{t+1}, signal clipping on the true magnitude; the recorded ||dL/dc_t|| is the
+ * total's, dc = that part + dL/dh_t o_t tanh'(c_t)). The parameter gradients are sums over steps of terms with different exponents;
  * the steps' dz rows are collected in chunks of K steps (icfg[GB_RI_CHUNK]; chunk c holds the
  * steps [cK, cK + K), so a call over a segment of a multiple of K steps chunks as the whole run), each row scaled by 2^(e_t - E_chunk)
  * (E_chunk the largest exponent of a non-zero row: the reference's aligned add, applied before

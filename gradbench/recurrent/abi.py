@@ -99,9 +99,10 @@ LSTM_BACKWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_HH, _H_BWD,
     _arg("C", "T+1,B,N", "T", "r", "the forward's C"),
     _Z_BWD, _DH, _G,
-    _arg("GC", "B,N", "T", "rw", "dL/dc_{T-1} on entry (exponent sig_e[T], shared with G), dL/dc_{-1} on exit"),
+    _arg("GC", "B,N", "T", "rw", "the part of dL/dc_{T-1} carried back through c_T on entry (exponent sig_e[T], shared "
+         "with G), dL/dc_{-1} on exit"),
     *_GRADS, *_SIG,
-    _arg("csig_m", "T+1", "f8", "w", "||dL/dC[j]|| = csig_m[j] * 2**sig_e[j]"),
+    _arg("csig_m", "T+1", "f8", "w", "||dL/dC[j]|| = csig_m[j] * 2**sig_e[j], the total (through H[j] and C[j+1])"),
     _GNORM, _INFO,
 )
 GRU_FORWARD: tuple[Arg, ...] = (

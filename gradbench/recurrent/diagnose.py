@@ -6,7 +6,7 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
 
 - ``signal_log10[t]`` = log10 ||dL/dh_t|| and ``grad_log10[t]`` = log10 of the norm of step t's
   contribution to dL/dW_hh, exact (mantissa and int64 exponent); ``cell_log10`` the LSTM's
-  log10 ||dL/dc_t||.
+  log10 ||dL/dc_t|| (the total: through h_t and through c_{t+1}).
 - ``decades_per_step``: the least-squares slope of ``signal_log10`` going *back* in time, from
   step T-1 towards step 0: the change per step, negative = vanishing (the stacks' convention,
   "going down towards the input").
@@ -235,7 +235,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         words.append(f"learning reaches {reach} step{'s' if reach != 1 else ''} back: the contributions to dL/dW_hh "
                      f"stay within {reach_decades:g} decades of the largest (10^{_num(float(np.max(g[fin])))})"
                      + ("" if reach < T else " over the whole sequence"))
-    if rnn.cell == "lstm" and len(c) and np.isfinite(c[0]) and np.isfinite(c[-2 if T > 1 else -1]):
+    if rnn.cell == "lstm" and len(c) and np.isfinite(c[0]) and np.isfinite(c[-1]):
         words.append(f"||dL/dc|| at step 0 is 10^{_num(float(c[0]))}")
     gate = {"lstm": "forget", "gru": "update"}.get(rnn.cell)
     if gate is not None:

@@ -380,7 +380,8 @@ def _rows(rnn: Recurrent, t: np.ndarray) -> np.ndarray:
 
 
 def _top(run: _Run) -> None:
-    """The loss, dL/dh_{T-1} (and dL/dc_{T-1} = 0) into run.G, run.GC, normalised and clipped once."""
+    """The loss, dL/dh_{T-1} (and the part of dL/dc_{T-1} carried back from a c_T: 0) into run.G,
+    run.GC, normalised and clipped once."""
     rnn, T, N, B = run.rnn, run.rnn.steps, run.rnn.hidden, run.B
     hT, p = run.h_top, run.params
     run.dW_out = run.db_out = None

@@ -46,7 +46,10 @@ class RecurrentResult:
         ||dL/dh_t||_F over the batch, exact: the backpropagated signal reaching step t (after
         signal clipping), including the every-step loss's own gradient at t.
     cell_signal_norm : LogScaled (T,) or None
-        ||dL/dc_t|| of the LSTM (None for the other cells).
+        ||dL/dc_t||_F over the batch of the LSTM, exact (None for the other cells): the whole
+        gradient reaching the cell state c_t, through h_t (dL/dh_t o_t tanh'(c_t)) and through
+        c_{t+1} (the part carried back by the forget gate), as torch's ``c_t.grad``; not 0 at
+        the last step.
     grad_norm : LogScaled (T,)
         ||dz_t^T h_{t-1}||_F: the norm of step t's contribution to dL/dW_hh, "how far back
         learning reaches".

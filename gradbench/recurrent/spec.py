@@ -76,8 +76,9 @@ class Recurrent(_Net):
     clip : {"value", "norm"} or None
         Clipping mode and ``clip_threshold`` c > 0.
     clip_on : {"signal", "matrix", "global"}
-        ``signal``: the backpropagated state (dL/dh_t, with dL/dc_t for the LSTM: value clipping
-        elementwise on both, norm clipping on their joint norm over the batch) at every step;
+        ``signal``: the backpropagated state (dL/dh_t, with the LSTM's part of dL/dc_t carried
+        back through c_{t+1}: value clipping elementwise on both, norm clipping on their joint
+        norm over the batch) at every step;
         ``matrix``: each parameter gradient (W_ih, W_hh, b_ih, b_hh, W_out, b_out) on its own;
         ``global``: all of them by one factor, as ``torch.nn.utils.clip_grad_norm_``.
     dtype : {"float64", "float32"}
