@@ -12,8 +12,10 @@ l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
   exploding: the one convention of the package (:mod:`gradbench.verdict`, :mod:`gradbench.theory`).
   ``intercept`` is the fitted log10 ||dL/dW_0||.
 - ``verdict``: vanishing, exploding, stable or no gradient, by the rules of
-  :mod:`gradbench.verdict` (trends of the signal and of ||dW_l||, exact zeros, magnitudes
-  relative to the weights), with a plain-language ``explanation``.
+  :mod:`gradbench.verdict` (trends of the signal and of ||dW_l||, exact zeros, and magnitudes
+  only where extreme: beyond the float64 range, or an elasticity ||dW_l|| ||W_l|| / loss below
+  10^-``tiny`` in every layer; never the loss's own scale), with a plain-language
+  ``explanation`` that says which rule decided and what it saw.
 - ``float_limits[dtype]``: where plain float64 / float32 would have under- or overflowed the
   gradients (from the top) and the forward activations (from the input), or how many layers
   it would take at the fitted rate (:func:`gradbench.verdict.float_limits`).
@@ -39,7 +41,8 @@ import numpy as np
 
 from gradbench.histograms import DEFAULT_BINS, histograms, rebin_streaming
 from gradbench.spec import Stack
-from gradbench.verdict import FLOAT_LIMITS, classify, decades_per_layer, explain, float_limits  # noqa: F401
+from gradbench.verdict import (FLOAT_LIMITS, classify, decades_per_layer, explain, float_limits,  # noqa: F401
+                               floored_layers, judge)
 
 @dataclass(frozen=True, eq=False)
 class Diagnosis:
@@ -195,7 +198,7 @@ def _from_jsonable(v):
 
 
 def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | None = None,
-             threshold: float = 2.0, big_ratio: float = 10.0, tiny: float = 8.0) -> Diagnosis:
+             threshold: float = 2.0, tiny: float = 8.0) -> Diagnosis:
     """Statistics and a verdict from a :class:`~gradbench.Result`.
 
     Parameters
@@ -203,23 +206,23 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     res : Result
         From :func:`gradbench.backprop`.
     params : Params, optional
-        The parameters of that pass. With them the diagnosis also records log10 ||W_l||
-        (``weight_log10``) and judges magnitudes relative to them: exploding when some
-        ||dW_l|| / ||W_l|| reaches ``big_ratio`` (one SGD step at lr = 0.1 would then move W_l
-        by >= 100 %), vanishing everywhere when every ratio is below 10^-``tiny``, even without
-        a trend across layers. Without them ||W_l|| is taken as the init's sqrt(N) sigma_w.
+        The parameters of that pass (of the same stack: checked). With them the diagnosis also
+        records log10 ||W_l|| (``weight_log10``) and the magnitude rule uses them: vanishing
+        everywhere when every elasticity ||dW_l|| ||W_l|| / loss is below 10^-``tiny``, even
+        without a trend across layers. Without them ||W_l|| is taken as the init's sqrt(N) sigma_w.
     bins, hist_range
         Bin count and range (log10 units) of the per-layer histograms of log10 |dW_l|.
     threshold : float
         Decades of fitted change over the stack that make the verdict vanishing or exploding.
-    big_ratio, tiny : float
-        The magnitude rules (:mod:`gradbench.verdict`).
+    tiny : float
+        Decades below the loss's own scale that make uniformly small gradients vanishing
+        (:mod:`gradbench.verdict`, rule 5).
 
     Returns
     -------
     Diagnosis
     """
-    for name, v in (("threshold", threshold), ("big_ratio", big_ratio), ("tiny", tiny)):
+    for name, v in (("threshold", threshold), ("tiny", tiny)):
         if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
@@ -240,21 +243,17 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         edges, counts, zeros, nonfinite, outside = rebin_streaming(res.grad_hist, bins, hist_range)
     else:
         raise ValueError("the result has neither gradients nor gradient histograms to diagnose")
-    limits = float_limits(g, rate, act_std_log10)
-    w = np.zeros(0)
-    if params is not None:
-        W = np.asarray(params.W, dtype=np.float64).reshape(len(g), -1)
-        if W.shape[0] != len(g):
-            raise ValueError(f"params.W has {W.shape[0]} layers, the result {len(g)}: mismatched params")
-        with np.errstate(divide="ignore"):
-            w = np.log10(np.sqrt(np.sum(W * W, axis=1)))
+    floored = floored_layers(stack.activation, g, res.saturation)
+    limits = float_limits(g, rate, act_std_log10, floored)
+    w = np.zeros(0) if params is None else _weight_log10(params, stack, len(g))
     w_ref = w if len(w) else np.full(len(g), math.log10(math.sqrt(stack.width) * stack.gain))
-    with np.errstate(invalid="ignore"):
-        rel = g - w_ref
-    verdict = classify(g, s, threshold=threshold, relative_log10=rel, big_ratio=big_ratio, tiny=tiny,
-                       nonfinite_backward=res.first_nonfinite_backward is not None)
-    explanation = explain(verdict, stack, g, rate, signal_rate, threshold, res, rel)
     loss_log10 = float(res.loss_exact.log10())
+    with np.errstate(invalid="ignore"):
+        # log10 e_l = log10 (||dW_l|| ||W_l|| / loss); undefined (nan) for a loss of 0 or out of range
+        elasticity = g + w_ref - loss_log10 if math.isfinite(loss_log10) else np.full(len(g), math.nan)
+    verdict, rule = judge(g, s, threshold=threshold, elasticity_log10=elasticity, tiny=tiny,
+                          nonfinite_backward=res.first_nonfinite_backward is not None)
+    explanation = explain(verdict, stack, g, rate, signal_rate, threshold, res, elasticity, rule, loss_log10, tiny)
     return Diagnosis(
         stack=dataclasses.asdict(stack),
         backend=res.backend,
@@ -285,3 +284,37 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         threshold=float(threshold),
         weight_log10=w,
     )
+
+
+def _weight_log10(params, stack: Stack, L: int) -> np.ndarray:
+    """log10 ||W_l||_F per layer of ``params``, refused with a clear message when they are not
+    the parameters of ``stack`` (another depth or width, or a GeneratedParams of another stack)."""
+    other = getattr(params, "stack", None)
+    if other is not None and other != stack:
+        raise ValueError(f"params are for another stack (depth {other.depth}, width {other.width}) than the "
+                         f"result's (depth {stack.depth}, width {stack.width}): pass the parameters of the pass "
+                         "that produced the result")
+    want = (L, stack.width, stack.width)
+    if other is not None and not hasattr(params, "W"):  # GeneratedParams: layer by layer, in chunks
+        out = np.empty(L)
+        step = max(1, (1 << 22) // max(1, stack.width * stack.width))
+        for a in range(0, L, step):
+            Wc = np.asarray(params.weights(a, min(L, a + step)), dtype=np.float64)
+            out[a : a + len(Wc)] = _frobenius_log10(Wc)
+    else:
+        W = getattr(params, "W", None)
+        shape = np.shape(W) if W is not None else None
+        if shape != want:
+            raise ValueError(f"params.W has shape {shape}, but the result's stack (depth {L}, width {stack.width}) "
+                             f"needs {want}: pass the parameters of the pass that produced the result")
+        out = _frobenius_log10(np.asarray(W, dtype=np.float64))
+    return out
+
+
+def _frobenius_log10(W: np.ndarray) -> np.ndarray:
+    """log10 ||W_l||_F per layer of (n, N, N), without overflow (W of 1e200) or underflow."""
+    m = np.max(np.abs(W), axis=(1, 2))
+    safe = np.where(m > 0, m, 1.0)
+    with np.errstate(divide="ignore"):
+        return np.where(m > 0, np.log10(safe) + 0.5 * np.log10(np.sum((W / safe[:, None, None]) ** 2, axis=(1, 2))),
+                        -np.inf)

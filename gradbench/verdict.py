@@ -8,7 +8,8 @@ the input. Negative: the gradient shrinks towards the input (vanishing); positiv
 Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 100):
 
 1. ``no gradient``: every ||dL/dW_l|| is exactly zero (an all-zero input, a 100 %-dead ReLU
-   stack): nothing reaches any weight.
+   stack, or units saturated beyond any int64 exponent: phi' < 2^(-2^62)): nothing reaches any
+   weight.
 2. ``exploding`` if the backward pass turned non-finite; else
 3. ``vanishing`` if a layer has an exactly zero gradient below a non-zero one;
 4. the fitted change over the stack of the backward signal ||dL/dh_l|| and of ||dL/dW_l||
@@ -16,16 +17,35 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
    ``+threshold`` -> ``exploding`` (if both fire, the larger change wins). The signal's trend is
    what mean-field theory predicts (chi_1 < 1: vanishing); ||dW_l|| = ||g_{l+1} h_l^T|| can be
    flat while the signal vanishes (zero-bias stacks shrink forward and backward alike);
-5. magnitudes, without a trend: ``exploding`` if some ||dW_l|| reaches 10^``big`` or some
-   ||dW_l|| / ||W_l|| reaches ``big_ratio``; ``vanishing`` if every ||dW_l|| / ||W_l|| is below
-   10^-``tiny`` (an SGD step at lr = 0.1 would move no weight by 10^-(tiny - 1) of itself:
-   "vanishing everywhere"). ||W_l|| is the parameters' norm when given, else the init's
-   expected sqrt(N) sigma_w;
+5. magnitudes without a trend, only where they are extreme, never the loss's own scale:
+   ``exploding`` if some ||dW_l|| lies above the largest float64 (10^308.25: a plain float64
+   chain reads inf, whatever the learning rate); ``vanishing`` if every non-zero ||dW_l|| lies
+   below float64's smallest normal (10^-307.65: plain float64 reads 0 or subnormal everywhere),
+   or if every layer's elasticity e_l = ||dW_l|| ||W_l|| / loss is below 10^-``tiny``
+   (default 8): changing any W_l by 100 % of itself would change the loss by less than
+   10^-``tiny`` of itself, to first order ("vanishing everywhere", e.g. ||dW_l|| at 10^-119
+   for a loss of order 1, or units saturated at depth 1). ||W_l|| is the parameters' norm when
+   given, else the init's expected sqrt(N) sigma_w;
 6. otherwise ``stable``.
+
+Why rule 5 divides by the loss. Vanishing and exploding are statements about depth: the
+gradient shrinks or grows as it goes down the stack (rules 3 and 4), so that no single learning
+rate suits every layer. A magnitude common to every layer is not: multiplying the loss by c
+multiplies every ||dW_l|| by c, and so do the input scale and the weight scale of a homogeneous
+stack (identity, ReLU: with the probe loss 0.5 ||h_L||^2, ||dW_l|| grows with batch x width
+and with sigma_w^(2L - 1)); one learning rate absorbs it. e_l is invariant under all three
+rescalings and is of order 1 to sqrt(N) for a layer that passes its gradient on (for a linear
+stack with the probe loss, <dW_l, W_l> = 2 loss exactly), so only a tiny e_l, and not a large
+||dW_l|| / ||W_l||, says that the weights cannot move the loss. There is no large-e_l rule: near
+an exact fit (loss -> 0 with mse or bce) e_l grows without any gradient problem; a large
+magnitude without a trend is called exploding only where a plain chain cannot hold it. A loss
+of 0 (or one that does not fit a LogScaled) leaves e_l undefined: then only the float range
+counts.
 
 Against mean-field theory (tests/test_verdict.py): for stacks whose predicted change over the
 stack, |0.5 log10 chi_1| (L - 1), is at least 3 x ``threshold``, the verdict is the phase's
-(vanishing when chi_1 < 1, exploding when chi_1 > 1).
+(vanishing when chi_1 < 1, exploding when chi_1 > 1). At chi_1 = 1 with no trend (identity with
+orthogonal weights) it is stable at every depth, batch and width, whatever the loss's scale.
 """
 
 from __future__ import annotations
@@ -65,23 +85,28 @@ def decades_per_layer(y: np.ndarray) -> tuple[float, float]:
     return (-slope if slope else 0.0), float(ym - slope * lm)
 
 
-def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | None = None) -> dict:
+def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | None = None,
+                 floored: np.ndarray | None = None) -> dict:
     """Where plain float64 / float32 would have under- or overflowed, per dtype.
 
     ``underflow_layer`` / ``overflow_layer``: the first layer from the top whose ||dL/dW_l||
     lies below the smallest normal number (a plain chain loses it to subnormals, then 0) or
-    above the largest finite one. ``forward_underflow_layer`` / ``forward_overflow_layer``: the
-    first layer from the input whose activations (their standard deviation ``act_log10``) do.
+    above the largest finite one. ``floored`` (bool per layer): layers whose exact zero stands
+    for a non-zero gradient beyond any int64 exponent (phi' < 2^(-2^62), :func:`floored_layers`);
+    they count as below every dtype's range (plain float reads 0 there too), other exact zeros
+    do not. ``forward_underflow_layer`` / ``forward_overflow_layer``: the first layer from the
+    input whose activations (their standard deviation ``act_log10``) do.
     ``layers_to_underflow`` / ``layers_to_overflow``: when the gradient never gets there, how
     many layers from the top it would take at the fitted ``rate``.
     """
     g = np.asarray(grad_log10, dtype=np.float64)
     a = None if act_log10 is None else np.asarray(act_log10, dtype=np.float64)
+    fl = np.zeros(len(g), dtype=bool) if floored is None else np.asarray(floored, dtype=bool)
     finite = np.isfinite(g)
     top = float(g[finite][-1]) if finite.any() else math.nan
     out = {}
     for name, (lo, hi) in FLOAT_LIMITS.items():
-        under = np.flatnonzero(finite & (g < lo))
+        under = np.flatnonzero((finite & (g < lo)) | fl)
         over = np.flatnonzero((g > hi) | (g == np.inf))
         entry = {
             "min_log10": lo,
@@ -107,35 +132,62 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     return out
 
 
-def classify(grad_log10, signal_log10=None, *, threshold: float = 2.0, big: float = 6.0,
-             relative_log10=None, big_ratio: float = 10.0, tiny: float = 8.0,
-             nonfinite_backward: bool = False) -> str:
-    """The verdict of the rules in the module docstring.
+def floored_layers(activation: str, g: np.ndarray, saturation: np.ndarray) -> np.ndarray:
+    """Layers whose exactly zero ||dW_l|| is the rescue's floor, not a true zero: an activation
+    with phi' > 0 everywhere (:data:`~gradbench.activations.RESCUE`) and every unit of the layer
+    saturated, so phi' fell below 2^(-2^62), beyond any int64 exponent (or the signal from such a
+    layer above it was 0)."""
+    g = np.asarray(g, dtype=np.float64)
+    if activation not in RESCUE:
+        return np.zeros(len(g), dtype=bool)
+    return (g == -np.inf) & (np.asarray(saturation, dtype=np.float64) == 1.0)
 
-    ``relative_log10``: log10 ||dW_l|| / ||W_l|| per layer (the magnitude rules need it).
+
+def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_log10=None,
+          tiny: float = 8.0, nonfinite_backward: bool = False) -> tuple[str, str]:
+    """``(verdict, rule)`` by the rules of the module docstring. ``rule`` names the one that
+    decided: "no gradient", "non-finite", "zeros", "trend", "overflow", "underflow",
+    "insensitive" (every e_l < 10^-tiny) or "none" (stable).
+
+    ``elasticity_log10``: log10 e_l = log10 (||dW_l|| ||W_l|| / loss) per layer (nan where
+    unknown); without it the elasticity rule is not applied.
     """
     g = np.asarray(grad_log10, dtype=np.float64)
     L = len(g)
     if L and np.all(g == -np.inf):
-        return "no gradient"
+        return "no gradient", "no gradient"
     if nonfinite_backward or np.any(np.isnan(g) | (g == np.inf)):
-        return "exploding"
+        return "exploding", "non-finite"
     nz = np.flatnonzero(g > -np.inf)
     if nz.size and np.any(g[: nz.max()] == -np.inf):
-        return "vanishing"
+        return "vanishing", "zeros"
     changes = [decades_per_layer(g)[0] * (L - 1)]
     if signal_log10 is not None:
         changes.append(decades_per_layer(signal_log10)[0] * (L - 1))
     changes = [c for c in changes if math.isfinite(c)]
     trend = max(changes, key=abs) if changes else 0.0
     if abs(trend) >= threshold:
-        return "vanishing" if trend < 0 else "exploding"
-    rel = None if relative_log10 is None else np.asarray(relative_log10, dtype=np.float64)
-    if np.max(g[nz]) >= big or (rel is not None and np.any(np.isfinite(rel) & (rel >= math.log10(big_ratio)))):
-        return "exploding"
-    if rel is not None and np.all(~np.isfinite(rel) | (rel < -tiny)):
-        return "vanishing"
-    return "stable"
+        return ("vanishing" if trend < 0 else "exploding"), "trend"
+    if not nz.size:
+        return "stable", "none"
+    lo, hi = FLOAT_LIMITS["float64"]
+    if np.max(g[nz]) > hi:
+        return "exploding", "overflow"
+    if np.max(g[nz]) < lo:
+        return "vanishing", "underflow"
+    if elasticity_log10 is not None:
+        e = np.asarray(elasticity_log10, dtype=np.float64)
+        known = ~np.isnan(e)
+        if np.any(known & (e > -np.inf)) and np.all(e[known] < -tiny):
+            return "vanishing", "insensitive"
+    return "stable", "none"
+
+
+def classify(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_log10=None,
+             tiny: float = 8.0, nonfinite_backward: bool = False) -> str:
+    """The verdict of the rules in the module docstring (:func:`judge` without the rule)."""
+    return judge(grad_log10, signal_log10, threshold=threshold, elasticity_log10=elasticity_log10, tiny=tiny,
+                 nonfinite_backward=nonfinite_backward)[0]
 
 
 def _num(v: float) -> str:
@@ -143,40 +195,78 @@ def _num(v: float) -> str:
     return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
-def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, rel) -> str:
-    """The plain-language explanation of a verdict: what happened, where, and why."""
+def _layers(idx) -> str:
+    """"25, 27 and 37" (at most five named, then "... (12 in all)")."""
+    idx = [int(i) for i in idx]
+    shown = ", ".join(map(str, idx[:5]))
+    if len(idx) > 5:
+        return f"{shown}, ... ({len(idx)} in all)"
+    return shown if len(idx) == 1 else f"{', '.join(map(str, idx[:-1]))} and {idx[-1]}"
+
+
+def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticity=None, rule: str | None = None,
+            loss_log10: float = math.nan, tiny: float = 8.0) -> str:
+    """The plain-language explanation of a verdict: what the rule that decided saw, where, and why.
+
+    ``elasticity``: log10 e_l per layer (rule 5); ``rule``: :func:`judge`'s second value.
+    """
+    g = np.asarray(g, dtype=np.float64)
     L = len(g)
     finite = np.isfinite(g) & (g > -np.inf)
+    lo, hi = FLOAT_LIMITS["float64"]
+    sat = np.asarray(getattr(res, "saturation", np.zeros(L)), dtype=np.float64)
     words = []
-    if verdict == "no gradient":
-        words.append("no gradient at all: every ||dL/dW_l|| is exactly zero (an all-zero input or signal, or every "
-                     "unit dead)")
-    elif finite.sum() >= 2:
+    span = sig = None
+    if finite.sum() >= 2:
         lo_l, hi_l = int(np.flatnonzero(finite)[0]), int(np.flatnonzero(finite)[-1])
         span = (f"||dW|| from 10^{_num(g[hi_l])} at layer {hi_l} (the top{'' if hi_l == L - 1 else ' non-zero'}) "
                 f"to 10^{_num(g[lo_l])} at layer {lo_l}")
         sig = f"the backward signal ||dL/dh_l|| changes by {signal_rate:+.3g} decades per layer going down"
-        if verdict == "vanishing":
-            if rate * (L - 1) <= -threshold or signal_rate * (L - 1) <= -threshold:
-                words.append(f"gradients vanish: {sig}, ||dW_l|| by {rate:+.3g} ({span})")
-            else:
-                worst = float(np.nanmax(rel)) if rel is not None else float(np.max(g[finite]))
-                words.append(f"gradients vanish everywhere: no trend over {L} layers, but ||dW_l|| / ||W_l|| is at "
-                             f"most 10^{_num(worst)} ({span}): an SGD step moves no weight")
-        elif verdict == "exploding":
-            if rate * (L - 1) >= threshold or signal_rate * (L - 1) >= threshold:
-                words.append(f"gradients explode: {sig}, ||dW_l|| by {rate:+.3g} ({span})")
-            elif rel is not None and np.any(np.isfinite(rel)):
-                worst = int(np.nanargmax(np.where(np.isfinite(rel), rel, np.nan)))
-                words.append(f"gradients are huge: ||dW_l|| / ||W_l|| reaches 10^{_num(rel[worst])} at layer {worst}: "
-                             f"one SGD step at lr = 0.1 would change W_{worst} by 10^{rel[worst] + 1:.1f} % "
-                             f"(no trend over {L} layers)")
-            else:
-                words.append(f"gradients are huge: ||dW|| reaches 10^{_num(np.max(g[finite]))} (an SGD step of that "
-                             f"size wrecks the weights; no trend over {L} layers)")
+    trends = f"{sig}, ||dW_l|| by {rate:+.3g} ({span})" if span else None
+    no_trend = (f"no trend over {L} layers (change over the stack {rate * (L - 1):+.3g} decades for ||dW_l||, "
+                f"{signal_rate * (L - 1):+.3g} for the signal, threshold {threshold:g})" if span else
+                "one layer with a gradient, no trend to fit")
+    if verdict == "no gradient":
+        floor = floored_layers(stack.activation, g, sat)
+        if L and floor[-1]:
+            words.append(f"no gradient at all: every ||dL/dW_l|| is exactly zero because the derivative of the "
+                         f"saturated units underflowed beyond even the exponent range: every unit of layer {L - 1} "
+                         f"(the top) has {stack.activation}' below 2^(-2^62) (e.g. tanh at |z| ~ 1e200), which no "
+                         "int64 exponent holds; the true gradient is not 0, and every layer below inherits the zero")
         else:
-            words.append(f"gradients are stable: {sig}, ||dW_l|| by {rate:+.3g} (threshold {threshold:g} decades "
-                         f"over the stack); {span}")
+            words.append("no gradient at all: every ||dL/dW_l|| is exactly zero (an all-zero input or signal, or "
+                         "every unit dead)")
+    elif rule == "zeros":
+        top_nz = int(np.flatnonzero(g > -np.inf).max())
+        below = np.flatnonzero(g[:top_nz] == -np.inf)[::-1]
+        words.append(f"gradients vanish at some layers: layer{'s' if below.size > 1 else ''} {_layers(below)} "
+                     f"below layer {top_nz} (which has a gradient) get{'' if below.size > 1 else 's'} an exactly zero "
+                     "||dL/dW_l||: no update reaches them")
+        if trends:
+            words.append(f"elsewhere {trends}")
+    elif rule == "trend":
+        words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'}: {trends}")
+    elif rule == "non-finite":
+        words.append("gradients explode: the backward pass turned non-finite")
+    elif rule == "overflow":
+        top = int(np.nanargmax(np.where(finite, g, np.nan)))
+        words.append(f"gradients are huge in magnitude, not by a trend: ||dW_l|| reaches 10^{_num(g[top])} at layer "
+                     f"{top}, beyond float64's largest 10^{hi:.2f} (a plain float64 chain reads inf); {no_trend}")
+    elif rule == "underflow":
+        top = int(np.nanargmax(np.where(finite, g, np.nan)))
+        words.append(f"gradients are tiny in magnitude, not by a trend: every ||dW_l|| lies below float64's smallest "
+                     f"normal 10^{lo:.2f} (at most 10^{_num(g[top])}, at layer {top}): plain float64 reads 0 or "
+                     f"subnormal everywhere; {no_trend}")
+    elif rule == "insensitive":
+        e = np.asarray(elasticity, dtype=np.float64)
+        top = int(np.nanargmax(np.where(np.isfinite(e), e, np.nan)))
+        words.append(f"gradients vanish everywhere in magnitude, not by a trend: every elasticity "
+                     f"||dW_l|| ||W_l|| / loss is below 10^-{tiny:g} (at most 10^{_num(e[top])}, at layer {top}; "
+                     f"loss 10^{_num(loss_log10)}): changing any W_l by 100 % of itself would change the loss by at "
+                     f"most 10^{_num(e[top] + 2)} % of itself, to first order; {no_trend}")
+    elif span:
+        words.append(f"gradients are stable: {sig}, ||dW_l|| by {rate:+.3g} (threshold {threshold:g} decades "
+                     f"over the stack); {span}")
     elif finite.sum() == 1:
         words.append(f"one layer with a gradient: ||dW|| = 10^{_num(g[finite][0])}; no trend to fit")
     words += _findings(stack, g, res, verdict)
@@ -195,21 +285,30 @@ def _findings(stack, g, res, verdict) -> list[str]:
     if zero.size and zero.size < len(g):
         dead_note = " (dead ReLU units block the chain)" if stack.activation == "relu" else ""
         top = int(zero.max())
-        if stack.activation in RESCUE and float(res.saturation[top]) == 1.0:
+        if floored_layers(stack.activation, g, res.saturation)[top]:
             # phi' > 0 (but at a point) and rescued down to 2^(-2^62): the zero is that floor, not the chain's
             dead_note = (f" (every unit of layer {top} is saturated so far that its {stack.activation}' is below "
                          "2^(-2^62), e.g. tanh at |z| ~ 1e200: the true gradient there is not 0, but beyond any "
                          "int64 exponent)")
         words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
     lost = int((getattr(res, "extras", None) or {}).get("lost_samples", 0))
-    if lost:
-        B = res.input_grad.mantissa.shape[0]  # (B, inputs): one row per sample
-        why = ("dead units (z <= 0) for those samples in some layer, or " if stack.activation in ("relu", "prelu")
-               else "")
-        words.append(f"{lost} of {B} samples lose their gradient on the way down (exactly 0 at the input, non-zero "
-                     f"at the top): {why}their signal fell more than 2^-1074 below the batch's largest at some layer; "
-                     "one exponent per layer cannot carry both, so below that layer the norms follow the other "
-                     "samples and can be far too small: run such samples one at a time (batch 1) for their exact chain")
+    B = res.input_grad.mantissa.shape[0] if lost else 0  # (B, inputs): one row per sample
+    if lost and not (B == 1 and verdict == "no gradient"):  # then the verdict's sentence says it all
+        if B == 1:
+            # one sample: no batch exponent to lose it to; the zero is in the chain itself
+            why = ("dead units (z <= 0) in some layer" if stack.activation in ("relu", "prelu") else
+                   "units saturated beyond any int64 exponent (phi' < 2^(-2^62)) in some layer"
+                   if stack.activation in RESCUE else "an exact zero in the chain")
+            words.append(f"the sample's gradient is non-zero at the top and exactly 0 at the input: with batch 1 "
+                         f"that is not the batch's shared exponent but {why}")
+        else:
+            why = ("dead units (z <= 0) for those samples in some layer, or " if stack.activation in ("relu", "prelu")
+                   else "")
+            words.append(f"{lost} of {B} samples lose their gradient on the way down (exactly 0 at the input, "
+                         f"non-zero at the top): {why}their signal fell more than 2^-1074 below the batch's largest at "
+                         "some layer; one exponent per layer cannot carry both, so below that layer the norms follow "
+                         "the other samples and can be far too small: run such samples one at a time (batch 1) for "
+                         "their exact chain")
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
     ok = np.isfinite(std)
     if ok.sum() >= 2 and abs(std[ok][-1] - std[ok][0]) >= 3:

@@ -102,9 +102,11 @@ def test_verdict_thresholds_on_constructed_inputs():
     assert classify(g) == "exploding"
     g[2] = np.inf
     assert classify(g) == "exploding"
-    # flat but huge: exploding in magnitude
-    assert classify(np.full(L, 7.0)) == "exploding"
-    assert classify(np.full(L, 5.0)) == "stable"
+    # flat: a magnitude without a trend is the loss's scale (stable) until plain float64 cannot
+    # hold it: above its largest 10^308.25 exploding, below its smallest normal 10^-307.65 vanishing
+    assert classify(np.full(L, 7.0)) == "stable" and classify(np.full(L, 300.0)) == "stable"
+    assert classify(np.full(L, 308.3)) == "exploding" and classify(np.full(L, 308.2)) == "stable"
+    assert classify(np.full(L, -307.7)) == "vanishing" and classify(np.full(L, -307.6)) == "stable"
     # one layer: no trend
     assert classify(np.array([0.3])) == "stable"
 
@@ -308,18 +310,27 @@ def test_relative_size_of_the_gradient_with_params():
     assert without.verdict == "exploding" and "backward signal" in without.explanation
     ref = np.log10([np.linalg.norm(params.W[l]) for l in range(10)])
     np.testing.assert_allclose(with_params.weight_log10, ref, rtol=1e-12)
-    rel = with_params.grad_log10 - ref
-    assert rel.max() > 1  # one step at lr 0.1 would move some W_l by more than 100 %
-    # without the trend rule (a huge threshold) the magnitude rule alone calls it
+    # without the trend rule (a huge threshold) nothing is left: ||dW_l|| / ||W_l|| > 10 (an SGD step
+    # at lr 0.1 would move W_l by > 100 %, the old rule 5) is the scale of the loss, which the
+    # elasticity ||dW_l|| ||W_l|| / loss divides out; it is nowhere near 10^-8
+    dW = np.array([np.linalg.norm(res.grads.W.to_float(warn=False)[l]) for l in range(10)])
+    assert np.max(np.log10(dW) - ref) > 1
+    elasticity = np.log10(dW) + ref - math.log10(res.loss)
+    assert -1 < elasticity.min() and elasticity.max() < 4
     no_trend = gb.diagnose(res, params, threshold=100)
-    assert no_trend.verdict == "exploding" and "||dW_l|| / ||W_l||" in no_trend.explanation
-    assert gb.diagnose(res, params, threshold=100, big_ratio=10 ** (rel.max() + 0.01)).verdict == "stable"
+    assert no_trend.verdict == "stable", no_trend.explanation
+    # the elasticity rule fires at tiny > -min(elasticity) (every e_l below 10^-tiny): never here
+    assert gb.diagnose(res, params, threshold=100, tiny=0.01).verdict == "stable"
     back = Diagnosis.from_json(with_params.to_json())
     np.testing.assert_array_equal(back.weight_log10, with_params.weight_log10)
-    with pytest.raises(ValueError, match="big_ratio"):
-        gb.diagnose(res, params, big_ratio=0)
-    # a relative criterion never hides a vanishing chain
+    with pytest.raises(ValueError, match="tiny"):
+        gb.diagnose(res, params, tiny=0)
+    # a large elasticity never hides a vanishing chain, and is not exploding by itself
     g = 0.5 * np.arange(11.0)
-    assert classify(g, relative_log10=np.full(11, 3.0)) == "vanishing"
-    assert classify(np.zeros(11), relative_log10=np.full(11, 1.5)) == "exploding"
-    assert classify(np.zeros(11), relative_log10=np.full(11, 0.5)) == "stable"
+    assert classify(g, elasticity_log10=np.full(11, 3.0)) == "vanishing"
+    assert classify(np.zeros(11), elasticity_log10=np.full(11, 30.0)) == "stable"
+    # every e_l below 10^-8 (an unknown one, nan, does not count): vanishing everywhere
+    assert classify(np.zeros(11), elasticity_log10=np.full(11, -8.01)) == "vanishing"
+    assert classify(np.zeros(11), elasticity_log10=np.r_[np.full(10, -8.01), np.nan]) == "vanishing"
+    assert classify(np.zeros(11), elasticity_log10=np.r_[np.full(10, -8.01), -7.99]) == "stable"
+    assert classify(np.zeros(11), elasticity_log10=np.full(11, np.nan)) == "stable"

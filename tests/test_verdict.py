@@ -149,3 +149,148 @@ def test_deep_saturation_is_carried_and_zeros_beyond_int64_are_named(backend):
     pr = gb.init_params(relu, 0)
     dr = gb.diagnose(gb.backprop(relu, pr, -10 * np.abs(gb.gaussian_input(relu, 2, 1)), backend=backend), pr)
     assert "2^(-2^62)" not in dr.explanation
+
+
+# ---------------------------------------------------------------- rule 5: magnitudes, not the loss's scale
+@pytest.mark.parametrize("depth,width,batch", [(1, 8, 1), (10, 64, 4), (100, 64, 16), (30, 128, 64)])
+def test_norm_preserving_stack_is_stable_whatever_the_loss_scale(depth, width, batch):
+    """Identity with orthogonal weights read EXPLODING at any depth ("||dW_l|| / ||W_l|| reaches
+    10^1.549 ... no trend"). Closed form (probe loss 0.5 ||h_L||^2): the signal equals h_l at every
+    layer, so dW_l = W_l X^T X and ||dW_l||_F = ||X^T X||_F in every layer: no trend at all, and a
+    ratio ||dW_l|| / ||W_l|| = ||X^T X||_F / sqrt(N) that grows with batch x width only."""
+    stack = gb.Stack(depth=depth, width=width, activation="identity", init="orthogonal")
+    params = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, batch, 1)
+    d = gb.diagnose(gb.backprop(stack, params, x), params)
+    want = math.log10(np.linalg.norm(x.T @ x))
+    np.testing.assert_allclose(d.grad_log10, want, atol=1e-9)
+    assert d.verdict == "stable", d.explanation
+    if width * batch >= 256:  # what the old magnitude rule saw: a ratio above 10
+        assert want - math.log10(math.sqrt(width)) > 1
+
+
+@pytest.mark.parametrize("depth", [1, 2, 10, 30])
+def test_relu_he_is_stable_as_compare_and_mean_field_say(depth):
+    """README's `gradbench run --depth 30 --width 32 --activation relu --init he_normal` printed
+    EXPLODING at +0.00185 decades per layer (also at depth 1, 2, 10); chi_1 = 1 exactly."""
+    assert theory.mean_field("relu", math.sqrt(2.0), 0.0).chi1 == pytest.approx(1.0, rel=1e-12)
+    stack = gb.Stack(depth=depth, width=32, activation="relu", init="he_normal")
+    params = gb.GeneratedParams(stack, 0).materialize()  # the command line's weights
+    d = gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 16, 1)), params)
+    assert d.verdict == "stable", d.explanation
+
+
+def test_weight_scale_alone_does_not_decide_until_float64_cannot_hold_it():
+    """At depth 1 identity sigma_w = 1e5 read STABLE and 1e100 EXPLODING with no explanation. For
+    identity, dW_0 = W X^T X: ||dW_0|| / ||W_0|| does not depend on sigma_w at all."""
+    verdicts = {}
+    for sigma_w in (1e-100, 1.0, 1e5, 1e100, 1e150):
+        stack = gb.Stack(depth=1, width=8, activation="identity", sigma_w=sigma_w)
+        p = gb.init_params(stack, 0)
+        x = gb.gaussian_input(stack, 16, 1)
+        d = gb.diagnose(gb.backprop(stack, p, x), p)
+        ratio = math.log10(np.linalg.norm(p.W[0] @ x.T @ x) / np.linalg.norm(p.W[0]))
+        assert d.grad_log10[0] - d.weight_log10[0] == pytest.approx(ratio, abs=1e-9)
+        verdicts[sigma_w] = d.verdict
+    assert set(verdicts.values()) == {"stable"}, verdicts
+    # an input of 1e160 through identity with orthogonal weights: ||dW_l|| = ||X^T X||_F ~ 10^321 in
+    # every layer, beyond float64's 10^308.25: exploding by its magnitude, and the sentence says so
+    stack = gb.Stack(depth=3, width=8, activation="identity", init="orthogonal")
+    p = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, 4, 1)
+    d = gb.diagnose(gb.backprop(stack, p, x * 1e160), p)
+    np.testing.assert_allclose(d.grad_log10, 320 + math.log10(np.linalg.norm(x.T @ x)), atol=1e-9)
+    assert d.verdict == "exploding", d.explanation
+    text = " ".join(d.explanation.split())
+    assert "in magnitude, not by a trend" in text and "float64" in text and "no trend over 3 layers" in text
+    # an input of 1e-200 through identity at sigma_w = 1: ||dW_l|| ~ 10^-400, below float64's
+    # smallest normal: vanishing by its magnitude
+    stack = gb.Stack(depth=3, width=8, activation="identity", init="orthogonal")
+    p = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, 4, 1) * 1e-200
+    d = gb.diagnose(gb.backprop(stack, p, x), p)
+    assert d.verdict == "vanishing" and "in magnitude, not by a trend" in " ".join(d.explanation.split())
+
+
+def test_uniformly_insensitive_layers_are_vanishing_everywhere():
+    """tanh at sigma_w = 1e4, depth 1: every unit saturated, tanh'(z) ~ 10^-8686: no trend with one
+    layer, but changing W_0 by 100 % changes the loss (B N / 2, every h = +-1) by ~10^-8680 of
+    itself. The elasticity ||dW_0|| ||W_0|| / loss from the pass's own arrays is far below 10^-8."""
+    stack = gb.Stack(depth=1, width=8, activation="tanh", init="normal", sigma_w=1e4)
+    p = gb.init_params(stack, 0)
+    x = gb.gaussian_input(stack, 4, 1)
+    res = gb.backprop(stack, p, x)
+    d = gb.diagnose(res, p)
+    z = x @ p.W[0].T
+    # log10 |tanh'(z)| = log10 4 - 2|z| log10 e (|z| >> 1): the largest entry bounds ||dW_0||
+    bound = math.log10(4) - 2 * np.min(np.abs(z)) * math.log10(math.e) + math.log10(np.abs(x).sum() * 8)
+    assert d.grad_log10[0] < bound + 1
+    elasticity = d.grad_log10[0] + math.log10(np.linalg.norm(p.W[0])) - math.log10(0.5 * 4 * 8)
+    assert elasticity < -20
+    assert d.verdict == "vanishing", d.explanation
+    text = " ".join(d.explanation.split())
+    assert "vanish everywhere in magnitude, not by a trend" in text and "elasticity" in text
+    # and the same stack at sigma_w = 1 (tanh' ~ 1) is stable
+    ok = gb.Stack(depth=1, width=8, activation="tanh", init="normal", sigma_w=1.0)
+    po = gb.init_params(ok, 0)
+    assert gb.diagnose(gb.backprop(ok, po, x), po).verdict == "stable"
+
+
+# ---------------------------------------------------------------- explanations that match the numbers
+def test_zero_layers_below_nonzero_ones_are_named_not_called_no_trend():
+    """Rule 3 fired (zero gradients below a non-zero layer) while the text said "no trend over 40
+    layers ... an SGD step moves no weight" beside +422.7 decades per layer."""
+    stack = gb.Stack(depth=40, width=2, activation="swish", init="orthogonal", sigma_w=2.0, sigma_b=0.1, residual=2)
+    params = gb.init_params(stack, 0)
+    d = gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 1, 1), backend="numpy"), params)
+    g = d.grad_log10
+    top = int(np.flatnonzero(g > -np.inf).max())
+    below = np.flatnonzero(g[:top] == -np.inf)
+    assert below.size and d.verdict == "vanishing"
+    text = " ".join(d.explanation.split())
+    assert "no trend" not in text and "moves no weight" not in text
+    assert f"below layer {top}" in text
+    named = [int(v) for v in re.findall(r"\d+", text.split("below layer")[0].split("layers")[-1])]
+    assert sorted(named) == sorted(below.tolist()), text
+    # the trends it quotes are the diagnosis's own rates
+    assert f"{d.signal_decades_per_layer:+.3g} decades per layer" in text and f"{d.decades_per_layer:+.3g}" in text
+
+
+def test_no_gradient_from_saturation_beyond_the_exponent_range_says_so():
+    """tanh at sigma_w = 1e150, batch 1: "no gradient ... (an all-zero input or signal, or every unit
+    dead)", advice to run batch 1 at batch 1, and "plain float64 is fine here". Plain float64 gives 0
+    as well: 1 - tanh(z)^2 is exactly 0 at |z| ~ 1e149 in the top layer."""
+    stack = gb.Stack(depth=10, width=8, activation="tanh", sigma_w=1e150)
+    params = gb.GeneratedParams(stack, 0).materialize()
+    x = gb.gaussian_input(stack, 1, 1)
+    d = gb.diagnose(gb.backprop(stack, params, x), params)
+    h = x
+    for l in range(stack.depth):  # a plain float64 forward
+        z = h @ params.W[l].T + params.b[l]
+        h = np.tanh(z)
+    assert np.all(1.0 - np.tanh(z) ** 2 == 0.0)  # the top's derivative: every entry 0 in float64
+    assert d.verdict == "no gradient"
+    text = " ".join(d.explanation.split())
+    assert "underflowed beyond even the exponent range" in text and "layer 9 (the top)" in text
+    assert "batch 1)" not in text and "all-zero input" not in text
+    assert d.float_limits["float64"]["underflow_layer"] == 9
+    assert "plain float64 is fine" not in str(d)
+    # a true zero (an all-zero input, sigma_b = 0) keeps its sentence and plain float64 is fine
+    d0 = gb.diagnose(gb.backprop(stack, params, np.zeros((1, 8))), params)
+    assert d0.verdict == "no gradient" and "all-zero input" in d0.explanation
+    assert d0.float_limits["float64"]["underflow_layer"] is None
+
+
+def test_params_of_another_stack_are_refused_by_name():
+    """"cannot reshape array of size 80 into shape (3,newaxis)"."""
+    small = gb.Stack(depth=3, width=4)
+    res = gb.backprop(small, gb.init_params(small, 0), gb.gaussian_input(small, 2, 1))
+    with pytest.raises(ValueError, match=r"params\.W has shape \(5, 4, 4\).*depth 3.*\(3, 4, 4\)"):
+        gb.diagnose(res, gb.init_params(gb.Stack(depth=5, width=4), 0))
+    with pytest.raises(ValueError, match=r"params\.W has shape \(3, 6, 6\)"):
+        gb.diagnose(res, gb.init_params(gb.Stack(depth=3, width=6), 0))
+    with pytest.raises(ValueError, match="another stack"):
+        gb.diagnose(res, gb.GeneratedParams(gb.Stack(depth=5, width=4), 0))
+    gen = gb.GeneratedParams(small, 0)
+    ref = np.log10([np.linalg.norm(w) for w in gen.materialize().W])
+    np.testing.assert_allclose(gb.diagnose(res, gen).weight_log10, ref, rtol=1e-12)
