@@ -271,6 +271,12 @@ def train(
     )
 
 
+def check_training(stack: Stack, X, y, epochs: int, batch_size: int) -> None:
+    """The checks :func:`train` makes of its stack, data, epochs and batch size, without training
+    (ValueError naming the parameter)."""
+    _check_data(stack, X, y, epochs, batch_size)
+
+
 def _check_data(stack: Stack, X, y, epochs, batch_size) -> np.ndarray:
     """Everything train() is given, checked before any work; returns X as a C-contiguous array."""
     if not stack.has_head:

@@ -9,6 +9,7 @@ process matters (signals, pipes, exit statuses).
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -533,3 +534,154 @@ def test_the_demo_histogram_shows_the_most_telling_configuration(tmp_path, capsy
     best = max(spans, key=spans.get)
     assert most_telling(diags) == best != next(iter(diags))  # not simply the first
     assert data["labels"][best] in titles[0]
+
+
+# ---------------------------------------------------------------- compare: a named remedy fixes its own fields
+# The rule (gradbench compare --help): sigmoid-xavier, tanh-xavier and relu-he fix --init and --sigma-w,
+# sigmoid-bn --batch-norm, sigmoid-residual --residual, tanh-clip and relu-clip --clip, --clip-threshold
+# and --clip-on; an option for a field that a named configuration fixes is refused (it used to be
+# ignored: the row was the same with or without it).
+@pytest.mark.parametrize("configs,extra,needle", [
+    ("tanh-clip", ["--clip", "value", "--clip-threshold", "0.01"], "--clip value --clip-threshold 0.01: configuration tanh-clip"),
+    ("tanh-clip", ["--clip-on", "global"], "--clip-on global: configuration tanh-clip"),
+    ("relu-clip", ["--clip-threshold", "100"], "--clip-threshold 100: configuration relu-clip"),
+    ("sigmoid-residual", ["--residual", "3"], "--residual 3: configuration sigmoid-residual"),
+    ("relu-he", ["--sigma-w", "3"], "--sigma-w 3: configuration relu-he"),
+    ("relu-he", ["--init", "xavier_normal"], "--init xavier_normal: configuration relu-he"),
+    ("sigmoid,tanh-xavier", ["--sigma-w", "2"], "--sigma-w 2: configuration tanh-xavier"),
+    ("sigmoid-bn", ["--batch-norm"], "--batch-norm: configuration sigmoid-bn"),
+    (None, ["--sigma-w", "2"], "configuration sigmoid-xavier (one of the default configurations)"),
+])
+def test_compare_refuses_an_option_that_a_named_configuration_fixes(configs, extra, needle, capsys, tmp_path,
+                                                                     monkeypatch, no_compute):
+    monkeypatch.chdir(tmp_path)
+    argv = ["compare", "--depth", "6", "--width", "4", *(["--configs", configs] if configs else []), *extra]
+    code, out, err = run(argv, capsys)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("configs,extra", [
+    ("relu-clip", ["--clip-threshold", "100"]),
+    ("tanh-clip", ["--clip", "value", "--clip-threshold", "0.01"]),
+    ("sigmoid-residual", ["--residual", "3"]),
+    ("relu-he", ["--sigma-w", "3"]),
+])
+def test_the_spelling_a_refusal_suggests_runs_the_stack_that_was_asked_for(configs, extra, capsys, tmp_path):
+    base = ["--depth", "6", "--width", "4", "--backend", "numpy"]
+    code, _, err = run(["compare", *base, "--configs", configs, *extra], capsys)
+    assert code == 2
+    suggested = err.strip().split("name the plain activation: ", 1)[1].split()
+    out_json = tmp_path / "c.json"
+    code, out, err = run(["compare", *base, *suggested, "--out", str(out_json)], capsys)
+    assert code == 0, err
+    (name, entry), = json.loads(out_json.read_text())["configurations"].items()
+    named = dict(zip(extra[::2], extra[1::2]))
+    fields = {"--clip": "clip", "--clip-threshold": "clip_threshold", "--residual": "residual", "--sigma-w": "sigma_w"}
+    for opt, value in named.items():  # what the user typed, in the stack that ran
+        got = entry["stack"][fields[opt]]
+        assert (got == value if isinstance(got, str) else got == float(value)), (opt, got)
+    # and the diagnosis is the one of that stack through the Python API (the CLI's seeds)
+    stack = gb.Stack(**{**entry["stack"]})
+    x = gb.gaussian_input(stack, 16, seed=np.random.default_rng([0, 1]))
+    from gradbench.params import random_targets
+
+    params = gb.GeneratedParams(stack, 0).materialize()
+    ref = gb.diagnose(gb.backprop(stack, params, x, random_targets(stack, 16, 0), backend="numpy"), params)
+    np.testing.assert_array_equal(np.asarray(entry["grad_log10"], dtype=float), ref.grad_log10)
+
+
+def test_compare_header_lists_the_options_every_configuration_gets(capsys):
+    code, out, err = run(["compare", "--depth", "6", "--width", "4", "--backend", "numpy", "--configs", "relu,relu-he",
+                          "--clip", "norm", "--clip-on", "layer", "--clip-threshold", "100", "--sigma-b", "0.5"], capsys)
+    assert code == 0, err
+    assert "clip norm 100 on layer, sigma_b=0.5;" in out.splitlines()[0]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["compare", "--configs", "relu", "--clip-threshold", "3"], "--clip-threshold sets how --clip clips, and no configuration clips"),
+    (["compare", "--configs", "relu", "--clip-on", "layer"], "--clip-on sets how --clip clips"),
+    (["compare", "--configs", "relu", "--residual-scale", "0.5"], "--residual-scale scales the residual branch"),
+    (["run", "--depth", "4", "--width", "4", "--clip-threshold", "0.5"], "--clip-threshold sets how --clip clips, and there is no --clip"),
+    (["run", "--depth", "4", "--width", "4", "--clip-on", "layer"], "--clip-on sets how --clip clips"),
+    (["run", "--depth", "4", "--width", "4", "--residual-scale", "0.5"], "--residual-scale scales the residual branch, and there is no --residual"),
+    (["train", "--depth", "4", "--width", "4", "--clip-threshold", "3"], "--clip-threshold sets how --clip clips"),
+])
+def test_clip_and_residual_details_without_clipping_or_residual_are_refused(argv, needle, capsys, tmp_path,
+                                                                           monkeypatch, no_compute):
+    # they changed nothing: run --clip-threshold 0.5 printed the same report as without it
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(importlib.import_module("gradbench.train"), "backprop", no_compute_backprop)
+    code, out, err = run(argv, capsys)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def no_compute_backprop(*a, **k):
+    raise AssertionError("computed before the options were checked")
+
+
+def test_a_compare_with_every_field_a_configuration_does_not_fix_is_honoured(tmp_path, capsys):
+    # sigmoid-residual fixes --residual, not --residual-scale: the scale reaches its stack
+    out_json = tmp_path / "c.json"
+    code, _, err = run(["compare", "--depth", "4", "--width", "4", "--backend", "numpy", "--configs",
+                        "sigmoid-residual", "--residual-scale", "0.5", "--out", str(out_json)], capsys)
+    assert code == 0, err
+    stack = json.loads(out_json.read_text())["configurations"]["sigmoid-residual"]["stack"]
+    assert stack["residual"] == 2 and stack["residual_scale"] == 0.5
+
+
+# ---------------------------------------------------------------- usage errors, not internal errors
+# Each of these was "internal error: ValueError: ... (rerun with --debug ...)", exit 1, and some only
+# after work had started (weights drawn, earlier demos trained).
+TRAIN = ["train", "--depth", "3", "--width", "4", "--epochs", "2"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "--depth", "10", "--width", "4", "--batch-norm", "--batch", "1"],
+     "the stack has batch norm, which needs --batch >= 2, got --batch 1"),
+    (["compare", "--configs", "sigmoid-bn", "--batch", "1"], "configuration sigmoid-bn has batch norm, which needs --batch >= 2"),
+    (["compare", "--configs", "sigmoid", "--batch-norm", "--batch", "1"], "configuration sigmoid has batch norm"),
+    (["compare", "--batch", "1"], "configuration sigmoid-bn has batch norm"),  # a default configuration
+    (["demo", "--no-train", "--no-cells", "--batch", "1"], "configuration sigmoid-bn has batch norm"),
+    ([*TRAIN, "--samples", "1"], "--samples: must be an integer >= 2, got '1'"),
+    ([*TRAIN, "--batch-norm", "--batch-size", "1"], "the stack has batch norm, which needs mini-batches of at least 2"),
+    # 200 samples in batches of 199: the last batch has 1 sample (gradbench.train's rule)
+    ([*TRAIN, "--batch-norm", "--batch-size", "199"], "--batch-size 199 with 200 samples leaves a batch of 1"),
+    ([*TRAIN, "--batch-norm", "--batch-size", "3", "--samples", "7"], "--batch-size 3 with 7 samples leaves a batch of 1"),
+    (["train", "--demo", "batchnorm", "--batch-size", "1"], "demo batchnorm has batch norm"),
+    (["train", "--demo", "all", "--batch-size", "1"], "demo batchnorm has batch norm"),  # before deep-sigmoid trains
+    ([*TRAIN, "--input-dim", "5"], "--input-dim 5 does not match --dataset moons, whose points have 2 features"),
+    ([*TRAIN, "--output-dim", "3"], "--loss bce learns the 2 labels of --dataset moons with one output: it needs "
+                                    "--output-dim 1, got --output-dim 3"),
+    ([*TRAIN, "--loss", "softmax_ce", "--output-dim", "1"], "--loss softmax_ce needs --output-dim >= 2"),
+])
+def test_usage_errors_are_one_line_exit_2_before_any_work(argv, needle, capsys, tmp_path, monkeypatch, no_compute):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(importlib.import_module("gradbench.train"), "backprop", no_compute_backprop)
+    code, out, err = run(argv, capsys)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert "internal error" not in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_train_batch_sizes_that_leave_no_batch_of_one_are_honoured(tmp_path, capsys):
+    # 7 samples in batches of 2: 2 + 2 + 2 + 1 is refused above; batches of 3 of 8 samples: 3 + 3 + 2
+    out_json = tmp_path / "t.json"
+    code, _, err = run([*TRAIN, "--batch-norm", "--batch-size", "3", "--samples", "8", "--out", str(out_json)], capsys)
+    assert code == 0, err
+    settings = json.loads(out_json.read_text())["runs"]["custom"]["settings"]
+    assert settings["batch_size"] == 3 and settings["n_samples"] == 8
+
+
+def test_train_input_dim_equal_to_the_data_dimension_is_the_same_run(tmp_path, capsys):
+    runs = []
+    for extra in ([], ["--input-dim", "2"]):
+        out_json = tmp_path / f"t{len(runs)}.json"
+        code, _, err = run([*TRAIN, *extra, "--out", str(out_json)], capsys)
+        assert code == 0, err
+        runs.append(json.loads(out_json.read_text())["runs"]["custom"])
+    assert runs[0]["stack"]["input_dim"] == runs[1]["stack"]["input_dim"] == 2
+    assert runs[0]["eval_loss"] == runs[1]["eval_loss"]

@@ -215,6 +215,20 @@ def stack_from_args(args, **overrides) -> Stack:
         raise UsageError(_FIELD.sub(lambda m: option(m.group(1)), str(exc))) from None
 
 
+def refuse_unused_stack_options(args, stacks: list[Stack], several: bool = False) -> None:
+    """--clip-threshold / --clip-on without clipping and --residual-scale without a residual branch
+    would change nothing: refused when no stack in ``stacks`` uses them (``several``: the
+    configurations of compare)."""
+    if not any(s.clip for s in stacks):
+        for dest in given(args, "clip_threshold", "clip_on"):
+            raise UsageError(f"{option(dest)} sets how --clip clips, and "
+                             + ("no configuration clips" if several else "there is no --clip")
+                             + " (give --clip value or --clip norm)")
+    if given(args, "residual_scale") and not any(s.residual for s in stacks):
+        raise UsageError("--residual-scale scales the residual branch, and "
+                         + ("no configuration has one" if several else "there is no --residual") + " (give --residual K)")
+
+
 def stack_label(stack: Stack) -> str:
     """The stack in words, without its dtype."""
     from gradbench.report import describe
@@ -263,6 +277,10 @@ def plan_probe(stack: Stack, batch: int, seed: int, backend: str, *, stats_only:
     per command before any allocation (default: now)."""
     from gradbench import plan as planning
 
+    if stack.batch_norm and batch < 2:  # gb.backprop refuses it too, but only after the weights are drawn
+        who = f"configuration {label}" if label else "the stack"
+        raise UsageError(f"{who} has batch norm, which needs --batch >= 2, got --batch {batch}: the batch statistics of one sample are "
+                         "degenerate (z - mean = 0 everywhere); PyTorch refuses it too")
     available = planning.available_memory() if available is None else available
     _, limit, budget = planning.memory_limits(None, available)
     try:

@@ -13,8 +13,8 @@ from dataclasses import asdict
 import numpy as np
 
 from gradbench.cli.common import (
-    WEIGHTS, UsageError, add_output_args, add_parser, add_probe_args, add_stack_args, plan_probe, refuse_unused,
-    resolve_backend, run_probe, split, stack_from_args,
+    WEIGHTS, UsageError, add_output_args, add_parser, add_probe_args, add_stack_args, given, option, plan_probe,
+    refuse_unused, refuse_unused_stack_options, resolve_backend, run_probe, split, stack_from_args,
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_diagnoses, write_plot
 from gradbench.spec import ACT_PARAM_DEFAULT, ACTIVATIONS, Stack
@@ -29,6 +29,13 @@ examples:
   gradbench compare --depth 50 --width 32
   gradbench compare --depth 100 --width 64 --activations sigmoid,tanh,relu,gelu --init xavier_normal
   gradbench compare --depth 40 --width 32 --configs relu,relu-he,relu-clip --plot flow.png --out cmp.json
+
+A named remedy fixes the fields it names: sigmoid-xavier, tanh-xavier and relu-he their --init and
+--sigma-w, sigmoid-bn --batch-norm, sigmoid-residual --residual, tanh-clip and relu-clip --clip,
+--clip-threshold and --clip-on. Giving one of those options with such a configuration is refused
+(exit 2): use the plain activation instead (--configs relu --clip norm --clip-on layer
+--clip-threshold 100). Every other stack option applies to every configuration, and the header
+line of the table lists them.
 
 Files key the configurations by their --configs name (docs/formats.md).
 recurrent nets: gradbench compare --cells rnn,lstm,gru --steps 10000 (options: gradbench compare --cells rnn --help)
@@ -146,6 +153,41 @@ def _base_for_compare(args) -> dict:
     return over
 
 
+def _fixed(changes: dict) -> list[str]:
+    """The stack fields a configuration sets itself (its activation aside)."""
+    return [f for f in changes if f not in ("activation", "activation_param")]
+
+
+def _refuse_fixed_fields(args, names: list[str], table: dict) -> None:
+    """An option that sets a field a named configuration fixes is refused (it would be ignored):
+    the message names the option, the configuration and the plain-activation spelling that does
+    what was asked."""
+    default = getattr(args, "configs", None) is None and getattr(args, "activations", None) is None
+    for name in names:
+        changes = table[name][1]
+        fixed = _fixed(changes)
+        clash = given(args, *fixed)
+        if not clash:
+            continue
+        where = " (one of the default configurations)" if default else ""
+        typed = " ".join(_spell(f, getattr(args, f)) for f in clash)
+        sets = " ".join(_spell(f, changes[f]) for f in fixed)
+        wanted = {**{f: changes[f] for f in fixed}, **{f: getattr(args, f) for f in clash}}
+        instead = " ".join(_spell(f, v) for f, v in wanted.items() if v is not None and _spell(f, v))
+        raise UsageError(f"{typed}: configuration {name}{where} sets {sets} itself and takes no "
+                         f"{', '.join(map(option, clash))}; drop {'them' if len(clash) > 1 else 'it'}, or name the plain activation: --configs "
+                         f"{changes['activation']} {instead}")
+
+
+def _spell(field: str, value) -> str:
+    """A stack field's value as its command-line option ('' for a value that is the default)."""
+    if value is None:
+        return "(the init's own --sigma-w)" if field == "sigma_w" else ""
+    if isinstance(value, bool):
+        return option(field) if value else ""
+    return f"{option(field)} {value:g}" if isinstance(value, float) else f"{option(field)} {value}"
+
+
 def configurations(args, names: list[str]) -> dict[str, tuple[str, Stack]]:
     """name -> (label, stack) of every configuration, validated before anything runs."""
     base = stack_from_args(args, activation="sigmoid", activation_param=None, **_base_for_compare(args))
@@ -153,6 +195,7 @@ def configurations(args, names: list[str]) -> dict[str, tuple[str, Stack]]:
     unknown = [n for n in names if n not in table]
     if unknown:
         raise UsageError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(table)}")
+    _refuse_fixed_fields(args, names, table)
     out = {}
     for name in names:
         label, changes = table[name]
@@ -162,6 +205,7 @@ def configurations(args, names: list[str]) -> dict[str, tuple[str, Stack]]:
     if args.activation_param is not None and all(s.activation_param is None for _, s in out.values()):
         raise UsageError(f"--activation-param is used by {', '.join(ACT_PARAM_DEFAULT)}, and none of the "
                          "configurations has one of them")
+    refuse_unused_stack_options(args, [s for _, s in out.values()], several=True)
     return out
 
 
@@ -191,13 +235,42 @@ def compare_stacks(args, names: list[str], backend: str, relative: dict | None =
 
 
 def describe_base(args) -> str:
+    """The base stack in words: its size, its init and the options that every configuration gets."""
     over = _base_for_compare(args)
     if "sigma_w" in over:
-        return (f"depth {args.depth}, width {args.width}, batch {args.batch}, "
+        text = (f"depth {args.depth}, width {args.width}, batch {args.batch}, "
                 "base init N(0, 1) entries (sigma_w = sqrt(width))")
-    init = over.get("init", args.init)
-    sw = f", sigma_w={args.sigma_w:g}" if args.sigma_w is not None else ""
-    return f"depth {args.depth}, width {args.width}, batch {args.batch}, base init {init}{sw}"
+    else:
+        init = over.get("init", args.init)
+        sw = f", sigma_w={args.sigma_w:g}" if args.sigma_w is not None else ""
+        text = f"depth {args.depth}, width {args.width}, batch {args.batch}, base init {init}{sw}"
+    return text + "".join(", " + part for part in common_options(args))
+
+
+def common_options(args) -> list[str]:
+    """The stack options besides size and init that apply to every configuration (unless it fixes
+    them itself, see _refuse_fixed_fields), in words."""
+    parts = []
+    if args.batch_norm:
+        parts.append("batch norm")
+    if args.residual:
+        parts.append(f"residual every {args.residual}"
+                     + (f" (scale {args.residual_scale:g})" if args.residual_scale != 1.0 else ""))
+    elif given(args, "residual_scale"):
+        parts.append(f"residual scale {args.residual_scale:g}")
+    if args.clip:
+        parts.append(f"clip {args.clip} {args.clip_threshold:g} on {args.clip_on}")
+    if args.sigma_b:
+        parts.append(f"sigma_b={args.sigma_b:g}")
+    if args.activation_param is not None:
+        parts.append(f"activation param {args.activation_param:g}")
+    if args.input_dim is not None:
+        parts.append(f"input dim {args.input_dim}")
+    if args.output_dim != 1:
+        parts.append(f"output dim {args.output_dim}")
+    if args.dtype != "float64":
+        parts.append(args.dtype)
+    return parts
 
 
 def print_comparison(args, diags: dict, labels: dict) -> None:

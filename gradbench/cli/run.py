@@ -7,7 +7,7 @@ import time
 from gradbench.cli import model
 from gradbench.cli.common import (
     WEIGHTS, UsageError, add_output_args, add_parser, add_probe_args, add_stack_args, nonneg_int, plan_probe,
-    positive_int, refuse_unused, resolve_backend, run_probe, stack_from_args, stack_label,
+    positive_int, refuse_unused, refuse_unused_stack_options, resolve_backend, run_probe, stack_from_args, stack_label,
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_diagnoses, write_plot
 
@@ -58,6 +58,7 @@ def cmd_run(args) -> int:
     check_outputs([("--out", args.out, RESULTS), ("--plot", args.plot, PLOTS), ("--hist", args.hist, PLOTS)],
                   mkdir=args.mkdir)
     stack, given = model.torch_stack(args) if args.torch else (stack_from_args(args), None)
+    refuse_unused_stack_options(args, [stack])
     if args.stats_only and stack.clip == "norm" and stack.clip_on == "global":
         raise UsageError("--stats-only cannot apply --clip norm --clip-on global (one factor for every layer, known "
                          "only at the end): use --clip-on layer, or drop --stats-only")

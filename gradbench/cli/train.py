@@ -6,9 +6,9 @@ import dataclasses
 
 from gradbench.cli import model
 from gradbench.cli.common import (
-    BACKEND_CHOICES, STACK_FIELDS, UsageError, add_output_args, add_parser, add_stack_args, given, option,
-    positive_float, positive_int, refuse_unused, resolve_backend, seed_int, split, stack_from_args,
-    unit_interval, nonneg_float,
+    BACKEND_CHOICES, STACK_FIELDS, UsageError, _typed, add_output_args, add_parser, add_stack_args, given, option,
+    positive_float, positive_int, refuse_unused, refuse_unused_stack_options, resolve_backend, seed_int, split,
+    stack_from_args, unit_interval, nonneg_float,
 )
 from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
 
@@ -27,6 +27,7 @@ gradbench.init_params(stack, seed), as gradbench.train draws them. File format: 
 """
 
 WEIGHTS = "gradbench.init_params(stack, seed)"  # as gradbench.train draws them
+_samples = _typed("samples", int, lambda v: v >= 2, "must be an integer >= 2")  # gradbench.datasets' own limit
 DATA_OPTIONS = ("dataset", "samples", "data_seed")
 
 
@@ -38,7 +39,7 @@ def register(sub):
                    "from --depth, --width, ...)")
     g.add_argument("--list", action="store_true", help="list the demos and their settings")
     g.add_argument("--dataset", default="moons", choices=("moons", "circles", "xor"), help="the data set of your own stack")
-    g.add_argument("--samples", type=positive_int, default=200, help="data set size")
+    g.add_argument("--samples", type=_samples, default=200, help="data set size (at least 2)")
     g.add_argument("--data-seed", type=seed_int, default=0, help="seed of the data set")
     t = p.add_argument_group("training (a demo's own settings unless given)")
     t.add_argument("--epochs", type=positive_int, default=None, help="passes over the data (default: 100)")
@@ -105,28 +106,83 @@ def _check_momentum(args, optimizer: str) -> None:
         raise UsageError(f"--momentum is used by --optimizer momentum only (the optimizer here is {optimizer})")
 
 
-def train_runs(args, backend: str) -> dict:
-    """The runs that the options ask for: name -> TrainResult."""
-    from gradbench import datasets
-    from gradbench.train import run_demo, train
-
+def _overrides(args) -> dict:
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "seed", "optimizer", "momentum")
                  if getattr(args, k) is not None}
     overrides["weight_decay"] = args.weight_decay
+    return overrides
+
+
+def _check_training(stack, X, y, kw: dict, who: str) -> None:
+    """gradbench.train's own checks of the data and the batches, before the first epoch, in
+    command-line words (``who``: what is trained, for the message)."""
+    from gradbench.train import check_training
+
+    try:
+        check_training(stack, X, y, kw.get("epochs", 100), kw.get("batch_size", 32))
+    except ValueError as exc:
+        text = str(exc).replace("batch_norm=True", f"{who} has batch norm, which")
+        text = text.replace("batch_size=", "--batch-size ").replace("another batch_size", "another --batch-size")
+        raise UsageError(text) from None
+
+
+def custom_stack(args):
+    """(stack, X, y) of your own stack: the options, on the data set they name (checked)."""
+    from gradbench import datasets
+
+    if args.depth is None or args.width is None:
+        raise UsageError("give --demo NAME (see --list) or a stack with --depth and --width")
+    X, y = datasets.load(args.dataset, args.samples, seed=args.data_seed)
+    dim, classes = X.shape[1], int(y.max()) + 1
+    if args.input_dim is not None and args.input_dim != dim:  # the data set fixes it
+        raise UsageError(f"--input-dim {args.input_dim} does not match --dataset {args.dataset}, whose points have "
+                         f"{dim} features: drop --input-dim (the data set sets D = {dim})")
+    loss = args.loss or "bce"
+    if loss == "bce" and args.output_dim != 1:
+        raise UsageError(f"--loss bce learns the {classes} labels of --dataset {args.dataset} with one output: it "
+                         f"needs --output-dim 1, got --output-dim {args.output_dim} (or use --loss softmax_ce or mse)")
+    out_dim = args.output_dim
+    if loss == "softmax_ce":
+        if given(args, "output_dim") and args.output_dim < classes:
+            raise UsageError(f"--loss softmax_ce needs --output-dim >= {classes} (the classes of --dataset "
+                             f"{args.dataset}), got --output-dim {args.output_dim}")
+        out_dim = max(args.output_dim, classes)  # by default one output per class
+    stack = stack_from_args(args, input_dim=dim, loss=loss, output_dim=out_dim)
+    if not stack.has_head:
+        raise UsageError("training needs a head: --loss bce, mse or softmax_ce")
+    refuse_unused_stack_options(args, [stack])
+    return stack, X, y
+
+
+CUSTOM_TRAINING = dict(epochs=100, lr=0.1, batch_size=20, seed=0, optimizer="sgd")
+
+
+def check_runs(args) -> None:
+    """Every refusal of the runs that the options ask for, before the first epoch of any."""
+    from gradbench.train import DEMOS
+
+    if args.demo:
+        for name in demo_names(args):
+            demo = DEMOS[name]
+            X, y = demo.data()
+            _check_training(demo.make_stack(), X, y, {**demo.train, **_overrides(args)}, f"demo {name}")
+        return
+    stack, X, y = custom_stack(args)
+    _check_momentum(args, args.optimizer or "sgd")
+    _check_training(stack, X, y, {**CUSTOM_TRAINING, **_overrides(args)}, "the stack")
+
+
+def train_runs(args, backend: str) -> dict:
+    """The runs that the options ask for: name -> TrainResult."""
+    from gradbench.train import run_demo, train
+
+    check_runs(args)
+    overrides = _overrides(args)
     if args.demo:
         return {name: run_demo(name, backend=backend, progress=True, tensorboard=model.train_tensorboard_dir(args, name),
                                **overrides) for name in demo_names(args)}
-    if args.depth is None or args.width is None:
-        raise UsageError("give --demo NAME (see --list) or a stack with --depth and --width")
-    _check_momentum(args, args.optimizer or "sgd")
-    X, y = datasets.load(args.dataset, args.samples, seed=args.data_seed)
-    loss = args.loss or "bce"
-    out_dim = args.output_dim if loss != "softmax_ce" else max(args.output_dim, int(y.max()) + 1)
-    stack = stack_from_args(args, input_dim=X.shape[1], loss=loss, output_dim=out_dim)
-    if not stack.has_head:
-        raise UsageError("training needs a head: --loss bce, mse or softmax_ce")
-    kw = dict(epochs=100, lr=0.1, batch_size=20, seed=0, optimizer="sgd")
-    kw.update(overrides)
+    stack, X, y = custom_stack(args)
+    kw = {**CUSTOM_TRAINING, **overrides}
     return {"custom": train(stack, X, y, backend=backend, progress=True, name="custom", dataset=args.dataset,
                             tensorboard=model.train_tensorboard_dir(args, "custom"), **kw)}
 
@@ -148,8 +204,7 @@ def cmd_train(args) -> int:
                    ("--ratio-plot", args.ratio_plot, PLOTS)], mkdir=args.mkdir)
     model.check_tensorboard_dir(args.tensorboard)
     backend = resolve_backend(args.backend)
-    if args.demo:
-        demo_names(args)  # every refusal before the first epoch
+    check_runs(args)  # every refusal before the first epoch
     results = train_runs(args, backend)
     written = []
     if args.out:
