@@ -13,7 +13,9 @@ DATASETS = ("moons", "circles", "xor")
 
 
 def _rng(seed):
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    from gradbench.params import seed_rng
+
+    return seed_rng(seed)
 
 
 def _check_n(n_samples: int) -> None:

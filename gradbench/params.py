@@ -134,6 +134,26 @@ def _orthogonal(rng: np.random.Generator, shape) -> np.ndarray:
     return q if rows >= cols else np.swapaxes(q, -1, -2)
 
 
+def seed_rng(seed, name: str = "seed") -> np.random.Generator:
+    """``numpy.random.default_rng(seed)`` for a seed that is an int >= 0 (a Python or NumPy
+    integer, not a bool) or a ``numpy.random.Generator`` (used as it is); anything else is a
+    TypeError / ValueError naming ``name``, not NumPy's words about SeedSequence."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(check_seed(seed, name, generator=True))
+
+
+def check_seed(seed, name: str = "seed", *, generator: bool = False) -> int:
+    """``seed`` as a Python int after checking that it is an int >= 0 (``generator``: the
+    message says a numpy.random.Generator is accepted too)."""
+    allowed = "an int >= 0" + (" or a numpy.random.Generator" if generator else "")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be {allowed}, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be {allowed}, got {seed}")
+    return int(seed)
+
+
 def init_params(stack: Stack, seed: int | np.random.Generator = 0) -> Params:
     """Draw the parameters of ``stack`` from ``numpy.random.default_rng(seed)``.
 
@@ -142,7 +162,7 @@ def init_params(stack: Stack, seed: int | np.random.Generator = 0) -> Params:
     The input layer and the head (when present) use the same scheme. Draw order: W, b,
     W_in, b_in, W_out, b_out.
     """
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = seed_rng(seed)
     L, N, D, O = stack.depth, stack.width, stack.d_in, stack.output_dim
     dt = stack.np_dtype
     gain = stack.gain
@@ -187,7 +207,7 @@ def gaussian_input(stack: Stack, batch: int, seed: int | np.random.Generator = 1
     """A standard normal input x of shape (batch, input_dim) in the stack's dtype."""
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = seed_rng(seed)
     return np.ascontiguousarray(rng.standard_normal((batch, stack.d_in)), dtype=stack.np_dtype)
 
 

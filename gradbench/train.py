@@ -28,7 +28,7 @@ import numpy as np
 from gradbench import datasets
 from gradbench.engine import backprop
 from gradbench.optim import SGD, Adam
-from gradbench.params import Params, init_params
+from gradbench.params import Params, check_seed, init_params
 from gradbench.spec import Stack, check_choice
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -225,6 +225,7 @@ def train(
         (``diverged_epoch``, ``divergence``); later entries of the history are NaN.
     """
     X = _check_data(stack, X, y, epochs, batch_size)
+    check_seed(seed)  # the shuffling is default_rng([seed, 1]): an int, not a Generator
     opt = make_optimizer(optimizer, lr, momentum, weight_decay) if isinstance(optimizer, str) else optimizer
     tb = None
     if tensorboard is not None:  # checked (path, tensorboardX installed) before any work

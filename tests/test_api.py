@@ -210,3 +210,47 @@ def test_exploding_step_worked_example():
     state = {"W": params.W.copy()}
     SGD(lr=0.1).step(state, {"W": res.grads.W.to_float()})
     assert state["W"][0, 0, 0] == pytest.approx(-9.0, rel=1e-14)
+
+
+# ---------------------------------------------------------------- seeds: one rule, one message naming seed
+# The rule: a seed is an int >= 0 (Python or NumPy integer, not a bool) or a numpy.random.Generator;
+# GeneratedParams, whose seed is the Philox key, takes ints in [0, 2**128). Before, init_params(st, -1)
+# said "expected non-negative integer" and init_params(st, 1.5) spoke of SeedSequence entropy.
+def _seeded_functions():
+    from gradbench import datasets
+
+    st = gb.Stack(depth=2, width=3)
+    head = gb.Stack(depth=2, width=3, input_dim=2, loss="bce")
+    X, y = datasets.moons(4)
+    return {
+        "init_params": lambda s: gb.init_params(st, s),
+        "gaussian_input": lambda s: gb.gaussian_input(st, 2, seed=s),
+        "GeneratedParams": lambda s: gb.GeneratedParams(st, s),
+        "moons": lambda s: datasets.moons(4, seed=s),
+        "load": lambda s: datasets.load("xor", 4, seed=s),
+        "train": lambda s: gb.train(head, X, y, epochs=1, batch_size=2, seed=s),
+    }
+
+
+@pytest.mark.parametrize("bad,error", [(-1, ValueError), (1.5, TypeError), (True, TypeError), (None, TypeError),
+                                       ("3", TypeError), ([1, 2], TypeError)])
+@pytest.mark.parametrize("name", ["init_params", "gaussian_input", "GeneratedParams", "moons", "load", "train"])
+def test_a_bad_seed_is_refused_naming_seed_and_what_is_allowed(name, bad, error):
+    with pytest.raises(error) as info:
+        _seeded_functions()[name](bad)
+    text = str(info.value)
+    assert text.startswith("seed must be an int"), text
+    assert repr(bad) in text or str(bad) in text, text
+    if name not in ("GeneratedParams", "train"):
+        assert "or a numpy.random.Generator" in text
+
+
+def test_good_seeds_are_unchanged():
+    st = gb.Stack(depth=2, width=3)
+    big = 2**100
+    # the same draws as numpy.random.default_rng(seed), NumPy integers and huge ints included
+    assert np.array_equal(gb.gaussian_input(st, 2, seed=np.int64(7)),
+                          np.random.default_rng(7).standard_normal((2, 3)))
+    assert np.array_equal(gb.gaussian_input(st, 2, seed=big), np.random.default_rng(big).standard_normal((2, 3)))
+    g = np.random.default_rng(5)
+    assert np.array_equal(gb.init_params(st, np.random.default_rng(5)).W, gb.init_params(st, g).W)
