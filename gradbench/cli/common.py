@@ -279,7 +279,8 @@ def plan_probe(stack: Stack, batch: int, seed: int, backend: str, *, stats_only:
 
     if stack.batch_norm and batch < 2:  # gb.backprop refuses it too, but only after the weights are drawn
         who = f"configuration {label}" if label else "the stack"
-        raise UsageError(f"{who} has batch norm, which needs --batch >= 2, got --batch {batch}: the batch statistics of one sample are "
+        raise UsageError(f"{who} has batch norm, which needs --batch >= 2, got --batch {batch}: "
+                         "the batch statistics of one sample are "
                          "degenerate (z - mean = 0 everywhere); PyTorch refuses it too")
     available = planning.available_memory() if available is None else available
     _, limit, budget = planning.memory_limits(None, available)

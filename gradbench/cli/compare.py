@@ -175,7 +175,8 @@ def _refuse_fixed_fields(args, names: list[str], table: dict) -> None:
         wanted = {**{f: changes[f] for f in fixed}, **{f: getattr(args, f) for f in clash}}
         instead = " ".join(_spell(f, v) for f, v in wanted.items() if v is not None and _spell(f, v))
         raise UsageError(f"{typed}: configuration {name}{where} sets {sets} itself and takes no "
-                         f"{', '.join(map(option, clash))}; drop {'them' if len(clash) > 1 else 'it'}, or name the plain activation: --configs "
+                         f"{', '.join(map(option, clash))}; drop {'them' if len(clash) > 1 else 'it'}, "
+                         "or name the plain activation: --configs "
                          f"{changes['activation']} {instead}")
 
 
