@@ -53,6 +53,13 @@ def test_run_tensorboard_writes_the_depth_profile(tmp_path, capsys):
     np.testing.assert_allclose([e.value for e in ev], d.grad_log10, rtol=1e-6)
 
 
+def test_tensorboard_makes_missing_parents_only_with_mkdir(tmp_path, capsys):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install '.[test]'")
+    code, out, err = run(["run", "--depth", "4", "--width", "4", "--tensorboard", str(tmp_path / "a" / "tb"),
+                          "--mkdir"], capsys)
+    assert code == 0 and any(p.name.startswith("events.out") for p in (tmp_path / "a" / "tb").iterdir()), err
+
+
 def test_train_tensorboard_writes_one_run_per_demo(tmp_path, capsys):
     pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install '.[test]'")
     code, out, err = run(["train", "--demo", "deep-sigmoid,adam", "--epochs", "2", "--backend", "numpy",
@@ -94,6 +101,9 @@ def test_run_torch_model_diagnoses_the_saved_weights(tmp_path, capsys):
     (["run", "--torch", "model.pt", "--stats-only"], "drop it"),
     (["run", "--depth", "4", "--width", "4", "--tensorboard", "afile"], "exists and is not a directory"),
     (["train", "--demo", "adam", "--tensorboard", "afile"], "exists and is not a directory"),
+    (["run", "--depth", "4", "--width", "4", "--tensorboard", "no/tb"],
+     "--tensorboard 'no/tb': directory"),  # its parent must exist, as for every output, or --mkdir
+    (["train", "--demo", "adam", "--tensorboard", "no/runs"], "does not exist (create it, or pass --mkdir)"),
 ])
 def test_bad_options_exit_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -44,12 +44,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "(default: none)")
 
 
-def check_tensorboard_dir(path) -> None:
-    """The directory can be written and the writer is installed: checked before any work."""
+def check_tensorboard_dir(path, mkdir: bool = False) -> None:
+    """The directory can be written and the writer is installed: checked before any work. Like
+    ``sweep --out``, the directory itself is created; its parent must exist (or ``--mkdir``)."""
     if path is None:
         return
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"--tensorboard {path!r} exists and is not a directory")
+    from gradbench.cli.output import check_directory
+
+    target = os.path.abspath(path)
+    check_directory("--tensorboard", target if os.path.isdir(target) else os.path.dirname(target), mkdir, of=path)
     try:
         import tensorboardX  # noqa: F401
     except ImportError:
@@ -59,7 +64,7 @@ def check_tensorboard_dir(path) -> None:
 
 def check_run_args(args) -> None:
     """``--tensorboard``, ``--torch`` and the stack options that ``--torch`` replaces."""
-    check_tensorboard_dir(args.tensorboard)
+    check_tensorboard_dir(args.tensorboard, args.mkdir)
     if args.torch is None:
         if args.depth is None or args.width is None:
             raise UsageError("give --depth and --width (or --torch MODEL.pt)")

@@ -53,7 +53,7 @@ def cmd_run(args) -> int:
     from gradbench.diagnose import diagnose
 
     t0 = time.perf_counter()
-    refuse_unused(args, [args.plot, args.hist], [args.out, args.plot, args.hist])
+    refuse_unused(args, [args.plot, args.hist], [args.out, args.plot, args.hist, args.tensorboard])
     model.check_run_args(args)
     check_outputs([("--out", args.out, RESULTS), ("--plot", args.plot, PLOTS), ("--hist", args.hist, PLOTS)],
                   mkdir=args.mkdir)

@@ -199,10 +199,10 @@ def cmd_train(args) -> int:
         list_recurrent_demos()
         return 0
     t0 = time.perf_counter()
-    refuse_unused(args, [args.plot, args.ratio_plot], [args.out, args.plot, args.ratio_plot])
+    refuse_unused(args, [args.plot, args.ratio_plot], [args.out, args.plot, args.ratio_plot, args.tensorboard])
     check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS),
                    ("--ratio-plot", args.ratio_plot, PLOTS)], mkdir=args.mkdir)
-    model.check_tensorboard_dir(args.tensorboard)
+    model.check_tensorboard_dir(args.tensorboard, args.mkdir)
     backend = resolve_backend(args.backend)
     check_runs(args)  # every refusal before the first epoch
     results = train_runs(args, backend)
