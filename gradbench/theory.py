@@ -128,6 +128,7 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
         if ln_r > 0:
             return math.inf
         return -math.inf if sigma_b == 0 else t_b - math.log(-math.expm1(ln_r))  # sigma_b^2 / (1 - r)
+    phi0_zero = _phi(activation, param)[0](0.0) == 0
     for _ in range(max_iter):
         t_w = _log_variance(t, activation, sigma_w, param)
         t_new = float(np.logaddexp(t_w, t_b))
@@ -140,8 +141,8 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
                 return t_new
         elif abs(t_new - t) <= tol:
             return t_new
-        if sigma_b == 0 and t_new < math.log(1e-3) and t_new < t:
-            return -math.inf
+        if sigma_b == 0 and phi0_zero and t_new < math.log(1e-3) and t_new < t:
+            return -math.inf  # (with phi(0) != 0, sigmoid, q stays near sigma_w^2 phi(0)^2 instead)
         t = t_new
     return t
 

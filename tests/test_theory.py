@@ -221,3 +221,12 @@ def test_homogeneous_fixed_point_is_the_closed_form():
 
 def test_newman_lambda1_at_huge_gain_is_finite():
     assert theory.newman_lambda1(8, 1e200) == pytest.approx(theory.newman_lambda1(8, 1.0) + math.log(1e200), rel=1e-14)
+
+
+@pytest.mark.parametrize("sigma_w", [1e-3, 0.01, 1e-100])
+def test_sigmoid_lengths_do_not_shrink_to_zero_without_bias(sigma_w):
+    """sigmoid(0) = 1/2: with sigma_b = 0 and small sigma_w, q* -> sigma_w^2 / 4, not 0 (the
+    shortcut for lengths shrinking to zero holds only where phi(0) = 0)."""
+    q = theory.mean_field("sigmoid", sigma_w, 0.0).q_star
+    np.testing.assert_allclose(q, sigma_w**2 / 4, rtol=1e-4)
+    assert theory.mean_field("tanh", 0.5, 0.0).q_star == 0.0  # tanh(0) = 0: they do shrink to 0
