@@ -15,6 +15,8 @@ checked here as soon as it is registered. Three checks per problem (``check_prob
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -349,6 +351,45 @@ def test_tiny_and_huge_inputs(backend, dtype, activation, x_scale):
     stack = gb.Stack(depth=8, width=6, activation=activation, dtype=dtype)
     params, x, _ = problem(stack, batch=3, seed=10, x_scale=x_scale)
     check_problem(backend, stack, params, x)
+
+
+def _assert_subnormal_layer_agrees(backend, stack, params, x, layer):
+    """||dW_layer||, whose dW mantissas are float64 subnormals, is finite with the reference's
+    exponent and verdict; check_problem holds the values (the backward on the reference's forward
+    values and layer by layer to ~1e-12; free running to the chain's measured growth, when held)."""
+    ref = gb.backprop(stack, params, x, backend="numpy")
+    dW = np.abs(ref.grads.W.mantissa[layer])
+    assert 0 < dW.max() < np.finfo(np.float64).tiny  # the test means what it says
+    got = gb.backprop(stack, params, x, backend=backend)
+    assert np.all(np.isfinite(got.grad_norm.mantissa)), f"[{backend}] grad_norm {got.grad_norm.log10()}"
+    assert_equal_ints(backend, "grad_norm exponents", got.grad_norm.exponent, ref.grad_norm.exponent)
+    assert gb.diagnose(got).verdict == gb.diagnose(ref).verdict
+    check_problem(backend, stack, params, x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_subnormal_weight_gradient_hand_set(backend):
+    """b_0 = -716 puts h_1 = swish(-716) ~ 1e-308 at the subnormal boundary, so dW_1's entries
+    are subnormal: its scaled norm needs 2^1025, not a finite double (Numba gave inf)."""
+    stack = gb.Stack(depth=2, width=2, activation="swish", sigma_b=0.1)
+    p = gb.init_params(stack, 0)
+    W = np.zeros_like(p.W)
+    W[1] = np.eye(2)
+    b = p.b.copy()
+    b[0] = -716.0
+    b[1] = 1.0
+    params = dataclasses.replace(p, W=W, b=b)
+    x = np.array([[1.0, 1.0]])
+    _assert_subnormal_layer_agrees(backend, stack, params, x, 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_subnormal_weight_gradient_orthogonal_swish(backend):
+    """Initialised weights that reach a subnormal dW_21 on their own (Numba gave NaN there: 0 * inf)."""
+    stack = gb.Stack(depth=40, width=2, activation="swish", init="orthogonal", sigma_w=2.0, sigma_b=0.1,
+                     residual=2)
+    params, x, _ = problem(stack, batch=1, seed=0)
+    _assert_subnormal_layer_agrees(backend, stack, params, x, 21)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

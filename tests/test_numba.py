@@ -4,12 +4,17 @@ kernels are checked against the reference in tests/test_layers.py, with the C on
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import textwrap
+from fractions import Fraction
 
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("gradbench.kernels")
 
@@ -54,3 +59,57 @@ def test_kernel_bodies_run_as_python_under_disable_jit():
         for k in ("W", "signal", "std"):
             assert row[k] <= tol, f"NUMBA_DISABLE_JIT: {row['case']}: {k} off by {row[k]:.3g}"
         assert row["sat"] == 0, row
+
+
+# ------------------------------------------------------------------ the chain's norms near and below the subnormal boundary
+@st.composite
+def _tiny_arrays(draw):
+    """(rows, cols) arrays of integer multiples of 2^k, k at or near the subnormal range of the
+    dtype, exact by construction; some entries (or all) zero."""
+    dtype = draw(st.sampled_from(["float64", "float64", "float32"]))
+    lo = -1074 if dtype == "float64" else -149
+    k = draw(st.integers(lo, lo + 80))  # max|x| from the smallest subnormal to ~2^-940 (float64)
+    bits = draw(st.integers(0, 24))  # entries below 2^24: exact in either dtype
+    rows, cols = draw(st.integers(1, 4)), draw(st.sampled_from([1, 2, 7, 8, 9, 130, 300]))
+    ints = draw(st.lists(st.one_of(st.just(0), st.integers(-(2**bits), 2**bits)), min_size=rows * cols,
+                         max_size=rows * cols))
+    return np.ldexp(np.array(ints, dtype=np.float64), k).astype(dtype).reshape(rows, cols)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(x=_tiny_arrays())
+def test_norm_helpers_below_the_subnormal_boundary(x):
+    """norm_scaled, normalise and sumsq (the Numba chain's) on arrays whose max is subnormal, near
+    the boundary or zero: against exact rational arithmetic, and the reference's exponents.
+    norm_scaled once scaled by 2^-e with e < -1022, an infinite factor (inf, or NaN from 0 * inf)."""
+    from gradbench import reference as R
+    from gradbench.kernels.chain import norm_scaled, normalise, sumsq
+
+    exact = sum(Fraction(float(v)) ** 2 for v in x.ravel())
+    m, e = norm_scaled(x)
+    rm, re_ = R.norm_scaled(x)
+    assert e == re_, (e, re_)
+    if exact == 0:
+        assert m == 0 and e == 0
+    else:
+        assert math.isfinite(m) and m > 0, (m, e)
+        rel = abs(float(Fraction(m) ** 2 * Fraction(2) ** (2 * e) / exact) - 1.0)
+        assert rel <= 2e-12, (m, e, rel)  # ||x|| to 1e-12
+        assert abs(m - rm) <= 1e-12 * rm, (m, rm)
+        if e != 0:
+            assert e == math.frexp(float(np.max(np.abs(x))))[1]
+
+    g = x.copy()
+    ge = normalise(g)
+    gr = x.copy()
+    assert ge == R.normalise(gr)
+    np.testing.assert_array_equal(g, gr)
+    a = float(np.max(np.abs(g)))
+    if exact == 0:
+        assert ge == 0 and a == 0
+    else:
+        assert 0.5 <= a < 1.0
+        assert all(Fraction(float(u)) * Fraction(2) ** ge == Fraction(float(v)) for u, v in zip(g.ravel(), x.ravel()))
+        s = sum(Fraction(float(u)) ** 2 for u in g.ravel())
+        assert abs(float(Fraction(sumsq(g)) / s) - 1.0) <= 2e-12
