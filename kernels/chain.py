@@ -136,21 +136,20 @@ def clip_signal(g, e, mode, c):
 # Whole-array sums in float64 by blocks of 128 with 8 partial sums each (NumPy's pairwise
 # leaf), block sums added in order: within a few ulps of NumPy's pairwise summation.
 @njit(**JIT)
-def _sum_block(x, start, stop, mean, square, scale, scale2):
-    """sum over x[start:stop] of (x scale scale2 - mean) or its square, 8 partial sums (scale,
-    scale2: powers of two, 1 except for scaled norms; two factors when 2^k is not a finite
-    double, each applied exactly as gb_sumsq_row does)."""
+def _sum_block(x, start, stop, mean, square, scale):
+    """sum over x[start:stop] of (x scale - mean) or (x scale - mean)**2, 8 partial sums
+    (scale: a power of two, 1 except for scaled norms)."""
     r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
     n8 = start + ((stop - start) // 8) * 8
     for i in range(start, n8, 8):
-        v0 = (np.float64(x[i]) * scale) * scale2 - mean
-        v1 = (np.float64(x[i + 1]) * scale) * scale2 - mean
-        v2 = (np.float64(x[i + 2]) * scale) * scale2 - mean
-        v3 = (np.float64(x[i + 3]) * scale) * scale2 - mean
-        v4 = (np.float64(x[i + 4]) * scale) * scale2 - mean
-        v5 = (np.float64(x[i + 5]) * scale) * scale2 - mean
-        v6 = (np.float64(x[i + 6]) * scale) * scale2 - mean
-        v7 = (np.float64(x[i + 7]) * scale) * scale2 - mean
+        v0 = np.float64(x[i]) * scale - mean
+        v1 = np.float64(x[i + 1]) * scale - mean
+        v2 = np.float64(x[i + 2]) * scale - mean
+        v3 = np.float64(x[i + 3]) * scale - mean
+        v4 = np.float64(x[i + 4]) * scale - mean
+        v5 = np.float64(x[i + 5]) * scale - mean
+        v6 = np.float64(x[i + 6]) * scale - mean
+        v7 = np.float64(x[i + 7]) * scale - mean
         if square:
             v0 *= v0
             v1 *= v1
@@ -170,24 +169,24 @@ def _sum_block(x, start, stop, mean, square, scale, scale2):
         r7 += v7
     s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
     for i in range(n8, stop):
-        v = (np.float64(x[i]) * scale) * scale2 - mean
+        v = np.float64(x[i]) * scale - mean
         s += v * v if square else v
     return s
 
 
 @njit(**JIT)
-def _sum_flat(x, mean, square, scale, scale2):
+def _sum_flat(x, mean, square, scale):
     n = x.size
     s = 0.0
     for start in range(0, n, 128):
-        s += _sum_block(x, start, min(start + 128, n), mean, square, scale, scale2)
+        s += _sum_block(x, start, min(start + 128, n), mean, square, scale)
     return s
 
 
 @njit(**JIT)
 def sumsq(g):
     """sum(g**2) in float64 over a C-contiguous array of any shape."""
-    return _sum_flat(g.reshape(g.size), 0.0, True, 1.0, 1.0)
+    return _sum_flat(g.reshape(g.size), 0.0, True, 1.0)
 
 
 # A sum of squares in [SUMSQ_LO, SUMSQ_HI] lost nothing to underflow or overflow
@@ -202,7 +201,7 @@ def norm_scaled(x):
 
     x: a C-contiguous array of any shape."""
     flat = x.reshape(x.size)
-    s = _sum_flat(flat, 0.0, True, 1.0, 1.0)
+    s = _sum_flat(flat, 0.0, True, 1.0)
     if (s >= SUMSQ_LO and s <= SUMSQ_HI) or s != s:
         return math.sqrt(s), np.int64(0)
     a = 0.0
@@ -213,10 +212,25 @@ def norm_scaled(x):
     if a == 0.0 or not math.isfinite(a):
         return math.sqrt(s), np.int64(0)
     e = np.int64(math.frexp(a)[1])
-    # 2^-e is not a finite double when max|x| is subnormal (e < -1022): two exact factors then
     k = int(-e)
-    k1 = k if k <= 1023 else k // 2
-    return math.sqrt(_sum_flat(flat, 0.0, True, math.ldexp(1.0, k1), math.ldexp(1.0, k - k1))), e
+    if k <= 1023:
+        return math.sqrt(_sum_flat(flat, 0.0, True, math.ldexp(1.0, k))), e
+    # max|x| subnormal (e < -1022): 2^-e is not a finite double (it was inf: an inf or NaN norm).
+    # Each entry takes it in two exact steps, as gb_sumsq_row does: x 2^k1 into a buffer, block
+    # by block, then 2^(k - k1) in _sum_block; the same blocks and partial sums as _sum_flat.
+    # The rare path allocates; the common ones keep their single factor (and their bits).
+    k1 = k // 2
+    s1 = math.ldexp(1.0, k1)
+    s2 = math.ldexp(1.0, k - k1)
+    buf = np.empty(128)
+    n = flat.size
+    s = 0.0
+    for start in range(0, n, 128):
+        stop = min(start + 128, n)
+        for i in range(start, stop):
+            buf[i - start] = np.float64(flat[i]) * s1
+        s += _sum_block(buf, 0, stop - start, 0.0, True, s2)
+    return math.sqrt(s), e
 
 
 @njit(**JIT)
@@ -232,6 +246,6 @@ def all_finite(g):
 def moments(h):
     """(mean, std) of all entries of h in float64, two passes, as h.mean() and h.std()."""
     x = h.reshape(h.size)
-    m = _sum_flat(x, 0.0, False, 1.0, 1.0) / x.size
-    v = _sum_flat(x, m, True, 1.0, 1.0) / x.size
+    m = _sum_flat(x, 0.0, False, 1.0) / x.size
+    v = _sum_flat(x, m, True, 1.0) / x.size
     return m, math.sqrt(v)
