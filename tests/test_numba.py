@@ -113,3 +113,26 @@ def test_norm_helpers_below_the_subnormal_boundary(x):
         assert all(Fraction(float(u)) * Fraction(2) ** ge == Fraction(float(v)) for u, v in zip(g.ravel(), x.ravel()))
         s = sum(Fraction(float(u)) ** 2 for u in g.ravel())
         assert abs(float(Fraction(sumsq(g)) / s) - 1.0) <= 2e-12
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(x=_tiny_arrays(), e=st.sampled_from([0, -5, 1100, -3000]))
+def test_histogram_of_subnormal_layers(x, e):
+    """The compiled streaming histogram (stats_only runs) of layers whose max|dW| is subnormal, near
+    the boundary or zero: the NumPy reference's bins, top, below and zero counts."""
+    from gradbench import histograms
+
+    m = np.stack([x, x[::-1] * 3, np.zeros_like(x)]).astype(np.float64)
+    exps = np.array([e, e + 1, e], dtype=np.int64)
+    out = []
+    for compiled in (True, False):
+        h = {k: np.zeros(3, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
+        c = np.zeros((3, 12), np.uint32)
+        histograms.fill_streaming(m, exps, 4, 12, h["top"], c, h["below"], h["zeros"], h["nonfinite"],
+                                  compiled=compiled)
+        out.append((h, c))
+    (hg, cg), (hr, cr) = out
+    np.testing.assert_array_equal(cg, cr)
+    for k in hg:
+        np.testing.assert_array_equal(hg[k], hr[k], err_msg=k)

@@ -411,3 +411,21 @@ def test_lstm_last_step_cell_signal_is_not_zero(backend, dtype):
     last = float(res.cell_signal_norm.to_float()[-1])
     assert last > 0
     assert abs(last - want) <= TOL[dtype]["stack"] * want, (last, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fields", [dict(cell="rnn", activation="relu"), dict(cell="rnn", activation="swish"),
+                                    dict(cell="lstm"), dict(cell="gru", clip="norm", clip_threshold=1e-310)],
+                         ids=lambda f: "-".join(map(str, f.values())))
+def test_subnormal_inputs_and_states(fields, backend):
+    """Inputs of 1e-310 (float64 subnormals): dW_ih, the states and the signals' norms of subnormal
+    arrays (the Numba stack's ||dW|| was inf there); the chain's normalise and norms, as the reference."""
+    rnn = gb.Recurrent(steps=12, hidden=3, input_dim=2, **fields)
+    params, xs, t = problem(rnn, 2, seed=4)
+    xs = xs * 1e-310
+    ref = gb.backprop(rnn, params, xs, t, backend="numpy")
+    assert 0 < np.max(np.abs(ref.grads.W_ih.mantissa)) < np.finfo(np.float64).tiny  # the test means what it says
+    got = gb.backprop(rnn, params, xs, t, backend=backend)
+    # states of ~1e-312 (not rescaled: LSTM, GRU, swish) hold ~40 bits, and their mean is only good to a
+    # unit of 2^-1074 (the C kernels' differs by one, 3e-12 of it): 1e-11 instead of 1e-12
+    compare(backend, got, ref, 10 * TOL["float64"]["stack"], exact_exponents=True)
