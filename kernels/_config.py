@@ -9,9 +9,10 @@ vectorise the dot-product reductions (2-4x faster at N = 16..64) but BLAS is fas
 there, and at N <= 8 (where the loops are used) the gain is below the noise; so they are off
 and the kernels round exactly as written, operation by operation, like the reference.
 
-Numba's on-disk cache is keyed by each kernel's source file, not by this module: after
-changing a flag here, delete ``kernels/__pycache__`` (stale compiled kernels would be reused).
-For the same reason the size threshold of the dense layers lives in ``layers.py``.
+Numba's on-disk cache is keyed by each kernel's source file, not by this module: the package
+drops its cached kernels when any of its sources changes (``kernels/__init__.py``), so a flag
+changed here takes effect at the next import. The size threshold of the dense layers lives in
+``layers.py``, beside the kernels that read it.
 """
 
 JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=False)

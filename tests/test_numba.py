@@ -136,3 +136,21 @@ def test_histogram_of_subnormal_layers(x, e):
     np.testing.assert_array_equal(cg, cr)
     for k in hg:
         np.testing.assert_array_equal(hg[k], hr[k], err_msg=k)
+
+
+def test_cached_kernels_are_dropped_when_any_source_of_the_package_changes(tmp_path):
+    """Numba's cache is keyed by a kernel's own file: a change in a module it calls kept stale
+    compiled code (seen: chain.py's norm fix, stack.py's cached kernel still gave inf)."""
+    from gradbench import kernels
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    cache = tmp_path / "__pycache__"
+    kernels._drop_stale_cache(str(tmp_path))  # first time: records the hash
+    (cache / "a.f-1.py311.nbi").write_bytes(b"i")
+    (cache / "a.f-1.py311.1.nbc").write_bytes(b"c")
+    (cache / "a.cpython-311.pyc").write_bytes(b"p")
+    kernels._drop_stale_cache(str(tmp_path))  # unchanged sources: the cache stays
+    assert (cache / "a.f-1.py311.nbi").exists()
+    (tmp_path / "b.py").write_text("y = 2\n")  # another module of the package changes
+    kernels._drop_stale_cache(str(tmp_path))
+    assert sorted(p.name for p in cache.iterdir()) == ["a.cpython-311.pyc", "sources.sha256"]
