@@ -153,7 +153,9 @@ def test_target_auto_picks_the_fastest(benchmark):
 
 def test_target_first_call(benchmark):
     L, N, B = (200, 16, 8) if benchmark.disabled else (10_000, 64, 64)
-    r = run("first", "auto", L, N, B, reps=1 if benchmark.disabled else 3, threads="default")
+    # 6 warm calls: the first of them writes fresh gradients (the first call's result is still
+    # held), and on this shared VM a process sometimes gets the second CPU only part of the time
+    r = run("first", "auto", L, N, B, reps=1 if benchmark.disabled else 6, threads="default")
     ratio = r["first"] / r["min"]
     record(benchmark, "first call / warm call (auto, L=10^4 n=64 B=64)", ratio, "<= 1.5", ratio <= 1.5, **r)
 
