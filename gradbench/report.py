@@ -34,9 +34,11 @@ def table_layers(L: int, rows: int = 12) -> list[int]:
     return sorted(set(range(ends)) | set(middle) | set(range(L - ends, L)))
 
 
-def describe(stack: dict) -> str:
-    parts = [f"depth {stack['depth']}", f"width {stack['width']}", stack["activation"], stack["init"]]
-    if stack.get("sigma_w") is not None:
+def describe(stack: dict, weights: str | None = None) -> str:
+    """The stack in words; ``weights``: where the weights came from, in place of the init scheme
+    (a model's own weights, ``run --torch``)."""
+    parts = [f"depth {stack['depth']}", f"width {stack['width']}", stack["activation"], weights or stack["init"]]
+    if stack.get("sigma_w") is not None and weights is None:
         parts.append(f"sigma_w={stack['sigma_w']:g}")
     if stack.get("batch_norm"):
         parts.append("batch norm")
@@ -50,10 +52,10 @@ def describe(stack: dict) -> str:
     return ", ".join(parts)
 
 
-def format_report(d, rows: int = 12) -> str:
-    """The terminal text of a diagnosis."""
+def format_report(d, rows: int = 12, weights: str | None = None) -> str:
+    """The terminal text of a diagnosis (``weights``: see :func:`describe`)."""
     L = d.depth
-    out = [f"gradbench diagnosis: {describe(d.stack)} (backend {d.backend})"]
+    out = [f"gradbench diagnosis: {describe(d.stack, weights)} (backend {d.backend})"]
     out.append(f"  verdict: {d.verdict.upper()}")
     for sentence in _wrap(d.explanation, 92):
         out.append("    " + sentence)

@@ -82,6 +82,8 @@ def test_run_torch_model_diagnoses_the_saved_weights(tmp_path, capsys):
                           "--batch", "8", "--seed", "3", "--out", str(tmp_path / "d.npz")], capsys)
     assert code == 0, err
     assert "depth 12, width 8, sigmoid" in out and "verdict: VANISHING" in out
+    header = out.splitlines()[0]  # the model's own weights, not an init scheme it never used
+    assert f"the weights of {tmp_path / 'model.pt'}" in header and "xavier" not in header, header
     # the same numbers as the Python API on the same weights with the CLI's seeds
     x = gb.gaussian_input(stack, 8, seed=np.random.default_rng([3, 1]))
     t = random_targets(stack, 8, 3)
