@@ -11,7 +11,12 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
    stack, or units saturated beyond any int64 exponent: phi' < 2^(-2^62)): nothing reaches any
    weight.
 2. ``exploding`` if the backward pass turned non-finite; else
-3. ``vanishing`` if a layer has an exactly zero gradient below a non-zero one;
+3. ``vanishing`` if a layer has an exactly zero gradient below a non-zero one and the backward
+   signal died on the way (some ||dL/dh_l|| at or below the top non-zero layer is exactly zero:
+   a dead ReLU layer; without ``signal_log10`` every such zero counts). Zero gradients under a
+   live signal come from exactly zero activations in the forward pass (dW_l = dz_l^T h_l with
+   h_l = 0): there the trend of rule 4 decides first, and ``vanishing`` (no update reaches those
+   layers) only without one;
 4. the fitted change over the stack of the backward signal ||dL/dh_l|| and of ||dL/dW_l||
    (rate times L - 1): at most ``-threshold`` for either -> ``vanishing``; at least
    ``+threshold`` -> ``exploding`` (if both fire, the larger change wins). The signal's trend is
@@ -159,8 +164,11 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
     if nonfinite_backward or np.any(np.isnan(g) | (g == np.inf)):
         return "exploding", "non-finite"
     nz = np.flatnonzero(g > -np.inf)
-    if nz.size and np.any(g[: nz.max()] == -np.inf):
-        return "vanishing", "zeros"
+    zeros = bool(nz.size and np.any(g[: nz.max()] == -np.inf))  # exact zeros below a non-zero layer
+    if zeros:
+        s = None if signal_log10 is None else np.asarray(signal_log10, dtype=np.float64)
+        if s is None or np.any(s[: nz.max() + 1] == -np.inf):  # the chain died there
+            return "vanishing", "zeros"
     changes = [decades_per_layer(g)[0] * (L - 1)]
     if signal_log10 is not None:
         changes.append(decades_per_layer(signal_log10)[0] * (L - 1))
@@ -168,6 +176,8 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
     trend = max(changes, key=abs) if changes else 0.0
     if abs(trend) >= threshold:
         return ("vanishing" if trend < 0 else "exploding"), "trend"
+    if zeros:  # under a live signal, and no trend
+        return "vanishing", "zeros"
     if not nz.size:
         return "stable", "none"
     lo, hi = FLOAT_LIMITS["float64"]
