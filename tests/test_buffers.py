@@ -261,7 +261,7 @@ def test_a_pass_that_faults_pages_in_leaves_a_cpu_to_the_prefaulter(monkeypatch)
     monkeypatch.undo()
     monkeypatch.setattr(cbackend, "_driver", lambda fn, opts, arrays: (seen.append((fn, opts.nthreads)),
                                                                        driver(fn, opts, arrays)))
-    stack = gb.Stack(depth=1100, width=64, activation="tanh")  # H, Z and dW of ~36 MB each
+    stack = gb.Stack(depth=2000, width=64, activation="tanh")  # H, Z, dW ~62 MiB each: >= 32 MiB left to fault
     params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 64, 1)
     buffers.release()  # no workspace, nothing to recycle: a first call's fresh memory
     if not buffers.PREFAULTER.enabled:
