@@ -1,4 +1,4 @@
-"""Environment variables that gradbench reads, checked in one place.
+"""Environment variables that gradbench reads, checked in one place, and the CPUs it may use.
 
 A malformed value is an error that names the variable, the value and what is allowed, never a
 bare ``int()`` traceback and never silently ignored.
@@ -45,3 +45,12 @@ def env_flag(name: str) -> bool:
     if text == "1":
         return True
     raise EnvError(f"environment variable {name}={text!r} must be 0 or 1")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity (``taskset``, cgroups' cpusets), else
+    ``os.cpu_count()`` where there is no affinity (not Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

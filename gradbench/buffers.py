@@ -36,6 +36,8 @@ import weakref
 
 import numpy as np
 
+from gradbench._env import available_cpus
+
 SMALL_PAGES_FROM = 32 * 2**20  # bytes: below this NumPy's own allocation is used
 
 
@@ -89,8 +91,9 @@ class Prefaulter:
     write them, taking the pending mappings in turn (H and Z of the forward pass fill together).
     A page the caller reaches first is simply faulted in by the caller; nothing waits for the
     helper. The C drivers leave it a CPU while it has work (``gradbench.cbackend.call_opts``),
-    and a pass that has written its arrays drops what is left on them (:meth:`cancel`). Off where it cannot help: one CPU in the process's affinity, or a kernel without
-    the advice (the first refusal turns it off).
+    and a pass that has written its arrays drops what is left on them (:meth:`cancel`). Off
+    where it cannot help: one CPU in the process's affinity, or a kernel without the advice (the
+    first refusal turns it off).
     """
 
     POPULATE_WRITE = 23  # MADV_POPULATE_WRITE (linux/mman.h)
@@ -101,11 +104,7 @@ class Prefaulter:
         self._jobs: list[list] = []  # [mapping, address, next offset, stop offset, step]
         self._thread = None
         self._madvise = None
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):  # pragma: no cover - not Linux
-            cpus = 1
-        self.enabled = sys.platform.startswith("linux") and cpus >= 2
+        self.enabled = sys.platform.startswith("linux") and available_cpus() >= 2
 
     def add(self, m: mmap.mmap, order: str) -> None:
         """Fault in ``m`` in ``order`` ("ascending" or "descending") in the helper thread."""

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from gradbench import abi, blas, buffers
-from gradbench._env import env_flag, env_int
+from gradbench._env import available_cpus, env_flag, env_int
 
 try:
     from gradbench._ckernels import ffi, lib
@@ -112,11 +112,7 @@ def _default_threads() -> int:
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP's own syntax
     if env.isdigit():
         return max(1, int(env))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores)
+    return available_cpus()
 
 
 def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,
@@ -151,13 +147,6 @@ def threads() -> int:
     return int(_OPTS.nthreads)
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 # A pass that writes fresh memory (a first call's activations and gradients) is decided by its
 # page faults, not by arithmetic: while gradbench.buffers.PREFAULTER still has at least
 # PREFAULT_SHARE_FROM bytes to fault in and the drivers would take every CPU, they run on one
@@ -166,7 +155,7 @@ def _cpus() -> int:
 # s on two without it, 0.35 s on one beside it (two threads faulting pages in at the same time
 # spend 0.76-0.80 CPU-seconds against one's 0.58). Warm calls fault nothing in: every thread.
 PREFAULT_SHARE_FROM = 32 * 2**20
-_OPTS_SHARED = make_opts(nthreads=_OPTS.nthreads - 1) if _OPTS.nthreads >= _cpus() >= 2 else None
+_OPTS_SHARED = make_opts(nthreads=_OPTS.nthreads - 1) if _OPTS.nthreads >= available_cpus() >= 2 else None
 
 
 def call_opts():

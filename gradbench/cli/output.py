@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 from gradbench import __version__, _atomic
+from gradbench._env import available_cpus
 from gradbench.cli.process import OutputError, UsageError
 
 SCHEMA = 2  # 1: gradbench 0.1.0's files (no schema, seed, batch, machine); 2: docs/formats.md
@@ -177,10 +178,7 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count()
+    cores = available_cpus()
     return {"node": platform.node(), "system": f"{platform.system()} {platform.release()}",
             "cpu": cpu, "cores": cores, "python": platform.python_version(), "numpy": np.__version__}
 

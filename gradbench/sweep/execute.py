@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from gradbench._env import available_cpus
 from gradbench.sweep.grid import Plan, Run
 from gradbench.sweep.store import frame, write_rows
 from gradbench.sweep.worker import run_task
@@ -54,20 +55,13 @@ def _sigint_ignored():
         signal.signal(signal.SIGINT, old)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 @contextlib.contextmanager
 def connect(client, workers: int | None):
     """The client to use: the caller's, one for an address, or a LocalCluster for this call."""
     from distributed import Client, LocalCluster
 
     if client is None:
-        n = workers or _cores()
+        n = workers or available_cpus()
         # Dask's own log lines off (the cluster's processes and, while it runs, this one): a
         # failure reaches the caller as an exception; a Ctrl-C that closes the workers in the
         # middle of their tasks printed pages of warnings and tracebacks
