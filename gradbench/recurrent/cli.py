@@ -21,7 +21,9 @@ import time
 
 import numpy as np
 
-from gradbench.cli.common import nonneg_int, positive_float, positive_int, seed_int, typed_options
+from gradbench.cli.common import (
+    add_output_args, given, nonneg_int, option, positive_float, positive_int, refuse_unused, seed_int, typed_options,
+)
 from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
 from gradbench.report import fmt_pow
 from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, RECURRENT_INITS, RNN_ACTIVATIONS
@@ -87,19 +89,13 @@ def _check_outputs(args) -> None:
     """``--out`` and ``--plot`` checked before any work, as for the feed-forward commands: the
     suffix, a directory that exists (or ``--mkdir``) and takes files, two different files;
     ``--mkdir`` without an output file is refused."""
-    if "mkdir" in _typed(args) and not (args.out or args.plot):
-        raise UsageError("--mkdir creates the directories of output files, and no output file is asked for")
+    refuse_unused(args, [args.plot], [args.out, args.plot])
     check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir)
-
-
-def _typed(args) -> frozenset:
-    """The options (argparse dests) typed on the command line."""
-    return getattr(args, "typed", frozenset())
 
 
 def _check_clip(args) -> None:
     """``--clip-threshold`` / ``--clip-on`` do nothing without ``--clip``: refused, not ignored."""
-    unused = [o for d, o in (("clip_threshold", "--clip-threshold"), ("clip_on", "--clip-on")) if d in _typed(args)]
+    unused = [option(d) for d in given(args, "clip_threshold", "clip_on")]
     if unused and args.clip is None:
         raise UsageError(f"{' and '.join(unused)} {'apply' if len(unused) > 1 else 'applies'} only with --clip "
                          f"({' or '.join(CLIP_MODES)}): without --clip nothing is clipped")
@@ -316,14 +312,11 @@ def cmd_theory(args) -> int:
 # ------------------------------------------------------------------ train (the recurrent demos)
 def cmd_train(args) -> int:
     from gradbench.recurrent import plot
-    from gradbench.recurrent.train import RECURRENT_DEMOS, run_recurrent_demo
-
-    from gradbench.recurrent.train import check_demo_names
+    from gradbench.recurrent.train import run_recurrent_demo
 
     t0 = time.perf_counter()
     _check_outputs(args)
-    names = _names(args.demo)
-    check_demo_names(names)
+    names = _names(args.demo)  # checked by main (check_demo_names) before the options were parsed
     over = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "steps") if getattr(args, k) is not None}
     concrete = _backend(args.backend)
     results = {n: run_recurrent_demo(n, backend=concrete, progress=True, **over) for n in names}
@@ -333,7 +326,7 @@ def cmd_train(args) -> int:
         runs = {n: dict(settings=r.settings, loss=_jl(r.loss), eval_loss=_jl(r.eval_loss), accuracy=_jl(r.accuracy),
                         signal_start=_jl(r.signal_start), signal_end=_jl(r.signal_end), diverged_epoch=r.diverged_epoch,
                         divergence=r.divergence, seconds=r.seconds) for n, r in results.items()}
-        _write_out(args, "train", t0, concrete, {"runs": runs}, weights="gradbench.init_params(rnn, seed)")
+        _write_out(args, "train", t0, concrete, {"runs": runs}, weights=WEIGHTS)
     if args.plot:
         _write_plot(args, lambda path: plot.training_figure(results, path))
     return 0
@@ -361,8 +354,7 @@ examples:
     p.add_argument("--rows", type=positive_int, default=12, help="steps shown in the table (default 12)")
     p.add_argument("--out", help="write the diagnosis as JSON")
     p.add_argument("--plot", help="write ||dL/dh_t|| and the step contributions against t (.png/.svg/.pdf)")
-    p.add_argument("--mkdir", action="store_true", help="create missing directories of the output paths "
-                   "(without it a missing directory is an error: a typo should not make a tree)")
+    add_output_args(p, plots=False)  # --mkdir
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("compare", help="several cells side by side through time", formatter_class=raw, epilog="""\
 examples:
@@ -373,8 +365,7 @@ examples:
     _common(p)
     p.add_argument("--out", help="write every diagnosis as JSON")
     p.add_argument("--plot", help="write log10 ||dL/dh_t|| against steps back, one line per cell")
-    p.add_argument("--mkdir", action="store_true", help="create missing directories of the output paths "
-                   "(without it a missing directory is an error: a typo should not make a tree)")
+    add_output_args(p, plots=False)  # --mkdir
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("theory", help="predicted vs measured per-step rate through time", formatter_class=raw,
                        epilog="""\
@@ -394,8 +385,7 @@ examples:
     _common(p, batch=4)
     p.add_argument("--out", help="write the predictions and the measured rate as JSON")
     p.add_argument("--plot", help="write the measured log10 ||dL/dh_t|| against steps back")
-    p.add_argument("--mkdir", action="store_true", help="create missing directories of the output paths "
-                   "(without it a missing directory is an error: a typo should not make a tree)")
+    add_output_args(p, plots=False)  # --mkdir
     p.set_defaults(func=cmd_theory)
     p = sub.add_parser("train", help="the recurrent demonstrations", formatter_class=raw, epilog="""\
 examples:
@@ -410,8 +400,7 @@ examples:
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
     p.add_argument("--out")
     p.add_argument("--plot", help="held-out loss per epoch and the gradient curves at the start")
-    p.add_argument("--mkdir", action="store_true", help="create missing directories of the output paths "
-                   "(without it a missing directory is an error: a typo should not make a tree)")
+    add_output_args(p, plots=False)  # --mkdir
     p.set_defaults(func=cmd_train)
     return parser
 
