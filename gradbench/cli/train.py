@@ -173,10 +173,10 @@ def check_runs(args) -> None:
 
 
 def train_runs(args, backend: str) -> dict:
-    """The runs that the options ask for: name -> TrainResult."""
+    """The runs that the options ask for: name -> TrainResult (:func:`check_runs` has refused
+    what it refuses)."""
     from gradbench.train import run_demo, train
 
-    check_runs(args)
     overrides = _overrides(args)
     if args.demo:
         return {name: run_demo(name, backend=backend, progress=True, tensorboard=model.train_tensorboard_dir(args, name),
