@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from gradbench.params import seed_rng
+
 DATASETS = ("moons", "circles", "xor")
-
-
-def _rng(seed):
-    from gradbench.params import seed_rng
-
-    return seed_rng(seed)
 
 
 def _check_n(n_samples: int) -> None:
@@ -30,7 +26,7 @@ def moons(n_samples: int = 200, noise: float = 0.1, seed=0) -> tuple[np.ndarray,
     ``[0, pi]``, plus Gaussian noise of standard deviation ``noise``.
     """
     _check_n(n_samples)
-    rng = _rng(seed)
+    rng = seed_rng(seed)
     n0 = n_samples // 2
     n1 = n_samples - n0
     t0 = np.linspace(0.0, np.pi, n0)
@@ -50,7 +46,7 @@ def circles(n_samples: int = 200, noise: float = 0.05, factor: float = 0.5, seed
     _check_n(n_samples)
     if not 0 < factor < 1:
         raise ValueError(f"factor must be in (0, 1), got {factor}")
-    rng = _rng(seed)
+    rng = seed_rng(seed)
     n0 = n_samples // 2
     n1 = n_samples - n0
     t0 = np.linspace(0.0, 2 * np.pi, n0, endpoint=False)
@@ -68,7 +64,7 @@ def circles(n_samples: int = 200, noise: float = 0.05, factor: float = 0.5, seed
 def xor(n_samples: int = 200, std: float = 0.35, seed=0):
     """XOR of Gaussian blobs: centres (+-1, +-1); label 1 where the signs of the centre differ."""
     _check_n(n_samples)
-    rng = _rng(seed)
+    rng = seed_rng(seed)
     centres = np.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
     labels = np.array([0, 0, 1, 1], dtype=np.int64)
     k = np.arange(n_samples) % 4

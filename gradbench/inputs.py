@@ -72,6 +72,10 @@ def check_inputs(stack: Stack, params: Params | GeneratedParams, x, targets=None
     return Params(**checked), x, targets
 
 
+# Why batch norm needs two samples (the API's and the command line's refusals say it alike).
+BN_ONE_SAMPLE = "the batch statistics of one sample are degenerate (z - mean = 0 everywhere); PyTorch refuses it too"
+
+
 def _check_x(stack: Stack, x, targets):
     dt = stack.np_dtype
     if not isinstance(x, np.ndarray):
@@ -79,8 +83,7 @@ def _check_x(stack: Stack, x, targets):
     if x.ndim != 2 or x.shape[1] != stack.d_in or x.shape[0] < 1:
         raise ValueError(f"x has shape {x.shape}, expected (batch, {stack.d_in}) with batch >= 1")
     if stack.batch_norm and x.shape[0] < 2:
-        raise ValueError("batch_norm=True needs a batch of at least 2 (x has 1 sample): the batch statistics of one "
-                         "sample are degenerate (z - mean = 0 everywhere); PyTorch refuses it too")
+        raise ValueError(f"batch_norm=True needs a batch of at least 2 (x has 1 sample): {BN_ONE_SAMPLE}")
     x = check_array("x", x, None, dt)
     targets = check_targets(stack, targets, (x.shape[0],))
     return x, targets

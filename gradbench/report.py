@@ -7,6 +7,8 @@ import textwrap
 
 import numpy as np
 
+from gradbench.spec import RELU_FAMILY
+
 
 def fmt_pow(v: float) -> str:
     if math.isnan(v):
@@ -72,7 +74,7 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
         out.append(f"  first non-finite layer (backward): {d.first_nonfinite_backward}")
     act = d.stack["activation"]
     show_sat = act in ("sigmoid", "tanh")
-    show_dead = act in ("relu", "leaky_relu", "prelu")
+    show_dead = act in RELU_FAMILY
     head = f"  {'layer':>7} {'||dL/dW_l||':>14} {'||dL/dh_l||':>14} {'act mean':>11} {'act std':>11}"
     if show_sat:
         head += f" {'saturated':>9}"

@@ -60,6 +60,7 @@ import math
 import numpy as np
 
 from gradbench.activations import RESCUE
+from gradbench.spec import RELU_FAMILY
 
 VERDICTS = ("vanishing", "exploding", "stable", "no gradient")
 
@@ -332,7 +333,7 @@ def _findings(stack, g, res, verdict) -> list[str]:
             words.append(f"{100 * sat:.0f} % of the units are saturated (phi' < 1% of its maximum)")
         if stack.activation == "sigmoid" and not stack.batch_norm and verdict == "vanishing":
             words.append("sigmoid' <= 0.25 costs at least 0.6 decades per layer times the weight gain")
-    if stack.activation in ("relu", "leaky_relu", "prelu"):
+    if stack.activation in RELU_FAMILY:
         dead = float(np.mean(res.dead))
         if dead > 0.1:
             words.append(f"{100 * dead:.0f} % of the units are dead (z <= 0 for the whole batch)")

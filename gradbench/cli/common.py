@@ -276,12 +276,11 @@ def plan_probe(stack: Stack, batch: int, seed: int, backend: str, *, stats_only:
     with the command-line options that fit. ``available``: bytes of free memory, measured once
     per command before any allocation (default: now)."""
     from gradbench import plan as planning
+    from gradbench.inputs import BN_ONE_SAMPLE
 
     if stack.batch_norm and batch < 2:  # gb.backprop refuses it too, but only after the weights are drawn
         who = f"configuration {label}" if label else "the stack"
-        raise UsageError(f"{who} has batch norm, which needs --batch >= 2, got --batch {batch}: "
-                         "the batch statistics of one sample are "
-                         "degenerate (z - mean = 0 everywhere); PyTorch refuses it too")
+        raise UsageError(f"{who} has batch norm, which needs --batch >= 2, got --batch {batch}: {BN_ONE_SAMPLE}")
     available = planning.available_memory() if available is None else available
     _, limit, budget = planning.memory_limits(None, available)
     try:
