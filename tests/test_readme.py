@@ -94,3 +94,19 @@ def test_design_environment_table_names_every_variable_the_package_reads_with_it
     base, exp = table["GRADBENCH_C_PAR_MIN_WORK"].split("^")
     assert int(base) ** int(exp) == int(par)
     assert float(table["GRADBENCH_PROGRESS_SECONDS"]) == float(progress)
+
+
+def test_readme_recurrent_diagnosis_quote_is_what_it_prints():
+    """The README quotes the recurrent example's diagnosis in words: every quoted piece (between
+    the "..." cuts) appears in what gb.diagnose prints for that example."""
+    import gradbench as gb
+
+    text = " ".join(README.read_text().split())
+    quote = re.search(r'`print\(gb\.diagnose\(res\)\)` says it in words: "(.*?)"', text).group(1)
+    rnn = gb.Recurrent(cell="lstm", steps=1000, hidden=32, input_dim=8, forget_bias=1.0)
+    res = gb.backprop(rnn, gb.init_params(rnn, seed=0), gb.sequence_input(rnn, batch=16, seed=1))
+    said = " ".join(gb.diagnose(res).explanation.split())
+    pieces = [p.strip(" ;") for p in quote.split("...") if p.strip(" ;")]
+    assert len(pieces) >= 2
+    for piece in pieces:
+        assert piece in said, (piece, said)
