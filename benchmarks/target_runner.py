@@ -4,7 +4,8 @@
 
 MODE ``warm``: one untimed call, then REPS timed calls (the minimum is reported); ``first``: the
 first call of the process (kernels already compiled and cached on disk) and then the warm
-minimum; ``fma``: one core's measured FMA peak (benchmarks/fma_peak.c compiled for this CPU);
+minimum; ``mixed``: like ``warm``, with a NumPy product of the layer's size just before each
+timed call (the user's own NumPy code between calls: its BLAS threads still spinning); ``fma``: one core's measured FMA peak (benchmarks/fma_peak.c compiled for this CPU);
 ``stats``: like ``first``, for a run with generated weights, statistics only and
 checkpoints every sqrt(L) layers (kernels warmed up on a small such run); ``peak``: the rate of a large float64 matrix product (2048^3) on the threads given, an
 achievable peak to state the kernels' efficiency against. IMPL is a gradbench backend
@@ -85,11 +86,19 @@ def main(argv):
         def run():
             return gb.backprop(stack, params, x, backend=impl)
 
+    if mode == "mixed":  # a NumPy product of the layer's size before each call (warm otherwise)
+        import numpy as np
+
+        a = np.ones((max(B, 256), N), dtype=dtype)
+        w = np.ones((N, N), dtype=dtype)
+        run()
     t = time.perf_counter()
     res = run()
     first = time.perf_counter() - t
     times = []
     for _ in range(reps):
+        if mode == "mixed":
+            a @ w  # leaves NumPy's BLAS threads spinning, as a user's own code would
         t = time.perf_counter()
         run()
         times.append(time.perf_counter() - t)

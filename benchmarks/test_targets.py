@@ -9,7 +9,9 @@ after the other, on the same machine (a shared machine moves single timings by u
 
 Targets (t = time):
 - ``plain loop``: t(plain NumPy loop) / t(best gradbench backend) >= 1.0 at every width, one
-  thread and default threads; >= 1.5 at n = 64;
+  thread and default threads; >= 1.5 at n = 64; the same (>= 1.0, default threads, backend
+  "auto") in float32 and in mode ``mixed`` (a NumPy product before each call, as a user's own
+  code leaves NumPy's BLAS threads spinning), float32 and float64;
 - ``auto``: t(fastest backend) / t(backend="auto") >= 1 / 1.1;
 - ``default threads``: t(one thread) / t(default threads) >= 1.0 for every backend and width;
 - ``two threads``: t(one) / t(two) >= 1.7 at n = 64 and wider;
@@ -113,6 +115,22 @@ def test_target_plain_loop_and_auto(benchmark, threads):
            ">= 1.0 at every width, >= 1.5 at n = 64", ok, rows=rows)
     if threads == "default":
         assert all(r["auto"] > 0 for r in rows)
+
+
+def test_target_plain_loop_float32_and_mixed(benchmark):
+    """Target 1 on the paths beside the grid's: float32, and calls between a user's own NumPy
+    products (mode ``mixed``), at default threads, against the plain loop run the same way."""
+    if not FAST:
+        pytest.skip("no compiled backend (numba, c) is available")
+    rows = []
+    for mode, dtype in (("warm", "float32"), ("mixed", "float32"), ("mixed", "float64")):
+        for L, N, B in sizes(benchmark, [], WIDTHS_QUICK, TINY):
+            reps = 1 if benchmark.disabled else 3
+            t = {impl: run(mode, impl, L, N, B, dtype, reps=reps, threads="default")["min"]
+                 for impl in ("numpy-loop", "auto")}
+            rows.append(dict(mode=mode, dtype=dtype, L=L, N=N, B=B, plain_loop=t["numpy-loop"] / t["auto"], times=t))
+    record(benchmark, "plain loop / auto: float32, and after NumPy products (default threads)",
+           min(r["plain_loop"] for r in rows), ">= 1.0", all(r["plain_loop"] >= 1.0 for r in rows), rows=rows)
 
 
 @pytest.mark.parametrize("backend", FAST or ["none"])

@@ -64,13 +64,21 @@
 /* exponent differences are clamped to +-GB_EXP_CLAMP before ldexp (abi.EXP_CLAMP) */
 #define GB_EXP_CLAMP 4000
 
-/* Fortran BLAS gemm (column major), e.g. from scipy.linalg.cython_blas; NULL: own kernels. */
+/* Fortran BLAS gemm (column major): NumPy's (below) or scipy.linalg.cython_blas's; NULL: own kernels. */
 typedef void (*gb_dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, double *alpha,
                             double *a, int *lda, double *b, int *ldb, double *beta, double *c,
                             int *ldc);
 typedef void (*gb_sgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, float *alpha,
                             float *a, int *lda, float *b, int *ldb, float *beta, float *c,
                             int *ldc);
+
+/* NumPy's ILP64 gemm behind the two signatures above (csrc/blas64.c): set the targets once,
+ * before any call, then pass gb_dgemm_ilp64 / gb_sgemm_ilp64 as gb_opts.dgemm / sgemm. */
+void gb_set_blas_ilp64(void *dgemm, void *sgemm);
+void gb_dgemm_ilp64(char *transa, char *transb, int *m, int *n, int *k, double *alpha, double *a,
+                    int *lda, double *b, int *ldb, double *beta, double *c, int *ldc);
+void gb_sgemm_ilp64(char *transa, char *transb, int *m, int *n, int *k, float *alpha, float *a,
+                    int *lda, float *b, int *ldb, float *beta, float *c, int *ldc);
 
 /* How a driver may run: the BLAS it may call, from which width on, and how many threads its
  * own kernels use (results do not depend on the thread count). Read only. */

@@ -6,13 +6,15 @@ choice matters to gradbench's wide layers: on a Zen 5 core a float64 product of 
 matrices ran at 105.8 GF/s with OpenBLAS's AVX-512 kernels ("SkylakeX", its own choice there)
 and at 62.7 GF/s with its AVX2 kernels ("Haswell", what ``OPENBLAS_CORETYPE=Haswell`` forces),
 while gradbench's own float64 products run at 66-75 GF/s from N = 256 to 512. The C backend
-therefore calls BLAS from a width that depends on the kernels SciPy's OpenBLAS runs
+therefore calls BLAS from a width that depends on the kernels of the OpenBLAS it calls (NumPy's
+where it is an ILP64 OpenBLAS, else SciPy's: :func:`gemm_kernels`)
 (``gradbench.cbackend.BLAS_MIN_WIDTH``). gradbench never sets ``OPENBLAS_CORETYPE``: it is a
 process-wide setting of the user's NumPy and SciPy.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 # OpenBLAS's names of its AVX-512 kernel sets.
@@ -28,7 +30,8 @@ def openblas_kernels() -> dict[str, str]:
 
 
 def scipy_kernels() -> str | None:
-    """The kernels of SciPy's OpenBLAS (whose ``dgemm`` gradbench's C and Numba backends call):
+    """The kernels of SciPy's OpenBLAS (whose ``dgemm`` the Numba backend calls, and the C
+    backend where NumPy's BLAS is not an ILP64 OpenBLAS):
     "Haswell", "SkylakeX", ...; ``None`` for another BLAS or where it cannot be told."""
     try:
         import scipy.linalg  # noqa: F401  (loads SciPy's BLAS)
@@ -44,6 +47,44 @@ def scipy_kernels() -> str | None:
     return next(iter(kernels.values())) if len(kernels) == 1 else None
 
 
+# NumPy's ILP64 OpenBLAS (numpy >= 2 wheels: "scipy_" prefix; older "openblas64_" builds: none)
+_ILP64_GEMM = (("scipy_dgemm_64_", "scipy_sgemm_64_"), ("dgemm_64_", "sgemm_64_"))
+
+
+@functools.lru_cache(maxsize=1)
+def numpy_gemm() -> tuple[int, int, str] | None:
+    """NumPy's own BLAS gemm, when it is an OpenBLAS with 64-bit integers (the ``64_`` symbols
+    of NumPy's wheels): the addresses of its ``dgemm`` and ``sgemm`` and the kernels it runs;
+    ``None`` for any other BLAS (then the C backend calls SciPy's). The C backend prefers it:
+    one pool of BLAS threads for NumPy's products and gradbench's (csrc/blas64.c says why)."""
+    import ctypes
+
+    import numpy as np
+
+    try:
+        from threadpoolctl import threadpool_info
+
+        np.ones((2, 2)) @ np.ones((2, 2))  # NumPy's BLAS is loaded (it is, once numpy is)
+        libs = [i for i in threadpool_info() if i.get("internal_api") == "openblas"
+                and os.path.basename(os.path.dirname(i["filepath"])) == "numpy.libs"]
+    except Exception:  # noqa: BLE001 - no threadpoolctl, an unusual NumPy: SciPy's BLAS
+        return None
+    if len(libs) != 1:
+        return None
+    lib = ctypes.CDLL(libs[0]["filepath"])  # the library already loaded: the same instance
+    for d, s in _ILP64_GEMM:
+        if hasattr(lib, d) and hasattr(lib, s):
+            address = ctypes.cast(getattr(lib, d), ctypes.c_void_p).value
+            return address, ctypes.cast(getattr(lib, s), ctypes.c_void_p).value, libs[0].get("architecture") or "unknown"
+    return None
+
+
+def gemm_kernels() -> str | None:
+    """The kernels of the BLAS the C backend calls: NumPy's (:func:`numpy_gemm`) or SciPy's."""
+    mine = numpy_gemm()
+    return mine[2] if mine is not None else scipy_kernels()
+
+
 def runs_avx512_kernels() -> bool:
-    """Whether SciPy's OpenBLAS runs its AVX-512 kernels here."""
-    return scipy_kernels() in AVX512_KERNELS
+    """Whether the BLAS the C backend calls (:func:`gemm_kernels`) runs its AVX-512 kernels."""
+    return gemm_kernels() in AVX512_KERNELS

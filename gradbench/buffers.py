@@ -2,9 +2,13 @@
 
 Page faults, not arithmetic, decided a first call: a 10^4-layer, width-64 run touches ~1 GB of
 fresh arrays (activations, pre-activations, gradients), and NumPy asks the kernel for
-transparent huge pages on large arrays (``madvise(MADV_HUGEPAGE)``), which on a fragmented
-machine stalls in memory compaction: ~2 s per GiB on first touch (measured here), 0.05 s per
-GiB once huge pages are free, against ~0.5 s per GiB with ordinary 4 KiB pages every time.
+transparent huge pages on large arrays (``madvise(MADV_HUGEPAGE)``). Measured on this project's
+machine (a Firecracker guest with a virtio balloon that reports free memory to the host): a
+huge page costs 0.05 s per GiB when it was freed less than ~1 s before, but 1-2.3 s per GiB
+once the guest has reported the free 2 MiB block to the host (after ~2 s; the host then backs
+it afresh on the next touch), against a steady ~0.35 s per GiB with 4 KiB pages, which are
+below the reporting order and stay backed. (On other machines memory compaction can stall huge
+pages in the same way.)
 gradbench does not change NumPy's global setting; its own arrays of 32 MiB and more come from
 :func:`empty`, an anonymous mapping advised ``MADV_NOHUGEPAGE`` (Linux; elsewhere
 ``numpy.empty``), and the internal ones (activations, pre-activations, batch-norm statistics,

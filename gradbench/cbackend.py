@@ -8,13 +8,14 @@ the GIL around every C call, so two Python threads run the kernels at the same t
 codes of the C functions become exceptions. The layer functions (:func:`dense_forward`, ...)
 call the exported C layer pairs one at a time, with the reference's arguments, for tests.
 
-For very wide layers (``BLAS_MIN_WIDTH``) the C drivers call the BLAS that SciPy ships
-(``dgemm``/``sgemm`` taken from ``scipy.linalg.cython_blas`` at import and passed into C as
-function pointers); narrower ones use the register-blocked kernels in ``csrc/``.
+For very wide layers (``BLAS_MIN_WIDTH``) the C drivers call NumPy's own BLAS (``dgemm``/
+``sgemm`` of its ILP64 OpenBLAS, through csrc/blas64.c: one pool of BLAS threads with the user's
+NumPy products), or, for another NumPy, SciPy's (``scipy.linalg.cython_blas``); the pointers are
+taken at import and passed into C (``BLAS_SOURCE`` says whose); narrower ones use the register-blocked kernels in ``csrc/``.
 ``GRADBENCH_C_THREADS`` sets the number of threads of the own kernels (else ``OMP_NUM_THREADS``,
 else the cores this process may run on); results do not depend on it. The threads live for one
 call only (no pool survives into a fork) and never run beside BLAS: a layer that calls BLAS runs
-the rest of its work on one thread and leaves the parallelism to BLAS's own threads (SciPy's
+the rest of its work on one thread and leaves the parallelism to BLAS's own threads (its
 OpenBLAS follows ``OPENBLAS_NUM_THREADS``).
 """
 
@@ -43,7 +44,7 @@ _ERRORS = {
 _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 
 # Layers at least this wide use BLAS for their three matrix products; where, depends on the
-# kernels SciPy's OpenBLAS runs (gradbench.blas). Measured on the 2-core AMD EPYC (Zen 5,
+# kernels the OpenBLAS it calls runs (gradbench.blas). Measured on the 2-core AMD EPYC (Zen 5,
 # AVX-512), one thread, a whole forward + backward (tanh):
 # - its AVX2 kernels (OPENBLAS_CORETYPE=Haswell, as this machine's environment sets): own
 #   kernels 59.7 / 72.7 / 64.5 / 56.0 / 41.7 GF/s at N = 128 / 256 / 512 / 1024 / 2048, BLAS
@@ -51,6 +52,12 @@ _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 # - its AVX-512 kernels (OpenBLAS's own choice on this CPU): own 75.5 / 66.6 GF/s at N = 256 /
 #   512, BLAS 70.6 / 85.5 (99.2 at 2048): BLAS from 512.
 # (The own products are not blocked for caches yet; at N = 2048 W no longer fits in L2.)
+# Whose BLAS the drivers call ("numpy" or "scipy"): NumPy's where it is an ILP64 OpenBLAS, so
+# that a user's NumPy products and gradbench's share one pool of BLAS threads (csrc/blas64.c).
+_NUMPY_GEMM = blas.numpy_gemm()
+if _NUMPY_GEMM is not None:
+    lib.gb_set_blas_ilp64(ffi.cast("void *", _NUMPY_GEMM[0]), ffi.cast("void *", _NUMPY_GEMM[1]))
+BLAS_SOURCE = "numpy" if _NUMPY_GEMM is not None else "scipy"
 BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 512 if blas.runs_avx512_kernels() else 1024, low=0)
 # float32: the own products sum in float32 in one FMA chain per entry; from N ~ 128 on that
 # drifts further from NumPy's (pairwise-blocked) sgemm than batch norm over a small batch
@@ -93,9 +100,14 @@ def _capsule_pointer(capsule) -> int:
 
 
 def _blas() -> tuple[int, int]:
-    """Addresses of SciPy's Fortran dgemm and sgemm (0, 0 when unavailable)."""
+    """Addresses of the Fortran dgemm and sgemm the drivers call: NumPy's (through the ILP64
+    shims of csrc/blas64.c; :func:`gradbench.blas.numpy_gemm`), else SciPy's; (0, 0) when
+    neither is there or ``GRADBENCH_C_NO_BLAS`` is set."""
     if env_flag("GRADBENCH_C_NO_BLAS"):
         return 0, 0
+    if BLAS_SOURCE == "numpy":
+        return (int(ffi.cast("uintptr_t", ffi.addressof(lib, "gb_dgemm_ilp64"))),
+                int(ffi.cast("uintptr_t", ffi.addressof(lib, "gb_sgemm_ilp64"))))
     try:
         from scipy.linalg import cython_blas
 

@@ -1,4 +1,5 @@
-"""gradbench.blas tells which kernels SciPy's OpenBLAS runs, and the C backend's BLAS width follows it.
+"""gradbench.blas tells which kernels the OpenBLAS the C backend calls runs (NumPy's where it is
+an ILP64 OpenBLAS, else SciPy's), and the C backend's BLAS width follows it.
 
 Checked against what OpenBLAS is told to run: ``OPENBLAS_CORETYPE`` forces its kernels in a fresh
 process (AVX-512 ones only on a CPU that has AVX-512: where the C backend's own dispatch runs its
@@ -9,12 +10,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from gradbench import blas
 
 CODE = ("import gradbench.blas as b, gradbench.cbackend as c; "
-        "print(b.scipy_kernels(), int(b.runs_avx512_kernels()), c.BLAS_MIN_WIDTH)")
+        "print(b.gemm_kernels(), int(b.runs_avx512_kernels()), c.BLAS_MIN_WIDTH)")
 
 
 def _fresh(coretype: str) -> list[str]:
@@ -37,14 +39,73 @@ def _c_isa() -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OPENBLAS_CORETYPE is read by Linux builds")
 def test_forced_avx2_kernels_are_reported_and_keep_blas_from_1024():
-    if blas.scipy_kernels() is None:
-        pytest.skip("SciPy does not use OpenBLAS here")
+    if blas.gemm_kernels() is None:
+        pytest.skip("the C backend's BLAS is not an OpenBLAS here")
     assert _fresh("Haswell") == ["Haswell", "0", "1024"]
 
 
 @pytest.mark.skipif(_c_isa() != 4, reason="AVX-512 kernels need a CPU with AVX-512")
 def test_avx512_kernels_are_reported_and_move_blas_to_512():
-    if blas.scipy_kernels() is None:
-        pytest.skip("SciPy does not use OpenBLAS here")
+    if blas.gemm_kernels() is None:
+        pytest.skip("the C backend's BLAS is not an OpenBLAS here")
     assert _fresh("SkylakeX") == ["SkylakeX", "1", "512"]
 
+
+
+def _cbackend():
+    try:
+        from gradbench import cbackend
+    except ImportError:
+        pytest.skip("C extension not built")
+    return cbackend
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("ta, tb", [("N", "N"), ("T", "N"), ("N", "T")])
+def test_ilp64_shims_compute_numpys_product(dtype, ta, tb):
+    """The shims (csrc/blas64.c) hand NumPy's ILP64 gemm the right arguments: column-major
+    C = op(A) op(B) with m, n, k and leading dimensions all different, against NumPy's matmul."""
+    cb = _cbackend()
+    if blas.numpy_gemm() is None:
+        pytest.skip("NumPy's BLAS is not an ILP64 OpenBLAS here")
+    m, n, k = 7, 5, 9
+    rng = np.random.default_rng(0)
+    # column-major op(A) (m, k), op(B) (k, n): stored as the transposes' C-order arrays
+    A = rng.standard_normal((m, k) if ta == "N" else (k, m)).astype(dtype)
+    B = rng.standard_normal((k, n) if tb == "N" else (n, k)).astype(dtype)
+    Af, Bf = np.asfortranarray(A), np.asfortranarray(B)
+    C = np.zeros((m, n), dtype=dtype, order="F")
+    ffi, lib = cb.ffi, cb.lib
+    T = "double" if dtype == np.float64 else "float"
+    fn = lib.gb_dgemm_ilp64 if dtype == np.float64 else lib.gb_sgemm_ilp64
+    ints = [ffi.new("int *", v) for v in (m, n, k, A.shape[0], B.shape[0], m)]
+    fn(ffi.new("char[]", ta.encode()), ffi.new("char[]", tb.encode()), ints[0], ints[1], ints[2],
+       ffi.new(f"{T} *", 1.5), ffi.cast(f"{T} *", Af.ctypes.data), ints[3],
+       ffi.cast(f"{T} *", Bf.ctypes.data), ints[4], ffi.new(f"{T} *", 0.0),
+       ffi.cast(f"{T} *", C.ctypes.data), ints[5])
+    want = 1.5 * (A if ta == "N" else A.T).astype(np.float64) @ (B if tb == "N" else B.T).astype(np.float64)
+    np.testing.assert_allclose(C, want, rtol=1e-12 if dtype == np.float64 else 1e-5, atol=1e-5)
+
+
+def test_drivers_call_numpys_gemm():
+    """The drivers' BLAS pointers are the shims, and the shims' targets are NumPy's own gemm (one
+    pool of BLAS threads with the user's NumPy products: csrc/blas64.c)."""
+    cb = _cbackend()
+    found = blas.numpy_gemm()
+    if found is None:
+        pytest.skip("NumPy's BLAS is not an ILP64 OpenBLAS here")
+    if os.environ.get("GRADBENCH_C_NO_BLAS"):
+        pytest.skip("GRADBENCH_C_NO_BLAS is set")
+    ffi, lib = cb.ffi, cb.lib
+    assert cb.BLAS_SOURCE == "numpy"
+    assert ffi.cast("void *", cb._OPTS.dgemm) == ffi.cast("void *", ffi.addressof(lib, "gb_dgemm_ilp64"))
+    assert ffi.cast("void *", cb._OPTS.sgemm) == ffi.cast("void *", ffi.addressof(lib, "gb_sgemm_ilp64"))
+    import ctypes
+
+    import threadpoolctl
+
+    path = next(i["filepath"] for i in threadpoolctl.threadpool_info()
+                if os.path.basename(os.path.dirname(i["filepath"])) == "numpy.libs")
+    numpy_blas = ctypes.CDLL(path)
+    names = next(pair for pair in blas._ILP64_GEMM if all(hasattr(numpy_blas, n) for n in pair))
+    assert found[:2] == tuple(ctypes.cast(getattr(numpy_blas, n), ctypes.c_void_p).value for n in names)

@@ -86,8 +86,8 @@ def test_design_environment_table_names_every_variable_the_package_reads_with_it
         pytest.skip("C extension not built")
     assert proc.returncode == 0, proc.stderr
     blas, blas32, par, progress, avx512 = proc.stdout.split()
-    # "1024 (512 when SciPy's OpenBLAS runs its AVX-512 kernels)"
-    plain, fast = re.fullmatch(r"(\d+) \((\d+) when SciPy's OpenBLAS runs its AVX-512 kernels\)",
+    # "1024 (512 when the OpenBLAS it calls runs its AVX-512 kernels)"
+    plain, fast = re.fullmatch(r"(\d+) \((\d+) when the OpenBLAS it calls runs its AVX-512 kernels\)",
                                table["GRADBENCH_C_BLAS_MIN_WIDTH"]).groups()
     assert blas == (fast if avx512 == "1" else plain)
     assert table["GRADBENCH_C_BLAS_MIN_WIDTH_F32"] == blas32

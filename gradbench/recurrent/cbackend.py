@@ -4,7 +4,7 @@ Each function takes exactly the arguments of :mod:`gradbench.recurrent.reference
 :mod:`gradbench.recurrent.abi`), validates them with :func:`gradbench.abi.check`, fills one
 ``gb_recurrent_arrays`` struct of pointers (``ffi.from_buffer``, never copied) and makes one C
 call (cffi releases the GIL). From width :data:`BLAS_MIN_WIDTH` on the matrix products go to
-SciPy's BLAS (:func:`gradbench.cbackend.make_opts`), below it to the kernels' own tiles.
+NumPy's BLAS (or SciPy's; :func:`gradbench.cbackend.make_opts`), below it to the kernels' own tiles.
 """
 
 from __future__ import annotations
