@@ -331,45 +331,48 @@ static void F(gb_dense_backward_ctx)(GEMM_FN gemm, T *dh, T *dW, T *db, const T 
     F(gb_gemm_own)(dh, dz, N, 1, W, NULL, B, N, N);
 }
 
-/* y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance).
+/* y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance), for
+ * the columns [j0, j1) (the drivers' threads each take a block of columns; every column is
+ * computed by the same code whatever the split, so the bits do not depend on it).
  * y, xhat, z (B,N); mean, rstd, gamma, beta (N,). y may be z. */
 static void F(gb_batchnorm_forward_impl)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma,
-                                    const T *beta, double eps, int64_t B, int64_t N) {
+                                    const T *beta, double eps, int64_t B, int64_t N, int64_t j0, int64_t j1) {
     T *var = rstd; /* the variance lives in rstd until rstd is computed */
-    for (int64_t j = 0; j < N; j++) mean[j] = var[j] = 0;
+    for (int64_t j = j0; j < j1; j++) mean[j] = var[j] = 0;
     for (int64_t r = 0; r < B; r++)
-        for (int64_t j = 0; j < N; j++) mean[j] += z[r * N + j];
-    for (int64_t j = 0; j < N; j++) mean[j] /= (T)B;
+        for (int64_t j = j0; j < j1; j++) mean[j] += z[r * N + j];
+    for (int64_t j = j0; j < j1; j++) mean[j] /= (T)B;
     for (int64_t r = 0; r < B; r++)
-        for (int64_t j = 0; j < N; j++) {
+        for (int64_t j = j0; j < j1; j++) {
             T d = z[r * N + j] - mean[j];
             var[j] += d * d;
         }
-    for (int64_t j = 0; j < N; j++) {
+    for (int64_t j = j0; j < j1; j++) {
         T v = var[j] / (T)B;
         rstd[j] = (T)(1.0 / sqrt((double)v + eps));
     }
     for (int64_t r = 0; r < B; r++)
-        for (int64_t j = 0; j < N; j++) {
+        for (int64_t j = j0; j < j1; j++) {
             T x = (z[r * N + j] - mean[j]) * rstd[j];
             xhat[r * N + j] = x;
             y[r * N + j] = gamma[j] * x + beta[j];
         }
 }
 
-/* Train-mode batch norm backward, linear in dy:
+/* Train-mode batch norm backward, linear in dy, for the columns [j0, j1):
  * dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat)).
  * dz, dy, xhat (B,N); dgamma, dbeta, rstd, gamma (N,). dz may be dy. */
 static void F(gb_batchnorm_backward_impl)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat,
-                                     const T *rstd, const T *gamma, int64_t B, int64_t N) {
-    for (int64_t j = 0; j < N; j++) dgamma[j] = dbeta[j] = 0;
+                                     const T *rstd, const T *gamma, int64_t B, int64_t N, int64_t j0,
+                                     int64_t j1) {
+    for (int64_t j = j0; j < j1; j++) dgamma[j] = dbeta[j] = 0;
     for (int64_t r = 0; r < B; r++)
-        for (int64_t j = 0; j < N; j++) {
+        for (int64_t j = j0; j < j1; j++) {
             dbeta[j] += dy[r * N + j];
             dgamma[j] += dy[r * N + j] * xhat[r * N + j];
         }
     for (int64_t r = 0; r < B; r++)
-        for (int64_t j = 0; j < N; j++) {
+        for (int64_t j = j0; j < j1; j++) {
             T gr = gamma[j] * rstd[j];
             dz[r * N + j] =
                 gr * (dy[r * N + j] - dbeta[j] / (T)B - xhat[r * N + j] * (dgamma[j] / (T)B));
@@ -902,12 +905,12 @@ static GEMM_FN F(gb_pick_gemm)(const gb_opts *opts, int64_t N) {
 }
 
 /* Threads for a call: the own kernels on nth threads, each owning a block of batch rows (and
- * of dW rows). One thread when BLAS runs the products (BLAS has its own threads: one level at
- * a time), for small layers, and where a layer reduces across the batch (batch norm, signal
- * clipping). */
-static int F(gb_pick_threads)(const gb_opts *opts, GEMM_FN gemm, int bn, int clip, int64_t B,
+ * of dW rows; under batch norm also a block of columns for the batch statistics). One thread
+ * when BLAS runs the products (BLAS has its own threads: one level at a time), for small
+ * layers, and where the backward clips the signal (a reduction over the whole batch). */
+static int F(gb_pick_threads)(const gb_opts *opts, GEMM_FN gemm, int clip, int64_t B,
                               int64_t N) {
-    if (!opts || opts->nthreads <= 1 || gemm || bn || clip || B < 2) return 1;
+    if (!opts || opts->nthreads <= 1 || gemm || clip || B < 2) return 1;
     if (B * N * N < opts->par_min_work) return 1;
     const int64_t nth = GB_MIN(GB_MIN(opts->nthreads, GB_MAX_THREADS), GB_MIN(B, N) / 4);
     return nth > 1 ? (int)nth : 1;
@@ -949,7 +952,7 @@ static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, int backwa
     if (rc) return rc;
     *cfg = F(gb_read_cfg)(a->icfg, a->fcfg);
     *gemm = F(gb_pick_gemm)(opts, a->N);
-    *nth = F(gb_pick_threads)(opts, *gemm, cfg->bn, backward ? cfg->clip : 0, a->B, a->N);
+    *nth = F(gb_pick_threads)(opts, *gemm, backward ? cfg->clip : 0, a->B, a->N);
     return GB_OK;
 }
 
@@ -961,7 +964,7 @@ typedef struct {
     T *wt[3];             /* (N,N) W^T of layers l, l+1, l+2 in wt[l % 3] (own kernels), column shares */
     gb_progress *tdone;   /* (nth) per thread: the last layer whose share of W^T it wrote */
     gb_progress *rdone;   /* (nth) per thread: the last layer whose W^T it has read */
-    T *zb;                /* (B,N) pre-normalisation z under batch norm (one thread) */
+    T *zb;                /* (B,N) pre-normalisation z under batch norm (rows, then columns) */
     double *rsum, *rm2;   /* (L,B) per row of h_{l+1}: sum, sum of squared deviations from its mean */
     int64_t *rsat;        /* (L,B) per row: saturated entries of z_l */
     unsigned char *rbad;  /* (L,B) per row: h_{l+1} has a non-finite entry */
@@ -1047,7 +1050,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
      * before layer l (done a layer earlier: a thread may run a layer ahead of another without
      * waiting), and, before writing W_{l+2}^T into wt[(l+2) % 3], for every thread to have read
      * that buffer's W_{l-1}^T (rdone). The rows of a thread are independent of the others'
-     * in the forward (batch norm: one thread), so the only barrier is the rescaling's. */
+     * in the forward (batch norm: two barriers around its statistics, by columns), so the
+     * only other barrier is the rescaling's. */
     if (!st->gemm) {
         for (int64_t q = 0; q < GB_MIN(2, L); q++) F(gb_transpose_rows)(st->wt[q], W + q * NN, N, j0, j1);
         gb_progress_set(bar, &st->tdone[tid], GB_MIN(2, L) - 1);
@@ -1063,17 +1067,23 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, f, f32);
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
         unsigned char *dead = st->dead + (l * st->nth + tid) * N; /* all 1 for a thread that left */
-        if (st->gemm || st->cfg.bn) { /* BLAS or batch norm: one thread, all rows, pass by pass */
+        if (st->gemm || st->cfg.bn) { /* BLAS (one thread) or batch norm: pass by pass, z by
+            * rows, the batch statistics by columns (every thread a block of them, between two
+            * barriers), the activation by rows */
             T *zz = st->cfg.bn ? st->zb : Zl;
             if (st->gemm)
                 F(gb_dense_forward_ctx)(st->gemm, NULL, zz, h, W + l * NN, b + l * N, B, N);
             else
-                F(gb_gemm_own)(zz, h, N, 1, wtl, b + l * N, B, N, N);
-            if (st->cfg.bn)
+                F(gb_gemm_own)(zz + r0 * N, h, N, 1, wtl, b + l * N, nr, N, N);
+            if (st->cfg.bn) {
+                gb_barrier_wait(bar, &sense); /* every row of z_l */
                 F(gb_batchnorm_forward_impl)(st->zb, Zl, (T *)a->bn_mean + l * N, (T *)a->bn_rstd + l * N,
-                                             st->zb, gamma + l * N, beta + l * N, st->cfg.eps, B, N);
-            for (int64_t r = 0; r < B; r++)
-                st->rsat[l * B + r] = F(gb_act_forward_row)(hn + r * N, zz + r * N, N, &sc, st->cfg.thr, dead);
+                                             st->zb, gamma + l * N, beta + l * N, st->cfg.eps, B, N, j0, j1);
+                gb_barrier_wait(bar, &sense); /* every column normalised */
+            }
+            for (int64_t r = r0; r < r1; r++)
+                st->rsat[l * B + r] = F(gb_act_forward_row)(hn + (r - r0) * N, zz + r * N, N, &sc,
+                                                            st->cfg.thr, dead);
         } else { /* the activation as the epilogue of every block of 4 rows, while z is in L1 */
             gb_pf pf = {0}; /* W_{l+2} (transposed below), the next layer's z and h rows */
             if (l + 1 < L) {
@@ -1272,17 +1282,21 @@ static void F(gb_row_sumsq)(const T *g, int64_t r0, int64_t r1, int64_t N, doubl
     }
 }
 
-/* Layer l's steps from dz_l (rows [r0, r1), at exponent e) to the slot: batch norm (one thread),
+/* Layer l's steps from dz_l (rows [r0, r1), at exponent e) to the slot: batch norm (columns
+ * [i0, i1), between two barriers),
  * dh rows = dz rows W (or BLAS: dW, db and dh of all rows), the skip added, max|dh| of the rows
  * into *slot; returns the exponent of dh. pf (or NULL): prefetched from part nr of npf on. */
 static int64_t F(gb_bwd_dh)(F(gb_bwd) *st, int64_t l, int64_t r0, int64_t r1, int64_t i0, int64_t i1, int64_t e,
-                            int64_t skip_e, const gb_pf *pf, int64_t nr, int64_t npf, T *slot) {
+                            int64_t skip_e, const gb_pf *pf, int64_t nr, int64_t npf, T *slot, gb_barrier *bar,
+                            int *sense) {
     const gb_stack_arrays *a = st->a;
     const int64_t B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;
     T *dz = st->dz[l & 1], *g = (T *)a->G + r0 * N, *dgamma = a->dgamma, *dbeta = a->dbeta;
-    if (st->cfg.bn) { /* one thread */
+    if (st->cfg.bn) { /* by columns, between two barriers: every row of dz in, every column out */
+        gb_barrier_wait(bar, sense);
         F(gb_batchnorm_backward_impl)(dz, dgamma + l * N, dbeta + l * N, dz, (const T *)a->Z + l * BN,
-                                      (const T *)a->bn_rstd + l * N, (const T *)a->gamma + l * N, B, N);
+                                      (const T *)a->bn_rstd + l * N, (const T *)a->gamma + l * N, B, N, i0, i1);
+        gb_barrier_wait(bar, sense);
     } else {
         for (int64_t i = i0; i < i1; i++) dgamma[l * N + i] = dbeta[l * N + i] = 0;
     }
@@ -1366,7 +1380,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         if (maybe) memcpy(st->gsave + r0 * N, g, sizeof(T) * (size_t)(nr * N));
         if (st->rmax) st->rmax[(l & 1) * nth + tid] = dzmax;
         slot = st->amax + (l & 1) * nth;
-        int64_t el = F(gb_bwd_dh)(st, l, r0, r1, i0, i1, e, skip_e, &pf, nr, npf, slot + tid);
+        int64_t el = F(gb_bwd_dh)(st, l, r0, r1, i0, i1, e, skip_e, &pf, nr, npf, slot + tid, bar, &sense);
         gb_barrier_wait(bar, &sense); /* every row of dz_l, every max|dh| and max|dz_l| slot written */
         if (st->rmax) {
             const double *ms = st->rmax + (l & 1) * nth;
@@ -1385,7 +1399,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
                     kr = (int64_t)floor(M / GB_LN2);
                     F(gb_rescue_rows)(dz, st->gsave, Zl, gam, bet, scale, (T)st->cfg.alpha, &sc, kr, r0, r1, N);
                     /* dz_l = dz 2^(e + k): dW_l, db_l and dh_l carry it */
-                    el = F(gb_bwd_dh)(st, l, r0, r1, i0, i1, e + kr, skip_e, NULL, 0, 1, slot + tid);
+                    el = F(gb_bwd_dh)(st, l, r0, r1, i0, i1, e + kr, skip_e, NULL, 0, 1, slot + tid, bar, &sense);
                     gb_barrier_wait(bar, &sense); /* every row of the rescued dz_l and every slot written */
                 }
             }
@@ -1508,14 +1522,14 @@ int FP(gb_dense_backward)(T *dh, T *dW, T *db, const T *dz, const T *h, const T 
 int FP(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma, const T *beta,
                             double eps, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
-    F(gb_batchnorm_forward_impl)(y, xhat, mean, rstd, z, gamma, beta, eps, B, N);
+    F(gb_batchnorm_forward_impl)(y, xhat, mean, rstd, z, gamma, beta, eps, B, N, 0, N);
     return GB_OK;
 }
 
 int FP(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat, const T *rstd,
                              const T *gamma, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
-    F(gb_batchnorm_backward_impl)(dz, dgamma, dbeta, dy, xhat, rstd, gamma, B, N);
+    F(gb_batchnorm_backward_impl)(dz, dgamma, dbeta, dy, xhat, rstd, gamma, B, N, 0, N);
     return GB_OK;
 }
 

@@ -113,3 +113,22 @@ def test_rescued_layers_same_bits_for_any_thread_count(act, sigma_w, dtype):
         _same(runs)
         rescued += int((runs[0]["gnorm_e"] < (-1100 if dtype == "float64" else -160)).sum())
     assert rescued > 0
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", ["tanh", "relu", "prelu", "gelu"])
+def test_batch_norm_same_bits_for_any_thread_count(act, dtype, isa):
+    """Batch norm on several threads: the rows' products and activations per thread, the batch
+    statistics (forward) and the batch-norm backward by blocks of columns between barriers.
+    1, 2 and 3 threads and hand-overs give the one-thread bits, with and without residuals (N =
+    37: column blocks 12/12/13 on three threads; B = 18: rows 4/4/10)."""
+    for residual in (0, 2):
+        stack = gb.Stack(depth=12, width=37, activation=act, init="normal", sigma_w=1.3, sigma_b=0.2,
+                         batch_norm=True, residual=residual, residual_scale=0.5, dtype=dtype)
+        params, x = _problem(stack, 18, 7)
+        params.gamma[...] = np.random.default_rng(8).uniform(0.5, 1.5, params.gamma.shape).astype(dtype)
+        params.beta[...] = np.random.default_rng(9).normal(0.0, 0.3, params.beta.shape).astype(dtype)
+        runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, solo_after=s), stack, params, x)
+                for t, s in ((1, 0), (2, 0), (3, 0), (2, 5), (3, 9))]
+        _same(runs)
