@@ -906,11 +906,11 @@ static GEMM_FN F(gb_pick_gemm)(const gb_opts *opts, int64_t N) {
 
 /* Threads for a call: the own kernels on nth threads, each owning a block of batch rows (and
  * of dW rows; under batch norm also a block of columns for the batch statistics). One thread
- * when BLAS runs the products (BLAS has its own threads: one level at a time), for small
- * layers, and where the backward clips the signal (a reduction over the whole batch). */
-static int F(gb_pick_threads)(const gb_opts *opts, GEMM_FN gemm, int clip, int64_t B,
+ * when BLAS runs the products (BLAS has its own threads: one level at a time) and for small
+ * layers. */
+static int F(gb_pick_threads)(const gb_opts *opts, GEMM_FN gemm, int64_t B,
                               int64_t N) {
-    if (!opts || opts->nthreads <= 1 || gemm || clip || B < 2) return 1;
+    if (!opts || opts->nthreads <= 1 || gemm || B < 2) return 1;
     if (B * N * N < opts->par_min_work) return 1;
     const int64_t nth = GB_MIN(GB_MIN(opts->nthreads, GB_MAX_THREADS), GB_MIN(B, N) / 4);
     return nth > 1 ? (int)nth : 1;
@@ -946,13 +946,13 @@ static F(gb_cfg) F(gb_read_cfg)(const int64_t *icfg, const double *fcfg) {
 }
 
 /* A driver's start: the checked options, BLAS or not, and the thread count */
-static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, int backward, F(gb_cfg) *cfg,
+static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, F(gb_cfg) *cfg,
                        GEMM_FN *gemm, int *nth) {
     const int rc = F(gb_check_cfg)(a->icfg, a->L, a->B, a->N);
     if (rc) return rc;
     *cfg = F(gb_read_cfg)(a->icfg, a->fcfg);
     *gemm = F(gb_pick_gemm)(opts, a->N);
-    *nth = F(gb_pick_threads)(opts, *gemm, backward ? cfg->clip : 0, a->B, a->N);
+    *nth = F(gb_pick_threads)(opts, *gemm, a->B, a->N);
     return GB_OK;
 }
 
@@ -1133,7 +1133,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     F(gb_fwd) st;
     memset(&st, 0, sizeof st);
     st.a = a;
-    int nth, rc = F(gb_setup)(a, opts, 0, &st.cfg, &st.gemm, &nth);
+    int nth, rc = F(gb_setup)(a, opts, &st.cfg, &st.gemm, &nth);
     if (rc) return rc;
     st.nth = nth;
     const size_t LB = (size_t)(L * B);
@@ -1270,7 +1270,8 @@ typedef struct {
     double *rell;         /* (2,nth) per thread: max ell of dz_l over its rows (rescue; layer parity) */
     T *gsave;             /* (B,N) dL/dh_{l+1} rows of a thread that may rescue layer l (rescue) */
     int64_t *rk;          /* (L,) the rescue exponent k of layer l (0: not rescued) */
-    double *rowacc;       /* (max(B,N),) one thread's scratch (clipping) */
+    double *rowacc;       /* (max(B,N),) the rows' sums of squares (clipping by norm), scratch */
+    double *cslot;        /* (2,nth) per thread: max|g| over its rows (clipping, normalising) */
 } F(gb_bwd);
 
 /* Sum of squares of rows [r0, r1) into rsq[r] (8 lanes per row, then in order); finiteness */
@@ -1310,6 +1311,51 @@ static int64_t F(gb_bwd_dh)(F(gb_bwd) *st, int64_t l, int64_t r0, int64_t r1, in
     if (k && l % k == 0) el = F(gb_add_aligned_impl)(g, e, st->skip + r0 * N, skip_e, 1.0, (r1 - r0) * N);
     *slot = F(gb_absmax)(g, (r1 - r0) * N, 0);
     return el;
+}
+
+/* Signal clipping on the team (the reference's finish: clip, then normalise again), every
+ * thread on its rows [r0, r1) of G (already scaled): the whole batch's max|g| (value) or ||g||
+ * (norm: the rows' sums of squares added in order) and then max|g| again from the threads'
+ * slots or rows after a barrier each, the values gb_clip_signal_impl and gb_normalise_impl
+ * take on one thread, so the bits do not depend on the thread count. Returns the exponent. */
+static int64_t F(gb_clip_team)(F(gb_bwd) *st, int64_t e, int64_t r0, int64_t r1, int tid, int nth,
+                               gb_barrier *bar, int *sense) {
+    const int64_t B = st->a->B, N = st->a->N, n = (r1 - r0) * N;
+    T *G = st->a->G, *g = G + r0 * N;
+    double *slot = st->cslot, *slot2 = st->cslot + nth;
+    int64_t en = e;
+    if (st->cfg.clip == GB_CLIP_VALUE) {
+        int ec;
+        const double t = frexp(st->cfg.c, &ec); /* c = t * 2^ec, t in [0.5, 1) */
+        slot[tid] = (double)F(gb_absmax)(g, n, 1);
+        gb_barrier_wait(bar, sense);
+        double m = 0;
+        for (int q = 0; q < nth; q++) m = (slot[q] != slot[q] || m != m) ? NAN : (slot[q] > m ? slot[q] : m);
+        const int sh = gb_clamp_exp(e - ec);
+        if (ldexp(m, sh) > t) {
+            for (int64_t i = 0; i < n; i++) {
+                double v = (double)TLDEXP(g[i], sh);
+                g[i] = (T)(v > t ? t : (v < -t ? -t : v));
+            }
+            en = ec;
+        }
+    } else {
+        for (int64_t r = r0; r < r1; r++) st->rowacc[r] = F(gb_sumsq_row)(G + r * N, N, 1.0, 1.0);
+        gb_barrier_wait(bar, sense);
+        double total = 0;
+        for (int64_t r = 0; r < B; r++) total += st->rowacc[r];
+        const double nrm = sqrt(total);
+        if (ldexp(nrm, gb_clamp_exp(e)) > st->cfg.c) {
+            const T s = (T)(st->cfg.c / nrm);
+            for (int64_t i = 0; i < n; i++) g[i] *= s;
+            en = 0;
+        }
+    }
+    slot2[tid] = (double)F(gb_absmax)(g, n, 0);
+    gb_barrier_wait(bar, sense);
+    double m = 0;
+    for (int q = 0; q < nth; q++) m = slot2[q] > m ? slot2[q] : m;
+    return en + F(gb_scale_pow2)(g, n, (T)m);
 }
 
 static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
@@ -1415,10 +1461,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         m = 0;
         for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
         e = el + F(gb_scale_pow2)(g, nr * N, m);
-        if (st->cfg.clip) { /* one thread: clip and normalise again (the reference's finish) */
-            e = F(gb_clip_signal_impl)(G, e, st->cfg.clip, st->cfg.c, B, N, st->rowacc);
-            e += F(gb_normalise_impl)(G, BN);
-        }
+        if (st->cfg.clip) e = F(gb_clip_team)(st, e, r0, r1, tid, nth, bar, &sense);
         F(gb_row_sumsq)(G, r0, r1, N, st->rsq + l * B, st->rbad + l * B);
         if (tid == 0) sig_e[l] = e;
     }
@@ -1430,7 +1473,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     F(gb_bwd) st;
     memset(&st, 0, sizeof st);
     st.a = a;
-    int nth, rc = F(gb_setup)(a, opts, 1, &st.cfg, &st.gemm, &nth);
+    int nth, rc = F(gb_setup)(a, opts, &st.cfg, &st.gemm, &nth);
     if (rc) return rc;
     const size_t BN = (size_t)(B * N), L1B = (size_t)((L + 1) * B);
     st.dz[0] = F(gb_alloc)(sizeof(T) * BN);
@@ -1449,9 +1492,10 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
         st.gsave = F(gb_alloc)(sizeof(T) * BN);
     }
     st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
+    st.cslot = F(gb_alloc)(sizeof(double) * 2 * (size_t)nth);
     rc = GB_ENOMEM;
     if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rsq && st.rbad &&
-        (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.amax && st.rowacc &&
+        (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.amax && st.rowacc && st.cslot &&
         (!rescue || (st.rmax && st.rell && st.rk && st.gsave))) {
         rc = GB_OK;
         gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
@@ -1497,6 +1541,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.rk);
     free(st.gsave);
     free(st.rowacc);
+    free(st.cslot);
     return rc;
 }
 

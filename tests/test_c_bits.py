@@ -132,3 +132,40 @@ def test_batch_norm_same_bits_for_any_thread_count(act, dtype, isa):
         runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, solo_after=s), stack, params, x)
                 for t, s in ((1, 0), (2, 0), (3, 0), (2, 5), (3, 9))]
         _same(runs)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("clip, threshold", [("value", 0.01), ("norm", 0.05), ("norm", 1e6)])
+def test_signal_clipping_same_bits_for_any_thread_count(clip, threshold, dtype, isa):
+    """Clipping the backpropagated signal on several threads: each thread clips and normalises
+    its rows, the whole batch's max|g| and ||g|| come from the threads' slots and the rows' sums
+    after a barrier. 1, 2 and 3 threads and hand-overs give the one-thread bits, with and
+    without residuals and batch norm; the thresholds clip at most layers (0.01, 0.05) or none."""
+    clipped = 0
+    for residual, bn in ((0, False), (2, False), (0, True)):
+        stack = gb.Stack(depth=14, width=29, activation="tanh", init="normal", sigma_w=2.5, sigma_b=0.1,
+                         residual=residual, batch_norm=bn, clip=clip, clip_threshold=threshold, dtype=dtype)
+        params, x = _problem(stack, 18, 4)
+        runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, solo_after=s), stack, params, x)
+                for t, s in ((1, 0), (2, 0), (3, 0), (2, 7), (3, 12))]
+        _same(runs)
+        free = gb.Stack(depth=14, width=29, activation="tanh", init="normal", sigma_w=2.5, sigma_b=0.1,
+                        residual=residual, batch_norm=bn, dtype=dtype)
+        unclipped = _run(cb.make_opts(nthreads=1, isa=isa, blas=False, par_min_work=0), free, params, x)
+        clipped += int(not np.array_equal(runs[0]["dW"], unclipped["dW"]))
+    assert clipped > 0 or threshold > 1e5
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("clip", ["value", "norm"])
+def test_signal_clipping_decided_on_the_whole_batch(clip, dtype):
+    """The first 8 samples 10^4 times smaller than the rest (the first thread's rows on 2 and 3
+    threads): their rows alone are below the clip threshold, the batch is not. Every thread
+    must clip (a thread deciding on its own rows would keep its exponent: other bits)."""
+    stack = gb.Stack(depth=10, width=21, activation="tanh", init="normal", sigma_w=1.0, sigma_b=0.0,
+                     clip=clip, clip_threshold=1e-3, dtype=dtype)
+    params, x = _problem(stack, 18, 6)
+    x[:8] *= 1e-4
+    runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0), stack, params, x) for t in (1, 2, 3)]
+    _same(runs)
