@@ -238,10 +238,11 @@ static inline float gb_dphi_scaled_f32(float u, const gb_scaled *s) { return (fl
 /* ------------------------------------------------------------------ vector activations
  * phi and phi' of GB_VL doubles at once (both dtypes: float is widened, as in the scalar
  * functions), through the GCC/Clang vector extension: AVX-512, AVX2 or SSE2 code depending on
- * the target the including file is compiled for. Every activation but GELU (erfc: its lanes go
- * through the scalar gb_phi_f64/gb_dphi_f64) is written with gb_vexp2 (exp, expm1) and the
- * formulas above, within a few ulps of the scalar ones (tests/test_c.py checks both against
- * mpmath and the reference):
+ * the target the including file is compiled for. Every activation is written with gb_vexp2
+ * (exp, expm1) and the formulas above, GELU with exp(-z^2/2) reduced the same way and a
+ * piecewise polynomial for erfcx (gb_vgelu), within a few ulps of the scalar ones
+ * (tests/test_c.py checks both against mpmath and the reference; tests/test_vact.py each
+ * instruction set's gb_vact lanes):
  *   gb_vexp2: exp(x) = 2^k exp(r), k = round(x/ln2), r = x - k ln2 (Cody-Waite, |r| <= ln2/2),
  *     exp(r) - 1 by Taylor to r^13 (truncation < 1e-17); 2^k applied as 2^(k/2) 2^(k - k/2),
  *     so that results in the subnormal range are rounded once, as libm's; overflow gives inf;
@@ -360,6 +361,26 @@ static GB_AINLINE gb_vd gb_vpow2(gb_vi k) { /* 2^k for k in [-1022, 1023] */
     return out;
 }
 
+/* Cody-Waite: ln2 = GB_LN2_HI + GB_LN2_LO, GB_LN2_HI with 32 significant bits (k GB_LN2_HI is
+ * exact for |k| < 2^21) */
+#define GB_INV_LN2 0x1.71547652b82fep0
+#define GB_LN2_HI 0x1.62e42fee00000p-1
+#define GB_LN2_LO 0x1.a39ef35793c76p-33
+
+/* exp(r) - 1 for |r| <= ln2/2 (and a little beyond): r P(r), P(r) = sum_{n=0..12} r^n / (n+1)!,
+ * by Estrin's scheme (a few dependent steps instead of Horner's 13: the lanes' latency, not the
+ * arithmetic, bounded the loop) */
+static GB_AINLINE gb_vd gb_vexpm1_r(gb_vd r) {
+    const gb_vd r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    const gb_vd p01 = 1.0 + r * 0.5, p23 = 1.0 / 6.0 + r * (1.0 / 24.0);
+    const gb_vd p45 = 1.0 / 120.0 + r * (1.0 / 720.0), p67 = 1.0 / 5040.0 + r * (1.0 / 40320.0);
+    const gb_vd p89 = 1.0 / 362880.0 + r * (1.0 / 3628800.0);
+    const gb_vd p1011 = 1.0 / 39916800.0 + r * (1.0 / 479001600.0);
+    const gb_vd s0 = (p01 + r2 * p23) + r4 * (p45 + r2 * p67);
+    const gb_vd s1 = (p89 + r2 * p1011) + r4 * (1.0 / 6227020800.0);
+    return r * (s0 + r8 * s1);
+}
+
 /* exp(x) into *e and, for x <= 0, expm1(x) into *m (either may be NULL), from one range
  * reduction: x = k ln2 + r, q = exp(r) - 1 by Taylor to r^13 (no constant term), then
  * e = 2^k (1 + q) (as 2^(k/2) 2^(k - k/2): subnormal results rounded once) and
@@ -380,18 +401,9 @@ static GB_AINLINE void gb_vexp2(gb_vd x, gb_vd *e, gb_vd *m) {
     const gb_vd y = gb_blend((x < -1100.0) | nan, zero - 1100.0, x);
 #endif
     const gb_vd shift = zero + 0x1.8p52;
-    const gb_vd kf = (y * 0x1.71547652b82fep0 + shift) - shift;
-    const gb_vd r = (y - kf * 0x1.62e42fee00000p-1) - kf * 0x1.a39ef35793c76p-33;
-    /* q = r P(r), P(r) = sum_{n=0..12} r^n / (n+1)!, by Estrin's scheme (a few dependent
-     * steps instead of Horner's 13: the lanes' latency, not the arithmetic, bounded the loop) */
-    const gb_vd r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
-    const gb_vd p01 = 1.0 + r * 0.5, p23 = 1.0 / 6.0 + r * (1.0 / 24.0);
-    const gb_vd p45 = 1.0 / 120.0 + r * (1.0 / 720.0), p67 = 1.0 / 5040.0 + r * (1.0 / 40320.0);
-    const gb_vd p89 = 1.0 / 362880.0 + r * (1.0 / 3628800.0);
-    const gb_vd p1011 = 1.0 / 39916800.0 + r * (1.0 / 479001600.0);
-    const gb_vd s0 = (p01 + r2 * p23) + r4 * (p45 + r2 * p67);
-    const gb_vd s1 = (p89 + r2 * p1011) + r4 * (1.0 / 6227020800.0);
-    const gb_vd q = r * (s0 + r8 * s1); /* exp(r) - 1 */
+    const gb_vd kf = (y * GB_INV_LN2 + shift) - shift;
+    const gb_vd r = (y - kf * GB_LN2_HI) - kf * GB_LN2_LO;
+    const gb_vd q = gb_vexpm1_r(r); /* exp(r) - 1 */
     const gb_vi k = __builtin_convertvector(kf, gb_vi);
     gb_vd q1 = zero; /* 1 + q, formed here: GCC fuses a product only into a sum of the same block */
     if (e) {
@@ -442,6 +454,97 @@ static GB_AINLINE gb_vd gb_vtanh_r(gb_vd x, gb_vd m, gb_vd r) {
 }
 
 static GB_AINLINE gb_vd gb_vtanh_m(gb_vd x, gb_vd m) { return gb_vtanh_r(x, m, 1.0 / (2.0 + m)); }
+
+/* GELU: Phi(z) = erfc(-z/sqrt2)/2 and phi_N(z) through w = |z| (exact), E = exp(-w^2/2) and
+ * F(w) = exp(w^2/2) Phi(-w) = erfcx(w/sqrt2)/2, smooth and in [0.011, 0.5] for w <= 44:
+ *   z <= 0: Phi = E F,      gelu = -(w E F),       gelu' = E (F - w c)
+ *   z > 0:  Phi = 1 - E F,  gelu = z (1 - E F),    gelu' = 1 - E (F - w c),   c = 1/sqrt(2 pi)
+ * (Phi(-w) = 1 - Phi(w), phi_N(z) = c E). F is a polynomial of degree GB_GELU_DEG in w - centre
+ * on each of 14 pieces of [0, 44] (csrc/gelu_table.h, written by csrc/gen_gelu_table.py from
+ * mpmath: relative error < 2^-55; c0 as two doubles), the piece read off the bits of w + 4.
+ * exp(-w^2/2) keeps its relative accuracy at any w as in fdlibm's erfc (s_erf.c, which rounds
+ * x to 32 bits for exp(-x^2)): wh = w with its low 27 bits cleared, so that wh^2 is exact and
+ * w^2 = wh^2 + (w - wh)(w + wh), the second term small and rounded once; the reduction of
+ * gb_vexp2 takes -wh^2/2 (k = round(-w^2/(2 ln2))) and the small term is added to r. E F, the
+ * products with z and (F - w c) are formed on E's mantissa 1 + q = exp(r) and scaled by 2^k as
+ * 2^(k/2) 2^(k - k/2), exactly but for one rounding where the result is subnormal (the lower
+ * tail, z < -37.5, down to 0 at z ~ -38.6). Beyond w = 44 (and for inf, NaN) E is 0 (2^(k/2)
+ * set to 0) and F is F(44): Phi is 0 or 1, and +-inf give the scalar function's NaN (inf * 0) but
+ * gelu(+inf) = inf; NaN stays NaN. Each output is written from the shared F, q and scales with
+ * no value of one used by the other, so phi' has the same bits whether phi is asked for too. */
+#include "gelu_table.h"
+
+/* row j of the GELU table at each lane's piece (idx in [0, 15]) */
+static GB_AINLINE gb_vd gb_gelu_row(int j, gb_vi idx) {
+#if defined(__AVX512F__) && GB_VL == 8 && !defined(__clang__)
+    return (gb_vd)_mm512_permutex2var_pd(_mm512_load_pd(gb_gelu_tab[j]), (__m512i)idx,
+                                         _mm512_load_pd(gb_gelu_tab[j] + 8));
+#elif defined(__AVX2__) && GB_VL == 4 && !defined(__clang__)
+    return (gb_vd)_mm256_i64gather_pd(gb_gelu_tab[j], (__m256i)idx, 8);
+#else
+    gb_vd c = {0};
+    for (int i = 0; i < GB_VL; i++) c[i] = gb_gelu_tab[j][idx[i]];
+    return c;
+#endif
+}
+
+static GB_AINLINE void gb_vgelu(gb_vd z, gb_vd *a, gb_vd *d) {
+    typedef uint64_t gb_vu __attribute__((vector_size(GB_VL * 8)));
+    const gb_vd zero = {0};
+    const gb_vi pos = z > 0.0;
+    const gb_vd w = gb_vabs(z);
+    const gb_vi far = ~(w <= GB_GELU_WMAX); /* beyond the table, inf or NaN */
+    const gb_vd wc = gb_blend(far, zero + GB_GELU_WMAX, w);
+    /* the piece: exponent (2..5) and two leading mantissa bits of wc + 4; 48 (wc = 44) -> 13 */
+    const gb_vd u = wc + 4.0;
+    gb_vu ub;
+    memcpy(&ub, &u, sizeof ub);
+    gb_vi idx = (gb_vi)(ub >> 50) - ((1023 + 2) << 2);
+    const gb_vi top = idx > 13;
+    idx = (idx & ~top) | (top & 13);
+    /* F(wc): c0 + (c0_lo + dx (c1 + dx (c2 + dx R))), R = c3 + ... + c15 dx^12 by Estrin's scheme */
+    const gb_vd dx = wc - gb_gelu_row(GB_GELU_DEG + 2, idx);
+    const gb_vd dx2 = dx * dx, dx4 = dx2 * dx2, dx8 = dx4 * dx4;
+    const gb_vd t3 = gb_gelu_row(3, idx) + dx * gb_gelu_row(4, idx);
+    const gb_vd t5 = gb_gelu_row(5, idx) + dx * gb_gelu_row(6, idx);
+    const gb_vd t7 = gb_gelu_row(7, idx) + dx * gb_gelu_row(8, idx);
+    const gb_vd t9 = gb_gelu_row(9, idx) + dx * gb_gelu_row(10, idx);
+    const gb_vd t11 = gb_gelu_row(11, idx) + dx * gb_gelu_row(12, idx);
+    const gb_vd t13 = gb_gelu_row(13, idx) + dx * gb_gelu_row(14, idx);
+    const gb_vd u11 = t11 + dx2 * t13;
+    const gb_vd R = ((t3 + dx2 * t5) + dx4 * (t7 + dx2 * t9)) + dx8 * (u11 + dx4 * gb_gelu_row(15, idx));
+    const gb_vd S = gb_gelu_row(1, idx) + dx * (gb_gelu_row(2, idx) + dx * R);
+    const gb_vd F = gb_gelu_row(0, idx) + (gb_gelu_row(GB_GELU_DEG + 1, idx) + dx * S);
+    /* E = exp(-wc^2/2) = (1 + q) 2^k: -wc^2/2 = hi + lo, hi = -wh^2/2 exact */
+    gb_vi wb;
+    memcpy(&wb, &wc, sizeof wb);
+    wb &= ~((gb_vi){0} + ((1 << 27) - 1));
+    gb_vd wh;
+    memcpy(&wh, &wb, sizeof wh);
+    const gb_vd hi = -0.5 * (wh * wh), lo = -0.5 * ((wc - wh) * (wc + wh));
+    const gb_vd shift = zero + 0x1.8p52;
+    const gb_vd kf = (hi * GB_INV_LN2 + shift) - shift;
+    const gb_vd r = (hi - kf * GB_LN2_HI) + (lo - kf * GB_LN2_LO);
+    const gb_vd q = gb_vexpm1_r(r); /* exp(r) - 1 */
+    const gb_vi k = __builtin_convertvector(kf, gb_vi), k1 = k >> 1; /* k in [-1397, 0] */
+    const gb_vd s1 = gb_blend(far, zero, gb_vpow2(k1)), s2 = gb_vpow2(k - k1);
+    if (a) {
+        const gb_vd g = ((F + F * q) * s1) * s2; /* E F */
+        const gb_vd wf = w * F;
+        gb_vd an = ((wf + wf * q) * s1) * s2; /* |z| E F (>= +0), z's sign below (-0 stays -0) */
+        gb_vi ab, zb;
+        memcpy(&ab, &an, sizeof ab);
+        memcpy(&zb, &z, sizeof zb);
+        ab |= zb & ((gb_vi){0} + INT64_MIN);
+        memcpy(&an, &ab, sizeof an);
+        *a = gb_blend(pos, z * (1.0 - g), an);
+    }
+    if (d) {
+        const gb_vd f = F - w * GB_INV_SQRT_2PI;
+        const gb_vd h = ((f + f * q) * s1) * s2; /* E (F - w c) */
+        *d = gb_blend(pos, 1.0 - h, h);
+    }
+}
 
 /* phi(z) into *a and phi'(z) into *d, GB_VL lanes (either pointer may be NULL; both known at
  * compile time where it is inlined, act too where the caller is specialised) */
@@ -507,7 +610,10 @@ static GB_AINLINE void gb_vact(gb_vd z, int act, double p, gb_vd *a, gb_vd *d) {
         }
         return;
     }
-    default: /* GELU (erfc) and anything else: the scalar functions, lane by lane */
+    case GB_GELU:
+        gb_vgelu(z, a, d);
+        return;
+    default: /* anything else: the scalar functions, lane by lane */
         if (a) *a = zero;
         if (d) *d = zero;
         for (int i = 0; i < GB_VL; i++) {
