@@ -1,0 +1,259 @@
+"""The vector activations of csrc/activations.h (gb_vact), lane by lane, at every instruction set.
+
+tests/test_c.py reaches phi and phi' through the exported layer functions, which are the
+baseline instance (SSE2 on x86-64); the drivers run the AVX2+FMA and AVX-512 instances. Here a
+small extension is compiled at test time from csrc/activations.h once per instruction set (as
+csrc/stack_f64_v3.c / _v4.c do: target_begin.h), and gb_vact is called on GB_VL lanes at a time
+with phi only, phi' only, or both (the forward asks for both, the backward for phi' alone).
+Checked against mpmath (exact maths) and the NumPy reference, never against the C code itself:
+GELU over its whole range, the far lower tail where Phi is subnormal and then 0 included, and
+the special values; and that phi' has the same bits whether phi is asked for too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradbench import abi, spec
+from gradbench import activations as A
+from gradbench.activations import dphi_max
+
+cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built", exc_type=ImportError)
+mp = pytest.importorskip("mpmath")
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+ISAS = [i for i in (1, 3, 4) if i <= cb.isa()]  # baseline, AVX2+FMA, AVX-512: those this CPU runs
+VECTOR = ["identity", "sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "swish", "gelu"]
+
+_TU = """
+#define GB_ISA_LEVEL {level}
+#if GB_ISA_LEVEL > 1
+#include "target_begin.h"
+#else
+#define GB_TARGET_ON 1
+#endif
+#ifdef GB_TARGET_ON
+#include <stdint.h>
+#include "activations.h"
+int gbt_vl_v{level}(void) {{
+#ifdef GB_HAVE_VEC
+    return GB_VL;
+#else
+    return 0;
+#endif
+}}
+/* gb_vact on n lanes (n a multiple of GB_VL): mode 1 phi, 2 phi', 3 both */
+void gbt_vact_v{level}(const double *z, int64_t n, int act, double p, int mode, double *a, double *d) {{
+#ifdef GB_HAVE_VEC
+    for (int64_t j = 0; j + GB_VL <= n; j += GB_VL) {{
+        gb_vd v, va, vd;
+        memcpy(&v, z + j, sizeof v);
+        if (mode == 1) gb_vact(v, act, p, &va, NULL);
+        else if (mode == 2) gb_vact(v, act, p, NULL, &vd);
+        else gb_vact(v, act, p, &va, &vd);
+        if (mode & 1) memcpy(a + j, &va, sizeof va);
+        if (mode & 2) memcpy(d + j, &vd, sizeof vd);
+    }}
+#endif
+}}
+#if GB_ISA_LEVEL > 1
+#include "target_end.h"
+#endif
+#else
+int gbt_vl_v{level}(void) {{ return 0; }}
+void gbt_vact_v{level}(const double *z, int64_t n, int act, double p, int mode, double *a, double *d) {{}}
+#endif
+"""
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    """The test extension: gbt_vact_v1/_v3/_v4 (the instances this compiler builds)."""
+    from cffi import FFI
+
+    from gradbench import _cbuild
+
+    tmp = tmp_path_factory.mktemp("vact")
+    sources = []
+    for level in (1, 3, 4):
+        src = tmp / f"vact_v{level}.c"
+        src.write_text(_TU.format(level=level))
+        sources.append(str(src))
+    ffi = FFI()
+    decls = "".join(f"int gbt_vl_v{lv}(void); void gbt_vact_v{lv}(const double *, int64_t, int, double, int, "
+                    f"double *, double *);\n" for lv in (1, 3, 4))
+    ffi.cdef(decls)
+    ffi.set_source("_gb_vact_test", decls, sources=sources, include_dirs=[str(CSRC)],
+                   extra_compile_args=_cbuild.compile_flags(), libraries=["m"])
+    so = ffi.compile(tmpdir=str(tmp))
+    spec_ = importlib.util.spec_from_file_location("_gb_vact_test", so)
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    sys.modules.pop("_gb_vact_test", None)
+    return mod
+
+
+def vact(lib, isa, z, act, param=None, mode=3):
+    """(phi, phi') of the float64 array z by gb_vact of instruction set isa (None where not asked)."""
+    code = abi.ACT_CODE[act]
+    p = spec.ACT_PARAM_DEFAULT.get(act, 0.0) if param is None else param
+    vl = getattr(lib.lib, f"gbt_vl_v{isa}")()
+    if vl == 0:
+        pytest.skip(f"no vector code for instruction set {isa} with this compiler")
+    n = -(-z.size // 8) * 8
+    zp = np.zeros(n)
+    zp[:z.size] = z
+    a, d = np.full(n, 7.0), np.full(n, 7.0)
+    ffi = lib.ffi
+    getattr(lib.lib, f"gbt_vact_v{isa}")(ffi.cast("double *", zp.ctypes.data), n, code, float(p), mode,
+                                         ffi.cast("double *", a.ctypes.data), ffi.cast("double *", d.ctypes.data))
+    return (a[:z.size] if mode & 1 else None), (d[:z.size] if mode & 2 else None)
+
+
+# ------------------------------------------------------------------ GELU against mpmath
+def _gelu_grid():
+    rng = np.random.default_rng(2024)
+    return np.concatenate([
+        rng.uniform(-40.0, 9.0, 1500), rng.uniform(-3.0, 3.0, 400),
+        -np.geomspace(1e-9, 40.0, 300), np.geomspace(1e-9, 40.0, 150),
+        np.linspace(-39.0, -36.5, 151),  # Phi leaves the normal range (z ~ -37.5) and rounds to 0 (~ -38.6)
+        [0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 12.0, 28.0, 36.0, 44.0, 45.0, -0.75179, -0.7517916243936, 1e-300, -1e-300],
+        -np.array([0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 28.0, 36.0, 44.0]),
+        -np.nextafter([1.0, 2.0, 4.0, 12.0, 28.0, 44.0], 0), -np.nextafter([1.0, 2.0, 4.0, 12.0, 28.0, 44.0], 99),
+    ])
+
+
+@pytest.fixture(scope="module")
+def gelu_exact():
+    """z and mpmath's gelu(z), gelu'(z) (160 bits) on the grid."""
+    mp.mp.prec = 160
+    z = _gelu_grid()
+    phi, dphi = [], []
+    for v in z:
+        x = mp.mpf(float(v))
+        cdf = mp.erfc(-x / mp.sqrt(2)) / 2
+        phi.append(x * cdf)
+        dphi.append(cdf + x * mp.exp(-x * x / 2) / mp.sqrt(2 * mp.pi))
+    return z, phi, dphi
+
+
+def _check(z, got, exact, dtype, derivative, what):
+    """got within a few ulps of the exact values (the tolerances of test_c.py's mpmath test)."""
+    want = np.array([float(v) for v in exact]).astype(dtype)
+    err = np.array([abs(float(mp.mpf(float(g)) - v)) for g, v in zip(got, exact)])
+    ulp = np.spacing(np.abs(want)).astype(np.float64)
+    ulps = {"float64": 4.0, "float32": 1.0}[dtype]  # float32: a double evaluation rounded once
+    tol = ulps * ulp
+    # results below the normal range: an ulp of the smallest subnormal more (rounded once)
+    tol = np.where(np.abs(want) < np.finfo(dtype).tiny, tol + 2 * np.spacing(want.dtype.type(0)), tol)
+    if derivative:  # near gelu''s root (z ~ -0.75) its terms cancel: ulps of max phi'
+        eps = np.finfo(dtype).eps
+        tol = np.where(np.abs(z) < 2, np.maximum(tol, ulps * eps * dphi_max("gelu", 0.0)), tol)
+    bad = np.flatnonzero(~(err <= tol))
+    assert bad.size == 0, (f"{what} at z = {z[bad[0]]!r}: {got[bad[0]]!r}, exact {float(exact[bad[0]])!r} "
+                           f"({err[bad[0]] / max(ulp[bad[0]], 5e-324):.1f} ulp); {bad.size} such")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_vector_gelu_against_mpmath(lib, gelu_exact, isa, dtype):
+    """phi and phi' of GELU, asked for together (the forward) and alone (the backward), within
+    4 ulps (float64; float32: the double result rounded once, 1 ulp) of mpmath over
+    [-40, 9] and the pieces' edges, the subnormal tail included; float32 rows are float32 z."""
+    z0, phi, dphi = gelu_exact
+    keep = z0.astype(dtype).astype(np.float64) == z0 if dtype == "float32" else np.ones(z0.size, bool)
+    if dtype == "float32":  # the float32 values of the grid: exact values at the rounded z
+        zf = z0.astype(np.float32).astype(np.float64)
+        mp.mp.prec = 160
+        exact_phi, exact_dphi = [], []
+        for v in zf:
+            x = mp.mpf(float(v))
+            cdf = mp.erfc(-x / mp.sqrt(2)) / 2
+            exact_phi.append(x * cdf)
+            exact_dphi.append(cdf + x * mp.exp(-x * x / 2) / mp.sqrt(2 * mp.pi))
+        z, phi, dphi = zf, exact_phi, exact_dphi
+    else:
+        z = z0[keep]
+    for mode in (3, 1, 2):
+        a, d = vact(lib, isa, z, "gelu", mode=mode)
+        if a is not None:
+            _check(z, a.astype(dtype), phi, dtype, False, f"gelu isa {isa} {dtype} mode {mode}")
+        if d is not None:
+            _check(z, d.astype(dtype), dphi, dtype, True, f"gelu' isa {isa} {dtype} mode {mode}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_vector_gelu_special_values(lib, isa):
+    """0 and -0 (gelu keeps the sign of zero, gelu' = 1/2), +-inf and NaN as the reference
+    (gelu(inf) = inf; gelu(-inf), gelu'(+-inf) NaN: inf * 0), huge finite z (Phi exactly 0 or 1)."""
+    z = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e300, -1e300, 1.7976931348623157e308,
+                  -1.7976931348623157e308, 50.0, -50.0, 5e-324, -5e-324])
+    a, d = vact(lib, isa, z, "gelu")
+    with np.errstate(all="ignore"):
+        want_a, want_d = A.phi(z, abi.ACT_CODE["gelu"], 0.0), A.dphi(z, abi.ACT_CODE["gelu"], 0.0)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(want_a))
+    np.testing.assert_array_equal(np.isnan(d), np.isnan(want_d))
+    np.testing.assert_array_equal(a, want_a)  # equal where not NaN (0 == -0)
+    np.testing.assert_array_equal(np.signbit(a[:2]), [False, True])
+    np.testing.assert_array_equal(a[[10, 11]], [50.0, -0.0])
+    np.testing.assert_array_equal(d[~np.isnan(d)], want_d[~np.isnan(want_d)])
+    assert d[0] == d[1] == 0.5
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("act", VECTOR)
+def test_vector_activations_match_reference(lib, isa, act):
+    """Every activation's lanes, phi and phi' asked for together and each alone, against the
+    reference (16 ulps; gelu's phi: of 0.5 |z| too, and gelu', swish': of max phi', as in
+    tests/test_c.py: the reference's own error and the cancellation near phi''s roots)."""
+    rng = np.random.default_rng(3)
+    z = np.concatenate([rng.normal(0, 3, 2000), rng.uniform(-45, 45, 500), [0.0, -0.0, np.inf, -np.inf, np.nan]])
+    code, p = abi.ACT_CODE[act], spec.ACT_PARAM_DEFAULT.get(act, 0.0)
+    with np.errstate(all="ignore"):
+        want_a, want_d = A.phi(z, code, p), A.dphi(z, code, p)
+    eps = np.finfo(float).eps
+    a3, d3 = vact(lib, isa, z, act, mode=3)
+    a1, _ = vact(lib, isa, z, act, mode=1)
+    _, d2 = vact(lib, isa, z, act, mode=2)
+    for got, want, scale, what in ((a3, want_a, 0.5 * np.abs(z) if act == "gelu" else 0.0, "phi"),
+                                   (a1, want_a, 0.5 * np.abs(z) if act == "gelu" else 0.0, "phi alone"),
+                                   (d3, want_d, dphi_max(act, p) if act in ("gelu", "swish") else 0.0, "phi'"),
+                                   (d2, want_d, dphi_max(act, p) if act in ("gelu", "swish") else 0.0, "phi' alone")):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{act} {what}: NaN pattern")
+        ok = ~np.isnan(want) & (got != want)  # equal entries (inf included) pass
+        tol = 16 * eps * np.maximum(np.maximum(np.abs(want), scale), np.finfo(float).tiny)
+        bad = np.flatnonzero(~(np.abs(got[ok] - want[ok]) <= tol[ok]))
+        assert bad.size == 0, (f"{act} {what} isa {isa} at z = {z[ok][bad[0]]!r}: {got[ok][bad[0]]!r}, "
+                               f"reference {want[ok][bad[0]]!r}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_vector_gelu_same_bits_alone_and_together(lib, isa):
+    """GELU's phi' has the same bits whether phi is asked for too (the forward's saturation count
+    and the backward's dz come from the same lanes), and phi likewise. (Not so for tanh, ELU and
+    SELU, whose forms with and without the other output differ by an ulp or so, by design.)"""
+    rng = np.random.default_rng(4)
+    z = np.concatenate([rng.normal(0, 3, 3000), rng.uniform(-45, 45, 1000), [0.0, -0.0, np.inf, -np.inf, np.nan]])
+    a3, d3 = vact(lib, isa, z, "gelu", mode=3)
+    a1, _ = vact(lib, isa, z, "gelu", mode=1)
+    _, d2 = vact(lib, isa, z, "gelu", mode=2)
+    for one, both in ((a1, a3), (d2, d3)):
+        np.testing.assert_array_equal(np.isnan(one), np.isnan(both))
+        np.testing.assert_array_equal(one.view(np.int64)[~np.isnan(one)], both.view(np.int64)[~np.isnan(both)])
+
+
+def test_gelu_table_is_the_generators_output():
+    """csrc/gelu_table.h is what csrc/gen_gelu_table.py writes (and the script's own check, each
+    piece within 2^-55 of F in relative terms, holds)."""
+    sys.path.insert(0, str(CSRC))
+    try:
+        import gen_gelu_table
+    finally:
+        sys.path.remove(str(CSRC))
+    assert (CSRC / "gelu_table.h").read_text() == gen_gelu_table.table_text()
