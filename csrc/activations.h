@@ -151,9 +151,11 @@ static inline float gb_dphi_f32(float z, int act, double p) { return (float)gb_d
  *   otherwise             phi = phi(z) 2^-f, phi' = phi'(z)
  * and the result is phi's mantissa at the same exponent f. Homogeneous activations (identity,
  * the ReLU family) need none of this: phi(u 2^f) = phi(u) 2^f exactly. */
-/* how the vector code evaluates a layer: phi as it is; z = u 2^f by one product (|f| <= 1000);
- * every finite u tiny (f < -2200) or overflowing (f > 2200); or the scalar functions */
-enum { GB_VM_PLAIN, GB_VM_MUL, GB_VM_TINY, GB_VM_OVER, GB_VM_SCALAR };
+/* how the vector code evaluates a layer (gb_vact_scaled): phi as it is; z = u 2^f by one product
+ * (|f| <= 1000); every finite u tiny (f < -2200) or overflowing (f > 2200); or z = u 2^f and
+ * phi 2^-f by three products each (1000 < |f| <= 2200: ldexp's bits), with the scalar functions
+ * for GB_VL lanes of which one is neither tiny, overflowing nor saturated */
+enum { GB_VM_PLAIN, GB_VM_MUL, GB_VM_TINY, GB_VM_OVER, GB_VM_LDEXP };
 
 typedef struct gb_scaled {
     int act;       /* activation code */
@@ -165,6 +167,8 @@ typedef struct gb_scaled {
     double tiny;   /* TINY[dtype][act] */
     double c0p, c0m, cip, cim, kp, km; /* linear_coefficients: slopes at 0 (u > 0, u <= 0), at
                                           +-inf, and the limit constants at +inf, -inf */
+    double lkp, lkm;      /* ldexp(kp, -f), ldexp(km, -f) */
+    double zq[3], rq[3];  /* ldexp(., f) and ldexp(., -f) as three products (gb_scaled_factors) */
 } gb_scaled;
 
 /* ldexp(1, e): built from the bits for a normal result (a call per layer otherwise) */
@@ -180,6 +184,28 @@ static inline double gb_pow2_f64(int e) {
 static inline double gb_tiny(int act, int f32) {
     if (act == GB_TANH) return f32 ? 0x1p-16 : 0x1p-30;
     return f32 ? 0x1p-28 : 0x1p-57; /* gelu, swish, elu, selu */
+}
+
+/* ldexp(x, e) for |e| <= 3066 as ((x q[0]) q[1]) q[2], each q a normal power of two, bit for bit
+ * for every x (0, subnormal, inf and NaN included): e >= 0: the magnitude only grows, every
+ * product is exact until it overflows to inf, as ldexp; e < 0: q[2] = 2^max(e, -1022), then
+ * q[1] = 2^max(e - e2, -1022), q[0] the rest (>= 2^-1022): there is an intermediate only when
+ * q[2] = 2^-1022, so that one below the normal range (rounded) leaves a result and an exact
+ * x 2^e below 2^-2044 that both round to 0 (signed as x); otherwise only the last product
+ * rounds, once. */
+static inline void gb_scaled_factors(int e, double q[3]) {
+    int e2, e1, e0;
+    if (e >= 0) {
+        e2 = e > 1023 ? 1023 : e;
+        e1 = e - e2 > 1023 ? 1023 : e - e2;
+    } else {
+        e2 = e < -1022 ? -1022 : e;
+        e1 = e - e2 < -1022 ? -1022 : e - e2;
+    }
+    e0 = e - e2 - e1;
+    q[0] = gb_pow2_f64(e0);
+    q[1] = gb_pow2_f64(e1);
+    q[2] = gb_pow2_f64(e2);
 }
 
 /* The scaled-evaluation setup for one layer: activation, parameter, rescaling on/off, exponent
@@ -200,7 +226,7 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
     s.vmode = !s.on ? GB_VM_PLAIN
               : f < -2200 ? GB_VM_TINY
               : f > 2200 ? GB_VM_OVER
-              : (f >= -1000 && f <= 1000) ? GB_VM_MUL : GB_VM_SCALAR;
+              : (f >= -1000 && f <= 1000) ? GB_VM_MUL : GB_VM_LDEXP;
     switch (act) {
     case GB_TANH: s.c0p = s.c0m = 1.0; s.kp = 1.0; s.km = -1.0; break;
     case GB_GELU:
@@ -212,6 +238,10 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
         s.km = -GB_SELU_LAMBDA * GB_SELU_ALPHA;
         break;
     }
+    s.lkp = ldexp(s.kp, s.mf);
+    s.lkm = ldexp(s.km, s.mf);
+    gb_scaled_factors(s.f, s.zq);
+    gb_scaled_factors(s.mf, s.rq);
     return s;
 }
 
@@ -469,8 +499,8 @@ static GB_AINLINE gb_vd gb_vtanh_m(gb_vd x, gb_vd m) { return gb_vtanh_r(x, m, 1
  * products with z and (F - w c) are formed on E's mantissa 1 + q = exp(r) and scaled by 2^k as
  * 2^(k/2) 2^(k - k/2), exactly but for one rounding where the result is subnormal (the lower
  * tail, z < -37.5, down to 0 at z ~ -38.6). Beyond w = 44 (and for inf, NaN) E is 0 (2^(k/2)
- * set to 0) and F is F(44): Phi is 0 or 1, and +-inf give the scalar function's NaN (inf * 0) but
- * gelu(+inf) = inf; NaN stays NaN. Each output is written from the shared F, q and scales with
+ * set to 0) and F is F(44): Phi is 0 or 1 (gelu' +0 below, as the scalar function's), and +-inf
+ * give the scalar function's NaN (inf * 0) but gelu(+inf) = inf; NaN stays NaN. Each output is written from the shared F, q and scales with
  * no value of one used by the other, so phi' has the same bits whether phi is asked for too. */
 #include "gelu_table.h"
 
@@ -542,7 +572,7 @@ static GB_AINLINE void gb_vgelu(gb_vd z, gb_vd *a, gb_vd *d) {
     if (d) {
         const gb_vd f = F - w * GB_INV_SQRT_2PI;
         const gb_vd h = ((f + f * q) * s1) * s2; /* E (F - w c) */
-        *d = gb_blend(pos, 1.0 - h, h);
+        *d = gb_blend(pos, 1.0 - h, h + 0.0); /* + 0: +0 where E is 0, as the scalar Phi + z phi_N */
     }
 }
 
@@ -621,6 +651,67 @@ static GB_AINLINE void gb_vact(gb_vd z, int act, double p, gb_vd *a, gb_vd *d) {
             if (d) (*d)[i] = gb_dphi_f64(z[i], act, p);
         }
     }
+}
+
+/* every lane x (zero + x would turn -0 into +0) */
+static GB_AINLINE gb_vd gb_splat(double x) {
+    gb_vd v;
+    for (int i = 0; i < GB_VL; i++) v[i] = x;
+    return v;
+}
+
+/* ((x q0) q1) q2: ldexp(x, e) with gb_scaled_factors' q */
+static GB_AINLINE gb_vd gb_vldexp(gb_vd x, const double q[3]) { return ((x * q[0]) * q[1]) * q[2]; }
+
+/* phi_scaled and dphi_scaled of GB_VL mantissas u (gb_scaled's vector modes): the bits of
+ * gb_phi_scaled_f64 / gb_dphi_scaled_f64 where gb_vact and the scalar functions agree (but for
+ * GB_VM_MUL's phi(z), from gb_vact); 0 when these lanes need the scalar functions: a
+ * non-finite u, or (GB_VM_LDEXP) a lane whose z is neither below TINY, nor overflowing, nor
+ * beyond GB_SATURATED, where phi and phi' are their limits in both (tanh +-1 and 0: exp(-2|z|) is
+ * 0; elu, selu z or -alpha; swish and gelu z or -0, phi' 1 or 0, the signs of zero alike) and
+ * so the same bits. act is s->act (a constant in the specialised rows of stack_impl.h). */
+#define GB_SATURATED 1024.0
+static GB_AINLINE int gb_vact_scaled(gb_vd u, const gb_scaled *s, const int act, gb_vd *a, gb_vd *d) {
+    if (s->vmode == GB_VM_PLAIN) {
+        gb_vact(u, act, s->p, a, d);
+        return 1;
+    }
+    const gb_vd zero = {0};
+    if (gb_any(~(gb_vabs(u) <= 0x1.fffffffffffffp1023))) return 0;
+    const gb_vi pos = u > 0.0;
+    const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
+    const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
+    gb_vd va = zero, vd = zero;
+    if (s->vmode == GB_VM_TINY) { /* every finite u 2^f is below TINY */
+        va = c0 * u;
+        vd = c0;
+    } else if (s->vmode == GB_VM_OVER) { /* every finite non-zero u 2^f overflows */
+        const gb_vi z0 = u == 0.0;
+        va = gb_blend(z0, c0 * u, ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf);
+        vd = gb_blend(z0, c0, ci);
+    } else if (s->vmode == GB_VM_MUL) { /* z = u 2^f and 2^-f are plain products (= ldexp) */
+        const gb_vd z = u * s->pf;
+        const gb_vi tiny = gb_vabs(z) < s->tiny, over = gb_vabs(z) > 0x1.fffffffffffffp1023;
+        const gb_vd lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
+        gb_vd pa = zero, pd = zero;
+        gb_vact(gb_blend(tiny | over, zero, z), act, s->p, a ? &pa : NULL, d ? &pd : NULL);
+        if (a) va = gb_blend(tiny, c0 * u, gb_blend(over, lim, pa * s->pmf));
+        if (d) vd = gb_blend(tiny, c0, gb_blend(over, ci, pd));
+    } else { /* GB_VM_LDEXP: z = ldexp(u, f), phi(z) 2^-f = ldexp(phi(z), -f) by three products */
+        const gb_vd z = gb_vldexp(u, s->zq), az = gb_vabs(z);
+        const gb_vi tiny = az < s->tiny, over = az > 0x1.fffffffffffffp1023;
+        if (gb_any(~(tiny | over) & (az < GB_SATURATED))) return 0;
+        gb_vd pa = zero, pd = zero;
+        gb_vact(gb_blend(tiny | over, zero, z), act, s->p, a ? &pa : NULL, d ? &pd : NULL);
+        if (a) {
+            const gb_vd lim = ci * u + gb_blend(pos, gb_splat(s->lkp), gb_splat(s->lkm)); /* -0 kept */
+            va = gb_blend(tiny, c0 * u, gb_blend(over, lim, gb_vldexp(pa, s->rq)));
+        }
+        if (d) vd = gb_blend(tiny, c0, gb_blend(over, ci, pd));
+    }
+    if (a) *a = va;
+    if (d) *d = vd;
+    return 1;
 }
 #endif
 

@@ -398,41 +398,6 @@ static inline gb_vd8 F(gb_load8)(const T *x) { /* 8 entries, widened (the reduct
 
 static inline F(gb_tv) F(gb_roundv)(gb_vd v) { return __builtin_convertvector(v, F(gb_tv)); }
 
-/* phi_scaled and dphi_scaled of 8 mantissas u (gb_scaled's vector modes); 0 when these lanes
- * need the scalar functions (a non-finite u, or an exponent between the vector modes). act is
- * s->act (a constant in the specialised rows below). */
-static GB_AINLINE int F(gb_vact_scaled)(gb_vd u, const gb_scaled *s, const int act, gb_vd *a, gb_vd *d) {
-    if (s->vmode == GB_VM_PLAIN) {
-        gb_vact(u, act, s->p, a, d);
-        return 1;
-    }
-    const gb_vd zero = {0};
-    if (s->vmode == GB_VM_SCALAR || gb_any(~(gb_vabs(u) <= 0x1.fffffffffffffp1023))) return 0;
-    const gb_vi pos = u > 0.0;
-    const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
-    const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
-    gb_vd va = zero, vd = zero;
-    if (s->vmode == GB_VM_TINY) { /* every finite u 2^f is below TINY */
-        va = c0 * u;
-        vd = c0;
-    } else if (s->vmode == GB_VM_OVER) { /* every finite non-zero u 2^f overflows */
-        const gb_vi z0 = u == 0.0;
-        va = gb_blend(z0, c0 * u, ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf);
-        vd = gb_blend(z0, c0, ci);
-    } else { /* GB_VM_MUL: z = u 2^f and 2^-f are plain products (= ldexp) */
-        const gb_vd z = u * s->pf;
-        const gb_vi tiny = gb_vabs(z) < s->tiny, over = gb_vabs(z) > 0x1.fffffffffffffp1023;
-        const gb_vd lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
-        gb_vd pa = zero, pd = zero;
-        gb_vact(gb_blend(tiny | over, zero, z), act, s->p, a ? &pa : NULL, d ? &pd : NULL);
-        if (a) va = gb_blend(tiny, c0 * u, gb_blend(over, lim, pa * s->pmf));
-        if (d) vd = gb_blend(tiny, c0, gb_blend(over, ci, pd));
-    }
-    if (a) *a = va;
-    if (d) *d = vd;
-    return 1;
-}
-
 typedef signed char F(gb_vb) __attribute__((vector_size(GB_VL))); /* GB_VL bytes */
 
 /* The forward row's outputs of GB_VL lanes: a = phi rounded to T, the count of phi' < thr
@@ -479,7 +444,7 @@ static GB_AINLINE int64_t F(gb_act_forward_row_k)(T *a, const T *z, int64_t N, c
     for (; j + GB_VL <= N; j += GB_VL) {
         const gb_vd u = F(gb_loadv)(z + j);
         gb_vd va, vd;
-        if (F(gb_vact_scaled)(u, s, act, &va, &vd)) {
+        if (gb_vact_scaled(u, s, act, &va, &vd)) {
             F(gb_act_fwd_out)(a + j, dead + j, u, va, vd, thr, &vcnt);
             continue;
         }
@@ -557,7 +522,7 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
     if (!gamma && act != GB_PRELU)
         for (; j + GB_VL <= N; j += GB_VL) {
             gb_vd vd;
-            if (!F(gb_vact_scaled)(F(gb_loadv)(zr + j), s, act, NULL, &vd)) break;
+            if (!gb_vact_scaled(F(gb_loadv)(zr + j), s, act, NULL, &vd)) break;
             F(gb_store_dz)(d + j, g + j, vd, scale, alpha, mx != NULL, &macc);
         }
     if (mx)

@@ -62,12 +62,36 @@ void gbt_vact_v{level}(const double *z, int64_t n, int act, double p, int mode, 
     }}
 #endif
 }}
+/* gb_vact_scaled (phi and phi' together, mode 3, or phi' alone, mode 2) and the scalar
+ * gb_phi_scaled / gb_dphi_scaled of every lane (float32: f32 = 1, u rounded to float, results
+ * rounded to float); used[j / GB_VL]: 1 where the vector path took the lanes */
+void gbt_scaled_v{level}(const double *u, int64_t n, int act, double p, int64_t f, int f32, int mode,
+                         double *a, double *d, double *sa, double *sd, int *used) {{
+    const gb_scaled s = gb_scaled_init(act, p, 1, f, f32);
+#ifdef GB_HAVE_VEC
+    for (int64_t j = 0; j + GB_VL <= n; j += GB_VL) {{
+        gb_vd v, va = {{0}}, vd = {{0}};
+        memcpy(&v, u + j, sizeof v);
+        used[j / GB_VL] = mode == 3 ? gb_vact_scaled(v, &s, act, &va, &vd) : gb_vact_scaled(v, &s, act, NULL, &vd);
+        for (int i = 0; i < GB_VL; i++) {{
+            a[j + i] = f32 ? (double)(float)va[i] : va[i];
+            d[j + i] = f32 ? (double)(float)vd[i] : vd[i];
+        }}
+    }}
+#endif
+    for (int64_t j = 0; j < n; j++) {{
+        sa[j] = f32 ? (double)gb_phi_scaled_f32((float)u[j], &s) : gb_phi_scaled_f64(u[j], &s);
+        sd[j] = f32 ? (double)gb_dphi_scaled_f32((float)u[j], &s) : gb_dphi_scaled_f64(u[j], &s);
+    }}
+}}
 #if GB_ISA_LEVEL > 1
 #include "target_end.h"
 #endif
 #else
 int gbt_vl_v{level}(void) {{ return 0; }}
 void gbt_vact_v{level}(const double *z, int64_t n, int act, double p, int mode, double *a, double *d) {{}}
+void gbt_scaled_v{level}(const double *u, int64_t n, int act, double p, int64_t f, int f32, int mode,
+                         double *a, double *d, double *sa, double *sd, int *used) {{}}
 #endif
 """
 
@@ -87,7 +111,8 @@ def lib(tmp_path_factory):
         sources.append(str(src))
     ffi = FFI()
     decls = "".join(f"int gbt_vl_v{lv}(void); void gbt_vact_v{lv}(const double *, int64_t, int, double, int, "
-                    f"double *, double *);\n" for lv in (1, 3, 4))
+                    f"double *, double *);\nvoid gbt_scaled_v{lv}(const double *, int64_t, int, double, int64_t, "
+                    f"int, int, double *, double *, double *, double *, int *);\n" for lv in (1, 3, 4))
     ffi.cdef(decls)
     ffi.set_source("_gb_vact_test", decls, sources=sources, include_dirs=[str(CSRC)],
                    extra_compile_args=_cbuild.compile_flags(), libraries=["m"])
@@ -257,3 +282,84 @@ def test_gelu_table_is_the_generators_output():
     finally:
         sys.path.remove(str(CSRC))
     assert (CSRC / "gelu_table.h").read_text() == gen_gelu_table.table_text()
+
+
+# ------------------------------------------------------------------ scaled evaluation, 1000 < |f| <= 2200
+SCALED = ["tanh", "elu", "selu", "swish", "gelu"]
+EDGE_F = [1001, 1010, 1021, 1022, 1023, 1024, 1025, 1052, 1073, 1074, 1075, 1076, 1100, 1500, 2043, 2044, 2045,
+          2046, 2100, 2199, 2200]
+
+
+def scaled(lib, isa, u, act, f, f32, mode=3):
+    """(vector phi, phi', scalar phi, phi', vector path taken per GB_VL lanes) of mantissas u at f."""
+    vl = getattr(lib.lib, f"gbt_vl_v{isa}")()
+    if vl == 0:
+        pytest.skip(f"no vector code for instruction set {isa} with this compiler")
+    assert u.size % 8 == 0
+    p = spec.ACT_PARAM_DEFAULT.get(act, 0.0)
+    out = [np.zeros(u.size) for _ in range(4)]
+    used = np.zeros(u.size // vl, np.intc)
+    ffi = lib.ffi
+    ptr = [ffi.cast("double *", x.ctypes.data) for x in [u] + out]
+    getattr(lib.lib, f"gbt_scaled_v{isa}")(ptr[0], u.size, abi.ACT_CODE[act], float(p), int(f), int(f32), mode,
+                                           *ptr[1:], ffi.cast("int *", used.ctypes.data))
+    return (*out, used)
+
+
+def _mantissas(rng, dtype):
+    """Mantissas as a forward-rescaled layer has them (|u| <= 1, a few tiny ones), and vectors of
+    magnitudes across the whole range (subnormal to near overflow; float32: its own range), signed
+    zeros, the edges of TINY and of GB_SATURATED at the exponents tried: blocks of 8 lanes."""
+    lo, hi = (-1074, 1023) if dtype == "float64" else (-149, 127)
+    typical = rng.uniform(-1, 1, 8 * 300) * np.where(rng.random(8 * 300) < 0.02, 2.0 ** -40, 1.0)
+    wide = rng.choice([-1.0, 1.0], 8 * 300) * np.ldexp(rng.uniform(1, 2, 8 * 300), rng.integers(lo, hi, 8 * 300))
+    special = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0 ** lo, -(2.0 ** lo)])
+    u = np.concatenate([typical, wide, special])
+    return u.astype(dtype).astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("act", SCALED)
+def test_scaled_vector_path_is_ldexp_bit_for_bit(lib, act, isa, dtype):
+    """gb_vact_scaled where 1000 < |f| <= 2200 (GB_VM_LDEXP): z = u 2^f and phi(z) 2^-f by three
+    exact power-of-two products instead of ldexp, lanes below TINY by their linear term,
+    overflowing ones by the limit form, the rest at saturation: the same bits as the scalar
+    gb_phi_scaled / gb_dphi_scaled (ldexp, libm) for every lane the vector path takes, phi and phi'
+    together and phi' alone, over random mantissas and exponents and the edge exponents (where
+    2^-f, the intermediates or the results leave the normal range). The vector path must take the
+    typical layer (|u| <= 1) at every exponent: it is not a test of the fallback."""
+    rng = np.random.default_rng(abi.ACT_CODE[act] * 7 + isa)
+    u = _mantissas(rng, dtype)
+    typical = slice(0, 8 * 300)
+    fs = EDGE_F + [int(v) for v in rng.integers(1001, 2201, 12)]
+    taken = 0
+    for f in fs + [-v for v in fs]:
+        for mode in (3, 2):
+            a, d, sa, sd, used = scaled(lib, isa, u, act, f, dtype == "float32", mode)
+            lanes = np.repeat(used.astype(bool), u.size // used.size)
+            assert lanes[typical].all(), f"{act} f={f}: the vector path left typical mantissas to the scalar code"
+            taken += int(lanes.sum())
+            what = f"{act} {dtype} isa {isa} f={f} mode {mode}"
+            if mode == 3:
+                np.testing.assert_array_equal(a[lanes].view(np.int64), sa[lanes].view(np.int64), err_msg=what + " phi")
+            np.testing.assert_array_equal(d[lanes].view(np.int64), sd[lanes].view(np.int64), err_msg=what + " phi'")
+    assert taken > 0.9 * u.size * len(fs) * 4
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_scaled_ldexp_lanes_match_reference(lib, isa):
+    """The same lanes against the reference's phi_scaled / dphi_scaled (NumPy, np.ldexp)."""
+    rng = np.random.default_rng(9)
+    u = _mantissas(rng, "float64")
+    for act in SCALED:
+        code, p = abi.ACT_CODE[act], spec.ACT_PARAM_DEFAULT.get(act, 0.0)
+        for f in (1001, 1023, 1074, 1075, 1500, 2200, -1001, -1075, -1500, -2200):
+            a, d, _, _, used = scaled(lib, isa, u, act, f, False)
+            lanes = np.repeat(used.astype(bool), u.size // used.size)
+            with np.errstate(all="ignore"):
+                want_a = A.phi_scaled(u, f, code, np.float64(p))
+                want_d = A.dphi_scaled(u, f, code, np.float64(p))
+            for got, want, name in ((a, want_a, "phi"), (d, want_d, "phi'")):
+                ok = lanes & (got != want)  # -0 == 0
+                assert not ok.any(), f"{act} {name} f={f} u={u[ok][0]!r}: {got[ok][0]!r}, reference {want[ok][0]!r}"
