@@ -167,8 +167,9 @@ typedef struct gb_scaled {
     double tiny;   /* TINY[dtype][act] */
     double c0p, c0m, cip, cim, kp, km; /* linear_coefficients: slopes at 0 (u > 0, u <= 0), at
                                           +-inf, and the limit constants at +inf, -inf */
-    double lkp, lkm;      /* ldexp(kp, -f), ldexp(km, -f) */
-    double zq[3], rq[3];  /* ldexp(., f) and ldexp(., -f) as three products (gb_scaled_factors) */
+    double lkp, lkm;      /* ldexp(kp, -f), ldexp(km, -f) (GB_VM_LDEXP) */
+    double zq[3], rq[3];  /* ldexp(., f) and ldexp(., -f) as three products (gb_scaled_factors;
+                             GB_VM_LDEXP) */
 } gb_scaled;
 
 /* ldexp(1, e): built from the bits for a normal result (a call per layer otherwise) */
@@ -238,10 +239,12 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
         s.km = -GB_SELU_LAMBDA * GB_SELU_ALPHA;
         break;
     }
-    s.lkp = ldexp(s.kp, s.mf);
-    s.lkm = ldexp(s.km, s.mf);
-    gb_scaled_factors(s.f, s.zq);
-    gb_scaled_factors(s.mf, s.rq);
+    if (s.vmode == GB_VM_LDEXP) { /* (a few calls per layer: only where used) */
+        gb_scaled_factors(s.f, s.zq);
+        gb_scaled_factors(s.mf, s.rq);
+        s.lkp = ldexp(s.kp, s.mf);
+        s.lkm = ldexp(s.km, s.mf);
+    }
     return s;
 }
 
@@ -499,8 +502,9 @@ static GB_AINLINE gb_vd gb_vtanh_m(gb_vd x, gb_vd m) { return gb_vtanh_r(x, m, 1
  * products with z and (F - w c) are formed on E's mantissa 1 + q = exp(r) and scaled by 2^k as
  * 2^(k/2) 2^(k - k/2), exactly but for one rounding where the result is subnormal (the lower
  * tail, z < -37.5, down to 0 at z ~ -38.6). Beyond w = 44 (and for inf, NaN) E is 0 (2^(k/2)
- * set to 0) and F is F(44): Phi is 0 or 1 (gelu' +0 below, as the scalar function's), and +-inf
- * give the scalar function's NaN (inf * 0) but gelu(+inf) = inf; NaN stays NaN. Each output is written from the shared F, q and scales with
+ * set to 0) and F is F(44): Phi is 0 or 1 (gelu' -0 below, where the scalar function has +0;
+ * gb_vact_scaled adds +0 where it needs the scalar bits: an add here cost 8% of a GELU layer),
+ * and +-inf give the scalar function's NaN (inf * 0) but gelu(+inf) = inf; NaN stays NaN. Each output is written from the shared F, q and scales with
  * no value of one used by the other, so phi' has the same bits whether phi is asked for too. */
 #include "gelu_table.h"
 
@@ -572,7 +576,7 @@ static GB_AINLINE void gb_vgelu(gb_vd z, gb_vd *a, gb_vd *d) {
     if (d) {
         const gb_vd f = F - w * GB_INV_SQRT_2PI;
         const gb_vd h = ((f + f * q) * s1) * s2; /* E (F - w c) */
-        *d = gb_blend(pos, 1.0 - h, h + 0.0); /* + 0: +0 where E is 0, as the scalar Phi + z phi_N */
+        *d = gb_blend(pos, 1.0 - h, h);
     }
 }
 
@@ -663,19 +667,46 @@ static GB_AINLINE gb_vd gb_splat(double x) {
 /* ((x q0) q1) q2: ldexp(x, e) with gb_scaled_factors' q */
 static GB_AINLINE gb_vd gb_vldexp(gb_vd x, const double q[3]) { return ((x * q[0]) * q[1]) * q[2]; }
 
-/* phi_scaled and dphi_scaled of GB_VL mantissas u (gb_scaled's vector modes): the bits of
- * gb_phi_scaled_f64 / gb_dphi_scaled_f64 where gb_vact and the scalar functions agree (but for
- * GB_VM_MUL's phi(z), from gb_vact); 0 when these lanes need the scalar functions: a
- * non-finite u, or (GB_VM_LDEXP) a lane whose z is neither below TINY, nor overflowing, nor
- * beyond GB_SATURATED, where phi and phi' are their limits in both (tanh +-1 and 0: exp(-2|z|) is
- * 0; elu, selu z or -alpha; swish and gelu z or -0, phi' 1 or 0, the signs of zero alike) and
- * so the same bits. act is s->act (a constant in the specialised rows of stack_impl.h). */
+/* phi_scaled and dphi_scaled of GB_VL mantissas u where 1000 < |f| <= 2200 (GB_VM_LDEXP), the
+ * bits of gb_phi_scaled_f64 / gb_dphi_scaled_f64: z = ldexp(u, f) and phi(z) 2^-f = ldexp(phi(z),
+ * -f) by the three products of gb_scaled_factors, lanes below TINY by their linear term,
+ * overflowing ones by the limit form with the scalar's ldexp(k, -f), the rest only beyond
+ * GB_SATURATED, where phi and phi' are their limits in gb_vact and the scalar functions alike
+ * (tanh +-1 and 0: exp(-2|z|) is 0; elu, selu z or -alpha; swish and gelu z or -0, phi' 1 or 0,
+ * the signs of zero alike once gelu' has + 0): 0 (the scalar functions) for GB_VL lanes of which
+ * one is none of these. Not inlined: layers in this regime are few, and the rows' hot loops
+ * (GB_VM_PLAIN, GB_VM_MUL) ran a few % slower with it inlined beside them. */
 #define GB_SATURATED 1024.0
+static __attribute__((noinline)) int gb_vact_ldexp(gb_vd u, const gb_scaled *s, gb_vd *a, gb_vd *d) {
+    const gb_vd zero = {0};
+    if (gb_any(~(gb_vabs(u) <= 0x1.fffffffffffffp1023))) return 0;
+    const gb_vd z = gb_vldexp(u, s->zq), az = gb_vabs(z);
+    const gb_vi tiny = az < s->tiny, over = az > 0x1.fffffffffffffp1023;
+    if (gb_any(~(tiny | over) & (az < GB_SATURATED))) return 0;
+    const gb_vi pos = u > 0.0;
+    const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
+    const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
+    gb_vd pa = zero, pd = zero;
+    gb_vact(gb_blend(tiny | over, zero, z), s->act, s->p, a ? &pa : NULL, &pd);
+    if (a) {
+        const gb_vd lim = ci * u + gb_blend(pos, gb_splat(s->lkp), gb_splat(s->lkm)); /* -0 kept */
+        *a = gb_blend(tiny, c0 * u, gb_blend(over, lim, gb_vldexp(pa, s->rq)));
+    }
+    if (s->act == GB_GELU) pd = pd + 0.0; /* gelu' +0 where gb_vgelu has -0 (the far lower tail) */
+    *d = gb_blend(tiny, c0, gb_blend(over, ci, pd));
+    return 1;
+}
+
+/* phi_scaled and dphi_scaled of GB_VL mantissas u (gb_scaled's vector modes): the bits of the
+ * scalar functions but for phi(z) itself (from gb_vact) in GB_VM_MUL; 0 when these lanes need
+ * the scalar functions (a non-finite u, or see gb_vact_ldexp). act is s->act (a constant in the
+ * specialised rows of stack_impl.h); d is never NULL. */
 static GB_AINLINE int gb_vact_scaled(gb_vd u, const gb_scaled *s, const int act, gb_vd *a, gb_vd *d) {
     if (s->vmode == GB_VM_PLAIN) {
         gb_vact(u, act, s->p, a, d);
         return 1;
     }
+    if (s->vmode == GB_VM_LDEXP) return gb_vact_ldexp(u, s, a, d);
     const gb_vd zero = {0};
     if (gb_any(~(gb_vabs(u) <= 0x1.fffffffffffffp1023))) return 0;
     const gb_vi pos = u > 0.0;
@@ -689,24 +720,13 @@ static GB_AINLINE int gb_vact_scaled(gb_vd u, const gb_scaled *s, const int act,
         const gb_vi z0 = u == 0.0;
         va = gb_blend(z0, c0 * u, ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf);
         vd = gb_blend(z0, c0, ci);
-    } else if (s->vmode == GB_VM_MUL) { /* z = u 2^f and 2^-f are plain products (= ldexp) */
+    } else { /* GB_VM_MUL: z = u 2^f and 2^-f are plain products (= ldexp) */
         const gb_vd z = u * s->pf;
         const gb_vi tiny = gb_vabs(z) < s->tiny, over = gb_vabs(z) > 0x1.fffffffffffffp1023;
         const gb_vd lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
         gb_vd pa = zero, pd = zero;
         gb_vact(gb_blend(tiny | over, zero, z), act, s->p, a ? &pa : NULL, d ? &pd : NULL);
         if (a) va = gb_blend(tiny, c0 * u, gb_blend(over, lim, pa * s->pmf));
-        if (d) vd = gb_blend(tiny, c0, gb_blend(over, ci, pd));
-    } else { /* GB_VM_LDEXP: z = ldexp(u, f), phi(z) 2^-f = ldexp(phi(z), -f) by three products */
-        const gb_vd z = gb_vldexp(u, s->zq), az = gb_vabs(z);
-        const gb_vi tiny = az < s->tiny, over = az > 0x1.fffffffffffffp1023;
-        if (gb_any(~(tiny | over) & (az < GB_SATURATED))) return 0;
-        gb_vd pa = zero, pd = zero;
-        gb_vact(gb_blend(tiny | over, zero, z), act, s->p, a ? &pa : NULL, d ? &pd : NULL);
-        if (a) {
-            const gb_vd lim = ci * u + gb_blend(pos, gb_splat(s->lkp), gb_splat(s->lkm)); /* -0 kept */
-            va = gb_blend(tiny, c0 * u, gb_blend(over, lim, gb_vldexp(pa, s->rq)));
-        }
         if (d) vd = gb_blend(tiny, c0, gb_blend(over, ci, pd));
     }
     if (a) *a = va;
