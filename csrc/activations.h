@@ -489,7 +489,7 @@ static GB_AINLINE gb_vd gb_vtanh_r(gb_vd x, gb_vd m, gb_vd r) {
 static GB_AINLINE gb_vd gb_vtanh_m(gb_vd x, gb_vd m) { return gb_vtanh_r(x, m, 1.0 / (2.0 + m)); }
 
 /* GELU: Phi(z) = erfc(-z/sqrt2)/2 and phi_N(z) through w = |z| (exact), E = exp(-w^2/2) and
- * F(w) = exp(w^2/2) Phi(-w) = erfcx(w/sqrt2)/2, smooth and in [0.011, 0.5] for w <= 44:
+ * F(w) = exp(w^2/2) Phi(-w) = erfcx(w/sqrt2)/2, smooth and in [0.009, 0.5] for w <= 44:
  *   z <= 0: Phi = E F,      gelu = -(w E F),       gelu' = E (F - w c)
  *   z > 0:  Phi = 1 - E F,  gelu = z (1 - E F),    gelu' = 1 - E (F - w c),   c = 1/sqrt(2 pi)
  * (Phi(-w) = 1 - Phi(w), phi_N(z) = c E). F is a polynomial of degree GB_GELU_DEG in w - centre
@@ -503,9 +503,10 @@ static GB_AINLINE gb_vd gb_vtanh_m(gb_vd x, gb_vd m) { return gb_vtanh_r(x, m, 1
  * 2^(k/2) 2^(k - k/2), exactly but for one rounding where the result is subnormal (the lower
  * tail, z < -37.5, down to 0 at z ~ -38.6). Beyond w = 44 (and for inf, NaN) E is 0 (2^(k/2)
  * set to 0) and F is F(44): Phi is 0 or 1 (gelu' -0 below, where the scalar function has +0;
- * gb_vact_scaled adds +0 where it needs the scalar bits: an add here cost 8% of a GELU layer),
- * and +-inf give the scalar function's NaN (inf * 0) but gelu(+inf) = inf; NaN stays NaN. Each output is written from the shared F, q and scales with
- * no value of one used by the other, so phi' has the same bits whether phi is asked for too. */
+ * gb_vact_ldexp adds +0 where it needs the scalar bits: an add here cost 8% of a GELU layer),
+ * and +-inf give the scalar function's NaN (inf * 0) but gelu(+inf) = inf; NaN stays NaN.
+ * Each output is written from the shared F, q and scales with no value of one used by the
+ * other, so phi' has the same bits whether phi is asked for too. */
 #include "gelu_table.h"
 
 /* row j of the GELU table at each lane's piece (idx in [0, 15]) */
