@@ -5,7 +5,9 @@ bench_cases.py):
 - ``c-threads-*``: the C drivers (forward + backward) with one thread, two threads and the
   library default (``GRADBENCH_C_THREADS``/cores; BLAS off, so the own kernels and their
   threads are what is timed). Issue 14: two threads >= 1.7x one at N = 64, B = 64 and wider;
-  the default never slower than one thread.
+  the default never slower than one thread. Three variants: the plain stack, batch norm (its
+  statistics and backward by blocks of columns) and signal clipping by norm (the whole batch's
+  norm from the rows' sums).
 - ``c-isa-*``: the baseline instance (what a ``-march``-less build runs on any x86-64) against
   the best one this CPU runs (AVX2 or AVX-512, chosen at run time).
 Every variant's outputs are checked bit for bit against the one-thread run first (results do
@@ -27,9 +29,12 @@ SIZES = [(1000, 64, 64), (200, 512, 256)]
 TINY = (4, 16, 8)
 
 
-def _arrays(L, N, B):
+VARIANTS = {"plain": {}, "bn": dict(batch_norm=True), "clip": dict(clip="norm", clip_threshold=0.5)}
+
+
+def _arrays(L, N, B, **variant):
     stack = gb.Stack(depth=L, width=N, activation="tanh", init="normal", sigma_w=1.76 ** 0.5,
-                     sigma_b=0.05 ** 0.5)
+                     sigma_b=0.05 ** 0.5, **variant)
     params = gb.init_params(stack, 0)
     icfg, fcfg = abi.kernel_config(stack, engine.can_rescale_forward(stack, params))
     params_names = ("icfg", "fcfg", "W", "b", "gamma", "beta", "slope")
@@ -54,12 +59,12 @@ def _call(opts, stack, params, icfg, fcfg, fwd, bwd):
     return {k: v.copy() for k, v in bwd.items() if k in ("dW", "G", "sig_m", "sig_e", "gnorm_m")}
 
 
-def _bench(benchmark, group, work, opts, check):
+def _bench(benchmark, group, work, opts, check, variant="plain"):
     L, N, B = TINY if benchmark.disabled else work
-    problem = _arrays(L, N, B)
+    problem = _arrays(L, N, B, **VARIANTS[variant])
     got = _call(opts, *problem)
     check(got, problem)
-    benchmark.group = f"{group}-L{L}-n{N}-B{B}-f64"
+    benchmark.group = f"{group}-L{L}-n{N}-B{B}-f64" if variant == "plain" else f"{group}-{variant}-L{L}-n{N}-B{B}-f64"
     benchmark.extra_info.update(flops=6 * B * N * N * L, isa=cb.isa(opts), nthreads=int(opts.nthreads))
     rounds = 1 if benchmark.disabled else 7
     benchmark.pedantic(lambda: _call(opts, *problem), rounds=rounds, iterations=1, warmup_rounds=0)
@@ -69,7 +74,8 @@ def _bench(benchmark, group, work, opts, check):
 
 @pytest.mark.parametrize("threads", ["1", "2", "default"])
 @pytest.mark.parametrize("work", SIZES, ids=[f"L{L}-n{N}-B{B}" for L, N, B in SIZES])
-def test_c_threads(benchmark, work, threads):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_c_threads(benchmark, variant, work, threads):
     nthreads = None if threads == "default" else int(threads)
     opts = cb.make_opts(nthreads=nthreads, blas=False)
 
@@ -78,7 +84,7 @@ def test_c_threads(benchmark, work, threads):
         for k, v in want.items():
             np.testing.assert_array_equal(got[k], v, err_msg=f"{threads} threads: {k}")
 
-    _bench(benchmark, "c-threads", work, opts, same_as_one_thread)
+    _bench(benchmark, "c-threads", work, opts, same_as_one_thread, variant)
 
 
 @pytest.mark.parametrize("isa", ["baseline", "best"])
