@@ -997,6 +997,10 @@ static void F(gb_row_stats)(const T *h, int64_t r0, int64_t r1, int64_t N, doubl
     }
 }
 
+#ifndef GB_JUDGE_EVERY
+#define GB_JUDGE_EVERY 16
+#endif
+
 static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     F(gb_fwd) *st = arg;
     const gb_stack_arrays *a = st->a;
@@ -1089,6 +1093,11 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         F(gb_row_stats)(H + (l + 1) * BN, r0, r1, N, st->rsum + l * B, st->rm2 + l * B, st->rbad + l * B);
         if (tid == 0) fexp[l + 1] = fn;
         f = fn;
+        /* without batch norm or rescaling the forward has no barrier: one every GB_JUDGE_EVERY
+         * layers, where the team is judged (csrc/team.c: a partner without a core of its own,
+         * e.g. beside another library's spinning BLAS worker, makes the others wait for its
+         * shares of W^T) and may go solo at the next layer */
+        if (!st->cfg.rescale && !st->cfg.bn && (l + 1) % GB_JUDGE_EVERY == 0) gb_barrier_wait(bar, &sense);
     }
 }
 

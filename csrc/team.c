@@ -19,8 +19,13 @@
  *
  * Where a thread needs only another's earlier work, not a meeting of all (the forward's shares
  * of W^T), it waits for that thread's published step (gb_progress_wait): the same spin, then
- * the same sleep. These waits are not judged for `solo` (the forward without rescaling has no
- * barrier: its threads' rows are independent, and a late partner delays only the call's end).
+ * the same sleep. The time spent there counts toward `solo` too, judged at the next barrier:
+ * the forward without batch norm or rescaling meets at one every 16 layers for that
+ * (csrc/stack_impl.h, GB_JUDGE_EVERY). Measured (L = 1,000, n = 64, B = 64, a NumPy product
+ * before each call, whose OpenBLAS worker then spins ~0.1 s on the other CPU): float32 25.5-91.7
+ * ms on two threads against 21.1-25.3 on one before, 24.6-26.1 after; float64 34.4-104 against
+ * 27.2-28.2 before, 33.7-34.0 after. The rest of the gap is the first 112 layers (7 judging
+ * barriers) and the backward's first 6 layers, each team starting on two threads.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -57,9 +62,12 @@ void gb_barrier_wait(gb_barrier *b, int *sense) {
         atomic_store_explicit(&b->count, 0, memory_order_relaxed);
         if (b->waits++ == 0) { /* the first wait also covers the helpers' start: judged from here */
             b->t_start = now;
+            b->pwait_start = atomic_load_explicit(&b->pwait, memory_order_relaxed);
         } else {
             b->skew += now - atomic_load_explicit(&b->t_first, memory_order_relaxed);
-            if (b->waits >= GB_SOLO_MIN_WAITS && (double)b->skew > GB_SOLO_SKEW * (double)(now - b->t_start))
+            const int64_t pw = atomic_load_explicit(&b->pwait, memory_order_relaxed) - b->pwait_start;
+            if (b->waits >= GB_SOLO_MIN_WAITS &&
+                (double)(b->skew + pw) > GB_SOLO_SKEW * (double)(now - b->t_start))
                 b->solo = 1;
         }
         if (b->solo_after > 0 && b->waits >= b->solo_after) b->solo = 1;
@@ -103,16 +111,20 @@ static int gb_progress_reached(gb_progress *p, int n, int64_t step, memory_order
 }
 
 void gb_progress_wait(gb_barrier *b, gb_progress *p, int n, int64_t step) {
+    if (gb_progress_reached(p, n, step, memory_order_acquire)) return;
+    if (!b || b->n <= 1) return; /* alone: every step it waits for is its own, already set */
+    const int64_t t0 = gb_now_ns(); /* a wait: its time counts toward going solo (barrier) */
     for (int i = 0; i < GB_SPIN; i++) {
-        if (gb_progress_reached(p, n, step, memory_order_acquire)) return;
+        if (gb_progress_reached(p, n, step, memory_order_acquire)) goto done;
         GB_PAUSE();
     }
-    if (!b || b->n <= 1) return; /* alone: every step it waits for is its own, already set */
     pthread_mutex_lock(&b->mu);
     atomic_fetch_add(&b->sleepers, 1);
     while (!gb_progress_reached(p, n, step, memory_order_seq_cst)) pthread_cond_wait(&b->cv, &b->mu);
     atomic_fetch_sub(&b->sleepers, 1);
     pthread_mutex_unlock(&b->mu);
+done:
+    atomic_fetch_add_explicit(&b->pwait, gb_now_ns() - t0, memory_order_relaxed);
 }
 
 typedef struct {
@@ -145,6 +157,8 @@ int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after) {
             atomic_init(&bar.sense, 0);
             atomic_init(&bar.t_first, 0);
             atomic_init(&bar.sleepers, 0);
+            atomic_init(&bar.pwait, 0);
+            bar.pwait_start = 0;
             bar.n = nth;
             bar.solo = 0;
             bar.waits = bar.skew = 0;

@@ -169,3 +169,18 @@ def test_signal_clipping_decided_on_the_whole_batch(clip, dtype):
     x[:8] *= 1e-4
     runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0), stack, params, x) for t in (1, 2, 3)]
     _same(runs)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_forward_hands_over_at_its_judging_barriers(act, dtype):
+    """A forward without batch norm or rescaling (nonzero biases) has no barrier of its own but
+    one every 16 layers, where the team may go solo (a starved partner): handing over there,
+    at the 2nd, 3rd or 4th of them (solo_after; the first is the team's start), keeps the
+    one-thread bits, the W^T shares of the layers in flight included."""
+    stack = gb.Stack(depth=70, width=24, activation=act, init="normal", sigma_w=1.2, sigma_b=0.3, dtype=dtype)
+    params, x = _problem(stack, 16, 2)
+    assert not gb.engine.can_rescale_forward(stack, params)
+    runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, solo_after=s), stack, params, x)
+            for t, s in ((1, 0), (2, 0), (2, 2), (3, 3), (2, 4))]
+    _same(runs)
