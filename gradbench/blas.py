@@ -59,23 +59,21 @@ def numpy_gemm() -> tuple[int, int, str] | None:
     one pool of BLAS threads for NumPy's products and gradbench's (csrc/blas64.c says why)."""
     import ctypes
 
-    import numpy as np
+    import numpy  # noqa: F401  (loads NumPy's BLAS)
 
     try:
-        from threadpoolctl import threadpool_info
-
-        np.ones((2, 2)) @ np.ones((2, 2))  # NumPy's BLAS is loaded (it is, once numpy is)
-        libs = [i for i in threadpool_info() if i.get("internal_api") == "openblas"
-                and os.path.basename(os.path.dirname(i["filepath"])) == "numpy.libs"]
+        kernels = openblas_kernels()
     except Exception:  # noqa: BLE001 - no threadpoolctl, an unusual NumPy: SciPy's BLAS
         return None
-    if len(libs) != 1:
+    mine = [(path, k) for path, k in kernels.items() if os.path.basename(os.path.dirname(path)) == "numpy.libs"]
+    if len(mine) != 1:
         return None
-    lib = ctypes.CDLL(libs[0]["filepath"])  # the library already loaded: the same instance
+    path, arch = mine[0]
+    lib = ctypes.CDLL(path)  # the library already loaded: the same instance
     for d, s in _ILP64_GEMM:
         if hasattr(lib, d) and hasattr(lib, s):
-            address = ctypes.cast(getattr(lib, d), ctypes.c_void_p).value
-            return address, ctypes.cast(getattr(lib, s), ctypes.c_void_p).value, libs[0].get("architecture") or "unknown"
+            return (ctypes.cast(getattr(lib, d), ctypes.c_void_p).value,
+                    ctypes.cast(getattr(lib, s), ctypes.c_void_p).value, arch)
     return None
 
 

@@ -11,7 +11,8 @@ call the exported C layer pairs one at a time, with the reference's arguments, f
 For very wide layers (``BLAS_MIN_WIDTH``) the C drivers call NumPy's own BLAS (``dgemm``/
 ``sgemm`` of its ILP64 OpenBLAS, through csrc/blas64.c: one pool of BLAS threads with the user's
 NumPy products), or, for another NumPy, SciPy's (``scipy.linalg.cython_blas``); the pointers are
-taken at import and passed into C (``BLAS_SOURCE`` says whose); narrower ones use the register-blocked kernels in ``csrc/``.
+taken at import and passed into C (``BLAS_SOURCE`` says whose); narrower ones use the
+register-blocked kernels in ``csrc/``.
 ``GRADBENCH_C_THREADS`` sets the number of threads of the own kernels (else ``OMP_NUM_THREADS``,
 else the cores this process may run on); results do not depend on it. The threads live for one
 call only (no pool survives into a fork) and never run beside BLAS: a layer that calls BLAS runs
