@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 
@@ -25,6 +28,12 @@ ACTS = ["sigmoid", "tanh", "relu", "leaky_relu", "prelu", "elu", "selu", "swish"
 
 def _run(opts, stack, params, x):
     """Every array the two drivers write (sum_squares loss), as tests/test_c.py runs them."""
+    o = _forward(opts, stack, params, x)
+    _backward(opts, stack, params, o)
+    return o
+
+
+def _forward(opts, stack, params, x):
     L, N, B, dt = stack.depth, stack.width, x.shape[0], stack.np_dtype
     rescale = gb.engine.can_rescale_forward(stack, params)
     icfg, fcfg = abi.kernel_config(stack, rescale)
@@ -35,6 +44,13 @@ def _run(opts, stack, params, x):
     cb.forward_with(opts, icfg, fcfg, params.W, params.b, params.gamma, params.beta, params.slope, o["H"],
                     o["Z"], o["bn_mean"], o["bn_rstd"], o["fexp"], o["act_mean"], o["act_std"],
                     o["saturation"], o["dead"], o["info"])
+    return o
+
+
+def _backward(opts, stack, params, o):
+    L, N, dt = stack.depth, stack.width, stack.np_dtype
+    rescale = gb.engine.can_rescale_forward(stack, params)
+    icfg, fcfg = abi.kernel_config(stack, rescale)
     o.update(G=o["H"][L].copy(), dW=np.empty((L, N, N), dt), db=np.empty((L, N), dt),
              dgamma=np.empty((L, N), dt), dbeta=np.empty((L, N), dt), dslope=np.empty(L, dt),
              sig_m=np.empty(L + 1), sig_e=np.zeros(L + 1, np.int64), gnorm_m=np.empty(L),
@@ -44,7 +60,6 @@ def _run(opts, stack, params, x):
     cb.backward_with(opts, icfg, fcfg, params.W, params.gamma, params.beta, params.slope, o["H"], o["Z"],
                      o["bn_rstd"], o["fexp"], o["G"], o["dW"], o["db"], o["dgamma"], o["dbeta"], o["dslope"],
                      o["sig_m"], o["sig_e"], o["gnorm_m"], o["gnorm_e"], o["dz_e"], o["info"])
-    return o
 
 
 def _problem(stack, batch, seed):
@@ -184,3 +199,23 @@ def test_forward_hands_over_at_its_judging_barriers(act, dtype):
     runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, solo_after=s), stack, params, x)
             for t, s in ((1, 0), (2, 0), (2, 2), (3, 3), (2, 4))]
     _same(runs)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts the threads in /proc")
+@pytest.mark.parametrize("variant", [dict(batch_norm=True), dict(clip="norm", clip_threshold=0.5)])
+def test_batch_norm_and_clipping_backward_run_on_the_team(variant):
+    """The backward of a batch-norm or clipped stack starts the drivers' helper thread (it ran on
+    one thread before): the threads of the process, counted while the call runs in another
+    Python thread, reach two more than before it (that Python thread and the C helper)."""
+    stack = gb.Stack(depth=300, width=64, activation="tanh", init="normal", sigma_w=1.3, sigma_b=0.2, **variant)
+    params, x = _problem(stack, 64, 3)
+    opts = cb.make_opts(nthreads=2, blas=False, par_min_work=0)
+    o = _forward(opts, stack, params, x)
+    before = len(os.listdir("/proc/self/task"))
+    worker = threading.Thread(target=_backward, args=(opts, stack, params, o))
+    worker.start()
+    peak = before
+    while worker.is_alive():
+        peak = max(peak, len(os.listdir("/proc/self/task")))
+    worker.join()
+    assert peak >= before + 2, f"threads {before} -> at most {peak} during the backward"
