@@ -33,7 +33,7 @@ from gradbench.params import GeneratedParams, Params
 from gradbench.plan import Plan, available_memory, plan_run
 from gradbench.results import Grads, Result
 from gradbench.spec import RELU_FAMILY, Stack
-from gradbench.supply import LayerSupply
+from gradbench.supply import LayerSupply, buffer_shapes
 
 
 def can_rescale_forward(stack: Stack, params: Params | GeneratedParams) -> bool:
@@ -143,16 +143,19 @@ class _Run:
         self.segments = [(s, min(s + seg, L)) for s in range(0, L, seg)]
         self.rescale = can_rescale_forward(st, self.params)
         self.icfg, self.fcfg = abi.kernel_config(st, self.rescale)
-        self.layers = LayerSupply(self.params, st, seg)
         self.info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
         # forward: every activation, or (recompute) one segment's worth and the checkpoints; the
-        # internal arrays (never returned) come from the workspace (gradbench.buffers)
+        # internal arrays (never returned) come from the workspace (gradbench.buffers), and so
+        # do the generated weights when the plan keeps them all
         kept = seg if self.plan.recompute else L
         shapes = {"H": (kept + 1, B, N), "Z": (kept, B, N), "bn_mean": (kept, N), "bn_rstd": (kept, N)}
         if self.plan.recompute:
             shapes["ckpt"] = (len(self.segments) + 1, B, N)
-        WORKSPACE.retain([(shape, dt) for shape in shapes.values()])
+        generated = isinstance(self.params, GeneratedParams)
+        weight_shapes = buffer_shapes(st, L if self.plan.keep_weights else seg) if generated else ()
+        WORKSPACE.retain([(shape, dt) for shape in (*shapes.values(), *weight_shapes)])
         self.internal = []
+        self.layers = LayerSupply(self.params, st, seg, keep=self.plan.keep_weights, empty=self.take)
         fwd = abi.allocate("stack_forward", dict(L=kept, B=B, N=N), dt,
                            skip=("icfg", "fcfg", "W", "b", "gamma", "beta", "slope", "fexp",
                                  "act_mean", "act_std", "saturation", "dead", "info"),
@@ -381,8 +384,8 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     # more than 2^-1074 below the batch's largest (one exponent per layer; verdict._findings)
     lost = int(np.count_nonzero(run.live_top & ~np.any(G != 0, axis=1)))
     extras = dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), stats_only=run.plan.stats_only,
-                  generated=run.plan.generated, memory_estimate=run.plan.estimate, seconds=run.seconds,
-                  lost_samples=lost)
+                  generated=run.plan.generated, weights_kept=run.plan.keep_weights,
+                  memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost)
     run.tick(run.work)
     return Result(
         stack=stack,

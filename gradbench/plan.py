@@ -6,8 +6,11 @@ segment of k layers from its checkpoint (Chen et al. 2016; one extra forward pas
 B N memory; k ~ sqrt(L) by default, a multiple of the residual group size so that no group
 straddles two segments. ``stats_only`` keeps no gradient arrays (one segment's worth) and
 generated weights (:class:`~gradbench.params.GeneratedParams`) keep one segment of weights
-(two buffers). A run whose estimate exceeds the budget is refused before anything is allocated,
-with the options that fit (:class:`PlanRefused`).
+(two buffers). Small runs keep more, because it is cheaper than doing the work again: a
+``stats_only`` run whose activations take at most :data:`SMALL_RUN_BYTES` keeps them all (no
+recomputed forward), and generated weights that take at most that much are all kept (drawn once,
+not again for the backward). A run whose estimate exceeds the budget is refused before anything
+is allocated, with the options that fit (:class:`PlanRefused`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from gradbench.spec import Stack
 # AUTO_FRACTION of the available RAM, and a run needing more than LIMIT_FRACTION is refused.
 AUTO_FRACTION = 0.5
 LIMIT_FRACTION = 0.9
+# Bytes of activations (stats_only runs) and of generated weights that a run keeps rather than
+# recompute or draw again: a sweep's typical run (depth 500, width 64, batch 32: 16 MiB of each)
+# then does one forward pass and draws each weight once.
+SMALL_RUN_BYTES = 64 * 2**20
 
 
 def default_segment(stack: Stack) -> int:
@@ -36,18 +43,19 @@ def default_segment(stack: Stack) -> int:
 
 
 def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, stats_only: bool = False,
-                    generated: bool = False, hist_bins: int = DEFAULT_BINS, diagnose_bins: int | None = None) -> int:
+                    generated: bool = False, keep_weights: bool = False, hist_bins: int = DEFAULT_BINS,
+                    diagnose_bins: int | None = None) -> int:
     """Bytes a run allocates at its peak (an estimate, within a few per cent at large depth).
 
     Counted: the activations H, Z ((2L+1) B N with ``checkpoint=None``; with ``checkpoint=k``
     the L/k checkpoints and one segment's H, Z), the weights W, b, gamma, beta, slope (all L of
-    them, or two segments' worth when ``generated``) and their gradients (one segment's worth
-    when ``stats_only``), the input x, the input layer and the head with their gradients, the
-    signal and the head's temporaries, the O(L) statistics and, for ``stats_only``, the
-    streaming histograms (``hist_bins`` per layer) with their temporaries on one segment.
-    ``diagnose_bins``: also what :func:`gradbench.diagnose` with that many bins allocates on
-    the result (its (L, bins) counts and temporaries; for stored gradients a few copies of
-    dW, for stored weights one of W).
+    them, or two segments' worth when ``generated`` and not ``keep_weights``) and their
+    gradients (one segment's worth when ``stats_only``), the input x, the input layer and the
+    head with their gradients, the signal and the head's temporaries, the O(L) statistics and,
+    for ``stats_only``, the streaming histograms (``hist_bins`` per layer) with their
+    temporaries on one segment. ``diagnose_bins``: also what :func:`gradbench.diagnose` with
+    that many bins allocates on the result (its (L, bins) counts and temporaries; for stored
+    gradients a few copies of dW, for stored weights one of W).
     """
     L, N, B = int(stack.depth), int(stack.width), int(batch)
     D, O = int(stack.d_in), int(stack.output_dim)
@@ -59,7 +67,7 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
         acts = (2 * L + 1) * B * N + 2 * L * N
     else:
         acts = (L // checkpoint + 2) * B * N + (2 * seg + 1) * B * N + 2 * seg * N
-    weights = (2 * seg if generated else L) * layer
+    weights = (2 * seg if generated and not keep_weights else L) * layer
     grads = (seg if stats_only else L) * layer
     ends = B * D + 3 * B * N + B * D  # x, the top signal G and its copies, dL/dx
     if stack.has_input_layer:
@@ -110,6 +118,7 @@ class Plan:
     stats_only: bool
     generated: bool
     estimate: int          # bytes
+    keep_weights: bool = False  # generated weights: all kept, drawn once (else two segments' worth)
 
     @property
     def checkpoint(self) -> int | None:
@@ -156,9 +165,14 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
     """Choose segment length and checkpointing; raise :class:`PlanRefused` if the run would not fit.
 
     ``checkpoint="auto"`` checkpoints only when the plain run needs more than the budget
-    (``memory_budget`` bytes, default half of the available RAM), and always for ``stats_only``
-    runs (k ~ sqrt(L)): storing every activation of a statistics-only run would cost memory and
-    page faults for nothing the caller gets back. A run whose estimate exceeds
+    (``memory_budget`` bytes, default half of the available RAM), and for ``stats_only`` runs
+    (k ~ sqrt(L)) unless their activations take at most :data:`SMALL_RUN_BYTES`: storing every
+    activation of a large statistics-only run would cost memory and page faults for nothing the
+    caller gets back, while a small one is faster without the recomputed forward. With
+    ``checkpoint="auto"``, generated weights are all kept when they take at most
+    :data:`SMALL_RUN_BYTES` (``Plan.keep_weights``; an explicit ``checkpoint`` keeps two
+    segments of them, as it keeps one segment of activations).
+    A run whose estimate exceeds
     ``memory_budget`` (default LIMIT_FRACTION of the available RAM) is refused with the options
     that fit. ``diagnose_bins``: count the diagnosis too (:func:`memory_estimate`).
     """
@@ -169,14 +183,19 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
     auto_budget, limit, budget = memory_limits(memory_budget, available)
     L = stack.depth
     k_auto = default_segment(stack)
+    item = stack.np_dtype.itemsize
+    small = min(SMALL_RUN_BYTES, auto_budget)
+    auto = isinstance(checkpoint, str)  # an explicit checkpoint asks for bounded memory: nothing kept
+    keep_weights = auto and generated and L * (stack.width ** 2 + stack.width) * item <= small
 
     def est(ck, so=stats_only, gen=generated):
-        return memory_estimate(stack, batch, checkpoint=ck, stats_only=so, generated=gen, hist_bins=hist_bins,
-                               diagnose_bins=diagnose_bins)
+        return memory_estimate(stack, batch, checkpoint=ck, stats_only=so, generated=gen,
+                               keep_weights=keep_weights and gen, hist_bins=hist_bins, diagnose_bins=diagnose_bins)
 
-    if isinstance(checkpoint, str) and stats_only:  # "auto", statistics only: O(sqrt(L) B N) memory
-        ck = k_auto if k_auto < L else None
-    elif isinstance(checkpoint, str):  # "auto"
+    if auto and stats_only:  # statistics only: O(sqrt(L) B N) memory, unless small
+        small_acts = (2 * L + 1) * batch * stack.width * item <= small
+        ck = k_auto if k_auto < L and not small_acts else None
+    elif auto:
         ck = None if est(None) <= auto_budget else k_auto
     else:
         ck = None if checkpoint is None else min(int(checkpoint), L)
@@ -203,4 +222,4 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
         )
     segment = ck if ck is not None else (k_auto if stats_only or generated else L)
     return Plan(segment=segment, recompute=ck is not None, stats_only=bool(stats_only), generated=generated,
-                estimate=need)
+                estimate=need, keep_weights=keep_weights)

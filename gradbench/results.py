@@ -73,7 +73,8 @@ class Result:
         statistics of h are exact at any depth too).
     extras : dict
         How the run was done: ``checkpoint`` (segment length or None), ``segments``,
-        ``stats_only``, ``generated`` (weights), ``memory_estimate`` (bytes) and ``seconds``
+        ``stats_only``, ``generated`` (weights), ``weights_kept`` (generated weights all kept,
+        each drawn once), ``memory_estimate`` (bytes) and ``seconds``
         spent in forward, backward (including recomputation), weight generation and statistics;
         ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and
         exactly zero at the input (dead units, or a signal more than 2^-1074 below the batch's

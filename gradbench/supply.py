@@ -3,7 +3,9 @@
 Stored :class:`~gradbench.Params` give views. :class:`~gradbench.GeneratedParams` are generated
 into two buffers: while the backend runs one segment, the next is drawn in a helper thread
 (NumPy's generators and the backends release the GIL), so generation stays off the critical
-path; the weights are the same whatever the order.
+path; the weights are the same whatever the order. When the plan keeps them all
+(``Plan.keep_weights``, small runs), they are generated into one array of every layer, each
+segment once: the backward pass takes the forward's.
 """
 
 from __future__ import annotations
@@ -21,23 +23,47 @@ class LayerSupply:
 
     Generated weights use two buffers: :meth:`prefetch` fills the spare one in a helper thread
     (one thread, so generation never runs twice at once) while the caller computes with the
-    other; :meth:`get` waits for it. ``seconds`` is the time the caller waited for generation,
-    ``cpu_seconds`` the time spent generating.
+    other; :meth:`get` waits for it. With ``keep``, one buffer of every layer instead: each
+    segment is generated once, into its own rows, and kept. ``seconds`` is the time the caller
+    waited for generation, ``cpu_seconds`` the time spent generating. ``empty(shape, dtype)``
+    allocates the buffers (the engine's workspace).
     """
 
-    def __init__(self, params, stack: Stack, seg: int):
+    def __init__(self, params, stack: Stack, seg: int, keep: bool = False, empty=np.empty):
         self.params = params
         self.generated = isinstance(params, GeneratedParams)
+        self.keep = keep and self.generated
         self.seconds = 0.0
         self.cpu_seconds = 0.0
         self.pool = None
-        if self.generated:
-            N, dt = stack.width, stack.np_dtype
-            self.buffers = [(np.empty((seg, N, N), dtype=dt), np.empty((seg, N), dtype=dt)) for _ in range(2)]
+        if self.keep:
+            self.all = tuple(empty(shape, stack.np_dtype) for shape in buffer_shapes(stack, stack.depth))
+            self.kept = {}  # (s, e) -> the segment() tuple, or the future generating it
+        elif self.generated:
+            self.buffers = [tuple(empty(shape, stack.np_dtype) for shape in buffer_shapes(stack, seg))
+                            for _ in range(2)]
             self.spans = [None, None]  # the (s, e) each buffer holds (or will hold: pending)
             self.filled = [None, None]  # the segment() tuple each buffer holds
             self.current = 0
             self.pending = None  # (buffer index, future)
+
+    def _fill_kept(self, s: int, e: int):
+        t = time.perf_counter()
+        out = self.params.segment(s, e, out=tuple(a[s:e] for a in self.all))
+        self.cpu_seconds += time.perf_counter() - t
+        return out
+
+    def _get_kept(self, s: int, e: int):
+        got = self.kept.get((s, e))
+        if got is None:  # not prefetched
+            t = time.perf_counter()
+            got = self.kept[s, e] = self._fill_kept(s, e)
+            self.seconds += time.perf_counter() - t
+        elif not isinstance(got, tuple):  # a future
+            t = time.perf_counter()
+            got = self.kept[s, e] = got.result()
+            self.seconds += time.perf_counter() - t
+        return got
 
     def _fill(self, i: int, s: int, e: int) -> None:
         t = time.perf_counter()
@@ -54,6 +80,10 @@ class LayerSupply:
     def prefetch(self, s: int, e: int) -> None:
         """Start generating layers [s, e) into the buffer not in use (no-op for stored params)."""
         if not self.generated:
+            return
+        if self.keep:
+            if (s, e) not in self.kept:
+                self.kept[s, e] = self.background(self._fill_kept, s, e)
             return
         self._wait()
         i = 1 - self.current
@@ -78,6 +108,8 @@ class LayerSupply:
         """W, b, gamma, beta, slope of layers [s, e)."""
         if not self.generated:
             return self.params.segment(s, e)
+        if self.keep:
+            return self._get_kept(s, e)
         self._wait()
         if self.spans[self.current] != (s, e):  # the forward's last segment is the backward's first
             i = 1 - self.current
@@ -90,8 +122,18 @@ class LayerSupply:
         return self.filled[self.current]
 
     def close(self) -> None:
-        if self.generated:
+        if self.keep:
+            for got in self.kept.values():
+                if not isinstance(got, tuple):
+                    got.result()
+        elif self.generated:
             self._wait()
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
+
+
+def buffer_shapes(stack: Stack, layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of the generated W and b of ``layers`` layers."""
+    N = stack.width
+    return (layers, N, N), (layers, N)

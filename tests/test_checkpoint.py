@@ -261,9 +261,23 @@ def test_auto_checkpoints_only_beyond_the_budget():
     assert_bitwise(got, plain)
     assert plan.default_segment(gb.Stack(depth=120, width=4, residual=3)) == 12  # round(sqrt(120)/3)*3
     assert plan.default_segment(gb.Stack(depth=10**6, width=4)) == 1000
-    # statistics only: auto checkpoints whatever the budget (nothing stored is returned)
+
+def test_stats_only_checkpoints_unless_small(monkeypatch):
+    """Statistics only: "auto" keeps every activation of a run that takes at most
+    SMALL_RUN_BYTES of them (no recomputed forward), and checkpoints beyond that whatever the
+    budget (nothing stored is returned); the statistics are the same bits either way."""
+    stack, params, x, _ = _problem(dict(depth=64, width=8, residual=4))
+    acts = (2 * 64 + 1) * 5 * 8 * 8
+    monkeypatch.setattr(plan, "SMALL_RUN_BYTES", acts)
+    small = gb.backprop(stack, params, x, backend="numpy", stats_only=True)
+    assert small.extras["checkpoint"] is None and small.extras["segments"] == 8
+    monkeypatch.setattr(plan, "SMALL_RUN_BYTES", acts - 1)
     so = gb.backprop(stack, params, x, backend="numpy", stats_only=True)
     assert so.extras["checkpoint"] == 8
+    assert_bitwise(small, so, grads=False)
+    _same(small.grad_hist.counts, so.grad_hist.counts, "grad_hist")
+    big = plan.plan_run(gb.Stack(depth=10**4, width=64), 64, stats_only=True, generated=True)
+    assert big.recompute and big.segment == 100 and not big.keep_weights
 
 
 def test_refused_before_it_starts_with_the_option_that_fits():

@@ -244,7 +244,7 @@ def test_the_estimate_counts_everything_that_is_allocated(kw, stats_only, monkey
 
     peak = _peak(run_and_diagnose)
     est = plan.memory_estimate(stack, batch, checkpoint=probe.plan.checkpoint, stats_only=stats_only,
-                               generated=stats_only, diagnose_bins=bins)
+                               generated=stats_only, keep_weights=probe.plan.keep_weights, diagnose_bins=bins)
     assert peak <= est <= 4 * peak, (peak, est)
 
 

@@ -139,6 +139,36 @@ def test_generated_run_equals_stored_run_bitwise(backend, case):
     assert got.extras["generated"] and got.extras["checkpoint"] == k
     assert_bitwise(got, ref)
     assert_bitwise(_run(kw, backend, checkpoint=k, stats_only=True), ref, grads=False)
+    # "auto" on a run this small: every weight kept (drawn once), stats_only without recomputation
+    for stats_only in (False, True):
+        got = _run(kw, backend, stats_only=stats_only)
+        assert got.extras["weights_kept"] and got.extras["checkpoint"] is None
+        assert_bitwise(got, ref, grads=not stats_only)
+
+
+def test_small_runs_draw_each_layer_once(monkeypatch):
+    """With checkpoint="auto", generated weights that fit in SMALL_RUN_BYTES are drawn once per
+    layer (the backward takes the forward's); beyond it, two segments are kept and the other
+    layers are drawn again for the backward. The statistics are the same bits."""
+    from test_checkpoint import assert_bitwise
+
+    from gradbench import plan
+
+    drawn = []
+    weights = GeneratedParams.weights
+    monkeypatch.setattr(GeneratedParams, "weights",
+                        lambda self, start, stop, out=None: drawn.extend(range(start, stop)) or weights(self, start, stop, out))
+    kw = dict(depth=50, width=8, activation="tanh", init="he_normal")
+    kept = _run(kw, "auto", stats_only=True)
+    assert kept.extras["weights_kept"] and kept.extras["segments"] == 8
+    assert sorted(drawn) == list(range(50))
+    drawn.clear()
+    monkeypatch.setattr(plan, "SMALL_RUN_BYTES", (2 * 50 + 1) * 4 * 8 * 8 - 1)  # under H, Z and under W, b
+    again = _run(kw, "auto", stats_only=True)
+    assert not again.extras["weights_kept"] and again.extras["checkpoint"] == 7
+    # the backward finds the forward's last two segments ([42, 49) and [49, 50)) still in the buffers
+    assert sorted(drawn) == sorted([*range(50), *range(42)])
+    assert_bitwise(kept, again, grads=False)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])

@@ -110,3 +110,18 @@ def test_readme_recurrent_diagnosis_quote_is_what_it_prints():
     assert len(pieces) >= 2
     for piece in pieces:
         assert piece in said, (piece, said)
+
+
+def test_every_repository_path_the_docs_name_exists():
+    """Paths such as `gradbench/params.py` or `csrc/philox.c` in README.md, docs/ and
+    benchmarks/README.md name files of this repository (a renamed file left one naming nothing)."""
+    root = README.parent
+    docs = [README, root / "benchmarks" / "README.md", *sorted((root / "docs").glob("*.md"))]
+    top = ("gradbench", "kernels", "csrc", "benchmarks", "tests", "docs", ".ci")
+    pattern = re.compile(r"`((?:%s)/[\w./-]+\.(?:py|c|h|md|json|toml|txt|sh))[`:]" % "|".join(map(re.escape, top)))
+    named = {(doc.name, path) for doc in docs for path in pattern.findall(doc.read_text())}
+    assert len(named) > 10, named
+    written = ("benchmarks/results/", "gradbench/_cbuild_error.txt")  # by runs and failed builds
+    missing = sorted((doc, path) for doc, path in named
+                     if not (root / path).exists() and not path.startswith(written))
+    assert not missing, missing
