@@ -152,6 +152,7 @@ _KIND_DTYPE = {"f8": np.dtype(np.float64), "i8": np.dtype(np.int64)}
 def register(contract: Contract) -> Contract:
     """Add a contract (the stack's two below; recurrent cells add theirs)."""
     CONTRACTS[contract.name] = contract
+    _expected.cache_clear()
     return contract
 
 
@@ -176,6 +177,17 @@ def shape_of(arg: Arg, dims: Mapping[str, int], consts: Mapping[str, int] | None
 
 def dtype_of(arg: Arg, dtype) -> np.dtype:
     return np.dtype(dtype) if arg.kind == "T" else _KIND_DTYPE[arg.kind]
+
+
+@functools.lru_cache(maxsize=256)
+def _expected(function: str, dims: tuple, T: np.dtype) -> tuple:
+    """(arg, dtype, shape, written) of every array of a call to ``function`` with dimensions
+    ``dims`` and float dtype ``T``: what :func:`check` compares, worked out once per segment
+    shape (an engine run calls the same few shapes once per segment)."""
+    contract = CONTRACTS[function]
+    d = dict(dims)
+    return tuple((arg, dtype_of(arg, T), shape_of(arg, d, contract.consts), "w" in arg.access)
+                 for arg in contract.args)
 
 
 def _stack_contract(name: str, args: tuple[Arg, ...]) -> Contract:
@@ -234,19 +246,18 @@ def check(function: str, arrays: Mapping[str, object]) -> dict[str, int]:
         dims[d] = int(a.shape[axis])
     if min(dims.values()) < 1:
         raise ValueError(f"{function}: every dimension must be >= 1, got {_fmt_dims(dims)}")
-    for arg in table:
+    for arg, want_dt, want, writes in _expected(function, tuple(dims.items()), T):
         a = arrays[arg.name]
-        want_dt = dtype_of(arg, T)
         if a.dtype != want_dt:
             raise TypeError(f"{function}: {arg.name} has dtype {a.dtype}, expected {want_dt}"
                             + (f" (the dtype of {contract.dtype_from})" if arg.kind == "T" else ""))
-        want = shape_of(arg, dims, contract.consts)
         if a.shape != want:
             raise ValueError(f"{function}: {arg.name} has shape {a.shape}, expected {want} = "
                              f"({', '.join(arg.shape)}) with {_fmt_dims(dims)}")
-        if not a.flags.c_contiguous:
+        flags = a.flags
+        if not flags.c_contiguous:
             raise ValueError(f"{function}: {arg.name} must be C-contiguous (pass np.ascontiguousarray({arg.name}))")
-        if "w" in arg.access and not a.flags.writeable:
+        if writes and not flags.writeable:
             raise ValueError(f"{function}: {arg.name} must be writeable (the kernel writes into it)")
     if contract.check_config is not None:
         contract.check_config(function, arrays, dims)
