@@ -222,43 +222,32 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     -------
     Diagnosis
     """
-    for name, v in (("threshold", threshold), ("tiny", tiny)):
-        if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be an int >= 1, got {bins!r}")
+    a = assess(res, params, threshold=threshold, tiny=tiny)
     stack: Stack = res.stack
+    g, s, rate = a.grad_log10, a.signal_log10, a.decades_per_layer
     with np.errstate(divide="ignore", invalid="ignore"):
-        g = np.asarray(res.grad_norm.log10(), dtype=np.float64)
-        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
         act_mean = res.act_mean.to_float(warn=False)
         act_std = res.act_std.to_float(warn=False)
         act_std_log10 = res.act_std.log10()
         act_mean_log10 = res.act_mean.log10()
-    rate, intercept = decades_per_layer(np.where(np.isfinite(g) & (g > -np.inf), g, np.nan))
-    signal_rate, _ = decades_per_layer(np.where(np.isfinite(s) & (s > -np.inf), s, np.nan))
     if res.grads is not None:
         edges, counts, zeros, nonfinite, outside = histograms(res.grads.W, bins, hist_range)
     elif getattr(res, "grad_hist", None) is not None:  # a stats_only run: its streaming histograms
         edges, counts, zeros, nonfinite, outside = rebin_streaming(res.grad_hist, bins, hist_range)
     else:
-        raise ValueError("the result has neither gradients nor gradient histograms to diagnose")
+        raise ValueError("the result has neither gradients nor gradient histograms to diagnose (a stats_only "
+                         "run with hist_bins=0: gradbench.diagnose.assess gives its rates and verdict)")
     floored = floored_layers(stack.activation, g, res.saturation)
     limits = float_limits(g, rate, act_std_log10, floored)
-    w = np.zeros(0) if params is None else _weight_log10(params, stack, len(g))
-    w_ref = w if len(w) else np.full(len(g), math.log10(math.sqrt(stack.width) * stack.gain))
-    loss_log10 = float(res.loss_exact.log10())
-    with np.errstate(invalid="ignore"):
-        # log10 e_l = log10 (||dW_l|| ||W_l|| / loss); undefined (nan) for a loss of 0 or out of range
-        elasticity = g + w_ref - loss_log10 if math.isfinite(loss_log10) else np.full(len(g), math.nan)
-    verdict, rule = judge(g, s, threshold=threshold, elasticity_log10=elasticity, tiny=tiny,
-                          nonfinite_backward=res.first_nonfinite_backward is not None)
-    explanation = explain(verdict, stack, g, rate, signal_rate, threshold, res, elasticity, rule, loss_log10, tiny)
+    explanation = explain(a.verdict, stack, g, rate, a.signal_decades_per_layer, threshold, res, a.elasticity_log10,
+                          a.rule, a.loss_log10, tiny)
     return Diagnosis(
         stack=dataclasses.asdict(stack),
         backend=res.backend,
         loss=float(res.loss),
-        loss_log10=loss_log10,
+        loss_log10=a.loss_log10,
         grad_log10=g,
         signal_log10=s,
         act_mean=np.asarray(act_mean, dtype=np.float64),
@@ -276,14 +265,65 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         lost_samples=int((res.extras or {}).get("lost_samples", 0)),
         first_nonfinite_backward=res.first_nonfinite_backward,
         decades_per_layer=rate,
-        intercept=intercept,
-        signal_decades_per_layer=signal_rate,
-        verdict=verdict,
+        intercept=a.intercept,
+        signal_decades_per_layer=a.signal_decades_per_layer,
+        verdict=a.verdict,
         explanation=explanation,
         float_limits=limits,
         threshold=float(threshold),
-        weight_log10=w,
+        weight_log10=a.weight_log10,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class Assessment:
+    """What a verdict rests on: the part of a :class:`Diagnosis` that needs no histograms.
+
+    The fields of the same names in :class:`Diagnosis`; ``elasticity_log10`` is log10 of
+    ||dW_l|| ||W_l|| / loss per layer (NaN where undefined) and ``rule`` the verdict's rule
+    (:func:`gradbench.verdict.judge`).
+    """
+
+    grad_log10: np.ndarray
+    signal_log10: np.ndarray
+    decades_per_layer: float
+    intercept: float
+    signal_decades_per_layer: float
+    loss_log10: float
+    elasticity_log10: np.ndarray
+    weight_log10: np.ndarray
+    verdict: str
+    rule: str
+
+
+def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> Assessment:
+    """The rates and the verdict of :func:`diagnose`, without its histograms and text.
+
+    For results that carry no gradients and no histograms (``stats_only=True`` with
+    ``hist_bins=0``, as a sweep's runs: only these numbers travel back), and for anything else
+    that needs the verdict alone. Parameters as in :func:`diagnose`; the numbers are those of
+    ``diagnose(res, params, threshold=threshold, tiny=tiny)``, which calls this.
+    """
+    for name, v in (("threshold", threshold), ("tiny", tiny)):
+        if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    stack: Stack = res.stack
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.asarray(res.grad_norm.log10(), dtype=np.float64)
+        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    rate, intercept = decades_per_layer(np.where(np.isfinite(g) & (g > -np.inf), g, np.nan))
+    signal_rate, _ = decades_per_layer(np.where(np.isfinite(s) & (s > -np.inf), s, np.nan))
+    w = np.zeros(0) if params is None else _weight_log10(params, stack, len(g))
+    w_ref = w if len(w) else np.full(len(g), math.log10(math.sqrt(stack.width) * stack.gain))
+    loss_log10 = float(res.loss_exact.log10())
+    with np.errstate(invalid="ignore"):
+        # log10 e_l = log10 (||dW_l|| ||W_l|| / loss); undefined (nan) for a loss of 0 or out of range
+        elasticity = g + w_ref - loss_log10 if math.isfinite(loss_log10) else np.full(len(g), math.nan)
+    verdict, rule = judge(g, s, threshold=threshold, elasticity_log10=elasticity, tiny=tiny,
+                          nonfinite_backward=res.first_nonfinite_backward is not None)
+    return Assessment(grad_log10=g, signal_log10=s, decades_per_layer=rate, intercept=intercept,
+                      signal_decades_per_layer=signal_rate, loss_log10=loss_log10, elasticity_log10=elasticity,
+                      weight_log10=w, verdict=verdict, rule=rule)
 
 
 def _weight_log10(params, stack: Stack, L: int) -> np.ndarray:

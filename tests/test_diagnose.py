@@ -334,3 +334,25 @@ def test_relative_size_of_the_gradient_with_params():
     assert classify(np.zeros(11), elasticity_log10=np.r_[np.full(10, -8.01), np.nan]) == "vanishing"
     assert classify(np.zeros(11), elasticity_log10=np.r_[np.full(10, -8.01), -7.99]) == "stable"
     assert classify(np.zeros(11), elasticity_log10=np.full(11, np.nan)) == "stable"
+
+
+@pytest.mark.parametrize("kw", [dict(activation="sigmoid", depth=60), dict(activation="tanh", sigma_w=3.0, depth=80),
+                                dict(activation="relu", init="he_normal", depth=40)])
+def test_assess_is_the_verdict_of_diagnose_without_histograms(kw):
+    """A stats_only run without histograms (hist_bins=0, a sweep's runs) has no diagnosis, but
+    assess gives the rates and verdict that diagnose gives for the same run with them."""
+    from gradbench.diagnose import assess
+
+    stack = gb.Stack(width=16, **kw)
+    params, x = gb.init_params(stack, 3), gb.gaussian_input(stack, 8, 4)
+    bare = gb.backprop(stack, params, x, stats_only=True, hist_bins=0)
+    assert bare.grad_hist is None
+    with pytest.raises(ValueError, match="assess"):
+        gb.diagnose(bare)
+    d = gb.diagnose(gb.backprop(stack, params, x, stats_only=True), params)
+    a = assess(bare, params)
+    assert (a.verdict, a.rule is not None) == (d.verdict, True)
+    for name in ("grad_log10", "signal_log10", "weight_log10"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(d, name), err_msg=name)
+    for name in ("decades_per_layer", "intercept", "signal_decades_per_layer", "loss_log10"):
+        assert getattr(a, name) == getattr(d, name), name
