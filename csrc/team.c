@@ -26,6 +26,14 @@
  * ms on two threads against 21.1-25.3 on one before, 24.6-26.1 after; float64 34.4-104 against
  * 27.2-28.2 before, 33.7-34.0 after. The rest of the gap is the first 112 layers (7 judging
  * barriers) and the backward's first 6 layers, each team starting on two threads.
+ *
+ * So a team that goes solo on its own (not at a test's solo_after) also tells the teams of
+ * the next GB_SOLO_MEMORY_NS to start on one thread (gb_solo_until, the one process-wide
+ * state here: a time, read and written atomically). What starved it, another library's
+ * spinning BLAS worker or another process, usually outlives one call; every call of a loop
+ * that runs NumPy products between gradbench calls (or gradbench's own input layer and head,
+ * which are NumPy products) would otherwise pay the judging again. After the memory runs out,
+ * the next call starts a team of every thread again.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -44,6 +52,10 @@
 #define GB_SPIN 4000
 #define GB_SOLO_MIN_WAITS 6 /* judge after this many barriers */
 #define GB_SOLO_SKEW 0.35   /* the share of the time threads spent waiting for a late partner */
+#define GB_SOLO_MEMORY_NS 250000000 /* a solo decision holds for the teams of the next 0.25 s */
+
+/* CLOCK_MONOTONIC ns before which new teams run on one thread (0: none) */
+static _Atomic int64_t gb_solo_until_ns;
 
 static int64_t gb_now_ns(void) {
     struct timespec t;
@@ -67,8 +79,11 @@ void gb_barrier_wait(gb_barrier *b, int *sense) {
             b->skew += now - atomic_load_explicit(&b->t_first, memory_order_relaxed);
             const int64_t pw = atomic_load_explicit(&b->pwait, memory_order_relaxed) - b->pwait_start;
             if (b->waits >= GB_SOLO_MIN_WAITS &&
-                (double)(b->skew + pw) > GB_SOLO_SKEW * (double)(now - b->t_start))
+                (double)(b->skew + pw) > GB_SOLO_SKEW * (double)(now - b->t_start)) {
                 b->solo = 1;
+                if (b->solo_after == 0) /* the library's own thread count: later teams follow */
+                    atomic_store_explicit(&gb_solo_until_ns, now + GB_SOLO_MEMORY_NS, memory_order_relaxed);
+            }
         }
         if (b->solo_after > 0 && b->waits >= b->solo_after) b->solo = 1;
         /* seq_cst store then load, against the sleepers' increment then load in the loop below:
@@ -145,12 +160,19 @@ static void *gb_member_main(void *p) {
     return NULL;
 }
 
+int64_t gb_solo_until(int64_t set_ns) {
+    if (set_ns >= 0) return atomic_exchange_explicit(&gb_solo_until_ns, set_ns, memory_order_relaxed);
+    return atomic_load_explicit(&gb_solo_until_ns, memory_order_relaxed);
+}
+
 int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after) {
     gb_barrier bar;
     gb_member m[GB_MAX_THREADS];
     pthread_t th[GB_MAX_THREADS];
     int gate = 0, started = 0;
     if (nth > GB_MAX_THREADS) nth = GB_MAX_THREADS;
+    if (nth > 1 && solo_after == 0 && gb_now_ns() < atomic_load_explicit(&gb_solo_until_ns, memory_order_relaxed))
+        nth = 1; /* a team went solo a moment ago: whatever starved it is probably still there */
     if (nth > 1 && !pthread_mutex_init(&bar.mu, NULL)) {
         if (!pthread_cond_init(&bar.cv, NULL)) {
             atomic_init(&bar.count, 0);

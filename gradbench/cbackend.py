@@ -129,9 +129,16 @@ def _default_threads() -> int:
 
 
 def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,
-              par_min_work: int | None = None, isa: int = 0, solo_after: int = 0):
+              par_min_work: int | None = None, isa: int = 0, solo_after: int = 0,
+              follow_solo: bool | None = None):
     """A ``gb_opts`` struct for the drivers (BLAS pointers, thresholds, thread count, and the
-    instruction set: 0 the best this CPU runs, 1 baseline, 3 AVX2+FMA, 4 AVX-512 at most)."""
+    instruction set: 0 the best this CPU runs, 1 baseline, 3 AVX2+FMA, 4 AVX-512 at most).
+
+    The threads hand over to one when a partner is late, and from barrier ``solo_after`` on if
+    it is > 0 (tests). ``follow_solo``: start on one thread while another call's such decision
+    holds (csrc/team.c); default: only the library's own thread count (``nthreads`` None), so
+    that an explicit one gets its threads whatever other calls decided.
+    """
     o = ffi.new("gb_opts *")
     if blas:
         d, s = _blas()
@@ -142,7 +149,9 @@ def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: in
     o.nthreads = _default_threads() if nthreads is None else int(nthreads)
     o.par_min_work = PAR_MIN_WORK if par_min_work is None else int(par_min_work)
     o.isa = int(isa)
-    o.solo_after = int(solo_after)  # tests: hand over to one thread after this many barriers
+    if follow_solo is None:
+        follow_solo = nthreads is None
+    o.solo_after = int(solo_after) if solo_after or follow_solo else -1  # C: < 0 ignores other teams
     return o
 
 
@@ -168,7 +177,8 @@ def threads() -> int:
 # s on two without it, 0.35 s on one beside it (two threads faulting pages in at the same time
 # spend 0.76-0.80 CPU-seconds against one's 0.58). Warm calls fault nothing in: every thread.
 PREFAULT_SHARE_FROM = 32 * 2**20
-_OPTS_SHARED = make_opts(nthreads=_OPTS.nthreads - 1) if _OPTS.nthreads >= available_cpus() >= 2 else None
+_OPTS_SHARED = (make_opts(nthreads=_OPTS.nthreads - 1, follow_solo=True)
+                if _OPTS.nthreads >= available_cpus() >= 2 else None)
 
 
 def call_opts():

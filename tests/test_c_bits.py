@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -211,11 +212,56 @@ def test_batch_norm_and_clipping_backward_run_on_the_team(variant):
     params, x = _problem(stack, 64, 3)
     opts = cb.make_opts(nthreads=2, blas=False, par_min_work=0)
     o = _forward(opts, stack, params, x)
+    before, peak = _peak_threads(_backward, opts, stack, params, o)
+    assert peak >= before + 2, f"threads {before} -> at most {peak} during the backward"
+
+
+def _peak_threads(fn, *args) -> tuple[int, int]:
+    """The threads of the process before ``fn(*args)`` and at most while it runs (in another
+    Python thread, counted in /proc)."""
     before = len(os.listdir("/proc/self/task"))
-    worker = threading.Thread(target=_backward, args=(opts, stack, params, o))
+    worker = threading.Thread(target=fn, args=args)
     worker.start()
     peak = before
     while worker.is_alive():
         peak = max(peak, len(os.listdir("/proc/self/task")))
     worker.join()
-    assert peak >= before + 2, f"threads {before} -> at most {peak} during the backward"
+    return before, peak
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or not hasattr(os, "sched_setaffinity"),
+                    reason="counts the threads in /proc and pins the team to one CPU")
+def test_a_solo_decision_holds_for_the_next_calls():
+    """A team whose partner has no CPU of its own (here: both pinned to one CPU) goes solo and
+    tells the calls of the next 0.25 s to start on one thread (csrc/team.c, gb_solo_until):
+    those with the library's own thread count follow, an explicit thread count does not; once
+    the time has passed, the library's calls start a team again. The bits never change."""
+    lib = cb.lib
+    stack = gb.Stack(depth=300, width=64, activation="tanh", init="normal", sigma_w=1.3, sigma_b=0.2)
+    params, x = _problem(stack, 64, 3)
+    library = cb.make_opts(nthreads=2, blas=False, par_min_work=0, follow_solo=True)
+    explicit = cb.make_opts(nthreads=2, blas=False, par_min_work=0)
+    o = _forward(explicit, stack, params, x)
+    starved, alone = dict(o), dict(o)
+    old = lib.gb_solo_until(0)
+    mask = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(mask)})  # the team's threads inherit the calling thread's
+        t0 = time.monotonic_ns()
+        _backward(library, stack, params, starved)
+        os.sched_setaffinity(0, mask)
+        assert t0 < lib.gb_solo_until(-1), "a team on one CPU did not go solo"
+        lib.gb_solo_until(time.monotonic_ns() + 10**10)  # hold it for the counts
+        before, peak = _peak_threads(_backward, library, stack, params, o)
+        assert peak == before + 1, f"threads {before} -> {peak}: the library's call started a team"
+        before, peak = _peak_threads(_backward, explicit, stack, params, o)
+        assert peak >= before + 2, f"threads {before} -> {peak}: the explicit thread count was not kept"
+        lib.gb_solo_until(1)  # long past
+        before, peak = _peak_threads(_backward, library, stack, params, o)
+        assert peak >= before + 2, f"threads {before} -> {peak}: no team after the time passed"
+    finally:
+        os.sched_setaffinity(0, mask)
+        lib.gb_solo_until(old)
+    _backward(cb.make_opts(nthreads=1, blas=False, par_min_work=0), stack, params, alone)
+    for k in ("G", "dW", "db", "sig_m", "sig_e", "gnorm_m", "gnorm_e"):
+        np.testing.assert_array_equal(starved[k], alone[k], err_msg=k)

@@ -8,9 +8,10 @@
 One *run* is one (configuration, seed), the run ``gradbench run --stats-only --seed`` makes:
 the weights ``GeneratedParams(stack, seed)`` (drawn layer by layer, never stored), the input
 ``gaussian_input(stack, batch, default_rng([seed, 1]))`` (and, for a stack with a head, targets
-from ``default_rng([seed, 2])``), one stats-only :func:`~gradbench.backprop` and
-:func:`~gradbench.diagnose`. Only the statistics below travel
-back, never a gradient array. The table has one row per run: the swept and fixed fields under
+from ``default_rng([seed, 2])``), one stats-only :func:`~gradbench.backprop` (without the
+histograms of log10 |dW|, which no column holds: ``hist_bins=0``) and
+:func:`gradbench.diagnose.assess`, the rates and verdict of :func:`~gradbench.diagnose`. Only
+the statistics below travel back, never a gradient array. The table has one row per run: the swept and fixed fields under
 their ``Stack`` names (and ``batch``), ``seed``, then
 
 - measured: ``decades_per_layer`` (from ``diagnose``: its least-squares fit of
@@ -25,7 +26,7 @@ their ``Stack`` names (and ``batch``), ``seed``, then
   not describe: batch norm, residual connections, clipping): ``q_star``, ``chi1``,
   ``theory_decades_per_layer``, ``depth_scale``, ``phase``;
 - ``backend`` (the concrete one) and ``seconds`` (the run on its worker: parameters, backprop,
-  diagnosis; the once-per-worker kernel warm-up is not counted).
+  assessment; the once-per-worker kernel warm-up is not counted).
 
 Execution: a ``distributed.LocalCluster`` (worker processes, one thread each, one per core) for
 the call, or a ``client=`` (a ``distributed.Client`` or a scheduler address). Runs are batched
