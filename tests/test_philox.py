@@ -1,4 +1,6 @@
-"""csrc/philox.c (gb_philox_normals_f64/_f32) against NumPy's own Generator, bit for bit.
+"""csrc/philox.c (gb_philox_normals_f64/_f32, gb_philox_normals_at) against NumPy's own
+Generator, bit for bit, at every instruction set the C code has (the `isa` fixture: the exported
+functions at the best level this CPU runs, and each level forced through gb_philox_normals_at).
 
 Every expected value here comes from ``numpy.random.Generator(numpy.random.Philox(...))``; the
 rare paths of NumPy's ziggurat (wedge accepted, wedge rejected, tail, tail rejected once) are
@@ -21,8 +23,9 @@ ZIGGURAT_NOR_R = 3.6541528853610088  # numpy ziggurat_constants.h ziggurat_nor_r
 MASK64 = 2**64 - 1
 
 
-def numpy_stream(seed, layer, kind):
-    bg = np.random.Philox(key=seed, counter=[0, layer, kind, 0])
+def numpy_stream(seed, layer, kind, c0=0, c3=0):
+    """NumPy's Philox(key=seed, counter=[c0, layer, kind, c3]) (words of up to 64 bits each)."""
+    bg = np.random.Philox(key=seed, counter=c0 + layer * 2**64 + kind * 2**128 + c3 * 2**192)
     return bg, np.random.Generator(bg)
 
 
@@ -35,17 +38,36 @@ def numpy_normals(seed, first, layers, kind, n, scale=1.0, dtype=np.float64):
     return out
 
 
-def c_normals(seed, first, layers, kind, n, scale=1.0, dtype=np.float64, pad=0):
-    """The C function; ``pad`` sentinel entries on each side of the (layers, n) block are checked
-    to stay untouched."""
+# 0: the exported gb_philox_normals_f64/_f32 (the best level this CPU runs); 1, 3, 4: that
+# level forced in gb_philox_normals_at (scalar, AVX2, AVX-512; gb_opts.isa's values)
+ISA_NAMES = {0: "default", 1: "scalar", 3: "avx2", 4: "avx512"}
+
+
+@pytest.fixture(params=sorted(ISA_NAMES), ids=ISA_NAMES.get)
+def isa(request):
+    level = request.param
+    got = lib.gb_isa(ffi.new("gb_opts *", {"isa": level}))
+    if level and got != level:
+        pytest.skip(f"this CPU does not run the {ISA_NAMES[level]} level (gb_isa gives {got})")
+    return level
+
+
+def c_normals(seed, first, layers, kind, n, scale=1.0, dtype=np.float64, pad=0, isa=0, c0=0, c3=0):
+    """The C function (isa 0 and counter words c0 = c3 = 0: the exported _f64/_f32 ones, else
+    gb_philox_normals_at); ``pad`` sentinel entries on each side of the (layers, n) block are
+    checked to stay untouched."""
     dtype = np.dtype(dtype)
     buf = np.full(layers * n + 2 * pad, 12345.5, dtype=dtype)
     out = buf[pad: pad + layers * n]
-    if dtype == np.float64:
-        fn, ctype = lib.gb_philox_normals_f64, "double *"
+    ctype = "double *" if dtype == np.float64 else "float *"
+    p = ffi.cast(ctype, ffi.from_buffer(out))
+    if isa or c0 or c3:
+        counter = ffi.new("uint64_t[4]", [c0, first, kind, c3])
+        p64, p32 = (p, ffi.NULL) if dtype == np.float64 else (ffi.NULL, p)
+        rc = lib.gb_philox_normals_at(seed & MASK64, seed >> 64, counter, layers, n, scale, p64, p32, isa)
     else:
-        fn, ctype = lib.gb_philox_normals_f32, "float *"
-    rc = fn(seed & MASK64, seed >> 64, kind, first, layers, n, scale, ffi.cast(ctype, ffi.from_buffer(out)))
+        fn = lib.gb_philox_normals_f64 if dtype == np.float64 else lib.gb_philox_normals_f32
+        rc = fn(seed & MASK64, seed >> 64, kind, first, layers, n, scale, p)
     assert rc == lib.GB_OK
     if pad:
         assert np.all(buf[:pad] == 12345.5) and np.all(buf[pad + layers * n:] == 12345.5)
@@ -73,30 +95,55 @@ FIRST_LAYERS = [0, 1, 2**40, 2**63 - 3]
 # ---------------------------------------------------------------- raw streams
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("first", FIRST_LAYERS)
-def test_streams_equal_numpy_bit_for_bit(seed, first):
+def test_streams_equal_numpy_bit_for_bit(seed, first, isa):
     for kind in range(6):
         for n in (1, 3, 4, 5, 67):
             expect = numpy_normals(seed, first, 3, kind, n)
-            assert_same_bits(c_normals(seed, first, 3, kind, n, pad=8), expect)
+            assert_same_bits(c_normals(seed, first, 3, kind, n, pad=8, isa=isa), expect)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 8, 9, 31, 32, 33, 255, 4097])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lengths_off_the_vector_and_chunk_sizes(n, dtype, isa):
+    # the vector code computes blocks (4 words) in groups of 16 (AVX2) or 32 (AVX-512), 64 at
+    # most per refill: lengths around and between those, and the normals a layer needs more
+    seed = 2**127 + 12345
+    assert_same_bits(c_normals(seed, 11, 4, KIND_W, n, 0.37, dtype, pad=8, isa=isa),
+                     numpy_normals(seed, 11, 4, KIND_W, n, 0.37, dtype))
+
+
+@pytest.mark.parametrize("c0_before_wrap", [1, 3, 8, 13, 31, 32, 33, 64, 70])
+@pytest.mark.parametrize("words", [(7, 5, 0), (MASK64, 5, 2), (MASK64, MASK64, 9)])
+def test_counter_carry_inside_a_group_of_blocks(c0_before_wrap, words, isa):
+    # counter word 0 wraps after c0_before_wrap blocks: inside a vector, a group, or a refill,
+    # carrying into word 1 (layer), through words 1 and 2 (both 2**64 - 1) into word 3; the
+    # counters of a group are the ones philox_next makes, the carry included
+    c1, c2, c3 = words
+    c0 = 2**64 - c0_before_wrap
+    for n in (5, 300):
+        bg, g = numpy_stream(RARE_SEED, c1, c2, c0=c0, c3=c3)
+        expect = g.standard_normal(n).reshape(1, n)
+        assert int(bg.state["state"]["counter"][3]) == c3 + (n > 4 * c0_before_wrap and c1 == c2 == MASK64)
+        assert_same_bits(c_normals(RARE_SEED, c1, 1, c2, n, pad=4, isa=isa, c0=c0, c3=c3), expect)
 
 
 @pytest.mark.parametrize("seed", [0, 2**127 + 12345])
-def test_last_layer_and_long_rows(seed):
+def test_last_layer_and_long_rows(seed, isa):
     # the largest layer number a stack can have, and 4096 normals (a 64 x 64 layer) per row
-    assert_same_bits(c_normals(seed, 2**63 - 1, 1, 5, 4096), numpy_normals(seed, 2**63 - 1, 1, 5, 4096))
-    assert_same_bits(c_normals(seed, 7, 4, KIND_W, 4096), numpy_normals(seed, 7, 4, KIND_W, 4096))
+    assert_same_bits(c_normals(seed, 2**63 - 1, 1, 5, 4096, isa=isa), numpy_normals(seed, 2**63 - 1, 1, 5, 4096))
+    assert_same_bits(c_normals(seed, 7, 4, KIND_W, 4096, isa=isa), numpy_normals(seed, 7, 4, KIND_W, 4096))
 
 
 @pytest.mark.parametrize("scale", [0.17677669529663687, -3.7, 1e-310, 2.0**1000, 0.0])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_scale_is_one_rounding_and_float32_is_the_cast_product(scale, dtype):
+def test_scale_is_one_rounding_and_float32_is_the_cast_product(scale, dtype, isa):
     # one multiply x * scale in float64 (NumPy's `std * standard_normal(...)`), then float32 of that
     seed = 2**100 + 99
-    assert_same_bits(c_normals(seed, 3, 5, KIND_W, 257, scale, dtype, pad=4),
+    assert_same_bits(c_normals(seed, 3, 5, KIND_W, 257, scale, dtype, pad=4, isa=isa),
                      numpy_normals(seed, 3, 5, KIND_W, 257, scale, dtype))
 
 
-def test_a_long_stream_with_tails_and_wedges():
+def test_a_long_stream_with_tails_and_wedges(isa):
     # 2 048 000 normals: NumPy's ziggurat leaves the fast path about 1% of the time and takes
     # the tail (|x| > r) about 2.6e-4 of the time; both are counted in NumPy's own output
     seed, layers, n = 123, 500, 4096
@@ -109,7 +156,7 @@ def test_a_long_stream_with_tails_and_wedges():
     assert extra_words > 50  # the slow paths draw extra words
     assert np.sum(np.abs(expect) > ZIGGURAT_NOR_R) > 100  # tail values
     assert np.any(expect > ZIGGURAT_NOR_R) and np.any(expect < -ZIGGURAT_NOR_R)
-    assert_same_bits(c_normals(seed, 0, layers, KIND_W, n), expect)
+    assert_same_bits(c_normals(seed, 0, layers, KIND_W, n, isa=isa), expect)
 
 
 # Layers of seed 20240601 (kind 0) whose first normal takes a given path of NumPy's ziggurat,
@@ -126,23 +173,24 @@ RARE = {
 
 
 @pytest.mark.parametrize("path", sorted(RARE))
-def test_rare_paths_of_the_ziggurat(path):
+def test_rare_paths_of_the_ziggurat(path, isa):
     layers, tail, words = RARE[path]
     for layer in layers:
         bg, g = numpy_stream(RARE_SEED, layer, KIND_W)
         x = g.standard_normal(1)
         assert (abs(x[0]) > ZIGGURAT_NOR_R) == tail and words_used(bg) == words, (path, layer)
-        assert_same_bits(c_normals(RARE_SEED, layer, 1, KIND_W, 1), x.reshape(1, 1))
+        assert_same_bits(c_normals(RARE_SEED, layer, 1, KIND_W, 1, isa=isa), x.reshape(1, 1))
         # and the normals after it in the same stream
-        assert_same_bits(c_normals(RARE_SEED, layer, 1, KIND_W, 9), numpy_normals(RARE_SEED, layer, 1, KIND_W, 9))
+        expect = numpy_normals(RARE_SEED, layer, 1, KIND_W, 9)
+        assert_same_bits(c_normals(RARE_SEED, layer, 1, KIND_W, 9, isa=isa), expect)
 
 
-def test_first_normal_of_many_layers():
+def test_first_normal_of_many_layers(isa):
     # one normal per layer over 30000 layers: every path above occurs several times
     layers = 30000
     expect = np.array([numpy_stream(RARE_SEED, l, KIND_W)[1].standard_normal() for l in range(layers)])
     assert np.sum(np.abs(expect) > ZIGGURAT_NOR_R) >= 3
-    assert_same_bits(c_normals(RARE_SEED, 0, layers, KIND_W, 1)[:, 0], expect)
+    assert_same_bits(c_normals(RARE_SEED, 0, layers, KIND_W, 1, isa=isa)[:, 0], expect)
 
 
 def test_empty_and_bad_arguments():
@@ -154,6 +202,12 @@ def test_empty_and_bad_arguments():
     for first, layers, n in ((-1, 1, 1), (0, -1, 1), (0, 1, -1)):
         assert lib.gb_philox_normals_f64(1, 2, 0, first, layers, n, 1.0, p) == lib.GB_EBADARG
     assert lib.gb_philox_normals_f64(1, 2, 0, 0, 1, 1, 1.0, ffi.NULL) == lib.GB_EBADARG
+    # gb_philox_normals_at: exactly one output, a counter
+    ctr, p32 = ffi.new("uint64_t[4]"), ffi.cast("float *", p)
+    for c, o64, o32 in ((ctr, ffi.NULL, ffi.NULL), (ctr, p, p32), (ffi.NULL, p, ffi.NULL)):
+        assert lib.gb_philox_normals_at(1, 2, c, 1, 1, 1.0, o64, o32, 0) == lib.GB_EBADARG
+    assert lib.gb_philox_normals_at(1, 2, ctr, -1, 1, 1.0, p, ffi.NULL, 0) == lib.GB_EBADARG
+    assert lib.gb_philox_normals_at(1, 2, ctr, 1, -1, 1.0, p, ffi.NULL, 0) == lib.GB_EBADARG
     assert np.all(out == 7.0)
 
 
