@@ -266,7 +266,8 @@ int gb_philox_normals_f32(uint64_t key_lo, uint64_t key_hi, uint64_t kind, int64
 /* The same for any counter and instruction set (tests): layer l in [0, layers) is the stream of
  * counter=[counter[0], counter[1] + l mod 2^64, counter[2], counter[3]], stored to out64 (double)
  * or out32 (float of the double), the other NULL; isa as gb_opts.isa (0: the best this CPU runs;
- * 1, 3, 4: at most scalar, AVX2, AVX-512; gb_isa says which level a value gives). The two above
+ * 1, 3, 4: at most scalar, AVX2 (here the scalar code), AVX-512; gb_isa says which level a value
+ * gives). The two above
  * are counter=[0, first_layer, kind, 0] and isa 0.    counter (4,), out (layers, n) */
 int gb_philox_normals_at(uint64_t key_lo, uint64_t key_hi, const uint64_t *counter, int64_t layers, int64_t n, double scale, double *out64, float *out32, int64_t isa);
 /* cffi-end */

@@ -82,7 +82,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define PHILOX_X86 1 /* AVX2 and AVX-512 block functions, chosen at run time (gb_isa, dispatch.c) */
+#define PHILOX_X86 1 /* the AVX-512 block function, chosen at run time (gb_isa, dispatch.c) */
 #endif
 
 /* ---- ziggurat_constants.h (NumPy v2.4.6), the double tables, verbatim ---------------------- */
@@ -487,10 +487,11 @@ static inline void philox4x64_10(const uint64_t ctr[4], uint64_t k0, uint64_t k1
 
 /* ---- Philox4x64-10 on several blocks at once (x86-64) ------------------------------------------
  * The blocks of a stream are independent and their counters known in advance, so PHILOX_GROUP
- * vectors of blocks are computed side by side, one block per 64-bit lane (8 lanes with AVX-512,
- * 4 with AVX2): ctr[w][j] is word w of block j's counter, and the blocks' words are stored as
- * philox4x64_10 stores them, block j at out[4 j .. 4 j + 3]. Several vectors at once because a
- * round is a long chain of dependent instructions: one vector at a time ran at half the speed.
+ * vectors of 8 blocks are computed side by side, one block per 64-bit lane of AVX-512 (an AVX2
+ * version, 4 lanes, ran no faster than the scalar code on Zen 5): ctr[w][j] is word w of block
+ * j's counter, and the blocks' words are stored as philox4x64_10 stores them, block j at
+ * out[4 j .. 4 j + 3]. Several vectors at once because a round is a long chain of dependent
+ * instructions: one vector at a time ran at half the speed.
  * The arithmetic is philox4x64_10's, the 64x64 -> 128-bit products from four 32x32 -> 64-bit
  * products (vpmuludq) as in philox.h's portable _umul128 (mulhilo64 above): with
  * a = ah 2^32 + al and m = mh 2^32 + ml, no sum below overflows 64 bits and
@@ -500,9 +501,8 @@ static inline void philox4x64_10(const uint64_t ctr[4], uint64_t k0, uint64_t k1
 #ifdef PHILOX_X86
 #define PHILOX_GROUP 4 /* vectors per call */
 #define PHILOX_AVX512 __attribute__((target("avx512f,avx512dq")))
-#define PHILOX_AVX2 __attribute__((target("avx2")))
 
-/* hi and lo of m a per lane, m = mh 2^32 + ml (lo by vpmullq of AVX512DQ: fewer instructions) */
+/* hi and lo of m a per lane, m = mh 2^32 + ml (lo by vpmullq of AVX512DQ) */
 PHILOX_AVX512 static inline __m512i mulhilo64_x8(__m512i m, __m512i ml, __m512i mh, __m512i a,
                                                  __m512i *hip) {
     const __m512i lo32 = _mm512_set1_epi64(0xffffffff);
@@ -565,73 +565,18 @@ PHILOX_AVX512 static void philox4x64_10_x8(const uint64_t ctr[4][PHILOX_GROUP * 
         _mm512_storeu_si512(o + 24, _mm512_shuffle_i64x2(ac23, bd23, _MM_SHUFFLE(3, 1, 3, 1)));
     }
 }
-
-/* hi and lo of m a per lane, m = mh 2^32 + ml (AVX2 has no 64-bit multiply: lo from u, p0) */
-PHILOX_AVX2 static inline __m256i mulhilo64_x4(__m256i ml, __m256i mh, __m256i a, __m256i *hip) {
-    const __m256i lo32 = _mm256_set1_epi64x(0xffffffff);
-    __m256i ah = _mm256_srli_epi64(a, 32);
-    __m256i p0 = _mm256_mul_epu32(a, ml), p1 = _mm256_mul_epu32(ah, ml);
-    __m256i p2 = _mm256_mul_epu32(a, mh), p3 = _mm256_mul_epu32(ah, mh);
-    __m256i t = _mm256_add_epi64(p1, _mm256_srli_epi64(p0, 32));
-    __m256i u = _mm256_add_epi64(p2, _mm256_and_si256(t, lo32));
-    *hip = _mm256_add_epi64(p3, _mm256_add_epi64(_mm256_srli_epi64(t, 32), _mm256_srli_epi64(u, 32)));
-    return _mm256_blend_epi32(_mm256_slli_epi64(u, 32), p0, 0x55); /* 32-bit halves: p0's low */
-}
-
-/* PHILOX_GROUP x 4 blocks (AVX2), counters in the first half of ctr's rows */
-PHILOX_AVX2 static void philox4x64_10_x4(const uint64_t ctr[4][PHILOX_GROUP * 8], uint64_t k0,
-                                         uint64_t k1, uint64_t *out) {
-    const __m256i m0l = _mm256_set1_epi64x(PHILOX_M0 & 0xffffffff);
-    const __m256i m0h = _mm256_set1_epi64x(PHILOX_M0 >> 32);
-    const __m256i m1l = _mm256_set1_epi64x(PHILOX_M1 & 0xffffffff);
-    const __m256i m1h = _mm256_set1_epi64x(PHILOX_M1 >> 32);
-    __m256i c0[PHILOX_GROUP], c1[PHILOX_GROUP], c2[PHILOX_GROUP], c3[PHILOX_GROUP];
-    for (int v = 0; v < PHILOX_GROUP; v++) {
-        c0[v] = _mm256_loadu_si256((const __m256i *)(ctr[0] + 4 * v));
-        c1[v] = _mm256_loadu_si256((const __m256i *)(ctr[1] + 4 * v));
-        c2[v] = _mm256_loadu_si256((const __m256i *)(ctr[2] + 4 * v));
-        c3[v] = _mm256_loadu_si256((const __m256i *)(ctr[3] + 4 * v));
-    }
-    for (int r = 0; r < 10; r++) {
-        if (r > 0) {
-            k0 += PHILOX_W0;
-            k1 += PHILOX_W1;
-        }
-        const __m256i vk0 = _mm256_set1_epi64x((long long)k0), vk1 = _mm256_set1_epi64x((long long)k1);
-        for (int v = 0; v < PHILOX_GROUP; v++) {
-            __m256i hi0, hi1;
-            __m256i lo0 = mulhilo64_x4(m0l, m0h, c0[v], &hi0);
-            __m256i lo1 = mulhilo64_x4(m1l, m1h, c2[v], &hi1);
-            c0[v] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[v]), vk0);
-            c1[v] = lo1;
-            c2[v] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[v]), vk1);
-            c3[v] = lo0;
-        }
-    }
-    /* transpose as above: the unpacks pair words 0,1 and 2,3 of blocks 0, 2 (a, c) and 1, 3
-     * (b, d); the 128-bit permutes join a block's halves */
-    for (int v = 0; v < PHILOX_GROUP; v++) {
-        __m256i a = _mm256_unpacklo_epi64(c0[v], c1[v]), b = _mm256_unpackhi_epi64(c0[v], c1[v]);
-        __m256i c = _mm256_unpacklo_epi64(c2[v], c3[v]), d = _mm256_unpackhi_epi64(c2[v], c3[v]);
-        uint64_t *o = out + 16 * v;
-        _mm256_storeu_si256((__m256i *)o, _mm256_permute2x128_si256(a, c, 0x20));
-        _mm256_storeu_si256((__m256i *)(o + 4), _mm256_permute2x128_si256(b, d, 0x20));
-        _mm256_storeu_si256((__m256i *)(o + 8), _mm256_permute2x128_si256(a, c, 0x31));
-        _mm256_storeu_si256((__m256i *)(o + 12), _mm256_permute2x128_si256(b, d, 0x31));
-    }
-}
 #endif
 
 /* One stream (one NumPy Philox object): its counter, key, and the 64-bit outputs produced
  * ahead of use. philox_next computes one block of 4 words at a time; here up to PHILOX_CHUNK
  * blocks are computed at once (independent blocks overlap in the CPU, `lanes` of them in one
  * vector): the same sequence of words, handed out in the same order. */
-#define PHILOX_CHUNK 64 /* a multiple of the groups' blocks (32 AVX-512, 16 AVX2) */
+#define PHILOX_CHUNK 64 /* a multiple of PHILOX_GROUP * 8 */
 
 typedef struct philox_stream {
     uint64_t ctr[4];
     uint64_t k0, k1;
-    int isa;            /* gb_isa level: 4 AVX-512 (8 lanes), 3 AVX2 (4 lanes), 1 scalar */
+    int isa;            /* gb_isa level: 4 AVX-512 (philox4x64_10_x8), else scalar */
     int64_t pos, len;   /* next word of buf, words in buf */
     int64_t want;       /* at least this many more words will be read (normals still to draw) */
     uint64_t buf[4 * PHILOX_CHUNK];
@@ -657,10 +602,10 @@ static void philox_refill(philox_stream *s) {
     int64_t blocks = (s->want + 3) / 4;
     if (blocks < 1) blocks = 1;
 #ifdef PHILOX_X86
-    if (s->isa >= 3) {
+    if (s->isa >= 4) {
         /* whole groups of blocks: at the end of a stream, a few blocks more than it needs cost
          * less than a scalar remainder. Counters made one by one, carries as philox_next's. */
-        const int group = PHILOX_GROUP * (s->isa >= 4 ? 8 : 4);
+        const int group = PHILOX_GROUP * 8;
         blocks = (blocks + group - 1) / group * group;
         if (blocks > PHILOX_CHUNK) blocks = PHILOX_CHUNK;
         for (int64_t b = 0; b < blocks; b += group) {
@@ -669,10 +614,7 @@ static void philox_refill(philox_stream *s) {
                 philox_bump(s->ctr);
                 for (int w = 0; w < 4; w++) ctr[w][j] = s->ctr[w];
             }
-            if (s->isa >= 4)
-                philox4x64_10_x8(ctr, s->k0, s->k1, s->buf + 4 * b);
-            else
-                philox4x64_10_x4(ctr, s->k0, s->k1, s->buf + 4 * b);
+            philox4x64_10_x8(ctr, s->k0, s->k1, s->buf + 4 * b);
         }
         s->pos = 0;
         s->len = 4 * blocks;
