@@ -31,9 +31,11 @@ typedef struct gb_barrier {
     _Atomic int64_t t_first;   /* when the first thread arrived (ns) */
     /* written by the last arrival only: */
     int64_t t_start, skew;     /* the team's start, the sum of first-to-last arrival times (ns) */
-    int64_t waits, solo_after; /* barriers so far; gb_opts.solo_after (> 0: solo from that barrier on) */
+    int64_t skew_max;          /* the longest of them */
+    int64_t waits, solo_after; /* barriers so far; tests: solo from the solo_after-th on (0: never) */
     int64_t pwait_start;       /* pwait at the first barrier */
     _Atomic int64_t pwait;     /* ns every thread spent in gb_progress_wait (judged with skew) */
+    _Atomic int64_t pwait_max; /* the longest of those waits */
     _Alignas(64) atomic_int sense;
     int solo;                  /* finish on one thread (written by the last arrival) */
     _Alignas(64) atomic_int sleepers; /* threads asleep on cv, or about to be: wake them */

@@ -91,18 +91,12 @@ typedef struct gb_opts {
     int64_t par_min_work;     /* B*N*N below which a layer runs on one thread */
     int64_t isa;              /* 0: the best instance this CPU runs; 1, 3, 4: at most baseline,
                                  AVX2+FMA, AVX-512 (dispatch.c) */
-    int64_t solo_after;       /* 0: the team hands over to one thread when a partner is late,
-                                 and starts on one while another team's such decision holds
-                                 (csrc/team.c); < 0: only the former (an explicit thread
-                                 count); tests: > 0 also hands over from this barrier on */
+    int64_t solo_after;       /* tests: the threads hand over to one from this barrier on (0:
+                                 only when a partner is late, csrc/team.c) */
 } gb_opts;
 
 /* The instruction-set level the drivers run at with these options (1, 3 or 4). */
 int gb_isa(const gb_opts *opts);
-
-/* Until when (CLOCK_MONOTONIC ns) new teams start on one thread, because a team went solo just
- * before (csrc/team.c); set_ns >= 0 sets it (tests). Returns the value before. */
-int64_t gb_solo_until(int64_t set_ns);
 
 /* Every array of the stack contract (abi.FORWARD and abi.BACKWARD, shapes there), one pointer
  * each, and the dimensions. `void *` arrays are of the driver's dtype T (double for _f64, float

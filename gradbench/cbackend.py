@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 
 import numpy as np
 
@@ -129,16 +130,9 @@ def _default_threads() -> int:
 
 
 def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,
-              par_min_work: int | None = None, isa: int = 0, solo_after: int = 0,
-              follow_solo: bool | None = None):
+              par_min_work: int | None = None, isa: int = 0, solo_after: int = 0):
     """A ``gb_opts`` struct for the drivers (BLAS pointers, thresholds, thread count, and the
-    instruction set: 0 the best this CPU runs, 1 baseline, 3 AVX2+FMA, 4 AVX-512 at most).
-
-    The threads hand over to one when a partner is late, and from barrier ``solo_after`` on if
-    it is > 0 (tests). ``follow_solo``: start on one thread while another call's such decision
-    holds (csrc/team.c); default: only the library's own thread count (``nthreads`` None), so
-    that an explicit one gets its threads whatever other calls decided.
-    """
+    instruction set: 0 the best this CPU runs, 1 baseline, 3 AVX2+FMA, 4 AVX-512 at most)."""
     o = ffi.new("gb_opts *")
     if blas:
         d, s = _blas()
@@ -149,9 +143,7 @@ def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: in
     o.nthreads = _default_threads() if nthreads is None else int(nthreads)
     o.par_min_work = PAR_MIN_WORK if par_min_work is None else int(par_min_work)
     o.isa = int(isa)
-    if follow_solo is None:
-        follow_solo = nthreads is None
-    o.solo_after = int(solo_after) if solo_after or follow_solo else -1  # C: < 0 ignores other teams
+    o.solo_after = int(solo_after)  # tests: hand over to one thread after this many barriers
     return o
 
 
@@ -177,16 +169,66 @@ def threads() -> int:
 # s on two without it, 0.35 s on one beside it (two threads faulting pages in at the same time
 # spend 0.76-0.80 CPU-seconds against one's 0.58). Warm calls fault nothing in: every thread.
 PREFAULT_SHARE_FROM = 32 * 2**20
-_OPTS_SHARED = (make_opts(nthreads=_OPTS.nthreads - 1, follow_solo=True)
-                if _OPTS.nthreads >= available_cpus() >= 2 else None)
+_OPTS_SHARED = make_opts(nthreads=_OPTS.nthreads - 1) if _OPTS.nthreads >= available_cpus() >= 2 else None
 
 
-def call_opts():
-    """The options of the next driver call: :data:`_OPTS`, or one thread fewer while the
-    prefaulter has fresh pages to fault in (:data:`PREFAULT_SHARE_FROM`)."""
+def call_opts(work: int | None = None):
+    """The options of the next driver call of ``work`` = B N^2 per layer: :data:`_OPTS`, or one
+    thread fewer while the prefaulter has fresh pages to fault in (:data:`PREFAULT_SHARE_FROM`),
+    or, with the library's own thread count, as many fewer as other threads of this process are
+    running (:func:`busy_threads`)."""
+    if _OPTS.nthreads < 2 or (work is not None and work < _OPTS.par_min_work):
+        return _OPTS  # one thread whatever happens
     if _OPTS_SHARED is not None and buffers.PREFAULTER.pending() >= PREFAULT_SHARE_FROM:
         return _OPTS_SHARED
+    if not _EXPLICIT_THREADS:
+        busy = busy_threads()
+        if busy and _OPTS.nthreads + busy > available_cpus():
+            return _opts_for(max(1, available_cpus() - busy))
     return _OPTS
+
+
+# A team of the drivers' threads beside a thread that is already running (another library's BLAS
+# worker spinning ~0.1 s after each product, gradbench's prefaulter or weight supply) has one
+# thread without a CPU of its own: every barrier waits for it. The team notices and goes solo
+# (csrc/team.c), but only after a few barriers, and every call starts a team again: measured
+# (L = 20, width 128, batch 128, an input layer of 784 whose NumPy product leaves OpenBLAS's
+# worker spinning) 75-81 ms a call against 4.5-5.2 ms with OpenBLAS on one thread. So a call
+# with the library's own thread count looks first (/proc: ~20 us, only for calls that would run
+# a team) and takes only the CPUs that are free.
+_EXPLICIT_THREADS = bool(env_int("GRADBENCH_C_THREADS", 0, low=1)) or \
+    os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip().isdigit()
+_OPTS_BY_THREADS: dict = {}
+
+
+def _opts_for(nthreads: int):
+    """:data:`_OPTS` with ``nthreads`` threads (made once per count)."""
+    opts = _OPTS_BY_THREADS.get(nthreads)
+    if opts is None:
+        opts = _OPTS_BY_THREADS.setdefault(nthreads, make_opts(nthreads=nthreads))
+    return opts
+
+
+def busy_threads() -> int:
+    """Threads of this process, other than the calling one, that are running or ready to run
+    now (state R in ``/proc/self/task/*/stat``); 0 where there is no such file."""
+    me = threading.get_native_id()
+    busy = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # the thread has ended
+            continue
+        if stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"R":  # the field after "(name)"
+            busy += 1
+    return busy
 
 
 # ------------------------------------------------------------------ the contract
@@ -195,10 +237,13 @@ def call_opts():
 _FIELD_TYPE = {name: field.type for name, field in ffi.typeof("gb_stack_arrays").fields}
 
 
+_H_INDEX = {f: abi.names(abi.CONTRACTS[f].args).index("H") for f in ("stack_forward", "stack_backward")}
+
+
 def _driver(function: str, opts, arrays: tuple) -> None:
     """Fill a gb_stack_arrays with the (checked) arrays of ``function`` and call its C driver."""
     table = abi.CONTRACTS[function].args
-    W, H = arrays[2], arrays[[a.name for a in table].index("H")]
+    W, H = arrays[2], arrays[_H_INDEX[function]]
     st = ffi.new("gb_stack_arrays *")
     for arg, a in zip(table, arrays):
         setattr(st, arg.name, pointer(a, _FIELD_TYPE[arg.name]))
@@ -207,12 +252,18 @@ def _driver(function: str, opts, arrays: tuple) -> None:
     check(getattr(lib, name)(st, opts), name)  # `arrays` keeps every buffer alive during the call
 
 
+def _work(function: str, arrays: tuple) -> int:
+    """B N^2 of a driver call's (checked) arrays."""
+    W, H = arrays[2], arrays[_H_INDEX[function]]
+    return int(H.shape[1]) * int(W.shape[1]) ** 2
+
+
 def _forward_kernel(*arrays):
-    _driver("stack_forward", call_opts(), arrays)
+    _driver("stack_forward", call_opts(_work("stack_forward", arrays)), arrays)
 
 
 def _backward_kernel(*arrays):
-    _driver("stack_backward", call_opts(), arrays)
+    _driver("stack_backward", call_opts(_work("stack_backward", arrays)), arrays)
 
 
 stack_forward = abi.checked("stack_forward", _forward_kernel)
