@@ -390,6 +390,17 @@ static inline gb_vd F(gb_loadv)(const T *x) { /* GB_VL entries, widened to doubl
     return __builtin_convertvector(v, gb_vd);
 }
 
+/* GB_VL entries of gamma * xhat + beta (batch norm's y, rounded to T as the scalar loops round
+ * it), widened to double */
+static inline gb_vd F(gb_load_bn)(const T *xhat, const T *gamma, const T *beta) {
+    F(gb_tv) x, g, b;
+    memcpy(&x, xhat, sizeof x);
+    memcpy(&g, gamma, sizeof g);
+    memcpy(&b, beta, sizeof b);
+    const F(gb_tv) y = g * x + b;
+    return __builtin_convertvector(y, gb_vd);
+}
+
 static inline gb_vd8 F(gb_load8)(const T *x) { /* 8 entries, widened (the reductions) */
     F(gb_t8) v;
     memcpy(&v, x, sizeof v);
@@ -513,6 +524,12 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
     int64_t j = 0;
 #ifdef GB_HAVE_VEC
     gb_vd macc = {0};
+    if (gamma && act != GB_PRELU && s->vmode == GB_VM_PLAIN) /* batch norm (never rescaled) */
+        for (; j + GB_VL <= N; j += GB_VL) {
+            gb_vd vd;
+            gb_vact(F(gb_load_bn)(zr + j, gamma + j, beta + j), act, s->p, NULL, &vd);
+            F(gb_store_dz)(d + j, g + j, vd, scale, alpha, mx != NULL, &macc);
+        }
     if (!gamma && act != GB_PRELU && s->vmode == GB_VM_PLAIN) /* no call in the loop */
         for (; j + GB_VL <= N; j += GB_VL) {
             gb_vd vd;

@@ -316,6 +316,30 @@ def test_drivers_match_reference(act, option, dtype):
         _compare(got, want, stack, f"{act} {option} {dtype} N={width} B={batch}")
 
 
+SMOOTH = ("tanh", "sigmoid", "swish", "gelu", "identity")
+
+
+@pytest.mark.parametrize("isa", [i for i in (1, 3, 4) if i <= cb.isa()])
+@pytest.mark.parametrize("act, dtype", [(a, d) for a in spec.ACTIVATIONS if a != "identity"
+                                        for d in ("float64", "float32") if d == "float64" or a in SMOOTH])
+def test_batch_norm_with_trained_gamma_and_beta_matches_reference(act, dtype, isa):
+    """Batch norm with gamma and beta as training leaves them (the init's 1 and 0 hide a wrong
+    or missing one): y = gamma xhat + beta feeds the activation forward and its derivative
+    backward (vector and scalar lanes: width 37 leaves a remainder at every lane count).
+    float32 only for smooth activations: at a kink (ReLU family, ELU, SELU) a y within one
+    rounding of 0 takes the other derivative when the reference rounds gamma xhat and the sum
+    apart and C fuses them (seen: leaky ReLU, width 130, batch 4: 1.2e-4 in one row of G)."""
+    for width, batch in ((37, 9), (64, 16)):
+        stack = gb.Stack(depth=6, width=width, activation=act, init="he_normal", dtype=dtype, batch_norm=True)
+        params, x = _problem(stack, batch)
+        rng = np.random.default_rng(width)
+        params.gamma[...] = rng.uniform(0.5, 1.5, params.gamma.shape).astype(dtype)
+        params.beta[...] = rng.uniform(-0.5, 0.5, params.beta.shape).astype(dtype)
+        want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
+        got = _run(*_c_with(cb.make_opts(isa=isa, blas=False)), stack, params, x)
+        _compare(got, want, stack, f"{act} bn gamma/beta {dtype} isa {isa} N={width} B={batch}")
+
+
 @pytest.mark.parametrize("act, depth, width, batch", [
     ("relu", 300, 16, 4),       # forward rescaling on (homogeneous, zero bias): fexp moves
     ("identity", 200, 9, 3),

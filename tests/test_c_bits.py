@@ -65,8 +65,12 @@ def _backward(opts, stack, params, o):
 
 def _problem(stack, batch, seed):
     params = gb.init_params(stack, seed=seed)
+    rng = np.random.default_rng(seed)
     if stack.activation == "prelu":
-        params.slope[...] = np.random.default_rng(seed).uniform(0.05, 0.5, stack.depth).astype(stack.dtype)
+        params.slope[...] = rng.uniform(0.05, 0.5, stack.depth).astype(stack.dtype)
+    if stack.batch_norm:  # as training leaves them, not the init's 1 and 0
+        params.gamma[...] = rng.uniform(0.5, 1.5, params.gamma.shape).astype(stack.dtype)
+        params.beta[...] = rng.uniform(-0.5, 0.5, params.beta.shape).astype(stack.dtype)
     return params, gb.gaussian_input(stack, batch=batch, seed=seed + 1)
 
 
