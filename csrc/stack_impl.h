@@ -515,7 +515,9 @@ static GB_AINLINE void F(gb_store_dz)(T *d, const T *g, gb_vd vd, int scale, T a
 
 /* One row of the activation backward: d = da * phi'(zl), da = g (* alpha when scale),
  * zl = z or gamma * xhat + beta under
- * batch norm; phi' by dphi_scaled. Returns the row's PReLU sum of da * min(zl, 0).
+ * batch norm; phi' by dphi_scaled. Returns the row's PReLU sum of da * min(zl, 0) (the
+ * products rounded to T, added in double: the vector lanes' sums in lane order, then the
+ * remainder in order; the same for any thread count).
  * d, g, zr (N,); gamma, beta (N,) or NULL */
 static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr, const T *gamma,
                                                   const T *beta, int scale, T alpha, const gb_scaled *s,
@@ -524,6 +526,23 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
     int64_t j = 0;
 #ifdef GB_HAVE_VEC
     gb_vd macc = {0};
+    if (act == GB_PRELU && s->vmode == GB_VM_PLAIN) { /* and the slope's sum, lane by lane */
+        const gb_vd zero = {0};
+        gb_vd acc = zero;
+        for (; j + GB_VL <= N; j += GB_VL) {
+            const gb_vd zl = gamma ? F(gb_load_bn)(zr + j, gamma + j, beta + j) : F(gb_loadv)(zr + j);
+            gb_vd vd;
+            gb_vact(zl, act, s->p, NULL, &vd);
+            F(gb_store_dz)(d + j, g + j, vd, scale, alpha, mx != NULL, &macc);
+            F(gb_tv) da;
+            memcpy(&da, g + j, sizeof da);
+            if (scale) da = da * alpha;
+            const gb_vd neg = gb_blend((zl < 0.0) | (zl != zl), zl, zero); /* zl if < 0 or NaN, else 0 */
+            /* the product rounded to T as the scalar loop's da * zl, then summed in double */
+            acc += __builtin_convertvector(F(gb_roundv)(__builtin_convertvector(da, gb_vd) * neg), gb_vd);
+        }
+        for (int q = 0; q < GB_VL; q++) sum += acc[q];
+    }
     if (gamma && act != GB_PRELU && s->vmode == GB_VM_PLAIN) /* batch norm (never rescaled) */
         for (; j + GB_VL <= N; j += GB_VL) {
             gb_vd vd;
