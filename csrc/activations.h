@@ -702,14 +702,43 @@ static __attribute__((noinline)) int gb_vact_ldexp(gb_vd u, const gb_scaled *s, 
  * scalar functions but for phi(z) itself (from gb_vact) in GB_VM_MUL; 0 when these lanes need
  * the scalar functions (a non-finite u, or see gb_vact_ldexp). act is s->act (a constant in the
  * specialised rows of stack_impl.h); d is never NULL. */
+/* GB_VM_MUL for finite u (the caller checks): z = u 2^f and 2^-f are plain products (= ldexp),
+ * with the tiny and overflowing lanes in their linear forms */
+static GB_AINLINE void gb_vact_mul(gb_vd u, const gb_scaled *s, const int act, gb_vd *a, gb_vd *d) {
+    const gb_vd zero = {0};
+    const gb_vd z = u * s->pf;
+    const gb_vi tiny = gb_vabs(z) < s->tiny, over = gb_vabs(z) > 0x1.fffffffffffffp1023;
+    gb_vd pa = zero, pd = zero;
+    if (!gb_any(tiny | over)) { /* the usual vector: the blends below would pick these */
+        gb_vact(z, act, s->p, a ? &pa : NULL, d ? &pd : NULL);
+        if (a) *a = pa * s->pmf;
+        if (d) *d = pd;
+        return;
+    }
+    const gb_vi pos = u > 0.0;
+    const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
+    const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
+    const gb_vd lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
+    gb_vact(gb_blend(tiny | over, zero, z), act, s->p, a ? &pa : NULL, d ? &pd : NULL);
+    if (a) *a = gb_blend(tiny, c0 * u, gb_blend(over, lim, pa * s->pmf));
+    if (d) *d = gb_blend(tiny, c0, gb_blend(over, ci, pd));
+}
+
+/* every lane of u finite */
+static GB_AINLINE int gb_vfinite(gb_vd u) { return !gb_any(~(gb_vabs(u) <= 0x1.fffffffffffffp1023)); }
+
 static GB_AINLINE int gb_vact_scaled(gb_vd u, const gb_scaled *s, const int act, gb_vd *a, gb_vd *d) {
     if (s->vmode == GB_VM_PLAIN) {
         gb_vact(u, act, s->p, a, d);
         return 1;
     }
     if (s->vmode == GB_VM_LDEXP) return gb_vact_ldexp(u, s, a, d);
+    if (!gb_vfinite(u)) return 0;
+    if (s->vmode == GB_VM_MUL) {
+        gb_vact_mul(u, s, act, a, d);
+        return 1;
+    }
     const gb_vd zero = {0};
-    if (gb_any(~(gb_vabs(u) <= 0x1.fffffffffffffp1023))) return 0;
     const gb_vi pos = u > 0.0;
     const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
     const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
@@ -717,18 +746,10 @@ static GB_AINLINE int gb_vact_scaled(gb_vd u, const gb_scaled *s, const int act,
     if (s->vmode == GB_VM_TINY) { /* every finite u 2^f is below TINY */
         va = c0 * u;
         vd = c0;
-    } else if (s->vmode == GB_VM_OVER) { /* every finite non-zero u 2^f overflows */
+    } else { /* GB_VM_OVER: every finite non-zero u 2^f overflows */
         const gb_vi z0 = u == 0.0;
         va = gb_blend(z0, c0 * u, ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf);
         vd = gb_blend(z0, c0, ci);
-    } else { /* GB_VM_MUL: z = u 2^f and 2^-f are plain products (= ldexp) */
-        const gb_vd z = u * s->pf;
-        const gb_vi tiny = gb_vabs(z) < s->tiny, over = gb_vabs(z) > 0x1.fffffffffffffp1023;
-        const gb_vd lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
-        gb_vd pa = zero, pd = zero;
-        gb_vact(gb_blend(tiny | over, zero, z), act, s->p, a ? &pa : NULL, d ? &pd : NULL);
-        if (a) va = gb_blend(tiny, c0 * u, gb_blend(over, lim, pa * s->pmf));
-        if (d) vd = gb_blend(tiny, c0, gb_blend(over, ci, pd));
     }
     if (a) *a = va;
     if (d) *d = vd;

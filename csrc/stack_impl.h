@@ -452,6 +452,17 @@ static GB_AINLINE int64_t F(gb_act_forward_row_k)(T *a, const T *z, int64_t N, c
             F(gb_act_fwd_out)(a + j, dead + j, u, va, vd, thr, &vcnt);
         }
     }
+    if (s->vmode == GB_VM_MUL) /* the rescaled forward's usual mode: the same two-vector loop
+                                * while every lane is finite (~1.3x tanh's activation pass) */
+        for (; j + 2 * GB_VL <= N; j += 2 * GB_VL) {
+            const gb_vd u0 = F(gb_loadv)(z + j), u1 = F(gb_loadv)(z + j + GB_VL);
+            if (!gb_vfinite(u0) || !gb_vfinite(u1)) break; /* the loop below takes them */
+            gb_vd va0, vd0, va1, vd1;
+            gb_vact_mul(u0, s, act, &va0, &vd0);
+            gb_vact_mul(u1, s, act, &va1, &vd1);
+            F(gb_act_fwd_out)(a + j, dead + j, u0, va0, vd0, thr, &vcnt);
+            F(gb_act_fwd_out)(a + j + GB_VL, dead + j + GB_VL, u1, va1, vd1, thr, &vcnt);
+        }
     for (; j + GB_VL <= N; j += GB_VL) {
         const gb_vd u = F(gb_loadv)(z + j);
         gb_vd va, vd;
