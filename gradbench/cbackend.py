@@ -119,14 +119,20 @@ def _blas() -> tuple[int, int]:
         return 0, 0
 
 
-def _default_threads() -> int:
+def _env_threads() -> int | None:
+    """The thread count the environment asks for (``GRADBENCH_C_THREADS``, else
+    ``OMP_NUM_THREADS``), None when it asks for none."""
     threads = env_int("GRADBENCH_C_THREADS", 0, low=1)
     if threads:
         return threads
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP's own syntax
     if env.isdigit():
         return max(1, int(env))
-    return available_cpus()
+    return None
+
+
+def _default_threads() -> int:
+    return _env_threads() or available_cpus()
 
 
 def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,
@@ -183,21 +189,21 @@ def call_opts(work: int | None = None):
         return _OPTS_SHARED
     if not _EXPLICIT_THREADS:
         busy = busy_threads()
-        if busy and _OPTS.nthreads + busy > available_cpus():
-            return _opts_for(max(1, available_cpus() - busy))
+        cpus = available_cpus()
+        if busy and _OPTS.nthreads + busy > cpus:
+            return _opts_for(max(1, cpus - busy))
     return _OPTS
 
 
 # A team of the drivers' threads beside a thread that is already running (another library's BLAS
 # worker spinning ~0.1 s after each product, gradbench's prefaulter or weight supply) has one
 # thread without a CPU of its own: every barrier waits for it. The team notices and goes solo
-# (csrc/team.c), but only after a few barriers, and every call starts a team again: measured
-# (L = 20, width 128, batch 128, an input layer of 784 whose NumPy product leaves OpenBLAS's
-# worker spinning) 75-81 ms a call against 4.5-5.2 ms with OpenBLAS on one thread. So a call
-# with the library's own thread count looks first (/proc: ~20 us, only for calls that would run
-# a team) and takes only the CPUs that are free.
-_EXPLICIT_THREADS = bool(env_int("GRADBENCH_C_THREADS", 0, low=1)) or \
-    os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip().isdigit()
+# (csrc/team.c), but only after a few barriers, and every call starts a team again. So a call
+# with the library's own thread count looks first (/proc: ~20-30 us, only for calls that would
+# run a team) and takes only the CPUs that are free. Measured (2 CPUs): first calls at L = 10^4,
+# n = 64, B = 64 (the prefaulter running) 0.33-0.40 s against 0.42-0.43 s with two threads
+# forced; float32 L = 1,000, n = 64 after a NumPy product 28.6-30.2 ms, one thread 28.3-29.1.
+_EXPLICIT_THREADS = _env_threads() is not None
 _OPTS_BY_THREADS: dict = {}
 
 
@@ -226,7 +232,8 @@ def busy_threads() -> int:
                 stat = f.read()
         except OSError:  # the thread has ended
             continue
-        if stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"R":  # the field after "(name)"
+        state = stat.rindex(b")") + 2  # the field after "(name)"
+        if stat[state:state + 1] == b"R":
             busy += 1
     return busy
 
@@ -241,29 +248,26 @@ _H_INDEX = {f: abi.names(abi.CONTRACTS[f].args).index("H") for f in ("stack_forw
 
 
 def _driver(function: str, opts, arrays: tuple) -> None:
-    """Fill a gb_stack_arrays with the (checked) arrays of ``function`` and call its C driver."""
+    """Fill a gb_stack_arrays with the (checked) arrays of ``function`` and call its C driver
+    with ``opts`` (None: :func:`call_opts` for the call's B N^2)."""
     table = abi.CONTRACTS[function].args
     W, H = arrays[2], arrays[_H_INDEX[function]]
     st = ffi.new("gb_stack_arrays *")
     for arg, a in zip(table, arrays):
         setattr(st, arg.name, pointer(a, _FIELD_TYPE[arg.name]))
     st.L, st.B, st.N = W.shape[0], H.shape[1], W.shape[1]
+    if opts is None:
+        opts = call_opts(int(st.B) * int(st.N) ** 2)
     name = f"gb_{function}_{suffix(W)}"
     check(getattr(lib, name)(st, opts), name)  # `arrays` keeps every buffer alive during the call
 
 
-def _work(function: str, arrays: tuple) -> int:
-    """B N^2 of a driver call's (checked) arrays."""
-    W, H = arrays[2], arrays[_H_INDEX[function]]
-    return int(H.shape[1]) * int(W.shape[1]) ** 2
-
-
 def _forward_kernel(*arrays):
-    _driver("stack_forward", call_opts(_work("stack_forward", arrays)), arrays)
+    _driver("stack_forward", None, arrays)
 
 
 def _backward_kernel(*arrays):
-    _driver("stack_backward", call_opts(_work("stack_backward", arrays)), arrays)
+    _driver("stack_backward", None, arrays)
 
 
 stack_forward = abi.checked("stack_forward", _forward_kernel)

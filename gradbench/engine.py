@@ -151,8 +151,7 @@ class _Run:
         shapes = {"H": (kept + 1, B, N), "Z": (kept, B, N), "bn_mean": (kept, N), "bn_rstd": (kept, N)}
         if self.plan.recompute:
             shapes["ckpt"] = (len(self.segments) + 1, B, N)
-        generated = isinstance(self.params, GeneratedParams)
-        weight_shapes = buffer_shapes(st, L if self.plan.keep_weights else seg) if generated else ()
+        weight_shapes = buffer_shapes(st, L if self.plan.keep_weights else seg) if self.plan.generated else ()
         WORKSPACE.retain([(shape, dt) for shape in (*shapes.values(), *weight_shapes)])
         self.internal = []
         self.layers = LayerSupply(self.params, st, seg, keep=self.plan.keep_weights, empty=self.take)

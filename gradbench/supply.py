@@ -55,13 +55,9 @@ class LayerSupply:
 
     def _get_kept(self, s: int, e: int):
         got = self.kept.get((s, e))
-        if got is None:  # not prefetched
+        if not isinstance(got, tuple):  # not prefetched (None), or a future
             t = time.perf_counter()
-            got = self.kept[s, e] = self._fill_kept(s, e)
-            self.seconds += time.perf_counter() - t
-        elif not isinstance(got, tuple):  # a future
-            t = time.perf_counter()
-            got = self.kept[s, e] = got.result()
+            got = self.kept[s, e] = self._fill_kept(s, e) if got is None else got.result()
             self.seconds += time.perf_counter() - t
         return got
 
