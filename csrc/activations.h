@@ -698,10 +698,6 @@ static __attribute__((noinline)) int gb_vact_ldexp(gb_vd u, const gb_scaled *s, 
     return 1;
 }
 
-/* phi_scaled and dphi_scaled of GB_VL mantissas u (gb_scaled's vector modes): the bits of the
- * scalar functions but for phi(z) itself (from gb_vact) in GB_VM_MUL; 0 when these lanes need
- * the scalar functions (a non-finite u, or see gb_vact_ldexp). act is s->act (a constant in the
- * specialised rows of stack_impl.h); d is never NULL. */
 /* GB_VM_MUL for finite u (the caller checks): z = u 2^f and 2^-f are plain products (= ldexp),
  * with the tiny and overflowing lanes in their linear forms */
 static GB_AINLINE void gb_vact_mul(gb_vd u, const gb_scaled *s, const int act, gb_vd *a, gb_vd *d) {
@@ -727,6 +723,10 @@ static GB_AINLINE void gb_vact_mul(gb_vd u, const gb_scaled *s, const int act, g
 /* every lane of u finite */
 static GB_AINLINE int gb_vfinite(gb_vd u) { return !gb_any(~(gb_vabs(u) <= 0x1.fffffffffffffp1023)); }
 
+/* phi_scaled and dphi_scaled of GB_VL mantissas u (gb_scaled's vector modes): the bits of the
+ * scalar functions but for phi(z) itself (from gb_vact) in GB_VM_MUL; 0 when these lanes need
+ * the scalar functions (a non-finite u, or see gb_vact_ldexp). act is s->act (a constant in the
+ * specialised rows of stack_impl.h); d is never NULL. */
 static GB_AINLINE int gb_vact_scaled(gb_vd u, const gb_scaled *s, const int act, gb_vd *a, gb_vd *d) {
     if (s->vmode == GB_VM_PLAIN) {
         gb_vact(u, act, s->p, a, d);

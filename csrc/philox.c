@@ -747,18 +747,21 @@ int gb_philox_normals_at(uint64_t key_lo, uint64_t key_hi, const uint64_t *count
     return GB_OK;
 }
 
-int gb_philox_normals_f64(uint64_t key_lo, uint64_t key_hi, uint64_t kind, int64_t first_layer,
-                          int64_t layers, int64_t n, double scale, double *out) {
+/* GeneratedParams' streams: layer l's counter is [0, l, kind, 0] */
+static int philox_layer_normals(uint64_t key_lo, uint64_t key_hi, uint64_t kind, int64_t first_layer,
+                                int64_t layers, int64_t n, double scale, double *out64, float *out32) {
     const uint64_t counter[4] = {0, (uint64_t)first_layer, kind, 0};
     if (first_layer < 0)
         return GB_EBADARG;
-    return gb_philox_normals_at(key_lo, key_hi, counter, layers, n, scale, out, NULL, 0);
+    return gb_philox_normals_at(key_lo, key_hi, counter, layers, n, scale, out64, out32, 0);
+}
+
+int gb_philox_normals_f64(uint64_t key_lo, uint64_t key_hi, uint64_t kind, int64_t first_layer,
+                          int64_t layers, int64_t n, double scale, double *out) {
+    return philox_layer_normals(key_lo, key_hi, kind, first_layer, layers, n, scale, out, NULL);
 }
 
 int gb_philox_normals_f32(uint64_t key_lo, uint64_t key_hi, uint64_t kind, int64_t first_layer,
                           int64_t layers, int64_t n, double scale, float *out) {
-    const uint64_t counter[4] = {0, (uint64_t)first_layer, kind, 0};
-    if (first_layer < 0)
-        return GB_EBADARG;
-    return gb_philox_normals_at(key_lo, key_hi, counter, layers, n, scale, NULL, out, 0);
+    return philox_layer_normals(key_lo, key_hi, kind, first_layer, layers, n, scale, NULL, out);
 }

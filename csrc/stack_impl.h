@@ -509,9 +509,9 @@ static int64_t F(gb_act_forward_row)(T *a, const T *z, int64_t N, const gb_scale
 
 #ifdef GB_HAVE_VEC
 /* d = da * phi' for GB_VL entries (da = g, times alpha when scale), and max|d| folded into
- * *macc when track: the store of the activation backward's vector loops. */
-static GB_AINLINE void F(gb_store_dz)(T *d, const T *g, gb_vd vd, int scale, T alpha, int track,
-                                      gb_vd *macc) {
+ * *macc when track: the store of the activation backward's vector loops. Returns da. */
+static GB_AINLINE F(gb_tv) F(gb_store_dz)(T *d, const T *g, gb_vd vd, int scale, T alpha, int track,
+                                          gb_vd *macc) {
     F(gb_tv) da;
     memcpy(&da, g, sizeof da);
     if (scale) da = da * alpha;
@@ -521,6 +521,7 @@ static GB_AINLINE void F(gb_store_dz)(T *d, const T *g, gb_vd vd, int scale, T a
         const gb_vd w = gb_vabs(__builtin_convertvector(out, gb_vd));
         *macc = gb_vmax_keep(w, *macc);
     }
+    return da;
 }
 #endif
 
@@ -537,35 +538,24 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
     int64_t j = 0;
 #ifdef GB_HAVE_VEC
     gb_vd macc = {0};
-    if (act == GB_PRELU && s->vmode == GB_VM_PLAIN) { /* and the slope's sum, lane by lane */
+    if (s->vmode == GB_VM_PLAIN) { /* no call in the loop; batch norm (never rescaled) and
+                                    * PReLU (homogeneous) always come here */
         const gb_vd zero = {0};
-        gb_vd acc = zero;
+        gb_vd acc = zero; /* PReLU: the slope's sum, lane by lane */
         for (; j + GB_VL <= N; j += GB_VL) {
             const gb_vd zl = gamma ? F(gb_load_bn)(zr + j, gamma + j, beta + j) : F(gb_loadv)(zr + j);
             gb_vd vd;
             gb_vact(zl, act, s->p, NULL, &vd);
-            F(gb_store_dz)(d + j, g + j, vd, scale, alpha, mx != NULL, &macc);
-            F(gb_tv) da;
-            memcpy(&da, g + j, sizeof da);
-            if (scale) da = da * alpha;
-            const gb_vd neg = gb_blend((zl < 0.0) | (zl != zl), zl, zero); /* zl if < 0 or NaN, else 0 */
-            /* the product rounded to T as the scalar loop's da * zl, then summed in double */
-            acc += __builtin_convertvector(F(gb_roundv)(__builtin_convertvector(da, gb_vd) * neg), gb_vd);
+            const F(gb_tv) da = F(gb_store_dz)(d + j, g + j, vd, scale, alpha, mx != NULL, &macc);
+            if (act == GB_PRELU) {
+                const gb_vd neg = gb_blend((zl < 0.0) | (zl != zl), zl, zero); /* zl if < 0 or NaN, else 0 */
+                /* the product rounded to T as the scalar loop's da * zl, then summed in double */
+                acc += __builtin_convertvector(F(gb_roundv)(__builtin_convertvector(da, gb_vd) * neg), gb_vd);
+            }
         }
-        for (int q = 0; q < GB_VL; q++) sum += acc[q];
+        if (act == GB_PRELU)
+            for (int q = 0; q < GB_VL; q++) sum += acc[q];
     }
-    if (gamma && act != GB_PRELU && s->vmode == GB_VM_PLAIN) /* batch norm (never rescaled) */
-        for (; j + GB_VL <= N; j += GB_VL) {
-            gb_vd vd;
-            gb_vact(F(gb_load_bn)(zr + j, gamma + j, beta + j), act, s->p, NULL, &vd);
-            F(gb_store_dz)(d + j, g + j, vd, scale, alpha, mx != NULL, &macc);
-        }
-    if (!gamma && act != GB_PRELU && s->vmode == GB_VM_PLAIN) /* no call in the loop */
-        for (; j + GB_VL <= N; j += GB_VL) {
-            gb_vd vd;
-            gb_vact(F(gb_loadv)(zr + j), act, s->p, NULL, &vd);
-            F(gb_store_dz)(d + j, g + j, vd, scale, alpha, mx != NULL, &macc);
-        }
     if (!gamma && act != GB_PRELU)
         for (; j + GB_VL <= N; j += GB_VL) {
             gb_vd vd;
