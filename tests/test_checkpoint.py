@@ -266,6 +266,7 @@ def test_stats_only_checkpoints_unless_small(monkeypatch):
     """Statistics only: "auto" keeps every activation of a run that takes at most
     SMALL_RUN_BYTES of them (no recomputed forward), and checkpoints beyond that whatever the
     budget (nothing stored is returned); the statistics are the same bits either way."""
+    assert plan.SMALL_RUN_BYTES == 64 * 2**20  # what README and docs/design.md state
     stack, params, x, _ = _problem(dict(depth=64, width=8, residual=4))
     acts = (2 * 64 + 1) * 5 * 8 * 8
     monkeypatch.setattr(plan, "SMALL_RUN_BYTES", acts)
