@@ -35,6 +35,20 @@ int gb_isa(const gb_opts *opts) {
     return (want >= 1 && want < best) ? (want >= 4 ? 4 : (want >= 3 ? 3 : 1)) : best;
 }
 
+/* Threads for a call: the own kernels on nth threads, each owning a block of batch rows (and
+ * of dW rows; under batch norm also a block of columns for the batch statistics). One thread
+ * when BLAS runs the products (BLAS has its own threads: one level at a time), for small
+ * layers (a barrier per layer) and for small calls (the team's start and end). */
+int gb_stack_threads(const gb_opts *opts, int64_t L, int64_t B, int64_t N, int f32) {
+    if (!opts || opts->nthreads <= 1 || B < 2) return 1;
+    const int blas = f32 ? opts->sgemm != NULL : opts->dgemm != NULL;
+    if (blas && N >= (f32 ? opts->blas_min_width_f32 : opts->blas_min_width)) return 1;
+    if (B * N * N < opts->par_min_work || L * B * N * N < opts->par_min_total) return 1;
+    int64_t nth = opts->nthreads < GB_MAX_THREADS ? opts->nthreads : GB_MAX_THREADS;
+    if (nth > (B < N ? B : N) / 4) nth = (B < N ? B : N) / 4; /* blocks of 4 rows each */
+    return nth > 1 ? (int)nth : 1;
+}
+
 #define GB_DRIVER(name)                                                                        \
     int name##_v0(const gb_stack_arrays *a, const gb_opts *opts);                              \
     GB_DRIVER_X86(name)                                                                        \

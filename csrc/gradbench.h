@@ -89,6 +89,7 @@ typedef struct gb_opts {
     int64_t blas_min_width_f32; /* the same for float32 */
     int64_t nthreads;         /* threads of the own kernels (1: serial) */
     int64_t par_min_work;     /* B*N*N below which a layer runs on one thread */
+    int64_t par_min_total;    /* L*B*N*N below which a call runs on one thread */
     int64_t isa;              /* 0: the best instance this CPU runs; 1, 3, 4: at most baseline,
                                  AVX2+FMA, AVX-512 (dispatch.c) */
     int64_t solo_after;       /* tests: the threads hand over to one from this barrier on (0:
@@ -97,6 +98,11 @@ typedef struct gb_opts {
 
 /* The instruction-set level the drivers run at with these options (1, 3 or 4). */
 int gb_isa(const gb_opts *opts);
+
+/* The threads a stack driver starts with for L layers of width N and batch B (f32: the float32
+ * drivers): 1 where BLAS runs the products, for small layers and for small calls. A team may
+ * still finish on one (csrc/team.c). */
+int gb_stack_threads(const gb_opts *opts, int64_t L, int64_t B, int64_t N, int f32);
 
 /* Every array of the stack contract (abi.FORWARD and abi.BACKWARD, shapes there), one pointer
  * each, and the dimensions. `void *` arrays are of the driver's dtype T (double for _f64, float

@@ -906,18 +906,6 @@ static GEMM_FN F(gb_pick_gemm)(const gb_opts *opts, int64_t N) {
     return N >= (sizeof(T) == sizeof(float) ? opts->blas_min_width_f32 : opts->blas_min_width) ? opts->GEMM_FIELD : NULL;
 }
 
-/* Threads for a call: the own kernels on nth threads, each owning a block of batch rows (and
- * of dW rows; under batch norm also a block of columns for the batch statistics). One thread
- * when BLAS runs the products (BLAS has its own threads: one level at a time) and for small
- * layers. */
-static int F(gb_pick_threads)(const gb_opts *opts, GEMM_FN gemm, int64_t B,
-                              int64_t N) {
-    if (!opts || opts->nthreads <= 1 || gemm || B < 2) return 1;
-    if (B * N * N < opts->par_min_work) return 1;
-    const int64_t nth = GB_MIN(GB_MIN(opts->nthreads, GB_MAX_THREADS), GB_MIN(B, N) / 4);
-    return nth > 1 ? (int)nth : 1;
-}
-
 /* The first of thread tid's rows among n: blocks of 4 rows (the row tile of gb_gemm_own), so
  * that every row is computed by the same tile whatever the thread count (a 1-row and a 4-row
  * tile may contract a*b + c differently); the last block, maybe partial, is the same for all. */
@@ -954,7 +942,7 @@ static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, F(gb_cfg) 
     if (rc) return rc;
     *cfg = F(gb_read_cfg)(a->icfg, a->fcfg);
     *gemm = F(gb_pick_gemm)(opts, a->N);
-    *nth = F(gb_pick_threads)(opts, *gemm, a->B, a->N);
+    *nth = gb_stack_threads(opts, a->L, a->B, a->N, sizeof(T) == sizeof(float)); /* dispatch.c */
     return GB_OK;
 }
 

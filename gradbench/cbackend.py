@@ -70,6 +70,15 @@ BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", 128, low=0)
 # waits only for the shares of W^T a thread is about to use). When they have not (a shared
 # machine), the team notices its waits and finishes the call on one thread (csrc/team.c).
 PAR_MIN_WORK = env_int("GRADBENCH_C_PAR_MIN_WORK", 1 << 18, low=0)
+# L*B*N*N of a call from which it may use several threads: a team's start and end cost ~0.1-0.2
+# ms (creating the helper, waking its CPU, joining it), and with the library's own thread count
+# the call first looks for busy threads (busy_threads, ~20-30 us). Measured on 2 CPUs (tanh,
+# medians): the drivers alone (forward + backward) break even at L B N^2 ~ 3.2e6 for N = 64, 128
+# and 256 (L = 12, 6, 3; 0.63-0.87x below 2.1e6); gb.backprop with default threads against one
+# thread at N = 64, B = 64 (L B N^2 = 2^18 L): L = 10 0.59 ms either way, L = 16 0.89-1.08 ms
+# against 0.77-0.80, L = 24 1.04-1.37 against 1.03-1.08, L = 32 1.25-1.35 against 1.22-1.26,
+# L = 48 1.49 against 1.72, L = 100 2.90 against 3.72. So from 2^23 (L = 32 there).
+PAR_MIN_TOTAL = env_int("GRADBENCH_C_PAR_MIN_TOTAL", 1 << 23, low=0)
 
 
 def check(rc: int, what: str) -> None:
@@ -136,7 +145,8 @@ def _default_threads() -> int:
 
 
 def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,
-              par_min_work: int | None = None, isa: int = 0, solo_after: int = 0):
+              par_min_work: int | None = None, par_min_total: int | None = None, isa: int = 0,
+              solo_after: int = 0):
     """A ``gb_opts`` struct for the drivers (BLAS pointers, thresholds, thread count, and the
     instruction set: 0 the best this CPU runs, 1 baseline, 3 AVX2+FMA, 4 AVX-512 at most)."""
     o = ffi.new("gb_opts *")
@@ -148,9 +158,18 @@ def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: in
     o.blas_min_width_f32 = BLAS_MIN_WIDTH_F32 if blas_min_width is None else int(blas_min_width)
     o.nthreads = _default_threads() if nthreads is None else int(nthreads)
     o.par_min_work = PAR_MIN_WORK if par_min_work is None else int(par_min_work)
+    o.par_min_total = PAR_MIN_TOTAL if par_min_total is None else int(par_min_total)
     o.isa = int(isa)
     o.solo_after = int(solo_after)  # tests: hand over to one thread after this many barriers
     return o
+
+
+def threads_for(L: int, B: int, N: int, dtype=np.float64, opts=None) -> int:
+    """The threads a stack driver call of L layers, batch B and width N starts with under
+    ``opts`` (default: the library's): 1 where BLAS runs the products, below
+    :data:`PAR_MIN_WORK` per layer or :data:`PAR_MIN_TOTAL` per call."""
+    f32 = np.dtype(dtype) == np.float32
+    return int(lib.gb_stack_threads(opts if opts is not None else _OPTS, int(L), int(B), int(N), int(f32)))
 
 
 def isa(opts=None) -> int:
@@ -178,12 +197,13 @@ PREFAULT_SHARE_FROM = 32 * 2**20
 _OPTS_SHARED = make_opts(nthreads=_OPTS.nthreads - 1) if _OPTS.nthreads >= available_cpus() >= 2 else None
 
 
-def call_opts(work: int | None = None):
-    """The options of the next driver call of ``work`` = B N^2 per layer: :data:`_OPTS`, or one
-    thread fewer while the prefaulter has fresh pages to fault in (:data:`PREFAULT_SHARE_FROM`),
+def call_opts(work: int | None = None, total: int | None = None):
+    """The options of the next driver call of ``work`` = B N^2 per layer and ``total`` = L B N^2:
+    :data:`_OPTS`, or one thread fewer while the prefaulter has fresh pages to fault in (:data:`PREFAULT_SHARE_FROM`),
     or, with the library's own thread count, as many fewer as other threads of this process are
     running (:func:`busy_threads`)."""
-    if _OPTS.nthreads < 2 or (work is not None and work < _OPTS.par_min_work):
+    if (_OPTS.nthreads < 2 or (work is not None and work < _OPTS.par_min_work)
+            or (total is not None and total < _OPTS.par_min_total)):
         return _OPTS  # one thread whatever happens
     if _OPTS_SHARED is not None and buffers.PREFAULTER.pending() >= PREFAULT_SHARE_FROM:
         return _OPTS_SHARED
@@ -259,18 +279,20 @@ def _driver(function: str, opts, arrays: tuple) -> None:
     check(getattr(lib, name)(st, opts), name)  # `arrays` keeps every buffer alive during the call
 
 
-def _work(function: str, arrays: tuple) -> int:
-    """B N^2 of a driver call's (checked) arrays: what :func:`call_opts` decides on, before the
-    call (tests watch the options ``_driver`` receives)."""
-    return int(arrays[_H_INDEX[function]].shape[1]) * int(arrays[2].shape[1]) ** 2
+def _work(function: str, arrays: tuple) -> tuple[int, int]:
+    """B N^2 and L B N^2 of a driver call's (checked) arrays: what :func:`call_opts` decides on,
+    before the call (tests watch the options ``_driver`` receives)."""
+    W = arrays[2]
+    layer = int(arrays[_H_INDEX[function]].shape[1]) * int(W.shape[1]) ** 2
+    return layer, layer * int(W.shape[0])
 
 
 def _forward_kernel(*arrays):
-    _driver("stack_forward", call_opts(_work("stack_forward", arrays)), arrays)
+    _driver("stack_forward", call_opts(*_work("stack_forward", arrays)), arrays)
 
 
 def _backward_kernel(*arrays):
-    _driver("stack_backward", call_opts(_work("stack_backward", arrays)), arrays)
+    _driver("stack_backward", call_opts(*_work("stack_backward", arrays)), arrays)
 
 
 stack_forward = abi.checked("stack_forward", _forward_kernel)

@@ -89,8 +89,8 @@ def test_residual_groups_of_one_layer_do_not_race(act, dtype):
         stack = gb.Stack(depth=17, width=width, activation=act, init="normal", sigma_w=1.0, residual=1,
                          residual_scale=0.5, dtype=dtype)
         params, x = _problem(stack, batch, 11)
-        one = _run(cb.make_opts(nthreads=1, blas=False, par_min_work=0), stack, params, x)
-        runs = [one] + [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0), stack, params, x)
+        one = _run(cb.make_opts(nthreads=1, blas=False, par_min_work=0, par_min_total=0), stack, params, x)
+        runs = [one] + [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, par_min_total=0), stack, params, x)
                         for t in (3, 2, 3, 3, 2, 3)]
         _same(runs)
 
@@ -108,7 +108,7 @@ def test_every_activation_same_bits_for_any_thread_count(act, isa):
         stack = gb.Stack(depth=12, width=37, activation=act, init="normal", sigma_w=1.3, sigma_b=sigma_b,
                          residual=3, residual_scale=0.5)
         params, x = _problem(stack, 18, 5)
-        runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, solo_after=s), stack, params, x)
+        runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, par_min_total=0, solo_after=s), stack, params, x)
                 for t, s in ((1, 0), (2, 0), (3, 0), (2, 5))]
         _same(runs)
 
@@ -128,7 +128,7 @@ def test_rescued_layers_same_bits_for_any_thread_count(act, sigma_w, dtype):
         stack = gb.Stack(depth=24, width=16, activation=act, init="normal", sigma_w=sw, sigma_b=0.0,
                          residual=residual, dtype=dtype)
         params, x = _problem(stack, 13, 3)
-        runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, solo_after=s), stack, params, x)
+        runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, par_min_total=0, solo_after=s), stack, params, x)
                 for t, s in ((1, 0), (2, 0), (3, 0), (2, 3), (3, 8))]
         _same(runs)
         rescued += int((runs[0]["gnorm_e"] < (-1100 if dtype == "float64" else -160)).sum())
@@ -149,7 +149,7 @@ def test_batch_norm_same_bits_for_any_thread_count(act, dtype, isa):
         params, x = _problem(stack, 18, 7)
         params.gamma[...] = np.random.default_rng(8).uniform(0.5, 1.5, params.gamma.shape).astype(dtype)
         params.beta[...] = np.random.default_rng(9).normal(0.0, 0.3, params.beta.shape).astype(dtype)
-        runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, solo_after=s), stack, params, x)
+        runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, par_min_total=0, solo_after=s), stack, params, x)
                 for t, s in ((1, 0), (2, 0), (3, 0), (2, 5), (3, 9))]
         _same(runs)
 
@@ -167,12 +167,12 @@ def test_signal_clipping_same_bits_for_any_thread_count(clip, threshold, dtype, 
         stack = gb.Stack(depth=14, width=29, activation="tanh", init="normal", sigma_w=2.5, sigma_b=0.1,
                          residual=residual, batch_norm=bn, clip=clip, clip_threshold=threshold, dtype=dtype)
         params, x = _problem(stack, 18, 4)
-        runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, solo_after=s), stack, params, x)
+        runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, par_min_total=0, solo_after=s), stack, params, x)
                 for t, s in ((1, 0), (2, 0), (3, 0), (2, 7), (3, 12))]
         _same(runs)
         free = gb.Stack(depth=14, width=29, activation="tanh", init="normal", sigma_w=2.5, sigma_b=0.1,
                         residual=residual, batch_norm=bn, dtype=dtype)
-        unclipped = _run(cb.make_opts(nthreads=1, isa=isa, blas=False, par_min_work=0), free, params, x)
+        unclipped = _run(cb.make_opts(nthreads=1, isa=isa, blas=False, par_min_work=0, par_min_total=0), free, params, x)
         clipped += int(not np.array_equal(runs[0]["dW"], unclipped["dW"]))
     assert clipped > 0 or threshold > 1e5
 
@@ -187,7 +187,7 @@ def test_signal_clipping_decided_on_the_whole_batch(clip, dtype):
                      clip=clip, clip_threshold=1e-3, dtype=dtype)
     params, x = _problem(stack, 18, 6)
     x[:8] *= 1e-4
-    runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0), stack, params, x) for t in (1, 2, 3)]
+    runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, par_min_total=0), stack, params, x) for t in (1, 2, 3)]
     _same(runs)
 
 
@@ -201,7 +201,7 @@ def test_forward_hands_over_at_its_judging_barriers(act, dtype):
     stack = gb.Stack(depth=70, width=24, activation=act, init="normal", sigma_w=1.2, sigma_b=0.3, dtype=dtype)
     params, x = _problem(stack, 16, 2)
     assert not gb.engine.can_rescale_forward(stack, params)
-    runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, solo_after=s), stack, params, x)
+    runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, par_min_total=0, solo_after=s), stack, params, x)
             for t, s in ((1, 0), (2, 0), (2, 2), (3, 3), (2, 4))]
     _same(runs)
 
@@ -214,7 +214,7 @@ def test_batch_norm_and_clipping_backward_run_on_the_team(variant):
     Python thread, reach two more than before it (that Python thread and the C helper)."""
     stack = gb.Stack(depth=300, width=64, activation="tanh", init="normal", sigma_w=1.3, sigma_b=0.2, **variant)
     params, x = _problem(stack, 64, 3)
-    opts = cb.make_opts(nthreads=2, blas=False, par_min_work=0)
+    opts = cb.make_opts(nthreads=2, blas=False, par_min_work=0, par_min_total=0)
     o = _forward(opts, stack, params, x)
     before, peak = _peak_threads(_backward, opts, stack, params, o)
     assert peak >= before + 2, f"threads {before} -> at most {peak} during the backward"
@@ -281,3 +281,25 @@ def test_a_spinning_blas_worker_is_seen():
         a @ a
         seen.append(cb.busy_threads())
     assert max(seen) >= 1, seen
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_small_calls_and_small_layers_run_on_one_thread(dtype):
+    """A team's start and end (~0.1-0.2 ms) made a 10-layer width-64 stack slower on two threads
+    than on one: the drivers start a team only from PAR_MIN_WORK per layer and PAR_MIN_TOTAL per
+    call (both measured on this project's 2-CPU machine), and never where BLAS runs the products."""
+    opts = cb.make_opts(nthreads=2, blas=False)
+    total, layer = int(opts.par_min_total), int(opts.par_min_work)
+    N, B = 64, 64
+    deep = -(-total // (B * N * N))  # the fewest layers that reach PAR_MIN_TOTAL
+    assert B * N * N >= layer
+    assert cb.threads_for(deep, B, N, dtype, opts) == 2
+    assert cb.threads_for(deep - 1, B, N, dtype, opts) == 1
+    assert cb.threads_for(10, B, N, dtype, opts) == 1  # the slow case the rule is for
+    assert cb.threads_for(10**6, 16, 32, dtype, opts) == 1  # a layer below PAR_MIN_WORK
+    assert cb.threads_for(deep, B, N, dtype, cb.make_opts(nthreads=1, blas=False)) == 1
+    assert cb.threads_for(deep, B, N, dtype, cb.make_opts(nthreads=2, blas=False, par_min_total=0)) == 2
+    wide = cb.make_opts(nthreads=2, blas=True, blas_min_width=64)
+    assert cb.threads_for(10**4, B, N, dtype, wide) == 1  # BLAS has threads of its own
+    # the Python side does not look for busy threads when the call will not start a team
+    assert cb.call_opts(B * N * N, (deep - 1) * B * N * N) is cb._OPTS
