@@ -8,7 +8,11 @@ minimum; ``mixed``: like ``warm``, with a NumPy product of the layer's size just
 timed call (the user's own NumPy code between calls: its BLAS threads still spinning); ``fma``: one core's measured FMA peak (benchmarks/fma_peak.c compiled for this CPU);
 ``stats``: like ``first``, for a run with generated weights, statistics only and
 checkpoints every sqrt(L) layers (kernels warmed up on a small such run); ``peak``: the rate of a large float64 matrix product (2048^3) on the threads given, an
-achievable peak to state the kernels' efficiency against. IMPL is a gradbench backend
+achievable peak to state the kernels' efficiency against; ``race``: IMPL is a comma-separated
+list of gradbench backends, each warmed up, then timed in turn REPS times in this one process,
+the order rotated every round (a call right after numba's ran ~10 % slower, whichever it was;
+the minimum of each reported under ``mins``, and the backend each ran): a ratio between them
+carries none of the process-to-process noise of separate runs. IMPL is a gradbench backend
 (``numpy``, ``numba``, ``c``, ``auto``) or a peer of gradbench.peers (``numpy-loop``: the
 plain loop a user writes; ``torch``, ``jax``). The threads are whatever the environment of the process says (the caller
 sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, GRADBENCH_C_THREADS, ... and the affinity). Prints
@@ -68,6 +72,18 @@ def main(argv):
     stack = _stack(L, N, dtype)
     params = gb.init_params(stack, 0) if mode != "stats" else None
     x = gb.gaussian_input(stack, B, 1)
+    if mode == "race":
+        impls = impl.split(",")
+        backend = {i: gb.backprop(stack, params, x, backend=i).backend for i in impls}  # warm-up
+        times = {i: [] for i in impls}
+        for k in range(reps):
+            for i in impls[k % len(impls):] + impls[:k % len(impls)]:
+                t = time.perf_counter()
+                gb.backprop(stack, params, x, backend=i)
+                times[i].append(time.perf_counter() - t)
+        out.update(mins={i: min(v) for i, v in times.items()}, backend=backend)
+        print(json.dumps(out))
+        return
     if impl in peers.PEERS:  # numpy-loop, torch, jax
         run = peers.prepare(impl, stack, params, x)
     elif mode == "stats":  # the million-layer way: generated weights, statistics only, checkpoints

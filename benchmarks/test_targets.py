@@ -12,8 +12,10 @@ Targets (t = time):
   thread and default threads; >= 1.5 at n = 64; the same (>= 1.0, default threads, backend
   "auto") in float32 and in mode ``mixed`` (a NumPy product before each call, as a user's own
   code leaves NumPy's BLAS threads spinning), float32 and float64;
-- ``auto``: t(fastest backend) / t(backend="auto") >= 1 / 1.1;
-- ``default threads``: t(one thread) / t(default threads) >= 1.0 for every backend and width;
+- ``auto``: t(fastest backend) / t(backend="auto") >= 1 / 1.1, the backends timed in turn in
+  one process (two processes running the same backend differed by up to 13 %);
+- ``default threads``: t(one thread) / t(default threads) >= 1.0 for every backend and width,
+  and for a shallow stack (L = 20, n = 64, B = 64: too small a call for a team);
 - ``two threads``: t(one) / t(two) >= 1.7 at n = 64 and wider;
 - ``first call``: t(first call in a fresh process, kernels cached) / t(warm) <= 1.5 at
   L = 10^4, n = 64, B = 64;
@@ -95,6 +97,9 @@ def sizes(benchmark, full, quick, tiny):
 WIDTHS_QUICK = [(10_000, 32, 16), (1_000, 64, 64), (200, 512, 256)]
 WIDTHS_FULL = [(50, 2048, 512)]
 TINY = [(40, 16, 8)]
+# a shallow stack of wide-enough layers: too small a call for the C drivers' team (its start and
+# end; GRADBENCH_C_PAR_MIN_TOTAL), which ran slower with default threads than with one
+SHALLOW = [(20, 64, 64)]
 
 
 @pytest.mark.parametrize("threads", ["one", "default"])
@@ -138,8 +143,8 @@ def test_target_default_and_two_threads(benchmark, backend):
     if backend == "none":
         pytest.skip("no compiled backend (numba, c) is available")
     rows = []
-    for L, N, B in sizes(benchmark, WIDTHS_FULL, WIDTHS_QUICK, TINY):
-        reps = 1 if benchmark.disabled else 3
+    for L, N, B in sizes(benchmark, SHALLOW + WIDTHS_FULL, WIDTHS_QUICK, TINY):
+        reps = 1 if benchmark.disabled else (20 if L * B * N * N < 1 << 24 else 3)
         # two rounds of fresh processes, the settings interleaved, the minimum of each: where
         # the settings run the same code (one thread either way) a single process per setting
         # put a few % of machine noise into a ratio whose truth is 1.0
@@ -148,7 +153,7 @@ def test_target_default_and_two_threads(benchmark, backend):
             for th in ("one", "two", "default"):
                 t[th] = min(t.get(th, math.inf), run("warm", backend, L, N, B, reps=reps, threads=th)["min"])
         rows.append(dict(L=L, N=N, B=B, default=t["one"] / t["default"], two=t["one"] / t["two"], times=t))
-    wide = [r for r in rows if r["N"] >= 64] or rows
+    wide = [r for r in rows if r["N"] >= 64 and (r["L"], r["N"], r["B"]) not in SHALLOW] or rows
     record(benchmark, f"one thread / default threads; one / two threads at n >= 64 ({backend})",
            min(r["default"] for r in rows), ">= 1.0; two threads >= 1.7",
            all(r["default"] >= 1.0 for r in rows) and all(r["two"] >= 1.7 for r in wide),
@@ -161,10 +166,12 @@ def test_target_auto_picks_the_fastest(benchmark):
     rows = []
     for dtype in ("float64", "float32"):
         for L, N, B in sizes(benchmark, WIDTHS_FULL, WIDTHS_QUICK, TINY):
-            reps = 1 if benchmark.disabled else 3
-            t = {impl: run("warm", impl, L, N, B, dtype, reps=reps, threads="default")["min"] for impl in [*FAST, "auto"]}
+            reps = 1 if benchmark.disabled else 6  # every backend twice in each place of the order
+            r = run("race", ",".join([*FAST, "auto"]), L, N, B, dtype, reps=reps, threads="default")
+            t = r["mins"]
             best = min(FAST, key=t.get)
-            rows.append(dict(L=L, N=N, B=B, dtype=dtype, best=best, ratio=t[best] / t["auto"], times=t))
+            rows.append(dict(L=L, N=N, B=B, dtype=dtype, best=best, auto_runs=r["backend"]["auto"],
+                             ratio=t[best] / t["auto"], times=t))
     record(benchmark, "fastest backend / auto (default threads)", min(r["ratio"] for r in rows), ">= 1 / 1.1",
            all(r["ratio"] >= 1 / 1.1 for r in rows), rows=rows)
 
