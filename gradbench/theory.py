@@ -27,8 +27,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq
-from scipy.special import digamma
 
 from gradbench import abi, reference, spec
 from gradbench.activations import dphi, phi
@@ -259,6 +257,8 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None 
     lo, hi = bracket
     if f(lo) * f(hi) > 0:
         raise ValueError(f"chi_1 - 1 does not change sign for sigma_w in {bracket} ({activation}, sigma_b={sigma_b})")
+    from scipy.optimize import brentq  # SciPy is imported where it is used (CLI start-up time)
+
     root = float(brentq(f, lo, hi, xtol=1e-12))
     below, above = chi1(activation, root * (1 - 1e-6), sigma_b, param), chi1(activation, root * (1 + 1e-6), sigma_b, param)
     if abs(above - below) > 1e-2:
@@ -277,6 +277,8 @@ def newman_lambda1(width: int, sigma_w: float = 1.0) -> float:
     with entry variance sigma_w^2 / N (Newman 1986)."""
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
+    from scipy.special import digamma
+
     return 0.5 * (math.log(2 / width) + 2 * math.log(sigma_w) + float(digamma(width / 2)))
 
 

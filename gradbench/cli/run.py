@@ -85,11 +85,11 @@ def cmd_run(args) -> int:
 
 def _write(args, stack, res, d, head: dict) -> list[str]:
     """The result file first, then the plots; returns what was written."""
-    from gradbench import plot
-
     written = []
     if args.out:
         written.append(write_diagnoses(args.out, head, {"": d}, mkdir=args.mkdir))
+    if args.plot or args.hist:
+        from gradbench import plot  # matplotlib only when a plot is asked for (~0.19 s to import)
     if args.plot:
         written.append(write_plot(args.plot, lambda path: plot.gradient_flow(
             {stack_label(stack): d}, path, title=f"Gradient flow, depth {stack.depth}", dpi=args.dpi), mkdir=args.mkdir))
