@@ -105,13 +105,15 @@ asan: $(VENV)/.installed-test
 # The C kernels' threads under ThreadSanitizer: the extension built again in build/tsan, then the
 # tests that run the drivers on 1-3 threads (bits across thread counts, hand-overs, the rescue,
 # the cross-checks in float64: the -O1 build rounds float32 differently from the tuned one).
+# die_after_fork=0: the drivers' helpers live between calls (csrc/team.c), and TSan by default
+# kills a child forked from a process with threads once the child starts one (the fork test).
 TSAN_CFLAGS := -O1 -g -std=c11 -fno-math-errno -ffp-contract=fast -pthread -fsanitize=thread
 tsan: $(VENV)/.installed-test
 	rm -rf build/tsan && mkdir -p build/tsan/gradbench
 	cp -r csrc build/tsan/ && cp gradbench/_cbuild.py build/tsan/gradbench/
 	GRADBENCH_CFLAGS="$(TSAN_CFLAGS)" $(PY) build/tsan/gradbench/_cbuild.py > build/tsan/build.log 2>&1 || (cat build/tsan/build.log; exit 1)
 	LD_PRELOAD="$$(gcc -print-file-name=libtsan.so)" \
-	TSAN_OPTIONS=halt_on_error=1:report_signal_unsafe=0:allocator_may_return_null=1:exitcode=66 \
+	TSAN_OPTIONS=halt_on_error=1:report_signal_unsafe=0:allocator_may_return_null=1:exitcode=66:die_after_fork=0 \
 	$(PY) -c "import sys, gradbench; gradbench.__path__.insert(0, 'build/tsan/gradbench'); \
 	import gradbench._ckernels as k; print('C kernels under test:', k.__file__); assert 'build/tsan' in k.__file__; \
 	import pytest; sys.exit(pytest.main(['-q', '-s', '-p', 'no:cacheprovider', 'tests/test_c_bits.py', 'tests/test_c.py', 'tests/test_rescue.py', 'tests/test_crosscheck.py', 'benchmarks/test_c_threads.py', '-k', 'not numba and not float32']))"

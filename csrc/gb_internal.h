@@ -22,6 +22,9 @@ static inline int gb_clamp_exp(int64_t e) {
 
 #define GB_MAX_THREADS 64
 
+/* The name of the drivers' helper threads, kept between calls (team.c): cbackend.HELPER_NAME */
+#define GB_HELPER_NAME "gradbench-team"
+
 /* Three cache lines, so that the waiters' spinning does not slow the arrivals: the arrivals'
  * counter with what the last arrival keeps (it owns the line after its increment), the sense
  * the waiters spin on with what they read after the wait, and the sleepers' mutex. */

@@ -3,9 +3,8 @@
  * Why not OpenMP: GNU OpenMP keeps a pool of threads alive between calls, spinning for a while
  * after each parallel region (they competed with BLAS's own threads for the two cores), and a
  * process forked after the pool started hangs at its next parallel region (multiprocessing's
- * Pool.map on Linux). Here the threads live only during one call: created at its start, joined
- * at its end, so nothing survives into a fork and nothing spins while BLAS or Python runs.
- * Creating two threads costs ~20-50 us, next to calls of milliseconds.
+ * Pool.map on Linux). Here a pool of helpers (below) sleeps between calls after spinning at
+ * most GB_POOL_SPIN_NS, and a forked child empties it and builds its own.
  *
  * The barrier spins briefly (a layer's work on the other thread usually ends within
  * microseconds) and then sleeps on a condition variable: a thread whose partner was descheduled
@@ -31,6 +30,7 @@
  * 27.2-28.2 before, 33.7-34.0 after. The rest of the gap is the first 112 layers (7 judging
  * barriers) and the backward's first 6 layers, each team starting on two threads.
  */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
@@ -46,6 +46,7 @@
 
 /* spins (~1 us per 100 on current x86) before sleeping */
 #define GB_SPIN 4000
+#define GB_POOL_SPIN_NS 200000 /* a helper spins this long after its team before sleeping */
 #define GB_SOLO_MIN_WAITS 6 /* judge after this many barriers */
 #define GB_SOLO_SKEW 0.35   /* the share of the time threads spent waiting for a late partner */
 
@@ -162,26 +163,138 @@ static void *gb_member_main(void *p) {
     return NULL;
 }
 
-int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after) {
+/* ------------------------------------------------------------------ the helpers' pool
+ * Helpers are kept between calls and woken for each team: creating a helper per call and
+ * joining it cost 0.1-0.2 ms a call (measured: 60-80 us before the caller could start, 60-100
+ * us to join), and a sleeping helper still starts 18-45 us late (its CPU wakes up), which made
+ * calls below ~3e6 B N^2 L slower on two threads than on one. So a helper spins up to
+ * GB_POOL_SPIN_NS after its team before it sleeps on a condition variable: the backward right
+ * after the forward, or the next step of a loop, finds it awake; 0.2 ms is ~1/500 of the spin
+ * OpenBLAS's workers keep after each product. Measured (forward + backward, N = 64, B = 64, two
+ * threads against one): L = 2 0.78x -> 1.17x, L = 16 1.20x -> 1.35x; gb.backprop with default
+ * threads, L = 32 1.00x -> 1.14x, L = 100 1.28x -> 1.41x. cbackend.busy_threads leaves the
+ * helpers (named GB_HELPER_NAME) out. A forked
+ * child has none of its parent's threads: the pool is emptied in the child (pthread_atfork) and
+ * filled again at its first team. One call at a time holds the pool; a call made meanwhile from
+ * another thread creates its own helpers and joins them (gb_team_fresh). */
+typedef struct {
+    pthread_mutex_t mu; /* guards every field but `held` */
+    pthread_cond_t go;  /* helpers wait for a new generation */
+    pthread_cond_t end; /* the caller waits for running == 0 */
+    int helpers;        /* alive (tids 1..helpers) */
+    _Atomic int64_t gen; /* the current team's number (read without the mutex while spinning) */
+    gb_team_fn fn;
+    void *arg;
+    gb_barrier *bar;
+    int nth;
+    atomic_int running; /* helpers of the current team still in fn (the caller spins on it) */
+    atomic_int held;    /* a call holds the pool */
+} gb_pool;
+
+static gb_pool gb_the_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
+static pthread_once_t gb_pool_once = PTHREAD_ONCE_INIT;
+
+static void gb_pool_prepare(void) { pthread_mutex_lock(&gb_the_pool.mu); }
+static void gb_pool_parent(void) { pthread_mutex_unlock(&gb_the_pool.mu); }
+static void gb_pool_child(void) { /* the only thread: no helper, no call in progress */
+    pthread_mutex_init(&gb_the_pool.mu, NULL);
+    pthread_cond_init(&gb_the_pool.go, NULL);
+    pthread_cond_init(&gb_the_pool.end, NULL);
+    gb_the_pool.helpers = 0;
+    atomic_store(&gb_the_pool.running, 0);
+    atomic_store(&gb_the_pool.held, 0);
+}
+static void gb_pool_init(void) { pthread_atfork(gb_pool_prepare, gb_pool_parent, gb_pool_child); }
+
+typedef struct {
+    int tid;
+    int64_t seen; /* the generation before the helper's first team */
+} gb_helper;
+
+static void *gb_helper_main(void *p) {
+    gb_helper h = *(gb_helper *)p;
+    free(p);
+    gb_pool *q = &gb_the_pool;
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), GB_HELPER_NAME); /* cbackend.busy_threads skips it */
+#endif
+    int worked = 0;
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        if (worked && atomic_load(&q->gen) == h.seen) { /* a next team soon (the backward after
+            * the forward, the next step of a loop) finds the helper awake: spin a while first */
+            pthread_mutex_unlock(&q->mu);
+            const int64_t until = gb_now_ns() + GB_POOL_SPIN_NS;
+            for (int i = 0; atomic_load_explicit(&q->gen, memory_order_relaxed) == h.seen; i++) {
+                GB_PAUSE();
+                if ((i & 63) == 0 && gb_now_ns() > until) break;
+            }
+            pthread_mutex_lock(&q->mu);
+        }
+        while (atomic_load(&q->gen) == h.seen) pthread_cond_wait(&q->go, &q->mu);
+        h.seen = atomic_load(&q->gen);
+        worked = h.tid < q->nth;
+        if (!worked) continue; /* not in this team: back to sleep */
+        const gb_team_fn fn = q->fn;
+        void *arg = q->arg;
+        gb_barrier *bar = q->bar;
+        const int nth = q->nth;
+        pthread_mutex_unlock(&q->mu);
+        fn(arg, h.tid, nth, bar);
+        pthread_mutex_lock(&q->mu);
+        if (atomic_fetch_sub(&q->running, 1) == 1) pthread_cond_signal(&q->end);
+    }
+    return NULL;
+}
+
+/* Helpers 1..nth-1 alive (the pool's mutex held); 0 when one cannot be created (the pool
+ * keeps those it has). */
+static int gb_pool_grow(gb_pool *q, int nth) {
+    while (q->helpers < nth - 1) {
+        gb_helper *h = malloc(sizeof *h);
+        if (!h) return 0;
+        *h = (gb_helper){q->helpers + 1, atomic_load(&q->gen)};
+        pthread_attr_t at;
+        pthread_t th;
+        int rc = pthread_attr_init(&at);
+        if (!rc) {
+            pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+            rc = pthread_create(&th, &at, gb_helper_main, h);
+            pthread_attr_destroy(&at);
+        }
+        if (rc) {
+            free(h);
+            return 0;
+        }
+        q->helpers++;
+    }
+    return 1;
+}
+
+static void gb_barrier_init(gb_barrier *bar, int nth, int64_t solo_after) {
+    atomic_init(&bar->count, 0);
+    atomic_init(&bar->sense, 0);
+    atomic_init(&bar->t_first, 0);
+    atomic_init(&bar->sleepers, 0);
+    atomic_init(&bar->pwait, 0);
+    atomic_init(&bar->pwait_max, 0);
+    bar->pwait_start = 0;
+    bar->n = nth;
+    bar->solo = 0;
+    bar->waits = bar->skew = bar->skew_max = 0;
+    bar->t_start = gb_now_ns();
+    bar->solo_after = solo_after;
+}
+
+/* A team of fresh helpers, joined at the end (the pool is held by another call). */
+static int gb_team_fresh(int nth, gb_team_fn fn, void *arg, int64_t solo_after) {
     gb_barrier bar;
     gb_member m[GB_MAX_THREADS];
     pthread_t th[GB_MAX_THREADS];
     int gate = 0, started = 0;
-    if (nth > GB_MAX_THREADS) nth = GB_MAX_THREADS;
-    if (nth > 1 && !pthread_mutex_init(&bar.mu, NULL)) {
+    if (!pthread_mutex_init(&bar.mu, NULL)) {
         if (!pthread_cond_init(&bar.cv, NULL)) {
-            atomic_init(&bar.count, 0);
-            atomic_init(&bar.sense, 0);
-            atomic_init(&bar.t_first, 0);
-            atomic_init(&bar.sleepers, 0);
-            atomic_init(&bar.pwait, 0);
-            atomic_init(&bar.pwait_max, 0);
-            bar.pwait_start = 0;
-            bar.n = nth;
-            bar.solo = 0;
-            bar.waits = bar.skew = bar.skew_max = 0;
-            bar.t_start = gb_now_ns();
-            bar.solo_after = solo_after;
+            gb_barrier_init(&bar, nth, solo_after);
             for (int t = 1; t < nth; t++) {
                 m[t] = (gb_member){fn, arg, &bar, t, nth, &gate};
                 if (pthread_create(&th[t], NULL, gb_member_main, &m[t])) break;
@@ -199,6 +312,50 @@ int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after) {
         pthread_mutex_destroy(&bar.mu);
     }
     if (gate > 0) return nth;
+    fn(arg, 0, 1, NULL);
+    return 1;
+}
+
+int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after) {
+    if (nth > GB_MAX_THREADS) nth = GB_MAX_THREADS;
+    if (nth <= 1) {
+        fn(arg, 0, 1, NULL);
+        return 1;
+    }
+    pthread_once(&gb_pool_once, gb_pool_init);
+    gb_pool *q = &gb_the_pool;
+    if (atomic_exchange(&q->held, 1)) return gb_team_fresh(nth, fn, arg, solo_after);
+    gb_barrier bar;
+    int team = 0;
+    if (!pthread_mutex_init(&bar.mu, NULL)) {
+        if (!pthread_cond_init(&bar.cv, NULL)) {
+            gb_barrier_init(&bar, nth, solo_after);
+            pthread_mutex_lock(&q->mu);
+            if (gb_pool_grow(q, nth)) { /* all helpers or none: results do not depend on it */
+                q->fn = fn;
+                q->arg = arg;
+                q->bar = &bar;
+                q->nth = nth;
+                atomic_store(&q->running, nth - 1);
+                atomic_fetch_add(&q->gen, 1);
+                pthread_cond_broadcast(&q->go);
+                team = 1;
+            }
+            pthread_mutex_unlock(&q->mu);
+            if (team) {
+                fn(arg, 0, nth, &bar);
+                /* the helpers' last reads of bar before it goes: spin, then sleep */
+                for (int i = 0; i < GB_SPIN && atomic_load(&q->running) > 0; i++) GB_PAUSE();
+                pthread_mutex_lock(&q->mu);
+                while (atomic_load(&q->running) > 0) pthread_cond_wait(&q->end, &q->mu);
+                pthread_mutex_unlock(&q->mu);
+            }
+            pthread_cond_destroy(&bar.cv);
+        }
+        pthread_mutex_destroy(&bar.mu);
+    }
+    atomic_store(&q->held, 0);
+    if (team) return nth;
     fn(arg, 0, 1, NULL);
     return 1;
 }

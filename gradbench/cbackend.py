@@ -14,8 +14,9 @@ NumPy products), or, for another NumPy, SciPy's (``scipy.linalg.cython_blas``); 
 taken at import and passed into C (``BLAS_SOURCE`` says whose); narrower ones use the
 register-blocked kernels in ``csrc/``.
 ``GRADBENCH_C_THREADS`` sets the number of threads of the own kernels (else ``OMP_NUM_THREADS``,
-else the cores this process may run on); results do not depend on it. The threads live for one
-call only (no pool survives into a fork) and never run beside BLAS: a layer that calls BLAS runs
+else the cores this process may run on); results do not depend on it. The helper threads are
+kept between calls (csrc/team.c: they spin at most 0.2 ms after a call, then sleep; a forked
+child builds its own) and never run beside BLAS: a layer that calls BLAS runs
 the rest of its work on one thread and leaves the parallelism to BLAS's own threads (its
 OpenBLAS follows ``OPENBLAS_NUM_THREADS``).
 """
@@ -70,14 +71,13 @@ BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", 128, low=0)
 # waits only for the shares of W^T a thread is about to use). When they have not (a shared
 # machine), the team notices its waits and finishes the call on one thread (csrc/team.c).
 PAR_MIN_WORK = env_int("GRADBENCH_C_PAR_MIN_WORK", 1 << 18, low=0)
-# L*B*N*N of a call from which it may use several threads: a team's start and end cost ~0.1-0.2
-# ms (creating the helper, waking its CPU, joining it), and with the library's own thread count
-# the call first looks for busy threads (busy_threads, ~20-30 us). Measured on 2 CPUs (tanh,
-# medians): the drivers alone (forward + backward) break even at L B N^2 ~ 3.2e6 for N = 64, 128
-# and 256 (L = 12, 6, 3; 0.63-0.87x below 2.1e6); gb.backprop with default threads against one
-# thread at N = 64, B = 64 (L B N^2 = 2^18 L): L = 10 0.59 ms either way, L = 16 0.89-1.08 ms
-# against 0.77-0.80, L = 24 1.04-1.37 against 1.03-1.08, L = 32 1.25-1.35 against 1.22-1.26,
-# L = 48 1.49 against 1.72, L = 100 2.90 against 3.72. So from 2^23 (L = 32 there).
+# L*B*N*N of a call from which it may use several threads: a team's start and end (waking the
+# pool's helper, csrc/team.c, and waiting for it) and, with the library's own thread count, the
+# look for busy threads (busy_threads, ~20-30 us) do not pay below. Measured on 2 CPUs (tanh,
+# N = 64, B = 64, so L B N^2 = 2^18 L; gb.backprop, default threads against one, medians of
+# calls interleaved in blocks in one process): L = 2 0.74x, L = 4 0.80x, L = 8 0.89x, L = 16
+# 0.99-1.02x, L = 32 1.14x, L = 100 1.41x. With a helper created and joined per call (before the
+# pool) L = 16 took 0.89-1.08 ms against 0.77-0.80 and L = 32 broke even. So from 2^23.
 PAR_MIN_TOTAL = env_int("GRADBENCH_C_PAR_MIN_TOTAL", 1 << 23, low=0)
 
 
@@ -235,15 +235,27 @@ def _opts_for(nthreads: int):
     return opts
 
 
+# The C drivers' own helper threads (csrc/team.c, GB_HELPER_NAME in csrc/gb_internal.h): kept
+# between calls, they spin ~0.2 ms after a team before sleeping, so the next call finds them
+# awake. busy_threads does not count them: they are the team's, not a competitor.
+HELPER_NAME = b"gradbench-team"
+
+
 def busy_threads() -> int:
-    """Threads of this process, other than the calling one, that are running or ready to run
-    now (state R in ``/proc/self/task/*/stat``); 0 where there is no such file."""
+    """Threads of this process, other than the calling one and the drivers' own helpers
+    (:data:`HELPER_NAME`), that are running or ready to run now (state R in
+    ``/proc/self/task/*/stat``); 0 where there is no such file."""
+    return len(running_threads())
+
+
+def running_threads() -> list[int]:
+    """The thread ids :func:`busy_threads` counts."""
     me = threading.get_native_id()
-    busy = 0
+    busy = []
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
-        return 0
+        return busy
     for tid in tasks:
         if int(tid) == me:
             continue
@@ -252,9 +264,10 @@ def busy_threads() -> int:
                 stat = f.read()
         except OSError:  # the thread has ended
             continue
-        state = stat.rindex(b")") + 2  # the field after "(name)"
-        if stat[state:state + 1] == b"R":
-            busy += 1
+        end = stat.rindex(b")")
+        state = end + 2  # the field after "(name)"
+        if stat[state:state + 1] == b"R" and stat[stat.index(b"(") + 1:end] != HELPER_NAME:
+            busy.append(int(tid))
     return busy
 
 
