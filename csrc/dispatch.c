@@ -40,9 +40,7 @@ int gb_isa(const gb_opts *opts) {
  * when BLAS runs the products (BLAS has its own threads: one level at a time), for small
  * layers (a barrier per layer) and for small calls (the team's start and end). */
 int gb_stack_threads(const gb_opts *opts, int64_t L, int64_t B, int64_t N, int f32) {
-    if (!opts || opts->nthreads <= 1 || B < 2) return 1;
-    const int blas = f32 ? opts->sgemm != NULL : opts->dgemm != NULL;
-    if (blas && N >= (f32 ? opts->blas_min_width_f32 : opts->blas_min_width)) return 1;
+    if (!opts || opts->nthreads <= 1 || B < 2 || gb_blas_for(opts, N, f32)) return 1;
     if (B * N * N < opts->par_min_work || L * B * N * N < opts->par_min_total) return 1;
     int64_t nth = opts->nthreads < GB_MAX_THREADS ? opts->nthreads : GB_MAX_THREADS;
     if (nth > (B < N ? B : N) / 4) nth = (B < N ? B : N) / 4; /* blocks of 4 rows each */

@@ -22,6 +22,13 @@ static inline int gb_clamp_exp(int64_t e) {
 
 #define GB_MAX_THREADS 64
 
+/* The drivers call BLAS for the products of width N (f32: the float32 drivers) when these
+ * options give them its pointer and N reaches the width from which they use it. */
+static inline int gb_blas_for(const gb_opts *opts, int64_t N, int f32) {
+    if (!opts || !(f32 ? opts->sgemm != NULL : opts->dgemm != NULL)) return 0;
+    return N >= (f32 ? opts->blas_min_width_f32 : opts->blas_min_width);
+}
+
 /* The name of the drivers' helper threads, kept between calls (team.c): cbackend.HELPER_NAME */
 #define GB_HELPER_NAME "gradbench-team"
 

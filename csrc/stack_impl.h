@@ -902,8 +902,7 @@ static void *F(gb_alloc)(size_t bytes) {
 
 /* BLAS for this width, or NULL: the own kernels */
 static GEMM_FN F(gb_pick_gemm)(const gb_opts *opts, int64_t N) {
-    if (!opts || !opts->GEMM_FIELD) return NULL;
-    return N >= (sizeof(T) == sizeof(float) ? opts->blas_min_width_f32 : opts->blas_min_width) ? opts->GEMM_FIELD : NULL;
+    return gb_blas_for(opts, N, sizeof(T) == sizeof(float)) ? opts->GEMM_FIELD : NULL;
 }
 
 /* The first of thread tid's rows among n: blocks of 4 rows (the row tile of gb_gemm_own), so

@@ -191,7 +191,7 @@ typedef struct {
     atomic_int held;    /* a call holds the pool */
 } gb_pool;
 
-static gb_pool gb_the_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
+static gb_pool gb_the_pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .go = PTHREAD_COND_INITIALIZER, .end = PTHREAD_COND_INITIALIZER};
 static pthread_once_t gb_pool_once = PTHREAD_ONCE_INIT;
 
 static void gb_pool_prepare(void) { pthread_mutex_lock(&gb_the_pool.mu); }
@@ -286,75 +286,71 @@ static void gb_barrier_init(gb_barrier *bar, int nth, int64_t solo_after) {
     bar->solo_after = solo_after;
 }
 
-/* A team of fresh helpers, joined at the end (the pool is held by another call). */
-static int gb_team_fresh(int nth, gb_team_fn fn, void *arg, int64_t solo_after) {
-    gb_barrier bar;
+/* A team of fresh helpers on `bar`, joined at the end (the pool is held by another call);
+ * 1 when it ran, 0 when a helper could not be created (then nothing ran). */
+static int gb_team_fresh(gb_barrier *bar, int nth, gb_team_fn fn, void *arg) {
     gb_member m[GB_MAX_THREADS];
     pthread_t th[GB_MAX_THREADS];
     int gate = 0, started = 0;
-    if (!pthread_mutex_init(&bar.mu, NULL)) {
-        if (!pthread_cond_init(&bar.cv, NULL)) {
-            gb_barrier_init(&bar, nth, solo_after);
-            for (int t = 1; t < nth; t++) {
-                m[t] = (gb_member){fn, arg, &bar, t, nth, &gate};
-                if (pthread_create(&th[t], NULL, gb_member_main, &m[t])) break;
-                started++;
-            }
-            /* all helpers or none: results do not depend on the thread count */
-            pthread_mutex_lock(&bar.mu);
-            gate = started == nth - 1 ? 1 : -1;
-            pthread_cond_broadcast(&bar.cv);
-            pthread_mutex_unlock(&bar.mu);
-            if (gate > 0) fn(arg, 0, nth, &bar);
-            for (int t = 1; t <= started; t++) pthread_join(th[t], NULL);
-            pthread_cond_destroy(&bar.cv);
-        }
-        pthread_mutex_destroy(&bar.mu);
+    for (int t = 1; t < nth; t++) {
+        m[t] = (gb_member){fn, arg, bar, t, nth, &gate};
+        if (pthread_create(&th[t], NULL, gb_member_main, &m[t])) break;
+        started++;
     }
-    if (gate > 0) return nth;
-    fn(arg, 0, 1, NULL);
+    /* all helpers or none: results do not depend on the thread count */
+    pthread_mutex_lock(&bar->mu);
+    gate = started == nth - 1 ? 1 : -1;
+    pthread_cond_broadcast(&bar->cv);
+    pthread_mutex_unlock(&bar->mu);
+    if (gate > 0) fn(arg, 0, nth, bar);
+    for (int t = 1; t <= started; t++) pthread_join(th[t], NULL);
+    return gate > 0;
+}
+
+/* A team of the pool's helpers on `bar`; 1 when it ran, 0 when the pool could not grow to
+ * nth - 1 helpers (then nothing ran). */
+static int gb_team_pooled(gb_pool *q, gb_barrier *bar, int nth, gb_team_fn fn, void *arg) {
+    pthread_mutex_lock(&q->mu);
+    const int team = gb_pool_grow(q, nth); /* all helpers or none: results do not depend on it */
+    if (team) {
+        q->fn = fn;
+        q->arg = arg;
+        q->bar = bar;
+        q->nth = nth;
+        atomic_store(&q->running, nth - 1);
+        atomic_fetch_add(&q->gen, 1);
+        pthread_cond_broadcast(&q->go);
+    }
+    pthread_mutex_unlock(&q->mu);
+    if (!team) return 0;
+    fn(arg, 0, nth, bar);
+    /* the helpers' last reads of bar before it goes: spin, then sleep */
+    for (int i = 0; i < GB_SPIN && atomic_load(&q->running) > 0; i++) GB_PAUSE();
+    pthread_mutex_lock(&q->mu);
+    while (atomic_load(&q->running) > 0) pthread_cond_wait(&q->end, &q->mu);
+    pthread_mutex_unlock(&q->mu);
     return 1;
 }
 
 int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after) {
     if (nth > GB_MAX_THREADS) nth = GB_MAX_THREADS;
-    if (nth <= 1) {
-        fn(arg, 0, 1, NULL);
-        return 1;
-    }
-    pthread_once(&gb_pool_once, gb_pool_init);
-    gb_pool *q = &gb_the_pool;
-    if (atomic_exchange(&q->held, 1)) return gb_team_fresh(nth, fn, arg, solo_after);
-    gb_barrier bar;
     int team = 0;
-    if (!pthread_mutex_init(&bar.mu, NULL)) {
+    gb_barrier bar;
+    if (nth > 1 && !pthread_mutex_init(&bar.mu, NULL)) {
         if (!pthread_cond_init(&bar.cv, NULL)) {
             gb_barrier_init(&bar, nth, solo_after);
-            pthread_mutex_lock(&q->mu);
-            if (gb_pool_grow(q, nth)) { /* all helpers or none: results do not depend on it */
-                q->fn = fn;
-                q->arg = arg;
-                q->bar = &bar;
-                q->nth = nth;
-                atomic_store(&q->running, nth - 1);
-                atomic_fetch_add(&q->gen, 1);
-                pthread_cond_broadcast(&q->go);
-                team = 1;
-            }
-            pthread_mutex_unlock(&q->mu);
-            if (team) {
-                fn(arg, 0, nth, &bar);
-                /* the helpers' last reads of bar before it goes: spin, then sleep */
-                for (int i = 0; i < GB_SPIN && atomic_load(&q->running) > 0; i++) GB_PAUSE();
-                pthread_mutex_lock(&q->mu);
-                while (atomic_load(&q->running) > 0) pthread_cond_wait(&q->end, &q->mu);
-                pthread_mutex_unlock(&q->mu);
+            pthread_once(&gb_pool_once, gb_pool_init);
+            gb_pool *q = &gb_the_pool;
+            if (atomic_exchange(&q->held, 1)) {
+                team = gb_team_fresh(&bar, nth, fn, arg);
+            } else {
+                team = gb_team_pooled(q, &bar, nth, fn, arg);
+                atomic_store(&q->held, 0);
             }
             pthread_cond_destroy(&bar.cv);
         }
         pthread_mutex_destroy(&bar.mu);
     }
-    atomic_store(&q->held, 0);
     if (team) return nth;
     fn(arg, 0, 1, NULL);
     return 1;
