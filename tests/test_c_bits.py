@@ -224,6 +224,18 @@ def test_batch_norm_and_clipping_backward_run_on_the_team(variant):
     assert shared > 1e-4, f"the helper ran {shared * 1e3:.3f} ms during a two-thread call"
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the helpers' clocks in /proc")
+def test_helpers_sleep_between_calls():
+    """The pool's helpers outlive a call but spin at most ~0.2 ms after it (README: nothing of
+    gradbench spins while the user's NumPy or Python runs): 60 ms after a two-thread call their
+    CPU clocks stand still (a helper that kept spinning would add ~60 ms)."""
+    stack = gb.Stack(depth=40, width=24, activation="tanh", init="normal", sigma_w=1.2, sigma_b=0.3)
+    params, x = _problem(stack, 16, 5)
+    _run(cb.make_opts(nthreads=2, blas=False, par_min_work=0, par_min_total=0), stack, params, x)
+    idle = _team_cpu(time.sleep, 0.06)
+    assert idle < 5e-3, f"the helpers ran {idle * 1e3:.2f} ms while the process slept 60 ms"
+
+
 def _team_cpu(fn, *args) -> float:
     """CPU seconds the drivers' helper threads (named cbackend.HELPER_NAME, csrc/team.c) spend
     while ``fn(*args)`` runs, from their thread CPU clocks; they are asleep before (a helper
