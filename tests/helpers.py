@@ -369,3 +369,12 @@ def wrong_arrays(good: dict, args, *, short: bool = False):
             ro.flags.writeable = False
             yield f"{arg.name}-readonly", arg.name, ro
         yield f"{arg.name}-list", arg.name, a.tolist()
+
+
+def team_opts(nthreads: int, **options):
+    """C driver options (``cbackend.make_opts``) that start a team of ``nthreads`` on the own
+    kernels whatever the call's size: no BLAS, no per-layer or per-call threshold. ``options``:
+    the other fields (``isa``, ``solo_after``)."""
+    from gradbench import cbackend
+
+    return cbackend.make_opts(nthreads=nthreads, blas=False, par_min_work=0, par_min_total=0, **options)

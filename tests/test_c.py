@@ -17,6 +17,7 @@ from gradbench import reference as ref
 from gradbench import abi, spec
 from gradbench import activations as A
 from gradbench.activations import dphi_max
+from tests.helpers import team_opts
 
 cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built", exc_type=ImportError)
 
@@ -440,7 +441,7 @@ THREAD_STACKS = {  # every path of the threaded drivers: plain, residual, rescal
 def test_results_do_not_depend_on_thread_count(case, width, batch):
     stack = gb.Stack(depth=8, width=width, init="he_normal", **THREAD_STACKS[case])
     params, x = _problem(stack, batch)
-    runs = [_run(*_c_with(cb.make_opts(nthreads=t, blas=False, par_min_work=0, par_min_total=0, solo_after=s)), stack, params, x)
+    runs = [_run(*_c_with(team_opts(t, solo_after=s)), stack, params, x)
             for t, s in ((1, 0), (2, 0), (3, 0), (2, 0), (5, 0), (2, 4), (3, 1))]  # s: one thread from then on
     for other in runs[1:]:
         for name, a in runs[0].items():
@@ -461,7 +462,7 @@ def test_every_instruction_set_matches_reference(case, isa):
     stack = gb.Stack(depth=8, width=40, init="he_normal", **THREAD_STACKS[case])
     params, x = _problem(stack, 33)
     assert cb.isa(cb.make_opts(isa=isa)) == isa
-    runs = [_run(*_c_with(cb.make_opts(nthreads=t, isa=isa, par_min_work=0, par_min_total=0, blas=False)), stack, params, x)
+    runs = [_run(*_c_with(team_opts(t, isa=isa)), stack, params, x)
             for t in (1, 2)]
     for name, a in runs[0].items():
         np.testing.assert_array_equal(runs[1][name], a, err_msg=f"isa {isa}: {name}")
@@ -490,8 +491,7 @@ def test_fork_after_a_threaded_call_does_not_hang():
         from gradbench import cbackend as cb
         from tests.test_c import _fork_child
         stack = gb.Stack(depth=3, width=32, activation="tanh")
-        opts = cb.make_opts(nthreads=2, blas=False, par_min_work=0, par_min_total=0)
-        assert opts.nthreads == 2
+        assert cb.threads_for(3, 4096, 32) == 2  # the call below runs a team
         gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 4096, 1), backend="c")
         with mp.get_context("fork").Pool(2) as pool:
             out = pool.map(_fork_child, [1, 2, 3, 4])

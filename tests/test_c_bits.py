@@ -21,6 +21,7 @@ import pytest
 import gradbench as gb
 from gradbench import abi
 from gradbench import reference as ref
+from tests.helpers import team_opts
 
 cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built", exc_type=ImportError)
 
@@ -89,8 +90,8 @@ def test_residual_groups_of_one_layer_do_not_race(act, dtype):
         stack = gb.Stack(depth=17, width=width, activation=act, init="normal", sigma_w=1.0, residual=1,
                          residual_scale=0.5, dtype=dtype)
         params, x = _problem(stack, batch, 11)
-        one = _run(cb.make_opts(nthreads=1, blas=False, par_min_work=0, par_min_total=0), stack, params, x)
-        runs = [one] + [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, par_min_total=0), stack, params, x)
+        one = _run(team_opts(1), stack, params, x)
+        runs = [one] + [_run(team_opts(t), stack, params, x)
                         for t in (3, 2, 3, 3, 2, 3)]
         _same(runs)
 
@@ -108,7 +109,7 @@ def test_every_activation_same_bits_for_any_thread_count(act, isa):
         stack = gb.Stack(depth=12, width=37, activation=act, init="normal", sigma_w=1.3, sigma_b=sigma_b,
                          residual=3, residual_scale=0.5)
         params, x = _problem(stack, 18, 5)
-        runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, par_min_total=0, solo_after=s), stack, params, x)
+        runs = [_run(team_opts(t, isa=isa, solo_after=s), stack, params, x)
                 for t, s in ((1, 0), (2, 0), (3, 0), (2, 5))]
         _same(runs)
 
@@ -128,7 +129,7 @@ def test_rescued_layers_same_bits_for_any_thread_count(act, sigma_w, dtype):
         stack = gb.Stack(depth=24, width=16, activation=act, init="normal", sigma_w=sw, sigma_b=0.0,
                          residual=residual, dtype=dtype)
         params, x = _problem(stack, 13, 3)
-        runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, par_min_total=0, solo_after=s), stack, params, x)
+        runs = [_run(team_opts(t, solo_after=s), stack, params, x)
                 for t, s in ((1, 0), (2, 0), (3, 0), (2, 3), (3, 8))]
         _same(runs)
         rescued += int((runs[0]["gnorm_e"] < (-1100 if dtype == "float64" else -160)).sum())
@@ -149,7 +150,7 @@ def test_batch_norm_same_bits_for_any_thread_count(act, dtype, isa):
         params, x = _problem(stack, 18, 7)
         params.gamma[...] = np.random.default_rng(8).uniform(0.5, 1.5, params.gamma.shape).astype(dtype)
         params.beta[...] = np.random.default_rng(9).normal(0.0, 0.3, params.beta.shape).astype(dtype)
-        runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, par_min_total=0, solo_after=s), stack, params, x)
+        runs = [_run(team_opts(t, isa=isa, solo_after=s), stack, params, x)
                 for t, s in ((1, 0), (2, 0), (3, 0), (2, 5), (3, 9))]
         _same(runs)
 
@@ -167,12 +168,12 @@ def test_signal_clipping_same_bits_for_any_thread_count(clip, threshold, dtype, 
         stack = gb.Stack(depth=14, width=29, activation="tanh", init="normal", sigma_w=2.5, sigma_b=0.1,
                          residual=residual, batch_norm=bn, clip=clip, clip_threshold=threshold, dtype=dtype)
         params, x = _problem(stack, 18, 4)
-        runs = [_run(cb.make_opts(nthreads=t, isa=isa, blas=False, par_min_work=0, par_min_total=0, solo_after=s), stack, params, x)
+        runs = [_run(team_opts(t, isa=isa, solo_after=s), stack, params, x)
                 for t, s in ((1, 0), (2, 0), (3, 0), (2, 7), (3, 12))]
         _same(runs)
         free = gb.Stack(depth=14, width=29, activation="tanh", init="normal", sigma_w=2.5, sigma_b=0.1,
                         residual=residual, batch_norm=bn, dtype=dtype)
-        unclipped = _run(cb.make_opts(nthreads=1, isa=isa, blas=False, par_min_work=0, par_min_total=0), free, params, x)
+        unclipped = _run(team_opts(1, isa=isa), free, params, x)
         clipped += int(not np.array_equal(runs[0]["dW"], unclipped["dW"]))
     assert clipped > 0 or threshold > 1e5
 
@@ -187,7 +188,7 @@ def test_signal_clipping_decided_on_the_whole_batch(clip, dtype):
                      clip=clip, clip_threshold=1e-3, dtype=dtype)
     params, x = _problem(stack, 18, 6)
     x[:8] *= 1e-4
-    runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, par_min_total=0), stack, params, x) for t in (1, 2, 3)]
+    runs = [_run(team_opts(t), stack, params, x) for t in (1, 2, 3)]
     _same(runs)
 
 
@@ -201,7 +202,7 @@ def test_forward_hands_over_at_its_judging_barriers(act, dtype):
     stack = gb.Stack(depth=70, width=24, activation=act, init="normal", sigma_w=1.2, sigma_b=0.3, dtype=dtype)
     params, x = _problem(stack, 16, 2)
     assert not gb.engine.can_rescale_forward(stack, params)
-    runs = [_run(cb.make_opts(nthreads=t, blas=False, par_min_work=0, par_min_total=0, solo_after=s), stack, params, x)
+    runs = [_run(team_opts(t, solo_after=s), stack, params, x)
             for t, s in ((1, 0), (2, 0), (2, 2), (3, 3), (2, 4))]
     _same(runs)
 
@@ -215,7 +216,7 @@ def test_batch_norm_and_clipping_backward_run_on_the_team(variant):
     may rightly go solo after its first barriers.)"""
     stack = gb.Stack(depth=300, width=64, activation="tanh", init="normal", sigma_w=1.3, sigma_b=0.2, **variant)
     params, x = _problem(stack, 64, 3)
-    opts = cb.make_opts(nthreads=2, blas=False, par_min_work=0, par_min_total=0)
+    opts = team_opts(2)
     o = _forward(opts, stack, params, x)
     one = cb.make_opts(nthreads=1, blas=False)
     alone = _team_cpu(_backward, one, stack, params, o)
@@ -231,7 +232,7 @@ def test_helpers_sleep_between_calls():
     CPU clocks stand still (a helper that kept spinning would add ~60 ms)."""
     stack = gb.Stack(depth=40, width=24, activation="tanh", init="normal", sigma_w=1.2, sigma_b=0.3)
     params, x = _problem(stack, 16, 5)
-    _run(cb.make_opts(nthreads=2, blas=False, par_min_work=0, par_min_total=0), stack, params, x)
+    _run(team_opts(2), stack, params, x)
     idle = _team_cpu(time.sleep, 0.06)
     assert idle < 5e-3, f"the helpers ran {idle * 1e3:.2f} ms while the process slept 60 ms"
 
@@ -364,7 +365,7 @@ def test_concurrent_team_calls_share_the_pool_or_start_their_own():
     stack = gb.Stack(depth=40, width=24, activation="tanh", init="normal", sigma_w=1.2, sigma_b=0.3)
     params, x = _problem(stack, 16, 5)
     want = _run(cb.make_opts(nthreads=1, blas=False), stack, params, x)
-    opts = [cb.make_opts(nthreads=t, blas=False, par_min_work=0, par_min_total=0) for t in (2, 3)]
+    opts = [team_opts(t) for t in (2, 3)]
     out, errors = [], []
 
     def call(o):
