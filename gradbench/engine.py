@@ -231,13 +231,11 @@ def _top(run: _Run, targets):
     L = stack.depth
     head_grads: dict[str, LogScaled] = {}
     if stack.has_head:
-        loss, G, dW_out, db_out = head_loss(stack, hL, int(fexp[L]), run.params, targets)
-        G = np.ascontiguousarray(G, dtype=stack.np_dtype)
-        loss_exact = LogScaled.from_float(loss)
-        zero_exp = np.zeros(1, dtype=np.int64)
-        head_grads["W_out"] = LogScaled(dW_out[None], fexp[L:])  # dy^T h_L, h_L = H[L] 2^fexp[L]
-        head_grads["b_out"] = LogScaled(db_out[None], zero_exp)
-        e_top = 0
+        loss, loss_exact, G, e_top, dW_out, db_out = head_loss(stack, hL, int(fexp[L]), run.params, targets)
+        G = np.ascontiguousarray(G, dtype=stack.np_dtype)  # dL/dh_L = G 2^e_top
+        # dy^T h_L, dL/dy = dy 2^e_top and h_L = H[L] 2^fexp[L]
+        head_grads["W_out"] = LogScaled(dW_out[None], fexp[L:] + e_top)
+        head_grads["b_out"] = LogScaled(db_out[None], np.full(1, e_top, dtype=np.int64))
     else:
         n, e = reference.norm_scaled(hL)  # 0.5 ||h_L||^2 with no square lost, exact at any depth
         m, e2 = np.frexp(0.5 * n * n)

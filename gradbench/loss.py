@@ -11,42 +11,122 @@ from __future__ import annotations
 import numpy as np
 
 from gradbench import abi, reference
-from gradbench.activations import sigmoid
-from gradbench.logscaled import ldexp
+from gradbench.logscaled import LogScaled, ldexp
 from gradbench.params import Params
 from gradbench.spec import Stack
 
 
-def head_loss(stack: Stack, h: np.ndarray, f: int, params: Params, t) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Loss of the head y = h_L W_out^T + b_out, h_L = h 2^f; returns (loss, dL/dh_L, dW_out
-    (mantissa at exponent f), db_out).
+# ln 2 split in two (Cody and Waite): E * LN2_HI is exact for |E| < 2^20, so exp(x - E ln 2)
+# loses nothing to the product
+_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+# dL/dy and the loss are scaled by a power of two only where exp would leave the normal range
+_EXP_LOW = -600.0
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + exp(x)), neither branch overflowing."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def _log_softplus(x: np.ndarray) -> np.ndarray:
+    """log(softplus(x)) where softplus(x) itself underflows: x below -37 (exp(x) < 1e-16: the
+    correction -exp(x)/2 is lost against x)."""
+    with np.errstate(divide="ignore"):
+        return np.where(x < -37, x, np.log(_softplus(np.maximum(x, -37))))
+
+
+def _logsumexp(a: np.ndarray, axis=None) -> np.ndarray:
+    """log(sum(exp(a))) over ``axis``, -inf for an empty or all -inf sum."""
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m
+    return out.reshape(()) if axis is None else np.squeeze(out, axis=axis)
+
+
+def _exp_scaled(logs: np.ndarray, scale: bool) -> tuple[np.ndarray, int]:
+    """exp(logs) as (mantissas, E) with exp(logs) = mantissas 2**E: E = 0 unless the largest
+    entry is below exp(-600) (and ``scale``), else the largest mantissa is O(1)."""
+    top = float(np.max(logs)) if logs.size else -np.inf
+    if not scale or not np.isfinite(top) or top >= _EXP_LOW:
+        return np.exp(logs), 0
+    E = int(np.floor(top / _LN2_HI))
+    return np.exp(logs - E * _LN2_HI - E * _LN2_LO), E
+
+
+def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True) -> tuple[float, LogScaled, np.ndarray, int]:
+    """The loss of head outputs ``y`` (float64, R x O) against targets ``t``, a mean over
+    ``count`` samples (and the O outputs for mse and bce), and dL/dy without cancellation.
+
+    Returns (loss, the loss as a LogScaled, dL/dy mantissas, E): dL/dy = mantissas 2**E.
+    bce's dL/dy = sigmoid(y) - t is taken as (1 - t) sigmoid(y) - t sigmoid(-y) and softmax_ce's
+    target entry p_t - 1 as -sum_{j != t} p_j: a confident right answer (a margin of 40) has
+    a gradient of 1e-17, not the 0 or the rounding noise of 1 - p. Where it lies below exp(-600)
+    the terms are evaluated from their logarithms and scaled by a power of two (``scale``; else
+    they underflow as in plain float64), and so is a loss below float64's smallest normal.
+    """
+    R, O = y.shape
+    if kind == "mse":
+        diff = y - t
+        loss = float(np.sum(diff * diff)) / (count * O)
+        return loss, LogScaled.from_float(loss), 2.0 * diff / (count * O), 0
+    if kind == "bce":
+        t = np.asarray(t, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            lt, l1t = np.log(t), np.log1p(-t)  # -inf where a term has no weight
+        loss_logs = np.concatenate([(l1t + _log_softplus(y)).ravel(), (lt + _log_softplus(-y)).ravel()])
+        logs = np.stack([l1t - _softplus(-y), lt - _softplus(y)])  # log (1-t) sigmoid(y), log t sigmoid(-y)
+        m, E = _exp_scaled(logs, scale)
+        dy = (m[0] - m[1]) / (count * O)
+        loss_value = float(np.sum((1 - t) * _softplus(y) + t * _softplus(-y))) / (count * O)
+        norm = count * O
+    else:
+        rows = np.arange(R)
+        s = y - y.max(axis=1, keepdims=True)
+        lse = _logsumexp(s, axis=1)
+        others = s.copy()
+        others[rows, t] = -np.inf
+        margin = _logsumexp(others, axis=1) - s[rows, t]  # log sum_{j != t} exp(y_j - y_t)
+        loss_logs = _log_softplus(margin)
+        logs = s - lse[:, None]
+        logs[rows, t] = margin + s[rows, t] - lse  # log sum_{j != t} p_j
+        m, E = _exp_scaled(logs, scale)
+        m[rows, t] = -m[rows, t]
+        dy = m / count
+        loss_value = float(np.sum(_softplus(margin))) / count
+        norm = count
+    if loss_value >= np.finfo(np.float64).tiny or not scale:
+        return loss_value, LogScaled.from_float(loss_value), dy, E
+    lam = float(_logsumexp(loss_logs)) - float(np.log(norm))  # log of the loss
+    if not np.isfinite(lam):
+        return loss_value, LogScaled.from_float(loss_value), dy, E
+    e = int(np.floor(lam / _LN2_HI)) + 1
+    return loss_value, LogScaled(np.array(np.exp(lam - e * _LN2_HI - e * _LN2_LO)), np.array(e)), dy, E
+
+
+def head_loss(stack: Stack, h: np.ndarray, f: int, params: Params, t) -> tuple[float, LogScaled, np.ndarray, int, np.ndarray, np.ndarray]:
+    """Loss of the head y = h_L W_out^T + b_out, h_L = h 2^f; returns (loss, loss as LogScaled,
+    dL/dh_L mantissas, their exponent E, dW_out (mantissa at exponent f + E), db_out (at E)).
 
     mse: mean over the B x O elements of (y - t)^2; bce: mean over the B x O elements of
     softplus(y) - t y (from logits, stable); softmax_ce: mean over the batch of
-    logsumexp(y) - y[t]. Computed in float64, dL/dy rounded to the stack's dtype.
+    logsumexp(y) - y[t]. Computed in float64 (:func:`head_gradient`: no cancellation, a power
+    of two where dL/dy leaves float64's range); dL/dy is scaled to a largest entry in [0.5, 1)
+    (a power of two) and its mantissas rounded to the stack's dtype: a float32 stack's top
+    gradient of 1e-48 is not flushed to 0.
     """
     if f == 0:
         y64 = (h @ params.W_out.T + params.b_out).astype(np.float64)
     else:  # a forward-rescaled stack: h_L W_out^T at its exponent, then the bias
         with np.errstate(under="ignore", over="ignore"):
             y64 = ldexp((h @ params.W_out.T).astype(np.float64), f) + params.b_out
-    B, O = y64.shape
-    if stack.loss == "mse":
-        diff = y64 - t
-        loss = float(np.mean(diff * diff))
-        dy = 2.0 * diff / (B * O)
-    elif stack.loss == "bce":
-        loss = float(np.mean(np.maximum(y64, 0) - y64 * t + np.log1p(np.exp(-np.abs(y64)))))
-        dy = (sigmoid(y64) - t) / (B * O)
-    else:
-        shifted = y64 - y64.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(shifted).sum(axis=1))
-        loss = float(np.mean(lse - shifted[np.arange(B), t]))
-        p = np.exp(shifted - lse[:, None])
-        p[np.arange(B), t] -= 1.0
-        dy = p / B
+    loss, loss_exact, dy, E = head_gradient(stack.loss, y64, t, len(y64))
+    top = float(np.max(np.abs(dy))) if dy.size else 0.0
+    if np.isfinite(top) and top > 0:  # max|dy| into [0.5, 1) before the rounding to float32
+        shift = int(np.frexp(top)[1])
+        dy, E = np.ldexp(dy, -shift), E + shift
     dy = dy.astype(h.dtype)
-    return loss, dy @ params.W_out, dy.T @ h, dy.sum(axis=0)
+    return loss, loss_exact, dy @ params.W_out, E, dy.T @ h, dy.sum(axis=0)
 
 
 def top_signal(stack: Stack, G: np.ndarray, e: int) -> tuple[int, float]:

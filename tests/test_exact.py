@@ -289,6 +289,72 @@ def test_saturated_stack_has_no_zero_layers(backend):
     assert gW[0] < -800
 
 
+# ------------------------------------------------------------------ the heads: confident right answers
+def _head_case(loss, dtype, rows):
+    """A one-layer identity stack of width 2 (W = I, b = 0) whose head outputs are ``rows``
+    (y = x W_out^T with W_out = [[1, 0], [0, 1]] or [[1, 1]]): the logits are set exactly."""
+    O = 1 if loss == "bce" else 2
+    stack = gb.Stack(depth=1, width=2, activation="identity", loss=loss, output_dim=O, dtype=dtype)
+    q = gb.init_params(stack, 0)
+    dt = stack.np_dtype
+    W_out = np.array([[0.5, 0.5]] if O == 1 else [[1.0, 0.0], [0.0, 1.0]], dt)
+    params = gb.Params(W=np.eye(2, dtype=dt)[None], b=np.zeros((1, 2), dt), gamma=q.gamma, beta=q.beta,
+                       slope=q.slope, W_out=W_out, b_out=np.zeros(O, dt))
+    x = np.array([[y, y] for y in rows] if O == 1 else rows, dt)
+    return stack, params, x, [[mp.mpf(float(v)) for v in np.atleast_1d(r @ W_out.T.astype(np.float64))] for r in x]
+
+
+def _head_oracle(loss, logits, targets):
+    """log10 of the loss and dL/dy, with mpmath (at 1,000 digits, the caller's: 1 - p at a
+    margin of 900 needs 400)."""
+    B, O = len(logits), len(logits[0])
+    dys = []
+    total = mp.mpf(0)
+    for y, t in zip(logits, targets):
+        if loss == "bce":
+            total += sum(mp.log1p(mp.exp(yi)) - ti * yi for yi, ti in zip(y, t))
+            dys.append([(1 / (1 + mp.exp(-yi)) - ti) / (B * O) for yi, ti in zip(y, t)])
+        else:
+            lse = mp.log(sum(mp.exp(v) for v in y))
+            total += lse - y[t]
+            dys.append([(mp.exp(v - lse) - (1 if j == t else 0)) / B for j, v in enumerate(y)])
+    return mp.log10(total / (B * O if loss == "bce" else B)), dys
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss, dtype, rows, targets", [
+    ("bce", "float64", [40.0, -30.0], [[1.0], [0.0]]),       # sigmoid(y) - t cancels in 1 - p
+    ("bce", "float64", [800.0, 790.0], [[1.0], [1.0]]),      # dL/dy = -e^-800: below float64
+    ("bce", "float32", [-110.0, -100.0], [[0.0], [0.0]]),    # dL/dy = 1e-48: below float32
+    ("softmax_ce", "float64", [[40.0, 0.0], [0.0, 35.0]], [0, 1]),
+    ("softmax_ce", "float64", [[900.0, 0.0], [0.0, 850.0]], [0, 1]),
+])
+def test_head_gradients_of_confident_right_answers_equal_mpmath(loss, dtype, rows, targets, backend):
+    """bce's dL/dy = sigmoid(y) - t and softmax_ce's p_t - 1 once cancelled to 0 (or to rounding
+    noise) for a confident right answer, and dL/dy was rounded to float32 before any exponent:
+    ||dL/dW_0|| read 0 (verdict "no gradient") where it is 1e-16, 1e-347 or 1e-46."""
+    stack, params, x, logits = _head_case(loss, dtype, rows)
+    t = np.array(targets, stack.np_dtype if loss == "bce" else np.int64)
+    with mp.workdps(1000):
+        lo, dys = _head_oracle(loss, logits, targets)
+        W_out = [[mp.mpf(float(v)) for v in r] for r in params.W_out.astype(np.float64)]
+        dz = [[sum(dy[o] * W_out[o][j] for o in range(len(dy))) for j in range(2)] for dy in dys]
+        xm = [[mp.mpf(float(v)) for v in r] for r in x.astype(np.float64)]
+        gW0 = mp.sqrt(sum(sum(dz[b][i] * xm[b][j] for b in range(len(x))) ** 2 for i in range(2) for j in range(2)))
+    res = gb.backprop(stack, params, x, t, backend=backend)
+    tol = 1e-12 if dtype == "float64" else 2e-6
+    got = float(res.grad_norm.log10()[0])
+    assert abs(got - float(mp.log10(gW0))) <= tol, f"[{backend}] log10 ||dW_0|| = {got}, mpmath {mp.log10(gW0)}"
+    assert abs(float(res.loss_exact.log10()) - float(lo)) <= tol, f"loss 10^{float(res.loss_exact.log10())}, mpmath 10^{lo}"
+    gb_out = res.grads.W_out
+    got_out = float(np.log10(np.sqrt(np.sum(np.square(gb_out.mantissa, dtype=np.float64))))) + float(np.ravel(gb_out.exponent)[0]) * math.log10(2)
+    with mp.workdps(1000):
+        want_out = mp.log10(mp.sqrt(sum(sum(dys[b][o] * xm[b][j] for b in range(len(x))) ** 2
+                                        for o in range(len(dys[0])) for j in range(2))))
+    assert abs(got_out - float(want_out)) <= tol, f"log10 ||dL/dW_out|| = {got_out}, mpmath {want_out}"
+    assert gb.diagnose(res).verdict != "no gradient"
+
+
 # ------------------------------------------------------------------ where it stops (the README's list)
 def test_limit_head_output_beyond_float64_is_non_finite():
     stack = gb.Stack(depth=4, width=4, activation="relu", init="normal", sigma_w=1e100, loss="mse")

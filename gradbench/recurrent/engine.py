@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench import abi
-from gradbench.activations import sigmoid
 from gradbench.buffers import WORKSPACE, held
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
 from gradbench.inputs import check_array, check_param_arrays, check_targets
 from gradbench.logscaled import LogScaled, ldexp
+from gradbench.loss import head_gradient
 from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, available_memory
 from gradbench.recurrent import abi as rabi
 from gradbench.recurrent.backends import get_backend, resolve
@@ -174,24 +174,11 @@ def head_loss(rnn: Recurrent, h: np.ndarray, W_out, b_out, t, count: int):
     The loss is a mean over ``count`` samples (the batch for the last step, steps x batch for
     every step) and, for mse and bce, over the O outputs: mse (y - t)^2, bce softplus(y) - t y
     (from logits, stable), softmax_ce logsumexp(y) - y[t]. Computed in float64; dL/dy is rounded
-    to the net's dtype (as the stacks' head).
+    to the net's dtype. dL/dy without cancellation (:func:`gradbench.loss.head_gradient`), not
+    scaled: it joins the signal of its step in plain float64.
     """
     y = (h @ W_out.T + b_out).astype(np.float64)
-    O = y.shape[1]
-    if rnn.loss == "mse":
-        diff = y - t
-        loss, dy = float(np.sum(diff * diff)) / (count * O), 2.0 * diff / (count * O)
-    elif rnn.loss == "bce":
-        loss = float(np.sum(np.maximum(y, 0) - y * t + np.log1p(np.exp(-np.abs(y))))) / (count * O)
-        dy = (sigmoid(y) - t) / (count * O)
-    else:
-        rows = np.arange(len(y))
-        shifted = y - y.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(shifted).sum(axis=1))
-        loss = float(np.sum(lse - shifted[rows, t])) / count
-        p = np.exp(shifted - lse[:, None])
-        p[rows, t] -= 1.0
-        dy = p / count
+    loss, _, dy, _ = head_gradient(rnn.loss, y, t, count, scale=False)
     dy = dy.astype(h.dtype)
     return loss, dy @ W_out, (dy.T @ h).astype(np.float64), dy.sum(axis=0, dtype=np.float64)
 
