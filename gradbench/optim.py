@@ -6,18 +6,34 @@ shapes. Weight decay is L2: ``dL/dw + weight_decay * w`` (coupled, as in SGD's c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 
-def _check(lr, momentum=0.0, weight_decay=0.0):
-    if not lr > 0:
+def _real(name: str, value) -> float:
+    """``value`` as a float after checking that it is a finite real number (TypeError /
+    ValueError naming ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def _check(lr, momentum=0.0, weight_decay=0.0, beta1=0.9, beta2=0.999, eps=1e-8):
+    if not _real("lr", lr) > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    if not 0 <= momentum < 1:
+    if not 0 <= _real("momentum", momentum) < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    if not weight_decay >= 0:
+    if not _real("weight_decay", weight_decay) >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    for name, beta in (("beta1", beta1), ("beta2", beta2)):
+        if not 0 <= _real(name, beta) < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {beta}")
+    if not _real("eps", eps) > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
 
 
 @dataclass
@@ -59,7 +75,7 @@ class Adam:
     _t: int = 0
 
     def __post_init__(self):
-        _check(self.lr, 0.0, self.weight_decay)
+        _check(self.lr, 0.0, self.weight_decay, self.beta1, self.beta2, self.eps)
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         self._t += 1

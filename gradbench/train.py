@@ -27,6 +27,7 @@ import numpy as np
 
 from gradbench import datasets
 from gradbench.engine import backprop
+from gradbench.inputs import check_array
 from gradbench.optim import SGD, Adam
 from gradbench.params import Params, check_seed, init_params
 from gradbench.spec import Stack, check_choice
@@ -282,14 +283,13 @@ def _check_data(stack: Stack, X, y, epochs, batch_size) -> np.ndarray:
     """Everything train() is given, checked before any work; returns X as a C-contiguous array."""
     if not stack.has_head:
         raise ValueError("training needs a head: give the Stack loss='bce', 'mse' or 'softmax_ce'")
-    X = np.ascontiguousarray(X, dtype=stack.np_dtype)
+    X = check_array("X", X, None, stack.np_dtype)
     if X.ndim != 2 or X.shape[1] != stack.d_in:
         raise ValueError(
             f"X has shape {X.shape} but the stack expects {stack.d_in} features: "
             f"use Stack(..., input_dim={X.shape[1] if X.ndim == 2 else '?'})"
         )
-    if len(y) != len(X):
-        raise ValueError(f"X has {len(X)} rows but y has {len(y)} labels")
+    _check_labels(stack, y, len(X))
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -299,6 +299,29 @@ def _check_data(stack: Stack, X, y, epochs, batch_size) -> np.ndarray:
             f"batch_norm=True needs mini-batches of at least 2 samples; batch_size={batch_size} with {len(X)} samples "
             "leaves a batch of 1 (its batch statistics are degenerate): choose another batch_size")
     return X
+
+
+def _check_labels(stack: Stack, y, n: int) -> None:
+    """``y``: one label per row of X; integer classes in [0, output_dim) for softmax_ce and
+    one-hot mse, numbers in [0, 1] for bce, finite numbers for mse with one output (nothing
+    truncated or cast behind the caller's back)."""
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"y must be a numpy.ndarray, got {type(y).__name__}")
+    if y.shape != (n,):
+        raise ValueError(f"y must hold one label per row of X, shape ({n},), got {y.shape}")
+    if stack.loss == "softmax_ce" or (stack.loss == "mse" and stack.output_dim > 1):
+        what = f"loss={stack.loss!r}" + (f" with output_dim={stack.output_dim} (one-hot)" if stack.loss == "mse" else "")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"y must hold integer class labels for {what}, got dtype {y.dtype}")
+        if n and (y.min() < 0 or y.max() >= stack.output_dim):
+            raise ValueError(f"y must lie in [0, {stack.output_dim}) (output_dim) for {what}, got [{y.min()}, {y.max()}]")
+        return
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise TypeError(f"y must hold numbers for loss={stack.loss!r}, got dtype {y.dtype}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y contains NaN or Inf")
+    if stack.loss == "bce" and n and (y.min() < 0 or y.max() > 1):
+        raise ValueError(f"y must lie in [0, 1] for loss='bce', got [{y.min()}, {y.max()}]")
 
 
 def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, backend: str) -> tuple[float, str]:
@@ -444,7 +467,9 @@ def run_demo(name: str, *, backend: str = "auto", progress: bool = False, **over
     residual           final loss 0.009-0.31                   accuracy 0.86-1.00
     xavier-tanh        final loss 0.0008-0.0011                accuracy 1.00
     exploding          loss NaN in epoch 1 (initial loss 307)
-    exploding-clipped  307 -> 0.100-0.122 (seeds 0-4), finite  accuracy 0.935-0.955
+    exploding-clipped  307 -> 0.094-0.41 (seeds 0-4; chaotic: accuracy 0.78-0.96
+                       last bits of a gradient move it),
+                       finite
     adam               final loss 0.345-0.355 (PyTorch's Adam:  first layer moves ~1 % per epoch
                        the same to 1e-10)
     layerwise-         pretrained (gradbench.pretrain), then   log10 ||dW_0|| -1.5..-1.8 at the

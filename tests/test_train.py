@@ -179,7 +179,7 @@ def test_training_input_errors():
         gb.train(gb.Stack(depth=2, width=4, input_dim=2), X, y)
     with pytest.raises(ValueError, match="input_dim=2"):
         gb.train(gb.Stack(depth=2, width=4, loss="bce"), X, y)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="one label per row of X"):
         gb.train(moons_stack(), X, y[:-1])
     with pytest.raises(ValueError, match="epochs"):
         gb.train(moons_stack(), X, y, epochs=0)
@@ -187,6 +187,48 @@ def test_training_input_errors():
         gb.train(moons_stack(), X, y, optimizer="adagrad")
     with pytest.raises(ValueError, match="lr"):
         make_optimizer("sgd", lr=-1)
+
+
+@pytest.mark.parametrize("kw, err, match", [
+    (dict(lr=float("inf")), ValueError, "lr must be finite"),
+    (dict(lr="0.1"), TypeError, "lr must be a real number"),
+    (dict(lr=True), TypeError, "lr must be a real number"),
+    (dict(optimizer="momentum", momentum=float("nan")), ValueError, "momentum must be finite"),
+    (dict(weight_decay=float("inf")), ValueError, "weight_decay must be finite"),
+])
+def test_optimiser_settings_are_checked(kw, err, match):
+    """lr = inf was accepted (the run diverged in its first epoch) and lr = '0.1' raised
+    Python's own comparison error."""
+    X, y = datasets.moons(20, seed=0)
+    with pytest.raises(err, match=match):
+        gb.train(moons_stack(), X, y, epochs=1, **kw)
+
+
+def test_labels_and_features_are_not_coerced():
+    """Float labels were truncated (softmax labels 0.7 / 1.7 trained as 0 / 1; an mse label 1.9
+    became class 1) and float32 or int features were cast, where gb.backprop refuses them."""
+    X, y = datasets.moons(20, seed=0)
+    soft = gb.Stack(depth=2, width=4, input_dim=2, loss="softmax_ce", output_dim=2)
+    onehot = gb.Stack(depth=2, width=4, input_dim=2, loss="mse", output_dim=3)
+    with pytest.raises(TypeError, match="integer class labels for loss='softmax_ce'"):
+        gb.train(soft, X, y + 0.7, epochs=1)
+    with pytest.raises(TypeError, match="integer class labels for loss='mse' with output_dim=3"):
+        gb.train(onehot, X, np.full(20, 1.9), epochs=1)
+    with pytest.raises(ValueError, match=r"y must lie in \[0, 3\)"):
+        gb.train(onehot, X, np.full(20, 3), epochs=1)
+    with pytest.raises(ValueError, match=r"y must lie in \[0, 1\] for loss='bce'"):
+        gb.train(moons_stack(), X, 2 * y, epochs=1)
+    with pytest.raises(ValueError, match="shape \\(20,\\)"):
+        gb.train(moons_stack(), X, y[:, None], epochs=1)
+    with pytest.raises(TypeError, match="X has dtype float32, the stack's dtype is float64"):
+        gb.train(soft, X.astype(np.float32), y, epochs=1)
+    with pytest.raises(TypeError, match="X has dtype int64"):
+        gb.train(soft, (10 * X).astype(np.int64), y, epochs=1)
+    with pytest.raises(ValueError, match="X contains NaN"):
+        gb.train(soft, np.where(X > 1, np.nan, X), y, epochs=1)
+    # what is right passes: soft bce labels in [0, 1], real mse targets with one output
+    gb.train(moons_stack(), X, 0.5 * y + 0.25, epochs=1)
+    gb.train(gb.Stack(depth=2, width=4, input_dim=2, loss="mse"), X, 0.3 * y - 0.1, epochs=1)
 
 
 def test_targets_for_each_head():

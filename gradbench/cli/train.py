@@ -151,7 +151,7 @@ def custom_stack(args):
     if not stack.has_head:
         raise UsageError("training needs a head: --loss bce, mse or softmax_ce")
     refuse_unused_stack_options(args, [stack])
-    return stack, X, y
+    return stack, X.astype(stack.np_dtype, copy=False), y  # --dtype float32 trains on float32 points
 
 
 CUSTOM_TRAINING = dict(epochs=100, lr=0.1, batch_size=20, seed=0, optimizer="sgd")
