@@ -18,12 +18,16 @@ from gradbench.recurrent import engine as _rengine
 from gradbench.recurrent import params as _rparams
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.recurrent.spec import Recurrent
+from gradbench.results import Result
+from gradbench.spec import Stack
 
 
 @functools.wraps(_params.init_params)
 def init_params(spec, seed=0):
     if isinstance(spec, Recurrent):
         return _rparams.init_params(spec, seed)
+    if not isinstance(spec, Stack):
+        raise TypeError(f"init_params takes a gradbench.Stack or gradbench.Recurrent, got {type(spec).__name__}")
     return _params.init_params(spec, seed)
 
 
@@ -40,6 +44,9 @@ def diagnose(res, *args, **options):
         from gradbench.recurrent import diagnose as _rdiagnose
 
         return _rdiagnose.diagnose(res, *args, **options)
+    if not isinstance(res, Result):
+        raise TypeError("diagnose takes the result of gradbench.backprop (a gradbench.Result or "
+                        f"RecurrentResult), got {type(res).__name__}")
     return _diagnose.diagnose(res, *args, **options)
 
 

@@ -138,6 +138,14 @@ class PlanRefused(MemoryError):
         self.need, self.limit, self.budget = need, limit, budget
 
 
+def size_text(nbytes: float) -> str:
+    """``nbytes`` in the unit that shows it: "12.5 KiB", "3.20 MiB", "1.50 GiB"."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes:.0f} bytes"
+
+
 def memory_limits(memory_budget: int | None = None, available: int | None = None) -> tuple[float, float, str]:
     """The "auto" checkpointing budget, the refusal limit (bytes) and where they come from."""
     if memory_budget is not None:
@@ -209,15 +217,15 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
                     continue
                 if est(c2, so, gen) <= limit:
                     opt = f"checkpoint={c2}" + (f", {label}" if label else "")
-                    options.append(f"{opt} (about {est(c2, so, gen) / 2**30:.2f} GiB)")
+                    options.append(f"{opt} (about {size_text(est(c2, so, gen))})")
                     break
             if options:
                 break
         hint = ("; it fits with " + options[0]) if options else "; reduce depth, width or batch"
         raise PlanRefused(
             f"this run (depth {L}, width {stack.width}, batch {batch}, checkpoint={ck}, stats_only={stats_only}, "
-            f"{'generated' if generated else 'stored'} weights) needs about {need / 2**30:.2f} GiB but the "
-            f"budget is {limit / 2**30:.2f} GiB ({budget}){hint}",
+            f"{'generated' if generated else 'stored'} weights) needs about {size_text(need)} but the "
+            f"budget is {size_text(limit)} ({budget}){hint}",
             need=need, limit=limit, budget=budget,
         )
     segment = ck if ck is not None else (k_auto if stats_only or generated else L)

@@ -50,6 +50,8 @@ DTYPES = ("float64", "float32")
 def _closest(name: str, valid) -> str:
     """The hint for a wrong name: the valid name it matches ignoring case, else the closest one."""
     names = [v for v in valid if isinstance(v, str)]
+    if not isinstance(name, str):  # None, a number: no spelling to correct
+        return ""
     lower = {v.lower(): v for v in names}
     key = str(name).lower()
     match = [lower[key]] if key in lower else difflib.get_close_matches(key, list(lower), n=1, cutoff=0.0)
@@ -208,7 +210,7 @@ class Stack(_Net):
         _check_real("residual_scale", self.residual_scale)
         if self.clip is not None:
             check_choice("clip", self.clip, CLIP_MODES + (None,))
-            _check_real("clip_threshold", self.clip_threshold, positive=True)
+        _check_real("clip_threshold", self.clip_threshold, positive=True)  # also unused: .replace(clip=...)
         check_choice("clip_on", self.clip_on, CLIP_TARGETS)
         check_choice("loss", self.loss, LOSSES)
         if self.input_dim is not None:

@@ -70,6 +70,7 @@ def test_unknown_activation_lists_names_and_closest():
     (dict(loss="hinge"), ValueError, "loss="),
     (dict(clip="both"), ValueError, "clip="),
     (dict(clip="norm", clip_threshold=0.0), ValueError, "clip_threshold must be > 0"),
+    (dict(clip_threshold=-5.0), ValueError, "clip_threshold must be > 0"),  # unused, but kept for .replace(clip=)
     (dict(clip="norm", clip_on="weights"), ValueError, "clip_on="),
     (dict(residual=3, depth=4), ValueError, "residual=3 must divide depth=4"),
     (dict(sigma_w=-1.0), ValueError, "sigma_w must be > 0"),
@@ -80,6 +81,26 @@ def test_unknown_activation_lists_names_and_closest():
 def test_bad_stack_fields(kw, exc, words):
     with pytest.raises(exc, match=words.replace("(", r"\(").replace(")", r"\)")):
         gb.Stack(**(dict(depth=4, width=4) | kw))
+
+
+def test_no_spelling_hint_for_a_value_that_is_not_a_name():
+    with pytest.raises(ValueError) as e:
+        gb.Stack(depth=3, width=4, activation=None)
+    assert "activation=None is not one of" in str(e.value) and "did you mean" not in str(e.value)
+
+
+def test_entry_points_name_the_type_they_take():
+    with pytest.raises(TypeError, match="init_params takes a gradbench.Stack or gradbench.Recurrent, got str"):
+        gb.init_params("stack", 0)
+    with pytest.raises(TypeError, match="diagnose takes the result of gradbench.backprop .* got NoneType"):
+        gb.diagnose(None)
+
+
+def test_a_memory_refusal_states_sizes_in_a_unit_that_shows_them():
+    """'needs about 0.00 GiB but the budget is 0.00 GiB' said nothing."""
+    stack, params, x = _ok()
+    with pytest.raises(MemoryError, match=r"needs about [0-9.]+ KiB but the budget is 1 bytes \(memory_budget\)"):
+        gb.backprop(stack, params, x, memory_budget=1, backend="numpy")
 
 
 def _ok():

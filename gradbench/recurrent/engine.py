@@ -25,7 +25,7 @@ from gradbench.clipping import _clip_value, _scale_rows, row_norms
 from gradbench.inputs import check_array, check_param_arrays, check_targets
 from gradbench.logscaled import LogScaled, ldexp
 from gradbench.loss import head_gradient
-from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, available_memory
+from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, available_memory, size_text
 from gradbench.recurrent import abi as rabi
 from gradbench.recurrent.backends import get_backend, resolve
 from gradbench.recurrent.params import GeneratedSequence, RecurrentParams, expected_shapes
@@ -154,11 +154,11 @@ def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False,
         ck = None if checkpoint is None else min(int(checkpoint), rnn.steps)
     need = est(ck)
     if need > limit:
-        hint = f"; it fits with checkpoint={k_auto} (about {est(k_auto) / 2**30:.2f} GiB)" if (
+        hint = f"; it fits with checkpoint={k_auto} (about {size_text(est(k_auto))})" if (
             ck != k_auto and est(k_auto) <= limit) else "; reduce steps, hidden or batch"
         raise MemoryError(
             f"this run ({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, batch {batch}, checkpoint={ck}) needs "
-            f"about {need / 2**30:.2f} GiB but the budget is {limit / 2**30:.2f} GiB "
+            f"about {size_text(need)} but the budget is {size_text(limit)} "
             f"({'memory_budget' if memory_budget is not None else f'{LIMIT_FRACTION:.0%} of the available RAM'}){hint}")
     if ck is None:
         return Plan(rnn.steps, False, need)
