@@ -607,6 +607,7 @@ def test_compare_header_lists_the_options_every_configuration_gets(capsys):
     (["run", "--depth", "4", "--width", "4", "--clip-on", "layer"], "--clip-on sets how --clip clips"),
     (["run", "--depth", "4", "--width", "4", "--residual-scale", "0.5"], "--residual-scale scales the residual branch, and there is no --residual"),
     (["train", "--depth", "4", "--width", "4", "--clip-threshold", "3"], "--clip-threshold sets how --clip clips"),
+    (["run", "--depth", "4", "--width", "4", "--output-dim", "3"], "--output-dim sizes the head, and the loss is sum_squares"),
 ])
 def test_clip_and_residual_details_without_clipping_or_residual_are_refused(argv, needle, capsys, tmp_path,
                                                                            monkeypatch, no_compute):

@@ -216,9 +216,9 @@ def stack_from_args(args, **overrides) -> Stack:
 
 
 def refuse_unused_stack_options(args, stacks: list[Stack], several: bool = False) -> None:
-    """--clip-threshold / --clip-on without clipping and --residual-scale without a residual branch
-    would change nothing: refused when no stack in ``stacks`` uses them (``several``: the
-    configurations of compare)."""
+    """--clip-threshold / --clip-on without clipping, --residual-scale without a residual branch
+    and --output-dim without a head would change nothing: refused when no stack in ``stacks``
+    uses them (``several``: the configurations of compare or sweep)."""
     if not any(s.clip for s in stacks):
         for dest in given(args, "clip_threshold", "clip_on"):
             raise UsageError(f"{option(dest)} sets how --clip clips, and "
@@ -227,6 +227,10 @@ def refuse_unused_stack_options(args, stacks: list[Stack], several: bool = False
     if given(args, "residual_scale") and not any(s.residual for s in stacks):
         raise UsageError("--residual-scale scales the residual branch, and "
                          + ("no configuration has one" if several else "there is no --residual") + " (give --residual K)")
+    if given(args, "output_dim") and not any(s.has_head for s in stacks):
+        raise UsageError("--output-dim sizes the head, and "
+                         + ("no configuration has one" if several else "the loss is sum_squares, which has none")
+                         + " (give --loss mse, bce or softmax_ce)")
 
 
 def stack_label(stack: Stack) -> str:

@@ -19,6 +19,7 @@ import typing
 import numpy as np
 
 from gradbench import _atomic
+from gradbench.cli.common import refuse_unused_stack_options
 from gradbench.cli.process import UsageError  # main prints its one line and exits with status 2
 from gradbench.spec import Stack
 
@@ -160,6 +161,7 @@ def cmd_sweep(args) -> int:
         check_options(args.scheduler, args.workers, args.runs_per_task, True, args.out)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
+    refuse_unused_stack_options(args, [gb.Stack(**run.config) for run in p.runs()[::len(p.seeds)]], several=True)
     t0 = time.perf_counter()
     try:
         table = gb.sweep(grid, seeds=range(args.seeds), out=args.out, client=args.scheduler, workers=args.workers,

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from gradbench.backends import REGISTRY
+from gradbench.inputs import BN_ONE_SAMPLE
 from gradbench.spec import Stack, check_choice
 
 #: Stack fields and run options that can be swept or fixed.
@@ -145,6 +146,8 @@ def plan(grid: Mapping, fixed: Mapping, seeds, backend: str = "auto") -> Plan:
             if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
                 raise ValueError(f"batch must be an int >= 1, got {batch!r}")
             stack = Stack(**settings)
+            if stack.batch_norm and batch < 2:  # what backprop refuses
+                raise ValueError(f"batch_norm=True needs a batch of at least 2, got batch={batch}: {BN_ONE_SAMPLE}")
             if stack.clip == "norm" and stack.clip_on == "global":  # what backprop(stats_only=True) refuses
                 raise ValueError("clip='norm' with clip_on='global' needs every gradient; sweeps keep "
                                  "statistics only: use clip_on='layer'")
