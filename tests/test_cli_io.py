@@ -101,6 +101,9 @@ def test_run_torch_model_diagnoses_the_saved_weights(tmp_path, capsys):
     (["run", "--torch", "missing.pt"], "--torch 'missing.pt': no such file"),
     (["run", "--torch", "model.pt", "--depth", "3"], "--torch takes the stack from the model: drop --depth"),
     (["run", "--torch", "model.pt", "--stats-only"], "drop it"),
+    # typed at its default value: it was dropped in silence (a tanh stack named for a sigmoid model)
+    (["run", "--torch", "model.pt", "--activation", "tanh"], "--torch takes the stack from the model: drop --activation"),
+    (["run", "--torch", "."], "--torch '.' is a directory"),
     (["run", "--depth", "4", "--width", "4", "--tensorboard", "afile"], "exists and is not a directory"),
     (["train", "--demo", "adam", "--tensorboard", "afile"], "exists and is not a directory"),
     (["run", "--depth", "4", "--width", "4", "--tensorboard", "no/tb"],

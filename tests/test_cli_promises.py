@@ -444,7 +444,7 @@ def test_help_shows_every_default_and_required_options_first():
     (["theory", "--sigma-b", "-0.5"], "--sigma-b: must be a finite number >= 0"),
     (["theory", "--width", "0", "--depth", "3"], "--width: must be an integer >= 1"),
     (["theory", "--width", "4"], "--width without --depth"),
-    (["theory", "--seed", "3"], "need a simulation"),
+    (["theory", "--seed", "3"], "--seed needs a simulation"),
     (["theory", "--activation", "RELU"], "did you mean 'relu'"),
     (["run", "--depth", "3", "--width", "3", "--activation", "RELU"], "did you mean 'relu'"),
     (["run", "--depth", "3", "--width", "3", "--dpi", "100"], "--dpi sets the resolution of plots"),

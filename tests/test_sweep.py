@@ -562,3 +562,30 @@ def test_ctrl_c_in_a_terminal_keeps_finished_rows_and_prints_no_dask_tracebacks(
     assert "Traceback" not in err and "WARNING" not in err and "ERROR" not in err, err
     assert f"the finished runs are saved in {out}" in err
     assert list(out.glob("rows-*.parquet"))
+
+
+def test_the_readmes_sweep_commands_pass_the_checks(monkeypatch, tmp_path):
+    """The README's first sweep example failed its own check (--plot's default y axis sigma_b
+    was not a field of the sweep): every `gradbench sweep` line of the README gets as far as
+    gb.sweep."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from gradbench import cli
+
+    class Reached(BaseException):  # past main's handler of internal errors
+        pass
+
+    def reached(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(gb, "sweep", reached)
+    monkeypatch.chdir(tmp_path)
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text().replace("\\\n", " ")
+    lines = [ln for ln in re.findall(r"^gradbench (sweep .*?)(?:\s+#.*)?$", text, flags=re.M)
+             if "..." not in ln]  # "sweep ... --scheduler tcp://HOST:8786" shows one option
+    assert len(lines) >= 2, lines
+    for line in lines:
+        with pytest.raises(Reached):
+            cli.main(shlex.split(line))

@@ -69,13 +69,15 @@ def check_run_args(args) -> None:
         if args.depth is None or args.width is None:
             raise UsageError("give --depth and --width (or --torch MODEL.pt)")
         return
-    given = [name for name, default in args.stack_defaults.items()
-             if name not in ("loss", "dtype") and getattr(args, name) != default]
+    given = [name for name, default in args.stack_defaults.items()  # typed, even at its default value
+             if name not in ("loss", "dtype") and (name in getattr(args, "typed", ()) or getattr(args, name) != default)]
     if given:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
         raise UsageError(f"--torch takes the stack from the model: drop {flags}")
     if args.stats_only:
         raise UsageError("--stats-only generates the weights; with --torch the model's weights are used: drop it")
+    if os.path.isdir(args.torch):
+        raise UsageError(f"--torch {args.torch!r} is a directory: give the file torch.save(model, PATH) wrote")
     if not os.path.isfile(args.torch):
         raise UsageError(f"--torch {args.torch!r}: no such file")
 

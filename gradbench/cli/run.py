@@ -18,7 +18,7 @@ examples:
   gradbench run --depth 30 --width 32 --activation relu --init he_normal --plot flow.png --hist hist.png
   gradbench run --depth 20 --width 16 --activation tanh --sigma-w 3 --clip norm --clip-on signal
   gradbench run --depth 1000000 --width 64 --batch 64 --activation tanh --init he_normal --stats-only --out deep.npz
-  gradbench run --torch model.pt --loss bce --tensorboard runs/model   a saved nn.Sequential (needs torch)
+  gradbench run --torch model.pt --loss bce --tensorboard runs/model --mkdir   a saved nn.Sequential (needs torch)
 
 The weights come from the seed through gradbench.GeneratedParams, with or without --stats-only:
 one seed, one network (with --torch: the model's). File formats: docs/formats.md.

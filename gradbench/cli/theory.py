@@ -63,7 +63,7 @@ def check_args(args):
     if args.depth is None:
         unused = given(args, *SIMULATION_OPTIONS)
         if unused:
-            raise UsageError(f"{', '.join(map(option, unused))} need a simulation: give --depth and --width")
+            raise UsageError(f"{', '.join(map(option, unused))} need{'s' if len(unused) == 1 else ''} a simulation: give --depth and --width")
         if args.width is not None and args.activation != "identity":
             raise UsageError("--width without --depth is used only by --activation identity (Newman's exponent)")
     stack = stack_from_args(_stack_options(args), depth=args.depth or 1, width=args.width or 1, init="normal")
