@@ -240,7 +240,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         raise ValueError("the result has neither gradients nor gradient histograms to diagnose (a stats_only "
                          "run with hist_bins=0: gradbench.diagnose.assess gives its rates and verdict)")
     floored = floored_layers(stack.activation, g, res.saturation)
-    limits = float_limits(g, rate, act_std_log10, floored)
+    limits = float_limits(g, rate, act_std_log10, floored, _extrapolates(a, act_std_log10, threshold))
     explanation = explain(a.verdict, stack, g, rate, a.signal_decades_per_layer, threshold, res, a.elasticity_log10,
                           a.rule, a.loss_log10, tiny)
     return Diagnosis(
@@ -273,6 +273,20 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         threshold=float(threshold),
         weight_log10=a.weight_log10,
     )
+
+
+def _extrapolates(a: "Assessment", act_std_log10: np.ndarray, threshold: float) -> bool:
+    """Whether ||dW_l||'s rate within the stack says where more layers would take it (the float
+    range's "at this rate ... after ~N layers"). Not when the forward activations change by
+    ``threshold`` decades or more over the stack: then every ||dW_l|| also scales with the
+    depth through h_L (a zero-bias ReLU stack at sigma_w = 3 has a flat ||dW_l|| within it,
+    whose level grows 0.62 decades per layer of depth), and not against the verdict (an
+    exploding stack whose ||dW_l|| rate is slightly negative)."""
+    fwd = decades_per_layer(act_std_log10)[0] * (len(act_std_log10) - 1)
+    if math.isfinite(fwd) and abs(fwd) >= threshold:
+        return False
+    rate = a.decades_per_layer
+    return not ((a.verdict == "vanishing" and rate > 0) or (a.verdict == "exploding" and rate < 0))
 
 
 @dataclass(frozen=True, eq=False)

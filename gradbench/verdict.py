@@ -92,7 +92,7 @@ def decades_per_layer(y: np.ndarray) -> tuple[float, float]:
 
 
 def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | None = None,
-                 floored: np.ndarray | None = None) -> dict:
+                 floored: np.ndarray | None = None, extrapolate: bool = True) -> dict:
     """Where plain float64 / float32 would have under- or overflowed, per dtype.
 
     ``underflow_layer`` / ``overflow_layer``: the first layer from the top whose ||dL/dW_l||
@@ -103,7 +103,9 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     do not. ``forward_underflow_layer`` / ``forward_overflow_layer``: the first layer from the
     input whose activations (their standard deviation ``act_log10``) do.
     ``layers_to_underflow`` / ``layers_to_overflow``: when the gradient never gets there, how
-    many layers from the top it would take at the fitted ``rate``.
+    many layers from the top it would take at the fitted ``rate`` (only with ``extrapolate``:
+    the caller says whether the rate within the stack is one that more layers would continue,
+    see :func:`gradbench.diagnose.diagnose`).
     """
     g = np.asarray(grad_log10, dtype=np.float64)
     a = None if act_log10 is None else np.asarray(act_log10, dtype=np.float64)
@@ -129,7 +131,7 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
             fo = np.flatnonzero((a > hi) | (a == np.inf))
             entry["forward_underflow_layer"] = int(fu.min()) if fu.size else None
             entry["forward_overflow_layer"] = int(fo.min()) if fo.size else None
-        if math.isfinite(rate) and math.isfinite(top) and rate != 0:
+        if extrapolate and math.isfinite(rate) and math.isfinite(top) and rate != 0:
             if rate < 0 and top > lo:
                 entry["layers_to_underflow"] = int(math.ceil((top - lo) / -rate))
             elif rate > 0 and top < hi:

@@ -159,6 +159,28 @@ def test_float_limit_layers_by_hand():
     assert lim["float32"]["layers_to_underflow"] == 38
 
 
+def test_the_extrapolated_float_range_is_where_a_deeper_stack_gets():
+    """'at this rate its gradient would underflow after ~N layers': a deeper stack of the same
+    kind does get there (sigmoid), and the sentence is not made where ||dW_l||'s rate within the
+    stack says nothing about depth. A zero-bias ReLU stack at sigma_w = 3 (exploding: its level
+    grows 0.6 decades per layer of depth through h_L) read 'would underflow after ~43562 layers'
+    at depth 50 and 'would overflow after ~591871' at depth 200; it overflows near 500."""
+    def limits(depth, **kw):
+        stack = gb.Stack(depth=depth, width=16, **kw)
+        res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 8, 1), backend="auto")
+        return gb.diagnose(res).float_limits["float64"]
+
+    n = limits(50, activation="sigmoid", init="xavier_normal")["layers_to_underflow"]
+    assert n is not None and 300 < n < 800
+    deeper = limits(int(1.3 * n), activation="sigmoid", init="xavier_normal")
+    assert deeper["underflow_layer"] is not None
+    relu = dict(activation="relu", init="he_normal", sigma_w=3.0)
+    for depth in (50, 200):
+        lim = limits(depth, **relu)
+        assert lim["layers_to_underflow"] is None and lim["layers_to_overflow"] is None, lim
+    assert limits(1000, **relu)["overflow_layer"] is not None
+
+
 def test_deep_exact_chain_reports_where_plain_float_would_fail():
     L = 1200
     stack = gb.Stack(depth=L, width=8, activation="sigmoid", init="xavier_normal")
