@@ -126,9 +126,15 @@ def _unsupported_why(m: nn.Module) -> str:
 
 
 def _flatten(seq: nn.Sequential, prefix: str) -> list[tuple[str, nn.Module]]:
-    """Children of ``seq`` with nested plain ``nn.Sequential`` containers flattened, with their paths."""
+    """Children of ``seq`` with nested plain ``nn.Sequential`` containers flattened, with their paths.
+
+    Every entry, as ``seq``'s forward applies them: a module placed twice (``Sequential(*[block] * 5)``)
+    is listed twice (``named_children`` yields each instance once; :func:`_refuse_tied` then
+    refuses shared weights)."""
     out = []
-    for name, m in seq.named_children():
+    for name, m in seq._modules.items():
+        if m is None:
+            continue
         path = f"{prefix}{name}"
         if type(m) is nn.Sequential:
             out.extend(_flatten(m, path + "."))
@@ -220,10 +226,35 @@ def _parse_blocks(items: list[tuple[str, nn.Module]], width: int | None, what: s
     return blocks, width
 
 
+def _leaves(items):
+    """(path, module) of every module the chain applies, residual bodies opened."""
+    for path, m in items:
+        if isinstance(m, Residual):
+            yield from _leaves(_flatten(m.body, f"{path}.body."))
+        else:
+            yield path, m
+
+
+def _refuse_tied(items) -> None:
+    """Refuse a parameter that two places of the chain share (one module placed twice, or one
+    tensor assigned to two modules): gradbench gives every layer its own parameters, and would
+    map such a model to a different net (``Sequential(*[block] * 5)`` read as one layer)."""
+    owner: dict[int, str] = {}
+    for path, m in _leaves(items):
+        for name, p in m.named_parameters():
+            where = f"{path}.{name}" if path else name
+            if id(p) in owner:
+                raise _Refused(f"{where} is the same tensor as {owner[id(p)]} (shared weights): gradbench gives every "
+                               "layer its own parameters; build the model from separate modules "
+                               "(e.g. copy.deepcopy(block) for each repetition)")
+            owner[id(p)] = where
+
+
 def _from_torch(model, dtype, loss):
     items = _chain(model)
     if not items:
         raise _Refused("the model has no modules")
+    _refuse_tied(items)
     dtype = _model_dtype(model, dtype)
     input_layer, items, head = _split_ends(items)
     blocks, width, k, scale = _blocks_of(items)

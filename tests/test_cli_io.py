@@ -93,6 +93,13 @@ def test_run_torch_model_diagnoses_the_saved_weights(tmp_path, capsys):
     code, out, err = run(["run", "--torch", str(tmp_path / "model.pt"), "--loss", "bce", "--dtype", "float32"],
                          capsys)
     assert code == 0 and "float32" in out, err
+    # and float64 for a float32 model (torch's default): --dtype float64 equals the option's
+    # default, and the model's float32 was kept in silence
+    torch.save(gb.to_torch(stack, params).float(), tmp_path / "m32.pt")
+    code, out, err = run(["run", "--torch", str(tmp_path / "m32.pt"), "--loss", "bce", "--dtype", "float64"], capsys)
+    assert code == 0 and "float64 (backend" in out.splitlines()[0], err
+    code, out, err = run(["run", "--torch", str(tmp_path / "m32.pt"), "--loss", "bce"], capsys)
+    assert code == 0 and "float32 (backend" in out.splitlines()[0], err  # without --dtype: the model's own
 
 
 @pytest.mark.parametrize("argv,needle", [

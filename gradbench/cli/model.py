@@ -94,8 +94,9 @@ def torch_stack(args):
         model = torch_io.load(args.torch)
     except ValueError as exc:  # not a model, or a class outside the allowlist: the user's file
         raise UsageError(str(exc)) from None
-    loss = None if args.loss == args.stack_defaults["loss"] else args.loss
-    dtype = None if args.dtype == args.stack_defaults["dtype"] else args.dtype
+    loss = args.loss if "loss" in getattr(args, "typed", ()) else None
+    # the model's own dtype unless --dtype is typed (float64 too: torch models are float32)
+    dtype = args.dtype if "dtype" in getattr(args, "typed", ()) else None
     try:
         return torch_io.from_torch(model, dtype, loss=loss)
     except ValueError as exc:
