@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import distributed
 import numpy as np
@@ -589,3 +590,57 @@ def test_the_readmes_sweep_commands_pass_the_checks(monkeypatch, tmp_path):
     for line in lines:
         with pytest.raises(Reached):
             cli.main(shlex.split(line))
+
+
+@pytest.fixture
+def wrong_server():
+    """A local TCP server that is not a Dask scheduler: ``silent`` accepts and never answers
+    (what a scheduler's dashboard port does to a Dask client), ``http`` answers as a web server."""
+    import socket
+    import threading
+
+    servers = []
+
+    def start(kind: str) -> str:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        held = []
+
+        def serve():
+            while True:
+                try:
+                    c, _ = s.accept()
+                except OSError:
+                    return
+                held.append(c)
+                if kind == "http":
+                    c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+        threading.Thread(target=serve, daemon=True).start()
+        servers.append(s)
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_a_server_that_is_not_a_scheduler_is_named_within_the_connect_timeout(wrong_server, capsys):
+    """gradbench sweep --scheduler at a dashboard port waited forever (600 s, killed), and an
+    HTTP server's reply was read as a frame length: 'out of memory: Unable to allocate 3.07 EiB'."""
+    import dask
+
+    from gradbench import cli
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        t0 = time.perf_counter()
+        with pytest.raises(OSError, match=r"no Dask scheduler answered at tcp://127\.0\.0\.1:\d+ within 2 s"):
+            gb.sweep({"sigma_w": [1.0, 2.0]}, depth=4, width=4, client=wrong_server("silent"))
+        assert time.perf_counter() - t0 < 15
+        with pytest.raises(OSError, match="answered, but not as a Dask scheduler"):
+            gb.sweep({"sigma_w": [1.0, 2.0]}, depth=4, width=4, client=wrong_server("http"))
+        address = wrong_server("http")
+        assert cli.main(["sweep", "--depth", "4", "--width", "4", "--sigma-w", "1,2", "--scheduler", address]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot reach the scheduler '{address}'" in err[0] and "not as a Dask scheduler" in err[0], err

@@ -37,6 +37,50 @@ def task_size(runs: list[Run], n_workers: int) -> int:
     return max(1, min(by_balance, by_time))
 
 
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Open and close one Dask connection to ``address`` within ``timeout`` seconds (default
+    Dask's ``distributed.comm.timeouts.connect``, 30 s) before a ``Client`` is made; OSError
+    naming the address otherwise.
+
+    ``Client(address)`` itself waited forever on a server that accepts the connection and never
+    answers (the scheduler's dashboard port, 8787 by default, given for its 8786), and took an
+    HTTP server's reply for a frame length (MemoryError: 'Unable to allocate 3.07 EiB'). Runs in
+    a thread of its own, so that it works under a running event loop (Jupyter).
+    """
+    import asyncio
+    import threading
+
+    import dask
+    from dask.utils import parse_timedelta
+    from distributed.comm import connect as comm_connect
+
+    if timeout is None:
+        timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s")
+    failure: list[BaseException] = []
+
+    async def once():
+        comm = await asyncio.wait_for(comm_connect(address, timeout=timeout), timeout)
+        await comm.close()
+
+    def run():
+        try:
+            asyncio.run(once())
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="gradbench-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    if thread.is_alive() or (failure and isinstance(failure[0], (TimeoutError, asyncio.TimeoutError))):
+        raise OSError(f"no Dask scheduler answered at {address} within {timeout:g} s (the port is closed, or the "
+                      "server there is not a scheduler: a scheduler listens on 8786 by default, its dashboard "
+                      "on 8787)")
+    if failure:
+        exc = failure[0]
+        raise OSError(f"{address} answered, but not as a Dask scheduler ({type(exc).__name__}: "
+                      f"{str(exc)[:120]})") from None
+
+
 @contextlib.contextmanager
 def _sigint_ignored():
     """SIGINT ignored meanwhile (main thread only): processes started now keep ignoring it
@@ -71,6 +115,7 @@ def connect(client, workers: int | None):
         with cluster, Client(cluster) as c:
             yield c
     elif isinstance(client, str):
+        probe_scheduler(client)
         with Client(client) as c:
             yield c
     else:
