@@ -241,11 +241,9 @@ def train(
         lr=float(getattr(opt, "lr", lr)), momentum=momentum if optimizer == "momentum" else 0.0,
         weight_decay=weight_decay, seed=seed, backend=backend,
     )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from gradbench.cli.progress import epochs as progress_of_epochs  # here: the CLI package loads on use
 
-        bar = tqdm(total=epochs, desc=name or "training", unit="epoch", leave=False, disable=None)
+    bar = progress_of_epochs(progress, epochs, name)
     rng = np.random.default_rng([seed, 1])
     t0 = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
@@ -259,10 +257,9 @@ def train(
                 break
             hist.after_epoch(epoch, before)
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{hist.loss[epoch]:.4f}")
+                bar.count(epoch + 1, note=f"loss {hist.loss[epoch]:.4f}")
     if bar is not None:
-        bar.close()
+        bar.__exit__(None, None, None)
     if tb is not None:
         tb.close()
     return TrainResult(

@@ -230,6 +230,27 @@ def test_progress_notice_for_slow_calls():
     assert quiet.getvalue() == ""
 
 
+def test_progress_lines_count_other_units_off_a_terminal():
+    """Sweeps and recurrent runs printed nothing when stderr was not a terminal (tqdm turns
+    itself off there), where the README promises a line every GRADBENCH_PROGRESS_SECONDS."""
+    import io
+    import time
+
+    from gradbench.cli.progress import Progress
+
+    stream = io.StringIO()
+    with Progress("sweep", total=40, unit="runs", delay=0.0, interval=0.05, stream=stream) as p:
+        p.count(12)
+        time.sleep(0.3)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "sweep ..." and any(line.startswith("sweep: 12 of 40 runs, ") for line in lines), lines
+    stream = io.StringIO()
+    with Progress("backprop (lstm)", unit="segments (forward + backward)", delay=0.0, interval=0.05, stream=stream) as p:
+        p.count(3, 10)  # the engine's progress(done, total)
+        time.sleep(0.3)
+    assert "backprop (lstm): 3 of 10 segments (forward + backward), " in stream.getvalue()
+
+
 def test_bench_passes_its_arguments_on(monkeypatch, capsys):
     seen = []
     fake = types.ModuleType("gradbench.benchreport")

@@ -644,3 +644,16 @@ def test_a_server_that_is_not_a_scheduler_is_named_within_the_connect_timeout(wr
         assert cli.main(["sweep", "--depth", "4", "--width", "4", "--sigma-w", "1,2", "--scheduler", address]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot reach the scheduler '{address}'" in err[0] and "not as a Dask scheduler" in err[0], err
+
+
+def test_progress_off_a_terminal_prints_plain_lines(cluster, capfd, monkeypatch):
+    """progress=True printed nothing but the dashboard line when stderr was a file (nohup,
+    SLURM): tqdm turns itself off there. Now 'sweep ...' and a count every
+    GRADBENCH_PROGRESS_SECONDS, as a long gradbench run prints."""
+    monkeypatch.setenv("GRADBENCH_PROGRESS_SECONDS", "0.02")
+    gb.sweep({"sigma_w": [0.8, 1.2, 1.6, 2.0]}, seeds=range(2), depth=300, width=32, client=cluster,
+             runs_per_task=1, progress=True)
+    err = capfd.readouterr().err.splitlines()
+    assert err[0].startswith("dask dashboard: ") and "sweep ..." in err, err
+    counts = [line for line in err if line.startswith("sweep: ") and " of 8 runs, " in line]
+    assert counts, err

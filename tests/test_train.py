@@ -248,3 +248,27 @@ def test_ln2_is_the_loss_of_a_constant_half_prediction():
     zero_head = gb.Params(**{**dict(params.items()), "W_out": np.zeros_like(params.W_out)})
     res = gb.backprop(stack, zero_head, X, targets_for(stack, y), backend="numpy")
     assert res.loss == pytest.approx(math.log(2), rel=1e-14)
+
+
+def test_training_progress_counts_epochs_with_the_loss_off_a_terminal(monkeypatch):
+    """progress=True drew a tqdm bar, which is silent when stderr is not a terminal (a long
+    training under nohup printed nothing until the end)."""
+    import io
+    import time as _time
+
+    from gradbench.cli import progress
+
+    stream = io.StringIO()
+    slow_backprop = gb.train.__globals__["backprop"]
+
+    def backprop(*a, **k):  # a few ms per batch, so that the lines have time to come
+        _time.sleep(0.002)
+        return slow_backprop(*a, **k)
+
+    monkeypatch.setattr(progress, "epochs", lambda on, total, name="": progress.Progress(
+        name or "training", total=total, unit="epochs", delay=0.0, interval=0.02, stream=stream).__enter__())
+    monkeypatch.setitem(gb.train.__globals__, "backprop", backprop)
+    X, y = datasets.moons(40, seed=0)
+    gb.train(moons_stack(), X, y, epochs=20, batch_size=10, progress=True, name="moons")
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "moons ..." and any(" of 20 epochs, " in ln and ", loss 0." in ln for ln in lines), lines

@@ -24,7 +24,8 @@ def _elapsed(seconds: float) -> str:
 
 
 class Progress:
-    """Progress of one long call, in layers when the call reports them.
+    """Progress of one long call, in layers when the call reports them, or in other units
+    (runs of a sweep, segments of a recurrent pass) counted with :meth:`count`.
 
     Parameters
     ----------
@@ -42,18 +43,23 @@ class Progress:
         ``GRADBENCH_PROGRESS_SECONDS`` or 30).
     quiet : bool
         Show nothing.
+    total, unit : int, str, optional
+        Without ``segments``: the count to reach and what is counted ("runs"); :meth:`count`
+        sets how many are done (``total`` may also come with the first :meth:`count`).
     """
 
     def __init__(self, desc: str, segments: list[int] | None = None, *, stream=None, delay: float = 1.0,
-                 interval: float | None = None, quiet: bool = False):
-        self.desc, self.delay, self.quiet = desc, delay, quiet
+                 interval: float | None = None, quiet: bool = False, total: int | None = None,
+                 unit: str = "layers (forward + backward)"):
+        self.desc, self.delay, self.quiet, self.unit = desc, delay, quiet, unit
         self.stream = stream if stream is not None else sys.stderr
         self.interval = env_float("GRADBENCH_PROGRESS_SECONDS", PROGRESS_SECONDS) if interval is None else interval
-        self.total = 2 * sum(segments) if segments else None
+        self.total = 2 * sum(segments) if segments else total
         # layers done after k work items: the forward segments bottom-up, then backward top-down
         order = list(segments or []) + list(reversed(segments or []))
         self._after = [sum(order[:k]) for k in range(len(order) + 1)]
         self.layers = 0
+        self.note = ""
         self._done = threading.Event()
         self._thread = None
         self._t0 = time.monotonic()
@@ -63,10 +69,20 @@ class Progress:
         if self._after:
             self.layers = self._after[min(done, len(self._after) - 1)]
 
+    def count(self, done: int, total: int | None = None, note: str | None = None) -> None:
+        """``done`` units of ``total`` (when given) are finished: the counter of a run in units;
+        ``note``: a state to show beside it ("loss 0.6931")."""
+        if total is not None:
+            self.total = total
+        if note is not None:
+            self.note = note
+        self.layers = done
+
     def line(self) -> str:
         """The current state in words (what a plain progress line says)."""
-        where = f"{self.layers:,} of {self.total:,} layers (forward + backward), " if self.total else ""
-        return f"{self.desc}: {where}{_elapsed(time.monotonic() - self._t0)} elapsed"
+        where = f"{self.layers:,} of {self.total:,} {self.unit}, " if self.total else ""
+        note = f", {self.note}" if self.note else ""
+        return f"{self.desc}: {where}{_elapsed(time.monotonic() - self._t0)} elapsed{note}"
 
     def _tty(self) -> bool:
         try:
@@ -84,10 +100,17 @@ class Progress:
             return
         from tqdm.auto import tqdm
 
-        fmt = "{desc}: {n_fmt}/{total_fmt} layers [{elapsed}<{remaining}]" if self.total else "{desc}: {elapsed} elapsed"
+        short = self.unit.split(" (")[0]
+        fmt = ("{desc}: {n_fmt}/{total_fmt} " + short + " [{elapsed}<{remaining}]") if self.total else "{desc}: {elapsed} elapsed"
         with tqdm(total=self.total, desc=self.desc, bar_format=fmt, file=self.stream, leave=False) as bar:
             while not self._done.wait(0.25):
+                if bar.total != self.total:
+                    bar.total = self.total
+                    bar.bar_format = ("{desc}: {n_fmt}/{total_fmt} " + short + " [{elapsed}<{remaining}]"
+                                      if self.total else fmt)
                 bar.n = self.layers
+                if self.note:
+                    bar.set_postfix_str(self.note, refresh=False)
                 bar.refresh()
 
     def _say(self, text: str) -> None:
@@ -108,6 +131,16 @@ class Progress:
         if self._thread is not None:
             self._thread.join()
         return False
+
+
+def epochs(progress: bool, total: int, name: str = "") -> Progress | None:
+    """The progress of a training run over ``total`` epochs (started), or None without
+    ``progress``: count each epoch with ``count(epoch + 1, note=f"loss {loss:.4f}")`` and close it
+    with ``__exit__``."""
+    if not progress:
+        return None
+    bar = Progress(name or "training", total=total, unit="epochs", delay=0.5)
+    return bar.__enter__()
 
 
 # ------------------------------------------------------------------ numba compilation

@@ -176,7 +176,7 @@ def _common(p, batch=16):
 def run_one(rnn, args, label: str = ""):
     """Parameters, a generated input sequence, one backprop with a progress bar; (result, params)."""
     import gradbench as gb
-    from tqdm import tqdm
+    from gradbench.cli.progress import Progress
 
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
@@ -186,13 +186,9 @@ def run_one(rnn, args, label: str = ""):
     long = rnn.steps >= 10_000
     ck = args.checkpoint if args.checkpoint is not None else ("auto" if not long else None)
     desc = f"backprop {label + ' ' if label else ''}({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, {concrete})"
-    with tqdm(total=None, desc=desc, unit="seg", file=sys.stderr, disable=None, mininterval=0.5) as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with Progress(desc, unit="segments (forward + backward)") as bar:
         res = gb.backprop(rnn, params, xs, backend=concrete, stats_only=long and ck is None,
-                          checkpoint="auto" if ck is None else ck, progress=progress)
+                          checkpoint="auto" if ck is None else ck, progress=bar.count)
     return res, params
 
 

@@ -170,11 +170,9 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
         if keep:
             signals[keep] = res.signal_norm.log10()
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from gradbench.cli.progress import epochs as progress_of_epochs  # here: the CLI package loads on use
 
-        bar = tqdm(total=epochs, desc=name or "training", unit="epoch", leave=False, disable=None)
+    bar = progress_of_epochs(progress, epochs, name)
     t0 = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         evaluate(0, "start")
@@ -206,10 +204,9 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
                 break
             evaluate(epoch + 1, "end" if epoch == epochs - 1 else None)
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss[epoch]:.4f}")
+                bar.count(epoch + 1, note=f"loss {loss[epoch]:.4f}")
     if bar is not None:
-        bar.close()
+        bar.__exit__(None, None, None)
     if "end" not in signals:
         signals["end"] = np.full(rnn.steps, np.nan)
     settings = dict(name=name, task=task, n_samples=n, epochs=epochs, batch_size=batch_size,

@@ -144,16 +144,17 @@ def execute(client, todo: list[Run], p: Plan, out: str | None, runs_per_task: in
 
 
 class Progress:
-    """``progress=True``: the dashboard address and a tqdm bar over finished runs (stderr);
-    a callable: called as ``progress(done, total)``."""
+    """``progress=True``: the dashboard address, then finished runs on stderr (a tqdm bar on a
+    terminal, else a plain line every ``GRADBENCH_PROGRESS_SECONDS``: sweeps are the long jobs
+    run under nohup or a batch system); a callable: called as ``progress(done, total)``."""
 
     def __init__(self, progress, total: int):
         self.fn = progress if callable(progress) else None
         self.bar, self.done, self.total = None, 0, total
         if progress is True:
-            from tqdm import tqdm
+            from gradbench.cli.progress import Progress as Lines
 
-            self.bar = tqdm(total=total, unit="run", desc="sweep", file=sys.stderr, disable=None, smoothing=0.1)
+            self.bar = Lines("sweep", total=total, unit="runs", delay=0.0)
 
     def start(self, done: int, client=None) -> None:
         self.done = done
@@ -161,20 +162,21 @@ class Progress:
             if client is not None:
                 link = client.dashboard_link
                 print(f"dask dashboard: {link}" if link else "dask dashboard: not available", file=sys.stderr)
-            self.bar.update(done)
+            self.bar.count(done)
+            self.bar.__enter__()
         if self.fn is not None:
             self.fn(done, self.total)
 
     def __call__(self, n: int) -> None:
         self.done += n
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.count(self.done)
         if self.fn is not None:
             self.fn(self.done, self.total)
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.close()
+            self.bar.__exit__(None, None, None)
 
 
 def check_options(client, workers, runs_per_task, progress, out) -> None:
