@@ -95,11 +95,15 @@ def _split_fields(d) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def _diag_columns(d) -> dict[str, np.ndarray]:
-    """``layer`` and every per-layer (L,) array of the diagnosis, in field order."""
+    """``layer`` and every per-layer (L,) array of the diagnosis, in field order (the histogram's
+    L + 1 edges are no column even when there are L + 1 of them: 40 bins at depth 41)."""
     arrays, _ = _split_fields(d)
     cols = {"layer": np.arange(d.depth)}
-    cols.update({k: a for k, a in arrays.items() if a.shape == (d.depth,)})
+    cols.update({k: a for k, a in arrays.items() if a.shape == (d.depth,) and k not in _NOT_PER_LAYER})
     return cols
+
+
+_NOT_PER_LAYER = ("hist_edges",)  # shaped (bins + 1,), not (L,)
 
 
 def diagnosis_frame(d):

@@ -69,6 +69,9 @@ def test_diagnosis_frame_matches_the_diagnosis():
     total = counts.sum(axis=1) + df["hist_zeros"] + df["hist_outside"] + df["hist_nonfinite"]
     assert np.all(total == 64)
     assert df.attrs["verdict"] == d.verdict and df.attrs["hist_edges"] == list(d.hist_edges)
+    # with bins = depth - 1 the L edges are still no column (they were, in the frame and the .npz)
+    d11 = gb.diagnose(res, params, bins=11)
+    assert "hist_edges" not in d11.to_frame().columns and len(d11.hist_edges) == 12
 
 
 def test_train_frame_has_one_row_per_epoch_and_layer():
