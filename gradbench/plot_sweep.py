@@ -122,9 +122,9 @@ def _critical_line(ax, sub, x: str, y: str, ys: np.ndarray) -> bool:
     if not np.isfinite(sw).any():
         return False
     style = dict(color="k", lw=2.2, ls="--", label=r"mean field: $\chi_1 = 1$ (edge of chaos)")
-    if other == "sigma_b":
+    if other == "sigma_b" and len(sb) > 1:
         ax.plot(*((sw, sb) if x == "sigma_w" else (sb, sw)), **style)
-    elif x == "sigma_w":
+    elif x == "sigma_w":  # one sigma_b: the critical sigma_w across the map (one point drew nothing)
         ax.axvline(sw[0], **style)
     else:
         ax.axhline(sw[0], **style)

@@ -293,7 +293,9 @@ def _findings(stack, g, res, verdict) -> list[str]:
         words.append(f"the forward pass turned non-finite at layer {res.first_nonfinite_forward} (activations "
                      "overflowed): every gradient below is meaningless")
     if res.first_nonfinite_backward is not None:
-        words.append(f"the backward signal turned non-finite at layer {res.first_nonfinite_backward}")
+        at = res.first_nonfinite_backward
+        words.append("the backward signal was non-finite from the top (dL/dh_L, the loss's gradient)" if at == len(g)
+                     else f"the backward signal turned non-finite at layer {at}")
     zero = np.flatnonzero(g == -np.inf)
     if zero.size and zero.size < len(g):
         dead_note = " (dead ReLU units block the chain)" if stack.activation == "relu" else ""

@@ -365,6 +365,25 @@ def test_limit_head_output_beyond_float64_is_non_finite():
     assert not np.isfinite(res.loss) and gb.diagnose(res).verdict == "exploding"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_limit_a_biased_exploding_homogeneous_stack_overflows_in_the_forward(backend):
+    """README: a nonzero bias carries no forward exponent, so a biased leaky-ReLU stack that
+    explodes overflows where plain arithmetic would, and says so; with zero biases the same
+    stack is exact (the README had said that nonzero biases keep the forward O(1))."""
+    kw = dict(depth=1700, width=6, activation="leaky_relu", activation_param=0.3, init="he_normal", sigma_w=3.0)
+    exact = gb.Stack(**kw)
+    params, x = gb.init_params(exact, 0), gb.gaussian_input(exact, 1, 1)
+    res = gb.backprop(exact, params, x, backend=backend)
+    assert res.forward_rescaled and float(res.loss_exact.log10()) == pytest.approx(888.9967, abs=1e-3)
+    biased = gb.Stack(**kw, sigma_b=1e-3)
+    with np.errstate(all="ignore"):
+        res = gb.backprop(biased, gb.init_params(biased, 0), x, backend=backend)
+    assert not res.forward_rescaled and res.first_nonfinite_forward == 1189
+    assert res.first_nonfinite_backward == 1700  # the top signal, from the loss
+    text = gb.diagnose(res).explanation
+    assert "forward pass turned non-finite at layer 1189" in text and "non-finite from the top (dL/dh_L" in text
+
+
 def test_limit_one_exponent_per_layer_flushes_entries_2_to_1074_below():
     stack = gb.Stack(depth=1, width=2, activation="identity")
     params = gb.init_params(stack, 0)

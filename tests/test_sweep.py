@@ -433,6 +433,11 @@ def test_phase_diagram_into_given_axes_and_bad_arguments():
     f2 = phase_diagram(fixed_sb, x="sigma_w", y="depth")
     vline = next(ln for ln in f2.axes[0].lines if "chi_1" in ln.get_label())
     assert vline.get_xdata()[0] == theory.critical_sigma_w("tanh", 0.1)  # sigma_b fixed: a vertical line
+    # the default axes (y = sigma_b) with one sigma_b, as the README's sweep: the legend named a
+    # dashed line of one point, which drew nothing; now the critical sigma_w across the map
+    f3 = phase_diagram(fixed_sb)
+    vline = next(ln for ln in f3.axes[0].lines if "chi_1" in ln.get_label())
+    assert vline.get_xdata()[0] == theory.critical_sigma_w("tanh", 0.1) and len(set(vline.get_ydata())) == 2
     with pytest.raises(ValueError, match="x='sigma' is not a configuration column"):
         phase_diagram(table, x="sigma")
     with pytest.raises(ValueError, match="x='activation' is not numeric"):
