@@ -144,9 +144,12 @@ class TrainResult:
         )
         ratio = self.first_layer_ratio[:ran]
         if np.any(np.isfinite(ratio)):
+            first = "the input layer's weights (W_in)" if self.stack.has_input_layer else "layer 0's weights"
+            L = self.stack.depth
             lines.append(
-                f"  first layer's weights change by {np.nanmean(ratio):.3g} % per epoch on average "
-                f"(max {np.nanmax(ratio):.3g} %), the top layer's by {np.nanmean(self.update_ratio[:ran, -1]):.3g} %"
+                f"  {first} change by {np.nanmean(ratio):.3g} % per epoch on average "
+                f"(max {np.nanmax(ratio):.3g} %), layer {L - 1}'s (below the head) by "
+                f"{np.nanmean(self.update_ratio[:ran, -1]):.3g} %"
             )
         return "\n".join(lines)
 

@@ -204,8 +204,13 @@ def classify(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticit
 
 
 def _num(v: float) -> str:
-    """A decade count without scientific notation (10^-64411.7, not 10^-6.441e+04)."""
-    return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
+    """A decade count without scientific notation (10^-64411.7, not 10^-6.441e+04; 10^-0.0000047,
+    not 10^-4.724e-06)."""
+    if abs(v) >= 1000:
+        return f"{v:.1f}"
+    if v == 0 or abs(v) >= 1e-4 or not math.isfinite(v):
+        return f"{v:.4g}"
+    return f"{v:.{3 - math.floor(math.log10(abs(v)))}f}"
 
 
 def _layers(idx) -> str:

@@ -166,7 +166,7 @@ def test_train_demo_writes_history(tmp_path, capsys):
     code, out, err = run(["train", "--demo", "deep-sigmoid,shallow-sigmoid", "--epochs", "5", "--out",
                           str(out_json), "--plot", str(loss_png), "--ratio-plot", str(tmp_path / "r.png")], capsys)
     assert code == 0, err
-    assert "deep-sigmoid" in out and "first layer's weights change by" in out
+    assert "deep-sigmoid" in out and "the input layer's weights (W_in) change by" in out
     runs = json.loads(out_json.read_text())["runs"]
     assert set(runs) == {"deep-sigmoid", "shallow-sigmoid"}
     deep = runs["deep-sigmoid"]

@@ -686,3 +686,18 @@ def test_train_input_dim_equal_to_the_data_dimension_is_the_same_run(tmp_path, c
         runs.append(json.loads(out_json.read_text())["runs"]["custom"])
     assert runs[0]["stack"]["input_dim"] == runs[1]["stack"]["input_dim"] == 2
     assert runs[0]["eval_loss"] == runs[1]["eval_loss"]
+
+
+def test_compare_shows_the_rate_that_decided_the_verdict(capsys):
+    """The table's one rate column was ||dW_l||'s: 'relu, base init  exploding  -0.010' read as
+    a contradiction, the verdict coming from ||dL/dh_l|| (+0.58 per layer), shown only in the text."""
+    code, out, err = run(["compare", "--depth", "30", "--width", "16", "--backend", "numpy", "--configs", "relu,sigmoid"],
+                         capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    head = next(ln for ln in lines if ln.startswith("configuration"))
+    assert "dL/dh rate" in head and "dW rate" in head
+    relu = next(ln for ln in lines if ln.startswith("relu"))
+    verdict, signal_rate, dw_rate = relu.split()[3:6]
+    assert verdict == "exploding" and float(signal_rate) > 0.1 and abs(float(dw_rate)) < 0.1, relu
+    assert any(ln.startswith("rates: decades per layer going down") for ln in lines)

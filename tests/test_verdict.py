@@ -311,3 +311,13 @@ def test_params_of_another_stack_are_refused_by_name():
     gen = gb.GeneratedParams(small, 0)
     ref = np.log10([np.linalg.norm(w) for w in gen.materialize().W])
     np.testing.assert_allclose(gb.diagnose(res, gen).weight_log10, ref, rtol=1e-12)
+
+
+def test_decade_counts_are_written_without_scientific_notation():
+    """'||dW|| from 10^-4.724e-06' (compare --configs relu-clip): an exponent inside 10^... in
+    scientific notation."""
+    from gradbench.verdict import _num
+
+    assert _num(-4.724e-06) == "-0.000004724" and float(_num(-4.724e-06)) == -4.724e-06
+    assert _num(-64411.73) == "-64411.7" and _num(-0.02148) == "-0.02148" and _num(0.0) == "0"
+    assert "e" not in _num(3.1e-9)

@@ -112,18 +112,22 @@ def config_names(args) -> list[str]:
 
 
 def compare_table(diags: dict, layers: list[int]) -> str:
-    """One row per configuration: verdict, slope and log10 ||dW_l|| at a few layers."""
+    """One row per configuration: verdict, the rates of ||dL/dh_l|| and ||dW_l|| (decades per
+    layer going down; either can decide the verdict) and log10 ||dW_l|| at a few layers."""
     from gradbench.report import fmt_pow
 
     name_w = max(13, max(len(k) for k in diags))
-    head = f"{'configuration':<{name_w}}  {'verdict':<9} {'dec/layer':>9}" + "".join(
+    head = f"{'configuration':<{name_w}}  {'verdict':<9} {'dL/dh rate':>10} {'dW rate':>8}" + "".join(
         f" {'||dW_' + str(l) + '||':>11}" for l in layers) + "  plain float fails"
     lines = [head, "-" * len(head)]
     for label, d in diags.items():
-        row = f"{label:<{name_w}}  {d.verdict:<9} {d.decades_per_layer:>+9.3f}"
+        row = (f"{label:<{name_w}}  {d.verdict:<9} {d.signal_decades_per_layer:>+10.3f} "
+               f"{d.decades_per_layer:>+8.3f}")
         row += "".join(f" {fmt_pow(d.grad_log10[l]):>11}" for l in layers)
         row += "  " + _float_failures(d)
         lines.append(row)
+    lines.append("rates: decades per layer going down the stack (negative: shrinking towards the input); the "
+                 "verdict follows the one that changes more over the stack")
     return "\n".join(lines)
 
 
