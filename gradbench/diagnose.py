@@ -42,7 +42,7 @@ import numpy as np
 from gradbench.histograms import DEFAULT_BINS, histograms, rebin_streaming
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, classify, decades_per_layer, explain, float_limits,  # noqa: F401
-                               floored_layers, judge)
+                               floored_layers, grad_rate, judge, signal_rate)
 
 @dataclass(frozen=True, eq=False)
 class Diagnosis:
@@ -325,8 +325,8 @@ def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> As
     with np.errstate(divide="ignore", invalid="ignore"):
         g = np.asarray(res.grad_norm.log10(), dtype=np.float64)
         s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
-    rate, intercept = decades_per_layer(np.where(np.isfinite(g) & (g > -np.inf), g, np.nan))
-    signal_rate, _ = decades_per_layer(np.where(np.isfinite(s) & (s > -np.inf), s, np.nan))
+    rate, intercept = grad_rate(g, stack.residual)
+    s_rate = signal_rate(s, stack.residual)
     w = np.zeros(0) if params is None else _weight_log10(params, stack, len(g))
     w_ref = w if len(w) else np.full(len(g), math.log10(math.sqrt(stack.width) * stack.gain))
     loss_log10 = float(res.loss_exact.log10())
@@ -334,9 +334,9 @@ def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> As
         # log10 e_l = log10 (||dW_l|| ||W_l|| / loss); undefined (nan) for a loss of 0 or out of range
         elasticity = g + w_ref - loss_log10 if math.isfinite(loss_log10) else np.full(len(g), math.nan)
     verdict, rule = judge(g, s, threshold=threshold, elasticity_log10=elasticity, tiny=tiny,
-                          nonfinite_backward=res.first_nonfinite_backward is not None)
+                          nonfinite_backward=res.first_nonfinite_backward is not None, group=stack.residual)
     return Assessment(grad_log10=g, signal_log10=s, decades_per_layer=rate, intercept=intercept,
-                      signal_decades_per_layer=signal_rate, loss_log10=loss_log10, elasticity_log10=elasticity,
+                      signal_decades_per_layer=s_rate, loss_log10=loss_log10, elasticity_log10=elasticity,
                       weight_log10=w, verdict=verdict, rule=rule)
 
 

@@ -21,7 +21,11 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
    (rate times L - 1): at most ``-threshold`` for either -> ``vanishing``; at least
    ``+threshold`` -> ``exploding`` (if both fire, the larger change wins). The signal's trend is
    what mean-field theory predicts (chi_1 < 1: vanishing); ||dW_l|| = ||g_{l+1} h_l^T|| can be
-   flat while the signal vanishes (zero-bias stacks shrink forward and backward alike);
+   flat while the signal vanishes (zero-bias stacks shrink forward and backward alike). With
+   residual groups of k layers the rates compare like places: the signal at the groups' inputs
+   (the skip path), ||dW|| as each group's norm (:func:`signal_rate`, :func:`grad_rate`). An
+   exploding trend among gradients none of which can move the loss (every elasticity of rule 5
+   below 10^-``tiny``) is ``vanishing``;
 5. magnitudes without a trend, only where they are extreme, never the loss's own scale:
    ``exploding`` if some ||dW_l|| lies above the largest float64 (10^308.25: a plain float64
    chain reads inf, whatever the learning rate); ``vanishing`` if every non-zero ||dW_l|| lies
@@ -151,14 +155,52 @@ def floored_layers(activation: str, g: np.ndarray, saturation: np.ndarray) -> np
     return (g == -np.inf) & (np.asarray(saturation, dtype=np.float64) == 1.0)
 
 
+def grad_rate(grad_log10, group: int = 0) -> tuple[float, float]:
+    """The rate (decades per layer going down) of ||dL/dW_l|| and its fit at layer 0: over every
+    layer, or with residual groups of ``group`` layers over the groups' own norms (log10 of the
+    root of the sum of their layers' squares, placed at each group's middle). The layers of a
+    group sit at different places of the branch (a saturated branch: 10^-192 at one, 10^-1834
+    at the next), and a fit through them measured that, not a trend; with one group there is no
+    trend to fit (rate 0)."""
+    g = np.asarray(grad_log10, dtype=np.float64)
+    L = len(g)
+    if not (group > 1 and L % group == 0):
+        return decades_per_layer(np.where(np.isfinite(g) & (g > -np.inf), g, np.nan))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        blocks = g.reshape(-1, group)
+        top = np.max(blocks, axis=1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)
+        norms = top[:, 0] + 0.5 * np.log10(np.sum(10.0 ** (2 * (blocks - top)), axis=1))
+    norms = np.where(np.isfinite(norms), norms, np.nan)
+    rate, y0 = decades_per_layer(norms)
+    if not math.isfinite(rate):
+        return rate, y0
+    centre = (group - 1) / 2  # group 0's middle; y(layer x) = y0 - (rate / group) (x - centre)
+    return rate / group, y0 + rate / group * centre
+
+
+def signal_rate(signal_log10, group: int = 0) -> float:
+    """The rate (decades per layer going down) of ||dL/dh_l||, l = 0..L-1 (h_l: layer l's
+    input): over every layer, or with residual groups of ``group`` layers over the groups'
+    inputs h_0, h_k, ..., h_{L-k} only (the skip path, where the signal of every group arrives). Inside a group the branch's own signal
+    can lie thousands of decades below the skip's (saturated units), and a fit through both
+    kinds of point measured that alternation, not a trend."""
+    s = np.asarray(signal_log10, dtype=np.float64)
+    s = np.where(np.isfinite(s) & (s > -np.inf), s, np.nan)
+    if group > 1 and len(s) % group == 0:
+        return decades_per_layer(s[::group])[0] / group
+    return decades_per_layer(s)[0]
+
+
 def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_log10=None,
-          tiny: float = 8.0, nonfinite_backward: bool = False) -> tuple[str, str]:
+          tiny: float = 8.0, nonfinite_backward: bool = False, group: int = 0) -> tuple[str, str]:
     """``(verdict, rule)`` by the rules of the module docstring. ``rule`` names the one that
     decided: "no gradient", "non-finite", "zeros", "trend", "overflow", "underflow",
     "insensitive" (every e_l < 10^-tiny) or "none" (stable).
 
     ``elasticity_log10``: log10 e_l = log10 (||dW_l|| ||W_l|| / loss) per layer (nan where
-    unknown); without it the elasticity rule is not applied.
+    unknown); without it the elasticity rule is not applied. ``group``: the residual group size
+    (the signal's trend over the groups' ends, :func:`signal_rate`).
     """
     g = np.asarray(grad_log10, dtype=np.float64)
     L = len(g)
@@ -172,12 +214,19 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
         s = None if signal_log10 is None else np.asarray(signal_log10, dtype=np.float64)
         if s is None or np.any(s[: nz.max() + 1] == -np.inf):  # the chain died there
             return "vanishing", "zeros"
-    changes = [decades_per_layer(g)[0] * (L - 1)]
+    changes = [grad_rate(g, group)[0] * (L - 1)]
     if signal_log10 is not None:
-        changes.append(decades_per_layer(signal_log10)[0] * (L - 1))
+        changes.append(signal_rate(signal_log10, group) * (L - 1))
     changes = [c for c in changes if math.isfinite(c)]
     trend = max(changes, key=abs) if changes else 0.0
+    insensitive = False
+    if elasticity_log10 is not None:
+        e = np.asarray(elasticity_log10, dtype=np.float64)
+        known = ~np.isnan(e)
+        insensitive = bool(np.any(known & (e > -np.inf)) and np.all(e[known] < -tiny))
     if abs(trend) >= threshold:
+        if trend > 0 and insensitive:  # growth among gradients none of which can move the loss
+            return "vanishing", "insensitive"
         return ("vanishing" if trend < 0 else "exploding"), "trend"
     if zeros:  # under a live signal, and no trend
         return "vanishing", "zeros"
@@ -188,11 +237,8 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
         return "exploding", "overflow"
     if np.max(g[nz]) < lo:
         return "vanishing", "underflow"
-    if elasticity_log10 is not None:
-        e = np.asarray(elasticity_log10, dtype=np.float64)
-        known = ~np.isnan(e)
-        if np.any(known & (e > -np.inf)) and np.all(e[known] < -tiny):
-            return "vanishing", "insensitive"
+    if insensitive:
+        return "vanishing", "insensitive"
     return "stable", "none"
 
 
@@ -281,7 +327,9 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
         words.append(f"gradients vanish everywhere in magnitude, not by a trend: every elasticity "
                      f"||dW_l|| ||W_l|| / loss is below 10^-{tiny:g} (at most 10^{_num(e[top])}, at layer {top}; "
                      f"loss 10^{_num(loss_log10)}): changing any W_l by 100 % of itself would change the loss by at "
-                     f"most 10^{_num(e[top] + 2)} % of itself, to first order; {no_trend}")
+                     f"most 10^{_num(e[top] + 2)} % of itself, to first order; "
+                     + (no_trend if max(abs(rate), abs(signal_rate)) * (L - 1) < threshold else
+                        f"whatever their trend over the layers ({trends}), none of them can move the loss"))
     elif span:
         words.append(f"gradients are stable: {sig}, ||dW_l|| by {rate:+.3g} (threshold {threshold:g} decades "
                      f"over the stack); {span}")

@@ -45,6 +45,13 @@ def test_slope_of_a_hand_built_exponential_chain(k):
     expect = math.log10(0.75) + LOG10_2 * (k * np.arange(L) - 20000)
     np.testing.assert_allclose(d.grad_log10, expect, rtol=1e-13)
     assert d.intercept == pytest.approx(expect[0], rel=1e-12)
+    # every ||dW_l|| at most 2^-18500 for a loss of order 1: whatever the trend, no weight can
+    # move the loss (rule 4 gives way to the elasticity rule: "vanishing")
+    assert d.verdict == "vanishing"
+    # the same chain with its largest norm of order 1: the trend decides
+    top = max(k * (L - 1), 0)
+    d = gb.diagnose(with_chain(res, k * np.arange(L) - top))
+    assert d.decades_per_layer == pytest.approx(-k * LOG10_2, rel=1e-12)
     assert d.verdict == ("vanishing" if k > 0 else "exploding")
 
 

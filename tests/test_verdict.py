@@ -321,3 +321,36 @@ def test_decade_counts_are_written_without_scientific_notation():
     assert _num(-4.724e-06) == "-0.000004724" and float(_num(-4.724e-06)) == -4.724e-06
     assert _num(-64411.73) == "-64411.7" and _num(-0.02148) == "-0.02148" and _num(0.0) == "0"
     assert "e" not in _num(3.1e-9)
+
+
+def test_residual_rates_compare_like_places():
+    """In residual groups the signal inside a saturated branch lies far below the skip path's,
+    and ||dW_l|| differs by place in the group: a fit through both alternations read a trend
+    (+21.8 decades per layer: 'exploding') where there is none. The signal is fitted over the
+    groups' inputs, ||dW_l|| over the groups' norms."""
+    from gradbench.verdict import grad_rate, signal_rate
+
+    s = np.array([0.8, -189.0, 0.8, -1667.3, 0.8, -190.0, 0.8, -552.8])  # l = 0..7, groups of 2
+    assert abs(signal_rate(s)) > 10 and signal_rate(s, 2) == 0.0
+    assert signal_rate(s, 1) == signal_rate(s)
+    g = np.array([-3.0, -50.0, -3.5, -60.0, -4.0, -70.0])  # groups of 2 whose norms fall 0.5 per group
+    rate, y0 = grad_rate(g, 2)
+    assert rate == pytest.approx(0.25, rel=1e-9)  # decades per layer going down
+    norms = 0.5 * np.log10(10.0 ** (2 * g[::2]) + 10.0 ** (2 * g[1::2]))
+    assert y0 == pytest.approx(norms[0] + 0.25 * 0.5, rel=1e-12)  # the fit at layer 0, not at group 0's middle
+    assert grad_rate(g[:2], 2)[0] == 0.0  # one group: no trend
+
+
+def test_a_residual_stack_of_saturated_branches_is_not_called_exploding():
+    """tanh, sigma_w = 3000, residual = 2: every ||dW_l|| between 10^-192 and 10^-3842 for a loss
+    of 20, and the verdict was 'exploding, +174 decades per layer'."""
+    stack = gb.Stack(depth=8, width=3, activation="tanh", sigma_w=3000.0, sigma_b=0.1, residual=2)
+    params = gb.init_params(stack, 0)
+    with np.errstate(all="ignore"):
+        d = gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 4, 1), backend="numpy"), params)
+    assert d.grad_log10.max() < -190 and d.loss_log10 > 1
+    assert d.verdict == "vanishing", d.explanation
+    # an exploding residual stack still explodes: ReLU at sigma_w = 3 (the skip adds, the branch grows)
+    boom = gb.Stack(depth=40, width=16, activation="relu", init="he_normal", sigma_w=3.0, residual=2)
+    p = gb.init_params(boom, 0)
+    assert gb.diagnose(gb.backprop(boom, p, gb.gaussian_input(boom, 8, 1), backend="numpy"), p).verdict == "exploding"
