@@ -144,15 +144,37 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     return out
 
 
-def floored_layers(activation: str, g: np.ndarray, saturation: np.ndarray) -> np.ndarray:
+def floored_layers(activation: str, g: np.ndarray, saturation: np.ndarray, act_log10=None) -> np.ndarray:
     """Layers whose exactly zero ||dW_l|| is the rescue's floor, not a true zero: an activation
     with phi' > 0 everywhere (:data:`~gradbench.activations.RESCUE`) and every unit of the layer
     saturated, so phi' fell below 2^(-2^62), beyond any int64 exponent (or the signal from such a
-    layer above it was 0)."""
+    layer above it was 0). ``act_log10`` (log10 of each layer's output std): not where the
+    layer's input, or the stack's output, is exactly 0 (the zero then comes from the forward:
+    :func:`forward_zeros`)."""
     g = np.asarray(g, dtype=np.float64)
     if activation not in RESCUE:
         return np.zeros(len(g), dtype=bool)
-    return (g == -np.inf) & (np.asarray(saturation, dtype=np.float64) == 1.0)
+    out = (g == -np.inf) & (np.asarray(saturation, dtype=np.float64) == 1.0)
+    if act_log10 is not None:
+        zero = np.asarray(act_log10, dtype=np.float64) == -np.inf
+        if len(zero) and zero[-1]:
+            return np.zeros(len(g), dtype=bool)
+        out[1:] &= ~zero[:-1]
+    return out
+
+
+# where phi(z) itself leaves float64 for finite z (the forward carries exponents around z ~ 0 and
+# for homogeneous activations, not here)
+PHI_UNDERFLOW = {"gelu": "GELU below z = -37.5", "swish": "swish below z = -745"}
+
+
+def forward_zeros(activation: str, act_log10) -> np.ndarray:
+    """Layers whose every output activation is exactly 0 though no unit is dead: GELU and swish
+    units whose phi(z) underflowed the dtype for every unit (:data:`PHI_UNDERFLOW`)."""
+    a = np.asarray(act_log10, dtype=np.float64)
+    if activation not in PHI_UNDERFLOW:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(a == -np.inf)
 
 
 def grad_rate(grad_log10, group: int = 0) -> tuple[float, float]:
@@ -291,7 +313,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                 f"{signal_rate * (L - 1):+.3g} for the signal, threshold {threshold:g})" if span else
                 "one layer with a gradient, no trend to fit")
     if verdict == "no gradient":
-        floor = floored_layers(stack.activation, g, sat)
+        floor = floored_layers(stack.activation, g, sat, res.act_std.log10())
         if L and floor[-1]:
             words.append(f"no gradient at all: every ||dL/dW_l|| is exactly zero because the derivative of the "
                          f"saturated units underflowed beyond even the exponent range: every unit of layer {L - 1} "
@@ -353,7 +375,7 @@ def _findings(stack, g, res, verdict) -> list[str]:
     if zero.size and zero.size < len(g):
         dead_note = " (dead ReLU units block the chain)" if stack.activation == "relu" else ""
         top = int(zero.max())
-        if floored_layers(stack.activation, g, res.saturation)[top]:
+        if floored_layers(stack.activation, g, res.saturation, res.act_std.log10())[top]:
             # phi' > 0 (but at a point) and rescued down to 2^(-2^62): the zero is that floor, not the chain's
             dead_note = (f" (every unit of layer {top} is saturated so far that its {stack.activation}' is below "
                          "2^(-2^62), e.g. tanh at |z| ~ 1e200: the true gradient there is not 0, but beyond any "
@@ -378,6 +400,13 @@ def _findings(stack, g, res, verdict) -> list[str]:
                          "the other samples and can be far too small: run such samples one at a time (batch 1) for "
                          "their exact chain")
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
+    zf = forward_zeros(stack.activation, std)
+    if zf.size:
+        words.append(f"the forward activations of layer{'s' if zf.size > 1 else ''} {_layers(zf)} are exactly 0: "
+                     f"every unit's {stack.activation}(z) underflowed {stack.dtype} "
+                     f"({'' if stack.dtype == 'float64' else 'in float64: '}{PHI_UNDERFLOW[stack.activation]}), "
+                     "where the forward carries no exponent; "
+                     "the gradients that depend on them read 0 where the exact ones are tiny but not 0")
     ok = np.isfinite(std)
     if ok.sum() >= 2 and abs(std[ok][-1] - std[ok][0]) >= 3:
         i0, i1 = int(np.flatnonzero(ok)[0]), int(np.flatnonzero(ok)[-1])

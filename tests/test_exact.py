@@ -384,6 +384,21 @@ def test_limit_a_biased_exploding_homogeneous_stack_overflows_in_the_forward(bac
     assert "forward pass turned non-finite at layer 1189" in text and "non-finite from the top (dL/dh_L" in text
 
 
+@pytest.mark.parametrize("activation, z", [("gelu", -40.0), ("swish", -800.0)])
+def test_limit_a_layer_whose_phi_underflows_in_every_unit_reads_0_and_is_named(activation, z):
+    """README: GELU below z = -37.5 (swish below -745) leaves float64 in phi itself, and the
+    forward carries no exponent there: the loss and the gradient read 0 (mpmath: 10^-696 and
+    10^-691.6 for GELU at -40). The diagnosis said the derivative had fallen below 2^(-2^62)."""
+    stack = gb.Stack(depth=1, width=1, activation=activation)
+    params = gb.init_params(stack, 0)
+    x = np.array([[z / float(params.W[0, 0, 0])]])
+    res = gb.backprop(stack, params, x, backend="numpy")
+    assert res.forward_rescaled and float(res.loss_exact.log10()) == -np.inf
+    d = gb.diagnose(res, params)
+    assert d.verdict == "no gradient" and "2^(-2^62)" not in d.explanation
+    assert f"the forward activations of layer 0 are exactly 0: every unit's {activation}(z) underflowed" in d.explanation
+
+
 def test_limit_one_exponent_per_layer_flushes_entries_2_to_1074_below():
     stack = gb.Stack(depth=1, width=2, activation="identity")
     params = gb.init_params(stack, 0)
