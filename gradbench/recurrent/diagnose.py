@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradbench.activations import RESCUE
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.report import fmt_pow
 
@@ -199,6 +200,21 @@ def _back(n: int) -> str:
     return "the last step" if n == 0 else f"{n} step{'s' if n != 1 else ''} back"
 
 
+def _saturated_zero(rnn, s: np.ndarray, saturation) -> str:
+    """Why the signal reads 0 below some step, when it is the vanilla cell's saturation: every
+    unit's phi'(z) underflowed the dtype there (tanh beyond |z| ~ 354 in float64), and the
+    recurrent kernels keep phi' per step as a plain number (no exponent of its own, unlike the
+    stacks' rescue): the true gradient is tiny, not 0."""
+    zero = np.flatnonzero(s == -math.inf)
+    sat = np.asarray(saturation, dtype=np.float64)
+    t = int(zero.max()) + 1 if zero.size else -1
+    if rnn.cell != "rnn" or rnn.act not in RESCUE or not (0 < t < len(sat)) or sat[t] < 1.0:
+        return ""
+    return (f": every unit of step {t} is saturated so far that its {rnn.act}'(z) underflowed {rnn.dtype} "
+            "(tanh beyond |z| ~ 354 in float64, ~ 44 in float32), and the vanilla cell keeps phi' per step with no "
+            "exponent of its own: the true gradient below is tiny, not 0")
+
+
 def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: float = 8.0) -> RecurrentDiagnosis:
     """Statistics and a verdict in words from a :class:`RecurrentResult` (module docstring)."""
     if not isinstance(res, RecurrentResult):
@@ -229,12 +245,18 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
                      + (f" ({abs(ratio) / (T - 1):.3g} decades {'lost' if ratio < 0 else 'gained'} per step on "
                         "average)" if T > 1 and ratio != 0 else ""))
     elif s[0] == -math.inf and math.isfinite(s[-1]):
-        words.append(f"no gradient reaches step 0 (exactly zero; {int(np.sum(s == -math.inf))} steps have none)")
+        words.append(f"no gradient reaches step 0 (exactly zero; {int(np.sum(s == -math.inf))} steps have none)"
+                     + _saturated_zero(rnn, s, res.saturation))
     words += _extremes(s, threshold)
     if fin.size:
-        words.append(f"learning reaches {reach} step{'s' if reach != 1 else ''} back: the contributions to dL/dW_hh "
-                     f"stay within {reach_decades:g} decades of the largest (10^{_num(float(np.max(g[fin])))})"
-                     + ("" if reach < T else " over the whole sequence"))
+        top = int(fin[np.argmax(g[fin])])
+        if fin.size >= T - 1 and np.all(g[fin] >= g[top] - reach_decades):  # step 0's term is 0 when h_{-1} = 0
+            words.append(f"learning reaches over the whole sequence: every step's contribution to dL/dW_hh lies "
+                         f"within {reach_decades:g} decades of the largest (10^{_num(float(g[top]))}, at step {top})")
+        else:
+            words.append(f"learning reaches {reach} step{'s' if reach != 1 else ''} back from step {top}, the largest "
+                         f"contribution to dL/dW_hh (10^{_num(float(g[top]))}): the contributions stay within "
+                         f"{reach_decades:g} decades of it down to step {top - reach + 1}")
     if rnn.cell == "lstm" and len(c) and np.isfinite(c[0]) and np.isfinite(c[-1]):
         words.append(f"||dL/dc|| at step 0 is 10^{_num(float(c[0]))}")
     gate = {"lstm": "forget", "gru": "update"}.get(rnn.cell)
