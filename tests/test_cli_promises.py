@@ -701,3 +701,26 @@ def test_compare_shows_the_rate_that_decided_the_verdict(capsys):
     verdict, signal_rate, dw_rate = relu.split()[3:6]
     assert verdict == "exploding" and float(signal_rate) > 0.1 and abs(float(dw_rate)) < 0.1, relu
     assert any(ln.startswith("rates: decades per layer going down") for ln in lines)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    # taken in silence before: an option --list ignores, empty and repeated names, the default set for ''
+    (["train", "--list", "--demo", "deep-sigmoid"], "gradbench train: error: --list prints the demos and runs nothing: drop --demo"),
+    (["compare", "--configs", ""], "--configs '' names no configuration"),
+    (["compare", "--configs", "relu,,tanh"], "--configs 'relu,,tanh' has an empty name"),
+    (["train", "--demo", "adam,adam"], "--demo names adam more than once"),
+    (["compare", "--cells", "rnn,lstm,lstm", "--steps", "10", "--hidden", "4"], "--cells names lstm more than once"),
+    # the recurrent options as the stacks' (the field's words, or 1e200 accepted, before)
+    (["run", "--cell", "gru", "--steps", "10", "--hidden", "4", "--sigma-w", "1e200"], "argument --sigma-w: must be a number in (0, 1e+150]"),
+    (["run", "--cell", "rnn", "--steps", "0", "--hidden", "4"], "argument --steps: must be an integer >= 1, got '0'"),
+    (["run", "--cell", "rnn", "--steps", "10", "--hidden", "4", "--checkpoint", "0"], "argument --checkpoint: must be an integer >= 1"),
+    # unknown options: the subcommand's message, and a hint ('gradbench: error: unrecognized arguments' before)
+    (["run", "--depht", "5", "--width", "4"], "gradbench run: error: unrecognized arguments: --depht 5; did you mean --depth?"),
+    (["run", "--steps", "10", "--hidden", "4"], "describe recurrent nets: add --cell rnn, lstm or gru"),
+    (["run", "--cell", "rnn", "--steps", "10", "--hidden", "4", "--dpi", "5"], "gradbench run: error: unrecognized arguments: --dpi 5"),
+])
+def test_more_refusals_exit_2_with_one_line(argv, needle, capsys):
+    code, out, err = run(argv, capsys)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err

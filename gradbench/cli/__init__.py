@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from gradbench import __version__
-from gradbench.cli.common import Parser, typed_options
+from gradbench.cli.common import Parser, parse, typed_options
 from gradbench.cli.process import run_guarded
 
 # The subcommands, in the order of the help: name -> the module that registers it.
@@ -86,7 +86,7 @@ def _dispatch(argv: list[str]) -> int:
         return recurrent_cli.main(argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, argv)
     except SystemExit as exc:  # --help (0) and bad options (2)
         return int(exc.code or 0)
     if args.command is None:

@@ -60,6 +60,31 @@ class Parser(argparse.ArgumentParser):
             self._action_groups = groups
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, with options no parser knows reported by the subcommand's
+    own parser (``gradbench run: error: ...``, not ``gradbench: ...``) and the closest option it
+    has ("did you mean --depth?"). SystemExit as argparse's."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        sub = getattr(parser, "commands", {}).get(getattr(args, "command", None), parser)
+        sub.error(f"unrecognized arguments: {' '.join(extras)}{_option_hint(extras, sub)}")
+    return args
+
+
+def _option_hint(extras: list[str], p: argparse.ArgumentParser) -> str:
+    import difflib
+
+    typed = [e.split("=", 1)[0] for e in extras if e.startswith("--")]
+    if {"--steps", "--hidden", "--cells"} & set(typed) and "--steps" not in p._option_string_actions:
+        return "; --steps, --hidden and --cells describe recurrent nets: add --cell rnn, lstm or gru (--cells for compare)"
+    known = [s for a in p._actions for s in a.option_strings if s.startswith("--")]
+    for name in typed:
+        match = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        if match:
+            return f"; did you mean {match[0]}?"
+    return ""
+
+
 def add_parser(sub, name: str, *, help: str, epilog: str, **kw) -> argparse.ArgumentParser:
     """A subcommand parser with ``--debug`` (the traceback of an internal error)."""
     p = sub.add_parser(name, help=help, epilog=epilog, description=help[:1].upper() + help[1:] + ".", **kw)
@@ -96,9 +121,18 @@ unit_interval = _typed("fraction", float, lambda v: 0 <= v < 1, "must be a numbe
 dpi_int = _typed("dpi", int, lambda v: 20 <= v <= 1200, "must be an integer in [20, 1200]")
 
 
-def split(text: str) -> list[str]:
-    """The names of a comma-separated option."""
-    return [x.strip() for x in text.split(",") if x.strip()]
+def split(text: str, option: str | None = None) -> list[str]:
+    """The names of a comma-separated option; with ``option`` (its flag, for the message) an
+    empty or repeated name is refused: 'relu,,tanh' and 'lstm,lstm' were taken in silence."""
+    names = [x.strip() for x in text.split(",")]
+    if option is None:
+        return [x for x in names if x]
+    if not all(names):
+        raise UsageError(f"{option} {text!r} has an empty name (two commas, or one at an end)")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"{option} names {', '.join(twice)} more than once")
+    return names
 
 
 def given(args, *dests: str) -> list[str]:

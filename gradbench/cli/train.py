@@ -92,7 +92,7 @@ def demo_names(args) -> list[str]:
     if ignored:
         raise UsageError(f"--demo brings its own stack and data: {', '.join(map(option, ignored))} would be ignored "
                          "(drop --demo to train your own stack)")
-    names = list(DEMOS) if args.demo == "all" else split(args.demo)
+    names = list(DEMOS) if args.demo == "all" else split(args.demo, "--demo")
     bad = [n for n in names if n not in DEMOS]
     if bad or not names:
         raise UsageError(f"unknown demo {', '.join(bad) or repr(args.demo)}; choose from {', '.join(DEMOS)} or all")
@@ -193,6 +193,9 @@ def cmd_train(args) -> int:
     from gradbench import plot
 
     if args.list:
+        extra = [d for d in getattr(args, "typed", ()) if d not in ("list", "debug")]
+        if extra:
+            raise UsageError(f"--list prints the demos and runs nothing: drop {', '.join(map(option, extra))}")
         list_demos()
         from gradbench.recurrent.cli import list_demos as list_recurrent_demos
 

@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 from gradbench.cli.common import (
-    add_output_args, given, nonneg_int, option, positive_float, positive_int, refuse_unused, seed_int, typed_options,
+    add_output_args, finite_float, gain, given, nonneg_float, option, parse, positive_float, positive_int,
+    refuse_unused, seed_int, split, typed_options,
 )
 from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
 from gradbench.report import fmt_pow
@@ -101,9 +102,9 @@ def _check_clip(args) -> None:
                          f"({' or '.join(CLIP_MODES)}): without --clip nothing is clipped")
 
 
-def _names(value: str) -> list[str]:
-    """The non-empty names of a comma-separated option value."""
-    return [n for n in value.split(",") if n]
+def _names(value: str, option: str | None = None) -> list[str]:
+    """The names of a comma-separated option value (cli.common.split)."""
+    return split(value, option)
 
 
 WEIGHTS = "gradbench.init_params(rnn, seed)"  # the parameters of every probe run; input: GeneratedSequence
@@ -136,18 +137,18 @@ def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None):
     g = p.add_argument_group("the recurrent net")
     if cell:
         g.add_argument("--cell", required=True, metavar="CELL", help=f"one of {', '.join(CELLS)}")
-    g.add_argument("--steps", type=int, default=steps, required=steps is None, help="sequence length T")
-    g.add_argument("--hidden", type=int, default=hidden, required=hidden is None, help="hidden units N")
-    g.add_argument("--input-dim", type=int, default=None, help="input features D (default: hidden)")
+    g.add_argument("--steps", type=positive_int, default=steps, required=steps is None, help="sequence length T")
+    g.add_argument("--hidden", type=positive_int, default=hidden, required=hidden is None, help="hidden units N")
+    g.add_argument("--input-dim", type=positive_int, default=None, help="input features D (default: hidden)")
     g.add_argument("--activation", default=None, metavar="NAME",
                    help=f"rnn cell only: one of {', '.join(RNN_ACTIVATIONS)} (default tanh)")
-    g.add_argument("--activation-param", type=float, default=None)
+    g.add_argument("--activation-param", type=finite_float, default=None)
     g.add_argument("--init", default="xavier_normal", metavar="NAME", help=f"W_ih: one of {', '.join(INITS)}")
     g.add_argument("--recurrent-init", default="orthogonal", metavar="NAME",
                    help=f"W_hh: one of {', '.join(RECURRENT_INITS)} (default orthogonal)")
-    g.add_argument("--sigma-w", type=float, default=None, help="gain of W_hh")
-    g.add_argument("--sigma-b", type=float, default=0.0, help="std of the biases")
-    g.add_argument("--forget-bias", type=float, default=None, help="lstm only (default 1)")
+    g.add_argument("--sigma-w", type=gain, default=None, help="gain of W_hh")
+    g.add_argument("--sigma-b", type=nonneg_float, default=0.0, help="std of the biases")
+    g.add_argument("--forget-bias", type=finite_float, default=None, help="lstm only (default 1)")
     g.add_argument("--clip", choices=CLIP_MODES, default=None)
     g.add_argument("--clip-threshold", type=positive_float, default=1.0, help="with --clip (default 1)")
     g.add_argument("--clip-on", choices=CLIP_TARGETS, default="signal", help="with --clip (default signal)")
@@ -166,10 +167,10 @@ def _net(args, cell: str | None = None):
 
 
 def _common(p, batch=16):
-    p.add_argument("--batch", type=int, default=batch, help=f"sequences in the probe batch (default {batch})")
+    p.add_argument("--batch", type=positive_int, default=batch, help=f"sequences in the probe batch (default {batch})")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the parameters and the inputs")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
-    p.add_argument("--checkpoint", type=nonneg_int, default=None, metavar="K",
+    p.add_argument("--checkpoint", type=positive_int, default=None, metavar="K",
                    help="steps per recomputed segment (default: about sqrt(steps) from 10^4 steps on, else none)")
 
 
@@ -222,7 +223,7 @@ def cmd_compare(args) -> int:
     t0 = time.perf_counter()
     _check_outputs(args)
     _check_clip(args)
-    cells = _names(args.cells)
+    cells = _names(args.cells, "--cells")
     bad = [c for c in cells if c not in CELLS]
     if bad or not cells:
         raise UsageError(f"--cells {args.cells!r}: choose from {', '.join(CELLS)} (comma-separated)")
@@ -389,10 +390,10 @@ examples:
   gradbench train --demo exploding-rnn,exploding-rnn-clipped
 """)
     p.add_argument("--demo", required=True)
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=seed_int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="sequence length (default: the demo's)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sequence length (default: the demo's)")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
     p.add_argument("--out")
     p.add_argument("--plot", help="held-out loss per epoch and the gradient curves at the start")
@@ -412,7 +413,7 @@ def main(argv: list[str]) -> int:
             print(f"gradbench train: error: {exc}", file=sys.stderr)
             return 2
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     args.argv = list(argv)
