@@ -138,6 +138,8 @@ class Tripwire:
     ({"sigma_w": [1.0]}, {"depth": None}, ValueError, r"depth is required"),
     ({"batch": [4, 0]}, {}, ValueError, r"batch must be an int >= 1, got 0 \(at grid point batch=0\)"),
     ({"clip": ["norm"]}, {"clip_on": "global"}, ValueError, r"clip_on='layer'"),
+    ({"init": ["kaiming_normal", "he_normal"]}, {}, ValueError,
+     r"grid\['init'\] names one scheme twice: 'kaiming_normal' and 'he_normal'"),
     # what backprop refuses, before the cluster starts (it crashed the sweep as an 'internal error')
     ({"batch_norm": [False, True]}, {"batch": 1}, ValueError,
      r"batch_norm=True needs a batch of at least 2, got batch=1: .* \(at grid point batch_norm=True\)"),
@@ -567,6 +569,7 @@ def test_ctrl_c_in_a_terminal_keeps_finished_rows_and_prints_no_dask_tracebacks(
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "WARNING" not in err and "ERROR" not in err, err
     assert f"the finished runs are saved in {out}" in err
+    assert err.count("interrupted") == 1, err  # a second bare "interrupted" followed
     assert list(out.glob("rows-*.parquet"))
 
 
@@ -662,3 +665,26 @@ def test_progress_off_a_terminal_prints_plain_lines(cluster, capfd, monkeypatch)
     assert err[0].startswith("dask dashboard: ") and "sweep ..." in err, err
     counts = [line for line in err if line.startswith("sweep: ") and " of 8 runs, " in line]
     assert counts, err
+
+
+def test_a_busy_dashboard_port_prints_no_dask_warning(capfd):
+    """With port 8787 taken (another cluster on a shared machine) Dask's 'UserWarning: Port 8787
+    is already in use ... warnings.warn(' lines got through; the address it took is printed."""
+    import socket
+
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", 8787))
+        s.listen(1)
+    except OSError:
+        pass  # taken already: the case itself
+    import warnings
+
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            gb.sweep({"sigma_w": [1.0, 2.0]}, depth=4, width=4, workers=1, progress=True)
+    finally:
+        s.close()
+    assert not [w for w in seen if "already in use" in str(w.message)], [str(w.message) for w in seen]
+    assert "dask dashboard: " in capfd.readouterr().err

@@ -171,10 +171,11 @@ def cmd_sweep(args) -> int:
     except OSError as exc:  # the scheduler cannot be reached
         raise UsageError(f"cannot reach the scheduler {args.scheduler!r}: {exc}") from None
     except KeyboardInterrupt:
-        if args.out:
-            print(f"interrupted: the finished runs are saved in {args.out}; run the same command again to resume",
-                  file=sys.stderr)
-        raise
+        if not args.out:
+            raise  # main says "interrupted" (once)
+        print(f"interrupted: the finished runs are saved in {args.out}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     wrote = []
     if args.csv:
         text = table.to_csv(index=False)

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -109,7 +110,10 @@ def connect(client, workers: int | None):
         # Dask's own log lines off (the cluster's processes and, while it runs, this one): a
         # failure reaches the caller as an exception; a Ctrl-C that closes the workers in the
         # middle of their tasks printed pages of warnings and tracebacks
-        with _sigint_ignored():  # the workers inherit it: Ctrl-C reaches the caller, which closes them
+        with _sigint_ignored(), warnings.catch_warnings():  # the workers inherit it: Ctrl-C reaches the caller
+            # "Port 8787 is already in use ... Hosting the HTTP server on port N instead": the
+            # address it took is printed with the progress (client.dashboard_link)
+            warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                    silence_logs=logging.CRITICAL)
         with cluster, Client(cluster) as c:

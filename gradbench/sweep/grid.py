@@ -19,7 +19,7 @@ import numpy as np
 
 from gradbench.backends import REGISTRY
 from gradbench.inputs import BN_ONE_SAMPLE
-from gradbench.spec import Stack, check_choice
+from gradbench.spec import INIT_ALIASES, Stack, check_choice
 
 #: Stack fields and run options that can be swept or fixed.
 FIELDS = tuple(f.name for f in dataclasses.fields(Stack)) + ("batch",)
@@ -97,6 +97,14 @@ def _axis(name: str, values) -> list:
     dup = sorted(v for v, n in collections.Counter(json.dumps(v) for v in out).items() if n > 1)
     if dup:
         raise ValueError(f"{where} has repeated values {', '.join(dup)}: each configuration is run once")
+    if name == "init":  # another name of the same scheme is the same configuration
+        same = collections.defaultdict(list)
+        for v in out:
+            same[INIT_ALIASES.get(v, v)].append(v)
+        twice = [names for names in same.values() if len(names) > 1]
+        if twice:
+            raise ValueError(f"{where} names one scheme twice: {' and '.join(map(repr, twice[0]))} "
+                             "(the same configuration): keep one")
     return out
 
 
