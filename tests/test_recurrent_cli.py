@@ -214,3 +214,15 @@ def test_recurrent_formats_are_documented(tmp_path, capsys):
     missing = [k for k in keys if f"`{k}`" not in section]
     assert not missing, missing
     assert "cells.json" in text and "cells.png" in text
+
+
+def test_recurrent_subcommands_take_debug_as_the_stacks_do(capsys):
+    """--debug (the traceback of an internal error) was unknown to run/compare/theory/train with
+    --cell(s) or a recurrent demo: 'unrecognized arguments: --debug'."""
+    from gradbench import cli
+
+    for argv in (["run", "--cell", "rnn"], ["compare", "--cells", "rnn"], ["theory", "--cell", "rnn"],
+                 ["train", "--demo", "memory-rnn"]):
+        assert cli.main([*argv, "--help"]) == 0
+        assert "--debug" in capsys.readouterr().out, argv
+    assert cli.main(["run", "--cell", "rnn", "--steps", "5", "--hidden", "3", "--debug", "--backend", "numpy"]) == 0

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from gradbench.cli.common import (
-    add_output_args, finite_float, gain, given, nonneg_float, option, parse, positive_float, positive_int,
+    add_output_args, add_parser, finite_float, gain, given, nonneg_float, option, parse, positive_float, positive_int,
     refuse_unused, seed_int, split, typed_options,
 )
 from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     parser.commands = sub.choices
     raw = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("run", help="one recurrent net: forward, exact backward through time, diagnosis",
+    p = add_parser(sub, "run", help="one recurrent net: forward, exact backward through time, diagnosis",
                        formatter_class=raw, epilog="""\
 examples:
   gradbench run --cell lstm --steps 100000 --hidden 32
@@ -353,7 +353,7 @@ examples:
     p.add_argument("--plot", help="write ||dL/dh_t|| and the step contributions against t (.png/.svg/.pdf)")
     add_output_args(p, plots=False)  # --mkdir
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("compare", help="several cells side by side through time", formatter_class=raw, epilog="""\
+    p = add_parser(sub, "compare", help="several cells side by side through time", formatter_class=raw, epilog="""\
 examples:
   gradbench compare --cells rnn,lstm,gru --steps 10000 --plot cells.png
 """)
@@ -364,7 +364,7 @@ examples:
     p.add_argument("--plot", help="write log10 ||dL/dh_t|| against steps back, one line per cell")
     add_output_args(p, plots=False)  # --mkdir
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("theory", help="predicted vs measured per-step rate through time", formatter_class=raw,
+    p = add_parser(sub, "theory", help="predicted vs measured per-step rate through time", formatter_class=raw,
                        epilog="""\
 linear cells: log10 of the spectral radius of the drawn W_hh (exact as T grows; orthogonal and identity
 give 0); tanh and the other activations: mean field chi_1 with sigma_w the gain of W_hh and the input as
@@ -384,7 +384,7 @@ examples:
     p.add_argument("--plot", help="write the measured log10 ||dL/dh_t|| against steps back")
     add_output_args(p, plots=False)  # --mkdir
     p.set_defaults(func=cmd_theory)
-    p = sub.add_parser("train", help="the recurrent demonstrations", formatter_class=raw, epilog="""\
+    p = add_parser(sub, "train", help="the recurrent demonstrations", formatter_class=raw, epilog="""\
 examples:
   gradbench train --demo memory-rnn,memory-lstm,memory-gru --plot memory.png
   gradbench train --demo exploding-rnn,exploding-rnn-clipped
