@@ -200,11 +200,15 @@ def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bo
     notes = [f"{int(v)} exact zeros" for v in (rel.zeros.sum(),) if v] + [
         f"{int(v)} entries below 10^{rel.edges[0]:g} of the norm" for v in (rel.outside.sum(),) if v]
     if notes:
-        ax.text(0.99, 0.01, "not shown: " + ", ".join(notes), transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=8, color="0.3")
+        _note_below(ax, "not shown: " + ", ".join(notes))
     if path is not None:
         save(fig, path, dpi)
     return fig
+
+
+def _note_below(ax, text: str) -> None:
+    """A note under the x axis's label (inside the axes it covered the heat map's cells)."""
+    ax.set_xlabel(f"{ax.get_xlabel()}\n{text}")
 
 
 def _row_groups(a: np.ndarray, most: int = 2000) -> tuple[np.ndarray, int]:
@@ -238,8 +242,7 @@ def _absolute_heatmap(d: Diagnosis, path, *, title, ax, dpi) -> Figure:
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l|$ per entry (exact)")
     ax.set_title(title or f"Gradient histograms per layer: {d.stack['activation']}, depth {d.depth} ({d.verdict})")
     if d.hist_zeros.any():
-        ax.text(0.99, 0.01, f"exact zeros not shown: {int(d.hist_zeros.sum())}", transform=ax.transAxes,
-                ha="right", va="bottom", fontsize=8, color="0.3")
+        _note_below(ax, f"exact zeros not shown: {int(d.hist_zeros.sum())}")
     if path is not None:
         save(fig, path, dpi)
     return fig

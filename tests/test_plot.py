@@ -232,3 +232,16 @@ def test_every_plot_function_draws_into_a_given_axes(diags, runs):
         left, right = fig.subplots(1, 2)
         assert call(right) is fig, name
         assert right.has_data() and not left.has_data(), name
+
+
+def test_histogram_notes_do_not_cover_the_cells(tmp_path):
+    """'not shown: N exact zeros' was drawn inside the axes, over the heat map's lower right cells."""
+    stack = gb.Stack(depth=6, width=4, activation="relu", init="he_normal")
+    params = gb.init_params(stack, 0)
+    res = gb.backprop(stack, params, gb.gaussian_input(stack, 2, 1))
+    d = gb.diagnose(res, params)
+    assert d.hist_zeros.sum() > 0  # dead units: exact zeros in dW
+    for fig in (plot.histogram_heatmap(res, tmp_path / "r.png"), plot.histogram_heatmap(d, relative=False)):
+        ax = fig.axes[0]
+        assert not [t for t in ax.texts if "not shown" in t.get_text()]
+        assert "not shown" in ax.get_xlabel()
