@@ -138,6 +138,27 @@ static inline double gb_log_dphi_f64(double x, int act, double p, double *sign) 
     return NAN;
 }
 
+/* ln|phi(x)| and the sign of phi(x) in double at any x, +-inf included, for the activations whose
+ * phi itself underflows for finite x (the forward's rescue: swish, gelu); the twin of log_phi in
+ * gradbench/activations.py:
+ *   swish: ln|x| + ln s(x);  gelu: ln|x Phi(x)| (gb_phi_f64) for x >= -30, below
+ *          -x^2/2 - ln sqrt(2 pi) + ln(1 - r(1 - r(3 - r(15 - r(105 - 945 r))))), r = 1/x^2.
+ * 0 gives -inf (sign 0). Other activations: NAN. */
+static inline double gb_log_phi_f64(double x, int act, double p, double *sign) {
+    *sign = x > 0 ? 1.0 : (x < 0 ? -1.0 : (x == 0 ? 0.0 : NAN));
+    if (x == 0) return -INFINITY;
+    if (isinf(x)) return x;
+    const double a = fabs(x);
+    if (act == GB_SWISH) return log(a) + (x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x)));
+    if (act != GB_GELU) {
+        *sign = NAN;
+        return NAN;
+    }
+    if (x >= GB_GELU_ASYMPTOTIC) return log(fabs(gb_phi_f64(x, GB_GELU, p)));
+    const double r = 1.0 / (a * a);
+    return -0.5 * a * a - GB_HALF_LN_2PI + log(1.0 - r * (1.0 - r * (3.0 - r * (15.0 - r * (105.0 - r * 945.0)))));
+}
+
 /* float32: evaluated in double, rounded once (the reference's float64 evaluation) */
 static inline float gb_phi_f32(float z, int act, double p) { return (float)gb_phi_f64(z, act, p); }
 static inline float gb_dphi_f32(float z, int act, double p) { return (float)gb_dphi_f64(z, act, p); }

@@ -945,7 +945,61 @@ static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, F(gb_cfg) 
     return GB_OK;
 }
 
+#define GB_RESCUE_BELOW(f32) ((f32) ? 0x1p-100 : 0x1p-900)
+#define GB_LN2 0.6931471805599453 /* math.log(2) */
+#define GB_RESCUE_LN_MIN (-0x1p62 * GB_LN2) /* gradbench.activations.RESCUE_LN_MIN */
+
 /* ---------------------------------------------------------------- forward */
+/* The forward's rescue (reference.rescue_forward): GELU and swish, whose phi itself underflows
+ * for finite z (GELU below z = -37.5). Where a layer's largest |h| (mantissas at exponent f) lies
+ * below GB_RESCUE_BELOW and some unit below GB_RESCUE_X, where |phi| is just above it, every unit
+ * is taken from ell = ln|phi(z 2^f)| (gb_log_phi_f64; the linear regime keeps its exact
+ * mantissa, ell = ln|h| + f ln 2), k = floor(max ell / ln2), h = sign exp(ell - k ln2), and the
+ * layer's exponent becomes k. The driver decides it on global values (slots and barriers), so
+ * every thread takes the same branch. */
+static inline double F(gb_rescue_x)(int act, int f32) {
+    return act == GB_GELU ? (f32 ? -11.0 : -35.0) : (f32 ? -65.0 : -620.0); /* activations.RESCUE_X */
+}
+
+static inline int64_t F(gb_clamp_exp)(int64_t e) { return e > 100000 ? 100000 : (e < -100000 ? -100000 : e); }
+
+/* the tail test: some z 2^f <= RESCUE_X, as z <= RESCUE_X 2^-f (one product per entry) */
+static int F(gb_fwd_deep)(const T *z, int64_t n, double thr) {
+    int deep = 0;
+    for (int64_t i = 0; i < n; i++) deep |= (double)z[i] <= thr;
+    return deep;
+}
+
+static inline double F(gb_fwd_ell)(T h, T z, const gb_scaled *s, int64_t f, double *sgn, int *lin) {
+    const double x = ldexp((double)z, s->f);
+    *lin = fabs(x) < s->tiny;
+    if (*lin) {
+        *sgn = 1.0;
+        return (h != 0 ? log(fabs((double)h)) : -INFINITY) + (double)f * GB_LN2;
+    }
+    return gb_log_phi_f64(x, s->act, s->p, sgn);
+}
+
+static double F(gb_fwd_ell_max)(const T *h, const T *z, int64_t n, const gb_scaled *s, int64_t f) {
+    double m = -INFINITY, sgn;
+    int lin;
+    for (int64_t i = 0; i < n; i++) {
+        const double ell = F(gb_fwd_ell)(h[i], z[i], s, f, &sgn, &lin);
+        m = ell > m ? ell : m;
+    }
+    return m;
+}
+
+static void F(gb_fwd_rescue_rows)(T *h, const T *z, int64_t n, const gb_scaled *s, int64_t f, int64_t k) {
+    double sgn;
+    int lin;
+    for (int64_t i = 0; i < n; i++) {
+        const double ell = F(gb_fwd_ell)(h[i], z[i], s, f, &sgn, &lin);
+        h[i] = lin ? (T)ldexp((double)h[i], (int)F(gb_clamp_exp)(f - k))
+                   : (T)(sgn * exp(ell - (double)k * GB_LN2_HI - (double)k * GB_LN2_LO));
+    }
+}
+
 typedef struct {
     const gb_stack_arrays *a;
     GEMM_FN gemm;
@@ -959,6 +1013,8 @@ typedef struct {
     unsigned char *rbad;  /* (L,B) per row: h_{l+1} has a non-finite entry */
     unsigned char *dead;  /* (L,nth,N) per thread: z_l <= 0 on all its rows */
     T *amax;              /* (2,nth) per thread: max|h_{l+1}| over its rows (layer parity) */
+    double *fres;         /* (2,3,nth) the forward's rescue (GELU, swish): per thread its tail flag,
+                             max ell and new max|h| (layer parity); NULL for other activations */
     int nth;
 } F(gb_fwd);
 
@@ -1112,6 +1168,32 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
             gb_barrier_wait(bar, &sense);
             T m = 0;
             for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
+            int em;
+            frexp((double)m, &em);
+            if (st->fres && !(k && (l + 1) % k == 0) && isfinite(m) && (m == 0 || em + f <= (f32 ? -99 : -899))) {
+                /* rare: every thread takes this branch (m and f are the same on each) */
+                double *fr = st->fres + (l & 1) * 3 * nth;
+                const T *zr = Zl + r0 * N;
+                fr[tid] = F(gb_fwd_deep)(zr, nr * N, ldexp(F(gb_rescue_x)(st->cfg.act, f32), (int)F(gb_clamp_exp)(-f)));
+                gb_barrier_wait(bar, &sense); /* every thread's tail flag */
+                int deep = 0;
+                for (int t = 0; t < nth; t++) deep |= fr[t] != 0;
+                if (deep) {
+                    fr[nth + tid] = F(gb_fwd_ell_max)(hn, zr, nr * N, &sc, f);
+                    gb_barrier_wait(bar, &sense); /* every thread's max ell */
+                    double M = -INFINITY;
+                    for (int t = 0; t < nth; t++) M = fr[nth + t] > M ? fr[nth + t] : M;
+                    if (M >= GB_RESCUE_LN_MIN && M < INFINITY) {
+                        const int64_t kf = (int64_t)floor(M / GB_LN2);
+                        F(gb_fwd_rescue_rows)(hn, zr, nr * N, &sc, f, kf);
+                        fn = kf;
+                        fr[2 * nth + tid] = (double)F(gb_absmax)(hn, nr * N, 0);
+                        gb_barrier_wait(bar, &sense); /* every thread's new max|h| */
+                        m = 0;
+                        for (int t = 0; t < nth; t++) m = fr[2 * nth + t] > m ? (T)fr[2 * nth + t] : m;
+                    }
+                }
+            }
             fn += F(gb_scale_pow2)(hn, nr * N, m);
         }
         F(gb_row_stats)(H + (l + 1) * BN, r0, r1, N, st->rsum + l * B, st->rm2 + l * B, st->rbad + l * B);
@@ -1146,9 +1228,11 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.rbad = F(gb_alloc)(LB);
     st.dead = F(gb_alloc)((size_t)(L * nth * N));
     st.amax = F(gb_alloc)(sizeof(T) * 2 * (size_t)nth);
+    const int frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH);
+    st.fres = frescue ? F(gb_alloc)(sizeof(double) * 6 * (size_t)nth) : NULL;
     rc = GB_ENOMEM;
     if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
-        st.rsat && st.rbad && st.dead && st.amax && st.tdone && st.rdone) {
+        st.rsat && st.rbad && st.dead && st.amax && st.tdone && st.rdone && (!frescue || st.fres)) {
         rc = GB_OK;
         for (int t = 0; t < nth; t++) {
             atomic_init(&st.tdone[t].step, -1);
@@ -1197,6 +1281,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.rbad);
     free(st.dead);
     free(st.amax);
+    free(st.fres);
     return rc;
 }
 
@@ -1211,9 +1296,6 @@ static inline int F(gb_rescue_act)(int act) {
     return act == GB_SIGMOID || act == GB_TANH || act == GB_ELU || act == GB_SELU || act == GB_SWISH ||
            act == GB_GELU;
 }
-#define GB_RESCUE_BELOW(f32) ((f32) ? 0x1p-100 : 0x1p-900)
-#define GB_LN2 0.6931471805599453 /* math.log(2) */
-#define GB_RESCUE_LN_MIN (-0x1p62 * GB_LN2) /* gradbench.activations.RESCUE_LN_MIN */
 
 /* ell = ln|da| + ln|phi'(x)| of entry j of one row and its sign: da and zl in T as
  * gb_act_backward_row forms them, x = zl 2^f (the forward's exponent, clamped) under rescaling */

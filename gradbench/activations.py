@@ -249,6 +249,42 @@ def log_dphi(x: np.ndarray, code: int, param: float) -> tuple[np.ndarray, np.nda
     return ln, sign
 
 
+# ------------------------------------------------------------------ log-activation
+# Activations whose phi itself leaves the float range for finite z (the deep negative tail:
+# GELU below z = -37.5, swish below -745 in float64): the forward rescues a layer of them in
+# log form (reference.rescue_forward) where the layer's largest |h| lies below RESCUE_BELOW and
+# some unit lies below RESCUE_X, where |phi| is just above RESCUE_BELOW (every unit that
+# underflows lies below it).
+PHI_RESCUE = frozenset({"gelu", "swish"})
+RESCUE_X = {"float64": {"gelu": -35.0, "swish": -620.0}, "float32": {"gelu": -11.0, "swish": -65.0}}
+
+
+def log_phi(x: np.ndarray, code: int, param: float) -> tuple[np.ndarray, np.ndarray]:
+    """(ln |phi(x)|, sign of phi(x)) in float64 for the :data:`PHI_RESCUE` activations at any
+    float64 x, +-inf included: swish as ln|x| + ln s(x); gelu as ln|x Phi(x)| from x = -30 up,
+    below as -x^2/2 - ln sqrt(2 pi) + ln(a m(a)) (a = |x|, m the asymptotic Mills ratio, 6
+    terms: relative error below 1e-14 there)."""
+    name = ACTIVATIONS[code]
+    x = _as64(x)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+        a = np.abs(x)
+        sign = np.sign(x)
+        if name == "swish":
+            ls = np.where(x >= 0, -np.log1p(np.exp(-a)), x - np.log1p(np.exp(np.minimum(x, 0))))
+            ln = np.where(np.isneginf(x), -np.inf, np.log(a) + ls)
+        elif name == "gelu":
+            mid = np.maximum(x, _GELU_ASYMPTOTIC)
+            direct = np.log(np.abs(mid * _ncdf(mid)))
+            ai = np.where(x < _GELU_ASYMPTOTIC, a, 40.0)
+            r = 1 / (ai * ai)
+            low = -0.5 * ai * ai - _HALF_LN_2PI + np.log(1 - r * (1 - r * (3 - r * (15 - r * (105 - r * 945)))))
+            ln = np.where(x < _GELU_ASYMPTOTIC, low, direct)
+            ln = np.where(np.isneginf(x), -np.inf, np.where(np.isposinf(x), np.inf, ln))
+        else:
+            raise ValueError(f"activation {name!r} needs no log form (its phi never underflows)")
+    return ln, sign
+
+
 # ------------------------------------------------------------------ max phi'
 def _swish_argmax() -> float:
     """The z where swish' peaks: the root of swish'' = s(1-s)(2 + z(1 - 2s)), i.e. z tanh(z/2) = 2."""

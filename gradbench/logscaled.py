@@ -7,6 +7,7 @@ depth: a gradient of 10^-30000 is reported as such, not as 0.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -105,6 +106,23 @@ class LogScaled:
             body = ", ".join(f"10^{v:.4g}" for v in np.ravel(self.log10()))
             return f"LogScaled([{body}])"
         return f"LogScaled(shape={self.shape}, exponent range [{self.exponent.min()}, {self.exponent.max()}])"
+
+
+# ln 2 split in two (Cody and Waite, fdlibm's ln2_hi / ln2_lo): k * LN2_HI is exact for
+# |k| < 2^20, so exp(x - k ln 2) loses nothing to the product there
+LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+LN2 = math.log(2.0)
+
+
+def from_log(ln: np.ndarray, sign) -> tuple[np.ndarray, int]:
+    """``sign * exp(ln)`` (float64 arrays; ln may be -inf) as (mantissas, k) with the largest
+    mantissa in [1, 2): ``sign exp(ln) = mantissas 2**k``. (zeros, 0) when no ln is finite."""
+    top = float(np.max(ln)) if np.size(ln) else -np.inf
+    if not np.isfinite(top):
+        return np.zeros(np.shape(ln)), 0
+    k = int(np.floor(top / LN2))  # ln 2 itself: top / LN2_HI is off by ~k LN2_LO / ln 2 steps at large k
+    with np.errstate(under="ignore"):
+        return sign * np.exp(ln - k * LN2_HI - k * LN2_LO), k
 
 
 def ldexp(m, e):

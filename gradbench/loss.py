@@ -11,14 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from gradbench import abi, reference
-from gradbench.logscaled import LogScaled, ldexp
+from gradbench.logscaled import LN2, LN2_HI, LN2_LO, LogScaled, ldexp
 from gradbench.params import Params
 from gradbench.spec import Stack
 
 
-# ln 2 split in two (Cody and Waite): E * LN2_HI is exact for |E| < 2^20, so exp(x - E ln 2)
-# loses nothing to the product
-_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 # dL/dy and the loss are scaled by a power of two only where exp would leave the normal range
 _EXP_LOW = -600.0
 
@@ -50,8 +47,8 @@ def _exp_scaled(logs: np.ndarray, scale: bool) -> tuple[np.ndarray, int]:
     top = float(np.max(logs)) if logs.size else -np.inf
     if not scale or not np.isfinite(top) or top >= _EXP_LOW:
         return np.exp(logs), 0
-    E = int(np.floor(top / _LN2_HI))
-    return np.exp(logs - E * _LN2_HI - E * _LN2_LO), E
+    E = int(np.floor(top / LN2))
+    return np.exp(logs - E * LN2_HI - E * LN2_LO), E
 
 
 def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True) -> tuple[float, LogScaled, np.ndarray, int]:
@@ -100,8 +97,8 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
     lam = float(_logsumexp(loss_logs)) - float(np.log(norm))  # log of the loss
     if not np.isfinite(lam):
         return loss_value, LogScaled.from_float(loss_value), dy, E
-    e = int(np.floor(lam / _LN2_HI)) + 1
-    return loss_value, LogScaled(np.array(np.exp(lam - e * _LN2_HI - e * _LN2_LO)), np.array(e)), dy, E
+    e = int(np.floor(lam / LN2)) + 1
+    return loss_value, LogScaled(np.array(np.exp(lam - e * LN2_HI - e * LN2_LO)), np.array(e)), dy, E
 
 
 def head_loss(stack: Stack, h: np.ndarray, f: int, params: Params, t) -> tuple[float, LogScaled, np.ndarray, int, np.ndarray, np.ndarray]:

@@ -48,7 +48,9 @@ import numpy as np
 from gradbench import abi
 from gradbench.abi import CLIP_NORM, CLIP_VALUE, EXP_CLAMP, I_ACT, I_BN, I_CLIP, I_RESCALE_FWD, I_RESIDUAL
 from gradbench.abi import F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, INFO_BACKWARD, INFO_FORWARD
-from gradbench.activations import RESCUE, RESCUE_BELOW, RESCUE_LN_MIN, _clamp, dphi, dphi_scaled, log_dphi, phi, phi_scaled
+from gradbench.activations import (PHI_RESCUE, RESCUE, RESCUE_BELOW, RESCUE_LN_MIN, RESCUE_X, TINY, _clamp, dphi,
+                                   dphi_scaled, log_dphi, log_phi, phi, phi_scaled)
+from gradbench.logscaled import from_log
 from gradbench.spec import ACTIVATIONS
 
 PRELU = abi.ACT_CODE["prelu"]
@@ -99,6 +101,42 @@ def activation_forward(a, z, code, param, f=None):
     mantissa of phi(z 2^f) at the same exponent (:func:`gradbench.activations.phi_scaled`).
     """
     a[...] = phi(z, code, param) if f is None else phi_scaled(z, f, code, param)
+
+
+def rescue_forward(a, z, f, code, param):
+    """A layer whose every unit's phi lies deep in its tail, in log form; returns a's exponent.
+
+    ``a`` is the mantissa of phi(z 2^f) at exponent f (:func:`activation_forward`). For the
+    :data:`~gradbench.activations.PHI_RESCUE` activations phi itself underflows for finite z
+    (GELU below z = -37.5): when the layer's largest |phi| lies below RESCUE_BELOW and some
+    unit below RESCUE_X, every unit is taken from ln|phi| (:func:`~gradbench.activations.log_phi`;
+    those in the linear regime keep their exact mantissas) and a is rewritten at the exponent of
+    the largest, which is returned (f otherwise). Only a layer whose largest ln|phi| is below
+    -2^62 ln 2 stays 0, as in the backward's rescue.
+    """
+    dt = a.dtype.name
+    name = ACTIVATIONS[code]
+    with np.errstate(invalid="ignore"):
+        m = float(np.max(np.abs(a), initial=0.0))
+    below = math.frexp(RESCUE_BELOW[dt])[1]
+    if name not in PHI_RESCUE or not math.isfinite(m) or (m > 0 and math.frexp(m)[1] + f > below):
+        return f
+    with np.errstate(over="ignore", under="ignore"):
+        x = np.ldexp(z.astype(np.float64), _clamp(f))
+    if not np.any(x <= RESCUE_X[dt][name]):
+        return f
+    a64 = a.astype(np.float64)
+    linear = np.abs(x) < TINY[dt][name]  # exact mantissas at exponent f: phi = c z to the last bit
+    ln, sign = log_phi(x, code, param)
+    with np.errstate(divide="ignore"):
+        ln = np.where(linear, np.log(np.abs(a64)) + f * math.log(2.0), ln)
+    if not np.max(ln, initial=-np.inf) >= RESCUE_LN_MIN:
+        return f
+    out, k = from_log(ln, sign)
+    with np.errstate(under="ignore"):
+        out = np.where(linear, np.ldexp(a64, _clamp(f - k)), out)
+    a[...] = out.astype(a.dtype)
+    return k
 
 
 def activation_backward(dz, da, z, code, param, f=None):
@@ -264,6 +302,8 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         f = int(fexp[l]) if rescale else None  # z is the mantissa of z 2^fexp[l] when rescaling
         activation_forward(H[l + 1], z, code, layer_param, f)
         fexp[l + 1] = fexp[l]
+        if rescale and not (k and (l + 1) % k == 0):  # a skip's add holds the layer otherwise
+            fexp[l + 1] = rescue_forward(H[l + 1], z, f, code, layer_param)
         if k and (l + 1) % k == 0:
             fexp[l + 1] = add_aligned(H[l + 1], fexp[l], H[l + 1 - k], fexp[l + 1 - k], alpha)
         if rescale:

@@ -163,14 +163,14 @@ def floored_layers(activation: str, g: np.ndarray, saturation: np.ndarray, act_l
     return out
 
 
-# where phi(z) itself leaves float64 for finite z (the forward carries exponents around z ~ 0 and
-# for homogeneous activations, not here)
-PHI_UNDERFLOW = {"gelu": "GELU below z = -37.5", "swish": "swish below z = -745"}
+# where phi(z) itself is beyond even the forward's rescue (ln|phi| below -2^62 ln 2, beyond any
+# int64 exponent; reference.rescue_forward)
+PHI_UNDERFLOW = {"gelu": "GELU below z ~ -2.5e9", "swish": "swish below z ~ -3.2e18"}
 
 
 def forward_zeros(activation: str, act_log10) -> np.ndarray:
     """Layers whose every output activation is exactly 0 though no unit is dead: GELU and swish
-    units whose phi(z) underflowed the dtype for every unit (:data:`PHI_UNDERFLOW`)."""
+    units whose phi(z) lies beyond any int64 exponent (:data:`PHI_UNDERFLOW`), or z = 0."""
     a = np.asarray(act_log10, dtype=np.float64)
     if activation not in PHI_UNDERFLOW:
         return np.zeros(0, dtype=np.int64)
@@ -403,10 +403,9 @@ def _findings(stack, g, res, verdict) -> list[str]:
     zf = forward_zeros(stack.activation, std)
     if zf.size:
         words.append(f"the forward activations of layer{'s' if zf.size > 1 else ''} {_layers(zf)} are exactly 0: "
-                     f"every unit's {stack.activation}(z) underflowed {stack.dtype} "
-                     f"({'' if stack.dtype == 'float64' else 'in float64: '}{PHI_UNDERFLOW[stack.activation]}), "
-                     "where the forward carries no exponent; "
-                     "the gradients that depend on them read 0 where the exact ones are tiny but not 0")
+                     f"every unit's {stack.activation}(z) is 0 or lies below 2^(-2^62) "
+                     f"({PHI_UNDERFLOW[stack.activation]}), beyond any int64 exponent; "
+                     "the gradients that depend on them read 0 where the exact ones may be tiny but not 0")
     ok = np.isfinite(std)
     if ok.sum() >= 2 and abs(std[ok][-1] - std[ok][0]) >= 3:
         i0, i1 = int(np.flatnonzero(ok)[0]), int(np.flatnonzero(ok)[-1])

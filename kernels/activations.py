@@ -317,3 +317,31 @@ def log_dphi(x, code, p):
     r = 1.0 / (a * a)
     mills = (1.0 - r * (1.0 - r * (3.0 - r * (15.0 - r * (105.0 - r * 945.0))))) / a
     return -0.5 * a * a - _HALF_LN_2PI + math.log(a - mills), -1.0
+
+
+# ------------------------------------------------------------------ log-activation
+# The twin of gradbench.activations.log_phi: ln|phi(x)| and its sign at any float64 x for the
+# activations whose phi itself underflows (the forward's rescue, layers.rescue_forward).
+PHI_RESCUE_CODES = np.array([n in A.PHI_RESCUE for n in ACTIVATIONS])
+_RESCUE_X64 = np.array([A.RESCUE_X["float64"].get(n, 0.0) for n in ACTIVATIONS])
+_RESCUE_X32 = np.array([A.RESCUE_X["float32"].get(n, 0.0) for n in ACTIVATIONS])
+
+
+@njit(**JIT)
+def log_phi(x, code, p):
+    """(ln |phi(x)|, sign of phi(x)), x float64 (may be +-inf): swish and gelu."""
+    sg = 1.0 if x > 0 else (-1.0 if x < 0 else 0.0)
+    if x == -math.inf:
+        return -math.inf, -1.0
+    if x == math.inf:
+        return math.inf, 1.0
+    if x == 0:
+        return -math.inf, 0.0
+    a = abs(x)
+    if code == SWISH:
+        ls = -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+        return math.log(a) + ls, sg
+    if x >= _GELU_ASYMPTOTIC:  # GELU: phi(x) = x Phi(x) in the normal range
+        return math.log(abs(np.float64(phi(x, code, p)))), sg
+    r = 1.0 / (a * a)
+    return -0.5 * a * a - _HALF_LN_2PI + math.log(1.0 - r * (1.0 - r * (3.0 - r * (15.0 - r * (105.0 - r * 945.0))))), sg

@@ -19,9 +19,9 @@ from numba import njit
 
 from ._config import JIT
 from .activations import (
-    DSIGMOID_MAX, DTANH_MAX, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, RESCUE_LN_MIN, SIGMOID,
-    TANH, _as, _clamp_f, dphi, dphi_scaled, dsigmoid64, dtanh64, log_dphi, phi, phi_scaled, tanh, tanh64,
-    tiny_threshold,
+    _LN2_HI, _LN2_LO, _RESCUE_X32, _RESCUE_X64, DSIGMOID_MAX, DTANH_MAX, PHI_RESCUE_CODES, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64,
+    RESCUE_CODES, RESCUE_LN_MIN, SIGMOID, TANH, _as, _clamp_f, dphi, dphi_scaled, dsigmoid64, dtanh64, log_dphi,
+    log_phi, phi, phi_scaled, tanh, tanh64, tiny_threshold,
 )
 from .chain import absmax
 
@@ -328,6 +328,56 @@ def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
             m = zz if not (zz > 0) else _as(0.0, zz)  # min(z, 0), NaN stays NaN
             s += np.float64(da[i, j] * m)
     return s
+
+
+@njit(**JIT)
+def rescue_forward(a, z, f, code, param):
+    """The reference's rescue_forward (gradbench.reference): a layer whose every unit's phi lies
+    deep in its tail (GELU, swish) in log form; returns a's exponent (f: untouched).
+    a, z (B,N): the mantissas of phi(z 2^f) and z at exponent f."""
+    if not PHI_RESCUE_CODES[code]:
+        return f
+    m = absmax(a)
+    below = -899 if a.itemsize == 8 else -99  # frexp exponent of RESCUE_BELOW (2^-900, 2^-100)
+    if not math.isfinite(m) or (m > 0 and math.frexp(m)[1] + f > below):
+        return f
+    xlim = (_RESCUE_X64 if a.itemsize == 8 else _RESCUE_X32)[code]
+    B, N = z.shape
+    deep = False
+    for i in range(B):
+        for j in range(N):
+            if math.ldexp(np.float64(z[i, j]), _clamp_f(f)) <= xlim:
+                deep = True
+    if not deep:
+        return f
+    ell = np.empty((B, N))  # the rare path may allocate
+    sgn = np.empty((B, N))
+    lin = np.zeros((B, N), dtype=np.bool_)
+    top = -math.inf
+    ln2 = math.log(2.0)
+    for i in range(B):
+        for j in range(N):
+            x = math.ldexp(np.float64(z[i, j]), _clamp_f(f))
+            if abs(x) < tiny_threshold(z[i, j], code):  # the linear form: a's mantissa is exact
+                lin[i, j] = True
+                v = np.float64(a[i, j])
+                ell[i, j] = (math.log(abs(v)) if v != 0 else -math.inf) + f * ln2
+                sgn[i, j] = 1.0
+            else:
+                ell[i, j], sgn[i, j] = log_phi(x, code, param)
+            if ell[i, j] > top:
+                top = ell[i, j]
+    if not (top >= RESCUE_LN_MIN and top < math.inf):
+        return f
+    k = int(math.floor(top / ln2))
+    for i in range(B):
+        for j in range(N):
+            if lin[i, j]:
+                a[i, j] = _as(math.ldexp(np.float64(a[i, j]), _clamp_f(f - k)), z[i, j])
+            else:
+                a[i, j] = _as(sgn[i, j] * math.exp(ell[i, j] - k * _LN2_HI - k * _LN2_LO), z[i, j])
+    return k
+
 
 
 @njit(**JIT)

@@ -23,7 +23,7 @@ from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
 from .chain import add_aligned, all_finite, clip_signal, moments, norm_scaled, normalise, sumsq
 from .layers import (
     _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_backward,
-    dense_forward, matmul_backward, matmul_forward, rescue_saturated,
+    dense_forward, matmul_backward, matmul_forward, rescue_forward, rescue_saturated,
 )
 
 
@@ -62,6 +62,8 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         nsat = _activation_forward_stats(H[l + 1], z, b[l], not bn, code, p, fexp[l],
                                          _needs_scaled(code, rescale), sat_threshold, alive)
         fexp[l + 1] = fexp[l]
+        if rescale and not (k > 0 and (l + 1) % k == 0):  # a skip's add holds the layer otherwise
+            fexp[l + 1] = rescue_forward(H[l + 1], z, fexp[l], code, p)
         if k > 0 and (l + 1) % k == 0:
             fexp[l + 1] = add_aligned(H[l + 1], fexp[l], H[l + 1 - k], fexp[l + 1 - k], alpha)
         if rescale:

@@ -382,3 +382,21 @@ def test_concurrent_team_calls_share_the_pool_or_start_their_own():
         t.join()
     assert not errors and len(out) == 20
     _same([want] + out)
+
+
+@pytest.mark.parametrize("act", ["gelu", "swish"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_forwards_tail_rescue_keeps_the_bits_on_every_thread_count(act, dtype):
+    """A first layer deep in phi's tail (every z_0 near -80 for GELU, -900 for swish) is taken
+    from ln|phi| behind two barriers of its own (the tail flags, the max ell): 2 and 3 threads,
+    and a hand-over to one thread mid-call, give the one-thread bits."""
+    stack = gb.Stack(depth=12, width=8, activation=act, dtype=dtype)
+    q = gb.init_params(stack, 0)
+    W = q.W.copy()
+    W[0] = np.full((8, 8), (-60.0 if act == "gelu" else -700.0) / 8, dtype=stack.np_dtype)
+    params = gb.Params(W=W, b=q.b, gamma=q.gamma, beta=q.beta, slope=q.slope)
+    x = (np.abs(np.random.default_rng(3).standard_normal((19, 8))) + 0.5).astype(stack.np_dtype)
+    one = _run(team_opts(1), stack, params, x)
+    assert np.all(np.isfinite(one["H"])) and np.any(one["H"][1] != 0)  # the tail layer was carried
+    runs = [one] + [_run(team_opts(t, solo_after=s), stack, params, x) for t in (2, 3) for s in (0, 3)]
+    _same(runs)
