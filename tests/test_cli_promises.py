@@ -717,7 +717,8 @@ def test_compare_shows_the_rate_that_decided_the_verdict(capsys):
     # unknown options: the subcommand's message, and a hint ('gradbench: error: unrecognized arguments' before)
     (["run", "--depht", "5", "--width", "4"], "gradbench run: error: unrecognized arguments: --depht 5; did you mean --depth?"),
     (["run", "--steps", "10", "--hidden", "4"], "describe recurrent nets: add --cell rnn, lstm or gru"),
-    (["run", "--cell", "rnn", "--steps", "10", "--hidden", "4", "--dpi", "5"], "gradbench run: error: unrecognized arguments: --dpi 5"),
+    (["run", "--cell", "rnn", "--steps", "10", "--hidden", "4", "--rows2", "5"], "gradbench run: error: unrecognized arguments: --rows2 5"),
+    (["run", "--cell", "rnn", "--steps", "10", "--hidden", "4", "--dpi", "50"], "--dpi sets the resolution of plots, and no plot"),
 ])
 def test_more_refusals_exit_2_with_one_line(argv, needle, capsys):
     code, out, err = run(argv, capsys)

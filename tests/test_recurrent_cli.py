@@ -226,3 +226,19 @@ def test_recurrent_subcommands_take_debug_as_the_stacks_do(capsys):
         assert cli.main([*argv, "--help"]) == 0
         assert "--debug" in capsys.readouterr().out, argv
     assert cli.main(["run", "--cell", "rnn", "--steps", "5", "--hidden", "3", "--debug", "--backend", "numpy"]) == 0
+
+
+def test_recurrent_plots_take_dpi(tmp_path):
+    """--dpi (the stacks' option) did not exist for --cell(s) runs: 'unrecognized arguments'."""
+    from gradbench import cli
+
+    path = tmp_path / "r.png"
+    assert cli.main(["run", "--cell", "rnn", "--steps", "8", "--hidden", "4", "--backend", "numpy",
+                     "--plot", str(path), "--dpi", "50"]) == 0
+    from matplotlib.image import imread
+
+    small = imread(path).shape
+    assert cli.main(["run", "--cell", "rnn", "--steps", "8", "--hidden", "4", "--backend", "numpy",
+                     "--plot", str(path), "--dpi", "150"]) == 0
+    big = imread(path).shape
+    assert big[0] > 2.5 * small[0] and big[1] > 2.5 * small[1]

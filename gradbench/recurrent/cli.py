@@ -211,7 +211,7 @@ def cmd_run(args) -> int:
         _write_out(args, "run", t0, res.backend, {"diagnosis": d.to_dict()}, seed=args.seed, batch=args.batch,
                    weights=WEIGHTS)
     if args.plot:
-        _write_plot(args, lambda path: plot.run_figure(d, path))
+        _write_plot(args, lambda path: plot.run_figure(d, path, dpi=args.dpi))
     return 0
 
 
@@ -250,7 +250,7 @@ def cmd_compare(args) -> int:
                    seed=args.seed, batch=args.batch, weights=WEIGHTS)
     if args.plot:
         _write_plot(args, lambda path: plot.signal_vs_steps_back(
-            diags, path, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}"))
+            diags, path, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}", dpi=args.dpi))
     return 0
 
 
@@ -302,7 +302,8 @@ def cmd_theory(args) -> int:
         d = diagnose(res)
         predicted = "none" if pred.decades_per_step is None else f"{pred.decades_per_step:+.4g}"
         _write_plot(args, lambda path: plot.signal_vs_steps_back(
-            {"measured": d}, path, title=f"{rnn.cell}: measured {got:+.4g} vs predicted {predicted} dec/step"))
+            {"measured": d}, path, title=f"{rnn.cell}: measured {got:+.4g} vs predicted {predicted} dec/step",
+            dpi=args.dpi))
     return 0
 
 
@@ -325,7 +326,7 @@ def cmd_train(args) -> int:
                         divergence=r.divergence, seconds=r.seconds) for n, r in results.items()}
         _write_out(args, "train", t0, concrete, {"runs": runs}, weights=WEIGHTS)
     if args.plot:
-        _write_plot(args, lambda path: plot.training_figure(results, path))
+        _write_plot(args, lambda path: plot.training_figure(results, path, dpi=args.dpi))
     return 0
 
 
@@ -351,7 +352,7 @@ examples:
     p.add_argument("--rows", type=positive_int, default=12, help="steps shown in the table (default 12)")
     p.add_argument("--out", help="write the diagnosis as JSON")
     p.add_argument("--plot", help="write ||dL/dh_t|| and the step contributions against t (.png/.svg/.pdf)")
-    add_output_args(p, plots=False)  # --mkdir
+    add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_run)
     p = add_parser(sub, "compare", help="several cells side by side through time", formatter_class=raw, epilog="""\
 examples:
@@ -362,7 +363,7 @@ examples:
     _common(p)
     p.add_argument("--out", help="write every diagnosis as JSON")
     p.add_argument("--plot", help="write log10 ||dL/dh_t|| against steps back, one line per cell")
-    add_output_args(p, plots=False)  # --mkdir
+    add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_compare)
     p = add_parser(sub, "theory", help="predicted vs measured per-step rate through time", formatter_class=raw,
                        epilog="""\
@@ -382,7 +383,7 @@ examples:
     _common(p, batch=4)
     p.add_argument("--out", help="write the predictions and the measured rate as JSON")
     p.add_argument("--plot", help="write the measured log10 ||dL/dh_t|| against steps back")
-    add_output_args(p, plots=False)  # --mkdir
+    add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_theory)
     p = add_parser(sub, "train", help="the recurrent demonstrations", formatter_class=raw, epilog="""\
 examples:
@@ -397,7 +398,7 @@ examples:
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
     p.add_argument("--out")
     p.add_argument("--plot", help="held-out loss per epoch and the gradient curves at the start")
-    add_output_args(p, plots=False)  # --mkdir
+    add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_train)
     return parser
 

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from gradbench.plot import save
+from gradbench.plot import DPI, save
 from gradbench.recurrent.diagnose import FLOAT_LIMITS, RecurrentDiagnosis, diagnose
 
 _STYLES = ("-", "--", "-.", ":")
@@ -25,7 +25,7 @@ def _limits(ax, lo, hi):
                 ax.text(ax.get_xlim()[1], v, f" {name} {what}", va="center", ha="left", fontsize=7, color="grey")
 
 
-def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient through time") -> Figure:
+def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient through time", dpi: int = DPI) -> Figure:
     """log10 ||dL/dh_t|| against the number of steps back from the last step, one line per net.
 
     ``data``: label -> RecurrentDiagnosis or RecurrentResult.
@@ -51,11 +51,11 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
         _limits(ax, lo, hi)
     ax.legend(loc="best", fontsize=8)
     if path is not None:
-        save(fig, path)
+        save(fig, path, dpi)
     return fig
 
 
-def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None) -> Figure:
+def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dpi: int = DPI) -> Figure:
     """One run: log10 ||dL/dh_t|| (and ||dL/dc_t|| for the LSTM) and log10 of step t's
     contribution to dL/dW_hh against t; gate statistics below."""
     fig = Figure(figsize=(9.0, 6.5))
@@ -77,11 +77,11 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None) ->
     bx.grid(True, alpha=0.3)
     bx.legend(fontsize=7)
     if path is not None:
-        save(fig, path)
+        save(fig, path, dpi)
     return fig
 
 
-def training_figure(results: dict, path=None) -> Figure:
+def training_figure(results: dict, path=None, *, dpi: int = DPI) -> Figure:
     """Held-out loss per epoch (left) and, at the start of training, log10 ||dL/dh_t|| against
     steps back (right): the curve that explains who learns."""
     fig = Figure(figsize=(12.0, 4.8))
@@ -101,5 +101,5 @@ def training_figure(results: dict, path=None) -> Figure:
         a.grid(True, alpha=0.3)
         a.legend(fontsize=8)
     if path is not None:
-        save(fig, path)
+        save(fig, path, dpi)
     return fig
