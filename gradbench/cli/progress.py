@@ -139,7 +139,7 @@ def epochs(progress: bool, total: int, name: str = "") -> Progress | None:
     with ``__exit__``."""
     if not progress:
         return None
-    bar = Progress(name or "training", total=total, unit="epochs", delay=0.5)
+    bar = Progress(name or "training", total=total, unit="epochs")
     return bar.__enter__()
 
 
