@@ -119,14 +119,20 @@ def compare_table(diags: dict, layers: list[int]) -> str:
         f" {'||dW_' + str(l) + '||':>11}" for l in layers) + "  plain float fails"
     lines = [head, "-" * len(head)]
     for label, d in diags.items():
-        row = (f"{label:<{name_w}}  {d.verdict:<9} {d.signal_decades_per_layer:>+10.3f} "
-               f"{d.decades_per_layer:>+8.3f}")
+        row = (f"{label:<{name_w}}  {d.verdict:<9} {_rate(d.signal_decades_per_layer):>10} "
+               f"{_rate(d.decades_per_layer):>8}")
         row += "".join(f" {fmt_pow(d.grad_log10[l]):>11}" for l in layers)
         row += "  " + _float_failures(d)
         lines.append(row)
     lines.append("rates: decades per layer going down the stack (negative: shrinking towards the input); the "
                  "verdict follows the one that changes more over the stack")
     return "\n".join(lines)
+
+
+def _rate(v: float) -> str:
+    """A rate to 3 decimals, signed; one that rounds to 0 reads +0.000, not -0.000."""
+    text = f"{v:+.3f}"
+    return "+0.000" if text == "-0.000" else text
 
 
 def _float_failures(d) -> str:
