@@ -72,3 +72,28 @@ GB_DRIVER(gb_stack_forward_f64)
 GB_DRIVER(gb_stack_forward_f32)
 GB_DRIVER(gb_stack_backward_f64)
 GB_DRIVER(gb_stack_backward_f32)
+
+/* The input check (stack_impl.h, gb_check_finite): the instance for the CPU, as the drivers. */
+#define GB_FINITE(T, name)                                                                     \
+    int name##_v0(const T *x, int64_t n, const gb_opts *opts);                                 \
+    GB_FINITE_X86(T, name)                                                                     \
+    int name(const T *x, int64_t n, const gb_opts *opts) {                                     \
+        switch (gb_isa(opts)) {                                                                \
+            GB_FINITE_CASES_X86(name)                                                          \
+        default: return name##_v0(x, n, opts);                                                 \
+        }                                                                                      \
+    }
+#ifdef GB_X86_VARIANTS
+#define GB_FINITE_X86(T, name)                                                                 \
+    int name##_v3(const T *x, int64_t n, const gb_opts *opts);                                 \
+    int name##_v4(const T *x, int64_t n, const gb_opts *opts);
+#define GB_FINITE_CASES_X86(name)                                                              \
+    case 4: return name##_v4(x, n, opts);                                                      \
+    case 3: return name##_v3(x, n, opts);
+#else
+#define GB_FINITE_X86(T, name)
+#define GB_FINITE_CASES_X86(name)
+#endif
+
+GB_FINITE(double, gb_check_finite_f64)
+GB_FINITE(float, gb_check_finite_f32)

@@ -270,6 +270,11 @@ int gb_philox_normals_f32(uint64_t key_lo, uint64_t key_hi, uint64_t kind, int64
  * gives). The two above
  * are counter=[0, first_layer, kind, 0] and isa 0.    counter (4,), out (layers, n) */
 int gb_philox_normals_at(uint64_t key_lo, uint64_t key_hi, const uint64_t *counter, int64_t layers, int64_t n, double scale, double *out64, float *out32, int64_t isa);
+/* 1 when every one of the n entries of x is finite, else 0 (the input check of
+ * gradbench.inputs.check_array), on up to opts->nthreads threads for a large array; the instance
+ * for the CPU as the drivers (opts->isa); -GB_EBADARG for n < 0 or x NULL with n > 0. */
+int gb_check_finite_f64(const double *x, int64_t n, const gb_opts *opts);
+int gb_check_finite_f32(const float *x, int64_t n, const gb_opts *opts);
 /* cffi-end */
 
 #endif

@@ -1706,6 +1706,64 @@ int FP(gb_clip_signal)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N
 
 #endif /* GB_LAYER_PAIRS */
 
+/* ---------------------------------------------------------------- the input check */
+/* Whether every entry of x is finite (gb_check_finite): gradbench.inputs.check_array, before any
+ * kernel runs.
+ * NumPy's np.all(np.isfinite(W)) writes a bool per entry and reads it again (2.9 ms of a 43 ms
+ * call at L = 10^4, N = 32); here one pass reads the array, on up to opts->nthreads threads of
+ * the team for a large one, each a block. An all-ones exponent field marks inf and NaN, tested
+ * on the integer bits (a float test, x - x or x == x, is dropped by a -ffast-math build): the
+ * field plus one carries into the sign bit exactly then. */
+#ifndef GB_FINITE_BITS
+#define GB_FINITE_BITS
+typedef uint64_t __attribute__((may_alias)) gb_bits64;
+typedef uint32_t __attribute__((may_alias)) gb_bits32;
+#endif
+#define GB_FINITE_PAR_MIN (1 << 20) /* entries per thread below which one thread checks */
+
+static int F(gb_finite_block)(const T *x, int64_t n) {
+    if (sizeof(T) == sizeof(double)) {
+        const gb_bits64 *u = (const gb_bits64 *)(const void *)x;
+        uint64_t acc = 0;
+        for (int64_t i = 0; i < n; i++) acc |= ((u[i] & 0x7ff0000000000000u) + 0x0010000000000000u) >> 63;
+        return acc == 0;
+    }
+    const gb_bits32 *u = (const gb_bits32 *)(const void *)x;
+    uint32_t acc = 0;
+    for (int64_t i = 0; i < n; i++) acc |= ((u[i] & 0x7f800000u) + 0x00800000u) >> 31;
+    return acc == 0;
+}
+
+typedef struct {
+    const T *x;
+    int64_t n;
+    int bad[GB_MAX_THREADS];
+} F(gb_finite_job);
+
+static void F(gb_finite_member)(void *arg, int tid, int nth, gb_barrier *bar) {
+    (void)bar;
+    F(gb_finite_job) *job = arg;
+    const int64_t i0 = job->n * tid / nth, i1 = job->n * (tid + 1) / nth;
+    job->bad[tid] = !F(gb_finite_block)(job->x + i0, i1 - i0);
+}
+
+int F(gb_check_finite)(const T *x, int64_t n, const gb_opts *opts) {
+    if (n < 0 || (n > 0 && !x)) return -GB_EBADARG;
+    F(gb_finite_job) job;
+    memset(&job, 0, sizeof job);
+    job.x = x;
+    job.n = n;
+    int64_t nth = opts && opts->nthreads > 1 ? opts->nthreads : 1;
+    if (nth > GB_MAX_THREADS) nth = GB_MAX_THREADS;
+    if (nth > n / GB_FINITE_PAR_MIN) nth = n / GB_FINITE_PAR_MIN;
+    if (nth < 1) nth = 1;
+    gb_team_run((int)nth, F(gb_finite_member), &job, 0);
+    for (int t = 0; t < nth; t++)
+        if (job.bad[t]) return 0;
+    return 1;
+}
+
 #undef F
 #undef FP
 #undef MADD
+

@@ -186,6 +186,18 @@ def threads() -> int:
     return int(_OPTS.nthreads)
 
 
+def all_finite(a: np.ndarray, opts=None) -> bool:
+    """Whether every entry of the C-contiguous float64/float32 array ``a`` is finite: one pass on
+    the kernels' threads (``gb_check_finite``; NumPy's ``np.all(np.isfinite(a))`` writes and
+    reads a bool per entry)."""
+    name = f"gb_check_finite_{suffix(a)}"
+    rc = int(getattr(lib, name)(pointer(a, "double *" if a.dtype == np.float64 else "float *"), a.size,
+                                opts if opts is not None else _OPTS))
+    if rc < 0:
+        check(-rc, name)
+    return rc == 1
+
+
 # A pass that writes fresh memory (a first call's activations and gradients) is decided by its
 # page faults, not by arithmetic: while gradbench.buffers.PREFAULTER still has at least
 # PREFAULT_SHARE_FROM bytes to fault in and the drivers would take every CPU, they run on one

@@ -642,3 +642,39 @@ def test_subnormal_signal_is_normalised_exactly(dtype, scale, shift):
     np.testing.assert_allclose(np.ldexp(mant, e + shift), true_dW, rtol=RTOL[dtype])
     sig_true = np.sqrt(np.sum(np.ldexp(G, shift) ** 2))
     np.testing.assert_allclose(np.ldexp(got["sig_m"][1], e + shift), sig_true, rtol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_input_check_finds_every_non_finite_entry_on_every_thread_count_and_isa(dtype):
+    """cbackend.all_finite (gb_check_finite: one pass of bit tests, on the team for a large
+    array) against NumPy's np.all(np.isfinite(.)): inf, -inf and NaN at the ends, at the
+    threads' block edges and in between; the largest finite number, subnormals and -0 pass."""
+    n = 3 * (1 << 20) + 5  # three threads' blocks of 2^20 entries, and a ragged end
+    dt = np.dtype(dtype)
+    base = np.random.default_rng(0).standard_normal(n).astype(dt)
+    base[[7, 100, n - 9]] = [np.finfo(dt).max, np.finfo(dt).smallest_subnormal, -0.0]
+    opts = [cb.make_opts(nthreads=t, isa=isa) for t in (1, 2, 3) for isa in ISAS]
+    for o in opts:
+        assert cb.all_finite(base, o)
+    for where in (0, 1, n // 3 - 1, n // 3, n // 2, 2 * n // 3, n - 1):
+        for bad in (np.inf, -np.inf, np.nan):
+            a = base.copy()
+            a[where] = bad
+            assert not np.all(np.isfinite(a))
+            for o in opts:
+                assert not cb.all_finite(a, o), (where, bad, o.nthreads, o.isa)
+    assert cb.all_finite(base[:0])
+
+
+def test_a_large_array_with_nan_is_refused_with_its_index():
+    """check_array's message is the same with the C check (from 2^18 entries on) as with NumPy's."""
+    stack = gb.Stack(depth=80, width=64)
+    params = gb.init_params(stack, 0)
+    from gradbench.inputs import C_CHECK_FROM
+
+    assert params.W.size >= C_CHECK_FROM
+    W = params.W.copy()
+    W[61, 5, 7] = np.nan
+    bad = gb.Params(W=W, b=params.b, gamma=params.gamma, beta=params.beta, slope=params.slope)
+    with pytest.raises(ValueError, match=r"params\.W contains NaN or Inf \(first at index \(61, 5, 7\)\)"):
+        gb.backprop(stack, bad, gb.gaussian_input(stack, 2, 1))
