@@ -101,6 +101,10 @@ static inline double gb_dphi_f64(double z, int act, double p) {
 #define GB_LN4 1.3862943611198906188344642429164
 #define GB_HALF_LN_2PI 0x1.d67f1c864beb4p-1 /* 0.5 * math.log(2 * math.pi) in Python (1 ulp low) */
 #define GB_GELU_ASYMPTOTIC (-30.0)
+/* a m(a), m the asymptotic Mills ratio Phi(-a) / phi(a) to 6 terms (r = 1/a^2) */
+static inline double gb_mills_series(double r) {
+    return 1.0 - r * (1.0 - r * (3.0 - r * (15.0 - r * (105.0 - r * 945.0))));
+}
 static inline double gb_log_dphi_f64(double x, int act, double p, double *sign) {
     const double a = fabs(x);
     *sign = 1.0;
@@ -126,7 +130,7 @@ static inline double gb_log_dphi_f64(double x, int act, double p, double *sign) 
             *sign = -1.0;
             if (isinf(x)) return -INFINITY;
             const double r = 1.0 / (a * a);
-            const double mills = (1.0 - r * (1.0 - r * (3.0 - r * (15.0 - r * (105.0 - r * 945.0))))) / a;
+            const double mills = gb_mills_series(r) / a;
             return -0.5 * a * a - GB_HALF_LN_2PI + log(a - mills);
         }
         const double d = gb_dphi_f64(x, GB_GELU, p);
@@ -156,7 +160,7 @@ static inline double gb_log_phi_f64(double x, int act, double p, double *sign) {
     }
     if (x >= GB_GELU_ASYMPTOTIC) return log(fabs(gb_phi_f64(x, GB_GELU, p)));
     const double r = 1.0 / (a * a);
-    return -0.5 * a * a - GB_HALF_LN_2PI + log(1.0 - r * (1.0 - r * (3.0 - r * (15.0 - r * (105.0 - r * 945.0)))));
+    return -0.5 * a * a - GB_HALF_LN_2PI + log(gb_mills_series(r));
 }
 
 /* float32: evaluated in double, rounded once (the reference's float64 evaluation) */

@@ -961,8 +961,6 @@ static inline double F(gb_rescue_x)(int act, int f32) {
     return act == GB_GELU ? (f32 ? -11.0 : -35.0) : (f32 ? -65.0 : -620.0); /* activations.RESCUE_X */
 }
 
-static inline int64_t F(gb_clamp_exp)(int64_t e) { return e > 100000 ? 100000 : (e < -100000 ? -100000 : e); }
-
 /* the tail test: some z 2^f <= RESCUE_X, as z <= RESCUE_X 2^-f (one product per entry) */
 static int F(gb_fwd_deep)(const T *z, int64_t n, double thr) {
     int deep = 0;
@@ -995,7 +993,7 @@ static void F(gb_fwd_rescue_rows)(T *h, const T *z, int64_t n, const gb_scaled *
     int lin;
     for (int64_t i = 0; i < n; i++) {
         const double ell = F(gb_fwd_ell)(h[i], z[i], s, f, &sgn, &lin);
-        h[i] = lin ? (T)ldexp((double)h[i], (int)F(gb_clamp_exp)(f - k))
+        h[i] = lin ? (T)ldexp((double)h[i], gb_clamp_exp(f - k))
                    : (T)(sgn * exp(ell - (double)k * GB_LN2_HI - (double)k * GB_LN2_LO));
     }
 }
@@ -1174,7 +1172,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 /* rare: every thread takes this branch (m and f are the same on each) */
                 double *fr = st->fres + (l & 1) * 3 * nth;
                 const T *zr = Zl + r0 * N;
-                fr[tid] = F(gb_fwd_deep)(zr, nr * N, ldexp(F(gb_rescue_x)(st->cfg.act, f32), (int)F(gb_clamp_exp)(-f)));
+                fr[tid] = F(gb_fwd_deep)(zr, nr * N, ldexp(F(gb_rescue_x)(st->cfg.act, f32), gb_clamp_exp(-f)));
                 gb_barrier_wait(bar, &sense); /* every thread's tail flag */
                 int deep = 0;
                 for (int t = 0; t < nth; t++) deep |= fr[t] != 0;

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from gradbench import abi, reference
-from gradbench.logscaled import LN2, LN2_HI, LN2_LO, LogScaled, ldexp
+from gradbench.activations import _log_sigmoid
+from gradbench.logscaled import LN2, LN2_HI, LN2_LO, LogScaled, from_log, ldexp
 from gradbench.params import Params
 from gradbench.spec import Stack
 
@@ -21,8 +22,8 @@ _EXP_LOW = -600.0
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
-    """log(1 + exp(x)), neither branch overflowing."""
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+    """log(1 + exp(x)) = -ln s(-x), neither branch overflowing."""
+    return -_log_sigmoid(-x)
 
 
 def _log_softplus(x: np.ndarray) -> np.ndarray:
@@ -45,10 +46,9 @@ def _exp_scaled(logs: np.ndarray, scale: bool) -> tuple[np.ndarray, int]:
     """exp(logs) as (mantissas, E) with exp(logs) = mantissas 2**E: E = 0 unless the largest
     entry is below exp(-600) (and ``scale``), else the largest mantissa is O(1)."""
     top = float(np.max(logs)) if logs.size else -np.inf
-    if not scale or not np.isfinite(top) or top >= _EXP_LOW:
+    if not scale or not np.isfinite(top) or top >= _EXP_LOW:  # NaN stays NaN (from_log would zero it)
         return np.exp(logs), 0
-    E = int(np.floor(top / LN2))
-    return np.exp(logs - E * LN2_HI - E * LN2_LO), E
+    return from_log(logs, 1.0)
 
 
 def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True) -> tuple[float, LogScaled, np.ndarray, int]:

@@ -281,6 +281,12 @@ RESCUE_LN_MIN = A.RESCUE_LN_MIN
 
 
 @njit(**JIT)
+def _mills_series(r):
+    """a m(a), m the asymptotic Mills ratio Phi(-a) / phi(a) to 6 terms (r = 1/a^2)."""
+    return 1.0 - r * (1.0 - r * (3.0 - r * (15.0 - r * (105.0 - r * 945.0))))
+
+
+@njit(**JIT)
 def log_dphi(x, code, p):
     """(ln |phi'(x)|, sign of phi'(x)), x float64 (may be +-inf)."""
     a = abs(x)
@@ -315,7 +321,7 @@ def log_dphi(x, code, p):
     if math.isinf(a):
         return -math.inf, -1.0
     r = 1.0 / (a * a)
-    mills = (1.0 - r * (1.0 - r * (3.0 - r * (15.0 - r * (105.0 - r * 945.0))))) / a
+    mills = _mills_series(r) / a
     return -0.5 * a * a - _HALF_LN_2PI + math.log(a - mills), -1.0
 
 
@@ -344,4 +350,4 @@ def log_phi(x, code, p):
     if x >= _GELU_ASYMPTOTIC:  # GELU: phi(x) = x Phi(x) in the normal range
         return math.log(abs(np.float64(phi(x, code, p)))), sg
     r = 1.0 / (a * a)
-    return -0.5 * a * a - _HALF_LN_2PI + math.log(1.0 - r * (1.0 - r * (3.0 - r * (15.0 - r * (105.0 - r * 945.0))))), sg
+    return -0.5 * a * a - _HALF_LN_2PI + math.log(_mills_series(r)), sg

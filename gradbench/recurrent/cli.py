@@ -51,7 +51,7 @@ def claims(argv: list[str]) -> bool:
 
         value = _demo_value(argv)
         # recurrent names, and unknown ones (their error lists both kinds); `all` is feed-forward
-        return value is not None and value != "all" and any(n not in DEMOS for n in _names(value))
+        return value is not None and value != "all" and any(n not in DEMOS for n in split(value))
     return False
 
 
@@ -100,11 +100,6 @@ def _check_clip(args) -> None:
     if unused and args.clip is None:
         raise UsageError(f"{' and '.join(unused)} {'apply' if len(unused) > 1 else 'applies'} only with --clip "
                          f"({' or '.join(CLIP_MODES)}): without --clip nothing is clipped")
-
-
-def _names(value: str, option: str | None = None) -> list[str]:
-    """The names of a comma-separated option value (cli.common.split)."""
-    return split(value, option)
 
 
 WEIGHTS = "gradbench.init_params(rnn, seed)"  # the parameters of every probe run; input: GeneratedSequence
@@ -223,7 +218,7 @@ def cmd_compare(args) -> int:
     t0 = time.perf_counter()
     _check_outputs(args)
     _check_clip(args)
-    cells = _names(args.cells, "--cells")
+    cells = split(args.cells, "--cells")
     bad = [c for c in cells if c not in CELLS]
     if bad or not cells:
         raise UsageError(f"--cells {args.cells!r}: choose from {', '.join(CELLS)} (comma-separated)")
@@ -314,7 +309,7 @@ def cmd_train(args) -> int:
 
     t0 = time.perf_counter()
     _check_outputs(args)
-    names = _names(args.demo)  # checked by main (check_demo_names) before the options were parsed
+    names = split(args.demo)  # checked by main (check_demo_names) before the options were parsed
     over = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "steps") if getattr(args, k) is not None}
     concrete = _backend(args.backend)
     results = {n: run_recurrent_demo(n, backend=concrete, progress=True, **over) for n in names}
@@ -409,7 +404,7 @@ def main(argv: list[str]) -> int:
         from gradbench.recurrent.train import check_demo_names
 
         try:  # unknown or mixed demo names: said before the parser complains about their options
-            check_demo_names(_names(_demo_value(argv)))
+            check_demo_names(split(_demo_value(argv)))
         except ValueError as exc:
             print(f"gradbench train: error: {exc}", file=sys.stderr)
             return 2
