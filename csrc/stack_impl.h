@@ -946,6 +946,7 @@ static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, F(gb_cfg) 
 }
 
 #define GB_RESCUE_BELOW(f32) ((f32) ? 0x1p-100 : 0x1p-900)
+#define GB_RESCUE_BELOW_EXP(f32) ((f32) ? -99 : -899) /* frexp's exponent of GB_RESCUE_BELOW */
 #define GB_LN2 0.6931471805599453 /* math.log(2) */
 #define GB_RESCUE_LN_MIN (-0x1p62 * GB_LN2) /* gradbench.activations.RESCUE_LN_MIN */
 
@@ -1168,7 +1169,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
             for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
             int em;
             frexp((double)m, &em);
-            if (st->fres && !(k && (l + 1) % k == 0) && isfinite(m) && (m == 0 || em + f <= (f32 ? -99 : -899))) {
+            if (st->fres && !(k && (l + 1) % k == 0) && isfinite(m) && (m == 0 || em + f <= GB_RESCUE_BELOW_EXP(f32))) {
                 /* rare: every thread takes this branch (m and f are the same on each) */
                 double *fr = st->fres + (l & 1) * 3 * nth;
                 const T *zr = Zl + r0 * N;

@@ -338,7 +338,7 @@ def rescue_forward(a, z, f, code, param):
     if not PHI_RESCUE_CODES[code]:
         return f
     m = absmax(a)
-    below = -899 if a.itemsize == 8 else -99  # frexp exponent of RESCUE_BELOW (2^-900, 2^-100)
+    below = _BELOW_EXP64 if a.itemsize == 8 else _BELOW_EXP32
     if not math.isfinite(m) or (m > 0 and math.frexp(m)[1] + f > below):
         return f
     xlim = (_RESCUE_X64 if a.itemsize == 8 else _RESCUE_X32)[code]
@@ -378,6 +378,8 @@ def rescue_forward(a, z, f, code, param):
                 a[i, j] = _as(sgn[i, j] * math.exp(ell[i, j] - k * _LN2_HI - k * _LN2_LO), z[i, j])
     return k
 
+
+_BELOW_EXP64, _BELOW_EXP32 = math.frexp(RESCUE_BELOW64)[1], math.frexp(RESCUE_BELOW32)[1]  # -899, -99
 
 
 @njit(**JIT)
