@@ -101,13 +101,15 @@ class Progress:
         from tqdm.auto import tqdm
 
         short = self.unit.split(" (")[0]
-        fmt = ("{desc}: {n_fmt}/{total_fmt} " + short + " [{elapsed}<{remaining}]") if self.total else "{desc}: {elapsed} elapsed"
-        with tqdm(total=self.total, desc=self.desc, bar_format=fmt, file=self.stream, leave=False) as bar:
+
+        def fmt() -> str:  # the count once a total is known (a recurrent pass gives it with its first count)
+            return ("{desc}: {n_fmt}/{total_fmt} " + short + " [{elapsed}<{remaining}]") if self.total else \
+                "{desc}: {elapsed} elapsed"
+
+        with tqdm(total=self.total, desc=self.desc, bar_format=fmt(), file=self.stream, leave=False) as bar:
             while not self._done.wait(0.25):
                 if bar.total != self.total:
-                    bar.total = self.total
-                    bar.bar_format = ("{desc}: {n_fmt}/{total_fmt} " + short + " [{elapsed}<{remaining}]"
-                                      if self.total else fmt)
+                    bar.total, bar.bar_format = self.total, fmt()
                 bar.n = self.layers
                 if self.note:
                     bar.set_postfix_str(self.note, refresh=False)
