@@ -11,6 +11,19 @@ static inline int gb_clamp_exp(int64_t e) {
     return e > GB_EXP_CLAMP ? GB_EXP_CLAMP : (e < -GB_EXP_CLAMP ? -GB_EXP_CLAMP : (int)e);
 }
 
+/* The saturated-derivative rescue (reference.rescue_saturated; the stacks' layers, the vanilla
+ * cell's steps): a dz below GB_RESCUE_BELOW everywhere is recomputed in log form, down to
+ * GB_RESCUE_LN_MIN (beyond any int64 exponent), for the activations of gradbench.activations.RESCUE. */
+#define GB_RESCUE_BELOW(f32) ((f32) ? 0x1p-100 : 0x1p-900)
+#define GB_RESCUE_BELOW_EXP(f32) ((f32) ? -99 : -899) /* frexp's exponent of GB_RESCUE_BELOW */
+#define GB_LN2 0.6931471805599453 /* math.log(2) */
+#define GB_RESCUE_LN_MIN (-0x1p62 * GB_LN2) /* gradbench.activations.RESCUE_LN_MIN */
+
+static inline int gb_rescue_act(int act) {
+    return act == GB_SIGMOID || act == GB_TANH || act == GB_ELU || act == GB_SELU || act == GB_SWISH ||
+           act == GB_GELU;
+}
+
 /* ------------------------------------------------------------------ threads (team.c)
  * A team runs fn(arg, tid, nth, bar) on nth threads (the caller is tid 0) for one call and
  * joins them; with nth = 1 (or if a thread cannot be created) fn runs once on the caller with

@@ -213,7 +213,7 @@ typedef struct gb_recurrent_arrays {
     const void *b_ih;        /* (GN,) */
     const void *b_hh;        /* (GN,) */
     void *H;                 /* (T+1,B,N) */
-    void *DA;                /* (T,B,GN) */
+    void *Z;                 /* (T,B,GN) */
     int64_t *fexp;           /* (T+1,) */
     double *act_mean;        /* (T,) */
     double *act_std;         /* (T,) */
@@ -231,8 +231,8 @@ typedef struct gb_recurrent_arrays {
     double *sig_m;           /* (T+1,) */
     int64_t *sig_e;          /* (T+1,) */
     double *gnorm_m;         /* (T,) */
+    int64_t *gnorm_e;        /* (T,) */
     void *C;                 /* (T+1,B,N) */
-    void *Z;                 /* (T,B,GN) */
     void *GC;                /* (B,N) */
     double *csig_m;          /* (T+1,) */
     void *HN;                /* (T,B,N) */

@@ -12,11 +12,12 @@
  * in the reference's order; the matrix products go to BLAS (SciPy's, through gb_opts) or to
  * plain loops without it.
  *
- * Forward: the input projection of all steps is one product U = X W_ih^T + b (into A, or DA for
- * the vanilla cell, which then hold the pre-activations step by step); per step only the
- * recurrent product h_{t-1} W_hh^T.
+ * Forward: the input projection of all steps is one product U = X W_ih^T + b (into Z, which then
+ * holds the pre-activations step by step); per step only the recurrent product h_{t-1} W_hh^T.
  *
- * Backward: per step the elementwise backward of the cell, the recurrent product dz W_hh and the
+ * Backward: per step the elementwise backward of the cell (phi' and the gates recomputed from Z;
+ * a vanilla step whose every dz lies below GB_RESCUE_BELOW taken in log form, gb_rnn_rescue),
+ * the recurrent product dz W_hh and the
  * exact chain (joint power-of-two normalisation of dL/dh and the LSTM's part of dL/dc carried
  * back through c_{t+1}, signal clipping on the true magnitude; the recorded ||dL/dc_t|| is the
  * total's, dc = that part + dL/dh_t o_t tanh'(c_t)). The parameter gradients are sums over steps of terms with different exponents;
@@ -528,9 +529,8 @@ static int F(gb_input_projection)(const gb_opts *opts, REAL *U, const REAL *X, c
 }
 
 /* ------------------------------------------------------------------ the vanilla cell */
-/* h = phi(z), da = phi'(z); returns the count of phi' < thr. z may be da. */
-static int64_t F(gb_rnn_activation)(REAL *h, REAL *da, const REAL *z, int64_t n, int act, REAL p, double thr) {
-    int64_t nsat = 0;
+/* h = phi(z), da = phi'(z): the forward's h and the backward's phi', the same bits in both. */
+static void F(gb_rnn_activation)(REAL *h, REAL *da, const REAL *z, int64_t n, int act, REAL p) {
     if (act == GB_TANH) {
         FP(gb_tanh_grad)(h, da, z, n);
     } else if (act == GB_SIGMOID) {
@@ -542,8 +542,27 @@ static int64_t F(gb_rnn_activation)(REAL *h, REAL *da, const REAL *z, int64_t n,
             da[i] = FP(gb_dphi)(zi, act, p);
         }
     }
-    for (int64_t i = 0; i < n; i++) nsat += (double)da[i] < thr;
-    return nsat;
+}
+
+/* The saturated-derivative rescue of a vanilla step (reference.rescue_saturated, as the stacks'
+ * layers): when every dz = g phi'(z) lies below GB_RESCUE_BELOW (NaN ignored), dz is recomputed
+ * in log form, ell = ln|g| + ln|phi'(z)|, k = floor(max ell / ln2), dz = sign exp(ell - k ln2),
+ * rounded once; returns k, which the step's exponent takes (0: dz untouched). The caller decides
+ * on max|dz|, found while forming dz.    dz, g, z (n,) */
+static int64_t F(gb_rnn_rescue)(REAL *dz, const REAL *g, const REAL *z, int64_t n, int act, double p) {
+    double top = -INFINITY, sp;
+    for (int64_t i = 0; i < n; i++) {
+        const double ell = log(fabs((double)g[i])) + gb_log_dphi_f64((double)z[i], act, p, &sp);
+        top = ell > top ? ell : top;
+    }
+    if (!(top >= GB_RESCUE_LN_MIN && top < INFINITY)) return 0; /* beyond any int64 exponent: stays 0 */
+    const int64_t k = (int64_t)floor(top / GB_LN2);
+    for (int64_t i = 0; i < n; i++) {
+        const double ell = log(fabs((double)g[i])) + gb_log_dphi_f64((double)z[i], act, p, &sp);
+        const double sg = g[i] > 0 ? 1.0 : (g[i] < 0 ? -1.0 : (g[i] == 0 ? 0.0 : (double)NAN));
+        dz[i] = (REAL)(sg * sp * exp(ell - (double)k * GB_LN2));
+    }
+    return k;
 }
 
 int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
@@ -554,7 +573,7 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     const REAL p = (REAL)a->fcfg[GB_RF_ACT_PARAM];
     const double thr = a->fcfg[GB_RF_SAT];
     const REAL *W_hh = ((REAL *)a->W_hh), *b_ih = ((REAL *)a->b_ih), *b_hh = ((REAL *)a->b_hh);
-    REAL *H = ((REAL *)a->H), *DA = ((REAL *)a->DA);
+    REAL *H = ((REAL *)a->H), *Z = ((REAL *)a->Z);
     int64_t *fexp = a->fexp, *info = a->info;
     GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)N), *zb = F(gb_ralloc)(sizeof(REAL) * (size_t)BN);
@@ -566,27 +585,27 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
         return GB_ENOMEM;
     }
     for (int64_t j = 0; j < N; j++) bias[j] = b_ih[j] + b_hh[j];
-    rc = F(gb_input_projection)(opts, DA, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, N); /* U lives in DA */
+    rc = F(gb_input_projection)(opts, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, N); /* U, then z_t */
     info[GB_INFO_FORWARD] = -1;
     for (int64_t t = 0; t < T_ && rc == GB_OK; t++) {
-        REAL *hp = H + t * BN, *h = H + (t + 1) * BN, *da = DA + t * BN;
+        REAL *hp = H + t * BN, *h = H + (t + 1) * BN, *z = Z + t * BN;
         int64_t e = fexp[t];
-        const REAL *z = da;
         if (rescale) { /* z = 2^-e U_t + 2^(fexp - e) h_{t-1} W_hh^T, e = max(0, fexp) */
             F(gb_rows_times_wT)(g, zb, hp, W_hh, WT, B, N, N, 0);
             e = GB_MAX(0, fexp[t]);
             const int du = gb_clamp_exp(-e), dp = gb_clamp_exp(fexp[t] - e);
             const REAL su = F(gb_pow2)(du), sp = F(gb_pow2)(dp); /* one of du, dp is 0 */
             if (su != 0 && sp != 0) {
-                for (int64_t i = 0; i < BN; i++) zb[i] = da[i] * su + zb[i] * sp;
+                for (int64_t i = 0; i < BN; i++) z[i] = z[i] * su + zb[i] * sp;
             } else {
-                for (int64_t i = 0; i < BN; i++) zb[i] = TLDEXP(da[i], du) + TLDEXP(zb[i], dp);
+                for (int64_t i = 0; i < BN; i++) z[i] = TLDEXP(z[i], du) + TLDEXP(zb[i], dp);
             }
-            z = zb;
         } else {
-            F(gb_rows_times_wT)(g, da, hp, W_hh, WT, B, N, N, 1);
+            F(gb_rows_times_wT)(g, z, hp, W_hh, WT, B, N, N, 1);
         }
-        const int64_t nsat = F(gb_rnn_activation)(h, da, z, BN, act, p, thr);
+        F(gb_rnn_activation)(h, zb, z, BN, act, p); /* zb: phi'(z), for the saturated fraction */
+        int64_t nsat = 0;
+        for (int64_t i = 0; i < BN; i++) nsat += (double)zb[i] < thr;
         fexp[t + 1] = e + (rescale ? F(gb_rnormalise)(h, BN) : 0);
         a->saturation[t] = (double)nsat / (double)BN;
         a->gate_mean[t] = a->gate_low[t] = NAN;
@@ -774,6 +793,7 @@ static void F(gb_step_done)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_
     const int64_t B = a->B, N = a->N, GN = a->GN, k = t % cx->K, n = B * GN;
     F(gb_chunk_mark)(cx, k, e, eh, n);
     a->gnorm_m[t] = F(gb_step_norm)(cx, cx->zh + k * n, ((REAL *)a->H) + t * B * N, B, N, GN);
+    a->gnorm_e[t] = eh;
     if (k == 0) F(gb_chunk_flush)(cx, a, t, GB_MIN(cx->K, a->T - t), rescale_copy);
 }
 
@@ -814,11 +834,19 @@ int F(gb_rnn_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     a->info[GB_INFO_BACKWARD] = -1;
     F(gb_state_in)(&cx, a, 0);
     F(gb_rfinish)(cx.gg, B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, NULL, a->info);
+    const int act = (int)a->icfg[GB_RI_ACT], rescue_act = gb_rescue_act(act);
     for (int64_t t = T_ - 1; t >= 0; t--) {
-        const int64_t e = a->sig_e[t + 1], k = t % cx.K;
-        const REAL *da = ((REAL *)a->DA) + t * BN;
+        const int64_t k = t % cx.K;
+        const REAL *z = ((REAL *)a->Z) + t * BN;
         REAL *dz = cx.zx + k * BN;
-        for (int64_t i = 0; i < BN; i++) dz[i] = cx.gg[i] * da[i];
+        F(gb_rnn_activation)(cx.ga, cx.gda, z, BN, act, (REAL)a->fcfg[GB_RF_ACT_PARAM]); /* ga: unused phi(z) */
+        REAL m = 0; /* max|dz|, NaN ignored */
+        for (int64_t i = 0; i < BN; i++) {
+            dz[i] = cx.gg[i] * cx.gda[i];
+            m = TFABS(dz[i]) > m ? TFABS(dz[i]) : m;
+        }
+        const int rescue = rescue_act && (double)m < GB_RESCUE_BELOW(sizeof(REAL) == sizeof(float));
+        const int64_t e = a->sig_e[t + 1] + (rescue ? F(gb_rnn_rescue)(dz, cx.gg, z, BN, act, a->fcfg[GB_RF_ACT_PARAM]) : 0);
         if (rescale) memcpy(cx.zh + k * BN, dz, sizeof(REAL) * (size_t)BN); /* scaled at the flush */
         F(gb_rows_times_w)(cx.gemm, cx.own, cx.gg, dz, ((REAL *)a->W_hh), B, N, N, 0);
         F(gb_step_done)(&cx, a, t, e, e + a->fexp[t], rescale);

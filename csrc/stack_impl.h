@@ -945,11 +945,6 @@ static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, F(gb_cfg) 
     return GB_OK;
 }
 
-#define GB_RESCUE_BELOW(f32) ((f32) ? 0x1p-100 : 0x1p-900)
-#define GB_RESCUE_BELOW_EXP(f32) ((f32) ? -99 : -899) /* frexp's exponent of GB_RESCUE_BELOW */
-#define GB_LN2 0.6931471805599453 /* math.log(2) */
-#define GB_RESCUE_LN_MIN (-0x1p62 * GB_LN2) /* gradbench.activations.RESCUE_LN_MIN */
-
 /* ---------------------------------------------------------------- forward */
 /* The forward's rescue (reference.rescue_forward): GELU and swish, whose phi itself underflows
  * for finite z (GELU below z = -37.5). Where a layer's largest |h| (mantissas at exponent f) lies
@@ -1289,13 +1284,9 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
  * activations whose dz = da phi'(zl) is below GB_RESCUE_BELOW everywhere (max|dz| over the whole
  * batch: underflowed, or subnormal with its digits lost) is recomputed in log form,
  * ell = ln|da| + ln|phi'(x)| (gb_log_dphi_f64), k = floor(max ell / ln2), dz = sign exp(ell - k ln2),
- * and k is added to the layer's exponent (dW_l, db_l, dh_l). The driver decides it on the global
- * maxima (per-thread slots and a barrier), so every thread takes the same branch. */
-static inline int F(gb_rescue_act)(int act) {
-    return act == GB_SIGMOID || act == GB_TANH || act == GB_ELU || act == GB_SELU || act == GB_SWISH ||
-           act == GB_GELU;
-}
-
+ * and k is added to the layer's exponent (dW_l, db_l, dh_l), for the activations of gb_rescue_act
+ * (gb_internal.h). The driver decides it on the global maxima (per-thread slots and a barrier), so
+ * every thread takes the same branch. */
 /* ell = ln|da| + ln|phi'(x)| of entry j of one row and its sign: da and zl in T as
  * gb_act_backward_row forms them, x = zl 2^f (the forward's exponent, clamped) under rescaling */
 static inline double F(gb_rescue_ell)(const T *g, const T *zr, const T *gamma, const T *beta, int scale,
@@ -1563,7 +1554,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.rslope = st.cfg.act == GB_PRELU ? F(gb_alloc)(sizeof(double) * (size_t)(L * B)) : NULL;
     st.gsq = F(gb_alloc)(sizeof(double) * (size_t)(L * N));
     st.amax = F(gb_alloc)(sizeof(T) * 2 * (size_t)nth);
-    const int rescue = F(gb_rescue_act)(st.cfg.act);
+    const int rescue = gb_rescue_act(st.cfg.act);
     if (rescue) {
         st.rmax = F(gb_alloc)(sizeof(double) * 2 * (size_t)nth);
         st.rell = F(gb_alloc)(sizeof(double) * 2 * (size_t)nth);

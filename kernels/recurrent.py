@@ -28,8 +28,9 @@ from gradbench.recurrent.abi import (
 from ._config import JIT
 from .activations import SIGMOID as _SIGMOID_CODE
 from .activations import TANH as _TANH_CODE
-from .activations import _as, dphi, phi
+from .activations import RESCUE_BELOW32, RESCUE_BELOW64, _as, dphi, phi
 from .chain import _clamp, _ldexp, all_finite, clip_signal, moments, normalise, sumsq
+from .layers import rescue_saturated
 
 
 # The gate codes as entries of an array: an integer constant would reach phi/dphi as a literal
@@ -98,21 +99,21 @@ def _gate_stats(t, a, da, fcfg, N, G, tanh_block, saturation, gate_mean, gate_lo
 
 # ------------------------------------------------------------------ forward
 @njit(**JIT)
-def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, DA, fexp, act_mean, act_std, saturation,
+def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, fexp, act_mean, act_std, saturation,
                        gate_mean, gate_low, info):
-    """The vanilla cell through T steps.  X (T,B,D), H (T+1,B,N), DA (T,B,N), fexp (T+1,)"""
+    """The vanilla cell through T steps.  X (T,B,D), H (T+1,B,N), Z (T,B,N), fexp (T+1,)"""
     code = icfg[RI_ACT]
     rescale = icfg[RI_RESCALE_FWD] != 0
     p = fcfg[RF_ACT_PARAM]
     thr = fcfg[RF_SAT]
     T, B, D = X.shape
     N = W_hh.shape[1]
-    _projection(DA.reshape(T * B, N), X.reshape(T * B, D), W_ih, b_ih + b_hh)  # U lives in DA
+    _projection(Z.reshape(T * B, N), X.reshape(T * B, D), W_ih, b_ih + b_hh)  # U lives in Z until z_t
     P = np.empty((B, N), dtype=H.dtype)
     info[INFO_FORWARD] = -1
     for t in range(T):
         np.dot(H[t], W_hh.T, P)
-        da = DA[t]
+        z = Z[t]
         h = H[t + 1]
         e = fexp[t]
         if rescale:
@@ -121,19 +122,17 @@ def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, DA, fexp, act_m
             dp = _clamp(fexp[t] - e)
             for i in range(B):
                 for j in range(N):
-                    P[i, j] = _ldexp(da[i, j], du) + _ldexp(P[i, j], dp)
+                    z[i, j] = _ldexp(z[i, j], du) + _ldexp(P[i, j], dp)
         else:
             for i in range(B):
                 for j in range(N):
-                    P[i, j] = da[i, j] + P[i, j]
+                    z[i, j] = z[i, j] + P[i, j]
         nsat = 0
         for i in range(B):
             for j in range(N):
-                zz = P[i, j]
+                zz = z[i, j]
                 h[i, j] = phi(zz, code, p)
-                d = dphi(zz, code, p)
-                da[i, j] = d
-                nsat += np.float64(d) < thr
+                nsat += np.float64(dphi(zz, code, p)) < thr
         fexp[t + 1] = e + (normalise(h) if rescale else 0)
         saturation[t] = nsat / (B * N)
         gate_mean[t] = np.nan
@@ -356,13 +355,16 @@ def _mark(zx, zh, ex, eh, nz, k, e, e_h):
 
 
 @njit(**JIT)
-def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, DA, HN, fexp, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
-              sig_e, csig_m, gnorm_m, info):
+def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
+              sig_e, csig_m, gnorm_m, gnorm_e, info):
     """Backward through T steps of cell 0 (rnn), 1 (lstm) or 2 (gru) (module docstring)."""
     clip_mode = icfg[RI_CLIP]
     c = fcfg[RF_CLIP]
     every = icfg[RI_LOSS_EVERY] != 0
     rescale = icfg[RI_RESCALE_FWD] != 0
+    code = icfg[RI_ACT]
+    p = fcfg[RF_ACT_PARAM]
+    below = RESCUE_BELOW64 if G.itemsize == 8 else RESCUE_BELOW32
     T, B, D = X.shape
     GN, N = W_hh.shape
     lstm = cell == 1
@@ -395,10 +397,16 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, DA, HN, fexp, DH, G, GC, dW_ih
         dzh = zh[k]
         gh = gg[:B]
         if cell == 0:
-            da = DA[t]
+            zt = Z[t]
+            m = 0.0  # max|dz|, NaN ignored: the rescue's test, found while forming dz
             for i in range(B):
                 for j in range(N):
-                    dzx[i, j] = gh[i, j] * da[i, j]
+                    v = gh[i, j] * dphi(zt[i, j], code, p)
+                    dzx[i, j] = v
+                    if abs(v) > m:
+                        m = abs(v)
+            if m < below:
+                e += rescue_saturated(dzx, dtc[0], False, gh, zt, code, p, 0, False)
             if rescale:
                 dzh[:, :] = dzx
             gh[:, :] = np.dot(dzx, W_hh)
@@ -441,6 +449,7 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, DA, HN, fexp, DH, G, GC, dW_ih
         e_h = e + fexp[t] if cell == 0 else e
         _mark(zx, zh, ex, eh, nz, k, e, e_h)
         gnorm_m[t] = _step_norm(dzh if separate else dzx, H[t], gram)
+        gnorm_e[t] = e_h
         if k == 0:
             _flush(zx, zh, ex, eh, nz, min(K, T - t), t, X, H, dW_ih, dW_hh, db_ih, db_hh, dexp, cell == 2,
                    cell == 0 and rescale)
@@ -453,22 +462,22 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, DA, HN, fexp, DH, G, GC, dW_ih
         GC[:, :] = gg[B:]
 
 
-def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, DA, fexp, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                        gnorm_m, info):
-    _backward(0, icfg, fcfg, X, W_hh, H, H, DA, DA, H[1:], fexp, DH, G, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
-              sig_e, sig_m, gnorm_m, info)
+def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, Z, fexp, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
+                        gnorm_m, gnorm_e, info):
+    _backward(0, icfg, fcfg, X, W_hh, H, H, Z, H[1:], fexp, DH, G, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
+              sig_e, sig_m, gnorm_m, gnorm_e, info)
 
 
 def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                         csig_m, gnorm_m, info):
-    _backward(1, icfg, fcfg, X, W_hh, H, C, Z, Z, C[1:], np.zeros(len(sig_e), dtype=np.int64), DH, G, GC, dW_ih, dW_hh,
-              db_ih, db_hh, dexp, sig_m, sig_e, csig_m, gnorm_m, info)
+                         csig_m, gnorm_m, gnorm_e, info):
+    _backward(1, icfg, fcfg, X, W_hh, H, C, Z, C[1:], np.zeros(len(sig_e), dtype=np.int64), DH, G, GC, dW_ih, dW_hh,
+              db_ih, db_hh, dexp, sig_m, sig_e, csig_m, gnorm_m, gnorm_e, info)
 
 
 def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                        gnorm_m, info):
-    _backward(2, icfg, fcfg, X, W_hh, H, H, Z, Z, HN, np.zeros(len(sig_e), dtype=np.int64), DH, G, G, dW_ih, dW_hh,
-              db_ih, db_hh, dexp, sig_m, sig_e, sig_m, gnorm_m, info)
+                        gnorm_m, gnorm_e, info):
+    _backward(2, icfg, fcfg, X, W_hh, H, H, Z, HN, np.zeros(len(sig_e), dtype=np.int64), DH, G, G, dW_ih, dW_hh,
+              db_ih, db_hh, dexp, sig_m, sig_e, sig_m, gnorm_m, gnorm_e, info)
 
 
 rnn_forward = abi.checked("rnn_forward", rnn_forward_kernel)

@@ -109,3 +109,32 @@ def chain(activation, p, W, x, residual=0):
             g = [[u + v for u, v in zip(grow, srow)] for grow, srow in zip(g, skip)]
         gh[l] = _log10_norm(g)
     return float(mp.log10(loss)), gW, gh
+
+
+def rnn_chain(activation, p, W_ih, W_hh, bias, X):
+    """Plain forward and backward through time of the vanilla cell
+    h_t = phi(x_t W_ih^T + h_{t-1} W_hh^T + bias), h_{-1} = 0, loss 0.5 ||h_{T-1}||^2.
+
+    X: (T, B, D) floats. Returns log10 of the loss, of ||dL/dh_t|| (T,) and of the steps'
+    dW_hh terms ||dz_t^T h_{t-1}|| (T,), exact to mpmath's precision whatever the saturation.
+    """
+    T, B, D = len(X), len(X[0]), len(X[0][0])
+    N = len(W_hh)
+    Wi = [[mp.mpf(float(v)) for v in row] for row in W_ih]
+    Wh = [[mp.mpf(float(v)) for v in row] for row in W_hh]
+    b = [mp.mpf(float(v)) for v in bias]
+    H, Z = [[[mp.mpf(0)] * N for _ in range(B)]], []
+    for t in range(T):
+        z = [[mp.fsum([b[i]] + [mp.mpf(float(X[t][r][k])) * Wi[i][k] for k in range(D)]
+                      + [H[-1][r][k] * Wh[i][k] for k in range(N)]) for i in range(N)] for r in range(B)]
+        Z.append(z)
+        H.append([[phi(activation, v, p) for v in row] for row in z])
+    loss = mp.fsum(v * v for row in H[-1] for v in row) / 2
+    g = [row[:] for row in H[-1]]
+    gh, gW = [None] * T, [None] * T
+    for t in range(T - 1, -1, -1):
+        gh[t] = _log10_norm(g)
+        dz = [[g[r][i] * dphi(activation, Z[t][r][i], p) for i in range(N)] for r in range(B)]
+        gW[t] = _log10_norm([[mp.fsum(dz[r][i] * H[t][r][k] for r in range(B)) for k in range(N)] for i in range(N)])
+        g = [[mp.fsum(dz[r][i] * Wh[i][k] for i in range(N)) for k in range(N)] for r in range(B)]
+    return float(mp.log10(loss)), gh, gW

@@ -17,7 +17,7 @@ import pytest
 import gradbench as gb
 from gradbench import abi
 from gradbench.backends import get_backend
-from tests.naive_mp import chain
+from tests.naive_mp import chain, rnn_chain
 
 BACKENDS = gb.backends()
 SMOOTH = ("tanh", "gelu", "swish", "elu", "selu")  # phi(0) = 0, not homogeneous
@@ -470,3 +470,30 @@ def test_limit_derivatives_beyond_any_int64_exponent_are_zero():
     x = gb.gaussian_input(stack, 2, 1) * 1e200  # tanh'(1e200) = 4 exp(-2e200): 10^(-8.7e199)
     res = gb.backprop(stack, params, x)
     assert res.grad_norm.log10()[0] == -np.inf and np.all(np.isfinite(res.grad_norm.log10()[1:]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation, sigma_w, dtype", [
+    ("tanh", 3000.0, "float64"), ("sigmoid", 6000.0, "float64"), ("tanh", 300.0, "float32"),
+    ("sigmoid", 600.0, "float32"),
+])
+def test_saturated_vanilla_cell_equals_mpmath(backend, activation, sigma_w, dtype):
+    """Every unit of steps 1-5 saturated beyond the dtype (tanh'(z) underflows float64 beyond
+    |z| ~ 354, float32 beyond ~ 52): the signal reaching steps 0-4 is 10^-4147 .. 10^-1024 (float32:
+    10^-404 .. 10^-100), which the cell once read as 0 (it kept phi'(z_t) as a plain number). Now
+    each such step is taken in log form; mpmath's plain chain on the same weights is the oracle.
+    The tolerance is the rounding of z (|z| ~ 3000 eps per step)."""
+    rnn = gb.Recurrent(cell="rnn", steps=6, hidden=3, input_dim=2, sigma_w=sigma_w, recurrent_init="normal",
+                       activation=activation, dtype=dtype)
+    params, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, batch=2, seed=1)
+    lo, gh, gW = rnn_chain(activation, rnn.act_param, params.W_ih, params.W_hh,
+                           params.b_ih.astype(np.float64) + params.b_hh, xs)
+    assert max(gh[:-1]) < math.log10(np.finfo(dtype).tiny) - 50  # beyond the dtype: 0 in plain arithmetic
+    res = gb.backprop(rnn, params, xs, backend=backend)
+    tol = 1e-10 if dtype == "float64" else 2e-4
+    np.testing.assert_allclose(res.signal_norm.log10(), gh, rtol=0, atol=tol)
+    got = res.grad_norm.log10()
+    assert got[0] == gW[0] == -np.inf  # h_{-1} = 0
+    np.testing.assert_allclose(got[1:], gW[1:], rtol=0, atol=tol)
+    assert abs(float(res.loss_exact.log10()) - lo) <= tol
+    assert res.saturation[1:].min() == 1.0

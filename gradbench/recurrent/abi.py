@@ -14,7 +14,9 @@ head reads every step, else 1 and unused). Dtype kinds: ``T`` the net's dtype, `
 
 Indexing: ``H[0]`` is h_{-1} (the initial state), ``H[t + 1]`` = h_t is written by step t;
 ``sig_m[j] * 2**sig_e[j]`` = ||dL/dH[j]|| for j = 0..T. Step t's parameter-gradient terms carry
-the exponent ``sig_e[t + 1]`` (plus ``fexp[t]`` for dW_hh, whose term is dz_t^T h_{t-1}).
+the exponent ``sig_e[t + 1]`` (plus ``fexp[t]`` for dW_hh, whose term is dz_t^T h_{t-1}), plus the
+power of two of a vanilla step rescued in log form (every unit saturated beyond the dtype); the
+norm of its dW_hh term is ``gnorm_m[t] * 2**gnorm_e[t]``.
 """
 
 from __future__ import annotations
@@ -77,18 +79,21 @@ _SIG = (
     _arg("sig_m", "T+1", "f8", "w", "||dL/dH[j]|| = sig_m[j] * 2**sig_e[j]"),
     _arg("sig_e", "T+1", "i8", "rw", "signal exponents; sig_e[T] read"),
 )
-_GNORM = _arg("gnorm_m", "T", "f8", "w", "||dz_t^T h_{t-1}|| (mantissa norm; exponent sig_e[t+1] + fexp[t])")
+_GNORM = (
+    _arg("gnorm_m", "T", "f8", "w", "||dz_t^T h_{t-1}|| = gnorm_m[t] * 2**gnorm_e[t]"),
+    _arg("gnorm_e", "T", "i8", "w", "sig_e[t+1] + fexp[t], plus the power of two of a rescued vanilla step"),
+)
 
 RNN_FORWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_IH, _W_HH, _B_IH, _B_HH, _H_FWD,
-    _arg("DA", "T,B,GN", "T", "w", "phi'(z_t)"),
+    _arg("Z", "T,B,GN", "T", "w", "z_t, the pre-activation (times 2**-max(0, fexp[t]) under forward rescaling)"),
     _arg("fexp", "T+1", "i8", "rw", "forward exponents: h_t = H[t+1] * 2**fexp[t+1]; fexp[0] read"),
     *_STATS, _INFO,
 )
 RNN_BACKWARD: tuple[Arg, ...] = (
-    _ICFG, _FCFG, _X, _W_HH, _H_BWD, _arg("DA", "T,B,GN", "T", "r", "the forward's DA"),
+    _ICFG, _FCFG, _X, _W_HH, _H_BWD, _arg("Z", "T,B,GN", "T", "r", "the forward's Z"),
     _arg("fexp", "T+1", "i8", "r", "the forward's exponents"),
-    _DH, _G, *_GRADS, *_SIG, _GNORM, _INFO,
+    _DH, _G, *_GRADS, *_SIG, *_GNORM, _INFO,
 )
 LSTM_FORWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_IH, _W_HH, _B_IH, _B_HH, _H_FWD,
@@ -103,7 +108,7 @@ LSTM_BACKWARD: tuple[Arg, ...] = (
          "with G), dL/dc_{-1} on exit"),
     *_GRADS, *_SIG,
     _arg("csig_m", "T+1", "f8", "w", "||dL/dC[j]|| = csig_m[j] * 2**sig_e[j], the total (through H[j] and C[j+1])"),
-    _GNORM, _INFO,
+    *_GNORM, _INFO,
 )
 GRU_FORWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_IH, _W_HH, _B_IH, _B_HH, _H_FWD, _Z_FWD,
@@ -113,7 +118,7 @@ GRU_FORWARD: tuple[Arg, ...] = (
 GRU_BACKWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_HH, _H_BWD, _Z_BWD,
     _arg("HN", "T,B,N", "T", "r", "the forward's HN"),
-    _DH, _G, *_GRADS, *_SIG, _GNORM, _INFO,
+    _DH, _G, *_GRADS, *_SIG, *_GNORM, _INFO,
 )
 
 TABLES = {

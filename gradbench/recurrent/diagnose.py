@@ -202,17 +202,15 @@ def _back(n: int) -> str:
 
 def _saturated_zero(rnn, s: np.ndarray, saturation) -> str:
     """Why the signal reads 0 below some step, when it is the vanilla cell's saturation: every
-    unit's phi'(z) underflowed the dtype there (tanh beyond |z| ~ 354 in float64), and the
-    recurrent kernels keep phi' per step as a plain number (no exponent of its own, unlike the
-    stacks' rescue): the true gradient is tiny, not 0."""
+    unit's phi'(z) lies below 2^(-2^62) there (tanh at |z| ~ 1.6e18), beyond the int64 exponent
+    of the step's log-form rescue: the true gradient is tiny, not 0."""
     zero = np.flatnonzero(s == -math.inf)
     sat = np.asarray(saturation, dtype=np.float64)
     t = int(zero.max()) + 1 if zero.size else -1
     if rnn.cell != "rnn" or rnn.act not in RESCUE or not (0 < t < len(sat)) or sat[t] < 1.0:
         return ""
-    return (f": every unit of step {t} is saturated so far that its {rnn.act}'(z) underflowed {rnn.dtype} "
-            "(tanh beyond |z| ~ 354 in float64, ~ 44 in float32), and the vanilla cell keeps phi' per step with no "
-            "exponent of its own: the true gradient below is tiny, not 0")
+    return (f": every unit of step {t} is saturated so far that its {rnn.act}'(z) lies below 2^(-2^62) (e.g. tanh "
+            "at |z| ~ 1e19), which no int64 exponent holds: the true gradient below is tiny, not 0")
 
 
 def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: float = 8.0) -> RecurrentDiagnosis:

@@ -34,7 +34,7 @@ from gradbench.recurrent.spec import Recurrent
 from gradbench.reference import clip_signal, normalise
 
 # What a step saves for the backward pass (arrays of the forward table), per cell.
-SAVED = {"rnn": ("H", "DA"), "lstm": ("H", "C", "Z"), "gru": ("H", "Z", "HN")}
+SAVED = {"rnn": ("H", "Z"), "lstm": ("H", "C", "Z"), "gru": ("H", "Z", "HN")}
 _STAT_NAMES = ("act_mean", "act_std", "saturation", "gate_mean", "gate_low")
 
 
@@ -277,6 +277,7 @@ class _Run:
         self.sig_m, self.csig_m = np.empty(T + 1), np.full(T + 1, np.nan)
         self.sig_e = np.zeros(T + 1, dtype=np.int64)
         self.gnorm_m = np.empty(T)
+        self.gnorm_e = np.zeros(T, dtype=np.int64)
         self.info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
         self.work = 2 * len(self.segments)
         self.loss_every = 0.0
@@ -431,7 +432,8 @@ def _backward(run: _Run) -> None:
         seg_info[abi.INFO_BACKWARD] = -1
         arrays = dict(seg, icfg=run.icfg, fcfg=run.fcfg, X=run.x(s, e), W_hh=run.params.W_hh,
                       fexp=run.fexp[s:e + 1], DH=DH, G=run.G, GC=run.GC, dexp=run.dexp, sig_m=run.sig_m[s:e + 1],
-                      sig_e=run.sig_e[s:e + 1], csig_m=run.csig_m[s:e + 1], gnorm_m=run.gnorm_m[s:e], info=seg_info,
+                      sig_e=run.sig_e[s:e + 1], csig_m=run.csig_m[s:e + 1], gnorm_m=run.gnorm_m[s:e],
+                      gnorm_e=run.gnorm_e[s:e], info=seg_info,
                       **run.grads)
         _call(getattr(run.impl, run.bwd_name), run.bwd_name, arrays)
         if run.info[abi.INFO_BACKWARD] < 0 <= seg_info[abi.INFO_BACKWARD]:
@@ -484,7 +486,7 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
         rnn=rnn, backend=name, loss=run.loss, loss_exact=run.loss_exact, grads=RecurrentGrads(**g),
         signal_norm=LogScaled(run.sig_m[1:].copy(), sig_e[1:].copy()),
         cell_signal_norm=LogScaled(run.csig_m[1:].copy(), sig_e[1:].copy()) if lstm else None,
-        grad_norm=LogScaled(run.gnorm_m, sig_e[1:] + fexp[:-1]),
+        grad_norm=LogScaled(run.gnorm_m, run.gnorm_e),
         h0_grad=LogScaled(run.G, sig_e[0]), c0_grad=LogScaled(run.GC, sig_e[0]) if lstm else None,
         output=LogScaled(run.h_top.copy(), fexp[T]),
         act_mean=LogScaled(st["act_mean"], fexp[1:].copy()), act_std=LogScaled(st["act_std"], fexp[1:].copy()),

@@ -9,8 +9,8 @@ before the trusting ``*_kernel`` runs). The Numba and C backends compute the sam
 Forward
     The input projection of all steps is one matrix product, ``U = X W_ih^T + b`` (T, B, GN);
     each step adds only the recurrent product ``h_{t-1} W_hh^T``. The forward saves what the
-    backward needs: the states, the vanilla cell's phi'(z_t) ``DA``, the gates' pre-activations
-    ``Z`` (the backward recomputes the gate values and their derivatives from them, half the
+    backward needs: the states, the pre-activations ``Z`` (the vanilla cell's z_t, the gates'; the
+    backward recomputes phi'(z_t), the gate values and their derivatives from them, half the
     memory of saving both), the LSTM's cell states, the GRU's ``h_{t-1} W_hn^T + b_hn``. Every
     derivative is :func:`gradbench.activations.dphi` at the pre-activation (right in saturation,
     not 1 - tanh^2 rounded to 0). Per step it records the mean and standard deviation
@@ -21,7 +21,11 @@ The exact chain through time
     The backward state (dL/dh_t, and for the LSTM the part of dL/dc_t carried back through
     c_{t+1}) is a mantissa with one int64 exponent ``sig_e``: after every step both are scaled
     by one power of two so that the larger max|.| lies in [0.5, 1) (exact), and signal clipping
-    acts on the true magnitude. The LSTM's recorded ||dL/dc_t|| is that of the total, the
+    acts on the true magnitude. A vanilla step whose every dz_t = dL/dh_t phi'(z_t) lies below
+    ``RESCUE_BELOW`` (every unit saturated beyond the dtype: tanh'(z) underflows float64 beyond
+    |z| ~ 354) is taken in log form as the stacks' saturated layers are
+    (:func:`gradbench.reference.rescue_saturated`), its power of two added to the step's
+    exponent, so the signal below it stays exact (down to 2^(-2^62)). The LSTM's recorded ||dL/dc_t|| is that of the total, the
     carried part plus dL/dh_t o_t tanh'(c_t), at the same exponent. A parameter gradient is a
     sum over the steps of terms with different exponents; it is kept as a running
     (mantissa, exponent) accumulator, each term brought to the larger exponent before it is added
@@ -50,7 +54,7 @@ from gradbench.recurrent.abi import (
     DE_B_HH, DE_B_IH, DE_W_HH, DE_W_IH, EXP_EMPTY, RF_ACT_PARAM, RF_CLIP, RF_GATE_LOW, RF_SAT, RF_SAT_GATE,
     RI_ACT, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
 )
-from gradbench.reference import _norm, clip_signal, normalise
+from gradbench.reference import _norm, clip_signal, normalise, rescue_saturated
 
 SIGMOID, TANH = abi.ACT_CODE["sigmoid"], abi.ACT_CODE["tanh"]
 
@@ -118,11 +122,11 @@ def record_forward(t, h, act_mean, act_std, info):
         info[INFO_FORWARD] = t
 
 
-def accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dzx, dzh, x, hp, e, e_h):
+def accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dzx, dzh, x, hp, e, e_h):
     """Step t's parameter-gradient terms (dzx for W_ih/b_ih, dzh for W_hh/b_hh) into the
     accumulators; e = sig_e[t+1], e_h = e + fexp[t] (h_{t-1}'s exponent)."""
     term_hh = dzh.T @ hp
-    gnorm_m[t] = _norm(term_hh)
+    gnorm_m[t], gnorm_e[t] = _norm(term_hh), e_h
     dexp[DE_W_HH] = accumulate(dW_hh, int(dexp[DE_W_HH]), term_hh, e_h)
     dexp[DE_W_IH] = accumulate(dW_ih, int(dexp[DE_W_IH]), dzx.T @ x, e)
     dexp[DE_B_IH] = accumulate(db_ih, int(dexp[DE_B_IH]), dzx.sum(axis=0), e)
@@ -130,51 +134,54 @@ def accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dzx, dzh, x, h
 
 
 # ------------------------------------------------------------------ vanilla rnn
-def rnn_step_forward(h, da, z, code, param):
-    """h_t = phi(z), da = phi'(z).    h, da, z (B,N)"""
+def rnn_step_forward(h, z, code, param):
+    """h_t = phi(z); returns phi'(z) (for the saturation statistic).    h, z (B,N)"""
     h[...] = phi(z, code, param)
-    da[...] = dphi(z, code, param)
+    return dphi(z, code, param)
 
 
-def rnn_step_backward(dz, g, da):
-    """dz = dL/dh_t * phi'(z_t).    dz, g, da (B,N)"""
-    dz[...] = g * da
+def rnn_step_backward(dz, g, z, code, param) -> int:
+    """dz = dL/dh_t * phi'(z_t), in log form when every entry lies below ``RESCUE_BELOW``
+    (:func:`gradbench.reference.rescue_saturated`); returns the exponent k the step's dz carries
+    (dz's true value is dz * 2**k; 0 unless rescued).    dz, g, z (B,N)"""
+    dz[...] = g * dphi(z, code, param)
+    return rescue_saturated(dz, g, z, code, param)
 
 
-def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, DA, fexp, act_mean, act_std, saturation,
+def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, fexp, act_mean, act_std, saturation,
                        gate_mean, gate_low, info):
     """The vanilla cell through T steps (module docstring)."""
     code, param, rescale = int(icfg[RI_ACT]), fcfg[RF_ACT_PARAM], bool(icfg[RI_RESCALE_FWD])
     T = X.shape[0]
     info[INFO_FORWARD] = -1
-    input_projection(DA, X, W_ih, b_ih + b_hh)  # U is kept in DA until step t overwrites DA[t]
+    input_projection(Z, X, W_ih, b_ih + b_hh)  # U is kept in Z until step t overwrites Z[t] with z_t
     for t in range(T):
         P = H[t] @ W_hh.T
         if rescale:
             e = max(0, int(fexp[t]))
-            z = _ldexp(DA[t], -e) + _ldexp(P, int(fexp[t]) - e)
+            Z[t] = _ldexp(Z[t], -e) + _ldexp(P, int(fexp[t]) - e)
         else:
             e = int(fexp[t])
-            z = DA[t] + P
-        rnn_step_forward(H[t + 1], DA[t], z, code, param)
+            Z[t] += P
+        da = rnn_step_forward(H[t + 1], Z[t], code, param)
         fexp[t + 1] = e + (normalise(H[t + 1]) if rescale else 0)
-        saturation[t] = np.mean(DA[t] < fcfg[RF_SAT])
+        saturation[t] = np.mean(da < fcfg[RF_SAT])
         gate_mean[t] = gate_low[t] = np.nan
         record_forward(t, H[t + 1], act_mean, act_std, info)
 
 
-def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, DA, fexp, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
-                        sig_e, gnorm_m, info):
+def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, Z, fexp, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
+                        sig_e, gnorm_m, gnorm_e, info):
     """Backward through T steps of the vanilla cell (module docstring)."""
     clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
+    code, param = int(icfg[RI_ACT]), fcfg[RF_ACT_PARAM]
     T = X.shape[0]
     info[INFO_BACKWARD] = -1
     finish_state(G, None, T, CLIP_NONE, c, sig_m, sig_e, None, info)  # the caller clipped it
     dz = np.empty_like(G)
     for t in range(T - 1, -1, -1):
-        e = int(sig_e[t + 1])
-        rnn_step_backward(dz, G, DA[t])
-        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dz, dz, X[t], H[t], e, e + int(fexp[t]))
+        e = int(sig_e[t + 1]) + rnn_step_backward(dz, G, Z[t], code, param)
+        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dz, dz, X[t], H[t], e, e + int(fexp[t]))
         np.matmul(dz, W_hh, out=G)
         sig_e[t] = add_loss_gradient(G, None, e, DH[t]) if every else e
         finish_state(G, None, t, clip_mode, c, sig_m, sig_e, None, info)
@@ -256,7 +263,7 @@ def lstm_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, C, Z, act_mean
 
 
 def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                         csig_m, gnorm_m, info):
+                         csig_m, gnorm_m, gnorm_e, info):
     """Backward through T steps of the LSTM; (G, GC) share one exponent (module docstring).
 
     GC holds the part of dL/dC[j] carried back through C[j+1] (0 at j = T on entry, the whole of
@@ -276,7 +283,7 @@ def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, 
         e = int(sig_e[t + 1])
         dc = lstm_step_backward(dz, GC, G, GC, Z[t], C[t + 1], C[t], N)
         csig_m[t + 1] = _norm(dc)  # the total dL/dC[t+1], exponent sig_e[t+1] = e
-        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dz, dz, X[t], H[t], e, e)
+        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dz, dz, X[t], H[t], e, e)
         np.matmul(dz, W_hh, out=G)
         sig_e[t] = add_loss_gradient(G, GC, e, DH[t]) if every else e
         finish_state(G, GC, t, clip_mode, c, sig_m, sig_e, csig_m, info)
@@ -334,7 +341,7 @@ def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, HN, act_mean
 
 
 def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                        gnorm_m, info):
+                        gnorm_m, gnorm_e, info):
     """Backward through T steps of the GRU (module docstring)."""
     clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
     T, N = X.shape[0], W_hh.shape[1]
@@ -345,7 +352,7 @@ def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, dW_ih, dW_hh, db_i
     for t in range(T - 1, -1, -1):
         e = int(sig_e[t + 1])
         z = gru_step_backward(dzx, dzh, G, Z[t], HN[t], H[t], N)
-        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, t, dzx, dzh, X[t], H[t], e, e)
+        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dzx, dzh, X[t], H[t], e, e)
         G[...] = G * z + dzh @ W_hh
         sig_e[t] = add_loss_gradient(G, None, e, DH[t]) if every else e
         finish_state(G, None, t, clip_mode, c, sig_m, sig_e, None, info)
