@@ -45,12 +45,13 @@
 #define GB_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 /* ------------------------------------------------------------------ matrix products */
-/* Register tile: C (R,NC) = A (R,K) Bm (K,NC) [+ bias (NC,)]; A(r,k) = A[r*sam + k*sak].
- * Each C entry is one FMA chain over k in order. */
+/* Register tile: C (R,NC) = [C +] A (R,K) Bm (K,NC) [+ bias (NC,)]; A(r,k) = A[r*sam + k*sak];
+ * cin: C's own values are added (a later block of k, gb_gemm_block). Each C entry is one FMA
+ * chain over k in order, then C's value, then the bias. */
 #define GB_TILE(R, NC)                                                                          \
     static inline void F(gb_tile_##R##x##NC)(T *C, int64_t ldc, const T *A, int64_t sam,       \
                                              int64_t sak, const T *Bm, int64_t ldb, int64_t K, \
-                                             const T *bias) {                                  \
+                                             const T *bias, int cin) {                         \
         T acc[R][NC];                                                                          \
         for (int r = 0; r < R; r++)                                                            \
             for (int c = 0; c < NC; c++) acc[r][c] = 0;                                        \
@@ -61,13 +62,11 @@
                 for (int c = 0; c < NC; c++) acc[r][c] = MADD(a, bk[c], acc[r][c]);            \
             }                                                                                  \
         }                                                                                      \
-        if (bias) {                                                                            \
-            for (int r = 0; r < R; r++)                                                        \
-                for (int c = 0; c < NC; c++) C[r * ldc + c] = acc[r][c] + bias[c];             \
-        } else {                                                                               \
-            for (int r = 0; r < R; r++)                                                        \
-                for (int c = 0; c < NC; c++) C[r * ldc + c] = acc[r][c];                       \
-        }                                                                                      \
+        for (int r = 0; r < R; r++)                                                            \
+            for (int c = 0; c < NC; c++) {                                                     \
+                T out = cin ? C[r * ldc + c] + acc[r][c] : acc[r][c];                          \
+                C[r * ldc + c] = bias ? out + bias[c] : out;                                   \
+            }                                                                                  \
     }
 
 GB_TILE(4, 16)
@@ -103,7 +102,7 @@ typedef T F(gb_vh) __attribute__((vector_size(GB_VB / 2))); /* half of it */
 #define GB_VTILE_(R, NV, V)                                                                     \
     static void F(gb_vtile_##R##x##NV##_##V)(T *C, int64_t ldc, const T *A, int64_t sam,       \
                                              int64_t sak, const T *Bm, int64_t ldb, int64_t K, \
-                                             const T *bias) {                                  \
+                                             const T *bias, int cin) {                         \
         typedef F(V) vt;                                                                       \
         enum { VL = sizeof(vt) / sizeof(T) };                                                  \
         vt acc[R][NV];                                                                         \
@@ -121,6 +120,11 @@ typedef T F(gb_vh) __attribute__((vector_size(GB_VB / 2))); /* half of it */
         _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                    \
             _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) {                             \
                 vt out = acc[r][v];                                                            \
+                if (cin) {                                                                     \
+                    vt old;                                                                    \
+                    memcpy(&old, C + r * ldc + v * VL, sizeof(vt));                            \
+                    out = old + out;                                                           \
+                }                                                                              \
                 if (bias) {                                                                    \
                     vt bb;                                                                     \
                     memcpy(&bb, bias + v * VL, sizeof(vt));                                    \
@@ -139,12 +143,13 @@ GB_VTILE(1, 1, gb_vw)
 GB_VTILE(1, 1, gb_vh)
 #endif
 
-/* One block of at most 4 rows and nw columns, cut into the register tiles. */
-static void F(gb_gemm_block)(T *C, const T *A, int64_t sam, int64_t sak, const T *Bm,
-                             const T *bias, int64_t mr, int64_t nw, int64_t K, int64_t ld) {
+/* One block of at most 4 rows and nw columns and one block of k, cut into the register tiles
+ * (cin: added to C, a later block of k). */
+static void F(gb_gemm_kblock)(T *C, const T *A, int64_t sam, int64_t sak, const T *Bm,
+                              const T *bias, int64_t mr, int64_t nw, int64_t K, int64_t ld, int cin) {
 #define GB_CALL(NAME, W)                                                                       \
     for (; c + (W) <= nw; c += (W))                                                            \
-        NAME(C + c, ld, A, sam, sak, Bm + c, ld, K, bias ? bias + c : NULL);
+        NAME(C + c, ld, A, sam, sak, Bm + c, ld, K, bias ? bias + c : NULL, cin);
 #ifdef GB_HAVE_VTILES
 #define GB_VNAME(R, NV, V) GB_VNAME_(R, NV, V)
 #define GB_VNAME_(R, NV, V) F(gb_vtile_##R##x##NV##_##V)
@@ -174,6 +179,23 @@ static void F(gb_gemm_block)(T *C, const T *A, int64_t sam, int64_t sak, const T
     }
 #undef GB_ROWS
 #undef GB_CALL
+}
+
+/* float32 sums k in blocks of GB_KB (each an FMA chain, added to C in order, then the bias):
+ * the rounding error of one chain grows with its length (a bound of K eps, 1.2e-4 at K = 2048),
+ * of blocks with GB_KB + K / GB_KB. K <= GB_KB is one chain, as float64 always is. */
+#define GB_KB(T_) (sizeof(T_) == sizeof(float) ? (int64_t)128 : INT64_MAX)
+
+/* One block of at most 4 rows and nw columns. */
+static void F(gb_gemm_block)(T *C, const T *A, int64_t sam, int64_t sak, const T *Bm,
+                             const T *bias, int64_t mr, int64_t nw, int64_t K, int64_t ld) {
+    int64_t k0 = 0;
+    do { /* K = 0: one empty block, C = bias or 0 */
+        const int64_t kb = GB_MIN(GB_KB(T), K - k0);
+        F(gb_gemm_kblock)(C, A + k0 * sak, sam, sak, Bm + k0 * ld, k0 + kb == K ? bias : NULL, mr, nw, kb, ld,
+                          k0 > 0);
+        k0 += kb;
+    } while (k0 < K);
 }
 
 /* Prefetch of the next layer's arrays, spread over the blocks of this layer's work: a deep

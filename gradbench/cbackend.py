@@ -62,10 +62,13 @@ if _NUMPY_GEMM is not None:
     lib.gb_set_blas_ilp64(ffi.cast("void *", _NUMPY_GEMM[0]), ffi.cast("void *", _NUMPY_GEMM[1]))
 BLAS_SOURCE = "numpy" if _NUMPY_GEMM is not None else "scipy"
 BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 512 if blas.runs_avx512_kernels() else 1024, low=0)
-# float32: the own products sum in float32 in one FMA chain per entry; from N ~ 128 on that
-# drifts further from NumPy's (pairwise-blocked) sgemm than batch norm over a small batch
-# tolerates (1e-4 of the layer at N = 130, B = 4: 9.4e-5 own, 1.9e-5 BLAS), so BLAS from 128.
-BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", 128, low=0)
+# float32, the same widths (measured as above, tanh, one thread, ms for N = 128 / 256 / 512 /
+# 1024 / 2048 at L = 400 / 200 / 50 / 12 / 6, B = 128 / 128 / 256 / 512 / 512):
+# - AVX2 kernels: own 50.6 / 78.6 / 131 / 331 / 808, BLAS 69.4 / 106 / 187 / 331 / 629;
+# - AVX-512 kernels: BLAS 53.8 / 80.4 / 115 / 189 / 356.
+# The own float32 products sum k in blocks of 128 (stack_impl.h, GB_KB): one FMA chain per entry
+# over k = 2048 has a rounding bound of 1.2e-4. (Until 2026-12-01 float32 used BLAS from 128.)
+BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", 512 if blas.runs_avx512_kernels() else 1024, low=0)
 # B*N*N of a layer from which the own kernels use several threads (N = 64, B = 64 and up): the
 # backward's one barrier per layer costs ~0.5 us when both threads have a core (the forward
 # waits only for the shares of W^T a thread is about to use). When they have not (a shared

@@ -16,11 +16,11 @@ import pytest
 from gradbench import blas
 
 CODE = ("import gradbench.blas as b, gradbench.cbackend as c; "
-        "print(b.gemm_kernels(), int(b.runs_avx512_kernels()), c.BLAS_MIN_WIDTH)")
+        "print(b.gemm_kernels(), int(b.runs_avx512_kernels()), c.BLAS_MIN_WIDTH, c.BLAS_MIN_WIDTH_F32)")
 
 
 def _fresh(coretype: str) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "GRADBENCH_C_BLAS_MIN_WIDTH"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADBENCH_C_BLAS_MIN_WIDTH")}
     env["OPENBLAS_CORETYPE"] = coretype
     proc = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True)
     if proc.returncode != 0 and "C extension not built" in proc.stderr:
@@ -41,14 +41,14 @@ def _c_isa() -> int:
 def test_forced_avx2_kernels_are_reported_and_keep_blas_from_1024():
     if blas.gemm_kernels() is None:
         pytest.skip("the C backend's BLAS is not an OpenBLAS here")
-    assert _fresh("Haswell") == ["Haswell", "0", "1024"]
+    assert _fresh("Haswell") == ["Haswell", "0", "1024", "1024"]
 
 
 @pytest.mark.skipif(_c_isa() != 4, reason="AVX-512 kernels need a CPU with AVX-512")
 def test_avx512_kernels_are_reported_and_move_blas_to_512():
     if blas.gemm_kernels() is None:
         pytest.skip("the C backend's BLAS is not an OpenBLAS here")
-    assert _fresh("SkylakeX") == ["SkylakeX", "1", "512"]
+    assert _fresh("SkylakeX") == ["SkylakeX", "1", "512", "512"]
 
 
 

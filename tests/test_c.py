@@ -296,15 +296,17 @@ OPTIONS = {
     "sigma_b": dict(sigma_b=0.3),
 }
 # widths that exercise every tile of the own products (vector, half vector, scalar remainder)
-# and the BLAS path (>= cbackend.BLAS_MIN_WIDTH)
+# and, in float32, their blocks of k (128: two at N = 130, three at N = 300); the widest also
+# through BLAS (forced: by default BLAS takes N >= cbackend.BLAS_MIN_WIDTH, 512 or 1024)
 SHAPES = [(3, 5), (8, 6), (33, 7), (130, 4)]  # batch >= 4: batch norm over 2 samples is noise
+SHAPES_F32 = SHAPES + [(300, 5)]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("act", spec.ACTIVATIONS)
 def test_drivers_match_reference(act, option, dtype):
-    for width, batch in SHAPES:
+    for width, batch in SHAPES_F32 if dtype == "float32" else SHAPES:
         if act == "identity" and "bn" in option:
             # 0.5 ||BN(z)||^2 does not depend on z: its gradient is exactly zero and both
             # backends return rounding noise (nothing to compare)
@@ -315,6 +317,9 @@ def test_drivers_match_reference(act, option, dtype):
         want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
         got = _run(cb.stack_forward, cb.stack_backward, stack, params, x)
         _compare(got, want, stack, f"{act} {option} {dtype} N={width} B={batch}")
+        if width == 130:
+            got = _run(*_c_with(cb.make_opts(blas_min_width=128)), stack, params, x)
+            _compare(got, want, stack, f"{act} {option} {dtype} N={width} B={batch} BLAS")
 
 
 SMOOTH = ("tanh", "sigmoid", "swish", "gelu", "identity")
