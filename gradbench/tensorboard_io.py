@@ -21,7 +21,11 @@ that the depth profile shows as a curve: ``depth/grad_log10``, ``depth/signal_lo
 ``depth/act_mean``, ``depth/act_std_log10``, ``depth/saturation``, ``depth/dead`` (and
 ``depth/weight_log10`` when recorded), the histogram ``depth/grad_hist_log10`` of the
 diagnosis' bins (counts exact; TensorBoard's sum and sum of squares from the bin centres) and
-the verdict as text.
+the verdict as text. A recurrent net's diagnosis (``gradbench run --cell ... --tensorboard DIR``,
+the same function) has the time step t as the step: ``time/signal_log10`` (||dL/dh_t||),
+``time/grad_log10`` (the norm of step t's dW_hh term), ``time/cell_log10`` (the LSTM's
+||dL/dc_t||), ``time/act_std_log10``, ``time/saturation``, ``time/gate_mean`` and
+``time/gate_low`` (gated cells), and the verdict as text.
 
 TensorBoard stores scalars as float32: log10 norms keep 7 significant digits, which is why
 the norms are written as their logarithms (a norm of 10^-30000 is the scalar -30000).
@@ -100,21 +104,32 @@ class TrainWriter:
         self.writer.close()
 
 
+def _write_series(w, prefix: str, series: dict) -> None:
+    """One scalar curve per entry, the array index as the step; non-finite values left out."""
+    for name, values in series.items():
+        for i, v in enumerate(np.asarray(values, dtype=np.float64)):
+            if math.isfinite(v):
+                w.add_scalar(f"{prefix}/{name}", float(v), i)
+
+
 def write_diagnosis(d, logdir) -> str:
-    """Write a :class:`~gradbench.Diagnosis` with the layer index as the step (module docstring).
+    """Write a :class:`~gradbench.Diagnosis` with the layer index as the step, or a
+    :class:`~gradbench.recurrent.diagnose.RecurrentDiagnosis` with the time step as the step
+    (module docstring).
 
     Returns the directory. Non-finite values (an exact zero's log10 -inf, NaN) are left out.
     """
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis
+
+    if isinstance(d, RecurrentDiagnosis):
+        return _write_recurrent(d, logdir)
     w = summary_writer(logdir)
     try:
         series = {"grad_log10": d.grad_log10, "signal_log10": d.signal_log10, "act_mean": d.act_mean,
                   "act_std_log10": d.act_std_log10, "saturation": d.saturation, "dead": d.dead}
         if len(d.weight_log10) == d.depth:
             series["weight_log10"] = d.weight_log10
-        for name, values in series.items():
-            for l, v in enumerate(np.asarray(values, dtype=np.float64)):
-                if math.isfinite(v):
-                    w.add_scalar(f"depth/{name}", float(v), l)
+        _write_series(w, "depth", series)
         edges = np.asarray(d.hist_edges, dtype=np.float64)
         centres = 0.5 * (edges[:-1] + edges[1:])
         for l, counts in enumerate(np.asarray(d.hist_counts)):
@@ -128,6 +143,23 @@ def write_diagnosis(d, logdir) -> str:
                 bucket_limits=edges[1:].tolist(), bucket_counts=counts.astype(float).tolist(), global_step=l)
         w.add_text("verdict", f"**{d.verdict}** ({d.decades_per_layer:+.4g} decades per layer going down towards "
                    f"the input; negative: vanishing): {d.explanation}", 0)
+    finally:
+        w.close()
+    return os.fspath(logdir)
+
+
+def _write_recurrent(d, logdir) -> str:
+    w = summary_writer(logdir)
+    try:
+        series = {"signal_log10": d.signal_log10, "grad_log10": d.grad_log10, "act_std_log10": d.act_std_log10,
+                  "saturation": d.saturation}
+        if len(d.cell_log10):
+            series["cell_log10"] = d.cell_log10
+        if np.any(np.isfinite(np.asarray(d.gate_mean, dtype=np.float64))):
+            series.update(gate_mean=d.gate_mean, gate_low=d.gate_low)
+        _write_series(w, "time", series)
+        w.add_text("verdict", f"**{d.verdict}** ({d.decades_per_step:+.4g} decades per step going back in time; "
+                   f"negative: vanishing): {d.explanation}", 0)
     finally:
         w.close()
     return os.fspath(logdir)

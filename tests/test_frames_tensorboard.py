@@ -219,3 +219,28 @@ def test_frame_attrs_are_plain_python_values():
     df = gb.diagnose(res).to_frame()
     back = pickle.loads(pickle.dumps(df))
     assert back.attrs["stack"] == dataclasses.asdict(stack) and isinstance(back.attrs["verdict"], str)
+
+
+def test_recurrent_run_in_tensorboard_has_the_time_step_as_step(tmp_path, capsys):
+    """``gradbench run --cell lstm --tensorboard DIR``: one point per time step of ||dL/dh_t||
+    (against the NumPy reference backend's own run of the same net), ||dL/dc_t||, the gates and
+    the verdict; a file in the way is refused before any work."""
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install '.[test]'")
+    from gradbench.cli import main
+
+    T = 40
+    assert main(["run", "--cell", "lstm", "--steps", str(T), "--hidden", "6", "--batch", "3", "--seed", "2",
+                 "--backend", "c", "--tensorboard", str(tmp_path / "runs" / "lstm"), "--mkdir"]) == 0
+    acc = _events(tmp_path / "runs" / "lstm")
+    rnn = gb.Recurrent(cell="lstm", steps=T, hidden=6)
+    ref = gb.diagnose(gb.backprop(rnn, gb.init_params(rnn, 2), gb.GeneratedSequence(rnn, 3, 2), backend="numpy"))
+    for tag, want in (("signal_log10", ref.signal_log10), ("cell_log10", ref.cell_log10),
+                      ("gate_mean", ref.gate_mean), ("saturation", ref.saturation)):
+        steps, v = _scalars(acc, f"time/{tag}")
+        assert list(steps) == list(range(T)), tag
+        np.testing.assert_allclose(v, want, rtol=1e-6, atol=1e-7, err_msg=tag)
+    assert "verdict/text_summary" in acc.Tags()["tensors"]
+    (tmp_path / "file").write_text("x")
+    capsys.readouterr()
+    assert main(["run", "--cell", "rnn", "--steps", "5", "--hidden", "2", "--tensorboard", str(tmp_path / "file")]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err

@@ -87,11 +87,16 @@ class UsageError(ValueError):
 
 
 def _check_outputs(args) -> None:
-    """``--out`` and ``--plot`` checked before any work, as for the feed-forward commands: the
-    suffix, a directory that exists (or ``--mkdir``) and takes files, two different files;
-    ``--mkdir`` without an output file is refused."""
-    refuse_unused(args, [args.plot], [args.out, args.plot])
+    """``--out``, ``--plot`` (and ``run``'s ``--tensorboard``) checked before any work, as for the
+    feed-forward commands: the suffix, a directory that exists (or ``--mkdir``) and takes files,
+    two different files, tensorboardX installed; ``--mkdir`` without an output is refused."""
+    board = getattr(args, "tensorboard", None)
+    refuse_unused(args, [args.plot], [args.out, args.plot, board])
     check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir)
+    if board is not None:
+        from gradbench.cli.model import check_tensorboard_dir
+
+        check_tensorboard_dir(board, args.mkdir)
 
 
 def _check_clip(args) -> None:
@@ -207,6 +212,10 @@ def cmd_run(args) -> int:
                    weights=WEIGHTS)
     if args.plot:
         _write_plot(args, lambda path: plot.run_figure(d, path, dpi=args.dpi))
+    if args.tensorboard:
+        from gradbench.tensorboard_io import write_diagnosis
+
+        print(f"wrote {write_diagnosis(d, args.tensorboard)}")
     return 0
 
 
@@ -341,12 +350,16 @@ examples:
   gradbench run --cell lstm --steps 100000 --hidden 32
   gradbench run --cell rnn --steps 1000 --hidden 64 --recurrent-init normal --plot rnn.png --out rnn.json
   gradbench run --cell gru --steps 1000000 --hidden 64 --batch 64      (checkpointed, about 0.6 GiB)
+  gradbench run --cell lstm --steps 500 --hidden 32 --tensorboard runs/lstm --mkdir   (tensorboard --logdir runs)
 """)
     _add_net_args(p)
     _common(p)
     p.add_argument("--rows", type=positive_int, default=12, help="steps shown in the table (default 12)")
     p.add_argument("--out", help="write the diagnosis as JSON")
     p.add_argument("--plot", help="write ||dL/dh_t|| and the step contributions against t (.png/.svg/.pdf)")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="write the diagnosis as TensorBoard events, the time step as the step (needs tensorboardX; "
+                        "view with tensorboard --logdir DIR)")
     add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_run)
     p = add_parser(sub, "compare", help="several cells side by side through time", formatter_class=raw, epilog="""\
