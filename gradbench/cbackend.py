@@ -64,10 +64,12 @@ BLAS_SOURCE = "numpy" if _NUMPY_GEMM is not None else "scipy"
 BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 512 if blas.runs_avx512_kernels() else 1024, low=0)
 # float32, the same widths (measured as above, tanh, one thread, ms for N = 128 / 256 / 512 /
 # 1024 / 2048 at L = 400 / 200 / 50 / 12 / 6, B = 128 / 128 / 256 / 512 / 512):
-# - AVX2 kernels: own 50.6 / 78.6 / 131 / 331 / 808, BLAS 69.4 / 106 / 187 / 331 / 629;
+# - AVX2 kernels: own 46.1 / 80.9 / 143 / 313 / 615 (blocks of 64 k; 128 at N = 2048; one chain:
+#   50.6 / 78.6 / 131 / 331 / 808), BLAS 69.4 / 106 / 187 / 331 / 629;
 # - AVX-512 kernels: BLAS 53.8 / 80.4 / 115 / 189 / 356.
-# The own float32 products sum k in blocks of 128 (stack_impl.h, GB_KB): one FMA chain per entry
-# over k = 2048 has a rounding bound of 1.2e-4. (Until 2026-12-01 float32 used BLAS from 128.)
+# The own float32 products sum k in blocks of 64 (stack_impl.h, GB_KB: as accurate as BLAS, measured
+# there); one FMA chain per entry over k = 2048 has a rounding bound of 1.2e-4. (Until 2026-12-01
+# float32 used BLAS from 128.)
 BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", 512 if blas.runs_avx512_kernels() else 1024, low=0)
 # B*N*N of a layer from which the own kernels use several threads (N = 64, B = 64 and up): the
 # backward's one barrier per layer costs ~0.5 us when both threads have a core (the forward

@@ -296,7 +296,7 @@ OPTIONS = {
     "sigma_b": dict(sigma_b=0.3),
 }
 # widths that exercise every tile of the own products (vector, half vector, scalar remainder)
-# and, in float32, their blocks of k (128: two at N = 130, three at N = 300); the widest also
+# and, in float32, their blocks of k (64: three at N = 130, five at N = 300); the widest also
 # through BLAS (forced: by default BLAS takes N >= cbackend.BLAS_MIN_WIDTH, 512 or 1024)
 SHAPES = [(3, 5), (8, 6), (33, 7), (130, 4)]  # batch >= 4: batch norm over 2 samples is noise
 SHAPES_F32 = SHAPES + [(300, 5)]
