@@ -276,20 +276,40 @@ static int64_t F(gb_rnormalise)(REAL *g, int64_t n) {
     return e;
 }
 
-/* sqrt(sum x^2) in double, rows of N in order.    x (M,N) */
-static double F(gb_rnorm)(const REAL *x, int64_t M, int64_t N) {
+/* sum (x s1 s2)^2 in double, rows of N in order.    x (M,N) */
+static double F(gb_rsumsq)(const REAL *x, int64_t M, int64_t N, double s1, double s2) {
     double total = 0;
     for (int64_t r = 0; r < M; r++) {
         double lane[8] = {0}, s = 0;
         const REAL *xr = x + r * N;
         int64_t j = 0;
         for (; j + 8 <= N; j += 8)
-            for (int c = 0; c < 8; c++) lane[c] += (double)xr[j + c] * (double)xr[j + c];
-        for (; j < N; j++) s += (double)xr[j] * (double)xr[j];
+            for (int c = 0; c < 8; c++) {
+                const double v = ((double)xr[j + c] * s1) * s2;
+                lane[c] += v * v;
+            }
+        for (; j < N; j++) {
+            const double v = ((double)xr[j] * s1) * s2;
+            s += v * v;
+        }
         for (int c = 0; c < 8; c++) s += lane[c];
         total += s;
     }
-    return sqrt(total);
+    return total;
+}
+
+/* ||x|| with no square lost to under- or overflow (the reference's _snorm): the plain sum of
+ * squares when it lies in [2^-960, 2^960], else the entries scaled by 2^-e (e the exponent of
+ * max|x|, in two exact steps) and the norm scaled back, one double.    x (M,N) */
+static double F(gb_rnorm)(const REAL *x, int64_t M, int64_t N) {
+    const double s = F(gb_rsumsq)(x, M, N, 1.0, 1.0);
+    if (s >= 0x1p-960 && s <= 0x1p960) return sqrt(s);
+    const double a = (double)F(gb_rabsmax)(x, M * N);
+    if (!(a > 0) || !isfinite(a)) return sqrt(s);
+    int e;
+    frexp(a, &e);
+    const int e1 = -e / 2, e2 = -e - e1;
+    return ldexp(sqrt(F(gb_rsumsq)(x, M, N, ldexp(1.0, e1), ldexp(1.0, e2))), e);
 }
 
 /* Clip the true value g 2^e (g normalised): value, every entry to [-c, c]; norm, the norm of
@@ -720,7 +740,8 @@ int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
 
 /* ------------------------------------------------------------------ backward: shared */
 /* ||dz^T h||_F for one step: from the Gram matrices (dz dz^T) o (h h^T) or directly. */
-static double F(gb_step_norm)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, int64_t B, int64_t N, int64_t GN) {
+static double F(gb_step_norm_plain)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, int64_t B, int64_t N,
+                                    int64_t GN) {
     if (!cx->gram_norms) {
         F(gb_zT_times_rows)(cx->gemm, cx->own, cx->tmp, dz, hp, B, N, GN);
         return F(gb_rnorm)(cx->tmp, GN, N);
@@ -731,6 +752,26 @@ static double F(gb_step_norm)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, in
     double s = 0;
     for (int64_t i = 0; i < B * B; i++) s += (double)zz[i] * (double)hh[i];
     return sqrt(s > 0 ? s : 0);
+}
+
+/* ||dz^T h||_F = m 2^*e: in REAL while max|dz| and max|h| lie in [2^-S, 2^S] (S = 240; float32:
+ * 40: no product or square under- or overflows), else from copies scaled by the powers of two
+ * of their largest entries (the reference's step_norm; the copies in cx->ga, free by now). */
+static double F(gb_step_norm)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, int64_t B, int64_t N, int64_t GN,
+                              int64_t *e_out) {
+    const double az = (double)F(gb_rabsmax)(dz, B * GN), ah = (double)F(gb_rabsmax)(hp, B * N);
+    const double lo = sizeof(REAL) == sizeof(float) ? 0x1p-40 : 0x1p-240, hi = 1.0 / lo;
+    *e_out = 0;
+    if (!(az > 0 && ah > 0 && isfinite(az) && isfinite(ah)) || (az >= lo && az <= hi && ah >= lo && ah <= hi))
+        return F(gb_step_norm_plain)(cx, dz, hp, B, N, GN);
+    int ez, eh;
+    frexp(az, &ez);
+    frexp(ah, &eh);
+    REAL *zs = cx->ga, *hs = cx->gda;
+    for (int64_t i = 0; i < B * GN; i++) zs[i] = TLDEXP(dz[i], gb_clamp_exp(-ez));
+    for (int64_t i = 0; i < B * N; i++) hs[i] = TLDEXP(hp[i], gb_clamp_exp(-eh));
+    *e_out = (int64_t)ez + eh;
+    return F(gb_step_norm_plain)(cx, zs, hs, B, N, GN);
 }
 
 /* Mark chunk slot k (step t) after its rows were written: exponents and whether non-zero. */
@@ -792,8 +833,9 @@ static void F(gb_step_done)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_
                             int rescale_copy) {
     const int64_t B = a->B, N = a->N, GN = a->GN, k = t % cx->K, n = B * GN;
     F(gb_chunk_mark)(cx, k, e, eh, n);
-    a->gnorm_m[t] = F(gb_step_norm)(cx, cx->zh + k * n, ((REAL *)a->H) + t * B * N, B, N, GN);
-    a->gnorm_e[t] = eh;
+    int64_t en;
+    a->gnorm_m[t] = F(gb_step_norm)(cx, cx->zh + k * n, ((REAL *)a->H) + t * B * N, B, N, GN, &en);
+    a->gnorm_e[t] = eh + en;
     if (k == 0) F(gb_chunk_flush)(cx, a, t, GB_MIN(cx->K, a->T - t), rescale_copy);
 }
 

@@ -29,7 +29,7 @@ from ._config import JIT
 from .activations import SIGMOID as _SIGMOID_CODE
 from .activations import TANH as _TANH_CODE
 from .activations import RESCUE_BELOW32, RESCUE_BELOW64, _as, dphi, phi
-from .chain import _clamp, _ldexp, all_finite, clip_signal, moments, normalise, sumsq
+from .chain import _clamp, _ldexp, absmax, all_finite, clip_signal, moments, norm_scaled, normalise, sumsq
 from .layers import rescue_saturated
 
 
@@ -246,6 +246,13 @@ def _acc(acc, dexp, k, term, e):
 
 
 @njit(**JIT)
+def _snorm(x):
+    """||x|| as one float64 with no square lost to underflow (the reference's _snorm)."""
+    m, e = norm_scaled(x)
+    return math.ldexp(m, int(e))
+
+
+@njit(**JIT)
 def _finish(gg, B, j, clip_mode, c, sig_m, sig_e, csig_m, lstm, info):
     """Normalise the state gg = [dL/dh; dL/dc] (rows, N) jointly, clip, record dL/dH[j] (and
     the norm of the carried dL/dc, which the LSTM's next step replaces by the total's)."""
@@ -254,9 +261,9 @@ def _finish(gg, B, j, clip_mode, c, sig_m, sig_e, csig_m, lstm, info):
         e = clip_signal(gg, e, clip_mode, c)
         e += normalise(gg)
     sig_e[j] = e
-    sig_m[j] = math.sqrt(sumsq(gg[:B]))
+    sig_m[j] = _snorm(gg[:B])
     if lstm:
-        csig_m[j] = math.sqrt(sumsq(gg[B:]))
+        csig_m[j] = _snorm(gg[B:])
     if info[INFO_BACKWARD] < 0 and not all_finite(gg):
         info[INFO_BACKWARD] = j
 
@@ -278,8 +285,7 @@ def _add_loss(gg, B, e, dh):
 
 
 @njit(**JIT)
-def _step_norm(dz, hp, gram):
-    """||dz^T hp||_F (dz (B,GN), hp (B,N)): from the Gram matrices or directly."""
+def _step_norm_plain(dz, hp, gram):
     B = dz.shape[0]
     if gram:
         zz = np.dot(dz, dz.T)
@@ -290,6 +296,33 @@ def _step_norm(dz, hp, gram):
                 s += np.float64(zz[i, j]) * np.float64(hh[i, j])
         return math.sqrt(max(s, 0.0))
     return math.sqrt(sumsq(np.dot(dz.T, hp)))
+
+
+@njit(**JIT)
+def _scaled_copy(x, e):
+    """x 2^-e in float64 (exact)."""
+    out = np.empty(x.shape)
+    B, n = x.shape
+    for i in range(B):
+        for j in range(n):
+            out[i, j] = _ldexp(np.float64(x[i, j]), _clamp(-e))
+    return out
+
+
+@njit(**JIT)
+def _step_norm(dz, hp, gram):
+    """||dz^T hp||_F = m 2^e (dz (B,GN), hp (B,N)), from the Gram matrices or directly: in the
+    dtype while max|dz| and max|hp| lie in [2^-S, 2^S] (S = 240; float32: 40), else from float64
+    copies scaled by the powers of two of their largest entries (nothing lost to underflow)."""
+    az = absmax(dz)
+    ah = absmax(hp)
+    S = 240.0 if dz.itemsize == 8 else 40.0
+    lo, hi = 2.0**-S, 2.0**S
+    if not (az > 0 and ah > 0 and az < math.inf and ah < math.inf) or (lo <= az <= hi and lo <= ah <= hi):
+        return _step_norm_plain(dz, hp, gram), np.int64(0)
+    ez = np.int64(math.frexp(az)[1])
+    eh = np.int64(math.frexp(ah)[1])
+    return _step_norm_plain(_scaled_copy(dz, ez), _scaled_copy(hp, eh), gram), ez + eh
 
 
 @njit(**JIT)
@@ -425,7 +458,7 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, dW_ih, dW
                     dzx[i, 3 * N + j] = g * tc[i, j] * ga[i, 3 * N + j]
                     gc[i, j] = dc * a[i, N + j]
                     dtc[i, j] = dc  # tanh'(c_t) read above: the slot keeps the total dL/dc_t
-            csig_m[t + 1] = math.sqrt(sumsq(dtc))  # ||total dL/dC[t+1]||, exponent e (reference)
+            csig_m[t + 1] = _snorm(dtc)  # ||total dL/dC[t+1]||, exponent e (reference)
             gh[:, :] = np.dot(dzx, W_hh)
         else:
             hn, hp = HN[t], H[t]
@@ -448,8 +481,9 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, dW_ih, dW
                     gh[i, j] = gh[i, j] + P[i, j]
         e_h = e + fexp[t] if cell == 0 else e
         _mark(zx, zh, ex, eh, nz, k, e, e_h)
-        gnorm_m[t] = _step_norm(dzh if separate else dzx, H[t], gram)
-        gnorm_e[t] = e_h
+        gm, ge = _step_norm(dzh if separate else dzx, H[t], gram)
+        gnorm_m[t] = gm
+        gnorm_e[t] = e_h + ge
         if k == 0:
             _flush(zx, zh, ex, eh, nz, min(K, T - t), t, X, H, dW_ih, dW_hh, db_ih, db_hh, dexp, cell == 2,
                    cell == 0 and rescale)

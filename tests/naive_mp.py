@@ -138,3 +138,41 @@ def rnn_chain(activation, p, W_ih, W_hh, bias, X):
         gW[t] = _log10_norm([[mp.fsum(dz[r][i] * H[t][r][k] for r in range(B)) for k in range(N)] for i in range(N)])
         g = [[mp.fsum(dz[r][i] * Wh[i][k] for i in range(N)) for k in range(N)] for r in range(B)]
     return float(mp.log10(loss)), gh, gW
+
+
+def lstm_chain(W_ih, W_hh, bias, X):
+    """The LSTM (torch's equations, gates i, f, g, o; h_{-1} = c_{-1} = 0), loss 0.5 ||h_{T-1}||^2:
+    log10 of ||dL/dh_t|| (T,) and of ||dz_t^T h_{t-1}|| (T,), plain in mpmath."""
+    T, B, D = len(X), len(X[0]), len(X[0][0])
+    N = len(W_hh[0])
+    Wi = [[mp.mpf(float(v)) for v in row] for row in W_ih]
+    Wh = [[mp.mpf(float(v)) for v in row] for row in W_hh]
+    b = [mp.mpf(float(v)) for v in bias]
+    sig = lambda z: 1 / (1 + mp.exp(-z))  # noqa: E731
+    zero = [[mp.mpf(0)] * N for _ in range(B)]
+    H, C, Z = [zero], [zero], []
+    for t in range(T):
+        Z.append([[mp.fsum([b[i]] + [mp.mpf(float(X[t][r][k])) * Wi[i][k] for k in range(D)]
+                           + [H[-1][r][k] * Wh[i][k] for k in range(N)]) for i in range(4 * N)] for r in range(B)])
+        C.append([[sig(z[N + j]) * C[-1][r][j] + sig(z[j]) * mp.tanh(z[2 * N + j]) for j in range(N)]
+                  for r, z in enumerate(Z[-1])])
+        H.append([[sig(z[3 * N + j]) * mp.tanh(C[-1][r][j]) for j in range(N)] for r, z in enumerate(Z[-1])])
+    g, gc = [row[:] for row in H[-1]], [[mp.mpf(0)] * N for _ in range(B)]
+    gh, gW = [None] * T, [None] * T
+    for t in range(T - 1, -1, -1):
+        gh[t] = _log10_norm(g)
+        dz, ng, ngc = [], [], []
+        for r in range(B):
+            z, c, cp = Z[t][r], C[t + 1][r], C[t][r]
+            dc = [gc[r][j] + g[r][j] * sig(z[3 * N + j]) * mp.sech(c[j]) ** 2 for j in range(N)]
+            d = ([dc[j] * mp.tanh(z[2 * N + j]) * dphi("sigmoid", z[j], 0) for j in range(N)]
+                 + [dc[j] * cp[j] * dphi("sigmoid", z[N + j], 0) for j in range(N)]
+                 + [dc[j] * sig(z[j]) * mp.sech(z[2 * N + j]) ** 2 for j in range(N)]
+                 + [g[r][j] * mp.tanh(c[j]) * dphi("sigmoid", z[3 * N + j], 0) for j in range(N)])
+            dz.append(d)
+            ng.append([mp.fsum(d[i] * Wh[i][k] for i in range(4 * N)) for k in range(N)])
+            ngc.append([dc[j] * sig(z[N + j]) for j in range(N)])
+        gW[t] = _log10_norm([[mp.fsum(dz[r][i] * H[t][r][k] for r in range(B)) for k in range(N)]
+                             for i in range(4 * N)])
+        g, gc = ng, ngc
+    return gh, gW

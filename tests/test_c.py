@@ -6,6 +6,7 @@ The cross-backend suite (tests/test_crosscheck.py) runs the engine-level compari
 registered backend; the tests here compare the raw arrays each driver writes, layer by layer.
 """
 
+import dataclasses
 import threading
 import time
 
@@ -296,17 +297,16 @@ OPTIONS = {
     "sigma_b": dict(sigma_b=0.3),
 }
 # widths that exercise every tile of the own products (vector, half vector, scalar remainder)
-# and, in float32, their blocks of k (64: three at N = 130, five at N = 300); the widest also
-# through BLAS (forced: by default BLAS takes N >= cbackend.BLAS_MIN_WIDTH, 512 or 1024)
+# and, in float32, their blocks of k (64: three at N = 130); the widest also through BLAS
+# (forced: by default BLAS takes N >= cbackend.BLAS_MIN_WIDTH, 512 or 1024)
 SHAPES = [(3, 5), (8, 6), (33, 7), (130, 4)]  # batch >= 4: batch norm over 2 samples is noise
-SHAPES_F32 = SHAPES + [(300, 5)]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("act", spec.ACTIVATIONS)
 def test_drivers_match_reference(act, option, dtype):
-    for width, batch in SHAPES_F32 if dtype == "float32" else SHAPES:
+    for width, batch in SHAPES:
         if act == "identity" and "bn" in option:
             # 0.5 ||BN(z)||^2 does not depend on z: its gradient is exactly zero and both
             # backends return rounding noise (nothing to compare)
@@ -320,6 +320,48 @@ def test_drivers_match_reference(act, option, dtype):
         if width == 130:
             got = _run(*_c_with(cb.make_opts(blas_min_width=128)), stack, params, x)
             _compare(got, want, stack, f"{act} {option} {dtype} N={width} B={batch} BLAS")
+
+
+def _float64_truth(stack, params, x):
+    """The reference in float64 on the same float32 weights and input."""
+    st = dataclasses.replace(stack, dtype="float64")
+    p = gb.init_params(st, 0)
+    for k in ("W", "b", "gamma", "beta", "slope"):
+        if getattr(params, k) is not None:
+            getattr(p, k)[...] = getattr(params, k).astype(np.float64)
+    return _run(ref.stack_forward, ref.stack_backward, st, p, x.astype(np.float64))
+
+
+def _true_values(out):
+    """H_l, dL/dW_l (layer-wise) and dL/dh_0 with their exponents applied (float64)."""
+    L = len(out["dW"])
+    return {"H": np.ldexp(np.asarray(out["H"], np.float64), out["fexp"][:, None, None]),
+            "dW": np.ldexp(np.asarray(out["dW"], np.float64), (out["dz_e"] + out["fexp"][:L])[:, None, None]),
+            "G": np.ldexp(np.asarray(out["G"], np.float64), int(out["sig_e"][0]))[None]}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("act", spec.ACTIVATIONS)
+def test_float32_blocks_of_k_are_as_close_to_float64_as_the_reference(act, option):
+    """Width 300 in float32: the own products sum k in five blocks of 64 (stack_impl.h GB_KB).
+    Here the reference itself lies up to 1.1e-4 from the float64 truth (SELU with value clipping;
+    C 6.3e-5, the largest of these 67 cases), so C is held to the truth instead: within float32's
+    tolerance 1e-4, or 1.5 times the reference's own error (relative to each layer's largest
+    entry; H_l, dL/dW_l, dL/dh_0)."""
+    if act == "identity" and "bn" in option:
+        return
+    stack = gb.Stack(depth=6, width=300, activation=act, init="he_normal", dtype="float32", **OPTIONS[option])
+    params, x = _problem(stack, 5)
+    truth = _true_values(_float64_truth(stack, params, x))
+    got = _true_values(_run(cb.stack_forward, cb.stack_backward, stack, params, x))
+    want = _true_values(_run(ref.stack_forward, ref.stack_backward, stack, params, x))
+    for name, t in truth.items():
+        t = t.reshape(len(t), -1)
+        scale = np.max(np.abs(t), axis=1, keepdims=True)
+        scale = np.where(scale > 0, scale, 1.0)
+        e_c = np.max(np.abs(got[name].reshape(len(t), -1) - t) / scale)
+        e_r = np.max(np.abs(want[name].reshape(len(t), -1) - t) / scale)
+        assert e_c <= max(1e-4, 1.5 * e_r), (name, e_c, e_r)
 
 
 SMOOTH = ("tanh", "sigmoid", "swish", "gelu", "identity")

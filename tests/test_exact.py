@@ -17,7 +17,7 @@ import pytest
 import gradbench as gb
 from gradbench import abi
 from gradbench.backends import get_backend
-from tests.naive_mp import chain, rnn_chain
+from tests.naive_mp import chain, lstm_chain, rnn_chain
 
 BACKENDS = gb.backends()
 SMOOTH = ("tanh", "gelu", "swish", "elu", "selu")  # phi(0) = 0, not homogeneous
@@ -497,3 +497,38 @@ def test_saturated_vanilla_cell_equals_mpmath(backend, activation, sigma_w, dtyp
     np.testing.assert_allclose(got[1:], gW[1:], rtol=0, atol=tol)
     assert abs(float(res.loss_exact.log10()) - lo) <= tol
     assert res.saturation[1:].min() == 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sigma_w, dtype", [(1000.0, "float64"), (100.0, "float32")])
+def test_step_norms_whose_squares_underflow_equal_mpmath(backend, sigma_w, dtype):
+    """A step's dW_hh term 10^-2300 (float32: 10^-220) within a signal that is not rescued (some
+    unit is not saturated): its norm was a plain sum of squares (0, or the float32 Gram matrices'
+    underflow) and read 0 or inf; now scaled by powers of two first."""
+    rnn = gb.Recurrent(cell="rnn", steps=8, hidden=3, input_dim=2, sigma_w=sigma_w, recurrent_init="normal",
+                       dtype=dtype)
+    params, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, batch=2, seed=10)
+    _, gh, gW = rnn_chain("tanh", 0.0, params.W_ih, params.W_hh, params.b_ih.astype(np.float64) + params.b_hh, xs)
+    assert min(gW[1:]) < 2 * math.log10(np.finfo(dtype).tiny)  # its square underflows the dtype
+    res = gb.backprop(rnn, params, xs, backend=backend)
+    tol = 1e-10 if dtype == "float64" else 2e-4
+    np.testing.assert_allclose(res.grad_norm.log10()[1:], gW[1:], rtol=0, atol=tol)
+    np.testing.assert_allclose(res.signal_norm.log10(), gh, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lstm_signal_far_below_its_cell_signal_equals_mpmath(backend):
+    """The LSTM's state [dL/dh; dL/dc] shares one exponent: ||dL/dh_0|| = 10^-248 beside a dL/dc
+    near 1 was a plain sum of squares and read 0 ("no gradient reaches step 0"). Step 3's
+    10^-6073 lies beyond float64 below its dL/dc and still reads 0 (one exponent per step)."""
+    rnn = gb.Recurrent(cell="lstm", steps=6, hidden=3, input_dim=2, sigma_w=1e5, recurrent_init="normal")
+    params, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, batch=2, seed=1)
+    gh, gW = lstm_chain(params.W_ih, params.W_hh, params.b_ih + params.b_hh, xs)
+    res = gb.backprop(rnn, params, xs, backend=backend)
+    s, g = res.signal_norm.log10(), res.grad_norm.log10()
+    assert gh[0] < -200 and gh[3] < -6000
+    for t in (0, 1, 2, 4, 5):
+        assert abs(s[t] - gh[t]) < 1e-9, (t, s[t], gh[t])
+    for t in (1, 2, 3, 5):
+        assert abs(g[t] - gW[t]) < 1e-9, (t, g[t], gW[t])
+    assert s[3] == -np.inf and "no gradient reaches step 0" not in gb.diagnose(res).explanation

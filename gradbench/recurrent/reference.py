@@ -45,6 +45,8 @@ Forward exponents (vanilla cells with identity, relu or leaky_relu)
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gradbench import abi
@@ -54,7 +56,7 @@ from gradbench.recurrent.abi import (
     DE_B_HH, DE_B_IH, DE_W_HH, DE_W_IH, EXP_EMPTY, RF_ACT_PARAM, RF_CLIP, RF_GATE_LOW, RF_SAT, RF_SAT_GATE,
     RI_ACT, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
 )
-from gradbench.reference import _norm, clip_signal, normalise, rescue_saturated
+from gradbench.reference import clip_signal, norm_scaled, normalise, rescue_saturated
 
 SIGMOID, TANH = abi.ACT_CODE["sigmoid"], abi.ACT_CODE["tanh"]
 
@@ -107,9 +109,9 @@ def finish_state(G, GC, j, clip_mode, c, sig_m, sig_e, csig_m, info):
         e += normalise(g)
     if GC is not None:
         G[...], GC[...] = g[: len(G)], g[len(G):]
-        csig_m[j] = _norm(GC)
+        csig_m[j] = _snorm(GC)
     sig_e[j] = e
-    sig_m[j] = _norm(G)
+    sig_m[j] = _snorm(G)
     if info[INFO_BACKWARD] < 0 and not np.all(np.isfinite(g)):
         info[INFO_BACKWARD] = j
 
@@ -122,11 +124,32 @@ def record_forward(t, h, act_mean, act_std, info):
         info[INFO_FORWARD] = t
 
 
+def _snorm(x: np.ndarray) -> float:
+    """||x|| as one float64 with no square lost to underflow (a joint exponent can leave dL/dh
+    or the LSTM's dL/dc 10^-200 below the other part): exact down to float64's subnormals."""
+    m, e = norm_scaled(x)
+    return float(np.ldexp(m, e))
+
+
+def step_norm(dz: np.ndarray, hp: np.ndarray) -> tuple[float, int]:
+    """||dz^T h_{t-1}||_F = m * 2**e, nothing lost to underflow or overflow: dz and hp scaled by
+    the powers of two of their largest entries (exact) and the product formed in float64."""
+    ez, eh = 0, 0
+    with np.errstate(invalid="ignore"):
+        az, ah = float(np.max(np.abs(dz), initial=0.0)), float(np.max(np.abs(hp), initial=0.0))
+    if az > 0 and ah > 0 and math.isfinite(az) and math.isfinite(ah):
+        ez, eh = int(np.frexp(az)[1]), int(np.frexp(ah)[1])
+    zs = np.ldexp(dz.astype(np.float64), -ez)
+    hs = np.ldexp(hp.astype(np.float64), -eh)
+    return float(np.sqrt(np.sum(np.square(zs.T @ hs)))), ez + eh
+
+
 def accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dzx, dzh, x, hp, e, e_h):
     """Step t's parameter-gradient terms (dzx for W_ih/b_ih, dzh for W_hh/b_hh) into the
     accumulators; e = sig_e[t+1], e_h = e + fexp[t] (h_{t-1}'s exponent)."""
     term_hh = dzh.T @ hp
-    gnorm_m[t], gnorm_e[t] = _norm(term_hh), e_h
+    m, e_n = step_norm(dzh, hp)
+    gnorm_m[t], gnorm_e[t] = m, e_h + e_n
     dexp[DE_W_HH] = accumulate(dW_hh, int(dexp[DE_W_HH]), term_hh, e_h)
     dexp[DE_W_IH] = accumulate(dW_ih, int(dexp[DE_W_IH]), dzx.T @ x, e)
     dexp[DE_B_IH] = accumulate(db_ih, int(dexp[DE_B_IH]), dzx.sum(axis=0), e)
@@ -282,7 +305,7 @@ def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, 
     for t in range(T - 1, -1, -1):
         e = int(sig_e[t + 1])
         dc = lstm_step_backward(dz, GC, G, GC, Z[t], C[t + 1], C[t], N)
-        csig_m[t + 1] = _norm(dc)  # the total dL/dC[t+1], exponent sig_e[t+1] = e
+        csig_m[t + 1] = _snorm(dc)  # the total dL/dC[t+1], exponent sig_e[t+1] = e
         accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dz, dz, X[t], H[t], e, e)
         np.matmul(dz, W_hh, out=G)
         sig_e[t] = add_loss_gradient(G, GC, e, DH[t]) if every else e
