@@ -638,6 +638,9 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
 }
 
 /* ------------------------------------------------------------------ gated cells */
+/* 1 - s of a sigmoid gate s without cancellation (the reference's one_minus): s'/s where s > 1/2 */
+static inline REAL F(gb_one_minus)(REAL s, REAL ds) { return s > (REAL)0.5 ? ds / s : (REAL)1 - s; }
+
 /* The gate values a and derivatives da of one row of pre-activations z (G blocks of N; the
  * tanh block is 2, the others sigmoid): the reference's gates().    a, da, z (G N,) */
 static void F(gb_gates_row)(REAL *a, REAL *da, const REAL *z, int64_t N, int G) {
@@ -728,7 +731,7 @@ int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
             for (int64_t j = 0; j < N; j++) zr[2 * N + j] = zr[2 * N + j] + ar[j] * hr[j]; /* z_n */
             FP(gb_tanh_grad)(ar + 2 * N, dr + 2 * N, zr + 2 * N, N);        /* n */
             const REAL *z = ar + N, *n = ar + 2 * N, *hpr = hp + r * N;
-            for (int64_t j = 0; j < N; j++) h[r * N + j] = ((REAL)1 - z[j]) * n[j] + z[j] * hpr[j];
+            for (int64_t j = 0; j < N; j++) h[r * N + j] = F(gb_one_minus)(z[j], dr[N + j]) * n[j] + z[j] * hpr[j];
         }
         F(gb_gate_stats)(ga, gda, B, N, 3, 2, a->fcfg, a->saturation + t, a->gate_mean + t, a->gate_low + t);
         F(gb_record_forward)(h, t, B, N, a->act_mean, a->act_std, a->info);
@@ -970,7 +973,7 @@ int F(gb_gru_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
             for (int64_t j = 0; j < N; j++) {
                 const int64_t x = r * N + j;
                 const REAL g = gh[x];
-                const REAL dn = g * ((REAL)1 - z[j]) * dn_[j];
+                const REAL dn = g * F(gb_one_minus)(z[j], dzg[j]) * dn_[j];
                 xr[j] = dn * hn[x] * dr[j];
                 xr[N + j] = g * (hp[x] - n[j]) * dzg[j];
                 xr[2 * N + j] = dn;

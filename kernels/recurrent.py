@@ -75,6 +75,12 @@ def _gate(a, da, z, code):
 
 
 @njit(**JIT)
+def _one_minus(s, ds, one):
+    """1 - s of a sigmoid gate without cancellation (the reference's one_minus)."""
+    return ds / s if s > 0.5 else one - s
+
+
+@njit(**JIT)
 def _gate_stats(t, a, da, fcfg, N, G, tanh_block, saturation, gate_mean, gate_low):
     """The reference's _gate_stats (saturation over all gates, mean and low fraction of block 1)."""
     B = a.shape[0]
@@ -215,7 +221,7 @@ def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, HN, act_mean
         for i in range(B):
             for j in range(N):
                 z = a[i, N + j]
-                h[i, j] = (one - z) * a[i, 2 * N + j] + z * hp[i, j]
+                h[i, j] = _one_minus(z, da[i, N + j], one) * a[i, 2 * N + j] + z * hp[i, j]
         _gate_stats(t, a, da, fcfg, N, 3, 2, saturation, gate_mean, gate_low)
         _record(t, h, act_mean, act_std, info)
 
@@ -467,7 +473,7 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, dW_ih, dW
                 for j in range(N):
                     g = gh[i, j]
                     z = a[i, N + j]
-                    dn = g * (one - z) * ga[i, 2 * N + j]
+                    dn = g * _one_minus(z, ga[i, N + j], one) * ga[i, 2 * N + j]
                     dzx[i, j] = dn * hn[i, j] * ga[i, j]
                     dzx[i, N + j] = g * (hp[i, j] - a[i, 2 * N + j]) * ga[i, N + j]
                     dzx[i, 2 * N + j] = dn

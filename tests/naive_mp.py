@@ -176,3 +176,48 @@ def lstm_chain(W_ih, W_hh, bias, X):
                              for i in range(4 * N)])
         g, gc = ng, ngc
     return gh, gW
+
+
+def gru_chain(W_ih, W_hh, b_ih, b_hh, X):
+    """The GRU (torch's equations: r, z, n; n = tanh(x W_in^T + b_in + r (h W_hn^T + b_hn)),
+    h' = (1 - z) n + z h; h_{-1} = 0), loss 0.5 ||h_{T-1}||^2: log10 of the loss, of
+    ||dL/dh_t|| (T,) and of ||dz_t^T h_{t-1}|| (T,), plain in mpmath."""
+    T, B, D = len(X), len(X[0]), len(X[0][0])
+    N = len(W_hh[0])
+    mpf = lambda v: mp.mpf(float(v))  # noqa: E731
+    Wi, Wh = [[mpf(v) for v in row] for row in W_ih], [[mpf(v) for v in row] for row in W_hh]
+    bi, bh = [mpf(v) for v in b_ih], [mpf(v) for v in b_hh]
+    sig = lambda z: 1 / (1 + mp.exp(-z))  # noqa: E731
+    H, S = [[[mp.mpf(0)] * N for _ in range(B)]], []
+    for t in range(T):
+        rows, saved = [], []
+        for r in range(B):
+            hp = H[-1][r]
+            gi = [mp.fsum([bi[i]] + [mpf(X[t][r][k]) * Wi[i][k] for k in range(D)]) for i in range(3 * N)]
+            gh = [mp.fsum([bh[i]] + [hp[k] * Wh[i][k] for k in range(N)]) for i in range(3 * N)]
+            zr, zz = [gi[j] + gh[j] for j in range(N)], [gi[N + j] + gh[N + j] for j in range(N)]
+            hn = gh[2 * N:]
+            zn = [gi[2 * N + j] + sig(zr[j]) * hn[j] for j in range(N)]
+            rows.append([sig(-zz[j]) * mp.tanh(zn[j]) + sig(zz[j]) * hp[j] for j in range(N)])
+            saved.append((zr, zz, zn, hn))
+        H.append(rows)
+        S.append(saved)
+    loss = mp.fsum(v * v for row in H[-1] for v in row) / 2
+    g = [row[:] for row in H[-1]]
+    gh_, gW = [None] * T, [None] * T
+    for t in range(T - 1, -1, -1):
+        gh_[t] = _log10_norm(g)
+        dzh, ng = [], []
+        for r in range(B):
+            zr, zz, zn, hn = S[t][r]
+            hp = H[t][r]
+            dn = [g[r][j] * sig(-zz[j]) * mp.sech(zn[j]) ** 2 for j in range(N)]
+            d = ([dn[j] * hn[j] * dphi("sigmoid", zr[j], 0) for j in range(N)]
+                 + [g[r][j] * (hp[j] - mp.tanh(zn[j])) * dphi("sigmoid", zz[j], 0) for j in range(N)]
+                 + [dn[j] * sig(zr[j]) for j in range(N)])
+            dzh.append(d)
+            ng.append([g[r][k] * sig(zz[k]) + mp.fsum(d[i] * Wh[i][k] for i in range(3 * N)) for k in range(N)])
+        gW[t] = _log10_norm([[mp.fsum(dzh[r][i] * H[t][r][k] for r in range(B)) for k in range(N)]
+                             for i in range(3 * N)])
+        g = ng
+    return float(mp.log10(loss)), gh_, gW

@@ -17,7 +17,7 @@ import pytest
 import gradbench as gb
 from gradbench import abi
 from gradbench.backends import get_backend
-from tests.naive_mp import chain, lstm_chain, rnn_chain
+from tests.naive_mp import chain, gru_chain, lstm_chain, rnn_chain
 
 BACKENDS = gb.backends()
 SMOOTH = ("tanh", "gelu", "swish", "elu", "selu")  # phi(0) = 0, not homogeneous
@@ -532,3 +532,20 @@ def test_lstm_signal_far_below_its_cell_signal_equals_mpmath(backend):
     for t in (1, 2, 3, 5):
         assert abs(g[t] - gW[t]) < 1e-9, (t, g[t], gW[t])
     assert s[3] == -np.inf and "no gradient reaches step 0" not in gb.diagnose(res).explanation
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bias, dtype", [(40.0, "float64"), (20.0, "float64"), (10.0, "float32")])
+def test_gru_with_an_open_update_gate_equals_mpmath(backend, bias, dtype):
+    """An update-gate bias of +40: 1 - z = 4e-18 reads 0 by subtraction, and the loss, every
+    signal and dW_hh were exactly 0 (mpmath: 10^-35.6); +20 lost 8 digits, float32 +10 four.
+    1 - z is now sigma'(a)/sigma(a) where z > 1/2."""
+    rnn = gb.Recurrent(cell="gru", steps=4, hidden=2, input_dim=2, recurrent_init="normal", dtype=dtype)
+    params, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, batch=1, seed=1)
+    params.b_ih[2:4] += bias  # the update gate's block
+    lo, gh, gW = gru_chain(params.W_ih, params.W_hh, params.b_ih, params.b_hh, xs)
+    res = gb.backprop(rnn, params, xs, backend=backend)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    assert abs(float(res.loss_exact.log10()) - lo) <= tol
+    np.testing.assert_allclose(res.signal_norm.log10(), gh, rtol=0, atol=tol)
+    np.testing.assert_allclose(res.grad_norm.log10()[1:], gW[1:], rtol=0, atol=tol)

@@ -313,9 +313,17 @@ def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, 
 
 
 # ------------------------------------------------------------------ gru
+def one_minus(s, ds):
+    """1 - s of a sigmoid gate s without cancellation: s'/s = 1 - s where s > 1/2 (s' taken at the
+    pre-activation: right when 1 - s is below s's rounding, 4e-18 at a pre-activation of 40,
+    where 1 - s reads 0), else 1 - s itself."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(s > 0.5, ds / s, 1 - s).astype(s.dtype)
+
+
 def gru_step_forward(h, zs, hn, u, p, h_prev, b_hn, N):
     """r, z = sigma(u + p) of the first two blocks, hn = p_n + b_hn, n = tanh(u_n + r hn),
-    h_t = (1 - z) n + z h_{t-1}; zs = the pre-activations [z_r, z_z, z_n]; returns (a, da).
+    h_t = (1 - z) n + z h_{t-1} (1 - z by :func:`one_minus`); zs = the pre-activations [z_r, z_z, z_n]; returns (a, da).
 
     h, hn, h_prev (B,N); zs, u, p (B,3N); b_hn (N,)
     """
@@ -325,7 +333,7 @@ def gru_step_forward(h, zs, hn, u, p, h_prev, b_hn, N):
     zs[:, 2 * N:] = u[:, 2 * N:] + r * hn
     a, da = gates(zs, GRU_GATES, N)
     z, n = a[:, N:2 * N], a[:, 2 * N:]
-    h[...] = (1 - z) * n + z * h_prev
+    h[...] = one_minus(z, da[:, N:2 * N]) * n + z * h_prev
     return a, da
 
 
@@ -340,7 +348,7 @@ def gru_step_backward(dzx, dzh, g, zs, hn, h_prev, N):
     a, da = gates(zs, GRU_GATES, N)
     r, z, n = a[:, :N], a[:, N:2 * N], a[:, 2 * N:]
     dr_, dz_, dn_ = da[:, :N], da[:, N:2 * N], da[:, 2 * N:]
-    dn = g * (1 - z) * dn_
+    dn = g * one_minus(z, dz_) * dn_
     dzx[:, :N] = dn * hn * dr_
     dzx[:, N:2 * N] = g * (h_prev - n) * dz_
     dzx[:, 2 * N:] = dn
