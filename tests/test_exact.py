@@ -549,3 +549,18 @@ def test_gru_with_an_open_update_gate_equals_mpmath(backend, bias, dtype):
     assert abs(float(res.loss_exact.log10()) - lo) <= tol
     np.testing.assert_allclose(res.signal_norm.log10(), gh, rtol=0, atol=tol)
     np.testing.assert_allclose(res.grad_norm.log10()[1:], gW[1:], rtol=0, atol=tol)
+
+
+def test_limit_recurrent_forward_underflow_and_gated_saturation_read_0():
+    """The README's limits of the recurrent cells, as they stand: a sigmoid cell whose state
+    underflows (biases -800: mpmath gives a loss of 10^-694.6) reads 0, and a GRU at gain 1e5
+    whose gate derivatives all underflow reads dW_hh = 0 (mpmath: 10^-769)."""
+    rnn = gb.Recurrent(cell="rnn", activation="sigmoid", steps=3, hidden=2, input_dim=2)
+    params = gb.init_params(rnn, 0)
+    params.b_ih[:] = -800.0
+    res = gb.backprop(rnn, params, gb.sequence_input(rnn, batch=1, seed=1), backend="numpy")
+    assert res.loss == 0 and np.all(res.signal_norm.log10() == -np.inf)
+    gru = gb.Recurrent(cell="gru", steps=6, hidden=3, input_dim=2, sigma_w=1e5, recurrent_init="normal")
+    res = gb.backprop(gru, gb.init_params(gru, 0), gb.sequence_input(gru, batch=2, seed=1), backend="numpy")
+    assert np.all(res.grads.W_hh.to_float() == 0)
+    assert "contribution to dL/dW_hh is exactly 0: the gates' derivatives underflowed float64" in gb.diagnose(res).explanation

@@ -255,6 +255,11 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
             words.append(f"learning reaches {reach} step{'s' if reach != 1 else ''} back from step {top}, the largest "
                          f"contribution to dL/dW_hh (10^{_num(float(g[top]))}): the contributions stay within "
                          f"{reach_decades:g} decades of it down to step {top - reach + 1}")
+    if not fin.size and T > 1 and np.any(np.isfinite(s)):
+        words.append("every step's contribution to dL/dW_hh is exactly 0"
+                     + (f": the gates' derivatives underflowed {rnn.dtype} (saturated gates; the gated cells have no "
+                        "log-form rescue), so the true contributions are tiny, not 0"
+                        if rnn.cell != "rnn" and float(np.max(res.saturation)) >= 0.5 else ""))
     if rnn.cell == "lstm" and len(c) and np.isfinite(c[0]) and np.isfinite(c[-1]):
         words.append(f"||dL/dc|| at step 0 is 10^{_num(float(c[0]))}")
     gate = {"lstm": "forget", "gru": "update"}.get(rnn.cell)
