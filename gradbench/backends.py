@@ -21,7 +21,9 @@ from gradbench._env import EnvError
 #   f64  1.90  1.87  1.54  1.46  1.42  4.74  4.08  7.85  1.07
 #   f32  1.46  3.01  1.75  1.50  1.46  0.93  1.13  2.73  1.23
 # (f32 at N = 256 from a repeat: single runs there swung by 50x when OpenBLAS's threads met
-# other jobs). benchmarks/test_targets.py checks auto against the fastest backend in every run.
+# other jobs). Since C's float32 products use its own tiles up to N = 1023 (2026-12-01):
+# f32 N = 128 / 256 / 512 / 1024: 1.56 / 1.18 / 1.87 / 1.15 (one race each, L = 400 / 200 /
+# 200 / 12). benchmarks/test_targets.py checks auto against the fastest backend in every run.
 REGISTRY = {
     "c": "gradbench.cbackend",
     "numba": "gradbench.kernels",
