@@ -24,6 +24,14 @@ static inline int gb_rescue_act(int act) {
            act == GB_GELU;
 }
 
+/* ell = ln|g| + ln|phi'(x)| and the sign of g phi'(x) (NaN g: NaN sign), the rescue's entry */
+static inline double gb_rescue_term(double g, double x, int act, double p, double *sgn) {
+    double sp;
+    const double ell = log(fabs(g)) + gb_log_dphi_f64(x, act, p, &sp);
+    *sgn = (g > 0 ? 1.0 : (g < 0 ? -1.0 : (g == 0 ? 0.0 : (double)NAN))) * sp;
+    return ell;
+}
+
 /* ------------------------------------------------------------------ threads (team.c)
  * A team runs fn(arg, tid, nth, bar) on nth threads (the caller is tid 0) for one call and
  * joins them; with nth = 1 (or if a thread cannot be created) fn runs once on the caller with

@@ -570,17 +570,16 @@ static void F(gb_rnn_activation)(REAL *h, REAL *da, const REAL *z, int64_t n, in
  * rounded once; returns k, which the step's exponent takes (0: dz untouched). The caller decides
  * on max|dz|, found while forming dz.    dz, g, z (n,) */
 static int64_t F(gb_rnn_rescue)(REAL *dz, const REAL *g, const REAL *z, int64_t n, int act, double p) {
-    double top = -INFINITY, sp;
+    double top = -INFINITY, sgn;
     for (int64_t i = 0; i < n; i++) {
-        const double ell = log(fabs((double)g[i])) + gb_log_dphi_f64((double)z[i], act, p, &sp);
+        const double ell = gb_rescue_term((double)g[i], (double)z[i], act, p, &sgn);
         top = ell > top ? ell : top;
     }
     if (!(top >= GB_RESCUE_LN_MIN && top < INFINITY)) return 0; /* beyond any int64 exponent: stays 0 */
     const int64_t k = (int64_t)floor(top / GB_LN2);
     for (int64_t i = 0; i < n; i++) {
-        const double ell = log(fabs((double)g[i])) + gb_log_dphi_f64((double)z[i], act, p, &sp);
-        const double sg = g[i] > 0 ? 1.0 : (g[i] < 0 ? -1.0 : (g[i] == 0 ? 0.0 : (double)NAN));
-        dz[i] = (REAL)(sg * sp * exp(ell - (double)k * GB_LN2));
+        const double ell = gb_rescue_term((double)g[i], (double)z[i], act, p, &sgn);
+        dz[i] = (REAL)(sgn * exp(ell - (double)k * GB_LN2));
     }
     return k;
 }

@@ -1320,10 +1320,7 @@ static inline double F(gb_rescue_ell)(const T *g, const T *zr, const T *gamma, c
     if (scale) da = da * alpha;
     const T zl = gamma ? gamma[j] * zr[j] + beta[j] : zr[j];
     const double x = s->on ? ldexp((double)zl, s->f) : (double)zl;
-    double sp;
-    const double ell = log(fabs((double)da)) + gb_log_dphi_f64(x, s->act, s->p, &sp);
-    *sgn = (da > 0 ? 1.0 : (da < 0 ? -1.0 : (da == 0 ? 0.0 : (double)NAN))) * sp;
-    return ell;
+    return gb_rescue_term((double)da, x, s->act, s->p, sgn);
 }
 
 /* max of ell over rows [r0, r1) (NaN ignored; -inf when none). g, zr (B,N) from row 0 */
