@@ -121,45 +121,43 @@ def write_diagnosis(d, logdir) -> str:
     """
     from gradbench.recurrent.diagnose import RecurrentDiagnosis
 
-    if isinstance(d, RecurrentDiagnosis):
-        return _write_recurrent(d, logdir)
     w = summary_writer(logdir)
     try:
-        series = {"grad_log10": d.grad_log10, "signal_log10": d.signal_log10, "act_mean": d.act_mean,
-                  "act_std_log10": d.act_std_log10, "saturation": d.saturation, "dead": d.dead}
-        if len(d.weight_log10) == d.depth:
-            series["weight_log10"] = d.weight_log10
-        _write_series(w, "depth", series)
-        edges = np.asarray(d.hist_edges, dtype=np.float64)
-        centres = 0.5 * (edges[:-1] + edges[1:])
-        for l, counts in enumerate(np.asarray(d.hist_counts)):
-            nz = np.flatnonzero(counts)
-            if nz.size == 0:
-                continue
-            n = int(counts.sum())
-            w.add_histogram_raw(
-                "depth/grad_hist_log10", min=float(edges[nz[0]]), max=float(edges[nz[-1] + 1]), num=n,
-                sum=float(np.dot(counts, centres)), sum_squares=float(np.dot(counts, centres * centres)),
-                bucket_limits=edges[1:].tolist(), bucket_counts=counts.astype(float).tolist(), global_step=l)
-        w.add_text("verdict", f"**{d.verdict}** ({d.decades_per_layer:+.4g} decades per layer going down towards "
-                   f"the input; negative: vanishing): {d.explanation}", 0)
+        rate = (_recurrent_events if isinstance(d, RecurrentDiagnosis) else _depth_events)(w, d)
+        w.add_text("verdict", f"**{d.verdict}** ({rate}; negative: vanishing): {d.explanation}", 0)
     finally:
         w.close()
     return os.fspath(logdir)
 
 
-def _write_recurrent(d, logdir) -> str:
-    w = summary_writer(logdir)
-    try:
-        series = {"signal_log10": d.signal_log10, "grad_log10": d.grad_log10, "act_std_log10": d.act_std_log10,
-                  "saturation": d.saturation}
-        if len(d.cell_log10):
-            series["cell_log10"] = d.cell_log10
-        if np.any(np.isfinite(np.asarray(d.gate_mean, dtype=np.float64))):
-            series.update(gate_mean=d.gate_mean, gate_low=d.gate_low)
-        _write_series(w, "time", series)
-        w.add_text("verdict", f"**{d.verdict}** ({d.decades_per_step:+.4g} decades per step going back in time; "
-                   f"negative: vanishing): {d.explanation}", 0)
-    finally:
-        w.close()
-    return os.fspath(logdir)
+def _depth_events(w, d) -> str:
+    """A stack's profile over the layers; returns its rate in words."""
+    series = {"grad_log10": d.grad_log10, "signal_log10": d.signal_log10, "act_mean": d.act_mean,
+              "act_std_log10": d.act_std_log10, "saturation": d.saturation, "dead": d.dead}
+    if len(d.weight_log10) == d.depth:
+        series["weight_log10"] = d.weight_log10
+    _write_series(w, "depth", series)
+    edges = np.asarray(d.hist_edges, dtype=np.float64)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    for l, counts in enumerate(np.asarray(d.hist_counts)):
+        nz = np.flatnonzero(counts)
+        if nz.size == 0:
+            continue
+        n = int(counts.sum())
+        w.add_histogram_raw(
+            "depth/grad_hist_log10", min=float(edges[nz[0]]), max=float(edges[nz[-1] + 1]), num=n,
+            sum=float(np.dot(counts, centres)), sum_squares=float(np.dot(counts, centres * centres)),
+            bucket_limits=edges[1:].tolist(), bucket_counts=counts.astype(float).tolist(), global_step=l)
+    return f"{d.decades_per_layer:+.4g} decades per layer going down towards the input"
+
+
+def _recurrent_events(w, d) -> str:
+    """A recurrent net's profile over the time steps; returns its rate in words."""
+    series = {"signal_log10": d.signal_log10, "grad_log10": d.grad_log10, "act_std_log10": d.act_std_log10,
+              "saturation": d.saturation}
+    if len(d.cell_log10):
+        series["cell_log10"] = d.cell_log10
+    if np.any(np.isfinite(np.asarray(d.gate_mean, dtype=np.float64))):
+        series.update(gate_mean=d.gate_mean, gate_low=d.gate_low)
+    _write_series(w, "time", series)
+    return f"{d.decades_per_step:+.4g} decades per step going back in time"
