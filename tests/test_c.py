@@ -247,8 +247,13 @@ def _c_with(opts):
     return (lambda *a: cb.forward_with(opts, *a), lambda *a: cb.backward_with(opts, *a))
 
 
-def _compare(got, want, stack, label, rtol=None):
-    """Layer-by-layer comparison of every output; exponents and flags exactly."""
+def _compare(got, want, stack, label, rtol=None, truth=None):
+    """Layer-by-layer comparison of every output; exponents and flags exactly.
+
+    ``truth`` (float32): a function returning the float64 reference's run on the same float32
+    weights and input. Where H, dW or G differ from the reference by more than ``rtol``, both
+    are held to that truth instead: each layer of C within ``rtol`` of it, or within 1.5 times
+    the reference's own error there (two float32 computations can lie on either side of it)."""
     rtol = RTOL[stack.dtype] if rtol is None else rtol
     for name in ("fexp", "sig_e", "gnorm_e", "dz_e"):
         np.testing.assert_array_equal(got[name], want[name], err_msg=f"{label}: exponents {name}")
@@ -275,6 +280,9 @@ def _compare(got, want, stack, label, rtol=None):
         finite = np.isfinite(w)
         np.testing.assert_array_equal(np.isfinite(g), finite, err_msg=f"{label}: {name} finiteness")
         err = np.where(finite, err, 0.0)
+        if err.max() > rtol and truth is not None and name in ("H", "dW", "G"):
+            _closer_to_truth(got, want, truth, name, rtol, label)
+            continue
         if err.max() > rtol:
             l, i = np.unravel_index(np.argmax(err), err.shape)
             raise AssertionError(f"{label}: {name} layer/row {l} index {i}: {g[l, i]!r} vs "
@@ -285,6 +293,20 @@ def _compare(got, want, stack, label, rtol=None):
     for name, count in (("saturation", got["H"].shape[1] * stack.width), ("dead", stack.width)):
         # a threshold comparison may flip for an entry within rounding of it
         assert np.all(np.abs(got[name] - want[name]) <= 1.0 / count + 1e-12), f"{label}: {name}"
+
+
+def _closer_to_truth(got, want, truth, name, rtol, label):
+    """``_compare``'s fallback: C's error against the float64 truth, layer by layer, within
+    ``rtol`` or 1.5 times the reference's own error."""
+    t = _true_values(truth())[name]
+    t = t.reshape(len(t), -1)
+    scale = np.max(np.abs(t), axis=1, keepdims=True)
+    scale = np.where(scale > 0, scale, 1.0)
+    e_c = np.max(np.abs(_true_values(got)[name].reshape(t.shape) - t) / scale, axis=1)
+    e_r = np.max(np.abs(_true_values(want)[name].reshape(t.shape) - t) / scale, axis=1)
+    bad = e_c > np.maximum(rtol, 1.5 * e_r)
+    assert not np.any(bad), (f"{label}: {name} layers {np.flatnonzero(bad)}: C {e_c[bad]} from the "
+                             f"float64 truth, the reference {e_r[bad]}")
 
 
 OPTIONS = {
@@ -316,10 +338,11 @@ def test_drivers_match_reference(act, option, dtype):
         params, x = _problem(stack, batch)
         want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
         got = _run(cb.stack_forward, cb.stack_backward, stack, params, x)
-        _compare(got, want, stack, f"{act} {option} {dtype} N={width} B={batch}")
+        truth = (lambda: _float64_truth(stack, params, x)) if dtype == "float32" else None
+        _compare(got, want, stack, f"{act} {option} {dtype} N={width} B={batch}", truth=truth)
         if width == 130:
             got = _run(*_c_with(cb.make_opts(blas_min_width=128)), stack, params, x)
-            _compare(got, want, stack, f"{act} {option} {dtype} N={width} B={batch} BLAS")
+            _compare(got, want, stack, f"{act} {option} {dtype} N={width} B={batch} BLAS", truth=truth)
 
 
 def _float64_truth(stack, params, x):
@@ -352,16 +375,11 @@ def test_float32_blocks_of_k_are_as_close_to_float64_as_the_reference(act, optio
         return
     stack = gb.Stack(depth=6, width=300, activation=act, init="he_normal", dtype="float32", **OPTIONS[option])
     params, x = _problem(stack, 5)
-    truth = _true_values(_float64_truth(stack, params, x))
-    got = _true_values(_run(cb.stack_forward, cb.stack_backward, stack, params, x))
-    want = _true_values(_run(ref.stack_forward, ref.stack_backward, stack, params, x))
-    for name, t in truth.items():
-        t = t.reshape(len(t), -1)
-        scale = np.max(np.abs(t), axis=1, keepdims=True)
-        scale = np.where(scale > 0, scale, 1.0)
-        e_c = np.max(np.abs(got[name].reshape(len(t), -1) - t) / scale)
-        e_r = np.max(np.abs(want[name].reshape(len(t), -1) - t) / scale)
-        assert e_c <= max(1e-4, 1.5 * e_r), (name, e_c, e_r)
+    truth = _float64_truth(stack, params, x)
+    got = _run(cb.stack_forward, cb.stack_backward, stack, params, x)
+    want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
+    for name in ("H", "dW", "G"):
+        _closer_to_truth(got, want, lambda: truth, name, 1e-4, f"{act} {option} N=300")
 
 
 SMOOTH = ("tanh", "sigmoid", "swish", "gelu", "identity")
