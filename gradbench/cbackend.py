@@ -73,7 +73,7 @@ BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 512 if blas.runs_avx512_k
 BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", 512 if blas.runs_avx512_kernels() else 1024, low=0)
 # B*N*N of a layer from which the own kernels use several threads (N = 64, B = 64 and up): the
 # backward's one barrier per layer costs ~0.5 us when both threads have a core (the forward
-# waits only for the shares of W^T a thread is about to use). When they have not (a shared
+# has none: each thread transposes W itself). When they have not (a shared
 # machine), the team notices its waits and finishes the call on one thread (csrc/team.c).
 PAR_MIN_WORK = env_int("GRADBENCH_C_PAR_MIN_WORK", 1 << 18, low=0)
 # L*B*N*N of a call from which it may use several threads: a team's start and end (waking the
