@@ -20,7 +20,8 @@ def _bench(case, impl, kind, t, L=1000, n=64, B=64, family="size", dtype="float6
 @pytest.fixture
 def saved(tmp_path):
     data = {
-        "machine_info": {"cpu_model": "Test CPU", "cpu_count": 2, "python_version": "3.11"},
+        "machine_info": {"cpu_model": "Test CPU", "cpu_count": 2, "python_version": "3.11",
+                         "cpu": {"family": 25, "model": 17}},
         "datetime": "2026-01-01",
         "benchmarks": [
             _bench("a", "numpy", "backend", 2.0), _bench("a", "numba", "backend", 0.5),
@@ -52,7 +53,7 @@ def test_main_prints_tables_skips_and_draws(saved, tmp_path, capsys):
     png = tmp_path / "fig.png"
     assert benchreport.main([str(saved), "--plot", str(png)]) == 0
     out = capsys.readouterr().out
-    assert "Test CPU" in out and "4.00x" in out and "1.60x" in out
+    assert "Test CPU (family 25, model 17), 2 cores" in out and "4.00x" in out and "1.60x" in out
     assert "c: skipped: backend 'c' is registered but not available" in out
     assert "cold compile 8.50 s" in out
     assert "speed-up against the NumPy reference" in out

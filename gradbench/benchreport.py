@@ -197,7 +197,11 @@ def report(data: dict) -> str:
         skipped.setdefault(s["case"], []).append(s)
     mi = data.get("machine_info", {})
     cpu = mi.get("cpu", {}) if isinstance(mi.get("cpu"), dict) else {}
-    out = [f"machine: {mi.get('cpu_model') or cpu.get('brand_raw', '?')}, {mi.get('cpu_count', cpu.get('count', '?'))} cores; "
+    # a VM's brand ("AMD EPYC") hides the generation, which moves every ratio (one core's FMA
+    # peak: 55 GF/s on family 25 model 17, Zen 4, against 136 on a Zen 5 under the same brand)
+    gen = f" (family {cpu['family']}, model {cpu['model']})" if "family" in cpu and "model" in cpu else ""
+    out = [f"machine: {mi.get('cpu_model') or cpu.get('brand_raw', '?')}{gen}, "
+           f"{mi.get('cpu_count', cpu.get('count', '?'))} cores; "
            f"python {mi.get('python_version', '?')}; {data.get('datetime', '')}"]
     if mi.get("versions"):
         out.append("versions: " + ", ".join(f"{k} {v}" for k, v in mi["versions"].items()))
