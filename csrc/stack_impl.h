@@ -1113,8 +1113,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     int64_t fg = f;      /* exponent of the current residual group's input h (= fexp of its layer) */
     /* W^T without a barrier: every thread transposes the whole W_{l+2} into its own buffers in
      * layer l (W_0 and W_1 first). Shares of one W^T written by each thread cost more (n = 64,
-     * B = 64, two threads: the forward 1.5x one thread, against 1.8x): every layer read the
-     * other core's half from its cache and waited for its progress. The rows of a thread are
+     * B = 64, two threads: the forward 1.45-1.51x one thread, against 1.60-1.65x): every layer
+     * read the other core's half from its cache and waited for its progress. The rows of a thread are
      * independent of the others' in the forward (batch norm: two barriers around its
      * statistics, by columns), so the only barrier is the rescaling's. */
     T *wt[3] = {st->wt[0] + tid * NN, st->wt[1] + tid * NN, st->wt[2] + tid * NN};
