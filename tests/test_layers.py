@@ -118,7 +118,8 @@ def test_normalise_and_add_aligned_equal_reference(K, dtype):
         assert eg == er, f"normalise exponent {eg}, reference {er} for {g}"
         _close("normalise", b, a, dtype)
     s = rng.standard_normal((3, 5)).astype(dtype)
-    for ea, es, scale in ((0, 0, 1.0), (-3, 5, 0.5), (7, -40, 2.0), (0, -2000, 1.0)):
+    # scaled by a normal power of two (-8, -47, -120: float32 subnormals), by ldexp beyond (-2000)
+    for ea, es, scale in ((0, 0, 1.0), (-3, 5, 0.5), (7, -40, 2.0), (-120, 0, 1.0), (0, -120, 0.7), (0, -2000, 1.0)):
         a0 = rng.standard_normal((3, 5)).astype(dtype)
         a, b = a0.copy(), a0.copy()
         with np.errstate(under="ignore"):
