@@ -681,9 +681,9 @@ static int64_t F(gb_normalise_impl)(T *g, int64_t n) { return F(gb_scale_pow2)(g
  * One of da, ds below is 0; the other operand is scaled by 2^d, a normal power of two down to
  * the smallest normal exponent: a product, exact unless the scaled value is subnormal (then
  * rounded once as by ldexp, or fused into the sum), in a loop that vectorises. ldexp itself
- * was a libm call per entry (a
- * residual stack's group ends in the forward with rescaling, float32, and the backward's
- * every skip: float32 residual stacks at n = 64 ran 0.85x the plain loop). Beyond it, ldexp.
+ * was a libm call per entry (a residual stack's group ends in the forward with rescaling,
+ * float32, and the backward's every skip: float32 residual stacks at n = 64 ran 0.85x the
+ * plain loop). Beyond it, ldexp.
  * a, s (n,) */
 static int64_t F(gb_add_aligned_impl)(T *a, int64_t ea, const T *s, int64_t es, double scale,
                                  int64_t n) {
@@ -1137,9 +1137,11 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     /* W^T without a barrier: every thread transposes the whole W_{l+2} into its own buffers in
      * layer l (W_0 and W_1 first). Shares of one W^T written by each thread cost more (n = 64,
      * B = 64, two threads: the forward 1.45-1.51x one thread, against 1.60-1.65x): every layer
-     * read the other core's half from its cache and waited for its progress. The rows of a thread are
-     * independent of the others' in the forward (batch norm: two barriers around its
-     * statistics, by columns), so the only barrier is the rescaling's. */
+     * read the other core's half from its cache and waited for its progress. (Where B is small
+     * beside N the second transpose costs more: N = 256, B = 16, two threads 16.7-19.2 ms
+     * against 14.8-18.6.) The rows of a thread are independent of the others' in the forward
+     * (batch norm: two barriers around its statistics, by columns), so the only barrier is the
+     * rescaling's. */
     T *wt[3] = {st->wt[0] + tid * NN, st->wt[1] + tid * NN, st->wt[2] + tid * NN};
     if (!st->gemm)
         for (int64_t q = 0; q < GB_MIN(2, L); q++) F(gb_transpose_rows)(wt[q], W + q * NN, N, 0, N);
