@@ -64,6 +64,9 @@ typedef struct gb_barrier {
     int64_t t_start, skew;     /* the team's start, the sum of first-to-last arrival times (ns) */
     int64_t skew_max;          /* the longest of them */
     int64_t waits, solo_after; /* barriers so far; tests: solo from the solo_after-th on (0: never) */
+    int64_t pwait_start;       /* pwait at the first barrier */
+    _Atomic int64_t pwait;     /* ns every thread spent in gb_progress_wait (judged with skew) */
+    _Atomic int64_t pwait_max; /* the longest of those waits */
     _Alignas(64) atomic_int sense;
     int solo;                  /* finish on one thread (written by the last arrival) */
     _Alignas(64) atomic_int sleepers; /* threads asleep on cv, or about to be: wake them */
@@ -73,8 +76,18 @@ typedef struct gb_barrier {
 
 typedef void (*gb_team_fn)(void *arg, int tid, int nth, gb_barrier *bar);
 
+/* A thread's progress, the last step it completed, in a cache line of its own: the other
+ * threads wait for a step of it without a barrier (a producer and its consumers). */
+typedef struct {
+    _Alignas(64) _Atomic int64_t step;
+} gb_progress;
+
 int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after);
 void gb_barrier_wait(gb_barrier *b, int *sense);
+/* p->step = step (release), waking the team's threads asleep in gb_progress_wait. */
+void gb_progress_set(gb_barrier *b, gb_progress *p, int64_t step);
+/* Wait until p[t].step >= step for every t < n (acquire): spin briefly, then sleep on b. */
+void gb_progress_wait(gb_barrier *b, gb_progress *p, int n, int64_t step);
 
 /* Where every thread's work of the previous step is complete in memory only after one more
  * barrier: if the team was asked to go solo, wait once more, then return 1 for the helpers

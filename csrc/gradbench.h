@@ -94,6 +94,8 @@ typedef struct gb_opts {
                                  AVX2+FMA, AVX-512 (dispatch.c) */
     int64_t solo_after;       /* tests: the threads hand over to one from this barrier on (0:
                                  only when a partner is late, csrc/team.c) */
+    int64_t own_wt;           /* tests: the forward's W^T, 1 a copy per thread, -1 column shares
+                                 of one, 0 chosen by N and B (csrc/stack_impl.h, GB_OWN_WT_MAX_N) */
 } gb_opts;
 
 /* The instruction-set level the drivers run at with these options (1, 3 or 4). */

@@ -1046,7 +1046,11 @@ typedef struct {
     const gb_stack_arrays *a;
     GEMM_FN gemm;
     F(gb_cfg) cfg;
-    T *wt[3];             /* (nth,N,N) W^T of layers l, l+1, l+2 in wt[l % 3], a copy per thread (own kernels) */
+    T *wt[3];             /* W^T of layers l, l+1, l+2 in wt[l % 3] (own kernels): (nth,N,N), a copy
+                             per thread (own_wt), or (N,N) shared, column shares by thread */
+    int own_wt;           /* every thread transposes the whole W into its own copy (GB_OWN_WT_MAX_N) */
+    gb_progress *tdone;   /* (nth) shared W^T, per thread: the last layer whose share of W^T it wrote */
+    gb_progress *rdone;   /* (nth) shared W^T, per thread: the last layer whose W^T it has read */
     T *zb;                /* (B,N) pre-normalisation z under batch norm (rows, then columns) */
     double *rsum, *rm2;   /* (L,B) per row of h_{l+1}: sum, sum of squared deviations from its mean */
     int64_t *rsat;        /* (L,B) per row: saturated entries of z_l */
@@ -1120,6 +1124,21 @@ static void F(gb_row_stats)(const T *h, int64_t r0, int64_t r1, int64_t N, doubl
 #ifndef GB_JUDGE_EVERY
 #define GB_JUDGE_EVERY 16
 #endif
+/* Where the forward gives every thread its own copy of W^T (N <= GB_OWN_WT_MAX_N and
+ * B >= GB_OWN_WT_MIN_B; elsewhere column shares of one copy). Own copies spare every layer the
+ * other core's half of W^T and the waits for it, and cost (nth - 1) more transposes: worth it
+ * while three copies per thread stay in L2 and the batch is large enough to pay for them.
+ * Measured, Zen 4, two threads, forward only, own against shared (ms, 2 runs each): N = 64,
+ * B = 64: 12.4-12.7 / 13.4-13.9; N = 96, B = 32: 7.9-8.0 / 8.2-8.7; N = 128, B = 128:
+ * 33.2-33.6 / 34.5-34.7; N = 128, B = 64: 20.1-20.3 / 20.0; N = 128, B = 16: 9.8-9.9 / 9.5;
+ * N = 192, B = 64: 25.3-25.4 / 23.6-23.7; N = 256, B = 16: 15.5-16.3 / 12.3-13.1; N = 384,
+ * B = 32: 48.0 / 36.3. */
+#ifndef GB_OWN_WT_MAX_N
+#define GB_OWN_WT_MAX_N 128
+#endif
+#ifndef GB_OWN_WT_MIN_B
+#define GB_OWN_WT_MIN_B 32
+#endif
 
 static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     F(gb_fwd) *st = arg;
@@ -1134,23 +1153,29 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     int sense = 0;
     int64_t f = fexp[0]; /* exponent of h_l (every thread keeps its copy) */
     int64_t fg = f;      /* exponent of the current residual group's input h (= fexp of its layer) */
-    /* W^T without a barrier: every thread transposes the whole W_{l+2} into its own buffers in
-     * layer l (W_0 and W_1 first). Shares of one W^T written by each thread cost more (n = 64,
-     * B = 64, two threads: the forward 1.45-1.51x one thread, against 1.60-1.65x): every layer
-     * read the other core's half from its cache and waited for its progress. (Where B is small
-     * beside N the second transpose costs more: N = 256, B = 16, two threads 16.7-19.2 ms
-     * against 14.8-18.6.) The rows of a thread are independent of the others' in the forward
+    /* W^T without a barrier, one of two ways (st->own_wt, chosen per call: GB_OWN_WT_MAX_N).
+     * Own copies: every thread transposes the whole W_{l+2} into its own buffers in layer l (W_0
+     * and W_1 first) and waits for nobody. Shared: each thread transposes its column share of
+     * W_{l+2} and publishes it in tdone; a thread waits for every share of W_l before layer l
+     * (done a layer earlier: a thread may run a layer ahead of another without waiting), and,
+     * before writing W_{l+2}^T into wt[(l+2) % 3], for every thread to have read that buffer's
+     * W_{l-1}^T (rdone). The rows of a thread are independent of the others' in the forward
      * (batch norm: two barriers around its statistics, by columns), so the only barrier is the
      * rescaling's. */
-    T *wt[3] = {st->wt[0] + tid * NN, st->wt[1] + tid * NN, st->wt[2] + tid * NN};
-    if (!st->gemm)
-        for (int64_t q = 0; q < GB_MIN(2, L); q++) F(gb_transpose_rows)(wt[q], W + q * NN, N, 0, N);
+    const int own = st->own_wt;
+    T *wt[3] = {st->wt[0] + (own ? tid * NN : 0), st->wt[1] + (own ? tid * NN : 0), st->wt[2] + (own ? tid * NN : 0)};
+    if (!st->gemm) {
+        for (int64_t q = 0; q < GB_MIN(2, L); q++)
+            F(gb_transpose_rows)(wt[q], W + q * NN, N, own ? 0 : j0, own ? N : j1);
+        if (!own) gb_progress_set(bar, &st->tdone[tid], GB_MIN(2, L) - 1);
+    }
     for (int64_t l = 0; l < L; l++) {
         if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 */
         r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
         j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
         if (k && l % k == 0) fg = f; /* h_l starts a group: its skip is added at this exponent */
         const T *wtl = wt[l % 3]; /* W_l^T */
+        if (!st->gemm && !own) gb_progress_wait(bar, st->tdone, nth, l); /* every share of W_l^T written */
         const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
         const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, f, f32);
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
@@ -1190,7 +1215,15 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                                                                      st->cfg.thr, dead);
             }
         }
-        if (!st->gemm && l + 2 < L) F(gb_transpose_rows)(wt[(l + 2) % 3], W + (l + 2) * NN, N, 0, N);
+        if (!st->gemm && own && l + 2 < L) F(gb_transpose_rows)(wt[(l + 2) % 3], W + (l + 2) * NN, N, 0, N);
+        if (!st->gemm && !own) {
+            gb_progress_set(bar, &st->rdone[tid], l); /* done with W_l^T */
+            if (l + 2 < L) {
+                gb_progress_wait(bar, st->rdone, nth, l - 1); /* wt[(l+2) % 3] = wt[(l-1) % 3] free */
+                F(gb_transpose_rows)(wt[(l + 2) % 3], W + (l + 2) * NN, N, j0, j1);
+                gb_progress_set(bar, &st->tdone[tid], l + 2);
+            }
+        }
         int64_t fn = f;
         if (k && (l + 1) % k == 0) /* fg, not fexp[l + 1 - k]: thread 0 may not have written it yet */
             fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, fg, st->cfg.alpha, nr * N);
@@ -1249,8 +1282,12 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     if (rc) return rc;
     st.nth = nth;
     const size_t LB = (size_t)(L * B);
+    const int64_t own = opts ? opts->own_wt : 0;
+    st.own_wt = nth > 1 && (own ? own > 0 : N <= GB_OWN_WT_MAX_N && B >= GB_OWN_WT_MIN_B);
     if (!st.gemm)
-        for (int q = 0; q < 3; q++) st.wt[q] = F(gb_alloc)(sizeof(T) * (size_t)(nth * N * N));
+        for (int q = 0; q < 3; q++) st.wt[q] = F(gb_alloc)(sizeof(T) * (size_t)((st.own_wt ? nth : 1) * N * N));
+    st.tdone = F(gb_alloc)(sizeof(gb_progress) * (size_t)nth);
+    st.rdone = F(gb_alloc)(sizeof(gb_progress) * (size_t)nth);
     st.zb = st.cfg.bn ? F(gb_alloc)(sizeof(T) * (size_t)(B * N)) : NULL;
     st.rsum = F(gb_alloc)(sizeof(double) * LB);
     st.rm2 = F(gb_alloc)(sizeof(double) * LB);
@@ -1262,8 +1299,12 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.fres = frescue ? F(gb_alloc)(sizeof(double) * 6 * (size_t)nth) : NULL;
     rc = GB_ENOMEM;
     if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
-        st.rsat && st.rbad && st.dead && st.amax && (!frescue || st.fres)) {
+        st.rsat && st.rbad && st.dead && st.amax && st.tdone && st.rdone && (!frescue || st.fres)) {
         rc = GB_OK;
+        for (int t = 0; t < nth; t++) {
+            atomic_init(&st.tdone[t].step, -1);
+            atomic_init(&st.rdone[t].step, -1);
+        }
         /* results do not depend on the number of threads that actually ran */
         /* every thread's dead flags start at 1: those of a thread that did not run stay neutral;
          * results do not depend on how many threads ran, or until which layer */
@@ -1298,6 +1339,8 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
         }
     }
     for (int q = 0; q < 3; q++) free(st.wt[q]);
+    free(st.tdone);
+    free(st.rdone);
     free(st.zb);
     free(st.rsum);
     free(st.rm2);
@@ -1385,7 +1428,7 @@ static void F(gb_row_sumsq)(const T *g, int64_t r0, int64_t r1, int64_t N, doubl
  * dh rows = dz rows W (or BLAS: dW, db and dh of all rows), the skip added, max|dh| of the rows
  * into *slot; returns the exponent of dh. pf (or NULL): prefetched from part nr of npf on. */
 static int64_t F(gb_bwd_dh)(F(gb_bwd) *st, int64_t l, int64_t r0, int64_t r1, int64_t i0, int64_t i1, int64_t e,
-                            int64_t skip_e, const gb_pf *pf, int64_t nr, int64_t npf, T *slot, gb_barrier *bar,
+                            int64_t skip_e, gb_pf *pf, int64_t nr, int64_t npf, T *slot, gb_barrier *bar,
                             int *sense) {
     const gb_stack_arrays *a = st->a;
     const int64_t B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;

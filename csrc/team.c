@@ -20,13 +20,15 @@
  * ms now and then, enough on their own early in a call, sent 8 of 120 calls solo, at 27-38
  * ms; with the longest left out, 1 of 120).
  *
- * The forward without batch norm or rescaling has no barrier of its own (each thread keeps its
- * own copy of W^T): it meets at one every 16 layers to be judged (csrc/stack_impl.h,
- * GB_JUDGE_EVERY). Measured (L = 1,000, n = 64, B = 64, a NumPy product before each call, whose
- * OpenBLAS worker then spins ~0.1 s on the other CPU): float32 25.5-91.7 ms on two threads
- * against 21.1-25.3 on one before, 24.6-26.1 after; float64 34.4-104 against 27.2-28.2 before,
- * 33.7-34.0 after. The rest of the gap is the first 112 layers (7 judging barriers) and the
- * backward's first 6 layers, each team starting on two threads.
+ * Where a thread needs only another's earlier work, not a meeting of all (the forward's shares
+ * of W^T, where N > GB_OWN_WT_MAX_N in csrc/stack_impl.h), it waits for that thread's published step (gb_progress_wait): the same spin, then
+ * the same sleep. The time spent there counts toward `solo` too, judged at the next barrier:
+ * the forward without batch norm or rescaling meets at one every 16 layers for that
+ * (csrc/stack_impl.h, GB_JUDGE_EVERY). Measured (L = 1,000, n = 64, B = 64, a NumPy product
+ * before each call, whose OpenBLAS worker then spins ~0.1 s on the other CPU): float32 25.5-91.7
+ * ms on two threads against 21.1-25.3 on one before, 24.6-26.1 after; float64 34.4-104 against
+ * 27.2-28.2 before, 33.7-34.0 after. The rest of the gap is the first 112 layers (7 judging
+ * barriers) and the backward's first 6 layers, each team starting on two threads.
  */
 #define _GNU_SOURCE /* pthread_setname_np */
 #include <pthread.h>
@@ -65,12 +67,16 @@ void gb_barrier_wait(gb_barrier *b, int *sense) {
         atomic_store_explicit(&b->count, 0, memory_order_relaxed);
         if (b->waits++ == 0) { /* the first wait also covers the helpers' start: judged from here */
             b->t_start = now;
+            b->pwait_start = atomic_load_explicit(&b->pwait, memory_order_relaxed);
         } else {
             const int64_t d = now - atomic_load_explicit(&b->t_first, memory_order_relaxed);
             b->skew += d;
             if (d > b->skew_max) b->skew_max = d;
+            const int64_t pw = atomic_load_explicit(&b->pwait, memory_order_relaxed) - b->pwait_start;
+            const int64_t pw_max = atomic_load_explicit(&b->pwait_max, memory_order_relaxed);
+            const int64_t longest = b->skew_max > pw_max ? b->skew_max : pw_max;
             if (b->waits >= GB_SOLO_MIN_WAITS &&
-                (double)(b->skew - b->skew_max) > GB_SOLO_SKEW * (double)(now - b->t_start))
+                (double)(b->skew + pw - longest) > GB_SOLO_SKEW * (double)(now - b->t_start))
                 b->solo = 1;
         }
         if (b->solo_after > 0 && b->waits >= b->solo_after) b->solo = 1;
@@ -94,6 +100,49 @@ void gb_barrier_wait(gb_barrier *b, int *sense) {
     while (atomic_load(&b->sense) != s) pthread_cond_wait(&b->cv, &b->mu);
     atomic_fetch_sub(&b->sleepers, 1);
     pthread_mutex_unlock(&b->mu);
+}
+
+/* The same protocol as the barrier's sense: the setter stores then loads the sleepers, a
+ * sleeper counts itself then loads the steps (all seq_cst), so a wake-up is never lost. */
+void gb_progress_set(gb_barrier *b, gb_progress *p, int64_t step) {
+    atomic_store(&p->step, step);
+    if (b && b->n > 1 && atomic_load(&b->sleepers)) {
+        pthread_mutex_lock(&b->mu);
+        pthread_cond_broadcast(&b->cv);
+        pthread_mutex_unlock(&b->mu);
+    }
+}
+
+static int gb_progress_reached(gb_progress *p, int n, int64_t step, memory_order mo) {
+    for (int t = 0; t < n; t++)
+        if (atomic_load_explicit(&p[t].step, mo) < step) return 0;
+    return 1;
+}
+
+/* a progress wait of w ns: into the team's total and its longest */
+static void gb_add_pwait(gb_barrier *b, int64_t w) {
+    atomic_fetch_add_explicit(&b->pwait, w, memory_order_relaxed);
+    int64_t m = atomic_load_explicit(&b->pwait_max, memory_order_relaxed);
+    while (w > m && !atomic_compare_exchange_weak_explicit(&b->pwait_max, &m, w, memory_order_relaxed,
+                                                           memory_order_relaxed)) {
+    }
+}
+
+void gb_progress_wait(gb_barrier *b, gb_progress *p, int n, int64_t step) {
+    if (gb_progress_reached(p, n, step, memory_order_acquire)) return;
+    if (!b || b->n <= 1) return; /* alone: every step it waits for is its own, already set */
+    const int64_t t0 = gb_now_ns(); /* a wait: its time counts toward going solo (barrier) */
+    for (int i = 0; i < GB_SPIN; i++) {
+        if (gb_progress_reached(p, n, step, memory_order_acquire)) goto done;
+        GB_PAUSE();
+    }
+    pthread_mutex_lock(&b->mu);
+    atomic_fetch_add(&b->sleepers, 1);
+    while (!gb_progress_reached(p, n, step, memory_order_seq_cst)) pthread_cond_wait(&b->cv, &b->mu);
+    atomic_fetch_sub(&b->sleepers, 1);
+    pthread_mutex_unlock(&b->mu);
+done:
+    gb_add_pwait(b, gb_now_ns() - t0);
 }
 
 typedef struct {
@@ -227,6 +276,9 @@ static void gb_barrier_init(gb_barrier *bar, int nth, int64_t solo_after) {
     atomic_init(&bar->sense, 0);
     atomic_init(&bar->t_first, 0);
     atomic_init(&bar->sleepers, 0);
+    atomic_init(&bar->pwait, 0);
+    atomic_init(&bar->pwait_max, 0);
+    bar->pwait_start = 0;
     bar->n = nth;
     bar->solo = 0;
     bar->waits = bar->skew = bar->skew_max = 0;

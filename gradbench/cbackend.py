@@ -151,9 +151,11 @@ def _default_threads() -> int:
 
 def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,
               par_min_work: int | None = None, par_min_total: int | None = None, isa: int = 0,
-              solo_after: int = 0):
+              solo_after: int = 0, own_wt: int = 0):
     """A ``gb_opts`` struct for the drivers (BLAS pointers, thresholds, thread count, and the
-    instruction set: 0 the best this CPU runs, 1 baseline, 3 AVX2+FMA, 4 AVX-512 at most)."""
+    instruction set: 0 the best this CPU runs, 1 baseline, 3 AVX2+FMA, 4 AVX-512 at most).
+    ``solo_after`` and ``own_wt`` are for tests (csrc/gradbench.h): a hand-over to one thread,
+    and the forward's copies of W^T (1 one per thread, -1 one shared, 0 by shape)."""
     o = ffi.new("gb_opts *")
     if blas:
         d, s = _blas()
@@ -166,6 +168,9 @@ def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: in
     o.par_min_total = PAR_MIN_TOTAL if par_min_total is None else int(par_min_total)
     o.isa = int(isa)
     o.solo_after = int(solo_after)  # tests: hand over to one thread after this many barriers
+    if own_wt not in (-1, 0, 1):
+        raise ValueError(f"own_wt must be -1, 0 or 1, got {own_wt!r}")
+    o.own_wt = int(own_wt)
     return o
 
 

@@ -81,6 +81,13 @@ def _same(runs):
             np.testing.assert_array_equal(other[name], a, err_msg=name)
 
 
+def _teams(configs, **options):
+    """team_opts for each (threads, solo_after) of configs; on more than one thread both ways
+    of the forward's W^T (a copy per thread, column shares of one: own_wt 1 and -1)."""
+    return [team_opts(t, solo_after=s, own_wt=w, **options)
+            for t, s in configs for w in ((1, -1) if t > 1 else (0,))]
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("act", ["gelu", "leaky_relu", "tanh"])
 def test_residual_groups_of_one_layer_do_not_race(act, dtype):
@@ -91,8 +98,7 @@ def test_residual_groups_of_one_layer_do_not_race(act, dtype):
                          residual_scale=0.5, dtype=dtype)
         params, x = _problem(stack, batch, 11)
         one = _run(team_opts(1), stack, params, x)
-        runs = [one] + [_run(team_opts(t), stack, params, x)
-                        for t in (3, 2, 3, 3, 2, 3)]
+        runs = [one] + [_run(o, stack, params, x) for o in _teams([(t, 0) for t in (3, 2, 3, 3, 2, 3)])]
         _same(runs)
 
 
@@ -109,8 +115,7 @@ def test_every_activation_same_bits_for_any_thread_count(act, isa):
         stack = gb.Stack(depth=12, width=37, activation=act, init="normal", sigma_w=1.3, sigma_b=sigma_b,
                          residual=3, residual_scale=0.5)
         params, x = _problem(stack, 18, 5)
-        runs = [_run(team_opts(t, isa=isa, solo_after=s), stack, params, x)
-                for t, s in ((1, 0), (2, 0), (3, 0), (2, 5))]
+        runs = [_run(o, stack, params, x) for o in _teams(((1, 0), (2, 0), (3, 0), (2, 5)), isa=isa)]
         _same(runs)
 
 
@@ -129,8 +134,7 @@ def test_rescued_layers_same_bits_for_any_thread_count(act, sigma_w, dtype):
         stack = gb.Stack(depth=24, width=16, activation=act, init="normal", sigma_w=sw, sigma_b=0.0,
                          residual=residual, dtype=dtype)
         params, x = _problem(stack, 13, 3)
-        runs = [_run(team_opts(t, solo_after=s), stack, params, x)
-                for t, s in ((1, 0), (2, 0), (3, 0), (2, 3), (3, 8))]
+        runs = [_run(o, stack, params, x) for o in _teams(((1, 0), (2, 0), (3, 0), (2, 3), (3, 8)))]
         _same(runs)
         rescued += int((runs[0]["gnorm_e"] < (-1100 if dtype == "float64" else -160)).sum())
     assert rescued > 0
@@ -150,8 +154,7 @@ def test_batch_norm_same_bits_for_any_thread_count(act, dtype, isa):
         params, x = _problem(stack, 18, 7)
         params.gamma[...] = np.random.default_rng(8).uniform(0.5, 1.5, params.gamma.shape).astype(dtype)
         params.beta[...] = np.random.default_rng(9).normal(0.0, 0.3, params.beta.shape).astype(dtype)
-        runs = [_run(team_opts(t, isa=isa, solo_after=s), stack, params, x)
-                for t, s in ((1, 0), (2, 0), (3, 0), (2, 5), (3, 9))]
+        runs = [_run(o, stack, params, x) for o in _teams(((1, 0), (2, 0), (3, 0), (2, 5), (3, 9)), isa=isa)]
         _same(runs)
 
 
@@ -198,12 +201,11 @@ def test_forward_hands_over_at_its_judging_barriers(act, dtype):
     """A forward without batch norm or rescaling (nonzero biases) has no barrier of its own but
     one every 16 layers, where the team may go solo (a starved partner): handing over there,
     at the 2nd, 3rd or 4th of them (solo_after; the first is the team's start), keeps the
-    one-thread bits, the W^T shares of the layers in flight included."""
+    one-thread bits, with W^T copies per thread and with the shares of the layers in flight."""
     stack = gb.Stack(depth=70, width=24, activation=act, init="normal", sigma_w=1.2, sigma_b=0.3, dtype=dtype)
     params, x = _problem(stack, 16, 2)
     assert not gb.engine.can_rescale_forward(stack, params)
-    runs = [_run(team_opts(t, solo_after=s), stack, params, x)
-            for t, s in ((1, 0), (2, 0), (2, 2), (3, 3), (2, 4))]
+    runs = [_run(o, stack, params, x) for o in _teams(((1, 0), (2, 0), (2, 2), (3, 3), (2, 4)))]
     _same(runs)
 
 
