@@ -14,8 +14,9 @@
  * Threads (team.c, one team per driver call): each thread owns blocks of 4 batch rows (the
  * forward, the activation rows, dh = dz W) and of 4 dW rows (dW = dz^T h, db). The forward
  * has no barrier but the rescaling's (the global max|h|): each thread transposes the W two
- * layers ahead into its own buffer and waits for nobody. The backward has
- * one barrier per layer (the global max|g| of the normalisation, all of dz before dW); that of
+ * layers ahead, into its own buffer (narrow layers) or its share of a shared one, whose other
+ * shares it waits for (gb_forward_member, GB_OWN_WT_MAX_N). The backward has one barrier per
+ * layer (the global max|g| of the normalisation, all of dz before dW); that of
  * the saturating activations also exchanges the global max|dz| of the rescue (gb_rescue_act),
  * dh computed as if no layer were rescued, and a rescued layer is computed again behind two
  * more barriers. Every entry is computed by one thread with the same code whatever the thread
