@@ -1164,7 +1164,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
      * (batch norm: two barriers around its statistics, by columns), so the only barrier is the
      * rescaling's. */
     const int own = st->own_wt;
-    T *wt[3] = {st->wt[0] + (own ? tid * NN : 0), st->wt[1] + (own ? tid * NN : 0), st->wt[2] + (own ? tid * NN : 0)};
+    const int64_t off = own ? tid * NN : 0; /* this thread's copy, or the shared one */
+    T *wt[3] = {st->wt[0] + off, st->wt[1] + off, st->wt[2] + off};
     if (!st->gemm) {
         for (int64_t q = 0; q < GB_MIN(2, L); q++)
             F(gb_transpose_rows)(wt[q], W + q * NN, N, own ? 0 : j0, own ? N : j1);
@@ -1216,8 +1217,9 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                                                                      st->cfg.thr, dead);
             }
         }
-        if (!st->gemm && own && l + 2 < L) F(gb_transpose_rows)(wt[(l + 2) % 3], W + (l + 2) * NN, N, 0, N);
-        if (!st->gemm && !own) {
+        if (!st->gemm && own) {
+            if (l + 2 < L) F(gb_transpose_rows)(wt[(l + 2) % 3], W + (l + 2) * NN, N, 0, N);
+        } else if (!st->gemm) {
             gb_progress_set(bar, &st->rdone[tid], l); /* done with W_l^T */
             if (l + 2 < L) {
                 gb_progress_wait(bar, st->rdone, nth, l - 1); /* wt[(l+2) % 3] = wt[(l-1) % 3] free */

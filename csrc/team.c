@@ -21,8 +21,9 @@
  * ms; with the longest left out, 1 of 120).
  *
  * Where a thread needs only another's earlier work, not a meeting of all (the forward's shares
- * of W^T, where N > GB_OWN_WT_MAX_N in csrc/stack_impl.h), it waits for that thread's published step (gb_progress_wait): the same spin, then
- * the same sleep. The time spent there counts toward `solo` too, judged at the next barrier:
+ * of W^T where csrc/stack_impl.h does not give each thread its own copy, GB_OWN_WT_MAX_N), it
+ * waits for that thread's published step (gb_progress_wait): the same spin, then the same
+ * sleep. The time spent there counts toward `solo` too, judged at the next barrier:
  * the forward without batch norm or rescaling meets at one every 16 layers for that
  * (csrc/stack_impl.h, GB_JUDGE_EVERY). Measured (L = 1,000, n = 64, B = 64, a NumPy product
  * before each call, whose OpenBLAS worker then spins ~0.1 s on the other CPU): float32 25.5-91.7
