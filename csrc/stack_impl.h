@@ -451,6 +451,115 @@ static GB_AINLINE void F(gb_act_fwd_out)(T *a, unsigned char *dead, gb_vd u, gb_
 }
 #endif
 
+#if defined(GB_HAVE_VEC) && T_F32
+#include "vact_f32.h"
+
+/* The float lanes' layer modes: GB_VM_PLAIN (z as it is) and, for tanh, GB_VM_MUL with
+ * |f| <= 60, where z = u 2^f of a lane beyond TINY (2^-16 for float32 tanh) and within 43 is a
+ * normal float, exact, and so is phi(z) 2^-f: the products of the double rows, in float; lanes
+ * below TINY take the linear form u, 1 (tanh's slope at 0 is 1), as the double rows do */
+static int gb_vf_mode(const gb_scaled *s, const int act) {
+    if (s->vmode == GB_VM_PLAIN) return act == GB_TANH || act == GB_SIGMOID;
+    return act == GB_TANH && s->vmode == GB_VM_MUL && s->f >= -60 && s->f <= 60 && s->c0p == 1.0 &&
+           s->c0m == 1.0;
+}
+
+/* The lanes of the GB_VFL floats at p where ok is false, as the double rows evaluate them
+ * (gb_vact_scaled, or the scalar functions where it declines), into *a (when a) and *d: every
+ * entry has the value it would have in the double rows whatever vector it falls in */
+static void F(gb_vf_fix)(const T *p, gb_vfi ok, const gb_scaled *s, const int act, gb_vf *a, gb_vf *d) {
+    gb_vf va, vd;
+    for (int h = 0; h < 2; h++) {
+        const T *q = p + h * GB_VL;
+        gb_vd ha, hd;
+        F(gb_tv) ta, td;
+        if (gb_vact_scaled(F(gb_loadv)(q), s, act, a ? &ha : NULL, &hd)) {
+            ta = F(gb_roundv)(a ? ha : hd);
+            td = F(gb_roundv)(hd);
+        } else {
+            for (int i = 0; i < GB_VL; i++) {
+                ta[i] = a ? FP(gb_phi_scaled)(q[i], s) : 0;
+                td[i] = FP(gb_dphi_scaled)(q[i], s);
+            }
+        }
+        memcpy((T *)&va + h * GB_VL, &ta, sizeof ta);
+        memcpy((T *)&vd + h * GB_VL, &td, sizeof td);
+    }
+    if (a) *a = gb_vf_blend(ok, *a, va);
+    *d = gb_vf_blend(ok, *d, vd);
+}
+
+/* phi (when a) and phi' of the GB_VFL mantissas u in the float lanes (z = u 2^f in GB_VM_MUL);
+ * ok: the lanes evaluated, the others to be fixed */
+static GB_AINLINE gb_vfi gb_vf_layer(gb_vf u, const gb_scaled *s, const int act, gb_vf *a, gb_vf *d) {
+    if (s->vmode == GB_VM_PLAIN) {
+        gb_vf_act(u, act, a, d);
+        return gb_vf_ok(u, act);
+    }
+    const gb_vf z = u * (float)s->pf, one = {0};
+    const gb_vfi tiny = gb_vf_from_bits(gb_vf_bits(z) & 0x7fffffff) < (float)s->tiny;
+    gb_vf_act(z, act, a, d);
+    if (a) *a = gb_vf_blend(tiny, u, *a * (float)s->pmf);
+    *d = gb_vf_blend(tiny, one + 1.0f, *d);
+    return gb_vf_ok(z, act);
+}
+
+/* The smallest float >= t (t >= 0 or NaN): f < t <=> f < gb_float_ceil(t) for every float f */
+static float gb_float_ceil(double t) {
+    float c = (float)t;
+    if ((double)c < t) c = nextafterf(c, INFINITY);
+    return c;
+}
+
+/* The float32 forward in float lanes (gb_vf_mode) over the row's whole float vectors from *jp
+ * on (gb_act_forward_row_k's outputs; *jp advanced past them): returns the count of phi' < thr */
+static GB_AINLINE int64_t F(gb_vf_forward)(T *a, const T *z, int64_t N, const gb_scaled *s, double thr,
+                                           unsigned char *dead, int64_t *jp, const int act) {
+    const float thrf = gb_float_ceil(thr);
+    gb_vfi vcnt = {0};
+    int64_t j = *jp, cnt = 0;
+    for (; j + GB_VFL <= N; j += GB_VFL) {
+        gb_vf u, va, vd;
+        memcpy(&u, z + j, sizeof u);
+        const gb_vfi ok = gb_vf_layer(u, s, act, &va, &vd);
+        if (gb_vf_any(~ok)) F(gb_vf_fix)(z + j, ok, s, act, &va, &vd);
+        memcpy(a + j, &va, sizeof va);
+        vcnt += vd < thrf;
+        gb_vfb dv;
+        memcpy(&dv, dead + j, sizeof dv);
+        dv &= __builtin_convertvector(u <= 0.0f, gb_vfb);
+        memcpy(dead + j, &dv, sizeof dv);
+    }
+    for (int i = 0; i < GB_VFL; i++) cnt -= vcnt[i];
+    *jp = j;
+    return cnt;
+}
+
+/* The float32 backward in float lanes (gb_vf_mode; d = da phi'(z), da = g (* alpha)) over the
+ * row's whole float vectors from *jp on, max|d| into *mx when mx */
+static GB_AINLINE void F(gb_vf_backward)(T *d, const T *g, const T *zr, int scale, T alpha, const gb_scaled *s,
+                                         int64_t N, double *mx, int64_t *jp, const int act) {
+    gb_vf macc = {0};
+    int64_t j = *jp;
+    for (; j + GB_VFL <= N; j += GB_VFL) {
+        gb_vf u, vd, da;
+        memcpy(&u, zr + j, sizeof u);
+        const gb_vfi ok = gb_vf_layer(u, s, act, NULL, &vd);
+        if (gb_vf_any(~ok)) F(gb_vf_fix)(zr + j, ok, s, act, NULL, &vd);
+        memcpy(&da, g + j, sizeof da);
+        if (scale) da = da * alpha;
+        const gb_vf out = da * vd;
+        memcpy(d + j, &out, sizeof out);
+        if (mx) macc = gb_vf_max_keep(gb_vf_from_bits(gb_vf_bits(out) & 0x7fffffff), macc);
+    }
+    if (mx) {
+        const double m = gb_vf_hmax_nonneg(macc);
+        *mx = m > *mx ? m : *mx;
+    }
+    *jp = j;
+}
+#endif
+
 /* One row of the activation forward: a = phi(z) (phi_scaled with rescaling); returns the
  * number of entries with phi'(z) < thr (phi' rounded to T, as the reference compares) and
  * clears dead[j] where z_j <= 0 does not hold.    a, z, dead (N,)
@@ -460,6 +569,10 @@ static GB_AINLINE int64_t F(gb_act_forward_row_k)(T *a, const T *z, int64_t N, c
     int64_t cnt = 0, j = 0;
 #ifdef GB_HAVE_VEC
     gb_vi vcnt = {0}; /* minus the count per lane */
+#if T_F32
+    if (gb_vf_mode(s, act)) /* float lanes (vact_f32.h) */
+        cnt += F(gb_vf_forward)(a, z, N, s, thr, dead, &j, act);
+#endif
     if (s->vmode == GB_VM_PLAIN) { /* no scalar fallback: no call in the loop, constants stay in registers */
         /* two vectors per step, their instructions interleaved: the lanes' long dependency
          * chains (exp, the division) overlap better than across loop iterations (~7% on tanh) */
@@ -564,6 +677,10 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
     int64_t j = 0;
 #ifdef GB_HAVE_VEC
     gb_vd macc = {0};
+#if T_F32
+    if (!gamma && gb_vf_mode(s, act)) /* float lanes (vact_f32.h); the loops below take the rest */
+        F(gb_vf_backward)(d, g, zr, scale, alpha, s, N, mx, &j, act);
+#endif
     if (s->vmode == GB_VM_PLAIN) { /* no call in the loop; batch norm (never rescaled) and
                                     * PReLU (homogeneous) always come here */
         const gb_vd zero = {0};

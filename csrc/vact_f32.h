@@ -1,0 +1,119 @@
+/* tanh, sigmoid and their derivatives in float lanes: the float32 layer rows' fast path
+ * (stack_impl.h: gb_vf_forward, gb_vf_backward).
+ *
+ * activations.h evaluates float32 values in double, 8 lanes per AVX-512 register, with exp to
+ * double precision; a float32 tanh layer of width 64 spent ~40 % of its time there. Here
+ * 2 GB_VL float lanes per vector (the bytes of one gb_vd) and a polynomial sized for float:
+ *   y = -2|x| (tanh) or -|x| (sigmoid), in [-86, 0] (exact); y = k ln2 + r (Cody-Waite, ln2 as
+ *   a 16-bit head, so that k ln2_hi is exact for |k| <= 2^8, and a float tail);
+ *   q = exp(r) - 1 = r + r^2 (1/2 + r/6 + ... + r^6/8!) (|r| <= ln2/2: truncation < 2^-30
+ *   relative; the exact r added last), e = exp(y) = 2^k (1 + q) (k >= -125: normal),
+ *   m = expm1(y) = 2^k q + (2^k - 1) (no cancellation: tanh keeps its relative accuracy at
+ *   small |x|);
+ *   tanh x = sign(x) |m| / (1 + e),    tanh' = 4e / (1 + e (2 + e)),
+ *   sigmoid x = 1/(1 + e) (x >= 0), e/(1 + e) (x < 0),    sigmoid' = e / (1 + e (2 + e))
+ * ((1 + e)^2 as 1 + e (2 + e): rounded once instead of its factor twice). Within 3 ulps of
+ * the exact values (2.4 measured; tests/test_vact.py checks every instruction set against the
+ * reference's float64 evaluation), where the double evaluation rounded once is within 1:
+ * float32 layers of tanh and sigmoid agree with the reference to a few float ulps, as their
+ * matrix products do. phi' has the same bits whether phi is asked for too. Lanes with |x|
+ * beyond GB_VF_TANH_MAX (tanh) or twice it (sigmoid), inf and NaN are not evaluated here:
+ * gb_vf_ok is false for them and the rows take the double functions for those lanes alone, so
+ * that every entry has one value whatever vector it falls in. */
+#ifndef GB_VACT_F32_H
+#define GB_VACT_F32_H
+#ifdef GB_HAVE_VEC
+
+#define GB_VFL (2 * GB_VL) /* float lanes of one vector (the bytes of a gb_vd) */
+typedef float gb_vf __attribute__((vector_size(GB_VL * 8)));
+typedef int32_t gb_vfi __attribute__((vector_size(GB_VL * 8)));
+typedef signed char gb_vfb __attribute__((vector_size(GB_VFL))); /* a byte per float lane */
+
+#define GB_VF_TANH_MAX 43.0f /* exp(-86) = 2^-124.07: e and 4e stay normal floats */
+#define GB_VF_LN2_HI 0x1.62e4p-1f
+#define GB_VF_LN2_LO 0x1.7f7d1cp-20f /* ln2 - GB_VF_LN2_HI */
+#define GB_VF_INV_LN2 0x1.715476p0f
+
+static GB_AINLINE gb_vf gb_vf_blend(gb_vfi mask, gb_vf a, gb_vf b) { /* mask ? a : b */
+    gb_vfi ia, ib, r;
+    gb_vf out;
+    memcpy(&ia, &a, sizeof ia);
+    memcpy(&ib, &b, sizeof ib);
+    r = (mask & ia) | (~mask & ib);
+    memcpy(&out, &r, sizeof out);
+    return out;
+}
+
+static GB_AINLINE gb_vfi gb_vf_bits(gb_vf x) {
+    gb_vfi b;
+    memcpy(&b, &x, sizeof b);
+    return b;
+}
+
+static GB_AINLINE gb_vf gb_vf_from_bits(gb_vfi b) {
+    gb_vf x;
+    memcpy(&x, &b, sizeof x);
+    return x;
+}
+
+static GB_AINLINE int gb_vf_any(gb_vfi m) {
+    int32_t a = 0;
+    for (int i = 0; i < GB_VFL; i++) a |= m[i];
+    return a != 0;
+}
+
+/* the lanes gb_vf_act evaluates (act GB_TANH or GB_SIGMOID): |x| <= GB_VF_TANH_MAX for tanh,
+ * twice that for sigmoid (exp(-|x|) then stays as far from the subnormals); NaN not */
+static GB_AINLINE gb_vfi gb_vf_ok(gb_vf x, const int act) {
+    const float lim = act == GB_TANH ? GB_VF_TANH_MAX : 2.0f * GB_VF_TANH_MAX;
+    return gb_vf_from_bits(gb_vf_bits(x) & 0x7fffffff) <= lim;
+}
+
+/* v > acc ? v : acc (NaN v: acc), as gb_vmax_keep */
+static GB_AINLINE gb_vf gb_vf_max_keep(gb_vf v, gb_vf acc) { return gb_vf_blend(v > acc, v, acc); }
+
+static GB_AINLINE float gb_vf_hmax_nonneg(gb_vf v) {
+    float m = 0;
+    for (int i = 0; i < GB_VFL; i++) m = v[i] > m ? v[i] : m;
+    return m;
+}
+
+/* exp(y) and, when m, expm1(y) into *m, for y in [-86, 0] */
+static GB_AINLINE gb_vf gb_vf_expneg(gb_vf y, gb_vf *m) {
+    const gb_vf zero = {0}, shift = zero + 0x1.8p23f;
+    const gb_vf kf = (y * GB_VF_INV_LN2 + shift) - shift;
+    const gb_vf r = (y - kf * GB_VF_LN2_HI) - kf * GB_VF_LN2_LO;
+    const gb_vf r2 = r * r, r4 = r2 * r2;
+    /* exp(r) - 1 = r + r^2 (1/2 + r/6 + ... + r^6/8!): the exact r added last */
+    const gb_vf c0 = 0.5f + r * (1.0f / 6.0f), c1 = (1.0f / 24.0f) + r * (1.0f / 120.0f);
+    const gb_vf c2 = (1.0f / 720.0f) + r * (1.0f / 5040.0f);
+    const gb_vf q = r + r2 * ((c0 + r2 * c1) + r4 * (c2 + r2 * (1.0f / 40320.0f)));
+    const gb_vfi k = __builtin_convertvector(kf, gb_vfi);
+    const gb_vf p2 = gb_vf_from_bits((k + 127) << 23); /* 2^k, k in [-125, 0] */
+    if (m) {
+        /* 2^k - 1 is -1 to the last bit once 2^k < 2^-25: 2^-30 there keeps 2^k q + (2^k - 1) */
+        const gb_vf t = gb_vf_blend(k < -30, zero + 0x1p-30f, p2);
+        *m = t * q + (t - 1.0f);
+    }
+    return (1.0f + q) * p2;
+}
+
+/* phi(x) into *a (may be NULL) and phi'(x) into *d for act GB_TANH or GB_SIGMOID (the formulas
+ * of activations.h), for lanes where gb_vf_ok holds (the others get meaningless values) */
+static GB_AINLINE void gb_vf_act(gb_vf x, const int act, gb_vf *a, gb_vf *d) {
+    const gb_vfi sign = gb_vf_bits(x) & INT32_MIN;
+    const gb_vf ax = gb_vf_from_bits(gb_vf_bits(x) & 0x7fffffff);
+    if (act == GB_SIGMOID) {
+        const gb_vf e = gb_vf_expneg(-ax, NULL), q = 1.0f + e;
+        if (a) *a = gb_vf_blend(sign != 0, e / q, 1.0f / q); /* x >= 0 (and -0): 1/(1+e) */
+        *d = e / (1.0f + e * (2.0f + e)); /* (1+e)^2 rounded once, not its factor 1 + e twice */
+        return;
+    }
+    gb_vf m;
+    const gb_vf e = gb_vf_expneg(-2.0f * ax, a ? &m : NULL);
+    if (a) *a = gb_vf_from_bits((gb_vf_bits(m / (1.0f + e)) & 0x7fffffff) | sign); /* |m|/(1+e), x's sign */
+    *d = 4.0f * e / (1.0f + e * (2.0f + e));
+}
+
+#endif
+#endif
