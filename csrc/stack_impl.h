@@ -454,14 +454,14 @@ static GB_AINLINE void F(gb_act_fwd_out)(T *a, unsigned char *dead, gb_vd u, gb_
 #if defined(GB_HAVE_VEC) && T_F32
 #include "vact_f32.h"
 
-/* The float lanes' layer modes: GB_VM_PLAIN (z as it is) and, for tanh, GB_VM_MUL with
- * |f| <= 60, where z = u 2^f of a lane beyond TINY (2^-16 for float32 tanh) and within 43 is a
- * normal float, exact, and so is phi(z) 2^-f: the products of the double rows, in float; lanes
- * below TINY take the linear form u, 1 (tanh's slope at 0 is 1), as the double rows do */
+/* The float lanes' layer modes: GB_VM_PLAIN (z as it is) and GB_VM_MUL with |f| <= 60, where
+ * z = u 2^f of a lane at or beyond TINY (float32: 2^-16 tanh, 2^-28 ELU, SELU) is a normal
+ * float, exact (or inf: the double functions take that lane), and so is phi(z) 2^-f: the
+ * products of the double rows, in float; lanes below TINY take the linear form c0 u, c0, as
+ * the double rows do (bitwise) */
 static int gb_vf_mode(const gb_scaled *s, const int act) {
-    if (s->vmode == GB_VM_PLAIN) return act == GB_TANH || act == GB_SIGMOID;
-    return act == GB_TANH && s->vmode == GB_VM_MUL && s->f >= -60 && s->f <= 60 && s->c0p == 1.0 &&
-           s->c0m == 1.0;
+    return gb_vf_has(act) &&
+           (s->vmode == GB_VM_PLAIN || (s->vmode == GB_VM_MUL && s->f >= -60 && s->f <= 60));
 }
 
 /* The lanes of the GB_VFL floats at p where ok is false, as the double rows evaluate them
@@ -493,15 +493,19 @@ static void F(gb_vf_fix)(const T *p, gb_vfi ok, const gb_scaled *s, const int ac
  * ok: the lanes evaluated, the others to be fixed */
 static GB_AINLINE gb_vfi gb_vf_layer(gb_vf u, const gb_scaled *s, const int act, gb_vf *a, gb_vf *d) {
     if (s->vmode == GB_VM_PLAIN) {
-        gb_vf_act(u, act, a, d);
-        return gb_vf_ok(u, act);
+        gb_vf_act(u, act, (float)s->p, a, d);
+        return gb_vf_ok(u);
     }
-    const gb_vf z = u * (float)s->pf, one = {0};
+    const gb_vf z = u * (float)s->pf, zero = {0};
     const gb_vfi tiny = gb_vf_from_bits(gb_vf_bits(z) & 0x7fffffff) < (float)s->tiny;
-    gb_vf_act(z, act, a, d);
-    if (a) *a = gb_vf_blend(tiny, u, *a * (float)s->pmf);
-    *d = gb_vf_blend(tiny, one + 1.0f, *d);
-    return gb_vf_ok(z, act);
+    const gb_vf c0 = gb_vf_blend(u > 0.0f, zero + (float)s->c0p, zero + (float)s->c0m);
+    gb_vf_act(z, act, (float)s->p, a, d);
+    if (a) *a = gb_vf_blend(tiny, c0 * u, *a * (float)s->pmf);
+    *d = gb_vf_blend(tiny, c0, *d);
+    /* c0 u rounded once as the double rows round it needs c0 to be a float (SELU's lambda is
+     * not: its tiny lanes go to the double functions) */
+    const int exact = (double)(float)s->c0p == s->c0p && (double)(float)s->c0m == s->c0m;
+    return exact ? gb_vf_ok(z) : gb_vf_ok(z) & ~tiny;
 }
 
 /* The smallest float >= t (t >= 0 or NaN): f < t <=> f < gb_float_ceil(t) for every float f */

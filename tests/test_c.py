@@ -25,7 +25,7 @@ cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built", e
 
 # Tolerances by dtype: (values and gradients, relative to the largest entry of the layer).
 RTOL = {"float64": 1e-12, "float32": 1e-4}
-FLOAT_LANES = ("tanh", "sigmoid")  # float32 layers evaluate these in float lanes (csrc/vact_f32.h)
+FLOAT_LANES = ("tanh", "sigmoid", "elu", "selu")  # float32 layers: float lanes (csrc/vact_f32.h)
 EPS = {"float64": np.finfo(np.float64).eps, "float32": np.finfo(np.float32).eps}
 
 

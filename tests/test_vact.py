@@ -89,14 +89,14 @@ void gbt_scaled_v{level}(const double *u, int64_t n, int act, double p, int64_t 
 #endif
 /* gb_vf_act (the float32 rows' float lanes) on n floats (n a multiple of 2 GB_VL): mode 2 phi',
  * 3 both; ok[j] = 1 where gb_vf_ok takes the lane */
-void gbt_vf_v{level}(const float *x, int64_t n, int act, int mode, float *a, float *d, int *ok) {{
+void gbt_vf_v{level}(const float *x, int64_t n, int act, float p, int mode, float *a, float *d, int *ok) {{
 #ifdef GB_HAVE_VEC
     for (int64_t j = 0; j + GB_VFL <= n; j += GB_VFL) {{
         gb_vf v, va, vd;
         memcpy(&v, x + j, sizeof v);
-        const gb_vfi k = gb_vf_ok(v, act);
-        if (mode == 2) gb_vf_act(v, act, NULL, &vd);
-        else gb_vf_act(v, act, &va, &vd);
+        const gb_vfi k = gb_vf_ok(v);
+        if (mode == 2) gb_vf_act(v, act, p, NULL, &vd);
+        else gb_vf_act(v, act, p, &va, &vd);
         if (mode == 3) memcpy(a + j, &va, sizeof va);
         memcpy(d + j, &vd, sizeof vd);
         for (int i = 0; i < GB_VFL; i++) ok[j + i] = k[i] != 0;
@@ -107,7 +107,7 @@ void gbt_vf_v{level}(const float *x, int64_t n, int act, int mode, float *a, flo
 #include "target_end.h"
 #endif
 #else
-void gbt_vf_v{level}(const float *x, int64_t n, int act, int mode, float *a, float *d, int *ok) {{}}
+void gbt_vf_v{level}(const float *x, int64_t n, int act, float p, int mode, float *a, float *d, int *ok) {{}}
 int gbt_vl_v{level}(void) {{ return 0; }}
 void gbt_vact_v{level}(const double *z, int64_t n, int act, double p, int mode, double *a, double *d) {{}}
 void gbt_scaled_v{level}(const double *u, int64_t n, int act, double p, int64_t f, int f32, int mode,
@@ -133,7 +133,7 @@ def lib(tmp_path_factory):
     decls = "".join(f"int gbt_vl_v{lv}(void); void gbt_vact_v{lv}(const double *, int64_t, int, double, int, "
                     f"double *, double *);\nvoid gbt_scaled_v{lv}(const double *, int64_t, int, double, int64_t, "
                     f"int, int, double *, double *, double *, double *, int *);\n"
-                    f"void gbt_vf_v{lv}(const float *, int64_t, int, int, float *, float *, int *);\n"
+                    f"void gbt_vf_v{lv}(const float *, int64_t, int, float, int, float *, float *, int *);\n"
                     for lv in (1, 3, 4))
     ffi.cdef(decls)
     ffi.set_source("_gb_vact_test", decls, sources=sources, include_dirs=[str(CSRC)],
@@ -385,20 +385,24 @@ def test_scaled_ldexp_lanes_match_reference(lib, isa):
 
 
 # ------------------------------------------------------------------ float32's float lanes
-FLOAT_LANES = {"tanh": 43.0, "sigmoid": 86.0}  # csrc/vact_f32.h: the |z| each evaluates
+# csrc/vact_f32.h: the activations with float lanes and the z each evaluates (the double
+# functions take the rest)
+FLOAT_LANES = ["elu", "selu", "sigmoid", "tanh"]  # every finite z (inf, NaN: the double functions)
+FLOAT_PARAMS = [(act, None) for act in FLOAT_LANES] + [("elu", 0.5), ("elu", 1.7), ("elu", 37.0)]
 
 
-def vf(lib, isa, z, act, mode=3):
+def vf(lib, isa, z, act, p=None, mode=3):
     """(phi or None, phi', ok) of the float32 array z by gb_vf_act of instruction set isa."""
     if getattr(lib.lib, f"gbt_vl_v{isa}")() == 0:
         pytest.skip(f"no vector code for instruction set {isa} with this compiler")
+    p = spec.ACT_PARAM_DEFAULT.get(act, 0.0) if p is None else p
     n = -(-z.size // 16) * 16
     zp = np.zeros(n, dtype=np.float32)
     zp[:z.size] = z
     a, d = np.full(n, 7.0, dtype=np.float32), np.full(n, 7.0, dtype=np.float32)
     ok = np.zeros(n, dtype=np.intc)
     ffi = lib.ffi
-    getattr(lib.lib, f"gbt_vf_v{isa}")(ffi.cast("float *", zp.ctypes.data), n, abi.ACT_CODE[act], mode,
+    getattr(lib.lib, f"gbt_vf_v{isa}")(ffi.cast("float *", zp.ctypes.data), n, abi.ACT_CODE[act], float(p), mode,
                                        ffi.cast("float *", a.ctypes.data), ffi.cast("float *", d.ctypes.data),
                                        ffi.cast("int *", ok.ctypes.data))
     return (a[:z.size] if mode == 3 else None), d[:z.size], ok[:z.size].astype(bool)
@@ -408,12 +412,14 @@ def _float_grid():
     rng = np.random.default_rng(7)
     z = np.concatenate([rng.uniform(-90.0, 90.0, 40000), rng.standard_normal(40000),
                         rng.choice([-1.0, 1.0], 40000) * 10.0 ** rng.uniform(-45.0, 1.95, 40000),
-                        [0.0, 43.0, 86.0, 1e-45, 1.5e-38, 0.5 * np.log(2.0), np.log(2.0)]]).astype(np.float32)
+                        [0.0, 43.0, 86.0, 1e-45, 1.5e-38, 0.5 * np.log(2.0), np.log(2.0), 1e30, 3e38]]).astype(np.float32)
     edges = np.array([43.0, 86.0], dtype=np.float32)
-    return np.concatenate([z, -z, np.nextafter(edges, np.float32(np.inf)), np.nextafter(edges, np.float32(0.0))])
+    return np.concatenate([z, -z, np.nextafter(edges, np.float32(np.inf)), np.nextafter(edges, np.float32(0.0)),
+                           -np.nextafter(edges, np.float32(np.inf)), -np.nextafter(edges, np.float32(0.0))])
 
 
 def _within_ulps(what, z, got, want, ulps):
+    """got within ulps float ulps of want (ulps of the smallest subnormal below the normals)."""
     ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
     err = np.abs(got.astype(np.float64) - want) / ulp
     worst = int(np.argmax(err))
@@ -422,25 +428,29 @@ def _within_ulps(what, z, got, want, ulps):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("act", sorted(FLOAT_LANES))
-def test_float_lanes_within_3_ulps(lib, isa, act):
+@pytest.mark.parametrize("act,param", FLOAT_PARAMS)
+def test_float_lanes_within_3_ulps(lib, isa, act, param):
     """The float32 rows' float lanes (csrc/vact_f32.h) give phi and phi' within 3 float ulps
-    (2.4 measured over 1.4 million points) of the reference evaluated in float64
-    (gradbench/activations.py: exact to ~2^-29 of a float ulp), from the subnormals to where the
-    lanes stop; phi' has the same bits with phi asked for too (the forward) and alone (the
-    backward); the lanes taken are exactly those with |z| up to the limit (beyond it, inf and
-    NaN: the double functions); tanh keeps the sign of zero."""
+    (2.4 measured over 2.8 million points) of the reference evaluated in float64
+    (gradbench/activations.py: exact to ~2^-29 of a float ulp) at every finite float z, the
+    results in the subnormals included (ulps of the smallest subnormal there), ELU with a
+    parameter that float cannot hold (1.7) and a large one too. phi' has the same bits with phi
+    asked for too (the forward) and alone (the backward); the lanes taken are exactly the
+    finite ones (inf and NaN: the double functions); tanh keeps the sign of zero."""
     z = _float_grid()
-    code, lim = abi.ACT_CODE[act], FLOAT_LANES[act]
-    a, d, ok = vf(lib, isa, z, act, mode=3)
-    _, d_alone, ok_alone = vf(lib, isa, z, act, mode=2)
-    assert np.array_equal(ok, np.abs(z.astype(np.float64)) <= lim) and np.array_equal(ok, ok_alone)
+    code = abi.ACT_CODE[act]
+    p = spec.ACT_PARAM_DEFAULT.get(act, 0.0) if param is None else param
+    a, d, ok = vf(lib, isa, z, act, param, mode=3)
+    _, d_alone, ok_alone = vf(lib, isa, z, act, param, mode=2)
+    assert np.array_equal(ok, np.isfinite(z)) and np.array_equal(ok, ok_alone)
     assert np.array_equal(d[ok].view(np.int32), d_alone[ok].view(np.int32)), f"{act}: phi' alone differs"
     z64 = z[ok].astype(np.float64)
-    _within_ulps(f"{act} (isa {isa})", z[ok], a[ok], A.phi(z64, code, 0.0), 3.0)
-    _within_ulps(f"{act}' (isa {isa})", z[ok], d[ok], A.dphi(z64, code, 0.0), 3.0)
+    what = f"{act} (p = {p}, isa {isa})"
+    _within_ulps(what, z[ok], a[ok], A.phi(z64, code, p), 3.0)
+    _within_ulps(what + "'", z[ok], d[ok], A.dphi(z64, code, p), 3.0)
     zero = np.array([0.0, -0.0], dtype=np.float32)
-    a, _, _ = vf(lib, isa, zero, act)
-    assert np.array_equal(np.signbit(a), np.signbit(A.phi(zero.astype(np.float64), code, 0.0)))
-    _, _, ok = vf(lib, isa, np.array([np.nan, np.inf, -np.inf], dtype=np.float32), act)
+    a, _, _ = vf(lib, isa, zero, act, param)
+    if act == "tanh":
+        assert np.array_equal(np.signbit(a), [False, True])
+    _, _, ok = vf(lib, isa, np.array([np.nan, np.inf, -np.inf], dtype=np.float32), act, param)
     assert not ok.any()
