@@ -37,18 +37,6 @@ typedef signed char gb_vfb __attribute__((vector_size(GB_VFL))); /* a byte per f
 #define GB_VF_LN2_LO 0x1.7f7d1cp-20f /* ln2 - GB_VF_LN2_HI */
 #define GB_VF_INV_LN2 0x1.715476p0f
 
-static GB_AINLINE gb_vf gb_vf_blend(gb_vfi mask, gb_vf a, gb_vf b) { /* mask ? a : b */
-    gb_vfi ia, ib, r;
-    gb_vf out;
-    memcpy(&ia, &a, sizeof ia);
-    memcpy(&ib, &b, sizeof ib);
-    r = (mask & ia) | (~mask & ib);
-    memcpy(&out, &r, sizeof out);
-    return out;
-}
-
-static GB_AINLINE gb_vfi gb_vf_blend_i(gb_vfi mask, gb_vfi a, gb_vfi b) { return (mask & a) | (~mask & b); }
-
 static GB_AINLINE gb_vfi gb_vf_bits(gb_vf x) {
     gb_vfi b;
     memcpy(&b, &x, sizeof b);
@@ -59,6 +47,12 @@ static GB_AINLINE gb_vf gb_vf_from_bits(gb_vfi b) {
     gb_vf x;
     memcpy(&x, &b, sizeof x);
     return x;
+}
+
+static GB_AINLINE gb_vfi gb_vf_blend_i(gb_vfi mask, gb_vfi a, gb_vfi b) { return (mask & a) | (~mask & b); }
+
+static GB_AINLINE gb_vf gb_vf_blend(gb_vfi mask, gb_vf a, gb_vf b) { /* mask ? a : b */
+    return gb_vf_from_bits(gb_vf_blend_i(mask, gb_vf_bits(a), gb_vf_bits(b)));
 }
 
 static GB_AINLINE int gb_vf_any(gb_vfi m) {
