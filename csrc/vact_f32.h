@@ -31,6 +31,7 @@
 #define GB_VFL (2 * GB_VL) /* float lanes of one vector (the bytes of a gb_vd) */
 typedef float gb_vf __attribute__((vector_size(GB_VL * 8)));
 typedef int32_t gb_vfi __attribute__((vector_size(GB_VL * 8)));
+typedef uint32_t gb_vfu __attribute__((vector_size(GB_VL * 8)));
 typedef signed char gb_vfb __attribute__((vector_size(GB_VFL))); /* a byte per float lane */
 
 #define GB_VF_LN2_HI 0x1.62e4p-1f
@@ -55,10 +56,18 @@ static GB_AINLINE gb_vf gb_vf_blend(gb_vfi mask, gb_vf a, gb_vf b) { /* mask ? a
     return gb_vf_from_bits(gb_vf_blend_i(mask, gb_vf_bits(a), gb_vf_bits(b)));
 }
 
+/* any lane of the mask m (lanes 0 or -1) set: the sign bits in one instruction where there is
+ * one (AVX-512DQ, AVX), else a loop */
 static GB_AINLINE int gb_vf_any(gb_vfi m) {
+#if defined(__AVX512DQ__) && GB_VL == 8 && !defined(__clang__)
+    return _mm512_movepi32_mask((__m512i)m) != 0;
+#elif defined(__AVX__) && GB_VL == 4 && !defined(__clang__)
+    return _mm256_movemask_ps((__m256)m) != 0;
+#else
     int32_t a = 0;
     for (int i = 0; i < GB_VFL; i++) a |= m[i];
     return a != 0;
+#endif
 }
 
 /* the activations with float lanes */
@@ -83,7 +92,15 @@ static GB_AINLINE float gb_vf_hmax_nonneg(gb_vf v) {
  * once into the subnormals, 0 below y ~ -104) */
 static GB_AINLINE gb_vf gb_vf_expneg(gb_vf y, float c, gb_vf *m) {
     const gb_vf zero = {0}, shift = zero + 0x1.8p23f;
-    y = gb_vf_blend(y < -110.0f, zero - 110.0f, y); /* exp(-110) rounds to 0 already */
+    /* max(y, -110): exp(-110) rounds to 0 already (one instruction where there is one; NaN
+     * lanes are the caller's to discard) */
+#if defined(__AVX512F__) && GB_VL == 8 && !defined(__clang__)
+    y = (gb_vf)_mm512_max_ps((__m512)y, (__m512)(zero - 110.0f));
+#elif defined(__AVX__) && GB_VL == 4 && !defined(__clang__)
+    y = (gb_vf)_mm256_max_ps((__m256)y, (__m256)(zero - 110.0f));
+#else
+    y = gb_vf_blend(y < -110.0f, zero - 110.0f, y);
+#endif
     const gb_vf kf = (y * GB_VF_INV_LN2 + shift) - shift;
     const gb_vf r = (y - kf * GB_VF_LN2_HI) - kf * GB_VF_LN2_LO;
     const gb_vf r2 = r * r, r4 = r2 * r2;
@@ -93,7 +110,8 @@ static GB_AINLINE gb_vf gb_vf_expneg(gb_vf y, float c, gb_vf *m) {
     const gb_vf q = r + r2 * ((c0 + r2 * c1) + r4 * (c2 + r2 * (1.0f / 40320.0f)));
     const gb_vfi k = __builtin_convertvector(kf, gb_vfi); /* in [-159, 0] */
     const gb_vfi low = k < -125;
-    const gb_vf p2 = gb_vf_from_bits((gb_vf_blend_i(low, (gb_vfi){0} - 125, k) + 127) << 23); /* 2^k where k >= -125 */
+    /* 2^k where k >= -125 (the other lanes' bits are never used: unsigned, the shift is defined) */
+    const gb_vf p2 = gb_vf_from_bits((gb_vfi)((gb_vfu)(k + 127) << 23));
     if (m) {
         /* 2^k - 1 is -1 to the last bit once 2^k < 2^-25: 2^-30 there keeps 2^k q + (2^k - 1) */
         const gb_vf t = gb_vf_blend(k < -30, zero + 0x1p-30f, p2);
