@@ -175,7 +175,7 @@ int gb_activation_backward_f32(float *dz, double *dslope, const float *da, const
 /* g *= 2^-e with e the exponent of max|g| (0 for all-zero or non-finite max); *e = e.    g (n,) */
 int gb_normalise_f64(double *g, int64_t n, int64_t *e);
 int gb_normalise_f32(float *g, int64_t n, int64_t *e);
-/* a = a 2^ea + scale s 2^es at the larger exponent *e.    a, s (n,) */
+/* a = scale a 2^ea + s 2^es at the larger exponent *e.    a, s (n,) */
 int gb_add_aligned_f64(double *a, int64_t ea, const double *s, int64_t es, double scale, int64_t n, int64_t *e);
 int gb_add_aligned_f32(float *a, int64_t ea, const float *s, int64_t es, double scale, int64_t n, int64_t *e);
 /* clip the true g 2^e in place (value or norm), g normalised; *e_out = new exponent.    g (B,N) */

@@ -799,7 +799,8 @@ static int64_t F(gb_scale_pow2)(T *g, int64_t n, T m) {
 /* g (n,) normalised: max|g| in [0.5, 1) (see gb_scale_pow2); returns the exponent taken out */
 static int64_t F(gb_normalise_impl)(T *g, int64_t n) { return F(gb_scale_pow2)(g, n, F(gb_absmax)(g, n, 0)); }
 
-/* a * 2^ea + scale * s * 2^es written into a at the larger exponent; returns it.
+/* scale * a * 2^ea + s * 2^es (a residual branch plus its skip) written into a at the larger
+ * exponent; returns it.
  * One of da, ds below is 0; the other operand is scaled by 2^d, a normal power of two down to
  * the smallest normal exponent: a product, exact unless the scaled value is subnormal (then
  * rounded once as by ldexp, or fused into the sum), in a loop that vectorises. ldexp itself

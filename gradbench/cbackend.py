@@ -413,7 +413,7 @@ def normalise(g) -> int:
 
 
 def add_aligned(a, ea, s, es, scale=1.0) -> int:
-    """a * 2**ea + scale * s * 2**es, written into a, at the larger exponent; returns it."""
+    """scale * a * 2**ea + s * 2**es, written into a, at the larger exponent; returns it."""
     _outputs(a)
     e = ffi.new("int64_t *")
     _layer("add_aligned", a, a, int(ea), s, int(es), float(scale), a.size, e)

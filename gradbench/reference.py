@@ -216,7 +216,8 @@ def _ldexp(x: np.ndarray, e: int) -> np.ndarray:
 
 
 def add_aligned(a: np.ndarray, ea: int, s: np.ndarray, es: int, scale: float = 1.0):
-    """a * 2**ea + scale * s * 2**es, written into a, at the larger exponent; returns it."""
+    """scale * a * 2**ea + s * 2**es (a residual branch plus its skip), written into a, at the
+    larger exponent; returns it."""
     em = max(ea, es)
     a[...] = _ldexp(s, es - em) + np.asarray(scale, dtype=a.dtype) * _ldexp(a, ea - em)
     return em

@@ -77,7 +77,8 @@ def normalise(g):
 
 @njit(**JIT)
 def add_aligned(a, ea, s, es, scale):
-    """a * 2**ea + scale * s * 2**es, written into a, at the larger exponent; returns it.
+    """scale * a * 2**ea + s * 2**es (a residual branch plus its skip), written into a, at the
+    larger exponent; returns it.
 
     a, s (B,N)
     """
