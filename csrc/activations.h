@@ -33,7 +33,7 @@
  * carry rounding errors that exp and erfc magnify by z^2 (hundreds of ulps at |z| ~ 30), so
  * the rounding error of each is computed with fma and corrected to first order. Float32
  * values are evaluated by these double functions and rounded once, as the reference does
- * (but for the float32 layers' tanh and sigmoid lanes: csrc/vact_f32.h).
+ * (but for the float32 layers' tanh, sigmoid, ELU and SELU: csrc/vact_f32.h).
  * NaN stays NaN, so that non-finite values are reported (the min(z, 0) of np.minimum keeps
  * NaN). Static inline: in a layer loop with a constant activation the switch folds. */
 static inline double gb_sigmoid_f64(double z) {

@@ -14,7 +14,7 @@
 #endif
 #define T float
 #define TINT int32_t /* the integer of T's width (vector shuffles) */
-#define T_F32 1 /* float lanes for tanh (vact_f32.h) */
+#define T_F32 1 /* float lanes for some activations (vact_f32.h) */
 #define DT f32
 #define TFMA fmaf
 #define TLDEXP ldexpf

@@ -13,7 +13,7 @@
 #endif
 #define T double
 #define TINT int64_t /* the integer of T's width (vector shuffles) */
-#define T_F32 0 /* float lanes for tanh (vact_f32.h) */
+#define T_F32 0 /* float lanes for some activations (vact_f32.h) */
 #define DT f64
 #define TFMA fma
 #define TLDEXP ldexp

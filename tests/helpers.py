@@ -28,6 +28,9 @@ MAX_STACK_RTOL = {"float64": 1e-7, "float32": 1e-1}
 # dL/db under batch norm is 0 in exact arithmetic: what any backend returns is rounding noise,
 # bounded relative to max(|dbeta|, |dgamma|) of the same layer.
 BN_BIAS_NOISE = {"float64": 1e-9, "float32": 1e-2}
+# The activations the C float32 layers evaluate in float lanes (csrc/vact_f32.h: within 3 float
+# ulps of the reference's double evaluation, at every finite z); the others in double, rounded once.
+FLOAT_LANES = ("elu", "selu", "sigmoid", "tanh")
 
 
 def other_backends() -> list[str]:

@@ -19,13 +19,12 @@ from gradbench import reference as ref
 from gradbench import abi, spec
 from gradbench import activations as A
 from gradbench.activations import dphi_max
-from tests.helpers import team_opts
+from tests.helpers import FLOAT_LANES, team_opts
 
 cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built", exc_type=ImportError)
 
 # Tolerances by dtype: (values and gradients, relative to the largest entry of the layer).
 RTOL = {"float64": 1e-12, "float32": 1e-4}
-FLOAT_LANES = ("tanh", "sigmoid", "elu", "selu")  # float32 layers: float lanes (csrc/vact_f32.h)
 EPS = {"float64": np.finfo(np.float64).eps, "float32": np.finfo(np.float32).eps}
 
 

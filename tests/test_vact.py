@@ -22,6 +22,7 @@ import pytest
 from gradbench import abi, spec
 from gradbench import activations as A
 from gradbench.activations import dphi_max
+from tests.helpers import FLOAT_LANES
 
 cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built", exc_type=ImportError)
 mp = pytest.importorskip("mpmath")
@@ -385,17 +386,13 @@ def test_scaled_ldexp_lanes_match_reference(lib, isa):
 
 
 # ------------------------------------------------------------------ float32's float lanes
-# csrc/vact_f32.h: the activations with float lanes and the z each evaluates (the double
-# functions take the rest)
-FLOAT_LANES = ["elu", "selu", "sigmoid", "tanh"]  # every finite z (inf, NaN: the double functions)
 FLOAT_PARAMS = [(act, None) for act in FLOAT_LANES] + [("elu", 0.5), ("elu", 1.7), ("elu", 37.0)]
 
 
-def vf(lib, isa, z, act, p=None, mode=3):
+def vf(lib, isa, z, act, p, mode=3):
     """(phi or None, phi', ok) of the float32 array z by gb_vf_act of instruction set isa."""
     if getattr(lib.lib, f"gbt_vl_v{isa}")() == 0:
         pytest.skip(f"no vector code for instruction set {isa} with this compiler")
-    p = spec.ACT_PARAM_DEFAULT.get(act, 0.0) if p is None else p
     n = -(-z.size // 16) * 16
     zp = np.zeros(n, dtype=np.float32)
     zp[:z.size] = z
@@ -440,8 +437,8 @@ def test_float_lanes_within_3_ulps(lib, isa, act, param):
     z = _float_grid()
     code = abi.ACT_CODE[act]
     p = spec.ACT_PARAM_DEFAULT.get(act, 0.0) if param is None else param
-    a, d, ok = vf(lib, isa, z, act, param, mode=3)
-    _, d_alone, ok_alone = vf(lib, isa, z, act, param, mode=2)
+    a, d, ok = vf(lib, isa, z, act, p, mode=3)
+    _, d_alone, ok_alone = vf(lib, isa, z, act, p, mode=2)
     assert np.array_equal(ok, np.isfinite(z)) and np.array_equal(ok, ok_alone)
     assert np.array_equal(d[ok].view(np.int32), d_alone[ok].view(np.int32)), f"{act}: phi' alone differs"
     z64 = z[ok].astype(np.float64)
@@ -449,8 +446,8 @@ def test_float_lanes_within_3_ulps(lib, isa, act, param):
     _within_ulps(what, z[ok], a[ok], A.phi(z64, code, p), 3.0)
     _within_ulps(what + "'", z[ok], d[ok], A.dphi(z64, code, p), 3.0)
     zero = np.array([0.0, -0.0], dtype=np.float32)
-    a, _, _ = vf(lib, isa, zero, act, param)
+    a, _, _ = vf(lib, isa, zero, act, p)
     if act == "tanh":
         assert np.array_equal(np.signbit(a), [False, True])
-    _, _, ok = vf(lib, isa, np.array([np.nan, np.inf, -np.inf], dtype=np.float32), act, param)
+    _, _, ok = vf(lib, isa, np.array([np.nan, np.inf, -np.inf], dtype=np.float32), act, p)
     assert not ok.any()
