@@ -64,6 +64,42 @@ def test_main_prints_tables_skips_and_draws(saved, tmp_path, capsys):
     assert "| b | 1.000 s (1.00x) |  |  |  |" in md  # nothing ran there, and no c column
 
 
+def test_readme_tables_take_ratios_from_the_run(tmp_path, capsys):
+    def rec(case, impl, kind, t, **info):
+        b = _bench(case, impl, kind, t, **{k: info.pop(k) for k in ("L", "n", "B", "family", "dtype") if k in info})
+        b["extra_info"].update(info)
+        return b
+
+    data = {"benchmarks": [
+        rec("g", "numpy", "backend", 3.0), rec("g", "numba", "backend", 1.5), rec("g", "c", "backend", 0.6),
+        rec("g", "numpy-loop", "peer", 0.9), rec("g", "torch", "peer", 2.0), rec("g", "jax", "peer", 0.75),
+        rec("r", "numpy", "backend", 0.4, dtype="float32", batch_norm=True, residual=2, activation="relu", L=1234),
+        rec("r", "c", "backend", 0.1, dtype="float32", batch_norm=True, residual=2, activation="relu", L=1234),
+        rec("s", "numpy", "backend", 1.0, family="subnormal", dtype="float32"),
+        rec("s", "numba", "backend", 0.25, family="subnormal", dtype="float32"),
+        rec("s", "jax", "peer", 0.5, family="subnormal", dtype="float32"),
+        rec("u", "numpy", "backend", 0.5, family="recurrent", activation="lstm", L=100, n=32, B=16),
+        rec("u", "c", "backend", 0.05, family="recurrent", activation="lstm", L=100, n=32, B=16),
+        rec("u", "numba", "backend", 0.2, family="recurrent", activation="lstm", L=100, n=32, B=16),
+        rec("u", "torch", "peer", 0.1, family="recurrent", activation="lstm", L=100, n=32, B=16),
+        rec("v", "c", "backend", 0.1),  # no reference time: left out
+    ]}
+    lines = benchreport.readme_tables(data).splitlines()
+    # speed-ups against numpy (3.0 / t), then the fastest of numba, c (0.6) against the plain loop
+    # (0.9 / 0.6) and against the fastest peer, jax (0.75 / 0.6)
+    assert "| L=1,000 N=64 B=64 f64 | 3.000 s | 2.00x | 5.00x | 3.33x | 1.50x | 4.00x | 1.50x | 1.25x |" in lines
+    assert "| relu batch norm + residual k=2 L=1,234 N=64 B=64 f32 | 400.00 ms | - | 4.00x | - | - | - | - | - |" in lines
+    assert "| subnormal: L=1,000 N=64 B=64 f32 | 1.000 s | 4.00x | - | - | - | 2.00x | - | 2.00x |" in lines
+    # C: 6 B N^2 L / t GF/s (the test's flops), against torch 0.1 / 0.05, numpy 0.5 / 0.05; Numba 0.1 / 0.2
+    gf = 6 * 16 * 32 * 32 * 100 / 0.05 / 1e9
+    assert f"| lstm T=100 H=32 B=16 | 50.00 ms | {gf:.1f} | 2.00x | 10.0x | 0.50x |" in lines
+    assert not any(line.startswith("| v ") or "L=1,000 N=64 B=64 f64 | -" in line for line in lines)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    assert benchreport.main([str(path), "--no-plot", "--readme"]) == 0
+    assert "| lstm T=100 H=32 B=16 | 50.00 ms |" in capsys.readouterr().out
+
+
 def test_main_fails_with_a_message_on_a_bad_file(tmp_path, capsys):
     assert benchreport.main([str(tmp_path / "missing.json"), "--no-plot"]) == 2
     bad = tmp_path / "bad.json"

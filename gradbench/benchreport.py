@@ -190,6 +190,55 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _label(info: dict) -> str:
+    """A grid case as the README names it: what differs from tanh, then the sizes and dtype."""
+    options = [name for name, on in (("batch norm", info.get("batch_norm")),
+                                     (f"residual k={info.get('residual')}", info.get("residual"))) if on]
+    words = ([] if info.get("activation") == "tanh" else [str(info.get("activation"))]) + [" + ".join(options)]
+    if info.get("family") == "subnormal":
+        words.insert(0, "subnormal:")
+    size = f"L={info['L']:,} N={info['n']} B={info['B']} {'f64' if info['dtype'] == 'float64' else 'f32'}"
+    return " ".join([w for w in words if w] + [size])
+
+
+README_COLUMNS = (("numba", "numba"), ("c", "c"), (PLAIN_LOOP, "plain loop"), ("torch", "torch"), ("jax", "jax"))
+
+
+def readme_tables(data: dict) -> str:
+    """The top-level README's Performance tables, from one run: the stack grid (the NumPy
+    reference's time, every other implementation's speed-up against it, gradbench's fastest
+    backend against the plain loop and against the fastest peer; "-" where an implementation
+    did not run) and the recurrent cells (C against torch and the NumPy reference, Numba against
+    torch). Cases whose reference did not run are left out."""
+    grid = ["| case (tanh unless named) | numpy | "
+            + " | ".join(name for _, name in README_COLUMNS) + " | best vs plain loop | best vs best peer |",
+            "|---|" + "---:|" * (len(README_COLUMNS) + 3)]
+    cells = ["| case (float64) | C time | C GF/s | vs torch | vs NumPy | Numba vs torch |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for case, rows in rows_by_case(data).items():
+        t = {r["impl"]: r["time"] for r in rows}
+        info = rows[0]["info"]
+        if "numpy" not in t or "L" not in info:
+            continue
+        if info.get("family") == "recurrent":
+            if "c" not in t:
+                continue
+            gflops = next(r["gflops"] for r in rows if r["impl"] == "c")
+            vs = {i: _fmt_ratio(t["torch"] / t[i]) if "torch" in t and i in t else "-" for i in ("c", "numba")}
+            cells.append(f"| {info['activation']} T={info['L']:,} H={info['n']} B={info['B']} | {_fmt_time(t['c'])} | "
+                         f"{'-' if gflops is None else f'{gflops:.1f}'} | {vs['c']} | {t['numpy'] / t['c']:.1f}x | "
+                         f"{vs['numba']} |")
+            continue
+        ours = min((t[i] for i in GRADBENCH if i in t and i != "numpy"), default=None)
+        theirs = [r["time"] for r in rows if r["kind"] == "peer"]
+        loop = _fmt_ratio(t[PLAIN_LOOP] / ours) if ours and PLAIN_LOOP in t else "-"
+        peer = _fmt_ratio(min(theirs) / ours) if ours and theirs else "-"
+        grid.append(f"| {_label(info)} | {_fmt_time(t['numpy'])} | "
+                    + " | ".join(_fmt_ratio(t["numpy"] / t[i]) if i in t else "-" for i, _ in README_COLUMNS)
+                    + f" | {loop} | {peer} |")
+    return "\n".join(grid + [""] + cells)
+
+
 def report(data: dict) -> str:
     cases = rows_by_case(data)
     skipped: dict[str, list[dict]] = {}
@@ -284,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plot", action="store_true", help="tables only")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the summary as a Markdown table (time and speed-up vs NumPy)")
+    parser.add_argument("--readme", action="store_true",
+                        help="also print the README's Performance tables (the stack grid and the recurrent cells)")
     args = parser.parse_args(argv)
     paths = args.json or ([_latest()] if _latest() else [])
     if not paths:
@@ -309,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report(data))
     if args.markdown:
         print("\n" + markdown(data))
+    if args.readme:
+        print("\n" + readme_tables(data))
     if not args.no_plot:
         out = args.plot or os.path.join("out", os.path.splitext(os.path.basename(path))[0] + ".png")
         written = plot(data, out)
