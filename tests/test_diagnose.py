@@ -385,3 +385,35 @@ def test_assess_is_the_verdict_of_diagnose_without_histograms(kw):
         np.testing.assert_array_equal(getattr(a, name), getattr(d, name), err_msg=name)
     for name in ("decades_per_layer", "intercept", "signal_decades_per_layer", "loss_log10"):
         assert getattr(a, name) == getattr(d, name), name
+
+
+@pytest.mark.parametrize("chunk", [7, 8192])
+def test_rebinned_streaming_histograms_match_a_bin_by_bin_loop(chunk):
+    """gradbench.histograms.rebin_streaming (vectorised, ``chunk`` layers at a time) against a
+    plain loop over every layer and fine bin: each fine bin goes whole into the common bin that
+    holds its centre, or to ``outside``. 300 layers (not a multiple of 7), a range that cuts
+    some layers' bins off on both sides."""
+    from gradbench.histograms import rebin_streaming
+
+    stack = gb.Stack(depth=300, width=6, activation="tanh", init="normal", sigma_w=1.1)
+    res = gb.backprop(stack, gb.init_params(stack, 3), gb.gaussian_input(stack, 5, 4), stats_only=True)
+    h = res.grad_hist
+    g = res.grad_norm.log10()
+    lo, hi, bins = math.floor(g.min()) - 1.0, math.ceil(g.max()) - 2.0, 13
+    edges, counts, zeros, nonfinite, outside = rebin_streaming(h, bins, (lo, hi), chunk=chunk)
+    want = np.zeros((300, bins), dtype=np.int64)
+    want_out = np.array(h.below, dtype=np.int64)
+    for l in range(300):
+        for j in range(h.bins):
+            c = int(h.counts[l, j])
+            centre = (int(h.top[l]) - h.bins + 1 + j + 0.5) / h.per_decade
+            col = math.floor((centre - lo) / (hi - lo) * bins)
+            if 0 <= col < bins:
+                want[l, col] += c
+            else:
+                want_out[l] += c
+    assert outside.sum() > 0 and counts.sum() > 0  # the range cuts: both paths are exercised
+    np.testing.assert_array_equal(counts, want)
+    np.testing.assert_array_equal(outside, want_out)
+    np.testing.assert_array_equal(edges, np.linspace(lo, hi, bins + 1))
+    assert counts.dtype == np.int64 and np.array_equal(zeros, h.zeros)
