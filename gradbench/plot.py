@@ -217,9 +217,11 @@ def _row_groups(a: np.ndarray, most: int = 2000) -> tuple[np.ndarray, int]:
     g = max(1, math.ceil(L / most))
     if g == 1:
         return a, 1
-    pad = (-L) % g
-    a = np.concatenate([a, np.zeros((pad,) + a.shape[1:], dtype=a.dtype)])
-    return a.reshape(-1, g, *a.shape[1:]).sum(axis=1), g
+    full = L // g * g  # whole groups from a view; the last, partial group on its own (no padded copy)
+    rows = a[:full].reshape(-1, g, *a.shape[1:]).sum(axis=1)
+    if full < L:
+        rows = np.concatenate([rows, a[full:].sum(axis=0, keepdims=True)])
+    return rows, g
 
 
 def _heatmap(fig, ax, edges, counts, totals, group: int) -> None:
@@ -236,8 +238,9 @@ def _heatmap(fig, ax, edges, counts, totals, group: int) -> None:
 
 def _absolute_heatmap(d: Diagnosis, path, *, title, ax, dpi) -> Figure:
     fig, ax = _axes(ax, (8.5, 5.0))
-    counts, group = _row_groups(d.hist_counts.astype(np.float64))
-    zeros = _row_groups(d.hist_zeros[:, None].astype(np.float64))[0][:, 0]
+    counts, group = _row_groups(d.hist_counts)  # integer sums, exact; float only once grouped
+    counts = counts.astype(np.float64)
+    zeros = _row_groups(d.hist_zeros[:, None])[0][:, 0].astype(np.float64)
     _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + zeros, group)
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l|$ per entry (exact)")
     ax.set_title(title or f"Gradient histograms per layer: {d.stack['activation']}, depth {d.depth} ({d.verdict})")

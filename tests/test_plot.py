@@ -1,5 +1,6 @@
 """gradbench.plot: the figures exist, are real images, and show the numbers they claim to."""
 
+import math
 import os
 
 import numpy as np
@@ -245,3 +246,15 @@ def test_histogram_notes_do_not_cover_the_cells(tmp_path):
         ax = fig.axes[0]
         assert not [t for t in ax.texts if "not shown" in t.get_text()]
         assert "not shown" in ax.get_xlabel()
+
+
+@pytest.mark.parametrize("L", [7, 2000, 2001, 4001, 10_007])
+def test_row_groups_sum_consecutive_layers_without_a_padded_copy(L):
+    """plot._row_groups: at most 2000 rows, each the sum of g consecutive layers (the last
+    group shorter), against a loop over the groups."""
+    a = np.random.default_rng(L).integers(0, 1000, (L, 3))
+    rows, g = plot._row_groups(a)
+    assert g == max(1, math.ceil(L / 2000)) and rows.shape == (math.ceil(L / g), 3)
+    for r in range(rows.shape[0]):
+        np.testing.assert_array_equal(rows[r], a[r * g:(r + 1) * g].sum(axis=0))
+    assert rows.dtype == a.dtype  # integer counts stay exact
