@@ -313,7 +313,7 @@ class RelativeHistograms:
         """Counts on per-layer grids (lower edge ``first[l]``, bins of ``width``) moved to the
         relative grid [lo, 0): each source bin goes whole into the bin holding its centre minus
         the layer's norm."""
-        counts = np.asarray(counts, dtype=np.int64)
+        counts = np.asarray(counts)  # converted chunk by chunk (_move_whole_bins), not as a whole
         L, nb = counts.shape if counts.ndim == 2 else (len(norm), 0)
         out = np.zeros((L, bins), dtype=np.int64)
         extra = np.asarray(outside, dtype=np.int64).copy()
