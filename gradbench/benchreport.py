@@ -124,6 +124,16 @@ def _impl_order(cases: dict[str, list[dict]]) -> list[str]:
     return [i for i in GRADBENCH if i in impls] + [i for i in impls if i not in GRADBENCH]
 
 
+def best_versus(rows: list[dict]) -> tuple[float | None, float | None]:
+    """Gradbench's fastest backend against the plain loop and against the fastest peer
+    (t_other / t_ours; None where either side did not run)."""
+    t = {r["impl"]: r["time"] for r in rows}
+    ours = min((t[i] for i in GRADBENCH if i in t), default=None)
+    theirs = [r["time"] for r in rows if r["kind"] == "peer"]
+    loop = t[PLAIN_LOOP] / ours if ours and PLAIN_LOOP in t else None
+    return loop, (min(theirs) / ours if ours and theirs else None)
+
+
 def summary(cases: dict[str, list[dict]]) -> str:
     """One line per case: speed-up of every implementation against the NumPy reference, and of
     gradbench's fastest backend against the plain loop and against the fastest peer."""
@@ -132,11 +142,7 @@ def summary(cases: dict[str, list[dict]]) -> str:
     table = [cols]
     for case, rows in cases.items():
         rat = ratios(rows)
-        t = {r["impl"]: r["time"] for r in rows}
-        ours = [t[i] for i in GRADBENCH if i in t]
-        theirs = [r["time"] for r in rows if r["kind"] == "peer"]
-        vs = min(theirs) / min(ours) if ours and theirs else None
-        loop = t[PLAIN_LOOP] / min(ours) if ours and PLAIN_LOOP in t else None
+        loop, vs = best_versus(rows)
         table.append([case] + [_fmt_ratio(rat[i]["numpy"]) if i in rat else "" for i in order]
                      + [_fmt_ratio(loop), _fmt_ratio(vs)])
     widths = [max(len(row[c]) for row in table) for c in range(len(cols))]
@@ -183,10 +189,7 @@ def markdown(data: dict) -> str:
         t = {r["impl"]: r["time"] for r in rows}
         cells = [f"{_fmt_time(t[i])} ({_fmt_ratio(rat[i]['numpy'])})" if i in t
                  else skipped.get((case, i), "") for i in order]
-        ours = [t[i] for i in GRADBENCH if i in t]
-        theirs = [r["time"] for r in rows if r["kind"] == "peer"]
-        vs = _fmt_ratio(min(theirs) / min(ours)) if ours and theirs else "-"
-        lines.append(f"| {case} | " + " | ".join(cells) + f" | {vs} |")
+        lines.append(f"| {case} | " + " | ".join(cells) + f" | {_fmt_ratio(best_versus(rows)[1])} |")
     return "\n".join(lines)
 
 
@@ -229,13 +232,10 @@ def readme_tables(data: dict) -> str:
                          f"{'-' if gflops is None else f'{gflops:.1f}'} | {vs['c']} | {t['numpy'] / t['c']:.1f}x | "
                          f"{vs['numba']} |")
             continue
-        ours = min((t[i] for i in GRADBENCH if i in t and i != "numpy"), default=None)
-        theirs = [r["time"] for r in rows if r["kind"] == "peer"]
-        loop = _fmt_ratio(t[PLAIN_LOOP] / ours) if ours and PLAIN_LOOP in t else "-"
-        peer = _fmt_ratio(min(theirs) / ours) if ours and theirs else "-"
+        loop, peer = best_versus(rows)
         grid.append(f"| {_label(info)} | {_fmt_time(t['numpy'])} | "
                     + " | ".join(_fmt_ratio(t["numpy"] / t[i]) if i in t else "-" for i, _ in README_COLUMNS)
-                    + f" | {loop} | {peer} |")
+                    + f" | {_fmt_ratio(loop)} | {_fmt_ratio(peer)} |")
     return "\n".join(grid + [""] + cells)
 
 
