@@ -153,6 +153,7 @@ def register(contract: Contract) -> Contract:
     """Add a contract (the stack's two below; recurrent cells add theirs)."""
     CONTRACTS[contract.name] = contract
     _expected.cache_clear()
+    _layout.cache_clear()
     return contract
 
 
@@ -190,6 +191,15 @@ def _expected(function: str, dims: tuple, T: np.dtype) -> tuple:
                  for arg in contract.args)
 
 
+@functools.lru_cache(maxsize=256)
+def _layout(function: str, dims: tuple, dtype: np.dtype, skip: tuple) -> tuple:
+    """(name, shape, dtype) of the arrays :func:`allocate` makes (once per call shape)."""
+    contract = CONTRACTS[function]
+    d = dict(dims)
+    return tuple((arg.name, shape_of(arg, d, contract.consts), dtype_of(arg, dtype))
+                 for arg in contract.args if arg.name not in skip)
+
+
 def _stack_contract(name: str, args: tuple[Arg, ...]) -> Contract:
     return register(Contract(name, args, {"L": ("W", 0), "N": ("W", 1), "B": ("H", 1)}, _STACK_CONSTS,
                              lambda f, a, d: _check_stack_config(f, a, d)))
@@ -204,6 +214,8 @@ def bind(function: str, args: tuple, kwargs: dict) -> dict[str, object]:
     """Arguments of a call to ``function`` (positional in table order, or by name) as a dict."""
     table = CONTRACTS[function].args
     want = names(table)
+    if not kwargs and len(args) == len(want):  # the engine's calls: every array, in order
+        return dict(zip(want, args))
     if len(args) > len(want):
         raise TypeError(f"{function}() takes {len(want)} arrays ({', '.join(want)}), got {len(args)}")
     out = dict(zip(want, args))
@@ -314,15 +326,13 @@ def allocate(function: str, dims: Mapping[str, int], dtype, *, skip=(), fill=Non
     """
     fill = fill or {}
     out = {}
-    contract = CONTRACTS[function]
-    for arg in contract.args:
-        if arg.name in skip:
-            continue
-        a = empty(shape_of(arg, dims, contract.consts), dtype_of(arg, dtype))
-        if arg.name in fill:
-            a[...] = fill[arg.name]
-        out[arg.name] = a
+    for name, shape, dt in _layout(function, tuple(dims.items()), np.dtype(dtype), tuple(skip)):
+        a = empty(shape, dt)
+        if name in fill:
+            a[...] = fill[name]
+        out[name] = a
     return out
+
 
 
 # ------------------------------------------------------------------ the stack as codes

@@ -161,6 +161,9 @@ class Prefaulter:
         """Drop the pending work on the mappings under ``arrays``: the caller has written them
         itself (a pass that has filled its fresh arrays; walking their pages again would only
         hold the CPU that the next pass wants). The chunk in hand, if any, is the last."""
+        with self._cond:
+            if not self._jobs:  # the usual case: nothing pending
+                return
         spans = [(a.__array_interface__["data"][0], a.nbytes) for a in arrays if a is not None and a.nbytes]
         with self._cond:
             self._jobs = [job for job in self._jobs
@@ -174,11 +177,22 @@ class Prefaulter:
         self._thread = None
 
 
-def _limit(limit: int | None) -> int:
-    """Bytes a keeper may hold: ``limit``, or a quarter of the memory available now."""
+# What a keeper holds without asking how much memory is available (reading /proc/meminfo took
+# 25-35 us, a twentieth of a small call's whole time): a machine with less than 4x this free has
+# other troubles than the few arrays of a small call.
+KEEP_FREELY = 16 * 2**20
+
+
+def _limit(limit: int | None, total: int = KEEP_FREELY + 1) -> int:
+    """Bytes a keeper may hold: ``limit``, or a quarter of the memory available now; a keeper
+    holding ``total`` <= :data:`KEEP_FREELY` bytes keeps them without reading the memory."""
+    if limit is not None:
+        return limit
+    if total <= KEEP_FREELY:
+        return KEEP_FREELY
     from gradbench.plan import available_memory
 
-    return limit if limit is not None else available_memory() // 4
+    return available_memory() // 4
 
 
 class _Keeper:
@@ -271,11 +285,11 @@ class Workspace(_Keeper):
 
     def give(self, arrays) -> None:
         """Keep ``arrays`` for the next call (within the limit; the oldest are dropped first)."""
-        limit = _limit(self.limit)
         with self._lock:
             for a in arrays:
                 self._free.setdefault((a.shape, a.dtype.str), []).append(a)
             total = self._total()
+            limit = _limit(self.limit, total)
             for key in list(self._free):
                 while total > limit and self._free[key]:
                     total -= self._free[key].pop(0).nbytes
@@ -285,6 +299,9 @@ class Workspace(_Keeper):
     def retain(self, keys) -> None:
         """Drop every kept array whose (shape, dtype) is not among ``keys`` (before a call that
         needs other shapes allocates: what it cannot reuse should not occupy memory)."""
+        with self._lock:
+            if not self._free:
+                return
         keys = {(tuple(int(s) for s in shape), np.dtype(dt).str) for shape, dt in keys}
         with self._lock:
             for key in [k for k in self._free if k not in keys]:

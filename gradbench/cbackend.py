@@ -24,6 +24,7 @@ OpenBLAS follows ``OPENBLAS_NUM_THREADS``).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 
@@ -302,16 +303,26 @@ _FIELD_TYPE = {name: field.type for name, field in ffi.typeof("gb_stack_arrays")
 _H_INDEX = {f: abi.names(abi.CONTRACTS[f].args).index("H") for f in ("stack_forward", "stack_backward")}
 
 
+_FIELDS = {f: tuple((a.name, _FIELD_TYPE[a.name]) for a in abi.CONTRACTS[f].args)
+           for f in ("stack_forward", "stack_backward")}
+
+
+@functools.lru_cache(maxsize=None)
+def _entry_point(function: str, dtype: np.dtype):
+    """The C driver of ``function`` for ``dtype`` and its name."""
+    name = f"gb_{function}_{_SUFFIX[dtype]}"
+    return getattr(lib, name), name
+
+
 def _driver(function: str, opts, arrays: tuple) -> None:
     """Fill a gb_stack_arrays with the (checked) arrays of ``function`` and call its C driver."""
-    table = abi.CONTRACTS[function].args
     W, H = arrays[2], arrays[_H_INDEX[function]]
     st = ffi.new("gb_stack_arrays *")
-    for arg, a in zip(table, arrays):
-        setattr(st, arg.name, pointer(a, _FIELD_TYPE[arg.name]))
+    for (field, ctype), a in zip(_FIELDS[function], arrays):
+        setattr(st, field, ffi.from_buffer(ctype, a))  # a's buffer, never copied (checked)
     st.L, st.B, st.N = W.shape[0], H.shape[1], W.shape[1]
-    name = f"gb_{function}_{suffix(W)}"
-    check(getattr(lib, name)(st, opts), name)  # `arrays` keeps every buffer alive during the call
+    fn, name = _entry_point(function, W.dtype)
+    check(fn(st, opts), name)  # `arrays` keeps every buffer alive during the call
 
 
 def _work(function: str, arrays: tuple) -> tuple[int, int]:

@@ -15,6 +15,7 @@ bitwise those of the one-piece run, for every backend.
 
 from __future__ import annotations
 
+import math
 import time
 from functools import partial
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
     # arrays the workspace keeps from an earlier call can be freed: they count as available
     plan = plan_run(stack, x.shape[0], checkpoint=checkpoint, stats_only=stats_only,
                     generated=isinstance(params, GeneratedParams), memory_budget=memory_budget,
-                    hist_bins=hist_bins, available=available_memory() + held())
+                    hist_bins=hist_bins, available=lambda: available_memory() + held())
     run = _Run(stack, params, x, impl, plan, hist_bins, hist_per_decade, progress)
     try:
         # overflow in an exploding stack is a finding, reported as first_nonfinite_forward/backward
@@ -143,7 +144,7 @@ class _Run:
         self.segments = [(s, min(s + seg, L)) for s in range(0, L, seg)]
         self.rescale = can_rescale_forward(st, self.params)
         self.icfg, self.fcfg = abi.kernel_config(st, self.rescale)
-        self.info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
+        self.info = _no_info()
         # forward: every activation, or (recompute) one segment's worth and the checkpoints; the
         # internal arrays (never returned) come from the workspace (gradbench.buffers), and so
         # do the generated weights when the plan keeps them all
@@ -171,7 +172,10 @@ class _Run:
         self.work = 2 * len(self.segments)
 
     def take(self, shape, dtype) -> np.ndarray:
-        """An internal array from the workspace; handed back to it when the pass ends."""
+        """An internal array from the workspace, handed back to it when the pass ends; below
+        :data:`WORKSPACE_FROM` bytes a plain ``np.empty`` (the heap reuses such blocks itself)."""
+        if math.prod(shape) * np.dtype(dtype).itemsize < WORKSPACE_FROM:
+            return np.empty(shape, dtype)
         a = WORKSPACE.take(shape, dtype)
         self.internal.append(a)
         return a
@@ -207,7 +211,7 @@ def _forward(run: _Run) -> None:
     h0[...] = run.x if p.W_in is None else run.x @ p.W_in.T + p.b_in
     if run.rescale:  # tiny or huge inputs too: h_0 = H[0] * 2**fexp[0] with max |H[0]| in [0.5, 1)
         run.fexp[0] = reference.normalise(h0)
-    seg_info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
+    seg_info = _no_info()
     for j, (s, e) in enumerate(run.segments):
         if j:
             run.tick(j)
@@ -244,10 +248,10 @@ def _top(run: _Run, targets):
         G = hL.copy()
         e_top = int(fexp[L])
     run.sig_e[L], run.sig_m[L] = top_signal(stack, G, e_top)
-    if not np.all(np.isfinite(G)):
+    if not np.isfinite(G).all():
         run.info[abi.INFO_BACKWARD] = L
     run.G = G
-    run.live_top = np.any(G != 0, axis=1)  # samples with a gradient at the top (lost_samples)
+    run.live_top = G.any(axis=1)  # samples with a gradient at the top (lost_samples)
     return loss, loss_exact, head_grads
 
 
@@ -272,7 +276,7 @@ def _backward(run: _Run) -> None:
     # parameter-gradient clipping that acts layer by layer in stats_only runs (value clipping is
     # the same globally): it changes the clipped dW rows and their norms
     run.layer_clip = not keep and stack.clip is not None and stack.clip_on != "signal"
-    seg_info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
+    seg_info = _no_info()
     last = len(run.segments) - 1
     for j in range(last, -1, -1):
         run.tick(len(run.segments) + last - j)
@@ -284,7 +288,7 @@ def _backward(run: _Run) -> None:
             run.H[0] = run.ckpt[j]
             scratch = tuple(np.empty(e - s) for _ in range(4))
             _segment_forward(run, s, e, layer_params, run.fexp[s:e + 1].copy(), scratch,
-                             np.full(abi.INFO_SIZE, -1, dtype=np.int64))
+                             _no_info())
         lo, hi = (s, e) if keep else (0, e - s)
         k = j % len(grad_sets)
         if busy[k] is not None:  # its histograms done first: then the set can be written again
@@ -316,6 +320,15 @@ def _backward(run: _Run) -> None:
 
 
 GRAD_NAMES = ("dW", "db", "dgamma", "dbeta", "dslope")
+# Internal arrays from this many bytes are kept in the workspace between calls; smaller ones
+# (a 10-layer stack of width 16 has only such) cost less to allocate than to look up.
+WORKSPACE_FROM = 32 * 2**10
+_NO_INFO = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
+
+
+def _no_info() -> np.ndarray:
+    """A fresh info array of a driver call: -1 (nothing found) everywhere."""
+    return _NO_INFO.copy()
 
 
 def _new_histogram(L: int, N: int, bins: int) -> dict:
@@ -379,7 +392,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     run.seconds["total"] = time.perf_counter() - t_start
     # samples whose signal was non-zero at the top and is exactly zero at the input: dead units, or
     # more than 2^-1074 below the batch's largest (one exponent per layer; verdict._findings)
-    lost = int(np.count_nonzero(run.live_top & ~np.any(G != 0, axis=1)))
+    lost = int(np.count_nonzero(run.live_top & ~G.any(axis=1)))
     extras = dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), stats_only=run.plan.stats_only,
                   generated=run.plan.generated, weights_kept=run.plan.keep_weights,
                   memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost)

@@ -49,7 +49,7 @@ def _all_finite(a: np.ndarray) -> bool:
             pass
         else:
             return cbackend.all_finite(a)
-    return bool(np.all(np.isfinite(a)))
+    return bool(np.logical_and.reduce(np.isfinite(a), axis=None))  # no ndarray.all wrapper: small arrays
 
 
 def check_param_arrays(params, shapes, dtype, *, owner: str = "stack", unused: str = "has no use for it",

@@ -34,8 +34,11 @@ class LogScaled:
     exponent: np.ndarray
 
     def __post_init__(self):
-        m = np.asarray(self.mantissa)
-        e = np.asarray(self.exponent, dtype=np.int64)
+        m, e = self.mantissa, self.exponent
+        if type(m) is not np.ndarray:
+            m = np.asarray(m)
+        if type(e) is not np.ndarray or e.dtype != np.int64:
+            e = np.asarray(e, dtype=np.int64)
         if m.shape[: e.ndim] != e.shape:
             raise ValueError(
                 f"exponent shape {e.shape} must be a prefix of mantissa shape {m.shape}"
@@ -77,10 +80,17 @@ class LogScaled:
         Values outside the dtype's range become 0 or inf; ``warn`` says so with a
         :class:`UnderflowWarning` naming how many and the smallest exponent.
         """
-        m = self.mantissa.astype(np.float64)
-        e = np.broadcast_to(self._broadcast_exponent(), m.shape)
-        # ldexp takes int32 exponents; anything beyond +-2^30 is 0 or inf anyway.
-        out = np.ldexp(m, np.clip(e, -(2**30), 2**30).astype(np.int32)).astype(dtype)
+        if self.mantissa.ndim == 0 and np.dtype(dtype) == np.float64:  # one number (a loss): math's ldexp
+            m = np.float64(self.mantissa)
+            try:
+                out = np.float64(math.ldexp(m, max(-(2**30), min(2**30, int(self.exponent)))))
+            except OverflowError:
+                out = np.float64(math.copysign(math.inf, m))
+        else:
+            m = self.mantissa.astype(np.float64)
+            e = np.broadcast_to(self._broadcast_exponent(), m.shape)
+            # ldexp takes int32 exponents; anything beyond +-2^30 is 0 or inf anyway.
+            out = np.ldexp(m, np.clip(e, -(2**30), 2**30).astype(np.int32)).astype(dtype)
         if warn:
             lost = (out == 0) & (m != 0)
             if lost.any():

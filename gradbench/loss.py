@@ -8,6 +8,8 @@ normalised and, with signal clipping, clipped once here (:func:`top_signal`); th
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gradbench import abi, reference
@@ -26,11 +28,11 @@ def _softplus(x: np.ndarray) -> np.ndarray:
     return -_log_sigmoid(-x)
 
 
-def _log_softplus(x: np.ndarray) -> np.ndarray:
+def _log_softplus(x: np.ndarray, sp: np.ndarray | None = None) -> np.ndarray:
     """log(softplus(x)) where softplus(x) itself underflows: x below -37 (exp(x) < 1e-16: the
-    correction -exp(x)/2 is lost against x)."""
+    correction -exp(x)/2 is lost against x). ``sp``: softplus(x), if the caller has it."""
     with np.errstate(divide="ignore"):
-        return np.where(x < -37, x, np.log(_softplus(np.maximum(x, -37))))
+        return np.where(x < -37, x, np.log(_softplus(np.maximum(x, -37)) if sp is None else sp))
 
 
 def _logsumexp(a: np.ndarray, axis=None) -> np.ndarray:
@@ -71,11 +73,12 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
         t = np.asarray(t, dtype=np.float64)
         with np.errstate(divide="ignore"):
             lt, l1t = np.log(t), np.log1p(-t)  # -inf where a term has no weight
-        loss_logs = np.concatenate([(l1t + _log_softplus(y)).ravel(), (lt + _log_softplus(-y)).ravel()])
-        logs = np.stack([l1t - _softplus(-y), lt - _softplus(y)])  # log (1-t) sigmoid(y), log t sigmoid(-y)
+        sp, sn = _softplus(y), _softplus(-y)  # each once: the head of a small net is much of its call
+        loss_logs = np.concatenate([(l1t + _log_softplus(y, sp)).ravel(), (lt + _log_softplus(-y, sn)).ravel()])
+        logs = np.stack([l1t - sn, lt - sp])  # log (1-t) sigmoid(y), log t sigmoid(-y)
         m, E = _exp_scaled(logs, scale)
         dy = (m[0] - m[1]) / (count * O)
-        loss_value = float(np.sum((1 - t) * _softplus(y) + t * _softplus(-y))) / (count * O)
+        loss_value = float(np.sum((1 - t) * sp + t * sn)) / (count * O)
         norm = count * O
     else:
         rows = np.arange(R)
@@ -135,4 +138,4 @@ def top_signal(stack: Stack, G: np.ndarray, e: int) -> tuple[int, float]:
     and the norm of the mantissas.
     """
     e = reference.top_signal(G, e, abi.signal_clip(stack), stack.clip_threshold)
-    return e, float(np.sqrt(np.sum(np.square(G, dtype=np.float64))))
+    return e, math.sqrt(float(np.square(G, dtype=np.float64).sum()))

@@ -89,7 +89,7 @@ class Params(CopyableArrays):
     @property
     def zero_bias(self) -> bool:
         """All stack biases are zero."""
-        return not np.any(self.b)
+        return not np.asarray(self.b).any()
 
 
 def expected_shapes(stack: Stack) -> dict[str, tuple[int, ...] | None]:

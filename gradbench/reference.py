@@ -186,11 +186,15 @@ def normalise(g: np.ndarray) -> int:
 
     e is 0 when g is all zero or when its largest magnitude is not finite.
     """
-    with np.errstate(invalid="ignore"):
-        m = np.max(np.abs(g), initial=0.0, where=~np.isnan(g))
-    if m == 0 or not np.isfinite(m):
+    if g.size == 0:
         return 0
-    e = int(np.frexp(m)[1])
+    m = float(np.abs(g).max())
+    if m != m:  # NaN entries: the largest of the others
+        with np.errstate(invalid="ignore"):
+            m = float(np.max(np.abs(g), initial=0.0, where=~np.isnan(g)))
+    if m == 0 or not math.isfinite(m):
+        return 0
+    e = math.frexp(m)[1]
     scale_pow2(g, -e)
     return e
 
@@ -201,13 +205,16 @@ def scale_pow2(g: np.ndarray, k: int) -> None:
     When 2**k itself is not a finite number of g's dtype (k > 1023 in float64, > 127 in
     float32: a subnormal max|g| being normalised) it is applied in two exact steps.
     """
-    top = np.finfo(g.dtype).maxexp - 1
-    if k <= top:
-        g *= np.asarray(np.ldexp(1.0, k), dtype=g.dtype)
+    t = g.dtype.type
+    if k <= _MAX_POW2[g.dtype.char]:
+        g *= t(math.ldexp(1.0, k))  # below 2^-1074 (float32: 2^-149): 0, as np.ldexp
     else:
         k1 = k // 2
-        g *= np.asarray(np.ldexp(1.0, k1), dtype=g.dtype)
-        g *= np.asarray(np.ldexp(1.0, k - k1), dtype=g.dtype)
+        g *= t(math.ldexp(1.0, k1))
+        g *= t(math.ldexp(1.0, k - k1))
+
+
+_MAX_POW2 = {np.dtype(t).char: np.finfo(t).maxexp - 1 for t in (np.float64, np.float32)}  # largest finite 2**k
 
 
 def _ldexp(x: np.ndarray, e: int) -> np.ndarray:
@@ -258,7 +265,7 @@ def norm_scaled(x: np.ndarray) -> tuple[float, int]:
     e = 0 whenever the plain float64 sum of squares is safe (then m is that plain norm, the
     same bits); NaN and inf entries give a non-finite m.
     """
-    s = float(np.sum(np.square(x, dtype=np.float64)))
+    s = float(np.square(x, dtype=np.float64).sum())
     if SUMSQ_LO <= s <= SUMSQ_HI or not (s > 0 or np.any(x != 0)):
         return math.sqrt(s), 0
     with np.errstate(invalid="ignore"):

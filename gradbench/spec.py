@@ -45,6 +45,7 @@ LOSSES = ("sum_squares", "mse", "bce", "softmax_ce")
 CLIP_MODES = ("value", "norm")
 CLIP_TARGETS = ("signal", "layer", "global")
 DTYPES = ("float64", "float32")
+_NP_DTYPES = {name: np.dtype(name) for name in DTYPES}
 
 
 def _closest(name: str, valid) -> str:
@@ -102,7 +103,7 @@ class _Net:
 
     @property
     def np_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
+        return _NP_DTYPES.get(self.dtype) or np.dtype(self.dtype)
 
 
 @dataclass(frozen=True)
