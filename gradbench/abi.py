@@ -157,6 +157,7 @@ def register(contract: Contract) -> Contract:
     return contract
 
 
+@functools.lru_cache(maxsize=64)
 def names(table: tuple[Arg, ...]) -> tuple[str, ...]:
     """The argument names of a table, in order."""
     return tuple(a.name for a in table)

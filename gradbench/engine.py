@@ -251,7 +251,7 @@ def _top(run: _Run, targets):
     if not np.isfinite(G).all():
         run.info[abi.INFO_BACKWARD] = L
     run.G = G
-    run.live_top = G.any(axis=1)  # samples with a gradient at the top (lost_samples)
+    run.live_top = _rows_nonzero(G)  # samples with a gradient at the top (lost_samples)
     return loss, loss_exact, head_grads
 
 
@@ -326,6 +326,11 @@ WORKSPACE_FROM = 32 * 2**10
 _NO_INFO = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
 
 
+def _rows_nonzero(G: np.ndarray) -> np.ndarray:
+    """Whether each row of G has an entry other than 0 (NaN counts), as ``G.any(axis=1)``."""
+    return np.logical_or.reduce(G, axis=1)
+
+
 def _no_info() -> np.ndarray:
     """A fresh info array of a driver call: -1 (nothing found) everywhere."""
     return _NO_INFO.copy()
@@ -392,7 +397,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     run.seconds["total"] = time.perf_counter() - t_start
     # samples whose signal was non-zero at the top and is exactly zero at the input: dead units, or
     # more than 2^-1074 below the batch's largest (one exponent per layer; verdict._findings)
-    lost = int(np.count_nonzero(run.live_top & ~G.any(axis=1)))
+    lost = int(np.count_nonzero(run.live_top & ~_rows_nonzero(G)))
     extras = dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), stats_only=run.plan.stats_only,
                   generated=run.plan.generated, weights_kept=run.plan.keep_weights,
                   memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost)
@@ -405,8 +410,8 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         grads=grads,
         grad_norm=grad_norm,
         signal_norm=LogScaled(run.sig_m[:L].copy(), sig_e[:L].copy()),
-        input_grad=LogScaled(input_grad[None], sig_e[:1])[0],
-        output=LogScaled(run.h_top[None].copy(), fexp[L:])[0],  # a copy: H goes back to the workspace
+        input_grad=LogScaled(input_grad, sig_e[0]),
+        output=LogScaled(run.h_top.copy(), fexp[L]),  # a copy: H goes back to the workspace
         act_mean=LogScaled(run.act_mean, fexp[1:].copy()),
         act_std=LogScaled(run.act_std, fexp[1:].copy()),
         saturation=run.saturation,
