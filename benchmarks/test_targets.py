@@ -25,6 +25,9 @@ Targets (t = time):
   checkpoints (L = 10^5, n = 64, B = 64, fresh process) / of the warm in-memory run (L = 10^4)
   <= 1.8, one kernel thread with the second CPU free for the helper thread (weights, histograms);
   the same on one CPU is reported;
+- ``small calls`` (reported): t(plain loop) / t(best gradbench backend) and the peers on
+  10-layer stacks (n = 16, B = 20 and n = 64, B = 64), one thread, 300 calls a process: the
+  size of the training demos' nets, where the Python around the kernels is most of a call;
 - ``BLAS kernels`` (reported): the float64 2048^3 product and the wide cases (c, plain loop, JAX)
   under the kernels this machine's environment makes OpenBLAS run (``OPENBLAS_CORETYPE``) and
   under OpenBLAS's own choice (the variable removed), one thread;
@@ -245,6 +248,31 @@ def _c_isa() -> int | None:
     except ImportError:
         return None
     return cbackend.isa()
+
+
+# Small calls (reported): a 10-layer stack, the size of the training demos' nets, where what
+# surrounds the kernels (checks, planning, the exact top signal, the Result) is most of a call.
+SMALL = [(10, 16, 20), (10, 64, 64)]
+
+
+def test_target_small_calls(benchmark):
+    """gradbench's best against the plain loop and the peers on 10-layer stacks, one thread."""
+    from gradbench import peers
+
+    if not FAST:
+        pytest.skip("no compiled backend (numba, c) is available")
+    impls = ["numpy-loop", *[p for p in ("torch", "jax") if p in peers.peers()], *FAST, "auto"]
+    reps = 1 if benchmark.disabled else 300
+    rows = []
+    for L, N, B in [(4, 8, 4)] if benchmark.disabled else SMALL:
+        t = interleaved(benchmark, {impl: dict(mode="warm", impl=impl, L=L, N=N, B=B, reps=reps, threads="one")
+                                    for impl in impls})
+        best = min([*FAST, "auto"], key=t.get)
+        best_peer = min((i for i in impls if i not in (*FAST, "auto")), key=t.get)
+        rows.append(dict(L=L, N=N, B=B, best=best, plain_loop=t["numpy-loop"] / t[best], best_peer=best_peer,
+                         versus_best_peer=t[best_peer] / t[best], times=t))
+    record(benchmark, "small calls (L = 10, one thread): plain loop / best gradbench", min(r["plain_loop"] for r in rows),
+           "reported", True, rows=rows)
 
 
 def test_target_blas_kernels(benchmark):
