@@ -282,6 +282,25 @@ def test_depth_100000_is_exact_not_zero(capsys):
     assert "plain float64 would underflow at layer" in out
 
 
+@pytest.mark.parametrize("argv", [
+    ["train", "--demo", "shallow-sigmoid", "--epochs", "2"],
+    ["compare", "--depth", "6", "--width", "8", "--configs", "sigmoid,relu"],
+    ["run", "--cell", "rnn", "--steps", "20", "--hidden", "8"],
+    ["compare", "--cells", "rnn,gru", "--steps", "20", "--hidden", "8"],
+    ["train", "--demo", "exploding-rnn", "--epochs", "1"],
+])
+def test_commands_without_plots_do_not_import_matplotlib(argv):
+    """matplotlib loads only for --plot: `gradbench train --demo deep-sigmoid` took 1.8-2.6 s
+    wall with it imported up front (and the Python of small calls before 410da21), 1.2 s
+    without (alternating runs, 2026-12-02)."""
+    code = ("import sys; from gradbench.cli import main; "
+            f"rc = main({argv!r}); "
+            "print(rc, 'matplotlib' in {m.split('.')[0] for m in sys.modules})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "0 False"
+
+
 def test_a_run_without_plots_imports_neither_scipy_nor_matplotlib(tmp_path):
     """The command line starts fast: `import gradbench` and `gradbench run` without --plot or
     --hist load neither SciPy (~0.12 s: imported where erfc, brentq and digamma are used) nor

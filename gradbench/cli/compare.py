@@ -296,8 +296,6 @@ def print_comparison(args, diags: dict, labels: dict) -> None:
 def cmd_compare(args) -> int:
     import time
 
-    from gradbench import plot
-
     t0 = time.perf_counter()
     names = config_names(args)
     refuse_unused(args, [args.plot], [args.out, args.plot])
@@ -310,6 +308,8 @@ def cmd_compare(args) -> int:
                         seconds=round(time.perf_counter() - t0, 3), labels=labels)
         written.append(write_diagnoses(args.out, head, diags, key="configurations", mkdir=args.mkdir))
     if args.plot:
+        from gradbench import plot  # matplotlib only when a plot is asked for
+
         written.append(write_plot(args.plot, lambda path: plot.gradient_flow(
             {labels[k]: d for k, d in diags.items()}, path,
             title=f"Gradient flow, depth {args.depth}, width {args.width}", dpi=args.dpi), mkdir=args.mkdir))

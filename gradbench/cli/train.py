@@ -190,8 +190,6 @@ def train_runs(args, backend: str) -> dict:
 def cmd_train(args) -> int:
     import time
 
-    from gradbench import plot
-
     if args.list:
         extra = [d for d in getattr(args, "typed", ()) if d not in ("list", "debug")]
         if extra:
@@ -215,6 +213,8 @@ def cmd_train(args) -> int:
                         seconds=round(time.perf_counter() - t0, 3))
         written.append(write_json(args.out, {**head, "runs": {k: train_to_dict(r) for k, r in results.items()}},
                                   mkdir=args.mkdir))
+    if args.plot or args.ratio_plot:
+        from gradbench import plot  # matplotlib only when a plot is asked for
     if args.plot:
         written.append(write_plot(args.plot, lambda p: plot.loss_curves(results, p, dpi=args.dpi), mkdir=args.mkdir))
     if args.ratio_plot:

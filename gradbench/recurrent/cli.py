@@ -195,7 +195,6 @@ def run_one(rnn, args, label: str = ""):
 
 # ------------------------------------------------------------------ run
 def cmd_run(args) -> int:
-    from gradbench.recurrent import plot
     from gradbench.recurrent.diagnose import diagnose, format_report
 
     t0 = time.perf_counter()
@@ -211,6 +210,8 @@ def cmd_run(args) -> int:
         _write_out(args, "run", t0, res.backend, {"diagnosis": d.to_dict()}, seed=args.seed, batch=args.batch,
                    weights=WEIGHTS)
     if args.plot:
+        from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
+
         _write_plot(args, lambda path: plot.run_figure(d, path, dpi=args.dpi))
     if args.tensorboard:
         from gradbench.tensorboard_io import write_diagnosis
@@ -221,7 +222,6 @@ def cmd_run(args) -> int:
 
 # ------------------------------------------------------------------ compare
 def cmd_compare(args) -> int:
-    from gradbench.recurrent import plot
     from gradbench.recurrent.diagnose import diagnose
 
     t0 = time.perf_counter()
@@ -253,6 +253,8 @@ def cmd_compare(args) -> int:
         _write_out(args, "compare", t0, res.backend, {"diagnoses": {k: d.to_dict() for k, d in diags.items()}},
                    seed=args.seed, batch=args.batch, weights=WEIGHTS)
     if args.plot:
+        from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
+
         _write_plot(args, lambda path: plot.signal_vs_steps_back(
             diags, path, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}", dpi=args.dpi))
     return 0
@@ -313,7 +315,6 @@ def cmd_theory(args) -> int:
 
 # ------------------------------------------------------------------ train (the recurrent demos)
 def cmd_train(args) -> int:
-    from gradbench.recurrent import plot
     from gradbench.recurrent.train import run_recurrent_demo
 
     t0 = time.perf_counter()
@@ -330,6 +331,8 @@ def cmd_train(args) -> int:
                         divergence=r.divergence, seconds=r.seconds) for n, r in results.items()}
         _write_out(args, "train", t0, concrete, {"runs": runs}, weights=WEIGHTS)
     if args.plot:
+        from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
+
         _write_plot(args, lambda path: plot.training_figure(results, path, dpi=args.dpi))
     return 0
 
