@@ -29,7 +29,7 @@ def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str =
     if shape is not None and a.shape != tuple(shape):
         raise ValueError(f"{name} has shape {a.shape}, expected {tuple(shape)}")
     a = np.ascontiguousarray(a)
-    if finite and not _all_finite(a):
+    if finite and not all_finite(a):
         bad = np.argwhere(~np.isfinite(a))[0]
         raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
     return a
@@ -41,8 +41,9 @@ def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str =
 C_CHECK_FROM = 1 << 18
 
 
-def _all_finite(a: np.ndarray) -> bool:
-    if a.size >= C_CHECK_FROM and a.dtype in (np.float64, np.float32):
+def all_finite(a: np.ndarray) -> bool:
+    """Whether every entry of ``a`` is finite (large float arrays: one pass in the C kernels)."""
+    if a.size >= C_CHECK_FROM and a.dtype in (np.float64, np.float32) and a.flags.c_contiguous:
         try:
             from gradbench import cbackend
         except ImportError:  # no C extension built: NumPy's check

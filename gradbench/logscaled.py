@@ -87,10 +87,11 @@ class LogScaled:
             except OverflowError:
                 out = np.float64(math.copysign(math.inf, m))
         else:
-            m = self.mantissa.astype(np.float64)
-            e = np.broadcast_to(self._broadcast_exponent(), m.shape)
-            # ldexp takes int32 exponents; anything beyond +-2^30 is 0 or inf anyway.
-            out = np.ldexp(m, np.clip(e, -(2**30), 2**30).astype(np.int32)).astype(dtype)
+            m = self.mantissa if self.mantissa.dtype == np.float64 else self.mantissa.astype(np.float64)
+            # ldexp takes int32 exponents; anything beyond +-2^30 is 0 or inf anyway. Clipped
+            # per exponent, then broadcast over the mantissas (one per layer of a (L, N, N) array)
+            e = np.minimum(np.maximum(self.exponent, -(2**30)), 2**30).astype(np.int32)  # np.clip: slower
+            out = np.ldexp(m, e.reshape(e.shape + (1,) * (m.ndim - e.ndim))).astype(dtype, copy=False)
         if warn:
             lost = (out == 0) & (m != 0)
             if lost.any():
@@ -138,4 +139,4 @@ def from_log(ln: np.ndarray, sign) -> tuple[np.ndarray, int]:
 def ldexp(m, e):
     """m * 2**e elementwise with int64 exponents, clamped to +-EXP_CLAMP (every float is 0 or
     inf beyond it) so that NumPy's int32 ldexp never wraps."""
-    return np.ldexp(m, np.clip(e, -EXP_CLAMP, EXP_CLAMP).astype(np.int32))
+    return np.ldexp(m, np.minimum(np.maximum(e, -EXP_CLAMP), EXP_CLAMP).astype(np.int32))  # np.clip: slower

@@ -27,7 +27,7 @@ import numpy as np
 
 from gradbench import datasets
 from gradbench.engine import backprop
-from gradbench.inputs import check_array
+from gradbench.inputs import all_finite, check_array
 from gradbench.optim import SGD, Adam
 from gradbench.params import Params, check_seed, init_params
 from gradbench.spec import Stack, check_choice
@@ -340,11 +340,11 @@ def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, back
         if not math.isfinite(res.loss):
             return total / count, _why_loss(res)
         grads = {k: g.to_float(stack.np_dtype, warn=False) for k, g in res.grads.items() if k in names}
-        bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
+        bad = [k for k, g in grads.items() if not all_finite(g)]
         if bad:
             return math.nan, f"gradient of {', '.join(bad)} overflowed {stack.dtype}"
         opt.step(pdict, grads)
-        bad = [k for k in names if not np.all(np.isfinite(pdict[k]))]
+        bad = [k for k in names if not all_finite(pdict[k])]
         if bad:
             return math.nan, f"parameters {', '.join(bad)} became non-finite after an update"
     return total / max(count, 1), ""
