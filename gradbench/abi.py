@@ -154,13 +154,20 @@ def register(contract: Contract) -> Contract:
     CONTRACTS[contract.name] = contract
     _expected.cache_clear()
     _layout.cache_clear()
+    _arg_names.cache_clear()
     return contract
 
 
-@functools.lru_cache(maxsize=64)
 def names(table: tuple[Arg, ...]) -> tuple[str, ...]:
     """The argument names of a table, in order."""
     return tuple(a.name for a in table)
+
+
+@functools.lru_cache(maxsize=64)
+def _arg_names(function: str) -> tuple[str, ...]:
+    """:func:`names` of a registered function's table (keyed by its name: hashing the table's
+    Args on every call cost more than building the names)."""
+    return names(CONTRACTS[function].args)
 
 
 def shape_of(arg: Arg, dims: Mapping[str, int], consts: Mapping[str, int] | None = None) -> tuple[int, ...]:
@@ -213,8 +220,7 @@ _stack_contract("stack_backward", BACKWARD)
 # ------------------------------------------------------------------ validation
 def bind(function: str, args: tuple, kwargs: dict) -> dict[str, object]:
     """Arguments of a call to ``function`` (positional in table order, or by name) as a dict."""
-    table = CONTRACTS[function].args
-    want = names(table)
+    want = _arg_names(function)
     if not kwargs and len(args) == len(want):  # the engine's calls: every array, in order
         return dict(zip(want, args))
     if len(args) > len(want):
