@@ -23,11 +23,11 @@ LAYER_GROUPS = (("W", "b", "gamma", "beta", "slope"), ("W_in", "b_in"), ("W_out"
 
 def row_norms(g: LogScaled) -> LogScaled:
     """The norm of every row (layer), scaled so that no square under- or overflows."""
-    m = g.mantissa.reshape(len(g.exponent), -1).astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        a = np.max(np.abs(m), axis=1, initial=0.0)
+    m = g.mantissa.reshape(len(g.exponent), -1).astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):  # ufunc reductions: np.max's wrapper cost more than small rows
+        a = np.maximum.reduce(np.abs(m), axis=1, initial=0.0)
     e = np.where(np.isfinite(a) & (a > 0), np.frexp(a)[1], 0).astype(np.int64)
-    n = np.sqrt(np.sum(np.square(ldexp(m, -e[:, None])), axis=1))
+    n = np.sqrt(np.add.reduce(np.square(ldexp(m, -e[:, None])), axis=1))
     return LogScaled(n, g.exponent + e)
 
 
