@@ -98,6 +98,13 @@ def test_readme_tables_take_ratios_from_the_run(tmp_path, capsys):
     path.write_text(json.dumps(data))
     assert benchreport.main([str(path), "--no-plot", "--readme"]) == 0
     assert "| lstm T=100 H=32 B=16 | 50.00 ms |" in capsys.readouterr().out
+    # a JSON with neither kind of case (the targets' own file) says so instead of empty tables
+    only_grid = {"benchmarks": data["benchmarks"][:6]}
+    out = benchreport.readme_tables(only_grid)
+    assert "| L=1,000 N=64 B=64 f64 |" in out and "(no recurrent case" in out and "(no stack-grid" not in out
+    out = benchreport.readme_tables({"benchmarks": [rec("t", "c", "target", 0.1)]})
+    assert out.splitlines() == ["(no stack-grid case with the NumPy reference's time in these results)", "",
+                                "(no recurrent case with the NumPy reference's and C's times in these results)"]
 
 
 def test_main_fails_with_a_message_on_a_bad_file(tmp_path, capsys):

@@ -212,7 +212,8 @@ def readme_tables(data: dict) -> str:
     reference's time, every other implementation's speed-up against it, gradbench's fastest
     backend against the plain loop and against the fastest peer; "-" where an implementation
     did not run) and the recurrent cells (C against torch and the NumPy reference, Numba against
-    torch). Cases whose reference did not run are left out."""
+    torch). Cases whose reference did not run are left out; a table without any case says so
+    (a targets-only JSON has none: the README's tables come from `make bench`'s bench.json)."""
     grid = ["| case (tanh unless named) | numpy | "
             + " | ".join(name for _, name in README_COLUMNS) + " | best vs plain loop | best vs best peer |",
             "|---|" + "---:|" * (len(README_COLUMNS) + 3)]
@@ -236,6 +237,10 @@ def readme_tables(data: dict) -> str:
         grid.append(f"| {_label(info)} | {_fmt_time(t['numpy'])} | "
                     + " | ".join(_fmt_ratio(t["numpy"] / t[i]) if i in t else "-" for i, _ in README_COLUMNS)
                     + f" | {_fmt_ratio(loop)} | {_fmt_ratio(peer)} |")
+    if len(grid) == 2:
+        grid = ["(no stack-grid case with the NumPy reference's time in these results)"]
+    if len(cells) == 2:
+        cells = ["(no recurrent case with the NumPy reference's and C's times in these results)"]
     return "\n".join(grid + [""] + cells)
 
 
