@@ -341,7 +341,6 @@ def allocate(function: str, dims: Mapping[str, int], dtype, *, skip=(), fill=Non
     return out
 
 
-
 # ------------------------------------------------------------------ the stack as codes
 def kernel_config(stack: Stack, rescale_forward: bool) -> tuple[np.ndarray, np.ndarray]:
     """Integer and float configuration arrays, the only view of the stack a kernel gets.

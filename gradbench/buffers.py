@@ -289,7 +289,9 @@ class Workspace(_Keeper):
             for a in arrays:
                 self._free.setdefault((a.shape, a.dtype.str), []).append(a)
             total = self._total()
-            limit = _limit(self.limit, total)
+        limit = _limit(self.limit, total)  # outside the lock: it may read /proc/meminfo
+        with self._lock:
+            total = self._total()
             for key in list(self._free):
                 while total > limit and self._free[key]:
                     total -= self._free[key].pop(0).nbytes
