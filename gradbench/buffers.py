@@ -183,7 +183,7 @@ class Prefaulter:
 KEEP_FREELY = 16 * 2**20
 
 
-def _limit(limit: int | None, total: int = KEEP_FREELY + 1) -> int:
+def _limit(limit: int | None, total: int) -> int:
     """Bytes a keeper may hold: ``limit``, or a quarter of the memory available now; a keeper
     holding ``total`` <= :data:`KEEP_FREELY` bytes keeps them without reading the memory."""
     if limit is not None:
@@ -256,7 +256,7 @@ class Recycler(_Keeper):
         return np.frombuffer(lease, dtype=dtype, count=count)
 
     def _give_back(self, m: mmap.mmap) -> None:
-        limit = _limit(self.limit)
+        limit = _limit(self.limit, len(m))  # mappings are large: this reads the memory
         with self._lock:
             if self._total() + len(m) <= limit:
                 self._free.setdefault(len(m), []).append(m)
@@ -327,6 +327,22 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# Internal arrays from this many bytes are kept in the workspace between calls; smaller ones
+# (a 10-layer stack of width 16 has only such) cost less to allocate than to look up.
+WORKSPACE_FROM = 32 * 2**10
+
+
+def take_internal(shape, dtype, taken: list) -> np.ndarray:
+    """An engine's internal array: from :data:`WORKSPACE` (appended to ``taken``, which the
+    engine gives back when its pass ends), or below :data:`WORKSPACE_FROM` bytes a plain
+    ``np.empty`` (the heap reuses such blocks itself)."""
+    if math.prod(shape) * np.dtype(dtype).itemsize < WORKSPACE_FROM:
+        return np.empty(shape, dtype)
+    a = WORKSPACE.take(shape, dtype)
+    taken.append(a)
+    return a
 
 
 def held() -> int:

@@ -96,7 +96,7 @@ def check(rc: int, what: str) -> None:
 
 def pointer(a: np.ndarray, ctype: str):
     """``a``'s buffer as a cffi pointer of type ``ctype`` (never copied; ``a`` already checked)."""
-    return ffi.cast(ctype, ffi.from_buffer(a))
+    return ffi.from_buffer(ctype, a)  # one call: the typed pointer straight from the buffer
 
 
 def suffix(a: np.ndarray) -> str:
@@ -319,7 +319,7 @@ def _driver(function: str, opts, arrays: tuple) -> None:
     W, H = arrays[2], arrays[_H_INDEX[function]]
     st = ffi.new("gb_stack_arrays *")
     for (field, ctype), a in zip(_FIELDS[function], arrays):
-        setattr(st, field, ffi.from_buffer(ctype, a))  # a's buffer, never copied (checked)
+        setattr(st, field, pointer(a, ctype))
     st.L, st.B, st.N = W.shape[0], H.shape[1], W.shape[1]
     fn, name = _entry_point(function, W.dtype)
     check(fn(st, opts), name)  # `arrays` keeps every buffer alive during the call

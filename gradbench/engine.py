@@ -15,7 +15,6 @@ bitwise those of the one-piece run, for every backend.
 
 from __future__ import annotations
 
-import math
 import time
 from functools import partial
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import numpy as np
 
 from gradbench import abi, reference
 from gradbench.backends import get_backend, resolve
-from gradbench.buffers import PREFAULTER, WORKSPACE, empty, held
+from gradbench.buffers import PREFAULTER, WORKSPACE, empty, held, take_internal
 from gradbench.clipping import LAYER_GROUPS, clip_param_grads, row_norms
 from gradbench.histograms import DEFAULT_BINS, DEFAULT_PER_DECADE, GradHistogram, fill_streaming
 from gradbench.inputs import check_inputs
@@ -172,13 +171,8 @@ class _Run:
         self.work = 2 * len(self.segments)
 
     def take(self, shape, dtype) -> np.ndarray:
-        """An internal array from the workspace, handed back to it when the pass ends; below
-        :data:`WORKSPACE_FROM` bytes a plain ``np.empty`` (the heap reuses such blocks itself)."""
-        if math.prod(shape) * np.dtype(dtype).itemsize < WORKSPACE_FROM:
-            return np.empty(shape, dtype)
-        a = WORKSPACE.take(shape, dtype)
-        self.internal.append(a)
-        return a
+        """An internal array (:func:`gradbench.buffers.take_internal`), handed back when the pass ends."""
+        return take_internal(shape, dtype, self.internal)
 
     def seg_arrays(self, s: int, e: int):
         """H, Z, bn_mean, bn_rstd of the segment [s, e) (views)."""
@@ -320,9 +314,6 @@ def _backward(run: _Run) -> None:
 
 
 GRAD_NAMES = ("dW", "db", "dgamma", "dbeta", "dslope")
-# Internal arrays from this many bytes are kept in the workspace between calls; smaller ones
-# (a 10-layer stack of width 16 has only such) cost less to allocate than to look up.
-WORKSPACE_FROM = 32 * 2**10
 _NO_INFO = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
 
 

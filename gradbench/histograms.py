@@ -204,8 +204,12 @@ def _default_range(m2: np.ndarray, e: np.ndarray, chunk: int = 4096) -> tuple[fl
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
+# Layers whose counts _move_whole_bins moves at a time (plan._diagnose_bytes counts its temporaries)
+MOVE_CHUNK = 8192
+
+
 def rebin_streaming(hist, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | None = None,
-                    chunk: int = 8192):
+                    chunk: int = MOVE_CHUNK):
     """The streaming histograms of a ``stats_only`` run (:class:`GradHistogram`)
     on ``bins`` common bins, as :func:`histograms` returns them.
 
@@ -324,5 +328,5 @@ class RelativeHistograms:
             rel = centre - np.where(ok[a:b], norm[a:b], 0.0)[:, None]
             return np.floor((rel - lo) / -lo * bins).astype(np.int64)
 
-        _move_whole_bins(out, extra, counts.reshape(L, nb), column, 8192)
+        _move_whole_bins(out, extra, counts.reshape(L, nb), column, MOVE_CHUNK)
         return cls(np.linspace(lo, 0.0, bins + 1), out, np.asarray(zeros, dtype=np.int64), extra)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradbench.histograms import DEFAULT_BINS
+from gradbench.histograms import DEFAULT_BINS, MOVE_CHUNK
 from gradbench.spec import Stack
 
 # Without memory_budget: checkpoint="auto" checkpoints when a plain run needs more than
@@ -92,8 +92,8 @@ def _diagnose_bytes(stack: Stack, stats_only: bool, generated: bool, hist_bins: 
         return 0
     L, N = int(stack.depth), int(stack.width)
     per_layer = 8 * 16 * L + 8 * L * int(bins)  # its L-vectors and the (L, bins) counts
-    if stats_only:  # rebinning the streaming histograms, 8192 layers at a time
-        rows = min(L, 8192)
+    if stats_only:  # rebinning the streaming histograms, MOVE_CHUNK layers at a time
+        rows = min(L, MOVE_CHUNK)
         return per_layer + 8 * 6 * rows * max(int(hist_bins), 1) + 8 * rows * (int(bins) + 3)
     rows = min(L, 4096)  # histograms of the stored dW, 4096 layers at a time (range, then counts)
     chunked = rows * (17 * N * N + 16 * (int(bins) + 3))

@@ -132,11 +132,11 @@ def test_keepers_read_the_memory_only_when_they_hold_much(monkeypatch):
 
 
 def test_small_internal_arrays_bypass_the_workspace():
-    """Internal arrays under engine.WORKSPACE_FROM bytes come from np.empty and are not kept;
+    """Internal arrays under buffers.WORKSPACE_FROM bytes come from np.empty and are not kept;
     larger ones are kept for the next call of the same shapes."""
     buffers.release()
     small = gb.Stack(depth=10, width=16)
-    assert (small.depth + 1) * 20 * small.width * 8 < engine.WORKSPACE_FROM
+    assert (small.depth + 1) * 20 * small.width * 8 < buffers.WORKSPACE_FROM
     gb.backprop(small, gb.init_params(small, 0), gb.gaussian_input(small, 20, 1))
     assert buffers.WORKSPACE.bytes() == 0
     wide = gb.Stack(depth=10, width=64)

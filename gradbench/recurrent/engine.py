@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench import abi
-from gradbench.buffers import WORKSPACE, held
+from gradbench.buffers import WORKSPACE, held, take_internal
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
 from gradbench.inputs import check_array, check_param_arrays, check_targets
 from gradbench.logscaled import LogScaled, ldexp
@@ -284,9 +284,7 @@ class _Run:
         self.x_buf = np.empty((k, B, D), dtype=dt) if isinstance(self.xs, GeneratedSequence) else None
 
     def _take(self, shape, dtype) -> np.ndarray:
-        a = WORKSPACE.take(shape, dtype)
-        self.internal.append(a)
-        return a
+        return take_internal(shape, dtype, self.internal)
 
     def tick(self, done: int) -> None:
         if self.progress is not None:
