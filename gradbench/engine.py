@@ -16,7 +16,7 @@ bitwise those of the one-piece run, for every backend.
 from __future__ import annotations
 
 import time
-from functools import partial
+from functools import lru_cache, partial
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,7 +142,7 @@ class _Run:
         self.B = B
         self.segments = [(s, min(s + seg, L)) for s in range(0, L, seg)]
         self.rescale = can_rescale_forward(st, self.params)
-        self.icfg, self.fcfg = abi.kernel_config(st, self.rescale)
+        self.icfg, self.fcfg = (a.copy() for a in _kernel_config(st, self.rescale))
         self.info = _no_info()
         # forward: every activation, or (recompute) one segment's worth and the checkpoints; the
         # internal arrays (never returned) come from the workspace (gradbench.buffers), and so
@@ -257,8 +257,7 @@ def _backward(run: _Run) -> None:
     kept = L if keep else seg
 
     def gradient_arrays(alloc):
-        return abi.allocate("stack_backward", dict(L=kept, B=run.B, N=N), dt,
-                            skip=[a.name for a in abi.BACKWARD if a.name not in GRAD_NAMES], empty=alloc)
+        return abi.allocate("stack_backward", dict(L=kept, B=run.B, N=N), dt, skip=_NOT_GRADS, empty=alloc)
 
     if keep:  # returned: fresh (on small pages when large), written from the top
         grad_sets = [gradient_arrays(partial(empty, prefault="descending"))]
@@ -314,6 +313,16 @@ def _backward(run: _Run) -> None:
 
 
 GRAD_NAMES = ("dW", "db", "dgamma", "dbeta", "dslope")
+_NOT_GRADS = tuple(a.name for a in abi.BACKWARD if a.name not in GRAD_NAMES)  # the backward's other arrays
+
+
+@lru_cache(maxsize=256)
+def _kernel_config(stack: Stack, rescale: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`gradbench.abi.kernel_config` worked out once per stack (a run takes copies: kernels
+    see writeable arrays, as Numba's compiled signatures expect)."""
+    return abi.kernel_config(stack, rescale)
+
+
 _NO_INFO = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
 
 
@@ -365,16 +374,16 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     grads, grad_hist = None, None
     if run.grads is not None:
         g = run.grads
-        lg = {"W": LogScaled(g["dW"], e_weight), "b": LogScaled(g["db"], e_param),
-              "gamma": LogScaled(g["dgamma"], e_param), "beta": LogScaled(g["dbeta"], e_param),
-              "slope": LogScaled(g["dslope"], e_weight)}
+        of = LogScaled._of  # (L, ...) arrays and int64 (L,) exponents, made here
+        lg = {"W": of(g["dW"], e_weight), "b": of(g["db"], e_param), "gamma": of(g["dgamma"], e_param),
+              "beta": of(g["dbeta"], e_param), "slope": of(g["dslope"], e_weight)}
         if p.W_in is not None:
             xm = run.x.copy()
             ex = reference.normalise(xm)  # tiny or huge x: dW_in = G^T x exactly scaled
             lg["W_in"] = LogScaled((G.T @ xm)[None], sig_e[:1] + ex)
             lg["b_in"] = LogScaled(G.sum(axis=0)[None], sig_e[:1])
         lg.update(head_grads)
-        grad_norm = LogScaled(run.gnorm_m, run.gnorm_e.copy())
+        grad_norm = LogScaled._of(run.gnorm_m, run.gnorm_e.copy())
         if stack.clip is not None and stack.clip_on != "signal":
             lg = clip_param_grads(stack, lg)
             grad_norm = row_norms(lg["W"])
@@ -400,11 +409,11 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         loss_exact=loss_exact,
         grads=grads,
         grad_norm=grad_norm,
-        signal_norm=LogScaled(run.sig_m[:L].copy(), sig_e[:L].copy()),
+        signal_norm=LogScaled._of(run.sig_m[:L].copy(), sig_e[:L].copy()),
         input_grad=LogScaled(input_grad, sig_e[0]),
         output=LogScaled(run.h_top.copy(), fexp[L]),  # a copy: H goes back to the workspace
-        act_mean=LogScaled(run.act_mean, fexp[1:].copy()),
-        act_std=LogScaled(run.act_std, fexp[1:].copy()),
+        act_mean=LogScaled._of(run.act_mean, fexp[1:].copy()),
+        act_std=LogScaled._of(run.act_std, fexp[1:].copy()),
         saturation=run.saturation,
         dead=run.dead if stack.activation in RELU_FAMILY else np.full(L, np.nan),
         first_nonfinite_forward=None if ffwd < 0 else ffwd,

@@ -15,6 +15,7 @@ is allocated, with the options that fit (:class:`PlanRefused`).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -99,6 +100,22 @@ def _diagnose_bytes(stack: Stack, stats_only: bool, generated: bool, hist_bins: 
     chunked = rows * (17 * N * N + 16 * (int(bins) + 3))
     weight_norms = 0 if generated else L * N * N * 8  # log10 ||W_l|| from the stored weights
     return per_layer + max(chunked, weight_norms)
+
+
+@functools.lru_cache(maxsize=256)
+def _free_plan(stack: Stack, batch: int, checkpoint, stats_only: bool, generated: bool, hist_bins: int,
+               diagnose_bins: int | None, settings: tuple) -> Plan | None:
+    """:func:`plan_run` of a run whose plain estimate is at most :data:`PLAN_FREELY`: it depends
+    on nothing but its arguments and the module's settings (``settings``, their values now: in
+    the key, so that a changed setting is seen), and is worked out once per shape (a training
+    loop's calls are the same few). None for a larger run, whose plan depends on the memory
+    available."""
+    most = memory_estimate(stack, batch, stats_only=stats_only, generated=generated, keep_weights=generated,
+                           hist_bins=hist_bins, diagnose_bins=diagnose_bins)
+    if most > PLAN_FREELY:
+        return None
+    return plan_run(stack, batch, checkpoint=checkpoint, stats_only=stats_only, generated=generated,
+                    hist_bins=hist_bins, available=4 * SMALL_RUN_BYTES, diagnose_bins=diagnose_bins)
 
 
 def available_memory() -> int:
@@ -191,6 +208,11 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
     only for a run whose plain estimate exceeds :data:`PLAN_FREELY`.
     """
     _check_checkpoint(stack, checkpoint)
+    if callable(available) and memory_budget is None:  # a small run's plan, the same on any machine
+        plan = _free_plan(stack, batch, checkpoint, stats_only, generated, hist_bins, diagnose_bins,
+                          (SMALL_RUN_BYTES, PLAN_FREELY, AUTO_FRACTION, LIMIT_FRACTION))
+        if plan is not None:
+            return plan
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float, np.integer))
                                       or not memory_budget > 0):
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")

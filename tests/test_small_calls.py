@@ -143,3 +143,55 @@ def test_small_internal_arrays_bypass_the_workspace():
     gb.backprop(wide, gb.init_params(wide, 0), gb.gaussian_input(wide, 64, 1))
     assert buffers.WORKSPACE.bytes() >= (11 + 10) * 64 * 64 * 8  # H and Z
     buffers.release()
+
+
+def test_small_plans_are_worked_out_once_and_follow_the_settings(monkeypatch):
+    """plan_run keeps the plan of a small run (plan.PLAN_FREELY) for its next call of the same
+    arguments, equal to the plan the general path gives, and sees a changed module setting."""
+    small = gb.Stack(depth=64, width=8, residual=4)
+    estimates = []
+    real = plan.memory_estimate
+    monkeypatch.setattr(plan, "memory_estimate", lambda *a, **k: (estimates.append(1), real(*a, **k))[1])
+    plan._free_plan.cache_clear()
+    first = plan.plan_run(small, 5, stats_only=True, available=lambda: 2**40)
+    n = len(estimates)
+    assert n > 0 and first == plan.plan_run(small, 5, stats_only=True, available=2**40)
+    assert not first.recompute  # its activations are below SMALL_RUN_BYTES: all kept
+    estimates.clear()
+    assert plan.plan_run(small, 5, stats_only=True, available=lambda: 2**40) == first and estimates == []
+    monkeypatch.setattr(plan, "SMALL_RUN_BYTES", (2 * 64 + 1) * 5 * 8 * 8 - 1)  # now just too many
+    changed = plan.plan_run(small, 5, stats_only=True, available=lambda: 2**40)
+    assert changed.recompute and changed == plan.plan_run(small, 5, stats_only=True, available=2**40)
+    with pytest.raises(TypeError, match="checkpoint"):  # still checked first, not hashed
+        plan.plan_run(small, 5, checkpoint=[8], available=lambda: 2**40)
+
+
+def _logscaled_fields(res):
+    for name in ("loss_exact", "grad_norm", "signal_norm", "input_grad", "output", "act_mean", "act_std"):
+        yield name, getattr(res, name)
+    if res.grads is not None:
+        for name in ("W", "b", "gamma", "beta", "slope", "W_in", "b_in", "W_out", "b_out"):
+            v = getattr(res.grads, name, None)
+            if v is not None:
+                yield f"grads.{name}", v
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+def test_results_hold_what_logscaled_checks(backend):
+    """The engine builds most of a Result's LogScaled values without LogScaled's checks
+    (LogScaled._of): each must be what the checked constructor accepts as it is, an ndarray
+    mantissa and an int64 ndarray exponent whose shape is a prefix of the mantissa's."""
+    rng = np.random.default_rng(0)
+    for kw in (dict(), dict(loss="mse", input_dim=3, output_dim=2), dict(clip="norm", clip_on="layer"),
+               dict(dtype="float32", residual=2, activation="relu", sigma_b=0.1), dict(batch_norm=True)):
+        stack = gb.Stack(depth=4, width=6, **kw)
+        x = gb.gaussian_input(stack, 5, 1)
+        t = rng.standard_normal((5, 2)).astype(stack.np_dtype) if stack.loss == "mse" else None
+        for stats_only in (False, True):
+            res = gb.backprop(stack, gb.init_params(stack, 0), x, t, backend=backend, stats_only=stats_only)
+            for name, v in _logscaled_fields(res):
+                m, e = v.mantissa, v.exponent
+                assert type(m) is np.ndarray and type(e) is np.ndarray and e.dtype == np.int64, (kw, name)
+                assert m.shape[:e.ndim] == e.shape, (kw, name)
+                checked = LogScaled(m, e)
+                assert checked.mantissa is m and checked.exponent is e, (kw, name)
