@@ -1,0 +1,66 @@
+"""setup.py's parallel compile of the C extension's sources (ParallelBuildExt)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _setup_module():
+    spec = importlib.util.spec_from_file_location("gradbench_setup_py", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not __main__: defines, does not run setup()
+    return module
+
+
+def test_build_jobs_come_from_the_environment_or_the_cpus(monkeypatch):
+    setup_py = _setup_module()
+    monkeypatch.delenv("GRADBENCH_BUILD_JOBS", raising=False)
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert setup_py.build_jobs() == cpus
+    monkeypatch.setenv("GRADBENCH_BUILD_JOBS", "3")
+    assert setup_py.build_jobs() == 3
+    for bad in ("0", "-2", "two"):
+        monkeypatch.setenv("GRADBENCH_BUILD_JOBS", bad)
+        with pytest.raises(SystemExit, match=f"GRADBENCH_BUILD_JOBS must be a positive integer, got '{bad}'"):
+            setup_py.build_jobs()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_parallel_compile_gives_the_serial_objects(tmp_path):
+    """Every source compiled, into the objects the serial compile makes (byte for byte), and a
+    source that does not compile fails the build with the compiler's error."""
+    from setuptools._distutils.ccompiler import new_compiler
+    from setuptools._distutils.errors import CompileError
+    from setuptools._distutils.sysconfig import customize_compiler
+
+    setup_py = _setup_module()
+    src = tmp_path / "src"
+    src.mkdir()
+    sources = []
+    for k in range(5):
+        path = src / f"unit{k}.c"
+        path.write_text(f"double unit{k}(double x) {{ double s = 0; for (int i = 0; i < {k + 3}; i++) s += x * i; return s; }}\n")
+        sources.append(str(path))
+
+    def compiler():
+        cc = new_compiler()
+        customize_compiler(cc)
+        return cc
+
+    serial = compiler().compile(sources, output_dir=str(tmp_path / "serial"), extra_postargs=["-O2"])
+    cc = compiler()
+    parallel = setup_py._parallel_compile(cc, 3)(sources, output_dir=str(tmp_path / "parallel"), extra_postargs=["-O2"])
+    assert [Path(p).name for p in parallel] == [Path(p).name for p in serial]
+    for a, b in zip(serial, parallel):
+        assert Path(a).read_bytes() == Path(b).read_bytes(), b
+    (src / "broken.c").write_text("int broken(void) { return ; }\nthis is not C\n")
+    with pytest.raises(CompileError):
+        setup_py._parallel_compile(compiler(), 3)(sources + [str(src / "broken.c")], output_dir=str(tmp_path / "broken"))
