@@ -33,7 +33,8 @@ class ParallelBuildExt(build_ext):
 
     def build_extensions(self):
         jobs = build_jobs()
-        if jobs > 1:
+        # a compiler class that overrides compile() itself (MSVC) keeps it: compiled one by one
+        if jobs > 1 and all(hasattr(self.compiler, name) for name in ("_setup_compile", "_get_cc_args", "_compile")):
             self.compiler.compile = _parallel_compile(self.compiler, jobs)
         super().build_extensions()
 
