@@ -12,6 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
+try:  # the distutils that this setuptools runs (its own copy, or the standard library's)
+    from setuptools._distutils.ccompiler import CCompiler
+except ImportError:  # pragma: no cover - an old setuptools
+    from distutils.ccompiler import CCompiler
+
 
 def build_jobs() -> int:
     """Compiler processes at once: ``GRADBENCH_BUILD_JOBS``, else the CPUs this process may use."""
@@ -33,8 +38,9 @@ class ParallelBuildExt(build_ext):
 
     def build_extensions(self):
         jobs = build_jobs()
-        # a compiler class that overrides compile() itself (MSVC) keeps it: compiled one by one
-        if jobs > 1 and all(hasattr(self.compiler, name) for name in ("_setup_compile", "_get_cc_args", "_compile")):
+        # only where compile() is distutils' own loop over _compile() (Unix compilers); a class
+        # with a compile() of its own (MSVC) keeps it and compiles one source after the other
+        if jobs > 1 and getattr(type(self.compiler), "compile", None) is CCompiler.compile:
             self.compiler.compile = _parallel_compile(self.compiler, jobs)
         super().build_extensions()
 

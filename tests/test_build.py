@@ -55,6 +55,8 @@ def test_parallel_compile_gives_the_serial_objects(tmp_path):
         customize_compiler(cc)
         return cc
 
+    # the compiler setuptools builds with here runs distutils' own compile loop: the parallel one applies
+    assert type(compiler()).compile is setup_py.CCompiler.compile
     serial = compiler().compile(sources, output_dir=str(tmp_path / "serial"), extra_postargs=["-O2"])
     cc = compiler()
     parallel = setup_py._parallel_compile(cc, 3)(sources, output_dir=str(tmp_path / "parallel"), extra_postargs=["-O2"])
