@@ -12,10 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-try:  # the distutils that this setuptools runs (its own copy, or the standard library's)
-    from setuptools._distutils.ccompiler import CCompiler
-except ImportError:  # pragma: no cover - an old setuptools
-    from distutils.ccompiler import CCompiler
 
 
 def build_jobs() -> int:
@@ -32,6 +28,17 @@ def build_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def runs_base_compile(compiler) -> bool:
+    """Whether ``compiler.compile`` is distutils' own loop over ``_compile``, which the parallel
+    compile replaces: defined by the compilers' base class (the one just above ``object``) and
+    overridden by no subclass (the Unix compilers; MSVC's has its own). By the class hierarchy,
+    not by name or identity: the base class's name and module differ between setuptools
+    versions, and setuptools may load distutils twice over."""
+    mro = type(compiler).__mro__
+    owner = next((k for k in mro if "compile" in vars(k)), None)
+    return len(mro) >= 2 and owner is mro[-2] and "_compile" in vars(owner)
+
+
 class ParallelBuildExt(build_ext):
     """``build_ext`` whose compiler compiles an extension's sources on a pool of threads, each
     running one compiler process (the same commands and objects as the serial build)."""
@@ -40,7 +47,7 @@ class ParallelBuildExt(build_ext):
         jobs = build_jobs()
         # only where compile() is distutils' own loop over _compile() (Unix compilers); a class
         # with a compile() of its own (MSVC) keeps it and compiles one source after the other
-        if jobs > 1 and getattr(type(self.compiler), "compile", None) is CCompiler.compile:
+        if jobs > 1 and runs_base_compile(self.compiler):
             self.compiler.compile = _parallel_compile(self.compiler, jobs)
         super().build_extensions()
 

@@ -56,7 +56,13 @@ def test_parallel_compile_gives_the_serial_objects(tmp_path):
         return cc
 
     # the compiler setuptools builds with here runs distutils' own compile loop: the parallel one applies
-    assert type(compiler()).compile is setup_py.CCompiler.compile
+    assert setup_py.runs_base_compile(compiler())
+
+    class OwnCompile(type(compiler())):  # MSVC's way: a compile() of its own is kept
+        def compile(self, *args, **kwargs):
+            return super().compile(*args, **kwargs)
+
+    assert not setup_py.runs_base_compile(OwnCompile())
     serial = compiler().compile(sources, output_dir=str(tmp_path / "serial"), extra_postargs=["-O2"])
     cc = compiler()
     parallel = setup_py._parallel_compile(cc, 3)(sources, output_dir=str(tmp_path / "parallel"), extra_postargs=["-O2"])
