@@ -13,7 +13,6 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 
-
 def build_jobs() -> int:
     """Compiler processes at once: ``GRADBENCH_BUILD_JOBS``, else the CPUs this process may use."""
     value = os.environ.get("GRADBENCH_BUILD_JOBS", "").strip()
