@@ -205,21 +205,19 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
     ``memory_budget`` (default LIMIT_FRACTION of the available RAM) is refused with the options
     that fit. ``diagnose_bins``: count the diagnosis too (:func:`memory_estimate`).
     ``available``: bytes (default :func:`available_memory`), or a callable returning them, called
-    only for a run whose plain estimate exceeds :data:`PLAN_FREELY`.
+    only without ``memory_budget`` (which replaces it) and for a run whose plain estimate exceeds
+    :data:`PLAN_FREELY`.
     """
     _check_checkpoint(stack, checkpoint)
-    if callable(available) and memory_budget is None:  # a small run's plan, the same on any machine
+    if callable(available) and memory_budget is None:  # read only for a run that might not fit
         plan = _free_plan(stack, batch, checkpoint, stats_only, generated, hist_bins, diagnose_bins,
                           (SMALL_RUN_BYTES, PLAN_FREELY, AUTO_FRACTION, LIMIT_FRACTION))
-        if plan is not None:
+        if plan is not None:  # a small run's plan, the same on any machine
             return plan
+        available = available()
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float, np.integer))
                                       or not memory_budget > 0):
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    if callable(available):  # read only for a run that might not fit (PLAN_FREELY)
-        most = memory_estimate(stack, batch, stats_only=stats_only, generated=generated, keep_weights=generated,
-                               hist_bins=hist_bins, diagnose_bins=diagnose_bins)
-        available = 4 * SMALL_RUN_BYTES if memory_budget is None and most <= PLAN_FREELY else available()
     auto_budget, limit, budget = memory_limits(memory_budget, available)
     L = stack.depth
     k_auto = default_segment(stack)
