@@ -6,6 +6,7 @@ a fresh `make demo`. :class:`ParallelBuildExt` hands them to a pool of ``GRADBEN
 compiler processes (default: one per CPU this process may run on).
 """
 
+import importlib.util
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,18 +14,22 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 
+def _load_env():
+    """gradbench/_env.py (the package's checked environment variables and CPU count), loaded
+    by its path: it needs nothing but the standard library, which is all a build has."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gradbench", "_env.py")
+    spec = importlib.util.spec_from_file_location("_gradbench_env_for_setup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_env = _load_env()
+
+
 def build_jobs() -> int:
     """Compiler processes at once: ``GRADBENCH_BUILD_JOBS``, else the CPUs this process may use."""
-    value = os.environ.get("GRADBENCH_BUILD_JOBS", "").strip()
-    if value:
-        try:
-            jobs = int(value)
-        except ValueError:
-            raise SystemExit(f"GRADBENCH_BUILD_JOBS must be a positive integer, got {value!r}") from None
-        if jobs < 1:
-            raise SystemExit(f"GRADBENCH_BUILD_JOBS must be a positive integer, got {value!r}")
-        return jobs
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return _env.env_int("GRADBENCH_BUILD_JOBS", _env.available_cpus(), low=1)
 
 
 def runs_base_compile(compiler) -> bool:
