@@ -14,7 +14,7 @@ import numpy as np
 
 from gradbench import abi, reference
 from gradbench.activations import _log_sigmoid
-from gradbench.logscaled import LN2, LN2_HI, LN2_LO, LogScaled, from_log, ldexp
+from gradbench.logscaled import LN2, LN2_HI, LN2_LO, LN_MIN, LogScaled, from_log, ldexp
 from gradbench.params import Params
 from gradbench.spec import Stack
 
@@ -26,6 +26,13 @@ _EXP_LOW = -600.0
 def _softplus(x: np.ndarray) -> np.ndarray:
     """log(1 + exp(x)) = -ln s(-x), neither branch overflowing."""
     return -_log_sigmoid(-x)
+
+
+def _softplus_pair(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(softplus(y), softplus(-y)) with one exp and one log1p: max(+-y, 0) + log1p(e^-|y|), the
+    values of :func:`_softplus` bit for bit (its branches add the same two terms)."""
+    tail = np.log1p(np.exp(-np.abs(y)))
+    return np.maximum(y, 0.0) + tail, np.maximum(-y, 0.0) + tail
 
 
 def _log_softplus(x: np.ndarray, sp: np.ndarray | None = None) -> np.ndarray:
@@ -73,13 +80,15 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
         t = np.asarray(t, dtype=np.float64)
         with np.errstate(divide="ignore"):
             lt, l1t = np.log(t), np.log1p(-t)  # -inf where a term has no weight
-        sp, sn = _softplus(y), _softplus(-y)  # each once: the head of a small net is much of its call
-        loss_logs = np.concatenate([(l1t + _log_softplus(y, sp)).ravel(), (lt + _log_softplus(-y, sn)).ravel()])
+        sp, sn = _softplus_pair(y)  # once each: the head of a small net is much of its call
         logs = np.stack([l1t - sn, lt - sp])  # log (1-t) sigmoid(y), log t sigmoid(-y)
         m, E = _exp_scaled(logs, scale)
         dy = (m[0] - m[1]) / (count * O)
         loss_value = float(np.sum((1 - t) * sp + t * sn)) / (count * O)
         norm = count * O
+
+        def loss_logs():  # the loss's terms in log form, needed only when the loss underflows
+            return np.concatenate([(l1t + _log_softplus(y, sp)).ravel(), (lt + _log_softplus(-y, sn)).ravel()])
     else:
         rows = np.arange(R)
         s = y - y.max(axis=1, keepdims=True)
@@ -87,7 +96,10 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
         others = s.copy()
         others[rows, t] = -np.inf
         margin = _logsumexp(others, axis=1) - s[rows, t]  # log sum_{j != t} exp(y_j - y_t)
-        loss_logs = _log_softplus(margin)
+
+        def loss_logs():
+            return _log_softplus(margin)
+
         logs = s - lse[:, None]
         logs[rows, t] = margin + s[rows, t] - lse  # log sum_{j != t} p_j
         m, E = _exp_scaled(logs, scale)
@@ -97,8 +109,8 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
         norm = count
     if loss_value >= np.finfo(np.float64).tiny or not scale:
         return loss_value, LogScaled.from_float(loss_value), dy, E
-    lam = float(_logsumexp(loss_logs)) - float(np.log(norm))  # log of the loss
-    if not np.isfinite(lam):
+    lam = float(_logsumexp(loss_logs())) - float(np.log(norm))  # log of the loss
+    if not LN_MIN <= lam < np.inf:  # beyond any int64 exponent (from_log): 0 like the float
         return loss_value, LogScaled.from_float(loss_value), dy, E
     e = int(np.floor(lam / LN2)) + 1
     return loss_value, LogScaled(np.array(np.exp(lam - e * LN2_HI - e * LN2_LO)), np.array(e)), dy, E
