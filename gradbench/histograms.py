@@ -168,12 +168,15 @@ def histograms(W, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | No
     L = m.shape[0]
     m2 = m.reshape(L, -1)
     e = W.exponent.reshape(L)
-    lo, hi = _default_range(m2, e) if hist_range is None else _checked_range(hist_range)
-    edges = np.linspace(lo, hi, bins + 1)
+    if hist_range is None:
+        lo, hi, offset = _default_range(m2, e)
+    else:
+        (lo, hi), offset = _checked_range(hist_range), 0
+    edges = np.linspace(lo, hi, bins + 1) + offset * LOG10_2
     counts = np.zeros((L, bins), dtype=np.int64)
     zeros, nonfinite, outside = (np.zeros(L, dtype=np.int64) for _ in range(3))
     for s in range(0, L, chunk):
-        idx, zeros[s:s + chunk], nonfinite[s:s + chunk] = bin_rows(m2[s:s + chunk], e[s:s + chunk], lo,
+        idx, zeros[s:s + chunk], nonfinite[s:s + chunk] = bin_rows(m2[s:s + chunk], e[s:s + chunk] - offset, lo,
                                                                     bins / (hi - lo))
         idx[idx == bins] = bins - 1  # hi itself goes in the last bin
         c, below, above = count_window(idx, 0.0, bins)
@@ -182,26 +185,33 @@ def histograms(W, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | No
     return edges, counts, zeros, nonfinite, outside
 
 
-def _default_range(m2: np.ndarray, e: np.ndarray, chunk: int = 4096) -> tuple[float, float]:
-    """Floor and ceil of log10 of the smallest and largest non-zero finite entry over all rows,
-    ``chunk`` rows at a time (a copy of every dW at once would double the memory of a run)."""
-    lo, hi = math.inf, -math.inf
+# From this exponent on (|log10| ~ 3e11 decades, where float64's spacing passes 1e-4 decades) the
+# default range is counted from the largest exponent: a loss of e^-1e15 puts every layer near
+# 10^-4.3e14, where float64 cannot tell one decade from the next.
+FAR_EXPONENT = 2**40
+
+
+def _default_range(m2: np.ndarray, e: np.ndarray, chunk: int = 4096) -> tuple[float, float, int]:
+    """Floor and ceil of log10 of the smallest and largest non-zero finite entry over all rows
+    (``chunk`` rows at a time: a copy of every dW at once would double the memory of a run), in
+    decades above ``offset log10 2``; ``offset`` is 0, or the largest exponent of a row with
+    such an entry when one is beyond :data:`FAR_EXPONENT`. Returns (lo, hi, offset)."""
+    rows = []  # per chunk: the exponents, smallest and largest |entry| of its rows with an entry
     for s in range(0, m2.shape[0], chunk):
         absm = np.abs(m2[s:s + chunk])
         ok = np.isfinite(absm) & (absm > 0)
         has = ok.any(axis=1)
-        if not has.any():
-            continue
-        es = e[s:s + chunk][has]
-        with np.errstate(divide="ignore"):
-            lmin = np.where(ok, absm, np.inf).min(axis=1)[has]
-            lmax = np.where(ok, absm, 0).max(axis=1)[has]
-            lo = min(lo, float(np.min(np.log10(lmin) + LOG10_2 * es)))
-            hi = max(hi, float(np.max(np.log10(lmax) + LOG10_2 * es)))
-    if not math.isfinite(lo):
-        return -1.0, 0.0
+        if has.any():
+            rows.append((e[s:s + chunk][has], np.where(ok, absm, np.inf).min(axis=1)[has],
+                         np.where(ok, absm, 0).max(axis=1)[has]))
+    if not rows:
+        return -1.0, 0.0, 0
+    es = np.concatenate([r[0] for r in rows])
+    offset = int(es.max()) if int(np.abs(es).max()) >= FAR_EXPONENT else 0
+    lo = min(float(np.min(np.log10(lmin) + LOG10_2 * (ex - offset))) for ex, lmin, _ in rows)
+    hi = max(float(np.max(np.log10(lmax) + LOG10_2 * (ex - offset))) for ex, _, lmax in rows)
     lo, hi = math.floor(lo), math.ceil(hi)
-    return float(lo), float(hi if hi > lo else lo + 1)
+    return float(lo), float(hi if hi > lo else lo + 1), offset
 
 
 # Layers whose counts _move_whole_bins moves at a time (plan._diagnose_bytes counts its temporaries)
@@ -218,20 +228,23 @@ def rebin_streaming(hist, bins: int = DEFAULT_BINS, hist_range: tuple[float, flo
     """
     L, wb, pd = len(hist.top), hist.bins, hist.per_decade
     has = hist.counts.sum(axis=1) > 0
+    offset = 0  # a bin index to count from, far out (as in _default_range; top is exact in int64)
     if hist_range is None:
         if has.any():
-            lo = math.floor(float((hist.top[has] - wb + 1).min()) / pd)
-            hi = math.ceil(float(hist.top[has].max() + 1) / pd)
+            if int(np.abs(hist.top[has]).max()) >= FAR_EXPONENT:
+                offset = int(hist.top[has].max())
+            lo = math.floor(float((hist.top[has] - offset - wb + 1).min()) / pd)
+            hi = math.ceil(float(hist.top[has].max() - offset + 1) / pd)
         else:
             lo, hi = -1.0, 0.0
     else:
         lo, hi = _checked_range(hist_range)
-    edges = np.linspace(lo, hi, bins + 1)
+    edges = np.linspace(lo, hi, bins + 1) + offset / pd
     counts = np.zeros((L, bins), dtype=np.int64)
     outside = hist.below.astype(np.int64).copy()
 
     def column(a, b):
-        centre = (hist.top[a:b, None] - wb + 1 + np.arange(wb)[None, :] + 0.5) / pd
+        centre = (hist.top[a:b, None] - offset - wb + 1 + np.arange(wb)[None, :] + 0.5) / pd
         return np.floor((centre - lo) / (hi - lo) * bins).astype(np.int64)
 
     _move_whole_bins(counts, outside, hist.counts, column, chunk)

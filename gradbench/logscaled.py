@@ -135,11 +135,18 @@ LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 LN2 = math.log(2.0)
 
 
+# ln of the smallest magnitude an exponent can carry: 2^-(2^62). Below it a value is 0, as a
+# float below its range is; the margin to int64's 2^63 leaves room for the exponents it is added to.
+LN_MIN = -(2.0**62) * LN2
+
+
 def from_log(ln: np.ndarray, sign) -> tuple[np.ndarray, int]:
     """``sign * exp(ln)`` (float64 arrays; ln may be -inf) as (mantissas, k) with the largest
-    mantissa in [1, 2): ``sign exp(ln) = mantissas 2**k``. (zeros, 0) when no ln is finite."""
+    mantissa in [1, 2): ``sign exp(ln) = mantissas 2**k``. (zeros, 0) when no ln is finite or
+    the largest lies below :data:`LN_MIN` (beyond any int64 exponent: a logit of -1e30 has a
+    sigmoid of exp(-1e30) = 2^(-1.4e30))."""
     top = float(np.max(ln)) if np.size(ln) else -np.inf
-    if not np.isfinite(top):
+    if not (LN_MIN <= top < np.inf):
         return np.zeros(np.shape(ln)), 0
     k = int(np.floor(top / LN2))  # ln 2 itself: top / LN2_HI is off by ~k LN2_LO / ln 2 steps at large k
     with np.errstate(under="ignore"):

@@ -8,8 +8,9 @@ the input. Negative: the gradient shrinks towards the input (vanishing); positiv
 Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 100):
 
 1. ``no gradient``: every ||dL/dW_l|| is exactly zero (an all-zero input, a 100 %-dead ReLU
-   stack, or units saturated beyond any int64 exponent: phi' < 2^(-2^62)): nothing reaches any
-   weight.
+   stack, units saturated beyond any int64 exponent: phi' < 2^(-2^62), or a bce/softmax_ce head
+   right by a margin beyond ~3e18 for every sample: loss and dL/dy below 2^(-2^62)): nothing
+   reaches any weight.
 2. ``exploding`` if the backward pass turned non-finite; else
 3. ``vanishing`` if a layer has an exactly zero gradient below a non-zero one and the backward
    signal died on the way (some ||dL/dh_l|| at or below the top non-zero layer is exactly zero:
@@ -319,6 +320,12 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                          f"saturated units underflowed beyond even the exponent range: every unit of layer {L - 1} "
                          f"(the top) has {stack.activation}' below 2^(-2^62) (e.g. tanh at |z| ~ 1e200), which no "
                          "int64 exponent holds; the true gradient is not 0, and every layer below inherits the zero")
+        elif stack.loss in ("bce", "softmax_ce") and loss_log10 == -math.inf:  # their loss is > 0 at finite logits
+            words.append("no gradient at all: every ||dL/dW_l|| is exactly zero because the loss and its gradient "
+                         f"at the head underflowed beyond even the exponent range: the {stack.loss} head is right "
+                         "with a margin beyond ~3e18 for every sample, so its loss and dL/dy = exp(-margin) lie "
+                         "below 2^(-2^62), which no int64 exponent holds; the true gradient is not 0, and every "
+                         "layer below inherits the zero")
         else:
             words.append("no gradient at all: every ||dL/dW_l|| is exactly zero (an all-zero input or signal, or "
                          "every unit dead)")

@@ -243,6 +243,26 @@ def test_histograms_are_exact_at_huge_exponents(rng):
         histograms(gb.LogScaled(m, e), hist_range=(1, 1))
 
 
+@pytest.mark.parametrize("far", [2**45, -(2**61)])
+def test_histograms_far_out_count_as_near_zero(rng, far):
+    """Every layer near 10^(far log10 2) (a head right by a margin of 1e15 puts them at
+    10^-4.3e14): float64 cannot tell one decade from the next there, and the default range
+    collapsed to hi == lo (ZeroDivisionError). The counts are those of the same entries with
+    every exponent moved by -far (an independent run of the near path), the edges moved by far."""
+    m = rng.uniform(0.5, 1.0, (4, 5, 5)) * rng.choice([-1, 1], (4, 5, 5))
+    m[2] = 0.0  # a layer with no entry (its exponent 0 must not decide the frame)
+    m[0, 1, 1] = np.nan
+    e = np.array([-37, -10, 5, 0], dtype=np.int64)  # the largest exponent with entries: 0
+    near = histograms(gb.LogScaled(m, e), bins=9)
+    e_far = e + far
+    e_far[2] = 0
+    got = histograms(gb.LogScaled(m, e_far), bins=9)
+    for a, b in zip(near[1:], got[1:]):
+        np.testing.assert_array_equal(a, b)
+    assert near[1].sum() == 3 * 25 - 1 and near[0][-1] - near[0][0] > 9  # it does count something
+    np.testing.assert_array_equal(got[0], near[0] + far * LOG10_2)
+
+
 def test_diagnosis_counts_every_entry_once():
     res = small_result(depth=12, width=5, activation="relu", init="he_normal")
     d = gb.diagnose(res, bins=17)
@@ -417,3 +437,23 @@ def test_rebinned_streaming_histograms_match_a_bin_by_bin_loop(chunk):
     np.testing.assert_array_equal(outside, want_out)
     np.testing.assert_array_equal(edges, np.linspace(lo, hi, bins + 1))
     assert counts.dtype == np.int64 and np.array_equal(zeros, h.zeros)
+
+
+@pytest.mark.parametrize("far", [2**44, -(2**62)])
+def test_rebinned_streaming_histograms_far_out_count_as_near_zero(far):
+    """Streaming histograms whose bins lie near index ``far`` (every layer at ~10^(far / 4)):
+    the default range collapsed to hi == lo in float64. The counts are those of the same
+    histograms near 0 (an independent run of the near path), the edges moved by far / 4."""
+    import dataclasses
+
+    from gradbench.histograms import rebin_streaming
+
+    stack = gb.Stack(depth=40, width=6, activation="tanh", init="normal", sigma_w=1.1)
+    h = gb.backprop(stack, gb.init_params(stack, 3), gb.gaussian_input(stack, 5, 4), stats_only=True).grad_hist
+    assert h.top.max() > h.top.min()  # the layers' windows differ
+    h = dataclasses.replace(h, top=h.top - int(h.top.max()))  # the largest at 0: the far path's frame
+    near, got = rebin_streaming(h, 11), rebin_streaming(dataclasses.replace(h, top=h.top + far), 11)
+    for a, b in zip(near[1:], got[1:]):
+        np.testing.assert_array_equal(a, b)
+    assert near[1].sum() > 0
+    np.testing.assert_array_equal(got[0], np.linspace(*near[0][[0, -1]], 12) + far / h.per_decade)

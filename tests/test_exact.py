@@ -355,6 +355,53 @@ def test_head_gradients_of_confident_right_answers_equal_mpmath(loss, dtype, row
     assert gb.diagnose(res).verdict != "no gradient"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss, rows, targets", [
+    ("bce", [1e15, 2e15], [[1.0], [1.0]]),
+    ("bce", [-3e18, -1e18], [[0.0], [0.0]]),
+    ("softmax_ce", [[1e15, 0.0], [0.0, 2e15]], [0, 1]),
+])
+def test_head_loss_of_a_huge_margin_carries_its_exponent(loss, rows, targets, backend):
+    """A right answer by a margin m far beyond exp's range: loss and dL/dy ~ e^-m, here 2^-(1.4e15)
+    to 2^-(1.4e18), within an int64 exponent. Closed form (the other terms are e^-m smaller):
+    the mean loss is e^-m / B for the smallest margin m, and ||dL/dW_0|| = |dL/dy| m c with the
+    x = (m, m) rows and W_out's c (bce: y = x (1/2, 1/2)^T, |dz| = |dy| / 2, ||.|| of a 2 x 2 of
+    equal entries = 2 |entry|; softmax_ce: y = x, dz = dy row (+-e^-m / B) times x's row)."""
+    stack, params, x, _ = _head_case(loss, "float64", rows)
+    t = np.array(targets, np.float64 if loss == "bce" else np.int64)
+    res = gb.backprop(stack, params, x, t, backend=backend)
+    B, ln10 = len(rows), math.log(10)
+    m = min(abs(r) for r in np.ravel(rows) if r != 0)
+    want_loss = (-m - math.log(B)) / ln10
+    want_dw = (-m - math.log(B) + math.log(m) + (0.0 if loss == "bce" else 0.5 * math.log(2))) / ln10
+    assert res.loss == 0.0  # the float reads 0
+    assert abs(float(res.loss_exact.log10()) - want_loss) < 0.1, (float(res.loss_exact.log10()), want_loss)
+    assert abs(float(res.grad_norm.log10()[0]) - want_dw) < 0.1, (float(res.grad_norm.log10()[0]), want_dw)
+    assert gb.diagnose(res, params).verdict != "no gradient"
+    so = gb.backprop(stack, params, x, t, backend=backend, stats_only=True)
+    np.testing.assert_array_equal(so.grad_norm.log10(), res.grad_norm.log10())
+    d = gb.diagnose(so, params)  # float64 cannot bin 10^-4e14 by decades: every entry still counted once
+    assert d.hist_counts.sum() + d.hist_zeros.sum() + d.hist_nonfinite.sum() + d.hist_outside.sum() == 4
+
+
+@pytest.mark.parametrize("loss, rows, targets", [
+    ("bce", [1e30, 4e18], [[1.0], [1.0]]), ("bce", [-1e300, -1e300], [[0.0], [0.0]]),
+    ("softmax_ce", [[1e30, 0.0], [0.0, 1e20]], [0, 1]),
+])
+def test_limit_a_head_right_beyond_any_exponent_reads_0_and_is_named(loss, rows, targets):
+    """A margin beyond 2^62 ln 2 ~ 3.2e18 for every sample: e^-m below 2^(-2^62), no int64
+    exponent holds it. The loss and every gradient read 0 (a 100-layer linear stack of gain 2
+    with a bce head once raised OverflowError there) and the diagnosis says why."""
+    stack, params, x, _ = _head_case(loss, "float64", rows)
+    t = np.array(targets, np.float64 if loss == "bce" else np.int64)
+    res = gb.backprop(stack, params, x, t, backend="numpy")
+    assert res.loss == 0.0 and res.loss_exact.log10() == -np.inf
+    assert np.all(res.grad_norm.log10() == -np.inf)
+    d = gb.diagnose(res, params)
+    assert d.verdict == "no gradient" and "underflowed beyond even the exponent range" in d.explanation
+    assert f"the {loss} head is right with a margin beyond ~3e18 for every sample" in d.explanation
+
+
 # ------------------------------------------------------------------ where it stops (the README's list)
 def test_limit_head_output_beyond_float64_is_non_finite():
     stack = gb.Stack(depth=4, width=4, activation="relu", init="normal", sigma_w=1e100, loss="mse")
