@@ -325,12 +325,17 @@ def _latest(directory: str = os.path.join("benchmarks", "results")) -> str | Non
     return max(files, key=os.path.getmtime) if files else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the tables of a saved benchmark JSON and draw the figure; returns an exit code."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``gradbench bench``."""
     parser = argparse.ArgumentParser(
         prog="gradbench bench",
         description="Tables (time, GF/s, speed-up vs NumPy and vs the best peer) and a GF/s figure "
                     "from a pytest-benchmark JSON saved by `make bench` or `make bench-quick`.",
+        epilog="examples:\n"
+               "  make bench-quick && gradbench bench benchmarks/results/bench-quick.json\n"
+               "  gradbench bench --no-plot --markdown                 the newest JSON in benchmarks/results/\n"
+               "  gradbench bench bench.json bench-targets.json --readme   the README's Performance tables",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("json", nargs="*",
                         help="the JSON (default: the newest in benchmarks/results/); several are merged")
@@ -340,7 +345,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="also print the summary as a Markdown table (time and speed-up vs NumPy)")
     parser.add_argument("--readme", action="store_true",
                         help="also print the README's Performance tables (the stack grid and the recurrent cells)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the tables of a saved benchmark JSON and draw the figure; returns an exit code."""
+    args = build_parser().parse_args(argv)
     paths = args.json or ([_latest()] if _latest() else [])
     if not paths:
         print("gradbench bench: no JSON given and none in benchmarks/results/: run `make bench-quick` first",

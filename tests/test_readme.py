@@ -20,6 +20,26 @@ def _blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
+# a comment that starts with a string, a tuple, True, False or None states the value shown;
+# "(depth,)" or "(batch, width)" describe a shape (names, not values)
+_LITERAL = re.compile(r"""\s*('[^']*'|"[^"]*"|\([^()]*\)|True\b|False\b|None\b)""")
+_NO_LITERAL = object()
+
+
+def _literal(comment: str):
+    found = _LITERAL.match(comment)
+    try:
+        return ast.literal_eval(found.group(1)) if found else _NO_LITERAL
+    except ValueError:
+        return _NO_LITERAL
+
+
+def _same(value, expected) -> bool:
+    if isinstance(expected, tuple):
+        return len(tuple(value)) == len(expected) and all(_same(v, e) for v, e in zip(value, expected))
+    return type(expected) is type(None) and value is None or expected is not None and bool(value == expected)
+
+
 def _run(blocks) -> int:
     """Execute the blocks in one namespace; returns how many stated values were compared."""
     ns: dict = {}
@@ -37,6 +57,10 @@ def _run(blocks) -> int:
                 digits = max(len(s.split(".")[1]) for s in re.findall(r"-?\d+\.\d+", stated.group(1)))
                 np.testing.assert_allclose(np.asarray(value, dtype=float), expected, rtol=0,
                                            atol=0.51 * 10.0**-digits, err_msg=code)
+                checked += 1
+            elif isinstance(stmt, ast.Expr) and (expected := _literal(comment)) is not _NO_LITERAL:
+                value = eval(compile(ast.Expression(stmt.value), "README", "eval"), ns)
+                assert _same(value, expected), f"{code}: {value!r}, the README says {expected!r}"
                 checked += 1
             elif isinstance(stmt, ast.Expr) and comment.strip().startswith("gradients beyond"):
                 assert all(eval(compile(ast.Expression(stmt.value), "README", "eval"), ns)), code

@@ -12,4 +12,7 @@ def run_raw(argv: list[str]) -> int:
     """``gradbench bench ARGS``: benchreport parses ``ARGS`` itself."""
     from gradbench import benchreport
 
-    return int(benchreport.main(argv) or 0)
+    try:
+        return int(benchreport.main(argv) or 0)
+    except SystemExit as exc:  # its parser's --help (0) and bad options (2): a status, as main() returns
+        return int(exc.code or 0)

@@ -29,6 +29,11 @@ most decades, gradients.json); then the training demos on two moons (loss.png, u
 training.json) unless --no-train; then through time (unless --no-cells): a vanilla tanh RNN, an LSTM
 and a GRU over {CELL_STEPS} steps, the exact ||dL/dh_t|| against steps back (cells.png, cells.json; the
 same as `gradbench compare --cells rnn,lstm,gru --steps {CELL_STEPS}`). File formats: docs/formats.md.
+
+examples:
+  gradbench demo                                   everything, into ./{DEFAULT_DEMO_DIR}/
+  gradbench demo --out-dir figures --no-train      the stacks and the cells only
+  gradbench demo --depth 100 --width 64 --no-cells     a deeper, wider stack
 """
 
 FILES = ("flow.png", "histograms.png", "gradients.json")
