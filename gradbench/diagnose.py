@@ -330,9 +330,11 @@ def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> As
     w = np.zeros(0) if params is None else _weight_log10(params, stack, len(g))
     w_ref = w if len(w) else np.full(len(g), math.log10(math.sqrt(stack.width) * stack.gain))
     loss_log10 = float(res.loss_exact.log10())
-    with np.errstate(invalid="ignore"):
+    raw = getattr(res, "grad_norm_unclipped", None)  # clipping bounds the update, not the derivative
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g_raw = g if raw is None else np.asarray(raw.log10(), dtype=np.float64)
         # log10 e_l = log10 (||dW_l|| ||W_l|| / loss); undefined (nan) for a loss of 0 or out of range
-        elasticity = g + w_ref - loss_log10 if math.isfinite(loss_log10) else np.full(len(g), math.nan)
+        elasticity = g_raw + w_ref - loss_log10 if math.isfinite(loss_log10) else np.full(len(g), math.nan)
     verdict, rule = judge(g, s, threshold=threshold, elasticity_log10=elasticity, tiny=tiny,
                           nonfinite_backward=res.first_nonfinite_backward is not None, group=stack.residual)
     return Assessment(grad_log10=g, signal_log10=s, decades_per_layer=rate, intercept=intercept,

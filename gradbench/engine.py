@@ -269,6 +269,8 @@ def _backward(run: _Run) -> None:
     # parameter-gradient clipping that acts layer by layer in stats_only runs (value clipping is
     # the same globally): it changes the clipped dW rows and their norms
     run.layer_clip = not keep and stack.clip is not None and stack.clip_on != "signal"
+    if run.layer_clip:  # the norms before clipping (Result.grad_norm_unclipped)
+        run.gnorm_raw_m, run.gnorm_raw_e = np.empty(L), np.zeros(L, dtype=np.int64)
     seg_info = _no_info()
     last = len(run.segments) - 1
     for j in range(last, -1, -1):
@@ -356,6 +358,7 @@ def _segment_statistics(run: _Run, s: int, e: int, seg_grads):
         cw = clip_param_grads(run.stack.replace(clip_on="layer"), g)["W"]
         gm, e_w = cw.mantissa, cw.exponent
         n = row_norms(cw)
+        run.gnorm_raw_m[s:e], run.gnorm_raw_e[s:e] = run.gnorm_m[s:e], run.gnorm_e[s:e]  # the derivative's
         run.gnorm_m[s:e], run.gnorm_e[s:e] = n.mantissa, n.exponent
     if run.hist is None:
         return None
@@ -371,7 +374,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     stack, p, G, L = run.stack, run.params, run.G, run.stack.depth
     sig_e, fexp = run.sig_e, run.fexp
     e_param, e_weight = run.dz_e, run.dz_e + fexp[:-1]  # dz_e: sig_e[l+1] and the rescue's shift
-    grads, grad_hist = None, None
+    grads, grad_hist, unclipped = None, None, None
     if run.grads is not None:
         g = run.grads
         of = LogScaled._of  # (L, ...) arrays and int64 (L,) exponents, made here
@@ -386,10 +389,12 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         grad_norm = LogScaled._of(run.gnorm_m, run.gnorm_e.copy())
         if stack.clip is not None and stack.clip_on != "signal":
             lg = clip_param_grads(stack, lg)
-            grad_norm = row_norms(lg["W"])
+            grad_norm, unclipped = row_norms(lg["W"]), grad_norm
         grads = Grads(**{k: (v if k in LAYER_GROUPS[0] else v[0]) for k, v in lg.items()})
     else:
         grad_norm = LogScaled(run.gnorm_m, run.gnorm_e)
+        if run.layer_clip:
+            unclipped = LogScaled._of(run.gnorm_raw_m, run.gnorm_raw_e)
         if run.hist is not None:
             grad_hist = GradHistogram(per_decade=run.hist_per_decade, bins=run.hist_bins, **run.hist)
     input_grad = G if p.W_in is None else G @ p.W_in
@@ -421,4 +426,5 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         forward_rescaled=run.rescale,
         extras=extras,
         grad_hist=grad_hist,
+        grad_norm_unclipped=unclipped,
     )

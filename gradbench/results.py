@@ -83,6 +83,10 @@ class Result:
     grad_hist : GradHistogram or None
         Histograms of log10 |dW_l| (``stats_only=True`` runs; otherwise ``None``: use
         ``gradbench.diagnose`` on ``grads``).
+    grad_norm_unclipped : LogScaled (L,) or None
+        ||dL/dW_l||_F before parameter-gradient clipping (``clip_on`` "layer" or "global"; else
+        ``None``: ``grad_norm`` is the gradient itself). Clipping bounds the update, not the
+        derivative: how much a change of W_l moves the loss (the verdict's elasticity) is this.
     """
 
     stack: Stack
@@ -103,6 +107,7 @@ class Result:
     forward_rescaled: bool
     extras: dict = field(default_factory=dict)
     grad_hist: GradHistogram | None = None
+    grad_norm_unclipped: LogScaled | None = None
 
     def to_frame(self):
         """One row per layer as a pandas DataFrame (:func:`gradbench.frames.result_frame`)."""

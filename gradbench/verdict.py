@@ -35,7 +35,8 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
    (default 8): changing any W_l by 100 % of itself would change the loss by less than
    10^-``tiny`` of itself, to first order ("vanishing everywhere", e.g. ||dW_l|| at 10^-119
    for a loss of order 1, or units saturated at depth 1). ||W_l|| is the parameters' norm when
-   given, else the init's expected sqrt(N) sigma_w;
+   given, else the init's expected sqrt(N) sigma_w; ||dW_l|| is the derivative, before any
+   parameter-gradient clipping (``Result.grad_norm_unclipped``: clipping bounds the update);
 6. otherwise ``stable``.
 
 Why rule 5 divides by the loss. Vanishing and exploding are statements about depth: the
@@ -371,6 +372,14 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
 def _findings(stack, g, res, verdict) -> list[str]:
     """The facts beside the verdict: non-finite layers, zeros, the forward, saturation, dead units."""
     words = []
+    raw = getattr(res, "grad_norm_unclipped", None)
+    if raw is not None and len(g):
+        with np.errstate(divide="ignore"):
+            r = np.asarray(raw.log10(), dtype=np.float64)
+        how = f"clip {stack.clip} {stack.clip_threshold:g} on {'each layer' if stack.clip_on == 'layer' else 'all of them'}"
+        words.append(f"||dW_l|| is after the parameter-gradient clipping ({how}), which bounds the updates, not the "
+                     f"derivative: before it ||dW_l|| runs from 10^{_num(r[-1])} at layer {len(r) - 1} to "
+                     f"10^{_num(r[0])} at layer 0")
     if res.first_nonfinite_forward is not None:
         words.append(f"the forward pass turned non-finite at layer {res.first_nonfinite_forward} (activations "
                      "overflowed): every gradient below is meaningless")
