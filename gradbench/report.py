@@ -67,7 +67,7 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
         out.append("        (least-squares change per layer going down towards the input; negative: vanishing)")
     out.append(f"  loss: {fmt_pow(d.loss_log10) if not math.isfinite(d.loss) or abs(d.loss_log10) > 300 else f'{d.loss:.6g}'}")
     for name, lim in d.float_limits.items():
-        out.append("  " + _limit_sentence(name, lim))
+        out.append("  " + _limit_sentence(name, lim, int(d.stack.get("residual", 0) or 0)))
     if d.first_nonfinite_forward is not None:
         out.append(f"  first non-finite layer (forward): {d.first_nonfinite_forward}")
     if d.first_nonfinite_backward is not None:
@@ -98,8 +98,9 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
     return "\n".join(out)
 
 
-def _limit_sentence(name: str, lim: dict) -> str:
+def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
     parts = []
+    below = ("the signal on the skip path ||dL/dh|| < " if residual > 1 else "||dW|| < ")
     if lim.get("forward_underflow_layer") is not None:
         parts.append(f"plain {name} would lose the forward activations at layer {lim['forward_underflow_layer']} "
                      f"(their spread falls below 10^{lim['min_log10']:.2f}: 0 or subnormal from there up)")
@@ -108,8 +109,13 @@ def _limit_sentence(name: str, lim: dict) -> str:
     if lim["underflow_layer"] is not None:
         parts.append(
             f"plain {name} would underflow the gradient at layer {lim['underflow_layer']} "
-            f"(||dW|| < 10^{lim['min_log10']:.2f}; that layer and every one below would read 0 or subnormal)"
+            f"({below}10^{lim['min_log10']:.2f}; that layer and every one below would read 0 or subnormal)"
         )
+    if lim.get("branch_underflow_layers"):
+        n = lim["branch_underflow_layers"]
+        parts.append(f"plain {name} would read 0 or subnormal for the gradients of {n} branch layer{'s' if n > 1 else ''}"
+                     f"{'' if lim['underflow_layer'] is None else ' above it'} (||dW|| < 10^{lim['min_log10']:.2f}; "
+                     "the skip path carries the signal past them)")
     if lim["overflow_layer"] is not None:
         parts.append(
             f"plain {name} would overflow the gradient at layer {lim['overflow_layer']} "

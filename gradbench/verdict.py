@@ -14,17 +14,20 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
 2. ``exploding`` if the backward pass turned non-finite; else
 3. ``vanishing`` if a layer has an exactly zero gradient below a non-zero one and the backward
    signal died on the way (some ||dL/dh_l|| at or below the top non-zero layer is exactly zero:
-   a dead ReLU layer; without ``signal_log10`` every such zero counts). Zero gradients under a
-   live signal come from exactly zero activations in the forward pass (dW_l = dz_l^T h_l with
-   h_l = 0): there the trend of rule 4 decides first, and ``vanishing`` (no update reaches those
-   layers) only without one;
+   a dead ReLU layer; without ``signal_log10`` every such zero counts; with residual groups the
+   signal at the groups' inputs, the skip path, which a dead branch does not stop). Zero
+   gradients under a live signal come from exactly zero activations in the forward pass
+   (dW_l = dz_l^T h_l with h_l = 0) or from a dead branch: there the trend of rule 4 decides
+   first, and ``vanishing`` (no update reaches those layers) only without one;
 4. the fitted change over the stack of the backward signal ||dL/dh_l|| and of ||dL/dW_l||
    (rate times L - 1): at most ``-threshold`` for either -> ``vanishing``; at least
    ``+threshold`` -> ``exploding`` (if both fire, the larger change wins). The signal's trend is
    what mean-field theory predicts (chi_1 < 1: vanishing); ||dW_l|| = ||g_{l+1} h_l^T|| can be
    flat while the signal vanishes (zero-bias stacks shrink forward and backward alike). With
    residual groups of k layers the rates compare like places: the signal at the groups' inputs
-   (the skip path), ||dW|| as each group's norm (:func:`signal_rate`, :func:`grad_rate`). An
+   (the skip path), ||dW|| as each group's norm (:func:`signal_rate`, :func:`grad_rate`). The
+   ||dW|| fit leaves out isolated points, far from their neighbours (:func:`isolated`: a dead
+   branch at 10^-1e17 among groups at 10^30 is not a trend, and the explanation names them). An
    exploding trend among gradients none of which can move the loss (every elasticity of rule 5
    below 10^-``tiny``) is ``vanishing``;
 5. magnitudes without a trend, only where they are extreme, never the loss's own scale:
@@ -98,7 +101,8 @@ def decades_per_layer(y: np.ndarray) -> tuple[float, float]:
 
 
 def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | None = None,
-                 floored: np.ndarray | None = None, extrapolate: bool = True) -> dict:
+                 floored: np.ndarray | None = None, extrapolate: bool = True, *,
+                 signal_log10: np.ndarray | None = None, group: int = 0) -> dict:
     """Where plain float64 / float32 would have under- or overflowed, per dtype.
 
     ``underflow_layer`` / ``overflow_layer``: the first layer from the top whose ||dL/dW_l||
@@ -107,7 +111,10 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     for a non-zero gradient beyond any int64 exponent (phi' < 2^(-2^62), :func:`floored_layers`);
     they count as below every dtype's range (plain float reads 0 there too), other exact zeros
     do not. ``forward_underflow_layer`` / ``forward_overflow_layer``: the first layer from the
-    input whose activations (their standard deviation ``act_log10``) do.
+    input whose activations (their standard deviation ``act_log10``) do. With residual groups
+    of ``group`` layers both follow the skip path, the only way every layer below depends on:
+    the underflow at the highest group input whose ``signal_log10`` ||dL/dh_l|| is below the
+    range, the forward at the first group output (a branch's own zeros stop nothing).
     ``layers_to_underflow`` / ``layers_to_overflow``: when the gradient never gets there, how
     many layers from the top it would take at the fitted ``rate`` (only with ``extrapolate``:
     the caller says whether the rate within the stack is one that more layers would continue,
@@ -119,8 +126,14 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     finite = np.isfinite(g)
     top = float(g[finite][-1]) if finite.any() else math.nan
     out = {}
+    skip = group > 1 and len(g) % group == 0 and signal_log10 is not None
+    if skip:
+        s = np.asarray(signal_log10, dtype=np.float64)
+        on_skip = np.arange(len(g)) % group == 0  # group inputs h_0, h_k, ...
+        out_skip = np.arange(len(g)) % group == group - 1  # group outputs (act_log10[l]: h_{l+1})
     for name, (lo, hi) in FLOAT_LIMITS.items():
-        under = np.flatnonzero((finite & (g < lo)) | fl)
+        own = np.flatnonzero((finite & (g < lo)) | fl)  # layers whose own ||dW|| a plain chain loses
+        under = np.flatnonzero(on_skip & (s < lo)) if skip else own
         over = np.flatnonzero((g > hi) | (g == np.inf))
         entry = {
             "min_log10": lo,
@@ -131,9 +144,12 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
             "forward_overflow_layer": None,
             "layers_to_underflow": None,
             "layers_to_overflow": None,
+            # residual groups: layers above underflow_layer whose own gradient is lost (a branch)
+            "branch_underflow_layers": int(np.count_nonzero(own > (under.max() if under.size else -1)))
+            if skip else 0,
         }
         if a is not None:
-            fu = np.flatnonzero(np.isfinite(a) & (a < lo))
+            fu = np.flatnonzero(np.isfinite(a) & (a < lo) & (out_skip if skip else True))
             fo = np.flatnonzero((a > hi) | (a == np.inf))
             entry["forward_underflow_layer"] = int(fu.min()) if fu.size else None
             entry["forward_overflow_layer"] = int(fo.min()) if fo.size else None
@@ -179,6 +195,53 @@ def forward_zeros(activation: str, act_log10) -> np.ndarray:
     return np.flatnonzero(a == -np.inf)
 
 
+# A point this many decades from the median of its six nearest neighbours (or 20 typical steps
+# between neighbours, if more), neighbours that agree among themselves to a quarter of that, is
+# left out of a rate's fit: a dead branch of a residual stack
+# (every unit saturated: 10^-1.4e17 between groups at 10^30 made the rate +5e12 decades per
+# layer), not a trend. A steep trend passes: the limit grows with its step.
+ISOLATED_DECADES = 100.0
+
+
+def isolated(y) -> np.ndarray:
+    """Which finite points of ``y`` (log10 norms) lie far from their neighbours (:data:`ISOLATED_DECADES`)."""
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(y)
+    out = np.zeros(len(y), dtype=bool)
+    if ok.sum() < 3:
+        return out
+    v = y[ok]
+    limit = max(ISOLATED_DECADES, 20 * float(np.median(np.abs(np.diff(v)))))
+    # the six nearest neighbours, not the point itself (the ends repeat the end point)
+    window = np.delete(np.lib.stride_tricks.sliding_window_view(np.pad(v, 3, mode="edge"), 7), 3, axis=1)
+    near = np.median(window, axis=1)
+    spread = np.median(np.abs(window - near[:, None]), axis=1)
+    # far from neighbours that agree among themselves; among scattered ones (a saturated region
+    # where every other layer is 10^-1500) no point is isolated: that region is the stack's
+    out[np.flatnonzero(ok)[(np.abs(v - near) > limit) & (spread < limit / 4)]] = True
+    return out
+
+
+def _group_norms(g: np.ndarray, group: int) -> np.ndarray:
+    """log10 of each residual group's root sum of squares of its layers' ||dW_l|| (nan: none)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        blocks = g.reshape(-1, group)
+        top = np.max(blocks, axis=1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)
+        norms = top[:, 0] + 0.5 * np.log10(np.sum(10.0 ** (2 * (blocks - top)), axis=1))
+    return np.where(np.isfinite(norms), norms, np.nan)
+
+
+def rate_outliers(grad_log10, group: int = 0) -> np.ndarray:
+    """The layers :func:`grad_rate` leaves out of its fit (:func:`isolated`; with residual groups,
+    every layer of an isolated group)."""
+    g = np.asarray(grad_log10, dtype=np.float64)
+    if not (group > 1 and len(g) % group == 0):
+        return np.flatnonzero(isolated(np.where(g > -np.inf, g, np.nan)))
+    far = np.flatnonzero(isolated(_group_norms(g, group)))
+    return (far[:, None] * group + np.arange(group)[None, :]).ravel()
+
+
 def grad_rate(grad_log10, group: int = 0) -> tuple[float, float]:
     """The rate (decades per layer going down) of ||dL/dW_l|| and its fit at layer 0: over every
     layer, or with residual groups of ``group`` layers over the groups' own norms (log10 of the
@@ -189,14 +252,10 @@ def grad_rate(grad_log10, group: int = 0) -> tuple[float, float]:
     g = np.asarray(grad_log10, dtype=np.float64)
     L = len(g)
     if not (group > 1 and L % group == 0):
-        return decades_per_layer(np.where(np.isfinite(g) & (g > -np.inf), g, np.nan))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        blocks = g.reshape(-1, group)
-        top = np.max(blocks, axis=1, keepdims=True)
-        top = np.where(np.isfinite(top), top, 0.0)
-        norms = top[:, 0] + 0.5 * np.log10(np.sum(10.0 ** (2 * (blocks - top)), axis=1))
-    norms = np.where(np.isfinite(norms), norms, np.nan)
-    rate, y0 = decades_per_layer(norms)
+        y = np.where(np.isfinite(g) & (g > -np.inf), g, np.nan)
+        return decades_per_layer(np.where(isolated(y), np.nan, y))
+    norms = _group_norms(g, group)
+    rate, y0 = decades_per_layer(np.where(isolated(norms), np.nan, norms))
     if not math.isfinite(rate):
         return rate, y0
     centre = (group - 1) / 2  # group 0's middle; y(layer x) = y0 - (rate / group) (x - centre)
@@ -236,6 +295,8 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
     zeros = bool(nz.size and np.any(g[: nz.max()] == -np.inf))  # exact zeros below a non-zero layer
     if zeros:
         s = None if signal_log10 is None else np.asarray(signal_log10, dtype=np.float64)
+        if s is not None and group > 1 and L % group == 0:  # residual: the chain is the skip path
+            s = np.where(np.arange(L) % group == 0, s, 0.0)  # (a branch's own signal may die under it)
         if s is None or np.any(s[: nz.max() + 1] == -np.inf):  # the chain died there
             return "vanishing", "zeros"
     changes = [grad_rate(g, group)[0] * (L - 1)]
@@ -397,6 +458,12 @@ def _findings(stack, g, res, verdict) -> list[str]:
                          "2^(-2^62), e.g. tanh at |z| ~ 1e200: the true gradient there is not 0, but beyond any "
                          "int64 exponent)")
         words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
+    far = rate_outliers(g, stack.residual)
+    if far.size:
+        what = "branches of their residual groups" if stack.residual > 1 else "layers"
+        words.append(f"layer{'s' if far.size > 1 else ''} {_layers(far)} lie far from their neighbours' ||dW_l|| "
+                     f"(more than {ISOLATED_DECADES:g} decades) and are left out of the rate's fit: isolated {what}, "
+                     "not a trend")
     lost = int((getattr(res, "extras", None) or {}).get("lost_samples", 0))
     B = res.input_grad.mantissa.shape[0] if lost else 0  # (B, inputs): one row per sample
     if lost and not (B == 1 and verdict == "no gradient"):  # then the verdict's sentence says it all

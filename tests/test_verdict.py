@@ -390,3 +390,50 @@ def test_the_compare_relu_clip_configuration_explodes_as_relu_does(capsys):
     assert cli.main(["compare", "--depth", "50", "--width", "32", "--configs", "relu,relu-clip"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("relu")]
     assert len(rows) == 2 and all("exploding" in r for r in rows), rows
+
+
+# ---------------------------------------------------------------- residual stacks with dead branches
+@pytest.mark.parametrize("seed", range(6))
+def test_a_residual_stack_with_dead_branches_reads_as_plain_float64_runs_it(seed):
+    """README's GELU residual stack (depth 300, width 4, residual 2): some branches saturate so
+    deeply that their ||dW|| is 10^-1e15 or 0 while the skip path carries 10^30. One such group
+    dominated the least-squares fit (+5.4e12 decades per layer), a dead branch's signal counted as
+    a dead chain, and the verdict flipped between exploding and vanishing with the seed; the float
+    limits said plain float64 would lose every layer below the first dead branch and the forward
+    from layer 156 up. The plain float64 chain (tests/naive.py, an independent implementation)
+    keeps every group's skip path: only the branch layers the diagnosis counts are lost."""
+    import naive
+
+    stack = gb.Stack(depth=300, width=4, activation="gelu", residual=2)
+    params, x = gb.init_params(stack, seed), gb.gaussian_input(stack, 4, seed + 1)
+    d = gb.diagnose(gb.backprop(stack, params, x), params)
+    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
+    with np.errstate(all="ignore"):
+        _, grads, _ = naive.backward(stack, P, x)
+        plain = np.log10(np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2))))
+        _, saved = naive.forward(stack, P, x)
+        plain_std = np.log10([np.std(h) for h in saved["hs"][1:]])
+    lo = -307.65
+    g = d.grad_log10
+    assert np.any(g < -1000) and np.all(g[:20] > 20)  # dead branches, and a live skip path
+    assert d.verdict == "exploding" and abs(d.decades_per_layer) < 0.01, (d.verdict, d.decades_per_layer)
+    lim = d.float_limits["float64"]
+    assert lim["underflow_layer"] is None and plain[0] > lo  # the skip path reaches layer 0 in plain float64
+    assert lim["forward_underflow_layer"] is None and np.all(plain_std[1::2] > lo)  # group outputs
+    from gradbench.verdict import floored_layers
+
+    own = (np.isfinite(g) & (g < lo)) | floored_layers("gelu", g, d.saturation, d.act_std_log10)
+    assert lim["branch_underflow_layers"] == np.count_nonzero(own) > 0
+    assert np.all(~(plain[own] >= lo))  # each one the plain chain reads as 0 or subnormal
+    assert "branch layers" in str(d) and "isolated branches" in " ".join(d.explanation.split())
+
+
+def test_isolated_points_are_single_outliers_not_steep_or_scattered_stretches():
+    from gradbench.verdict import isolated
+
+    y = np.linspace(30.0, 31.0, 150)
+    y[[40, 41, 90]] = [-1.4e17, -1e5, -500.0]
+    assert np.flatnonzero(isolated(y)).tolist() == [40, 41, 90]
+    assert not isolated(-900.0 * np.arange(200.0)).any()  # a saturated stack: 900 decades a layer
+    mixed = np.where(np.arange(40) % 3 == 0, -1500.0, 10.0)  # every third layer saturated: a region
+    assert not isolated(mixed).any()
