@@ -497,6 +497,8 @@ def test_cli_sweep_runs_writes_and_resumes(cluster, tmp_path, capsys):
      "--plot-y activation: the phase diagram's axes are numeric fields, one of depth,"),
     (["--plot", "phase.png", "--sigma-w", "1,2", "--plot-y", "sigma-b"], "--plot-y 'sigma-b' is not a field; one of"),
     (["--sigma-w", "1,2", "--plot-x", "depth"], "--plot-x sets an axis or the value of the phase diagram, and no --plot"),
+    (["--plot", "phase.png", "--sigma-w", "1,2", "--input-dim", "none", "--plot-y", "input_dim"],
+     "--plot-y input_dim: --input-dim is none, and the phase diagram's axes need numbers"),
     (["--sigma-w", "1,2", "--plot-value", "decades_per_layer"], "--plot-value sets an axis or the value"),
     (["--csv", "t.txt"], "--csv 't.txt' must end in .csv"),
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give one or the other"),

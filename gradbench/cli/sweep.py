@@ -158,6 +158,9 @@ def _check_plot(args, grid: dict, fixed: dict) -> None:
         if axis not in grid and axis not in fixed:
             raise UsageError(f"{flag} {axis}: give --{axis.replace('_', '-')} (the phase diagram's axes "
                              "must be fields of the sweep)")
+        if all(v is None for v in grid.get(axis, [fixed.get(axis)])):
+            raise UsageError(f"{flag} {axis}: --{axis.replace('_', '-')} is none, and the phase diagram's axes "
+                             "need numbers")
     if args.plot_x == args.plot_y:
         raise UsageError(f"--plot-x and --plot-y must differ, both are {args.plot_x}")
 
