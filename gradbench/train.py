@@ -128,19 +128,20 @@ class TrainResult:
 
     def summary(self) -> str:
         s = self.settings
+        n, bs = s["n_samples"], s["batch_size"]
+        batch = f"batch {bs}" if bs <= n else f"batch {n} (all {n} samples: the batch size {bs} is larger)"
         lines = [
             f"{s.get('name') or 'training'}: {_describe(self.stack)}",
-            f"  data {s['dataset']} ({s['n_samples']} samples), {s['optimizer']} lr={s['lr']:g}, "
-            f"batch {s['batch_size']}, {s['epochs']} epochs, seed {s['seed']}",
+            f"  data {s['dataset']} ({n} samples), {s['optimizer']} lr={s['lr']:g}, "
+            f"{batch}, {s['epochs']} epochs, seed {s['seed']}",
         ]
         if self.diverged_epoch is not None:
             lines.append(f"  DIVERGED in epoch {self.diverged_epoch + 1}: {self.divergence}")
         ran = max(self.epochs_run, 1)
         acc = self.accuracy[min(ran, len(self.accuracy) - 1)]
         lines.append(
-            f"  loss {self.eval_loss[0]:.4f} -> {self.final_loss:.4f}"
-            f" (ln 2 = {math.log(2):.4f}), accuracy {self.accuracy[0]:.2f} -> "
-            + (f"{acc:.2f}" if math.isfinite(acc) else "-")
+            f"  loss {self.eval_loss[0]:.4f} -> {self.final_loss:.4f}{self._chance()}, accuracy "
+            f"{self.accuracy[0]:.2f} -> " + (f"{acc:.2f}" if math.isfinite(acc) else "-")
         )
         ratio = self.first_layer_ratio[:ran]
         if np.any(np.isfinite(ratio)):
@@ -152,6 +153,20 @@ class TrainResult:
                 f"{np.nanmean(self.update_ratio[:ran, -1]):.3g} %"
             )
         return "\n".join(lines)
+
+
+    def _chance(self) -> str:
+        """The loss of a prediction that knows nothing, in words: bce ln 2 (p = 1/2), softmax_ce
+        ln C (uniform over the C = output_dim classes), mse the targets' variance (their mean
+        predicted, ``extras["mean_prediction_loss"]`` from :func:`train`); "" when unknown."""
+        loss = self.stack.loss
+        if loss == "bce":
+            return f" (ln 2 = {math.log(2):.4f})"
+        if loss == "softmax_ce":
+            c = self.stack.output_dim
+            return f" (ln {c} = {math.log(c):.4f}: uniform over the {c} classes)"
+        v = self.extras.get("mean_prediction_loss")
+        return "" if v is None else f" (predicting the targets' mean: {v:.4f})"
 
 
 def _describe(stack: Stack) -> str:
@@ -190,7 +205,7 @@ def train(
     batch_size: int = 32,
     optimizer="sgd",
     lr: float = 0.1,
-    momentum: float = 0.9,
+    momentum: float | None = None,
     weight_decay: float = 0.0,
     seed: int = 0,
     params: Params | None = None,
@@ -212,7 +227,10 @@ def train(
     epochs, batch_size : int
         Passes over the data and mini-batch size (the last batch of an epoch may be smaller).
     optimizer : {"sgd", "momentum", "adam"} or an optimiser of :mod:`gradbench.optim`
-        With ``lr``, ``momentum`` (for "momentum") and ``weight_decay`` when given by name.
+        With ``lr``, ``momentum`` and ``weight_decay`` when given by name.
+    momentum : float, optional
+        Of ``optimizer="momentum"`` only (default 0.9); with another optimizer it is refused
+        (ValueError), not ignored.
     seed : int
         Parameters from ``init_params(stack, seed)`` (unless ``params`` is given) and the
         shuffling order from ``default_rng([seed, 1])``.
@@ -230,6 +248,13 @@ def train(
     """
     X = _check_data(stack, X, y, epochs, batch_size)
     check_seed(seed)  # the shuffling is default_rng([seed, 1]): an int, not a Generator
+    if isinstance(optimizer, str):
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+    if momentum is not None and not (isinstance(optimizer, str) and optimizer == "momentum"):
+        raise ValueError(f"momentum={momentum!r} is used by optimizer='momentum' only, got optimizer="
+                         + (f"{optimizer!r}" if isinstance(optimizer, str) else
+                            f"{type(optimizer).__name__}(...): give the momentum to the optimiser itself"))
+    momentum = 0.9 if momentum is None else momentum
     opt = make_optimizer(optimizer, lr, momentum, weight_decay) if isinstance(optimizer, str) else optimizer
     tb = None
     if tensorboard is not None:  # checked (path, tensorboardX installed) before any work
@@ -269,8 +294,16 @@ def train(
         stack=stack, params=params, settings=settings, loss=hist.loss, eval_loss=hist.eval_loss,
         accuracy=hist.accuracy, grad_log10=hist.grad_log10, update_ratio=hist.ratio,
         update_ratio_input=hist.ratio_in, update_ratio_head=hist.ratio_out, diverged_epoch=hist.diverged,
-        divergence=hist.why, seconds=time.perf_counter() - t0,
+        divergence=hist.why, seconds=time.perf_counter() - t0, extras=_reference(stack, hist.T),
     )
+
+
+def _reference(stack: Stack, T: np.ndarray) -> dict:
+    """mse: the loss of predicting the targets' mean (their variance, averaged over the outputs as
+    the loss averages), the reference :meth:`TrainResult.summary` prints beside the loss."""
+    if stack.loss != "mse":
+        return {}
+    return {"mean_prediction_loss": float(np.mean(np.var(np.asarray(T, dtype=np.float64), axis=0)))}
 
 
 def check_training(stack: Stack, X, y, epochs: int, batch_size: int) -> None:

@@ -144,6 +144,35 @@ def test_compare_table_and_verdicts(tmp_path, capsys):
     assert Diagnosis.from_dict(data["configurations"]["relu"]).stack["sigma_w"] == pytest.approx(4.0)
 
 
+def test_compare_header_says_the_sigma_w_the_base_init_uses(tmp_path, capsys):
+    """The default base init is normal with sigma_w = sqrt(width) (N(0, 1) entries); --init normal
+    alone is the init's own sigma_w = 1 (N(0, 1/width)): the header said just "base init normal"."""
+    base = ["compare", "--depth", "6", "--width", "16", "--configs", "relu", "--backend", "numpy"]
+    heads = {}
+    for extra in ([], ["--init", "normal"], ["--init", "kaiming_normal"], ["--sigma-w", "2"]):
+        code, out, err = run(base + extra + ["--out", str(tmp_path / "c.json")], capsys)
+        assert code == 0, err
+        stack = json.loads((tmp_path / "c.json").read_text())["configurations"]["relu"]["stack"]
+        heads[" ".join(extra)] = (out.splitlines()[0], stack["init"], stack["sigma_w"])
+    assert "base init normal, sigma_w = sqrt(16): N(0, 1) entries;" in heads[""][0] and heads[""][1:] == ("normal", 4.0)
+    assert "base init normal, sigma_w = 1 (the init's own, not the default base's sqrt(16));" in heads["--init normal"][0]
+    assert heads["--init normal"][1:] == ("normal", None)
+    assert "base init he_normal, sigma_w = sqrt(2) (the init's own" in heads["--init kaiming_normal"][0]
+    assert "base init normal, sigma_w = 2;" in heads["--sigma-w 2"][0] and heads["--sigma-w 2"][1:] == ("normal", 2.0)
+
+
+def test_compare_sigmoid_residual_at_an_odd_depth_says_it_skips_every_layer(capsys):
+    """K = 2 must divide the depth: at an odd depth sigmoid-residual is residual/1, and its label
+    says why (it read "sigmoid + residual/1" with no word)."""
+    code, out, err = run(["compare", "--depth", "7", "--width", "4", "--configs", "sigmoid-residual",
+                          "--backend", "numpy"], capsys)
+    assert code == 0, err
+    assert "sigmoid + residual/1 (odd depth)  " in out
+    code, out, err = run(["compare", "--depth", "7", "--width", "4", "--configs", "sigmoid-residual",
+                          "--residual", "7"], capsys)
+    assert code == 2 and "configuration sigmoid-residual sets --residual 1 itself" in err
+
+
 def test_demo_writes_the_flow_plot_and_says_where(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     code, out, err = run(["demo", "--no-train", "--no-cells", "--out-dir", str(out_dir), "--depth", "20", "--width", "8"],

@@ -713,7 +713,7 @@ def test_compare_shows_the_rate_that_decided_the_verdict(capsys):
     # the recurrent options as the stacks' (the field's words, or 1e200 accepted, before)
     (["run", "--cell", "gru", "--steps", "10", "--hidden", "4", "--sigma-w", "1e200"], "argument --sigma-w: must be a number in (0, 1e+150]"),
     (["run", "--cell", "rnn", "--steps", "0", "--hidden", "4"], "argument --steps: must be an integer >= 1, got '0'"),
-    (["run", "--cell", "rnn", "--steps", "10", "--hidden", "4", "--checkpoint", "0"], "argument --checkpoint: must be an integer >= 1"),
+    (["run", "--cell", "rnn", "--steps", "10", "--hidden", "4", "--checkpoint", "-1"], "argument --checkpoint: must be an integer >= 0"),
     # unknown options: the subcommand's message, and a hint ('gradbench: error: unrecognized arguments' before)
     (["run", "--depht", "5", "--width", "4"], "gradbench run: error: unrecognized arguments: --depht 5; did you mean --depth?"),
     (["run", "--steps", "10", "--hidden", "4"], "describe recurrent nets: add --cell rnn, lstm or gru"),

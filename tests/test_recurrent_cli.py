@@ -79,11 +79,47 @@ def test_train_demo_and_list(tmp_path, capsys):
     (["run", "--cell", "lstm", "--steps", "10", "--hidden", "4", "--mkdir"], "--mkdir creates the directories"),
     (["train", "--demo", "memory-rnn,deep-sigmoid"], "--demo mixes recurrent (memory-rnn) and feed-forward (deep-sigmoid)"),
     (["train", "--demo", "all,memory-rnn"], "--demo all runs every feed-forward demo and takes no other names"),
+    # options of the feed-forward demos (gradbench train --help lists them): 'unrecognized arguments'
+    (["train", "--demo", "memory-rnn", "--optimizer", "sgd"],
+     "--optimizer: the recurrent demos (memory-rnn) take --demo, --epochs, --lr, --seed, --steps, --backend, --out, "
+     "--plot, --mkdir, --dpi only; it is for the feed-forward demos and your own stack (see gradbench train --demo "
+     "memory-rnn --help)"),
+    (["train", "--demo", "memory-lstm,memory-gru", "--weight-decay=0.1", "--momentum", "0.5"],
+     "--weight-decay, --momentum: the recurrent demos (memory-lstm,memory-gru) take --demo, --epochs,"),
+    (["train", "--demo", "memory-rnn", "--epochz", "3"], "unrecognized arguments: --epochz 3; did you mean --epochs?"),
+    (["train", "--demo", "memory-rnn", "--lr", "0"], "argument --lr: must be a finite number > 0, got '0'"),
+    # identity is a W_hh init: it suggested 'xavier_uniform'
+    (["run", "--cell", "rnn", "--steps", "5", "--hidden", "3", "--init", "identity"],
+     "--init identity: --init draws W_ih (the input weights), one of normal, xavier_normal, xavier_uniform, he_normal, "
+     "he_uniform, lecun_normal, orthogonal; identity is an init of W_hh: --recurrent-init identity"),
+    (["compare", "--cells", "rnn,gru", "--steps", "5", "--init", "identity"], "--recurrent-init identity"),
+    # no abbreviated options, as for stacks: --cell quietly meant --cells, --step --steps
+    (["compare", "--cell", "rnn,gru", "--steps", "5"], "the following arguments are required: --cells"),
+    (["run", "--cell", "rnn", "--step", "5", "--hidden", "3"], "the following arguments are required: --steps"),
+    (["run", "--cell", "rnn", "--steps", "5", "--hidden", "3", "--row", "2"],
+     "unrecognized arguments: --row 2; did you mean --rows?"),
+    (["run", "--cell", "rnn", "--steps", "5", "--hidden", "3", "--checkpoint", "-1"],
+     "argument --checkpoint: must be an integer >= 0"),
 ])
 def test_bad_options_exit_2_with_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_checkpoint_0_means_never_as_for_stacks(capsys):
+    """run --checkpoint 0 is "never" for stacks; for recurrent nets it was an error. Now one
+    segment even at 10^4 steps (which are segmented by default), and a plain run that would not
+    fit is refused in command-line words, naming the --checkpoint that fits."""
+    argv = ["run", "--cell", "rnn", "--steps", "10000", "--hidden", "4", "--batch", "2", "--recurrent-init", "normal"]
+    assert main(argv) == 0
+    assert ", 1 segment)" not in capsys.readouterr().out
+    assert main(argv + ["--checkpoint", "0"]) == 0
+    assert ", 1 segment)" in capsys.readouterr().out
+    assert main(["run", "--cell", "rnn", "--steps", "3000000", "--hidden", "256", "--batch", "64",
+                 "--checkpoint", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--checkpoint 0) needs about" in err[0] and "it fits with --checkpoint " in err[0], err
 
 
 def test_theory_identity_w_hh_prints_no_prediction(tmp_path, capsys):

@@ -484,7 +484,7 @@ def test_cli_sweep_runs_writes_and_resumes(cluster, tmp_path, capsys):
     (["--sigma-w", "1,x"], "--sigma-w 'x': expected a number"),
     (["--depth", "5:10:4"], "the range's values are not integers"),
     (["--activation", "tanh,sigmod"], "did you mean 'sigmoid'? (at grid point activation='sigmod')"),
-    (["--batch-norm", "maybe"], "--batch-norm 'maybe': expected true or false"),
+    (["--batch-norm", "maybe"], "--batch-norm 'maybe': expected true or false (true/false, yes/no, on/off, 1/0)"),
     (["--sigma-w", "1,1"], "has repeated values"),
     (["--batch-norm", "true,false", "--batch", "1,4"], "needs a batch of at least 2, got batch=1"),
     (["--clip-threshold", "2"], "--clip-threshold sets how --clip clips, and no configuration clips"),
@@ -492,6 +492,14 @@ def test_cli_sweep_runs_writes_and_resumes(cluster, tmp_path, capsys):
     (["--seeds", "0"], "--seeds must be >= 1"),
     (["--plot", "phase.gif"], "must end in .png, .svg or .pdf"),
     (["--plot", "phase.png", "--sigma-w", "1,2"], "--plot-y sigma_b: give --sigma-b"),
+    (["--plot", "phase.png", "--sigma-w", "1,2", "--plot-y", "sigma_w"], "--plot-x and --plot-y must differ"),
+    (["--plot", "phase.png", "--activation", "tanh,relu", "--sigma-w", "1", "--plot-y", "activation"],
+     "--plot-y activation: the phase diagram's axes are numeric fields, one of depth,"),
+    (["--plot", "phase.png", "--sigma-w", "1,2", "--plot-y", "sigma-b"], "--plot-y 'sigma-b' is not a field; one of"),
+    (["--sigma-w", "1,2", "--plot-x", "depth"], "--plot-x sets an axis or the value of the phase diagram, and no --plot"),
+    (["--plot", "phase.png", "--sigma-w", "1,2", "--input-dim", "none", "--plot-y", "input_dim"],
+     "--plot-y input_dim: --input-dim is none, and the phase diagram's axes need numbers"),
+    (["--sigma-w", "1,2", "--plot-value", "decades_per_layer"], "--plot-value sets an axis or the value"),
     (["--csv", "t.txt"], "--csv 't.txt' must end in .csv"),
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give one or the other"),
     (["--workers", "0"], "workers must be an int >= 1"),
@@ -506,6 +514,15 @@ def test_cli_sweep_bad_values_exit_2_with_one_line(args, message, capsys):
     assert cli.main(base + args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_cli_sweep_bool_spellings_are_the_listed_pairs():
+    """--batch-norm took yes but refused on, and its error listed only true or false: every
+    spelling the error lists is taken, in either case."""
+    from gradbench.cli.sweep import parse_values
+
+    assert parse_values("batch_norm", "true,yes,On,1") == [True] * 4
+    assert parse_values("batch_norm", "false,NO,off,0") == [False] * 4
 
 
 def test_cli_sweep_bad_paths_exit_2_before_any_run(tmp_path, capsys, monkeypatch):

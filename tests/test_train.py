@@ -204,6 +204,46 @@ def test_optimiser_settings_are_checked(kw, err, match):
         gb.train(moons_stack(), X, y, epochs=1, **kw)
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(optimizer="sgd", momentum=0.5), r"momentum=0\.5 is used by optimizer='momentum' only, got optimizer='sgd'"),
+    (dict(optimizer="adam", momentum=0.9), "momentum=0.9 is used by optimizer='momentum' only, got optimizer='adam'"),
+    (dict(optimizer=gb.optim.SGD(lr=0.1), momentum=0.5),
+     r"got optimizer=SGD\(\.\.\.\): give the momentum to the optimiser itself"),
+])
+def test_momentum_without_the_momentum_optimizer_is_refused(kw, match):
+    """gb.train(optimizer='sgd', momentum=0.5) trained plain SGD without a word (the CLI refused
+    --momentum there); the default momentum 0.9 of optimizer='momentum' stays."""
+    X, y = datasets.moons(20, seed=0)
+    with pytest.raises(ValueError, match=match):
+        gb.train(moons_stack(), X, y, epochs=1, **kw)
+    r = gb.train(moons_stack(), X, y, epochs=1, optimizer="momentum", backend="numpy")
+    assert r.settings["momentum"] == 0.9
+    assert gb.train(moons_stack(), X, y, epochs=1, backend="numpy").settings["momentum"] == 0.0
+
+
+@pytest.mark.parametrize("loss, out, reference", [
+    ("bce", 1, "(ln 2 = 0.6931)"),
+    ("softmax_ce", 3, "(ln 3 = 1.0986: uniform over the 3 classes)"),
+    ("mse", 1, "(predicting the targets' mean: 0.2500)"),  # 10 labels 0 and 10 labels 1: variance 1/4
+    ("mse", 3, "(predicting the targets' mean: 0.1667)"),  # one-hot of 2 classes over 3 outputs: (1/4 + 1/4 + 0) / 3
+])
+def test_summary_prints_the_chance_loss_of_its_head(loss, out, reference):
+    """The summary printed "(ln 2 = 0.6931)" beside every loss: for softmax_ce over C classes
+    chance is ln C, and mse has the loss of predicting the targets' mean."""
+    X, y = datasets.moons(20, seed=0)
+    r = gb.train(moons_stack(loss=loss, output_dim=out), X, y, epochs=1, backend="numpy")
+    assert reference in r.summary()
+    assert loss == "bce" or "ln 2" not in r.summary()
+
+
+def test_summary_says_the_batch_used_when_batch_size_exceeds_the_data():
+    """batch_size 1000 with 20 samples printed "batch 1000": the one batch has 20."""
+    X, y = datasets.moons(20, seed=0)
+    text = gb.train(moons_stack(), X, y, epochs=1, batch_size=1000, backend="numpy").summary()
+    assert "batch 20 (all 20 samples: the batch size 1000 is larger)," in text
+    assert ", batch 20, " in gb.train(moons_stack(), X, y, epochs=1, batch_size=20, backend="numpy").summary()
+
+
 def test_labels_and_features_are_not_coerced():
     """Float labels were truncated (softmax labels 0.7 / 1.7 trained as 0 / 1; an mse label 1.9
     became class 1) and float32 or int features were cast, where gb.backprop refuses them."""

@@ -17,13 +17,14 @@ from gradbench.cli.common import (
     refuse_unused, refuse_unused_stack_options, resolve_backend, run_probe, split, stack_from_args,
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_diagnoses, write_plot
-from gradbench.spec import ACT_PARAM_DEFAULT, ACTIVATIONS, Stack
+from gradbench.spec import ACT_PARAM_DEFAULT, ACTIVATIONS, INIT_ALIASES, Stack, scheme_gain
 
 EPILOG = """\
 configurations: any activation name (sigmoid, tanh, relu, ...), sigmoid-xavier, relu-he, sigmoid-bn,
 sigmoid-residual, tanh-xavier, tanh-clip, relu-clip. They change the activation or add a remedy to a
-base stack whose init is N(0, 1) entries (sigma_w = sqrt(width)) unless --init / --sigma-w say otherwise,
-with a bce head on seeded random labels (--loss sum_squares for the plain 0.5 ||h_L||^2 probe).
+base stack whose init is N(0, 1) entries (normal with sigma_w = sqrt(width)) unless --init / --sigma-w say
+otherwise (--init normal alone has the init's own sigma_w = 1: N(0, 1/width) entries; the header line says
+which), with a bce head on seeded random labels (--loss sum_squares for the plain 0.5 ||h_L||^2 probe).
 
 examples:
   gradbench compare --depth 50 --width 32
@@ -31,7 +32,8 @@ examples:
   gradbench compare --depth 40 --width 32 --configs relu,relu-he,relu-clip --plot flow.png --out cmp.json
 
 A named remedy fixes the fields it names: sigmoid-xavier, tanh-xavier and relu-he their --init and
---sigma-w, sigmoid-bn --batch-norm, sigmoid-residual --residual, tanh-clip and relu-clip --clip,
+--sigma-w, sigmoid-bn --batch-norm, sigmoid-residual --residual (2, or 1 at an odd --depth, as its
+label "sigmoid + residual/1 (odd depth)" says), tanh-clip and relu-clip --clip,
 --clip-threshold and --clip-on. Giving one of those options with such a configuration is refused
 (exit 2): use the plain activation instead (--configs relu --clip norm --clip-on layer
 --clip-threshold 100). Every other stack option applies to every configuration, and the header
@@ -43,6 +45,8 @@ recurrent nets: gradbench compare --cells rnn,lstm,gru --steps 10000 (options: g
 
 # Variants of one base stack: name -> (label, changes). The base init of `compare` and `demo`
 # is N(0, 1) entries (sigma_w = sqrt(width)): the naive init that the remedies fix.
+# sigmoid-residual skips every 2 layers, or every layer at an odd depth (K must divide the
+# depth; its label says so): `demo --depth 21` runs it rather than failing.
 def variants(stack: Stack) -> dict[str, tuple[str, dict]]:
     k = 2 if stack.depth % 2 == 0 else 1
     v = {name: (f"{name}, base init", dict(activation=name)) for name in ACTIVATIONS}
@@ -50,7 +54,8 @@ def variants(stack: Stack) -> dict[str, tuple[str, dict]]:
         "sigmoid-xavier": ("sigmoid, Xavier init", dict(activation="sigmoid", init="xavier_normal", sigma_w=None)),
         "relu-he": ("relu + He init", dict(activation="relu", init="he_normal", sigma_w=None)),
         "sigmoid-bn": ("sigmoid + batch norm", dict(activation="sigmoid", batch_norm=True)),
-        "sigmoid-residual": (f"sigmoid + residual/{k}", dict(activation="sigmoid", residual=k)),
+        "sigmoid-residual": (f"sigmoid + residual/{k}" + ("" if k == 2 else " (odd depth)"),
+                             dict(activation="sigmoid", residual=k)),
         "tanh-xavier": ("tanh + Xavier init", dict(activation="tanh", init="xavier_normal", sigma_w=None)),
         "tanh-clip": ("tanh + clip ||dh|| <= 1",
                       dict(activation="tanh", clip="norm", clip_threshold=1.0, clip_on="signal")),
@@ -244,16 +249,23 @@ def compare_stacks(args, names: list[str], backend: str, relative: dict | None =
 
 
 def describe_base(args) -> str:
-    """The base stack in words: its size, its init and the options that every configuration gets."""
+    """The base stack in words: its size, its init with the sigma_w it uses, and the options that
+    every configuration gets. ``--init normal`` alone is the init's own gain (sigma_w = 1,
+    N(0, 1/width) entries), not the default base's sqrt(width): the header says which."""
+    return (f"depth {args.depth}, width {args.width}, batch {args.batch}, base init {base_init(args)}"
+            + "".join(", " + part for part in common_options(args)))
+
+
+def base_init(args) -> str:
+    """The base init and the sigma_w it uses, in words."""
     over = _base_for_compare(args)
     if "sigma_w" in over:
-        text = (f"depth {args.depth}, width {args.width}, batch {args.batch}, "
-                "base init N(0, 1) entries (sigma_w = sqrt(width))")
-    else:
-        init = over.get("init", args.init)
-        sw = f", sigma_w={args.sigma_w:g}" if args.sigma_w is not None else ""
-        text = f"depth {args.depth}, width {args.width}, batch {args.batch}, base init {init}{sw}"
-    return text + "".join(", " + part for part in common_options(args))
+        return f"normal, sigma_w = sqrt({args.width}): N(0, 1) entries"
+    init = INIT_ALIASES.get(over.get("init", args.init), over.get("init", args.init))
+    if args.sigma_w is not None:
+        return f"{init}, sigma_w = {args.sigma_w:g}"
+    own = "sqrt(2)" if scheme_gain(init) != 1.0 else "1"
+    return f"{init}, sigma_w = {own} (the init's own, not the default base's sqrt({args.width}))"
 
 
 def common_options(args) -> list[str]:

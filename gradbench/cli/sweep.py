@@ -19,7 +19,7 @@ import typing
 import numpy as np
 
 from gradbench import _atomic
-from gradbench.cli.common import refuse_unused_stack_options
+from gradbench.cli.common import given, refuse_unused_stack_options
 from gradbench.cli.process import UsageError  # main prints its one line and exits with status 2
 from gradbench.spec import Stack
 
@@ -34,6 +34,11 @@ examples:
   gradbench sweep --sigma-w 1:2:11 --depth 100 --width 64 --batch 16,64 --scheduler tcp://host:8786
   gradbench sweep --activation relu --init he_normal --residual 0,2 --depth 200 --width 128 --csv table.csv
 """
+
+
+# The spellings of a bool field's values (case-insensitive), each pair in the same order.
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+BOOL_SPELLINGS = ", ".join(f"{t}/{f}" for t, f in zip(TRUE, FALSE))
 
 
 def _kinds() -> dict[str, type]:
@@ -91,9 +96,9 @@ def parse_values(name: str, text: str, kinds: dict | None = None) -> list:
         if item.lower() == "none" and _optional(name):
             out.append(None)
         elif kind is bool:
-            if item.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise UsageError(f"{option} {text!r}: expected true or false")
-            out.append(item.lower() in ("true", "1", "yes"))
+            if item.lower() not in TRUE + FALSE:
+                raise UsageError(f"{option} {text!r}: expected true or false ({BOOL_SPELLINGS})")
+            out.append(item.lower() in TRUE)
         elif kind is str:
             out.append(item)
         elif ":" in item:
@@ -135,6 +140,31 @@ def _check_files(args) -> None:
             check_directory("--out", os.path.dirname(out), args.mkdir, of=args.out)
 
 
+def _check_plot(args, grid: dict, fixed: dict) -> None:
+    """--plot-x, --plot-y and --plot-value checked before any run, as phase_diagram checks them
+    after the sweep: two different numeric fields of the sweep; none of them without --plot."""
+    if not args.plot:
+        for dest in given(args, "plot_x", "plot_y", "plot_value"):
+            raise UsageError(f"--{dest.replace('_', '-')} sets an axis or the value of the phase diagram, "
+                             "and no --plot is asked for")
+        return
+    kinds = _kinds()
+    numeric = [name for name, kind in kinds.items() if kind is not str]
+    for flag, axis in (("--plot-x", args.plot_x), ("--plot-y", args.plot_y)):
+        if axis not in kinds:
+            raise UsageError(f"{flag} {axis!r} is not a field; one of {', '.join(numeric)}")
+        if kinds[axis] is str:
+            raise UsageError(f"{flag} {axis}: the phase diagram's axes are numeric fields, one of {', '.join(numeric)}")
+        if axis not in grid and axis not in fixed:
+            raise UsageError(f"{flag} {axis}: give --{axis.replace('_', '-')} (the phase diagram's axes "
+                             "must be fields of the sweep)")
+        if all(v is None for v in grid.get(axis, [fixed.get(axis)])):
+            raise UsageError(f"{flag} {axis}: --{axis.replace('_', '-')} is none, and the phase diagram's axes "
+                             "need numbers")
+    if args.plot_x == args.plot_y:
+        raise UsageError(f"--plot-x and --plot-y must differ, both are {args.plot_x}")
+
+
 def cmd_sweep(args) -> int:
     _check_files(args)
     if isinstance(args.seeds, int) and args.seeds < 1:
@@ -142,11 +172,7 @@ def cmd_sweep(args) -> int:
     if args.workers is not None and args.scheduler is not None:
         raise UsageError("--workers sizes the LocalCluster run without --scheduler: give one or the other")
     grid, fixed = grid_from_args(args)
-    if args.plot:
-        for flag, axis in (("--plot-x", args.plot_x), ("--plot-y", args.plot_y)):
-            if axis not in grid and axis not in fixed:
-                raise UsageError(f"{flag} {axis}: give --{axis.replace('_', '-')} (the phase diagram's axes "
-                                 "must be fields of the sweep)")
+    _check_plot(args, grid, fixed)
     import gradbench as gb
     from gradbench.sweep.execute import check_address, check_options
     from gradbench.sweep.grid import plan
@@ -247,7 +273,7 @@ _HELP = {
     "depth": "layers L (required)", "width": "units N (required)", "batch": "batch size (default 16)",
     "activation": "tanh (default), relu, sigmoid, ...", "init": "xavier_normal (default), normal, he_normal, ...",
     "sigma_w": "weight gain: variance sigma_w^2 / fan_in (default: the init's own)",
-    "sigma_b": "bias standard deviation (default 0)", "batch_norm": "true or false (default false)",
+    "sigma_b": "bias standard deviation (default 0)", "batch_norm": f"true or false ({BOOL_SPELLINGS}; default false)",
     "residual": "residual group size K (0: none; default 0)", "clip": "none, value or norm (default none)",
     "input_dim": "as in gradbench run (default: none, the input has the width)",
     "activation_param": "as in gradbench run (default: the activation's own)",

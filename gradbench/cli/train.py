@@ -22,8 +22,10 @@ examples:
   gradbench train --dataset circles --depth 6 --width 16 --activation relu --init he_normal --optimizer adam --lr 0.01
 
 A demo brings its own stack and data (--list shows them); --epochs, --lr, --batch-size, --seed,
---optimizer, --momentum and --weight-decay change its training. The weights are
-gradbench.init_params(stack, seed), as gradbench.train draws them. File format: docs/formats.md.
+--optimizer, --momentum and --weight-decay change its training. The recurrent demos (memory-rnn, ...)
+take --epochs, --lr, --seed, --steps, --backend, --out, --plot, --mkdir and --dpi only
+(gradbench train --demo memory-rnn --help). The weights are gradbench.init_params(stack, seed), as
+gradbench.train draws them. File format: docs/formats.md.
 """
 
 WEIGHTS = "gradbench.init_params(stack, seed)"  # as gradbench.train draws them
@@ -43,7 +45,7 @@ def register(sub):
     g.add_argument("--data-seed", type=seed_int, default=0, help="seed of the data set")
     t = p.add_argument_group("training (a demo's own settings unless given)")
     t.add_argument("--epochs", type=positive_int, default=None, help="passes over the data (default: 100)")
-    t.add_argument("--batch-size", type=positive_int, default=None, help="mini-batch size (default: 20)")
+    t.add_argument("--batch-size", type=positive_int, default=None, help="mini-batch size; one larger than the data set is one batch of all of it, as the summary says (default: 20)")
     t.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default=None, help="(default: sgd)")
     t.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: 0.1)")
     t.add_argument("--momentum", type=unit_interval, default=None,

@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 from gradbench.cli.common import (
-    add_output_args, add_parser, finite_float, gain, given, nonneg_float, option, parse, positive_float, positive_int,
-    refuse_unused, seed_int, split, typed_options,
+    add_output_args, add_parser, finite_float, gain, given, nonneg_float, nonneg_int, option, parse, positive_float,
+    positive_int, refuse_unused, seed_int, split, typed_options,
 )
 from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
 from gradbench.report import fmt_pow
@@ -78,6 +78,13 @@ def list_demos(out=None) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
+    """As gradbench.cli.common.Parser: no abbreviated options (``compare --cell`` quietly meant
+    ``--cells``, ``--step`` ``--steps``), a one-line error with exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -158,6 +165,9 @@ def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None):
 def _net(args, cell: str | None = None):
     import gradbench as gb
 
+    if args.init in RECURRENT_INITS and args.init not in INITS:  # identity: "did you mean 'xavier_uniform'?"
+        raise UsageError(f"--init {args.init}: --init draws W_ih (the input weights), one of {', '.join(INITS)}; "
+                         f"{args.init} is an init of W_hh: --recurrent-init {args.init}")
     return gb.Recurrent(cell=cell or args.cell, steps=args.steps, hidden=args.hidden, input_dim=args.input_dim,
                         activation=args.activation, activation_param=args.activation_param, init=args.init,
                         recurrent_init=args.recurrent_init, sigma_w=args.sigma_w, sigma_b=args.sigma_b,
@@ -170,8 +180,9 @@ def _common(p, batch=16):
     p.add_argument("--batch", type=positive_int, default=batch, help=f"sequences in the probe batch (default {batch})")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the parameters and the inputs")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
-    p.add_argument("--checkpoint", type=positive_int, default=None, metavar="K",
-                   help="steps per recomputed segment (default: about sqrt(steps) from 10^4 steps on, else none)")
+    p.add_argument("--checkpoint", type=nonneg_int, default=None, metavar="K",
+                   help="steps per recomputed segment; 0: never, every step kept, as for stacks (default: about "
+                        "sqrt(steps) from 10^4 steps on, else only when the plain run would not fit)")
 
 
 def run_one(rnn, args, label: str = ""):
@@ -185,11 +196,20 @@ def run_one(rnn, args, label: str = ""):
     params = gb.init_params(rnn, args.seed)
     xs = gb.GeneratedSequence(rnn, args.batch, args.seed)
     long = rnn.steps >= 10_000
-    ck = args.checkpoint if args.checkpoint is not None else ("auto" if not long else None)
+    if args.checkpoint == 0:  # never: every step kept (a run that would not fit is refused, naming what fits)
+        stats_only, ck = False, None
+    elif args.checkpoint is not None:
+        stats_only, ck = False, args.checkpoint
+    else:  # segmented from 10^4 steps on, else only when the plain run would not fit
+        stats_only, ck = long, "auto"
     desc = f"backprop {label + ' ' if label else ''}({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, {concrete})"
-    with Progress(desc, unit="segments (forward + backward)") as bar:
-        res = gb.backprop(rnn, params, xs, backend=concrete, stats_only=long and ck is None,
-                          checkpoint="auto" if ck is None else ck, progress=bar.count)
+    try:
+        with Progress(desc, unit="segments (forward + backward)") as bar:
+            res = gb.backprop(rnn, params, xs, backend=concrete, stats_only=stats_only, checkpoint=ck,
+                              progress=bar.count)
+    except MemoryError as exc:  # refused by the plan, before any step: in command-line words
+        raise UsageError(str(exc).replace("checkpoint=None", "--checkpoint 0").replace("checkpoint=", "--checkpoint ")
+                         ) from None
     return res, params
 
 
@@ -403,7 +423,7 @@ examples:
 """)
     p.add_argument("--demo", required=True)
     p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=positive_float, default=None)
     p.add_argument("--seed", type=seed_int, default=None)
     p.add_argument("--steps", type=positive_int, default=None, help="sequence length (default: the demo's)")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
@@ -412,6 +432,26 @@ examples:
     add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_train)
     return parser
+
+
+def _refuse_feedforward_train_options(parser, argv: list[str]) -> None:
+    """``gradbench train --help`` lists the feed-forward demos' options (--optimizer,
+    --weight-decay, ...): given with a recurrent demo, say which options the recurrent demos take
+    rather than 'unrecognized arguments' (SystemExit 2, one line)."""
+    from gradbench.cli import build_parser as feedforward_parser
+
+    _, extras = parser.parse_known_args(argv)
+    typed = [e.split("=", 1)[0] for e in extras if e.startswith("--")]
+    ours = parser.commands["train"]
+    feedforward = set(feedforward_parser().commands["train"]._option_string_actions)
+    theirs = [t for t in dict.fromkeys(typed) if t in feedforward]
+    if theirs:
+        takes = [s for a in ours._actions for s in a.option_strings
+                 if s.startswith("--") and s not in ("--help", "--debug")]
+        demos = _demo_value(argv)
+        ours.exit(2, f"{ours.prog}: error: {', '.join(theirs)}: the recurrent demos ({demos}) take {', '.join(takes)} "
+                     f"only; {'it is' if len(theirs) == 1 else 'they are'} for the feed-forward demos and your own "
+                     f"stack (see gradbench train --demo {demos} --help)\n")
 
 
 def main(argv: list[str]) -> int:
@@ -425,6 +465,8 @@ def main(argv: list[str]) -> int:
             print(f"gradbench train: error: {exc}", file=sys.stderr)
             return 2
     try:
+        if argv and argv[0] == "train":
+            _refuse_feedforward_train_options(parser, argv)
         args = parse(parser, argv)
     except SystemExit as exc:
         return int(exc.code or 0)
