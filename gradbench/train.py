@@ -154,7 +154,6 @@ class TrainResult:
             )
         return "\n".join(lines)
 
-
     def _chance(self) -> str:
         """The loss of a prediction that knows nothing, in words: bce ln 2 (p = 1/2), softmax_ce
         ln C (uniform over the C = output_dim classes), mse the targets' variance (their mean
