@@ -60,7 +60,20 @@ def _exp_scaled(logs: np.ndarray, scale: bool) -> tuple[np.ndarray, int]:
     return from_log(logs, 1.0)
 
 
-def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True) -> tuple[float, LogScaled, np.ndarray, int]:
+def _sum_exact(terms: np.ndarray, norm: int) -> LogScaled | None:
+    """sum(terms) / norm as a LogScaled where the float sum overflows: every term finite (and
+    >= 0), scaled by 2^-k (k the exponent of the largest) before they are added. None when a
+    term is not finite (then the float's inf or NaN is the answer)."""
+    top = float(np.max(terms, initial=0.0))
+    if not math.isfinite(top):
+        return None
+    k = int(np.frexp(top)[1])
+    m, e = np.frexp(float(np.sum(np.ldexp(terms, -k))) / norm)
+    return LogScaled(np.array(m), np.array(int(e) + k))
+
+
+def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True,
+                  exact: bool | None = None) -> tuple[float, LogScaled, np.ndarray, int]:
     """The loss of head outputs ``y`` (float64, R x O) against targets ``t``, a mean over
     ``count`` samples (and the O outputs for mse and bce), and dL/dy without cancellation.
 
@@ -69,13 +82,31 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
     target entry p_t - 1 as -sum_{j != t} p_j: a confident right answer (a margin of 40) has
     a gradient of 1e-17, not the 0 or the rounding noise of 1 - p. Where it lies below exp(-600)
     the terms are evaluated from their logarithms and scaled by a power of two (``scale``; else
-    they underflow as in plain float64), and so is a loss below float64's smallest normal.
+    they underflow as in plain float64, E = 0). The loss as a LogScaled is exact where the float
+    is not (``exact``, default ``scale``): below float64's smallest normal from the terms'
+    logarithms, and where the float sum overflows from terms scaled by a power of two (mse:
+    from the differences, so no square is lost either way: a difference of 1e160 has a loss of
+    1e320). The float ``loss`` below float64's range is plain float64's (0 or subnormal); where
+    the sum overflowed it is the exact loss rounded (inf only if the mean itself overflows: 64
+    terms of 1e307 have a mean of 1e307).
     """
+    exact = scale if exact is None else exact
     R, O = y.shape
+    tiny = np.finfo(np.float64).tiny
     if kind == "mse":
         diff = y - t
         loss = float(np.sum(diff * diff)) / (count * O)
-        return loss, LogScaled.from_float(loss), 2.0 * diff / (count * O), 0
+        dy = 2.0 * diff / (count * O)
+        if not exact or tiny <= loss < np.inf or loss != loss:
+            return loss, LogScaled.from_float(loss), dy, 0
+        s, e = reference.sumsq_scaled(diff)  # sum diff^2 = s 4^e, s in [0.25, R O] (or 0)
+        if not math.isfinite(s):
+            return loss, LogScaled.from_float(loss), dy, 0
+        m, e2 = np.frexp(s / (count * O))
+        loss_exact = LogScaled(np.array(m), np.array(int(e2) + 2 * e))
+        if loss == np.inf:  # the sum overflowed: the mean may still be a float
+            loss = float(loss_exact.to_float(warn=False))
+        return loss, loss_exact, dy, 0
     if kind == "bce":
         t = np.asarray(t, dtype=np.float64)
         with np.errstate(divide="ignore"):
@@ -87,6 +118,9 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
         loss_value = float(np.sum((1 - t) * sp + t * sn)) / (count * O)
         norm = count * O
 
+        def loss_terms():  # the loss's terms, needed only when their float sum overflows
+            return (1 - t) * sp + t * sn
+
         def loss_logs():  # the loss's terms in log form, needed only when the loss underflows
             return np.concatenate([(l1t + _log_softplus(y, sp)).ravel(), (lt + _log_softplus(-y, sn)).ravel()])
     else:
@@ -96,6 +130,9 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
         others = s.copy()
         others[rows, t] = -np.inf
         margin = _logsumexp(others, axis=1) - s[rows, t]  # log sum_{j != t} exp(y_j - y_t)
+
+        def loss_terms():
+            return _softplus(margin)
 
         def loss_logs():
             return _log_softplus(margin)
@@ -107,7 +144,11 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
         dy = m / count
         loss_value = float(np.sum(_softplus(margin))) / count
         norm = count
-    if loss_value >= np.finfo(np.float64).tiny or not scale:
+    if loss_value >= tiny or not exact:
+        if loss_value == np.inf and exact:  # a sum of finite terms beyond float64: |y| ~ 1e306
+            big = _sum_exact(loss_terms(), norm)
+            if big is not None:  # the mean may still be a float
+                return float(big.to_float(warn=False)), big, dy, E
         return loss_value, LogScaled.from_float(loss_value), dy, E
     lam = float(_logsumexp(loss_logs())) - float(np.log(norm))  # log of the loss
     if not LN_MIN <= lam < np.inf:  # beyond any int64 exponent (from_log): 0 like the float

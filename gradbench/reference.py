@@ -259,21 +259,33 @@ def _norm(x: np.ndarray) -> float:
 SUMSQ_LO, SUMSQ_HI = 2.0**-960, 2.0**960
 
 
+def sumsq_scaled(x: np.ndarray) -> tuple[float, int]:
+    """The sum of squares of x as s * 4**e (s = sum of (x 2^-e)^2), with no square lost to
+    underflow or overflow; returns (s, e).
+
+    e = 0 whenever the plain float64 sum is safe (then s is that plain sum, the same bits); else
+    e is the exponent of max|x|, so s lies in [0.25, x.size]. NaN and inf entries give a
+    non-finite s.
+    """
+    s = float(np.square(x, dtype=np.float64).sum())
+    if SUMSQ_LO <= s <= SUMSQ_HI or not (s > 0 or np.any(x != 0)):
+        return s, 0
+    with np.errstate(invalid="ignore"):
+        a = float(np.max(np.abs(x), initial=0.0))
+    if not math.isfinite(a):
+        return s, 0
+    e = int(np.frexp(a)[1])
+    return float(np.sum(np.square(np.ldexp(x.astype(np.float64), -e)))), e
+
+
 def norm_scaled(x: np.ndarray) -> tuple[float, int]:
     """||x||_F = m * 2**e, with no square lost to underflow or overflow; returns (m, e).
 
     e = 0 whenever the plain float64 sum of squares is safe (then m is that plain norm, the
-    same bits); NaN and inf entries give a non-finite m.
+    same bits); NaN and inf entries give a non-finite m. (:func:`sumsq_scaled`, its square root.)
     """
-    s = float(np.square(x, dtype=np.float64).sum())
-    if SUMSQ_LO <= s <= SUMSQ_HI or not (s > 0 or np.any(x != 0)):
-        return math.sqrt(s), 0
-    with np.errstate(invalid="ignore"):
-        a = float(np.max(np.abs(x), initial=0.0))
-    if not math.isfinite(a):
-        return math.sqrt(s), 0
-    e = int(np.frexp(a)[1])
-    return float(np.sqrt(np.sum(np.square(np.ldexp(x.astype(np.float64), -e))))), e
+    s, e = sumsq_scaled(x)
+    return math.sqrt(s), e  # correctly rounded, as np.sqrt
 
 
 def top_signal(G: np.ndarray, e: int, clip_mode: int, c: float) -> int:

@@ -384,6 +384,24 @@ def test_head_loss_of_a_huge_margin_carries_its_exponent(loss, rows, targets, ba
     assert d.hist_counts.sum() + d.hist_zeros.sum() + d.hist_nonfinite.sum() + d.hist_outside.sum() == 4
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mse_head_whose_squares_overflow_equals_mpmath(backend):
+    """A linear stack of gain 2.5 and depth 450 (forward-rescaled) reaches head outputs of ~1e167:
+    the squared differences overflow, and loss_exact read inf (as the recurrent heads did); now
+    it is their scaled sum, mean (y - t)^2 against mpmath on the returned h_L. The float is inf."""
+    stack = gb.Stack(depth=450, width=8, activation="identity", sigma_w=2.5, loss="mse", output_dim=2)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1)
+    t = np.random.default_rng(0).uniform(0, 1, (4, 2))
+    res = gb.backprop(stack, params, x, t, backend=backend)
+    h, f = res.output.mantissa, int(res.output.exponent)
+    y = [[mp.fsum([mp.mpf(float(params.b_out[o]))] + [mp.ldexp(mp.mpf(float(h[b, k])), f) * mp.mpf(float(params.W_out[o, k]))
+                                                        for k in range(8)]) for o in range(2)] for b in range(4)]
+    want = mp.fsum((y[b][o] - mp.mpf(float(t[b, o]))) ** 2 for b in range(4) for o in range(2)) / 8
+    assert mp.log10(want) > 320 and res.loss == math.inf and res.first_nonfinite_backward is None
+    got = mp.ldexp(mp.mpf(float(res.loss_exact.mantissa)), int(res.loss_exact.exponent))
+    assert abs(got - want) <= 1e-12 * want, (float(mp.log10(got)), float(mp.log10(want)))
+
+
 @pytest.mark.parametrize("loss, rows, targets", [
     ("bce", [1e30, 4e18], [[1.0], [1.0]]), ("bce", [-1e300, -1e300], [[0.0], [0.0]]),
     ("softmax_ce", [[1e30, 0.0], [0.0, 1e20]], [0, 1]),

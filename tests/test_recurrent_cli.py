@@ -20,6 +20,18 @@ def test_run_prints_exact_norms_and_the_verdict(tmp_path, capsys):
     assert len(d["signal_log10"]) == 300 and d["verdict"] == "vanishing" and png.stat().st_size > 1000
 
 
+def test_run_reports_a_probe_loss_beyond_float64_exactly(tmp_path, capsys):
+    """A GELU cell whose state reaches 10^163: 0.5 ||h||^2 ~ 10^325.6 overflows float64's squares,
+    and the report said "loss inf"; the loss is exact (the float in --out stays inf)."""
+    out = tmp_path / "r.json"
+    assert main(["run", "--cell", "rnn", "--steps", "500", "--hidden", "16", "--activation", "gelu",
+                 "--sigma-w", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "loss 10^325.58;" in text and "loss inf" not in text
+    d = json.loads(out.read_text())["diagnosis"]
+    assert d["loss"] == "inf" and abs(d["loss_log10"] - 325.58) < 0.005 and d["first_nonfinite_forward"] is None
+
+
 def test_run_long_sequences_are_segmented_with_a_progress_bar(capsys):
     assert main(["run", "--cell", "rnn", "--steps", "20000", "--hidden", "4", "--batch", "2",
                  "--recurrent-init", "normal"]) == 0

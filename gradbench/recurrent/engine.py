@@ -31,7 +31,7 @@ from gradbench.recurrent.backends import get_backend, resolve
 from gradbench.recurrent.params import GeneratedSequence, RecurrentParams, expected_shapes
 from gradbench.recurrent.results import RecurrentGrads, RecurrentResult
 from gradbench.recurrent.spec import Recurrent
-from gradbench.reference import clip_signal, normalise
+from gradbench.reference import clip_signal, normalise, sumsq_scaled
 
 # What a step saves for the backward pass (arrays of the forward table), per cell.
 SAVED = {"rnn": ("H", "Z"), "lstm": ("H", "C", "Z"), "gru": ("H", "Z", "HN")}
@@ -168,19 +168,36 @@ def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False,
 
 
 # ------------------------------------------------------------------ the head
-def head_loss(rnn: Recurrent, h: np.ndarray, W_out, b_out, t, count: int):
-    """The head on rows ``h`` (R, N): returns (loss share, dL/dh (R, N), dW_out, db_out).
+def head_loss(rnn: Recurrent, h: np.ndarray, W_out, b_out, t, count: int, exact: bool = True):
+    """The head on rows ``h`` (R, N): returns (loss share, the share as a LogScaled, dL/dh (R, N),
+    dW_out, db_out).
 
     The loss is a mean over ``count`` samples (the batch for the last step, steps x batch for
     every step) and, for mse and bce, over the O outputs: mse (y - t)^2, bce softplus(y) - t y
     (from logits, stable), softmax_ce logsumexp(y) - y[t]. Computed in float64; dL/dy is rounded
     to the net's dtype. dL/dy without cancellation (:func:`gradbench.loss.head_gradient`), not
-    scaled: it joins the signal of its step in plain float64.
+    scaled: it joins the signal of its step in plain float64. The share as a LogScaled is exact
+    where the float under- or overflows (mse's squares of differences beyond 1e154 too; ``exact``
+    False: the float's, for a caller that needs only the gradients).
     """
     y = (h @ W_out.T + b_out).astype(np.float64)
-    loss, _, dy, _ = head_gradient(rnn.loss, y, t, count, scale=False)
+    loss, loss_exact, dy, _ = head_gradient(rnn.loss, y, t, count, scale=False, exact=exact)
     dy = dy.astype(h.dtype)
-    return loss, dy @ W_out, (dy.T @ h).astype(np.float64), dy.sum(axis=0, dtype=np.float64)
+    return loss, loss_exact, dy @ W_out, (dy.T @ h).astype(np.float64), dy.sum(axis=0, dtype=np.float64)
+
+
+def _add_exact(a: LogScaled, b: LogScaled) -> LogScaled:
+    """a + b of two scalar LogScaled values, each brought to the larger exponent first (the
+    residual-add rule; a zero term is skipped): the every-step loss's sum over its shares."""
+    ma, mb = float(a.mantissa), float(b.mantissa)
+    if mb == 0:
+        return a
+    if ma == 0:
+        return b
+    ea, eb = int(a.exponent), int(b.exponent)
+    top = max(ea, eb)
+    m, e = np.frexp(float(ldexp(np.float64(ma), np.int64(ea - top))) + float(ldexp(np.float64(mb), np.int64(eb - top))))
+    return LogScaled(np.array(m), np.array(int(e) + top))
 
 
 # ------------------------------------------------------------------ the pass
@@ -281,6 +298,7 @@ class _Run:
         self.info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
         self.work = 2 * len(self.segments)
         self.loss_every = 0.0
+        self.loss_every_exact = LogScaled(np.array(0.0), np.array(0))  # its exact sum (where the float is not)
         self.x_buf = np.empty((k, B, D), dtype=dt) if isinstance(self.xs, GeneratedSequence) else None
 
     def _take(self, shape, dtype) -> np.ndarray:
@@ -345,8 +363,10 @@ def _forward(run: _Run) -> None:
         if every:  # the loss of steps s..e-1 (their states are H[1:] of the segment), chunk by chunk
             for a, b in _chunks(run, s, e):
                 h = seg["H"][a - s + 1:b - s + 1].reshape(-1, rnn.hidden)
-                run.loss_every += head_loss(rnn, h, run.params.W_out, run.params.b_out,
-                                            _rows(rnn, run.targets[a:b]), T * run.B)[0]
+                share, share_exact = head_loss(rnn, h, run.params.W_out, run.params.b_out,
+                                               _rows(rnn, run.targets[a:b]), T * run.B)[:2]
+                run.loss_every += share
+                run.loss_every_exact = _add_exact(run.loss_every_exact, share_exact)
     run.seconds["forward"] = time.perf_counter() - t
 
 
@@ -371,17 +391,21 @@ def _top(run: _Run) -> None:
     rnn, T, N, B = run.rnn, run.rnn.steps, run.rnn.hidden, run.B
     hT, p = run.h_top, run.params
     run.dW_out = run.db_out = None
-    if not rnn.has_head:
-        m, e = np.frexp(0.5 * float(np.sum(np.square(hT, dtype=np.float64))))
-        run.loss_exact = LogScaled(np.array(m), np.array(int(e) + 2 * int(run.fexp[T])))
+    if not rnn.has_head:  # 0.5 ||h_T||^2 with no square lost (the plain sum's bits where it is safe)
+        s, es = sumsq_scaled(hT)
+        m, e = np.frexp(0.5 * s)
+        run.loss_exact = LogScaled(np.array(m), np.array(int(e) + 2 * (es + int(run.fexp[T]))))
         run.loss = float(run.loss_exact.to_float(warn=False))
         G, e_top = hT.copy(), int(run.fexp[T])
     else:
         every = rnn.loss_on == "every"
         t = run.targets[T - 1] if every else run.targets
-        loss, G, run.dW_out, run.db_out = head_loss(rnn, hT, p.W_out, p.b_out, t, T * B if every else B)
+        loss, loss_exact, G, run.dW_out, run.db_out = head_loss(rnn, hT, p.W_out, p.b_out, t, T * B if every else B)
         run.loss = run.loss_every if every else loss
-        run.loss_exact = LogScaled.from_float(run.loss)
+        run.loss_exact = loss_exact
+        if every:  # the float sum where it is a normal float, else the exact sum of the shares
+            tiny_ok = np.finfo(np.float64).tiny <= run.loss < np.inf or run.loss != run.loss
+            run.loss_exact = LogScaled.from_float(run.loss) if tiny_ok else run.loss_every_exact
         G, e_top = np.ascontiguousarray(G, dtype=rnn.np_dtype), 0
     GC = np.zeros((B, N), dtype=rnn.np_dtype) if rnn.cell == "lstm" else None
     g = G if GC is None else np.concatenate([G, GC])
@@ -422,8 +446,8 @@ def _backward(run: _Run) -> None:
             DH = np.zeros((e - s, B, N), dtype=dt)
             for a, b in _chunks(run, max(s, 1), e, top_down=True):
                 h = seg["H"][a - s:b - s].reshape(-1, N)
-                _, dh, dW, db = head_loss(rnn, h, run.params.W_out, run.params.b_out,
-                                          _rows(rnn, run.targets[a - 1:b - 1]), T * B)
+                _, _, dh, dW, db = head_loss(rnn, h, run.params.W_out, run.params.b_out,
+                                             _rows(rnn, run.targets[a - 1:b - 1]), T * B, exact=False)
                 DH[a - s:b - s] = dh.reshape(-1, B, N)
                 run.dW_out += dW
                 run.db_out += db

@@ -38,8 +38,11 @@ class RecurrentResult:
     rnn : Recurrent
     backend : str
     loss : float
-        The loss as a float (``loss_exact`` holds it as mantissa and exponent: exact at any
-        length for the sum_squares probe of a forward-rescaled cell).
+        The loss as a float: 0 or inf where float64 cannot hold it. ``loss_exact`` holds it as
+        mantissa and exponent, exact there too: the sum_squares probe 0.5 ||h_{T-1}||^2 of every
+        cell from a scaled sum of squares (a GELU cell's 10^325), a head's loss from its terms'
+        logarithms below float64's range and from terms scaled by a power of two where their
+        float sum overflows (mse: squares of differences beyond ~1e154).
     grads : RecurrentGrads
         dL/dparams (after parameter-gradient clipping when the net asks for it).
     signal_norm : LogScaled (T,)
