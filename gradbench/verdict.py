@@ -100,6 +100,11 @@ def decades_per_layer(y: np.ndarray) -> tuple[float, float]:
     return (-slope if slope else 0.0), float(ym - slope * lm)
 
 
+# The smallest change of log10 ||dW_l|| over a stack that float_limits extrapolates: 1e-9 decades
+# is a relative change of 2.3e-9, far above float64 rounding over any depth it runs.
+MEASURABLE_DECADES = 1e-9
+
+
 def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | None = None,
                  floored: np.ndarray | None = None, extrapolate: bool = True, *,
                  signal_log10: np.ndarray | None = None, group: int = 0) -> dict:
@@ -153,7 +158,10 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
             fo = np.flatnonzero((a > hi) | (a == np.inf))
             entry["forward_underflow_layer"] = int(fu.min()) if fu.size else None
             entry["forward_overflow_layer"] = int(fo.min()) if fo.size else None
-        if extrapolate and math.isfinite(rate) and math.isfinite(top) and rate != 0:
+        # a change over the stack below MEASURABLE_DECADES is rounding (an orthogonal identity stack's
+        # 1e-19 a layer said "underflow after ~2.4e21 layers"), not a rate to extrapolate
+        if (extrapolate and math.isfinite(rate) and math.isfinite(top)
+                and abs(rate) * max(len(g) - 1, 1) >= MEASURABLE_DECADES):
             if rate < 0 and top > lo:
                 entry["layers_to_underflow"] = int(math.ceil((top - lo) / -rate))
             elif rate > 0 and top < hi:
@@ -382,6 +390,11 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                          f"saturated units underflowed beyond even the exponent range: every unit of layer {L - 1} "
                          f"(the top) has {stack.activation}' below 2^(-2^62) (e.g. tanh at |z| ~ 1e200), which no "
                          "int64 exponent holds; the true gradient is not 0, and every layer below inherits the zero")
+        elif stack.residual and stack.residual_scale == 0:
+            words.append("no gradient at all: every ||dL/dW_l|| is exactly zero because residual_scale is 0: every "
+                         f"layer sits in a residual group whose branch is multiplied by 0 (h + 0 {stack.activation}(z) "
+                         "at the end of each group), so the loss does not depend on any weight; the skip path "
+                         "carries the signal ||dL/dh_l|| past them")
         elif stack.loss in ("bce", "softmax_ce") and loss_log10 == -math.inf:  # their loss is > 0 at finite logits
             words.append("no gradient at all: every ||dL/dW_l|| is exactly zero because the loss and its gradient "
                          f"at the head underflowed beyond even the exponent range: the {stack.loss} head is right "
@@ -499,10 +512,19 @@ def _findings(stack, g, res, verdict) -> list[str]:
         sat = float(np.mean(res.saturation))
         if sat > 0.1:
             words.append(f"{100 * sat:.0f} % of the units are saturated (phi' < 1% of its maximum)")
-        if stack.activation == "sigmoid" and not stack.batch_norm and verdict == "vanishing":
-            words.append("sigmoid' <= 0.25 costs at least 0.6 decades per layer times the weight gain")
+        if stack.activation == "sigmoid" and not stack.batch_norm and verdict == "vanishing" and stack.gain < 4:
+            # sigmoid' <= 1/4: a factor sigma_w / 4 or less per layer, a loss while sigma_w < 4
+            words.append(f"sigmoid' <= 0.25 costs at least {-math.log10(stack.gain / 4):.2g} decades per layer "
+                         f"at this weight gain (sigma_w = {stack.gain:.3g}: log10(4 / sigma_w))")
     if stack.activation in RELU_FAMILY:
         dead = float(np.mean(res.dead))
-        if dead > 0.1:
+        slope = 0.0 if stack.activation == "relu" else None
+        if stack.activation == "leaky_relu":
+            slope = stack.act_param
+        if dead > 0.1 and slope == 0.0:
             words.append(f"{100 * dead:.0f} % of the units are dead (z <= 0 for the whole batch)")
+        elif dead > 0.1:  # a slope of their own on the negative side: not dead
+            words.append(f"{100 * dead:.0f} % of the units are on the negative side for the whole batch (z <= 0: "
+                         f"{stack.activation}'s negative slope{'' if slope is None else f' {slope:g}'} carries "
+                         "their gradient)")
     return words

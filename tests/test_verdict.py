@@ -437,3 +437,49 @@ def test_isolated_points_are_single_outliers_not_steep_or_scattered_stretches():
     assert not isolated(-900.0 * np.arange(200.0)).any()  # a saturated stack: 900 decades a layer
     mixed = np.where(np.arange(40) % 3 == 0, -1500.0, 10.0)  # every third layer saturated: a region
     assert not isolated(mixed).any()
+
+
+# ---------------------------------------------------------------- sentences that must match the stack
+def _explain(**kw):
+    stack = gb.Stack(**kw)
+    params = gb.init_params(stack, 0)
+    return gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 16, 1)), params)
+
+
+def test_a_negative_slope_is_not_a_dead_unit():
+    """leaky ReLU with slope -1 has |phi'| = 1 everywhere: it said '32 % of the units are dead'."""
+    d = _explain(depth=50, width=16, activation="leaky_relu", activation_param=-1.0)
+    text = " ".join(d.explanation.split())
+    assert np.mean(d.dead) > 0.1 and "dead" not in text and "on the negative side" in text
+    assert "dead (z <= 0" in " ".join(_explain(depth=50, width=16, activation="relu", init="normal").explanation.split())
+
+
+def test_sigmoids_cost_per_layer_follows_the_gain():
+    """'sigmoid' <= 0.25 costs at least 0.6 decades per layer' was said next to a measured -0.11
+    (sigma_w = 8); the bound is log10(4 / sigma_w), and none from sigma_w = 4 on."""
+    one = " ".join(_explain(depth=50, width=16, activation="sigmoid").explanation.split())
+    assert "costs at least 0.6 decades per layer" in one
+    two = " ".join(_explain(depth=50, width=16, activation="sigmoid", sigma_w=2.0).explanation.split())
+    assert f"costs at least {math.log10(2):.2g} decades per layer" in two
+    eight = _explain(depth=50, width=16, activation="sigmoid", sigma_w=8.0)
+    assert eight.verdict == "vanishing" and "costs at least" not in eight.explanation
+    assert -0.3 < eight.decades_per_layer < -math.log10(4 / 8)  # slower than a bound of 0.6 would allow
+
+
+def test_residual_scale_zero_is_named_as_the_cause():
+    d = _explain(depth=20, width=8, residual=2, residual_scale=0.0)
+    text = " ".join(d.explanation.split())
+    assert d.verdict == "no gradient" and "residual_scale is 0" in text and "all-zero input" not in text
+    assert np.all(np.isfinite(d.signal_log10[::2]))  # the skip path (the groups' inputs) carries the signal
+
+
+def test_a_rounding_rate_is_not_extrapolated():
+    """An orthogonal identity stack preserves the norm exactly: its fitted 1e-19 decades a layer
+    said 'would underflow after ~2394330403936342114304 layers'."""
+    d = _explain(depth=2000, width=8, activation="identity", init="orthogonal")
+    assert abs(d.decades_per_layer) < 1e-15 and d.verdict == "stable"
+    for lim in d.float_limits.values():
+        assert lim["layers_to_underflow"] is None and lim["layers_to_overflow"] is None
+    assert "would underflow after" not in str(d) and "would overflow after" not in str(d)
+    tanh = _explain(depth=100, width=64, activation="tanh", init="normal", sigma_w=1.05)  # a real, slow rate
+    assert tanh.float_limits["float64"]["layers_to_underflow"] or tanh.float_limits["float64"]["layers_to_overflow"]
