@@ -22,7 +22,6 @@ from gradbench.diagnose import Diagnosis, diagnose
 from gradbench.histograms import RelativeHistograms
 from gradbench.verdict import FLOAT_LIMITS
 
-LN2 = math.log(2.0)
 DPI = 120
 
 
@@ -255,6 +254,16 @@ def _curve_items(data):
     return _items(data)
 
 
+def _chance(r):
+    """(name, value, note) of the loss that knows nothing for a training result (TrainResult or a
+    recurrent one), None when unknown (gradbench.train.chance_loss)."""
+    from gradbench.train import chance_loss
+
+    net = getattr(r, "stack", None) or getattr(r, "rnn", None)
+    extras = getattr(r, "extras", None) or {}
+    return None if net is None else chance_loss(net.loss, net.output_dim, extras.get("mean_prediction_loss"))
+
+
 def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = True, ax=None,
                 dpi: int = DPI) -> Figure:
     """Mean mini-batch loss per epoch of one or several :class:`~gradbench.train.TrainResult`.
@@ -279,14 +288,19 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
             ax.annotate(f"{label}: loss non-finite in epoch {e + 1}", (e + 1, y), textcoords="offset points",
                         xytext=(8, 0), fontsize=8, color=line.get_color(), va="center")
             line.set_label(f"{label} (diverged)")
-    ax.axhline(LN2, color="0.4", ls="--", lw=1)
-    # labelled in the right margin, where no curve can hide it
-    ax.annotate("ln 2", (1.0, LN2), xycoords=("axes fraction", "data"), xytext=(3, 0),
-                textcoords="offset points", ha="left", va="center", fontsize=9, color="0.3")
+    chance = {_chance(r) for _, r in items}  # one reference line, when every run shares it
+    ref = chance.pop() if len(chance) == 1 else None
+    if ref is not None:
+        ax.axhline(ref[1], color="0.4", ls="--", lw=1)
+        # labelled in the right margin, where no curve can hide it
+        ax.annotate(ref[0] if ref[0].startswith("ln") else "chance", (1.0, ref[1]),
+                    xycoords=("axes fraction", "data"), xytext=(3, 0), textcoords="offset points", ha="left",
+                    va="center", fontsize=9, color="0.3")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mean mini-batch loss" + (" (log scale)" if log else "") + "; dashed: ln 2 = 0.693")
+    ax.set_ylabel("mean mini-batch loss" + (" (log scale)" if log else "")
+                  + ("" if ref is None else f"; dashed: {ref[0]} = {ref[1]:.3g}"))
     ax.set_title(title)
     ax.grid(True, which="both" if log else "major", alpha=0.3)
     if many:

@@ -155,17 +155,21 @@ class TrainResult:
         return "\n".join(lines)
 
     def _chance(self) -> str:
-        """The loss of a prediction that knows nothing, in words: bce ln 2 (p = 1/2), softmax_ce
-        ln C (uniform over the C = output_dim classes), mse the targets' variance (their mean
-        predicted, ``extras["mean_prediction_loss"]`` from :func:`train`); "" when unknown."""
-        loss = self.stack.loss
-        if loss == "bce":
-            return f" (ln 2 = {math.log(2):.4f})"
-        if loss == "softmax_ce":
-            c = self.stack.output_dim
-            return f" (ln {c} = {math.log(c):.4f}: uniform over the {c} classes)"
-        v = self.extras.get("mean_prediction_loss")
-        return "" if v is None else f" (predicting the targets' mean: {v:.4f})"
+        ref = chance_loss(self.stack.loss, self.stack.output_dim, self.extras.get("mean_prediction_loss"))
+        return "" if ref is None else f" ({ref[0]}{' =' if ref[0].startswith('ln') else ':'} {ref[1]:.4f}{ref[2]})"
+
+
+def chance_loss(loss: str, output_dim: int, mean_prediction_loss: float | None = None):
+    """The loss of a prediction that knows nothing, as (name, value, note): bce ln 2 (p = 1/2),
+    softmax_ce ln C (uniform over the C = output_dim classes), mse the targets' variance
+    (``mean_prediction_loss``: their mean predicted, from :func:`train`); None when unknown."""
+    if loss == "bce":
+        return "ln 2", math.log(2), ""
+    if loss == "softmax_ce":
+        return f"ln {output_dim}", math.log(output_dim), f": uniform over the {output_dim} classes"
+    if loss == "mse" and mean_prediction_loss is not None:
+        return "predicting the targets' mean", mean_prediction_loss, ""
+    return None
 
 
 def _describe(stack: Stack) -> str:

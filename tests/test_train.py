@@ -312,3 +312,31 @@ def test_training_progress_counts_epochs_with_the_loss_off_a_terminal(monkeypatc
     gb.train(moons_stack(), X, y, epochs=20, batch_size=10, progress=True, name="moons")
     lines = stream.getvalue().splitlines()
     assert lines[0] == "moons ..." and any(" of 20 epochs, " in ln and ", loss 0." in ln for ln in lines), lines
+
+
+@pytest.mark.parametrize("loss, out, level", [("bce", 1, math.log(2)), ("softmax_ce", 3, math.log(3)), ("mse", 1, 0.25)])
+def test_the_loss_plot_draws_the_chance_of_its_head(loss, out, level, tmp_path):
+    """The loss curves drew a dashed ln 2 for every head: ln C for softmax_ce over C classes, the
+    targets' variance for mse (10 labels 0 and 10 labels 1: 1/4), none for runs that differ."""
+    from gradbench import plot
+
+    X, y = datasets.moons(20, seed=0)
+    r = gb.train(moons_stack(loss=loss, output_dim=out), X, y, epochs=2, backend="numpy")
+    ax = plot.loss_curves({"a": r}, tmp_path / "l.png").axes[0]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and np.allclose(dashed[0].get_ydata(), level, rtol=1e-12)
+    other = gb.train(moons_stack(loss="softmax_ce" if loss != "softmax_ce" else "bce", output_dim=3 if loss != "softmax_ce" else 1),
+                     X, y, epochs=2, backend="numpy")
+    ax2 = plot.loss_curves({"a": r, "b": other}, tmp_path / "m.png").axes[0]
+    assert not [ln for ln in ax2.get_lines() if ln.get_linestyle() == "--"]
+
+
+def test_a_recurrent_summary_gives_the_chance_of_its_head():
+    from gradbench.recurrent.train import first_symbol, train_recurrent
+
+    X, y = first_symbol(6, 16, seed=0)
+    rnn = gb.Recurrent(cell="rnn", steps=6, hidden=4, input_dim=2, loss="softmax_ce", output_dim=2)
+    text = train_recurrent(rnn, X, y, X, y, epochs=1, backend="numpy").summary()
+    assert "(chance ln 2 = 0.6931: uniform over the 2 classes)" in text
+    text = train_recurrent(rnn.replace(loss="mse", output_dim=1), X, y, X, y, epochs=1, backend="numpy").summary()
+    assert "chance" not in text

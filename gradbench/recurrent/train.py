@@ -28,7 +28,7 @@ from gradbench.recurrent.engine import backprop
 from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
 from gradbench.spec import check_choice
-from gradbench.train import OPTIMIZERS, make_optimizer
+from gradbench.train import OPTIMIZERS, chance_loss, make_optimizer
 
 TASKS = ("first_symbol",)
 
@@ -97,8 +97,10 @@ class RecurrentTrainResult:
             lines.append(f"  DIVERGED in epoch {self.diverged_epoch + 1}: {self.divergence}")
         ran = self.epochs_run
         acc = self.final_accuracy
-        lines.append(f"  held-out loss {self.eval_loss[0]:.4f} -> {self.final_loss:.4g} (chance ln 2 = "
-                     f"{math.log(2):.4f}), accuracy {self.accuracy[0]:.2f} -> " + (f"{acc:.2f}" if math.isfinite(acc) else "-"))
+        ref = chance_loss(r.loss, r.output_dim)
+        lines.append(f"  held-out loss {self.eval_loss[0]:.4f} -> {self.final_loss:.4g}"
+                     + ("" if ref is None else f" (chance {ref[0]} = {ref[1]:.4f}{ref[2]})")
+                     + f", accuracy {self.accuracy[0]:.2f} -> " + (f"{acc:.2f}" if math.isfinite(acc) else "-"))
         s0 = self.signal_start
         if len(s0) and np.isfinite(s0[-1]):
             lines.append(f"  at the start the gradient reaching step 0 was 10^{s0[0] - s0[-1]:.1f} of the one at the "
