@@ -12,6 +12,14 @@ changes by ``0.5 * log10(chi_1)`` decades per layer, over a depth scale ``-1 / l
 Gaussian expectations use quadrature split at z = 0 and at the activation's transition
 (see ``_log_expect``), in logarithms so that any sigma_w holds.
 
+The iteration starts where a stack does: at q0, the variance of its first pre-activation,
+``sigma_w^2 E[x^2] + sigma_b^2`` (:func:`first_q`; ``sigma_w^2 + sigma_b^2`` for the standard
+normal input that ``gaussian_input``, the CLI and sweeps feed). Most maps have one attractor and
+q0 does not matter, but GELU and swish with zero bias for sqrt(2) < sigma_w < 2 (and a small
+sigma_b) have two: q -> 0 (a small q* with a bias; chi_1 < 1) and q -> inf (chi_1 > 1). Which
+one a stack reaches, and so its phase, depends on whether q0 lies below or above the unstable
+fixed point between them (:func:`bistability`).
+
 Linear Gaussian stacks: the growth rate of log ||g|| per layer is the top Lyapunov exponent of
 the random matrix product (Newman 1986)::
 
@@ -39,6 +47,9 @@ _Z_MAX = 12.0  # the normal tails beyond |z| = 12 weigh < 1e-32
 _TRANSITION = 40.0
 _BOUNDED = frozenset({"sigmoid", "tanh"})  # q* <= sigma_w^2 + sigma_b^2: the length map cannot diverge
 _LN_Q_LARGE = math.log(1e12)  # past this q, an unbounded activation's length map is in its linear regime
+# The length map's ratio q_{l+1} / q_l in its limits q -> 0 and q -> inf is read at these q (the
+# limits of phi(s z) / s in z are reached there, and phi(s z)^2 neither under- nor overflows).
+_LN_Q_TINY, _LN_Q_HUGE = math.log(1e-200), math.log(1e200)
 
 
 @functools.lru_cache(maxsize=1)
@@ -115,10 +126,51 @@ def length_map(q: float, activation: str, sigma_w: float, sigma_b: float = 0.0, 
     return _exp(float(np.logaddexp(_log_variance(_ln(q), activation, sigma_w, param), 2 * _ln(sigma_b))))
 
 
-def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: float, q0: float = 1.0,
+def _log_q0(sigma_w: float, sigma_b: float, log_ms: float = 0.0) -> float:
+    """ln q0 = ln(sigma_w^2 E[h^2] + sigma_b^2), the variance of a first pre-activation whose
+    layer's input h has mean square E[h^2] = exp(log_ms) (without overflowing sigma_w^2)."""
+    return float(np.logaddexp(2 * _ln(sigma_w) + log_ms, 2 * _ln(sigma_b)))
+
+
+def _log_mean_square(x) -> float:
+    """ln E[x^2] of an input array; 0 (E[x^2] = 1, the standard normal input) for None."""
+    if x is None:
+        return 0.0
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError("x must be a non-empty array of finite numbers")
+    top = float(np.max(np.abs(x)))
+    return -math.inf if top == 0 else 2 * math.log(top) + math.log(float(np.mean(np.square(x / top))))
+
+
+def _log_first_q(stack: Stack, sigma_w: float, sigma_b: float, log_ms: float) -> float:
+    """ln q0 of ``stack`` with these sigma_w, sigma_b and input mean square exp(log_ms): its
+    input layer (input_dim != width), when it has one, maps E[x^2] to E[h_0^2] first."""
+    if stack.has_input_layer:
+        D, N = stack.d_in, stack.width
+        if stack.init == "orthogonal":  # gain times a (semi-)orthogonal N x D matrix
+            factor = min(D, N) / N
+        elif stack.init.startswith("xavier"):  # variance gain^2 2 / (D + N) over D inputs
+            factor = 2 * D / (D + N)
+        else:  # variance gain^2 / D
+            factor = 1.0
+        log_ms = _log_q0(sigma_w, sigma_b, log_ms + math.log(factor))
+    return _log_q0(sigma_w, sigma_b, log_ms)
+
+
+def first_q(stack: Stack, x=None) -> float:
+    """q0, the variance of ``stack``'s first pre-activation z_0 = h_0 W_0^T + b_0: where its
+    length map starts. ``sigma_w^2 E[h_0^2] + sigma_b^2`` with h_0 the input ``x`` (E[x^2] the
+    mean of ``x**2``; by default 1, the standard normal input of :func:`gradbench.gaussian_input`
+    that the CLI and sweeps feed) or, when ``input_dim != width``, the input layer's output.
+    ``inf`` past the largest float (sigma_w > ~1e154)."""
+    return _exp(_log_first_q(stack, stack.gain, stack.sigma_b, _log_mean_square(x)))
+
+
+def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: float, t0: float,
                      tol: float = 1e-13, max_iter: int = 5_000) -> float:
-    """ln q* by iterating the length map in t = ln q (no overflow for any finite sigma_w)."""
-    t, t_b = _ln(q0), 2 * _ln(sigma_b)
+    """ln q* by iterating the length map in t = ln q from t0 = ln q0 (no overflow for any finite sigma_w)."""
+    t, t_b = t0, 2 * _ln(sigma_b)
     if activation in spec.HOMOGENEOUS:  # q_{l+1} = r q_l + sigma_b^2: closed form
         ln_r = _log_variance(0.0, activation, sigma_w, param)
         if abs(ln_r) < 1e-12:  # r = 1 to rounding: q stays (sigma_b = 0) or grows by sigma_b^2 a layer
@@ -146,8 +198,11 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
 
 
 def fixed_point(activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None,
-                q0: float = 1.0, tol: float = 1e-13, max_iter: int = 5_000) -> float:
-    """The fixed point q* of the length map, by iteration from ``q0``.
+                q0: float | None = None, tol: float = 1e-13, max_iter: int = 5_000) -> float:
+    """The fixed point q* of the length map, by iteration from ``q0``: by default
+    ``sigma_w^2 + sigma_b^2``, the first pre-activation's variance for a standard normal input
+    (:func:`first_q`). Where the map has two attractors (:func:`bistability`: zero-bias GELU and
+    swish for sqrt(2) < sigma_w < 2) the result depends on ``q0``.
 
     Returns 0 where lengths shrink to zero (e.g. tanh with sigma_b = 0 and sigma_w <= 1, where
     the approach is algebraic, q_l ~ 1/l, and is recognised once q < 1e-3 and still falling),
@@ -157,7 +212,8 @@ def fixed_point(activation: str, sigma_w: float, sigma_b: float = 0.0, param: fl
     :func:`mean_field` keeps its logarithm.
     """
     param = _param(activation, param)
-    return _exp(_log_fixed_point(activation, sigma_w, sigma_b, param, q0, tol, max_iter))
+    t0 = _log_q0(sigma_w, sigma_b) if q0 is None else _ln(q0)
+    return _exp(_log_fixed_point(activation, sigma_w, sigma_b, param, t0, tol, max_iter))
 
 
 def _log_chi1(activation: str, sigma_w: float, param: float, t: float) -> float:
@@ -176,24 +232,105 @@ def _log_chi1(activation: str, sigma_w: float, param: float, t: float) -> float:
 
 
 def chi1(activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None,
-         q: float | None = None) -> float:
-    """chi_1 = sigma_w^2 E[phi'(sqrt(q*) z)^2]: the per-layer factor of the squared gradient norm.
+         q: float | None = None, q0: float | None = None) -> float:
+    """chi_1 = sigma_w^2 E[phi'(sqrt(q) z)^2]: the per-layer factor of the squared gradient norm,
+    at ``q`` or by default at the fixed point q* reached from ``q0`` (as in :func:`fixed_point`).
 
     0 or ``inf`` where chi_1 itself under- or overflows a float (sigma_w ~ 1e-200 or 1e300);
     :func:`mean_field` keeps its logarithm.
     """
     param = _param(activation, param)
-    t = _log_fixed_point(activation, sigma_w, sigma_b, param) if q is None else _ln(q)
+    if q is None:
+        t0 = _log_q0(sigma_w, sigma_b) if q0 is None else _ln(q0)
+        t = _log_fixed_point(activation, sigma_w, sigma_b, param, t0)
+    else:
+        t = _ln(q)
     return _exp(_log_chi1(activation, sigma_w, param, t))
 
 
 @dataclass(frozen=True)
+class Bistability:
+    """A length map with two attractors (:func:`bistability`): a stack whose first pre-activation
+    variance q0 lies below ``q_separatrix`` settles at ``q_low`` (0 with zero bias: the forward
+    pass dies out) with ``chi1_low`` < 1 (vanishing); one above it grows without bound (q -> inf)
+    with ``chi1_high`` > 1 (exploding)."""
+
+    q_separatrix: float
+    q_low: float
+    chi1_low: float
+    chi1_high: float
+
+    def explain(self, q0: float) -> str:
+        """In words: the two attractors, the point between them, and which side ``q0`` is on."""
+        low = f"{'dies out' if self.q_low == 0 else 'settles'} (q* = {self.q_low:.4g}"
+        side = "below" if q0 < self.q_separatrix else "above" if q0 > self.q_separatrix else "at"
+        return (f"two attractors: a stack whose first pre-activation variance q0 is below {self.q_separatrix:.6g} "
+                f"{low}, chi_1 = {self.chi1_low:.4g}: vanishing), one above it grows without bound (q* = inf, "
+                f"chi_1 = {self.chi1_high:.4g}: exploding); q0 = {q0:.6g} is {side} it")
+
+
+def _log_bistable(activation: str, sigma_w: float, sigma_b: float, param: float) -> tuple[float, float] | None:
+    """(ln q_low, ln q_separatrix) where the length map has two attractors, else None.
+
+    q -> inf attracts where the map's ratio q_{l+1} / q_l exceeds 1 in its limit q -> inf (an
+    unbounded activation that is not homogeneous). The low attractor is q = 0 where phi(0) = 0,
+    sigma_b = 0 and the ratio's limit q -> 0 is below 1; otherwise the fixed point the iteration
+    reaches from q = 0, if it is finite. Between them lies the map's unstable fixed point.
+    """
+    if activation in spec.HOMOGENEOUS or activation in _BOUNDED:
+        return None
+    t_b = 2 * _ln(sigma_b)
+
+    def g(t):  # ln(q_{l+1} / q_l) at q = e^t
+        return float(np.logaddexp(_log_variance(t, activation, sigma_w, param), t_b)) - t
+
+    if not g(_LN_Q_HUGE) > 0:  # q -> inf does not attract
+        return None
+    t1 = float(np.logaddexp(_log_variance(-math.inf, activation, sigma_w, param), t_b))  # one step from q = 0
+    if t1 == -math.inf:  # phi(0) = 0 and sigma_b = 0: q = 0 is a fixed point
+        if not g(_LN_Q_TINY) < 0:
+            return None  # ... that repels
+        t_low, lo = -math.inf, _LN_Q_TINY
+    else:
+        t_low = _log_fixed_point(activation, sigma_w, sigma_b, param, t1)
+        if not math.isfinite(t_low):
+            return None  # from q = 0 too the lengths grow without bound: one attractor
+        lo = t_low + 1e-6
+        if not g(lo) < 0:
+            return None  # a marginal low fixed point (where the two meet): no separating point to find
+    from scipy.optimize import brentq
+
+    return t_low, float(brentq(g, lo, _LN_Q_HUGE, xtol=1e-13))
+
+
+def bistability(activation: str, sigma_w: float, sigma_b: float = 0.0,
+                param: float | None = None) -> Bistability | None:
+    """Whether the length map has two attractors, and where they and the point between them lie.
+
+    None where it has one (and q0 does not matter). Of the activations here only GELU and swish
+    have two: at zero bias for sqrt(2) < sigma_w < 2 (the map's ratio q_{l+1} / q_l is
+    sigma_w^2 / 4 as q -> 0 and sigma_w^2 / 2 as q -> inf), and for a small sigma_b.
+    """
+    param = _param(activation, param)
+    found = _log_bistable(activation, sigma_w, sigma_b, param)
+    if found is None:
+        return None
+    t_low, t_sep = found
+    return Bistability(_exp(t_sep), _exp(t_low), _exp(_log_chi1(activation, sigma_w, param, t_low)),
+                       _exp(_log_chi1(activation, sigma_w, param, math.inf)))
+
+
+@dataclass(frozen=True)
 class MeanField:
-    """Mean-field predictions for one (activation, sigma_w, sigma_b).
+    """Mean-field predictions for one (activation, sigma_w, sigma_b), iterated from ``q0``.
 
     ``q_star`` and ``chi1`` are floats, 0 or ``inf`` where they under- or overflow (sigma_w of
     1e-200 or 1e200); ``log10_q_star`` and ``log10_chi1`` hold them at any sigma_w, and every
-    derived quantity is computed from the logarithms.
+    derived quantity is computed from the logarithms. ``q0`` (``log10_q0``) is where the length
+    map started: the first pre-activation's variance (:func:`first_q`). ``depends_on_q0`` says
+    whether another q0 would change q*: where the map has two attractors (``q_separatrix``, the
+    unstable fixed point between them, is then finite, else NaN; :func:`bistability`) and where
+    it leaves q unchanged (a homogeneous activation at r = 1 with zero bias: q* = q0).
     """
 
     activation: str
@@ -203,11 +340,20 @@ class MeanField:
     chi1: float
     log10_q_star: float = math.nan
     log10_chi1: float = math.nan
+    q0: float = math.nan
+    log10_q0: float = math.nan
+    q_separatrix: float = math.nan
+    depends_on_q0: bool = False
 
     def __post_init__(self):
-        for name, value in (("log10_q_star", self.q_star), ("log10_chi1", self.chi1)):
-            if math.isnan(getattr(self, name)):  # built from the floats alone
+        for name, value in (("log10_q_star", self.q_star), ("log10_chi1", self.chi1), ("log10_q0", self.q0)):
+            if math.isnan(getattr(self, name)) and not math.isnan(value):  # built from the floats alone
                 object.__setattr__(self, name, math.log10(value) if value > 0 else -math.inf)
+
+    @property
+    def bistable(self) -> bool:
+        """Whether the map has two attractors and q0 picks the phase (``q_separatrix`` is finite)."""
+        return not math.isnan(self.q_separatrix)
 
     @property
     def decades_per_layer(self) -> float:
@@ -231,28 +377,55 @@ class MeanField:
 
 
 def mean_field(stack_or_activation, sigma_w: float | None = None, sigma_b: float | None = None,
-               param: float | None = None) -> MeanField:
-    """Mean-field predictions for a :class:`Stack` (its gain and sigma_b) or an activation name."""
+               param: float | None = None, q0: float | None = None, x=None) -> MeanField:
+    """Mean-field predictions for a :class:`Stack` (its gain and sigma_b) or an activation name.
+
+    The length map starts at ``q0``, by default the first pre-activation's variance of the stack
+    fed ``x`` (:func:`first_q`; without ``x`` the standard normal input of
+    :func:`gradbench.gaussian_input`, E[x^2] = 1): ``sigma_w^2 E[x^2] + sigma_b^2`` (through the
+    input layer, when a stack has one). It matters where the map has two attractors
+    (:func:`bistability`): zero-bias GELU at sigma_w = 1.5 reaches q* = inf (chi_1 = 1.125,
+    exploding) from q0 = 2.25 but q* = 0 (chi_1 = 0.5625, vanishing) from q0 = 1.
+    """
+    if q0 is not None and x is not None:
+        raise ValueError("give q0 or x, not both")
     if isinstance(stack_or_activation, Stack):
         s = stack_or_activation
         activation, param = s.activation, s.act_param
         sigma_w = s.gain if sigma_w is None else sigma_w
         sigma_b = s.sigma_b if sigma_b is None else sigma_b
+        t0 = _log_first_q(s, sigma_w, sigma_b, _log_mean_square(x)) if q0 is None else _ln(q0)
     else:
         activation = stack_or_activation
         if sigma_w is None:
             raise ValueError("sigma_w is required when an activation name is given")
         sigma_b = 0.0 if sigma_b is None else sigma_b
+        t0 = _log_q0(sigma_w, sigma_b, _log_mean_square(x)) if q0 is None else _ln(q0)
     param = _param(activation, param)
-    t = _log_fixed_point(activation, sigma_w, sigma_b, param)
+    t = _log_fixed_point(activation, sigma_w, sigma_b, param, t0)
     ln_chi = _log_chi1(activation, sigma_w, param, t)
+    two = _log_bistable(activation, sigma_w, sigma_b, param)
+    # r = 1 without bias (homogeneous): q stays at q0, so q* = q0
+    neutral = activation in spec.HOMOGENEOUS and sigma_b == 0 and abs(_log_variance(0.0, activation, sigma_w, param)) < 1e-12
     ln10 = math.log(10)
-    return MeanField(activation, float(sigma_w), float(sigma_b), _exp(t), _exp(ln_chi), t / ln10, ln_chi / ln10)
+    return MeanField(activation, float(sigma_w), float(sigma_b), _exp(t), _exp(ln_chi), t / ln10, ln_chi / ln10,
+                     _exp(t0), t0 / ln10, math.nan if two is None else _exp(two[1]), two is not None or neutral)
+
+
+def _bistable_range(activation: str, param: float) -> tuple[float, float] | None:
+    """The sigma_w at which zero-bias lengths have two attractors, q -> 0 and q -> inf: between
+    1 / sqrt(ratio at q -> inf) and 1 / sqrt(ratio at q -> 0) of the map at sigma_w = 1."""
+    if activation in spec.HOMOGENEOUS or activation in _BOUNDED or _phi(activation, param)[0](0.0) != 0:
+        return None
+    lo = math.exp(-0.5 * (_log_variance(_LN_Q_HUGE, activation, 1.0, param) - _LN_Q_HUGE))
+    hi = math.exp(-0.5 * (_log_variance(_LN_Q_TINY, activation, 1.0, param) - _LN_Q_TINY))
+    return (lo, hi) if lo < hi else None
 
 
 def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None = None,
                      bracket: tuple[float, float] = (0.05, 20.0)) -> float:
-    """The sigma_w on the critical line chi_1(sigma_w, sigma_b) = 1 (Brent's method)."""
+    """The sigma_w on the critical line chi_1(sigma_w, sigma_b) = 1 (Brent's method), with the
+    length map started at each sigma_w from q0 = sigma_w^2 + sigma_b^2 (a standard normal input)."""
     f = lambda s: chi1(activation, s, sigma_b, param) - 1.0  # noqa: E731
     lo, hi = bracket
     if f(lo) * f(hi) > 0:
@@ -264,10 +437,18 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None 
     if abs(above - below) > 1e-2:
         q_lo = fixed_point(activation, root * (1 - 1e-6), sigma_b, param)
         q_hi = fixed_point(activation, root * (1 + 1e-6), sigma_b, param)
+        jump = (f"from q0 = sigma_w^2 + sigma_b^2 (a standard normal input) q* jumps from {q_lo:.3g} to {q_hi:.3g} "
+                f"at sigma_w = {root:.6g} and chi_1 from {below:.4g} to {above:.4g}, past 1")
+        if bistability(activation, root, sigma_b, param) is None:
+            raise ValueError(f"{activation} at sigma_b={sigma_b:g} has no edge of chaos: {jump} (the forward pass "
+                             "either dies out or grows without bound); mean field predicts no critical line there")
+        p = _param(activation, param)
+        span = _bistable_range(activation, p) if sigma_b == 0 else None
+        where = f" for {span[0]:.6g} < sigma_w < {span[1]:.6g}" if span else " there"
         raise ValueError(
-            f"{activation} at sigma_b={sigma_b:g} has no edge of chaos: at sigma_w = {root:.6g} the fixed point q* "
-            f"jumps from {q_lo:.3g} to {q_hi:.3g} (the forward pass either dies out or grows without bound) and "
-            f"chi_1 jumps from {below:.4g} to {above:.4g}, past 1; mean field predicts no critical line there"
+            f"{activation} at sigma_b={sigma_b:g} has no edge of chaos: its length map is bistable{where} (from a "
+            f"small first pre-activation variance q0 lengths stay small, chi_1 < 1; from a large one they grow without "
+            f"bound, chi_1 > 1), so the phase depends on q0; {jump}; mean field predicts no critical line there"
         )
     return root
 

@@ -88,3 +88,21 @@ def test_random_inits_keep_their_mean_field_prediction():
     for init in ("normal", "orthogonal", "he_normal"):
         p = predicted_rate(gb.Recurrent(cell="rnn", activation="relu", recurrent_init=init, steps=5, hidden=8))
         assert p.decades_per_step is not None and "mean field" in p.method
+
+
+@pytest.mark.parametrize("act, gain", [("gelu", 1.5), ("swish", 1.6)])
+def test_bistable_cells_start_from_the_first_steps_input_variance(act, gain):
+    """h_{-1} = 0: the first pre-activation is the input term alone (std 0.23 with 2 inputs into 64
+    units), below the point between GELU's / swish's two attractors at these gains: vanishing.
+    Started from q0 = 1 GELU read +0.0256 (exploding); from gain^2 + std^2 swish read +0.0536."""
+    rnn = gb.Recurrent(cell="rnn", steps=2000, hidden=64, input_dim=2, activation=act, recurrent_init="normal",
+                       sigma_w=gain)
+    params = gb.init_params(rnn, 0)
+    res = gb.backprop(rnn, params, gb.sequence_input(rnn, 4, 1), backend=BACKEND)
+    pred = predicted_rate(rnn, params)
+    from gradbench import theory
+
+    two = theory.bistability(act, gain, pred.input_std)
+    assert two is not None and pred.input_std**2 < two.q_separatrix < gain**2  # (gelu: < 1 too)
+    assert pred.decades_per_step < 0 and measured_rate(res) < -0.05
+    assert abs(measured_rate(res) - pred.decades_per_step) < 0.04  # tied W_hh: mean field within ~40 %

@@ -295,6 +295,23 @@ def test_the_measured_edge_of_chaos_is_where_mean_field_puts_it(cluster):
     assert abs(_crossing(sw2, mean["decades_per_layer"].to_numpy()) - crit) < 0.15
 
 
+def test_the_phase_label_of_zero_bias_gelu_and_swish_agrees_with_the_verdict(cluster):
+    # two attractors for sqrt(2) < sigma_w < 2: mean field must start where the runs do, at
+    # q0 = sigma_w^2 (their standard normal input). From q0 = 1 it labelled gelu 1.5 and swish 1.6
+    # "ordered (vanishing)" (q* = 0) beside the verdict "exploding"; 1.42 (both) and swish 1.5 lie
+    # on the other side of the jump and vanish.
+    table = gb.sweep({"activation": ["gelu", "swish"], "sigma_w": [1.42, 1.5, 1.6]}, depth=200, width=64,
+                     client=cluster)
+    want = {("gelu", 1.42): "vanishing", ("gelu", 1.5): "exploding", ("gelu", 1.6): "exploding",
+            ("swish", 1.42): "vanishing", ("swish", 1.5): "vanishing", ("swish", 1.6): "exploding"}
+    label = {"vanishing": "ordered (vanishing)", "exploding": "chaotic (exploding)"}
+    for row in table.itertuples():
+        verdict = want[(row.activation, row.sigma_w)]
+        assert (row.verdict, row.phase) == (verdict, label[verdict]), row
+        assert row.q_star == (math.inf if verdict == "exploding" else 0.0)
+        assert abs(row.signal_decades_per_layer - row.theory_decades_per_layer) < 0.01, row
+
+
 def _diagnose_says_vanishing_is_positive() -> bool:
     """Whether gb.diagnose still reports a vanishing stack (sigmoid, depth 30) with a positive rate."""
     stack = gb.Stack(depth=30, width=8, activation="sigmoid")

@@ -230,3 +230,126 @@ def test_sigmoid_lengths_do_not_shrink_to_zero_without_bias(sigma_w):
     q = theory.mean_field("sigmoid", sigma_w, 0.0).q_star
     np.testing.assert_allclose(q, sigma_w**2 / 4, rtol=1e-4)
     assert theory.mean_field("tanh", 0.5, 0.0).q_star == 0.0  # tanh(0) = 0: they do shrink to 0
+
+
+# Zero-bias GELU and swish have two attractors for sqrt(2) < sigma_w < 2 (the length map's ratio
+# q_{l+1} / q_l is sigma_w^2 / 4 as q -> 0 and sigma_w^2 / 2 as q -> inf): the phase depends on
+# where the map starts. A stack fed gaussian_input starts at q0 = sigma_w^2 E[x^2] = sigma_w^2, and
+# so must the prediction (from q0 = 1 it read q* = 0, -0.125 decades per layer for GELU at 1.5,
+# where a stack measures +0.0255). The cases stay well away from the jump: near it (q0 within ~10 %
+# of the point between the attractors) a finite stack's own fluctuations decide.
+@pytest.mark.parametrize("activation,sigma_w,phase", [
+    ("gelu", 1.5, "chaotic (exploding)"),  # q0 = 2.25 above the point between the attractors, 1.40
+    ("swish", 1.6, "chaotic (exploding)"),  # q0 = 2.56 above 1.74
+    ("swish", 1.5, "ordered (vanishing)"),  # q0 = 2.25 below 4.42: the other side of the jump
+    ("gelu", 1.42, "ordered (vanishing)"),  # q0 = 2.02 below 12.0
+])
+def test_zero_bias_gelu_and_swish_are_predicted_from_the_stacks_first_pre_activation(activation, sigma_w, phase):
+    L, N = 200, 256
+    stack = gb.Stack(depth=L, width=N, activation=activation, init="normal", sigma_w=sigma_w)
+    mf = theory.mean_field(stack)
+    # the independent computation: exact runs of the stack, fed what `gradbench theory` feeds it
+    slopes = []
+    for seed in range(2):
+        x = gb.gaussian_input(stack, 16, seed=np.random.default_rng([seed, 1]))
+        res = gb.backprop(stack, gb.GeneratedParams(stack, seed), x, backend="auto")
+        lg = res.signal_norm.log10()[20 : L - 20]
+        assert np.all(np.isfinite(lg))
+        slopes.append(-np.polyfit(np.arange(len(lg)), lg, 1)[0])  # change per layer going down
+    assert np.mean(slopes) == pytest.approx(mf.decades_per_layer, abs=0.006), (slopes, mf)
+    assert mf.phase == phase
+    assert mf.q0 == pytest.approx(sigma_w**2, rel=1e-15) and mf.bistable and mf.depends_on_q0
+    assert mf.q_star == (math.inf if phase.startswith("chaotic") else 0.0)
+    two = theory.bistability(activation, sigma_w)
+    assert two.q_separatrix == mf.q_separatrix and (mf.q0 > two.q_separatrix) == phase.startswith("chaotic")
+    # the name API starts at the same q0 (a standard normal input); from the other side of the
+    # point between the attractors the other phase
+    assert theory.mean_field(activation, sigma_w).chi1 == mf.chi1 == theory.chi1(activation, sigma_w)
+    other = theory.mean_field(activation, sigma_w, q0=two.q_separatrix * (0.5 if mf.q_star else 2.0))
+    assert other.phase != mf.phase and other.chi1 in (two.chi1_low, two.chi1_high)
+
+
+def test_bistability_is_found_only_where_two_attractors_exist():
+    # zero bias: exactly sqrt(2) < sigma_w < 2 for GELU and swish; a small bias keeps both attractors
+    for act in ("gelu", "swish"):
+        assert theory.bistability(act, 1.41) is None and theory.bistability(act, 2.01) is None
+        two = theory.bistability(act, 1.7)
+        assert two.q_low == 0 and two.chi1_low == pytest.approx(1.7**2 / 4)
+        assert two.chi1_high == pytest.approx(1.7**2 / 2)
+        assert theory.length_map(two.q_separatrix, act, 1.7) == pytest.approx(two.q_separatrix, rel=1e-9)
+        biased = theory.bistability(act, 1.5, 0.1)
+        assert 0 < biased.q_low < biased.q_separatrix and biased.chi1_low < 1 < biased.chi1_high
+        assert theory.fixed_point(act, 1.5, 0.1, q0=biased.q_separatrix / 2) == pytest.approx(biased.q_low, rel=1e-9)
+        assert theory.fixed_point(act, 1.5, 0.1, q0=biased.q_separatrix * 2) == math.inf
+    for act in ("tanh", "sigmoid", "relu", "leaky_relu", "identity", "elu", "selu"):
+        for sw in (0.5, 1.0, 1.2, 1.5, 1.7, 2.5):
+            for sb in (0.0, 0.1):
+                assert theory.bistability(act, sw, sb) is None
+                assert not theory.mean_field(act, sw, sb).bistable
+
+
+def test_first_q_is_the_variance_of_the_first_pre_activation():
+    rng = np.random.default_rng(0)
+    for kw in (dict(init="normal", sigma_w=1.5, sigma_b=0.3), dict(init="xavier_uniform", sigma_w=0.7),
+               dict(init="orthogonal", sigma_w=1.2, sigma_b=0.1, input_dim=500),
+               dict(init="xavier_normal", sigma_b=0.2, input_dim=300), dict(init="he_normal", input_dim=4000)):
+        stack = gb.Stack(depth=1, width=2000, activation="gelu", **kw)
+        params = gb.init_params(stack, seed=1)
+        x = 3.0 * rng.standard_normal((8, stack.d_in))
+        h = x if params.W_in is None else x @ params.W_in.T + params.b_in
+        z = h @ params.W[0].T + params.b[0]
+        assert theory.first_q(stack, x) == pytest.approx(np.mean(z**2), rel=0.05), kw
+        assert theory.mean_field(stack, x=x).q0 == theory.first_q(stack, x)
+    stack = gb.Stack(depth=1, width=8, activation="gelu", init="normal", sigma_w=1.5, sigma_b=0.5)
+    assert theory.first_q(stack) == theory.mean_field(stack).q0 == 2.25 + 0.25  # the standard normal input
+
+
+def test_q0_leaves_one_attractor_maps_alone_and_is_q_star_where_the_map_is_neutral():
+    # one attractor: the same q* from any start (to the iteration's tolerance)
+    for act, sw, sb in (("tanh", 1.5, 0.1), ("sigmoid", 1.0, 0.0), ("selu", 1.2, 0.0), ("elu", 1.2, 0.1),
+                        ("gelu", 1.2, 0.2)):
+        mf = theory.mean_field(act, sw, sb)
+        assert mf.q0 == pytest.approx(sw**2 + sb**2) and not mf.depends_on_q0 and math.isnan(mf.q_separatrix)
+        assert theory.mean_field(act, sw, sb, q0=1.0).q_star == pytest.approx(mf.q_star, rel=1e-11)
+    # r = 1 without bias: q stays at q0 (a ReLU stack at sigma_w^2 = 2 keeps its input's variance 2)
+    mf = theory.mean_field("relu", math.sqrt(2))
+    assert mf.q_star == pytest.approx(2.0, rel=1e-15) and mf.depends_on_q0 and mf.phase == "critical"
+    assert theory.mean_field("identity", 1.0).q_star == 1.0
+    # a huge gain: q0 = sigma_w^2 kept as a logarithm
+    assert theory.mean_field("tanh", 1e200, 0.0).log10_q0 == pytest.approx(400.0)
+
+
+def test_no_critical_line_where_the_map_is_bistable_and_the_jump_is_from_q0():
+    for act, jump in (("gelu", 1.468), ("swish", 1.559)):
+        with pytest.raises(ValueError) as err:
+            theory.critical_sigma_w(act)
+        msg = str(err.value)
+        assert "bistable for 1.41421 < sigma_w < 2 (from a small first pre-activation variance q0" in msg
+        assert "from q0 = sigma_w^2 + sigma_b^2 (a standard normal input) q* jumps from 0 to inf" in msg
+        s = float(msg.split(" at sigma_w = ")[1].split()[0])
+        assert s == pytest.approx(jump, abs=1e-3)
+        # there the stack's start q0 = s^2 is the point between the attractors
+        assert theory.bistability(act, s).q_separatrix == pytest.approx(s * s, rel=1e-4)
+
+
+def test_theory_cli_states_q0_and_the_two_attractors(tmp_path, capsys):
+    import json
+
+    from gradbench.cli import main
+
+    out = tmp_path / "g.json"
+    assert main(["theory", "--activation", "gelu", "--sigma-w", "1.5", "--depth", "200", "--width", "256",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "start q0                2.25 = sigma_w^2 E[x^2] + sigma_b^2" in text
+    assert "bistable                two attractors" in text and "q0 = 2.25 is above it" in text
+    assert "+0.0255763 decades going down" in text and "(chaotic (exploding))" in text
+    d = json.loads(out.read_text())
+    assert d["q0"] == 2.25 and d["q_star"] == "inf" and d["chi1"] == pytest.approx(1.125)
+    assert d["q_separatrix"] == pytest.approx(1.40178, rel=1e-5) and "two attractors" in d["bistability"]
+    assert d["simulated_decades_per_layer"] == pytest.approx(d["decades_per_layer"], abs=0.006)
+    # one attractor: no q0 line, and the JSON says there is no second one
+    assert main(["theory", "--activation", "tanh", "--sigma-w", "1.5", "--sigma-b", "0.1", "--out", str(out)]) == 0
+    assert "start q0" not in capsys.readouterr().out
+    d = json.loads(out.read_text())
+    assert d["q0"] == pytest.approx(2.26) and d["q_separatrix"] is None and d["bistability"] is None

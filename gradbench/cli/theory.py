@@ -18,6 +18,10 @@ EPILOG = """\
 Mean field (Poole et al. 2016, Schoenholz et al. 2017) for W ~ N(0, sigma_w^2/N), b ~ N(0, sigma_b^2):
 the fixed point q*, chi_1 (the per-layer factor of ||dL/dh||^2), the decades per layer, the depth scale
 and the critical sigma_w at this sigma_b; for identity stacks Newman's top Lyapunov exponent at --width.
+The length map starts where the stack does: at its first pre-activation's variance
+q0 = sigma_w^2 E[x^2] + sigma_b^2 with the standard normal input (E[x^2] = 1). Where that start decides
+the result it is printed: zero-bias GELU and swish for 1.414 < sigma_w < 2 (and small sigma_b) have two
+attractors, lengths dying out (vanishing) and growing without bound (exploding), and the point between them.
 With --depth and --width a simulated stack is run and its fitted slope compared with the prediction.
 In --out, quantities that are infinite or undefined (q* or the depth scale at the critical point) are
 written as "inf" and "nan", as in every gradbench file (docs/formats.md).
@@ -95,16 +99,25 @@ def predictions(args) -> tuple[dict, list[str], float]:
     predicted decades per layer that a simulation is compared with."""
     from gradbench import theory
 
+    # from the first pre-activation's variance of the stack simulated (and of `gradbench run`, sweeps):
+    # sigma_w^2 E[x^2] + sigma_b^2 with the standard normal input, E[x^2] = 1
     mf = theory.mean_field(args.activation, args.sigma_w, args.sigma_b, args.activation_param)
+    two = theory.bistability(args.activation, args.sigma_w, args.sigma_b, args.activation_param)
     out = {"activation": args.activation, "activation_param": args.activation_param, "sigma_w": args.sigma_w,
-           "sigma_b": args.sigma_b, "q_star": mf.q_star, "chi1": mf.chi1, "log10_q_star": mf.log10_q_star,
-           "log10_chi1": mf.log10_chi1, "decades_per_layer": mf.decades_per_layer,
-           "depth_scale": mf.depth_scale, "phase": mf.phase}
-    lines = [f"mean field: {args.activation}, sigma_w = {args.sigma_w:g}, sigma_b = {args.sigma_b:g}",
-             f"  fixed point q*          {_float(mf.q_star, mf.log10_q_star)}",
-             f"  chi_1                   {_float(mf.chi1, mf.log10_chi1)}   ({mf.phase})",
-             f"  ||dL/dh|| per layer     {mf.decades_per_layer:+.6g} decades going down the stack",
-             f"  depth scale             {mf.depth_scale:.4g} layers (1 / |ln chi_1|)"]
+           "sigma_b": args.sigma_b, "q0": mf.q0, "log10_q0": mf.log10_q0, "q_star": mf.q_star, "chi1": mf.chi1,
+           "log10_q_star": mf.log10_q_star, "log10_chi1": mf.log10_chi1, "decades_per_layer": mf.decades_per_layer,
+           "depth_scale": mf.depth_scale, "phase": mf.phase,
+           "q_separatrix": two.q_separatrix if two else None, "bistability": two.explain(mf.q0) if two else None}
+    lines = [f"mean field: {args.activation}, sigma_w = {args.sigma_w:g}, sigma_b = {args.sigma_b:g}"]
+    if mf.depends_on_q0:
+        lines.append(f"  start q0                {_float(mf.q0, mf.log10_q0)} = sigma_w^2 E[x^2] + sigma_b^2, the first "
+                     "pre-activation's variance (standard normal input, E[x^2] = 1)")
+    if two:
+        lines.append(f"  bistable                {two.explain(mf.q0)}")
+    lines += [f"  fixed point q*          {_float(mf.q_star, mf.log10_q_star)}",
+              f"  chi_1                   {_float(mf.chi1, mf.log10_chi1)}   ({mf.phase})",
+              f"  ||dL/dh|| per layer     {mf.decades_per_layer:+.6g} decades going down the stack",
+              f"  depth scale             {mf.depth_scale:.4g} layers (1 / |ln chi_1|)"]
     try:
         crit = theory.critical_sigma_w(args.activation, args.sigma_b, args.activation_param)
         out["critical_sigma_w"] = crit

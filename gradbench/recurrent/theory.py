@@ -12,8 +12,10 @@ convention of :mod:`gradbench.recurrent.diagnose`.
   it is not the rate of a tied recurrent matrix.
 - Nonlinear vanilla cells: mean field (:func:`gradbench.theory.mean_field`) with sigma_w the gain
   of W_hh and the input acting as the bias, sigma_b^2 = the variance of x_t W_ih^T + b_ih + b_hh
-  per unit (||row of W_ih||^2 + bias^2 for x ~ N(0, 1)): rate 0.5 log10 chi_1. It treats the
-  tied W_hh as if it were redrawn (the gradient independence assumption); at N = 64 it is within
+  per unit (||row of W_ih||^2 + bias^2 for x ~ N(0, 1)), the length map started from
+  q0 = sigma_b^2 (h_{-1} = 0: the first step's pre-activation is the input term alone; it decides
+  the phase of gelu and swish cells where their map has two attractors): rate 0.5 log10 chi_1.
+  It treats the tied W_hh as if it were redrawn (the gradient independence assumption); at N = 64 it is within
   ~15 % of the measured rate (tests/test_recurrent_theory.py).
   Mean field assumes a *random* W_hh (Gaussian or orthogonal, :data:`MEAN_FIELD_INITS`): with
   ``recurrent_init="identity"`` (a deterministic W_hh) a nonlinear cell gets no prediction
@@ -86,7 +88,9 @@ def predicted_rate(rnn: Recurrent, params=None) -> RatePrediction:
                               f"recurrent_init={rnn.recurrent_init!r} with the {rnn.act} activation is not covered "
                               "(measured only)", newman_untied=newman)
     su = input_std(rnn, params)
-    mf = theory.mean_field(rnn.act, gain, su, rnn.act_param if rnn.activation_param is not None else None)
+    # h_{-1} = 0: the first step's pre-activation is the input term alone, variance su^2 (where the
+    # length map starts; it decides the phase where the map has two attractors, gelu and swish)
+    mf = theory.mean_field(rnn.act, gain, su, rnn.act_param if rnn.activation_param is not None else None, q0=su * su)
     return RatePrediction(rnn, mf.decades_per_layer, "mean field 0.5 log10 chi_1 (sigma_w = gain of W_hh, "
                           "sigma_b = std of the input term)", newman_untied=newman, chi1=mf.chi1, input_std=su)
 

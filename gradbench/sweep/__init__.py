@@ -22,7 +22,10 @@ their ``Stack`` names (and ``batch``), ``seed``, then
   ``log10_grad_last`` (layer L - 1), ``loss_log10``, ``first_nonfinite`` (the first layer whose
   forward output, or else backward signal, is not finite; <NA> if none), ``verdict``,
   ``saturation`` and ``dead`` (means over the layers);
-- mean field (``gradbench.theory.mean_field(stack)``; NaN and ``phase`` None for stacks it does
+- mean field (``gradbench.theory.mean_field(stack)``, started from the run's first
+  pre-activation variance q0 for its standard normal input, ``theory.first_q``: sigma_w^2 +
+  sigma_b^2 without an input layer; q0 decides the phase of zero-bias GELU and swish at
+  1.414 < sigma_w < 2; NaN and ``phase`` None for stacks it does
   not describe: batch norm, residual connections, clipping): ``q_star``, ``chi1``,
   ``theory_decades_per_layer``, ``depth_scale``, ``phase``;
 - ``backend`` (the concrete one) and ``seconds`` (the run on its worker: parameters, backprop,

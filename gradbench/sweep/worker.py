@@ -47,7 +47,9 @@ def slope_se(y: np.ndarray) -> float:
 
 
 def mean_field_columns(stack: Stack) -> dict:
-    """The theory columns of a stack (NaN and phase None where mean field does not describe it)."""
+    """The theory columns of a stack (NaN and phase None where mean field does not describe it),
+    with the length map started at the stack's first pre-activation variance for the standard
+    normal input that :func:`run_one` feeds (:func:`gradbench.theory.first_q`)."""
     if stack.batch_norm or stack.residual or stack.clip is not None:
         return dict(q_star=math.nan, chi1=math.nan, theory_decades_per_layer=math.nan, depth_scale=math.nan,
                     phase=None)
