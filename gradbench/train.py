@@ -207,9 +207,9 @@ def train(
     epochs: int = 100,
     batch_size: int = 32,
     optimizer="sgd",
-    lr: float = 0.1,
+    lr: float | None = None,
     momentum: float | None = None,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     seed: int = 0,
     params: Params | None = None,
     backend: str = "auto",
@@ -230,7 +230,8 @@ def train(
     epochs, batch_size : int
         Passes over the data and mini-batch size (the last batch of an epoch may be smaller).
     optimizer : {"sgd", "momentum", "adam"} or an optimiser of :mod:`gradbench.optim`
-        With ``lr``, ``momentum`` and ``weight_decay`` when given by name.
+        With ``lr`` (default 0.1), ``momentum`` and ``weight_decay`` (default 0) when given by
+        name; an optimiser object carries its own, and giving them beside it is refused.
     momentum : float, optional
         Of ``optimizer="momentum"`` only (default 0.9); with another optimizer it is refused
         (ValueError), not ignored.
@@ -257,7 +258,14 @@ def train(
         raise ValueError(f"momentum={momentum!r} is used by optimizer='momentum' only, got optimizer="
                          + (f"{optimizer!r}" if isinstance(optimizer, str) else
                             f"{type(optimizer).__name__}(...): give the momentum to the optimiser itself"))
+    if not isinstance(optimizer, str):
+        given = [f"{k}={v!r}" for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} given beside optimizer={type(optimizer).__name__}(...), which "
+                             "carries its own: give them to the optimiser itself")
     momentum = 0.9 if momentum is None else momentum
+    lr = 0.1 if lr is None else lr
+    weight_decay = 0.0 if weight_decay is None else weight_decay
     opt = make_optimizer(optimizer, lr, momentum, weight_decay) if isinstance(optimizer, str) else optimizer
     tb = None
     if tensorboard is not None:  # checked (path, tensorboardX installed) before any work
@@ -270,7 +278,7 @@ def train(
         name=name, dataset=dataset, n_samples=len(X), epochs=epochs, batch_size=batch_size,
         optimizer=optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
         lr=float(getattr(opt, "lr", lr)), momentum=momentum if optimizer == "momentum" else 0.0,
-        weight_decay=weight_decay, seed=seed, backend=backend,
+        weight_decay=float(getattr(opt, "weight_decay", weight_decay)), seed=seed, backend=backend,
     )
     from gradbench.cli.progress import epochs as progress_of_epochs  # here: the CLI package loads on use
 

@@ -340,3 +340,14 @@ def test_a_recurrent_summary_gives_the_chance_of_its_head():
     assert "(chance ln 2 = 0.6931: uniform over the 2 classes)" in text
     text = train_recurrent(rnn.replace(loss="mse", output_dim=1), X, y, X, y, epochs=1, backend="numpy").summary()
     assert "chance" not in text
+
+
+@pytest.mark.parametrize("kw", [dict(lr=0.5), dict(weight_decay=0.01), dict(lr=0.5, weight_decay=0.01)])
+def test_settings_beside_an_optimiser_object_are_refused(kw):
+    """gb.train(optimizer=SGD(lr=0.1), lr=0.5) trained at 0.1 and recorded 0.1 without a word."""
+    X, y = datasets.moons(20, seed=0)
+    with pytest.raises(ValueError, match=r"given beside optimizer=SGD\(\.\.\.\), which carries its own"):
+        gb.train(moons_stack(), X, y, epochs=1, optimizer=gb.optim.SGD(lr=0.1), **kw)
+    r = gb.train(moons_stack(), X, y, epochs=1, optimizer=gb.optim.SGD(lr=0.2, weight_decay=0.03), backend="numpy")
+    assert r.settings["lr"] == 0.2 and r.settings["weight_decay"] == 0.03
+    assert gb.train(moons_stack(), X, y, epochs=1, backend="numpy").settings["lr"] == 0.1  # the default by name
