@@ -32,9 +32,9 @@ from gradbench.abi import ACT_CODE
 from gradbench.optim import SGD, Adam
 from gradbench.params import Params, init_params
 from gradbench.spec import Stack, check_choice
+from gradbench.train import OPTIMIZERS, resolve_momentum
 
 DECODER_ACTIVATIONS = ("auto", "sigmoid", "identity")
-OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 def _phi(stack: Stack, z: np.ndarray, slope: float) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +90,7 @@ def autoencoder_loss_and_grads(h, W, b, V, d, stack: Stack, slope: float, decode
 
 
 def pretrain_with_history(stack: Stack, X: np.ndarray, *, epochs: int = 50, batch_size: int = 20,
-                          optimizer: str = "sgd", lr: float = 0.1, momentum: float = 0.9, tied: bool = True,
+                          optimizer: str = "sgd", lr: float = 0.1, momentum: float | None = None, tied: bool = True,
                           decoder_activation: str = "auto", seed: int = 0,
                           params: Params | None = None) -> tuple[Params, np.ndarray]:
     """:func:`pretrain`, also returning the reconstruction losses (L, epochs + 1).
@@ -117,6 +117,8 @@ def pretrain_with_history(stack: Stack, X: np.ndarray, *, epochs: int = 50, batc
         raise ValueError(f"X has shape {X.shape}, expected (samples, {stack.d_in}) (the stack's input_dim)")
     if not np.all(np.isfinite(X)):
         raise ValueError("X contains NaN or Inf")
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    momentum = resolve_momentum(optimizer, momentum)  # refused beside sgd/adam, not ignored
     _optimizer(optimizer, lr, momentum)  # validates optimizer, lr and momentum before any work
     base = init_params(stack, seed) if params is None else params
     if not isinstance(base, Params):
@@ -164,7 +166,7 @@ def pretrain_with_history(stack: Stack, X: np.ndarray, *, epochs: int = 50, batc
 
 
 def pretrain(stack: Stack, X: np.ndarray, *, epochs: int = 50, batch_size: int = 20, optimizer: str = "sgd",
-             lr: float = 0.1, momentum: float = 0.9, tied: bool = True, decoder_activation: str = "auto",
+             lr: float = 0.1, momentum: float | None = None, tied: bool = True, decoder_activation: str = "auto",
              seed: int = 0, params: Params | None = None) -> Params:
     """Greedy layer-wise pretraining of ``stack`` on the features ``X`` (no labels).
 

@@ -35,6 +35,16 @@ from gradbench.spec import Stack, check_choice
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
+def resolve_momentum(optimizer, momentum: float | None) -> float:
+    """``momentum`` of ``optimizer="momentum"`` (default 0.9); given with another optimizer
+    (a name or an optimiser object) it is refused, not ignored."""
+    if momentum is not None and not (isinstance(optimizer, str) and optimizer == "momentum"):
+        raise ValueError(f"momentum={momentum!r} is used by optimizer='momentum' only, got optimizer="
+                         + (f"{optimizer!r}" if isinstance(optimizer, str) else
+                            f"{type(optimizer).__name__}(...): give the momentum to the optimiser itself"))
+    return 0.9 if momentum is None else momentum
+
+
 def make_optimizer(name: str = "sgd", lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0):
     """An optimiser of :mod:`gradbench.optim` by name: ``sgd``, ``momentum`` or ``adam``."""
     check_choice("optimizer", name, OPTIMIZERS)
@@ -254,16 +264,12 @@ def train(
     check_seed(seed)  # the shuffling is default_rng([seed, 1]): an int, not a Generator
     if isinstance(optimizer, str):
         check_choice("optimizer", optimizer, OPTIMIZERS)
-    if momentum is not None and not (isinstance(optimizer, str) and optimizer == "momentum"):
-        raise ValueError(f"momentum={momentum!r} is used by optimizer='momentum' only, got optimizer="
-                         + (f"{optimizer!r}" if isinstance(optimizer, str) else
-                            f"{type(optimizer).__name__}(...): give the momentum to the optimiser itself"))
+    momentum = resolve_momentum(optimizer, momentum)
     if not isinstance(optimizer, str):
         given = [f"{k}={v!r}" for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)} given beside optimizer={type(optimizer).__name__}(...), which "
                              "carries its own: give them to the optimiser itself")
-    momentum = 0.9 if momentum is None else momentum
     lr = 0.1 if lr is None else lr
     weight_decay = 0.0 if weight_decay is None else weight_decay
     opt = make_optimizer(optimizer, lr, momentum, weight_decay) if isinstance(optimizer, str) else optimizer

@@ -351,3 +351,23 @@ def test_settings_beside_an_optimiser_object_are_refused(kw):
     r = gb.train(moons_stack(), X, y, epochs=1, optimizer=gb.optim.SGD(lr=0.2, weight_decay=0.03), backend="numpy")
     assert r.settings["lr"] == 0.2 and r.settings["weight_decay"] == 0.03
     assert gb.train(moons_stack(), X, y, epochs=1, backend="numpy").settings["lr"] == 0.1  # the default by name
+
+
+@pytest.mark.parametrize("where", ["pretrain", "recurrent"])
+def test_momentum_beside_sgd_is_refused_in_pretraining_and_recurrent_training(where):
+    """gb.pretrain and train_recurrent defaulted momentum to 0.9 and dropped it without a word
+    for optimizer='sgd' or 'adam'; as gb.train, a momentum given there is refused."""
+    from gradbench.recurrent.train import first_symbol, train_recurrent
+
+    if where == "pretrain":
+        X, _ = datasets.moons(20, seed=0)
+        stack = moons_stack(activation="sigmoid")
+        with pytest.raises(ValueError, match="momentum=0.5 is used by optimizer='momentum' only, got optimizer='sgd'"):
+            gb.pretrain(stack, X, epochs=1, optimizer="sgd", momentum=0.5)
+        gb.pretrain(stack, X, epochs=1, optimizer="momentum")  # its default 0.9
+        return
+    X, y = first_symbol(6, 16, seed=0)
+    rnn = gb.Recurrent(cell="rnn", steps=6, hidden=4, input_dim=2, loss="bce")
+    with pytest.raises(ValueError, match="momentum=0.5 is used by optimizer='momentum' only, got optimizer='adam'"):
+        train_recurrent(rnn, X, y, X, y, epochs=1, optimizer="adam", momentum=0.5, backend="numpy")
+    assert train_recurrent(rnn, X, y, X, y, epochs=1, optimizer="momentum", backend="numpy").epochs_run == 1

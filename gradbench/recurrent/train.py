@@ -28,7 +28,7 @@ from gradbench.recurrent.engine import backprop
 from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
 from gradbench.spec import check_choice
-from gradbench.train import OPTIMIZERS, chance_loss, make_optimizer
+from gradbench.train import OPTIMIZERS, chance_loss, make_optimizer, resolve_momentum
 
 TASKS = ("first_symbol",)
 
@@ -110,8 +110,10 @@ class RecurrentTrainResult:
 
 
 def _optimizer(name, lr, momentum):
-    """:func:`gradbench.train.make_optimizer`, with the name checked before ``lr``."""
+    """:func:`gradbench.train.make_optimizer`, with the name checked before ``lr`` and a momentum
+    beside sgd/adam refused (:func:`gradbench.train.resolve_momentum`)."""
     check_choice("optimizer", name, OPTIMIZERS)
+    momentum = resolve_momentum(name, momentum)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be > 0, got {lr!r}")
     return make_optimizer(name, lr, momentum)
@@ -132,7 +134,7 @@ def _predict(rnn, params, h) -> np.ndarray:
 
 def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.ndarray, y_eval: np.ndarray, *,
                     epochs: int = 10, batch_size: int = 32, optimizer: str = "adam", lr: float = 0.005,
-                    momentum: float = 0.9, seed: int = 0, params: RecurrentParams | None = None,
+                    momentum: float | None = None, seed: int = 0, params: RecurrentParams | None = None,
                     gate_bias: float = 0.0, backend: str = "auto", name: str = "", task: str = "custom",
                     progress: bool = False) -> RecurrentTrainResult:
     """Train ``rnn`` (a head on the last step) on sequences ``X`` (T, n, D) with labels ``y`` (n,).
