@@ -236,7 +236,7 @@ def test_recurrent_theory_command_prints_the_readme_rates(capsys):
 @pytest.mark.slow
 def test_cli_lstm_100000_steps_reads_the_readme_value_at_step_0(capsys):
     """README, "Recurrent nets through time": "gradbench run --cell lstm --steps 100000 --hidden 32
-    # 10^-8682 at step 0, exactly" (15-30 s on the 2-core VM: slow). The step-0 row's ||dL/dh_0||
+    # 10^-8681.7 at step 0, exactly" (15-30 s on the 2-core VM: slow). The step-0 row's ||dL/dh_0||
     (printed 10^-8681.74) is the README's number at the README's precision."""
     m = _find(r"^gradbench (run --cell lstm --steps \d+ [^#\n]*?)\s+# 10\^(-[\d.]+) at step 0", _readme(), re.M)
     out = _cli(m.group(1).split(), capsys)
@@ -264,14 +264,13 @@ def test_gated_cell_at_gain_1e5_reads_0_where_mpmath_gives_10_to_minus_769():
     assert round(total) == -769, total
 
 
-@pytest.mark.xfail(strict=True, reason="README says mpmath gives 10^-3600 for a saturated gated cell; the "
-                   "tested GRU at gain 1e5 gives 10^-769 (report of 2026-12: fix the README, then drop this marker)")
 def test_readme_number_for_gated_cells_at_gain_1e5():
-    """README: "... can read 0 where mpmath gives 10^-3600)", against the tested GRU's mpmath dW_hh."""
+    """README: "... reads dW_hh = 0 where mpmath gives 10^-769", against the tested GRU's mpmath dW_hh
+    (it said 10^-3600, which no tested case gives)."""
     from tests.naive_mp import gru_chain
 
-    n = float(_find(r"GRU at gains ~1e5, whose gate derivatives all underflow, can read 0 where mpmath "
-                    r"gives 10\^(-[\d.]+)\)").group(1))
+    n = float(_find(r"a GRU at gain 1e5, whose gate derivatives all\s+underflow, reads dW_hh = 0 where mpmath "
+                    r"gives 10\^(-[\d.]+):").group(1))
     gru = gb.Recurrent(cell="gru", steps=6, hidden=3, input_dim=2, sigma_w=1e5, recurrent_init="normal")
     p, xs = gb.init_params(gru, 0), gb.sequence_input(gru, batch=2, seed=1)
     _, _, gW = gru_chain(p.W_ih, p.W_hh, p.b_ih, p.b_hh, xs)
@@ -281,13 +280,13 @@ def test_readme_number_for_gated_cells_at_gain_1e5():
 # ------------------------------------------------------------------ Where it stops
 def test_gelu_residual_stack_reaches_10_to_minus_3e14_at_layer_229_with_batch_2():
     """README, "Where it stops": "a default `Stack(depth=300, width=4, activation="gelu",
-    residual=2)` reaches 10^-3e14 at layer 229, equal to mpmath". The README names no batch;
-    tests/test_exact.py uses gaussian_input(stack, 2, 1), and at batch 2 layer 229 is
-    10^-3.148e14 (batch 1: 10^-1.5e17, batch 3 or 4: 10^-3.3e13, so the batch matters)."""
+    residual=2)` on a batch of 2 reaches 10^-3e14 at layer 229, equal to mpmath" (it named no
+    batch; tests/test_exact.py uses gaussian_input(stack, 2, 1): at batch 2 layer 229 is
+    10^-3.148e14, at batch 1 10^-1.5e17, at batch 3 or 4 10^-3.3e13, so the batch matters)."""
     from tests.naive_mp import chain
 
-    m = _find(r'`Stack\(depth=(\d+), width=(\d+), activation="gelu", residual=(\d+)\)` reaches '
-              r"10\^(-\d+e\d+) at layer (\d+), equal to mpmath")
+    m = _find(r'`Stack\(depth=(\d+), width=(\d+), activation="gelu", residual=(\d+)\)` on a batch of 2 reaches '
+              r"10\^(-\d+e\d+) at\s+layer (\d+), equal to mpmath")
     depth, width, k, stated, layer = int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4), int(m.group(5))
     stack = gb.Stack(depth=depth, width=width, activation="gelu", residual=k)
     params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 2, 1)
@@ -332,16 +331,18 @@ def test_readme_thresholds_below_the_smallest_normal_number():
 
 
 def test_readme_tanh_derivative_underflow_in_recurrent_cells():
-    """README, "Recurrent nets through time": "tanh'(z) underflows float64 beyond |z| ~ 354,
-    float32 beyond ~ 52". The two numbers are thresholds of different kinds: 354 is where
-    tanh'(z) ~ 4 e^-2|z| leaves float64's normal range (354.89; it is 0 beyond
-    373.26), 52 where float32 rounds it to 0 (52.68; subnormal from 44.36, the 44 of the
-    sentence on stacks). Checked as stated, each against its own threshold."""
-    m = _find(r"tanh'\(z\) underflows float64 beyond \|z\| ~ (\d+), float32 beyond ~ (\d+)\)")
-    f64, f32 = int(m.group(1)), int(m.group(2))
-    assert math.trunc(_below("tanh", mp.mpf(float(np.finfo(np.float64).tiny)))) == f64
+    """README, "Recurrent nets through time": "tanh'(z) falls below the smallest normal number
+    beyond |z| ~ 354 in float64 and ~ 44 in float32, and is 0 beyond ~ 373 and ~ 52": each number
+    its own threshold (mpmath: 354.89 and 44.36 leave the normal range, 373.26 and 52.68 round to
+    0), cut to an integer. (It said "float64 beyond ~ 354, float32 beyond ~ 52", two kinds of
+    threshold side by side.)"""
+    m = _find(r"tanh'\(z\) falls below the smallest\s+normal number beyond \|z\| ~ (\d+) in float64 and ~ (\d+) in "
+              r"float32, and is 0 beyond ~ (\d+) and ~ (\d+)\)")
+    n64, n32, z64, z32 = (int(g) for g in m.groups())
+    assert math.trunc(_below("tanh", mp.mpf(float(np.finfo(np.float64).tiny)))) == n64
+    assert math.trunc(_below("tanh", mp.mpf(float(np.finfo(np.float32).tiny)))) == n32
+    zero64 = _below("tanh", mp.mpf(float(np.finfo(np.float64).smallest_subnormal)) / 2)
     zero32 = _below("tanh", mp.mpf(float(np.finfo(np.float32).smallest_subnormal)) / 2)
-    assert math.trunc(zero32) == f32
-    # float32's own rounding of the true value: a subnormal at the stated |z|, 0 past the threshold
-    assert 0 < np.float32(float(_tanh_d(f32))) < np.finfo(np.float32).tiny  # subnormal at the stated |z|
-    assert np.float32(float(_tanh_d(zero32 + 0.01))) == 0
+    assert (math.trunc(zero64), math.trunc(zero32)) == (z64, z32)
+    # the dtype's own rounding of the true value: 0 past the threshold
+    assert np.float32(float(_tanh_d(zero32 + 0.01))) == 0 and 0 < np.float32(float(_tanh_d(z32)))

@@ -40,7 +40,7 @@ EPILOG_MAIN = """\
 examples:
   gradbench demo                                   the classic demonstrations, plots in ./gradbench-demo/
   gradbench run --depth 200 --width 32 --activation sigmoid --plot flow.png
-  gradbench run --depth 100000 --width 16 --activation sigmoid   exact at 10^-60000
+  gradbench run --depth 100000 --width 16 --activation sigmoid   exact at 10^-64351.7
   gradbench compare --depth 50 --width 32 --configs sigmoid,relu,relu-he,sigmoid-bn
   gradbench train --demo deep-sigmoid --plot loss.png
   gradbench train --list
