@@ -281,12 +281,17 @@ def _extrapolates(a: "Assessment", act_std_log10: np.ndarray, threshold: float) 
     range's "at this rate ... after ~N layers"). Not when the forward activations change by
     ``threshold`` decades or more over the stack: then every ||dW_l|| also scales with the
     depth through h_L (a zero-bias ReLU stack at sigma_w = 3 has a flat ||dW_l|| within it,
-    whose level grows 0.62 decades per layer of depth), and not against the verdict (an
-    exploding stack whose ||dW_l|| rate is slightly negative)."""
+    whose level grows 0.62 decades per layer of depth), not against the verdict (an exploding
+    stack whose ||dW_l|| rate is slightly negative) and not against the backward signal's rate."""
     fwd = decades_per_layer(act_std_log10)[0] * (len(act_std_log10) - 1)
     if math.isfinite(fwd) and abs(fwd) >= threshold:
         return False
-    rate = a.decades_per_layer
+    rate, chain = a.decades_per_layer, a.signal_decades_per_layer
+    if math.isfinite(chain) and rate * chain < 0:
+        # the backward signal, the chain itself, goes the other way: ||dW_l|| = ||dz_l^T h_l|| of a
+        # short stack follows its input's scale (5 tanh layers: ||dW|| +0.16 a layer, the signal
+        # -0.07, "would overflow after ~1971 layers" where 2000 layers vanish to 10^-69)
+        return False
     return not ((a.verdict == "vanishing" and rate > 0) or (a.verdict == "exploding" and rate < 0))
 
 

@@ -483,3 +483,22 @@ def test_a_rounding_rate_is_not_extrapolated():
     assert "would underflow after" not in str(d) and "would overflow after" not in str(d)
     tanh = _explain(depth=100, width=64, activation="tanh", init="normal", sigma_w=1.05)  # a real, slow rate
     assert tanh.float_limits["float64"]["layers_to_underflow"] or tanh.float_limits["float64"]["layers_to_overflow"]
+
+
+def test_no_extrapolation_against_the_backward_signal():
+    """5 tanh layers with a bce head: ||dW_l|| +0.16 a layer (the input's scale), the signal -0.07;
+    it said "at this rate its gradient would overflow after ~1971 layers", where the same stack
+    at 2000 layers vanishes (an independent run of that depth)."""
+    kw = dict(width=8, activation="tanh", sigma_w=1.0, loss="bce", output_dim=1)
+
+    def run(depth):
+        stack = gb.Stack(depth=depth, **kw)
+        params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
+        t = (np.arange(16) % 2).astype(np.float64)[:, None]
+        return gb.diagnose(gb.backprop(stack, params, x, t), params)
+
+    short = run(5)
+    assert short.decades_per_layer > 0 > short.signal_decades_per_layer
+    assert all(lim["layers_to_overflow"] is None for lim in short.float_limits.values())
+    deep = run(2000)
+    assert deep.verdict == "vanishing" and deep.float_limits["float64"]["overflow_layer"] is None
