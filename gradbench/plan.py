@@ -47,6 +47,20 @@ def default_segment(stack: Stack) -> int:
     return min(k, L)
 
 
+def segment_candidates(stack: Stack) -> list[int]:
+    """Checkpoint intervals a refused run may fit with, largest first: :func:`default_segment`,
+    then halvings down to the residual group size (multiples of it). A shorter segment keeps
+    fewer generated weights and gradients (2 k N^2 and k N^2: what a wide stats-only run is
+    made of) at the price of more checkpoints (L / k B N) and segments."""
+    r = stack.residual or 1
+    k = default_segment(stack)
+    out = [k]
+    while k > r:
+        k = max(r, (k // 2) // r * r)
+        out.append(k)
+    return out
+
+
 def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, stats_only: bool = False,
                     generated: bool = False, keep_weights: bool = False, hist_bins: int = DEFAULT_BINS,
                     diagnose_bins: int | None = None) -> int:
@@ -242,7 +256,7 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
         options = []
         for so, gen, label in ((False, generated, ""), (True, generated, "stats_only=True"),
                                (True, True, "stats_only=True and params=gradbench.GeneratedParams(stack, seed)")):
-            for c2 in (k_auto, None):
+            for c2 in (*segment_candidates(stack), None):
                 if (so, gen, c2) == (stats_only, generated, ck):
                     continue
                 if est(c2, so, gen) <= limit:

@@ -13,6 +13,7 @@ import importlib
 import json
 import math
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -201,6 +202,27 @@ def test_api_refusal_names_api_arguments():
     with pytest.raises(plan.PlanRefused, match="stats_only=True") as err:
         plan.plan_run(stack, 64, checkpoint=None, memory_budget=2**30)
     assert "--" not in str(err.value) and err.value.need > err.value.limit == 2**30
+
+
+@pytest.mark.parametrize("width, batch", [(1024, 16), (2048, 2)])
+def test_a_wide_stats_only_refusal_names_a_shorter_segment_that_fits(width, batch, capsys, monkeypatch):
+    """A wide stats-only run is made of its segment's generated weights and gradients (~3 k N^2):
+    at the default k ~ sqrt(L) the refusal said "reduce --depth, --width, --batch or --bins" where
+    a shorter --checkpoint fits. The segment it names is accepted by the planner (an independent
+    check: plan_run with that checkpoint under the same budget) and is the longest that fits."""
+    monkeypatch.setattr(plan, "available_memory", lambda: 23 * 2**30)  # this VM's free RAM
+    stack = gb.Stack(depth=10**6, width=width)
+    code, _, err = run(["run", "--depth", str(10**6), "--width", str(width), "--batch", str(batch), "--stats-only"],
+                       capsys)
+    k = int(re.search(r"it fits with --stats-only --checkpoint (\d+)", err).group(1))
+    assert code == 2 and k < plan.default_segment(stack)
+    limit = plan.memory_limits(None, 23 * 2**30)[1]
+    plan.plan_run(stack, batch, checkpoint=k, stats_only=True, generated=True, memory_budget=limit,
+                  diagnose_bins=40)  # no refusal
+    longer = next(c for c in plan.segment_candidates(stack) if c > k) if k < plan.segment_candidates(stack)[0] else None
+    with pytest.raises(plan.PlanRefused, match=r"checkpoint=\d+, stats_only=True"):
+        plan.plan_run(stack, batch, checkpoint=longer, stats_only=True, generated=True, memory_budget=limit,
+                      diagnose_bins=40)
 
 
 def test_numpy_integer_fields_are_python_ints():

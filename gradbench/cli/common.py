@@ -335,12 +335,18 @@ def plan_probe(stack: Stack, batch: int, seed: int, backend: str, *, stats_only:
 def _refusal(stack, batch, need, stats_only, checkpoint, bins, limit, budget) -> str:
     """The planner's refusal in command-line words, with the first options that fit and the
     leanest."""
-    from gradbench.plan import default_segment, memory_estimate
+    from gradbench.plan import default_segment, memory_estimate, segment_candidates
 
     k = default_segment(stack)
     ck = None if checkpoint is None else k
-    candidates = [(f"--checkpoint {k}", False, k, bins), ("--stats-only", True, ck, bins),
-                  (f"--stats-only --checkpoint {k}", True, k, bins)]
+
+    def fitting(so: bool) -> int:  # the longest segment that fits, else the default
+        return next((c for c in segment_candidates(stack) if memory_estimate(
+            stack, batch, checkpoint=c, stats_only=so, generated=so, diagnose_bins=bins) <= limit), k)
+
+    k1, k2 = fitting(False), fitting(True)
+    candidates = [(f"--checkpoint {k1}", False, k1, bins), ("--stats-only", True, ck, bins),
+                  (f"--stats-only --checkpoint {k2}", True, k2, bins)]
     if bins > DEFAULT_BINS:
         candidates += [(f"--bins {DEFAULT_BINS}", stats_only, ck, DEFAULT_BINS),
                        (f"--stats-only --checkpoint {k} --bins {DEFAULT_BINS}", True, k, DEFAULT_BINS)]
