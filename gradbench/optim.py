@@ -91,3 +91,17 @@ class Adam:
             v *= self.beta2
             v += (1 - self.beta2) * g * g
             w -= (self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)).astype(w.dtype)
+
+
+# The optimisers by name (gradbench.train.make_optimizer, gradbench.pretrain, the recurrent demos)
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def resolve_momentum(optimizer, momentum: float | None) -> float:
+    """``momentum`` of ``optimizer="momentum"`` (default 0.9); given with another optimizer
+    (a name or an optimiser object) it is refused, not ignored."""
+    if momentum is not None and not (isinstance(optimizer, str) and optimizer == "momentum"):
+        raise ValueError(f"momentum={momentum!r} is used by optimizer='momentum' only, got optimizer="
+                         + (f"{optimizer!r}" if isinstance(optimizer, str) else
+                            f"{type(optimizer).__name__}(...): give the momentum to the optimiser itself"))
+    return 0.9 if momentum is None else momentum

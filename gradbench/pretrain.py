@@ -29,10 +29,9 @@ import numpy as np
 
 from gradbench import activations
 from gradbench.abi import ACT_CODE
-from gradbench.optim import SGD, Adam
+from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum
 from gradbench.params import Params, init_params
 from gradbench.spec import Stack, check_choice
-from gradbench.train import OPTIMIZERS, resolve_momentum
 
 DECODER_ACTIVATIONS = ("auto", "sigmoid", "identity")
 

@@ -28,21 +28,10 @@ import numpy as np
 from gradbench import datasets
 from gradbench.engine import backprop
 from gradbench.inputs import all_finite, check_array
-from gradbench.optim import SGD, Adam
+from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum  # noqa: F401 (re-exported)
 from gradbench.params import Params, check_seed, init_params
 from gradbench.spec import Stack, check_choice
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
-
-
-def resolve_momentum(optimizer, momentum: float | None) -> float:
-    """``momentum`` of ``optimizer="momentum"`` (default 0.9); given with another optimizer
-    (a name or an optimiser object) it is refused, not ignored."""
-    if momentum is not None and not (isinstance(optimizer, str) and optimizer == "momentum"):
-        raise ValueError(f"momentum={momentum!r} is used by optimizer='momentum' only, got optimizer="
-                         + (f"{optimizer!r}" if isinstance(optimizer, str) else
-                            f"{type(optimizer).__name__}(...): give the momentum to the optimiser itself"))
-    return 0.9 if momentum is None else momentum
 
 
 def make_optimizer(name: str = "sgd", lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0):

@@ -83,7 +83,8 @@ def _dispatch(argv: list[str]) -> int:
     from gradbench.recurrent import cli as recurrent_cli  # run/compare/theory --cell(s), recurrent demos
 
     if recurrent_cli.claims(argv):
-        return recurrent_cli.main(argv)
+        feedforward = set(build_parser().commands["train"]._option_string_actions) if argv[0] == "train" else set()
+        return recurrent_cli.main(argv, feedforward)
     parser = build_parser()
     try:
         args = parse(parser, argv)

@@ -434,16 +434,14 @@ examples:
     return parser
 
 
-def _refuse_feedforward_train_options(parser, argv: list[str]) -> None:
+def _refuse_feedforward_train_options(parser, argv: list[str], feedforward: set[str]) -> None:
     """``gradbench train --help`` lists the feed-forward demos' options (--optimizer,
-    --weight-decay, ...): given with a recurrent demo, say which options the recurrent demos take
-    rather than 'unrecognized arguments' (SystemExit 2, one line)."""
-    from gradbench.cli import build_parser as feedforward_parser
-
+    --weight-decay, ...; ``feedforward``, from :func:`gradbench.cli.main`, which imports this
+    module): given with a recurrent demo, say which options the recurrent demos take rather than
+    'unrecognized arguments' (SystemExit 2, one line)."""
     _, extras = parser.parse_known_args(argv)
     typed = [e.split("=", 1)[0] for e in extras if e.startswith("--")]
     ours = parser.commands["train"]
-    feedforward = set(feedforward_parser().commands["train"]._option_string_actions)
     theirs = [t for t in dict.fromkeys(typed) if t in feedforward]
     if theirs:
         takes = [s for a in ours._actions for s in a.option_strings
@@ -454,7 +452,9 @@ def _refuse_feedforward_train_options(parser, argv: list[str]) -> None:
                      f"stack (see gradbench train --demo {demos} --help)\n")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], feedforward_train_options: set[str] = frozenset()) -> int:
+    """The recurrent commands; ``feedforward_train_options``: the option strings of the
+    feed-forward ``gradbench train`` (named in a refusal when given with a recurrent demo)."""
     parser = build_parser()
     if argv and argv[0] == "train" and _demo_value(argv) is not None:
         from gradbench.recurrent.train import check_demo_names
@@ -466,7 +466,7 @@ def main(argv: list[str]) -> int:
             return 2
     try:
         if argv and argv[0] == "train":
-            _refuse_feedforward_train_options(parser, argv)
+            _refuse_feedforward_train_options(parser, argv, feedforward_train_options)
         args = parse(parser, argv)
     except SystemExit as exc:
         return int(exc.code or 0)
