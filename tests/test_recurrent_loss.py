@@ -233,3 +233,60 @@ def test_head_share_beyond_float64_equals_mpmath(kind, scale):
         assert loss == math.inf if want > np.finfo(np.float64).max else abs(loss - float(want)) <= 1e-11 * loss
     else:
         assert loss < np.finfo(np.float64).tiny
+
+
+# ------------------------------------------------------------------ a confident head at the last step
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_a_confident_float32_head_carries_its_gradient_as_float64_does(cell):
+    """bce with b_out = 110 and targets 1: dL/dy = -sigmoid(-y) / B ~ 1e-48, below float32. It was
+    rounded to float32 unscaled: every ||dL/dh_t|| and dW_hh read 0 and the verdict said
+    "stable". The float64 twin (the same weights; 1e-48 is a normal float64) is the independent
+    computation: each step's signal agrees to float32's precision."""
+    from gradbench.recurrent.diagnose import diagnose
+
+    r32 = gb.Recurrent(cell=cell, steps=20, hidden=4, loss="bce", output_dim=1, dtype="float32")
+    r64 = r32.replace(dtype="float64")
+    p32 = gb.init_params(r32, 0)
+    p32.b_out[:] = 110.0
+    from gradbench.recurrent.params import RecurrentParams
+
+    p64 = RecurrentParams(**{k: np.asarray(getattr(p32, k), np.float64) for k in ("W_ih", "W_hh", "b_ih", "b_hh",
+                                                                            "W_out", "b_out")})
+    xs = gb.sequence_input(r32, 2, 1)
+    got = gb.backprop(r32, p32, xs, np.ones((2, 1), np.float32))
+    want = gb.backprop(r64, p64, xs.astype(np.float64), np.ones((2, 1)))
+    s32, s64 = got.signal_norm.log10(), want.signal_norm.log10()
+    assert np.all(np.isfinite(s32)) and s64[-1] < -45
+    np.testing.assert_allclose(s32, s64, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got.grads.W_hh.log10().max(), want.grads.W_hh.log10().max(), atol=1e-4)
+    assert diagnose(got).verdict == diagnose(want).verdict
+
+
+def test_a_margin_beyond_float64_scales_every_gradient_by_its_exponential():
+    """float64, bce, targets 1, b_out = m: for y >> 1, dL/dy = -e^-y / B, so every gradient of the
+    net at m = 760 is that at m = 60 times e^-700 (to ~e^-60 relative): a closed form. It read 0
+    everywhere at 760."""
+    rnn = gb.Recurrent(cell="gru", steps=10, hidden=4, loss="bce", output_dim=1)
+    p, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, 2, 1)
+    got = {}
+    for m in (60.0, 760.0):
+        p.b_out[:] = m
+        r = gb.backprop(rnn, p, xs, np.ones((2, 1)))
+        got[m] = (r.signal_norm.log10(), float(np.max(r.grads.W_hh.log10())), float(r.loss_exact.log10()))
+    shift = -700 * math.log10(math.e)
+    np.testing.assert_allclose(got[760.0][0] - got[60.0][0], shift, rtol=0, atol=1e-9)
+    assert abs(got[760.0][1] - got[60.0][1] - shift) < 1e-9 and abs(got[760.0][2] - got[60.0][2] - shift) < 1e-9
+
+
+def test_a_net_with_no_gradient_at_any_step_is_not_stable():
+    """A bce head right by a margin of 1e30: loss and dL/dy below 2^(-2^62), every ||dL/dh_t|| is 0;
+    the verdict read "stable"."""
+    from gradbench.recurrent.diagnose import diagnose
+
+    rnn = gb.Recurrent(cell="lstm", steps=5, hidden=3, loss="bce", output_dim=1)
+    p = gb.init_params(rnn, 0)
+    p.b_out[:] = 1e30
+    r = gb.backprop(rnn, p, gb.sequence_input(rnn, 2, 1), np.ones((2, 1)))
+    d = diagnose(r)
+    assert np.all(r.signal_norm.log10() == -np.inf) and d.verdict == "no gradient"
+    assert "below 2^(-2^62)" in " ".join(d.explanation.split())

@@ -158,6 +158,16 @@ needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (
                                                         "the torch.nn.RNN/LSTM/GRU comparison is skipped")
 
 
+@pytest.fixture(autouse=True)
+def _torch_default_dtype():
+    """The tests here set torch's default dtype to float64; restored after each, so that no other
+    module's torch init (the README's model, with torch's default init) runs in float64."""
+    before = torch.get_default_dtype() if torch is not None else None
+    yield
+    if torch is not None:
+        torch.set_default_dtype(before)
+
+
 def _torch_run(rnn, p, xs, t, h0=None, c0=None):
     torch.set_default_dtype(torch.float64)
     D, N = rnn.d_in, rnn.hidden

@@ -17,7 +17,8 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
 - ``verdict`` (:func:`classify`), with the threshold of the stacks' verdict
   (gradbench/verdict.py: ``threshold`` = 2 decades, a factor 100):
 
-  1. ``exploding`` if the forward or the backward turned non-finite;
+  1. ``exploding`` if the forward or the backward turned non-finite; ``no gradient`` if
+     ||dL/dh_t|| is exactly 0 at every step;
   2. ``vanishing`` if no gradient reaches some step before a step that has one (exactly 0);
   3. the changes of log10 ||dL/dh_t|| going back from step T-1: the fitted one (slope times
      T - 1), the total one (``ratio_log10``), the drop to the minimum and the rise to the
@@ -153,6 +154,8 @@ def classify(signal_log10, decades_per_step: float, *, threshold: float = 2.0, n
     s = np.asarray(signal_log10, dtype=np.float64)
     if nonfinite or np.any(np.isnan(s) | (s == math.inf)):
         return "exploding"
+    if s.size and np.all(s == -math.inf):  # nothing reaches any step (it read "stable")
+        return "no gradient"
     some = np.flatnonzero(s > -math.inf)
     if some.size and np.any(s[: some.max()] == -math.inf):
         return "vanishing"
@@ -245,6 +248,12 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     elif s[0] == -math.inf and math.isfinite(s[-1]):
         words.append(f"no gradient reaches step 0 (exactly zero; {int(np.sum(s == -math.inf))} steps have none)"
                      + _saturated_zero(rnn, s, res.saturation))
+    elif verdict == "no gradient":
+        loss_zero = rnn.loss in ("bce", "softmax_ce") and float(res.loss_exact.log10()) == -math.inf
+        words.append("no gradient at all: ||dL/dh_t|| is exactly zero at every step"
+                     + (": the head is right by a margin so large that its loss and dL/dy lie below 2^(-2^62), "
+                        "which no int64 exponent holds (the true gradient is not 0)" if loss_zero else
+                        " (an all-zero loss gradient, or every path from the loss cut)"))
     words += _extremes(s, threshold)
     if fin.size:
         top = int(fin[np.argmax(g[fin])])
@@ -252,9 +261,9 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
             words.append(f"learning reaches over the whole sequence: every step's contribution to dL/dW_hh lies "
                          f"within {reach_decades:g} decades of the largest (10^{_num(float(g[top]))}, at step {top})")
         else:
-            words.append(f"learning reaches {reach} step{'s' if reach != 1 else ''} back from step {top}, the largest "
-                         f"contribution to dL/dW_hh (10^{_num(float(g[top]))}): the contributions stay within "
-                         f"{reach_decades:g} decades of it down to step {top - reach + 1}")
+            words.append(f"learning reaches over {reach} step{'s' if reach != 1 else ''}, from step {top}, the largest "
+                         f"contribution to dL/dW_hh (10^{_num(float(g[top]))}), down to step {top - reach + 1}: the "
+                         f"contributions stay within {reach_decades:g} decades of it there")
     if not fin.size and T > 1 and np.any(np.isfinite(s)):
         words.append("every step's contribution to dL/dW_hh is exactly 0"
                      + (f": the gates' derivatives underflowed {rnn.dtype} (saturated gates; the gated cells have no "

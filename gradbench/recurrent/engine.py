@@ -176,7 +176,8 @@ def head_loss(rnn: Recurrent, h: np.ndarray, W_out, b_out, t, count: int, exact:
     every step) and, for mse and bce, over the O outputs: mse (y - t)^2, bce softplus(y) - t y
     (from logits, stable), softmax_ce logsumexp(y) - y[t]. Computed in float64; dL/dy is rounded
     to the net's dtype. dL/dy without cancellation (:func:`gradbench.loss.head_gradient`), not
-    scaled: it joins the signal of its step in plain float64. The share as a LogScaled is exact
+    scaled: it joins the signal of its step in plain float64 (the every-step head; the last
+    step's alone is scaled, :func:`_last_head`). The share as a LogScaled is exact
     where the float under- or overflows (mse's squares of differences beyond 1e154 too; ``exact``
     False: the float's, for a caller that needs only the gradients).
     """
@@ -184,6 +185,26 @@ def head_loss(rnn: Recurrent, h: np.ndarray, W_out, b_out, t, count: int, exact:
     loss, loss_exact, dy, _ = head_gradient(rnn.loss, y, t, count, scale=False, exact=exact)
     dy = dy.astype(h.dtype)
     return loss, loss_exact, dy @ W_out, (dy.T @ h).astype(np.float64), dy.sum(axis=0, dtype=np.float64)
+
+
+def _last_head(rnn: Recurrent, h: np.ndarray, f: int, params, t, count: int):
+    """The head on the last state h_{T-1} = h 2^f alone (``loss_on="last"``): as
+    :func:`head_loss`, but dL/dy is scaled by a power of two where it leaves float64's range
+    and brought to a largest entry in [0.5, 1) before the rounding to the net's dtype (the
+    stacks' :func:`gradbench.loss.head_loss`): a confident right answer's 1e-48 in float32, or
+    e^-760 in float64, is carried, not flushed to 0 (it read 0 at every step, and "stable").
+    Returns (loss, loss as LogScaled, dL/dh mantissas, dW_out, db_out, E): dL/dh, dW_out and
+    db_out are at exponent E (dW_out at E + f)."""
+    W_out, b_out = params.W_out, params.b_out
+    with np.errstate(under="ignore", over="ignore"):
+        y = ldexp((h @ W_out.T).astype(np.float64), f) + b_out if f else (h @ W_out.T + b_out).astype(np.float64)
+    loss, loss_exact, dy, E = head_gradient(rnn.loss, y, t, count)
+    top = float(np.max(np.abs(dy))) if dy.size else 0.0
+    if math.isfinite(top) and top > 0:
+        shift = math.frexp(top)[1]
+        dy, E = np.ldexp(dy, -shift), E + shift
+    dy = dy.astype(h.dtype)
+    return (loss, loss_exact, dy @ W_out, (dy.T @ h).astype(np.float64), dy.sum(axis=0, dtype=np.float64), E)
 
 
 def _add_exact(a: LogScaled, b: LogScaled) -> LogScaled:
@@ -400,13 +421,18 @@ def _top(run: _Run) -> None:
     else:
         every = rnn.loss_on == "every"
         t = run.targets[T - 1] if every else run.targets
-        loss, loss_exact, G, run.dW_out, run.db_out = head_loss(rnn, hT, p.W_out, p.b_out, t, T * B if every else B)
+        if every:
+            loss, loss_exact, G, run.dW_out, run.db_out = head_loss(rnn, hT, p.W_out, p.b_out, t, T * B)
+            e_top = 0
+        else:  # one head at the end: its dL/dy carries a power of two, as a stack's head does
+            loss, loss_exact, G, run.dW_out, run.db_out, e_top = _last_head(rnn, hT, int(run.fexp[T]), p, t, B)
+        run.e_out = e_top
         run.loss = run.loss_every if every else loss
         run.loss_exact = loss_exact
         if every:  # the float sum where it is a normal float, else the exact sum of the shares
             tiny_ok = np.finfo(np.float64).tiny <= run.loss < np.inf or run.loss != run.loss
             run.loss_exact = LogScaled.from_float(run.loss) if tiny_ok else run.loss_every_exact
-        G, e_top = np.ascontiguousarray(G, dtype=rnn.np_dtype), 0
+        G = np.ascontiguousarray(G, dtype=rnn.np_dtype)
     GC = np.zeros((B, N), dtype=rnn.np_dtype) if rnn.cell == "lstm" else None
     g = G if GC is None else np.concatenate([G, GC])
     e = e_top + normalise(g)
@@ -495,8 +521,9 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
          "b_ih": LogScaled(run.grads["db_ih"], dexp[rabi.DE_B_IH]), "b_hh": LogScaled(run.grads["db_hh"], dexp[rabi.DE_B_HH])}
     if rnn.has_head:
         dt = rnn.np_dtype
-        g["W_out"] = LogScaled(run.dW_out.astype(dt), np.int64(0))
-        g["b_out"] = LogScaled(run.db_out.astype(dt), np.int64(0))
+        e_out = int(getattr(run, "e_out", 0))  # the last-step head's power of two (_last_head)
+        g["W_out"] = LogScaled(run.dW_out.astype(dt), np.int64(e_out + (0 if rnn.loss_on == "every" else int(fexp[T]))))
+        g["b_out"] = LogScaled(run.db_out.astype(dt), np.int64(e_out))
     if rnn.clip is not None and rnn.clip_on != "signal":
         g = clip_param_grads(rnn, g)
     ffwd, fbwd = (int(run.info[i]) for i in (abi.INFO_FORWARD, abi.INFO_BACKWARD))
