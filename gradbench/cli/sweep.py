@@ -131,7 +131,7 @@ def _check_files(args) -> None:
     from gradbench.cli.output import check_directory, check_outputs
 
     check_outputs([("--csv", args.csv, (".csv",)), ("--plot", args.plot, (".png", ".svg", ".pdf"))],
-                  mkdir=args.mkdir)
+                  mkdir=args.mkdir, directories=[("--out", args.out)])
     if args.out is not None:
         out = os.path.abspath(args.out)
         if os.path.exists(out) and not os.path.isdir(out):
