@@ -72,6 +72,18 @@ def test_run_with_a_head_and_options(capsys):
     (["train", "--demo", "nope"], "unknown demo"),
     (["train"], "--demo"),
     (["frobnicate"], "invalid choice"),
+    # --bn-eps: on every stack command (sweep had it alone), checked as sweep checks it, and
+    # refused where there is no batch norm, as --residual-scale without --residual
+    (["run", "--depth", "4", "--width", "4", "--batch-norm", "--bn-eps", "0"], "--bn-eps: must be a finite number > 0"),
+    (["run", "--depth", "4", "--width", "4", "--batch-norm", "--bn-eps", "inf"], "--bn-eps: must be a finite number"),
+    (["run", "--depth", "4", "--width", "4", "--bn-eps", "0.1"], "--bn-eps sets the epsilon of batch norm, and there "
+                                                                 "is no --batch-norm"),
+    (["compare", "--configs", "relu,tanh", "--bn-eps", "0.1"], "no configuration has batch norm (give --batch-norm, "
+                                                               "or --configs sigmoid-bn)"),
+    (["train", "--depth", "3", "--width", "4", "--bn-eps", "0.1"], "there is no --batch-norm"),
+    (["train", "--demo", "adam", "--bn-eps", "0.1"], "--bn-eps would be ignored"),
+    (["sweep", "--depth", "4", "--width", "4", "--bn-eps", "0.1"], "no configuration has batch norm (give "
+                                                                   "--batch-norm true)"),
 ])
 def test_bad_options_exit_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -406,3 +418,16 @@ def test_run_hands_the_engines_kept_arrays_back_before_diagnosing(monkeypatch, c
     code, out, err = run(["run", "--depth", "300", "--width", "16", "--stats-only", "--checkpoint", "30"], capsys)
     assert code == 0, err
     assert seen["after run"] > 0 and seen["at diagnosis"] == 0
+
+
+def test_bn_eps_reaches_the_stacks_of_compare_and_train(tmp_path, capsys):
+    """--bn-eps was sweep's alone; compare and train now build their batch-norm stacks with it."""
+    code, out, err = run(["compare", "--depth", "6", "--width", "4", "--configs", "sigmoid,sigmoid-bn", "--bn-eps",
+                          "0.5", "--backend", "numpy", "--out", str(tmp_path / "c.json")], capsys)
+    assert code == 0, err
+    configs = json.loads((tmp_path / "c.json").read_text())["configurations"]
+    assert configs["sigmoid-bn"]["stack"]["bn_eps"] == 0.5
+    code, out, err = run(["train", "--depth", "3", "--width", "4", "--batch-norm", "--bn-eps", "0.5", "--epochs", "1",
+                          "--backend", "numpy", "--out", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "t.json").read_text())["runs"]["custom"]["stack"]["bn_eps"] == 0.5
