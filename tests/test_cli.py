@@ -431,3 +431,32 @@ def test_bn_eps_reaches_the_stacks_of_compare_and_train(tmp_path, capsys):
                           "--backend", "numpy", "--out", str(tmp_path / "t.json")], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "t.json").read_text())["runs"]["custom"]["stack"]["bn_eps"] == 0.5
+
+
+@pytest.mark.parametrize("options,words", [
+    (["--activation", "leaky_relu", "--activation-param", "0.3"], "leaky_relu (slope 0.3), xavier_normal, float64"),
+    (["--activation", "prelu", "--activation-param", "0.1"], "prelu (initial slope 0.1), xavier_normal, float64"),
+    (["--activation", "elu", "--activation-param", "0.5"], "elu (alpha 0.5), xavier_normal, float64"),
+    (["--residual", "2", "--residual-scale", "0.7"], "tanh, xavier_normal, residual every 2 (scale 0.7), float64"),
+    (["--batch-norm", "--bn-eps", "0.001"], "tanh, xavier_normal, batch norm (eps 0.001), float64"),
+    # at their defaults the header is as it was
+    (["--activation", "elu", "--activation-param", "1", "--residual", "2", "--residual-scale", "1", "--batch-norm",
+      "--bn-eps", "1e-5"], "elu, xavier_normal, batch norm, residual every 2, float64"),
+])
+def test_the_report_header_says_every_field_that_changes_the_network(options, words, capsys):
+    """The activation's parameter, the residual scale and batch norm's epsilon changed the
+    network and the header did not say them: two different runs had the same header."""
+    code, out, err = run(["run", "--depth", "4", "--width", "4", "--backend", "numpy", *options], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0] == f"gradbench diagnosis: depth 4, width 4, {words} (backend numpy)"
+
+
+def test_the_compare_header_says_the_epsilon_of_batch_norm(capsys):
+    code, out, err = run(["compare", "--depth", "4", "--width", "4", "--configs", "sigmoid,sigmoid-bn", "--bn-eps",
+                          "0.01", "--backend", "numpy"], capsys)
+    assert code == 0, err
+    assert "N(0, 1) entries, batch norm eps 0.01; loss bce" in out.splitlines()[0], out
+    code, out, err = run(["compare", "--depth", "4", "--width", "4", "--configs", "sigmoid,relu", "--batch-norm",
+                          "--bn-eps", "0.01", "--backend", "numpy"], capsys)
+    assert code == 0, err
+    assert "entries, batch norm (eps 0.01); loss" in out.splitlines()[0], out
