@@ -96,11 +96,15 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
     act = d.stack["activation"]
     show_sat = act in ("sigmoid", "tanh")
     show_dead = act in RELU_FAMILY
+    # units with z <= 0 for the whole batch: dead for relu; leaky_relu and prelu still pass a
+    # gradient there, on the negative side
+    dead_head = "dead" if act == "relu" else "neg side"
+    dead_w = max(6, len(dead_head))
     head = f"  {'layer':>7} {'||dL/dW_l||':>14} {'||dL/dh_l||':>14} {'act mean':>11} {'act std':>11}"
     if show_sat:
         head += f" {'saturated':>9}"
     if show_dead:
-        head += f" {'dead':>6}"
+        head += f" {dead_head:>{dead_w}}"
     out.append("")
     out.append(head)
     prev = -1
@@ -114,7 +118,7 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
         if show_sat:
             line += f" {100 * d.saturation[l]:8.1f}%"
         if show_dead:
-            line += f" {100 * d.dead[l]:5.1f}%"
+            line += f" {100 * d.dead[l]:{dead_w - 1}.1f}%"
         out.append(line)
     return "\n".join(out)
 

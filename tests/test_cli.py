@@ -460,3 +460,16 @@ def test_the_compare_header_says_the_epsilon_of_batch_norm(capsys):
                           "--bn-eps", "0.01", "--backend", "numpy"], capsys)
     assert code == 0, err
     assert "entries, batch norm (eps 0.01); loss" in out.splitlines()[0], out
+
+
+@pytest.mark.parametrize("activation,heading", [("relu", "dead"), ("leaky_relu", "neg side"), ("prelu", "neg side")])
+def test_the_per_layer_table_calls_leaky_units_on_the_negative_side_not_dead(activation, heading, capsys):
+    """leaky_relu and prelu pass a gradient for z <= 0 (the verdict says "on the negative side"),
+    and their column was headed "dead"."""
+    code, out, err = run(["run", "--depth", "4", "--width", "4", "--activation", activation, "--backend", "numpy"],
+                         capsys)
+    assert code == 0, err
+    head = next(line for line in out.splitlines() if line.lstrip().startswith("layer"))
+    assert head.endswith(" " + heading) and ("dead" in head) == (heading == "dead"), head
+    row = out.splitlines()[out.splitlines().index(head) + 1]
+    assert len(row) == len(head) and row.endswith("%"), (head, row)  # the column lines up under its heading
