@@ -473,3 +473,17 @@ def test_the_per_layer_table_calls_leaky_units_on_the_negative_side_not_dead(act
     assert head.endswith(" " + heading) and ("dead" in head) == (heading == "dead"), head
     row = out.splitlines()[out.splitlines().index(head) + 1]
     assert len(row) == len(head) and row.endswith("%"), (head, row)  # the column lines up under its heading
+
+
+def test_a_checkpoint_beyond_the_depth_is_one_segment_with_residual_groups_too(tmp_path, capsys):
+    """--checkpoint K > depth was taken as one segment, except with --residual, where it was
+    refused as "not a multiple of" the group size (the depth always is one)."""
+    base = ["run", "--depth", "10", "--width", "4", "--residual", "2", "--backend", "numpy"]
+    for k in ("11", "10"):
+        code, out, err = run([*base, "--checkpoint", k, "--out", str(tmp_path / f"{k}.json")], capsys)
+        assert code == 0, err
+    got, want = (json.loads((tmp_path / f"{k}.json").read_text())["diagnosis"]["grad_log10"] for k in ("11", "10"))
+    assert got == want
+    code, out, err = run([*base, "--checkpoint", "3"], capsys)
+    assert code == 2 and "--checkpoint 3 must be a positive multiple of the residual group size 2" in err
+    assert err.strip().endswith("; any K >= --depth 10 is one segment"), err

@@ -330,13 +330,19 @@ def plan_probe(stack: Stack, batch: int, seed: int, backend: str, *, stats_only:
         raise UsageError(f"{who} has batch norm, which needs --batch >= 2, got --batch {batch}: {BN_ONE_SAMPLE}")
     available = planning.available_memory() if available is None else available
     _, limit, budget = planning.memory_limits(None, available)
+    # --checkpoint K > depth is one segment, as the planner takes it for any stack; with residual
+    # groups it refused K as "not a multiple" of the group size, which depth always is
+    segment = min(checkpoint, stack.depth) if isinstance(checkpoint, int) else checkpoint
     try:
-        p = planning.plan_run(stack, batch, checkpoint=checkpoint, stats_only=stats_only, generated=stats_only,
+        p = planning.plan_run(stack, batch, checkpoint=segment, stats_only=stats_only, generated=stats_only,
                               available=available, diagnose_bins=bins)
     except planning.PlanRefused as exc:
         raise UsageError(_refusal(stack, batch, exc.need, stats_only, checkpoint, bins, limit, budget)) from None
     except (ValueError, TypeError) as exc:  # a checkpoint that does not suit the stack
-        raise UsageError(str(exc).replace("checkpoint=", "--checkpoint ", 1)) from None
+        text = str(exc).replace("checkpoint=", "--checkpoint ", 1)
+        if "residual group size" in text:
+            text += f"; any K >= --depth {stack.depth} is one segment"
+        raise UsageError(text) from None
     return Probe(stack, batch, seed, backend, stats_only, p, limit, label)
 
 
