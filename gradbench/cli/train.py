@@ -223,6 +223,7 @@ def cmd_train(args) -> int:
     if args.ratio_plot:
         written.append(write_plot(args.ratio_plot, lambda p: plot.update_ratio_curves(results, p, dpi=args.dpi),
                                   mkdir=args.mkdir))
+    written += model.train_tensorboard_dirs(args, results)
     for r in results.values():
         print(r.summary())
     for path in written:
