@@ -546,7 +546,16 @@ def test_a_sweep_point_with_its_bn_eps_is_reproduced_by_gradbench_run(cluster, t
     (["--sigma-w", "1,2", "--plot-value", "decades_per_layer"], "--plot-value sets an axis or the value"),
     (["--csv", "t.txt"], "--csv 't.txt' must end in .csv"),
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give one or the other"),
-    (["--workers", "0"], "workers must be an int >= 1"),
+    # option words, as every command's (they were the API's: "workers must be an int >= 1", "runs_per_task")
+    (["--workers", "0"], "argument --workers: must be an integer >= 1, got '0'"),
+    (["--runs-per-task", "0"], "argument --runs-per-task: must be an integer >= 1, got '0'"),
+    # a range's message quotes the range typed (it quoted '', the empty end)
+    (["--sigma-w", "1::3"], "--sigma-w '1::3': the range a:b:n has no b"),
+    (["--sigma-w", "1:3:2.5"], "--sigma-w '1:3:2.5': n = '2.5' of the range a:b:n is not an integer"),
+    # integer fields take integers, as gradbench run does (--depth 1e1 was 10 here, refused there)
+    (["--depth", "1e1"], "--depth '1e1': expected an integer"),
+    (["--depth", "5:1e1:6"], "--depth '5:1e1:6': b = '1e1' of the range a:b:n is not an integer"),
+    (["--batch", "4.0"], "--batch '4.0': expected an integer"),
     (["--seeds", "x"], "invalid int value"),
     (["--scheduler", "foo"], "--scheduler 'foo' is not a scheduler address such as 'tcp://host:8786'"),
     (["--scheduler", "bar://x:1"], "unknown address scheme 'bar'"),
