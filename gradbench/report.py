@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
 
 import numpy as np
 
-from gradbench.spec import RELU_FAMILY
+from gradbench.spec import ACT_PARAM_DEFAULT, RELU_FAMILY, Stack
 
 
 def fmt_pow(v: float) -> str:
@@ -36,22 +37,42 @@ def table_layers(L: int, rows: int = 12) -> list[int]:
     return sorted(set(range(ends)) | set(middle) | set(range(L - ends, L)))
 
 
+# The name of each activation's own parameter, as the header says it when it is not the default.
+ACT_PARAM_NAMES = {"leaky_relu": "slope", "prelu": "initial slope", "elu": "alpha"}
+BN_EPS_DEFAULT = next(f.default for f in dataclasses.fields(Stack) if f.name == "bn_eps")
+
+
 def describe(stack: dict, weights: str | None = None) -> str:
     """The stack in words; ``weights``: where the weights came from, in place of the init scheme
-    (a model's own weights, ``run --torch``)."""
-    parts = [f"depth {stack['depth']}", f"width {stack['width']}", stack["activation"], weights or stack["init"]]
+    (a model's own weights, ``run --torch``). Every field that changes the network is said
+    when it differs from its default: the activation's parameter, batch norm's epsilon, the
+    residual scale."""
+    parts = [f"depth {stack['depth']}", f"width {stack['width']}", activation_words(stack, weights),
+             weights or stack["init"]]
     if stack.get("sigma_w") is not None and weights is None:
         parts.append(f"sigma_w={stack['sigma_w']:g}")
     if stack.get("batch_norm"):
-        parts.append("batch norm")
+        eps = stack.get("bn_eps", BN_EPS_DEFAULT)
+        parts.append("batch norm" + (f" (eps {eps:g})" if eps != BN_EPS_DEFAULT else ""))
     if stack.get("residual"):
-        parts.append(f"residual every {stack['residual']}")
+        scale = stack.get("residual_scale", 1.0)
+        parts.append(f"residual every {stack['residual']}" + (f" (scale {scale:g})" if scale != 1.0 else ""))
     if stack.get("clip"):
         parts.append(f"clip {stack['clip']} {stack['clip_threshold']:g} on {stack['clip_on']}")
     if stack.get("loss", "sum_squares") != "sum_squares":
         parts.append(f"loss {stack['loss']}")
     parts.append(stack.get("dtype", "float64"))
     return ", ".join(parts)
+
+
+def activation_words(stack: dict, weights: str | None = None) -> str:
+    """The activation, with its parameter when that is not the default (``leaky_relu (slope
+    0.3)``). A PReLU's slopes are parameters: with a model's own ``weights`` its initial slope
+    means nothing and is left out."""
+    act, param = stack["activation"], stack.get("activation_param")
+    if param is None or act not in ACT_PARAM_NAMES or param == ACT_PARAM_DEFAULT[act] or (weights and act == "prelu"):
+        return act
+    return f"{act} ({ACT_PARAM_NAMES[act]} {param:g})"
 
 
 def format_report(d, rows: int = 12, weights: str | None = None) -> str:
@@ -75,11 +96,15 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
     act = d.stack["activation"]
     show_sat = act in ("sigmoid", "tanh")
     show_dead = act in RELU_FAMILY
+    # units with z <= 0 for the whole batch: dead for relu; leaky_relu and prelu still pass a
+    # gradient there, on the negative side
+    dead_head = "dead" if act == "relu" else "neg side"
+    dead_w = max(6, len(dead_head))
     head = f"  {'layer':>7} {'||dL/dW_l||':>14} {'||dL/dh_l||':>14} {'act mean':>11} {'act std':>11}"
     if show_sat:
         head += f" {'saturated':>9}"
     if show_dead:
-        head += f" {'dead':>6}"
+        head += f" {dead_head:>{dead_w}}"
     out.append("")
     out.append(head)
     prev = -1
@@ -93,7 +118,7 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
         if show_sat:
             line += f" {100 * d.saturation[l]:8.1f}%"
         if show_dead:
-            line += f" {100 * d.dead[l]:5.1f}%"
+            line += f" {100 * d.dead[l]:{dead_w - 1}.1f}%"
         out.append(line)
     return "\n".join(out)
 

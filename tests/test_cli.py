@@ -72,6 +72,18 @@ def test_run_with_a_head_and_options(capsys):
     (["train", "--demo", "nope"], "unknown demo"),
     (["train"], "--demo"),
     (["frobnicate"], "invalid choice"),
+    # --bn-eps: on every stack command (sweep had it alone), checked as sweep checks it, and
+    # refused where there is no batch norm, as --residual-scale without --residual
+    (["run", "--depth", "4", "--width", "4", "--batch-norm", "--bn-eps", "0"], "--bn-eps: must be a finite number > 0"),
+    (["run", "--depth", "4", "--width", "4", "--batch-norm", "--bn-eps", "inf"], "--bn-eps: must be a finite number"),
+    (["run", "--depth", "4", "--width", "4", "--bn-eps", "0.1"], "--bn-eps sets the epsilon of batch norm, and there "
+                                                                 "is no --batch-norm"),
+    (["compare", "--configs", "relu,tanh", "--bn-eps", "0.1"], "no configuration has batch norm (give --batch-norm, "
+                                                               "or --configs sigmoid-bn)"),
+    (["train", "--depth", "3", "--width", "4", "--bn-eps", "0.1"], "there is no --batch-norm"),
+    (["train", "--demo", "adam", "--bn-eps", "0.1"], "--bn-eps would be ignored"),
+    (["sweep", "--depth", "4", "--width", "4", "--bn-eps", "0.1"], "no configuration has batch norm (give "
+                                                                   "--batch-norm true)"),
 ])
 def test_bad_options_exit_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -406,3 +418,72 @@ def test_run_hands_the_engines_kept_arrays_back_before_diagnosing(monkeypatch, c
     code, out, err = run(["run", "--depth", "300", "--width", "16", "--stats-only", "--checkpoint", "30"], capsys)
     assert code == 0, err
     assert seen["after run"] > 0 and seen["at diagnosis"] == 0
+
+
+def test_bn_eps_reaches_the_stacks_of_compare_and_train(tmp_path, capsys):
+    """--bn-eps was sweep's alone; compare and train now build their batch-norm stacks with it."""
+    code, out, err = run(["compare", "--depth", "6", "--width", "4", "--configs", "sigmoid,sigmoid-bn", "--bn-eps",
+                          "0.5", "--backend", "numpy", "--out", str(tmp_path / "c.json")], capsys)
+    assert code == 0, err
+    configs = json.loads((tmp_path / "c.json").read_text())["configurations"]
+    assert configs["sigmoid-bn"]["stack"]["bn_eps"] == 0.5
+    code, out, err = run(["train", "--depth", "3", "--width", "4", "--batch-norm", "--bn-eps", "0.5", "--epochs", "1",
+                          "--backend", "numpy", "--out", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "t.json").read_text())["runs"]["custom"]["stack"]["bn_eps"] == 0.5
+
+
+@pytest.mark.parametrize("options,words", [
+    (["--activation", "leaky_relu", "--activation-param", "0.3"], "leaky_relu (slope 0.3), xavier_normal, float64"),
+    (["--activation", "prelu", "--activation-param", "0.1"], "prelu (initial slope 0.1), xavier_normal, float64"),
+    (["--activation", "elu", "--activation-param", "0.5"], "elu (alpha 0.5), xavier_normal, float64"),
+    (["--residual", "2", "--residual-scale", "0.7"], "tanh, xavier_normal, residual every 2 (scale 0.7), float64"),
+    (["--batch-norm", "--bn-eps", "0.001"], "tanh, xavier_normal, batch norm (eps 0.001), float64"),
+    # at their defaults the header is as it was
+    (["--activation", "elu", "--activation-param", "1", "--residual", "2", "--residual-scale", "1", "--batch-norm",
+      "--bn-eps", "1e-5"], "elu, xavier_normal, batch norm, residual every 2, float64"),
+])
+def test_the_report_header_says_every_field_that_changes_the_network(options, words, capsys):
+    """The activation's parameter, the residual scale and batch norm's epsilon changed the
+    network and the header did not say them: two different runs had the same header."""
+    code, out, err = run(["run", "--depth", "4", "--width", "4", "--backend", "numpy", *options], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0] == f"gradbench diagnosis: depth 4, width 4, {words} (backend numpy)"
+
+
+def test_the_compare_header_says_the_epsilon_of_batch_norm(capsys):
+    code, out, err = run(["compare", "--depth", "4", "--width", "4", "--configs", "sigmoid,sigmoid-bn", "--bn-eps",
+                          "0.01", "--backend", "numpy"], capsys)
+    assert code == 0, err
+    assert "N(0, 1) entries, batch norm eps 0.01; loss bce" in out.splitlines()[0], out
+    code, out, err = run(["compare", "--depth", "4", "--width", "4", "--configs", "sigmoid,relu", "--batch-norm",
+                          "--bn-eps", "0.01", "--backend", "numpy"], capsys)
+    assert code == 0, err
+    assert "entries, batch norm (eps 0.01); loss" in out.splitlines()[0], out
+
+
+@pytest.mark.parametrize("activation,heading", [("relu", "dead"), ("leaky_relu", "neg side"), ("prelu", "neg side")])
+def test_the_per_layer_table_calls_leaky_units_on_the_negative_side_not_dead(activation, heading, capsys):
+    """leaky_relu and prelu pass a gradient for z <= 0 (the verdict says "on the negative side"),
+    and their column was headed "dead"."""
+    code, out, err = run(["run", "--depth", "4", "--width", "4", "--activation", activation, "--backend", "numpy"],
+                         capsys)
+    assert code == 0, err
+    head = next(line for line in out.splitlines() if line.lstrip().startswith("layer"))
+    assert head.endswith(" " + heading) and ("dead" in head) == (heading == "dead"), head
+    row = out.splitlines()[out.splitlines().index(head) + 1]
+    assert len(row) == len(head) and row.endswith("%"), (head, row)  # the column lines up under its heading
+
+
+def test_a_checkpoint_beyond_the_depth_is_one_segment_with_residual_groups_too(tmp_path, capsys):
+    """--checkpoint K > depth was taken as one segment, except with --residual, where it was
+    refused as "not a multiple of" the group size (the depth always is one)."""
+    base = ["run", "--depth", "10", "--width", "4", "--residual", "2", "--backend", "numpy"]
+    for k in ("11", "10"):
+        code, out, err = run([*base, "--checkpoint", k, "--out", str(tmp_path / f"{k}.json")], capsys)
+        assert code == 0, err
+    got, want = (json.loads((tmp_path / f"{k}.json").read_text())["diagnosis"]["grad_log10"] for k in ("11", "10"))
+    assert got == want
+    code, out, err = run([*base, "--checkpoint", "3"], capsys)
+    assert code == 2 and "--checkpoint 3 must be a positive multiple of the residual group size 2" in err
+    assert err.strip().endswith("; any K >= --depth 10 is one segment"), err

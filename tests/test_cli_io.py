@@ -66,6 +66,9 @@ def test_train_tensorboard_writes_one_run_per_demo(tmp_path, capsys):
                           "--tensorboard", str(tmp_path / "runs")], capsys)
     assert code == 0, err
     assert sorted(os.listdir(tmp_path / "runs")) == ["adam", "deep-sigmoid"]
+    # a "wrote" line for each, as run --tensorboard prints one (train printed none)
+    assert [line for line in out.splitlines() if line.startswith("wrote ")] == [
+        f"wrote {tmp_path / 'runs' / name}" for name in ("deep-sigmoid", "adam")]
     ref = gb.run_demo("adam", epochs=2, backend="numpy")
     acc = _events(tmp_path / "runs" / "adam")
     np.testing.assert_allclose([e.value for e in acc.Scalars("loss/eval")], ref.eval_loss, rtol=1e-6)

@@ -747,3 +747,48 @@ def test_more_refusals_exit_2_with_one_line(argv, needle, capsys):
     assert code == 2, (out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], err
+
+
+# ---------------------------------------------------------------- outputs that clash with each other
+@pytest.fixture
+def no_work(monkeypatch, no_compute):
+    """No backprop, no training, no sweep: the command must stop before any work."""
+    train_module = importlib.import_module("gradbench.train")  # gb.train is the function
+
+    def refuse(*a, **k):
+        raise AssertionError("worked before the outputs were checked")
+
+    monkeypatch.setattr(train_module, "train", refuse)
+    monkeypatch.setattr(train_module, "run_demo", refuse)
+    monkeypatch.setattr(gb, "sweep", refuse)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", *SMALL, "--out", "{d}/same.json", "--tensorboard", "{d}/same.json"],
+     "--out and --tensorboard both write"),
+    (["run", *SMALL, "--hist", "{d}/tb/h.png", "--tensorboard", "{d}/tb"], "lies inside --tensorboard"),
+    (["run", *SMALL, "--plot", "{d}/a.png", "--tensorboard", "{d}/a.png/tb", "--mkdir"], "lies inside --plot"),
+    (["run", *SMALL, "--out", "{d}/a.json", "--plot", "{d}/a.json/p.png", "--mkdir"], "lies inside --out"),
+    (["train", "--depth", "3", "--width", "4", "--epochs", "1", "--out", "{d}/tt.json", "--tensorboard",
+      "{d}/tt.json"], "--out and --tensorboard both write"),
+    (["train", "--demo", "adam", "--ratio-plot", "{d}/runs/r.png", "--tensorboard", "{d}/runs"],
+     "lies inside --tensorboard"),
+    (["sweep", "--depth", "6", "--width", "4", "--sigma-w", "1,2", "--out", "{d}/sw7.csv", "--csv", "{d}/sw7.csv"],
+     "--csv and --out both write"),
+    (["sweep", "--depth", "6", "--width", "4", "--sigma-w", "1,2", "--out", "{d}/sw", "--csv", "{d}/sw/t.csv"],
+     "lies inside --out"),
+    (["compare", "--depth", "6", "--width", "4", "--out", "{d}/c.json", "--plot", "{d}/c.json/p.png", "--mkdir"],
+     "lies inside --out"),
+    (["compare", "--cells", "rnn", "--steps", "5", "--hidden", "4", "--out", "{d}/c.json", "--plot",
+      "{d}/c.json/p.png", "--mkdir"], "lies inside --out"),
+    (["run", "--cell", "lstm", "--steps", "5", "--hidden", "4", "--plot", "{d}/p.png", "--out", "{d}/p.png/r.json",
+      "--mkdir"], "lies inside --plot"),
+])
+def test_outputs_that_clash_are_refused_before_any_work(argv, needle, tmp_path, capsys, no_work):
+    """run --out x --tensorboard x wrote x and then died (status 1), train made x/custom and then
+    could not write x, sweep ran everything and then could not write its CSV over its --out."""
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install '.[test]'")
+    code, out, err = run([a.format(d=tmp_path) for a in argv], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert os.listdir(tmp_path) == []  # nothing written, no directory made

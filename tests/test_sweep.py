@@ -495,6 +495,33 @@ def test_cli_sweep_runs_writes_and_resumes(cluster, tmp_path, capsys):
     assert "(24 resumed from " in capsys.readouterr().out
 
 
+def test_a_sweep_point_with_its_bn_eps_is_reproduced_by_gradbench_run(cluster, tmp_path, capsys):
+    """sweep took --bn-eps "as in gradbench run", which had no --bn-eps: a point of a sweep over
+    the epsilon of batch norm could not be run again on its own. run --bn-eps gives its numbers."""
+    import json
+
+    from gradbench import cli
+
+    csv = tmp_path / "t.csv"
+    size = ["--depth", "12", "--width", "4", "--batch", "4"]
+    assert cli.main(["sweep", *size, "--activation", "relu", "--batch-norm", "true", "--bn-eps", "1e-5,0.5",
+                     "--backend", "numpy", "--scheduler", cluster.scheduler.address, "--csv", str(csv)]) == 0
+    table = pd.read_csv(csv)
+    assert table.bn_eps.tolist() == [1e-5, 0.5]
+    assert table.loss_log10[0] != table.loss_log10[1]  # the epsilon changes the network
+    capsys.readouterr()
+    assert cli.main(["run", *size, "--activation", "relu", "--batch-norm", "--bn-eps", "0.5", "--seed", "0",
+                     "--backend", "numpy", "--out", str(tmp_path / "r.json")]) == 0, capsys.readouterr().err
+    d = json.loads((tmp_path / "r.json").read_text())["diagnosis"]
+    row = table.iloc[1]
+    assert d["stack"]["bn_eps"] == 0.5
+    for got, want in ((d["decades_per_layer"], row.decades_per_layer),
+                      (d["signal_decades_per_layer"], row.signal_decades_per_layer),
+                      (d["grad_log10"][0], row.log10_grad_first), (d["grad_log10"][-1], row.log10_grad_last),
+                      (d["loss_log10"], row.loss_log10)):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--sigma-w", "0.5:3"], "--sigma-w '0.5:3': a range is a:b:n"),
     (["--sigma-w", "0.5:3:1"], "a range needs n >= 2 values"),
@@ -519,7 +546,16 @@ def test_cli_sweep_runs_writes_and_resumes(cluster, tmp_path, capsys):
     (["--sigma-w", "1,2", "--plot-value", "decades_per_layer"], "--plot-value sets an axis or the value"),
     (["--csv", "t.txt"], "--csv 't.txt' must end in .csv"),
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give one or the other"),
-    (["--workers", "0"], "workers must be an int >= 1"),
+    # option words, as every command's (they were the API's: "workers must be an int >= 1", "runs_per_task")
+    (["--workers", "0"], "argument --workers: must be an integer >= 1, got '0'"),
+    (["--runs-per-task", "0"], "argument --runs-per-task: must be an integer >= 1, got '0'"),
+    # a range's message quotes the range typed (it quoted '', the empty end)
+    (["--sigma-w", "1::3"], "--sigma-w '1::3': the range a:b:n has no b"),
+    (["--sigma-w", "1:3:2.5"], "--sigma-w '1:3:2.5': n = '2.5' of the range a:b:n is not an integer"),
+    # integer fields take integers, as gradbench run does (--depth 1e1 was 10 here, refused there)
+    (["--depth", "1e1"], "--depth '1e1': expected an integer"),
+    (["--depth", "5:1e1:6"], "--depth '5:1e1:6': b = '1e1' of the range a:b:n is not an integer"),
+    (["--batch", "4.0"], "--batch '4.0': expected an integer"),
     (["--seeds", "x"], "invalid int value"),
     (["--scheduler", "foo"], "--scheduler 'foo' is not a scheduler address such as 'tcp://host:8786'"),
     (["--scheduler", "bar://x:1"], "unknown address scheme 'bar'"),

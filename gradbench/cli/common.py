@@ -166,7 +166,7 @@ def typed_options(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset
 
 # ------------------------------------------------------------------ stack options
 STACK_FIELDS = ("depth", "width", "activation", "activation_param", "init", "sigma_w", "sigma_b", "batch_norm",
-                "residual", "residual_scale", "clip", "clip_threshold", "clip_on", "loss", "input_dim",
+                "bn_eps", "residual", "residual_scale", "clip", "clip_threshold", "clip_on", "loss", "input_dim",
                 "output_dim", "dtype")
 
 CLIP_HELP = ("gradient clipping: value (elementwise to [-c, c]) or norm (rescale to norm <= c), applied to "
@@ -204,6 +204,8 @@ def add_stack_args(p: argparse.ArgumentParser, *, depth=None, width=None, activa
                         + ("; sqrt(width) without --init)" if init is None else ")"))
     g.add_argument("--sigma-b", type=nonneg_float, default=0.0, metavar="X", help="standard deviation of the biases")
     g.add_argument("--batch-norm", action="store_true", help="batch normalisation after each linear map")
+    g.add_argument("--bn-eps", type=positive_float, default=1e-5, metavar="X",
+                   help="the epsilon of batch norm: (z - mean) / sqrt(var + eps) (needs --batch-norm)")
     g.add_argument("--residual", type=nonneg_int, default=0, metavar="K", help="a skip connection every K layers (0: none)")
     g.add_argument("--residual-scale", type=finite_float, default=1.0, metavar="X", help="alpha in h + alpha * phi(z)")
     g.add_argument("--clip", choices=CLIP_MODES, default=None, help=CLIP_HELP)
@@ -251,14 +253,20 @@ def stack_from_args(args, **overrides) -> Stack:
 
 
 def refuse_unused_stack_options(args, stacks: list[Stack], several: bool = False) -> None:
-    """--clip-threshold / --clip-on without clipping, --residual-scale without a residual branch
-    and --output-dim without a head would change nothing: refused when no stack in ``stacks``
-    uses them (``several``: the configurations of compare or sweep)."""
+    """--clip-threshold / --clip-on without clipping, --bn-eps without batch norm, --residual-scale
+    without a residual branch and --output-dim without a head would change nothing: refused when
+    no stack in ``stacks`` uses them (``several``: the configurations of compare or sweep)."""
     if not any(s.clip for s in stacks):
         for dest in given(args, "clip_threshold", "clip_on"):
             raise UsageError(f"{option(dest)} sets how --clip clips, and "
                              + ("no configuration clips" if several else "there is no --clip")
                              + " (give --clip value or --clip norm)")
+    if given(args, "bn_eps") and not any(s.batch_norm for s in stacks):
+        raise UsageError("--bn-eps sets the epsilon of batch norm, and "
+                         + ("no configuration has batch norm" if several else "there is no --batch-norm")
+                         + {"sweep": " (give --batch-norm true)",
+                            "compare": " (give --batch-norm, or --configs sigmoid-bn)"}.get(
+                             getattr(args, "command", None), " (give --batch-norm)"))
     if given(args, "residual_scale") and not any(s.residual for s in stacks):
         raise UsageError("--residual-scale scales the residual branch, and "
                          + ("no configuration has one" if several else "there is no --residual") + " (give --residual K)")
@@ -322,13 +330,19 @@ def plan_probe(stack: Stack, batch: int, seed: int, backend: str, *, stats_only:
         raise UsageError(f"{who} has batch norm, which needs --batch >= 2, got --batch {batch}: {BN_ONE_SAMPLE}")
     available = planning.available_memory() if available is None else available
     _, limit, budget = planning.memory_limits(None, available)
+    # --checkpoint K > depth is one segment, as the planner takes it for any stack; with residual
+    # groups it refused K as "not a multiple" of the group size, which depth always is
+    segment = min(checkpoint, stack.depth) if isinstance(checkpoint, int) else checkpoint
     try:
-        p = planning.plan_run(stack, batch, checkpoint=checkpoint, stats_only=stats_only, generated=stats_only,
+        p = planning.plan_run(stack, batch, checkpoint=segment, stats_only=stats_only, generated=stats_only,
                               available=available, diagnose_bins=bins)
     except planning.PlanRefused as exc:
         raise UsageError(_refusal(stack, batch, exc.need, stats_only, checkpoint, bins, limit, budget)) from None
     except (ValueError, TypeError) as exc:  # a checkpoint that does not suit the stack
-        raise UsageError(str(exc).replace("checkpoint=", "--checkpoint ", 1)) from None
+        text = str(exc).replace("checkpoint=", "--checkpoint ", 1)
+        if "residual group size" in text:
+            text += f"; any K >= --depth {stack.depth} is one segment"
+        raise UsageError(text) from None
     return Probe(stack, batch, seed, backend, stats_only, p, limit, label)
 
 

@@ -17,6 +17,7 @@ from gradbench.cli.common import (
     refuse_unused, refuse_unused_stack_options, resolve_backend, run_probe, split, stack_from_args,
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_diagnoses, write_plot
+from gradbench.report import BN_EPS_DEFAULT
 from gradbench.spec import ACT_PARAM_DEFAULT, ACTIVATIONS, INIT_ALIASES, Stack, scheme_gain
 
 EPILOG = """\
@@ -272,8 +273,11 @@ def common_options(args) -> list[str]:
     """The stack options besides size and init that apply to every configuration (unless it fixes
     them itself, see _refuse_fixed_fields), in words."""
     parts = []
+    eps = "" if args.bn_eps == BN_EPS_DEFAULT else f"eps {args.bn_eps:g}"
     if args.batch_norm:
-        parts.append("batch norm")
+        parts.append("batch norm" + (f" ({eps})" if eps else ""))
+    elif eps:  # for the configurations with batch norm of their own (sigmoid-bn)
+        parts.append(f"batch norm {eps}")
     if args.residual:
         parts.append(f"residual every {args.residual}"
                      + (f" (scale {args.residual_scale:g})" if args.residual_scale != 1.0 else ""))

@@ -117,3 +117,10 @@ def write_tensorboard(args, d) -> list[str]:
 def train_tensorboard_dir(args, name: str):
     """``DIR/NAME`` for run ``name`` of ``gradbench train --tensorboard DIR`` (None without it)."""
     return None if args.tensorboard is None else os.path.join(args.tensorboard, name)
+
+
+def train_tensorboard_dirs(args, results: dict) -> list[str]:
+    """The event directories that ``train --tensorboard DIR`` wrote (one per run), for the
+    "wrote" lines that ``run --tensorboard`` prints too."""
+    dirs = [train_tensorboard_dir(args, name) for name in results] if args.tensorboard else []
+    return [d for d in dirs if os.path.isdir(d)]

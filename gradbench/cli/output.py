@@ -2,7 +2,8 @@
 
 Every output path is checked before anything is computed (:func:`check_outputs`): its suffix,
 that it is not a directory, that its directory exists (or ``--mkdir``) and that a file can be
-created there, and that no two outputs name the same file. A write that still fails (disk
+created there, and that no two outputs name the same path or lie one inside the other (a file
+inside a directory output such as ``--tensorboard`` included). A write that still fails (disk
 full) is one line naming the file (:class:`~gradbench.cli.process.OutputError`). The formats
 are documented in docs/formats.md; :data:`SCHEMA` is their version.
 
@@ -30,21 +31,43 @@ RESULTS = (".json", ".npz")
 
 
 # ------------------------------------------------------------------ checks before the work
-def check_outputs(outputs: list[tuple[str, str | None, tuple[str, ...]]], *, mkdir: bool = False) -> None:
+def check_outputs(outputs: list[tuple[str, str | None, tuple[str, ...]]], *, mkdir: bool = False,
+                  directories: list[tuple[str, str | None]] = ()) -> None:
     """Refuse, before any work, output paths that could not be written.
 
-    ``outputs``: (option, path or None, allowed suffixes). Raises UsageError naming the option.
+    ``outputs``: (option, path or None, allowed suffixes) of the files. ``directories``:
+    (option, path or None) of the directories a command writes into (``--tensorboard``,
+    ``sweep --out``), checked by their own commands; here only that they are apart from the
+    files and from each other (:func:`check_apart`). Raises UsageError naming the option.
     """
     given = [(opt, path, kinds) for opt, path, kinds in outputs if path]
-    seen: dict[str, str] = {}
     for opt, path, kinds in given:
         if os.path.splitext(path)[1].lower() not in kinds:
             raise UsageError(f"{opt} {path!r} must end in {_alternatives(kinds)}")
-        real = os.path.realpath(path)
-        if real in seen:
-            raise UsageError(f"{seen[real]} and {opt} both write {path!r}: give them different files")
-        seen[real] = opt
+    check_apart([(opt, path, False) for opt, path, _ in given]
+                + [(opt, path, True) for opt, path in directories if path])
+    for opt, path, _ in given:
         _check_path(opt, path, mkdir)
+
+
+def check_apart(outputs: list[tuple[str, str, bool]]) -> None:
+    """No two outputs (option, path, is a directory) are the same path, and none lies inside
+    another: a file written where a directory goes (or in it, or below a file) was found only
+    when the second write failed, after the work."""
+    real = [(opt, path, is_dir, os.path.realpath(path)) for opt, path, is_dir in outputs]
+    for i, (opt, path, is_dir, r) in enumerate(real):
+        for opt2, path2, is_dir2, r2 in real[:i]:
+            if r == r2:
+                kinds = "" if not (is_dir or is_dir2) else \
+                    f" ({opt2} {'a directory' if is_dir2 else 'a file'}, {opt} {'a directory' if is_dir else 'a file'})"
+                raise UsageError(f"{opt2} and {opt} both write {path!r}{kinds}: give them different "
+                                 + ("files" if not kinds else "paths"))
+            for (o_in, p_in, r_in), (o_out, p_out, d_out, r_out) in (((opt, path, r), (opt2, path2, is_dir2, r2)),
+                                                                      ((opt2, path2, r2), (opt, path, is_dir, r))):
+                if os.path.commonpath([r_in, r_out]) == r_out:
+                    raise UsageError(f"{o_in} {p_in!r} lies inside {o_out} {p_out!r}, "
+                                     + (f"the directory {o_out} writes: give a path outside it" if d_out else
+                                        f"the file {o_out} writes: give them different paths"))
 
 
 def _alternatives(kinds) -> str:

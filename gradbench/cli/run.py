@@ -57,7 +57,7 @@ def cmd_run(args) -> int:
     refuse_unused(args, [args.plot, args.hist], [args.out, args.plot, args.hist, args.tensorboard])
     model.check_run_args(args)
     check_outputs([("--out", args.out, RESULTS), ("--plot", args.plot, PLOTS), ("--hist", args.hist, PLOTS)],
-                  mkdir=args.mkdir)
+                  mkdir=args.mkdir, directories=[("--tensorboard", args.tensorboard)])
     stack, given = model.torch_stack(args) if args.torch else (stack_from_args(args), None)
     refuse_unused_stack_options(args, [stack])
     if args.stats_only and stack.clip == "norm" and stack.clip_on == "global":

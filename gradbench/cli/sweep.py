@@ -19,7 +19,7 @@ import typing
 import numpy as np
 
 from gradbench import _atomic
-from gradbench.cli.common import given, refuse_unused_stack_options
+from gradbench.cli.common import given, positive_int, refuse_unused_stack_options
 from gradbench.cli.process import UsageError  # main prints its one line and exits with status 2
 from gradbench.spec import Stack
 
@@ -57,30 +57,38 @@ def _optional(name: str) -> bool:
 
 
 def _number(option: str, text: str, kind: type):
+    """One value: an integer literal for an int field (``--depth 1e1`` is refused, as by
+    ``gradbench run``), else a number."""
     try:
-        v = float(text)
+        return int(text) if kind is int else float(text)
     except ValueError:
-        raise UsageError(f"{option} {text!r}: expected a number, a list a,b,c or a range a:b:n") from None
-    if kind is int:
-        if not v.is_integer():
-            raise UsageError(f"{option} {text!r}: expected an integer")
-        return int(v)
-    return v
+        what = "an integer" if kind is int else "a number"
+        raise UsageError(f"{option} {text!r}: expected {what}, a list a,b,c or a range a:b:n") from None
 
 
 def _range(option: str, text: str, kind: type) -> list:
+    """The n values of ``a:b:n``; every message quotes the range as typed."""
     parts = text.split(":")
     if len(parts) != 3:
         raise UsageError(f"{option} {text!r}: a range is a:b:n (n values from a to b), e.g. 0.5:3.0:26")
-    a, b = (_number(option, p, float) for p in parts[:2])
-    n = _number(option, parts[2], int)
+    ends = []
+    for name, part, part_kind in zip("abn", parts, (kind, kind, int)):
+        part = part.strip()
+        if not part:
+            raise UsageError(f"{option} {text!r}: the range a:b:n has no {name}")
+        try:
+            ends.append(int(part) if part_kind is int else float(part))
+        except ValueError:
+            what = "an integer" if part_kind is int else "a number"
+            raise UsageError(f"{option} {text!r}: {name} = {part!r} of the range a:b:n is not {what}") from None
+    a, b, n = ends
     if n < 2:
         raise UsageError(f"{option} {text!r}: a range needs n >= 2 values, got {n}")
     values = np.linspace(a, b, n).tolist()
     if kind is int:
         if not all(float(v).is_integer() for v in values):
             raise UsageError(f"{option} {text!r}: the range's values are not integers ({values[1]:g}, ...)")
-        values = [int(v) for v in values]
+        values = [int(round(v)) for v in values]
     return values
 
 
@@ -131,7 +139,7 @@ def _check_files(args) -> None:
     from gradbench.cli.output import check_directory, check_outputs
 
     check_outputs([("--csv", args.csv, (".csv",)), ("--plot", args.plot, (".png", ".svg", ".pdf"))],
-                  mkdir=args.mkdir)
+                  mkdir=args.mkdir, directories=[("--out", args.out)])
     if args.out is not None:
         out = os.path.abspath(args.out)
         if os.path.exists(out) and not os.path.isdir(out):
@@ -252,9 +260,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="PATH", help="write the table as CSV (default: none)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786 "
                    "(default: a LocalCluster for this command)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="worker processes of the LocalCluster (default: one per core)")
-    p.add_argument("--runs-per-task", type=int, default=None, metavar="K",
+    p.add_argument("--runs-per-task", type=positive_int, default=None, metavar="K",
                    help="runs batched into one task (default: chosen from the number of runs and workers)")
     p.add_argument("--plot", metavar="PATH", help="write the phase diagram (.png, .svg or .pdf; default: none)")
     p.add_argument("--plot-x", default="sigma_w", metavar="FIELD", help="its x axis (default sigma_w)")

@@ -204,7 +204,8 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     refuse_unused(args, [args.plot, args.ratio_plot], [args.out, args.plot, args.ratio_plot, args.tensorboard])
     check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS),
-                   ("--ratio-plot", args.ratio_plot, PLOTS)], mkdir=args.mkdir)
+                   ("--ratio-plot", args.ratio_plot, PLOTS)], mkdir=args.mkdir,
+                  directories=[("--tensorboard", args.tensorboard)])
     model.check_tensorboard_dir(args.tensorboard, args.mkdir)
     backend = resolve_backend(args.backend)
     check_runs(args)  # every refusal before the first epoch
@@ -222,6 +223,7 @@ def cmd_train(args) -> int:
     if args.ratio_plot:
         written.append(write_plot(args.ratio_plot, lambda p: plot.update_ratio_curves(results, p, dpi=args.dpi),
                                   mkdir=args.mkdir))
+    written += model.train_tensorboard_dirs(args, results)
     for r in results.values():
         print(r.summary())
     for path in written:
