@@ -23,8 +23,10 @@ gradbench's batch norm is train-mode batch normalisation (batch mean, biased bat
 a ``BatchNorm1d`` is accepted in training mode, or in eval mode with
 ``track_running_stats=False`` (it then uses batch statistics too); a module in eval mode that
 would use its running statistics is refused. Anything else (``Dropout``, ``LayerNorm``, a
-``Linear`` of another width, mixed activations, ...) is refused with a message naming the first
-module that cannot be mapped and why.
+``Linear`` of another width, mixed activations, ...) is refused with a message naming a module
+(its path), what was expected there and what to use. The most fundamental problem comes first:
+a module of a kind gradbench does not have (``Dropout``, ``Softmax``, a ``Residual`` inside a
+``Residual``), then the structure, then the loss and the dtype.
 """
 
 from __future__ import annotations
@@ -169,7 +171,8 @@ def from_torch(model: nn.Module, dtype: str | None = None, *, loss=None) -> tupl
     Raises
     ------
     ValueError
-        Naming the first module that cannot be mapped and why.
+        Naming the module that cannot be mapped, what was expected there and what to use (a module
+        of a kind gradbench does not have before a structural problem, the dtype last).
     """
     if dtype is not None:
         check_choice("dtype", dtype, tuple(_TORCH_DTYPES))

@@ -115,10 +115,19 @@ def _activation_of(where: str, m: nn.Module) -> tuple[str, float | None]:
     raise _Refused(f"{where}: {_unsupported_why(m)}")
 
 
+_BLOCK = "Linear(N, N) [BatchNorm1d(N)] activation"
+
+
 def _unsupported_why(m: nn.Module) -> str:
     name = type(m).__name__
     if isinstance(m, nn.modules.dropout._DropoutNd):
+        if not m.training:
+            return (f"{name} is not supported, in eval mode either (where it passes its input through): remove it "
+                    "from the model, which then computes the same")
         return f"{name} is not supported (gradbench computes one deterministic pass; remove it from the model)"
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+        return (f"{name} is not supported: gradbench's softmax_ce loss applies the softmax itself (as "
+                "nn.CrossEntropyLoss); end the model with the head Linear(N, O) and pass loss='softmax_ce'")
     if isinstance(m, nn.modules.batchnorm._NormBase) and not isinstance(m, nn.BatchNorm1d):
         return f"{name} is not supported (only BatchNorm1d after a Linear, on (batch, width) inputs)"
     return (f"{name} has no gradbench counterpart (supported: Linear, BatchNorm1d, Identity, Sigmoid, Tanh, ReLU, "
@@ -190,22 +199,50 @@ def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return chain
 
 
-def _parse_blocks(items: list[tuple[str, nn.Module]], width: int | None, what: str):
-    """Split ``items`` into blocks Linear [BatchNorm1d] activation; returns (blocks, width)."""
+def _check_kinds(items, group: str | None = None) -> None:
+    """Refuse the first module (residual bodies opened) that is no kind gradbench maps, before the
+    structure is looked at: a Dropout or a LayerNorm has to go whatever the order of the rest."""
+    for path, m in items:
+        where = f"{_describe(m)} at {path!r}"
+        if isinstance(m, Residual):
+            if group is not None:
+                raise _Refused(f"{where}: a Residual inside a Residual's body ({group!r}) is not supported: a group's "
+                               f"body is a chain of blocks {_BLOCK}; place the groups one after the other "
+                               "(nn.Sequential(Residual(...), Residual(...)))")
+            body = _flatten(m.body, f"{path}.body.")
+            if not body:
+                raise _Refused(f"{where}: its body is empty; a group's body is k >= 1 blocks {_BLOCK}")
+            _check_kinds(body, path)
+        elif isinstance(m, _ACTIVATION_TYPES):
+            _activation_of(where, m)  # refuses the variants gradbench does not have
+        elif not isinstance(m, (nn.Linear, nn.BatchNorm1d)):
+            raise _Refused(f"{where}: {_unsupported_why(m)}")
+
+
+def _parse_blocks(items: list[tuple[str, nn.Module]], width: int | None, start: str):
+    """Split ``items`` into blocks Linear [BatchNorm1d] activation; returns (blocks, width).
+    ``start`` says where ``items`` begin (the model, a residual body), for the messages."""
     blocks, i = [], 0
     while i < len(items):
         path, m = items[i]
-        where = f"{_describe(m)} at {what}{path!r}"
+        where = f"{_describe(m)} at {path!r}"
         if not isinstance(m, nn.Linear):
             if isinstance(m, _ACTIVATION_TYPES + (nn.BatchNorm1d,)):
-                raise _Refused(f"{where}: expected a Linear here (a block is Linear(N, N), optional BatchNorm1d(N), "
-                               "then one activation)")
+                before = (f"after {_describe(items[i - 1][1])} at {items[i - 1][0]!r}, which ends a block" if i
+                          else f"at the start of {start}")
+                fix = ("a BatchNorm1d goes between a block's Linear and its activation" if isinstance(m, nn.BatchNorm1d)
+                       else "one activation per block, after its Linear: remove it or put a Linear(N, N) before it")
+                raise _Refused(f"{where}: expected a Linear here, {before} (a block is Linear(N, N), optional "
+                               f"BatchNorm1d(N), then one activation; {fix})")
             raise _Refused(f"{where}: {_unsupported_why(m)}")
-        if m.in_features != m.out_features:
-            raise _Refused(f"{where}: widths must be uniform inside the stack (Linear(N, N) blocks"
-                           + (f", N = {width} here)" if width else ")"))
-        if width is not None and m.in_features != width:
-            raise _Refused(f"{where}: widths must be uniform inside the stack (N = {width} before it)")
+        n = width if width is not None else m.in_features
+        if m.in_features != m.out_features or m.in_features != n:
+            if m.in_features == n:
+                hint = "; a head Linear(N, O) can only be the model's last module"
+            else:
+                hint = f" (N = {n} before it)"
+            raise _Refused(f"{where}: widths must be uniform inside the stack: expected Linear({n}, {n}) here, every "
+                           f"block is Linear(N, N) with one N{hint}")
         width = m.in_features
         bn = None
         if i + 1 < len(items) and isinstance(items[i + 1][1], nn.BatchNorm1d):
@@ -216,7 +253,7 @@ def _parse_blocks(items: list[tuple[str, nn.Module]], width: int | None, what: s
                            "(use nn.Identity() for a linear layer)")
         act = items[i + 1]
         if not isinstance(act[1], _ACTIVATION_TYPES):
-            after = f"{_describe(act[1])} at {what}{act[0]!r}"
+            after = f"{_describe(act[1])} at {act[0]!r}"
             if isinstance(act[1], (nn.Linear, nn.BatchNorm1d)):
                 raise _Refused(f"{after} follows {where} without an activation: every block ends with one "
                                "activation (use nn.Identity() for a linear layer)")
@@ -253,13 +290,17 @@ def _refuse_tied(items) -> None:
 def _from_torch(model, dtype, loss):
     items = _chain(model)
     if not items:
-        raise _Refused("the model has no modules")
+        raise _Refused(f"the model has no modules: gradbench needs at least one block {_BLOCK}, "
+                       "e.g. nn.Sequential(nn.Linear(16, 16), nn.Tanh())")
+    # the most fundamental problem first: a module of a kind gradbench does not have, then the
+    # structure, then the arguments (the loss, the dtype: a model with no Linear has no parameters)
+    _check_kinds(items)
     _refuse_tied(items)
-    dtype = _model_dtype(model, dtype)
     input_layer, items, head = _split_ends(items)
     blocks, width, k, scale = _blocks_of(items)
     act_name, act_param, bn_eps = _check_blocks(blocks, width)
     _check_ends(input_layer, head, loss, width, blocks)
+    dtype = _model_dtype(model, dtype)
     L = len(blocks)
     stack = Stack(
         depth=L, width=width, activation=act_name,
@@ -303,11 +344,18 @@ def _split_ends(items):
     if len(items) >= 2 and isinstance(items[-1][1], nn.Linear) and not isinstance(items[-2][1], nn.Linear):
         head = items.pop()
     elif len(items) == 1 and isinstance(items[0][1], nn.Linear):
-        raise _Refused(f"{_describe(items[0][1])} at {items[0][0]!r}: a model with no block "
-                       "(Linear(N, N) [BatchNorm1d(N)] activation) is not a stack")
-    if not items:
-        raise _Refused("the model has no block Linear(N, N) [BatchNorm1d(N)] activation between its input layer "
-                       "and head")
+        path, m = items[0]
+        where = f"{_describe(m)} at {path!r}"
+        n = m.out_features
+        if input_layer is not None:
+            raise _Refused(f"{where} follows the input layer {_describe(input_layer[1])} at {input_layer[0]!r} with no "
+                           f"block between them: put blocks Linear({m.in_features}, {m.in_features}) "
+                           "[BatchNorm1d] activation before the head")
+        if m.in_features == n:
+            raise _Refused(f"{where}: a model with no block ({_BLOCK}) is not a stack: put an activation after it "
+                           "(nn.Identity() for a linear layer)")
+        raise _Refused(f"{where}: a model with no block ({_BLOCK}) is not a stack: put blocks Linear({n}, {n}) "
+                       "[BatchNorm1d] activation after it (it is then the input layer)")
     return input_layer, items, head
 
 
@@ -315,7 +363,7 @@ def _blocks_of(items):
     """(blocks, width, residual group size, residual scale) of the stack's items."""
     residual_groups = [isinstance(m, Residual) for _, m in items]
     if not any(residual_groups):
-        blocks, width = _parse_blocks(items, None, "")
+        blocks, width = _parse_blocks(items, None, "the model")
         return blocks, width, 0, 1.0
     if not all(residual_groups):
         path, m = items[residual_groups.index(not residual_groups[0])]
@@ -323,7 +371,7 @@ def _blocks_of(items):
                        "every layer in a residual group of the same size")
     blocks, width, k, scale = [], None, None, None
     for path, r in items:
-        inner, width = _parse_blocks(_flatten(r.body, f"{path}.body."), width, "")
+        inner, width = _parse_blocks(_flatten(r.body, f"{path}.body."), width, f"the body of the Residual at {path!r}")
         if k is None:
             k, scale = len(inner), r.scale
         elif len(inner) != k:
@@ -376,7 +424,8 @@ def _check_ends(input_layer, head, loss, width, blocks):
             raise _Refused(f"{_describe(m)} at {path!r}: the input layer must map to the stack's width {width}")
         if m.in_features == width:
             raise _Refused(f"{_describe(m)} at {path!r} is an input layer of the stack's own width: gradbench has "
-                           "an input layer only when input_dim != width (and it is linear)")
+                           "an input layer only when input_dim != width (and it is linear); to make it a block, put an "
+                           "activation after it (nn.Identity() for a linear layer)")
     if head is not None:
         path, m = head
         if m.in_features != width:
@@ -389,7 +438,7 @@ def _check_ends(input_layer, head, loss, width, blocks):
                            f"ends in a head {_describe(m)} at {path!r}: use 'mse', 'bce' or 'softmax_ce'")
     elif loss not in (None, "sum_squares"):
         raise _Refused(f"loss={loss!r} needs a head Linear(N, O) as the model's last module; "
-                       f"the model ends in {_describe(blocks[-1][2][1])}")
+                       f"the model ends in {_describe(blocks[-1][2][1])} at {blocks[-1][2][0]!r}")
 
 
 def _params_of(blocks, input_layer, head, act_name, width, dtype) -> Params:

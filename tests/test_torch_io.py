@@ -328,6 +328,40 @@ UNSUPPORTED = [
                                      Residual(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), 0.5)),
      r"residual scales must be equal"),
     ("conv", lambda: _seq(nn.Conv1d(1, 1, 3)), r"Conv1d at '0': Conv1d has no gradbench counterpart"),
+    # each names the module, what was expected there and what to use
+    ("nested residual", lambda: _seq(Residual(nn.Sequential(nn.Linear(4, 4), nn.ReLU(),
+                                                            Residual(nn.Sequential(nn.Linear(4, 4), nn.ReLU()))))),
+     r"Residual\(scale=1.0\) at '0.body.2': a Residual inside a Residual's body \('0'\) is not supported: "
+     r"a group's body is a chain of blocks Linear\(N, N\) \[BatchNorm1d\(N\)\] activation; place the groups one "
+     r"after the other"),
+    ("empty residual", lambda: _seq(Residual(nn.Sequential())), r"Residual\(scale=1.0\) at '0': its body is empty"),
+    ("empty", lambda: nn.Sequential(), r"the model has no modules: gradbench needs at least one block"),
+    ("only a square linear", lambda: _seq(nn.Linear(4, 4)),
+     r"Linear\(4, 4\) at '0': a model with no block .* put an activation after it \(nn.Identity\(\)"),
+    ("only an input linear", lambda: _seq(nn.Linear(2, 4)),
+     r"Linear\(2, 4\) at '0': a model with no block .* put blocks Linear\(4, 4\) \[BatchNorm1d\] activation after it"),
+    ("input and head only", lambda: _seq(nn.Linear(2, 4), nn.Linear(4, 3)),
+     r"Linear\(4, 3\) at '1' follows the input layer Linear\(2, 4\) at '0' with no block between them: put blocks "
+     r"Linear\(4, 4\)"),
+    ("square input then block", lambda: _seq(nn.Linear(4, 4), nn.Linear(4, 4), nn.ReLU()),
+     r"input layer of the stack's own width: .*; to make it a block, put an activation after it"),
+    ("width change in the middle", lambda: _seq(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 5), nn.Tanh(),
+                                                nn.Linear(5, 5), nn.Tanh()),
+     r"Linear\(4, 5\) at '2': widths must be uniform inside the stack: expected Linear\(4, 4\) here"),
+    ("head not last", lambda: _seq(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2), nn.Linear(2, 2), nn.Tanh()),
+     r"Linear\(4, 2\) at '2': .*expected Linear\(4, 4\) here.*a head Linear\(N, O\) can only be the model's last"),
+    ("two activations", lambda: _seq(nn.Linear(4, 4), nn.Tanh(), nn.Tanh(), nn.Linear(4, 4), nn.Tanh()),
+     r"Tanh at '2': expected a Linear here, after Tanh at '1', which ends a block .*one activation per block"),
+    ("activation first", lambda: _seq(nn.Tanh(), nn.Linear(4, 4), nn.Tanh()),
+     r"Tanh at '0': expected a Linear here, at the start of the model .*remove it or put a Linear\(N, N\) before it"),
+    ("batchnorm first", lambda: _seq(nn.BatchNorm1d(4), nn.Linear(4, 4), nn.Tanh()),
+     r"BatchNorm1d\(4\) at '0': expected a Linear here, at the start of the model .*a BatchNorm1d goes between a "
+     r"block's Linear and its activation"),
+    ("dropout in eval mode",
+     lambda: _seq(nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 4), nn.ReLU()).eval(),
+     r"Dropout at '2': Dropout is not supported, in eval mode either .*remove it from the model, which then computes"),
+    ("softmax after the head", lambda: _seq(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3), nn.Softmax(dim=1)),
+     r"Softmax at '3': Softmax is not supported: gradbench's softmax_ce loss applies the softmax itself"),
 ]
 
 
@@ -339,6 +373,39 @@ def test_every_unsupported_module_is_refused_with_its_reason(make, message):
     assert "\n" not in str(info.value)
 
 
+NO_PARAMETERS = [
+    ("an activation", lambda: nn.Sequential(nn.Tanh()),
+     r"Tanh at '0': expected a Linear here, at the start of the model"),
+    ("a residual holding an activation", lambda: nn.Sequential(Residual(nn.Sequential(nn.Tanh()))),
+     r"Tanh at '0.body.0': expected a Linear here, at the start of the body of the Residual at '0'"),
+    ("buffers only", lambda: nn.Sequential(nn.BatchNorm1d(4, affine=False)),
+     r"BatchNorm1d\(4\) at '0': expected a Linear here"),
+]
+
+
+@pytest.mark.parametrize("make,message", [u[1:] for u in NO_PARAMETERS], ids=[u[0] for u in NO_PARAMETERS])
+def test_a_model_without_parameters_gets_the_structural_reason(make, message):
+    """Was: "the model's parameters have dtype(s) []; pass dtype='float64'...", and with that dtype
+    the structural reason; the structure is checked first (with a dtype or without, the same)."""
+    for dtype in (None, "float64"):
+        with pytest.raises(ValueError, match=message) as info:
+            gb.from_torch(make(), dtype)
+        assert "dtype" not in str(info.value)
+
+
+def test_the_structure_is_refused_before_the_dtype_and_the_module_kind_before_the_structure():
+    with pytest.raises(ValueError, match=r"LayerNorm at '1': LayerNorm has no gradbench counterpart"):
+        gb.from_torch(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Tanh()).half())
+    with pytest.raises(ValueError, match=r"Tanh at '0': expected a Linear here"):
+        gb.from_torch(nn.Sequential(nn.Tanh(), nn.Linear(4, 4), nn.Tanh()).half())
+    # a Dropout is named before the width change that comes first in the model
+    with pytest.raises(ValueError, match=r"Dropout at '4': Dropout is not supported"):
+        gb.from_torch(_seq(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 5), nn.Tanh(), nn.Dropout(0.1)))
+    # a valid structure in a dtype gradbench does not have still gets the dtype message
+    with pytest.raises(ValueError, match=r"dtype\(s\) \['torch.float16'\]; pass dtype="):
+        gb.from_torch(nn.Sequential(nn.Linear(4, 4), nn.Tanh()).half())
+
+
 def test_a_head_needs_a_loss_and_a_loss_needs_a_head():
     model, _ = build("tanh", d_out=2)
     with pytest.raises(ValueError, match=r"ends in a head Linear\(6, 2\) at '8': give loss="):
@@ -346,7 +413,7 @@ def test_a_head_needs_a_loss_and_a_loss_needs_a_head():
     with pytest.raises(ValueError, match="loss='sum_squares' is 0.5"):
         gb.from_torch(model, loss="sum_squares")
     plain, _ = build("tanh")
-    with pytest.raises(ValueError, match="loss='mse' needs a head"):
+    with pytest.raises(ValueError, match=r"loss='mse' needs a head .*the model ends in Tanh at '7'"):
         gb.from_torch(plain, loss="mse")
     with pytest.raises(ValueError, match="did you mean 'mse'"):
         gb.from_torch(plain, loss="mes")
