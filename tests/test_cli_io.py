@@ -103,6 +103,10 @@ def test_run_torch_model_diagnoses_the_saved_weights(tmp_path, capsys):
     assert code == 0 and "float64 (backend" in out.splitlines()[0], err
     code, out, err = run(["run", "--torch", str(tmp_path / "m32.pt"), "--loss", "bce"], capsys)
     assert code == 0 and "float32 (backend" in out.splitlines()[0], err  # without --dtype: the model's own
+    # a float16 model: the command's words (it said "pass dtype='float64'", the API's)
+    torch.save(gb.to_torch(stack, params).half(), tmp_path / "m16.pt")
+    code, out, err = run(["run", "--torch", str(tmp_path / "m16.pt"), "--loss", "bce"], capsys)
+    assert code == 2 and "pass --dtype float64 or --dtype float32" in err and "dtype='" not in err, err
 
 
 @pytest.mark.parametrize("argv,needle", [

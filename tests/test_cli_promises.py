@@ -783,6 +783,8 @@ def no_work(monkeypatch, no_compute):
       "{d}/c.json/p.png", "--mkdir"], "lies inside --out"),
     (["run", "--cell", "lstm", "--steps", "5", "--hidden", "4", "--plot", "{d}/p.png", "--out", "{d}/p.png/r.json",
       "--mkdir"], "lies inside --plot"),
+    (["run", "--cell", "rnn", "--steps", "5", "--hidden", "3", "--out", "{d}/x.json", "--tensorboard", "{d}/x.json"],
+     "--out and --tensorboard both write"),
 ])
 def test_outputs_that_clash_are_refused_before_any_work(argv, needle, tmp_path, capsys, no_work):
     """run --out x --tensorboard x wrote x and then died (status 1), train made x/custom and then

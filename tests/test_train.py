@@ -371,3 +371,14 @@ def test_momentum_beside_sgd_is_refused_in_pretraining_and_recurrent_training(wh
     with pytest.raises(ValueError, match="momentum=0.5 is used by optimizer='momentum' only, got optimizer='adam'"):
         train_recurrent(rnn, X, y, X, y, epochs=1, optimizer="adam", momentum=0.5, backend="numpy")
     assert train_recurrent(rnn, X, y, X, y, epochs=1, optimizer="momentum", backend="numpy").epochs_run == 1
+
+
+def test_the_summary_names_what_changes_the_network():
+    """The training summary left out the activation's parameter, batch norm's eps and the residual
+    scale (the run report says them)."""
+    X, y = datasets.moons(20, seed=0)
+    stack = moons_stack(activation="leaky_relu", activation_param=0.3, batch_norm=True, bn_eps=1e-3)
+    text = gb.train(stack, X, y, epochs=1, backend="numpy").summary()
+    assert "leaky_relu (slope 0.3)" in text and "batch norm (eps 0.001)" in text
+    res = moons_stack(depth=4, residual=2, residual_scale=0.5)
+    assert "residual every 2 (scale 0.5)" in gb.train(res, X, y, epochs=1, backend="numpy").summary()

@@ -102,7 +102,9 @@ def torch_stack(args):
     except ValueError as exc:
         if loss is None and "give loss=" in str(exc):
             raise UsageError(f"{args.torch}: the model ends in a head: give --loss mse, bce or softmax_ce") from None
-        raise UsageError(f"{args.torch}: {exc}") from None
+        # the API's words in the command's: dtype='float64' is --dtype float64
+        raise UsageError(f"{args.torch}: " + str(exc).replace("pass dtype='float64' or 'float32'",
+                                                              "pass --dtype float64 or --dtype float32")) from None
 
 
 def write_tensorboard(args, d) -> list[str]:

@@ -99,7 +99,8 @@ def _check_outputs(args) -> None:
     two different files, tensorboardX installed; ``--mkdir`` without an output is refused."""
     board = getattr(args, "tensorboard", None)
     refuse_unused(args, [args.plot], [args.out, args.plot, board])
-    check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir)
+    check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir,
+                  directories=[("--tensorboard", board)])
     if board is not None:
         from gradbench.cli.model import check_tensorboard_dir
 
