@@ -93,9 +93,32 @@ def scheme_gain(init: str, sigma_w: float | None = None) -> float:
     return math.sqrt(2.0) if init.startswith("he_") else 1.0
 
 
+# The weight and bias scales whose draws a dtype holds as normal numbers: entries ~ sigma_w /
+# sqrt(fan_in) (or sigma_b) times a standard normal draw (|z| up to ~6, fan_in up to ~1e8) stay
+# far inside [tiny, max]. Beyond them the draw itself would round to 0 or overflow to inf (a float32
+# stack at sigma_w = 1e-50 had all-zero weights and "no gradient"; at 1e39 it was refused as
+# "params.W contains NaN or Inf", naming an array the caller never passed).
+SCALE_RANGE = {"float64": (1e-290, 1e290), "float32": (1e-30, 1e30)}
+
+
 class _Net:
     """What a :class:`Stack` and a :class:`~gradbench.Recurrent` derive alike from their
     ``loss`` and ``dtype`` fields."""
+
+    def _check_scales(self) -> None:
+        """``sigma_w`` and a nonzero ``sigma_b`` within :data:`SCALE_RANGE` of the dtype."""
+        lo, hi = SCALE_RANGE[self.dtype]
+        for name in ("sigma_w", "sigma_b"):
+            v = getattr(self, name, None)
+            if v is None or v == 0 or lo <= v <= hi:
+                continue
+            def num(x):
+                return f"{x:.3g}".replace("e+", "e")
+
+            other = "" if self.dtype == "float64" else f"; float64 holds 1e-290 <= {name} <= 1e290"
+            raise ValueError(f"{name}={num(v)} is beyond what {self.dtype} weights hold: its draws would "
+                             f"{'round to 0' if v < lo else 'overflow to inf'}; {self.dtype} holds "
+                             f"{num(lo)} <= {name} <= {num(hi)}{other}")
 
     @property
     def has_head(self) -> bool:
@@ -220,6 +243,7 @@ class Stack(_Net):
         if self.loss == "softmax_ce" and self.output_dim < 2:
             raise ValueError("loss='softmax_ce' needs output_dim >= 2 (the number of classes)")
         check_choice("dtype", self.dtype, DTYPES)
+        self._check_scales()
         self._normalise()
 
     def _normalise(self) -> None:

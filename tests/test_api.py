@@ -275,3 +275,27 @@ def test_good_seeds_are_unchanged():
     assert np.array_equal(gb.gaussian_input(st, 2, seed=big), np.random.default_rng(big).standard_normal((2, 3)))
     g = np.random.default_rng(5)
     assert np.array_equal(gb.init_params(st, np.random.default_rng(5)).W, gb.init_params(st, g).W)
+
+
+@pytest.mark.parametrize("make", ["stack", "recurrent"])
+@pytest.mark.parametrize("dtype, field, value, what", [
+    ("float32", "sigma_w", 1e-50, "round to 0"), ("float32", "sigma_w", 1e39, "overflow to inf"),
+    ("float32", "sigma_b", 1e31, "overflow to inf"), ("float64", "sigma_w", 1e300, "overflow to inf"),
+])
+def test_scales_beyond_the_dtype_are_refused_by_name(make, dtype, field, value, what):
+    """A float32 net at sigma_w = 1e-50 had all-zero weights (their draws round to 0: 'no
+    gradient', from the cast, not the network); at 1e39 it was refused as 'params.W_hh contains
+    NaN or Inf', an array the caller never passed. The range named is what the dtype holds: the
+    draws at its ends are finite normal numbers (checked here on the weights themselves)."""
+    from gradbench.spec import SCALE_RANGE
+
+    net = (lambda **kw: gb.Stack(depth=3, width=4, **kw)) if make == "stack" else \
+        (lambda **kw: gb.Recurrent(cell="rnn", steps=3, hidden=4, **kw))
+    with pytest.raises(ValueError, match=rf"{field}=.* is beyond what {dtype} weights hold: its draws would {what}"):
+        net(dtype=dtype, **{field: value})
+    lo, hi = SCALE_RANGE[dtype]
+    tiny = np.finfo(dtype).tiny
+    for edge in (lo, hi):
+        p = gb.init_params(net(dtype=dtype, sigma_w=edge, sigma_b=edge), 0)
+        for a in (p.W if make == "stack" else p.W_hh, p.b if make == "stack" else p.b_hh):
+            assert np.all(np.isfinite(a)) and np.all(np.abs(a[a != 0]) >= tiny)

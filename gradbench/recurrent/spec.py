@@ -148,6 +148,7 @@ class Recurrent(_Net):
             _check_real("clip_threshold", self.clip_threshold, positive=True)
         check_choice("clip_on", self.clip_on, CLIP_TARGETS)
         check_choice("dtype", self.dtype, DTYPES)
+        self._check_scales()
 
     # ----------------------------------------------------------------- derived
     @property
