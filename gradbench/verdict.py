@@ -155,7 +155,7 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
         }
         if a is not None:
             fu = np.flatnonzero(np.isfinite(a) & (a < lo) & (out_skip if skip else True))
-            fo = np.flatnonzero((a > hi) | (a == np.inf))
+            fo = np.flatnonzero((a > hi) | (a == np.inf) | np.isnan(a))  # NaN: an entry overflowed to inf
             entry["forward_underflow_layer"] = int(fu.min()) if fu.size else None
             entry["forward_overflow_layer"] = int(fo.min()) if fo.size else None
         # a change over the stack below MEASURABLE_DECADES is rounding (an orthogonal identity stack's

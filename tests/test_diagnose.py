@@ -457,3 +457,29 @@ def test_rebinned_streaming_histograms_far_out_count_as_near_zero(far):
         np.testing.assert_array_equal(a, b)
     assert near[1].sum() > 0
     np.testing.assert_array_equal(got[0], np.linspace(*near[0][[0, -1]], 12) + far / h.per_decade)
+
+
+def test_activation_std_beyond_1e154_is_exact_and_the_forward_overflow_is_where_it_happens():
+    """A biased leaky-ReLU stack (sigma_w = 30, sigma_b = 1e-3) grows to 1e307 before it overflows
+    at layer 250. The std squared plain floats and read inf from layer 126 on (activations of
+    ~1e160), so "plain float64 would overflow the forward activations at layer 126" stood beside
+    "first non-finite layer (forward): 250". Each layer's std against mpmath on an independent
+    plain forward (tests/naive.py); the forward limit is the layer where it does overflow."""
+    import mpmath as mp
+    import naive
+
+    stack = gb.Stack(depth=300, width=8, activation="leaky_relu", sigma_w=30.0, sigma_b=1e-3)
+    params, x = gb.init_params(stack, 1), gb.gaussian_input(stack, 4, 2)
+    with np.errstate(all="ignore"):
+        d = gb.diagnose(gb.backprop(stack, params, x), params)
+        _, saved = naive.forward(stack, {k: np.asarray(getattr(params, k), np.float64)
+                                         for k in ("W", "b", "gamma", "beta", "slope")}, x)
+    first = d.first_nonfinite_forward
+    assert first is not None and first > 200
+    for l in range(first):
+        h = [mp.mpf(float(v)) for v in saved["hs"][l + 1].ravel()]
+        mean = mp.fsum(h) / len(h)
+        want = mp.sqrt(mp.fsum((v - mean) ** 2 for v in h) / len(h))
+        assert abs(d.act_std_log10[l] - float(mp.log10(want))) < 1e-9, (l, d.act_std_log10[l], mp.log10(want))
+    assert np.max(d.act_std_log10[:first]) > 300  # far beyond where squares overflow
+    assert d.float_limits["float64"]["forward_overflow_layer"] == first
