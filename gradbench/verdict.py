@@ -162,9 +162,11 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
         # 1e-19 a layer said "underflow after ~2.4e21 layers"), not a rate to extrapolate
         if (extrapolate and math.isfinite(rate) and math.isfinite(top)
                 and abs(rate) * max(len(g) - 1, 1) >= MEASURABLE_DECADES):
-            if rate < 0 and top > lo:
+            # only where the stack never gets there (a 600-layer sigmoid stack underflowing at layer 121
+            # also said it would "after 480 layers")
+            if rate < 0 and top > lo and entry["underflow_layer"] is None:
                 entry["layers_to_underflow"] = int(math.ceil((top - lo) / -rate))
-            elif rate > 0 and top < hi:
+            elif rate > 0 and top < hi and entry["overflow_layer"] is None:
                 entry["layers_to_overflow"] = int(math.ceil((hi - top) / rate))
         out[name] = entry
     return out

@@ -483,3 +483,17 @@ def test_activation_std_beyond_1e154_is_exact_and_the_forward_overflow_is_where_
         assert abs(d.act_std_log10[l] - float(mp.log10(want))) < 1e-9, (l, d.act_std_log10[l], mp.log10(want))
     assert np.max(d.act_std_log10[:first]) > 300  # far beyond where squares overflow
     assert d.float_limits["float64"]["forward_overflow_layer"] == first
+
+
+def test_no_extrapolation_where_the_stack_gets_there():
+    """A 600-layer sigmoid stack underflows float64 at layer 121 and float32 at 539; the file also
+    said layers_to_underflow 480 and 61 (documented: only when the stack never gets there)."""
+    stack = gb.Stack(depth=600, width=16, activation="sigmoid")
+    params = gb.init_params(stack, 0)
+    d = gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 8, 1)), params)
+    for lim in d.float_limits.values():
+        assert lim["underflow_layer"] is not None and lim["layers_to_underflow"] is None, lim
+    short = gb.Stack(depth=50, width=16, activation="sigmoid")  # never gets there in float64: extrapolated
+    ps = gb.init_params(short, 0)
+    lim = gb.diagnose(gb.backprop(short, ps, gb.gaussian_input(short, 8, 1)), ps).float_limits["float64"]
+    assert lim["underflow_layer"] is None and lim["layers_to_underflow"] > 50
