@@ -290,3 +290,20 @@ def test_a_net_with_no_gradient_at_any_step_is_not_stable():
     d = diagnose(r)
     assert np.all(r.signal_norm.log10() == -np.inf) and d.verdict == "no gradient"
     assert "below 2^(-2^62)" in " ".join(d.explanation.split())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_std_beyond_1e154_is_exact(backend):
+    """An ELU cell at gain 8 grows to |h| ~ 1e237 over 400 steps: the state's std squared plain
+    floats and read inf for 141 steps while the state and the loss (10^471) were finite. The last
+    step's std against mpmath on the returned state h_{T-1} (Result.output, exact)."""
+    import mpmath as mp
+
+    rnn = gb.Recurrent(cell="rnn", activation="elu", recurrent_init="normal", sigma_w=8.0, steps=400, hidden=8)
+    r = gb.backprop(rnn, gb.init_params(rnn, 0), gb.sequence_input(rnn, 2, 1), backend=backend)
+    a = r.act_std.log10()
+    assert r.first_nonfinite_forward is None and np.all(np.isfinite(a)) and a[-1] > 200
+    h = [mp.mpf(float(v)) for v in r.output.to_float(np.float64, warn=False).ravel()]
+    mean = mp.fsum(h) / len(h)
+    want = mp.log10(mp.sqrt(mp.fsum((v - mean) ** 2 for v in h) / len(h)))
+    assert abs(a[-1] - float(want)) < 1e-9, (a[-1], want)

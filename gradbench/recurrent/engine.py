@@ -22,6 +22,7 @@ import numpy as np
 from gradbench import abi
 from gradbench.buffers import WORKSPACE, held, take_internal
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
+from gradbench.engine import scaled_std
 from gradbench.inputs import check_array, check_param_arrays, check_targets
 from gradbench.logscaled import LogScaled, ldexp
 from gradbench.loss import head_gradient
@@ -362,6 +363,10 @@ def _segment_forward(run: _Run, j: int, stats: dict, info: np.ndarray) -> dict:
     arrays = dict(seg, icfg=run.icfg, fcfg=run.fcfg, X=run.x(s, e), W_ih=p.W_ih, W_hh=p.W_hh, b_ih=p.b_ih,
                   b_hh=p.b_hh, fexp=run.fexp[s:e + 1], info=info, **stats)
     _call(getattr(run.impl, run.fwd_name), run.fwd_name, arrays)
+    std = stats["act_std"]
+    if not np.all(np.isfinite(std)):  # squares beyond float64 (|h| > 1e154), as for the stacks
+        for t in np.flatnonzero(~np.isfinite(std)):
+            std[t] = scaled_std(seg["H"][t + 1])
     return seg
 
 
