@@ -794,3 +794,28 @@ def test_outputs_that_clash_are_refused_before_any_work(argv, needle, tmp_path, 
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and needle in err, err
     assert os.listdir(tmp_path) == []  # nothing written, no directory made
+
+
+def test_demo_training_json_has_the_head_of_train_out(tmp_path, capsys, monkeypatch):
+    """training.json describes the training runs as `train --out` does: weights from
+    init_params(stack, seed), no probe seed or batch (each run's settings carry its own); the
+    demo's --seed and --batch are those of gradients.json's probe runs only."""
+    train_module = importlib.import_module("gradbench.train")  # gb.train is the function
+    real = train_module.run_demo
+    monkeypatch.setattr(train_module, "run_demo", lambda name, **kw: real(name, **{**kw, "epochs": 1}))
+    code, _, err = run(["demo", "--seed", "3", "--batch", "5", "--depth", "6", "--width", "4", "--backend", "numpy",
+                        "--no-cells", "--out-dir", str(tmp_path / "d")], capsys)
+    assert code == 0, err
+    probes = json.loads((tmp_path / "d" / "gradients.json").read_text())
+    assert (probes["seed"], probes["batch"], probes["weights"]) == (3, 5, "gradbench.GeneratedParams(stack, seed)")
+    training = json.loads((tmp_path / "d" / "training.json").read_text())
+    assert training["weights"] == "gradbench.init_params(stack, seed)" and training["command"] == "demo"
+    assert "seed" not in training and "batch" not in training
+    assert all(r["settings"]["seed"] == 0 for r in training["runs"].values())
+    code, _, err = run(["train", "--demo", "adam", "--epochs", "1", "--backend", "numpy",
+                        "--out", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    train_out = json.loads((tmp_path / "t.json").read_text())
+    assert set(training) == set(train_out)
+    assert {k: training[k] for k in ("schema", "weights", "threads")} == \
+        {k: train_out[k] for k in ("schema", "weights", "threads")}
