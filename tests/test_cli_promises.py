@@ -819,3 +819,27 @@ def test_demo_training_json_has_the_head_of_train_out(tmp_path, capsys, monkeypa
     assert set(training) == set(train_out)
     assert {k: training[k] for k in ("schema", "weights", "threads")} == \
         {k: train_out[k] for k in ("schema", "weights", "threads")}
+
+
+def test_the_version_is_the_one_formats_md_says_writes_this_schema():
+    """Every file said "gradbench": "0.1.0" with "schema": 2, while formats.md called 0.1.0's
+    files schema 1 (and signal_decades_per_layer missing from gradbench < 0.2): the version
+    that writes schema 2 is 0.2.0, in pyproject.toml and gradbench.__version__ alike, and every
+    version formats.md names as older is older."""
+    from pathlib import Path
+
+    from gradbench.cli.output import SCHEMA
+
+    root = Path(gb.__file__).resolve().parent.parent
+    formats = (root / "docs" / "formats.md").read_text()
+    m = re.search(r"version of this format: (\d+), written by gradbench (\d+\.\d+\.\d+)", formats)
+    assert m and int(m[1]) == SCHEMA and m[2] == gb.__version__
+    project = re.search(r'^version = "([^"]+)"', (root / "pyproject.toml").read_text(), re.M)
+    assert project and project[1] == gb.__version__
+
+    def key(v):
+        return tuple(int(p) for p in v.split("."))
+
+    older = set(re.findall(r"gradbench (\d+\.\d+\.\d+)", formats)) - {m[2]}
+    assert older and all(key(v) < key(gb.__version__) for v in older), older
+
