@@ -843,3 +843,24 @@ def test_the_version_is_the_one_formats_md_says_writes_this_schema():
     older = set(re.findall(r"gradbench (\d+\.\d+\.\d+)", formats)) - {m[2]}
     assert older and all(key(v) < key(gb.__version__) for v in older), older
 
+
+def test_formats_md_names_the_values_the_files_hold(tmp_path, capsys):
+    """formats.md left out values the files hold: dead is "nan" outside the ReLU family,
+    first_nonfinite_backward can be L (the loss's gradient itself), run --torch's weights are
+    "the model in FILE", the recurrent training files have five arrays with null, and
+    diverged_epoch is an index (0 = the first epoch)."""
+    from pathlib import Path
+
+    code, _, err = run(["run", *SMALL, "--activation", "tanh", "--out", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "t.json").read_text())["diagnosis"]["dead"] == ["nan"] * 12
+    formats = (Path(gb.__file__).resolve().parent.parent / "docs" / "formats.md").read_text()
+    rows = {}
+    for line in formats.splitlines():  # the first table naming a key: the head's, then run --out's
+        if line.startswith("| `"):
+            rows.setdefault(line.split("|")[1].strip(), line)
+    assert '`"nan"` for every other activation' in rows["`dead`"]
+    assert "is L when the loss's gradient dL/dh_L" in rows["`first_nonfinite_forward`, `first_nonfinite_backward`"]
+    assert "`the model in FILE`" in rows["`weights`"] and "run --torch" in rows["`stack`"]
+    assert "In these five arrays (`loss`, `eval_loss`, `accuracy`, `signal_start`, `signal_end`)" in formats
+    assert "0 = the first epoch" in formats and "four arrays" not in formats

@@ -785,3 +785,21 @@ def test_sweep_json_has_the_head_of_every_file_and_still_refuses_another_grid(tm
     assert check_out(tmp_path / "old", p) is True
     with pytest.raises(ValueError, match=r"differs in axis sigma_w"):
         check_out(tmp_path / "old", other)
+
+
+def test_formats_md_describes_every_file_of_a_sweep():
+    """docs/formats.md claims to describe every file gradbench writes and had no word on the
+    sweep's: the section names every column (run_key of the Parquet files too), the keys of
+    sweep.json and the CSV and the phase diagram."""
+    from pathlib import Path
+
+    from gradbench.sweep import COLUMNS
+
+    text = (Path(gb.__file__).resolve().parent.parent / "docs" / "formats.md").read_text()
+    start = text.index("## `gradbench sweep`")
+    section = text[start:text.index("\n## ", start + 1)]
+    missing = [k for k in (*COLUMNS, "seed", "run_key", "axes", "fixed", "backend", "schema", "command")
+               if f"`{k}`" not in section]
+    assert not missing, missing
+    assert all(w in section for w in ("rows-HASH.parquet", "sweep.json", "--csv", "--plot", "phase_diagram"))
+    assert "`sweep`" in text[:text.index("## `gradbench run")]  # a command of the head
