@@ -113,3 +113,39 @@ def test_main_fails_with_a_message_on_a_bad_file(tmp_path, capsys):
     bad.write_text("{}")
     assert benchreport.main([str(bad), "--no-plot"]) == 2
     assert "not a pytest-benchmark JSON" in capsys.readouterr().err
+
+
+def test_plot_in_a_missing_directory_is_refused_before_the_report(saved, tmp_path, capsys):
+    """bench had no --mkdir and silently made newdir/sub/ for --plot newdir/sub/b.png: a missing
+    directory is now one line naming --plot (exit 2, nothing printed or made), as in every command."""
+    png = tmp_path / "newdir" / "sub" / "b.png"
+    assert benchreport.main([str(saved), "--plot", str(png)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and not (tmp_path / "newdir").exists()
+    assert err.startswith("gradbench bench: --plot ") and "does not exist (create it, or pass --mkdir)" in err
+    assert benchreport.main([str(saved), "--plot", str(png), "--mkdir"]) == 0
+    assert png.stat().st_size > 1000
+    assert benchreport.main([str(saved), "--plot", str(tmp_path / "b.jpg")]) == 2
+    assert "--plot" in capsys.readouterr().err
+
+
+def test_plot_is_written_atomically(saved, tmp_path, capsys, monkeypatch):
+    """A figure whose write fails leaves the previous file as it was and no partial file (the
+    package's atomic writer, gradbench.plot.save); the failure is one line (exit 1)."""
+    from matplotlib.figure import Figure
+
+    png = tmp_path / "b.png"
+    png.write_bytes(b"the previous figure")
+
+    def full_disk(self, fname, *args, **kwargs):
+        if hasattr(fname, "write"):
+            fname.write(b"half a figure")
+        else:
+            with open(fname, "wb") as f:
+                f.write(b"half a figure")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    assert benchreport.main([str(saved), "--plot", str(png)]) == 1
+    assert "cannot write" in capsys.readouterr().err
+    assert png.read_bytes() == b"the previous figure" and sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "r.json"]

@@ -17,7 +17,7 @@ from gradbench.params import GeneratedParams, Params, gaussian_input
 from gradbench.results import Grads, Result
 from gradbench.spec import ACTIVATIONS, INITS, LOSSES, Stack
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ACTIVATIONS", "INITS", "LOSSES", "GeneratedParams", "GradHistogram", "Grads", "LogScaled",

@@ -314,10 +314,12 @@ def plot(data: dict, path: str) -> str | None:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from gradbench.plot import save  # atomic: a temporary file beside it, then a rename
+
+    try:
+        return save(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _latest(directory: str = os.path.join("benchmarks", "results")) -> str | None:
@@ -339,7 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("json", nargs="*",
                         help="the JSON (default: the newest in benchmarks/results/); several are merged")
-    parser.add_argument("--plot", metavar="PNG", help="where to draw the figure (default: out/<json name>.png)")
+    parser.add_argument("--plot", metavar="PNG", help="where to draw the figure (.png, .svg or .pdf; its directory "
+                        "must exist unless --mkdir; default: out/<json name>.png, out/ created if missing)")
+    parser.add_argument("--mkdir", action="store_true",
+                        help="create the missing directories of --plot (without it a missing directory is an error: "
+                             "a typo should not make a tree)")
     parser.add_argument("--no-plot", action="store_true", help="tables only")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the summary as a Markdown table (time and speed-up vs NumPy)")
@@ -367,19 +373,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gradbench bench: cannot read {exc.filename if isinstance(exc, OSError) else ''}: {exc}",
               file=sys.stderr)
         return 2
+    out = None
+    if not args.no_plot:
+        out = args.plot or os.path.join("out", os.path.splitext(os.path.basename(paths[0]))[0] + ".png")
+        from gradbench.cli.output import PLOTS, check_outputs
+        from gradbench.cli.process import UsageError
+
+        try:  # before the report, as every command checks its outputs; the default out/ is created
+            check_outputs([("--plot", out, PLOTS)], mkdir=args.mkdir or args.plot is None)
+        except UsageError as exc:
+            print(f"gradbench bench: {exc}", file=sys.stderr)
+            return 2
     data = dict(parts[0])
     data["benchmarks"] = [b for d in parts for b in d["benchmarks"]]
     data["skipped"] = [x for d in parts for x in d.get("skipped", [])]
-    path = paths[0]
     print(f"results: {', '.join(paths)}")
     print(report(data))
     if args.markdown:
         print("\n" + markdown(data))
     if args.readme:
         print("\n" + readme_tables(data))
-    if not args.no_plot:
-        out = args.plot or os.path.join("out", os.path.splitext(os.path.basename(path))[0] + ".png")
-        written = plot(data, out)
+    if out is not None:
+        try:
+            written = plot(data, out)
+        except OSError as exc:
+            print(f"gradbench bench: cannot write {out!r}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"\nfigure: {written}" if written else "\nfigure: no size-grid cases to draw")
     return 0
 

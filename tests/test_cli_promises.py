@@ -794,3 +794,73 @@ def test_outputs_that_clash_are_refused_before_any_work(argv, needle, tmp_path, 
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and needle in err, err
     assert os.listdir(tmp_path) == []  # nothing written, no directory made
+
+
+def test_demo_training_json_has_the_head_of_train_out(tmp_path, capsys, monkeypatch):
+    """training.json describes the training runs as `train --out` does: weights from
+    init_params(stack, seed), no probe seed or batch (each run's settings carry its own); the
+    demo's --seed and --batch are those of gradients.json's probe runs only."""
+    train_module = importlib.import_module("gradbench.train")  # gb.train is the function
+    real = train_module.run_demo
+    monkeypatch.setattr(train_module, "run_demo", lambda name, **kw: real(name, **{**kw, "epochs": 1}))
+    code, _, err = run(["demo", "--seed", "3", "--batch", "5", "--depth", "6", "--width", "4", "--backend", "numpy",
+                        "--no-cells", "--out-dir", str(tmp_path / "d")], capsys)
+    assert code == 0, err
+    probes = json.loads((tmp_path / "d" / "gradients.json").read_text())
+    assert (probes["seed"], probes["batch"], probes["weights"]) == (3, 5, "gradbench.GeneratedParams(stack, seed)")
+    training = json.loads((tmp_path / "d" / "training.json").read_text())
+    assert training["weights"] == "gradbench.init_params(stack, seed)" and training["command"] == "demo"
+    assert "seed" not in training and "batch" not in training
+    assert all(r["settings"]["seed"] == 0 for r in training["runs"].values())
+    code, _, err = run(["train", "--demo", "adam", "--epochs", "1", "--backend", "numpy",
+                        "--out", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    train_out = json.loads((tmp_path / "t.json").read_text())
+    assert set(training) == set(train_out)
+    assert {k: training[k] for k in ("schema", "weights", "threads")} == \
+        {k: train_out[k] for k in ("schema", "weights", "threads")}
+
+
+def test_the_version_is_the_one_formats_md_says_writes_this_schema():
+    """Every file said "gradbench": "0.1.0" with "schema": 2, while formats.md called 0.1.0's
+    files schema 1 (and signal_decades_per_layer missing from gradbench < 0.2): the version
+    that writes schema 2 is 0.2.0, in pyproject.toml and gradbench.__version__ alike, and every
+    version formats.md names as older is older."""
+    from pathlib import Path
+
+    from gradbench.cli.output import SCHEMA
+
+    root = Path(gb.__file__).resolve().parent.parent
+    formats = (root / "docs" / "formats.md").read_text()
+    m = re.search(r"version of this format: (\d+), written by gradbench (\d+\.\d+\.\d+)", formats)
+    assert m and int(m[1]) == SCHEMA and m[2] == gb.__version__
+    project = re.search(r'^version = "([^"]+)"', (root / "pyproject.toml").read_text(), re.M)
+    assert project and project[1] == gb.__version__
+
+    def key(v):
+        return tuple(int(p) for p in v.split("."))
+
+    older = set(re.findall(r"gradbench (\d+\.\d+\.\d+)", formats)) - {m[2]}
+    assert older and all(key(v) < key(gb.__version__) for v in older), older
+
+
+def test_formats_md_names_the_values_the_files_hold(tmp_path, capsys):
+    """formats.md left out values the files hold: dead is "nan" outside the ReLU family,
+    first_nonfinite_backward can be L (the loss's gradient itself), run --torch's weights are
+    "the model in FILE", the recurrent training files have five arrays with null, and
+    diverged_epoch is an index (0 = the first epoch)."""
+    from pathlib import Path
+
+    code, _, err = run(["run", *SMALL, "--activation", "tanh", "--out", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "t.json").read_text())["diagnosis"]["dead"] == ["nan"] * 12
+    formats = (Path(gb.__file__).resolve().parent.parent / "docs" / "formats.md").read_text()
+    rows = {}
+    for line in formats.splitlines():  # the first table naming a key: the head's, then run --out's
+        if line.startswith("| `"):
+            rows.setdefault(line.split("|")[1].strip(), line)
+    assert '`"nan"` for every other activation' in rows["`dead`"]
+    assert "is L when the loss's gradient dL/dh_L" in rows["`first_nonfinite_forward`, `first_nonfinite_backward`"]
+    assert "`the model in FILE`" in rows["`weights`"] and "run --torch" in rows["`stack`"]
+    assert "In these five arrays (`loss`, `eval_loss`, `accuracy`, `signal_start`, `signal_end`)" in formats
+    assert "0 = the first epoch" in formats and "four arrays" not in formats

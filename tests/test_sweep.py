@@ -758,3 +758,48 @@ def test_a_busy_dashboard_port_prints_no_dask_warning(capfd):
         s.close()
     assert not [w for w in seen if "already in use" in str(w.message)], [str(w.message) for w in seen]
     assert "dask dashboard: " in capfd.readouterr().err
+
+
+def test_sweep_json_has_the_head_of_every_file_and_still_refuses_another_grid(tmp_path):
+    """sweep.json had no head (gradbench, axes, fixed, backend only): it has the head of every
+    gradbench file now, while resume still compares axes, fixed fields and backend only, so a
+    manifest without the head (gradbench 0.1.0) resumes and another grid is refused."""
+    import json
+
+    from gradbench.cli.output import SCHEMA
+    from gradbench.sweep.store import MANIFEST, check_out, open_out
+
+    p = plan({"sigma_w": [1.0, 3.0]}, dict(depth=6, width=4), range(2), "auto")
+    other = plan({"sigma_w": [1.0, 2.0]}, dict(depth=6, width=4), range(2), "auto")
+    out, have = open_out(tmp_path / "new", p, pd)
+    assert have is None
+    doc = json.loads((tmp_path / "new" / MANIFEST).read_text())
+    assert doc["gradbench"] == gb.__version__ and doc["schema"] == SCHEMA and doc["command"] == "sweep"
+    assert isinstance(doc["argv"], list) and doc["created"].endswith("+00:00") and doc["machine"]["cores"] >= 1
+    assert {k: doc[k] for k in ("axes", "fixed", "backend")} == json.loads(json.dumps(p.identity()))
+    assert check_out(tmp_path / "new", p) is True
+    with pytest.raises(ValueError, match=r"differs in axis sigma_w"):
+        check_out(tmp_path / "new", other)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / MANIFEST).write_text(json.dumps({"gradbench": "0.1.0", **p.identity()}, indent=1))
+    assert check_out(tmp_path / "old", p) is True
+    with pytest.raises(ValueError, match=r"differs in axis sigma_w"):
+        check_out(tmp_path / "old", other)
+
+
+def test_formats_md_describes_every_file_of_a_sweep():
+    """docs/formats.md claims to describe every file gradbench writes and had no word on the
+    sweep's: the section names every column (run_key of the Parquet files too), the keys of
+    sweep.json and the CSV and the phase diagram."""
+    from pathlib import Path
+
+    from gradbench.sweep import COLUMNS
+
+    text = (Path(gb.__file__).resolve().parent.parent / "docs" / "formats.md").read_text()
+    start = text.index("## `gradbench sweep`")
+    section = text[start:text.index("\n## ", start + 1)]
+    missing = [k for k in (*COLUMNS, "seed", "run_key", "axes", "fixed", "backend", "schema", "command")
+               if f"`{k}`" not in section]
+    assert not missing, missing
+    assert all(w in section for w in ("rows-HASH.parquet", "sweep.json", "--csv", "--plot", "phase_diagram"))
+    assert "`sweep`" in text[:text.index("## `gradbench run")]  # a command of the head

@@ -16,7 +16,7 @@ from gradbench.cli.compare import (
 from gradbench.cli.output import (
     check_directory, check_outputs, make_directory, metadata, threads, write_json, write_plot,
 )
-from gradbench.cli.train import train_to_dict
+from gradbench.cli.train import WEIGHTS as TRAIN_WEIGHTS, train_to_dict
 
 DEFAULT_DEMO_DIR = "gradbench-demo"
 CELL_STEPS = 1000
@@ -101,16 +101,27 @@ def _train_demos(backend: str) -> dict:
     return {name: run_demo(name, backend=backend, progress=True) for name in DEMOS}
 
 
-def _write(args, diags, labels, relative, results, head) -> list[str]:
+def _heads(args, backend: str, seconds: float) -> tuple[dict, dict]:
+    """The heads of gradients.json (the probe runs: --seed, --batch, generated weights) and of
+    training.json (the training demos, which bring their own seed and batch size, in each run's
+    ``settings``: the head is the one ``train --out`` writes, weights from init_params)."""
+    shared = dict(threads=threads(backend), seconds=round(seconds, 3))
+    return (metadata("demo", args, seed=args.seed, batch=args.batch, weights=WEIGHTS, **shared),
+            metadata("demo", args, weights=TRAIN_WEIGHTS, **shared))
+
+
+def _write(args, diags, labels, relative, results, heads) -> list[str]:
     """gradients.json, training.json, then the plots; returns the plots written."""
     from gradbench import plot
 
     out_dir = args.out_dir
     make_directory(out_dir)
     path = os.path.join
-    write_json(path(out_dir, "gradients.json"), {**head, "labels": labels, "configurations": diags})
+    probe_head, train_head = heads
+    write_json(path(out_dir, "gradients.json"), {**probe_head, "labels": labels, "configurations": diags})
     if results:
-        write_json(path(out_dir, "training.json"), {**head, "runs": {k: train_to_dict(r) for k, r in results.items()}})
+        write_json(path(out_dir, "training.json"),
+                   {**train_head, "runs": {k: train_to_dict(r) for k, r in results.items()}})
     shown = {labels[k]: d for k, d in diags.items()}
     telling = most_telling(diags)
     written = [
@@ -149,9 +160,8 @@ def cmd_demo(args) -> int:
     relative = {}
     diags, labels = compare_stacks(args, list(DEMO_CONFIGS), backend, relative)
     results = {} if args.no_train else _train_demos(backend)
-    head = metadata("demo", args, seed=args.seed, batch=args.batch, weights=WEIGHTS, threads=threads(backend),
-                    seconds=round(time.perf_counter() - t0, 3))
-    written = _write(args, diags, labels, relative, results, head)
+    heads = _heads(args, backend, time.perf_counter() - t0)
+    written = _write(args, diags, labels, relative, results, heads)
     print(f"gradbench demo: one deep stack, {len(DEMO_CONFIGS)} configurations (backend {backend})\n")
     print_comparison(args, diags, labels)
     if results:

@@ -25,7 +25,9 @@ from gradbench import __version__, _atomic
 from gradbench._env import available_cpus
 from gradbench.cli.process import OutputError, UsageError
 
-SCHEMA = 2  # 1: gradbench 0.1.0's files (no schema, seed, batch, machine); 2: docs/formats.md
+# 1: gradbench 0.1.0's files (no schema, seed, batch, machine); 2: docs/formats.md, gradbench 0.2.0 (and
+# development versions before it that still called themselves 0.1.0)
+SCHEMA = 2
 PLOTS = (".png", ".svg", ".pdf")
 RESULTS = (".json", ".npz")
 

@@ -35,9 +35,11 @@ Execution: a ``distributed.LocalCluster`` (worker processes, one thread each, on
 the call, or a ``client=`` (a ``distributed.Client`` or a scheduler address). Runs are batched
 into tasks (:func:`~gradbench.sweep.execute.task_size`); each worker warms its kernels up once.
 With ``out=DIR`` the client writes every finished task's rows at once, atomically, as
-``DIR/rows-<hash>.parquet``; ``DIR/sweep.json`` records the grid, the
-fixed fields and the backend. A second call with the same ``out`` loads what is there and runs
-only the missing (configuration, seed) pairs; it refuses a ``DIR`` of another grid.
+``DIR/rows-<hash>.parquet`` (the table's columns and ``run_key``, the run's identity:
+:func:`~gradbench.sweep.grid.run_key`); ``DIR/sweep.json`` has the head of every gradbench file
+and records the grid, the fixed fields and the backend (docs/formats.md). A second call with
+the same ``out`` loads what is there and runs only the missing (configuration, seed) pairs; it
+refuses a ``DIR`` of another grid.
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
 """The ``out`` directory of a sweep: a manifest and one Parquet file per finished task.
 
-``DIR/sweep.json`` records what identifies the sweep (the set of values of every axis, the
-fixed fields, the backend); ``DIR/rows-<hash>.parquet`` holds one finished task's rows, written
-at once and atomically (temporary file + ``os.replace``), so the table is their union whatever
-was interrupted, and a second call loads them and runs only what is missing.
+``DIR/sweep.json`` has the head of every gradbench file (docs/formats.md: ``gradbench``,
+``schema``, ``command`` "sweep", ``argv``, ``created``, ``machine``; of the call that created
+the directory) and what identifies the sweep (``axes``: the set of values of every axis,
+``fixed``: the fixed fields, ``backend``); only these three are compared on resume, so a
+manifest without the head (gradbench 0.1.0) still resumes. ``DIR/rows-<hash>.parquet`` holds
+one finished task's rows, written at once and atomically (temporary file + ``os.replace``), so
+the table is their union whatever was interrupted, and a second call loads them and runs only
+what is missing.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import hashlib
 import json
 import os
 
-from gradbench import __version__, _atomic
+from gradbench import _atomic
 from gradbench.sweep.grid import FIELDS, Plan
 from gradbench.sweep.worker import COLUMNS
 
@@ -48,11 +52,20 @@ def open_out(out, p: Plan, pd) -> tuple[str, "object"]:
     (a DataFrame)."""
     out = os.fspath(out)
     if not check_out(out, p):
-        text = json.dumps({"gradbench": __version__, **p.identity()}, indent=1, allow_nan=False)
+        text = json.dumps({**head(), **p.identity()}, indent=1, allow_nan=False)
         _atomic.write_atomic(os.path.join(out, MANIFEST), lambda f: f.write(text))
     files = sorted(n for n in os.listdir(out) if n.startswith("rows-") and n.endswith(".parquet"))
     frames = [pd.read_parquet(os.path.join(out, n)) for n in files]
     return out, (pd.concat(frames, ignore_index=True) if frames else None)
+
+
+def head() -> dict:
+    """The head of ``sweep.json``: that of every file the command line writes
+    (:func:`gradbench.cli.output.metadata`), ``command`` "sweep" (also for :func:`gradbench.sweep`
+    called from Python), ``argv`` this process's arguments (``sys.argv[1:]``)."""
+    from gradbench.cli.output import metadata  # the command line's package, loaded on use
+
+    return metadata("sweep", None)
 
 
 def _differences(ours: dict, theirs: dict) -> list[str]:
