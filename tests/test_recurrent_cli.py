@@ -290,3 +290,26 @@ def test_recurrent_plots_take_dpi(tmp_path):
                      "--plot", str(path), "--dpi", "150"]) == 0
     big = imread(path).shape
     assert big[0] > 2.5 * small[0] and big[1] > 2.5 * small[1]
+
+
+def test_compare_applies_activation_to_the_rnn_line_only(tmp_path, capsys):
+    """--activation is "rnn cell only", as --forget-bias is lstm only: compare --cells rnn,lstm,gru
+    --activation relu was refused ("activation='relu' is not valid for cell='lstm'"). Now the rnn
+    line runs relu, the gated ones their own gates, and the header says so."""
+    out = tmp_path / "c.json"
+    assert main(["compare", "--cells", "rnn,lstm,gru", "--activation", "leaky_relu", "--activation-param", "0.2",
+                 "--forget-bias", "3", "--steps", "20", "--hidden", "4", "--batch", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "--activation leaky_relu --activation-param 0.2: the rnn line only (lstm, gru: fixed sigmoid gates " \
+           "and tanh)" in text
+    assert "--forget-bias 3: the lstm line only" in text
+    d = json.loads(out.read_text())["diagnoses"]
+    assert (d["rnn"]["rnn"]["activation"], d["rnn"]["rnn"]["activation_param"]) == ("leaky_relu", 0.2)
+    for cell in ("lstm", "gru"):
+        assert d[cell]["rnn"]["activation"] is None and d[cell]["rnn"]["activation_param"] is None
+    assert d["lstm"]["rnn"]["forget_bias"] == 3 and d["gru"]["rnn"]["forget_bias"] is None
+    for option in ("--activation", "--activation-param"):  # no rnn line: refused, as --forget-bias without lstm
+        value = "relu" if option == "--activation" else "0.2"
+        assert main(["compare", "--cells", "lstm,gru", option, value, "--steps", "5", "--hidden", "3"]) == 2
+        err = capsys.readouterr().err
+        assert f"{option} applies to the rnn cell only, and --cells 'lstm,gru' has none" in err, err

@@ -169,10 +169,13 @@ def _net(args, cell: str | None = None):
     if args.init in RECURRENT_INITS and args.init not in INITS:  # identity: "did you mean 'xavier_uniform'?"
         raise UsageError(f"--init {args.init}: --init draws W_ih (the input weights), one of {', '.join(INITS)}; "
                          f"{args.init} is an init of W_hh: --recurrent-init {args.init}")
+    # compare: --activation (and its parameter) applies to its rnn line only and --forget-bias to its
+    # lstm line only (_compare_notes says so); run/theory: the spec refuses them on another cell
+    vanilla = cell is None or cell == "rnn"
     return gb.Recurrent(cell=cell or args.cell, steps=args.steps, hidden=args.hidden, input_dim=args.input_dim,
-                        activation=args.activation, activation_param=args.activation_param, init=args.init,
+                        activation=args.activation if vanilla else None,
+                        activation_param=args.activation_param if vanilla else None, init=args.init,
                         recurrent_init=args.recurrent_init, sigma_w=args.sigma_w, sigma_b=args.sigma_b,
-                        # compare: the forget bias applies to its lstm only; run/theory: the spec refuses it elsewhere
                         forget_bias=args.forget_bias if cell is None or cell == "lstm" else None,
                         clip=args.clip, clip_threshold=args.clip_threshold, clip_on=args.clip_on, dtype=args.dtype)
 
@@ -252,14 +255,17 @@ def cmd_compare(args) -> int:
     bad = [c for c in cells if c not in CELLS]
     if bad or not cells:
         raise UsageError(f"--cells {args.cells!r}: choose from {', '.join(CELLS)} (comma-separated)")
-    if args.forget_bias is not None and "lstm" not in cells:
-        raise UsageError(f"--forget-bias applies to the lstm cell only, and --cells {args.cells!r} has none")
+    for dest, only in (("activation", "rnn"), ("activation_param", "rnn"), ("forget_bias", "lstm")):
+        if getattr(args, dest) is not None and only not in cells:
+            raise UsageError(f"{option(dest)} applies to the {only} cell only, and --cells {args.cells!r} has none")
     nets = {cell: _net(args, cell) for cell in cells}  # every refusal before the first run
     diags = {}
     for cell, rnn in nets.items():
         res, _ = run_one(rnn, args, label=cell)
         diags[cell] = diagnose(res)
     T = args.steps
+    for note in _compare_notes(args, nets):
+        print(note)
     backs = sorted({b for b in (0, 1, 10, 100, 1000, 10_000, 100_000, T - 1) if b < T})
     head = f"{'cell':<6} {'verdict':<10} {'dec/step':>9}" + "".join(f" {'back ' + str(b):>12}" for b in backs) + "  reach"
     print(head)
@@ -279,6 +285,21 @@ def cmd_compare(args) -> int:
         _write_plot(args, lambda path: plot.signal_vs_steps_back(
             diags, path, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}", dpi=args.dpi))
     return 0
+
+
+def _compare_notes(args, nets) -> list[str]:
+    """The options of ``compare`` that apply to one cell's line only, said above the table (the
+    gated cells keep their fixed sigmoid gates and tanh, the rnn and gru have no forget gate)."""
+    notes = []
+    given = [f"{option(d)} {getattr(args, d)}" for d in ("activation", "activation_param")
+             if getattr(args, d) is not None]
+    if given:
+        gated = [c for c in nets if c != "rnn"]
+        notes.append(f"{' '.join(given)}: the rnn line only"
+                     + (f" ({', '.join(gated)}: fixed sigmoid gates and tanh)" if gated else ""))
+    if args.forget_bias is not None:
+        notes.append(f"--forget-bias {args.forget_bias:g}: the lstm line only")
+    return notes
 
 
 # ------------------------------------------------------------------ theory
