@@ -313,3 +313,16 @@ def test_compare_applies_activation_to_the_rnn_line_only(tmp_path, capsys):
         assert main(["compare", "--cells", "lstm,gru", option, value, "--steps", "5", "--hidden", "3"]) == 2
         err = capsys.readouterr().err
         assert f"{option} applies to the rnn cell only, and --cells 'lstm,gru' has none" in err, err
+
+
+@pytest.mark.parametrize("command, default", [(["run", "--cell", "rnn"], "orthogonal"),
+                                              (["compare", "--cells", "rnn"], "orthogonal"),
+                                              (["theory", "--cell", "rnn"], "normal")])
+def test_help_names_the_recurrent_init_each_command_uses(command, default, capsys):
+    """theory --help said --recurrent-init defaults to orthogonal while theory draws W_hh normal
+    (its header says "W_hh normal gain 1")."""
+    import re
+
+    assert main([*command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert re.findall(r"--recurrent-init NAME W_hh: one of [a-z_, ]+ \(default (\w+)\)", text) == [default]

@@ -141,7 +141,7 @@ def _backend(name: str) -> str:
     return concrete
 
 
-def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None):
+def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None, recurrent_init="orthogonal"):
     g = p.add_argument_group("the recurrent net")
     if cell:
         g.add_argument("--cell", required=True, metavar="CELL", help=f"one of {', '.join(CELLS)}")
@@ -152,8 +152,8 @@ def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None):
                    help=f"rnn cell only: one of {', '.join(RNN_ACTIVATIONS)} (default tanh)")
     g.add_argument("--activation-param", type=finite_float, default=None)
     g.add_argument("--init", default="xavier_normal", metavar="NAME", help=f"W_ih: one of {', '.join(INITS)}")
-    g.add_argument("--recurrent-init", default="orthogonal", metavar="NAME",
-                   help=f"W_hh: one of {', '.join(RECURRENT_INITS)} (default orthogonal)")
+    g.add_argument("--recurrent-init", default=recurrent_init, metavar="NAME",
+                   help=f"W_hh: one of {', '.join(RECURRENT_INITS)} (default {recurrent_init})")
     g.add_argument("--sigma-w", type=gain, default=None, help="gain of W_hh")
     g.add_argument("--sigma-b", type=nonneg_float, default=0.0, help="std of the biases")
     g.add_argument("--forget-bias", type=finite_float, default=None, help="lstm only (default 1)")
@@ -431,8 +431,7 @@ examples:
   gradbench theory --cell rnn --activation identity --recurrent-init normal --hidden 16
   gradbench theory --cell rnn --activation tanh --recurrent-init normal --sigma-w 1.5 --hidden 64 --plot t.png
 """)
-    _add_net_args(p, steps=10_000, hidden=64)
-    p.set_defaults(recurrent_init="normal")
+    _add_net_args(p, steps=10_000, hidden=64, recurrent_init="normal")  # a random W_hh: what mean field describes
     _common(p, batch=4)
     p.add_argument("--out", help="write the predictions and the measured rate as JSON")
     p.add_argument("--plot", help="write the measured log10 ||dL/dh_t|| against steps back")
