@@ -326,3 +326,43 @@ def test_help_names_the_recurrent_init_each_command_uses(command, default, capsy
     assert main([*command, "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert re.findall(r"--recurrent-init NAME W_hh: one of [a-z_, ]+ \(default (\w+)\)", text) == [default]
+
+
+def _no_drawing(monkeypatch, avail_gib: float):
+    """The weights must not be drawn (the refusal came after init_params' QR: 23 s at hidden
+    2048), and the memory the plan sees is fixed."""
+    import gradbench as gb
+    from gradbench.recurrent import cli as rcli
+
+    def drawn(*args, **kwargs):
+        raise AssertionError("the weights were drawn before the plan refused the run")
+
+    monkeypatch.setattr(gb, "init_params", drawn)
+    monkeypatch.setattr(rcli, "available", lambda: int(avail_gib * 2**30), raising=False)
+
+
+def test_a_run_too_big_is_refused_before_the_weights_are_drawn(monkeypatch, capsys):
+    _no_drawing(monkeypatch, 20)
+    assert main(["run", "--cell", "lstm", "--steps", "100000000", "--hidden", "2048", "--batch", "512"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "this run (lstm, --steps 100000000, --hidden 2048, --batch 512) needs about 712.12 GiB " \
+        "(checkpointed every 10000 steps) but the limit is 18.00 GiB" in err[0], err
+    assert err[0].endswith("no --checkpoint K fits: reduce --steps, --hidden or --batch"), err
+    assert main(["theory", "--cell", "gru", "--steps", "100000000", "--hidden", "2048", "--batch", "512"]) == 2
+    captured = capsys.readouterr()
+    assert "needs about" in captured.err and captured.out == ""  # refused before the header and the prediction
+
+
+def test_compare_plans_every_cell_before_the_first_run_and_names_the_checkpoint_that_fits(monkeypatch, capsys):
+    """The rnn line fits, the lstm line does not at k ~ sqrt(T) (2000 steps: 2.54 GiB) but does at
+    its leanest segment (1076 steps: 2.17 GiB): refused before the rnn line runs, naming that K."""
+    _no_drawing(monkeypatch, 2.3 / 0.9)
+    assert main(["compare", "--cells", "rnn,lstm", "--steps", "4000000", "--hidden", "256", "--batch", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "this run (lstm, --steps 4000000, --hidden 256, --batch 64) needs about 2.54 GiB " \
+        "(checkpointed every 2000 steps) but the limit is 2.30 GiB (90% of the available RAM); it fits with " \
+        "--checkpoint 1076 (about 2.17 GiB)" in err[0], err
+    assert main(["run", "--cell", "lstm", "--steps", "4000000", "--hidden", "256", "--batch", "64",
+                 "--checkpoint", "50"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch 64, --checkpoint 50) needs about" in err and "it fits with --checkpoint 1076" in err, err

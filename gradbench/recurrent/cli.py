@@ -18,6 +18,7 @@ import math
 import re
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -189,29 +190,78 @@ def _common(p, batch=16):
                         "sqrt(steps) from 10^4 steps on, else only when the plain run would not fit)")
 
 
-def run_one(rnn, args, label: str = ""):
-    """Parameters, a generated input sequence, one backprop with a progress bar; (result, params)."""
-    import gradbench as gb
-    from gradbench.cli.progress import Progress
+@dataclass(frozen=True)
+class Probe:
+    """One planned run: the net, the concrete backend and the plan's checkpoint (None: plain)."""
 
-    if args.batch < 1:
-        raise UsageError(f"--batch must be >= 1, got {args.batch}")
-    concrete = _backend(args.backend)
-    params = gb.init_params(rnn, args.seed)
-    xs = gb.GeneratedSequence(rnn, args.batch, args.seed)
-    long = rnn.steps >= 10_000
+    rnn: object
+    backend: str
+    checkpoint: int | None
+    label: str = ""
+
+
+def available() -> int:
+    """Bytes a run may count on, measured once per command before anything is drawn (as
+    :func:`gradbench.cli.common.plan_probe` does for the stacks)."""
+    from gradbench.buffers import held
+    from gradbench.plan import available_memory
+
+    return available_memory() + held()
+
+
+def plan_one(rnn, args, backend: str, *, label: str = "", avail: int | None = None) -> Probe:
+    """Plan one run before anything is drawn (the weights' QR takes seconds at hidden 2048): a
+    run that would not fit is refused here, in command-line words, naming a ``--checkpoint K``
+    that fits when one does."""
+    from gradbench.plan import PlanRefused
+    from gradbench.recurrent.engine import plan_run
+
     if args.checkpoint == 0:  # never: every step kept (a run that would not fit is refused, naming what fits)
         stats_only, ck = False, None
     elif args.checkpoint is not None:
         stats_only, ck = False, args.checkpoint
     else:  # segmented from 10^4 steps on, else only when the plain run would not fit
-        stats_only, ck = long, "auto"
-    desc = f"backprop {label + ' ' if label else ''}({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, {concrete})"
+        stats_only, ck = rnn.steps >= 10_000, "auto"
+    try:
+        plan = plan_run(rnn, args.batch, checkpoint=ck, stats_only=stats_only, generated=True,
+                        available=available() if avail is None else avail)
+    except PlanRefused as exc:
+        raise UsageError(_refusal(rnn, args, exc)) from None
+    return Probe(rnn, backend, plan.checkpoint, label)
+
+
+def _refusal(rnn, args, exc) -> str:
+    """The planner's refusal in command-line words: the options given, what the run needs, and
+    a --checkpoint K that fits, or what to reduce."""
+    from gradbench.plan import size_text
+    from gradbench.recurrent.engine import memory_estimate
+
+    given = {None: "", 0: ", --checkpoint 0"}.get(args.checkpoint, f", --checkpoint {args.checkpoint}")
+    auto = f" (checkpointed every {exc.checkpoint} steps)" if args.checkpoint is None and exc.checkpoint else ""
+    if exc.fits is not None:
+        est = memory_estimate(rnn, args.batch, checkpoint=exc.fits, generated=True)
+        hint = f"; it fits with --checkpoint {exc.fits} (about {size_text(est)})"
+    else:
+        hint = "; no --checkpoint K fits: reduce --steps, --hidden or --batch"
+    return (f"this run ({rnn.cell}, --steps {rnn.steps}, --hidden {rnn.hidden}, --batch {args.batch}{given}) needs "
+            f"about {size_text(exc.need)}{auto} but the limit is {size_text(exc.limit)} ({exc.budget}){hint}")
+
+
+def run_one(probe: Probe, args, params=None):
+    """Parameters (unless given), a generated input sequence, one backprop of the planned run
+    with a progress bar; (result, params)."""
+    import gradbench as gb
+    from gradbench.cli.progress import Progress
+
+    rnn, label = probe.rnn, probe.label
+    if params is None:
+        params = gb.init_params(rnn, args.seed)
+    xs = gb.GeneratedSequence(rnn, args.batch, args.seed)
+    desc = f"backprop {label + ' ' if label else ''}({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, {probe.backend})"
     try:
         with Progress(desc, unit="segments (forward + backward)") as bar:
-            res = gb.backprop(rnn, params, xs, backend=concrete, stats_only=stats_only, checkpoint=ck,
-                              progress=bar.count)
-    except MemoryError as exc:  # refused by the plan, before any step: in command-line words
+            res = gb.backprop(rnn, params, xs, backend=probe.backend, checkpoint=probe.checkpoint, progress=bar.count)
+    except MemoryError as exc:  # the memory went away since the plan: in command-line words
         raise UsageError(str(exc).replace("checkpoint=None", "--checkpoint 0").replace("checkpoint=", "--checkpoint ")
                          ) from None
     return res, params
@@ -225,7 +275,7 @@ def cmd_run(args) -> int:
     _check_outputs(args)
     _check_clip(args)
     rnn = _net(args)
-    res, _ = run_one(rnn, args)
+    res, _ = run_one(plan_one(rnn, args, _backend(args.backend)), args)
     d = diagnose(res)
     print(format_report(d, rows=args.rows))
     print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed}, "
@@ -259,10 +309,12 @@ def cmd_compare(args) -> int:
         if getattr(args, dest) is not None and only not in cells:
             raise UsageError(f"{option(dest)} applies to the {only} cell only, and --cells {args.cells!r} has none")
     nets = {cell: _net(args, cell) for cell in cells}  # every refusal before the first run
+    backend, avail = _backend(args.backend), available()
+    probes = [plan_one(rnn, args, backend, label=cell, avail=avail) for cell, rnn in nets.items()]
     diags = {}
-    for cell, rnn in nets.items():
-        res, _ = run_one(rnn, args, label=cell)
-        diags[cell] = diagnose(res)
+    for probe in probes:
+        res, _ = run_one(probe, args)
+        diags[probe.label] = diagnose(res)
     T = args.steps
     for note in _compare_notes(args, nets):
         print(note)
@@ -310,6 +362,7 @@ def cmd_theory(args) -> int:
     _check_outputs(args)
     _check_clip(args)
     rnn = _net(args)
+    probe = plan_one(rnn, args, _backend(args.backend))
     import gradbench as gb
 
     params = gb.init_params(rnn, args.seed)
@@ -331,7 +384,7 @@ def cmd_theory(args) -> int:
         if pred.newman_untied is not None:
             print(f"  Newman lambda_1 (independent W_hh at every step, for contrast): {pred.newman_untied:+.6f}")
             out["newman_untied_decades_per_step"] = pred.newman_untied
-    res, _ = run_one(rnn, args)
+    res, _ = run_one(probe, args, params)
     got = measured_rate(res)
     out["measured_decades_per_step"] = got
     print(f"  measured    {got:+.6f} decades per step going back ({rnn.steps} steps, batch {args.batch}, "
