@@ -17,6 +17,16 @@ int64 exponent, so -30000.5 is a value like any other, and -inf means an exact z
   histogram counts ``hist_00``, ``hist_01``, ... on the bin edges ``df.attrs["hist_edges"]``,
   and ``hist_zeros``, ``hist_nonfinite``, ``hist_outside``). ``df.attrs``: verdict,
   explanation, decades_per_layer, loss, stack, ...
+- :func:`recurrent_result_frame` (``RecurrentResult.to_frame()``): one row per time step
+  ``step`` t = 0 .. T - 1 of a recurrent net: ``signal_log10`` (log10 ||dL/dh_t||) and its
+  mantissa/exponent, ``cell_signal_log10`` and its mantissa/exponent (the LSTM's ||dL/dc_t||;
+  LSTM only), ``grad_log10`` (log10 of step t's contribution to dL/dW_hh) and its
+  mantissa/exponent, ``act_mean``, ``act_mean_log10``, ``act_std``, ``act_std_log10`` (of h_t),
+  ``saturation``, ``gate_mean``, ``gate_low`` (NaN for the vanilla cell). ``df.attrs``: loss,
+  loss_log10, backend, rnn, first_nonfinite_forward, first_nonfinite_backward.
+- ``RecurrentDiagnosis.to_frame()`` (:func:`diagnosis_frame`): one row per ``step`` with the
+  diagnosis' per-step arrays (``cell_log10`` for the LSTM only). ``df.attrs``: verdict,
+  explanation, decades_per_step, reach, rnn, ...
 - :func:`train_frame` (``TrainResult.to_frame()``): one row per epoch and layer, ``epoch`` 0
   (before training) to E and ``layer`` 0 to L - 1: ``grad_log10`` (full data set, before
   epoch 1 / after epoch e), ``update_ratio_percent`` (100 ||Delta W_l|| / ||W_l|| during
@@ -85,6 +95,33 @@ def result_frame(res):
     return df
 
 
+def recurrent_result_frame(res):
+    """One row per time step of a :class:`~gradbench.recurrent.RecurrentResult` (module docstring)."""
+    pd = _pandas()
+    T = len(res.signal_norm.mantissa)
+    cols = {"step": np.arange(T)}
+
+    def exact(name, v):
+        with np.errstate(divide="ignore"):
+            cols[f"{name}_log10"] = np.asarray(v.log10(), dtype=np.float64)
+        cols[f"{name}_mantissa"] = np.asarray(v.mantissa, dtype=np.float64)
+        cols[f"{name}_exponent"] = np.broadcast_to(np.asarray(v.exponent, dtype=np.int64), (T,)).copy()
+
+    exact("signal", res.signal_norm)
+    if res.cell_signal_norm is not None:
+        exact("cell_signal", res.cell_signal_norm)
+    exact("grad", res.grad_norm)
+    cols["act_mean"], cols["act_mean_log10"] = _float_and_log(res.act_mean)
+    cols["act_std"], cols["act_std_log10"] = _float_and_log(res.act_std)
+    for k in ("saturation", "gate_mean", "gate_low"):
+        cols[k] = np.asarray(getattr(res, k), dtype=np.float64)
+    df = pd.DataFrame(cols)
+    df.attrs.update(loss=float(res.loss), loss_log10=float(res.loss_exact.log10()), backend=res.backend,
+                    rnn=dataclasses.asdict(res.rnn), first_nonfinite_forward=res.first_nonfinite_forward,
+                    first_nonfinite_backward=res.first_nonfinite_backward)
+    return df
+
+
 def _split_fields(d) -> tuple[dict[str, np.ndarray], dict]:
     """A diagnosis' fields: (arrays, everything else), whatever fields the Diagnosis has."""
     arrays, meta = {}, {}
@@ -94,12 +131,20 @@ def _split_fields(d) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
+def _index(d) -> tuple[str, int]:
+    """The rows of a diagnosis: ``layer`` (a stack's :class:`~gradbench.Diagnosis`) or ``step``
+    (a recurrent net's :class:`~gradbench.recurrent.diagnose.RecurrentDiagnosis`), and how many."""
+    return ("layer", d.depth) if hasattr(d, "depth") else ("step", d.steps)
+
+
 def _diag_columns(d) -> dict[str, np.ndarray]:
-    """``layer`` and every per-layer (L,) array of the diagnosis, in field order (the histogram's
-    L + 1 edges are no column even when there are L + 1 of them: 40 bins at depth 41)."""
+    """``layer`` (``step``) and every per-layer (L,) (per-step (T,)) array of the diagnosis, in
+    field order (the histogram's L + 1 edges are no column even when there are L + 1 of them: 40
+    bins at depth 41; the LSTM's ``cell_log10`` is empty for the other cells)."""
     arrays, _ = _split_fields(d)
-    cols = {"layer": np.arange(d.depth)}
-    cols.update({k: a for k, a in arrays.items() if a.shape == (d.depth,) and k not in _NOT_PER_LAYER})
+    name, n = _index(d)
+    cols = {name: np.arange(n)}
+    cols.update({k: a for k, a in arrays.items() if a.shape == (n,) and k not in _NOT_PER_LAYER})
     return cols
 
 
@@ -107,9 +152,14 @@ _NOT_PER_LAYER = ("hist_edges",)  # shaped (bins + 1,), not (L,)
 
 
 def diagnosis_frame(d):
-    """One row per layer of a :class:`~gradbench.Diagnosis` (module docstring)."""
+    """One row per layer of a :class:`~gradbench.Diagnosis`, or per time step of a
+    :class:`~gradbench.recurrent.diagnose.RecurrentDiagnosis` (module docstring)."""
     pd = _pandas()
     cols = _diag_columns(d)
+    if not hasattr(d, "hist_counts"):  # a recurrent diagnosis: no histograms
+        df = pd.DataFrame(cols)
+        df.attrs.update(_split_fields(d)[1])
+        return df
     counts = np.asarray(d.hist_counts)
     width = max(2, len(str(max(counts.shape[1] - 1, 0))))
     for j in range(counts.shape[1] if counts.ndim == 2 else 0):

@@ -88,6 +88,13 @@ class RecurrentDiagnosis:
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
 
+    def to_frame(self):
+        """One row per time step as a pandas DataFrame (:func:`gradbench.frames.diagnosis_frame`):
+        ``step`` and the per-step arrays; the other fields in ``df.attrs``."""
+        from gradbench.frames import diagnosis_frame
+
+        return diagnosis_frame(self)
+
     def __str__(self) -> str:
         return format_report(self)
 
