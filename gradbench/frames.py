@@ -39,7 +39,10 @@ format is documented in ``docs/formats.md``) holds the per-layer columns as arra
 L, their names in ``columns``, ``hist_counts`` (L, bins), ``hist_edges`` (bins + 1) and the
 other fields in the JSON string ``meta``; ``pd.DataFrame({c: z[c] for c in z["columns"]})`` is the frame of
 :func:`diagnosis_frame` without the histogram columns, and ``Diagnosis.from_npz(path)`` the
-diagnosis itself.
+diagnosis itself. A recurrent net's diagnosis (``gradbench run --cell ... --out x.npz``) is
+stored the same way with ``step`` (length T) in place of ``layer``, no histograms, and the
+string ``kind`` = ``"recurrent"`` (a stack's file has no ``kind``);
+``RecurrentDiagnosis.from_npz(path)`` reads it back.
 """
 
 from __future__ import annotations
@@ -223,13 +226,21 @@ def _decode(v):
     return v
 
 
+RECURRENT = "recurrent"  # the ``kind`` of a recurrent net's diagnosis file (a stack's has none)
+
+
+def _kind(d) -> str:
+    return "stack" if hasattr(d, "depth") else RECURRENT
+
+
 def _npz_arrays(d, head: dict | None = None) -> dict:
     """The arrays of one diagnosis's ``.npz`` (see :func:`write_npz`)."""
     fields, meta = _split_fields(d)
     cols = _diag_columns(d)
     arrays = {k: (v.astype(np.min_scalar_type(int(v.max()))) if v.dtype.kind in "iu" and v.size and v.min() >= 0
                   else v) for k, v in fields.items()}  # counts in the smallest unsigned type
-    arrays["layer"] = cols["layer"]
+    index = _index(d)[0]
+    arrays[index] = cols[index]
     arrays["columns"] = np.array(list(cols))
     for k, v in meta.items():
         if isinstance(v, (str, int, float, np.integer, np.floating)) and not isinstance(v, bool):
@@ -238,6 +249,8 @@ def _npz_arrays(d, head: dict | None = None) -> dict:
     if head is not None:
         arrays["head"] = np.array(json.dumps(_encode(head), allow_nan=False))
     arrays["format"] = np.array(NPZ_FORMAT)
+    if _kind(d) == RECURRENT:
+        arrays["kind"] = np.array(RECURRENT)
     return arrays
 
 
@@ -246,8 +259,13 @@ def save_npz(f, diagnoses, head: dict | None = None) -> None:
     ``name/field``), and the JSON ``head`` of the file, to the binary file ``f``."""
     if isinstance(diagnoses, dict):
         arrays = {"names": np.array(list(diagnoses)), "format": np.array(NPZ_FORMAT)}
+        kinds = {_kind(d) for d in diagnoses.values()}
+        if len(kinds) > 1:
+            raise ValueError("one .npz file holds the diagnoses of stacks or of recurrent nets, not both")
+        if kinds == {RECURRENT}:
+            arrays["kind"] = np.array(RECURRENT)
         for name, d in diagnoses.items():
-            arrays.update({f"{name}/{k}": v for k, v in _npz_arrays(d).items() if k != "format"})
+            arrays.update({f"{name}/{k}": v for k, v in _npz_arrays(d).items() if k not in ("format", "kind")})
         if head is not None:
             arrays["head"] = np.array(json.dumps(_encode(head), allow_nan=False))
     else:
@@ -256,7 +274,9 @@ def save_npz(f, diagnoses, head: dict | None = None) -> None:
 
 
 def write_npz(d, path, head: dict | None = None) -> str:
-    """Write a :class:`~gradbench.Diagnosis` to ``path`` (``.npz``, atomically; ``docs/formats.md``).
+    """Write a :class:`~gradbench.Diagnosis` (or a recurrent net's
+    :class:`~gradbench.recurrent.diagnose.RecurrentDiagnosis`) to ``path`` (``.npz``,
+    atomically; ``docs/formats.md``).
 
     Every array field is stored (float64; counts in the smallest unsigned type that holds them),
     compressed, and loads with ``np.load`` at once; the other fields
@@ -269,22 +289,30 @@ def write_npz(d, path, head: dict | None = None) -> str:
     return _atomic.write_atomic(path, lambda f: save_npz(f, d, head), binary=True, suffix=".npz")
 
 
-def npz_fields(path, name: str | None = None) -> dict:
+def npz_fields(path, name: str | None = None, kind: str = "stack") -> dict:
     """The fields of the :class:`~gradbench.Diagnosis` written by :func:`write_npz` (``name``:
-    one of a file of several, ``gradbench compare --out x.npz``).
+    one of a file of several, ``gradbench compare --out x.npz``; ``kind="recurrent"``: of a
+    recurrent net's diagnosis).
 
-    ``Diagnosis.from_npz(path)`` builds the diagnosis from them; no pickles are loaded.
+    ``Diagnosis.from_npz(path)`` (``RecurrentDiagnosis.from_npz(path)``) builds the diagnosis
+    from them; no pickles are loaded. A file of the other kind is refused, naming its reader.
     """
     with np.load(os.fspath(path), allow_pickle=False) as z:
         if "format" not in z.files or int(z["format"]) != NPZ_FORMAT:
             raise ValueError(f"{path} is not a gradbench diagnosis .npz (format {NPZ_FORMAT})")
+        found = str(z["kind"]) if "kind" in z.files else "stack"
+        if found != kind:
+            reader = ("gradbench.recurrent.diagnose.RecurrentDiagnosis.from_npz" if found == RECURRENT
+                      else "gradbench.Diagnosis.from_npz")
+            raise ValueError(f"{path} holds the diagnosis of {'a recurrent net' if found == RECURRENT else 'a stack'}: "
+                             f"read it with {reader}")
         pre = "" if name is None else f"{name}/"
         if pre + "meta" not in z.files:
             names = [str(n) for n in z["names"]] if "names" in z.files else []
             raise ValueError(f"{path} holds the diagnoses {', '.join(names)}: pass name=" if names else
                              f"{path} has no diagnosis {name!r}")
         meta = _decode(json.loads(str(z[pre + "meta"])))
-        extra = {"layer", "columns", "meta", "format", "head"} | set(meta)
+        extra = {"layer", "step", "kind", "columns", "meta", "format", "head"} | set(meta)
         kw = {k[len(pre):]: (z[k].astype(np.int64) if z[k].dtype.kind in "iu" else z[k].copy())
               for k in z.files if k.startswith(pre) and k[len(pre):] not in extra and (pre or "/" not in k)
               and k != "names"}

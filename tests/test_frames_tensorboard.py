@@ -160,6 +160,44 @@ def test_npz_round_trip_and_loads_straight_into_numpy_and_pandas(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]  # no temporary file left behind
 
 
+def test_recurrent_npz_round_trip(tmp_path):
+    """A recurrent diagnosis in the stacks' .npz (``run --cell ... --out x.npz``): every field
+    back bit for bit (-inf, nan included), ``step`` in place of ``layer``, loads in plain NumPy;
+    a file of the other kind is refused naming its reader."""
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis
+
+    diags = {}
+    for cell in ("rnn", "lstm"):
+        rnn = gb.Recurrent(cell=cell, steps=300, hidden=4, sigma_w=0.05 if cell == "rnn" else None)
+        diags[cell] = gb.diagnose(gb.backprop(rnn, gb.init_params(rnn, 0), gb.GeneratedSequence(rnn, 2, 1),
+                                              backend="numpy"))
+    d = diags["rnn"]
+    assert np.isnan(d.gate_mean).all() and d.grad_log10[0] == -np.inf  # h_{-1} = 0: step 0's term is 0
+    path = frames.write_npz(d, tmp_path / "r.npz", head={"command": "run"})
+    with np.load(path, allow_pickle=False) as z:
+        assert str(z["kind"]) == "recurrent" and str(z["verdict"]) == d.verdict
+        np.testing.assert_array_equal(z["signal_log10"], d.signal_log10)
+        df = pd.DataFrame({c: z[c] for c in z["columns"]})
+    assert list(df["step"]) == list(range(300)) and "cell_log10" not in df
+    back = RecurrentDiagnosis.from_npz(path)
+    assert back.to_json() == d.to_json()
+    for f in dataclasses.fields(d):
+        if isinstance(getattr(d, f.name), np.ndarray):
+            np.testing.assert_array_equal(getattr(back, f.name), getattr(d, f.name))
+    both = tmp_path / "c.npz"
+    with open(both, "wb") as f:
+        frames.save_npz(f, diags, {"command": "compare"})
+    assert RecurrentDiagnosis.from_npz(both, name="lstm").to_json() == diags["lstm"].to_json()
+    with pytest.raises(ValueError, match="holds the diagnosis of a recurrent net: read it with "
+                                         "gradbench.recurrent.diagnose.RecurrentDiagnosis.from_npz"):
+        gb.Diagnosis.from_npz(path)
+    stack = gb.Stack(depth=3, width=4)
+    frames.write_npz(gb.diagnose(gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 2, 1))),
+                     tmp_path / "s.npz")
+    with pytest.raises(ValueError, match="holds the diagnosis of a stack: read it with gradbench.Diagnosis.from_npz"):
+        RecurrentDiagnosis.from_npz(tmp_path / "s.npz")
+
+
 # ------------------------------------------------------------------ TensorBoard
 def _events(logdir):
     ea_mod = pytest.importorskip(

@@ -366,3 +366,31 @@ def test_compare_plans_every_cell_before_the_first_run_and_names_the_checkpoint_
                  "--checkpoint", "50"]) == 2
     err = capsys.readouterr().err
     assert "--batch 64, --checkpoint 50) needs about" in err and "it fits with --checkpoint 1076" in err, err
+
+
+def test_run_and_compare_write_npz_as_the_stacks_do(tmp_path, capsys):
+    """--out x.npz was refused ("must end in .json") while the README says --out takes .npz for
+    large runs (the JSON of 10^5 steps is 12 MB). run: one diagnosis; compare: NAME/FIELD; the
+    head in ``head``; theory writes no diagnosis and keeps .json."""
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis
+
+    npz, js = tmp_path / "r.npz", tmp_path / "r.json"
+    run = ["run", "--cell", "lstm", "--steps", "50", "--hidden", "4", "--batch", "2", "--backend", "numpy"]
+    assert main([*run, "--out", str(npz)]) == 0 and main([*run, "--out", str(js)]) == 0
+    assert f"wrote {npz}" in capsys.readouterr().out
+    d = RecurrentDiagnosis.from_npz(npz)
+    want = json.loads(js.read_text())["diagnosis"]
+    assert json.loads(d.to_json()) == want and d.steps == 50  # the JSON file's diagnosis, every field
+    import numpy as np
+
+    with np.load(npz, allow_pickle=False) as z:
+        head = json.loads(str(z["head"]))
+    assert head["command"] == "run" and head["argv"] == [*run, "--out", str(npz)] and head["seed"] == 0
+    cnpz = tmp_path / "c.npz"
+    assert main(["compare", "--cells", "rnn,gru", "--steps", "30", "--hidden", "3", "--out", str(cnpz)]) == 0
+    with np.load(cnpz, allow_pickle=False) as z:
+        assert [str(n) for n in z["names"]] == ["rnn", "gru"] and json.loads(str(z["head"]))["command"] == "compare"
+    assert RecurrentDiagnosis.from_npz(cnpz, name="gru").rnn["cell"] == "gru"
+    capsys.readouterr()
+    assert main(["theory", "--cell", "rnn", "--steps", "10", "--hidden", "3", "--out", str(tmp_path / "t.npz")]) == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "t.npz").exists()

@@ -26,7 +26,7 @@ from gradbench.cli.common import (
     add_output_args, add_parser, finite_float, gain, given, nonneg_float, nonneg_int, option, parse, positive_float,
     positive_int, refuse_unused, seed_int, split, typed_options,
 )
-from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
+from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_file, write_json, write_plot
 from gradbench.report import fmt_pow
 from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, RECURRENT_INITS, RNN_ACTIVATIONS
 from gradbench.spec import CLIP_MODES, DTYPES, INITS
@@ -94,13 +94,14 @@ class UsageError(ValueError):
     pass
 
 
-def _check_outputs(args) -> None:
+def _check_outputs(args, results=(".json",)) -> None:
     """``--out``, ``--plot`` (and ``run``'s ``--tensorboard``) checked before any work, as for the
-    feed-forward commands: the suffix, a directory that exists (or ``--mkdir``) and takes files,
-    two different files, tensorboardX installed; ``--mkdir`` without an output is refused."""
+    feed-forward commands: the suffix (``results``: .json, and .npz for run and compare), a
+    directory that exists (or ``--mkdir``) and takes files, two different files, tensorboardX
+    installed; ``--mkdir`` without an output is refused."""
     board = getattr(args, "tensorboard", None)
     refuse_unused(args, [args.plot], [args.out, args.plot, board])
-    check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir,
+    check_outputs([("--out", args.out, results), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir,
                   directories=[("--tensorboard", board)])
     if board is not None:
         from gradbench.cli.model import check_tensorboard_dir
@@ -119,11 +120,18 @@ def _check_clip(args) -> None:
 WEIGHTS = "gradbench.init_params(rnn, seed)"  # the parameters of every probe run; input: GeneratedSequence
 
 
-def _write_out(args, command: str, t0: float, backend: str | None, body: dict, **fields) -> None:
-    """The JSON result file: the head shared with the feed-forward files (gradbench.cli.output),
-    then ``body``; written atomically."""
+def _write_out(args, command: str, t0: float, backend: str | None, body: dict, npz=None, **fields) -> None:
+    """The result file, written atomically: JSON, the head shared with the feed-forward files
+    (gradbench.cli.output) then ``body``; or (``--out x.npz``) ``npz``, a diagnosis or a dict
+    of them, with the head, as the stacks' (gradbench.frames.save_npz; docs/formats.md)."""
     head = metadata(command, args, **fields, threads=threads(backend), seconds=round(time.perf_counter() - t0, 3))
-    print(f"wrote {write_json(args.out, {**head, **body}, mkdir=args.mkdir)}")
+    if args.out.lower().endswith(".npz"):
+        from gradbench.frames import save_npz
+
+        path = write_file(args.out, lambda f: save_npz(f, npz, head), binary=True, mkdir=args.mkdir)
+    else:
+        path = write_json(args.out, {**head, **body}, mkdir=args.mkdir)
+    print(f"wrote {path}")
 
 
 def _write_plot(args, draw) -> None:
@@ -272,7 +280,7 @@ def cmd_run(args) -> int:
     from gradbench.recurrent.diagnose import diagnose, format_report
 
     t0 = time.perf_counter()
-    _check_outputs(args)
+    _check_outputs(args, RESULTS)
     _check_clip(args)
     rnn = _net(args)
     res, _ = run_one(plan_one(rnn, args, _backend(args.backend)), args)
@@ -281,7 +289,7 @@ def cmd_run(args) -> int:
     print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed}, "
           f"{res.extras['segments']} segment{'s' if res.extras['segments'] != 1 else ''})")
     if args.out:
-        _write_out(args, "run", t0, res.backend, {"diagnosis": d.to_dict()}, seed=args.seed, batch=args.batch,
+        _write_out(args, "run", t0, res.backend, {"diagnosis": d.to_dict()}, npz=d, seed=args.seed, batch=args.batch,
                    weights=WEIGHTS)
     if args.plot:
         from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
@@ -299,7 +307,7 @@ def cmd_compare(args) -> int:
     from gradbench.recurrent.diagnose import diagnose
 
     t0 = time.perf_counter()
-    _check_outputs(args)
+    _check_outputs(args, RESULTS)
     _check_clip(args)
     cells = split(args.cells, "--cells")
     bad = [c for c in cells if c not in CELLS]
@@ -330,7 +338,7 @@ def cmd_compare(args) -> int:
           "the contributions to dL/dW_hh stay within 8 decades of the largest)")
     if args.out:
         _write_out(args, "compare", t0, res.backend, {"diagnoses": {k: d.to_dict() for k, d in diags.items()}},
-                   seed=args.seed, batch=args.batch, weights=WEIGHTS)
+                   npz=diags, seed=args.seed, batch=args.batch, weights=WEIGHTS)
     if args.plot:
         from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
 
@@ -453,7 +461,7 @@ examples:
     _add_net_args(p)
     _common(p)
     p.add_argument("--rows", type=positive_int, default=12, help="steps shown in the table (default 12)")
-    p.add_argument("--out", help="write the diagnosis as JSON")
+    p.add_argument("--out", metavar="FILE", help="write the diagnosis: .json, or .npz for long runs (docs/formats.md)")
     p.add_argument("--plot", help="write ||dL/dh_t|| and the step contributions against t (.png/.svg/.pdf)")
     p.add_argument("--tensorboard", metavar="DIR",
                    help="write the diagnosis as TensorBoard events, the time step as the step (needs tensorboardX; "
@@ -467,7 +475,7 @@ examples:
     p.add_argument("--cells", required=True, help=f"comma-separated cells: {', '.join(CELLS)}")
     _add_net_args(p, cell=False, steps=None, hidden=32)
     _common(p)
-    p.add_argument("--out", help="write every diagnosis as JSON")
+    p.add_argument("--out", metavar="FILE", help="write every diagnosis: .json or .npz (docs/formats.md)")
     p.add_argument("--plot", help="write log10 ||dL/dh_t|| against steps back, one line per cell")
     add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_compare)

@@ -95,6 +95,14 @@ class RecurrentDiagnosis:
 
         return diagnosis_frame(self)
 
+    @classmethod
+    def from_npz(cls, path, name: str | None = None) -> "RecurrentDiagnosis":
+        """Read the ``.npz`` file of :func:`gradbench.frames.write_npz` (``gradbench run --cell ...
+        --out x.npz``; ``name``: one cell of ``gradbench compare --cells ... --out x.npz``)."""
+        from gradbench.frames import RECURRENT, npz_fields
+
+        return cls(**npz_fields(path, name, kind=RECURRENT))
+
     def __str__(self) -> str:
         return format_report(self)
 
