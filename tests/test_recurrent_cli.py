@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -394,3 +395,22 @@ def test_run_and_compare_write_npz_as_the_stacks_do(tmp_path, capsys):
     capsys.readouterr()
     assert main(["theory", "--cell", "rnn", "--steps", "10", "--hidden", "3", "--out", str(tmp_path / "t.npz")]) == 2
     assert "--out" in capsys.readouterr().err and not (tmp_path / "t.npz").exists()
+
+
+def test_theory_says_why_there_is_no_measured_rate(tmp_path, capsys):
+    """theory --steps 1 printed "measured +nan" with no reason: refused before any work (one
+    step has no slope); a run whose backward turns NaN says so in place of +nan."""
+    assert main(["theory", "--cell", "rnn", "--steps", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--steps 1: the measured rate is the least-squares slope of log10 ||dL/dh_t|| " \
+        "over the steps, which needs --steps >= 2" in captured.err
+    out = tmp_path / "t.json"
+    assert main(["theory", "--cell", "rnn", "--activation", "gelu", "--recurrent-init", "orthogonal", "--sigma-w", "3",
+                 "--steps", "1000", "--hidden", "16", "--backend", "numpy", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "nan" not in text and "measured    none (1000 steps, batch 4, numpy): fewer than two of the 900 steps " \
+        "fitted have a finite, non-zero ||dL/dh_t|| (the forward state turned non-finite at step " in text, text
+    assert "the backward signal turned non-finite at step 999)" in text and "difference" not in text
+    assert json.loads(out.read_text())["measured_decades_per_step"] == "nan"
+    assert main(["theory", "--cell", "rnn", "--steps", "2", "--hidden", "3"]) == 0
+    assert re.search(r"measured    [+-]\d\.\d{6} decades per step going back \(2 steps", capsys.readouterr().out)

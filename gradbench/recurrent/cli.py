@@ -369,6 +369,9 @@ def cmd_theory(args) -> int:
     t0 = time.perf_counter()
     _check_outputs(args)
     _check_clip(args)
+    if args.steps < 2:  # measured_rate is nan with one step: "measured +nan" was printed with no reason
+        raise UsageError(f"--steps {args.steps}: the measured rate is the least-squares slope of log10 ||dL/dh_t|| "
+                         "over the steps, which needs --steps >= 2")
     rnn = _net(args)
     probe = plan_one(rnn, args, _backend(args.backend))
     import gradbench as gb
@@ -395,8 +398,11 @@ def cmd_theory(args) -> int:
     res, _ = run_one(probe, args, params)
     got = measured_rate(res)
     out["measured_decades_per_step"] = got
-    print(f"  measured    {got:+.6f} decades per step going back ({rnn.steps} steps, batch {args.batch}, "
-          f"{res.backend}, least squares away from both ends)")
+    if math.isfinite(got):
+        print(f"  measured    {got:+.6f} decades per step going back ({rnn.steps} steps, batch {args.batch}, "
+              f"{res.backend}, least squares away from both ends)")
+    else:  # it printed "measured +nan" with no reason
+        print(f"  measured    none ({rnn.steps} steps, batch {args.batch}, {res.backend}): {_no_measurement(res)}")
     if pred.decades_per_step is not None and math.isfinite(got):
         diff = got - pred.decades_per_step
         rel = (f" ({abs(diff) / abs(pred.decades_per_step):.2%} of the prediction)"
@@ -411,9 +417,28 @@ def cmd_theory(args) -> int:
         d = diagnose(res)
         predicted = "none" if pred.decades_per_step is None else f"{pred.decades_per_step:+.4g}"
         _write_plot(args, lambda path: plot.signal_vs_steps_back(
-            {"measured": d}, path, title=f"{rnn.cell}: measured {got:+.4g} vs predicted {predicted} dec/step",
+            {"measured": d}, path, title=f"{rnn.cell}: measured {f'{got:+.4g}' if math.isfinite(got) else 'none'} "
+                                          f"vs predicted {predicted} dec/step",
             dpi=args.dpi))
     return 0
+
+
+def _no_measurement(res) -> str:
+    """Why :func:`~gradbench.recurrent.theory.measured_rate` has no slope: fewer than two steps
+    of its window with a finite, non-zero ||dL/dh_t||."""
+    s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    skip = len(s) // 20
+    window = s[skip:len(s) - skip]
+    why = []
+    if res.first_nonfinite_forward is not None:
+        why.append(f"the forward state turned non-finite at step {res.first_nonfinite_forward}")
+    if res.first_nonfinite_backward is not None:
+        why.append(f"the backward signal turned non-finite at step {res.first_nonfinite_backward}")
+    zero = int(np.sum(window == -math.inf))
+    if zero:
+        why.append(f"||dL/dh_t|| is exactly 0 at {zero} of them")
+    return (f"fewer than two of the {len(window)} steps fitted have a finite, non-zero ||dL/dh_t||"
+            + (f" ({'; '.join(why)})" if why else ""))
 
 
 # ------------------------------------------------------------------ train (the recurrent demos)
