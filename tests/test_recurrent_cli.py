@@ -414,3 +414,46 @@ def test_theory_says_why_there_is_no_measured_rate(tmp_path, capsys):
     assert json.loads(out.read_text())["measured_decades_per_step"] == "nan"
     assert main(["theory", "--cell", "rnn", "--steps", "2", "--hidden", "3"]) == 0
     assert re.search(r"measured    [+-]\d\.\d{6} decades per step going back \(2 steps", capsys.readouterr().out)
+
+
+def _term_column(text: str) -> dict[int, str]:
+    """step -> the ||dW_hh term|| cell of an rnn report's table."""
+    rows = [ln.split() for ln in text.splitlines() if re.match(r"^\s+\d+\s", ln)]
+    return {int(r[0]): r[2] for r in rows}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
+def test_a_nan_backward_shows_nan_step_terms_not_zero(backend, capsys):
+    """A GELU cell at orthogonal gain 3 turns NaN: the C backend's Gram-matrix norm (hidden 64,
+    batch 16) records the NaN terms as 0, and the table showed "0" (an exact zero) there."""
+    from gradbench.recurrent.backends import backends
+
+    if backend not in backends():
+        pytest.skip(f"the {backend} backend is not available")
+    assert main(["run", "--cell", "rnn", "--activation", "gelu", "--sigma-w", "3", "--steps", "1000", "--hidden", "64",
+                 "--backend", backend, "--rows", "1000"]) == 0
+    terms = _term_column(capsys.readouterr().out)
+    assert len(terms) == 1000 and set(terms.values()) == {"nan"}, {t: v for t, v in terms.items() if v != "nan"}
+
+
+def test_report_shows_nan_where_the_recorded_term_of_a_nan_step_is_zero():
+    """The table, from a diagnosis whose NaN steps recorded 0 terms (as the C Gram path does):
+    nan there, said under the table; an exact 0 of a finite step (step 0: h_{-1} = 0) stays 0."""
+    import dataclasses
+
+    import numpy as np
+
+    import gradbench as gb
+    from gradbench.recurrent.diagnose import format_report
+
+    rnn = gb.Recurrent(cell="rnn", steps=10, hidden=3)
+    d = gb.diagnose(gb.backprop(rnn, gb.init_params(rnn, 0), gb.GeneratedSequence(rnn, 2, 0), backend="numpy"))
+    assert d.grad_log10[0] == -np.inf and np.isfinite(d.signal_log10).all()
+    clean = format_report(d)
+    assert _term_column(clean)[0] == "0" and "not a number" not in clean
+    s, g = d.signal_log10.copy(), d.grad_log10.copy()
+    s[:6], g[:6] = np.nan, -np.inf  # the backward turned NaN at step 5; the terms recorded as 0
+    text = format_report(dataclasses.replace(d, signal_log10=s, grad_log10=g, first_nonfinite_backward=5))
+    terms = _term_column(text)
+    assert [terms[t] for t in range(6)] == ["nan"] * 6 and all(terms[t].startswith("10^") for t in range(6, 10))
+    assert "(||dW_hh term|| nan: that step's dL/dh_t or h_{t-1} is not finite, so its term is not a number)" in text
