@@ -17,6 +17,16 @@ int64 exponent, so -30000.5 is a value like any other, and -inf means an exact z
   histogram counts ``hist_00``, ``hist_01``, ... on the bin edges ``df.attrs["hist_edges"]``,
   and ``hist_zeros``, ``hist_nonfinite``, ``hist_outside``). ``df.attrs``: verdict,
   explanation, decades_per_layer, loss, stack, ...
+- :func:`recurrent_result_frame` (``RecurrentResult.to_frame()``): one row per time step
+  ``step`` t = 0 .. T - 1 of a recurrent net: ``signal_log10`` (log10 ||dL/dh_t||) and its
+  mantissa/exponent, ``cell_signal_log10`` and its mantissa/exponent (the LSTM's ||dL/dc_t||;
+  LSTM only), ``grad_log10`` (log10 of step t's contribution to dL/dW_hh) and its
+  mantissa/exponent, ``act_mean``, ``act_mean_log10``, ``act_std``, ``act_std_log10`` (of h_t),
+  ``saturation``, ``gate_mean``, ``gate_low`` (NaN for the vanilla cell). ``df.attrs``: loss,
+  loss_log10, backend, rnn, first_nonfinite_forward, first_nonfinite_backward.
+- ``RecurrentDiagnosis.to_frame()`` (:func:`diagnosis_frame`): one row per ``step`` with the
+  diagnosis' per-step arrays (``cell_log10`` for the LSTM only). ``df.attrs``: verdict,
+  explanation, decades_per_step, reach, rnn, ...
 - :func:`train_frame` (``TrainResult.to_frame()``): one row per epoch and layer, ``epoch`` 0
   (before training) to E and ``layer`` 0 to L - 1: ``grad_log10`` (full data set, before
   epoch 1 / after epoch e), ``update_ratio_percent`` (100 ||Delta W_l|| / ||W_l|| during
@@ -29,7 +39,10 @@ format is documented in ``docs/formats.md``) holds the per-layer columns as arra
 L, their names in ``columns``, ``hist_counts`` (L, bins), ``hist_edges`` (bins + 1) and the
 other fields in the JSON string ``meta``; ``pd.DataFrame({c: z[c] for c in z["columns"]})`` is the frame of
 :func:`diagnosis_frame` without the histogram columns, and ``Diagnosis.from_npz(path)`` the
-diagnosis itself.
+diagnosis itself. A recurrent net's diagnosis (``gradbench run --cell ... --out x.npz``) is
+stored the same way with ``step`` (length T) in place of ``layer``, no histograms, and the
+string ``kind`` = ``"recurrent"`` (a stack's file has no ``kind``);
+``RecurrentDiagnosis.from_npz(path)`` reads it back.
 """
 
 from __future__ import annotations
@@ -85,6 +98,33 @@ def result_frame(res):
     return df
 
 
+def recurrent_result_frame(res):
+    """One row per time step of a :class:`~gradbench.recurrent.RecurrentResult` (module docstring)."""
+    pd = _pandas()
+    T = len(res.signal_norm.mantissa)
+    cols = {"step": np.arange(T)}
+
+    def exact(name, v):
+        with np.errstate(divide="ignore"):
+            cols[f"{name}_log10"] = np.asarray(v.log10(), dtype=np.float64)
+        cols[f"{name}_mantissa"] = np.asarray(v.mantissa, dtype=np.float64)
+        cols[f"{name}_exponent"] = np.broadcast_to(np.asarray(v.exponent, dtype=np.int64), (T,)).copy()
+
+    exact("signal", res.signal_norm)
+    if res.cell_signal_norm is not None:
+        exact("cell_signal", res.cell_signal_norm)
+    exact("grad", res.grad_norm)
+    cols["act_mean"], cols["act_mean_log10"] = _float_and_log(res.act_mean)
+    cols["act_std"], cols["act_std_log10"] = _float_and_log(res.act_std)
+    for k in ("saturation", "gate_mean", "gate_low"):
+        cols[k] = np.asarray(getattr(res, k), dtype=np.float64)
+    df = pd.DataFrame(cols)
+    df.attrs.update(loss=float(res.loss), loss_log10=float(res.loss_exact.log10()), backend=res.backend,
+                    rnn=dataclasses.asdict(res.rnn), first_nonfinite_forward=res.first_nonfinite_forward,
+                    first_nonfinite_backward=res.first_nonfinite_backward)
+    return df
+
+
 def _split_fields(d) -> tuple[dict[str, np.ndarray], dict]:
     """A diagnosis' fields: (arrays, everything else), whatever fields the Diagnosis has."""
     arrays, meta = {}, {}
@@ -94,12 +134,20 @@ def _split_fields(d) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
+def _index(d) -> tuple[str, int]:
+    """The rows of a diagnosis: ``layer`` (a stack's :class:`~gradbench.Diagnosis`) or ``step``
+    (a recurrent net's :class:`~gradbench.recurrent.diagnose.RecurrentDiagnosis`), and how many."""
+    return ("layer", d.depth) if hasattr(d, "depth") else ("step", d.steps)
+
+
 def _diag_columns(d) -> dict[str, np.ndarray]:
-    """``layer`` and every per-layer (L,) array of the diagnosis, in field order (the histogram's
-    L + 1 edges are no column even when there are L + 1 of them: 40 bins at depth 41)."""
+    """``layer`` (``step``) and every per-layer (L,) (per-step (T,)) array of the diagnosis, in
+    field order (the histogram's L + 1 edges are no column even when there are L + 1 of them: 40
+    bins at depth 41; the LSTM's ``cell_log10`` is empty for the other cells)."""
     arrays, _ = _split_fields(d)
-    cols = {"layer": np.arange(d.depth)}
-    cols.update({k: a for k, a in arrays.items() if a.shape == (d.depth,) and k not in _NOT_PER_LAYER})
+    name, n = _index(d)
+    cols = {name: np.arange(n)}
+    cols.update({k: a for k, a in arrays.items() if a.shape == (n,) and k not in _NOT_PER_LAYER})
     return cols
 
 
@@ -107,9 +155,14 @@ _NOT_PER_LAYER = ("hist_edges",)  # shaped (bins + 1,), not (L,)
 
 
 def diagnosis_frame(d):
-    """One row per layer of a :class:`~gradbench.Diagnosis` (module docstring)."""
+    """One row per layer of a :class:`~gradbench.Diagnosis`, or per time step of a
+    :class:`~gradbench.recurrent.diagnose.RecurrentDiagnosis` (module docstring)."""
     pd = _pandas()
     cols = _diag_columns(d)
+    if not hasattr(d, "hist_counts"):  # a recurrent diagnosis: no histograms
+        df = pd.DataFrame(cols)
+        df.attrs.update(_split_fields(d)[1])
+        return df
     counts = np.asarray(d.hist_counts)
     width = max(2, len(str(max(counts.shape[1] - 1, 0))))
     for j in range(counts.shape[1] if counts.ndim == 2 else 0):
@@ -173,13 +226,21 @@ def _decode(v):
     return v
 
 
+RECURRENT = "recurrent"  # the ``kind`` of a recurrent net's diagnosis file (a stack's has none)
+
+
+def _kind(d) -> str:
+    return "stack" if hasattr(d, "depth") else RECURRENT
+
+
 def _npz_arrays(d, head: dict | None = None) -> dict:
     """The arrays of one diagnosis's ``.npz`` (see :func:`write_npz`)."""
     fields, meta = _split_fields(d)
     cols = _diag_columns(d)
     arrays = {k: (v.astype(np.min_scalar_type(int(v.max()))) if v.dtype.kind in "iu" and v.size and v.min() >= 0
                   else v) for k, v in fields.items()}  # counts in the smallest unsigned type
-    arrays["layer"] = cols["layer"]
+    index = _index(d)[0]
+    arrays[index] = cols[index]
     arrays["columns"] = np.array(list(cols))
     for k, v in meta.items():
         if isinstance(v, (str, int, float, np.integer, np.floating)) and not isinstance(v, bool):
@@ -188,6 +249,8 @@ def _npz_arrays(d, head: dict | None = None) -> dict:
     if head is not None:
         arrays["head"] = np.array(json.dumps(_encode(head), allow_nan=False))
     arrays["format"] = np.array(NPZ_FORMAT)
+    if _kind(d) == RECURRENT:
+        arrays["kind"] = np.array(RECURRENT)
     return arrays
 
 
@@ -196,8 +259,13 @@ def save_npz(f, diagnoses, head: dict | None = None) -> None:
     ``name/field``), and the JSON ``head`` of the file, to the binary file ``f``."""
     if isinstance(diagnoses, dict):
         arrays = {"names": np.array(list(diagnoses)), "format": np.array(NPZ_FORMAT)}
+        kinds = {_kind(d) for d in diagnoses.values()}
+        if len(kinds) > 1:
+            raise ValueError("one .npz file holds the diagnoses of stacks or of recurrent nets, not both")
+        if kinds == {RECURRENT}:
+            arrays["kind"] = np.array(RECURRENT)
         for name, d in diagnoses.items():
-            arrays.update({f"{name}/{k}": v for k, v in _npz_arrays(d).items() if k != "format"})
+            arrays.update({f"{name}/{k}": v for k, v in _npz_arrays(d).items() if k not in ("format", "kind")})
         if head is not None:
             arrays["head"] = np.array(json.dumps(_encode(head), allow_nan=False))
     else:
@@ -206,7 +274,9 @@ def save_npz(f, diagnoses, head: dict | None = None) -> None:
 
 
 def write_npz(d, path, head: dict | None = None) -> str:
-    """Write a :class:`~gradbench.Diagnosis` to ``path`` (``.npz``, atomically; ``docs/formats.md``).
+    """Write a :class:`~gradbench.Diagnosis` (or a recurrent net's
+    :class:`~gradbench.recurrent.diagnose.RecurrentDiagnosis`) to ``path`` (``.npz``,
+    atomically; ``docs/formats.md``).
 
     Every array field is stored (float64; counts in the smallest unsigned type that holds them),
     compressed, and loads with ``np.load`` at once; the other fields
@@ -219,22 +289,30 @@ def write_npz(d, path, head: dict | None = None) -> str:
     return _atomic.write_atomic(path, lambda f: save_npz(f, d, head), binary=True, suffix=".npz")
 
 
-def npz_fields(path, name: str | None = None) -> dict:
+def npz_fields(path, name: str | None = None, kind: str = "stack") -> dict:
     """The fields of the :class:`~gradbench.Diagnosis` written by :func:`write_npz` (``name``:
-    one of a file of several, ``gradbench compare --out x.npz``).
+    one of a file of several, ``gradbench compare --out x.npz``; ``kind="recurrent"``: of a
+    recurrent net's diagnosis).
 
-    ``Diagnosis.from_npz(path)`` builds the diagnosis from them; no pickles are loaded.
+    ``Diagnosis.from_npz(path)`` (``RecurrentDiagnosis.from_npz(path)``) builds the diagnosis
+    from them; no pickles are loaded. A file of the other kind is refused, naming its reader.
     """
     with np.load(os.fspath(path), allow_pickle=False) as z:
         if "format" not in z.files or int(z["format"]) != NPZ_FORMAT:
             raise ValueError(f"{path} is not a gradbench diagnosis .npz (format {NPZ_FORMAT})")
+        found = str(z["kind"]) if "kind" in z.files else "stack"
+        if found != kind:
+            reader = ("gradbench.recurrent.diagnose.RecurrentDiagnosis.from_npz" if found == RECURRENT
+                      else "gradbench.Diagnosis.from_npz")
+            raise ValueError(f"{path} holds the diagnosis of {'a recurrent net' if found == RECURRENT else 'a stack'}: "
+                             f"read it with {reader}")
         pre = "" if name is None else f"{name}/"
         if pre + "meta" not in z.files:
             names = [str(n) for n in z["names"]] if "names" in z.files else []
             raise ValueError(f"{path} holds the diagnoses {', '.join(names)}: pass name=" if names else
                              f"{path} has no diagnosis {name!r}")
         meta = _decode(json.loads(str(z[pre + "meta"])))
-        extra = {"layer", "columns", "meta", "format", "head"} | set(meta)
+        extra = {"layer", "step", "kind", "columns", "meta", "format", "head"} | set(meta)
         kw = {k[len(pre):]: (z[k].astype(np.int64) if z[k].dtype.kind in "iu" else z[k].copy())
               for k in z.files if k.startswith(pre) and k[len(pre):] not in extra and (pre or "/" not in k)
               and k != "names"}

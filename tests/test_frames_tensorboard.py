@@ -92,6 +92,46 @@ def test_train_frame_has_one_row_per_epoch_and_layer():
     np.testing.assert_allclose(df[df.epoch == 0].grad_log10, ref, atol=1e-11)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_recurrent_result_frame_has_one_row_per_step_from_the_results_arrays(cell):
+    """RecurrentResult and RecurrentDiagnosis had no to_frame() (Result and Diagnosis do). One row
+    per time step; the exact columns are the result's own mantissas and exponents, below float64
+    too (the rnn at gain 0.05 reaches 10^-500)."""
+    rnn = gb.Recurrent(cell=cell, steps=400, hidden=5, sigma_w=0.05 if cell == "rnn" else None)
+    res = gb.backprop(rnn, gb.init_params(rnn, 0), gb.GeneratedSequence(rnn, 3, 1), backend="numpy")
+    df = res.to_frame()
+    assert len(df) == 400 and list(df["step"]) == list(range(400))
+    with np.errstate(divide="ignore"):
+        for name, v in (("signal", res.signal_norm), ("grad", res.grad_norm), ("cell_signal", res.cell_signal_norm)):
+            if v is None:
+                assert f"{name}_log10" not in df and cell != "lstm"
+                continue
+            np.testing.assert_array_equal(df[f"{name}_log10"], v.log10())
+            np.testing.assert_array_equal(df[f"{name}_mantissa"], v.mantissa)
+            np.testing.assert_array_equal(df[f"{name}_exponent"], np.broadcast_to(v.exponent, (400,)))
+            assert df[f"{name}_exponent"].dtype == np.int64
+        np.testing.assert_array_equal(df["act_std"], res.act_std.to_float(warn=False))
+        np.testing.assert_array_equal(df["act_mean_log10"], res.act_mean.log10())
+    for k in ("saturation", "gate_mean", "gate_low"):
+        np.testing.assert_array_equal(df[k], getattr(res, k))
+    if cell == "rnn":
+        assert df["signal_log10"].iloc[0] < -400 and df["signal_mantissa"].iloc[0] > 0  # a float64 reads 0
+        assert df["gate_mean"].isna().all()
+    assert df.attrs["loss"] == res.loss and df.attrs["rnn"] == dataclasses.asdict(rnn)
+    assert df.attrs["backend"] == "numpy" and df.attrs["first_nonfinite_backward"] is None
+
+    d = gb.diagnose(res)
+    dd = d.to_frame()
+    per_step = [f.name for f in dataclasses.fields(d) if isinstance(getattr(d, f.name), np.ndarray)
+                and getattr(d, f.name).shape == (400,)]
+    assert list(dd.columns) == ["step", *per_step] and len(dd) == 400
+    assert ("cell_log10" in dd) == (cell == "lstm")
+    for k in per_step:
+        np.testing.assert_array_equal(dd[k], getattr(d, k))
+    np.testing.assert_array_equal(dd["signal_log10"], df["signal_log10"])
+    assert dd.attrs["verdict"] == d.verdict and dd.attrs["reach"] == d.reach and dd.attrs["rnn"] == d.rnn
+
+
 def test_to_frame_without_pandas_says_how_to_install(monkeypatch):
     import sys
 
@@ -118,6 +158,44 @@ def test_npz_round_trip_and_loads_straight_into_numpy_and_pandas(tmp_path):
     with pytest.raises(ValueError, match="must end in .npz"):
         frames.write_npz(d, tmp_path / "d.parquet")
     assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]  # no temporary file left behind
+
+
+def test_recurrent_npz_round_trip(tmp_path):
+    """A recurrent diagnosis in the stacks' .npz (``run --cell ... --out x.npz``): every field
+    back bit for bit (-inf, nan included), ``step`` in place of ``layer``, loads in plain NumPy;
+    a file of the other kind is refused naming its reader."""
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis
+
+    diags = {}
+    for cell in ("rnn", "lstm"):
+        rnn = gb.Recurrent(cell=cell, steps=300, hidden=4, sigma_w=0.05 if cell == "rnn" else None)
+        diags[cell] = gb.diagnose(gb.backprop(rnn, gb.init_params(rnn, 0), gb.GeneratedSequence(rnn, 2, 1),
+                                              backend="numpy"))
+    d = diags["rnn"]
+    assert np.isnan(d.gate_mean).all() and d.grad_log10[0] == -np.inf  # h_{-1} = 0: step 0's term is 0
+    path = frames.write_npz(d, tmp_path / "r.npz", head={"command": "run"})
+    with np.load(path, allow_pickle=False) as z:
+        assert str(z["kind"]) == "recurrent" and str(z["verdict"]) == d.verdict
+        np.testing.assert_array_equal(z["signal_log10"], d.signal_log10)
+        df = pd.DataFrame({c: z[c] for c in z["columns"]})
+    assert list(df["step"]) == list(range(300)) and "cell_log10" not in df
+    back = RecurrentDiagnosis.from_npz(path)
+    assert back.to_json() == d.to_json()
+    for f in dataclasses.fields(d):
+        if isinstance(getattr(d, f.name), np.ndarray):
+            np.testing.assert_array_equal(getattr(back, f.name), getattr(d, f.name))
+    both = tmp_path / "c.npz"
+    with open(both, "wb") as f:
+        frames.save_npz(f, diags, {"command": "compare"})
+    assert RecurrentDiagnosis.from_npz(both, name="lstm").to_json() == diags["lstm"].to_json()
+    with pytest.raises(ValueError, match="holds the diagnosis of a recurrent net: read it with "
+                                         "gradbench.recurrent.diagnose.RecurrentDiagnosis.from_npz"):
+        gb.Diagnosis.from_npz(path)
+    stack = gb.Stack(depth=3, width=4)
+    frames.write_npz(gb.diagnose(gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 2, 1))),
+                     tmp_path / "s.npz")
+    with pytest.raises(ValueError, match="holds the diagnosis of a stack: read it with gradbench.Diagnosis.from_npz"):
+        RecurrentDiagnosis.from_npz(tmp_path / "s.npz")
 
 
 # ------------------------------------------------------------------ TensorBoard

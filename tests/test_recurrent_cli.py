@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -290,3 +291,169 @@ def test_recurrent_plots_take_dpi(tmp_path):
                      "--plot", str(path), "--dpi", "150"]) == 0
     big = imread(path).shape
     assert big[0] > 2.5 * small[0] and big[1] > 2.5 * small[1]
+
+
+def test_compare_applies_activation_to_the_rnn_line_only(tmp_path, capsys):
+    """--activation is "rnn cell only", as --forget-bias is lstm only: compare --cells rnn,lstm,gru
+    --activation relu was refused ("activation='relu' is not valid for cell='lstm'"). Now the rnn
+    line runs relu, the gated ones their own gates, and the header says so."""
+    out = tmp_path / "c.json"
+    assert main(["compare", "--cells", "rnn,lstm,gru", "--activation", "leaky_relu", "--activation-param", "0.2",
+                 "--forget-bias", "3", "--steps", "20", "--hidden", "4", "--batch", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "--activation leaky_relu --activation-param 0.2: the rnn line only (lstm, gru: fixed sigmoid gates " \
+           "and tanh)" in text
+    assert "--forget-bias 3: the lstm line only" in text
+    d = json.loads(out.read_text())["diagnoses"]
+    assert (d["rnn"]["rnn"]["activation"], d["rnn"]["rnn"]["activation_param"]) == ("leaky_relu", 0.2)
+    for cell in ("lstm", "gru"):
+        assert d[cell]["rnn"]["activation"] is None and d[cell]["rnn"]["activation_param"] is None
+    assert d["lstm"]["rnn"]["forget_bias"] == 3 and d["gru"]["rnn"]["forget_bias"] is None
+    for option in ("--activation", "--activation-param"):  # no rnn line: refused, as --forget-bias without lstm
+        value = "relu" if option == "--activation" else "0.2"
+        assert main(["compare", "--cells", "lstm,gru", option, value, "--steps", "5", "--hidden", "3"]) == 2
+        err = capsys.readouterr().err
+        assert f"{option} applies to the rnn cell only, and --cells 'lstm,gru' has none" in err, err
+
+
+@pytest.mark.parametrize("command, default", [(["run", "--cell", "rnn"], "orthogonal"),
+                                              (["compare", "--cells", "rnn"], "orthogonal"),
+                                              (["theory", "--cell", "rnn"], "normal")])
+def test_help_names_the_recurrent_init_each_command_uses(command, default, capsys):
+    """theory --help said --recurrent-init defaults to orthogonal while theory draws W_hh normal
+    (its header says "W_hh normal gain 1")."""
+    import re
+
+    assert main([*command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert re.findall(r"--recurrent-init NAME W_hh: one of [a-z_, ]+ \(default (\w+)\)", text) == [default]
+
+
+def _no_drawing(monkeypatch, avail_gib: float):
+    """The weights must not be drawn (the refusal came after init_params' QR: 23 s at hidden
+    2048), and the memory the plan sees is fixed."""
+    import gradbench as gb
+    from gradbench.recurrent import cli as rcli
+
+    def drawn(*args, **kwargs):
+        raise AssertionError("the weights were drawn before the plan refused the run")
+
+    monkeypatch.setattr(gb, "init_params", drawn)
+    monkeypatch.setattr(rcli, "available", lambda: int(avail_gib * 2**30), raising=False)
+
+
+def test_a_run_too_big_is_refused_before_the_weights_are_drawn(monkeypatch, capsys):
+    _no_drawing(monkeypatch, 20)
+    assert main(["run", "--cell", "lstm", "--steps", "100000000", "--hidden", "2048", "--batch", "512"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "this run (lstm, --steps 100000000, --hidden 2048, --batch 512) needs about 712.12 GiB " \
+        "(checkpointed every 10000 steps) but the limit is 18.00 GiB" in err[0], err
+    assert err[0].endswith("no --checkpoint K fits: reduce --steps, --hidden or --batch"), err
+    assert main(["theory", "--cell", "gru", "--steps", "100000000", "--hidden", "2048", "--batch", "512"]) == 2
+    captured = capsys.readouterr()
+    assert "needs about" in captured.err and captured.out == ""  # refused before the header and the prediction
+
+
+def test_compare_plans_every_cell_before_the_first_run_and_names_the_checkpoint_that_fits(monkeypatch, capsys):
+    """The rnn line fits, the lstm line does not at k ~ sqrt(T) (2000 steps: 2.54 GiB) but does at
+    its leanest segment (1076 steps: 2.17 GiB): refused before the rnn line runs, naming that K."""
+    _no_drawing(monkeypatch, 2.3 / 0.9)
+    assert main(["compare", "--cells", "rnn,lstm", "--steps", "4000000", "--hidden", "256", "--batch", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "this run (lstm, --steps 4000000, --hidden 256, --batch 64) needs about 2.54 GiB " \
+        "(checkpointed every 2000 steps) but the limit is 2.30 GiB (90% of the available RAM); it fits with " \
+        "--checkpoint 1076 (about 2.17 GiB)" in err[0], err
+    assert main(["run", "--cell", "lstm", "--steps", "4000000", "--hidden", "256", "--batch", "64",
+                 "--checkpoint", "50"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch 64, --checkpoint 50) needs about" in err and "it fits with --checkpoint 1076" in err, err
+
+
+def test_run_and_compare_write_npz_as_the_stacks_do(tmp_path, capsys):
+    """--out x.npz was refused ("must end in .json") while the README says --out takes .npz for
+    large runs (the JSON of 10^5 steps is 12 MB). run: one diagnosis; compare: NAME/FIELD; the
+    head in ``head``; theory writes no diagnosis and keeps .json."""
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis
+
+    npz, js = tmp_path / "r.npz", tmp_path / "r.json"
+    run = ["run", "--cell", "lstm", "--steps", "50", "--hidden", "4", "--batch", "2", "--backend", "numpy"]
+    assert main([*run, "--out", str(npz)]) == 0 and main([*run, "--out", str(js)]) == 0
+    assert f"wrote {npz}" in capsys.readouterr().out
+    d = RecurrentDiagnosis.from_npz(npz)
+    want = json.loads(js.read_text())["diagnosis"]
+    assert json.loads(d.to_json()) == want and d.steps == 50  # the JSON file's diagnosis, every field
+    import numpy as np
+
+    with np.load(npz, allow_pickle=False) as z:
+        head = json.loads(str(z["head"]))
+    assert head["command"] == "run" and head["argv"] == [*run, "--out", str(npz)] and head["seed"] == 0
+    cnpz = tmp_path / "c.npz"
+    assert main(["compare", "--cells", "rnn,gru", "--steps", "30", "--hidden", "3", "--out", str(cnpz)]) == 0
+    with np.load(cnpz, allow_pickle=False) as z:
+        assert [str(n) for n in z["names"]] == ["rnn", "gru"] and json.loads(str(z["head"]))["command"] == "compare"
+    assert RecurrentDiagnosis.from_npz(cnpz, name="gru").rnn["cell"] == "gru"
+    capsys.readouterr()
+    assert main(["theory", "--cell", "rnn", "--steps", "10", "--hidden", "3", "--out", str(tmp_path / "t.npz")]) == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "t.npz").exists()
+
+
+def test_theory_says_why_there_is_no_measured_rate(tmp_path, capsys):
+    """theory --steps 1 printed "measured +nan" with no reason: refused before any work (one
+    step has no slope); a run whose backward turns NaN says so in place of +nan."""
+    assert main(["theory", "--cell", "rnn", "--steps", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--steps 1: the measured rate is the least-squares slope of log10 ||dL/dh_t|| " \
+        "over the steps, which needs --steps >= 2" in captured.err
+    out = tmp_path / "t.json"
+    assert main(["theory", "--cell", "rnn", "--activation", "gelu", "--recurrent-init", "orthogonal", "--sigma-w", "3",
+                 "--steps", "1000", "--hidden", "16", "--backend", "numpy", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "nan" not in text and "measured    none (1000 steps, batch 4, numpy): fewer than two of the 900 steps " \
+        "fitted have a finite, non-zero ||dL/dh_t|| (the forward state turned non-finite at step " in text, text
+    assert "the backward signal turned non-finite at step 999)" in text and "difference" not in text
+    assert json.loads(out.read_text())["measured_decades_per_step"] == "nan"
+    assert main(["theory", "--cell", "rnn", "--steps", "2", "--hidden", "3"]) == 0
+    assert re.search(r"measured    [+-]\d\.\d{6} decades per step going back \(2 steps", capsys.readouterr().out)
+
+
+def _term_column(text: str) -> dict[int, str]:
+    """step -> the ||dW_hh term|| cell of an rnn report's table."""
+    rows = [ln.split() for ln in text.splitlines() if re.match(r"^\s+\d+\s", ln)]
+    return {int(r[0]): r[2] for r in rows}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
+def test_a_nan_backward_shows_nan_step_terms_not_zero(backend, capsys):
+    """A GELU cell at orthogonal gain 3 turns NaN: the C backend's Gram-matrix norm (hidden 64,
+    batch 16) records the NaN terms as 0, and the table showed "0" (an exact zero) there."""
+    from gradbench.recurrent.backends import backends
+
+    if backend not in backends():
+        pytest.skip(f"the {backend} backend is not available")
+    assert main(["run", "--cell", "rnn", "--activation", "gelu", "--sigma-w", "3", "--steps", "1000", "--hidden", "64",
+                 "--backend", backend, "--rows", "1000"]) == 0
+    terms = _term_column(capsys.readouterr().out)
+    assert len(terms) == 1000 and set(terms.values()) == {"nan"}, {t: v for t, v in terms.items() if v != "nan"}
+
+
+def test_report_shows_nan_where_the_recorded_term_of_a_nan_step_is_zero():
+    """The table, from a diagnosis whose NaN steps recorded 0 terms (as the C Gram path does):
+    nan there, said under the table; an exact 0 of a finite step (step 0: h_{-1} = 0) stays 0."""
+    import dataclasses
+
+    import numpy as np
+
+    import gradbench as gb
+    from gradbench.recurrent.diagnose import format_report
+
+    rnn = gb.Recurrent(cell="rnn", steps=10, hidden=3)
+    d = gb.diagnose(gb.backprop(rnn, gb.init_params(rnn, 0), gb.GeneratedSequence(rnn, 2, 0), backend="numpy"))
+    assert d.grad_log10[0] == -np.inf and np.isfinite(d.signal_log10).all()
+    clean = format_report(d)
+    assert _term_column(clean)[0] == "0" and "not a number" not in clean
+    s, g = d.signal_log10.copy(), d.grad_log10.copy()
+    s[:6], g[:6] = np.nan, -np.inf  # the backward turned NaN at step 5; the terms recorded as 0
+    text = format_report(dataclasses.replace(d, signal_log10=s, grad_log10=g, first_nonfinite_backward=5))
+    terms = _term_column(text)
+    assert [terms[t] for t in range(6)] == ["nan"] * 6 and all(terms[t].startswith("10^") for t in range(6, 10))
+    assert "(||dW_hh term|| nan: that step's dL/dh_t or h_{t-1} is not finite, so its term is not a number)" in text

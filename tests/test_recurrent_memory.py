@@ -32,6 +32,23 @@ def test_refused_when_it_cannot_fit():
         plan_run(rnn, 64, memory_budget=2**20)
 
 
+def test_refusal_names_the_leanest_checkpoint_when_sqrt_t_does_not_fit():
+    """k ~ sqrt(T) (2000 steps: 2.54 GiB) is not the leanest segment of an LSTM (the states at
+    segment starts against 6 saved numbers per step: 1076 steps, 2.17 GiB): the refusal named no
+    checkpoint ("reduce steps, hidden or batch") when that one fits."""
+    from gradbench.plan import PlanRefused
+    from gradbench.recurrent.engine import leanest_segment
+
+    rnn = gb.Recurrent(cell="lstm", steps=4_000_000, hidden=256)
+    assert leanest_segment(rnn, 64, generated=True) == 1076
+    with pytest.raises(PlanRefused, match=r"checkpoint=2000\) needs about 2.54 GiB .* it fits with checkpoint=1076 "
+                                          r"\(about 2.17 GiB\)") as info:
+        plan_run(rnn, 64, generated=True, stats_only=True, memory_budget=2.3 * 2**30)
+    assert (info.value.checkpoint, info.value.fits) == (2000, 1076) and info.value.need > info.value.limit
+    plan = plan_run(rnn, 64, checkpoint=1076, generated=True, memory_budget=2.3 * 2**30)
+    assert plan.recompute and plan.segment == 1076 and plan.estimate <= 2.3 * 2**30
+
+
 def test_estimate_tracks_a_real_run():
     """The estimate against the peak memory of a checkpointed run (tracemalloc of NumPy)."""
     import tracemalloc

@@ -18,6 +18,7 @@ import math
 import re
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from gradbench.cli.common import (
     add_output_args, add_parser, finite_float, gain, given, nonneg_float, nonneg_int, option, parse, positive_float,
     positive_int, refuse_unused, seed_int, split, typed_options,
 )
-from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
+from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_file, write_json, write_plot
 from gradbench.report import fmt_pow
 from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, RECURRENT_INITS, RNN_ACTIVATIONS
 from gradbench.spec import CLIP_MODES, DTYPES, INITS
@@ -93,13 +94,14 @@ class UsageError(ValueError):
     pass
 
 
-def _check_outputs(args) -> None:
+def _check_outputs(args, results=(".json",)) -> None:
     """``--out``, ``--plot`` (and ``run``'s ``--tensorboard``) checked before any work, as for the
-    feed-forward commands: the suffix, a directory that exists (or ``--mkdir``) and takes files,
-    two different files, tensorboardX installed; ``--mkdir`` without an output is refused."""
+    feed-forward commands: the suffix (``results``: .json, and .npz for run and compare), a
+    directory that exists (or ``--mkdir``) and takes files, two different files, tensorboardX
+    installed; ``--mkdir`` without an output is refused."""
     board = getattr(args, "tensorboard", None)
     refuse_unused(args, [args.plot], [args.out, args.plot, board])
-    check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir,
+    check_outputs([("--out", args.out, results), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir,
                   directories=[("--tensorboard", board)])
     if board is not None:
         from gradbench.cli.model import check_tensorboard_dir
@@ -118,11 +120,18 @@ def _check_clip(args) -> None:
 WEIGHTS = "gradbench.init_params(rnn, seed)"  # the parameters of every probe run; input: GeneratedSequence
 
 
-def _write_out(args, command: str, t0: float, backend: str | None, body: dict, **fields) -> None:
-    """The JSON result file: the head shared with the feed-forward files (gradbench.cli.output),
-    then ``body``; written atomically."""
+def _write_out(args, command: str, t0: float, backend: str | None, body: dict, npz=None, **fields) -> None:
+    """The result file, written atomically: JSON, the head shared with the feed-forward files
+    (gradbench.cli.output) then ``body``; or (``--out x.npz``) ``npz``, a diagnosis or a dict
+    of them, with the head, as the stacks' (gradbench.frames.save_npz; docs/formats.md)."""
     head = metadata(command, args, **fields, threads=threads(backend), seconds=round(time.perf_counter() - t0, 3))
-    print(f"wrote {write_json(args.out, {**head, **body}, mkdir=args.mkdir)}")
+    if args.out.lower().endswith(".npz"):
+        from gradbench.frames import save_npz
+
+        path = write_file(args.out, lambda f: save_npz(f, npz, head), binary=True, mkdir=args.mkdir)
+    else:
+        path = write_json(args.out, {**head, **body}, mkdir=args.mkdir)
+    print(f"wrote {path}")
 
 
 def _write_plot(args, draw) -> None:
@@ -141,7 +150,7 @@ def _backend(name: str) -> str:
     return concrete
 
 
-def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None):
+def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None, recurrent_init="orthogonal"):
     g = p.add_argument_group("the recurrent net")
     if cell:
         g.add_argument("--cell", required=True, metavar="CELL", help=f"one of {', '.join(CELLS)}")
@@ -152,8 +161,8 @@ def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None):
                    help=f"rnn cell only: one of {', '.join(RNN_ACTIVATIONS)} (default tanh)")
     g.add_argument("--activation-param", type=finite_float, default=None)
     g.add_argument("--init", default="xavier_normal", metavar="NAME", help=f"W_ih: one of {', '.join(INITS)}")
-    g.add_argument("--recurrent-init", default="orthogonal", metavar="NAME",
-                   help=f"W_hh: one of {', '.join(RECURRENT_INITS)} (default orthogonal)")
+    g.add_argument("--recurrent-init", default=recurrent_init, metavar="NAME",
+                   help=f"W_hh: one of {', '.join(RECURRENT_INITS)} (default {recurrent_init})")
     g.add_argument("--sigma-w", type=gain, default=None, help="gain of W_hh")
     g.add_argument("--sigma-b", type=nonneg_float, default=0.0, help="std of the biases")
     g.add_argument("--forget-bias", type=finite_float, default=None, help="lstm only (default 1)")
@@ -169,10 +178,13 @@ def _net(args, cell: str | None = None):
     if args.init in RECURRENT_INITS and args.init not in INITS:  # identity: "did you mean 'xavier_uniform'?"
         raise UsageError(f"--init {args.init}: --init draws W_ih (the input weights), one of {', '.join(INITS)}; "
                          f"{args.init} is an init of W_hh: --recurrent-init {args.init}")
+    # compare: --activation (and its parameter) applies to its rnn line only and --forget-bias to its
+    # lstm line only (_compare_notes says so); run/theory: the spec refuses them on another cell
+    vanilla = cell is None or cell == "rnn"
     return gb.Recurrent(cell=cell or args.cell, steps=args.steps, hidden=args.hidden, input_dim=args.input_dim,
-                        activation=args.activation, activation_param=args.activation_param, init=args.init,
+                        activation=args.activation if vanilla else None,
+                        activation_param=args.activation_param if vanilla else None, init=args.init,
                         recurrent_init=args.recurrent_init, sigma_w=args.sigma_w, sigma_b=args.sigma_b,
-                        # compare: the forget bias applies to its lstm only; run/theory: the spec refuses it elsewhere
                         forget_bias=args.forget_bias if cell is None or cell == "lstm" else None,
                         clip=args.clip, clip_threshold=args.clip_threshold, clip_on=args.clip_on, dtype=args.dtype)
 
@@ -186,29 +198,78 @@ def _common(p, batch=16):
                         "sqrt(steps) from 10^4 steps on, else only when the plain run would not fit)")
 
 
-def run_one(rnn, args, label: str = ""):
-    """Parameters, a generated input sequence, one backprop with a progress bar; (result, params)."""
-    import gradbench as gb
-    from gradbench.cli.progress import Progress
+@dataclass(frozen=True)
+class Probe:
+    """One planned run: the net, the concrete backend and the plan's checkpoint (None: plain)."""
 
-    if args.batch < 1:
-        raise UsageError(f"--batch must be >= 1, got {args.batch}")
-    concrete = _backend(args.backend)
-    params = gb.init_params(rnn, args.seed)
-    xs = gb.GeneratedSequence(rnn, args.batch, args.seed)
-    long = rnn.steps >= 10_000
+    rnn: object
+    backend: str
+    checkpoint: int | None
+    label: str = ""
+
+
+def available() -> int:
+    """Bytes a run may count on, measured once per command before anything is drawn (as
+    :func:`gradbench.cli.common.plan_probe` does for the stacks)."""
+    from gradbench.buffers import held
+    from gradbench.plan import available_memory
+
+    return available_memory() + held()
+
+
+def plan_one(rnn, args, backend: str, *, label: str = "", avail: int | None = None) -> Probe:
+    """Plan one run before anything is drawn (the weights' QR takes seconds at hidden 2048): a
+    run that would not fit is refused here, in command-line words, naming a ``--checkpoint K``
+    that fits when one does."""
+    from gradbench.plan import PlanRefused
+    from gradbench.recurrent.engine import plan_run
+
     if args.checkpoint == 0:  # never: every step kept (a run that would not fit is refused, naming what fits)
         stats_only, ck = False, None
     elif args.checkpoint is not None:
         stats_only, ck = False, args.checkpoint
     else:  # segmented from 10^4 steps on, else only when the plain run would not fit
-        stats_only, ck = long, "auto"
-    desc = f"backprop {label + ' ' if label else ''}({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, {concrete})"
+        stats_only, ck = rnn.steps >= 10_000, "auto"
+    try:
+        plan = plan_run(rnn, args.batch, checkpoint=ck, stats_only=stats_only, generated=True,
+                        available=available() if avail is None else avail)
+    except PlanRefused as exc:
+        raise UsageError(_refusal(rnn, args, exc)) from None
+    return Probe(rnn, backend, plan.checkpoint, label)
+
+
+def _refusal(rnn, args, exc) -> str:
+    """The planner's refusal in command-line words: the options given, what the run needs, and
+    a --checkpoint K that fits, or what to reduce."""
+    from gradbench.plan import size_text
+    from gradbench.recurrent.engine import memory_estimate
+
+    given = {None: "", 0: ", --checkpoint 0"}.get(args.checkpoint, f", --checkpoint {args.checkpoint}")
+    auto = f" (checkpointed every {exc.checkpoint} steps)" if args.checkpoint is None and exc.checkpoint else ""
+    if exc.fits is not None:
+        est = memory_estimate(rnn, args.batch, checkpoint=exc.fits, generated=True)
+        hint = f"; it fits with --checkpoint {exc.fits} (about {size_text(est)})"
+    else:
+        hint = "; no --checkpoint K fits: reduce --steps, --hidden or --batch"
+    return (f"this run ({rnn.cell}, --steps {rnn.steps}, --hidden {rnn.hidden}, --batch {args.batch}{given}) needs "
+            f"about {size_text(exc.need)}{auto} but the limit is {size_text(exc.limit)} ({exc.budget}){hint}")
+
+
+def run_one(probe: Probe, args, params=None):
+    """Parameters (unless given), a generated input sequence, one backprop of the planned run
+    with a progress bar; (result, params)."""
+    import gradbench as gb
+    from gradbench.cli.progress import Progress
+
+    rnn, label = probe.rnn, probe.label
+    if params is None:
+        params = gb.init_params(rnn, args.seed)
+    xs = gb.GeneratedSequence(rnn, args.batch, args.seed)
+    desc = f"backprop {label + ' ' if label else ''}({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, {probe.backend})"
     try:
         with Progress(desc, unit="segments (forward + backward)") as bar:
-            res = gb.backprop(rnn, params, xs, backend=concrete, stats_only=stats_only, checkpoint=ck,
-                              progress=bar.count)
-    except MemoryError as exc:  # refused by the plan, before any step: in command-line words
+            res = gb.backprop(rnn, params, xs, backend=probe.backend, checkpoint=probe.checkpoint, progress=bar.count)
+    except MemoryError as exc:  # the memory went away since the plan: in command-line words
         raise UsageError(str(exc).replace("checkpoint=None", "--checkpoint 0").replace("checkpoint=", "--checkpoint ")
                          ) from None
     return res, params
@@ -219,16 +280,16 @@ def cmd_run(args) -> int:
     from gradbench.recurrent.diagnose import diagnose, format_report
 
     t0 = time.perf_counter()
-    _check_outputs(args)
+    _check_outputs(args, RESULTS)
     _check_clip(args)
     rnn = _net(args)
-    res, _ = run_one(rnn, args)
+    res, _ = run_one(plan_one(rnn, args, _backend(args.backend)), args)
     d = diagnose(res)
     print(format_report(d, rows=args.rows))
     print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed}, "
           f"{res.extras['segments']} segment{'s' if res.extras['segments'] != 1 else ''})")
     if args.out:
-        _write_out(args, "run", t0, res.backend, {"diagnosis": d.to_dict()}, seed=args.seed, batch=args.batch,
+        _write_out(args, "run", t0, res.backend, {"diagnosis": d.to_dict()}, npz=d, seed=args.seed, batch=args.batch,
                    weights=WEIGHTS)
     if args.plot:
         from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
@@ -246,20 +307,25 @@ def cmd_compare(args) -> int:
     from gradbench.recurrent.diagnose import diagnose
 
     t0 = time.perf_counter()
-    _check_outputs(args)
+    _check_outputs(args, RESULTS)
     _check_clip(args)
     cells = split(args.cells, "--cells")
     bad = [c for c in cells if c not in CELLS]
     if bad or not cells:
         raise UsageError(f"--cells {args.cells!r}: choose from {', '.join(CELLS)} (comma-separated)")
-    if args.forget_bias is not None and "lstm" not in cells:
-        raise UsageError(f"--forget-bias applies to the lstm cell only, and --cells {args.cells!r} has none")
+    for dest, only in (("activation", "rnn"), ("activation_param", "rnn"), ("forget_bias", "lstm")):
+        if getattr(args, dest) is not None and only not in cells:
+            raise UsageError(f"{option(dest)} applies to the {only} cell only, and --cells {args.cells!r} has none")
     nets = {cell: _net(args, cell) for cell in cells}  # every refusal before the first run
+    backend, avail = _backend(args.backend), available()
+    probes = [plan_one(rnn, args, backend, label=cell, avail=avail) for cell, rnn in nets.items()]
     diags = {}
-    for cell, rnn in nets.items():
-        res, _ = run_one(rnn, args, label=cell)
-        diags[cell] = diagnose(res)
+    for probe in probes:
+        res, _ = run_one(probe, args)
+        diags[probe.label] = diagnose(res)
     T = args.steps
+    for note in _compare_notes(args, nets):
+        print(note)
     backs = sorted({b for b in (0, 1, 10, 100, 1000, 10_000, 100_000, T - 1) if b < T})
     head = f"{'cell':<6} {'verdict':<10} {'dec/step':>9}" + "".join(f" {'back ' + str(b):>12}" for b in backs) + "  reach"
     print(head)
@@ -272,13 +338,28 @@ def cmd_compare(args) -> int:
           "the contributions to dL/dW_hh stay within 8 decades of the largest)")
     if args.out:
         _write_out(args, "compare", t0, res.backend, {"diagnoses": {k: d.to_dict() for k, d in diags.items()}},
-                   seed=args.seed, batch=args.batch, weights=WEIGHTS)
+                   npz=diags, seed=args.seed, batch=args.batch, weights=WEIGHTS)
     if args.plot:
         from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
 
         _write_plot(args, lambda path: plot.signal_vs_steps_back(
             diags, path, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}", dpi=args.dpi))
     return 0
+
+
+def _compare_notes(args, nets) -> list[str]:
+    """The options of ``compare`` that apply to one cell's line only, said above the table (the
+    gated cells keep their fixed sigmoid gates and tanh, the rnn and gru have no forget gate)."""
+    notes = []
+    given = [f"{option(d)} {getattr(args, d)}" for d in ("activation", "activation_param")
+             if getattr(args, d) is not None]
+    if given:
+        gated = [c for c in nets if c != "rnn"]
+        notes.append(f"{' '.join(given)}: the rnn line only"
+                     + (f" ({', '.join(gated)}: fixed sigmoid gates and tanh)" if gated else ""))
+    if args.forget_bias is not None:
+        notes.append(f"--forget-bias {args.forget_bias:g}: the lstm line only")
+    return notes
 
 
 # ------------------------------------------------------------------ theory
@@ -288,7 +369,11 @@ def cmd_theory(args) -> int:
     t0 = time.perf_counter()
     _check_outputs(args)
     _check_clip(args)
+    if args.steps < 2:  # measured_rate is nan with one step: "measured +nan" was printed with no reason
+        raise UsageError(f"--steps {args.steps}: the measured rate is the least-squares slope of log10 ||dL/dh_t|| "
+                         "over the steps, which needs --steps >= 2")
     rnn = _net(args)
+    probe = plan_one(rnn, args, _backend(args.backend))
     import gradbench as gb
 
     params = gb.init_params(rnn, args.seed)
@@ -310,11 +395,14 @@ def cmd_theory(args) -> int:
         if pred.newman_untied is not None:
             print(f"  Newman lambda_1 (independent W_hh at every step, for contrast): {pred.newman_untied:+.6f}")
             out["newman_untied_decades_per_step"] = pred.newman_untied
-    res, _ = run_one(rnn, args)
+    res, _ = run_one(probe, args, params)
     got = measured_rate(res)
     out["measured_decades_per_step"] = got
-    print(f"  measured    {got:+.6f} decades per step going back ({rnn.steps} steps, batch {args.batch}, "
-          f"{res.backend}, least squares away from both ends)")
+    if math.isfinite(got):
+        print(f"  measured    {got:+.6f} decades per step going back ({rnn.steps} steps, batch {args.batch}, "
+              f"{res.backend}, least squares away from both ends)")
+    else:  # it printed "measured +nan" with no reason
+        print(f"  measured    none ({rnn.steps} steps, batch {args.batch}, {res.backend}): {_no_measurement(res)}")
     if pred.decades_per_step is not None and math.isfinite(got):
         diff = got - pred.decades_per_step
         rel = (f" ({abs(diff) / abs(pred.decades_per_step):.2%} of the prediction)"
@@ -329,9 +417,28 @@ def cmd_theory(args) -> int:
         d = diagnose(res)
         predicted = "none" if pred.decades_per_step is None else f"{pred.decades_per_step:+.4g}"
         _write_plot(args, lambda path: plot.signal_vs_steps_back(
-            {"measured": d}, path, title=f"{rnn.cell}: measured {got:+.4g} vs predicted {predicted} dec/step",
+            {"measured": d}, path, title=f"{rnn.cell}: measured {f'{got:+.4g}' if math.isfinite(got) else 'none'} "
+                                          f"vs predicted {predicted} dec/step",
             dpi=args.dpi))
     return 0
+
+
+def _no_measurement(res) -> str:
+    """Why :func:`~gradbench.recurrent.theory.measured_rate` has no slope: fewer than two steps
+    of its window with a finite, non-zero ||dL/dh_t||."""
+    s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    skip = len(s) // 20
+    window = s[skip:len(s) - skip]
+    why = []
+    if res.first_nonfinite_forward is not None:
+        why.append(f"the forward state turned non-finite at step {res.first_nonfinite_forward}")
+    if res.first_nonfinite_backward is not None:
+        why.append(f"the backward signal turned non-finite at step {res.first_nonfinite_backward}")
+    zero = int(np.sum(window == -math.inf))
+    if zero:
+        why.append(f"||dL/dh_t|| is exactly 0 at {zero} of them")
+    return (f"fewer than two of the {len(window)} steps fitted have a finite, non-zero ||dL/dh_t||"
+            + (f" ({'; '.join(why)})" if why else ""))
 
 
 # ------------------------------------------------------------------ train (the recurrent demos)
@@ -379,7 +486,7 @@ examples:
     _add_net_args(p)
     _common(p)
     p.add_argument("--rows", type=positive_int, default=12, help="steps shown in the table (default 12)")
-    p.add_argument("--out", help="write the diagnosis as JSON")
+    p.add_argument("--out", metavar="FILE", help="write the diagnosis: .json, or .npz for long runs (docs/formats.md)")
     p.add_argument("--plot", help="write ||dL/dh_t|| and the step contributions against t (.png/.svg/.pdf)")
     p.add_argument("--tensorboard", metavar="DIR",
                    help="write the diagnosis as TensorBoard events, the time step as the step (needs tensorboardX; "
@@ -393,7 +500,7 @@ examples:
     p.add_argument("--cells", required=True, help=f"comma-separated cells: {', '.join(CELLS)}")
     _add_net_args(p, cell=False, steps=None, hidden=32)
     _common(p)
-    p.add_argument("--out", help="write every diagnosis as JSON")
+    p.add_argument("--out", metavar="FILE", help="write every diagnosis: .json or .npz (docs/formats.md)")
     p.add_argument("--plot", help="write log10 ||dL/dh_t|| against steps back, one line per cell")
     add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_compare)
@@ -410,8 +517,7 @@ examples:
   gradbench theory --cell rnn --activation identity --recurrent-init normal --hidden 16
   gradbench theory --cell rnn --activation tanh --recurrent-init normal --sigma-w 1.5 --hidden 64 --plot t.png
 """)
-    _add_net_args(p, steps=10_000, hidden=64)
-    p.set_defaults(recurrent_init="normal")
+    _add_net_args(p, steps=10_000, hidden=64, recurrent_init="normal")  # a random W_hh: what mean field describes
     _common(p, batch=4)
     p.add_argument("--out", help="write the predictions and the measured rate as JSON")
     p.add_argument("--plot", help="write the measured log10 ||dL/dh_t|| against steps back")

@@ -88,6 +88,21 @@ class RecurrentDiagnosis:
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
 
+    def to_frame(self):
+        """One row per time step as a pandas DataFrame (:func:`gradbench.frames.diagnosis_frame`):
+        ``step`` and the per-step arrays; the other fields in ``df.attrs``."""
+        from gradbench.frames import diagnosis_frame
+
+        return diagnosis_frame(self)
+
+    @classmethod
+    def from_npz(cls, path, name: str | None = None) -> "RecurrentDiagnosis":
+        """Read the ``.npz`` file of :func:`gradbench.frames.write_npz` (``gradbench run --cell ...
+        --out x.npz``; ``name``: one cell of ``gradbench compare --cells ... --out x.npz``)."""
+        from gradbench.frames import RECURRENT, npz_fields
+
+        return cls(**npz_fields(path, name, kind=RECURRENT))
+
     def __str__(self) -> str:
         return format_report(self)
 
@@ -321,13 +336,28 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     else:
         steps = sorted(set(np.linspace(0, T - 1, rows).round().astype(int).tolist()))
     lstm = len(d.cell_log10) > 0
+    unknown = _term_not_a_number(d)
     head = f"  {'step':>8} {'||dL/dh_t||':>12}" + (f" {'||dL/dc_t||':>12}" if lstm else "") + \
         f" {'||dW_hh term||':>14} {'saturated':>9}" + (f" {'gate':>6} {'<0.1':>5}" if d.rnn["cell"] != "rnn" else "")
     lines += ["", head, "  " + "-" * (len(head) - 2)]
     for t in steps[::-1]:
         row = f"  {t:>8} {fmt_pow(d.signal_log10[t]):>12}" + (f" {fmt_pow(d.cell_log10[t]):>12}" if lstm else "")
-        row += f" {fmt_pow(d.grad_log10[t]):>14} {100 * d.saturation[t]:>8.1f}%"
+        row += f" {fmt_pow(math.nan if unknown[t] else d.grad_log10[t]):>14} {100 * d.saturation[t]:>8.1f}%"
         if d.rnn["cell"] != "rnn":
             row += f" {d.gate_mean[t]:>6.3f} {100 * d.gate_low[t]:>4.0f}%"
         lines.append(row)
+    if any(unknown[t] for t in steps):
+        lines.append("  (||dW_hh term|| nan: that step's dL/dh_t or h_{t-1} is not finite, so its term is not a number)")
     return "\n".join(lines)
+
+
+def _term_not_a_number(d: RecurrentDiagnosis) -> np.ndarray:
+    """Steps whose contribution to dL/dW_hh, dz_t h_{t-1}^T, cannot be a number: dL/dh_t is NaN
+    or inf, or h_{t-1} is at or after the first non-finite forward step. The table shows nan
+    there rather than the recorded norm: the C backend's Gram-matrix norm (hidden >= 64 at batch
+    16) turned the NaN into 0, which the table showed as an exact 0."""
+    s = np.asarray(d.signal_log10, dtype=np.float64)
+    bad = np.isnan(s) | (s == math.inf)
+    if d.first_nonfinite_forward is not None:
+        bad |= np.arange(len(s)) > d.first_nonfinite_forward
+    return bad & ~np.isnan(np.asarray(d.grad_log10, dtype=np.float64))

@@ -26,7 +26,7 @@ from gradbench.engine import scaled_std
 from gradbench.inputs import check_array, check_param_arrays, check_targets
 from gradbench.logscaled import LogScaled, ldexp
 from gradbench.loss import head_gradient
-from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, available_memory, size_text
+from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, PlanRefused, available_memory, size_text
 from gradbench.recurrent import abi as rabi
 from gradbench.recurrent.backends import get_backend, resolve
 from gradbench.recurrent.params import GeneratedSequence, RecurrentParams, expected_shapes
@@ -119,6 +119,30 @@ def memory_estimate(rnn: Recurrent, batch: int, *, checkpoint: int | None = None
     return item * (states + acts + work) + stats
 
 
+def leanest_segment(rnn: Recurrent, batch: int, *, generated: bool = False) -> int:
+    """The segment length (a whole number of chunks, as the plan rounds it) whose checkpointed run
+    needs the least memory: T/k kept states against k steps of saved values, k ~ sqrt(T c / s)
+    for c numbers per state and s per step (:func:`memory_estimate`)."""
+    T, K = rnn.steps, rabi.chunk_steps(batch)
+    state = batch * rnn.hidden * (2 if rnn.cell == "lstm" else 1)
+    per_step = saved_per_step(rnn, batch) + (batch * rnn.d_in if generated else 0)
+    if rnn.has_head and rnn.loss_on == "every":
+        per_step += batch * (rnn.hidden + 3 * rnn.output_dim)
+    k0 = math.sqrt(T * state / per_step)
+    near = {max(1, math.floor(k0 / K) + d) * K for d in (-1, 0, 1, 2)}
+    candidates = sorted({min(T, k) for k in near} | {min(T, -(-default_segment(rnn) // K) * K)})
+    return min(candidates, key=lambda k: (memory_estimate(rnn, batch, checkpoint=k, generated=generated), -k))
+
+
+def fitting_segment(rnn: Recurrent, batch: int, limit: float, *, generated: bool = False) -> int | None:
+    """A segment length whose checkpointed run fits in ``limit`` bytes: the default (about
+    sqrt(T)) when it does, else the leanest (:func:`leanest_segment`); None when none does."""
+    for k in (default_segment(rnn), leanest_segment(rnn, batch, generated=generated)):
+        if memory_estimate(rnn, batch, checkpoint=k, generated=generated) <= limit:
+            return k
+    return None
+
+
 @dataclass(frozen=True)
 class Plan:
     segment: int
@@ -132,7 +156,11 @@ class Plan:
 
 def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False, generated=False,
              memory_budget=None, available: int | None = None) -> Plan:
-    """Segment length and recomputation; MemoryError naming the options that fit if none does."""
+    """Segment length and recomputation, before anything is allocated.
+
+    A run that would not fit is refused with :class:`gradbench.plan.PlanRefused` (a
+    MemoryError: ``need``, ``limit``, ``budget`` in bytes and words, ``checkpoint`` the refused
+    one, ``fits`` a checkpoint that fits or None), naming the checkpoint that fits if one does."""
     if not (checkpoint is None or (isinstance(checkpoint, str) and checkpoint == "auto")):
         if isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer)):
             raise TypeError(f"checkpoint must be 'auto', None or an int, got {type(checkpoint).__name__} {checkpoint!r}")
@@ -144,6 +172,7 @@ def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False,
     avail = available_memory() + held() if available is None else available
     auto_budget = memory_budget if memory_budget is not None else AUTO_FRACTION * avail
     limit = memory_budget if memory_budget is not None else LIMIT_FRACTION * avail
+    budget = "memory_budget" if memory_budget is not None else f"{LIMIT_FRACTION:.0%} of the available RAM"
     k_auto = default_segment(rnn)
 
     def est(ck):
@@ -155,12 +184,15 @@ def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False,
         ck = None if checkpoint is None else min(int(checkpoint), rnn.steps)
     need = est(ck)
     if need > limit:
-        hint = f"; it fits with checkpoint={k_auto} (about {size_text(est(k_auto))})" if (
-            ck != k_auto and est(k_auto) <= limit) else "; reduce steps, hidden or batch"
-        raise MemoryError(
+        fits = fitting_segment(rnn, batch, limit, generated=generated)
+        hint = f"; it fits with checkpoint={fits} (about {size_text(est(fits))})" if (
+            fits is not None and fits != ck) else "; reduce steps, hidden or batch"
+        exc = PlanRefused(
             f"this run ({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, batch {batch}, checkpoint={ck}) needs "
-            f"about {size_text(need)} but the budget is {size_text(limit)} "
-            f"({'memory_budget' if memory_budget is not None else f'{LIMIT_FRACTION:.0%} of the available RAM'}){hint}")
+            f"about {size_text(need)} but the budget is {size_text(limit)} ({budget}){hint}",
+            need=need, limit=limit, budget=budget)
+        exc.checkpoint, exc.fits = ck, (fits if fits != ck else None)
+        raise exc
     if ck is None:
         return Plan(rnn.steps, False, need)
     K = rabi.chunk_steps(batch)  # whole chunks per segment: the gradients are bitwise the plain run's

@@ -97,6 +97,12 @@ class RecurrentResult:
     forward_rescaled: bool
     extras: dict = field(default_factory=dict)
 
+    def to_frame(self):
+        """One row per time step as a pandas DataFrame (:func:`gradbench.frames.recurrent_result_frame`)."""
+        from gradbench.frames import recurrent_result_frame
+
+        return recurrent_result_frame(self)
+
     @property
     def stack(self) -> Recurrent:
         """The net (the name a stack's Result uses for its spec)."""
