@@ -753,7 +753,8 @@ static double F(gb_step_norm_plain)(F(gb_rctx) *cx, const REAL *dz, const REAL *
     F(gb_gram)(cx->gemm, cx->own, hh, hp, B, N);
     double s = 0;
     for (int64_t i = 0; i < B * B; i++) s += (double)zz[i] * (double)hh[i];
-    return sqrt(s > 0 ? s : 0);
+    if (s != s) return s; /* a NaN step stays NaN (the clamp below read it as 0) */
+    return sqrt(s > 0 ? s : 0); /* the Gram sum's rounding can fall just below 0 */
 }
 
 /* ||dz^T h||_F = m 2^*e: in REAL while max|dz| and max|h| lie in [2^-S, 2^S] (S = 240; float32:

@@ -72,7 +72,7 @@ def test_train_demo_and_list(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "--cell", "lstn", "--steps", "5", "--hidden", "3"], "did you mean 'lstm'"),
-    (["run", "--cell", "gru", "--steps", "5", "--hidden", "3", "--forget-bias", "1"], "forget_bias is only valid"),
+    (["run", "--cell", "gru", "--steps", "5", "--hidden", "3", "--forget-bias", "1"], "--forget-bias is only valid"),
     (["run", "--cell", "rnn", "--steps", "0", "--hidden", "3"], "argument --steps: must be an integer >= 1"),
     (["run", "--cell", "rnn", "--steps", "5"], "required: --hidden"),
     (["run", "--cell", "rnn", "--steps", "5", "--hidden", "3", "--plot", "x.txt"], "--plot 'x.txt' must end in"),
@@ -434,6 +434,14 @@ def test_a_nan_backward_shows_nan_step_terms_not_zero(backend, capsys):
                  "--backend", backend, "--rows", "1000"]) == 0
     terms = _term_column(capsys.readouterr().out)
     assert len(terms) == 1000 and set(terms.values()) == {"nan"}, {t: v for t, v in terms.items() if v != "nan"}
+    # and what the result records: NaN, not the 0 that C's Gram path clamped it to (csrc/recurrent_impl.h)
+    import numpy as np
+
+    import gradbench as gb
+
+    rnn = gb.Recurrent(cell="rnn", activation="gelu", sigma_w=3.0, steps=1000, hidden=64)
+    r = gb.backprop(rnn, gb.init_params(rnn, 0), gb.sequence_input(rnn, 16, 1), backend=backend)
+    assert r.first_nonfinite_backward is not None and np.all(np.isnan(r.grad_norm.log10()))
 
 
 def test_report_shows_nan_where_the_recorded_term_of_a_nan_step_is_zero():
@@ -457,3 +465,32 @@ def test_report_shows_nan_where_the_recorded_term_of_a_nan_step_is_zero():
     terms = _term_column(text)
     assert [terms[t] for t in range(6)] == ["nan"] * 6 and all(terms[t].startswith("10^") for t in range(6, 10))
     assert "(||dW_hh term|| nan: that step's dL/dh_t or h_{t-1} is not finite, so its term is not a number)" in text
+
+
+def test_results_are_written_before_the_report_is_printed(tmp_path, monkeypatch, capsys):
+    """README: "Results are written before the report is printed": the recurrent run printed its
+    report, then wrote --out and --plot (a Ctrl-C while it printed lost them)."""
+    import os
+
+    from gradbench.recurrent import diagnose as rdiag
+
+    out, plot = tmp_path / "r.json", tmp_path / "r.png"
+    original = rdiag.format_report
+
+    def report(*a, **k):
+        assert out.exists() and plot.exists(), "the report came before the files"
+        return original(*a, **k)
+
+    monkeypatch.setattr(rdiag, "format_report", report)
+    assert main(["run", "--cell", "gru", "--steps", "20", "--hidden", "4", "--backend", "numpy",
+                 "--out", str(out), "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert text.index("VANISHING") < text.index(f"wrote {out}") and os.path.getsize(out) > 0
+
+
+def test_a_scale_the_dtype_cannot_hold_is_refused_in_option_words(capsys):
+    """The spec's refusal reached the command line in its own words (sigma_w=1e-50 ...)."""
+    assert main(["run", "--cell", "rnn", "--steps", "10", "--hidden", "4", "--dtype", "float32",
+                 "--sigma-w", "1e-50"]) == 2
+    err = capsys.readouterr().err
+    assert "--sigma-w=1e-50 is beyond what float32 weights hold" in err and "sigma_w" not in err, err

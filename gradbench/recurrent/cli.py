@@ -120,7 +120,7 @@ def _check_clip(args) -> None:
 WEIGHTS = "gradbench.init_params(rnn, seed)"  # the parameters of every probe run; input: GeneratedSequence
 
 
-def _write_out(args, command: str, t0: float, backend: str | None, body: dict, npz=None, **fields) -> None:
+def _write_out(args, command: str, t0: float, backend: str | None, body: dict, npz=None, **fields) -> str:
     """The result file, written atomically: JSON, the head shared with the feed-forward files
     (gradbench.cli.output) then ``body``; or (``--out x.npz``) ``npz``, a diagnosis or a dict
     of them, with the head, as the stacks' (gradbench.frames.save_npz; docs/formats.md)."""
@@ -131,11 +131,18 @@ def _write_out(args, command: str, t0: float, backend: str | None, body: dict, n
         path = write_file(args.out, lambda f: save_npz(f, npz, head), binary=True, mkdir=args.mkdir)
     else:
         path = write_json(args.out, {**head, **body}, mkdir=args.mkdir)
-    print(f"wrote {path}")
+    return path
 
 
-def _write_plot(args, draw) -> None:
-    print(f"wrote {write_plot(args.plot, draw, mkdir=args.mkdir)}")
+def _write_plot(args, draw) -> str:
+    return write_plot(args.plot, draw, mkdir=args.mkdir)
+
+
+def _wrote(paths) -> None:
+    """The "wrote PATH" lines, after the report: the files were written before it (a Ctrl-C
+    while it prints loses nothing), as the feed-forward commands do."""
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def _backend(name: str) -> str:
@@ -181,12 +188,20 @@ def _net(args, cell: str | None = None):
     # compare: --activation (and its parameter) applies to its rnn line only and --forget-bias to its
     # lstm line only (_compare_notes says so); run/theory: the spec refuses them on another cell
     vanilla = cell is None or cell == "rnn"
-    return gb.Recurrent(cell=cell or args.cell, steps=args.steps, hidden=args.hidden, input_dim=args.input_dim,
-                        activation=args.activation if vanilla else None,
-                        activation_param=args.activation_param if vanilla else None, init=args.init,
-                        recurrent_init=args.recurrent_init, sigma_w=args.sigma_w, sigma_b=args.sigma_b,
-                        forget_bias=args.forget_bias if cell is None or cell == "lstm" else None,
-                        clip=args.clip, clip_threshold=args.clip_threshold, clip_on=args.clip_on, dtype=args.dtype)
+    try:
+        return gb.Recurrent(cell=cell or args.cell, steps=args.steps, hidden=args.hidden, input_dim=args.input_dim,
+                            activation=args.activation if vanilla else None,
+                            activation_param=args.activation_param if vanilla else None, init=args.init,
+                            recurrent_init=args.recurrent_init, sigma_w=args.sigma_w, sigma_b=args.sigma_b,
+                            forget_bias=args.forget_bias if cell is None or cell == "lstm" else None,
+                            clip=args.clip, clip_threshold=args.clip_threshold, clip_on=args.clip_on, dtype=args.dtype)
+    except (ValueError, TypeError) as exc:  # the spec's words in the command's: sigma_w -> --sigma-w
+        raise UsageError(_NET_FIELD.sub(lambda m: option(m.group(1)), str(exc))) from None
+
+
+# the Recurrent fields that are options, named in the spec's messages ("sigma_w=1e-50 is beyond ...")
+_NET_FIELD = re.compile(r"(?<![\w'\"-])(sigma_w|sigma_b|forget_bias|recurrent_init|activation_param|clip_threshold|"
+                        r"clip_on|input_dim|hidden|steps|dtype|activation|cell|init)(?=(=| must| is | needs| takes| [<>]))")
 
 
 def _common(p, batch=16):
@@ -285,20 +300,22 @@ def cmd_run(args) -> int:
     rnn = _net(args)
     res, _ = run_one(plan_one(rnn, args, _backend(args.backend)), args)
     d = diagnose(res)
-    print(format_report(d, rows=args.rows))
-    print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed}, "
-          f"{res.extras['segments']} segment{'s' if res.extras['segments'] != 1 else ''})")
+    written = []
     if args.out:
-        _write_out(args, "run", t0, res.backend, {"diagnosis": d.to_dict()}, npz=d, seed=args.seed, batch=args.batch,
-                   weights=WEIGHTS)
+        written.append(_write_out(args, "run", t0, res.backend, {"diagnosis": d.to_dict()}, npz=d, seed=args.seed,
+                                  batch=args.batch, weights=WEIGHTS))
     if args.plot:
         from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
 
-        _write_plot(args, lambda path: plot.run_figure(d, path, dpi=args.dpi))
+        written.append(_write_plot(args, lambda path: plot.run_figure(d, path, dpi=args.dpi)))
     if args.tensorboard:
         from gradbench.tensorboard_io import write_diagnosis
 
-        print(f"wrote {write_diagnosis(d, args.tensorboard)}")
+        written.append(write_diagnosis(d, args.tensorboard))
+    print(format_report(d, rows=args.rows))
+    print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed}, "
+          f"{res.extras['segments']} segment{'s' if res.extras['segments'] != 1 else ''})")
+    _wrote(written)
     return 0
 
 
@@ -324,6 +341,16 @@ def cmd_compare(args) -> int:
         res, _ = run_one(probe, args)
         diags[probe.label] = diagnose(res)
     T = args.steps
+    written = []
+    if args.out:
+        written.append(_write_out(args, "compare", t0, res.backend,
+                                  {"diagnoses": {k: d.to_dict() for k, d in diags.items()}},
+                                  npz=diags, seed=args.seed, batch=args.batch, weights=WEIGHTS))
+    if args.plot:
+        from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
+
+        written.append(_write_plot(args, lambda path: plot.signal_vs_steps_back(
+            diags, path, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}", dpi=args.dpi)))
     for note in _compare_notes(args, nets):
         print(note)
     backs = sorted({b for b in (0, 1, 10, 100, 1000, 10_000, 100_000, T - 1) if b < T})
@@ -336,14 +363,7 @@ def cmd_compare(args) -> int:
         print(row + f"  {d.reach}")
     print("(log10 ||dL/dh_t|| at that many steps back from the last step, exact; reach: steps back over which "
           "the contributions to dL/dW_hh stay within 8 decades of the largest)")
-    if args.out:
-        _write_out(args, "compare", t0, res.backend, {"diagnoses": {k: d.to_dict() for k, d in diags.items()}},
-                   npz=diags, seed=args.seed, batch=args.batch, weights=WEIGHTS)
-    if args.plot:
-        from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
-
-        _write_plot(args, lambda path: plot.signal_vs_steps_back(
-            diags, path, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}", dpi=args.dpi))
+    _wrote(written)
     return 0
 
 
@@ -398,6 +418,7 @@ def cmd_theory(args) -> int:
     res, _ = run_one(probe, args, params)
     got = measured_rate(res)
     out["measured_decades_per_step"] = got
+    written = _theory_files(args, t0, res, out, pred, got, rnn)
     if math.isfinite(got):
         print(f"  measured    {got:+.6f} decades per step going back ({rnn.steps} steps, batch {args.batch}, "
               f"{res.backend}, least squares away from both ends)")
@@ -408,19 +429,27 @@ def cmd_theory(args) -> int:
         rel = (f" ({abs(diff) / abs(pred.decades_per_step):.2%} of the prediction)"
                if abs(pred.decades_per_step) >= RELATIVE_FROM else "")
         print(f"  difference  {diff:+.2e} decades per step{rel}")
+    _wrote(written)
+    return 0
+
+
+def _theory_files(args, t0, res, out, pred, got, rnn) -> list[str]:
+    """theory's --out and --plot, written before its measured lines are printed."""
+    written = []
     if args.out:
-        _write_out(args, "theory", t0, res.backend, out, seed=args.seed, batch=args.batch, weights=WEIGHTS)
+        written.append(_write_out(args, "theory", t0, res.backend, out, seed=args.seed, batch=args.batch,
+                                  weights=WEIGHTS))
     if args.plot:
         from gradbench.recurrent import plot
         from gradbench.recurrent.diagnose import diagnose
 
         d = diagnose(res)
         predicted = "none" if pred.decades_per_step is None else f"{pred.decades_per_step:+.4g}"
-        _write_plot(args, lambda path: plot.signal_vs_steps_back(
+        written.append(_write_plot(args, lambda path: plot.signal_vs_steps_back(
             {"measured": d}, path, title=f"{rnn.cell}: measured {f'{got:+.4g}' if math.isfinite(got) else 'none'} "
                                           f"vs predicted {predicted} dec/step",
-            dpi=args.dpi))
-    return 0
+            dpi=args.dpi)))
+    return written
 
 
 def _no_measurement(res) -> str:
@@ -451,17 +480,19 @@ def cmd_train(args) -> int:
     over = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "steps") if getattr(args, k) is not None}
     concrete = _backend(args.backend)
     results = {n: run_recurrent_demo(n, backend=concrete, progress=True, **over) for n in names}
-    for r in results.values():
-        print(r.summary())
+    written = []
     if args.out:
         runs = {n: dict(settings=r.settings, loss=_jl(r.loss), eval_loss=_jl(r.eval_loss), accuracy=_jl(r.accuracy),
                         signal_start=_jl(r.signal_start), signal_end=_jl(r.signal_end), diverged_epoch=r.diverged_epoch,
                         divergence=r.divergence, seconds=r.seconds) for n, r in results.items()}
-        _write_out(args, "train", t0, concrete, {"runs": runs}, weights=WEIGHTS)
+        written.append(_write_out(args, "train", t0, concrete, {"runs": runs}, weights=WEIGHTS))
     if args.plot:
         from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
 
-        _write_plot(args, lambda path: plot.training_figure(results, path, dpi=args.dpi))
+        written.append(_write_plot(args, lambda path: plot.training_figure(results, path, dpi=args.dpi)))
+    for r in results.values():
+        print(r.summary())
+    _wrote(written)
     return 0
 
 
