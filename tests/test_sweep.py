@@ -803,3 +803,21 @@ def test_formats_md_describes_every_file_of_a_sweep():
     assert not missing, missing
     assert all(w in section for w in ("rows-HASH.parquet", "sweep.json", "--csv", "--plot", "phase_diagram"))
     assert "`sweep`" in text[:text.index("## `gradbench run")]  # a command of the head
+
+
+def test_a_closed_port_is_named_at_once(capsys):
+    """--scheduler at a port nothing listens on waited Dask's whole connect timeout (30 s) to say
+    it: the refused connection is named at once, in one line."""
+    import socket
+
+    from gradbench import cli
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # bound, then closed: nothing listens there
+    t0 = time.perf_counter()
+    code = cli.main(["sweep", "--depth", "4", "--width", "4", "--sigma-w", "1,2", "--scheduler", f"tcp://127.0.0.1:{port}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and time.perf_counter() - t0 < 10
+    assert len(err) == 1 and "the connection was refused" in err[0], err

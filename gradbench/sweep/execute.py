@@ -38,6 +38,25 @@ def task_size(runs: list[Run], n_workers: int) -> int:
     return max(1, min(by_balance, by_time))
 
 
+def _refused_at_once(address: str) -> None:
+    """A tcp:// address whose port refuses the connection: OSError now. Dask retries a refused
+    connection until its timeout, so a closed port waited 30 s for the same message; anything
+    else (no answer, another host's firewall) is left to Dask's own connect."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme != "tcp" or parts.port is None:
+        return
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=2.0).close()
+    except ConnectionRefusedError:
+        raise OSError(f"nothing listens at {address}: the connection was refused (is the scheduler running? "
+                      "a scheduler listens on 8786 by default, its dashboard on 8787)") from None
+    except OSError:
+        return
+
+
 def probe_scheduler(address: str, timeout: float | None = None) -> None:
     """Open and close one Dask connection to ``address`` within ``timeout`` seconds (default
     Dask's ``distributed.comm.timeouts.connect``, 30 s) before a ``Client`` is made; OSError
@@ -57,6 +76,7 @@ def probe_scheduler(address: str, timeout: float | None = None) -> None:
 
     if timeout is None:
         timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s")
+    _refused_at_once(address)
     failure: list[BaseException] = []
 
     async def once():
