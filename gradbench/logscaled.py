@@ -70,10 +70,17 @@ class LogScaled:
         return len(self.mantissa)
 
     def __getitem__(self, index) -> "LogScaled":
+        """NumPy indexing of the values. Integers and slices (the common ``grads.W[l]``) index
+        the exponent's leading axes alike and keep it compact; anything else (``...``, None,
+        boolean masks, index arrays) indexes the exponent broadcast to the mantissa's shape, so
+        each entry keeps its own (``c[..., 0]`` of a (2, 3) exponent took the first axis's
+        exponent for the second's; a full-shape mask raised IndexError)."""
         if not isinstance(index, tuple):
             index = (index,)
-        e_index = index[: self.exponent.ndim]
-        return LogScaled(self.mantissa[index], self.exponent[e_index])
+        if all(isinstance(i, (int, np.integer, slice)) and not isinstance(i, bool) for i in index):
+            return LogScaled(self.mantissa[index], self.exponent[index[: self.exponent.ndim]])
+        full = np.broadcast_to(self._broadcast_exponent(), self.mantissa.shape)
+        return LogScaled(self.mantissa[index], np.array(full[index]))
 
     def _broadcast_exponent(self) -> np.ndarray:
         extra = self.mantissa.ndim - self.exponent.ndim
@@ -101,7 +108,8 @@ class LogScaled:
             # ldexp takes int32 exponents; anything beyond +-2^30 is 0 or inf anyway. Clipped
             # per exponent, then broadcast over the mantissas (one per layer of a (L, N, N) array)
             e = np.minimum(np.maximum(self.exponent, -(2**30)), 2**30).astype(np.int32)  # np.clip: slower
-            out = np.ldexp(m, e.reshape(e.shape + (1,) * (m.ndim - e.ndim))).astype(dtype, copy=False)
+            with np.errstate(over="ignore", under="ignore"):  # said below (warn), or not at all: NumPy's too
+                out = np.ldexp(m, e.reshape(e.shape + (1,) * (m.ndim - e.ndim))).astype(dtype, copy=False)
         if warn:
             lost = (out == 0) & (m != 0)
             if lost.any():
@@ -123,8 +131,9 @@ class LogScaled:
         return out
 
     def __repr__(self) -> str:
-        if self.mantissa.size <= 6:
-            body = ", ".join(f"10^{v:.4g}" for v in np.ravel(self.log10()))
+        if self.mantissa.size <= 6:  # the sign too: -10^0.5441 is -3.5 (it read as +3.5)
+            sign = np.ravel(np.signbit(self.mantissa) & (self.mantissa != 0))
+            body = ", ".join(f"{'-' if s else ''}10^{v:.4g}" for s, v in zip(sign, np.ravel(self.log10())))
             return f"LogScaled([{body}])"
         return f"LogScaled(shape={self.shape}, exponent range [{self.exponent.min()}, {self.exponent.max()}])"
 

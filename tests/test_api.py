@@ -299,3 +299,44 @@ def test_scales_beyond_the_dtype_are_refused_by_name(make, dtype, field, value, 
         p = gb.init_params(net(dtype=dtype, sigma_w=edge, sigma_b=edge), 0)
         for a in (p.W if make == "stack" else p.W_hh, p.b if make == "stack" else p.b_hh):
             assert np.all(np.isfinite(a)) and np.all(np.abs(a[a != 0]) >= tiny)
+
+
+@pytest.mark.parametrize("index", [
+    1, slice(1, None), (0, slice(None), 2), (Ellipsis, 0), (Ellipsis, 1, 2), (None, 0), (slice(None), 0),
+    np.array([1, 0]), (np.array([0, 1]), np.array([2, 0])), "mask", "row-mask",
+])
+def test_logscaled_indexing_keeps_each_entrys_exponent(index):
+    """LogScaled[index] against log10 of the whole array indexed by NumPy (the value of each
+    entry is its own mantissa times its own exponent, wherever indexing takes it). c[..., 0] of a
+    (2, 3) exponent took the first axis's exponents for the second's, silently; a full-shape
+    boolean mask raised IndexError."""
+    rng = np.random.default_rng(3)
+    c = gb.LogScaled(rng.uniform(-1, 1, (2, 3, 4)), rng.integers(-3000, 3000, (2, 3)))
+    if isinstance(index, str):
+        index = c.mantissa > 0 if index == "mask" else np.array([True, False])
+    want = c.log10()[index]
+    got = c[index]
+    np.testing.assert_array_equal(got.log10(), want)
+    assert got.mantissa.shape == np.shape(want)
+    w = gb.LogScaled(rng.uniform(-1, 1, (5, 3, 3)), rng.integers(-9, 9, 5))
+    assert w[2].exponent.shape == () and w[1:3].exponent.shape == (2,)  # basic indexing stays compact
+
+
+def test_logscaled_to_float_without_warn_is_silent_and_repr_keeps_the_sign():
+    """to_float(warn=False) still let NumPy's 'overflow encountered in ldexp / in cast' through (and
+    warn=True said each overflow twice); repr showed -3.5 as 10^0.5441."""
+    import warnings
+
+    b = gb.LogScaled(np.array([[0.5, -0.75], [0.6, 0.0]]), np.array([-5000, 3000]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = b.to_float(warn=False)
+        big = gb.LogScaled.from_float(np.array([1e308])).to_float(np.float32, warn=False)
+    np.testing.assert_array_equal(out, [[0.0, -0.0], [np.inf, 0.0]])
+    assert big[0] == np.inf
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        b.to_float()
+    assert [w.category for w in seen] == [gb.UnderflowWarning] * 2  # one under-, one overflow: gradbench's own
+    assert repr(gb.LogScaled.from_float(-3.5)) == "LogScaled([-10^0.5441])"
+    assert repr(gb.LogScaled.from_float(np.array([2.0, -0.0]))) == "LogScaled([10^0.301, 10^-inf])"
