@@ -72,26 +72,26 @@ def _float_and_log(v):
         return np.asarray(v.to_float(warn=False), dtype=np.float64), np.asarray(v.log10(), dtype=np.float64)
 
 
+def _exact_columns(name: str, v, n: int) -> dict:
+    """``NAME_log10``, ``NAME_mantissa`` and ``NAME_exponent`` of a LogScaled with one value a row."""
+    with np.errstate(divide="ignore"):
+        log10 = np.asarray(v.log10(), dtype=np.float64)
+    return {f"{name}_log10": log10, f"{name}_mantissa": np.asarray(v.mantissa, dtype=np.float64),
+            f"{name}_exponent": np.broadcast_to(np.asarray(v.exponent, dtype=np.int64), (n,)).copy()}
+
+
 def result_frame(res):
     """One row per layer of a :class:`~gradbench.Result` (module docstring)."""
     pd = _pandas()
     L = len(res.grad_norm)
     act_mean, act_mean_log10 = _float_and_log(res.act_mean)
     act_std, act_std_log10 = _float_and_log(res.act_std)
-    with np.errstate(divide="ignore"):
-        cols = {
-            "layer": np.arange(L),
-            "grad_log10": np.asarray(res.grad_norm.log10(), dtype=np.float64),
-            "grad_mantissa": np.asarray(res.grad_norm.mantissa, dtype=np.float64),
-            "grad_exponent": np.asarray(res.grad_norm.exponent, dtype=np.int64),
-            "signal_log10": np.asarray(res.signal_norm.log10(), dtype=np.float64),
-            "signal_mantissa": np.asarray(res.signal_norm.mantissa, dtype=np.float64),
-            "signal_exponent": np.asarray(res.signal_norm.exponent, dtype=np.int64),
+    cols = {"layer": np.arange(L), **_exact_columns("grad", res.grad_norm, L),
+            **_exact_columns("signal", res.signal_norm, L),
             "act_mean": act_mean, "act_mean_log10": act_mean_log10,
             "act_std": act_std, "act_std_log10": act_std_log10,
             "saturation": np.asarray(res.saturation, dtype=np.float64),
-            "dead": np.asarray(res.dead, dtype=np.float64),
-        }
+            "dead": np.asarray(res.dead, dtype=np.float64)}
     df = pd.DataFrame(cols)
     df.attrs.update(loss=float(res.loss), loss_log10=float(res.loss_exact.log10()), backend=res.backend,
                     stack=dataclasses.asdict(res.stack))
@@ -102,18 +102,10 @@ def recurrent_result_frame(res):
     """One row per time step of a :class:`~gradbench.recurrent.RecurrentResult` (module docstring)."""
     pd = _pandas()
     T = len(res.signal_norm.mantissa)
-    cols = {"step": np.arange(T)}
-
-    def exact(name, v):
-        with np.errstate(divide="ignore"):
-            cols[f"{name}_log10"] = np.asarray(v.log10(), dtype=np.float64)
-        cols[f"{name}_mantissa"] = np.asarray(v.mantissa, dtype=np.float64)
-        cols[f"{name}_exponent"] = np.broadcast_to(np.asarray(v.exponent, dtype=np.int64), (T,)).copy()
-
-    exact("signal", res.signal_norm)
+    cols = {"step": np.arange(T), **_exact_columns("signal", res.signal_norm, T)}
     if res.cell_signal_norm is not None:
-        exact("cell_signal", res.cell_signal_norm)
-    exact("grad", res.grad_norm)
+        cols.update(_exact_columns("cell_signal", res.cell_signal_norm, T))
+    cols.update(_exact_columns("grad", res.grad_norm, T))
     cols["act_mean"], cols["act_mean_log10"] = _float_and_log(res.act_mean)
     cols["act_std"], cols["act_std_log10"] = _float_and_log(res.act_std)
     for k in ("saturation", "gate_mean", "gate_low"):
