@@ -42,7 +42,7 @@ ACT_PARAM_NAMES = {"leaky_relu": "slope", "prelu": "initial slope", "elu": "alph
 BN_EPS_DEFAULT = next(f.default for f in dataclasses.fields(Stack) if f.name == "bn_eps")
 
 
-def describe(stack: dict, weights: str | None = None) -> str:
+def describe(stack: dict, weights: str | None = None, *, dtype: bool = True) -> str:
     """The stack in words; ``weights``: where the weights came from, in place of the init scheme
     (a model's own weights, ``run --torch``). Every field that changes the network is said
     when it differs from its default: the activation's parameter, batch norm's epsilon, the
@@ -61,7 +61,8 @@ def describe(stack: dict, weights: str | None = None) -> str:
         parts.append(f"clip {stack['clip']} {stack['clip_threshold']:g} on {stack['clip_on']}")
     if stack.get("loss", "sum_squares") != "sum_squares":
         parts.append(f"loss {stack['loss']}")
-    parts.append(stack.get("dtype", "float64"))
+    if dtype:  # (a training summary says its stack without it)
+        parts.append(stack.get("dtype", "float64"))
     return ", ".join(parts)
 
 

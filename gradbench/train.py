@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from gradbench.engine import backprop
 from gradbench.inputs import all_finite, check_array
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum  # noqa: F401 (re-exported)
 from gradbench.params import Params, check_seed, init_params
-from gradbench.report import BN_EPS_DEFAULT, activation_words
+from gradbench.report import describe
 from gradbench.spec import Stack, check_choice
 
 
@@ -174,19 +174,8 @@ def chance_loss(loss: str, output_dim: int, mean_prediction_loss: float | None =
 
 def _describe(stack: Stack) -> str:
     """The stack in words, as the run report says it (:func:`gradbench.report.describe`: every
-    field that changes the network when it differs from its default), with the loss, no dtype."""
-    parts = [f"depth {stack.depth}", f"width {stack.width}", activation_words(vars(stack)), stack.init]
-    if stack.sigma_w is not None:
-        parts.append(f"sigma_w={stack.sigma_w:g}")
-    if stack.batch_norm:
-        parts.append("batch norm" + (f" (eps {stack.bn_eps:g})" if stack.bn_eps != BN_EPS_DEFAULT else ""))
-    if stack.residual:
-        scale = stack.residual_scale
-        parts.append(f"residual every {stack.residual}" + (f" (scale {scale:g})" if scale != 1.0 else ""))
-    if stack.clip:
-        parts.append(f"clip {stack.clip} {stack.clip_threshold:g} on {stack.clip_on}")
-    parts.append(f"loss {stack.loss}")
-    return ", ".join(parts)
+    field that changes the network when it differs from its default), without the dtype."""
+    return describe(asdict(stack), dtype=False)
 
 
 def _norm(a: np.ndarray) -> float:
