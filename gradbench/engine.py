@@ -15,7 +15,6 @@ bitwise those of the one-piece run, for every backend.
 
 from __future__ import annotations
 
-import math
 import time
 from functools import lru_cache, partial
 from dataclasses import dataclass, field
@@ -196,24 +195,7 @@ def _segment_forward(run: _Run, s: int, e: int, layer_params, fexp, stats, info)
     Hs, Zs, ms, rs = run.seg_arrays(s, e)
     run.impl.stack_forward(run.icfg, run.fcfg, *layer_params, Hs, Zs, ms, rs, fexp, *stats, info)
     PREFAULTER.cancel(Hs, Zs)  # the pass has written them itself
-    std = stats[1]
-    if not np.all(np.isfinite(std)):  # squares beyond float64 (|h| > 1e154): rare, so taken here
-        for l in np.flatnonzero(~np.isfinite(std)):
-            std[l] = scaled_std(Hs[l + 1])
-
-
-def scaled_std(h: np.ndarray) -> float:
-    """The standard deviation over every entry of ``h`` as the kernels take it (two passes:
-    sqrt(mean((h - mean)^2))), on h scaled by a power of two: exact where the plain squares
-    overflow (a biased leaky-ReLU stack's activations of 1e292 read std "inf", so that float
-    limits said the forward overflowed 124 layers before it did). inf or NaN where an entry is."""
-    a = h.astype(np.float64)
-    top = float(np.max(np.abs(a), initial=0.0))
-    if not math.isfinite(top) or top == 0:
-        return float(np.sqrt(((a - a.mean()) ** 2).mean()))
-    k = math.frexp(top)[1]
-    a = np.ldexp(a, -k)
-    return math.ldexp(float(np.sqrt(((a - a.mean()) ** 2).mean())), k)
+    reference.rescale_std(stats[1], Hs)  # squares beyond float64 (|h| > 1e154): rare, so taken here
 
 
 def _forward(run: _Run) -> None:

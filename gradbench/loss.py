@@ -115,11 +115,9 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
         logs = np.stack([l1t - sn, lt - sp])  # log (1-t) sigmoid(y), log t sigmoid(-y)
         m, E = _exp_scaled(logs, scale)
         dy = (m[0] - m[1]) / (count * O)
-        loss_value = float(np.sum((1 - t) * sp + t * sn)) / (count * O)
+        terms = (1 - t) * sp + t * sn  # the loss's terms
+        loss_value = float(np.sum(terms)) / (count * O)
         norm = count * O
-
-        def loss_terms():  # the loss's terms, needed only when their float sum overflows
-            return (1 - t) * sp + t * sn
 
         def loss_logs():  # the loss's terms in log form, needed only when the loss underflows
             return np.concatenate([(l1t + _log_softplus(y, sp)).ravel(), (lt + _log_softplus(-y, sn)).ravel()])
@@ -131,9 +129,6 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
         others[rows, t] = -np.inf
         margin = _logsumexp(others, axis=1) - s[rows, t]  # log sum_{j != t} exp(y_j - y_t)
 
-        def loss_terms():
-            return _softplus(margin)
-
         def loss_logs():
             return _log_softplus(margin)
 
@@ -142,11 +137,12 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
         m, E = _exp_scaled(logs, scale)
         m[rows, t] = -m[rows, t]
         dy = m / count
-        loss_value = float(np.sum(_softplus(margin))) / count
+        terms = _softplus(margin)  # the loss's terms
+        loss_value = float(np.sum(terms)) / count
         norm = count
     if loss_value >= tiny or not exact:
         if loss_value == np.inf and exact:  # a sum of finite terms beyond float64: |y| ~ 1e306
-            big = _sum_exact(loss_terms(), norm)
+            big = _sum_exact(terms, norm)
             if big is not None:  # the mean may still be a float
                 return float(big.to_float(warn=False)), big, dy, E
         return loss_value, LogScaled.from_float(loss_value), dy, E
@@ -168,18 +164,27 @@ def head_loss(stack: Stack, h: np.ndarray, f: int, params: Params, t) -> tuple[f
     (a power of two) and its mantissas rounded to the stack's dtype: a float32 stack's top
     gradient of 1e-48 is not flushed to 0.
     """
+    loss, loss_exact, dy, E = head_dy(stack.loss, h, f, params.W_out, params.b_out, t)
+    return loss, loss_exact, dy @ params.W_out, E, dy.T @ h, dy.sum(axis=0)
+
+
+def head_dy(kind: str, h: np.ndarray, f: int, W_out, b_out, t) -> tuple[float, LogScaled, np.ndarray, int]:
+    """The head y = h 2^f W_out^T + b_out on the rows of ``h`` (a mean over them): (loss, loss
+    as LogScaled, dL/dy mantissas in h's dtype, E), dL/dy = mantissas 2^E from
+    :func:`head_gradient`, its largest entry brought into [0.5, 1) before the rounding to h's
+    dtype (float32's 1e-48 is carried, not flushed). A stack's head (:func:`head_loss`) and a
+    recurrent net's head on its last step."""
     if f == 0:
-        y64 = (h @ params.W_out.T + params.b_out).astype(np.float64)
+        y64 = (h @ W_out.T + b_out).astype(np.float64)
     else:  # a forward-rescaled stack: h_L W_out^T at its exponent, then the bias
         with np.errstate(under="ignore", over="ignore"):
-            y64 = ldexp((h @ params.W_out.T).astype(np.float64), f) + params.b_out
-    loss, loss_exact, dy, E = head_gradient(stack.loss, y64, t, len(y64))
+            y64 = ldexp((h @ W_out.T).astype(np.float64), f) + b_out
+    loss, loss_exact, dy, E = head_gradient(kind, y64, t, len(y64))
     top = float(np.max(np.abs(dy))) if dy.size else 0.0
     if np.isfinite(top) and top > 0:  # max|dy| into [0.5, 1) before the rounding to float32
         shift = int(np.frexp(top)[1])
         dy, E = np.ldexp(dy, -shift), E + shift
-    dy = dy.astype(h.dtype)
-    return loss, loss_exact, dy @ params.W_out, E, dy.T @ h, dy.sum(axis=0)
+    return loss, loss_exact, dy.astype(h.dtype), E
 
 
 def top_signal(stack: Stack, G: np.ndarray, e: int) -> tuple[int, float]:

@@ -278,6 +278,29 @@ def sumsq_scaled(x: np.ndarray) -> tuple[float, int]:
     return float(np.sum(np.square(np.ldexp(x.astype(np.float64), -e)))), e
 
 
+def scaled_std(h: np.ndarray) -> float:
+    """The standard deviation over every entry of ``h`` as the kernels take it (two passes:
+    sqrt(mean((h - mean)^2))), on h scaled by a power of two: exact where the plain squares
+    overflow (a biased leaky-ReLU stack's activations of 1e292 read std "inf", so that float
+    limits said the forward overflowed 124 layers before it did). inf or NaN where an entry is."""
+    a = h.astype(np.float64)
+    top = float(np.max(np.abs(a), initial=0.0))
+    if not math.isfinite(top) or top == 0:
+        return float(np.sqrt(((a - a.mean()) ** 2).mean()))
+    k = math.frexp(top)[1]
+    a = np.ldexp(a, -k)
+    return math.ldexp(float(np.sqrt(((a - a.mean()) ** 2).mean())), k)
+
+
+def rescale_std(std: np.ndarray, H: np.ndarray) -> None:
+    """``std[l]`` of ``H[l + 1]`` taken again by :func:`scaled_std` where the kernels' plain
+    squares overflowed (non-finite), in place: the stacks' and the recurrent engines' forward
+    statistics (H[0] the input, as their arrays hold it). Nothing to do is one check."""
+    if not np.all(np.isfinite(std)):
+        for l in np.flatnonzero(~np.isfinite(std)):
+            std[l] = scaled_std(H[l + 1])
+
+
 def norm_scaled(x: np.ndarray) -> tuple[float, int]:
     """||x||_F = m * 2**e, with no square lost to underflow or overflow; returns (m, e).
 

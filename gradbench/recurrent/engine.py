@@ -22,17 +22,16 @@ import numpy as np
 from gradbench import abi
 from gradbench.buffers import WORKSPACE, held, take_internal
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
-from gradbench.engine import scaled_std
 from gradbench.inputs import check_array, check_param_arrays, check_targets
 from gradbench.logscaled import LogScaled, ldexp
-from gradbench.loss import head_gradient
+from gradbench.loss import head_dy, head_gradient
 from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, PlanRefused, available_memory, size_text
 from gradbench.recurrent import abi as rabi
 from gradbench.recurrent.backends import get_backend, resolve
 from gradbench.recurrent.params import GeneratedSequence, RecurrentParams, expected_shapes
 from gradbench.recurrent.results import RecurrentGrads, RecurrentResult
 from gradbench.recurrent.spec import Recurrent
-from gradbench.reference import clip_signal, normalise, sumsq_scaled
+from gradbench.reference import clip_signal, normalise, rescale_std, sumsq_scaled
 
 # What a step saves for the backward pass (arrays of the forward table), per cell.
 SAVED = {"rnn": ("H", "Z"), "lstm": ("H", "C", "Z"), "gru": ("H", "Z", "HN")}
@@ -220,24 +219,15 @@ def head_loss(rnn: Recurrent, h: np.ndarray, W_out, b_out, t, count: int, exact:
     return loss, loss_exact, dy @ W_out, (dy.T @ h).astype(np.float64), dy.sum(axis=0, dtype=np.float64)
 
 
-def _last_head(rnn: Recurrent, h: np.ndarray, f: int, params, t, count: int):
+def _last_head(rnn: Recurrent, h: np.ndarray, f: int, params, t):
     """The head on the last state h_{T-1} = h 2^f alone (``loss_on="last"``): as
-    :func:`head_loss`, but dL/dy is scaled by a power of two where it leaves float64's range
-    and brought to a largest entry in [0.5, 1) before the rounding to the net's dtype (the
-    stacks' :func:`gradbench.loss.head_loss`): a confident right answer's 1e-48 in float32, or
-    e^-760 in float64, is carried, not flushed to 0 (it read 0 at every step, and "stable").
-    Returns (loss, loss as LogScaled, dL/dh mantissas, dW_out, db_out, E): dL/dh, dW_out and
-    db_out are at exponent E (dW_out at E + f)."""
-    W_out, b_out = params.W_out, params.b_out
-    with np.errstate(under="ignore", over="ignore"):
-        y = ldexp((h @ W_out.T).astype(np.float64), f) + b_out if f else (h @ W_out.T + b_out).astype(np.float64)
-    loss, loss_exact, dy, E = head_gradient(rnn.loss, y, t, count)
-    top = float(np.max(np.abs(dy))) if dy.size else 0.0
-    if math.isfinite(top) and top > 0:
-        shift = math.frexp(top)[1]
-        dy, E = np.ldexp(dy, -shift), E + shift
-    dy = dy.astype(h.dtype)
-    return (loss, loss_exact, dy @ W_out, (dy.T @ h).astype(np.float64), dy.sum(axis=0, dtype=np.float64), E)
+    :func:`head_loss`, but dL/dy carries a power of two as a stack's head's does
+    (:func:`gradbench.loss.head_dy`): a confident right answer's 1e-48 in float32, or e^-760 in
+    float64, is carried, not flushed to 0 (it read 0 at every step, and "stable"). Returns
+    (loss, loss as LogScaled, dL/dh mantissas, dW_out, db_out, E): dL/dh, dW_out and db_out are
+    at exponent E (dW_out at E + f); the loss is a mean over the batch, the rows of ``h``."""
+    loss, loss_exact, dy, E = head_dy(rnn.loss, h, f, params.W_out, params.b_out, t)
+    return (loss, loss_exact, dy @ params.W_out, (dy.T @ h).astype(np.float64), dy.sum(axis=0, dtype=np.float64), E)
 
 
 def _add_exact(a: LogScaled, b: LogScaled) -> LogScaled:
@@ -353,6 +343,7 @@ class _Run:
         self.work = 2 * len(self.segments)
         self.loss_every = 0.0
         self.loss_every_exact = LogScaled(np.array(0.0), np.array(0))  # its exact sum (where the float is not)
+        self.e_out = 0  # the power of two of a last-step head's dL/dy, dW_out and db_out (_last_head)
         self.x_buf = np.empty((k, B, D), dtype=dt) if isinstance(self.xs, GeneratedSequence) else None
 
     def _take(self, shape, dtype) -> np.ndarray:
@@ -395,10 +386,7 @@ def _segment_forward(run: _Run, j: int, stats: dict, info: np.ndarray) -> dict:
     arrays = dict(seg, icfg=run.icfg, fcfg=run.fcfg, X=run.x(s, e), W_ih=p.W_ih, W_hh=p.W_hh, b_ih=p.b_ih,
                   b_hh=p.b_hh, fexp=run.fexp[s:e + 1], info=info, **stats)
     _call(getattr(run.impl, run.fwd_name), run.fwd_name, arrays)
-    std = stats["act_std"]
-    if not np.all(np.isfinite(std)):  # squares beyond float64 (|h| > 1e154), as for the stacks
-        for t in np.flatnonzero(~np.isfinite(std)):
-            std[t] = scaled_std(seg["H"][t + 1])
+    rescale_std(stats["act_std"], seg["H"])  # squares beyond float64 (|h| > 1e154), as for the stacks
     return seg
 
 
@@ -462,7 +450,7 @@ def _top(run: _Run) -> None:
             loss, loss_exact, G, run.dW_out, run.db_out = head_loss(rnn, hT, p.W_out, p.b_out, t, T * B)
             e_top = 0
         else:  # one head at the end: its dL/dy carries a power of two, as a stack's head does
-            loss, loss_exact, G, run.dW_out, run.db_out, e_top = _last_head(rnn, hT, int(run.fexp[T]), p, t, B)
+            loss, loss_exact, G, run.dW_out, run.db_out, e_top = _last_head(rnn, hT, int(run.fexp[T]), p, t)
         run.e_out = e_top
         run.loss = run.loss_every if every else loss
         run.loss_exact = loss_exact
@@ -558,7 +546,7 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
          "b_ih": LogScaled(run.grads["db_ih"], dexp[rabi.DE_B_IH]), "b_hh": LogScaled(run.grads["db_hh"], dexp[rabi.DE_B_HH])}
     if rnn.has_head:
         dt = rnn.np_dtype
-        e_out = int(getattr(run, "e_out", 0))  # the last-step head's power of two (_last_head)
+        e_out = int(run.e_out)
         g["W_out"] = LogScaled(run.dW_out.astype(dt), np.int64(e_out + (0 if rnn.loss_on == "every" else int(fexp[T]))))
         g["b_out"] = LogScaled(run.db_out.astype(dt), np.int64(e_out))
     if rnn.clip is not None and rnn.clip_on != "signal":
