@@ -237,8 +237,19 @@ def add_output_args(p: argparse.ArgumentParser, plots: bool = True) -> None:
         p.add_argument("--dpi", type=dpi_int, default=120, help="resolution of .png plots")
 
 
-_FIELD = re.compile(r"(?<![\w'\"-])(" + "|".join(sorted(STACK_FIELDS, key=len, reverse=True))
-                    + r")(?=(=| must| is | needs| takes| [<>]))")
+def field_words(fields) -> re.Pattern:
+    """The spec's field names where its messages use them as names (``sigma_w=``, ``sigma_w must``,
+    ``... <= sigma_w <= ...``): :func:`in_option_words` puts the option there."""
+    return re.compile(r"(?<![\w'\"-])(" + "|".join(sorted(fields, key=len, reverse=True))
+                      + r")(?=(=| must| is | needs| takes| [<>]))")
+
+
+def in_option_words(message: str, fields: re.Pattern) -> str:
+    """A spec's message in the command's words: ``sigma_w=1e39 is ...`` -> ``--sigma-w=1e39 is ...``."""
+    return fields.sub(lambda m: option(m.group(1)), message)
+
+
+_FIELD = field_words(STACK_FIELDS)
 
 
 def stack_from_args(args, **overrides) -> Stack:
@@ -249,7 +260,7 @@ def stack_from_args(args, **overrides) -> Stack:
     try:
         return Stack(**kw)
     except (ValueError, TypeError) as exc:
-        raise UsageError(_FIELD.sub(lambda m: option(m.group(1)), str(exc))) from None
+        raise UsageError(in_option_words(str(exc), _FIELD)) from None
 
 
 def refuse_unused_stack_options(args, stacks: list[Stack], several: bool = False) -> None:

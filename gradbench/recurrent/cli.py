@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradbench.cli.common import (
-    add_output_args, add_parser, finite_float, gain, given, nonneg_float, nonneg_int, option, parse, positive_float,
-    positive_int, refuse_unused, seed_int, split, typed_options,
+    add_output_args, add_parser, field_words, finite_float, gain, given, in_option_words, nonneg_float, nonneg_int,
+    option, parse, positive_float, positive_int, refuse_unused, seed_int, split, typed_options,
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_file, write_json, write_plot
 from gradbench.report import fmt_pow
@@ -196,12 +196,12 @@ def _net(args, cell: str | None = None):
                             forget_bias=args.forget_bias if cell is None or cell == "lstm" else None,
                             clip=args.clip, clip_threshold=args.clip_threshold, clip_on=args.clip_on, dtype=args.dtype)
     except (ValueError, TypeError) as exc:  # the spec's words in the command's: sigma_w -> --sigma-w
-        raise UsageError(_NET_FIELD.sub(lambda m: option(m.group(1)), str(exc))) from None
+        raise UsageError(in_option_words(str(exc), _NET_FIELD)) from None
 
 
 # the Recurrent fields that are options, named in the spec's messages ("sigma_w=1e-50 is beyond ...")
-_NET_FIELD = re.compile(r"(?<![\w'\"-])(sigma_w|sigma_b|forget_bias|recurrent_init|activation_param|clip_threshold|"
-                        r"clip_on|input_dim|hidden|steps|dtype|activation|cell|init)(?=(=| must| is | needs| takes| [<>]))")
+_NET_FIELD = field_words(("sigma_w", "sigma_b", "forget_bias", "recurrent_init", "activation_param", "clip_threshold",
+                          "clip_on", "input_dim", "hidden", "steps", "dtype", "activation", "cell", "init"))
 
 
 def _common(p, batch=16):
