@@ -70,7 +70,9 @@ def test_5000_layer_sigmoid_decays_at_the_mean_field_rate():
     stack = gb.Stack(depth=L, width=N, activation="sigmoid", init="xavier_normal")
     params = gb.init_params(stack, seed=0)
     x = gb.gaussian_input(stack, batch=8, seed=1)
-    res = gb.backprop(stack, params, x, backend="numpy")
+    # statistics only: the norms are those of the full run (test_checkpoint), without its 2.6 GB
+    # of dW beside the 2.6 GB of W (the suite's largest arrays: 2.8 GB peak instead of 5.4)
+    res = gb.backprop(stack, params, x, backend="numpy", stats_only=True)
     lg = res.grad_norm.log10()
     assert np.all(np.isfinite(lg))
     # slope of log10 ||dL/dW_l|| per layer of backpropagation (from the top down)
