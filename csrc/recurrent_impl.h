@@ -624,7 +624,7 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
         }
         F(gb_rnn_activation)(h, zb, z, BN, act, p); /* zb: phi'(z), for the saturated fraction */
         int64_t nsat = 0;
-        for (int64_t i = 0; i < BN; i++) nsat += (double)zb[i] < thr;
+        for (int64_t i = 0; i < BN; i++) nsat += fabs((double)zb[i]) < thr;
         fexp[t + 1] = e + (rescale ? F(gb_rnormalise)(h, BN) : 0);
         a->saturation[t] = (double)nsat / (double)BN;
         a->gate_mean[t] = a->gate_low[t] = NAN;

@@ -443,7 +443,8 @@ static GB_AINLINE void F(gb_act_fwd_out)(T *a, unsigned char *dead, gb_vd u, gb_
                                          gb_vi *vcnt) {
     const F(gb_tv) ta = F(gb_roundv)(va), td = F(gb_roundv)(vd);
     memcpy(a, &ta, sizeof ta);
-    *vcnt += __builtin_convertvector(td, gb_vd) < thr;
+    const gb_vd dd = __builtin_convertvector(td, gb_vd);
+    *vcnt += (dd < thr) & (dd > -thr); /* |phi'| < thr: GELU, swish, a negative slope have phi' < 0 */
     F(gb_vb) dv, nz = __builtin_convertvector(u <= 0.0, F(gb_vb)); /* z <= 0: -1, else 0 */
     memcpy(&dv, dead, sizeof dv);
     dv &= nz;
@@ -528,7 +529,7 @@ static GB_AINLINE int64_t F(gb_vf_forward)(T *a, const T *z, int64_t N, const gb
         const gb_vfi ok = gb_vf_layer(u, s, act, &va, &vd);
         if (gb_vf_any(~ok)) F(gb_vf_fix)(z + j, ok, s, act, &va, &vd);
         memcpy(a + j, &va, sizeof va);
-        vcnt += vd < thrf;
+        vcnt += (vd < thrf) & (vd > -thrf);
         gb_vfb dv;
         memcpy(&dv, dead + j, sizeof dv);
         dv &= __builtin_convertvector(u <= 0.0f, gb_vfb);
@@ -615,7 +616,7 @@ static GB_AINLINE int64_t F(gb_act_forward_row_k)(T *a, const T *z, int64_t N, c
         }
         for (int i = 0; i < GB_VL; i++) {
             a[j + i] = FP(gb_phi_scaled)(z[j + i], s);
-            cnt += (double)FP(gb_dphi_scaled)(z[j + i], s) < thr;
+            cnt += fabs((double)FP(gb_dphi_scaled)(z[j + i], s)) < thr;
             dead[j + i] &= z[j + i] <= 0;
         }
     }
@@ -623,7 +624,7 @@ static GB_AINLINE int64_t F(gb_act_forward_row_k)(T *a, const T *z, int64_t N, c
 #endif
     for (; j < N; j++) {
         a[j] = FP(gb_phi_scaled)(z[j], s);
-        cnt += (double)FP(gb_dphi_scaled)(z[j], s) < thr;
+        cnt += fabs((double)FP(gb_dphi_scaled)(z[j], s)) < thr;
         dead[j] &= z[j] <= 0;
     }
     return cnt;

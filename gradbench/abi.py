@@ -103,7 +103,7 @@ FORWARD: tuple[Arg, ...] = (
     _arg("fexp", "L+1", "i8", "rw", "forward exponents: h_l = H[l] * 2**fexp[l]; fexp[0] read"),
     _arg("act_mean", "L", "f8", "w", "mean of H[l+1] (true value times 2**fexp[l+1])"),
     _arg("act_std", "L", "f8", "w", "standard deviation of H[l+1] (likewise)"),
-    _arg("saturation", "L", "f8", "w", "fraction of z_l with phi'(z) < fcfg[F_SAT]"),
+    _arg("saturation", "L", "f8", "w", "fraction of z_l with |phi'(z)| < fcfg[F_SAT]"),
     _arg("dead", "L", "f8", "w", "fraction of units with z <= 0 for the whole batch"),
     _INFO,
 )
@@ -347,10 +347,8 @@ def kernel_config(stack: Stack, rescale_forward: bool) -> tuple[np.ndarray, np.n
 
     ``icfg``: activation code, batch norm (0/1), residual group size, signal clip mode,
     forward rescaling (0/1). ``fcfg``: activation parameter, residual scale, clip threshold,
-    batch-norm eps, saturation threshold (0.01 * max phi').
+    batch-norm eps, saturation threshold (:func:`saturation_threshold`).
     """
-    from gradbench.activations import dphi_max
-
     icfg = np.zeros(I_SIZE, dtype=np.int64)
     icfg[I_ACT] = ACT_CODE[stack.activation]
     icfg[I_BN] = int(bool(stack.batch_norm))
@@ -362,8 +360,17 @@ def kernel_config(stack: Stack, rescale_forward: bool) -> tuple[np.ndarray, np.n
     fcfg[F_RES_SCALE] = stack.residual_scale
     fcfg[F_CLIP] = stack.clip_threshold
     fcfg[F_BN_EPS] = stack.bn_eps
-    fcfg[F_SAT] = 0.01 * dphi_max(stack.activation, stack.act_param)
+    fcfg[F_SAT] = saturation_threshold(stack.activation, stack.act_param, stack.np_dtype)
     return icfg, fcfg
+
+
+def saturation_threshold(activation: str, param: float, dtype) -> float:
+    """The bound below which |phi'| counts as saturated: 1 % of the largest |phi'|, rounded to
+    ``dtype`` (the kernels compare phi' as the dtype holds it: a float32 leaky ReLU's slope 0.01
+    is float32(0.01), just below the float64 0.01, and is no more saturated than in float64)."""
+    from gradbench.activations import dphi_max
+
+    return float(np.dtype(dtype).type(0.01 * dphi_max(activation, param)))
 
 
 def signal_clip(stack) -> int:

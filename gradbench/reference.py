@@ -356,7 +356,7 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         act_mean[l] = h.mean()
         act_std[l] = np.sqrt(((h - act_mean[l]) ** 2).mean())
         d = dphi(z, code, layer_param) if f is None else dphi_scaled(z, f, code, layer_param)
-        saturation[l] = np.mean(d < sat_threshold)
+        saturation[l] = np.mean(np.abs(d) < sat_threshold)  # GELU, swish, a negative slope: phi' < 0
         dead[l] = np.mean(np.all(z <= 0, axis=0))
         if info[INFO_FORWARD] < 0 and not np.all(np.isfinite(H[l + 1])):
             info[INFO_FORWARD] = l

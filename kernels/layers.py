@@ -236,7 +236,7 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
             else:
                 a[i, j] = phi(zz, code, param)
                 d = dphi(zz, code, param)
-            nsat += d < sat_threshold
+            nsat += abs(d) < sat_threshold  # GELU, swish, a negative slope: phi' < 0
             if not (zz <= 0):
                 alive[j] = True
     return nsat

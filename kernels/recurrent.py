@@ -138,7 +138,7 @@ def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, fexp, act_me
             for j in range(N):
                 zz = z[i, j]
                 h[i, j] = phi(zz, code, p)
-                nsat += np.float64(dphi(zz, code, p)) < thr
+                nsat += abs(np.float64(dphi(zz, code, p))) < thr
         fexp[t + 1] = e + (normalise(h) if rescale else 0)
         saturation[t] = nsat / (B * N)
         gate_mean[t] = np.nan

@@ -164,6 +164,39 @@ def test_statistics_match_their_definitions():
     assert res.saturation.max() > 0  # sigma_w = 6 saturates
 
 
+@pytest.mark.parametrize("backend", gb.backends())
+@pytest.mark.parametrize("activation,param", [("gelu", None), ("swish", None), ("leaky_relu", -0.5),
+                                              ("prelu", -0.3), ("elu", 0.5)])
+def test_saturation_counts_small_derivatives_of_either_sign(backend, activation, param):
+    # saturated: |phi'| below 1 % of the largest |phi'|. GELU (phi' down to -0.13) and swish
+    # (-0.10) pass real gradients where phi' < 0, as does a negative slope (|phi'| = 0.5); the
+    # kernels counted every phi' < 0 (GELU 30 % where 3 % are saturated)
+    stack = gb.Stack(depth=3, width=64, activation=activation, activation_param=param, init="he_normal")
+    params, x, _ = _problem(stack, batch=16)
+    res = gb.backprop(stack, params, x, backend=backend)
+    _, s = naive.forward(stack, _as_dict(params), x)
+    grid = np.linspace(-10.0, 10.0, 200_001)
+    bound = 0.01 * np.abs(naive.dphi(activation, grid, stack.act_param)).max()
+    for l in range(stack.depth):
+        want = np.mean(np.abs(naive.dphi(activation, s["zs"][l], stack.act_param)) < bound)
+        assert res.saturation[l] == pytest.approx(want, abs=1.5 / (16 * 64))  # a unit at the bound may flip
+    if activation in ("gelu", "swish"):
+        assert res.saturation[0] < 0.1
+    elif activation != "elu":  # ELU (phi' = alpha e^z > 0): a control whose count did not change
+        assert res.saturation[0] == 0.0
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+@pytest.mark.parametrize("activation", ["leaky_relu", "prelu"])
+def test_a_slope_of_one_percent_is_not_saturated_in_either_dtype(backend, activation):
+    # |phi'| is 1 or the slope 0.01, exactly 1 % of the maximum: not below it. float32 holds the
+    # slope as 0.0099999998 and compared it with the float64 bound 0.01 (50 % "saturated")
+    for dtype in ("float64", "float32"):
+        stack = gb.Stack(depth=3, width=8, activation=activation, activation_param=0.01, dtype=dtype)
+        params, x, _ = _problem(stack, batch=4)
+        assert np.all(gb.backprop(stack, params, x, backend=backend).saturation == 0.0), dtype
+
+
 def test_dead_relu_layer_is_reported_and_gradients_are_exact_zeros():
     stack = gb.Stack(depth=5, width=8, activation="relu", init="he_normal", sigma_b=0.0)
     params = gb.init_params(stack, seed=0)

@@ -61,7 +61,7 @@ _Z_BWD = _arg("Z", "T,B,GN", "T", "r", "the forward's Z")
 _STATS = (
     _arg("act_mean", "T", "f8", "w", "mean of h_t (true value times 2**fexp[t+1])"),
     _arg("act_std", "T", "f8", "w", "standard deviation of h_t (likewise)"),
-    _arg("saturation", "T", "f8", "w", "fraction of activation entries with phi' < 1% of its maximum"),
+    _arg("saturation", "T", "f8", "w", "fraction of activation entries with |phi'| < 1% of its largest value"),
     _arg("gate_mean", "T", "f8", "w", "mean forget gate f (lstm), update gate z (gru); NaN (rnn)"),
     _arg("gate_low", "T", "f8", "w", "fraction of those gates below fcfg[RF_GATE_LOW]; NaN (rnn)"),
 )
@@ -187,8 +187,7 @@ def kernel_config(rnn, rescale_forward: bool, batch: int = 1):
     """
     import numpy as np
 
-    from gradbench.abi import ACT_CODE, signal_clip
-    from gradbench.activations import dphi_max
+    from gradbench.abi import ACT_CODE, saturation_threshold, signal_clip
 
     icfg = np.zeros(RI_SIZE, dtype=np.int64)
     icfg[RI_ACT] = ACT_CODE[rnn.act]
@@ -199,7 +198,7 @@ def kernel_config(rnn, rescale_forward: bool, batch: int = 1):
     fcfg = np.zeros(RF_SIZE, dtype=np.float64)
     fcfg[RF_ACT_PARAM] = rnn.act_param
     fcfg[RF_CLIP] = rnn.clip_threshold
-    fcfg[RF_SAT] = 0.01 * dphi_max(rnn.act, rnn.act_param)
-    fcfg[RF_SAT_GATE] = 0.01 * dphi_max("sigmoid", 0.0)
+    fcfg[RF_SAT] = saturation_threshold(rnn.act, rnn.act_param, rnn.np_dtype)
+    fcfg[RF_SAT_GATE] = saturation_threshold("sigmoid", 0.0, rnn.np_dtype)
     fcfg[RF_GATE_LOW] = 0.1
     return icfg, fcfg

@@ -188,7 +188,7 @@ def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, fexp, act_me
             Z[t] += P
         da = rnn_step_forward(H[t + 1], Z[t], code, param)
         fexp[t + 1] = e + (normalise(H[t + 1]) if rescale else 0)
-        saturation[t] = np.mean(da < fcfg[RF_SAT])
+        saturation[t] = np.mean(np.abs(da) < fcfg[RF_SAT])
         gate_mean[t] = gate_low[t] = np.nan
         record_forward(t, H[t + 1], act_mean, act_std, info)
 

@@ -63,7 +63,7 @@ class RecurrentResult:
     act_mean, act_std : LogScaled (T,)
         Mean and standard deviation of h_t over batch and units.
     saturation : ndarray (T,)
-        Fraction of the step's activation entries with phi' below 1 % of its maximum (all gates).
+        Fraction of the step's activation entries with |phi'| below 1 % of its largest value (all gates).
     gate_mean, gate_low : ndarray (T,)
         Mean forget gate (LSTM) / update gate z (GRU) and the fraction of them below 0.1; NaN
         for the vanilla cell.
