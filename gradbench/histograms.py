@@ -10,8 +10,9 @@ a window of bins per layer. Two users:
   1/per_decade decades ending at its largest entry (:class:`GradHistogram`);
 - :func:`histograms` (a diagnosis of stored gradients): common bins over all layers.
 
-:func:`rebin_streaming` turns streaming histograms into common bins for a diagnosis. Exact
-zeros and non-finite entries are counted apart everywhere.
+:func:`rebin_streaming` turns streaming histograms into common bins for a diagnosis (by default
+each a whole number of fine bins, so that the counts stay exact). Exact zeros and non-finite
+entries are counted apart everywhere.
 """
 
 from __future__ import annotations
@@ -223,32 +224,67 @@ def rebin_streaming(hist, bins: int = DEFAULT_BINS, hist_range: tuple[float, flo
     """The streaming histograms of a ``stats_only`` run (:class:`GradHistogram`)
     on ``bins`` common bins, as :func:`histograms` returns them.
 
-    Each fine bin (1 / per_decade decades, exact) goes whole into the common bin that holds its
-    centre; the default range is the floor and ceil of the fine windows over all layers.
+    By default the common bins are whole fine bins (1 / per_decade decades): ``k`` fine bins
+    each, the fewest that let ``bins`` of them cover every layer's occupied fine bins, from the
+    lowest occupied one up. Each fine bin then lies inside one common bin, so the counts are
+    exact: those of ``np.histogram`` of the entries' log10 on the returned edges.
+
+    An explicit ``hist_range`` is exact in the same way when its ends and its bin width are
+    whole multiples of 1 / per_decade. Otherwise a fine bin may straddle a common edge: each
+    goes whole into the common bin that holds its centre, so the counts are exact only to one
+    fine bin (the streaming histograms do not know where in its fine bin an entry lies).
     """
     L, wb, pd = len(hist.top), hist.bins, hist.per_decade
     has = hist.counts.sum(axis=1) > 0
     offset = 0  # a bin index to count from, far out (as in _default_range; top is exact in int64)
-    if hist_range is None:
-        if has.any():
-            if int(np.abs(hist.top[has]).max()) >= FAR_EXPONENT:
-                offset = int(hist.top[has].max())
-            lo = math.floor(float((hist.top[has] - offset - wb + 1).min()) / pd)
-            hi = math.ceil(float(hist.top[has].max() - offset + 1) / pd)
-        else:
-            lo, hi = -1.0, 0.0
-    else:
+    if hist_range is not None:
         lo, hi = _checked_range(hist_range)
-    edges = np.linspace(lo, hi, bins + 1) + offset / pd
+        j0, k = _on_fine_grid(lo, hi, bins, pd)
+    elif has.any():
+        if int(np.abs(hist.top[has]).max()) >= FAR_EXPONENT:
+            offset = int(hist.top[has].max())
+        j0, k = _default_fine_range(hist, has, bins, offset, chunk)
+    else:
+        (lo, hi), k = (-1.0, 0.0), None
     counts = np.zeros((L, bins), dtype=np.int64)
     outside = hist.below.astype(np.int64).copy()
+    if k is not None:  # common edges on the fine grid: fine bin j goes to column (j - j0) // k
+        edges = (j0 + k * np.arange(bins + 1)) / pd + offset / pd
 
-    def column(a, b):
-        centre = (hist.top[a:b, None] - offset - wb + 1 + np.arange(wb)[None, :] + 0.5) / pd
-        return np.floor((centre - lo) / (hi - lo) * bins).astype(np.int64)
+        def column(a, b):
+            return (hist.top[a:b, None] - offset - wb + 1 + np.arange(wb)[None, :] - j0) // k
+    else:
+        edges = np.linspace(lo, hi, bins + 1) + offset / pd
+
+        def column(a, b):
+            centre = (hist.top[a:b, None] - offset - wb + 1 + np.arange(wb)[None, :] + 0.5) / pd
+            return np.floor((centre - lo) / (hi - lo) * bins).astype(np.int64)
 
     _move_whole_bins(counts, outside, hist.counts, column, chunk)
     return edges, counts, hist.zeros.astype(np.int64), hist.nonfinite.astype(np.int64), outside
+
+
+def _default_fine_range(hist, has: np.ndarray, bins: int, offset: int, chunk: int) -> tuple[int, int]:
+    """(j0, k): the lowest occupied fine bin of the layers ``has`` (counted from ``offset``) and
+    the fewest fine bins per common bin with which ``bins`` common bins reach the highest (each
+    layer's top bin)."""
+    low = None
+    for a in range(0, len(hist.top), chunk):  # no (L, bins) temporary at once
+        rows = np.flatnonzero(has[a:a + chunk]) + a
+        if rows.size:
+            first = hist.top[rows] - offset - hist.bins + 1 + np.argmax(np.asarray(hist.counts[rows]) > 0, axis=1)
+            low = int(first.min()) if low is None else min(low, int(first.min()))
+    top = int(hist.top[has].max()) - offset
+    return low, -(-(top - low + 1) // bins)
+
+
+def _on_fine_grid(lo: float, hi: float, bins: int, pd: int) -> tuple[int, int | None]:
+    """(j0, k) when [lo, hi) in ``bins`` bins has its edges on the 1/pd grid: lo = j0 / pd and
+    every bin k fine bins wide; else (0, None)."""
+    j0, span = lo * pd, (hi - lo) * pd
+    if j0 == round(j0) and span == round(span) and round(span) % bins == 0:
+        return int(round(j0)), int(round(span)) // bins
+    return 0, None
 
 
 def _move_whole_bins(out: np.ndarray, outside: np.ndarray, counts: np.ndarray, column, chunk: int) -> None:
