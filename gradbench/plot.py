@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from gradbench._atomic import write_atomic
 from gradbench.diagnose import Diagnosis, diagnose
-from gradbench.histograms import RelativeHistograms
+from gradbench.histograms import RelativeHistograms, check_has_histograms
 from gradbench.verdict import FLOAT_LIMITS
 
 DPI = 120
@@ -165,18 +165,29 @@ def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bo
     Parameters
     ----------
     item : Result, Diagnosis or RelativeHistograms
+        A Result needs gradients or histograms (not ``stats_only`` with ``hist_bins=0``).
     relative : bool
         Each layer's log10 |dW_l entries| relative to its own norm, log10 ||dW_l||_F (default):
-        every layer's shape stays visible at any depth. From a Result this is exact (or, for a
-        ``stats_only`` run, exact to its 1/4-decade bins); from a Diagnosis it is as fine as its
-        common bins. ``False``: the diagnosis's common absolute bins.
+        every layer's shape stays visible at any depth. From a Result this is exact (for a
+        ``stats_only`` run, each entry at most one 1/4-decade bin from its own); from a
+        Diagnosis each entry is at most one bin from its own, on bins at least as wide as the
+        diagnosis's, and a diagnosis whose bins are too coarse for a layer's distribution (a
+        deep stack's) is refused with what to pass instead
+        (:meth:`~gradbench.histograms.RelativeHistograms.from_diagnosis`). ``False``: the
+        diagnosis's common absolute bins.
     verdict : str, optional
         Shown in the default title (a Diagnosis brings its own).
     ax : matplotlib Axes, optional
+
+    Colours are fractions of all the layer's entries; those not in a cell (exact zeros,
+    non-finite entries, entries outside the bins or below the relative grid, entries whose
+    place is unknown) are counted under the x axis.
     """
     stack = item.stack if hasattr(item, "stack") else None
     if isinstance(item, Diagnosis):
         verdict = verdict or item.verdict
+    elif not isinstance(item, RelativeHistograms):
+        check_has_histograms(item, "histogram_heatmap")
     if not relative:
         return _absolute_heatmap(_as_diagnosis(item), path, title=title, ax=ax, dpi=dpi)
     if isinstance(item, RelativeHistograms):
@@ -187,22 +198,34 @@ def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bo
         rel = RelativeHistograms.from_result(item)
     fig, ax = _axes(ax, (8.5, 5.0))
     counts, rows = _row_groups(rel.counts)
-    zeros = _row_groups(rel.zeros[:, None])[0][:, 0]
-    outside = _row_groups(rel.outside[:, None])[0][:, 0]
-    _heatmap(fig, ax, rel.edges, counts, zeros + outside + counts.sum(axis=1), rows)
+    apart = {"exact zeros": rel.zeros, "non-finite entries (NaN or inf)": rel.nonfinite,
+             f"entries below 10^{rel.edges[0]:g} of the norm": rel.outside,
+             "entries of unknown place (outside the bins they were counted in, or in a layer with non-finite "
+             "entries)": rel.unplaced}
+    _heatmap(fig, ax, rel.edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), rows)
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l| - \log_{10}\,\|\partial L/\partial W_l\|_F$"
-                  " per entry (exact)")
+                  " per entry " + ("(exact)" if rel.exact else "(each at most one bin from its own)"))
     act = stack["activation"] if isinstance(stack, dict) else getattr(stack, "activation", "")
     depth = rel.counts.shape[0]
     ax.set_title(title or f"dW entries relative to each layer's norm: {act}, depth {depth}"
                  + (f" ({verdict})" if verdict else ""))
-    notes = [f"{int(v)} exact zeros" for v in (rel.zeros.sum(),) if v] + [
-        f"{int(v)} entries below 10^{rel.edges[0]:g} of the norm" for v in (rel.outside.sum(),) if v]
-    if notes:
-        _note_below(ax, "not shown: " + ", ".join(notes))
+    _not_shown(ax, apart)
     if path is not None:
         save(fig, path, dpi)
     return fig
+
+
+def _row_sums(counts) -> np.ndarray:
+    """The sum of per-layer counts (each (L,), of any integer type), over the rows of :func:`_row_groups`."""
+    return _row_groups(sum(np.asarray(v, dtype=np.int64) for v in counts)[:, None])[0][:, 0]
+
+
+def _not_shown(ax, counts: dict) -> None:
+    """'not shown: 12 exact zeros, 3 non-finite entries (NaN or inf)' under the x axis, for
+    the kinds (name -> per-layer counts) that occur."""
+    notes = [f"{int(v.sum())} {name}" for name, v in counts.items() if v.sum()]
+    if notes:
+        _note_below(ax, "not shown: " + ", ".join(notes))
 
 
 def _note_below(ax, text: str) -> None:
@@ -239,12 +262,12 @@ def _absolute_heatmap(d: Diagnosis, path, *, title, ax, dpi) -> Figure:
     fig, ax = _axes(ax, (8.5, 5.0))
     counts, group = _row_groups(d.hist_counts)  # integer sums, exact; float only once grouped
     counts = counts.astype(np.float64)
-    zeros = _row_groups(d.hist_zeros[:, None])[0][:, 0].astype(np.float64)
-    _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + zeros, group)
+    apart = {"exact zeros": d.hist_zeros, "non-finite entries (NaN or inf)": d.hist_nonfinite,
+             f"entries outside the bins' range [10^{d.hist_edges[0]:.4g}, 10^{d.hist_edges[-1]:.4g}]": d.hist_outside}
+    _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), group)
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l|$ per entry (exact)")
     ax.set_title(title or f"Gradient histograms per layer: {d.stack['activation']}, depth {d.depth} ({d.verdict})")
-    if d.hist_zeros.any():
-        _note_below(ax, f"exact zeros not shown: {int(d.hist_zeros.sum())}")
+    _not_shown(ax, apart)
     if path is not None:
         save(fig, path, dpi)
     return fig

@@ -8,6 +8,7 @@ import pytest
 
 import gradbench as gb
 from gradbench import plot
+from tests import naive
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -176,6 +177,45 @@ def test_exact_zero_markers_one_legend_entry_and_visible(tmp_path):
     assert all(m.get_ydata()[0] > lo for m in marks)  # inside the axes
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert sum("exact zero" in t for t in labels) == 1
+
+
+def _plain_grads(stack, params, x):
+    P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    with np.errstate(all="ignore"):
+        return naive.backward(stack, P, np.asarray(x, dtype=np.float64))
+
+
+def _bare_run():
+    """A stats_only run with hist_bins=0 (as a sweep's runs): norms, no gradients, no histograms."""
+    stack = gb.Stack(depth=20, width=8, activation="tanh")
+    gp = gb.GeneratedParams(stack, 0)
+    x = gb.gaussian_input(stack, 4, 1)
+    return stack, gp, x, gb.backprop(stack, gp, x, stats_only=True, hist_bins=0)
+
+
+def test_the_heatmap_of_a_run_without_histograms_says_to_run_with_hist_bins():
+    """histogram_heatmap crashed on such a run with an AttributeError ('NoneType' object has no
+    attribute 'top'); now a ValueError names hist_bins, for both heat maps."""
+    res = _bare_run()[3]
+    for relative in (True, False):
+        with pytest.raises(ValueError, match="hist_bins >= 1"):
+            plot.histogram_heatmap(res, relative=relative)
+
+
+def test_heatmaps_count_non_finite_entries():
+    """A run whose forward overflows: every dW entry is NaN. Both heat maps were empty with no
+    word of the 3,840 entries; now the note under the axis counts them (as an independent plain
+    backward does)."""
+    stack = gb.Stack(depth=60, width=8, activation="leaky_relu", sigma_w=1e6, sigma_b=1e-3)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1)
+    _, grads, _ = _plain_grads(stack, params, x)
+    bad = int(np.sum(~np.isfinite(grads["W"])))
+    assert bad == grads["W"].size
+    with np.errstate(all="ignore"):
+        res = gb.backprop(stack, params, x)
+        d = gb.diagnose(res, params)
+    for fig in (plot.histogram_heatmap(res), plot.histogram_heatmap(d, relative=False)):
+        assert f"not shown: {bad} non-finite entries" in fig.axes[0].get_xlabel()
 
 
 def test_coinciding_lines_stay_distinguishable(diags):
