@@ -16,9 +16,10 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.transforms import offset_copy
 
 from gradbench._atomic import write_atomic
-from gradbench.diagnose import Diagnosis, diagnose
+from gradbench.diagnose import Diagnosis, assess, diagnose
 from gradbench.histograms import RelativeHistograms, check_has_histograms
 from gradbench.verdict import FLOAT_LIMITS
 
@@ -63,43 +64,45 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     Parameters
     ----------
     data : Diagnosis, Result, or a dict label -> Diagnosis / Result
+        A Result needs no histograms (a ``stats_only`` run with ``hist_bins=0`` will do): its
+        rates and verdict are :func:`gradbench.diagnose.assess`'s.
     limits : bool
         Draw the smallest normal and largest finite float64/float32 where they fall inside the
         plotted range (a plain chain loses gradients beyond them); limits closer together than
         2 % of the axis are drawn as one band.
     ax : matplotlib Axes, optional
 
-    Lines that coincide stay distinguishable: each has its own dash pattern, marker shape (at
-    positions staggered from line to line) and width. Layers whose gradient is exactly 0 are
-    marked below the curves (one legend entry).
+    Each line's legend entry gives its verdict and both rates in decades per layer going down
+    (:mod:`gradbench.verdict`): of the backward signal ||dL/dh_l|| and of ||dL/dW_l||, the
+    plotted line (a flat line can explode: the signal's rate decides). Lines that coincide
+    stay distinguishable: each has its own dash pattern, marker shape (at positions staggered
+    from line to line) and width. Layers whose gradient is exactly 0 (triangles) or not
+    finite (crosses: NaN or inf) have no place on the log scale: they are marked in a strip
+    below the x axis, a row per line and kind, in the line's colour (one legend entry each).
     """
     items = _items(data)
     many = len(items) > 4
     fig, ax = _axes(ax, (9.0, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
     lo, hi = math.inf, -math.inf
     depth = 1
-    zeros = []  # layers whose gradient is exactly 0 (log10 = -inf), drawn at the bottom edge
+    strip = []  # (layers, colour, kind): exact zeros and non-finite gradients, drawn under the axis
     for i, (label, item) in enumerate(items):
-        d = _as_diagnosis(item)
-        g = d.grad_log10
+        g, verdict, rate, signal_rate = _flow_numbers(item)
         ok = np.isfinite(g)
         depth = max(depth, len(g))
-        line = _flow_line(ax, g, i, len(items),
-                          f"{label}  ({d.verdict}, {d.decades_per_layer:+.2g} dec/layer)" if label else
-                          f"{d.verdict}, {d.decades_per_layer:+.2g} decades/layer")
+        rates = _rates(rate, signal_rate)
+        line = _flow_line(ax, g, i, len(items), f"{label}  ({verdict}{rates})" if label else f"{verdict}{rates}")
         if ok.any():
             lo, hi = min(lo, g[ok].min()), max(hi, g[ok].max())
-        zero = np.flatnonzero(g == -np.inf)
-        if zero.size:
-            zeros.append((zero, line.get_color()))
+        for kind, off in (("zero", g == -np.inf), ("nonfinite", ~ok & (g != -np.inf))):
+            layers = np.flatnonzero(off)
+            if layers.size:
+                strip.append((layers, line.get_color(), kind))
     if not math.isfinite(lo):
         lo, hi = -1.0, 1.0
     pad = max(0.5, 0.05 * (hi - lo))
     ax.set_ylim(lo - pad, hi + pad)
-    for j, (zero, color) in enumerate(zeros):  # staggered, so that equal layers of several lines all show
-        y = lo - pad * (0.25 + 0.6 * j / max(len(zeros), 1))
-        ax.plot(zero, np.full(zero.size, y), ls="none", marker="v", color=color, ms=6, zorder=5, clip_on=False,
-                label="exact zero gradient (coloured as its line)" if j == 0 else "_nolegend_")
+    room = _strip(ax, strip)
     if limits:
         _float_limits(ax, lo - pad, hi + pad)
     ax.set_xlim(-0.5 if depth <= 30 else 0, depth - 0.5 if depth <= 30 else depth - 1)
@@ -107,8 +110,9 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial W_l\|_F$ (exact)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    if many:  # below the axes, so that no curve hides behind it
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    if many:  # below the axes (and the strip), so that no curve hides behind it
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False,
+                  bbox_transform=offset_copy(ax.transAxes, fig=fig, y=-room, units="points"))
     else:
         ax.legend(fontsize=8, loc="best")
     if path is not None:
@@ -116,8 +120,45 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     return fig
 
 
+def _flow_numbers(item) -> tuple[np.ndarray, str, float, float]:
+    """(grad_log10, verdict, rate of ||dW_l||, rate of the signal) of a Diagnosis, or of a Result
+    by :func:`gradbench.diagnose.assess` (the same numbers as its diagnosis, without histograms)."""
+    d = item if isinstance(item, Diagnosis) else assess(item)
+    return np.asarray(d.grad_log10, dtype=np.float64), d.verdict, d.decades_per_layer, d.signal_decades_per_layer
+
+
+def _rates(rate: float, signal_rate: float) -> str:
+    """'; signal +0.58, ||dW|| -0.01 dec/layer' (the finite ones; '' when neither is)."""
+    parts = [f"{name} {v:+.2g}" for name, v in (("signal", signal_rate), ("||dW||", rate)) if math.isfinite(v)]
+    return f"; {', '.join(parts)} dec/layer" if parts else ""
+
+
+_STRIP = {"zero": ("v", "exact zero gradient"), "nonfinite": ("x", "non-finite gradient (NaN or inf)")}
+_STRIP_STEP = 7.0  # points between the strip's rows
+
+
+def _strip(ax, marks) -> float:
+    """Markers for layers off the log scale, a row per (layers, colour, kind) in ``marks``, in a
+    strip between the x axis and its tick labels: at fixed points under the axis, not at a y
+    value, so that they cannot be read as a gradient. The tick labels move down to make room;
+    returns that room in points."""
+    if not marks:
+        return 0.0
+    labelled = set()
+    for j, (layers, color, kind) in enumerate(marks):
+        marker, what = _STRIP[kind]
+        below = offset_copy(ax.get_xaxis_transform(), fig=ax.figure, y=-_STRIP_STEP * (j + 1), units="points")
+        ax.plot(layers, np.zeros(layers.size), transform=below, ls="none", marker=marker, color=color, ms=5,
+                zorder=5, clip_on=False,
+                label="_nolegend_" if kind in labelled else f"{what}: below the axis, coloured as its line")
+        labelled.add(kind)
+    room = _STRIP_STEP * len(marks)
+    ax.tick_params(axis="x", pad=3.5 + room)
+    return room
+
+
 _STYLES = ("-", "--", "-.", ":")
-_MARKERS = ("o", "s", "^", "D", "P", "X", "*", "<", ">", "h")  # "v" marks exact zeros
+_MARKERS = ("o", "s", "^", "D", "P", "X", "*", "<", ">", "h")  # "v" and "x" mark exact zeros and non-finite values
 
 
 def _flow_line(ax, g: np.ndarray, i: int, n: int, label: str):
