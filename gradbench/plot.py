@@ -379,16 +379,27 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
 def update_ratio_curves(data, path=None, *,
                         title: str = "How much the weights move per epoch (solid: first layer, dashed: top)",
                         ax=None, dpi: int = DPI) -> Figure:
-    """100 * ||Delta W|| / ||W|| per epoch for the first weight matrix (solid) and the top layer (dashed)."""
+    """100 * ||Delta W|| / ||W|| per epoch for the first weight matrix (solid) and the top layer (dashed).
+
+    A run that diverged has no ratio from the epoch where it turned non-finite on: a dotted
+    vertical line in its colour marks that epoch (legend: "diverged in epoch N"), and its
+    curves without a finite point have no legend entry.
+    """
     fig, ax = _axes(ax, (8.5, 5.0))
     for label, r in _curve_items(data):
         first = np.asarray(r.first_layer_ratio, dtype=np.float64)
         topl = np.asarray(r.update_ratio[:, -1], dtype=np.float64)
         epochs = np.arange(1, len(first) + 1)
         name = label or r.settings.get("name", "")
-        (line,) = ax.plot(epochs, np.where(first > 0, first, np.nan), lw=1.6, label=f"{name}: first layer")
-        ax.plot(epochs, np.where(topl > 0, topl, np.nan), lw=1.0, ls="--", color=line.get_color(),
-                label=f"{name}: top layer")
+        diverged, color = r.diverged_epoch is not None, None
+        for ratio, what, style in ((first, "first layer", dict(lw=1.6)), (topl, "top layer", dict(lw=1.0, ls="--"))):
+            shown = np.where(ratio > 0, ratio, np.nan)
+            empty = diverged and not np.isfinite(shown).any()
+            (line,) = ax.plot(epochs, shown, color=color, **style, label="_nolegend_" if empty else f"{name}: {what}")
+            color = line.get_color()
+        if diverged:
+            e = r.diverged_epoch + 1
+            ax.axvline(e, color=color, ls=":", lw=1.2, label=f"{name}: diverged in epoch {e} (no ratio from there on)")
     ax.axhline(0.01, color="0.4", ls=":", lw=1)
     ax.annotate("0.01 %", (0.99, 0.01), xycoords=("axes fraction", "data"), ha="right", va="bottom",
                 fontsize=8, color="0.3")

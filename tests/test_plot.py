@@ -117,6 +117,23 @@ def test_loss_and_update_ratio_curves(tmp_path, runs):
     assert no_temp_files(tmp_path)
 
 
+def test_update_ratio_curves_show_a_diverged_run_as_diverged(runs):
+    """A run that diverged had two legend entries ('exploding: first layer', '... top layer')
+    and nothing drawn. Now its epoch of divergence (where its loss first turned non-finite) is
+    a vertical line with a legend entry that says so, and a curve without a finite point has
+    no legend entry."""
+    r = runs["exploding"]
+    epoch = int(np.flatnonzero(~np.isfinite(r.loss))[0]) + 1
+    ax = plot.update_ratio_curves(runs).axes[0]
+    (mark,) = [ln for ln in ax.lines if "diverged" in ln.get_label()]
+    assert list(mark.get_xdata()) == [epoch, epoch] and mark.get_label().startswith("exploding: diverged in epoch")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"exploding: diverged in epoch {epoch} (no ratio from there on)" in labels
+    for ln in ax.lines:
+        if ln.get_label() in labels and ln is not mark:
+            assert np.isfinite(np.asarray(ln.get_ydata(), dtype=float)).any(), ln.get_label()
+
+
 def test_save_rejects_unknown_formats_and_leaves_nothing(tmp_path, diags):
     with pytest.raises(ValueError, match=r"\.png, \.svg or \.pdf"):
         plot.gradient_flow(diags, tmp_path / "flow.jpeg")
