@@ -24,8 +24,10 @@ l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
   more than 2^-1074 below the batch's largest at some layer, which one exponent per layer cannot
   carry; the explanation then says that the norms below follow the other samples.
 - Histograms of log10 |dW_l| entries with the same bin edges for every layer (default: the
-  whole-decade range of all layers in ``bins`` bins), computed exactly from the mantissas and
-  exponents (:mod:`gradbench.histograms`); exact zeros and non-finite entries are counted apart.
+  whole-decade range of all layers in ``bins`` bins; for a ``stats_only`` run, whole streaming
+  bins from the lowest occupied one, :func:`gradbench.histograms.rebin_streaming`), computed
+  exactly from the mantissas and exponents (:mod:`gradbench.histograms`); exact zeros and
+  non-finite entries are counted apart.
 
 The terminal report (``str(diagnosis)``) is :func:`gradbench.report.format_report`.
 """

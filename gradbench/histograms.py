@@ -10,8 +10,9 @@ a window of bins per layer. Two users:
   1/per_decade decades ending at its largest entry (:class:`GradHistogram`);
 - :func:`histograms` (a diagnosis of stored gradients): common bins over all layers.
 
-:func:`rebin_streaming` turns streaming histograms into common bins for a diagnosis. Exact
-zeros and non-finite entries are counted apart everywhere.
+:func:`rebin_streaming` turns streaming histograms into common bins for a diagnosis (by default
+each a whole number of fine bins, so that the counts stay exact). Exact zeros and non-finite
+entries are counted apart everywhere.
 """
 
 from __future__ import annotations
@@ -223,32 +224,67 @@ def rebin_streaming(hist, bins: int = DEFAULT_BINS, hist_range: tuple[float, flo
     """The streaming histograms of a ``stats_only`` run (:class:`GradHistogram`)
     on ``bins`` common bins, as :func:`histograms` returns them.
 
-    Each fine bin (1 / per_decade decades, exact) goes whole into the common bin that holds its
-    centre; the default range is the floor and ceil of the fine windows over all layers.
+    By default the common bins are whole fine bins (1 / per_decade decades): ``k`` fine bins
+    each, the fewest that let ``bins`` of them cover every layer's occupied fine bins, from the
+    lowest occupied one up. Each fine bin then lies inside one common bin, so the counts are
+    exact: those of ``np.histogram`` of the entries' log10 on the returned edges.
+
+    An explicit ``hist_range`` is exact in the same way when its ends and its bin width are
+    whole multiples of 1 / per_decade. Otherwise a fine bin may straddle a common edge: each
+    goes whole into the common bin that holds its centre, so the counts are exact only to one
+    fine bin (the streaming histograms do not know where in its fine bin an entry lies).
     """
     L, wb, pd = len(hist.top), hist.bins, hist.per_decade
     has = hist.counts.sum(axis=1) > 0
     offset = 0  # a bin index to count from, far out (as in _default_range; top is exact in int64)
-    if hist_range is None:
-        if has.any():
-            if int(np.abs(hist.top[has]).max()) >= FAR_EXPONENT:
-                offset = int(hist.top[has].max())
-            lo = math.floor(float((hist.top[has] - offset - wb + 1).min()) / pd)
-            hi = math.ceil(float(hist.top[has].max() - offset + 1) / pd)
-        else:
-            lo, hi = -1.0, 0.0
-    else:
+    if hist_range is not None:
         lo, hi = _checked_range(hist_range)
-    edges = np.linspace(lo, hi, bins + 1) + offset / pd
+        j0, k = _on_fine_grid(lo, hi, bins, pd)
+    elif has.any():
+        if int(np.abs(hist.top[has]).max()) >= FAR_EXPONENT:
+            offset = int(hist.top[has].max())
+        j0, k = _default_fine_range(hist, has, bins, offset, chunk)
+    else:
+        (lo, hi), k = (-1.0, 0.0), None
     counts = np.zeros((L, bins), dtype=np.int64)
     outside = hist.below.astype(np.int64).copy()
+    if k is not None:  # common edges on the fine grid: fine bin j goes to column (j - j0) // k
+        edges = (j0 + k * np.arange(bins + 1)) / pd + offset / pd
 
-    def column(a, b):
-        centre = (hist.top[a:b, None] - offset - wb + 1 + np.arange(wb)[None, :] + 0.5) / pd
-        return np.floor((centre - lo) / (hi - lo) * bins).astype(np.int64)
+        def column(a, b):
+            return (hist.top[a:b, None] - offset - wb + 1 + np.arange(wb)[None, :] - j0) // k
+    else:
+        edges = np.linspace(lo, hi, bins + 1) + offset / pd
+
+        def column(a, b):
+            centre = (hist.top[a:b, None] - offset - wb + 1 + np.arange(wb)[None, :] + 0.5) / pd
+            return np.floor((centre - lo) / (hi - lo) * bins).astype(np.int64)
 
     _move_whole_bins(counts, outside, hist.counts, column, chunk)
     return edges, counts, hist.zeros.astype(np.int64), hist.nonfinite.astype(np.int64), outside
+
+
+def _default_fine_range(hist, has: np.ndarray, bins: int, offset: int, chunk: int) -> tuple[int, int]:
+    """(j0, k): the lowest occupied fine bin of the layers ``has`` (counted from ``offset``) and
+    the fewest fine bins per common bin with which ``bins`` common bins reach the highest (each
+    layer's top bin)."""
+    low = None
+    for a in range(0, len(hist.top), chunk):  # no (L, bins) temporary at once
+        rows = np.flatnonzero(has[a:a + chunk]) + a
+        if rows.size:
+            first = hist.top[rows] - offset - hist.bins + 1 + np.argmax(np.asarray(hist.counts[rows]) > 0, axis=1)
+            low = int(first.min()) if low is None else min(low, int(first.min()))
+    top = int(hist.top[has].max()) - offset
+    return low, -(-(top - low + 1) // bins)
+
+
+def _on_fine_grid(lo: float, hi: float, bins: int, pd: int) -> tuple[int, int | None]:
+    """(j0, k) when [lo, hi) in ``bins`` bins has its edges on the 1/pd grid: lo = j0 / pd and
+    every bin k fine bins wide; else (0, None)."""
+    j0, span = lo * pd, (hi - lo) * pd
+    if j0 == round(j0) and span == round(span) and round(span) % bins == 0:
+        return int(round(j0)), int(round(span)) // bins
+    return 0, None
 
 
 def _move_whole_bins(out: np.ndarray, outside: np.ndarray, counts: np.ndarray, column, chunk: int) -> None:
@@ -272,6 +308,19 @@ def _move_whole_bins(out: np.ndarray, outside: np.ndarray, counts: np.ndarray, c
 
 
 # ------------------------------------------------------------------ relative to each layer's norm
+# The fewest bins a relative histogram from a diagnosis may have (fewer show no shape).
+MIN_RELATIVE_BINS = 4
+
+
+def check_has_histograms(res, who: str) -> None:
+    """Refuse a Result that carries neither gradients nor histograms (``stats_only=True`` with
+    ``hist_bins=0``), naming ``who`` needs them and how to get them."""
+    if getattr(res, "grads", None) is None and getattr(res, "grad_hist", None) is None:
+        raise ValueError(f"{who} needs per-layer histograms of log10 |dW|, and the result has none (a stats_only "
+                         "run with hist_bins=0): run gb.backprop with hist_bins >= 1 (default 40) or without "
+                         "stats_only")
+
+
 @dataclass(frozen=True, eq=False)
 class RelativeHistograms:
     """Per-layer histograms of log10 |dW_l entries| - log10 ||dW_l||_F on one grid.
@@ -280,66 +329,124 @@ class RelativeHistograms:
     distribution sits near -log10 N whatever its scale: at 10^5 layers spanning 60,000 decades
     the shape of every layer stays visible (absolute bins would give each layer one bin).
     ``edges`` (bins + 1,) in decades; ``counts`` (L, bins); ``zeros`` (L,) exact zeros;
-    ``outside`` (L,) non-zero entries below the grid (or above, from coarse sources).
+    ``outside`` (L,) non-zero finite entries below the grid; ``nonfinite`` (L,) NaN and inf
+    entries; ``unplaced`` (L,) non-zero finite entries whose place relative to the norm is not
+    known: outside the bins they were counted in, or in a layer whose norm is not finite (it
+    has non-finite entries). Every entry of a layer is in exactly one of these. ``exact``:
+    every entry is in its own bin (from stored gradients), else at most one bin from it
+    (re-binned from coarser histograms, :meth:`shifted`).
     """
 
     edges: np.ndarray
     counts: np.ndarray
     zeros: np.ndarray
     outside: np.ndarray
+    nonfinite: np.ndarray | None = None  # None: none (zeros of the layers' length)
+    unplaced: np.ndarray | None = None
+    exact: bool = True
+
+    def __post_init__(self):
+        for name in ("nonfinite", "unplaced"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(len(self.zeros), dtype=np.int64))
 
     @classmethod
     def from_result(cls, res, per_decade: int = DEFAULT_PER_DECADE, decades: float | None = None
                     ) -> "RelativeHistograms":
-        """Exact from the stored gradients of a Result, or re-binned (by bin centre, exact to a
-        1/per_decade-decade bin) from the streaming histograms of a ``stats_only`` Result."""
+        """Exact from the stored gradients of a Result; from the streaming histograms of a
+        ``stats_only`` Result (each fine bin placed as :meth:`shifted` says: every entry at most
+        one bin from its own), on a grid no finer than theirs."""
+        check_has_histograms(res, "RelativeHistograms.from_result")
         norm = np.asarray(res.grad_norm.log10(), dtype=np.float64)
         N = res.stack.width
         lo = -float(math.ceil(math.log10(N)) + 5 if decades is None else decades)
+        if res.grads is None:
+            h = res.grad_hist
+            per_decade = min(per_decade, h.per_decade)  # finer bins than the source's would be a comb
+            first = (h.top - h.bins + 1) / h.per_decade  # the lower edge of each layer's window
+            return cls.shifted(first, 1.0 / h.per_decade, h.counts, norm, lo, int(round(-lo * per_decade)), h.zeros,
+                               beneath=h.below, unknown=0, nonfinite=h.nonfinite)
         bins = int(round(-lo * per_decade))
-        if res.grads is not None:
-            W = res.grads.W
-            L = W.mantissa.shape[0]
-            m2, e = W.mantissa.reshape(L, -1), W.exponent.reshape(L)
-            counts = np.zeros((L, bins), dtype=np.int64)
-            zeros, outside = np.zeros(L, dtype=np.int64), np.zeros(L, dtype=np.int64)
-            shift = np.where(np.isfinite(norm), norm, 0.0) + lo
-            for s in range(0, L, 4096):
-                idx, zeros[s:s + 4096], _ = bin_rows(m2[s:s + 4096], e[s:s + 4096], shift[s:s + 4096], per_decade)
-                idx[idx == bins] = bins - 1  # |entry| = ||dW|| (one non-zero entry): the top bin
-                c, below, above = count_window(idx, 0.0, bins)
-                counts[s:s + 4096], outside[s:s + 4096] = c, below + above
-            return cls(np.linspace(lo, 0.0, bins + 1), counts, zeros, outside)
-        h = res.grad_hist
-        first = (h.top - h.bins + 1) / h.per_decade  # the lower edge of each layer's window
-        return cls.shifted(first, 1.0 / h.per_decade, h.counts, norm, lo, bins, h.zeros, h.below)
+        W = res.grads.W
+        L = W.mantissa.shape[0]
+        m2, e = W.mantissa.reshape(L, -1), W.exponent.reshape(L)
+        counts = np.zeros((L, bins), dtype=np.int64)
+        zeros, nonfinite, outside, unplaced = (np.zeros(L, dtype=np.int64) for _ in range(4))
+        ok = np.isfinite(norm)
+        shift = np.where(ok, norm, 0.0) + lo
+        for s in range(0, L, 4096):
+            t = slice(s, s + 4096)
+            idx, zeros[t], nonfinite[t] = bin_rows(m2[t], e[t], shift[t], per_decade)
+            idx[idx == bins] = bins - 1  # |entry| = ||dW|| (one non-zero entry): the top bin
+            c, below, above = count_window(idx, 0.0, bins)  # above: none, as |entry| <= ||dW||
+            counts[t] = np.where(ok[t, None], c, 0)
+            outside[t] = np.where(ok[t], below + above, 0)
+            unplaced[t] = np.where(ok[t], 0, c.sum(axis=1) + below + above)
+        return cls(np.linspace(lo, 0.0, bins + 1), counts, zeros, outside, nonfinite, unplaced)
 
     @classmethod
     def from_diagnosis(cls, d, per_decade: int = DEFAULT_PER_DECADE) -> "RelativeHistograms":
-        """From a diagnosis's common bins, each shifted by its layer's norm (as fine as those bins)."""
+        """From a diagnosis's common bins, each shifted by its layer's norm (:meth:`shifted`:
+        every entry at most one bin from its own).
+
+        The relative bins are 1/per_decade decades wide, or the smallest multiple of that no
+        narrower than the diagnosis's bins, on a grid from 0 down to at least the default
+        lower end. Refused when that grid would have fewer than :data:`MIN_RELATIVE_BINS` bins
+        (deep stacks: 40 common bins over ~2,000 decades are 48 decades each, wider than a
+        layer's whole distribution): the Result gives the exact view, or a diagnosis with more
+        bins (or a narrower ``hist_range``). The diagnosis's ``hist_outside`` entries (outside
+        its bins) are ``unplaced``.
+        """
         N = int(d.stack["width"])
         lo = -float(math.ceil(math.log10(N)) + 5)
-        width = float(d.hist_edges[1] - d.hist_edges[0]) if len(d.hist_edges) > 1 else 1.0
-        bins = max(1, int(round(-lo / max(width, 1.0 / per_decade))))
-        first = np.full(len(d.grad_log10), float(d.hist_edges[0]))
-        return cls.shifted(first, width, d.hist_counts, np.asarray(d.grad_log10, dtype=np.float64), lo, bins,
-                           d.hist_zeros, d.hist_outside)
+        edges = np.asarray(d.hist_edges, dtype=np.float64)
+        width = float(edges[1] - edges[0])
+        step = max(1, math.ceil(width * per_decade * (1 - 1e-9))) / per_decade
+        bins = math.ceil(-lo / step - 1e-9)
+        if bins < MIN_RELATIVE_BINS:
+            need = math.ceil((edges[-1] - edges[0]) * per_decade)
+            raise ValueError(f"the diagnosis's histogram bins are {width:.3g} decades wide: relative to each layer's "
+                             f"norm they would give fewer than {MIN_RELATIVE_BINS} bins over the {-lo:g} decades "
+                             f"below it; plot the Result instead (exact), or diagnose with bins >= {need} (or a "
+                             "narrower hist_range), or pass relative=False for the diagnosis's own bins")
+        first = np.full(len(d.grad_log10), float(edges[0]))
+        return cls.shifted(first, width, d.hist_counts, np.asarray(d.grad_log10, dtype=np.float64), -bins * step,
+                           bins, d.hist_zeros, beneath=0, unknown=d.hist_outside, nonfinite=d.hist_nonfinite)
 
     @classmethod
-    def shifted(cls, first, width, counts, norm, lo, bins, zeros, outside) -> "RelativeHistograms":
-        """Counts on per-layer grids (lower edge ``first[l]``, bins of ``width``) moved to the
-        relative grid [lo, 0): each source bin goes whole into the bin holding its centre minus
-        the layer's norm."""
+    def shifted(cls, first, width, counts, norm, lo, bins, zeros, *, beneath, unknown, nonfinite
+                ) -> "RelativeHistograms":
+        """Counts on per-layer grids (lower edge ``first[l]``, bins of ``width`` no wider than
+        the relative grid's) moved to the relative grid [lo, 0) of ``bins`` bins.
+
+        A source bin covers [a, b) relative to its layer's norm; as no entry lies above the
+        norm, its entries lie in [a, min(b, 0)], and the bin goes whole into the relative bin
+        holding that interval's centre: every entry lands at most one bin from its own. Only
+        a bin wholly below ``lo`` (b <= lo) counts as ``outside``; one across ``lo`` goes to the
+        lowest bin. ``beneath`` (L,): entries below each layer's grid (``outside`` if that grid
+        starts at or below ``lo``, else ``unplaced``); ``unknown`` (L,): entries anywhere else
+        (``unplaced``). In layers whose norm is not finite every finite entry is ``unplaced``.
+        """
         counts = np.asarray(counts)  # converted chunk by chunk (_move_whole_bins), not as a whole
-        L, nb = counts.shape if counts.ndim == 2 else (len(norm), 0)
-        out = np.zeros((L, bins), dtype=np.int64)
-        extra = np.asarray(outside, dtype=np.int64).copy()
+        norm = np.asarray(norm, dtype=np.float64)
+        L = len(norm)
+        nb = counts.shape[1] if counts.ndim == 2 else 0
         ok = np.isfinite(norm)
+        rel_first = np.asarray(first, dtype=np.float64) - np.where(ok, norm, 0.0)
+        out = np.zeros((L, bins), dtype=np.int64)
+        extra = np.zeros(L, dtype=np.int64)  # the source bins wholly below lo
 
         def column(a, b):
-            centre = first[a:b, None] + (np.arange(nb)[None, :] + 0.5) * width
-            rel = centre - np.where(ok[a:b], norm[a:b], 0.0)[:, None]
-            return np.floor((rel - lo) / -lo * bins).astype(np.int64)
+            start = rel_first[a:b, None] + np.arange(nb)[None, :] * width
+            centre = (start + np.minimum(start + width, 0.0)) / 2
+            col = np.clip(np.floor((centre - lo) / -lo * bins), 0, bins - 1).astype(np.int64)
+            return np.where((start + width <= lo) | ~ok[a:b, None], -1, col)
 
         _move_whole_bins(out, extra, counts.reshape(L, nb), column, MOVE_CHUNK)
-        return cls(np.linspace(lo, 0.0, bins + 1), out, np.asarray(zeros, dtype=np.int64), extra)
+        beneath = np.broadcast_to(np.asarray(beneath, dtype=np.int64), (L,))
+        low = rel_first <= lo  # the grid of the layer starts at or below lo: what lies beneath is outside
+        outside = np.where(ok, extra + np.where(low, beneath, 0), 0)
+        unplaced = np.broadcast_to(np.asarray(unknown, dtype=np.int64), (L,)) + np.where(
+            ok, np.where(low, 0, beneath), extra + beneath)
+        return cls(np.linspace(lo, 0.0, bins + 1), out, np.asarray(zeros, dtype=np.int64), outside,
+                   np.asarray(nonfinite, dtype=np.int64), unplaced, exact=False)

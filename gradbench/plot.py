@@ -16,10 +16,11 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.transforms import offset_copy
 
 from gradbench._atomic import write_atomic
-from gradbench.diagnose import Diagnosis, diagnose
-from gradbench.histograms import RelativeHistograms
+from gradbench.diagnose import Diagnosis, assess, diagnose
+from gradbench.histograms import RelativeHistograms, check_has_histograms
 from gradbench.verdict import FLOAT_LIMITS
 
 DPI = 120
@@ -63,43 +64,45 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     Parameters
     ----------
     data : Diagnosis, Result, or a dict label -> Diagnosis / Result
+        A Result needs no histograms (a ``stats_only`` run with ``hist_bins=0`` will do): its
+        rates and verdict are :func:`gradbench.diagnose.assess`'s.
     limits : bool
         Draw the smallest normal and largest finite float64/float32 where they fall inside the
         plotted range (a plain chain loses gradients beyond them); limits closer together than
         2 % of the axis are drawn as one band.
     ax : matplotlib Axes, optional
 
-    Lines that coincide stay distinguishable: each has its own dash pattern, marker shape (at
-    positions staggered from line to line) and width. Layers whose gradient is exactly 0 are
-    marked below the curves (one legend entry).
+    Each line's legend entry gives its verdict and both rates in decades per layer going down
+    (:mod:`gradbench.verdict`): of the backward signal ||dL/dh_l|| and of ||dL/dW_l||, the
+    plotted line (a flat line can explode: the signal's rate decides). Lines that coincide
+    stay distinguishable: each has its own dash pattern, marker shape (at positions staggered
+    from line to line) and width. Layers whose gradient is exactly 0 (triangles) or not
+    finite (crosses: NaN or inf) have no place on the log scale: they are marked in a strip
+    below the x axis, a row per line and kind, in the line's colour (one legend entry each).
     """
     items = _items(data)
     many = len(items) > 4
     fig, ax = _axes(ax, (9.0, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
     lo, hi = math.inf, -math.inf
     depth = 1
-    zeros = []  # layers whose gradient is exactly 0 (log10 = -inf), drawn at the bottom edge
+    strip = []  # (layers, colour, kind): exact zeros and non-finite gradients, drawn under the axis
     for i, (label, item) in enumerate(items):
-        d = _as_diagnosis(item)
-        g = d.grad_log10
+        g, verdict, rate, signal_rate = _flow_numbers(item)
         ok = np.isfinite(g)
         depth = max(depth, len(g))
-        line = _flow_line(ax, g, i, len(items),
-                          f"{label}  ({d.verdict}, {d.decades_per_layer:+.2g} dec/layer)" if label else
-                          f"{d.verdict}, {d.decades_per_layer:+.2g} decades/layer")
+        rates = _rates(rate, signal_rate)
+        line = _flow_line(ax, g, i, len(items), f"{label}  ({verdict}{rates})" if label else f"{verdict}{rates}")
         if ok.any():
             lo, hi = min(lo, g[ok].min()), max(hi, g[ok].max())
-        zero = np.flatnonzero(g == -np.inf)
-        if zero.size:
-            zeros.append((zero, line.get_color()))
+        for kind, off in (("zero", g == -np.inf), ("nonfinite", ~ok & (g != -np.inf))):
+            layers = np.flatnonzero(off)
+            if layers.size:
+                strip.append((layers, line.get_color(), kind))
     if not math.isfinite(lo):
         lo, hi = -1.0, 1.0
     pad = max(0.5, 0.05 * (hi - lo))
     ax.set_ylim(lo - pad, hi + pad)
-    for j, (zero, color) in enumerate(zeros):  # staggered, so that equal layers of several lines all show
-        y = lo - pad * (0.25 + 0.6 * j / max(len(zeros), 1))
-        ax.plot(zero, np.full(zero.size, y), ls="none", marker="v", color=color, ms=6, zorder=5, clip_on=False,
-                label="exact zero gradient (coloured as its line)" if j == 0 else "_nolegend_")
+    room = _strip(ax, strip)
     if limits:
         _float_limits(ax, lo - pad, hi + pad)
     ax.set_xlim(-0.5 if depth <= 30 else 0, depth - 0.5 if depth <= 30 else depth - 1)
@@ -107,8 +110,9 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial W_l\|_F$ (exact)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    if many:  # below the axes, so that no curve hides behind it
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    if many:  # below the axes (and the strip), so that no curve hides behind it
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False,
+                  bbox_transform=offset_copy(ax.transAxes, fig=fig, y=-room, units="points"))
     else:
         ax.legend(fontsize=8, loc="best")
     if path is not None:
@@ -116,8 +120,45 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     return fig
 
 
+def _flow_numbers(item) -> tuple[np.ndarray, str, float, float]:
+    """(grad_log10, verdict, rate of ||dW_l||, rate of the signal) of a Diagnosis, or of a Result
+    by :func:`gradbench.diagnose.assess` (the same numbers as its diagnosis, without histograms)."""
+    d = item if isinstance(item, Diagnosis) else assess(item)
+    return np.asarray(d.grad_log10, dtype=np.float64), d.verdict, d.decades_per_layer, d.signal_decades_per_layer
+
+
+def _rates(rate: float, signal_rate: float) -> str:
+    """'; signal +0.58, ||dW|| -0.01 dec/layer' (the finite ones; '' when neither is)."""
+    parts = [f"{name} {v:+.2g}" for name, v in (("signal", signal_rate), ("||dW||", rate)) if math.isfinite(v)]
+    return f"; {', '.join(parts)} dec/layer" if parts else ""
+
+
+_STRIP = {"zero": ("v", "exact zero gradient"), "nonfinite": ("x", "non-finite gradient (NaN or inf)")}
+_STRIP_STEP = 7.0  # points between the strip's rows
+
+
+def _strip(ax, marks) -> float:
+    """Markers for layers off the log scale, a row per (layers, colour, kind) in ``marks``, in a
+    strip between the x axis and its tick labels: at fixed points under the axis, not at a y
+    value, so that they cannot be read as a gradient. The tick labels move down to make room;
+    returns that room in points."""
+    if not marks:
+        return 0.0
+    labelled = set()
+    for j, (layers, color, kind) in enumerate(marks):
+        marker, what = _STRIP[kind]
+        below = offset_copy(ax.get_xaxis_transform(), fig=ax.figure, y=-_STRIP_STEP * (j + 1), units="points")
+        ax.plot(layers, np.zeros(layers.size), transform=below, ls="none", marker=marker, color=color, ms=5,
+                zorder=5, clip_on=False,
+                label="_nolegend_" if kind in labelled else f"{what}: below the axis, coloured as its line")
+        labelled.add(kind)
+    room = _STRIP_STEP * len(marks)
+    ax.tick_params(axis="x", pad=3.5 + room)
+    return room
+
+
 _STYLES = ("-", "--", "-.", ":")
-_MARKERS = ("o", "s", "^", "D", "P", "X", "*", "<", ">", "h")  # "v" marks exact zeros
+_MARKERS = ("o", "s", "^", "D", "P", "X", "*", "<", ">", "h")  # "v" and "x" mark exact zeros and non-finite values
 
 
 def _flow_line(ax, g: np.ndarray, i: int, n: int, label: str):
@@ -165,18 +206,29 @@ def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bo
     Parameters
     ----------
     item : Result, Diagnosis or RelativeHistograms
+        A Result needs gradients or histograms (not ``stats_only`` with ``hist_bins=0``).
     relative : bool
         Each layer's log10 |dW_l entries| relative to its own norm, log10 ||dW_l||_F (default):
-        every layer's shape stays visible at any depth. From a Result this is exact (or, for a
-        ``stats_only`` run, exact to its 1/4-decade bins); from a Diagnosis it is as fine as its
-        common bins. ``False``: the diagnosis's common absolute bins.
+        every layer's shape stays visible at any depth. From a Result this is exact (for a
+        ``stats_only`` run, each entry at most one 1/4-decade bin from its own); from a
+        Diagnosis each entry is at most one bin from its own, on bins at least as wide as the
+        diagnosis's, and a diagnosis whose bins are too coarse for a layer's distribution (a
+        deep stack's) is refused with what to pass instead
+        (:meth:`~gradbench.histograms.RelativeHistograms.from_diagnosis`). ``False``: the
+        diagnosis's common absolute bins.
     verdict : str, optional
         Shown in the default title (a Diagnosis brings its own).
     ax : matplotlib Axes, optional
+
+    Colours are fractions of all the layer's entries; those not in a cell (exact zeros,
+    non-finite entries, entries outside the bins or below the relative grid, entries whose
+    place is unknown) are counted under the x axis.
     """
     stack = item.stack if hasattr(item, "stack") else None
     if isinstance(item, Diagnosis):
         verdict = verdict or item.verdict
+    elif not isinstance(item, RelativeHistograms):
+        check_has_histograms(item, "histogram_heatmap")
     if not relative:
         return _absolute_heatmap(_as_diagnosis(item), path, title=title, ax=ax, dpi=dpi)
     if isinstance(item, RelativeHistograms):
@@ -187,22 +239,34 @@ def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bo
         rel = RelativeHistograms.from_result(item)
     fig, ax = _axes(ax, (8.5, 5.0))
     counts, rows = _row_groups(rel.counts)
-    zeros = _row_groups(rel.zeros[:, None])[0][:, 0]
-    outside = _row_groups(rel.outside[:, None])[0][:, 0]
-    _heatmap(fig, ax, rel.edges, counts, zeros + outside + counts.sum(axis=1), rows)
+    apart = {"exact zeros": rel.zeros, "non-finite entries (NaN or inf)": rel.nonfinite,
+             f"entries below 10^{rel.edges[0]:g} of the norm": rel.outside,
+             "entries of unknown place (outside the bins they were counted in, or in a layer with non-finite "
+             "entries)": rel.unplaced}
+    _heatmap(fig, ax, rel.edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), rows)
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l| - \log_{10}\,\|\partial L/\partial W_l\|_F$"
-                  " per entry (exact)")
+                  " per entry " + ("(exact)" if rel.exact else "(each at most one bin from its own)"))
     act = stack["activation"] if isinstance(stack, dict) else getattr(stack, "activation", "")
     depth = rel.counts.shape[0]
     ax.set_title(title or f"dW entries relative to each layer's norm: {act}, depth {depth}"
                  + (f" ({verdict})" if verdict else ""))
-    notes = [f"{int(v)} exact zeros" for v in (rel.zeros.sum(),) if v] + [
-        f"{int(v)} entries below 10^{rel.edges[0]:g} of the norm" for v in (rel.outside.sum(),) if v]
-    if notes:
-        _note_below(ax, "not shown: " + ", ".join(notes))
+    _not_shown(ax, apart)
     if path is not None:
         save(fig, path, dpi)
     return fig
+
+
+def _row_sums(counts) -> np.ndarray:
+    """The sum of per-layer counts (each (L,), of any integer type), over the rows of :func:`_row_groups`."""
+    return _row_groups(sum(np.asarray(v, dtype=np.int64) for v in counts)[:, None])[0][:, 0]
+
+
+def _not_shown(ax, counts: dict) -> None:
+    """'not shown: 12 exact zeros, 3 non-finite entries (NaN or inf)' under the x axis, for
+    the kinds (name -> per-layer counts) that occur."""
+    notes = [f"{int(v.sum())} {name}" for name, v in counts.items() if v.sum()]
+    if notes:
+        _note_below(ax, "not shown: " + ", ".join(notes))
 
 
 def _note_below(ax, text: str) -> None:
@@ -239,12 +303,12 @@ def _absolute_heatmap(d: Diagnosis, path, *, title, ax, dpi) -> Figure:
     fig, ax = _axes(ax, (8.5, 5.0))
     counts, group = _row_groups(d.hist_counts)  # integer sums, exact; float only once grouped
     counts = counts.astype(np.float64)
-    zeros = _row_groups(d.hist_zeros[:, None])[0][:, 0].astype(np.float64)
-    _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + zeros, group)
+    apart = {"exact zeros": d.hist_zeros, "non-finite entries (NaN or inf)": d.hist_nonfinite,
+             f"entries outside the bins' range [10^{d.hist_edges[0]:.4g}, 10^{d.hist_edges[-1]:.4g}]": d.hist_outside}
+    _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), group)
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l|$ per entry (exact)")
     ax.set_title(title or f"Gradient histograms per layer: {d.stack['activation']}, depth {d.depth} ({d.verdict})")
-    if d.hist_zeros.any():
-        _note_below(ax, f"exact zeros not shown: {int(d.hist_zeros.sum())}")
+    _not_shown(ax, apart)
     if path is not None:
         save(fig, path, dpi)
     return fig
@@ -315,16 +379,27 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
 def update_ratio_curves(data, path=None, *,
                         title: str = "How much the weights move per epoch (solid: first layer, dashed: top)",
                         ax=None, dpi: int = DPI) -> Figure:
-    """100 * ||Delta W|| / ||W|| per epoch for the first weight matrix (solid) and the top layer (dashed)."""
+    """100 * ||Delta W|| / ||W|| per epoch for the first weight matrix (solid) and the top layer (dashed).
+
+    A run that diverged has no ratio from the epoch where it turned non-finite on: a dotted
+    vertical line in its colour marks that epoch (legend: "diverged in epoch N"), and its
+    curves without a finite point have no legend entry.
+    """
     fig, ax = _axes(ax, (8.5, 5.0))
     for label, r in _curve_items(data):
         first = np.asarray(r.first_layer_ratio, dtype=np.float64)
         topl = np.asarray(r.update_ratio[:, -1], dtype=np.float64)
         epochs = np.arange(1, len(first) + 1)
         name = label or r.settings.get("name", "")
-        (line,) = ax.plot(epochs, np.where(first > 0, first, np.nan), lw=1.6, label=f"{name}: first layer")
-        ax.plot(epochs, np.where(topl > 0, topl, np.nan), lw=1.0, ls="--", color=line.get_color(),
-                label=f"{name}: top layer")
+        diverged, color = r.diverged_epoch is not None, None
+        for ratio, what, style in ((first, "first layer", dict(lw=1.6)), (topl, "top layer", dict(lw=1.0, ls="--"))):
+            shown = np.where(ratio > 0, ratio, np.nan)
+            empty = diverged and not np.isfinite(shown).any()
+            (line,) = ax.plot(epochs, shown, color=color, **style, label="_nolegend_" if empty else f"{name}: {what}")
+            color = line.get_color()
+        if diverged:
+            e = r.diverged_epoch + 1
+            ax.axvline(e, color=color, ls=":", lw=1.2, label=f"{name}: diverged in epoch {e} (no ratio from there on)")
     ax.axhline(0.01, color="0.4", ls=":", lw=1)
     ax.annotate("0.01 %", (0.99, 0.01), xycoords=("axes fraction", "data"), ha="right", va="bottom",
                 fontsize=8, color="0.3")

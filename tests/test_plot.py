@@ -8,6 +8,7 @@ import pytest
 
 import gradbench as gb
 from gradbench import plot
+from tests import naive
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -116,6 +117,23 @@ def test_loss_and_update_ratio_curves(tmp_path, runs):
     assert no_temp_files(tmp_path)
 
 
+def test_update_ratio_curves_show_a_diverged_run_as_diverged(runs):
+    """A run that diverged had two legend entries ('exploding: first layer', '... top layer')
+    and nothing drawn. Now its epoch of divergence (where its loss first turned non-finite) is
+    a vertical line with a legend entry that says so, and a curve without a finite point has
+    no legend entry."""
+    r = runs["exploding"]
+    epoch = int(np.flatnonzero(~np.isfinite(r.loss))[0]) + 1
+    ax = plot.update_ratio_curves(runs).axes[0]
+    (mark,) = [ln for ln in ax.lines if "diverged" in ln.get_label()]
+    assert list(mark.get_xdata()) == [epoch, epoch] and mark.get_label().startswith("exploding: diverged in epoch")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"exploding: diverged in epoch {epoch} (no ratio from there on)" in labels
+    for ln in ax.lines:
+        if ln.get_label() in labels and ln is not mark:
+            assert np.isfinite(np.asarray(ln.get_ydata(), dtype=float)).any(), ln.get_label()
+
+
 def test_save_rejects_unknown_formats_and_leaves_nothing(tmp_path, diags):
     with pytest.raises(ValueError, match=r"\.png, \.svg or \.pdf"):
         plot.gradient_flow(diags, tmp_path / "flow.jpeg")
@@ -171,11 +189,138 @@ def test_exact_zero_markers_one_legend_entry_and_visible(tmp_path):
     ax = fig.axes[0]
     marks = [ln for ln in ax.lines if ln.get_marker() == "v"]
     assert len(marks) == 2 and all(not m.get_clip_on() for m in marks)
-    assert marks[0].get_ydata()[0] != marks[1].get_ydata()[0]  # both visible, not one on the other
-    lo = ax.get_ylim()[0]
-    assert all(m.get_ydata()[0] > lo for m in marks)  # inside the axes
+    ya, yb = (_display_y(m) for m in marks)
+    assert ya[0] != yb[0]  # both visible, not one on the other
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert sum("exact zero" in t for t in labels) == 1
+
+
+def _display_y(line) -> np.ndarray:
+    """The line's points' heights on the canvas (pixels from the bottom)."""
+    xy = np.column_stack([line.get_xdata(), line.get_ydata()]).astype(float)
+    return line.get_transform().transform(xy)[:, 1]
+
+
+def _plain_grads(stack, params, x):
+    P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    with np.errstate(all="ignore"):
+        return naive.backward(stack, P, np.asarray(x, dtype=np.float64))
+
+
+def test_exact_zero_markers_lie_under_the_axis_not_at_a_gradient():
+    """A ReLU stack whose layer 5 is dead: ||dW_l|| = 0 exactly for layers 0-6. Their markers sat
+    at y = 1.84 on the log10 axis, 0.12 decades under live layers at 10^1.97..10^2.04, as if
+    they were gradients of 10^1.84. Now they lie in a strip between the x axis and its tick
+    labels, at the same place whatever the y range, with a legend entry that says what they are."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    stack = gb.Stack(depth=10, width=8, activation="relu", init="he_normal", sigma_b=0.5)
+    params = gb.init_params(stack, 0)
+    params.b[:] = np.abs(params.b) + 0.5
+    params.b[5] = -100.0
+    x = gb.gaussian_input(stack, 4, 1)
+    _, grads, _ = _plain_grads(stack, params, x)
+    zero = np.flatnonzero(np.linalg.norm(grads["W"].reshape(10, -1), axis=1) == 0)
+    assert list(zero) == list(range(7))
+    fig = plot.gradient_flow(gb.diagnose(gb.backprop(stack, params, x, backend="numpy"), params))
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    (marks,) = [ln for ln in ax.lines if ln.get_marker() == "v"]
+    np.testing.assert_array_equal(marks.get_xdata(), zero)
+    y = _display_y(marks)
+    bottom = ax.transAxes.transform((0, 0))[1]
+    labels_top = max(t.get_window_extent().y1 for t in ax.get_xticklabels() if t.get_text())
+    half = marks.get_markersize() / 2 * fig.dpi / 72  # points to pixels
+    assert np.all(y < bottom) and np.all(y - half > labels_top)
+    ax.set_ylim(-100, 100)  # no data value: the y range does not move them
+    np.testing.assert_array_equal(_display_y(marks), y)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sum("exact zero gradient" in t and "below the axis" in t for t in labels) == 1
+
+
+def test_non_finite_gradients_are_marked_and_no_nan_rate_is_printed():
+    """Layers whose ||dW_l|| is NaN or inf were drawn as nothing (a gap, or an empty frame), and
+    the legend read 'exploding, +nan decades/layer'. Now they have their own markers in the
+    strip (one legend entry) and the label prints only finite rates."""
+    base = diag(depth=12, width=3, activation="sigmoid").to_dict()
+    g = list(base["grad_log10"])
+    g[2], g[3], g[7] = "nan", "inf", "-inf"
+    part = gb.Diagnosis.from_dict({**base, "grad_log10": g})
+    gone = gb.Diagnosis.from_dict({**base, "grad_log10": ["nan"] * 12, "decades_per_layer": "nan",
+                                   "signal_decades_per_layer": "nan", "verdict": "exploding"})
+    ax = plot.gradient_flow({"part": part, "gone": gone}).axes[0]
+    crosses = [ln for ln in ax.lines if ln.get_marker() == "x"]
+    assert [list(c.get_xdata()) for c in crosses] == [[2, 3], list(range(12))]
+    assert [list(v.get_xdata()) for v in ax.lines if v.get_marker() == "v"] == [[7]]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert not any("nan" in t for t in labels)
+    assert sum("non-finite gradient" in t for t in labels) == 1
+    assert "gone  (exploding)" in labels
+
+
+def test_the_legend_gives_the_signal_rate_that_made_the_verdict():
+    """ReLU with N(0, 1) weights (compare's 'relu'): ||dW_l|| is flat (-0.01 decades per layer)
+    while the backward signal grows by +0.58 decades per layer going down, which makes it
+    exploding; the legend showed only '-0.01 dec/layer' beside 'exploding'. Now it gives both
+    rates; the signal's, fitted here to an independent plain backward, has the verdict's sign."""
+    import re
+
+    stack = gb.Stack(depth=50, width=32, activation="relu", init="normal", sigma_w=np.sqrt(32))
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 0)
+    _, grads, signal = _plain_grads(stack, params, x)
+    signal_rate = -np.polyfit(np.arange(50), np.log10(signal), 1)[0]
+    grad_rate = -np.polyfit(np.arange(50), np.log10(np.linalg.norm(grads["W"].reshape(50, -1), axis=1)), 1)[0]
+    assert signal_rate > 0.5 and abs(grad_rate) < 0.05
+    ax = plot.gradient_flow({"relu": gb.backprop(stack, params, x)}).axes[0]
+    (label,) = [t.get_text() for t in ax.get_legend().get_texts()]
+    m = re.fullmatch(r"relu  \(exploding; signal ([-+][0-9.e-]+), \|\|dW\|\| ([-+][0-9.e-]+) dec/layer\)", label)
+    assert m, label
+    assert float(m.group(1)) == pytest.approx(signal_rate, rel=0.01)
+    assert float(m.group(2)) == pytest.approx(grad_rate, rel=0.05)
+
+
+def _bare_run():
+    """A stats_only run with hist_bins=0 (as a sweep's runs): norms, no gradients, no histograms."""
+    stack = gb.Stack(depth=20, width=8, activation="tanh")
+    gp = gb.GeneratedParams(stack, 0)
+    x = gb.gaussian_input(stack, 4, 1)
+    return stack, gp, x, gb.backprop(stack, gp, x, stats_only=True, hist_bins=0)
+
+
+def test_a_stats_only_run_without_histograms_plots_its_flow():
+    """gradient_flow refused such a run: it asked for a diagnosis, which needs histograms,
+    where the flow needs only the norms, the rates and the verdict."""
+    stack, gp, x, res = _bare_run()
+    _, grads, _ = _plain_grads(stack, gp.materialize(), x)
+    ax = plot.gradient_flow(res).axes[0]
+    (line,) = [ln for ln in ax.lines if len(ln.get_xdata()) == 20]
+    np.testing.assert_allclose(line.get_ydata(), np.log10(np.linalg.norm(grads["W"].reshape(20, -1), axis=1)),
+                               rtol=0, atol=1e-10)
+
+
+def test_the_heatmap_of_a_run_without_histograms_says_to_run_with_hist_bins():
+    """histogram_heatmap crashed on such a run with an AttributeError ('NoneType' object has no
+    attribute 'top'); now a ValueError names hist_bins, for both heat maps."""
+    res = _bare_run()[3]
+    for relative in (True, False):
+        with pytest.raises(ValueError, match="hist_bins >= 1"):
+            plot.histogram_heatmap(res, relative=relative)
+
+
+def test_heatmaps_count_non_finite_entries():
+    """A run whose forward overflows: every dW entry is NaN. Both heat maps were empty with no
+    word of the 3,840 entries; now the note under the axis counts them (as an independent plain
+    backward does)."""
+    stack = gb.Stack(depth=60, width=8, activation="leaky_relu", sigma_w=1e6, sigma_b=1e-3)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1)
+    _, grads, _ = _plain_grads(stack, params, x)
+    bad = int(np.sum(~np.isfinite(grads["W"])))
+    assert bad == grads["W"].size
+    with np.errstate(all="ignore"):
+        res = gb.backprop(stack, params, x)
+        d = gb.diagnose(res, params)
+    for fig in (plot.histogram_heatmap(res), plot.histogram_heatmap(d, relative=False)):
+        assert f"not shown: {bad} non-finite entries" in fig.axes[0].get_xlabel()
 
 
 def test_coinciding_lines_stay_distinguishable(diags):

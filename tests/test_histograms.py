@@ -1,0 +1,158 @@
+"""gradbench.histograms: a stats_only diagnosis's common bins and the histograms relative to each
+layer's norm, against np.histogram of log10 |dW| from an independent plain backward (tests/naive.py)."""
+
+import math
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench.histograms import RelativeHistograms
+from tests import naive
+
+
+def _plain(stack, params, x):
+    """The plain float64 dW of every layer (L, N, N), from tests/naive.py."""
+    P = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    return naive.backward(stack, P, np.asarray(x, dtype=np.float64))[1]["W"]
+
+
+def _log10_entries(dW_l):
+    a = np.abs(dW_l).ravel()
+    return np.log10(a[a > 0])
+
+
+@pytest.mark.parametrize("kw", [dict(activation="tanh", depth=20), dict(activation="relu", depth=20),
+                                dict(activation="sigmoid", sigma_b=0.1, depth=60)])
+def test_stats_only_diagnosis_histograms_are_numpys_on_their_edges(kw):
+    """The common bins of a stats_only diagnosis were 0.3 decades wide for 1/4-decade streaming
+    bins, each moved whole by its centre: 763 of 5,120 entries of a tanh stack sat in another
+    bin than np.histogram puts them on the reported edges (a comb), and the range ran down to the
+    bottom of the 10-decade windows (-11) with the smallest entry at 10^-5. Now the edges lie on
+    the 1/4-decade grid from the lowest occupied bin, and every count is np.histogram's."""
+    stack = gb.Stack(width=16, **kw)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 8, 1)
+    d = gb.diagnose(gb.backprop(stack, params, x, stats_only=True), params)
+    dW = _plain(stack, params, x)
+    edges = d.hist_edges
+    np.testing.assert_array_equal(edges * 4, np.round(edges * 4))  # on the streaming grid
+    assert len(edges) == 41
+    smallest = min(_log10_entries(dW[l]).min() for l in range(stack.depth))
+    assert edges[0] <= smallest < edges[0] + 0.25  # the lowest bin holds the smallest entry
+    for l in range(stack.depth):
+        v = _log10_entries(dW[l])
+        want, _ = np.histogram(v, bins=edges)
+        np.testing.assert_array_equal(d.hist_counts[l], want, err_msg=f"layer {l}")
+        assert d.hist_outside[l] == len(v) - want.sum()
+        assert d.hist_zeros[l] == 256 - len(v)
+
+
+def test_stats_only_diagnosis_on_an_explicit_range_on_the_grid_is_exact():
+    """hist_range (-8, 2) in 20 bins: half-decade bins, two whole streaming bins each."""
+    stack = gb.Stack(depth=20, width=16, activation="tanh")
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 8, 1)
+    d = gb.diagnose(gb.backprop(stack, params, x, stats_only=True), params, bins=20, hist_range=(-8.0, 2.0))
+    dW = _plain(stack, params, x)
+    np.testing.assert_array_equal(d.hist_edges, np.linspace(-8, 2, 21))
+    for l in range(20):
+        want, _ = np.histogram(_log10_entries(dW[l]), bins=d.hist_edges)
+        np.testing.assert_array_equal(d.hist_counts[l], want, err_msg=f"layer {l}")
+
+
+# ---------------------------------------------------------------- relative to each layer's norm
+def _true_relative_bins(dW, edges):
+    """Per layer, the relative bin of every non-zero entry of dW: -1 below the grid, else the
+    bin of log10 |entry| - log10 ||dW_l|| on ``edges`` (|entry| = ||dW|| in the top bin)."""
+    out = []
+    for l in range(dW.shape[0]):
+        rel = _log10_entries(dW[l]) - np.log10(np.linalg.norm(dW[l]))
+        b = np.searchsorted(edges, rel, side="right") - 1
+        out.append(np.minimum(b, len(edges) - 2))  # rel at 0 (or a rounding above): the top bin
+    return out
+
+
+def _assert_within_one_bin(rel: RelativeHistograms, true_bins, layers):
+    """Each entry at most one bin from its own: the cumulative counts, with 'outside' as bin -1,
+    lie between the true ones shifted by one bin either way; 'outside' only holds entries that
+    are below the grid."""
+    nb = rel.counts.shape[1]
+    for l in layers:
+        shown = np.concatenate([[rel.outside[l]], rel.counts[l]])
+        true = np.bincount(true_bins[l] + 1, minlength=nb + 1)
+        assert shown.sum() + rel.unplaced[l] == true.sum(), l
+        cs, ct = np.cumsum(shown), np.cumsum(true)
+        lower = np.concatenate([[0], ct[:-1]])
+        upper = np.concatenate([ct[1:], [ct[-1]]])
+        assert np.all(lower <= cs) and np.all(cs <= upper), (l, shown, true)
+        assert rel.outside[l] <= true[0]  # nothing above the grid is called below it
+
+
+def test_relative_view_of_a_coarse_diagnosis_is_refused_not_mislabelled():
+    """200 sigmoid layers: the diagnosis's 40 common bins are 3.3 decades wide. Each went whole
+    to its centre minus the norm, and 4,583 of 51,200 entries, every one within 10^-7 of its
+    layer's norm, were drawn as 'below 10^-7 of the norm'. Now such a diagnosis is refused
+    with what to pass instead; with bins of 1/2 decade, every entry is within one bin of its own."""
+    from gradbench import plot
+
+    stack = gb.Stack(depth=200, width=16, activation="sigmoid")
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1)
+    res = gb.backprop(stack, params, x)
+    dW = _plain(stack, params, x)
+    coarse = gb.diagnose(res, params)
+    assert coarse.hist_edges[1] - coarse.hist_edges[0] > 3
+    with pytest.raises(ValueError, match="Result.*bins >= .*relative=False"):
+        plot.histogram_heatmap(coarse)
+    d = gb.diagnose(res, params, bins=math.ceil(np.ptp(coarse.hist_edges) / 0.4))
+    assert 0.25 < d.hist_edges[1] - d.hist_edges[0] <= 0.4
+    rel = RelativeHistograms.from_diagnosis(d)
+    np.testing.assert_allclose(np.diff(rel.edges), 0.5)
+    assert rel.edges[-1] == 0 and rel.edges[0] <= -7 and not rel.exact
+    _assert_within_one_bin(rel, _true_relative_bins(dW, rel.edges), range(200))
+    assert rel.outside.sum() == 0 and rel.unplaced.sum() == 0  # none is below 10^-7 of its norm
+
+
+def test_relative_view_of_a_stats_only_result_is_within_one_bin():
+    stack = gb.Stack(depth=40, width=16, activation="tanh", sigma_b=0.2)
+    params, x = gb.init_params(stack, 2), gb.gaussian_input(stack, 4, 3)
+    rel = RelativeHistograms.from_result(gb.backprop(stack, params, x, stats_only=True))
+    np.testing.assert_allclose(np.diff(rel.edges), 0.25)
+    _assert_within_one_bin(rel, _true_relative_bins(_plain(stack, params, x), rel.edges), range(40))
+
+
+def _one_entry_stack(offset):
+    """A ReLU stack in which only unit 0 is alive (biases of -100 elsewhere, positive weights):
+    dW_l of layers l >= 1 has a single non-zero entry, which therefore equals the layer's norm
+    (relative value exactly 0). The input is scaled (the stack is homogeneous in it: no bias on
+    unit 0) so that log10 |dW_1[0, 0]| lies ``offset`` decades above a multiple of 1/4."""
+    stack = gb.Stack(depth=3, width=4, activation="relu")
+    params = gb.init_params(stack, 0)
+    params.W[:] = np.abs(params.W)
+    params.b[:] = -100.0
+    params.b[:, 0] = 0.0
+    x = np.array([[1.0, 2.0, 3.0, 4.0]])
+    v = math.log10(abs(_plain(stack, params, x)[1, 0, 0]))
+    target = math.floor(v * 4) / 4 + offset
+    x = x * 10 ** ((target - v) / 2)  # dW scales with the square of the input (loss 0.5 ||h_L||^2)
+    dW = _plain(stack, params, x)
+    assert np.count_nonzero(dW[1]) == 1 and np.count_nonzero(dW[2]) == 1
+    assert math.log10(abs(dW[1, 0, 0])) == pytest.approx(target, abs=1e-9)
+    return stack, params, x, dW
+
+
+def test_an_entry_equal_to_the_norm_is_not_called_below_the_grid():
+    """A source bin holding an entry at the norm reaches above 0 relative to it; by its centre it
+    landed above the grid, and the heat map called it 'below 10^-6 of the norm'. Its entries
+    cannot lie above the norm: it goes to the top bin. From a diagnosis (1/4-decade bins on the
+    grid) and from a stats_only result, with the entry 0.05 decades into its bin."""
+    from gradbench import plot
+
+    stack, params, x, dW = _one_entry_stack(0.05)
+    res = gb.backprop(stack, params, x)
+    d = gb.diagnose(res, params, bins=160, hist_range=(-20.0, 20.0))
+    for rel in (RelativeHistograms.from_diagnosis(d),
+                RelativeHistograms.from_result(gb.backprop(stack, params, x, stats_only=True))):
+        assert rel.counts[1, -1] == 1 and rel.counts[1].sum() == 1
+        assert rel.outside.sum() == 0
+        _assert_within_one_bin(rel, _true_relative_bins(dW, rel.edges), range(3))
+    label = plot.histogram_heatmap(d).axes[0].get_xlabel()
+    assert "below" not in label
