@@ -1,7 +1,11 @@
 """Optimisers: the update rule ``w <- w - lr * dL/dw`` and its refinements.
 
 Each optimiser updates a dict of float arrays in place from a dict of gradients of the same
-shapes. Weight decay is L2: ``dL/dw + weight_decay * w`` (coupled, as in SGD's classic form).
+shapes. Weight decay is L2: ``dL/dw + weight_decay * w`` (coupled, as in SGD's classic form and
+``torch.optim.SGD``/``Adam(weight_decay=)``, not AdamW), added to the gradient of every array it
+is given, before momentum or Adam's moments. An optimiser keeps state (velocities, moments, the
+step count) keyed by the arrays' names; :meth:`SGD.fresh` / :meth:`Adam.fresh` give the same
+settings without it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ class SGD:
     def __post_init__(self):
         _check(self.lr, self.momentum, self.weight_decay)
 
+    def fresh(self) -> SGD:
+        """The same settings without state (no velocities)."""
+        return SGD(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         for name, g in grads.items():
             w = params[name]
@@ -76,6 +84,10 @@ class Adam:
 
     def __post_init__(self):
         _check(self.lr, 0.0, self.weight_decay, self.beta1, self.beta2, self.eps)
+
+    def fresh(self) -> Adam:
+        """The same settings without state (no moments, step count 0)."""
+        return Adam(lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         self._t += 1

@@ -32,6 +32,7 @@ from gradbench.abi import ACT_CODE
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum
 from gradbench.params import Params, init_params
 from gradbench.spec import Stack, check_choice
+from gradbench.train import check_stored_params
 
 DECODER_ACTIVATIONS = ("auto", "sigmoid", "identity")
 
@@ -119,10 +120,9 @@ def pretrain_with_history(stack: Stack, X: np.ndarray, *, epochs: int = 50, batc
     check_choice("optimizer", optimizer, OPTIMIZERS)
     momentum = resolve_momentum(optimizer, momentum)  # refused beside sgd/adam, not ignored
     _optimizer(optimizer, lr, momentum)  # validates optimizer, lr and momentum before any work
-    base = init_params(stack, seed) if params is None else params
-    if not isinstance(base, Params):
-        raise TypeError(f"params must be gradbench.Params, got {type(base).__name__}")
-    out = base.copy()
+    if params is not None:  # shapes, dtype and values against the stack, before any work
+        check_stored_params(stack, params, "pretraining")
+    out = init_params(stack, seed) if params is None else params.copy()
     h = X.astype(np.float64)
     if stack.has_input_layer:
         h = h @ out.W_in.T.astype(np.float64) + out.b_in
@@ -142,7 +142,7 @@ def pretrain_with_history(stack: Stack, X: np.ndarray, *, epochs: int = 50, batc
         def full_loss():
             return autoencoder_loss_and_grads(h, p["W"], p["b"], p.get("V"), p["d"], stack, slope, decoder, tied)[0]
 
-        with np.errstate(over="ignore", under="ignore"):
+        with np.errstate(all="ignore"):  # a diverging layer is refused below, in words
             history[l, 0] = full_loss()
             for e in range(epochs):
                 order = rng.permutation(B)
@@ -186,7 +186,7 @@ def pretrain(stack: Stack, X: np.ndarray, *, epochs: int = 50, batch_size: int =
         The starting parameters ``init_params(stack, seed)`` (unless ``params`` is given), the
         untied decoders and the mini-batch order.
     params : Params, optional
-        Start from these instead (they are copied).
+        Start from these instead (copied; checked against the stack: shapes, dtype, finite).
 
     Returns
     -------

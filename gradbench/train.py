@@ -10,15 +10,25 @@ Recorded per epoch (E epochs, L layers):
 
 - ``loss`` (E,): mean mini-batch loss during the epoch (what Keras prints);
 - ``eval_loss``, ``accuracy`` (E + 1,): on the whole data set before training and after each
-  epoch;
+  epoch. Accuracy is the fraction of samples whose predicted class is their label: bce
+  against ``y >= 0.5`` (a soft target counts for its nearer class), softmax_ce and one-hot mse
+  against the labels, mse with one output only when every target is 0 or 1 (regression
+  targets have no accuracy: NaN); NaN also when a logit is not finite;
 - ``grad_log10`` (E + 1, L): log10 ||dL/dW_l|| on the whole data set, exact;
 - ``update_ratio`` (E, L): 100 * ||W_l(after) - W_l(before)|| / ||W_l(before)|| over the
-  epoch, in percent. For one plain SGD step this is ``||lr * dL/dW_l|| / ||W_l||``
+  epoch, in percent: the net change of all the epoch's steps (norms scaled, so that no square
+  overflows). For one plain SGD step this is ``||lr * dL/dW_l|| / ||W_l||``
   (docs/design.md section 6), the "weights changed by 0.0001 %" of the lecture notes.
+
+Training stops at the first non-finite mini-batch loss, gradient or parameter, or non-finite
+loss on the whole data set after an epoch (the parameters can still be finite, 1e134, while
+the forward pass of the whole data overflows): ``diverged_epoch`` is that epoch, and nothing
+of it is recorded but its non-finite loss.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,12 +37,16 @@ import numpy as np
 
 from gradbench import datasets
 from gradbench.engine import backprop
-from gradbench.inputs import all_finite, check_array
+from gradbench.inputs import all_finite, check_array, check_param_arrays
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum  # noqa: F401 (re-exported)
-from gradbench.params import Params, check_seed, init_params
+from gradbench.params import GeneratedParams, Params, check_seed, expected_shapes, init_params
+from gradbench.reference import norm_scaled
 from gradbench.report import describe
 from gradbench.spec import Stack, check_choice
 
+# Where a run's starting weights came from (settings["weights"], the head of `train --out`)
+INIT_WEIGHTS = "gradbench.init_params(stack, seed)"
+GIVEN_WEIGHTS = "params given to gradbench.train"
 
 
 def make_optimizer(name: str = "sgd", lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0):
@@ -63,13 +77,36 @@ def targets_for(stack: Stack, y: np.ndarray) -> np.ndarray:
     return onehot
 
 
-def predict_labels(stack: Stack, params: Params, h_top: np.ndarray) -> np.ndarray:
-    """Class labels from the top activations h_L through the head."""
-    logits = h_top @ params.W_out.T.astype(np.float64) + params.b_out
-    if stack.loss == "softmax_ce" or (stack.loss == "mse" and stack.output_dim > 1):
+def class_labels(loss: str, output_dim: int, y) -> np.ndarray | None:
+    """The classes that accuracy compares the predictions with, or None when the targets ``y``
+    are not class labels: softmax_ce and one-hot mse (``output_dim > 1``) the labels; bce
+    ``y >= 0.5`` (a soft target counts for its nearer class, 0.5 for class 1); mse with one
+    output the targets when every one is 0 or 1, else None (regression targets)."""
+    y = np.asarray(y)
+    if loss == "softmax_ce" or (loss == "mse" and output_dim > 1):
+        return y.astype(np.int64)
+    if loss == "bce":
+        return (y >= 0.5).astype(np.int64)
+    return y.astype(np.int64) if np.all((y == 0) | (y == 1)) else None
+
+
+def predict_labels(net, logits: np.ndarray) -> np.ndarray:
+    """Classes from the head's logits of ``net`` (a Stack or a Recurrent): the largest logit
+    (softmax_ce, one-hot mse), else logit > 0 (bce) or > 0.5 (mse with one output)."""
+    if net.loss == "softmax_ce" or (net.loss == "mse" and net.output_dim > 1):
         return np.argmax(logits, axis=1)
-    threshold = 0.0 if stack.loss == "bce" else 0.5
+    threshold = 0.0 if net.loss == "bce" else 0.5
     return (logits[:, 0] > threshold).astype(np.int64)
+
+
+def accuracy(net, params, h_top: np.ndarray, labels: np.ndarray | None) -> float:
+    """The fraction of samples whose predicted class (from the top activations h_top through
+    the head) is their label; NaN without class labels (``labels`` None, :func:`class_labels`)
+    or when a logit is not finite (NaN logits name no class)."""
+    logits = h_top @ params.W_out.T.astype(np.float64) + params.b_out
+    if labels is None or not np.all(np.isfinite(logits)):
+        return math.nan
+    return float(np.mean(predict_labels(net, logits) == labels))
 
 
 def learnable(stack: Stack) -> tuple[str, ...]:
@@ -132,17 +169,19 @@ class TrainResult:
         batch = f"batch {bs}" if bs <= n else f"batch {n} (all {n} samples: the batch size {bs} is larger)"
         lines = [
             f"{s.get('name') or 'training'}: {_describe(self.stack)}",
-            f"  data {s['dataset']} ({n} samples), {s['optimizer']} lr={s['lr']:g}, "
+            f"  data {s['dataset']} ({n} samples), {s['optimizer']} lr={s['lr']:g}{_optimizer_words(s)}, "
             f"{batch}, {s['epochs']} epochs, seed {s['seed']}",
         ]
+        if s.get("weights", INIT_WEIGHTS) != INIT_WEIGHTS:
+            lines.append(f"  weights: {s['weights']}")
         if self.diverged_epoch is not None:
             lines.append(f"  DIVERGED in epoch {self.diverged_epoch + 1}: {self.divergence}")
         ran = max(self.epochs_run, 1)
         acc = self.accuracy[min(ran, len(self.accuracy) - 1)]
-        lines.append(
-            f"  loss {self.eval_loss[0]:.4f} -> {self.final_loss:.4f}{self._chance()}, accuracy "
-            f"{self.accuracy[0]:.2f} -> " + (f"{acc:.2f}" if math.isfinite(acc) else "-")
-        )
+        line = f"  loss {loss_text(self.eval_loss[0])} -> {loss_text(self.final_loss)}{self._chance()}"
+        if self.extras.get("class_labels", True):  # regression targets have no accuracy
+            line += f", accuracy {accuracy_text(self.accuracy[0])} -> {accuracy_text(acc)}"
+        lines.append(line)
         ratio = self.first_layer_ratio[:ran]
         if np.any(np.isfinite(ratio)):
             first = "the input layer's weights (W_in)" if self.stack.has_input_layer else "layer 0's weights"
@@ -174,21 +213,50 @@ def chance_loss(loss: str, output_dim: int, mean_prediction_loss: float | None =
 
 def _describe(stack: Stack) -> str:
     """The stack in words, as the run report says it (:func:`gradbench.report.describe`: every
-    field that changes the network when it differs from its default), without the dtype."""
-    return describe(asdict(stack), dtype=False)
+    field that changes the network when it differs from its default), the dtype when it is
+    not float64."""
+    return describe(asdict(stack), dtype=stack.dtype != "float64")
 
 
-def _norm(a: np.ndarray) -> float:
-    return float(np.sqrt(np.sum(np.square(a, dtype=np.float64))))
+def _optimizer_words(settings: dict) -> str:
+    """The optimiser's settings beside lr that change the run: momentum and weight decay when
+    set, Adam's betas and eps where they differ from their defaults."""
+    words = [f"momentum {settings['momentum']:g}"] if settings.get("momentum") else []
+    defaults = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}  # gradbench.optim.Adam's
+    words += [f"{k} {settings[k]:g}" for k, v in defaults.items() if settings.get(k, v) != v]
+    if settings.get("weight_decay"):
+        words.append(f"weight decay {settings['weight_decay']:g}")
+    return "".join(f", {w}" for w in words)
+
+
+def loss_text(v: float) -> str:
+    """A loss for the summary: 4 decimals from 1e-4 to 1e6 (0.6932, 307.3521), else 4
+    significant digits (4.4e-05, 2.882e+200), so that neither 0.0000 nor 200 digits stand
+    for a loss."""
+    if not math.isfinite(v) or v == 0 or 1e-4 <= abs(v) < 1e6:
+        return f"{v:.4f}"
+    return f"{v:.4g}"
+
+
+def accuracy_text(v: float) -> str:
+    """An accuracy for a summary: "-" where there is none (NaN logits, no class labels)."""
+    return f"{v:.2f}" if math.isfinite(v) else "-"
 
 
 def _layer_ratios(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """100 * ||after_l - before_l|| / ||before_l|| for each leading index l."""
+    """100 * ||after_l - before_l|| / ||before_l|| for each leading index l, with the norms
+    scaled by powers of two (:func:`gradbench.reference.norm_scaled`: the plain norms' bits
+    where their squares neither overflow nor underflow), so that finite weights of 1e200 give
+    a finite ratio, not inf or NaN."""
     L = before.shape[0]
-    d = (after - before).reshape(L, -1).astype(np.float64)
-    w = before.reshape(L, -1).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return 100.0 * np.sqrt(np.sum(d * d, axis=1)) / np.sqrt(np.sum(w * w, axis=1))
+    d = (after - before).reshape(L, -1)
+    w = before.reshape(L, -1)
+    out = np.empty(L)
+    for l in range(L):
+        (md, ed), (mw, ew) = norm_scaled(d[l]), norm_scaled(w[l])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            out[l] = np.ldexp(100.0 * np.float64(md) / np.float64(mw), ed - ew)
+    return out
 
 
 def train(
@@ -218,20 +286,29 @@ def train(
         With ``input_dim == X.shape[1]`` (or ``width`` equal to it) and a head
         (``loss`` in mse / bce / softmax_ce).
     X, y : ndarray
-        Features (B, D) and integer labels (B,).
+        Features (B, D) and targets (B,): integer class labels, numbers in [0, 1] for bce,
+        any finite numbers for mse with one output (accuracy: module docstring).
     epochs, batch_size : int
         Passes over the data and mini-batch size (the last batch of an epoch may be smaller).
     optimizer : {"sgd", "momentum", "adam"} or an optimiser of :mod:`gradbench.optim`
         With ``lr`` (default 0.1), ``momentum`` and ``weight_decay`` (default 0) when given by
-        name; an optimiser object carries its own, and giving them beside it is refused.
+        name; an optimiser object (``SGD(...)``, ``Adam(...)``) carries its own, and giving them
+        beside it is refused. The run uses a fresh copy of the object (its settings, none of its
+        state): the object is not changed, and passing it again gives the same run.
     momentum : float, optional
         Of ``optimizer="momentum"`` only (default 0.9); with another optimizer it is refused
         (ValueError), not ignored.
+    weight_decay : float, optional
+        Coupled L2: ``weight_decay * w`` is added to the gradient of every parameter training
+        updates (:func:`learnable`: W, b, the input layer, the head, and gamma/beta with batch
+        norm, the slopes with PReLU), before momentum or Adam's moments.
     seed : int
         Parameters from ``init_params(stack, seed)`` (unless ``params`` is given) and the
         shuffling order from ``default_rng([seed, 1])``.
     params : Params, optional
-        Start from these (copied), e.g. from :func:`gradbench.pretrain`.
+        Start from these (copied; checked against the stack before any work), e.g. from
+        :func:`gradbench.pretrain`. :class:`~gradbench.GeneratedParams` is refused: training
+        updates stored weights (pass ``params.materialize()``).
     tensorboard : str or os.PathLike, optional
         Write TensorBoard event files there every epoch (per-layer gradient norms, update
         ratios, loss, gradient histograms; :mod:`gradbench.tensorboard_io`, needs tensorboardX).
@@ -239,34 +316,30 @@ def train(
     Returns
     -------
     TrainResult
-        Training stops at the first non-finite loss, gradient or parameter and says where
-        (``diverged_epoch``, ``divergence``); later entries of the history are NaN.
+        ``settings`` hold the run's settings as the optimiser applied them (its momentum, and
+        Adam's ``beta1``, ``beta2``, ``eps``), ``weights`` (where the starting weights came
+        from: :data:`INIT_WEIGHTS` or :data:`GIVEN_WEIGHTS`) and ``pretrain`` (None;
+        :func:`run_demo` records its pretraining there). Training stops at the first non-finite
+        loss (of a mini-batch, or of the whole data set after an epoch), gradient or parameter
+        and says where (``diverged_epoch``, ``divergence``); later entries of the history are NaN.
     """
     X = _check_data(stack, X, y, epochs, batch_size)
     check_seed(seed)  # the shuffling is default_rng([seed, 1]): an int, not a Generator
-    if isinstance(optimizer, str):
-        check_choice("optimizer", optimizer, OPTIMIZERS)
-    momentum = resolve_momentum(optimizer, momentum)
-    if not isinstance(optimizer, str):
-        given = [f"{k}={v!r}" for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} given beside optimizer={type(optimizer).__name__}(...), which "
-                             "carries its own: give them to the optimiser itself")
-    lr = 0.1 if lr is None else lr
-    weight_decay = 0.0 if weight_decay is None else weight_decay
-    opt = make_optimizer(optimizer, lr, momentum, weight_decay) if isinstance(optimizer, str) else optimizer
+    opt = _optimizer_for(optimizer, lr, momentum, weight_decay)
+    weights = INIT_WEIGHTS if params is None else GIVEN_WEIGHTS
+    params = _start_params(stack, params, seed)
     tb = None
     if tensorboard is not None:  # checked (path, tensorboardX installed) before any work
         from gradbench.tensorboard_io import TrainWriter
 
         tb = TrainWriter(tensorboard, stack)
-    params = init_params(stack, seed) if params is None else params.copy()
-    hist = _History(stack, params, X, targets_for(stack, y), np.asarray(y).astype(np.int64), epochs, backend, tb)
+    labels = class_labels(stack.loss, stack.output_dim, y)
+    hist = _History(stack, params, X, targets_for(stack, y), labels, epochs, backend, tb)
     settings = dict(
         name=name, dataset=dataset, n_samples=len(X), epochs=epochs, batch_size=batch_size,
         optimizer=optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
-        lr=float(getattr(opt, "lr", lr)), momentum=momentum if optimizer == "momentum" else 0.0,
-        weight_decay=float(getattr(opt, "weight_decay", weight_decay)), seed=seed, backend=backend,
+        lr=float(opt.lr), momentum=float(getattr(opt, "momentum", 0.0)), **_adam_settings(opt),
+        weight_decay=float(opt.weight_decay), seed=seed, backend=backend, weights=weights, pretrain=None,
     )
     from gradbench.cli.progress import epochs as progress_of_epochs  # here: the CLI package loads on use
 
@@ -274,15 +347,16 @@ def train(
     rng = np.random.default_rng([seed, 1])
     t0 = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        hist.evaluate(0)
+        hist.evaluate(0, hist.full_pass())
         for epoch in range(epochs):
             before = (params.W.copy(), None if params.W_in is None else params.W_in.copy(), params.W_out.copy())
             hist.loss[epoch], why = _epoch(stack, params, X, hist.T, rng.permutation(len(X)), batch_size, opt,
                                            backend)
+            if not why:
+                why = hist.after_epoch(epoch, before)
             if why:
                 hist.diverged, hist.why = epoch, why
                 break
-            hist.after_epoch(epoch, before)
             if bar is not None:
                 bar.count(epoch + 1, note=f"loss {hist.loss[epoch]:.4f}")
     if bar is not None:
@@ -293,8 +367,55 @@ def train(
         stack=stack, params=params, settings=settings, loss=hist.loss, eval_loss=hist.eval_loss,
         accuracy=hist.accuracy, grad_log10=hist.grad_log10, update_ratio=hist.ratio,
         update_ratio_input=hist.ratio_in, update_ratio_head=hist.ratio_out, diverged_epoch=hist.diverged,
-        divergence=hist.why, seconds=time.perf_counter() - t0, extras=_reference(stack, hist.T),
+        divergence=hist.why, seconds=time.perf_counter() - t0,
+        extras={**_reference(stack, hist.T), "class_labels": labels is not None},
     )
+
+
+def _optimizer_for(optimizer, lr, momentum, weight_decay):
+    """The optimiser a run uses, checked before any work: one made by name, or a fresh copy of
+    an optimiser object of :mod:`gradbench.optim` (its settings, none of its state)."""
+    if isinstance(optimizer, str):
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+    elif not isinstance(optimizer, (SGD, Adam)):
+        got = (f"the class {optimizer.__name__} (pass an instance: {optimizer.__name__}(lr=...))"
+               if isinstance(optimizer, type) else f"{type(optimizer).__name__} {optimizer!r}")
+        raise TypeError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))} or an optimiser of "
+                        f"gradbench.optim (SGD(...), Adam(...)), got {got}")
+    momentum = resolve_momentum(optimizer, momentum)
+    if not isinstance(optimizer, str):
+        given = [f"{k}={v!r}" for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} given beside optimizer={type(optimizer).__name__}(...), which "
+                             "carries its own: give them to the optimiser itself")
+        return optimizer.fresh()
+    return make_optimizer(optimizer, 0.1 if lr is None else lr, momentum, 0.0 if weight_decay is None else weight_decay)
+
+
+def _adam_settings(opt) -> dict:
+    """Adam's beta1, beta2 and eps for the settings (none for SGD)."""
+    return dict(beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps) if isinstance(opt, Adam) else {}
+
+
+def _start_params(stack: Stack, params, seed: int) -> Params:
+    """The weights a run starts from: ``init_params(stack, seed)``, or a copy of ``params``
+    after checking it against the stack (shapes, dtype, finite; ValueError / TypeError naming
+    ``params``)."""
+    if params is None:
+        return init_params(stack, seed)
+    check_stored_params(stack, params, "training")
+    return params.copy()
+
+
+def check_stored_params(stack: Stack, params, what: str) -> None:
+    """``params`` as ``what`` (training, pretraining) needs them: :class:`~gradbench.Params`
+    whose arrays have the stack's shapes and dtype and are finite."""
+    if isinstance(params, GeneratedParams):
+        raise TypeError(f"params=GeneratedParams(...) generates its weights without storing them, and {what} updates "
+                        "stored weights: pass params.materialize(), or leave params out (init_params(stack, seed))")
+    if not isinstance(params, Params):
+        raise TypeError(f"params must be gradbench.Params (from gb.init_params or gb.pretrain), got {type(params).__name__}")
+    check_param_arrays(params, expected_shapes(stack), stack.np_dtype)
 
 
 def _reference(stack: Stack, T: np.ndarray) -> dict:
@@ -321,6 +442,8 @@ def _check_data(stack: Stack, X, y, epochs, batch_size) -> np.ndarray:
             f"X has shape {X.shape} but the stack expects {stack.d_in} features: "
             f"use Stack(..., input_dim={X.shape[1] if X.ndim == 2 else '?'})"
         )
+    if len(X) < 1:
+        raise ValueError(f"X has no samples (shape {X.shape}): training needs at least one")
     _check_labels(stack, y, len(X))
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
@@ -398,32 +521,44 @@ class _History:
         self.ratio_out = np.full(epochs, np.nan)
         self.diverged, self.why = None, ""
 
-    def evaluate(self, e: int) -> None:
-        res = backprop(self.stack, self.params, self.X, self.T, backend=self.backend)
+    def full_pass(self):
+        """backprop on the whole data set with the current parameters."""
+        return backprop(self.stack, self.params, self.X, self.T, backend=self.backend)
+
+    def evaluate(self, e: int, res) -> None:
+        """Record entry ``e`` (0: before training) of the evaluation from the full pass ``res``."""
         self.eval_loss[e] = res.loss
         self.grad_log10[e] = res.grad_norm.log10()
         h = res.output.to_float(np.float64, warn=False)
-        self.accuracy[e] = float(np.mean(predict_labels(self.stack, self.params, h) == self.labels))
+        self.accuracy[e] = accuracy(self.stack, self.params, h, self.labels)
         if self.tb is not None:
             self.tb.evaluation(e, res, self.accuracy[e])
 
-    def after_epoch(self, epoch: int, before) -> None:
+    def after_epoch(self, epoch: int, before) -> str:
+        """Record epoch ``epoch`` (0-based) after its last step; returns why the run diverged
+        ("" if not): a non-finite loss on the whole data set, which is then the epoch's loss,
+        and nothing else of the epoch is recorded."""
+        res = self.full_pass()
+        if not math.isfinite(res.loss):
+            self.loss[epoch] = res.loss
+            return _why_loss(res, "the loss on the whole data set after the epoch")
         W0, Win0, Wout0 = before
         p = self.params
         self.ratio[epoch] = _layer_ratios(W0, p.W)
         if Win0 is not None:
             self.ratio_in[epoch] = _layer_ratios(Win0[None], p.W_in[None])[0]
         self.ratio_out[epoch] = _layer_ratios(Wout0[None], p.W_out[None])[0]
-        self.evaluate(epoch + 1)
+        self.evaluate(epoch + 1, res)
         if self.tb is not None:
             self.tb.epoch(epoch + 1, self.loss[epoch], self.ratio[epoch], self.ratio_in[epoch], self.ratio_out[epoch])
+        return ""
 
 
-def _why_loss(res) -> str:
+def _why_loss(res, what: str = "loss") -> str:
     where = []
     if res.first_nonfinite_forward is not None:
         where.append(f"the forward pass first turned non-finite at layer {res.first_nonfinite_forward}")
-    return f"loss became {res.loss}" + (f" ({'; '.join(where)})" if where else "")
+    return f"{what} became {res.loss}" + (f" ({'; '.join(where)})" if where else "")
 
 
 # ------------------------------------------------------------------ the classic demonstrations
@@ -484,8 +619,13 @@ _register(Demo("layerwise-pretraining", "10 sigmoid layers pretrained one at a t
                _DEEP, _SGD, pretrain=dict(epochs=100, optimizer="adam", lr=0.01)))
 
 
-def run_demo(name: str, *, backend: str = "auto", progress: bool = False, **overrides) -> TrainResult:
-    """Run one of :data:`DEMOS` (``overrides`` change training settings, e.g. ``epochs``).
+def run_demo(name: str, /, *, backend: str = "auto", progress: bool = False, **overrides) -> TrainResult:
+    """Run one of :data:`DEMOS` (``overrides`` change training settings, e.g. ``epochs``: the
+    keywords of :func:`train` but ``name`` and ``dataset``, which the demo brings).
+
+    layerwise-pretraining pretrains first (``gradbench.pretrain(stack, X, seed=seed, **demo.pretrain)``,
+    from ``params`` when they are given, else from ``init_params(stack, seed)``) and fine-tunes
+    the result; its ``settings`` record it (``weights``, ``pretrain``).
 
     Outcomes with seeds 0-4 (tests/test_demos.py asserts them with margins); "moves" is the
     per-epoch change of the first weight matrix, 100 * ||Delta W|| / ||W||:
@@ -509,13 +649,35 @@ def run_demo(name: str, *, backend: str = "auto", progress: bool = False, **over
     ================== ====================================== =====================================
     """
     check_choice("demo", name, tuple(DEMOS))
+    _check_overrides(overrides)
     demo = DEMOS[name]
     X, y = demo.data()
     kw = dict(demo.train)
     kw.update(overrides)
     stack = demo.make_stack()
-    if demo.pretrain is not None:  # greedy layer-wise pretraining (gradbench.pretrain), then fine-tuning
-        from gradbench.pretrain import pretrain
+    if demo.pretrain is None:
+        return train(stack, X, y, backend=backend, progress=progress, name=name, dataset=demo.dataset, **kw)
+    # greedy layer-wise pretraining (gradbench.pretrain), from the given params if any, then fine-tuning
+    from gradbench.pretrain import pretrain
 
-        kw["params"] = pretrain(stack, X, seed=kw.get("seed", 0), **demo.pretrain)
-    return train(stack, X, y, backend=backend, progress=progress, name=name, dataset=demo.dataset, **kw)
+    start = kw.pop("params", None)
+    pre = {**demo.pretrain, "seed": kw.get("seed", 0)}  # the keywords of the pretrain call
+    kw["params"] = pretrain(stack, X, params=start, **pre)
+    r = train(stack, X, y, backend=backend, progress=progress, name=name, dataset=demo.dataset, **kw)
+    words = ", ".join(f"{k}={v!r}" for k, v in demo.pretrain.items())
+    r.settings.update(weights=f"gradbench.pretrain(stack, X, {words}, seed=seed"
+                              + (", params=given)" if start is not None else ")"), pretrain=pre)
+    return r
+
+
+def _check_overrides(overrides: dict) -> None:
+    """run_demo's overrides: keywords of :func:`train` that change training (ValueError naming
+    the others and the allowed ones)."""
+    allowed = [k for k, p in inspect.signature(train).parameters.items()
+               if p.kind is p.KEYWORD_ONLY and k not in ("backend", "progress", "name", "dataset")]
+    bad = [k for k in overrides if k not in allowed]
+    if bad:
+        theirs = [k for k in bad if k in ("name", "dataset")]
+        why = (f" ({', '.join(theirs)}: the demo brings its own; train your own stack with gradbench.train for "
+               "other data)" if theirs else "")
+        raise ValueError(f"run_demo does not take {', '.join(bad)}{why}; the overrides are {', '.join(allowed)}")

@@ -798,7 +798,8 @@ def test_outputs_that_clash_are_refused_before_any_work(argv, needle, tmp_path, 
 
 def test_demo_training_json_has_the_head_of_train_out(tmp_path, capsys, monkeypatch):
     """training.json describes the training runs as `train --out` does: weights from
-    init_params(stack, seed), no probe seed or batch (each run's settings carry its own); the
+    init_params(stack, seed) and, for layerwise-pretraining, gradbench.pretrain (the head said
+    init_params for it too), no probe seed or batch (each run's settings carry its own); the
     demo's --seed and --batch are those of gradients.json's probe runs only."""
     train_module = importlib.import_module("gradbench.train")  # gb.train is the function
     real = train_module.run_demo
@@ -809,10 +810,16 @@ def test_demo_training_json_has_the_head_of_train_out(tmp_path, capsys, monkeypa
     probes = json.loads((tmp_path / "d" / "gradients.json").read_text())
     assert (probes["seed"], probes["batch"], probes["weights"]) == (3, 5, "gradbench.GeneratedParams(stack, seed)")
     training = json.loads((tmp_path / "d" / "training.json").read_text())
-    assert training["weights"] == "gradbench.init_params(stack, seed)" and training["command"] == "demo"
+    pretraining = "gradbench.pretrain(stack, X, epochs=100, optimizer='adam', lr=0.01, seed=seed)"
+    assert training["weights"] == f"gradbench.init_params(stack, seed); layerwise-pretraining: {pretraining}"
+    assert training["command"] == "demo"
     assert "seed" not in training and "batch" not in training
     assert all(r["settings"]["seed"] == 0 for r in training["runs"].values())
-    code, _, err = run(["train", "--demo", "adam", "--epochs", "1", "--backend", "numpy",
+    runs = training["runs"]
+    assert runs["layerwise-pretraining"]["settings"]["weights"] == pretraining
+    assert runs["layerwise-pretraining"]["settings"]["pretrain"] == dict(epochs=100, optimizer="adam", lr=0.01, seed=0)
+    assert all(r["settings"]["pretrain"] is None for k, r in runs.items() if k != "layerwise-pretraining")
+    code, _, err = run(["train", "--demo", "adam,layerwise-pretraining", "--epochs", "1", "--backend", "numpy",
                         "--out", str(tmp_path / "t.json")], capsys)
     assert code == 0, err
     train_out = json.loads((tmp_path / "t.json").read_text())

@@ -382,3 +382,293 @@ def test_the_summary_names_what_changes_the_network():
     assert "leaky_relu (slope 0.3)" in text and "batch norm (eps 0.001)" in text
     res = moons_stack(depth=4, residual=2, residual_scale=0.5)
     assert "residual every 2 (scale 0.5)" in gb.train(res, X, y, epochs=1, backend="numpy").summary()
+
+
+# ---------------------------------------------------------------- review R1: divergence, accuracy, settings, errors
+_PHI = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0), "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z))}
+
+
+def numpy_logits(stack, params, X):
+    """The head's logits of a plain stack (input layer, L x phi(h W_l^T + b_l), linear head),
+    written out in NumPy float64 (overflow gives inf and NaN, as it may)."""
+    with np.errstate(all="ignore"):
+        h = X @ params.W_in.T + params.b_in
+        for l in range(stack.depth):
+            h = _PHI[stack.activation](h @ params.W[l].T + params.b[l])
+        return h @ params.W_out.T + params.b_out
+
+
+def numpy_bce(z, t):
+    """mean(softplus(z) - t z), the bce of logits z (B,) against targets t in [0, 1]."""
+    with np.errstate(all="ignore"):
+        return float(np.mean(np.maximum(z, 0.0) - z * t + np.log1p(np.exp(-np.abs(z)))))
+
+
+def test_a_nonfinite_full_data_loss_after_an_epoch_is_a_divergence_in_that_epoch():
+    """R1 #1: 10 ReLU layers at sigma_w = 3, one full batch per epoch: after epoch 3 the
+    parameters are finite (1.7e134) but the whole data's forward pass overflows (loss NaN).
+    The run reported no divergence, "loss 307 -> nan", and accuracy 0.50 from NaN logits (NaN > 0
+    is False: class 0 for all); with 4 epochs it said "DIVERGED in epoch 4", one late."""
+    X, y = datasets.moons(200, noise=0.1, seed=0)
+    stack = gb.Stack(depth=10, width=16, activation="relu", init="he_normal", sigma_w=3.0, input_dim=2, loss="bce")
+    two = gb.train(stack, X, y, epochs=2, batch_size=200, lr=0.1, backend="numpy")
+    z2 = numpy_logits(stack, two.params, X)[:, 0]
+    assert two.diverged_epoch is None and 1e130 < numpy_bce(z2, y) < math.inf  # finite after 2 epochs
+    assert two.eval_loss[2] == pytest.approx(numpy_bce(z2, y), rel=1e-9)
+    assert two.accuracy[2] == np.mean((z2 > 0) == y)
+    for epochs in (3, 4):
+        r = gb.train(stack, X, y, epochs=epochs, batch_size=200, lr=0.1, backend="numpy")
+        assert all(np.all(np.isfinite(getattr(r.params, k))) for k in learnable(stack))
+        assert not math.isfinite(numpy_bce(numpy_logits(stack, r.params, X)[:, 0], y))  # NumPy: non-finite too
+        assert r.diverged_epoch == 2 and r.epochs_run == 2, (epochs, r.summary())
+        assert r.divergence.startswith("the loss on the whole data set after the epoch became nan")
+        # recorded up to the state before the epoch that diverged (docs/formats.md), its loss the one that stopped it
+        np.testing.assert_array_equal(r.eval_loss[:3], two.eval_loss)
+        np.testing.assert_array_equal(r.accuracy[:3], two.accuracy)
+        np.testing.assert_array_equal(r.update_ratio[:2], two.update_ratio)
+        assert np.isnan(r.loss[2]) and np.all(np.isnan(r.loss[3:]))
+        assert np.all(np.isnan(r.eval_loss[3:])) and np.all(np.isnan(r.accuracy[3:]))
+        assert np.all(np.isnan(r.grad_log10[3:])) and np.all(np.isnan(r.update_ratio[2:]))
+        assert np.all(np.isnan(r.update_ratio_input[2:])) and np.all(np.isnan(r.update_ratio_head[2:]))
+        text = r.summary()
+        assert "DIVERGED in epoch 3: the loss on the whole data set" in text and "-> nan" in text
+
+
+def test_nan_logits_give_nan_accuracy_not_class_0():
+    """R1 #1: predict_labels read NaN logits as class 0 (a made-up accuracy of 0.50)."""
+    from gradbench.train import accuracy
+
+    stack = moons_stack()
+    params = gb.init_params(stack, 0)
+    h = np.ones((4, stack.width))
+    labels = np.array([0, 0, 1, 1])
+    z = (h @ params.W_out.T + params.b_out)[:, 0]
+    assert accuracy(stack, params, h, labels) == np.mean((z > 0) == labels)
+    h[2, 3] = np.nan
+    assert math.isnan(accuracy(stack, params, h, labels))
+
+
+def test_recurrent_training_stops_at_a_nonfinite_held_out_loss():
+    """R1 #1 in train_recurrent: a held-out loss that turns non-finite after an epoch (here the
+    held-out inputs, 1.5e308, overflow the first step) was recorded as if nothing happened,
+    with an accuracy of 0.34 from NaN logits."""
+    from gradbench.recurrent.train import first_symbol, train_recurrent
+
+    X, y = first_symbol(6, 32, seed=0)
+    Xe = 1.5e308 * X
+    rnn = gb.Recurrent(cell="rnn", steps=6, hidden=4, input_dim=2, loss="bce", activation="identity")
+    r = train_recurrent(rnn, X, y, Xe, y, epochs=2, optimizer="sgd", lr=0.1, backend="numpy")
+    p = r.params
+    with np.errstate(all="ignore"):  # the identity rnn in NumPy: h_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh
+        h = np.zeros((32, 4))
+        for t in range(6):
+            h = Xe[t] @ p.W_ih.T + p.b_ih + h @ p.W_hh.T + p.b_hh
+        z = (h @ p.W_out.T + p.b_out)[:, 0]
+    assert not np.all(np.isfinite(z)) and not math.isfinite(numpy_bce(z, y))
+    assert r.diverged_epoch == 0 and r.divergence.startswith("held-out loss after the epoch became nan")
+    assert math.isnan(r.loss[0]) and np.all(np.isnan(r.accuracy)) and math.isnan(r.final_accuracy)
+    assert "DIVERGED in epoch 1" in r.summary() and "accuracy - -> -" in r.summary()
+
+
+def test_accuracy_only_where_the_targets_are_class_labels():
+    """R1 #2: soft bce targets 0.1/0.9 were truncated to 0 (a perfect model read 0.50) and mse
+    regression targets got a meaningless accuracy."""
+    X, y = datasets.moons(200, noise=0.1, seed=0)
+    stack = gb.Stack(depth=2, width=16, activation="tanh", input_dim=2, loss="bce")
+    soft = np.where(y == 1, 0.9, 0.1)
+    r = gb.train(stack, X, soft, epochs=100, batch_size=20, lr=0.5, backend="numpy")
+    for e, p in ((0, gb.init_params(stack, 0)), (100, r.params)):
+        z = numpy_logits(stack, p, X)[:, 0]
+        assert r.accuracy[e] == np.mean((z > 0) == (soft >= 0.5)), e
+    assert r.accuracy[-1] > 0.95  # the model separates the moons
+    mse = stack.replace(loss="mse")
+    reg = gb.train(mse, X, 3 * X[:, 0] + 5, epochs=2, batch_size=20, lr=0.01, backend="numpy")
+    assert np.all(np.isnan(reg.accuracy)) and "accuracy" not in reg.summary()
+    cls = gb.train(mse, X, y.astype(float), epochs=2, batch_size=20, lr=0.1, backend="numpy")  # 0/1 targets: classes
+    z = numpy_logits(mse, cls.params, X)[:, 0]
+    assert cls.accuracy[-1] == np.mean((z > 0.5) == y) and "accuracy" in cls.summary()
+
+
+def test_update_ratios_do_not_overflow_while_the_weights_are_finite():
+    """R1 #4: _layer_ratios squared the raw differences: lr = 1e200 gave inf % for finite
+    weights, Adam at lr = 1e300 NaN (and the summary dropped its line); the loss printed
+    as 200 digits, or 4.4e-5 as 0.0000."""
+    X, y = datasets.moons(50, noise=0.1, seed=0)
+    stack = gb.Stack(depth=3, width=8, activation="tanh", input_dim=2, loss="bce")
+    p0 = gb.init_params(stack, 0)
+
+    def scaled(a):  # ||a|| with a divided by its largest entry first
+        s = np.max(np.abs(a))
+        return s * np.sqrt(np.sum((a / s) ** 2))
+
+    for kw in (dict(lr=1e200), dict(optimizer="adam", lr=1e300)):
+        r = gb.train(stack, X, y, epochs=1, batch_size=50, backend="numpy", **kw)
+        assert all(np.all(np.isfinite(getattr(r.params, k))) for k in ("W", "W_in", "W_out"))
+        ref = [100 * scaled(r.params.W[l] - p0.W[l]) / scaled(p0.W[l]) for l in range(3)]
+        np.testing.assert_allclose(r.update_ratio[0], ref, rtol=1e-12)
+        assert r.update_ratio_input[0] == pytest.approx(100 * scaled(r.params.W_in - p0.W_in) / scaled(p0.W_in), rel=1e-12)
+        assert r.update_ratio_head[0] == pytest.approx(100 * scaled(r.params.W_out - p0.W_out) / scaled(p0.W_out),
+                                                       rel=1e-12)
+        text = r.summary()
+        assert "change by" in text and len(max(text.split(), key=len)) < 40, text
+        if "lr=1e+200" in text:  # the loss after the step, by NumPy: 2.882e+198, not 199 digits
+            assert f"-> {numpy_bce(numpy_logits(stack, r.params, X)[:, 0], y):.4g} (ln 2" in text, text
+
+
+def test_losses_print_with_four_significant_digits_outside_1e_4_to_1e6():
+    from gradbench.train import loss_text
+
+    assert loss_text(4.4e-5) == "4.4e-05" and loss_text(2.8817534e200) == "2.882e+200"
+    assert loss_text(0.69315) == "0.6932" and loss_text(307.35211) == "307.3521" and loss_text(0.00029) == "0.0003"
+    assert loss_text(float("nan")) == "nan" and loss_text(0.0) == "0.0000"
+
+
+def test_an_optimiser_object_is_recorded_as_applied_and_keeps_no_state_between_runs():
+    """R1 #5: SGD(momentum=0.9) was recorded as momentum 0, Adam's betas and eps not at all, and
+    a second run with the same object continued its moments and step count."""
+    X, y = datasets.xor(32, seed=2)
+    stack = moons_stack(activation="sigmoid")
+    params = gb.init_params(stack, 5)
+    lr, mu = 0.2, 0.9
+    opt = gb.optim.SGD(lr=lr, momentum=mu)
+    r = gb.train(stack, X, y, epochs=2, batch_size=32, optimizer=opt, seed=5, backend="numpy")
+    _, g0 = full_batch_grads(stack, params, X, y)  # two heavy-ball steps by hand: v1 = g0, v2 = mu g0 + g1
+    w1 = {k: getattr(params, k) - lr * g0[k] for k in learnable(stack)}
+    _, g1 = full_batch_grads(stack, gb.Params(**{**dict(params.items()), **w1}), X, y)
+    np.testing.assert_allclose(r.params.W, w1["W"] - lr * (mu * g0["W"] + g1["W"]), rtol=1e-11)
+    assert r.settings["momentum"] == mu and "beta1" not in r.settings
+    again = gb.train(stack, X, y, epochs=2, batch_size=32, optimizer=opt, seed=5, backend="numpy")
+    np.testing.assert_array_equal(again.params.W, r.params.W)
+    assert opt._velocity == {}
+    adam = gb.optim.Adam(lr=0.01, beta1=0.5, beta2=0.99, eps=1e-6)
+    a1 = gb.train(stack, X, y, epochs=2, batch_size=8, optimizer=adam, seed=5, backend="numpy")
+    a2 = gb.train(stack, X, y, epochs=2, batch_size=8, optimizer=adam, seed=5, backend="numpy")
+    np.testing.assert_array_equal(a1.params.W, a2.params.W)
+    assert adam._t == 0 and adam._m == {}
+    s = a1.settings
+    assert (s["beta1"], s["beta2"], s["eps"], s["momentum"]) == (0.5, 0.99, 1e-6, 0.0)
+    # the first bias-corrected Adam step is lr * g / (|g| + eps), whatever beta1 and beta2
+    one = gb.train(stack, X, y, epochs=1, batch_size=32, optimizer=adam, seed=5, backend="numpy")
+    np.testing.assert_allclose(one.params.W, params.W - 0.01 * g0["W"] / (np.abs(g0["W"]) + 1e-6), rtol=1e-10)
+
+
+@pytest.mark.parametrize("optimizer, match", [
+    (None, "got NoneType None"),
+    (3, "got int 3"),
+    (gb.optim.SGD, r"got the class SGD \(pass an instance: SGD\(lr=\.\.\.\)\)"),
+])
+def test_a_wrong_optimizer_is_refused_before_any_work(optimizer, match, monkeypatch):
+    """R1 #6: optimizer=None or 3 gave AttributeError, the class SGD a TypeError about step(),
+    both after the first forward and backward pass."""
+    monkeypatch.setitem(gb.train.__globals__, "backprop", lambda *a, **k: pytest.fail("work before the check"))
+    X, y = datasets.moons(20, seed=0)
+    with pytest.raises(TypeError, match=r"optimizer must be one of 'sgd', 'momentum', 'adam' or an optimiser of "
+                                        r"gradbench.optim \(SGD\(\.\.\.\), Adam\(\.\.\.\)\), " + match):
+        gb.train(moons_stack(), X, y, epochs=1, optimizer=optimizer)
+
+
+def test_params_and_data_that_training_cannot_use_are_refused_naming_them():
+    """R1 #6: GeneratedParams gave AttributeError 'copy', pretrain with wrongly shaped params a
+    NumPy broadcasting error, an empty X an error about 'x', run_demo(dataset=, name=) Python's
+    'multiple values' TypeError."""
+    X, y = datasets.moons(20, seed=0)
+    stack = moons_stack()
+    with pytest.raises(TypeError, match=r"params=GeneratedParams\(\.\.\.\) generates its weights without storing them, "
+                                        r"and training updates stored weights: pass params.materialize\(\)"):
+        gb.train(stack, X, y, epochs=1, params=gb.GeneratedParams(stack, 0))
+    with pytest.raises(ValueError, match=r"X has no samples \(shape \(0, 2\)\): training needs at least one"):
+        gb.train(stack, X[:0], y[:0], epochs=1)
+    sig = moons_stack(activation="sigmoid")
+    with pytest.raises(ValueError, match=r"params.W has shape \(3, 4, 4\), expected \(3, 8, 8\)"):
+        gb.pretrain(sig, X, epochs=1, params=gb.init_params(sig.replace(width=4), 0))
+    with pytest.raises(TypeError, match="and pretraining updates stored weights"):
+        gb.pretrain(sig, X, epochs=1, params=gb.GeneratedParams(sig, 0))
+    for kw, match in ((dict(dataset="circles"), r"run_demo does not take dataset \(dataset: the demo brings its own"),
+                      (dict(name="x"), r"run_demo does not take name \(name: the demo brings its own"),
+                      (dict(foo=1), r"run_demo does not take foo; the overrides are epochs, batch_size, optimizer, lr, "
+                                    r"momentum, weight_decay, seed, params, tensorboard")):
+        with pytest.raises(ValueError, match=match):
+            gb.run_demo("deep-sigmoid", **kw)
+
+
+def test_pretraining_refuses_a_diverging_layer_without_numpy_warnings():
+    """R1 #6: pretrain's errstate covered overflow and underflow only, so a ReLU stack at a huge
+    lr let 'invalid value encountered in matmul' through before its own FloatingPointError."""
+    import warnings
+
+    X, _ = datasets.moons(50, noise=0.1, seed=0)
+    stack = moons_stack(activation="relu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(FloatingPointError, match="pretraining layer 0 diverged"):
+            gb.pretrain(stack, X, lr=1e3, epochs=3)
+
+
+def test_the_summary_names_the_dtype_weight_decay_and_momentum():
+    """R1 #8: a float32 run, weight decay and momentum read like a float64 plain SGD run."""
+    X, y = datasets.moons(20, seed=0)
+    f32 = gb.train(moons_stack(dtype="float32"), X.astype(np.float32), y, epochs=1, backend="numpy").summary()
+    assert "loss bce, float32\n" in f32
+    text = gb.train(moons_stack(), X, y, epochs=1, optimizer="momentum", momentum=0.5, weight_decay=0.01,
+                    backend="numpy").summary()
+    assert "momentum lr=0.1, momentum 0.5, weight decay 0.01, batch 20" in text and "float64" not in text
+    adam = gb.train(moons_stack(), X, y, epochs=1, optimizer=gb.optim.Adam(beta2=0.99), backend="numpy").summary()
+    assert "Adam lr=0.001, beta2 0.99, batch 20" in adam
+    plain = gb.train(moons_stack(), X, y, epochs=1, backend="numpy").summary()
+    assert "sgd lr=0.1, batch 20" in plain and "weight decay" not in plain and "momentum" not in plain
+
+
+def test_the_readme_states_what_the_update_ratio_and_weight_decay_are():
+    """R1 #7: the README called the recorded ratio ||lr dW_l|| / ||W_l|| (one step) where it is
+    the net change over the epoch (10 steps in the demos), and said only "weight decay"."""
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert ("the update ratio 100 ||W_l(end of epoch) - W_l(start of epoch)|| / ||W_l(start of epoch)|| in percent: "
+            "the net change over all the epoch's steps") in text
+    assert ("`weight_decay * w` is added to the gradient of every parameter training updates, before momentum or "
+            "Adam's moments: W and b of every layer, the input layer and the head (W_in, b_in, W_out, b_out), gamma "
+            "and beta with batch norm, the slopes with PReLU") in text
+    # both, by hand: two plain SGD steps with weight decay in one epoch
+    X, y = datasets.xor(32, seed=2)
+    stack = moons_stack(activation="prelu", batch_norm=True)
+    params = gb.init_params(stack, 5)
+    lr, wd = 0.2, 0.05
+    r = gb.train(stack, X, y, epochs=1, batch_size=16, lr=lr, weight_decay=wd, seed=5, backend="numpy")
+    order = np.random.default_rng([5, 1]).permutation(32)
+    w = {k: getattr(params, k).copy() for k in learnable(stack)}
+    assert set(w) == {"W", "b", "gamma", "beta", "slope", "W_in", "b_in", "W_out", "b_out"}
+    for idx in (order[:16], order[16:]):
+        _, g = full_batch_grads(stack, gb.Params(**{**dict(params.items()), **w}), X[idx], y[idx])
+        w = {k: w[k] - lr * (g[k] + wd * w[k]) for k in w}
+    for k in w:
+        np.testing.assert_allclose(getattr(r.params, k), w[k], rtol=1e-10, atol=1e-15, err_msg=k)
+    for l in range(stack.depth):
+        net = 100 * np.linalg.norm(w["W"][l] - params.W[l]) / np.linalg.norm(params.W[l])
+        assert r.update_ratio[0, l] == pytest.approx(net, rel=1e-9)
+
+
+def test_the_pretraining_demo_records_its_pretraining_and_starts_it_from_given_params():
+    """R1 #3: layerwise-pretraining's settings were deep-sigmoid's (nothing said that its
+    weights were pretrained, the file head said init_params), and run_demo(params=p) dropped p
+    (the run was bitwise the same without it)."""
+    from gradbench.train import DEMOS, run_demo
+
+    demo = DEMOS["layerwise-pretraining"]
+    X, y = demo.data()
+    stack = demo.make_stack()
+    r = run_demo("layerwise-pretraining", epochs=1, backend="numpy")
+    assert r.settings["pretrain"] == dict(epochs=100, optimizer="adam", lr=0.01, seed=0)
+    assert r.settings["weights"] == "gradbench.pretrain(stack, X, epochs=100, optimizer='adam', lr=0.01, seed=seed)"
+    assert "  weights: gradbench.pretrain(stack, X, epochs=100, optimizer='adam', lr=0.01, seed=seed)\n" in r.summary()
+    plain = run_demo("deep-sigmoid", epochs=1, backend="numpy").settings
+    assert plain["pretrain"] is None and plain["weights"] == "gradbench.init_params(stack, seed)"
+    # the recorded settings rebuild the start: its loss by NumPy is the run's loss before training
+    start = gb.pretrain(stack, X, **r.settings["pretrain"])
+    assert r.eval_loss[0] == pytest.approx(numpy_bce(numpy_logits(stack, start, X)[:, 0], y), rel=1e-10)
+    p = gb.init_params(stack, 7)
+    given = run_demo("layerwise-pretraining", epochs=1, params=p, backend="numpy")
+    assert given.settings["weights"].endswith(", seed=seed, params=given)")
+    from_p = gb.pretrain(stack, X, params=p, **r.settings["pretrain"])
+    assert given.eval_loss[0] == pytest.approx(numpy_bce(numpy_logits(stack, from_p, X)[:, 0], y), rel=1e-10)
+    assert abs(given.eval_loss[0] - r.eval_loss[0]) > 1e-3

@@ -16,7 +16,7 @@ from gradbench.cli.compare import (
 from gradbench.cli.output import (
     check_directory, check_outputs, make_directory, metadata, threads, write_json, write_plot,
 )
-from gradbench.cli.train import WEIGHTS as TRAIN_WEIGHTS, train_to_dict
+from gradbench.cli.train import train_to_dict, weights_of
 
 DEFAULT_DEMO_DIR = "gradbench-demo"
 CELL_STEPS = 1000
@@ -101,13 +101,14 @@ def _train_demos(backend: str) -> dict:
     return {name: run_demo(name, backend=backend, progress=True) for name in DEMOS}
 
 
-def _heads(args, backend: str, seconds: float) -> tuple[dict, dict]:
+def _heads(args, backend: str, seconds: float, results: dict) -> tuple[dict, dict]:
     """The heads of gradients.json (the probe runs: --seed, --batch, generated weights) and of
-    training.json (the training demos, which bring their own seed and batch size, in each run's
-    ``settings``: the head is the one ``train --out`` writes, weights from init_params)."""
+    training.json (the training demos ``results``, which bring their own seed and batch size, in
+    each run's ``settings``: the head is the one ``train --out`` writes, weights from init_params
+    and, for layerwise-pretraining, gradbench.pretrain)."""
     shared = dict(threads=threads(backend), seconds=round(seconds, 3))
     return (metadata("demo", args, seed=args.seed, batch=args.batch, weights=WEIGHTS, **shared),
-            metadata("demo", args, weights=TRAIN_WEIGHTS, **shared))
+            metadata("demo", args, weights=weights_of(results) if results else None, **shared))
 
 
 def _write(args, diags, labels, relative, results, heads) -> list[str]:
@@ -160,7 +161,7 @@ def cmd_demo(args) -> int:
     relative = {}
     diags, labels = compare_stacks(args, list(DEMO_CONFIGS), backend, relative)
     results = {} if args.no_train else _train_demos(backend)
-    heads = _heads(args, backend, time.perf_counter() - t0)
+    heads = _heads(args, backend, time.perf_counter() - t0, results)
     written = _write(args, diags, labels, relative, results, heads)
     print(f"gradbench demo: one deep stack, {len(DEMO_CONFIGS)} configurations (backend {backend})\n")
     print_comparison(args, diags, labels)

@@ -25,10 +25,10 @@ A demo brings its own stack and data (--list shows them); --epochs, --lr, --batc
 --optimizer, --momentum and --weight-decay change its training. The recurrent demos (memory-rnn, ...)
 take --epochs, --lr, --seed, --steps, --backend, --out, --plot, --mkdir and --dpi only
 (gradbench train --demo memory-rnn --help). The weights are gradbench.init_params(stack, seed), as
-gradbench.train draws them. File format: docs/formats.md.
+gradbench.train draws them; layerwise-pretraining's are then pretrained by gradbench.pretrain (its
+summary, its --out settings and the --out head say with which settings). File format: docs/formats.md.
 """
 
-WEIGHTS = "gradbench.init_params(stack, seed)"  # as gradbench.train draws them
 _samples = _typed("samples", int, lambda v: v >= 2, "must be an integer >= 2")  # gradbench.datasets' own limit
 DATA_OPTIONS = ("dataset", "samples", "data_seed")
 
@@ -61,6 +61,17 @@ def register(sub):
     add_output_args(p)
     p.set_defaults(func=cmd_train)
     return p
+
+
+def weights_of(results: dict) -> str:
+    """The head's ``weights``: where the runs' starting weights came from (each run's
+    ``settings["weights"]``): the most common one, then ``; NAMES: ...`` for the runs whose
+    weights came otherwise (layerwise-pretraining's gradbench.pretrain)."""
+    runs: dict[str, list[str]] = {}
+    for name, r in results.items():
+        runs.setdefault(r.settings["weights"], []).append(name)
+    common = max(runs, key=lambda w: len(runs[w]))  # the first of equals
+    return common + "".join(f"; {', '.join(names)}: {w}" for w, names in runs.items() if w != common)
 
 
 def train_to_dict(r) -> dict:
@@ -212,7 +223,7 @@ def cmd_train(args) -> int:
     results = train_runs(args, backend)
     written = []
     if args.out:
-        head = metadata("train", args, weights=WEIGHTS, threads=threads(backend),
+        head = metadata("train", args, weights=weights_of(results), threads=threads(backend),
                         seconds=round(time.perf_counter() - t0, 3))
         written.append(write_json(args.out, {**head, "runs": {k: train_to_dict(r) for k, r in results.items()}},
                                   mkdir=args.mkdir))

@@ -28,7 +28,8 @@ from gradbench.recurrent.engine import backprop
 from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
 from gradbench.spec import check_choice
-from gradbench.train import OPTIMIZERS, chance_loss, make_optimizer, resolve_momentum
+from gradbench.train import OPTIMIZERS, accuracy_text, chance_loss, class_labels, make_optimizer, resolve_momentum
+from gradbench.train import accuracy as accuracy_of
 
 TASKS = ("first_symbol",)
 
@@ -100,7 +101,7 @@ class RecurrentTrainResult:
         ref = chance_loss(r.loss, r.output_dim)
         lines.append(f"  held-out loss {self.eval_loss[0]:.4f} -> {self.final_loss:.4g}"
                      + ("" if ref is None else f" (chance {ref[0]} = {ref[1]:.4f}{ref[2]})")
-                     + f", accuracy {self.accuracy[0]:.2f} -> " + (f"{acc:.2f}" if math.isfinite(acc) else "-"))
+                     + f", accuracy {accuracy_text(self.accuracy[0])} -> {accuracy_text(acc)}")
         s0 = self.signal_start
         if len(s0) and np.isfinite(s0[-1]):
             lines.append(f"  at the start the gradient reaching step 0 was 10^{s0[0] - s0[-1]:.1f} of the one at the "
@@ -125,13 +126,6 @@ def _targets(rnn: Recurrent, y: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(y.reshape(-1, 1), dtype=rnn.np_dtype)
 
 
-def _predict(rnn, params, h) -> np.ndarray:
-    logits = h @ params.W_out.T.astype(np.float64) + params.b_out
-    if rnn.loss == "softmax_ce":
-        return np.argmax(logits, axis=1)
-    return (logits[:, 0] > (0.0 if rnn.loss == "bce" else 0.5)).astype(np.int64)
-
-
 def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.ndarray, y_eval: np.ndarray, *,
                     epochs: int = 10, batch_size: int = 32, optimizer: str = "adam", lr: float = 0.005,
                     momentum: float | None = None, seed: int = 0, params: RecurrentParams | None = None,
@@ -141,7 +135,10 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
 
     ``gate_bias`` (GRU): added to the update gate's bias at init, so that z ~ sigma(gate_bias)
     keeps the state (the GRU's counterpart of the LSTM's ``forget_bias``). Training stops at the
-    first non-finite loss, gradient or parameter and says where.
+    first non-finite loss (of a mini-batch, or on the held-out set after an epoch: then that is
+    the epoch's loss and nothing else of the epoch is recorded), gradient or parameter and says
+    where. Accuracy as :func:`gradbench.train.class_labels` and :func:`gradbench.train.accuracy`
+    say (NaN where a logit is not finite).
     """
     if not rnn.has_head or rnn.loss_on != "last":
         raise ValueError("training needs a head on the last step: Recurrent(loss='bce', ...)")
@@ -158,7 +155,7 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
     if gate_bias:
         params.b_ih[rnn.hidden:2 * rnn.hidden] += gate_bias
     pdict = dict(params.items())
-    T_eval, labels = _targets(rnn, y_eval), np.asarray(y_eval)
+    T_eval, labels = _targets(rnn, y_eval), class_labels(rnn.loss, rnn.output_dim, y_eval)
     rng = np.random.default_rng([seed, 1])
     n = X.shape[1]
     loss = np.full(epochs, np.nan)
@@ -167,12 +164,17 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
     diverged, why = None, ""
     signals = {}
 
-    def evaluate(e: int, keep: str | None = None) -> None:
+    def evaluate(e: int, keep: str | None = None):
+        """Entry e (0: before training) of the held-out evaluation, recorded, and backprop's
+        result; after an epoch a non-finite loss is left unrecorded (the run diverged)."""
         res = backprop(rnn, params, X_eval, T_eval, backend=backend)
+        if e and not math.isfinite(res.loss):
+            return res
         eval_loss[e] = res.loss
-        accuracy[e] = float(np.mean(_predict(rnn, params, res.output.to_float(np.float64, warn=False)) == labels))
+        accuracy[e] = accuracy_of(rnn, params, res.output.to_float(np.float64, warn=False), labels)
         if keep:
             signals[keep] = res.signal_norm.log10()
+        return res
 
     from gradbench.cli.progress import epochs as progress_of_epochs  # here: the CLI package loads on use
 
@@ -189,9 +191,7 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
                 total += res.loss * len(idx)
                 count += len(idx)
                 if not math.isfinite(res.loss):
-                    where = (f" (the forward state first turned non-finite at step {res.first_nonfinite_forward})"
-                             if res.first_nonfinite_forward is not None else "")
-                    diverged, why = epoch, f"loss became {res.loss}{where}"
+                    diverged, why = epoch, f"loss became {res.loss}{_where(res)}"
                     break
                 grads = {k: g.to_float(dt, warn=False) for k, g in res.grads.items()}
                 bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
@@ -204,9 +204,13 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
                     diverged, why = epoch, f"parameters {', '.join(bad)} became non-finite after an update"
                     break
             loss[epoch] = total / max(count, 1)
+            if diverged is None:
+                res = evaluate(epoch + 1, "end" if epoch == epochs - 1 else None)
+                if not math.isfinite(res.loss):  # the loss that stopped training, as a mini-batch's does
+                    diverged, why = epoch, f"held-out loss after the epoch became {res.loss}{_where(res)}"
+                    loss[epoch] = res.loss
             if diverged is not None:
                 break
-            evaluate(epoch + 1, "end" if epoch == epochs - 1 else None)
             if bar is not None:
                 bar.count(epoch + 1, note=f"loss {loss[epoch]:.4f}")
     if bar is not None:
@@ -218,6 +222,12 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
     return RecurrentTrainResult(rnn=rnn, params=params, settings=settings, loss=loss, eval_loss=eval_loss,
                                 accuracy=accuracy, signal_start=signals["start"], signal_end=signals["end"],
                                 diverged_epoch=diverged, divergence=why, seconds=time.perf_counter() - t0)
+
+
+def _where(res) -> str:
+    """Where the forward state first turned non-finite, for a divergence's reason ("" if it did not)."""
+    return ("" if res.first_nonfinite_forward is None
+            else f" (the forward state first turned non-finite at step {res.first_nonfinite_forward})")
 
 
 # ------------------------------------------------------------------ the demonstrations
