@@ -481,14 +481,20 @@ def _findings(stack, g, res, verdict) -> list[str]:
                      "not a trend")
     lost = int((getattr(res, "extras", None) or {}).get("lost_samples", 0))
     B = res.input_grad.mantissa.shape[0] if lost else 0  # (B, inputs): one row per sample
-    if lost and not (B == 1 and verdict == "no gradient"):  # then the verdict's sentence says it all
-        if B == 1:
-            # one sample: no batch exponent to lose it to; the zero is in the chain itself
+    if lost and not (lost == B and verdict == "no gradient"):  # then the verdict's sentence says it all
+        if lost == B:
+            # every sample (or the only one): the batch's largest signal sets each layer's exponent and
+            # is never flushed by it, so the last one to go is lost to an exact zero in the chain itself
             why = ("dead units (z <= 0) in some layer" if stack.activation in ("relu", "prelu") else
                    "units saturated beyond any int64 exponent (phi' < 2^(-2^62)) in some layer"
                    if stack.activation in RESCUE else "an exact zero in the chain")
-            words.append(f"the sample's gradient is non-zero at the top and exactly 0 at the input: with batch 1 "
-                         f"that is not the batch's shared exponent but {why}")
+            if B == 1:
+                words.append(f"the sample's gradient is non-zero at the top and exactly 0 at the input: with batch 1 "
+                             f"that is not the batch's shared exponent but {why}")
+            else:
+                words.append(f"all {B} samples lose their gradient on the way down (exactly 0 at the input, non-zero "
+                             "at the top): the largest sample sets each layer's shared exponent and is never flushed "
+                             f"by it, so what cuts the chain is {why}, not that exponent")
         else:
             why = ("dead units (z <= 0) for those samples in some layer, or " if stack.activation in ("relu", "prelu")
                    else "")
