@@ -124,3 +124,44 @@ def test_words_name_a_saturated_vanilla_cell_and_where_learning_reaches():
                                 backend="numpy"))
     g = d.grad_log10[np.isfinite(d.grad_log10)]
     assert g.max() - g.min() < 8 and "learning reaches over the whole sequence" in d.explanation
+
+
+def _tanh_bptt_terms(params, xs):
+    """log10 ||dz_t^T h_{t-1}|| of a vanilla tanh cell with the probe 0.5 ||h_{T-1}||^2 and
+    h_{-1} = 0, by hand in plain float64 NumPy (no exponents needed below 10^300)."""
+    hs = [np.zeros((xs.shape[1], params.W_hh.shape[0]))]
+    for x in xs:
+        hs.append(np.tanh(x @ params.W_ih.T + params.b_ih + hs[-1] @ params.W_hh.T + params.b_hh))
+    g, out = hs[-1].copy(), np.full(len(xs), -np.inf)
+    for t in range(len(xs) - 1, -1, -1):
+        dz = g * (1 - hs[t + 1] ** 2)
+        n = np.linalg.norm(dz.T @ hs[t])
+        out[t] = np.log10(n) if n > 0 else -np.inf
+        g = dz @ params.W_hh
+    return out
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+@pytest.mark.parametrize("sigma_w, steps, hidden, seed, verdict", [
+    (3.0, 100, 16, 0, "exploding"), (4.0, 80, 16, 2, "exploding"), (0.5, 150, 8, 0, "vanishing")])
+def test_reach_counts_the_steps_within_8_decades_of_the_largest_term_either_side(backend, sigma_w, steps, hidden, seed,
+                                                                                verdict):
+    """An exploding tanh cell's largest contribution to dL/dW_hh lies at the start (step 1; step 0's
+    is exactly 0, h_{-1} = 0), and the reach counted only back from it: 'learning reaches over 1
+    step' (4 at sigma_w = 4, largest at step 4) where ~80 steps lie within 8 decades. The window
+    now runs both ways; a vanishing cell's (largest at the last step) is the same count as before.
+    Counted here from a hand-written BPTT."""
+    rnn = gb.Recurrent(cell="rnn", steps=steps, hidden=hidden, sigma_w=sigma_w)
+    params, xs = gb.init_params(rnn, seed), gb.sequence_input(rnn, batch=4, seed=seed + 1)
+    ref = _tanh_bptt_terms(params, np.asarray(xs, dtype=np.float64))
+    d = gb.diagnose(gb.backprop(rnn, params, xs, backend=backend))
+    assert d.verdict == verdict and ref[0] == d.grad_log10[0] == -np.inf
+    # the exploding cells are chaotic: other summation orders drift up to ~1e-6 decades apart over
+    # these steps, far less than any term's distance from the 8-decade edge (> 0.02 decades)
+    np.testing.assert_allclose(d.grad_log10[1:], ref[1:], rtol=0, atol=1e-4)
+    assert np.min(np.abs(ref[1:] - (ref.max() - 8))) > 1e-2
+    within = np.flatnonzero(ref >= ref.max() - 8)
+    assert np.all(np.diff(within) == 1)  # one run of steps: from step 1 up (exploding), or back from the last
+    assert (within.min() == 1) == (verdict == "exploding") and (within.max() == rnn.steps - 1) == (verdict == "vanishing")
+    assert d.reach == within.size > 10
+    assert f"learning reaches over {within.size} steps" in d.explanation, d.explanation
