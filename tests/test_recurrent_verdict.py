@@ -165,3 +165,41 @@ def test_reach_counts_the_steps_within_8_decades_of_the_largest_term_either_side
     assert (within.min() == 1) == (verdict == "exploding") and (within.max() == rnn.steps - 1) == (verdict == "vanishing")
     assert d.reach == within.size > 10
     assert f"learning reaches over {within.size} steps" in d.explanation, d.explanation
+
+
+def _dswish(z):
+    s = 1 / (1 + np.exp(-z))
+    return s * (1 + z * (1 - s))
+
+
+_CELL_PHI = {  # phi and the saturated entries (phi' < 1 % of its maximum) of non-NaN z, by hand
+    "elu": (lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))), lambda z: (z <= 0) & (np.exp(z) < 0.01)),
+    "swish": (lambda z: z / (1 + np.exp(-z)), lambda z: _dswish(z) < 0.01 * _dswish(np.linspace(0, 5, 200001)).max()),
+}
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+@pytest.mark.parametrize("activation", ["elu", "swish"])
+def test_steps_of_nan_pre_activations_have_no_saturation(activation, backend):
+    """A vanilla cell with W_hh = 1e80 I overflows at step 4 (+inf, which counts: phi' = 1, not
+    saturated) and reads NaN from step 5 on (inf * 0 in h W_hh^T). The kernels' phi' < 1 %
+    comparison read the NaN as 0.0 % saturated; it is NaN now and the table prints nan. Expected
+    values from a plain NumPy forward (one product per entry: no summation order matters)."""
+    rnn = gb.Recurrent(cell="rnn", steps=8, hidden=6, activation=activation, recurrent_init="identity", sigma_w=1e80)
+    params, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, batch=3, seed=1)
+    phi, saturated = _CELL_PHI[activation]
+    h, want = np.zeros((3, 6)), []
+    with np.errstate(all="ignore"):
+        for x in np.asarray(xs, dtype=np.float64):
+            z = x @ params.W_ih.T + params.b_ih + params.b_hh + h @ params.W_hh.T
+            want.append(np.nan if np.isnan(z).any() else np.mean(saturated(z)))
+            h = phi(z)
+        res = gb.backprop(rnn, params, xs, backend=backend)
+        text = str(gb.diagnose(res))
+    want = np.array(want)
+    assert np.isnan(want[5:]).all() and not np.isnan(want[:5]).any() and res.first_nonfinite_forward == 4
+    np.testing.assert_array_equal(res.saturation, want)
+    rows = {int(line.split()[0]): line for line in text.splitlines() if line.strip()[:1].isdigit()}
+    assert all(rows[t].endswith(" nan") for t in (5, 6, 7)) and rows[4].endswith("%"), text
+    assert np.nanmean(want) > 0.1 and (f"{100 * np.nanmean(want):.0f} % of the activation entries of the 5 steps "
+                                       "whose pre-activations are numbers are saturated") in " ".join(text.split())

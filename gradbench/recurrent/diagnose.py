@@ -50,7 +50,8 @@ import numpy as np
 
 from gradbench.activations import RESCUE
 from gradbench.recurrent.results import RecurrentResult
-from gradbench.report import fmt_pow
+from gradbench.report import fmt_percent, fmt_pow
+from gradbench.verdict import countable_mean
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -315,9 +316,9 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     if gate is not None:
         low = float(np.nanmean(res.gate_low))
         words.append(f"{100 * low:.0f} % of {gate} gates below 0.1 (mean {gate} gate {float(np.nanmean(res.gate_mean)):.3g})")
-    sat = float(np.mean(res.saturation))
+    sat, where = countable_mean(res.saturation, "steps")
     if sat > 0.1:
-        words.append(f"{100 * sat:.0f} % of the activation entries are saturated (phi' < 1 % of its maximum)")
+        words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (phi' < 1 % of its maximum)")
     if res.first_nonfinite_forward is not None:
         words.append(f"the forward state turned non-finite at step {res.first_nonfinite_forward}")
     if res.first_nonfinite_backward is not None:
@@ -367,9 +368,9 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     lines += ["", head, "  " + "-" * (len(head) - 2)]
     for t in steps[::-1]:
         row = f"  {t:>8} {fmt_pow(d.signal_log10[t]):>12}" + (f" {fmt_pow(d.cell_log10[t]):>12}" if lstm else "")
-        row += f" {fmt_pow(math.nan if unknown[t] else d.grad_log10[t]):>14} {100 * d.saturation[t]:>8.1f}%"
+        row += f" {fmt_pow(math.nan if unknown[t] else d.grad_log10[t]):>14} {fmt_percent(d.saturation[t], 9)}"
         if d.rnn["cell"] != "rnn":
-            row += f" {d.gate_mean[t]:>6.3f} {100 * d.gate_low[t]:>4.0f}%"
+            row += f" {d.gate_mean[t]:>6.3f} {fmt_percent(d.gate_low[t], 5, 0)}"
         lines.append(row)
     if any(unknown[t] for t in steps):
         lines.append("  (||dW_hh term|| nan: that step's dL/dh_t or h_{t-1} is not finite, so its term is not a number)")
