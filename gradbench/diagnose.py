@@ -22,7 +22,9 @@ l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
 - ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and
   exactly zero at the input (the Result's ``extras["lost_samples"]``): dead units, or a signal
   more than 2^-1074 below the batch's largest at some layer, which one exponent per layer cannot
-  carry; the explanation then says that the norms below follow the other samples.
+  carry; the explanation then says that the norms below follow the other samples. When every
+  sample is lost, the largest one (which sets each layer's exponent and is never flushed by it)
+  was cut by an exact zero in the chain, and the explanation names that cause instead.
 - Histograms of log10 |dW_l| entries with the same bin edges for every layer (default: the
   whole-decade range of all layers in ``bins`` bins; for a ``stats_only`` run, whole streaming
   bins from the lowest occupied one, :func:`gradbench.histograms.rebin_streaming`), computed

@@ -198,6 +198,32 @@ def _segment_forward(run: _Run, s: int, e: int, layer_params, fexp, stats, info)
     reference.rescale_std(stats[1], Hs)  # squares beyond float64 (|h| > 1e154): rare, so taken here
 
 
+def _uncountable_fractions(run: _Run, s: int, e: int, layer_params) -> None:
+    """NaN for ``saturation`` and ``dead`` of the segment's layers whose entries the kernels cannot
+    count, in place.
+
+    The kernels count phi'(z) < 1 % of its maximum and z <= 0, comparisons that read a NaN z as
+    False: a layer of NaN pre-activations showed "0.0 %" dead (and not saturated). Such a layer's
+    fractions are NaN; and so is the saturation of a swish or GELU layer with a z = -inf, whose
+    phi' the kernels evaluate as inf * 0 = NaN (not saturated) though its limit is 0. Any other
+    infinite z counts by its limit (tanh, sigmoid: saturated; ReLU: live at +inf, dead at -inf).
+    Both kinds give a NaN in h_{l+1} (phi(NaN) = NaN, swish and GELU's phi(-inf) = -inf * 0), so
+    only layers whose act_mean or act_std is NaN are looked at: nothing to do is one check.
+    """
+    suspect = np.flatnonzero(np.isnan(run.act_mean[s:e]) | np.isnan(run.act_std[s:e]))
+    if not suspect.size:
+        return
+    Z = run.seg_arrays(s, e)[1]
+    _, _, gamma, beta, _ = layer_params
+    for i in suspect:  # the z the statistics saw: under batch norm gamma xhat + beta (Z holds xhat)
+        z = gamma[i] * Z[i] + beta[i] if run.stack.batch_norm else Z[i]
+        nan = bool(np.isnan(z).any())
+        if nan or (run.stack.activation in ("swish", "gelu") and bool(np.any(z == -np.inf))):
+            run.saturation[s + i] = np.nan
+        if nan:
+            run.dead[s + i] = np.nan
+
+
 def _forward(run: _Run) -> None:
     """The forward pass, segment by segment (first non-finite layer into run.info)."""
     t = time.perf_counter()
@@ -217,6 +243,7 @@ def _forward(run: _Run) -> None:
             run.H[0] = run.ckpt[j]
         stats = (run.act_mean[s:e], run.act_std[s:e], run.saturation[s:e], run.dead[s:e])
         _segment_forward(run, s, e, layer_params, run.fexp[s:e + 1], stats, seg_info)
+        _uncountable_fractions(run, s, e, layer_params)
         if run.info[abi.INFO_FORWARD] < 0 <= seg_info[abi.INFO_FORWARD]:
             run.info[abi.INFO_FORWARD] = s + seg_info[abi.INFO_FORWARD]
         if run.plan.recompute:

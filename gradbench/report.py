@@ -21,6 +21,12 @@ def fmt_pow(v: float) -> str:
     return f"10^{v:.2f}" if abs(v) < 1e4 else f"10^{v:.1f}"
 
 
+def fmt_percent(v: float, width: int, digits: int = 1) -> str:
+    """A fraction as a percentage in ``width`` characters; ``nan`` where it is not a number (a
+    layer of NaN pre-activations, whose units cannot be counted), not "nan%"."""
+    return f"{'nan':>{width}}" if math.isnan(v) else f"{100 * v:{width - 1}.{digits}f}%"
+
+
 def _fmt_float(v: float, log10_abs: float) -> str:
     """A float, or its exact power of ten when the float cannot hold it (forward-rescaled stacks)."""
     if (v != 0 and math.isfinite(v)) or log10_abs == -math.inf or math.isnan(log10_abs):
@@ -117,9 +123,9 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
                 f"{_fmt_float(d.act_mean[l], d.act_mean_log10[l]):>11} "
                 f"{_fmt_float(d.act_std[l], d.act_std_log10[l]):>11}")
         if show_sat:
-            line += f" {100 * d.saturation[l]:8.1f}%"
+            line += " " + fmt_percent(d.saturation[l], 9)
         if show_dead:
-            line += f" {100 * d.dead[l]:{dead_w - 1}.1f}%"
+            line += " " + fmt_percent(d.dead[l], dead_w)
         out.append(line)
     return "\n".join(out)
 

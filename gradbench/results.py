@@ -58,10 +58,13 @@ class Result:
     act_mean, act_std : LogScaled (L,)
         Mean and standard deviation of h_{l+1} over batch and units.
     saturation : ndarray (L,)
-        Fraction of z_l entries with phi'(z) < 0.01 * max phi'.
+        Fraction of z_l entries with phi'(z) < 0.01 * max phi'; NaN for a layer with a NaN z
+        (and for swish or GELU with a z = -inf, whose phi' evaluates to inf * 0): the forward
+        overflowed and those entries cannot be counted. Other infinite z count by their limits.
     dead : ndarray (L,)
         Fraction of units with z <= 0 for every sample of the batch: dead units of the ReLU
-        family (relu, leaky_relu, prelu); NaN for other activations, where z <= 0 kills nothing.
+        family (relu, leaky_relu, prelu); NaN for other activations, where z <= 0 kills nothing,
+        and for a layer with a NaN z (z = +inf counts as live, -inf as dead).
     input_grad : LogScaled (B, D)
         dL/dx, the gradient with respect to the input batch (through the input layer if any).
     output : LogScaled (B, N)

@@ -445,6 +445,17 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     return "; ".join(words) + "."
 
 
+def countable_mean(fraction, unit: str = "layers") -> tuple[float, str]:
+    """The mean of a per-layer (per-step) fraction such as saturation over the layers where it
+    is a number, and words saying which those are when some are not (NaN pre-activations: the
+    forward overflowed); NaN when none is."""
+    f = np.asarray(fraction, dtype=np.float64)
+    ok = ~np.isnan(f)
+    if ok.all() or not ok.any():
+        return float(np.mean(f)), ""
+    return float(np.mean(f[ok])), f" of the {int(ok.sum())} {unit} whose pre-activations are numbers"
+
+
 def _findings(stack, g, res, verdict) -> list[str]:
     """The facts beside the verdict: non-finite layers, zeros, the forward, saturation, dead units."""
     words = []
@@ -481,14 +492,20 @@ def _findings(stack, g, res, verdict) -> list[str]:
                      "not a trend")
     lost = int((getattr(res, "extras", None) or {}).get("lost_samples", 0))
     B = res.input_grad.mantissa.shape[0] if lost else 0  # (B, inputs): one row per sample
-    if lost and not (B == 1 and verdict == "no gradient"):  # then the verdict's sentence says it all
-        if B == 1:
-            # one sample: no batch exponent to lose it to; the zero is in the chain itself
+    if lost and not (lost == B and verdict == "no gradient"):  # then the verdict's sentence says it all
+        if lost == B:
+            # every sample (or the only one): the batch's largest signal sets each layer's exponent and
+            # is never flushed by it, so the last one to go is lost to an exact zero in the chain itself
             why = ("dead units (z <= 0) in some layer" if stack.activation in ("relu", "prelu") else
                    "units saturated beyond any int64 exponent (phi' < 2^(-2^62)) in some layer"
                    if stack.activation in RESCUE else "an exact zero in the chain")
-            words.append(f"the sample's gradient is non-zero at the top and exactly 0 at the input: with batch 1 "
-                         f"that is not the batch's shared exponent but {why}")
+            if B == 1:
+                words.append(f"the sample's gradient is non-zero at the top and exactly 0 at the input: with batch 1 "
+                             f"that is not the batch's shared exponent but {why}")
+            else:
+                words.append(f"all {B} samples lose their gradient on the way down (exactly 0 at the input, non-zero "
+                             "at the top): the largest sample sets each layer's shared exponent and is never flushed "
+                             f"by it, so what cuts the chain is {why}, not that exponent")
         else:
             why = ("dead units (z <= 0) for those samples in some layer, or " if stack.activation in ("relu", "prelu")
                    else "")
@@ -511,22 +528,22 @@ def _findings(stack, g, res, verdict) -> list[str]:
         words.append(f"the forward activations {'grow' if grow > 0 else 'shrink'} by {abs(grow):.3g} decades "
                      f"(std 10^{_num(std[i0])} at layer {i0}, 10^{_num(std[i1])} at layer {i1})")
     if stack.activation in ("sigmoid", "tanh"):
-        sat = float(np.mean(res.saturation))
+        sat, where = countable_mean(res.saturation)
         if sat > 0.1:
-            words.append(f"{100 * sat:.0f} % of the units are saturated (phi' < 1% of its maximum)")
+            words.append(f"{100 * sat:.0f} % of the units{where} are saturated (phi' < 1% of its maximum)")
         if stack.activation == "sigmoid" and not stack.batch_norm and verdict == "vanishing" and stack.gain < 4:
             # sigmoid' <= 1/4: a factor sigma_w / 4 or less per layer, a loss while sigma_w < 4
             words.append(f"sigmoid' <= 0.25 costs at least {-math.log10(stack.gain / 4):.2g} decades per layer "
                          f"at this weight gain (sigma_w = {stack.gain:.3g}: log10(4 / sigma_w))")
     if stack.activation in RELU_FAMILY:
-        dead = float(np.mean(res.dead))
+        dead, where = countable_mean(res.dead)
         slope = 0.0 if stack.activation == "relu" else None
         if stack.activation == "leaky_relu":
             slope = stack.act_param
         if dead > 0.1 and slope == 0.0:
-            words.append(f"{100 * dead:.0f} % of the units are dead (z <= 0 for the whole batch)")
+            words.append(f"{100 * dead:.0f} % of the units{where} are dead (z <= 0 for the whole batch)")
         elif dead > 0.1:  # a slope of their own on the negative side: not dead
-            words.append(f"{100 * dead:.0f} % of the units are on the negative side for the whole batch (z <= 0: "
-                         f"{stack.activation}'s negative slope{'' if slope is None else f' {slope:g}'} carries "
+            words.append(f"{100 * dead:.0f} % of the units{where} are on the negative side for the whole batch "
+                         f"(z <= 0: {stack.activation}'s negative slope{'' if slope is None else f' {slope:g}'} carries "
                          "their gradient)")
     return words

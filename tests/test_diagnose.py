@@ -497,3 +497,62 @@ def test_no_extrapolation_where_the_stack_gets_there():
     ps = gb.init_params(short, 0)
     lim = gb.diagnose(gb.backprop(short, ps, gb.gaussian_input(short, 8, 1)), ps).float_limits["float64"]
     assert lim["underflow_layer"] is None and lim["layers_to_underflow"] > 50
+
+
+def _plain_pre_activations(params, x, phi):
+    """z_l of a stack with biases in plain float64 NumPy (no rescaling: the forward overflows)."""
+    h, zs = np.asarray(x, dtype=np.float64), []
+    for W, b in zip(params.W, params.b):
+        zs.append(h @ W.T + b)
+        h = phi(zs[-1])
+    return zs
+
+
+_SWISH_MAX = float(np.max((lambda s, z: s * (1 + z * (1 - s)))(1 / (1 + np.exp(-np.linspace(0, 5, 200001))),
+                                                                   np.linspace(0, 5, 200001))))
+_FORWARD = {  # phi, and the saturated entries (phi' < 1 % of its maximum) of finite z
+    "relu": (lambda z: np.maximum(z, 0), lambda z: z <= 0),
+    "leaky_relu": (lambda z: np.where(z > 0, z, 0.01 * z), lambda z: np.zeros(z.shape, bool)),
+    "swish": (lambda z: z / (1 + np.exp(-z)),
+              lambda z: (lambda s: s * (1 + z * (1 - s)))(1 / (1 + np.exp(-z))) < 0.01 * _SWISH_MAX),
+}
+
+
+@pytest.mark.parametrize("stats_only", [False, True])
+@pytest.mark.parametrize("backend", gb.backends())
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "swish"])
+def test_layers_of_nan_pre_activations_have_no_saturation_or_dead_fraction(activation, backend, stats_only):
+    """The forward overflows at layer 3 (sigma_w = 1e80, biases: no rescaling). From layer 4 on z
+    holds NaN: the kernels' comparisons read it as False and the report said "dead 0.0 %"; those
+    fractions are NaN now, and the table prints nan. Infinite z count by their limits (layer 3:
+    ReLU units at -inf are dead, at +inf live; leaky ReLU's +inf and -inf make act_mean NaN
+    without a NaN z), except swish's phi'(-inf), which the kernels evaluate as inf * 0. Expected
+    values from a plain NumPy forward. Positive inputs and weights up to layer 3, whose weights
+    have one sign per unit: its overflowing products never meet one of the other sign (a sum of
+    +inf and -inf products is NaN in a plain loop, Numba's, but not with the fused multiply-adds
+    of BLAS, which would make the backends differ there)."""
+    stack = gb.Stack(depth=8, width=8, activation=activation, init="normal", sigma_w=1e80, sigma_b=0.1)
+    params, x = gb.init_params(stack, 0), np.abs(gb.gaussian_input(stack, 4, 1))
+    params.W[:3] = np.abs(params.W[:3])
+    params.W[3] = np.abs(params.W[3]) * np.where(np.arange(8) < 4, -1.0, 1.0)[:, None]  # units 0-3: -inf
+    phi, saturated = _FORWARD[activation]
+    with np.errstate(all="ignore"):
+        zs = _plain_pre_activations(params, x, phi)
+        res = gb.backprop(stack, params, x, backend=backend, stats_only=stats_only,
+                          checkpoint=2 if stats_only else None)
+        text = str(gb.diagnose(res))
+    nan = np.array([np.isnan(z).any() for z in zs])
+    uncountable = nan | np.array([activation == "swish" and bool(np.any(z == -np.inf)) for z in zs])
+    assert not nan[:4].any() and nan[4:].all() and np.all(np.isinf(zs[3]))  # the test means what it says
+    want_sat = np.array([np.nan if u else np.mean(saturated(z)) for z, u in zip(zs, uncountable)])
+    np.testing.assert_array_equal(res.saturation, want_sat)
+    if activation == "leaky_relu":  # +inf and -inf in h_4: its mean is NaN, though no z is
+        assert np.isnan(res.act_mean.mantissa[3]) and res.dead[3] == 0.5
+    if activation != "swish":
+        want_dead = np.array([np.nan if n else np.mean(np.all(z <= 0, axis=0)) for z, n in zip(zs, nan)])
+        np.testing.assert_array_equal(res.dead, want_dead)
+        rows = {int(line.split()[0]): line for line in text.splitlines() if line.strip()[:1].isdigit()}
+        assert all(rows[l].endswith(" nan") for l in range(4, 8)) and "%" in rows[3], text
+        # the sentence averages over the layers whose units can be counted, and says so
+        assert np.nanmean(want_dead) > 0.1 and (f"{100 * np.nanmean(want_dead):.0f} % of the units of the 4 layers "
+                                                "whose pre-activations are numbers are") in " ".join(text.split())

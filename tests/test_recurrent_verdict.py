@@ -124,3 +124,82 @@ def test_words_name_a_saturated_vanilla_cell_and_where_learning_reaches():
                                 backend="numpy"))
     g = d.grad_log10[np.isfinite(d.grad_log10)]
     assert g.max() - g.min() < 8 and "learning reaches over the whole sequence" in d.explanation
+
+
+def _tanh_bptt_terms(params, xs):
+    """log10 ||dz_t^T h_{t-1}|| of a vanilla tanh cell with the probe 0.5 ||h_{T-1}||^2 and
+    h_{-1} = 0, by hand in plain float64 NumPy (no exponents needed below 10^300)."""
+    hs = [np.zeros((xs.shape[1], params.W_hh.shape[0]))]
+    for x in xs:
+        hs.append(np.tanh(x @ params.W_ih.T + params.b_ih + hs[-1] @ params.W_hh.T + params.b_hh))
+    g, out = hs[-1].copy(), np.full(len(xs), -np.inf)
+    for t in range(len(xs) - 1, -1, -1):
+        dz = g * (1 - hs[t + 1] ** 2)
+        n = np.linalg.norm(dz.T @ hs[t])
+        out[t] = np.log10(n) if n > 0 else -np.inf
+        g = dz @ params.W_hh
+    return out
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+@pytest.mark.parametrize("sigma_w, steps, hidden, seed, verdict", [
+    (3.0, 100, 16, 0, "exploding"), (4.0, 80, 16, 2, "exploding"), (0.5, 150, 8, 0, "vanishing")])
+def test_reach_counts_the_steps_within_8_decades_of_the_largest_term_either_side(backend, sigma_w, steps, hidden, seed,
+                                                                                verdict):
+    """An exploding tanh cell's largest contribution to dL/dW_hh lies at the start (step 1; step 0's
+    is exactly 0, h_{-1} = 0), and the reach counted only back from it: 'learning reaches over 1
+    step' (4 at sigma_w = 4, largest at step 4) where ~80 steps lie within 8 decades. The window
+    now runs both ways; a vanishing cell's (largest at the last step) is the same count as before.
+    Counted here from a hand-written BPTT."""
+    rnn = gb.Recurrent(cell="rnn", steps=steps, hidden=hidden, sigma_w=sigma_w)
+    params, xs = gb.init_params(rnn, seed), gb.sequence_input(rnn, batch=4, seed=seed + 1)
+    ref = _tanh_bptt_terms(params, np.asarray(xs, dtype=np.float64))
+    d = gb.diagnose(gb.backprop(rnn, params, xs, backend=backend))
+    assert d.verdict == verdict and ref[0] == d.grad_log10[0] == -np.inf
+    # the exploding cells are chaotic: other summation orders drift up to ~1e-6 decades apart over
+    # these steps, far less than any term's distance from the 8-decade edge (> 0.02 decades)
+    np.testing.assert_allclose(d.grad_log10[1:], ref[1:], rtol=0, atol=1e-4)
+    assert np.min(np.abs(ref[1:] - (ref.max() - 8))) > 1e-2
+    within = np.flatnonzero(ref >= ref.max() - 8)
+    assert np.all(np.diff(within) == 1)  # one run of steps: from step 1 up (exploding), or back from the last
+    assert (within.min() == 1) == (verdict == "exploding") and (within.max() == rnn.steps - 1) == (verdict == "vanishing")
+    assert d.reach == within.size > 10
+    assert f"learning reaches over {within.size} steps" in d.explanation, d.explanation
+
+
+def _dswish(z):
+    s = 1 / (1 + np.exp(-z))
+    return s * (1 + z * (1 - s))
+
+
+_CELL_PHI = {  # phi and the saturated entries (phi' < 1 % of its maximum) of non-NaN z, by hand
+    "elu": (lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))), lambda z: (z <= 0) & (np.exp(z) < 0.01)),
+    "swish": (lambda z: z / (1 + np.exp(-z)), lambda z: _dswish(z) < 0.01 * _dswish(np.linspace(0, 5, 200001)).max()),
+}
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+@pytest.mark.parametrize("activation", ["elu", "swish"])
+def test_steps_of_nan_pre_activations_have_no_saturation(activation, backend):
+    """A vanilla cell with W_hh = 1e80 I overflows at step 4 (+inf, which counts: phi' = 1, not
+    saturated) and reads NaN from step 5 on (inf * 0 in h W_hh^T). The kernels' phi' < 1 %
+    comparison read the NaN as 0.0 % saturated; it is NaN now and the table prints nan. Expected
+    values from a plain NumPy forward (one product per entry: no summation order matters)."""
+    rnn = gb.Recurrent(cell="rnn", steps=8, hidden=6, activation=activation, recurrent_init="identity", sigma_w=1e80)
+    params, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, batch=3, seed=1)
+    phi, saturated = _CELL_PHI[activation]
+    h, want = np.zeros((3, 6)), []
+    with np.errstate(all="ignore"):
+        for x in np.asarray(xs, dtype=np.float64):
+            z = x @ params.W_ih.T + params.b_ih + params.b_hh + h @ params.W_hh.T
+            want.append(np.nan if np.isnan(z).any() else np.mean(saturated(z)))
+            h = phi(z)
+        res = gb.backprop(rnn, params, xs, backend=backend)
+        text = str(gb.diagnose(res))
+    want = np.array(want)
+    assert np.isnan(want[5:]).all() and not np.isnan(want[:5]).any() and res.first_nonfinite_forward == 4
+    np.testing.assert_array_equal(res.saturation, want)
+    rows = {int(line.split()[0]): line for line in text.splitlines() if line.strip()[:1].isdigit()}
+    assert all(rows[t].endswith(" nan") for t in (5, 6, 7)) and rows[4].endswith("%"), text
+    assert np.nanmean(want) > 0.1 and (f"{100 * np.nanmean(want):.0f} % of the activation entries of the 5 steps "
+                                       "whose pre-activations are numbers are saturated") in " ".join(text.split())

@@ -205,3 +205,44 @@ def test_lost_samples_travel_with_the_diagnosis():
     old = d.to_dict()
     del old["lost_samples"]  # a file written before the field existed
     assert gb.Diagnosis.from_dict(old).lost_samples == 0
+
+
+def _relu_chain(W, b, x):
+    """dL/dx and ||dL/dW_l|| of a ReLU stack with the probe loss 0.5 ||h_L||^2, by hand in NumPy."""
+    hs, zs = [x], []
+    for Wl, bl in zip(W, b):
+        zs.append(hs[-1] @ Wl.T + bl)
+        hs.append(np.maximum(zs[-1], 0.0))
+    g, norms = hs[-1], np.zeros(len(W))
+    for l in range(len(W) - 1, -1, -1):
+        dz = g * (zs[l] > 0)
+        norms[l] = np.linalg.norm(dz.T @ hs[l])
+        g = dz @ W[l]
+    return g, norms
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_sample_lost_to_a_dead_layer_is_not_blamed_on_the_batch_exponent(backend):
+    """Layer 5 of a ReLU stack is dead for every sample (bias -100): all 4 samples reach the input
+    as exact zeros. The batch's largest sample sets every layer's exponent and is never flushed
+    by it, so the explanation names the dead units and does not advise batch 1 (it said "4 of 4
+    samples ... fell more than 2^-1074 below the batch's largest ... run such samples one at a
+    time (batch 1)"); by hand, each sample alone reads the same zeros."""
+    stack = gb.Stack(depth=10, width=8, activation="relu", init="he_normal", sigma_b=0.5)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1)
+    params.b[:] = np.abs(params.b) + 0.5
+    params.b[5] = -100.0
+    for i in range(4):  # batch 1, independently: the input gradient and layers 0..5 are exactly 0
+        g, norms = _relu_chain(params.W, params.b, x[i:i + 1])
+        assert np.all(g == 0) and np.all(norms[:6] == 0) and np.all(norms[7:] > 0)
+    res = gb.backprop(stack, params, x, backend=backend)
+    assert res.extras["lost_samples"] == 4
+    text = gb.diagnose(res, params).explanation
+    assert "all 4 samples lose their gradient" in text and "dead units (z <= 0) in some layer" in text
+    assert "batch 1" not in text and "below the batch's largest" not in text
+    # every ||dW_l|| exactly 0 (layer 8 dead: h_9 = relu(b_9) > 0 carries the loss): the verdict says it
+    params.b[8] = -100.0
+    _, norms = _relu_chain(params.W, params.b, x)
+    assert np.all(norms == 0)
+    d = gb.diagnose(gb.backprop(stack, params, x, backend=backend), params)
+    assert d.verdict == "no gradient" and d.lost_samples == 4 and "lose their gradient" not in d.explanation

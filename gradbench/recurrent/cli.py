@@ -361,8 +361,8 @@ def cmd_compare(args) -> int:
         row = f"{cell:<6} {d.verdict:<10} {d.decades_per_step:>+9.4f}"
         row += "".join(f" {fmt_pow(d.signal_log10[T - 1 - b]):>12}" for b in backs)
         print(row + f"  {d.reach}")
-    print("(log10 ||dL/dh_t|| at that many steps back from the last step, exact; reach: steps back over which "
-          "the contributions to dL/dW_hh stay within 8 decades of the largest)")
+    print("(log10 ||dL/dh_t|| at that many steps back from the last step, exact; reach: consecutive steps "
+          "around the largest contribution to dL/dW_hh whose contributions stay within 8 decades of it)")
     _wrote(written)
     return 0
 

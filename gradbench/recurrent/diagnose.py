@@ -12,8 +12,13 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
   "going down towards the input").
 - ``ratio_log10`` = log10(||dL/dh_0|| / ||dL/dh_{T-1}||): "the gradient reaching step 0 is
   10^ratio of the one at the last step".
-- ``reach``: how many steps back from the largest step contribution to dL/dW_hh the
-  contributions stay within ``reach_decades`` (8) decades of it: how far back learning reaches.
+- ``reach``: the number of consecutive steps around the largest step contribution to dL/dW_hh,
+  going back from it and forward from it, whose contributions all stay within ``reach_decades``
+  (8) decades of it (:func:`reach_window`): the steps that learning draws on. In a vanishing net
+  the largest term lies at or near the last step and the window runs back from it: how far back
+  learning reaches. In an exploding net it lies at the start of the sequence (step 1 when
+  h_{-1} = 0, whose step-0 term is exactly 0) and the window runs forward from it: learning is
+  dominated by the most distant steps.
 - ``verdict`` (:func:`classify`), with the threshold of the stacks' verdict
   (gradbench/verdict.py: ``threshold`` = 2 decades, a factor 100):
 
@@ -45,7 +50,8 @@ import numpy as np
 
 from gradbench.activations import RESCUE
 from gradbench.recurrent.results import RecurrentResult
-from gradbench.report import fmt_pow
+from gradbench.report import fmt_percent, fmt_pow
+from gradbench.verdict import countable_mean
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -231,6 +237,33 @@ def _saturated_zero(rnn, s: np.ndarray, saturation) -> str:
             "at |z| ~ 1e19), which no int64 exponent holds: the true gradient below is tiny, not 0")
 
 
+def reach_window(g: np.ndarray, top: int, decades: float) -> tuple[int, int]:
+    """The first and the last step of the run of consecutive steps around ``top`` (the largest
+    contribution to dL/dW_hh, log10 in ``g``) whose contributions all lie within ``decades`` of
+    it, going back from it and forward from it (an exact 0 or a NaN ends the run)."""
+    within = g >= g[top] - decades
+    below = np.flatnonzero(~within[:top])
+    above = np.flatnonzero(~within[top + 1:])
+    return (int(below.max()) + 1 if below.size else 0), (top + int(above.min()) if above.size else len(g) - 1)
+
+
+def _reach_words(g: np.ndarray, top: int, first: int, last: int, decades: float) -> str:
+    """The sentence on where learning reaches (the window of :func:`reach_window`)."""
+    T, n, big = len(g), last - first + 1, f"10^{_num(float(g[top]))}"
+    if last == T - 1 and (first == 0 or (first == 1 and g[0] == -math.inf)):  # step 0's term is 0 when h_{-1} = 0
+        return (f"learning reaches over the whole sequence: every step's contribution to dL/dW_hh lies within "
+                f"{decades:g} decades of the largest ({big}, at step {top})")
+    steps = f"learning reaches over {n} step{'s' if n != 1 else ''}"
+    there = f"the contributions stay within {decades:g} decades of it there"
+    if last == top:
+        return f"{steps}, from step {top}, the largest contribution to dL/dW_hh ({big}), down to step {first}: {there}"
+    if first == top:
+        return (f"{steps}, from step {top}, the largest contribution to dL/dW_hh ({big}), up to step {last}: {there}"
+                + (", and the later steps' contributions lie further below" if last < T - 1 else ""))
+    return (f"{steps}, from step {first} up to step {last}, around the largest contribution to dL/dW_hh ({big}, at "
+            f"step {top}): {there}")
+
+
 def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: float = 8.0) -> RecurrentDiagnosis:
     """Statistics and a verdict in words from a :class:`RecurrentResult` (module docstring)."""
     if not isinstance(res, RecurrentResult):
@@ -251,8 +284,8 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     reach = 0
     if fin.size:
         top = int(fin[np.argmax(g[fin])])
-        low = np.flatnonzero((np.arange(T) <= top) & ~(g >= g[top] - reach_decades))
-        reach = top - (int(low.max()) if low.size else -1)
+        first, last = reach_window(g, top, reach_decades)
+        reach = last - first + 1
     nonfinite = res.first_nonfinite_backward is not None or res.first_nonfinite_forward is not None
     verdict = classify(s, per_step, threshold=threshold, nonfinite=nonfinite)
     words = []
@@ -271,14 +304,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
                         " (an all-zero loss gradient, or every path from the loss cut)"))
     words += _extremes(s, threshold)
     if fin.size:
-        top = int(fin[np.argmax(g[fin])])
-        if fin.size >= T - 1 and np.all(g[fin] >= g[top] - reach_decades):  # step 0's term is 0 when h_{-1} = 0
-            words.append(f"learning reaches over the whole sequence: every step's contribution to dL/dW_hh lies "
-                         f"within {reach_decades:g} decades of the largest (10^{_num(float(g[top]))}, at step {top})")
-        else:
-            words.append(f"learning reaches over {reach} step{'s' if reach != 1 else ''}, from step {top}, the largest "
-                         f"contribution to dL/dW_hh (10^{_num(float(g[top]))}), down to step {top - reach + 1}: the "
-                         f"contributions stay within {reach_decades:g} decades of it there")
+        words.append(_reach_words(g, top, first, last, reach_decades))
     if not fin.size and T > 1 and np.any(np.isfinite(s)):
         words.append("every step's contribution to dL/dW_hh is exactly 0"
                      + (f": the gates' derivatives underflowed {rnn.dtype} (saturated gates; the gated cells have no "
@@ -290,9 +316,9 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     if gate is not None:
         low = float(np.nanmean(res.gate_low))
         words.append(f"{100 * low:.0f} % of {gate} gates below 0.1 (mean {gate} gate {float(np.nanmean(res.gate_mean)):.3g})")
-    sat = float(np.mean(res.saturation))
+    sat, where = countable_mean(res.saturation, "steps")
     if sat > 0.1:
-        words.append(f"{100 * sat:.0f} % of the activation entries are saturated (phi' < 1 % of its maximum)")
+        words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (phi' < 1 % of its maximum)")
     if res.first_nonfinite_forward is not None:
         words.append(f"the forward state turned non-finite at step {res.first_nonfinite_forward}")
     if res.first_nonfinite_backward is not None:
@@ -342,9 +368,9 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     lines += ["", head, "  " + "-" * (len(head) - 2)]
     for t in steps[::-1]:
         row = f"  {t:>8} {fmt_pow(d.signal_log10[t]):>12}" + (f" {fmt_pow(d.cell_log10[t]):>12}" if lstm else "")
-        row += f" {fmt_pow(math.nan if unknown[t] else d.grad_log10[t]):>14} {100 * d.saturation[t]:>8.1f}%"
+        row += f" {fmt_pow(math.nan if unknown[t] else d.grad_log10[t]):>14} {fmt_percent(d.saturation[t], 9)}"
         if d.rnn["cell"] != "rnn":
-            row += f" {d.gate_mean[t]:>6.3f} {100 * d.gate_low[t]:>4.0f}%"
+            row += f" {d.gate_mean[t]:>6.3f} {fmt_percent(d.gate_low[t], 5, 0)}"
         lines.append(row)
     if any(unknown[t] for t in steps):
         lines.append("  (||dW_hh term|| nan: that step's dL/dh_t or h_{t-1} is not finite, so its term is not a number)")

@@ -390,6 +390,25 @@ def _segment_forward(run: _Run, j: int, stats: dict, info: np.ndarray) -> dict:
     return seg
 
 
+def _uncountable_fractions(run: _Run, s: int, e: int, Z: np.ndarray) -> None:
+    """NaN for ``saturation`` and ``gate_low`` of the segment's steps whose entries the kernels
+    cannot count, in place (the stacks' :func:`gradbench.engine._uncountable_fractions`).
+
+    The kernels count phi'(z) < 1 % of its maximum and gates below 0.1, comparisons that read a NaN
+    as False: a step of NaN pre-activations showed "0.0 %" saturated. Such a step's saturation is
+    NaN; and so is a swish or GELU cell's with a z = -inf, whose phi' the kernels evaluate as
+    inf * 0 = NaN though its limit is 0. Other infinite z count by their limits. Both give a NaN
+    in h_t, so only steps whose act_mean or act_std is NaN are looked at. ``gate_low`` is NaN
+    where a gate is, i.e. where ``gate_mean`` is (sigmoid gates are never infinite).
+    """
+    st = run.stats
+    np.copyto(st["gate_low"][s:e], np.nan, where=np.isnan(st["gate_mean"][s:e]))
+    smooth_tail = run.rnn.cell == "rnn" and run.rnn.act in ("swish", "gelu")
+    for i in np.flatnonzero(np.isnan(st["act_mean"][s:e]) | np.isnan(st["act_std"][s:e])):
+        if np.isnan(Z[i]).any() or (smooth_tail and np.any(Z[i] == -np.inf)):
+            st["saturation"][s + i] = np.nan
+
+
 def _forward(run: _Run) -> None:
     t = time.perf_counter()
     rnn, T = run.rnn, run.rnn.steps
@@ -400,6 +419,7 @@ def _forward(run: _Run) -> None:
             run.tick(j)
         seg_info[abi.INFO_FORWARD] = -1
         seg = _segment_forward(run, j, {n: a[s:e] for n, a in run.stats.items()}, seg_info)
+        _uncountable_fractions(run, s, e, seg["Z"])
         if run.info[abi.INFO_FORWARD] < 0 <= seg_info[abi.INFO_FORWARD]:
             run.info[abi.INFO_FORWARD] = s + seg_info[abi.INFO_FORWARD]
         if run.plan.recompute:

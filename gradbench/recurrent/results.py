@@ -63,10 +63,11 @@ class RecurrentResult:
     act_mean, act_std : LogScaled (T,)
         Mean and standard deviation of h_t over batch and units.
     saturation : ndarray (T,)
-        Fraction of the step's activation entries with |phi'| below 1 % of its largest value (all gates).
+        Fraction of the step's activation entries with |phi'| below 1 % of its largest value (all gates);
+        NaN for a step with a NaN pre-activation (or a swish or GELU cell's z = -inf).
     gate_mean, gate_low : ndarray (T,)
         Mean forget gate (LSTM) / update gate z (GRU) and the fraction of them below 0.1; NaN
-        for the vanilla cell.
+        for the vanilla cell, and where a gate is NaN.
     first_nonfinite_forward, first_nonfinite_backward : int or None
         First step whose state (forward) or backpropagated signal (backward) is not finite.
     forward_rescaled : bool
