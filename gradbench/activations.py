@@ -199,7 +199,7 @@ def dphi_scaled(u: np.ndarray, f: int, code: int, param: float) -> np.ndarray:
 
 # ------------------------------------------------------------------ log-derivative
 # Activations whose derivative can fall below the float range while the chain should go on
-# (phi' > 0 but at a point): the backward pass rescues a layer of them in log form.
+# (phi' != 0 but in a limit, or where GELU's and swish's phi' changes sign): the backward pass rescues a layer of them in log form.
 RESCUE = frozenset({"sigmoid", "tanh", "elu", "selu", "swish", "gelu"})
 # A layer's dz = da * phi'(z) below this everywhere is recomputed in log form (docs/design.md).
 RESCUE_BELOW = {"float64": 2.0**-900, "float32": 2.0**-100}

@@ -202,7 +202,7 @@ def _uncountable_fractions(run: _Run, s: int, e: int, layer_params) -> None:
     """NaN for ``saturation`` and ``dead`` of the segment's layers whose entries the kernels cannot
     count, in place.
 
-    The kernels count phi'(z) < 1 % of its maximum and z <= 0, comparisons that read a NaN z as
+    The kernels count |phi'(z)| < 1 % of its largest value and z <= 0, comparisons that read a NaN z as
     False: a layer of NaN pre-activations showed "0.0 %" dead (and not saturated). Such a layer's
     fractions are NaN; and so is the saturation of a swish or GELU layer with a z = -inf, whose
     phi' the kernels evaluate as inf * 0 = NaN (not saturated) though its limit is 0. Any other

@@ -174,8 +174,8 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
 
 def floored_layers(activation: str, g: np.ndarray, saturation: np.ndarray, act_log10=None) -> np.ndarray:
     """Layers whose exactly zero ||dW_l|| is the rescue's floor, not a true zero: an activation
-    with phi' > 0 everywhere (:data:`~gradbench.activations.RESCUE`) and every unit of the layer
-    saturated, so phi' fell below 2^(-2^62), beyond any int64 exponent (or the signal from such a
+    whose phi' vanishes only in a limit (:data:`~gradbench.activations.RESCUE`) and every unit of
+    the layer saturated (|phi'| < 1 % of its largest value), so |phi'| fell below 2^(-2^62), beyond any int64 exponent (or the signal from such a
     layer above it was 0). ``act_log10`` (log10 of each layer's output std): not where the
     layer's input, or the stack's output, is exactly 0 (the zero then comes from the forward:
     :func:`forward_zeros`)."""
@@ -530,7 +530,7 @@ def _findings(stack, g, res, verdict) -> list[str]:
     if stack.activation in ("sigmoid", "tanh"):
         sat, where = countable_mean(res.saturation)
         if sat > 0.1:
-            words.append(f"{100 * sat:.0f} % of the units{where} are saturated (phi' < 1% of its maximum)")
+            words.append(f"{100 * sat:.0f} % of the units{where} are saturated (|phi'| < 1 % of its largest value)")
         if stack.activation == "sigmoid" and not stack.batch_norm and verdict == "vanishing" and stack.gain < 4:
             # sigmoid' <= 1/4: a factor sigma_w / 4 or less per layer, a loss while sigma_w < 4
             words.append(f"sigmoid' <= 0.25 costs at least {-math.log10(stack.gain / 4):.2g} decades per layer "

@@ -510,11 +510,11 @@ def _plain_pre_activations(params, x, phi):
 
 _SWISH_MAX = float(np.max((lambda s, z: s * (1 + z * (1 - s)))(1 / (1 + np.exp(-np.linspace(0, 5, 200001))),
                                                                    np.linspace(0, 5, 200001))))
-_FORWARD = {  # phi, and the saturated entries (phi' < 1 % of its maximum) of finite z
+_FORWARD = {  # phi, and the saturated entries (|phi'| < 1 % of its largest value) of finite z
     "relu": (lambda z: np.maximum(z, 0), lambda z: z <= 0),
     "leaky_relu": (lambda z: np.where(z > 0, z, 0.01 * z), lambda z: np.zeros(z.shape, bool)),
     "swish": (lambda z: z / (1 + np.exp(-z)),
-              lambda z: (lambda s: s * (1 + z * (1 - s)))(1 / (1 + np.exp(-z))) < 0.01 * _SWISH_MAX),
+              lambda z: np.abs((lambda s: s * (1 + z * (1 - s)))(1 / (1 + np.exp(-z)))) < 0.01 * _SWISH_MAX),
 }
 
 

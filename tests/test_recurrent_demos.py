@@ -6,7 +6,8 @@ gradient-norm clipping 1). Measured on the C backend, seeds 0-5 (2026-12-02): th
 RNN stays at chance (held-out loss 0.71-0.76, accuracy 0.45-0.54; its gradient at step 0 is
 10^-6.4 .. 10^-11.2 of the last step's at the start), the LSTM (forget bias 5) and the GRU
 (update-gate bias 5) solve it (LSTM 0.0022-0.016, ||dL/dh_0|| 10^+0.62 .. 10^+0.81 of the last;
-GRU 0.00044-0.00093, 10^-0.24 .. 10^-0.31; accuracy 1.00). Training is sensitive to the last
+GRU 0.00044-0.00093, 10^-0.24 .. 10^-0.31; accuracy 1.00 as the summary prints it: seed 2's
+LSTM misses one of 256 held-out sequences, 0.996). Training is sensitive to the last
 bits of the arithmetic (seed 0's LSTM ends at 0.016 on C, 0.0055 on Numba, 0.0033 on NumPy;
 another instruction-set instance of the kernels trains another trajectory), hence the README's
 rounded ranges, asserted here.
@@ -36,9 +37,9 @@ def _check_memory(name, seed):
         assert np.nanmin(r.eval_loss) > 0.65
         assert -12 <= gap <= -6, gap  # why: the gradient from step 0 is 10^-6 and less of the last step's
     elif name == "memory-lstm":  # below 0.02, 1.00, 10^+0.5 to 10^+0.9: carried through 100 steps
-        assert r.final_loss < 0.02 and r.final_accuracy == 1.0 and 0.5 <= gap <= 0.9, (r.summary(), gap)
+        assert r.final_loss < 0.02 and round(r.final_accuracy, 2) == 1.0 and 0.5 <= gap <= 0.9, (r.summary(), gap)
     else:  # memory-gru: below 0.001, 1.00, 10^-0.2 to 10^-0.4
-        assert r.final_loss < 0.001 and r.final_accuracy == 1.0 and -0.4 <= gap <= -0.2, (r.summary(), gap)
+        assert r.final_loss < 0.001 and round(r.final_accuracy, 2) == 1.0 and -0.4 <= gap <= -0.2, (r.summary(), gap)
     return r
 
 

@@ -172,9 +172,9 @@ def _dswish(z):
     return s * (1 + z * (1 - s))
 
 
-_CELL_PHI = {  # phi and the saturated entries (phi' < 1 % of its maximum) of non-NaN z, by hand
+_CELL_PHI = {  # phi and the saturated entries (|phi'| < 1 % of its largest value) of non-NaN z, by hand
     "elu": (lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))), lambda z: (z <= 0) & (np.exp(z) < 0.01)),
-    "swish": (lambda z: z / (1 + np.exp(-z)), lambda z: _dswish(z) < 0.01 * _dswish(np.linspace(0, 5, 200001)).max()),
+    "swish": (lambda z: z / (1 + np.exp(-z)), lambda z: np.abs(_dswish(z)) < 0.01 * _dswish(np.linspace(0, 5, 200001)).max()),
 }
 
 

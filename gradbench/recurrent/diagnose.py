@@ -318,7 +318,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         words.append(f"{100 * low:.0f} % of {gate} gates below 0.1 (mean {gate} gate {float(np.nanmean(res.gate_mean)):.3g})")
     sat, where = countable_mean(res.saturation, "steps")
     if sat > 0.1:
-        words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (phi' < 1 % of its maximum)")
+        words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (|phi'| < 1 % of its largest value)")
     if res.first_nonfinite_forward is not None:
         words.append(f"the forward state turned non-finite at step {res.first_nonfinite_forward}")
     if res.first_nonfinite_backward is not None:

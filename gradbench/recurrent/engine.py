@@ -394,7 +394,7 @@ def _uncountable_fractions(run: _Run, s: int, e: int, Z: np.ndarray) -> None:
     """NaN for ``saturation`` and ``gate_low`` of the segment's steps whose entries the kernels
     cannot count, in place (the stacks' :func:`gradbench.engine._uncountable_fractions`).
 
-    The kernels count phi'(z) < 1 % of its maximum and gates below 0.1, comparisons that read a NaN
+    The kernels count |phi'(z)| < 1 % of its largest value and gates below 0.1, comparisons that read a NaN
     as False: a step of NaN pre-activations showed "0.0 %" saturated. Such a step's saturation is
     NaN; and so is a swish or GELU cell's with a z = -inf, whose phi' the kernels evaluate as
     inf * 0 = NaN though its limit is 0. Other infinite z count by their limits. Both give a NaN
