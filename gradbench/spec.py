@@ -106,18 +106,22 @@ class _Net:
     ``loss`` and ``dtype`` fields."""
 
     def _check_scales(self) -> None:
-        """``sigma_w`` and a nonzero ``sigma_b`` within :data:`SCALE_RANGE` of the dtype."""
+        """The dtype (a NumPy dtype, ``np.dtype("float32")``, becomes its name, as NumPy scalars
+        become Python numbers) and ``sigma_w`` and a nonzero ``sigma_b`` within
+        :data:`SCALE_RANGE` of it. Called once the dtype is one of :data:`DTYPES`."""
+        if isinstance(self.dtype, np.dtype):
+            object.__setattr__(self, "dtype", self.dtype.name)
         lo, hi = SCALE_RANGE[self.dtype]
         for name in ("sigma_w", "sigma_b"):
             v = getattr(self, name, None)
-            if v is None or v == 0 or lo <= v <= hi:
+            if v is None or v == 0 or lo <= float(v) <= hi:
                 continue
             def num(x):
                 return f"{x:.3g}".replace("e+", "e")
 
             other = "" if self.dtype == "float64" else f"; float64 holds 1e-290 <= {name} <= 1e290"
             raise ValueError(f"{name}={num(v)} is beyond what {self.dtype} weights hold: its draws would "
-                             f"{'round to 0' if v < lo else 'overflow to inf'}; {self.dtype} holds "
+                             f"{'round to 0' if float(v) < lo else 'overflow to inf'}; {self.dtype} holds "
                              f"{num(lo)} <= {name} <= {num(hi)}{other}")
 
     @property
@@ -182,6 +186,7 @@ class Stack(_Net):
     output_dim : int
         Outputs of the head (classes for ``softmax_ce``).
     dtype : {"float64", "float32"}
+        Or the NumPy dtype (``np.dtype("float32")``), stored as its name.
     """
 
     depth: int

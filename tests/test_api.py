@@ -301,6 +301,35 @@ def test_scales_beyond_the_dtype_are_refused_by_name(make, dtype, field, value, 
             assert np.all(np.isfinite(a)) and np.all(np.abs(a[a != 0]) >= tiny)
 
 
+@pytest.mark.parametrize("make", ["stack", "recurrent"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_numpy_dtype_is_taken_as_its_name(make, dtype):
+    """dtype=np.dtype("float32") passed the name check (it equals "float32") and then crashed
+    with KeyError: dtype('float32'). It is stored as its name, as NumPy scalars become Python
+    numbers; a dtype that is not float32 or float64 is refused with the usual message."""
+    import json
+    from dataclasses import asdict
+
+    net = (lambda **kw: gb.Stack(depth=3, width=4, **kw)) if make == "stack" else \
+        (lambda **kw: gb.Recurrent(cell="rnn", steps=3, hidden=4, **kw))
+    got = net(dtype=np.dtype(dtype))
+    assert type(got.dtype) is str and got == net(dtype=dtype) and json.loads(json.dumps(asdict(got)))["dtype"] == dtype
+    with pytest.raises(ValueError, match=r"dtype=dtype\('float16'\) is not one of 'float64', 'float32'"):
+        net(dtype=np.dtype("float16"))
+
+
+def test_numpy_scalar_scales_are_compared_as_the_floats_they_hold():
+    """np.float32(1.5) as sigma_w was compared with float64's bound 1e290 in float32, which
+    overflowed ("RuntimeWarning: overflow encountered in cast")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for dtype in ("float64", "float32"):
+            stack = gb.Stack(depth=2, width=2, sigma_w=np.float32(1.5), sigma_b=np.float32(0.25), dtype=dtype)
+            assert (stack.sigma_w, stack.sigma_b) == (1.5, 0.25)
+        with pytest.raises(ValueError, match="sigma_w=1e-31 is beyond what float32 weights hold"):
+            gb.Stack(depth=2, width=2, sigma_w=np.float32(1e-31), dtype="float32")
+
+
 @pytest.mark.parametrize("index", [
     1, slice(1, None), (0, slice(None), 2), (Ellipsis, 0), (Ellipsis, 1, 2), (None, 0), (slice(None), 0),
     np.array([1, 0]), (np.array([0, 1]), np.array([2, 0])), "mask", "row-mask",
