@@ -353,3 +353,37 @@ def test_theory_cli_states_q0_and_the_two_attractors(tmp_path, capsys):
     assert "start q0" not in capsys.readouterr().out
     d = json.loads(out.read_text())
     assert d["q0"] == pytest.approx(2.26) and d["q_separatrix"] is None and d["bistability"] is None
+
+
+def _quad_fixed_point(phi, sigma_w, q0, steps=400):
+    """The length map iterated with adaptive quadrature (zero bias) from q0: its last q."""
+    q = q0
+    for _ in range(steps):
+        q = sigma_w**2 * _quad_expect(lambda z: phi(math.sqrt(q) * z) ** 2)
+        if q < 1e-300:
+            break
+    return q
+
+
+@pytest.mark.parametrize("sigma_w,q0", [(0.5, 1e-20), (0.5, 1e-14), (0.9, 1e-16), (1e-7, None)])
+def test_lengths_that_shrink_to_zero_read_zero_from_any_start(sigma_w, q0):
+    """tanh with sigma_b = 0 and sigma_w < 1: q -> 0 from every start (the independent iteration
+    falls by 30 decades in 400 layers, and on). From q0 below ~1e-13 one step passed the
+    convergence test before the 'falling below 1e-3 -> 0' rule and q* read q_1 (2.5e-21 at
+    q0 = 1e-20)."""
+    start = sigma_w**2 if q0 is None else q0
+    assert _quad_fixed_point(math.tanh, sigma_w, start) < 1e-30 * start
+    mf = theory.mean_field("tanh", sigma_w, q0=q0)
+    assert mf.q_star == 0.0 and theory.fixed_point("tanh", sigma_w, q0=q0) == 0.0
+    assert mf.chi1 == pytest.approx(sigma_w**2, rel=1e-12)  # sigma_w^2 tanh'(0)^2 at q -> 0
+
+
+@pytest.mark.parametrize("q0", [1e-14, 1e-20, 1e-300])
+def test_a_tiny_start_still_reaches_the_attractor(q0):
+    """tanh at sigma_w = 1.5 from a tiny q0: one step moved q by less than the absolute tolerance
+    and q* read 2.25 q0 with chi_1 = 2.25; the iteration (with adaptive quadrature here) goes on
+    to the attractor 0.793, chi_1 = 1.139, as from q0 = 1."""
+    q = _quad_fixed_point(math.tanh, 1.5, 1.0)
+    chi = 2.25 * _quad_expect(lambda z: (1 - math.tanh(math.sqrt(q) * z) ** 2) ** 2)
+    mf = theory.mean_field("tanh", 1.5, q0=q0)
+    assert mf.q_star == pytest.approx(q, rel=1e-8) and mf.chi1 == pytest.approx(chi, rel=1e-8)
