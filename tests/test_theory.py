@@ -421,6 +421,23 @@ def test_numpy_scalars_and_extreme_gains_are_taken_as_the_numbers_they_are():
     assert theory.mean_field(stack, param=-0.5).chi1 == pytest.approx(1.44 * 1.25 / 2, rel=1e-12)
 
 
+@pytest.mark.parametrize("field,value", [("residual", 1), ("batch_norm", True), ("clip", "value")])
+def test_mean_field_refuses_the_stacks_it_does_not_describe(field, value):
+    """The Poole/Schoenholz map describes plain stacks; for a residual tanh stack it read
+    -0.077 decades per layer, "ordered", where the stack measures +0.019 (checked here with exact
+    runs), and batch norm and clipping were dropped as silently. Refused, naming the field; the
+    plain stack's prediction is one replace() away."""
+    stack = gb.Stack(depth=100, width=256, activation="tanh", init="normal", sigma_w=1.0, sigma_b=0.3, **{field: value})
+    with pytest.raises(ValueError, match=rf"not this stack's {field}={value!r} \(each changes how lengths or gradients go"):
+        theory.mean_field(stack)
+    plain = stack.replace(residual=0, batch_norm=False, clip=None)
+    assert theory.mean_field(plain).phase == "ordered (vanishing)"
+    if field == "residual":  # the map's rate is not what the residual stack does
+        res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1))
+        measured = -np.polyfit(np.arange(10, 90), res.signal_norm.log10()[10:90], 1)[0]
+        assert measured > 0 > theory.mean_field(plain).decades_per_layer
+
+
 def _quad_fixed_point(phi, sigma_w, q0, steps=400):
     """The length map iterated with adaptive quadrature (zero bias) from q0: its last q."""
     q = q0
