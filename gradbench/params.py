@@ -125,6 +125,19 @@ def _weights(rng: np.random.Generator, init: str, gain: float, shape, fan_in: in
     return std * rng.standard_normal(shape)
 
 
+def _slopes(stack: Stack, k: int) -> np.ndarray:
+    """The PReLU slopes of ``k`` layers in the stack's dtype (``activation_param``; 0 for other
+    activations). One that the dtype rounds to inf is refused, not run: a Stack keeps its param
+    within :data:`gradbench.spec.SCALE_RANGE`, so only a stack built around that check gets here."""
+    slope = stack.act_param if stack.activation == "prelu" else 0.0
+    with np.errstate(over="ignore"):
+        out = np.full(k, slope, dtype=stack.np_dtype)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"activation_param={slope:g} (the PReLU slope) is beyond what {stack.dtype} holds: "
+                         f"it would become {out[0]}")
+    return out
+
+
 def _orthogonal(rng: np.random.Generator, shape) -> np.ndarray:
     """(Semi-)orthogonal matrices by QR of a Gaussian with the sign of diag(R) fixed."""
     *lead, rows, cols = shape
@@ -178,7 +191,7 @@ def init_params(stack: Stack, seed: int | np.random.Generator = 0) -> Params:
         b=arr(bias((L, N))),
         gamma=arr(np.ones((L, N))),
         beta=arr(np.zeros((L, N))),
-        slope=arr(np.full(L, stack.act_param if stack.activation == "prelu" else 0.0)),
+        slope=_slopes(stack, L),
     )
     if stack.has_input_layer:
         p["W_in"] = arr(_weights(rng, stack.init, gain, (N, D), D, N))
@@ -353,8 +366,7 @@ class GeneratedParams:
         st = self.stack
         start, stop = self._check_range(start, stop)
         k, dt = stop - start, st.np_dtype
-        slope = st.act_param if st.activation == "prelu" else 0.0
-        return np.ones((k, st.width), dtype=dt), np.zeros((k, st.width), dtype=dt), np.full(k, slope, dtype=dt)
+        return np.ones((k, st.width), dtype=dt), np.zeros((k, st.width), dtype=dt), _slopes(st, k)
 
     def segment(self, start: int, stop: int, out=None) -> tuple[np.ndarray, ...]:
         """W, b, gamma, beta, slope of layers [start, stop), generated now.

@@ -85,6 +85,22 @@ def _check_real(param: str, value, *, positive: bool = False, nonneg: bool = Fal
         raise ValueError(f"{param} must be >= 0, got {value}")
 
 
+def check_activation_param(activation: str, param) -> None:
+    """The rules of an ``activation_param`` in every dtype (:class:`Stack`, :mod:`gradbench.theory`):
+    None, or a finite real number for an activation that takes one (:data:`ACT_PARAM_DEFAULT`),
+    and ELU's alpha > 0. Its range in a dtype: :data:`SCALE_RANGE`."""
+    if param is None:
+        return
+    _check_real("activation_param", param)
+    if activation not in ACT_PARAM_DEFAULT:
+        raise ValueError(
+            f"activation_param is only used by {', '.join(ACT_PARAM_DEFAULT)}; "
+            f"activation={activation!r} takes none"
+        )
+    if activation == "elu" and param <= 0:
+        raise ValueError(f"activation_param (ELU alpha) must be > 0, got {param}")
+
+
 def scheme_gain(init: str, sigma_w: float | None = None) -> float:
     """The gain of a weight scheme: ``sigma_w`` when given, else the scheme's default
     (sqrt 2 for he_*, else 1)."""
@@ -98,7 +114,30 @@ def scheme_gain(init: str, sigma_w: float | None = None) -> float:
 # far inside [tiny, max]. Beyond them the draw itself would round to 0 or overflow to inf (a float32
 # stack at sigma_w = 1e-50 had all-zero weights and "no gradient"; at 1e39 it was refused as
 # "params.W contains NaN or Inf", naming an array the caller never passed).
+# A nonzero activation_param (leaky or PReLU slope, ELU alpha) keeps to the same range in
+# magnitude: it multiplies the pre-activations (or exp(z) - 1) as the gain multiplies the draws, and
+# the range leaves the same margin, so its products with values from ~1e-8 to ~1e8 stay normal
+# numbers (1e-18 to 1e18 in float64). Beyond it a float32 stack gave a NaN loss (a leaky slope of
+# 1e300, which float32 does not hold) or drew its PReLU slope as inf (1e39). The first layer's
+# products with pre-activations of ~sigma_w |x| must fit as well: a float32 leaky stack with slope and
+# sigma_w both 1e20 overflows there, reported as first_nonfinite_forward = 0.
 SCALE_RANGE = {"float64": (1e-290, 1e290), "float32": (1e-30, 1e30)}
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}".replace("e+", "e")
+
+
+def check_param_range(param, dtype: str) -> None:
+    """A nonzero ``activation_param`` (None: the default) within :data:`SCALE_RANGE` of ``dtype``
+    in magnitude."""
+    lo, hi = SCALE_RANGE[dtype]
+    if param is None or param == 0 or lo <= abs(float(param)) <= hi:
+        return
+    other = "" if dtype == "float64" else " (float64: 1e-290 to 1e290)"
+    raise ValueError(f"activation_param={_num(param)} is beyond what {dtype} holds: its products with the "
+                     f"pre-activations would {'underflow' if abs(float(param)) < lo else 'overflow to inf'}; in "
+                     f"{dtype} activation_param must be 0 or between {_num(lo)} and {_num(hi)} in magnitude{other}")
 
 
 class _Net:
@@ -106,19 +145,22 @@ class _Net:
     ``loss`` and ``dtype`` fields."""
 
     def _check_scales(self) -> None:
-        """``sigma_w`` and a nonzero ``sigma_b`` within :data:`SCALE_RANGE` of the dtype."""
+        """The dtype (a NumPy dtype, ``np.dtype("float32")``, becomes its name, as NumPy scalars
+        become Python numbers) and, within :data:`SCALE_RANGE` of it, ``sigma_w``, a nonzero
+        ``sigma_b`` and the magnitude of a nonzero ``activation_param``. Called once the dtype is
+        one of :data:`DTYPES`."""
+        if isinstance(self.dtype, np.dtype):
+            object.__setattr__(self, "dtype", self.dtype.name)
         lo, hi = SCALE_RANGE[self.dtype]
         for name in ("sigma_w", "sigma_b"):
             v = getattr(self, name, None)
-            if v is None or v == 0 or lo <= v <= hi:
+            if v is None or v == 0 or lo <= float(v) <= hi:
                 continue
-            def num(x):
-                return f"{x:.3g}".replace("e+", "e")
-
             other = "" if self.dtype == "float64" else f"; float64 holds 1e-290 <= {name} <= 1e290"
-            raise ValueError(f"{name}={num(v)} is beyond what {self.dtype} weights hold: its draws would "
-                             f"{'round to 0' if v < lo else 'overflow to inf'}; {self.dtype} holds "
-                             f"{num(lo)} <= {name} <= {num(hi)}{other}")
+            raise ValueError(f"{name}={_num(v)} is beyond what {self.dtype} weights hold: its draws would "
+                             f"{'round to 0' if float(v) < lo else 'overflow to inf'}; {self.dtype} holds "
+                             f"{_num(lo)} <= {name} <= {_num(hi)}{other}")
+        check_param_range(getattr(self, "activation_param", None), self.dtype)
 
     @property
     def has_head(self) -> bool:
@@ -141,7 +183,8 @@ class Stack(_Net):
         One of :data:`ACTIVATIONS` (formulas in :mod:`gradbench.activations`). The ReLU family
         (relu, leaky_relu, prelu) uses its left derivative at 0: phi'(0) = 0 (relu) or the slope.
     activation_param : float, optional
-        Leaky-ReLU slope (default 0.01), initial PReLU slope (0.25) or ELU alpha (1.0).
+        Leaky-ReLU slope (default 0.01), initial PReLU slope (0.25) or ELU alpha (1.0): 0 or, in
+        magnitude, within :data:`SCALE_RANGE` of the dtype (1e-30 .. 1e30 in float32).
     init : str
         Weight initialisation, one of :data:`INITS` (or a PyTorch/Keras name of
         :data:`INIT_ALIASES`, stored as the canonical name). Each scheme is a distribution family
@@ -182,6 +225,7 @@ class Stack(_Net):
     output_dim : int
         Outputs of the head (classes for ``softmax_ce``).
     dtype : {"float64", "float32"}
+        Or the NumPy dtype (``np.dtype("float32")``), stored as its name.
     """
 
     depth: int
@@ -209,15 +253,7 @@ class Stack(_Net):
         if self.init in INIT_ALIASES:
             object.__setattr__(self, "init", INIT_ALIASES[self.init])
         check_choice("activation", self.activation, ACTIVATIONS)
-        if self.activation_param is not None:
-            _check_real("activation_param", self.activation_param)
-            if self.activation not in ACT_PARAM_DEFAULT:
-                raise ValueError(
-                    f"activation_param is only used by {', '.join(ACT_PARAM_DEFAULT)}; "
-                    f"activation={self.activation!r} takes none"
-                )
-            if self.activation == "elu" and self.activation_param <= 0:
-                raise ValueError(f"activation_param (ELU alpha) must be > 0, got {self.activation_param}")
+        check_activation_param(self.activation, self.activation_param)
         check_choice("init", self.init, INITS + tuple(INIT_ALIASES))
         if self.sigma_w is not None:
             _check_real("sigma_w", self.sigma_w, positive=True)

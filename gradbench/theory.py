@@ -99,8 +99,45 @@ def _phi(activation: str, param: float):
 
 
 def _param(activation: str, param: float | None) -> float:
-    spec.check_choice("activation", activation, spec.ACTIVATIONS)
+    """The activation's parameter with its default filled in (0 where it takes none)."""
     return float(spec.ACT_PARAM_DEFAULT.get(activation, 0.0) if param is None else param)
+
+
+def _real(name: str, value, *, positive: bool = False, nonneg: bool = False) -> float:
+    """``value`` as a Python float once it is a finite real number (not a bool), > 0 with
+    ``positive``, >= 0 with ``nonneg``: a TypeError or ValueError naming ``name`` otherwise."""
+    spec._check_real(name, value, positive=positive, nonneg=nonneg)
+    return float(value)
+
+
+def _inputs(activation: str, sigma_w, sigma_b, param) -> tuple[float, float, float]:
+    """(sigma_w, sigma_b, param) as floats, the param's default filled in, once they are valid as a
+    float64 :class:`Stack` takes them (param: :func:`gradbench.spec.check_activation_param` and
+    :data:`gradbench.spec.SCALE_RANGE`), except that any finite sigma_w > 0 and sigma_b >= 0 is
+    valid: the maps run in logarithms (a negative sigma_w read as chi_1 = 0, "ordered")."""
+    sigma_b, param = _activation_inputs(activation, sigma_b, param)
+    return _real("sigma_w", sigma_w, positive=True), sigma_b, param
+
+
+def _activation_inputs(activation: str, sigma_b, param) -> tuple[float, float]:
+    """(sigma_b, param) of :func:`_inputs`, for the functions that take no sigma_w."""
+    spec.check_choice("activation", activation, spec.ACTIVATIONS)
+    sigma_b = _real("sigma_b", sigma_b, nonneg=True)
+    spec.check_activation_param(activation, param)
+    spec.check_param_range(param, "float64")
+    return sigma_b, _param(activation, param)
+
+
+def _log_q(name: str, q) -> float | None:
+    """ln q of a variance given as ``q0`` or ``q`` (None stays None): a finite number >= 0
+    (0: a zero input, as ``x`` of zeros gives)."""
+    return None if q is None else _ln(_real(name, q, nonneg=True))
+
+
+def _check_stack(stack) -> None:
+    """A TypeError unless ``stack`` is a :class:`Stack`."""
+    if not isinstance(stack, Stack):
+        raise TypeError(f"stack must be a gradbench.Stack, got {type(stack).__name__}")
 
 
 def _ln(x: float) -> float:
@@ -122,8 +159,9 @@ def _log_variance(t: float, activation: str, sigma_w: float, param: float) -> fl
 
 def length_map(q: float, activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None) -> float:
     """One step of the length map q -> sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2."""
-    param = _param(activation, param)
-    return _exp(float(np.logaddexp(_log_variance(_ln(q), activation, sigma_w, param), 2 * _ln(sigma_b))))
+    sigma_w, sigma_b, param = _inputs(activation, sigma_w, sigma_b, param)
+    t = _log_q("q", q)
+    return _exp(float(np.logaddexp(_log_variance(t, activation, sigma_w, param), 2 * _ln(sigma_b))))
 
 
 def _log_q0(sigma_w: float, sigma_b: float, log_ms: float = 0.0) -> float:
@@ -164,6 +202,7 @@ def first_q(stack: Stack, x=None) -> float:
     mean of ``x**2``; by default 1, the standard normal input of :func:`gradbench.gaussian_input`
     that the CLI and sweeps feed) or, when ``input_dim != width``, the input layer's output.
     ``inf`` past the largest float (sigma_w > ~1e154)."""
+    _check_stack(stack)
     return _exp(_log_first_q(stack, stack.gain, stack.sigma_b, _log_mean_square(x)))
 
 
@@ -186,15 +225,23 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
             return math.inf
         if activation not in _BOUNDED and t_new > _LN_Q_LARGE and t_w > t:
             return math.inf  # linear regime and the weights alone enlarge q: it grows without bound
-        if max(t, t_new) < 700.0:
-            if abs(_exp(t_new) - _exp(t)) <= tol * max(1.0, _exp(t)):
-                return t_new
-        elif abs(t_new - t) <= tol:
-            return t_new
+        # before the convergence test, which a start q0 below tol passed in one step (q* = q_1, not 0)
         if sigma_b == 0 and phi0_zero and t_new < math.log(1e-3) and t_new < t:
             return -math.inf  # (with phi(0) != 0, sigmoid, q stays near sigma_w^2 phi(0)^2 instead)
+        if t_new == t or _converged(t, t_new, tol):
+            return t_new
         t = t_new
     return t
+
+
+def _converged(t: float, t_new: float, tol: float) -> bool:
+    """Whether a step of the length map from q = e^t to e^t_new has converged: it changed q by at
+    most ``tol`` (relative above q = 1, absolute below) and by at most 0.1 % of q itself. Without
+    the second condition a start q0 below ``tol`` passed in one step: tanh at sigma_w = 1.5 from
+    q0 = 1e-14 read q* = 2.25e-14 and chi_1 = 2.25, where its lengths reach 0.793 and chi_1 = 1.14."""
+    if max(t, t_new) >= 700.0:
+        return abs(t_new - t) <= tol
+    return abs(_exp(t_new) - _exp(t)) <= tol * max(1.0, _exp(t)) and abs(t_new - t) <= 1e-3
 
 
 def fixed_point(activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None,
@@ -209,11 +256,15 @@ def fixed_point(activation: str, sigma_w: float, sigma_b: float = 0.0, param: fl
     and ``inf`` where they grow without bound (e.g. ReLU above sigma_w^2 = 2; recognised once
     q > 1e12 and the weights alone still enlarge it). A bounded activation (tanh, sigmoid) has
     q* <= sigma_w^2 + sigma_b^2, which reads ``inf`` only past the largest float (sigma_w > ~1e154);
-    :func:`mean_field` keeps its logarithm.
+    :func:`mean_field` keeps its logarithm. ``tol``: the change of q (relative above q = 1,
+    absolute below) at which the iteration stops; ``max_iter``: at most that many steps.
     """
-    param = _param(activation, param)
-    t0 = _log_q0(sigma_w, sigma_b) if q0 is None else _ln(q0)
-    return _exp(_log_fixed_point(activation, sigma_w, sigma_b, param, t0, tol, max_iter))
+    sigma_w, sigma_b, param = _inputs(activation, sigma_w, sigma_b, param)
+    tol = _real("tol", tol, positive=True)
+    spec._check_int("max_iter", max_iter, 1)
+    t0 = _log_q("q0", q0)
+    t0 = _log_q0(sigma_w, sigma_b) if t0 is None else t0
+    return _exp(_log_fixed_point(activation, sigma_w, sigma_b, param, t0, tol, int(max_iter)))
 
 
 def _log_chi1(activation: str, sigma_w: float, param: float, t: float) -> float:
@@ -237,14 +288,15 @@ def chi1(activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | N
     at ``q`` or by default at the fixed point q* reached from ``q0`` (as in :func:`fixed_point`).
 
     0 or ``inf`` where chi_1 itself under- or overflows a float (sigma_w ~ 1e-200 or 1e300);
-    :func:`mean_field` keeps its logarithm.
+    :func:`mean_field` keeps its logarithm. Give ``q`` or ``q0``, not both.
     """
-    param = _param(activation, param)
-    if q is None:
-        t0 = _log_q0(sigma_w, sigma_b) if q0 is None else _ln(q0)
+    sigma_w, sigma_b, param = _inputs(activation, sigma_w, sigma_b, param)
+    if q is not None and q0 is not None:
+        raise ValueError("give q (where chi_1 is taken) or q0 (where the length map starts), not both")
+    t, t0 = _log_q("q", q), _log_q("q0", q0)
+    if t is None:
+        t0 = _log_q0(sigma_w, sigma_b) if t0 is None else t0
         t = _log_fixed_point(activation, sigma_w, sigma_b, param, t0)
-    else:
-        t = _ln(q)
     return _exp(_log_chi1(activation, sigma_w, param, t))
 
 
@@ -311,7 +363,7 @@ def bistability(activation: str, sigma_w: float, sigma_b: float = 0.0,
     have two: at zero bias for sqrt(2) < sigma_w < 2 (the map's ratio q_{l+1} / q_l is
     sigma_w^2 / 4 as q -> 0 and sigma_w^2 / 2 as q -> inf), and for a small sigma_b.
     """
-    param = _param(activation, param)
+    sigma_w, sigma_b, param = _inputs(activation, sigma_w, sigma_b, param)
     found = _log_bistable(activation, sigma_w, sigma_b, param)
     if found is None:
         return None
@@ -378,7 +430,14 @@ class MeanField:
 
 def mean_field(stack_or_activation, sigma_w: float | None = None, sigma_b: float | None = None,
                param: float | None = None, q0: float | None = None, x=None) -> MeanField:
-    """Mean-field predictions for a :class:`Stack` (its gain and sigma_b) or an activation name.
+    """Mean-field predictions for a :class:`Stack` (its activation and its param, gain and sigma_b,
+    unless ``param``, ``sigma_w`` or ``sigma_b`` replace them) or an activation name.
+
+    The mean field describes plain stacks, each layer phi(h W^T + b): a stack with ``residual``,
+    ``batch_norm`` or ``clip`` is refused (ValueError naming them), since they change how its
+    lengths or gradients go from layer to layer (a tanh stack at sigma_w = 1, sigma_b = 0.3 with
+    residual=1 measures +0.019 decades per layer, where this map reads -0.077). Pass
+    ``stack.replace(residual=0, batch_norm=False, clip=None)`` for the plain stack's prediction.
 
     The length map starts at ``q0``, by default the first pre-activation's variance of the stack
     fed ``x`` (:func:`first_q`; without ``x`` the standard normal input of
@@ -389,19 +448,23 @@ def mean_field(stack_or_activation, sigma_w: float | None = None, sigma_b: float
     """
     if q0 is not None and x is not None:
         raise ValueError("give q0 or x, not both")
-    if isinstance(stack_or_activation, Stack):
-        s = stack_or_activation
-        activation, param = s.activation, s.act_param
-        sigma_w = s.gain if sigma_w is None else sigma_w
-        sigma_b = s.sigma_b if sigma_b is None else sigma_b
-        t0 = _log_first_q(s, sigma_w, sigma_b, _log_mean_square(x)) if q0 is None else _ln(q0)
+    stack = stack_or_activation if isinstance(stack_or_activation, Stack) else None
+    if stack is not None:
+        _check_plain(stack)
+        activation = stack.activation
+        param = stack.activation_param if param is None else param
+        sigma_w = stack.gain if sigma_w is None else sigma_w
+        sigma_b = stack.sigma_b if sigma_b is None else sigma_b
     else:
         activation = stack_or_activation
         if sigma_w is None:
             raise ValueError("sigma_w is required when an activation name is given")
         sigma_b = 0.0 if sigma_b is None else sigma_b
-        t0 = _log_q0(sigma_w, sigma_b, _log_mean_square(x)) if q0 is None else _ln(q0)
-    param = _param(activation, param)
+    sigma_w, sigma_b, param = _inputs(activation, sigma_w, sigma_b, param)
+    t0 = _log_q("q0", q0)
+    if t0 is None:
+        log_ms = _log_mean_square(x)
+        t0 = _log_q0(sigma_w, sigma_b, log_ms) if stack is None else _log_first_q(stack, sigma_w, sigma_b, log_ms)
     t = _log_fixed_point(activation, sigma_w, sigma_b, param, t0)
     ln_chi = _log_chi1(activation, sigma_w, param, t)
     two = _log_bistable(activation, sigma_w, sigma_b, param)
@@ -410,6 +473,17 @@ def mean_field(stack_or_activation, sigma_w: float | None = None, sigma_b: float
     ln10 = math.log(10)
     return MeanField(activation, float(sigma_w), float(sigma_b), _exp(t), _exp(ln_chi), t / ln10, ln_chi / ln10,
                      _exp(t0), t0 / ln10, math.nan if two is None else _exp(two[1]), two is not None or neutral)
+
+
+def _check_plain(stack: Stack) -> None:
+    """Refuse a stack with residual, batch_norm or clip: the mean field does not describe it."""
+    fields = [f"{f}={getattr(stack, f)!r}" for f in ("residual", "batch_norm", "clip") if getattr(stack, f)]
+    if fields:
+        raise ValueError(
+            f"mean_field describes plain stacks (each layer phi(h W^T + b), Poole et al. 2016, Schoenholz et al. "
+            f"2017), not this stack's {', '.join(fields)} (each changes how lengths or gradients go from layer to "
+            "layer); for the plain stack's prediction pass stack.replace(residual=0, batch_norm=False, clip=None)"
+        )
 
 
 def _bistable_range(activation: str, param: float) -> tuple[float, float] | None:
@@ -425,9 +499,11 @@ def _bistable_range(activation: str, param: float) -> tuple[float, float] | None
 def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None = None,
                      bracket: tuple[float, float] = (0.05, 20.0)) -> float:
     """The sigma_w on the critical line chi_1(sigma_w, sigma_b) = 1 (Brent's method), with the
-    length map started at each sigma_w from q0 = sigma_w^2 + sigma_b^2 (a standard normal input)."""
+    length map started at each sigma_w from q0 = sigma_w^2 + sigma_b^2 (a standard normal input),
+    searched for within ``bracket``, two sigma_w with 0 < lo < hi."""
+    sigma_b, p = _activation_inputs(activation, sigma_b, param)
+    lo, hi = _bracket(bracket)
     f = lambda s: chi1(activation, s, sigma_b, param) - 1.0  # noqa: E731
-    lo, hi = bracket
     if f(lo) * f(hi) > 0:
         raise ValueError(f"chi_1 - 1 does not change sign for sigma_w in {bracket} ({activation}, sigma_b={sigma_b})")
     from scipy.optimize import brentq  # SciPy is imported where it is used (CLI start-up time)
@@ -442,7 +518,6 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None 
         if bistability(activation, root, sigma_b, param) is None:
             raise ValueError(f"{activation} at sigma_b={sigma_b:g} has no edge of chaos: {jump} (the forward pass "
                              "either dies out or grows without bound); mean field predicts no critical line there")
-        p = _param(activation, param)
         span = _bistable_range(activation, p) if sigma_b == 0 else None
         where = f" for {span[0]:.6g} < sigma_w < {span[1]:.6g}" if span else " there"
         raise ValueError(
@@ -453,11 +528,25 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None 
     return root
 
 
+def _bracket(bracket) -> tuple[float, float]:
+    """(lo, hi) of a sigma_w bracket once it is two finite numbers with 0 < lo < hi."""
+    try:
+        lo, hi = bracket
+    except (TypeError, ValueError):
+        raise TypeError(f"bracket must be two sigma_w (lo, hi), got {bracket!r}") from None
+    lo, hi = _real("bracket[0]", lo, positive=True), _real("bracket[1]", hi, positive=True)
+    if not lo < hi:
+        raise ValueError(f"bracket must be (lo, hi) with lo < hi, got {bracket!r}")
+    return lo, hi
+
+
 def newman_lambda1(width: int, sigma_w: float = 1.0) -> float:
     """Top Lyapunov exponent (natural log, per layer) of a product of N x N Gaussian matrices
-    with entry variance sigma_w^2 / N (Newman 1986)."""
-    if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
+    with entry variance sigma_w^2 / N (Newman 1986): ``width`` N an int >= 1, any finite
+    ``sigma_w`` > 0."""
+    spec._check_int("width", width, 1)
+    sigma_w = _real("sigma_w", sigma_w, positive=True)
+    width = int(width)
     from scipy.special import digamma
 
     return 0.5 * (math.log(2 / width) + 2 * math.log(sigma_w) + float(digamma(width / 2)))
@@ -471,15 +560,21 @@ def lyapunov_spectrum(stack: Stack, params, x: np.ndarray, k: int | None = None)
     I + alpha * (its layers' Jacobian product). Returns the top ``k`` exponents (all N by default),
     largest first. Batch norm is not supported (its Jacobian couples the samples of a batch).
     """
+    _check_stack(stack)
     if stack.batch_norm:
         raise ValueError("lyapunov_spectrum: batch_norm=True is not supported (the Jacobian couples samples)")
     if stack.has_input_layer:
         raise ValueError("lyapunov_spectrum: input_dim must equal width")
     N = stack.width
+    if k is not None:
+        spec._check_int("k", k, 1)
     k = N if k is None else int(k)
     if not 1 <= k <= N:
         raise ValueError(f"k must be in [1, {N}], got {k}")
-    h = np.asarray(x, dtype=np.float64).reshape(1, N)
+    h = np.asarray(x, dtype=np.float64)
+    if h.size != N:
+        raise ValueError(f"x must be one sample of the stack's width {N} (shape ({N},) or (1, {N})), got shape {h.shape}")
+    h = h.reshape(1, N)
     code, p = abi.ACT_CODE[stack.activation], stack.act_param
     V = np.eye(N, k)  # tangent vectors pushed through the layers since the last QR
     group_h, group_Q = h, V

@@ -301,6 +301,89 @@ def test_scales_beyond_the_dtype_are_refused_by_name(make, dtype, field, value, 
             assert np.all(np.isfinite(a)) and np.all(np.abs(a[a != 0]) >= tiny)
 
 
+@pytest.mark.parametrize("make", ["stack", "recurrent"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_numpy_dtype_is_taken_as_its_name(make, dtype):
+    """dtype=np.dtype("float32") passed the name check (it equals "float32") and then crashed
+    with KeyError: dtype('float32'). It is stored as its name, as NumPy scalars become Python
+    numbers; a dtype that is not float32 or float64 is refused with the usual message."""
+    import json
+    from dataclasses import asdict
+
+    net = (lambda **kw: gb.Stack(depth=3, width=4, **kw)) if make == "stack" else \
+        (lambda **kw: gb.Recurrent(cell="rnn", steps=3, hidden=4, **kw))
+    got = net(dtype=np.dtype(dtype))
+    assert type(got.dtype) is str and got == net(dtype=dtype) and json.loads(json.dumps(asdict(got)))["dtype"] == dtype
+    with pytest.raises(ValueError, match=r"dtype=dtype\('float16'\) is not one of 'float64', 'float32'"):
+        net(dtype=np.dtype("float16"))
+
+
+def test_numpy_scalar_scales_are_compared_as_the_floats_they_hold():
+    """np.float32(1.5) as sigma_w was compared with float64's bound 1e290 in float32, which
+    overflowed ("RuntimeWarning: overflow encountered in cast")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for dtype in ("float64", "float32"):
+            stack = gb.Stack(depth=2, width=2, sigma_w=np.float32(1.5), sigma_b=np.float32(0.25), dtype=dtype)
+            assert (stack.sigma_w, stack.sigma_b) == (1.5, 0.25)
+        with pytest.raises(ValueError, match="sigma_w=1e-31 is beyond what float32 weights hold"):
+            gb.Stack(depth=2, width=2, sigma_w=np.float32(1e-31), dtype="float32")
+
+
+def _numpy_sum_squares(stack, params, x) -> float:
+    """log10 of the sum_squares loss by a plain float64 forward pass (leaky, PReLU and ELU only)."""
+    h = np.asarray(x, dtype=np.float64)
+    for l in range(stack.depth):
+        z = h @ np.asarray(params.W[l], np.float64).T + np.asarray(params.b[l], np.float64)
+        p = float(params.slope[l]) if stack.activation == "prelu" else stack.act_param
+        neg = p * np.expm1(np.minimum(z, 0)) if stack.activation == "elu" else p * z
+        h = np.where(z > 0, z, neg)
+    return math.log10(0.5 * float(np.sum(h * h)))
+
+
+@pytest.mark.parametrize("make", ["stack", "recurrent"])
+@pytest.mark.parametrize("dtype, activation, value, what", [
+    ("float32", "leaky_relu", 1e300, "overflow to inf"), ("float32", "elu", 1e31, "overflow to inf"),
+    ("float32", "leaky_relu", -1e-35, "underflow"), ("float64", "leaky_relu", -1e291, "overflow to inf"),
+    ("float64", "elu", 1e-300, "underflow"),
+])
+def test_activation_params_beyond_the_dtype_are_refused_by_name(make, dtype, activation, value, what):
+    """A float32 stack took any finite activation_param: a leaky slope of 1e300 (float32 holds no
+    such number) gave a NaN loss. activation_param multiplies the pre-activations as sigma_w
+    multiplies the draws, and keeps to the same range (SCALE_RANGE) in magnitude."""
+    net = (lambda **kw: gb.Stack(depth=3, width=4, **kw)) if make == "stack" else \
+        (lambda **kw: gb.Recurrent(cell="rnn", steps=3, hidden=4, **kw))
+    with pytest.raises(ValueError, match=rf"activation_param=.* is beyond what {dtype} holds: its products with the "
+                                         rf"pre-activations would {what}; in {dtype} activation_param must be 0 or between"):
+        net(activation=activation, activation_param=value, dtype=dtype)
+
+
+@pytest.mark.parametrize("activation, value", [
+    ("leaky_relu", 1e30), ("leaky_relu", -1e30), ("prelu", -1e30), ("prelu", 1e-30), ("elu", 1e30), ("elu", 1e-30),
+])
+def test_activation_params_at_the_ends_of_the_float32_range_run_exactly(activation, value):
+    """At the ends of the range the float32 run agrees with a plain float64 forward pass on the
+    same weights, and PReLU's slopes hold the param (a slope of 1e39 was drawn as inf)."""
+    stack = gb.Stack(depth=3, width=4, activation=activation, activation_param=value, dtype="float32")
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 3, 1)
+    res = gb.backprop(stack, params, x, backend="numpy")
+    assert float(res.loss_exact.log10()) == pytest.approx(_numpy_sum_squares(stack, params, x), abs=1e-5)
+    if activation == "prelu":
+        assert np.all(params.slope == np.float32(value))
+
+
+def test_init_params_never_makes_an_inf_prelu_slope():
+    """Stack refuses a PReLU slope float32 does not hold (naming activation_param); a stack built
+    around that check gets a ValueError from init_params and GeneratedParams, not an inf slope."""
+    with pytest.raises(ValueError, match="activation_param=1e39 is beyond what float32 holds"):
+        gb.Stack(depth=2, width=3, activation="prelu", activation_param=1e39, dtype="float32")
+    stack = gb.Stack(depth=2, width=3, activation="prelu", dtype="float32")
+    object.__setattr__(stack, "activation_param", 1e39)  # around the check
+    for draw in (lambda: gb.init_params(stack, 0), lambda: gb.GeneratedParams(stack, 0).materialize()):
+        with pytest.raises(ValueError, match=r"activation_param=1e\+39 \(the PReLU slope\) is beyond what float32 holds"):
+            draw()
+
+
 @pytest.mark.parametrize("index", [
     1, slice(1, None), (0, slice(None), 2), (Ellipsis, 0), (Ellipsis, 1, 2), (None, 0), (slice(None), 0),
     np.array([1, 0]), (np.array([0, 1]), np.array([2, 0])), "mask", "row-mask",

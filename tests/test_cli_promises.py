@@ -361,6 +361,28 @@ def test_theory_at_a_huge_gain_says_exploding(tmp_path, capsys):
     assert data["phase"] == "chaotic (exploding)" and "chaotic (exploding)" in out
 
 
+@pytest.mark.parametrize("sigma_w", [1e200, 1e-300])
+def test_theory_predicts_any_gain_the_computation_supports(sigma_w, tmp_path, capsys):
+    """Without a simulation no weights are drawn, so --sigma-w has the theory's own range (any
+    finite number > 0): 1e200 was refused as beyond (0, 1e+150] and 1e-300 as beyond what float64
+    weights hold, two ranges in the messages of one command. Checked against the closed forms of
+    tanh: chi_1 -> 4 sigma_w / (3 sqrt(2 pi)) at large sigma_w, sigma_w^2 tanh'(0)^2 at small."""
+    code, out, err = run(["theory", "--sigma-w", repr(sigma_w), "--out", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "t.json").read_text())
+    want = (math.log10(sigma_w) + math.log10(4 / (3 * math.sqrt(2 * math.pi))) if sigma_w > 1
+            else 2 * math.log10(sigma_w))
+    assert data["log10_chi1"] == pytest.approx(want, abs=1e-9)
+    assert data["sigma_w"] == sigma_w and data["phase"].startswith("chaotic" if sigma_w > 1 else "ordered")
+    # the help states the one range, and the weights' range where a simulation draws them
+    text = cli.build_parser().commands["theory"].format_help()
+    assert "any finite number > 0; a simulation (--depth) draws float64 weights, which hold 1e-290 <=" in " ".join(text.split())
+    # the same for --sigma-b: q* = sigma_w^2 E[tanh^2] + sigma_b^2, 10^600 at sigma_b = 1e300
+    code, out, err = run(["theory", "--sigma-b", "1e300", "--out", str(tmp_path / "b.json")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "b.json").read_text())["log10_q_star"] == pytest.approx(600.0, abs=1e-9)
+
+
 def test_npz_beside_json(tmp_path, capsys):
     argv = ["run", "--depth", "40", "--width", "6", "--activation", "relu", "--backend", "numpy"]
     assert run([*argv, "--out", str(tmp_path / "r.json")], capsys)[0] == 0
@@ -460,9 +482,11 @@ def test_help_shows_every_default_and_required_options_first():
     (["train", "--demo", "deep-sigmoid", "--depth", "5"], "--demo brings its own stack and data: --depth"),
     (["train", "--demo", "deep-sigmoid", "--lr", "inf"], "--lr: must be a finite number > 0"),
     (["train", "--demo", "deep-sigmoid", "--optimizer", "momentum", "--momentum", "nan"], "in [0, 1)"),
-    (["theory", "--sigma-w", "-1"], "--sigma-w: must be a number in (0, 1e+150]"),
-    (["theory", "--sigma-w", "nan"], "--sigma-w: must be a number in (0, 1e+150]"),
-    (["theory", "--sigma-w", "1e200"], "--sigma-w: must be a number in (0, 1e+150]"),
+    (["theory", "--sigma-w", "-1"], "--sigma-w: must be a finite number > 0"),
+    (["theory", "--sigma-w", "nan"], "--sigma-w: must be a finite number > 0"),
+    (["theory", "--sigma-w", "1e300", "--depth", "3", "--width", "4"],
+     "--sigma-w=1e300 is beyond what float64 weights hold: its draws would overflow to inf; float64 holds "
+     "1e-290 <= --sigma-w <= 1e290"),
     (["theory", "--sigma-b", "-0.5"], "--sigma-b: must be a finite number >= 0"),
     (["theory", "--width", "0", "--depth", "3"], "--width: must be an integer >= 1"),
     (["theory", "--width", "4"], "--width without --depth"),

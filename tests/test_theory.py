@@ -353,3 +353,120 @@ def test_theory_cli_states_q0_and_the_two_attractors(tmp_path, capsys):
     assert "start q0" not in capsys.readouterr().out
     d = json.loads(out.read_text())
     assert d["q0"] == pytest.approx(2.26) and d["q_separatrix"] is None and d["bistability"] is None
+
+
+def _lyapunov(**kw):
+    stack = gb.Stack(depth=2, width=3, activation="tanh")
+    return theory.lyapunov_spectrum(stack, gb.init_params(stack, 0), np.ones(3), **kw)
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: theory.mean_field("tanh", sigma_w=-1.5), ValueError, "sigma_w must be > 0, got -1.5"),
+    (lambda: theory.mean_field("tanh", sigma_w=0.0), ValueError, "sigma_w must be > 0"),
+    (lambda: theory.mean_field("tanh", sigma_w=float("nan")), ValueError, "sigma_w must be finite"),
+    (lambda: theory.mean_field("tanh", sigma_w=True), TypeError, "sigma_w must be a real number, got bool"),
+    (lambda: theory.mean_field("tanh", sigma_w="1.2"), TypeError, "sigma_w must be a real number, got str"),
+    (lambda: theory.mean_field("tanh", 1.0, sigma_b=-0.3), ValueError, "sigma_b must be >= 0, got -0.3"),
+    (lambda: theory.mean_field("tanh", 1.0, sigma_b=float("nan")), ValueError, "sigma_b must be finite"),
+    (lambda: theory.mean_field("elu", 1.2, param=-1.0), ValueError, r"activation_param \(ELU alpha\) must be > 0"),
+    (lambda: theory.mean_field("tanh", 1.2, param=0.5), ValueError, "activation='tanh' takes none"),
+    (lambda: theory.mean_field("leaky_relu", 1.2, param=1e300), ValueError,
+     "in float64 activation_param must be 0 or between 1e-290 and 1e290 in magnitude"),
+    (lambda: theory.mean_field("tanh", 1.2, q0=-1.0), ValueError, "q0 must be >= 0, got -1.0"),
+    (lambda: theory.mean_field(gb.Stack(depth=1, width=2), param=0.5), ValueError, "activation='tanh' takes none"),
+    (lambda: theory.mean_field(gb.Stack(depth=1, width=2), sigma_w=-1.0), ValueError, "sigma_w must be > 0"),
+    (lambda: theory.mean_field("Tanh", 1.2), ValueError, "did you mean 'tanh'"),
+    (lambda: theory.fixed_point("tanh", 1.5, q0=float("nan")), ValueError, "q0 must be finite"),
+    (lambda: theory.fixed_point("tanh", 1.5, tol=0.0), ValueError, "tol must be > 0"),
+    (lambda: theory.fixed_point("tanh", 1.5, max_iter=2.5), TypeError, "max_iter must be an int"),
+    (lambda: theory.chi1("tanh", 1.2, q=-1.0), ValueError, "q must be >= 0"),
+    (lambda: theory.chi1("tanh", 1.2, q=1.0, q0=1.0), ValueError, "not both"),
+    (lambda: theory.length_map(float("inf"), "tanh", 1.2), ValueError, "q must be finite"),
+    (lambda: theory.bistability("gelu", 1.5, sigma_b=-0.1), ValueError, "sigma_b must be >= 0"),
+    (lambda: theory.critical_sigma_w("relu", sigma_b=-0.1), ValueError, "sigma_b must be >= 0"),
+    (lambda: theory.critical_sigma_w("tanh", bracket=(2.0, 1.0)), ValueError, "lo < hi"),
+    (lambda: theory.critical_sigma_w("tanh", bracket=(-1.0, 2.0)), ValueError, r"bracket\[0\] must be > 0"),
+    (lambda: theory.newman_lambda1(0), ValueError, "width must be >= 1, got 0"),
+    (lambda: theory.newman_lambda1(2.5), TypeError, "width must be an int, got float"),
+    (lambda: theory.newman_lambda1(True), TypeError, "width must be an int, got bool"),
+    (lambda: theory.newman_lambda1(4, sigma_w=-1.0), ValueError, "sigma_w must be > 0"),
+    (lambda: theory.first_q("tanh"), TypeError, "stack must be a gradbench.Stack"),
+    (lambda: _lyapunov(k=True), TypeError, "k must be an int"),
+    (lambda: _lyapunov(k=4), ValueError, r"k must be in \[1, 3\]"),
+])
+def test_theory_refuses_invalid_inputs_naming_the_parameter(call, error, message):
+    """The theory API took what Stack and the CLI refuse: a negative sigma_w read as chi_1 = 0,
+    "ordered"; NaN sigma_b as 0; a negative sigma_b as 0; ELU alpha -1; a param tanh has not; a
+    negative q0; width 2.5 or True; a str sigma_w failed with "'>' not supported". Each is now
+    refused as Stack refuses it, naming the parameter and what it may be."""
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_numpy_scalars_and_extreme_gains_are_taken_as_the_numbers_they_are():
+    # NumPy scalars are the floats they hold: ReLU chi_1 = sigma_w^2 / 2 at any q (closed form)
+    assert theory.mean_field("relu", np.float32(1.5), np.float64(0.0)).chi1 == pytest.approx(1.125, rel=1e-14)
+    assert theory.newman_lambda1(np.int64(4)) == pytest.approx(theory.newman_lambda1(4), rel=0)
+    # any finite sigma_w > 0 (the maps run in logarithms): tanh's closed forms at both ends of the floats
+    big, tiny = 1.7976931348623157e308, 5e-324
+    assert theory.mean_field("tanh", big).log10_chi1 == pytest.approx(
+        math.log10(big) + math.log10(4 / (3 * math.sqrt(2 * math.pi))), abs=1e-9)
+    assert theory.mean_field("tanh", tiny).log10_chi1 == pytest.approx(2 * math.log10(tiny), abs=1e-9)
+    # q0 = 0 is a zero input (as x of zeros gives): sigmoid(0) = 1/2 starts the map at sigma_w^2 / 4
+    assert theory.fixed_point("sigmoid", 1e-3, q0=0.0) == pytest.approx(1e-6 / 4, rel=1e-4)
+    # a Stack's param is replaced by param= as its gain by sigma_w= (it was ignored): leaky ReLU's
+    # chi_1 = sigma_w^2 (1 + slope^2) / 2 at any q
+    stack = gb.Stack(depth=1, width=2, activation="leaky_relu", init="normal", sigma_w=1.2)
+    assert theory.mean_field(stack).chi1 == pytest.approx(1.44 * (1 + 0.01**2) / 2, rel=1e-12)
+    assert theory.mean_field(stack, param=-0.5).chi1 == pytest.approx(1.44 * 1.25 / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("field,value", [("residual", 1), ("batch_norm", True), ("clip", "value")])
+def test_mean_field_refuses_the_stacks_it_does_not_describe(field, value):
+    """The Poole/Schoenholz map describes plain stacks; for a residual tanh stack it read
+    -0.077 decades per layer, "ordered", where the stack measures +0.019 (checked here with exact
+    runs), and batch norm and clipping were dropped as silently. Refused, naming the field; the
+    plain stack's prediction is one replace() away."""
+    stack = gb.Stack(depth=100, width=256, activation="tanh", init="normal", sigma_w=1.0, sigma_b=0.3, **{field: value})
+    with pytest.raises(ValueError, match=rf"not this stack's {field}={value!r} \(each changes how lengths or gradients go"):
+        theory.mean_field(stack)
+    plain = stack.replace(residual=0, batch_norm=False, clip=None)
+    assert theory.mean_field(plain).phase == "ordered (vanishing)"
+    if field == "residual":  # the map's rate is not what the residual stack does
+        res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1))
+        measured = -np.polyfit(np.arange(10, 90), res.signal_norm.log10()[10:90], 1)[0]
+        assert measured > 0 > theory.mean_field(plain).decades_per_layer
+
+
+def _quad_fixed_point(phi, sigma_w, q0, steps=400):
+    """The length map iterated with adaptive quadrature (zero bias) from q0: its last q."""
+    q = q0
+    for _ in range(steps):
+        q = sigma_w**2 * _quad_expect(lambda z: phi(math.sqrt(q) * z) ** 2)
+        if q < 1e-300:
+            break
+    return q
+
+
+@pytest.mark.parametrize("sigma_w,q0", [(0.5, 1e-20), (0.5, 1e-14), (0.9, 1e-16), (1e-7, None)])
+def test_lengths_that_shrink_to_zero_read_zero_from_any_start(sigma_w, q0):
+    """tanh with sigma_b = 0 and sigma_w < 1: q -> 0 from every start (the independent iteration
+    falls by 30 decades in 400 layers, and on). From q0 below ~1e-13 one step passed the
+    convergence test before the 'falling below 1e-3 -> 0' rule and q* read q_1 (2.5e-21 at
+    q0 = 1e-20)."""
+    start = sigma_w**2 if q0 is None else q0
+    assert _quad_fixed_point(math.tanh, sigma_w, start) < 1e-30 * start
+    mf = theory.mean_field("tanh", sigma_w, q0=q0)
+    assert mf.q_star == 0.0 and theory.fixed_point("tanh", sigma_w, q0=q0) == 0.0
+    assert mf.chi1 == pytest.approx(sigma_w**2, rel=1e-12)  # sigma_w^2 tanh'(0)^2 at q -> 0
+
+
+@pytest.mark.parametrize("q0", [1e-14, 1e-20, 1e-300])
+def test_a_tiny_start_still_reaches_the_attractor(q0):
+    """tanh at sigma_w = 1.5 from a tiny q0: one step moved q by less than the absolute tolerance
+    and q* read 2.25 q0 with chi_1 = 2.25; the iteration (with adaptive quadrature here) goes on
+    to the attractor 0.793, chi_1 = 1.139, as from q0 = 1."""
+    q = _quad_fixed_point(math.tanh, 1.5, 1.0)
+    chi = 2.25 * _quad_expect(lambda z: (1 - math.tanh(math.sqrt(q) * z) ** 2) ** 2)
+    mf = theory.mean_field("tanh", 1.5, q0=q0)
+    assert mf.q_star == pytest.approx(q, rel=1e-8) and mf.chi1 == pytest.approx(chi, rel=1e-8)

@@ -8,8 +8,8 @@ import time
 import numpy as np
 
 from gradbench.cli.common import (
-    BACKEND_CHOICES, WEIGHTS, UsageError, add_output_args, add_parser, finite_float, gain, given, nonneg_float,
-    option, plan_probe, positive_int, refuse_unused, resolve_backend, run_probe, seed_int, stack_from_args,
+    BACKEND_CHOICES, WEIGHTS, UsageError, add_output_args, add_parser, finite_float, given, nonneg_float, option,
+    plan_probe, positive_float, positive_int, refuse_unused, resolve_backend, run_probe, seed_int, stack_from_args,
 )
 from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
 from gradbench.spec import ACTIVATIONS
@@ -43,8 +43,12 @@ def register(sub):
     g.add_argument("--activation", default="tanh", metavar="NAME", help=f"one of {', '.join(ACTIVATIONS)}")
     g.add_argument("--activation-param", type=finite_float, default=None, metavar="X",
                    help="leaky-ReLU slope, initial PReLU slope or ELU alpha (default: 0.01, 0.25, 1)")
-    g.add_argument("--sigma-w", type=gain, default=1.0, metavar="X", help="weight gain (variance sigma_w^2 / N)")
-    g.add_argument("--sigma-b", type=nonneg_float, default=0.0, metavar="X", help="bias standard deviation")
+    g.add_argument("--sigma-w", type=positive_float, default=1.0, metavar="X",
+                   help="weight gain (variance sigma_w^2 / N): any finite number > 0; a simulation (--depth) draws "
+                        "float64 weights, which hold 1e-290 <= sigma_w <= 1e290")
+    g.add_argument("--sigma-b", type=nonneg_float, default=0.0, metavar="X",
+                   help="bias standard deviation: any finite number >= 0; a simulation (--depth) draws float64 "
+                        "biases, which hold 0 and 1e-290 <= sigma_b <= 1e290")
     s = p.add_argument_group("simulation (with --depth and --width)")
     s.add_argument("--depth", type=positive_int, default=None, help="simulate a stack of this depth (default: none)")
     s.add_argument("--width", type=positive_int, default=None,
@@ -70,8 +74,10 @@ def check_args(args):
             raise UsageError(f"{', '.join(map(option, unused))} need{'s' if len(unused) == 1 else ''} a simulation: give --depth and --width")
         if args.width is not None and args.activation != "identity":
             raise UsageError("--width without --depth is used only by --activation identity (Newman's exponent)")
-    stack = stack_from_args(_stack_options(args), depth=args.depth or 1, width=args.width or 1, init="normal")
-    return stack if args.depth is not None else None
+        # the prediction alone draws no weights: any sigma_w > 0 and sigma_b >= 0 (the theory's range)
+        stack_from_args(_stack_options(args), depth=1, width=1, init="normal", sigma_w=None, sigma_b=0.0)
+        return None
+    return stack_from_args(_stack_options(args), depth=args.depth, width=args.width, init="normal")
 
 
 def _stack_options(args):
