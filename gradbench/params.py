@@ -329,10 +329,7 @@ class GeneratedParams:
         st = self.stack
         start, stop = self._check_range(start, stop)
         N = st.width
-        if out is None:
-            out = np.empty((stop - start, N, N), dtype=st.np_dtype)
-        elif out.shape != (stop - start, N, N) or out.dtype != st.np_dtype or not out.flags.c_contiguous:
-            raise ValueError(f"out must be C-contiguous {st.dtype} of shape {(stop - start, N, N)}")
+        out = self._out(out, (stop - start, N, N))
         std = _std(st.init, st.gain, N, N)
         if st.init in NORMAL_INITS and _c_normals(self.seed, KIND_W, start, stop, (N, N), std, out):
             return out
@@ -350,8 +347,7 @@ class GeneratedParams:
         """b_l for l in [start, stop): (stop - start, N)."""
         st = self.stack
         start, stop = self._check_range(start, stop)
-        if out is None:
-            out = np.empty((stop - start, st.width), dtype=st.np_dtype)
+        out = self._out(out, (stop - start, st.width))
         if not st.sigma_b:
             out[...] = 0
             return out
@@ -381,14 +377,29 @@ class GeneratedParams:
         """All parameters as ordinary :class:`Params` (only for stacks whose weights fit)."""
         L = self.stack.depth
         gamma, beta, slope = self.constants(0, L)
-        return Params(W=self.weights(0, L), b=self.biases(0, L), gamma=gamma, beta=beta, slope=slope,
-                      W_in=self.W_in, b_in=self.b_in, W_out=self.W_out, b_out=self.b_out)
+        kept = {k: None if a is None else a.copy() for k, a in  # copies: editing them leaves the seed's
+                (("W_in", self.W_in), ("b_in", self.b_in), ("W_out", self.W_out), ("b_out", self.b_out))}
+        return Params(W=self.weights(0, L), b=self.biases(0, L), gamma=gamma, beta=beta, slope=slope, **kept)
 
     def _check_range(self, start, stop) -> tuple[int, int]:
         L = self.stack.depth
+        for name, v in (("start", start), ("stop", stop)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int (a layer index), got {v!r}")
         if not (0 <= start <= stop <= L):
             raise ValueError(f"layer range [{start}, {stop}) is not inside [0, {L})")
         return int(start), int(stop)
+
+    def _out(self, out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+        """``out`` checked to be a C-contiguous array of ``shape`` in the stack's dtype (a new one for None)."""
+        st = self.stack
+        if out is None:
+            return np.empty(shape, dtype=st.np_dtype)
+        if (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != st.np_dtype
+                or not out.flags.c_contiguous or not out.flags.writeable):
+            got = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__)
+            raise ValueError(f"out must be a writeable C-contiguous {st.dtype} array of shape {shape}, got {got}")
+        return out
 
     def __repr__(self) -> str:
         st = self.stack

@@ -191,7 +191,9 @@ class Stack(_Net):
         (normal, uniform, orthogonal) with a default gain ``sigma_w``: the weight variance is
         ``sigma_w**2 / fan_in`` (xavier: ``2 / (fan_in + fan_out)``).
     sigma_w : float, optional
-        Override of the gain: variance ``sigma_w**2 / fan_in`` whatever the scheme's default.
+        Override of the scheme's default gain: variance ``sigma_w**2 / fan_in``, for xavier
+        ``sigma_w**2 * 2 / (fan_in + fan_out)`` (the same for the square stack layers; it differs
+        for a non-square input layer and head).
     sigma_b : float
         Standard deviation of the biases (normal); 0 gives zero biases.
     batch_norm : bool

@@ -104,6 +104,27 @@ def test_validation():
         gb.backprop(stack, {"W": 1}, x)
     with pytest.raises(ValueError, match="inside"):
         GeneratedParams(stack, 0).weights(2, 5)
+    with pytest.raises(TypeError, match="start must be an int"):
+        GeneratedParams(stack, 0).weights(2.5, 4)  # was layers [2, 4)
+    biased = GeneratedParams(stack.replace(sigma_b=0.1), 0)
+    for out in (np.zeros((5, 3)), np.zeros((3, 3), np.float32), np.zeros((3, 6))[:, ::2]):
+        with pytest.raises(ValueError, match="out must be a writeable C-contiguous float64 array of shape"):
+            biased.biases(0, 3, out=out)  # (5, 3) kept its last rows, float32 came back float32
+    with pytest.raises(ValueError, match="out must be"):
+        GeneratedParams(stack, 0).biases(0, 3, out=np.empty((2, 3)))  # sigma_b = 0 too
+
+
+def test_materialized_params_are_copies_of_the_kept_layers():
+    # editing a materialized copy in place changed the generator's input layer and head: the
+    # next run with GeneratedParams(stack, seed) used the edited weights
+    stack = gb.Stack(depth=3, width=8, input_dim=2, loss="bce", output_dim=1)
+    gp = GeneratedParams(stack, 0)
+    first = gp.materialize()
+    for name in ("W_in", "b_in", "W_out", "b_out"):
+        getattr(first, name)[...] *= 2
+    again = GeneratedParams(stack, 0).materialize()
+    for name in ("W_in", "b_in", "W_out", "b_out"):
+        np.testing.assert_array_equal(getattr(gp, name), getattr(again, name))
 
 
 # ---------------------------------------------------------------- runs with generated weights

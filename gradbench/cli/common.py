@@ -200,7 +200,8 @@ def add_stack_args(p: argparse.ArgumentParser, *, depth=None, width=None, activa
                         "the same" + (" (default: normal with sigma_w = sqrt(width): N(0, 1) entries; "
                                       "--init normal alone has the init's own sigma_w = 1)" if init is None else ""))
     g.add_argument("--sigma-w", type=gain, default=None, metavar="X",
-                   help="weight gain: variance sigma_w^2 / fan_in (default: the init's own, sqrt(2) for he_*, else 1"
+                   help="weight gain: variance sigma_w^2 / fan_in, xavier sigma_w^2 * 2 / (fan_in + fan_out) "
+                        "(default: the init's own, sqrt(2) for he_*, else 1"
                         + ("; sqrt(width) without --init)" if init is None else ")"))
     g.add_argument("--sigma-b", type=nonneg_float, default=0.0, metavar="X", help="standard deviation of the biases")
     g.add_argument("--batch-norm", action="store_true", help="batch normalisation after each linear map")

@@ -280,7 +280,7 @@ def register(sub) -> argparse.ArgumentParser:
 _HELP = {
     "depth": "layers L (required)", "width": "units N (required)", "batch": "batch size (default 16)",
     "activation": "tanh (default), relu, sigmoid, ...", "init": "xavier_normal (default), normal, he_normal, ...",
-    "sigma_w": "weight gain: variance sigma_w^2 / fan_in (default: the init's own)",
+    "sigma_w": "weight gain: variance sigma_w^2 / fan_in, xavier sigma_w^2 * 2 / (fan_in + fan_out) (default: the init's own)",
     "sigma_b": "bias standard deviation (default 0)", "batch_norm": f"true or false ({BOOL_SPELLINGS}; default false)",
     "residual": "residual group size K (0: none; default 0)", "clip": "none, value or norm (default none)",
     "input_dim": "as in gradbench run (default: none, the input has the width)",
