@@ -329,7 +329,7 @@ class GeneratedParams:
         st = self.stack
         start, stop = self._check_range(start, stop)
         N = st.width
-        out = self._out(out, (stop - start, N, N))
+        out = self._out(out, (stop - start, N, N), contiguous=True)
         std = _std(st.init, st.gain, N, N)
         if st.init in NORMAL_INITS and _c_normals(self.seed, KIND_W, start, stop, (N, N), std, out):
             return out
@@ -347,7 +347,7 @@ class GeneratedParams:
         """b_l for l in [start, stop): (stop - start, N)."""
         st = self.stack
         start, stop = self._check_range(start, stop)
-        out = self._out(out, (stop - start, st.width))
+        out = self._out(out, (stop - start, st.width), contiguous=False)  # strided: the NumPy path
         if not st.sigma_b:
             out[...] = 0
             return out
@@ -390,15 +390,17 @@ class GeneratedParams:
             raise ValueError(f"layer range [{start}, {stop}) is not inside [0, {L})")
         return int(start), int(stop)
 
-    def _out(self, out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
-        """``out`` checked to be a C-contiguous array of ``shape`` in the stack's dtype (a new one for None)."""
+    def _out(self, out: np.ndarray | None, shape: tuple[int, ...], contiguous: bool) -> np.ndarray:
+        """``out`` checked to be a writeable array of ``shape`` in the stack's dtype (C-contiguous
+        where ``contiguous``); a new one for None."""
         st = self.stack
         if out is None:
             return np.empty(shape, dtype=st.np_dtype)
         if (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != st.np_dtype
-                or not out.flags.c_contiguous or not out.flags.writeable):
+                or (contiguous and not out.flags.c_contiguous) or not out.flags.writeable):
             got = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__)
-            raise ValueError(f"out must be a writeable C-contiguous {st.dtype} array of shape {shape}, got {got}")
+            kind = "C-contiguous " if contiguous else ""
+            raise ValueError(f"out must be a writeable {kind}{st.dtype} array of shape {shape}, got {got}")
         return out
 
     def __repr__(self) -> str:
