@@ -177,6 +177,32 @@ def test_validation_happens_before_any_kernel(monkeypatch):
     assert called == []
 
 
+@pytest.mark.parametrize("bad", ["x", 3, [1, 2], True])
+def test_a_progress_that_is_not_callable_is_refused_before_any_kernel(monkeypatch, bad):
+    # before: "TypeError: 'str' object is not callable" after the first segment's forward
+    from gradbench import reference
+
+    called = []
+    monkeypatch.setattr(reference, "stack_forward", lambda *a: called.append(1))
+    stack, params, x = _ok()
+    with pytest.raises(TypeError, match=r"progress must be a callable progress\(done, total\) or None"):
+        gb.backprop(stack, params, x, backend="numpy", progress=bad)
+    assert called == []
+
+
+@pytest.mark.parametrize("kind", [np.float32, np.float16, np.float64, float, int])
+def test_memory_budget_takes_numpy_floating_scalars_as_ints_and_floats(kind):
+    # before: np.float32(1e9) was "not a positive number of bytes" (only float's subclass np.float64 passed)
+    from tests import naive
+
+    stack, params, x = _ok()
+    res = gb.backprop(stack, params, x, backend="numpy", memory_budget=kind(60000))
+    loss, _ = naive.forward(stack, {k: v for k, v in params.items()}, x)
+    np.testing.assert_allclose(res.loss, loss, rtol=1e-13)
+    with pytest.raises(MemoryError, match=r"but the budget is 2 bytes \(memory_budget\)"):
+        gb.backprop(stack, params, x, backend="numpy", memory_budget=kind(2))
+
+
 # ---------------------------------------------------------------- LogScaled
 def test_logscaled_log10_and_to_float():
     v = gb.LogScaled(np.array([0.75, 0.5, 0.0]), np.array([-100_000, 3, 7]))
