@@ -115,6 +115,24 @@ def test_main_fails_with_a_message_on_a_bad_file(tmp_path, capsys):
     assert "not a pytest-benchmark JSON" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content,reason", [("xx", "is not JSON: Expecting value: line 1 column 1"),
+                                            ("3", "is not a pytest-benchmark JSON"),
+                                            (b"\xff\xfe", "is not JSON: 'utf-8' codec can't decode"),
+                                            (None, "Is a directory")])
+def test_every_read_error_names_the_file(saved, tmp_path, capsys, content, reason):
+    # before: "cannot read : Expecting value: ..." with no name, and a JSON number raised a TypeError
+    bad = tmp_path / "second.json"
+    if content is None:
+        bad.mkdir()
+    elif isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        bad.write_text(content)
+    assert benchreport.main([str(saved), str(bad), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and reason in err and str(saved) not in err, err
+
+
 def test_plot_in_a_missing_directory_is_refused_before_the_report(saved, tmp_path, capsys):
     """bench had no --mkdir and silently made newdir/sub/ for --plot newdir/sub/b.png: a missing
     directory is now one line naming --plot (exit 2, nothing printed or made), as in every command."""

@@ -39,9 +39,14 @@ def _fmt_ratio(r: float | None) -> str:
 
 
 def load(path: str) -> dict:
+    """A pytest-benchmark JSON; a ValueError naming ``path`` when it is not one (json's own
+    message names only the line and column)."""
     with open(path) as f:
-        data = json.load(f)
-    if "benchmarks" not in data:
+        try:
+            data = json.load(f)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{path} is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or "benchmarks" not in data:
         raise ValueError(f"{path} is not a pytest-benchmark JSON (no 'benchmarks' key)")
     return data
 
@@ -367,12 +372,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gradbench bench: {missing[0]} does not exist: benchmark results are written by `make bench-quick` "
               "(benchmarks/results/bench-quick.json) or `make bench` (bench.json)", file=sys.stderr)
         return 2
-    try:
-        parts = [load(p) for p in paths]
-    except (OSError, ValueError) as exc:
-        print(f"gradbench bench: cannot read {exc.filename if isinstance(exc, OSError) else ''}: {exc}",
-              file=sys.stderr)
-        return 2
+    parts = []
+    for p in paths:
+        try:
+            parts.append(load(p))
+        except OSError as exc:
+            print(f"gradbench bench: cannot read {p}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except ValueError as exc:  # names the file
+            print(f"gradbench bench: {exc}", file=sys.stderr)
+            return 2
     out = None
     if not args.no_plot:
         out = args.plot or os.path.join("out", os.path.splitext(os.path.basename(paths[0]))[0] + ".png")

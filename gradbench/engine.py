@@ -70,22 +70,26 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
     checkpoint : "auto", int or None
         Store every k-th activation and recompute the segments in the backward pass
         (a multiple of the residual group size). ``"auto"``: with k ~ sqrt(L), when the plain
-        run would need more than ``memory_budget`` and always for ``stats_only`` runs. The
-        gradients are bitwise those of the plain run.
+        run would need more than ``memory_budget`` (default half of the available RAM), and
+        for a ``stats_only`` run whose activations ((2L+1) B N numbers) take more than
+        :data:`gradbench.plan.SMALL_RUN_BYTES` (64 MiB; the budget if it is smaller); a
+        smaller ``stats_only`` run keeps them all, faster than the recomputed forward
+        (:func:`gradbench.plan.plan_run`). The gradients are bitwise those of the plain run.
     stats_only : bool
         Keep per-layer statistics only (``grad_norm``, ``signal_norm``, activation statistics,
         saturation, dead units, ``grad_hist``); ``Result.grads`` is then ``None``. Clipping of
         parameter gradients by value (per layer or global) and by norm per layer is applied to
         the statistics; ``clip="norm"`` with ``clip_on="global"`` needs every gradient at once
         (one factor known only at the end) and is refused.
-    memory_budget : int, optional
-        Bytes. Default: half of the available RAM for the "auto" decision, 90 % as the limit
+    memory_budget : int or float, optional
+        Bytes (a positive Python or NumPy number). Default: half of the available RAM for the "auto" decision, 90 % as the limit
         beyond which a run is refused (MemoryError naming the options that fit).
     hist_bins, hist_per_decade : int
         The window and resolution of ``grad_hist`` (stats_only); ``hist_bins=0`` skips it.
-    progress : callable, optional
+    progress : callable or None
         Called as ``progress(done, total)`` after every segment of the forward and the backward
-        pass (``total`` = twice the number of segments), e.g. to drive a progress bar.
+        pass (``total`` = twice the number of segments), e.g. to drive a progress bar; anything
+        else is refused before the run starts.
 
     Returns
     -------
@@ -99,6 +103,9 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
             raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
     if not isinstance(stats_only, (bool, np.bool_)):
         raise TypeError(f"stats_only must be a bool, got {stats_only!r}")
+    if progress is not None and not callable(progress):  # it failed after the first segment's work
+        raise TypeError(f"progress must be a callable progress(done, total) or None, got "
+                        f"{type(progress).__name__} {progress!r}")
     if stats_only and stack.clip == "norm" and stack.clip_on == "global":
         raise ValueError("stats_only=True cannot apply clip='norm' with clip_on='global' (it scales every layer's "
                          "gradient by one factor known only at the end): use clip_on='layer' or keep the gradients")

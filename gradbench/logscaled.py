@@ -7,6 +7,7 @@ depth: a gradient of 10^-30000 is reported as such, not as 0.
 
 from __future__ import annotations
 
+import decimal
 import math
 import warnings
 from dataclasses import dataclass
@@ -16,6 +17,11 @@ import numpy as np
 from gradbench.abi import EXP_CLAMP
 
 LOG10_2 = float(np.log10(2.0))
+# log10(2) to 50 digits, for a decade printed right at any exponent (float64's e * log10(2) is
+# off by up to ulp(|e| log10 2): a hundredth of a decade from |e| ~ 2^41 on, 256 decades at 2^62)
+LOG10_2_DIGITS = decimal.Decimal("0.30102999566398119521373889472449302676818988146211")
+# The dtypes to_float returns: a wider one (longdouble) would hold values its float64 ldexp lost
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 class UnderflowWarning(RuntimeWarning):
@@ -27,7 +33,13 @@ class LogScaled:
     """``mantissa * 2**exponent`` with an int64 exponent per leading index.
 
     ``exponent.shape`` is a prefix of ``mantissa.shape``: a gradient ``(L, N, N)`` carries one
-    exponent per layer ``(L,)``; a per-layer norm ``(L,)`` carries ``(L,)``.
+    exponent per layer ``(L,)``; a per-layer norm ``(L,)`` carries ``(L,)``. The exponent must
+    hold integers: an integer array, or floats equal to integers (3.0); 2.5, NaN or a string is
+    refused (it was truncated, so that the value silently changed).
+
+    NumPy does not convert a LogScaled implicitly (``np.asarray``, ``plt.plot``, ``pd.Series``
+    raise a TypeError): ``.log10()`` gives the exact magnitudes, ``.to_float()`` the values as
+    far as a float holds them.
     """
 
     mantissa: np.ndarray
@@ -38,7 +50,7 @@ class LogScaled:
         if type(m) is not np.ndarray:
             m = np.asarray(m)
         if type(e) is not np.ndarray or e.dtype != np.int64:
-            e = np.asarray(e, dtype=np.int64)
+            e = _int64_exponent(e)
         if m.shape[: e.ndim] != e.shape:
             raise ValueError(
                 f"exponent shape {e.shape} must be a prefix of mantissa shape {m.shape}"
@@ -69,6 +81,12 @@ class LogScaled:
     def __len__(self) -> int:
         return len(self.mantissa)
 
+    def __array__(self, dtype=None, copy=None):
+        """Refused: NumPy would make an object array of 0-d LogScaled, one per entry (or fail on
+        a sequence), and a float array would lose what its dtype cannot hold."""
+        raise TypeError("a LogScaled is not converted to a NumPy array implicitly: use .log10() for the exact "
+                        "magnitudes (log10 |value|) or .to_float() for the values as floats")
+
     def __getitem__(self, index) -> "LogScaled":
         """NumPy indexing of the values. Integers and slices (the common ``grads.W[l]``) index
         the exponent's leading axes alike and keep it compact; anything else (``...``, None,
@@ -94,9 +112,13 @@ class LogScaled:
     def to_float(self, dtype=np.float64, warn: bool = True) -> np.ndarray:
         """The value as an ordinary float array.
 
-        Values outside the dtype's range become 0 or inf; ``warn`` says so with a
-        :class:`UnderflowWarning` naming how many and the smallest exponent.
+        ``dtype``: float16, float32 or float64 (anything else is refused: an integer dtype turned
+        the values into garbage). Values outside the dtype's range become 0 or inf; ``warn``
+        says so with a :class:`UnderflowWarning` naming how many and the smallest exponent.
         """
+        dtype = np.dtype(dtype)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"to_float's dtype must be float16, float32 or float64, got {dtype.name}")
         if self.mantissa.ndim == 0 and np.dtype(dtype) == np.float64:  # one number (a loss): math's ldexp
             m = np.float64(self.mantissa)
             try:
@@ -132,10 +154,39 @@ class LogScaled:
 
     def __repr__(self) -> str:
         if self.mantissa.size <= 6:  # the sign too: -10^0.5441 is -3.5 (it read as +3.5)
-            sign = np.ravel(np.signbit(self.mantissa) & (self.mantissa != 0))
-            body = ", ".join(f"{'-' if s else ''}10^{v:.4g}" for s, v in zip(sign, np.ravel(self.log10())))
+            m = np.ravel(self.mantissa)
+            e = np.ravel(np.broadcast_to(self._broadcast_exponent(), self.mantissa.shape))
+            body = ", ".join(f"{'-' if np.signbit(mi) and mi != 0 else ''}10^{_decade(mi, ei)}" for mi, ei in zip(m, e))
             return f"LogScaled([{body}])"
         return f"LogScaled(shape={self.shape}, exponent range [{self.exponent.min()}, {self.exponent.max()}])"
+
+
+def _int64_exponent(e) -> np.ndarray:
+    """``e`` as int64: integers, or floats equal to integers; anything else is a TypeError."""
+    a = np.asarray(e)
+    bad = None
+    if a.dtype.kind == "u":
+        over = a > np.iinfo(np.int64).max
+        bad = a[over].flat[0].item() if over.any() else None
+    elif a.dtype.kind == "f":
+        off = ~(np.isfinite(a) & (np.floor(a) == a) & (np.abs(a) < 2.0**63))
+        bad = a[off].flat[0].item() if off.any() else None
+    elif a.dtype.kind != "i":
+        bad = e
+    if bad is not None:
+        raise TypeError("exponent must hold int64 integers (an integer array, or floats equal to integers), "
+                        f"got {type(bad).__name__} {bad!r}")
+    return a.astype(np.int64)
+
+
+def _decade(m, e) -> str:
+    """log10 |m 2^e| with 4 decimals, worked out in 50 digits so that the decimals are right at any
+    exponent (``f"{log10:.4g}"`` printed 10^-64351.7 as 10^-6.435e+04); -inf, inf, nan as such."""
+    m = float(m)
+    if m == 0 or not math.isfinite(m):
+        return "-inf" if m == 0 else ("nan" if math.isnan(m) else "inf")
+    with decimal.localcontext(prec=60):
+        return f"{decimal.Decimal(math.log10(abs(m))) + int(e) * LOG10_2_DIGITS:.4f}"
 
 
 # ln 2 split in two (Cody and Waite, fdlibm's ln2_hi / ln2_lo): k * LN2_HI is exact for

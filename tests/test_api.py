@@ -177,6 +177,32 @@ def test_validation_happens_before_any_kernel(monkeypatch):
     assert called == []
 
 
+@pytest.mark.parametrize("bad", ["x", 3, [1, 2], True])
+def test_a_progress_that_is_not_callable_is_refused_before_any_kernel(monkeypatch, bad):
+    # before: "TypeError: 'str' object is not callable" after the first segment's forward
+    from gradbench import reference
+
+    called = []
+    monkeypatch.setattr(reference, "stack_forward", lambda *a: called.append(1))
+    stack, params, x = _ok()
+    with pytest.raises(TypeError, match=r"progress must be a callable progress\(done, total\) or None"):
+        gb.backprop(stack, params, x, backend="numpy", progress=bad)
+    assert called == []
+
+
+@pytest.mark.parametrize("kind", [np.float32, np.float16, np.float64, float, int])
+def test_memory_budget_takes_numpy_floating_scalars_as_ints_and_floats(kind):
+    # before: np.float32(1e9) was "not a positive number of bytes" (only float's subclass np.float64 passed)
+    from tests import naive
+
+    stack, params, x = _ok()
+    res = gb.backprop(stack, params, x, backend="numpy", memory_budget=kind(60000))
+    loss, _ = naive.forward(stack, {k: v for k, v in params.items()}, x)
+    np.testing.assert_allclose(res.loss, loss, rtol=1e-13)
+    with pytest.raises(MemoryError, match=r"but the budget is 2 bytes \(memory_budget\)"):
+        gb.backprop(stack, params, x, backend="numpy", memory_budget=kind(2))
+
+
 # ---------------------------------------------------------------- LogScaled
 def test_logscaled_log10_and_to_float():
     v = gb.LogScaled(np.array([0.75, 0.5, 0.0]), np.array([-100_000, 3, 7]))
@@ -199,6 +225,71 @@ def test_logscaled_layer_exponents_broadcast():
     np.testing.assert_allclose(v.log10()[1], np.full((3, 3), math.log10(0.5) - 2000 * math.log10(2)))
     with pytest.raises(ValueError, match="prefix"):
         gb.LogScaled(m, np.array([1, 2, 3]))
+
+
+@pytest.mark.parametrize("m,e", [(0.6, -213771), (-0.75, 2000), (0.5, 0), (0.9, 10**15 + 7), (0.75, 2**62 - 1),
+                                 (-0.51, -(2**62))])
+def test_logscaled_repr_prints_the_decade_right_to_four_decimals_at_any_exponent(m, e):
+    # before: f"{log10:.4g}" printed 10^-64351.7 as 10^-6.435e+04 and 10^-1256.05 as 10^-1256
+    import re
+
+    import mpmath as mp
+
+    text = repr(gb.LogScaled(np.array([m]), np.array([e])))
+    found = re.fullmatch(r"LogScaled\(\[(-?)10\^(-?\d+\.\d{4})\]\)", text)
+    assert found, text
+    assert (found.group(1) == "-") == (m < 0)
+    with mp.workdps(60):
+        exact = mp.log10(abs(mp.mpf(m))) + e * mp.log10(2)
+        assert abs(mp.mpf(found.group(2)) - exact) <= mp.mpf("0.00005"), (text, mp.nstr(exact, 30))
+
+
+def test_logscaled_repr_of_an_array_prints_each_entry_or_a_summary():
+    v = gb.LogScaled(np.array([[0.5, -0.75], [0.6, 0.0]]), np.array([-5000, 3000]))
+    d = [math.log10(0.5) - 5000 * math.log10(2), math.log10(0.75) - 5000 * math.log10(2),
+         math.log10(0.6) + 3000 * math.log10(2)]
+    assert repr(v) == f"LogScaled([10^{d[0]:.4f}, -10^{d[1]:.4f}, 10^{d[2]:.4f}, 10^-inf])"
+    big = gb.LogScaled(np.full((4, 3, 3), 0.5), np.array([-7, 0, 5, 2]))
+    assert repr(big) == "LogScaled(shape=(4, 3, 3), exponent range [-7, 5])"
+
+
+def test_logscaled_is_not_converted_to_a_numpy_array_implicitly():
+    # before: np.asarray built an object array of 0-d LogScaled, one Python object per entry
+    v = gb.LogScaled(np.array([[0.5, 0.75], [0.6, 0.25]]), np.array([-5000, 3]))
+    for convert in (np.asarray, np.array, np.log10, lambda a: np.asarray(a, dtype=float)):
+        with pytest.raises(TypeError, match=r"\.log10\(\).*\.to_float\(\)"):
+            convert(v)
+    np.testing.assert_allclose(v.log10(), [[math.log10(0.5) - 5000 * math.log10(2), math.log10(0.75) - 5000 * math.log10(2)],
+                                           [math.log10(0.6 * 8), math.log10(0.25 * 8)]], rtol=1e-15)
+    assert [x.to_float(warn=False).tolist() for x in v] == [[0.0, 0.0], [4.8, 2.0]]  # iteration still works
+
+
+@pytest.mark.parametrize("exponent", [2.7, -0.5, float("nan"), float("inf"), 1e30, "3", True, [1.5, 2.5],
+                                      np.array([1.0, 2.5]), 2**70, np.uint64(2**63)])
+def test_logscaled_refuses_an_exponent_that_is_not_an_integer(exponent):
+    # before: 2.7 was truncated to 2 (0.5 * 2**2.7 = 3.25 read 2.0), "3" became 3
+    m = np.full(np.shape(exponent) if isinstance(exponent, (list, np.ndarray)) else (), 0.5)
+    with pytest.raises(TypeError, match="exponent must hold int64 integers"):
+        gb.LogScaled(m, exponent)
+
+
+def test_logscaled_takes_integers_and_floats_equal_to_integers():
+    assert gb.LogScaled(0.5, 3.0).to_float() == 4.0
+    assert gb.LogScaled(0.5, np.float32(-2)).to_float() == 0.125
+    assert gb.LogScaled(np.array([0.5, 0.75]), np.array([3, 2], dtype=np.uint8)).to_float().tolist() == [4.0, 3.0]
+    assert gb.LogScaled(0.5, np.int32(10)).exponent.dtype == np.int64
+
+
+def test_logscaled_to_float_takes_float_dtypes_only():
+    # before: to_float("int64") returned -2**63 for 0.75 * 2**70 with only NumPy's cast warning
+    v = gb.LogScaled(np.array([0.75, 0.5]), np.array(70))
+    for dtype in ("int64", np.int32, "uint8", bool, "complex128", object):
+        with pytest.raises(TypeError, match="float16, float32 or float64"):
+            v.to_float(dtype)
+    assert v.to_float(np.float32).tolist() == [0.75 * 2.0**70, 2.0**69]
+    assert v.to_float(np.float32).dtype == np.float32
+    with pytest.warns(gb.UnderflowWarning, match="2 of 2 values overflow float16"):
+        assert v.to_float("float16").tolist() == [np.inf, np.inf]
 
 
 # ---------------------------------------------------------------- the lecture notes' numbers
@@ -422,4 +513,4 @@ def test_logscaled_to_float_without_warn_is_silent_and_repr_keeps_the_sign():
         b.to_float()
     assert [w.category for w in seen] == [gb.UnderflowWarning] * 2  # one under-, one overflow: gradbench's own
     assert repr(gb.LogScaled.from_float(-3.5)) == "LogScaled([-10^0.5441])"
-    assert repr(gb.LogScaled.from_float(np.array([2.0, -0.0]))) == "LogScaled([10^0.301, 10^-inf])"
+    assert repr(gb.LogScaled.from_float(np.array([2.0, -0.0]))) == "LogScaled([10^0.3010, 10^-inf])"

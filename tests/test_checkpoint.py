@@ -281,6 +281,15 @@ def test_stats_only_checkpoints_unless_small(monkeypatch):
     assert big.recompute and big.segment == 100 and not big.keep_weights
 
 
+def test_backprop_docstring_says_what_auto_does_for_a_stats_only_run():
+    # before: "always for stats_only runs", though a small one keeps every activation
+    doc = " ".join(gb.backprop.__doc__.split())
+    assert "always for ``stats_only``" not in doc and "SMALL_RUN_BYTES` (64 MiB" in doc
+    stack = gb.Stack(depth=20, width=8, residual=2)
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 3, 1), stats_only=True)
+    assert (2 * 20 + 1) * 3 * 8 * 8 <= plan.SMALL_RUN_BYTES and res.extras["checkpoint"] is None
+
+
 def test_refused_before_it_starts_with_the_option_that_fits():
     stack = gb.Stack(depth=10**6, width=64, activation="tanh", init="he_normal")
     x = gb.gaussian_input(stack, 64, 1)

@@ -56,6 +56,64 @@ def test_dataset_errors():
         datasets.circles(10, factor=1.5)
 
 
+BAD_SCALES = [(-0.1, ValueError), (-1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+              ("0.1", TypeError), ([0.1, 0.2], TypeError), (True, TypeError), (None, TypeError)]
+
+
+@pytest.mark.parametrize("make,name", [("moons", "noise"), ("circles", "noise"), ("xor", "noise"), ("xor", "std"),
+                                       ("circles", "factor")])
+def test_a_bad_noise_or_factor_is_refused_naming_it(make, name):
+    # before: NaN or inf gave all-NaN/inf features, a negative or a list was accepted, a string raised
+    # NumPy's UFuncTypeError
+    for bad, error in BAD_SCALES[:-1] if make == "xor" else BAD_SCALES:  # xor: None is its default 0.35
+        for call in (getattr(datasets, make), lambda n, **kw: datasets.load(make, n, **kw)):
+            with pytest.raises(error) as info:
+                call(10, **{name: bad})
+            assert str(info.value).startswith(f"{name} must be"), info.value
+
+
+def test_noise_is_the_standard_deviation_of_every_generator():
+    # the noise recovered from X(noise) - X(0) (the same seed draws the same normals and permutation)
+    for make in (datasets.moons, datasets.circles, datasets.xor):
+        X0, y0 = make(4000, noise=0.0, seed=1)
+        X1, y1 = make(4000, noise=0.2, seed=1)
+        np.testing.assert_array_equal(y0, y1)
+        assert abs(np.std(X1 - X0) - 0.2) < 0.005, make.__name__
+
+
+@pytest.mark.parametrize("n", range(2, 14))
+def test_xor_classes_are_balanced_as_the_other_data_sets(n):
+    # before: xor(2) was one class only and xor(6) 4 against 2 (the centres' labels 0, 0, 1, 1 in turn)
+    X, y = datasets.xor(n, 0.01, seed=n)  # noise, positional (the old name was std)
+    assert sorted(np.bincount(y, minlength=2)) == [n // 2, n - n // 2]
+    np.testing.assert_array_equal(y, (np.sign(X[:, 0]) != np.sign(X[:, 1])).astype(int))
+    np.testing.assert_allclose(np.abs(X), 1.0, atol=0.1)
+
+
+def test_xor_takes_noise_as_moons_and_circles_and_std_as_its_former_name():
+    X, _ = datasets.load("xor", 40, noise=0.0)
+    np.testing.assert_array_equal(np.abs(X), 1.0)  # exactly on the centres (+-1, +-1)
+    for a, b in zip(datasets.xor(40, std=0.3, seed=2), datasets.xor(40, noise=0.3, seed=2)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="both noise and std"):
+        datasets.xor(40, noise=0.3, std=0.3)
+
+
+def test_load_refuses_a_keyword_of_another_generator_naming_those_it_takes():
+    # before: load('circles', std=0.2) raised Python's "circles() got an unexpected keyword argument"
+    with pytest.raises(TypeError, match=r"'circles' takes no keyword 'std'; its keywords are noise, factor"):
+        datasets.load("circles", 10, std=0.2)
+    with pytest.raises(TypeError, match=r"'moons' takes no keyword 'factor'; its keywords are noise,"):
+        datasets.load("moons", 10, factor=0.5)
+
+
+def test_the_datasets_docstring_names_only_generators_that_exist():
+    import re
+
+    named = set(re.findall(r"``(\w+)``", datasets.__doc__)) - {"X", "y", "n_samples", "noise"}
+    assert named <= set(datasets.DATASETS), named
+
+
 # ---------------------------------------------------------------- one step against a hand computation
 def test_one_sgd_step_and_update_ratio_by_hand():
     X, y = datasets.moons(40, seed=1)
