@@ -71,6 +71,17 @@ def check_param_arrays(params, shapes, dtype, *, owner: str = "stack", unused: s
     return checked
 
 
+def check_stored_params(stack: Stack, params, what: str) -> None:
+    """``params`` as ``what`` (training, pretraining) needs them: :class:`~gradbench.Params`
+    whose arrays have the stack's shapes and dtype and are finite."""
+    if isinstance(params, GeneratedParams):
+        raise TypeError(f"params=GeneratedParams(...) generates its weights without storing them, and {what} updates "
+                        "stored weights: pass params.materialize(), or leave params out (init_params(stack, seed))")
+    if not isinstance(params, Params):
+        raise TypeError(f"params must be gradbench.Params (from gb.init_params or gb.pretrain), got {type(params).__name__}")
+    check_param_arrays(params, expected_shapes(stack), stack.np_dtype)
+
+
 def check_inputs(stack: Stack, params: Params | GeneratedParams, x, targets=None):
     """Check everything before any kernel runs; return contiguous params, x and targets."""
     if not isinstance(stack, Stack):

@@ -29,10 +29,10 @@ import numpy as np
 
 from gradbench import activations
 from gradbench.abi import ACT_CODE
+from gradbench.inputs import check_stored_params
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum
 from gradbench.params import Params, init_params
 from gradbench.spec import Stack, check_choice
-from gradbench.train import check_stored_params
 
 DECODER_ACTIVATIONS = ("auto", "sigmoid", "identity")
 

@@ -37,9 +37,9 @@ import numpy as np
 
 from gradbench import datasets
 from gradbench.engine import backprop
-from gradbench.inputs import all_finite, check_array, check_param_arrays
+from gradbench.inputs import all_finite, check_array, check_stored_params
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum  # noqa: F401 (re-exported)
-from gradbench.params import GeneratedParams, Params, check_seed, expected_shapes, init_params
+from gradbench.params import Params, check_seed, init_params
 from gradbench.reference import norm_scaled
 from gradbench.report import describe
 from gradbench.spec import Stack, check_choice
@@ -405,17 +405,6 @@ def _start_params(stack: Stack, params, seed: int) -> Params:
         return init_params(stack, seed)
     check_stored_params(stack, params, "training")
     return params.copy()
-
-
-def check_stored_params(stack: Stack, params, what: str) -> None:
-    """``params`` as ``what`` (training, pretraining) needs them: :class:`~gradbench.Params`
-    whose arrays have the stack's shapes and dtype and are finite."""
-    if isinstance(params, GeneratedParams):
-        raise TypeError(f"params=GeneratedParams(...) generates its weights without storing them, and {what} updates "
-                        "stored weights: pass params.materialize(), or leave params out (init_params(stack, seed))")
-    if not isinstance(params, Params):
-        raise TypeError(f"params must be gradbench.Params (from gb.init_params or gb.pretrain), got {type(params).__name__}")
-    check_param_arrays(params, expected_shapes(stack), stack.np_dtype)
 
 
 def _reference(stack: Stack, T: np.ndarray) -> dict:
