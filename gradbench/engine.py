@@ -114,7 +114,7 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
     # arrays the workspace keeps from an earlier call can be freed: they count as available
     plan = plan_run(stack, x.shape[0], checkpoint=checkpoint, stats_only=stats_only,
                     generated=isinstance(params, GeneratedParams), memory_budget=memory_budget,
-                    hist_bins=hist_bins, available=lambda: available_memory() + held())
+                    hist_bins=hist_bins, available=lambda: available_memory() + held(), backend=name)
     run = _Run(stack, params, x, impl, plan, hist_bins, hist_per_decade, progress)
     try:
         # overflow in an exploding stack is a finding, reported as first_nonfinite_forward/backward

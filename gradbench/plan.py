@@ -61,20 +61,51 @@ def segment_candidates(stack: Stack) -> list[int]:
     return out
 
 
+# float64 (B, O) arrays the head's loss holds at once (gradbench.loss.head_gradient: logits,
+# differences or log-probabilities and their exponentials, dL/dy; bce's softplus pair and log t,
+# and a float64 copy of float32 targets). Measured: 2.8, 11.8 (12.9 in float32) and 5.8.
+HEAD_ARRAYS = {"mse": 3, "bce": 12, "softmax_ce": 6}
+# Bytes per entry of one segment's dW that the NumPy histogram fill holds (histograms.bin_rows'
+# float64 bin indices, count_window's int64 columns and its mask); the Numba kernel holds none
+NUMPY_HISTOGRAM_BYTES = 17
+
+
+def _numpy_histograms(backend: str | None) -> bool:
+    """Whether a stats_only run's streaming histograms are filled by NumPy (with temporaries):
+    on the ``"numpy"`` backend, when Numba is missing, or when the backend is not known (None)."""
+    if backend is None or backend == "numpy":
+        return True
+    from gradbench.histograms import _compiled
+
+    return _compiled() is None
+
+
 def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, stats_only: bool = False,
                     generated: bool = False, keep_weights: bool = False, hist_bins: int = DEFAULT_BINS,
-                    diagnose_bins: int | None = None) -> int:
-    """Bytes a run allocates at its peak (an estimate, within a few per cent at large depth).
+                    diagnose_bins: int | None = None, backend: str | None = None) -> int:
+    """Bytes a run allocates at its peak: an upper bound, within a few per cent at large depth.
 
-    Counted: the activations H, Z ((2L+1) B N with ``checkpoint=None``; with ``checkpoint=k``
-    the L/k checkpoints and one segment's H, Z), the weights W, b, gamma, beta, slope (all L of
-    them, or two segments' worth when ``generated`` and not ``keep_weights``) and their
-    gradients (one segment's worth when ``stats_only``), the input x, the input layer and the
-    head with their gradients, the signal and the head's temporaries, the O(L) statistics and,
-    for ``stats_only``, the streaming histograms (``hist_bins`` per layer) with their
-    temporaries on one segment. ``diagnose_bins``: also what :func:`gradbench.diagnose` with
-    that many bins allocates on the result (its (L, bins) counts and temporaries; for stored
-    gradients a few copies of dW, for stored weights one of W).
+    Held throughout: the activations H, Z ((2L+1) B N with ``checkpoint=None``; with
+    ``checkpoint=k`` the L/k checkpoints and one segment's H, Z), the weights W, b, gamma, beta,
+    slope (all L of them, or two segments' worth when ``generated`` and not ``keep_weights``),
+    the input x, the input layer and the head with their gradients, the targets, the O(L)
+    statistics and, for ``stats_only``, the streaming histograms' counts (``hist_bins`` per
+    layer). On top of them the larger of two phases: the head's loss (:data:`HEAD_ARRAYS`
+    float64 (B, O) arrays), and the backward pass: the gradients (all L layers, or two
+    segments' worth when ``stats_only``: the helper thread fills the histograms of one while
+    the next is computed), the signal, dL/dx, what parameter-gradient clipping holds, and the
+    NumPy histogram fill's temporaries on one segment (``backend`` ``"numpy"``, or None: not
+    known; the Numba kernel the other backends use holds none). ``diagnose_bins``: also what
+    :func:`gradbench.diagnose` with that many bins allocates on the result (its (L, bins)
+    counts and temporaries; for stored gradients a few copies of dW, for stored weights one of
+    W).
+
+    Measured against the growth of the peak resident set (VmHWM) over a run, with the inputs it
+    was given (float64 and float32; C, Numba and NumPy backends): 1.00-1.05 times it for plain,
+    checkpointed, stats_only and generated-weight runs of depth 200-4000 and width 64-512,
+    1.00-1.04 for heads of 3000 outputs, 1.00-1.03 for clipped gradients (1.15 for a stats_only
+    run's norm clipping), never below 0.998 (tests/test_plan_memory.py). Not counted: what a
+    process's first calls of the C backend's own kernels keep once (~12 MB at width 384).
     """
     L, N, B = int(stack.depth), int(stack.width), int(batch)
     D, O = int(stack.d_in), int(stack.output_dim)
@@ -87,18 +118,36 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
     else:
         acts = (L // checkpoint + 2) * B * N + (2 * seg + 1) * B * N + 2 * seg * N
     weights = (2 * seg if generated and not keep_weights else L) * layer
-    grads = (seg if stats_only else L) * layer
-    ends = B * D + 3 * B * N + B * D  # x, the top signal G and its copies, dL/dx
+    ends = B * D  # x
     if stack.has_input_layer:
         ends += 2 * (N * D + N) + B * N
-    if stack.has_head:  # W_out, b_out and their gradients; targets, logits and the loss's temporaries
-        ends += 2 * (O * N + O) + 8 * B * O
+    top = 0
+    if stack.has_head:  # W_out, b_out and their gradients, the targets; the loss's temporaries
+        ends += 2 * (O * N + O) + (B if stack.loss == "softmax_ce" else B * O)
+        top = 8 * (HEAD_ARRAYS[stack.loss] + (stack.loss == "bce" and item != 8)) * B * O
     stats = 8 * L * 12  # norms, exponents, activation statistics, info (float64/int64 each)
+    rows = 2 * seg if stats_only else L  # of gradients held at once
+    backward = item * (rows * layer + 3 * B * N + B * D)  # the gradients, the signal and its copies, dL/dx
+    if stack.clip is not None and stack.clip_on != "signal":
+        backward += (seg if stats_only else L) * N * N * _clip_bytes(stack.clip, item, stats_only)
     if stats_only and hist_bins:
         stats += L * (8 * 4 + hist_bins * (2 if N * N < 2**16 else 4))
-        stats += 8 * 4 * seg * N * N  # the histogram's temporaries on one segment of dW
-    return item * (acts + weights + grads + ends) + stats + _diagnose_bytes(stack, stats_only, generated,
-                                                                             hist_bins, diagnose_bins)
+        if _numpy_histograms(backend):
+            backward += NUMPY_HISTOGRAM_BYTES * seg * N * N
+    return (item * (acts + weights + ends) + stats + max(top, backward)
+            + _diagnose_bytes(stack, stats_only, generated, hist_bins, diagnose_bins))
+
+
+def _clip_bytes(clip: str, item: int, stats_only: bool) -> int:
+    """Bytes per entry of dW that parameter-gradient clipping holds (gradbench.clipping): the
+    clipped copy and float64 temporaries (value: the scaled entries, the rows clipped and their
+    clip, and a mask; norm: the rows scaled to their largest entry and their squares, and a
+    float64 copy of float32 rows). ``stats_only`` counts one more clipped copy: the previous
+    segment's, which the helper thread's histograms may still be reading. Measured: 32 (value)
+    and 24 (norm) bytes in float64, 28 in float32; stats_only 41 (value) and 24 (norm, whose
+    previous copy was freed by then) in float64, 33 (value) in float32."""
+    extra = 25 if clip == "value" else 16 + (8 if item != 8 else 0)
+    return item * (2 if stats_only else 1) + extra
 
 
 def _diagnose_bytes(stack: Stack, stats_only: bool, generated: bool, hist_bins: int, bins: int | None) -> int:
@@ -118,18 +167,19 @@ def _diagnose_bytes(stack: Stack, stats_only: bool, generated: bool, hist_bins: 
 
 @functools.lru_cache(maxsize=256)
 def _free_plan(stack: Stack, batch: int, checkpoint, stats_only: bool, generated: bool, hist_bins: int,
-               diagnose_bins: int | None, settings: tuple) -> Plan | None:
+               diagnose_bins: int | None, backend: str | None, settings: tuple) -> Plan | None:
     """:func:`plan_run` of a run whose plain estimate is at most :data:`PLAN_FREELY`: it depends
     on nothing but its arguments and the module's settings (``settings``, their values now: in
     the key, so that a changed setting is seen), and is worked out once per shape (a training
     loop's calls are the same few). None for a larger run, whose plan depends on the memory
     available."""
     most = memory_estimate(stack, batch, stats_only=stats_only, generated=generated, keep_weights=generated,
-                           hist_bins=hist_bins, diagnose_bins=diagnose_bins)
+                           hist_bins=hist_bins, diagnose_bins=diagnose_bins, backend=backend)
     if most > PLAN_FREELY:
         return None
     return plan_run(stack, batch, checkpoint=checkpoint, stats_only=stats_only, generated=generated,
-                    hist_bins=hist_bins, available=4 * SMALL_RUN_BYTES, diagnose_bins=diagnose_bins)
+                    hist_bins=hist_bins, available=4 * SMALL_RUN_BYTES, diagnose_bins=diagnose_bins,
+                    backend=backend)
 
 
 def available_memory() -> int:
@@ -204,7 +254,7 @@ def _check_checkpoint(stack: Stack, checkpoint) -> None:
 
 def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = False, generated: bool = False,
              memory_budget: int | None = None, hist_bins: int = DEFAULT_BINS, available=None,
-             diagnose_bins: int | None = None) -> Plan:
+             diagnose_bins: int | None = None, backend: str | None = None) -> Plan:
     """Choose segment length and checkpointing; raise :class:`PlanRefused` if the run would not fit.
 
     ``checkpoint="auto"`` checkpoints only when the plain run needs more than the budget
@@ -217,14 +267,15 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
     segments of them, as it keeps one segment of activations).
     A run whose estimate exceeds
     ``memory_budget`` (default LIMIT_FRACTION of the available RAM) is refused with the options
-    that fit. ``diagnose_bins``: count the diagnosis too (:func:`memory_estimate`).
+    that fit. ``diagnose_bins``: count the diagnosis too (:func:`memory_estimate`); ``backend``:
+    the backend that runs it (:func:`memory_estimate`; None: not known, the most any takes).
     ``available``: bytes (default :func:`available_memory`), or a callable returning them, called
     only without ``memory_budget`` (which replaces it) and for a run whose plain estimate exceeds
     :data:`PLAN_FREELY`.
     """
     _check_checkpoint(stack, checkpoint)
     if callable(available) and memory_budget is None:  # read only for a run that might not fit
-        plan = _free_plan(stack, batch, checkpoint, stats_only, generated, hist_bins, diagnose_bins,
+        plan = _free_plan(stack, batch, checkpoint, stats_only, generated, hist_bins, diagnose_bins, backend,
                           (SMALL_RUN_BYTES, PLAN_FREELY, AUTO_FRACTION, LIMIT_FRACTION))
         if plan is not None:  # a small run's plan, the same on any machine
             return plan
@@ -245,7 +296,8 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
 
     def est(ck, so=stats_only, gen=generated):
         return memory_estimate(stack, batch, checkpoint=ck, stats_only=so, generated=gen,
-                               keep_weights=keep_weights and gen, hist_bins=hist_bins, diagnose_bins=diagnose_bins)
+                               keep_weights=keep_weights and gen, hist_bins=hist_bins, diagnose_bins=diagnose_bins,
+                               backend=backend)
 
     if auto and stats_only:  # statistics only: O(sqrt(L) B N) memory, unless small
         small_acts = (2 * L + 1) * batch * stack.width * item <= small
