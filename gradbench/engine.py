@@ -26,7 +26,7 @@ from gradbench.backends import get_backend, resolve
 from gradbench.buffers import PREFAULTER, WORKSPACE, empty, held, take_internal
 from gradbench.clipping import LAYER_GROUPS, clip_param_grads, row_norms
 from gradbench.histograms import DEFAULT_BINS, DEFAULT_PER_DECADE, GradHistogram, fill_streaming
-from gradbench.inputs import check_inputs
+from gradbench.inputs import check_inputs, check_progress
 from gradbench.logscaled import LogScaled
 from gradbench.loss import head_loss, top_signal
 from gradbench.params import GeneratedParams, Params
@@ -103,9 +103,7 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
             raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
     if not isinstance(stats_only, (bool, np.bool_)):
         raise TypeError(f"stats_only must be a bool, got {stats_only!r}")
-    if progress is not None and not callable(progress):  # it failed after the first segment's work
-        raise TypeError(f"progress must be a callable progress(done, total) or None, got "
-                        f"{type(progress).__name__} {progress!r}")
+    check_progress(progress)
     if stats_only and stack.clip == "norm" and stack.clip_on == "global":
         raise ValueError("stats_only=True cannot apply clip='norm' with clip_on='global' (it scales every layer's "
                          "gradient by one factor known only at the end): use clip_on='layer' or keep the gradients")

@@ -71,6 +71,14 @@ def check_param_arrays(params, shapes, dtype, *, owner: str = "stack", unused: s
     return checked
 
 
+def check_progress(progress) -> None:
+    """``progress`` is None or a callable ``progress(done, total)`` (checked before any work: a
+    string failed only after the first segment's)."""
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable progress(done, total) or None, got "
+                        f"{type(progress).__name__} {progress!r}")
+
+
 def check_stored_params(stack: Stack, params, what: str) -> None:
     """``params`` as ``what`` (training, pretraining) needs them: :class:`~gradbench.Params`
     whose arrays have the stack's shapes and dtype and are finite."""

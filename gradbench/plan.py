@@ -252,6 +252,17 @@ def _check_checkpoint(stack: Stack, checkpoint) -> None:
         )
 
 
+
+def check_memory_budget(memory_budget):
+    """``memory_budget`` (None, or a positive number of bytes) checked; NumPy floating scalars
+    as Python floats (they are compared with byte counts beyond float16's and float32's range)."""
+    if memory_budget is not None and (isinstance(memory_budget, (bool, np.bool_))
+                                      or not isinstance(memory_budget, (int, float, np.integer, np.floating))
+                                      or not memory_budget > 0):
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    return float(memory_budget) if isinstance(memory_budget, np.floating) else memory_budget
+
+
 def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = False, generated: bool = False,
              memory_budget: int | None = None, hist_bins: int = DEFAULT_BINS, available=None,
              diagnose_bins: int | None = None, backend: str | None = None) -> Plan:
@@ -280,12 +291,7 @@ def plan_run(stack: Stack, batch: int, *, checkpoint="auto", stats_only: bool = 
         if plan is not None:  # a small run's plan, the same on any machine
             return plan
         available = available()
-    if memory_budget is not None and (isinstance(memory_budget, bool)
-                                      or not isinstance(memory_budget, (int, float, np.integer, np.floating))
-                                      or not memory_budget > 0):
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    if isinstance(memory_budget, np.floating):  # compared with byte counts beyond float16's and float32's range
-        memory_budget = float(memory_budget)
+    memory_budget = check_memory_budget(memory_budget)
     auto_budget, limit, budget = memory_limits(memory_budget, available)
     L = stack.depth
     k_auto = default_segment(stack)

@@ -82,3 +82,31 @@ def test_a_million_lstm_steps_run_under_one_gib():
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     assert peak_kib < 2**20, f"peak RSS {peak_kib / 2**20:.2f} GiB"
     assert "1000000 steps" in proc.stdout and "VANISHING" in proc.stdout
+
+
+@pytest.mark.parametrize("kind", [np.float32, np.float16, float, int])
+def test_memory_budget_takes_numpy_floating_scalars(kind):
+    # as gb.backprop of a stack: np.float32(1e9) was "not a positive number of bytes"
+    rnn = gb.Recurrent(cell="gru", steps=6, hidden=4, input_dim=2)
+    params, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, batch=2, seed=1)
+    ref = gb.backprop(rnn, params, xs, backend="numpy")
+    res = gb.backprop(rnn, params, xs, backend="numpy", memory_budget=kind(60000))
+    assert res.loss == ref.loss
+    with pytest.raises(MemoryError, match=r"memory_budget"):
+        gb.backprop(rnn, params, xs, backend="numpy", memory_budget=kind(2))
+    with pytest.raises(ValueError, match="memory_budget must be a positive number of bytes"):
+        gb.backprop(rnn, params, xs, backend="numpy", memory_budget=np.bool_(True))
+
+
+@pytest.mark.parametrize("bad", ["x", 3, True])
+def test_a_progress_that_is_not_callable_is_refused_before_any_work(monkeypatch, bad):
+    # it failed with "'str' object is not callable" after the first segment
+    from gradbench.recurrent import engine
+
+    rnn = gb.Recurrent(cell="lstm", steps=6, hidden=4, input_dim=2)
+    params, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, batch=2, seed=1)
+    planned = []
+    monkeypatch.setattr(engine, "plan_run", lambda *a, **k: planned.append(1))
+    with pytest.raises(TypeError, match=r"progress must be a callable progress\(done, total\) or None"):
+        gb.backprop(rnn, params, xs, backend="numpy", progress=bad)
+    assert planned == []

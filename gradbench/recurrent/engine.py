@@ -22,10 +22,10 @@ import numpy as np
 from gradbench import abi
 from gradbench.buffers import WORKSPACE, held, take_internal
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
-from gradbench.inputs import check_array, check_param_arrays, check_targets
+from gradbench.inputs import check_array, check_param_arrays, check_progress, check_targets
 from gradbench.logscaled import LogScaled, ldexp
 from gradbench.loss import head_dy, head_gradient
-from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, PlanRefused, available_memory, size_text
+from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, PlanRefused, available_memory, check_memory_budget, size_text
 from gradbench.recurrent import abi as rabi
 from gradbench.recurrent.backends import get_backend, resolve
 from gradbench.recurrent.params import GeneratedSequence, RecurrentParams, expected_shapes
@@ -165,9 +165,7 @@ def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False,
             raise TypeError(f"checkpoint must be 'auto', None or an int, got {type(checkpoint).__name__} {checkpoint!r}")
         if checkpoint < 1:
             raise ValueError(f"checkpoint={checkpoint} must be a positive number of steps")
-    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(
-            memory_budget, (int, float, np.integer)) or not memory_budget > 0):
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    memory_budget = check_memory_budget(memory_budget)
     avail = available_memory() + held() if available is None else available
     auto_budget = memory_budget if memory_budget is not None else AUTO_FRACTION * avail
     limit = memory_budget if memory_budget is not None else LIMIT_FRACTION * avail
@@ -279,6 +277,7 @@ def backprop(rnn: Recurrent, params: RecurrentParams, xs, targets=None, *, backe
     params, xs, targets, h0, c0 = check_inputs(rnn, params, xs, targets, h0, c0)
     if not isinstance(stats_only, (bool, np.bool_)):
         raise TypeError(f"stats_only must be a bool, got {stats_only!r}")
+    check_progress(progress)
     name = resolve(backend)
     impl = get_backend(name)
     B = xs.shape[1]
