@@ -331,3 +331,11 @@ def dphi_max(activation: str, param: float) -> float:
         s = 1.0 / (1.0 + math.exp(-z))
         return s * (1.0 + z * (1.0 - s))
     raise ValueError(f"unknown activation {activation!r}")
+
+
+def saturation_uncountable(z: np.ndarray, activation: str) -> bool:
+    """Whether the kernels' saturation count of the pre-activations ``z`` of one layer (or one
+    time step) is not a count: they compare |phi'(z)| < 1 % of its largest value, which reads a
+    NaN z as False (not saturated), and swish's and GELU's phi'(-inf) evaluates as inf * 0 = NaN
+    though its limit is 0. Any other infinite z counts by its limit (tanh, sigmoid: saturated)."""
+    return bool(np.isnan(z).any()) or (activation in ("swish", "gelu") and bool(np.any(z == -np.inf)))

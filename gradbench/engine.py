@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench import abi, reference
+from gradbench.activations import saturation_uncountable
 from gradbench.backends import get_backend, resolve
 from gradbench.buffers import PREFAULTER, WORKSPACE, empty, held, take_internal
 from gradbench.clipping import LAYER_GROUPS, clip_param_grads, row_norms
@@ -222,10 +223,9 @@ def _uncountable_fractions(run: _Run, s: int, e: int, layer_params) -> None:
     _, _, gamma, beta, _ = layer_params
     for i in suspect:  # the z the statistics saw: under batch norm gamma xhat + beta (Z holds xhat)
         z = gamma[i] * Z[i] + beta[i] if run.stack.batch_norm else Z[i]
-        nan = bool(np.isnan(z).any())
-        if nan or (run.stack.activation in ("swish", "gelu") and bool(np.any(z == -np.inf))):
+        if saturation_uncountable(z, run.stack.activation):
             run.saturation[s + i] = np.nan
-        if nan:
+        if np.isnan(z).any():  # z <= 0 reads NaN as False too
             run.dead[s + i] = np.nan
 
 

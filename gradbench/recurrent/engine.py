@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench import abi
+from gradbench.activations import saturation_uncountable
 from gradbench.buffers import WORKSPACE, held, take_internal
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
 from gradbench.inputs import check_array, check_param_arrays, check_progress, check_targets
@@ -402,9 +403,9 @@ def _uncountable_fractions(run: _Run, s: int, e: int, Z: np.ndarray) -> None:
     """
     st = run.stats
     np.copyto(st["gate_low"][s:e], np.nan, where=np.isnan(st["gate_mean"][s:e]))
-    smooth_tail = run.rnn.cell == "rnn" and run.rnn.act in ("swish", "gelu")
+    act = run.rnn.act if run.rnn.cell == "rnn" else "tanh"  # the gated cells' tanh: limits count
     for i in np.flatnonzero(np.isnan(st["act_mean"][s:e]) | np.isnan(st["act_std"][s:e])):
-        if np.isnan(Z[i]).any() or (smooth_tail and np.any(Z[i] == -np.inf)):
+        if saturation_uncountable(Z[i], act):
             st["saturation"][s + i] = np.nan
 
 
