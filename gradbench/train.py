@@ -199,16 +199,24 @@ class TrainResult:
 
 
 def chance_loss(loss: str, output_dim: int, mean_prediction_loss: float | None = None):
-    """The loss of a prediction that knows nothing, as (name, value, note): bce ln 2 (p = 1/2),
-    softmax_ce ln C (uniform over the C = output_dim classes), mse the targets' variance
-    (``mean_prediction_loss``: their mean predicted, from :func:`train`); None when unknown."""
-    if loss == "bce":
-        return "ln 2", math.log(2), ""
-    if loss == "softmax_ce":
-        return f"ln {output_dim}", math.log(output_dim), f": uniform over the {output_dim} classes"
-    if loss == "mse" and mean_prediction_loss is not None:
-        return "predicting the targets' mean", mean_prediction_loss, ""
-    return None
+    """The loss of a prediction that knows nothing, as (name, value, note), or None when unknown.
+
+    ``mean_prediction_loss`` is the loss of the best constant prediction on the training
+    targets (:func:`train` records it: the targets' variance for mse, the entropy of the label
+    frequencies for bce and softmax_ce). Without it, or when the labels are balanced, bce's is
+    ln 2 (p = 1/2) and softmax_ce's ln C (uniform over the C = output_dim classes); mse's is
+    unknown without it.
+    """
+    if loss == "mse":
+        return None if mean_prediction_loss is None else ("predicting the targets' mean", mean_prediction_loss, "")
+    if loss not in ("bce", "softmax_ce"):
+        return None
+    uniform = math.log(2) if loss == "bce" else math.log(output_dim)
+    name = "ln 2" if loss == "bce" else f"ln {output_dim}"
+    note = "" if loss == "bce" else f": uniform over the {output_dim} classes"
+    if mean_prediction_loss is None or abs(mean_prediction_loss - uniform) <= 1e-12 * uniform:
+        return name, uniform, note
+    return "predicting the label frequencies", mean_prediction_loss, f"; {name} = {uniform:.4f} for balanced labels"
 
 
 def _describe(stack: Stack) -> str:
@@ -408,11 +416,28 @@ def _start_params(stack: Stack, params, seed: int) -> Params:
 
 
 def _reference(stack: Stack, T: np.ndarray) -> dict:
-    """mse: the loss of predicting the targets' mean (their variance, averaged over the outputs as
-    the loss averages), the reference :meth:`TrainResult.summary` prints beside the loss."""
-    if stack.loss != "mse":
-        return {}
-    return {"mean_prediction_loss": float(np.mean(np.var(np.asarray(T, dtype=np.float64), axis=0)))}
+    """The loss of the best constant prediction on the training targets ``T`` (the reference
+    :meth:`TrainResult.summary` and the loss plots show beside the loss, :func:`chance_loss`):
+    mse their variance, averaged over the outputs as the loss averages; bce the entropy of the
+    mean target of each output, averaged likewise; softmax_ce the entropy of the class
+    frequencies. Nothing for other losses."""
+    if stack.loss == "mse":
+        return {"mean_prediction_loss": float(np.mean(np.var(np.asarray(T, dtype=np.float64), axis=0)))}
+    if stack.loss == "bce":
+        p = np.mean(np.asarray(T, dtype=np.float64), axis=0)
+        return {"mean_prediction_loss": float(np.mean(_binary_entropy(p)))}
+    if stack.loss == "softmax_ce":
+        freq = np.bincount(np.asarray(T).ravel(), minlength=stack.output_dim) / np.asarray(T).size
+        freq = freq[freq > 0]
+        return {"mean_prediction_loss": float(-np.sum(freq * np.log(freq)))}
+    return {}
+
+
+def _binary_entropy(p: np.ndarray) -> np.ndarray:
+    """-(p ln p + (1 - p) ln(1 - p)), 0 at p = 0 and p = 1."""
+    q = 1.0 - p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -(np.where(p > 0, p * np.log(p), 0.0) + np.where(q > 0, q * np.log(q), 0.0))
 
 
 def check_training(stack: Stack, X, y, epochs: int, batch_size: int) -> None:

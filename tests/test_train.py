@@ -281,7 +281,9 @@ def test_momentum_without_the_momentum_optimizer_is_refused(kw, match):
 
 @pytest.mark.parametrize("loss, out, reference", [
     ("bce", 1, "(ln 2 = 0.6931)"),
-    ("softmax_ce", 3, "(ln 3 = 1.0986: uniform over the 3 classes)"),
+    # two of the three classes occur, 10 samples each: the best constant prediction is (1/2, 1/2, 0)
+    ("softmax_ce", 3, "(predicting the label frequencies: 0.6931; ln 3 = 1.0986 for balanced labels)"),
+    ("softmax_ce", 2, "(ln 2 = 0.6931: uniform over the 2 classes)"),
     ("mse", 1, "(predicting the targets' mean: 0.2500)"),  # 10 labels 0 and 10 labels 1: variance 1/4
     ("mse", 3, "(predicting the targets' mean: 0.1667)"),  # one-hot of 2 classes over 3 outputs: (1/4 + 1/4 + 0) / 3
 ])
@@ -291,7 +293,35 @@ def test_summary_prints_the_chance_loss_of_its_head(loss, out, reference):
     X, y = datasets.moons(20, seed=0)
     r = gb.train(moons_stack(loss=loss, output_dim=out), X, y, epochs=1, backend="numpy")
     assert reference in r.summary()
-    assert loss == "bce" or "ln 2" not in r.summary()
+    assert "ln 2" in reference or "ln 2" not in r.summary()
+
+
+@pytest.mark.parametrize("loss, out", [("bce", 1), ("softmax_ce", 2), ("softmax_ce", 4)])
+def test_the_chance_loss_of_imbalanced_labels_is_the_entropy_of_their_frequencies(loss, out, tmp_path):
+    """15 of 20 labels 1: a prediction that knows only that scores H(3/4) = 0.5623, below ln 2 =
+    0.6931, and the summary and the loss plot called ln 2 "the loss that knows nothing". Checked
+    against the loss of the constant prediction p = 3/4 (bce of the logit ln 3, softmax of the
+    logits (0, ln 3, -inf...)) computed here in NumPy."""
+    from gradbench import plot
+
+    X, _ = datasets.moons(20, seed=0)
+    y = np.array([0] * 5 + [1] * 15)
+    if loss == "bce":
+        t = y.astype(np.float64)
+        logit = np.log(3.0)
+        const = np.mean(np.logaddexp(0.0, logit) - t * logit)  # softplus(y) - t y
+    else:
+        t = y
+        logits = np.full(out, -np.inf)
+        logits[:2] = (0.0, np.log(3.0))
+        logp = logits - np.logaddexp.reduce(logits)
+        const = -np.mean(logp[y])
+    assert abs(const - 0.5623351446188083) < 1e-12
+    r = gb.train(moons_stack(loss=loss, output_dim=out), X, t, epochs=2, backend="numpy")
+    assert f"(predicting the label frequencies: {const:.4f}; ln {2 if out == 1 else out} = " in r.summary()
+    ax = plot.loss_curves({"a": r}, tmp_path / "l.png").axes[0]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and np.allclose(dashed[0].get_ydata(), const, rtol=1e-12)
 
 
 def test_summary_says_the_batch_used_when_batch_size_exceeds_the_data():
@@ -372,10 +402,10 @@ def test_training_progress_counts_epochs_with_the_loss_off_a_terminal(monkeypatc
     assert lines[0] == "moons ..." and any(" of 20 epochs, " in ln and ", loss 0." in ln for ln in lines), lines
 
 
-@pytest.mark.parametrize("loss, out, level", [("bce", 1, math.log(2)), ("softmax_ce", 3, math.log(3)), ("mse", 1, 0.25)])
+@pytest.mark.parametrize("loss, out, level", [("bce", 1, math.log(2)), ("softmax_ce", 3, math.log(2)), ("mse", 1, 0.25)])
 def test_the_loss_plot_draws_the_chance_of_its_head(loss, out, level, tmp_path):
-    """The loss curves drew a dashed ln 2 for every head: ln C for softmax_ce over C classes, the
-    targets' variance for mse (10 labels 0 and 10 labels 1: 1/4), none for runs that differ."""
+    """The loss curves drew a dashed ln 2 for every head: for softmax_ce the entropy of the class
+    frequencies (two of three classes, balanced: ln 2, not ln 3), the targets' variance for mse (10 labels 0 and 10 labels 1: 1/4), none for runs that differ."""
     from gradbench import plot
 
     X, y = datasets.moons(20, seed=0)
