@@ -29,7 +29,7 @@ import numpy as np
 
 from gradbench import activations
 from gradbench.abi import ACT_CODE
-from gradbench.inputs import check_stored_params
+from gradbench.inputs import check_array, check_stored_params
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum
 from gradbench.params import Params, init_params
 from gradbench.spec import Stack, check_choice
@@ -112,11 +112,9 @@ def pretrain_with_history(stack: Stack, X: np.ndarray, *, epochs: int = 50, batc
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    X = np.asarray(X)
+    X = check_array("X", X, None, stack.np_dtype)  # the data gb.train takes: the stack's dtype, finite
     if X.ndim != 2 or X.shape[1] != stack.d_in or len(X) < 1:
         raise ValueError(f"X has shape {X.shape}, expected (samples, {stack.d_in}) (the stack's input_dim)")
-    if not np.all(np.isfinite(X)):
-        raise ValueError("X contains NaN or Inf")
     check_choice("optimizer", optimizer, OPTIMIZERS)
     momentum = resolve_momentum(optimizer, momentum)  # refused beside sgd/adam, not ignored
     _optimizer(optimizer, lr, momentum)  # validates optimizer, lr and momentum before any work

@@ -107,6 +107,16 @@ def test_pretrain_refuses_bad_input_before_any_work():
         gb.pretrain(stack, X, lr=-1.0)
     with pytest.raises(TypeError, match="tied must be a bool"):
         gb.pretrain(stack, X, tied="yes")
+    # the data gb.train takes and no other: a float32 X for a float64 stack was taken (and a list),
+    # while train refused the same X
+    for bad, match in ((X.astype(np.float32), r"X has dtype float32, the stack's dtype is float64"),
+                       (X.tolist(), "X must be a numpy.ndarray")):
+        with pytest.raises(TypeError, match=match):
+            gb.pretrain(stack, bad)
+        with pytest.raises(TypeError, match=match):
+            gb.train(stack, bad, np.zeros(10), epochs=1)
+    with pytest.raises(ValueError, match=r"X contains NaN or Inf \(first at index \(3, 1\)\)"):
+        gb.pretrain(stack, np.where(np.arange(20).reshape(10, 2) == 7, np.nan, X))
 
 
 # ------------------------------------------------------------------ the demos

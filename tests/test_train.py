@@ -461,6 +461,26 @@ def test_momentum_beside_sgd_is_refused_in_pretraining_and_recurrent_training(wh
     assert train_recurrent(rnn, X, y, X, y, epochs=1, optimizer="momentum", backend="numpy").epochs_run == 1
 
 
+def test_recurrent_training_records_its_optimiser_and_takes_only_the_nets_dtype():
+    """train_recurrent's settings had no momentum (a run with momentum 0.7 and one without
+    recorded the same), its summary said only lr; and it cast X of another dtype to the net's
+    behind the caller's back, where gb.train and backprop refuse it."""
+    from gradbench.recurrent.train import first_symbol, train_recurrent
+
+    X, y = first_symbol(6, 16, seed=0)
+    rnn = gb.Recurrent(cell="rnn", steps=6, hidden=4, input_dim=2, loss="bce")
+    r = train_recurrent(rnn, X, y, X, y, epochs=1, optimizer="momentum", momentum=0.7, lr=0.01, backend="numpy")
+    assert r.settings["momentum"] == 0.7 and "lr=0.01, momentum 0.7, batch" in r.summary()
+    a = train_recurrent(rnn, X, y, X, y, epochs=1, backend="numpy")  # adam, its defaults
+    assert (a.settings["momentum"], a.settings["beta1"], a.settings["beta2"], a.settings["eps"]) == (0.0, 0.9, 0.999, 1e-8)
+    r32 = rnn.replace(dtype="float32")
+    for kw, name in (({"X": X}, "X"), ({"X_eval": X}, "X_eval")):
+        args = {**dict(X=X.astype(np.float32), y=y, X_eval=X.astype(np.float32), y_eval=y), **kw}
+        with pytest.raises(TypeError, match=f"{name} has dtype float64, the net's dtype is float32"):
+            train_recurrent(r32, epochs=1, backend="numpy", **args)
+    assert train_recurrent(r32, X.astype(np.float32), y, X.astype(np.float32), y, epochs=1, backend="numpy").epochs_run == 1
+
+
 def test_the_summary_names_what_changes_the_network():
     """The training summary left out the activation's parameter, batch norm's eps and the residual
     scale (the run report says them)."""

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gradbench.inputs import check_array
 from gradbench.recurrent.engine import backprop
 from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
 from gradbench.spec import check_choice
 from gradbench.train import OPTIMIZERS, accuracy_text, chance_loss, class_labels, make_optimizer, resolve_momentum
+from gradbench.train import _adam_settings, _optimizer_words
 from gradbench.train import accuracy as accuracy_of
 
 TASKS = ("first_symbol",)
@@ -92,7 +94,7 @@ class RecurrentTrainResult:
                  + (f", forget bias {r.lstm_forget_bias:g}" if r.cell == "lstm" else "")
                  + (f", update-gate bias {s['gate_bias']:g}" if s.get("gate_bias") else "")
                  + (f", clip {r.clip} {r.clip_threshold:g} on {r.clip_on}" if r.clip else ""),
-                 f"  task {s['task']} ({s['n_samples']} sequences), {s['optimizer']} lr={s['lr']:g}, batch "
+                 f"  task {s['task']} ({s['n_samples']} sequences), {s['optimizer']} lr={s['lr']:g}{_optimizer_words(s)}, batch "
                  f"{s['batch_size']}, {s['epochs']} epochs, seed {s['seed']}"]
         if self.diverged_epoch is not None:
             lines.append(f"  DIVERGED in epoch {self.diverged_epoch + 1}: {self.divergence}")
@@ -148,8 +150,8 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{nm} must be an int >= 1, got {v!r}")
     dt = rnn.np_dtype
-    X = np.ascontiguousarray(X, dtype=dt)
-    X_eval = np.ascontiguousarray(X_eval, dtype=dt)
+    X = check_array("X", X, None, dt, owner="net", kind="Recurrent")  # nothing cast behind the caller's back
+    X_eval = check_array("X_eval", X_eval, None, dt, owner="net", kind="Recurrent")
     opt = _optimizer(optimizer, lr, momentum)
     params = init_params(rnn, seed) if params is None else params.copy()
     if gate_bias:
@@ -218,7 +220,8 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
     if "end" not in signals:
         signals["end"] = np.full(rnn.steps, np.nan)
     settings = dict(name=name, task=task, n_samples=n, epochs=epochs, batch_size=batch_size,
-                    optimizer=optimizer, lr=float(lr), seed=seed, gate_bias=float(gate_bias), backend=backend)
+                    optimizer=optimizer, lr=float(lr), momentum=float(getattr(opt, "momentum", 0.0)),
+                    **_adam_settings(opt), seed=seed, gate_bias=float(gate_bias), backend=backend)
     return RecurrentTrainResult(rnn=rnn, params=params, settings=settings, loss=loss, eval_loss=eval_loss,
                                 accuracy=accuracy, signal_start=signals["start"], signal_end=signals["end"],
                                 diverged_epoch=diverged, divergence=why, seconds=time.perf_counter() - t0)
