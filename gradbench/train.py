@@ -177,10 +177,9 @@ class TrainResult:
         if self.diverged_epoch is not None:
             lines.append(f"  DIVERGED in epoch {self.diverged_epoch + 1}: {self.divergence}")
         ran = max(self.epochs_run, 1)
-        acc = self.accuracy[min(ran, len(self.accuracy) - 1)]
         line = f"  loss {loss_text(self.eval_loss[0])} -> {loss_text(self.final_loss)}{self._chance()}"
         if self.extras.get("class_labels", True):  # regression targets have no accuracy
-            line += f", accuracy {accuracy_text(self.accuracy[0])} -> {accuracy_text(acc)}"
+            line += f", accuracy {accuracy_text(self.accuracy[0])} -> {final_accuracy_text(self.accuracy, self.diverged_epoch)}"
         lines.append(line)
         ratio = self.first_layer_ratio[:ran]
         if np.any(np.isfinite(ratio)):
@@ -244,6 +243,18 @@ def loss_text(v: float) -> str:
     if not math.isfinite(v) or v == 0 or 1e-4 <= abs(v) < 1e6:
         return f"{v:.4f}"
     return f"{v:.4g}"
+
+
+def final_accuracy_text(accuracy: np.ndarray, diverged_epoch: int | None) -> str:
+    """The accuracy a run ended with, for a summary (``accuracy[e]``: after epoch e, 0 before
+    training). After a divergence the parameters are what overflowed: the last accuracy before
+    it is given as such ("0.86 after epoch 2, the last before the divergence"), none when the
+    first epoch diverged."""
+    if diverged_epoch is None:
+        return accuracy_text(accuracy[-1])
+    if diverged_epoch == 0:
+        return "- (no epoch finished)"
+    return f"{accuracy_text(accuracy[diverged_epoch])} after epoch {diverged_epoch}, the last before the divergence"
 
 
 def accuracy_text(v: float) -> str:

@@ -530,6 +530,10 @@ def test_a_nonfinite_full_data_loss_after_an_epoch_is_a_divergence_in_that_epoch
         assert not math.isfinite(numpy_bce(numpy_logits(stack, r.params, X)[:, 0], y))  # NumPy: non-finite too
         assert r.diverged_epoch == 2 and r.epochs_run == 2, (epochs, r.summary())
         assert r.divergence.startswith("the loss on the whole data set after the epoch became nan")
+        # the summary's final accuracy is the last before the divergence, said so (it printed the
+        # accuracy of epoch 2's state as the run's, beside the loss nan that stopped it)
+        acc2 = f"{np.mean((z2 > 0) == y):.2f}"
+        assert f"-> nan (ln 2 = 0.6931), accuracy {r.accuracy[0]:.2f} -> {acc2} after epoch 2, the last before the divergence" in r.summary()
         # recorded up to the state before the epoch that diverged (docs/formats.md), its loss the one that stopped it
         np.testing.assert_array_equal(r.eval_loss[:3], two.eval_loss)
         np.testing.assert_array_equal(r.accuracy[:3], two.accuracy)
@@ -575,7 +579,7 @@ def test_recurrent_training_stops_at_a_nonfinite_held_out_loss():
     assert not np.all(np.isfinite(z)) and not math.isfinite(numpy_bce(z, y))
     assert r.diverged_epoch == 0 and r.divergence.startswith("held-out loss after the epoch became nan")
     assert math.isnan(r.loss[0]) and np.all(np.isnan(r.accuracy)) and math.isnan(r.final_accuracy)
-    assert "DIVERGED in epoch 1" in r.summary() and "accuracy - -> -" in r.summary()
+    assert "DIVERGED in epoch 1" in r.summary() and "accuracy - -> - (no epoch finished)" in r.summary()
 
 
 def test_accuracy_only_where_the_targets_are_class_labels():

@@ -30,7 +30,7 @@ from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
 from gradbench.spec import check_choice
 from gradbench.train import OPTIMIZERS, accuracy_text, chance_loss, class_labels, make_optimizer, resolve_momentum
-from gradbench.train import _adam_settings, _optimizer_words
+from gradbench.train import _adam_settings, _optimizer_words, final_accuracy_text
 from gradbench.train import accuracy as accuracy_of
 
 TASKS = ("first_symbol",)
@@ -99,11 +99,11 @@ class RecurrentTrainResult:
         if self.diverged_epoch is not None:
             lines.append(f"  DIVERGED in epoch {self.diverged_epoch + 1}: {self.divergence}")
         ran = self.epochs_run
-        acc = self.final_accuracy
         ref = chance_loss(r.loss, r.output_dim)
         lines.append(f"  held-out loss {self.eval_loss[0]:.4f} -> {self.final_loss:.4g}"
                      + ("" if ref is None else f" (chance {ref[0]} = {ref[1]:.4f}{ref[2]})")
-                     + f", accuracy {accuracy_text(self.accuracy[0])} -> {accuracy_text(acc)}")
+                     + f", accuracy {accuracy_text(self.accuracy[0])} -> "
+                     + final_accuracy_text(self.accuracy, self.diverged_epoch))
         s0 = self.signal_start
         if len(s0) and np.isfinite(s0[-1]):
             lines.append(f"  at the start the gradient reaching step 0 was 10^{s0[0] - s0[-1]:.1f} of the one at the "
