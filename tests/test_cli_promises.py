@@ -270,6 +270,34 @@ def test_the_estimate_counts_everything_that_is_allocated(kw, stats_only, monkey
     assert peak <= est <= 4 * peak, (peak, est)
 
 
+def test_the_cli_plans_for_its_backend_as_backprop_does():
+    """The CLI planned a stats-only run without its backend, i.e. with the NumPy histogram fill's
+    temporaries (17 bytes per entry of a segment) that the compiled fill does not hold, and so
+    refused runs that gb.backprop on that backend accepts. Here the free memory lies between the
+    two estimates: the numba backend's run is planned, the numpy backend's refused, as in
+    gb.backprop."""
+    from gradbench.cli.common import UsageError, plan_probe
+    from gradbench.histograms import DEFAULT_BINS
+
+    stack, batch, k = gb.Stack(depth=400, width=64, activation="tanh"), 256, 20
+    kw = dict(checkpoint=k, stats_only=True, generated=True, diagnose_bins=DEFAULT_BINS)  # the CLI diagnoses too
+    est = {b: plan.memory_estimate(stack, batch, backend=b, **kw) for b in ("numba", "numpy")}
+    assert est["numba"] < est["numpy"]
+    available = int((est["numba"] + est["numpy"]) / 2 / plan.LIMIT_FRACTION)
+    for b in ("numba", "numpy"):
+        try:
+            plan.plan_run(stack, batch, available=available, backend=b, **kw)
+            lib_ok = True
+        except plan.PlanRefused:
+            lib_ok = False
+        assert lib_ok == (b == "numba"), b
+        if lib_ok:
+            assert plan_probe(stack, batch, 0, b, stats_only=True, checkpoint=k, available=available).plan.checkpoint == k
+        else:
+            with pytest.raises(UsageError, match="needs about"):
+                plan_probe(stack, batch, 0, b, stats_only=True, checkpoint=k, available=available)
+
+
 def test_huge_histogram_bins_are_refused_with_the_option_that_fits(capsys, monkeypatch):
     monkeypatch.setattr(plan, "available_memory", lambda: 4 * 2**30)
     code, _, err = run(["run", *SMALL, "--bins", "100000000"], capsys)

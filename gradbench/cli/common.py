@@ -347,9 +347,10 @@ def plan_probe(stack: Stack, batch: int, seed: int, backend: str, *, stats_only:
     segment = min(checkpoint, stack.depth) if isinstance(checkpoint, int) else checkpoint
     try:
         p = planning.plan_run(stack, batch, checkpoint=segment, stats_only=stats_only, generated=stats_only,
-                              available=available, diagnose_bins=bins)
+                              available=available, diagnose_bins=bins, backend=backend)
     except planning.PlanRefused as exc:
-        raise UsageError(_refusal(stack, batch, exc.need, stats_only, checkpoint, bins, limit, budget)) from None
+        raise UsageError(_refusal(stack, batch, exc.need, stats_only, checkpoint, bins, limit, budget,
+                                  backend)) from None
     except (ValueError, TypeError) as exc:  # a checkpoint that does not suit the stack
         text = str(exc).replace("checkpoint=", "--checkpoint ", 1)
         if "residual group size" in text:
@@ -358,9 +359,9 @@ def plan_probe(stack: Stack, batch: int, seed: int, backend: str, *, stats_only:
     return Probe(stack, batch, seed, backend, stats_only, p, limit, label)
 
 
-def _refusal(stack, batch, need, stats_only, checkpoint, bins, limit, budget) -> str:
+def _refusal(stack, batch, need, stats_only, checkpoint, bins, limit, budget, backend) -> str:
     """The planner's refusal in command-line words, with the first options that fit and the
-    leanest."""
+    leanest (estimated for ``backend``, as the run was)."""
     from gradbench.plan import default_segment, memory_estimate, segment_candidates
 
     k = default_segment(stack)
@@ -368,7 +369,7 @@ def _refusal(stack, batch, need, stats_only, checkpoint, bins, limit, budget) ->
 
     def fitting(so: bool) -> int:  # the longest segment that fits, else the default
         return next((c for c in segment_candidates(stack) if memory_estimate(
-            stack, batch, checkpoint=c, stats_only=so, generated=so, diagnose_bins=bins) <= limit), k)
+            stack, batch, checkpoint=c, stats_only=so, generated=so, diagnose_bins=bins, backend=backend) <= limit), k)
 
     k1, k2 = fitting(False), fitting(True)
     candidates = [(f"--checkpoint {k1}", False, k1, bins), ("--stats-only", True, ck, bins),
@@ -378,7 +379,7 @@ def _refusal(stack, batch, need, stats_only, checkpoint, bins, limit, budget) ->
                        (f"--stats-only --checkpoint {k} --bins {DEFAULT_BINS}", True, k, DEFAULT_BINS)]
     fits = []  # the refused run itself never fits, so it is never suggested
     for flags, so, c, b in candidates:
-        est = memory_estimate(stack, batch, checkpoint=c, stats_only=so, generated=so, diagnose_bins=b)
+        est = memory_estimate(stack, batch, checkpoint=c, stats_only=so, generated=so, diagnose_bins=b, backend=backend)
         if est <= limit:
             fits.append((flags, est))
     best = sorted({fits[0], min(fits, key=lambda f: f[1])} if fits else [], key=lambda f: -f[1])
