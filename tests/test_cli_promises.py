@@ -27,6 +27,7 @@ import pytest
 
 import gradbench as gb
 from gradbench import cli, plan
+from gradbench.backends import resolve
 
 PY = sys.executable
 SMALL = ["--depth", "12", "--width", "4", "--backend", "numpy"]
@@ -217,12 +218,13 @@ def test_a_wide_stats_only_refusal_names_a_shorter_segment_that_fits(width, batc
     k = int(re.search(r"it fits with --stats-only --checkpoint (\d+)", err).group(1))
     assert code == 2 and k < plan.default_segment(stack)
     limit = plan.memory_limits(None, 23 * 2**30)[1]
+    backend = resolve("auto")  # the run's: the CLI plans for it
     plan.plan_run(stack, batch, checkpoint=k, stats_only=True, generated=True, memory_budget=limit,
-                  diagnose_bins=40)  # no refusal
+                  diagnose_bins=40, backend=backend)  # no refusal
     longer = next(c for c in plan.segment_candidates(stack) if c > k) if k < plan.segment_candidates(stack)[0] else None
     with pytest.raises(plan.PlanRefused, match=r"checkpoint=\d+, stats_only=True"):
         plan.plan_run(stack, batch, checkpoint=longer, stats_only=True, generated=True, memory_budget=limit,
-                      diagnose_bins=40)
+                      diagnose_bins=40, backend=backend)
 
 
 def test_numpy_integer_fields_are_python_ints():
