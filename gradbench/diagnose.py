@@ -29,7 +29,10 @@ l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
   whole-decade range of all layers in ``bins`` bins; for a ``stats_only`` run, whole streaming
   bins from the lowest occupied one, :func:`gradbench.histograms.rebin_streaming`), computed
   exactly from the mantissas and exponents (:mod:`gradbench.histograms`); exact zeros and
-  non-finite entries are counted apart.
+  non-finite entries are counted apart. ``hist_exact``: whether the counts are those of
+  ``np.histogram`` of the entries' log10 on ``hist_edges``. They are, except for a
+  ``stats_only`` run diagnosed with a ``hist_range`` off its streaming grid: then each entry is
+  counted within one streaming bin (1/4 decade by default) of its own.
 
 The terminal report (``str(diagnosis)``) is :func:`gradbench.report.format_report`.
 """
@@ -43,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradbench.histograms import DEFAULT_BINS, histograms, rebin_streaming
+from gradbench.histograms import DEFAULT_BINS, histograms, rebin_is_exact, rebin_streaming
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, classify, decades_per_layer, explain, float_limits,  # noqa: F401
                                floored_layers, grad_rate, judge, signal_rate)
@@ -84,6 +87,7 @@ class Diagnosis:
     threshold: float
     weight_log10: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     lost_samples: int = 0
+    hist_exact: bool = True
 
     @property
     def depth(self) -> int:
@@ -123,7 +127,7 @@ class Diagnosis:
     def from_dict(cls, d: dict) -> "Diagnosis":
         kw = {}
         for f in dataclasses.fields(cls):
-            if f.name not in d and f.name in ("weight_log10", "lost_samples"):  # the defaults
+            if f.name not in d and f.name in ("weight_log10", "lost_samples", "hist_exact"):  # the defaults
                 continue
             if f.name not in d and f.name == "signal_decades_per_layer":  # files of gradbench < 0.2
                 kw[f.name] = math.nan
@@ -236,10 +240,12 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         act_std = res.act_std.to_float(warn=False)
         act_std_log10 = res.act_std.log10()
         act_mean_log10 = res.act_mean.log10()
+    exact = True
     if res.grads is not None:
         edges, counts, zeros, nonfinite, outside = histograms(res.grads.W, bins, hist_range)
     elif getattr(res, "grad_hist", None) is not None:  # a stats_only run: its streaming histograms
         edges, counts, zeros, nonfinite, outside = rebin_streaming(res.grad_hist, bins, hist_range)
+        exact = rebin_is_exact(res.grad_hist, bins, hist_range)
     else:
         raise ValueError("the result has neither gradients nor gradient histograms to diagnose (a stats_only "
                          "run with hist_bins=0: gradbench.diagnose.assess gives its rates and verdict)")
@@ -268,6 +274,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         hist_outside=outside,
         first_nonfinite_forward=res.first_nonfinite_forward,
         lost_samples=int((res.extras or {}).get("lost_samples", 0)),
+        hist_exact=exact,
         first_nonfinite_backward=res.first_nonfinite_backward,
         decades_per_layer=rate,
         intercept=a.intercept,

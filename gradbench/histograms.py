@@ -278,6 +278,16 @@ def _default_fine_range(hist, has: np.ndarray, bins: int, offset: int, chunk: in
     return low, -(-(top - low + 1) // bins)
 
 
+def rebin_is_exact(hist, bins: int, hist_range: tuple[float, float] | None) -> bool:
+    """Whether :func:`rebin_streaming` of ``hist`` on ``bins`` bins over ``hist_range`` gives
+    np.histogram's counts (every fine bin inside one common bin), not counts exact only to one
+    fine bin."""
+    if hist_range is None:
+        return True
+    lo, hi = _checked_range(hist_range)
+    return _on_fine_grid(lo, hi, bins, hist.per_decade)[1] is not None
+
+
 def _on_fine_grid(lo: float, hi: float, bins: int, pd: int) -> tuple[int, int | None]:
     """(j0, k) when [lo, hi) in ``bins`` bins has its edges on the 1/pd grid: lo = j0 / pd and
     every bin k fine bins wide; else (0, None)."""

@@ -59,6 +59,38 @@ def test_stats_only_diagnosis_on_an_explicit_range_on_the_grid_is_exact():
         np.testing.assert_array_equal(d.hist_counts[l], want, err_msg=f"layer {l}")
 
 
+def test_a_stats_only_diagnosis_off_the_grid_says_its_counts_are_not_exact(tmp_path):
+    """hist_range (-8.1, 1.9) in 17 bins lies off the 1/4-decade streaming grid: each streaming
+    bin goes whole into one common bin, so entries land a bin away from np.histogram's, while
+    the absolute heat map still called its axis "(exact)". The diagnosis says which it is
+    (hist_exact), the plot's axis too; gradients kept or on the grid: exact, as np.histogram."""
+    from gradbench import plot
+
+    stack = gb.Stack(depth=20, width=16, activation="tanh")
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 8, 1)
+    dW = _plain(stack, params, x)
+    stats = gb.backprop(stack, params, x, stats_only=True)
+    full = gb.backprop(stack, params, x)
+
+    def differs(d):  # entries np.histogram puts in another bin on the diagnosis's own edges
+        return sum(int(np.abs(np.histogram(_log10_entries(dW[l]), bins=d.hist_edges)[0] - d.hist_counts[l]).sum())
+                   for l in range(stack.depth))
+
+    off = gb.diagnose(stats, params, bins=17, hist_range=(-8.1, 1.9))
+    assert differs(off) > 0 and not off.hist_exact
+    assert "within one streaming bin" in plot.histogram_heatmap(off, tmp_path / "a.png", relative=False).axes[0].get_xlabel()
+    for d in (gb.diagnose(stats, params, bins=20, hist_range=(-8.0, 2.0)), gb.diagnose(stats, params),
+              gb.diagnose(full, params, bins=17, hist_range=(-8.1, 1.9))):
+        assert differs(d) == 0 and d.hist_exact
+        assert "(exact)" in plot.histogram_heatmap(d, tmp_path / "b.png", relative=False).axes[0].get_xlabel()
+    assert not gb.Diagnosis.from_json(off.to_json()).hist_exact  # the files keep it
+    off_npz = tmp_path / "off.npz"
+    from gradbench.frames import write_npz
+
+    write_npz(off, off_npz)
+    assert not gb.Diagnosis.from_npz(off_npz).hist_exact
+
+
 # ---------------------------------------------------------------- relative to each layer's norm
 def _true_relative_bins(dW, edges):
     """Per layer, the relative bin of every non-zero entry of dW: -1 below the grid, else the
