@@ -169,6 +169,7 @@ class _Run:
         self.ckpt = self.take(shapes["ckpt"], dt) if self.plan.recompute else None
         self.fexp = np.zeros(L + 1, dtype=np.int64)
         self.act_mean, self.act_std, self.saturation, self.dead = (np.empty(L) for _ in range(4))
+        self.bn_share = np.empty((L, 2)) if st.batch_norm else None  # median and largest, per layer
         self.sig_e = np.zeros(L + 1, dtype=np.int64)
         self.sig_m = np.empty(L + 1)
         self.gnorm_m = np.empty(L)
@@ -249,11 +250,37 @@ def _forward(run: _Run) -> None:
         stats = (run.act_mean[s:e], run.act_std[s:e], run.saturation[s:e], run.dead[s:e])
         _segment_forward(run, s, e, layer_params, run.fexp[s:e + 1], stats, seg_info)
         _uncountable_fractions(run, s, e, layer_params)
+        if run.bn_share is not None:
+            run.bn_share[s:e] = bn_shares(run.seg_arrays(s, e)[3], run.stack.bn_eps)
         if run.info[abi.INFO_FORWARD] < 0 <= seg_info[abi.INFO_FORWARD]:
             run.info[abi.INFO_FORWARD] = s + seg_info[abi.INFO_FORWARD]
         if run.plan.recompute:
             run.ckpt[j + 1] = run.H[e - s]
     run.seconds["forward"] = time.perf_counter() - t
+
+
+SHARE_CHUNK = 1 << 16  # entries of rstd that bn_shares partitions at once
+
+
+def bn_shares(rstd: np.ndarray, eps: float) -> np.ndarray:
+    """(layers, 2): the median (for an even width the upper one) and the largest over each
+    layer's units of eps / (var_B + eps) = eps rstd^2 (``rstd`` (layers, N), batch norm's
+    1 / sqrt(var_B + eps); the share grows with rstd, so they are taken from its median and largest).
+
+    It is the factor by which batch norm's backward scales the part of a unit's gradient along
+    its own output xhat, beyond the gamma rstd of every other part orthogonal to the batch mean
+    (|xhat|^2 = B var_B / (var_B + eps)). Over a batch of 2 that part is a unit's whole gradient:
+    xhat = +-d / sqrt(d^2 + eps) (d: half the difference of the two samples' z), whose derivative
+    eps / (d^2 + eps)^(3/2) is rstd times this share (:func:`gradbench.verdict.small_batch_norm`).
+    """
+    out = np.empty((len(rstd), 2))
+    mid = rstd.shape[1] // 2
+    step = max(1, SHARE_CHUNK // max(1, rstd.shape[1]))
+    for a in range(0, len(rstd), step):
+        r = rstd[a : a + step]
+        out[a : a + step, 0] = np.partition(r, mid, axis=1)[:, mid]
+        out[a : a + step, 1] = np.max(r, axis=1)
+    return eps * np.square(out)
 
 
 def _top(run: _Run, targets):
@@ -460,4 +487,5 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         extras=extras,
         grad_hist=grad_hist,
         grad_norm_unclipped=unclipped,
+        bn_share=run.bn_share,
     )

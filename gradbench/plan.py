@@ -125,7 +125,8 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
     if stack.has_head:  # W_out, b_out and their gradients, the targets; the loss's temporaries
         ends += 2 * (O * N + O) + (B if stack.loss == "softmax_ce" else B * O)
         top = 8 * (HEAD_ARRAYS[stack.loss] + (stack.loss == "bce" and item != 8)) * B * O
-    stats = 8 * L * 12  # norms, exponents, activation statistics, info (float64/int64 each)
+    # norms, exponents, activation statistics, info (float64/int64 each); batch norm's shares (bn_share)
+    stats = 8 * L * (12 + 2 * stack.batch_norm)
     rows = 2 * seg if stats_only else L  # of gradients held at once
     backward = item * (rows * layer + 3 * B * N + B * D)  # the gradients, the signal and its copies, dL/dx
     if stack.clip is not None and stack.clip_on != "signal":

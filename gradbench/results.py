@@ -90,6 +90,12 @@ class Result:
         ||dL/dW_l||_F before parameter-gradient clipping (``clip_on`` "layer" or "global"; else
         ``None``: ``grad_norm`` is the gradient itself). Clipping bounds the update, not the
         derivative: how much a change of W_l moves the loss (the verdict's elasticity) is this.
+    bn_share : ndarray (L, 2) or None
+        With batch norm, the median (the upper one for an even width) and the largest over layer
+        l's units of eps / (var_B + eps): the share of a unit's gradient along its own normalised
+        output that batch norm's backward lets through (:func:`gradbench.engine.bn_shares`). Over
+        a batch of 2 that is the unit's whole gradient, and the diagnosis names it
+        (:func:`gradbench.verdict.small_batch_norm`). ``None`` without batch norm.
     """
 
     stack: Stack
@@ -111,6 +117,7 @@ class Result:
     extras: dict = field(default_factory=dict)
     grad_hist: GradHistogram | None = None
     grad_norm_unclipped: LogScaled | None = None
+    bn_share: np.ndarray | None = None
 
     def to_frame(self):
         """One row per layer as a pandas DataFrame (:func:`gradbench.frames.result_frame`)."""

@@ -441,8 +441,70 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                      f"over the stack); {span}")
     elif finite.sum() == 1:
         words.append(f"one layer with a gradient: ||dW|| = 10^{_num(g[finite][0])}; no trend to fit")
+    words += small_batch_norm(stack, res, verdict)
     words += _findings(stack, g, res, verdict)
     return "; ".join(words) + "."
+
+
+# Batch norm over a batch of 2 is named as what decides a vanishing or exploding gradient when a
+# layer's median unit lets through at most this share eps / (var_B + eps) of its gradient (median
+# over the layers): a decade or more a layer, and every such unit's output within about 5 % of +-1.
+BN_NAMED_SHARE = 0.1
+
+
+def small_batch_norm(stack, res, verdict: str) -> list[str]:
+    """What batch norm over a batch of 2 does to the gradient, and where the dtype cannot resolve it.
+
+    Over two samples a unit's normalised output is xhat = +-d / sqrt(d^2 + eps), d half the
+    difference of the two samples' z: a step of width sqrt(eps) in d, nearly +-1 whatever the
+    input once d^2 >> eps. Its backward is dz = +-gamma (dy_1 - dy_2) / 2 eps / (d^2 + eps)^(3/2):
+    batch norm's scale 1 / sqrt(d^2 + eps) times the share s = eps / (d^2 + eps)
+    (``res.bn_share``: its median and its largest over each layer's units). Over B samples the
+    backward passes a unit's gradient in full in the B - 2 directions orthogonal to the batch mean
+    and to xhat, and only s of it along xhat; over 2 there is nothing but that. So a vanishing
+    (narrow layers: every share small) or exploding (wide layers: a few units with d^2 <~ eps pass
+    it at up to 1 / sqrt(eps)) verdict is named as batch norm's when the median unit's share is at
+    most :data:`BN_NAMED_SHARE`, and the remedy is a larger batch.
+
+    The kernels take s as 1 - xhat^2 (dy - mean(dy) - xhat mean(dy xhat)), a difference of numbers
+    near 1 resolved to the dtype's epsilon u: a relative error of about u / s per layer (0.2-1 times
+    it where measured against the closed form). From the highest layer where the sum of u / s over the
+    most open unit of it and every layer above reaches 1, the norms are rounding noise, and the
+    sentence says so whatever the verdict (tests/test_small_batch_norm.py: below that layer every
+    backend is off by at least the norm's own size).
+    """
+    share = getattr(res, "bn_share", None)
+    if not stack.batch_norm or share is None or res.input_grad.mantissa.shape[0] != 2:
+        return []
+    share = np.asarray(share, dtype=np.float64)
+    words = []
+    with np.errstate(divide="ignore"):
+        typical, most = np.median(np.log10(share), axis=0)
+    if verdict in ("vanishing", "exploding") and typical <= math.log10(BN_NAMED_SHARE):
+        what = "removes the gradient" if verdict == "vanishing" else "makes the gradient grow"
+        text = (f"batch norm over a batch of 2 {what}: it maps each unit to +-d / sqrt(d^2 + eps) (d: half the "
+                "difference of the two samples' z), nearly +-1 whatever the input, and the gradient through it is "
+                f"only what eps = {stack.bn_eps:g} leaves: its derivative eps / (d^2 + eps)^(3/2) is 1 / sqrt(d^2 + "
+                f"eps) times the share eps / (d^2 + eps), 10^{_num(typical)} for a layer's median unit and "
+                f"10^{_num(most)} for its most open one (medians over the layers)")
+        if verdict == "exploding":
+            text += (f"; where the two samples nearly coincide (d^2 <~ eps) the share is near 1 and the derivative "
+                     f"up to 1 / sqrt(eps) = {stack.bn_eps ** -0.5:.3g}, and the gradient grows through those few units")
+        words.append(text + "; use a larger batch (over B samples batch norm passes a unit's gradient in full in B - 2 "
+                            "of the B - 1 directions that the batch mean leaves, and by the share only in the last, "
+                            "along xhat: over 2 that one is all there is)")
+    u = float(np.finfo(stack.dtype).eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error = np.cumsum((u / share[:, 1])[::-1])[::-1]  # from the top down to each layer
+    noise = np.flatnonzero(error >= 1)
+    if noise.size:
+        top = int(noise.max())
+        words.append(f"in {stack.dtype} ||dW_l|| and ||dL/dh_l|| from layer {top} down are rounding noise, not the "
+                     "exact gradient: batch norm's backward takes each unit's share eps / (d^2 + eps) as 1 - xhat^2, "
+                     f"a difference of numbers near 1 resolved to {u:.2g}, and the relative errors {u:.2g} / share "
+                     f"of the most open unit of layer {top} and of every layer above add up to 1 or more"
+                     + ("; float64 resolves 2.2e-16" if stack.dtype == "float32" else ""))
+    return words
 
 
 def countable_mean(fraction, unit: str = "layers") -> tuple[float, str]:
