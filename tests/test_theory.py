@@ -470,3 +470,105 @@ def test_a_tiny_start_still_reaches_the_attractor(q0):
     chi = 2.25 * _quad_expect(lambda z: (1 - math.tanh(math.sqrt(q) * z) ** 2) ** 2)
     mf = theory.mean_field("tanh", 1.5, q0=q0)
     assert mf.q_star == pytest.approx(q, rel=1e-8) and mf.chi1 == pytest.approx(chi, rel=1e-8)
+
+
+# Extreme inputs the validation accepts (a large ELU alpha or leaky slope, a huge or tiny sigma_b),
+# against closed forms. ELU with alpha and s = sqrt(q), from E[e^{a z}; z < 0] = erfcx(a / sqrt 2) / 2:
+#   E[phi(s z)^2]  = s^2 / 2 + alpha^2 (1/2 - erfcx(s / sqrt 2) + erfcx(sqrt 2 s) / 2)
+#   E[phi'(s z)^2] = 1/2 + alpha^2 erfcx(sqrt 2 s) / 2
+def _elu_closed_form(alpha, sigma_w, sigma_b):
+    """ln q* (Brent's method on the closed-form length map in t = ln q) and ln chi_1 there."""
+    from scipy import optimize, special
+
+    lw, lb, la = 2 * math.log(sigma_w), 2 * math.log(sigma_b), math.log(alpha)
+
+    def log_map(t):
+        s = math.exp(t / 2)
+        neg = 0.5 - special.erfcx(s / math.sqrt(2)) + special.erfcx(math.sqrt(2) * s) / 2
+        return float(np.logaddexp(lw + np.logaddexp(t - math.log(2), 2 * la + math.log(neg)), lb))
+
+    # the map is >= sigma_b^2, and for sigma_w <= 1 below q past alpha^2 + 2 sigma_b^2; its ratio
+    # q_{l+1} / q_l falls with q (N(s) / s^2 falls): one crossing between
+    lo, hi = lb, float(np.logaddexp(2 * la, math.log1p(2 * sigma_b**2))) + 1.0
+    t = optimize.brentq(lambda u: log_map(u) - u, lo, hi, xtol=1e-14, rtol=1e-15)
+    s = math.exp(t / 2)
+    log_chi = lw + float(np.logaddexp(-math.log(2), 2 * la + math.log(special.erfcx(math.sqrt(2) * s) / 2)))
+    return t, log_chi
+
+
+@pytest.mark.parametrize("alpha", [1e7, 1e160])
+def test_elu_with_a_large_alpha_has_the_closed_forms_fixed_point(alpha):
+    """ELU's negative side saturates at -alpha: at sigma_w = 1 the length map has its fixed point
+    near alpha^2 (1e14 for alpha = 1e7), where chi_1 ~ alpha / (2 sqrt(2 pi)) (exploding). The
+    rule 'past q = 1e12 an unbounded map is linear' read q* = inf and chi_1 = 0.5 (vanishing);
+    at alpha = 1e160 alpha^2 overflowed the quadrature."""
+    t, log_chi = _elu_closed_form(alpha, 1.0, 0.1)
+    mf = theory.mean_field("elu", 1.0, 0.1, param=alpha)
+    assert mf.log10_q_star == pytest.approx(t / math.log(10), rel=1e-13)
+    assert mf.log10_chi1 == pytest.approx(log_chi / math.log(10), rel=1e-11)
+    assert mf.phase == "chaotic (exploding)" and not mf.depends_on_q0
+    assert theory.bistability("elu", 1.0, 0.1, alpha) is None  # ELU's map has one attractor
+    if alpha < 1e150:
+        assert mf.q_star == pytest.approx(math.exp(t), rel=1e-12)
+        assert mf.chi1 == pytest.approx(math.exp(log_chi), rel=1e-10)
+        assert theory.fixed_point("elu", 1.0, 0.1, alpha) == mf.q_star
+        assert theory.chi1("elu", 1.0, 0.1, alpha) == mf.chi1
+    else:  # q* ~ 1e320 is past the largest float; its logarithm is not
+        assert mf.q_star == math.inf and math.isfinite(mf.log10_q_star) and 0 < mf.chi1 < math.inf
+    # above sigma_w^2 = 2 lengths grow without bound: chi_1 is the limit q -> inf, sigma_w^2 / 2
+    grows = theory.mean_field("elu", 1.5, 0.1, param=alpha)
+    assert grows.q_star == math.inf and grows.log10_q_star == math.inf
+    assert grows.chi1 == pytest.approx(1.125, rel=1e-12)
+
+
+def test_elu_critical_sigma_w_with_a_large_alpha_is_the_closed_forms():
+    """alpha = 1e7 at sigma_b = 0.1 puts the critical line at sigma_w = 1.934e-7, where q* ~ 0.2.
+    Brent's method stopped at 1e-12 in sigma_w (5e-8 of it, relative); now at 1e-12 times the
+    bracket's upper end below 1. A leaky slope of 1e160 (next test) puts it at sqrt(2) 1e-160,
+    where 1e-12 returned the bracket's end. chi_1 exceeds 1 over the default bracket (0.05, 20)."""
+    from scipy import optimize
+
+    alpha, sigma_b = 1e7, 0.1
+    root = optimize.brentq(lambda s: _elu_closed_form(alpha, s, sigma_b)[1], 1e-8, 1e-6, xtol=1e-22, rtol=1e-14)
+    assert theory.critical_sigma_w("elu", sigma_b, alpha, bracket=(1e-8, 1e-6)) == pytest.approx(root, rel=1e-9, abs=0)
+    with pytest.raises(ValueError, match="does not change sign"):
+        theory.critical_sigma_w("elu", sigma_b, alpha)
+
+
+def test_a_huge_leaky_slope_keeps_its_logarithms():
+    """Leaky ReLU with slope a: r = sigma_w^2 (1 + a^2) / 2 = chi_1, q* = sigma_b^2 / (1 - r) below
+    r = 1. a = 1e160 squared to inf inside the quadrature: chi_1 read 10^inf at sigma_w = 1 and
+    q* = inf at sigma_w = 1e-160, where r = 1/2."""
+    a = 1e160
+    mf = theory.mean_field("leaky_relu", 1.0, 0.1, param=a)
+    assert mf.q_star == math.inf and mf.log10_q_star == math.inf  # r = 5e319: grows without bound
+    assert mf.log10_chi1 == pytest.approx(2 * math.log10(a) - math.log10(2), rel=1e-14) and mf.chi1 == math.inf
+    r = 1e-320 * 0.5 + 0.5  # sigma_w^2 (1 + a^2) / 2 at sigma_w = 1e-160
+    small = theory.mean_field("leaky_relu", 1e-160, 0.1, param=a)
+    assert small.q_star == pytest.approx(0.01 / (1 - r), rel=1e-13, abs=0) and small.chi1 == pytest.approx(r, rel=1e-13)
+    assert theory.length_map(1.0, "leaky_relu", 1e-160, 0.1, a) == pytest.approx(r + 0.01, rel=1e-13)
+    assert theory.critical_sigma_w("leaky_relu", 0.0, a, bracket=(1e-161, 1e-159)) == pytest.approx(
+        math.sqrt(2) / a, rel=1e-10, abs=0)
+
+
+def test_a_huge_bias_gives_its_fixed_point_in_logarithms():
+    """sigma_b = 1e160: q* ~ 1e320 is past the largest float, so q_star reads inf (as q0 does),
+    while log10_q_star holds it; lengths that grow without bound read inf in both. tanh (bounded):
+    q* = sigma_b^2 + sigma_w^2 E[tanh^2] = 1e320 to rounding, chi_1 -> 4 / (3 sqrt(2 pi) sqrt(q*)).
+    GELU, ELU and swish are linear at that scale: q* = sigma_b^2 / (1 - sigma_w^2 / 2) = 2e320,
+    chi_1 = sigma_w^2 / 2, one attractor; phi^2 overflowed there and read q* = inf, lengths growing
+    without bound (and with phi^2 summed in range, the ratio's limit q -> inf read at q = 1e200,
+    where sigma_b^2 / q is 1e120, made a second attractor of the fixed point)."""
+    mf = theory.mean_field("tanh", 1.0, 1e160)
+    assert mf.q_star == math.inf and mf.log10_q_star == pytest.approx(320.0, abs=1e-12)
+    assert mf.q0 == math.inf and mf.log10_q0 == pytest.approx(320.0, abs=1e-12)
+    assert mf.log10_chi1 == pytest.approx(math.log10(4 / (3 * math.sqrt(2 * math.pi))) - 160, abs=1e-9)
+    for act in ("gelu", "elu", "swish"):
+        mf = theory.mean_field(act, 1.0, 1e160)
+        assert mf.q_star == math.inf and mf.log10_q_star == pytest.approx(320 + math.log10(2), abs=1e-12), act
+        assert mf.chi1 == pytest.approx(0.5, rel=1e-12) and not mf.depends_on_q0 and not mf.bistable
+        assert theory.bistability(act, 1.0, 1e160) is None
+    assert theory.length_map(1e308, "gelu", 0.1) == pytest.approx(0.01 * 1e308 / 2, rel=1e-12)
+    relu = theory.mean_field("relu", 1e160, 0.1)  # grows without bound; chi_1 = sigma_w^2 / 2 past the floats
+    assert relu.q_star == relu.log10_q_star == math.inf and relu.chi1 == math.inf
+    assert relu.log10_chi1 == pytest.approx(320 - math.log10(2), rel=1e-14) and relu.phase == "chaotic (exploding)"
