@@ -163,8 +163,8 @@ def _ln(x: float) -> float:
 
 
 def _exp(t: float) -> float:
-    """exp(t), inf past the largest float (instead of math.exp's OverflowError)."""
-    return math.exp(t) if t < 709.78 else math.inf
+    """exp(t), inf past the largest float (instead of math.exp's OverflowError); NaN stays NaN."""
+    return math.exp(t) if t < 709.78 or math.isnan(t) else math.inf
 
 
 def _log_variance(t: float, activation: str, sigma_w: float, param: float) -> float:
@@ -251,7 +251,7 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
         if t_new == t or _converged(t, t_new, tol):
             return t_new
         t = t_new
-    return t
+    return _log_root(activation, sigma_w, sigma_b, param, t)
 
 
 def _ln_elu_scale(activation: str, param: float) -> float:
@@ -268,6 +268,59 @@ def _ln_q_huge(activation: str, sigma_b: float, param: float) -> float:
     or 1e24 times the map's own scale where that is larger (ELU's alpha^2, sigma_b^2: at
     sigma_b = 1e160 the ratio at q = 1e200 is ~1e120, not its limit)."""
     return max(_LN_Q_HUGE, 2 * _LN_Q_LARGE + max(_ln_elu_scale(activation, param), 2 * _ln(sigma_b)))
+
+
+def _log_root(activation: str, sigma_w: float, sigma_b: float, param: float, t: float) -> float:
+    """ln q* where the iteration ran out of steps at t = ln q, still moving: the root of
+    g(u) = ln(q_{l+1} / q_l) at q_l = e^u, bracketed by stepping from t the way the map moves q,
+    in doubling steps (the first root that way is the fixed point the iteration approaches).
+
+    The slow approaches end here: geometric with a ratio near 1 (tanh at sigma_w = 0.9 with
+    sigma_b = 1e-300 shrinks q by 0.81 a layer down to q* = 5e-600: 6600 layers) and algebraic,
+    where the ratio tends to 1 (tanh at sigma_w = 1, q_l ~ 1 / (2 l): with sigma_b = 1e-5 the
+    iteration stopped at 1e-4, not at q* = 7.07e-6). ``inf`` where q grows into the linear regime
+    with the weights alone enlarging it, ``-inf`` where without bias it falls past the q -> 0
+    limit. NaN where the root is not resolved: g does not differ from 0 by more than its rounding
+    error a factor e^0.001 either side, so float64 cannot place q* even to 0.1 % (the ratio is 1 to
+    rounding around it: ELU at sigma_w = 1 with sigma_b = 1e-300 has q* ~ 1e-400, where the ratio
+    differs from 1 by 1e-200).
+    """
+    t_b = 2 * _ln(sigma_b)
+    t_linear = _LN_Q_LARGE + _ln_elu_scale(activation, param)
+
+    def g(u):
+        return float(np.logaddexp(_log_variance(u, activation, sigma_w, param), t_b)) - u
+
+    g_t = g(t)
+    if g_t == 0:
+        return t
+    up, a, step = g_t > 0, t, 1e-3
+    while True:
+        if up:  # the first step past the linear regime's start lands just past it, as the iteration's does
+            b = t_linear + 1e-3 if a <= t_linear < a + step else a + step
+        else:
+            b = max(a - step, t_b)  # q_{l+1} >= sigma_b^2: g(t_b) >= 0
+        g_b = g(b)
+        if math.isnan(g_b):
+            return math.nan
+        if (g_b <= 0) if up else (g_b >= 0):
+            break
+        if up and activation not in _BOUNDED and b > t_linear:
+            t_w = _log_variance(b, activation, sigma_w, param)
+            # as in the iteration, the weights alone enlarge q; or they keep it to rounding while the
+            # bias adds sigma_b^2 a layer, as a homogeneous map at r = 1 does (GELU at sigma_w = sqrt 2)
+            if t_w > b or (sigma_b > 0 and t_w > b - 1e-12):
+                return math.inf
+        if not up and sigma_b == 0 and b < _LN_Q_TINY and _phi(activation, param)[0](0.0) == 0:
+            return -math.inf  # the ratio's q -> 0 limit is below 1: lengths shrink to zero
+        a, step = b, 2 * step
+    from scipy.optimize import brentq
+
+    root = float(brentq(g, min(a, b), max(a, b), xtol=1e-13))
+    noise = 4e-15 * (1 + abs(root) + abs(2 * _ln(sigma_w)))  # rounding of g: ~18 ulps of its logarithms
+    if g(root - 1e-3) > noise and g(root + 1e-3) < -noise:
+        return root
+    return math.nan
 
 
 def _converged(t: float, t_new: float, tol: float) -> bool:
@@ -294,8 +347,12 @@ def fixed_point(activation: str, sigma_w: float, sigma_b: float = 0.0, param: fl
     it). ``inf`` also reads a finite q* past the largest float (tanh at sigma_b = 1e160: q* = 1e320;
     a bounded activation, tanh or sigmoid, has q* <= sigma_w^2 + sigma_b^2 and never grows without
     bound); :func:`mean_field` keeps its logarithm, which tells the two apart. ``tol``: the change
-    of q (relative above q = 1, absolute below) at which the iteration stops; ``max_iter``: at
-    most that many steps.
+    of q (relative above q = 1, absolute below) at which the iteration stops; ``max_iter``: the
+    steps after which an iteration still moving (a slow approach: tanh at sigma_w = 1 with
+    sigma_b = 1e-5 has q_l ~ 1 / (2 l) until q* = 7.07e-6) has its fixed point found by bracketing
+    instead. NaN where that fixed point is not resolved in float64: the map's ratio
+    q_{l+1} / q_l is 1 to rounding around it (ELU at sigma_w = 1 with sigma_b = 1e-300, whose
+    q* ~ 1e-400 is set by a term 1e-200 of the ratio).
     """
     sigma_w, sigma_b, param = _inputs(activation, sigma_w, sigma_b, param)
     tol = _real("tol", tol, positive=True)
@@ -310,6 +367,8 @@ def _log_chi1(activation: str, sigma_w: float, param: float, t: float) -> float:
     _, df = _phi(activation, param)
     if activation in spec.HOMOGENEOUS and not math.isfinite(t):
         t = 0.0  # phi' of a homogeneous activation does not depend on the scale
+    elif math.isnan(t):
+        return math.nan  # q* not resolved (_log_root)
     elif t == math.inf:
         # lengths grow without bound (gelu, swish, elu, selu above their growth threshold):
         # the limit of phi'(sqrt(q) z) as q -> inf, evaluated at a scale where it has converged
@@ -327,7 +386,8 @@ def chi1(activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | N
     at ``q`` or by default at the fixed point q* reached from ``q0`` (as in :func:`fixed_point`).
 
     0 or ``inf`` where chi_1 itself under- or overflows a float (sigma_w ~ 1e-200 or 1e300, a leaky
-    slope of 1e160); :func:`mean_field` keeps its logarithm. Give ``q`` or ``q0``, not both.
+    slope of 1e160); :func:`mean_field` keeps its logarithm. NaN where the fixed point is not
+    resolved (:func:`fixed_point`). Give ``q`` or ``q0``, not both.
     """
     sigma_w, sigma_b, param = _inputs(activation, sigma_w, sigma_b, param)
     if q is not None and q0 is not None:
@@ -421,8 +481,10 @@ class MeanField:
     hold them at any sigma_w, and every derived quantity is computed from the logarithms. So
     ``q_star = inf`` is a fixed point past the largest float where ``log10_q_star`` is finite (tanh
     at sigma_b = 1e160: 320.0), and lengths that grow without bound where it is ``inf`` too (ReLU
-    above sigma_w^2 = 2; chi_1 is then its limit q -> inf, finite in ``log10_chi1``). ``q0``
-    (``log10_q0``) is where the length map started: the first pre-activation's variance
+    above sigma_w^2 = 2; chi_1 is then its limit q -> inf, finite in ``log10_chi1``). ``q_star``
+    and ``log10_q_star`` are NaN where float64 cannot resolve the fixed point (:func:`fixed_point`);
+    ``chi1`` and the quantities derived from it are then NaN too, and ``phase`` is "unresolved".
+    ``q0`` (``log10_q0``) is where the length map started: the first pre-activation's variance
     (:func:`first_q`). ``depends_on_q0`` says whether another q0 would change q*: where the map
     has two attractors (``q_separatrix``, the unstable fixed point between them, is then finite,
     else NaN; :func:`bistability`) and where it leaves q unchanged (a homogeneous activation at
@@ -466,7 +528,11 @@ class MeanField:
 
     @property
     def phase(self) -> str:
+        """"critical", "ordered (vanishing)" or "chaotic (exploding)" by chi_1; "unresolved" where
+        chi_1 is NaN (its fixed point is not resolved in float64)."""
         ln_chi = self.log10_chi1 * math.log(10)
+        if math.isnan(ln_chi):
+            return "unresolved"
         if abs(ln_chi) < 0.01 and abs(math.expm1(ln_chi)) < 1e-3:
             return "critical"
         return "ordered (vanishing)" if ln_chi < 0 else "chaotic (exploding)"
@@ -548,7 +614,14 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None 
     (a standard normal input), searched for within ``bracket``, two sigma_w with 0 < lo < hi."""
     sigma_b, p = _activation_inputs(activation, sigma_b, param)
     lo, hi = _bracket(bracket)
-    f = lambda s: chi1(activation, s, sigma_b, param) - 1.0  # noqa: E731
+
+    def f(s):
+        value = chi1(activation, s, sigma_b, param)
+        # NaN: q* not resolved, where the map's ratio q_{l+1} / q_l is 1 to rounding around it. That
+        # happens where phi is linear to rounding at sqrt(q*) (q* -> 0: tanh at sigma_w = 1 with
+        # sigma_b = 1e-300; q* -> inf), and there chi_1 is that ratio: the point is on the line
+        return 0.0 if math.isnan(value) else value - 1.0
+
     if f(lo) * f(hi) > 0:
         raise ValueError(f"chi_1 - 1 does not change sign for sigma_w in {bracket} ({activation}, sigma_b={sigma_b})")
     from scipy.optimize import brentq  # SciPy is imported where it is used (CLI start-up time)
