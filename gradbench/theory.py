@@ -677,6 +677,11 @@ def lyapunov_spectrum(stack: Stack, params, x: np.ndarray, k: int | None = None)
     The Jacobian of a plain layer is diag(phi'(z_l)) W_l; a residual group contributes
     I + alpha * (its layers' Jacobian product). Returns the top ``k`` exponents (all N by default),
     largest first. Batch norm is not supported (its Jacobian couples the samples of a batch).
+
+    The layers run in float64: an exponent reads -inf where the Jacobians' product is 0 in float64
+    (dead ReLUs, or units saturated so far that phi' underflows: tanh at |z| > ~370, ELU's negative
+    side at z < ~-700), and a forward pass whose pre-activations leave the float range (ReLU at
+    sigma_w = 1e160 reaches 1e320 in two layers) is refused with a ValueError naming the layer.
     """
     _check_stack(stack)
     if stack.batch_norm:
@@ -692,6 +697,8 @@ def lyapunov_spectrum(stack: Stack, params, x: np.ndarray, k: int | None = None)
     h = np.asarray(x, dtype=np.float64)
     if h.size != N:
         raise ValueError(f"x must be one sample of the stack's width {N} (shape ({N},) or (1, {N})), got shape {h.shape}")
+    if not np.all(np.isfinite(h)):
+        raise ValueError("x must be finite numbers")
     h = h.reshape(1, N)
     code, p = abi.ACT_CODE[stack.activation], stack.act_param
     V = np.eye(N, k)  # tangent vectors pushed through the layers since the last QR
@@ -700,7 +707,14 @@ def lyapunov_spectrum(stack: Stack, params, x: np.ndarray, k: int | None = None)
     z = np.empty_like(h)
     for l in range(stack.depth):
         W = params.W[l].astype(np.float64)
-        reference.dense_forward(z, h, W, params.b[l].astype(np.float64))
+        with np.errstate(over="ignore", invalid="ignore"):
+            reference.dense_forward(z, h, W, params.b[l].astype(np.float64))
+        if not np.all(np.isfinite(z)):
+            raise ValueError(
+                f"lyapunov_spectrum runs the layers in float64, and the pre-activations of layer {l} leave its range "
+                f"(past 1.8e308: sigma_w={stack.gain:g}, sigma_b={stack.sigma_b:g}, activation={stack.activation!r}"
+                f"{f', activation_param={stack.act_param:g}' if stack.activation_param is not None else ''}); its "
+                "exponents need a stack whose forward pass stays below that")
         lp = params.slope[l] if stack.activation == "prelu" else p
         d = dphi(z, code, lp)[0]
         h = phi(z, code, lp)

@@ -663,6 +663,21 @@ def test_critical_sigma_w_crosses_where_q_star_is_not_resolved():
     assert theory.critical_sigma_w("tanh", 1e-300) == pytest.approx(1.0, abs=1e-9)
 
 
+def test_lyapunov_spectrum_refuses_a_forward_pass_past_the_floats():
+    """ReLU at sigma_w = 1e160: the second layer's pre-activations reach ~1e320 (here scaled by
+    1e-160 in NumPy), past float64; the spectrum read -inf for every exponent, where each is
+    ~ln(1e160). Refused, naming the layer."""
+    stack = gb.Stack(depth=5, width=4, activation="relu", init="normal", sigma_w=1e160, sigma_b=0.1)
+    params = gb.init_params(stack, seed=0)
+    x = np.ones(4)
+    h0 = np.maximum(x @ params.W[0].T + params.b[0], 0) / 1e160
+    assert np.max(np.abs(h0 @ params.W[1].T + params.b[1] / 1e160)) > 1e308 / 1e160
+    with pytest.raises(ValueError, match=r"pre-activations of layer 1 leave its range \(past 1.8e308: sigma_w=1e\+160"):
+        theory.lyapunov_spectrum(stack, params, x)
+    with pytest.raises(ValueError, match="x must be finite"):
+        theory.lyapunov_spectrum(stack, params, np.array([1.0, np.nan, 0.0, 0.0]))
+
+
 def test_theory_cli_at_extreme_inputs(tmp_path, capsys):
     """The CLI prints and writes what mean_field computes at the extremes: ELU with alpha = 1e7 (the
     closed form's q* ~ 1e14, chi_1 ~ 2e6; it printed q* inf and chi_1 0.5, "ordered"), and ELU at
