@@ -46,10 +46,15 @@ _Z_MAX = 12.0  # the normal tails beyond |z| = 12 weigh < 1e-32
 # the transition of phi(s z) in z is 40 / s wide and gets a panel of its own.
 _TRANSITION = 40.0
 _BOUNDED = frozenset({"sigmoid", "tanh"})  # q* <= sigma_w^2 + sigma_b^2: the length map cannot diverge
-_LN_Q_LARGE = math.log(1e12)  # past this q, an unbounded activation's length map is in its linear regime
+# past this q (for ELU with alpha > 1, alpha^2 times it: _ln_elu_scale), an unbounded activation's
+# length map is in its linear regime
+_LN_Q_LARGE = math.log(1e12)
 # The length map's ratio q_{l+1} / q_l in its limits q -> 0 and q -> inf is read at these q (the
-# limits of phi(s z) / s in z are reached there, and phi(s z)^2 neither under- nor overflows).
+# limits of phi(s z) / s in z are reached there; past a large sigma_b or ELU alpha: _ln_q_huge).
 _LN_Q_TINY, _LN_Q_HUGE = math.log(1e-200), math.log(1e200)
+# Values of phi or phi' whose squares, times the quadrature weights, stay normal floats when the
+# largest of them lies in this range; beyond it they are summed relative to the largest (_log_panel).
+_SQUARE_RANGE = (1e-150, 1e150)
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,8 +66,8 @@ def _rho(z):
     return np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
-def _log_expect(f, log_s: float) -> float:
-    """ln E_z[f(s z)], z ~ N(0, 1), for f >= 0 and the scale s = exp(log_s) (0 <= s <= inf).
+def _log_expect(g, log_s: float) -> float:
+    """ln E_z[g(s z)^2], z ~ N(0, 1), for the scale s = exp(log_s) (0 <= s <= inf).
 
     Gauss-Hermite converges slowly for the kinks of the ReLU family, ELU and SELU at z = 0
     (201 Hermite points give chi_1 = 0.91 instead of 1 for ReLU at sigma_w^2 = 2), so every panel
@@ -72,6 +77,7 @@ def _log_expect(f, log_s: float) -> float:
     at sigma_w = 10^4 four decades low): it gets its own panel, integrated in x = s z over
     [0, 40] with the factor 1/s carried as a logarithm, and [40 / s, 12] a second. So the result
     holds for any s up to and past the largest float (bounded activations at sigma_w ~ 1e300).
+    Each panel's squares are summed by :func:`_log_panel`, which keeps them in the float range.
     """
     x, w = _legendre()
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
@@ -79,7 +85,7 @@ def _log_expect(f, log_s: float) -> float:
             s = math.exp(log_s)
             z = 0.5 * _Z_MAX * (x + 1.0)
             wz = 0.5 * _Z_MAX * w * _rho(z)
-            return float(np.log(np.sum(wz * (f(s * z) + f(-s * z)))) - np.log(2 * np.sum(wz)))
+            return float(_log_panel(wz, g(s * z), g(-s * z)) - np.log(2 * np.sum(wz)))
         inv_s = math.exp(-log_s)
         s = math.exp(log_s) if log_s < 709.0 else math.inf
         xs = 0.5 * _TRANSITION * (x + 1.0)  # panel 1, in x = s z: the transition
@@ -87,10 +93,22 @@ def _log_expect(f, log_s: float) -> float:
         a = _TRANSITION * inv_s  # panel 2, in z: the asymptotes
         z = a + 0.5 * (_Z_MAX - a) * (x + 1.0)
         wz = 0.5 * (_Z_MAX - a) * w * _rho(z)
-        fz = f(s * z) + f(-s * z) if math.isfinite(s) else f(np.full_like(z, np.inf)) + f(np.full_like(z, -np.inf))
-        value = np.logaddexp(np.log(np.sum(wx * (f(xs) + f(-xs)))) - log_s, np.log(np.sum(wz * fz)))
+        gz = (g(s * z), g(-s * z)) if math.isfinite(s) else (g(np.full_like(z, np.inf)), g(np.full_like(z, -np.inf)))
+        value = np.logaddexp(_log_panel(wx, g(xs), g(-xs)) - log_s, _log_panel(wz, *gz))
         norm = np.logaddexp(np.log(2 * np.sum(wx)) - log_s, np.log(2 * np.sum(wz)))
         return float(value - norm)
+
+
+def _log_panel(w, g_pos, g_neg):
+    """ln sum_i w_i (g_pos_i^2 + g_neg_i^2): one panel of :func:`_log_expect`, from the values of g
+    at its nodes on either side of 0. Where their largest magnitude m lies outside
+    :data:`_SQUARE_RANGE` their squares would leave the float range (a leaky slope or ELU alpha of
+    1e160 squares to inf, as does s z past 1e154): they are taken relative to m, and 2 ln m added.
+    Relative to m, the values that underflow are below 1e-154 m and weigh nothing in the sum."""
+    m = float(np.max(np.abs(np.concatenate([g_pos, g_neg]))))
+    if 0 < m < math.inf and not _SQUARE_RANGE[0] <= m <= _SQUARE_RANGE[1]:
+        return np.log(np.sum(w * ((g_pos / m) ** 2 + (g_neg / m) ** 2))) + 2 * math.log(m)
+    return np.log(np.sum(w * (g_pos ** 2 + g_neg ** 2)))
 
 
 def _phi(activation: str, param: float):
@@ -145,20 +163,21 @@ def _ln(x: float) -> float:
 
 
 def _exp(t: float) -> float:
-    """exp(t), inf past the largest float (instead of math.exp's OverflowError)."""
-    return math.exp(t) if t < 709.78 else math.inf
+    """exp(t), inf past the largest float (instead of math.exp's OverflowError); NaN stays NaN."""
+    return math.exp(t) if t < 709.78 or math.isnan(t) else math.inf
 
 
 def _log_variance(t: float, activation: str, sigma_w: float, param: float) -> float:
     """ln(sigma_w^2 E[phi(sqrt(q) z)^2]) at t = ln q: the weights' part of the length map."""
     f, _ = _phi(activation, param)
     if activation in spec.HOMOGENEOUS:  # E[phi(s z)^2] = s^2 E[phi(z)^2], without overflowing s^2
-        return 2 * _ln(sigma_w) + t + _log_expect(lambda z: f(z) ** 2, 0.0)
-    return 2 * _ln(sigma_w) + _log_expect(lambda z: f(z) ** 2, 0.5 * t)
+        return 2 * _ln(sigma_w) + t + _log_expect(f, 0.0)
+    return 2 * _ln(sigma_w) + _log_expect(f, 0.5 * t)
 
 
 def length_map(q: float, activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None) -> float:
-    """One step of the length map q -> sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2."""
+    """One step of the length map q -> sigma_w^2 E[phi(sqrt(q) z)^2] + sigma_b^2 (``inf`` past the
+    largest float)."""
     sigma_w, sigma_b, param = _inputs(activation, sigma_w, sigma_b, param)
     t = _log_q("q", q)
     return _exp(float(np.logaddexp(_log_variance(t, activation, sigma_w, param), 2 * _ln(sigma_b))))
@@ -201,7 +220,7 @@ def first_q(stack: Stack, x=None) -> float:
     length map starts. ``sigma_w^2 E[h_0^2] + sigma_b^2`` with h_0 the input ``x`` (E[x^2] the
     mean of ``x**2``; by default 1, the standard normal input of :func:`gradbench.gaussian_input`
     that the CLI and sweeps feed) or, when ``input_dim != width``, the input layer's output.
-    ``inf`` past the largest float (sigma_w > ~1e154)."""
+    ``inf`` past the largest float (sigma_w or sigma_b > ~1e154)."""
     _check_stack(stack)
     return _exp(_log_first_q(stack, stack.gain, stack.sigma_b, _log_mean_square(x)))
 
@@ -218,12 +237,13 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
             return math.inf
         return -math.inf if sigma_b == 0 else t_b - math.log(-math.expm1(ln_r))  # sigma_b^2 / (1 - r)
     phi0_zero = _phi(activation, param)[0](0.0) == 0
+    t_linear = _LN_Q_LARGE + _ln_elu_scale(activation, param)
     for _ in range(max_iter):
         t_w = _log_variance(t, activation, sigma_w, param)
         t_new = float(np.logaddexp(t_w, t_b))
         if math.isnan(t_new) or t_new == math.inf:
             return math.inf
-        if activation not in _BOUNDED and t_new > _LN_Q_LARGE and t_w > t:
+        if activation not in _BOUNDED and t_new > t_linear and t_w > t:
             return math.inf  # linear regime and the weights alone enlarge q: it grows without bound
         # before the convergence test, which a start q0 below tol passed in one step (q* = q_1, not 0)
         if sigma_b == 0 and phi0_zero and t_new < math.log(1e-3) and t_new < t:
@@ -231,7 +251,76 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
         if t_new == t or _converged(t, t_new, tol):
             return t_new
         t = t_new
-    return t
+    return _log_root(activation, sigma_w, sigma_b, param, t)
+
+
+def _ln_elu_scale(activation: str, param: float) -> float:
+    """2 ln alpha for ELU with alpha > 1, else 0: ln of the q up to which ELU's negative side,
+    which saturates at -alpha, keeps its length map off its linear asymptote. It adds up to
+    alpha^2 / 2 to E[phi^2] (alpha = 1e7 at sigma_w = 1 has its fixed point at q* ~ 1e14, which
+    the rule 'past q = 1e12 the map is linear' called unbounded) and
+    ~alpha^2 / (2 sqrt(2 pi q)) to E[phi'^2]."""
+    return 2 * max(0.0, math.log(param)) if activation == "elu" else 0.0
+
+
+def _ln_q_huge(activation: str, sigma_b: float, param: float) -> float:
+    """ln of a q where the length map's ratio q_{l+1} / q_l has reached its limit q -> inf: 1e200,
+    or 1e24 times the map's own scale where that is larger (ELU's alpha^2, sigma_b^2: at
+    sigma_b = 1e160 the ratio at q = 1e200 is ~1e120, not its limit)."""
+    return max(_LN_Q_HUGE, 2 * _LN_Q_LARGE + max(_ln_elu_scale(activation, param), 2 * _ln(sigma_b)))
+
+
+def _log_root(activation: str, sigma_w: float, sigma_b: float, param: float, t: float) -> float:
+    """ln q* where the iteration ran out of steps at t = ln q, still moving: the root of
+    g(u) = ln(q_{l+1} / q_l) at q_l = e^u, bracketed by stepping from t the way the map moves q,
+    in doubling steps (the first root that way is the fixed point the iteration approaches).
+
+    The slow approaches end here: geometric with a ratio near 1 (tanh at sigma_w = 0.9 with
+    sigma_b = 1e-300 shrinks q by 0.81 a layer down to q* = 5e-600: 6600 layers) and algebraic,
+    where the ratio tends to 1 (tanh at sigma_w = 1, q_l ~ 1 / (2 l): with sigma_b = 1e-5 the
+    iteration stopped at 1e-4, not at q* = 7.07e-6). ``inf`` where q grows into the linear regime
+    with the weights alone enlarging it, ``-inf`` where without bias it falls past the q -> 0
+    limit. NaN where the root is not resolved: g does not differ from 0 by more than its rounding
+    error a factor e^0.001 either side, so float64 cannot place q* even to 0.1 % (the ratio is 1 to
+    rounding around it: ELU at sigma_w = 1 with sigma_b = 1e-300 has q* ~ 1e-400, where the ratio
+    differs from 1 by 1e-200).
+    """
+    t_b = 2 * _ln(sigma_b)
+    t_linear = _LN_Q_LARGE + _ln_elu_scale(activation, param)
+
+    def g(u):
+        return float(np.logaddexp(_log_variance(u, activation, sigma_w, param), t_b)) - u
+
+    g_t = g(t)
+    if g_t == 0:
+        return t
+    up, a, step = g_t > 0, t, 1e-3
+    while True:
+        if up:  # the first step past the linear regime's start lands just past it, as the iteration's does
+            b = t_linear + 1e-3 if a <= t_linear < a + step else a + step
+        else:
+            b = max(a - step, t_b)  # q_{l+1} >= sigma_b^2: g(t_b) >= 0
+        g_b = g(b)
+        if math.isnan(g_b):
+            return math.nan
+        if (g_b <= 0) if up else (g_b >= 0):
+            break
+        if up and activation not in _BOUNDED and b > t_linear:
+            t_w = _log_variance(b, activation, sigma_w, param)
+            # as in the iteration, the weights alone enlarge q; or they keep it to rounding while the
+            # bias adds sigma_b^2 a layer, as a homogeneous map at r = 1 does (GELU at sigma_w = sqrt 2)
+            if t_w > b or (sigma_b > 0 and t_w > b - 1e-12):
+                return math.inf
+        if not up and sigma_b == 0 and b < _LN_Q_TINY and _phi(activation, param)[0](0.0) == 0:
+            return -math.inf  # the ratio's q -> 0 limit is below 1: lengths shrink to zero
+        a, step = b, 2 * step
+    from scipy.optimize import brentq
+
+    root = float(brentq(g, min(a, b), max(a, b), xtol=1e-13))
+    noise = 4e-15 * (1 + abs(root) + abs(2 * _ln(sigma_w)))  # rounding of g: ~18 ulps of its logarithms
+    if g(root - 1e-3) > noise and g(root + 1e-3) < -noise:
+        return root
+    return math.nan
 
 
 def _converged(t: float, t_new: float, tol: float) -> bool:
@@ -254,10 +343,16 @@ def fixed_point(activation: str, sigma_w: float, sigma_b: float = 0.0, param: fl
     Returns 0 where lengths shrink to zero (e.g. tanh with sigma_b = 0 and sigma_w <= 1, where
     the approach is algebraic, q_l ~ 1/l, and is recognised once q < 1e-3 and still falling),
     and ``inf`` where they grow without bound (e.g. ReLU above sigma_w^2 = 2; recognised once
-    q > 1e12 and the weights alone still enlarge it). A bounded activation (tanh, sigmoid) has
-    q* <= sigma_w^2 + sigma_b^2, which reads ``inf`` only past the largest float (sigma_w > ~1e154);
-    :func:`mean_field` keeps its logarithm. ``tol``: the change of q (relative above q = 1,
-    absolute below) at which the iteration stops; ``max_iter``: at most that many steps.
+    q > 1e12, for ELU with alpha > 1 once q > 1e12 alpha^2, and the weights alone still enlarge
+    it). ``inf`` also reads a finite q* past the largest float (tanh at sigma_b = 1e160: q* = 1e320;
+    a bounded activation, tanh or sigmoid, has q* <= sigma_w^2 + sigma_b^2 and never grows without
+    bound); :func:`mean_field` keeps its logarithm, which tells the two apart. ``tol``: the change
+    of q (relative above q = 1, absolute below) at which the iteration stops; ``max_iter``: the
+    steps after which an iteration still moving (a slow approach: tanh at sigma_w = 1 with
+    sigma_b = 1e-5 has q_l ~ 1 / (2 l) until q* = 7.07e-6) has its fixed point found by bracketing
+    instead. NaN where that fixed point is not resolved in float64: the map's ratio
+    q_{l+1} / q_l is 1 to rounding around it (ELU at sigma_w = 1 with sigma_b = 1e-300, whose
+    q* ~ 1e-400 is set by a term 1e-200 of the ratio).
     """
     sigma_w, sigma_b, param = _inputs(activation, sigma_w, sigma_b, param)
     tol = _real("tol", tol, positive=True)
@@ -272,14 +367,17 @@ def _log_chi1(activation: str, sigma_w: float, param: float, t: float) -> float:
     _, df = _phi(activation, param)
     if activation in spec.HOMOGENEOUS and not math.isfinite(t):
         t = 0.0  # phi' of a homogeneous activation does not depend on the scale
+    elif math.isnan(t):
+        return math.nan  # q* not resolved (_log_root)
     elif t == math.inf:
         # lengths grow without bound (gelu, swish, elu, selu above their growth threshold):
         # the limit of phi'(sqrt(q) z) as q -> inf, evaluated at a scale where it has converged
-        t = math.log(1e300)
+        # (for ELU with alpha > 1 past alpha^4 too: E[phi'^2] = 1/2 + ~alpha^2 / (2 sqrt(2 pi q)))
+        t = math.log(1e300) + 2 * _ln_elu_scale(activation, param)
     elif t == -math.inf:
         # lengths shrink to zero: the limit q -> 0+, where a kink at 0 (SELU) counts both its sides
         t = math.log(1e-300)
-    return 2 * _ln(sigma_w) + _log_expect(lambda z: df(z) ** 2, 0.5 * t)
+    return 2 * _ln(sigma_w) + _log_expect(df, 0.5 * t)
 
 
 def chi1(activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None,
@@ -287,8 +385,9 @@ def chi1(activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | N
     """chi_1 = sigma_w^2 E[phi'(sqrt(q) z)^2]: the per-layer factor of the squared gradient norm,
     at ``q`` or by default at the fixed point q* reached from ``q0`` (as in :func:`fixed_point`).
 
-    0 or ``inf`` where chi_1 itself under- or overflows a float (sigma_w ~ 1e-200 or 1e300);
-    :func:`mean_field` keeps its logarithm. Give ``q`` or ``q0``, not both.
+    0 or ``inf`` where chi_1 itself under- or overflows a float (sigma_w ~ 1e-200 or 1e300, a leaky
+    slope of 1e160); :func:`mean_field` keeps its logarithm. NaN where the fixed point is not
+    resolved (:func:`fixed_point`). Give ``q`` or ``q0``, not both.
     """
     sigma_w, sigma_b, param = _inputs(activation, sigma_w, sigma_b, param)
     if q is not None and q0 is not None:
@@ -336,7 +435,8 @@ def _log_bistable(activation: str, sigma_w: float, sigma_b: float, param: float)
     def g(t):  # ln(q_{l+1} / q_l) at q = e^t
         return float(np.logaddexp(_log_variance(t, activation, sigma_w, param), t_b)) - t
 
-    if not g(_LN_Q_HUGE) > 0:  # q -> inf does not attract
+    t_huge = _ln_q_huge(activation, sigma_b, param)
+    if not g(t_huge) > 0:  # q -> inf does not attract
         return None
     t1 = float(np.logaddexp(_log_variance(-math.inf, activation, sigma_w, param), t_b))  # one step from q = 0
     if t1 == -math.inf:  # phi(0) = 0 and sigma_b = 0: q = 0 is a fixed point
@@ -352,7 +452,7 @@ def _log_bistable(activation: str, sigma_w: float, sigma_b: float, param: float)
             return None  # a marginal low fixed point (where the two meet): no separating point to find
     from scipy.optimize import brentq
 
-    return t_low, float(brentq(g, lo, _LN_Q_HUGE, xtol=1e-13))
+    return t_low, float(brentq(g, lo, t_huge, xtol=1e-13))
 
 
 def bistability(activation: str, sigma_w: float, sigma_b: float = 0.0,
@@ -377,12 +477,18 @@ class MeanField:
     """Mean-field predictions for one (activation, sigma_w, sigma_b), iterated from ``q0``.
 
     ``q_star`` and ``chi1`` are floats, 0 or ``inf`` where they under- or overflow (sigma_w of
-    1e-200 or 1e200); ``log10_q_star`` and ``log10_chi1`` hold them at any sigma_w, and every
-    derived quantity is computed from the logarithms. ``q0`` (``log10_q0``) is where the length
-    map started: the first pre-activation's variance (:func:`first_q`). ``depends_on_q0`` says
-    whether another q0 would change q*: where the map has two attractors (``q_separatrix``, the
-    unstable fixed point between them, is then finite, else NaN; :func:`bistability`) and where
-    it leaves q unchanged (a homogeneous activation at r = 1 with zero bias: q* = q0).
+    1e-200 or 1e200, sigma_b or an activation param of 1e160); ``log10_q_star`` and ``log10_chi1``
+    hold them at any sigma_w, and every derived quantity is computed from the logarithms. So
+    ``q_star = inf`` is a fixed point past the largest float where ``log10_q_star`` is finite (tanh
+    at sigma_b = 1e160: 320.0), and lengths that grow without bound where it is ``inf`` too (ReLU
+    above sigma_w^2 = 2; chi_1 is then its limit q -> inf, finite in ``log10_chi1``). ``q_star``
+    and ``log10_q_star`` are NaN where float64 cannot resolve the fixed point (:func:`fixed_point`);
+    ``chi1`` and the quantities derived from it are then NaN too, and ``phase`` is "unresolved".
+    ``q0`` (``log10_q0``) is where the length map started: the first pre-activation's variance
+    (:func:`first_q`). ``depends_on_q0`` says whether another q0 would change q*: where the map
+    has two attractors (``q_separatrix``, the unstable fixed point between them, is then finite,
+    else NaN; :func:`bistability`) and where it leaves q unchanged (a homogeneous activation at
+    r = 1 with zero bias: q* = q0).
     """
 
     activation: str
@@ -422,7 +528,11 @@ class MeanField:
 
     @property
     def phase(self) -> str:
+        """"critical", "ordered (vanishing)" or "chaotic (exploding)" by chi_1; "unresolved" where
+        chi_1 is NaN (its fixed point is not resolved in float64)."""
         ln_chi = self.log10_chi1 * math.log(10)
+        if math.isnan(ln_chi):
+            return "unresolved"
         if abs(ln_chi) < 0.01 and abs(math.expm1(ln_chi)) < 1e-3:
             return "critical"
         return "ordered (vanishing)" if ln_chi < 0 else "chaotic (exploding)"
@@ -491,24 +601,32 @@ def _bistable_range(activation: str, param: float) -> tuple[float, float] | None
     1 / sqrt(ratio at q -> inf) and 1 / sqrt(ratio at q -> 0) of the map at sigma_w = 1."""
     if activation in spec.HOMOGENEOUS or activation in _BOUNDED or _phi(activation, param)[0](0.0) != 0:
         return None
-    lo = math.exp(-0.5 * (_log_variance(_LN_Q_HUGE, activation, 1.0, param) - _LN_Q_HUGE))
+    t_huge = _ln_q_huge(activation, 0.0, param)
+    lo = math.exp(-0.5 * (_log_variance(t_huge, activation, 1.0, param) - t_huge))
     hi = math.exp(-0.5 * (_log_variance(_LN_Q_TINY, activation, 1.0, param) - _LN_Q_TINY))
     return (lo, hi) if lo < hi else None
 
 
 def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None = None,
                      bracket: tuple[float, float] = (0.05, 20.0)) -> float:
-    """The sigma_w on the critical line chi_1(sigma_w, sigma_b) = 1 (Brent's method), with the
-    length map started at each sigma_w from q0 = sigma_w^2 + sigma_b^2 (a standard normal input),
-    searched for within ``bracket``, two sigma_w with 0 < lo < hi."""
+    """The sigma_w on the critical line chi_1(sigma_w, sigma_b) = 1 (Brent's method, to 1e-12, times
+    hi where hi < 1), with the length map started at each sigma_w from q0 = sigma_w^2 + sigma_b^2
+    (a standard normal input), searched for within ``bracket``, two sigma_w with 0 < lo < hi."""
     sigma_b, p = _activation_inputs(activation, sigma_b, param)
     lo, hi = _bracket(bracket)
-    f = lambda s: chi1(activation, s, sigma_b, param) - 1.0  # noqa: E731
+
+    def f(s):
+        value = chi1(activation, s, sigma_b, param)
+        # NaN: q* not resolved, where the map's ratio q_{l+1} / q_l is 1 to rounding around it. That
+        # happens where phi is linear to rounding at sqrt(q*) (q* -> 0: tanh at sigma_w = 1 with
+        # sigma_b = 1e-300; q* -> inf), and there chi_1 is that ratio: the point is on the line
+        return 0.0 if math.isnan(value) else value - 1.0
+
     if f(lo) * f(hi) > 0:
         raise ValueError(f"chi_1 - 1 does not change sign for sigma_w in {bracket} ({activation}, sigma_b={sigma_b})")
     from scipy.optimize import brentq  # SciPy is imported where it is used (CLI start-up time)
 
-    root = float(brentq(f, lo, hi, xtol=1e-12))
+    root = float(brentq(f, lo, hi, xtol=1e-12 * min(1.0, hi)))  # relative below 1 (leaky slope 1e160: ~1e-160)
     below, above = chi1(activation, root * (1 - 1e-6), sigma_b, param), chi1(activation, root * (1 + 1e-6), sigma_b, param)
     if abs(above - below) > 1e-2:
         q_lo = fixed_point(activation, root * (1 - 1e-6), sigma_b, param)
@@ -559,6 +677,11 @@ def lyapunov_spectrum(stack: Stack, params, x: np.ndarray, k: int | None = None)
     The Jacobian of a plain layer is diag(phi'(z_l)) W_l; a residual group contributes
     I + alpha * (its layers' Jacobian product). Returns the top ``k`` exponents (all N by default),
     largest first. Batch norm is not supported (its Jacobian couples the samples of a batch).
+
+    The layers run in float64: an exponent reads -inf where the Jacobians' product is 0 in float64
+    (dead ReLUs, or units saturated so far that phi' underflows: tanh at |z| > ~370, ELU's negative
+    side at z < ~-700), and a forward pass whose pre-activations leave the float range (ReLU at
+    sigma_w = 1e160 reaches 1e320 in two layers) is refused with a ValueError naming the layer.
     """
     _check_stack(stack)
     if stack.batch_norm:
@@ -574,6 +697,8 @@ def lyapunov_spectrum(stack: Stack, params, x: np.ndarray, k: int | None = None)
     h = np.asarray(x, dtype=np.float64)
     if h.size != N:
         raise ValueError(f"x must be one sample of the stack's width {N} (shape ({N},) or (1, {N})), got shape {h.shape}")
+    if not np.all(np.isfinite(h)):
+        raise ValueError("x must be finite numbers")
     h = h.reshape(1, N)
     code, p = abi.ACT_CODE[stack.activation], stack.act_param
     V = np.eye(N, k)  # tangent vectors pushed through the layers since the last QR
@@ -582,7 +707,14 @@ def lyapunov_spectrum(stack: Stack, params, x: np.ndarray, k: int | None = None)
     z = np.empty_like(h)
     for l in range(stack.depth):
         W = params.W[l].astype(np.float64)
-        reference.dense_forward(z, h, W, params.b[l].astype(np.float64))
+        with np.errstate(over="ignore", invalid="ignore"):
+            reference.dense_forward(z, h, W, params.b[l].astype(np.float64))
+        if not np.all(np.isfinite(z)):
+            raise ValueError(
+                f"lyapunov_spectrum runs the layers in float64, and the pre-activations of layer {l} leave its range "
+                f"(past 1.8e308: sigma_w={stack.gain:g}, sigma_b={stack.sigma_b:g}, activation={stack.activation!r}"
+                f"{f', activation_param={stack.act_param:g}' if stack.activation_param is not None else ''}); its "
+                "exponents need a stack whose forward pass stays below that")
         lp = params.slope[l] if stack.activation == "prelu" else p
         d = dphi(z, code, lp)[0]
         h = phi(z, code, lp)

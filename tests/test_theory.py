@@ -470,3 +470,233 @@ def test_a_tiny_start_still_reaches_the_attractor(q0):
     chi = 2.25 * _quad_expect(lambda z: (1 - math.tanh(math.sqrt(q) * z) ** 2) ** 2)
     mf = theory.mean_field("tanh", 1.5, q0=q0)
     assert mf.q_star == pytest.approx(q, rel=1e-8) and mf.chi1 == pytest.approx(chi, rel=1e-8)
+
+
+# Extreme inputs the validation accepts (a large ELU alpha or leaky slope, a huge or tiny sigma_b),
+# against closed forms. ELU with alpha and s = sqrt(q), from E[e^{a z}; z < 0] = erfcx(a / sqrt 2) / 2:
+#   E[phi(s z)^2]  = s^2 / 2 + alpha^2 (1/2 - erfcx(s / sqrt 2) + erfcx(sqrt 2 s) / 2)
+#   E[phi'(s z)^2] = 1/2 + alpha^2 erfcx(sqrt 2 s) / 2
+def _elu_closed_form(alpha, sigma_w, sigma_b):
+    """ln q* (Brent's method on the closed-form length map in t = ln q) and ln chi_1 there."""
+    from scipy import optimize, special
+
+    lw, lb, la = 2 * math.log(sigma_w), 2 * math.log(sigma_b), math.log(alpha)
+
+    def log_map(t):
+        s = math.exp(t / 2)
+        neg = 0.5 - special.erfcx(s / math.sqrt(2)) + special.erfcx(math.sqrt(2) * s) / 2
+        return float(np.logaddexp(lw + np.logaddexp(t - math.log(2), 2 * la + math.log(neg)), lb))
+
+    # the map is >= sigma_b^2, and for sigma_w <= 1 below q past alpha^2 + 2 sigma_b^2; its ratio
+    # q_{l+1} / q_l falls with q (N(s) / s^2 falls): one crossing between
+    lo, hi = lb, float(np.logaddexp(2 * la, math.log1p(2 * sigma_b**2))) + 1.0
+    t = optimize.brentq(lambda u: log_map(u) - u, lo, hi, xtol=1e-14, rtol=1e-15)
+    s = math.exp(t / 2)
+    log_chi = lw + float(np.logaddexp(-math.log(2), 2 * la + math.log(special.erfcx(math.sqrt(2) * s) / 2)))
+    return t, log_chi
+
+
+@pytest.mark.parametrize("alpha", [1e7, 1e160])
+def test_elu_with_a_large_alpha_has_the_closed_forms_fixed_point(alpha):
+    """ELU's negative side saturates at -alpha: at sigma_w = 1 the length map has its fixed point
+    near alpha^2 (1e14 for alpha = 1e7), where chi_1 ~ alpha / (2 sqrt(2 pi)) (exploding). The
+    rule 'past q = 1e12 an unbounded map is linear' read q* = inf and chi_1 = 0.5 (vanishing);
+    at alpha = 1e160 alpha^2 overflowed the quadrature."""
+    t, log_chi = _elu_closed_form(alpha, 1.0, 0.1)
+    mf = theory.mean_field("elu", 1.0, 0.1, param=alpha)
+    assert mf.log10_q_star == pytest.approx(t / math.log(10), rel=1e-13)
+    assert mf.log10_chi1 == pytest.approx(log_chi / math.log(10), rel=1e-11)
+    assert mf.phase == "chaotic (exploding)" and not mf.depends_on_q0
+    assert theory.bistability("elu", 1.0, 0.1, alpha) is None  # ELU's map has one attractor
+    if alpha < 1e150:
+        assert mf.q_star == pytest.approx(math.exp(t), rel=1e-12)
+        assert mf.chi1 == pytest.approx(math.exp(log_chi), rel=1e-10)
+        assert theory.fixed_point("elu", 1.0, 0.1, alpha) == mf.q_star
+        assert theory.chi1("elu", 1.0, 0.1, alpha) == mf.chi1
+    else:  # q* ~ 1e320 is past the largest float; its logarithm is not
+        assert mf.q_star == math.inf and math.isfinite(mf.log10_q_star) and 0 < mf.chi1 < math.inf
+    # above sigma_w^2 = 2 lengths grow without bound: chi_1 is the limit q -> inf, sigma_w^2 / 2
+    grows = theory.mean_field("elu", 1.5, 0.1, param=alpha)
+    assert grows.q_star == math.inf and grows.log10_q_star == math.inf
+    assert grows.chi1 == pytest.approx(1.125, rel=1e-12)
+
+
+def test_elu_critical_sigma_w_with_a_large_alpha_is_the_closed_forms():
+    """alpha = 1e7 at sigma_b = 0.1 puts the critical line at sigma_w = 1.934e-7, where q* ~ 0.2.
+    Brent's method stopped at 1e-12 in sigma_w (5e-8 of it, relative); now at 1e-12 times the
+    bracket's upper end below 1. A leaky slope of 1e160 (next test) puts it at sqrt(2) 1e-160,
+    where 1e-12 returned the bracket's end. chi_1 exceeds 1 over the default bracket (0.05, 20)."""
+    from scipy import optimize
+
+    alpha, sigma_b = 1e7, 0.1
+    root = optimize.brentq(lambda s: _elu_closed_form(alpha, s, sigma_b)[1], 1e-8, 1e-6, xtol=1e-22, rtol=1e-14)
+    assert theory.critical_sigma_w("elu", sigma_b, alpha, bracket=(1e-8, 1e-6)) == pytest.approx(root, rel=1e-9, abs=0)
+    with pytest.raises(ValueError, match="does not change sign"):
+        theory.critical_sigma_w("elu", sigma_b, alpha)
+
+
+def test_a_huge_leaky_slope_keeps_its_logarithms():
+    """Leaky ReLU with slope a: r = sigma_w^2 (1 + a^2) / 2 = chi_1, q* = sigma_b^2 / (1 - r) below
+    r = 1. a = 1e160 squared to inf inside the quadrature: chi_1 read 10^inf at sigma_w = 1 and
+    q* = inf at sigma_w = 1e-160, where r = 1/2."""
+    a = 1e160
+    mf = theory.mean_field("leaky_relu", 1.0, 0.1, param=a)
+    assert mf.q_star == math.inf and mf.log10_q_star == math.inf  # r = 5e319: grows without bound
+    assert mf.log10_chi1 == pytest.approx(2 * math.log10(a) - math.log10(2), rel=1e-14) and mf.chi1 == math.inf
+    r = 1e-320 * 0.5 + 0.5  # sigma_w^2 (1 + a^2) / 2 at sigma_w = 1e-160
+    small = theory.mean_field("leaky_relu", 1e-160, 0.1, param=a)
+    assert small.q_star == pytest.approx(0.01 / (1 - r), rel=1e-13, abs=0) and small.chi1 == pytest.approx(r, rel=1e-13)
+    assert theory.length_map(1.0, "leaky_relu", 1e-160, 0.1, a) == pytest.approx(r + 0.01, rel=1e-13)
+    assert theory.critical_sigma_w("leaky_relu", 0.0, a, bracket=(1e-161, 1e-159)) == pytest.approx(
+        math.sqrt(2) / a, rel=1e-10, abs=0)
+
+
+def test_a_huge_bias_gives_its_fixed_point_in_logarithms():
+    """sigma_b = 1e160: q* ~ 1e320 is past the largest float, so q_star reads inf (as q0 does),
+    while log10_q_star holds it; lengths that grow without bound read inf in both. tanh (bounded):
+    q* = sigma_b^2 + sigma_w^2 E[tanh^2] = 1e320 to rounding, chi_1 -> 4 / (3 sqrt(2 pi) sqrt(q*)).
+    GELU, ELU and swish are linear at that scale: q* = sigma_b^2 / (1 - sigma_w^2 / 2) = 2e320,
+    chi_1 = sigma_w^2 / 2, one attractor; phi^2 overflowed there and read q* = inf, lengths growing
+    without bound (and with phi^2 summed in range, the ratio's limit q -> inf read at q = 1e200,
+    where sigma_b^2 / q is 1e120, made a second attractor of the fixed point)."""
+    mf = theory.mean_field("tanh", 1.0, 1e160)
+    assert mf.q_star == math.inf and mf.log10_q_star == pytest.approx(320.0, abs=1e-12)
+    assert mf.q0 == math.inf and mf.log10_q0 == pytest.approx(320.0, abs=1e-12)
+    assert mf.log10_chi1 == pytest.approx(math.log10(4 / (3 * math.sqrt(2 * math.pi))) - 160, abs=1e-9)
+    for act in ("gelu", "elu", "swish"):
+        mf = theory.mean_field(act, 1.0, 1e160)
+        assert mf.q_star == math.inf and mf.log10_q_star == pytest.approx(320 + math.log10(2), abs=1e-12), act
+        assert mf.chi1 == pytest.approx(0.5, rel=1e-12) and not mf.depends_on_q0 and not mf.bistable
+        assert theory.bistability(act, 1.0, 1e160) is None
+    assert theory.length_map(1e308, "gelu", 0.1) == pytest.approx(0.01 * 1e308 / 2, rel=1e-12)
+    relu = theory.mean_field("relu", 1e160, 0.1)  # grows without bound; chi_1 = sigma_w^2 / 2 past the floats
+    assert relu.q_star == relu.log10_q_star == math.inf and relu.chi1 == math.inf
+    assert relu.log10_chi1 == pytest.approx(320 - math.log10(2), rel=1e-14) and relu.phase == "chaotic (exploding)"
+
+
+def _tanh_fixed_point(sigma_w, sigma_b, lo, hi):
+    """q* of tanh's length map by Brent's method in q, with adaptive quadrature."""
+    from scipy import optimize
+
+    def expect(q):
+        g = lambda z: math.tanh(math.sqrt(q) * z) ** 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+        return 2 * integrate.quad(g, 0, 40, epsabs=0, epsrel=2e-14, limit=200)[0]
+
+    return optimize.brentq(lambda q: sigma_w**2 * expect(q) + sigma_b**2 - q, lo, hi, xtol=1e-22, rtol=1e-14)
+
+
+@pytest.mark.parametrize("activation,sigma_w,r0", [("tanh", 0.9, 0.81), ("elu", 0.99, 0.9801)])
+def test_slow_approaches_reach_their_fixed_point(activation, sigma_w, r0):
+    """An iteration still moving after max_iter steps stopped there and called that q*. tanh at
+    sigma_w = 1, sigma_b = 1e-5 approaches algebraically (q_l ~ 1 / (2 l)) and read 1.0e-4 for
+    q* = 7.07e-6; with sigma_b = 1e-300 lengths shrink by r0 = sigma_w^2 phi'(0)^2 (ELU: alpha = 1 on
+    both sides) a layer down to q* = sigma_b^2 / (1 - r0), where phi is linear to the last bit:
+    10^-598.3 for ELU at 0.99, which read 10^-46.8 after 5000 layers, and 10^-599.3 for tanh at
+    0.9, which read sigma_b^2 = 10^-600 once tanh(s z)^2 underflowed. ELU at sigma_w^2 = 2 (1 + 1e-4)
+    grows without bound (its ratio's limit q -> inf is 1.0001) and read 6253."""
+    q = _tanh_fixed_point(1.0, 1e-5, 1e-6, 1e-4)
+    assert theory.fixed_point("tanh", 1.0, 1e-5) == pytest.approx(q, rel=1e-8, abs=0)
+    assert theory.mean_field("tanh", 1.0, 1e-5).q_star == pytest.approx(q, rel=1e-8, abs=0)
+    mf = theory.mean_field(activation, sigma_w, 1e-300)
+    assert mf.q_star == 0.0 and mf.log10_q_star == pytest.approx(-600 - math.log10(1 - r0), abs=1e-9)
+    assert mf.chi1 == pytest.approx(r0, rel=1e-12) and mf.phase == "ordered (vanishing)"
+    grows = theory.mean_field("elu", math.sqrt(2 * (1 + 1e-4)), 0.0)
+    assert grows.q_star == math.inf and grows.chi1 == pytest.approx(1 + 1e-4, rel=1e-12)
+
+
+def test_gelu_at_the_he_gain_with_bias_grows_without_bound():
+    """GELU at sigma_w = sqrt 2, sigma_b = 1: the weights keep q to O(q^-1/2) (the map's ratio
+    tends to 1) and the bias adds ~1 a layer, so q grows past any bound: here each step of the map
+    (adaptive quadrature) adds more than 0.5 from q0 = 3 on. It read the 5000th layer's q = 4950
+    and chi_1 = 1.0016 (chaotic); now q* = inf and chi_1 its limit, sigma_w^2 / 2 = 1."""
+    from scipy.special import ndtr
+
+    def step(q):
+        s = math.sqrt(q)
+        g = lambda z: (s * z * ndtr(s * z)) ** 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+        pts = [-40 / s, -1 / s, 0.0, 1 / s, 40 / s] if s > 40 / 12 else [0.0]
+        return 2 * integrate.quad(g, -12, 12, points=pts, limit=500, epsabs=0, epsrel=2e-14)[0] + 1.0
+
+    assert all(step(q) - q > 0.5 for q in np.geomspace(2.0, 1e6, 25))
+    mf = theory.mean_field("gelu", math.sqrt(2), 1.0)
+    assert mf.q0 == pytest.approx(3.0) and mf.q_star == math.inf and mf.chi1 == pytest.approx(1.0, rel=1e-12)
+
+
+def test_a_fixed_point_float64_cannot_place_is_nan():
+    """ELU (alpha = 1) at sigma_w = 1 is marginal at q -> 0: q_{l+1} = q_l - sqrt(2 / pi) q_l^1.5
+    + sigma_b^2, so with sigma_b = 1e-300 q* = (sigma_b^2 / sqrt(2 / pi))^(2/3) ~ 10^-399.9, where
+    the map's ratio differs from 1 by 1e-200 (here in 700-digit arithmetic). The iteration stopped
+    at its cap, q = 2.5e-7, and called it q*; float64 cannot place q* at all: NaN, "unresolved"."""
+    import mpmath
+
+    with mpmath.workdps(700):
+        b2, kappa = mpmath.mpf("1e-600"), mpmath.sqrt(2 / mpmath.pi)
+
+        def step(q):  # the exact ELU length map at sigma_w = 1, alpha = 1
+            s = mpmath.sqrt(q)
+            neg = mpmath.mpf(1) / 2 - mpmath.exp(s * s / 2) * mpmath.erfc(s / mpmath.sqrt(2)) + \
+                mpmath.exp(2 * s * s) * mpmath.erfc(mpmath.sqrt(2) * s) / 2
+            return q / 2 + neg + b2
+
+        x = mpmath.findroot(lambda x: (step(mpmath.mpf(10) ** x) - mpmath.mpf(10) ** x) / b2,
+                            mpmath.log10((b2 / kappa) ** (mpmath.mpf(2) / 3)) + mpmath.mpf("0.1"),
+                            tol=mpmath.mpf("1e-60"))  # the map's cancellations leave ~100 of the 700 digits
+        q = mpmath.mpf(10) ** x
+        assert abs(step(q) - q) < mpmath.mpf("1e-50") * b2 and abs(x - (-399.935)) < 0.001
+        assert abs((step(q) - b2) / q - 1) < mpmath.mpf("1e-199")  # the ratio: 1 to 199 digits
+    mf = theory.mean_field("elu", 1.0, 1e-300)
+    assert math.isnan(mf.q_star) and math.isnan(mf.log10_q_star) and math.isnan(mf.chi1)
+    assert mf.phase == "unresolved" and math.isnan(mf.decades_per_layer)
+    assert math.isnan(theory.fixed_point("elu", 1.0, 1e-300)) and math.isnan(theory.chi1("elu", 1.0, 1e-300))
+
+
+def test_critical_sigma_w_crosses_where_q_star_is_not_resolved():
+    """tanh with sigma_b = 1e-300: chi_1 = sigma_w^2 below sigma_w = 1 (q* ~ sigma_b^2 / (1 - sigma_w^2),
+    where tanh is linear) and above 1 past it (checked here at 1 -+ 1e-4 with adaptive quadrature):
+    the critical line is at sigma_w = 1, where q* is not resolved (NaN). Brent's method met that NaN
+    (the iteration's cap had read 1.00076); chi_1 there is the map's ratio, 1 to rounding."""
+    for s in (1 - 1e-4, 1 + 1e-4):
+        q = _tanh_fixed_point(s, 1e-300, 1e-6, 1e-3) if s > 1 else 0.0  # below 1: q* ~ 1e-596, tanh linear
+        chi = s * s * 2 * integrate.quad(lambda z: (1 - math.tanh(math.sqrt(q) * z) ** 2) ** 2 * math.exp(-z * z / 2)
+                                          / math.sqrt(2 * math.pi), 0, 40, epsabs=0, epsrel=2e-14, limit=200)[0]
+        assert (chi > 1) == (s > 1) and theory.chi1("tanh", s, 1e-300) == pytest.approx(chi, rel=1e-10)
+    assert theory.critical_sigma_w("tanh", 1e-300) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_lyapunov_spectrum_refuses_a_forward_pass_past_the_floats():
+    """ReLU at sigma_w = 1e160: the second layer's pre-activations reach ~1e320 (here scaled by
+    1e-160 in NumPy), past float64; the spectrum read -inf for every exponent, where each is
+    ~ln(1e160). Refused, naming the layer."""
+    stack = gb.Stack(depth=5, width=4, activation="relu", init="normal", sigma_w=1e160, sigma_b=0.1)
+    params = gb.init_params(stack, seed=0)
+    x = np.ones(4)
+    h0 = np.maximum(x @ params.W[0].T + params.b[0], 0) / 1e160
+    assert np.max(np.abs(h0 @ params.W[1].T + params.b[1] / 1e160)) > 1e308 / 1e160
+    with pytest.raises(ValueError, match=r"pre-activations of layer 1 leave its range \(past 1.8e308: sigma_w=1e\+160"):
+        theory.lyapunov_spectrum(stack, params, x)
+    with pytest.raises(ValueError, match="x must be finite"):
+        theory.lyapunov_spectrum(stack, params, np.array([1.0, np.nan, 0.0, 0.0]))
+
+
+def test_theory_cli_at_extreme_inputs(tmp_path, capsys):
+    """The CLI prints and writes what mean_field computes at the extremes: ELU with alpha = 1e7 (the
+    closed form's q* ~ 1e14, chi_1 ~ 2e6; it printed q* inf and chi_1 0.5, "ordered"), and ELU at
+    sigma_w = 1, sigma_b = 1e-300, whose q* float64 cannot place ("nan", it printed the 5000th
+    layer's 2.52e-07 as q*)."""
+    import json
+
+    from gradbench.cli import main
+
+    out = tmp_path / "t.json"
+    assert main(["theory", "--activation", "elu", "--activation-param", "1e7", "--sigma-b", "0.1",
+                 "--out", str(out)]) == 0
+    t, log_chi = _elu_closed_form(1e7, 1.0, 0.1)
+    d = json.loads(out.read_text())
+    assert d["q_star"] == pytest.approx(math.exp(t), rel=1e-12)
+    assert d["chi1"] == pytest.approx(math.exp(log_chi), rel=1e-10)
+    assert d["phase"] == "chaotic (exploding)" and "(chaotic (exploding))" in capsys.readouterr().out
+    assert main(["theory", "--activation", "elu", "--sigma-b", "1e-300", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["q_star"] == d["chi1"] == d["log10_q_star"] == d["decades_per_layer"] == "nan"
+    assert d["phase"] == "unresolved"
+    assert "fixed point q*          nan (not resolved in float64" in capsys.readouterr().out

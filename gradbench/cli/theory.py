@@ -120,7 +120,9 @@ def predictions(args) -> tuple[dict, list[str], float]:
                      "pre-activation's variance (standard normal input, E[x^2] = 1)")
     if two:
         lines.append(f"  bistable                {two.explain(mf.q0)}")
-    lines += [f"  fixed point q*          {_float(mf.q_star, mf.log10_q_star)}",
+    unresolved = " (not resolved in float64: the map's ratio q_{l+1} / q_l is 1 to rounding around it)" \
+        if math.isnan(mf.log10_q_star) else ""
+    lines += [f"  fixed point q*          {_float(mf.q_star, mf.log10_q_star)}{unresolved}",
               f"  chi_1                   {_float(mf.chi1, mf.log10_chi1)}   ({mf.phase})",
               f"  ||dL/dh|| per layer     {mf.decades_per_layer:+.6g} decades going down the stack",
               f"  depth scale             {mf.depth_scale:.4g} layers (1 / |ln chi_1|)"]
