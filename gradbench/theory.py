@@ -626,7 +626,13 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None 
         raise ValueError(f"chi_1 - 1 does not change sign for sigma_w in {bracket} ({activation}, sigma_b={sigma_b})")
     from scipy.optimize import brentq  # SciPy is imported where it is used (CLI start-up time)
 
-    root = float(brentq(f, lo, hi, xtol=1e-12 * min(1.0, hi)))  # relative below 1 (leaky slope 1e160: ~1e-160)
+    # xtol relative below 1 (leaky slope 1e160: ~1e-160)
+    found = brentq(f, lo, hi, xtol=1e-12 * min(1.0, hi), maxiter=200, full_output=True, disp=False)[1]
+    if not found.converged:  # chi_1 - 1 changes sign back and forth: rounding noise, not a line
+        raise ValueError(f"the critical sigma_w of {activation} at sigma_b={sigma_b:g} is not resolved in float64: "
+                         f"chi_1 - 1 is rounding noise near sigma_w = {found.root:.6g} (its fixed point q* is "
+                         "where the length map's ratio is 1 to rounding)")
+    root = float(found.root)
     below, above = chi1(activation, root * (1 - 1e-6), sigma_b, param), chi1(activation, root * (1 + 1e-6), sigma_b, param)
     if abs(above - below) > 1e-2:
         q_lo = fixed_point(activation, root * (1 - 1e-6), sigma_b, param)

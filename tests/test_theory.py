@@ -650,6 +650,7 @@ def test_a_fixed_point_float64_cannot_place_is_nan():
     assert math.isnan(theory.fixed_point("elu", 1.0, 1e-300)) and math.isnan(theory.chi1("elu", 1.0, 1e-300))
 
 
+@pytest.mark.slow  # ~18 s: each chi_1 near the line iterates the map to its cap
 def test_critical_sigma_w_crosses_where_q_star_is_not_resolved():
     """tanh with sigma_b = 1e-300: chi_1 = sigma_w^2 below sigma_w = 1 (q* ~ sigma_b^2 / (1 - sigma_w^2),
     where tanh is linear) and above 1 past it (checked here at 1 -+ 1e-4 with adaptive quadrature):
@@ -699,4 +700,21 @@ def test_theory_cli_at_extreme_inputs(tmp_path, capsys):
     d = json.loads(out.read_text())
     assert d["q_star"] == d["chi1"] == d["log10_q_star"] == d["decades_per_layer"] == "nan"
     assert d["phase"] == "unresolved"
-    assert "fixed point q*          nan (not resolved in float64" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "fixed point q*          nan (not resolved in float64" in text
+    # no "+nan decades" and "nan layers" as if they were predictions
+    assert "||dL/dh|| per layer     not predicted (chi_1 is not resolved)" in text and "nan decades" not in text
+    assert "depth scale             not predicted" in text
+
+
+@pytest.mark.slow  # ~17 s: the critical line's search at sigma_b = 1e-12 iterates the map to its cap
+def test_theory_cli_simulates_where_q_star_is_not_resolved(capsys):
+    """tanh at sigma_w = 1, sigma_b = 1e-12: q* is not resolved in float64. The simulation line
+    printed "prediction +nan", and the critical line's search stopped the command with an internal
+    error (brentq gave up after 100 steps, a RuntimeError). The line's sigma_b -> 0 limit is 1."""
+    from gradbench.cli import main
+
+    assert main(["theory", "--activation", "tanh", "--sigma-b", "1e-12", "--depth", "30", "--width", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "(no prediction: q* is not resolved)" in text and "prediction +nan" not in text
+    assert "critical sigma_w        1 at sigma_b = 1e-12 (sigma_w^2 = 1)" in text

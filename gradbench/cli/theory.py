@@ -124,8 +124,10 @@ def predictions(args) -> tuple[dict, list[str], float]:
         if math.isnan(mf.log10_q_star) else ""
     lines += [f"  fixed point q*          {_float(mf.q_star, mf.log10_q_star)}{unresolved}",
               f"  chi_1                   {_float(mf.chi1, mf.log10_chi1)}   ({mf.phase})",
-              f"  ||dL/dh|| per layer     {mf.decades_per_layer:+.6g} decades going down the stack",
-              f"  depth scale             {mf.depth_scale:.4g} layers (1 / |ln chi_1|)"]
+              f"  ||dL/dh|| per layer     " + (f"{mf.decades_per_layer:+.6g} decades going down the stack"
+                                                 if not unresolved else "not predicted (chi_1 is not resolved)"),
+              f"  depth scale             " + (f"{mf.depth_scale:.4g} layers (1 / |ln chi_1|)"
+                                                 if not unresolved else "not predicted")]
     try:
         crit = theory.critical_sigma_w(args.activation, args.sigma_b, args.activation_param)
         out["critical_sigma_w"] = crit
@@ -155,8 +157,9 @@ def simulate(args, stack, prediction: float, out: dict) -> tuple[object, str]:
         return res, f"simulated ({args.depth} layers): too few finite layers to fit a slope"
     slope = -float(np.polyfit(np.flatnonzero(ok), part[ok], 1)[0])
     out["simulated_decades_per_layer"] = slope
+    versus = f"prediction {prediction:+.6g}" if math.isfinite(prediction) else "no prediction: q* is not resolved"
     return res, (f"simulated ({args.depth} layers, width {args.width}, batch {args.batch}, {res.backend}): "
-                 f"{slope:+.6g} decades per layer going down (prediction {prediction:+.6g})")
+                 f"{slope:+.6g} decades per layer going down ({versus})")
 
 
 def cmd_theory(args) -> int:
