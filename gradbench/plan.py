@@ -253,7 +253,6 @@ def _check_checkpoint(stack: Stack, checkpoint) -> None:
         )
 
 
-
 def check_memory_budget(memory_budget):
     """``memory_budget`` (None, or a positive number of bytes) checked; NumPy floating scalars
     as Python floats (they are compared with byte counts beyond float16's and float32's range)."""

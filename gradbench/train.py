@@ -169,7 +169,7 @@ class TrainResult:
         batch = f"batch {bs}" if bs <= n else f"batch {n} (all {n} samples: the batch size {bs} is larger)"
         lines = [
             f"{s.get('name') or 'training'}: {_describe(self.stack)}",
-            f"  data {s['dataset']} ({n} samples), {s['optimizer']} lr={s['lr']:g}{_optimizer_words(s)}, "
+            f"  data {s['dataset']} ({n} samples), {s['optimizer']} lr={s['lr']:g}{optimizer_words(s)}, "
             f"{batch}, {s['epochs']} epochs, seed {s['seed']}",
         ]
         if s.get("weights", INIT_WEIGHTS) != INIT_WEIGHTS:
@@ -225,7 +225,7 @@ def _describe(stack: Stack) -> str:
     return describe(asdict(stack), dtype=stack.dtype != "float64")
 
 
-def _optimizer_words(settings: dict) -> str:
+def optimizer_words(settings: dict) -> str:
     """The optimiser's settings beside lr that change the run: momentum and weight decay when
     set, Adam's betas and eps where they differ from their defaults."""
     words = [f"momentum {settings['momentum']:g}"] if settings.get("momentum") else []
@@ -357,7 +357,7 @@ def train(
     settings = dict(
         name=name, dataset=dataset, n_samples=len(X), epochs=epochs, batch_size=batch_size,
         optimizer=optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
-        lr=float(opt.lr), momentum=float(getattr(opt, "momentum", 0.0)), **_adam_settings(opt),
+        lr=float(opt.lr), **optimizer_settings(opt),
         weight_decay=float(opt.weight_decay), seed=seed, backend=backend, weights=weights, pretrain=None,
     )
     from gradbench.cli.progress import epochs as progress_of_epochs  # here: the CLI package loads on use
@@ -411,9 +411,12 @@ def _optimizer_for(optimizer, lr, momentum, weight_decay):
     return make_optimizer(optimizer, 0.1 if lr is None else lr, momentum, 0.0 if weight_decay is None else weight_decay)
 
 
-def _adam_settings(opt) -> dict:
-    """Adam's beta1, beta2 and eps for the settings (none for SGD)."""
-    return dict(beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps) if isinstance(opt, Adam) else {}
+def optimizer_settings(opt) -> dict:
+    """The settings of the optimiser a run applied, as training results record them (and
+    :func:`optimizer_words` says them): momentum (0 for Adam and plain SGD), and Adam's beta1,
+    beta2 and eps."""
+    adam = dict(beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps) if isinstance(opt, Adam) else {}
+    return dict(momentum=float(getattr(opt, "momentum", 0.0)), **adam)
 
 
 def _start_params(stack: Stack, params, seed: int) -> Params:

@@ -30,7 +30,7 @@ from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
 from gradbench.spec import check_choice
 from gradbench.train import OPTIMIZERS, accuracy_text, chance_loss, class_labels, make_optimizer, resolve_momentum
-from gradbench.train import _adam_settings, _optimizer_words, final_accuracy_text
+from gradbench.train import final_accuracy_text, optimizer_settings, optimizer_words
 from gradbench.train import accuracy as accuracy_of
 
 TASKS = ("first_symbol",)
@@ -94,7 +94,7 @@ class RecurrentTrainResult:
                  + (f", forget bias {r.lstm_forget_bias:g}" if r.cell == "lstm" else "")
                  + (f", update-gate bias {s['gate_bias']:g}" if s.get("gate_bias") else "")
                  + (f", clip {r.clip} {r.clip_threshold:g} on {r.clip_on}" if r.clip else ""),
-                 f"  task {s['task']} ({s['n_samples']} sequences), {s['optimizer']} lr={s['lr']:g}{_optimizer_words(s)}, batch "
+                 f"  task {s['task']} ({s['n_samples']} sequences), {s['optimizer']} lr={s['lr']:g}{optimizer_words(s)}, batch "
                  f"{s['batch_size']}, {s['epochs']} epochs, seed {s['seed']}"]
         if self.diverged_epoch is not None:
             lines.append(f"  DIVERGED in epoch {self.diverged_epoch + 1}: {self.divergence}")
@@ -220,8 +220,8 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
     if "end" not in signals:
         signals["end"] = np.full(rnn.steps, np.nan)
     settings = dict(name=name, task=task, n_samples=n, epochs=epochs, batch_size=batch_size,
-                    optimizer=optimizer, lr=float(lr), momentum=float(getattr(opt, "momentum", 0.0)),
-                    **_adam_settings(opt), seed=seed, gate_bias=float(gate_bias), backend=backend)
+                    optimizer=optimizer, lr=float(lr), **optimizer_settings(opt), seed=seed,
+                    gate_bias=float(gate_bias), backend=backend)
     return RecurrentTrainResult(rnn=rnn, params=params, settings=settings, loss=loss, eval_loss=eval_loss,
                                 accuracy=accuracy, signal_start=signals["start"], signal_end=signals["end"],
                                 diverged_epoch=diverged, divergence=why, seconds=time.perf_counter() - t0)
