@@ -68,6 +68,12 @@ HEAD_ARRAYS = {"mse": 3, "bce": 12, "softmax_ce": 6}
 # Bytes per entry of one segment's dW that the NumPy histogram fill holds (histograms.bin_rows'
 # float64 bin indices, count_window's int64 columns and its mask); the Numba kernel holds none
 NUMPY_HISTOGRAM_BYTES = 17
+# Copies of W^T (N, N) the C forward holds during a call (csrc/stack_impl.h: three shared ones,
+# or three per thread at N <= 128 and B >= 32; none where BLAS does the products, counted anyway)
+C_FORWARD_WT = 3
+# Bytes per layer and unit the C drivers hold during a call: the backward's float64 column sums of
+# squares (8), the forward's dead-unit flags per thread (2)
+C_DRIVER_LAYER_BYTES = 10
 
 
 def _numpy_histograms(backend: str | None) -> bool:
@@ -95,7 +101,8 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
     segments' worth when ``stats_only``: the helper thread fills the histograms of one while
     the next is computed), the signal, dL/dx, what parameter-gradient clipping holds, and the
     NumPy histogram fill's temporaries on one segment (``backend`` ``"numpy"``, or None: not
-    known; the Numba kernel the other backends use holds none). ``diagnose_bins``: also what
+    known; the Numba kernel the other backends use holds one layer's), and the C forward's
+    copies of W^T and per-layer sums (``backend`` ``"c"``). ``diagnose_bins``: also what
     :func:`gradbench.diagnose` with that many bins allocates on the result (its (L, bins)
     counts and temporaries; for stored gradients a few copies of dW, for stored weights one of
     W).
@@ -104,8 +111,10 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
     was given (float64 and float32; C, Numba and NumPy backends): 1.00-1.05 times it for plain,
     checkpointed, stats_only and generated-weight runs of depth 200-4000 and width 64-512,
     1.00-1.04 for heads of 3000 outputs, 1.00-1.03 for clipped gradients (1.15 for a stats_only
-    run's norm clipping), never below 0.998 (tests/test_plan_memory.py). Not counted: what a
-    process's first calls of the C backend's own kernels keep once (~12 MB at width 384).
+    run's norm clipping), never below 0.998 (tests/test_plan_memory.py). On a Zen 5 VM, where
+    the peak of a wide stats_only C run (width 512) varies by a few MB from run to run, 0.98-1.04
+    times it. Not counted: what a process's first calls of the C backend's own kernels (and
+    OpenBLAS's buffers) keep once (~12 MB at width 384).
     """
     L, N, B = int(stack.depth), int(stack.width), int(batch)
     D, O = int(stack.d_in), int(stack.output_dim)
@@ -135,6 +144,13 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
         stats += L * (8 * 4 + hist_bins * (2 if N * N < 2**16 else 4))
         if _numpy_histograms(backend):
             backward += NUMPY_HISTOGRAM_BYTES * seg * N * N
+        else:  # the compiled fill's, in the helper thread while the backward computes
+            from gradbench.kernels.histogram import TEMP_BYTES
+
+            backward += TEMP_BYTES * N * N
+    if backend == "c":  # the C drivers' own: the forward's copies of W^T, per-layer column sums
+        calls = L if checkpoint is None else seg  # layers per driver call
+        backward += item * C_FORWARD_WT * (2 if N <= 128 else 1) * N * N + C_DRIVER_LAYER_BYTES * calls * N
     return (item * (acts + weights + ends) + stats + max(top, backward)
             + _diagnose_bytes(stack, stats_only, generated, hist_bins, diagnose_bins))
 

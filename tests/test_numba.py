@@ -138,6 +138,61 @@ def test_histogram_of_subnormal_layers(x, e):
         np.testing.assert_array_equal(hg[k], hr[k], err_msg=k)
 
 
+def _bins_by_log10(v: np.ndarray, e: int, per_decade: int, bins: int) -> dict:
+    """One layer's streaming histogram entry by entry with the C library's log10 (Python's
+    math.log10), the formula the kernel's docstring promises: floor((log10|v| + e log10 2) p)."""
+    from gradbench.logscaled import LOG10_2
+
+    shift = float(e) * LOG10_2
+    a = [abs(float(x)) for x in v.ravel()]
+    j = [math.floor((math.log10(x) + shift) * per_decade) for x in a if 0 < x < math.inf]
+    out = dict(zeros=sum(x == 0 for x in a), nonfinite=sum(not math.isfinite(x) for x in a), top=0, below=0,
+               counts=[0] * bins)
+    if j:
+        out["top"] = top = max(j)
+        lo = top - bins + 1
+        out["below"] = sum(k < lo for k in j)
+        for k in j:
+            if k >= lo:
+                out["counts"][k - lo] += 1
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("per_decade", [1, 4, 10])
+def test_histogram_entries_at_bin_boundaries(dtype, per_decade):
+    """The compiled histogram bins most entries with a series for log2 and only those near a
+    boundary with log10 (kernels/histogram.py): entries at every boundary of the window and 1 to
+    3 ulps either side, beside zeros, subnormals and non-finite ones, at layer exponents from 0 to
+    2^45, against log10 entry by entry."""
+    from gradbench.kernels.histogram import histogram_fill
+    from gradbench.logscaled import LOG10_2
+
+    rng = np.random.default_rng(per_decade)
+    tiny = np.finfo(np.float64).smallest_subnormal if dtype == "float64" else np.finfo(np.float32).smallest_subnormal
+    for e in [0, -5, 7, 1100, -3000, 10**6, -(10**7), 2**45]:
+        shift = float(e) * LOG10_2
+        # 10^(j/p) 2^-e (up to whole decades of 2^-e) from 10^-33 to 10^5
+        base = 10.0 ** (np.arange(-30 * per_decade, 8 * per_decade) / per_decade - (shift % 1.0) - 3)
+        near = [base]
+        for d in (1, 2, 3):
+            near += [base, base]
+            for _ in range(d):
+                near[-2], near[-1] = np.nextafter(near[-2], np.inf), np.nextafter(near[-1], 0)
+        v = np.concatenate(near + [[0.0, 0.0, np.inf, np.nan, 5 * tiny, -1e-3]]).astype(dtype)
+        v *= np.where(rng.random(v.size) < 0.5, -1, 1).astype(dtype)
+        layers = np.stack([v, v[::-1], rng.permutation(v)]).reshape(3, 2, -1)
+        bins = 40
+        h = {k: np.zeros(3, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
+        counts = np.zeros((3, bins), np.uint32)
+        histogram_fill(layers, np.full(3, e, np.int64), per_decade, bins, h["top"], counts, h["below"], h["zeros"],
+                       h["nonfinite"])
+        for l in range(3):
+            want = _bins_by_log10(layers[l], e, per_decade, bins)
+            assert list(counts[l]) == want.pop("counts"), (e, l)
+            assert {k: int(h[k][l]) for k in want} == want, (e, l)
+
+
 def test_cached_kernels_are_dropped_when_any_source_of_the_package_changes(tmp_path):
     """Numba's cache is keyed by a kernel's own file: a change in a module it calls kept stale
     compiled code (seen: chain.py's norm fix, stack.py's cached kernel still gave inf)."""
