@@ -21,7 +21,7 @@ from ._config import JIT
 from .activations import (
     _LN2_HI, _LN2_LO, _RESCUE_X32, _RESCUE_X64, DSIGMOID_MAX, DTANH_MAX, PHI_RESCUE_CODES, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64,
     RESCUE_CODES, RESCUE_LN_MIN, SIGMOID, TANH, _as, _clamp_f, dphi, dphi_scaled, dsigmoid64, dtanh64, log_dphi,
-    log_phi, phi, phi_scaled, tanh, tanh64, tiny_threshold,
+    log_phi, phi, phi_scaled, sigmoid_pair64, tanh, tanh64, tiny_threshold,
 )
 from .chain import absmax
 
@@ -214,6 +214,26 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
                 d = 1.0 if lin else 1.0 - tz * tz
                 nsat += d < sat_threshold
                 alive[j] = alive[j] or not (zz <= 0)
+        return nsat
+    if code == SIGMOID:  # vectorised like tanh (sigmoid has no scaled form): the polynomial for
+        rare = 0        # |z| <= DSIGMOID_MAX, then phi and dphi for the rest (and NaN)
+        for i in range(B):
+            for j in range(N):
+                zz = z[i, j] + b[j] if add_bias else z[i, j]
+                z[i, j] = zz
+                s, d = sigmoid_pair64(np.float64(zz))
+                a[i, j] = _as(s, zz)
+                inside = abs(zz) <= DSIGMOID_MAX
+                nsat += inside and d < sat_threshold
+                rare += not inside
+                alive[j] = alive[j] or not (zz <= 0)
+        if rare:
+            for i in range(B):
+                for j in range(N):
+                    zz = z[i, j]
+                    if not (abs(zz) <= DSIGMOID_MAX):
+                        a[i, j] = phi(zz, code, param)
+                        nsat += abs(dphi(zz, code, param)) < sat_threshold
         return nsat
     if code == RELU:
         zero = _as(0.0, a[0, 0])

@@ -138,6 +138,58 @@ def test_histogram_of_subnormal_layers(x, e):
         np.testing.assert_array_equal(hg[k], hr[k], err_msg=k)
 
 
+def test_polynomial_sigmoid_tanh_and_their_derivatives_against_mpmath():
+    """The Numba kernels' vectorised forms (kernels/activations.py: one polynomial for e^|x|, no
+    libm call) against mpmath at 40 digits, over their whole range |x| <= 20 (tanh') and 40
+    (sigmoid, sigmoid'), the ends and tiny and subnormal x: within 4e-16 relative."""
+    import mpmath as mp
+
+    from gradbench.kernels.activations import DSIGMOID_MAX, DTANH_MAX, dtanh64, sigmoid_pair64, tanh64
+
+    mp.mp.dps = 40
+    ends = [0.0, -0.0, 5e-324, -5e-324, 1e-300, 1e-8, -1e-8, 0.5, -0.5, DTANH_MAX, -DTANH_MAX, DSIGMOID_MAX,
+            -DSIGMOID_MAX, float(np.nextafter(DSIGMOID_MAX, 0)), float(np.nextafter(-DSIGMOID_MAX, 0))]
+    for x in np.concatenate([np.linspace(-DSIGMOID_MAX, DSIGMOID_MAX, 1601), ends]):
+        x = float(x)
+        e = mp.exp(-abs(mp.mpf(x)))
+        want_s, want_d = (1 / (1 + e) if x >= 0 else e / (1 + e)), e / (1 + e) ** 2
+        s, d = sigmoid_pair64(x)
+        assert abs(s - want_s) <= 4e-16 * want_s and abs(d - want_d) <= 4e-16 * want_d, (x, s, d)
+        assert abs(tanh64(x) - mp.tanh(x)) <= 4e-16 * abs(mp.tanh(x)), x
+        if abs(x) <= DTANH_MAX:
+            want_t = 1 / mp.cosh(x) ** 2
+            assert abs(dtanh64(x) - want_t) <= 4e-16 * want_t, x
+    assert math.isnan(tanh64(math.nan))
+
+
+def test_sigmoid_forward_beyond_the_polynomial_and_non_finite_entries():
+    """The Numba sigmoid layer takes the polynomial for |z| <= 40 and phi for the rest: entries
+    past the bound, at it, infinite and NaN, against the reference's activation, saturation count
+    and dead units (z and a of one layer, with its bias)."""
+    from gradbench import activations as A
+    from gradbench.abi import ACT_CODE
+    from gradbench.kernels.layers import _activation_forward_stats
+
+    code = ACT_CODE["sigmoid"]
+
+    z0 = np.array([[-745.0, -50.0, -40.0, -39.999, 0.0, 39.999, 40.0, 50.0],
+                   [-np.inf, np.inf, np.nan, -1e-300, 1e-300, -3.0, 3.0, 700.0]])
+    b = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.25, -0.25, 0.0])
+    for dtype in ("float64", "float32"):
+        z = z0.astype(dtype)
+        a = np.empty_like(z)
+        alive = np.empty(8, dtype=np.bool_)
+        nsat = _activation_forward_stats(a, z.copy(), b.astype(dtype), True, code, 0.0, 0, False, 1e-3, alive)
+        zb = z + b.astype(dtype)
+        with np.errstate(all="ignore"):
+            want = A.phi(zb, code, 0.0)
+        np.testing.assert_allclose(a, want, rtol=1e-15 if dtype == "float64" else 1e-7, atol=0)
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(want))
+        with np.errstate(invalid="ignore"):
+            assert nsat == np.sum(np.abs(A.dphi(zb, code, 0.0)) < 1e-3)
+        np.testing.assert_array_equal(alive, np.any(~(zb <= 0), axis=0))
+
+
 def _bins_by_log10(v: np.ndarray, e: int, per_decade: int, bins: int) -> dict:
     """One layer's streaming histogram entry by entry with the C library's log10 (Python's
     math.log10), the formula the kernel's docstring promises: floor((log10|v| + e log10 2) p)."""
