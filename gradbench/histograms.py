@@ -117,8 +117,9 @@ def fill_streaming(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, to
     """Fill the :class:`GradHistogram` rows of the layers of dW (m, ...) with exponents e (m,).
 
     Layers with no non-zero finite entry get ``top = 0`` and empty counts. ``compiled``: use the
-    Numba twin (``gradbench.kernels.histogram_fill``, the same bins in two passes and no
-    temporaries) when the arrays suit it; this NumPy version is the reference.
+    Numba twin (``gradbench.kernels.histogram_fill``: the same bins, from vectorised passes over
+    one layer at a time with that layer's temporaries) when the arrays suit it; this NumPy
+    version is the reference.
     """
     if compiled and dW.flags.c_contiguous and dW.ndim == 3:
         kernel = _compiled()

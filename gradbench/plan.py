@@ -66,7 +66,7 @@ def segment_candidates(stack: Stack) -> list[int]:
 # and a float64 copy of float32 targets). Measured: 2.8, 11.8 (12.9 in float32) and 5.8.
 HEAD_ARRAYS = {"mse": 3, "bce": 12, "softmax_ce": 6}
 # Bytes per entry of one segment's dW that the NumPy histogram fill holds (histograms.bin_rows'
-# float64 bin indices, count_window's int64 columns and its mask); the Numba kernel holds none
+# float64 bin indices, count_window's int64 columns and its mask); the Numba kernel one layer's (TEMP_BYTES)
 NUMPY_HISTOGRAM_BYTES = 17
 # Copies of W^T (N, N) the C forward holds during a call (csrc/stack_impl.h: three shared ones,
 # or three per thread at N <= 128 and B >= 32; none where BLAS does the products, counted anyway)

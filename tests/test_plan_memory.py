@@ -67,7 +67,7 @@ def _measure(**case) -> tuple[int, int]:
 
 @pytest.mark.parametrize("case", [
     # wide stats_only runs: generated weights, two segments of gradients; the compiled histogram
-    # fill makes no temporaries, NumPy's 17 bytes per entry of a segment
+    # fill holds one layer's temporaries, NumPy's 17 bytes per entry of a segment
     dict(depth=600, width=512, batch=8, generated=True, stats_only=True, backend="c", kw={}),
     dict(depth=300, width=512, batch=8, generated=True, stats_only=True, backend="numpy", kw={}),
     dict(depth=600, width=512, batch=8, generated=True, stats_only=True, backend="c", kw=dict(dtype="float32")),
