@@ -27,12 +27,12 @@ from numba import njit
 from gradbench.logscaled import LOG10_2
 
 from ._config import JIT
+from .activations import _INV_LN2
 
 _FRACTION = np.uint64(2**52 - 1)  # the fraction bits of a float64
 _ONE = np.uint64(0x3FF0000000000000)  # 1.0: its exponent bits
 _INF = np.uint64(0x7FF0000000000000)  # the smallest non-finite |v|, as bits
 _SQRT2 = math.sqrt(2.0)
-_INV_LN2 = 1.0 / math.log(2.0)
 # Bytes per entry of one layer that histogram_fill holds: |v| (float64), its mantissa (float64), its slot (int32)
 TEMP_BYTES = 20
 
