@@ -32,6 +32,11 @@ static inline double gb_rescue_term(double g, double x, int act, double p, doubl
     return ell;
 }
 
+/* The drivers' large workspace (workspace.c): a 64-byte aligned block of at least `bytes`, kept
+ * by the calling thread between calls; give it back with gb_workspace_give (NULL: no-op). */
+void *gb_workspace_take(size_t bytes);
+void gb_workspace_give(void *p);
+
 /* ------------------------------------------------------------------ threads (team.c)
  * A team runs fn(arg, tid, nth, bar) on nth threads (the caller is tid 0) for one call and
  * joins them; with nth = 1 (or if a thread cannot be created) fn runs once on the caller with

@@ -98,6 +98,12 @@ typedef struct gb_opts {
                                  of one, 0 chosen by N and B (csrc/stack_impl.h, GB_OWN_WT_MAX_N) */
 } gb_opts;
 
+/* The forward driver's copies of W^T (own kernels only) stay with the calling thread from one
+ * call to the next (csrc/workspace.c): gb_workspace_release frees the calling thread's block
+ * (a run's end), gb_workspace_bytes tells its size (0: none kept). */
+void gb_workspace_release(void);
+int64_t gb_workspace_bytes(void);
+
 /* The instruction-set level the drivers run at with these options (1, 3 or 4). */
 int gb_isa(const gb_opts *opts);
 

@@ -1410,8 +1410,11 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     const size_t LB = (size_t)(L * B);
     const int64_t own = opts ? opts->own_wt : 0;
     st.own_wt = nth > 1 && (own ? own > 0 : N <= GB_OWN_WT_MAX_N && B >= GB_OWN_WT_MIN_B);
-    if (!st.gemm)
-        for (int q = 0; q < 3; q++) st.wt[q] = F(gb_alloc)(sizeof(T) * (size_t)((st.own_wt ? nth : 1) * N * N));
+    if (!st.gemm) { /* one block, kept by this thread between calls (workspace.c) */
+        const size_t part = (sizeof(T) * (size_t)((st.own_wt ? nth : 1) * N * N) + 63) / 64 * 64;
+        char *block = gb_workspace_take(3 * part);
+        for (int q = 0; q < 3 && block; q++) st.wt[q] = (T *)(void *)(block + q * part);
+    }
     st.tdone = F(gb_alloc)(sizeof(gb_progress) * (size_t)nth);
     st.rdone = F(gb_alloc)(sizeof(gb_progress) * (size_t)nth);
     st.zb = st.cfg.bn ? F(gb_alloc)(sizeof(T) * (size_t)(B * N)) : NULL;
@@ -1464,7 +1467,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
             if (bad && a->info[GB_INFO_FORWARD] < 0) a->info[GB_INFO_FORWARD] = l;
         }
     }
-    for (int q = 0; q < 3; q++) free(st.wt[q]);
+    gb_workspace_give(st.wt[0]);
     free(st.tdone);
     free(st.rdone);
     free(st.zb);

@@ -197,6 +197,18 @@ def threads() -> int:
     return int(_OPTS.nthreads)
 
 
+def release_workspace() -> None:
+    """Free the forward driver's copies of W^T that the calling thread keeps from one call to the
+    next (csrc/workspace.c): the engine calls it when a run ends. Kept for a run, the block is
+    allocated once instead of once per segment, and glibc's heap is not fragmented by it."""
+    lib.gb_workspace_release()
+
+
+def workspace_bytes() -> int:
+    """Bytes of the block the calling thread keeps (0: none)."""
+    return int(lib.gb_workspace_bytes())
+
+
 def all_finite(a: np.ndarray, opts=None) -> bool:
     """Whether every entry of the C-contiguous float64/float32 array ``a`` is finite: one pass on
     the kernels' threads (``gb_check_finite``; NumPy's ``np.all(np.isfinite(a))`` writes and

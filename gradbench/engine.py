@@ -125,6 +125,9 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
     finally:
         run.layers.close()
         WORKSPACE.give(run.internal)
+        release = getattr(impl, "release_workspace", None)  # the C drivers' block, kept for the run
+        if release is not None:
+            release()
 
 
 # ------------------------------------------------------------------ the state of one pass

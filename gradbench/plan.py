@@ -68,8 +68,9 @@ HEAD_ARRAYS = {"mse": 3, "bce": 12, "softmax_ce": 6}
 # Bytes per entry of one segment's dW that the NumPy histogram fill holds (histograms.bin_rows'
 # float64 bin indices, count_window's int64 columns and its mask); the Numba kernel one layer's (TEMP_BYTES)
 NUMPY_HISTOGRAM_BYTES = 17
-# Copies of W^T (N, N) the C forward holds during a call (csrc/stack_impl.h: three shared ones,
-# or three per thread at N <= 128 and B >= 32; none where BLAS does the products, counted anyway)
+# Copies of W^T (N, N) the C forward holds (csrc/stack_impl.h: three shared ones, or three per
+# thread at N <= 128 and B >= 32; none where BLAS does the products, counted anyway). One block,
+# kept by the calling thread for the whole run (csrc/workspace.c) and freed at its end
 C_FORWARD_WT = 3
 # Bytes per layer and unit the C drivers hold during a call: the backward's float64 column sums of
 # squares (8), the forward's dead-unit flags per thread (2)
@@ -111,10 +112,10 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
     was given (float64 and float32; C, Numba and NumPy backends): 1.00-1.05 times it for plain,
     checkpointed, stats_only and generated-weight runs of depth 200-4000 and width 64-512,
     1.00-1.04 for heads of 3000 outputs, 1.00-1.03 for clipped gradients (1.15 for a stats_only
-    run's norm clipping), never below 0.998 (tests/test_plan_memory.py). On a Zen 5 VM, where
-    the peak of a wide stats_only C run (width 512) varies by a few MB from run to run, 0.98-1.04
-    times it. Not counted: what a process's first calls of the C backend's own kernels (and
-    OpenBLAS's buffers) keep once (~12 MB at width 384).
+    run's norm clipping, 1.09 for a wide float32 stats_only run on the C backend), never below
+    0.998 (tests/test_plan_memory.py); the same to 0.1 % from run to run. Not counted: what a
+    process's first calls of the C backend's own kernels (and OpenBLAS's buffers) keep once
+    (~12 MB at width 384).
     """
     L, N, B = int(stack.depth), int(stack.width), int(batch)
     D, O = int(stack.d_in), int(stack.output_dim)
@@ -148,9 +149,8 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
             from gradbench.kernels.histogram import TEMP_BYTES
 
             backward += TEMP_BYTES * N * N
-    if backend == "c":  # the C drivers' own: the forward's copies of W^T, per-layer column sums
-        calls = L if checkpoint is None else seg  # layers per driver call
-        backward += item * C_FORWARD_WT * (2 if N <= 128 else 1) * N * N + C_DRIVER_LAYER_BYTES * calls * N
+    if backend == "c":  # the C drivers' own: the forward's copies of W^T, a call's per-layer sums
+        backward += item * C_FORWARD_WT * (2 if N <= 128 else 1) * N * N + C_DRIVER_LAYER_BYTES * seg * N
     return (item * (acts + weights + ends) + stats + max(top, backward)
             + _diagnose_bytes(stack, stats_only, generated, hist_bins, diagnose_bins))
 
