@@ -1,8 +1,8 @@
 """Sweep throughput on Dask: 2 workers against 1, and 1 worker against a plain serial loop.
 
 The case of issue 16: 200 runs (tanh, depth 500, width 64, batch 32: 50 values of sigma_w x 4
-seeds). Each measurement is a fresh subprocess with one thread per process (OMP, OpenBLAS, MKL),
-the layout of a Dask worker, so the three compare like with like:
+seeds). Each measurement is the fastest of three fresh subprocesses, with one thread per process
+(OMP, OpenBLAS, MKL), the layout of a Dask worker, so the three compare like with like:
 
 - ``serial``: the loop a user writes in one process: ``GeneratedParams``, ``gaussian_input``,
   ``backprop(stats_only=True)``, ``diagnose`` per run (kernels warmed up first);
@@ -83,6 +83,14 @@ def _run(mode: str, runs: int, L: int, N: int, B: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+ROUNDS = 3
+
+
+def _best(mode: str, runs: int, L: int, N: int, B: int, rounds: int) -> dict:
+    """The result of the fastest of ``rounds`` fresh processes."""
+    return min((_run(mode, runs, L, N, B) for _ in range(rounds)), key=lambda r: r["seconds"])
+
+
 _results: dict = {}
 
 
@@ -92,7 +100,10 @@ def test_sweep_throughput(benchmark, mode):
     if benchmark.disabled:  # make test: a tiny stand-in, same code path
         runs, L, N, B = 8, 20, 8, 4
     benchmark.group = "sweep-throughput"
-    r = benchmark.pedantic(_run, args=(mode, runs, L, N, B), rounds=1, iterations=1)
+    # the fastest of three fresh processes (one under make test): the machine is shared, and one
+    # round each put one worker at 1.25x the serial loop where three alternations gave 0.90-1.21x
+    r = benchmark.pedantic(_best, args=(mode, runs, L, N, B, 1 if benchmark.disabled else ROUNDS), rounds=1,
+                           iterations=1)
     assert r["runs"] == runs and r["finite"], r
     _results[(mode, runs)] = r
     rate = runs / r["seconds"]
