@@ -190,6 +190,82 @@ def test_sigmoid_forward_beyond_the_polynomial_and_non_finite_entries():
         np.testing.assert_array_equal(alive, np.any(~(zb <= 0), axis=0))
 
 
+def test_polynomial_elu_selu_swish_against_mpmath():
+    """elu_pair64 and swish_pair64 (the vector paths of the ELU, SELU and swish layers) against
+    mpmath over their range x >= -40, ends, tiny and subnormal x: within 4 ulps; swish' where it
+    is a difference (its root near -1.278) to 4 ulps of its terms' size."""
+    import mpmath as mp
+
+    from gradbench.activations import SELU_ALPHA, SELU_LAMBDA
+    from gradbench.kernels.activations import ELU_FAMILY_MIN, SWISH_MAX, elu_pair64, swish_pair64
+
+    mp.mp.dps = 40
+    u = 2.0**-52
+
+    def close(got, want, size):
+        return abs(got - want) <= 4 * max(u * abs(size), 5e-324)  # subnormal results: 4 of their ulps
+    xs = np.concatenate([np.linspace(ELU_FAMILY_MIN, 45.0, 1701), [0.0, -0.0, 5e-324, -5e-324, 1e-300, -1e-300,
+                         -1e-8, 1e-8, ELU_FAMILY_MIN, SWISH_MAX, float(np.nextafter(SWISH_MAX, 50)), 1e300]])
+    for x in map(float, xs):
+        X = mp.mpf(x)
+        for (v, d), outer, inner in ((elu_pair64(x, 1.0, 1.3), 1, 1.3), (elu_pair64(x, SELU_LAMBDA, SELU_ALPHA),
+                                                                          SELU_LAMBDA, SELU_ALPHA)):
+            want_v = outer * (X if x > 0 else inner * mp.expm1(X))
+            want_d = outer * (1 if x > 0 else inner * mp.exp(X))
+            assert close(v, want_v, want_v) and close(d, want_d, want_d), (x, v, d)
+        s, t = 1 / (1 + mp.exp(-X)), 1 / (1 + mp.exp(X))
+        v, d = swish_pair64(x)
+        assert close(v, X * s, X * s), (x, v)
+        assert close(d, s * (1 + X * t), abs(s) + abs(s * X * t)), (x, d)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["elu", "selu", "swish"])
+def test_elu_selu_swish_layers_against_the_scalar_forms(name, dtype):
+    """The ELU, SELU and swish layers' vector paths (plain, and scaled at exponents from -1100 to
+    1000: the linear form, the direct one, x 2^f overflowing) against phi/dphi and
+    phi_scaled/dphi_scaled entry by entry: the same NaN, infinities and zeros, the same
+    saturation count, values within 4 ulps (float64) and 1 (float32); entries below the
+    polynomial's bound, infinite and NaN among them (the fix-up: without it phi' of -50 is e^-40)."""
+    from gradbench.abi import ACT_CODE
+    from gradbench.kernels.activations import dphi, dphi_scaled, phi, phi_scaled
+    from gradbench.kernels.layers import _activation_backward, _activation_forward_stats
+
+    code, param = ACT_CODE[name], (1.3 if name == "elu" else 0.0)
+    rng = np.random.default_rng(7)
+    special = [-745.0, -50.0, -40.0, -39.999, -1e-300, -5e-324, -0.0, 0.0, 5e-324, 1e-300, 39.999, 40.0, 50.0,
+               700.0, 1e300, -1e300, np.inf, -np.inf, np.nan, -1.278, 2.0**-30, -2.0**-30]
+    ulps = 4 if dtype == "float64" else 1
+    for f in (None, -1100, -1000, -60, -1, 0, 1, 30, 1000):
+        z = np.concatenate([special, rng.standard_normal(300) * 10 ** rng.uniform(-8, 2.5, 300)])
+        if f is not None and abs(f) < 1000:
+            z = np.concatenate([z, np.ldexp(rng.uniform(-45, 45, 100), -f)])
+        with np.errstate(over="ignore"):
+            z = z.astype(dtype).reshape(1, -1)
+        n = z.shape[1]
+        a, dz, alive = np.empty_like(z), np.empty_like(z), np.empty(n, dtype=np.bool_)
+        scaled, fe = f is not None, (0 if f is None else f)
+        with np.errstate(all="ignore"):
+            nsat = _activation_forward_stats(a, z.copy(), np.zeros(n, dtype), False, code, param, fe, scaled, 1e-3,
+                                             alive)
+            _activation_backward(dz, dz[0], False, np.ones_like(z), z, code, param, fe, scaled)
+        want_a = np.array([phi(v, code, param) if f is None else phi_scaled(v, f, code, param) for v in z[0]])
+        want_d = np.array([dphi(v, code, param) if f is None else dphi_scaled(v, f, code, param) for v in z[0]])
+        assert nsat == np.sum(np.abs(want_d) < 1e-3), f
+        for deriv, got, want in ((False, a[0], want_a), (True, dz[0], want_d)):
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            plain = ~np.isnan(want) & (~np.isfinite(want) | (want == 0))
+            np.testing.assert_array_equal(got[plain], want[plain])
+            ok = np.isfinite(want) & (want != 0)
+            size = np.abs(want[ok]).astype(np.float64)
+            if name == "swish" and deriv:  # swish' = s (1 + x t) is a difference near its root (-1.278):
+                with np.errstate(over="ignore", invalid="ignore"):  # (x = inf: NaN, fmax takes |phi'|)
+                    x = np.ldexp(z[0][ok].astype(np.float64), fe)  # ulps of its terms' size
+                    size = np.fmax(size, (1 + np.abs(x) / (1 + np.exp(x))) / (1 + np.exp(-x)))
+            err = np.abs(got[ok].astype(np.float64) - want[ok]) / np.spacing(size.astype(dtype))
+            assert err.max(initial=0) <= ulps, (f, float(err.max()))
+
+
 def _bins_by_log10(v: np.ndarray, e: int, per_decade: int, bins: int) -> dict:
     """One layer's streaming histogram entry by entry with the C library's log10 (Python's
     math.log10), the formula the kernel's docstring promises: floor((log10|v| + e log10 2) p)."""
