@@ -253,16 +253,19 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
         for j in range(N):
             zz = z[i, j] + b[j] if add_bias else z[i, j]
             z[i, j] = zz
-            if scaled:
-                a[i, j] = phi_scaled(zz, f, code, param)
-                d = dphi_scaled(zz, f, code, param)
-            else:
-                a[i, j] = phi(zz, code, param)
-                d = dphi(zz, code, param)
+            a[i, j], d = _scalar_pair(zz, f, code, param, scaled)
             nsat += abs(d) < sat_threshold  # GELU, swish, a negative slope: phi' < 0
             if not (zz <= 0):
                 alive[j] = True
     return nsat
+
+
+@njit(inline="always", **JIT)
+def _scalar_pair(zz, f, code, param, scaled):
+    """(phi, phi') of one entry by the scalar forms: phi_scaled/dphi_scaled at exponent f, or phi/dphi."""
+    if scaled:
+        return phi_scaled(zz, f, code, param), dphi_scaled(zz, f, code, param)
+    return phi(zz, code, param), dphi(zz, code, param)
 
 
 # ELU, SELU and swish, plain and scaled (phi_scaled's regimes), vectorised like tanh: the
@@ -328,12 +331,7 @@ def _smooth_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thresho
             for j in range(N):
                 zz = z[i, j]
                 if _smooth_rare(np.float64(zz) * sc):
-                    if scaled:
-                        a[i, j] = phi_scaled(zz, f, code, param)
-                        d = dphi_scaled(zz, f, code, param)
-                    else:
-                        a[i, j] = phi(zz, code, param)
-                        d = dphi(zz, code, param)
+                    a[i, j], d = _scalar_pair(zz, f, code, param, scaled)
                     nsat += abs(d) < sat_threshold
     return nsat
 
