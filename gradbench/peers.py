@@ -17,7 +17,9 @@ storing every h, backward ``g *= phi'(...)`` from the stored values, ``dW = g.T 
 ``||dW||`` (a float64 sum of squares), ``g = g @ W``; no exact rescaling, no statistics. It is always available
 and it is the baseline that matters.
 
-Peers cover what the benchmark cases use: tanh, sigmoid, relu, identity; batch norm (train
+Peers cover what the benchmark cases use: tanh, sigmoid, relu, identity, elu, selu and swish
+(the frameworks' own functions: ``F.elu``/``jax.nn.elu`` with the stack's alpha, ``selu``,
+``silu``); batch norm (train
 mode, biased batch variance) and residual groups on or off; ``sum_squares``; no input layer, no
 clipping. torch and JAX are optional (``pip install .[peers]``): :func:`peer_status` says why
 one is missing.
@@ -32,11 +34,12 @@ from typing import Callable
 
 import numpy as np
 
+from gradbench.activations import SELU_ALPHA, SELU_LAMBDA
 from gradbench.params import Params
 from gradbench.spec import Stack
 
 PEERS = ("numpy-loop", "torch", "jax")
-ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu")
+ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "elu", "selu", "swish")
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ def _prepare_numpy_loop(np_, stack: Stack, params: Params, x: np.ndarray):
     bn = stack.batch_norm
     W, b, gamma, beta = params.W, params.b, params.gamma, params.beta
 
+    lam, alpha_e = {"elu": (1.0, stack.act_param), "selu": (SELU_LAMBDA, SELU_ALPHA)}.get(act, (1.0, 0.0))
+
     def phi(z):
         if act == "tanh":
             return np.tanh(z)
@@ -136,15 +141,24 @@ def _prepare_numpy_loop(np_, stack: Stack, params: Params, x: np.ndarray):
             return 1 / (1 + np.exp(-z))
         if act == "relu":
             return np.maximum(z, 0)
+        if act in ("elu", "selu"):
+            return lam * np.where(z > 0, z, alpha_e * np.expm1(np.minimum(z, 0)))
+        if act == "swish":
+            return z / (1 + np.exp(-z))
         return z
 
-    def dphi(a, z):  # from the stored output a (tanh, sigmoid) or pre-activation z (relu)
+    def dphi(a, z):  # from the stored output a (tanh, sigmoid) or pre-activation z (the others)
         if act == "tanh":
             return 1 - a * a
         if act == "sigmoid":
             return a * (1 - a)
         if act == "relu":
             return z > 0
+        if act in ("elu", "selu"):
+            return lam * np.where(z > 0, 1.0, alpha_e * np.exp(np.minimum(z, 0)))
+        if act == "swish":
+            s = 1 / (1 + np.exp(-z))
+            return s * (1 + z * (1 - s))
         return 1
 
     def run() -> PeerResult:
@@ -190,7 +204,8 @@ def _prepare_numpy_loop(np_, stack: Stack, params: Params, x: np.ndarray):
 # ------------------------------------------------------------------ PyTorch, eager autograd
 def _prepare_torch(torch, stack: Stack, params: Params, x: np.ndarray, *, flush_denormal: bool = False):
     F = torch.nn.functional
-    act = {"identity": lambda z: z, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}[stack.activation]
+    act = {"identity": lambda z: z, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
+           "elu": lambda z: F.elu(z, alpha=stack.act_param), "selu": F.selu, "swish": F.silu}[stack.activation]
     L, k, alpha, eps = stack.depth, stack.residual, stack.residual_scale, stack.bn_eps
     bn = stack.batch_norm
 
@@ -238,12 +253,13 @@ def _prepare_torch(torch, stack: Stack, params: Params, x: np.ndarray, *, flush_
 # ------------------------------------------------------------------ JAX, jit + lax.scan
 @functools.lru_cache(maxsize=32)
 def _jax_step(activation: str, L: int, N: int, k: int, residual: bool, alpha: float, bn: bool,
-              eps: float, dtype: str):
+              eps: float, dtype: str, act_param: float = 0.0):
     """The jitted forward + backward of one stack configuration (cached: jit then reuses its
     compilation for the same shapes)."""
     jax, _ = _import("jax")
     jnp, lax = jax.numpy, jax.lax
-    act = {"identity": lambda z: z, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu}[activation]
+    act = {"identity": lambda z: z, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu,
+           "elu": lambda z: jax.nn.elu(z, act_param), "selu": jax.nn.selu, "swish": jax.nn.silu}[activation]
     dt = np.dtype(dtype)
 
     def layer(h, W, b, g, be):
@@ -280,7 +296,7 @@ def _prepare_jax(jax, stack: Stack, params: Params, x: np.ndarray):
     L = stack.depth
     k = stack.residual or 1  # scan over groups of k layers; the k layers of a group are unrolled
     step = _jax_step(stack.activation, L, stack.width, k, bool(stack.residual), float(stack.residual_scale),
-                     bool(stack.batch_norm), float(stack.bn_eps), stack.dtype)
+                     bool(stack.batch_norm), float(stack.bn_eps), stack.dtype, stack.act_param)
     dt = stack.np_dtype
 
     def stacked(a):

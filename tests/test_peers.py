@@ -26,6 +26,9 @@ STACKS = {
     "tanh-bn": dict(activation="tanh", batch_norm=True, **EOC),
     "relu-res3": dict(activation="relu", init="he_normal", residual=3, residual_scale=0.5),
     "sigmoid-bn-res2": dict(activation="sigmoid", batch_norm=True, residual=2, init="xavier_normal", sigma_b=0.1),
+    "elu": dict(activation="elu", activation_param=0.7, init="he_normal", sigma_b=0.2),
+    "selu": dict(activation="selu", init="lecun_normal", sigma_b=0.2),
+    "swish-res2": dict(activation="swish", init="he_normal", residual=2, sigma_b=0.2),
 }
 
 
@@ -116,7 +119,7 @@ def test_torch_subnormal_partial_check_and_flush_to_zero():
 
 
 def test_unsupported_and_missing_peers_say_why():
-    assert "swish" in peers.unsupported(gb.Stack(depth=2, width=3, activation="swish"))
+    assert "gelu" in peers.unsupported(gb.Stack(depth=2, width=3, activation="gelu"))
     assert "sum_squares" in peers.unsupported(gb.Stack(depth=2, width=3, loss="mse"))
     assert peers.unsupported(gb.Stack(depth=2, width=3, activation="relu", batch_norm=True)) is None
     module, reason = peers._import.__wrapped__("gradbench_no_such_peer")
