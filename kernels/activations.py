@@ -19,6 +19,7 @@ from gradbench.abi import ACT_CODE
 from gradbench.activations import SELU_ALPHA, SELU_LAMBDA
 from gradbench.spec import ACTIVATIONS
 
+from . import gelu_table as _gelu_table
 from ._config import JIT
 
 IDENTITY, SIGMOID, TANH, RELU = ACT_CODE["identity"], ACT_CODE["sigmoid"], ACT_CODE["tanh"], ACT_CODE["relu"]
@@ -152,6 +153,82 @@ def swish_pair64(x):
     s, t = (1.0 - r, r) if x >= 0 else (r, 1.0 - r)  # sigmoid(x), sigmoid(-x)
     big = x > SWISH_MAX
     return (x if big else x * s), (1.0 if big else s * (1.0 + x * t))
+
+
+# GELU from a piecewise polynomial, as the C kernels' gb_vgelu (csrc/activations.h, where the
+# derivation is): with w = |x|, E = exp(-w^2/2) and F(w) = erfcx(w/sqrt2)/2 (kernels/gelu_table.py,
+# the C table's numbers: one polynomial in w - centre per piece of [0, 44], relative error
+# < 2^-55), Phi(-w) = E F, so
+#   x <= 0: gelu = -(w E F),     gelu' = E (F - w c)
+#   x > 0:  gelu = x (1 - E F),  gelu' = 1 - E (F - w c),   c = 1/sqrt(2 pi).
+# E keeps its relative accuracy at every w: w^2 = wh^2 + (w - wh)(w + wh) with wh the top 26 bits
+# of w (Veltkamp's split: wh^2 exact), e^(-wh^2/2) reduced by Cody-Waite to 2^k e^r, the small
+# term added to r. For x >= GELU_MIN, k >= -988: 2^k is a normal number (no subnormal step, as in
+# C below -37.5); w is clamped to -GELU_MIN, where E F < 2^-990: for x > -GELU_MIN gelu = x and
+# gelu' = 1 to the last bit. Below GELU_ZERO (but -inf) gelu and gelu' round to zero (|gelu(-39)|
+# = 2e-331, |gelu'(-39)| = 8e-330): -0 and +0, the scalar forms' zeros. Between the two, and for
+# NaN and +-inf, the callers fix up with phi/dphi (the results are subnormal there).
+GELU_MIN = -37.0
+GELU_ZERO = -39.0
+_POW2_NEG = np.array([2.0**-n for n in range(1001)])
+_GELU_EDGES = np.array(_gelu_table.EDGES[1:-1])  # the pieces' lower edges but the first
+_GELU_TAB = _gelu_table.TABLE
+_GELU_DEG = _gelu_table.DEG
+_VELTKAMP = 134217729.0  # 2^27 + 1
+
+
+@njit(inline="always", **JIT)
+def gelu_pair64(x):
+    """(gelu x, gelu' x) of a float64 for x >= GELU_MIN and -inf < x < GELU_ZERO (see above). No
+    libm call, no branch: loops over it vectorise (the table is read by gathers)."""
+    w = min(-GELU_MIN, abs(x))  # NaN: -GELU_MIN (min's first operand; the callers fix it up)
+    idx = 0
+    for e in _GELU_EDGES:
+        idx += w >= e
+    T = _GELU_TAB
+    dx = w - T[_GELU_DEG + 2, idx]
+    dx2 = dx * dx
+    dx4 = dx2 * dx2
+    dx8 = dx4 * dx4
+    t3 = T[3, idx] + dx * T[4, idx]
+    t5 = T[5, idx] + dx * T[6, idx]
+    t7 = T[7, idx] + dx * T[8, idx]
+    t9 = T[9, idx] + dx * T[10, idx]
+    t11 = T[11, idx] + dx * T[12, idx]
+    t13 = T[13, idx] + dx * T[14, idx]
+    R = ((t3 + dx2 * t5) + dx4 * (t7 + dx2 * t9)) + dx8 * ((t11 + dx2 * t13) + dx4 * T[15, idx])
+    S = T[1, idx] + dx * (T[2, idx] + dx * R)
+    F = T[0, idx] + (T[_GELU_DEG + 1, idx] + dx * S)
+    # E = exp(-w^2/2) = 2^k (1 + q)
+    cw = _VELTKAMP * w
+    wh = cw - (cw - w)
+    hi = -0.5 * (wh * wh)
+    lo = -0.5 * ((w - wh) * (w + wh))
+    kf = math.floor(hi * _INV_LN2 + 0.5)
+    r = (hi - kf * _LN2_HI) + (lo - kf * _LN2_LO)
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    q = r + r * (r * p)
+    s = _POW2_NEG[-int(kf)]
+    g = (F + F * q) * s  # E F = Phi(-w)
+    wf = w * F
+    an = (wf + wf * q) * s  # w E F
+    fd = F - w * INV_SQRT_2PI
+    h = (fd + fd * q) * s  # E (F - w c)
+    pos = x > 0
+    zero = x < GELU_ZERO
+    return (x * (1.0 - g) if pos else (-0.0 if zero else math.copysign(an, x))), (
+        1.0 - h if pos else (0.0 if zero else h))
 
 
 @njit(**JIT)

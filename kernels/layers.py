@@ -21,7 +21,7 @@ from ._config import JIT
 from .activations import (
     _LN2_HI, _LN2_LO, _RESCUE_X32, _RESCUE_X64, DSIGMOID_MAX, DTANH_MAX, ELU, ELU_FAMILY_MIN, PHI_RESCUE_CODES, PRELU,
     RELU, RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, RESCUE_LN_MIN, SELU, SELU_ALPHA, SELU_LAMBDA, SIGMOID, SWISH,
-    TANH, _as, _clamp_f, dphi, dphi_scaled, dsigmoid64, dtanh64, elu_pair64, log_dphi, log_phi, phi,
+    GELU, GELU_MIN, GELU_ZERO, TANH, _as, _clamp_f, dphi, dphi_scaled, dsigmoid64, dtanh64, elu_pair64, gelu_pair64, log_dphi, log_phi, phi,
     phi_scaled, sigmoid_pair64, swish_pair64, tanh, tanh64, tiny_threshold,
 )
 from .chain import absmax
@@ -247,7 +247,7 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
                 nsat += (1.0 if pos else 0.0) < sat_threshold
                 alive[j] = alive[j] or not (zz <= 0)
         return nsat
-    if (code == ELU or code == SELU or code == SWISH) and (not scaled or f <= 1000):
+    if _SMOOTH[code] and (not scaled or f <= 1000):
         return _smooth_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_threshold, alive)
     for i in range(B):
         for j in range(N):
@@ -268,52 +268,89 @@ def _scalar_pair(zz, f, code, param, scaled):
     return phi(zz, code, param), dphi(zz, code, param)
 
 
-# ELU, SELU and swish, plain and scaled (phi_scaled's regimes), vectorised like tanh: the
-# polynomial forms of .activations (elu_pair64, swish_pair64) at z 2^f for every entry, the
-# linear form where |z 2^f| < TINY (c0 z, exact); then phi_scaled/dphi_scaled (phi/dphi) for the
-# entries the polynomial does not cover (z 2^f below -40, NaN, infinite). The per-entry
-# functions are inlined by Numba (inline="always"): left to LLVM, they were called, not inlined,
-# and the loops ran scalar (35 against 6 us a layer of 64 x 64).
+# ELU, SELU, swish and GELU, plain and scaled (phi_scaled's regimes), vectorised like tanh: the
+# polynomial forms of .activations (elu_pair64, swish_pair64, gelu_pair64) at z 2^f for every
+# entry, the linear form where |z 2^f| < TINY (c0 z, exact); then phi_scaled/dphi_scaled
+# (phi/dphi) for the entries the polynomial does not cover (z 2^f below -40, or -37 for GELU;
+# NaN, infinite). The per-entry functions are inlined by Numba (inline="always"): left to LLVM,
+# they were called, not inlined, and the loops ran scalar (35 against 6 us a layer of 64 x 64).
+_SMOOTH = np.array([c in (ELU, SELU, SWISH, GELU) for c in range(GELU + 1)])  # by activation code (GELU's is the last)
+
+
 @njit(**JIT)
 def _smooth_setup(code, param, f, scaled, like):
-    """(sc, isc, tiny, outer, inner) of the vector paths: z 2^f = z sc, the result scaled back
-    by isc (exact: powers of two; f < -1000: every entry is in the linear form); phi's factors
-    (elu_pair64), which also give the linear form's c0 (c0+ = outer, c0- = outer inner: the
-    numbers of .activations._coefficients; swish: 1/2 both)."""
+    """(sc, isc, tiny, outer, inner, lowest) of the vector paths: z 2^f = z sc, the result scaled
+    back by isc (exact: powers of two; f < -1000: every entry is in the linear form); phi's
+    factors (elu_pair64), which also give the linear form's c0 (c0+ = outer, c0- = outer inner:
+    the numbers of .activations._coefficients; swish and GELU: 1/2 both); the polynomial's lower
+    bound in z 2^f (GELU: the bound of its zeros, below GELU_ZERO, too)."""
     if not scaled:
         sc, isc, tiny = 1.0, 1.0, 0.0
     elif f >= -1000:
         sc, isc, tiny = math.ldexp(1.0, int(f)), math.ldexp(1.0, int(-f)), tiny_threshold(like, code)
     else:
         sc, isc, tiny = 0.0, 1.0, tiny_threshold(like, code)
+    if code == GELU:
+        return sc, isc, tiny, 0.5, 1.0, (GELU_MIN, GELU_ZERO)
     if code == SWISH:
-        return sc, isc, tiny, 0.5, 1.0
-    return sc, isc, tiny, (1.0 if code == ELU else SELU_LAMBDA), (param if code == ELU else SELU_ALPHA)
+        return sc, isc, tiny, 0.5, 1.0, (ELU_FAMILY_MIN, -math.inf)
+    return sc, isc, tiny, (1.0 if code == ELU else SELU_LAMBDA), (param if code == ELU else SELU_ALPHA), (
+        ELU_FAMILY_MIN, -math.inf)
 
 
 @njit(inline="always", **JIT)
-def _smooth_pair(x, zt, swish, isc, tiny, outer, inner):
+def _smooth_pair(x, zt, code, isc, tiny, outer, inner, lowest):
     """(mantissa of phi(zt), phi'(zt)) of the entry x (zt = x 2^f), and whether it is left to
     the scalar fix-up (_smooth_rare)."""
-    v, d = swish_pair64(zt) if swish else elu_pair64(zt, outer, inner)
+    if code == SWISH:
+        v, d = swish_pair64(zt)
+    elif code == GELU:
+        v, d = gelu_pair64(zt)
+    else:
+        v, d = elu_pair64(zt, outer, inner)
     lin = abs(zt) < tiny
     c0 = outer if x > 0 else outer * inner
-    return (c0 * x if lin else v * isc), (c0 if lin else d), _smooth_rare(zt)
+    return (c0 * x if lin else v * isc), (c0 if lin else d), _smooth_rare(zt, lowest)
 
 
 @njit(inline="always", **JIT)
-def _smooth_rare(zt):
-    """Below the polynomial's bound, NaN, or infinite (phi_scaled's limit form where x 2^f
-    overflows): phi_scaled/dphi_scaled (phi/dphi) instead."""
-    return not (ELU_FAMILY_MIN <= zt < math.inf)
+def _smooth_rare(zt, lowest):
+    """Below the polynomial's bound lowest[0] but not below lowest[1] (GELU's zeros), NaN, or
+    infinite (phi_scaled's limit form where x 2^f overflows): phi_scaled/dphi_scaled (phi/dphi)
+    instead."""
+    return not (lowest[0] <= zt < math.inf or -math.inf < zt < lowest[1])
 
 
 @njit(**JIT)
 def _smooth_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_threshold, alive):
-    """_activation_forward_stats of ELU, SELU and swish (see above)."""
+    """_activation_forward_stats of ELU, SELU, swish and GELU (see above)."""
     B, N = z.shape
-    swish = code == SWISH
-    sc, isc, tiny, outer, inner = _smooth_setup(code, param, f, scaled, a[0, 0])
+    sc, isc, tiny, outer, inner, lowest = _smooth_setup(code, param, f, scaled, a[0, 0])
+    v = (sc, isc, tiny, outer, inner, lowest)
+    # one loop per polynomial, the code a constant in each (the loop is inlined): with the code
+    # tested per entry, LLVM kept GELU's table reads behind a branch and no loop vectorised
+    if code == GELU:
+        nsat, rare = _smooth_forward_loop(a, z, b, add_bias, GELU, v, sat_threshold, alive)
+    elif code == SWISH:
+        nsat, rare = _smooth_forward_loop(a, z, b, add_bias, SWISH, v, sat_threshold, alive)
+    else:
+        nsat, rare = _smooth_forward_loop(a, z, b, add_bias, ELU, v, sat_threshold, alive)
+    if rare:
+        for i in range(B):
+            for j in range(N):
+                zz = z[i, j]
+                if _smooth_rare(np.float64(zz) * sc, lowest):
+                    a[i, j], d = _scalar_pair(zz, f, code, param, scaled)
+                    nsat += abs(d) < sat_threshold
+    return nsat
+
+
+@njit(inline="always", **JIT)
+def _smooth_forward_loop(a, z, b, add_bias, kind, v, sat_threshold, alive):
+    """The vector loop of _smooth_forward_stats (kind: GELU, SWISH, or ELU for ELU and SELU;
+    v: _smooth_setup's values); returns (nsat, rare)."""
+    B, N = z.shape
+    sc, isc, tiny, outer, inner, lowest = v
     nsat = 0
     rare = 0
     for i in range(B):
@@ -321,40 +358,47 @@ def _smooth_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thresho
             zz = z[i, j] + b[j] if add_bias else z[i, j]
             z[i, j] = zz
             x = np.float64(zz)
-            m, d, odd = _smooth_pair(x, x * sc, swish, isc, tiny, outer, inner)
+            m, d, odd = _smooth_pair(x, x * sc, kind, isc, tiny, outer, inner, lowest)
             a[i, j] = _as(m, zz)
             nsat += not odd and abs(_as(d, zz)) < sat_threshold
             rare += odd
             alive[j] = alive[j] or not (zz <= 0)
-    if rare:
-        for i in range(B):
-            for j in range(N):
-                zz = z[i, j]
-                if _smooth_rare(np.float64(zz) * sc):
-                    a[i, j], d = _scalar_pair(zz, f, code, param, scaled)
-                    nsat += abs(d) < sat_threshold
-    return nsat
+    return nsat, rare
 
 
 @njit(**JIT)
 def _smooth_backward(dz, da, z, code, param, f, scaled):
-    """dz = da phi'(z 2^f) of ELU, SELU and swish (see above)."""
+    """dz = da phi'(z 2^f) of ELU, SELU, swish and GELU (see above)."""
     B, N = z.shape
-    swish = code == SWISH
-    sc, isc, tiny, outer, inner = _smooth_setup(code, param, f, scaled, z[0, 0])
-    rare = 0
-    for i in range(B):
-        for j in range(N):
-            x = np.float64(z[i, j])
-            _, d, odd = _smooth_pair(x, x * sc, swish, isc, tiny, outer, inner)
-            dz[i, j] = da[i, j] * _as(d, z[i, j])
-            rare += odd
+    sc, isc, tiny, outer, inner, lowest = _smooth_setup(code, param, f, scaled, z[0, 0])
+    v = (sc, isc, tiny, outer, inner, lowest)
+    if code == GELU:  # one loop per polynomial, as in _smooth_forward_stats
+        rare = _smooth_backward_loop(dz, da, z, GELU, v)
+    elif code == SWISH:
+        rare = _smooth_backward_loop(dz, da, z, SWISH, v)
+    else:
+        rare = _smooth_backward_loop(dz, da, z, ELU, v)
     if rare:
         for i in range(B):
             for j in range(N):
                 zz = z[i, j]
-                if _smooth_rare(np.float64(zz) * sc):
+                if _smooth_rare(np.float64(zz) * sc, lowest):
                     dz[i, j] = da[i, j] * (dphi_scaled(zz, f, code, param) if scaled else dphi(zz, code, param))
+
+
+@njit(inline="always", **JIT)
+def _smooth_backward_loop(dz, da, z, kind, v):
+    """The vector loop of _smooth_backward (see _smooth_forward_loop); returns rare."""
+    B, N = z.shape
+    sc, isc, tiny, outer, inner, lowest = v
+    rare = 0
+    for i in range(B):
+        for j in range(N):
+            x = np.float64(z[i, j])
+            _, d, odd = _smooth_pair(x, x * sc, kind, isc, tiny, outer, inner, lowest)
+            dz[i, j] = da[i, j] * _as(d, z[i, j])
+            rare += odd
+    return rare
 
 
 @njit(**JIT)
@@ -426,7 +470,7 @@ def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
                 for j in range(N):
                     db[j] += dz[i, j]
         return 0.0
-    if (code == ELU or code == SELU or code == SWISH) and (not scaled or f <= 1000):
+    if _SMOOTH[code] and (not scaled or f <= 1000):
         _smooth_backward(dz, da, z, code, param, f, scaled)
         if sum_db:
             for i in range(B):

@@ -219,22 +219,50 @@ def test_polynomial_elu_selu_swish_against_mpmath():
         assert close(d, s * (1 + X * t), abs(s) + abs(s * X * t)), (x, d)
 
 
+def test_polynomial_gelu_against_mpmath():
+    """gelu_pair64 (the vector path of the GELU layers: a piecewise polynomial for erfcx and a
+    split exp) against mpmath over its range x >= -37, ends, tiny and subnormal x: within 4 ulps
+    (phi' to 4 ulps of its terms' size Phi + |x| phi_N: its root near -0.752 is a difference);
+    below -39 both exactly zero. The scalar forms (libm's erfc) are 1450 ulps off at x = -37."""
+    import mpmath as mp
+
+    from gradbench.kernels.activations import GELU_MIN, GELU_ZERO, gelu_pair64
+
+    mp.mp.dps = 40
+    u = 2.0**-52
+    rng = np.random.default_rng(11)
+    xs = np.concatenate([np.linspace(GELU_MIN, 45.0, 1641), rng.uniform(-4, 4, 400), -np.logspace(-300, 1.56, 200),
+                         [0.0, -0.0, 5e-324, -5e-324, 1e-300, -1e-300, 1.0, 4.0, 12.0, 28.0, 36.0, 44.0,
+                          float(np.nextafter(4.0, 0)), 1e300]])
+    for x in map(float, xs):
+        X = mp.mpf(x)
+        Phi, pdf = mp.ncdf(X), mp.npdf(X)
+        v, d = gelu_pair64(x)
+        assert abs(v - X * Phi) <= 4 * max(u * abs(X * Phi), 5e-324), (x, v)
+        assert abs(d - (Phi + X * pdf)) <= 4 * max(u * (Phi + abs(X * pdf)), 5e-324), (x, d)
+    for x in (GELU_ZERO - 1e-9, -40.0, -1e3, -1e300):
+        v, d = gelu_pair64(x)
+        assert (v, d) == (0.0, 0.0) and math.copysign(1, v) == -1 and math.copysign(1, d) == 1, x
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("name", ["elu", "selu", "swish"])
-def test_elu_selu_swish_layers_against_the_scalar_forms(name, dtype):
-    """The ELU, SELU and swish layers' vector paths (plain, and scaled at exponents from -1100 to
-    1000: the linear form, the direct one, x 2^f overflowing) against phi/dphi and
+@pytest.mark.parametrize("name", ["elu", "selu", "swish", "gelu"])
+def test_smooth_layers_against_the_scalar_forms(name, dtype):
+    """The ELU, SELU, swish and GELU layers' vector paths (plain, and scaled at exponents from
+    -1100 to 1000: the linear form, the direct one, x 2^f overflowing) against phi/dphi and
     phi_scaled/dphi_scaled entry by entry: the same NaN, infinities and zeros, the same
     saturation count, values within 4 ulps (float64) and 1 (float32); entries below the
-    polynomial's bound, infinite and NaN among them (the fix-up: without it phi' of -50 is e^-40)."""
+    polynomial's bound, infinite and NaN among them (the fix-up: without it phi' of -50 is e^-40).
+    GELU's direct form against mpmath instead (the scalar forms' erfc is up to 1450 ulps off)."""
     from gradbench.abi import ACT_CODE
     from gradbench.kernels.activations import dphi, dphi_scaled, phi, phi_scaled
     from gradbench.kernels.layers import _activation_backward, _activation_forward_stats
 
     code, param = ACT_CODE[name], (1.3 if name == "elu" else 0.0)
     rng = np.random.default_rng(7)
-    special = [-745.0, -50.0, -40.0, -39.999, -1e-300, -5e-324, -0.0, 0.0, 5e-324, 1e-300, 39.999, 40.0, 50.0,
-               700.0, 1e300, -1e300, np.inf, -np.inf, np.nan, -1.278, 2.0**-30, -2.0**-30]
+    special = [-745.0, -50.0, -40.0, -39.999, -39.0, -38.5, -37.0, -36.999, -1e-300, -5e-324, -0.0, 0.0, 5e-324,
+               1e-300, 39.999, 40.0, 50.0, 700.0, 1e300, -1e300, np.inf, -np.inf, np.nan, -1.278, -0.752, 2.0**-30,
+               -2.0**-30]
     ulps = 4 if dtype == "float64" else 1
     for f in (None, -1100, -1000, -60, -1, 0, 1, 30, 1000):
         z = np.concatenate([special, rng.standard_normal(300) * 10 ** rng.uniform(-8, 2.5, 300)])
@@ -251,6 +279,8 @@ def test_elu_selu_swish_layers_against_the_scalar_forms(name, dtype):
             _activation_backward(dz, dz[0], False, np.ones_like(z), z, code, param, fe, scaled)
         want_a = np.array([phi(v, code, param) if f is None else phi_scaled(v, f, code, param) for v in z[0]])
         want_d = np.array([dphi(v, code, param) if f is None else dphi_scaled(v, f, code, param) for v in z[0]])
+        if name == "gelu":
+            _gelu_direct_by_mpmath(want_a, want_d, z[0], fe, scaled)
         assert nsat == np.sum(np.abs(want_d) < 1e-3), f
         for deriv, got, want in ((False, a[0], want_a), (True, dz[0], want_d)):
             np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
@@ -258,12 +288,34 @@ def test_elu_selu_swish_layers_against_the_scalar_forms(name, dtype):
             np.testing.assert_array_equal(got[plain], want[plain])
             ok = np.isfinite(want) & (want != 0)
             size = np.abs(want[ok]).astype(np.float64)
-            if name == "swish" and deriv:  # swish' = s (1 + x t) is a difference near its root (-1.278):
-                with np.errstate(over="ignore", invalid="ignore"):  # (x = inf: NaN, fmax takes |phi'|)
-                    x = np.ldexp(z[0][ok].astype(np.float64), fe)  # ulps of its terms' size
-                    size = np.fmax(size, (1 + np.abs(x) / (1 + np.exp(x))) / (1 + np.exp(-x)))
+            if name in ("swish", "gelu") and deriv:  # phi' is a difference near its root (swish -1.278:
+                with np.errstate(over="ignore", invalid="ignore"):  # s (1 + x t); gelu -0.752: Phi + x phi_N):
+                    x = np.ldexp(z[0][ok].astype(np.float64), fe)  # ulps of its terms' size (x = inf: NaN,
+                    terms = ((1 + np.abs(x) / (1 + np.exp(x))) / (1 + np.exp(-x)) if name == "swish"  # fmax
+                             else 1 + np.abs(x) * np.exp(-0.5 * x * x))  # takes |phi'|)
+                    size = np.fmax(size, terms)
             err = np.abs(got[ok].astype(np.float64) - want[ok]) / np.spacing(size.astype(dtype))
             assert err.max(initial=0) <= ulps, (f, float(err.max()))
+
+
+def _gelu_direct_by_mpmath(want_a, want_d, z, f, scaled):
+    """GELU's phi and phi' (phi_scaled/dphi_scaled's direct regime: the mantissa of phi(z 2^f) at
+    exponent f) by mpmath, in place of the scalar forms' values, for the entries the layers'
+    polynomial covers: z 2^f >= GELU_MIN, finite, not in the linear form (|z 2^f| >= TINY)."""
+    import mpmath as mp
+
+    from gradbench.activations import TINY
+    from gradbench.kernels.activations import GELU_MIN
+
+    mp.mp.dps = 40
+    tiny = TINY[z.dtype.name]["gelu"] if scaled else 0.0
+    for k, v in enumerate(z):
+        X = mp.ldexp(mp.mpf(float(v)), f)
+        if not (mp.isfinite(X) and X >= GELU_MIN and abs(X) >= tiny and abs(X) < mp.mpf(2) ** 1024):
+            continue
+        Phi = mp.ncdf(X)
+        want_a[k] = float(mp.ldexp(X * Phi, -f))
+        want_d[k] = float(Phi + X * mp.npdf(X))
 
 
 def _bins_by_log10(v: np.ndarray, e: int, per_decade: int, bins: int) -> dict:

@@ -294,14 +294,17 @@ def test_vector_gelu_same_bits_alone_and_together(lib, isa):
 
 
 def test_gelu_table_is_the_generators_output():
-    """csrc/gelu_table.h is what csrc/gen_gelu_table.py writes (and the script's own check, each
-    piece within 2^-55 of F in relative terms, holds)."""
+    """csrc/gelu_table.h and kernels/gelu_table.py (the Numba GELU's copy) are what
+    csrc/gen_gelu_table.py writes (and the script's own check, each piece within 2^-55 of F in
+    relative terms, holds)."""
     sys.path.insert(0, str(CSRC))
     try:
         import gen_gelu_table
     finally:
         sys.path.remove(str(CSRC))
-    assert (CSRC / "gelu_table.h").read_text() == gen_gelu_table.table_text()
+    pieces = gen_gelu_table.table_pieces()
+    assert (CSRC / "gelu_table.h").read_text() == gen_gelu_table.table_text(pieces)
+    assert gen_gelu_table.OUT_PY.read_text() == gen_gelu_table.table_python(pieces)
 
 
 # ------------------------------------------------------------------ scaled evaluation, 1000 < |f| <= 2200
