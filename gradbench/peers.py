@@ -17,9 +17,9 @@ storing every h, backward ``g *= phi'(...)`` from the stored values, ``dW = g.T 
 ``||dW||`` (a float64 sum of squares), ``g = g @ W``; no exact rescaling, no statistics. It is always available
 and it is the baseline that matters.
 
-Peers cover what the benchmark cases use: tanh, sigmoid, relu, identity, elu, selu and swish
-(the frameworks' own functions: ``F.elu``/``jax.nn.elu`` with the stack's alpha, ``selu``,
-``silu``); batch norm (train
+Peers cover what the benchmark cases use: tanh, sigmoid, relu, identity, elu, selu, swish and
+gelu (the frameworks' own functions: ``F.elu``/``jax.nn.elu`` with the stack's alpha, ``selu``,
+``silu``, the exact ``gelu``; the plain loop's GELU with ``scipy.special.erf``); batch norm (train
 mode, biased batch variance) and residual groups on or off; ``sum_squares``; no input layer, no
 clipping. torch and JAX are optional (``pip install .[peers]``): :func:`peer_status` says why
 one is missing.
@@ -39,7 +39,7 @@ from gradbench.params import Params
 from gradbench.spec import Stack
 
 PEERS = ("numpy-loop", "torch", "jax")
-ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "elu", "selu", "swish")
+ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "elu", "selu", "swish", "gelu")
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,8 @@ def _prepare_numpy_loop(np_, stack: Stack, params: Params, x: np.ndarray):
     W, b, gamma, beta = params.W, params.b, params.gamma, params.beta
 
     lam, alpha_e = {"elu": (1.0, stack.act_param), "selu": (SELU_LAMBDA, SELU_ALPHA)}.get(act, (1.0, 0.0))
+    if act == "gelu":
+        from scipy.special import erf  # what a user would write GELU with (NumPy has no erf)
 
     def phi(z):
         if act == "tanh":
@@ -145,6 +147,8 @@ def _prepare_numpy_loop(np_, stack: Stack, params: Params, x: np.ndarray):
             return lam * np.where(z > 0, z, alpha_e * np.expm1(np.minimum(z, 0)))
         if act == "swish":
             return z / (1 + np.exp(-z))
+        if act == "gelu":
+            return 0.5 * z * (1 + erf(z / np.sqrt(2)))
         return z
 
     def dphi(a, z):  # from the stored output a (tanh, sigmoid) or pre-activation z (the others)
@@ -159,6 +163,8 @@ def _prepare_numpy_loop(np_, stack: Stack, params: Params, x: np.ndarray):
         if act == "swish":
             s = 1 / (1 + np.exp(-z))
             return s * (1 + z * (1 - s))
+        if act == "gelu":
+            return 0.5 * (1 + erf(z / np.sqrt(2))) + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
         return 1
 
     def run() -> PeerResult:
@@ -205,7 +211,8 @@ def _prepare_numpy_loop(np_, stack: Stack, params: Params, x: np.ndarray):
 def _prepare_torch(torch, stack: Stack, params: Params, x: np.ndarray, *, flush_denormal: bool = False):
     F = torch.nn.functional
     act = {"identity": lambda z: z, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
-           "elu": lambda z: F.elu(z, alpha=stack.act_param), "selu": F.selu, "swish": F.silu}[stack.activation]
+           "elu": lambda z: F.elu(z, alpha=stack.act_param), "selu": F.selu, "swish": F.silu,
+           "gelu": F.gelu}[stack.activation]
     L, k, alpha, eps = stack.depth, stack.residual, stack.residual_scale, stack.bn_eps
     bn = stack.batch_norm
 
@@ -259,7 +266,8 @@ def _jax_step(activation: str, L: int, N: int, k: int, residual: bool, alpha: fl
     jax, _ = _import("jax")
     jnp, lax = jax.numpy, jax.lax
     act = {"identity": lambda z: z, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu,
-           "elu": lambda z: jax.nn.elu(z, act_param), "selu": jax.nn.selu, "swish": jax.nn.silu}[activation]
+           "elu": lambda z: jax.nn.elu(z, act_param), "selu": jax.nn.selu, "swish": jax.nn.silu,
+           "gelu": lambda z: jax.nn.gelu(z, approximate=False)}[activation]
     dt = np.dtype(dtype)
 
     def layer(h, W, b, g, be):

@@ -29,6 +29,7 @@ STACKS = {
     "elu": dict(activation="elu", activation_param=0.7, init="he_normal", sigma_b=0.2),
     "selu": dict(activation="selu", init="lecun_normal", sigma_b=0.2),
     "swish-res2": dict(activation="swish", init="he_normal", residual=2, sigma_b=0.2),
+    "gelu": dict(activation="gelu", init="he_normal", sigma_b=0.2),
 }
 
 
@@ -119,12 +120,12 @@ def test_torch_subnormal_partial_check_and_flush_to_zero():
 
 
 def test_unsupported_and_missing_peers_say_why():
-    assert "gelu" in peers.unsupported(gb.Stack(depth=2, width=3, activation="gelu"))
+    assert "prelu" in peers.unsupported(gb.Stack(depth=2, width=3, activation="prelu"))
     assert "sum_squares" in peers.unsupported(gb.Stack(depth=2, width=3, loss="mse"))
     assert peers.unsupported(gb.Stack(depth=2, width=3, activation="relu", batch_norm=True)) is None
     module, reason = peers._import.__wrapped__("gradbench_no_such_peer")
     assert module is None and "pip install" in reason
     assert set(peers.peer_status()) == set(peers.PEERS)
     with pytest.raises(ValueError, match="peers implement"):
-        stack = gb.Stack(depth=2, width=3, activation="gelu")
+        stack = gb.Stack(depth=2, width=3, activation="prelu")
         peers.prepare("torch", stack, gb.init_params(stack), gb.gaussian_input(stack, 2))
