@@ -19,10 +19,10 @@ from numba import njit
 
 from ._config import JIT
 from .activations import (
-    _LN2_HI, _LN2_LO, _RESCUE_X32, _RESCUE_X64, DSIGMOID_MAX, DTANH_MAX, ELU, ELU_FAMILY_MIN, PHI_RESCUE_CODES, PRELU,
-    RELU, RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, RESCUE_LN_MIN, SELU, SELU_ALPHA, SELU_LAMBDA, SIGMOID, SWISH,
-    GELU, GELU_MIN, GELU_ZERO, TANH, _as, _clamp_f, dphi, dphi_scaled, dsigmoid64, dtanh64, elu_pair64, gelu_pair64, log_dphi, log_phi, phi,
-    phi_scaled, sigmoid_pair64, swish_pair64, tanh, tanh64, tiny_threshold,
+    _LN2_HI, _LN2_LO, _RESCUE_X32, _RESCUE_X64, DSIGMOID_MAX, DTANH_MAX, ELU, ELU_FAMILY_MIN, GELU, GELU_MIN,
+    GELU_ZERO, PHI_RESCUE_CODES, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, RESCUE_LN_MIN, SELU,
+    SELU_ALPHA, SELU_LAMBDA, SIGMOID, SWISH, TANH, _as, _clamp_f, dphi, dphi_scaled, dsigmoid64, dtanh64, elu_pair64,
+    gelu_pair64, log_dphi, log_phi, phi, phi_scaled, sigmoid_pair64, swish_pair64, tanh, tanh64, tiny_threshold,
 )
 from .chain import absmax
 
@@ -271,8 +271,8 @@ def _scalar_pair(zz, f, code, param, scaled):
 # ELU, SELU, swish and GELU, plain and scaled (phi_scaled's regimes), vectorised like tanh: the
 # polynomial forms of .activations (elu_pair64, swish_pair64, gelu_pair64) at z 2^f for every
 # entry, the linear form where |z 2^f| < TINY (c0 z, exact); then phi_scaled/dphi_scaled
-# (phi/dphi) for the entries the polynomial does not cover (z 2^f below -40, or -37 for GELU;
-# NaN, infinite). The per-entry functions are inlined by Numba (inline="always"): left to LLVM,
+# (phi/dphi) for the entries the polynomial does not cover (z 2^f below -40; GELU from -37 to
+# -39, below which it is zero; NaN, infinite). The per-entry functions are inlined by Numba (inline="always"): left to LLVM,
 # they were called, not inlined, and the loops ran scalar (35 against 6 us a layer of 64 x 64).
 _SMOOTH = np.array([c in (ELU, SELU, SWISH, GELU) for c in range(GELU + 1)])  # by activation code (GELU's is the last)
 
