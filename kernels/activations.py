@@ -59,6 +59,12 @@ def _exp_poly(y):
     r**13): no libm call, so loops over it vectorise."""
     nf = math.floor(y * _INV_LN2 + 0.5)
     r = (y - nf * _LN2_HI) - nf * _LN2_LO
+    return _POW2[int(nf)], _expm1_reduced(r)
+
+
+@njit(inline="always", **JIT)
+def _expm1_reduced(r):
+    """expm1(r) for a reduced |r| <= 0.35 + 2^-30 (Taylor to r**13, truncation < 1e-17)."""
     p = 1.0 / 6227020800.0
     p = p * r + 1.0 / 479001600.0
     p = p * r + 1.0 / 39916800.0
@@ -71,7 +77,7 @@ def _exp_poly(y):
     p = p * r + 1.0 / 24.0
     p = p * r + 1.0 / 6.0
     p = p * r + 0.5
-    return _POW2[int(nf)], r + r * (r * p)
+    return r + r * (r * p)
 
 
 @njit(**JIT)
@@ -206,19 +212,7 @@ def gelu_pair64(x):
     lo = -0.5 * ((w - wh) * (w + wh))
     kf = math.floor(hi * _INV_LN2 + 0.5)
     r = (hi - kf * _LN2_HI) + (lo - kf * _LN2_LO)
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    q = r + r * (r * p)
+    q = _expm1_reduced(r)
     s = _POW2_NEG[-int(kf)]
     g = (F + F * q) * s  # E F = Phi(-w)
     wf = w * F
