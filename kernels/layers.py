@@ -17,6 +17,8 @@ import math
 import numpy as np
 from numba import njit
 
+from gradbench.spec import ACTIVATIONS
+
 from ._config import JIT
 from .activations import (
     _LN2_HI, _LN2_LO, _RESCUE_X32, _RESCUE_X64, DSIGMOID_MAX, DTANH_MAX, ELU, ELU_FAMILY_MIN, GELU, GELU_MIN,
@@ -272,9 +274,10 @@ def _scalar_pair(zz, f, code, param, scaled):
 # polynomial forms of .activations (elu_pair64, swish_pair64, gelu_pair64) at z 2^f for every
 # entry, the linear form where |z 2^f| < TINY (c0 z, exact); then phi_scaled/dphi_scaled
 # (phi/dphi) for the entries the polynomial does not cover (z 2^f below -40; GELU from -37 to
-# -39, below which it is zero; NaN, infinite). The per-entry functions are inlined by Numba (inline="always"): left to LLVM,
-# they were called, not inlined, and the loops ran scalar (35 against 6 us a layer of 64 x 64).
-_SMOOTH = np.array([c in (ELU, SELU, SWISH, GELU) for c in range(GELU + 1)])  # by activation code (GELU's is the last)
+# -39, below which it is zero; NaN, infinite). The per-entry functions are inlined by Numba
+# (inline="always"): left to LLVM, they were called, not inlined, and the loops ran scalar (35
+# against 6 us a layer of 64 x 64).
+_SMOOTH = np.array([c in (ELU, SELU, SWISH, GELU) for c in range(len(ACTIVATIONS))])  # by activation code
 
 
 @njit(**JIT)
@@ -325,8 +328,8 @@ def _smooth_rare(zt, lowest):
 def _smooth_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_threshold, alive):
     """_activation_forward_stats of ELU, SELU, swish and GELU (see above)."""
     B, N = z.shape
-    sc, isc, tiny, outer, inner, lowest = _smooth_setup(code, param, f, scaled, a[0, 0])
-    v = (sc, isc, tiny, outer, inner, lowest)
+    v = _smooth_setup(code, param, f, scaled, a[0, 0])
+    sc, lowest = v[0], v[5]
     # one loop per polynomial, the code a constant in each (the loop is inlined): with the code
     # tested per entry, LLVM kept GELU's table reads behind a branch and no loop vectorised
     if code == GELU:
@@ -370,8 +373,8 @@ def _smooth_forward_loop(a, z, b, add_bias, kind, v, sat_threshold, alive):
 def _smooth_backward(dz, da, z, code, param, f, scaled):
     """dz = da phi'(z 2^f) of ELU, SELU, swish and GELU (see above)."""
     B, N = z.shape
-    sc, isc, tiny, outer, inner, lowest = _smooth_setup(code, param, f, scaled, z[0, 0])
-    v = (sc, isc, tiny, outer, inner, lowest)
+    v = _smooth_setup(code, param, f, scaled, z[0, 0])
+    sc, lowest = v[0], v[5]
     if code == GELU:  # one loop per polynomial, as in _smooth_forward_stats
         rare = _smooth_backward_loop(dz, da, z, GELU, v)
     elif code == SWISH:
