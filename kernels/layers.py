@@ -22,9 +22,10 @@ from gradbench.spec import ACTIVATIONS
 from ._config import JIT
 from .activations import (
     _LN2_HI, _LN2_LO, _RESCUE_X32, _RESCUE_X64, DSIGMOID_MAX, DTANH_MAX, ELU, ELU_FAMILY_MIN, GELU, GELU_MIN,
-    GELU_ZERO, PHI_RESCUE_CODES, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, RESCUE_LN_MIN, SELU,
-    SELU_ALPHA, SELU_LAMBDA, SIGMOID, SWISH, TANH, _as, _clamp_f, dphi, dphi_scaled, dsigmoid64, dtanh64, elu_pair64,
-    gelu_pair64, log_dphi, log_phi, phi, phi_scaled, sigmoid_pair64, swish_pair64, tanh, tanh64, tiny_threshold,
+    GELU_ZERO, IDENTITY, LEAKY, PHI_RESCUE_CODES, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES,
+    RESCUE_LN_MIN, SELU, SELU_ALPHA, SELU_LAMBDA, SIGMOID, SWISH, TANH, _as, _clamp_f, dphi, dphi_scaled,
+    dsigmoid64, dtanh64, elu_pair64, gelu_pair64, log_dphi, log_phi, phi, phi_scaled, sigmoid_pair64, swish_pair64,
+    tanh, tanh64, tiny_threshold,
 )
 from .chain import absmax
 
@@ -249,6 +250,19 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
                 nsat += (1.0 if pos else 0.0) < sat_threshold
                 alive[j] = alive[j] or not (zz <= 0)
         return nsat
+    if code == LEAKY or code == PRELU or code == IDENTITY:  # phi(z) = z above 0, slope z else
+        one = _as(1.0, a[0, 0])
+        p = 1.0 if code == IDENTITY else param  # 1.0 p z = z to the last bit (NaN, -0 too)
+        d_neg = _as(p, a[0, 0])
+        for i in range(B):
+            for j in range(N):
+                zz = z[i, j] + b[j] if add_bias else z[i, j]
+                z[i, j] = zz
+                pos = zz > 0
+                a[i, j] = zz if pos else _as(p * zz, zz)
+                nsat += abs(one if pos else d_neg) < sat_threshold  # a negative slope: phi' < 0
+                alive[j] = alive[j] or not (zz <= 0)
+        return nsat
     if _SMOOTH[code] and (not scaled or f <= 1000):
         return _smooth_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_threshold, alive)
     for i in range(B):
@@ -278,6 +292,9 @@ def _scalar_pair(zz, f, code, param, scaled):
 # (inline="always"): left to LLVM, they were called, not inlined, and the loops ran scalar (35
 # against 6 us a layer of 64 x 64).
 _SMOOTH = np.array([c in (ELU, SELU, SWISH, GELU) for c in range(len(ACTIVATIONS))])  # by activation code
+# ReLU, leaky ReLU, PReLU and identity: phi' is a constant on each side of 0 (these are
+# positively homogeneous, so never scaled), a select per entry that LLVM vectorises.
+_PIECEWISE_LINEAR = np.array([c in (RELU, LEAKY, PRELU, IDENTITY) for c in range(len(ACTIVATIONS))])
 
 
 @njit(**JIT)
@@ -480,14 +497,24 @@ def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
                 for j in range(N):
                     db[j] += dz[i, j]
         return 0.0
-    for i in range(B):
-        for j in range(N):
-            zz = z[i, j]
-            d = dphi_scaled(zz, f, code, param) if scaled else dphi(zz, code, param)
-            v = da[i, j] * d
-            dz[i, j] = v
-            if sum_db:
-                db[j] += v
+    if _PIECEWISE_LINEAR[code]:  # phi' = 1 above 0, the slope else (ReLU: 0; identity: 1)
+        one = _as(1.0, dz[0, 0])
+        d_neg = _as(0.0 if code == RELU else (1.0 if code == IDENTITY else param), dz[0, 0])
+        for i in range(B):
+            for j in range(N):
+                v = da[i, j] * (one if z[i, j] > 0 else d_neg)
+                dz[i, j] = v
+                if sum_db:
+                    db[j] += v
+    else:
+        for i in range(B):
+            for j in range(N):
+                zz = z[i, j]
+                d = dphi_scaled(zz, f, code, param) if scaled else dphi(zz, code, param)
+                v = da[i, j] * d
+                dz[i, j] = v
+                if sum_db:
+                    db[j] += v
     if code != PRELU:
         return 0.0
     s = 0.0

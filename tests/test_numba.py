@@ -298,6 +298,58 @@ def test_smooth_layers_against_the_scalar_forms(name, dtype):
             assert err.max(initial=0) <= ulps, (f, float(err.max()))
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "prelu", "identity"])
+def test_piecewise_linear_layers_against_the_scalar_forms(name, dtype):
+    """The ReLU-family and identity layers' vector paths against phi/dphi entry by entry, bit for
+    bit (signed zeros, NaN and infinities included), with the bias fused and db summed in the
+    same pass; the saturation count, the dead units and PReLU's dL/dslope as the reference's."""
+    from gradbench import activations as A
+    from gradbench.abi import ACT_CODE
+    from gradbench.kernels.activations import dphi, phi
+    from gradbench.kernels.layers import _activation_backward, _activation_forward_stats
+
+    code = ACT_CODE[name]
+    rng = np.random.default_rng(5)
+    special = [-np.inf, -1e300, -1.0, -5e-324, -0.0, 0.0, 5e-324, 1.0, 1e300, np.inf, np.nan, -np.nan]
+    for param in ((-0.3, 0.01, 0.25, 1e-300) if name != "relu" and name != "identity" else (0.0,)):
+        B, N = 6, 8
+        z0 = rng.standard_normal((B, N))
+        z0[:, :2] = np.reshape(special, (B, 2))  # with a bias of -0.0: z + b is z, -0.0 included
+        z0[:, 3] = -np.abs(z0[:, 3])  # a dead unit
+        with np.errstate(over="ignore"):
+            z0 = z0.astype(dtype)
+        b = rng.standard_normal(N).astype(dtype)
+        b[:2] = -0.0
+        z, a, alive = z0.copy(), np.empty_like(z0), np.empty(N, dtype=np.bool_)
+        with np.errstate(all="ignore"):
+            nsat = _activation_forward_stats(a, z, b, True, code, param, 0, False, 0.02, alive)
+            zb = z0 + b
+        np.testing.assert_array_equal(z.view(np.uint8), zb.view(np.uint8))
+        want_a = np.array([phi(v, code, param) for v in zb.ravel()], dtype=dtype).reshape(B, N)
+        want_d = np.array([dphi(v, code, param) for v in zb.ravel()], dtype=dtype).reshape(B, N)
+        np.testing.assert_array_equal(a.view(np.uint8), want_a.view(np.uint8))
+        assert nsat == np.sum(np.abs(want_d) < 0.02)
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(alive, np.any(~(zb <= 0), axis=0))
+        da = rng.standard_normal((B, N)).astype(dtype)
+        dz, db = np.empty_like(da), np.empty(N, dtype)
+        with np.errstate(all="ignore"):
+            s = _activation_backward(dz, db, True, da, zb, code, param, 0, False)
+            want_dz = da * want_d
+            want_db = np.zeros(N, dtype)
+            for row in want_dz:
+                want_db += row
+        np.testing.assert_array_equal(dz.view(np.uint8), want_dz.view(np.uint8))
+        np.testing.assert_array_equal(db.view(np.uint8), want_db.view(np.uint8))
+        assert math.isnan(s) if name == "prelu" else s == 0.0  # NaN in z: dL/dslope is NaN
+        zf = np.where(np.isfinite(zb), zb, -0.5).astype(dtype)
+        s = _activation_backward(dz, db, False, da, zf, code, param, 0, False)
+        np.testing.assert_array_equal(dz, da * A.dphi(zf, code, param).astype(dtype))
+        want_s = math.fsum(float(x) for x in (da * np.minimum(zf, 0)).ravel()) if name == "prelu" else 0.0
+        assert s == pytest.approx(want_s, rel=1e-5 if dtype == "float32" else 1e-12, abs=0)
+
+
 def _gelu_direct_by_mpmath(want_a, want_d, z, f, scaled):
     """GELU's phi and phi' (phi_scaled/dphi_scaled's direct regime: the mantissa of phi(z 2^f) at
     exponent f) by mpmath, in place of the scalar forms' values, for the entries the layers'
