@@ -23,9 +23,9 @@ from ._config import JIT
 from .activations import (
     _LN2_HI, _LN2_LO, _RESCUE_X32, _RESCUE_X64, DSIGMOID_MAX, DTANH_MAX, ELU, ELU_FAMILY_MIN, GELU, GELU_MIN,
     GELU_ZERO, IDENTITY, LEAKY, PHI_RESCUE_CODES, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES,
-    RESCUE_LN_MIN, SELU, SELU_ALPHA, SELU_LAMBDA, SIGMOID, SWISH, TANH, _as, _clamp_f, dphi, dphi_scaled,
-    dsigmoid64, dtanh64, elu_pair64, gelu_pair64, log_dphi, log_phi, phi, phi_scaled, sigmoid_pair64, swish_pair64,
-    tanh, tanh64, tiny_threshold,
+    RESCUE_LN_MIN, SELU, SELU_ALPHA, SELU_LAMBDA, SIGMOID, SWISH, TANH, _as, _clamp_f, _coefficients, dphi,
+    dphi_scaled, dsigmoid64, dtanh64, elu_pair64, gelu_pair64, log_dphi, log_phi, phi, phi_scaled, sigmoid_pair64,
+    swish_pair64, tanh, tanh64, tiny_threshold,
 )
 from .chain import absmax
 
@@ -167,6 +167,22 @@ def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
 
 # ------------------------------------------------------------------ activations
 @njit(**JIT)
+def _all_linear(z, b, add_bias, f, tiny):
+    """Whether every entry x of z (+ b) is finite with |x 2^f| < tiny: phi_scaled's linear form
+    for the whole layer. Asked where f < -1000 (a signal that has vanished by 2^-1000 or more:
+    deep zero-bias tanh, ELU, swish, GELU stacks), where it holds but for a mantissa beyond
+    tiny 2^-f (2^943 and more) or a non-finite one, which send the layer to the scalar forms."""
+    B, N = z.shape
+    e = math.frexp(tiny)[1] - f  # tiny 2^-f < 2^e; beyond the largest float from e = 1025 on
+    lim = math.inf if e > 1024 else math.ldexp(tiny, int(-f))
+    out = 0
+    for i in range(B):
+        for j in range(N):
+            out += not (abs(np.float64(z[i, j] + b[j] if add_bias else z[i, j])) < lim)
+    return out == 0
+
+
+@njit(**JIT)
 def _alive(alive, z):
     """alive[j] = some z[:, j] is not <= 0."""
     B, N = z.shape
@@ -199,12 +215,22 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
                 nsat += (one - t * t) < sat_threshold
                 alive[j] = alive[j] or not (zz <= 0)
         return nsat
-    if code == TANH and scaled and f <= 1000:  # phi_scaled of tanh, vectorised (scaled_regime's regimes)
+    if scaled and f < -1000 and _SCALED_FORM[code] and _all_linear(z, b, add_bias, f,
+                                                                    tiny_threshold(a[0, 0], code)):
+        c0p, c0m, _, _, _, _ = _coefficients(code, param)  # phi_scaled's linear form, entry by entry
+        for i in range(B):
+            for j in range(N):
+                zz = z[i, j] + b[j] if add_bias else z[i, j]
+                z[i, j] = zz
+                x = np.float64(zz)
+                c0 = c0p if x > 0 else c0m
+                a[i, j] = _as(c0 * x, zz)
+                nsat += abs(_as(c0, zz)) < sat_threshold
+                alive[j] = alive[j] or not (zz <= 0)
+        return nsat
+    if code == TANH and scaled and -1000 <= f <= 1000:  # phi_scaled of tanh, vectorised (scaled_regime's regimes)
         tiny = tiny_threshold(a[0, 0], code)
-        if f >= -1000:
-            sc, isc = math.ldexp(1.0, int(f)), math.ldexp(1.0, int(-f))
-        else:  # |z| = |u| 2^f is far below TINY (f < -1000) for every entry: the linear form
-            sc, isc = 0.0, 1.0
+        sc, isc = math.ldexp(1.0, int(f)), math.ldexp(1.0, int(-f))
         for i in range(B):
             for j in range(N):
                 zz = z[i, j] + b[j] if add_bias else z[i, j]
@@ -263,7 +289,7 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
                 nsat += abs(one if pos else d_neg) < sat_threshold  # a negative slope: phi' < 0
                 alive[j] = alive[j] or not (zz <= 0)
         return nsat
-    if _SMOOTH[code] and (not scaled or f <= 1000):
+    if _SMOOTH[code] and (not scaled or -1000 <= f <= 1000):
         return _smooth_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_threshold, alive)
     for i in range(B):
         for j in range(N):
@@ -291,6 +317,8 @@ def _scalar_pair(zz, f, code, param, scaled):
 # -39, below which it is zero; NaN, infinite). The per-entry functions are inlined by Numba
 # (inline="always"): left to LLVM, they were called, not inlined, and the loops ran scalar (35
 # against 6 us a layer of 64 x 64).
+# the activations with a scaled form (phi_scaled): their linear form where z 2^f < TINY
+_SCALED_FORM = np.array([c in (TANH, ELU, SELU, SWISH, GELU) for c in range(len(ACTIVATIONS))])
 _SMOOTH = np.array([c in (ELU, SELU, SWISH, GELU) for c in range(len(ACTIVATIONS))])  # by activation code
 # ReLU, leaky ReLU, PReLU and identity: phi' is a constant on each side of 0 (these are
 # positively homogeneous, so never scaled), a select per entry that LLVM vectorises.
@@ -300,16 +328,14 @@ _PIECEWISE_LINEAR = np.array([c in (RELU, LEAKY, PRELU, IDENTITY) for c in range
 @njit(**JIT)
 def _smooth_setup(code, param, f, scaled, like):
     """(sc, isc, tiny, outer, inner, lowest) of the vector paths: z 2^f = z sc, the result scaled
-    back by isc (exact: powers of two; f < -1000: every entry is in the linear form); phi's
+    back by isc (exact: powers of two, |f| <= 1000); phi's
     factors (elu_pair64), which also give the linear form's c0 (c0+ = outer, c0- = outer inner:
     the numbers of .activations._coefficients; swish and GELU: 1/2 both); the polynomial's lower
     bound in z 2^f (GELU: the bound of its zeros, below GELU_ZERO, too)."""
     if not scaled:
         sc, isc, tiny = 1.0, 1.0, 0.0
-    elif f >= -1000:
+    else:  # |f| <= 1000
         sc, isc, tiny = math.ldexp(1.0, int(f)), math.ldexp(1.0, int(-f)), tiny_threshold(like, code)
-    else:
-        sc, isc, tiny = 0.0, 1.0, tiny_threshold(like, code)
     if code == GELU:
         return sc, isc, tiny, 0.5, 1.0, (GELU_MIN, GELU_ZERO)
     if code == SWISH:
@@ -442,9 +468,19 @@ def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
     if sum_db:
         for j in range(N):
             db[j] = 0
-    if code == TANH and scaled and f <= 1000:  # dphi_scaled of tanh, vectorised; |z| > 20, NaN fixed up
+    if scaled and f < -1000 and _SCALED_FORM[code] and _all_linear(z, z[0], False, f,
+                                                                    tiny_threshold(dz[0, 0], code)):
+        c0p, c0m, _, _, _, _ = _coefficients(code, param)  # dphi_scaled's linear form
+        for i in range(B):
+            for j in range(N):
+                v = da[i, j] * _as(c0p if z[i, j] > 0 else c0m, z[i, j])
+                dz[i, j] = v
+                if sum_db:
+                    db[j] += v
+        return 0.0
+    if code == TANH and scaled and -1000 <= f <= 1000:  # dphi_scaled of tanh, vectorised; |z| > 20, NaN fixed up
         tiny = tiny_threshold(dz[0, 0], code)
-        sc = math.ldexp(1.0, int(f)) if -1000 <= f <= 1000 else 0.0
+        sc = math.ldexp(1.0, int(f))
         for i in range(B):
             for j in range(N):
                 zt = np.float64(z[i, j]) * sc
@@ -490,7 +526,7 @@ def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
                 for j in range(N):
                     db[j] += dz[i, j]
         return 0.0
-    if _SMOOTH[code] and (not scaled or f <= 1000):
+    if _SMOOTH[code] and (not scaled or -1000 <= f <= 1000):
         _smooth_backward(dz, da, z, code, param, f, scaled)
         if sum_db:
             for i in range(B):

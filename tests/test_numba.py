@@ -246,10 +246,11 @@ def test_polynomial_gelu_against_mpmath():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("name", ["elu", "selu", "swish", "gelu"])
+@pytest.mark.parametrize("name", ["tanh", "elu", "selu", "swish", "gelu"])
 def test_smooth_layers_against_the_scalar_forms(name, dtype):
-    """The ELU, SELU, swish and GELU layers' vector paths (plain, and scaled at exponents from
-    -1100 to 1000: the linear form, the direct one, x 2^f overflowing) against phi/dphi and
+    """The tanh, ELU, SELU, swish and GELU layers' vector paths (plain, and scaled at exponents
+    from -1100 to 1000: the linear form, the direct one, x 2^f overflowing; below -1000 the
+    linear layers, and mantissas of 2^944 and more that leave it there) against phi/dphi and
     phi_scaled/dphi_scaled entry by entry: the same NaN, infinities and zeros, the same
     saturation count, values within 4 ulps (float64) and 1 (float32); entries below the
     polynomial's bound, infinite and NaN among them (the fix-up: without it phi' of -50 is e^-40).
@@ -263,11 +264,17 @@ def test_smooth_layers_against_the_scalar_forms(name, dtype):
     special = [-745.0, -50.0, -40.0, -39.999, -39.0, -38.5, -37.0, -36.999, -1e-300, -5e-324, -0.0, 0.0, 5e-324,
                1e-300, 39.999, 40.0, 50.0, 700.0, 1e300, -1e300, np.inf, -np.inf, np.nan, -1.278, -0.752, 2.0**-30,
                -2.0**-30]
-    ulps = 4 if dtype == "float64" else 1
-    for f in (None, -1100, -1000, -60, -1, 0, 1, 30, 1000):
+    # tanh: its polynomials and the scalar exp forms are each within ~2.5 ulps of the truth
+    # (test_polynomial_sigmoid_tanh_and_their_derivatives_against_mpmath), so up to 5 apart
+    ulps = (5 if name == "tanh" else 4) if dtype == "float64" else 1
+    for f in (None, -1100, -1050, -1001, -1000, -60, -1, 0, 1, 30, 1000):
         z = np.concatenate([special, rng.standard_normal(300) * 10 ** rng.uniform(-8, 2.5, 300)])
-        if f is not None and abs(f) < 1000:
+        if f is not None and abs(f) < 1020:
             z = np.concatenate([z, np.ldexp(rng.uniform(-45, 45, 100), -f)])
+        if f is not None and f < -1000:  # every entry in the linear form: the layer's vector path
+            linear = z[np.isfinite(z) & (np.abs(np.ldexp(z, f)) < 2.0**-60)]
+            z = np.concatenate([z, linear])
+            _pair_check(linear.astype(dtype), code, param, f)
         with np.errstate(over="ignore"):
             z = z.astype(dtype).reshape(1, -1)
         n = z.shape[1]
@@ -279,7 +286,7 @@ def test_smooth_layers_against_the_scalar_forms(name, dtype):
             _activation_backward(dz, dz[0], False, np.ones_like(z), z, code, param, fe, scaled)
         want_a = np.array([phi(v, code, param) if f is None else phi_scaled(v, f, code, param) for v in z[0]])
         want_d = np.array([dphi(v, code, param) if f is None else dphi_scaled(v, f, code, param) for v in z[0]])
-        if name == "gelu":
+        if name == "gelu" and fe >= -1000:  # below, a layer not all linear takes the scalar forms
             _gelu_direct_by_mpmath(want_a, want_d, z[0], fe, scaled)
         assert nsat == np.sum(np.abs(want_d) < 1e-3), f
         for deriv, got, want in ((False, a[0], want_a), (True, dz[0], want_d)):
@@ -348,6 +355,31 @@ def test_piecewise_linear_layers_against_the_scalar_forms(name, dtype):
         np.testing.assert_array_equal(dz, da * A.dphi(zf, code, param).astype(dtype))
         want_s = math.fsum(float(x) for x in (da * np.minimum(zf, 0)).ravel()) if name == "prelu" else 0.0
         assert s == pytest.approx(want_s, rel=1e-5 if dtype == "float32" else 1e-12, abs=0)
+
+
+def _pair_check(z, code, param, f):
+    """A layer of only linear-form entries (f < -1000): phi_scaled and dphi_scaled bit for bit."""
+    from gradbench.kernels.activations import dphi_scaled, phi_scaled
+    from gradbench.kernels.layers import _activation_backward, _activation_forward_stats
+
+    z = z.reshape(1, -1)
+    n = z.shape[1]
+    a, dz, alive = np.empty_like(z), np.empty_like(z), np.empty(n, dtype=np.bool_)
+    nsat = _activation_forward_stats(a, z.copy(), np.zeros(n, z.dtype), False, code, param, f, True, 0.6, alive)
+    _activation_backward(dz, dz[0], False, np.ones_like(z), z, code, param, f, True)
+    want_a = np.array([phi_scaled(v, f, code, param) for v in z[0]], dtype=z.dtype)
+    want_d = np.array([dphi_scaled(v, f, code, param) for v in z[0]], dtype=z.dtype)
+    np.testing.assert_array_equal(a[0].view(np.uint8), want_a.view(np.uint8))
+    np.testing.assert_array_equal(dz[0].view(np.uint8), want_d.view(np.uint8))
+    assert nsat == np.sum(np.abs(want_d) < 0.6)
+    if z.dtype == np.float64 and f > -1020:  # finite mantissas beyond TINY 2^-f: the scalar forms
+        big = np.concatenate([z[0], np.ldexp([-3.0, 1.5, 40.0], -f)]).reshape(1, -1)
+        a, dz = np.empty_like(big), np.empty_like(big)
+        _activation_forward_stats(a, big.copy(), np.zeros(big.shape[1]), False, code, param, f, True, 0.6,
+                                  np.empty(big.shape[1], dtype=np.bool_))
+        _activation_backward(dz, dz[0], False, np.ones_like(big), big, code, param, f, True)
+        np.testing.assert_array_equal(a[0], [phi_scaled(v, f, code, param) for v in big[0]])
+        np.testing.assert_array_equal(dz[0], [dphi_scaled(v, f, code, param) for v in big[0]])
 
 
 def _gelu_direct_by_mpmath(want_a, want_d, z, f, scaled):
