@@ -164,9 +164,11 @@ def test_target_default_and_two_threads(benchmark, backend):
     rows = []
     for L, N, B in sizes(benchmark, SHALLOW + WIDTHS_FULL, WIDTHS_QUICK, TINY):
         work = L * B * N * N
-        reps = 1 if benchmark.disabled else (20 if work < 1 << 24 else 10 if work < 1 << 29 else 3)
+        reps = 1 if benchmark.disabled else (200 if work < 1 << 24 else 10 if work < 1 << 29 else 3)
         # (10 calls of ~30-50 ms at n = 64: with 3, one busy moment of the shared second CPU
-        # decided the two-thread ratio, 1.26 in a make bench where 20 calls gave 1.66-1.70)
+        # decided the two-thread ratio, 1.26 in a make bench where 20 calls gave 1.66-1.70; the
+        # shallow stack's ~0.75 ms calls: 20 gave one / default 0.974 where both settings run the
+        # same code on one thread, and the minima of 200 in one process each came 726 / 727 us)
         t = interleaved(benchmark, {th: dict(mode="warm", impl=backend, L=L, N=N, B=B, reps=reps, threads=th)
                                     for th in ("one", "two", "default")})
         rows.append(dict(L=L, N=N, B=B, default=t["one"] / t["default"], two=t["one"] / t["two"], times=t))
