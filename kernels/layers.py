@@ -169,9 +169,10 @@ def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
 @njit(**JIT)
 def _all_linear(z, b, add_bias, f, tiny):
     """Whether every entry x of z (+ b) is finite with |x 2^f| < tiny: phi_scaled's linear form
-    for the whole layer. Asked where f < -1000 (a signal that has vanished by 2^-1000 or more:
-    deep zero-bias tanh, ELU, swish, GELU stacks), where it holds but for a mantissa beyond
-    tiny 2^-f (2^943 and more) or a non-finite one, which send the layer to the scalar forms."""
+    for the whole layer, which then skips the polynomials. Asked where f < -24: a signal that
+    has vanished (zero-bias tanh, ELU, swish, GELU stacks at or below the edge of chaos), where
+    it holds but for the rare mantissa beyond tiny 2^-f or a non-finite one. Below f = -1000
+    the vector paths' z 2^f = z sc would need a subnormal sc: such layers take the scalar forms."""
     B, N = z.shape
     e = math.frexp(tiny)[1] - f  # tiny 2^-f < 2^e; beyond the largest float from e = 1025 on
     lim = math.inf if e > 1024 else math.ldexp(tiny, int(-f))
@@ -215,7 +216,7 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
                 nsat += (one - t * t) < sat_threshold
                 alive[j] = alive[j] or not (zz <= 0)
         return nsat
-    if scaled and f < -1000 and _SCALED_FORM[code] and _all_linear(z, b, add_bias, f,
+    if scaled and f < -24 and _SCALED_FORM[code] and _all_linear(z, b, add_bias, f,
                                                                     tiny_threshold(a[0, 0], code)):
         c0p, c0m, _, _, _, _ = _coefficients(code, param)  # phi_scaled's linear form, entry by entry
         for i in range(B):
@@ -468,7 +469,7 @@ def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
     if sum_db:
         for j in range(N):
             db[j] = 0
-    if scaled and f < -1000 and _SCALED_FORM[code] and _all_linear(z, z[0], False, f,
+    if scaled and f < -24 and _SCALED_FORM[code] and _all_linear(z, z[0], False, f,
                                                                     tiny_threshold(dz[0, 0], code)):
         c0p, c0m, _, _, _, _ = _coefficients(code, param)  # dphi_scaled's linear form
         for i in range(B):
