@@ -712,6 +712,11 @@ static __attribute__((noinline)) int gb_vact_ldexp(gb_vd u, const gb_scaled *s, 
     if (gb_any(~(tiny | over) & (az < GB_SATURATED))) return 0;
     const gb_vi pos = u > 0.0;
     const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
+    if (!gb_any(~tiny)) { /* every lane in its linear form (a vanished signal): no polynomial */
+        if (a) *a = c0 * u;
+        *d = c0;
+        return 1;
+    }
     const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
     gb_vd pa = zero, pd = zero;
     gb_vact(gb_blend(tiny | over, zero, z), s->act, s->p, a ? &pa : NULL, &pd);
@@ -739,6 +744,12 @@ static GB_AINLINE void gb_vact_mul(gb_vd u, const gb_scaled *s, const int act, g
     }
     const gb_vi pos = u > 0.0;
     const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
+    if (!gb_any(~tiny)) { /* a vanished signal (zero-bias stacks below the edge of chaos): every
+                           * lane in its linear form, no polynomial (GELU 2.3x, swish 1.5x a layer) */
+        if (a) *a = c0 * u;
+        if (d) *d = c0;
+        return;
+    }
     const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
     const gb_vd lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
     gb_vact(gb_blend(tiny | over, zero, z), act, s->p, a ? &pa : NULL, d ? &pd : NULL);
