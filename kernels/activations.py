@@ -133,29 +133,34 @@ def sigmoid_pair64(x):
 # expm1(-|x|) = -E / P and e^{-|x|} = 1 / P, no cancellation. ELU_FAMILY_MIN: below it (and
 # NaN) e^x is not the polynomial's any more (the bound), and phi' = alpha e^x matters to the
 # exact chain down to e^-745; above 0 phi is the line. Swish: for x > 40 phi(x) = x and phi' = 1
-# to the last bit (x e^-x < 2^-54 there); below -40 (and NaN) the callers fix up.
+# to the last bit (x e^-x < 2^-54 there); from -40 down to EXP_ZERO (and NaN, +-inf) the callers
+# fix up. Below EXP_ZERO e^x rounds to 0: phi and phi' are their limits, the scalar forms' bits
+# (ELU -outer inner and +0, swish -0 and -0), so that the far lower tail of an exploding stack
+# (z ~ -2^100 for half its entries) stays in the vector loops.
 ELU_FAMILY_MIN = -40.0
 SWISH_MAX = 40.0
+EXP_ZERO = -746.0  # e^-746 < 2^-1075: rounds to 0
 
 
 @njit(inline="always", **JIT)
 def elu_pair64(x, outer, inner):
-    """(phi, phi') of outer (x if x > 0 else inner expm1(x)) for x >= ELU_FAMILY_MIN: ELU (outer
-    1, inner alpha), SELU (lambda, alpha). One division each, no libm call, one return (with a
+    """(phi, phi') of outer (x if x > 0 else inner expm1(x)) for x >= ELU_FAMILY_MIN and below
+    EXP_ZERO: ELU (outer 1, inner alpha), SELU (lambda, alpha). One division each, no libm call, one return (with a
     second, on x > 0, LLVM did not vectorise the loops over it)."""
     p2, em1 = _exp_poly(min(40.0, abs(x)))  # NaN: 40 (see DTANH_MAX)
     P = p2 * (1.0 + em1)
-    E = (P - 1.0) if p2 > 1.0 else em1
+    E = (P - 1.0) if p2 > 1.0 else em1  # below -40: -E / P is -1 to the last bit
     pos = x > 0
-    return outer * (x if pos else inner * (-E / P)), outer * (1.0 if pos else inner / P)
+    d = inner / P if x >= EXP_ZERO else inner * 0.0  # e^x: 0 (inner 0.0: the scalar form's sign)
+    return outer * (x if pos else inner * (-E / P)), outer * (1.0 if pos else d)
 
 
 @njit(inline="always", **JIT)
 def swish_pair64(x):
-    """(x sigmoid(x), sigmoid(x) (1 + x sigmoid(-x))) for x >= -40 (x > 40: x and 1), as
-    sigmoid_pair64: r = 1 / (P + 1) is sigmoid(-|x|)."""
+    """(x sigmoid(x), sigmoid(x) (1 + x sigmoid(-x))) for x >= -40 and below EXP_ZERO (x > 40: x
+    and 1), as sigmoid_pair64: r = 1 / (P + 1) is sigmoid(-|x|)."""
     p2, em1 = _exp_poly(min(40.0, abs(x)))
-    r = 1.0 / (p2 * (1.0 + em1) + 1.0)
+    r = 1.0 / (p2 * (1.0 + em1) + 1.0) if x >= EXP_ZERO else 0.0
     s, t = (1.0 - r, r) if x >= 0 else (r, 1.0 - r)  # sigmoid(x), sigmoid(-x)
     big = x > SWISH_MAX
     return (x if big else x * s), (1.0 if big else s * (1.0 + x * t))

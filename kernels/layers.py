@@ -21,11 +21,11 @@ from gradbench.spec import ACTIVATIONS
 
 from ._config import JIT
 from .activations import (
-    _LN2_HI, _LN2_LO, _RESCUE_X32, _RESCUE_X64, DSIGMOID_MAX, DTANH_MAX, ELU, ELU_FAMILY_MIN, GELU, GELU_MIN,
-    GELU_ZERO, IDENTITY, LEAKY, PHI_RESCUE_CODES, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES,
-    RESCUE_LN_MIN, SELU, SELU_ALPHA, SELU_LAMBDA, SIGMOID, SWISH, TANH, _as, _clamp_f, _coefficients, dphi,
-    dphi_scaled, dsigmoid64, dtanh64, elu_pair64, gelu_pair64, log_dphi, log_phi, phi, phi_scaled, sigmoid_pair64,
-    swish_pair64, tanh, tanh64, tiny_threshold,
+    _LN2_HI, _LN2_LO, _RESCUE_X32, _RESCUE_X64, DSIGMOID_MAX, DTANH_MAX, ELU, ELU_FAMILY_MIN, EXP_ZERO, GELU,
+    GELU_MIN, GELU_ZERO, IDENTITY, LEAKY, PHI_RESCUE_CODES, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64,
+    RESCUE_CODES, RESCUE_LN_MIN, SELU, SELU_ALPHA, SELU_LAMBDA, SIGMOID, SWISH, TANH, _as, _clamp_f, _coefficients,
+    dphi, dphi_scaled, dsigmoid64, dtanh64, elu_pair64, gelu_pair64, log_dphi, log_phi, phi, phi_scaled,
+    sigmoid_pair64, swish_pair64, tanh, tanh64, tiny_threshold,
 )
 from .chain import absmax
 
@@ -340,9 +340,9 @@ def _smooth_setup(code, param, f, scaled, like):
     if code == GELU:
         return sc, isc, tiny, 0.5, 1.0, (GELU_MIN, GELU_ZERO)
     if code == SWISH:
-        return sc, isc, tiny, 0.5, 1.0, (ELU_FAMILY_MIN, -math.inf)
+        return sc, isc, tiny, 0.5, 1.0, (ELU_FAMILY_MIN, EXP_ZERO)
     return sc, isc, tiny, (1.0 if code == ELU else SELU_LAMBDA), (param if code == ELU else SELU_ALPHA), (
-        ELU_FAMILY_MIN, -math.inf)
+        ELU_FAMILY_MIN, EXP_ZERO)
 
 
 @njit(inline="always", **JIT)

@@ -197,7 +197,7 @@ def test_polynomial_elu_selu_swish_against_mpmath():
     import mpmath as mp
 
     from gradbench.activations import SELU_ALPHA, SELU_LAMBDA
-    from gradbench.kernels.activations import ELU_FAMILY_MIN, SWISH_MAX, elu_pair64, swish_pair64
+    from gradbench.kernels.activations import ELU_FAMILY_MIN, EXP_ZERO, SWISH_MAX, elu_pair64, swish_pair64
 
     mp.mp.dps = 40
     u = 2.0**-52
@@ -217,6 +217,13 @@ def test_polynomial_elu_selu_swish_against_mpmath():
         v, d = swish_pair64(x)
         assert close(v, X * s, X * s), (x, v)
         assert close(d, s * (1 + X * t), abs(s) + abs(s * X * t)), (x, d)
+    for x in (EXP_ZERO - 1e-9, -800.0, -1e5, -1e300):  # e^x rounds to 0: the limits, the scalar forms' bits
+        for (v, d), p, q in ((elu_pair64(x, 1.0, 1.3), 1.0, 1.3), (elu_pair64(x, 1.0, -0.5), 1.0, -0.5),
+                             (elu_pair64(x, SELU_LAMBDA, SELU_ALPHA), SELU_LAMBDA, SELU_ALPHA)):
+            want_v, want_d = p * (q * math.expm1(x)), p * (q * math.exp(x))
+            assert (v, d) == (want_v, want_d) and math.copysign(1, d) == math.copysign(1, want_d), (x, v, d)
+        v, d = swish_pair64(x)
+        assert (v, d) == (0.0, 0.0) and math.copysign(1, v) == -1 and math.copysign(1, d) == -1, (x, v, d)
 
 
 def test_polynomial_gelu_against_mpmath():
@@ -261,9 +268,9 @@ def test_smooth_layers_against_the_scalar_forms(name, dtype):
 
     code, param = ACT_CODE[name], (1.3 if name == "elu" else 0.0)
     rng = np.random.default_rng(7)
-    special = [-745.0, -50.0, -40.0, -39.999, -39.0, -38.5, -37.0, -36.999, -1e-300, -5e-324, -0.0, 0.0, 5e-324,
-               1e-300, 39.999, 40.0, 50.0, 700.0, 1e300, -1e300, np.inf, -np.inf, np.nan, -1.278, -0.752, 2.0**-30,
-               -2.0**-30]
+    special = [-1e5, -800.0, -746.0, -745.9, -745.0, -50.0, -40.0, -39.999, -39.0, -38.5, -37.0, -36.999, -1e-300,
+               -5e-324, -0.0, 0.0, 5e-324, 1e-300, 39.999, 40.0, 50.0, 700.0, 1e300, -1e300, np.inf, -np.inf, np.nan,
+               -1.278, -0.752, 2.0**-30, -2.0**-30]
     # tanh: its polynomials and the scalar exp forms are each within ~2.5 ulps of the truth
     # (test_polynomial_sigmoid_tanh_and_their_derivatives_against_mpmath), so up to 5 apart
     ulps = (5 if name == "tanh" else 4) if dtype == "float64" else 1
