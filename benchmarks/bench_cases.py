@@ -1,8 +1,11 @@
 """The benchmark cases: one place that says what work every implementation is timed on.
 
-Activations stay O(1) through the depth in every case (tanh at the edge of chaos, sigmoid at its
-edge of chaos, ReLU with He init; ELU, SELU, swish and GELU below), so no case times a stack whose
-activations have decayed to exact zeros. FLOPs of a plain dense stack: 6 B N^2 L (forward h W^T, backward dz W and dz^T h).
+Activations stay O(1) through the depth in every case but two (tanh at the edge of chaos, sigmoid
+at its edge of chaos, ReLU with He init; ELU, SELU, swish and GELU below), so no case times a
+stack whose activations have decayed to exact zeros. The two ("regime" cases) time the paths a
+vanishing or exploding demonstration takes: a zero-bias GELU stack whose signal has vanished
+(below 2^-24 from layer ~25 on: phi's linear form) and a zero-bias ELU stack that
+explodes (half of each layer's z near -2^k, where e^z rounds to 0). FLOPs of a plain dense stack: 6 B N^2 L (forward h W^T, backward dz W and dz^T h).
 """
 
 from __future__ import annotations
@@ -55,11 +58,13 @@ class Case:
     family: str = "size"
     quick: bool = True
     sigma_w: float | None = None  # overrides the activation's init gain (tiny subnormal stand-in)
+    sigma_b: float | None = None  # overrides its bias scale (the regime cases: zero bias)
+    regime: str = ""  # "vanished" or "exploding": the id's prefix
 
     @property
     def id(self) -> str:
         opts = "".join(["-bn" if self.batch_norm else "", f"-res{self.residual}" if self.residual else ""])
-        prefix = "subnormal-" if self.family == "subnormal" else ""
+        prefix = "subnormal-" if self.family == "subnormal" else (f"{self.regime}-" if self.regime else "")
         return (f"{prefix}{self.activation}{opts}-L{self.depth}-n{self.width}-B{self.batch}-"
                 f"{'f64' if self.dtype == 'float64' else 'f32'}")
 
@@ -72,7 +77,8 @@ class Case:
                         batch_norm=self.batch_norm, residual=self.residual,
                         residual_scale=0.5 if self.residual else 1.0, dtype=self.dtype,
                         **{**INITS[self.activation],
-                           **({"sigma_w": self.sigma_w} if self.sigma_w is not None else {})})
+                           **({"sigma_w": self.sigma_w} if self.sigma_w is not None else {}),
+                           **({"sigma_b": self.sigma_b} if self.sigma_b is not None else {})})
 
     def tiny(self) -> "Case":
         """The stand-in run when benchmarks are disabled (``make test``): same options, small sizes.
@@ -114,6 +120,13 @@ def _cases() -> list[Case]:
             cases.append(Case(depth, N, B, dt, act, bn, res, family="option", quick=dt == "float64" or act == "relu"))
         for act in ("elu", "selu", "swish", "gelu"):  # the other vectorised activations (make bench only)
             cases.append(Case(L, N, B, dt, act, family="option", quick=False))
+    # the regime cases (make bench only, float64): GELU at sigma_w = 1 halves its signal a layer
+    # (the plain chain underflows: gradbench alone); ELU at 2.5 grows it ~1.7x a layer, to
+    # ~10^72 at L = 300, which every peer holds
+    cases.append(Case(L, N, B, "float64", "gelu", family="option", quick=False, sigma_w=1.0, sigma_b=0.0,
+                      regime="vanished"))
+    cases.append(Case(300, N, B, "float64", "elu", family="option", quick=False, sigma_w=2.5, sigma_b=0.0,
+                      regime="exploding"))
     # Plain float32 sinks below 1.2e-38 about 3800 layers from the top and spends the last
     # ~15 % of the depth in subnormals (the exact chain reaches ~1e-48 at layer 0).
     cases.append(Case(4_800, 32, 16, "float32", family="subnormal"))
