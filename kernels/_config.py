@@ -1,7 +1,8 @@
 """Numba flags and size thresholds, in one place, used by every kernel.
 
 ``JIT``: ``cache=True`` so a compiled kernel is reused across processes (a fresh clone compiles
-once, in seconds: one kernel per direction and dtype, options passed as integer codes).
+once, about a minute for both dtypes (docs/design.md): one kernel per direction and dtype,
+options passed as integer codes).
 ``error_model="numpy"``: a float division by zero gives inf/NaN as in NumPy, no exception.
 ``fastmath`` stays off. ``nnan``/``ninf`` would break the non-finite diagnostics and ``afn``
 the 1e-12 agreement. ``reassoc``+``contract`` were measured on the explicit dense loops: they
