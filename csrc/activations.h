@@ -194,6 +194,8 @@ typedef struct gb_scaled {
     double c0p, c0m, cip, cim, kp, km; /* linear_coefficients: slopes at 0 (u > 0, u <= 0), at
                                           +-inf, and the limit constants at +inf, -inf */
     double lkp, lkm;      /* ldexp(kp, -f), ldexp(km, -f) (GB_VM_LDEXP) */
+    double tiny_u;        /* tiny 2^-f (inf beyond the doubles): |u| below it is in the linear
+                             form (f < -60; the float32 rows' float lanes, stack_impl.h) */
     double zq[3], rq[3];  /* ldexp(., f) and ldexp(., -f) as three products (gb_scaled_factors;
                              GB_VM_LDEXP) */
 } gb_scaled;
@@ -265,6 +267,7 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
         s.km = -GB_SELU_LAMBDA * GB_SELU_ALPHA;
         break;
     }
+    if (s.on && s.f < -60) s.tiny_u = ldexp(s.tiny, s.mf);
     if (s.vmode == GB_VM_LDEXP) { /* (a few calls per layer: only where used) */
         gb_scaled_factors(s.f, s.zq);
         gb_scaled_factors(s.mf, s.rq);

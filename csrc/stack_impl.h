@@ -459,10 +459,13 @@ static GB_AINLINE void F(gb_act_fwd_out)(T *a, unsigned char *dead, gb_vd u, gb_
  * z = u 2^f of a lane at or beyond TINY (float32: 2^-16 tanh, 2^-28 ELU, SELU) is a normal
  * float, exact (or inf: the double functions take that lane), and so is phi(z) 2^-f: the
  * products of the double rows, in float; lanes below TINY take the linear form c0 u, c0, as
- * the double rows do (bitwise) */
+ * the double rows do (bitwise). And f < -60 for every scaled activation (a vanished signal):
+ * the lanes with |u| < tiny 2^-f take the linear form in float (c0 u rounded once, as the double
+ * rows round it), the others the double functions (gb_vf_fix) */
 static int gb_vf_mode(const gb_scaled *s, const int act) {
-    return gb_vf_has(act) &&
-           (s->vmode == GB_VM_PLAIN || (s->vmode == GB_VM_MUL && s->f >= -60 && s->f <= 60));
+    return (gb_vf_has(act) &&
+            (s->vmode == GB_VM_PLAIN || (s->vmode == GB_VM_MUL && s->f >= -60 && s->f <= 60))) ||
+           (s->on && s->f < -60);
 }
 
 /* The lanes of the GB_VFL floats at p where ok is false, as the double rows evaluate them
@@ -497,15 +500,24 @@ static GB_AINLINE gb_vfi gb_vf_layer(gb_vf u, const gb_scaled *s, const int act,
         gb_vf_act(u, act, (float)s->p, a, d);
         return gb_vf_ok(u);
     }
-    const gb_vf z = u * (float)s->pf, zero = {0};
+    const gb_vf zero = {0};
+    /* c0 u rounded once as the double rows round it needs c0 to be a float (SELU's lambda is
+     * not: its tiny lanes go to the double functions) */
+    const int exact = (double)(float)s->c0p == s->c0p && (double)(float)s->c0m == s->c0m;
+    if (s->f < -60) { /* a vanished signal: no polynomial (gb_vf_mode) */
+        const gb_vf c0 = gb_vf_blend(u > 0.0f, zero + (float)s->c0p, zero + (float)s->c0m);
+        if (a) *a = c0 * u;
+        *d = c0;
+        const float lim = s->tiny_u > FLT_MAX ? INFINITY : (float)s->tiny_u; /* a power of two */
+        const gb_vfi lin = gb_vf_from_bits(gb_vf_bits(u) & 0x7fffffff) < lim; /* NaN, inf: no */
+        return exact ? lin : lin & 0;
+    }
+    const gb_vf z = u * (float)s->pf;
     const gb_vfi tiny = gb_vf_from_bits(gb_vf_bits(z) & 0x7fffffff) < (float)s->tiny;
     const gb_vf c0 = gb_vf_blend(u > 0.0f, zero + (float)s->c0p, zero + (float)s->c0m);
     gb_vf_act(z, act, (float)s->p, a, d);
     if (a) *a = gb_vf_blend(tiny, c0 * u, *a * (float)s->pmf);
     *d = gb_vf_blend(tiny, c0, *d);
-    /* c0 u rounded once as the double rows round it needs c0 to be a float (SELU's lambda is
-     * not: its tiny lanes go to the double functions) */
-    const int exact = (double)(float)s->c0p == s->c0p && (double)(float)s->c0m == s->c0m;
     return exact ? gb_vf_ok(z) : gb_vf_ok(z) & ~tiny;
 }
 
