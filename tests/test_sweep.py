@@ -25,6 +25,7 @@ from scipy import stats
 import gradbench as gb
 from gradbench import theory
 from gradbench.sweep import COLUMNS, task_size
+from gradbench.sweep.execute import execute, split
 from gradbench.sweep.grid import plan
 
 GRID = {"activation": ["tanh", "relu"], "sigma_w": [0.8, 1.5, 1.8, 40.0]}
@@ -197,6 +198,41 @@ def test_task_size_balances_and_bounds_the_work_of_a_task():
     big = plan({"sigma_w": [1.0]}, {"depth": 2000, "width": 512, "batch": 64}, range(1000)).runs()
     est = 2e-3 + 6.0 * 64 * 512**2 * 2000 / 2e9  # ~100 s: no more than one such run in a task
     assert task_size(big, 2) == max(1, int(60 // est)) == 1
+
+
+def test_split_keeps_the_order_and_shrinks_only_the_last_tasks():
+    todo = list(range(200))
+    for workers in (1, 2, 3, 8):
+        k = task_size(plan({"sigma_w": list(np.linspace(0.5, 3.0, 200))},
+                           {"depth": 500, "width": 64, "batch": 32}, [0]).runs(), workers)
+        tasks = split(todo, k, workers)
+        assert [r for t in tasks for r in t] == todo  # every run once, in order
+        done = 0
+        for t in tasks:  # never more than k, nor more than the rest over twice the workers (at least 1)
+            assert 1 <= len(t) <= min(k, max(1, math.ceil((200 - done) / (2 * workers))))
+            done += len(t)
+        assert len(tasks[-1]) == 1 and len(tasks[0]) == k
+    # an explicit runs_per_task: tasks of exactly that many (the last one the rest)
+    assert [len(t) for t in split(todo[:7], 3, 2, guided=False)] == [3, 3, 1]
+    assert split([], 5, 2) == []
+
+
+def test_missing_pandas_is_named_before_the_client_is_touched(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas -> ImportError
+    for out in (None, tmp_path / "s"):
+        with pytest.raises(ImportError, match=r"pandas and pyarrow .*pip install 'gradbench\[sweep\]'"):
+            gb.sweep({"sigma_w": [1.0]}, depth=4, width=4, out=out, client=Tripwire())
+
+
+def test_the_client_works_only_once_every_task_is_submitted(cluster, monkeypatch):
+    p = plan({"sigma_w": [0.9, 1.1, 1.3]}, {"depth": 6, "width": 4, "batch": 2}, range(3))
+    submitted, seen = [], []
+    real = cluster.submit
+    monkeypatch.setattr(cluster, "submit", lambda *a, **k: submitted.append(1) or real(*a, **k))
+    rows = execute(cluster, p.runs(), p, None, 2, None, lambda n: None,
+                   while_running=lambda: seen.append(len(submitted)))
+    assert seen == [5]  # 9 runs in tasks of 2: all 5 submitted before the client's own work
+    assert sorted(r["run_key"] for r in rows) == sorted(r.key for r in p.runs())
 
 
 # ---------------------------------------------------------------- resume after the client dies

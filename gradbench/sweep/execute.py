@@ -146,25 +146,43 @@ def connect(client, workers: int | None):
         yield client
 
 
+def split(todo: list, k: int, n_workers: int, guided: bool = True) -> list[list]:
+    """``todo`` in tasks of ``k`` runs; ``guided``: the last ones smaller (each at most the
+    remaining runs over twice the workers), so that the workers finish within a run or two of
+    each other instead of one task: with 16 tasks of 13 runs on two workers, one worker idled
+    for 0.15-0.25 s of a 3.4 s sweep (Dask's task stream)."""
+    tasks, i = [], 0
+    while i < len(todo):
+        size = min(k, max(1, math.ceil((len(todo) - i) / (2 * max(1, n_workers))))) if guided else k
+        tasks.append(todo[i:i + size])
+        i += size
+    return tasks
+
+
 def execute(client, todo: list[Run], p: Plan, out: str | None, runs_per_task: int | None, pd,
-             report: Callable[[int], None]) -> list:
-    """Submit ``todo`` in tasks; write (``out``) and collect each task's frame as it finishes."""
+            report: Callable[[int], None], while_running: Callable[[], object] | None = None) -> list[dict]:
+    """Submit ``todo`` in tasks; write (``out``: with ``pd``, pandas) each task's rows as it
+    finishes; return every row. ``while_running`` is called once the tasks are submitted (the
+    client's own work, overlapping the workers')."""
     from distributed import as_completed
 
-    k = runs_per_task or task_size(todo, len(client.nthreads()))
-    tasks = [[(r.key, r.config, r.batch, r.seed) for r in todo[i:i + k]] for i in range(0, len(todo), k)]
+    n_workers = len(client.nthreads())
+    k = runs_per_task or task_size(todo, n_workers)
+    tasks = [[(r.key, r.config, r.batch, r.seed) for r in t]
+             for t in split(todo, k, n_workers, guided=runs_per_task is None)]
     futures = [client.submit(run_task, t, p.backend, pure=False) for t in tasks]
-    frames = []
+    got = []
     try:
+        if while_running is not None:
+            while_running()
         for _, rows in as_completed(futures, with_results=True, loop=client.loop):
-            table = frame(rows, p, pd)
             if out is not None:
-                write_rows(out, table)
-            frames.append(table)
+                write_rows(out, frame(rows, p, pd))
+            got += rows
             report(len(rows))
     finally:  # Ctrl-C or an error: leave nothing of ours running on a shared cluster
         client.cancel(futures)
-    return frames
+    return got
 
 
 class Progress:
