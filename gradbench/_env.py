@@ -54,3 +54,25 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def runnable_threads() -> int | None:
+    """Threads of the whole system running or ready to run now, the caller included (the first
+    number of the fourth field of ``/proc/loadavg``, "runnable/total"); None where there is no
+    such file."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            return int(f.read().split()[3].split(b"/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def spare_cpu() -> bool:
+    """Whether a helper thread would find a CPU of its own now: this process may run on two CPUs
+    or more (:func:`available_cpus`), and fewer threads are runnable in the whole system than it
+    has CPUs (:func:`runnable_threads`, the caller included; where that is unknown, the first
+    condition alone). Every worker of a sweep that fills the machine is running: none is spare."""
+    if available_cpus() < 2:
+        return False
+    runnable = runnable_threads()
+    return runnable is None or runnable < (os.cpu_count() or 1)

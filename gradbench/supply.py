@@ -3,7 +3,11 @@
 Stored :class:`~gradbench.Params` give views. :class:`~gradbench.GeneratedParams` are generated
 into two buffers: while the backend runs one segment, the next is drawn in a helper thread
 (NumPy's generators and the backends release the GIL), so generation stays off the critical
-path; the weights are the same whatever the order. When the plan keeps them all
+path; the weights are the same whatever the order. Where no CPU is spare when a run starts
+(:func:`gradbench._env.spare_cpu`: one CPU, or every CPU running a thread, as in the workers of
+a sweep that fills the machine), there is no helper thread: each segment is drawn when it is
+needed, by the caller (on one CPU the hand-overs cost 4-10 % of a sweep's run of depth 500,
+width 64, batch 32; docs/design.md, section 5). When the plan keeps them all
 (``Plan.keep_weights``, small runs), they are generated into one array of every layer, each
 segment once: the backward pass takes the forward's.
 """
@@ -11,9 +15,11 @@ segment once: the backward pass takes the forward's.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from gradbench._env import spare_cpu
 from gradbench.params import GeneratedParams
 from gradbench.spec import Stack
 
@@ -26,11 +32,15 @@ class LayerSupply:
     other; :meth:`get` waits for it. With ``keep``, one buffer of every layer instead: each
     segment is generated once, into its own rows, and kept. ``seconds`` is the time the caller
     waited for generation, ``cpu_seconds`` the time spent generating. ``empty(shape, dtype)``
-    allocates the buffers (the engine's workspace).
+    allocates the buffers (the engine's workspace). ``helper``: whether a helper thread does
+    the work of :meth:`prefetch` and :meth:`background` (default None: where a CPU is spare
+    when it is first needed, :func:`gradbench._env.spare_cpu`); without one, the caller does it.
     """
 
-    def __init__(self, params, stack: Stack, seg: int, keep: bool = False, empty=np.empty):
+    def __init__(self, params, stack: Stack, seg: int, keep: bool = False, empty=np.empty,
+                 helper: bool | None = None):
         self.params = params
+        self._helper = helper
         self.generated = isinstance(params, GeneratedParams)
         self.keep = keep and self.generated
         self.seconds = 0.0
@@ -74,8 +84,9 @@ class LayerSupply:
             self.pending = None
 
     def prefetch(self, s: int, e: int) -> None:
-        """Start generating layers [s, e) into the buffer not in use (no-op for stored params)."""
-        if not self.generated:
+        """Start generating layers [s, e) into the buffer not in use (no-op for stored params, and
+        without a helper thread: :meth:`get` draws them)."""
+        if not self.generated or not self.helper:
             return
         if self.keep:
             if (s, e) not in self.kept:
@@ -88,15 +99,26 @@ class LayerSupply:
         self.spans[i] = (s, e)
         self.pending = (i, self.background(self._fill, i, s, e))
 
+    @property
+    def helper(self) -> bool:
+        """Whether the work of :meth:`prefetch` and :meth:`background` goes to a helper thread
+        (decided once per run, when first asked)."""
+        if self._helper is None:
+            self._helper = spare_cpu()
+        return self._helper
+
     def background(self, fn, *args):
         """Run ``fn(*args)`` in the helper thread, after what is queued there; returns its future.
 
         The engine queues each segment's gradient histograms here (numba and NumPy release the
         GIL): one helper thread for generation and statistics, in the order they were asked.
+        Without a helper thread, ``fn`` runs now and the future is done.
         """
+        if not self.helper:
+            done = Future()
+            done.set_result(fn(*args))
+            return done
         if self.pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="gradbench-weights")
         return self.pool.submit(fn, *args)
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -192,6 +193,56 @@ def test_small_runs_draw_each_layer_once(monkeypatch):
     # the backward finds the forward's last two segments ([42, 49) and [49, 50)) still in the buffers
     assert sorted(drawn) == sorted([*range(50), *range(42)])
     assert_bitwise(kept, again, grads=False)
+
+
+@pytest.mark.parametrize("spare", [False, True])
+def test_without_a_spare_cpu_the_caller_draws_the_weights(monkeypatch, spare):
+    """No CPU spare when the run starts (gradbench._env.spare_cpu: the workers of a sweep that
+    fills the machine): no helper thread draws weights or fills histograms; with one, the next
+    segment is drawn in the helper. The results are the stored run's bits either way."""
+    import threading
+
+    from test_checkpoint import assert_bitwise
+
+    from gradbench import supply
+
+    by = []
+    weights = GeneratedParams.weights
+    monkeypatch.setattr(GeneratedParams, "weights", lambda self, start, stop, out=None:
+                        by.append(threading.current_thread().name) or weights(self, start, stop, out))
+    monkeypatch.setattr(supply, "spare_cpu", lambda: spare)
+    kw = CASES[next(iter(CASES))]
+    ref = _run(kw, "auto", params=lambda gp: gp.materialize(), checkpoint=None)
+    for opts in (dict(checkpoint=5), dict(stats_only=True), dict(checkpoint=5, stats_only=True)):
+        by.clear()
+        got = _run(kw, "auto", **opts)
+        assert_bitwise(got, ref, grads=not opts.get("stats_only"))
+        helpers = {name for name in by if name != threading.main_thread().name}
+        assert helpers == ({"gradbench-weights_0"} if spare else set()), (opts, by)
+
+
+def test_no_cpu_is_spare_while_every_cpu_runs_a_thread():
+    """spare_cpu() against processes that keep every CPU busy (and one CPU of affinity)."""
+    from gradbench._env import runnable_threads, spare_cpu
+
+    n = os.cpu_count() or 1
+    spin = [subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"])
+            for _ in range(n)]
+    try:
+        time.sleep(0.5)
+        assert runnable_threads() >= n + 1  # the spinners and this thread
+        assert not spare_cpu()
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+    if hasattr(os, "sched_setaffinity"):
+        cpus = os.sched_getaffinity(0)
+        try:
+            os.sched_setaffinity(0, {min(cpus)})
+            assert not spare_cpu()
+        finally:
+            os.sched_setaffinity(0, cpus)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
