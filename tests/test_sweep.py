@@ -229,8 +229,7 @@ def test_the_client_works_only_once_every_task_is_submitted(cluster, monkeypatch
     submitted, seen = [], []
     real = cluster.submit
     monkeypatch.setattr(cluster, "submit", lambda *a, **k: submitted.append(1) or real(*a, **k))
-    rows = execute(cluster, p.runs(), p, None, 2, None, lambda n: None,
-                   while_running=lambda: seen.append(len(submitted)))
+    rows = execute(cluster, p.runs(), p, None, 2, lambda: seen.append(len(submitted)) or pd, lambda n: None)
     assert seen == [5]  # 9 runs in tasks of 2: all 5 submitted before the client's own work
     assert sorted(r["run_key"] for r in rows) == sorted(r.key for r in p.runs())
 
@@ -625,7 +624,8 @@ def test_cli_sweep_bad_paths_exit_2_before_any_run(tmp_path, capsys, monkeypatch
     from gradbench.sweep.grid import plan
     from gradbench.sweep.store import open_out
 
-    open_out(other, plan({"sigma_w": [1.0, 3.0]}, dict(depth=6, width=4), range(1), "auto"), None)
+    open_out(other, plan({"sigma_w": [1.0, 3.0]}, dict(depth=6, width=4), range(1), "auto"),
+             lambda: pytest.fail("pandas is needed only to read rows"))
     base = ["sweep", "--depth", "6", "--width", "4", "--sigma-w", "1,2"]
     for args, message in [(["--out", str(tmp_path / "afile")], "is a file, not a directory"),
                           (["--out", str(tmp_path / "notes")], "is a non-empty directory without sweep.json"),
@@ -807,7 +807,7 @@ def test_sweep_json_has_the_head_of_every_file_and_still_refuses_another_grid(tm
 
     p = plan({"sigma_w": [1.0, 3.0]}, dict(depth=6, width=4), range(2), "auto")
     other = plan({"sigma_w": [1.0, 2.0]}, dict(depth=6, width=4), range(2), "auto")
-    out, have = open_out(tmp_path / "new", p, pd)
+    out, have = open_out(tmp_path / "new", p, lambda: pd)
     assert have is None
     doc = json.loads((tmp_path / "new" / MANIFEST).read_text())
     assert doc["gradbench"] == gb.__version__ and doc["schema"] == SCHEMA and doc["command"] == "sweep"

@@ -140,13 +140,12 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
     p = plan(grid, fixed, seeds, backend)
     check_options(client, workers, runs_per_task, progress, out)
     _require()
-    pd = _pandas() if out is not None else None  # the rows already in out are read with it
     if client is None and backend != "auto" and backend not in backends():
         raise ValueError(f"backend={backend!r} is not available here (available: {', '.join(backends())})")
     runs = p.runs()
     frames, rows = [], []
     if out is not None:
-        out, have = open_out(out, p, pd)
+        out, have = open_out(out, p, _pandas)
         if have is not None:
             have = have[have["run_key"].isin({r.key for r in runs})].drop_duplicates("run_key")
             frames.append(have)
@@ -160,7 +159,7 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
             with connect(client, workers) as c:
                 info.update(workers=len(c.nthreads()), dashboard=c.dashboard_link)
                 bar.start(len(done), c)
-                rows = execute(c, todo, p, out, runs_per_task, pd, bar, while_running=_pandas)
+                rows = execute(c, todo, p, out, runs_per_task, _pandas, bar)
         else:
             bar.start(len(done))
     finally:

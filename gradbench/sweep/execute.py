@@ -159,11 +159,11 @@ def split(todo: list, k: int, n_workers: int, guided: bool = True) -> list[list]
     return tasks
 
 
-def execute(client, todo: list[Run], p: Plan, out: str | None, runs_per_task: int | None, pd,
-            report: Callable[[int], None], while_running: Callable[[], object] | None = None) -> list[dict]:
-    """Submit ``todo`` in tasks; write (``out``: with ``pd``, pandas) each task's rows as it
-    finishes; return every row. ``while_running`` is called once the tasks are submitted (the
-    client's own work, overlapping the workers')."""
+def execute(client, todo: list[Run], p: Plan, out: str | None, runs_per_task: int | None, pandas,
+            report: Callable[[int], None]) -> list[dict]:
+    """Submit ``todo`` in tasks; write (``out``) each task's rows as it finishes; return every
+    row. ``pandas()`` returns the pandas module: it is called once every task is submitted, so
+    that its first import overlaps the workers' first runs."""
     from distributed import as_completed
 
     n_workers = len(client.nthreads())
@@ -173,8 +173,7 @@ def execute(client, todo: list[Run], p: Plan, out: str | None, runs_per_task: in
     futures = [client.submit(run_task, t, p.backend, pure=False) for t in tasks]
     got = []
     try:
-        if while_running is not None:
-            while_running()
+        pd = pandas()
         for _, rows in as_completed(futures, with_results=True, loop=client.loop):
             if out is not None:
                 write_rows(out, frame(rows, p, pd))

@@ -47,16 +47,19 @@ def check_out(out, p: Plan, label: str = "out=") -> bool:
     return False
 
 
-def open_out(out, p: Plan, pd) -> tuple[str, "object"]:
+def open_out(out, p: Plan, pandas) -> tuple[str, "object"]:
     """Create or check ``out`` (:func:`check_out`); return its path and the rows already there
-    (a DataFrame)."""
+    (a DataFrame, or None). ``pandas()`` returns the pandas module; it is called only when
+    ``out`` holds rows."""
     out = os.fspath(out)
     if not check_out(out, p):
         text = json.dumps({**head(), **p.identity()}, indent=1, allow_nan=False)
         _atomic.write_atomic(os.path.join(out, MANIFEST), lambda f: f.write(text))
     files = sorted(n for n in os.listdir(out) if n.startswith("rows-") and n.endswith(".parquet"))
-    frames = [pd.read_parquet(os.path.join(out, n)) for n in files]
-    return out, (pd.concat(frames, ignore_index=True) if frames else None)
+    if not files:
+        return out, None
+    pd = pandas()
+    return out, pd.concat([pd.read_parquet(os.path.join(out, n)) for n in files], ignore_index=True)
 
 
 def head() -> dict:
