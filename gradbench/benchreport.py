@@ -199,12 +199,14 @@ def markdown(data: dict) -> str:
 
 
 def _label(info: dict) -> str:
-    """A grid case as the README names it: what differs from tanh, then the sizes and dtype."""
+    """A grid case as the README names it: its family or regime (subnormal, vanished, exploding),
+    what differs from tanh, then the sizes and dtype."""
     options = [name for name, on in (("batch norm", info.get("batch_norm")),
                                      (f"residual k={info.get('residual')}", info.get("residual"))) if on]
     words = ([] if info.get("activation") == "tanh" else [str(info.get("activation"))]) + [" + ".join(options)]
-    if info.get("family") == "subnormal":
-        words.insert(0, "subnormal:")
+    regime = str(info.get("case", "")).split("-")[0]  # benchmarks/bench_cases.py: the id's prefix
+    if info.get("family") == "subnormal" or regime in ("vanished", "exploding"):
+        words.insert(0, f"{'subnormal' if info.get('family') == 'subnormal' else regime}:")
     size = f"L={info['L']:,} N={info['n']} B={info['B']} {'f64' if info['dtype'] == 'float64' else 'f32'}"
     return " ".join([w for w in words if w] + [size])
 

@@ -112,11 +112,15 @@ class LayerSupply:
 
         The engine queues each segment's gradient histograms here (numba and NumPy release the
         GIL): one helper thread for generation and statistics, in the order they were asked.
-        Without a helper thread, ``fn`` runs now and the future is done.
+        Without a helper thread, ``fn`` runs now and the future is done: its result, or its
+        error, raised by ``result()`` as the helper's future would.
         """
         if not self.helper:
             done = Future()
-            done.set_result(fn(*args))
+            try:
+                done.set_result(fn(*args))
+            except Exception as exc:
+                done.set_exception(exc)
             return done
         if self.pool is None:
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="gradbench-weights")

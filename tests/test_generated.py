@@ -221,6 +221,26 @@ def test_without_a_spare_cpu_the_caller_draws_the_weights(monkeypatch, spare):
         assert helpers == ({"gradbench-weights_0"} if spare else set()), (opts, by)
 
 
+@pytest.mark.parametrize("helper", [False, True])
+def test_an_error_in_the_supply_s_work_is_raised_by_its_future(helper):
+    """LayerSupply.background: with a helper thread or without, fn's result and fn's error come
+    out of the returned future's result(), not out of the call that queued it."""
+    from gradbench.supply import LayerSupply
+
+    s = LayerSupply(None, gb.Stack(**CASES["tanh-he"]), 1, helper=helper)
+
+    def fail(x):
+        raise ValueError(f"bad {x}")
+
+    try:
+        assert s.background(lambda x: x + 1, 41).result() == 42
+        fut = s.background(fail, 7)
+        with pytest.raises(ValueError, match="bad 7"):
+            fut.result()
+    finally:
+        s.close()
+
+
 def test_no_cpu_is_spare_while_every_cpu_runs_a_thread():
     """spare_cpu() against processes that keep every CPU busy (and one CPU of affinity)."""
     from gradbench._env import runnable_threads, spare_cpu
