@@ -111,6 +111,18 @@ def test_readme_tables_take_ratios_from_the_run(tmp_path, capsys):
                                 "(no recurrent case with the NumPy reference's and C's times in these results)"]
 
 
+def test_a_sweep_row_times_its_runs_not_its_processes():
+    """test_sweep_throughput's call spans three processes and their cluster starts; the row's
+    time is the fastest process's runs (extra_info seconds), as its ratios are."""
+    b = _bench("sweep-tanh", "sweep-2", "sweep", 12.2, family="sweep")
+    b["extra_info"].update(seconds=2.0, runs=200)
+    row, = benchreport.rows_by_case({"benchmarks": [b]})["sweep-tanh"]
+    assert row["time"] == row["median"] == 2.0
+    assert row["gflops"] == pytest.approx(b["extra_info"]["flops"] / 2.0 / 1e9)
+    row, = benchreport.rows_by_case({"benchmarks": [_bench("a", "c", "backend", 0.5)]})["a"]
+    assert row["time"] == 0.5 and row["median"] == 0.55
+
+
 def test_main_fails_with_a_message_on_a_bad_file(tmp_path, capsys):
     assert benchreport.main([str(tmp_path / "missing.json"), "--no-plot"]) == 2
     bad = tmp_path / "bad.json"
