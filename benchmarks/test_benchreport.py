@@ -121,6 +121,9 @@ def test_a_sweep_row_times_its_runs_not_its_processes():
     assert row["gflops"] == pytest.approx(b["extra_info"]["flops"] / 2.0 / 1e9)
     row, = benchreport.rows_by_case({"benchmarks": [_bench("a", "c", "backend", 0.5)]})["a"]
     assert row["time"] == 0.5 and row["median"] == 0.55
+    # its time per layer is over every run's layers: 2 s / (200 runs x 1000 layers) = 10 us
+    table = benchreport.case_table("sweep-tanh", benchreport.rows_by_case({"benchmarks": [b]})["sweep-tanh"], [])
+    assert table.splitlines()[-1].split()[:3] == ["sweep-2", "2.000", "s"] and table.splitlines()[-1].split()[3] == "10.0"
 
 
 def test_main_fails_with_a_message_on_a_bad_file(tmp_path, capsys):

@@ -100,7 +100,8 @@ def case_table(case: str, rows: list[dict], skipped: list[dict]) -> str:
         i = r["info"]
         peak = i.get("peak_rss_mib")
         table.append((
-            r["impl"], _fmt_time(r["time"]), f"{r['time'] / i['L'] * 1e6:.1f}" if i.get("L") else "-",
+            r["impl"], _fmt_time(r["time"]),
+            f"{r['time'] / (i['L'] * i.get('runs', 1)) * 1e6:.1f}" if i.get("L") else "-",  # a sweep: runs x L
             "-" if r["gflops"] is None else f"{r['gflops']:.2f}",
             _fmt_ratio(rat[r["impl"]]["numpy"]), _fmt_ratio(rat[r["impl"]]["peer"]), str(r["rounds"]),
             "-" if peak is None else f"{peak:.1f}",
