@@ -59,7 +59,7 @@ class Case:
     quick: bool = True
     sigma_w: float | None = None  # overrides the activation's init gain (tiny subnormal stand-in)
     sigma_b: float | None = None  # overrides its bias scale (the regime cases: zero bias)
-    regime: str = ""  # "vanished" or "exploding": the id's prefix
+    regime: str = ""  # "vanished" or "exploding": the id's prefix and the README table's label
 
     @property
     def id(self) -> str:

@@ -53,7 +53,7 @@ PARAMS = [
 
 def _info(benchmark, case: Case, work: Case, impl: str, kind: str, **more) -> None:
     benchmark.extra_info.update(
-        case=case.id, impl=impl, kind=kind, family=case.family, L=work.depth, n=work.width,
+        case=case.id, impl=impl, kind=kind, family=case.family, regime=case.regime, L=work.depth, n=work.width,
         B=work.batch, dtype=work.dtype, activation=work.activation, batch_norm=work.batch_norm,
         residual=work.residual, flops=work.flops, threads=threads_info(), **more,
     )

@@ -82,8 +82,10 @@ def test_readme_tables_take_ratios_from_the_run(tmp_path, capsys):
         rec("u", "c", "backend", 0.05, family="recurrent", activation="lstm", L=100, n=32, B=16),
         rec("u", "numba", "backend", 0.2, family="recurrent", activation="lstm", L=100, n=32, B=16),
         rec("u", "torch", "peer", 0.1, family="recurrent", activation="lstm", L=100, n=32, B=16),
-        rec("vanished-gelu-L1000-n64-B64-f64", "numpy", "backend", 2.0, family="option", activation="gelu"),
-        rec("vanished-gelu-L1000-n64-B64-f64", "c", "backend", 0.5, family="option", activation="gelu"),
+        rec("vanished-gelu-L1000-n64-B64-f64", "numpy", "backend", 2.0, family="option", activation="gelu",
+            regime="vanished"),
+        rec("vanished-gelu-L1000-n64-B64-f64", "c", "backend", 0.5, family="option", activation="gelu",
+            regime="vanished"),
         rec("v", "c", "backend", 0.1),  # no reference time: left out
     ]}
     lines = benchreport.readme_tables(data).splitlines()
@@ -93,7 +95,7 @@ def test_readme_tables_take_ratios_from_the_run(tmp_path, capsys):
     assert "| relu batch norm + residual k=2 L=1,234 N=64 B=64 f32 | 400.00 ms | - | 4.00x | - | - | - | - | - |" in lines
     assert "| subnormal: L=1,000 N=64 B=64 f32 | 1.000 s | 4.00x | - | - | - | 2.00x | - | 2.00x |" in lines
     # C: 6 B N^2 L / t GF/s (the test's flops), against torch 0.1 / 0.05, numpy 0.5 / 0.05; Numba 0.1 / 0.2
-    # a regime case is named by its id's prefix, not mistaken for the order-one case of its activation
+    # a regime case is named by its regime (the benchmark's extra_info), not mistaken for the order-one case of its activation
     assert "| vanished: gelu L=1,000 N=64 B=64 f64 | 2.000 s | - | 4.00x | - | - | - | - | - |" in lines
     gf = 6 * 16 * 32 * 32 * 100 / 0.05 / 1e9
     assert f"| lstm T=100 H=32 B=16 | 50.00 ms | {gf:.1f} | 2.00x | 10.0x | 0.50x |" in lines
@@ -123,7 +125,7 @@ def test_a_sweep_row_times_its_runs_not_its_processes():
     assert row["time"] == 0.5 and row["median"] == 0.55
     # its time per layer is over every run's layers: 2 s / (200 runs x 1000 layers) = 10 us
     table = benchreport.case_table("sweep-tanh", benchreport.rows_by_case({"benchmarks": [b]})["sweep-tanh"], [])
-    assert table.splitlines()[-1].split()[:3] == ["sweep-2", "2.000", "s"] and table.splitlines()[-1].split()[3] == "10.0"
+    assert table.splitlines()[-1].split()[:4] == ["sweep-2", "2.000", "s", "10.0"]
 
 
 def test_main_fails_with_a_message_on_a_bad_file(tmp_path, capsys):

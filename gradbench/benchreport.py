@@ -211,9 +211,9 @@ def _label(info: dict) -> str:
     options = [name for name, on in (("batch norm", info.get("batch_norm")),
                                      (f"residual k={info.get('residual')}", info.get("residual"))) if on]
     words = ([] if info.get("activation") == "tanh" else [str(info.get("activation"))]) + [" + ".join(options)]
-    regime = str(info.get("case", "")).split("-")[0]  # benchmarks/bench_cases.py: the id's prefix
-    if info.get("family") == "subnormal" or regime in ("vanished", "exploding"):
-        words.insert(0, f"{'subnormal' if info.get('family') == 'subnormal' else regime}:")
+    tag = "subnormal" if info.get("family") == "subnormal" else info.get("regime")
+    if tag:
+        words.insert(0, f"{tag}:")
     size = f"L={info['L']:,} N={info['n']} B={info['B']} {'f64' if info['dtype'] == 'float64' else 'f32'}"
     return " ".join([w for w in words if w] + [size])
 
