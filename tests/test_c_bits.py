@@ -303,6 +303,32 @@ def test_calls_take_only_the_cpus_other_threads_leave(monkeypatch):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread states in /proc")
+def test_a_call_that_outlasts_a_blas_spin_keeps_its_team(monkeypatch):
+    """A call from SPIN_LAYER per layer and SPIN_TOTAL in all (float32: twice each) runs every
+    thread beside a running thread (a BLAS worker stops spinning long before it ends; one that
+    keeps running is the team's judge's to see); one below either looks and takes one CPU."""
+    monkeypatch.setattr(cb, "_OPTS", cb.make_opts(nthreads=2))
+    monkeypatch.setattr(cb, "available_cpus", lambda: 2)
+    monkeypatch.setattr(cb, "_EXPLICIT_THREADS", False)
+    layer, total = int(cb.SPIN_LAYER), int(cb.SPIN_TOTAL)
+    assert layer >= cb._OPTS.par_min_work and total >= cb._OPTS.par_min_total
+    assert cb.outlasts_a_spin(layer, total) and cb.outlasts_a_spin(2 * layer, 2 * total, itemsize=4)
+    assert not cb.outlasts_a_spin(layer - 1, total) and not cb.outlasts_a_spin(layer, total - 1)
+    assert not cb.outlasts_a_spin(layer, total, itemsize=4) and not cb.outlasts_a_spin(None, total)
+    spinner = threading.Thread(target=_spin, args=(1.0,))
+    spinner.start()
+    try:
+        time.sleep(0.05)
+        seen = [(cb.busy_threads(), int(cb.call_opts(layer, total).nthreads),
+                 int(cb.call_opts(layer, total, 4).nthreads), int(cb.call_opts(layer // 2, total).nthreads))
+                for _ in range(20)]
+    finally:
+        spinner.join()
+    assert all(long == 2 for _, long, _, _ in seen), seen
+    assert any(b >= 1 and f32 == 1 and narrow == 1 for b, _, f32, narrow in seen), seen
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread states in /proc")
 def test_a_spinning_blas_worker_is_seen():
     """The case the check is for: NumPy's OpenBLAS keeps its worker threads spinning for a while
     after a product (~0.1 s), where the drivers' second thread would share a CPU with one."""
