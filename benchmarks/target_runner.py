@@ -119,6 +119,10 @@ def main(argv):
         run()
         times.append(time.perf_counter() - t)
     out.update(first=first, min=min(times) if times else first, backend=getattr(res, "backend", impl))
+    if out["backend"] == "c":  # the threads a warm call of the C drivers starts with here
+        from gradbench import cbackend
+
+        out["c_threads"] = cbackend.threads_for(L, B, N, dtype)
     print(json.dumps(out))
 
 

@@ -17,7 +17,9 @@ Targets (t = time):
 - ``auto``: t(fastest backend) / t(backend="auto") >= 1 / 1.1, the backends timed in turn in
   one process (two processes running the same backend differed by up to 13 %);
 - ``default threads``: t(one thread) / t(default threads) >= 1.0 for every backend and width,
-  and for a shallow stack (L = 20, n = 64, B = 64: too small a call for a team);
+  and for a shallow stack (L = 20, n = 64, B = 64: too small a call for a team); a row where
+  the C drivers start one thread in both settings (the runner reports ``c_threads``) runs the
+  same code twice and is shown, not judged;
 - ``two threads``: t(one) / t(two) >= 1.7 at n = 64 and wider;
 - ``first call``: t(first call in a fresh process, kernels cached) / t(warm) <= 1.5 at
   L = 10^4, n = 64, B = 64;
@@ -85,7 +87,7 @@ def run(mode: str, impl: str, L: int, N: int, B: int, dtype="float64", reps=3, t
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def interleaved(benchmark, runs: dict) -> dict:
+def interleaved(benchmark, runs: dict, c_threads: dict | None = None) -> dict:
     """The minimum time of each entry of ``runs`` (name: the keyword arguments of :func:`run`)
     over two rounds of fresh processes, the entries interleaved (one round under ``make test``).
     One process per entry let a process that stayed slow throughout decide a ratio: float32 at
@@ -95,7 +97,10 @@ def interleaved(benchmark, runs: dict) -> dict:
     t: dict = {}
     for _ in range(1 if benchmark.disabled else 2):
         for name, kwargs in runs.items():
-            t[name] = min(t.get(name, math.inf), run(**kwargs)["min"])
+            r = run(**kwargs)
+            t[name] = min(t.get(name, math.inf), r["min"])
+            if c_threads is not None and "c_threads" in r:  # the C drivers' threads (filled in)
+                c_threads[name] = r["c_threads"]
     return t
 
 
@@ -169,14 +174,27 @@ def test_target_default_and_two_threads(benchmark, backend):
         # decided the two-thread ratio, 1.26 in a make bench where 20 calls gave 1.66-1.70; the
         # shallow stack's ~0.75 ms calls: 20 gave one / default 0.974 where both settings run the
         # same code on one thread, and the minima of 200 in one process each came 726 / 727 us)
+        threads = {}
         t = interleaved(benchmark, {th: dict(mode="warm", impl=backend, L=L, N=N, B=B, reps=reps, threads=th)
-                                    for th in ("one", "two", "default")})
-        rows.append(dict(L=L, N=N, B=B, default=t["one"] / t["default"], two=t["one"] / t["two"], times=t))
+                                    for th in ("one", "two", "default")}, threads)
+        rows.append(dict(L=L, N=N, B=B, default=t["one"] / t["default"], two=t["one"] / t["two"], times=t,
+                         c_threads=threads, same_code=_same_code(threads)))
     wide = [r for r in rows if r["N"] >= 64 and (r["L"], r["N"], r["B"]) not in SHALLOW] or rows
+    # a row where the default threads run the C drivers on one thread, as the one-thread setting
+    # does, times the same code twice: its ratio is the machine's noise (0.96-1.05 over the
+    # make bench runs at n = 32, B = 16), not the defaults' cost; shown, not judged
+    judged = [r for r in rows if not r["same_code"]]
     record(benchmark, f"one thread / default threads; one / two threads at n >= 64 ({backend})",
-           min(r["default"] for r in rows), ">= 1.0; two threads >= 1.7",
-           all(r["default"] >= 1.0 for r in rows) and all(r["two"] >= 1.7 for r in wide),
+           min(r["default"] for r in judged) if judged else min(r["default"] for r in rows),
+           ">= 1.0 where the default runs more threads; two threads >= 1.7",
+           all(r["default"] >= 1.0 for r in judged) and all(r["two"] >= 1.7 for r in wide),
            two_threads=min(r["two"] for r in wide), rows=rows)
+
+
+def _same_code(threads: dict) -> bool:
+    """Whether the C drivers started one thread in both the ``one`` and the ``default`` setting
+    (``threads``: setting -> c_threads of its runs; unknown for other backends: False)."""
+    return threads.get("one") == threads.get("default") == 1
 
 
 def test_target_auto_picks_the_fastest(benchmark):
@@ -297,3 +315,10 @@ def test_target_blas_kernels(benchmark):
     record(benchmark, "BLAS kernels: dgemm GF/s and wide c vs best peer, environment's and OpenBLAS's own kernels",
            min(mine) if mine else 0.0, "reported (target 6 under OpenBLAS's own choice: >= 1.0)", True,
            c_isa=_c_isa(), rows=rows)
+
+
+def test_a_row_is_left_unjudged_only_where_both_settings_start_one_c_thread():
+    assert _same_code({"one": 1, "two": 1, "default": 1})
+    assert not _same_code({"one": 1, "two": 2, "default": 2})
+    assert not _same_code({})  # numba: the runner reports no c_threads
+    assert not _same_code({"one": 1})
