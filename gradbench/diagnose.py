@@ -251,7 +251,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
                          "run with hist_bins=0: gradbench.diagnose.assess gives its rates and verdict)")
     floored = floored_layers(stack.activation, g, res.saturation, act_std_log10)
     limits = float_limits(g, rate, act_std_log10, floored, _extrapolates(a, act_std_log10, threshold),
-                          signal_log10=s, group=stack.residual)
+                          signal_log10=s, group=stack.residual, loss_log10=a.loss_log10)
     explanation = explain(a.verdict, stack, g, rate, a.signal_decades_per_layer, threshold, res, a.elasticity_log10,
                           a.rule, a.loss_log10, tiny)
     return Diagnosis(

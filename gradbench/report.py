@@ -153,6 +153,8 @@ def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
             f"plain {name} would overflow the gradient at layer {lim['overflow_layer']} "
             f"(||dW|| > 10^{lim['max_log10']:.2f}: inf)"
         )
+    if lim.get("loss_overflow"):
+        parts.append(f"plain {name} would overflow the loss (> 10^{lim['max_log10']:.2f}: inf)")
     if not parts:
         if lim["layers_to_underflow"] is not None:
             parts.append(f"plain {name} is fine here; at this rate its gradient would underflow after "

@@ -107,7 +107,7 @@ MEASURABLE_DECADES = 1e-9
 
 def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | None = None,
                  floored: np.ndarray | None = None, extrapolate: bool = True, *,
-                 signal_log10: np.ndarray | None = None, group: int = 0) -> dict:
+                 signal_log10: np.ndarray | None = None, group: int = 0, loss_log10: float | None = None) -> dict:
     """Where plain float64 / float32 would have under- or overflowed, per dtype.
 
     ``underflow_layer`` / ``overflow_layer``: the first layer from the top whose ||dL/dW_l||
@@ -120,6 +120,8 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     of ``group`` layers both follow the skip path, the only way every layer below depends on:
     the underflow at the highest group input whose ``signal_log10`` ||dL/dh_l|| is below the
     range, the forward at the first group output (a branch's own zeros stop nothing).
+    ``loss_overflow``: whether the loss (its exact ``loss_log10``) lies above the largest finite
+    number: a plain run prints an infinite loss (0.5 ||h_L||^2 overflows long before h_L does).
     ``layers_to_underflow`` / ``layers_to_overflow``: when the gradient never gets there, how
     many layers from the top it would take at the fitted ``rate`` (only with ``extrapolate``:
     the caller says whether the rate within the stack is one that more layers would continue,
@@ -152,6 +154,7 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
             # residual groups: layers above underflow_layer whose own gradient is lost (a branch)
             "branch_underflow_layers": int(np.count_nonzero(own > (under.max() if under.size else -1)))
             if skip else 0,
+            "loss_overflow": bool(loss_log10 is not None and math.isfinite(loss_log10) and loss_log10 > hi),
         }
         if a is not None:
             fu = np.flatnonzero(np.isfinite(a) & (a < lo) & (out_skip if skip else True))

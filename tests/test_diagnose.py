@@ -556,3 +556,26 @@ def test_layers_of_nan_pre_activations_have_no_saturation_or_dead_fraction(activ
         # the sentence averages over the layers whose units can be counted, and says so
         assert np.nanmean(want_dead) > 0.1 and (f"{100 * np.nanmean(want_dead):.0f} % of the units of the 4 layers "
                                                 "whose pre-activations are numbers are") in " ".join(text.split())
+
+
+def test_the_loss_overflow_is_said_where_a_plain_float32_forward_prints_inf():
+    """A ReLU stack with skip connections and no scaling grows its activations ~0.1 decades a
+    layer; 0.5 ||h_L||^2 leaves float32's range long before h_L does. The
+    diagnosis says so ("would overflow the loss") exactly where an independent plain float32
+    forward (tests/naive.py) computes an infinite loss, and never for float64."""
+    import naive
+
+    seen = set()
+    for depth in (60, 240):
+        stack = gb.Stack(depth=depth, width=16, activation="relu", init="he_normal", residual=2)
+        params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 8, 1)
+        d = gb.diagnose(gb.backprop(stack, params, x), params)
+        P = {k: np.asarray(getattr(params, k), np.float32) for k in ("W", "b", "gamma", "beta", "slope")}
+        with np.errstate(over="ignore"):
+            loss32, _ = naive.forward(stack, P, np.asarray(x, np.float32))
+        over = bool(np.isinf(loss32))
+        seen.add(over)
+        assert d.float_limits["float32"]["loss_overflow"] == over, (depth, d.loss_log10, loss32)
+        assert not d.float_limits["float64"]["loss_overflow"]
+        assert ("plain float32 would overflow the loss" in gb.report.format_report(d)) == over
+    assert seen == {True, False}
