@@ -119,10 +119,13 @@ def main(argv):
         run()
         times.append(time.perf_counter() - t)
     out.update(first=first, min=min(times) if times else first, backend=getattr(res, "backend", impl))
-    if out["backend"] == "c":  # the threads a warm call of the C drivers starts with here
-        from gradbench import cbackend
+    if out["backend"] == "c":  # the threads a warm call of the C drivers starts with here, or
+        from gradbench import cbackend  # "blas" where BLAS runs the products on its own threads
 
-        out["c_threads"] = cbackend.threads_for(L, B, N, dtype)
+        o, f32 = cbackend._OPTS, dtype == "float32"
+        blas = (o.sgemm if f32 else o.dgemm) != cbackend.ffi.NULL and N >= (
+            o.blas_min_width_f32 if f32 else o.blas_min_width)
+        out["c_threads"] = "blas" if blas else cbackend.threads_for(L, B, N, dtype)
     print(json.dumps(out))
 
 

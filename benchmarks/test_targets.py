@@ -192,8 +192,9 @@ def test_target_default_and_two_threads(benchmark, backend):
 
 
 def _same_code(threads: dict) -> bool:
-    """Whether the C drivers started one thread in both the ``one`` and the ``default`` setting
-    (``threads``: setting -> c_threads of its runs; unknown for other backends: False)."""
+    """Whether the C drivers started one thread of their own products in both the ``one`` and
+    the ``default`` setting (``threads``: setting -> c_threads of its runs, "blas" where BLAS
+    runs the products on its threads; unknown for other backends: False)."""
     return threads.get("one") == threads.get("default") == 1
 
 
@@ -322,3 +323,4 @@ def test_a_row_is_left_unjudged_only_where_both_settings_start_one_c_thread():
     assert not _same_code({"one": 1, "two": 2, "default": 2})
     assert not _same_code({})  # numba: the runner reports no c_threads
     assert not _same_code({"one": 1})
+    assert not _same_code({"one": "blas", "two": "blas", "default": "blas"})  # BLAS's threads differ
