@@ -122,10 +122,7 @@ def main(argv):
     if out["backend"] == "c":  # the threads a warm call of the C drivers starts with here, or
         from gradbench import cbackend  # "blas" where BLAS runs the products on its own threads
 
-        o, f32 = cbackend._OPTS, dtype == "float32"
-        blas = (o.sgemm if f32 else o.dgemm) != cbackend.ffi.NULL and N >= (
-            o.blas_min_width_f32 if f32 else o.blas_min_width)
-        out["c_threads"] = "blas" if blas else cbackend.threads_for(L, B, N, dtype)
+        out["c_threads"] = "blas" if cbackend.blas_for(N, dtype) else cbackend.threads_for(L, B, N, dtype)
     print(json.dumps(out))
 
 

@@ -47,6 +47,8 @@ int gb_stack_threads(const gb_opts *opts, int64_t L, int64_t B, int64_t N, int f
     return nth > 1 ? (int)nth : 1;
 }
 
+int gb_stack_blas(const gb_opts *opts, int64_t N, int f32) { return gb_blas_for(opts, N, f32); }
+
 #define GB_DRIVER(name)                                                                        \
     int name##_v0(const gb_stack_arrays *a, const gb_opts *opts);                              \
     GB_DRIVER_X86(name)                                                                        \

@@ -112,6 +112,9 @@ int gb_isa(const gb_opts *opts);
  * still finish on one (csrc/team.c). */
 int gb_stack_threads(const gb_opts *opts, int64_t L, int64_t B, int64_t N, int f32);
 
+/* Whether the stack drivers call BLAS (on its own threads) for the products of width N. */
+int gb_stack_blas(const gb_opts *opts, int64_t N, int f32);
+
 /* Every array of the stack contract (abi.FORWARD and abi.BACKWARD, shapes there), one pointer
  * each, and the dimensions. `void *` arrays are of the driver's dtype T (double for _f64, float
  * for _f32); the others are int64 or double whatever T. A driver reads only the fields of its

@@ -183,6 +183,13 @@ def threads_for(L: int, B: int, N: int, dtype=np.float64, opts=None) -> int:
     return int(lib.gb_stack_threads(opts if opts is not None else _OPTS, int(L), int(B), int(N), int(f32)))
 
 
+def blas_for(N: int, dtype=np.float64, opts=None) -> bool:
+    """Whether the stack drivers call BLAS, on its own threads, for the products of width N
+    under ``opts`` (default: the library's): from :data:`BLAS_MIN_WIDTH` where BLAS is found."""
+    f32 = np.dtype(dtype) == np.float32
+    return bool(lib.gb_stack_blas(opts if opts is not None else _OPTS, int(N), int(f32)))
+
+
 def isa(opts=None) -> int:
     """The instruction-set level the drivers run at (1 baseline, 3 AVX2+FMA, 4 AVX-512)."""
     return int(lib.gb_isa(opts if opts is not None else _OPTS))
@@ -287,6 +294,8 @@ def outlasts_a_spin(work: int | None, total: int | None, itemsize: int = 8) -> b
         return False
     scale = 2 if itemsize < 8 else 1
     return work >= SPIN_LAYER * scale and total >= SPIN_TOTAL * scale
+
+
 _OPTS_BY_THREADS: dict = {}
 
 

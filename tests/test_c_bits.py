@@ -362,6 +362,7 @@ def test_small_calls_and_small_layers_run_on_one_thread(dtype):
     assert cb.threads_for(deep, B, N, dtype, cb.make_opts(nthreads=2, blas=False, par_min_total=0)) == 2
     wide = cb.make_opts(nthreads=2, blas=True, blas_min_width=64)
     assert cb.threads_for(10**4, B, N, dtype, wide) == 1  # BLAS has threads of its own
+    assert cb.blas_for(N, dtype, wide) and not cb.blas_for(N - 1, dtype, wide) and not cb.blas_for(N, dtype, opts)
     # the Python side does not look for busy threads when the call will not start a team
     assert cb.call_opts(B * N * N, (deep - 1) * B * N * N) is cb._OPTS
 
