@@ -16,7 +16,9 @@ carries none of the process-to-process noise of separate runs. IMPL is a gradben
 (``numpy``, ``numba``, ``c``, ``auto``) or a peer of gradbench.peers (``numpy-loop``: the
 plain loop a user writes; ``torch``, ``jax``). The threads are whatever the environment of the process says (the caller
 sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, GRADBENCH_C_THREADS, ... and the affinity). Prints
-one JSON line.
+one JSON line; the timed modes add ``threads_ran`` (the threads that computed during the timed
+calls, measured: :func:`_threads_ran`) and, for the C backend, ``c_threads`` (the threads the C
+drivers start, by their rule).
 """
 
 from __future__ import annotations
@@ -34,6 +36,33 @@ def _stack(L, N, dtype):
     # tanh at the edge of chaos (sigma_w^2 = 1.76, sigma_b^2 = 0.05): activations stay O(1)
     return gb.Stack(depth=L, width=N, activation="tanh", init="normal", sigma_w=math.sqrt(1.76),
                     sigma_b=math.sqrt(0.05), dtype=dtype)
+
+
+def _cpu_ns() -> dict[int, int] | None:
+    """CPU time (ns) of each thread of this process so far (Linux ``schedstat``), or None."""
+    out = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended, or no schedstat
+    return out or None
+
+
+def _threads_ran(before, after, wall: float) -> int | None:
+    """The threads that computed during the timed calls: those whose CPU time grew by at least a
+    quarter of the calls' time (gradbench's helper threads, the prefaulter, a BLAS worker that
+    only wakes now and then stay below it). Measured, not inferred from a backend's rules: it is
+    what tells whether two thread settings ran the same code (Numba hands its products to BLAS,
+    which runs a 64 x 64 product on one thread however many it has)."""
+    if before is None or after is None or wall <= 0:
+        return None
+    return sum((ns - before.get(tid, 0)) >= 0.25 * wall * 1e9 for tid, ns in after.items())
 
 
 def main(argv):
@@ -112,12 +141,16 @@ def main(argv):
     res = run()
     first = time.perf_counter() - t
     times = []
+    before = _cpu_ns()
     for _ in range(reps):
         if mode == "mixed":
             a @ w  # leaves NumPy's BLAS threads spinning, as a user's own code would
         t = time.perf_counter()
         run()
         times.append(time.perf_counter() - t)
+    ran = _threads_ran(before, _cpu_ns(), sum(times))
+    if ran is not None:
+        out["threads_ran"] = ran
     out.update(first=first, min=min(times) if times else first, backend=getattr(res, "backend", impl))
     if out["backend"] == "c":  # the threads a warm call of the C drivers starts with here, or
         from gradbench import cbackend  # "blas" where BLAS runs the products on its own threads

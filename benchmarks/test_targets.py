@@ -17,9 +17,11 @@ Targets (t = time):
 - ``auto``: t(fastest backend) / t(backend="auto") >= 1 / 1.1, the backends timed in turn in
   one process (two processes running the same backend differed by up to 13 %);
 - ``default threads``: t(one thread) / t(default threads) >= 1.0 for every backend and width,
-  and for a shallow stack (L = 20, n = 64, B = 64: too small a call for a team); a row where
-  the C drivers start one thread in both settings (the runner reports ``c_threads``) runs the
-  same code twice and is shown, not judged;
+  and for a shallow stack (L = 20, n = 64, B = 64: too small a call for a team); a row that
+  runs one thread in both settings runs the same code twice and is shown, not judged: for C, the
+  drivers start one thread (the runner's ``c_threads``); for Numba, one thread computed in each
+  (the runner's measured ``threads_ran``: Numba hands its products to BLAS, which runs a
+  64 x 64 product on one thread however many it has);
 - ``two threads``: t(one) / t(two) >= 1.7 at n = 64 and wider;
 - ``first call``: t(first call in a fresh process, kernels cached) / t(warm) <= 1.5 at
   L = 10^4, n = 64, B = 64;
@@ -87,20 +89,21 @@ def run(mode: str, impl: str, L: int, N: int, B: int, dtype="float64", reps=3, t
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def interleaved(benchmark, runs: dict, c_threads: dict | None = None) -> dict:
+def interleaved(benchmark, runs: dict, threads: dict | None = None) -> dict:
     """The minimum time of each entry of ``runs`` (name: the keyword arguments of :func:`run`)
     over two rounds of fresh processes, the entries interleaved (one round under ``make test``).
     One process per entry let a process that stayed slow throughout decide a ratio: float32 at
     n = 512 gave 0.85 and 0.95 against 1.10-1.19 for the same builds by hand, process by
     process; and where two settings run the same code, a ratio whose truth is 1.0 carried a few
-    % of machine noise."""
+    % of machine noise. ``threads`` (filled in): entry -> the threads it ran, as
+    :func:`threads_of` reads them off the runner's line."""
     t: dict = {}
     for _ in range(1 if benchmark.disabled else 2):
         for name, kwargs in runs.items():
             r = run(**kwargs)
             t[name] = min(t.get(name, math.inf), r["min"])
-            if c_threads is not None and "c_threads" in r:  # the C drivers' threads (filled in)
-                c_threads[name] = r["c_threads"]
+            if threads is not None and threads_of(r) is not None:
+                threads[name] = threads_of(r)
     return t
 
 
@@ -178,11 +181,12 @@ def test_target_default_and_two_threads(benchmark, backend):
         t = interleaved(benchmark, {th: dict(mode="warm", impl=backend, L=L, N=N, B=B, reps=reps, threads=th)
                                     for th in ("one", "two", "default")}, threads)
         rows.append(dict(L=L, N=N, B=B, default=t["one"] / t["default"], two=t["one"] / t["two"], times=t,
-                         c_threads=threads, same_code=_same_code(threads)))
+                         threads=threads, same_code=_same_code(threads)))
     wide = [r for r in rows if r["N"] >= 64 and (r["L"], r["N"], r["B"]) not in SHALLOW] or rows
-    # a row where the default threads run the C drivers on one thread, as the one-thread setting
-    # does, times the same code twice: its ratio is the machine's noise (0.96-1.05 over the
-    # make bench runs at n = 32, B = 16), not the defaults' cost; shown, not judged
+    # a row where the default threads run one thread, as the one-thread setting does (the C
+    # drivers at n = 32, B = 16; Numba's BLAS at n = 64), times the same code twice: its ratio is
+    # the machine's noise (0.96-1.05 over the make bench runs), not the defaults' cost; shown,
+    # not judged
     judged = [r for r in rows if not r["same_code"]]
     record(benchmark, f"one thread / default threads; one / two threads at n >= 64 ({backend})",
            min(r["default"] for r in judged) if judged else min(r["default"] for r in rows),
@@ -191,10 +195,16 @@ def test_target_default_and_two_threads(benchmark, backend):
            two_threads=min(r["two"] for r in wide), rows=rows)
 
 
+def threads_of(r: dict):
+    """The threads a runner's line says its calls ran: the C drivers' ``c_threads`` (the threads
+    they start, or "blas" where BLAS runs the products on its own), else the measured
+    ``threads_ran``; None where neither is known."""
+    return r.get("c_threads", r.get("threads_ran"))
+
+
 def _same_code(threads: dict) -> bool:
-    """Whether the C drivers started one thread of their own products in both the ``one`` and
-    the ``default`` setting (``threads``: setting -> c_threads of its runs, "blas" where BLAS
-    runs the products on its threads; unknown for other backends: False)."""
+    """Whether one thread ran the products in both the ``one`` and the ``default`` setting
+    (``threads``: setting -> :func:`threads_of` its runs; unknown: False)."""
     return threads.get("one") == threads.get("default") == 1
 
 
@@ -321,6 +331,13 @@ def test_target_blas_kernels(benchmark):
 def test_a_row_is_left_unjudged_only_where_both_settings_start_one_c_thread():
     assert _same_code({"one": 1, "two": 1, "default": 1})
     assert not _same_code({"one": 1, "two": 2, "default": 2})
-    assert not _same_code({})  # numba: the runner reports no c_threads
+    assert not _same_code({})  # not known (no schedstat): judged
     assert not _same_code({"one": 1})
     assert not _same_code({"one": "blas", "two": "blas", "default": "blas"})  # BLAS's threads differ
+
+
+def test_threads_of_a_runner_line():
+    assert threads_of({"c_threads": 2, "threads_ran": 1}) == 2  # C: what the drivers start
+    assert threads_of({"c_threads": "blas", "threads_ran": 2}) == "blas"
+    assert threads_of({"threads_ran": 1}) == 1  # numba, peers: measured
+    assert threads_of({}) is None
