@@ -23,6 +23,9 @@ Targets (t = time):
   (the runner's measured ``threads_ran``: Numba hands its products to BLAS, which runs a
   64 x 64 product on one thread however many it has);
 - ``two threads``: t(one) / t(two) >= 1.7 at n = 64 and wider;
+- ``pieces after a BLAS spin``: t(one piece) / t(pieces) >= 1.2 for a C call (L = 200, n = 256,
+  B = 256, mode ``mixed``, default threads) that starts beside NumPy's spinning BLAS worker, takes
+  one CPU and looks again between pieces (``GRADBENCH_C_RELOOK_TOTAL``);
 - ``first call``: t(first call in a fresh process, kernels cached) / t(warm) <= 1.5 at
   L = 10^4, n = 64, B = 64;
 - ``million layers``: time per layer of a stats-only run with generated weights and
@@ -77,10 +80,11 @@ def _env(threads: str) -> tuple[dict, list[int] | None]:
 
 
 def run(mode: str, impl: str, L: int, N: int, B: int, dtype="float64", reps=3, threads="one",
-        unset: tuple[str, ...] = ()) -> dict:
+        unset: tuple[str, ...] = (), extra_env: dict | None = None) -> dict:
     env, cpus = _env(threads)
     for name in unset:
         env.pop(name, None)
+    env.update(extra_env or {})
     pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     proc = subprocess.run([sys.executable, RUNNER, mode, impl, str(L), str(N), str(B), dtype, str(reps)],
                           env=env, preexec_fn=pre, capture_output=True, text=True, timeout=3600)
@@ -200,6 +204,24 @@ def threads_of(r: dict):
     they start, or "blas" where BLAS runs the products on its own), else the measured
     ``threads_ran``; None where neither is known."""
     return r.get("c_threads", r.get("threads_ran"))
+
+
+def test_target_pieces_after_a_blas_spin(benchmark):
+    """A call that starts beside NumPy's spinning BLAS worker and takes one CPU looks again
+    between pieces (cbackend.RELOOK_TOTAL) and takes the whole team once the worker sleeps:
+    against the same call as one piece (``GRADBENCH_C_RELOOK_TOTAL`` beyond any call), mode
+    ``mixed``, default threads. The README's Threads paragraph quotes it."""
+    if "c" not in FAST:
+        pytest.skip("the C backend is not built")
+    L, N, B = (40, 64, 16) if benchmark.disabled else (200, 256, 256)
+    reps = 1 if benchmark.disabled else 5
+    whole = {"GRADBENCH_C_RELOOK_TOTAL": str(1 << 62)}
+    t = interleaved(benchmark, {"pieces": dict(mode="mixed", impl="c", L=L, N=N, B=B, reps=reps, threads="default"),
+                                "one piece": dict(mode="mixed", impl="c", L=L, N=N, B=B, reps=reps,
+                                                  threads="default", extra_env=whole)})
+    ratio = t["one piece"] / t["pieces"]
+    record(benchmark, f"one piece / pieces after a NumPy product (c, L={L} n={N} B={B}, default threads)",
+           ratio, ">= 1.2", ratio >= 1.2, times=t)
 
 
 def _same_code(threads: dict) -> bool:

@@ -245,17 +245,23 @@ def call_opts(work: int | None = None, total: int | None = None, itemsize: int =
     :data:`_OPTS`, or one thread fewer while the prefaulter has fresh pages to fault in (:data:`PREFAULT_SHARE_FROM`),
     or, with the library's own thread count, as many fewer as other threads of this process are
     running (:func:`busy_threads`), unless the call :func:`outlasts_a_spin` of those threads."""
+    return _choose(work, total, itemsize)[0]
+
+
+def _choose(work: int | None, total: int | None, itemsize: int):
+    """:func:`call_opts`'s options, and whether they leave CPUs to other running threads of this
+    process (which may stop soon: the call looks again between its pieces, :data:`RELOOK_TOTAL`)."""
     if (_OPTS.nthreads < 2 or (work is not None and work < _OPTS.par_min_work)
             or (total is not None and total < _OPTS.par_min_total)):
-        return _OPTS  # one thread whatever happens
+        return _OPTS, False  # one thread whatever happens
     if _OPTS_SHARED is not None and buffers.PREFAULTER.pending() >= PREFAULT_SHARE_FROM:
-        return _OPTS_SHARED
+        return _OPTS_SHARED, False
     if not _EXPLICIT_THREADS and not outlasts_a_spin(work, total, itemsize):
         busy = busy_threads()
         cpus = available_cpus()
         if busy and _OPTS.nthreads + busy > cpus:
-            return _opts_for(max(1, cpus - busy))
-    return _OPTS
+            return _opts_for(max(1, cpus - busy)), True
+    return _OPTS, False
 
 
 # A team of the drivers' threads beside a thread that is already running (another library's BLAS
@@ -382,12 +388,59 @@ def _work(function: str, arrays: tuple) -> tuple[int, int, int]:
     return layer, layer * int(W.shape[0]), int(W.itemsize)
 
 
+# A call that found other threads of the process running took fewer CPUs (call_opts) and would
+# keep them to its end; but the usual such thread, a BLAS worker spinning after the user's own
+# product, stops within ~0.1 s. So a call of at least twice RELOOK_TOTAL = L B N^2 runs in pieces
+# of about RELOOK_TOTAL (whole residual groups) and looks again before each; once the CPUs are
+# free, the rest runs as one piece on the whole team. A piece is a driver call over layers
+# [a, b) of the arrays, the engine's segments in small: it reads what the piece before wrote
+# (H[a] and fexp[a] going up, G and sig_e[b] going down), so the results are those of one call,
+# bit for bit (tests/test_c_bits.py).
+RELOOK_TOTAL = env_int("GRADBENCH_C_RELOOK_TOTAL", 1 << 28, low=1)
+
+# per array of each driver: None (not per layer), or the extra rows of its layer axis (0: L, 1: L+1)
+_LAYER_ROWS = {f: tuple({"L": 0, "L+1": 1}.get(a.shape[0]) for a in abi.CONTRACTS[f].args)
+               for f in ("stack_forward", "stack_backward")}
+_INFO_SLOT = {"stack_forward": abi.INFO_FORWARD, "stack_backward": abi.INFO_BACKWARD}
+
+
+def _call(function: str, arrays: tuple) -> None:
+    """Run a driver call on the threads :func:`call_opts` gives, in pieces that look again for
+    free CPUs where it gave fewer for running threads (:data:`RELOOK_TOTAL`)."""
+    work, total, itemsize = _work(function, arrays)
+    opts, relook = _choose(work, total, itemsize)
+    if not relook or total < 2 * RELOOK_TOTAL:
+        _driver(function, opts, arrays)
+        return
+    L, k = int(arrays[2].shape[0]), max(1, int(arrays[0][abi.I_RESIDUAL]))
+    per = k * max(1, -(-RELOOK_TOTAL // (work * k)))  # layers a piece: whole residual groups
+    down = function == "stack_backward"
+    info, slot = arrays[-1], _INFO_SLOT[function]
+    info[slot] = -1  # as the driver starts; each piece reports its first non-finite layer
+    a, b = (L - per, L) if down else (0, per)
+    while True:
+        a, b = max(a, 0), min(b, L)
+        if not relook:  # the CPUs are free (or the call is too short for a team): the rest at once
+            a, b = (0, b) if down else (a, L)
+        piece = [x if rows is None else x[a:b + rows] for x, rows in zip(arrays, _LAYER_ROWS[function])]
+        piece[-1] = seen = info.copy()
+        abi.check(function, abi.bind(function, tuple(piece), {}))  # whole groups, in bounds
+        _driver(function, opts, tuple(piece))
+        if info[slot] < 0 <= seen[slot]:
+            info[slot] = a + seen[slot]
+        if (a == 0) if down else (b == L):
+            return
+        a, b = (a - per, a) if down else (b, b + per)
+        if relook:
+            opts, relook = _choose(work, (b if down else L - a) * work, itemsize)  # the layers left
+
+
 def _forward_kernel(*arrays):
-    _driver("stack_forward", call_opts(*_work("stack_forward", arrays)), arrays)
+    _call("stack_forward", arrays)
 
 
 def _backward_kernel(*arrays):
-    _driver("stack_backward", call_opts(*_work("stack_backward", arrays)), arrays)
+    _call("stack_backward", arrays)
 
 
 stack_forward = abi.checked("stack_forward", _forward_kernel)

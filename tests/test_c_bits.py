@@ -434,3 +434,54 @@ def test_the_forwards_tail_rescue_keeps_the_bits_on_every_thread_count(act, dtyp
     assert np.all(np.isfinite(one["H"])) and np.any(one["H"][1] != 0)  # the tail layer was carried
     runs = [one] + [_run(team_opts(t, solo_after=s), stack, params, x) for t in (2, 3) for s in (0, 3)]
     _same(runs)
+
+
+PIECE_CASES = {
+    "tanh": dict(depth=24, width=8, activation="tanh", init="he_normal", sigma_b=0.3),
+    "relu, batch norm, residual 3": dict(depth=24, width=8, activation="relu", batch_norm=True, residual=3),
+    "prelu, residual 2": dict(depth=24, width=8, activation="prelu", residual=2, sigma_b=0.2),
+    "clip norm on the signal": dict(depth=24, width=8, activation="tanh", sigma_w=2.0, clip="norm",
+                                    clip_threshold=1e-3),
+    "a non-finite forward": dict(depth=12, width=4, activation="identity", sigma_w=1e40, sigma_b=1.0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PIECE_CASES))
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_call_beside_running_threads_runs_in_pieces_that_look_again(monkeypatch, case):
+    """A call that found another thread running takes fewer CPUs; one of at least twice
+    RELOOK_TOTAL runs in pieces of whole residual groups and looks again before each, and runs the
+    rest on the whole team once the CPUs are free. The pieces give the bits of one call: checked
+    against the same call on the whole team at once, the first non-finite layers included."""
+    from tests.test_checkpoint import assert_bitwise
+
+    stack = gb.Stack(**PIECE_CASES[case])
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 5, 1)
+    monkeypatch.setattr(cb, "_OPTS", team_opts(2))
+    monkeypatch.setattr(cb, "available_cpus", lambda: 2)
+    monkeypatch.setattr(cb, "_EXPLICIT_THREADS", False)
+    monkeypatch.setattr(cb, "busy_threads", lambda: 0)
+    whole = gb.backprop(stack, params, x, backend="c")
+    # busy at the start of each pass and at its first look again, free at the second
+    looks = [1, 1, 0, 1, 1, 0]
+    monkeypatch.setattr(cb, "busy_threads", lambda: looks.pop(0))
+    k = max(1, stack.residual)
+    monkeypatch.setattr(cb, "RELOOK_TOTAL", 5 * stack.width**2 * 2 * k)  # two groups a piece
+    calls = []
+    driver = cb._driver
+
+    def watch(function, opts, arrays):
+        calls.append((function, int(opts.nthreads), int(arrays[2].shape[0])))
+        driver(function, opts, arrays)
+
+    monkeypatch.setattr(cb, "_driver", watch)
+    got = gb.backprop(stack, params, x, backend="c")
+    assert not looks, "every look taken"
+    for function in ("stack_forward", "stack_backward"):
+        pieces = [(n, layers) for f, n, layers in calls if f == function]
+        assert [n for n, _ in pieces] == [1, 1, 2], pieces
+        assert [layers for _, layers in pieces[:2]] == [2 * k, 2 * k], pieces
+        assert sum(layers for _, layers in pieces) == stack.depth
+    assert_bitwise(got, whole)
+    if case == "a non-finite forward":  # found in a piece after the first: its offset added
+        assert whole.first_nonfinite_forward is not None and whole.first_nonfinite_forward >= 2 * k
