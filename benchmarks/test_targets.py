@@ -106,8 +106,8 @@ def interleaved(benchmark, runs: dict, threads: dict | None = None) -> dict:
         for name, kwargs in runs.items():
             r = run(**kwargs)
             t[name] = min(t.get(name, math.inf), r["min"])
-            if threads is not None and threads_of(r) is not None:
-                threads[name] = threads_of(r)
+            if threads is not None and (ran := threads_of(r)) is not None:
+                threads[name] = ran
     return t
 
 
@@ -355,7 +355,7 @@ def test_target_blas_kernels(benchmark):
            c_isa=_c_isa(), rows=rows)
 
 
-def test_a_row_is_left_unjudged_only_where_both_settings_start_one_c_thread():
+def test_a_row_is_left_unjudged_only_where_both_settings_run_one_thread():
     assert _same_code({"one": 1, "two": 1, "default": 1})
     assert not _same_code({"one": 1, "two": 2, "default": 2})
     assert not _same_code({})  # not known (no schedstat): judged

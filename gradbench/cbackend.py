@@ -414,25 +414,22 @@ def _call(function: str, arrays: tuple) -> None:
         return
     L, k = int(arrays[2].shape[0]), max(1, int(arrays[0][abi.I_RESIDUAL]))
     per = k * max(1, -(-RELOOK_TOTAL // (work * k)))  # layers a piece: whole residual groups
-    down = function == "stack_backward"
+    down = function == "stack_backward"  # the backward runs its pieces from the top
     info, slot = arrays[-1], _INFO_SLOT[function]
     info[slot] = -1  # as the driver starts; each piece reports its first non-finite layer
-    a, b = (L - per, L) if down else (0, per)
-    while True:
-        a, b = max(a, 0), min(b, L)
-        if not relook:  # the CPUs are free (or the call is too short for a team): the rest at once
-            a, b = (0, b) if down else (a, L)
+    lo, hi = 0, L  # the layers not run yet
+    while lo < hi:
+        size = per if relook else hi - lo  # the CPUs free (or too little left for a team): the rest
+        a, b = (max(lo, hi - size), hi) if down else (lo, min(hi, lo + size))
         piece = [x if rows is None else x[a:b + rows] for x, rows in zip(arrays, _LAYER_ROWS[function])]
         piece[-1] = seen = info.copy()
         abi.check(function, abi.bind(function, tuple(piece), {}))  # whole groups, in bounds
         _driver(function, opts, tuple(piece))
         if info[slot] < 0 <= seen[slot]:
             info[slot] = a + seen[slot]
-        if (a == 0) if down else (b == L):
-            return
-        a, b = (a - per, a) if down else (b, b + per)
-        if relook:
-            opts, relook = _choose(work, (b if down else L - a) * work, itemsize)  # the layers left
+        lo, hi = (lo, a) if down else (b, hi)
+        if relook and lo < hi:
+            opts, relook = _choose(work, (hi - lo) * work, itemsize)
 
 
 def _forward_kernel(*arrays):

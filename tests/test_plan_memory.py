@@ -92,8 +92,7 @@ def test_memory_estimate_bounds_the_measured_peak(case):
     if estimate > 1.15 * peak:
         # and close to the peak. A run's measured growth (VmHWM over VmRSS before) is at times
         # ~10 % below its usual: stats-only value clipping gave estimate / peak 1.03-1.05 in
-        # 12 of 14 runs and 1.16-1.18 in the other two (memory the process already held was
-        # reused; how much varies with the helper threads' timing, not pinned down further).
+        # 12 of 14 runs and 1.16-1.18 in the other two (the cause was not pinned down).
         # So the larger of two measurements is held to it.
         again, peak2 = _measure(**case)
         assert again == estimate and peak2 <= 1.02 * estimate, (estimate / peak2, estimate, peak2)
