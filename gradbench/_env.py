@@ -23,7 +23,8 @@ def _env_number(name: str, default, convert, ok, requirement: str):
     except ValueError:
         value = None
     if value is None or not ok(value):
-        raise EnvError(f"environment variable {name}={text!r} {requirement} (unset it for the default {default:g})")
+        shown = default if isinstance(default, int) else f"{default:g}"  # 268435456, not 2.68435e+08
+        raise EnvError(f"environment variable {name}={text!r} {requirement} (unset it for the default {shown})")
     return value
 
 

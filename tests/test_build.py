@@ -72,3 +72,16 @@ def test_parallel_compile_gives_the_serial_objects(tmp_path):
     with pytest.raises(Exception) as failed:  # distutils may be loaded twice (setuptools' copy, its alias):
         setup_py._parallel_compile(compiler(), 3)(sources + [str(src / "broken.c")], output_dir=str(tmp_path / "broken"))
     assert type(failed.value).__name__ == "CompileError"  # the class by name, not identity
+
+
+def test_a_bad_environment_value_names_the_default_exactly(monkeypatch):
+    """The error shows an integer default as the integer (2^28, not 2.68435e+08, which is not it)
+    and a float default as a number."""
+    from gradbench._env import EnvError, env_float, env_int
+
+    monkeypatch.setenv("GRADBENCH_TEST_INT", "abc")
+    with pytest.raises(EnvError, match=r"GRADBENCH_TEST_INT='abc' is not an integer >= 1 \(unset it for the default 268435456\)"):
+        env_int("GRADBENCH_TEST_INT", 1 << 28, low=1)
+    monkeypatch.setenv("GRADBENCH_TEST_FLOAT", "-1")
+    with pytest.raises(EnvError, match=r"must be a number > 0 \(unset it for the default 30\)"):
+        env_float("GRADBENCH_TEST_FLOAT", 30.0)
