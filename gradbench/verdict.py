@@ -29,7 +29,9 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
    ||dW|| fit leaves out isolated points, far from their neighbours (:func:`isolated`: a dead
    branch at 10^-1e17 among groups at 10^30 is not a trend, and the explanation names them). An
    exploding trend among gradients none of which can move the loss (every elasticity of rule 5
-   below 10^-``tiny``) is ``vanishing``;
+   below 10^-``tiny``) is ``vanishing``. When the signal has no trend and the activations change
+   the other way by at least half as much (:func:`forward_cause`: a clipped signal under an exploding
+   forward pass), the trend of ||dW_l|| is the forward pass's, and the explanation leads with it;
 5. magnitudes without a trend, only where they are extreme, never the loss's own scale:
    ``exploding`` if some ||dW_l|| lies above the largest float64 (10^308.25: a plain float64
    chain reads inf, whatever the learning rate); ``vanishing`` if every non-zero ||dW_l|| lies
@@ -366,6 +368,36 @@ def _layers(idx) -> str:
     return shown if len(idx) == 1 else f"{', '.join(map(str, idx[:-1]))} and {idx[-1]}"
 
 
+def forward_span(act_log10) -> tuple[int, int, float] | None:
+    """The forward activations' change: ``(first layer, last layer, change in decades)`` between the
+    first and the last layer whose output std ``act_log10`` is a finite log10, or None with fewer than two."""
+    a = np.asarray(act_log10, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(a))
+    if ok.size < 2:
+        return None
+    i0, i1 = int(ok[0]), int(ok[-1])
+    return i0, i1, float(a[i1] - a[i0])
+
+
+def forward_cause(rate: float, signal_rate: float, L: int, threshold: float, act_log10) -> bool:
+    """Whether the ||dW_l|| trend is the forward pass's, not the backward signal's.
+
+    dW_l = dz_l^T h_l: log10 ||dW_l|| moves with the signal and with the activations h_l. When the
+    signal has no trend (its change over the stack below ``threshold``) and the activations change
+    by at least ``threshold`` decades and at least half the change of ||dW_l||, the other way round
+    (activations growing up the stack make ||dW_l|| shrink going down), the trend is theirs. A
+    clipped signal is the usual case: ReLU with unscaled skips explodes forward by 34 decades over
+    300 layers, value clipping holds the signal flat, and ||dW_l|| shrinks by 35 decades towards the
+    input: "vanishing" by rule 4, and what decides it is the exploding forward pass.
+    """
+    span = forward_span(act_log10)
+    if span is None or not (math.isfinite(rate) and math.isfinite(signal_rate)):
+        return False
+    change, forward = rate * (L - 1), span[2]
+    return (abs(signal_rate) * (L - 1) < threshold and abs(forward) >= threshold
+            and abs(forward) >= 0.5 * abs(change) and forward * change < 0)
+
+
 def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticity=None, rule: str | None = None,
             loss_log10: float = math.nan, tiny: float = 8.0) -> str:
     """The plain-language explanation of a verdict: what the rule that decided saw, where, and why.
@@ -377,7 +409,9 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     finite = np.isfinite(g) & (g > -np.inf)
     lo, hi = FLOAT_LIMITS["float64"]
     sat = np.asarray(getattr(res, "saturation", np.zeros(L)), dtype=np.float64)
+    std = np.asarray(res.act_std.log10(), dtype=np.float64)
     words = []
+    forward_said = False  # the forward's change is in the verdict's own sentence
     span = sig = None
     if finite.sum() >= 2:
         lo_l, hi_l = int(np.flatnonzero(finite)[0]), int(np.flatnonzero(finite)[-1])
@@ -417,6 +451,18 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                      "||dL/dW_l||: no update reaches them")
         if trends:
             words.append(f"elsewhere {trends}")
+    elif rule == "trend" and forward_cause(rate, signal_rate, L, threshold, std):
+        i0, i1, grow = forward_span(std)
+        clipped = (f", clipped ({stack.clip} at {stack.clip_threshold:g}) at every layer,"
+                   if stack.clip is not None and stack.clip_on == "signal" else "")
+        words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'} towards the input because the "
+                     f"forward pass {'explodes' if grow > 0 else 'vanishes'}: ||dW_l|| changes by "
+                     f"{rate * (L - 1):+.3g} decades going down ({span}) while the backward signal ||dL/dh_l||"
+                     f"{clipped} has no trend ({signal_rate * (L - 1):+.3g} decades over the stack); dW_l = dz_l^T "
+                     f"h_l, and the forward activations h_l {'grow' if grow > 0 else 'shrink'} by {abs(grow):.3g} "
+                     f"decades up the stack (std 10^{_num(std[i0])} at layer {i0}, 10^{_num(std[i1])} at layer {i1})"
+                     + ("; clipping the backward signal does not bound the forward pass" if clipped else ""))
+        forward_said = True
     elif rule == "trend":
         words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'}: {trends}")
     elif rule == "non-finite":
@@ -445,7 +491,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     elif finite.sum() == 1:
         words.append(f"one layer with a gradient: ||dW|| = 10^{_num(g[finite][0])}; no trend to fit")
     words += small_batch_norm(stack, res, verdict)
-    words += _findings(stack, g, res, verdict)
+    words += _findings(stack, g, res, verdict, forward_said)
     return "; ".join(words) + "."
 
 
@@ -521,7 +567,7 @@ def countable_mean(fraction, unit: str = "layers") -> tuple[float, str]:
     return float(np.mean(f[ok])), f" of the {int(ok.sum())} {unit} whose pre-activations are numbers"
 
 
-def _findings(stack, g, res, verdict) -> list[str]:
+def _findings(stack, g, res, verdict, forward_said: bool = False) -> list[str]:
     """The facts beside the verdict: non-finite layers, zeros, the forward, saturation, dead units."""
     words = []
     raw = getattr(res, "grad_norm_unclipped", None)
@@ -586,10 +632,9 @@ def _findings(stack, g, res, verdict) -> list[str]:
                      f"every unit's {stack.activation}(z) is 0 or lies below 2^(-2^62) "
                      f"({PHI_UNDERFLOW[stack.activation]}), beyond any int64 exponent; "
                      "the gradients that depend on them read 0 where the exact ones may be tiny but not 0")
-    ok = np.isfinite(std)
-    if ok.sum() >= 2 and abs(std[ok][-1] - std[ok][0]) >= 3:
-        i0, i1 = int(np.flatnonzero(ok)[0]), int(np.flatnonzero(ok)[-1])
-        grow = std[i1] - std[i0]
+    fwd = forward_span(std)
+    if fwd is not None and abs(fwd[2]) >= 3 and not forward_said:
+        i0, i1, grow = fwd
         words.append(f"the forward activations {'grow' if grow > 0 else 'shrink'} by {abs(grow):.3g} decades "
                      f"(std 10^{_num(std[i0])} at layer {i0}, 10^{_num(std[i1])} at layer {i1})")
     if stack.activation in ("sigmoid", "tanh"):

@@ -392,6 +392,56 @@ def test_the_compare_relu_clip_configuration_explodes_as_relu_does(capsys):
     assert len(rows) == 2 and all("exploding" in r for r in rows), rows
 
 
+def _decades(text, what):
+    """The signed number of decades a sentence gives after ``what``."""
+    m = re.search(re.escape(what) + r" ([+-]?[0-9.]+(?:e[+-]?[0-9]+)?) decades", text)
+    assert m, (what, text)
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("clip", ["value", "norm"])
+def test_a_clipped_signal_under_an_exploding_forward_names_the_forward_pass(clip):
+    """ReLU, He init, unscaled skips every 2 layers: the forward pass explodes (34 decades over
+    300 layers). Clipping the backward signal holds it flat, so ||dW_l|| = ||dz_l^T h_l|| follows
+    the activations and shrinks by 35 decades towards the input: "vanishing" by the trend rule.
+    The sentence read "gradients vanish: the backward signal changes by -1.48e-05 decades per
+    layer..." and named the forward growth only at its end; it now leads with the cause, with the
+    numbers of the plain float64 chain (tests/naive.py, an independent implementation, which
+    float64 holds here). Without the clip the signal explodes and the sentence is the trend's."""
+    import naive
+
+    base = gb.Stack(depth=300, width=64, activation="relu", init="he_normal", residual=2)
+    stack = base.replace(clip=clip, clip_threshold=1.0)
+    params, x = gb.init_params(base, 0), gb.gaussian_input(base, 16, 1)
+    d = gb.diagnose(gb.backprop(stack, params, x), params)
+    text = d.explanation
+    assert d.verdict == "vanishing", text
+    assert text.startswith("gradients vanish towards the input because the forward pass explodes"), text
+    assert f"clipped ({clip} at 1) at every layer" in text and "does not bound the forward pass" in text, text
+    assert text.count("forward activations") == 1, text  # said once, in the verdict's sentence
+    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
+    _, grads, _ = naive.backward(stack, P, x)
+    _, saved = naive.forward(stack, P, x)
+    dw = np.log10(np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2))))
+    std = np.log10([np.std(h) for h in saved["hs"][1:]])
+    from gradbench.verdict import decades_per_layer
+
+    change = decades_per_layer(dw)[0] * (len(dw) - 1)
+    assert change < -30 and std[-1] - std[0] > 30
+    assert _decades(text, "||dW_l|| changes by") == pytest.approx(change, rel=2e-3)
+    assert _decades(text, "grow by") == pytest.approx(std[-1] - std[0], rel=2e-3)
+    plain = gb.diagnose(gb.backprop(base, params, x), params)  # unclipped: the signal's own trend
+    assert plain.verdict == "exploding" and plain.explanation.startswith("gradients explode: the backward signal")
+
+
+def test_a_trend_of_the_signal_is_not_put_on_the_forward_pass():
+    """A zero-bias tanh stack in the ordered phase shrinks forward and backward alike: its signal
+    has a trend of its own, so the forward pass is not named as the cause."""
+    stack = gb.Stack(depth=200, width=32, activation="tanh", sigma_w=0.8)
+    d = _diagnose(stack)
+    assert d.verdict == "vanishing" and d.explanation.startswith("gradients vanish: the backward signal"), d.explanation
+
+
 # ---------------------------------------------------------------- residual stacks with dead branches
 @pytest.mark.parametrize("seed", range(6))
 def test_a_residual_stack_with_dead_branches_reads_as_plain_float64_runs_it(seed):
