@@ -249,11 +249,19 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     else:
         raise ValueError("the result has neither gradients nor gradient histograms to diagnose (a stats_only "
                          "run with hist_bins=0: gradbench.diagnose.assess gives its rates and verdict)")
-    floored = floored_layers(stack.activation, g, res.saturation, act_std_log10)
-    limits = float_limits(g, rate, act_std_log10, floored, _extrapolates(a, act_std_log10, threshold),
+    # what a plain chain computes: the derivative, before any parameter-gradient clipping (which
+    # bounds the update after it: a float32 chain is inf at 10^48 whatever the clip then does)
+    raw = getattr(res, "grad_norm_unclipped", None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g_plain = g if raw is None else np.asarray(raw.log10(), dtype=np.float64)
+    rate_plain = rate if raw is None else grad_rate(g_plain, stack.residual)[0]
+    floored = floored_layers(stack.activation, g_plain, res.saturation, act_std_log10)
+    act_rms_log10 = _rms_log10(act_mean_log10, act_std_log10)
+    limits = float_limits(g_plain, rate_plain, act_std_log10, floored,
+                          _extrapolates(a, act_std_log10, act_rms_log10, threshold, rate_plain),
                           signal_log10=s, group=stack.residual, loss_log10=a.loss_log10)
     explanation = explain(a.verdict, stack, g, rate, a.signal_decades_per_layer, threshold, res, a.elasticity_log10,
-                          a.rule, a.loss_log10, tiny)
+                          a.rule, a.loss_log10, tiny, a.weight_log10)
     return Diagnosis(
         stack=dataclasses.asdict(stack),
         backend=res.backend,
@@ -287,17 +295,39 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     )
 
 
-def _extrapolates(a: "Assessment", act_std_log10: np.ndarray, threshold: float) -> bool:
-    """Whether ||dW_l||'s rate within the stack says where more layers would take it (the float
-    range's "at this rate ... after ~N layers"). Not when the forward activations change by
-    ``threshold`` decades or more over the stack: then every ||dW_l|| also scales with the
-    depth through h_L (a zero-bias ReLU stack at sigma_w = 3 has a flat ||dW_l|| within it,
-    whose level grows 0.62 decades per layer of depth), not against the verdict (an exploding
-    stack whose ||dW_l|| rate is slightly negative) and not against the backward signal's rate."""
-    fwd = decades_per_layer(act_std_log10)[0] * (len(act_std_log10) - 1)
-    if math.isfinite(fwd) and abs(fwd) >= threshold:
+def _rms_log10(mean_log10, std_log10) -> np.ndarray:
+    """log10 of each layer's root mean square sqrt(mean^2 + std^2) from the logs of |mean| and std."""
+    m, sd = np.asarray(mean_log10, dtype=np.float64), np.asarray(std_log10, dtype=np.float64)
+    top = np.maximum(m, sd)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = top + 0.5 * np.log10(1.0 + 10.0 ** (2 * (np.minimum(m, sd) - top)))
+    return np.where(np.isneginf(top), -np.inf, out)
+
+
+def _extrapolates(a: "Assessment", act_std_log10: np.ndarray, act_rms_log10: np.ndarray, threshold: float,
+                  rate: float | None = None) -> bool:
+    """Whether ||dW_l||'s rate (``rate``, default the assessment's) within the stack says where
+    more layers would take it (the float range's "at this rate ... after ~N layers").
+
+    Not when the forward activations change by ``threshold`` decades or more over the stack (their
+    std or their root mean square): then every ||dW_l|| also scales with the depth through h_L (a
+    zero-bias ReLU stack at sigma_w = 3 has a flat ||dW_l|| within it, whose level grows 0.62
+    decades per layer of depth). Nor when they change per layer by more than half the rate of
+    ||dW_l||, however short the stack: ten zero-bias ReLU layers at sigma_w = 1 (chi_1 = 1/2) have
+    a flat ||dW_l|| and activations falling 0.15 decades a layer, and said float64 would underflow
+    "after ~75449 layers", where 3,000 such layers lose their forward at layer ~1,900. Not against
+    the verdict (an exploding stack whose ||dW_l|| rate is slightly negative) and not against the
+    backward signal's rate."""
+    rate = a.decades_per_layer if rate is None else rate
+    L = len(act_std_log10)
+    for act in (act_std_log10, act_rms_log10):
+        fwd = decades_per_layer(act)[0] * (L - 1)
+        if math.isfinite(fwd) and abs(fwd) >= threshold:
+            return False
+    fwd_rate = decades_per_layer(act_rms_log10)[0]
+    if math.isfinite(fwd_rate) and abs(fwd_rate) > 0.5 * abs(rate):
         return False
-    rate, chain = a.decades_per_layer, a.signal_decades_per_layer
+    chain = a.signal_decades_per_layer
     if math.isfinite(chain) and rate * chain < 0:
         # the backward signal, the chain itself, goes the other way: ||dW_l|| = ||dz_l^T h_l|| of a
         # short stack follows its input's scale (5 tanh layers: ||dW|| +0.16 a layer, the signal

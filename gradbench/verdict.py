@@ -399,10 +399,12 @@ def forward_cause(rate: float, signal_rate: float, L: int, threshold: float, act
 
 
 def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticity=None, rule: str | None = None,
-            loss_log10: float = math.nan, tiny: float = 8.0) -> str:
+            loss_log10: float = math.nan, tiny: float = 8.0, weight_log10=None) -> str:
     """The plain-language explanation of a verdict: what the rule that decided saw, where, and why.
 
-    ``elasticity``: log10 e_l per layer (rule 5); ``rule``: :func:`judge`'s second value.
+    ``elasticity``: log10 e_l per layer (rule 5); ``rule``: :func:`judge`'s second value;
+    ``weight_log10``: log10 ||W_l|| per layer of the parameters that ran (empty or None: unknown,
+    then the stack's sigma_w stands for the weights' gain).
     """
     g = np.asarray(g, dtype=np.float64)
     L = len(g)
@@ -491,7 +493,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     elif finite.sum() == 1:
         words.append(f"one layer with a gradient: ||dW|| = 10^{_num(g[finite][0])}; no trend to fit")
     words += small_batch_norm(stack, res, verdict)
-    words += _findings(stack, g, res, verdict, forward_said)
+    words += _findings(stack, g, res, verdict, forward_said, weight_log10)
     return "; ".join(words) + "."
 
 
@@ -567,7 +569,19 @@ def countable_mean(fraction, unit: str = "layers") -> tuple[float, str]:
     return float(np.mean(f[ok])), f" of the {int(ok.sum())} {unit} whose pre-activations are numbers"
 
 
-def _findings(stack, g, res, verdict, forward_said: bool = False) -> list[str]:
+def weight_gain(stack, weight_log10=None) -> tuple[float, bool]:
+    """The weights' gain sigma_w and whether it was measured: ||W_l||_F / sqrt(N) (entries of
+    variance sigma_w^2 / N), the median over the layers, when their norms ``weight_log10`` are
+    known; else the stack's own (a model imported from PyTorch has none: its Stack's sigma_w is
+    the init's default, not the model's)."""
+    w = np.asarray([] if weight_log10 is None else weight_log10, dtype=np.float64)
+    w = w[np.isfinite(w)]
+    if not w.size:
+        return stack.gain, False
+    return float(10.0 ** (np.median(w) - 0.5 * math.log10(stack.width))), True
+
+
+def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=None) -> list[str]:
     """The facts beside the verdict: non-finite layers, zeros, the forward, saturation, dead units."""
     words = []
     raw = getattr(res, "grad_norm_unclipped", None)
@@ -578,6 +592,11 @@ def _findings(stack, g, res, verdict, forward_said: bool = False) -> list[str]:
         words.append(f"||dW_l|| is after the parameter-gradient clipping ({how}), which bounds the updates, not the "
                      f"derivative: before it ||dW_l|| runs from 10^{_num(r[-1])} at layer {len(r) - 1} to "
                      f"10^{_num(r[0])} at layer 0")
+    if stack.clip is not None and stack.clip_on == "signal" and not forward_said:
+        words.append(f"the backward signal is clipped ({stack.clip} at {stack.clip_threshold:g}) at every layer, so "
+                     "these are the norms of the clipped chain, not of the loss's derivative: clipping the signal can "
+                     "hold an exploding chain flat (clip_on or --clip-on \"layer\" or \"global\" clips the parameter gradients "
+                     "instead and leaves the derivative)")
     if res.first_nonfinite_forward is not None:
         words.append(f"the forward pass turned non-finite at layer {res.first_nonfinite_forward} (activations "
                      "overflowed): every gradient below is meaningless")
@@ -641,10 +660,13 @@ def _findings(stack, g, res, verdict, forward_said: bool = False) -> list[str]:
         sat, where = countable_mean(res.saturation)
         if sat > 0.1:
             words.append(f"{100 * sat:.0f} % of the units{where} are saturated (|phi'| < 1 % of its largest value)")
-        if stack.activation == "sigmoid" and not stack.batch_norm and verdict == "vanishing" and stack.gain < 4:
+        gain, measured = weight_gain(stack, weight_log10)
+        if stack.activation == "sigmoid" and not stack.batch_norm and verdict == "vanishing" and gain < 4:
             # sigmoid' <= 1/4: a factor sigma_w / 4 or less per layer, a loss while sigma_w < 4
-            words.append(f"sigmoid' <= 0.25 costs at least {-math.log10(stack.gain / 4):.2g} decades per layer "
-                         f"at this weight gain (sigma_w = {stack.gain:.3g}: log10(4 / sigma_w))")
+            words.append(f"sigmoid' <= 0.25 costs at least {-math.log10(gain / 4):.2g} decades per layer "
+                         f"at this weight gain (sigma_w = {gain:.3g}"
+                         + (" from the weights, ||W_l|| / sqrt(N), the median over the layers" if measured else "")
+                         + ": log10(4 / sigma_w))")
     if stack.activation in RELU_FAMILY:
         dead, where = countable_mean(res.dead)
         slope = 0.0 if stack.activation == "relu" else None

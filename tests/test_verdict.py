@@ -13,6 +13,7 @@ import pytest
 
 import gradbench as gb
 from gradbench import theory
+from gradbench.verdict import FLOAT_LIMITS
 
 THRESHOLD = 2.0
 
@@ -434,6 +435,20 @@ def test_a_clipped_signal_under_an_exploding_forward_names_the_forward_pass(clip
     assert plain.verdict == "exploding" and plain.explanation.startswith("gradients explode: the backward signal")
 
 
+def test_a_clipped_signal_is_named_beside_any_verdict():
+    """A chaotic tanh stack (sigma_w = 3) with its signal clipped by value at 0.01 read STABLE
+    and never said that the clip, not the stack, held the chain flat. Without the clip the same
+    stack explodes (an independent run); with it the explanation names the clip."""
+    base = gb.Stack(depth=40, width=32, activation="tanh", sigma_w=3.0)
+    params, x = gb.init_params(base, 0), gb.gaussian_input(base, 16, 1)
+    plain = gb.diagnose(gb.backprop(base, params, x), params)
+    assert plain.verdict == "exploding" and "clipped" not in plain.explanation
+    d = gb.diagnose(gb.backprop(base.replace(clip="value", clip_threshold=0.01), params, x), params)
+    text = " ".join(d.explanation.split())
+    assert d.verdict == "stable" and "the backward signal is clipped (value at 0.01) at every layer" in text, text
+    assert "not of the loss's derivative" in text
+
+
 def test_a_trend_of_the_signal_is_not_put_on_the_forward_pass():
     """A zero-bias tanh stack in the ordered phase shrinks forward and backward alike: its signal
     has a trend of its own, so the forward pass is not named as the cause."""
@@ -504,16 +519,47 @@ def test_a_negative_slope_is_not_a_dead_unit():
     assert "dead (z <= 0" in " ".join(_explain(depth=50, width=16, activation="relu", init="normal").explanation.split())
 
 
+def _gain(W) -> float:
+    """sigma_w of square weights: ||W_l||_F / sqrt(N), the median over the layers."""
+    W = np.asarray(W, dtype=np.float64)
+    return float(np.median(np.sqrt(np.sum(W ** 2, axis=(1, 2)) / W.shape[1])))
+
+
 def test_sigmoids_cost_per_layer_follows_the_gain():
     """'sigmoid' <= 0.25 costs at least 0.6 decades per layer' was said next to a measured -0.11
-    (sigma_w = 8); the bound is log10(4 / sigma_w), and none from sigma_w = 4 on."""
-    one = " ".join(_explain(depth=50, width=16, activation="sigmoid").explanation.split())
-    assert "costs at least 0.6 decades per layer" in one
-    two = " ".join(_explain(depth=50, width=16, activation="sigmoid", sigma_w=2.0).explanation.split())
-    assert f"costs at least {math.log10(2):.2g} decades per layer" in two
+    (sigma_w = 8); the bound is log10(4 / sigma_w), and none from sigma_w = 4 on. With the
+    parameters given, sigma_w is the weights' own."""
+    for sigma_w in (1.0, 2.0):
+        stack = gb.Stack(depth=50, width=16, activation="sigmoid", sigma_w=sigma_w)
+        params = gb.init_params(stack, 0)
+        d = gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 16, 1)), params)
+        gain = _gain(params.W)
+        assert abs(gain / sigma_w - 1) < 0.1
+        text = " ".join(d.explanation.split())
+        assert f"costs at least {math.log10(4 / gain):.2g} decades per layer" in text, text
+        assert f"(sigma_w = {gain:.3g} from the weights" in text
+        plain = gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 16, 1)))  # no weights: the stack's
+        assert f"costs at least {math.log10(4 / sigma_w):.2g} decades per layer" in " ".join(plain.explanation.split())
     eight = _explain(depth=50, width=16, activation="sigmoid", sigma_w=8.0)
     assert eight.verdict == "vanishing" and "costs at least" not in eight.explanation
     assert -0.3 < eight.decades_per_layer < -math.log10(4 / 8)  # slower than a bound of 0.6 would allow
+
+
+def test_an_imported_models_sigmoid_cost_is_that_of_its_own_weights():
+    """A PyTorch sigmoid stack at its default init (entries U(-1/sqrt(N), 1/sqrt(N)): sigma_w =
+    1/sqrt(3)) said "costs at least 0.6 decades per layer (sigma_w = 1)": the imported Stack's
+    sigma_w is the init's default, not the model's. The bound is log10(4 sqrt(3)) = 0.84, and
+    the stack measures about that."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    layers = [m for _ in range(10) for m in (torch.nn.Linear(32, 32), torch.nn.Sigmoid())]
+    model = torch.nn.Sequential(*layers)
+    stack, params = gb.from_torch(model)
+    d = gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 16, 1)), params)
+    gain = _gain([m.weight.detach().numpy() for m in layers[::2]])  # from torch's own tensors
+    assert abs(gain * math.sqrt(3) - 1) < 0.1
+    text = " ".join(d.explanation.split())
+    assert d.verdict == "vanishing" and f"costs at least {math.log10(4 / gain):.2g} decades per layer" in text, text
 
 
 def test_residual_scale_zero_is_named_as_the_cause():
@@ -533,6 +579,42 @@ def test_a_rounding_rate_is_not_extrapolated():
     assert "would underflow after" not in str(d) and "would overflow after" not in str(d)
     tanh = _explain(depth=100, width=64, activation="tanh", init="normal", sigma_w=1.05)  # a real, slow rate
     assert tanh.float_limits["float64"]["layers_to_underflow"] or tanh.float_limits["float64"]["layers_to_overflow"]
+
+
+def test_no_extrapolation_past_a_forward_that_falls_faster_than_the_gradient():
+    """Ten zero-bias ReLU layers at sigma_w = 1: a flat ||dW_l||, activations falling ~0.15
+    decades a layer. It said float64 would underflow "after ~75449 layers". In closed form the
+    chain shrinks by chi_1 = sigma_w^2 / 2 = 1/2 a layer (the backward signal by 0.15 decades,
+    the forward likewise), so float64's range from the top's ||dW|| is gone within ~2,000 layers
+    (a 3,000-layer run of width 64 loses its forward at layer ~1,940). No forecast is made where
+    the forward falls faster than half the rate of ||dW_l||; where it is flat (tanh at a slow
+    rate) the forecast stays."""
+    per_layer = -0.5 * math.log10(1.0 ** 2 / 2)  # decades the chain loses a layer
+    stack = gb.Stack(depth=10, width=8, activation="relu", init="he_normal", sigma_w=1.0)
+    for seed in range(6):  # seeds 2 and 3 said ~13903 and ~375576 layers in float64
+        params = gb.init_params(stack, seed)
+        short = gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 16, seed + 1)), params)
+        top = short.grad_log10[-1]
+        for name, lim in short.float_limits.items():
+            bound = (top - FLOAT_LIMITS[name][0]) / per_layer
+            assert lim["layers_to_underflow"] is None or lim["layers_to_underflow"] <= 2 * bound, (seed, name, lim)
+    tanh = _explain(depth=100, width=64, activation="tanh", init="normal", sigma_w=1.05)
+    assert tanh.float_limits["float64"]["layers_to_underflow"] or tanh.float_limits["float64"]["layers_to_overflow"]
+
+
+@pytest.mark.parametrize("clip_on", ["layer", "global"])
+def test_float_limits_are_the_derivatives_before_parameter_clipping(clip_on):
+    """A plain chain computes dW and only then clips it: under clip_on="global" the float32 line
+    left out "would overflow the gradient at layer 199" (||dW|| up to 10^48 before the clip).
+    The float limits of the clipped run are those of the same stack without clipping (an
+    independent run)."""
+    base = gb.Stack(depth=200, width=64, activation="relu", init="he_normal", residual=2)
+    stack = base.replace(clip="norm", clip_threshold=1.0, clip_on=clip_on)
+    params, x = gb.init_params(base, 0), gb.gaussian_input(base, 16, 1)
+    plain = gb.diagnose(gb.backprop(base, params, x), params).float_limits
+    clipped = gb.diagnose(gb.backprop(stack, params, x), params).float_limits
+    assert plain["float32"]["overflow_layer"] == 199
+    assert clipped == plain
 
 
 def test_no_extrapolation_against_the_backward_signal():
