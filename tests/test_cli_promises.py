@@ -481,8 +481,12 @@ def test_a_cold_numba_cache_says_it_compiles(tmp_path):
 
 
 def test_help_shows_every_default_and_required_options_first():
+    from gradbench.recurrent import cli as recurrent_cli
+
     parser = cli.build_parser()
-    for name, sub in parser.commands.items():
+    commands = [*parser.commands.items(),  # and the recurrent commands' own (run --cell lstm --help)
+                *((f"{name} --cell", sub) for name, sub in recurrent_cli.build_parser().commands.items())]
+    for name, sub in commands:
         if name == "bench":  # bench parses its own arguments
             continue
         text = sub.format_help()

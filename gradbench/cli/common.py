@@ -235,7 +235,7 @@ def add_output_args(p: argparse.ArgumentParser, plots: bool = True) -> None:
     p.add_argument("--mkdir", action="store_true", help="create missing directories of the output paths "
                    "(without it a missing directory is an error: a typo should not make a tree)")
     if plots:
-        p.add_argument("--dpi", type=dpi_int, default=120, help="resolution of .png plots")
+        p.add_argument("--dpi", type=dpi_int, default=120, help="resolution of .png plots (default: %(default)s)")
 
 
 def field_words(fields) -> re.Pattern:

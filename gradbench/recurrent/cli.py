@@ -161,22 +161,28 @@ def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None, recurrent_in
     g = p.add_argument_group("the recurrent net")
     if cell:
         g.add_argument("--cell", required=True, metavar="CELL", help=f"one of {', '.join(CELLS)}")
-    g.add_argument("--steps", type=positive_int, default=steps, required=steps is None, help="sequence length T")
-    g.add_argument("--hidden", type=positive_int, default=hidden, required=hidden is None, help="hidden units N")
+    g.add_argument("--steps", type=positive_int, default=steps, required=steps is None,
+                   help="sequence length T" + ("" if steps is None else f" (default {steps})"))
+    g.add_argument("--hidden", type=positive_int, default=hidden, required=hidden is None,
+                   help="hidden units N" + ("" if hidden is None else f" (default {hidden})"))
     g.add_argument("--input-dim", type=positive_int, default=None, help="input features D (default: hidden)")
     g.add_argument("--activation", default=None, metavar="NAME",
                    help=f"rnn cell only: one of {', '.join(RNN_ACTIVATIONS)} (default tanh)")
-    g.add_argument("--activation-param", type=finite_float, default=None)
-    g.add_argument("--init", default="xavier_normal", metavar="NAME", help=f"W_ih: one of {', '.join(INITS)}")
+    g.add_argument("--activation-param", type=finite_float, default=None,
+                   help="rnn cell only: leaky-ReLU slope or ELU alpha (default 0.01, 1)")
+    g.add_argument("--init", default="xavier_normal", metavar="NAME",
+                   help=f"W_ih: one of {', '.join(INITS)} (default xavier_normal)")
     g.add_argument("--recurrent-init", default=recurrent_init, metavar="NAME",
                    help=f"W_hh: one of {', '.join(RECURRENT_INITS)} (default {recurrent_init})")
-    g.add_argument("--sigma-w", type=gain, default=None, help="gain of W_hh")
-    g.add_argument("--sigma-b", type=nonneg_float, default=0.0, help="std of the biases")
+    g.add_argument("--sigma-w", type=gain, default=None,
+                   help="gain of W_hh (default: the recurrent init's own, sqrt(2) for he_*, else 1)")
+    g.add_argument("--sigma-b", type=nonneg_float, default=0.0, help="std of the biases (default 0)")
     g.add_argument("--forget-bias", type=finite_float, default=None, help="lstm only (default 1)")
-    g.add_argument("--clip", choices=CLIP_MODES, default=None)
+    g.add_argument("--clip", choices=CLIP_MODES, default=None,
+                   help="gradient clipping: value (elementwise to [-c, c]) or norm (default: none)")
     g.add_argument("--clip-threshold", type=positive_float, default=1.0, help="with --clip (default 1)")
     g.add_argument("--clip-on", choices=CLIP_TARGETS, default="signal", help="with --clip (default signal)")
-    g.add_argument("--dtype", choices=DTYPES, default="float64")
+    g.add_argument("--dtype", choices=DTYPES, default="float64", help="floating-point type (default float64)")
 
 
 def _net(args, cell: str | None = None):
@@ -206,8 +212,9 @@ _NET_FIELD = field_words(("sigma_w", "sigma_b", "forget_bias", "recurrent_init",
 
 def _common(p, batch=16):
     p.add_argument("--batch", type=positive_int, default=batch, help=f"sequences in the probe batch (default {batch})")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the parameters and the inputs")
-    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the parameters and the inputs (default 0)")
+    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"),
+                   help="auto picks the fastest available (default auto)")
     p.add_argument("--checkpoint", type=nonneg_int, default=None, metavar="K",
                    help="steps per recomputed segment; 0: never, every step kept, as for stacks (default: about "
                         "sqrt(steps) from 10^4 steps on, else only when the plain run would not fit)")
@@ -517,11 +524,12 @@ examples:
     _add_net_args(p)
     _common(p)
     p.add_argument("--rows", type=positive_int, default=12, help="steps shown in the table (default 12)")
-    p.add_argument("--out", metavar="FILE", help="write the diagnosis: .json, or .npz for long runs (docs/formats.md)")
-    p.add_argument("--plot", help="write ||dL/dh_t|| and the step contributions against t (.png/.svg/.pdf)")
+    p.add_argument("--out", metavar="FILE", help="write the diagnosis: .json, or .npz for long runs (docs/formats.md) (default: none)")
+    p.add_argument("--plot", help="write ||dL/dh_t|| and the step contributions against t (.png/.svg/.pdf) "
+                                                   "(default: none)")
     p.add_argument("--tensorboard", metavar="DIR",
                    help="write the diagnosis as TensorBoard events, the time step as the step (needs tensorboardX; "
-                        "view with tensorboard --logdir DIR)")
+                        "view with tensorboard --logdir DIR) (default: none)")
     add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_run)
     p = add_parser(sub, "compare", help="several cells side by side through time", formatter_class=raw, epilog="""\
@@ -531,8 +539,8 @@ examples:
     p.add_argument("--cells", required=True, help=f"comma-separated cells: {', '.join(CELLS)}")
     _add_net_args(p, cell=False, steps=None, hidden=32)
     _common(p)
-    p.add_argument("--out", metavar="FILE", help="write every diagnosis: .json or .npz (docs/formats.md)")
-    p.add_argument("--plot", help="write log10 ||dL/dh_t|| against steps back, one line per cell")
+    p.add_argument("--out", metavar="FILE", help="write every diagnosis: .json or .npz (docs/formats.md) (default: none)")
+    p.add_argument("--plot", help="write log10 ||dL/dh_t|| against steps back, one line per cell (default: none)")
     add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_compare)
     p = add_parser(sub, "theory", help="predicted vs measured per-step rate through time", formatter_class=raw,
@@ -550,8 +558,8 @@ examples:
 """)
     _add_net_args(p, steps=10_000, hidden=64, recurrent_init="normal")  # a random W_hh: what mean field describes
     _common(p, batch=4)
-    p.add_argument("--out", help="write the predictions and the measured rate as JSON")
-    p.add_argument("--plot", help="write the measured log10 ||dL/dh_t|| against steps back")
+    p.add_argument("--out", help="write the predictions and the measured rate as JSON (default: none)")
+    p.add_argument("--plot", help="write the measured log10 ||dL/dh_t|| against steps back (default: none)")
     add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_theory)
     p = add_parser(sub, "train", help="the recurrent demonstrations", formatter_class=raw, epilog="""\
@@ -559,14 +567,15 @@ examples:
   gradbench train --demo memory-rnn,memory-lstm,memory-gru --plot memory.png
   gradbench train --demo exploding-rnn,exploding-rnn-clipped
 """)
-    p.add_argument("--demo", required=True)
-    p.add_argument("--epochs", type=positive_int, default=None)
-    p.add_argument("--lr", type=positive_float, default=None)
-    p.add_argument("--seed", type=seed_int, default=None)
+    p.add_argument("--demo", required=True, help="comma-separated recurrent demonstrations (gradbench train --list)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: the demo's)")
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the demo's)")
+    p.add_argument("--seed", type=seed_int, default=None, help="seed of the data and the weights (default: the demo's)")
     p.add_argument("--steps", type=positive_int, default=None, help="sequence length (default: the demo's)")
-    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"))
-    p.add_argument("--out")
-    p.add_argument("--plot", help="held-out loss per epoch and the gradient curves at the start")
+    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"),
+                   help="auto picks the fastest available (default auto)")
+    p.add_argument("--out", help="write each run's losses, accuracy and gradient curves as JSON (default: none)")
+    p.add_argument("--plot", help="held-out loss per epoch and the gradient curves at the start (default: none)")
     add_output_args(p)  # --mkdir, --dpi
     p.set_defaults(func=cmd_train)
     return parser
