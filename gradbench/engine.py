@@ -205,7 +205,7 @@ def _segment_forward(run: _Run, s: int, e: int, layer_params, fexp, stats, info)
     Hs, Zs, ms, rs = run.seg_arrays(s, e)
     run.impl.stack_forward(run.icfg, run.fcfg, *layer_params, Hs, Zs, ms, rs, fexp, *stats, info)
     PREFAULTER.cancel(Hs, Zs)  # the pass has written them itself
-    reference.rescale_std(stats[1], Hs)  # squares beyond float64 (|h| > 1e154): rare, so taken here
+    reference.rescale_stats(stats[0], stats[1], Hs)  # sums or squares beyond float64: rare, so taken here
 
 
 def _uncountable_fractions(run: _Run, s: int, e: int, layer_params) -> None:

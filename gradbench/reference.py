@@ -292,13 +292,27 @@ def scaled_std(h: np.ndarray) -> float:
     return math.ldexp(float(np.sqrt(((a - a.mean()) ** 2).mean())), k)
 
 
-def rescale_std(std: np.ndarray, H: np.ndarray) -> None:
-    """``std[l]`` of ``H[l + 1]`` taken again by :func:`scaled_std` where the kernels' plain
-    squares overflowed (non-finite), in place: the stacks' and the recurrent engines' forward
-    statistics (H[0] the input, as their arrays hold it). Nothing to do is one check."""
-    if not np.all(np.isfinite(std)):
-        for l in np.flatnonzero(~np.isfinite(std)):
-            std[l] = scaled_std(H[l + 1])
+def scaled_mean(h: np.ndarray) -> float:
+    """The mean over every entry of ``h``, on h scaled by a power of two: finite wherever the
+    entries are (a plain sum of 32 x 16 entries near 1e306 overflows: a ReLU stack at sigma_w = 3
+    read mean "inf" from five layers before its forward did). inf or NaN where an entry is."""
+    a = h.astype(np.float64)
+    top = float(np.max(np.abs(a), initial=0.0))
+    if not math.isfinite(top) or top == 0:
+        return float(a.mean())
+    k = math.frexp(top)[1]
+    return math.ldexp(float(np.ldexp(a, -k).mean()), k)
+
+
+def rescale_stats(mean: np.ndarray, std: np.ndarray, H: np.ndarray) -> None:
+    """``mean[l]`` and ``std[l]`` of ``H[l + 1]`` taken again by :func:`scaled_mean` and
+    :func:`scaled_std` where the kernels' plain sums or squares overflowed (non-finite), in place:
+    the stacks' and the recurrent engines' forward statistics (H[0] the input, as their arrays
+    hold it). Nothing to do is one check each."""
+    for stat, again in ((mean, scaled_mean), (std, scaled_std)):
+        if not np.all(np.isfinite(stat)):
+            for l in np.flatnonzero(~np.isfinite(stat)):
+                stat[l] = again(H[l + 1])
 
 
 def norm_scaled(x: np.ndarray) -> tuple[float, int]:

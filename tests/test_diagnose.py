@@ -481,8 +481,34 @@ def test_activation_std_beyond_1e154_is_exact_and_the_forward_overflow_is_where_
         mean = mp.fsum(h) / len(h)
         want = mp.sqrt(mp.fsum((v - mean) ** 2 for v in h) / len(h))
         assert abs(d.act_std_log10[l] - float(mp.log10(want))) < 1e-9, (l, d.act_std_log10[l], mp.log10(want))
+        assert abs(d.act_mean_log10[l] - float(mp.log10(abs(mean)))) < 1e-9, (l, d.act_mean_log10[l])
     assert np.max(d.act_std_log10[:first]) > 300  # far beyond where squares overflow
     assert d.float_limits["float64"]["forward_overflow_layer"] == first
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+def test_activation_mean_is_finite_wherever_the_activations_are(backend):
+    """A biased ReLU stack at sigma_w = 3 reaches 1e307 before its forward overflows: the plain sum
+    of a layer's 512 entries overflowed first, and act_mean read inf (exact, as documented, but for
+    that) for the five layers before the first non-finite one. Each layer's mean against mpmath on
+    an independent plain forward (tests/naive.py)."""
+    import mpmath as mp
+    import naive
+
+    stack = gb.Stack(depth=1000, width=32, activation="relu", sigma_w=3.0, sigma_b=0.1)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
+    res = gb.backprop(stack, params, x, backend=backend)
+    with np.errstate(all="ignore"):
+        _, saved = naive.forward(stack, {k: np.asarray(getattr(params, k), np.float64)
+                                         for k in ("W", "b", "gamma", "beta", "slope")}, x)
+    first = res.first_nonfinite_forward
+    assert first is not None and first > 900
+    got = res.act_mean.log10()
+    for l in range(first - 10, first):
+        h = saved["hs"][l + 1].ravel()
+        want = mp.log10(abs(mp.fsum(mp.mpf(float(v)) for v in h) / len(h)))
+        assert abs(got[l] - float(want)) < 1e-9, (l, got[l], want)
+    assert np.sum(np.abs(saved["hs"][first - 1]), dtype=np.float64) == np.inf  # a plain sum overflows there
 
 
 def test_no_extrapolation_where_the_stack_gets_there():

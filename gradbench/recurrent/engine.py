@@ -32,7 +32,7 @@ from gradbench.recurrent.backends import get_backend, resolve
 from gradbench.recurrent.params import GeneratedSequence, RecurrentParams, expected_shapes
 from gradbench.recurrent.results import RecurrentGrads, RecurrentResult
 from gradbench.recurrent.spec import Recurrent
-from gradbench.reference import clip_signal, normalise, rescale_std, sumsq_scaled
+from gradbench.reference import clip_signal, normalise, rescale_stats, sumsq_scaled
 
 # What a step saves for the backward pass (arrays of the forward table), per cell.
 SAVED = {"rnn": ("H", "Z"), "lstm": ("H", "C", "Z"), "gru": ("H", "Z", "HN")}
@@ -386,7 +386,7 @@ def _segment_forward(run: _Run, j: int, stats: dict, info: np.ndarray) -> dict:
     arrays = dict(seg, icfg=run.icfg, fcfg=run.fcfg, X=run.x(s, e), W_ih=p.W_ih, W_hh=p.W_hh, b_ih=p.b_ih,
                   b_hh=p.b_hh, fexp=run.fexp[s:e + 1], info=info, **stats)
     _call(getattr(run.impl, run.fwd_name), run.fwd_name, arrays)
-    rescale_std(stats["act_std"], seg["H"])  # squares beyond float64 (|h| > 1e154), as for the stacks
+    rescale_stats(stats["act_mean"], stats["act_std"], seg["H"])  # sums or squares beyond float64, as for the stacks
     return seg
 
 
