@@ -36,6 +36,10 @@ static inline double gb_rescue_term(double g, double x, int act, double p, doubl
  * by the calling thread between calls; give it back with gb_workspace_give (NULL: no-op). */
 void *gb_workspace_take(size_t bytes);
 void gb_workspace_give(void *p);
+/* The calling thread's scratch block of at least bytes (64-byte aligned), kept until the thread
+ * ends and grown on demand; NULL when it cannot be had. For work that does not call back into
+ * anything that uses it (the products' packed panels). */
+void *gb_thread_scratch(size_t bytes);
 
 /* ------------------------------------------------------------------ threads (team.c)
  * A team runs fn(arg, tid, nth, bar) on nth threads (the caller is tid 0) for one call and

@@ -6,7 +6,10 @@
  * allocations, left glibc's heap fragmented: a wide stats_only run (width 512, 600 layers, 25
  * segments) peaked 15-36 MB (6-15 %) above the bytes it had live, differently from run to run.
  * With the block kept for the whole run the peak is what is live. The engine releases it when a
- * run ends (cbackend.release_workspace); a thread that ends frees its block too. */
+ * run ends (cbackend.release_workspace); a thread that ends frees its block too.
+ *
+ * gb_thread_scratch is a second, small block per thread (the matrix products' packed panels of
+ * B, 256 KiB), kept until the thread ends. */
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -75,4 +78,31 @@ void gb_workspace_release(void) {
 int64_t gb_workspace_bytes(void) {
     gb_ws *w = gb_ws_get(0);
     return w ? (int64_t)w->n : 0;
+}
+
+/* gb_thread_scratch: a second block per thread, under its own key (freed when the thread ends). */
+static pthread_key_t gb_scratch_key;
+static pthread_once_t gb_scratch_once = PTHREAD_ONCE_INIT;
+static int gb_scratch_ok;
+
+static void gb_scratch_init(void) { gb_scratch_ok = pthread_key_create(&gb_scratch_key, gb_ws_destroy) == 0; }
+
+void *gb_thread_scratch(size_t bytes) {
+    pthread_once(&gb_scratch_once, gb_scratch_init);
+    if (!gb_scratch_ok) return NULL;
+    gb_ws *w = pthread_getspecific(gb_scratch_key);
+    if (!w) {
+        if ((w = calloc(1, sizeof *w)) == NULL) return NULL;
+        if (pthread_setspecific(gb_scratch_key, w) != 0) {
+            free(w);
+            return NULL;
+        }
+    }
+    if (w->n < bytes) {
+        const size_t n = (bytes + 63) / 64 * 64;
+        free(w->p);
+        w->p = aligned_alloc(64, n);
+        w->n = w->p ? n : 0;
+    }
+    return w->p;
 }

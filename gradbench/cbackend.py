@@ -48,30 +48,42 @@ _ERRORS = {
 _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 
 # Layers at least this wide use BLAS for their three matrix products; where, depends on the
-# kernels the OpenBLAS it calls runs (gradbench.blas). Measured on the 2-core AMD EPYC (Zen 5,
-# AVX-512), one thread, a whole forward + backward (tanh):
-# - its AVX2 kernels (OPENBLAS_CORETYPE=Haswell, as this machine's environment sets): own
-#   kernels 59.7 / 72.7 / 64.5 / 56.0 / 41.7 GF/s at N = 128 / 256 / 512 / 1024 / 2048, BLAS
-#   42.5 / 49.0 / 53.6 / 56.8 / 58.4 GF/s: BLAS from 1024;
-# - its AVX-512 kernels (OpenBLAS's own choice on this CPU): own 75.5 / 66.6 GF/s at N = 256 /
-#   512, BLAS 70.6 / 85.5 (99.2 at 2048): BLAS from 512.
-# (The own products are not blocked for caches yet; at N = 2048 W no longer fits in L2.)
+# kernels the OpenBLAS it calls runs (gradbench.blas) and on the instance of the own kernels
+# (isa). The own products take B in packed panels of 256 x 128 once k > 256 (csrc/stack_impl.h,
+# GB_KC: cache blocks, the bits of one chain per entry). Measured on the 2-core AMD EPYC (Zen 5),
+# a whole forward + backward (tanh, L = 200 / 50 / 12 / 6 and B = 128 / 256 / 512 / 512 for
+# N = 256 / 512 / 1024 / 2048), GF/s, own / BLAS:
+# - AVX-512 instance, OpenBLAS's AVX2 kernels (OPENBLAS_CORETYPE=Haswell, as this machine's
+#   environment sets), one thread: float64 74.8 / 49.4, 83.0 / 55.7, 90.3 / 58.5, 83.1 / 59.3;
+#   float32 136 / 97.2, 167 / 115, 177 / 116, 175 / 123. Two threads, float64 N = 512 / 2048:
+#   148 / 84.5, 167 / 113. The own kernels at every width: no BLAS (NO_BLAS).
+# - AVX-512 instance, OpenBLAS's AVX-512 kernels (its own choice on this CPU), one thread:
+#   float64 74.4 / 70.4, 83.8 / 85.6, 94.3 / 95.9, 79.7 / 98.8; float32 136 / 142, 171 / 187,
+#   182 / 208, 176 / 216: BLAS from 512.
+# - AVX2 instance (isa 3, as an AVX2 CPU runs; measured here with the instance forced) against
+#   the AVX2 kernels, one thread: float64 38.6 / 40.9, 39.5 / 47.9 and 46.4 / 57.0 at N = 2048;
+#   float32 80.9 / 92.0 (N = 512), 86.6 / 109 (N = 2048): BLAS from 512.
+NO_BLAS = 1 << 31  # a width no layer has
+
+
+def _default_blas_min_width() -> int:
+    """The width from which the C drivers call BLAS (the measurements above)."""
+    if blas.runs_avx512_kernels():
+        return 512
+    return NO_BLAS if lib.gb_isa(ffi.NULL) >= 4 else 512
+
+
 # Whose BLAS the drivers call ("numpy" or "scipy"): NumPy's where it is an ILP64 OpenBLAS, so
 # that a user's NumPy products and gradbench's share one pool of BLAS threads (csrc/blas64.c).
 _NUMPY_GEMM = blas.numpy_gemm()
 if _NUMPY_GEMM is not None:
     lib.gb_set_blas_ilp64(ffi.cast("void *", _NUMPY_GEMM[0]), ffi.cast("void *", _NUMPY_GEMM[1]))
 BLAS_SOURCE = "numpy" if _NUMPY_GEMM is not None else "scipy"
-BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", 512 if blas.runs_avx512_kernels() else 1024, low=0)
-# float32, the same widths (measured as above, tanh, one thread, ms for N = 128 / 256 / 512 /
-# 1024 / 2048 at L = 400 / 200 / 50 / 12 / 6, B = 128 / 128 / 256 / 512 / 512):
-# - AVX2 kernels: own 46.1 / 80.9 / 143 / 313 / 615 (blocks of 64 k; 128 at N = 2048; one chain:
-#   50.6 / 78.6 / 131 / 331 / 808), BLAS 69.4 / 106 / 187 / 331 / 629;
-# - AVX-512 kernels: BLAS 53.8 / 80.4 / 115 / 189 / 356.
-# The own float32 products sum k in blocks of 64 (stack_impl.h, GB_KB: as accurate as BLAS, measured
-# there); one FMA chain per entry over k = 2048 has a rounding bound of 1.2e-4. (Until 2026-12-01
-# float32 used BLAS from 128.)
-BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", 512 if blas.runs_avx512_kernels() else 1024, low=0)
+BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", _default_blas_min_width(), low=0)
+# float32: the same widths (measured above). The own float32 products sum k in blocks of 64
+# (stack_impl.h, GB_KB: as accurate as BLAS, measured there); one FMA chain per entry over
+# k = 2048 has a rounding bound of 1.2e-4. (Until 2026-12-01 float32 used BLAS from 128.)
+BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", _default_blas_min_width(), low=0)
 # B*N*N of a layer from which the own kernels use several threads (N = 64, B = 64 and up): the
 # backward's one barrier per layer costs ~0.5 us when both threads have a core (the forward
 # has none: each thread transposes W itself). When they have not (a shared

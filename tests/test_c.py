@@ -324,7 +324,7 @@ OPTIONS = {
 }
 # widths that exercise every tile of the own products (vector, half vector, scalar remainder)
 # and, in float32, their blocks of k (64: three at N = 130); the widest also through BLAS
-# (forced: by default BLAS takes N >= cbackend.BLAS_MIN_WIDTH, 512 or 1024)
+# (forced: by default BLAS takes N >= cbackend.BLAS_MIN_WIDTH, 512 or none)
 SHAPES = [(3, 5), (8, 6), (33, 7), (130, 4)]  # batch >= 4: batch norm over 2 samples is noise
 
 
@@ -498,6 +498,43 @@ def test_blas_and_own_kernels_agree(width, dtype):
     _compare(blas, want, stack, "BLAS")
 
 
+def _chain(A, Bm, dtype):
+    """A @ Bm as one chain per entry over k in order, each product rounded and then added (the
+    layer pairs are the baseline instance: no FMA); float32 in blocks of 64 k, each a chain from
+    0, added to the result in order (csrc/stack_impl.h, GB_KB)."""
+    A, Bm = A.astype(dtype), Bm.astype(dtype)
+    K = A.shape[1]
+    out = np.zeros((A.shape[0], Bm.shape[1]), dtype=dtype)
+    block = 64 if dtype == np.float32 else K
+    for k0 in range(0, K, block):
+        acc = np.zeros_like(out)
+        for k in range(k0, min(K, k0 + block)):
+            acc = acc + A[:, k, None] * Bm[None, k, :]
+        out = acc if k0 == 0 else out + acc
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_packed_products_keep_one_chain_per_entry(dtype):
+    """Products over more than 256 rows of B take B in packed panels of 256 rows x 128 columns
+    (cache blocks); each entry must still be one chain over k in order, the bits of the unpacked
+    loop: float64 goes on from C where the panel before stopped. The layer functions against that
+    chain computed in NumPy: z = h W^T + b and dh = dz W over k = N = 264 (two panels of k, the
+    second of 8 rows; column panels of 128, 128 and 8), dW = dz^T h over k = B = 300. Adding the
+    second panel's chain to C instead of going on from it changes the float64 bits (checked)."""
+    B, N = 300, 264
+    rng = np.random.default_rng(7)
+    h, dz = rng.standard_normal((B, N)).astype(dtype), rng.standard_normal((B, N)).astype(dtype)
+    W, b = (rng.standard_normal((N, N)) / 16).astype(dtype), rng.standard_normal(N).astype(dtype)
+    z = np.empty((B, N), dtype)
+    cb.dense_forward(z, h, W, b)
+    np.testing.assert_array_equal(z, _chain(h, W.T, dtype) + b)
+    dh, dW, db = np.empty((B, N), dtype), np.empty((N, N), dtype), np.empty(N, dtype)
+    cb.dense_backward(dh, dW, db, dz, h, W)
+    np.testing.assert_array_equal(dh, _chain(dz, W, dtype))
+    np.testing.assert_array_equal(dW, _chain(dz.T, h, dtype))
+
+
 THREAD_STACKS = {  # every path of the threaded drivers: plain, residual, rescaled (zero bias), PReLU,
     # and the one-thread paths (batch norm, signal clipping) called with several threads
     "tanh": dict(activation="tanh", sigma_b=0.2),
@@ -509,7 +546,8 @@ THREAD_STACKS = {  # every path of the threaded drivers: plain, residual, rescal
 }
 
 
-@pytest.mark.parametrize("width, batch", [(64, 64), (40, 33), (8, 300), (24, 3)])
+# (300, 24) and (24, 520): products of packed panels of B (k > 256), in the forward and for dW
+@pytest.mark.parametrize("width, batch", [(64, 64), (40, 33), (8, 300), (24, 3), (300, 24), (24, 520)])
 @pytest.mark.parametrize("case", list(THREAD_STACKS))
 def test_results_do_not_depend_on_thread_count(case, width, batch):
     stack = gb.Stack(depth=8, width=width, init="he_normal", **THREAD_STACKS[case])
