@@ -115,7 +115,7 @@ tsan: $(VENV)/.installed-test
 	cp -r csrc build/tsan/ && cp gradbench/_cbuild.py build/tsan/gradbench/
 	GRADBENCH_CFLAGS="$(TSAN_CFLAGS)" $(PY) build/tsan/gradbench/_cbuild.py > build/tsan/build.log 2>&1 || (cat build/tsan/build.log; exit 1)
 	LD_PRELOAD="$$(gcc -print-file-name=libtsan.so)" \
-	TSAN_OPTIONS=halt_on_error=1:report_signal_unsafe=0:allocator_may_return_null=1:exitcode=66:die_after_fork=0 \
+	TSAN_OPTIONS=halt_on_error=1:report_signal_unsafe=0:allocator_may_return_null=1:exitcode=66:die_after_fork=0:suppressions=$(CURDIR)/tests/tsan.supp \
 	$(PY) -c "import sys, gradbench; gradbench.__path__.insert(0, 'build/tsan/gradbench'); \
 	import gradbench._ckernels as k; print('C kernels under test:', k.__file__); assert 'build/tsan' in k.__file__; \
 	import pytest; sys.exit(pytest.main(['-q', '-s', '-p', 'no:cacheprovider', 'tests/test_c_bits.py', 'tests/test_c.py', 'tests/test_rescue.py', 'tests/test_crosscheck.py', 'benchmarks/test_c_threads.py', 'tests/test_c_workspace.py', '-k', 'not numba and not float32']))"

@@ -334,7 +334,9 @@ def test_target_small_calls(benchmark):
 
 
 def test_target_blas_kernels(benchmark):
-    """The BLAS products under the environment's OpenBLAS kernels and under OpenBLAS's own choice."""
+    """The wide cases under the environment's OpenBLAS kernels and under OpenBLAS's own choice (the
+    C backend's products are BLAS's or its own by gradbench.cbackend.BLAS_MIN_WIDTH, which follows
+    the kernels: under the AVX2 ones its own AVX-512 products run every width)."""
     from gradbench import peers
 
     rows = []

@@ -223,6 +223,7 @@ static void F(gb_gemm_block)(T *C, const T *A, int64_t sam, int64_t sak, const T
  * OpenBLAS's AVX2 kernels ran 59-61 GF/s. */
 #define GB_KC 256
 #define GB_PW 128
+_Static_assert(GB_KC % 64 == 0, "a panel of k starts float32's blocks of GB_KB = 64");
 
 /* Prefetch of the next layer's arrays, spread over the blocks of this layer's work: a deep
  * stack's layers do not stay in the caches (W, H, Z, dW of every layer are streamed from memory

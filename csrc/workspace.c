@@ -21,7 +21,7 @@ typedef struct gb_ws {
     int busy;   /* lent to a driver call on this thread */
 } gb_ws;
 
-static pthread_key_t gb_ws_key;
+static pthread_key_t gb_ws_key, gb_scratch_key; /* the workspace; gb_thread_scratch's block */
 static pthread_once_t gb_ws_once = PTHREAD_ONCE_INIT;
 static int gb_ws_ok;
 
@@ -31,13 +31,17 @@ static void gb_ws_destroy(void *v) {
     free(w);
 }
 
-static void gb_ws_init(void) { gb_ws_ok = pthread_key_create(&gb_ws_key, gb_ws_destroy) == 0; }
+static void gb_ws_init(void) {
+    gb_ws_ok = pthread_key_create(&gb_ws_key, gb_ws_destroy) == 0 &&
+               pthread_key_create(&gb_scratch_key, gb_ws_destroy) == 0;
+}
 
-static gb_ws *gb_ws_get(int create) {
+/* The calling thread's block under key (created when create), or NULL */
+static gb_ws *gb_ws_get(const pthread_key_t *key, int create) {
     pthread_once(&gb_ws_once, gb_ws_init);
     if (!gb_ws_ok) return NULL;
-    gb_ws *w = pthread_getspecific(gb_ws_key);
-    if (!w && create && (w = calloc(1, sizeof *w)) != NULL && pthread_setspecific(gb_ws_key, w) != 0) {
+    gb_ws *w = pthread_getspecific(*key);
+    if (!w && create && (w = calloc(1, sizeof *w)) != NULL && pthread_setspecific(*key, w) != 0) {
         free(w);
         w = NULL;
     }
@@ -46,7 +50,7 @@ static gb_ws *gb_ws_get(int create) {
 
 void *gb_workspace_take(size_t bytes) {
     const size_t n = (bytes + 63) / 64 * 64;
-    gb_ws *w = gb_ws_get(1);
+    gb_ws *w = gb_ws_get(&gb_ws_key, 1);
     if (!w || w->busy) return aligned_alloc(64, n ? n : 64); /* not kept: gb_workspace_give frees it */
     if (w->n < n) {
         free(w->p);
@@ -59,7 +63,7 @@ void *gb_workspace_take(size_t bytes) {
 }
 
 void gb_workspace_give(void *p) {
-    gb_ws *w = gb_ws_get(0);
+    gb_ws *w = gb_ws_get(&gb_ws_key, 0);
     if (w && p && p == w->p)
         w->busy = 0;
     else
@@ -67,7 +71,7 @@ void gb_workspace_give(void *p) {
 }
 
 void gb_workspace_release(void) {
-    gb_ws *w = gb_ws_get(0);
+    gb_ws *w = gb_ws_get(&gb_ws_key, 0);
     if (w && !w->busy) {
         free(w->p);
         w->p = NULL;
@@ -76,28 +80,13 @@ void gb_workspace_release(void) {
 }
 
 int64_t gb_workspace_bytes(void) {
-    gb_ws *w = gb_ws_get(0);
+    gb_ws *w = gb_ws_get(&gb_ws_key, 0);
     return w ? (int64_t)w->n : 0;
 }
 
-/* gb_thread_scratch: a second block per thread, under its own key (freed when the thread ends). */
-static pthread_key_t gb_scratch_key;
-static pthread_once_t gb_scratch_once = PTHREAD_ONCE_INIT;
-static int gb_scratch_ok;
-
-static void gb_scratch_init(void) { gb_scratch_ok = pthread_key_create(&gb_scratch_key, gb_ws_destroy) == 0; }
-
 void *gb_thread_scratch(size_t bytes) {
-    pthread_once(&gb_scratch_once, gb_scratch_init);
-    if (!gb_scratch_ok) return NULL;
-    gb_ws *w = pthread_getspecific(gb_scratch_key);
-    if (!w) {
-        if ((w = calloc(1, sizeof *w)) == NULL) return NULL;
-        if (pthread_setspecific(gb_scratch_key, w) != 0) {
-            free(w);
-            return NULL;
-        }
-    }
+    gb_ws *w = gb_ws_get(&gb_scratch_key, 1);
+    if (!w) return NULL;
     if (w->n < bytes) {
         const size_t n = (bytes + 63) / 64 * 64;
         free(w->p);
