@@ -8,7 +8,7 @@ the GIL around every C call, so two Python threads run the kernels at the same t
 codes of the C functions become exceptions. The layer functions (:func:`dense_forward`, ...)
 call the exported C layer pairs one at a time, with the reference's arguments, for tests.
 
-For very wide layers (``BLAS_MIN_WIDTH``) the C drivers call NumPy's own BLAS (``dgemm``/
+For wide layers (``BLAS_MIN_WIDTH``, which depends on the BLAS's kernels) the C drivers call NumPy's own BLAS (``dgemm``/
 ``sgemm`` of its ILP64 OpenBLAS, through csrc/blas64.c: one pool of BLAS threads with the user's
 NumPy products), or, for another NumPy, SciPy's (``scipy.linalg.cython_blas``); the pointers are
 taken at import and passed into C (``BLAS_SOURCE`` says whose); narrower ones use the
