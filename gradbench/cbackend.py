@@ -66,11 +66,13 @@ _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 NO_BLAS = 1 << 31  # a width no layer has
 
 
-def _default_blas_min_width() -> int:
-    """The width from which the C drivers call BLAS (the measurements above)."""
-    if blas.runs_avx512_kernels():
-        return 512
-    return NO_BLAS if lib.gb_isa(ffi.NULL) >= 4 else 512
+def default_blas_min_width(avx512_blas: bool | None = None, isa: int | None = None) -> int:
+    """The width from which the C drivers call BLAS (the measurements above): 512 where the
+    OpenBLAS they call runs its AVX-512 kernels (``avx512_blas``, default: this process's) or the
+    own kernels run below AVX-512 (``isa``, default: this CPU's best), else never (NO_BLAS)."""
+    avx512_blas = blas.runs_avx512_kernels() if avx512_blas is None else avx512_blas
+    isa = int(lib.gb_isa(ffi.NULL)) if isa is None else isa
+    return 512 if avx512_blas or isa < 4 else NO_BLAS
 
 
 # Whose BLAS the drivers call ("numpy" or "scipy"): NumPy's where it is an ILP64 OpenBLAS, so
@@ -79,11 +81,11 @@ _NUMPY_GEMM = blas.numpy_gemm()
 if _NUMPY_GEMM is not None:
     lib.gb_set_blas_ilp64(ffi.cast("void *", _NUMPY_GEMM[0]), ffi.cast("void *", _NUMPY_GEMM[1]))
 BLAS_SOURCE = "numpy" if _NUMPY_GEMM is not None else "scipy"
-BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", _default_blas_min_width(), low=0)
+BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", default_blas_min_width(), low=0)
 # float32: the same widths (measured above). The own float32 products sum k in blocks of 64
 # (stack_impl.h, GB_KB: as accurate as BLAS, measured there); one FMA chain per entry over
 # k = 2048 has a rounding bound of 1.2e-4. (Until 2026-12-01 float32 used BLAS from 128.)
-BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", _default_blas_min_width(), low=0)
+BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", default_blas_min_width(), low=0)
 # B*N*N of a layer from which the own kernels use several threads (N = 64, B = 64 and up): the
 # backward's one barrier per layer costs ~0.5 us when both threads have a core (the forward
 # has none: each thread transposes W itself). When they have not (a shared

@@ -113,3 +113,18 @@ def test_drivers_call_numpys_gemm():
     numpy_blas = ctypes.CDLL(path)
     names = next(pair for pair in blas._ILP64_GEMM if all(hasattr(numpy_blas, n) for n in pair))
     assert found[:2] == tuple(ctypes.cast(getattr(numpy_blas, n), ctypes.c_void_p).value for n in names)
+
+
+def test_the_blas_width_follows_the_kernels_and_the_instance():
+    """README: BLAS from width 512 under OpenBLAS's AVX-512 kernels, never under its AVX2 ones
+    while the own products run AVX-512, and from 512 on a CPU without AVX-512 (every branch,
+    whatever this machine runs)."""
+    try:
+        from gradbench import cbackend
+    except ImportError:
+        pytest.skip("C extension not built")
+    never = cbackend.NO_BLAS
+    assert never > 1 << 30
+    assert [cbackend.default_blas_min_width(avx512, isa) for avx512 in (True, False) for isa in (4, 3, 1)] == \
+        [512, 512, 512, never, 512, 512]
+    assert cbackend.default_blas_min_width() == (512 if blas.runs_avx512_kernels() or cbackend.isa() < 4 else never)
