@@ -81,11 +81,12 @@ _NUMPY_GEMM = blas.numpy_gemm()
 if _NUMPY_GEMM is not None:
     lib.gb_set_blas_ilp64(ffi.cast("void *", _NUMPY_GEMM[0]), ffi.cast("void *", _NUMPY_GEMM[1]))
 BLAS_SOURCE = "numpy" if _NUMPY_GEMM is not None else "scipy"
-BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", default_blas_min_width(), low=0)
+_BLAS_WIDTH = default_blas_min_width()  # once: it reads the BLAS's kernels (threadpoolctl)
+BLAS_MIN_WIDTH = env_int("GRADBENCH_C_BLAS_MIN_WIDTH", _BLAS_WIDTH, low=0)
 # float32: the same widths (measured above). The own float32 products sum k in blocks of 64
 # (stack_impl.h, GB_KB: as accurate as BLAS, measured there); one FMA chain per entry over
 # k = 2048 has a rounding bound of 1.2e-4. (Until 2026-12-01 float32 used BLAS from 128.)
-BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", default_blas_min_width(), low=0)
+BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_BLAS_MIN_WIDTH_F32", _BLAS_WIDTH, low=0)
 # B*N*N of a layer from which the own kernels use several threads (N = 64, B = 64 and up): the
 # backward's one barrier per layer costs ~0.5 us when both threads have a core (the forward
 # has none: each thread transposes W itself). When they have not (a shared

@@ -251,10 +251,8 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
                          "run with hist_bins=0: gradbench.diagnose.assess gives its rates and verdict)")
     # what a plain chain computes: the derivative, before any parameter-gradient clipping (which
     # bounds the update after it: a float32 chain is inf at 10^48 whatever the clip then does)
-    raw = getattr(res, "grad_norm_unclipped", None)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g_plain = g if raw is None else np.asarray(raw.log10(), dtype=np.float64)
-    rate_plain = rate if raw is None else grad_rate(g_plain, stack.residual)[0]
+    g_plain = _derivative_log10(res, g)
+    rate_plain = rate if g_plain is g else grad_rate(g_plain, stack.residual)[0]
     floored = floored_layers(stack.activation, g_plain, res.saturation, act_std_log10)
     act_rms_log10 = _rms_log10(act_mean_log10, act_std_log10)
     limits = float_limits(g_plain, rate_plain, act_std_log10, floored,
@@ -293,6 +291,16 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         threshold=float(threshold),
         weight_log10=a.weight_log10,
     )
+
+
+def _derivative_log10(res, g: np.ndarray) -> np.ndarray:
+    """log10 ||dL/dW_l|| before any parameter-gradient clipping (``Result.grad_norm_unclipped``),
+    or ``g`` itself (the result's ``grad_norm``, log10) where the run clipped none."""
+    raw = getattr(res, "grad_norm_unclipped", None)
+    if raw is None:
+        return g
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(raw.log10(), dtype=np.float64)
 
 
 def _rms_log10(mean_log10, std_log10) -> np.ndarray:
@@ -377,9 +385,8 @@ def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> As
     w = np.zeros(0) if params is None else _weight_log10(params, stack, len(g))
     w_ref = w if len(w) else np.full(len(g), math.log10(math.sqrt(stack.width) * stack.gain))
     loss_log10 = float(res.loss_exact.log10())
-    raw = getattr(res, "grad_norm_unclipped", None)  # clipping bounds the update, not the derivative
+    g_raw = _derivative_log10(res, g)  # clipping bounds the update, not the derivative
     with np.errstate(divide="ignore", invalid="ignore"):
-        g_raw = g if raw is None else np.asarray(raw.log10(), dtype=np.float64)
         # log10 e_l = log10 (||dW_l|| ||W_l|| / loss); undefined (nan) for a loss of 0 or out of range
         elasticity = g_raw + w_ref - loss_log10 if math.isfinite(loss_log10) else np.full(len(g), math.nan)
     verdict, rule = judge(g, s, threshold=threshold, elasticity_log10=elasticity, tiny=tiny,

@@ -278,17 +278,23 @@ def sumsq_scaled(x: np.ndarray) -> tuple[float, int]:
     return float(np.sum(np.square(np.ldexp(x.astype(np.float64), -e)))), e
 
 
+def _scaled_by_top(h: np.ndarray) -> tuple[np.ndarray, int]:
+    """``h`` in float64 times 2^-k, k the exponent of max|h| (exact), and k; k = 0 where that
+    maximum is 0 or not finite (then the plain values, so an inf or NaN entry stays one)."""
+    a = h.astype(np.float64)
+    top = float(np.max(np.abs(a), initial=0.0))
+    if not math.isfinite(top) or top == 0:
+        return a, 0
+    k = math.frexp(top)[1]
+    return np.ldexp(a, -k), k
+
+
 def scaled_std(h: np.ndarray) -> float:
     """The standard deviation over every entry of ``h`` as the kernels take it (two passes:
     sqrt(mean((h - mean)^2))), on h scaled by a power of two: exact where the plain squares
     overflow (a biased leaky-ReLU stack's activations of 1e292 read std "inf", so that float
     limits said the forward overflowed 124 layers before it did). inf or NaN where an entry is."""
-    a = h.astype(np.float64)
-    top = float(np.max(np.abs(a), initial=0.0))
-    if not math.isfinite(top) or top == 0:
-        return float(np.sqrt(((a - a.mean()) ** 2).mean()))
-    k = math.frexp(top)[1]
-    a = np.ldexp(a, -k)
+    a, k = _scaled_by_top(h)
     return math.ldexp(float(np.sqrt(((a - a.mean()) ** 2).mean())), k)
 
 
@@ -296,12 +302,8 @@ def scaled_mean(h: np.ndarray) -> float:
     """The mean over every entry of ``h``, on h scaled by a power of two: finite wherever the
     entries are (a plain sum of 32 x 16 entries near 1e306 overflows: a ReLU stack at sigma_w = 3
     read mean "inf" from five layers before its forward did). inf or NaN where an entry is."""
-    a = h.astype(np.float64)
-    top = float(np.max(np.abs(a), initial=0.0))
-    if not math.isfinite(top) or top == 0:
-        return float(a.mean())
-    k = math.frexp(top)[1]
-    return math.ldexp(float(np.ldexp(a, -k).mean()), k)
+    a, k = _scaled_by_top(h)
+    return math.ldexp(float(a.mean()), k)
 
 
 def rescale_stats(mean: np.ndarray, std: np.ndarray, H: np.ndarray) -> None:
