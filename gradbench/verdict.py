@@ -398,6 +398,21 @@ def forward_cause(rate: float, signal_rate: float, L: int, threshold: float, act
             and abs(forward) >= 0.5 * abs(change) and forward * change < 0)
 
 
+def _ends_without_trend(g, rate: float, threshold: float, group: int) -> str:
+    """Where the two ends of ||dW_l|| differ by ``threshold`` or more under a change of the fit
+    below it: the words that say so (else ""). The layers scatter around the fitted line (a
+    narrow or clipped stack, a top layer apart from the rest), and the ends are two such points."""
+    finite = np.flatnonzero(np.isfinite(g) & (g > -np.inf))
+    ends = float(g[finite[0]] - g[finite[-1]])  # going down, like the rate
+    if abs(ends) < threshold or not math.isfinite(rate):
+        return ""
+    _, y0 = grad_rate(g, group)
+    scatter = float(np.max(np.abs(g[finite] - (y0 - rate * finite))))
+    return (f": the ends differ by {ends:+.3g} decades, but the layers between do not follow it (the fit over the "
+            f"stack changes by {rate * (len(g) - 1):+.3g} decades; single layers lie up to {scatter:.3g} decades "
+            "from the fitted line)")
+
+
 def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticity=None, rule: str | None = None,
             loss_log10: float = math.nan, tiny: float = 8.0, weight_log10=None) -> str:
     """The plain-language explanation of a verdict: what the rule that decided saw, where, and why.
@@ -489,7 +504,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                         f"whatever their trend over the layers ({trends}), none of them can move the loss"))
     elif span:
         words.append(f"gradients are stable: {sig}, ||dW_l|| by {rate:+.3g} (threshold {threshold:g} decades "
-                     f"over the stack); {span}")
+                     f"over the stack); {span}" + _ends_without_trend(g, rate, threshold, stack.residual))
     elif finite.sum() == 1:
         words.append(f"one layer with a gradient: ||dW|| = 10^{_num(g[finite][0])}; no trend to fit")
     words += small_batch_norm(stack, res, verdict)

@@ -95,6 +95,33 @@ def test_explanations_name_the_layers_they_quote():
     assert "at layer 1" in d.explanation and "at layer 0 " not in d.explanation
 
 
+@pytest.mark.parametrize("seed", [32, 34])
+def test_stable_sentence_says_why_its_ends_differ_by_more_than_the_threshold(seed):
+    """"gradients are stable ... ||dW|| from 10^a at the top to 10^b at layer 0" with a and b
+    3.5 decades apart read as a contradiction: the sentence now says the ends differ and the
+    fit does not. Batch norm over 2 samples with a clipped signal scatters ||dW_l|| layer by
+    layer; the numbers are checked against NumPy's own least-squares line."""
+    stack = gb.Stack(depth=10, width=64, activation="tanh", init="normal", sigma_w=1.0, batch_norm=True, clip="value")
+    d = gb.diagnose(gb.backprop(stack, gb.init_params(stack, seed), gb.gaussian_input(stack, 2, seed), backend="numpy"))
+    g = np.asarray(d.grad_log10)
+    slope, y0 = np.polyfit(np.arange(10), g, 1)  # going up
+    ends, fit = g[0] - g[-1], -slope * 9
+    assert d.verdict == "stable" and abs(ends) >= 2 > abs(fit)  # the case's premise
+    scatter = np.max(np.abs(g - (y0 + slope * np.arange(10))))
+    m = re.search(r"the ends differ by ([-+][\d.]+) decades, but the layers between do not follow it \(the fit over "
+                  r"the stack changes by ([-+][\d.]+) decades; single layers lie up to ([\d.]+) decades", d.explanation)
+    assert m, d.explanation
+    assert [float(v) for v in m.groups()] == pytest.approx([ends, fit, scatter], rel=2e-3, abs=2e-3)
+
+
+def test_stable_sentence_without_a_gap_between_its_ends_adds_nothing():
+    stack = gb.Stack(depth=30, width=32, activation="tanh", init="he_normal")
+    d = _diagnose(stack)
+    g = np.asarray(d.grad_log10)
+    assert d.verdict == "stable" and abs(g[0] - g[-1]) < 2
+    assert "the ends differ" not in d.explanation
+
+
 def test_float_limit_sentence_accounts_for_the_forward():
     """"float64 is fine, it would underflow after ~7 million layers" for a run whose own
     activations underflow at 47,000: the forward is now part of the sentence."""
