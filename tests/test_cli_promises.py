@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import gradbench as gb
-from gradbench import cli, plan
+from gradbench import cli, plan, theory
 from gradbench.backends import resolve
 
 PY = sys.executable
@@ -929,3 +929,20 @@ def test_formats_md_names_the_values_the_files_hold(tmp_path, capsys):
     assert "`the model in FILE`" in rows["`weights`"] and "run --torch" in rows["`stack`"]
     assert "In these five arrays (`loss`, `eval_loss`, `accuracy`, `signal_start`, `signal_end`)" in formats
     assert "0 = the first epoch" in formats and "four arrays" not in formats
+
+
+def test_theory_compares_a_simulation_with_chi_1_along_the_stack(tmp_path, capsys):
+    """ELU at the He gain: q* = inf, chi_1 = 1 there ("critical"), but a 200-layer stack explodes
+    slowly (+0.011 decades a layer at width 256). The simulation is compared with chi_1 at each
+    layer's own length, which predicts that; chi_1 at q* predicted 0."""
+    code, out, err = run(["theory", "--activation", "elu", "--sigma-w", repr(math.sqrt(2)), "--depth", "200",
+                          "--width", "256", "--out", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["phase"] == "critical" and "only in the limit q -> inf" in out
+    along = data["along_stack"]["decades_per_layer"]
+    assert along == pytest.approx(theory.along_stack("elu", 200, sigma_w=math.sqrt(2)).fitted_rate(20, 180), rel=1e-12)
+    assert data["along_stack"]["fit_layers"] == [20, 179]
+    assert abs(data["decades_per_layer"]) < 1e-12 < 0.008 < along
+    assert data["simulated_decades_per_layer"] == pytest.approx(along, rel=0.15)
+    assert f"(prediction {along:+.6g})" in out

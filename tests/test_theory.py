@@ -718,3 +718,62 @@ def test_theory_cli_simulates_where_q_star_is_not_resolved(capsys):
     text = capsys.readouterr().out
     assert "(no prediction: q* is not resolved)" in text and "prediction +nan" not in text
     assert "critical sigma_w        1 at sigma_b = 1e-12 (sigma_w^2 = 1)" in text
+
+
+def _elu_path_by_quadrature(sigma_w, q0, depth):
+    """ELU (alpha 1) lengths and 0.5 log10 chi_1 layer by layer, by SciPy's adaptive quadrature
+    split at the kink: the check of theory.along_stack."""
+    elu = lambda z: z if z > 0 else math.expm1(z)  # noqa: E731
+    delu = lambda z: 1.0 if z > 0 else math.exp(z)  # noqa: E731
+
+    def expect(f, s):
+        g = lambda z: f(s * z) ** 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+        return integrate.quad(g, -np.inf, 0, limit=200)[0] + integrate.quad(g, 0, np.inf, limit=200)[0]
+
+    q, log_q, decades = q0, [], []
+    for _ in range(depth):
+        log_q.append(math.log10(q))
+        decades.append(0.5 * math.log10(sigma_w**2 * expect(delu, math.sqrt(q))))
+        q = sigma_w**2 * expect(elu, math.sqrt(q))
+    return np.array(log_q), np.array(decades)
+
+
+def test_along_stack_follows_the_lengths_where_q_star_is_never_reached():
+    """ELU at the He gain, zero bias: q* = inf and chi_1 there is 1 ("critical"), but the lengths
+    grow by about a constant a layer and chi_1(q_l) > 1 at each: the stack explodes slowly."""
+    sigma_w, depth = math.sqrt(2), 60
+    mf = theory.mean_field("elu", sigma_w)
+    assert mf.q_star == math.inf and mf.phase == "critical"
+    along = theory.along_stack("elu", depth, sigma_w=sigma_w)
+    log_q, decades = _elu_path_by_quadrature(sigma_w, sigma_w**2, depth)
+    np.testing.assert_allclose(along.log10_q, log_q, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(along.decades, decades, rtol=1e-7, atol=1e-12)
+    assert np.all(decades > 1e-3)  # above 1 at every layer, not critical
+    # the predicted signal: decades[l] is the step from h_{l+1} to h_l, anchored at h_{L-1}
+    s = along.signal_log10(top=1.0)
+    assert s[-1] == 1.0 and s[0] == pytest.approx(1.0 + decades[:-1].sum(), rel=1e-12)
+    slope = -np.polyfit(np.arange(10, 50), s[10:50], 1)[0]
+    assert along.fitted_rate(10, 50) == pytest.approx(slope, rel=1e-12)
+
+
+@pytest.mark.parametrize("sigma_w", [0.8, math.sqrt(2), 1.9])
+def test_along_stack_of_relu_is_the_closed_form(sigma_w):
+    """q_l = (sigma_w^2 / 2)^l q0 and chi_1 = sigma_w^2 / 2 at every layer (zero bias)."""
+    along = theory.along_stack("relu", 30, sigma_w=sigma_w, q0=3.0)
+    r = math.log10(sigma_w**2 / 2)
+    np.testing.assert_allclose(along.log10_q, math.log10(3.0) + r * np.arange(30), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(along.decades, 0.5 * r, rtol=1e-12, atol=1e-15)
+
+
+def test_along_stack_reaches_the_fixed_point_prediction():
+    stack = gb.Stack(depth=300, width=8, activation="tanh", init="normal", sigma_w=1.5, sigma_b=0.1)
+    along = theory.along_stack(stack)
+    assert len(along.decades) == 300
+    assert along.decades[-1] == pytest.approx(theory.mean_field(stack).decades_per_layer, rel=1e-9)
+
+
+def test_along_stack_refuses_bad_depth():
+    with pytest.raises(ValueError, match="depth must be an int >= 1"):
+        theory.along_stack("tanh", 0, sigma_w=1.0)
+    with pytest.raises(ValueError, match="depth is required"):
+        theory.along_stack("tanh", sigma_w=1.0)

@@ -22,7 +22,9 @@ The length map starts where the stack does: at its first pre-activation's varian
 q0 = sigma_w^2 E[x^2] + sigma_b^2 with the standard normal input (E[x^2] = 1). Where that start decides
 the result it is printed: zero-bias GELU and swish for 1.414 < sigma_w < 2 (and small sigma_b) have two
 attractors, lengths dying out (vanishing) and growing without bound (exploding), and the point between them.
-With --depth and --width a simulated stack is run and its fitted slope compared with the prediction.
+With --depth and --width the prediction is also taken layer by layer, chi_1 at each layer's own length q_l
+(it differs where the lengths have not reached q*, or never do: ELU at the He gain, q* = inf), and a
+simulated stack is run and its fitted slope compared with that.
 In --out, quantities that are infinite or undefined (q* or the depth scale at the critical point) are
 written as "inf" and "nan", as in every gradbench file (docs/formats.md).
 
@@ -123,7 +125,7 @@ def predictions(args) -> tuple[dict, list[str], float]:
     unresolved = " (not resolved in float64: the map's ratio q_{l+1} / q_l is 1 to rounding around it)" \
         if math.isnan(mf.log10_q_star) else ""
     lines += [f"  fixed point q*          {_float(mf.q_star, mf.log10_q_star)}{unresolved}",
-              f"  chi_1                   {_float(mf.chi1, mf.log10_chi1)}   ({mf.phase})",
+              f"  chi_1                   {_float(mf.chi1, mf.log10_chi1)}   ({mf.phase}{_limit_only(mf)})",
               f"  ||dL/dh|| per layer     " + (f"{mf.decades_per_layer:+.6g} decades going down the stack"
                                                  if not unresolved else "not predicted (chi_1 is not resolved)"),
               f"  depth scale             " + (f"{mf.depth_scale:.4g} layers (1 / |ln chi_1|)"
@@ -136,6 +138,18 @@ def predictions(args) -> tuple[dict, list[str], float]:
         out["critical_sigma_w"] = None
         lines.append(f"  critical sigma_w        none ({exc})")
     prediction = mf.decades_per_layer
+    if args.depth is not None:
+        along = theory.along_stack(args.activation, args.depth, args.sigma_w, args.sigma_b, args.activation_param)
+        lo, hi = fit_window(args.depth)
+        rate = along.fitted_rate(lo, hi)
+        out["along_stack"] = {"decades_per_layer": rate, "fit_layers": [lo, hi - 1],
+                              "log10_q": [float(v) for v in along.log10_q[[0, -1]]]}
+        q_lo, q_hi = (round(float(v), 4) + 0.0 for v in along.log10_q[[0, -1]])
+        lines.append(f"  {f'along {args.depth} layers':<23} {rate + 0.0:+.6g} decades per layer going down: chi_1 at each "
+                     f"layer's own q_l, fitted over layers {lo}-{hi - 1} as the simulation (q from 10^{q_lo:.4g} at "
+                     f"layer 0 to 10^{q_hi:.4g} at the top)")
+        if math.isfinite(rate):
+            prediction = rate
     if args.activation == "identity" and args.width:
         lam = theory.newman_lambda1(args.width, args.sigma_w)
         prediction = lam / math.log(10)
@@ -145,13 +159,26 @@ def predictions(args) -> tuple[dict, list[str], float]:
     return out, lines, prediction
 
 
+def _limit_only(mf) -> str:
+    """Where chi_1 = 1 holds only at q* = inf, which lengths growing without bound never reach."""
+    if mf.phase != "critical" or mf.log10_q_star != math.inf:
+        return ""
+    return "; only in the limit q -> inf, which the lengths approach without bound: --depth gives chi_1 along a stack"
+
+
+def fit_window(depth: int) -> tuple[int, int]:
+    """The layers [lo, hi) a simulation's slope is fitted over: without the first and last
+    tenth (at most 50 layers each), where the length map has not converged yet."""
+    skip = min(depth // 10, 50)
+    return (skip, depth - skip) if depth > 4 * skip + 2 else (0, depth)
+
+
 def simulate(args, stack, prediction: float, out: dict) -> tuple[object, str]:
     """Run the planned stack and fit its slope; returns the Result and the line to print."""
     backend = resolve_backend(args.backend)
     res, _ = run_probe(plan_probe(stack, args.batch, args.seed, backend))
     s = res.signal_norm.log10()
-    skip = min(args.depth // 10, 50)  # the length map converges first
-    part = s[skip : args.depth - skip] if args.depth > 4 * skip + 2 else s
+    part = s[slice(*fit_window(args.depth))]
     ok = np.isfinite(part)
     if ok.sum() < 2:
         return res, f"simulated ({args.depth} layers): too few finite layers to fit a slope"
