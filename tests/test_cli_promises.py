@@ -945,4 +945,18 @@ def test_theory_compares_a_simulation_with_chi_1_along_the_stack(tmp_path, capsy
     assert data["along_stack"]["fit_layers"] == [20, 179]
     assert abs(data["decades_per_layer"]) < 1e-12 < 0.008 < along
     assert data["simulated_decades_per_layer"] == pytest.approx(along, rel=0.15)
-    assert f"(prediction {along:+.6g})" in out
+    assert f"(prediction {along:+.6g};" in out
+
+
+def test_theory_of_a_narrow_relu_stack_predicts_its_finite_width_drift(tmp_path, capsys):
+    """ReLU at the He gain is critical by mean field (0 decades a layer) but drifts at width 32:
+    the command predicts -0.0179 decades a layer (theory.finite_width_lambda1) and compares the
+    simulation with that."""
+    code, out, err = run(["theory", "--activation", "relu", "--sigma-w", repr(math.sqrt(2)), "--depth", "1000",
+                          "--width", "32", "--batch", "64", "--out", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "t.json").read_text())
+    lam = theory.finite_width_lambda1("relu", 32, math.sqrt(2))
+    assert data["finite_width_lambda1"] == lam and abs(data["decades_per_layer"]) < 1e-12
+    assert "at width 32" in out and f"(prediction {lam / math.log(10):+.6g})" in out
+    assert data["simulated_decades_per_layer"] == pytest.approx(lam / math.log(10), abs=0.003)

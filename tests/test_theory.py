@@ -777,3 +777,63 @@ def test_along_stack_refuses_bad_depth():
         theory.along_stack("tanh", 0, sigma_w=1.0)
     with pytest.raises(ValueError, match="depth is required"):
         theory.along_stack("tanh", sigma_w=1.0)
+
+
+@pytest.mark.parametrize("width", [1, 2, 7, 32, 61, 100, 1024])
+def test_finite_width_relu_is_the_binomial_digamma_sum(width):
+    """ReLU: S = sum relu(xi_i)^2 is chi^2 with K ~ Binomial(N, 1/2) degrees of freedom, so
+    lambda = (ln(2 sigma_w^2 / N) + E[digamma(K / 2) | K > 0]) / 2."""
+    from scipy.special import digamma
+    from scipy.stats import binom
+
+    K = np.arange(1, width + 1)
+    P = binom.pmf(K, width, 0.5)
+    want = 0.5 * (math.log(2 * 1.7**2 / width) + float(np.sum(P * digamma(K / 2)) / P.sum()))
+    assert theory.finite_width_lambda1("relu", width, 1.7) == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("width,slope", [(3, 0.1), (16, 0.25), (16, 3.0), (40, -0.5)])
+def test_finite_width_leaky_relu_is_the_beta_mixture(width, slope):
+    """S = X + a^2 Y (X, Y chi^2 with K and N - K degrees): E ln S = digamma(N/2) + ln 2 +
+    E_K E_B ln(a^2 + (1 - a^2) B), B ~ Beta(K/2, (N-K)/2), by SciPy's quadrature per K."""
+    from scipy.special import digamma
+    from scipy.stats import beta, binom
+
+    a2, total = slope**2, 0.0
+    for k in range(width + 1):
+        if k == 0:
+            inner = math.log(a2)
+        elif k == width:
+            inner = 0.0
+        else:
+            inner = beta(k / 2, (width - k) / 2).expect(lambda b: math.log(a2 + (1 - a2) * b), epsabs=1e-13, epsrel=1e-12)
+        total += binom.pmf(k, width, 0.5) * inner
+    want = 0.5 * (math.log(0.9**2 / width) + digamma(width / 2) + math.log(2) + total)
+    assert theory.finite_width_lambda1("leaky_relu", width, 0.9, slope) == pytest.approx(want, rel=1e-8, abs=1e-12)
+
+
+def test_finite_width_rates_approach_mean_field_as_one_over_width():
+    """lambda_N = 0.5 ln chi_1 - Var(phi^2) / (4 N E[phi^2]^2) + O(1 / N^2); identity is Newman's."""
+    for act, a in (("relu", 0.0), ("leaky_relu", 0.3), ("prelu", 0.25)):
+        m2, m4 = (1 + a * a) / 2, 3 * (1 + a**4) / 2
+        limit = 0.5 * math.log(1.3**2 * m2)
+        for n in (10**5, 10**7):
+            got = theory.finite_width_lambda1(act, n, 1.3, None if act == "relu" else a)
+            assert (got - limit) * n == pytest.approx(-(m4 - m2 * m2) / (4 * m2 * m2), rel=1e-3)
+    assert theory.finite_width_lambda1("identity", 9, 1.3) == theory.newman_lambda1(9, 1.3)
+    with pytest.raises(ValueError, match="piecewise-linear activation"):
+        theory.finite_width_lambda1("tanh", 8)
+
+
+def test_finite_width_rate_is_what_a_narrow_stack_simulates():
+    """Leaky ReLU at mean field's critical gain (chi_1 = 1) and width 8: 20,000 layers of one
+    sample drift by lambda_8 = -0.0815 decades a layer, where mean field says 0."""
+    a = 0.1
+    stack = gb.Stack(depth=20000, width=8, activation="leaky_relu", activation_param=a, init="normal",
+                     sigma_w=math.sqrt(2 / (1 + a * a)))
+    assert abs(theory.mean_field(stack).decades_per_layer) < 1e-12
+    lam = theory.finite_width_lambda1("leaky_relu", 8, stack.gain, a) / math.log(10)
+    assert lam < -0.08
+    res = gb.backprop(stack, gb.GeneratedParams(stack, 0), gb.gaussian_input(stack, 1, 0), stats_only=True)
+    s = res.signal_norm.log10()
+    assert -np.polyfit(np.arange(len(s)), s, 1)[0] == pytest.approx(lam, abs=0.003)
