@@ -21,7 +21,9 @@ int64 exponent, so -30000.5 is a value like any other, and -inf means an exact z
   ``step`` t = 0 .. T - 1 of a recurrent net: ``signal_log10`` (log10 ||dL/dh_t||) and its
   mantissa/exponent, ``cell_signal_log10`` and its mantissa/exponent (the LSTM's ||dL/dc_t||;
   LSTM only), ``grad_log10`` (log10 of step t's contribution to dL/dW_hh) and its
-  mantissa/exponent, ``act_mean``, ``act_mean_log10``, ``act_std``, ``act_std_log10`` (of h_t),
+  mantissa/exponent, with a loss at every step ``carried_signal_log10`` and ``carried_grad_log10``
+  (the last step's loss alone, carried back) and their mantissas/exponents, ``act_mean``,
+  ``act_mean_log10``, ``act_std``, ``act_std_log10`` (of h_t),
   ``saturation``, ``gate_mean``, ``gate_low`` (NaN for the vanilla cell). ``df.attrs``: loss,
   loss_log10, backend, rnn, first_nonfinite_forward, first_nonfinite_backward.
 - ``RecurrentDiagnosis.to_frame()`` (:func:`diagnosis_frame`): one row per ``step`` with the
@@ -106,6 +108,9 @@ def recurrent_result_frame(res):
     if res.cell_signal_norm is not None:
         cols.update(_exact_columns("cell_signal", res.cell_signal_norm, T))
     cols.update(_exact_columns("grad", res.grad_norm, T))
+    if res.carried_signal_norm is not None:
+        cols.update(_exact_columns("carried_signal", res.carried_signal_norm, T))
+        cols.update(_exact_columns("carried_grad", res.carried_grad_norm, T))
     cols["act_mean"], cols["act_mean_log10"] = _float_and_log(res.act_mean)
     cols["act_std"], cols["act_std_log10"] = _float_and_log(res.act_std)
     for k in ("saturation", "gate_mean", "gate_low"):

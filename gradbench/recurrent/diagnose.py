@@ -37,6 +37,12 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
   explanation names every dtype whose range is exceeded.
 - gate statistics per step: the saturated fraction of the activation entries, the mean forget
   gate (LSTM) or update gate (GRU) and the fraction of them below 0.1.
+- a loss at every step (``loss_on="every"``, with the result's ``carried_signal_norm``):
+  ||dL/dh_t|| is then mostly step t's own loss term and stays flat however fast the gradient
+  carried through the recurrence vanishes. ``carried_log10`` holds log10 ||dL_{T-1}/dh_t||, the
+  gradient of the last step's loss alone, and ``decades_per_step``, ``ratio_log10``, ``reach``
+  (over that loss's dW_hh contributions), the verdict and ``float_limits`` are read from it;
+  ``signal_log10`` and ``grad_log10`` stay the whole loss's.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ class RecurrentDiagnosis:
     explanation: str
     float_limits: dict
     threshold: float
+    carried_log10: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     @property
     def steps(self) -> int:
@@ -203,11 +210,12 @@ def _extremes(s: np.ndarray, threshold: float) -> list[str]:
     return words
 
 
-def _limit_words(limits: dict, T: int) -> list[str]:
-    """One sentence per kind (underflow, overflow) naming every dtype whose range ||dL/dh_t||
+def _limit_words(limits: dict, T: int, signal: str = "||dL/dh_t||") -> list[str]:
+    """One sentence per kind (underflow, overflow) naming every dtype whose range ``signal``
     leaves, each with the first step it would have lost."""
     words = []
-    for kind, what in (("underflow", "lost ||dL/dh_t|| to underflow"), ("overflow", "overflowed")):
+    over = "overflowed" if signal == "||dL/dh_t||" else f"overflowed {signal}"
+    for kind, what in (("underflow", f"lost {signal} to underflow"), ("overflow", over)):
         hit = [(name, limits[name][f"{kind}_step"]) for name in ("float32", "float64")
                if limits[name][f"{kind}_step"] is not None]
         if not hit:
@@ -247,20 +255,21 @@ def reach_window(g: np.ndarray, top: int, decades: float) -> tuple[int, int]:
     return (int(below.max()) + 1 if below.size else 0), (top + int(above.min()) if above.size else len(g) - 1)
 
 
-def _reach_words(g: np.ndarray, top: int, first: int, last: int, decades: float) -> str:
-    """The sentence on where learning reaches (the window of :func:`reach_window`)."""
+def _reach_words(g: np.ndarray, top: int, first: int, last: int, decades: float, dw: str = "dL/dW_hh") -> str:
+    """The sentence on where learning reaches (the window of :func:`reach_window`); ``dw`` names
+    the gradient whose step contributions ``g`` holds."""
     T, n, big = len(g), last - first + 1, f"10^{_num(float(g[top]))}"
     if last == T - 1 and (first == 0 or (first == 1 and g[0] == -math.inf)):  # step 0's term is 0 when h_{-1} = 0
-        return (f"learning reaches over the whole sequence: every step's contribution to dL/dW_hh lies within "
+        return (f"learning reaches over the whole sequence: every step's contribution to {dw} lies within "
                 f"{decades:g} decades of the largest ({big}, at step {top})")
     steps = f"learning reaches over {n} step{'s' if n != 1 else ''}"
     there = f"the contributions stay within {decades:g} decades of it there"
     if last == top:
-        return f"{steps}, from step {top}, the largest contribution to dL/dW_hh ({big}), down to step {first}: {there}"
+        return f"{steps}, from step {top}, the largest contribution to {dw} ({big}), down to step {first}: {there}"
     if first == top:
-        return (f"{steps}, from step {top}, the largest contribution to dL/dW_hh ({big}), up to step {last}: {there}"
+        return (f"{steps}, from step {top}, the largest contribution to {dw} ({big}), up to step {last}: {there}"
                 + (", and the later steps' contributions lie further below" if last < T - 1 else ""))
-    return (f"{steps}, from step {first} up to step {last}, around the largest contribution to dL/dW_hh ({big}, at "
+    return (f"{steps}, from step {first} up to step {last}, around the largest contribution to {dw} ({big}, at "
             f"step {top}): {there}")
 
 
@@ -277,6 +286,12 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         g = np.asarray(res.grad_norm.log10(), dtype=np.float64)
         c = np.asarray(res.cell_signal_norm.log10(), dtype=np.float64) if res.cell_signal_norm is not None else np.zeros(0)
         std = np.asarray(res.act_std.log10(), dtype=np.float64)
+    total, total_g = s, g
+    carried = res.carried_signal_norm is not None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if carried:  # every-step loss: what the recurrence carries back from the last step's loss decides
+            s = np.asarray(res.carried_signal_norm.log10(), dtype=np.float64)
+            g = np.asarray(res.carried_grad_norm.log10(), dtype=np.float64)
     slope = _fit(np.where(np.isfinite(s), s, np.nan))
     per_step = -slope if math.isfinite(slope) else math.nan
     ratio = float(s[0] - s[-1]) if (math.isfinite(s[0]) or s[0] == -math.inf) and math.isfinite(s[-1]) else math.nan
@@ -289,8 +304,11 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     nonfinite = res.first_nonfinite_backward is not None or res.first_nonfinite_forward is not None
     verdict = classify(s, per_step, threshold=threshold, nonfinite=nonfinite)
     words = []
+    if carried:
+        words.append(_every_step_words(total, T))
     if math.isfinite(ratio):
-        words.append(f"the gradient reaching step 0 is 10^{_num(ratio)} of the one at step {T - 1}"
+        words.append(f"the gradient {'of the last step' + chr(39) + 's loss ' if carried else ''}reaching step 0 is "
+                     f"10^{_num(ratio)} of the one at step {T - 1}"
                      + (f" ({abs(ratio) / (T - 1):.3g} decades {'lost' if ratio < 0 else 'gained'} per step on "
                         "average)" if T > 1 and ratio != 0 else ""))
     elif s[0] == -math.inf and math.isfinite(s[-1]):
@@ -304,7 +322,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
                         " (an all-zero loss gradient, or every path from the loss cut)"))
     words += _extremes(s, threshold)
     if fin.size:
-        words.append(_reach_words(g, top, first, last, reach_decades))
+        words.append(_reach_words(g, top, first, last, reach_decades, "dL_{T-1}/dW_hh" if carried else "dL/dW_hh"))
     if not fin.size and T > 1 and np.any(np.isfinite(s)):
         words.append("every step's contribution to dL/dW_hh is exactly 0"
                      + (f": the gates' derivatives underflowed {rnn.dtype} (saturated gates; the gated cells have no "
@@ -324,15 +342,24 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     if res.first_nonfinite_backward is not None:
         words.append(f"the backward signal turned non-finite at step {res.first_nonfinite_backward}")
     limits = float_limits(s)
-    words += _limit_words(limits, T)
+    words += _limit_words(limits, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||")
     return RecurrentDiagnosis(
         rnn=dataclasses.asdict(rnn), backend=res.backend, loss=float(res.loss),
-        loss_log10=float(res.loss_exact.log10()), signal_log10=s, cell_log10=c, grad_log10=g, act_std_log10=std,
+        loss_log10=float(res.loss_exact.log10()), signal_log10=total, cell_log10=c, grad_log10=total_g, act_std_log10=std,
         saturation=np.asarray(res.saturation, dtype=np.float64), gate_mean=np.asarray(res.gate_mean, dtype=np.float64),
         gate_low=np.asarray(res.gate_low, dtype=np.float64), first_nonfinite_forward=res.first_nonfinite_forward,
         first_nonfinite_backward=res.first_nonfinite_backward, decades_per_step=per_step, ratio_log10=ratio,
         reach=int(reach), verdict=verdict, explanation="; ".join(words) + ".", float_limits=limits,
-        threshold=float(threshold))
+        threshold=float(threshold), carried_log10=s if carried else np.zeros(0))
+
+
+def _every_step_words(total: np.ndarray, T: int) -> str:
+    """What ||dL/dh_t|| of an every-step loss says, and what the verdict reads instead."""
+    fin = total[np.isfinite(total)]
+    span = (f" (10^{_num(float(fin.min()))} to 10^{_num(float(fin.max()))} over the {T} steps)" if fin.size else "")
+    return ("with a loss at every step, ||dL/dh_t|| is mostly step t's own loss term" + span + ", which says nothing "
+            "of how far back credit reaches; the verdict, rate and reach are those of the gradient that the "
+            f"recurrence carries back from the last step's loss alone, dL_{{T-1}}/dh_t")
 
 
 def describe(rnn: dict) -> str:
@@ -362,12 +389,15 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     else:
         steps = sorted(set(np.linspace(0, T - 1, rows).round().astype(int).tolist()))
     lstm = len(d.cell_log10) > 0
+    carried = len(d.carried_log10) > 0
     unknown = _term_not_a_number(d)
-    head = f"  {'step':>8} {'||dL/dh_t||':>12}" + (f" {'||dL/dc_t||':>12}" if lstm else "") + \
+    head = f"  {'step':>8} {'||dL/dh_t||':>12}" + (f" {'carried':>12}" if carried else "") + \
+        (f" {'||dL/dc_t||':>12}" if lstm else "") + \
         f" {'||dW_hh term||':>14} {'saturated':>9}" + (f" {'gate':>6} {'<0.1':>5}" if d.rnn["cell"] != "rnn" else "")
     lines += ["", head, "  " + "-" * (len(head) - 2)]
     for t in steps[::-1]:
-        row = f"  {t:>8} {fmt_pow(d.signal_log10[t]):>12}" + (f" {fmt_pow(d.cell_log10[t]):>12}" if lstm else "")
+        row = f"  {t:>8} {fmt_pow(d.signal_log10[t]):>12}" + (f" {fmt_pow(d.carried_log10[t]):>12}" if carried else "")
+        row += f" {fmt_pow(d.cell_log10[t]):>12}" if lstm else ""
         row += f" {fmt_pow(math.nan if unknown[t] else d.grad_log10[t]):>14} {fmt_percent(d.saturation[t], 9)}"
         if d.rnn["cell"] != "rnn":
             row += f" {d.gate_mean[t]:>6.3f} {fmt_percent(d.gate_low[t], 5, 0)}"

@@ -246,7 +246,7 @@ def _add_exact(a: LogScaled, b: LogScaled) -> LogScaled:
 # ------------------------------------------------------------------ the pass
 def backprop(rnn: Recurrent, params: RecurrentParams, xs, targets=None, *, backend: str = "auto", h0=None, c0=None,
              checkpoint="auto", stats_only: bool = False, memory_budget: int | None = None,
-             progress=None) -> RecurrentResult:
+             progress=None, carried: bool | None = None) -> RecurrentResult:
     """Forward and backward through time, exact at any length (see ``gradbench.backprop``).
 
     Parameters
@@ -272,25 +272,44 @@ def backprop(rnn: Recurrent, params: RecurrentParams, xs, targets=None, *, backe
         The parameter gradients are kept (they are small); no per-step arrays are.
     memory_budget : int, optional
     progress : callable, optional
-        ``progress(done, total)`` after every segment of both passes.
+        ``progress(done, total)`` after every segment of both passes (and of the carried one).
+    carried : bool, optional
+        With ``loss_on="every"`` (default True there): a second backward pass from the last
+        step's loss alone, the gradient that the recurrence carries back
+        (``carried_signal_norm``, ``carried_grad_norm``). ||dL/dh_t|| of the every-step loss is
+        mostly step t's own loss term and stays flat however fast the carried part vanishes;
+        how far back credit reaches is the carried part's. False skips it (training does).
+        True needs ``loss_on="every"``; False is accepted for any net.
     """
     t_start = time.perf_counter()
     params, xs, targets, h0, c0 = check_inputs(rnn, params, xs, targets, h0, c0)
     if not isinstance(stats_only, (bool, np.bool_)):
         raise TypeError(f"stats_only must be a bool, got {stats_only!r}")
     check_progress(progress)
+    every = rnn.has_head and rnn.loss_on == "every"
+    if carried is None:
+        carried = every
+    elif not isinstance(carried, (bool, np.bool_)):
+        raise TypeError(f"carried must be a bool or None, got {carried!r}")
+    elif carried and not every:
+        raise ValueError("carried=True needs a head with loss_on='every' (with one loss at the last step, "
+                         "signal_norm is already the carried gradient)")
     name = resolve(backend)
     impl = get_backend(name)
     B = xs.shape[1]
     plan = plan_run(rnn, B, checkpoint=checkpoint, stats_only=stats_only,
                     generated=isinstance(xs, GeneratedSequence), memory_budget=memory_budget)
-    run = _Run(rnn, params, xs, targets, impl, plan, progress, B)
+    run = _Run(rnn, params, xs, targets, impl, plan, progress, B, carried=bool(carried))
     try:
         with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
             run.start(h0, c0)
             _forward(run)
             _top(run)
+            T = rnn.steps
+            top = (run.G.copy(), None if run.GC is None else run.GC.copy(), int(run.sig_e[T]))
             _backward(run)
+            if run.carried:
+                _carried(run, top, T)
             return _assemble(run, name, t_start)
     finally:  # the saved values and checkpoints (never returned) serve the next call of these shapes
         WORKSPACE.give(getattr(run, "internal", []))
@@ -306,6 +325,7 @@ class _Run:
     plan: Plan
     progress: object
     B: int
+    carried: bool = False
     seconds: dict = field(default_factory=lambda: dict(forward=0.0, backward=0.0))
 
     def start(self, h0, c0):
@@ -340,7 +360,8 @@ class _Run:
         self.gnorm_m = np.empty(T)
         self.gnorm_e = np.zeros(T, dtype=np.int64)
         self.info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
-        self.work = 2 * len(self.segments)
+        self.work = (3 if self.carried else 2) * len(self.segments)
+        self.carried_norms = None
         self.loss_every = 0.0
         self.loss_every_exact = LogScaled(np.array(0.0), np.array(0))  # its exact sum (where the float is not)
         self.e_out = 0  # the power of two of a last-step head's dL/dy, dW_out and db_out (_last_head)
@@ -493,21 +514,25 @@ def _top(run: _Run) -> None:
         run.info[abi.INFO_BACKWARD] = T
 
 
-def _backward(run: _Run) -> None:
+def _backward(run: _Run, inject: bool = True) -> None:
+    """The backward pass through time; ``inject=False``: without the every-step loss's own
+    gradients at each step (the carried pass, :func:`_carried`), which runs after the first."""
     t0 = time.perf_counter()
     rnn, T, B, N, dt = run.rnn, run.rnn.steps, run.B, run.rnn.hidden, run.rnn.np_dtype
     GN, D = rnn.gates * N, rnn.d_in
     run.grads = dict(dW_ih=np.zeros((GN, D), dt), dW_hh=np.zeros((GN, N), dt), db_ih=np.zeros(GN, dt),
                      db_hh=np.zeros(GN, dt))
     run.dexp = np.full(rabi.DE_SIZE, rabi.EXP_EMPTY, dtype=np.int64)
-    every = rnn.has_head and rnn.loss_on == "every"
+    every = rnn.has_head and rnn.loss_on == "every"  # the kernels take T rows of DH then (zeros: carried)
     dh_unused = np.zeros((1, B, N), dtype=dt)
     seg_info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
     last = len(run.segments) - 1
+    done = (1 if inject else 2) * len(run.segments)
     for j in range(last, -1, -1):
-        run.tick(len(run.segments) + last - j)
+        run.tick(done + last - j)
         s, e = run.segments[j]
-        if run.plan.recompute and j != last:  # the top segment's values are still there
+        # the top segment's values are still there after the forward, not after a backward
+        if run.plan.recompute and (j != last or not inject):
             scratch = {n: np.empty(e - s) for n in _STAT_NAMES}
             seg = _segment_forward(run, j, scratch, np.full(abi.INFO_SIZE, -1, dtype=np.int64))
         else:
@@ -515,7 +540,7 @@ def _backward(run: _Run) -> None:
         DH = dh_unused
         if every:  # the head's direct gradient at H[j], j = s..e-1 (H[0] = h_{-1} has none)
             DH = np.zeros((e - s, B, N), dtype=dt)
-            for a, b in _chunks(run, max(s, 1), e, top_down=True):
+            for a, b in _chunks(run, max(s, 1), e, top_down=True) if inject else ():
                 h = seg["H"][a - s:b - s].reshape(-1, N)
                 _, _, dh, dW, db = head_loss(rnn, h, run.params.W_out, run.params.b_out,
                                              _rows(rnn, run.targets[a - 1:b - 1]), T * B, exact=False)
@@ -531,7 +556,27 @@ def _backward(run: _Run) -> None:
         _call(getattr(run.impl, run.bwd_name), run.bwd_name, arrays)
         if run.info[abi.INFO_BACKWARD] < 0 <= seg_info[abi.INFO_BACKWARD]:
             run.info[abi.INFO_BACKWARD] = s + seg_info[abi.INFO_BACKWARD]
-    run.seconds["backward"] = time.perf_counter() - t0
+    run.seconds["backward" if inject else "carried"] = time.perf_counter() - t0
+
+
+def _carried(run: _Run, top: tuple, T: int) -> None:
+    """The backward pass again from the last step's loss alone (``top``: dL/dh_{T-1}, dL/dc_{T-1}
+    and their exponent as :func:`_top` left them), into run.carried_norms: what the recurrence
+    carries back, without the every-step loss's own gradients. The first pass's results stay."""
+    first = {k: getattr(run, k) for k in ("G", "GC", "sig_m", "sig_e", "csig_m", "gnorm_m", "gnorm_e", "grads", "dexp")}
+    info = int(run.info[abi.INFO_BACKWARD])
+    run.G, run.GC = top[0], top[1]
+    run.sig_m, run.csig_m = np.empty(T + 1), np.full(T + 1, np.nan)
+    run.sig_e = np.zeros(T + 1, dtype=np.int64)
+    run.sig_e[T] = top[2]
+    run.gnorm_m, run.gnorm_e = np.empty(T), np.zeros(T, dtype=np.int64)
+    try:
+        _backward(run, inject=False)
+        run.carried_norms = (LogScaled(run.sig_m[1:].copy(), run.sig_e[1:].copy()), LogScaled(run.gnorm_m, run.gnorm_e))
+    finally:
+        for k, v in first.items():
+            setattr(run, k, v)
+        run.info[abi.INFO_BACKWARD] = info
 
 
 # ------------------------------------------------------------------ parameter-gradient clipping
@@ -590,4 +635,6 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
         forward_rescaled=run.rescale,
         extras=dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), memory_estimate=run.plan.estimate,
                     seconds=run.seconds),
+        carried_signal_norm=run.carried_norms[0] if run.carried_norms else None,
+        carried_grad_norm=run.carried_norms[1] if run.carried_norms else None,
     )

@@ -28,14 +28,18 @@ def _limits(ax, lo, hi):
 def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient through time", dpi: int = DPI) -> Figure:
     """log10 ||dL/dh_t|| against the number of steps back from the last step, one line per net.
 
-    ``data``: label -> RecurrentDiagnosis or RecurrentResult.
+    ``data``: label -> RecurrentDiagnosis or RecurrentResult. A net with a loss at every step
+    shows what its recurrence carries back from the last step's loss (``carried_log10``, which
+    its verdict and rate read), not each step's own loss term.
     """
     fig = Figure(figsize=(9.0, 5.0))
     ax = fig.add_subplot()
     lo, hi = math.inf, -math.inf
     for i, (label, item) in enumerate(data.items()):
         d = item if isinstance(item, RecurrentDiagnosis) else diagnose(item)
-        s = d.signal_log10
+        s = d.carried_log10 if len(d.carried_log10) else d.signal_log10
+        if len(d.carried_log10):
+            label = f"{label}, carried from the last step's loss"
         back = np.arange(len(s))[::-1]  # step t is T-1-t steps back
         ok = np.isfinite(s)
         rate = f"{d.decades_per_step:+.3g} dec/step" if math.isfinite(d.decades_per_step) else ""
@@ -61,8 +65,8 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
     fig = Figure(figsize=(9.0, 6.5))
     ax, bx = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
     t = np.arange(d.steps)
-    for y, label in ((d.signal_log10, "||dL/dh_t||"), (d.cell_log10, "||dL/dc_t||"),
-                     (d.grad_log10, "||step t's dW_hh term||")):
+    for y, label in ((d.signal_log10, "||dL/dh_t||"), (d.carried_log10, "||dL_{T-1}/dh_t|| (carried back)"),
+                     (d.cell_log10, "||dL/dc_t||"), (d.grad_log10, "||step t's dW_hh term||")):
         if len(y):
             ax.plot(t, np.where(np.isfinite(y), y, np.nan), lw=1.4, label=label)
     ax.set_ylabel("log10 (exact)")

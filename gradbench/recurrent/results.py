@@ -75,6 +75,11 @@ class RecurrentResult:
         with the sum_squares probe).
     extras : dict
         ``checkpoint``, ``segments``, ``memory_estimate``, ``seconds``.
+    carried_signal_norm, carried_grad_norm : LogScaled (T,) or None
+        With ``loss_on="every"`` (unless ``backprop(..., carried=False)``): ||dL_{T-1}/dh_t|| and
+        the norm of step t's contribution to dL_{T-1}/dW_hh for the last step's loss L_{T-1}
+        alone, exact: the gradient that the recurrence carries back, without each step's own
+        loss term (which keeps ``signal_norm`` flat however fast this vanishes). None otherwise.
     """
 
     rnn: Recurrent
@@ -97,6 +102,8 @@ class RecurrentResult:
     first_nonfinite_backward: int | None
     forward_rescaled: bool
     extras: dict = field(default_factory=dict)
+    carried_signal_norm: LogScaled | None = None
+    carried_grad_norm: LogScaled | None = None
 
     def to_frame(self):
         """One row per time step as a pandas DataFrame (:func:`gradbench.frames.recurrent_result_frame`)."""

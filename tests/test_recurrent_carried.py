@@ -1,0 +1,115 @@
+"""The gradient an every-step loss's recurrence carries back (``carried_signal_norm``), and the
+diagnosis that reads it: against a net with one loss at the last step, an independent pass.
+
+With ``loss_on="every"``, ||dL/dh_t|| is mostly step t's own loss term: a tanh RNN at gain 0.5
+read STABLE (-0.0001 decades a step, "learning reaches over the whole sequence") where the same
+weights with the loss at the last step lose 0.535 decades a step and reach 15 steps back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench.recurrent.diagnose import RecurrentDiagnosis
+
+T, B = 60, 4
+
+
+def _pair(cell, **kw):
+    rnn = gb.Recurrent(cell=cell, steps=T, hidden=8, recurrent_init="normal", sigma_w=0.7, loss="mse", loss_on="every", **kw)
+    p = gb.init_params(rnn, 0)
+    xs = gb.sequence_input(rnn, B, 1)
+    y = np.random.default_rng(0).normal(size=(T, B, 1))
+    return rnn, p, xs, y
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("checkpoint", [None, 16])
+def test_carried_is_the_last_steps_loss_alone(cell, backend, checkpoint):
+    """L_{T-1} of the every-step loss is (1/T) of the last-step loss on the same targets: its
+    signal and dW_hh contributions are the last-step net's, divided by T, at every step."""
+    if backend != "numpy":
+        pytest.importorskip("numba" if backend == "numba" else "cffi")
+    rnn, p, xs, y = _pair(cell)
+    res = gb.backprop(rnn, p, xs, y, backend=backend, checkpoint=checkpoint)
+    last = gb.backprop(rnn.replace(loss_on="last"), p, xs, y[-1], backend=backend)
+    a, b = res.carried_signal_norm.log10(), last.signal_norm.log10() - math.log10(T)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)
+    ga, gb_ = res.carried_grad_norm.log10(), last.grad_norm.log10() - math.log10(T)
+    np.testing.assert_allclose(ga[1:], gb_[1:], rtol=0, atol=1e-13)
+    assert res.grad_norm.log10()[0] == -math.inf and ga[0] == -math.inf  # h_{-1} = 0: step 0's term is 0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_the_carried_pass_leaves_the_results_as_they_were(backend):
+    rnn, p, xs, y = _pair("lstm")
+    on = gb.backprop(rnn, p, xs, y, backend=backend)
+    off = gb.backprop(rnn, p, xs, y, backend=backend, carried=False)
+    assert off.carried_signal_norm is None and off.carried_grad_norm is None
+    for name in ("signal_norm", "cell_signal_norm", "grad_norm", "h0_grad", "c0_grad", "loss_exact"):
+        x, z = getattr(on, name), getattr(off, name)
+        np.testing.assert_array_equal(x.mantissa, z.mantissa)
+        np.testing.assert_array_equal(x.exponent, z.exponent)
+    for k in ("W_ih", "W_hh", "b_ih", "b_hh", "W_out", "b_out"):
+        np.testing.assert_array_equal(getattr(on.grads, k).mantissa, getattr(off.grads, k).mantissa)
+
+
+def test_every_step_loss_is_diagnosed_by_what_the_recurrence_carries():
+    rnn = gb.Recurrent(cell="rnn", steps=200, hidden=16, recurrent_init="normal", sigma_w=0.5, loss="mse", loss_on="every")
+    p, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, 16, 1)
+    y = np.random.default_rng(0).normal(size=(200, 16, 1))
+    d = gb.diagnose(gb.backprop(rnn, p, xs, y))
+    ref = gb.diagnose(gb.backprop(rnn.replace(loss_on="last"), p, xs, y[-1]))
+    assert ref.verdict == d.verdict == "vanishing"
+    assert np.ptp(d.signal_log10) < 1  # the total is flat: each step's own loss term
+    assert d.decades_per_step == pytest.approx(ref.decades_per_step, abs=1e-12) and d.decades_per_step < -0.5
+    assert d.ratio_log10 == pytest.approx(ref.ratio_log10, abs=1e-12) and d.reach == ref.reach == 15
+    np.testing.assert_allclose(d.carried_log10, np.asarray(ref.signal_log10) - math.log10(200), atol=1e-12)
+    assert "with a loss at every step, ||dL/dh_t|| is mostly step t's own loss term" in d.explanation
+    assert f"reaching step 0 is 10^{ref.ratio_log10:.4g} of the one at step 199" in d.explanation
+    assert "carried" in str(d)  # the table's column
+
+
+def test_carried_is_refused_where_it_means_nothing():
+    rnn, p, xs, y = _pair("rnn")
+    with pytest.raises(ValueError, match="carried=True needs a head with loss_on='every'"):
+        gb.backprop(rnn.replace(loss_on="last"), p, xs, y[-1], carried=True)
+    with pytest.raises(TypeError, match="carried must be a bool"):
+        gb.backprop(rnn, p, xs, y, carried="yes")
+    assert gb.backprop(rnn.replace(loss_on="last"), p, xs, y[-1], carried=False).carried_signal_norm is None
+
+
+def test_the_diagnosis_file_keeps_the_carried_signal(tmp_path):
+    rnn, p, xs, y = _pair("gru")
+    d = gb.diagnose(gb.backprop(rnn, p, xs, y))
+    path = tmp_path / "d.npz"
+    from gradbench.frames import write_npz
+
+    write_npz(d, path)
+    back = RecurrentDiagnosis.from_npz(path)
+    np.testing.assert_array_equal(back.carried_log10, d.carried_log10)
+    assert back.to_json() == d.to_json() and len(d.carried_log10) == T
+    assert "carried_log10" in d.to_frame().columns
+
+
+def test_frames_and_plots_show_the_carried_signal(tmp_path):
+    pytest.importorskip("pandas")
+    rnn, p, xs, y = _pair("rnn")
+    res = gb.backprop(rnn, p, xs, y)
+    df = res.to_frame()
+    np.testing.assert_array_equal(df["carried_signal_log10"], res.carried_signal_norm.log10())
+    np.testing.assert_array_equal(df["carried_grad_exponent"], res.carried_grad_norm.exponent)
+    from gradbench.recurrent import plot
+
+    d = gb.diagnose(res)
+    fig = plot.signal_vs_steps_back({"every": d})
+    (line,) = fig.axes[0].get_lines()
+    np.testing.assert_array_equal(line.get_ydata(), np.where(np.isfinite(d.carried_log10), d.carried_log10, np.nan))
+    assert "carried" in line.get_label()
+    labels = [ln.get_label() for ln in plot.run_figure(d).axes[0].get_lines()]
+    assert "||dL_{T-1}/dh_t|| (carried back)" in labels
