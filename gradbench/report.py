@@ -11,6 +11,11 @@ import numpy as np
 from gradbench.spec import ACT_PARAM_DEFAULT, RELU_FAMILY, Stack
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and the noun, plural unless n is 1: "1 seed", "3 seeds"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def fmt_pow(v: float) -> str:
     if math.isnan(v):
         return "nan"

@@ -41,7 +41,7 @@ from gradbench.inputs import all_finite, check_array, check_stored_params
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum  # noqa: F401 (re-exported)
 from gradbench.params import Params, check_seed, init_params
 from gradbench.reference import norm_scaled
-from gradbench.report import describe
+from gradbench.report import count, describe
 from gradbench.spec import Stack, check_choice
 
 # Where a run's starting weights came from (settings["weights"], the head of `train --out`)
@@ -170,7 +170,7 @@ class TrainResult:
         lines = [
             f"{s.get('name') or 'training'}: {_describe(self.stack)}",
             f"  data {s['dataset']} ({n} samples), {s['optimizer']} lr={s['lr']:g}{optimizer_words(s)}, "
-            f"{batch}, {s['epochs']} epochs, seed {s['seed']}",
+            f"{batch}, {count(s['epochs'], 'epoch')}, seed {s['seed']}",
         ]
         if s.get("weights", INIT_WEIGHTS) != INIT_WEIGHTS:
             lines.append(f"  weights: {s['weights']}")

@@ -203,3 +203,35 @@ def test_steps_of_nan_pre_activations_have_no_saturation(activation, backend):
     assert all(rows[t].endswith(" nan") for t in (5, 6, 7)) and rows[4].endswith("%"), text
     assert np.nanmean(want) > 0.1 and (f"{100 * np.nanmean(want):.0f} % of the activation entries of the 5 steps "
                                        "whose pre-activations are numbers are saturated") in " ".join(text.split())
+
+
+def test_a_clipped_backward_state_is_named_beside_the_verdict():
+    """An identity cell at gain 3 explodes by 25 decades; clipping the state's norm at 0.5 every
+    step holds the chain flat (every ||dL/dh_t|| <= 0.5) and read STABLE without saying why."""
+    rnn = gb.Recurrent(cell="rnn", activation="identity", recurrent_init="normal", sigma_w=3.0, steps=40, hidden=6)
+    p, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, 16, 0)
+    assert diagnose(gb.backprop(rnn, p, xs)).verdict == "exploding"
+    clipped = rnn.replace(clip="norm", clip_threshold=0.5)
+    d = diagnose(gb.backprop(clipped, p, xs))
+    assert np.all(d.signal_log10 <= math.log10(0.5) + 1e-12)
+    assert d.verdict == "stable"
+    assert "the backward state is clipped (norm at 0.5) at every step, so these are the norms of the clipped chain" \
+        in d.explanation
+    assert "clipped" not in diagnose(gb.backprop(rnn.replace(clip="norm", clip_on="global"), p, xs)).explanation
+
+
+def test_a_change_below_rounding_is_no_change_and_one_step_is_one_step():
+    rnn = gb.Recurrent(cell="rnn", activation="identity", steps=20, hidden=4)  # orthogonal W_hh: norms kept
+    d = diagnose(gb.backprop(rnn, gb.init_params(rnn, 0), gb.sequence_input(rnn, 4, 0)))
+    assert abs(d.signal_log10[0] - d.signal_log10[-1]) < 1e-9
+    assert "reaching step 0 is the one at step 19, unchanged to rounding" in d.explanation
+    assert "e-1" not in str(d).split("\n")[1] and "slope +0 (to rounding)" in str(d)
+    one = gb.Recurrent(cell="rnn", steps=1, hidden=4)
+    text = str(diagnose(gb.backprop(one, gb.init_params(one, 0), gb.sequence_input(one, 4, 0))))
+    assert text.startswith("rnn, 1 step, hidden 4") and "no slope to fit over one step" in text
+
+
+def test_counts_are_singular_for_one():
+    from gradbench.report import count
+
+    assert [count(n, "seed") for n in (0, 1, 2)] == ["0 seeds", "1 seed", "2 seeds"]

@@ -21,6 +21,7 @@ import numpy as np
 from gradbench import _atomic
 from gradbench.cli.common import given, positive_int, refuse_unused_stack_options
 from gradbench.cli.process import UsageError  # main prints its one line and exits with status 2
+from gradbench.report import count
 from gradbench.spec import Stack
 
 
@@ -230,7 +231,8 @@ def summary(table, seconds: float, out, wrote: list[str]) -> str:
     verdicts = ", ".join(f"{n} {v}" for v, n in table["verdict"].value_counts().items())
     diff = (table["signal_decades_per_layer"] - table["theory_decades_per_layer"]).abs()
     diff = diff[np.isfinite(diff)]
-    parts = [f"sweep: {len(table)} runs ({configs} configurations x {table['seed'].nunique()} seeds) in {seconds:.1f} s"]
+    parts = [f"sweep: {count(len(table), 'run')} ({count(configs, 'configuration')} x "
+             f"{count(table['seed'].nunique(), 'seed')}) in {seconds:.1f} s"]
     if info.get("workers"):
         parts[0] += f" on {info['workers']} worker{'s' if info['workers'] > 1 else ''}"
     if info.get("resumed"):

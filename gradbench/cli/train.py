@@ -11,6 +11,7 @@ from gradbench.cli.common import (
     stack_from_args, unit_interval, nonneg_float,
 )
 from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
+from gradbench.report import count
 
 EPILOG = """\
 examples:
@@ -94,7 +95,7 @@ def list_demos() -> None:
     for name, demo in DEMOS.items():
         t = demo.train
         print(f"  {name:18s} {demo.title}  [{t['optimizer']} lr={t['lr']:g}, batch {t['batch_size']}, "
-              f"{t['epochs']} epochs]")
+              f"{count(t['epochs'], 'epoch')}]")
 
 
 def demo_names(args) -> list[str]:

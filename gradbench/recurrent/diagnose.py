@@ -56,8 +56,8 @@ import numpy as np
 
 from gradbench.activations import RESCUE
 from gradbench.recurrent.results import RecurrentResult
-from gradbench.report import fmt_percent, fmt_pow
-from gradbench.verdict import countable_mean
+from gradbench.report import count, fmt_percent, fmt_pow
+from gradbench.verdict import MEASURABLE_DECADES, countable_mean
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -307,10 +307,13 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     if carried:
         words.append(_every_step_words(total, T))
     if math.isfinite(ratio):
-        words.append(f"the gradient {'of the last step' + chr(39) + 's loss ' if carried else ''}reaching step 0 is "
-                     f"10^{_num(ratio)} of the one at step {T - 1}"
-                     + (f" ({abs(ratio) / (T - 1):.3g} decades {'lost' if ratio < 0 else 'gained'} per step on "
-                        "average)" if T > 1 and ratio != 0 else ""))
+        gradient = "the gradient of the last step's loss" if carried else "the gradient"
+        if abs(ratio) < MEASURABLE_DECADES:  # rounding: 10^5.551e-17 read as a change
+            words.append(f"{gradient} reaching step 0 is the one at step {T - 1}, unchanged to rounding")
+        else:
+            words.append(f"{gradient} reaching step 0 is 10^{_num(ratio)} of the one at step {T - 1}"
+                         + (f" ({abs(ratio) / (T - 1):.3g} decades {'lost' if ratio < 0 else 'gained'} per step on "
+                            "average)" if T > 1 else ""))
     elif s[0] == -math.inf and math.isfinite(s[-1]):
         words.append(f"no gradient reaches step 0 (exactly zero; {int(np.sum(s == -math.inf))} steps have none)"
                      + _saturated_zero(rnn, s, res.saturation))
@@ -334,6 +337,11 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     if gate is not None:
         low = float(np.nanmean(res.gate_low))
         words.append(f"{100 * low:.0f} % of {gate} gates below 0.1 (mean {gate} gate {float(np.nanmean(res.gate_mean)):.3g})")
+    if rnn.clip is not None and rnn.clip_on == "signal":
+        words.append(f"the backward state is clipped ({rnn.clip} at {rnn.clip_threshold:g}) at every step, so these are "
+                     "the norms of the clipped chain, not of the loss's derivative: clipping the signal can hold an "
+                     "exploding chain flat (clip_on=\"matrix\" or \"global\", --clip-on on the command line, clips the "
+                     "parameter gradients instead and leaves the derivative)")
     sat, where = countable_mean(res.saturation, "steps")
     if sat > 0.1:
         words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (|phi'| < 1 % of its largest value)")
@@ -363,7 +371,7 @@ def _every_step_words(total: np.ndarray, T: int) -> str:
 
 
 def describe(rnn: dict) -> str:
-    parts = [rnn["cell"], f"{rnn['steps']} steps", f"hidden {rnn['hidden']}"]
+    parts = [rnn["cell"], count(rnn["steps"], "step"), f"hidden {rnn['hidden']}"]
     if rnn["cell"] == "rnn":
         parts.append(rnn.get("activation") or "tanh")
     parts.append(f"W_hh {rnn['recurrent_init']}" + (f" (gain {rnn['sigma_w']:g})" if rnn.get("sigma_w") else ""))
@@ -381,9 +389,15 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     T = d.steps
     lines = [f"{describe(d.rnn)} ({d.backend}): {d.verdict.upper()}"]
     lines += textwrap.wrap(d.explanation, 100, initial_indent="  ", subsequent_indent="  ")
-    rate = f"{d.decades_per_step:+.4g}" if math.isfinite(d.decades_per_step) else "-"
-    lines.append(f"  loss {fmt_pow(d.loss_log10)}; least-squares slope {rate} decades per step going back "
-                 "(negative: shrinking)")
+    if T < 2:
+        slope = "no slope to fit over one step"
+    elif math.isfinite(d.decades_per_step):
+        rate = d.decades_per_step if abs(d.decades_per_step) * (T - 1) >= MEASURABLE_DECADES else 0.0
+        slope = (f"least-squares slope {rate + 0.0:+.4g}{' (to rounding)' if rate != d.decades_per_step else ''} "
+                 "decades per step going back (negative: shrinking)")
+    else:
+        slope = "no least-squares slope (fewer than two steps with a finite gradient)"
+    lines.append(f"  loss {fmt_pow(d.loss_log10)}; {slope}")
     if T <= rows:
         steps = list(range(T))
     else:
