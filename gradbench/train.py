@@ -181,6 +181,9 @@ class TrainResult:
         if self.extras.get("class_labels", True):  # regression targets have no accuracy
             line += f", accuracy {accuracy_text(self.accuracy[0])} -> {final_accuracy_text(self.accuracy, self.diverged_epoch)}"
         lines.append(line)
+        stopped = self.extras.get("stopped")
+        if stopped:
+            lines.append("  " + stopped_words(stopped, self.epochs_run, self.stack.has_head, s["weight_decay"] > 0))
         ratio = self.first_layer_ratio[:ran]
         if np.any(np.isfinite(ratio)):
             first = "the input layer's weights (W_in)" if self.stack.has_input_layer else "layer 0's weights"
@@ -195,6 +198,19 @@ class TrainResult:
     def _chance(self) -> str:
         ref = chance_loss(self.stack.loss, self.stack.output_dim, self.extras.get("mean_prediction_loss"))
         return "" if ref is None else f" ({ref[0]}{' =' if ref[0].startswith('ln') else ':'} {ref[1]:.4f}{ref[2]})"
+
+
+def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = False) -> str:
+    """The summary's sentence for a run whose gradient became exactly 0 at every layer."""
+    e, dead = stopped["epoch"], stopped["dead_layers"]
+    when = "from the start" if e == 0 else f"from epoch {e} on"
+    why = (f": every unit of layer{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} is dead (z <= 0 for every "
+           "sample), so nothing passes back through " + ("them" if len(dead) > 1 else "it") if dead else "")
+    left = epochs_run - e
+    last = "the last epoch" if left == 1 else f"the last {left} epochs"
+    tail = (f"; {last} changed no weight of the stack{' but by weight decay' if decay else ''}" if left > 0 else "")
+    bias = " (only the head's bias still moves: the loss goes to the best constant prediction's)" if head and dead else ""
+    return f"STOPPED {when}: every layer's gradient on the whole data set is exactly 0{why}{tail}{bias}"
 
 
 def chance_loss(loss: str, output_dim: int, mean_prediction_loss: float | None = None):
@@ -387,7 +403,7 @@ def train(
         accuracy=hist.accuracy, grad_log10=hist.grad_log10, update_ratio=hist.ratio,
         update_ratio_input=hist.ratio_in, update_ratio_head=hist.ratio_out, diverged_epoch=hist.diverged,
         divergence=hist.why, seconds=time.perf_counter() - t0,
-        extras={**_reference(stack, hist.T), "class_labels": labels is not None},
+        extras={**_reference(stack, hist.T), "class_labels": labels is not None, "stopped": hist.stopped()},
     )
 
 
@@ -542,6 +558,19 @@ class _History:
         self.ratio_in = np.full(epochs, np.nan)
         self.ratio_out = np.full(epochs, np.nan)
         self.diverged, self.why = None, ""
+        self.dead_layers: dict[int, list[int]] = {}  # epoch -> layers with every unit dead, where no gradient is left
+
+    def stopped(self) -> dict | None:
+        """Where training stopped moving: the first evaluation from which every later one has an
+        exactly zero gradient at every layer, and the layers whose units were all dead there."""
+        ran = len(self.grad_log10) if self.diverged is None else self.diverged + 1
+        zero = [bool(np.all(self.grad_log10[e] == -np.inf)) for e in range(ran)]
+        if not zero or not zero[-1]:
+            return None
+        e = len(zero) - 1
+        while e > 0 and zero[e - 1]:
+            e -= 1
+        return {"epoch": e, "dead_layers": self.dead_layers.get(e, [])}
 
     def full_pass(self):
         """backprop on the whole data set with the current parameters."""
@@ -551,6 +580,8 @@ class _History:
         """Record entry ``e`` (0: before training) of the evaluation from the full pass ``res``."""
         self.eval_loss[e] = res.loss
         self.grad_log10[e] = res.grad_norm.log10()
+        if np.all(self.grad_log10[e] == -np.inf):
+            self.dead_layers[e] = np.flatnonzero(np.asarray(res.dead) >= 1).tolist()
         h = res.output.to_float(np.float64, warn=False)
         self.accuracy[e] = accuracy(self.stack, self.params, h, self.labels)
         if self.tb is not None:

@@ -784,3 +784,29 @@ def test_the_pretraining_demo_records_its_pretraining_and_starts_it_from_given_p
     from_p = gb.pretrain(stack, X, params=p, **r.settings["pretrain"])
     assert given.eval_loss[0] == pytest.approx(numpy_bce(numpy_logits(stack, from_p, X)[:, 0], y), rel=1e-10)
     assert abs(given.eval_loss[0] - r.eval_loss[0]) > 1e-3
+
+
+def test_a_net_that_dies_during_training_is_reported_stopped():
+    """ReLU at sigma_w = 4 with lr 0.5: after epoch 2 no unit of layer 2 is active for any
+    sample (checked here by a NumPy forward of the final weights), every layer's gradient is
+    exactly 0, and the summary said only '974 % per epoch on average'."""
+    X, y = gb.datasets.moons(60, noise=0.1, seed=0)
+    st = gb.Stack(depth=3, width=8, input_dim=2, loss="bce", activation="relu", init="he_normal", sigma_w=4.0)
+    r = gb.train(st, X, y, epochs=4, batch_size=20, lr=0.5)
+    p, h = r.params, X @ r.params.W_in.T + r.params.b_in
+    active = []
+    for layer in range(st.depth):
+        z = h @ p.W[layer].T + p.b[layer]
+        active.append(int((z > 0).any(axis=0).sum()))
+        h = np.maximum(z, 0)
+    assert active[2] == 0
+    first = next(e for e in range(5) if np.all(r.grad_log10[e:] == -np.inf))
+    assert r.extras["stopped"] == {"epoch": first, "dead_layers": [2]}
+    last = "the last epoch" if 4 - first == 1 else f"the last {4 - first} epochs"
+    assert (f"STOPPED from epoch {first} on: every layer's gradient on the whole data set is exactly 0: every unit of "
+            f"layer 2 is dead (z <= 0 for every sample), so nothing passes back through it; {last} changed no weight "
+            "of the stack") in r.summary()
+    from gradbench.cli.train import train_to_dict
+
+    assert train_to_dict(r)["stopped"] == {"epoch": first, "dead_layers": [2]}  # the --out JSON
+    assert gb.train(st, X, y, epochs=2, batch_size=20, lr=0.01).extras["stopped"] is None
