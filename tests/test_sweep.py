@@ -841,19 +841,49 @@ def test_formats_md_describes_every_file_of_a_sweep():
     assert "`sweep`" in text[:text.index("## `gradbench run")]  # a command of the head
 
 
-def test_a_closed_port_is_named_at_once(capsys):
-    """--scheduler at a port nothing listens on waited Dask's whole connect timeout (30 s) to say
-    it: the refused connection is named at once, in one line."""
+def _closed_port() -> int:
     import socket
-
-    from gradbench import cli
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # bound, then closed: nothing listens there
+    return port
+
+
+@pytest.mark.parametrize("address,says", [
+    ("tcp://127.0.0.1:{port}", "the connection was refused"),
+    ("127.0.0.1:{port}", "the connection was refused"),  # no scheme: Dask's tcp (it waited 30 s, "answered")
+    ("tcp://nosuchhost.invalid:8786", "the host 'nosuchhost.invalid' of tcp://nosuchhost.invalid:8786 does not resolve"),
+    ("nosuchhost.invalid:8786", "does not resolve"),
+])
+def test_a_closed_port_or_an_unknown_host_is_named_at_once(capsys, address, says):
+    """--scheduler at a port nothing listens on, or at a host that does not resolve, waited
+    Dask's whole connect timeout (30 s) to say it (without a scheme, as "answered, but not as a
+    Dask scheduler"): named at once, in one line."""
+    from gradbench import cli
+
     t0 = time.perf_counter()
-    code = cli.main(["sweep", "--depth", "4", "--width", "4", "--sigma-w", "1,2", "--scheduler", f"tcp://127.0.0.1:{port}"])
+    code = cli.main(["sweep", "--depth", "4", "--width", "4", "--sigma-w", "1,2", "--scheduler",
+                     address.format(port=_closed_port())])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and time.perf_counter() - t0 < 10
-    assert len(err) == 1 and "the connection was refused" in err[0], err
+    assert len(err) == 1 and says in err[0] and "answered" not in err[0], err
+
+
+def test_dasks_own_timeout_reads_as_no_answer(monkeypatch):
+    """Dask's connect retries and then raises OSError('Timed out trying to connect ...'): no
+    scheduler answered (it read 'answered, but not as a Dask scheduler')."""
+    import importlib
+
+    import distributed.comm
+
+    execute = importlib.import_module("gradbench.sweep.execute")  # the module (gradbench.sweep.execute is also a function)
+
+    async def gives_up(address, timeout=None, **kwargs):
+        raise OSError(f"Timed out trying to connect to {address} after {timeout} s")
+
+    monkeypatch.setattr(distributed.comm, "connect", gives_up)
+    monkeypatch.setattr(execute, "_refused_at_once", lambda address: None)
+    with pytest.raises(OSError, match=r"no Dask scheduler answered at tcp://10\.0\.0\.1:8786 within 1 s"):
+        execute.probe_scheduler("tcp://10.0.0.1:8786", timeout=1.0)

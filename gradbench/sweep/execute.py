@@ -39,17 +39,27 @@ def task_size(runs: list[Run], n_workers: int) -> int:
 
 
 def _refused_at_once(address: str) -> None:
-    """A tcp:// address whose port refuses the connection: OSError now. Dask retries a refused
-    connection until its timeout, so a closed port waited 30 s for the same message; anything
-    else (no answer, another host's firewall) is left to Dask's own connect."""
+    """A tcp address (``tcp://`` or no scheme, Dask's default) whose host does not resolve or
+    whose port refuses the connection: OSError now. Dask retries both until its timeout, so they
+    waited 30 s and then read as "answered, but not as a Dask scheduler"; anything else (no
+    answer, another host's firewall) is left to Dask's own connect."""
     import socket
-    from urllib.parse import urlsplit
 
-    parts = urlsplit(address)
-    if parts.scheme != "tcp" or parts.port is None:
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, loc = parse_address(address)
+        host, port = parse_host_port(loc)
+    except ValueError:
+        return
+    if scheme != "tcp" or not port:
         return
     try:
-        socket.create_connection((parts.hostname, parts.port), timeout=2.0).close()
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"the host {host!r} of {address} does not resolve ({exc.strerror})") from None
+    try:
+        socket.create_connection((host, port), timeout=2.0).close()
     except ConnectionRefusedError:
         raise OSError(f"nothing listens at {address}: the connection was refused (is the scheduler running? "
                       "a scheduler listens on 8786 by default, its dashboard on 8787)") from None
@@ -92,7 +102,10 @@ def probe_scheduler(address: str, timeout: float | None = None) -> None:
     thread = threading.Thread(target=run, name="gradbench-probe", daemon=True)
     thread.start()
     thread.join(timeout + 5)
-    if thread.is_alive() or (failure and isinstance(failure[0], (TimeoutError, asyncio.TimeoutError))):
+    # Dask's connect gives up with OSError("Timed out trying to connect ...") after retrying
+    timed_out = failure and (isinstance(failure[0], (TimeoutError, asyncio.TimeoutError))
+                             or isinstance(failure[0], OSError) and str(failure[0]).startswith("Timed out"))
+    if thread.is_alive() or timed_out:
         raise OSError(f"no Dask scheduler answered at {address} within {timeout:g} s (the port is closed, or the "
                       "server there is not a scheduler: a scheduler listens on 8786 by default, its dashboard "
                       "on 8787)")
