@@ -791,7 +791,7 @@ def test_compare_shows_the_rate_that_decided_the_verdict(capsys):
     (["train", "--demo", "adam,adam"], "--demo names adam more than once"),
     (["compare", "--cells", "rnn,lstm,lstm", "--steps", "10", "--hidden", "4"], "--cells names lstm more than once"),
     # the recurrent options as the stacks' (the field's words, or 1e200 accepted, before)
-    (["run", "--cell", "gru", "--steps", "10", "--hidden", "4", "--sigma-w", "1e200"], "argument --sigma-w: must be a number in (0, 1e+150]"),
+    (["run", "--cell", "gru", "--steps", "10", "--hidden", "4", "--sigma-w", "1e200"], "argument --sigma-w: must be a number in (0, 1e150]"),
     (["run", "--cell", "rnn", "--steps", "0", "--hidden", "4"], "argument --steps: must be an integer >= 1, got '0'"),
     (["run", "--cell", "rnn", "--steps", "10", "--hidden", "4", "--checkpoint", "-1"], "argument --checkpoint: must be an integer >= 0"),
     # unknown options: the subcommand's message, and a hint ('gradbench: error: unrecognized arguments' before)
@@ -960,3 +960,11 @@ def test_theory_of_a_narrow_relu_stack_predicts_its_finite_width_drift(tmp_path,
     assert data["finite_width_lambda1"] == lam and abs(data["decades_per_layer"]) < 1e-12
     assert "at width 32" in out and f"(prediction {lam / math.log(10):+.6g})" in out
     assert data["simulated_decades_per_layer"] == pytest.approx(lam / math.log(10), abs=0.003)
+
+
+@pytest.mark.parametrize("value,dtype", [("1e200", "float64"), ("1e-300", "float64"), ("1e-40", "float32")])
+def test_both_ends_of_the_sigma_w_range_name_the_command_lines_limit(value, dtype, capsys):
+    """--sigma-w 1e200 was refused as outside (0, 1e+150] while 1e-300 was told 'float64 holds
+    1e-290 <= --sigma-w <= 1e290': both now say the command line stops at 1e150."""
+    code, out, err = run(["run", "--depth", "3", "--width", "4", "--sigma-w", value, "--dtype", dtype], capsys)
+    assert code == 2 and "1e150" in err and "1e+150" not in err, err

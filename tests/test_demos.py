@@ -142,13 +142,19 @@ def test_outcomes_hold_for_other_seeds(seed):
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def _near(stated: float, actual: float, stack) -> bool:
-    """The README rounds to 4 decimals; with batch norm the 3rd significant digit differs between
-    backends and builds (batchnorm: 0.0165 with the C kernels on 2026-12-02, where the README said
-    0.0169 from an earlier build; 0.0166 with numpy; 0.0162 when C took the derivative of
-    batch-norm layers lane by lane: 100 epochs carry a last-bit difference that far), elsewhere
-    the 4 decimals agree."""
-    return abs(stated - actual) <= 6e-5 + (0.03 * abs(actual) if stack.batch_norm else 0.0)
+def _near(stated: float, actual: float) -> bool:
+    """The README rounds to 4 decimals. (The batchnorm demo's final loss differs between the
+    backends in its 3rd significant digit, numpy 0.0154, numba 0.0157, c 0.0169: 100 epochs carry
+    a last-bit difference that far; the README gives that range, :func:`_within`.)"""
+    return abs(stated - actual) <= 6e-5
+
+
+def _within(lo: float, hi: float, actual: float) -> bool:
+    return lo - 6e-5 <= actual <= hi + 6e-5
+
+
+# a number or a range "a-b" of the README's table (not a power's exponent, not part of 1e-10)
+NUMBER = re.compile(r"(?<![\d.^-])(\d+\.\d+)(?:-(\d+\.\d+))?(?!e)")
 
 
 def test_readme_table_states_what_the_demos_print(demos):
@@ -166,16 +172,17 @@ def test_readme_table_states_what_the_demos_print(demos):
             checked.add("exploding")
             continue
         # "A -> B": the loss before training and the final loss; else the final loss of each name
-        numbers = [float(x) for x in re.findall(r"(?<![\d.^-])\d+\.\d+(?!e)", outcome)]
+        found = [(float(a), float(b or a)) for a, b in NUMBER.findall(outcome)]
+        numbers = [lo for lo, _ in found]
         if "->" in outcome:
             start, end = numbers[:2]
-            assert _near(start, r.eval_loss[0], r.stack) and _near(end, r.final_loss, r.stack), (
+            assert _near(start, r.eval_loss[0]) and _near(end, r.final_loss), (
                 outcome, r.eval_loss[0], r.final_loss)
         else:
-            assert len(numbers) >= len(names), outcome
-            for name, stated in zip(names, numbers):
+            assert len(found) >= len(names), outcome
+            for name, (lo, hi) in zip(names, found):
                 d = demos(name)
-                assert _near(stated, d.final_loss, d.stack), (name, stated, d.final_loss)
+                assert _within(lo, hi, d.final_loss), (name, lo, hi, d.final_loss)
         checked.update(names)
         moves = re.search(r"moves ([\d.e-]+) % per epoch", outcome)
         if moves:
@@ -185,3 +192,13 @@ def test_readme_table_states_what_the_demos_print(demos):
             assert abs(float(powers[0]) - r.grad_log10[0, 0]) < 0.051, (outcome, r.grad_log10[0, 0])
             assert abs(float(powers[1]) - demos("deep-sigmoid").grad_log10[0, 0]) < 0.051, outcome
     assert checked == set(DEMOS), set(DEMOS) - checked
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
+def test_the_batchnorm_demos_range_holds_on_every_backend(backend):
+    """The README's range for the batchnorm demo (0.0154-0.0169) is every backend's, not one's."""
+    if backend != "numpy":
+        pytest.importorskip("numba" if backend == "numba" else "cffi")
+    section = README.read_text().split("## Training demonstrations", 1)[1]
+    lo, hi = (float(v) for v in re.search(r"each remedy trains: [\d.]+, (\d+\.\d+)-(\d+\.\d+)", section).groups())
+    assert _within(lo, hi, run_demo("batchnorm", backend=backend).final_loss)

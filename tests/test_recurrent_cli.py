@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -494,3 +495,16 @@ def test_a_scale_the_dtype_cannot_hold_is_refused_in_option_words(capsys):
                  "--sigma-w", "1e-50"]) == 2
     err = capsys.readouterr().err
     assert "--sigma-w=1e-50 is beyond what float32 weights hold" in err and "sigma_w" not in err, err
+
+
+def test_recurrent_training_json_records_the_net(tmp_path):
+    """The file held only the training settings: no cell, steps or hidden size, and
+    memory-lstm's settings read gate_bias 0 while it trains with forget bias 5."""
+    out = tmp_path / "t.json"
+    assert main(["train", "--demo", "memory-lstm", "--epochs", "1", "--out", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"]["memory-lstm"]
+    from gradbench.recurrent.train import RECURRENT_DEMOS
+
+    want = dataclasses.asdict(RECURRENT_DEMOS["memory-lstm"].make_rnn())
+    assert run["rnn"] == json.loads(json.dumps(want)) and run["rnn"]["forget_bias"] == 5.0
+    assert run["rnn"]["cell"] == "lstm" and run["rnn"]["steps"] == 100 and run["settings"]["gate_bias"] == 0.0

@@ -887,3 +887,15 @@ def test_dasks_own_timeout_reads_as_no_answer(monkeypatch):
     monkeypatch.setattr(execute, "_refused_at_once", lambda address: None)
     with pytest.raises(OSError, match=r"no Dask scheduler answered at tcp://10\.0\.0\.1:8786 within 1 s"):
         execute.probe_scheduler("tcp://10.0.0.1:8786", timeout=1.0)
+
+
+def test_a_list_that_starts_with_a_negative_value_is_a_value(capsys):
+    """--activation-param -0.1,0.2 read as an unknown option ('expected one argument'); argparse
+    takes '-0.1' alone as a value, and now the list too."""
+    from gradbench import cli
+
+    args = cli.build_parser().parse_args(["sweep", "--activation-param", "-0.1,0.2", "--sigma-w", "-.5,1"])
+    assert args.activation_param == "-0.1,0.2" and args.sigma_w == "-.5,1"
+    assert cli.main(["sweep", "--sigma-w", "-1,1", "--depth", "4", "--width", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "sigma_w must be > 0, got -1.0" in err and "expected one argument" not in err

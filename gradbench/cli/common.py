@@ -22,7 +22,7 @@ from gradbench.spec import ACTIVATIONS, CLIP_MODES, CLIP_TARGETS, DTYPES, INIT_A
 __all__ = ["UsageError"]  # and everything below
 
 BACKEND_CHOICES = ("auto", "numpy", "numba", "c")
-MAX_GAIN = 1e150  # squared weight norms (sigma_w^2 N) must stay finite floats in every report
+MAX_GAIN, MAX_GAIN_TEXT = 1e150, "1e150"  # squared weight norms (sigma_w^2 N) must stay finite floats in every report
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -85,9 +85,15 @@ def _option_hint(extras: list[str], p: argparse.ArgumentParser) -> str:
     return ""
 
 
+NEGATIVE_VALUE = re.compile(r"^-\.?\d")
+
+
 def add_parser(sub, name: str, *, help: str, epilog: str, **kw) -> argparse.ArgumentParser:
     """A subcommand parser with ``--debug`` (the traceback of an internal error)."""
     p = sub.add_parser(name, help=help, epilog=epilog, description=help[:1].upper() + help[1:] + ".", **kw)
+    # a value starting with "-" and a digit is a value (no option looks like that): argparse's own
+    # rule takes "-0.1" but read "--activation-param -0.1,0.2" (a list) as an unknown option
+    p._negative_number_matcher = NEGATIVE_VALUE
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the traceback when gradbench fails with an internal error")
     return p
@@ -116,7 +122,9 @@ seed_int = _typed("seed", int, lambda v: 0 <= v < 2**64, "must be an integer in 
 finite_float = _typed("finite_float", float, math.isfinite, "must be a finite number")
 positive_float = _typed("positive_float", float, lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
 nonneg_float = _typed("nonneg_float", float, lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0")
-gain = _typed("gain", float, lambda v: math.isfinite(v) and 0 < v <= MAX_GAIN, f"must be a number in (0, {MAX_GAIN:g}]")
+gain = _typed("gain", float, lambda v: math.isfinite(v) and 0 < v <= MAX_GAIN,
+              f"must be a number in (0, {MAX_GAIN_TEXT}] (the command line's largest gain: squared weight norms must "
+              "stay finite in its reports; the dtype sets the smallest, 1e-290 in float64 and 1e-30 in float32)")
 unit_interval = _typed("fraction", float, lambda v: 0 <= v < 1, "must be a number in [0, 1)")
 dpi_int = _typed("dpi", int, lambda v: 20 <= v <= 1200, "must be an integer in [20, 1200]")
 
@@ -261,7 +269,10 @@ def stack_from_args(args, **overrides) -> Stack:
     try:
         return Stack(**kw)
     except (ValueError, TypeError) as exc:
-        raise UsageError(in_option_words(str(exc), _FIELD)) from None
+        words = in_option_words(str(exc), _FIELD)
+        if "<= --sigma-w <= 1e290" in words:  # the dtype's range; the command line stops lower
+            words = words.replace("<= --sigma-w <= 1e290", f"<= --sigma-w <= 1e290 (the command line: <= {MAX_GAIN_TEXT})")
+        raise UsageError(words) from None
 
 
 def refuse_unused_stack_options(args, stacks: list[Stack], several: bool = False) -> None:

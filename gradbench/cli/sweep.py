@@ -19,7 +19,7 @@ import typing
 import numpy as np
 
 from gradbench import _atomic
-from gradbench.cli.common import given, positive_int, refuse_unused_stack_options
+from gradbench.cli.common import NEGATIVE_VALUE, given, positive_int, refuse_unused_stack_options
 from gradbench.cli.process import UsageError  # main prints its one line and exits with status 2
 from gradbench.report import count
 from gradbench.spec import Stack
@@ -251,6 +251,7 @@ def register(sub) -> argparse.ArgumentParser:
     """Add the ``sweep`` subcommand to ``sub`` (the subparsers of ``gradbench``)."""
     p = sub.add_parser("sweep", help="a grid of exact runs on Dask: a table and a phase diagram", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p._negative_number_matcher = NEGATIVE_VALUE  # --activation-param -0.1,0.2 is a list, not an option
     g = p.add_argument_group("Stack fields and batch (each: one value, a,b,c or a:b:n)")
     for name in _kinds():
         g.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUES", default=None, help=_help(name))

@@ -14,6 +14,7 @@ inside its dispatch, so importing those modules here is not circular.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import sys
@@ -489,7 +490,7 @@ def cmd_train(args) -> int:
     results = {n: run_recurrent_demo(n, backend=concrete, progress=True, **over) for n in names}
     written = []
     if args.out:
-        runs = {n: dict(settings=r.settings, loss=_jl(r.loss), eval_loss=_jl(r.eval_loss), accuracy=_jl(r.accuracy),
+        runs = {n: dict(rnn=dataclasses.asdict(r.rnn), settings=r.settings, loss=_jl(r.loss), eval_loss=_jl(r.eval_loss), accuracy=_jl(r.accuracy),
                         signal_start=_jl(r.signal_start), signal_end=_jl(r.signal_end), diverged_epoch=r.diverged_epoch,
                         divergence=r.divergence, seconds=r.seconds) for n, r in results.items()}
         written.append(_write_out(args, "train", t0, concrete, {"runs": runs}, weights=WEIGHTS))
