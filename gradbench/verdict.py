@@ -41,7 +41,10 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
    10^-``tiny`` of itself, to first order ("vanishing everywhere", e.g. ||dW_l|| at 10^-119
    for a loss of order 1, or units saturated at depth 1). ||W_l|| is the parameters' norm when
    given, else the init's expected sqrt(N) sigma_w; ||dW_l|| is the derivative, before any
-   parameter-gradient clipping (``Result.grad_norm_unclipped``: clipping bounds the update);
+   parameter-gradient clipping (``Result.grad_norm_unclipped``: clipping bounds the update).
+   With mse, residuals more than 3 decades above the stack's outputs (targets of 1e12 for
+   outputs of order 1) make every e_l small as well (each scales as 1 / the residual): the
+   explanation names that as the cause, the targets' scale and not depth;
 6. otherwise ``stable``.
 
 Why rule 5 divides by the loss. Vanishing and exploding are statements about depth: the
@@ -398,6 +401,29 @@ def forward_cause(rate: float, signal_rate: float, L: int, threshold: float, act
             and abs(forward) >= 0.5 * abs(change) and forward * change < 0)
 
 
+# A mean-square residual this many decades above the stack's outputs is the targets' scale.
+OUT_OF_REACH_DECADES = 3.0
+
+
+def _out_of_reach(stack, res, loss_log10: float) -> str:
+    """For mse, where the residuals dwarf the stack's outputs h_L: the words that say the small
+    elasticities are the targets' scale (each scales as 1 / the residual), not depth (else "")."""
+    if stack.loss != "mse" or not math.isfinite(loss_log10):
+        return ""
+    m = np.asarray(res.output.mantissa, dtype=np.float64)
+    if not m.size or not np.all(np.isfinite(m)) or not np.any(m):
+        return ""
+    with np.errstate(divide="ignore"):
+        out = 0.5 * math.log10(float(np.mean(np.square(m)))) + float(np.max(res.output.exponent)) * math.log10(2)
+    residual = 0.5 * loss_log10  # the loss is the mean of (y - t)^2
+    if residual - out < OUT_OF_REACH_DECADES:
+        return ""
+    return (f"; the loss is a mean square residual of rms 10^{_num(residual)}, {_num(residual - out)} decades above "
+            f"the stack's outputs h_L (rms 10^{_num(out)}): targets that far from anything it outputs make every "
+            "elasticity small (each scales as 1 / the residual), which is the targets' scale, not depth; "
+            "standardised targets (zero mean, unit variance) remove it")
+
+
 def _ends_without_trend(g, rate: float, threshold: float, group: int) -> str:
     """Where the two ends of ||dW_l|| differ by ``threshold`` or more under a change of the fit
     below it: the words that say so (else ""). The layers scatter around the fitted line (a
@@ -501,7 +527,8 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                      f"loss 10^{_num(loss_log10)}): changing any W_l by 100 % of itself would change the loss by at "
                      f"most 10^{_num(e[top] + 2)} % of itself, to first order; "
                      + (no_trend if max(abs(rate), abs(signal_rate)) * (L - 1) < threshold else
-                        f"whatever their trend over the layers ({trends}), none of them can move the loss"))
+                        f"whatever their trend over the layers ({trends}), none of them can move the loss")
+                     + _out_of_reach(stack, res, loss_log10))
     elif span:
         words.append(f"gradients are stable: {sig}, ||dW_l|| by {rate:+.3g} (threshold {threshold:g} decades "
                      f"over the stack); {span}" + _ends_without_trend(g, rate, threshold, stack.residual))

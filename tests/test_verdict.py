@@ -661,3 +661,26 @@ def test_no_extrapolation_against_the_backward_signal():
     assert all(lim["layers_to_overflow"] is None for lim in short.float_limits.values())
     deep = run(2000)
     assert deep.verdict == "vanishing" and deep.float_limits["float64"]["overflow_layer"] is None
+
+
+def test_targets_far_beyond_the_outputs_are_named_as_the_cause_of_vanishing_everywhere():
+    """mse with targets of order 1e12: every elasticity is ~1e-11 and rule 5 says 'vanishing
+    everywhere'; the sentence now says that the residuals dwarf the outputs (the targets' scale,
+    not depth). Numbers from a plain NumPy forward."""
+    stack = gb.Stack(depth=10, width=32, activation="tanh", init="xavier_normal", loss="mse", output_dim=1)
+    p, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
+    t = np.random.default_rng(2).standard_normal((16, 1)) * 1e12
+    d = gb.diagnose(gb.backprop(stack, p, x, t, backend="numpy"))
+    h = x
+    for layer in range(stack.depth):
+        h = np.tanh(h @ p.W[layer].T + p.b[layer])
+    residual = 0.5 * math.log10(np.mean(np.square(h @ p.W_out.T + p.b_out - t)))
+    out = 0.5 * math.log10(np.mean(np.square(h)))
+    assert d.verdict == "vanishing"
+    m = re.search(r"the loss is a mean square residual of rms 10\^(-?[\d.]+), ([\d.]+) decades above the stack's "
+                  r"outputs h_L \(rms 10\^(-?[\d.]+)\)", d.explanation)
+    assert m, d.explanation
+    assert [float(v) for v in m.groups()] == pytest.approx([residual, residual - out, out], abs=6e-3)  # 4 digits
+    assert "which is the targets' scale, not depth" in d.explanation
+    d1 = gb.diagnose(gb.backprop(stack, p, x, t / 1e12, backend="numpy"))
+    assert "mean square residual" not in d1.explanation
