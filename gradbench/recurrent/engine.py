@@ -278,7 +278,7 @@ def backprop(rnn: Recurrent, params: RecurrentParams, xs, targets=None, *, backe
         step's loss alone, the gradient that the recurrence carries back
         (``carried_signal_norm``, ``carried_grad_norm``). ||dL/dh_t|| of the every-step loss is
         mostly step t's own loss term and stays flat however fast the carried part vanishes;
-        how far back credit reaches is the carried part's. False skips it (training does).
+        how far back credit reaches is the carried part's. False skips it (a third less work).
         True needs ``loss_on="every"``; False is accepted for any net.
     """
     t_start = time.perf_counter()

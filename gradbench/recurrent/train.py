@@ -169,7 +169,7 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
     def evaluate(e: int, keep: str | None = None):
         """Entry e (0: before training) of the held-out evaluation, recorded, and backprop's
         result; after an epoch a non-finite loss is left unrecorded (the run diverged)."""
-        res = backprop(rnn, params, X_eval, T_eval, backend=backend, carried=False)
+        res = backprop(rnn, params, X_eval, T_eval, backend=backend)
         if e and not math.isfinite(res.loss):
             return res
         eval_loss[e] = res.loss
@@ -189,8 +189,7 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
             total, count = 0.0, 0
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
-                res = backprop(rnn, params, np.ascontiguousarray(X[:, idx]), _targets(rnn, y[idx]), backend=backend,
-                               carried=False)
+                res = backprop(rnn, params, np.ascontiguousarray(X[:, idx]), _targets(rnn, y[idx]), backend=backend)
                 total += res.loss * len(idx)
                 count += len(idx)
                 if not math.isfinite(res.loss):
