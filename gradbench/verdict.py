@@ -623,6 +623,39 @@ def weight_gain(stack, weight_log10=None) -> tuple[float, bool]:
     return float(10.0 ** (np.median(w) - 0.5 * math.log10(stack.width))), True
 
 
+def clip_binds(stack, res) -> np.ndarray:
+    """The layers l whose backward signal the signal clip can have changed: ||dL/dh_l|| (after the
+    clip) at the threshold or above. Below it no entry was clipped (a value clip sets one to c, so
+    the norm is at least c; a norm clip sets the norm to c); the top gradient dL/dh_L, clipped
+    first, is not among them."""
+    with np.errstate(divide="ignore"):
+        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    return np.flatnonzero(s >= math.log10(stack.clip_threshold) - 1e-12)
+
+
+def _clip_words(stack, res) -> str:
+    """The sentence on a clipped backward signal: where the clip can bind, and what that means."""
+    clip = f"{stack.clip} at {stack.clip_threshold:g}"
+    binds, L = clip_binds(stack, res), stack.depth
+    other = ("(clip_on or --clip-on \"layer\" or \"global\" clips the parameter gradients instead and leaves the "
+             "derivative)")
+    if not binds.size:
+        with np.errstate(divide="ignore"):
+            s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+        top = int(np.nanargmax(np.where(np.isfinite(s), s, np.nan))) if np.any(np.isfinite(s)) else None
+        where = f" (at most 10^{_num(s[top])}, at layer {top})" if top is not None else ""
+        return (f"the backward signal is clipped ({clip}), but below the top it never reaches the threshold: every "
+                f"||dL/dh_l|| lies below {stack.clip_threshold:g}{where}, so at most the top gradient dL/dh_L was clipped, "
+                "which scales the whole chain by one factor and leaves its rates the loss derivative's")
+    if binds.size == L:
+        return (f"the backward signal is clipped ({clip}) at every layer, so these are the norms of the clipped chain, "
+                f"not of the loss's derivative: clipping the signal can hold an exploding chain flat {other}")
+    return (f"the backward signal is clipped ({clip}); it can bind at {binds.size} of the {L} layers ({_layers(binds)}: "
+            f"where ||dL/dh_l|| reaches the threshold) and at none below layer {binds.min()}, so below it the rates are "
+            "the loss derivative's chain on the clipped signal; where it binds, clipping the signal can hold an "
+            f"exploding chain flat {other}")
+
+
 def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=None) -> list[str]:
     """The facts beside the verdict: non-finite layers, zeros, the forward, saturation, dead units."""
     words = []
@@ -635,10 +668,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
                      f"derivative: before it ||dW_l|| runs from 10^{_num(r[-1])} at layer {len(r) - 1} to "
                      f"10^{_num(r[0])} at layer 0")
     if stack.clip is not None and stack.clip_on == "signal" and not forward_said:
-        words.append(f"the backward signal is clipped ({stack.clip} at {stack.clip_threshold:g}) at every layer, so "
-                     "these are the norms of the clipped chain, not of the loss's derivative: clipping the signal can "
-                     "hold an exploding chain flat (clip_on or --clip-on \"layer\" or \"global\" clips the parameter gradients "
-                     "instead and leaves the derivative)")
+        words.append(_clip_words(stack, res))
     if res.first_nonfinite_forward is not None:
         words.append(f"the forward pass turned non-finite at layer {res.first_nonfinite_forward} (activations "
                      "overflowed): every gradient below is meaningless")

@@ -684,3 +684,32 @@ def test_targets_far_beyond_the_outputs_are_named_as_the_cause_of_vanishing_ever
     assert "which is the targets' scale, not depth" in d.explanation
     d1 = gb.diagnose(gb.backprop(stack, p, x, t / 1e12, backend="numpy"))
     assert "mean square residual" not in d1.explanation
+
+
+@pytest.mark.parametrize("kw,where", [
+    (dict(activation="sigmoid", clip="norm", clip_threshold=4.0), "never"),  # the top (norm ~11) is clipped
+    (dict(activation="tanh", init="normal", sigma_w=3.0, clip="value", clip_threshold=0.01), "every"),
+    (dict(activation="tanh", init="normal", sigma_w=1.3, clip="norm", clip_threshold=5.0), "some"),
+])
+def test_the_clip_sentence_names_only_the_layers_where_it_can_bind(kw, where):
+    """'clipped (value at 0.1) at every layer' was said of a sigmoid stack whose signal fell below
+    the threshold after one layer: there the clip changed at most the top gradient. A clip can
+    only have changed dL/dh_l where ||dL/dh_l|| (after it) reaches the threshold, which the
+    plain chain of tests/naive.py checks here."""
+    import naive
+
+    stack = gb.Stack(depth=30, width=32, **kw)
+    p, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
+    d = gb.diagnose(gb.backprop(stack, p, x))
+    P = {k: np.asarray(getattr(p, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
+    s = np.log10(naive.backward(stack, P, x)[2])
+    binds = np.flatnonzero(s >= math.log10(stack.clip_threshold) - 1e-9)
+    if where == "never":
+        assert not binds.size and "but below the top it never reaches the threshold" in d.explanation
+        assert "at every layer" not in d.explanation
+    elif where == "every":
+        assert binds.size == 30 and "clipped (value at 0.01) at every layer" in d.explanation
+    else:
+        assert 0 < binds.size < 30, binds
+        assert f"it can bind at {binds.size} of the 30 layers" in d.explanation
+        assert f"at none below layer {binds.min()}" in d.explanation
