@@ -193,11 +193,41 @@ class TrainResult:
                 f"(max {np.nanmax(ratio):.3g} %), layer {L - 1}'s (below the head) by "
                 f"{np.nanmean(self.update_ratio[:ran, -1]):.3g} %"
             )
+        decay = self._decay_words()
+        if decay:
+            lines.append("  " + decay)
         return "\n".join(lines)
+
+    def _decay_words(self) -> str:
+        """Where weight decay, not the loss, drives the updates at the end: its term wd ||W_l||
+        against the loss's gradient ||dL/dW_l|| on the whole data set after the last epoch, when
+        the decay's is at least DECAY_DOMINATES times larger at every layer."""
+        s, wd = self.settings, self.settings.get("weight_decay", 0.0)
+        if not wd or self.diverged_epoch is not None:
+            return ""
+        with np.errstate(divide="ignore"):
+            w = np.log10(np.sqrt(np.sum(np.square(np.asarray(self.params.W, dtype=np.float64)), axis=(1, 2))))
+        g = np.asarray(self.grad_log10[self.epochs_run], dtype=np.float64)
+        share = math.log10(wd) + w - g  # log10 (wd ||W_l|| / ||dL/dW_l||); inf where the gradient is 0
+        if not np.all(share >= math.log10(DECAY_DOMINATES)):
+            return ""
+        fin = np.isfinite(g)
+        grads = (f"||dL/dW_l|| 10^{np.min(g[fin]):.1f} to 10^{np.max(g[fin]):.1f}" if fin.any() else
+                 "||dL/dW_l|| exactly 0")
+        step = (f"; under plain SGD each step multiplies every weight by 1 - lr wd = {1 - s['lr'] * wd:.4g}"
+                if s["optimizer"] == "sgd" and not s.get("momentum") else "")
+        return (f"weight decay drives the updates, not the loss: after the last epoch wd ||W_l|| exceeds the loss's "
+                f"gradient at every layer ({grads}, ||W_l|| 10^{np.min(w):.1f} to 10^{np.max(w):.1f}), so the "
+                f"change per epoch above is mostly the weights shrinking{step}")
 
     def _chance(self) -> str:
         ref = chance_loss(self.stack.loss, self.stack.output_dim, self.extras.get("mean_prediction_loss"))
         return "" if ref is None else f" ({ref[0]}{' =' if ref[0].startswith('ln') else ':'} {ref[1]:.4f}{ref[2]})"
+
+
+# Weight decay is named as what drives the updates where wd ||W_l|| exceeds ||dL/dW_l|| this many
+# times at every layer after the last epoch.
+DECAY_DOMINATES = 10.0
 
 
 def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = False) -> str:
