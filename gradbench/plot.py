@@ -416,8 +416,8 @@ def update_ratio_curves(data, path=None, *,
 
 
 def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None, ax=None,
-                         dpi: int = DPI) -> Figure:
-    """Simulated log10 ||dL/dh_l|| against layer with the theory's straight line.
+                         dpi: int = DPI, curve=None, window: tuple[int, int] | None = None) -> Figure:
+    """Simulated log10 ||dL/dh_l|| against layer with the theory's prediction.
 
     Parameters
     ----------
@@ -425,16 +425,32 @@ def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None
         A backprop result (its exact signal norms are plotted).
     prediction : float
         Predicted change of log10 ||dL/dh|| per layer going down the stack (e.g.
-        ``theory.mean_field(stack).decades_per_layer`` or ``newman_lambda1 / ln 10``).
-        The line is anchored at the top layer.
+        ``theory.mean_field(stack).decades_per_layer`` or ``newman_lambda1 / ln 10``): a straight
+        line.
+    curve : array (L,), optional
+        The predicted log10 ||dL/dh_l|| itself, up to a constant (e.g.
+        ``theory.along_stack(stack).signal_log10()``: chi_1 at each layer's own length), drawn
+        instead of the straight line.
+    window : (lo, hi), optional
+        The layers [lo, hi) a slope was fitted over; the prediction is placed at the simulation's
+        height there (least squares: the same mean over those layers), not at the top layer,
+        whose signal carries the loss's own start. Default: every layer.
     """
     s = res.signal_norm.log10()
     L = len(s)
     l = np.arange(L)
-    predicted = s[L - 1] + (L - 1 - l) * prediction
+    predicted = (L - 1 - l) * prediction if curve is None else np.asarray(curve, dtype=np.float64)
+    lo, hi = window or (0, L)
+    both = np.isfinite(s[lo:hi]) & np.isfinite(predicted[lo:hi])
+    anchor = float(np.mean((s[lo:hi] - predicted[lo:hi])[both])) if both.any() else s[L - 1] - predicted[L - 1]
+    predicted = predicted + anchor
     fig, ax = _axes(ax, (9.0, 5.0))
     ax.plot(l, np.where(np.isfinite(s), s, np.nan), lw=1.6, label="simulated (exact chain)")
-    ax.plot(l, predicted, ls="--", color="k", lw=1.2, label=f"theory: {prediction:+.4g} decades per layer going down")
+    label = (f"theory: {prediction:+.4g} decades per layer going down" if curve is None else
+             f"theory: chi_1 at each layer's own length ({prediction:+.4g} decades per layer fitted)")
+    ax.plot(l, predicted, ls="--", color="k", lw=1.2, label=label)
+    if window is not None and (lo, hi) != (0, L):
+        ax.axvspan(lo, hi - 1, color="0.9", zorder=0, label=f"fitted layers {lo}-{hi - 1}")
     ax.set_xlabel("layer l (0 = input side; backprop runs right to left)")
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_l\|_F$ (exact)")
     stack = res.stack

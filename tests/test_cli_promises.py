@@ -968,3 +968,23 @@ def test_both_ends_of_the_sigma_w_range_name_the_command_lines_limit(value, dtyp
     1e-290 <= --sigma-w <= 1e290': both now say the command line stops at 1e150."""
     code, out, err = run(["run", "--depth", "3", "--width", "4", "--sigma-w", value, "--dtype", dtype], capsys)
     assert code == 2 and "1e150" in err and "1e+150" not in err, err
+
+
+def test_theory_json_holds_the_prediction_it_compared_and_narrow_relu_needs_no_simulation(tmp_path, capsys):
+    """The printed comparison used finite_width_lambda1 (in decades) while the JSON held it in nats
+    only beside mean field's 2.4e-17; --width without --depth was refused for ReLU."""
+    code, out, err = run(["theory", "--activation", "relu", "--sigma-w", repr(math.sqrt(2)), "--width", "32",
+                          "--out", str(tmp_path / "t.json")], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "t.json").read_text())
+    lam = theory.finite_width_lambda1("relu", 32, math.sqrt(2))
+    assert data["finite_width_decades_per_layer"] == data["prediction_decades_per_layer"] == lam / math.log(10)
+    assert "decades going down the stack" in out and "+0 (to rounding) decades going down the stack" in out
+    assert "e-17" not in out
+
+
+def test_theory_says_why_a_dead_simulation_has_no_slope(capsys):
+    code, out, err = run(["theory", "--activation", "relu", "--width", "2", "--depth", "200"], capsys)
+    assert code == 0, err
+    assert "too few layers with a finite, nonzero signal to fit a slope: every unit of layer" in out
+    assert "is dead (z <= 0 for the whole batch)" in out

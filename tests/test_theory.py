@@ -147,7 +147,24 @@ def test_theory_plot_shows_the_exact_norms_and_the_line():
     sim, line = fig.axes[0].lines[:2]
     np.testing.assert_array_equal(sim.get_ydata(), res.signal_norm.log10())
     s = res.signal_norm.log10()
-    np.testing.assert_allclose(line.get_ydata(), s[-1] + (29 - np.arange(30)) * -0.05)
+    shape = (29 - np.arange(30)) * -0.05  # placed at the simulation's mean height (least squares)
+    np.testing.assert_allclose(line.get_ydata(), shape + np.mean(s - shape))
+
+
+def test_theory_plot_draws_chi_1_along_the_stack_placed_in_the_fitted_window():
+    """ELU at the He gain: the prediction is a curve (+0.049 decades a layer at layer 0, +0.007
+    at the top), drawn as such and placed where the slope is fitted, not at the top layer, whose
+    signal carries the loss's own start (there the line read 10^4.9 at layer 0 against 10^6.0)."""
+    from gradbench import plot
+
+    stack = gb.Stack(depth=200, width=64, activation="elu", init="normal", sigma_w=math.sqrt(2))
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 8, 1))
+    along = theory.along_stack(stack)
+    fig = plot.theory_vs_simulation(res, along.fitted_rate(20, 180), curve=along.signal_log10(), window=(20, 180))
+    line = fig.axes[0].lines[1]
+    s, c = res.signal_norm.log10(), along.signal_log10()
+    np.testing.assert_allclose(line.get_ydata(), c + np.mean(s[20:180] - c[20:180]))
+    assert np.ptp(np.diff(line.get_ydata())) > 0.02  # a curve, not a line
 
 
 # Off the usual range of gains: closed forms that quadrature on one panel of [-12, 12] misses

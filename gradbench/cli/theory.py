@@ -75,8 +75,9 @@ def check_args(args):
         unused = given(args, *SIMULATION_OPTIONS)
         if unused:
             raise UsageError(f"{', '.join(map(option, unused))} need{'s' if len(unused) == 1 else ''} a simulation: give --depth and --width")
-        if args.width is not None and args.activation != "identity":
-            raise UsageError("--width without --depth is used only by --activation identity (Newman's exponent)")
+        if args.width is not None and not (args.activation in spec.HOMOGENEOUS and args.sigma_b == 0):
+            raise UsageError("--width without --depth is used only by the exact finite-width rates: --activation "
+                             "identity (Newman's exponent), relu, leaky_relu or prelu, with --sigma-b 0")
         # the prediction alone draws no weights: any sigma_w > 0 and sigma_b >= 0 (the theory's range)
         stack_from_args(_stack_options(args), depth=1, width=1, init="normal", sigma_w=None, sigma_b=0.0)
         return None
@@ -103,9 +104,17 @@ def _float(value: float, log10: float) -> str:
     return f"10^{log10:.6f}"
 
 
-def predictions(args) -> tuple[dict, list[str], float]:
-    """Mean field (and Newman for identity stacks): the JSON fields, the lines to print and the
-    predicted decades per layer that a simulation is compared with."""
+def _rate(v: float) -> str:
+    """A rate in decades per layer for the terminal: 0 where it is rounding (+2.41e-17 at ReLU's
+    critical gain), else 6 significant digits."""
+    return "+0 (to rounding)" if abs(v) < 1e-12 else f"{v:+.6g}"
+
+
+def predictions(args) -> tuple[dict, list[str], float, np.ndarray | None]:
+    """Mean field (and Newman for identity stacks): the JSON fields, the lines to print, the
+    predicted decades per layer that a simulation is compared with (also in the JSON as
+    ``prediction_decades_per_layer``) and, where it is chi_1 along the stack, the predicted
+    log10 ||dL/dh_l|| (up to a constant) that a plot draws."""
     from gradbench import theory
 
     # from the first pre-activation's variance of the stack simulated (and of `gradbench run`, sweeps):
@@ -127,7 +136,7 @@ def predictions(args) -> tuple[dict, list[str], float]:
         if math.isnan(mf.log10_q_star) else ""
     lines += [f"  fixed point q*          {_float(mf.q_star, mf.log10_q_star)}{unresolved}",
               f"  chi_1                   {_float(mf.chi1, mf.log10_chi1)}   ({mf.phase}{_limit_only(mf)})",
-              f"  ||dL/dh|| per layer     " + (f"{mf.decades_per_layer:+.6g} decades going down the stack"
+              f"  ||dL/dh|| per layer     " + (f"{_rate(mf.decades_per_layer)} decades going down the stack"
                                                  if not unresolved else "not predicted (chi_1 is not resolved)"),
               f"  depth scale             " + (f"{mf.depth_scale:.4g} layers (1 / |ln chi_1|)"
                                                  if not unresolved else "not predicted")]
@@ -138,7 +147,7 @@ def predictions(args) -> tuple[dict, list[str], float]:
     except ValueError as exc:
         out["critical_sigma_w"] = None
         lines.append(f"  critical sigma_w        none ({exc})")
-    prediction = mf.decades_per_layer
+    prediction, curve = mf.decades_per_layer, None
     if args.depth is not None:
         along = theory.along_stack(args.activation, args.depth, args.sigma_w, args.sigma_b, args.activation_param)
         lo, hi = fit_window(args.depth)
@@ -146,25 +155,26 @@ def predictions(args) -> tuple[dict, list[str], float]:
         out["along_stack"] = {"decades_per_layer": rate, "fit_layers": [lo, hi - 1],
                               "log10_q": [float(v) for v in along.log10_q[[0, -1]]]}
         q_lo, q_hi = (round(float(v), 4) + 0.0 for v in along.log10_q[[0, -1]])
-        lines.append(f"  {f'along {args.depth} layers':<23} {rate + 0.0:+.6g} decades per layer going down: chi_1 at each "
+        lines.append(f"  {f'along {args.depth} layers':<23} {_rate(rate)} decades per layer going down: chi_1 at each "
                      f"layer's own q_l, fitted over layers {lo}-{hi - 1} as the simulation (q from 10^{q_lo:.4g} at "
                      f"layer 0 to 10^{q_hi:.4g} at the top)")
         if math.isfinite(rate):
-            prediction = rate
+            prediction, curve = rate, along.signal_log10()
     if args.activation == "identity" and args.width:
         lam = theory.newman_lambda1(args.width, args.sigma_w)
-        prediction = lam / math.log(10)
+        prediction, curve = lam / math.log(10), None
         out["newman_lambda1"] = lam
         lines.append(f"  Newman lambda_1 (N={args.width})  {lam:+.6g} nats = {prediction:+.6g} decades per layer "
                      "(finite-width exact for linear Gaussian stacks)")
     elif args.activation in spec.HOMOGENEOUS and args.width and args.sigma_b == 0:
         lam = theory.finite_width_lambda1(args.activation, args.width, args.sigma_w, args.activation_param)
-        prediction = lam / math.log(10)
-        out["finite_width_lambda1"] = lam
+        prediction, curve = lam / math.log(10), None
+        out["finite_width_lambda1"], out["finite_width_decades_per_layer"] = lam, prediction
         lines.append(f"  {f'at width {args.width}':<23} {prediction:+.6g} decades per layer going down ({lam:+.6g} nats): "
                      "exact for zero-bias Gaussian stacks of this width; mean field's 0.5 log10 chi_1 is its "
                      "infinite-width limit")
-    return out, lines, prediction
+    out["prediction_decades_per_layer"] = prediction
+    return out, lines, prediction, curve
 
 
 def _limit_only(mf) -> str:
@@ -189,13 +199,16 @@ def simulate(args, stack, prediction: float, out: dict) -> tuple[object, str]:
     part = s[slice(*fit_window(args.depth))]
     ok = np.isfinite(part)
     if ok.sum() < 2:
-        return res, f"simulated ({args.depth} layers): too few finite layers to fit a slope"
+        zero, dead = np.flatnonzero(s == -math.inf), np.flatnonzero(np.asarray(res.dead) >= 1)
+        why = (f": every unit of layer {dead.min()} is dead (z <= 0 for the whole batch), so the signal is exactly 0 "
+               f"from layer {zero.max()} down" if zero.size and dead.size else
+               f": the signal is exactly 0 from layer {zero.max()} down" if zero.size else "")
+        return res, f"simulated ({args.depth} layers): too few layers with a finite, nonzero signal to fit a slope{why}"
     slope = -float(np.polyfit(np.flatnonzero(ok), part[ok], 1)[0])
     out["simulated_decades_per_layer"] = slope
-    versus = f"prediction {prediction:+.6g}" if math.isfinite(prediction) else "no prediction: q* is not resolved"
+    versus = f"prediction {_rate(prediction)}" if math.isfinite(prediction) else "no prediction: q* is not resolved"
     if "finite_width_lambda1" not in out and "newman_lambda1" not in out:
-        versus += ("; mean field is the infinite-width limit, and a finite width drifts below it by about 1 / N "
-                   f"a layer: ReLU, -5 / (4N) nats, {-1.25 / args.width / math.log(10):+.3g} decades at width {args.width}")
+        versus += f"; mean field is the infinite-width limit: at width {args.width} a stack's rate differs by O(1 / N) a layer"
     return res, (f"simulated ({args.depth} layers, width {args.width}, batch {args.batch}, {res.backend}): "
                  f"{slope:+.6g} decades per layer going down ({versus})")
 
@@ -205,7 +218,7 @@ def cmd_theory(args) -> int:
     stack = check_args(args)
     refuse_unused(args, [args.plot], [args.out, args.plot])
     check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir)
-    out, lines, prediction = predictions(args)
+    out, lines, prediction, curve = predictions(args)
     res = None
     if stack is not None:
         res, line = simulate(args, stack, prediction, out)
@@ -218,8 +231,11 @@ def cmd_theory(args) -> int:
     if args.plot:
         from gradbench import plot
 
-        written.append(write_plot(args.plot, lambda p: plot.theory_vs_simulation(res, prediction, p, dpi=args.dpi),
-                                  mkdir=args.mkdir))
+        def draw(path):
+            return plot.theory_vs_simulation(res, prediction, path, dpi=args.dpi, curve=curve,
+                                             window=fit_window(args.depth))
+
+        written.append(write_plot(args.plot, draw, mkdir=args.mkdir))
     print("\n".join(lines))
     for path in written:
         print(f"wrote {path}")
