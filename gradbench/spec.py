@@ -144,6 +144,13 @@ class _Net:
     """What a :class:`Stack` and a :class:`~gradbench.Recurrent` derive alike from their
     ``loss`` and ``dtype`` fields."""
 
+    def _dtype_as_name(self) -> None:
+        """A NumPy dtype or scalar type (``np.dtype("float32")``, ``np.float32``) becomes its name,
+        as the dtype's name is what every file and report holds; anything else stays as given."""
+        d = self.dtype
+        if isinstance(d, np.dtype) or (isinstance(d, type) and issubclass(d, np.generic)):
+            object.__setattr__(self, "dtype", np.dtype(d).name)
+
     def _check_scales(self) -> None:
         """The dtype (a NumPy dtype, ``np.dtype("float32")``, becomes its name, as NumPy scalars
         become Python numbers) and, within :data:`SCALE_RANGE` of it, ``sigma_w``, a nonzero
@@ -280,6 +287,7 @@ class Stack(_Net):
         _check_int("output_dim", self.output_dim, 1)
         if self.loss == "softmax_ce" and self.output_dim < 2:
             raise ValueError("loss='softmax_ce' needs output_dim >= 2 (the number of classes)")
+        self._dtype_as_name()
         check_choice("dtype", self.dtype, DTYPES)
         self._check_scales()
         self._normalise()

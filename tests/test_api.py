@@ -405,7 +405,7 @@ def test_a_numpy_dtype_is_taken_as_its_name(make, dtype):
         (lambda **kw: gb.Recurrent(cell="rnn", steps=3, hidden=4, **kw))
     got = net(dtype=np.dtype(dtype))
     assert type(got.dtype) is str and got == net(dtype=dtype) and json.loads(json.dumps(asdict(got)))["dtype"] == dtype
-    with pytest.raises(ValueError, match=r"dtype=dtype\('float16'\) is not one of 'float64', 'float32'"):
+    with pytest.raises(ValueError, match=r"dtype='float16' is not one of 'float64', 'float32'"):
         net(dtype=np.dtype("float16"))
 
 
@@ -514,3 +514,14 @@ def test_logscaled_to_float_without_warn_is_silent_and_repr_keeps_the_sign():
     assert [w.category for w in seen] == [gb.UnderflowWarning] * 2  # one under-, one overflow: gradbench's own
     assert repr(gb.LogScaled.from_float(-3.5)) == "LogScaled([-10^0.5441])"
     assert repr(gb.LogScaled.from_float(np.array([2.0, -0.0]))) == "LogScaled([10^0.3010, 10^-inf])"
+
+
+def test_a_numpy_scalar_type_names_the_dtype():
+    """dtype=np.float32 was refused as "<class 'numpy.float32'> is not one of 'float64', 'float32'"."""
+    assert gb.Stack(depth=2, width=4, dtype=np.float32).dtype == "float32"
+    assert gb.Stack(depth=2, width=4, dtype=np.dtype("float64")).dtype == "float64"
+    assert gb.Recurrent(steps=3, hidden=2, dtype=np.float32).dtype == "float32"
+    with pytest.raises(ValueError, match="dtype='float16' is not one of 'float64', 'float32'"):
+        gb.Stack(depth=2, width=4, dtype=np.float16)
+    with pytest.raises(ValueError, match="is not one of"):
+        gb.Stack(depth=2, width=4, dtype=float)

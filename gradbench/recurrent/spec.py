@@ -147,6 +147,7 @@ class Recurrent(_Net):
             check_choice("clip", self.clip, CLIP_MODES + (None,))
             _check_real("clip_threshold", self.clip_threshold, positive=True)
         check_choice("clip_on", self.clip_on, CLIP_TARGETS)
+        self._dtype_as_name()
         check_choice("dtype", self.dtype, DTYPES)
         self._check_scales()
 
