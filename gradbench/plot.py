@@ -128,8 +128,8 @@ def _flow_numbers(item) -> tuple[np.ndarray, str, float, float]:
 
 
 def _rates(rate: float, signal_rate: float) -> str:
-    """'; signal +0.58, ||dW|| -0.01 dec/layer' (the finite ones; '' when neither is)."""
-    parts = [f"{name} {v:+.2g}" for name, v in (("signal", signal_rate), ("||dW||", rate)) if math.isfinite(v)]
+    """'; signal +0.145, ||dW|| -0.0102 dec/layer' (3 digits, as the compare table) (the finite ones; '' when neither is)."""
+    parts = [f"{name} {v:+.3g}" for name, v in (("signal", signal_rate), ("||dW||", rate)) if math.isfinite(v)]
     return f"; {', '.join(parts)} dec/layer" if parts else ""
 
 
