@@ -46,12 +46,15 @@ def test_carried_is_the_last_steps_loss_alone(cell, backend, checkpoint):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "c"])
-def test_the_carried_pass_leaves_the_results_as_they_were(backend):
+@pytest.mark.parametrize("checkpoint", [None, 16])
+def test_the_carried_pass_leaves_the_results_as_they_were(backend, checkpoint):
     rnn, p, xs, y = _pair("lstm")
-    on = gb.backprop(rnn, p, xs, y, backend=backend)
-    off = gb.backprop(rnn, p, xs, y, backend=backend, carried=False)
+    on = gb.backprop(rnn, p, xs, y, backend=backend, checkpoint=checkpoint)
+    off = gb.backprop(rnn, p, xs, y, backend=backend, checkpoint=checkpoint, carried=False)
     assert off.carried_signal_norm is None and off.carried_grad_norm is None
-    for name in ("signal_norm", "cell_signal_norm", "grad_norm", "h0_grad", "c0_grad", "loss_exact"):
+    np.testing.assert_array_equal(on.saturation, off.saturation)
+    for name in ("signal_norm", "cell_signal_norm", "grad_norm", "h0_grad", "c0_grad", "loss_exact", "output",
+                 "act_mean", "act_std"):
         x, z = getattr(on, name), getattr(off, name)
         np.testing.assert_array_equal(x.mantissa, z.mantissa)
         np.testing.assert_array_equal(x.exponent, z.exponent)
