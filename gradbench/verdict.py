@@ -534,7 +534,8 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                      f"over the stack); {span}" + _ends_without_trend(g, rate, threshold, stack.residual))
     elif finite.sum() == 1:
         words.append(f"one layer with a gradient: ||dW|| = 10^{_num(g[finite][0])}; no trend to fit")
-    words += small_batch_norm(stack, res, verdict)
+    bn = small_batch_norm(stack, res, verdict)
+    words += bn or batch_norm_explodes(stack, res, verdict, signal_rate)
     words += _findings(stack, g, res, verdict, forward_said, weight_log10)
     return "; ".join(words) + "."
 
@@ -598,6 +599,25 @@ def small_batch_norm(stack, res, verdict: str) -> list[str]:
                      f"of the most open unit of layer {top} and of every layer above add up to 1 or more"
                      + ("; float64 resolves 2.2e-16" if stack.dtype == "float32" else ""))
     return words
+
+
+# A plain ReLU stack with batch norm at large batches: ||dL/dh||^2 grows by pi / (pi - 1) a layer
+# at initialisation (Yang et al. 2019, "A mean field theory of batch normalization").
+BN_RELU_DECADES = 0.5 * math.log10(math.pi / (math.pi - 1))
+
+
+def batch_norm_explodes(stack, res, verdict: str, signal_rate: float) -> list[str]:
+    """Batch norm named as a cause of an exploding signal in a plain stack (no residual), over a
+    batch of 3 or more (2: :func:`small_batch_norm`): at initialisation batch norm makes the
+    gradient grow by itself, the faster the smaller the batch (tests/test_verdict.py measures
+    ReLU's large-batch rate against :data:`BN_RELU_DECADES`)."""
+    if not stack.batch_norm or stack.residual or verdict != "exploding" or not signal_rate > 0:
+        return []
+    batch = int(res.input_grad.mantissa.shape[0])
+    return [f"batch norm itself makes gradients explode at initialisation, the faster the smaller the batch (Yang et "
+            f"al. 2019: a plain ReLU stack over large batches by sqrt(pi / (pi - 1)) a layer, {BN_RELU_DECADES:.3f} "
+            f"decades); here the signal grows by {signal_rate:+.3g} decades a layer over a batch of {batch}: residual "
+            "connections (residual=k) or fewer layers tame it; rescaling the weights does not (batch norm undoes any scale)"]
 
 
 def countable_mean(fraction, unit: str = "layers") -> tuple[float, str]:
