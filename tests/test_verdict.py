@@ -728,6 +728,7 @@ def test_batch_norm_is_named_where_it_makes_gradients_explode():
 
     big = run()
     assert big.verdict == "exploding" and big.signal_decades_per_layer == pytest.approx(lam, abs=0.006)
+    assert round(big.signal_decades_per_layer, 3) == 0.082  # the README's number
     assert "batch norm itself makes gradients explode at initialisation" in big.explanation
     assert f"over a batch of 128" in big.explanation and "0.083 decades" in big.explanation
     small = run(batch=3, width=64)
