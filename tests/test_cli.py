@@ -231,6 +231,15 @@ def test_full_demo_with_training(tmp_path, capsys):
     for f in ("flow.png", "histograms.png", "loss.png", "update_ratio.png", "training.json"):
         assert (tmp_path / f).stat().st_size > 1000
     assert "stuck near ln 2" in out and "loss non-finite in epoch" in out
+    # the table gives the full-data losses before and after (as train and the README's table), not
+    # the first and last epochs' mini-batch means (batchnorm's last read 0.0793 against 0.0169)
+    runs = json.loads((tmp_path / "training.json").read_text())["runs"]
+    for name, r in runs.items():
+        row = next(line.split() for line in out.splitlines() if line.startswith(name + " "))
+        before = r["eval_loss"][0]
+        assert float(row[1]) == pytest.approx(before, abs=5e-5), (name, row, before)
+        if r["diverged_epoch"] is None:
+            assert float(row[2]) == pytest.approx(r["eval_loss"][-1], abs=5e-5, rel=1e-3), (name, row)
 
 
 # ---------------------------------------------------------------- train

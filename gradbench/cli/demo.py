@@ -17,6 +17,7 @@ from gradbench.cli.output import (
     check_directory, check_outputs, make_directory, metadata, threads, write_json, write_plot,
 )
 from gradbench.cli.train import train_to_dict, weights_of
+from gradbench.train import loss_text
 
 DEFAULT_DEMO_DIR = "gradbench-demo"
 CELL_STEPS = 1000
@@ -55,18 +56,21 @@ def register(sub):
 
 
 def training_table(results: dict) -> str:
-    head = (f"{'demo':<18} {'loss: epoch 1':>13} {'last':>8} {'accuracy':>8}  "
+    """Each demo's loss on the whole data set before training and after its last epoch (what
+    `gradbench train` and the README's table give; a run that diverged: the non-finite loss that
+    stopped it), its accuracy and how fast its first layer moves."""
+    head = (f"{'demo':<21} {'loss: before':>12} {'after':>10} {'accuracy':>8}  "
             f"{'first layer moves/epoch':>24}  note")
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         ran = r.epochs_run
-        last = r.loss[ran - 1] if ran else math.nan
         ratio = r.first_layer_ratio[:ran]
         med = f"{np.nanmean(ratio):.2g} %" if ran and np.any(np.isfinite(ratio)) else "-"
         acc = r.accuracy[ran] if r.diverged_epoch is None else math.nan
         note = (f"loss non-finite in epoch {r.diverged_epoch + 1}" if r.diverged_epoch is not None
-                else ("stuck near ln 2" if abs(last - math.log(2)) < 0.02 else "trains"))
-        lines.append(f"{name:<18} {r.loss[0]:>13.4f} {last:>8.4f} {acc:>8.2f}  {med:>24}  {note}")
+                else ("stuck near ln 2" if abs(r.final_loss - math.log(2)) < 0.02 else "trains"))
+        lines.append(f"{name:<21} {loss_text(r.eval_loss[0]):>12} {loss_text(r.final_loss):>10} {acc:>8.2f}  "
+                     f"{med:>24}  {note}")
     return "\n".join(lines)
 
 
@@ -166,7 +170,8 @@ def cmd_demo(args) -> int:
     print(f"gradbench demo: one deep stack, {len(DEMO_CONFIGS)} configurations (backend {backend})\n")
     print_comparison(args, diags, labels)
     if results:
-        print("\ntraining on two moons (bce, plain SGD; `gradbench train --list` for the settings):")
+        print("\ntraining on two moons (bce; full-data loss; `gradbench train --list` for each demo's optimiser and "
+              "settings):")
         print(training_table(results))
     if not args.no_cells:
         print(f"\nthrough time: vanilla tanh RNN, LSTM and GRU over {CELL_STEPS} steps (hidden 32, batch 16):")
