@@ -605,3 +605,22 @@ def test_the_loss_overflow_is_said_where_a_plain_float32_forward_prints_inf():
         assert not d.float_limits["float64"]["loss_overflow"]
         assert ("plain float32 would overflow the loss" in gb.report.format_report(d)) == over
     assert seen == {True, False}
+
+
+@pytest.mark.parametrize("kw,batch", [
+    # two residual groups: a "trend" through two branches' norms (it said ~511391 layers to overflow)
+    (dict(depth=100, width=32, activation="sigmoid", residual=50), 16),
+    # a signal held by the clip at every layer (the rate is the clip's: it said ~42504 layers to underflow)
+    (dict(depth=40, width=16, activation="tanh", init="normal", sigma_w=2.0, batch_norm=True, residual=4,
+          residual_scale=0.3, clip="value", clip_threshold=0.01), 3),
+])
+def test_no_extrapolation_from_a_fit_that_is_not_the_chains_trend(kw, batch):
+    stack = gb.Stack(**kw)
+    d = gb.diagnose(gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, batch, 1)))
+    for name in ("float64", "float32"):
+        lim = d.float_limits[name]
+        assert lim["layers_to_underflow"] is None and lim["layers_to_overflow"] is None, lim
+    assert "at this rate" not in str(d)
+    plain = gb.Stack(depth=30, width=32, activation="sigmoid")  # a trend of the chain: still extrapolated
+    p = gb.diagnose(gb.backprop(plain, gb.init_params(plain, 0), gb.gaussian_input(plain, 16, 1)))
+    assert p.float_limits["float64"]["layers_to_underflow"] is not None
