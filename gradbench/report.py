@@ -12,8 +12,8 @@ from gradbench.spec import ACT_PARAM_DEFAULT, RELU_FAMILY, Stack
 
 
 def count(n: int, noun: str) -> str:
-    """``n`` and the noun, plural unless n is 1: "1 seed", "3 seeds"."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    """``n`` and the noun, plural unless n is 1: "1 seed", "3 seeds", "2 branches"."""
+    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
 
 
 def fmt_pow(v: float) -> str:

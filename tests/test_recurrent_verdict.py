@@ -235,3 +235,4 @@ def test_counts_are_singular_for_one():
     from gradbench.report import count
 
     assert [count(n, "seed") for n in (0, 1, 2)] == ["0 seeds", "1 seed", "2 seeds"]
+    assert count(2, "branch") == "2 branches" and count(1, "branch") == "1 branch"

@@ -739,3 +739,26 @@ def test_batch_norm_is_named_where_it_makes_gradients_explode():
     skip = run(batch=16, width=64, residual=2)
     assert skip.verdict == "stable" and "batch norm itself" not in skip.explanation
     assert "batch norm itself" not in run(batch=16, width=64, batch_norm=False).explanation
+
+
+def test_a_branch_that_loses_decades_inside_is_named_beside_the_skip_paths_verdict():
+    """100 sigmoid layers in residual branches of 10: STABLE by the skip path, while inside every
+    branch ||dW_l|| falls by ~5 decades from its top layer to its bottom one (the stable sentence
+    said 'the layers between do not follow it'). Numbers from tests/naive.py's plain chain."""
+    import naive
+
+    stack = gb.Stack(depth=100, width=32, activation="sigmoid", residual=10)
+    p, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
+    d = gb.diagnose(gb.backprop(stack, p, x))
+    P = {k: np.asarray(getattr(p, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
+    _, grads, _ = naive.backward(stack, P, x)
+    g = np.log10(np.linalg.norm(grads["W"], axis=(1, 2))).reshape(10, 10)
+    inside = g[:, 0] - g[:, -1]
+    m = re.search(r"inside each residual branch of 10 layers \|\|dW_l\|\| changes by ([-+][\d.]+) decades from its top "
+                  r"layer to its bottom one \(the median over 10 branches, ([-+][\d.]+) to ([-+][\d.]+)\)", d.explanation)
+    assert d.verdict == "stable" and m, d.explanation
+    assert [float(v) for v in m.groups()] == pytest.approx([np.median(inside), inside.min(), inside.max()], abs=6e-3)
+    assert "do not follow it" not in d.explanation
+    flat = gb.Stack(depth=100, width=32, activation="relu", init="he_normal", residual=10, residual_scale=0.1)
+    assert "inside each residual branch" not in gb.diagnose(
+        gb.backprop(flat, gb.init_params(flat, 0), gb.gaussian_input(flat, 16, 1))).explanation
