@@ -140,7 +140,7 @@ def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
     below = ("the signal on the skip path ||dL/dh|| < " if residual > 1 else "||dW|| < ")
     if lim.get("forward_underflow_layer") is not None:
         parts.append(f"plain {name} would lose the forward activations at layer {lim['forward_underflow_layer']} "
-                     f"(their spread falls below 10^{lim['min_log10']:.2f}: 0 or subnormal from there up)")
+                     f"(their spread falls below 10^{lim['min_log10']:.2f}, the smallest normal: most entries 0 or subnormal from there up)")
     if lim.get("forward_overflow_layer") is not None:
         parts.append(f"plain {name} would overflow the forward activations at layer {lim['forward_overflow_layer']}")
     if lim["underflow_layer"] is not None:

@@ -188,3 +188,16 @@ def test_an_entry_equal_to_the_norm_is_not_called_below_the_grid():
         _assert_within_one_bin(rel, _true_relative_bins(dW, rel.edges), range(3))
     label = plot.histogram_heatmap(d).axes[0].get_xlabel()
     assert "below" not in label
+
+
+def test_stats_only_histograms_are_quarter_decade_bins_regrouped_and_the_norms_the_same_bits():
+    """The README: --stats-only keeps the same norms (bits) and counts its histograms on
+    quarter-decade bins, whose edges differ from the plain run's even split of the range."""
+    stack = gb.Stack(depth=3000, width=32, activation="tanh", init="he_normal")
+    p, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
+    plain, streamed = gb.diagnose(gb.backprop(stack, p, x)), gb.diagnose(gb.backprop(stack, p, x, stats_only=True))
+    np.testing.assert_array_equal(plain.grad_log10, streamed.grad_log10)
+    np.testing.assert_array_equal(plain.signal_log10, streamed.signal_log10)
+    edges = np.asarray(streamed.hist_edges)
+    np.testing.assert_allclose(edges * 4, np.round(edges * 4), atol=1e-9)  # whole quarter decades
+    assert not np.allclose(np.asarray(plain.hist_edges), edges)

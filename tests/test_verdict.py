@@ -762,3 +762,21 @@ def test_a_branch_that_loses_decades_inside_is_named_beside_the_skip_paths_verdi
     flat = gb.Stack(depth=100, width=32, activation="relu", init="he_normal", residual=10, residual_scale=0.1)
     assert "inside each residual branch" not in gb.diagnose(
         gb.backprop(flat, gb.init_params(flat, 0), gb.gaussian_input(flat, 16, 1))).explanation
+
+
+def test_the_forward_underflow_layer_is_where_most_float32_entries_are_no_longer_normal():
+    """'0 or subnormal from there up' was said of a layer where 21 % of a plain float32 forward's
+    entries were still normal; the layer is where the spread falls below the smallest normal, and
+    there most entries are 0 or subnormal (checked with a plain float32 forward)."""
+    stack = gb.Stack(depth=300, width=32, activation="tanh", init="normal", sigma_w=0.5, dtype="float32")
+    p, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
+    d = gb.diagnose(gb.backprop(stack, p, x))
+    at = d.float_limits["float32"]["forward_underflow_layer"]
+    assert at is not None and "most entries 0 or subnormal from there up" in str(d)
+    h = x.astype(np.float32)
+    tiny = np.finfo(np.float32).tiny
+    with np.errstate(under="ignore"):
+        for layer in range(at + 1):
+            h = np.tanh(h @ p.W[layer].T + p.b[layer])
+    # act_std of layer `at` is that of its output h_{at+1}
+    assert np.mean(np.abs(h) < tiny) > 0.5
