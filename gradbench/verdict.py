@@ -442,10 +442,9 @@ def branch_words(g, group: int, threshold: float) -> str:
     typical = float(np.median(inside))
     return (f"inside each residual branch of {group} layers ||dW_l|| changes by {typical:+.3g} decades from its top "
             f"layer to its bottom one (the median over {count(inside.size, 'branch')}, "
-            f"{float(np.min(inside)):+.3g} to {float(np.max(inside)):+.3g}): within a branch "
-            f"{'its bottom layers get far smaller updates than its top' if typical < 0 else 'its bottom layers get far larger updates than its top'}, "
-            "so no single learning rate suits every layer, while the skip path that the verdict reads carries the "
-            "signal past the branches")
+            f"{float(np.min(inside)):+.3g} to {float(np.max(inside)):+.3g}): within a branch its bottom layers get "
+            f"far {'smaller' if typical < 0 else 'larger'} updates than its top, so no single learning rate suits every "
+            "layer, while the skip path that the verdict reads carries the signal past the branches")
 
 
 def _ends_without_trend(g, rate: float, threshold: float, group: int) -> str:
@@ -693,7 +692,8 @@ def _clip_words(stack, res) -> str:
         where = f" (at most 10^{_num(s[top])}, at layer {top})" if top is not None else ""
         return (f"the backward signal is clipped ({clip}), but below the top it never reaches the threshold: every "
                 f"||dL/dh_l|| lies below {stack.clip_threshold:g}{where}, so at most the top gradient dL/dh_L was clipped, "
-                "which scales the whole chain by one factor and leaves its rates the loss derivative's")
+                "which changes only where the chain starts (by one factor under a norm clip): its rates below are the "
+                "loss derivative's")
     if binds.size == L:
         return (f"the backward signal is clipped ({clip}) at every layer, so these are the norms of the clipped chain, "
                 f"not of the loss's derivative: clipping the signal can hold an exploding chain flat {other}")
