@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradbench.histograms import DEFAULT_BINS, histograms, rebin_is_exact, rebin_streaming
+from gradbench.params import GeneratedParams, weights_probe
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, classify, clip_binds,  # noqa: F401
                                decades_per_layer, explain, float_limits, floored_layers, grad_rate, judge, signal_rate)
@@ -214,7 +215,9 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     res : Result
         From :func:`gradbench.backprop`.
     params : Params, optional
-        The parameters of that pass (of the same stack: checked). With them the diagnosis also
+        The parameters of that pass (of the same stack, and the weights that ran: checked against
+        the result's ``extras["weights_probe"]``, so weights changed in place after the pass or
+        drawn from another seed are refused). With them the diagnosis also
         records log10 ||W_l|| (``weight_log10``) and the magnitude rule uses them: vanishing
         everywhere when every elasticity ||dW_l|| ||W_l|| / loss is below 10^-``tiny``, even
         without a trend across layers. Without them ||W_l|| is taken as the init's sqrt(N) sigma_w.
@@ -397,6 +400,8 @@ def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> As
     rate, intercept = grad_rate(g, stack.residual)
     s_rate = signal_rate(s, stack.residual)
     w = np.zeros(0) if params is None else _weight_log10(params, stack, len(g))
+    if params is not None:  # after _weight_log10 refused another stack's
+        _check_same_weights(res, params)
     w_ref = w if len(w) else np.full(len(g), math.log10(math.sqrt(stack.width) * stack.gain))
     loss_log10 = float(res.loss_exact.log10())
     g_raw = _derivative_log10(res, g)  # clipping bounds the update, not the derivative
@@ -433,6 +438,28 @@ def _weight_log10(params, stack: Stack, L: int) -> np.ndarray:
                              f"needs {want}: pass the parameters of the pass that produced the result")
         out = _frobenius_log10(np.asarray(W, dtype=np.float64))
     return out
+
+
+def _check_same_weights(res, params) -> None:
+    """Refuse ``params`` that are not the weights ``res`` ran with (their probe differs: changed in
+    place after the pass, or another seed); a result without a probe, or generated weights given
+    beside a materialised result, is not checked."""
+    ran = (getattr(res, "extras", None) or {}).get("weights_probe")
+    if ran is None:
+        return
+    if isinstance(ran, int):
+        if isinstance(params, GeneratedParams) and params.seed != ran:
+            raise ValueError(f"params are generated from seed {params.seed}, but the result ran with seed {ran}: pass "
+                             "the parameters of the pass that produced the result")
+        return
+    if isinstance(params, GeneratedParams):
+        return
+    now = weights_probe(params)
+    differ = np.flatnonzero(now != np.asarray(ran))
+    if differ.size:
+        raise ValueError(f"params are not the weights the result ran with: layer {int(differ[0])}'s differ"
+                         f"{f' (and {differ.size - 1} more)' if differ.size > 1 else ''}, changed in place after the "
+                         "pass or drawn from another seed; pass the parameters of the pass that produced the result")
 
 
 def _frobenius_log10(W: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from gradbench.histograms import DEFAULT_BINS, DEFAULT_PER_DECADE, GradHistogram
 from gradbench.inputs import check_inputs, check_progress
 from gradbench.logscaled import LogScaled
 from gradbench.loss import head_loss, top_signal
-from gradbench.params import GeneratedParams, Params
+from gradbench.params import GeneratedParams, Params, weights_probe
 from gradbench.plan import Plan, available_memory, plan_run
 from gradbench.results import Grads, Result
 from gradbench.spec import RELU_FAMILY, Stack
@@ -468,7 +468,8 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     lost = int(np.count_nonzero(run.live_top & ~_rows_nonzero(G)))
     extras = dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), stats_only=run.plan.stats_only,
                   generated=run.plan.generated, weights_kept=run.plan.keep_weights,
-                  memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost)
+                  memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost,
+                  weights_probe=weights_probe(run.params))
     run.tick(run.work)
     return Result(
         stack=stack,

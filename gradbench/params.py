@@ -407,3 +407,12 @@ class GeneratedParams:
         st = self.stack
         return (f"GeneratedParams(depth={st.depth}, width={st.width}, init={st.init!r}, "
                 f"seed={self.seed})")
+
+
+def weights_probe(params) -> np.ndarray | int:
+    """What a Result keeps of the weights it ran with, for :func:`gradbench.diagnose` to check
+    that the ``params`` it is given are those: each layer's first row summed in float64 (L
+    numbers, a pass over L N entries), or the seed of generated weights."""
+    if isinstance(params, GeneratedParams):
+        return int(params.seed)
+    return np.asarray(params.W[:, 0, :]).sum(axis=1, dtype=np.float64)

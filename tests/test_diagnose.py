@@ -624,3 +624,23 @@ def test_no_extrapolation_from_a_fit_that_is_not_the_chains_trend(kw, batch):
     plain = gb.Stack(depth=30, width=32, activation="sigmoid")  # a trend of the chain: still extrapolated
     p = gb.diagnose(gb.backprop(plain, gb.init_params(plain, 0), gb.gaussian_input(plain, 16, 1)))
     assert p.float_limits["float64"]["layers_to_underflow"] is not None
+
+
+def test_params_that_did_not_produce_the_result_are_refused():
+    """Doubling W in place after backprop, then diagnose(res, params), gave a sigmoid sentence at
+    sigma_w 1.97 beside a table measured at 1; another seed's params of the same shape were taken
+    too. The result keeps a probe of its weights (each layer's first row summed)."""
+    stack = gb.Stack(depth=20, width=8, activation="sigmoid")
+    p, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1)
+    res = gb.backprop(stack, p, x)
+    assert gb.diagnose(res, p).verdict == "vanishing"
+    with pytest.raises(ValueError, match="params are not the weights the result ran with: layer 0's differ"):
+        gb.diagnose(res, gb.init_params(stack, 1))
+    p.W[3] *= 2
+    with pytest.raises(ValueError, match="layer 3's differ, changed in place after the pass"):
+        gb.diagnose(res, p)
+    g = gb.GeneratedParams(stack, 3)
+    made = gb.backprop(stack, g, x)
+    assert gb.diagnose(made, g).verdict == gb.diagnose(made, g.materialize()).verdict
+    with pytest.raises(ValueError, match="generated from seed 4, but the result ran with seed 3"):
+        gb.diagnose(made, gb.GeneratedParams(stack, 4))
