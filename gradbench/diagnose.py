@@ -259,7 +259,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     floored = floored_layers(stack.activation, g_plain, res.saturation, act_std_log10)
     act_rms_log10 = _rms_log10(act_mean_log10, act_std_log10)
     limits = float_limits(g_plain, rate_plain, act_std_log10, floored,
-                          _extrapolates(a, act_std_log10, act_rms_log10, threshold, rate_plain, stack, res),
+                          _extrapolates(a, stack, act_std_log10, act_rms_log10, threshold, rate_plain),
                           signal_log10=s, group=stack.residual, loss_log10=a.loss_log10)
     explanation = explain(a.verdict, stack, g, rate, a.signal_decades_per_layer, threshold, res, a.elasticity_log10,
                           a.rule, a.loss_log10, tiny, a.weight_log10)
@@ -315,8 +315,8 @@ def _rms_log10(mean_log10, std_log10) -> np.ndarray:
     return np.where(np.isneginf(top), -np.inf, out)
 
 
-def _extrapolates(a: "Assessment", act_std_log10: np.ndarray, act_rms_log10: np.ndarray, threshold: float,
-                  rate: float | None = None, stack=None, res=None) -> bool:
+def _extrapolates(a: "Assessment", stack: Stack, act_std_log10: np.ndarray, act_rms_log10: np.ndarray,
+                  threshold: float, rate: float | None = None) -> bool:
     """Whether ||dW_l||'s rate (``rate``, default the assessment's) within the stack says where
     more layers would take it (the float range's "at this rate ... after ~N layers").
 
@@ -330,21 +330,18 @@ def _extrapolates(a: "Assessment", act_std_log10: np.ndarray, act_rms_log10: np.
     the verdict (an exploding stack whose ||dW_l|| rate is slightly negative) and not against the
     backward signal's rate.
 
-    Nor from a fit that is not a trend of the chain (``stack`` and ``res`` given): fewer than three
+    Nor from a fit that is not a trend of the chain: fewer than three
     points (two residual groups: 100 sigmoid layers with residual=50 said float64 "would overflow
     after ~511391 layers" from two branches' norms, 10^1.818 and 10^1.788), a backward signal
     that does not change to rounding (that stack's skip path read the same bits at h_0 and h_50),
     or a signal held by a clip at every layer (a clipped chain's rate is the clip's)."""
     rate = a.decades_per_layer if rate is None else rate
     L = len(act_std_log10)
-    if stack is not None:
-        group = stack.residual if stack.residual > 1 and L % stack.residual == 0 else 1
-        if L // group < 3:
-            return False
-        if abs(a.signal_decades_per_layer) * (L - 1) < MEASURABLE_DECADES:
-            return False
-        if stack.clip is not None and stack.clip_on == "signal" and res is not None and clip_binds(stack, res).size == L:
-            return False
+    group = stack.residual if stack.residual > 1 and L % stack.residual == 0 else 1
+    if L // group < 3 or abs(a.signal_decades_per_layer) * (L - 1) < MEASURABLE_DECADES:
+        return False
+    if stack.clip is not None and stack.clip_on == "signal" and clip_binds(stack.clip_threshold, a.signal_log10).size == L:
+        return False
     for act in (act_std_log10, act_rms_log10):
         fwd = decades_per_layer(act)[0] * (L - 1)
         if math.isfinite(fwd) and abs(fwd) >= threshold:

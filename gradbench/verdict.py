@@ -669,25 +669,23 @@ def weight_gain(stack, weight_log10=None) -> tuple[float, bool]:
     return float(10.0 ** (np.median(w) - 0.5 * math.log10(stack.width))), True
 
 
-def clip_binds(stack, res) -> np.ndarray:
-    """The layers l whose backward signal the signal clip can have changed: ||dL/dh_l|| (after the
-    clip) at the threshold or above. Below it no entry was clipped (a value clip sets one to c, so
-    the norm is at least c; a norm clip sets the norm to c); the top gradient dL/dh_L, clipped
-    first, is not among them."""
-    with np.errstate(divide="ignore"):
-        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
-    return np.flatnonzero(s >= math.log10(stack.clip_threshold) - 1e-12)
+def clip_binds(threshold: float, signal_log10) -> np.ndarray:
+    """The layers l whose backward signal a signal clip at ``threshold`` can have changed:
+    ||dL/dh_l|| (after the clip; log10 in ``signal_log10``) at the threshold or above. Below it no
+    entry was clipped (a value clip sets one to c, so the norm is at least c; a norm clip sets the
+    norm to c); the top gradient dL/dh_L, clipped first, is not among them."""
+    return np.flatnonzero(np.asarray(signal_log10, dtype=np.float64) >= math.log10(threshold) - 1e-12)
 
 
 def _clip_words(stack, res) -> str:
     """The sentence on a clipped backward signal: where the clip can bind, and what that means."""
     clip = f"{stack.clip} at {stack.clip_threshold:g}"
-    binds, L = clip_binds(stack, res), stack.depth
+    with np.errstate(divide="ignore"):
+        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    binds, L = clip_binds(stack.clip_threshold, s), stack.depth
     other = ("(clip_on or --clip-on \"layer\" or \"global\" clips the parameter gradients instead and leaves the "
              "derivative)")
     if not binds.size:
-        with np.errstate(divide="ignore"):
-            s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
         top = int(np.nanargmax(np.where(np.isfinite(s), s, np.nan))) if np.any(np.isfinite(s)) else None
         where = f" (at most 10^{_num(s[top])}, at layer {top})" if top is not None else ""
         return (f"the backward signal is clipped ({clip}), but below the top it never reaches the threshold: every "
