@@ -11,9 +11,10 @@ import numpy as np
 from gradbench.spec import ACT_PARAM_DEFAULT, RELU_FAMILY, Stack
 
 
-def count(n: int, noun: str) -> str:
-    """``n`` and the noun, plural unless n is 1: "1 seed", "3 seeds", "2 branches"."""
-    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun, plural unless n is 1: "1 seed", "3 seeds"; ``plural`` where adding
+    an s is wrong: ``count(2, "branch", "branches")`` (a suffix rule would say "epoches")."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def fmt_pow(v: float) -> str:

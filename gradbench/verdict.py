@@ -441,7 +441,7 @@ def branch_words(g, group: int, threshold: float) -> str:
         return ""
     typical = float(np.median(inside))
     return (f"inside each residual branch of {group} layers ||dW_l|| changes by {typical:+.3g} decades from its top "
-            f"layer to its bottom one (the median over {count(inside.size, 'branch')}, "
+            f"layer to its bottom one (the median over {count(inside.size, 'branch', 'branches')}, "
             f"{float(np.min(inside)):+.3g} to {float(np.max(inside)):+.3g}): within a branch its bottom layers get "
             f"far {'smaller' if typical < 0 else 'larger'} updates than its top, so no single learning rate suits every "
             "layer, while the skip path that the verdict reads carries the signal past the branches")

@@ -265,6 +265,7 @@ def test_train_custom_stack_and_list(capsys):
     assert "data xor (80 samples), adam lr=0.03" in out
     code, out, _ = run(["train", "--list"], capsys)
     assert code == 0 and "deep-sigmoid" in out and "exploding-clipped" in out and "lr=0.1" in out
+    assert "batch 20, 100 epochs]" in out and "epoches" not in out
 
 
 def test_train_diverging_run_is_reported_not_crashed(tmp_path, capsys):

@@ -235,4 +235,5 @@ def test_counts_are_singular_for_one():
     from gradbench.report import count
 
     assert [count(n, "seed") for n in (0, 1, 2)] == ["0 seeds", "1 seed", "2 seeds"]
-    assert count(2, "branch") == "2 branches" and count(1, "branch") == "1 branch"
+    assert count(2, "branch", "branches") == "2 branches" and count(1, "branch", "branches") == "1 branch"
+    assert [count(n, "epoch") for n in (1, 100)] == ["1 epoch", "100 epochs"]  # not "epoches"
