@@ -237,3 +237,101 @@ def test_counts_are_singular_for_one():
     assert [count(n, "seed") for n in (0, 1, 2)] == ["0 seeds", "1 seed", "2 seeds"]
     assert count(2, "branch", "branches") == "2 branches" and count(1, "branch", "branches") == "1 branch"
     assert [count(n, "epoch") for n in (1, 100)] == ["1 epoch", "100 epochs"]  # not "epoches"
+
+
+def _clipped_bptt(params, xs, mode, c, lstm, identity=False):
+    """A hand-written float64 BPTT of a tanh (or identity) cell or an LSTM (torch's gate order i, f, g, o) with
+    the probe 0.5 ||h_{T-1}||^2 and h_{-1} = c_{-1} = 0, its backward state clipped at every step
+    (for the LSTM dL/dh_t and the part of dL/dc_t carried back through c_{t+1} together, the top
+    with nothing carried). Returns ||dL/dh_t|| after the clip, the whole ||dL/dc_t|| (LSTM) and
+    whether the clip changed the state at t."""
+    T, B, N = len(xs), xs.shape[1], params.W_hh.shape[1]
+    hs, cs, gates = [np.zeros((B, N))], [np.zeros((B, N))], []
+    for x in xs:
+        z = x @ params.W_ih.T + params.b_ih + hs[-1] @ params.W_hh.T + params.b_hh
+        if not lstm:
+            hs.append(z if identity else np.tanh(z))
+            continue
+        i, f, g, o = (1 / (1 + np.exp(-z[:, :N])), 1 / (1 + np.exp(-z[:, N:2 * N])), np.tanh(z[:, 2 * N:3 * N]),
+                      1 / (1 + np.exp(-z[:, 3 * N:])))
+        cs.append(f * cs[-1] + i * g)
+        hs.append(o * np.tanh(cs[-1]))
+        gates.append((i, f, g, o))
+    dh, dcc = hs[-1].copy(), np.zeros((B, N))
+    s, cell, acted = np.empty(T), np.empty(T), np.zeros(T, dtype=bool)
+    for t in range(T - 1, -1, -1):
+        v = np.concatenate([dh, dcc])
+        big = np.linalg.norm(v) > c if mode == "norm" else np.abs(v).max() > c
+        if big:
+            v = v * (c / np.linalg.norm(v)) if mode == "norm" else np.clip(v, -c, c)
+        dh, dcc, acted[t], s[t] = v[:B], v[B:], big, np.linalg.norm(v[:B])
+        if not lstm:
+            dh = (dh if identity else dh * (1 - hs[t + 1] ** 2)) @ params.W_hh
+            continue
+        i, f, g, o = gates[t]
+        dc = dcc + dh * o * (1 - np.tanh(cs[t + 1]) ** 2)
+        cell[t] = np.linalg.norm(dc)
+        dz = np.concatenate([dc * g * i * (1 - i), dc * cs[t] * f * (1 - f), dc * i * (1 - g**2),
+                             dh * np.tanh(cs[t + 1]) * o * (1 - o)], axis=1)
+        dh, dcc = dz @ params.W_hh, dc * f
+    return s, cell, acted
+
+
+def _named_steps(text, T):
+    """The steps the clip sentence names: every one, none, the last, or the listed run."""
+    text = " ".join(text.split())
+    if "clipped (" not in text:
+        return None
+    if ") at every step, so these are the norms of the clipped chain" in text:
+        return list(range(T))
+    if "never reaches the threshold, so the clip changed nothing" in text:
+        return []
+    if "but before the last step" in text:
+        return [T - 1]
+    m = re.search(r"it can act at (\d+) of the (\d+) steps \(([\d, .]+):", text)
+    assert m and int(m.group(2)) == T, text
+    return [int(m.group(1))] + [int(v) for v in m.group(3).replace("...", "").split(",") if v.strip()]
+
+
+@pytest.mark.parametrize("cell, mode, c, sigma_w", [
+    ("rnn", "norm", 1e-30, 0.5), ("identity", "norm", 0.5, 3.0), ("rnn", "norm", 1e6, 0.5), ("rnn", "norm", 1.0, 0.5), ("rnn", "value", 0.02, 0.7),
+    ("rnn", "norm", 1.0, 3.0), ("lstm", "value", 0.01, None), ("lstm", "norm", 0.05, None), ("lstm", "norm", 1e3, None)])
+def test_the_clip_sentence_names_the_steps_where_the_clip_can_act(cell, mode, c, sigma_w):
+    """'clipped at every step, so these are the norms of the clipped chain' was said of any clipped
+    state, also where it never reached the threshold (a vanishing cell's 10^-10 under a clip at 1).
+    A clip can act only at a step whose state (after it) has a norm of at least the threshold; for
+    the LSTM the state is (dL/dh_t, the carried part of dL/dc_t), bounded through the whole dL/dc_{t+1}.
+    Checked against a hand-written clipped BPTT: every step where the clip changed the state is
+    named, and the named steps are those the bound gives."""
+    identity = cell == "identity"  # a vanilla cell without tanh: gain 3 explodes, the clip acts at every step
+    rnn = gb.Recurrent(cell="rnn" if identity else cell, activation="identity" if identity else None, steps=30,
+                       hidden=6, sigma_w=sigma_w, clip=mode, clip_threshold=c)
+    p, xs = gb.init_params(rnn, 1), gb.sequence_input(rnn, 5, 2)
+    s, cell_norm, acted = _clipped_bptt(p, np.asarray(xs, dtype=np.float64), mode, c, cell == "lstm", identity)
+    bound = s ** 2 + (np.append(cell_norm[1:], 0.0) ** 2 if cell == "lstm" else 0.0)
+    can = np.flatnonzero(bound >= c * c * (1 - 1e-12))
+    assert set(np.flatnonzero(acted)) <= set(can)
+    d = diagnose(gb.backprop(rnn, p, xs, backend="numpy"))
+    np.testing.assert_allclose(d.signal_log10, np.log10(s), rtol=0, atol=1e-9)
+    named = _named_steps(d.explanation, rnn.steps)
+    if can.size in (0, rnn.steps) or can.tolist() == [rnn.steps - 1]:
+        assert named == can.tolist(), d.explanation
+    else:
+        assert named[0] == can.size and named[1:] == can[:6].tolist(), d.explanation
+        first = f"and at none before step {can.min()}, so before it these are the loss derivative's chain"
+        assert (first in " ".join(d.explanation.split())) == (can.min() > 0), d.explanation
+
+
+def test_an_lstm_with_a_loss_at_every_step_keeps_the_carried_passs_cell_norms():
+    """The clip sentence of an every-step loss reads the carried pass (the last step's loss alone),
+    which for the LSTM needs that pass's ||dL/dc_t||: with no clip, they are those of a net with
+    the same head on the last step only, times one factor (the every-step mean's 1/T)."""
+    kw = dict(cell="lstm", steps=12, hidden=4, loss="mse", output_dim=2)
+    every, last = gb.Recurrent(loss_on="every", **kw), gb.Recurrent(loss_on="last", **kw)
+    p, xs = gb.init_params(every, 0), gb.sequence_input(every, 3, 1)
+    y = np.random.default_rng(2).standard_normal((12, 3, 2))
+    a = gb.backprop(every, p, xs, y, backend="numpy").extras["carried_cell_signal_norm"].log10()
+    b = gb.backprop(last, p, xs, y[-1], backend="numpy").cell_signal_norm.log10()
+    np.testing.assert_allclose(np.asarray(a) - np.asarray(b), math.log10(1 / 12), rtol=0, atol=1e-12)
+    gru = gb.Recurrent(loss_on="every", **{**kw, "cell": "gru"})
+    assert "carried_cell_signal_norm" not in gb.backprop(gru, gb.init_params(gru, 0), xs, y).extras

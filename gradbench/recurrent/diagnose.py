@@ -57,7 +57,7 @@ import numpy as np
 from gradbench.activations import RESCUE
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.report import count, fmt_percent, fmt_pow
-from gradbench.verdict import MEASURABLE_DECADES, countable_mean
+from gradbench.verdict import MEASURABLE_DECADES, clip_binds, countable_mean
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -228,6 +228,48 @@ def _limit_words(limits: dict, T: int, signal: str = "||dL/dh_t||") -> list[str]
     return words
 
 
+def _clip_state_log10(s: np.ndarray, cell: np.ndarray | None) -> np.ndarray:
+    """log10 of a bound on the norm of the state that the signal clip acted on at each step t:
+    ||dL/dh_t|| (``s``, after the clip) for the vanilla cell and the GRU; for the LSTM, which
+    clips dL/dh_t and the part of dL/dc_t carried back through c_{t+1} together, sqrt(||dL/dh_t||^2
+    + ||dL/dc_{t+1}||^2) (``cell``: the whole ||dL/dc_t||; the carried part is the forget gate,
+    below 1, times the whole of step t+1's, and a clip only shrinks it). Nothing is carried
+    back to the last step."""
+    if cell is None:
+        return s
+    nxt = np.append(cell[1:], -math.inf) * math.log(10)
+    with np.errstate(invalid="ignore"):
+        return np.logaddexp(2 * s * math.log(10), 2 * nxt) / (2 * math.log(10))
+
+
+def _clip_words(rnn, s: np.ndarray, cell: np.ndarray | None) -> str:
+    """The sentence on a clipped backward state: at which steps the clip can have acted
+    (:func:`gradbench.verdict.clip_binds` on :func:`_clip_state_log10`), and what that means;
+    ``s`` and ``cell`` are the log10 norms of the pass the verdict reads."""
+    clip, c, T = f"{rnn.clip} at {rnn.clip_threshold:g}", rnn.clip_threshold, len(s)
+    state = "||dL/dh_t||" if cell is None else "||(dL/dh_t, dL/dc_t carried)||"
+    binds = clip_binds(c, _clip_state_log10(s, cell))
+    other = ("(clip_on=\"matrix\" or \"global\", --clip-on on the command line, clips the parameter gradients "
+             "instead and leaves the derivative)")
+    if not binds.size:
+        return (f"the backward state is clipped ({clip}), but {state} never reaches the threshold, so the clip "
+                "changed nothing: these are the norms of the loss's derivative")
+    if binds.size == T:
+        return (f"the backward state is clipped ({clip}) at every step, so these are the norms of the clipped chain, "
+                f"not of the loss's derivative: clipping the signal can hold an exploding chain flat {other}")
+    if binds.tolist() == [T - 1]:
+        return (f"the backward state is clipped ({clip}), but before the last step {state} never reaches the "
+                "threshold: at most the last step's gradient was clipped, which changes only where the chain starts "
+                "(by one factor under a norm clip), so the rates before it are the loss derivative's")
+    steps = ", ".join(map(str, binds[:6])) + (", ..." if binds.size > 6 else "")
+    first = int(binds.min())
+    before = (f", and at none before step {first}, so before it these are the loss derivative's chain on the clipped "
+              "state" if first > 0 else "")
+    return (f"the backward state is clipped ({clip}); it can act at {binds.size} of the {T} steps ({steps}: "
+            f"where {state} reaches the threshold){before}; where it acts, clipping the signal can hold an exploding "
+            f"chain flat {other}")
+
+
 def _back(n: int) -> str:
     return "the last step" if n == 0 else f"{n} step{'s' if n != 1 else ''} back"
 
@@ -338,10 +380,13 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         low = float(np.nanmean(res.gate_low))
         words.append(f"{100 * low:.0f} % of {gate} gates below 0.1 (mean {gate} gate {float(np.nanmean(res.gate_mean)):.3g})")
     if rnn.clip is not None and rnn.clip_on == "signal":
-        words.append(f"the backward state is clipped ({rnn.clip} at {rnn.clip_threshold:g}) at every step, so these are "
-                     "the norms of the clipped chain, not of the loss's derivative: clipping the signal can hold an "
-                     "exploding chain flat (clip_on=\"matrix\" or \"global\", --clip-on on the command line, clips the "
-                     "parameter gradients instead and leaves the derivative)")
+        if carried:
+            cell = res.extras.get("carried_cell_signal_norm")
+            with np.errstate(divide="ignore"):
+                c_clip = np.asarray(cell.log10(), dtype=np.float64) if cell is not None else None
+        else:
+            c_clip = c if rnn.cell == "lstm" else None
+        words.append(_clip_words(rnn, s, c_clip))
     sat, where = countable_mean(res.saturation, "steps")
     if sat > 0.1:
         words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (|phi'| < 1 % of its largest value)")

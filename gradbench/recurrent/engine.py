@@ -572,7 +572,8 @@ def _carried(run: _Run, top: tuple, T: int) -> None:
     run.gnorm_m, run.gnorm_e = np.empty(T), np.zeros(T, dtype=np.int64)
     try:
         _backward(run, inject=False)
-        run.carried_norms = (LogScaled(run.sig_m[1:].copy(), run.sig_e[1:].copy()), LogScaled(run.gnorm_m, run.gnorm_e))
+        run.carried_norms = (LogScaled(run.sig_m[1:].copy(), run.sig_e[1:].copy()), LogScaled(run.gnorm_m, run.gnorm_e),
+                             LogScaled(run.csig_m[1:].copy(), run.sig_e[1:].copy()) if run.rnn.cell == "lstm" else None)
     finally:
         for k, v in first.items():
             setattr(run, k, v)
@@ -634,7 +635,8 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
         first_nonfinite_backward=None if fbwd < 0 else fbwd - 1,
         forward_rescaled=run.rescale,
         extras=dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), memory_estimate=run.plan.estimate,
-                    seconds=run.seconds),
+                    seconds=run.seconds, **({"carried_cell_signal_norm": run.carried_norms[2]}
+                                            if run.carried_norms and lstm else {})),
         carried_signal_norm=run.carried_norms[0] if run.carried_norms else None,
         carried_grad_norm=run.carried_norms[1] if run.carried_norms else None,
     )

@@ -74,7 +74,9 @@ class RecurrentResult:
         Whether the forward state carried power-of-two exponents (identity and ReLU-family cells
         with the sum_squares probe).
     extras : dict
-        ``checkpoint``, ``segments``, ``memory_estimate``, ``seconds``.
+        ``checkpoint``, ``segments``, ``memory_estimate``, ``seconds``; for an LSTM with a
+        carried pass also ``carried_cell_signal_norm`` (LogScaled (T,), as ``cell_signal_norm``
+        for the last step's loss alone).
     carried_signal_norm, carried_grad_norm : LogScaled (T,) or None
         With ``loss_on="every"`` (unless ``backprop(..., carried=False)``): ||dL_{T-1}/dh_t|| and
         the norm of step t's contribution to dL_{T-1}/dW_hh for the last step's loss L_{T-1}
