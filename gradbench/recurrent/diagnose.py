@@ -214,8 +214,7 @@ def _limit_words(limits: dict, T: int, signal: str = "||dL/dh_t||") -> list[str]
     """One sentence per kind (underflow, overflow) naming every dtype whose range ``signal``
     leaves, each with the first step it would have lost."""
     words = []
-    over = "overflowed" if signal == "||dL/dh_t||" else f"overflowed {signal}"
-    for kind, what in (("underflow", f"lost {signal} to underflow"), ("overflow", over)):
+    for kind, what in (("underflow", f"lost {signal} to underflow"), ("overflow", f"overflowed {signal}")):
         hit = [(name, limits[name][f"{kind}_step"]) for name in ("float32", "float64")
                if limits[name][f"{kind}_step"] is not None]
         if not hit:
