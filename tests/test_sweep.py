@@ -565,7 +565,11 @@ def test_a_sweep_point_with_its_bn_eps_is_reproduced_by_gradbench_run(cluster, t
     (["--activation", "tanh,sigmod"], "did you mean 'sigmoid'? (at grid point activation='sigmod')"),
     (["--batch-norm", "maybe"], "--batch-norm 'maybe': expected true or false (true/false, yes/no, on/off, 1/0)"),
     (["--sigma-w", "1,1"], "has repeated values"),
-    (["--batch-norm", "true,false", "--batch", "1,4"], "needs a batch of at least 2, got batch=1"),
+    (["--batch-norm", "true,false", "--batch", "1,4"], "needs a batch of at least 2, got --batch=1"),
+    # the spec's field names in option words, the grid point in the table's (it said "sigma_w must be > 0")
+    (["--sigma-w", "0,1"], "error: --sigma-w must be > 0, got 0.0 (at grid point sigma_w=0.0)"),
+    (["--clip", "norm", "--clip-threshold", "-1"], "error: --clip-threshold must be > 0, got -1.0"),
+    (["--batch", "0,4"], "error: --batch must be an int >= 1, got 0 (at grid point batch=0)"),
     (["--clip-threshold", "2"], "--clip-threshold sets how --clip clips, and no configuration clips"),
     (["--output-dim", "3"], "--output-dim sizes the head, and no configuration has one"),
     (["--seeds", "0"], "--seeds must be >= 1"),
@@ -898,4 +902,4 @@ def test_a_list_that_starts_with_a_negative_value_is_a_value(capsys):
     assert args.activation_param == "-0.1,0.2" and args.sigma_w == "-.5,1"
     assert cli.main(["sweep", "--sigma-w", "-1,1", "--depth", "4", "--width", "4"]) == 2
     err = capsys.readouterr().err
-    assert "sigma_w must be > 0, got -1.0" in err and "expected one argument" not in err
+    assert "--sigma-w must be > 0, got -1.0" in err and "expected one argument" not in err

@@ -19,7 +19,8 @@ import typing
 import numpy as np
 
 from gradbench import _atomic
-from gradbench.cli.common import NEGATIVE_VALUE, given, positive_int, refuse_unused_stack_options
+from gradbench.cli.common import (NEGATIVE_VALUE, STACK_FIELDS, field_words, given, in_option_words, positive_int,
+                                  refuse_unused_stack_options)
 from gradbench.cli.process import UsageError  # main prints its one line and exits with status 2
 from gradbench.report import count
 from gradbench.spec import Stack
@@ -174,6 +175,9 @@ def _check_plot(args, grid: dict, fixed: dict) -> None:
         raise UsageError(f"--plot-x and --plot-y must differ, both are {args.plot_x}")
 
 
+_FIELD = field_words((*STACK_FIELDS, "batch"))
+
+
 def cmd_sweep(args) -> int:
     _check_files(args)
     if isinstance(args.seeds, int) and args.seeds < 1:
@@ -195,7 +199,8 @@ def cmd_sweep(args) -> int:
             check_out(args.out, p, "--out ")  # another sweep's directory, or not a sweep's
         check_options(args.scheduler, args.workers, args.runs_per_task, True, args.out)
     except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
+        words, at, point = str(exc).partition(" (at grid point ")  # the point keeps the table's field names
+        raise UsageError(in_option_words(words, _FIELD) + at + point) from None
     refuse_unused_stack_options(args, [gb.Stack(**run.config) for run in p.runs()[::len(p.seeds)]], several=True)
     t0 = time.perf_counter()
     try:
