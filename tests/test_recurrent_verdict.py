@@ -239,12 +239,14 @@ def test_counts_are_singular_for_one():
     assert [count(n, "epoch") for n in (1, 100)] == ["1 epoch", "100 epochs"]  # not "epoches"
 
 
-def _clipped_bptt(params, xs, mode, c, lstm, identity=False):
+def _clipped_bptt(params, xs, mode, c, lstm, identity=False, targets=None, carried=False):
     """A hand-written float64 BPTT of a tanh (or identity) cell or an LSTM (torch's gate order i, f, g, o) with
     the probe 0.5 ||h_{T-1}||^2 and h_{-1} = c_{-1} = 0, its backward state clipped at every step
     (for the LSTM dL/dh_t and the part of dL/dc_t carried back through c_{t+1} together, the top
     with nothing carried). Returns ||dL/dh_t|| after the clip, the whole ||dL/dc_t|| (LSTM) and
-    whether the clip changed the state at t."""
+    whether the clip changed the state at t. With ``targets`` (T, B, O) the loss is instead the
+    mse of a head at every step, mean((h_t W_out^T + b_out - y_t)^2), each step's own gradient
+    added before the clip; ``carried``: only the last step's term of that loss."""
     T, B, N = len(xs), xs.shape[1], params.W_hh.shape[1]
     hs, cs, gates = [np.zeros((B, N))], [np.zeros((B, N))], []
     for x in xs:
@@ -257,9 +259,16 @@ def _clipped_bptt(params, xs, mode, c, lstm, identity=False):
         cs.append(f * cs[-1] + i * g)
         hs.append(o * np.tanh(cs[-1]))
         gates.append((i, f, g, o))
-    dh, dcc = hs[-1].copy(), np.zeros((B, N))
+    own = np.zeros((T + 1, B, N))  # each step's own loss gradient, added before its clip
+    if targets is not None:
+        for t in range(T):
+            own[t] = 2 * (hs[t + 1] @ params.W_out.T + params.b_out - targets[t]) @ params.W_out / targets.size
+        if carried:
+            own[:T - 1] = 0
+    dh, dcc = (hs[-1].copy() if targets is None else np.zeros((B, N))), np.zeros((B, N))
     s, cell, acted = np.empty(T), np.empty(T), np.zeros(T, dtype=bool)
     for t in range(T - 1, -1, -1):
+        dh = dh + own[t]
         v = np.concatenate([dh, dcc])
         big = np.linalg.norm(v) > c if mode == "norm" else np.abs(v).max() > c
         if big:
@@ -335,3 +344,29 @@ def test_an_lstm_with_a_loss_at_every_step_keeps_the_carried_passs_cell_norms():
     np.testing.assert_allclose(np.asarray(a) - np.asarray(b), math.log10(1 / 12), rtol=0, atol=1e-12)
     gru = gb.Recurrent(loss_on="every", **{**kw, "cell": "gru"})
     assert "carried_cell_signal_norm" not in gb.backprop(gru, gb.init_params(gru, 0), xs, y).extras
+
+
+@pytest.mark.parametrize("sigma_w, c", [(0.8, 0.01), (0.8, 0.03), (1.5, 0.1), (3.0, 0.1)])
+def test_the_clip_sentence_of_a_loss_at_every_step_reads_the_carried_pass(sigma_w, c):
+    """With a loss at every step the verdict reads the carried pass (the last step's loss alone):
+    the clip sentence is that pass's, and says separately where the clip can act on the every-step
+    loss's own state (which training's gradients come from). Checked against a hand-written BPTT
+    of both passes."""
+    rnn = gb.Recurrent(cell="rnn", steps=30, hidden=6, sigma_w=sigma_w, loss="mse", loss_on="every", output_dim=2,
+                       clip="norm", clip_threshold=c)
+    p, xs = gb.init_params(rnn, 1), gb.sequence_input(rnn, 5, 2)
+    y = np.random.default_rng(3).standard_normal((30, 5, 2))
+    x64 = np.asarray(xs, dtype=np.float64)
+    s_every, _, _ = _clipped_bptt(p, x64, "norm", c, False, targets=y)
+    s_last, _, _ = _clipped_bptt(p, x64, "norm", c, False, targets=y, carried=True)
+    res = gb.backprop(rnn, p, xs, y, backend="numpy")
+    np.testing.assert_allclose(np.asarray(res.signal_norm.log10()), np.log10(s_every), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(res.carried_signal_norm.log10()), np.log10(s_last), rtol=0, atol=1e-9)
+    text = " ".join(diagnose(res).explanation.split())
+    every, last = np.flatnonzero(s_every >= c * (1 - 1e-12)), np.flatnonzero(s_last >= c * (1 - 1e-12))
+    assert "the carried backward state is clipped (norm at" in text
+    assert _named_steps(text.replace("the carried backward state", "the backward state"), 30)[
+        :1 if last.size in (0, 1, 30) else 2] == (last.tolist() if last.size in (0, 1, 30) else [last.size, last[0]])
+    said = f"with every step's loss the clip can act at {every.size} of the 30 steps"
+    assert (said in text) == (every.size > 0), text
+    assert every.size != last.size  # the two passes differ here: one sentence could not say both

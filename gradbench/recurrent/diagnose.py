@@ -241,32 +241,54 @@ def _clip_state_log10(s: np.ndarray, cell: np.ndarray | None) -> np.ndarray:
         return np.logaddexp(2 * s * math.log(10), 2 * nxt) / (2 * math.log(10))
 
 
-def _clip_words(rnn, s: np.ndarray, cell: np.ndarray | None) -> str:
+def _clip_words(rnn, s: np.ndarray, cell: np.ndarray | None, loss: str = "L") -> str:
     """The sentence on a clipped backward state: at which steps the clip can have acted
     (:func:`gradbench.verdict.clip_binds` on :func:`_clip_state_log10`), and what that means;
-    ``s`` and ``cell`` are the log10 norms of the pass the verdict reads."""
+    ``s`` and ``cell`` are the log10 norms of the pass the verdict reads, of the loss ``loss``
+    (``"L_{T-1}"``: the carried pass)."""
     clip, c, T = f"{rnn.clip} at {rnn.clip_threshold:g}", rnn.clip_threshold, len(s)
-    state = "||dL/dh_t||" if cell is None else "||(dL/dh_t, dL/dc_t carried)||"
+    subject = "the backward state" if loss == "L" else "the carried backward state"
+    state = f"||d{loss}/dh_t||" if cell is None else f"||(d{loss}/dh_t, d{loss}/dc_t carried)||"
     binds = clip_binds(c, _clip_state_log10(s, cell))
     other = ("(clip_on=\"matrix\" or \"global\", --clip-on on the command line, clips the parameter gradients "
              "instead and leaves the derivative)")
     if not binds.size:
-        return (f"the backward state is clipped ({clip}), but {state} never reaches the threshold, so the clip "
+        return (f"{subject} is clipped ({clip}), but {state} never reaches the threshold, so the clip "
                 "changed nothing: these are the norms of the loss's derivative")
     if binds.size == T:
-        return (f"the backward state is clipped ({clip}) at every step, so these are the norms of the clipped chain, "
+        return (f"{subject} is clipped ({clip}) at every step, so these are the norms of the clipped chain, "
                 f"not of the loss's derivative: clipping the signal can hold an exploding chain flat {other}")
     if binds.tolist() == [T - 1]:
-        return (f"the backward state is clipped ({clip}), but before the last step {state} never reaches the "
+        return (f"{subject} is clipped ({clip}), but before the last step {state} never reaches the "
                 "threshold: at most the last step's gradient was clipped, which changes only where the chain starts "
                 "(by one factor under a norm clip), so the rates before it are the loss derivative's")
     steps = ", ".join(map(str, binds[:6])) + (", ..." if binds.size > 6 else "")
     first = int(binds.min())
     before = (f", and at none before step {first}, so before it these are the loss derivative's chain on the clipped "
               "state" if first > 0 else "")
-    return (f"the backward state is clipped ({clip}); it can act at {binds.size} of the {T} steps ({steps}: "
+    return (f"{subject} is clipped ({clip}); it can act at {binds.size} of the {T} steps ({steps}: "
             f"where {state} reaches the threshold){before}; where it acts, clipping the signal can hold an exploding "
             f"chain flat {other}")
+
+
+def _signal_clip_words(rnn, res, s, total, c, carried: bool) -> list[str]:
+    """:func:`_clip_words` of the pass the verdict reads; with a loss at every step also where the
+    clip can act on the every-step loss's own state, whose gradients training uses."""
+    lstm, T = rnn.cell == "lstm", rnn.steps
+    if not carried:
+        return [_clip_words(rnn, s, c if lstm else None)]
+    cell = res.extras.get("carried_cell_signal_norm")
+    if cell is not None:
+        with np.errstate(divide="ignore"):
+            cell = np.asarray(cell.log10(), dtype=np.float64)
+    elif lstm:  # a result without the carried pass's cell norms: no bound, every step may be clipped
+        cell = np.full(T, math.inf)
+    words = [_clip_words(rnn, s, cell, "L_{T-1}")]
+    every = clip_binds(rnn.clip_threshold, _clip_state_log10(total, c if lstm else None))
+    if every.size:
+        words.append(f"with every step's loss the clip can act at {every.size} of the {T} steps, where it can change "
+                     "the gradients that training uses")
+    return words
 
 
 def _back(n: int) -> str:
@@ -379,13 +401,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         low = float(np.nanmean(res.gate_low))
         words.append(f"{100 * low:.0f} % of {gate} gates below 0.1 (mean {gate} gate {float(np.nanmean(res.gate_mean)):.3g})")
     if rnn.clip is not None and rnn.clip_on == "signal":
-        if carried:
-            cell = res.extras.get("carried_cell_signal_norm")
-            with np.errstate(divide="ignore"):
-                c_clip = np.asarray(cell.log10(), dtype=np.float64) if cell is not None else None
-        else:
-            c_clip = c if rnn.cell == "lstm" else None
-        words.append(_clip_words(rnn, s, c_clip))
+        words += _signal_clip_words(rnn, res, s, total, c, carried)
     sat, where = countable_mean(res.saturation, "steps")
     if sat > 0.1:
         words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (|phi'| < 1 % of its largest value)")
