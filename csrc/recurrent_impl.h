@@ -367,12 +367,17 @@ static void F(gb_rfinish)(REAL *gg, int64_t rows, int64_t B, int64_t N, int64_t 
     if (info[GB_INFO_BACKWARD] < 0 && !F(gb_rall_finite)(gg, n)) info[GB_INFO_BACKWARD] = j;
 }
 
-/* The every-step loss: gg 2^e + dh 2^0 at the larger exponent (only the first B rows get dh;
- * the LSTM's dL/dc moves with them). Returns the exponent. */
+/* The every-step loss: gg 2^e + dh 2^0 at the larger exponent, e or max|dh|'s (NaN ignored;
+ * e when dh is all zero, as in the carried pass, whose gg 2^e would otherwise be scaled below
+ * the float range; 0 for an infinite dh: the reference's loss_exponent). Only the first B rows
+ * get dh; the LSTM's dL/dc moves with them. Returns the exponent. */
 static int64_t F(gb_radd_loss)(REAL *gg, int64_t rows, int64_t B, int64_t N, int64_t e, const REAL *dh) {
-    const int64_t em = GB_MAX(e, 0);
+    const double m = (double)F(gb_rabsmax)(dh, B * N);
+    int ed = 0;
+    if (m > 0 && isfinite(m)) frexp(m, &ed);
+    const int64_t em = m > 0 ? GB_MAX(e, (int64_t)ed) : e;
     const int dg = gb_clamp_exp(e - em), dd = gb_clamp_exp(-em);
-    const REAL sd = F(gb_pow2)(dd), sg = F(gb_pow2)(dg); /* one of dd, dg is 0 */
+    const REAL sd = F(gb_pow2)(dd), sg = F(gb_pow2)(dg); /* 0 where 2^k is not a normal float */
     if (sd != 0 && sg != 0) {
         for (int64_t i = 0; i < B * N; i++) gg[i] = dh[i] * sd + gg[i] * sg;
     } else {

@@ -276,8 +276,12 @@ def _finish(gg, B, j, clip_mode, c, sig_m, sig_e, csig_m, lstm, info):
 
 @njit(**JIT)
 def _add_loss(gg, B, e, dh):
-    """gg 2**e + dh 2**0 (first B rows) at the larger exponent; the LSTM's dL/dc moves along."""
-    em = max(e, np.int64(0))
+    """gg 2**e + dh 2**0 (first B rows) at the larger exponent (the reference's loss_exponent);
+    the LSTM's dL/dc moves along."""
+    m = absmax(dh)
+    em = e
+    if m > 0:
+        em = max(e, np.int64(math.frexp(m)[1]) if math.isfinite(m) else np.int64(0))
     dg = _clamp(e - em)
     dd = _clamp(-em)
     rows, N = gg.shape

@@ -116,3 +116,27 @@ def test_frames_and_plots_show_the_carried_signal(tmp_path):
     assert "carried" in line.get_label()
     labels = [ln.get_label() for ln in plot.run_figure(d).axes[0].get_lines()]
     assert "||dL_{T-1}/dh_t|| (carried back)" in labels
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
+@pytest.mark.parametrize("cell, dtype, steps", [("rnn", "float64", 800), ("lstm", "float64", 3000),
+                                                ("gru", "float64", 1500), ("rnn", "float32", 200)])
+def test_the_carried_pass_is_exact_below_the_float_range(cell, dtype, steps, backend):
+    """The carried pass adds no loss gradient (dh = 0) at each step, and the every-step sum was
+    taken at the exponent max(e, 0): a carried G of 2^-1100 was scaled by 2^-1100 and read 0, so
+    the carried gradient stopped at float64's floor (-inf below step 330 of a tanh RNN at gain 0.3:
+    "no gradient reaches step 0") where the last-step net's is 10^-548. Now it is that net's / T
+    at every step, on every backend, also in float32 (whose floor is 10^-38)."""
+    if backend != "numpy":
+        pytest.importorskip("numba" if backend == "numba" else "cffi")
+    kw = dict(cell=cell, steps=steps, hidden=8, loss="mse", sigma_w=0.3, dtype=dtype)
+    rnn = gb.Recurrent(loss_on="every", **kw)
+    p, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, 4, 1)
+    y = np.random.default_rng(2).standard_normal((steps, 4, 1)).astype(dtype)
+    res = gb.backprop(rnn, p, xs, y, backend=backend)
+    last = gb.backprop(gb.Recurrent(loss_on="last", **kw), p, xs, y[-1], backend=backend)
+    a, b = np.asarray(res.carried_signal_norm.log10()), np.asarray(last.signal_norm.log10())
+    floor = math.log10(np.finfo(dtype).tiny)
+    assert b[0] < floor - 30 and np.isfinite(b).all()  # far below the dtype's range: exponents needed
+    np.testing.assert_allclose(a, b - math.log10(steps), rtol=0, atol=1e-12 if dtype == "float64" else 2e-5)
+    assert "no gradient reaches step 0" not in gb.diagnose(res).explanation

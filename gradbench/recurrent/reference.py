@@ -87,10 +87,20 @@ def accumulate(acc: np.ndarray, E: int, term: np.ndarray, e: int) -> int:
     return em
 
 
+def loss_exponent(e: int, m: float) -> int:
+    """The exponent of G 2**e + dh (G normalised, max|dh| = ``m``, NaN ignored): the larger of
+    e and max|dh|'s, so that neither part is scaled below the float range (a carried pass's dh
+    is all zero; its G of 2^-2000 was scaled by 2^-2000 into 0); an infinite dh keeps 0."""
+    if m == 0:
+        return e
+    return max(e, int(np.frexp(m)[1]) if math.isfinite(m) else 0)
+
+
 def add_loss_gradient(G, GC, e, dh):
-    """G * 2**e + dh * 2**0 (the every-step loss's direct gradient) at the larger exponent;
-    GC (the LSTM's dL/dc, sharing G's exponent; None otherwise) moves with G. Returns it."""
-    em = max(e, 0)
+    """G * 2**e + dh * 2**0 (the every-step loss's direct gradient) at the larger exponent
+    (:func:`loss_exponent`); GC (the LSTM's dL/dc, sharing G's exponent; None otherwise) moves
+    with G. Returns it."""
+    em = loss_exponent(e, float(np.max(np.abs(dh), initial=0.0, where=~np.isnan(dh))))
     G[...] = _ldexp(dh, -em) + _ldexp(G, e - em)
     if GC is not None:
         GC[...] = _ldexp(GC, e - em)
