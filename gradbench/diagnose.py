@@ -334,13 +334,16 @@ def _extrapolates(a: "Assessment", stack: Stack, act_std_log10: np.ndarray, act_
     points (two residual groups: 100 sigmoid layers with residual=50 said float64 "would overflow
     after ~511391 layers" from two branches' norms, 10^1.818 and 10^1.788), a backward signal
     that does not change to rounding (that stack's skip path read the same bits at h_0 and h_50),
-    or a signal held by a clip at every layer (a clipped chain's rate is the clip's)."""
+    or a signal a clip can hold anywhere (a clipped chain's rate is the clip's there: a tanh stack
+    at sigma_w = 2 whose norm clip at 30 binds at 29 of 40 layers said float64 "would overflow
+    after ~92388 layers", which the clip forbids)."""
     rate = a.decades_per_layer if rate is None else rate
     L = len(act_std_log10)
     group = stack.residual if stack.residual > 1 and L % stack.residual == 0 else 1
     if L // group < 3 or abs(a.signal_decades_per_layer) * (L - 1) < MEASURABLE_DECADES:
         return False
-    if stack.clip is not None and stack.clip_on == "signal" and clip_binds(stack.clip_threshold, a.signal_log10).size == L:
+    if stack.clip is not None and stack.clip_on == "signal" and clip_binds(stack.clip_threshold, a.signal_log10,
+                                                                           stack.dtype).size:
         return False
     for act in (act_std_log10, act_rms_log10):
         fwd = decades_per_layer(act)[0] * (L - 1)

@@ -669,12 +669,38 @@ def weight_gain(stack, weight_log10=None) -> tuple[float, bool]:
     return float(10.0 ** (np.median(w) - 0.5 * math.log10(stack.width))), True
 
 
-def clip_binds(threshold: float, signal_log10) -> np.ndarray:
+def clip_binds(threshold: float, signal_log10, dtype: str = "float64") -> np.ndarray:
     """The layers l whose backward signal a signal clip at ``threshold`` can have changed:
-    ||dL/dh_l|| (after the clip; log10 in ``signal_log10``) at the threshold or above. Below it no
-    entry was clipped (a value clip sets one to c, so the norm is at least c; a norm clip sets the
-    norm to c); the top gradient dL/dh_L, clipped first, is not among them."""
-    return np.flatnonzero(np.asarray(signal_log10, dtype=np.float64) >= math.log10(threshold) - 1e-12)
+    ||dL/dh_l|| (after the clip; log10 in ``signal_log10``) at the threshold or above, to the
+    rounding of ``dtype`` (a float32 norm clipped to 1 reads 1 - 6e-8: a tolerance of 1e-12
+    decades missed 15 of 20 clipped layers). Below it no entry was clipped (a value clip sets one
+    to c, so the norm is at least c; a norm clip sets the norm to c); the top gradient dL/dh_L,
+    clipped first, is not among them."""
+    tol = max(1e-12, 64 * float(np.finfo(dtype).eps) / math.log(10))
+    return np.flatnonzero(np.asarray(signal_log10, dtype=np.float64) >= math.log10(threshold) - tol)
+
+
+def clip_span_words(binds: np.ndarray, n: int, unit: str, lower: str, upper: str, top: str, chain: str) -> str:
+    """The clause after the list of where a signal clip can bind (``binds``, sorted, 0 < size < n,
+    of a chain that runs from ``n - 1`` down to 0): the ends where it cannot, whose rates are the
+    loss derivative's. ``unit`` "layer", ``lower``/``upper`` "below"/"above" ("step",
+    "before"/"after" through time); ``top`` the start of the chain ("from the top down to");
+    ``chain`` what the clip holds ("signal")."""
+    lo, hi = int(binds.min()), int(binds.max())
+    parts = []
+    if hi < n - 1:  # the chain grows going down (the clip binds at the bottom) or binds inside only
+        parts.append(f"at none {upper} {unit} {hi}, so {top} {unit} {hi + 1} the rates are the loss derivative's")
+    if lo > 0:
+        parts.append(f"at none {lower} {unit} {lo}, so {lower} it the rates are the loss derivative's chain on the "
+                     f"clipped {chain}")
+    return "".join(f", and {p}" for p in parts)
+
+
+def top_clip_words(mode: str) -> str:
+    """What a clip of the chain's first gradient alone does."""
+    return ("which changes only where the chain starts (by one factor: its rates are the loss derivative's)"
+            if mode == "norm" else "which changes only where the chain starts (entries beyond the threshold set to "
+            "it): its rates are the loss derivative's")
 
 
 def _clip_words(stack, res) -> str:
@@ -682,7 +708,7 @@ def _clip_words(stack, res) -> str:
     clip = f"{stack.clip} at {stack.clip_threshold:g}"
     with np.errstate(divide="ignore"):
         s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
-    binds, L = clip_binds(stack.clip_threshold, s), stack.depth
+    binds, L = clip_binds(stack.clip_threshold, s, stack.dtype), stack.depth
     other = ("(clip_on or --clip-on \"layer\" or \"global\" clips the parameter gradients instead and leaves the "
              "derivative)")
     if not binds.size:
@@ -690,14 +716,13 @@ def _clip_words(stack, res) -> str:
         where = f" (at most 10^{_num(s[top])}, at layer {top})" if top is not None else ""
         return (f"the backward signal is clipped ({clip}), but below the top it never reaches the threshold: every "
                 f"||dL/dh_l|| lies below {stack.clip_threshold:g}{where}, so at most the top gradient dL/dh_L was clipped, "
-                "which changes only where the chain starts (by one factor under a norm clip): its rates below are the "
-                "loss derivative's")
+                + top_clip_words(stack.clip))
     if binds.size == L:
         return (f"the backward signal is clipped ({clip}) at every layer, so these are the norms of the clipped chain, "
                 f"not of the loss's derivative: clipping the signal can hold an exploding chain flat {other}")
+    span = clip_span_words(binds, L, "layer", "below", "above", "from the top down to", "signal")
     return (f"the backward signal is clipped ({clip}); it can bind at {binds.size} of the {L} layers ({_layers(binds)}: "
-            f"where ||dL/dh_l|| reaches the threshold) and at none below layer {binds.min()}, so below it the rates are "
-            "the loss derivative's chain on the clipped signal; where it binds, clipping the signal can hold an "
+            f"where ||dL/dh_l|| reaches the threshold){span}; where it binds, clipping the signal can hold an "
             f"exploding chain flat {other}")
 
 

@@ -327,7 +327,7 @@ def test_the_clip_sentence_names_the_steps_where_the_clip_can_act(cell, mode, c,
         assert named == can.tolist(), d.explanation
     else:
         assert named[0] == can.size and named[1:] == can[:6].tolist(), d.explanation
-        first = f"and at none before step {can.min()}, so before it these are the loss derivative's chain"
+        first = f"and at none before step {can.min()}, so before it the rates are the loss derivative's chain"
         assert (first in " ".join(d.explanation.split())) == (can.min() > 0), d.explanation
 
 

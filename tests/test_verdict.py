@@ -688,8 +688,14 @@ def test_targets_far_beyond_the_outputs_are_named_as_the_cause_of_vanishing_ever
 
 @pytest.mark.parametrize("kw,where", [
     (dict(activation="sigmoid", clip="norm", clip_threshold=4.0), "never"),  # the top (norm ~11) is clipped
+    (dict(activation="sigmoid", clip="value", clip_threshold=10.0), "never"),  # a value clip: no "one factor"
     (dict(activation="tanh", init="normal", sigma_w=3.0, clip="value", clip_threshold=0.01), "every"),
     (dict(activation="tanh", init="normal", sigma_w=1.3, clip="norm", clip_threshold=5.0), "some"),
+    # the chain grows going down: the clip binds below the top layers, never at them (it said
+    # "at none below layer 0, so below it the rates are the loss derivative's" of such a stack)
+    (dict(activation="tanh", sigma_w=2.0, clip="norm", clip_threshold=30.0), "bottom"),
+    # a float32 norm clipped to 1 reads 1 - 6e-8: 5 of 20 clipped layers were named
+    (dict(activation="tanh", sigma_w=2.0, clip="norm", clip_threshold=1.0, dtype="float32"), "bottom"),
 ])
 def test_the_clip_sentence_names_only_the_layers_where_it_can_bind(kw, where):
     """'clipped (value at 0.1) at every layer' was said of a sigmoid stack whose signal fell below
@@ -707,12 +713,18 @@ def test_the_clip_sentence_names_only_the_layers_where_it_can_bind(kw, where):
     if where == "never":
         assert not binds.size and "but below the top it never reaches the threshold" in d.explanation
         assert "at every layer" not in d.explanation
+        assert ("(by one factor" in d.explanation) == (stack.clip == "norm"), d.explanation
     elif where == "every":
         assert binds.size == 30 and "clipped (value at 0.01) at every layer" in d.explanation
     else:
         assert 0 < binds.size < 30, binds
-        assert f"it can bind at {binds.size} of the 30 layers" in d.explanation
-        assert f"at none below layer {binds.min()}" in d.explanation
+        text = " ".join(d.explanation.split())
+        assert f"it can bind at {binds.size} of the 30 layers" in text
+        assert (f"at none below layer {binds.min()}" in text) == (binds.min() > 0), text
+        top = f"at none above layer {binds.max()}, so from the top down to layer {binds.max() + 1} the rates are"
+        assert (top in text) == (binds.max() < 29), text
+        assert (where == "bottom") == (binds.max() < 29)  # the top layers free, the clip binding below
+        assert "would overflow" not in text and "would underflow" not in text  # no float range from a clipped chain
 
 
 def test_batch_norm_is_named_where_it_makes_gradients_explode():

@@ -57,7 +57,7 @@ import numpy as np
 from gradbench.activations import RESCUE
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.report import count, fmt_percent, fmt_pow
-from gradbench.verdict import MEASURABLE_DECADES, clip_binds, countable_mean
+from gradbench.verdict import MEASURABLE_DECADES, clip_binds, clip_span_words, countable_mean, top_clip_words
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -249,7 +249,7 @@ def _clip_words(rnn, s: np.ndarray, cell: np.ndarray | None, loss: str = "L") ->
     clip, c, T = f"{rnn.clip} at {rnn.clip_threshold:g}", rnn.clip_threshold, len(s)
     subject = "the backward state" if loss == "L" else "the carried backward state"
     state = f"||d{loss}/dh_t||" if cell is None else f"||(d{loss}/dh_t, d{loss}/dc_t carried)||"
-    binds = clip_binds(c, _clip_state_log10(s, cell))
+    binds = clip_binds(c, _clip_state_log10(s, cell), rnn.dtype)
     other = ("(clip_on=\"matrix\" or \"global\", --clip-on on the command line, clips the parameter gradients "
              "instead and leaves the derivative)")
     if not binds.size:
@@ -260,14 +260,11 @@ def _clip_words(rnn, s: np.ndarray, cell: np.ndarray | None, loss: str = "L") ->
                 f"not of the loss's derivative: clipping the signal can hold an exploding chain flat {other}")
     if binds.tolist() == [T - 1]:
         return (f"{subject} is clipped ({clip}), but before the last step {state} never reaches the "
-                "threshold: at most the last step's gradient was clipped, which changes only where the chain starts "
-                "(by one factor under a norm clip), so the rates before it are the loss derivative's")
+                f"threshold: at most the last step's gradient was clipped, {top_clip_words(rnn.clip)}")
     steps = ", ".join(map(str, binds[:6])) + (", ..." if binds.size > 6 else "")
-    first = int(binds.min())
-    before = (f", and at none before step {first}, so before it these are the loss derivative's chain on the clipped "
-              "state" if first > 0 else "")
+    span = clip_span_words(binds, T, "step", "before", "after", "from the last step back to", "state")
     return (f"{subject} is clipped ({clip}); it can act at {binds.size} of the {T} steps ({steps}: "
-            f"where {state} reaches the threshold){before}; where it acts, clipping the signal can hold an exploding "
+            f"where {state} reaches the threshold){span}; where it acts, clipping the signal can hold an exploding "
             f"chain flat {other}")
 
 
@@ -284,7 +281,7 @@ def _signal_clip_words(rnn, res, s, total, c, carried: bool) -> list[str]:
     elif lstm:  # a result without the carried pass's cell norms: no bound, every step may be clipped
         cell = np.full(T, math.inf)
     words = [_clip_words(rnn, s, cell, "L_{T-1}")]
-    every = clip_binds(rnn.clip_threshold, _clip_state_log10(total, c if lstm else None))
+    every = clip_binds(rnn.clip_threshold, _clip_state_log10(total, c if lstm else None), rnn.dtype)
     if every.size:
         words.append(f"with every step's loss the clip can act at {every.size} of the {T} steps, where it can change "
                      "the gradients that training uses")
