@@ -407,8 +407,11 @@ OUT_OF_REACH_DECADES = 3.0
 
 
 def _out_of_reach(stack, res, loss_log10: float) -> str:
-    """For mse, where the residuals dwarf the stack's outputs h_L: the words that say the small
-    elasticities are the targets' scale (each scales as 1 / the residual), not depth (else "")."""
+    """For mse, where the residuals dwarf the stack's outputs h_L and the unit scale of standardised
+    targets: the words that say the small elasticities are the targets' scale (each scales as
+    1 / the residual), not depth (else ""). Residuals of rms ~1 above tiny outputs (one tanh
+    layer at sigma_w = 1e-5 on standard-normal targets) are the stack's own smallness, not the
+    targets'."""
     if stack.loss != "mse" or not math.isfinite(loss_log10):
         return ""
     m = np.asarray(res.output.mantissa, dtype=np.float64)
@@ -417,7 +420,7 @@ def _out_of_reach(stack, res, loss_log10: float) -> str:
     with np.errstate(divide="ignore"):
         out = 0.5 * math.log10(float(np.mean(np.square(m)))) + float(np.max(res.output.exponent)) * math.log10(2)
     residual = 0.5 * loss_log10  # the loss is the mean of (y - t)^2
-    if residual - out < OUT_OF_REACH_DECADES:
+    if residual - out < OUT_OF_REACH_DECADES or residual < OUT_OF_REACH_DECADES:
         return ""
     return (f"; the loss is a mean square residual of rms 10^{_num(residual)}, {_num(residual - out)} decades above "
             f"the stack's outputs h_L (rms 10^{_num(out)}): targets that far from anything it outputs make every "

@@ -684,6 +684,14 @@ def test_targets_far_beyond_the_outputs_are_named_as_the_cause_of_vanishing_ever
     assert "which is the targets' scale, not depth" in d.explanation
     d1 = gb.diagnose(gb.backprop(stack, p, x, t / 1e12, backend="numpy"))
     assert "mean square residual" not in d1.explanation
+    # standard targets above tiny outputs: the residual (rms ~1) is not the targets' scale (it said
+    # "which is the targets' scale, not depth" of one tanh layer at sigma_w = 1e-5)
+    tiny = gb.Stack(depth=1, width=32, activation="tanh", init="xavier_normal", sigma_w=1e-5, loss="mse", output_dim=1)
+    pt = gb.init_params(tiny, 0)
+    res = gb.backprop(tiny, pt, x, t / 1e12, backend="numpy")
+    y = np.tanh(x @ pt.W[0].T + pt.b[0]) @ pt.W_out.T + pt.b_out
+    assert 0.5 * math.log10(np.mean(np.square(y))) < -3 < 0.5 * math.log10(np.mean(np.square(y - t / 1e12))) - 3
+    assert "targets' scale" not in gb.diagnose(res).explanation
 
 
 @pytest.mark.parametrize("kw,where", [
