@@ -216,8 +216,9 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         From :func:`gradbench.backprop`.
     params : Params, optional
         The parameters of that pass (of the same stack, and the weights that ran: checked against
-        the result's ``extras["weights_probe"]``, so weights changed in place after the pass or
-        drawn from another seed are refused). With them the diagnosis also
+        the result's ``extras["weights_probe"]``, so weights drawn from another seed, or changed
+        in place after the pass in a layer's first, middle or last row, are refused: a change
+        confined to other rows goes unseen). With them the diagnosis also
         records log10 ||W_l|| (``weight_log10``) and the magnitude rule uses them: vanishing
         everywhere when every elasticity ||dW_l|| ||W_l|| / loss is below 10^-``tiny``, even
         without a trend across layers. Without them ||W_l|| is taken as the init's sqrt(N) sigma_w.
@@ -455,7 +456,9 @@ def _check_same_weights(res, params) -> None:
     if isinstance(params, GeneratedParams):
         return
     now = weights_probe(params)
-    differ = np.flatnonzero(now != np.asarray(ran))
+    ran = np.asarray(ran)
+    differ = np.flatnonzero((now != ran).reshape(len(ran), -1).any(axis=1)) if now.shape == ran.shape else [0]
+    differ = np.asarray(differ)
     if differ.size:
         raise ValueError(f"params are not the weights the result ran with: layer {int(differ[0])}'s differ"
                          f"{f' (and {differ.size - 1} more)' if differ.size > 1 else ''}, changed in place after the "

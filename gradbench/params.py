@@ -411,8 +411,13 @@ class GeneratedParams:
 
 def weights_probe(params) -> np.ndarray | int:
     """What a Result keeps of the weights it ran with, for :func:`gradbench.diagnose` to check
-    that the ``params`` it is given are those: each layer's first row summed in float64 (L
-    numbers, a pass over L N entries), or the seed of generated weights."""
+    that the ``params`` it is given are those: the sums in float64 of each layer's first, middle
+    and last row of W ((L, 3) numbers, a pass over 3 L N entries), or the seed of generated
+    weights. It tells another seed's weights, and weights changed in place in any of those rows
+    (a layer rescaled, a column changed, every row but the first); a change confined to other
+    rows goes unseen (checking every entry would cost a pass over all of W each call)."""
     if isinstance(params, GeneratedParams):
         return int(params.seed)
-    return np.asarray(params.W[:, 0, :]).sum(axis=1, dtype=np.float64)
+    W = np.asarray(params.W)
+    rows = sorted({0, W.shape[1] // 2, W.shape[1] - 1})
+    return W[:, rows, :].sum(axis=2, dtype=np.float64)

@@ -76,9 +76,9 @@ class Result:
         statistics of h are exact at any depth too).
     extras : dict
         How the run was done: ``checkpoint`` (segment length or None), ``segments``,
-        ``stats_only``, ``generated`` (weights), ``weights_probe`` (each layer's first row of W
-        summed in float64, or the seed of generated weights: what :func:`gradbench.diagnose`
-        checks its ``params`` against), ``weights_kept`` (generated weights all kept,
+        ``stats_only``, ``generated`` (weights), ``weights_probe`` (the sums of each layer's first,
+        middle and last row of W in float64, (L, 3), or the seed of generated weights: what
+        :func:`gradbench.diagnose` checks its ``params`` against), ``weights_kept`` (generated weights all kept,
         each drawn once), ``memory_estimate`` (bytes) and ``seconds``
         spent in forward, backward (including recomputation), weight generation and statistics;
         ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and

@@ -629,16 +629,19 @@ def test_no_extrapolation_from_a_fit_that_is_not_the_chains_trend(kw, batch):
 def test_params_that_did_not_produce_the_result_are_refused():
     """Doubling W in place after backprop, then diagnose(res, params), gave a sigmoid sentence at
     sigma_w 1.97 beside a table measured at 1; another seed's params of the same shape were taken
-    too. The result keeps a probe of its weights (each layer's first row summed)."""
+    too. The result keeps a probe of its weights (each layer's first, middle and last row summed)."""
     stack = gb.Stack(depth=20, width=8, activation="sigmoid")
     p, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1)
     res = gb.backprop(stack, p, x)
     assert gb.diagnose(res, p).verdict == "vanishing"
     with pytest.raises(ValueError, match="params are not the weights the result ran with: layer 0's differ"):
         gb.diagnose(res, gb.init_params(stack, 1))
-    p.W[3] *= 2
-    with pytest.raises(ValueError, match="layer 3's differ, changed in place after the pass"):
-        gb.diagnose(res, p)
+    for change in (lambda W: W.__setitem__((slice(None), slice(1, None)), 3 * W[:, 1:]),  # every row but the first
+                   lambda W: W.__setitem__((3, slice(None), 5), 0.5), lambda W: W.__setitem__(3, 2 * W[3])):
+        q = gb.init_params(stack, 0)  # the weights that ran, a fresh copy
+        change(q.W)  # (the review's W[:, 1:, :] *= 3 passed the first row's probe)
+        with pytest.raises(ValueError, match=r"layer (0|3)'s differ.*changed in place after the pass"):
+            gb.diagnose(res, q)
     g = gb.GeneratedParams(stack, 3)
     made = gb.backprop(stack, g, x)
     assert gb.diagnose(made, g).verdict == gb.diagnose(made, g.materialize()).verdict
