@@ -212,17 +212,29 @@ class TrainResult:
         if not np.all(share >= math.log10(DECAY_DOMINATES)):
             return ""
         fin = np.isfinite(g)
-        grads = (f"||dL/dW_l|| 10^{np.min(g[fin]):.1f} to 10^{np.max(g[fin]):.1f}" if fin.any() else
+        grads = (f"||dL/dW_l|| {_decades(np.min(g[fin]))} to {_decades(np.max(g[fin]))}" if fin.any() else
                  "||dL/dW_l|| exactly 0")
-        step = (f"; under plain SGD each step multiplies every weight by 1 - lr wd = {1 - s['lr'] * wd:.4g}"
-                if s["optimizer"] == "sgd" and not s.get("momentum") else "")
+        what, step = "the weights shrinking", ""
+        if s["optimizer"] == "sgd" and not s.get("momentum"):
+            f = 1 - s["lr"] * wd
+            step = f"; under plain SGD each step multiplies every weight by 1 - lr wd = {f:.4g}"
+            if f <= -1:  # |f| >= 1: the decay itself makes the weights grow, flipping sign each step
+                what, step = "the decay's own term", step + (", so the weights flip sign and grow every step "
+                                                              "(lr wd > 2 makes weight decay unstable)")
+            elif f <= 0:
+                what, step = "the decay's own term", step + ", which overshoots zero and flips every weight's sign"
         return (f"weight decay drives the updates, not the loss: after the last epoch wd ||W_l|| exceeds the loss's "
-                f"gradient at every layer ({grads}, ||W_l|| 10^{np.min(w):.1f} to 10^{np.max(w):.1f}), so the "
-                f"change per epoch above is mostly the weights shrinking{step}")
+                f"gradient at every layer ({grads}, ||W_l|| {_decades(np.min(w))} to {_decades(np.max(w))}), so "
+                f"the change per epoch above is mostly {what}{step}")
 
     def _chance(self) -> str:
         ref = chance_loss(self.stack.loss, self.stack.output_dim, self.extras.get("mean_prediction_loss"))
         return "" if ref is None else f" ({ref[0]}{' =' if ref[0].startswith('ln') else ':'} {ref[1]:.4f}{ref[2]})"
+
+
+def _decades(v: float) -> str:
+    """10^v with one decimal (10^-14.6; 10^-1.464e+16 beyond a million decades)."""
+    return f"10^{v:.1f}" if abs(v) < 1e6 else f"10^{v:.4g}"
 
 
 # Weight decay is named as what drives the updates where wd ||W_l|| exceeds ||dL/dW_l|| this many

@@ -1,6 +1,7 @@
 """gb.train and the data sets: updates, update ratios and divergence against hand computations."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -831,3 +832,21 @@ def test_updates_driven_by_weight_decay_are_named():
     assert "weight decay drives the updates, not the loss" in text and "1 - lr wd = 0.95" in text
     light = gb.train(st, X, y, epochs=30, batch_size=20, lr=0.1, weight_decay=0.001, seed=0)
     assert "weight decay drives" not in light.summary()
+    assert "mostly the weights shrinking" in text
+
+
+@pytest.mark.parametrize("wd, words", [(15.0, "overshoots zero and flips every weight's sign"),
+                                       (30.0, "so the weights flip sign and grow every step")])
+def test_weight_decay_beyond_one_over_lr_is_not_called_shrinking(wd, words):
+    """lr wd = 3 multiplies every weight by -2 a step: the weights grew to 10^9.4, and the summary
+    said the change was 'mostly the weights shrinking' beside ||dL/dW_l|| printed as
+    10^-14635781385895690.0. The norms are checked here on the final weights."""
+    st = gb.Stack(depth=4, width=8, activation="tanh", loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=3, batch_size=20, lr=0.1, weight_decay=wd, seed=0)
+    text = " ".join(r.summary().split())
+    w0 = np.linalg.norm(np.asarray(gb.init_params(st, 0).W), axis=(1, 2))
+    w = np.linalg.norm(np.asarray(r.params.W, dtype=np.float64), axis=(1, 2))
+    assert "weight decay drives the updates" in text and words in text and "shrinking" not in text
+    assert np.all(w > w0) == (wd == 30.0)  # |1 - lr wd| = 2 grows them; 0.5 shrinks them
+    assert not re.search(r"10\^-?\d{7,}\.\d", text), text  # huge exponents in e-notation
