@@ -183,7 +183,8 @@ class TrainResult:
         lines.append(line)
         stopped = self.extras.get("stopped")
         if stopped:
-            lines.append("  " + stopped_words(stopped, self.epochs_run, self.stack.has_head, s["weight_decay"] > 0))
+            lines.append("  " + stopped_words(stopped, self.epochs_run, self.stack.has_head, s["weight_decay"] > 0,
+                                              self.stack.depth))
         ratio = self.first_layer_ratio[:ran]
         if np.any(np.isfinite(ratio)):
             first = "the input layer's weights (W_in)" if self.stack.has_input_layer else "layer 0's weights"
@@ -242,8 +243,13 @@ def _decades(v: float) -> str:
 DECAY_DOMINATES = 10.0
 
 
-def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = False) -> str:
-    """The summary's sentence for a run whose gradient became exactly 0 at every layer."""
+def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = False, depth: int | None = None) -> str:
+    """The summary's sentence for a run whose gradient became exactly 0 at every layer (of ``depth``).
+
+    Above a dead layer every sample's activations are the same (phi of the biases), so the output
+    no longer depends on the input; the head's bias moves, and so do the head's weights and the
+    biases of the layers above the dead one where those activations are not 0 (a dead layer 4 of
+    6 with one positive bias in layer 5 left dL/dW_out and dL/db_5 ~5e-5)."""
     e, dead = stopped["epoch"], stopped["dead_layers"]
     when = "from the start" if e == 0 else f"from epoch {e} on"
     why = (f": every unit of layer{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} is dead (z <= 0 for every "
@@ -251,7 +257,13 @@ def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = Fals
     left = epochs_run - e
     last = "the last epoch" if left == 1 else f"the last {left} epochs"
     tail = (f"; {last} changed no weight of the stack{' but by weight decay' if decay else ''}" if left > 0 else "")
-    bias = " (only the head's bias still moves: the loss goes to the best constant prediction's)" if head and dead else ""
+    bias = ""
+    if head and dead:
+        top = max(dead)
+        moves = ("only the head's bias still moves" if depth is None or top == depth - 1 else
+                 f"only the head and the biases of layer{'' if top + 2 == depth else 's'} "
+                 f"{top + 1}{'' if top + 2 == depth else f' to {depth - 1}'} can still move")
+        bias = f" (every sample now gets the same output, and {moves}: the loss goes to the best constant prediction's)"
     return f"STOPPED {when}: every layer's gradient on the whole data set is exactly 0{why}{tail}{bias}"
 
 

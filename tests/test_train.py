@@ -850,3 +850,21 @@ def test_weight_decay_beyond_one_over_lr_is_not_called_shrinking(wd, words):
     assert "weight decay drives the updates" in text and words in text and "shrinking" not in text
     assert np.all(w > w0) == (wd == 30.0)  # |1 - lr wd| = 2 grows them; 0.5 shrinks them
     assert not re.search(r"10\^-?\d{7,}\.\d", text), text  # huge exponents in e-notation
+
+
+def test_a_stopped_net_with_live_biases_above_the_dead_layer_says_what_still_moves():
+    """Layer 4 of 6 died; layer 5 has a positive bias, so every sample's h_L is the same non-zero
+    vector and dL/dW_out and dL/db_5 are not 0 (tests/naive.py's chain on the final weights). The
+    summary said 'only the head's bias still moves'."""
+    import naive
+
+    st = gb.Stack(depth=6, width=8, activation="relu", init="he_normal", loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=5, batch_size=20, lr=3.0, seed=0)
+    assert r.extras["stopped"]["dead_layers"] == [4]
+    P = {k: np.asarray(getattr(r.params, k), dtype=np.float64) for k in ("W", "b", "W_in", "b_in", "W_out", "b_out")}
+    _, grads, _ = naive.backward(st, P, X, y.reshape(-1, 1).astype(np.float64))
+    assert np.linalg.norm(grads["W_out"]) > 0 and np.linalg.norm(grads["b"][5]) > 0
+    assert np.all(grads["W"] == 0)
+    text = " ".join(r.summary().split())
+    assert "only the head and the biases of layer 5 can still move" in text and "head's bias still" not in text
