@@ -453,16 +453,18 @@ def branch_words(g, group: int, threshold: float) -> str:
 def _ends_without_trend(g, rate: float, threshold: float, group: int) -> str:
     """Where the two ends of ||dW_l|| differ by ``threshold`` or more under a change of the fit
     below it: the words that say so (else ""). The layers scatter around the fitted line (a
-    narrow or clipped stack, a top layer apart from the rest), and the ends are two such points."""
+    narrow or clipped stack, a top layer apart from the rest), and the ends are two such points;
+    or the fit is just below the threshold (ends +2.21, fit +1.73: not "the layers between do not
+    follow it", which it said of such a stack)."""
     finite = np.flatnonzero(np.isfinite(g) & (g > -np.inf))
     ends = float(g[finite[0]] - g[finite[-1]])  # going down, like the rate
     if abs(ends) < threshold or not math.isfinite(rate):
         return ""
     _, y0 = grad_rate(g, group)
     scatter = float(np.max(np.abs(g[finite] - (y0 - rate * finite))))
-    return (f": the ends differ by {ends:+.3g} decades, but the layers between do not follow it (the fit over the "
-            f"stack changes by {rate * (len(g) - 1):+.3g} decades; single layers lie up to {scatter:.3g} decades "
-            "from the fitted line)")
+    return (f": the ends differ by {ends:+.3g} decades, but the trend does not (the fit over the stack changes by "
+            f"{rate * (len(g) - 1):+.3g} decades, below the threshold of {threshold:g}; single layers lie up to "
+            f"{scatter:.3g} decades from the fitted line)")
 
 
 def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticity=None, rule: str | None = None,
