@@ -32,6 +32,11 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
    below 10^-``tiny``) is ``vanishing``. When the signal has no trend and the activations change
    the other way by at least half as much (:func:`forward_cause`: a clipped signal under an exploding
    forward pass), the trend of ||dW_l|| is the forward pass's, and the explanation leads with it;
+   without a trend along the skip path, ``vanishing`` (``exploding``) where ||dW_l|| falls (grows)
+   by at least ``threshold`` decades inside the residual branches, from each branch's top layer
+   to its bottom one (the median over the branches, :func:`branch_change`): 100 sigmoid layers in
+   branches of 10 lose ~5 decades inside every branch, so no single learning rate suits a
+   branch's layers, though the skip path carries the signal past them (rule "branch");
 5. magnitudes without a trend, only where they are extreme, never the loss's own scale:
    ``exploding`` if some ||dW_l|| lies above the largest float64 (10^308.25: a plain float64
    chain reads inf, whatever the learning rate); ``vanishing`` if every non-zero ||dW_l|| lies
@@ -297,7 +302,7 @@ def signal_rate(signal_log10, group: int = 0) -> float:
 def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_log10=None,
           tiny: float = 8.0, nonfinite_backward: bool = False, group: int = 0) -> tuple[str, str]:
     """``(verdict, rule)`` by the rules of the module docstring. ``rule`` names the one that
-    decided: "no gradient", "non-finite", "zeros", "trend", "overflow", "underflow",
+    decided: "no gradient", "non-finite", "zeros", "trend", "branch", "overflow", "underflow",
     "insensitive" (every e_l < 10^-tiny) or "none" (stable).
 
     ``elasticity_log10``: log10 e_l = log10 (||dW_l|| ||W_l|| / loss) per layer (nan where
@@ -334,6 +339,9 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
         return ("vanishing" if trend < 0 else "exploding"), "trend"
     if zeros:  # under a live signal, and no trend
         return "vanishing", "zeros"
+    inside = branch_change(g, group)
+    if abs(inside) >= threshold and not (inside > 0 and insensitive):  # nan: no branches
+        return ("vanishing" if inside < 0 else "exploding"), "branch"
     if not nz.size:
         return "stable", "none"
     lo, hi = FLOAT_LIMITS["float64"]
@@ -428,26 +436,39 @@ def _out_of_reach(stack, res, loss_log10: float) -> str:
             "standardised targets (zero mean, unit variance) remove it")
 
 
+def _branch_changes(g, group: int) -> np.ndarray:
+    """Each residual branch's change of log10 ||dW_l|| from its top layer to its bottom one
+    (going down, like the rate; the finite ones), empty without branches of 2 layers or more."""
+    g = np.asarray(g, dtype=np.float64)
+    if group < 2 or not len(g) or len(g) % group:
+        return np.zeros(0)
+    blocks = g.reshape(-1, group)
+    with np.errstate(invalid="ignore"):  # inf - inf: a branch without a finite change
+        inside = blocks[:, 0] - blocks[:, -1]
+    return inside[np.isfinite(inside)]
+
+
+def branch_change(g, group: int) -> float:
+    """The median over the residual branches of :func:`_branch_changes` (nan without any)."""
+    inside = _branch_changes(g, group)
+    return float(np.median(inside)) if inside.size else math.nan
+
+
 def branch_words(g, group: int, threshold: float) -> str:
     """Where ||dW_l|| changes by ``threshold`` decades or more inside the residual branches, from
     each branch's top layer to its bottom one (the median over the branches): the sentence that
     says so (else ""). The verdict reads the skip path and the groups' norms, which the branches'
     top layers dominate; a branch that loses 5.5 decades over its 10 layers does not show there."""
-    g = np.asarray(g, dtype=np.float64)
-    L = len(g)
-    if group < 2 or L % group:
-        return ""
-    blocks = g.reshape(-1, group)
-    inside = blocks[:, 0] - blocks[:, -1]  # going down, bottom minus top
-    inside = inside[np.isfinite(inside)]
+    inside = _branch_changes(g, group)
     if not inside.size or abs(float(np.median(inside))) < threshold:
         return ""
     typical = float(np.median(inside))
-    return (f"inside each residual branch of {group} layers ||dW_l|| changes by {typical:+.3g} decades from its top "
-            f"layer to its bottom one (the median over {count(inside.size, 'branch', 'branches')}, "
-            f"{float(np.min(inside)):+.3g} to {float(np.max(inside)):+.3g}): within a branch its bottom layers get "
+    over = ("" if inside.size == 1 else f" (the median over {count(inside.size, 'branch', 'branches')}, "
+            f"{float(np.min(inside)):+.3g} to {float(np.max(inside)):+.3g})")
+    return (f"inside {'the' if inside.size == 1 else 'each'} residual branch of {group} layers ||dW_l|| changes by "
+            f"{typical:+.3g} decades from its top layer to its bottom one{over}: within a branch its bottom layers get "
             f"far {'smaller' if typical < 0 else 'larger'} updates than its top, so no single learning rate suits every "
-            "layer, while the skip path that the verdict reads carries the signal past the branches")
+            "layer, while the skip path carries the signal past the branches")
 
 
 def _ends_without_trend(g, rate: float, threshold: float, group: int) -> str:
@@ -537,6 +558,11 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
         forward_said = True
     elif rule == "trend":
         words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'}: {trends}")
+    elif rule == "branch":
+        words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'} inside the residual branches, "
+                     f"while the skip path has no trend: the backward signal at the groups' inputs changes by "
+                     f"{signal_rate * (L - 1):+.3g} decades over the stack, the groups' ||dW|| by "
+                     f"{rate * (L - 1):+.3g} (threshold {threshold:g}); {span}")
     elif rule == "non-finite":
         words.append("gradients explode: the backward pass turned non-finite")
     elif rule == "overflow":
