@@ -98,7 +98,7 @@ def check_activation_param(activation: str, param) -> None:
             f"activation={activation!r} takes none"
         )
     if activation == "elu" and param <= 0:
-        raise ValueError(f"activation_param (ELU alpha) must be > 0, got {param}")
+        raise ValueError(f"activation_param must be > 0 for elu (its alpha), got {param}")
 
 
 def scheme_gain(init: str, sigma_w: float | None = None) -> float:

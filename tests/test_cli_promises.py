@@ -527,6 +527,11 @@ def test_help_shows_every_default_and_required_options_first():
     (["theory", "--seed", "3"], "--seed needs a simulation"),
     (["theory", "--activation", "RELU"], "did you mean 'relu'"),
     (["run", "--depth", "3", "--width", "3", "--activation", "RELU"], "did you mean 'relu'"),
+    # the option's name, not the field's ("activation_param (ELU alpha) must be > 0")
+    (["run", "--depth", "3", "--width", "3", "--activation", "elu", "--activation-param", "-1"],
+     "error: --activation-param must be > 0 for elu (its alpha), got -1.0"),
+    (["run", "--cell", "rnn", "--steps", "3", "--hidden", "3", "--activation", "elu", "--activation-param", "0"],
+     "error: --activation-param must be > 0 for elu (its alpha), got 0.0"),
     (["run", "--depth", "3", "--width", "3", "--dpi", "100"], "--dpi sets the resolution of plots"),
     (["run", "--depth", "3", "--width", "3", "--mkdir"], "--mkdir creates the directories"),
     (["run", "--depth", "4", "--width", "3", "--stats-only", "--clip", "norm", "--clip-on", "global"], "--stats-only"),

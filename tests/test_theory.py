@@ -385,7 +385,7 @@ def _lyapunov(**kw):
     (lambda: theory.mean_field("tanh", sigma_w="1.2"), TypeError, "sigma_w must be a real number, got str"),
     (lambda: theory.mean_field("tanh", 1.0, sigma_b=-0.3), ValueError, "sigma_b must be >= 0, got -0.3"),
     (lambda: theory.mean_field("tanh", 1.0, sigma_b=float("nan")), ValueError, "sigma_b must be finite"),
-    (lambda: theory.mean_field("elu", 1.2, param=-1.0), ValueError, r"activation_param \(ELU alpha\) must be > 0"),
+    (lambda: theory.mean_field("elu", 1.2, param=-1.0), ValueError, r"activation_param must be > 0 for elu \(its alpha\)"),
     (lambda: theory.mean_field("tanh", 1.2, param=0.5), ValueError, "activation='tanh' takes none"),
     (lambda: theory.mean_field("leaky_relu", 1.2, param=1e300), ValueError,
      "in float64 activation_param must be 0 or between 1e-290 and 1e290 in magnitude"),

@@ -124,7 +124,7 @@ class Recurrent(_Net):
                 raise ValueError(f"activation_param is only used by the rnn activations {', '.join(a for a in ACT_PARAM_DEFAULT if a != 'prelu')}; "
                                  f"cell={self.cell!r} with activation={self.act!r} takes none")
             if self.act == "elu" and self.activation_param <= 0:
-                raise ValueError(f"activation_param (ELU alpha) must be > 0, got {self.activation_param}")
+                raise ValueError(f"activation_param must be > 0 for elu (its alpha), got {self.activation_param}")
         check_choice("init", self.init, INITS)
         check_choice("recurrent_init", self.recurrent_init, RECURRENT_INITS)
         if self.sigma_w is not None:
