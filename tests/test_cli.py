@@ -266,6 +266,8 @@ def test_train_custom_stack_and_list(capsys):
     code, out, _ = run(["train", "--list"], capsys)
     assert code == 0 and "deep-sigmoid" in out and "exploding-clipped" in out and "lr=0.1" in out
     assert "batch 20, 100 epochs]" in out and "epoches" not in out
+    rows = [line for line in out.splitlines() if line.startswith("  ")]  # the titles in one column
+    assert len({len(line) - len(line[2:].split(" ", 1)[1].lstrip()) for line in rows}) == 1, out
 
 
 def test_train_diverging_run_is_reported_not_crashed(tmp_path, capsys):

@@ -92,9 +92,10 @@ def list_demos() -> None:
     from gradbench.train import DEMOS
 
     print("demos (gradbench train --demo NAME, or --demo all):")
+    width = max(map(len, DEMOS))
     for name, demo in DEMOS.items():
         t = demo.train
-        print(f"  {name:18s} {demo.title}  [{t['optimizer']} lr={t['lr']:g}, batch {t['batch_size']}, "
+        print(f"  {name:{width}s}  {demo.title}  [{t['optimizer']} lr={t['lr']:g}, batch {t['batch_size']}, "
               f"{count(t['epochs'], 'epoch')}]")
 
 
