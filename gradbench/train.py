@@ -251,7 +251,7 @@ def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = Fals
     biases of the layers above the dead one where those activations are not 0 (a dead layer 4 of
     6 with one positive bias in layer 5 left dL/dW_out and dL/db_5 ~5e-5)."""
     e, dead = stopped["epoch"], stopped["dead_layers"]
-    when = "from the start" if e == 0 else f"from epoch {e} on"
+    when = "from the start" if e == 0 else f"after the last epoch ({e})" if e >= epochs_run else f"from epoch {e} on"
     why = (f": every unit of layer{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} is dead (z <= 0 for every "
            "sample), so nothing passes back through " + ("them" if len(dead) > 1 else "it") if dead else "")
     left = epochs_run - e

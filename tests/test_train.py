@@ -868,3 +868,11 @@ def test_a_stopped_net_with_live_biases_above_the_dead_layer_says_what_still_mov
     assert np.all(grads["W"] == 0)
     text = " ".join(r.summary().split())
     assert "only the head and the biases of layer 5 can still move" in text and "head's bias still" not in text
+
+
+def test_a_net_that_stops_after_its_last_epoch_is_not_said_to_stop_from_it_on():
+    from gradbench.train import stopped_words
+
+    last = stopped_words({"epoch": 5, "dead_layers": [2]}, 5, True, depth=3)
+    assert last.startswith("STOPPED after the last epoch (5): ") and "from epoch" not in last
+    assert stopped_words({"epoch": 2, "dead_layers": [2]}, 5, True, depth=3).startswith("STOPPED from epoch 2 on: ")
