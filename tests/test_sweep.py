@@ -860,6 +860,9 @@ def _closed_port() -> int:
     ("127.0.0.1:{port}", "the connection was refused"),  # no scheme: Dask's tcp (it waited 30 s, "answered")
     ("tcp://nosuchhost.invalid:8786", "the host 'nosuchhost.invalid' of tcp://nosuchhost.invalid:8786 does not resolve"),
     ("nosuchhost.invalid:8786", "does not resolve"),
+    # other schemes never connected: not "answered, but not as a Dask scheduler"
+    ("tls://127.0.0.1:{port}", "no Dask connection to tls://127.0.0.1:"),
+    ("inproc://x", "an inproc:// address exists only inside the Python process that made it"),
 ])
 def test_a_closed_port_or_an_unknown_host_is_named_at_once(capsys, address, says):
     """--scheduler at a port nothing listens on, or at a host that does not resolve, waited
@@ -888,7 +891,7 @@ def test_dasks_own_timeout_reads_as_no_answer(monkeypatch):
         raise OSError(f"Timed out trying to connect to {address} after {timeout} s")
 
     monkeypatch.setattr(distributed.comm, "connect", gives_up)
-    monkeypatch.setattr(execute, "_refused_at_once", lambda address: None)
+    monkeypatch.setattr(execute, "_refused_at_once", lambda address: False)
     with pytest.raises(OSError, match=r"no Dask scheduler answered at tcp://10\.0\.0\.1:8786 within 1 s"):
         execute.probe_scheduler("tcp://10.0.0.1:8786", timeout=1.0)
 

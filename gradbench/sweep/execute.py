@@ -38,22 +38,26 @@ def task_size(runs: list[Run], n_workers: int) -> int:
     return max(1, min(by_balance, by_time))
 
 
-def _refused_at_once(address: str) -> None:
+def _refused_at_once(address: str) -> bool:
     """A tcp address (``tcp://`` or no scheme, Dask's default) whose host does not resolve or
     whose port refuses the connection: OSError now. Dask retries both until its timeout, so they
     waited 30 s and then read as "answered, but not as a Dask scheduler"; anything else (no
-    answer, another host's firewall) is left to Dask's own connect."""
+    answer, another host's firewall) is left to Dask's own connect. Returns whether a TCP
+    connection to the address was made (something there answered)."""
     import socket
 
     from distributed.comm.addressing import parse_address, parse_host_port
 
     try:
         scheme, loc = parse_address(address)
+    except ValueError:
+        return False
+    try:
         host, port = parse_host_port(loc)
     except ValueError:
-        return
+        return False
     if scheme != "tcp" or not port:
-        return
+        return False
     try:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -64,7 +68,8 @@ def _refused_at_once(address: str) -> None:
         raise OSError(f"nothing listens at {address}: the connection was refused (is the scheduler running? "
                       "a scheduler listens on 8786 by default, its dashboard on 8787)") from None
     except OSError:
-        return
+        return False
+    return True
 
 
 def probe_scheduler(address: str, timeout: float | None = None) -> None:
@@ -86,7 +91,7 @@ def probe_scheduler(address: str, timeout: float | None = None) -> None:
 
     if timeout is None:
         timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s")
-    _refused_at_once(address)
+    answered = _refused_at_once(address)
     failure: list[BaseException] = []
 
     async def once():
@@ -111,8 +116,13 @@ def probe_scheduler(address: str, timeout: float | None = None) -> None:
                       "on 8787)")
     if failure:
         exc = failure[0]
-        raise OSError(f"{address} answered, but not as a Dask scheduler ({type(exc).__name__}: "
-                      f"{str(exc)[:120]})") from None
+        what = (f"{address} answered, but not as a Dask scheduler" if answered else
+                f"no Dask connection to {address} could be made")
+        hint = ("; a tls:// address needs Dask's TLS settings (distributed.comm.tls in its configuration)"
+                if address.startswith("tls://") else "; an inproc:// address exists only inside the Python process "
+                "that made it (give another process the scheduler's tcp:// address)"
+                if address.startswith("inproc://") else "")
+        raise OSError(f"{what} ({type(exc).__name__}: {str(exc)[:120]}){hint}") from None
 
 
 @contextlib.contextmanager
