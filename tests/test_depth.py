@@ -90,6 +90,9 @@ def test_5000_layer_sigmoid_decays_at_the_mean_field_rate():
         plain = res.grad_norm.to_float()
     zero = np.flatnonzero(plain == 0)
     assert zero.max() < L - 400 and L - zero.max() < 600
+    # README: "(float32 after about 70)": below float32's smallest subnormal from ~75 layers down
+    f32 = np.flatnonzero(lg < math.log10(np.finfo(np.float32).smallest_subnormal))
+    assert 60 <= L - 1 - f32.max() <= 80
 
 
 def test_10000_layer_tanh_has_finite_exact_norms_everywhere():

@@ -90,13 +90,20 @@ def test_import_gradbench_never_imports_torch_or_jax():
 
 
 # ------------------------------------------------------------------ Command line
-def test_cli_sigmoid_100000_layers_reads_the_readme_value_at_layer_0(capsys):
+def test_cli_sigmoid_100000_layers_reads_the_readme_value_at_layer_0(capsys, tmp_path):
     """README, "Command line": "gradbench run --depth 100000 --width 16 --activation sigmoid
     # 10^-64351.7 at layer 0, exactly". The command is taken from the README line and run; the
     report's row of layer 0 must print the README's number (both to one decimal)."""
     m = _find(r"^gradbench (run --depth \d+ [^#\n]*?)\s+# 10\^(-[\d.]+) at layer 0", _readme(), re.M)
-    out = _cli(m.group(1).split(), capsys)
+    out = _cli(m.group(1).split() + ["--out", str(tmp_path / "s.json")], capsys)
     assert _row0(out) == m.group(2), f"layer 0: 10^{_row0(out)}, the README says 10^{m.group(2)}"
+    # "they print as `LogScaled([10^-64351.7308])` (... layer 0 of the 100,000-layer sigmoid stack)"
+    shown = _find(r"they print as `LogScaled\(\[10\^(-[\d.]+)\]\)`", _readme()).group(1)
+    g0 = json.loads((tmp_path / "s.json").read_text())["diagnosis"]["grad_log10"][0]
+    from gradbench.logscaled import LogScaled, from_log
+
+    m0, k0 = from_log(np.array([g0 * math.log(10)]), 1.0)
+    assert f"{g0:.4f}" == shown and repr(LogScaled(m0, np.array([k0]))) == f"LogScaled([10^{shown}])"
 
 
 def test_demo_writes_its_plots_to_the_readme_directory_by_default():
@@ -346,3 +353,48 @@ def test_readme_tanh_derivative_underflow_in_recurrent_cells():
     assert (math.trunc(zero64), math.trunc(zero32)) == (z64, z32)
     # the dtype's own rounding of the true value: 0 past the threshold
     assert np.float32(float(_tanh_d(zero32 + 0.01))) == 0 and 0 < np.float32(float(_tanh_d(z32)))
+
+
+def test_confident_heads_send_down_what_the_readme_says():
+    """README, "Where it stops": "a right answer at a margin of 40 sends down dL/dy = e^-40 =
+    4.2e-18, not 0 ... so a margin of 800 gives 10^-347" (bce at logit 40 and 800, target 1)."""
+    from gradbench.loss import head_gradient
+
+    m = _find(r"a right answer at a margin of (\d+) sends down dL/dy = e\^-\d+ = ([\d.]+e-\d+), not 0\) and "
+              r"carries a power of two, so a margin of (\d+) gives 10\^(-\d+)")
+    small, stated, big, decades = int(m.group(1)), float(m.group(2)), int(m.group(3)), int(m.group(4))
+    _, _, dy, e = head_gradient("bce", np.array([[float(small)]]), np.array([[1.0]]), 1)
+    assert float(-np.ldexp(dy[0, 0], e)) == pytest.approx(math.exp(-small), rel=1e-15)
+    assert f"{math.exp(-small):.1e}" == f"{stated:.1e}"
+    _, _, dy, e = head_gradient("bce", np.array([[float(big)]]), np.array([[1.0]]), 1)
+    got = math.log10(-dy[0, 0]) + e * math.log10(2)
+    assert got == pytest.approx(-big / math.log(10), abs=1e-12) and math.floor(got) + 1 == decades
+
+
+def test_auto_checkpoints_beyond_half_of_the_available_memory():
+    """README, "A million layers": "`"auto"` ... with k ~ sqrt(L), when the plain run would not fit
+    in half of the available memory" (the available memory given here, no budget)."""
+    from gradbench.plan import memory_estimate, plan_run
+
+    assert _find(r"when the plain run would not fit in half of the available memory")
+    stack = gb.Stack(depth=4000, width=64)
+    need = memory_estimate(stack, 64, checkpoint=None)
+    assert plan_run(stack, 64, available=lambda: 2.02 * need).checkpoint is None
+    assert plan_run(stack, 64, available=lambda: 1.98 * need).checkpoint is not None
+
+
+def test_the_tail_thresholds_are_the_readmes():
+    """README, "Where it stops": "(GELU below `z = -35`, swish below `-620` in float64, ...)"."""
+    from gradbench.activations import RESCUE_X
+
+    m = _find(r"GELU below `z = (-\d+)`, swish below\s+`(-\d+)` in float64")
+    assert (RESCUE_X["float64"]["gelu"], RESCUE_X["float64"]["swish"]) == (float(m.group(1)), float(m.group(2)))
+
+
+def test_relu_finite_width_drift_tends_to_minus_5_over_4n():
+    """README, "Theory": "(-5/(4N) nats for large N)": N lambda_1 -> -5/4 for ReLU at the He gain."""
+    from gradbench.theory import finite_width_lambda1
+
+    assert _find(r"-5/\(4N\) nats for large N")
+    for n in (1000, 10_000):
+        assert finite_width_lambda1("relu", n, sigma_w=math.sqrt(2)) * n == pytest.approx(-1.25, abs=3 / n)
