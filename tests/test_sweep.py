@@ -753,7 +753,8 @@ def test_a_server_that_is_not_a_scheduler_is_named_within_the_connect_timeout(wr
 
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         t0 = time.perf_counter()
-        with pytest.raises(OSError, match=r"no Dask scheduler answered at tcp://127\.0\.0\.1:\d+ within 2 s"):
+        with pytest.raises(OSError, match=r"no Dask scheduler answered at tcp://127\.0\.0\.1:\d+ within 2 s "
+                                          r"\(something listens there, but not a Dask scheduler"):
             gb.sweep({"sigma_w": [1.0, 2.0]}, depth=4, width=4, client=wrong_server("silent"))
         assert time.perf_counter() - t0 < 15
         with pytest.raises(OSError, match="answered, but not as a Dask scheduler"):
@@ -906,3 +907,94 @@ def test_a_list_that_starts_with_a_negative_value_is_a_value(capsys):
     assert cli.main(["sweep", "--sigma-w", "-1,1", "--depth", "4", "--width", "4"]) == 2
     err = capsys.readouterr().err
     assert "--sigma-w must be > 0, got -1.0" in err and "expected one argument" not in err
+
+
+@pytest.fixture(scope="module")
+def threads_cluster():
+    """A LocalCluster of threads in this process, at a tcp address the command line can reach:
+    a patched run_one reaches its workers."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp",
+                                  dashboard_address=":0") as lc, distributed.Client(lc) as client:
+        yield client
+
+
+def test_a_disk_error_mid_sweep_is_not_a_scheduler_error(cluster, tmp_path, capsys, monkeypatch):
+    """'No space left on device' while writing the third task's rows read 'cannot reach the scheduler
+    None', exit 2 (the review): it is a file that could not be written (exit 1), and the finished
+    runs are saved; the same command resumes."""
+    import errno
+    import importlib
+
+    from gradbench import cli
+
+    execute = importlib.import_module("gradbench.sweep.execute")
+    real, calls = execute.write_rows, []
+
+    def full(out, df):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(out))
+        return real(out, df)
+
+    monkeypatch.setattr(execute, "write_rows", full)
+    out = tmp_path / "out"
+    argv = ["sweep", "--sigma-w", "0.5:2:6", "--depth", "6", "--width", "4", "--runs-per-task", "1",
+            "--scheduler", cluster.scheduler.address, "--out", str(out)]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "scheduler" not in err and "error: the sweep stopped: [Errno 28] No space left on device" in err
+    assert f"the finished runs are saved in {out}; run the same command again to resume" in err
+    assert len(list(out.glob("rows-*.parquet"))) == 2
+    monkeypatch.setattr(execute, "write_rows", real)
+    assert cli.main(argv) == 0 and "(2 resumed from " in capsys.readouterr().out
+
+
+def test_a_failing_run_is_named_and_the_finished_runs_are_kept(threads_cluster, tmp_path, capsys, monkeypatch):
+    """A run that raised came back as its bare exception, naming no run; through the command line
+    an internal error without the resume sentence."""
+    from gradbench import cli
+    from gradbench.sweep import worker
+    from gradbench.sweep.worker import RunFailed
+
+    real = worker.run_one
+
+    def bad(stack, batch, seed, backend="auto"):
+        if stack.sigma_w == 1.5 and seed == 1:
+            raise RuntimeError("injected")
+        return real(stack, batch, seed, backend)
+
+    monkeypatch.setattr(worker, "run_one", bad)
+    with pytest.raises(RunFailed, match=r"the run depth=6, sigma_w=1\.5, width=4, batch=16, seed=1 failed: "
+                                         r"RuntimeError: injected"):
+        gb.sweep({"sigma_w": [1.0, 1.5]}, depth=6, width=4, seeds=range(2), client=threads_cluster, runs_per_task=1)
+    out = tmp_path / "out"
+    argv = ["sweep", "--sigma-w", "1,1.5", "--depth", "6", "--width", "4", "--seeds", "2", "--runs-per-task", "1",
+            "--scheduler", threads_cluster.scheduler.address, "--out", str(out)]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"a run failed: the finished runs are saved in {out}; run the same command again to resume" in err
+    assert "internal error: RunFailed: the run depth=6, sigma_w=1.5, width=4, batch=16, seed=1 failed: " \
+        "RuntimeError: injected" in err
+    monkeypatch.setattr(worker, "run_one", real)
+    assert cli.main(argv) == 0 and "resumed from " in capsys.readouterr().out
+
+
+def test_a_scheduler_without_workers_says_it_waits(capsys):
+    """A scheduler with no workers took the tasks and waited in silence."""
+    import importlib
+
+    execute = importlib.import_module("gradbench.sweep.execute")
+
+    class NoWorkers:
+        scheduler = type("S", (), {"address": "tcp://10.0.0.1:8786"})()
+
+        def nthreads(self):
+            return {}
+
+        def wait_for_workers(self, n):
+            raise KeyboardInterrupt  # Ctrl-C while it waits
+
+    with pytest.raises(KeyboardInterrupt):
+        execute.execute(NoWorkers(), [], None, None, None, None, None)
+    err = capsys.readouterr().err
+    assert "the scheduler at tcp://10.0.0.1:8786 has no workers: waiting for one to join" in err

@@ -21,7 +21,7 @@ import numpy as np
 from gradbench import _atomic
 from gradbench.cli.common import (NEGATIVE_VALUE, STACK_FIELDS, field_words, given, in_option_words, positive_int,
                                   refuse_unused_stack_options)
-from gradbench.cli.process import UsageError  # main prints its one line and exits with status 2
+from gradbench.cli.process import OutputError, UsageError  # one line, exit 1 / 2
 from gradbench.report import count
 from gradbench.spec import Stack
 
@@ -187,7 +187,8 @@ def cmd_sweep(args) -> int:
     grid, fixed = grid_from_args(args)
     _check_plot(args, grid, fixed)
     import gradbench as gb
-    from gradbench.sweep.execute import check_address, check_options
+    from gradbench.sweep.execute import SchedulerError, check_address, check_options
+    from gradbench.sweep.worker import RunFailed
     from gradbench.sweep.grid import plan
     from gradbench.sweep.store import check_out
 
@@ -208,14 +209,19 @@ def cmd_sweep(args) -> int:
                          backend=args.backend, runs_per_task=args.runs_per_task, progress=True, **fixed)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
-    except OSError as exc:  # the scheduler cannot be reached
+    except SchedulerError as exc:
         raise UsageError(f"cannot reach the scheduler {args.scheduler!r}: {exc}") from None
+    except OSError as exc:  # a full disk, a file that cannot be written or read: the run's results are kept
+        raise OutputError(f"the sweep stopped: {exc}{_saved(args.out)}") from None
     except KeyboardInterrupt:
         if not args.out:
             raise  # main says "interrupted" (once)
-        print(f"interrupted: the finished runs are saved in {args.out}; run the same command again to resume",
-              file=sys.stderr)
+        print(f"interrupted{_saved(args.out)}", file=sys.stderr)
         return 130
+    except RunFailed:
+        if args.out:
+            print(f"a run failed{_saved(args.out)}", file=sys.stderr)
+        raise  # main says which run and why ("internal error": a bug)
     wrote = []
     if args.csv:
         text = table.to_csv(index=False)
@@ -227,6 +233,11 @@ def cmd_sweep(args) -> int:
         wrote.append(args.plot)
     print(summary(table, time.perf_counter() - t0, args.out, wrote))
     return 0
+
+
+def _saved(out) -> str:
+    """The words on what a sweep that stopped kept: with --out, its finished runs and how to resume."""
+    return f": the finished runs are saved in {out}; run the same command again to resume" if out else ""
 
 
 def summary(table, seconds: float, out, wrote: list[str]) -> str:

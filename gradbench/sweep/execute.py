@@ -38,6 +38,11 @@ def task_size(runs: list[Run], n_workers: int) -> int:
     return max(1, min(by_balance, by_time))
 
 
+class SchedulerError(OSError):
+    """A scheduler address that cannot be reached or does not answer as a Dask scheduler (the
+    other OSErrors of a sweep, a full disk for instance, are not this)."""
+
+
 def _refused_at_once(address: str) -> bool:
     """A tcp address (``tcp://`` or no scheme, Dask's default) whose host does not resolve or
     whose port refuses the connection: OSError now. Dask retries both until its timeout, so they
@@ -61,12 +66,12 @@ def _refused_at_once(address: str) -> bool:
     try:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise OSError(f"the host {host!r} of {address} does not resolve ({exc.strerror})") from None
+        raise SchedulerError(f"the host {host!r} of {address} does not resolve ({exc.strerror})") from None
     try:
         socket.create_connection((host, port), timeout=2.0).close()
     except ConnectionRefusedError:
-        raise OSError(f"nothing listens at {address}: the connection was refused (is the scheduler running? "
-                      "a scheduler listens on 8786 by default, its dashboard on 8787)") from None
+        raise SchedulerError(f"nothing listens at {address}: the connection was refused (is the scheduler running? "
+                             "a scheduler listens on 8786 by default, its dashboard on 8787)") from None
     except OSError:
         return False
     return True
@@ -111,9 +116,10 @@ def probe_scheduler(address: str, timeout: float | None = None) -> None:
     timed_out = failure and (isinstance(failure[0], (TimeoutError, asyncio.TimeoutError))
                              or isinstance(failure[0], OSError) and str(failure[0]).startswith("Timed out"))
     if thread.is_alive() or timed_out:
-        raise OSError(f"no Dask scheduler answered at {address} within {timeout:g} s (the port is closed, or the "
-                      "server there is not a scheduler: a scheduler listens on 8786 by default, its dashboard "
-                      "on 8787)")
+        why = ("something listens there, but not a Dask scheduler" if answered else
+               "the port is closed, or the server there is not a scheduler")
+        raise SchedulerError(f"no Dask scheduler answered at {address} within {timeout:g} s ({why}: a scheduler "
+                             "listens on 8786 by default, its dashboard on 8787)")
     if failure:
         exc = failure[0]
         what = (f"{address} answered, but not as a Dask scheduler" if answered else
@@ -122,7 +128,7 @@ def probe_scheduler(address: str, timeout: float | None = None) -> None:
                 if address.startswith("tls://") else "; an inproc:// address exists only inside the Python process "
                 "that made it (give another process the scheduler's tcp:// address)"
                 if address.startswith("inproc://") else "")
-        raise OSError(f"{what} ({type(exc).__name__}: {str(exc)[:120]}){hint}") from None
+        raise SchedulerError(f"{what} ({type(exc).__name__}: {str(exc)[:120]}){hint}") from None
 
 
 @contextlib.contextmanager
@@ -190,6 +196,11 @@ def execute(client, todo: list[Run], p: Plan, out: str | None, runs_per_task: in
     from distributed import as_completed
 
     n_workers = len(client.nthreads())
+    if not n_workers:  # a scheduler without workers: tasks would wait in silence
+        print(f"the scheduler at {client.scheduler.address} has no workers: waiting for one to join "
+              "(start one with `dask worker ADDRESS`; Ctrl-C stops)", file=sys.stderr, flush=True)
+        client.wait_for_workers(1)
+        n_workers = len(client.nthreads())
     k = runs_per_task or task_size(todo, n_workers)
     tasks = [[(r.key, r.config, r.batch, r.seed) for r in t]
              for t in split(todo, k, n_workers, guided=runs_per_task is None)]

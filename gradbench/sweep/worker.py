@@ -116,14 +116,24 @@ def run_one(stack: Stack, batch: int, seed: int, backend: str = "auto") -> dict:
     return row
 
 
+class RunFailed(RuntimeError):
+    """A run of a sweep raised: names the run (its key, fields, batch and seed) and the error."""
+
+
 def run_task(runs: list[tuple], backend: str) -> list[dict]:
-    """A Dask task: ``runs`` of ``(key, stack fields, batch, seed)``; returns one row dict per run."""
+    """A Dask task: ``runs`` of ``(key, stack fields, batch, seed)``; returns one row dict per run.
+    An error in a run is raised as :class:`RunFailed` naming that run."""
     rows, mean_field = [], {}
     for key, settings, batch, seed in runs:
         stack = Stack(**settings)
         tune_malloc()
         warm_up(backend, stack.dtype)
-        measured = run_one(stack, batch, seed, backend)
+        try:
+            measured = run_one(stack, batch, seed, backend)
+        except Exception as exc:  # noqa: BLE001 - named and raised again
+            fields = ", ".join(f"{k}={v!r}" for k, v in sorted(settings.items()))
+            raise RunFailed(f"the run {fields}, batch={batch}, seed={seed} failed: {type(exc).__name__}: "
+                            f"{exc}") from exc
         cfg = json.dumps(sorted(settings.items()))
         if cfg not in mean_field:
             mean_field[cfg] = mean_field_columns(stack)
