@@ -221,12 +221,15 @@ def load(path) -> nn.Module:
         marker = "Unsupported global: GLOBAL "
         if marker in msg:
             what = msg.split(marker, 1)[1].split()[0]
+            fix = ("; remove the Dropout (gradbench computes one deterministic pass) and save the model again"
+                   if "dropout" in what.lower() else "")
             raise ValueError(f"{path}: the file holds {what}, which gradbench does not load (only nn.Sequential, "
                              "Linear, BatchNorm1d, the activations and gradbench.torch_io.Residual are allowed; "
-                             "torch.load weights_only=True)") from None
+                             f"torch.load weights_only=True){fix}") from None
         first = msg.splitlines()[0].split(". ")[0][:200] if msg else ""
         raise ValueError(f"{path}: not a model saved with torch.save(model, path) ({type(exc).__name__}: {first})") from None
     if not isinstance(obj, nn.Module):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a model: save the module itself with "
+        kind = type(obj).__name__
+        raise ValueError(f"{path} holds {'an' if kind[:1] in 'AEIOU' else 'a'} {kind}, not a model: save the module itself with "
                          "torch.save(model, path) (a state_dict has no architecture)")
     return obj

@@ -81,6 +81,10 @@ def _describe(m: nn.Module) -> str:
         return f"BatchNorm1d({m.num_features})"
     if isinstance(m, Residual):
         return f"Residual(scale={m.scale})"
+    if isinstance(m, nn.LeakyReLU):
+        return f"LeakyReLU({m.negative_slope:g})"
+    if isinstance(m, nn.ELU):
+        return f"ELU(alpha={m.alpha:g})"
     return type(m).__name__
 
 
@@ -182,10 +186,11 @@ def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if node.args != (prev,) or node.kwargs:
                 raise _Refused(f"{type(model).__name__}.forward: module {node.target!r} does not take the previous "
                                "module's output as its only input; only a plain chain of modules can be mapped")
-            if node.target in used:
+            m = model.get_submodule(node.target)
+            if node.target in used and any(True for _ in m.parameters()):  # one nn.Tanh() applied twice is fine
                 raise _Refused(f"{type(model).__name__}.forward uses module {node.target!r} twice (shared weights)")
             used.add(node.target)
-            chain.append((node.target, model.get_submodule(node.target)))
+            chain.append((node.target, m))
             prev = node
         elif node.op == "output":
             if node.args[0] is not prev:
@@ -302,7 +307,17 @@ def _from_torch(model, dtype, loss):
     _check_ends(input_layer, head, loss, width, blocks)
     dtype = _model_dtype(model, dtype)
     L = len(blocks)
-    stack = Stack(
+    try:
+        stack = _stack_of(L, width, act_name, act_param, blocks, bn_eps, k, scale, loss, head, input_layer, dtype)
+    except ValueError as exc:  # a value gradbench does not take (ELU alpha 0): said as the model's
+        where = f"{_describe(blocks[0][2][1])} at {blocks[0][2][0]!r}: " if "activation_param" in str(exc) else ""
+        raise _Refused(f"{where}{exc}") from None
+    return stack, _params_of(blocks, input_layer, head, act_name, width, dtype)
+
+
+def _stack_of(L, width, act_name, act_param, blocks, bn_eps, k, scale, loss, head, input_layer, dtype) -> Stack:
+    """The Stack of the model's parts."""
+    return Stack(
         depth=L, width=width, activation=act_name,
         activation_param=act_param if act_name in ("leaky_relu", "prelu", "elu") else None,
         batch_norm=blocks[0][1] is not None, bn_eps=bn_eps if bn_eps is not None else 1e-5,
@@ -312,7 +327,6 @@ def _from_torch(model, dtype, loss):
         output_dim=1 if head is None else head[1].out_features,
         dtype=dtype,
     )
-    return stack, _params_of(blocks, input_layer, head, act_name, width, dtype)
 
 
 def _model_dtype(model, dtype):

@@ -297,7 +297,7 @@ UNSUPPORTED = [
     ("mixed activations", lambda: _seq(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU()),
      r"ReLU at '3': activations must be the same in every layer \(the first is Tanh at '1'\)"),
     ("leaky slopes differ", lambda: _seq(nn.Linear(4, 4), nn.LeakyReLU(0.1), nn.Linear(4, 4), nn.LeakyReLU(0.2)),
-     r"LeakyReLU at '3': activations must be the same"),
+     r"LeakyReLU\(0\.2\) at '3': activations must be the same"),
     ("gelu tanh", lambda: _seq(nn.Linear(4, 4), nn.GELU(approximate="tanh")),
      r"GELU at '1': GELU\(approximate='tanh'\) is not gradbench's gelu"),
     ("prelu per unit", lambda: _seq(nn.Linear(4, 4), nn.PReLU(4)),
@@ -459,6 +459,28 @@ def test_shared_weights_are_refused_and_a_shared_activation_is_applied_every_tim
     stack = assert_agree(model, {"W": [m.weight for m in lins], "b": [m.bias for m in lins]}, None)
     assert stack.depth == 3
 
+    class Reused(nn.Module):  # the common idiom: one activation module called after each Linear
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2, self.act = nn.Linear(6, 6), nn.Linear(6, 6), nn.Tanh()
+
+        def forward(self, x):
+            return self.act(self.l2(self.act(self.l1(x))))
+
+    net = Reused().double()  # it was refused: "uses module 'act' twice (shared weights)"
+    assert assert_agree(net, {"W": [net.l1.weight, net.l2.weight], "b": [net.l1.bias, net.l2.bias]}, None).depth == 2
+
+    class SharedLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.act = nn.Linear(6, 6), nn.Tanh()
+
+        def forward(self, x):
+            return self.act(self.lin(self.act(self.lin(x))))
+
+    with pytest.raises(ValueError, match=r"SharedLinear.forward uses module 'lin' twice \(shared weights\)"):
+        gb.from_torch(SharedLinear().double())
+
 
 # ------------------------------------------------------------------ saved models
 def test_a_saved_model_loads_weights_only_and_maps_back(tmp_path):
@@ -473,11 +495,12 @@ def test_a_saved_model_loads_weights_only_and_maps_back(tmp_path):
 def test_a_saved_file_with_other_classes_is_refused_before_it_runs(tmp_path):
     path = tmp_path / "dropout.pt"
     torch.save(nn.Sequential(nn.Linear(3, 3), nn.Dropout()), path)
-    with pytest.raises(ValueError, match=r"holds torch.nn.modules.dropout.Dropout, which gradbench does not load"):
+    with pytest.raises(ValueError, match=r"holds torch.nn.modules.dropout.Dropout, which gradbench does not load.*"
+                                         r"; remove the Dropout \(gradbench computes one deterministic pass\)"):
         torch_io.load(path)
     sd = tmp_path / "state.pt"
     torch.save(nn.Linear(3, 3).state_dict(), sd)
-    with pytest.raises(ValueError, match="holds a OrderedDict, not a model"):
+    with pytest.raises(ValueError, match="holds an OrderedDict, not a model"):
         torch_io.load(sd)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file")
@@ -533,3 +556,14 @@ def test_buffer_io_does_not_need_a_file():
     torch.save(nn.Sequential(nn.Linear(3, 3), nn.Tanh()).double(), buf)
     buf.seek(0)
     assert gb.from_torch(torch_io.load(buf))[0].depth == 1
+
+
+def test_activation_values_are_named_with_the_module():
+    """nn.ELU(alpha=0) was refused as 'activation_param (ELU alpha) must be > 0', without the
+    module or 'cannot map the model'; two leaky slopes as two 'LeakyReLU's."""
+    with pytest.raises(ValueError, match=r"cannot map the model to a gradbench stack: ELU\(alpha=0\) at '1': "
+                                         r"activation_param must be > 0 for elu"):
+        gb.from_torch(_seq(nn.Linear(4, 4), nn.ELU(alpha=0.0)))
+    with pytest.raises(ValueError, match=r"LeakyReLU\(0\.2\) at '3': activations must be the same in every layer "
+                                         r"\(the first is LeakyReLU\(0\.1\) at '1'\)"):
+        gb.from_torch(_seq(nn.Linear(4, 4), nn.LeakyReLU(0.1), nn.Linear(4, 4), nn.LeakyReLU(0.2)))
