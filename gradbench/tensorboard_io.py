@@ -24,8 +24,13 @@ diagnosis' bins (counts exact; TensorBoard's sum and sum of squares from the bin
 the verdict as text. A recurrent net's diagnosis (``gradbench run --cell ... --tensorboard DIR``,
 the same function) has the time step t as the step: ``time/signal_log10`` (||dL/dh_t||),
 ``time/grad_log10`` (the norm of step t's dW_hh term), ``time/cell_log10`` (the LSTM's
-||dL/dc_t||), ``time/act_std_log10``, ``time/saturation``, ``time/gate_mean`` and
+||dL/dc_t||), ``time/carried_log10`` (with a loss at every step: ||dL_{T-1}/dh_t||, what the
+verdict reads), ``time/act_std_log10``, ``time/saturation``, ``time/gate_mean`` and
 ``time/gate_low`` (gated cells), and the verdict as text.
+
+A directory that already holds event files is refused (:func:`refuse_old_events`): TensorBoard
+reads a directory's event files as one run, so a second run there would draw as one curve with
+the first. docs/formats.md describes the tags too.
 
 TensorBoard stores scalars as float32: log10 norms keep 7 significant digits, which is why
 the norms are written as their logarithms (a norm of 10^-30000 is the scalar -30000).
@@ -41,12 +46,35 @@ import numpy as np
 HIST_BINS = 30
 
 
+def old_events(logdir) -> list[str]:
+    """The TensorBoard event files already in ``logdir`` (not in its subdirectories)."""
+    try:
+        return sorted(f for f in os.listdir(logdir) if f.startswith("events.out.tfevents"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def refuse_old_events(logdir, name: str = "tensorboard=") -> None:
+    """ValueError where ``logdir`` already holds event files: TensorBoard reads a directory's
+    event files as one run, so a second run written there showed as one zig-zag curve with the
+    first (its steps starting again from 0). ``name``: how the caller's option is spelled."""
+    old = old_events(logdir)
+    if old:
+        raise ValueError(f"{name}{os.fspath(logdir)!r} already holds TensorBoard events ({len(old)} file"
+                         f"{'s' if len(old) > 1 else ''}, {old[0]}{', ...' if len(old) > 1 else ''}): another run "
+                         "there reads as one run with them, its steps starting again from 0; give each run its own "
+                         "directory (tensorboard --logdir on their parent shows them side by side), or delete the "
+                         "old events")
+
+
 def summary_writer(logdir):
-    """A ``tensorboardX.SummaryWriter`` on ``logdir`` (created), or a clear ImportError."""
+    """A ``tensorboardX.SummaryWriter`` on ``logdir`` (created; refused where it already holds
+    events: :func:`refuse_old_events`), or a clear ImportError."""
     if not isinstance(logdir, (str, os.PathLike)) or not os.fspath(logdir):
         raise TypeError(f"tensorboard must be a directory path (str or os.PathLike), got {logdir!r}")
     if os.path.exists(logdir) and not os.path.isdir(logdir):
         raise ValueError(f"tensorboard={os.fspath(logdir)!r} exists and is not a directory")
+    refuse_old_events(logdir)
     try:
         from tensorboardX import SummaryWriter
     except ImportError as exc:
@@ -157,6 +185,8 @@ def _recurrent_events(w, d) -> str:
               "saturation": d.saturation}
     if len(d.cell_log10):
         series["cell_log10"] = d.cell_log10
+    if len(d.carried_log10):  # a loss at every step: the verdict's signal, the last step's loss alone
+        series["carried_log10"] = d.carried_log10
     if np.any(np.isfinite(np.asarray(d.gate_mean, dtype=np.float64))):
         series.update(gate_mean=d.gate_mean, gate_low=d.gate_low)
     _write_series(w, "time", series)

@@ -288,6 +288,34 @@ def test_tensorboard_bad_paths_are_refused_before_training(tmp_path):
         gb.train(demo.make_stack(), X, y, epochs=1, tensorboard=3)
 
 
+def test_a_directory_that_holds_events_is_refused_before_the_run(tmp_path, capsys):
+    """run --tensorboard DIR twice, or a training into a demo's directory again, merged the runs:
+    TensorBoard reads a directory's event files as one run (29 points of depth/grad_log10 for
+    runs of 12, 12 and 5 layers, steps 0-11, 0-11, 0-4, drawn as one curve). Refused, before any
+    work, in the API and on the command line."""
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install '.[test]'")
+    from gradbench import cli
+    from gradbench.tensorboard_io import old_events
+
+    run = ["run", "--depth", "5", "--width", "8", "--tensorboard", str(tmp_path / "tb")]
+    assert cli.main(run) == 0 and len(old_events(tmp_path / "tb")) == 1
+    capsys.readouterr()
+    assert cli.main(run) == 2
+    err = capsys.readouterr().err
+    assert f"--tensorboard '{tmp_path / 'tb'}' already holds TensorBoard events (1 file, events.out.tfevents" in err
+    assert len(old_events(tmp_path / "tb")) == 1  # nothing written
+    demo = DEMOS["deep-sigmoid"]
+    X, y = demo.data()
+    with pytest.raises(ValueError, match=r"tensorboard=.* already holds TensorBoard events"):
+        gb.train(demo.make_stack(), X, y, epochs=1, tensorboard=tmp_path / "tb")
+    train = ["train", "--demo", "deep-sigmoid", "--epochs", "1", "--tensorboard", str(tmp_path / "runs")]
+    assert cli.main(train) == 0
+    assert cli.main(train) == 2 and "runs/deep-sigmoid' already holds TensorBoard events" in capsys.readouterr().err
+    assert cli.main(train[:2] + ["shallow-sigmoid"] + train[3:]) == 0  # another demo, its own directory
+    rnn = ["run", "--cell", "rnn", "--steps", "5", "--hidden", "4", "--tensorboard", str(tmp_path / "tb")]
+    assert cli.main(rnn) == 2 and "already holds TensorBoard events" in capsys.readouterr().err
+
+
 def test_frame_attrs_are_plain_python_values():
     """attrs hold plain values (no gradbench objects): a frame pickles and loads without gradbench types."""
     import pickle
@@ -322,3 +350,34 @@ def test_recurrent_run_in_tensorboard_has_the_time_step_as_step(tmp_path, capsys
     capsys.readouterr()
     assert main(["run", "--cell", "rnn", "--steps", "5", "--hidden", "2", "--tensorboard", str(tmp_path / "file")]) == 2
     assert "exists and is not a directory" in capsys.readouterr().err
+
+
+def test_every_tensorboard_tag_is_in_the_formats_doc(tmp_path):
+    """docs/formats.md opens with 'Every file gradbench writes' and had no TensorBoard section."""
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install '.[test]'")
+    import re
+    from pathlib import Path
+
+    from gradbench.tensorboard_io import write_diagnosis
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "formats.md").read_text()
+    demo = DEMOS["deep-sigmoid"]
+    X, y = demo.data()
+    gb.train(demo.make_stack(), X, y, epochs=1, tensorboard=tmp_path / "train")
+    stack = gb.Stack(depth=4, width=4)
+    p = gb.init_params(stack, 0)
+    write_diagnosis(gb.diagnose(gb.backprop(stack, p, gb.gaussian_input(stack, 2, 1)), p), tmp_path / "depth")
+    lstm = gb.Recurrent(cell="lstm", steps=4, hidden=3, loss="mse", loss_on="every")
+    y2 = np.zeros((4, 2, 1))
+    write_diagnosis(gb.diagnose(gb.backprop(lstm, gb.init_params(lstm, 0), gb.sequence_input(lstm, 2, 0), y2)),
+                    tmp_path / "time")
+    tags = set()
+    for d in ("train", "depth", "time"):
+        acc = _events(tmp_path / d)
+        for kind in ("scalars", "histograms", "tensors"):
+            tags |= set(acc.Tags()[kind])
+    assert {"time/carried_log10", "time/cell_log10", "depth/grad_hist_log10"} <= tags
+    for tag in sorted(tags):
+        base = re.sub(r"layer_\d+", "layer_LL", tag).replace("/text_summary", "")
+        parts = base.split("/")
+        assert f"`{base}`" in doc or (len(parts) == 2 and f"`/{parts[1]}`" in doc) or f"tag `{base}`" in doc, tag

@@ -44,9 +44,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "(default: none)")
 
 
-def check_tensorboard_dir(path, mkdir: bool = False) -> None:
+def check_tensorboard_dir(path, mkdir: bool = False, events_here: bool = True) -> None:
     """The directory can be written and the writer is installed: checked before any work. Like
-    ``sweep --out``, the directory itself is created; its parent must exist (or ``--mkdir``)."""
+    ``sweep --out``, the directory itself is created; its parent must exist (or ``--mkdir``).
+    ``events_here``: the events go into ``path`` itself (``run``), which must not hold any yet;
+    ``train`` writes one subdirectory per run (:func:`check_no_events` on each)."""
     if path is None:
         return
     if os.path.exists(path) and not os.path.isdir(path):
@@ -60,6 +62,18 @@ def check_tensorboard_dir(path, mkdir: bool = False) -> None:
     except ImportError:
         raise UsageError("--tensorboard needs tensorboardX: pip install tensorboardX "
                          "(or pip install 'gradbench[tensorboard]')") from None
+    if events_here:
+        check_no_events(path)
+
+
+def check_no_events(path) -> None:
+    """UsageError where the event directory ``path`` already holds events (before any work)."""
+    from gradbench.tensorboard_io import refuse_old_events
+
+    try:
+        refuse_old_events(path, "--tensorboard ")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_run_args(args) -> None:

@@ -219,9 +219,12 @@ def cmd_train(args) -> int:
     check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS),
                    ("--ratio-plot", args.ratio_plot, PLOTS)], mkdir=args.mkdir,
                   directories=[("--tensorboard", args.tensorboard)])
-    model.check_tensorboard_dir(args.tensorboard, args.mkdir)
+    model.check_tensorboard_dir(args.tensorboard, args.mkdir, events_here=False)
     backend = resolve_backend(args.backend)
     check_runs(args)  # every refusal before the first epoch
+    if args.tensorboard:  # each run's own event directory, DIR/NAME
+        for name in (demo_names(args) if args.demo else ["custom"]):
+            model.check_no_events(model.train_tensorboard_dir(args, name))
     results = train_runs(args, backend)
     written = []
     if args.out:
