@@ -886,7 +886,7 @@ def test_dasks_own_timeout_reads_as_no_answer(monkeypatch):
 
     import distributed.comm
 
-    execute = importlib.import_module("gradbench.sweep.execute")  # the module (gradbench.sweep.execute is also a function)
+    execute = importlib.import_module("gradbench.sweep.execute")  # the module (gradbench.sweep is the function gb.sweep)
 
     async def gives_up(address, timeout=None, **kwargs):
         raise OSError(f"Timed out trying to connect to {address} after {timeout} s")
@@ -998,3 +998,23 @@ def test_a_scheduler_without_workers_says_it_waits(capsys):
         execute.execute(NoWorkers(), [], None, None, None, None, None)
     err = capsys.readouterr().err
     assert "the scheduler at tcp://10.0.0.1:8786 has no workers: waiting for one to join" in err
+
+
+def test_a_rows_file_that_cannot_be_read_says_how_to_go_on(cluster, tmp_path, capsys):
+    """A truncated rows file (a copy or a sync cut short) stopped every resume with 'internal error:
+    ArrowInvalid'; it names the file and says to delete it (its runs run again, the others stay)."""
+    from gradbench import cli
+
+    out = tmp_path / "out"
+    argv = ["sweep", "--sigma-w", "1,2", "--depth", "6", "--width", "4", "--runs-per-task", "1",
+            "--scheduler", cluster.scheduler.address, "--out", str(out)]
+    assert cli.main(argv) == 0
+    bad = sorted(out.glob("rows-*.parquet"))[0]
+    bad.write_bytes(bad.read_bytes()[:100])
+    capsys.readouterr()
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the sweep did not start: {bad} cannot be read (" in err[0], err
+    assert "delete it and run the same sweep again" in err[0]
+    bad.unlink()
+    assert cli.main(argv) == 0 and "(1 resumed from " in capsys.readouterr().out

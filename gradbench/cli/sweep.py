@@ -188,6 +188,7 @@ def cmd_sweep(args) -> int:
     _check_plot(args, grid, fixed)
     import gradbench as gb
     from gradbench.sweep.execute import SchedulerError, check_address, check_options
+    from gradbench.sweep.store import UnreadableRows
     from gradbench.sweep.worker import RunFailed
     from gradbench.sweep.grid import plan
     from gradbench.sweep.store import check_out
@@ -211,6 +212,8 @@ def cmd_sweep(args) -> int:
         raise UsageError(str(exc)) from None
     except SchedulerError as exc:
         raise UsageError(f"cannot reach the scheduler {args.scheduler!r}: {exc}") from None
+    except UnreadableRows as exc:
+        raise OutputError(f"the sweep did not start: {exc}") from None
     except OSError as exc:  # a full disk, a file that cannot be written or read: the run's results are kept
         raise OutputError(f"the sweep stopped: {exc}{_saved(args.out)}") from None
     except KeyboardInterrupt:

@@ -53,7 +53,8 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from gradbench.backends import backends
-from gradbench.sweep.execute import Progress, check_options, connect, execute, task_size
+from gradbench.sweep.execute import Progress, check_options, connect, task_size
+from gradbench.sweep.execute import execute as _execute  # the name `execute` stays the module's
 from gradbench.sweep.grid import FIELDS, Plan, Run, plan, run_key
 from gradbench.sweep.store import MANIFEST, frame, open_out
 from gradbench.sweep.worker import COLUMNS, MEASURED, THEORY, mean_field_columns, run_one, slope_se
@@ -159,7 +160,7 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
             with connect(client, workers) as c:
                 info.update(workers=len(c.nthreads()), dashboard=c.dashboard_link)
                 bar.start(len(done), c)
-                rows = execute(c, todo, p, out, runs_per_task, _pandas, bar)
+                rows = _execute(c, todo, p, out, runs_per_task, _pandas, bar)
         else:
             bar.start(len(done))
     finally:

@@ -59,7 +59,21 @@ def open_out(out, p: Plan, pandas) -> tuple[str, "object"]:
     if not files:
         return out, None
     pd = pandas()
-    return out, pd.concat([pd.read_parquet(os.path.join(out, n)) for n in files], ignore_index=True)
+    return out, pd.concat([_read_rows(pd, os.path.join(out, n)) for n in files], ignore_index=True)
+
+
+class UnreadableRows(OSError):
+    """A rows file of a sweep directory that cannot be read (truncated by a copy or a sync)."""
+
+
+def _read_rows(pd, path: str):
+    """One rows file, or :class:`UnreadableRows` saying how to go on."""
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow's ArrowInvalid and OSError variants
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise UnreadableRows(f"{path} cannot be read ({type(exc).__name__}: {first}): delete it and run the same "
+                             "sweep again, which runs its runs again and keeps the others") from None
 
 
 def head() -> dict:
