@@ -727,6 +727,14 @@ def clip_span_words(binds: np.ndarray, n: int, unit: str, lower: str, upper: str
     return "".join(f", and {p}" for p in parts)
 
 
+def value_clip_caveat(threshold: float) -> str:
+    """Why a value clip's "can act" is only a bound: it changes only entries beyond the threshold,
+    and a norm at or above it does not say that any entry is (a wide signal of norm 2 can have
+    every entry below 1)."""
+    return (f"; a value clip acts only on entries beyond {threshold:g}, which the norms cannot show, so it may "
+            "not have acted at all: a run without the clip tells")
+
+
 def top_clip_words(mode: str) -> str:
     """What a clip of the chain's first gradient alone does."""
     return ("which changes only where the chain starts (by one factor: its rates are the loss derivative's)"
@@ -748,13 +756,19 @@ def _clip_words(stack, res) -> str:
         return (f"the backward signal is clipped ({clip}), but below the top it never reaches the threshold: every "
                 f"||dL/dh_l|| lies below {stack.clip_threshold:g}{where}, so at most the top gradient dL/dh_L was clipped, "
                 + top_clip_words(stack.clip))
-    if binds.size == L:
+    value = stack.clip == "value"
+    if binds.size == L and not value:
         return (f"the backward signal is clipped ({clip}) at every layer, so these are the norms of the clipped chain, "
                 f"not of the loss's derivative: clipping the signal can hold an exploding chain flat {other}")
+    if binds.size == L:  # a value clip: the norms reach the threshold everywhere, the entries need not
+        return (f"the backward signal is clipped ({clip}); ||dL/dh_l|| reaches the threshold at every layer, so the "
+                f"clip may act at each{value_clip_caveat(stack.clip_threshold)}; where it acts, clipping the signal "
+                f"can hold an exploding chain flat {other}")
     span = clip_span_words(binds, L, "layer", "below", "above", "from the top down to", "signal")
     return (f"the backward signal is clipped ({clip}); it can bind at {binds.size} of the {L} layers ({_layers(binds)}: "
-            f"where ||dL/dh_l|| reaches the threshold){span}; where it binds, clipping the signal can hold an "
-            f"exploding chain flat {other}")
+            f"where ||dL/dh_l|| reaches the threshold){span}"
+            f"{value_clip_caveat(stack.clip_threshold) if value else ''}; where it binds, clipping the signal can "
+            f"hold an exploding chain flat {other}")
 
 
 def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=None) -> list[str]:

@@ -291,7 +291,8 @@ def _named_steps(text, T):
     text = " ".join(text.split())
     if "clipped (" not in text:
         return None
-    if ") at every step, so these are the norms of the clipped chain" in text:
+    if ") at every step, so these are the norms of the clipped chain" in text or \
+            "reaches the threshold at every step, so the clip may act at each" in text:
         return list(range(T))
     if "never reaches the threshold, so the clip changed nothing" in text:
         return []
@@ -367,6 +368,19 @@ def test_the_clip_sentence_of_a_loss_at_every_step_reads_the_carried_pass(sigma_
     assert "the carried backward state is clipped (norm at" in text
     assert _named_steps(text.replace("the carried backward state", "the backward state"), 30)[
         :1 if last.size in (0, 1, 30) else 2] == (last.tolist() if last.size in (0, 1, 30) else [last.size, last[0]])
-    said = f"with every step's loss the clip can act at {every.size} of the 30 steps"
+    said = f"with every step's loss the state's norm reaches the threshold at {every.size} of the 30 steps"
     assert (said in text) == (every.size > 0), text
     assert every.size != last.size  # the two passes differ here: one sentence could not say both
+
+
+def test_an_lstm_whose_bound_reaches_a_value_clip_everywhere_is_not_said_to_be_clipped():
+    """A wide LSTM under a value clip at 1: its joint-state bound reaches 1 at every step but no
+    entry exceeds it (the run's bits are those without the clip), and it read 'clipped (value at
+    1) at every step, so these are the norms of the clipped chain' (the review of the change)."""
+    rnn = gb.Recurrent(cell="lstm", steps=10, hidden=256, clip="value", clip_threshold=1.0)
+    p, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, 64, 1)
+    clipped, free = gb.backprop(rnn, p, xs), gb.backprop(rnn.replace(clip=None), p, xs)
+    assert np.array_equal(clipped.signal_norm.mantissa, free.signal_norm.mantissa)
+    text = " ".join(diagnose(clipped).explanation.split())
+    assert "so these are the norms of the clipped chain" not in text
+    assert "the clip may act at each; a value clip acts only on entries beyond 1" in text, text

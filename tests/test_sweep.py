@@ -1018,3 +1018,14 @@ def test_a_rows_file_that_cannot_be_read_says_how_to_go_on(cluster, tmp_path, ca
     assert "delete it and run the same sweep again" in err[0]
     bad.unlink()
     assert cli.main(argv) == 0 and "(1 resumed from " in capsys.readouterr().out
+
+
+def test_a_run_refused_for_its_size_is_the_users_error_not_a_failed_run(cluster, capsys):
+    """RunFailed wrapped the planner's refusal too: 'internal error: RunFailed: ... PlanRefused', exit 1
+    (the review of the change); a run too large for memory is a usage error, exit 2, in its own words."""
+    from gradbench import cli
+
+    argv = ["sweep", "--sigma-w", "1", "--depth", "2", "--width", "1000000", "--scheduler", cluster.scheduler.address]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("gradbench sweep: error: this run (depth 2, width 1000000") and "RunFailed" not in err

@@ -473,8 +473,33 @@ def test_a_clipped_signal_is_named_beside_any_verdict():
     assert plain.verdict == "exploding" and "clipped" not in plain.explanation
     d = gb.diagnose(gb.backprop(base.replace(clip="value", clip_threshold=0.01), params, x), params)
     text = " ".join(d.explanation.split())
-    assert d.verdict == "stable" and "the backward signal is clipped (value at 0.01) at every layer" in text, text
-    assert "not of the loss's derivative" in text
+    assert d.verdict == "stable" and "the backward signal is clipped (value at 0.01); ||dL/dh_l|| reaches the " \
+        "threshold at every layer, so the clip may act at each" in text, text
+    assert "a value clip acts only on entries beyond 0.01, which the norms cannot show" in text
+    # a norm clip sets the norm to the threshold where it acts: no caveat
+    n = " ".join(gb.diagnose(gb.backprop(base.replace(clip="norm", clip_threshold=0.01), params, x),
+                             params).explanation.split())
+    assert "clipped (norm at 0.01); it can bind at 39 of the 40 layers" in n and "a value clip acts only" not in n
+
+
+def test_a_value_clip_whose_norms_reach_the_threshold_is_not_said_to_clip_every_layer():
+    """A wide tanh stack under a value clip at 1.89: every ||dL/dh_l|| is above 1.89 but no entry
+    is (the largest is 1.57, tests/naive.py's chain), the run's bits are those without the clip,
+    and it read 'clipped (value at 1.89) at every layer, so these are the norms of the clipped
+    chain, not of the loss's derivative' (the review of the change)."""
+    import naive
+
+    stack = gb.Stack(depth=30, width=128, activation="tanh", clip="value", clip_threshold=1.89)
+    p, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 32, 1)
+    P = {k: np.asarray(getattr(p, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
+    plain = naive.backward(stack.replace(clip=None), P, x)[2]
+    assert np.all(plain >= 1.89)  # every norm above the threshold ...
+    clipped = gb.backprop(stack, p, x)
+    free = gb.backprop(stack.replace(clip=None), p, x)
+    assert np.array_equal(clipped.signal_norm.mantissa, free.signal_norm.mantissa)  # ... and nothing clipped
+    text = " ".join(gb.diagnose(clipped, p).explanation.split())
+    assert "so these are the norms of the clipped chain" not in text and "may act at each" in text
+    assert "so it may not have acted at all: a run without the clip tells" in text
 
 
 def test_a_trend_of_the_signal_is_not_put_on_the_forward_pass():
@@ -725,7 +750,8 @@ def test_the_clip_sentence_names_only_the_layers_where_it_can_bind(kw, where):
         assert "at every layer" not in d.explanation
         assert ("(by one factor" in d.explanation) == (stack.clip == "norm"), d.explanation
     elif where == "every":
-        assert binds.size == 30 and "clipped (value at 0.01) at every layer" in d.explanation
+        assert binds.size == 30 and "clipped (value at 0.01); ||dL/dh_l|| reaches the threshold at every layer, so " \
+            "the clip may act at each" in " ".join(d.explanation.split())
     else:
         assert 0 < binds.size < 30, binds
         text = " ".join(d.explanation.split())

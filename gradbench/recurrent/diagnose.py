@@ -57,7 +57,8 @@ import numpy as np
 from gradbench.activations import RESCUE
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.report import count, fmt_percent, fmt_pow
-from gradbench.verdict import MEASURABLE_DECADES, clip_binds, clip_span_words, countable_mean, top_clip_words
+from gradbench.verdict import (MEASURABLE_DECADES, clip_binds, clip_span_words, countable_mean, top_clip_words,
+                               value_clip_caveat)
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -255,17 +256,25 @@ def _clip_words(rnn, s: np.ndarray, cell: np.ndarray | None, loss: str = "L") ->
     if not binds.size:
         return (f"{subject} is clipped ({clip}), but {state} never reaches the threshold, so the clip "
                 "changed nothing: these are the norms of the loss's derivative")
-    if binds.size == T:
+    # a value clip changes only entries beyond c, and the LSTM's bound adds the whole dL/dc_{t+1}:
+    # there a norm at the threshold says only that the clip may act
+    bound = rnn.clip == "value" or cell is not None
+    caveat = (value_clip_caveat(c) if rnn.clip == "value" else
+              "; the LSTM's state is bounded through the whole dL/dc_{t+1}, so it may act at fewer" if bound else "")
+    if binds.size == T and not bound:
         return (f"{subject} is clipped ({clip}) at every step, so these are the norms of the clipped chain, "
                 f"not of the loss's derivative: clipping the signal can hold an exploding chain flat {other}")
+    if binds.size == T:
+        return (f"{subject} is clipped ({clip}); {state} reaches the threshold at every step, so the clip may act at "
+                f"each{caveat}; where it acts, clipping the signal can hold an exploding chain flat {other}")
     if binds.tolist() == [T - 1]:
         return (f"{subject} is clipped ({clip}), but before the last step {state} never reaches the "
                 f"threshold: at most the last step's gradient was clipped, {top_clip_words(rnn.clip)}")
     steps = ", ".join(map(str, binds[:6])) + (", ..." if binds.size > 6 else "")
     span = clip_span_words(binds, T, "step", "before", "after", "from the last step back to", "state")
     return (f"{subject} is clipped ({clip}); it can act at {binds.size} of the {T} steps ({steps}: "
-            f"where {state} reaches the threshold){span}; where it acts, clipping the signal can hold an exploding "
-            f"chain flat {other}")
+            f"where {state} reaches the threshold){span}{caveat}; where it acts, clipping the signal can hold an "
+            f"exploding chain flat {other}")
 
 
 def _signal_clip_words(rnn, res, s, total, c, carried: bool) -> list[str]:
@@ -283,8 +292,9 @@ def _signal_clip_words(rnn, res, s, total, c, carried: bool) -> list[str]:
     words = [_clip_words(rnn, s, cell, "L_{T-1}")]
     every = clip_binds(rnn.clip_threshold, _clip_state_log10(total, c if lstm else None), rnn.dtype)
     if every.size:
-        words.append(f"with every step's loss the clip can act at {every.size} of the {T} steps, where it can change "
-                     "the gradients that training uses")
+        words.append(f"with every step's loss the state's norm reaches the threshold at {every.size} of the {T} steps, "
+                     "where the clip can change the gradients that training uses"
+                     + (" (a value clip only if an entry there exceeds it)" if rnn.clip == "value" else ""))
     return words
 
 

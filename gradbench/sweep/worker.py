@@ -21,6 +21,7 @@ from gradbench import theory
 from gradbench.diagnose import assess
 from gradbench.engine import backprop
 from gradbench.params import GeneratedParams, gaussian_input, init_params, random_targets
+from gradbench.plan import PlanRefused
 from gradbench.spec import Stack
 
 MEASURED = ("decades_per_layer", "decades_per_layer_se", "signal_decades_per_layer", "log10_grad_first", "log10_grad_last", "loss_log10",
@@ -122,7 +123,8 @@ class RunFailed(RuntimeError):
 
 def run_task(runs: list[tuple], backend: str) -> list[dict]:
     """A Dask task: ``runs`` of ``(key, stack fields, batch, seed)``; returns one row dict per run.
-    An error in a run is raised as :class:`RunFailed` naming that run."""
+    An error in a run is raised as :class:`RunFailed` naming that run (a run refused for its size,
+    PlanRefused, and MemoryError as they are: the command line says those in its own words)."""
     rows, mean_field = [], {}
     for key, settings, batch, seed in runs:
         stack = Stack(**settings)
@@ -130,6 +132,8 @@ def run_task(runs: list[tuple], backend: str) -> list[dict]:
         warm_up(backend, stack.dtype)
         try:
             measured = run_one(stack, batch, seed, backend)
+        except (PlanRefused, MemoryError):  # the user's size (exit 2) or out of memory (exit 1), as they are
+            raise
         except Exception as exc:  # noqa: BLE001 - named and raised again
             fields = ", ".join(f"{k}={v!r}" for k, v in sorted(settings.items()))
             raise RunFailed(f"the run {fields}, batch={batch}, seed={seed} failed: {type(exc).__name__}: "
