@@ -61,8 +61,9 @@ def refuse_old_events(logdir, name: str = "tensorboard=") -> None:
     old = old_events(logdir)
     if old:
         raise ValueError(f"{name}{os.fspath(logdir)!r} already holds TensorBoard events ({len(old)} file"
-                         f"{'s' if len(old) > 1 else ''}, {old[0]}{', ...' if len(old) > 1 else ''}): another run "
-                         "there reads as one run with them, its steps starting again from 0; give each run its own "
+                         f"{'s' if len(old) > 1 else ''}, {old[0]}{', ...' if len(old) > 1 else ''}): TensorBoard reads a "
+                         "directory's events as one run, so another run there joins its curves, its steps starting "
+                         "again from 0; give each run its own "
                          "directory (tensorboard --logdir on their parent shows them side by side), or delete the "
                          "old events")
 

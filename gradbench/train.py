@@ -219,11 +219,15 @@ class TrainResult:
         if s["optimizer"] == "sgd" and not s.get("momentum"):
             f = 1 - s["lr"] * wd
             step = f"; under plain SGD each step multiplies every weight by 1 - lr wd = {f:.4g}"
-            if f <= -1:  # |f| >= 1: the decay itself makes the weights grow, flipping sign each step
+            if f < -1:  # |f| > 1: the decay itself makes the weights grow, flipping sign each step
                 what, step = "the decay's own term", step + (", so the weights flip sign and grow every step "
                                                               "(lr wd > 2 makes weight decay unstable)")
-            elif f <= 0:
-                what, step = "the decay's own term", step + ", which overshoots zero and flips every weight's sign"
+            elif f == -1:
+                what, step = "the decay's own term", step + ", which flips every weight's sign at its size"
+            elif f < 0:
+                what, step = "the decay's own term", step + ", which overshoots zero: every weight flips sign and shrinks"
+            elif f == 0:
+                what, step = "the decay's own term", step + ": the decay sets every weight to 0 before the loss's step"
         return (f"weight decay drives the updates, not the loss: after the last epoch wd ||W_l|| exceeds the loss's "
                 f"gradient at every layer ({grads}, ||W_l|| {_decades(np.min(w))} to {_decades(np.max(w))}), so "
                 f"the change per epoch above is mostly {what}{step}")

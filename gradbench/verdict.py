@@ -36,7 +36,8 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
    by at least ``threshold`` decades inside the residual branches, from each branch's top layer
    to its bottom one (the median over the branches, :func:`branch_change`): 100 sigmoid layers in
    branches of 10 lose ~5 decades inside every branch, so no single learning rate suits a
-   branch's layers, though the skip path carries the signal past them (rule "branch");
+   branch's layers, though the skip path carries the signal past them (rule "branch", taken
+   after the float-range magnitudes of rule 5: a stack beyond float64's range is called by them);
 5. magnitudes without a trend, only where they are extreme, never the loss's own scale:
    ``exploding`` if some ||dW_l|| lies above the largest float64 (10^308.25: a plain float64
    chain reads inf, whatever the learning rate); ``vanishing`` if every non-zero ||dW_l|| lies
@@ -339,9 +340,6 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
         return ("vanishing" if trend < 0 else "exploding"), "trend"
     if zeros:  # under a live signal, and no trend
         return "vanishing", "zeros"
-    inside = branch_change(g, group)
-    if abs(inside) >= threshold and not (inside > 0 and insensitive):  # nan: no branches
-        return ("vanishing" if inside < 0 else "exploding"), "branch"
     if not nz.size:
         return "stable", "none"
     lo, hi = FLOAT_LIMITS["float64"]
@@ -349,6 +347,9 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
         return "exploding", "overflow"
     if np.max(g[nz]) < lo:
         return "vanishing", "underflow"
+    inside = branch_change(g, group)
+    if abs(inside) >= threshold and not (inside > 0 and insensitive):  # nan: no branches
+        return ("vanishing" if inside < 0 else "exploding"), "branch"
     if insensitive:
         return "vanishing", "insensitive"
     return "stable", "none"
@@ -558,6 +559,10 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
         forward_said = True
     elif rule == "trend":
         words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'}: {trends}")
+    elif rule == "branch" and L // stack.residual == 1:
+        words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'} inside the residual branch: "
+                     f"the stack is one branch of {L} layers around one skip, so the skip path has no trend to "
+                     f"measure; {span}")
     elif rule == "branch":
         words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'} inside the residual branches, "
                      f"while the skip path has no trend: the backward signal at the groups' inputs changes by "

@@ -832,3 +832,19 @@ def test_the_forward_underflow_layer_is_where_most_float32_entries_are_no_longer
             h = np.tanh(h @ p.W[layer].T + p.b[layer])
     # act_std of layer `at` is that of its output h_{at+1}
     assert np.mean(np.abs(h) < tiny) > 0.5
+
+
+def test_the_branch_rule_comes_after_the_float_range_and_one_branch_says_so():
+    """Branches that grow inside among gradients all below float64's range read ('exploding',
+    'branch'), where the magnitude rules say vanishing/underflow; a stack that is one branch had
+    'the skip path has no trend: ... +0 decades', a placeholder (the review of the change)."""
+    from gradbench.verdict import judge
+
+    g = np.tile(np.linspace(-397, -400, 10), 10)  # each branch +3 decades going down, all below 10^-307.65
+    assert judge(g, np.zeros(100), group=10) == ("vanishing", "underflow")
+    assert judge(g + 390, np.zeros(100), group=10) == ("exploding", "branch")
+    stack = gb.Stack(depth=10, width=32, activation="sigmoid", residual=10)
+    d = gb.diagnose(gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)))
+    text = " ".join(d.explanation.split())
+    assert d.verdict == "vanishing" and text.startswith("gradients vanish inside the residual branch: the stack is "
+                                                       "one branch of 10 layers around one skip"), text

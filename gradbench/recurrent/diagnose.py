@@ -148,6 +148,10 @@ def _fit(y: np.ndarray) -> float:
 
 
 def _num(v: float) -> str:
+    """A decade count: 10^-64411.7 beyond a thousand, else 4 digits; rounding noise (10^1.11e-16 of
+    a norm of 1) is 0."""
+    if abs(v) < 1e-9:
+        return "0"
     return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
@@ -375,7 +379,9 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     verdict = classify(s, per_step, threshold=threshold, nonfinite=nonfinite)
     words = []
     if carried:
-        words.append(_every_step_words(total, T, verdict))
+        caps = rnn.clip is not None and rnn.clip_on == "signal" and clip_binds(
+            rnn.clip_threshold, _clip_state_log10(total, c if rnn.cell == "lstm" else None), rnn.dtype).size > 0
+        words.append(_every_step_words(total, T, verdict, (rnn.clip, rnn.clip_threshold) if caps else None))
     if math.isfinite(ratio):
         gradient = "the gradient of the last step's loss" if carried else "the gradient"
         if abs(ratio) < MEASURABLE_DECADES:  # rounding: 10^5.551e-17 read as a change
@@ -428,13 +434,17 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         threshold=float(threshold), carried_log10=s if carried else np.zeros(0))
 
 
-def _every_step_words(total: np.ndarray, T: int, verdict: str) -> str:
+def _every_step_words(total: np.ndarray, T: int, verdict: str, held: tuple | None = None) -> str:
     """What ||dL/dh_t|| of an every-step loss says, and what the verdict reads instead. It sums
     the terms of step t's loss and every later one's carried back: where the carried chain
     vanishes, step t's own and its near successors' dominate; where it explodes, the far later
-    steps' (a tanh RNN at gain 3: 10^1.43 at step 0, whose own term is 10^-1.29)."""
+    steps' (a tanh RNN at gain 3: 10^1.43 at step 0, whose own term is 10^-1.29). ``held``: (mode,
+    threshold) of a signal clip that can act on it (a norm clip at 0.01 made the range "10^-2 to 10^-2"
+    without a word of it)."""
     fin = total[np.isfinite(total)]
-    span = (f" (10^{_num(float(fin.min()))} to 10^{_num(float(fin.max()))} over {count(T, 'step')})" if fin.size else "")
+    span = (f" (10^{_num(float(fin.min()))} to 10^{_num(float(fin.max()))} over {count(T, 'step')}"
+            + (f"; the {held[0]} clip caps {'it' if held[0] == 'norm' else 'its entries'} at {held[1]:g}" if held else "")
+            + ")" if fin.size else "")
     what = {"vanishing": "mostly step t's own loss term and its near successors' (the later ones vanish on the way "
                          "back)",
             "exploding": "mostly the later steps' loss terms, grown on the way back"}.get(

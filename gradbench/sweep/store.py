@@ -71,7 +71,7 @@ def _read_rows(pd, path: str):
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow's ArrowInvalid and OSError variants
-        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise UnreadableRows(f"{path} cannot be read ({type(exc).__name__}: {first}): delete it and run the same "
                              "sweep again, which runs its runs again and keeps the others") from None
 
