@@ -308,25 +308,20 @@ def _from_torch(model, dtype, loss):
     dtype = _model_dtype(model, dtype)
     L = len(blocks)
     try:
-        stack = _stack_of(L, width, act_name, act_param, blocks, bn_eps, k, scale, loss, head, input_layer, dtype)
+        stack = Stack(
+            depth=L, width=width, activation=act_name,
+            activation_param=act_param if act_name in ("leaky_relu", "prelu", "elu") else None,
+            batch_norm=blocks[0][1] is not None, bn_eps=bn_eps if bn_eps is not None else 1e-5,
+            residual=k, residual_scale=float(scale),
+            loss=loss if head is not None else "sum_squares",
+            input_dim=None if input_layer is None else input_layer[1].in_features,
+            output_dim=1 if head is None else head[1].out_features,
+            dtype=dtype,
+        )
     except ValueError as exc:  # a value gradbench does not take (ELU alpha 0): said as the model's
         where = f"{_describe(blocks[0][2][1])} at {blocks[0][2][0]!r}: " if "activation_param" in str(exc) else ""
         raise _Refused(f"{where}{exc}") from None
     return stack, _params_of(blocks, input_layer, head, act_name, width, dtype)
-
-
-def _stack_of(L, width, act_name, act_param, blocks, bn_eps, k, scale, loss, head, input_layer, dtype) -> Stack:
-    """The Stack of the model's parts."""
-    return Stack(
-        depth=L, width=width, activation=act_name,
-        activation_param=act_param if act_name in ("leaky_relu", "prelu", "elu") else None,
-        batch_norm=blocks[0][1] is not None, bn_eps=bn_eps if bn_eps is not None else 1e-5,
-        residual=k, residual_scale=float(scale),
-        loss=loss if head is not None else "sum_squares",
-        input_dim=None if input_layer is None else input_layer[1].in_features,
-        output_dim=1 if head is None else head[1].out_features,
-        dtype=dtype,
-    )
 
 
 def _model_dtype(model, dtype):
