@@ -960,6 +960,7 @@ def test_a_failing_run_is_named_and_the_finished_runs_are_kept(threads_cluster, 
 
     def bad(stack, batch, seed, backend="auto"):
         if stack.sigma_w == 1.5 and seed == 1:
+            time.sleep(1.0)  # the other runs (milliseconds each) finish and are saved first
             raise RuntimeError("injected")
         return real(stack, batch, seed, backend)
 
