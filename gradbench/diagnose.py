@@ -457,8 +457,8 @@ def _check_same_weights(res, params) -> None:
         return
     now = weights_probe(params)
     ran = np.asarray(ran)
-    differ = np.flatnonzero((now != ran).reshape(len(ran), -1).any(axis=1)) if now.shape == ran.shape else [0]
-    differ = np.asarray(differ)
+    differ = (np.flatnonzero((now != ran).reshape(len(ran), -1).any(axis=1)) if now.shape == ran.shape
+              else np.zeros(1, dtype=np.intp))  # another shape: another stack, from layer 0
     if differ.size:
         raise ValueError(f"params are not the weights the result ran with: layer {int(differ[0])}'s differ"
                          f"{f' (and {differ.size - 1} more)' if differ.size > 1 else ''}, changed in place after the "

@@ -281,9 +281,10 @@ def _clip_words(rnn, s: np.ndarray, cell: np.ndarray | None, loss: str = "L") ->
             f"exploding chain flat {other}")
 
 
-def _signal_clip_words(rnn, res, s, total, c, carried: bool) -> list[str]:
+def _signal_clip_words(rnn, res, s, every: np.ndarray, c, carried: bool) -> list[str]:
     """:func:`_clip_words` of the pass the verdict reads; with a loss at every step also where the
-    clip can act on the every-step loss's own state, whose gradients training uses."""
+    clip can act on the every-step loss's own state (``every``: those steps), whose gradients
+    training uses."""
     lstm, T = rnn.cell == "lstm", rnn.steps
     if not carried:
         return [_clip_words(rnn, s, c if lstm else None)]
@@ -294,7 +295,6 @@ def _signal_clip_words(rnn, res, s, total, c, carried: bool) -> list[str]:
     elif lstm:  # a result without the carried pass's cell norms: no bound, every step may be clipped
         cell = np.full(T, math.inf)
     words = [_clip_words(rnn, s, cell, "L_{T-1}")]
-    every = clip_binds(rnn.clip_threshold, _clip_state_log10(total, c if lstm else None), rnn.dtype)
     if every.size:
         words.append(f"with every step's loss the state's norm reaches the threshold at {every.size} of the {T} steps, "
                      "where the clip can change the gradients that training uses"
@@ -378,10 +378,11 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     nonfinite = res.first_nonfinite_backward is not None or res.first_nonfinite_forward is not None
     verdict = classify(s, per_step, threshold=threshold, nonfinite=nonfinite)
     words = []
+    # with a loss at every step: the steps where a signal clip can act on the every-step loss's own state
+    every = (clip_binds(rnn.clip_threshold, _clip_state_log10(total, c if rnn.cell == "lstm" else None), rnn.dtype)
+             if carried and rnn.clip is not None and rnn.clip_on == "signal" else np.zeros(0, dtype=np.intp))
     if carried:
-        caps = rnn.clip is not None and rnn.clip_on == "signal" and clip_binds(
-            rnn.clip_threshold, _clip_state_log10(total, c if rnn.cell == "lstm" else None), rnn.dtype).size > 0
-        words.append(_every_step_words(total, T, verdict, (rnn.clip, rnn.clip_threshold) if caps else None))
+        words.append(_every_step_words(total, T, verdict, (rnn.clip, rnn.clip_threshold) if every.size else None))
     if math.isfinite(ratio):
         gradient = "the gradient of the last step's loss" if carried else "the gradient"
         if abs(ratio) < MEASURABLE_DECADES:  # rounding: 10^5.551e-17 read as a change
@@ -414,7 +415,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         low = float(np.nanmean(res.gate_low))
         words.append(f"{100 * low:.0f} % of {gate} gates below 0.1 (mean {gate} gate {float(np.nanmean(res.gate_mean)):.3g})")
     if rnn.clip is not None and rnn.clip_on == "signal":
-        words += _signal_clip_words(rnn, res, s, total, c, carried)
+        words += _signal_clip_words(rnn, res, s, every, c, carried)
     sat, where = countable_mean(res.saturation, "steps")
     if sat > 0.1:
         words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (|phi'| < 1 % of its largest value)")
