@@ -24,6 +24,7 @@ from scipy import stats
 
 import gradbench as gb
 from gradbench import theory
+from gradbench.diagnose import assess
 from gradbench.sweep import COLUMNS, task_size
 from gradbench.sweep.execute import execute, split
 from gradbench.sweep.grid import plan
@@ -60,6 +61,7 @@ def serial(grid: dict, seeds, **fixed) -> list[dict]:
             x = gb.gaussian_input(stack, batch, seed=np.random.default_rng([seed, 1]))
             res = gb.backprop(stack, params, x)
             d = gb.diagnose(res)
+            rule = assess(res).rule
             nonfinite = res.first_nonfinite_forward
             if nonfinite is None:
                 nonfinite = res.first_nonfinite_backward
@@ -67,7 +69,7 @@ def serial(grid: dict, seeds, **fixed) -> list[dict]:
                          "grad_log10": d.grad_log10, "signal_log10": d.signal_log10,
                          "log10_grad_first": d.grad_log10[0], "log10_grad_last": d.grad_log10[-1],
                          "loss_log10": d.loss_log10, "saturation": np.mean(res.saturation),
-                         "dead": np.mean(res.dead), "verdict": d.verdict, "first_nonfinite": nonfinite,
+                         "dead": np.mean(res.dead), "verdict": d.verdict, "rule": rule, "first_nonfinite": nonfinite,
                          "backend": res.backend, "q_star": mf.q_star, "chi1": mf.chi1,
                          "theory_decades_per_layer": mf.decades_per_layer, "depth_scale": mf.depth_scale,
                          "phase": mf.phase})
@@ -82,7 +84,7 @@ def assert_matches_serial(table: pd.DataFrame, ref: list[dict], names: list[str]
         # bitwise: the same computation on the workers as here (NaN == NaN)
         np.testing.assert_array_equal(table[name].to_numpy(dtype=float), np.array([r[name] for r in ref], float),
                                       err_msg=name)
-    for name in ("verdict", "phase", "backend"):
+    for name in ("verdict", "rule", "phase", "backend"):
         assert table[name].tolist() == [r[name] for r in ref], name
     assert [None if pd.isna(v) else int(v) for v in table["first_nonfinite"]] == [r["first_nonfinite"] for r in ref]
     # the standard error and the signal rate against SciPy's regression
@@ -293,6 +295,29 @@ def test_resume_after_the_client_process_is_killed_runs_only_what_is_missing(clu
         gb.sweep({**grid, "sigma_w": [0.8, 1.3]}, seeds=(0, 1), out=out, client=Tripwire(), **fixed)
     with pytest.raises(ValueError, match=r"differs in fixed field depth"):
         gb.sweep(grid, seeds=(0, 1), out=out, client=Tripwire(), **(fixed | {"depth": 61}))
+
+
+def test_the_rule_column_names_why_a_residual_stack_with_flat_rates_vanishes(cluster, tmp_path):
+    # ten sigmoid layers per residual branch: the skip path keeps the rates at ~0, while each
+    # branch loses decades inside (rule "branch"); the plain stack vanishes by its trend
+    out = tmp_path / "sweep"
+    grid = {"residual": [0, 10]}
+    fixed = dict(depth=100, width=16, activation="sigmoid", init="xavier_normal")
+    table = gb.sweep(grid, seeds=(0,), out=out, client=cluster, runs_per_task=1, **fixed)
+    assert table.columns.get_loc("rule") == table.columns.get_loc("verdict") + 1
+    assert table.verdict.tolist() == ["vanishing", "vanishing"]
+    assert table.rule.tolist() == ["trend", "branch"]
+    assert abs(table.decades_per_layer[1]) < 0.01 < abs(table.decades_per_layer[0])
+    # rows of a gradbench without the column: resumed, the column missing there, in its place
+    files = sorted(_files(out))
+    old = pd.read_parquet(out / files[0]).drop(columns="rule")
+    old.to_parquet(out / files[0], index=False)
+    os.remove(out / files[1])
+    again = gb.sweep(grid, seeds=(0,), out=out, client=cluster, runs_per_task=1, **fixed)
+    assert list(again.columns) == list(table.columns)
+    kept = again.residual == int(old.residual.item())  # the old file's run, read back
+    assert again.rule[kept].isna().all()
+    assert again.rule[~kept].tolist() == table.rule[~kept].tolist()  # the deleted one, run again
 
 
 # ---------------------------------------------------------------- theory

@@ -20,7 +20,10 @@ their ``Stack`` names (and ``batch``), ``seed``, then
   quantity mean field predicts, as the change per layer going down: negative = vanishing; see
   :class:`~gradbench.Diagnosis`), ``log10_grad_first`` (layer 0) and
   ``log10_grad_last`` (layer L - 1), ``loss_log10``, ``first_nonfinite`` (the first layer whose
-  forward output, or else backward signal, is not finite; <NA> if none), ``verdict``,
+  forward output, or else backward signal, is not finite; <NA> if none), ``verdict``, ``rule``
+  (the rule that decided it, :func:`gradbench.verdict.judge`'s second value: a residual stack's
+  "vanishing" with rates of ~0 is rule "branch", the change inside its branches; missing in rows
+  that an earlier gradbench wrote),
   ``saturation`` and ``dead`` (means over the layers);
 - mean field (``gradbench.theory.mean_field(stack)``, started from the run's first
   pre-activation variance q0 for its standard normal input, ``theory.first_q``: sigma_w^2 +
@@ -184,4 +187,6 @@ def _assemble(frames: list, runs: list[Run], p: Plan, pd):
     if missing:
         raise RuntimeError(f"sweep: {missing} of {len(runs)} runs have no row (a bug: please report it)")
     table = table.iloc[np.argsort(table["run_key"].map(order).to_numpy(), kind="stable")]
+    # resumed rows of an earlier gradbench lack later columns (rule): missing there, in their place
+    table = table.reindex(columns=frame([], p, pd).columns)
     return table.drop(columns="run_key").reset_index(drop=True).astype({"first_nonfinite": "Int64"})

@@ -25,7 +25,7 @@ from gradbench.plan import PlanRefused
 from gradbench.spec import Stack
 
 MEASURED = ("decades_per_layer", "decades_per_layer_se", "signal_decades_per_layer", "log10_grad_first", "log10_grad_last", "loss_log10",
-            "first_nonfinite", "verdict", "saturation", "dead")
+            "first_nonfinite", "verdict", "rule", "saturation", "dead")
 THEORY = ("q_star", "chi1", "theory_decades_per_layer", "depth_scale", "phase")
 COLUMNS = MEASURED + THEORY + ("backend", "seconds")
 
@@ -112,8 +112,9 @@ def run_one(stack: Stack, batch: int, seed: int, backend: str = "auto") -> dict:
     row = dict(decades_per_layer=float(a.decades_per_layer), decades_per_layer_se=slope_se(g),
                signal_decades_per_layer=float(a.signal_decades_per_layer),
                log10_grad_first=float(g[0]), log10_grad_last=float(g[-1]), loss_log10=float(a.loss_log10),
-               first_nonfinite=nonfinite, verdict=a.verdict, saturation=float(np.mean(res.saturation)),
-               dead=float(np.mean(res.dead)), backend=res.backend, seconds=seconds)
+               first_nonfinite=nonfinite, verdict=a.verdict, rule=a.rule,
+               saturation=float(np.mean(res.saturation)), dead=float(np.mean(res.dead)), backend=res.backend,
+               seconds=seconds)
     return row
 
 
