@@ -76,12 +76,15 @@ class GradHistogram:
 
 
 # ------------------------------------------------------------------ the builder
-def bin_rows(m: np.ndarray, e: np.ndarray, lo, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bin_rows(m: np.ndarray, e: np.ndarray, lo, scale: float, closed_top: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bin indices ``floor((log10|m| + e log10 2 - lo) * scale)`` of every entry, as float64.
 
     ``m`` (R, M) mantissas, ``e`` (R,) exponents, ``lo`` a scalar or (R,). Returns the indices
     (R, M) (-inf for zeros, NaN or inf for non-finite entries), and per row the number of exact
-    zeros and of non-finite entries.
+    zeros and of non-finite entries. ``closed_top``: the number of bins, whose upper edge belongs
+    to the last one: an entry on that edge (to a few units of rounding) gets index
+    ``closed_top - 1``, one above it ``closed_top`` or more.
     """
     a = np.abs(m, dtype=np.float64)  # a fresh float64 array: worked on in place
     zeros = a.shape[1] - np.count_nonzero(a, axis=1)
@@ -90,6 +93,8 @@ def bin_rows(m: np.ndarray, e: np.ndarray, lo, scale: float) -> tuple[np.ndarray
         np.log10(a, out=a)
         a += (np.asarray(e, dtype=np.float64) * LOG10_2 - lo).reshape(-1, 1)
         a *= scale
+        if closed_top is not None:  # the upper edge itself, as np.histogram's last bin
+            a[(a >= closed_top) & (a <= closed_top * (1 + 8 * np.finfo(np.float64).eps))] = closed_top - 0.5
         np.floor(a, out=a)
     return a, zeros.astype(np.int64), nonfinite.astype(np.int64)
 
@@ -178,9 +183,9 @@ def histograms(W, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | No
     counts = np.zeros((L, bins), dtype=np.int64)
     zeros, nonfinite, outside = (np.zeros(L, dtype=np.int64) for _ in range(3))
     for s in range(0, L, chunk):
+        # hi itself goes in the last bin; above it is outside (a range of the caller's may cut entries off)
         idx, zeros[s:s + chunk], nonfinite[s:s + chunk] = bin_rows(m2[s:s + chunk], e[s:s + chunk] - offset, lo,
-                                                                    bins / (hi - lo))
-        idx[idx == bins] = bins - 1  # hi itself goes in the last bin
+                                                                    bins / (hi - lo), closed_top=bins)
         c, below, above = count_window(idx, 0.0, bins)
         counts[s:s + chunk] = c
         outside[s:s + chunk] = below + above

@@ -201,3 +201,30 @@ def test_stats_only_histograms_are_quarter_decade_bins_regrouped_and_the_norms_t
     edges = np.asarray(streamed.hist_edges)
     np.testing.assert_allclose(edges * 4, np.round(edges * 4), atol=1e-9)  # whole quarter decades
     assert not np.allclose(np.asarray(plain.hist_edges), edges)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_callers_range_counts_as_np_histogram_its_top_edge_closed(seed):
+    """On a caller's hist_range, entries above the top edge are outside, as np.histogram leaves
+    them: every entry in [hi, hi + one bin width) was counted in the last bin (a swish layer's
+    10^-0.469 and 10^-0.417 in the bin below 10^-0.5) while hist_exact said True. An entry on
+    the top edge itself still belongs to the last bin."""
+    from gradbench.histograms import histograms
+    from gradbench.logscaled import LogScaled
+
+    rng = np.random.default_rng(seed)
+    L, M = 4, 50
+    lo, hi = sorted(rng.uniform(-3, 1, 2))
+    bins = int(rng.integers(1, 8))
+    v = 10.0 ** rng.uniform(lo - 0.5, hi + 0.5, (L, M)) * rng.choice([-1.0, 1.0], (L, M))
+    v[:, 0] = 1.0  # log10 = 0: inside when hi > 0, else above
+    v[0, 1] = 10.0 ** hi
+    hi = float(np.log10(v[0, 1]))  # the top edge itself
+    edges, counts, zeros, nonfinite, outside = histograms(LogScaled(v, np.zeros(L, dtype=np.int64)), bins, (lo, hi))
+    np.testing.assert_allclose(edges, np.linspace(lo, hi, bins + 1), rtol=0, atol=1e-15)
+    x = np.log10(np.abs(v))
+    for l in range(L):
+        want, _ = np.histogram(x[l], bins=bins, range=(lo, hi))
+        np.testing.assert_array_equal(counts[l], want, err_msg=f"layer {l}")
+        assert outside[l] == M - want.sum()
+    assert counts[0, -1] >= 1  # 10^hi itself
