@@ -430,14 +430,14 @@ def _weight_log10(params, stack: Stack, L: int) -> np.ndarray:
         step = max(1, (1 << 22) // max(1, stack.width * stack.width))
         for a in range(0, L, step):
             Wc = np.asarray(params.weights(a, min(L, a + step)), dtype=np.float64)
-            out[a : a + len(Wc)] = _frobenius_log10(Wc)
+            out[a : a + len(Wc)] = frobenius_log10(Wc)
     else:
         W = getattr(params, "W", None)
         shape = np.shape(W) if W is not None else None
         if shape != want:
             raise ValueError(f"params.W has shape {shape}, but the result's stack (depth {L}, width {stack.width}) "
                              f"needs {want}: pass the parameters of the pass that produced the result")
-        out = _frobenius_log10(np.asarray(W, dtype=np.float64))
+        out = frobenius_log10(np.asarray(W, dtype=np.float64))
     return out
 
 
@@ -465,7 +465,7 @@ def _check_same_weights(res, params) -> None:
                          "pass or drawn from another seed; pass the parameters of the pass that produced the result")
 
 
-def _frobenius_log10(W: np.ndarray) -> np.ndarray:
+def frobenius_log10(W: np.ndarray) -> np.ndarray:
     """log10 ||W_l||_F per layer of (n, N, N), without overflow (W of 1e200) or underflow."""
     m = np.max(np.abs(W), axis=(1, 2))
     safe = np.where(m > 0, m, 1.0)

@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from gradbench import datasets
+from gradbench.activations import RESCUE
+from gradbench.diagnose import frobenius_log10
 from gradbench.engine import backprop
 from gradbench.inputs import all_finite, check_array, check_stored_params
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum  # noqa: F401 (re-exported)
@@ -183,8 +185,10 @@ class TrainResult:
         lines.append(line)
         stopped = self.extras.get("stopped")
         if stopped:
+            after = self.update_ratio[stopped["epoch"]:self.epochs_run]
+            moved = float(np.nanmax(after)) if after.size and np.any(np.isfinite(after)) else 0.0
             lines.append("  " + stopped_words(stopped, self.epochs_run, self.stack.has_head, s["weight_decay"] > 0,
-                                              self.stack.depth))
+                                              self.stack.depth, moved, _optimizer_state(s)))
         ratio = self.first_layer_ratio[:ran]
         if np.any(np.isfinite(ratio)):
             first = "the input layer's weights (W_in)" if self.stack.has_input_layer else "layer 0's weights"
@@ -206,8 +210,7 @@ class TrainResult:
         s, wd = self.settings, self.settings.get("weight_decay", 0.0)
         if not wd or self.diverged_epoch is not None:
             return ""
-        with np.errstate(divide="ignore"):
-            w = np.log10(np.sqrt(np.sum(np.square(np.asarray(self.params.W, dtype=np.float64)), axis=(1, 2))))
+        w = frobenius_log10(np.asarray(self.params.W, dtype=np.float64))  # without overflow (W of 1e157)
         g = np.asarray(self.grad_log10[self.epochs_run], dtype=np.float64)
         share = math.log10(wd) + w - g  # log10 (wd ||W_l|| / ||dL/dW_l||); inf where the gradient is 0
         if not np.all(share >= math.log10(DECAY_DOMINATES)):
@@ -228,9 +231,13 @@ class TrainResult:
                 what, step = "the decay's own term", step + ", which overshoots zero: every weight flips sign and shrinks"
             elif f == 0:
                 what, step = "the decay's own term", step + ": the decay sets every weight to 0 before the loss's step"
-        return (f"weight decay drives the updates, not the loss: after the last epoch wd ||W_l|| exceeds the loss's "
-                f"gradient at every layer ({grads}, ||W_l|| {_decades(np.min(w))} to {_decades(np.max(w))}), so "
-                f"the change per epoch above is mostly {what}{step}")
+        head = (f"weight decay drives the updates, not the loss: after the last epoch wd ||W_l|| exceeds the loss's "
+                f"gradient at every layer ({grads}, ||W_l|| {_decades(np.min(w))} to {_decades(np.max(w))})")
+        last = self.update_ratio[self.epochs_run - 1] if self.epochs_run else np.zeros(0)
+        if last.size and np.all(last == 0):  # lr 1e-300: 1 - lr wd rounds to 1, nothing moves
+            return (f"{head}, but no weight of the stack changed in the last epoch: at lr={s['lr']:g} the steps are "
+                    f"below {self.stack.dtype}'s resolution of the weights")
+        return f"{head}, so the change per epoch above is mostly {what}{step}"
 
     def _chance(self) -> str:
         ref = chance_loss(self.stack.loss, self.stack.output_dim, self.extras.get("mean_prediction_loss"))
@@ -247,10 +254,27 @@ def _decades(v: float) -> str:
 DECAY_DOMINATES = 10.0
 
 
-def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = False, depth: int | None = None) -> str:
+def _layer_list(layers: list[int], most: int = 8) -> str:
+    """Layers as "0, 1, 2" (the first ``most``, then how many more)."""
+    words = ", ".join(map(str, layers[:most]))
+    return words + (f" and {len(layers) - most} more" if len(layers) > most else "")
+
+
+def _optimizer_state(settings: dict) -> str | None:
+    """What keeps moving the weights after their gradient is 0: momentum's velocity, Adam's
+    moments (None for plain SGD)."""
+    if settings.get("optimizer") == "adam":
+        return "Adam's moments"
+    return "momentum's velocity" if settings.get("momentum") else None
+
+
+def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = False, depth: int | None = None,
+                  moved: float | None = None, state: str | None = None) -> str:
     """The summary's sentence for a run whose gradient became exactly 0 at every layer (of ``depth``).
 
-    Above a dead layer every sample's activations are the same (phi of the biases), so the output
+    ``moved``: the largest change of a stack layer's weights in an epoch since then (%, the
+    update ratio), ``state``: what moves them without a gradient (:func:`_optimizer_state`);
+    with ``decay``, weight decay does too. Above a dead layer every sample's activations are the same (phi of the biases), so the output
     no longer depends on the input; the head's bias moves, and so do the head's weights and the
     biases of the layers above the dead one where those activations are not 0 (a dead layer 4 of
     6 with one positive bias in layer 5 left dL/dW_out and dL/db_5 ~5e-5)."""
@@ -258,16 +282,29 @@ def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = Fals
     when = "from the start" if e == 0 else f"after the last epoch ({e})" if e >= epochs_run else f"from epoch {e} on"
     why = (f": every unit of layer{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} is dead (z <= 0 for every "
            "sample), so nothing passes back through " + ("them" if len(dead) > 1 else "it") if dead else "")
+    saturated = stopped.get("saturated_layers") or []
+    if saturated and not dead:
+        n = len(saturated)
+        why = (f": every unit of layer{'s' if n > 1 else ''} {_layer_list(saturated)} is saturated so far (a huge "
+               "|z|, or z overflowed to inf: weights grown huge) that its phi'(z) lies below 2^(-2^62), beyond any "
+               "int64 exponent, so the gradient reads 0 where the true one is tiny but, for a finite z, not 0")
     left = epochs_run - e
     last = "the last epoch" if left == 1 else f"the last {left} epochs"
-    tail = (f"; {last} changed no weight of the stack{' but by weight decay' if decay else ''}" if left > 0 else "")
+    movers = [w for w in (state, "weight decay" if decay else None) if w]
+    tail = ""
+    if left > 0 and movers and (moved is None or moved > 0):
+        tail = (f"; in {last} no gradient reached the stack, and only {' and '.join(movers)} moved its weights"
+                + (f" (by up to {moved:.3g} % in an epoch)" if moved else ""))
+    elif left > 0:
+        tail = f"; {last} changed no weight of the stack"
     bias = ""
     if head and dead:
         top = max(dead)
-        moves = ("only the head's bias still moves" if depth is None or top == depth - 1 else
+        moves = ("only the head's bias still gets a gradient" if depth is None or top == depth - 1 else
                  f"only the head and the biases of layer{'' if top + 2 == depth else 's'} "
-                 f"{top + 1}{'' if top + 2 == depth else f' to {depth - 1}'} can still move")
-        bias = f" (every sample now gets the same output, and {moves}: the loss goes to the best constant prediction's)"
+                 f"{top + 1}{'' if top + 2 == depth else f' to {depth - 1}'} still get a gradient")
+        bias = (f" (every sample now gets the same output, and {moves}: at best the loss reaches the best constant "
+                "prediction's)")
     return f"STOPPED {when}: every layer's gradient on the whole data set is exactly 0{why}{tail}{bias}"
 
 
@@ -617,6 +654,7 @@ class _History:
         self.ratio_out = np.full(epochs, np.nan)
         self.diverged, self.why = None, ""
         self.dead_layers: dict[int, list[int]] = {}  # epoch -> layers with every unit dead, where no gradient is left
+        self.saturated_layers: dict[int, list[int]] = {}  # ... and with every unit saturated (RESCUE activations)
 
     def stopped(self) -> dict | None:
         """Where training stopped moving: the first evaluation from which every later one has an
@@ -628,7 +666,7 @@ class _History:
         e = len(zero) - 1
         while e > 0 and zero[e - 1]:
             e -= 1
-        return {"epoch": e, "dead_layers": self.dead_layers.get(e, [])}
+        return {"epoch": e, "dead_layers": self.dead_layers.get(e, []), "saturated_layers": self.saturated_layers.get(e, [])}
 
     def full_pass(self):
         """backprop on the whole data set with the current parameters."""
@@ -637,9 +675,11 @@ class _History:
     def evaluate(self, e: int, res) -> None:
         """Record entry ``e`` (0: before training) of the evaluation from the full pass ``res``."""
         self.eval_loss[e] = res.loss
-        self.grad_log10[e] = res.grad_norm.log10()
+        self.grad_log10[e] = _derivative_norm(res).log10()
         if np.all(self.grad_log10[e] == -np.inf):
             self.dead_layers[e] = np.flatnonzero(np.asarray(res.dead) >= 1).tolist()
+            if self.stack.activation in RESCUE:  # phi' beyond any exponent: 0 where the true one is not
+                self.saturated_layers[e] = np.flatnonzero(np.asarray(res.saturation) >= 1).tolist()
         h = res.output.to_float(np.float64, warn=False)
         self.accuracy[e] = accuracy(self.stack, self.params, h, self.labels)
         if self.tb is not None:
@@ -663,6 +703,13 @@ class _History:
         if self.tb is not None:
             self.tb.epoch(epoch + 1, self.loss[epoch], self.ratio[epoch], self.ratio_in[epoch], self.ratio_out[epoch])
         return ""
+
+
+def _derivative_norm(res):
+    """||dL/dW_l|| of a full-data pass: the derivative, before the stack's parameter-gradient
+    clipping (``clip_on`` "layer" or "global"), which bounds a step's update and has no meaning
+    for a pass that updates nothing (it recorded 10^-0.7 where dL/dW_l was 10^3.0)."""
+    return res.grad_norm if res.grad_norm_unclipped is None else res.grad_norm_unclipped
 
 
 def _why_loss(res, what: str = "loss") -> str:

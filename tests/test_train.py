@@ -802,14 +802,14 @@ def test_a_net_that_dies_during_training_is_reported_stopped():
         h = np.maximum(z, 0)
     assert active[2] == 0
     first = next(e for e in range(5) if np.all(r.grad_log10[e:] == -np.inf))
-    assert r.extras["stopped"] == {"epoch": first, "dead_layers": [2]}
+    assert r.extras["stopped"] == {"epoch": first, "dead_layers": [2], "saturated_layers": []}
     last = "the last epoch" if 4 - first == 1 else f"the last {4 - first} epochs"
     assert (f"STOPPED from epoch {first} on: every layer's gradient on the whole data set is exactly 0: every unit of "
             f"layer 2 is dead (z <= 0 for every sample), so nothing passes back through it; {last} changed no weight "
             "of the stack") in r.summary()
     from gradbench.cli.train import train_to_dict
 
-    assert train_to_dict(r)["stopped"] == {"epoch": first, "dead_layers": [2]}  # the --out JSON
+    assert train_to_dict(r)["stopped"] == {"epoch": first, "dead_layers": [2], "saturated_layers": []}  # --out JSON
     assert gb.train(st, X, y, epochs=2, batch_size=20, lr=0.01).extras["stopped"] is None
 
 
@@ -869,7 +869,7 @@ def test_a_stopped_net_with_live_biases_above_the_dead_layer_says_what_still_mov
     assert np.linalg.norm(grads["W_out"]) > 0 and np.linalg.norm(grads["b"][5]) > 0
     assert np.all(grads["W"] == 0)
     text = " ".join(r.summary().split())
-    assert "only the head and the biases of layer 5 can still move" in text and "head's bias still" not in text
+    assert "only the head and the biases of layer 5 still get a gradient" in text and "head's bias still" not in text
 
 
 def test_a_net_that_stops_after_its_last_epoch_is_not_said_to_stop_from_it_on():
@@ -878,3 +878,81 @@ def test_a_net_that_stops_after_its_last_epoch_is_not_said_to_stop_from_it_on():
     last = stopped_words({"epoch": 5, "dead_layers": [2]}, 5, True, depth=3)
     assert last.startswith("STOPPED after the last epoch (5): ") and "from epoch" not in last
     assert stopped_words({"epoch": 2, "dead_layers": [2]}, 5, True, depth=3).startswith("STOPPED from epoch 2 on: ")
+
+
+def _plain_grads(st, r, X, y):
+    """tests/naive.py's plain gradients on the whole data set at the run's final weights."""
+    import naive
+
+    P = {k: np.asarray(getattr(r.params, k), dtype=np.float64) for k in ("W", "b", "W_in", "b_in", "W_out", "b_out")}
+    return naive.backward(st, P, X, y.reshape(-1, 1).astype(np.float64))[1], P
+
+
+@pytest.mark.parametrize("clip_on", ["global", "layer"])
+def test_the_history_records_the_derivative_not_the_clipped_gradient(clip_on):
+    """A full-data pass updates nothing, so its parameter-gradient clipping means nothing: the
+    exploding-clipped demo recorded ||dL/dW_l|| of 10^-0.7 where the derivative was 10^3.0."""
+    st = gb.Stack(depth=4, width=8, activation="relu", init="he_normal", sigma_w=3.0, loss="bce", input_dim=2,
+                  clip="norm", clip_threshold=0.01, clip_on=clip_on)
+    X, y = gb.datasets.moons(60, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=2, batch_size=20, lr=0.01, seed=0)
+    grads, _ = _plain_grads(st, r, X, y)  # naive.backward clips only the signal: these are dL/dW_l
+    want = np.log10(np.linalg.norm(grads["W"], axis=(1, 2)))
+    assert np.all(want > -1)  # far above what a clip of 0.01 leaves
+    np.testing.assert_allclose(r.grad_log10[-1], want, rtol=0, atol=1e-12)
+
+
+def test_a_stopped_net_under_adam_says_its_moments_still_move_the_weights():
+    """Adam (and momentum) keep moving the weights after their gradient is exactly 0: the summary
+    said 'the last 5 epochs changed no weight of the stack' beside weights that moved by 50 %."""
+    st = gb.Stack(depth=6, width=4, activation="relu", init="he_normal", loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=6, batch_size=20, lr=0.5, optimizer="adam", seed=0, backend="numpy")
+    e = r.extras["stopped"]["epoch"]
+    assert 0 < e < 6
+    grads, _ = _plain_grads(st, r, X, y)
+    assert np.all(grads["W"] == 0)  # no gradient at the end ...
+    at_stop = gb.train(st, X, y, epochs=e, batch_size=20, lr=0.5, optimizer="adam", seed=0, backend="numpy")
+    assert not np.array_equal(at_stop.params.W, r.params.W)  # ... and the weights moved after it all the same
+    text = " ".join(r.summary().split())
+    assert "only Adam's moments moved its weights" in text and "changed no weight" not in text
+
+
+def test_weight_decay_that_grows_the_weights_past_1e150_gives_their_norm():
+    """lr wd = 3 grows the weights by 2x a step; their norms were computed unscaled (10^inf)."""
+    st = gb.Stack(depth=3, width=8, loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=52, batch_size=20, lr=0.1, weight_decay=30.0, seed=0)
+    W = np.asarray(r.params.W, dtype=np.float64)
+    big = np.log10(np.linalg.norm(W * 1e-150, axis=(1, 2))) + 150
+    assert big.min() > 150
+    text = " ".join(r.summary().split())
+    assert f"||W_l|| 10^{big.min():.1f} to 10^{big.max():.1f}" in text and "10^inf" not in text
+
+
+def test_weight_decay_at_a_learning_rate_below_the_weights_resolution_says_nothing_moved():
+    st = gb.Stack(depth=3, width=8, loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=2, batch_size=20, lr=1e-300, weight_decay=100.0, seed=0)
+    np.testing.assert_array_equal(r.params.W, gb.init_params(st, 0).W)  # 1 - lr wd rounds to 1
+    text = " ".join(r.summary().split())
+    assert "no weight of the stack changed in the last epoch" in text and "mostly" not in text
+
+
+def test_a_net_saturated_beyond_any_exponent_is_not_called_dead():
+    """lr 1e300 throws tanh's pre-activations past 10^19 (or to inf): every phi' lies below
+    2^(-2^62), the gradient reads 0, and the summary named no cause."""
+    import naive
+
+    st = gb.Stack(depth=3, width=8, loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=3, batch_size=20, lr=1e300, seed=0)
+    _, P = _plain_grads(st, r, X, y)
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = X @ P["W_in"].T + P["b_in"]
+        for layer in range(st.depth):
+            z = h @ P["W"][layer].T + P["b"][layer]
+            assert np.all(np.abs(z) > 2.0**62 * np.log(2) / 2)  # tanh' = 4 e^(-2|z|) < 2^(-2^62)
+            h = np.tanh(z)
+    assert r.extras["stopped"]["saturated_layers"] == [0, 1, 2] and r.extras["stopped"]["dead_layers"] == []
+    assert "is saturated so far" in " ".join(r.summary().split())
