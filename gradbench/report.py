@@ -8,7 +8,7 @@ import textwrap
 
 import numpy as np
 
-from gradbench.spec import ACT_PARAM_DEFAULT, RELU_FAMILY, Stack
+from gradbench.spec import ACT_PARAM_DEFAULT, RELU_FAMILY, SATURATING, Stack
 
 
 def count(n: int, noun: str, plural: str | None = None) -> str:
@@ -54,6 +54,13 @@ ACT_PARAM_NAMES = {"leaky_relu": "slope", "prelu": "initial slope", "elu": "alph
 BN_EPS_DEFAULT = next(f.default for f in dataclasses.fields(Stack) if f.name == "bn_eps")
 
 
+def rate3(v: float) -> str:
+    """A rate to 3 decimals, signed, as the compare table and the plots' legends give it; one that
+    rounds to 0 reads +0.000, not -0.000."""
+    text = f"{v:+.3f}"
+    return "+0.000" if text == "-0.000" else text
+
+
 def describe(stack: dict, weights: str | None = None, *, dtype: bool = True) -> str:
     """The stack in words; ``weights``: where the weights came from, in place of the init scheme
     (a model's own weights, ``run --torch``). Every field that changes the network is said
@@ -63,6 +70,10 @@ def describe(stack: dict, weights: str | None = None, *, dtype: bool = True) -> 
              weights or stack["init"]]
     if stack.get("sigma_w") is not None and weights is None:
         parts.append(f"sigma_w={stack['sigma_w']:g}")
+    if stack.get("sigma_b") and weights is None:  # biases: the forward is not homogeneous
+        parts.append(f"sigma_b={stack['sigma_b']:g}")
+    if stack.get("input_dim") is not None and stack["input_dim"] != stack["width"]:
+        parts.append(f"input dim {stack['input_dim']}")
     if stack.get("batch_norm"):
         eps = stack.get("bn_eps", BN_EPS_DEFAULT)
         parts.append("batch norm" + (f" (eps {eps:g})" if eps != BN_EPS_DEFAULT else ""))
@@ -72,7 +83,8 @@ def describe(stack: dict, weights: str | None = None, *, dtype: bool = True) -> 
     if stack.get("clip"):
         parts.append(f"clip {stack['clip']} {stack['clip_threshold']:g} on {stack['clip_on']}")
     if stack.get("loss", "sum_squares") != "sum_squares":
-        parts.append(f"loss {stack['loss']}")
+        outputs = stack.get("output_dim", 1)
+        parts.append(f"loss {stack['loss']}" + (f" ({outputs} outputs)" if outputs != 1 else ""))
     if dtype:  # (a training summary says its stack without it)
         parts.append(stack.get("dtype", "float64"))
     return ", ".join(parts)
@@ -107,11 +119,12 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
     if d.first_nonfinite_backward is not None:
         out.append(f"  first non-finite layer (backward): {d.first_nonfinite_backward}")
     act = d.stack["activation"]
-    show_sat = act in ("sigmoid", "tanh")
+    show_sat = act in SATURATING
     show_dead = act in RELU_FAMILY
-    # units with z <= 0 for the whole batch: dead for relu; leaky_relu and prelu still pass a
-    # gradient there, on the negative side
-    dead_head = "dead" if act == "relu" else "neg side"
+    # units with z <= 0 for the whole batch: dead at slope 0 (relu); leaky_relu and prelu still
+    # pass a gradient there, on the negative side
+    slope = d.stack.get("activation_param")
+    dead_head = "dead" if act == "relu" or slope == 0 else "neg side"
     dead_w = max(6, len(dead_head))
     head = f"  {'layer':>7} {'||dL/dW_l||':>14} {'||dL/dh_l||':>14} {'act mean':>11} {'act std':>11}"
     if show_sat:

@@ -31,6 +31,9 @@ ACT_PARAM_DEFAULT = {"leaky_relu": 0.01, "prelu": 0.25, "elu": 1.0}
 HOMOGENEOUS = frozenset({"identity", "relu", "leaky_relu", "prelu"})
 # The ReLU family: units with z <= 0 for the whole batch are "dead" (no or little gradient).
 RELU_FAMILY = frozenset({"relu", "leaky_relu", "prelu"})
+# Those whose phi' fades, so that a saturated fraction (|phi'| < 1 % of its largest value) says
+# something: sigmoid and tanh at both ends, ELU, SELU, swish and GELU on the negative side.
+SATURATING = frozenset(ACTIVATIONS) - RELU_FAMILY - {"identity"}
 
 INITS = (
     "normal", "xavier_normal", "xavier_uniform", "he_normal", "he_uniform", "lecun_normal",
@@ -321,6 +324,12 @@ class Stack(_Net):
         if self.activation_param is not None:
             return float(self.activation_param)
         return float(ACT_PARAM_DEFAULT.get(self.activation, 0.0))
+
+    @property
+    def dead_below_zero(self) -> bool:
+        """Units with z <= 0 pass no gradient: ReLU, or a leaky ReLU / PReLU of slope 0 (a PReLU
+        as initialised: its slope is a parameter that training may move)."""
+        return self.activation == "relu" or (self.activation in RELU_FAMILY and self.act_param == 0.0)
 
     @property
     def gain(self) -> float:

@@ -81,7 +81,7 @@ import numpy as np
 
 from gradbench.activations import RESCUE
 from gradbench.report import count
-from gradbench.spec import RELU_FAMILY
+from gradbench.spec import RELU_FAMILY, SATURATING
 
 VERDICTS = ("vanishing", "exploding", "stable", "no gradient")
 
@@ -390,6 +390,20 @@ def forward_span(act_log10) -> tuple[int, int, float] | None:
         return None
     i0, i1 = int(ok[0]), int(ok[-1])
     return i0, i1, float(a[i1] - a[i0])
+
+
+def _forward_excursions(act_log10, i0: int, i1: int, decades: float = 3.0) -> str:
+    """Where the forward std between layers ``i0`` and ``i1`` goes ``decades`` or more beyond both
+    ends (an ELU stack ending 4.8 decades above its start peaked 17 decades higher at layer 260):
+    the words that say so, else ""."""
+    a = np.asarray(act_log10, dtype=np.float64)[i0 : i1 + 1]
+    ok = np.isfinite(a)
+    parts = []
+    for pick, beyond, word in ((np.argmax, a[[0, -1]].max(), "up to"), (np.argmin, a[[0, -1]].min(), "down to")):
+        k = int(pick(np.where(ok, a, -np.inf if word == "up to" else np.inf)))
+        if abs(a[k] - beyond) >= decades and (a[k] > beyond) == (word == "up to"):
+            parts.append(f"{word} 10^{_num(a[k])} at layer {i0 + k}")
+    return f", on the way {' and '.join(parts)}" if parts else ""
 
 
 def forward_cause(rate: float, signal_rate: float, L: int, threshold: float, act_log10) -> bool:
@@ -798,7 +812,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
                      else f"the backward signal turned non-finite at layer {at}")
     zero = np.flatnonzero(g == -np.inf)
     if zero.size and zero.size < len(g):
-        dead_note = " (dead ReLU units block the chain)" if stack.activation == "relu" else ""
+        dead_note = " (dead units block the chain: z <= 0 passes no gradient)" if stack.dead_below_zero else ""
         top = int(zero.max())
         if floored_layers(stack.activation, g, res.saturation, res.act_std.log10())[top]:
             # phi' > 0 (but at a point) and rescued down to 2^(-2^62): the zero is that floor, not the chain's
@@ -818,7 +832,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
         if lost == B:
             # every sample (or the only one): the batch's largest signal sets each layer's exponent and
             # is never flushed by it, so the last one to go is lost to an exact zero in the chain itself
-            why = ("dead units (z <= 0) in some layer" if stack.activation in ("relu", "prelu") else
+            why = ("dead units (z <= 0) in some layer" if stack.dead_below_zero else
                    "units saturated beyond any int64 exponent (phi' < 2^(-2^62)) in some layer"
                    if stack.activation in RESCUE else "an exact zero in the chain")
             if B == 1:
@@ -829,8 +843,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
                              "at the top): the largest sample sets each layer's shared exponent and is never flushed "
                              f"by it, so what cuts the chain is {why}, not that exponent")
         else:
-            why = ("dead units (z <= 0) for those samples in some layer, or " if stack.activation in ("relu", "prelu")
-                   else "")
+            why = "dead units (z <= 0) for those samples in some layer, or " if stack.dead_below_zero else ""
             words.append(f"{lost} of {B} samples lose their gradient on the way down (exactly 0 at the input, "
                          f"non-zero at the top): {why}their signal fell more than 2^-1074 below the batch's largest at "
                          "some layer; one exponent per layer cannot carry both, so below that layer the norms follow "
@@ -844,14 +857,21 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
                      f"({PHI_UNDERFLOW[stack.activation]}), beyond any int64 exponent; "
                      "the gradients that depend on them read 0 where the exact ones may be tiny but not 0")
     fwd = forward_span(std)
-    if fwd is not None and abs(fwd[2]) >= 3 and not forward_said:
+    if fwd is not None and not forward_said:
         i0, i1, grow = fwd
-        words.append(f"the forward activations {'grow' if grow > 0 else 'shrink'} by {abs(grow):.3g} decades "
-                     f"(std 10^{_num(std[i0])} at layer {i0}, 10^{_num(std[i1])} at layer {i1})")
-    if stack.activation in ("sigmoid", "tanh"):
+        ends = f"std 10^{_num(std[i0])} at layer {i0}, 10^{_num(std[i1])} at layer {i1}"
+        away = _forward_excursions(std, i0, i1)
+        if abs(grow) >= 3:
+            words.append(f"the forward activations {'grow' if grow > 0 else 'shrink'} by {abs(grow):.3g} decades "
+                         f"({ends}){away}")
+        elif away:
+            words.append(f"the forward activations end within {abs(grow):.3g} decades of where they start ({ends})"
+                         f"{away}")
+    if stack.activation in SATURATING:
         sat, where = countable_mean(res.saturation)
         if sat > 0.1:
             words.append(f"{100 * sat:.0f} % of the units{where} are saturated (|phi'| < 1 % of its largest value)")
+    if stack.activation in ("sigmoid", "tanh"):
         gain, measured = weight_gain(stack, weight_log10)
         if stack.activation == "sigmoid" and not stack.batch_norm and verdict == "vanishing" and gain < 4:
             # sigmoid' <= 1/4: a factor sigma_w / 4 or less per layer, a loss while sigma_w < 4
@@ -861,10 +881,8 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
                          + ": log10(4 / sigma_w))")
     if stack.activation in RELU_FAMILY:
         dead, where = countable_mean(res.dead)
-        slope = 0.0 if stack.activation == "relu" else None
-        if stack.activation == "leaky_relu":
-            slope = stack.act_param
-        if dead > 0.1 and slope == 0.0:
+        slope = stack.act_param if stack.activation != "prelu" or stack.dead_below_zero else None
+        if dead > 0.1 and stack.dead_below_zero:
             words.append(f"{100 * dead:.0f} % of the units{where} are dead (z <= 0 for the whole batch)")
         elif dead > 0.1:  # a slope of their own on the negative side: not dead
             words.append(f"{100 * dead:.0f} % of the units{where} are on the negative side for the whole batch "
