@@ -16,11 +16,13 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import offset_copy
 
 from gradbench._atomic import write_atomic
 from gradbench.diagnose import Diagnosis, assess, diagnose
 from gradbench.histograms import RelativeHistograms, check_has_histograms
+from gradbench.report import rate3
 from gradbench.verdict import FLOAT_LIMITS
 
 DPI = 120
@@ -79,8 +81,15 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     from line to line) and width. Layers whose gradient is exactly 0 (triangles) or not
     finite (crosses: NaN or inf) have no place on the log scale: they are marked in a strip
     below the x axis, a row per line and kind, in the line's colour (one legend entry each).
+    A dtype other than float64 is said: in the title when every line has it, else in the
+    labels of the lines that have it.
     """
     items = _items(data)
+    dtypes = [_dtype(item) for _, item in items]
+    if len(set(dtypes)) == 1:
+        title = _with_dtype(title, dtypes[0])
+    else:
+        items = [(_with_dtype(label, dt), item) for (label, item), dt in zip(items, dtypes)]
     many = len(items) > 4
     fig, ax = _axes(ax, (9.0, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
     lo, hi = math.inf, -math.inf
@@ -94,17 +103,15 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
         line = _flow_line(ax, g, i, len(items), f"{label}  ({verdict}{rates})" if label else f"{verdict}{rates}")
         if ok.any():
             lo, hi = min(lo, g[ok].min()), max(hi, g[ok].max())
-        for kind, off in (("zero", g == -np.inf), ("nonfinite", ~ok & (g != -np.inf))):
-            layers = np.flatnonzero(off)
-            if layers.size:
-                strip.append((layers, line.get_color(), kind))
-    if not math.isfinite(lo):
-        lo, hi = -1.0, 1.0
-    pad = max(0.5, 0.05 * (hi - lo))
-    ax.set_ylim(lo - pad, hi + pad)
+        strip += _off_scale(g, line.get_color())
     room = _strip(ax, strip)
-    if limits:
-        _float_limits(ax, lo - pad, hi + pad)
+    if math.isfinite(lo):
+        pad = max(0.5, 0.05 * (hi - lo))
+        ax.set_ylim(lo - pad, hi + pad)
+        if limits:
+            _float_limits(ax, lo - pad, hi + pad)
+    else:
+        _no_finite_values(ax, "no finite, nonzero ||dW_l|| at any layer: each is marked below the axis")
     ax.set_xlim(-0.5 if depth <= 30 else 0, depth - 0.5 if depth <= 30 else depth - 1)
     ax.set_xlabel("layer l (0 = input side; backprop runs right to left)")
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial W_l\|_F$ (exact)")
@@ -120,6 +127,19 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     return fig
 
 
+def _dtype(item) -> str:
+    """The floating-point type a Result, Diagnosis or RelativeHistograms was computed in
+    ("float64" when it does not say)."""
+    stack = getattr(item, "stack", None)
+    dt = stack.get("dtype") if isinstance(stack, dict) else getattr(stack, "dtype", None)
+    return dt or "float64"
+
+
+def _with_dtype(text: str, dtype: str) -> str:
+    """``text`` with ', float32' (any dtype but float64) unless it names it already."""
+    return text if dtype == "float64" or dtype in text or not text else f"{text}, {dtype}"
+
+
 def _flow_numbers(item) -> tuple[np.ndarray, str, float, float]:
     """(grad_log10, verdict, rate of ||dW_l||, rate of the signal) of a Diagnosis, or of a Result
     by :func:`gradbench.diagnose.assess` (the same numbers as its diagnosis, without histograms)."""
@@ -128,37 +148,63 @@ def _flow_numbers(item) -> tuple[np.ndarray, str, float, float]:
 
 
 def _rates(rate: float, signal_rate: float) -> str:
-    """'; signal +0.145, ||dW|| -0.0102 dec/layer' (3 digits, as the compare table) (the finite ones; '' when neither is)."""
-    parts = [f"{name} {v:+.3g}" for name, v in (("signal", signal_rate), ("||dW||", rate)) if math.isfinite(v)]
+    """'; signal +0.145, ||dW|| -0.010 dec/layer': to 3 decimals, as the compare table
+    (gradbench.report.rate3, -0.000 read as +0.000); the finite ones, '' when neither is."""
+    parts = [f"{name} {rate3(v)}" for name, v in (("signal", signal_rate), ("||dW||", rate)) if math.isfinite(v)]
     return f"; {', '.join(parts)} dec/layer" if parts else ""
 
 
-_STRIP = {"zero": ("v", "exact zero gradient"), "nonfinite": ("x", "non-finite gradient (NaN or inf)")}
+# kind -> (marker, legend text with {} for the quantity)
+_STRIP = {"zero": ("v", "exact zero {}"), "nonfinite": ("x", "non-finite {} (NaN or inf)")}
 _STRIP_STEP = 7.0  # points between the strip's rows
 
 
-def _strip(ax, marks) -> float:
+def _off_scale(log10, color, x=None) -> list[tuple[np.ndarray, str, str]]:
+    """The strip's rows (positions, colour, kind) for the entries of ``log10`` off the log
+    scale: exact zeros (-inf) and non-finite values (NaN, +inf); at positions ``x`` (default:
+    the indices)."""
+    g = np.asarray(log10, dtype=np.float64)
+    x = np.arange(len(g)) if x is None else np.asarray(x)
+    rows = []
+    for kind, off in (("zero", g == -np.inf), ("nonfinite", np.isnan(g) | (g == np.inf))):
+        if off.any():
+            rows.append((x[off], color, kind))
+    return rows
+
+
+def _strip(ax, marks, what: str = "gradient") -> float:
     """Markers for layers off the log scale, a row per (layers, colour, kind) in ``marks``, in a
     strip between the x axis and its tick labels: at fixed points under the axis, not at a y
     value, so that they cannot be read as a gradient. The tick labels move down to make room;
-    returns that room in points."""
+    returns that room in points. ``what``: the quantity the legend entries name."""
     if not marks:
         return 0.0
     labelled = set()
     for j, (layers, color, kind) in enumerate(marks):
-        marker, what = _STRIP[kind]
+        marker, text = _STRIP[kind]
         below = offset_copy(ax.get_xaxis_transform(), fig=ax.figure, y=-_STRIP_STEP * (j + 1), units="points")
-        ax.plot(layers, np.zeros(layers.size), transform=below, ls="none", marker=marker, color=color, ms=5,
+        ax.plot(layers, np.zeros(len(layers)), transform=below, ls="none", marker=marker, color=color, ms=5,
                 zorder=5, clip_on=False,
-                label="_nolegend_" if kind in labelled else f"{what}: below the axis, coloured as its line")
+                label="_nolegend_" if kind in labelled else f"{text.format(what)}: below the axis, coloured as its line")
         labelled.add(kind)
+    # x range: the marks count as data (a run with nothing finite autoscaled to -0.055..0.055, its marks
+    # far outside the axes; a tight bounding box around them made a 30 000-pixel-wide PNG)
+    xs = np.concatenate([np.asarray(layers, dtype=np.float64) for layers, _, _ in marks])
+    ax.update_datalim(np.column_stack([xs, np.zeros(xs.size)]), updatey=False)
+    ax.autoscale_view(scaley=False)
     room = _STRIP_STEP * len(marks)
     ax.tick_params(axis="x", pad=3.5 + room)
     return room
 
 
 _STYLES = ("-", "--", "-.", ":")
-_MARKERS = ("o", "s", "^", "D", "P", "X", "*", "<", ">", "h")  # "v" and "x" mark exact zeros and non-finite values
+_MARKERS = ("o", "s", "^", "D", "P", "p", "*", "<", ">", "h")  # "v" and "x" (and "X", like it) mark exact zeros and non-finite values
+
+
+def _no_finite_values(ax, text: str) -> None:
+    """Say on the axes that there is nothing on the y scale (rather than invent a range for it)."""
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3", wrap=True)
 
 
 def _flow_line(ax, g: np.ndarray, i: int, n: int, label: str):
@@ -248,7 +294,7 @@ def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bo
                   " per entry " + ("(exact)" if rel.exact else "(each at most one bin from its own)"))
     act = stack["activation"] if isinstance(stack, dict) else getattr(stack, "activation", "")
     depth = rel.counts.shape[0]
-    ax.set_title(title or f"dW entries relative to each layer's norm: {act}, depth {depth}"
+    ax.set_title(title or _with_dtype(f"dW entries relative to each layer's norm: {act}, depth {depth}", _dtype(item))
                  + (f" ({verdict})" if verdict else ""))
     _not_shown(ax, apart)
     if path is not None:
@@ -291,11 +337,17 @@ def _heatmap(fig, ax, edges, counts, totals, group: int) -> None:
     """Fractions of each row's entries as a log-coloured mesh with a colour bar."""
     frac = counts / np.maximum(totals, 1)[:, None]
     positive = frac[frac > 0]
-    norm = LogNorm(vmin=max(positive.min(), 1e-4), vmax=positive.max()) if positive.size else None
     rows = np.arange(counts.shape[0] + 1) * group - 0.5
-    mesh = ax.pcolormesh(edges, rows, np.where(frac > 0, frac, np.nan), norm=norm, cmap="viridis", shading="flat",
-                         rasterized=True)
-    fig.colorbar(mesh, ax=ax, label="fraction of the layer's entries")
+    if positive.size:
+        norm = LogNorm(vmin=max(positive.min(), 1e-4), vmax=positive.max())
+        mesh = ax.pcolormesh(edges, rows, np.where(frac > 0, frac, np.nan), norm=norm, cmap="viridis",
+                             shading="flat", rasterized=True)
+        fig.colorbar(mesh, ax=ax, label="fraction of the layer's entries")
+    else:  # no colour scale to give (it read -0.1 ... 0.1)
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_ylim(rows[0], rows[-1])
+        ax.text(0.5, 0.5, "no finite, nonzero entry to place in a cell: every entry is counted under the axis",
+                transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3")
     ax.set_ylabel("layer l (0 = input side)" + (f"; rows of {group} layers" if group > 1 else ""))
 
 
@@ -308,7 +360,8 @@ def _absolute_heatmap(d: Diagnosis, path, *, title, ax, dpi) -> Figure:
     _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), group)
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l|$ per entry "
                   + ("(exact)" if d.hist_exact else "(each within one streaming bin of its own)"))
-    ax.set_title(title or f"Gradient histograms per layer: {d.stack['activation']}, depth {d.depth} ({d.verdict})")
+    ax.set_title(title or _with_dtype(f"Gradient histograms per layer: {d.stack['activation']}, depth {d.depth}", _dtype(d))
+                 + f" ({d.verdict})")
     _not_shown(ax, apart)
     if path is not None:
         save(fig, path, dpi)
@@ -333,34 +386,20 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
                 dpi: int = DPI) -> Figure:
     """Mean mini-batch loss per epoch of one or several :class:`~gradbench.train.TrainResult`.
 
-    A run that diverged ends with a cross at the epoch where its loss turned non-finite.
+    A run that diverged has a cross below the x axis, in its colour, at the epoch where it did
+    (its loss is not finite there: it has no height on the scale) and says so in its legend
+    entry; a finite point without a finite neighbour has a dot.
     """
     items = _curve_items(data)
     many = len(items) > 4
     fig, ax = _axes(ax, (8.5, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
-    top = 0.0
+    strip = []
     for label, r in items:
         loss = np.asarray(r.loss, dtype=np.float64)
-        epochs = np.arange(1, len(loss) + 1)
-        finite = np.isfinite(loss)
-        (line,) = ax.plot(epochs[finite], loss[finite], lw=1.6, label=label or r.settings.get("name", ""))
-        if finite.any():
-            top = max(top, float(loss[finite].max()))
-        if r.diverged_epoch is not None:
-            e = r.diverged_epoch
-            y = float(r.eval_loss[0]) if not finite.any() else float(loss[finite][-1])
-            ax.plot([e + 1], [y], marker="X", ms=11, color=line.get_color(), ls="none")
-            ax.annotate(f"{label}: loss non-finite in epoch {e + 1}", (e + 1, y), textcoords="offset points",
-                        xytext=(8, 0), fontsize=8, color=line.get_color(), va="center")
-            line.set_label(f"{label} (diverged)")
-    chance = {_chance(r) for _, r in items}  # one reference line, when every run shares it
-    ref = chance.pop() if len(chance) == 1 else None
-    if ref is not None:
-        ax.axhline(ref[1], color="0.4", ls="--", lw=1)
-        # labelled in the right margin, where no curve can hide it
-        ax.annotate(ref[0] if ref[0].startswith("ln") else "chance", (1.0, ref[1]),
-                    xycoords=("axes fraction", "data"), xytext=(3, 0), textcoords="offset points", ha="left",
-                    va="center", fontsize=9, color="0.3")
+        line = _loss_line(ax, np.arange(1, len(loss) + 1), loss, label or r.settings.get("name", ""))
+        strip += _diverged(line, r.diverged_epoch)
+    ref = _chance_line(ax, [r for _, r in items])
+    room = _strip(ax, strip, "loss")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
@@ -369,12 +408,53 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
     ax.set_title(title)
     ax.grid(True, which="both" if log else "major", alpha=0.3)
     if many:
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False,
+                  bbox_transform=offset_copy(ax.transAxes, fig=fig, y=-room, units="points"))
     else:
         ax.legend(fontsize=8, loc="best")
     if path is not None:
         save(fig, path, dpi)
     return fig
+
+
+def _loss_line(ax, epochs: np.ndarray, loss: np.ndarray, label: str, **style):
+    """A training curve, with a dot on each finite point without a finite neighbour (a run that
+    diverged in its second epoch has one finite point: a line alone would draw nothing)."""
+    ok = np.isfinite(loss)
+    lone = ok & ~np.r_[False, ok[:-1]] & ~np.r_[ok[1:], False]
+    (line,) = ax.plot(epochs, np.where(ok, loss, np.nan), lw=style.pop("lw", 1.6), label=label, **style)
+    if len(epochs):  # every epoch on the x axis, also those without a finite loss
+        ax.update_datalim(np.column_stack([epochs[[0, -1]], [0, 0]]), updatey=False)
+        ax.autoscale_view(scaley=False)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if lone.any():  # apart from the line, whose legend entry keeps no marker
+        ax.plot(epochs[lone], loss[lone], ls="none", marker="o", ms=5, color=line.get_color(), label="_nolegend_")
+    return line
+
+
+def _diverged(line, epoch: int | None) -> list:
+    """A run that diverged in 0-based epoch ``epoch`` (None: it did not): '(diverged in epoch N)'
+    in its line's legend entry, and the strip's row (:func:`_strip`, kind "nonfinite") for a
+    cross at x = N, the epoch where its loss is not finite."""
+    if epoch is None:
+        return []
+    line.set_label(f"{line.get_label()} (diverged in epoch {epoch + 1})")
+    return [(np.array([epoch + 1]), line.get_color(), "nonfinite")]
+
+
+def _chance_line(ax, results) -> tuple | None:
+    """The loss that knows nothing (:func:`_chance`) as a dashed line labelled in the right
+    margin, when every run in ``results`` has the same one; returns it (name, value, note), or
+    None (none drawn: runs that differ, or a loss without one, mse without its targets' mean)."""
+    chance = {_chance(r) for r in results}
+    ref = chance.pop() if len(chance) == 1 else None
+    if ref is not None:
+        ax.axhline(ref[1], color="0.4", ls="--", lw=1)
+        # labelled in the right margin, where no curve can hide it
+        ax.annotate(ref[0] if ref[0].startswith("ln") else "chance", (1.0, ref[1]),
+                    xycoords=("axes fraction", "data"), xytext=(3, 0), textcoords="offset points", ha="left",
+                    va="center", fontsize=9, color="0.3")
+    return ref
 
 
 def update_ratio_curves(data, path=None, *,
@@ -441,16 +521,24 @@ def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None
     l = np.arange(L)
     predicted = (L - 1 - l) * prediction if curve is None else np.asarray(curve, dtype=np.float64)
     lo, hi = window or (0, L)
-    both = np.isfinite(s[lo:hi]) & np.isfinite(predicted[lo:hi])
-    anchor = float(np.mean((s[lo:hi] - predicted[lo:hi])[both])) if both.any() else s[L - 1] - predicted[L - 1]
+    used = lo + np.flatnonzero(np.isfinite(s[lo:hi]) & np.isfinite(predicted[lo:hi]))  # the layers placed over
+    anchor = float(np.mean(s[used] - predicted[used])) if used.size else s[L - 1] - predicted[L - 1]
     predicted = predicted + anchor
     fig, ax = _axes(ax, (9.0, 5.0))
-    ax.plot(l, np.where(np.isfinite(s), s, np.nan), lw=1.6, label="simulated (exact chain)")
+    (sim,) = ax.plot(l, np.where(np.isfinite(s), s, np.nan), lw=1.6, label="simulated (exact chain)")
     label = (f"theory: {prediction:+.4g} decades per layer going down" if curve is None else
              f"theory: chi_1 at each layer's own length ({prediction:+.4g} decades per layer fitted)")
-    ax.plot(l, predicted, ls="--", color="k", lw=1.2, label=label)
-    if window is not None and (lo, hi) != (0, L):
-        ax.axvspan(lo, hi - 1, color="0.9", zorder=0, label=f"fitted layers {lo}-{hi - 1}")
+    if np.isfinite(s).any():
+        ax.plot(l, predicted, ls="--", color="k", lw=1.2, label=label)
+    else:
+        _no_finite_values(ax, "no finite, nonzero ||dL/dh_l|| at any layer (each is marked below the axis):\n"
+                              "nothing to place the prediction against")
+    if window is not None and used.size >= 2 and (used[0], used[-1]) != (0, L - 1):
+        # the layers of the window with a finite signal: those a fit can have used, not the window's ends
+        gaps = used.size < used[-1] - used[0] + 1
+        ax.axvspan(used[0], used[-1], color="0.9", zorder=0,
+                   label=f"fitted layers {used[0]}-{used[-1]}" + (" (the finite ones)" if gaps else ""))
+    _strip(ax, _off_scale(s, sim.get_color()), r"$\|\partial L/\partial h_l\|$")
     ax.set_xlabel("layer l (0 = input side; backprop runs right to left)")
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_l\|_F$ (exact)")
     stack = res.stack

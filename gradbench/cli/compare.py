@@ -17,7 +17,7 @@ from gradbench.cli.common import (
     refuse_unused, refuse_unused_stack_options, resolve_backend, run_probe, split, stack_from_args,
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_diagnoses, write_plot
-from gradbench.report import BN_EPS_DEFAULT
+from gradbench.report import BN_EPS_DEFAULT, rate3
 from gradbench.spec import ACT_PARAM_DEFAULT, ACTIVATIONS, INIT_ALIASES, Stack, scheme_gain
 
 EPILOG = """\
@@ -125,20 +125,14 @@ def compare_table(diags: dict, layers: list[int]) -> str:
         f" {'||dW_' + str(l) + '||':>11}" for l in layers) + "  plain float fails"
     lines = [head, "-" * len(head)]
     for label, d in diags.items():
-        row = (f"{label:<{name_w}}  {d.verdict:<9} {_rate(d.signal_decades_per_layer):>10} "
-               f"{_rate(d.decades_per_layer):>8}")
+        row = (f"{label:<{name_w}}  {d.verdict:<9} {rate3(d.signal_decades_per_layer):>10} "
+               f"{rate3(d.decades_per_layer):>8}")
         row += "".join(f" {fmt_pow(d.grad_log10[l]):>11}" for l in layers)
         row += "  " + _float_failures(d)
         lines.append(row)
     lines.append("rates: decades per layer going down the stack (negative: shrinking towards the input); the "
                  "verdict follows the one that changes more over the stack")
     return "\n".join(lines)
-
-
-def _rate(v: float) -> str:
-    """A rate to 3 decimals, signed; one that rounds to 0 reads +0.000, not -0.000."""
-    text = f"{v:+.3f}"
-    return "+0.000" if text == "-0.000" else text
 
 
 def _float_failures(d) -> str:

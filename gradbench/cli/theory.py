@@ -110,11 +110,15 @@ def _rate(v: float) -> str:
     return "+0 (to rounding)" if abs(v) < 1e-12 else f"{v:+.6g}"
 
 
-def predictions(args) -> tuple[dict, list[str], float, np.ndarray | None]:
+def predictions(args, fitted: np.ndarray | None = None) -> tuple[dict, list[str], float, np.ndarray | None]:
     """Mean field (and Newman for identity stacks): the JSON fields, the lines to print, the
     predicted decades per layer that a simulation is compared with (also in the JSON as
     ``prediction_decades_per_layer``) and, where it is chi_1 along the stack, the predicted
-    log10 ||dL/dh_l|| (up to a constant) that a plot draws."""
+    log10 ||dL/dh_l|| (up to a constant) that a plot draws.
+
+    ``fitted``: the layers the simulation's slope was fitted over (:func:`fitted_layers`), None
+    when it has none; chi_1 along the stack is fitted over the same layers, else over
+    :func:`fit_window`."""
     from gradbench import theory
 
     # from the first pre-activation's variance of the stack simulated (and of `gradbench run`, sweeps):
@@ -150,14 +154,15 @@ def predictions(args) -> tuple[dict, list[str], float, np.ndarray | None]:
     prediction, curve = mf.decades_per_layer, None
     if args.depth is not None:
         along = theory.along_stack(args.activation, args.depth, args.sigma_w, args.sigma_b, args.activation_param)
-        lo, hi = fit_window(args.depth)
+        lo, hi = fit_window(args.depth) if fitted is None else (int(fitted[0]), int(fitted[-1]) + 1)
         rate = along.fitted_rate(lo, hi)
         out["along_stack"] = {"decades_per_layer": rate, "fit_layers": [lo, hi - 1],
                               "log10_q": [float(v) for v in along.log10_q[[0, -1]]]}
         q_lo, q_hi = (round(float(v), 4) + 0.0 for v in along.log10_q[[0, -1]])
         lines.append(f"  {f'along {args.depth} layers':<23} {_rate(rate)} decades per layer going down: chi_1 at each "
-                     f"layer's own q_l, fitted over layers {lo}-{hi - 1} as the simulation (q from 10^{q_lo:.4g} at "
-                     f"layer 0 to 10^{q_hi:.4g} at the top)")
+                     f"layer's own q_l, fitted over layers {lo}-{hi - 1}"
+                     + (" as the simulation" if fitted is not None else "")
+                     + f" (q from 10^{q_lo:.4g} at layer 0 to 10^{q_hi:.4g} at the top)")
         if math.isfinite(rate):
             prediction, curve = rate, along.signal_log10()
     if args.activation == "identity" and args.width:
@@ -191,26 +196,65 @@ def fit_window(depth: int) -> tuple[int, int]:
     return (skip, depth - skip) if depth > 4 * skip + 2 else (0, depth)
 
 
-def simulate(args, stack, prediction: float, out: dict) -> tuple[object, str]:
-    """Run the planned stack and fit its slope; returns the Result and the line to print."""
+MIN_FIT = 3  # layers with a finite, nonzero signal a slope is fitted through (two fix any line)
+
+
+def fitted_layers(s: np.ndarray, depth: int) -> np.ndarray:
+    """The layers a simulation's slope is fitted over: those of :func:`fit_window` whose
+    log10 ||dL/dh_l|| ``s`` is finite (exactly 0 or NaN/inf has no place on a log scale); an
+    empty array when fewer than :data:`MIN_FIT` are."""
+    lo, hi = fit_window(depth)
+    used = lo + np.flatnonzero(np.isfinite(s[lo:hi]))
+    return used if used.size >= MIN_FIT else used[:0]
+
+
+def layer_ranges(layers) -> str:
+    """'0-21' or '3, 7-9' for sorted layer indices."""
+    layers = [int(v) for v in layers]
+    parts, start = [], 0
+    for k in range(1, len(layers) + 1):
+        if k == len(layers) or layers[k] != layers[k - 1] + 1:
+            a, b = layers[start], layers[k - 1]
+            parts.append(f"{a}" if a == b else f"{a}-{b}")
+            start = k
+    return ", ".join(parts)
+
+
+def simulate(args, stack):
+    """Run the planned stack; returns its Result."""
     backend = resolve_backend(args.backend)
     res, _ = run_probe(plan_probe(stack, args.batch, args.seed, backend))
+    return res
+
+
+def fit_line(args, res, fitted: np.ndarray, prediction: float, out: dict) -> str:
+    """Fit the simulation's slope over the layers ``fitted`` (:func:`fitted_layers`) and say it,
+    with the layers whose signal is exactly 0 or not finite; the slope goes into ``out``."""
     s = res.signal_norm.log10()
-    part = s[slice(*fit_window(args.depth))]
-    ok = np.isfinite(part)
-    if ok.sum() < 2:
-        zero, dead = np.flatnonzero(s == -math.inf), np.flatnonzero(np.asarray(res.dead) >= 1)
-        why = (f": every unit of layer {dead.min()} is dead (z <= 0 for the whole batch), so the signal is exactly 0 "
-               f"from layer {zero.max()} down" if zero.size and dead.size else
+    zero, nonfinite = np.flatnonzero(s == -math.inf), np.flatnonzero(np.isnan(s) | (s == math.inf))
+    off = "".join(f"; ||dL/dh_l|| is {what} at layers {layer_ranges(ls)}" for what, ls in
+                  (("exactly 0", zero), ("not finite (NaN or inf)", nonfinite)) if ls.size)
+    if not fitted.size:
+        # the dead layer that stops the signal, not the lowest dead one: a dead layer l zeroes dL/dh_{l-1}
+        # and all below, so the one above the top zero layer m; a dead top layer (output 0) its own signal too
+        dead = np.asarray(res.dead) >= 1
+        m = int(zero.max()) if zero.size else -1
+        cause = [l for l in (m + 1, m) if zero.size and l < len(dead) and dead[l]][:1]
+        why = (f": every unit of layer {cause[0]} is dead (z <= 0 for the whole batch), so the signal is exactly 0 "
+               f"from layer {m} down" if cause else
                f": the signal is exactly 0 from layer {zero.max()} down" if zero.size else "")
-        return res, f"simulated ({args.depth} layers): too few layers with a finite, nonzero signal to fit a slope{why}"
-    slope = -float(np.polyfit(np.flatnonzero(ok), part[ok], 1)[0])
+        if nonfinite.size:
+            why += f"; ||dL/dh_l|| is not finite (NaN or inf) at layers {layer_ranges(nonfinite)}"
+        lo, hi = fit_window(args.depth)
+        return (f"simulated ({args.depth} layers): too few layers with a finite, nonzero signal to fit a slope{why} "
+                f"({MIN_FIT} are needed, of layers {lo}-{hi - 1})")
+    slope = -float(np.polyfit(fitted, s[fitted], 1)[0])
     out["simulated_decades_per_layer"] = slope
     versus = f"prediction {_rate(prediction)}" if math.isfinite(prediction) else "no prediction: q* is not resolved"
     if "finite_width_lambda1" not in out and "newman_lambda1" not in out:
         versus += f"; mean field is the infinite-width limit: at width {args.width} a stack's rate differs by O(1 / N) a layer"
-    return res, (f"simulated ({args.depth} layers, width {args.width}, batch {args.batch}, {res.backend}): "
-                 f"{slope:+.6g} decades per layer going down ({versus})")
+    return (f"simulated ({args.depth} layers, width {args.width}, batch {args.batch}, {res.backend}): "
+            f"{slope:+.6g} decades per layer going down, fitted over layers {layer_ranges(fitted)} ({versus}){off}")
 
 
 def cmd_theory(args) -> int:
@@ -218,11 +262,13 @@ def cmd_theory(args) -> int:
     stack = check_args(args)
     refuse_unused(args, [args.plot], [args.out, args.plot])
     check_outputs([("--out", args.out, (".json",)), ("--plot", args.plot, PLOTS)], mkdir=args.mkdir)
-    out, lines, prediction, curve = predictions(args)
-    res = None
+    res = fitted = None
     if stack is not None:
-        res, line = simulate(args, stack, prediction, out)
-        lines.append(line)
+        res = simulate(args, stack)
+        fitted = fitted_layers(res.signal_norm.log10(), args.depth)
+    out, lines, prediction, curve = predictions(args, fitted if fitted is not None and fitted.size else None)
+    if res is not None:
+        lines.append(fit_line(args, res, fitted, prediction, out))
     written = []
     if args.out:
         sim = dict(seed=args.seed, batch=args.batch, weights=WEIGHTS, threads=threads(res.backend)) if res else {}
@@ -232,8 +278,8 @@ def cmd_theory(args) -> int:
         from gradbench import plot
 
         def draw(path):
-            return plot.theory_vs_simulation(res, prediction, path, dpi=args.dpi, curve=curve,
-                                             window=fit_window(args.depth))
+            window = (int(fitted[0]), int(fitted[-1]) + 1) if fitted.size else None  # no fit: placed over every layer
+            return plot.theory_vs_simulation(res, prediction, path, dpi=args.dpi, curve=curve, window=window)
 
         written.append(write_plot(args.plot, draw, mkdir=args.mkdir))
     print("\n".join(lines))

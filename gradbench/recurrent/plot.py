@@ -11,7 +11,7 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from gradbench.plot import DPI, save
+from gradbench.plot import DPI, _chance_line, _diverged, _loss_line, _off_scale, _strip, save
 from gradbench.recurrent.diagnose import FLOAT_LIMITS, RecurrentDiagnosis, diagnose
 
 _STYLES = ("-", "--", "-.", ":")
@@ -30,11 +30,15 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
 
     ``data``: label -> RecurrentDiagnosis or RecurrentResult. A net with a loss at every step
     shows what its recurrence carries back from the last step's loss (``carried_log10``, which
-    its verdict and rate read), not each step's own loss term.
+    its verdict and rate read), not each step's own loss term. Its rate is given as the compare
+    table gives it (4 decimals). Steps whose ||dL/dh_t|| is exactly 0 (triangles) or not finite
+    (crosses) have no place on the log scale: they are marked below the x axis in the line's
+    colour, as :func:`gradbench.plot.gradient_flow` marks layers, and counted in its legend entry.
     """
     fig = Figure(figsize=(9.0, 5.0))
     ax = fig.add_subplot()
     lo, hi = math.inf, -math.inf
+    strip = []
     for i, (label, item) in enumerate(data.items()):
         d = item if isinstance(item, RecurrentDiagnosis) else diagnose(item)
         s = d.carried_log10 if len(d.carried_log10) else d.signal_log10
@@ -42,11 +46,15 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
             label = f"{label}, carried from the last step's loss"
         back = np.arange(len(s))[::-1]  # step t is T-1-t steps back
         ok = np.isfinite(s)
-        rate = f"{d.decades_per_step:+.3g} dec/step" if math.isfinite(d.decades_per_step) else ""
-        ax.plot(back, np.where(ok, s, np.nan), lw=1.6, ls=_STYLES[i % len(_STYLES)],
-                label=f"{label}  ({d.verdict}{', ' + rate if rate else ''})")
+        notes = [_rate4(d.decades_per_step) + " dec/step"] if math.isfinite(d.decades_per_step) else []
+        notes += [f"{n} steps {what}" for n, what in ((int(np.sum(s == -np.inf)), "exactly 0"),
+                                                       (int(np.sum(np.isnan(s) | (s == np.inf))), "not finite")) if n]
+        (line,) = ax.plot(back, np.where(ok, s, np.nan), lw=1.6, ls=_STYLES[i % len(_STYLES)],
+                          label=f"{label}  ({', '.join([d.verdict] + notes)})")
+        strip += _off_scale(s, line.get_color(), back)
         if ok.any():
             lo, hi = min(lo, s[ok].min()), max(hi, s[ok].max())
+    _strip(ax, strip, "||dL/dh_t||")
     ax.set_xlabel("steps back from the last step (T - 1 - t)")
     ax.set_ylabel("log10 ||dL/dh_t||  (exact)")
     ax.set_title(title)
@@ -57,6 +65,12 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
     if path is not None:
         save(fig, path, dpi)
     return fig
+
+
+def _rate4(v: float) -> str:
+    """A rate to 4 decimals, signed, as the compare table's dec/step (-0.0000 reads +0.0000)."""
+    text = f"{v:+.4f}"
+    return "+0.0000" if text == "-0.0000" else text
 
 
 def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dpi: int = DPI) -> Figure:
@@ -85,22 +99,40 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
     return fig
 
 
-def training_figure(results: dict, path=None, *, dpi: int = DPI) -> Figure:
-    """Held-out loss per epoch (left) and, at the start of training, log10 ||dL/dh_t|| against
-    steps back (right): the curve that explains who learns."""
+def training_figure(results: dict, path=None, *, title: str | None = None, dpi: int = DPI) -> Figure:
+    """Held-out loss per epoch (left; epoch 0: before training) and, at the start of training,
+    log10 ||dL/dh_t|| against steps back (right): the curve that explains who learns.
+
+    A run that diverged has a cross below the x axis at the epoch where it did and says so in
+    its legend entry, as in :func:`gradbench.plot.loss_curves`; the loss that knows nothing
+    (ln 2 for bce) is dashed where every run has the same one (mse without its targets' mean
+    has none).
+    """
     fig = Figure(figsize=(12.0, 4.8))
     ax, bx = fig.subplots(1, 2)
+    n = len(results)
+    strip, back_strip = [], []
     for i, (name, r) in enumerate(results.items()):
-        ls = _STYLES[i % len(_STYLES)]
-        ax.plot(np.arange(len(r.eval_loss)), r.eval_loss, ls=ls, label=name)
-        s = r.signal_start
-        bx.plot(np.arange(len(s))[::-1], np.where(np.isfinite(s), s - s[-1], np.nan), ls=ls, label=name)
-    ax.axhline(math.log(2), color="grey", lw=0.8, ls=":")
+        style = dict(ls=_STYLES[i % len(_STYLES)], lw=1.3 + 1.5 * (n - 1 - i) / max(n - 1, 1))  # coinciding lines show
+        loss = np.asarray(r.eval_loss, dtype=np.float64)
+        line = _loss_line(ax, np.arange(len(loss)), loss, name, **style)
+        strip += _diverged(line, r.diverged_epoch)
+        s = np.asarray(r.signal_start, dtype=np.float64)
+        back = np.arange(len(s))[::-1]
+        rel = s - s[-1] if len(s) and np.isfinite(s[-1]) else np.full(len(s), np.nan)
+        (sline,) = bx.plot(back, np.where(np.isfinite(rel), rel, np.nan), color=line.get_color(), label=name, **style)
+        back_strip += _off_scale(s, sline.get_color(), back)
+    ref = _chance_line(ax, list(results.values()))
+    _strip(ax, strip, "loss")
+    _strip(bx, back_strip, "||dL/dh_t||")
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("held-out loss (chance ln 2 dotted)")
-    bx.set_xlabel("steps back from the last step")
-    bx.set_ylabel("log10 ||dL/dh_t|| / ||dL/dh_{T-1}|| at the start")
+    ax.set_xlabel("epoch (0: before training)")
+    ax.set_ylabel("held-out loss (log scale)" + ("" if ref is None else f"; dashed: {ref[0]} = {ref[1]:.3g}"))
+    ax.set_title("Held-out loss")
+    bx.set_xlabel("steps back from the last step (T - 1 - t)")
+    bx.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_t\| - \log_{10}\,\|\partial L/\partial h_{T-1}\|$")
+    bx.set_title("Gradient through time before training (exact)")
+    fig.suptitle(title or "Training through time: " + ", ".join(results))
     for a in (ax, bx):
         a.grid(True, alpha=0.3)
         a.legend(fontsize=8)
