@@ -165,3 +165,30 @@ def test_help_names_what_is_trusted(capsys):
     assert code == 0 and "weights_only=True" in out and "--tensorboard" in out and ".npz" in out
     code, out, _ = run(["train", "--help"], capsys)
     assert code == 0 and "--tensorboard" in out
+
+
+def test_a_run_file_is_reproduced_in_python_from_its_head_as_formats_md_says(tmp_path, capsys):
+    """docs/formats.md gives the probe's input and targets from the head's seed and batch; the
+    README's `gb.gaussian_input(stack, batch, seed)` is another input (act_mean off by 14.9)."""
+    import json
+    import re
+
+    out = tmp_path / "r.json"
+    run(["run", "--depth", "7", "--width", "3", "--activation", "elu", "--activation-param", "2.5", "--init",
+         "orthogonal", "--sigma-w", "3", "--sigma-b", "0.3", "--batch", "2", "--seed", "3", "--loss", "mse",
+         "--out", str(out)], capsys)
+    head = json.loads(out.read_text())
+    f = head["diagnosis"]
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "formats.md")).read()
+    assert "gaussian_input(stack, batch, seed=numpy.random.default_rng([seed, 1]))" in doc
+    assert "random_targets(stack, batch, seed)" in doc
+    stack, seed, batch = gb.Stack(**f["stack"]), head["seed"], head["batch"]
+    x = gb.gaussian_input(stack, batch, seed=np.random.default_rng([seed, 1]))
+    d = gb.diagnose(gb.backprop(stack, gb.GeneratedParams(stack, seed), x, random_targets(stack, batch, seed)))
+    np.testing.assert_array_equal(d.grad_log10, f["grad_log10"])
+    np.testing.assert_array_equal(d.act_mean, f["act_mean"])
+    # and every column of Result.to_frame() is documented there
+    r = gb.backprop(stack, gb.GeneratedParams(stack, seed), x, random_targets(stack, batch, seed))
+    para = doc[doc.index("`Result.to_frame()` (the pass itself"):]
+    para = para[: para.index("\n\n")]
+    assert set(r.to_frame().columns) - {"layer"} <= set(re.findall(r"`(\w+)`", para))
