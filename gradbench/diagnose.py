@@ -236,6 +236,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     """
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be an int >= 1, got {bins!r}")
+    _check_bins_fit(res, int(bins))
     a = assess(res, params, threshold=threshold, tiny=tiny)
     stack: Stack = res.stack
     g, s, rate = a.grad_log10, a.signal_log10, a.decades_per_layer
@@ -295,6 +296,22 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         threshold=float(threshold),
         weight_log10=a.weight_log10,
     )
+
+
+def _check_bins_fit(res, bins: int) -> None:
+    """Refuse ``bins`` whose histograms do not fit in half the available memory, before any work
+    (``bins=10**9`` of 8 layers asked for 60 GB and ran out of memory, or on for minutes);
+    the command line refuses them in its plan (``--bins``)."""
+    from gradbench.plan import _diagnose_bytes, available_memory, size_text
+
+    stack = res.stack
+    hist_bins = res.grad_hist.counts.shape[1] if getattr(res, "grad_hist", None) is not None else 1
+    need = _diagnose_bytes(stack, res.grads is None, True, hist_bins, bins)
+    budget = available_memory() // 2
+    if need > budget:  # the need grows about linearly with bins
+        raise ValueError(f"bins={bins} needs about {size_text(need)} for the histograms of {stack.depth} layers, more "
+                         f"than half the available memory ({size_text(budget)}): pass fewer bins (up to about "
+                         f"{max(1, int(bins * budget / need)):,})")
 
 
 def _derivative_log10(res, g: np.ndarray) -> np.ndarray:

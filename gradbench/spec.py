@@ -51,11 +51,20 @@ DTYPES = ("float64", "float32")
 _NP_DTYPES = {name: np.dtype(name) for name in DTYPES}
 
 
+# Other libraries' names of what gradbench calls otherwise: the hint for them names ours (a
+# spelling match sent PyTorch's SiLU to 'selu').
+KNOWN_AS = {"silu": "swish", "logistic": "sigmoid", "linear": "identity"}
+
+
 def _closest(name: str, valid) -> str:
-    """The hint for a wrong name: the valid name it matches ignoring case, else the closest one."""
+    """The hint for a wrong name: what other libraries call it (:data:`KNOWN_AS`), the valid name
+    it matches ignoring case, else the closest one."""
     names = [v for v in valid if isinstance(v, str)]
     if not isinstance(name, str):  # None, a number: no spelling to correct
         return ""
+    ours = KNOWN_AS.get(name.lower())
+    if ours in names:
+        return f"; {name!r} is gradbench's {ours!r} (the same function under another library's name)"
     lower = {v.lower(): v for v in names}
     key = str(name).lower()
     match = [lower[key]] if key in lower else difflib.get_close_matches(key, list(lower), n=1, cutoff=0.0)

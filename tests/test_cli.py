@@ -499,3 +499,18 @@ def test_a_checkpoint_beyond_the_depth_is_one_segment_with_residual_groups_too(t
     code, out, err = run([*base, "--checkpoint", "3"], capsys)
     assert code == 2 and "--checkpoint 3 must be a positive multiple of the residual group size 2" in err
     assert err.strip().endswith("; any K >= --depth 10 is one segment"), err
+
+
+@pytest.mark.parametrize("theirs,ours", [("silu", "swish"), ("SiLU", "swish"), ("logistic", "sigmoid")])
+def test_another_librarys_name_of_an_activation_names_ours(theirs, ours, capsys):
+    """'silu' (PyTorch's name for swish) got 'did you mean selu?', another function."""
+    with pytest.raises(ValueError, match=f"'{theirs}' is gradbench's '{ours}'"):
+        gb.Stack(depth=2, width=2, activation=theirs)
+    code, out, err = run(["run", "--depth", "2", "--width", "2", "--activation", theirs], capsys)
+    assert code == 2 and f"is gradbench's '{ours}'" in err and "selu" not in err.split(";")[-1]
+
+
+def test_compare_says_which_configurations_take_the_activation_param(capsys):
+    code, out, err = run(["compare", "--depth", "4", "--width", "4", "--configs", "leaky_relu,selu",
+                          "--activation-param", "0.3"], capsys)
+    assert code == 0 and "activation param 0.3 (for leaky_relu, prelu, elu only)" in out

@@ -647,3 +647,24 @@ def test_params_that_did_not_produce_the_result_are_refused():
     assert gb.diagnose(made, g).verdict == gb.diagnose(made, g.materialize()).verdict
     with pytest.raises(ValueError, match="generated from seed 4, but the result ran with seed 3"):
         gb.diagnose(made, gb.GeneratedParams(stack, 4))
+
+
+@pytest.mark.parametrize("stats_only", [False, True])
+def test_bins_that_do_not_fit_in_memory_are_refused_before_any_work(monkeypatch, stats_only):
+    """gb.diagnose(res, bins=10**9) ran out of memory (or on for minutes); the command line
+    refuses such --bins in its plan. The refusal's suggestion fits."""
+    import re
+
+    from gradbench import plan
+
+    monkeypatch.setattr(plan, "available_memory", lambda: 2**30)  # 1 GiB: half of it is the budget
+    s = gb.Stack(depth=6, width=3)
+    P = gb.init_params(s, 0)
+    res = gb.backprop(s, P, gb.gaussian_input(s, 3, 0), stats_only=stats_only)
+    with pytest.raises(ValueError, match=r"bins=100000000 needs about .* GiB for the histograms of 6 layers, more than "
+                                         r"half the available memory \(512.00 MiB\): pass fewer bins") as e:
+        gb.diagnose(res, P, bins=10**8)
+    most = int(re.search(r"up to about ([\d,]+)", str(e.value)).group(1).replace(",", ""))
+    assert 10**5 < most < 10**8
+    d = gb.diagnose(res, P, bins=min(most, 10**6))  # the suggestion fits (and is not small)
+    assert d.hist_counts.shape == (6, min(most, 10**6))

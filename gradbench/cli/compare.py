@@ -282,7 +282,7 @@ def common_options(args) -> list[str]:
     if args.sigma_b:
         parts.append(f"sigma_b={args.sigma_b:g}")
     if args.activation_param is not None:
-        parts.append(f"activation param {args.activation_param:g}")
+        parts.append(f"activation param {args.activation_param:g} (for {', '.join(ACT_PARAM_DEFAULT)} only)")
     if args.input_dim is not None:
         parts.append(f"input dim {args.input_dim}")
     if args.output_dim != 1:
