@@ -156,9 +156,19 @@ class LogScaled:
         if self.mantissa.size <= 6:  # the sign too: -10^0.5441 is -3.5 (it read as +3.5)
             m = np.ravel(self.mantissa)
             e = np.ravel(np.broadcast_to(self._broadcast_exponent(), self.mantissa.shape))
-            body = ", ".join(f"{'-' if np.signbit(mi) and mi != 0 else ''}10^{_decade(mi, ei)}" for mi, ei in zip(m, e))
+            body = ", ".join(_entry(mi, ei) for mi, ei in zip(m, e))
             return f"LogScaled([{body}])"
         return f"LogScaled(shape={self.shape}, exponent range [{self.exponent.min()}, {self.exponent.max()}])"
+
+
+def _entry(m, e) -> str:
+    """One value for the repr: 10^d with its sign (-10^0.5441 is -3.5), 10^-inf for 0, and a
+    non-finite mantissa as the value it is (nan, inf, -inf: a NaN loss read '-10^nan')."""
+    if np.isnan(m):
+        return "nan"
+    if np.isinf(m):
+        return "-inf" if m < 0 else "inf"
+    return f"{'-' if np.signbit(m) and m != 0 else ''}10^{_decade(m, e)}"
 
 
 def _int64_exponent(e) -> np.ndarray:

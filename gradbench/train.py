@@ -620,21 +620,23 @@ def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, back
     """
     pdict, names = dict(params.items()), learnable(stack)
     total, count = 0.0, 0
-    for start in range(0, len(order), batch_size):
+    batches = -(-len(order) // batch_size)
+    for j, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start:start + batch_size]
         res = backprop(stack, params, X[idx], T[idx], backend=backend)
         total += res.loss * len(idx)
         count += len(idx)
+        where = f" in mini-batch {j + 1} of {batches}"
         if not math.isfinite(res.loss):
-            return total / count, _why_loss(res)
+            return total / count, _why_loss(res, where=where)
         grads = {k: g.to_float(stack.np_dtype, warn=False) for k, g in res.grads.items() if k in names}
         bad = [k for k, g in grads.items() if not all_finite(g)]
         if bad:
-            return math.nan, f"gradient of {', '.join(bad)} overflowed {stack.dtype}"
+            return math.nan, f"gradient of {', '.join(bad)} overflowed {stack.dtype}{where}"
         opt.step(pdict, grads)
         bad = [k for k in names if not all_finite(pdict[k])]
         if bad:
-            return math.nan, f"parameters {', '.join(bad)} became non-finite after an update"
+            return math.nan, f"parameters {', '.join(bad)} became non-finite after the update{where}"
     return total / max(count, 1), ""
 
 
@@ -712,11 +714,16 @@ def _derivative_norm(res):
     return res.grad_norm if res.grad_norm_unclipped is None else res.grad_norm_unclipped
 
 
-def _why_loss(res, what: str = "loss") -> str:
-    where = []
+def _why_loss(res, what: str = "loss", where: str = "") -> str:
+    """Why a loss is not finite: where the forward pass turned non-finite, or, when it stayed
+    finite, what overflowed after it (the head's outputs: logits of 3e232 times 7e232)."""
     if res.first_nonfinite_forward is not None:
-        where.append(f"the forward pass first turned non-finite at layer {res.first_nonfinite_forward}")
-    return f"{what} became {res.loss}" + (f" ({'; '.join(where)})" if where else "")
+        why = f"the forward pass first turned non-finite at layer {res.first_nonfinite_forward}"
+    elif res.stack.has_head:
+        why = "the stack's forward pass is finite: the head's outputs, or the loss of them, overflowed"
+    else:
+        why = "the stack's output is finite: the loss of it overflowed"
+    return f"{what} became {res.loss}{where} ({why})"
 
 
 # ------------------------------------------------------------------ the classic demonstrations

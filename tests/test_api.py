@@ -525,3 +525,9 @@ def test_a_numpy_scalar_type_names_the_dtype():
         gb.Stack(depth=2, width=4, dtype=np.float16)
     with pytest.raises(ValueError, match="is not one of"):
         gb.Stack(depth=2, width=4, dtype=float)
+
+
+def test_a_non_finite_logscaled_reads_as_its_value():
+    """A diverged loss printed as '-10^nan' (NaN's sign bit)."""
+    v = gb.LogScaled(np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -3.5]), np.array(3))
+    assert repr(v) == f"LogScaled([nan, nan, inf, -inf, 10^-inf, -10^{np.log10(28.0):.4f}])"

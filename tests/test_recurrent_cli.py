@@ -68,7 +68,11 @@ def test_train_demo_and_list(tmp_path, capsys):
     assert main(["train", "--demo", "exploding-rnn", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "DIVERGED in epoch 1" in text
-    assert json.loads(out.read_text())["runs"]["exploding-rnn"]["diverged_epoch"] == 0
+    run = json.loads(out.read_text())["runs"]["exploding-rnn"]
+    assert run["diverged_epoch"] == 0
+    # the mini-batch that diverged: the first whose loss is not finite, as the epoch's mean loss shows
+    assert re.search(r"loss became nan in mini-batch \d+ of \d+ \(the forward state first turned non-finite",
+                     run["divergence"])
 
 
 @pytest.mark.parametrize("argv, message", [

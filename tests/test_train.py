@@ -956,3 +956,32 @@ def test_a_net_saturated_beyond_any_exponent_is_not_called_dead():
             h = np.tanh(z)
     assert r.extras["stopped"]["saturated_layers"] == [0, 1, 2] and r.extras["stopped"]["dead_layers"] == []
     assert "is saturated so far" in " ".join(r.summary().split())
+
+
+def test_a_divergence_names_its_mini_batch_and_what_overflowed():
+    """'DIVERGED in epoch 1: loss became nan' named neither the step (mini-batch 4, by a plain SGD
+    loop here with tests/naive.py's gradients) nor the cause: the stack's forward stayed finite
+    and the head's logits overflowed."""
+    import naive
+
+    st = gb.Stack(depth=10, width=16, activation="relu", sigma_w=3.0, loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=3, batch_size=20, lr=0.1, seed=0)
+    P = {k: np.array(v, dtype=np.float64) for k, v in gb.init_params(st, 0).items()}
+    order = np.random.default_rng([0, 1]).permutation(len(X))
+    T = y.reshape(-1, 1).astype(np.float64)
+    with np.errstate(all="ignore"):
+        for k in range(10):
+            idx = order[20 * k : 20 * k + 20]
+            _, saved = naive.forward(st, P, X[idx], T[idx])
+            z, t = saved["y"], T[idx]
+            loss = np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z))))  # bce from logits, stably
+            if not np.isfinite(loss):
+                break
+            grads = naive.backward(st, P, X[idx], T[idx])[1]
+            for name in P:
+                P[name] -= 0.1 * grads[name]
+    assert not np.isfinite(loss) and all(np.all(np.isfinite(h)) for h in saved["hs"])  # the stack's forward is finite
+    assert r.diverged_epoch == 0
+    assert r.divergence == (f"loss became nan in mini-batch {k + 1} of 10 (the stack's forward pass is finite: the "
+                            "head's outputs, or the loss of them, overflowed)")

@@ -187,23 +187,25 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
         for epoch in range(epochs):
             order = rng.permutation(n)
             total, count = 0.0, 0
-            for start in range(0, n, batch_size):
+            batches = -(-n // batch_size)
+            for j, start in enumerate(range(0, n, batch_size)):
                 idx = order[start:start + batch_size]
                 res = backprop(rnn, params, np.ascontiguousarray(X[:, idx]), _targets(rnn, y[idx]), backend=backend)
                 total += res.loss * len(idx)
                 count += len(idx)
+                where = f" in mini-batch {j + 1} of {batches}"
                 if not math.isfinite(res.loss):
-                    diverged, why = epoch, f"loss became {res.loss}{_where(res)}"
+                    diverged, why = epoch, f"loss became {res.loss}{where}{_where(res)}"
                     break
                 grads = {k: g.to_float(dt, warn=False) for k, g in res.grads.items()}
                 bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
                 if bad:
-                    diverged, why = epoch, f"gradient of {', '.join(bad)} overflowed {rnn.dtype}"
+                    diverged, why = epoch, f"gradient of {', '.join(bad)} overflowed {rnn.dtype}{where}"
                     break
                 opt.step(pdict, grads)
                 bad = [k for k, v in pdict.items() if not np.all(np.isfinite(v))]
                 if bad:
-                    diverged, why = epoch, f"parameters {', '.join(bad)} became non-finite after an update"
+                    diverged, why = epoch, f"parameters {', '.join(bad)} became non-finite after the update{where}"
                     break
             loss[epoch] = total / max(count, 1)
             if diverged is None:
