@@ -171,7 +171,9 @@ def pretrain(stack: Stack, X: np.ndarray, *, epochs: int = 50, batch_size: int =
     ----------
     stack : Stack
         A plain stack (no batch norm, no residual); with an input layer when ``X`` has
-        ``input_dim != width`` features.
+        ``input_dim != width`` features. Its gradient clipping (``clip``) is not applied here:
+        each layer's autoencoder is a one-layer problem with its own loss, and the clip acts
+        in the fine-tuning (``gb.train`` with the same stack).
     X : ndarray (B, D)
         The training features.
     epochs, batch_size, optimizer, lr, momentum

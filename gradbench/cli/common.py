@@ -179,7 +179,8 @@ STACK_FIELDS = ("depth", "width", "activation", "activation_param", "init", "sig
 
 CLIP_HELP = ("gradient clipping: value (elementwise to [-c, c]) or norm (rescale to norm <= c), applied to "
              "what --clip-on says, by default the backpropagated signal dL/dh at every layer (default: none)")
-CLIP_ON_HELP = ("signal: the backpropagated signal dL/dh_l at every layer; layer: each layer's parameter "
+CLIP_ON_HELP = ("signal: the backpropagated signal dL/dh_l at every layer (norm: the Frobenius norm of the "
+                "whole batch's B x N dL/dh_l, so it grows with the batch); layer: each layer's parameter "
                 "gradients; global: all parameter gradients together, as torch.nn.utils.clip_grad_norm_ does")
 
 
