@@ -845,28 +845,69 @@ static int64_t F(gb_scale_pow2)(T *g, int64_t n, T m) {
 /* g (n,) normalised: max|g| in [0.5, 1) (see gb_scale_pow2); returns the exponent taken out */
 static int64_t F(gb_normalise_impl)(T *g, int64_t n) { return F(gb_scale_pow2)(g, n, F(gb_absmax)(g, n, 0)); }
 
-/* scale * a * 2^ea + s * 2^es (a residual branch plus its skip) written into a at the larger
- * exponent; returns it.
- * One of da, ds below is 0; the other operand is scaled by 2^d, a normal power of two down to
+/* scale * a * 2^da + s * 2^ds (a residual branch plus its skip, aligned at the larger of their
+ * exponents) written into a[i0..i1).
+ * One of da, ds is 0; the other operand is scaled by 2^d, a normal power of two down to
  * the smallest normal exponent: a product, exact unless the scaled value is subnormal (then
  * rounded once as by ldexp, or fused into the sum), in a loop that vectorises. ldexp itself
  * was a libm call per entry (a residual stack's group ends in the forward with rescaling,
  * float32, and the backward's every skip: float32 residual stacks at n = 64 ran 0.85x the
  * plain loop). Beyond it, ldexp.
  * a, s (n,) */
+static GB_AINLINE void F(gb_add_aligned_range)(T *a, const T *s, T sc, int da, int ds, int64_t i0,
+                                               int64_t i1) {
+    if (da == 0 && ds == 0) {
+        for (int64_t i = i0; i < i1; i++) a[i] = s[i] + sc * a[i];
+    } else if (da >= 1 - T_MAX_EXP && ds >= 1 - T_MAX_EXP) {
+        const T pa = TLDEXP((T)1, da), ps = TLDEXP((T)1, ds);
+        for (int64_t i = i0; i < i1; i++) a[i] = s[i] * ps + sc * (a[i] * pa);
+    } else {
+        for (int64_t i = i0; i < i1; i++) a[i] = TLDEXP(s[i], ds) + sc * TLDEXP(a[i], da);
+    }
+}
+
+/* The loops above round scale * a (the build's -ffp-contract=fast may fuse it into the sum);
+ * NumPy, the reference, rounds that product on its own. They differ beyond rounding only where
+ * |scale| > 1 and the product overflows while the sum does not: the reference's entry is
+ * +-inf, a fused one finite. There (rare: a residual scale above 1 in a stack that overflows
+ * forward) those entries are taken as the reference does, the others keep the loops' bits.
+ * a, s (n,) */
+static void F(gb_add_aligned_overflow)(T *a, const T *s, T sc, int da, int ds, int64_t n) {
+    enum { CHUNK = 64 };
+    T ref[CHUNK];
+    unsigned char over[CHUNK];
+    for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {
+        const int64_t i1 = GB_MIN(i0 + CHUNK, n);
+        for (int64_t i = i0; i < i1; i++) {
+            volatile T p = sc * TLDEXP(a[i], da); /* rounded on its own, never fused */
+            const T pr = p;
+            over[i - i0] = isfinite(a[i]) && !isfinite(pr);
+            ref[i - i0] = TLDEXP(s[i], ds) + pr;
+        }
+        F(gb_add_aligned_range)(a, s, sc, da, ds, i0, i1);
+        for (int64_t i = i0; i < i1; i++)
+            if (over[i - i0]) a[i] = ref[i - i0];
+    }
+}
+
+/* scale * a * 2^ea + s * 2^es written into a at the larger exponent, which it returns: the
+ * loops of gb_add_aligned_range, or gb_add_aligned_overflow where a product may overflow.
+ * a, s (n,) */
 static int64_t F(gb_add_aligned_impl)(T *a, int64_t ea, const T *s, int64_t es, double scale,
                                  int64_t n) {
     const int64_t em = GB_MAX(ea, es);
     const int da = gb_clamp_exp(ea - em), ds = gb_clamp_exp(es - em);
     const T sc = (T)scale;
-    if (da == 0 && ds == 0) {
-        for (int64_t i = 0; i < n; i++) a[i] = s[i] + sc * a[i];
-    } else if (da >= 1 - T_MAX_EXP && ds >= 1 - T_MAX_EXP) {
-        const T pa = TLDEXP((T)1, da), ps = TLDEXP((T)1, ds);
-        for (int64_t i = 0; i < n; i++) a[i] = s[i] * ps + sc * (a[i] * pa);
-    } else {
-        for (int64_t i = 0; i < n; i++) a[i] = TLDEXP(s[i], ds) + sc * TLDEXP(a[i], da);
+    /* |scale * a 2^da| <= |scale| max|a| 2^da (rounding is monotone): no product overflows
+     * when that bound is finite; always so for |scale| <= 1 (da <= 0) */
+    if (TFABS(sc) > 1) {
+        const T m = F(gb_absmax)(a, n, 0); /* NaN entries: NaN either way */
+        if (!isfinite(TFABS(sc) * TLDEXP(m, da))) {
+            F(gb_add_aligned_overflow)(a, s, sc, da, ds, n);
+            return em;
+        }
     }
+    F(gb_add_aligned_range)(a, s, sc, da, ds, 0, n);
     return em;
 }
 
