@@ -198,7 +198,8 @@ def _strip(ax, marks, what: str = "gradient") -> float:
 
 
 _STYLES = ("-", "--", "-.", ":")
-_MARKERS = ("o", "s", "^", "D", "P", "p", "*", "<", ">", "h")  # "v" and "x" (and "X", like it) mark exact zeros and non-finite values
+# "v" and "x" (and "X", like it) mark exact zeros and non-finite values
+_MARKERS = ("o", "s", "^", "D", "P", "p", "*", "<", ">", "h")
 
 
 def _no_finite_values(ax, text: str) -> None:
@@ -360,7 +361,8 @@ def _absolute_heatmap(d: Diagnosis, path, *, title, ax, dpi) -> Figure:
     _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), group)
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l|$ per entry "
                   + ("(exact)" if d.hist_exact else "(each within one streaming bin of its own)"))
-    ax.set_title(title or _with_dtype(f"Gradient histograms per layer: {d.stack['activation']}, depth {d.depth}", _dtype(d))
+    what = f"Gradient histograms per layer: {d.stack['activation']}, depth {d.depth}"
+    ax.set_title(title or _with_dtype(what, _dtype(d))
                  + f" ({d.verdict})")
     _not_shown(ax, apart)
     if path is not None:

@@ -274,8 +274,8 @@ def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = Fals
 
     ``moved``: the largest change of a stack layer's weights in an epoch since then (%, the
     update ratio), ``state``: what moves them without a gradient (:func:`_optimizer_state`);
-    with ``decay``, weight decay does too. Above a dead layer every sample's activations are the same (phi of the biases), so the output
-    no longer depends on the input; the head's bias moves, and so do the head's weights and the
+    with ``decay``, weight decay does too. Above a dead layer every sample's activations are
+    the same (phi of the biases), so the output no longer depends on the input; the head's bias moves, and so do the head's weights and the
     biases of the layers above the dead one where those activations are not 0 (a dead layer 4 of
     6 with one positive bias in layer 5 left dL/dW_out and dL/db_5 ~5e-5)."""
     e, dead = stopped["epoch"], stopped["dead_layers"]
@@ -668,7 +668,8 @@ class _History:
         e = len(zero) - 1
         while e > 0 and zero[e - 1]:
             e -= 1
-        return {"epoch": e, "dead_layers": self.dead_layers.get(e, []), "saturated_layers": self.saturated_layers.get(e, [])}
+        return {"epoch": e, "dead_layers": self.dead_layers.get(e, []),
+                "saturated_layers": self.saturated_layers.get(e, [])}
 
     def full_pass(self):
         """backprop on the whole data set with the current parameters."""
