@@ -437,7 +437,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     stack, p, G, L = run.stack, run.params, run.G, run.stack.depth
     sig_e, fexp = run.sig_e, run.fexp
     e_param, e_weight = run.dz_e, run.dz_e + fexp[:-1]  # dz_e: sig_e[l+1] and the rescue's shift
-    grads, grad_hist, unclipped = None, None, None
+    grads, grad_hist, unclipped, param_clip_acted = None, None, None, None
     if run.grads is not None:
         g = run.grads
         of = LogScaled._of  # (L, ...) arrays and int64 (L,) exponents, made here
@@ -451,8 +451,10 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         lg.update(head_grads)
         grad_norm = LogScaled._of(run.gnorm_m, run.gnorm_e.copy())
         if stack.clip is not None and stack.clip_on != "signal":
-            lg = clip_param_grads(stack, lg)
+            raw, lg = lg, clip_param_grads(stack, lg)
             grad_norm, unclipped = row_norms(lg["W"]), grad_norm
+            param_clip_acted = any(not (np.array_equal(raw[k].mantissa, lg[k].mantissa)
+                                        and np.array_equal(raw[k].exponent, lg[k].exponent)) for k in lg)
         grads = Grads(**{k: (v if k in LAYER_GROUPS[0] else v[0]) for k, v in lg.items()})
     else:
         grad_norm = LogScaled(run.gnorm_m, run.gnorm_e)
@@ -470,6 +472,8 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
                   generated=run.plan.generated, weights_kept=run.plan.keep_weights,
                   memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost,
                   weights_probe=weights_probe(run.params))
+    if param_clip_acted is not None:  # whether clipping changed a parameter gradient of this pass
+        extras["param_clip_acted"] = param_clip_acted
     run.tick(run.work)
     return Result(
         stack=stack,

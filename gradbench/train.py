@@ -45,6 +45,7 @@ from gradbench.params import Params, check_seed, init_params
 from gradbench.reference import norm_scaled
 from gradbench.report import count, describe
 from gradbench.spec import Stack, check_choice
+from gradbench.verdict import clip_binds
 
 # Where a run's starting weights came from (settings["weights"], the head of `train --out`)
 INIT_WEIGHTS = "gradbench.init_params(stack, seed)"
@@ -198,10 +199,26 @@ class TrainResult:
                 f"(max {np.nanmax(ratio):.3g} %), layer {L - 1}'s (below the head) by "
                 f"{np.nanmean(self.update_ratio[:ran, -1]):.3g} %"
             )
+        clip = self._clip_words()
+        if clip:
+            lines.append("  " + clip)
         decay = self._decay_words()
         if decay:
             lines.append("  " + decay)
         return "\n".join(lines)
+
+    def _clip_words(self) -> str:
+        """In how many mini-batch steps the stack's clip acted (a signal value clip: can have)."""
+        tally, st = self.extras.get("clip_acted_steps"), self.stack
+        if not tally or not tally[1]:
+            return ""
+        acted, steps = tally
+        what = f"the clip ({st.clip} {st.clip_threshold:g} on {st.clip_on})"
+        if st.clip_on != "signal":
+            return f"{what} changed the parameter gradients in {acted} of the {count(steps, 'mini-batch step')}"
+        verb = "acts" if st.clip == "norm" else "can act"
+        return (f"{what}: ||dL/dh_l|| reached the threshold, where the clip {verb}, at some layer in {acted} of the "
+                f"{count(steps, 'mini-batch step')}")
 
     def _decay_words(self) -> str:
         """Where weight decay, not the loss, drives the updates at the end: its term wd ||W_l||
@@ -475,13 +492,14 @@ def train(
 
     bar = progress_of_epochs(progress, epochs, name)
     rng = np.random.default_rng([seed, 1])
+    clip_tally = [0, 0]  # mini-batch steps where the clip acted, steps
     t0 = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         hist.evaluate(0, hist.full_pass())
         for epoch in range(epochs):
             before = (params.W.copy(), None if params.W_in is None else params.W_in.copy(), params.W_out.copy())
             hist.loss[epoch], why = _epoch(stack, params, X, hist.T, rng.permutation(len(X)), batch_size, opt,
-                                           backend)
+                                           backend, clip_tally)
             if not why:
                 why = hist.after_epoch(epoch, before)
             if why:
@@ -498,7 +516,8 @@ def train(
         accuracy=hist.accuracy, grad_log10=hist.grad_log10, update_ratio=hist.ratio,
         update_ratio_input=hist.ratio_in, update_ratio_head=hist.ratio_out, diverged_epoch=hist.diverged,
         divergence=hist.why, seconds=time.perf_counter() - t0,
-        extras={**_reference(stack, hist.T), "class_labels": labels is not None, "stopped": hist.stopped()},
+        extras={**_reference(stack, hist.T), "class_labels": labels is not None, "stopped": hist.stopped(),
+                "clip_acted_steps": clip_tally if stack.clip is not None else None},
     )
 
 
@@ -612,11 +631,13 @@ def _check_labels(stack: Stack, y, n: int) -> None:
         raise ValueError(f"y must lie in [0, 1] for loss='bce', got [{y.min()}, {y.max()}]")
 
 
-def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, backend: str) -> tuple[float, str]:
+def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, backend: str,
+           clip_tally: list | None = None) -> tuple[float, str]:
     """One pass over the mini-batches in ``order``; returns (mean loss, why it diverged or "").
 
     Stops at the first non-finite loss, gradient or parameter (the loss is then NaN unless the
-    loss itself was the first to go).
+    loss itself was the first to go). ``clip_tally`` [steps where the clip acted, steps]: added
+    to (:func:`_clip_acted`).
     """
     pdict, names = dict(params.items()), learnable(stack)
     total, count = 0.0, 0
@@ -629,6 +650,9 @@ def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, back
         where = f" in mini-batch {j + 1} of {batches}"
         if not math.isfinite(res.loss):
             return total / count, _why_loss(res, where=where)
+        if clip_tally is not None and stack.clip is not None:
+            clip_tally[0] += _clip_acted(stack, res)
+            clip_tally[1] += 1
         grads = {k: g.to_float(stack.np_dtype, warn=False) for k, g in res.grads.items() if k in names}
         bad = [k for k, g in grads.items() if not all_finite(g)]
         if bad:
@@ -706,6 +730,17 @@ class _History:
         if self.tb is not None:
             self.tb.epoch(epoch + 1, self.loss[epoch], self.ratio[epoch], self.ratio_in[epoch], self.ratio_out[epoch])
         return ""
+
+
+def _clip_acted(stack: Stack, res) -> bool:
+    """Whether the stack's clip acted in the pass ``res``: on parameter gradients, whether it
+    changed one (recorded by the engine); on the signal, whether ||dL/dh_l|| reached the
+    threshold at some layer (a norm clip acts there; a value clip can)."""
+    if stack.clip_on != "signal":
+        return bool(res.extras.get("param_clip_acted", False))
+    with np.errstate(divide="ignore"):
+        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    return clip_binds(stack.clip_threshold, s, stack.dtype).size > 0
 
 
 def _derivative_norm(res):

@@ -985,3 +985,42 @@ def test_a_divergence_names_its_mini_batch_and_what_overflowed():
     assert r.diverged_epoch == 0
     assert r.divergence == (f"loss became nan in mini-batch {k + 1} of 10 (the stack's forward pass is finite: the "
                             "head's outputs, or the loss of them, overflowed)")
+
+
+@pytest.mark.parametrize("clip,clip_on", [("norm", "global"), ("norm", "layer"), ("value", "layer")])
+def test_a_pass_records_whether_parameter_clipping_changed_a_gradient(clip, clip_on):
+    """A threshold just above or just below what tests/naive.py's plain gradients need: the
+    engine's flag follows (it is what training counts)."""
+    import naive
+
+    st = gb.Stack(depth=3, width=6, activation="tanh", loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(20, noise=0.1, seed=0)
+    P = gb.init_params(st, 0)
+    T = y.reshape(-1, 1).astype(np.float64)
+    grads = naive.backward(st, {k: np.asarray(v, dtype=np.float64) for k, v in P.items()}, X, T)[1]
+    names = [k for k in ("W", "b", "W_in", "b_in", "W_out", "b_out") if k in grads]
+    if clip == "value":
+        need = max(float(np.max(np.abs(grads[k]))) for k in names)
+    elif clip_on == "global":
+        need = math.sqrt(sum(float(np.sum(grads[k] ** 2)) for k in names))
+    else:  # the largest layer's norm (W and b of a layer together; input layer and head one each)
+        rows = [np.sqrt(np.sum(grads["W"][l] ** 2) + np.sum(grads["b"][l] ** 2)) for l in range(st.depth)]
+        rows += [np.sqrt(np.sum(grads["W_in"] ** 2) + np.sum(grads["b_in"] ** 2)),
+                 np.sqrt(np.sum(grads["W_out"] ** 2) + np.sum(grads["b_out"] ** 2))]
+        need = float(max(rows))
+    for c, acted in ((need * 1.001, False), (need * 0.999, True)):
+        s = st.replace(clip=clip, clip_on=clip_on, clip_threshold=c)
+        assert gb.backprop(s, P, X, T).extras["param_clip_acted"] is acted
+
+
+def test_training_says_in_how_many_steps_the_clip_acted():
+    from gradbench.cli.train import train_to_dict
+
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    for c, acted in ((1e6, 0), (1e-9, 20)):  # never binds; always binds (every step has a gradient)
+        st = gb.Stack(depth=4, width=8, loss="bce", input_dim=2, clip="norm", clip_threshold=c, clip_on="global")
+        r = gb.train(st, X, y, epochs=2, batch_size=20, seed=0)
+        assert r.extras["clip_acted_steps"] == [acted, 20] == train_to_dict(r)["clip_acted_steps"]
+        assert f"changed the parameter gradients in {acted} of the 20 mini-batch steps" in " ".join(r.summary().split())
+    r = gb.train(gb.Stack(depth=4, width=8, loss="bce", input_dim=2), X, y, epochs=1, batch_size=20, seed=0)
+    assert r.extras["clip_acted_steps"] is None and "clip" not in r.summary()
