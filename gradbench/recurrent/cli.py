@@ -29,8 +29,8 @@ from gradbench.cli.common import (
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_file, write_json, write_plot
 from gradbench.report import fmt_pow
-from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, RECURRENT_INITS, RNN_ACTIVATIONS
-from gradbench.spec import CLIP_MODES, DTYPES, INITS
+from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, LOSS_ON, RECURRENT_INITS, RNN_ACTIVATIONS
+from gradbench.spec import CLIP_MODES, DTYPES, INITS, LOSSES
 
 _COMMANDS = ("run", "compare", "theory")
 # theory: the difference is also given relative to the prediction from this size of it on
@@ -116,6 +116,74 @@ def _check_clip(args) -> None:
     if unused and args.clip is None:
         raise UsageError(f"{' and '.join(unused)} {'apply' if len(unused) > 1 else 'applies'} only with --clip "
                          f"({' or '.join(CLIP_MODES)}): without --clip nothing is clipped")
+    if args.clip is not None and args.clip_on != "signal":
+        # The parameter-gradient clip bounds a training update only: the diagnosis reads ||dL/dh_t|| and each
+        # step's part of dL/dW_hh, which it leaves alone, so the report and --out/--plot/--tensorboard were the
+        # unclipped run's with "clip ... on global" in the header. (The stack run differs: its ||dW_l|| are the
+        # parameter gradients themselves, shown after the clip with the unclipped range in words.)
+        command = "compare --cells" if args.command == "compare" else f"{args.command} --cell"
+        raise UsageError(f"--clip-on {args.clip_on} clips the parameter gradients, which {command} does not show: "
+                         "its diagnosis reads the derivatives (||dL/dh_t|| and each step's part of dL/dW_hh), so it "
+                         "would be the unclipped run's; use --clip-on signal to clip the backpropagated signal, which "
+                         "the diagnosis shows (a parameter-gradient clip bounds a training update: "
+                         f"gradbench.Recurrent(clip_on={args.clip_on!r}) in Python, or train --demo "
+                         "exploding-rnn-clipped)")
+
+
+def _refuse_theory_clip(args) -> None:
+    """theory compares the measured rate with mean field, which describes the unclipped chain: a
+    clip option is refused (a norm clip at 1e-6 gave "measured -0.000161 ... difference 100.14%
+    of the prediction", unclipped +0.0356 against +0.1162)."""
+    typed = [option(d) for d in given(args, "clip", "clip_threshold", "clip_on")]
+    if typed:
+        raise UsageError(f"{', '.join(typed)}: theory --cell takes no clipping: mean field predicts the rate of the "
+                         "unclipped chain, so a clipped measurement would be set against a prediction of another "
+                         "chain (clipped runs: run --cell or compare --cells with --clip ... --clip-on signal)")
+
+
+def _check_head(args) -> None:
+    """--output-dim without a head would change nothing: refused, as for the stacks (--loss and
+    --loss-on are checked by the spec, in :func:`_net`)."""
+    if given(args, "output_dim") and args.loss == "sum_squares":
+        raise UsageError("--output-dim sizes the head, and the loss is sum_squares, which has none "
+                         "(give --loss mse, bce or softmax_ce)")
+
+
+def probe_targets(rnn, batch: int, seed: int):
+    """The targets of the probe of ``run --cell`` and ``compare --cells`` with a head, drawn as
+    :func:`gradbench.params.random_targets` draws a stack probe's, from
+    ``numpy.random.default_rng([seed, 2])``: class labels (softmax_ce), labels in {0, 1} (bce) or
+    standard normal values (mse); shape (B, O) (labels (B,)) with ``loss_on="last"`` (exactly
+    ``random_targets(rnn, batch, seed)``), (T, B, O) (labels (T, B)) with ``"every"``. None
+    without a head."""
+    from gradbench.params import random_targets
+
+    if not rnn.has_head or rnn.loss_on == "last":
+        return random_targets(rnn, batch, seed)
+    rng, lead = np.random.default_rng([seed, 2]), (rnn.steps, batch)
+    if rnn.loss == "softmax_ce":
+        return rng.integers(0, rnn.output_dim, size=lead).astype(np.int64)
+    if rnn.loss == "bce":
+        return rng.integers(0, 2, size=lead + (rnn.output_dim,)).astype(rnn.np_dtype)
+    return rng.standard_normal(lead + (rnn.output_dim,)).astype(rnn.np_dtype)
+
+
+def target_bytes(rnn, batch: int) -> int:
+    """Bytes of :func:`probe_targets` (held for the whole run; the planner counts the rest)."""
+    if not rnn.has_head:
+        return 0
+    lead = batch * (rnn.steps if rnn.loss_on == "every" else 1)
+    return lead * 8 if rnn.loss == "softmax_ce" else lead * rnn.output_dim * rnn.np_dtype.itemsize
+
+
+def targets_words(rnn) -> str | None:
+    """How the targets were drawn, for the head of --out (None without a head)."""
+    if not rnn.has_head:
+        return None
+    if rnn.loss_on == "last":
+        return "gradbench.params.random_targets(rnn, batch, seed)"
+    return ("numpy.random.default_rng([seed, 2]) drawn as gradbench.params.random_targets does, "
+            "shape (steps, batch" + (")" if rnn.loss == "softmax_ce" else ", output_dim)"))
 
 
 WEIGHTS = "gradbench.init_params(rnn, seed)"  # the parameters of every probe run; input: GeneratedSequence
@@ -158,7 +226,11 @@ def _backend(name: str) -> str:
     return concrete
 
 
-def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None, recurrent_init="orthogonal"):
+def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None, recurrent_init="orthogonal", head: bool = True,
+                  theory: bool = False):
+    """The options of the net. ``head``: --loss, --loss-on, --output-dim (run and compare: the
+    probe's targets are drawn from the seed, :func:`probe_targets`). ``theory``: the clip options
+    are parsed (to refuse them with a reason, :func:`_refuse_theory_clip`) but not listed."""
     g = p.add_argument_group("the recurrent net")
     if cell:
         g.add_argument("--cell", required=True, metavar="CELL", help=f"one of {', '.join(CELLS)}")
@@ -179,10 +251,23 @@ def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None, recurrent_in
                    help="gain of W_hh (default: the recurrent init's own, sqrt(2) for he_*, else 1)")
     g.add_argument("--sigma-b", type=nonneg_float, default=0.0, help="std of the biases (default 0)")
     g.add_argument("--forget-bias", type=finite_float, default=None, help="lstm only (default 1)")
+    if head:
+        g.add_argument("--loss", default="sum_squares", metavar="NAME",
+                       help=f"one of {', '.join(LOSSES)}: sum_squares is 0.5 ||h_(T-1)||^2, the others a linear head "
+                            "whose targets are drawn from --seed (default sum_squares)")
+        g.add_argument("--loss-on", choices=LOSS_ON, default="last",
+                       help="the head reads the last step, or every step (then the verdict reads the gradient carried "
+                            "back from the last step's loss) (default last)")
+        g.add_argument("--output-dim", type=positive_int, default=1, metavar="O",
+                       help="outputs of the head (classes for softmax_ce) (default 1)")
+    hide = {"help": argparse.SUPPRESS} if theory else {}
     g.add_argument("--clip", choices=CLIP_MODES, default=None,
-                   help="gradient clipping: value (elementwise to [-c, c]) or norm (default: none)")
-    g.add_argument("--clip-threshold", type=positive_float, default=1.0, help="with --clip (default 1)")
-    g.add_argument("--clip-on", choices=CLIP_TARGETS, default="signal", help="with --clip (default signal)")
+                   **hide or {"help": "clipping of the backpropagated signal: value (elementwise to [-c, c]) or norm "
+                                      "(default: none)"})
+    g.add_argument("--clip-threshold", type=positive_float, default=1.0, **hide or {"help": "with --clip (default 1)"})
+    g.add_argument("--clip-on", choices=CLIP_TARGETS, default="signal",
+                   **hide or {"help": "with --clip: signal only here (matrix and global clip the parameter gradients, "
+                                      "which the diagnosis does not read) (default signal)"})
     g.add_argument("--dtype", choices=DTYPES, default="float64", help="floating-point type (default float64)")
 
 
@@ -201,6 +286,8 @@ def _net(args, cell: str | None = None):
                             activation_param=args.activation_param if vanilla else None, init=args.init,
                             recurrent_init=args.recurrent_init, sigma_w=args.sigma_w, sigma_b=args.sigma_b,
                             forget_bias=args.forget_bias if cell is None or cell == "lstm" else None,
+                            loss=getattr(args, "loss", "sum_squares"), loss_on=getattr(args, "loss_on", "last"),
+                            output_dim=getattr(args, "output_dim", 1),
                             clip=args.clip, clip_threshold=args.clip_threshold, clip_on=args.clip_on, dtype=args.dtype)
     except (ValueError, TypeError) as exc:  # the spec's words in the command's: sigma_w -> --sigma-w
         raise UsageError(in_option_words(str(exc), _NET_FIELD)) from None
@@ -208,7 +295,8 @@ def _net(args, cell: str | None = None):
 
 # the Recurrent fields that are options, named in the spec's messages ("sigma_w=1e-50 is beyond ...")
 _NET_FIELD = field_words(("sigma_w", "sigma_b", "forget_bias", "recurrent_init", "activation_param", "clip_threshold",
-                          "clip_on", "input_dim", "hidden", "steps", "dtype", "activation", "cell", "init"))
+                          "clip_on", "input_dim", "hidden", "steps", "dtype", "activation", "cell", "init", "loss",
+                          "loss_on", "output_dim"))
 
 
 def _common(p, batch=16):
@@ -244,7 +332,7 @@ def plan_one(rnn, args, backend: str, *, label: str = "", avail: int | None = No
     """Plan one run before anything is drawn (the weights' QR takes seconds at hidden 2048): a
     run that would not fit is refused here, in command-line words, naming a ``--checkpoint K``
     that fits when one does."""
-    from gradbench.plan import PlanRefused
+    from gradbench.plan import LIMIT_FRACTION, PlanRefused, size_text
     from gradbench.recurrent.engine import plan_run
 
     if args.checkpoint == 0:  # never: every step kept (a run that would not fit is refused, naming what fits)
@@ -253,11 +341,20 @@ def plan_one(rnn, args, backend: str, *, label: str = "", avail: int | None = No
         stats_only, ck = False, args.checkpoint
     else:  # segmented from 10^4 steps on, else only when the plain run would not fit
         stats_only, ck = rnn.steps >= 10_000, "auto"
+    avail = available() if avail is None else avail
+    held = target_bytes(rnn, args.batch)  # every-step targets (T, B, O) are held whole: the plan gets the rest
+    if held > LIMIT_FRACTION * avail:
+        raise UsageError(f"--loss-on every holds the targets of every step ({rnn.steps} x {args.batch}"
+                         f"{'' if rnn.loss == 'softmax_ce' else f' x {rnn.output_dim}'}): about {size_text(held)}, "
+                         f"beyond the limit of {size_text(LIMIT_FRACTION * avail)} ({LIMIT_FRACTION:.0%} of the "
+                         "available RAM): reduce --steps or --batch, or use --loss-on last")
     try:
         plan = plan_run(rnn, args.batch, checkpoint=ck, stats_only=stats_only, generated=True,
-                        available=available() if avail is None else avail)
+                        available=avail - held)
     except PlanRefused as exc:
-        raise UsageError(_refusal(rnn, args, exc)) from None
+        raise UsageError(_refusal(rnn, args, exc)
+                         + (f" (the limit is what is left after the every-step targets' {size_text(held)})"
+                            if held else "")) from None
     return Probe(rnn, backend, plan.checkpoint, label)
 
 
@@ -288,10 +385,12 @@ def run_one(probe: Probe, args, params=None):
     if params is None:
         params = gb.init_params(rnn, args.seed)
     xs = gb.GeneratedSequence(rnn, args.batch, args.seed)
+    targets = probe_targets(rnn, args.batch, args.seed)
     desc = f"backprop {label + ' ' if label else ''}({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, {probe.backend})"
     try:
         with Progress(desc, unit="segments (forward + backward)") as bar:
-            res = gb.backprop(rnn, params, xs, backend=probe.backend, checkpoint=probe.checkpoint, progress=bar.count)
+            res = gb.backprop(rnn, params, xs, targets, backend=probe.backend, checkpoint=probe.checkpoint,
+                              progress=bar.count)
     except MemoryError as exc:  # the memory went away since the plan: in command-line words
         raise UsageError(str(exc).replace("checkpoint=None", "--checkpoint 0").replace("checkpoint=", "--checkpoint ")
                          ) from None
@@ -305,13 +404,14 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     _check_outputs(args, RESULTS)
     _check_clip(args)
+    _check_head(args)
     rnn = _net(args)
     res, _ = run_one(plan_one(rnn, args, _backend(args.backend)), args)
     d = diagnose(res)
     written = []
     if args.out:
         written.append(_write_out(args, "run", t0, res.backend, {"diagnosis": d.to_dict()}, npz=d, seed=args.seed,
-                                  batch=args.batch, weights=WEIGHTS))
+                                  batch=args.batch, weights=WEIGHTS, targets=targets_words(rnn)))
     if args.plot:
         from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
 
@@ -320,11 +420,53 @@ def cmd_run(args) -> int:
         from gradbench.tensorboard_io import write_diagnosis
 
         written.append(write_diagnosis(d, args.tensorboard))
-    print(format_report(d, rows=args.rows))
+    print(_with_header(format_report(d, rows=args.rows), d))
     print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed}, "
           f"{res.extras['segments']} segment{'s' if res.extras['segments'] != 1 else ''})")
     _wrote(written)
     return 0
+
+
+def describe_net(rnn: dict) -> str:
+    """The net in words, every field that changes it, as :func:`gradbench.report.describe` says a
+    stack: cell, steps, hidden, the rnn's activation (with its parameter when not the default),
+    the input dim when not hidden, W_ih's init, W_hh's init and gain, sigma_b when not 0, the
+    LSTM's forget bias, the clip, the loss and the dtype."""
+    from gradbench.report import activation_words, count
+
+    parts = [rnn["cell"], count(rnn["steps"], "step"), f"hidden {rnn['hidden']}"]
+    if rnn["cell"] == "rnn":
+        parts.append(activation_words({"activation": rnn.get("activation") or "tanh",
+                                       "activation_param": rnn.get("activation_param")}))
+    if rnn.get("input_dim") is not None and rnn["input_dim"] != rnn["hidden"]:
+        parts.append(f"input dim {rnn['input_dim']}")
+    parts.append(f"W_ih {rnn['init']}")
+    parts.append(f"W_hh {rnn['recurrent_init']}" + (f" (gain {rnn['sigma_w']:g})" if rnn.get("sigma_w") else ""))
+    if rnn.get("sigma_b"):
+        parts.append(f"sigma_b={rnn['sigma_b']:g}")
+    if rnn.get("forget_bias") is not None:
+        parts.append(f"forget bias {rnn['forget_bias']:g}")
+    if rnn.get("clip"):
+        parts.append(f"clip {rnn['clip']} {rnn['clip_threshold']:g} on {rnn['clip_on']}")
+    if rnn.get("loss", "sum_squares") != "sum_squares":
+        outputs = rnn.get("output_dim", 1)
+        parts.append(f"loss {rnn['loss']} on {'every step' if rnn.get('loss_on') == 'every' else 'the last step'}"
+                     + (f" ({outputs} outputs)" if outputs != 1 else ""))
+    parts.append(rnn.get("dtype", "float64"))
+    return ", ".join(parts)
+
+
+def _with_header(report: str, d) -> str:
+    """The report of :func:`gradbench.recurrent.diagnose.format_report` with its net described by
+    :func:`describe_net` (its own ``describe`` leaves out the dtype, the activation's parameter,
+    input_dim, the init of W_ih and sigma_b: a float32 report's header was the float64 one's)."""
+    from gradbench.recurrent.diagnose import describe
+
+    short = describe(d.rnn)
+    first, _, rest = report.partition("\n")
+    if first.startswith(short):
+        first = describe_net(d.rnn) + first[len(short):]
+    return first + ("\n" + rest if rest else "")
 
 
 # ------------------------------------------------------------------ compare
@@ -334,6 +476,7 @@ def cmd_compare(args) -> int:
     t0 = time.perf_counter()
     _check_outputs(args, RESULTS)
     _check_clip(args)
+    _check_head(args)
     cells = split(args.cells, "--cells")
     bad = [c for c in cells if c not in CELLS]
     if bad or not cells:
@@ -353,24 +496,43 @@ def cmd_compare(args) -> int:
     if args.out:
         written.append(_write_out(args, "compare", t0, res.backend,
                                   {"diagnoses": {k: d.to_dict() for k, d in diags.items()}},
-                                  npz=diags, seed=args.seed, batch=args.batch, weights=WEIGHTS))
+                                  npz=diags, seed=args.seed, batch=args.batch, weights=WEIGHTS,
+                                  targets=targets_words(next(iter(nets.values())))))
     if args.plot:
         from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
 
         written.append(_write_plot(args, lambda path: plot.signal_vs_steps_back(
-            diags, path, title=f"||dL/dh_t|| through {T} steps, hidden {args.hidden}", dpi=args.dpi)))
+            diags, path, title=f"{'||dL_(T-1)/dh_t||' if args.loss_on == 'every' else '||dL/dh_t||'} through {T} "
+                               f"steps, hidden {args.hidden}", dpi=args.dpi)))
     for note in _compare_notes(args, nets):
         print(note)
     backs = sorted({b for b in (0, 1, 10, 100, 1000, 10_000, 100_000, T - 1) if b < T})
     head = f"{'cell':<6} {'verdict':<10} {'dec/step':>9}" + "".join(f" {'back ' + str(b):>12}" for b in backs) + "  reach"
     print(head)
     print("-" * len(head))
+    no_slope = []
     for cell, d in diags.items():
-        row = f"{cell:<6} {d.verdict:<10} {d.decades_per_step:>+9.4f}"
-        row += "".join(f" {fmt_pow(d.signal_log10[T - 1 - b]):>12}" for b in backs)
+        rate = f"{d.decades_per_step:>+9.4f}" if math.isfinite(d.decades_per_step) else f"{'-':>9}"
+        if not math.isfinite(d.decades_per_step):  # it printed "+nan", where run says why
+            no_slope.append(cell)
+        row = f"{cell:<6} {d.verdict:<10} {rate}"
+        # a loss at every step: the columns are what the verdict, rate and reach read, the last step's
+        # loss carried back (the whole loss's ||dL/dh_t|| is mostly each step's own term: flat)
+        shown = d.carried_log10 if len(d.carried_log10) else d.signal_log10
+        row += "".join(f" {fmt_pow(shown[T - 1 - b]):>12}" for b in backs)
         print(row + f"  {d.reach}")
-    print("(log10 ||dL/dh_t|| at that many steps back from the last step, exact; reach: consecutive steps "
-          "around the largest contribution to dL/dW_hh whose contributions stay within 8 decades of it)")
+    if args.loss_on == "every":
+        print("(log10 ||dL_{T-1}/dh_t||, the gradient of the last step's loss alone, at that many steps back from the "
+              "last step, exact; reach: consecutive steps around the largest contribution to dL_{T-1}/dW_hh whose "
+              "contributions stay within 8 decades of it; with a loss at every step ||dL/dh_t|| is mostly each "
+              "step's own term: run --cell shows both)")
+    else:
+        print("(log10 ||dL/dh_t|| at that many steps back from the last step, exact; reach: consecutive steps "
+              "around the largest contribution to dL/dW_hh whose contributions stay within 8 decades of it)")
+    if no_slope:
+        print("(dec/step -: no slope to fit over one step)" if T < 2 else
+              f"(dec/step - ({', '.join(no_slope)}): no least-squares slope, fewer than two steps with a finite "
+              "gradient)")
     _wrote(written)
     return 0
 
@@ -396,7 +558,7 @@ def cmd_theory(args) -> int:
 
     t0 = time.perf_counter()
     _check_outputs(args)
-    _check_clip(args)
+    _refuse_theory_clip(args)
     if args.steps < 2:  # measured_rate is nan with one step: "measured +nan" was printed with no reason
         raise UsageError(f"--steps {args.steps}: the measured rate is the least-squares slope of log10 ||dL/dh_t|| "
                          "over the steps, which needs --steps >= 2")
@@ -521,6 +683,7 @@ examples:
   gradbench run --cell rnn --steps 1000 --hidden 64 --recurrent-init normal --plot rnn.png --out rnn.json
   gradbench run --cell gru --steps 1000000 --hidden 64 --batch 64      (checkpointed, about 0.6 GiB)
   gradbench run --cell lstm --steps 500 --hidden 32 --tensorboard runs/lstm --mkdir   (tensorboard --logdir runs)
+  gradbench run --cell rnn --steps 200 --hidden 16 --recurrent-init normal --sigma-w 0.5 --loss mse --loss-on every
 """)
     _add_net_args(p)
     _common(p)
@@ -557,7 +720,8 @@ examples:
   gradbench theory --cell rnn --activation identity --recurrent-init normal --hidden 16
   gradbench theory --cell rnn --activation tanh --recurrent-init normal --sigma-w 1.5 --hidden 64 --plot t.png
 """)
-    _add_net_args(p, steps=10_000, hidden=64, recurrent_init="normal")  # a random W_hh: what mean field describes
+    # a random W_hh: what mean field describes; no head (the rate is the chain's, read from ||dL/dh_t||)
+    _add_net_args(p, steps=10_000, hidden=64, recurrent_init="normal", head=False, theory=True)
     _common(p, batch=4)
     p.add_argument("--out", help="write the predictions and the measured rate as JSON (default: none)")
     p.add_argument("--plot", help="write the measured log10 ||dL/dh_t|| against steps back (default: none)")
