@@ -34,7 +34,14 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
   4. otherwise ``stable``.
 - ``float_limits[dtype]``: the first step, going back, at which a plain float32 / float64 chain
   would have lost ||dL/dh_t|| to underflow (below the smallest normal) or overflow; the
-  explanation names every dtype whose range is exceeded.
+  explanation names every dtype whose range is exceeded and the steps it would have lost ("from
+  step t down" only when every step below t is lost too, else "at steps 1-3 and 7").
+- exact zeros inside the chain (||dL/dh_t|| = 0 while an earlier step's is not, rule 2) are named;
+  in the LSTM they are not true zeros: dL/dh_t and dL/dc_t share one exponent per step
+  (:func:`gradbench.recurrent.reference.finish_state`), and a dL/dh_t beyond the dtype's range
+  below dL/dc_t reads 0. A gated cell's step term of dL/dW_hh that reads 0 beside non-zero ones is
+  named too (its saturated gates' derivatives have no log-form rescue). "Falls to" names the lowest
+  finite point only when no step reads exactly 0 ("its lowest non-zero value" otherwise).
 - gate statistics per step: the saturated fraction of the activation entries, the mean forget
   gate (LSTM) or update gate (GRU) and the fraction of them below 0.1.
 - a loss at every step (``loss_on="every"``, with the result's ``carried_signal_norm``):
@@ -206,29 +213,65 @@ def _extremes(s: np.ndarray, threshold: float) -> list[str]:
     fin = np.flatnonzero(np.isfinite(s))
     if not fin.size or not math.isfinite(s[-1]):
         return words
+    zero = bool(np.any(s == -math.inf))  # an exact 0 lies lower than any finite point
     for pick, verb in ((np.argmin, "falls"), (np.argmax, "rises")):
         t = int(fin[pick(s[fin])])
         change = float(s[t] - s[-1])
         if 0 < t < len(s) - 1 and abs(change) >= threshold:
-            words.append(f"going back it {verb} to 10^{_num(change)} of the last step's at step {t} "
-                         f"({len(s) - 1 - t} steps back)")
+            if verb == "falls" and zero:
+                words.append(f"going back its lowest non-zero value is 10^{_num(change)} of the last step's, at step "
+                             f"{t} ({_back(len(s) - 1 - t)})")
+            else:
+                words.append(f"going back it {verb} to 10^{_num(change)} of the last step's at step {t} "
+                             f"({_back(len(s) - 1 - t)})")
     return words
 
 
-def _limit_words(limits: dict, T: int, signal: str = "||dL/dh_t||") -> list[str]:
+def _runs(steps) -> str:
+    """Steps as runs: "1", "1-3 and 7", "1, 4-5 and 9"."""
+    steps = sorted(int(t) for t in steps)
+    runs, start = [], steps[0]
+    for a, b in zip(steps, steps[1:] + [None]):
+        if b != a + 1:
+            runs.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b
+    return runs[0] if len(runs) == 1 else ", ".join(runs[:-1]) + " and " + runs[-1]
+
+
+def _steps_words(steps, T: int) -> str:
+    """Where in the sequence ``steps`` lie: "from step 5 down (3 steps back)" for a run down to
+    step 0, else "at step 1 (4 steps back)" or "at steps 1-3 and 7"."""
+    steps = np.asarray(sorted(steps))
+    top = int(steps[-1])
+    if steps.size == top + 1:  # 0 .. top, every one
+        return f"from step {top} down ({_back(T - 1 - top)})"
+    if steps.size == 1:
+        return f"at step {top} ({_back(T - 1 - top)})"
+    return f"at steps {_runs(steps.tolist())}"
+
+
+def _limit_words(s: np.ndarray, T: int, signal: str = "||dL/dh_t||") -> list[str]:
     """One sentence per kind (underflow, overflow) naming every dtype whose range ``signal``
-    leaves, each with the first step it would have lost."""
+    (log10 in ``s``) leaves and the steps it would have lost: "from step t down" only when every
+    step below t is lost too (an LSTM's ||dL/dh_t|| can fall below float32's range at step 1 and be
+    back at 10^-6.6 at step 0)."""
     words = []
+    s = np.asarray(s, dtype=np.float64)
     for kind, what in (("underflow", f"lost {signal} to underflow"), ("overflow", f"overflowed {signal}")):
-        hit = [(name, limits[name][f"{kind}_step"]) for name in ("float32", "float64")
-               if limits[name][f"{kind}_step"] is not None]
+        hit = []
+        for name in ("float32", "float64"):
+            lo, hi = FLOAT_LIMITS[name]
+            steps = np.flatnonzero(np.isfinite(s) & (s < lo)) if kind == "underflow" else np.flatnonzero(s > hi)
+            if steps.size:
+                hit.append((name, _steps_words(steps, T)))
         if not hit:
             continue
-        steps = {t for _, t in hit}
-        where = [f"step {t} down ({_back(T - 1 - t)})" for t in sorted(steps, reverse=True)]
-        if len(steps) > 1:
-            where = [f"{w[:-1]}, {n})" for w, (n, _) in zip(where, sorted(hit, key=lambda h: -h[1]))]
-        words.append(f"plain {' and '.join(n for n, _ in hit)} would have {what} from {' and '.join(where)}")
+        names = " and ".join(n for n, _ in hit)
+        if len({w for _, w in hit}) == 1:
+            where = hit[0][1]
+        else:  # "from step 5 down (3 steps back, float32) and from step 2 down (6 steps back, float64)"
+            where = " and ".join(f"{w[:-1]}, {n})" if w.endswith(")") else f"{w} ({n})" for n, w in hit)
+        words.append(f"plain {names} would have {what} {where}")
     return words
 
 
@@ -272,8 +315,14 @@ def _clip_words(rnn, s: np.ndarray, cell: np.ndarray | None, loss: str = "L") ->
         return (f"{subject} is clipped ({clip}); {state} reaches the threshold at every step, so the clip may act at "
                 f"each{caveat}; where it acts, clipping the signal can hold an exploding chain flat {other}")
     if binds.tolist() == [T - 1]:
+        # a value clip of the first state alone turns its direction, which the rates going back depend on
+        # (tanh, gain 3, T = 60, every-step MSE at 1e-4: the carried ratio 10^-95.08 became 10^-95.45)
+        top = (top_clip_words("norm") if rnn.clip == "norm" else
+               "which sets its entries beyond the threshold to it and so can turn the direction the chain starts in: "
+               "the rates, the ratio and the reach going back can then differ somewhat from the unclipped loss "
+               "derivative's")
         return (f"{subject} is clipped ({clip}), but before the last step {state} never reaches the "
-                f"threshold: at most the last step's gradient was clipped, {top_clip_words(rnn.clip)}")
+                f"threshold: at most the last step's gradient was clipped, {top}")
     steps = ", ".join(map(str, binds[:6])) + (", ..." if binds.size > 6 else "")
     span = clip_span_words(binds, T, "step", "before", "after", "from the last step back to", "state")
     return (f"{subject} is clipped ({clip}); it can act at {binds.size} of the {T} steps ({steps}: "
@@ -319,6 +368,49 @@ def _saturated_zero(rnn, s: np.ndarray, saturation) -> str:
             "at |z| ~ 1e19), which no int64 exponent holds: the true gradient below is tiny, not 0")
 
 
+def _zeros_inside(rnn, s: np.ndarray, cell: np.ndarray, g: np.ndarray, saturation, verdict: str,
+                  loss: str = "L") -> list[str]:
+    """Sentences for exact zeros inside the chain: steps whose ||dL/dh_t|| is exactly 0 while an
+    earlier step's is not (rule 2 of the verdict), and, for the gated cells, steps t >= 1 whose
+    contribution to dL/dW_hh is exactly 0 while others are not. Neither is a true 0 in the LSTM:
+    it keeps dL/dh_t and dL/dc_t with one exponent per step (:func:`reference.finish_state`), so a
+    dL/dh_t more than the dtype's range below dL/dc_t reads 0 although dL/dc_t carries the gradient
+    on to the earlier steps; and the gated cells compute a step's term in the dtype below that
+    exponent, with no log-form rescue of their gates' derivatives (an LSTM at gain 1000 in float32:
+    ||dL/dh_1|| reads 0, exactly 10^-65.9, and step 2's term reads 0, exactly 10^-68.6)."""
+    words = []
+    nonzero = np.flatnonzero(s > -math.inf)
+    zero = np.flatnonzero(s == -math.inf)
+    zero = zero[zero > nonzero.min()] if nonzero.size else zero[:0]
+    T = len(s)
+    if zero.size:
+        where = (f"step {int(zero[0])} ({_back(T - 1 - int(zero[0]))})" if zero.size == 1
+                 else f"steps {_runs(zero.tolist())}")
+        first = int(nonzero[nonzero < zero.max()].max())
+        why = ""
+        if rnn.cell == "lstm" and len(cell) == T and np.all(np.isfinite(cell[zero])):
+            lo = FLOAT_LIMITS[rnn.dtype][0] - (16 if rnn.dtype == "float64" else 7)  # the subnormals' reach
+            why = (f": the LSTM keeps d{loss}/dh_t and d{loss}/dc_t with one exponent per step, and d{loss}/dc_t there "
+                   f"({', '.join(f'10^{_num(float(cell[t]))}' for t in zero[:3])}{', ...' if zero.size > 3 else ''}) "
+                   f"carries the gradient on to step {first}, so ||d{loss}/dh_t|| read 0 because it lay more than "
+                   f"about {-lo:.0f} decades below it, beyond {rnn.dtype}'s subnormals: the exact value is tiny, not 0")
+        words.append(f"||d{loss}/dh_t|| is exactly 0 at {where} although step {first}, earlier, has a gradient "
+                     f"(10^{_num(float(s[first]))}){why}"
+                     + ("; an exact 0 inside the chain makes the verdict vanishing" if verdict == "vanishing" else ""))
+    if rnn.cell != "rnn" and T > 1 and np.any(np.isfinite(g)):
+        gz = np.flatnonzero(g[1:] == -math.inf) + 1  # step 0's term is exactly 0 when h_{-1} = 0
+        gz = gz[s[gz] > -math.inf] if rnn.cell != "lstm" else gz
+        if gz.size:
+            where = f"step {int(gz[0])}'s" if gz.size == 1 else f"steps {_runs(gz.tolist())}'"
+            sat = float(np.min(np.asarray(saturation, dtype=np.float64)[gz]))
+            why = (f": the gates' derivatives there ({'' if gz.size == 1 else 'at least '}{100 * sat:.0f} % of the "
+                   f"activation entries saturated) took it below {rnn.dtype}'s range (the gated cells have no "
+                   "log-form rescue), so the true contribution is tiny, not 0" if sat >= 0.5 else "")
+            words.append(f"{where} contribution{'s' if gz.size > 1 else ''} to d{loss}/dW_hh "
+                         f"read{'s' if gz.size == 1 else ''} exactly 0{why}")
+    return words
+
+
 def reach_window(g: np.ndarray, top: int, decades: float) -> tuple[int, int]:
     """The first and the last step of the run of consecutive steps around ``top`` (the largest
     contribution to dL/dW_hh, log10 in ``g``) whose contributions all lie within ``decades`` of
@@ -353,6 +445,10 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         raise TypeError(f"res must be a RecurrentResult (from gb.backprop on a gb.Recurrent), got {type(res).__name__}")
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold}")
+    if (isinstance(reach_decades, bool) or not isinstance(reach_decades, (int, float, np.integer, np.floating))
+            or not math.isfinite(reach_decades) or not reach_decades > 0):
+        raise ValueError(f"reach_decades must be a finite number > 0 (decades below the largest step contribution "
+                         f"to dL/dW_hh; default 8), got {reach_decades!r}")
     rnn = res.rnn
     T = rnn.steps
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -392,7 +488,8 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
                          + (f" ({abs(ratio) / (T - 1):.3g} decades {'lost' if ratio < 0 else 'gained'} per step on "
                             "average)" if T > 1 else ""))
     elif s[0] == -math.inf and math.isfinite(s[-1]):
-        words.append(f"no gradient reaches step 0 (exactly zero; {int(np.sum(s == -math.inf))} steps have none)"
+        words.append(f"no gradient reaches step 0 (exactly zero; {count(int(np.sum(s == -math.inf)), 'step')} "
+                     f"{'has' if int(np.sum(s == -math.inf)) == 1 else 'have'} none)"
                      + _saturated_zero(rnn, s, res.saturation))
     elif verdict == "no gradient":
         loss_zero = rnn.loss in ("bce", "softmax_ce") and float(res.loss_exact.log10()) == -math.inf
@@ -400,6 +497,12 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
                      + (": the head is right by a margin so large that its loss and dL/dy lie below 2^(-2^62), "
                         "which no int64 exponent holds (the true gradient is not 0)" if loss_zero else
                         " (an all-zero loss gradient, or every path from the loss cut)"))
+    zc = c
+    if carried:  # the carried pass's own ||dL_{T-1}/dc_t||, when the result has it
+        zc = res.extras.get("carried_cell_signal_norm")
+        with np.errstate(divide="ignore"):
+            zc = np.asarray(zc.log10(), dtype=np.float64) if zc is not None else np.zeros(0)
+    words += _zeros_inside(rnn, s, zc, g, res.saturation, verdict, "L_{T-1}" if carried else "L")
     words += _extremes(s, threshold)
     if fin.size:
         words.append(_reach_words(g, top, first, last, reach_decades, "dL_{T-1}/dW_hh" if carried else "dL/dW_hh"))
@@ -424,7 +527,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     if res.first_nonfinite_backward is not None:
         words.append(f"the backward signal turned non-finite at step {res.first_nonfinite_backward}")
     limits = float_limits(s)
-    words += _limit_words(limits, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||")
+    words += _limit_words(s, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||")
     return RecurrentDiagnosis(
         rnn=dataclasses.asdict(rnn), backend=res.backend, loss=float(res.loss),
         loss_log10=float(res.loss_exact.log10()), signal_log10=total, cell_log10=c, grad_log10=total_g, act_std_log10=std,
@@ -442,6 +545,12 @@ def _every_step_words(total: np.ndarray, T: int, verdict: str, held: tuple | Non
     steps' (a tanh RNN at gain 3: 10^1.43 at step 0, whose own term is 10^-1.29). ``held``: (mode,
     threshold) of a signal clip that can act on it (a norm clip at 0.01 made the range "10^-2 to 10^-2"
     without a word of it)."""
+    if T == 1:  # no later step: the loss is step 0's alone
+        fin = total[np.isfinite(total)]
+        return ("with a loss at every step over a single step, the loss is step 0's alone: ||dL/dh_0||"
+                + (f" (10^{_num(float(fin[0]))})" if fin.size else "") + " is its own loss term, with no later "
+                "step's carried back" + (f" (the {held[0]} clip caps {'it' if held[0] == 'norm' else 'its entries'} at "
+                                          f"{held[1]:g})" if held else ""))
     fin = total[np.isfinite(total)]
     span = (f" (10^{_num(float(fin.min()))} to 10^{_num(float(fin.max()))} over {count(T, 'step')}"
             + (f"; the {held[0]} clip caps {'it' if held[0] == 'norm' else 'its entries'} at {held[1]:g}" if held else "")

@@ -145,7 +145,10 @@ class Recurrent(_Net):
             raise ValueError("loss='softmax_ce' needs output_dim >= 2 (the number of classes)")
         if self.clip is not None:
             check_choice("clip", self.clip, CLIP_MODES + (None,))
-            _check_real("clip_threshold", self.clip_threshold, positive=True)
+        # checked with or without clip, as Stack does: clip_threshold and clip_on are kept unused
+        # without a clip (and output_dim without a head) so that .replace(clip=...) (.replace(loss=...))
+        # can switch one on, but a value that no clip could use (-1, nan) is refused here
+        _check_real("clip_threshold", self.clip_threshold, positive=True)
         check_choice("clip_on", self.clip_on, CLIP_TARGETS)
         self._dtype_as_name()
         check_choice("dtype", self.dtype, DTYPES)

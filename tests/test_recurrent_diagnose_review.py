@@ -1,0 +1,224 @@
+"""Review of the recurrent diagnosis's sentences (gradbench/recurrent/diagnose.py) and of the
+options it refuses: each sentence checked against an independent computation (an mpmath LSTM,
+plain NumPy BPTT), never against the code's own numbers alone.
+
+1. exact zeros inside the chain (an LSTM in float32 whose ||dL/dh_1|| and step 2's dW_hh term
+   read 0, exactly 10^-65.9 and 10^-68.6) are named, and "falls to" names the true lowest point;
+2. the float-limit sentence names the steps below float32's range, not "from step 1 down" when
+   step 0 is back in range;
+3. reach_decades and clip_threshold refuse what no computation can use;
+4. "1 step has none"; an every-step loss over one step has no later steps;
+5. a value clip of the last step alone can change the rates going back.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+import gradbench as gb
+
+LSTM_CASE = dict(cell="lstm", steps=6, hidden=3, sigma_w=1000.0, recurrent_init="normal")
+
+
+def _mp_lstm(rnn, p, xs):
+    """log10 ||dL/dh_t|| and log10 of step t's dW_hh term of an LSTM with sum_squares loss, in
+    mpmath at 60 digits (torch's gate order i, f, g, o; h_{-1} = c_{-1} = 0)."""
+    mp.mp.dps = 60
+    T, B, _ = xs.shape
+    N = rnn.hidden
+    f64 = lambda a: [[mp.mpf(float(v)) for v in row] for row in np.atleast_2d(a)]
+    Wih, Whh = f64(p.W_ih), f64(p.W_hh)
+    bias = [mp.mpf(float(a)) + mp.mpf(float(b)) for a, b in zip(p.b_ih, p.b_hh)]
+    sig = lambda z: 1 / (1 + mp.e ** (-z))
+    H = [[[mp.mpf(0)] * N for _ in range(B)]]
+    C = [[[mp.mpf(0)] * N for _ in range(B)]]
+    Z = []
+    for t in range(T):
+        zs, hs, cs = [], [], []
+        for b in range(B):
+            x = [mp.mpf(float(v)) for v in xs[t, b]]
+            z = [sum(Wih[k][j] * x[j] for j in range(len(x))) + bias[k]
+                 + sum(Whh[k][j] * H[-1][b][j] for j in range(N)) for k in range(4 * N)]
+            i, f = [sig(z[k]) for k in range(N)], [sig(z[N + k]) for k in range(N)]
+            g, o = [mp.tanh(z[2 * N + k]) for k in range(N)], [sig(z[3 * N + k]) for k in range(N)]
+            c = [f[k] * C[-1][b][k] + i[k] * g[k] for k in range(N)]
+            zs.append(z), cs.append(c), hs.append([o[k] * mp.tanh(c[k]) for k in range(N)])
+        Z.append(zs), H.append(hs), C.append(cs)
+    gh = [list(H[-1][b]) for b in range(B)]
+    gc = [[mp.mpf(0)] * N for _ in range(B)]
+    s, w = [None] * T, [None] * T
+    for t in range(T - 1, -1, -1):
+        s[t] = mp.sqrt(sum(v ** 2 for b in range(B) for v in gh[b]))
+        dW = [[mp.mpf(0)] * N for _ in range(4 * N)]
+        ngh, ngc = [], []
+        for b in range(B):
+            z, c, cp = Z[t][b], C[t + 1][b], C[t][b]
+            i, f = [sig(z[k]) for k in range(N)], [sig(z[N + k]) for k in range(N)]
+            g, o = [mp.tanh(z[2 * N + k]) for k in range(N)], [sig(z[3 * N + k]) for k in range(N)]
+            dc = [gc[b][k] + gh[b][k] * o[k] * mp.sech(c[k]) ** 2 for k in range(N)]
+            dz = ([dc[k] * g[k] * i[k] * (1 - i[k]) for k in range(N)]
+                  + [dc[k] * cp[k] * f[k] * (1 - f[k]) for k in range(N)]
+                  + [dc[k] * i[k] * mp.sech(z[2 * N + k]) ** 2 for k in range(N)]
+                  + [gh[b][k] * mp.tanh(c[k]) * o[k] * (1 - o[k]) for k in range(N)])
+            for k in range(4 * N):
+                for j in range(N):
+                    dW[k][j] += dz[k] * H[t][b][j]
+            ngh.append([sum(dz[k] * Whh[k][j] for k in range(4 * N)) for j in range(N)])
+            ngc.append([dc[k] * f[k] for k in range(N)])
+        w[t] = mp.sqrt(sum(v ** 2 for row in dW for v in row))
+        gh, gc = ngh, ngc
+    l10 = lambda v: float(mp.log10(v)) if v != 0 else -math.inf
+    return np.array([l10(v) for v in s]), np.array([l10(v) for v in w])
+
+
+@pytest.fixture(scope="module")
+def lstm_case():
+    """The review's LSTM (gain 1000, batch 2, seed 0): float32 and float64 diagnoses and the
+    mpmath truth (the parameters and inputs are drawn the same for both dtypes)."""
+    out = {}
+    for dt in ("float32", "float64"):
+        rnn = gb.Recurrent(**LSTM_CASE, dtype=dt)
+        p = gb.init_params(rnn, 0)
+        xs = gb.GeneratedSequence(rnn, 2, 0).materialize()
+        res = gb.backprop(rnn, p, xs, backend="numpy")
+        out[dt] = (res, gb.diagnose(res))
+        if dt == "float64":
+            out["mp"] = _mp_lstm(rnn, p, xs)
+    return out
+
+
+def test_lstm_float32_names_the_exact_zeros_inside_the_chain(lstm_case):
+    s_true, w_true = lstm_case["mp"]
+    res, d = lstm_case["float32"]
+    s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    w = np.asarray(res.grad_norm.log10(), dtype=np.float64)
+    # the case as reviewed: float32 reads 0 where the exact values are tiny (mpmath), step 0 is back
+    assert s[1] == -math.inf and math.isfinite(s[0]) and s_true[1] == pytest.approx(-65.90, abs=0.01)
+    assert w[2] == -math.inf and w_true[2] == pytest.approx(-68.57, abs=0.01)
+    assert d.verdict == "vanishing"
+    e = d.explanation
+    assert "||dL/dh_t|| is exactly 0 at step 1 (4 steps back)" in e, e
+    assert "one exponent per step" in e and "the exact value is tiny, not 0" in e, e
+    assert "step 2's contribution to dL/dW_hh reads exactly 0" in e and "the true contribution is tiny, not 0" in e, e
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_falls_to_names_the_true_lowest_point(lstm_case, dtype):
+    s_true, _ = lstm_case["mp"]
+    e = lstm_case[dtype][1].explanation
+    low = int(np.argmin(s_true))  # step 1: 10^-65.9
+    for m in re.finditer(r"falls to 10\^(-?[\d.]+) of the last step's at step (\d+)", e):
+        assert int(m.group(2)) == low, (dtype, e)
+        assert float(m.group(1)) == pytest.approx(s_true[low] - s_true[-1], abs=0.01), (dtype, e)
+    if dtype == "float64":
+        assert "falls to" in e, e
+
+
+def test_float_limit_names_only_the_steps_below_float32(lstm_case):
+    s_true, _ = lstm_case["mp"]
+    e = lstm_case["float64"][1].explanation
+    lo32 = math.log10(np.finfo(np.float32).tiny)
+    under = np.flatnonzero(s_true < lo32)
+    assert under.tolist() == [1] and s_true[0] > lo32  # step 0 is back at 10^-6.6: float32 holds it
+    assert "plain float32 would have lost ||dL/dh_t|| to underflow at step 1 (4 steps back)" in e, e
+    assert "from step 1 down" not in e, e
+
+
+def _limit_sentence(s):
+    from gradbench.recurrent.diagnose import _limit_words
+
+    return _limit_words(np.asarray(s, dtype=np.float64), len(s))
+
+
+def test_float_limit_runs():
+    # a run down to step 0 keeps "from step t down"; gaps are named as runs
+    assert _limit_sentence([-50, -45, -40, -1, 0]) == [
+        "plain float32 would have lost ||dL/dh_t|| to underflow from step 2 down (2 steps back)"]
+    assert _limit_sentence([-1, -50, -45, -40, -1, -60, 0])[0].endswith("at steps 1-3 and 5")
+
+
+@pytest.mark.parametrize("bad", [math.nan, -1.0, 0.0, math.inf])
+def test_reach_decades_refused(lstm_case, bad):
+    with pytest.raises(ValueError, match="reach_decades must be a finite number > 0"):
+        gb.diagnose(lstm_case["float64"][0], reach_decades=bad)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, math.nan])
+def test_clip_threshold_checked_without_clip(bad):
+    # as Stack: clip_threshold without clip is kept for .replace(clip=...), but must be usable
+    with pytest.raises(ValueError, match="clip_threshold"):
+        gb.Recurrent(steps=3, hidden=2, clip_threshold=bad)
+    with pytest.raises(ValueError, match="clip_threshold"):
+        gb.Stack(depth=3, width=2, clip_threshold=bad)
+
+
+def test_one_step_has_none():
+    """A relu rnn whose step 1 is all dead: only step 0 gets no gradient (plain NumPy BPTT)."""
+    rnn = gb.Recurrent(cell="rnn", activation="relu", steps=4, hidden=2, input_dim=2)
+    p = gb.init_params(rnn, 0)
+    inv = np.linalg.inv(p.W_ih)
+    xs = np.stack([inv @ np.full(2, k) for k in (1.0, -1e3, 1.0, 1.0)])[:, None, :]  # z_t = W_ih x_t + ...
+    H, Z = [np.zeros((1, 2))], []
+    for t in range(4):
+        Z.append(xs[t] @ p.W_ih.T + p.b_ih + H[-1] @ p.W_hh.T + p.b_hh)
+        H.append(np.maximum(Z[-1], 0))
+    g, norms = H[-1].copy(), []
+    for t in range(3, -1, -1):
+        norms.append(np.linalg.norm(g))
+        g = (g * (Z[t] > 0)) @ p.W_hh
+    zero = sum(n == 0 for n in norms)
+    assert zero == 1 and norms[-1] == 0  # step 0 alone
+    d = gb.diagnose(gb.backprop(rnn, p, xs, backend="numpy"))
+    assert "no gradient reaches step 0 (exactly zero; 1 step has none)" in d.explanation, d.explanation
+
+
+def test_every_step_loss_over_one_step_has_no_later_steps():
+    rnn = gb.Recurrent(cell="rnn", steps=1, hidden=3, loss="mse", loss_on="every")
+    p = gb.init_params(rnn, 0)
+    xs = gb.sequence_input(rnn, 2, 1)
+    y = np.random.default_rng(0).normal(size=(1, 2, 1))
+    # its own loss term, by hand: L = mean_b (y_b - t_b)^2, dL/dh_0 = 2 (y - t) / B W_out
+    h = np.tanh(xs[0] @ p.W_ih.T + p.b_ih + p.b_hh)
+    dh = 2 * (h @ p.W_out.T + p.b_out - y[0]) / 2 @ p.W_out
+    e = gb.diagnose(gb.backprop(rnn, p, xs, y, backend="numpy")).explanation
+    assert "later step" in e and "every later step's carried back" not in e and "over 1 step" not in e, e
+    assert f"||dL/dh_0|| (10^{math.log10(np.linalg.norm(dh)):.4g}) is its own loss term" in e, e
+
+
+def test_value_clip_of_the_last_step_can_change_the_rates():
+    """Every-step MSE, tanh, gain 3, T = 60, value clip at 1e-4: the clip acts at the last step
+    only, and turns the carried chain's direction: plain NumPy BPTT of the last step's loss moves
+    the ratio from 10^-95.08 to 10^-95.45."""
+    T, c = 60, 1e-4
+    kw = dict(cell="rnn", steps=T, hidden=3, loss="mse", loss_on="every", recurrent_init="normal", sigma_w=3.0)
+    rnn = gb.Recurrent(**kw, clip="value", clip_threshold=c)
+    p = gb.init_params(rnn, 0)
+    xs = gb.sequence_input(rnn, 2, 1)
+    y = np.random.default_rng(0).normal(size=(T, 2, 1))
+    H = [np.zeros((2, 3))]
+    for t in range(T):
+        H.append(np.tanh(xs[t] @ p.W_ih.T + p.b_ih + H[-1] @ p.W_hh.T + p.b_hh))
+
+    def ratio(clip):
+        g = 2 * (H[-1] @ p.W_out.T + p.b_out - y[-1]) / (T * 2) @ p.W_out  # the last step's term of the mean
+        norms, acted = [], []
+        for t in range(T - 1, -1, -1):
+            if clip and np.abs(g).max() > c:
+                g, _ = np.clip(g, -c, c), acted.append(t)
+            norms.append(np.linalg.norm(g))
+            g = (g * (1 - H[t + 1] ** 2)) @ p.W_hh
+        return math.log10(norms[-1] / norms[0]), acted
+
+    free, (clipped, acted) = ratio(False)[0], ratio(True)
+    assert acted == [T - 1] and abs(clipped - free) > 0.3  # -95.08 -> -95.45
+    d = gb.diagnose(gb.backprop(rnn, p, xs, y, backend="numpy"))
+    assert d.ratio_log10 == pytest.approx(clipped, abs=0.01)
+    e = d.explanation
+    assert "at most the last step's gradient was clipped" in e, e
+    assert "its rates are the loss derivative's" not in e, e
+    assert "can turn the direction the chain starts in" in e, e
