@@ -420,53 +420,11 @@ def cmd_run(args) -> int:
         from gradbench.tensorboard_io import write_diagnosis
 
         written.append(write_diagnosis(d, args.tensorboard))
-    print(_with_header(format_report(d, rows=args.rows), d))
+    print(format_report(d, rows=args.rows))
     print(f"  ({time.perf_counter() - t0:.1f} s, batch {args.batch}, seed {args.seed}, "
           f"{res.extras['segments']} segment{'s' if res.extras['segments'] != 1 else ''})")
     _wrote(written)
     return 0
-
-
-def describe_net(rnn: dict) -> str:
-    """The net in words, every field that changes it, as :func:`gradbench.report.describe` says a
-    stack: cell, steps, hidden, the rnn's activation (with its parameter when not the default),
-    the input dim when not hidden, W_ih's init, W_hh's init and gain, sigma_b when not 0, the
-    LSTM's forget bias, the clip, the loss and the dtype."""
-    from gradbench.report import activation_words, count
-
-    parts = [rnn["cell"], count(rnn["steps"], "step"), f"hidden {rnn['hidden']}"]
-    if rnn["cell"] == "rnn":
-        parts.append(activation_words({"activation": rnn.get("activation") or "tanh",
-                                       "activation_param": rnn.get("activation_param")}))
-    if rnn.get("input_dim") is not None and rnn["input_dim"] != rnn["hidden"]:
-        parts.append(f"input dim {rnn['input_dim']}")
-    parts.append(f"W_ih {rnn['init']}")
-    parts.append(f"W_hh {rnn['recurrent_init']}" + (f" (gain {rnn['sigma_w']:g})" if rnn.get("sigma_w") else ""))
-    if rnn.get("sigma_b"):
-        parts.append(f"sigma_b={rnn['sigma_b']:g}")
-    if rnn.get("forget_bias") is not None:
-        parts.append(f"forget bias {rnn['forget_bias']:g}")
-    if rnn.get("clip"):
-        parts.append(f"clip {rnn['clip']} {rnn['clip_threshold']:g} on {rnn['clip_on']}")
-    if rnn.get("loss", "sum_squares") != "sum_squares":
-        outputs = rnn.get("output_dim", 1)
-        parts.append(f"loss {rnn['loss']} on {'every step' if rnn.get('loss_on') == 'every' else 'the last step'}"
-                     + (f" ({outputs} outputs)" if outputs != 1 else ""))
-    parts.append(rnn.get("dtype", "float64"))
-    return ", ".join(parts)
-
-
-def _with_header(report: str, d) -> str:
-    """The report of :func:`gradbench.recurrent.diagnose.format_report` with its net described by
-    :func:`describe_net` (its own ``describe`` leaves out the dtype, the activation's parameter,
-    input_dim, the init of W_ih and sigma_b: a float32 report's header was the float64 one's)."""
-    from gradbench.recurrent.diagnose import describe
-
-    short = describe(d.rnn)
-    first, _, rest = report.partition("\n")
-    if first.startswith(short):
-        first = describe_net(d.rnn) + first[len(short):]
-    return first + ("\n" + rest if rest else "")
 
 
 # ------------------------------------------------------------------ compare

@@ -63,7 +63,7 @@ import numpy as np
 
 from gradbench.activations import RESCUE
 from gradbench.recurrent.results import RecurrentResult
-from gradbench.report import count, fmt_percent, fmt_pow
+from gradbench.report import activation_words, count, fmt_percent, fmt_pow
 from gradbench.verdict import (MEASURABLE_DECADES, clip_binds, clip_span_words, countable_mean, top_clip_words,
                                value_clip_caveat)
 
@@ -298,7 +298,7 @@ def _clip_words(rnn, s: np.ndarray, cell: np.ndarray | None, loss: str = "L") ->
     subject = "the backward state" if loss == "L" else "the carried backward state"
     state = f"||d{loss}/dh_t||" if cell is None else f"||(d{loss}/dh_t, d{loss}/dc_t carried)||"
     binds = clip_binds(c, _clip_state_log10(s, cell), rnn.dtype)
-    other = ("(clip_on=\"matrix\" or \"global\", --clip-on on the command line, clips the parameter gradients "
+    other = ("(clip_on=\"matrix\" or \"global\", in Python, clips the parameter gradients of a training update "
              "instead and leaves the derivative)")
     if not binds.size:
         return (f"{subject} is clipped ({clip}), but {state} never reaches the threshold, so the clip "
@@ -315,14 +315,8 @@ def _clip_words(rnn, s: np.ndarray, cell: np.ndarray | None, loss: str = "L") ->
         return (f"{subject} is clipped ({clip}); {state} reaches the threshold at every step, so the clip may act at "
                 f"each{caveat}; where it acts, clipping the signal can hold an exploding chain flat {other}")
     if binds.tolist() == [T - 1]:
-        # a value clip of the first state alone turns its direction, which the rates going back depend on
-        # (tanh, gain 3, T = 60, every-step MSE at 1e-4: the carried ratio 10^-95.08 became 10^-95.45)
-        top = (top_clip_words("norm") if rnn.clip == "norm" else
-               "which sets its entries beyond the threshold to it and so can turn the direction the chain starts in: "
-               "the rates, the ratio and the reach going back can then differ somewhat from the unclipped loss "
-               "derivative's")
         return (f"{subject} is clipped ({clip}), but before the last step {state} never reaches the "
-                f"threshold: at most the last step's gradient was clipped, {top}")
+                f"threshold: at most the last step's gradient was clipped, {top_clip_words(rnn.clip)}")
     steps = ", ".join(map(str, binds[:6])) + (", ..." if binds.size > 6 else "")
     span = clip_span_words(binds, T, "step", "before", "after", "from the last step back to", "state")
     return (f"{subject} is clipped ({clip}); it can act at {binds.size} of the {T} steps ({steps}: "
@@ -565,14 +559,30 @@ def _every_step_words(total: np.ndarray, T: int, verdict: str, held: tuple | Non
 
 
 def describe(rnn: dict) -> str:
+    """The net in words, every field that changes it, as :func:`gradbench.report.describe` says a
+    stack (a float32 report's header was the float64 one's): cell, steps, hidden, the rnn's
+    activation (with its parameter when not the default), the input dim when not hidden, W_ih's
+    init, W_hh's init and gain, sigma_b when not 0, the LSTM's forget bias, the clip, the loss
+    and the dtype."""
     parts = [rnn["cell"], count(rnn["steps"], "step"), f"hidden {rnn['hidden']}"]
     if rnn["cell"] == "rnn":
-        parts.append(rnn.get("activation") or "tanh")
+        parts.append(activation_words({"activation": rnn.get("activation") or "tanh",
+                                       "activation_param": rnn.get("activation_param")}))
+    if rnn.get("input_dim") is not None and rnn["input_dim"] != rnn["hidden"]:
+        parts.append(f"input dim {rnn['input_dim']}")
+    parts.append(f"W_ih {rnn['init']}")
     parts.append(f"W_hh {rnn['recurrent_init']}" + (f" (gain {rnn['sigma_w']:g})" if rnn.get("sigma_w") else ""))
+    if rnn.get("sigma_b"):
+        parts.append(f"sigma_b={rnn['sigma_b']:g}")
     if rnn.get("forget_bias") is not None:
         parts.append(f"forget bias {rnn['forget_bias']:g}")
     if rnn.get("clip"):
         parts.append(f"clip {rnn['clip']} {rnn['clip_threshold']:g} on {rnn['clip_on']}")
+    if rnn.get("loss", "sum_squares") != "sum_squares":
+        outputs = rnn.get("output_dim", 1)
+        parts.append(f"loss {rnn['loss']} on {'every step' if rnn.get('loss_on') == 'every' else 'the last step'}"
+                     + (f" ({outputs} outputs)" if outputs != 1 else ""))
+    parts.append(rnn.get("dtype", "float64"))
     return ", ".join(parts)
 
 
