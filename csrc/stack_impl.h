@@ -354,6 +354,44 @@ static void F(gb_colsum)(T *db, const T *dz, int64_t B, int64_t N, int64_t i0, i
 }
 
 /* ------------------------------------------------------------------ layers */
+/* 1 and the binary exponent of max|x| (frexp; 0 for all zeros) in *e, or 0 when x is not all finite */
+static int F(gb_exp_of_max)(const T *x, int64_t n, int *e) {
+    double m = 0;
+    for (int64_t k = 0; k < n; k++) {
+        const double v = fabs((double)x[k]);
+        if (!isfinite(v)) return 0;
+        m = v > m ? v : m;
+    }
+    frexp(m, e);
+    return 1;
+}
+
+/* reference.dense_fix, operation by operation: every z[r, j] that is not finite while h[r], W[j]
+ * and b[j] are is recomputed exactly scaled, s = sum_k (h[r,k] 2^-eh)(W[j,k] 2^-ew) in float64,
+ * sequential in k, each product rounded on its own (the volatile keeps -ffp-contract=fast from
+ * fusing it into an FMA), plus b[j] 2^-(eh+ew), then z = (T) ldexp(s, eh + ew): +-inf where the
+ * sum truly overflows, finite where the products cancel, the same bits in every backend.
+ * z (nr,N), h (nr,N), W (N,N), b (N,). A row whose z is finite costs one pass over it. */
+static void F(gb_dense_fix)(T *z, const T *h, const T *W, const T *b, int64_t nr, int64_t N) {
+    for (int64_t r = 0; r < nr; r++) {
+        T *zr = z + r * N;
+        const T *hr = h + r * N;
+        int bad = 0, eh, ew;
+        for (int64_t j = 0; j < N; j++) bad |= !isfinite(zr[j]);
+        if (!bad || !F(gb_exp_of_max)(hr, N, &eh)) continue;
+        for (int64_t j = 0; j < N; j++) {
+            if (isfinite(zr[j]) || !isfinite(b[j]) || !F(gb_exp_of_max)(W + j * N, N, &ew)) continue;
+            double s = 0;
+            for (int64_t k = 0; k < N; k++) {
+                volatile double p = ldexp((double)hr[k], -eh) * ldexp((double)W[j * N + k], -ew);
+                s += p;
+            }
+            s += ldexp((double)b[j], -(eh + ew));
+            zr[j] = (T)ldexp(s, eh + ew);
+        }
+    }
+}
+
 /* z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,) */
 /* gemm: BLAS, or NULL: the own kernels with wt (N,N) as workspace for W^T */
 static void F(gb_dense_forward_ctx)(GEMM_FN gemm, T *wt, T *z, const T *h, const T *W, const T *b,
@@ -364,11 +402,12 @@ static void F(gb_dense_forward_ctx)(GEMM_FN gemm, T *wt, T *z, const T *h, const
         int m = (int)N, n = (int)B, k = (int)N, ld = (int)N;
         T one = 1;
         gemm(&ta, &tb, &m, &n, &k, &one, (T *)W, &ld, (T *)h, &ld, &one, z, &ld);
-        return;
+    } else {
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t j = 0; j < N; j++) wt[j * N + i] = W[i * N + j];
+        F(gb_gemm_own)(z, h, N, 1, wt, b, B, N, N);
     }
-    for (int64_t i = 0; i < N; i++)
-        for (int64_t j = 0; j < N; j++) wt[j * N + i] = W[i * N + j];
-    F(gb_gemm_own)(z, h, N, 1, wt, b, B, N, N);
+    F(gb_dense_fix)(z, h, W, b, B, N);
 }
 
 /* dW = dz^T h, db = sum_B dz, dh = dz W.
@@ -1388,6 +1427,9 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         const T *wtl = wt[l % 3]; /* W_l^T */
         if (!st->gemm && !own) gb_progress_wait(bar, st->tdone, nth, l); /* every share of W_l^T written */
         const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
+        /* PReLU: 1 % of the largest |phi'| = max(1, |slope_l|) of the slope that runs, rounded to T
+         * (abi.saturation_threshold); the others: fcfg[F_SAT] */
+        const double thr = st->cfg.act == GB_PRELU ? (double)(T)(0.01 * fmax(1.0, fabs(p))) : st->cfg.thr;
         const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, f, f32);
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
         unsigned char *dead = st->dead + (l * st->nth + tid) * N; /* all 1 for a thread that left */
@@ -1398,8 +1440,10 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
             T *zz = st->cfg.bn ? st->zb : Zl;
             if (st->gemm)
                 F(gb_dense_forward_ctx)(st->gemm, NULL, zz, h, W + l * NN, b + l * N, B, N);
-            else
+            else {
                 F(gb_gemm_own)(zz + r0 * N, h, N, 1, wtl, b + l * N, nr, N, N);
+                F(gb_dense_fix)(zz + r0 * N, h, W + l * NN, b + l * N, nr, N);
+            }
             if (st->cfg.bn) {
                 gb_barrier_wait(bar, &sense); /* every row of z_l */
                 F(gb_batchnorm_forward_impl)(st->zb, Zl, (T *)a->bn_mean + l * N, (T *)a->bn_rstd + l * N,
@@ -1408,7 +1452,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
             }
             for (int64_t r = r0; r < r1; r++)
                 st->rsat[l * B + r] = F(gb_act_forward_row)(hn + (r - r0) * N, zz + r * N, N, &sc,
-                                                            st->cfg.thr, dead);
+                                                            thr, dead);
         } else { /* the activation as the epilogue of every block of 4 rows, while z is in L1 */
             gb_pf pf = {0}; /* W_{l+2} (transposed below), the next layer's z and h rows */
             if (l + 1 < L) {
@@ -1422,9 +1466,10 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 gb_pf_part(&pf, q / 4, nb);
                 T *zq = Zl + (r0 + q) * N;
                 F(gb_gemm_own)(zq, h + q * N, N, 1, wtl, b + l * N, m, N, N);
+                F(gb_dense_fix)(zq, h + q * N, W + l * NN, b + l * N, m, N);
                 for (int64_t r = q; r < q + m; r++)
                     st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, Zl + (r0 + r) * N, N, &sc,
-                                                                     st->cfg.thr, dead);
+                                                                     thr, dead);
             }
         }
         if (!st->gemm && own) {

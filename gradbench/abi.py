@@ -103,7 +103,7 @@ FORWARD: tuple[Arg, ...] = (
     _arg("fexp", "L+1", "i8", "rw", "forward exponents: h_l = H[l] * 2**fexp[l]; fexp[0] read"),
     _arg("act_mean", "L", "f8", "w", "mean of H[l+1] (true value times 2**fexp[l+1])"),
     _arg("act_std", "L", "f8", "w", "standard deviation of H[l+1] (likewise)"),
-    _arg("saturation", "L", "f8", "w", "fraction of z_l with |phi'(z)| < fcfg[F_SAT]"),
+    _arg("saturation", "L", "f8", "w", "fraction of z_l with |phi'(z)| < fcfg[F_SAT] (prelu: of slope[l])"),
     _arg("dead", "L", "f8", "w", "fraction of units with z <= 0 for the whole batch"),
     _INFO,
 )
@@ -367,7 +367,9 @@ def kernel_config(stack: Stack, rescale_forward: bool) -> tuple[np.ndarray, np.n
 def saturation_threshold(activation: str, param: float, dtype) -> float:
     """The bound below which |phi'| counts as saturated: 1 % of the largest |phi'|, rounded to
     ``dtype`` (the kernels compare phi' as the dtype holds it: a float32 leaky ReLU's slope 0.01
-    is float32(0.01), just below the float64 0.01, and is no more saturated than in float64)."""
+    is float32(0.01), just below the float64 0.01, and is no more saturated than in float64).
+    PReLU's comes from the slope of each layer (``param`` = slope[l], trained or imported), in every
+    backend's forward; fcfg[F_SAT] holds the Stack's initial slope's and is not read for it."""
     from gradbench.activations import dphi_max
 
     return float(np.dtype(dtype).type(0.01 * dphi_max(activation, param)))

@@ -58,9 +58,50 @@ PRELU = abi.ACT_CODE["prelu"]
 
 # ------------------------------------------------------------------ layers
 def dense_forward(z, h, W, b):
-    """z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,)"""
+    """z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,)
+
+    The product in any order (BLAS), then :func:`dense_fix` on the entries that are not finite."""
     np.matmul(h, W.T, out=z)
     z += b
+    if not np.all(np.isfinite(z)):
+        dense_fix(z, h, W, b)
+
+
+def _exp_of_max(x: np.ndarray) -> int | None:
+    """Binary exponent of max|x| (frexp; 0 for all zeros), None when x is not all finite."""
+    m = float(np.max(np.abs(x))) if x.size else 0.0
+    return math.frexp(m)[1] if math.isfinite(m) else None
+
+
+def dense_fix(z, h, W, b):
+    """Recompute, exactly scaled, every entry z[r, j] that is not finite while h[r], W[j] and b[j]
+    are: its products overflowed one by one (or their sum did), so its sign, or whether it is
+    finite at all, would depend on the order of the sum and on fused multiply-adds.
+
+        eh, ew = exponents of max|h[r]|, max|W[j]|  (frexp; powers of two are exact)
+        s = 0;  for k = 0..K-1: s += (h[r,k] 2^-eh) * (W[j,k] 2^-ew)     float64, each product
+        s += b[j] 2^-(eh+ew)                                             rounded, no FMA
+        z[r, j] = dtype(ldexp(s, eh + ew))      +-inf where it truly overflows, finite if it cancels
+
+    The same code, operation by operation, in kernels/layers.py and csrc/stack_impl.h
+    (``dense_fix``), so all three backends give the same bits there. z (B,N), h (B,K), W (N,K)."""
+    for r in np.flatnonzero(~np.all(np.isfinite(z), axis=1)):
+        eh = _exp_of_max(h[r])
+        if eh is None:
+            continue
+        js = [j for j in np.flatnonzero(~np.isfinite(z[r])) if math.isfinite(b[j])]
+        ew = [_exp_of_max(W[j]) for j in js]
+        js, ew = [j for j, e in zip(js, ew) if e is not None], np.array([e for e in ew if e is not None], dtype=np.int64)
+        if not js:
+            continue
+        x = np.ldexp(h[r].astype(np.float64), -eh)
+        P = x[None, :] * np.ldexp(W[js].astype(np.float64), -ew[:, None])  # (J, K): each product rounded
+        s = np.zeros(len(js))
+        for k in range(P.shape[1]):  # sequential in k, for every entry at once
+            s += P[:, k]
+        s += np.ldexp(b[js].astype(np.float64), -(eh + ew))
+        with np.errstate(over="ignore"):
+            z[r, js] = np.ldexp(s, eh + ew).astype(z.dtype)
 
 
 def dense_backward(dh, dW, db, dz, h, W):
@@ -353,6 +394,8 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
     z = np.empty_like(H[0])
     for l in range(L):
         layer_param = slope[l] if code == PRELU else param
+        if code == PRELU:  # 1 % of the largest |phi'| = max(1, |slope_l|) of the slope that runs
+            sat_threshold = abi.saturation_threshold("prelu", float(slope[l]), H.dtype)
         dense_forward(z, H[l], W[l], b[l])
         if bn:
             batchnorm_forward(z, Z[l], bn_mean[l], bn_rstd[l], z.copy(), gamma[l], beta[l], eps)

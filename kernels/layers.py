@@ -56,6 +56,61 @@ def dense_forward(z, h, W, b):
     for i in range(B):
         for j in range(N):
             z[i, j] += b[j]
+    dense_fix(z, h, W, b)
+
+
+@njit(**JIT)
+def _exp_of_max(x):
+    """(True, binary exponent of max|x|) (frexp; 0 for all zeros), (False, 0) when x is not all finite."""
+    m = 0.0
+    for k in range(x.size):
+        v = abs(np.float64(x[k]))
+        if not math.isfinite(v):
+            return False, 0
+        if v > m:
+            m = v
+    return True, math.frexp(m)[1]
+
+
+@njit(**JIT)
+def _ldexp_inf(x, e):
+    """ldexp(x, e), +-inf where it overflows (as C's and compiled Numba's; math.ldexp raises in
+    Python, NUMBA_DISABLE_JIT=1). Below 2**1024 the result is exact or a subnormal rounded once."""
+    if x != 0.0 and math.isfinite(x) and math.frexp(x)[1] + e > 1024:
+        return math.copysign(math.inf, x)
+    return math.ldexp(x, e)
+
+
+@njit(**JIT)
+def dense_fix(z, h, W, b):
+    """Recompute, exactly scaled, every z[i, j] that is not finite while h[i], W[j] and b[j] are
+    (reference.dense_fix, operation by operation); returns whether it changed an entry.
+    z (B,N), h (B,D), W (N,D), b (N,)"""
+    B, N = z.shape
+    D = h.shape[1]
+    fixed = False
+    for i in range(B):
+        bad = False
+        for j in range(N):
+            bad |= not math.isfinite(z[i, j])
+        if not bad:
+            continue
+        okh, eh = _exp_of_max(h[i])
+        if not okh:
+            continue
+        for j in range(N):
+            if math.isfinite(z[i, j]) or not math.isfinite(b[j]):
+                continue
+            okw, ew = _exp_of_max(W[j])
+            if not okw:
+                continue
+            s = 0.0
+            for k in range(D):  # sequential, each product rounded (no fastmath: no FMA)
+                s += math.ldexp(np.float64(h[i, k]), -eh) * math.ldexp(np.float64(W[j, k]), -ew)
+            s += _ldexp_inf(np.float64(b[j]), -(eh + ew))
+            z[i, j] = _as(_ldexp_inf(s, eh + ew), z[i, j])
+            fixed = True
+    return fixed
 
 
 @njit(**JIT)

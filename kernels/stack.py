@@ -23,7 +23,7 @@ from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
 from .chain import add_aligned, all_finite, clip_signal, moments, norm_scaled, normalise, sumsq
 from .layers import (
     _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_backward,
-    dense_forward, matmul_backward, matmul_forward, rescue_forward, rescue_saturated,
+    dense_fix, dense_forward, matmul_backward, matmul_forward, rescue_forward, rescue_saturated,
 )
 
 
@@ -52,6 +52,8 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
     alive = np.empty(N, dtype=np.bool_)
     for l in range(L):
         p = np.float64(slope[l]) if code == PRELU else param
+        if code == PRELU:  # abi.saturation_threshold of the slope that runs, rounded to the dtype
+            sat_threshold = np.float64(_as(0.01 * max(1.0, abs(p)), H[0, 0, 0]))
         if bn:
             dense_forward(y, H[l], W[l], b[l])
             batchnorm_forward(y, Z[l], bn_mean[l], bn_rstd[l], y, gamma[l], beta[l], eps)
@@ -61,6 +63,9 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
             matmul_forward(z, H[l], W[l])  # + b[l], fused into the activation's pass
         nsat = _activation_forward_stats(H[l + 1], z, b[l], not bn, code, p, fexp[l],
                                          _needs_scaled(code, rescale), sat_threshold, alive)
+        if not bn and not all_finite(z) and dense_fix(z, H[l], W[l], b[l]):  # z now has its bias
+            nsat = _activation_forward_stats(H[l + 1], z, b[l], False, code, p, fexp[l],
+                                             _needs_scaled(code, rescale), sat_threshold, alive)
         fexp[l + 1] = fexp[l]
         if rescale and not (k > 0 and (l + 1) % k == 0):  # a skip's add holds the layer otherwise
             fexp[l + 1] = rescue_forward(H[l + 1], z, fexp[l], code, p)

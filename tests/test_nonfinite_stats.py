@@ -18,11 +18,13 @@ Two kinds of stacks:
   ``residual_scale`` overflows while the sum with the skip would not: the reference rounds the
   product on its own (inf); the C loop fused it into the sum (finite) before the fix.
 * ``test_dense_overflow_statistics``: random weights (the reviewer's width-3 identity stack among
-  them). A dot product whose partial sums overflow with mixed signs is +inf, -inf or NaN
+  them). A dot product whose partial sums overflow with mixed signs would be +inf, -inf or NaN
   depending on the order of its sum and on fused multiply-adds (NumPy's BLAS, the C tiles and
-  the Numba loops sum differently), so h at the first overflowing layer may differ between
-  backends; the statistics must still be the reference's formulas of the backend's own
-  forward values, on every layer.
+  the Numba loops sum differently); on rows of finite h every backend recomputes it the same way
+  (reference.dense_fix, tests/test_dense_fix.py), but above the first overflowing layer a row of
+  h holding +-inf beside finite entries is left as the order made it, so h may differ there;
+  the statistics must still be the reference's formulas of the backend's own forward values,
+  on every layer.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def _reference_statistics(stack, H, Z, fcfg, gamma, beta, slope):
         std[l] = np.sqrt(((h - mean[l]) ** 2).mean())
         z = gamma[l] * Z[l] + beta[l] if stack.batch_norm else Z[l]
         p = slope[l] if stack.activation == "prelu" else fcfg[abi.F_ACT_PARAM]
-        sat[l] = np.mean(np.abs(dphi(z, code, p)) < fcfg[abi.F_SAT])
+        thr = abi.saturation_threshold("prelu", p, stack.dtype) if stack.activation == "prelu" else fcfg[abi.F_SAT]
+        sat[l] = np.mean(np.abs(dphi(z, code, p)) < thr)  # PReLU: 1 % of max(1, |slope_l|) per layer
         dead[l] = np.mean(np.all(z <= 0, axis=0))
         if saturation_uncountable(z, stack.activation):
             sat[l] = np.nan
