@@ -76,15 +76,17 @@ class GradHistogram:
 
 
 # ------------------------------------------------------------------ the builder
-def bin_rows(m: np.ndarray, e: np.ndarray, lo, scale: float, closed_top: int | None = None
+def bin_rows(m: np.ndarray, e: np.ndarray, lo, scale: float, closed: tuple[int, float] | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bin indices ``floor((log10|m| + e log10 2 - lo) * scale)`` of every entry, as float64.
 
     ``m`` (R, M) mantissas, ``e`` (R,) exponents, ``lo`` a scalar or (R,). Returns the indices
     (R, M) (-inf for zeros, NaN or inf for non-finite entries), and per row the number of exact
-    zeros and of non-finite entries. ``closed_top``: the number of bins, whose upper edge belongs
-    to the last one: an entry on that edge (to a few units of rounding) gets index
-    ``closed_top - 1``, one above it ``closed_top`` or more.
+    zeros and of non-finite entries. ``closed``: (bins, tol): the range's two edges belong to
+    it, as np.histogram's: an entry on the lower edge gets index 0 and one on the upper edge
+    ``bins - 1``, "on" meaning within ``tol`` (in bin units: the rounding of the log10 computed
+    here, which np.log10 of the same number can differ from by a few units of the last place of
+    its magnitude); beyond them, below 0 or ``bins`` and more.
     """
     a = np.abs(m, dtype=np.float64)  # a fresh float64 array: worked on in place
     zeros = a.shape[1] - np.count_nonzero(a, axis=1)
@@ -93,8 +95,10 @@ def bin_rows(m: np.ndarray, e: np.ndarray, lo, scale: float, closed_top: int | N
         np.log10(a, out=a)
         a += (np.asarray(e, dtype=np.float64) * LOG10_2 - lo).reshape(-1, 1)
         a *= scale
-        if closed_top is not None:  # the upper edge itself, as np.histogram's last bin
-            a[(a >= closed_top) & (a <= closed_top * (1 + 8 * np.finfo(np.float64).eps))] = closed_top - 0.5
+        if closed is not None:  # the edges themselves, to rounding, as np.histogram's first and last bins
+            n, tol = closed
+            a[(a >= n) & (a <= n + tol)] = n - 0.5
+            a[(a < 0) & (a >= -tol)] = 0.0
         np.floor(a, out=a)
     return a, zeros.astype(np.int64), nonfinite.astype(np.int64)
 
@@ -180,12 +184,15 @@ def histograms(W, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | No
     else:
         (lo, hi), offset = _checked_range(hist_range), 0
     edges = np.linspace(lo, hi, bins + 1) + offset * LOG10_2
+    # the rounding of log10|m| + (e - offset) log10 2 - lo, in bin units: a few ulps of the magnitudes
+    tol = 16 * np.finfo(np.float64).eps * (max(abs(lo), abs(hi)) + 1.0) * bins / (hi - lo)
     counts = np.zeros((L, bins), dtype=np.int64)
     zeros, nonfinite, outside = (np.zeros(L, dtype=np.int64) for _ in range(3))
     for s in range(0, L, chunk):
-        # hi itself goes in the last bin; above it is outside (a range of the caller's may cut entries off)
+        # lo and hi themselves (to rounding) belong to the range; beyond them is outside (a caller's range
+        # may cut entries off)
         idx, zeros[s:s + chunk], nonfinite[s:s + chunk] = bin_rows(m2[s:s + chunk], e[s:s + chunk] - offset, lo,
-                                                                    bins / (hi - lo), closed_top=bins)
+                                                                    bins / (hi - lo), closed=(bins, tol))
         c, below, above = count_window(idx, 0.0, bins)
         counts[s:s + chunk] = c
         outside[s:s + chunk] = below + above

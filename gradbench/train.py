@@ -45,7 +45,6 @@ from gradbench.params import Params, check_seed, init_params
 from gradbench.reference import norm_scaled
 from gradbench.report import count, describe
 from gradbench.spec import Stack, check_choice
-from gradbench.verdict import clip_binds
 
 # Where a run's starting weights came from (settings["weights"], the head of `train --out`)
 INIT_WEIGHTS = "gradbench.init_params(stack, seed)"
@@ -208,17 +207,12 @@ class TrainResult:
         return "\n".join(lines)
 
     def _clip_words(self) -> str:
-        """In how many mini-batch steps the stack's clip acted (a signal value clip: can have)."""
+        """In how many mini-batch steps the stack's parameter-gradient clip changed a gradient."""
         tally, st = self.extras.get("clip_acted_steps"), self.stack
         if not tally or not tally[1]:
             return ""
-        acted, steps = tally
-        what = f"the clip ({st.clip} {st.clip_threshold:g} on {st.clip_on})"
-        if st.clip_on != "signal":
-            return f"{what} changed the parameter gradients in {acted} of the {count(steps, 'mini-batch step')}"
-        verb = "acts" if st.clip == "norm" else "can act"
-        return (f"{what}: ||dL/dh_l|| reached the threshold, where the clip {verb}, at some layer in {acted} of the "
-                f"{count(steps, 'mini-batch step')}")
+        return (f"the clip ({st.clip} {st.clip_threshold:g} on {st.clip_on}) changed the parameter gradients in "
+                f"{tally[0]} of the {count(tally[1], 'mini-batch step')}")
 
     def _decay_words(self) -> str:
         """Where weight decay, not the loss, drives the updates at the end: its term wd ||W_l||
@@ -310,7 +304,7 @@ def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = Fals
     movers = [w for w in (state, "weight decay" if decay else None) if w]
     tail = ""
     if left > 0 and movers and (moved is None or moved > 0):
-        tail = (f"; in {last} no gradient reached the stack, and only {' and '.join(movers)} moved its weights"
+        tail = (f"; in {last} no weight gradient reached the stack, and only {' and '.join(movers)} moved its weights"
                 + (f" (by up to {moved:.3g} % in an epoch)" if moved else ""))
     elif left > 0:
         tail = f"; {last} changed no weight of the stack"
@@ -517,7 +511,7 @@ def train(
         update_ratio_input=hist.ratio_in, update_ratio_head=hist.ratio_out, diverged_epoch=hist.diverged,
         divergence=hist.why, seconds=time.perf_counter() - t0,
         extras={**_reference(stack, hist.T), "class_labels": labels is not None, "stopped": hist.stopped(),
-                "clip_acted_steps": clip_tally if stack.clip is not None else None},
+                "clip_acted_steps": clip_tally if stack.clip is not None and stack.clip_on != "signal" else None},
     )
 
 
@@ -636,8 +630,9 @@ def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, back
     """One pass over the mini-batches in ``order``; returns (mean loss, why it diverged or "").
 
     Stops at the first non-finite loss, gradient or parameter (the loss is then NaN unless the
-    loss itself was the first to go). ``clip_tally`` [steps where the clip acted, steps]: added
-    to (:func:`_clip_acted`).
+    loss itself was the first to go). ``clip_tally`` [steps where a parameter-gradient clip
+    changed a gradient, steps]: added to (a signal clip acts inside the kernels, which do not
+    say whether it changed a value: not counted).
     """
     pdict, names = dict(params.items()), learnable(stack)
     total, count = 0.0, 0
@@ -650,8 +645,8 @@ def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, back
         where = f" in mini-batch {j + 1} of {batches}"
         if not math.isfinite(res.loss):
             return total / count, _why_loss(res, where=where)
-        if clip_tally is not None and stack.clip is not None:
-            clip_tally[0] += _clip_acted(stack, res)
+        if clip_tally is not None and stack.clip is not None and stack.clip_on != "signal":
+            clip_tally[0] += bool(res.extras.get("param_clip_acted", False))
             clip_tally[1] += 1
         grads = {k: g.to_float(stack.np_dtype, warn=False) for k, g in res.grads.items() if k in names}
         bad = [k for k, g in grads.items() if not all_finite(g)]
@@ -732,17 +727,6 @@ class _History:
         return ""
 
 
-def _clip_acted(stack: Stack, res) -> bool:
-    """Whether the stack's clip acted in the pass ``res``: on parameter gradients, whether it
-    changed one (recorded by the engine); on the signal, whether ||dL/dh_l|| reached the
-    threshold at some layer (a norm clip acts there; a value clip can)."""
-    if stack.clip_on != "signal":
-        return bool(res.extras.get("param_clip_acted", False))
-    with np.errstate(divide="ignore"):
-        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
-    return clip_binds(stack.clip_threshold, s, stack.dtype).size > 0
-
-
 def _derivative_norm(res):
     """||dL/dW_l|| of a full-data pass: the derivative, before the stack's parameter-gradient
     clipping (``clip_on`` "layer" or "global"), which bounds a step's update and has no meaning
@@ -755,10 +739,8 @@ def _why_loss(res, what: str = "loss", where: str = "") -> str:
     finite, what overflowed after it (the head's outputs: logits of 3e232 times 7e232)."""
     if res.first_nonfinite_forward is not None:
         why = f"the forward pass first turned non-finite at layer {res.first_nonfinite_forward}"
-    elif res.stack.has_head:
+    else:  # training needs a head
         why = "the stack's forward pass is finite: the head's outputs, or the loss of them, overflowed"
-    else:
-        why = "the stack's output is finite: the loss of it overflowed"
     return f"{what} became {res.loss}{where} ({why})"
 
 

@@ -228,3 +228,34 @@ def test_a_callers_range_counts_as_np_histogram_its_top_edge_closed(seed):
         np.testing.assert_array_equal(counts[l], want, err_msg=f"layer {l}")
         assert outside[l] == M - want.sum()
     assert counts[0, -1] >= 1  # 10^hi itself
+
+
+def _one_layer(*values):
+    """One layer holding ``values`` as a LogScaled with the layer's one exponent (that of its largest)."""
+    from gradbench.logscaled import LogScaled
+
+    v = np.array([values], dtype=np.float64)
+    e = int(np.frexp(np.max(np.abs(v)))[1])
+    return LogScaled(np.ldexp(v, -e), np.array([e], dtype=np.int64))
+
+
+def test_entries_on_a_callers_edges_belong_to_the_range_as_in_np_histogram():
+    """A range from one entry to another, (log10 x, log10 y): both are counted, as np.histogram
+    counts them (log10 computed from mantissa and exponent differs from np.log10 by a few ulps:
+    x = 9.73e11 on the top edge and 8.1e8 on the bottom one were counted outside)."""
+    from gradbench.histograms import histograms
+
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        x, y = np.sort(10.0 ** rng.uniform(-100, 100, 2))  # one layer, one exponent: both held exactly
+        lo, hi = float(np.log10(x)), float(np.log10(y))
+        if hi - lo < 1e-6:
+            continue
+        bins = int(rng.integers(1, 9))
+        _, counts, _, _, outside = histograms(_one_layer(x, y), bins, (lo, hi))
+        want, _ = np.histogram(np.log10([x, y]), bins=bins, range=(lo, hi))
+        np.testing.assert_array_equal(counts[0], want, err_msg=f"{x!r}, {y!r}, {bins}")
+        assert outside[0] == 0
+    x, y = 425949069481.2051, 973478795507.7533  # the review's pair
+    _, counts, _, _, outside = histograms(_one_layer(x, y), 7, (np.log10(x), np.log10(y)))
+    assert counts[0].tolist() == [1, 0, 0, 0, 0, 0, 1] and outside[0] == 0

@@ -298,3 +298,20 @@ def test_a_refused_fit_names_the_dead_layer_that_stops_the_signal(tmp_path, monk
     np.testing.assert_array_equal(marks.get_xdata(), zero)
     assert _below_axis(fig.axes[0], marks)  # inside the x range (it was -0.055..0.055, the marks far right)
     assert any("no finite" in t.get_text() for t in fig.axes[0].texts)
+
+
+def test_a_refused_fit_names_the_layer_where_the_forward_pass_died(capsys):
+    """A ReLU stack whose forward dies at layer 19 has every layer above it dead on h = 0; the
+    refusal named only layer 59 (the top dead layer, which zeroes the signal first), not the
+    cause. The lowest all-dead layer is found here with tests/naive.py's plain forward."""
+    stack = gb.Stack(depth=60, width=4, activation="relu", sigma_w=1.4142)
+    P = {k: np.asarray(v, dtype=np.float64) for k, v in gb.GeneratedParams(stack, 1).materialize().items()}
+    x = np.asarray(gb.gaussian_input(stack, 2, seed=np.random.default_rng([1, 1])), dtype=np.float64)
+    _, saved = naive.forward(stack, P, x)
+    dead = [l for l, z in enumerate(saved["zs"]) if np.all(z <= 0)]
+    first = dead[0]
+    assert 0 < first < 59 and all(np.all(h == 0) for h in saved["hs"][first + 1:])
+    code = cli.main(["theory", "--depth", "60", "--width", "4", "--activation", "relu", "--sigma-w", "1.4142",
+                     "--batch", "2", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"the forward pass died first: every unit of layer {first} is dead" in out

@@ -243,6 +243,13 @@ def fit_line(args, res, fitted: np.ndarray, prediction: float, out: dict) -> str
         why = (f": every unit of layer {cause[0]} is dead (z <= 0 for the whole batch), so the signal is exactly 0 "
                f"from layer {m} down" if cause else
                f": the signal is exactly 0 from layer {zero.max()} down" if zero.size else "")
+        first = int(np.flatnonzero(dead)[0]) if dead.any() else None
+        with np.errstate(divide="ignore"):
+            std = np.asarray(res.act_std.log10(), dtype=np.float64)
+        if cause and first is not None and first < cause[0] and np.all(std[first:] == -np.inf):
+            # the forward died first: h = 0 from that layer up, so every layer above is dead on it
+            why += (f"; the forward pass died first: every unit of layer {first} is dead, so the activations are "
+                    f"exactly 0 from layer {first} up and every layer above it is dead too")
         if nonfinite.size:
             why += f"; ||dL/dh_l|| is not finite (NaN or inf) at layers {layer_ranges(nonfinite)}"
         lo, hi = fit_window(args.depth)
