@@ -315,3 +315,17 @@ def test_a_refused_fit_names_the_layer_where_the_forward_pass_died(capsys):
                      "--batch", "2", "--seed", "1"])
     out = capsys.readouterr().out
     assert code == 0 and f"the forward pass died first: every unit of layer {first} is dead" in out
+
+
+def test_chi1_along_the_stack_does_not_claim_the_simulations_layers_when_they_have_a_gap(monkeypatch, capsys):
+    """The simulation fits its finite layers only; chi_1 along the stack is fitted over their
+    span, which is 'as the simulation' only when no layer between was left out."""
+    from gradbench.cli import theory as cli_theory
+
+    argv = ["theory", "--activation", "tanh", "--sigma-w", "1.5", "--depth", "40", "--width", "16", "--batch", "4"]
+    assert cli.main(argv) == 0
+    assert "fitted over layers 4-35 as the simulation" in capsys.readouterr().out
+    monkeypatch.setattr(cli_theory, "fitted_layers", lambda s, depth: np.r_[4:10, 20:36])
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "as the simulation" not in out and "fitted over layers 4-35 (the span of the simulation's" in out

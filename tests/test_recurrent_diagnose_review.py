@@ -222,3 +222,10 @@ def test_value_clip_of_the_last_step_can_change_the_rates():
     assert "at most the last step's gradient was clipped" in e, e
     assert "its rates are the loss derivative's" not in e, e
     assert "can turn the direction the chain starts in" in e, e
+
+
+@pytest.mark.parametrize("bad", [math.nan, -1.0, 0.0, math.inf])
+def test_threshold_refused(lstm_case, bad):
+    """threshold=inf read every net as stable; the stacks' diagnose refuses it too."""
+    with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
+        gb.diagnose(lstm_case["float64"][0], threshold=bad)

@@ -161,7 +161,9 @@ def predictions(args, fitted: np.ndarray | None = None) -> tuple[dict, list[str]
         q_lo, q_hi = (round(float(v), 4) + 0.0 for v in along.log10_q[[0, -1]])
         lines.append(f"  {f'along {args.depth} layers':<23} {_rate(rate)} decades per layer going down: chi_1 at each "
                      f"layer's own q_l, fitted over layers {lo}-{hi - 1}"
-                     + (" as the simulation" if fitted is not None else "")
+                     + ("" if fitted is None else " as the simulation" if len(fitted) == hi - lo else
+                        " (the span of the simulation's fitted layers; the simulation leaves out those between "
+                        "whose signal is not finite and nonzero)")
                      + f" (q from 10^{q_lo:.4g} at layer 0 to 10^{q_hi:.4g} at the top)")
         if math.isfinite(rate):
             prediction, curve = rate, along.signal_log10()

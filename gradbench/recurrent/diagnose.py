@@ -437,12 +437,12 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     """Statistics and a verdict in words from a :class:`RecurrentResult` (module docstring)."""
     if not isinstance(res, RecurrentResult):
         raise TypeError(f"res must be a RecurrentResult (from gb.backprop on a gb.Recurrent), got {type(res).__name__}")
-    if not threshold > 0:
-        raise ValueError(f"threshold must be > 0, got {threshold}")
-    if (isinstance(reach_decades, bool) or not isinstance(reach_decades, (int, float, np.integer, np.floating))
-            or not math.isfinite(reach_decades) or not reach_decades > 0):
-        raise ValueError(f"reach_decades must be a finite number > 0 (decades below the largest step contribution "
-                         f"to dL/dW_hh; default 8), got {reach_decades!r}")
+    for name, v, what in (("threshold", threshold, "decades of change that make a verdict; default 2"),
+                          ("reach_decades", reach_decades, "decades below the largest step contribution to "
+                                                           "dL/dW_hh; default 8")):
+        if (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v)
+                or not v > 0):
+            raise ValueError(f"{name} must be a finite number > 0 ({what}), got {v!r}")
     rnn = res.rnn
     T = rnn.steps
     with np.errstate(divide="ignore", invalid="ignore"):
