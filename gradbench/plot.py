@@ -22,7 +22,7 @@ from matplotlib.transforms import offset_copy
 from gradbench._atomic import write_atomic
 from gradbench.diagnose import Diagnosis, assess, diagnose
 from gradbench.histograms import RelativeHistograms, check_has_histograms
-from gradbench.report import rate3
+from gradbench.report import fmt_rate
 from gradbench.verdict import FLOAT_LIMITS
 
 DPI = 120
@@ -149,8 +149,8 @@ def _flow_numbers(item) -> tuple[np.ndarray, str, float, float]:
 
 def _rates(rate: float, signal_rate: float) -> str:
     """'; signal +0.145, ||dW|| -0.010 dec/layer': to 3 decimals, as the compare table
-    (gradbench.report.rate3, -0.000 read as +0.000); the finite ones, '' when neither is."""
-    parts = [f"{name} {rate3(v)}" for name, v in (("signal", signal_rate), ("||dW||", rate)) if math.isfinite(v)]
+    (gradbench.report.fmt_rate, -0.000 read as +0.000); the finite ones, '' when neither is."""
+    parts = [f"{name} {fmt_rate(v)}" for name, v in (("signal", signal_rate), ("||dW||", rate)) if math.isfinite(v)]
     return f"; {', '.join(parts)} dec/layer" if parts else ""
 
 

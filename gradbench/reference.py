@@ -89,11 +89,11 @@ def dense_fix(z, h, W, b):
         eh = _exp_of_max(h[r])
         if eh is None:
             continue
-        js = [j for j in np.flatnonzero(~np.isfinite(z[r])) if math.isfinite(b[j])]
-        ew = [_exp_of_max(W[j]) for j in js]
-        js, ew = [j for j, e in zip(js, ew) if e is not None], np.array([e for e in ew if e is not None], dtype=np.int64)
+        exps = {j: _exp_of_max(W[j]) for j in np.flatnonzero(~np.isfinite(z[r])) if math.isfinite(b[j])}
+        js = [j for j, e in exps.items() if e is not None]  # W[j] all finite too
         if not js:
             continue
+        ew = np.array([exps[j] for j in js], dtype=np.int64)
         x = np.ldexp(h[r].astype(np.float64), -eh)
         P = x[None, :] * np.ldexp(W[js].astype(np.float64), -ew[:, None])  # (J, K): each product rounded
         s = np.zeros(len(js))

@@ -8,7 +8,7 @@ import textwrap
 
 import numpy as np
 
-from gradbench.spec import ACT_PARAM_DEFAULT, RELU_FAMILY, SATURATING, Stack
+from gradbench.spec import ACT_PARAM_DEFAULT, RELU_FAMILY, SATURATING, Stack, dead_below_zero
 
 
 def count(n: int, noun: str, plural: str | None = None) -> str:
@@ -54,11 +54,23 @@ ACT_PARAM_NAMES = {"leaky_relu": "slope", "prelu": "initial slope", "elu": "alph
 BN_EPS_DEFAULT = next(f.default for f in dataclasses.fields(Stack) if f.name == "bn_eps")
 
 
-def rate3(v: float) -> str:
-    """A rate to 3 decimals, signed, as the compare table and the plots' legends give it; one that
-    rounds to 0 reads +0.000, not -0.000."""
-    text = f"{v:+.3f}"
-    return "+0.000" if text == "-0.000" else text
+def fmt_rate(v: float, decimals: int = 3) -> str:
+    """A rate to ``decimals`` decimals, signed, as the compare table and the plots' legends give
+    it (3 for a stack's decades per layer, 4 for a recurrent net's per step); one that rounds to 0
+    reads +0.000, not -0.000."""
+    text = f"{v:+.{decimals}f}"
+    return "+" + text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def index_runs(indices) -> list[str]:
+    """Sorted indices as runs of consecutive ones: [0, 1, 2, 5, 7, 8] -> ["0-2", "5", "7-8"]."""
+    idx = [int(v) for v in indices]
+    runs, start = [], 0
+    for k in range(1, len(idx) + 1):
+        if k == len(idx) or idx[k] != idx[k - 1] + 1:
+            runs.append(f"{idx[start]}" if start == k - 1 else f"{idx[start]}-{idx[k - 1]}")
+            start = k
+    return runs
 
 
 def describe(stack: dict, weights: str | None = None, *, dtype: bool = True) -> str:
@@ -123,8 +135,7 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
     show_dead = act in RELU_FAMILY
     # units with z <= 0 for the whole batch: dead at slope 0 (relu); leaky_relu and prelu still
     # pass a gradient there, on the negative side
-    slope = d.stack.get("activation_param")
-    dead_head = "dead" if act == "relu" or slope == 0 else "neg side"
+    dead_head = "dead" if dead_below_zero(act, d.stack.get("activation_param")) else "neg side"
     dead_w = max(6, len(dead_head))
     head = f"  {'layer':>7} {'||dL/dW_l||':>14} {'||dL/dh_l||':>14} {'act mean':>11} {'act std':>11}"
     if show_sat:

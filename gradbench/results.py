@@ -121,6 +121,12 @@ class Result:
     grad_norm_unclipped: LogScaled | None = None
     bn_share: np.ndarray | None = None
 
+    @property
+    def derivative_norm(self) -> LogScaled:
+        """||dL/dW_l||: the derivative, before the stack's parameter-gradient clipping
+        (``grad_norm_unclipped`` where it clipped, else ``grad_norm``)."""
+        return self.grad_norm if self.grad_norm_unclipped is None else self.grad_norm_unclipped
+
     def to_frame(self):
         """One row per layer as a pandas DataFrame (:func:`gradbench.frames.result_frame`)."""
         from gradbench.frames import result_frame

@@ -71,6 +71,12 @@ def _closest(name: str, valid) -> str:
     return f"; did you mean {lower.get(match[0], match[0])!r}?" if match else ""
 
 
+def dead_below_zero(activation: str, activation_param: float | None) -> bool:
+    """Whether units with z <= 0 pass no gradient: ReLU, or a leaky ReLU / PReLU of slope 0 (a
+    PReLU as initialised: its slope is a parameter that training may move)."""
+    return activation == "relu" or (activation in RELU_FAMILY and activation_param == 0)
+
+
 def check_choice(param: str, value, valid) -> None:
     """Raise ``ValueError`` naming ``param``, the valid names and the closest one."""
     if value not in valid:
@@ -336,9 +342,8 @@ class Stack(_Net):
 
     @property
     def dead_below_zero(self) -> bool:
-        """Units with z <= 0 pass no gradient: ReLU, or a leaky ReLU / PReLU of slope 0 (a PReLU
-        as initialised: its slope is a parameter that training may move)."""
-        return self.activation == "relu" or (self.activation in RELU_FAMILY and self.act_param == 0.0)
+        """:func:`dead_below_zero` of this stack's activation."""
+        return dead_below_zero(self.activation, self.activation_param)
 
     @property
     def gain(self) -> float:

@@ -106,7 +106,7 @@ class TrainWriter:
         w, L = self.writer, self.L
         w.add_scalar("loss/eval", float(res.loss), epoch)
         w.add_scalar("accuracy", float(accuracy), epoch)
-        g = (res.grad_norm if res.grad_norm_unclipped is None else res.grad_norm_unclipped).log10()  # dL/dW_l
+        g = res.derivative_norm.log10()  # dL/dW_l, before parameter-gradient clipping
         for l in range(L):
             if np.isfinite(g[l]):
                 w.add_scalar(_layer_tag("grad_log10", l, L), float(g[l]), epoch)

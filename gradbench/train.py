@@ -286,9 +286,10 @@ def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = Fals
     ``moved``: the largest change of a stack layer's weights in an epoch since then (%, the
     update ratio), ``state``: what moves them without a gradient (:func:`_optimizer_state`);
     with ``decay``, weight decay does too. Above a dead layer every sample's activations are
-    the same (phi of the biases), so the output no longer depends on the input; the head's bias moves, and so do the head's weights and the
-    biases of the layers above the dead one where those activations are not 0 (a dead layer 4 of
-    6 with one positive bias in layer 5 left dL/dW_out and dL/db_5 ~5e-5)."""
+    the same (phi of the biases), so the output no longer depends on the input; the head's bias
+    moves, and so do the head's weights and the biases of the layers above the dead one where
+    those activations are not 0 (a dead layer 4 of 6 with one positive bias in layer 5 left
+    dL/dW_out and dL/db_5 ~5e-5)."""
     e, dead = stopped["epoch"], stopped["dead_layers"]
     when = "from the start" if e == 0 else f"after the last epoch ({e})" if e >= epochs_run else f"from epoch {e} on"
     why = (f": every unit of layer{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} is dead (z <= 0 for every "
@@ -697,7 +698,9 @@ class _History:
     def evaluate(self, e: int, res) -> None:
         """Record entry ``e`` (0: before training) of the evaluation from the full pass ``res``."""
         self.eval_loss[e] = res.loss
-        self.grad_log10[e] = _derivative_norm(res).log10()
+        # the derivative: the clip bounds a step's update, and a pass that updates nothing has none
+        # (the clipped norm recorded 10^-0.7 where dL/dW_l was 10^3.0)
+        self.grad_log10[e] = res.derivative_norm.log10()
         if np.all(self.grad_log10[e] == -np.inf):
             self.dead_layers[e] = np.flatnonzero(np.asarray(res.dead) >= 1).tolist()
             if self.stack.activation in RESCUE:  # phi' beyond any exponent: 0 where the true one is not
@@ -725,13 +728,6 @@ class _History:
         if self.tb is not None:
             self.tb.epoch(epoch + 1, self.loss[epoch], self.ratio[epoch], self.ratio_in[epoch], self.ratio_out[epoch])
         return ""
-
-
-def _derivative_norm(res):
-    """||dL/dW_l|| of a full-data pass: the derivative, before the stack's parameter-gradient
-    clipping (``clip_on`` "layer" or "global"), which bounds a step's update and has no meaning
-    for a pass that updates nothing (it recorded 10^-0.7 where dL/dW_l was 10^3.0)."""
-    return res.grad_norm if res.grad_norm_unclipped is None else res.grad_norm_unclipped
 
 
 def _why_loss(res, what: str = "loss", where: str = "") -> str:

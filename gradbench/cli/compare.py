@@ -17,7 +17,7 @@ from gradbench.cli.common import (
     refuse_unused, refuse_unused_stack_options, resolve_backend, run_probe, split, stack_from_args,
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_diagnoses, write_plot
-from gradbench.report import BN_EPS_DEFAULT, rate3
+from gradbench.report import BN_EPS_DEFAULT, fmt_rate
 from gradbench.spec import ACT_PARAM_DEFAULT, ACTIVATIONS, INIT_ALIASES, Stack, scheme_gain
 
 EPILOG = """\
@@ -125,8 +125,8 @@ def compare_table(diags: dict, layers: list[int]) -> str:
         f" {'||dW_' + str(l) + '||':>11}" for l in layers) + "  plain float fails"
     lines = [head, "-" * len(head)]
     for label, d in diags.items():
-        row = (f"{label:<{name_w}}  {d.verdict:<9} {rate3(d.signal_decades_per_layer):>10} "
-               f"{rate3(d.decades_per_layer):>8}")
+        row = (f"{label:<{name_w}}  {d.verdict:<9} {fmt_rate(d.signal_decades_per_layer):>10} "
+               f"{fmt_rate(d.decades_per_layer):>8}")
         row += "".join(f" {fmt_pow(d.grad_log10[l]):>11}" for l in layers)
         row += "  " + _float_failures(d)
         lines.append(row)

@@ -13,6 +13,7 @@ from gradbench.cli.common import (
 )
 from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
 from gradbench import spec
+from gradbench.report import index_runs
 from gradbench.spec import ACTIVATIONS
 
 EPILOG = """\
@@ -212,14 +213,7 @@ def fitted_layers(s: np.ndarray, depth: int) -> np.ndarray:
 
 def layer_ranges(layers) -> str:
     """'0-21' or '3, 7-9' for sorted layer indices."""
-    layers = [int(v) for v in layers]
-    parts, start = [], 0
-    for k in range(1, len(layers) + 1):
-        if k == len(layers) or layers[k] != layers[k - 1] + 1:
-            a, b = layers[start], layers[k - 1]
-            parts.append(f"{a}" if a == b else f"{a}-{b}")
-            start = k
-    return ", ".join(parts)
+    return ", ".join(index_runs(layers))
 
 
 def simulate(args, stack):

@@ -63,7 +63,7 @@ import numpy as np
 
 from gradbench.activations import RESCUE
 from gradbench.recurrent.results import RecurrentResult
-from gradbench.report import activation_words, count, fmt_percent, fmt_pow
+from gradbench.report import activation_words, count, fmt_percent, fmt_pow, index_runs
 from gradbench.verdict import (MEASURABLE_DECADES, clip_binds, clip_span_words, countable_mean, top_clip_words,
                                value_clip_caveat)
 
@@ -229,12 +229,7 @@ def _extremes(s: np.ndarray, threshold: float) -> list[str]:
 
 def _runs(steps) -> str:
     """Steps as runs: "1", "1-3 and 7", "1, 4-5 and 9"."""
-    steps = sorted(int(t) for t in steps)
-    runs, start = [], steps[0]
-    for a, b in zip(steps, steps[1:] + [None]):
-        if b != a + 1:
-            runs.append(f"{start}" if start == a else f"{start}-{a}")
-            start = b
+    runs = index_runs(sorted(int(t) for t in steps))
     return runs[0] if len(runs) == 1 else ", ".join(runs[:-1]) + " and " + runs[-1]
 
 
@@ -482,8 +477,9 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
                          + (f" ({abs(ratio) / (T - 1):.3g} decades {'lost' if ratio < 0 else 'gained'} per step on "
                             "average)" if T > 1 else ""))
     elif s[0] == -math.inf and math.isfinite(s[-1]):
-        words.append(f"no gradient reaches step 0 (exactly zero; {count(int(np.sum(s == -math.inf)), 'step')} "
-                     f"{'has' if int(np.sum(s == -math.inf)) == 1 else 'have'} none)"
+        none = int(np.sum(s == -math.inf))
+        words.append(f"no gradient reaches step 0 (exactly zero; {count(none, 'step')} {'has' if none == 1 else 'have'} "
+                     "none)"
                      + _saturated_zero(rnn, s, res.saturation))
     elif verdict == "no gradient":
         loss_zero = rnn.loss in ("bce", "softmax_ce") and float(res.loss_exact.log10()) == -math.inf

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from gradbench.plot import DPI, _chance_line, _diverged, _loss_line, _off_scale, _strip, save
+from gradbench.report import fmt_rate
 from gradbench.recurrent.diagnose import FLOAT_LIMITS, RecurrentDiagnosis, diagnose
 
 _STYLES = ("-", "--", "-.", ":")
@@ -46,7 +47,7 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
             label = f"{label}, carried from the last step's loss"
         back = np.arange(len(s))[::-1]  # step t is T-1-t steps back
         ok = np.isfinite(s)
-        notes = [_rate4(d.decades_per_step) + " dec/step"] if math.isfinite(d.decades_per_step) else []
+        notes = [fmt_rate(d.decades_per_step, 4) + " dec/step"] if math.isfinite(d.decades_per_step) else []
         notes += [f"{n} steps {what}" for n, what in ((int(np.sum(s == -np.inf)), "exactly 0"),
                                                        (int(np.sum(np.isnan(s) | (s == np.inf))), "not finite")) if n]
         (line,) = ax.plot(back, np.where(ok, s, np.nan), lw=1.6, ls=_STYLES[i % len(_STYLES)],
@@ -65,12 +66,6 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
     if path is not None:
         save(fig, path, dpi)
     return fig
-
-
-def _rate4(v: float) -> str:
-    """A rate to 4 decimals, signed, as the compare table's dec/step (-0.0000 reads +0.0000)."""
-    text = f"{v:+.4f}"
-    return "+0.0000" if text == "-0.0000" else text
 
 
 def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dpi: int = DPI) -> Figure:
