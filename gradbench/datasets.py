@@ -16,6 +16,7 @@ from gradbench.params import seed_rng
 from gradbench.spec import _check_real, check_choice
 
 DATASETS = ("moons", "circles", "xor")
+XOR_NOISE = 0.35  # xor's default noise (its signature's None: ``std`` is its former name)
 
 
 def _check_n(n_samples: int) -> None:
@@ -85,7 +86,7 @@ def xor(n_samples: int = 200, noise: float | None = None, seed=0, *, std: float 
     _check_n(n_samples)
     if std is not None and noise is not None:
         raise TypeError("xor got both noise and std (its former name): give noise only")
-    name, noise = ("std", std) if std is not None else ("noise", 0.35 if noise is None else noise)
+    name, noise = ("std", std) if std is not None else ("noise", XOR_NOISE if noise is None else noise)
     _check_noise(noise, name)
     rng = seed_rng(seed)
     centres = np.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
@@ -110,3 +111,17 @@ def load(name: str, n_samples: int = 200, seed=0, **kwargs) -> tuple[np.ndarray,
         raise TypeError(f"dataset {name!r} takes no keyword {unknown[0]!r}; its keywords are "
                         f"{', '.join(accepted)}, n_samples and seed")
     return make(n_samples, seed=seed, **kwargs)
+
+
+def recipe(name: str, n_samples: int, seed, **kwargs) -> str:
+    """The call of :func:`load` that draws these data, with every keyword of the generator
+    (its defaults where ``kwargs`` do not give one), e.g.
+    ``gradbench.datasets.load('moons', 200, seed=0, noise=0.1)``: what a training file records."""
+    make = {"moons": moons, "circles": circles, "xor": xor}[name]
+    keys = {k: p.default for k, p in inspect.signature(make).parameters.items()
+            if k not in ("n_samples", "seed", "std")}
+    keys.update(kwargs)
+    if name == "xor" and keys["noise"] is None:
+        keys["noise"] = XOR_NOISE
+    words = "".join(f", {k}={v!r}" for k, v in keys.items())
+    return f"gradbench.datasets.load({name!r}, {n_samples}, seed={seed!r}{words})"

@@ -460,7 +460,9 @@ def train(
     TrainResult
         ``settings`` hold the run's settings as the optimiser applied them (its momentum, and
         Adam's ``beta1``, ``beta2``, ``eps``), ``weights`` (where the starting weights came
-        from: :data:`INIT_WEIGHTS` or :data:`GIVEN_WEIGHTS`) and ``pretrain`` (None;
+        from: :data:`INIT_WEIGHTS` or :data:`GIVEN_WEIGHTS`), ``data`` (None: your own ``X, y``;
+        :func:`run_demo` and the command line record the :func:`gradbench.datasets.load` call
+        that drew theirs) and ``pretrain`` (None;
         :func:`run_demo` records its pretraining there). Training stops at the first non-finite
         loss (of a mini-batch, or of the whole data set after an epoch), gradient or parameter
         and says where (``diverged_epoch``, ``divergence``); later entries of the history are NaN.
@@ -478,7 +480,7 @@ def train(
     labels = class_labels(stack.loss, stack.output_dim, y)
     hist = _History(stack, params, X, targets_for(stack, y), labels, epochs, backend, tb)
     settings = dict(
-        name=name, dataset=dataset, n_samples=len(X), epochs=epochs, batch_size=batch_size,
+        name=name, dataset=dataset, n_samples=len(X), data=None, epochs=epochs, batch_size=batch_size,
         optimizer=optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
         lr=float(opt.lr), **optimizer_settings(opt),
         weight_decay=float(opt.weight_decay), seed=seed, backend=backend, weights=weights, pretrain=None,
@@ -761,10 +763,15 @@ class Demo:
         kw.update(overrides)
         return Stack(**kw)
 
+    def _data_keywords(self) -> dict:
+        return {"noise": self.noise} if self.dataset == "moons" else {}
+
     def data(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.dataset == "moons":
-            return datasets.moons(self.n_samples, noise=self.noise, seed=self.data_seed)
-        return datasets.load(self.dataset, self.n_samples, seed=self.data_seed)
+        return datasets.load(self.dataset, self.n_samples, seed=self.data_seed, **self._data_keywords())
+
+    def data_recipe(self) -> str:
+        """The call that draws :meth:`data` (a training run's ``settings["data"]``)."""
+        return datasets.recipe(self.dataset, self.n_samples, self.data_seed, **self._data_keywords())
 
 
 # One deep net and its remedies, all on the same two-moons data (200 samples, noise 0.1) with
@@ -835,7 +842,9 @@ def run_demo(name: str, /, *, backend: str = "auto", progress: bool = False, **o
     kw.update(overrides)
     stack = demo.make_stack()
     if demo.pretrain is None:
-        return train(stack, X, y, backend=backend, progress=progress, name=name, dataset=demo.dataset, **kw)
+        r = train(stack, X, y, backend=backend, progress=progress, name=name, dataset=demo.dataset, **kw)
+        r.settings["data"] = demo.data_recipe()
+        return r
     # greedy layer-wise pretraining (gradbench.pretrain), from the given params if any, then fine-tuning
     from gradbench.pretrain import pretrain
 
@@ -844,7 +853,7 @@ def run_demo(name: str, /, *, backend: str = "auto", progress: bool = False, **o
     kw["params"] = pretrain(stack, X, params=start, **pre)
     r = train(stack, X, y, backend=backend, progress=progress, name=name, dataset=demo.dataset, **kw)
     words = ", ".join(f"{k}={v!r}" for k, v in demo.pretrain.items())
-    r.settings.update(weights=f"gradbench.pretrain(stack, X, {words}, seed=seed"
+    r.settings.update(data=demo.data_recipe(), weights=f"gradbench.pretrain(stack, X, {words}, seed=seed"
                               + (", params=given)" if start is not None else ")"), pretrain=pre)
     return r
 

@@ -191,6 +191,7 @@ def check_runs(args) -> None:
 def train_runs(args, backend: str) -> dict:
     """The runs that the options ask for: name -> TrainResult (:func:`check_runs` has refused
     what it refuses)."""
+    from gradbench import datasets
     from gradbench.train import run_demo, train
 
     overrides = _overrides(args)
@@ -199,8 +200,10 @@ def train_runs(args, backend: str) -> dict:
                                **overrides) for name in demo_names(args)}
     stack, X, y = custom_stack(args)
     kw = {**CUSTOM_TRAINING, **overrides}
-    return {"custom": train(stack, X, y, backend=backend, progress=True, name="custom", dataset=args.dataset,
-                            tensorboard=model.train_tensorboard_dir(args, "custom"), **kw)}
+    r = train(stack, X, y, backend=backend, progress=True, name="custom", dataset=args.dataset,
+              tensorboard=model.train_tensorboard_dir(args, "custom"), **kw)
+    r.settings["data"] = datasets.recipe(args.dataset, args.samples, args.data_seed)
+    return {"custom": r}
 
 
 def cmd_train(args) -> int:
