@@ -198,6 +198,9 @@ class TrainResult:
                 f"(max {np.nanmax(ratio):.3g} %), layer {L - 1}'s (below the head) by "
                 f"{np.nanmean(self.update_ratio[:ran, -1]):.3g} %"
             )
+        rise = rising_words(self.eval_loss[:ran + 1] if self.diverged_epoch is None else [], s["lr"])
+        if rise:
+            lines.append("  " + rise)
         clip = self._clip_words()
         if clip:
             lines.append("  " + clip)
@@ -253,6 +256,32 @@ class TrainResult:
     def _chance(self) -> str:
         ref = chance_loss(self.stack.loss, self.stack.output_dim, self.extras.get("mean_prediction_loss"))
         return "" if ref is None else f" ({ref[0]}{' =' if ref[0].startswith('ln') else ':'} {ref[1]:.4f}{ref[2]})"
+
+
+def rising_words(losses, lr: float) -> str:
+    """Where the loss over the whole data set went up, not down: it ended RISE times above its
+    start (the steps overshoot: the learning rate is too large), or it rose again from its
+    lowest value by more than RISE_UNDONE of the way it had come down. ``losses``: after 0, 1,
+    ... epochs (empty for a diverged run, which says so itself)."""
+    v = np.asarray(losses, dtype=np.float64)
+    if v.size < 2 or not np.all(np.isfinite(v)):
+        return ""
+    start, end, low = v[0], v[-1], int(np.argmin(v))
+    if end > RISE * start:
+        times = f"{end / start:.3g} times" if start > 0 else "above"
+        return (f"the loss ended {times} where it started: the steps overshoot, lr={lr:g} is too large for this net "
+                "(try a smaller one)")
+    if start > v[low] and end - v[low] > RISE_UNDONE * (start - v[low]):
+        undone = (end - v[low]) / (start - v[low])
+        return (f"the loss rose again after its lowest, {v[low]:.4g} after epoch {low}, undoing {100 * undone:.0f} % "
+                f"of its fall: the later steps overshoot (lr={lr:g} may be too large there)")
+    return ""
+
+
+# The summary says the loss went up where the last loss is RISE times its first, or where it rose
+# again from its lowest by RISE_UNDONE of its fall from the first.
+RISE = 1.25
+RISE_UNDONE = 0.25
 
 
 def _decades(v: float) -> str:

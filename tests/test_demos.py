@@ -93,6 +93,8 @@ def test_each_remedy_trains_the_deep_net(demos, name):
     # its first layer learns: orders of magnitude more movement than in the stuck net
     assert np.mean(r.first_layer_ratio) > 0.05
     assert np.mean(r.first_layer_ratio) > 1000 * np.mean(stuck.first_layer_ratio)
+    # a loss that falls is not said to rise (train.rising_words)
+    assert "the loss ended" not in r.summary() and "the loss rose" not in r.summary()
 
 
 def test_exploding_net_loss_becomes_nonfinite(demos):

@@ -1050,3 +1050,39 @@ def test_training_says_in_how_many_steps_the_clip_acted():
     st = gb.Stack(depth=4, width=8, loss="bce", input_dim=2, clip="norm", clip_threshold=0.05)
     r = gb.train(st, X, y, epochs=1, batch_size=20, seed=0)
     assert r.extras["clip_acted_steps"] is None and "changed the parameter gradients" not in r.summary()
+
+
+def _plain_loss(st, params, X, y) -> float:
+    import naive
+
+    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "W_in", "b_in", "W_out", "b_out")}
+    return float(naive.forward(st, P, X, y.reshape(-1, 1).astype(np.float64))[0])
+
+
+def test_a_loss_that_ends_above_its_start_names_the_learning_rate():
+    """lr 3 on a tanh net: the loss ends ~14 times its start, in silence before (lr 1e6 went
+    0.76 -> 1.7e6 without a word). The ratio is checked against tests/naive.py's losses of the
+    starting and the final weights."""
+    st = gb.Stack(depth=4, width=16, activation="tanh", init="xavier_normal", loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=100, batch_size=20, lr=3.0, seed=0)
+    ratio = _plain_loss(st, r.params, X, y) / _plain_loss(st, gb.init_params(st, 0), X, y)
+    assert ratio > 5
+    assert f"the loss ended {ratio:.3g} times where it started" in r.summary()
+    assert "lr=3 is too large for this net" in r.summary()
+
+
+def test_a_loss_that_rises_from_its_lowest_is_named_and_a_falling_one_is_not():
+    """A ReLU net under momentum 0.9, lr 0.1: down to 0.013 after epoch 12, then a layer dies and
+    the loss returns to ln 2. The same net at lr 0.01 falls all the way: nothing is said."""
+    st = gb.Stack(depth=4, width=16, activation="relu", init="he_normal", loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=100, batch_size=20, lr=0.1, optimizer="momentum", seed=0)
+    low = int(np.argmin(r.eval_loss))
+    start, end = r.eval_loss[0], _plain_loss(st, r.params, X, y)
+    undone = (end - r.eval_loss[low]) / (start - r.eval_loss[low])
+    assert undone > 0.9
+    assert f"the loss rose again after its lowest, {r.eval_loss[low]:.4g} after epoch {low}, undoing " \
+           f"{100 * undone:.0f} % of its fall" in r.summary()
+    calm = gb.train(st, X, y, epochs=100, batch_size=20, lr=0.01, optimizer="momentum", seed=0)
+    assert calm.final_loss < 0.01 and "the loss" not in calm.summary().split("\n", 3)[-1]
