@@ -188,7 +188,7 @@ class TrainResult:
             after = self.update_ratio[stopped["epoch"]:self.epochs_run]
             moved = float(np.nanmax(after)) if after.size and np.any(np.isfinite(after)) else 0.0
             lines.append("  " + stopped_words(stopped, self.epochs_run, self.stack.has_head, s["weight_decay"] > 0,
-                                              self.stack.depth, moved, _optimizer_state(s)))
+                                              self.stack.depth, moved, _optimizer_state(s), self.stack.dtype))
         ratio = self.first_layer_ratio[:ran]
         if np.any(np.isfinite(ratio)):
             first = "the input layer's weights (W_in)" if self.stack.has_input_layer else "layer 0's weights"
@@ -308,8 +308,47 @@ def _optimizer_state(settings: dict) -> str | None:
     return "momentum's velocity" if settings.get("momentum") else None
 
 
+def underflowed_layers(stack, params, X, res, dead: list[int]) -> dict:
+    """The dead layers (``dead``) whose z is 0 for every sample because the forward pass
+    underflowed, not because z <= 0: their biases are 0 and every product W_l[i, j] h_l[j] lies
+    below half the dtype's smallest number, so each rounds to 0 and a tiny z's sign is lost
+    (sigma_w 1e-200: z ~ 1e-400). Once a step has made a bias non-zero the forward pass carries
+    no exponents (:func:`gradbench.engine.can_rescale_forward`). A layer above one of them whose
+    input is exactly 0 lost its sign too; above a truly dead layer z = b = 0 is dead indeed.
+    Returns ``{"layers": [...], "bound": log10 of the largest product of the lowest one}``
+    (an upper bound from max |W_l| and, above layer 0, the RMS of h_l times sqrt(B N))."""
+    found = {"layers": [], "bound": None}
+    if stack.batch_norm or not dead:
+        return found
+    floor = math.log10(float(np.finfo(stack.np_dtype).smallest_subnormal)) - math.log10(2)  # 2^-1075: rounds to 0
+    B, N = len(X), stack.width
+    means, stds = res.act_mean.log10(), res.act_std.log10()
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        for l in dead:
+            if np.any(np.asarray(params.b[l]) != 0):
+                continue  # z = b_l where the products vanish: its sign is real
+            if l == 0:
+                h = np.asarray(X, dtype=np.float64)
+                if stack.has_input_layer:
+                    h = h @ np.asarray(params.W_in, dtype=np.float64).T + np.asarray(params.b_in, dtype=np.float64)
+                top_h = float(np.log10(np.max(np.abs(h))))
+            else:
+                m, sd = float(means[l - 1]), float(stds[l - 1])
+                big = max(m, sd)
+                top_h = -math.inf if big == -math.inf else big + 0.5 * math.log10(1 + 10 ** (2 * (min(m, sd) - big)))
+                top_h += 0.5 * math.log10(B * N)
+            bound = float(np.log10(np.max(np.abs(np.asarray(params.W[l], dtype=np.float64))))) + top_h
+            if top_h == -math.inf and (l == 0 or l - 1 not in found["layers"]):
+                continue  # an input of exact zeros: z = 0 truly
+            if bound < floor:
+                found["layers"].append(l)
+                if found["bound"] is None:
+                    found["bound"] = bound
+    return found
+
+
 def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = False, depth: int | None = None,
-                  moved: float | None = None, state: str | None = None) -> str:
+                  moved: float | None = None, state: str | None = None, dtype: str = "float64") -> str:
     """The summary's sentence for a run whose gradient became exactly 0 at every layer (of ``depth``).
 
     ``moved``: the largest change of a stack layer's weights in an epoch since then (%, the
@@ -321,8 +360,18 @@ def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = Fals
     dL/dW_out and dL/db_5 ~5e-5)."""
     e, dead = stopped["epoch"], stopped["dead_layers"]
     when = "from the start" if e == 0 else f"after the last epoch ({e})" if e >= epochs_run else f"from epoch {e} on"
-    why = (f": every unit of layer{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} is dead (z <= 0 for every "
-           "sample), so nothing passes back through " + ("them" if len(dead) > 1 else "it") if dead else "")
+    under = stopped.get("underflowed_layers") or []
+    truly = [l for l in dead if l not in under]
+    why = (f": every unit of layer{'s' if len(truly) > 1 else ''} {', '.join(map(str, truly))} is dead (z <= 0 for "
+           "every sample), so nothing passes back through " + ("them" if len(truly) > 1 else "it") if truly else "")
+    if under:
+        n, bound = len(under), stopped.get("underflow_log10")
+        why = (f": every unit of layer{'s' if n > 1 else ''} {_layer_list(under)} has z exactly 0 for every sample, "
+               f"by underflow, not because z <= 0 (layer {under[0]}'s biases are 0 and its products W h are at most "
+               f"10^{bound:.1f}, below the smallest {'float32' if 'float32' in str(dtype) else 'float64'} number): the "
+               "sign of a z that small is lost, so nothing passes back through " + ("them" if n > 1 else "it")
+               + (f"; and layer{'s' if len(truly) > 1 else ''} {', '.join(map(str, truly))} "
+                  f"{'are' if len(truly) > 1 else 'is'} dead (z <= 0 for every sample)" if truly else ""))
     saturated = stopped.get("saturated_layers") or []
     if saturated and not dead:
         n = len(saturated)
@@ -708,6 +757,7 @@ class _History:
         self.diverged, self.why = None, ""
         self.dead_layers: dict[int, list[int]] = {}  # epoch -> layers with every unit dead, where no gradient is left
         self.saturated_layers: dict[int, list[int]] = {}  # ... and with every unit saturated (RESCUE activations)
+        self.underflowed: dict[int, dict] = {}  # ... and the dead layers whose z is 0 by underflow (underflowed_layers)
 
     def stopped(self) -> dict | None:
         """Where training stopped moving: the first evaluation from which every later one has an
@@ -719,8 +769,10 @@ class _History:
         e = len(zero) - 1
         while e > 0 and zero[e - 1]:
             e -= 1
+        under = self.underflowed.get(e, {"layers": [], "bound": None})
         return {"epoch": e, "dead_layers": self.dead_layers.get(e, []),
-                "saturated_layers": self.saturated_layers.get(e, [])}
+                "saturated_layers": self.saturated_layers.get(e, []),
+                "underflowed_layers": under["layers"], "underflow_log10": under["bound"]}
 
     def full_pass(self):
         """backprop on the whole data set with the current parameters."""
@@ -734,6 +786,7 @@ class _History:
         self.grad_log10[e] = res.derivative_norm.log10()
         if np.all(self.grad_log10[e] == -np.inf):
             self.dead_layers[e] = np.flatnonzero(np.asarray(res.dead) >= 1).tolist()
+            self.underflowed[e] = underflowed_layers(self.stack, self.params, self.X, res, self.dead_layers[e])
             if self.stack.activation in RESCUE:  # phi' beyond any exponent: 0 where the true one is not
                 self.saturated_layers[e] = np.flatnonzero(np.asarray(res.saturation) >= 1).tolist()
         h = res.output.to_float(np.float64, warn=False)

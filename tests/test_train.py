@@ -822,14 +822,15 @@ def test_a_net_that_dies_during_training_is_reported_stopped():
         h = np.maximum(z, 0)
     assert active[2] == 0
     first = next(e for e in range(5) if np.all(r.grad_log10[e:] == -np.inf))
-    assert r.extras["stopped"] == {"epoch": first, "dead_layers": [2], "saturated_layers": []}
+    assert r.extras["stopped"] == {"epoch": first, "dead_layers": [2], "saturated_layers": [],
+                                   "underflowed_layers": [], "underflow_log10": None}
     last = "the last epoch" if 4 - first == 1 else f"the last {4 - first} epochs"
     assert (f"STOPPED from epoch {first} on: every layer's gradient on the whole data set is exactly 0: every unit of "
             f"layer 2 is dead (z <= 0 for every sample), so nothing passes back through it; {last} changed no weight "
             "of the stack") in r.summary()
     from gradbench.cli.train import train_to_dict
 
-    assert train_to_dict(r)["stopped"] == {"epoch": first, "dead_layers": [2], "saturated_layers": []}  # --out JSON
+    assert train_to_dict(r)["stopped"] == r.extras["stopped"]  # --out JSON
     assert gb.train(st, X, y, epochs=2, batch_size=20, lr=0.01).extras["stopped"] is None
 
 
@@ -1086,3 +1087,29 @@ def test_a_loss_that_rises_from_its_lowest_is_named_and_a_falling_one_is_not():
            f"{100 * undone:.0f} % of its fall" in r.summary()
     calm = gb.train(st, X, y, epochs=100, batch_size=20, lr=0.01, optimizer="momentum", seed=0)
     assert calm.final_loss < 0.01 and "the loss" not in calm.summary().split("\n", 3)[-1]
+
+
+def test_a_forward_pass_that_underflows_is_not_called_dead():
+    """sigma_w 1e-200: after one step a bias is no longer 0, the forward pass carries no
+    exponents and z ~ 1e-400 rounds to 0 in layers 0 and 1. The summary called them dead (z <= 0);
+    the same z computed with every weight scaled by 2^700 (exact) has both signs."""
+    st = gb.Stack(depth=3, width=8, activation="relu", init="he_normal", sigma_w=1e-200, loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=3, batch_size=20, seed=0)
+    p = r.params
+    h = X @ p.W_in.T + p.b_in
+    assert not np.any(h @ p.W[0].T + p.b[0])  # float64's z of layer 0: all 0
+    up = lambda a: np.ldexp(np.asarray(a, dtype=np.float64), 700)  # noqa: E731
+    hs = up(X @ p.W_in.T + p.b_in)  # h_0 2^700
+    z0 = hs @ up(p.W[0]).T  # z_0 2^1400, its biases 0
+    assert not np.any(p.b[0]) and not np.any(p.b[1])
+    z1 = np.maximum(np.ldexp(z0, -700), 0) @ up(p.W[1]).T  # z_1 2^1400
+    for z in (z0, z1):
+        assert np.all(np.isfinite(z)) and np.any(z > 0)  # units with z > 0 for a sample: not dead
+    stopped = r.extras["stopped"]
+    assert stopped["underflowed_layers"] == [0, 1]
+    bound = np.log10(np.abs(p.W[0]).max()) + np.log10(np.abs(h).max())
+    assert stopped["underflow_log10"] == pytest.approx(bound, abs=1e-9)
+    text = r.summary()
+    assert "layers 0, 1 has z exactly 0 for every sample, by underflow, not because z <= 0" in text
+    assert "layers 0, 1 is dead" not in text and "layers 0, 1, 2 is dead" not in text
