@@ -512,3 +512,12 @@ def test_recurrent_training_json_records_the_net(tmp_path):
     want = dataclasses.asdict(RECURRENT_DEMOS["memory-lstm"].make_rnn())
     assert run["rnn"] == json.loads(json.dumps(want)) and run["rnn"]["forget_bias"] == 5.0
     assert run["rnn"]["cell"] == "lstm" and run["rnn"]["steps"] == 100 and run["settings"]["gate_bias"] == 0.0
+
+
+def test_compare_prints_a_rate_that_rounds_to_zero_as_its_plot_does(capsys):
+    # an identity RNN with an orthogonal W_hh keeps ||dL/dh_t||: its rate is 0 but for rounding,
+    # which printed -0.0000 in the table where the plot's legend (report.fmt_rate) gave +0.0000
+    assert main(["compare", "--cells", "rnn", "--activation", "identity", "--recurrent-init", "orthogonal",
+                 "--sigma-w", "1", "--steps", "50", "--seed", "0"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("rnn "))
+    assert row.split()[2] == "+0.0000", row

@@ -28,7 +28,7 @@ from gradbench.cli.common import (
     option, parse, positive_float, positive_int, refuse_unused, seed_int, split, typed_options,
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_file, write_json, write_plot
-from gradbench.report import fmt_pow
+from gradbench.report import fmt_pow, fmt_rate
 from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, LOSS_ON, RECURRENT_INITS, RNN_ACTIVATIONS
 from gradbench.spec import CLIP_MODES, DTYPES, INITS, LOSSES
 
@@ -470,7 +470,7 @@ def cmd_compare(args) -> int:
     print("-" * len(head))
     no_slope = []
     for cell, d in diags.items():
-        rate = f"{d.decades_per_step:>+9.4f}" if math.isfinite(d.decades_per_step) else f"{'-':>9}"
+        rate = f"{fmt_rate(d.decades_per_step, 4):>9}" if math.isfinite(d.decades_per_step) else f"{'-':>9}"
         if not math.isfinite(d.decades_per_step):  # it printed "+nan", where run says why
             no_slope.append(cell)
         row = f"{cell:<6} {d.verdict:<10} {rate}"
