@@ -521,3 +521,11 @@ def test_compare_prints_a_rate_that_rounds_to_zero_as_its_plot_does(capsys):
                  "--sigma-w", "1", "--steps", "50", "--seed", "0"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("rnn "))
     assert row.split()[2] == "+0.0000", row
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_theory_names_the_dtype_in_its_header(dtype, capsys):
+    # the measured rate is the dtype's run (float32's depth of reach differs): the header says which
+    assert main(["theory", "--cell", "gru", "--steps", "20", "--hidden", "8", "--dtype", dtype]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head == f"theory: gru, hidden 8, W_hh normal gain 1, {dtype}", head

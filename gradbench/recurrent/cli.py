@@ -528,7 +528,7 @@ def cmd_theory(args) -> int:
     pred = predicted_rate(rnn, params)
     ens = predicted_rate(rnn)
     print(f"theory: {rnn.cell}" + (f" {rnn.act}" if rnn.cell == "rnn" else "") + f", hidden {rnn.hidden}, "
-          f"W_hh {rnn.recurrent_init} gain {rnn.gain:g}")
+          f"W_hh {rnn.recurrent_init} gain {rnn.gain:g}, {rnn.dtype}")
     out = {"cell": rnn.cell, "method": pred.method}
     if pred.decades_per_step is None:
         print("  prediction: " + re.sub(r"recurrent_init='(\w+)'", r"--recurrent-init \1", pred.method))
