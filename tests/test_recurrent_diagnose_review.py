@@ -229,3 +229,22 @@ def test_threshold_refused(lstm_case, bad):
     """threshold=inf read every net as stable; the stacks' diagnose refuses it too."""
     with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
         gb.diagnose(lstm_case["float64"][0], threshold=bad)
+
+
+def test_a_sigmoid_state_that_underflows_is_said():
+    """Biases of -400 in a float32 sigmoid cell: every h_t rounds to 0, so the loss is 0 and no
+    gradient is left, where float64 holds h_t ~ 10^-173. The diagnosis said only "an all-zero loss
+    gradient, or every path from the loss cut"."""
+    runs = {}
+    for dtype in ("float32", "float64"):
+        rnn = gb.Recurrent(cell="rnn", activation="sigmoid", hidden=8, steps=12, dtype=dtype)
+        p = gb.init_params(rnn, 0)
+        p.b_ih[...] = -400
+        x = gb.sequence_input(rnn, 4, seed=0)
+        # plain NumPy in the dtype: sigmoid of the first step's z is 0 in float32, not in float64
+        z = x[0].astype(np.float64) @ p.W_ih.T.astype(np.float64) + p.b_ih + p.b_hh
+        assert (np.all(1 / (1 + np.exp(-z.astype(dtype))) == 0)) == (dtype == "float32")
+        runs[dtype] = gb.diagnose(gb.backprop(rnn, p, x))
+    assert "the forward state h_t is exactly 0 in every unit at every step: sigmoid(z) underflowed float32" \
+        in runs["float32"].explanation
+    assert "forward state h_t is exactly 0" not in runs["float64"].explanation

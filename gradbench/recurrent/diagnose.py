@@ -512,6 +512,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     sat, where = countable_mean(res.saturation, "steps")
     if sat > 0.1:
         words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (|phi'| < 1 % of its largest value)")
+    words += _state_underflow_words(rnn, res)
     if res.first_nonfinite_forward is not None:
         words.append(f"the forward state turned non-finite at step {res.first_nonfinite_forward}")
     if res.first_nonfinite_backward is not None:
@@ -526,6 +527,24 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         first_nonfinite_backward=res.first_nonfinite_backward, decades_per_step=per_step, ratio_log10=ratio,
         reach=int(reach), verdict=verdict, explanation="; ".join(words) + ".", float_limits=limits,
         threshold=float(threshold), carried_log10=s if carried else np.zeros(0))
+
+
+def _state_underflow_words(rnn, res) -> list[str]:
+    """A sigmoid cell's state is never 0 for a finite z: a step whose every entry of h_t is 0
+    (its mean is exactly 0) underflowed, and the forward pass carries no exponent for sigmoid
+    cells, so the loss and the gradients through it are the dtype's, not exact (biases of -400 in
+    float32: loss 0 and no gradient, where float64 gives h_t ~ 10^-173)."""
+    if rnn.cell != "rnn" or rnn.act != "sigmoid":
+        return []
+    with np.errstate(divide="ignore"):
+        zero = np.flatnonzero(np.asarray(res.act_mean.log10(), dtype=np.float64) == -math.inf)
+    if not zero.size:
+        return []
+    wider = " (float64 holds sigmoid(z) much further: run it with dtype float64)" if rnn.dtype == "float32" else ""
+    where = "at every step" if zero.size == rnn.steps else _steps_words(zero, rnn.steps)
+    return [f"the forward state h_t is exactly 0 in every unit {where}: sigmoid(z) underflowed "
+            f"{rnn.dtype} (a z far below 0), and a sigmoid cell's state carries no exponent, so the loss and the "
+            f"gradients through {'that step' if zero.size == 1 else 'those steps'} are {rnn.dtype}'s, not exact{wider}"]
 
 
 def _every_step_words(total: np.ndarray, T: int, verdict: str, held: tuple | None = None) -> str:
