@@ -258,30 +258,35 @@ class TrainResult:
         return "" if ref is None else f" ({ref[0]}{' =' if ref[0].startswith('ln') else ':'} {ref[1]:.4f}{ref[2]})"
 
 
-def rising_words(losses, lr: float) -> str:
-    """Where the loss over the whole data set went up, not down: it ended RISE times above its
-    start (the steps overshoot: the learning rate is too large), or it rose again from its
-    lowest value by more than RISE_UNDONE of the way it had come down. ``losses``: after 0, 1,
-    ... epochs (empty for a diverged run, which says so itself)."""
+def rising_words(losses, lr: float, held_out: bool = False) -> str:
+    """Where the loss went up, not down: it ended RISE times above its start (the steps
+    overshoot: the learning rate is too large), or it rose again from its lowest value by more
+    than RISE_UNDONE of the way it had come down, where that fall was more than RISE_FELL of the
+    start (not the wobble of a loss that never left chance). ``losses``: after 0, 1, ... epochs (empty for a
+    diverged run, which says so itself); ``held_out``: they are a held-out set's, which also
+    rises where the net overfits its training data."""
     v = np.asarray(losses, dtype=np.float64)
     if v.size < 2 or not np.all(np.isfinite(v)):
         return ""
     start, end, low = v[0], v[-1], int(np.argmin(v))
+    what = "the held-out loss" if held_out else "the loss"
+    overfit = " or the net overfits its training data" if held_out else ""
     if end > RISE * start:
         times = f"{end / start:.3g} times" if start > 0 else "above"
-        return (f"the loss ended {times} where it started: the steps overshoot, lr={lr:g} is too large for this net "
-                "(try a smaller one)")
-    if start > v[low] and end - v[low] > RISE_UNDONE * (start - v[low]):
+        return (f"{what} ended {times} where it started: the steps overshoot, lr={lr:g} is too large for this net "
+                f"(try a smaller one){overfit}")
+    if start - v[low] > RISE_FELL * start and end - v[low] > RISE_UNDONE * (start - v[low]):
         undone = (end - v[low]) / (start - v[low])
-        return (f"the loss rose again after its lowest, {v[low]:.4g} after epoch {low}, undoing {100 * undone:.0f} % "
-                f"of its fall: the later steps overshoot (lr={lr:g} may be too large there)")
+        return (f"{what} rose again after its lowest, {v[low]:.4g} after epoch {low}, undoing {100 * undone:.0f} % "
+                f"of its fall: the later steps overshoot (lr={lr:g} may be too large there){overfit}")
     return ""
 
 
 # The summary says the loss went up where the last loss is RISE times its first, or where it rose
-# again from its lowest by RISE_UNDONE of its fall from the first.
+# again from its lowest by RISE_UNDONE of a fall from the first of more than RISE_FELL of it.
 RISE = 1.25
 RISE_UNDONE = 0.25
+RISE_FELL = 0.25
 
 
 def _decades(v: float) -> str:

@@ -30,7 +30,7 @@ from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
 from gradbench.spec import check_choice
 from gradbench.train import OPTIMIZERS, accuracy_text, chance_loss, class_labels, make_optimizer, resolve_momentum
-from gradbench.train import final_accuracy_text, optimizer_settings, optimizer_words
+from gradbench.train import final_accuracy_text, optimizer_settings, optimizer_words, rising_words
 from gradbench.train import accuracy as accuracy_of
 
 TASKS = ("first_symbol",)
@@ -104,6 +104,9 @@ class RecurrentTrainResult:
                      + ("" if ref is None else f" (chance {ref[0]} = {ref[1]:.4f}{ref[2]})")
                      + f", accuracy {accuracy_text(self.accuracy[0])} -> "
                      + final_accuracy_text(self.accuracy, self.diverged_epoch))
+        rise = rising_words(self.eval_loss[:ran + 1] if self.diverged_epoch is None else [], s["lr"], held_out=True)
+        if rise:
+            lines.append("  " + rise)
         s0 = self.signal_start
         if len(s0) and np.isfinite(s0[-1]):
             lines.append(f"  at the start the gradient reaching step 0 was 10^{s0[0] - s0[-1]:.1f} of the one at the "
