@@ -25,7 +25,7 @@ the verdict as text. A recurrent net's diagnosis (``gradbench run --cell ... --t
 the same function) has the time step t as the step: ``time/signal_log10`` (||dL/dh_t||),
 ``time/grad_log10`` (the norm of step t's dW_hh term), ``time/cell_log10`` (the LSTM's
 ||dL/dc_t||), ``time/carried_log10`` (with a loss at every step: ||dL_{T-1}/dh_t||, what the
-verdict reads), ``time/act_std_log10``, ``time/saturation``, ``time/gate_mean`` and
+verdict reads, and ``time/carried_grad_log10``, its dW_hh step terms, what the reach reads), ``time/act_std_log10``, ``time/saturation``, ``time/gate_mean`` and
 ``time/gate_low`` (gated cells), and the verdict as text.
 
 A directory that already holds event files is refused (:func:`refuse_old_events`): TensorBoard
@@ -188,6 +188,7 @@ def _recurrent_events(w, d) -> str:
         series["cell_log10"] = d.cell_log10
     if len(d.carried_log10):  # a loss at every step: the verdict's signal, the last step's loss alone
         series["carried_log10"] = d.carried_log10
+        series["carried_grad_log10"] = d.carried_grad_log10  # its dW_hh step terms, which the reach reads
     if np.any(np.isfinite(np.asarray(d.gate_mean, dtype=np.float64))):
         series.update(gate_mean=d.gate_mean, gate_low=d.gate_low)
     _write_series(w, "time", series)

@@ -8,6 +8,7 @@ weights with the loss at the last step lose 0.535 decades a step and reach 15 st
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -73,6 +74,7 @@ def test_every_step_loss_is_diagnosed_by_what_the_recurrence_carries():
     assert d.decades_per_step == pytest.approx(ref.decades_per_step, abs=1e-12) and d.decades_per_step < -0.5
     assert d.ratio_log10 == pytest.approx(ref.ratio_log10, abs=1e-12) and d.reach == ref.reach == 15
     np.testing.assert_allclose(d.carried_log10, np.asarray(ref.signal_log10) - math.log10(200), atol=1e-12)
+    np.testing.assert_allclose(d.carried_grad_log10, np.asarray(ref.grad_log10) - math.log10(200), atol=1e-12)
     assert "with a loss at every step, ||dL/dh_t|| is mostly step t's own loss term and its near successors'" in d.explanation
     assert f"reaching step 0 is 10^{ref.ratio_log10:.4g} of the one at step 199" in d.explanation
     assert "carried" in str(d)  # the table's column
@@ -96,8 +98,10 @@ def test_the_diagnosis_file_keeps_the_carried_signal(tmp_path):
     write_npz(d, path)
     back = RecurrentDiagnosis.from_npz(path)
     np.testing.assert_array_equal(back.carried_log10, d.carried_log10)
-    assert back.to_json() == d.to_json() and len(d.carried_log10) == T
-    assert "carried_log10" in d.to_frame().columns
+    np.testing.assert_array_equal(back.carried_grad_log10, d.carried_grad_log10)
+    assert back.to_json() == d.to_json() and len(d.carried_log10) == len(d.carried_grad_log10) == T
+    assert {"carried_log10", "carried_grad_log10"} <= set(d.to_frame().columns)
+    assert json.loads(d.to_json())["carried_grad_log10"][1:] == [float(v) for v in d.carried_grad_log10[1:]]
 
 
 def test_frames_and_plots_show_the_carried_signal(tmp_path):

@@ -47,9 +47,10 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
 - a loss at every step (``loss_on="every"``, with the result's ``carried_signal_norm``):
   ||dL/dh_t|| is then mostly step t's own loss term and stays flat however fast the gradient
   carried through the recurrence vanishes. ``carried_log10`` holds log10 ||dL_{T-1}/dh_t||, the
-  gradient of the last step's loss alone, and ``decades_per_step``, ``ratio_log10``, ``reach``
-  (over that loss's dW_hh contributions), the verdict and ``float_limits`` are read from it;
-  ``signal_log10`` and ``grad_log10`` stay the whole loss's.
+  gradient of the last step's loss alone, and ``carried_grad_log10`` the norms of that loss's
+  step terms of dL_{T-1}/dW_hh; ``decades_per_step``, ``ratio_log10``, the verdict and
+  ``float_limits`` are read from the first, ``reach`` from the second; ``signal_log10`` and
+  ``grad_log10`` stay the whole loss's.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class RecurrentDiagnosis:
     float_limits: dict
     threshold: float
     carried_log10: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    carried_grad_log10: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     @property
     def steps(self) -> int:
@@ -526,7 +528,8 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         gate_low=np.asarray(res.gate_low, dtype=np.float64), first_nonfinite_forward=res.first_nonfinite_forward,
         first_nonfinite_backward=res.first_nonfinite_backward, decades_per_step=per_step, ratio_log10=ratio,
         reach=int(reach), verdict=verdict, explanation="; ".join(words) + ".", float_limits=limits,
-        threshold=float(threshold), carried_log10=s if carried else np.zeros(0))
+        threshold=float(threshold), carried_log10=s if carried else np.zeros(0),
+        carried_grad_log10=g if carried else np.zeros(0))
 
 
 def _state_underflow_words(rnn, res) -> list[str]:
