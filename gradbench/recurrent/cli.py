@@ -556,7 +556,9 @@ def cmd_theory(args) -> int:
         diff = got - pred.decades_per_step
         rel = (f" ({abs(diff) / abs(pred.decades_per_step):.2%} of the prediction)"
                if abs(pred.decades_per_step) >= RELATIVE_FROM else "")
-        print(f"  difference  {diff:+.2e} decades per step{rel}")
+        width = (f"; mean field is the infinite-width limit: at hidden {rnn.hidden} a net's rate differs by O(1 / N) "
+                 "a step" if pred.chi1 is not None else "")
+        print(f"  difference  {diff:+.2e} decades per step{rel}{width}")
     _wrote(written)
     return 0
 
