@@ -262,9 +262,9 @@ def rising_words(losses, lr: float, held_out: bool = False) -> str:
     """Where the loss went up, not down: it ended RISE times above its start (the steps
     overshoot: the learning rate is too large), or it rose again from its lowest value by more
     than RISE_UNDONE of the way it had come down, where that fall was more than RISE_FELL of the
-    start (not the wobble of a loss that never left chance). ``losses``: after 0, 1, ... epochs (empty for a
-    diverged run, which says so itself); ``held_out``: they are a held-out set's, which also
-    rises where the net overfits its training data."""
+    start (not the wobble of a loss that never left chance). ``losses``: after 0, 1, ... epochs
+    (empty for a diverged run, which says so itself); ``held_out``: they are a held-out set's,
+    which also rises where the net overfits its training data."""
     v = np.asarray(losses, dtype=np.float64)
     if v.size < 2 or not np.all(np.isfinite(v)):
         return ""
@@ -373,7 +373,7 @@ def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = Fals
         n, bound = len(under), stopped.get("underflow_log10")
         why = (f": every unit of layer{'s' if n > 1 else ''} {_layer_list(under)} has z exactly 0 for every sample, "
                f"by underflow, not because z <= 0 (layer {under[0]}'s biases are 0 and its products W h are at most "
-               f"10^{bound:.1f}, below the smallest {'float32' if 'float32' in str(dtype) else 'float64'} number): the "
+               f"10^{bound:.1f}, below the smallest {dtype} number): the "
                "sign of a z that small is lost, so nothing passes back through " + ("them" if n > 1 else "it")
                + (f"; and layer{'s' if len(truly) > 1 else ''} {', '.join(map(str, truly))} "
                   f"{'are' if len(truly) > 1 else 'is'} dead (z <= 0 for every sample)" if truly else ""))
