@@ -256,6 +256,20 @@ def memory_limits(memory_budget: int | None = None, available: int | None = None
     return AUTO_FRACTION * avail, LIMIT_FRACTION * avail, f"{LIMIT_FRACTION:.0%} of the available RAM"
 
 
+def check_history(epochs: int, per_epoch: int, what: str) -> None:
+    """Refuse (:class:`PlanRefused`) a training history of ``epochs`` + 1 entries of
+    ``per_epoch`` bytes that would exceed the refusal limit, before it is allocated (epochs of
+    3e9 were killed by the kernel's out-of-memory killer). ``what``: whose history, for the
+    message."""
+    need = (int(epochs) + 1) * int(per_epoch)
+    _, limit, budget = memory_limits()
+    if need > limit:
+        fit = max(int(limit // per_epoch) - 1, 0)
+        raise PlanRefused(f"epochs={epochs} needs {size_text(need)} for {what} ({size_text(per_epoch)} an epoch), "
+                          f"above {budget} ({size_text(limit)}): at most epochs={fit} fit", need=need, limit=limit,
+                          budget=budget)
+
+
 def _check_checkpoint(stack: Stack, checkpoint) -> None:
     if checkpoint is None or (isinstance(checkpoint, str) and checkpoint == "auto"):
         return

@@ -32,6 +32,7 @@ from gradbench.abi import ACT_CODE
 from gradbench.inputs import check_array, check_stored_params
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum
 from gradbench.params import Params, init_params
+from gradbench.plan import check_history
 from gradbench.spec import Stack, check_choice
 
 DECODER_ACTIVATIONS = ("auto", "sigmoid", "identity")
@@ -112,6 +113,8 @@ def pretrain_with_history(stack: Stack, X: np.ndarray, *, epochs: int = 50, batc
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    check_history(epochs, 8 * stack.depth, "the pretraining history")  # (L, epochs + 1) losses
+    epochs, batch_size = int(epochs), int(batch_size)
     X = check_array("X", X, None, stack.np_dtype)  # the data gb.train takes: the stack's dtype, finite
     if X.ndim != 2 or X.shape[1] != stack.d_in or len(X) < 1:
         raise ValueError(f"X has shape {X.shape}, expected (samples, {stack.d_in}) (the stack's input_dim)")

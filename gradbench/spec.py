@@ -95,7 +95,12 @@ def _check_int(param: str, value, low: int) -> None:
 def _check_real(param: str, value, *, positive: bool = False, nonneg: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{param} must be a real number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond any float (10**400)
+        raise ValueError(f"{param} must be a finite float, got an integer of {len(str(abs(value)))} digits, "
+                         "beyond the float range") from None
+    if not finite:
         raise ValueError(f"{param} must be finite, got {value}")
     if positive and value <= 0:
         raise ValueError(f"{param} must be > 0, got {value}")
@@ -139,7 +144,12 @@ def scheme_gain(init: str, sigma_w: float | None = None) -> float:
 # 1e300, which float32 does not hold) or drew its PReLU slope as inf (1e39). The first layer's
 # products with pre-activations of ~sigma_w |x| must fit as well: a float32 leaky stack with slope and
 # sigma_w both 1e20 overflows there, reported as first_nonfinite_forward = 0.
+# The other scales keep to the same range (a nonzero one in magnitude): bn_eps, residual_scale,
+# clip_threshold and the LSTM's forget_bias enter the kernels' products as the dtype's numbers (a
+# float32 norm clip at 1e-50 scaled the signal to 0 and read "no gradient"; bn_eps or
+# residual_scale of 1e39 became inf).
 SCALE_RANGE = {"float64": (1e-290, 1e290), "float32": (1e-30, 1e30)}
+POSITIVE_SCALES = ("bn_eps", "clip_threshold")
 
 
 def _num(x: float) -> str:
@@ -172,8 +182,9 @@ class _Net:
     def _check_scales(self) -> None:
         """The dtype (a NumPy dtype, ``np.dtype("float32")``, becomes its name, as NumPy scalars
         become Python numbers) and, within :data:`SCALE_RANGE` of it, ``sigma_w``, a nonzero
-        ``sigma_b`` and the magnitude of a nonzero ``activation_param``. Called once the dtype is
-        one of :data:`DTYPES`."""
+        ``sigma_b``, and the magnitude of a nonzero ``activation_param``, ``bn_eps``,
+        ``residual_scale``, ``clip_threshold`` and ``forget_bias`` (those the net has). Called
+        once the dtype is one of :data:`DTYPES`."""
         if isinstance(self.dtype, np.dtype):
             object.__setattr__(self, "dtype", self.dtype.name)
         lo, hi = SCALE_RANGE[self.dtype]
@@ -186,6 +197,15 @@ class _Net:
                              f"{'round to 0' if float(v) < lo else 'overflow to inf'}; {self.dtype} holds "
                              f"{_num(lo)} <= {name} <= {_num(hi)}{other}")
         check_param_range(getattr(self, "activation_param", None), self.dtype)
+        for name in ("bn_eps", "residual_scale", "clip_threshold", "forget_bias"):
+            v = getattr(self, name, None)
+            if v is None or v == 0 or lo <= abs(float(v)) <= hi:
+                continue
+            other = "" if self.dtype == "float64" else "; float64: 1e-290 to 1e290"
+            raise ValueError(f"{name}={_num(v)} is beyond what {self.dtype} holds: the kernels' arithmetic with it would "
+                             f"{'underflow' if abs(float(v)) < lo else 'overflow to inf'}; in {self.dtype} {name} must "
+                             f"be {'' if name in POSITIVE_SCALES else '0 or '}between {_num(lo)} and {_num(hi)}"
+                             f"{' in magnitude' if name not in POSITIVE_SCALES else ''}{other}")
 
     @property
     def has_head(self) -> bool:

@@ -42,6 +42,7 @@ from gradbench.engine import backprop
 from gradbench.inputs import all_finite, check_array, check_stored_params
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum  # noqa: F401 (re-exported)
 from gradbench.params import Params, check_seed, init_params
+from gradbench.plan import check_history
 from gradbench.reference import norm_scaled
 from gradbench.report import count, describe
 from gradbench.spec import Stack, check_choice
@@ -551,6 +552,7 @@ def train(
         and says where (``diverged_epoch``, ``divergence``); later entries of the history are NaN.
     """
     X = _check_data(stack, X, y, epochs, batch_size)
+    epochs, batch_size = int(epochs), int(batch_size)  # np.uint8(5) would wrap around in the batch arithmetic
     check_seed(seed)  # the shuffling is default_rng([seed, 1]): an int, not a Generator
     opt = _optimizer_for(optimizer, lr, momentum, weight_decay)
     weights = INIT_WEIGHTS if params is None else GIVEN_WEIGHTS
@@ -681,6 +683,8 @@ def _check_data(stack: Stack, X, y, epochs, batch_size) -> np.ndarray:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    # the history: ||dL/dW_l|| and update ratios per layer, six numbers per epoch besides
+    check_history(epochs, 16 * stack.depth + 64, "the training history")
     if stack.batch_norm and (min(batch_size, len(X)) < 2 or len(X) % batch_size == 1):
         raise ValueError(
             f"batch_norm=True needs mini-batches of at least 2 samples; batch_size={batch_size} with {len(X)} samples "

@@ -1,5 +1,6 @@
 """Public API, validation of bad input, LogScaled, and the lecture notes' worked numbers."""
 
+import dataclasses
 import math
 import warnings
 
@@ -531,3 +532,52 @@ def test_a_non_finite_logscaled_reads_as_its_value():
     """A diverged loss printed as '-10^nan' (NaN's sign bit)."""
     v = gb.LogScaled(np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -3.5]), np.array(3))
     assert repr(v) == f"LogScaled([nan, nan, inf, -inf, 10^-inf, -10^{np.log10(28.0):.4f}])"
+
+
+@pytest.mark.parametrize("field, value, kw", [
+    ("clip_threshold", 1e-50, dict(clip="norm")), ("clip_threshold", 1e39, dict(clip="value")),
+    ("residual_scale", 1e-50, dict(residual=2)), ("residual_scale", -1e39, dict(residual=2)),
+    ("bn_eps", 1e39, dict(batch_norm=True)), ("bn_eps", 1e-40, dict(batch_norm=True)),
+    ("forget_bias", 1e39, dict(cell="lstm")),
+])
+def test_other_scales_beyond_float32_are_refused_by_name(field, value, kw):
+    """A float32 norm clip at 1e-50 scaled the signal to 0 and read "NO GRADIENT" (float64:
+    10^-50.2); residual_scale 1e-50 gave no gradient, 1e39 a NaN loss; bn_eps 1e39 a loss of 0;
+    an LSTM's forget_bias 1e39 was refused as "params.b_ih contains NaN or Inf"."""
+    make = (lambda **a: gb.Recurrent(steps=3, hidden=4, **a)) if kw.get("cell") else \
+        (lambda **a: gb.Stack(depth=4, width=4, **a))
+    with pytest.raises(ValueError, match=rf"{field}=.* is beyond what float32 holds: .* in float32 {field} must be"):
+        make(dtype="float32", **kw, **{field: value})
+    make(dtype="float64", **kw, **{field: value})  # float64 holds it
+
+
+@pytest.mark.parametrize("field, kw", [("clip_threshold", dict(clip="norm")), ("residual_scale", dict(residual=2))])
+def test_float32_at_the_ends_of_its_scale_range_follows_float64(field, kw):
+    """At the range's ends a float32 stack gives float64's gradient norms to float32's precision
+    (the range is what float32 holds, not a guess)."""
+    from gradbench.spec import SCALE_RANGE
+
+    for edge in SCALE_RANGE["float32"]:
+        got = {}
+        for dtype in ("float32", "float64"):
+            st = gb.Stack(depth=4, width=8, activation="relu", dtype=dtype, **kw, **{field: edge})
+            p = gb.init_params(st.replace(dtype="float64"), 0)
+            p = dataclasses.replace(p, **{k: getattr(p, k).astype(dtype) for k in ("W", "b", "gamma", "beta", "slope")})
+            x = gb.gaussian_input(st.replace(dtype="float64"), 8, seed=1).astype(dtype)  # the same in both dtypes
+            got[dtype] = gb.backprop(st, p, x).grad_norm.log10()
+        assert np.all(np.isfinite(got["float32"])), (field, edge)
+        np.testing.assert_allclose(got["float32"], got["float64"], atol=1e-4)
+
+
+def test_recurrent_numpy_scalars_become_python_numbers():
+    """Recurrent kept np.int32 steps and hidden: the memory estimate wrapped around (-1983905704
+    bytes for an LSTM of 2^24 steps and 256 units), which let a 2 TiB run through the planner."""
+    from gradbench.recurrent.engine import memory_estimate
+
+    r = gb.Recurrent(cell="lstm", steps=np.int32(2**24), hidden=np.int32(256), input_dim=np.int64(4),
+                     sigma_w=np.float32(1.5), clip_threshold=np.float64(2.0))
+    assert type(r.steps) is int and type(r.hidden) is int and type(r.input_dim) is int
+    assert type(r.sigma_w) is float and type(r.clip_threshold) is float
+    plain = gb.Recurrent(cell="lstm", steps=2**24, hidden=256, input_dim=4, sigma_w=1.5, clip_threshold=2.0)
+    assert r == plain
+    assert memory_estimate(r, 64, checkpoint=None) == memory_estimate(plain, 64, checkpoint=None) > 2**40

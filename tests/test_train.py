@@ -1113,3 +1113,38 @@ def test_a_forward_pass_that_underflows_is_not_called_dead():
     text = r.summary()
     assert "layers 0, 1 has z exactly 0 for every sample, by underflow, not because z <= 0" in text
     assert "layers 0, 1 is dead" not in text and "layers 0, 1, 2 is dead" not in text
+
+
+@pytest.mark.parametrize("who", ["train", "pretrain", "recurrent"])
+def test_a_history_beyond_memory_is_refused_before_any_work(who):
+    """epochs=3e9 allocated its history unchecked: the kernel's out-of-memory killer ended the
+    process (10^12: 'Unable to allocate 7.28 TiB' as an internal error)."""
+    from gradbench.plan import PlanRefused, memory_limits
+
+    st = gb.Stack(depth=3, width=4, input_dim=2, loss="bce")
+    X, y = gb.datasets.moons(20, noise=0.1, seed=0)
+    epochs = 10**12
+    with pytest.raises(PlanRefused, match=r"epochs=1000000000000 needs .* for the .*history .* at most epochs=(\d+) fit") as e:
+        if who == "train":
+            gb.train(st, X, y, epochs=epochs)
+        elif who == "pretrain":
+            gb.pretrain(st, X, epochs=epochs)
+        else:
+            from gradbench.recurrent.train import train_recurrent
+
+            rnn = gb.Recurrent(cell="rnn", steps=3, hidden=4, input_dim=2, loss="bce")
+            xs = np.zeros((3, 20, 2))
+            train_recurrent(rnn, xs, y, xs, y, epochs=epochs)
+    fit = int(re.search(r"at most epochs=(\d+) fit", str(e.value)).group(1))
+    limit = memory_limits()[1]
+    per = e.value.need / (epochs + 1)
+    assert (fit + 1) * per == pytest.approx(limit, rel=0.01)  # the most that fit (the available memory moves)
+
+
+def test_numpy_integer_epochs_and_batch_size_train_as_python_ints():
+    """np.uint8(5) batches wrapped around (OverflowError: 'Python integer -40 out of bounds')."""
+    st = gb.Stack(depth=2, width=4, input_dim=2, loss="bce")
+    X, y = gb.datasets.moons(40, noise=0.1, seed=0)
+    a = gb.train(st, X, y, epochs=np.uint8(3), batch_size=np.uint8(5), backend="numpy")
+    b = gb.train(st, X, y, epochs=3, batch_size=5, backend="numpy")
+    assert a.loss.tolist() == b.loss.tolist() and a.settings["batch_size"] == 5 and type(a.settings["epochs"]) is int

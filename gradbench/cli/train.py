@@ -132,10 +132,13 @@ def _overrides(args) -> dict:
 def _check_training(stack, X, y, kw: dict, who: str) -> None:
     """gradbench.train's own checks of the data and the batches, before the first epoch, in
     command-line words (``who``: what is trained, for the message)."""
+    from gradbench.plan import PlanRefused
     from gradbench.train import check_training
 
     try:
         check_training(stack, X, y, kw.get("epochs", 100), kw.get("batch_size", 32))
+    except PlanRefused as exc:  # a history beyond memory
+        raise UsageError(str(exc).replace("epochs=", "--epochs ")) from None
     except ValueError as exc:
         text = str(exc).replace("batch_norm=True", f"{who} has batch norm, which")
         text = text.replace("batch_size=", "--batch-size ").replace("another batch_size", "another --batch-size")

@@ -609,6 +609,14 @@ def cmd_train(args) -> int:
     names = split(args.demo)  # checked by main (check_demo_names) before the options were parsed
     over = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "steps") if getattr(args, k) is not None}
     concrete = _backend(args.backend)
+    if "epochs" in over:  # a history beyond memory, refused before the first demo trains
+        from gradbench.plan import PlanRefused, check_history
+        from gradbench.recurrent.train import HISTORY_BYTES
+
+        try:
+            check_history(over["epochs"], HISTORY_BYTES, "the training history")
+        except PlanRefused as exc:
+            raise UsageError(str(exc).replace("epochs=", "--epochs ")) from None
     results = {n: run_recurrent_demo(n, backend=concrete, progress=True, **over) for n in names}
     written = []
     if args.out:

@@ -153,6 +153,19 @@ class Recurrent(_Net):
         self._dtype_as_name()
         check_choice("dtype", self.dtype, DTYPES)
         self._check_scales()
+        self._normalise()
+
+    def _normalise(self) -> None:
+        """NumPy scalars become Python ints and floats, as :class:`~gradbench.Stack`'s (np.int32
+        steps * hidden wrapped around in the memory estimate, which then let a 2 TiB run through)."""
+        for f in ("steps", "hidden", "input_dim", "output_dim"):
+            v = getattr(self, f)
+            if v is not None:
+                object.__setattr__(self, f, int(v))
+        for f in ("activation_param", "sigma_w", "sigma_b", "forget_bias", "clip_threshold"):
+            v = getattr(self, f)
+            if v is not None:
+                object.__setattr__(self, f, float(v))
 
     # ----------------------------------------------------------------- derived
     @property

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench.inputs import check_array
+from gradbench.plan import check_history
 from gradbench.recurrent.engine import backprop
 from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
@@ -131,6 +132,9 @@ def _targets(rnn: Recurrent, y: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(y.reshape(-1, 1), dtype=rnn.np_dtype)
 
 
+HISTORY_BYTES = 32  # bytes of history an epoch: its loss, held-out loss, accuracy (and slack)
+
+
 def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.ndarray, y_eval: np.ndarray, *,
                     epochs: int = 10, batch_size: int = 32, optimizer: str = "adam", lr: float = 0.005,
                     momentum: float | None = None, seed: int = 0, params: RecurrentParams | None = None,
@@ -152,6 +156,8 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
     for nm, v in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{nm} must be an int >= 1, got {v!r}")
+    check_history(epochs, HISTORY_BYTES, "the training history")
+    epochs, batch_size = int(epochs), int(batch_size)
     dt = rnn.np_dtype
     X = check_array("X", X, None, dt, owner="net", kind="Recurrent")  # nothing cast behind the caller's back
     X_eval = check_array("X_eval", X_eval, None, dt, owner="net", kind="Recurrent")
