@@ -1055,3 +1055,40 @@ def test_a_run_refused_for_its_size_is_the_users_error_not_a_failed_run(cluster,
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("gradbench sweep: error: this run (depth 2, width 1000000") and "RunFailed" not in err
+
+
+@pytest.mark.parametrize("seeds", [range(10**20), range(5, 10**30, 7), range(10**8)])
+def test_a_sweep_beyond_memory_is_refused_before_it_is_listed(seeds):
+    """seeds=range(10**8) grew to 4.5 GB in 30 s before any run; range(10**20) could not even
+    be counted (len() overflows)."""
+    from gradbench.plan import memory_limits
+    from gradbench.sweep.grid import RUN_BYTES
+
+    runs = 2 * (-((seeds.start - seeds.stop) // seeds.step))  # two grid points, each seed once
+    assert runs * RUN_BYTES > memory_limits()[1]
+    with pytest.raises(ValueError, match=rf"the sweep makes {runs} runs, whose plan and table rows"):
+        gb.sweep({"sigma_w": [1.0, 2.0]}, depth=2, width=2, seeds=seeds)
+
+
+def test_more_workers_than_four_a_cpu_are_refused():
+    """workers=100000 on two CPUs spawned processes until the machine hung."""
+    from gradbench._env import available_cpus
+
+    most = 4 * available_cpus()
+    with pytest.raises(ValueError, match=rf"workers={most + 1} is more than 4 worker processes per CPU .* at most {most}"):
+        gb.sweep({"sigma_w": [1.0, 2.0]}, depth=2, width=2, workers=most + 1)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--seeds", "99999999999999999999"], "the sweep makes 99999999999999999999 runs"),
+    (["--sigma-w", "0.5:3.0:99999999999999999999"], "--sigma-w '0.5:3.0:99999999999999999999' makes"),
+    (["--sigma-w", "0.5:nan:4"], "--sigma-w '0.5:nan:4': the ends a and b of a range must be finite numbers"),
+    (["--workers", "100000"], "--workers 100000 is more than 4 worker processes per CPU"),
+])
+def test_sweep_sizes_beyond_the_machine_are_usage_errors(argv, needle, capsys, tmp_path):
+    from gradbench.cli import main
+
+    assert main(["sweep", "--depth", "4", "--width", "4", "--out", str(tmp_path / "sw"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "sw").exists()

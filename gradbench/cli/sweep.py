@@ -86,6 +86,14 @@ def _range(option: str, text: str, kind: type) -> list:
     a, b, n = ends
     if n < 2:
         raise UsageError(f"{option} {text!r}: a range needs n >= 2 values, got {n}")
+    if not all(map(np.isfinite, (a, b))):
+        raise UsageError(f"{option} {text!r}: the ends a and b of a range must be finite numbers")
+    from gradbench.sweep.grid import check_size
+
+    try:
+        check_size(n, f"{option} {text!r}")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     values = np.linspace(a, b, n).tolist()
     if kind is int:
         if not all(float(v).is_integer() for v in values):
@@ -202,6 +210,7 @@ def cmd_sweep(args) -> int:
         check_options(args.scheduler, args.workers, args.runs_per_task, True, args.out)
     except (ValueError, TypeError) as exc:
         words, at, point = str(exc).partition(" (at grid point ")  # the point keeps the table's field names
+        words = words.replace("workers=", "--workers ").replace("(client=)", "(--scheduler)")
         raise UsageError(in_option_words(words, _FIELD) + at + point) from None
     refuse_unused_stack_options(args, [gb.Stack(**run.config) for run in p.runs()[::len(p.seeds)]], several=True)
     t0 = time.perf_counter()

@@ -254,6 +254,10 @@ class Progress:
             self.bar.__exit__(None, None, None)
 
 
+# A LocalCluster's workers are single-threaded processes: more than this many per CPU only compete.
+WORKERS_PER_CPU = 4
+
+
 def check_options(client, workers, runs_per_task, progress, out) -> None:
     if client is not None and not isinstance(client, str) and not hasattr(client, "submit"):
         raise TypeError(f"client must be a distributed.Client, a scheduler address or None, got {client!r}")
@@ -262,6 +266,11 @@ def check_options(client, workers, runs_per_task, progress, out) -> None:
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        cpus = available_cpus()
+        if workers > WORKERS_PER_CPU * cpus:  # 100000 processes hung the machine
+            raise ValueError(f"workers={workers} is more than {WORKERS_PER_CPU} worker processes per CPU this process "
+                             f"may use ({cpus}): at most {WORKERS_PER_CPU * cpus}; a cluster of other machines is "
+                             "reached by its scheduler's address (client=)")
         if client is not None:
             raise ValueError("workers= sizes the LocalCluster of a call without client=; give one or the other")
     if runs_per_task is not None and (isinstance(runs_per_task, bool) or not isinstance(

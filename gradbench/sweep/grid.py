@@ -108,9 +108,38 @@ def _axis(name: str, values) -> list:
     return out
 
 
+# Memory a run takes in the caller before it runs: its Run (~190 bytes, measured over 10^5), its
+# share of the tasks and its table row (~45 columns), with margin.
+RUN_BYTES = 2048
+
+
+def check_size(runs: int, what: str = "the sweep") -> None:
+    """Refuse ``runs`` runs whose plan and table rows would not fit in memory (10^8 seeds grew to
+    4.5 GB in 30 s without a word), before they are built. ``what`` names them in the message."""
+    from gradbench.plan import memory_limits, size_text
+
+    _, limit, budget = memory_limits()
+    if runs * RUN_BYTES > limit:
+        raise ValueError(f"{what} makes {runs} runs, whose plan and table rows (~{RUN_BYTES // 1024} KiB a run) need "
+                         f"{size_text(runs * RUN_BYTES)}, above {budget} ({size_text(limit)}): at most "
+                         f"{int(limit // RUN_BYTES)} runs fit in one sweep")
+
+
+def _length(seeds) -> int:
+    """len(seeds), also for a range beyond sys.maxsize (whose len() raises OverflowError)."""
+    try:
+        return len(seeds)
+    except OverflowError:
+        if isinstance(seeds, range):  # ceil((stop - start) / step), as len() counts
+            return max(0, -((seeds.start - seeds.stop) // seeds.step))
+        return 2**63
+
+
 def _seeds(seeds) -> tuple:
     if isinstance(seeds, (int, np.integer, str, bytes)) or not isinstance(seeds, Iterable):
         raise TypeError(f"seeds must be an iterable of ints such as range(3), got {type(seeds).__name__} {seeds!r}")
+    if hasattr(seeds, "__len__"):  # range(10**20): refused before it is listed
+        check_size(_length(seeds), f"seeds={seeds!r}")
     out = tuple(_scalar("seeds", s) for s in seeds)
     for s in out:
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
@@ -146,7 +175,11 @@ def plan(grid: Mapping, fixed: Mapping, seeds, backend: str = "auto") -> Plan:
         if name not in axes and name not in fixed:
             raise ValueError(f"{name} is required: a fixed value ({name}=...) or a grid axis")
     check_choice("backend", backend, tuple(REGISTRY) + ("auto",))
+    points = int(np.prod([len(v) for v in axes.values()], dtype=object))
+    if hasattr(seeds, "__len__"):
+        check_size(points * _length(seeds))
     p = Plan(axes, fixed, _seeds(seeds), backend)
+    check_size(points * len(p.seeds))
     for point in p.points():
         settings = {**p.fixed, **point}
         batch = settings.pop("batch")
