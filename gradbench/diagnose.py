@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradbench.histograms import DEFAULT_BINS, histograms, rebin_is_exact, rebin_streaming
+from gradbench.histograms import DEFAULT_BINS, checked_range, histograms, rebin_is_exact, rebin_streaming
 from gradbench.params import GeneratedParams, weights_probe
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, classify, clip_binds,  # noqa: F401
@@ -236,7 +236,9 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     """
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be an int >= 1, got {bins!r}")
-    _check_bins_fit(res, int(bins))
+    bins = int(bins)
+    _check_bins_fit(res, bins)
+    hist_range = None if hist_range is None else checked_range(hist_range, bins)
     a = assess(res, params, threshold=threshold, tiny=tiny)
     stack: Stack = res.stack
     g, s, rate = a.grad_log10, a.signal_log10, a.decades_per_layer
@@ -409,7 +411,8 @@ def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> As
     ``diagnose(res, params, threshold=threshold, tiny=tiny)``, which calls this.
     """
     for name, v in (("threshold", threshold), ("tiny", tiny)):
-        if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0):
+        if isinstance(v, bool) or not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+                                       and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     stack: Stack = res.stack
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -152,10 +152,26 @@ def _compiled():
     return histogram_fill
 
 
-def _checked_range(hist_range) -> tuple[float, float]:
-    lo, hi = map(float, hist_range)
-    if not hi > lo:
-        raise ValueError(f"hist_range must be (lo, hi) with hi > lo, got {hist_range}")
+def checked_range(hist_range, bins: int) -> tuple[float, float]:
+    """A caller's ``hist_range`` (lo, hi) in log10 units as floats: finite reals with lo < hi that
+    split into ``bins`` bins of distinct, finite edges with a finite bins / (hi - lo) (a range of
+    (-inf, 0) gave NaN edges, (1e-320, 2e-320) an infinite scale, and every entry was counted
+    nowhere; strings or three numbers failed inside the unpacking)."""
+    what = "hist_range must be (lo, hi), finite numbers in log10 units with lo < hi"
+    if isinstance(hist_range, (str, bytes)) or not hasattr(hist_range, "__len__") or len(hist_range) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) for v in hist_range):
+        raise ValueError(f"{what}, got {hist_range!r}")
+    try:
+        lo, hi = (float(v) for v in hist_range)
+    except OverflowError:  # an int beyond any float
+        raise ValueError(f"{what}, got {hist_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{what}, got {hist_range!r}")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        edges, scale = np.linspace(lo, hi, bins + 1), bins / (hi - lo)
+    if not (np.all(np.isfinite(edges)) and np.all(np.diff(edges) > 0) and math.isfinite(scale)):
+        raise ValueError(f"hist_range={hist_range!r} does not split into {bins} bins of distinct float edges "
+                         "(a range too narrow for its bins, or too wide for float64)")
     return lo, hi
 
 
@@ -182,7 +198,7 @@ def histograms(W, bins: int = DEFAULT_BINS, hist_range: tuple[float, float] | No
     if hist_range is None:
         lo, hi, offset = _default_range(m2, e)
     else:
-        (lo, hi), offset = _checked_range(hist_range), 0
+        (lo, hi), offset = checked_range(hist_range, bins), 0
     edges = np.linspace(lo, hi, bins + 1) + offset * LOG10_2
     # the rounding of log10|m| + (e - offset) log10 2 - lo, in bin units: a few ulps of the magnitudes
     tol = 16 * np.finfo(np.float64).eps * (max(abs(lo), abs(hi)) + 1.0) * bins / (hi - lo)
@@ -251,7 +267,7 @@ def rebin_streaming(hist, bins: int = DEFAULT_BINS, hist_range: tuple[float, flo
     has = hist.counts.sum(axis=1) > 0
     offset = 0  # a bin index to count from, far out (as in _default_range; top is exact in int64)
     if hist_range is not None:
-        lo, hi = _checked_range(hist_range)
+        lo, hi = checked_range(hist_range, bins)
         j0, k = _on_fine_grid(lo, hi, bins, pd)
     elif has.any():
         if int(np.abs(hist.top[has]).max()) >= FAR_EXPONENT:
@@ -297,7 +313,7 @@ def rebin_is_exact(hist, bins: int, hist_range: tuple[float, float] | None) -> b
     fine bin."""
     if hist_range is None:
         return True
-    lo, hi = _checked_range(hist_range)
+    lo, hi = checked_range(hist_range, bins)
     return _on_fine_grid(lo, hi, bins, hist.per_decade)[1] is not None
 
 

@@ -259,3 +259,34 @@ def test_entries_on_a_callers_edges_belong_to_the_range_as_in_np_histogram():
     x, y = 425949069481.2051, 973478795507.7533  # the review's pair
     _, counts, _, _, outside = histograms(_one_layer(x, y), 7, (np.log10(x), np.log10(y)))
     assert counts[0].tolist() == [1, 0, 0, 0, 0, 0, 1] and outside[0] == 0
+
+
+@pytest.mark.parametrize("stats_only", [False, True])
+@pytest.mark.parametrize("bad", [(-np.inf, 0), (0, np.nan), (1e-320, 2e-320), (-1e308, 1e308), (3, 1), (1, 1),
+                                 (1, 2, 3), "ab", (True, 2), (-10**400, 0), [0]])
+def test_a_hist_range_that_loses_entries_is_refused(bad, stats_only):
+    """(-inf, 0) gave NaN edges and (1e-320, 2e-320) an infinite bin scale: all 180 entries were
+    counted nowhere; a string or three numbers failed inside the unpacking without the name."""
+    st = gb.Stack(depth=5, width=6, activation="sigmoid")
+    res = gb.backprop(st, gb.init_params(st, 0), gb.gaussian_input(st, 6, seed=0), stats_only=stats_only)
+    with pytest.raises(ValueError, match="hist_range"):
+        gb.diagnose(res, hist_range=bad)
+
+
+def test_every_accepted_hist_range_counts_every_entry():
+    """Conservation: bins + outside + zeros + non-finite = the entries of every layer, for ranges
+    from wide to a few ulps per bin."""
+    st = gb.Stack(depth=5, width=6, activation="sigmoid")
+    res = gb.backprop(st, gb.init_params(st, 0), gb.gaussian_input(st, 6, seed=0))
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        lo = rng.uniform(-6, 1)
+        width = 10.0 ** rng.uniform(-13, 3)
+        bins = int(rng.integers(1, 60))
+        try:
+            d = gb.diagnose(res, bins=bins, hist_range=(lo, lo + width))
+        except ValueError as exc:  # too narrow for float64: refused, not lost
+            assert "does not split into" in str(exc)
+            continue
+        total = d.hist_counts.sum(axis=1) + d.hist_outside + d.hist_zeros + d.hist_nonfinite
+        assert np.all(total == 36), (lo, width, bins)
