@@ -24,13 +24,21 @@ def _env_number(name: str, default, convert, ok, requirement: str):
         value = None
     if value is None or not ok(value):
         shown = default if isinstance(default, int) else f"{default:g}"  # 268435456, not 2.68435e+08
-        raise EnvError(f"environment variable {name}={text!r} {requirement} (unset it for the default {shown})")
+        # a default outside the allowed values is a sentinel (GRADBENCH_C_THREADS' 0: one per CPU)
+        shown = f"the default {shown}" if ok(default) else "gradbench's default"
+        raise EnvError(f"environment variable {name}={text!r} {requirement} (unset it for {shown})")
     return value
 
 
+# The largest integer a variable may hold: the C drivers take them as int64.
+ENV_INT_MAX = 2**62
+
+
 def env_int(name: str, default: int, low: int = 0) -> int:
-    """``int(os.environ[name])`` (``default`` when unset or empty), at least ``low``."""
-    return _env_number(name, default, int, lambda v: v >= low, f"is not an integer >= {low}")
+    """``int(os.environ[name])`` (``default`` when unset or empty), from ``low`` to
+    :data:`ENV_INT_MAX` (99999999999999999999 failed as an OverflowError on import)."""
+    return _env_number(name, default, int, lambda v: low <= v <= ENV_INT_MAX,
+                       f"is not an integer from {low} to 2^62")
 
 
 def env_float(name: str, default: float, low: float = 0.0) -> float:

@@ -29,7 +29,7 @@ def test_build_jobs_come_from_the_environment_or_the_cpus(monkeypatch):
     assert setup_py.build_jobs() == 3
     for bad in ("0", "-2", "two"):  # refused as every GRADBENCH_* variable is (gradbench/_env.py)
         monkeypatch.setenv("GRADBENCH_BUILD_JOBS", bad)
-        with pytest.raises(ValueError, match=f"environment variable GRADBENCH_BUILD_JOBS='{bad}' is not an integer >= 1"):
+        with pytest.raises(ValueError, match=f"environment variable GRADBENCH_BUILD_JOBS='{bad}' is not an integer from 1 to 2\\^62"):
             setup_py.build_jobs()
 
 
@@ -80,8 +80,14 @@ def test_a_bad_environment_value_names_the_default_exactly(monkeypatch):
     from gradbench._env import EnvError, env_float, env_int
 
     monkeypatch.setenv("GRADBENCH_TEST_INT", "abc")
-    with pytest.raises(EnvError, match=r"GRADBENCH_TEST_INT='abc' is not an integer >= 1 \(unset it for the default 268435456\)"):
+    with pytest.raises(EnvError, match=r"GRADBENCH_TEST_INT='abc' is not an integer from 1 to 2\^62 \(unset it for the default 268435456\)"):
         env_int("GRADBENCH_TEST_INT", 1 << 28, low=1)
+    # beyond int64 (an OverflowError on import before) and a sentinel default (GRADBENCH_C_THREADS' 0)
+    monkeypatch.setenv("GRADBENCH_TEST_INT", "99999999999999999999")
+    with pytest.raises(EnvError, match=r"is not an integer from 1 to 2\^62 \(unset it for gradbench's default\)"):
+        env_int("GRADBENCH_TEST_INT", 0, low=1)
+    monkeypatch.setenv("GRADBENCH_TEST_INT", str(2**62))
+    assert env_int("GRADBENCH_TEST_INT", 0, low=1) == 2**62
     monkeypatch.setenv("GRADBENCH_TEST_FLOAT", "-1")
     with pytest.raises(EnvError, match=r"must be a number > 0 \(unset it for the default 30\)"):
         env_float("GRADBENCH_TEST_FLOAT", 30.0)
