@@ -513,7 +513,8 @@ def train(
         (``loss`` in mse / bce / softmax_ce).
     X, y : ndarray
         Features (B, D) and targets (B,): integer class labels, numbers in [0, 1] for bce,
-        any finite numbers for mse with one output (accuracy: module docstring).
+        any finite numbers for mse with one output (accuracy: module docstring). Floats in the
+        stack's dtype (as X), or integers that it holds exactly; nothing is cast.
     epochs, batch_size : int
         Passes over the data and mini-batch size (the last batch of an epoch may be smaller).
     optimizer : {"sgd", "momentum", "adam"} or an optimiser of :mod:`gradbench.optim`
@@ -711,6 +712,16 @@ def _check_labels(stack: Stack, y, n: int) -> None:
         raise TypeError(f"y must hold numbers for loss={stack.loss!r}, got dtype {y.dtype}")
     if not np.all(np.isfinite(y)):
         raise ValueError("y contains NaN or Inf")
+    if np.issubdtype(y.dtype, np.floating) and y.dtype != stack.np_dtype:  # as X, and backprop's targets
+        raise TypeError(f"y is {y.dtype} but the stack computes in {stack.dtype}: pass y.astype({stack.dtype!r}) "
+                        f"(nothing is cast behind your back) or a Stack with dtype={y.dtype.name!r}")
+    if np.issubdtype(y.dtype, np.integer) and n:
+        exact = 2 ** (np.finfo(stack.np_dtype).nmant + 1)  # integers the dtype holds exactly
+        big = max(int(y.max()), -int(y.min()))  # in integers: int64 near 2^53 would round as floats
+        if big > exact:
+            raise ValueError(f"y holds integers up to {big}, beyond what {stack.dtype} holds exactly (2^"
+                             f"{np.finfo(stack.np_dtype).nmant + 1} = {exact}): pass y as {stack.dtype} values if "
+                             "their rounding is meant")
     if stack.loss == "bce" and n and (y.min() < 0 or y.max() > 1):
         raise ValueError(f"y must lie in [0, 1] for loss='bce', got [{y.min()}, {y.max()}]")
 

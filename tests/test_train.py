@@ -1148,3 +1148,20 @@ def test_numpy_integer_epochs_and_batch_size_train_as_python_ints():
     a = gb.train(st, X, y, epochs=np.uint8(3), batch_size=np.uint8(5), backend="numpy")
     b = gb.train(st, X, y, epochs=3, batch_size=5, backend="numpy")
     assert a.loss.tolist() == b.loss.tolist() and a.settings["batch_size"] == 5 and type(a.settings["epochs"]) is int
+
+
+@pytest.mark.parametrize("dtype, y, err, words", [
+    ("float32", np.full(8, 1e39), TypeError, "y is float64 but the stack computes in float32"),
+    ("float64", np.ones(8, dtype=np.float32), TypeError, "y is float32 but the stack computes in float64"),
+    ("float32", np.full(8, 2**24 + 1), ValueError, "y holds integers up to 16777217, beyond what float32 holds exactly"),
+    ("float64", np.full(8, 2**53 + 1), ValueError, "y holds integers up to 9007199254740993, beyond what float64"),
+])
+def test_targets_are_not_cast_behind_the_callers_back(dtype, y, err, words):
+    """A float32 stack turned y = 1e39 into inf ('targets contains NaN or Inf', an array the caller
+    never passed) and 2^24 + 1 into 2^24 without a word; float32 y trained a float64 stack (which
+    gb.backprop refuses for its targets)."""
+    st = gb.Stack(depth=2, width=4, input_dim=2, loss="mse", dtype=dtype)
+    X = np.zeros((8, 2), dtype=dtype)
+    with pytest.raises(err, match=words):
+        gb.train(st, X, y, epochs=1)
+    assert np.float64(2**53 + 1) == 2**53 and np.float32(2**24 + 1) == 2**24  # what the cast would have done
