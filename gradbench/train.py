@@ -679,7 +679,7 @@ def _check_data(stack: Stack, X, y, epochs, batch_size) -> np.ndarray:
         )
     if len(X) < 1:
         raise ValueError(f"X has no samples (shape {X.shape}): training needs at least one")
-    _check_labels(stack, y, len(X))
+    check_labels(stack, y, len(X))
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -693,37 +693,38 @@ def _check_data(stack: Stack, X, y, epochs, batch_size) -> np.ndarray:
     return X
 
 
-def _check_labels(stack: Stack, y, n: int) -> None:
+def check_labels(stack, y, n: int, name: str = "y") -> None:
     """``y``: one label per row of X; integer classes in [0, output_dim) for softmax_ce and
     one-hot mse, numbers in [0, 1] for bce, finite numbers for mse with one output (nothing
-    truncated or cast behind the caller's back)."""
+    truncated or cast behind the caller's back). ``stack``: a Stack or a Recurrent (its loss,
+    output_dim and dtype); ``name`` names ``y`` in the messages."""
     if not isinstance(y, np.ndarray):
-        raise TypeError(f"y must be a numpy.ndarray, got {type(y).__name__}")
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
     if y.shape != (n,):
-        raise ValueError(f"y must hold one label per row of X, shape ({n},), got {y.shape}")
+        raise ValueError(f"{name} must hold one label per row of X, shape ({n},), got {y.shape}")
     if stack.loss == "softmax_ce" or (stack.loss == "mse" and stack.output_dim > 1):
         what = f"loss={stack.loss!r}" + (f" with output_dim={stack.output_dim} (one-hot)" if stack.loss == "mse" else "")
         if not np.issubdtype(y.dtype, np.integer):
-            raise TypeError(f"y must hold integer class labels for {what}, got dtype {y.dtype}")
+            raise TypeError(f"{name} must hold integer class labels for {what}, got dtype {y.dtype}")
         if n and (y.min() < 0 or y.max() >= stack.output_dim):
-            raise ValueError(f"y must lie in [0, {stack.output_dim}) (output_dim) for {what}, got [{y.min()}, {y.max()}]")
+            raise ValueError(f"{name} must lie in [0, {stack.output_dim}) (output_dim) for {what}, got [{y.min()}, {y.max()}]")
         return
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-        raise TypeError(f"y must hold numbers for loss={stack.loss!r}, got dtype {y.dtype}")
+        raise TypeError(f"{name} must hold numbers for loss={stack.loss!r}, got dtype {y.dtype}")
     if not np.all(np.isfinite(y)):
-        raise ValueError("y contains NaN or Inf")
+        raise ValueError(f"{name} contains NaN or Inf")
     if np.issubdtype(y.dtype, np.floating) and y.dtype != stack.np_dtype:  # as X, and backprop's targets
-        raise TypeError(f"y is {y.dtype} but the stack computes in {stack.dtype}: pass y.astype({stack.dtype!r}) "
-                        f"(nothing is cast behind your back) or a Stack with dtype={y.dtype.name!r}")
+        raise TypeError(f"{name} is {y.dtype} but the net computes in {stack.dtype}: pass {name}.astype({stack.dtype!r}) "
+                        f"(nothing is cast behind your back) or a net with dtype={y.dtype.name!r}")
     if np.issubdtype(y.dtype, np.integer) and n:
         exact = 2 ** (np.finfo(stack.np_dtype).nmant + 1)  # integers the dtype holds exactly
         big = max(int(y.max()), -int(y.min()))  # in integers: int64 near 2^53 would round as floats
         if big > exact:
-            raise ValueError(f"y holds integers up to {big}, beyond what {stack.dtype} holds exactly (2^"
-                             f"{np.finfo(stack.np_dtype).nmant + 1} = {exact}): pass y as {stack.dtype} values if "
+            raise ValueError(f"{name} holds integers up to {big}, beyond what {stack.dtype} holds exactly (2^"
+                             f"{np.finfo(stack.np_dtype).nmant + 1} = {exact}): pass {name} as {stack.dtype} values if "
                              "their rounding is meant")
     if stack.loss == "bce" and n and (y.min() < 0 or y.max() > 1):
-        raise ValueError(f"y must lie in [0, 1] for loss='bce', got [{y.min()}, {y.max()}]")
+        raise ValueError(f"{name} must lie in [0, 1] for loss='bce', got [{y.min()}, {y.max()}]")
 
 
 def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, backend: str,

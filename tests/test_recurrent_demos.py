@@ -94,3 +94,16 @@ def test_a_held_out_loss_that_ends_above_its_start_is_said():
     assert r.diverged_epoch is None and r.final_loss > 1.25 * r.eval_loss[0]
     assert (f"the held-out loss ended {r.final_loss / r.eval_loss[0]:.3g} times where it started: the steps "
             "overshoot, lr=30 is too large for this net (try a smaller one) or the net overfits") in r.summary()
+
+
+def test_recurrent_training_checks_its_labels_as_gb_train():
+    """train_recurrent cast y to the net's dtype unchecked (a wrong length failed deep inside)."""
+    import gradbench as gb
+
+    rnn = gb.Recurrent(cell="rnn", steps=3, hidden=4, input_dim=2, loss="bce", dtype="float32")
+    xs = np.zeros((3, 8, 2), dtype=np.float32)
+    good = np.zeros(8, dtype=np.int64)
+    with pytest.raises(TypeError, match="y is float64 but the net computes in float32"):
+        train_recurrent(rnn, xs, np.zeros(8), xs, good, epochs=1)
+    with pytest.raises(ValueError, match=r"y_eval must hold one label per row of X, shape \(8,\), got \(7,\)"):
+        train_recurrent(rnn, xs, good, xs, good[:7], epochs=1)

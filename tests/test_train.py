@@ -1151,8 +1151,8 @@ def test_numpy_integer_epochs_and_batch_size_train_as_python_ints():
 
 
 @pytest.mark.parametrize("dtype, y, err, words", [
-    ("float32", np.full(8, 1e39), TypeError, "y is float64 but the stack computes in float32"),
-    ("float64", np.ones(8, dtype=np.float32), TypeError, "y is float32 but the stack computes in float64"),
+    ("float32", np.full(8, 1e39), TypeError, "y is float64 but the net computes in float32"),
+    ("float64", np.ones(8, dtype=np.float32), TypeError, "y is float32 but the net computes in float64"),
     ("float32", np.full(8, 2**24 + 1), ValueError, "y holds integers up to 16777217, beyond what float32 holds exactly"),
     ("float64", np.full(8, 2**53 + 1), ValueError, "y holds integers up to 9007199254740993, beyond what float64"),
 ])

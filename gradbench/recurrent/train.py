@@ -31,7 +31,7 @@ from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
 from gradbench.spec import check_choice
 from gradbench.train import OPTIMIZERS, accuracy_text, chance_loss, class_labels, make_optimizer, resolve_momentum
-from gradbench.train import final_accuracy_text, optimizer_settings, optimizer_words, rising_words
+from gradbench.train import check_labels, final_accuracy_text, optimizer_settings, optimizer_words, rising_words
 from gradbench.train import accuracy as accuracy_of
 
 TASKS = ("first_symbol",)
@@ -161,6 +161,9 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
     dt = rnn.np_dtype
     X = check_array("X", X, None, dt, owner="net", kind="Recurrent")  # nothing cast behind the caller's back
     X_eval = check_array("X_eval", X_eval, None, dt, owner="net", kind="Recurrent")
+    for what, xs, labels in (("y", X, y), ("y_eval", X_eval, y_eval)):  # one label per sequence, nothing cast
+        if xs.ndim == 3:
+            check_labels(rnn, labels, xs.shape[1], what)
     opt = _optimizer(optimizer, lr, momentum)
     params = init_params(rnn, seed) if params is None else params.copy()
     if gate_bias:
