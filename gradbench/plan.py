@@ -245,7 +245,7 @@ def size_text(nbytes: float) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if nbytes >= scale:
             return f"{nbytes / scale:.2f} {unit}"
-    return f"{nbytes:.0f} bytes"
+    return f"{nbytes:g} bytes"  # 1.5, not "2 bytes"
 
 
 def memory_limits(memory_budget: int | None = None, available: int | None = None) -> tuple[float, float, str]:

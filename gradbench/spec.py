@@ -340,7 +340,7 @@ class Stack(_Net):
         for f in ("activation_param", "sigma_w", "sigma_b", "bn_eps", "residual_scale", "clip_threshold"):
             v = getattr(self, f)
             if v is not None:
-                object.__setattr__(self, f, float(v))
+                object.__setattr__(self, f, float(v) + 0.0)  # -0.0 as 0.0 (it read "slope -0")
         object.__setattr__(self, "batch_norm", bool(self.batch_norm))
 
     # ----------------------------------------------------------------- derived

@@ -611,8 +611,18 @@ class AlongStack:
 
     def fitted_rate(self, lo: int = 0, hi: int | None = None) -> float:
         """The least-squares rate (decades per layer going down) of :meth:`signal_log10` over
-        layers [lo, hi): what a fit of a simulation's signal over the same layers compares with."""
-        s = self.signal_log10()[lo:hi]
+        layers [lo, hi): what a fit of a simulation's signal over the same layers compares with.
+        ``lo`` and ``hi`` are layer indices with 0 <= lo < hi <= the number of points (``hi``
+        None: to the end); anything else is refused, not sliced into another window."""
+        s = self.signal_log10()
+        n = len(s)
+        hi = n if hi is None else hi
+        for name, v in (("lo", lo), ("hi", hi)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"fitted_rate's {name} must be a layer index (an int), got {v!r}")
+        if not 0 <= lo < hi <= n:
+            raise ValueError(f"fitted_rate needs 0 <= lo < hi <= {n} (the points of signal_log10), got lo={lo}, hi={hi}")
+        s = s[lo:hi]
         if len(s) < 2 or not np.all(np.isfinite(s)):
             return math.nan if len(s) >= 2 else 0.0
         return -float(np.polyfit(np.arange(len(s)), s, 1)[0])

@@ -581,3 +581,19 @@ def test_recurrent_numpy_scalars_become_python_numbers():
     plain = gb.Recurrent(cell="lstm", steps=2**24, hidden=256, input_dim=4, sigma_w=1.5, clip_threshold=2.0)
     assert r == plain
     assert memory_estimate(r, 64, checkpoint=None) == memory_estimate(plain, 64, checkpoint=None) > 2**40
+
+
+def test_a_fractional_memory_budget_is_said_as_given():
+    """memory_budget=1.5 was refused as a budget of "2 bytes"."""
+    st = gb.Stack(depth=2, width=4)
+    with pytest.raises(gb.plan.PlanRefused, match=r"\b1\.5 bytes"):
+        gb.backprop(st, gb.init_params(st, 0), gb.gaussian_input(st, 2, seed=0), memory_budget=1.5)
+
+
+def test_negative_zero_fields_are_zero():
+    """sigma_b=-0.0 was stored as -0.0 and a leaky slope of -0.0 read "slope -0"."""
+    st = gb.Stack(depth=2, width=4, activation="leaky_relu", activation_param=-0.0, sigma_b=-0.0)
+    assert math.copysign(1, st.sigma_b) == 1 and math.copysign(1, st.activation_param) == 1
+    assert "=-0.0" not in repr(st)
+    r = gb.Recurrent(steps=2, hidden=3, cell="lstm", forget_bias=-0.0, sigma_b=-0.0)
+    assert math.copysign(1, r.forget_bias) == 1 and math.copysign(1, r.sigma_b) == 1

@@ -854,3 +854,14 @@ def test_finite_width_rate_is_what_a_narrow_stack_simulates():
     res = gb.backprop(stack, gb.GeneratedParams(stack, 0), gb.gaussian_input(stack, 1, 0), stats_only=True)
     s = res.signal_norm.log10()
     assert -np.polyfit(np.arange(len(s)), s, 1)[0] == pytest.approx(lam, abs=0.003)
+
+
+@pytest.mark.parametrize("lo, hi, err", [(True, 5, TypeError), (180, 20, ValueError), (-5, 5000, ValueError),
+                                         (float("nan"), 5, TypeError), (0, 201, ValueError), (5, 5, ValueError)])
+def test_fitted_rate_refuses_a_window_it_would_slice_otherwise(lo, hi, err):
+    """(180, 20) returned 0.0 and (-5, 5000) fitted a window of NumPy's choosing, in silence."""
+    along = theory.along_stack("tanh", 200, 1.5)
+    with pytest.raises(err, match="fitted_rate"):
+        along.fitted_rate(lo, hi)
+    s = along.signal_log10()
+    assert along.fitted_rate(20, 180) == pytest.approx(-np.polyfit(np.arange(160), s[20:180], 1)[0], rel=1e-12)

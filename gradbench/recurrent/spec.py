@@ -165,7 +165,7 @@ class Recurrent(_Net):
         for f in ("activation_param", "sigma_w", "sigma_b", "forget_bias", "clip_threshold"):
             v = getattr(self, f)
             if v is not None:
-                object.__setattr__(self, f, float(v))
+                object.__setattr__(self, f, float(v) + 0.0)  # -0.0 as 0.0
 
     # ----------------------------------------------------------------- derived
     @property
