@@ -78,6 +78,8 @@ def temp_files(directory) -> list[str]:
     (lambda d: None, ["--plot", "{d}/f.png", "--hist", "{d}/f.png"], "--plot and --hist both write"),
     (lambda d: None, ["--out", "{d}/r.png"], "must end in .json or .npz"),
     (lambda d: None, ["--rows", "0"], "--rows: must be an integer >= 1"),
+    (lambda d: None, ["--out", ""], "--out '': an empty path (give a path, or drop --out)"),  # it wrote nothing, status 0
+    (lambda d: None, ["--tensorboard", " "], "--tensorboard ' ': an empty path"),
 ])
 def test_outputs_and_options_are_checked_before_computing(make, argv, needle, tmp_path, capsys, no_compute):
     make(tmp_path)

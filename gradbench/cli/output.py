@@ -42,6 +42,9 @@ def check_outputs(outputs: list[tuple[str, str | None, tuple[str, ...]]], *, mkd
     ``sweep --out``), checked by their own commands; here only that they are apart from the
     files and from each other (:func:`check_apart`). Raises UsageError naming the option.
     """
+    for opt, path in [(o, p) for o, p, _ in outputs] + list(directories):
+        if path is not None and not path.strip():  # --out '' ran and wrote nothing, with status 0
+            raise UsageError(f"{opt} {path!r}: an empty path (give a path, or drop {opt})")
     given = [(opt, path, kinds) for opt, path, kinds in outputs if path]
     for opt, path, kinds in given:
         if os.path.splitext(path)[1].lower() not in kinds:
