@@ -14,11 +14,13 @@ def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str =
     """``a`` as a C-contiguous array after checking its type, dtype, shape and (``finite``) values.
 
     ``owner`` names what the dtype belongs to in the messages ("stack", "net") and ``kind`` the
-    class to build with another dtype ("Stack", "Recurrent"). Non-contiguous input is accepted
-    and copied.
+    class to build with another dtype ("Stack", "Recurrent"). Non-contiguous input, and the
+    dtype in the other byte order (the same values), are accepted and copied.
     """
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype and a.dtype.newbyteorder("=") == dtype:  # big-endian float64: the same values, swapped
+        a = a.astype(dtype)
     if a.dtype != dtype:
         raise TypeError(
             f"{name} has dtype {a.dtype}, the {owner}'s dtype is {dtype}: "

@@ -597,3 +597,16 @@ def test_negative_zero_fields_are_zero():
     assert "=-0.0" not in repr(st)
     r = gb.Recurrent(steps=2, hidden=3, cell="lstm", forget_bias=-0.0, sigma_b=-0.0)
     assert math.copysign(1, r.forget_bias) == 1 and math.copysign(1, r.sigma_b) == 1
+
+
+def test_big_endian_arrays_are_the_same_values():
+    """A big-endian float64 x was refused with "pass x.astype('float64') or a Stack with
+    dtype='float64'" beside a float64 stack. The values are the same: the result is too."""
+    st = gb.Stack(depth=3, width=4, loss="mse")
+    p = gb.init_params(st, 0)
+    x = gb.gaussian_input(st, 5, seed=1)
+    t = np.random.default_rng(2).normal(size=(5, 1))
+    a = gb.backprop(st, p, x, t, backend="numpy")
+    big = dataclasses.replace(p, W=p.W.astype(">f8"))
+    b = gb.backprop(st, big, x.astype(">f8"), t.astype(">f8"), backend="numpy")
+    assert np.array_equal(a.grads.W.mantissa, b.grads.W.mantissa) and a.loss == b.loss
