@@ -17,7 +17,9 @@ activation_param=alpha), ``nn.SELU``, ``nn.SiLU`` (swish), ``nn.GELU()`` (gelu, 
 ``approximate='none'``). Losses: ``sum_squares`` = ``0.5 * (out ** 2).sum()``, ``mse`` =
 ``nn.MSELoss()``, ``bce`` = ``nn.BCEWithLogitsLoss()``, ``softmax_ce`` = ``nn.CrossEntropyLoss()``
 (:func:`loss_fn`). A linear layer without bias maps to zero biases; ``BatchNorm1d(affine=False)``
-to gamma = 1, beta = 0.
+to gamma = 1, beta = 0; these and frozen parameters (``requires_grad=False``) become trainable
+parameters, which :func:`from_torch` warns about (the gradients are the same; gradbench.train
+trains them all).
 
 gradbench's batch norm is train-mode batch normalisation (batch mean, biased batch variance), so
 a ``BatchNorm1d`` is accepted in training mode, or in eval mode with
@@ -64,8 +66,11 @@ def _activation_module(stack: Stack, slope=None) -> nn.Module:
 def to_torch(stack: Stack, params: Params) -> nn.Sequential:
     """The ``nn.Sequential`` that computes what ``stack`` with ``params`` computes.
 
-    Weights are copied (the stack's dtype); batch norm modules are in training mode (batch
-    statistics, as gradbench). The loss is not part of the model: :func:`loss_fn` gives it.
+    Weights are copied (the stack's dtype); batch norm modules use batch statistics, as
+    gradbench, in training and in eval mode alike (``track_running_stats=False``: gradbench has
+    no running statistics, and default ones of mean 0, variance 1 took a trained net from loss
+    0.007 to 4.06 after ``model.eval()``). The loss is not part of the model: :func:`loss_fn`
+    gives it.
 
     Parameters
     ----------
@@ -115,8 +120,8 @@ def to_torch(stack: Stack, params: Params) -> nn.Sequential:
     blocks = []
     for l in range(L):
         block = [linear(params.W[l], params.b[l])]
-        if stack.batch_norm:
-            bn = nn.BatchNorm1d(N, eps=stack.bn_eps, dtype=dt)
+        if stack.batch_norm:  # batch statistics in eval mode too: gradbench has no running statistics
+            bn = nn.BatchNorm1d(N, eps=stack.bn_eps, dtype=dt, track_running_stats=False)
             with torch.no_grad():
                 bn.weight.copy_(_tensor(params.gamma[l], dt))
                 bn.bias.copy_(_tensor(params.beta[l], dt))

@@ -138,6 +138,39 @@ def _unsupported_why(m: nn.Module) -> str:
             "LeakyReLU, PReLU, ELU, SELU, SiLU, GELU and gradbench.torch_io.Residual)")
 
 
+# The kinds gradbench maps, each with the forward it assumes (a subclass may not replace it).
+_MAPPED_KINDS = (nn.Sequential, nn.Linear, nn.BatchNorm1d, Residual) + _ACTIVATION_TYPES
+
+
+def _check_plain(path: str, m: nn.Module) -> None:
+    """Refuse a module that would not compute what its kind does: one with hooks (a forward hook
+    that scales the output was read as the plain module), or a subclass of a mapped kind whose
+    class replaces that kind's forward (``class MyTanh(nn.Tanh)`` with tanh(2x)): gradbench reads
+    the weights and the kind, never runs the forward. A subclass that keeps the forward is fine."""
+    where = f"{type(m).__name__} at {path or 'the model'!r}"
+    hooks = [n for n in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+             if getattr(m, n, None)]
+    if hooks:
+        raise _Refused(f"{where} has hooks ({', '.join(h.strip('_') for h in hooks)}), which gradbench would not run "
+                       "(it maps the module's kind and weights): remove them (handle.remove())")
+    for kind in _MAPPED_KINDS:
+        if isinstance(m, kind) and type(m).forward is not kind.forward:
+            raise _Refused(f"{where} replaces {kind.__name__}.forward, which gradbench does not run: it maps the "
+                           f"module as a plain {kind.__name__}; use {kind.__name__} itself (or put the extra "
+                           "computation in modules of its own)")
+
+
+def _check_global_hooks() -> None:
+    """Hooks registered for every module (torch.nn.modules.module.register_module_forward_hook)."""
+    from torch.nn.modules import module as _module
+
+    names = [n for n in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                         "_global_backward_pre_hooks") if getattr(_module, n, None)]
+    if names:
+        raise _Refused(f"global module hooks are registered ({', '.join(n.strip('_') for n in names)}), which "
+                       "gradbench would not run: remove them before mapping the model")
+
+
 def _flatten(seq: nn.Sequential, prefix: str) -> list[tuple[str, nn.Module]]:
     """Children of ``seq`` with nested plain ``nn.Sequential`` containers flattened, with their paths.
 
@@ -150,6 +183,7 @@ def _flatten(seq: nn.Sequential, prefix: str) -> list[tuple[str, nn.Module]]:
             continue
         path = f"{prefix}{name}"
         if type(m) is nn.Sequential:
+            _check_plain(path, m)
             out.extend(_flatten(m, path + "."))
         else:
             out.append((path, m))
@@ -158,7 +192,12 @@ def _flatten(seq: nn.Sequential, prefix: str) -> list[tuple[str, nn.Module]]:
 
 def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules that ``model``'s forward applies one after the other (with their paths)."""
-    if isinstance(model, nn.Sequential):
+    if isinstance(model, nn.Module):
+        _check_global_hooks()
+        if getattr(model, "_forward_hooks", None) or getattr(model, "_forward_pre_hooks", None) or (
+                isinstance(model, _MAPPED_KINDS) and not isinstance(model, nn.Sequential)):
+            _check_plain("", model)
+    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
         return _flatten(model, "")
     if isinstance(model, Residual):
         return [("", model)]
@@ -209,7 +248,9 @@ def _check_kinds(items, group: str | None = None) -> None:
     structure is looked at: a Dropout or a LayerNorm has to go whatever the order of the rest."""
     for path, m in items:
         where = f"{_describe(m)} at {path!r}"
+        _check_plain(path, m)
         if isinstance(m, Residual):
+            _check_plain(f"{path}.body", m.body)
             if group is not None:
                 raise _Refused(f"{where}: a Residual inside a Residual's body ({group!r}) is not supported: a group's "
                                f"body is a chain of blocks {_BLOCK}; place the groups one after the other "
@@ -321,7 +362,31 @@ def _from_torch(model, dtype, loss):
     except ValueError as exc:  # a value gradbench does not take (ELU alpha 0): said as the model's
         where = f"{_describe(blocks[0][2][1])} at {blocks[0][2][0]!r}: " if "activation_param" in str(exc) else ""
         raise _Refused(f"{where}{exc}") from None
+    _warn_untrainable(items, input_layer, head)
     return stack, _params_of(blocks, input_layer, head, act_name, width, dtype)
+
+
+def _warn_untrainable(items, input_layer, head) -> None:
+    """Warn where the model holds parameters fixed that gradbench makes trainable: a frozen
+    parameter (requires_grad=False), a Linear without bias (zero biases) and a BatchNorm1d
+    without affine (gamma 1, beta 0). The gradients are the same; :func:`gradbench.train` would
+    train them all (a frozen W_in moved by 0.016, a bias-free layer got biases) and
+    :func:`~gradbench.torch_io.to_torch` gives every one back as a trainable parameter."""
+    import warnings
+
+    leaves = list(_leaves(items)) + [x for x in (input_layer, head) if x is not None]
+    fixed = []
+    for path, m in leaves:
+        fixed += [f"{path}.{n}" for n, p in m.named_parameters(recurse=False) if not p.requires_grad]
+        if isinstance(m, nn.Linear) and m.bias is None:
+            fixed.append(f"{path}.bias (none: zeros)")
+        if isinstance(m, nn.BatchNorm1d) and not m.affine:
+            fixed.append(f"{path} affine=False (gamma 1, beta 0)")
+    if fixed:
+        shown = ", ".join(fixed[:4]) + (f" and {len(fixed) - 4} more" if len(fixed) > 4 else "")
+        warnings.warn(f"from_torch: the model holds fixed {shown}; gradbench makes every parameter trainable: the "
+                      "gradients are the same, but gradbench.train trains these too and to_torch gives them back "
+                      "as trainable parameters", UserWarning, stacklevel=4)  # the caller of from_torch
 
 
 def _model_dtype(model, dtype):
@@ -417,7 +482,7 @@ def _check_batchnorm(bn, width, bn_eps):
     bw = f"BatchNorm1d({b.num_features}) at {bpath!r}"
     if b.num_features != width:
         raise _Refused(f"{bw}: its width must be the stack's ({width})")
-    if not b.training and b.track_running_stats:
+    if not b.training and (b.running_mean is not None or b.running_var is not None):  # what torch's forward reads
         raise _Refused(f"{bw} is in eval mode and would use its running statistics; gradbench's batch norm "
                        "uses batch statistics (train mode): call model.train() or use "
                        "BatchNorm1d(..., track_running_stats=False)")

@@ -766,13 +766,15 @@ def top_clip_words(mode: str) -> str:
 
 
 def _clip_words(stack, res) -> str:
-    """The sentence on a clipped backward signal: where the clip can bind, and what that means."""
+    """The sentence on a clipped backward signal: where the clip acted, and what that means."""
+    acted = getattr(res, "signal_clip_acted", None)
+    if acted is not None:
+        return _acted_words(stack, res, np.asarray(acted, dtype=bool))
     clip = f"{stack.clip} at {stack.clip_threshold:g}"
     with np.errstate(divide="ignore"):
         s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
     binds, L = clip_binds(stack.clip_threshold, s, stack.dtype), stack.depth
-    other = ("(clip_on or --clip-on \"layer\" or \"global\" clips the parameter gradients instead and leaves the "
-             "derivative)")
+    other = CLIP_ELSEWHERE
     if not binds.size:
         top = int(np.nanargmax(np.where(np.isfinite(s), s, np.nan))) if np.any(np.isfinite(s)) else None
         where = f" (at most 10^{_num(s[top])}, at layer {top})" if top is not None else ""
@@ -792,6 +794,35 @@ def _clip_words(stack, res) -> str:
             f"where ||dL/dh_l|| reaches the threshold){span}"
             f"{value_clip_caveat(stack.clip_threshold) if value else ''}; where it binds, clipping the signal can "
             f"hold an exploding chain flat {other}")
+
+
+CLIP_ELSEWHERE = ("(clip_on or --clip-on \"layer\" or \"global\" clips the parameter gradients instead and leaves "
+                  "the derivative)")
+
+
+def _acted_words(stack, res, acted: np.ndarray) -> str:
+    """:func:`_clip_words` from the kernels' own record of where the clip changed the signal
+    (``Result.signal_clip_acted``: entries 0 .. L - 1 below the top, L the top gradient)."""
+    clip, L = f"{stack.clip} at {stack.clip_threshold:g}", stack.depth
+    below, top = np.flatnonzero(acted[:L]), bool(acted[L])
+    if not below.size:
+        with np.errstate(divide="ignore"):
+            s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+        peak = int(np.nanargmax(np.where(np.isfinite(s), s, np.nan))) if np.any(np.isfinite(s)) else None
+        where = f" (||dL/dh_l|| at most 10^{_num(s[peak])}, at layer {peak})" if peak is not None else ""
+        if not top:
+            return (f"the backward signal is clipped ({clip}), but the clip changed no signal{where}: these are the "
+                    "norms of the loss's derivative")
+        return (f"the backward signal is clipped ({clip}), but below the top the clip changed nothing{where}: it "
+                f"clipped only the top gradient dL/dh_L, " + top_clip_words(stack.clip))
+    if below.size == L:
+        return (f"the backward signal is clipped ({clip}) and the clip changed it at every layer, so these are the norms "
+                f"of the clipped chain, not of the loss's derivative: clipping the signal can hold an exploding chain "
+                f"flat {CLIP_ELSEWHERE}")
+    span = clip_span_words(below, L, "layer", "below", "above", "from the top down to", "signal")
+    return (f"the backward signal is clipped ({clip}); the clip changed it at {below.size} of the {L} layers "
+            f"({_layers(below)}){span}; where it acts, clipping the signal can hold an exploding chain flat "
+            f"{CLIP_ELSEWHERE}")
 
 
 def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=None) -> list[str]:

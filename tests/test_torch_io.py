@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -228,6 +230,7 @@ def test_batch_norm_blocks_agree_with_autograd(activation):
     assert stack.batch_norm and stack.bn_eps == 1e-5
 
 
+@pytest.mark.filterwarnings("ignore:from_torch. the model holds fixed")  # named there, expected here
 def test_batch_norm_without_affine_or_running_stats_agrees_with_autograd():
     model, roles = build("tanh", batch_norm=True, affine=False, d_out=2)
     assert_agree(model, roles, "mse", d_out=2)
@@ -246,6 +249,7 @@ def test_residual_groups_agree_with_autograd(k, scale, bn):
     assert stack.residual == k and stack.residual_scale == scale
 
 
+@pytest.mark.filterwarnings("ignore:from_torch. the model holds fixed")  # named there, expected here
 def test_linear_layers_without_bias_agree_with_autograd():
     model, roles = build("elu", bias=False, d_out=2)
     stack, params = gb.from_torch(model, loss="mse")
@@ -567,3 +571,92 @@ def test_activation_values_are_named_with_the_module():
     with pytest.raises(ValueError, match=r"LeakyReLU\(0\.2\) at '3': activations must be the same in every layer "
                                          r"\(the first is LeakyReLU\(0\.1\) at '1'\)"):
         gb.from_torch(_seq(nn.Linear(4, 4), nn.LeakyReLU(0.1), nn.Linear(4, 4), nn.LeakyReLU(0.2)))
+
+
+class _ScaledTanh(nn.Tanh):
+    def forward(self, x):
+        return torch.tanh(2 * x)
+
+
+class _ShiftedLinear(nn.Linear):
+    def forward(self, x):
+        return super().forward(x) + 1
+
+
+class _PlainSubclass(nn.Tanh):  # keeps Tanh.forward: the same computation
+    pass
+
+
+def _hooked(pre: bool):
+    m = nn.Sequential(nn.Linear(4, 4), nn.Tanh()).double()
+    if pre:
+        m[0].register_forward_pre_hook(lambda mod, i: (i[0] * 0.1,))
+    else:
+        m[1].register_forward_hook(lambda mod, i, o: o * 3)
+    return m
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: nn.Sequential(nn.Linear(4, 4), _ScaledTanh()), "_ScaledTanh at '1' replaces Tanh.forward"),
+    (lambda: nn.Sequential(_ShiftedLinear(4, 4), nn.Tanh()), "_ShiftedLinear at '0' replaces Linear.forward"),
+    (lambda: _hooked(False), "Tanh at '1' has hooks (forward_hooks)"),
+    (lambda: _hooked(True), "Linear at '0' has hooks (forward_pre_hooks)"),
+])
+def test_modules_that_compute_otherwise_than_their_kind_are_refused(make, words):
+    """A subclass with its own forward, or a hook, was read as the plain module: the model's loss
+    and gradbench's differed (tanh(2x): 17.19 against 7.79) without a word."""
+    model = make().double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    plain = nn.Sequential(nn.Linear(4, 4), nn.Tanh()).double()
+    plain.load_state_dict(model.state_dict())
+    assert not torch.equal(model(x), plain(x))  # the model does compute something else
+    with pytest.raises(ValueError, match=re.escape(words)):
+        gb.from_torch(model)
+
+
+def test_a_subclass_that_keeps_the_forward_is_mapped():
+    model = nn.Sequential(nn.Linear(4, 4), _PlainSubclass()).double()
+    stack, params = gb.from_torch(model)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert stack.activation == "tanh"
+    assert gb.backprop(stack, params, x.numpy()).loss == pytest.approx((0.5 * (model(x) ** 2).sum()).item(), rel=1e-14)
+
+
+def test_batch_norm_in_eval_with_running_buffers_is_refused_whatever_its_flag():
+    """bn.eval(); bn.track_running_stats = False after construction: torch's forward still reads
+    the running buffers (loss 7.29), gradbench took batch statistics (15.63)."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Tanh()).double().eval()
+    model[1].track_running_stats = False
+    with pytest.raises(ValueError, match="is in eval mode and would use its running statistics"):
+        gb.from_torch(model)
+
+
+def test_to_torch_batch_norm_is_the_same_in_eval_mode():
+    """to_torch's BatchNorm1d had default running statistics (mean 0, variance 1): a trained
+    net's loss went from 0.007 to 4.06 after model.eval()."""
+    stack = gb.Stack(depth=3, width=6, batch_norm=True, activation="relu", init="he_normal", loss="mse", input_dim=2)
+    params = gb.init_params(stack, 0)
+    params.gamma[...] = 2.5
+    params.beta[...] = -0.3
+    x = np.random.default_rng(0).normal(size=(16, 2))
+    t = np.random.default_rng(1).normal(size=(16, 1))
+    want = gb.backprop(stack, params, x, t).loss
+    model = gb.to_torch(stack, params)
+    for mode in (model.train, model.eval):
+        mode()
+        got = gb.torch_io.loss_fn(stack)(model(torch.from_numpy(x)), torch.from_numpy(t)).item()
+        assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_fixed_parameters_are_named_in_a_warning():
+    """Frozen parameters, bias-free Linears and affine-free batch norms are trainable in gradbench:
+    gb.train moved a frozen W_in by 0.016 and trained a bias-free layer's biases, in silence."""
+    model = nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 8, bias=False), nn.BatchNorm1d(8, affine=False), nn.Tanh(),
+                          nn.Linear(8, 1)).double()
+    model[0].weight.requires_grad_(False)
+    with pytest.warns(UserWarning, match=r"from_torch: the model holds fixed 1\.bias \(none: zeros\), 2 affine=False "
+                                         r"\(gamma 1, beta 0\), 0\.weight; gradbench makes every parameter trainable"):
+        gb.from_torch(model, loss="bce")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gb.from_torch(nn.Sequential(nn.Linear(8, 8), nn.Tanh()).double())  # nothing fixed: no warning
