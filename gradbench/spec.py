@@ -53,7 +53,20 @@ _NP_DTYPES = {name: np.dtype(name) for name in DTYPES}
 
 # Other libraries' names of what gradbench calls otherwise: the hint for them names ours (a
 # spelling match sent PyTorch's SiLU to 'selu').
-KNOWN_AS = {"silu": "swish", "logistic": "sigmoid", "linear": "identity"}
+KNOWN_AS = {"silu": "swish", "logistic": "sigmoid", "linear": "identity",
+            "cross_entropy": "softmax_ce", "crossentropy": "softmax_ce", "categorical_crossentropy": "softmax_ce",
+            "ce": "softmax_ce", "binary_cross_entropy": "bce", "binary_crossentropy": "bce",
+            "bce_with_logits": "bce", "bcewithlogits": "bce", "mean_squared_error": "mse", "l2": "mse"}
+# Names of other libraries that gradbench has no counterpart for, and why (no "did you mean" to
+# another function: 'rmsprop' got "did you mean 'momentum'?").
+NO_COUNTERPART = {
+    "gelu_tanh": "gradbench's gelu is the exact erf form; the tanh approximation has no counterpart",
+    "rmsprop": "gradbench's optimizers are sgd, momentum and adam",
+    "adamw": "gradbench's adam takes weight_decay as coupled L2 (adam's, not AdamW's decoupled decay)",
+    "nll": "use softmax_ce on the logits (log-softmax and NLL in one)",
+}
+# A misspelling is corrected to a name at least this similar (difflib's ratio); nothing below it
+HINT_CUTOFF = 0.6
 
 
 def _closest(name: str, valid) -> str:
@@ -65,9 +78,11 @@ def _closest(name: str, valid) -> str:
     ours = KNOWN_AS.get(name.lower())
     if ours in names:
         return f"; {name!r} is gradbench's {ours!r} (the same function under another library's name)"
+    if name.lower() in NO_COUNTERPART:
+        return f"; {NO_COUNTERPART[name.lower()]}"
     lower = {v.lower(): v for v in names}
     key = str(name).lower()
-    match = [lower[key]] if key in lower else difflib.get_close_matches(key, list(lower), n=1, cutoff=0.0)
+    match = [lower[key]] if key in lower else difflib.get_close_matches(key, list(lower), n=1, cutoff=HINT_CUTOFF)
     return f"; did you mean {lower.get(match[0], match[0])!r}?" if match else ""
 
 

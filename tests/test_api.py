@@ -610,3 +610,20 @@ def test_big_endian_arrays_are_the_same_values():
     big = dataclasses.replace(p, W=p.W.astype(">f8"))
     b = gb.backprop(st, big, x.astype(">f8"), t.astype(">f8"), backend="numpy")
     assert np.array_equal(a.grads.W.mantissa, b.grads.W.mantissa) and a.loss == b.loss
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: gb.Stack(depth=2, width=2, loss="cross_entropy"), "'cross_entropy' is gradbench's 'softmax_ce'"),
+    (lambda: gb.Stack(depth=2, width=2, activation="gelu_tanh"), "the tanh approximation has no counterpart"),
+    (lambda: gb.Stack(depth=2, width=2, activation="xyz"), None),
+    (lambda: gb.Stack(depth=2, width=2, activation="sigmod"), "did you mean 'sigmoid'?"),
+])
+def test_a_wrong_name_gets_a_hint_only_where_one_fits(make, words):
+    """'cross_entropy' got "did you mean 'sum_squares'?", 'gelu_tanh' "'tanh'?", 'rmsprop'
+    "'momentum'?": any name was matched to the closest, however far."""
+    with pytest.raises(ValueError) as e:
+        make()
+    if words is None:
+        assert "did you mean" not in str(e.value)
+    else:
+        assert words in str(e.value)
