@@ -148,6 +148,7 @@ typedef struct gb_stack_arrays {
     double *gnorm_m;         /* (L,) */
     int64_t *gnorm_e;        /* (L,) */
     int64_t *dz_e;           /* (L,) */
+    int64_t *clip_acted;     /* (L+1,) */
     int64_t L, B, N;
 } gb_stack_arrays;
 

@@ -1718,9 +1718,10 @@ static int64_t F(gb_bwd_dh)(F(gb_bwd) *st, int64_t l, int64_t r0, int64_t r1, in
  * thread on its rows [r0, r1) of G (already scaled): the whole batch's max|g| (value) or ||g||
  * (norm: the rows' sums of squares added in order) and then max|g| again from the threads'
  * slots or rows after a barrier each, the values gb_clip_signal_impl and gb_normalise_impl
- * take on one thread, so the bits do not depend on the thread count. Returns the exponent. */
+ * take on one thread, so the bits do not depend on the thread count. Returns the exponent;
+ * *acted = whether the clip's test fired (the same decision on every thread). */
 static int64_t F(gb_clip_team)(F(gb_bwd) *st, int64_t e, int64_t r0, int64_t r1, int tid, int nth,
-                               gb_barrier *bar, int *sense) {
+                               gb_barrier *bar, int *sense, int64_t *acted) {
     const int64_t B = st->a->B, N = st->a->N, n = (r1 - r0) * N;
     T *G = st->a->G, *g = G + r0 * N;
     double *slot = st->cslot, *slot2 = st->cslot + nth;
@@ -1736,6 +1737,7 @@ static int64_t F(gb_clip_team)(F(gb_bwd) *st, int64_t e, int64_t r0, int64_t r1,
         if (ldexp(m, sh) > t) {
             F(gb_clip_values)(g, n, sh, t);
             en = ec;
+            *acted = 1;
         }
     } else {
         for (int64_t r = r0; r < r1; r++) st->rowacc[r] = F(gb_sumsq_row)(G + r * N, N, 1.0, 1.0);
@@ -1747,6 +1749,7 @@ static int64_t F(gb_clip_team)(F(gb_bwd) *st, int64_t e, int64_t r0, int64_t r1,
             const T s = (T)(st->cfg.c / nrm);
             for (int64_t i = 0; i < n; i++) g[i] *= s;
             en = 0;
+            *acted = 1;
         }
     }
     slot2[tid] = (double)F(gb_absmax)(g, n, 0);
@@ -1859,9 +1862,13 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         m = 0;
         for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
         e = el + F(gb_scale_pow2)(g, nr * N, m);
-        if (st->cfg.clip) e = F(gb_clip_team)(st, e, r0, r1, tid, nth, bar, &sense);
+        int64_t acted = 0;
+        if (st->cfg.clip) e = F(gb_clip_team)(st, e, r0, r1, tid, nth, bar, &sense, &acted);
         F(gb_row_sumsq)(G, r0, r1, N, st->rsq + l * B, st->rbad + l * B);
-        if (tid == 0) sig_e[l] = e;
+        if (tid == 0) {
+            sig_e[l] = e;
+            a->clip_acted[l] = acted; /* [L] is the caller's: it clipped the top signal */
+        }
     }
 }
 

@@ -9,7 +9,8 @@ histograms (:mod:`gradbench.histograms`). Backends implement only the stack's fo
 backward over the arrays of :mod:`gradbench.abi`, and the engine calls them on segments of
 layers: slices of the layer arrays (``W[s:e]``, ``H[s:e+1]``, ``fexp[s:e+1]``, ``sig_e[s:e+1]``,
 ...). ``fexp[s]`` is the input exponent of a segment's forward, ``sig_e[e]`` the exponent of its
-top signal, which the segment above has already normalised and clipped. The gradients are
+top signal, which the segment above has already normalised and clipped (and whose ``clip_acted[e]``
+it wrote; the top's is the engine's, :func:`gradbench.loss.top_signal`). The gradients are
 bitwise those of the one-piece run, for every backend.
 """
 
@@ -178,6 +179,7 @@ class _Run:
         self.gnorm_m = np.empty(L)
         self.gnorm_e = np.zeros(L, dtype=np.int64)
         self.dz_e = np.zeros(L, dtype=np.int64)
+        self.clip_acted = np.zeros(L + 1, dtype=np.int64)  # per signal dL/dh_l: did its clip act
         self.work = 2 * len(self.segments)
 
     def take(self, shape, dtype) -> np.ndarray:
@@ -304,7 +306,7 @@ def _top(run: _Run, targets):
         loss = float(loss_exact.to_float(warn=False))
         G = hL.copy()
         e_top = int(fexp[L])
-    run.sig_e[L], run.sig_m[L] = top_signal(stack, G, e_top)
+    run.sig_e[L], run.sig_m[L], run.clip_acted[L] = top_signal(stack, G, e_top)
     if not np.isfinite(G).all():
         run.info[abi.INFO_BACKWARD] = L
     run.G = G
@@ -359,7 +361,7 @@ def _backward(run: _Run) -> None:
         seg_info[abi.INFO_BACKWARD] = -1
         run.impl.stack_backward(run.icfg, run.fcfg, W, gamma, beta, slope, Hs, Zs, rs, run.fexp[s:e + 1], run.G,
                                 *seg_grads, run.sig_m[s:e + 1], run.sig_e[s:e + 1], run.gnorm_m[s:e],
-                                run.gnorm_e[s:e], run.dz_e[s:e], seg_info)
+                                run.gnorm_e[s:e], run.dz_e[s:e], run.clip_acted[s:e + 1], seg_info)
         if run.info[abi.INFO_BACKWARD] < 0 <= seg_info[abi.INFO_BACKWARD]:
             run.info[abi.INFO_BACKWARD] = s + seg_info[abi.INFO_BACKWARD]
         if not keep:
@@ -496,4 +498,5 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         grad_hist=grad_hist,
         grad_norm_unclipped=unclipped,
         bn_share=run.bn_share,
+        signal_clip_acted=run.clip_acted.astype(bool) if abi.signal_clip(stack) else None,
     )

@@ -11,7 +11,9 @@ int64 exponent, so -30000.5 is a value like any other, and -inf means an exact z
   ``grad_mantissa * 2**grad_exponent``), ``signal_log10`` (log10 ||dL/dh_l||) and its
   mantissa/exponent, ``act_mean``, ``act_mean_log10``, ``act_std``, ``act_std_log10`` (of
   h_{l+1}; the float column is 0 where it underflows, the log10 column is exact),
-  ``saturation``, ``dead``. ``df.attrs``: loss, loss_log10, backend, stack.
+  ``saturation``, ``dead``, and with signal clipping ``signal_clip_acted`` (bool: the clip
+  changed dL/dh_l; ``Result.signal_clip_acted``). ``df.attrs``: loss, loss_log10, backend, stack,
+  and with signal clipping ``signal_clip_acted_top`` (the clip changed the top signal dL/dh_L).
 - :func:`diagnosis_frame` (``Diagnosis.to_frame()``): one row per layer with the diagnosis'
   per-layer arrays (the columns above that it holds, ``weight_log10`` when recorded, the
   histogram counts ``hist_00``, ``hist_01``, ... on the bin edges ``df.attrs["hist_edges"]``,
@@ -94,9 +96,14 @@ def result_frame(res):
             "act_std": act_std, "act_std_log10": act_std_log10,
             "saturation": np.asarray(res.saturation, dtype=np.float64),
             "dead": np.asarray(res.dead, dtype=np.float64)}
+    acted = getattr(res, "signal_clip_acted", None)
+    if acted is not None:  # signal clipping: whether it changed dL/dh_l (the top's in attrs)
+        cols["signal_clip_acted"] = np.asarray(acted[:L], dtype=bool)
     df = pd.DataFrame(cols)
     df.attrs.update(loss=float(res.loss), loss_log10=float(res.loss_exact.log10()), backend=res.backend,
                     stack=dataclasses.asdict(res.stack))
+    if acted is not None:
+        df.attrs["signal_clip_acted_top"] = bool(acted[L])
     return df
 
 

@@ -187,13 +187,14 @@ def head_dy(kind: str, h: np.ndarray, f: int, W_out, b_out, t) -> tuple[float, L
     return loss, loss_exact, dy.astype(h.dtype), E
 
 
-def top_signal(stack: Stack, G: np.ndarray, e: int) -> tuple[int, float]:
+def top_signal(stack: Stack, G: np.ndarray, e: int) -> tuple[int, float, bool]:
     """Normalise and (signal clipping) clip the true top gradient dL/dh_L = G * 2**e in place.
 
     Done once, here, with the reference's :func:`~gradbench.reference.normalise` and
-    :func:`~gradbench.reference.clip_signal` (:func:`gradbench.reference.top_signal`); the
-    backends' ``stack_backward`` only normalise their top signal. Returns the new exponent
-    and the norm of the mantissas.
+    :func:`~gradbench.reference.clip_signal` (:func:`gradbench.reference.top_signal_acted`); the
+    backends' ``stack_backward`` only normalise their top signal. Returns the new exponent,
+    the norm of the mantissas and whether the clip acted (``clip_acted[L]``; False without
+    signal clipping).
     """
-    e = reference.top_signal(G, e, abi.signal_clip(stack), stack.clip_threshold)
-    return e, math.sqrt(float(np.square(G, dtype=np.float64).sum()))
+    e, acted = reference.top_signal_acted(G, e, abi.signal_clip(stack), stack.clip_threshold)
+    return e, math.sqrt(float(np.square(G, dtype=np.float64).sum())), acted

@@ -30,7 +30,10 @@ before the trusting ``stack_forward_kernel`` / ``stack_backward_kernel`` runs.
     exponent of dL/dz_l, is ``sig_e[l+1]`` plus the shift of the saturated-derivative rescue,
     :func:`rescue_saturated`, where it acted), the
     signal norms ``sig_m[l] * 2**sig_e[l]`` = ||dL/dh_l|| for l = 0..L, ``gnorm_m[l] *
-    2**gnorm_e[l]`` = ||dL/dW_l|| (:func:`norm_scaled`: no square lost to underflow), and ``info[1]`` = first layer (counting down from the top)
+    2**gnorm_e[l]`` = ||dL/dW_l|| (:func:`norm_scaled`: no square lost to underflow),
+    ``clip_acted[l]`` for l = 0..L-1 (1 where signal clipping changed dL/dh_l, by its own test in
+    :func:`clip_signal_acted`; 0 without signal clipping; ``clip_acted[L]``, the top's, is the
+    caller's, :func:`top_signal_acted`, and left as it is), and ``info[1]`` = first layer (counting down from the top)
     whose backpropagated signal is not finite.
 
 The exact chain: after every layer the signal g is replaced by ``g * 2**-e`` with e the
@@ -276,19 +279,25 @@ def clip_signal(g: np.ndarray, e: int, mode: int, c: float) -> int:
 
     ``g`` must be normalised (max|g| < 1). Returns the new exponent.
     """
+    return clip_signal_acted(g, e, mode, c)[0]
+
+
+def clip_signal_acted(g: np.ndarray, e: int, mode: int, c: float) -> tuple[int, bool]:
+    """:func:`clip_signal`, and whether it acted: its own test, max|g 2**e| > c (value; a NaN
+    entry: no) or ||g 2**e|| > c (norm), decided on the true magnitude. Returns (exponent, acted)."""
     if mode == CLIP_VALUE:
         ec = int(np.frexp(c)[1])
         t = np.ldexp(c, -ec)  # c = t * 2**ec, t in [0.5, 1)
         m = float(np.max(np.abs(g), initial=0.0))
         if np.ldexp(m, int(np.clip(e - ec, -EXP_CLAMP, EXP_CLAMP))) > t:
             g[...] = np.clip(_ldexp(g, e - ec), -t, t)
-            return ec
+            return ec, True
     elif mode == CLIP_NORM:
         n = float(np.sqrt(np.sum(np.square(g, dtype=np.float64))))
         if np.ldexp(n, int(np.clip(e, -EXP_CLAMP, EXP_CLAMP))) > c:
             g *= np.asarray(c / n, dtype=g.dtype)
-            return 0
-    return e
+            return 0, True
+    return e, False
 
 
 def _norm(x: np.ndarray) -> float:
@@ -374,11 +383,18 @@ def top_signal(G: np.ndarray, e: int, clip_mode: int, c: float) -> int:
     The caller of :func:`stack_backward` does this once (the backward pass only normalises its
     top signal); returns the new exponent. Same steps as every other layer's signal.
     """
+    return top_signal_acted(G, e, clip_mode, c)[0]
+
+
+def top_signal_acted(G: np.ndarray, e: int, clip_mode: int, c: float) -> tuple[int, bool]:
+    """:func:`top_signal`, and whether the clip acted on dL/dh_L (:func:`clip_signal_acted`; False
+    without signal clipping): what the caller puts into ``clip_acted[L]``."""
     e = int(e) + normalise(G)
+    acted = False
     if clip_mode:
-        e = clip_signal(G, e, clip_mode, c)
+        e, acted = clip_signal_acted(G, e, clip_mode, c)
         e += normalise(G)
-    return e
+    return e, acted
 
 
 # ------------------------------------------------------------------ drivers
@@ -422,7 +438,7 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
 
 
 def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
-                          dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, info):
+                          dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, clip_acted, info):
     """Backward through all L layers with the power-of-two rescaled chain (module docstring)."""
     code, bn, k = int(icfg[I_ACT]), bool(icfg[I_BN]), int(icfg[I_RESIDUAL])
     clip_mode, c = int(icfg[I_CLIP]), float(fcfg[F_CLIP])
@@ -434,9 +450,12 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
     def finish(l, clip=True):
         """Normalise, clip (not at the top: the caller did) and record dL/dh_l, complete in G."""
         e = int(sig_e[l]) + normalise(G)
-        if clip and clip_mode:
-            e = clip_signal(G, e, clip_mode, c)
-            e += normalise(G)
+        if clip:  # clip_acted[L] is the caller's (it clipped the top signal)
+            acted = False
+            if clip_mode:
+                e, acted = clip_signal_acted(G, e, clip_mode, c)
+                e += normalise(G)
+            clip_acted[l] = acted
         sig_e[l] = e
         sig_m[l] = _norm(G)
         if info[INFO_BACKWARD] < 0 and not np.all(np.isfinite(G)):

@@ -98,6 +98,14 @@ class Result:
         output that batch norm's backward lets through (:func:`gradbench.engine.bn_shares`). Over
         a batch of 2 that is the unit's whole gradient, and the diagnosis names it
         (:func:`gradbench.verdict.small_batch_norm`). ``None`` without batch norm.
+    signal_clip_acted : ndarray (L + 1,) of bool, or None
+        With signal clipping (``clip_on="signal"``): entry l is True where the clip changed
+        dL/dh_l, l = 0 .. L, by the clip's own test (value: some |entry| of the true signal
+        exceeded ``clip_threshold``; norm: ||dL/dh_l|| exceeded it). Entries 0 .. L - 1 pair with
+        ``signal_norm`` (``signal_clip_acted[:L]``); entry L is the top signal dL/dh_L, which the
+        engine clips before the backward pass (``signal_norm`` has no entry for it). The same on
+        every backend, dtype, segmentation and thread count. ``None`` when the stack does not
+        clip its signal (no clip, or ``clip_on`` "layer"/"global": see ``extras["param_clip_acted"]``).
     """
 
     stack: Stack
@@ -120,6 +128,7 @@ class Result:
     grad_hist: GradHistogram | None = None
     grad_norm_unclipped: LogScaled | None = None
     bn_share: np.ndarray | None = None
+    signal_clip_acted: np.ndarray | None = None
 
     @property
     def derivative_norm(self) -> LogScaled:

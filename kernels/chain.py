@@ -99,6 +99,13 @@ def clip_signal(g, e, mode, c):
 
     g (B,N) must be normalised (max|g| < 1). Returns the new exponent.
     """
+    return clip_signal_acted(g, e, mode, c)[0]
+
+
+@njit(**JIT)
+def clip_signal_acted(g, e, mode, c):
+    """:func:`clip_signal`, and whether it acted (its own test, as
+    :func:`gradbench.reference.clip_signal_acted`): (exponent, 1 or 0)."""
     B, N = g.shape
     if mode == CLIP_VALUE:
         ec = np.int64(math.frexp(c)[1])
@@ -108,7 +115,7 @@ def clip_signal(g, e, mode, c):
             for j in range(N):
                 v = abs(np.float64(g[i, j]))
                 if v != v:  # np.max propagates NaN and NaN > t is False: no clipping
-                    return e
+                    return e, np.int64(0)
                 if v > m:
                     m = v
         d = _clamp(e - ec)
@@ -121,7 +128,7 @@ def clip_signal(g, e, mode, c):
                     elif x < -t:
                         x = -t
                     g[i, j] = x
-            return ec
+            return ec, np.int64(1)
     elif mode == CLIP_NORM:
         n = math.sqrt(sumsq(g))
         if math.ldexp(n, int(_clamp(e))) > c:
@@ -129,8 +136,8 @@ def clip_signal(g, e, mode, c):
             for i in range(B):
                 for j in range(N):
                     g[i, j] *= s
-            return np.int64(0)
-    return e
+            return np.int64(0), np.int64(1)
+    return e, np.int64(0)
 
 
 # ------------------------------------------------------------------ float64 reductions

@@ -20,7 +20,7 @@ from gradbench.abi import (
 
 from ._config import JIT
 from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
-from .chain import add_aligned, all_finite, clip_signal, moments, norm_scaled, normalise, sumsq
+from .chain import add_aligned, all_finite, clip_signal_acted, moments, norm_scaled, normalise, sumsq
 from .layers import (
     _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_backward,
     dense_fix, dense_forward, matmul_backward, matmul_forward, rescue_forward, rescue_saturated,
@@ -88,24 +88,26 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
 
 @njit(**JIT)
 def _finish(G, l, clip_mode, c, sig_m, sig_e, info):
-    """Normalise, clip and record dL/dh_l, now complete in G."""
+    """Normalise, clip and record dL/dh_l, now complete in G; returns whether the clip acted (1/0)."""
     e = sig_e[l] + normalise(G)
+    acted = np.int64(0)
     if clip_mode != 0:
-        e = clip_signal(G, e, clip_mode, c)
+        e, acted = clip_signal_acted(G, e, clip_mode, c)
         e += normalise(G)
     sig_e[l] = e
     sig_m[l] = math.sqrt(sumsq(G))
     # a finite sum of squares means every entry is finite; otherwise look
     if info[INFO_BACKWARD] < 0 and not math.isfinite(sig_m[l]) and not all_finite(G):
         info[INFO_BACKWARD] = l
+    return acted
 
 
 @njit(**JIT)
 def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db,
-                          dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, info):
+                          dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, clip_acted, info):
     """Backward through all L layers with the power-of-two rescaled chain.  G (B,N) holds
     dL/dh_L on entry and dL/dh_0 on exit; dW (L,N,N), db/dgamma/dbeta (L,N), dslope (L,),
-    sig_m/sig_e (L+1,), gnorm_m/gnorm_e/dz_e (L,)"""
+    sig_m/sig_e (L+1,), gnorm_m/gnorm_e/dz_e (L,), clip_acted (L+1,: entry L the caller's)"""
     code = icfg[I_ACT]
     bn = icfg[I_BN] != 0
     k = icfg[I_RESIDUAL]
@@ -160,4 +162,4 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         sig_e[l] = e
         if k > 0 and l % k == 0:  # start of a group: add the skip path
             sig_e[l] = add_aligned(G, e, skip, skip_e, 1.0)
-        _finish(G, l, clip_mode, c, sig_m, sig_e, info)
+        clip_acted[l] = _finish(G, l, clip_mode, c, sig_m, sig_e, info)

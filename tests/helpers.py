@@ -340,7 +340,7 @@ def backward_arrays(stack, fwd, G, sig_e_top):
                db=np.empty((L, N), dtype=dt), dgamma=np.empty((L, N), dtype=dt),
                dbeta=np.empty((L, N), dtype=dt), dslope=np.empty(L, dtype=dt), sig_m=np.empty(L + 1),
                sig_e=sig_e, gnorm_m=np.empty(L), gnorm_e=np.zeros(L, np.int64), dz_e=np.zeros(L, np.int64),
-               info=info)
+               clip_acted=np.zeros(L + 1, np.int64), info=info)
     return out
 
 

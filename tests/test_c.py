@@ -236,14 +236,14 @@ def _run(forward, backward, stack, params, x, top=True, rescale=None):
     o.update(G=o["H"][L].copy(), dW=np.empty((L, N, N), dt), db=np.empty((L, N), dt),
              dgamma=np.empty((L, N), dt), dbeta=np.empty((L, N), dt), dslope=np.empty(L, dt),
              sig_m=np.empty(L + 1), sig_e=np.zeros(L + 1, np.int64), gnorm_m=np.empty(L),
-             gnorm_e=np.zeros(L, np.int64), dz_e=np.zeros(L, np.int64))
+             gnorm_e=np.zeros(L, np.int64), dz_e=np.zeros(L, np.int64), clip_acted=np.zeros(L + 1, np.int64))
     # the engine normalises and (signal clipping) clips the top signal once, before the backward
     o["sig_e"][L] = o["fexp"][L]
     if top:
         o["sig_e"][L] = ref.top_signal(o["G"], int(o["fexp"][L]), abi.signal_clip(stack), stack.clip_threshold)
     backward(icfg, fcfg, params.W, params.gamma, params.beta, params.slope, o["H"], o["Z"],
              o["bn_rstd"], o["fexp"], o["G"], o["dW"], o["db"], o["dgamma"], o["dbeta"], o["dslope"],
-             o["sig_m"], o["sig_e"], o["gnorm_m"], o["gnorm_e"], o["dz_e"], o["info"])
+             o["sig_m"], o["sig_e"], o["gnorm_m"], o["gnorm_e"], o["dz_e"], o["clip_acted"], o["info"])
     return o
 
 
@@ -259,7 +259,7 @@ def _compare(got, want, stack, label, rtol=None, truth=None):
     are held to that truth instead: each layer of C within ``rtol`` of it, or within 1.5 times
     the reference's own error there (two float32 computations can lie on either side of it)."""
     rtol = RTOL[stack.dtype] if rtol is None else rtol
-    for name in ("fexp", "sig_e", "gnorm_e", "dz_e"):
+    for name in ("fexp", "sig_e", "gnorm_e", "dz_e", "clip_acted"):
         np.testing.assert_array_equal(got[name], want[name], err_msg=f"{label}: exponents {name}")
     np.testing.assert_array_equal(got["info"][:2], want["info"][:2], err_msg=f"{label}: info")
     arrays = ["H", "Z", "G", "dW", "gnorm_m", "sig_m", "act_std", "dslope"]
