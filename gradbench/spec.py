@@ -159,10 +159,10 @@ def scheme_gain(init: str, sigma_w: float | None = None) -> float:
 # 1e300, which float32 does not hold) or drew its PReLU slope as inf (1e39). The first layer's
 # products with pre-activations of ~sigma_w |x| must fit as well: a float32 leaky stack with slope and
 # sigma_w both 1e20 overflows there, reported as first_nonfinite_forward = 0.
-# The other scales keep to the same range (a nonzero one in magnitude): bn_eps, residual_scale,
-# clip_threshold and the LSTM's forget_bias enter the kernels' products as the dtype's numbers (a
-# float32 norm clip at 1e-50 scaled the signal to 0 and read "no gradient"; bn_eps or
-# residual_scale of 1e39 became inf).
+# In float32 the other scales keep to the same range (a nonzero one in magnitude): bn_eps,
+# residual_scale, clip_threshold and the LSTM's forget_bias enter the kernels' arithmetic as
+# float32 numbers (a norm clip at 1e-50 scaled the signal to 0 and read "no gradient"; bn_eps or
+# residual_scale of 1e39 became inf). float64 takes any finite value of them.
 SCALE_RANGE = {"float64": (1e-290, 1e290), "float32": (1e-30, 1e30)}
 POSITIVE_SCALES = ("bn_eps", "clip_threshold")
 
@@ -197,9 +197,9 @@ class _Net:
     def _check_scales(self) -> None:
         """The dtype (a NumPy dtype, ``np.dtype("float32")``, becomes its name, as NumPy scalars
         become Python numbers) and, within :data:`SCALE_RANGE` of it, ``sigma_w``, a nonzero
-        ``sigma_b``, and the magnitude of a nonzero ``activation_param``, ``bn_eps``,
-        ``residual_scale``, ``clip_threshold`` and ``forget_bias`` (those the net has). Called
-        once the dtype is one of :data:`DTYPES`."""
+        ``sigma_b`` and the magnitude of a nonzero ``activation_param``; in float32 also of
+        ``bn_eps``, ``residual_scale``, ``clip_threshold`` and ``forget_bias`` (those the net
+        has). Called once the dtype is one of :data:`DTYPES`."""
         if isinstance(self.dtype, np.dtype):
             object.__setattr__(self, "dtype", self.dtype.name)
         lo, hi = SCALE_RANGE[self.dtype]
@@ -214,9 +214,9 @@ class _Net:
         check_param_range(getattr(self, "activation_param", None), self.dtype)
         for name in ("bn_eps", "residual_scale", "clip_threshold", "forget_bias"):
             v = getattr(self, name, None)
-            if v is None or v == 0 or lo <= abs(float(v)) <= hi:
-                continue
-            other = "" if self.dtype == "float64" else "; float64: 1e-290 to 1e290"
+            if self.dtype == "float64" or v is None or v == 0 or lo <= abs(float(v)) <= hi:
+                continue  # float64 holds any finite value (clip_threshold=1e300: never clip)
+            other = "; float64 holds any finite value"
             raise ValueError(f"{name}={_num(v)} is beyond what {self.dtype} holds: the kernels' arithmetic with it would "
                              f"{'underflow' if abs(float(v)) < lo else 'overflow to inf'}; in {self.dtype} {name} must "
                              f"be {'' if name in POSITIVE_SCALES else '0 or '}between {_num(lo)} and {_num(hi)}"
