@@ -765,45 +765,17 @@ def top_clip_words(mode: str) -> str:
             "the rates and the ratio going back can then differ somewhat from the unclipped loss derivative's")
 
 
-def _clip_words(stack, res) -> str:
-    """The sentence on a clipped backward signal: where the clip acted, and what that means."""
-    acted = getattr(res, "signal_clip_acted", None)
-    if acted is not None:
-        return _acted_words(stack, res, np.asarray(acted, dtype=bool))
-    clip = f"{stack.clip} at {stack.clip_threshold:g}"
-    with np.errstate(divide="ignore"):
-        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
-    binds, L = clip_binds(stack.clip_threshold, s, stack.dtype), stack.depth
-    other = CLIP_ELSEWHERE
-    if not binds.size:
-        top = int(np.nanargmax(np.where(np.isfinite(s), s, np.nan))) if np.any(np.isfinite(s)) else None
-        where = f" (at most 10^{_num(s[top])}, at layer {top})" if top is not None else ""
-        return (f"the backward signal is clipped ({clip}), but below the top it never reaches the threshold: every "
-                f"||dL/dh_l|| lies below {stack.clip_threshold:g}{where}, so at most the top gradient dL/dh_L was clipped, "
-                + top_clip_words(stack.clip))
-    value = stack.clip == "value"
-    if binds.size == L and not value:
-        return (f"the backward signal is clipped ({clip}) at every layer, so these are the norms of the clipped chain, "
-                f"not of the loss's derivative: clipping the signal can hold an exploding chain flat {other}")
-    if binds.size == L:  # a value clip: the norms reach the threshold everywhere, the entries need not
-        return (f"the backward signal is clipped ({clip}); ||dL/dh_l|| reaches the threshold at every layer, so the "
-                f"clip may act at each{value_clip_caveat(stack.clip_threshold)}; where it acts, clipping the signal "
-                f"can hold an exploding chain flat {other}")
-    span = clip_span_words(binds, L, "layer", "below", "above", "from the top down to", "signal")
-    return (f"the backward signal is clipped ({clip}); it can bind at {binds.size} of the {L} layers ({_layers(binds)}: "
-            f"where ||dL/dh_l|| reaches the threshold){span}"
-            f"{value_clip_caveat(stack.clip_threshold) if value else ''}; where it binds, clipping the signal can "
-            f"hold an exploding chain flat {other}")
-
-
 CLIP_ELSEWHERE = ("(clip_on or --clip-on \"layer\" or \"global\" clips the parameter gradients instead and leaves "
                   "the derivative)")
 
 
-def _acted_words(stack, res, acted: np.ndarray) -> str:
-    """:func:`_clip_words` from the kernels' own record of where the clip changed the signal
-    (``Result.signal_clip_acted``: entries 0 .. L - 1 below the top, L the top gradient)."""
+def _clip_words(stack, res) -> str:
+    """The sentence on a clipped backward signal: where the clip acted, from the kernels' own
+    record (``Result.signal_clip_acted``: entries 0 .. L - 1 below the top, L the top gradient),
+    and what that means. (From the norms alone it could only say where the clip *may* have acted:
+    a value clip changes entries beyond the threshold, which a norm cannot show.)"""
     clip, L = f"{stack.clip} at {stack.clip_threshold:g}", stack.depth
+    acted = np.asarray(res.signal_clip_acted, dtype=bool)
     below, top = np.flatnonzero(acted[:L]), bool(acted[L])
     if not below.size:
         with np.errstate(divide="ignore"):
