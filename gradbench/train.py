@@ -211,11 +211,12 @@ class TrainResult:
         return "\n".join(lines)
 
     def _clip_words(self) -> str:
-        """In how many mini-batch steps the stack's parameter-gradient clip changed a gradient."""
+        """In how many mini-batch steps the stack's clip changed a gradient."""
         tally, st = self.extras.get("clip_acted_steps"), self.stack
         if not tally or not tally[1]:
             return ""
-        return (f"the clip ({st.clip} {st.clip_threshold:g} on {st.clip_on}) changed the parameter gradients in "
+        what = "the backward signal" if st.clip_on == "signal" else "the parameter gradients"
+        return (f"the clip ({st.clip} {st.clip_threshold:g} on {st.clip_on}) changed {what} in "
                 f"{tally[0]} of the {count(tally[1], 'mini-batch step')}")
 
     def _decay_words(self) -> str:
@@ -600,7 +601,7 @@ def train(
         update_ratio_input=hist.ratio_in, update_ratio_head=hist.ratio_out, diverged_epoch=hist.diverged,
         divergence=hist.why, seconds=time.perf_counter() - t0,
         extras={**_reference(stack, hist.T), "class_labels": labels is not None, "stopped": hist.stopped(),
-                "clip_acted_steps": clip_tally if stack.clip is not None and stack.clip_on != "signal" else None},
+                "clip_acted_steps": clip_tally if stack.clip is not None else None},
     )
 
 
@@ -732,9 +733,8 @@ def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, back
     """One pass over the mini-batches in ``order``; returns (mean loss, why it diverged or "").
 
     Stops at the first non-finite loss, gradient or parameter (the loss is then NaN unless the
-    loss itself was the first to go). ``clip_tally`` [steps where a parameter-gradient clip
-    changed a gradient, steps]: added to (a signal clip acts inside the kernels, which do not
-    say whether it changed a value: not counted).
+    loss itself was the first to go). ``clip_tally`` [steps where the stack's clip changed a
+    gradient (a signal clip: dL/dh_l at some layer, ``Result.signal_clip_acted``), steps]: added to.
     """
     pdict, names = dict(params.items()), learnable(stack)
     total, count = 0.0, 0
@@ -747,8 +747,10 @@ def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, back
         where = f" in mini-batch {j + 1} of {batches}"
         if not math.isfinite(res.loss):
             return total / count, _why_loss(res, where=where)
-        if clip_tally is not None and stack.clip is not None and stack.clip_on != "signal":
-            clip_tally[0] += bool(res.extras.get("param_clip_acted", False))
+        if clip_tally is not None and stack.clip is not None:
+            acted = (res.signal_clip_acted.any() if stack.clip_on == "signal" else
+                     res.extras.get("param_clip_acted", False))
+            clip_tally[0] += bool(acted)
             clip_tally[1] += 1
         grads = {k: g.to_float(stack.np_dtype, warn=False) for k, g in res.grads.items() if k in names}
         bad = [k for k, g in grads.items() if not all_finite(g)]

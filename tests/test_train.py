@@ -1045,12 +1045,15 @@ def test_training_says_in_how_many_steps_the_clip_acted():
         assert f"changed the parameter gradients in {acted} of the 20 mini-batch steps" in " ".join(r.summary().split())
     r = gb.train(gb.Stack(depth=4, width=8, loss="bce", input_dim=2), X, y, epochs=1, batch_size=20, seed=0)
     assert r.extras["clip_acted_steps"] is None and "clip" not in r.summary()
-    # a signal clip acts inside the kernels, which do not say whether it changed a value: no count
-    # (counting the steps where ||dL/dh_l|| reached the threshold gave 0 of 10 where the clip of the
-    # top gradient changed every step, and 20 of 20 for a value clip that changed nothing)
-    st = gb.Stack(depth=4, width=8, loss="bce", input_dim=2, clip="norm", clip_threshold=0.05)
-    r = gb.train(st, X, y, epochs=1, batch_size=20, seed=0)
-    assert r.extras["clip_acted_steps"] is None and "changed the parameter gradients" not in r.summary()
+    # a signal clip: the steps where the kernels recorded that it changed dL/dh_l at some layer
+    # (Result.signal_clip_acted, checked against a plain chain in tests/test_clip_acted.py; counting
+    # the steps where ||dL/dh_l|| reached the threshold gave 0 of 10 where the clip of the top
+    # gradient changed every step, and 20 of 20 for a value clip that changed nothing)
+    for mode, c, acted in (("norm", 1e-9, 10), ("value", 1e6, 0)):
+        st = gb.Stack(depth=4, width=8, loss="bce", input_dim=2, clip=mode, clip_threshold=c)
+        r = gb.train(st, X, y, epochs=1, batch_size=20, seed=0)
+        assert r.extras["clip_acted_steps"] == [acted, 10]
+        assert f"changed the backward signal in {acted} of the 10 mini-batch steps" in " ".join(r.summary().split())
 
 
 def _plain_loss(st, params, X, y) -> float:
