@@ -103,6 +103,7 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
     for name, v, low in (("hist_bins", hist_bins, 0), ("hist_per_decade", hist_per_decade, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+    hist_bins, hist_per_decade = int(hist_bins), int(hist_per_decade)  # np.int16(30000) wrapped the estimate around
     if not isinstance(stats_only, (bool, np.bool_)):
         raise TypeError(f"stats_only must be a bool, got {stats_only!r}")
     check_progress(progress)

@@ -627,3 +627,15 @@ def test_a_wrong_name_gets_a_hint_only_where_one_fits(make, words):
         assert "did you mean" not in str(e.value)
     else:
         assert words in str(e.value)
+
+
+def test_numpy_integer_histogram_sizes_are_python_ints():
+    """hist_bins=np.int16(30000) made a memory estimate of -26528 bytes, np.uint8(3) an
+    OverflowError: sizes are computed as Python ints."""
+    st = gb.Stack(depth=3, width=4)
+    p, x = gb.GeneratedParams(st, 0), gb.gaussian_input(st, 2, seed=0)
+    for bins in (np.int16(30000), np.uint8(3)):
+        a = gb.backprop(st, p, x, stats_only=True, hist_bins=bins)
+        b = gb.backprop(st, p, x, stats_only=True, hist_bins=int(bins))
+        assert a.extras["memory_estimate"] == b.extras["memory_estimate"] > 0
+        assert np.array_equal(a.grad_hist.counts, b.grad_hist.counts)
