@@ -34,11 +34,11 @@ def _env_number(name: str, default, convert, ok, requirement: str):
 ENV_INT_MAX = 2**62
 
 
-def env_int(name: str, default: int, low: int = 0) -> int:
-    """``int(os.environ[name])`` (``default`` when unset or empty), from ``low`` to
-    :data:`ENV_INT_MAX` (99999999999999999999 failed as an OverflowError on import)."""
-    return _env_number(name, default, int, lambda v: low <= v <= ENV_INT_MAX,
-                       f"is not an integer from {low} to 2^62")
+def env_int(name: str, default: int, low: int = 0, high: int = ENV_INT_MAX) -> int:
+    """``int(os.environ[name])`` (``default`` when unset or empty), from ``low`` to ``high``
+    (:data:`ENV_INT_MAX` by default: 99999999999999999999 failed as an OverflowError on import)."""
+    return _env_number(name, default, int, lambda v: low <= v <= high,
+                       f"is not an integer from {low} to {'2^62' if high == ENV_INT_MAX else high}")
 
 
 def env_float(name: str, default: float, low: float = 0.0) -> float:

@@ -152,17 +152,21 @@ def _blas() -> tuple[int, int]:
 def _env_threads() -> int | None:
     """The thread count the environment asks for (``GRADBENCH_C_THREADS``, else
     ``OMP_NUM_THREADS``), None when it asks for none."""
-    threads = env_int("GRADBENCH_C_THREADS", 0, low=1)
+    threads = env_int("GRADBENCH_C_THREADS", 0, low=1, high=MAX_THREADS)  # 3e9 was capped at 64 in silence
     if threads:
         return threads
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP's own syntax
-    if env.isdigit():
-        return max(1, int(env))
+    if env.isdigit():  # another library's variable too: the drivers take at most MAX_THREADS of it
+        return min(max(1, int(env)), MAX_THREADS)
     return None
 
 
+# The most threads a C driver runs (csrc/gb_internal.h GB_MAX_THREADS; tests/test_c.py reads it there).
+MAX_THREADS = 64
+
+
 def _default_threads() -> int:
-    return _env_threads() or available_cpus()
+    return _env_threads() or min(available_cpus(), MAX_THREADS)  # what the drivers run (threads() says it)
 
 
 def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,

@@ -789,3 +789,23 @@ def test_a_large_array_with_nan_is_refused_with_its_index():
     bad = gb.Params(W=W, b=params.b, gamma=params.gamma, beta=params.beta, slope=params.slope)
     with pytest.raises(ValueError, match=r"params\.W contains NaN or Inf \(first at index \(61, 5, 7\)\)"):
         gb.backprop(stack, bad, gb.gaussian_input(stack, 2, 1))
+
+
+def test_the_thread_limit_is_the_drivers_and_beyond_it_is_refused(monkeypatch):
+    """GRADBENCH_C_THREADS=3000000000 was accepted and threads() said 3000000000 while the
+    drivers ran 64 (csrc/gb_internal.h GB_MAX_THREADS)."""
+    import re
+    from pathlib import Path
+
+    from gradbench import cbackend
+    from gradbench._env import EnvError
+
+    header = (Path(cbackend.__file__).resolve().parent.parent / "csrc" / "gb_internal.h").read_text()
+    assert int(re.search(r"#define GB_MAX_THREADS (\d+)", header).group(1)) == cbackend.MAX_THREADS
+    monkeypatch.setenv("GRADBENCH_C_THREADS", str(cbackend.MAX_THREADS + 1))
+    with pytest.raises(EnvError, match=rf"GRADBENCH_C_THREADS='{cbackend.MAX_THREADS + 1}' is not an integer from 1 to "
+                                       rf"{cbackend.MAX_THREADS}"):
+        cbackend._env_threads()
+    monkeypatch.setenv("GRADBENCH_C_THREADS", "")
+    monkeypatch.setenv("OMP_NUM_THREADS", "99999999999999999999")
+    assert cbackend._env_threads() == cbackend.MAX_THREADS
