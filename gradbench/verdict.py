@@ -792,8 +792,10 @@ def _clip_words(stack, res) -> str:
                 f"of the clipped chain, not of the loss's derivative: clipping the signal can hold an exploding chain "
                 f"flat {CLIP_ELSEWHERE}")
     span = clip_span_words(below, L, "layer", "below", "above", "from the top down to", "signal")
+    free = np.setdiff1d(np.arange(L), below)
+    which = _layers(below) if below.size <= free.size else f"all but {_layers(free)}"  # the shorter list
     return (f"the backward signal is clipped ({clip}); the clip changed it at {below.size} of the {L} layers "
-            f"({_layers(below)}){span}; where it acts, clipping the signal can hold an exploding chain flat "
+            f"({which}){span}; where it acts, clipping the signal can hold an exploding chain flat "
             f"{CLIP_ELSEWHERE}")
 
 
