@@ -398,3 +398,16 @@ def test_relu_finite_width_drift_tends_to_minus_5_over_4n():
     assert _find(r"-5/\(4N\) nats for large N")
     for n in (1000, 10_000):
         assert finite_width_lambda1("relu", n, sigma_w=math.sqrt(2)) * n == pytest.approx(-1.25, abs=3 / n)
+
+
+def test_the_demos_clip_sentence_is_the_readmes(capsys):
+    """README, "Python API": "the diagnosis names them: "the clip changed it at 47 of the 50 layers
+    (all but 6, 7 and 29)" in `gradbench demo`": the demo's tanh-clip configuration (its base
+    stack, as `compare --configs tanh-clip`), and the layers are those the run recorded."""
+    m = _find(r'"the clip changed it at (\d+) of the (\d+)\s+layers \(all but ([\d, and]+)\)" in `gradbench demo`')
+    out = _cli(["compare", "--configs", "tanh-clip", "--depth", m.group(2), "--width", "32", "--batch", "16",
+                "--loss", "bce"], capsys)
+    said = re.search(r"the clip changed it at (\d+) of the (\d+) layers \(all but ([\d, and]+)\)", " ".join(out.split()))
+    assert said and said.groups() == m.groups(), (said and said.groups(), m.groups())
+    free = [int(v) for v in re.findall(r"\d+", m.group(3))]
+    assert int(m.group(1)) + len(free) == int(m.group(2))
