@@ -106,8 +106,10 @@ def _clip(g, mode, c):
     return g * (c / n) if n > c else g
 
 
-def backward(stack, P, x, t=None):
-    """Plain (unscaled) gradients; applies signal clipping when the stack asks for it."""
+def backward(stack, P, x, t=None, sizes=None):
+    """Plain (unscaled) gradients; applies signal clipping when the stack asks for it. ``sizes``
+    (an array of L + 1): filled with what the clip tests before it clips dL/dh_l (max |entry| for
+    value, the norm for norm; l = L the top signal)."""
     loss, s = forward(stack, P, x, t)
     hs, zs = s["hs"], s["zs"]
     L, k = stack.depth, stack.residual
@@ -131,8 +133,13 @@ def backward(stack, P, x, t=None):
         grads["W_out"] = dy.T @ h
         grads["b_out"] = dy.sum(axis=0)
         g = dy @ P["W_out"]
+    def clipped(g, l):
+        if sizes is not None:
+            sizes[l] = np.max(np.abs(g)) if clip == "value" else np.linalg.norm(g)
+        return _clip(g, clip, stack.clip_threshold)
+
     if clip:
-        g = _clip(g, clip, stack.clip_threshold)
+        g = clipped(g, L)
     signal = [None] * L
     pending = None
     for l in range(L - 1, -1, -1):
@@ -156,7 +163,7 @@ def backward(stack, P, x, t=None):
         if k and l % k == 0:
             g = g + pending
         if clip:
-            g = _clip(g, clip, stack.clip_threshold)
+            g = clipped(g, l)
         signal[l] = np.linalg.norm(g)
     if "W_in" in P:
         grads["W_in"] = g.T @ x

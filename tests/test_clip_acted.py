@@ -37,32 +37,11 @@ def _plain(params) -> dict:
 
 def naive_flags(stack, P, x):
     """(flags (L+1,), ratios (L+1,)): whether the clip's test fires on the plain float64 signal
-    dL/dh_l (l = 0 .. L; L the top), and max|g| / c or ||g|| / c before that clip. The chain of
-    ``naive.backward`` (sum_squares loss, optional residual groups), clipping included."""
-    _, s = naive.forward(stack, P, np.asarray(x, np.float64))
-    hs, zs = s["hs"], s["zs"]
-    L, k, c, mode = stack.depth, stack.residual, stack.clip_threshold, stack.clip
-    flags, ratios = np.zeros(L + 1, bool), np.zeros(L + 1)
-
-    def clip(g, l):
-        size = np.max(np.abs(g)) if mode == "value" else np.linalg.norm(g)
-        ratios[l] = size / c
-        flags[l] = size > c
-        return naive._clip(g, mode, c)
-
-    g = clip(hs[-1].copy(), L)
-    pending = None
-    for l in range(L - 1, -1, -1):
-        da = g
-        if k and (l + 1) % k == 0:
-            pending = g
-            da = stack.residual_scale * g
-        dz = da * naive.dphi(stack.activation, zs[l], stack.act_param)
-        g = dz @ P["W"][l]
-        if k and l % k == 0:
-            g = g + pending
-        g = clip(g, l)
-    return flags, ratios
+    dL/dh_l (l = 0 .. L; L the top), and max|g| / c or ||g|| / c before that clip: the clipped
+    chain of ``naive.backward`` (sum_squares loss, optional residual groups), which records them."""
+    sizes = np.zeros(stack.depth + 1)
+    naive.backward(stack, P, np.asarray(x, np.float64), sizes=sizes)
+    return sizes > stack.clip_threshold, sizes / stack.clip_threshold
 
 
 def _margin(ratios) -> float:
