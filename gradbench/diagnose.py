@@ -87,6 +87,7 @@ class Diagnosis:
     float_limits: dict
     threshold: float
     weight_log10: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    clip_acted: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=bool))
     lost_samples: int = 0
     hist_exact: bool = True
 
@@ -128,14 +129,14 @@ class Diagnosis:
     def from_dict(cls, d: dict) -> "Diagnosis":
         kw = {}
         for f in dataclasses.fields(cls):
-            if f.name not in d and f.name in ("weight_log10", "lost_samples", "hist_exact"):  # the defaults
+            if f.name not in d and f.name in ("weight_log10", "clip_acted", "lost_samples", "hist_exact"):  # defaults
                 continue
             if f.name not in d and f.name == "signal_decades_per_layer":  # files of gradbench < 0.2
                 kw[f.name] = math.nan
                 continue
             v = d[f.name]
             if f.name in _ARRAY_FIELDS:
-                dtype = np.int64 if f.name in _INT_ARRAYS else np.float64
+                dtype = np.int64 if f.name in _INT_ARRAYS else bool if f.name == "clip_acted" else np.float64
                 v = np.array(_from_jsonable(v), dtype=dtype)
                 if f.name == "hist_counts" and v.ndim == 1:
                     v = v.reshape(0, max(len(d["hist_edges"]) - 1, 0))
@@ -172,7 +173,7 @@ class Diagnosis:
 
 _ARRAY_FIELDS = {
     "grad_log10", "signal_log10", "act_mean", "act_mean_log10", "act_std", "act_std_log10", "saturation", "dead",
-    "hist_edges", "hist_counts", "hist_zeros", "hist_nonfinite", "hist_outside", "weight_log10",
+    "hist_edges", "hist_counts", "hist_zeros", "hist_nonfinite", "hist_outside", "weight_log10", "clip_acted",
 }
 _INT_ARRAYS = {"hist_counts", "hist_zeros", "hist_nonfinite", "hist_outside"}
 
@@ -297,6 +298,8 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         float_limits=limits,
         threshold=float(threshold),
         weight_log10=a.weight_log10,
+        clip_acted=(np.asarray(res.signal_clip_acted[:len(res.signal_clip_acted) - 1], dtype=bool)
+                    if res.signal_clip_acted is not None else np.zeros(0, dtype=bool)),
     )
 
 

@@ -137,11 +137,15 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
     # pass a gradient there, on the negative side
     dead_head = "dead" if dead_below_zero(act, d.stack.get("activation_param")) else "neg side"
     dead_w = max(6, len(dead_head))
+    clip = getattr(d, "clip_acted", None)
+    show_clip = clip is not None and len(clip) == L  # signal clipping: where it changed dL/dh_l
     head = f"  {'layer':>7} {'||dL/dW_l||':>14} {'||dL/dh_l||':>14} {'act mean':>11} {'act std':>11}"
     if show_sat:
         head += f" {'saturated':>9}"
     if show_dead:
         head += f" {dead_head:>{dead_w}}"
+    if show_clip:
+        head += f" {'clipped':>7}"
     out.append("")
     out.append(head)
     prev = -1
@@ -156,6 +160,8 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
             line += " " + fmt_percent(d.saturation[l], 9)
         if show_dead:
             line += " " + fmt_percent(d.dead[l], dead_w)
+        if show_clip:
+            line += f" {'yes' if clip[l] else '-':>7}"
         out.append(line)
     return "\n".join(out)
 

@@ -668,3 +668,30 @@ def test_bins_that_do_not_fit_in_memory_are_refused_before_any_work(monkeypatch,
     assert 10**5 < most < 10**8
     d = gb.diagnose(res, P, bins=min(most, 10**6))  # the suggestion fits (and is not small)
     assert d.hist_counts.shape == (6, min(most, 10**6))
+
+
+def test_the_diagnosis_keeps_where_the_clip_acted(tmp_path):
+    """The table's `clipped` column and the files' `clip_acted` are the result's record
+    (tests/test_clip_acted.py checks the record against a plain chain)."""
+    from gradbench.frames import write_npz
+    from gradbench.report import table_layers
+
+    st = gb.Stack(depth=30, width=32, activation="tanh", init="normal", sigma_w=1.3, clip="norm", clip_threshold=5.0)
+    p, x = gb.init_params(st, 0), gb.gaussian_input(st, 16, 1)
+    res = gb.backprop(st, p, x)
+    d = gb.diagnose(res)
+    want = res.signal_clip_acted[:30]
+    assert 0 < want.sum() < 30 and np.array_equal(d.clip_acted, want)
+    assert np.array_equal(gb.Diagnosis.from_json(d.to_json()).clip_acted, want)
+    write_npz(d, tmp_path / "d.npz")
+    assert np.array_equal(gb.Diagnosis.from_npz(tmp_path / "d.npz").clip_acted, want)
+    assert np.array_equal(d.to_frame()["clip_acted"].to_numpy(), want)
+    lines = str(d).splitlines()
+    head = next(i for i, s in enumerate(lines) if s.lstrip().startswith("layer"))
+    assert lines[head].rstrip().endswith("clipped")
+    rows = {int(s.split()[0]): s.split()[-1] for s in lines[head + 1:] if s.split() and s.split()[0].isdigit()}
+    assert rows and all(v == ("yes" if want[l] else "-") for l, v in rows.items())
+    assert set(rows) == set(table_layers(30, 12))
+    plain = gb.diagnose(gb.backprop(st.replace(clip=None), p, x))
+    plain_head = next(s for s in str(plain).splitlines() if s.lstrip().startswith("layer"))
+    assert plain.clip_acted.size == 0 and "clipped" not in plain_head
