@@ -883,11 +883,13 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
     if stack.activation in ("sigmoid", "tanh"):
         gain, measured = weight_gain(stack, weight_log10)
         if stack.activation == "sigmoid" and not stack.batch_norm and verdict == "vanishing" and gain < 4:
-            # sigmoid' <= 1/4: a factor sigma_w / 4 or less per layer, a loss while sigma_w < 4
-            words.append(f"sigmoid' <= 0.25 costs at least {-math.log10(gain / 4):.2g} decades per layer "
+            # sigmoid' <= 1/4: a factor of about sigma_w / 4 per layer, typically (sigma_w is the weights'
+            # typical gain; only the largest singular value bounds it, and narrow stacks lose less: a
+            # width-8 stack lost 0.56 decades a layer beside "at least 0.63")
+            words.append(f"sigmoid' <= 0.25 costs about {-math.log10(gain / 4):.2g} decades per layer "
                          f"at this weight gain (sigma_w = {gain:.3g}"
                          + (" from the weights, ||W_l|| / sqrt(N), the median over the layers" if measured else "")
-                         + ": log10(4 / sigma_w))")
+                         + ": log10(4 / sigma_w), a typical rate, not a bound)")
     if stack.activation in RELU_FAMILY:
         dead, where = countable_mean(res.dead)
         if dead > 0.1 and stack.dead_below_zero:

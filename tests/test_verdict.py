@@ -595,12 +595,12 @@ def test_sigmoids_cost_per_layer_follows_the_gain():
         gain = _gain(params.W)
         assert abs(gain / sigma_w - 1) < 0.1
         text = " ".join(d.explanation.split())
-        assert f"costs at least {math.log10(4 / gain):.2g} decades per layer" in text, text
+        assert f"costs about {math.log10(4 / gain):.2g} decades per layer" in text, text
         assert f"(sigma_w = {gain:.3g} from the weights" in text
         plain = gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 16, 1)))  # no weights: the stack's
-        assert f"costs at least {math.log10(4 / sigma_w):.2g} decades per layer" in " ".join(plain.explanation.split())
+        assert f"costs about {math.log10(4 / sigma_w):.2g} decades per layer" in " ".join(plain.explanation.split())
     eight = _explain(depth=50, width=16, activation="sigmoid", sigma_w=8.0)
-    assert eight.verdict == "vanishing" and "costs at least" not in eight.explanation
+    assert eight.verdict == "vanishing" and "costs about" not in eight.explanation
     assert -0.3 < eight.decades_per_layer < -math.log10(4 / 8)  # slower than a bound of 0.6 would allow
 
 
@@ -618,7 +618,7 @@ def test_an_imported_models_sigmoid_cost_is_that_of_its_own_weights():
     gain = _gain([m.weight.detach().numpy() for m in layers[::2]])  # from torch's own tensors
     assert abs(gain * math.sqrt(3) - 1) < 0.1
     text = " ".join(d.explanation.split())
-    assert d.verdict == "vanishing" and f"costs at least {math.log10(4 / gain):.2g} decades per layer" in text, text
+    assert d.verdict == "vanishing" and f"costs about {math.log10(4 / gain):.2g} decades per layer" in text, text
 
 
 def test_residual_scale_zero_is_named_as_the_cause():
@@ -928,3 +928,16 @@ def test_the_report_header_names_biases_input_and_outputs():
     text = describe(dataclasses.asdict(stack))
     assert "sigma_b=0.5" in text and "input dim 2" in text and "loss softmax_ce (3 outputs)" in text
     assert "sigma_b" not in describe(dataclasses.asdict(gb.Stack(depth=3, width=4)))
+
+
+def test_the_sigmoid_rate_is_said_as_typical_not_as_a_bound():
+    """Width 8, Xavier, seed 1: the stack lost 0.56-0.58 decades a layer beside "sigmoid' <= 0.25
+    costs at least 0.63": log10(4 / sigma_w) uses the weights' typical gain, and only the largest
+    singular value bounds the loss (the teacher's review)."""
+    st = gb.Stack(depth=10, width=8, activation="sigmoid")
+    p, x = gb.init_params(st, 1), gb.gaussian_input(st, 4, 1001)
+    d = gb.diagnose(gb.backprop(st, p, x), p)
+    text = " ".join(d.explanation.split())
+    stated = float(re.search(r"costs about ([\d.]+) decades per layer", text).group(1))
+    assert -d.signal_decades_per_layer < stated  # the measured loss is below it: no bound
+    assert "at least" not in text and "a typical rate, not a bound" in text
