@@ -82,7 +82,11 @@ def _closest(name: str, valid) -> str:
         return f"; {NO_COUNTERPART[name.lower()]}"
     lower = {v.lower(): v for v in names}
     key = str(name).lower()
-    match = [lower[key]] if key in lower else difflib.get_close_matches(key, list(lower), n=1, cutoff=HINT_CUTOFF)
+    starts = [v for k, v in lower.items() if key and k.startswith(key)] if key not in lower else []
+    if len(starts) > 1:  # 'he': he_normal or he_uniform (below the cutoff, it got no hint)
+        return f"; did you mean {' or '.join(map(repr, starts))}?"
+    match = ([lower[key]] if key in lower else starts or
+             difflib.get_close_matches(key, list(lower), n=1, cutoff=HINT_CUTOFF))
     return f"; did you mean {lower.get(match[0], match[0])!r}?" if match else ""
 
 

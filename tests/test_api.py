@@ -617,6 +617,7 @@ def test_big_endian_arrays_are_the_same_values():
     (lambda: gb.Stack(depth=2, width=2, activation="gelu_tanh"), "the tanh approximation has no counterpart"),
     (lambda: gb.Stack(depth=2, width=2, activation="xyz"), None),
     (lambda: gb.Stack(depth=2, width=2, activation="sigmod"), "did you mean 'sigmoid'?"),
+    (lambda: gb.Stack(depth=2, width=2, init="he"), "did you mean 'he_normal' or 'he_uniform'?"),  # a prefix of two
 ])
 def test_a_wrong_name_gets_a_hint_only_where_one_fits(make, words):
     """'cross_entropy' got "did you mean 'sum_squares'?", 'gelu_tanh' "'tanh'?", 'rmsprop'
