@@ -298,7 +298,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         float_limits=limits,
         threshold=float(threshold),
         weight_log10=a.weight_log10,
-        clip_acted=(np.asarray(res.signal_clip_acted[:len(res.signal_clip_acted) - 1], dtype=bool)
+        clip_acted=(np.asarray(res.signal_clip_acted[:-1], dtype=bool)  # the top's (entry L) has no row
                     if res.signal_clip_acted is not None else np.zeros(0, dtype=bool)),
     )
 

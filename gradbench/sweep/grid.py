@@ -138,8 +138,6 @@ def _length(seeds) -> int:
 def _seeds(seeds) -> tuple:
     if isinstance(seeds, (int, np.integer, str, bytes)) or not isinstance(seeds, Iterable):
         raise TypeError(f"seeds must be an iterable of ints such as range(3), got {type(seeds).__name__} {seeds!r}")
-    if hasattr(seeds, "__len__"):  # range(10**20): refused before it is listed
-        check_size(_length(seeds), f"seeds={seeds!r}")
     out = tuple(_scalar("seeds", s) for s in seeds)
     for s in out:
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
@@ -176,10 +174,12 @@ def plan(grid: Mapping, fixed: Mapping, seeds, backend: str = "auto") -> Plan:
             raise ValueError(f"{name} is required: a fixed value ({name}=...) or a grid axis")
     check_choice("backend", backend, tuple(REGISTRY) + ("auto",))
     points = int(np.prod([len(v) for v in axes.values()], dtype=object))
-    if hasattr(seeds, "__len__"):
+    sized = hasattr(seeds, "__len__")
+    if sized:  # range(10**20): refused before it is listed
         check_size(points * _length(seeds))
     p = Plan(axes, fixed, _seeds(seeds), backend)
-    check_size(points * len(p.seeds))
+    if not sized:  # a generator: counted once listed
+        check_size(points * len(p.seeds))
     for point in p.points():
         settings = {**p.fixed, **point}
         batch = settings.pop("batch")
