@@ -144,7 +144,7 @@ def test_compare_table_and_verdicts(tmp_path, capsys):
     assert "vanishing" in rows["sigmoid, Xavier init"]
     assert "exploding" in rows["relu, base init"]
     assert "stable" in rows["relu + He init"]
-    assert "stable" in rows["tanh + clip ||dh|| <= 1"]
+    assert "stable" in rows["tanh + signal clip ||dL/dh_l|| <= 1"]
     assert "||dW_0||" in out and "||dW_29||" in out
     data = json.loads(out_json.read_text())
     # keyed by the --configs names, with the table's labels beside them
@@ -194,7 +194,7 @@ def test_demo_writes_the_flow_plot_and_says_where(tmp_path, capsys):
     assert flow.read_bytes()[:4] == b"\x89PNG" and flow.stat().st_size > 20_000
     assert f"gradient-flow plot written to {flow}" in out
     for label in ("sigmoid, base init", "relu + He init", "sigmoid + batch norm", "tanh + Xavier init",
-                  "tanh + clip ||dh|| <= 1", "sigmoid + residual/2"):
+                  "tanh + signal clip ||dL/dh_l|| <= 1", "sigmoid + residual/2"):
         assert label in out
     assert "VANISHING" in out and "EXPLODING" in out and "STABLE" in out
     data = json.loads((out_dir / "gradients.json").read_text())

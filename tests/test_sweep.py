@@ -597,7 +597,7 @@ def test_a_sweep_point_with_its_bn_eps_is_reproduced_by_gradbench_run(cluster, t
     (["--batch", "0,4"], "error: --batch must be an int >= 1, got 0 (at grid point batch=0)"),
     (["--clip-threshold", "2"], "--clip-threshold sets how --clip clips, and no configuration clips"),
     (["--output-dim", "3"], "--output-dim sizes the head, and no configuration has one"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--seeds", "0"], "argument --seeds: must be an integer >= 1, got '0'"),
     (["--plot", "phase.gif"], "must end in .png, .svg or .pdf"),
     (["--plot", "phase.png", "--sigma-w", "1,2"], "--plot-y sigma_b: give --sigma-b"),
     (["--plot", "phase.png", "--sigma-w", "1,2", "--plot-y", "sigma_w"], "--plot-x and --plot-y must differ"),

@@ -100,6 +100,27 @@ def add_parser(sub, name: str, *, help: str, epilog: str, **kw) -> argparse.Argu
 
 
 # ------------------------------------------------------------------ option types
+_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|infinity|nan)", re.ASCII | re.IGNORECASE)
+
+
+def strict_int(text: str) -> int:
+    """An integer as a user types one: ASCII digits with an optional sign. Python's ``int`` also
+    takes ``1_000``, surrounding blanks and other scripts' digits ('\u0661' is 1): a typo such
+    as ``--depth 1_00`` ran 100 layers."""
+    if not _INT.fullmatch(text):
+        raise ValueError(f"not an integer: {text!r}")
+    return int(text)
+
+
+def strict_float(text: str) -> float:
+    """A number as a user types one (``3``, ``-0.5``, ``1e-3``, ``.5``; ``inf`` and ``nan`` pass
+    here for the caller's own finiteness message), not Python's ``1_0.5`` or other scripts' digits."""
+    if not _FLOAT.fullmatch(text):
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)
+
+
 def _typed(name: str, convert, ok, requirement: str):
     """An argparse ``type`` that converts with ``convert`` and refuses values failing ``ok``."""
 
@@ -107,7 +128,9 @@ def _typed(name: str, convert, ok, requirement: str):
         try:
             value = convert(text)
         except (ValueError, OverflowError):
-            raise argparse.ArgumentTypeError(f"{requirement}, got {text!r}") from None
+            odd = "_" in text or not text.isascii() or text != text.strip()
+            spelling = " written with the ASCII digits 0-9 (no '_', blanks or other scripts' digits)" if odd else ""
+            raise argparse.ArgumentTypeError(f"{requirement}{spelling}, got {text!r}") from None
         if not ok(value):
             raise argparse.ArgumentTypeError(f"{requirement}, got {text!r}")
         return value
@@ -116,17 +139,17 @@ def _typed(name: str, convert, ok, requirement: str):
     return parse
 
 
-positive_int = _typed("positive_int", int, lambda v: v >= 1, "must be an integer >= 1")
-nonneg_int = _typed("nonneg_int", int, lambda v: v >= 0, "must be an integer >= 0")
-seed_int = _typed("seed", int, lambda v: 0 <= v < 2**64, "must be an integer in [0, 2**64)")
-finite_float = _typed("finite_float", float, math.isfinite, "must be a finite number")
-positive_float = _typed("positive_float", float, lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
-nonneg_float = _typed("nonneg_float", float, lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0")
-gain = _typed("gain", float, lambda v: math.isfinite(v) and 0 < v <= MAX_GAIN,
+positive_int = _typed("positive_int", strict_int, lambda v: v >= 1, "must be an integer >= 1")
+nonneg_int = _typed("nonneg_int", strict_int, lambda v: v >= 0, "must be an integer >= 0")
+seed_int = _typed("seed", strict_int, lambda v: 0 <= v < 2**64, "must be an integer in [0, 2**64)")
+finite_float = _typed("finite_float", strict_float, math.isfinite, "must be a finite number")
+positive_float = _typed("positive_float", strict_float, lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
+nonneg_float = _typed("nonneg_float", strict_float, lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0")
+gain = _typed("gain", strict_float, lambda v: math.isfinite(v) and 0 < v <= MAX_GAIN,
               f"must be a number in (0, {MAX_GAIN_TEXT}] (the command line's largest gain: squared weight norms must "
               "stay finite in its reports; the dtype sets the smallest, 1e-290 in float64 and 1e-30 in float32)")
-unit_interval = _typed("fraction", float, lambda v: 0 <= v < 1, "must be a number in [0, 1)")
-dpi_int = _typed("dpi", int, lambda v: 20 <= v <= 1200, "must be an integer in [20, 1200]")
+unit_interval = _typed("fraction", strict_float, lambda v: 0 <= v < 1, "must be a number in [0, 1)")
+dpi_int = _typed("dpi", strict_int, lambda v: 20 <= v <= 1200, "must be an integer in [20, 1200]")
 
 
 def split(text: str, option: str | None = None) -> list[str]:

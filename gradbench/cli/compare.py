@@ -35,7 +35,9 @@ examples:
 A named remedy fixes the fields it names: sigmoid-xavier, tanh-xavier and relu-he their --init and
 --sigma-w, sigmoid-bn --batch-norm, sigmoid-residual --residual (2, or 1 at an odd --depth, as its
 label "sigmoid + residual/1 (odd depth)" says), tanh-clip and relu-clip --clip,
---clip-threshold and --clip-on. Giving one of those options with such a configuration is refused
+--clip-threshold and --clip-on. tanh-clip clips the backward signal dL/dh_l at every layer (--clip-on
+signal), which torch has no counterpart of; relu-clip clips each layer's dL/dW_l (--clip-on layer);
+torch's clip_grad_norm_ is --clip norm --clip-on global, which leaves the chain's norms as they are. Giving one of those options with such a configuration is refused
 (exit 2): use the plain activation instead (--configs relu --clip norm --clip-on layer
 --clip-threshold 100). Every other stack option applies to every configuration, and the header
 line of the table lists them.
@@ -58,7 +60,7 @@ def variants(stack: Stack) -> dict[str, tuple[str, dict]]:
         "sigmoid-residual": (f"sigmoid + residual/{k}" + ("" if k == 2 else " (odd depth)"),
                              dict(activation="sigmoid", residual=k)),
         "tanh-xavier": ("tanh + Xavier init", dict(activation="tanh", init="xavier_normal", sigma_w=None)),
-        "tanh-clip": ("tanh + clip ||dh|| <= 1",
+        "tanh-clip": ("tanh + signal clip ||dL/dh_l|| <= 1",
                       dict(activation="tanh", clip="norm", clip_threshold=1.0, clip_on="signal")),
         "relu-clip": ("relu + clip ||dW_l|| <= 1",
                       dict(activation="relu", clip="norm", clip_threshold=1.0, clip_on="layer")),

@@ -66,10 +66,10 @@ def training_table(results: dict) -> str:
         ran = r.epochs_run
         ratio = r.first_layer_ratio[:ran]
         med = f"{np.nanmean(ratio):.2g} %" if ran and np.any(np.isfinite(ratio)) else "-"
-        acc = r.accuracy[ran] if r.diverged_epoch is None else math.nan
+        acc = f"{r.accuracy[ran]:.2f}" if r.diverged_epoch is None else "-"  # as `gradbench train` prints it
         note = (f"loss non-finite in epoch {r.diverged_epoch + 1}" if r.diverged_epoch is not None
                 else ("stuck near ln 2" if abs(r.final_loss - math.log(2)) < 0.02 else "trains"))
-        lines.append(f"{name:<21} {loss_text(r.eval_loss[0]):>12} {loss_text(r.final_loss):>10} {acc:>8.2f}  "
+        lines.append(f"{name:<21} {loss_text(r.eval_loss[0]):>12} {loss_text(r.final_loss):>10} {acc:>8}  "
                      f"{med:>24}  {note}")
     return "\n".join(lines)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from gradbench import _atomic
 from gradbench.cli.common import (NEGATIVE_VALUE, STACK_FIELDS, field_words, given, in_option_words, positive_int,
-                                  refuse_unused_stack_options)
+                                  refuse_unused_stack_options, strict_float, strict_int)
 from gradbench.cli.process import OutputError, UsageError  # one line, exit 1 / 2
 from gradbench.report import count
 from gradbench.spec import Stack
@@ -62,7 +62,7 @@ def _number(option: str, text: str, kind: type):
     """One value: an integer literal for an int field (``--depth 1e1`` is refused, as by
     ``gradbench run``), else a number."""
     try:
-        return int(text) if kind is int else float(text)
+        return strict_int(text) if kind is int else strict_float(text)
     except ValueError:
         what = "an integer" if kind is int else "a number"
         raise UsageError(f"{option} {text!r}: expected {what}, a list a,b,c or a range a:b:n") from None
@@ -79,7 +79,7 @@ def _range(option: str, text: str, kind: type) -> list:
         if not part:
             raise UsageError(f"{option} {text!r}: the range a:b:n has no {name}")
         try:
-            ends.append(int(part) if part_kind is int else float(part))
+            ends.append(strict_int(part) if part_kind is int else strict_float(part))
         except ValueError:
             what = "an integer" if part_kind is int else "a number"
             raise UsageError(f"{option} {text!r}: {name} = {part!r} of the range a:b:n is not {what}") from None
@@ -188,8 +188,6 @@ _FIELD = field_words((*STACK_FIELDS, "batch"))
 
 def cmd_sweep(args) -> int:
     _check_files(args)
-    if isinstance(args.seeds, int) and args.seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.workers is not None and args.scheduler is not None:
         raise UsageError("--workers sizes the LocalCluster run without --scheduler: give one or the other")
     grid, fixed = grid_from_args(args)
@@ -283,7 +281,7 @@ def register(sub) -> argparse.ArgumentParser:
     g = p.add_argument_group("Stack fields and batch (each: one value, a,b,c or a:b:n)")
     for name in _kinds():
         g.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUES", default=None, help=_help(name))
-    p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 of every configuration (default 1)")
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="N", help="seeds 0..N-1 of every configuration (default 1)")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"),
                    help="the backend of every run (default auto: the fastest built here)")
     p.add_argument("--out", metavar="DIR", help="write each finished task's rows there (Parquet; the directory is "

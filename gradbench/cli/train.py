@@ -8,6 +8,7 @@ from gradbench.cli import model
 from gradbench.cli.common import (
     BACKEND_CHOICES, STACK_FIELDS, UsageError, _typed, add_output_args, add_parser, add_stack_args, given, option,
     positive_float, positive_int, refuse_unused, refuse_unused_stack_options, resolve_backend, seed_int, split,
+    strict_int,
     stack_from_args, unit_interval, nonneg_float,
 )
 from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
@@ -30,7 +31,7 @@ gradbench.train draws them; layerwise-pretraining's are then pretrained by gradb
 summary, its --out settings and the --out head say with which settings). File format: docs/formats.md.
 """
 
-_samples = _typed("samples", int, lambda v: v >= 2, "must be an integer >= 2")  # gradbench.datasets' own limit
+_samples = _typed("samples", strict_int, lambda v: v >= 2, "must be an integer >= 2")  # gradbench.datasets' own limit
 DATA_OPTIONS = ("dataset", "samples", "data_seed")
 
 
