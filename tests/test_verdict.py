@@ -941,3 +941,33 @@ def test_the_sigmoid_rate_is_said_as_typical_not_as_a_bound():
     stated = float(re.search(r"costs about ([\d.]+) decades per layer", text).group(1))
     assert -d.signal_decades_per_layer < stated  # the measured loss is below it: no bound
     assert "at least" not in text and "a typical rate, not a bound" in text
+
+
+def test_a_vanishing_signal_over_flat_weight_gradients_says_the_first_layers_learn_as_fast():
+    """The teacher's review: `gradbench run --depth 1000 --width 64 --activation tanh` reads
+    VANISHING (the signal loses ~2.5 decades) while ||dW_l|| is flat (10^-6.18 at layer 0, 10^-6.64
+    at the top): the early layers do not learn slower, the symptom the lecture calls vanishing.
+    The explanation says so with the plain float64 chain's numbers (tests/naive.py); a stack whose
+    ||dW_l|| falls too (sigmoid, Xavier) does not get the sentence."""
+    import naive
+    from gradbench.verdict import decades_per_layer
+
+    stack = gb.Stack(depth=1000, width=64, activation="tanh", init="xavier_normal")
+    params, x = gb.init_params(stack, 1), gb.gaussian_input(stack, 16, 0)  # (weights of seed 0: -1.9, STABLE)
+    d = gb.diagnose(gb.backprop(stack, params, x), params)
+    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
+    _, grads, signal = naive.backward(stack, P, x)
+    dw = np.log10(np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2))))
+    L = len(dw)
+    assert abs(decades_per_layer(dw)[0] * (L - 1)) < 2 < -decades_per_layer(np.log10(signal))[0] * (L - 1)
+    assert d.verdict == "vanishing", d.explanation
+    text = d.explanation
+    assert "||dW_l|| has no trend, though" in text and "do not learn slower than the top's" in text, text
+    assert f"within {abs(dw[0] - dw[-1]):.2g} decades of the top's" in text, text
+    assert f"10^{dw[0]:.4g} at layer 0, 10^{dw[-1]:.4g} at layer {L - 1}" in text, text
+    assert "the activations h_l shrink up the stack as the signal shrinks down it" in text, text
+
+    sig = gb.Stack(depth=50, width=32, activation="sigmoid", init="xavier_normal")
+    p2 = gb.init_params(sig, 0)
+    d2 = gb.diagnose(gb.backprop(sig, p2, gb.gaussian_input(sig, 16, 0)), p2)
+    assert d2.verdict == "vanishing" and "has no trend, though" not in d2.explanation, d2.explanation
