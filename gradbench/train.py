@@ -196,8 +196,8 @@ class TrainResult:
             L = self.stack.depth
             lines.append(
                 f"  {first} change by {np.nanmean(ratio):.3g} % per epoch on average "
-                f"(max {np.nanmax(ratio):.3g} %), layer {L - 1}'s (below the head) by "
-                f"{np.nanmean(self.update_ratio[:ran, -1]):.3g} %"
+                f"(max {np.nanmax(ratio):.3g} %{_one_epoch_words(ratio)}), layer {L - 1}'s (below the head) by "
+                f"{np.nanmean(self.update_ratio[:ran, -1]):.3g} %{_one_epoch_words(self.update_ratio[:ran, -1], short=True)}"
             )
         rise = rising_words(self.eval_loss[:ran + 1] if self.diverged_epoch is None else [], s["lr"])
         if rise:
@@ -484,6 +484,29 @@ def _layer_ratios(before: np.ndarray, after: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             out[l] = np.ldexp(100.0 * np.float64(md) / np.float64(mw), ed - ew)
     return out
+
+
+# An epoch that holds at least this share of the summed per-epoch changes is named beside the
+# average, which it would otherwise hide (a net that moved 2.6e34 % in one epoch and 0 after).
+ONE_EPOCH_SHARE = 0.5
+
+
+def _one_epoch_words(ratio, short: bool = False) -> str:
+    """Where one epoch holds most of the per-epoch changes ``ratio`` (%, one per epoch run): which,
+    and its share of their sum (else "")."""
+    r = np.asarray(ratio, dtype=np.float64)
+    fin = np.isfinite(r)
+    if fin.sum() < 2:
+        return ""
+    total = float(np.sum(r[fin]))
+    k = int(np.argmax(np.where(fin, r, -np.inf)))
+    if not (total > 0 and math.isfinite(total) and r[k] >= ONE_EPOCH_SHARE * total):
+        return ""
+    rest = float(np.max(np.delete(np.where(fin, r, -np.inf), k)))
+    if short:
+        return f" ({r[k]:.3g} % in epoch {k + 1}: {100 * r[k] / total:.0f} % of the summed changes)"
+    return (f", in epoch {k + 1}: {100 * r[k] / total:.0f} % of the summed changes, the other epochs at most "
+            f"{rest:.3g} % each")
 
 
 def train(
