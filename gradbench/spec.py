@@ -239,6 +239,13 @@ class _Net:
 class Stack(_Net):
     """A deep dense stack, its remedies and its loss.
 
+    A field that only acts with another (``bn_eps`` with ``batch_norm``, ``residual_scale`` with
+    ``residual``, ``clip_threshold`` and ``clip_on`` with ``clip``) is kept as given without it and
+    does nothing there, so that ``stack.replace(batch_norm=False)`` and back keeps it; the command
+    line, where such an option can only be a mistake, refuses it (``--bn-eps`` without
+    ``--batch-norm``). ``activation_param`` is the exception: an activation without a parameter
+    refuses one.
+
     Parameters
     ----------
     depth, width : int

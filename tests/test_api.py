@@ -640,3 +640,14 @@ def test_numpy_integer_histogram_sizes_are_python_ints():
         b = gb.backprop(st, p, x, stats_only=True, hist_bins=int(bins))
         assert a.extras["memory_estimate"] == b.extras["memory_estimate"] > 0
         assert np.array_equal(a.grad_hist.counts, b.grad_hist.counts)
+
+
+def test_fields_that_act_only_with_another_are_kept_and_do_nothing_without_it():
+    """Stack's docstring: bn_eps, residual_scale, clip_threshold and clip_on are kept without
+    batch_norm, residual or clip and do nothing there (the command line refuses them)."""
+    base = gb.Stack(depth=4, width=6, activation="tanh")
+    odd = base.replace(bn_eps=0.5, residual_scale=0.25, clip_threshold=1e-3, clip_on="layer")
+    params, x = gb.init_params(base, 0), gb.gaussian_input(base, 5, 1)
+    a, b = gb.backprop(base, params, x, backend="numpy"), gb.backprop(odd, params, x, backend="numpy")
+    assert np.array_equal(a.grad_norm.log10(), b.grad_norm.log10())
+    assert odd.replace(batch_norm=True).bn_eps == 0.5 and odd.replace(residual=2).residual_scale == 0.25
