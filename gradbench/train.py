@@ -46,6 +46,7 @@ from gradbench.plan import check_history
 from gradbench.reference import norm_scaled
 from gradbench.report import count, describe
 from gradbench.spec import Stack, check_choice
+from gradbench.verdict import _layers
 
 # Where a run's starting weights came from (settings["weights"], the head of `train --out`)
 INIT_WEIGHTS = "gradbench.init_params(stack, seed)"
@@ -301,12 +302,6 @@ def _decades(v: float) -> str:
 DECAY_DOMINATES = 10.0
 
 
-def _layer_list(layers: list[int], most: int = 8) -> str:
-    """Layers as "0, 1, 2" (the first ``most``, then how many more)."""
-    words = ", ".join(map(str, layers[:most]))
-    return words + (f" and {len(layers) - most} more" if len(layers) > most else "")
-
-
 def _optimizer_state(settings: dict) -> str | None:
     """What keeps moving the weights after their gradient is 0: momentum's velocity, Adam's
     moments (None for plain SGD)."""
@@ -369,20 +364,20 @@ def stopped_words(stopped: dict, epochs_run: int, head: bool, decay: bool = Fals
     when = "from the start" if e == 0 else f"after the last epoch ({e})" if e >= epochs_run else f"from epoch {e} on"
     under = stopped.get("underflowed_layers") or []
     truly = [l for l in dead if l not in under]
-    why = (f": every unit of layer{'s' if len(truly) > 1 else ''} {', '.join(map(str, truly))} is dead (z <= 0 for "
+    why = (f": every unit of layer{'s' if len(truly) > 1 else ''} {_layers(truly)} is dead (z <= 0 for "
            "every sample), so nothing passes back through " + ("them" if len(truly) > 1 else "it") if truly else "")
     if under:
         n, bound = len(under), stopped.get("underflow_log10")
-        why = (f": every unit of layer{'s' if n > 1 else ''} {_layer_list(under)} has z exactly 0 for every sample, "
+        why = (f": every unit of layer{'s' if n > 1 else ''} {_layers(under)} has z exactly 0 for every sample, "
                f"by underflow, not because z <= 0 (layer {under[0]}'s biases are 0 and its products W h are at most "
                f"10^{bound:.1f}, below the smallest {dtype} number): the "
                "sign of a z that small is lost, so nothing passes back through " + ("them" if n > 1 else "it")
-               + (f"; and layer{'s' if len(truly) > 1 else ''} {', '.join(map(str, truly))} "
+               + (f"; and layer{'s' if len(truly) > 1 else ''} {_layers(truly)} "
                   f"{'are' if len(truly) > 1 else 'is'} dead (z <= 0 for every sample)" if truly else ""))
     saturated = stopped.get("saturated_layers") or []
     if saturated and not dead:
         n = len(saturated)
-        why = (f": every unit of layer{'s' if n > 1 else ''} {_layer_list(saturated)} is saturated so far (a huge "
+        why = (f": every unit of layer{'s' if n > 1 else ''} {_layers(saturated)} is saturated so far (a huge "
                "|z|, or z overflowed to inf: weights grown huge) that its phi'(z) lies below 2^(-2^62), beyond any "
                "int64 exponent, so the gradient reads 0 where the true one is tiny but, for a finite z, not 0")
     left = epochs_run - e

@@ -1120,7 +1120,7 @@ def test_a_forward_pass_that_underflows_is_not_called_dead():
     bound = np.log10(np.abs(p.W[0]).max()) + np.log10(np.abs(h).max())
     assert stopped["underflow_log10"] == pytest.approx(bound, abs=1e-9)
     text = r.summary()
-    assert "layers 0, 1 has z exactly 0 for every sample, by underflow, not because z <= 0" in text
+    assert "layers 0 and 1 has z exactly 0 for every sample, by underflow, not because z <= 0" in text
     assert "layers 0, 1 is dead" not in text and "layers 0, 1, 2 is dead" not in text
 
 
