@@ -164,7 +164,7 @@ def scheme_gain(init: str, sigma_w: float | None = None) -> float:
 # products with pre-activations of ~sigma_w |x| must fit as well: a float32 leaky stack with slope and
 # sigma_w both 1e20 overflows there, reported as first_nonfinite_forward = 0.
 # In float32 the other scales keep to the same range (a nonzero one in magnitude): bn_eps,
-# residual_scale, clip_threshold and the LSTM's forget_bias enter the kernels' arithmetic as
+# residual_scale, clip_threshold and the gated cells' forget_bias and update_bias enter the kernels' arithmetic as
 # float32 numbers (a norm clip at 1e-50 scaled the signal to 0 and read "no gradient"; bn_eps or
 # residual_scale of 1e39 became inf). float64 takes any finite value of them.
 SCALE_RANGE = {"float64": (1e-290, 1e290), "float32": (1e-30, 1e30)}
@@ -202,7 +202,7 @@ class _Net:
         """The dtype (a NumPy dtype, ``np.dtype("float32")``, becomes its name, as NumPy scalars
         become Python numbers) and, within :data:`SCALE_RANGE` of it, ``sigma_w``, a nonzero
         ``sigma_b`` and the magnitude of a nonzero ``activation_param``; in float32 also of
-        ``bn_eps``, ``residual_scale``, ``clip_threshold`` and ``forget_bias`` (those the net
+        ``bn_eps``, ``residual_scale``, ``clip_threshold``, ``forget_bias`` and ``update_bias`` (those the net
         has). Called once the dtype is one of :data:`DTYPES`."""
         if isinstance(self.dtype, np.dtype):
             object.__setattr__(self, "dtype", self.dtype.name)
@@ -216,7 +216,7 @@ class _Net:
                              f"{'round to 0' if float(v) < lo else 'overflow to inf'}; {self.dtype} holds "
                              f"{_num(lo)} <= {name} <= {_num(hi)}{other}")
         check_param_range(getattr(self, "activation_param", None), self.dtype)
-        for name in ("bn_eps", "residual_scale", "clip_threshold", "forget_bias"):
+        for name in ("bn_eps", "residual_scale", "clip_threshold", "forget_bias", "update_bias"):
             v = getattr(self, name, None)
             if self.dtype == "float64" or v is None or v == 0 or lo <= abs(float(v)) <= hi:
                 continue  # float64 holds any finite value (clip_threshold=1e300: never clip)

@@ -174,7 +174,9 @@ def cmd_demo(args) -> int:
               "settings):")
         print(training_table(results))
     if not args.no_cells:
-        print(f"\nthrough time: vanilla tanh RNN, LSTM and GRU over {CELL_STEPS} steps (hidden 32, batch 16):")
+        print(f"\nthrough time: vanilla tanh RNN, LSTM and GRU over {CELL_STEPS} steps (hidden 32, batch 16; gate "
+              "biases at their defaults, LSTM forget 1 and GRU update 0: the training demos' gated cells start at 5, "
+              f"`gradbench compare --cells lstm,gru --steps {CELL_STEPS} --forget-bias 5 --update-bias 5`):")
         written += _cells(args, backend)
     print("\nplots: " + ", ".join(written))
     print(f"gradient-flow plot written to {written[0]}")

@@ -251,6 +251,8 @@ def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None, recurrent_in
                    help="gain of W_hh (default: the recurrent init's own, sqrt(2) for he_*, else 1)")
     g.add_argument("--sigma-b", type=nonneg_float, default=0.0, help="std of the biases (default 0)")
     g.add_argument("--forget-bias", type=finite_float, default=None, help="lstm only (default 1)")
+    g.add_argument("--update-bias", type=finite_float, default=None,
+                   help="gru only: added to the update gate's bias; large keeps the state (default 0)")
     if head:
         g.add_argument("--loss", default="sum_squares", metavar="NAME",
                        help=f"one of {', '.join(LOSSES)}: sum_squares is 0.5 ||h_(T-1)||^2, the others a linear head "
@@ -277,8 +279,8 @@ def _net(args, cell: str | None = None):
     if args.init in RECURRENT_INITS and args.init not in INITS:  # identity: "did you mean 'xavier_uniform'?"
         raise UsageError(f"--init {args.init}: --init draws W_ih (the input weights), one of {', '.join(INITS)}; "
                          f"{args.init} is an init of W_hh: --recurrent-init {args.init}")
-    # compare: --activation (and its parameter) applies to its rnn line only and --forget-bias to its
-    # lstm line only (_compare_notes says so); run/theory: the spec refuses them on another cell
+    # compare: --activation (and its parameter) applies to its rnn line only, --forget-bias to its
+    # lstm line only and --update-bias to its gru line only (_compare_notes says so); run/theory: the spec refuses them on another cell
     vanilla = cell is None or cell == "rnn"
     try:
         return gb.Recurrent(cell=cell or args.cell, steps=args.steps, hidden=args.hidden, input_dim=args.input_dim,
@@ -286,6 +288,7 @@ def _net(args, cell: str | None = None):
                             activation_param=args.activation_param if vanilla else None, init=args.init,
                             recurrent_init=args.recurrent_init, sigma_w=args.sigma_w, sigma_b=args.sigma_b,
                             forget_bias=args.forget_bias if cell is None or cell == "lstm" else None,
+                            update_bias=args.update_bias if cell is None or cell == "gru" else None,
                             loss=getattr(args, "loss", "sum_squares"), loss_on=getattr(args, "loss_on", "last"),
                             output_dim=getattr(args, "output_dim", 1),
                             clip=args.clip, clip_threshold=args.clip_threshold, clip_on=args.clip_on, dtype=args.dtype)
@@ -294,8 +297,8 @@ def _net(args, cell: str | None = None):
 
 
 # the Recurrent fields that are options, named in the spec's messages ("sigma_w=1e-50 is beyond ...")
-_NET_FIELD = field_words(("sigma_w", "sigma_b", "forget_bias", "recurrent_init", "activation_param", "clip_threshold",
-                          "clip_on", "input_dim", "hidden", "steps", "dtype", "activation", "cell", "init", "loss",
+_NET_FIELD = field_words(("sigma_w", "sigma_b", "forget_bias", "update_bias", "recurrent_init", "activation_param",
+                          "clip_threshold", "clip_on", "input_dim", "hidden", "steps", "dtype", "activation", "cell", "init", "loss",
                           "loss_on", "output_dim"))
 
 
@@ -439,7 +442,8 @@ def cmd_compare(args) -> int:
     bad = [c for c in cells if c not in CELLS]
     if bad or not cells:
         raise UsageError(f"--cells {args.cells!r}: choose from {', '.join(CELLS)} (comma-separated)")
-    for dest, only in (("activation", "rnn"), ("activation_param", "rnn"), ("forget_bias", "lstm")):
+    for dest, only in (("activation", "rnn"), ("activation_param", "rnn"), ("forget_bias", "lstm"),
+                       ("update_bias", "gru")):
         if getattr(args, dest) is not None and only not in cells:
             raise UsageError(f"{option(dest)} applies to the {only} cell only, and --cells {args.cells!r} has none")
     nets = {cell: _net(args, cell) for cell in cells}  # every refusal before the first run
@@ -507,6 +511,8 @@ def _compare_notes(args, nets) -> list[str]:
                      + (f" ({', '.join(gated)}: fixed sigmoid gates and tanh)" if gated else ""))
     if args.forget_bias is not None:
         notes.append(f"--forget-bias {args.forget_bias:g}: the lstm line only")
+    if args.update_bias is not None:
+        notes.append(f"--update-bias {args.update_bias:g}: the gru line only")
     return notes
 
 

@@ -594,6 +594,8 @@ def describe(rnn: dict) -> str:
         parts.append(f"sigma_b={rnn['sigma_b']:g}")
     if rnn.get("forget_bias") is not None:
         parts.append(f"forget bias {rnn['forget_bias']:g}")
+    if rnn.get("update_bias") is not None:
+        parts.append(f"update-gate bias {rnn['update_bias']:g}")
     if rnn.get("clip"):
         parts.append(f"clip {rnn['clip']} {rnn['clip_threshold']:g} on {rnn['clip_on']}")
     if rnn.get("loss", "sum_squares") != "sum_squares":

@@ -57,7 +57,8 @@ def init_params(rnn: Recurrent, seed: int | np.random.Generator = 0) -> Recurren
     ``W_ih``: the ``init`` scheme per gate block (fan_in D, fan_out N); ``W_hh``: the
     ``recurrent_init`` scheme per gate block with gain ``sigma_w`` (orthogonal: gain * Q with
     Q from the QR of a Gaussian; identity: gain * I); ``b_ih``, ``b_hh``: N(0, sigma_b^2) (zeros
-    when sigma_b = 0), and the LSTM's ``forget_bias`` added to the f block of ``b_ih``; the head
+    when sigma_b = 0), and the LSTM's ``forget_bias`` added to the f block of ``b_ih`` (the GRU's
+    ``update_bias`` to its z block); the head
     with the ``init`` scheme. Draw order: W_ih, W_hh, b_ih, b_hh, W_out, b_out.
     """
     if not isinstance(rnn, Recurrent):
@@ -77,6 +78,8 @@ def init_params(rnn: Recurrent, seed: int | np.random.Generator = 0) -> Recurren
     b_ih, b_hh = bias(G * N), bias(G * N)
     if rnn.cell == "lstm":
         b_ih[N:2 * N] += rnn.lstm_forget_bias
+    elif rnn.cell == "gru":
+        b_ih[N:2 * N] += rnn.gru_update_bias  # gates r, z, n
     p = dict(W_ih=arr(W_ih), W_hh=arr(W_hh), b_ih=arr(b_ih), b_hh=arr(b_hh))
     if rnn.has_head:
         p["W_out"] = arr(_weights(rng, rnn.init, rnn.input_gain, (O, N), N, O))

@@ -67,6 +67,10 @@ class Recurrent(_Net):
         Standard deviation of ``b_ih`` and ``b_hh`` (normal); 0 gives zero biases.
     forget_bias : float, optional
         LSTM only: added to the forget-gate block of ``b_ih`` at init (default 1.0).
+    update_bias : float, optional
+        GRU only: added to the update-gate (z) block of ``b_ih`` at init (default 0). The GRU
+        keeps z h_{t-1} + (1 - z) n_t, so a large bias (z near 1) carries the state and its
+        gradient across many steps: the GRU's counterpart of the LSTM's forget-gate bias.
     loss : str
         ``sum_squares`` (0.5 ||h_{T-1}||^2, no head) or a linear head ``y_t = h_t W_out^T + b_out``
         to ``output_dim`` outputs with ``mse``, ``bce`` (from logits) or ``softmax_ce``.
@@ -95,6 +99,7 @@ class Recurrent(_Net):
     sigma_w: float | None = None
     sigma_b: float = 0.0
     forget_bias: float | None = None
+    update_bias: float | None = None
     loss: str = "sum_squares"
     loss_on: str = "last"
     output_dim: int = 1
@@ -135,6 +140,11 @@ class Recurrent(_Net):
                 raise ValueError(f"forget_bias is only valid for cell='lstm' (it shifts the forget gate); "
                                  f"cell={self.cell!r} has no forget gate")
             _check_real("forget_bias", self.forget_bias)
+        if self.update_bias is not None:
+            if self.cell != "gru":
+                raise ValueError(f"update_bias is only valid for cell='gru' (it shifts the update gate); "
+                                 f"cell={self.cell!r} has none" + ("; for the LSTM, forget_bias is its counterpart" if self.cell == "lstm" else ""))
+            _check_real("update_bias", self.update_bias)
         check_choice("loss", self.loss, LOSSES)
         check_choice("loss_on", self.loss_on, LOSS_ON)
         if self.loss == "sum_squares" and self.loss_on != "last":
@@ -162,7 +172,7 @@ class Recurrent(_Net):
             v = getattr(self, f)
             if v is not None:
                 object.__setattr__(self, f, int(v))
-        for f in ("activation_param", "sigma_w", "sigma_b", "forget_bias", "clip_threshold"):
+        for f in ("activation_param", "sigma_w", "sigma_b", "forget_bias", "update_bias", "clip_threshold"):
             v = getattr(self, f)
             if v is not None:
                 object.__setattr__(self, f, float(v) + 0.0)  # -0.0 as 0.0
@@ -195,6 +205,11 @@ class Recurrent(_Net):
         if self.cell != "lstm":
             return 0.0
         return 1.0 if self.forget_bias is None else float(self.forget_bias)
+
+    @property
+    def gru_update_bias(self) -> float:
+        """The update-gate bias shift (0 by default; 0 for the other cells)."""
+        return float(self.update_bias or 0.0) if self.cell == "gru" else 0.0
 
     @property
     def gain(self) -> float:

@@ -93,7 +93,7 @@ class RecurrentTrainResult:
                  + (f", {r.act}" if r.cell == "rnn" else "") + f", W_hh {r.recurrent_init}"
                  + (f" gain {r.sigma_w:g}" if r.sigma_w is not None else "")
                  + (f", forget bias {r.lstm_forget_bias:g}" if r.cell == "lstm" else "")
-                 + (f", update-gate bias {s['gate_bias']:g}" if s.get("gate_bias") else "")
+                 + (f", update-gate bias {r.gru_update_bias:g}" if r.gru_update_bias else "")
                  + (f", clip {r.clip} {r.clip_threshold:g} on {r.clip_on}" if r.clip else ""),
                  f"  task {s['task']} ({s['n_samples']} sequences), {s['optimizer']} lr={s['lr']:g}{optimizer_words(s)}, batch "
                  f"{s['batch_size']}, {s['epochs']} epochs, seed {s['seed']}"]
@@ -142,8 +142,9 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
                     progress: bool = False) -> RecurrentTrainResult:
     """Train ``rnn`` (a head on the last step) on sequences ``X`` (T, n, D) with labels ``y`` (n,).
 
-    ``gate_bias`` (GRU): added to the update gate's bias at init, so that z ~ sigma(gate_bias)
-    keeps the state (the GRU's counterpart of the LSTM's ``forget_bias``). Training stops at the
+    ``gate_bias`` (GRU): an older spelling of ``Recurrent(update_bias=...)``, added to the update
+    gate's bias at init (to ``params``' too, when given), so that z ~ sigma(gate_bias) keeps the
+    state; the result's ``rnn`` holds it as its ``update_bias``. Training stops at the
     first non-finite loss (of a mini-batch, or on the held-out set after an epoch: then that is
     the epoch's loss and nothing else of the epoch is recorded), gradient or parameter and says
     where. Accuracy as :func:`gradbench.train.class_labels` and :func:`gradbench.train.accuracy`
@@ -153,6 +154,9 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
         raise ValueError("training needs a head on the last step: Recurrent(loss='bce', ...)")
     if gate_bias and rnn.cell != "gru":
         raise ValueError("gate_bias is the GRU's update-gate bias; use forget_bias for an LSTM")
+    if gate_bias and rnn.update_bias is not None:
+        raise ValueError(f"gate_bias={gate_bias:g} and the net's update_bias={rnn.update_bias:g} are one bias: give "
+                         "Recurrent(update_bias=...) only")
     for nm, v in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{nm} must be an int >= 1, got {v!r}")
@@ -165,8 +169,11 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
         if xs.ndim == 3:
             check_labels(rnn, labels, xs.shape[1], what)
     opt = _optimizer(optimizer, lr, momentum)
-    params = init_params(rnn, seed) if params is None else params.copy()
+    given = params is not None
     if gate_bias:
+        rnn = rnn.replace(update_bias=float(gate_bias))  # init_params adds it to drawn weights
+    params = init_params(rnn, seed) if params is None else params.copy()
+    if gate_bias and given:
         params.b_ih[rnn.hidden:2 * rnn.hidden] += gate_bias
     pdict = dict(params.items())
     T_eval, labels = _targets(rnn, y_eval), class_labels(rnn.loss, rnn.output_dim, y_eval)
@@ -286,7 +293,7 @@ _register(RecurrentDemo("memory-rnn", "recall the first of 100 symbols: vanilla 
 _register(RecurrentDemo("memory-lstm", "the same with an LSTM (forget-gate bias 5)",
                         {**_MEMORY, "cell": "lstm", "forget_bias": 5.0}, _ADAM))
 _register(RecurrentDemo("memory-gru", "the same with a GRU (update-gate bias 5)",
-                        {**_MEMORY, "cell": "gru"}, {**_ADAM, "gate_bias": 5.0}))
+                        {**_MEMORY, "cell": "gru", "update_bias": 5.0}, _ADAM))
 _EXPLODE = dict(cell="rnn", activation="identity", recurrent_init="identity", sigma_w=1.5, steps=20, hidden=16)
 _SGD = dict(optimizer="sgd", lr=0.1, batch_size=32, epochs=30, seed=0)
 _register(RecurrentDemo("exploding-rnn", "linear RNN with recurrent gain 1.5 (20 steps): the loss turns non-finite",
