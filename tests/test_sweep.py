@@ -620,7 +620,7 @@ def test_a_sweep_point_with_its_bn_eps_is_reproduced_by_gradbench_run(cluster, t
     (["--depth", "1e1"], "--depth '1e1': expected an integer"),
     (["--depth", "5:1e1:6"], "--depth '5:1e1:6': b = '1e1' of the range a:b:n is not an integer"),
     (["--batch", "4.0"], "--batch '4.0': expected an integer"),
-    (["--seeds", "x"], "invalid int value"),
+    (["--seeds", "x"], "argument --seeds: must be an integer >= 1, got 'x'"),
     (["--scheduler", "foo"], "--scheduler 'foo' is not a scheduler address such as 'tcp://host:8786'"),
     (["--scheduler", "bar://x:1"], "unknown address scheme 'bar'"),
 ])
