@@ -83,6 +83,21 @@ def gemm_kernels() -> str | None:
     return mine[2] if mine is not None else scipy_kernels()
 
 
+def gemm_threads() -> int | None:
+    """The threads of the BLAS the C backend calls (NumPy's ILP64 OpenBLAS, else SciPy's) as
+    threadpoolctl reads them now (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, the CPUs, or a
+    ``threadpool_limits``); ``None`` where it cannot be told."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        pools = [i for i in threadpool_info() if i.get("internal_api") == "openblas"]
+    except Exception:  # noqa: BLE001 - no threadpoolctl: nothing to tell
+        return None
+    where = "numpy.libs" if numpy_gemm() is not None else "scipy"
+    mine = [i for i in pools if where in os.path.realpath(i["filepath"])]
+    return int(mine[0]["num_threads"]) if len(mine) == 1 else None
+
+
 def runs_avx512_kernels() -> bool:
     """Whether the BLAS the C backend calls (:func:`gemm_kernels`) runs its AVX-512 kernels."""
     return gemm_kernels() in AVX512_KERNELS

@@ -66,13 +66,25 @@ _SUFFIX = {np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
 NO_BLAS = 1 << 31  # a width no layer has
 
 
-def default_blas_min_width(avx512_blas: bool | None = None, isa: int | None = None) -> int:
+def default_blas_min_width(avx512_blas: bool | None = None, isa: int | None = None,
+                           blas_threads: int | None = None) -> int:
     """The width from which the C drivers call BLAS (the measurements above): 512 where the
     OpenBLAS they call runs its AVX-512 kernels (``avx512_blas``, default: this process's) or the
-    own kernels run below AVX-512 (``isa``, default: this CPU's best), else never (NO_BLAS)."""
+    own kernels run below AVX-512 (``isa``, default: this CPU's best), and runs one thread
+    (``blas_threads``, default: as threadpoolctl reads it at import); else never (NO_BLAS).
+
+    One thread, because OpenBLAS splits every product over its threads and waits for the slowest:
+    on a shared machine one of them is often without a CPU, and each of the run's thousands of
+    products waits for a time slice. The own kernels' team notices such waits and finishes on one
+    thread (csrc/team.c). Measured on the 2-core Zen 4 VM under other load (load average 4.3, default
+    threads, tanh, B = 64, minima of 3 processes): N = 512, L = 100 BLAS 1.50-1.99 s, own 0.53-0.61;
+    N = 1024, L = 40 BLAS 2.40-6.38 s, own 1.09-1.31 (a user-path review saw 7.49 s against 0.26).
+    Pinned to one core, one thread each: BLAS 0.56-0.59 s, own 0.62-0.67 at N = 512; at N = 2048
+    (L = 6) 0.34-0.37 against 0.50-0.51 (GRADBENCH_C_BLAS_MIN_WIDTH=512 takes them back)."""
     avx512_blas = blas.runs_avx512_kernels() if avx512_blas is None else avx512_blas
     isa = int(lib.gb_isa(ffi.NULL)) if isa is None else isa
-    return 512 if avx512_blas or isa < 4 else NO_BLAS
+    blas_threads = blas.gemm_threads() if blas_threads is None else blas_threads
+    return 512 if (avx512_blas or isa < 4) and blas_threads == 1 else NO_BLAS
 
 
 # Whose BLAS the drivers call ("numpy" or "scipy"): NumPy's where it is an ILP64 OpenBLAS, so

@@ -19,9 +19,11 @@ CODE = ("import gradbench.blas as b, gradbench.cbackend as c; "
         "print(b.gemm_kernels(), int(b.runs_avx512_kernels()), c.BLAS_MIN_WIDTH, c.BLAS_MIN_WIDTH_F32)")
 
 
-def _fresh(coretype: str) -> list[str]:
+def _fresh(coretype: str, threads: str = "1") -> list[str]:
+    """What a fresh process reads under OpenBLAS's ``coretype`` kernels and ``threads`` threads."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADBENCH_C_BLAS_MIN_WIDTH")}
     env["OPENBLAS_CORETYPE"] = coretype
+    env["OPENBLAS_NUM_THREADS"] = threads
     proc = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True)
     if proc.returncode != 0 and "C extension not built" in proc.stderr:
         pytest.skip("C extension not built")
@@ -53,6 +55,24 @@ def test_avx512_kernels_are_reported_and_move_blas_to_512():
     if blas.gemm_kernels() is None:
         pytest.skip("the C backend's BLAS is not an OpenBLAS here")
     assert _fresh("SkylakeX") == ["SkylakeX", "1", "512", "512"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OPENBLAS_CORETYPE is read by Linux builds")
+def test_blas_with_several_threads_is_never_called():
+    """Where the OpenBLAS the C backend calls runs several threads (its default on a multi-core
+    machine) the own products take every width: under other load OpenBLAS's split products waited
+    for time slices (width 1024: 2.4-6.4 s against 1.1-1.3). gemm_threads reads what OpenBLAS was
+    told, in a fresh process."""
+    if blas.gemm_kernels() is None:
+        pytest.skip("the C backend's BLAS is not an OpenBLAS here")
+    never = str(1 << 31)
+    for kernels in ("Haswell", "SkylakeX") if _c_isa() == 4 else ("Haswell",):
+        assert _fresh(kernels, threads="2")[2:] == [never, never]
+    code = "import gradbench.blas as b; print(b.gemm_threads())"
+    for threads in ("1", "2"):  # (OpenBLAS takes at most the CPUs)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "OPENBLAS_NUM_THREADS": threads}).stdout.split()
+        assert out == [threads]
 
 
 
@@ -125,6 +145,10 @@ def test_the_blas_width_follows_the_kernels_and_the_instance():
         pytest.skip("C extension not built")
     never = cbackend.NO_BLAS
     assert never > 1 << 30
-    assert [cbackend.default_blas_min_width(avx512, isa) for avx512 in (True, False) for isa in (4, 3, 1)] == \
+    assert [cbackend.default_blas_min_width(avx512, isa, 1) for avx512 in (True, False) for isa in (4, 3, 1)] == \
         [512, 512, 512, never, 512, 512]
-    assert cbackend.default_blas_min_width() == (512 if blas.runs_avx512_kernels() or cbackend.isa() < 4 else never)
+    assert [cbackend.default_blas_min_width(avx512, isa, 2) for avx512 in (True, False) for isa in (4, 3, 1)] == \
+        [never] * 6
+    one = blas.gemm_threads() == 1
+    assert cbackend.default_blas_min_width() == (512 if one and (blas.runs_avx512_kernels() or cbackend.isa() < 4)
+                                                 else never)

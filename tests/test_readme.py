@@ -105,17 +105,19 @@ def test_design_environment_table_names_every_variable_the_package_reads_with_it
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADBENCH_")}
     code = ("import gradbench.cbackend as c, gradbench.cli.progress as p, gradbench.blas as b; "
             "print(c.BLAS_MIN_WIDTH, c.BLAS_MIN_WIDTH_F32, c.PAR_MIN_WORK, c.PAR_MIN_TOTAL, p.PROGRESS_SECONDS, "
-            "int(b.runs_avx512_kernels()), c.SPIN_LAYER, c.SPIN_TOTAL, c.RELOOK_TOTAL, c.isa())")
+            "int(b.runs_avx512_kernels()), c.SPIN_LAYER, c.SPIN_TOTAL, c.RELOOK_TOTAL, c.isa(), b.gemm_threads())")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if proc.returncode != 0 and "C extension not built" in proc.stderr + proc.stdout:
         pytest.skip("C extension not built")
     assert proc.returncode == 0, proc.stderr
-    blas, blas32, par, total, progress, avx512, spin_layer, spin_total, relook, isa = proc.stdout.split()
-    # "512 (2^31, never, when the own kernels run AVX-512 and the OpenBLAS it calls does not)"
+    blas, blas32, par, total, progress, avx512, spin_layer, spin_total, relook, isa, threads = proc.stdout.split()
+    # "512 (2^31, never, when the OpenBLAS it calls runs more than one thread, or when the own
+    # kernels run AVX-512 and it does not)"
     for name, value in (("GRADBENCH_C_BLAS_MIN_WIDTH", blas), ("GRADBENCH_C_BLAS_MIN_WIDTH_F32", blas32)):
-        usual, base, exp = re.fullmatch(r"(\d+) \((\d+)\^(\d+), never, when the own kernels run AVX-512 and the "
-                                        r"OpenBLAS it calls does not\)", table[name]).groups()
-        never = int(isa) == 4 and avx512 == "0"
+        usual, base, exp = re.fullmatch(r"(\d+) \((\d+)\^(\d+), never, when the OpenBLAS it calls runs more than one "
+                                        r"thread, or when the own kernels run AVX-512 and it does not\)",
+                                        table[name]).groups()
+        never = (int(isa) == 4 and avx512 == "0") or threads != "1"
         assert int(value) == (int(base) ** int(exp) if never else int(usual)), name
     for name, value in (("GRADBENCH_C_PAR_MIN_WORK", par), ("GRADBENCH_C_PAR_MIN_TOTAL", total),
                         ("GRADBENCH_C_SPIN_LAYER", spin_layer), ("GRADBENCH_C_SPIN_TOTAL", spin_total),
