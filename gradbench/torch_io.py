@@ -19,7 +19,9 @@ activation_param=alpha), ``nn.SELU``, ``nn.SiLU`` (swish), ``nn.GELU()`` (gelu, 
 (:func:`loss_fn`). A linear layer without bias maps to zero biases; ``BatchNorm1d(affine=False)``
 to gamma = 1, beta = 0; these and frozen parameters (``requires_grad=False``) become trainable
 parameters, which :func:`from_torch` warns about (the gradients are the same; gradbench.train
-trains them all).
+trains them all). A parametrized weight (``spectral_norm``, ``weight_norm``, ...) is copied as
+computed at the call, and its gradients are with respect to that weight, not the
+parametrization's original (a warning says so).
 
 gradbench's batch norm is train-mode batch normalisation (batch mean, biased batch variance), so
 a ``BatchNorm1d`` is accepted in training mode, or in eval mode with

@@ -387,6 +387,17 @@ def _warn_untrainable(items, input_layer, head) -> None:
         warnings.warn(f"from_torch: the model holds fixed {shown}; gradbench makes every parameter trainable: the "
                       "gradients are the same, but gradbench.train trains these too and to_torch gives them back "
                       "as trainable parameters", UserWarning, stacklevel=4)  # the caller of from_torch
+    from torch.nn.utils import parametrize
+
+    shaped = [f"{path}.{name}" for path, m in leaves if parametrize.is_parametrized(m)
+              for name in m.parametrizations]
+    if shaped:
+        shown = ", ".join(shaped[:4]) + (f" and {len(shaped) - 4} more" if len(shaped) > 4 else "")
+        warnings.warn(f"from_torch: {shown} {'is' if len(shaped) == 1 else 'are'} parametrized (spectral_norm, "
+                      "weight_norm, orthogonal, ...); gradbench copies the weight as computed now, a snapshot "
+                      "(spectral_norm's power iteration moves it at every forward in training mode), and its "
+                      "gradients are with respect to that weight, not to the parametrization's original (torch's "
+                      "parameter .grad): gradbench.train trains the weight itself", UserWarning, stacklevel=4)
 
 
 def _model_dtype(model, dtype):

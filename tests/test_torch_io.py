@@ -660,3 +660,36 @@ def test_fixed_parameters_are_named_in_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gb.from_torch(nn.Sequential(nn.Linear(8, 8), nn.Tanh()).double())  # nothing fixed: no warning
+
+
+def test_a_parametrized_weight_is_copied_as_computed_and_said():
+    """spectral_norm (torch.nn.utils.parametrizations) was read in silence: gradbench copies the
+    weight as computed at the call, and its dW is the gradient with respect to that weight (torch
+    autograd on a plain Linear holding it), not weight_orig's .grad."""
+    torch.manual_seed(0)
+    sn = nn.utils.parametrizations.spectral_norm(nn.Linear(8, 8).double())
+    model = nn.Sequential(sn, nn.Tanh(), nn.Linear(8, 8).double(), nn.Tanh())
+    with pytest.warns(UserWarning, match=r"from_torch: 0\.weight is parametrized \(spectral_norm.*a snapshot"):
+        gb.from_torch(model)
+    a, b = sn.weight.detach().clone(), sn.weight.detach().clone()  # training mode: each read iterates
+    assert not torch.equal(a, b)
+    model.eval()  # no power iteration: one weight
+    with pytest.warns(UserWarning, match="parametrized"):
+        stack, params = gb.from_torch(model)
+    now = sn.weight.detach().clone()
+    assert np.array_equal(params.W[0], now.numpy())
+    x = gb.gaussian_input(stack, 4, 1)
+    res = gb.backprop(stack, params, x, backend="numpy")
+    plain = nn.Linear(8, 8).double()
+    with torch.no_grad():
+        plain.weight.copy_(now)
+        plain.bias.copy_(sn.bias)
+    out = model[3](model[2](torch.tanh(plain(torch.from_numpy(x)))))
+    (0.5 * (out ** 2).sum()).backward()
+    dW = res.grads.W.mantissa[0] * 2.0 ** res.grads.W.exponent[0]
+    np.testing.assert_allclose(dW, plain.weight.grad.numpy(), rtol=1e-12, atol=0)
+    sn.zero_grad()
+    out = model(torch.from_numpy(x))
+    (0.5 * (out ** 2).sum()).backward()
+    orig = sn.parametrizations.weight.original.grad.numpy()
+    assert not np.allclose(orig, plain.weight.grad.numpy(), rtol=1e-3)
