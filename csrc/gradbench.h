@@ -244,6 +244,7 @@ typedef struct gb_recurrent_arrays {
     int64_t *sig_e;          /* (T+1,) */
     double *gnorm_m;         /* (T,) */
     int64_t *gnorm_e;        /* (T,) */
+    int64_t *clip_acted;     /* (T+1,) */
     void *C;                 /* (T+1,B,N) */
     void *GC;                /* (B,N) */
     double *csig_m;          /* (T+1,) */

@@ -19,7 +19,8 @@
  * a vanilla step whose every dz lies below GB_RESCUE_BELOW taken in log form, gb_rnn_rescue),
  * the recurrent product dz W_hh and the
  * exact chain (joint power-of-two normalisation of dL/dh and the LSTM's part of dL/dc carried
- * back through c_{t+1}, signal clipping on the true magnitude; the recorded ||dL/dc_t|| is the
+ * back through c_{t+1}, signal clipping on the true magnitude, recorded in clip_acted[t] where it
+ * changed the state; the recorded ||dL/dc_t|| is the
  * total's, dc = that part + dL/dh_t o_t tanh'(c_t)). The parameter gradients are sums over steps of terms with different exponents;
  * the steps' dz rows are collected in chunks of K steps (icfg[GB_RI_CHUNK]; chunk c holds the
  * steps [cK, cK + K), so a call over a segment of a multiple of K steps chunks as the whole run), each row scaled by 2^(e_t - E_chunk)
@@ -313,8 +314,9 @@ static double F(gb_rnorm)(const REAL *x, int64_t M, int64_t N) {
 }
 
 /* Clip the true value g 2^e (g normalised): value, every entry to [-c, c]; norm, the norm of
- * all n entries to <= c. Returns the new exponent (the reference's clip_signal).    g (M,N) */
-static int64_t F(gb_rclip)(REAL *g, int64_t M, int64_t N, int64_t e, int mode, double c) {
+ * all n entries to <= c. Returns the new exponent; *acted = 1 where the clip's test fired, else
+ * left (the reference's clip_signal_acted).    g (M,N) */
+static int64_t F(gb_rclip)(REAL *g, int64_t M, int64_t N, int64_t e, int mode, double c, int64_t *acted) {
     const int64_t n = M * N;
     if (mode == GB_CLIP_VALUE) {
         int ec;
@@ -331,6 +333,7 @@ static int64_t F(gb_rclip)(REAL *g, int64_t M, int64_t N, int64_t e, int mode, d
                 const double v = (double)TLDEXP(g[i], sh);
                 g[i] = (REAL)(v > t ? t : (v < -t ? -t : v));
             }
+            *acted = 1;
             return ec;
         }
     } else if (mode == GB_CLIP_NORM) {
@@ -338,6 +341,7 @@ static int64_t F(gb_rclip)(REAL *g, int64_t M, int64_t N, int64_t e, int mode, d
         if (ldexp(nrm, gb_clamp_exp(e)) > c) {
             const REAL s = (REAL)(c / nrm);
             for (int64_t i = 0; i < n; i++) g[i] *= s;
+            *acted = 1;
             return 0;
         }
     }
@@ -352,15 +356,17 @@ static int F(gb_rall_finite)(const REAL *x, int64_t n) {
 
 /* The reference's finish_state: normalise the state gg = [dL/dh; dL/dc] (rows, N) jointly,
  * clip it, record ||dL/dh|| (the first B rows), ||dL/dc|| (the rest: the part carried through
- * c_{t+1}, which the LSTM's next step replaces by the total's norm) and their exponent. */
+ * c_{t+1}, which the LSTM's next step replaces by the total's norm), their exponent and, unless
+ * clip_acted is NULL (the top: the caller's), whether the clip changed the state. */
 static void F(gb_rfinish)(REAL *gg, int64_t rows, int64_t B, int64_t N, int64_t j, int clip, double c, double *sig_m,
-                          int64_t *sig_e, double *csig_m, int64_t *info) {
+                          int64_t *sig_e, double *csig_m, int64_t *clip_acted, int64_t *info) {
     const int64_t n = rows * N;
-    int64_t e = sig_e[j] + F(gb_rnormalise)(gg, n);
+    int64_t e = sig_e[j] + F(gb_rnormalise)(gg, n), acted = 0;
     if (clip) {
-        e = F(gb_rclip)(gg, rows, N, e, clip, c);
+        e = F(gb_rclip)(gg, rows, N, e, clip, c, &acted);
         e += F(gb_rnormalise)(gg, n);
     }
+    if (clip_acted) clip_acted[j] = acted;
     sig_e[j] = e;
     sig_m[j] = F(gb_rnorm)(gg, B, N);
     if (csig_m) csig_m[j] = F(gb_rnorm)(gg + B * N, rows - B, N);
@@ -866,7 +872,7 @@ static void F(gb_state_finish)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int
     if (a->icfg[GB_RI_LOSS_EVERY]) e = F(gb_radd_loss)(cx->gg, rows, B, N, e, ((REAL *)a->DH) + t * B * N);
     a->sig_e[t] = e;
     F(gb_rfinish)(cx->gg, rows, B, N, t, (int)a->icfg[GB_RI_CLIP], a->fcfg[GB_RF_CLIP], a->sig_m, a->sig_e,
-                  lstm ? a->csig_m : NULL, a->info);
+                  lstm ? a->csig_m : NULL, a->clip_acted, a->info);
 }
 
 /* ------------------------------------------------------------------ backward: the cells */
@@ -883,7 +889,7 @@ int F(gb_rnn_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     }
     a->info[GB_INFO_BACKWARD] = -1;
     F(gb_state_in)(&cx, a, 0);
-    F(gb_rfinish)(cx.gg, B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, NULL, a->info);
+    F(gb_rfinish)(cx.gg, B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, NULL, NULL, a->info);
     const int act = (int)a->icfg[GB_RI_ACT], rescue_act = gb_rescue_act(act);
     for (int64_t t = T_ - 1; t >= 0; t--) {
         const int64_t k = t % cx.K;
@@ -919,7 +925,7 @@ int F(gb_lstm_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     }
     a->info[GB_INFO_BACKWARD] = -1;
     F(gb_state_in)(&cx, a, 1);
-    F(gb_rfinish)(cx.gg, 2 * B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, a->csig_m, a->info);
+    F(gb_rfinish)(cx.gg, 2 * B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, a->csig_m, NULL, a->info);
     for (int64_t t = T_ - 1; t >= 0; t--) {
         const int64_t e = a->sig_e[t + 1], k = t % cx.K;
         const REAL *Zt = ((REAL *)a->Z) + t * B * GN, *cp = ((REAL *)a->C) + t * BN;
@@ -965,7 +971,7 @@ int F(gb_gru_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     }
     a->info[GB_INFO_BACKWARD] = -1;
     F(gb_state_in)(&cx, a, 0);
-    F(gb_rfinish)(cx.gg, B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, NULL, a->info);
+    F(gb_rfinish)(cx.gg, B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, NULL, NULL, a->info);
     for (int64_t t = T_ - 1; t >= 0; t--) {
         const int64_t e = a->sig_e[t + 1], k = t % cx.K;
         const REAL *Zt = ((REAL *)a->Z) + t * B * GN, *hn = ((REAL *)a->HN) + t * BN, *hp = ((REAL *)a->H) + t * BN;

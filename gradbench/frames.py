@@ -26,8 +26,13 @@ int64 exponent, so -30000.5 is a value like any other, and -inf means an exact z
   mantissa/exponent, with a loss at every step ``carried_signal_log10`` and ``carried_grad_log10``
   (the last step's loss alone, carried back) and their mantissas/exponents, ``act_mean``,
   ``act_mean_log10``, ``act_std``, ``act_std_log10`` (of h_t),
-  ``saturation``, ``gate_mean``, ``gate_low`` (NaN for the vanilla cell). ``df.attrs``: loss,
-  loss_log10, backend, rnn, first_nonfinite_forward, first_nonfinite_backward.
+  ``saturation``, ``gate_mean``, ``gate_low`` (NaN for the vanilla cell), and with signal clipping
+  ``signal_clip_acted`` (bool: the clip changed step t's backward state;
+  ``RecurrentResult.signal_clip_acted[1:]``) and with a carried pass ``carried_signal_clip_acted``
+  (the same for it). ``df.attrs``: loss, loss_log10, backend, rnn, first_nonfinite_forward,
+  first_nonfinite_backward, and with signal clipping ``signal_clip_acted_initial`` (the clip
+  changed dL/dh_{-1}, the initial state's gradient; ``carried_signal_clip_acted_initial`` too
+  with a carried pass).
 - ``RecurrentDiagnosis.to_frame()`` (:func:`diagnosis_frame`): one row per ``step`` with the
   diagnosis' per-step arrays (``cell_log10`` for the LSTM only). ``df.attrs``: verdict,
   explanation, decades_per_step, reach, rnn, ...
@@ -122,10 +127,15 @@ def recurrent_result_frame(res):
     cols["act_std"], cols["act_std_log10"] = _float_and_log(res.act_std)
     for k in ("saturation", "gate_mean", "gate_low"):
         cols[k] = np.asarray(getattr(res, k), dtype=np.float64)
+    acted = {k: getattr(res, k, None) for k in ("signal_clip_acted", "carried_signal_clip_acted")}
+    for k, a in acted.items():
+        if a is not None:  # signal clipping: whether it changed step t's state (H[t + 1]); dL/dh_{-1}'s in attrs
+            cols[k] = np.asarray(a[1:], dtype=bool)
     df = pd.DataFrame(cols)
     df.attrs.update(loss=float(res.loss), loss_log10=float(res.loss_exact.log10()), backend=res.backend,
                     rnn=dataclasses.asdict(res.rnn), first_nonfinite_forward=res.first_nonfinite_forward,
                     first_nonfinite_backward=res.first_nonfinite_backward)
+    df.attrs.update({f"{k}_initial": bool(a[0]) for k, a in acted.items() if a is not None})
     return df
 
 

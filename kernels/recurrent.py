@@ -29,7 +29,7 @@ from ._config import JIT
 from .activations import SIGMOID as _SIGMOID_CODE
 from .activations import TANH as _TANH_CODE
 from .activations import RESCUE_BELOW32, RESCUE_BELOW64, _as, dphi, phi
-from .chain import _clamp, _ldexp, absmax, all_finite, clip_signal, moments, norm_scaled, normalise, sumsq
+from .chain import _clamp, _ldexp, absmax, all_finite, clip_signal_acted, moments, norm_scaled, normalise, sumsq
 from .layers import rescue_saturated
 
 
@@ -261,10 +261,12 @@ def _snorm(x):
 @njit(**JIT)
 def _finish(gg, B, j, clip_mode, c, sig_m, sig_e, csig_m, lstm, info):
     """Normalise the state gg = [dL/dh; dL/dc] (rows, N) jointly, clip, record dL/dH[j] (and
-    the norm of the carried dL/dc, which the LSTM's next step replaces by the total's)."""
+    the norm of the carried dL/dc, which the LSTM's next step replaces by the total's); returns
+    whether the clip changed the state (1/0, its own test: the reference's clip_acted[j])."""
     e = sig_e[j] + normalise(gg)
+    acted = np.int64(0)
     if clip_mode != 0:
-        e = clip_signal(gg, e, clip_mode, c)
+        e, acted = clip_signal_acted(gg, e, clip_mode, c)
         e += normalise(gg)
     sig_e[j] = e
     sig_m[j] = _snorm(gg[:B])
@@ -272,6 +274,7 @@ def _finish(gg, B, j, clip_mode, c, sig_m, sig_e, csig_m, lstm, info):
         csig_m[j] = _snorm(gg[B:])
     if info[INFO_BACKWARD] < 0 and not all_finite(gg):
         info[INFO_BACKWARD] = j
+    return acted
 
 
 @njit(**JIT)
@@ -399,7 +402,7 @@ def _mark(zx, zh, ex, eh, nz, k, e, e_h):
 
 @njit(**JIT)
 def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
-              sig_e, csig_m, gnorm_m, gnorm_e, info):
+              sig_e, csig_m, gnorm_m, gnorm_e, clip_acted, info):
     """Backward through T steps of cell 0 (rnn), 1 (lstm) or 2 (gru) (module docstring)."""
     clip_mode = icfg[RI_CLIP]
     c = fcfg[RF_CLIP]
@@ -500,28 +503,28 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, dW_ih, dW
         if every:
             e = _add_loss(gg, B, e, DH[t])
         sig_e[t] = e
-        _finish(gg, B, t, clip_mode, c, sig_m, sig_e, csig_m, lstm, info)
+        clip_acted[t] = _finish(gg, B, t, clip_mode, c, sig_m, sig_e, csig_m, lstm, info)
     G[:, :] = gg[:B]
     if lstm:
         GC[:, :] = gg[B:]
 
 
 def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, Z, fexp, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                        gnorm_m, gnorm_e, info):
+                        gnorm_m, gnorm_e, clip_acted, info):
     _backward(0, icfg, fcfg, X, W_hh, H, H, Z, H[1:], fexp, DH, G, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
-              sig_e, sig_m, gnorm_m, gnorm_e, info)
+              sig_e, sig_m, gnorm_m, gnorm_e, clip_acted, info)
 
 
 def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                         csig_m, gnorm_m, gnorm_e, info):
+                         csig_m, gnorm_m, gnorm_e, clip_acted, info):
     _backward(1, icfg, fcfg, X, W_hh, H, C, Z, C[1:], np.zeros(len(sig_e), dtype=np.int64), DH, G, GC, dW_ih, dW_hh,
-              db_ih, db_hh, dexp, sig_m, sig_e, csig_m, gnorm_m, gnorm_e, info)
+              db_ih, db_hh, dexp, sig_m, sig_e, csig_m, gnorm_m, gnorm_e, clip_acted, info)
 
 
 def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                        gnorm_m, gnorm_e, info):
+                        gnorm_m, gnorm_e, clip_acted, info):
     _backward(2, icfg, fcfg, X, W_hh, H, H, Z, HN, np.zeros(len(sig_e), dtype=np.int64), DH, G, G, dW_ih, dW_hh,
-              db_ih, db_hh, dexp, sig_m, sig_e, sig_m, gnorm_m, gnorm_e, info)
+              db_ih, db_hh, dexp, sig_m, sig_e, sig_m, gnorm_m, gnorm_e, clip_acted, info)
 
 
 rnn_forward = abi.checked("rnn_forward", rnn_forward_kernel)

@@ -16,7 +16,8 @@ Indexing: ``H[0]`` is h_{-1} (the initial state), ``H[t + 1]`` = h_t is written 
 ``sig_m[j] * 2**sig_e[j]`` = ||dL/dH[j]|| for j = 0..T. Step t's parameter-gradient terms carry
 the exponent ``sig_e[t + 1]`` (plus ``fexp[t]`` for dW_hh, whose term is dz_t^T h_{t-1}), plus the
 power of two of a vanilla step rescued in log form (every unit saturated beyond the dtype); the
-norm of its dW_hh term is ``gnorm_m[t] * 2**gnorm_e[t]``.
+norm of its dW_hh term is ``gnorm_m[t] * 2**gnorm_e[t]``. ``clip_acted[j]`` (j < T) records whether
+the backward's signal clip changed the state at H[j] (the caller clips the top, H[T], and keeps its own).
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ _GNORM = (
     _arg("gnorm_m", "T", "f8", "w", "||dz_t^T h_{t-1}|| = gnorm_m[t] * 2**gnorm_e[t]"),
     _arg("gnorm_e", "T", "i8", "w", "sig_e[t+1] + fexp[t], plus the power of two of a rescued vanilla step"),
 )
+_CLIP_ACTED = _arg("clip_acted", "T+1", "i8", "w", "1 where signal clipping changed the backward state at H[j] (its own "
+                   "test: some |entry| > c, or its norm > c, of dL/dH[j] and the lstm's carried part of dL/dC[j], "
+                   "clipped together), else 0; written for j < T, clip_acted[T] (the top, clipped by the caller) "
+                   "left as it is")
 
 RNN_FORWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_IH, _W_HH, _B_IH, _B_HH, _H_FWD,
@@ -93,7 +98,7 @@ RNN_FORWARD: tuple[Arg, ...] = (
 RNN_BACKWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_HH, _H_BWD, _arg("Z", "T,B,GN", "T", "r", "the forward's Z"),
     _arg("fexp", "T+1", "i8", "r", "the forward's exponents"),
-    _DH, _G, *_GRADS, *_SIG, *_GNORM, _INFO,
+    _DH, _G, *_GRADS, *_SIG, *_GNORM, _CLIP_ACTED, _INFO,
 )
 LSTM_FORWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_IH, _W_HH, _B_IH, _B_HH, _H_FWD,
@@ -108,7 +113,7 @@ LSTM_BACKWARD: tuple[Arg, ...] = (
          "with G), dL/dc_{-1} on exit"),
     *_GRADS, *_SIG,
     _arg("csig_m", "T+1", "f8", "w", "||dL/dC[j]|| = csig_m[j] * 2**sig_e[j], the total (through H[j] and C[j+1])"),
-    *_GNORM, _INFO,
+    *_GNORM, _CLIP_ACTED, _INFO,
 )
 GRU_FORWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_IH, _W_HH, _B_IH, _B_HH, _H_FWD, _Z_FWD,
@@ -118,7 +123,7 @@ GRU_FORWARD: tuple[Arg, ...] = (
 GRU_BACKWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_HH, _H_BWD, _Z_BWD,
     _arg("HN", "T,B,N", "T", "r", "the forward's HN"),
-    _DH, _G, *_GRADS, *_SIG, *_GNORM, _INFO,
+    _DH, _G, *_GRADS, *_SIG, *_GNORM, _CLIP_ACTED, _INFO,
 )
 
 TABLES = {

@@ -8,7 +8,8 @@ O(T/k + k) memory), the loss and its head (NumPy), clipping of parameter gradien
 implement only the cell functions over the arrays of :mod:`gradbench.recurrent.abi`. A segment
 [s, e) of steps passes ``H[s:e+1]`` (``H[s]`` its initial state), ``fexp[s:e+1]``,
 ``sig_e[s:e+1]`` (``sig_e[e]`` the exponent of the top signal, which the segment above has
-already normalised and clipped) and the gradient accumulators, which every segment extends.
+already normalised and clipped, and whose ``clip_acted[e]`` it wrote; the top's is :func:`_top`'s)
+and the gradient accumulators, which every segment extends.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from gradbench.recurrent.backends import get_backend, resolve
 from gradbench.recurrent.params import GeneratedSequence, RecurrentParams, expected_shapes
 from gradbench.recurrent.results import RecurrentGrads, RecurrentResult
 from gradbench.recurrent.spec import Recurrent
-from gradbench.reference import clip_signal, normalise, rescale_stats, sumsq_scaled
+from gradbench.reference import clip_signal_acted, normalise, rescale_stats, sumsq_scaled
 
 # What a step saves for the backward pass (arrays of the forward table), per cell.
 SAVED = {"rnn": ("H", "Z"), "lstm": ("H", "C", "Z"), "gru": ("H", "Z", "HN")}
@@ -306,7 +307,7 @@ def backprop(rnn: Recurrent, params: RecurrentParams, xs, targets=None, *, backe
             _forward(run)
             _top(run)
             T = rnn.steps
-            top = (run.G.copy(), None if run.GC is None else run.GC.copy(), int(run.sig_e[T]))
+            top = (run.G.copy(), None if run.GC is None else run.GC.copy(), int(run.sig_e[T]), int(run.clip_acted[T]))
             _backward(run)
             if run.carried:
                 _carried(run, top, T)
@@ -359,6 +360,7 @@ class _Run:
         self.sig_e = np.zeros(T + 1, dtype=np.int64)
         self.gnorm_m = np.empty(T)
         self.gnorm_e = np.zeros(T, dtype=np.int64)
+        self.clip_acted = np.zeros(T + 1, dtype=np.int64)  # per state dL/dH[j]: did its signal clip act
         self.info = np.full(abi.INFO_SIZE, -1, dtype=np.int64)
         self.work = (3 if self.carried else 2) * len(self.segments)
         self.carried_norms = None
@@ -474,7 +476,7 @@ def _rows(rnn: Recurrent, t: np.ndarray) -> np.ndarray:
 
 def _top(run: _Run) -> None:
     """The loss, dL/dh_{T-1} (and the part of dL/dc_{T-1} carried back from a c_T: 0) into run.G,
-    run.GC, normalised and clipped once."""
+    run.GC, normalised and clipped once (whether the clip acted into run.clip_acted[T])."""
     rnn, T, N, B = run.rnn, run.rnn.steps, run.rnn.hidden, run.B
     hT, p = run.h_top, run.params
     run.dW_out = run.db_out = None
@@ -504,7 +506,7 @@ def _top(run: _Run) -> None:
     e = e_top + normalise(g)
     clip_mode = int(run.icfg[rabi.RI_CLIP])
     if clip_mode:
-        e = clip_signal(g, e, clip_mode, rnn.clip_threshold)
+        e, run.clip_acted[T] = clip_signal_acted(g, e, clip_mode, rnn.clip_threshold)
         e += normalise(g)
     if GC is not None:
         G, GC = np.ascontiguousarray(g[:B]), np.ascontiguousarray(g[B:])
@@ -551,7 +553,7 @@ def _backward(run: _Run, inject: bool = True) -> None:
         arrays = dict(seg, icfg=run.icfg, fcfg=run.fcfg, X=run.x(s, e), W_hh=run.params.W_hh,
                       fexp=run.fexp[s:e + 1], DH=DH, G=run.G, GC=run.GC, dexp=run.dexp, sig_m=run.sig_m[s:e + 1],
                       sig_e=run.sig_e[s:e + 1], csig_m=run.csig_m[s:e + 1], gnorm_m=run.gnorm_m[s:e],
-                      gnorm_e=run.gnorm_e[s:e], info=seg_info,
+                      gnorm_e=run.gnorm_e[s:e], clip_acted=run.clip_acted[s:e + 1], info=seg_info,
                       **run.grads)
         _call(getattr(run.impl, run.bwd_name), run.bwd_name, arrays)
         if run.info[abi.INFO_BACKWARD] < 0 <= seg_info[abi.INFO_BACKWARD]:
@@ -560,20 +562,25 @@ def _backward(run: _Run, inject: bool = True) -> None:
 
 
 def _carried(run: _Run, top: tuple, T: int) -> None:
-    """The backward pass again from the last step's loss alone (``top``: dL/dh_{T-1}, dL/dc_{T-1}
-    and their exponent as :func:`_top` left them), into run.carried_norms: what the recurrence
-    carries back, without the every-step loss's own gradients. The first pass's results stay."""
-    first = {k: getattr(run, k) for k in ("G", "GC", "sig_m", "sig_e", "csig_m", "gnorm_m", "gnorm_e", "grads", "dexp")}
+    """The backward pass again from the last step's loss alone (``top``: dL/dh_{T-1}, dL/dc_{T-1},
+    their exponent and whether the clip acted on them, as :func:`_top` left them), into
+    run.carried_norms: what the recurrence carries back, without the every-step loss's own
+    gradients, and where the signal clip acted on it. The first pass's results stay."""
+    first = {k: getattr(run, k) for k in ("G", "GC", "sig_m", "sig_e", "csig_m", "gnorm_m", "gnorm_e", "grads", "dexp",
+                                          "clip_acted")}
     info = int(run.info[abi.INFO_BACKWARD])
     run.G, run.GC = top[0], top[1]
     run.sig_m, run.csig_m = np.empty(T + 1), np.full(T + 1, np.nan)
     run.sig_e = np.zeros(T + 1, dtype=np.int64)
     run.sig_e[T] = top[2]
+    run.clip_acted = np.zeros(T + 1, dtype=np.int64)
+    run.clip_acted[T] = top[3]  # the same top state as the first pass's, clipped once by _top
     run.gnorm_m, run.gnorm_e = np.empty(T), np.zeros(T, dtype=np.int64)
     try:
         _backward(run, inject=False)
         run.carried_norms = (LogScaled(run.sig_m[1:].copy(), run.sig_e[1:].copy()), LogScaled(run.gnorm_m, run.gnorm_e),
-                             LogScaled(run.csig_m[1:].copy(), run.sig_e[1:].copy()) if run.rnn.cell == "lstm" else None)
+                             LogScaled(run.csig_m[1:].copy(), run.sig_e[1:].copy()) if run.rnn.cell == "lstm" else None,
+                             run.clip_acted.astype(bool))
     finally:
         for k, v in first.items():
             setattr(run, k, v)
@@ -619,6 +626,7 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
         g = clip_param_grads(rnn, g)
     ffwd, fbwd = (int(run.info[i]) for i in (abi.INFO_FORWARD, abi.INFO_BACKWARD))
     lstm = rnn.cell == "lstm"
+    clipped = bool(abi.signal_clip(rnn))  # a signal clip: the kernels' record of where it acted
     run.seconds["total"] = time.perf_counter() - t_start
     run.tick(run.work)
     st = run.stats
@@ -639,4 +647,6 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
                                             if run.carried_norms and lstm else {})),
         carried_signal_norm=run.carried_norms[0] if run.carried_norms else None,
         carried_grad_norm=run.carried_norms[1] if run.carried_norms else None,
+        signal_clip_acted=run.clip_acted.astype(bool) if clipped else None,
+        carried_signal_clip_acted=run.carried_norms[3] if run.carried_norms and clipped else None,
     )

@@ -21,7 +21,8 @@ The exact chain through time
     The backward state (dL/dh_t, and for the LSTM the part of dL/dc_t carried back through
     c_{t+1}) is a mantissa with one int64 exponent ``sig_e``: after every step both are scaled
     by one power of two so that the larger max|.| lies in [0.5, 1) (exact), and signal clipping
-    acts on the true magnitude. A vanilla step whose every dz_t = dL/dh_t phi'(z_t) lies below
+    acts on the true magnitude of both together (``clip_acted[j]``: whether it changed the state
+    at H[j], by its own test; the caller clips the top state and keeps its flag). A vanilla step whose every dz_t = dL/dh_t phi'(z_t) lies below
     ``RESCUE_BELOW`` (every unit saturated beyond the dtype: tanh'(z) underflows float64 beyond
     |z| ~ 354) is taken in log form as the stacks' saturated layers are
     (:func:`gradbench.reference.rescue_saturated`), its power of two added to the step's
@@ -56,7 +57,7 @@ from gradbench.recurrent.abi import (
     DE_B_HH, DE_B_IH, DE_W_HH, DE_W_IH, EXP_EMPTY, RF_ACT_PARAM, RF_CLIP, RF_GATE_LOW, RF_SAT, RF_SAT_GATE,
     RI_ACT, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
 )
-from gradbench.reference import clip_signal, norm_scaled, normalise, rescue_saturated
+from gradbench.reference import clip_signal_acted, norm_scaled, normalise, rescue_saturated
 
 SIGMOID, TANH = abi.ACT_CODE["sigmoid"], abi.ACT_CODE["tanh"]
 
@@ -107,16 +108,21 @@ def add_loss_gradient(G, GC, e, dh):
     return em
 
 
-def finish_state(G, GC, j, clip_mode, c, sig_m, sig_e, csig_m, info):
+def finish_state(G, GC, j, clip_mode, c, sig_m, sig_e, csig_m, info, clip_acted=None):
     """Normalise (jointly with GC), clip and record dL/dH[j] (complete in G, exponent sig_e[j]).
 
     csig_m[j] gets ||GC||, the part of dL/dC[j] carried through C[j+1]: the LSTM's backward
-    replaces it by the total's norm (lstm_backward_kernel) except at j = 0, where it is the total."""
+    replaces it by the total's norm (lstm_backward_kernel) except at j = 0, where it is the total.
+    clip_acted[j] (unless None: the top's is the caller's) gets whether the clip changed the state
+    [G; GC], by its own test (:func:`gradbench.reference.clip_signal_acted`); 0 without a clip."""
     g = G if GC is None else np.concatenate([G, GC])
     e = int(sig_e[j]) + normalise(g)
+    acted = False
     if clip_mode:
-        e = clip_signal(g, e, clip_mode, c)
+        e, acted = clip_signal_acted(g, e, clip_mode, c)
         e += normalise(g)
+    if clip_acted is not None:
+        clip_acted[j] = acted
     if GC is not None:
         G[...], GC[...] = g[: len(G)], g[len(G):]
         csig_m[j] = _snorm(GC)
@@ -204,7 +210,7 @@ def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, fexp, act_me
 
 
 def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, Z, fexp, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
-                        sig_e, gnorm_m, gnorm_e, info):
+                        sig_e, gnorm_m, gnorm_e, clip_acted, info):
     """Backward through T steps of the vanilla cell (module docstring)."""
     clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
     code, param = int(icfg[RI_ACT]), fcfg[RF_ACT_PARAM]
@@ -217,7 +223,7 @@ def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, Z, fexp, DH, G, dW_ih, dW_hh, db
         accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dz, dz, X[t], H[t], e, e + int(fexp[t]))
         np.matmul(dz, W_hh, out=G)
         sig_e[t] = add_loss_gradient(G, None, e, DH[t]) if every else e
-        finish_state(G, None, t, clip_mode, c, sig_m, sig_e, None, info)
+        finish_state(G, None, t, clip_mode, c, sig_m, sig_e, None, info, clip_acted)
 
 
 # ------------------------------------------------------------------ lstm
@@ -296,7 +302,7 @@ def lstm_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, C, Z, act_mean
 
 
 def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                         csig_m, gnorm_m, gnorm_e, info):
+                         csig_m, gnorm_m, gnorm_e, clip_acted, info):
     """Backward through T steps of the LSTM; (G, GC) share one exponent (module docstring).
 
     GC holds the part of dL/dC[j] carried back through C[j+1] (0 at j = T on entry, the whole of
@@ -319,7 +325,7 @@ def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, 
         accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dz, dz, X[t], H[t], e, e)
         np.matmul(dz, W_hh, out=G)
         sig_e[t] = add_loss_gradient(G, GC, e, DH[t]) if every else e
-        finish_state(G, GC, t, clip_mode, c, sig_m, sig_e, csig_m, info)
+        finish_state(G, GC, t, clip_mode, c, sig_m, sig_e, csig_m, info, clip_acted)
 
 
 # ------------------------------------------------------------------ gru
@@ -382,7 +388,7 @@ def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, HN, act_mean
 
 
 def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                        gnorm_m, gnorm_e, info):
+                        gnorm_m, gnorm_e, clip_acted, info):
     """Backward through T steps of the GRU (module docstring)."""
     clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
     T, N = X.shape[0], W_hh.shape[1]
@@ -396,7 +402,7 @@ def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, dW_ih, dW_hh, db_i
         accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dzx, dzh, X[t], H[t], e, e)
         G[...] = G * z + dzh @ W_hh
         sig_e[t] = add_loss_gradient(G, None, e, DH[t]) if every else e
-        finish_state(G, None, t, clip_mode, c, sig_m, sig_e, None, info)
+        finish_state(G, None, t, clip_mode, c, sig_m, sig_e, None, info, clip_acted)
 
 
 rnn_forward = abi.checked("rnn_forward", rnn_forward_kernel)

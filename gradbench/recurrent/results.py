@@ -82,6 +82,21 @@ class RecurrentResult:
         the norm of step t's contribution to dL_{T-1}/dW_hh for the last step's loss L_{T-1}
         alone, exact: the gradient that the recurrence carries back, without each step's own
         loss term (which keeps ``signal_norm`` flat however fast this vanishes). None otherwise.
+    signal_clip_acted : ndarray (T + 1,) of bool, or None
+        With signal clipping (``clip_on="signal"``): whether the clip changed the backward state
+        at each place of the chain, by the clip's own test on the state it clips (value: some
+        |entry| exceeded ``clip_threshold``; norm: the state's norm exceeded it), where the
+        state is dL/dh (the vanilla cell, the GRU) or, for the LSTM, dL/dh together with the
+        part of dL/dc carried back through the next cell state (clipped as one). Indexed as the
+        backward's states H[j]: entry t + 1 is step t's state dL/dh_t (``signal_clip_acted[1:]``
+        pairs with ``signal_norm``; entry T, the last step's, is clipped by the engine before the
+        backward pass), entry 0 the initial state's dL/dh_{-1} (``h0_grad``, ``c0_grad``). The
+        same on every backend, dtype, segmentation and thread count. ``None`` when the net does
+        not clip its signal (no clip, or ``clip_on`` "matrix"/"global").
+    carried_signal_clip_acted : ndarray (T + 1,) of bool, or None
+        The same record for the carried pass (``carried_signal_norm``: the last step's loss
+        alone), indexed the same way; its entry T is ``signal_clip_acted[T]`` (both passes start
+        from the same clipped state). None without a carried pass or without signal clipping.
     """
 
     rnn: Recurrent
@@ -106,6 +121,8 @@ class RecurrentResult:
     extras: dict = field(default_factory=dict)
     carried_signal_norm: LogScaled | None = None
     carried_grad_norm: LogScaled | None = None
+    signal_clip_acted: np.ndarray | None = None
+    carried_signal_clip_acted: np.ndarray | None = None
 
     def to_frame(self):
         """One row per time step as a pandas DataFrame (:func:`gradbench.frames.recurrent_result_frame`)."""
