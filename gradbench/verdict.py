@@ -76,6 +76,7 @@ orthogonal weights) it is stable at every depth, batch and width, whatever the l
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -775,14 +776,6 @@ def clip_span_words(binds: np.ndarray, n: int, unit: str, lower: str, upper: str
     return "".join(f", and {p}" for p in parts)
 
 
-def value_clip_caveat(threshold: float) -> str:
-    """Why a value clip's "can act" is only a bound: it changes only entries beyond the threshold,
-    and a norm at or above it does not say that any entry is (a wide signal of norm 2 can have
-    every entry below 1)."""
-    return (f"; a value clip acts only on entries beyond {threshold:g}, which the norms cannot show, so it may "
-            "not have acted at all: a run without the clip tells")
-
-
 def top_clip_words(mode: str) -> str:
     """What a clip of the chain's first gradient alone does: a norm clip scales it by one factor,
     which leaves the rates going back alone; a value clip sets its entries beyond the threshold
@@ -798,34 +791,76 @@ CLIP_ELSEWHERE = ("(clip_on or --clip-on \"layer\" or \"global\" clips the param
                   "the derivative)")
 
 
+@dataclass(frozen=True)
+class ClipChain:
+    """How the clip sentence (:func:`clip_record_words`) names a backward chain: ``subject`` "the
+    backward signal", ``noun`` what one place holds ("signal"), ``unit`` "layer", ``norm`` the norm
+    said at the peak ("||dL/dh_l||"), ``before`` where nothing but the first gradient was changed
+    ("below the top"), ``first`` that gradient ("the top gradient dL/dh_L"), ``lower``, ``upper``,
+    ``top`` and ``chain`` those of :func:`clip_span_words`, ``other`` the pointer to the parameter
+    clips."""
+
+    subject: str = "the backward signal"
+    noun: str = "signal"
+    unit: str = "layer"
+    norm: str = "||dL/dh_l||"
+    before: str = "below the top"
+    first: str = "the top gradient dL/dh_L"
+    lower: str = "below"
+    upper: str = "above"
+    top: str = "from the top down to"
+    chain: str = "signal"
+    other: str = CLIP_ELSEWHERE
+
+
+def acted_list(acted) -> str:
+    """"47 of the 50 layers"'s parenthesis: the places where a clip record is True, or those where
+    it is not ("all but 6, 7 and 29"), whichever list is shorter."""
+    acted = np.asarray(acted, dtype=bool)
+    on, free = np.flatnonzero(acted), np.flatnonzero(~acted)
+    return _layers(on) if on.size <= free.size else f"all but {_layers(free)}"
+
+
+def clip_record_words(mode: str, threshold: float, acted, s, only_first: bool, words: ClipChain = ClipChain()) -> str:
+    """The sentence on a clipped backward chain from the kernels' record of where the clip changed
+    it (``acted``: one bool a place, n - 1 the one nearest the loss), and what that means.
+    ``only_first``: the clip changed the gradient the chain starts from and nothing else (then
+    the rates going back are the loss derivative's, :func:`top_clip_words`). ``s``: log10 of the
+    places' norms, whose largest among the unchanged places is named when the clip changed
+    (almost) nothing. (From the norms alone a sentence could only say where the clip *may* have
+    acted: a value clip changes entries beyond the threshold, which a norm cannot show.)"""
+    acted = np.asarray(acted, dtype=bool)
+    n, on, w = len(acted), np.flatnonzero(acted), words
+    clip = f"{mode} at {threshold:g}"
+    if not on.size or only_first:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.where(acted | ~np.isfinite(np.asarray(s, dtype=np.float64)), np.nan, s)
+        peak = int(np.nanargmax(s)) if not np.all(np.isnan(s)) else None
+        where = f" ({w.norm} at most 10^{_num(s[peak])}, at {w.unit} {peak})" if peak is not None else ""
+        if not only_first:
+            return (f"{w.subject} is clipped ({clip}), but the clip changed no {w.noun}{where}: these are the norms "
+                    "of the loss's derivative")
+        return (f"{w.subject} is clipped ({clip}), but {w.before} the clip changed nothing{where}: it clipped only "
+                f"{w.first}, " + top_clip_words(mode))
+    if on.size == n:
+        return (f"{w.subject} is clipped ({clip}) and the clip changed it at every {w.unit}, so these are the norms "
+                f"of the clipped chain, not of the loss's derivative: clipping the signal can hold an exploding chain "
+                f"flat {w.other}")
+    span = clip_span_words(on, n, w.unit, w.lower, w.upper, w.top, w.chain)
+    return (f"{w.subject} is clipped ({clip}); the clip changed it at {on.size} of the {n} {w.unit}s "
+            f"({acted_list(acted)}){span}; where it acts, clipping the signal can hold an exploding chain flat "
+            f"{w.other}")
+
+
 def _clip_words(stack, res) -> str:
     """The sentence on a clipped backward signal: where the clip acted, from the kernels' own
     record (``Result.signal_clip_acted``: entries 0 .. L - 1 below the top, L the top gradient),
-    and what that means. (From the norms alone it could only say where the clip *may* have acted:
-    a value clip changes entries beyond the threshold, which a norm cannot show.)"""
-    clip, L = f"{stack.clip} at {stack.clip_threshold:g}", stack.depth
+    and what that means (:func:`clip_record_words`)."""
     acted = np.asarray(res.signal_clip_acted, dtype=bool)
-    below, top = np.flatnonzero(acted[:L]), bool(acted[L])
-    if not below.size:
-        with np.errstate(divide="ignore"):
-            s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
-        peak = int(np.nanargmax(np.where(np.isfinite(s), s, np.nan))) if np.any(np.isfinite(s)) else None
-        where = f" (||dL/dh_l|| at most 10^{_num(s[peak])}, at layer {peak})" if peak is not None else ""
-        if not top:
-            return (f"the backward signal is clipped ({clip}), but the clip changed no signal{where}: these are the "
-                    "norms of the loss's derivative")
-        return (f"the backward signal is clipped ({clip}), but below the top the clip changed nothing{where}: it "
-                f"clipped only the top gradient dL/dh_L, " + top_clip_words(stack.clip))
-    if below.size == L:
-        return (f"the backward signal is clipped ({clip}) and the clip changed it at every layer, so these are the norms "
-                f"of the clipped chain, not of the loss's derivative: clipping the signal can hold an exploding chain "
-                f"flat {CLIP_ELSEWHERE}")
-    span = clip_span_words(below, L, "layer", "below", "above", "from the top down to", "signal")
-    free = np.setdiff1d(np.arange(L), below)
-    which = _layers(below) if below.size <= free.size else f"all but {_layers(free)}"  # the shorter list
-    return (f"the backward signal is clipped ({clip}); the clip changed it at {below.size} of the {L} layers "
-            f"({which}){span}; where it acts, clipping the signal can hold an exploding chain flat "
-            f"{CLIP_ELSEWHERE}")
+    L = stack.depth
+    with np.errstate(divide="ignore"):
+        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    return clip_record_words(stack.clip, stack.clip_threshold, acted[:L], s, bool(acted[L]) and not acted[:L].any())
 
 
 def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=None) -> list[str]:

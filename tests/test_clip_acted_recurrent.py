@@ -323,6 +323,72 @@ def test_clip_acted_of_the_wrong_size_is_refused_before_any_kernel(backend, cell
         call()
 
 
+# ------------------------------------------------------------------ the sentences read the record
+def _said(flags) -> str:
+    """What the clip sentence must say of one pass's steps (``flags``: the plain chain's, one a
+    step), written here from the flags: the case, the count and, when it is short, the list."""
+    on = np.flatnonzero(flags)
+    T = len(flags)
+    if not on.size:
+        return "but the clip changed no state"
+    if on.tolist() == [T - 1]:
+        return "but before the last step the clip changed nothing"
+    if on.size == T:
+        return "and the clip changed it at every step, so these are the norms of the clipped chain"
+    off = np.setdiff1d(np.arange(T), on)
+    names, but = (on, "") if on.size <= off.size else (off, "all but ")
+    if names.size > 5:
+        return f"the clip changed it at {on.size} of the {T} steps ({but}"
+    listed = str(names[0]) if names.size == 1 else ", ".join(map(str, names[:-1])) + f" and {names[-1]}"
+    return f"the clip changed it at {on.size} of the {T} steps ({but}{listed})"
+
+
+def _every_said(flags) -> str:
+    k, T = int(np.sum(flags)), len(flags)
+    if k == 0:
+        return f"with every step's loss the clip changed the state at none of the {T} steps"
+    if k == T:
+        return "with every step's loss the clip changed the state at every step"
+    return f"with every step's loss the clip changed the state at {k} of the {T} steps ("
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"] if HAS_C else ["numpy"])
+@pytest.mark.parametrize("every", [False, True])
+@pytest.mark.parametrize("mode", ["value", "norm"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_clip_sentences_count_the_plain_chains_steps(backend, kind, mode, every):
+    """The diagnosis names where the clip changed the state from the record: the count and the
+    steps of the plain chain's flags (of the carried pass with a loss at every step, and then also
+    the every-step loss's own), never where the norms say it may have."""
+    rnn, params, xs, tg, want = problem(kind, mode, every=every)
+    text = " ".join(gb.diagnose(run(backend, rnn, params, xs, tg)).explanation.split())
+    subject = "the carried backward state" if every else "the backward state"
+    assert f"{subject}{' (' if kind == 'lstm' else ' is'}" in text, text
+    assert _said(want["carried" if every else "full"][1:]) in text, text
+    assert "may act" not in text and "can act" not in text, text
+    if every:
+        assert _every_said(want["full"][1:]) in text, text
+    else:
+        assert "with every step's loss" not in text
+
+
+def test_the_sentence_changes_with_the_count():
+    """The sentence of a record differs from that of the record with one step more or fewer: a
+    wrong count cannot pass for the right one."""
+    from gradbench.recurrent.diagnose import _clip_words
+
+    rnn, params, xs, tg, want = problem("gru", "norm")
+    res = run("numpy", rnn, params, xs, tg)
+    s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    flags = want["full"][1:]
+    text = _clip_words(rnn, flags, s)
+    assert _said(flags) in text
+    for t in range(rnn.steps):
+        other = flags.copy()
+        other[t] = not other[t]
+        assert _said(flags) not in _clip_words(rnn, other, s)
+
+
 def test_to_frame_has_the_flags_of_both_passes():
     pytest.importorskip("pandas")
     rnn, params, xs, tg, want = problem("rnn", "value", every=True)

@@ -215,8 +215,8 @@ def test_a_clipped_backward_state_is_named_beside_the_verdict():
     d = diagnose(gb.backprop(clipped, p, xs))
     assert np.all(d.signal_log10 <= math.log10(0.5) + 1e-12)
     assert d.verdict == "stable"
-    assert "the backward state is clipped (norm at 0.5) at every step, so these are the norms of the clipped chain" \
-        in d.explanation
+    assert ("the backward state is clipped (norm at 0.5) and the clip changed it at every step, so these are the norms "
+            "of the clipped chain") in " ".join(d.explanation.split())
     assert "clipped" not in diagnose(gb.backprop(rnn.replace(clip="norm", clip_on="global"), p, xs)).explanation
 
 
@@ -287,49 +287,55 @@ def _clipped_bptt(params, xs, mode, c, lstm, identity=False, targets=None, carri
 
 
 def _named_steps(text, T):
-    """The steps the clip sentence names: every one, none, the last, or the listed run."""
+    """The steps the clip sentence says the clip changed: every one, none, the last, or the listed
+    ones (a list of at most five, or "all but" one: then the count and the steps named)."""
     text = " ".join(text.split())
     if "clipped (" not in text:
         return None
-    if ") at every step, so these are the norms of the clipped chain" in text or \
-            "reaches the threshold at every step, so the clip may act at each" in text:
+    if "and the clip changed it at every step, so these are the norms of the clipped chain" in text:
         return list(range(T))
-    if "never reaches the threshold, so the clip changed nothing" in text:
+    if "but the clip changed no state" in text:
         return []
-    if "but before the last step" in text:
+    if "but before the last step the clip changed nothing" in text:
         return [T - 1]
-    m = re.search(r"it can act at (\d+) of the (\d+) steps \(([\d, .]+):", text)
+    m = re.search(r"the clip changed it at (\d+) of the (\d+) steps \((all but )?([\d, .and]+?)(\(\d+ in all\))?\)",
+                  text)
     assert m and int(m.group(2)) == T, text
-    return [int(m.group(1))] + [int(v) for v in m.group(3).replace("...", "").split(",") if v.strip()]
+    named = [int(v) for v in re.split(r",| and ", m.group(4).replace("...", "")) if v.strip()]
+    if m.group(3):  # "all but ...": the ones not named, when the list is whole
+        return [int(m.group(1))] + ([t for t in range(T) if t not in named] if not m.group(5) else [])
+    return [int(m.group(1))] + named
 
 
 @pytest.mark.parametrize("cell, mode, c, sigma_w", [
     ("rnn", "norm", 1e-30, 0.5), ("identity", "norm", 0.5, 3.0), ("rnn", "norm", 1e6, 0.5), ("rnn", "norm", 1.0, 0.5), ("rnn", "value", 0.02, 0.7),
     ("rnn", "norm", 1.0, 3.0), ("lstm", "value", 0.01, None), ("lstm", "norm", 0.05, None), ("lstm", "norm", 1e3, None)])
-def test_the_clip_sentence_names_the_steps_where_the_clip_can_act(cell, mode, c, sigma_w):
+def test_the_clip_sentence_names_the_steps_where_the_clip_acted(cell, mode, c, sigma_w):
     """'clipped at every step, so these are the norms of the clipped chain' was said of any clipped
-    state, also where it never reached the threshold (a vanishing cell's 10^-10 under a clip at 1).
-    A clip can act only at a step whose state (after it) has a norm of at least the threshold; for
-    the LSTM the state is (dL/dh_t, the carried part of dL/dc_t), bounded through the whole dL/dc_{t+1}.
-    Checked against a hand-written clipped BPTT: every step where the clip changed the state is
-    named, and the named steps are those the bound gives."""
+    state, also where it never reached the threshold (a vanishing cell's 10^-10 under a clip at 1);
+    then 'it can act at' where the norm reached the threshold, which a value clip or the LSTM's
+    joint state need not mean. The sentence reads the kernels' record
+    (``RecurrentResult.signal_clip_acted``), checked here against a hand-written clipped BPTT
+    (for the LSTM the state is (dL/dh_t, the carried part of dL/dc_t), clipped together): the
+    record is that BPTT's, and the sentence names exactly the steps where the clip changed the state."""
     identity = cell == "identity"  # a vanilla cell without tanh: gain 3 explodes, the clip acts at every step
     rnn = gb.Recurrent(cell="rnn" if identity else cell, activation="identity" if identity else None, steps=30,
                        hidden=6, sigma_w=sigma_w, clip=mode, clip_threshold=c)
     p, xs = gb.init_params(rnn, 1), gb.sequence_input(rnn, 5, 2)
-    s, cell_norm, acted = _clipped_bptt(p, np.asarray(xs, dtype=np.float64), mode, c, cell == "lstm", identity)
-    bound = s ** 2 + (np.append(cell_norm[1:], 0.0) ** 2 if cell == "lstm" else 0.0)
-    can = np.flatnonzero(bound >= c * c * (1 - 1e-12))
-    assert set(np.flatnonzero(acted)) <= set(can)
-    d = diagnose(gb.backprop(rnn, p, xs, backend="numpy"))
+    s, _, acted = _clipped_bptt(p, np.asarray(xs, dtype=np.float64), mode, c, cell == "lstm", identity)
+    res = gb.backprop(rnn, p, xs, backend="numpy")
+    np.testing.assert_array_equal(res.signal_clip_acted[1:], acted)
+    d = diagnose(res)
     np.testing.assert_allclose(d.signal_log10, np.log10(s), rtol=0, atol=1e-9)
-    named = _named_steps(d.explanation, rnn.steps)
-    if can.size in (0, rnn.steps) or can.tolist() == [rnn.steps - 1]:
-        assert named == can.tolist(), d.explanation
+    named, on = _named_steps(d.explanation, rnn.steps), np.flatnonzero(acted)
+    if on.size in (0, rnn.steps) or on.tolist() == [rnn.steps - 1]:
+        assert named == on.tolist(), d.explanation
     else:
-        assert named[0] == can.size and named[1:] == can[:6].tolist(), d.explanation
-        first = f"and at none before step {can.min()}, so before it the rates are the loss derivative's chain"
-        assert (first in " ".join(d.explanation.split())) == (can.min() > 0), d.explanation
+        assert named[0] == on.size and set(named[1:]) <= set(on.tolist()), d.explanation
+        if min(on.size, rnn.steps - on.size) <= 5:  # the shorter list is whole
+            assert named[1:] == on.tolist(), d.explanation
+        first = f"and at none before step {on.min()}, so before it the rates are the loss derivative's chain"
+        assert (first in " ".join(d.explanation.split())) == (on.min() > 0), d.explanation
 
 
 def test_an_lstm_with_a_loss_at_every_step_keeps_the_carried_passs_cell_norms():
@@ -350,37 +356,45 @@ def test_an_lstm_with_a_loss_at_every_step_keeps_the_carried_passs_cell_norms():
 @pytest.mark.parametrize("sigma_w, c", [(0.8, 0.01), (0.8, 0.03), (1.5, 0.1), (3.0, 0.1)])
 def test_the_clip_sentence_of_a_loss_at_every_step_reads_the_carried_pass(sigma_w, c):
     """With a loss at every step the verdict reads the carried pass (the last step's loss alone):
-    the clip sentence is that pass's, and says separately where the clip can act on the every-step
-    loss's own state (which training's gradients come from). Checked against a hand-written BPTT
-    of both passes."""
+    the clip sentence is that pass's, and says separately where the clip changed the every-step
+    loss's own state (which training's gradients come from), each from its pass's record. Checked
+    against a hand-written BPTT of both passes."""
     rnn = gb.Recurrent(cell="rnn", steps=30, hidden=6, sigma_w=sigma_w, loss="mse", loss_on="every", output_dim=2,
                        clip="norm", clip_threshold=c)
     p, xs = gb.init_params(rnn, 1), gb.sequence_input(rnn, 5, 2)
     y = np.random.default_rng(3).standard_normal((30, 5, 2))
     x64 = np.asarray(xs, dtype=np.float64)
-    s_every, _, _ = _clipped_bptt(p, x64, "norm", c, False, targets=y)
-    s_last, _, _ = _clipped_bptt(p, x64, "norm", c, False, targets=y, carried=True)
+    s_every, _, acted_every = _clipped_bptt(p, x64, "norm", c, False, targets=y)
+    s_last, _, acted_last = _clipped_bptt(p, x64, "norm", c, False, targets=y, carried=True)
     res = gb.backprop(rnn, p, xs, y, backend="numpy")
     np.testing.assert_allclose(np.asarray(res.signal_norm.log10()), np.log10(s_every), rtol=0, atol=1e-9)
     np.testing.assert_allclose(np.asarray(res.carried_signal_norm.log10()), np.log10(s_last), rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(res.signal_clip_acted[1:], acted_every)
+    np.testing.assert_array_equal(res.carried_signal_clip_acted[1:], acted_last)
     text = " ".join(diagnose(res).explanation.split())
-    every, last = np.flatnonzero(s_every >= c * (1 - 1e-12)), np.flatnonzero(s_last >= c * (1 - 1e-12))
+    every, last = np.flatnonzero(acted_every), np.flatnonzero(acted_last)
     assert "the carried backward state is clipped (norm at" in text
     assert _named_steps(text.replace("the carried backward state", "the backward state"), 30)[
         :1 if last.size in (0, 1, 30) else 2] == (last.tolist() if last.size in (0, 1, 30) else [last.size, last[0]])
-    said = f"with every step's loss the state's norm reaches the threshold at {every.size} of the 30 steps"
-    assert (said in text) == (every.size > 0), text
+    said = {0: "with every step's loss the clip changed the state at none of the 30 steps",
+            30: "with every step's loss the clip changed the state at every step"}.get(
+        every.size, f"with every step's loss the clip changed the state at {every.size} of the 30 steps (")
+    assert said in text, text
     assert every.size != last.size  # the two passes differ here: one sentence could not say both
 
 
 def test_an_lstm_whose_bound_reaches_a_value_clip_everywhere_is_not_said_to_be_clipped():
     """A wide LSTM under a value clip at 1: its joint-state bound reaches 1 at every step but no
     entry exceeds it (the run's bits are those without the clip), and it read 'clipped (value at
-    1) at every step, so these are the norms of the clipped chain' (the review of the change)."""
+    1) at every step, so these are the norms of the clipped chain' (the review of the change), then
+    'the clip may act at each'. The record says the clip changed nothing, and so does the sentence."""
     rnn = gb.Recurrent(cell="lstm", steps=10, hidden=256, clip="value", clip_threshold=1.0)
     p, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, 64, 1)
     clipped, free = gb.backprop(rnn, p, xs), gb.backprop(rnn.replace(clip=None), p, xs)
     assert np.array_equal(clipped.signal_norm.mantissa, free.signal_norm.mantissa)
     text = " ".join(diagnose(clipped).explanation.split())
     assert "so these are the norms of the clipped chain" not in text
-    assert "the clip may act at each; a value clip acts only on entries beyond 1" in text, text
+    assert not clipped.signal_clip_acted.any()
+    assert ("the backward state (dL/dh_t with the part of dL/dc_t carried back, clipped together) is clipped (value "
+            "at 1), but the clip changed no state (||dL/dh_t|| at most 10^") in text, text
+    assert "these are the norms of the loss's derivative" in text, text

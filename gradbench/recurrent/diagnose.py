@@ -51,6 +51,13 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
   step terms of dL_{T-1}/dW_hh; ``decades_per_step``, ``ratio_log10``, the verdict and
   ``float_limits`` are read from the first, ``reach`` from the second; ``signal_log10`` and
   ``grad_log10`` stay the whole loss's.
+- signal clipping (``clip_on="signal"``): where the clip changed the backward state is read from
+  the kernels' record (``RecurrentResult.signal_clip_acted``, the carried pass's
+  ``carried_signal_clip_acted``), never guessed from the norms: "the clip changed it at 5 of the
+  14 steps (0, 1, 2, 3 and 9)", "changed no state: these are the norms of the loss's derivative"
+  (:func:`gradbench.verdict.clip_record_words`, the stacks' sentence). With a loss at every step
+  the sentence is the carried pass's, and a second one says where the clip changed the every-step
+  loss's own state, whose gradients training uses.
 """
 
 from __future__ import annotations
@@ -65,8 +72,7 @@ import numpy as np
 from gradbench.activations import RESCUE
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.report import activation_words, count, fmt_percent, fmt_pow, index_runs
-from gradbench.verdict import (MEASURABLE_DECADES, clip_binds, clip_span_words, countable_mean, top_clip_words,
-                               value_clip_caveat)
+from gradbench.verdict import MEASURABLE_DECADES, ClipChain, acted_list, clip_record_words, countable_mean
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -272,74 +278,55 @@ def _limit_words(s: np.ndarray, T: int, signal: str = "||dL/dh_t||") -> list[str
     return words
 
 
-def _clip_state_log10(s: np.ndarray, cell: np.ndarray | None) -> np.ndarray:
-    """log10 of a bound on the norm of the state that the signal clip acted on at each step t:
-    ||dL/dh_t|| (``s``, after the clip) for the vanilla cell and the GRU; for the LSTM, which
-    clips dL/dh_t and the part of dL/dc_t carried back through c_{t+1} together, sqrt(||dL/dh_t||^2
-    + ||dL/dc_{t+1}||^2) (``cell``: the whole ||dL/dc_t||; the carried part is the forget gate,
-    below 1, times the whole of step t+1's, and a clip only shrinks it). Nothing is carried
-    back to the last step."""
-    if cell is None:
-        return s
-    nxt = np.append(cell[1:], -math.inf) * math.log(10)
-    with np.errstate(invalid="ignore"):
-        return np.logaddexp(2 * s * math.log(10), 2 * nxt) / (2 * math.log(10))
+# the recurrent nets' parameter clips (the stacks' CLIP_ELSEWHERE names the stacks' "layer")
+_PARAM_CLIPS = ("(clip_on=\"matrix\" or \"global\", in Python, clips the parameter gradients of a training update "
+                "instead and leaves the derivative)")
 
 
-def _clip_words(rnn, s: np.ndarray, cell: np.ndarray | None, loss: str = "L") -> str:
-    """The sentence on a clipped backward state: at which steps the clip can have acted
-    (:func:`gradbench.verdict.clip_binds` on :func:`_clip_state_log10`), and what that means;
-    ``s`` and ``cell`` are the log10 norms of the pass the verdict reads, of the loss ``loss``
-    (``"L_{T-1}"``: the carried pass)."""
-    clip, c, T = f"{rnn.clip} at {rnn.clip_threshold:g}", rnn.clip_threshold, len(s)
+def _clip_chain(rnn, loss: str = "L") -> ClipChain:
+    """How the clip sentence names the backward state of the loss ``loss`` ("L_{T-1}": the carried
+    pass's), which the LSTM clips together with the part of dL/dc_t carried back."""
     subject = "the backward state" if loss == "L" else "the carried backward state"
-    state = f"||d{loss}/dh_t||" if cell is None else f"||(d{loss}/dh_t, d{loss}/dc_t carried)||"
-    binds = clip_binds(c, _clip_state_log10(s, cell), rnn.dtype)
-    other = ("(clip_on=\"matrix\" or \"global\", in Python, clips the parameter gradients of a training update "
-             "instead and leaves the derivative)")
-    if not binds.size:
-        return (f"{subject} is clipped ({clip}), but {state} never reaches the threshold, so the clip "
-                "changed nothing: these are the norms of the loss's derivative")
-    # a value clip changes only entries beyond c, and the LSTM's bound adds the whole dL/dc_{t+1}:
-    # there a norm at the threshold says only that the clip may act
-    bound = rnn.clip == "value" or cell is not None
-    caveat = (value_clip_caveat(c) if rnn.clip == "value" else
-              "; the LSTM's state is bounded through the whole dL/dc_{t+1}, so it may act at fewer" if bound else "")
-    if binds.size == T and not bound:
-        return (f"{subject} is clipped ({clip}) at every step, so these are the norms of the clipped chain, "
-                f"not of the loss's derivative: clipping the signal can hold an exploding chain flat {other}")
-    if binds.size == T:
-        return (f"{subject} is clipped ({clip}); {state} reaches the threshold at every step, so the clip may act at "
-                f"each{caveat}; where it acts, clipping the signal can hold an exploding chain flat {other}")
-    if binds.tolist() == [T - 1]:
-        return (f"{subject} is clipped ({clip}), but before the last step {state} never reaches the "
-                f"threshold: at most the last step's gradient was clipped, {top_clip_words(rnn.clip)}")
-    steps = ", ".join(map(str, binds[:6])) + (", ..." if binds.size > 6 else "")
-    span = clip_span_words(binds, T, "step", "before", "after", "from the last step back to", "state")
-    return (f"{subject} is clipped ({clip}); it can act at {binds.size} of the {T} steps ({steps}: "
-            f"where {state} reaches the threshold){span}{caveat}; where it acts, clipping the signal can hold an "
-            f"exploding chain flat {other}")
+    if rnn.cell == "lstm":
+        subject += f" (d{loss}/dh_t with the part of d{loss}/dc_t carried back, clipped together)"
+    return ClipChain(subject=subject, noun="state", unit="step", norm=f"||d{loss}/dh_t||", before="before the last step",
+                     first=f"the last step's gradient d{loss}/dh_{{T-1}}", lower="before", upper="after",
+                     top="from the last step back to", chain="state", other=_PARAM_CLIPS)
 
 
-def _signal_clip_words(rnn, res, s, every: np.ndarray, c, carried: bool) -> list[str]:
-    """:func:`_clip_words` of the pass the verdict reads; with a loss at every step also where the
-    clip can act on the every-step loss's own state (``every``: those steps), whose gradients
-    training uses."""
-    lstm, T = rnn.cell == "lstm", rnn.steps
+def _clip_words(rnn, acted, s: np.ndarray, loss: str = "L") -> str:
+    """The sentence on a clipped backward state (:func:`gradbench.verdict.clip_record_words`) from
+    the kernels' record of the pass the verdict reads: ``acted`` one bool a step (a result's
+    ``signal_clip_acted[1:]``; entry 0, the initial state's dL/dh_{-1}, has no step), ``s`` that
+    pass's log10 ||dL/dh_t||, of the loss ``loss`` (``"L_{T-1}"``: the carried pass)."""
+    acted = np.asarray(acted, dtype=bool)
+    only_last = bool(acted[-1]) and not acted[:-1].any()
+    return clip_record_words(rnn.clip, rnn.clip_threshold, acted, s, only_last, _clip_chain(rnn, loss))
+
+
+def _every_clip_words(acted) -> str:
+    """Where the clip changed the every-step loss's own backward state (``acted``: one bool a
+    step, the full pass's record), whose gradients training uses."""
+    acted = np.asarray(acted, dtype=bool)
+    k, T = int(acted.sum()), len(acted)
+    if not k:
+        return (f"with every step's loss the clip changed the state at none of the {T} steps: the gradients that "
+                "training uses are the loss's derivative")
+    if k == T:
+        return ("with every step's loss the clip changed the state at every step: the gradients that training uses "
+                "are the clipped chain's")
+    return (f"with every step's loss the clip changed the state at {k} of the {T} steps ({acted_list(acted)}), where "
+            "it changes the gradients that training uses")
+
+
+def _signal_clip_words(rnn, res, s, carried: bool) -> list[str]:
+    """:func:`_clip_words` of the pass the verdict reads (``s``: its log10 ||dL/dh_t||); with a
+    loss at every step that is the carried pass, and :func:`_every_clip_words` says where the clip
+    changed the every-step loss's own state."""
     if not carried:
-        return [_clip_words(rnn, s, c if lstm else None)]
-    cell = res.extras.get("carried_cell_signal_norm")
-    if cell is not None:
-        with np.errstate(divide="ignore"):
-            cell = np.asarray(cell.log10(), dtype=np.float64)
-    elif lstm:  # a result without the carried pass's cell norms: no bound, every step may be clipped
-        cell = np.full(T, math.inf)
-    words = [_clip_words(rnn, s, cell, "L_{T-1}")]
-    if every.size:
-        words.append(f"with every step's loss the state's norm reaches the threshold at {every.size} of the {T} steps, "
-                     "where the clip can change the gradients that training uses"
-                     + (" (a value clip only if an entry there exceeds it)" if rnn.clip == "value" else ""))
-    return words
+        return [_clip_words(rnn, res.signal_clip_acted[1:], s)]
+    return [_clip_words(rnn, res.carried_signal_clip_acted[1:], s, "L_{T-1}"),
+            _every_clip_words(res.signal_clip_acted[1:])]
 
 
 def _back(n: int) -> str:
@@ -465,11 +452,10 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     nonfinite = res.first_nonfinite_backward is not None or res.first_nonfinite_forward is not None
     verdict = classify(s, per_step, threshold=threshold, nonfinite=nonfinite)
     words = []
-    # with a loss at every step: the steps where a signal clip can act on the every-step loss's own state
-    every = (clip_binds(rnn.clip_threshold, _clip_state_log10(total, c if rnn.cell == "lstm" else None), rnn.dtype)
-             if carried and rnn.clip is not None and rnn.clip_on == "signal" else np.zeros(0, dtype=np.intp))
+    # with a loss at every step: whether a signal clip changed the every-step loss's own state (the full pass's record)
+    held = res.signal_clip_acted is not None and bool(np.any(res.signal_clip_acted[1:]))
     if carried:
-        words.append(_every_step_words(total, T, verdict, (rnn.clip, rnn.clip_threshold) if every.size else None))
+        words.append(_every_step_words(total, T, verdict, (rnn.clip, rnn.clip_threshold) if held else None))
     if math.isfinite(ratio):
         gradient = "the gradient of the last step's loss" if carried else "the gradient"
         if abs(ratio) < MEASURABLE_DECADES:  # rounding: 10^5.551e-17 read as a change
@@ -510,7 +496,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         low = float(np.nanmean(res.gate_low))
         words.append(f"{100 * low:.0f} % of {gate} gates below 0.1 (mean {gate} gate {float(np.nanmean(res.gate_mean)):.3g})")
     if rnn.clip is not None and rnn.clip_on == "signal":
-        words += _signal_clip_words(rnn, res, s, every, c, carried)
+        words += _signal_clip_words(rnn, res, s, carried)
     sat, where = countable_mean(res.saturation, "steps")
     if sat > 0.1:
         words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (|phi'| < 1 % of its largest value)")
@@ -555,8 +541,8 @@ def _every_step_words(total: np.ndarray, T: int, verdict: str, held: tuple | Non
     the terms of step t's loss and every later one's carried back: where the carried chain
     vanishes, step t's own and its near successors' dominate; where it explodes, the far later
     steps' (a tanh RNN at gain 3: 10^1.43 at step 0, whose own term is 10^-1.29). ``held``: (mode,
-    threshold) of a signal clip that can act on it (a norm clip at 0.01 made the range "10^-2 to 10^-2"
-    without a word of it)."""
+    threshold) of a signal clip that changed it at some step (the full pass's record,
+    ``signal_clip_acted``; a norm clip at 0.01 made the range "10^-2 to 10^-2" without a word of it)."""
     if T == 1:  # no later step: the loss is step 0's alone
         fin = total[np.isfinite(total)]
         return ("with a loss at every step over a single step, the loss is step 0's alone: ||dL/dh_0||"
