@@ -381,3 +381,19 @@ def team_opts(nthreads: int, **options):
     from gradbench import cbackend
 
     return cbackend.make_opts(nthreads=nthreads, blas=False, par_min_work=0, par_min_total=0, **options)
+
+
+def assert_clip_record_refused(call, arrays: dict, function: str, size: int) -> None:
+    """``call()`` runs ``function`` on ``arrays``, whose ``clip_acted`` (filled with 7) has a
+    wrong size: refused before any kernel runs (G and the record untouched), and a record of the
+    right ``size`` but int32 refused for its dtype."""
+    import pytest
+
+    G0 = arrays["G"].copy()
+    with pytest.raises(ValueError, match=rf"{function}: clip_acted has shape"):
+        call()
+    np.testing.assert_array_equal(arrays["G"], G0)  # nothing ran
+    assert (arrays["clip_acted"] == 7).all()
+    arrays["clip_acted"] = np.zeros(size, np.int32)
+    with pytest.raises(TypeError, match="clip_acted has dtype int32"):
+        call()

@@ -24,7 +24,7 @@ from gradbench import abi
 from gradbench.backends import backends, get_backend
 
 from tests import naive
-from tests.helpers import backward_arrays, forward_arrays, run_backward, run_forward
+from tests.helpers import assert_clip_record_refused, backward_arrays, forward_arrays, run_backward, run_forward
 
 BACKENDS = backends()
 HAS_C = "c" in BACKENDS
@@ -261,19 +261,12 @@ def test_clip_acted_of_the_wrong_size_is_refused_before_any_kernel(backend, size
     fwd = run_forward(ref, forward_arrays(stack, params, np.asarray(x, stack.np_dtype)))
     arrays = backward_arrays(stack, fwd, fwd["H"][L].copy(), 0)
     arrays["clip_acted"] = np.full(L + size, 7, np.int64)
-    G0 = arrays["G"].copy()
     call = lambda: get_backend(backend).stack_backward(*(arrays[k] for k in abi.names(abi.BACKWARD)))  # noqa: E731
     if size == 1:
         call()
         assert set(np.unique(arrays["clip_acted"][:L])) <= {0, 1} and arrays["clip_acted"][L] == 7
         return
-    with pytest.raises(ValueError, match=r"stack_backward: clip_acted has shape"):
-        call()
-    np.testing.assert_array_equal(arrays["G"], G0)  # nothing ran
-    assert (arrays["clip_acted"] == 7).all()
-    arrays["clip_acted"] = np.zeros(L + 1, np.int32)
-    with pytest.raises(TypeError, match="clip_acted has dtype int32"):
-        call()
+    assert_clip_record_refused(call, arrays, "stack_backward", L + 1)
 
 
 def test_to_frame_has_the_flags_and_the_top_in_attrs():
