@@ -395,3 +395,27 @@ def test_to_frame_has_the_flags_of_both_passes():
     plain = gb.Recurrent(cell="gru", steps=3, hidden=2)
     df = gb.backprop(plain, gb.init_params(plain, 0), np.ones((3, 2, 2)), backend="numpy").to_frame()
     assert "signal_clip_acted" not in df.columns and "signal_clip_acted_initial" not in df.attrs
+
+
+def test_the_diagnosis_keeps_the_record_through_its_files(tmp_path):
+    """RecurrentDiagnosis.clip_acted and carried_clip_acted are the plain chain's flags of steps
+    0 .. T-1, and survive JSON, .npz and the frame (they were only on the pass)."""
+    pytest.importorskip("pandas")
+    from gradbench.frames import write_npz
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis, diagnose
+
+    rnn, params, xs, tg, want = problem("lstm", "norm", every=True)
+    d = diagnose(run("numpy", rnn, params, xs, tg))
+    _same(d.clip_acted, want["full"][1:], "full")
+    _same(d.carried_clip_acted, want["carried"][1:], "carried")
+    data = json.loads(d.to_json())
+    assert data["clip_acted"] == want["full"][1:].tolist()
+    assert data["carried_clip_acted"] == want["carried"][1:].tolist()
+    back = RecurrentDiagnosis.from_npz(write_npz(d, str(tmp_path / "d.npz")))
+    _same(back.clip_acted, want["full"][1:], "npz full")
+    _same(back.carried_clip_acted, want["carried"][1:], "npz carried")
+    df = d.to_frame()
+    np.testing.assert_array_equal(df["carried_clip_acted"].to_numpy(), want["carried"][1:])
+    plain = gb.Recurrent(cell="gru", steps=3, hidden=2)
+    d0 = diagnose(gb.backprop(plain, gb.init_params(plain, 0), np.ones((3, 2, 2)), backend="numpy"))
+    assert d0.clip_acted.size == 0 and "clip_acted" not in d0.to_frame().columns

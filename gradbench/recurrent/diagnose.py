@@ -106,6 +106,8 @@ class RecurrentDiagnosis:
     threshold: float
     carried_log10: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     carried_grad_log10: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    clip_acted: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=bool))
+    carried_clip_acted: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @property
     def steps(self) -> int:
@@ -515,7 +517,14 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         first_nonfinite_backward=res.first_nonfinite_backward, decades_per_step=per_step, ratio_log10=ratio,
         reach=int(reach), verdict=verdict, explanation="; ".join(words) + ".", float_limits=limits,
         threshold=float(threshold), carried_log10=s if carried else np.zeros(0),
-        carried_grad_log10=g if carried else np.zeros(0))
+        carried_grad_log10=g if carried else np.zeros(0), clip_acted=_steps_acted(res.signal_clip_acted),
+        carried_clip_acted=_steps_acted(res.carried_signal_clip_acted if carried else None))
+
+
+def _steps_acted(record) -> np.ndarray:
+    """Where a signal clip changed step t's state, t = 0 .. T-1 (a record's entries 1..T; entry 0
+    is the initial state's gradient), or empty without a record."""
+    return np.zeros(0, dtype=bool) if record is None else np.asarray(record[1:], dtype=bool)
 
 
 def _state_underflow_words(rnn, res) -> list[str]:
