@@ -15,8 +15,9 @@ the statistics below travel back, never a gradient array. The table has one row 
 their ``Stack`` names (and ``batch``), ``seed``, then
 
 - measured: ``decades_per_layer`` (from ``diagnose``: its least-squares fit of
-  log10 ||dL/dW_l|| against l, in its sign convention), ``decades_per_layer_se`` (the standard
-  error of that slope), ``signal_decades_per_layer`` (the same fit of log10 ||dL/dh_l||, the
+  log10 ||dL/dW_l|| against l, in its sign convention; with residual groups a fit over the
+  groups' norms), ``decades_per_layer_se`` (the standard error of that very fit, over its
+  points: :func:`~gradbench.sweep.worker.rate_se`), ``signal_decades_per_layer`` (the same fit of log10 ||dL/dh_l||, the
   quantity mean field predicts, as the change per layer going down: negative = vanishing; see
   :class:`~gradbench.Diagnosis`), ``log10_grad_first`` (layer 0) and
   ``log10_grad_last`` (layer L - 1), ``loss_log10``, ``first_nonfinite`` (the first layer whose
@@ -60,10 +61,10 @@ from gradbench.sweep.execute import Progress, check_options, connect, task_size
 from gradbench.sweep.execute import execute as _execute  # the name `execute` stays the module's
 from gradbench.sweep.grid import FIELDS, Plan, Run, plan, run_key
 from gradbench.sweep.store import MANIFEST, frame, open_out
-from gradbench.sweep.worker import COLUMNS, MEASURED, THEORY, mean_field_columns, run_one, slope_se
+from gradbench.sweep.worker import COLUMNS, MEASURED, THEORY, mean_field_columns, rate_se, run_one, slope_se
 
 __all__ = ["COLUMNS", "FIELDS", "MANIFEST", "MEASURED", "THEORY", "Plan", "Run", "mean_field_columns", "plan",
-           "run_key", "run_one", "slope_se", "sweep", "task_size"]
+           "rate_se", "run_key", "run_one", "slope_se", "sweep", "task_size"]
 
 _INSTALL = "pip install 'gradbench[sweep]'"
 

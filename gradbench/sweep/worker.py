@@ -23,6 +23,7 @@ from gradbench.engine import backprop
 from gradbench.params import GeneratedParams, gaussian_input, init_params, random_targets
 from gradbench.plan import PlanRefused
 from gradbench.spec import Stack
+from gradbench.verdict import _group_norms, isolated
 
 MEASURED = ("decades_per_layer", "decades_per_layer_se", "signal_decades_per_layer", "log10_grad_first", "log10_grad_last", "loss_log10",
             "first_nonfinite", "verdict", "rule", "saturation", "dead")
@@ -45,6 +46,19 @@ def slope_se(y: np.ndarray) -> float:
     sxx = float(dl @ dl)
     r = dy - (float(dl @ dy) / sxx) * dl
     return math.sqrt(float(r @ r) / (n - 2) / sxx)
+
+
+def rate_se(grad_log10, group: int = 0) -> float:
+    """Standard error of the rate :func:`gradbench.verdict.grad_rate` fits (``decades_per_layer``),
+    over the very points of that fit: every finite layer, or with residual groups of ``group``
+    layers each group's norm (divided by ``group``: that fit's rate is per group), in both cases
+    without the points :func:`gradbench.verdict.isolated` leaves out. NaN with fewer than 3."""
+    g = np.asarray(grad_log10, dtype=np.float64)
+    if group > 1 and len(g) % group == 0:
+        y = _group_norms(g, group)
+        return slope_se(np.where(isolated(y), np.nan, y)) / group
+    y = np.where(np.isfinite(g), g, np.nan)
+    return slope_se(np.where(isolated(y), np.nan, y))
 
 
 def mean_field_columns(stack: Stack) -> dict:
@@ -109,7 +123,7 @@ def run_one(stack: Stack, batch: int, seed: int, backend: str = "auto") -> dict:
     nonfinite = res.first_nonfinite_forward if res.first_nonfinite_forward is not None else \
         res.first_nonfinite_backward
     g = a.grad_log10
-    row = dict(decades_per_layer=float(a.decades_per_layer), decades_per_layer_se=slope_se(g),
+    row = dict(decades_per_layer=float(a.decades_per_layer), decades_per_layer_se=rate_se(g, stack.residual),
                signal_decades_per_layer=float(a.signal_decades_per_layer),
                log10_grad_first=float(g[0]), log10_grad_last=float(g[-1]), loss_log10=float(a.loss_log10),
                first_nonfinite=nonfinite, verdict=a.verdict, rule=a.rule,
