@@ -291,9 +291,10 @@ def test_resume_after_the_client_process_is_killed_runs_only_what_is_missing(clu
     # fewer seeds: the rows of those seeds only
     assert len(gb.sweep(grid, seeds=(1,), out=out, client=Tripwire(), **fixed)) == 6
     # another grid or other fixed fields: refused, naming what differs
-    with pytest.raises(ValueError, match=r"different grid or fixed fields \(differs in axis sigma_w\)"):
+    with pytest.raises(ValueError, match=r"different grid or fixed fields \(differs in axis sigma_w: the axis "
+                                         r"\[0\.8, 1\.3, 1\.8\] in the directory, the axis \[0\.8, 1\.3\] here\)"):
         gb.sweep({**grid, "sigma_w": [0.8, 1.3]}, seeds=(0, 1), out=out, client=Tripwire(), **fixed)
-    with pytest.raises(ValueError, match=r"differs in fixed field depth"):
+    with pytest.raises(ValueError, match=r"differs in fixed field depth: 60 in the directory, 61 here"):
         gb.sweep(grid, seeds=(0, 1), out=out, client=Tripwire(), **(fixed | {"depth": 61}))
 
 
@@ -659,7 +660,8 @@ def test_cli_sweep_bad_paths_exit_2_before_any_run(tmp_path, capsys, monkeypatch
     for args, message in [(["--out", str(tmp_path / "afile")], "is a file, not a directory"),
                           (["--out", str(tmp_path / "notes")], "is a non-empty directory without sweep.json"),
                           (["--out", str(other)], "holds a sweep of a different grid or fixed fields (differs in "
-                                                  "axis sigma_w)"),
+                                                  "--sigma-w: the axis 1.0,3.0 in the directory, the axis 1.0,2.0 "
+                                                  "here)"),
                           (["--out", str(tmp_path / "no" / "dir")], "does not exist (create it, or pass --mkdir)"),
                           (["--csv", str(tmp_path / "no" / "t.csv")], "does not exist (create it, or pass --mkdir)"),
                           (["--csv", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "t.csv")], "must end in"),

@@ -64,3 +64,91 @@ def test_the_se_leaves_out_the_points_the_rate_leaves_out():
     assert grad_rate(g, 4)[0] == pytest.approx(rate / 4, rel=1e-12)
     assert rate_se(g, 4) == pytest.approx(se / 4, rel=1e-12)
     assert math.isnan(rate_se(g[:8], 4))  # two groups: a line through two points has no SE
+
+
+# ---------------------------------------------------------------- resuming an out directory
+class Tripwire:
+    """A client that fails the test if the sweep touches it (every run must be resumed)."""
+
+    def submit(self, *a, **k):
+        raise AssertionError("a task was submitted")
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the client was used ({name})")
+
+
+def _write_sweep(out, grid, fixed, seeds=(0,)):
+    """A sweep directory made without Dask: the manifest, then the runs of the worker's own
+    task function in this process, in one rows file; returns the plan."""
+    from gradbench.sweep.grid import plan
+    from gradbench.sweep.store import frame, open_out, write_rows
+    from gradbench.sweep.worker import run_task
+
+    p = plan(grid, fixed, seeds, "auto")
+    open_out(out, p, lambda: pd)
+    rows = run_task([(r.key, r.config, r.batch, r.seed) for r in p.runs()], "auto")
+    write_rows(str(out), frame(rows, p, pd))
+    return p
+
+
+def test_a_default_named_or_a_number_spelled_otherwise_is_the_same_sweep(tmp_path):
+    # the review: --sigma-b 0 (the default, given) was "differs in fixed field sigma_b", and
+    # {'sigma_w': [1, 2]} on a directory of --sigma-w 1,2 was "differs in axis sigma_w" (1 vs 1.0)
+    from gradbench.sweep.store import check_out
+    from gradbench.sweep.grid import plan
+
+    out = tmp_path / "s"
+    _write_sweep(out, {"sigma_w": [1.0, 2.0]}, dict(depth=6, width=4, batch=4))
+    first = pd.read_parquet(next(out.glob("rows-*.parquet")))
+    same = plan({"sigma_w": [2, 1]}, dict(depth=6, width=4, batch=4, sigma_b=0, activation="tanh",
+                                          init="glorot_normal"), (0,))
+    assert check_out(out, same) is True
+    table = gb.sweep({"sigma_w": [1, 2]}, seeds=(0,), out=out, client=Tripwire(), depth=6, width=4, batch=4,
+                     sigma_b=0, init="glorot_normal")
+    assert table.attrs["sweep"]["resumed"] == 2 and table.attrs["sweep"]["computed"] == 0
+    assert table["sigma_w"].tolist() == [1, 2] and (table["sigma_b"] == 0).all()  # as this call names them
+    assert (table["init"] == "glorot_normal").all()
+    np.testing.assert_array_equal(table["signal_decades_per_layer"], first["signal_decades_per_layer"])
+    # a real difference names the field and both values
+    other = plan({"sigma_w": [1, 2]}, dict(depth=6, width=4, batch=4, sigma_b=0.1), (0,))
+    with pytest.raises(ValueError, match=r"differs in fixed field sigma_b: 0\.0 in the directory, 0\.1 here\)"):
+        check_out(out, other)
+    other = plan({"sigma_w": [1, 3]}, dict(depth=6, width=4, batch=4), (0,))
+    with pytest.raises(ValueError, match=r"axis sigma_w: the axis \[1\.0, 2\.0\] in the directory, "
+                                         r"the axis \[1\.0, 3\.0\] here"):
+        check_out(out, other)
+    other = plan({"sigma_b": [0.0, 0.1]}, dict(depth=6, width=4, batch=4, sigma_w=1.0), (0,))
+    with pytest.raises(ValueError, match=r"axis sigma_b: 0\.0 in the directory, the axis \[0\.0, 0\.1\] here; "
+                                         r"axis sigma_w: the axis \[1\.0, 2\.0\] in the directory, 1\.0 here"):
+        check_out(out, other)
+
+
+def test_rows_written_with_integer_keys_are_the_runs_of_their_floats(tmp_path):
+    # rows files of a gradbench that wrote ["sigma_w", 1] for sigma_w=1 (gb.sweep({'sigma_w': [1, 2]}))
+    out = tmp_path / "s"
+    _write_sweep(out, {"sigma_w": [1.0, 2.0]}, dict(depth=6, width=4, batch=4))
+    path = next(out.glob("rows-*.parquet"))
+    rows = pd.read_parquet(path)
+    rows["run_key"] = ['[[["sigma_w", 1]], 0]', '[[["sigma_w", 2]], 0]']
+    rows.to_parquet(path, index=False)
+    table = gb.sweep({"sigma_w": [1.0, 2.0]}, seeds=(0,), out=out, client=Tripwire(), depth=6, width=4, batch=4)
+    assert table.attrs["sweep"]["resumed"] == 2
+    np.testing.assert_array_equal(table["decades_per_layer"], rows["decades_per_layer"])
+
+
+def test_the_command_line_resumes_a_sweep_with_a_default_named_and_shows_both_values_of_a_difference(
+        tmp_path, capsys):
+    from gradbench import cli
+
+    out = str(tmp_path / "s")
+    base = ["sweep", "--sigma-w", "1,2", "--depth", "6", "--width", "4", "--batch", "4", "--out", out]
+    _write_sweep(out, {"sigma_w": [1.0, 2.0]}, dict(depth=6, width=4, batch=4))
+    assert cli.main(base + ["--sigma-b", "0", "--activation", "tanh", "--init", "glorot_normal"]) == 0
+    assert "(2 resumed from" in capsys.readouterr().out
+    assert cli.main(base + ["--sigma-b", "0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differs in --sigma-b: 0.0 in the directory, 0.1 here" in err[0], err
+    assert cli.main(base[:2] + ["1,3"] + base[3:] + ["--clip", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differs in --sigma-w: the axis 1.0,2.0 in the directory, the axis 1.0,3.0 here" \
+        in err[0], err

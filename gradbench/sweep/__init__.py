@@ -60,7 +60,7 @@ from gradbench.backends import backends
 from gradbench.sweep.execute import Progress, check_options, connect, task_size
 from gradbench.sweep.execute import execute as _execute  # the name `execute` stays the module's
 from gradbench.sweep.grid import FIELDS, Plan, Run, plan, run_key
-from gradbench.sweep.store import MANIFEST, frame, open_out
+from gradbench.sweep.store import MANIFEST, as_planned, frame, open_out
 from gradbench.sweep.worker import COLUMNS, MEASURED, THEORY, mean_field_columns, rate_se, run_one, slope_se
 
 __all__ = ["COLUMNS", "FIELDS", "MANIFEST", "MEASURED", "THEORY", "Plan", "Run", "mean_field_columns", "plan",
@@ -152,8 +152,7 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
     if out is not None:
         out, have = open_out(out, p, _pandas)
         if have is not None:
-            have = have[have["run_key"].isin({r.key for r in runs})].drop_duplicates("run_key")
-            frames.append(have)
+            frames.append(as_planned(have[have["run_key"].isin({r.key for r in runs})], p))
     done = set(frames[0]["run_key"]) if frames else set()
     todo = [r for r in runs if r.key not in done]
     bar = Progress(progress, len(runs))

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import typing
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -71,9 +72,39 @@ class Plan:
         return {"axes": axes, "fixed": self.fixed, "backend": self.backend}
 
 
+def _float_fields() -> frozenset:
+    """The Stack fields of type float (or float | None): a number there is the float it makes."""
+    hints = typing.get_type_hints(Stack)
+    return frozenset(name for name, hint in hints.items() if float in (typing.get_args(hint) or (hint,)))
+
+
+FLOAT_FIELDS = _float_fields()
+#: The value of a field that a sweep does not give: Stack's default (batch: DEFAULT_BATCH).
+DEFAULTS = {f.name: None if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(Stack)} | {
+    "batch": DEFAULT_BATCH}
+
+
+def canonical(name: str, v):
+    """A field's value as the run sees it: a number of a float field as a float (``sigma_w`` 1
+    and 1.0 are one run; -0.0 is 0.0, as Stack stores it), an init by its canonical name
+    (``kaiming_normal`` is ``he_normal``); other values as they are."""
+    if name in FLOAT_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v) + 0.0
+    if name == "init":
+        return INIT_ALIASES.get(v, v)
+    return v
+
+
 def run_key(point: Mapping, seed: int) -> str:
-    """The identity of a run: its axis values (in name order) and seed, as JSON."""
-    return json.dumps([sorted(point.items()), seed], allow_nan=False)
+    """The identity of a run: its axis values (in name order, :func:`canonical`) and seed, as JSON."""
+    return json.dumps([sorted((k, canonical(k, v)) for k, v in point.items()), seed], allow_nan=False)
+
+
+def canonical_key(key: str) -> str:
+    """A run key read from a rows file as :func:`run_key` writes it now (a file written before
+    gradbench wrote canonical values holds ``["sigma_w", 1]`` for ``sigma_w=1``)."""
+    fields, seed = json.loads(key)
+    return run_key(dict(fields), seed)
 
 
 def _scalar(where: str, v):

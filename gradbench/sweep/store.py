@@ -3,11 +3,12 @@
 ``DIR/sweep.json`` has the head of every gradbench file (docs/formats.md: ``gradbench``,
 ``schema``, ``command`` "sweep", ``argv``, ``created``, ``machine``; of the call that created
 the directory) and what identifies the sweep (``axes``: the set of values of every axis,
-``fixed``: the fixed fields, ``backend``); only these three are compared on resume, so a
-manifest without the head (gradbench 0.1.0) still resumes. ``DIR/rows-<hash>.parquet`` holds
-one finished task's rows, written at once and atomically (temporary file + ``os.replace``), so
-the table is their union whatever was interrupted, and a second call loads them and runs only
-what is missing.
+``fixed``: the fixed fields, ``backend``). A directory resumes for the same effective sweep:
+every field at the value its runs get (a field not given at Stack's default, numbers compared
+as numbers, init names canonical: :func:`gradbench.sweep.grid.canonical`) and the same backend.
+``DIR/rows-<hash>.parquet`` holds one finished task's rows, written at once and atomically
+(temporary file + ``os.replace``), so the table is their union whatever was interrupted, and a
+second call loads them and runs only what is missing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import os
 
 from gradbench import _atomic
-from gradbench.sweep.grid import FIELDS, Plan
+from gradbench.sweep.grid import DEFAULTS, FIELDS, Plan, canonical, canonical_key
 from gradbench.sweep.worker import COLUMNS
 
 MANIFEST = "sweep.json"
@@ -26,20 +27,20 @@ MANIFEST = "sweep.json"
 def check_out(out, p: Plan, label: str = "out=") -> bool:
     """Whether ``out`` already holds this sweep (True) or is new or empty (False); raises
     ``ValueError`` when it is a file, a non-empty directory that is not a sweep's, or another
-    sweep's (``label`` names the parameter). Changes nothing: callers check it before any work
-    starts."""
+    sweep's (``label`` names the parameter: ``"--out "`` for the command line, whose
+    message then names options). Changes nothing: callers check it before any work starts."""
     out = os.fspath(out)
     manifest = os.path.join(out, MANIFEST)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{label}{out!r} is a file, not a directory")
     if os.path.exists(manifest):
-        ident = p.identity()
         with open(manifest, encoding="utf-8") as f:
             have = json.load(f)
-        diff = _differences(ident, {k: have.get(k) for k in ident})
+        cli = label.startswith("--")
+        diff = _differences(p.identity(), have, cli)
         if diff:
             raise ValueError(f"{label}{out!r} holds a sweep of a different grid or fixed fields (differs in "
-                             f"{', '.join(diff)}): use another directory, or delete it to start again")
+                             f"{'; '.join(diff)}): use another directory, or delete it to start again")
         return True
     if os.path.isdir(out) and os.listdir(out):
         raise ValueError(f"{label}{out!r} is a non-empty directory without {MANIFEST}: not a sweep's; "
@@ -47,19 +48,44 @@ def check_out(out, p: Plan, label: str = "out=") -> bool:
     return False
 
 
+def _rows_files(out: str) -> list[str]:
+    """The rows files of a sweep directory, sorted by name."""
+    return sorted(n for n in os.listdir(out) if n.startswith("rows-") and n.endswith(".parquet"))
+
+
 def open_out(out, p: Plan, pandas) -> tuple[str, "object"]:
     """Create or check ``out`` (:func:`check_out`); return its path and the rows already there
-    (a DataFrame, or None). ``pandas()`` returns the pandas module; it is called only when
-    ``out`` holds rows."""
+    (a DataFrame with canonical run keys, each run once: :func:`load_rows`, or None).
+    ``pandas()`` returns the pandas module; it is called only when ``out`` holds rows."""
     out = os.fspath(out)
     if not check_out(out, p):
         text = json.dumps({**head(), **p.identity()}, indent=1, allow_nan=False)
         _atomic.write_atomic(os.path.join(out, MANIFEST), lambda f: f.write(text))
-    files = sorted(n for n in os.listdir(out) if n.startswith("rows-") and n.endswith(".parquet"))
+    files = _rows_files(out)
     if not files:
         return out, None
-    pd = pandas()
-    return out, pd.concat([_read_rows(pd, os.path.join(out, n)) for n in files], ignore_index=True)
+    return out, load_rows(out, files, pandas())
+
+
+def load_rows(out: str, files: list[str], pd):
+    """The rows of ``files`` in ``out``, their run keys canonical (:func:`~gradbench.sweep.grid.canonical_key`:
+    rows written for ``sigma_w=1`` are the runs of ``1.0``), each run once."""
+    table = pd.concat([_read_rows(pd, os.path.join(out, n)) for n in files], ignore_index=True)
+    table["run_key"] = table["run_key"].map(canonical_key)
+    return table.drop_duplicates("run_key")
+
+
+def as_planned(have, p: Plan):
+    """Resumed rows (of this plan's runs) with this call's configuration columns: the axis
+    values as this call gives them and its fixed fields (a default that this call names and the
+    call that wrote the rows did not, or an init alias of it, is the same run)."""
+    have = have.copy()
+    points = p.point_of
+    for name in p.axes:
+        have[name] = [points[k][name] for k in have["run_key"]]
+    for name, v in p.fixed.items():
+        have[name] = [v] * len(have)
+    return have
 
 
 class UnreadableRows(OSError):
@@ -85,14 +111,44 @@ def head() -> dict:
     return metadata("sweep", None)
 
 
-def _differences(ours: dict, theirs: dict) -> list[str]:
-    """What differs between two identities, compared as JSON (1 and 1.0 are different values)."""
-    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
+def _effective(ident: dict) -> dict:
+    """Every field of an identity at the value its runs get: ``("axis", {JSON text of each
+    canonical value})`` or ``("fixed", canonical value)``, a field not given at its default."""
+    axes, fixed = ident.get("axes") or {}, ident.get("fixed") or {}
+    out = {}
+    for name in {*DEFAULTS, *axes, *fixed}:
+        if name in axes:
+            out[name] = ("axis", frozenset(json.dumps(canonical(name, v)) for v in axes[name]))
+        else:
+            out[name] = ("fixed", canonical(name, fixed.get(name, DEFAULTS.get(name))))
+    return out
+
+
+def _shown(kind_value, cli: bool) -> str:
+    """A field's effective value in a message: an axis as its sorted values, None as none on the command line."""
+    kind, v = kind_value
+    word = (lambda x: "none" if x is None else str(x).lower() if isinstance(x, bool) else str(x)) if cli else repr
+    if kind == "axis":
+        values = sorted((json.loads(t) for t in v), key=json.dumps)
+        return "the axis " + ",".join(map(word, values)) if cli else f"the axis [{', '.join(map(word, values))}]"
+    return word(v)
+
+
+def _differences(ours: dict, theirs: dict, cli: bool = False) -> list[str]:
+    """What differs between two identities' effective sweeps (:func:`_effective`), each with both
+    values: ``fixed field sigma_b: 0.1 in the directory, 0.0 here``; options on the command line."""
+    a, b = _effective(ours), _effective(theirs)
     out = []
-    for part, word in (("axes", "axis"), ("fixed", "fixed field")):
-        a, b = ours[part], theirs[part] or {}
-        out += [f"{word} {name}" for name in sorted(set(a) | set(b)) if not same(a.get(name), b.get(name))]
-    return out + (["backend"] if ours["backend"] != theirs["backend"] else [])
+    for name in sorted(a.keys() | b.keys()):
+        mine, have = a.get(name, ("fixed", None)), b.get(name, ("fixed", None))
+        if mine != have:
+            what = "--" + name.replace("_", "-") if cli else \
+                f"{'axis' if 'axis' in (mine[0], have[0]) else 'fixed field'} {name}"
+            out.append(f"{what}: {_shown(have, cli)} in the directory, {_shown(mine, cli)} here")
+    if ours["backend"] != theirs.get("backend"):
+        out.append(f"{'--backend' if cli else 'backend'}: {theirs.get('backend')} in the directory, "
+                   f"{ours['backend']} here")
+    return out
 
 
 def write_rows(out: str, table) -> str:
