@@ -830,8 +830,8 @@ def test_a_busy_dashboard_port_prints_no_dask_warning(capfd):
 
 def test_sweep_json_has_the_head_of_every_file_and_still_refuses_another_grid(tmp_path):
     """sweep.json had no head (gradbench, axes, fixed, backend only): it has the head of every
-    gradbench file now, while resume still compares axes, fixed fields and backend only, so a
-    manifest without the head (gradbench 0.1.0) resumes and another grid is refused."""
+    gradbench file now; another grid is refused, and so is a manifest of another gradbench
+    version or schema (gradbench 0.1.0's, without a schema: the review's finding 2)."""
     import json
 
     from gradbench.cli.output import SCHEMA
@@ -850,9 +850,9 @@ def test_sweep_json_has_the_head_of_every_file_and_still_refuses_another_grid(tm
         check_out(tmp_path / "new", other)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / MANIFEST).write_text(json.dumps({"gradbench": "0.1.0", **p.identity()}, indent=1))
-    assert check_out(tmp_path / "old", p) is True
-    with pytest.raises(ValueError, match=r"differs in axis sigma_w"):
-        check_out(tmp_path / "old", other)
+    with pytest.raises(ValueError, match=rf"holds a sweep of gradbench 0\.1\.0 \(schema 1\) and this is gradbench "
+                                         rf"{gb.__version__} \(schema {SCHEMA}\)"):
+        check_out(tmp_path / "old", p)
 
 
 def test_formats_md_describes_every_file_of_a_sweep():

@@ -152,3 +152,33 @@ def test_the_command_line_resumes_a_sweep_with_a_default_named_and_shows_both_va
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "differs in --sigma-w: the axis 1.0,2.0 in the directory, the axis 1.0,3.0 here" \
         in err[0], err
+
+
+# ---------------------------------------------------------------- 2. one gradbench version per table
+def test_a_directory_of_another_gradbench_version_or_schema_is_refused(tmp_path, monkeypatch, capsys):
+    import json
+
+    from gradbench import cli
+    from gradbench.cli import output
+    from gradbench.sweep.store import MANIFEST
+
+    out = tmp_path / "s"
+    monkeypatch.setattr(output, "__version__", "0.1.9")  # the version that writes the directory
+    _write_sweep(out, {"sigma_w": [1.0, 2.0]}, dict(depth=6, width=4, batch=4))
+    assert json.loads((out / MANIFEST).read_text())["gradbench"] == "0.1.9"
+    monkeypatch.setattr(output, "__version__", "0.2.1")  # a later one resumes it
+    with pytest.raises(ValueError, match=r"holds a sweep of gradbench 0\.1\.9 \(schema 2\) and this is gradbench "
+                                         r"0\.2\.1 \(schema 2\): .*; give out a new directory"):
+        gb.sweep({"sigma_w": [1.0, 2.0]}, out=out, client=Tripwire(), depth=6, width=4, batch=4)
+    argv = ["sweep", "--sigma-w", "1,2", "--depth", "6", "--width", "4", "--batch", "4", "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gradbench 0.1.9 (schema 2) and this is gradbench 0.2.1" in err[0] \
+        and "give --out a new directory" in err[0], err
+    monkeypatch.setattr(output, "SCHEMA", 3)  # the same version string, another schema
+    monkeypatch.setattr(output, "__version__", "0.1.9")
+    with pytest.raises(ValueError, match=r"gradbench 0\.1\.9 \(schema 2\) and this is gradbench 0\.1\.9 \(schema 3\)"):
+        gb.sweep({"sigma_w": [1.0, 2.0]}, out=out, client=Tripwire(), depth=6, width=4, batch=4)
+    monkeypatch.setattr(output, "SCHEMA", 2)
+    assert gb.sweep({"sigma_w": [1.0, 2.0]}, out=out, client=Tripwire(), depth=6, width=4,
+                    batch=4).attrs["sweep"]["resumed"] == 2

@@ -3,9 +3,11 @@
 ``DIR/sweep.json`` has the head of every gradbench file (docs/formats.md: ``gradbench``,
 ``schema``, ``command`` "sweep", ``argv``, ``created``, ``machine``; of the call that created
 the directory) and what identifies the sweep (``axes``: the set of values of every axis,
-``fixed``: the fixed fields, ``backend``). A directory resumes for the same effective sweep:
-every field at the value its runs get (a field not given at Stack's default, numbers compared
-as numbers, init names canonical: :func:`gradbench.sweep.grid.canonical`) and the same backend.
+``fixed``: the fixed fields, ``backend``). A directory resumes only in the same gradbench
+version and schema (a table must not mix two versions' numbers) and for the same effective
+sweep: every field at the value its runs get (a field not given at Stack's default, numbers
+compared as numbers, init names canonical: :func:`gradbench.sweep.grid.canonical`) and the same
+backend.
 ``DIR/rows-<hash>.parquet`` holds one finished task's rows, written at once and atomically
 (temporary file + ``os.replace``), so the table is their union whatever was interrupted, and a
 second call loads them and runs only what is missing.
@@ -26,9 +28,10 @@ MANIFEST = "sweep.json"
 
 def check_out(out, p: Plan, label: str = "out=") -> bool:
     """Whether ``out`` already holds this sweep (True) or is new or empty (False); raises
-    ``ValueError`` when it is a file, a non-empty directory that is not a sweep's, or another
-    sweep's (``label`` names the parameter: ``"--out "`` for the command line, whose
-    message then names options). Changes nothing: callers check it before any work starts."""
+    ``ValueError`` when it is a file, a non-empty directory that is not a sweep's, or a sweep of
+    another gradbench version or schema or another sweep's (``label`` names the parameter:
+    ``"--out "`` for the command line, whose message then names options). Changes nothing:
+    callers check it before any work starts."""
     out = os.fspath(out)
     manifest = os.path.join(out, MANIFEST)
     if os.path.exists(out) and not os.path.isdir(out):
@@ -36,7 +39,13 @@ def check_out(out, p: Plan, label: str = "out=") -> bool:
     if os.path.exists(manifest):
         with open(manifest, encoding="utf-8") as f:
             have = json.load(f)
-        cli = label.startswith("--")
+        where, cli = label.strip().rstrip("="), label.startswith("--")
+        version, schema = _version()
+        theirs = (have.get("gradbench", "unknown"), have.get("schema", 1))  # no schema: schema 1 (0.1.0)
+        if theirs != (version, schema):
+            raise ValueError(f"{label}{out!r} holds a sweep of gradbench {theirs[0]} (schema {theirs[1]}) and this is "
+                             f"gradbench {version} (schema {schema}): a resumed table would mix the two versions' "
+                             f"numbers; give {where} a new directory (or delete this one to start again)")
         diff = _differences(p.identity(), have, cli)
         if diff:
             raise ValueError(f"{label}{out!r} holds a sweep of a different grid or fixed fields (differs in "
@@ -51,6 +60,13 @@ def check_out(out, p: Plan, label: str = "out=") -> bool:
 def _rows_files(out: str) -> list[str]:
     """The rows files of a sweep directory, sorted by name."""
     return sorted(n for n in os.listdir(out) if n.startswith("rows-") and n.endswith(".parquet"))
+
+
+def _version() -> tuple[str, int]:
+    """This gradbench's version and file schema, as the head of ``sweep.json`` records them."""
+    from gradbench.cli import output  # the command line's package, loaded on use
+
+    return output.__version__, output.SCHEMA
 
 
 def open_out(out, p: Plan, pandas) -> tuple[str, "object"]:
