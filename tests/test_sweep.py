@@ -654,8 +654,9 @@ def test_cli_sweep_bad_paths_exit_2_before_any_run(tmp_path, capsys, monkeypatch
     from gradbench.sweep.grid import plan
     from gradbench.sweep.store import open_out
 
-    open_out(other, plan({"sigma_w": [1.0, 3.0]}, dict(depth=6, width=4), range(1), "auto"),
-             lambda: pytest.fail("pandas is needed only to read rows"))
+    p = plan({"sigma_w": [1.0, 3.0]}, dict(depth=6, width=4), range(1), "auto")
+    open_out(other, p, lambda: pytest.fail("pandas is needed only to read rows"))
+    _rows(other, p)
     base = ["sweep", "--depth", "6", "--width", "4", "--sigma-w", "1,2"]
     for args, message in [(["--out", str(tmp_path / "afile")], "is a file, not a directory"),
                           (["--out", str(tmp_path / "notes")], "is a non-empty directory without sweep.json"),
@@ -828,6 +829,16 @@ def test_a_busy_dashboard_port_prints_no_dask_warning(capfd):
     assert "dask dashboard: " in capfd.readouterr().err
 
 
+def _rows(out, p) -> None:
+    """The first run of plan ``p`` as a rows file in ``out`` (the worker's task, in this process):
+    a directory without rows is taken over by any sweep."""
+    from gradbench.sweep.store import frame, write_rows
+    from gradbench.sweep.worker import run_task
+
+    r = p.runs()[0]
+    write_rows(str(out), frame(run_task([(r.key, r.config, r.batch, r.seed)], p.backend), p, pd))
+
+
 def test_sweep_json_has_the_head_of_every_file_and_still_refuses_another_grid(tmp_path):
     """sweep.json had no head (gradbench, axes, fixed, backend only): it has the head of every
     gradbench file now; another grid is refused, and so is a manifest of another gradbench
@@ -841,6 +852,8 @@ def test_sweep_json_has_the_head_of_every_file_and_still_refuses_another_grid(tm
     other = plan({"sigma_w": [1.0, 2.0]}, dict(depth=6, width=4), range(2), "auto")
     out, have = open_out(tmp_path / "new", p, lambda: pd)
     assert have is None
+    assert check_out(tmp_path / "new", other) is False  # no rows yet: any sweep takes the directory over
+    _rows(tmp_path / "new", p)
     doc = json.loads((tmp_path / "new" / MANIFEST).read_text())
     assert doc["gradbench"] == gb.__version__ and doc["schema"] == SCHEMA and doc["command"] == "sweep"
     assert isinstance(doc["argv"], list) and doc["created"].endswith("+00:00") and doc["machine"]["cores"] >= 1
@@ -850,6 +863,7 @@ def test_sweep_json_has_the_head_of_every_file_and_still_refuses_another_grid(tm
         check_out(tmp_path / "new", other)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / MANIFEST).write_text(json.dumps({"gradbench": "0.1.0", **p.identity()}, indent=1))
+    _rows(tmp_path / "old", p)
     with pytest.raises(ValueError, match=rf"holds a sweep of gradbench 0\.1\.0 \(schema 1\) and this is gradbench "
                                          rf"{gb.__version__} \(schema {SCHEMA}\)"):
         check_out(tmp_path / "old", p)

@@ -182,3 +182,26 @@ def test_a_directory_of_another_gradbench_version_or_schema_is_refused(tmp_path,
     monkeypatch.setattr(output, "SCHEMA", 2)
     assert gb.sweep({"sigma_w": [1.0, 2.0]}, out=out, client=Tripwire(), depth=6, width=4,
                     batch=4).attrs["sweep"]["resumed"] == 2
+
+
+# ---------------------------------------------------------------- 7. a sweep that never started
+def test_a_directory_of_a_sweep_that_never_started_is_taken_over_by_another_grid(tmp_path, capsys):
+    import json
+
+    from gradbench import cli
+    from gradbench.sweep.store import MANIFEST
+
+    out = tmp_path / "s"
+    base = ["--depth", "6", "--width", "4", "--out", str(out), "--scheduler", "tcp://127.0.0.1:1"]  # refused at once
+    assert cli.main(["sweep", "--sigma-w", "1,2"] + base) == 2
+    assert "cannot reach the scheduler" in capsys.readouterr().err
+    assert (out / MANIFEST).exists() and not list(out.glob("rows-*"))
+    # another grid: not "a different grid", the directory is this sweep's now
+    assert cli.main(["sweep", "--sigma-w", "1,3"] + base) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the scheduler" in err and "different grid" not in err, err
+    assert json.loads((out / MANIFEST).read_text())["axes"] == {"sigma_w": [1.0, 3.0]}
+    # once rows are there, the directory is that sweep's
+    _write_sweep(out, {"sigma_w": [1.0, 3.0]}, dict(depth=6, width=4))
+    assert cli.main(["sweep", "--sigma-w", "1,2"] + base) == 2
+    assert "different grid" in capsys.readouterr().err

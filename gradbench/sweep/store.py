@@ -3,11 +3,13 @@
 ``DIR/sweep.json`` has the head of every gradbench file (docs/formats.md: ``gradbench``,
 ``schema``, ``command`` "sweep", ``argv``, ``created``, ``machine``; of the call that created
 the directory) and what identifies the sweep (``axes``: the set of values of every axis,
-``fixed``: the fixed fields, ``backend``). A directory resumes only in the same gradbench
-version and schema (a table must not mix two versions' numbers) and for the same effective
-sweep: every field at the value its runs get (a field not given at Stack's default, numbers
-compared as numbers, init names canonical: :func:`gradbench.sweep.grid.canonical`) and the same
-backend.
+``fixed``: the fixed fields, ``backend``). A directory with rows resumes only in the same
+gradbench version and schema (a table must not mix two versions' numbers) and for the same
+effective sweep: every field at the value its runs get (a field not given at Stack's default,
+numbers compared as numbers, init names canonical: :func:`gradbench.sweep.grid.canonical`) and
+the same backend. A directory with ``sweep.json`` and no rows (a sweep that never started, e.g.
+for an unreachable scheduler) is taken over by whatever sweep comes next, its ``sweep.json``
+written anew.
 ``DIR/rows-<hash>.parquet`` holds one finished task's rows, written at once and atomically
 (temporary file + ``os.replace``), so the table is their union whatever was interrupted, and a
 second call loads them and runs only what is missing.
@@ -27,9 +29,10 @@ MANIFEST = "sweep.json"
 
 
 def check_out(out, p: Plan, label: str = "out=") -> bool:
-    """Whether ``out`` already holds this sweep (True) or is new or empty (False); raises
-    ``ValueError`` when it is a file, a non-empty directory that is not a sweep's, or a sweep of
-    another gradbench version or schema or another sweep's (``label`` names the parameter:
+    """Whether ``out`` already holds rows of this sweep (True) or is new, empty or holds a
+    ``sweep.json`` without rows (False: taken over); raises ``ValueError`` when it is a file, a
+    non-empty directory that is not a sweep's, or holds rows of another gradbench version or
+    schema or of another sweep (``label`` names the parameter:
     ``"--out "`` for the command line, whose message then names options). Changes nothing:
     callers check it before any work starts."""
     out = os.fspath(out)
@@ -37,6 +40,8 @@ def check_out(out, p: Plan, label: str = "out=") -> bool:
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{label}{out!r} is a file, not a directory")
     if os.path.exists(manifest):
+        if not _rows_files(out):  # a sweep that never started: nothing to mix with, taken over
+            return False
         with open(manifest, encoding="utf-8") as f:
             have = json.load(f)
         where, cli = label.strip().rstrip("="), label.startswith("--")
