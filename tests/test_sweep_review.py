@@ -205,3 +205,34 @@ def test_a_directory_of_a_sweep_that_never_started_is_taken_over_by_another_grid
     _write_sweep(out, {"sigma_w": [1.0, 3.0]}, dict(depth=6, width=4))
     assert cli.main(["sweep", "--sigma-w", "1,2"] + base) == 2
     assert "different grid" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 8. one run, two different rows
+def test_a_run_with_different_rows_in_two_files_is_refused_naming_the_run_and_the_files(tmp_path, capsys):
+    from gradbench import cli
+    from gradbench.sweep.store import ConflictingRows
+
+    out = tmp_path / "s"
+    _write_sweep(out, {"sigma_w": [1.0, 2.0]}, dict(depth=6, width=4, batch=4))
+    mine = next(out.glob("rows-*.parquet"))
+    rows = pd.read_parquet(mine)
+    # the same runs from another machine: other timings only, then another number for sigma_w = 2
+    rows.assign(seconds=rows.seconds + 1.0).to_parquet(out / "rows-0000000000000000.parquet", index=False)
+    table = gb.sweep({"sigma_w": [1.0, 2.0]}, out=out, client=Tripwire(), depth=6, width=4, batch=4)
+    assert len(table) == 2  # identical duplicates: silent, each run once
+    theirs = rows.copy()
+    theirs.loc[1, "decades_per_layer"] += 1e-12
+    theirs.to_parquet(out / "rows-ffffffffffffffff.parquet", index=False)
+    key = rows.run_key[1]
+    assert key == '[[["sigma_w", 2.0]], 0]'
+    with pytest.raises(ConflictingRows) as info:
+        gb.sweep({"sigma_w": [1.0, 2.0]}, out=out, client=Tripwire(), depth=6, width=4, batch=4)
+    text = str(info.value)
+    # the first file of that run (by name) against the one that differs
+    assert f"run {key} in rows-0000000000000000.parquet and rows-ffffffffffffffff.parquet (differs in " \
+           f"decades_per_layer: {float(rows.decades_per_layer[1])!r} and {float(theirs.decades_per_layer[1])!r})" in text
+    assert mine.name not in text  # its numbers are those of the first file
+    assert cli.main(["sweep", "--sigma-w", "1,2", "--depth", "6", "--width", "4", "--batch", "4",
+                     "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the sweep did not start" in err[0] and key in err[0], err

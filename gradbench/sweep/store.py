@@ -90,10 +90,44 @@ def open_out(out, p: Plan, pandas) -> tuple[str, "object"]:
 
 def load_rows(out: str, files: list[str], pd):
     """The rows of ``files`` in ``out``, their run keys canonical (:func:`~gradbench.sweep.grid.canonical_key`:
-    rows written for ``sigma_w=1`` are the runs of ``1.0``), each run once."""
-    table = pd.concat([_read_rows(pd, os.path.join(out, n)) for n in files], ignore_index=True)
-    table["run_key"] = table["run_key"].map(canonical_key)
-    return table.drop_duplicates("run_key")
+    rows written for ``sigma_w=1`` are the runs of ``1.0``), each run once. A run in two files
+    with the same numbers (``seconds`` aside) is kept once; with other numbers (rows merged
+    from two machines) it is :class:`ConflictingRows`, naming the run and the files."""
+    frames = []
+    for n in files:
+        f = _read_rows(pd, os.path.join(out, n))
+        frames.append(f.assign(run_key=f["run_key"].map(canonical_key), _file=n,
+                               _columns=[frozenset(f.columns)] * len(f)))
+    table = pd.concat(frames, ignore_index=True)
+    conflicts = []
+    for key, rows in table[table["run_key"].duplicated(keep=False)].groupby("run_key", sort=False):
+        first = rows.iloc[0]
+        for _, row in rows.iloc[1:].iterrows():
+            shared = first["_columns"] & row["_columns"]  # a column an earlier gradbench did not write is no conflict
+            diff = [c for c in COLUMNS if c != "seconds" and c in shared and not _same(pd, first[c], row[c])]
+            if diff:
+                conflicts.append(f"run {key} in {first['_file']} and {row['_file']} (differs in "
+                                 f"{', '.join(f'{c}: {_plain(first[c])!r} and {_plain(row[c])!r}' for c in diff[:3])}"
+                                 f"{', ...' if len(diff) > 3 else ''})")
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise ConflictingRows(f"{out} holds different rows of one run: {conflicts[0]}{more}: rows of two machines "
+                              "or backends? keep one file of each run (delete or move the others) and run the "
+                              "same sweep again")
+    return table.drop_duplicates("run_key").drop(columns=["_file", "_columns"])
+
+
+def _plain(v):
+    """A cell as a Python value (NumPy's scalars read np.float64(...) in a message)."""
+    return v.item() if hasattr(v, "item") else v
+
+
+def _same(pd, a, b) -> bool:
+    """Two cells of a rows file hold the same value (two missing values are the same)."""
+    missing_a, missing_b = pd.isna(a), pd.isna(b)
+    if missing_a or missing_b:
+        return bool(missing_a and missing_b)
+    return bool(a == b)
 
 
 def as_planned(have, p: Plan):
@@ -121,6 +155,11 @@ def _read_rows(pd, path: str):
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise UnreadableRows(f"{path} cannot be read ({type(exc).__name__}: {first}): delete it and run the same "
                              "sweep again, which runs its runs again and keeps the others") from None
+
+
+class ConflictingRows(UnreadableRows):
+    """Two rows files of a sweep directory with different numbers for one run (merged from two
+    machines, backends or versions): which to keep is the user's choice."""
 
 
 def head() -> dict:
