@@ -236,3 +236,27 @@ def test_a_run_with_different_rows_in_two_files_is_refused_naming_the_run_and_th
                      "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the sweep did not start" in err[0] and key in err[0], err
+
+
+# ---------------------------------------------------------------- 9. the command line's words
+@pytest.mark.parametrize("args,says,not_says", [
+    (["--clip", "value,clamp"], "--clip='clamp' is not one of 'value', 'norm', none (at grid point clip='clamp')",
+     "None"),
+    (["--init", "he_normal,kaiming_normal"], "--init names one scheme twice: 'he_normal' and 'kaiming_normal'",
+     "grid["),
+    (["--sigma-w", "1,1.0"], "--sigma-w has repeated values 1.0", "grid["),
+    (["--batch-norm", "true", "--batch", "1"], "--batch-norm=true needs a batch of at least 2, got --batch=1", "True"),
+])
+def test_command_line_errors_use_the_command_lines_words(args, says, not_says, capsys):
+    from gradbench import cli
+
+    assert cli.main(["sweep", "--depth", "4", "--width", "4"] + args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and not_says not in err[0], err
+
+
+def test_api_errors_keep_pythons_words():
+    with pytest.raises(ValueError, match=r"grid\['init'\] names one scheme twice"):
+        gb.sweep({"init": ["he_normal", "kaiming_normal"]}, depth=4, width=4, client=Tripwire())
+    with pytest.raises(ValueError, match=r"clip='clamp' is not one of 'value', 'norm', None"):
+        gb.sweep({"clip": ["value", "clamp"]}, depth=4, width=4, client=Tripwire())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import time
 import typing
@@ -19,8 +20,8 @@ import typing
 import numpy as np
 
 from gradbench import _atomic
-from gradbench.cli.common import (NEGATIVE_VALUE, STACK_FIELDS, field_words, given, in_option_words, positive_int,
-                                  refuse_unused_stack_options, strict_float, strict_int)
+from gradbench.cli.common import (NEGATIVE_VALUE, STACK_FIELDS, field_words, given, in_option_words, option,
+                                  positive_int, refuse_unused_stack_options, strict_float, strict_int)
 from gradbench.cli.process import OutputError, UsageError  # one line, exit 1 / 2
 from gradbench.report import count
 from gradbench.spec import Stack
@@ -186,6 +187,20 @@ def _check_plot(args, grid: dict, fixed: dict) -> None:
 _FIELD = field_words((*STACK_FIELDS, "batch"))
 
 
+def cli_words(words: str) -> str:
+    """A message of gb.sweep's validation in the command line's words: options for the API's
+    names (``grid['init']`` and ``init=`` are ``--init``), ``none``, ``true`` and ``false`` for
+    Python's None, True and False (``--clip value,clamp`` said "is not one of 'value', 'norm',
+    None"; ``--init he_normal,kaiming_normal`` "grid['init'] names one scheme twice")."""
+    words = words.replace("workers=", "--workers ").replace("(client=)", "(--scheduler)")
+    words = re.sub(r"grid\['(\w+)'\]", lambda m: option(m.group(1)), words)
+    words = words.replace("a fixed value (depth=...) or a grid axis", "give it one value, or several to sweep it")
+    words = words.replace("a fixed value (width=...) or a grid axis", "give it one value, or several to sweep it")
+    words = re.sub(r"(?<=, )None\b|(?<==)None\b", "none", words)
+    words = re.sub(r"(?<==)(True|False)\b", lambda m: m.group(1).lower(), words)
+    return in_option_words(words, _FIELD)
+
+
 def cmd_sweep(args) -> int:
     _check_files(args)
     if args.workers is not None and args.scheduler is not None:
@@ -208,8 +223,7 @@ def cmd_sweep(args) -> int:
         check_options(args.scheduler, args.workers, args.runs_per_task, True, args.out)
     except (ValueError, TypeError) as exc:
         words, at, point = str(exc).partition(" (at grid point ")  # the point keeps the table's field names
-        words = words.replace("workers=", "--workers ").replace("(client=)", "(--scheduler)")
-        raise UsageError(in_option_words(words, _FIELD) + at + point) from None
+        raise UsageError(cli_words(words) + at + point) from None
     refuse_unused_stack_options(args, [gb.Stack(**run.config) for run in p.runs()[::len(p.seeds)]], several=True)
     t0 = time.perf_counter()
     try:
