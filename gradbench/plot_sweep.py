@@ -1,17 +1,22 @@
 """The phase diagram of a sweep: measured decades per layer over two swept axes, and the theory.
 
 :func:`phase_diagram` draws, for each value of the other swept fields (e.g. each activation),
-a heat map of the measured rate (mean over seeds) on a diverging colour map centred on 0
-(blue: vanishing, red: exploding, in the package's one sign convention: negative = vanishing),
-the mean-field critical line chi_1 = 1 (:func:`gradbench.theory.critical_sigma_w`) over it
-when one axis is ``sigma_w`` and ``sigma_b`` is the other axis or fixed, and a last panel of
-measured against predicted rate for every run with the identity line. Built on
+a heat map of the measured rate (mean over the seeds with a finite rate: :func:`cells`) on a
+diverging colour map centred on 0 (blue: vanishing, red: exploding, in the package's one sign
+convention: negative = vanishing), cells without a finite rate drawn by why (no gradient,
+non-finite) and cells whose mean leaves seeds out hatched with ``k/n``, each in the legend
+under the map; the mean-field critical line chi_1 = 1
+(:func:`gradbench.theory.critical_sigma_w`) over it when one axis is ``sigma_w`` and
+``sigma_b`` is the other axis or fixed, and a last panel of measured against predicted rate
+for every run with the identity line. Axes spanning decades are drawn in log or one cell per
+value (:class:`_Axis`). Built on
 :class:`matplotlib.figure.Figure` without pyplot, written atomically by
 :func:`gradbench.plot.save`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -58,23 +63,202 @@ def _edges(v: np.ndarray) -> np.ndarray:
     return e
 
 
+# An axis whose positive values span this many decades or more is not drawn linearly: its small
+# values got slivers (sigma_w 0.5, 1.4, 3, 1e3: three cells in the first 0.2 % of the width).
+SPAN_DECADES = 2.0
+# A log axis where its values are spaced evenly in log, steps within this factor of each other.
+LOG_STEPS = 3.0
+
+
+class _Axis:
+    """Where one heat-map axis puts its values: ``linear``; when its positive values span
+    :data:`SPAN_DECADES` or more, ``log`` if they are all positive and about evenly spaced in log
+    (:data:`LOG_STEPS`), else ``index``: evenly spaced cells labelled by value (a log axis
+    cannot show 0, and gave 1, 1e3, 1e30 a sliver for 1). Overlays (the critical line, the
+    crossings) are placed with :meth:`place`: on an index axis by linear interpolation between
+    the cell centres."""
+
+    def __init__(self, values: np.ndarray):
+        self.values = v = np.asarray(values, dtype=float)
+        pos = v[v > 0]
+        wide = len(pos) >= 2 and np.log10(pos.max() / pos.min()) >= SPAN_DECADES - 1e-9
+        steps = np.diff(np.log10(pos))
+        even = len(pos) == len(v) and steps.max() <= LOG_STEPS * steps.min() if wide else False
+        self.kind = "linear" if not wide else "log" if even else "index"
+        if self.kind == "linear":
+            self.edges = _edges(v)
+        elif self.kind == "log":
+            lv = np.log10(v)
+            self.edges = 10 ** np.concatenate([[1.5 * lv[0] - 0.5 * lv[1]], (lv[1:] + lv[:-1]) / 2,
+                                               [1.5 * lv[-1] - 0.5 * lv[-2]]])
+        else:
+            self.edges = np.arange(len(v) + 1) - 0.5
+        self.centres = np.arange(len(v), dtype=float) if self.kind == "index" else v
+
+    def place(self, u) -> np.ndarray:
+        """Values ``u`` of the field as coordinates of this axis (beyond the ends: extended linearly)."""
+        u = np.asarray(u, dtype=float)
+        if self.kind != "index":
+            return u
+        v, i = self.values, self.centres
+        out = np.interp(u, v, i)
+        lo, hi = u < v[0], u > v[-1]
+        out[lo] = (u[lo] - v[0]) / (v[1] - v[0])
+        out[hi] = len(v) - 1 + (u[hi] - v[-1]) / (v[-1] - v[-2])
+        return out
+
+    def between(self, j: int, t: float) -> float:
+        """The coordinate a fraction ``t`` of the way from cell ``j``'s centre to cell ``j + 1``'s."""
+        c = self.centres
+        if self.kind == "log":
+            return float(10 ** (np.log10(c[j]) + t * (np.log10(c[j + 1]) - np.log10(c[j]))))
+        return float(c[j] + t * (c[j + 1] - c[j]))
+
+    def middle(self, j: int) -> float:
+        """The middle of cell ``j`` (a cell at 0 starts there: its value is at its edge)."""
+        a, b = self.edges[j], self.edges[j + 1]
+        return float(np.sqrt(a * b) if self.kind == "log" else (a + b) / 2)
+
+    def samples(self) -> np.ndarray:
+        """Values of the field across the axis, for a curve over it (>= 0: sigma_b)."""
+        lo, hi = self.edges[[0, -1]]
+        if self.kind == "log":
+            return np.geomspace(lo, hi, 25)
+        if self.kind == "linear":
+            return np.linspace(max(lo, 0.0), hi, 25)
+        u = np.linspace(lo, hi, 8 * len(self.values) + 1)  # index coordinates back to values
+        v = np.interp(u, self.centres, self.values)
+        v[u < 0] = self.values[0] + u[u < 0] * (self.values[1] - self.values[0])
+        top = u > len(self.values) - 1
+        v[top] = self.values[-1] + (u[top] - len(self.values) + 1) * (self.values[-1] - self.values[-2])
+        return v[v >= 0]
+
+    def draw(self, ax, which: str) -> None:
+        """The axis's scale, limits and, for an index axis, value labels at the cells."""
+        set_scale, set_lim = getattr(ax, f"set_{which}scale"), getattr(ax, f"set_{which}lim")
+        if self.kind == "log":
+            set_scale("log")
+        elif self.kind == "index":
+            getattr(ax, f"set_{which}ticks")(self.centres, [f"{x:g}" for x in self.values])
+        set_lim(*self.edges[[0, -1]])
+
+
+@dataclasses.dataclass
+class Cells:
+    """What one heat map shows, per cell (rows: the y values, columns: the x values).
+
+    ``mean``: the mean rate over the cell's seeds with a finite rate (NaN: none); ``finite``,
+    ``runs``: how many seeds have a finite rate, of how many; ``zero``: seeds without any
+    gradient (verdict "no gradient": every ||dW_l|| exactly 0), ``nonfinite``: seeds whose
+    forward or backward pass was not finite (``first_nonfinite`` set), both among those without
+    a finite rate."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    mean: np.ndarray
+    finite: np.ndarray
+    runs: np.ndarray
+    zero: np.ndarray
+    nonfinite: np.ndarray
+
+    def kind(self) -> np.ndarray:
+        """Each cell's kind: "rate" (some seed has a finite rate), "partial" (a rate from only
+        some of its seeds: marked), "no gradient" (every seed), "non-finite" (some seed, the
+        others no gradient), "no rate" (other seeds without a finite rate) or "" (no run)."""
+        out = np.full(self.mean.shape, "", dtype=object)
+        none = (self.finite == 0) & (self.runs > 0)
+        out[self.finite > 0] = "rate"
+        out[(self.finite > 0) & (self.finite < self.runs)] = "partial"
+        out[none] = "no rate"
+        out[none & (self.zero == self.runs)] = "no gradient"
+        out[none & (self.nonfinite > 0) & (self.zero + self.nonfinite == self.runs)] = "non-finite"
+        return out
+
+
+def cells(sub, x: str, y: str, value: str) -> Cells:
+    """The cells of a heat map of ``sub`` (one group of a sweep table) over ``x`` and ``y``: the
+    mean of the finite rates and how many seeds have none, and why (:class:`Cells`)."""
+    rate = sub[value].to_numpy(float)
+    ok = np.isfinite(rate)
+    verdict = sub["verdict"].to_numpy(object) if "verdict" in sub else np.full(len(sub), None)
+    first = sub["first_nonfinite"].notna().to_numpy() if "first_nonfinite" in sub else np.zeros(len(sub), bool)
+    xs, ys = np.unique(sub[x].to_numpy(float)), np.unique(sub[y].to_numpy(float))
+    i, j = np.searchsorted(ys, sub[y].to_numpy(float)), np.searchsorted(xs, sub[x].to_numpy(float))
+    shape = (len(ys), len(xs))
+
+    def count(mask):
+        out = np.zeros(shape, dtype=np.int64)
+        np.add.at(out, (i[mask], j[mask]), 1)
+        return out
+
+    total = np.zeros(shape)
+    np.add.at(total, (i[ok], j[ok]), rate[ok])
+    finite = count(ok)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite > 0, total / np.maximum(finite, 1), np.nan)
+    return Cells(xs, ys, mean, finite, count(np.ones(len(sub), bool)), count(~ok & (verdict == "no gradient")),
+                 count(~ok & first & (verdict != "no gradient")))
+
+
+# How cells without a finite rate look, and what the legend calls them.
+_EMPTY = {
+    "no gradient": dict(facecolor="0.86", hatch=None, label="no gradient: every $\\|dW_l\\|$ exactly 0"),
+    "non-finite": dict(facecolor="0.25", hatch="xx", label="non-finite: overflow (first_nonfinite set)"),
+    "no rate": dict(facecolor="0.6", hatch="..", label="no finite rate"),
+}
+_PARTIAL = "rate of k of n seeds (k/n): the others have none"
+# Cells at most this many get their "k/n" written in; beyond, the hatch alone marks them.
+_NOTE_CELLS = 150
+
+
 def _heatmap(ax, sub, x: str, y: str, value: str, norm):
-    grid = sub.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False).sort_index()
-    grid = grid[sorted(grid.columns)]
-    xs, ys = grid.columns.to_numpy(float), grid.index.to_numpy(float)
-    z = np.ma.masked_invalid(grid.to_numpy(float))
-    cmap = _cmap()
-    mesh = ax.pcolormesh(_edges(xs), _edges(ys), z, cmap=cmap, norm=norm, shading="flat")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    return mesh, xs, ys, z
+    c = cells(sub, x, y, value)
+    ax_x, ax_y = _Axis(c.xs), _Axis(c.ys)
+    mesh = ax.pcolormesh(ax_x.edges, ax_y.edges, np.ma.masked_invalid(c.mean), cmap=_cmap(), norm=norm,
+                         shading="flat")
+    kind = c.kind()
+    for name, style in _EMPTY.items():
+        _mark(ax, ax_x, ax_y, kind == name, dict(facecolor=style["facecolor"], hatch=style["hatch"],
+                                                   edgecolor="0.95" if style["facecolor"] == "0.25" else "0.35",
+                                                   linewidth=0.0, label=style["label"]))
+    partial = kind == "partial"
+    _mark(ax, ax_x, ax_y, partial, dict(facecolor="none", hatch="///", edgecolor="0.2", linewidth=0.0,
+                                        label=_PARTIAL))
+    if partial.sum() and kind.size <= _NOTE_CELLS:
+        for i, j in zip(*np.nonzero(partial)):
+            ax.text(ax_x.middle(j), ax_y.middle(i), f"{c.finite[i, j]}/{c.runs[i, j]}", ha="center",
+                    va="center", fontsize=7, fontweight="bold",
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
+    ax_x.draw(ax, "x")
+    ax_y.draw(ax, "y")
+    ax.set_xlabel(_axis_label(x, ax_x))
+    ax.set_ylabel(_axis_label(y, ax_y))
+    return mesh, ax_x, ax_y, np.ma.masked_invalid(c.mean)
+
+
+def _axis_label(name: str, axis: _Axis) -> str:
+    """An axis's label, saying when it is not linear."""
+    return {"linear": name, "log": f"{name} (log scale)", "index": f"{name} (one cell per value)"}[axis.kind]
+
+
+def _mark(ax, ax_x: _Axis, ax_y: _Axis, where: np.ndarray, style: dict) -> None:
+    """Rectangles over the cells ``where`` (one collection, one legend entry)."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    if not where.any():
+        return
+    ex, ey = ax_x.edges, ax_y.edges
+    boxes = [Rectangle((ex[j], ey[i]), ex[j + 1] - ex[j], ey[i + 1] - ey[i]) for i, j in zip(*np.nonzero(where))]
+    label = style.pop("label")
+    ax.add_collection(PatchCollection(boxes, match_original=False, **style, label=label))
 
 
 def _cmap():
     from matplotlib import colormaps
 
-    # low (vanishing) blue, high (exploding) red; grey: cells without a finite rate (a non-finite run)
-    return colormaps["RdBu_r"].with_extremes(bad="0.75")
+    # low (vanishing) blue, high (exploding) red; cells without a finite rate: drawn over (_EMPTY)
+    return colormaps["RdBu_r"].with_extremes(bad=(0, 0, 0, 0))
 
 
 def _default(sub, name: str):
@@ -95,7 +279,7 @@ def _critical(activation: str, sigma_b: float, param) -> float:
         return math.nan
 
 
-def _critical_line(ax, sub, x: str, y: str, ys: np.ndarray) -> bool:
+def _critical_line(ax, sub, x: str, y: str, ax_x: _Axis, ax_y: _Axis) -> bool:
     """chi_1 = 1 over the heat map; False when the axes or the stacks do not allow it.
 
     Drawn when one axis is ``sigma_w`` and ``sigma_b`` is the other axis or has one value, for
@@ -109,8 +293,8 @@ def _critical_line(ax, sub, x: str, y: str, ys: np.ndarray) -> bool:
         return False
     param = _default(sub, "activation_param")
     if other == "sigma_b":
-        lo, hi = _edges(ys)[[0, -1]]
-        sb = np.linspace(max(lo, 0.0), hi, 25) if len(ys) > 1 else ys
+        across = ax_y if x == "sigma_w" else ax_x
+        sb = across.samples() if len(across.values) > 1 else across.values
     else:
         fixed = _default(sub, "sigma_b")
         if fixed is None:
@@ -123,45 +307,52 @@ def _critical_line(ax, sub, x: str, y: str, ys: np.ndarray) -> bool:
         return False
     style = dict(color="k", lw=2.2, ls="--", label=r"mean field: $\chi_1 = 1$ (edge of chaos)")
     if other == "sigma_b" and len(sb) > 1:
-        ax.plot(*((sw, sb) if x == "sigma_w" else (sb, sw)), **style)
+        if x == "sigma_w":
+            ax.plot(ax_x.place(sw), ax_y.place(sb), **style)
+        else:
+            ax.plot(ax_x.place(sb), ax_y.place(sw), **style)
     elif x == "sigma_w":  # one sigma_b: the critical sigma_w across the map (one point drew nothing)
-        ax.axvline(sw[0], **style)
+        ax.axvline(float(ax_x.place(sw[:1])[0]), **style)
     else:
-        ax.axhline(sw[0], **style)
+        ax.axhline(float(ax_y.place(sw[:1])[0]), **style)
     return True
 
 
-def _measured_edge(ax, xs: np.ndarray, ys: np.ndarray, z, along_y: bool = False) -> None:
+def _measured_edge(ax, ax_x: _Axis, ax_y: _Axis, z, along_y: bool = False) -> None:
     """Where the measured rate crosses 0 along each row (each column if ``along_y``: sigma_w is
-    the y axis), by linear interpolation between cell centres; a cell whose rate is exactly 0
-    (tanh at sigma_w = 1, sigma_b = 0) is a crossing itself."""
-    a_vals, b_vals, zz = (ys, xs, z.T) if along_y else (xs, ys, z)
+    the y axis), by linear interpolation between cell centres (on a log axis between their
+    logarithms); a cell whose rate is exactly 0 (tanh at sigma_w = 1, sigma_b = 0) is a
+    crossing itself."""
+    a_axis, b_axis, zz = (ax_y, ax_x, z.T) if along_y else (ax_x, ax_y, z)
     pa, pb = [], []
-    for i, b in enumerate(b_vals):
+    for i, b in enumerate(b_axis.centres):
         line = np.ma.filled(zz[i].astype(float), np.nan)
-        for j in range(len(a_vals)):
+        for j in range(len(a_axis.centres)):
             if line[j] == 0:
-                pa.append(a_vals[j])
+                pa.append(a_axis.centres[j])
                 pb.append(b)
-        for j in range(len(a_vals) - 1):
+        for j in range(len(a_axis.centres) - 1):
             u, v = line[j], line[j + 1]
             if np.isfinite(u) and np.isfinite(v) and u * v < 0:
-                pa.append(a_vals[j] - u * (a_vals[j + 1] - a_vals[j]) / (v - u))
+                pa.append(a_axis.between(j, u / (u - v)))
                 pb.append(b)
     if pa:
         ax.plot(*((pb, pa) if along_y else (pa, pb)), ls="none", marker="o", ms=6, mfc="gold", mec="k", mew=0.8,
                 label="measured: rate = 0 (interpolated)")
 
 
-def _label_phases(ax, xs: np.ndarray, ys: np.ndarray, z) -> None:
-    """'vanishing' and 'exploding' written on the cells of each sign (their centroid)."""
-    X, Y = np.meshgrid(xs, ys)
+def _phase_keys(z, norm) -> list:
+    """Legend entries that name the colours of the phases present: 'vanishing' and 'exploding'
+    (they were written on the cells, over the data)."""
+    from matplotlib.patches import Patch
+
+    keys = []
+    values = np.ma.filled(z, np.nan)
     for sign, word in ((-1, "vanishing"), (1, "exploding")):
-        cells = ~np.ma.getmaskarray(z) & (np.sign(np.ma.filled(z, 0.0)) == sign)
-        if cells.sum() >= 2:
-            ax.text(X[cells].mean(), Y[cells].mean(), word, ha="center", va="center", fontsize=10,
-                    fontweight="bold", color="navy" if sign < 0 else "darkred",
-                    bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="none", alpha=0.75))
+        if (np.sign(values) == sign).any():
+            keys.append(Patch(facecolor=_cmap()(norm(0.8 * sign * norm.halfrange)),
+                              label=f"{word}: rate {'<' if sign < 0 else '>'} 0"))
+    return keys
 
 
 def _scatter(ax, groups, value: str) -> None:
@@ -187,7 +378,7 @@ def _scatter(ax, groups, value: str) -> None:
     ax.set_ylabel(f"measured {_LABELS.get(value, value)} (decades per layer)")
     ax.set_title("measured vs predicted, every run")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.08))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2, frameon=False)
 
 
 def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=None, *,
@@ -238,15 +429,14 @@ def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=N
     norm = CenteredNorm(0.0, float(np.percentile(finite, 98)) if finite.size and finite.max() > 0 else 1.0)
     mesh = None
     for a, (name, sub) in zip(axes, groups):
-        mesh, xs, ys, z = _heatmap(a, sub, x, y, value, norm)
-        _critical_line(a, sub, x, y, ys)
-        _measured_edge(a, xs, ys, z, along_y=(y == "sigma_w"))
-        _label_phases(a, xs, ys, z)
-        a.set_xlim(_edges(xs)[[0, -1]])
-        a.set_ylim(_edges(ys)[[0, -1]])
+        mesh, ax_x, ax_y, z = _heatmap(a, sub, x, y, value, norm)
+        _critical_line(a, sub, x, y, ax_x, ax_y)
+        _measured_edge(a, ax_x, ax_y, z, along_y=(y == "sigma_w"))
         a.set_title(name or "measured rate")
-        if a.get_legend_handles_labels()[0]:
-            a.legend(fontsize=8, loc="upper right", framealpha=0.85)
+        handles = a.get_legend_handles_labels()[0] + _phase_keys(z, norm)
+        # below the map, not on it: the legend covered cells (and the phase words, cells too)
+        a.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2,
+                 frameon=False)
     fig = axes[0].figure
     bar = fig.colorbar(mesh, ax=list(axes[: len(groups)]), fraction=0.05, pad=0.02)
     bar.set_label(f"{_LABELS[value]}: decades per layer going down")
@@ -266,7 +456,7 @@ def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=N
 def _axes(ax, n_groups: int) -> list:
     """The Axes to draw on: given (one per heat map, then the scatter), or a new figure's row."""
     if ax is None:
-        fig = Figure(figsize=(5.4 * n_groups + 5.8, 5.0), layout="constrained")
+        fig = Figure(figsize=(5.4 * n_groups + 5.8, 6.0), layout="constrained")
         fig.get_layout_engine().set(w_pad=0.08, wspace=0.06)
         return list(fig.subplots(1, n_groups + 1, squeeze=False)[0])
     axes = [ax] if not isinstance(ax, Sequence) and not isinstance(ax, np.ndarray) else list(np.ravel(ax))

@@ -260,3 +260,89 @@ def test_api_errors_keep_pythons_words():
         gb.sweep({"init": ["he_normal", "kaiming_normal"]}, depth=4, width=4, client=Tripwire())
     with pytest.raises(ValueError, match=r"clip='clamp' is not one of 'value', 'norm', None"):
         gb.sweep({"clip": ["value", "clamp"]}, depth=4, width=4, client=Tripwire())
+
+
+# ---------------------------------------------------------------- 3-5. the phase diagram
+def _plot_table() -> pd.DataFrame:
+    """A sweep-shaped table over sigma_w (0.5, 1.4, 3, 1e3: the review's slivers) x sigma_b x 3
+    seeds, with runs of every kind: rates, seeds without gradient, overflows."""
+    rows = []
+    for sw in (0.5, 1.4, 3.0, 1e3):
+        for sb in (0.0, 0.1):
+            for seed in range(3):
+                rate, verdict, first = -0.1 * seed + sw / 10 + sb, "vanishing", None
+                if sw == 0.5 and seed > 0:  # two of three seeds without any gradient
+                    rate, verdict = math.nan, "no gradient"
+                if sw == 1.4 and sb == 0.1 and seed == 2:  # one overflow among finite seeds
+                    rate, verdict, first = math.nan, "exploding", 7
+                if sw == 1e3:  # every seed: an overflow at sigma_b 0, no gradient at 0.1
+                    rate, verdict, first = (math.nan, "exploding", 3) if sb == 0 else (math.nan, "no gradient", None)
+                rows.append(dict(activation="relu", sigma_w=sw, sigma_b=sb, depth=20, seed=seed,
+                                 decades_per_layer=rate, signal_decades_per_layer=rate, first_nonfinite=first,
+                                 verdict=verdict, theory_decades_per_layer=0.0))
+    return pd.DataFrame(rows).astype({"first_nonfinite": "Int64"})
+
+
+def test_the_cells_count_the_seeds_behind_each_mean_and_why_the_others_have_none():
+    from gradbench.plot_sweep import cells
+
+    table = _plot_table()
+    c = cells(table, "sigma_w", "sigma_b", "signal_decades_per_layer")
+    assert c.xs.tolist() == [0.5, 1.4, 3.0, 1e3] and c.ys.tolist() == [0.0, 0.1]
+    for i, sb in enumerate(c.ys):
+        for j, sw in enumerate(c.xs):
+            runs = [r for r in table.to_dict("records") if r["sigma_w"] == sw and r["sigma_b"] == sb]
+            rates = [r["signal_decades_per_layer"] for r in runs if math.isfinite(r["signal_decades_per_layer"])]
+            assert c.runs[i, j] == len(runs) == 3 and c.finite[i, j] == len(rates)
+            if rates:
+                assert c.mean[i, j] == pytest.approx(sum(rates) / len(rates), rel=1e-15)
+            else:
+                assert math.isnan(c.mean[i, j])
+    assert c.kind().tolist() == [["partial", "rate", "rate", "non-finite"],
+                                 ["partial", "partial", "rate", "no gradient"]]
+
+
+def test_the_phase_diagram_marks_partial_cells_and_tells_no_gradient_from_overflow(tmp_path):
+    from matplotlib.collections import PatchCollection
+
+    from gradbench.plot_sweep import phase_diagram
+
+    fig = phase_diagram(_plot_table(), path=tmp_path / "p.png")
+    heat = fig.axes[0]
+    marks = {c.get_label(): c for c in heat.collections if isinstance(c, PatchCollection)}
+    zero = next(c for name, c in marks.items() if name.startswith("no gradient"))
+    over = next(c for name, c in marks.items() if name.startswith("non-finite"))
+    partial = next(c for name, c in marks.items() if "k of n seeds" in name)
+    assert len(zero.get_paths()) == len(over.get_paths()) == 1 and len(partial.get_paths()) == 3
+    assert tuple(zero.get_facecolor()[0]) != tuple(over.get_facecolor()[0]) and over.get_hatch()
+    assert partial.get_hatch()
+    legend = [t.get_text() for t in heat.get_legend().get_texts()]
+    assert any(t.startswith("no gradient") for t in legend) and any(t.startswith("non-finite") for t in legend)
+    assert any("k of n seeds" in t for t in legend)
+    notes = sorted(t.get_text() for t in heat.texts)
+    assert notes == ["1/3", "1/3", "2/3"]  # sigma_w 0.5 (both sigma_b), sigma_w 1.4 at sigma_b 0.1
+
+
+def test_an_axis_spanning_decades_is_not_drawn_linearly():
+    from gradbench.plot_sweep import _Axis, phase_diagram
+
+    # the review's sigma_w = 0.5, 1.4, 3, 1e3 (uneven in log too): one cell per value, labelled
+    fig = phase_diagram(_plot_table())
+    heat = fig.axes[0]
+    mesh = heat.collections[0]
+    xs = np.unique(mesh.get_coordinates()[..., 0])
+    np.testing.assert_array_equal(xs, [-0.5, 0.5, 1.5, 2.5, 3.5])  # every cell one unit wide
+    assert [t.get_text() for t in heat.get_xticklabels()] == ["0.5", "1.4", "3", "1000"]
+    # ReLU's critical sigma_w = sqrt 2 drawn between the cells of 1.4 and 3, where it lies
+    line = next(ln for ln in heat.lines if "chi_1" in ln.get_label())
+    assert line.get_xdata()[0] == pytest.approx(1 + (math.sqrt(2) - 1.4) / (3.0 - 1.4), rel=1e-9)
+    assert heat.get_xscale() == "linear" and heat.get_yscale() == "linear"  # sigma_b 0, 0.1: linear
+    # evenly spaced in log: a log axis; with a 0 among them: one cell per value; otherwise linear
+    assert _Axis(np.geomspace(0.5, 50, 7)).kind == "log"
+    assert _Axis(np.array([0.0, 0.01, 0.1, 1.0])).kind == "index"
+    assert _Axis(np.linspace(0.6, 2.0, 8)).kind == "linear"
+    assert _Axis(np.array([0.0, 0.1, 0.3])).kind == "linear"
+    table = _plot_table()
+    table = table[table.sigma_w < 100].assign(sigma_w=lambda t: t.sigma_w.map({0.5: 0.1, 1.4: 1.0, 3.0: 10.0}))
+    heat = phase_diagram(table).axes[0]
+    assert heat.get_xscale() == "log" and heat.get_xlabel() == "sigma_w (log scale)"
