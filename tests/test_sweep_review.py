@@ -229,8 +229,9 @@ def test_a_run_with_different_rows_in_two_files_is_refused_naming_the_run_and_th
         gb.sweep({"sigma_w": [1.0, 2.0]}, out=out, client=Tripwire(), depth=6, width=4, batch=4)
     text = str(info.value)
     # the first file of that run (by name) against the one that differs
+    was, now = float(rows.decades_per_layer[1]), float(theirs.decades_per_layer[1])
     assert f"run {key} in rows-0000000000000000.parquet and rows-ffffffffffffffff.parquet (differs in " \
-           f"decades_per_layer: {float(rows.decades_per_layer[1])!r} and {float(theirs.decades_per_layer[1])!r})" in text
+           f"decades_per_layer: {was!r} and {now!r})" in text
     assert mine.name not in text  # its numbers are those of the first file
     assert cli.main(["sweep", "--sigma-w", "1,2", "--depth", "6", "--width", "4", "--batch", "4",
                      "--out", str(out)]) == 1
