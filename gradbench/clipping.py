@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradbench.logscaled import LogScaled, ldexp
+from gradbench.logscaled import EXP_CLAMP, LogScaled, ldexp
 from gradbench.spec import Stack
 
 # Inside the engine every gradient carries a leading "layer" axis with one exponent per row:
@@ -21,13 +21,29 @@ from gradbench.spec import Stack
 LAYER_GROUPS = (("W", "b", "gamma", "beta", "slope"), ("W_in", "b_in"), ("W_out", "b_out"))
 
 
+# Rows whose largest entry lies within 2^+-SAFE_EXPONENT square without overflow, and entries
+# that far below it lose nothing the norm holds: their sums of squares need no scaling.
+SAFE_EXPONENT = 400
+
+
 def row_norms(g: LogScaled) -> LogScaled:
-    """The norm of every row (layer), scaled so that no square under- or overflows."""
+    """The norm of every row (layer), scaled so that no square under- or overflows.
+
+    A row whose largest entry lies within 2^+-:data:`SAFE_EXPONENT` is summed as it is (squares
+    scaled by a power of two are the same numbers times it); others are scaled first. Two
+    reductions and one fused sum of squares (``np.vecdot``) and no temporary the size of the rows:
+    the scaled copies and squares made a layer clip cost 1.9x the unclipped run (L = 300, N = 64)."""
     m = g.mantissa.reshape(len(g.exponent), -1).astype(np.float64, copy=False)
     with np.errstate(invalid="ignore"):  # ufunc reductions: np.max's wrapper cost more than small rows
-        a = np.maximum.reduce(np.abs(m), axis=1, initial=0.0)
+        a = (np.maximum(np.maximum.reduce(m, axis=1, initial=0.0), -np.minimum.reduce(m, axis=1, initial=0.0))
+             if m.shape[1] else np.zeros(m.shape[0]))
     e = np.where(np.isfinite(a) & (a > 0), np.frexp(a)[1], 0).astype(np.int64)
-    n = np.sqrt(np.add.reduce(np.square(ldexp(m, -e[:, None])), axis=1))
+    safe = np.abs(e) <= SAFE_EXPONENT
+    s = np.vecdot(m, m) if safe.all() else np.zeros(m.shape[0])
+    if not safe.all():
+        s[safe] = np.vecdot(m[safe], m[safe])
+        s[~safe] = np.add.reduce(np.square(ldexp(m[~safe], -e[~safe, None])), axis=1)
+    n = np.where(safe, ldexp(np.sqrt(s), -e), np.sqrt(s))  # 2^-e exact: the scaled rows' form
     return LogScaled(n, g.exponent + e)
 
 
@@ -41,20 +57,42 @@ def _combine_norms(norms: list[LogScaled]) -> LogScaled:
 def _scale_rows(g: LogScaled, factor: np.ndarray, shift: np.ndarray) -> LogScaled:
     """g * factor * 2**shift, row by row."""
     fm = np.asarray(factor).reshape((-1,) + (1,) * (g.mantissa.ndim - 1))
-    return LogScaled((g.mantissa * fm).astype(g.mantissa.dtype), g.exponent + shift)
+    return LogScaled((g.mantissa * fm).astype(g.mantissa.dtype, copy=False), g.exponent + shift)
 
 
 def _clip_value(g: LogScaled, c: float) -> LogScaled:
     """Elementwise clip of the true values to [-c, c]; rows that need it move to c's exponent."""
     ec = int(np.frexp(c)[1])
     t = np.ldexp(c, -ec)  # c = t * 2**ec
-    shift = (g.exponent - ec).reshape((-1,) + (1,) * (g.mantissa.ndim - 1))
-    scaled = ldexp(g.mantissa.astype(np.float64), shift)
-    rows = np.any(np.abs(scaled) > t, axis=tuple(range(1, g.mantissa.ndim)))
-    m, e = g.mantissa.copy(), g.exponent.copy()
-    m[rows] = np.clip(scaled[rows], -t, t)
+    shift = g.exponent - ec
+    flat = g.mantissa.reshape(len(g.exponent), -1)
+    # a row needs the clip where its largest |entry|, scaled (exactly, by a power of two), exceeds t:
+    # the rows found from two reductions, the scaled copy made of those rows only
+    with np.errstate(invalid="ignore"):
+        big = (np.maximum(np.maximum.reduce(flat, axis=1, initial=0.0), -np.minimum.reduce(flat, axis=1, initial=0.0))
+               if flat.shape[1] else np.zeros(flat.shape[0]))
+    rows = ldexp(big.astype(np.float64), shift) > t
+    if np.isnan(big).any():  # a NaN entry is not beyond t; its row's other entries may be
+        nan = np.isnan(big)
+        rows[nan] = [np.any(np.abs(ldexp(flat[i].astype(np.float64), shift[i])) > t) for i in np.flatnonzero(nan)]
+    e = g.exponent.copy()
     e[rows] = ec
+    sel = (-1,) + (1,) * (g.mantissa.ndim - 1)
+    if rows.all():  # (a small threshold: every row) one scaled copy, clipped in place
+        x = _scaled(g.mantissa, shift.reshape(sel), t, copy=True)
+        return LogScaled(x.astype(g.mantissa.dtype, copy=False), e)
+    m = g.mantissa.copy()
+    for i in np.flatnonzero(rows):  # row by row: one row's temporaries
+        m[i] = _scaled(g.mantissa[i], shift[i], t, copy=True)
     return LogScaled(m, e)
+
+
+def _scaled(m: np.ndarray, shift: np.ndarray, t: float, copy: bool) -> np.ndarray:
+    """``m * 2**shift`` (row exponents) in float64, clipped to [-t, t], in place of a float64 ``m``
+    unless ``copy``."""
+    x = m.astype(np.float64, copy=copy)
+    np.ldexp(x, np.clip(shift, -EXP_CLAMP, EXP_CLAMP).astype(np.int32), out=x)
+    return np.clip(x, -t, t, out=x)
 
 
 def clip_param_grads(stack: Stack, grads: dict[str, LogScaled]) -> dict[str, LogScaled]:

@@ -157,13 +157,12 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
 
 def _clip_bytes(clip: str, item: int, stats_only: bool) -> int:
     """Bytes per entry of dW that parameter-gradient clipping holds (gradbench.clipping): the
-    clipped copy and float64 temporaries (value: the scaled entries, the rows clipped and their
-    clip, and a mask; norm: the rows scaled to their largest entry and their squares, and a
-    float64 copy of float32 rows). ``stats_only`` counts one more clipped copy: the previous
-    segment's, which the helper thread's histograms may still be reading. Measured: 32 (value)
-    and 24 (norm) bytes in float64, 28 in float32; stats_only 41 (value) and 24 (norm, whose
-    previous copy was freed by then) in float64, 33 (value) in float32."""
-    extra = 25 if clip == "value" else 16 + (8 if item != 8 else 0)
+    clipped copy and, for float32 gradients, a float64 copy (value: where every row needs the
+    clip, the scaled rows in float64, else one row at a time; norm: the rows for the sums of
+    squares, and the scaled product; float64 ones need none: ``np.vecdot``). ``stats_only`` counts one more
+    clipped copy: the previous segment's, which the helper thread's histograms may still be
+    reading."""
+    extra = 2 if item == 8 else 8  # float64: ~1 byte measured beyond the copy (L = 400, N = 256, value)
     return item * (2 if stats_only else 1) + extra
 
 

@@ -89,14 +89,15 @@ def test_memory_estimate_bounds_the_measured_peak(case):
     estimate, peak = _measure(**case)
     # an upper bound (but for a few MB of page rounding and small arrays) of every measured peak
     assert peak <= 1.02 * estimate, (estimate / peak, estimate, peak)
-    close = 1.2 if case["stats_only"] and "clip" in case["kw"] else 1.15
+    close = 1.3 if case["stats_only"] and "clip" in case["kw"] else 1.15
     if estimate > close * peak:
         # and close to the peak. A run's measured growth (VmHWM over VmRSS before) is at times
         # ~10 % below its usual: stats-only value clipping gave estimate / peak 1.03-1.05 in
         # 12 of 14 runs and 1.16-1.18 in the other two on a Zen 5 VM, and 1.157 in each of 4 on
         # a Zen 4 one. The estimate counts the previous segment's clipped copy, which the helper
         # thread's histograms may still be reading when the next is made; where they are done
-        # first it is freed before, and the peak is lower by it: hence 1.2 for that case.
+        # first it is freed before, and the peak is lower by it: hence 1.3 for that case (1.24
+        # since value clipping holds no float64 temporaries beside its copy).
         # The larger of two measurements is held to it.
         again, peak2 = _measure(**case)
         assert again == estimate and peak2 <= 1.02 * estimate, (estimate / peak2, estimate, peak2)
