@@ -288,6 +288,16 @@ int gb_philox_normals_at(uint64_t key_lo, uint64_t key_hi, const uint64_t *count
  * for the CPU as the drivers (opts->isa); -GB_EBADARG for n < 0 or x NULL with n > 0. */
 int gb_check_finite_f64(const double *x, int64_t n, const gb_opts *opts);
 int gb_check_finite_f32(const float *x, int64_t n, const gb_opts *opts);
+/* ---- the streaming histograms of stats_only runs (csrc/histogram.c): the twin of
+ * kernels/histogram.py histogram_fill, the same counts. Layer l of the m rows of dW (m, size),
+ * float64 (f32 = 0) or float32 (f32 = 1), with exponent e[l]: bin j holds the entries with
+ * j <= (log10|dW| + e log10 2) per_decade < j + 1; top[l] is the top bin, counts (m, bins) the bins
+ * ending there (uint16 with u16 != 0, which needs size <= 65535, else uint32), below[l] the
+ * non-zero finite entries under them, zeros[l] and nonfinite[l] the rest (top 0 and no counts for
+ * a layer with no non-zero finite entry). isa as gb_opts.isa (0: the best this CPU runs).
+ * GB_EBADARG for bad sizes or NULL arrays (or a bin index beyond +-2^62), GB_ENOMEM. Temporaries:
+ * 4 (bins + 2) int64 and a few KiB of stack, whatever the size. */
+int gb_histogram_fill(const void *dW, int f32, int64_t m, int64_t size, const int64_t *e, int64_t per_decade, int64_t bins, int64_t *top, void *counts, int u16, int64_t *below, int64_t *zeros, int64_t *nonfinite, int64_t isa);
 /* cffi-end */
 
 #endif
