@@ -583,3 +583,55 @@ def dphi(z: np.ndarray, code: int, param: float, f: int | None = None) -> np.nda
     dz = np.empty_like(z)
     activation_backward(dz, np.ones_like(z), z, code, param, f)
     return dz
+
+
+# ------------------------------------------------------------------ streaming histograms
+_COUNTS_U16 = {np.dtype(np.uint16): 1, np.dtype(np.uint32): 0}
+_INT64 = np.dtype(np.int64)
+
+
+def _hist_array(name: str, a, dtypes, shape: tuple, writes: bool) -> None:
+    """Refuse ``a`` (argument ``name`` of histogram_fill) unless it is a C-contiguous ndarray of
+    one of ``dtypes`` and of ``shape`` (writeable when the kernel writes it), as abi.check does."""
+    what = "histogram_fill"
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in dtypes:
+        raise TypeError(f"{what}: {name} has dtype {a.dtype}, expected {' or '.join(map(str, dtypes))}")
+    if a.shape != shape:
+        raise ValueError(f"{what}: {name} has shape {a.shape}, expected {shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{what}: {name} must be C-contiguous (pass np.ascontiguousarray({name}))")
+    if writes and not a.flags.writeable:
+        raise ValueError(f"{what}: {name} must be writeable (the kernel writes into it)")
+
+
+def histogram_fill(dW, e, per_decade, bins, top, counts, below, zeros, nonfinite, isa: int = 0) -> None:
+    """The streaming histograms of the m layers of ``dW`` (m, ...) with exponents ``e`` (m,), in C
+    (csrc/histogram.c): the twin of ``kernels/histogram.py histogram_fill``, the same top, counts,
+    below, zeros and nonfinite. ``dW`` float64 or float32, ``counts`` (m, bins) uint16 (layers of
+    at most 65,535 entries) or uint32, the others int64 (m,); every array checked before the call.
+    ``isa`` as gb_opts.isa (tests: 1 the baseline instance, 3 AVX2). Releases the GIL (cffi).
+    Temporaries: 32 (bins + 2) bytes and ~12 KiB of stack, whatever the layers' size."""
+    what = "histogram_fill"
+    if not isinstance(dW, np.ndarray) or dW.ndim < 1:
+        raise TypeError(f"{what}: dW must be a numpy.ndarray of one row per layer, got {type(dW).__name__}")
+    f32 = suffix(dW) == "f32"
+    _hist_array("dW", dW, (dW.dtype,), dW.shape, False)
+    m = dW.shape[0]
+    size = int(np.prod(dW.shape[1:], dtype=np.int64))
+    for name, v in (("per_decade", per_decade), ("bins", bins)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 2**31 - 3:
+            raise ValueError(f"{what}: {name} must be an int in 1 .. 2**31 - 3, got {v!r}")
+    _hist_array("e", e, (_INT64,), (m,), False)
+    _hist_array("counts", counts, tuple(_COUNTS_U16), (m, int(bins)), True)
+    for name, a in (("top", top), ("below", below), ("zeros", zeros), ("nonfinite", nonfinite)):
+        _hist_array(name, a, (_INT64,), (m,), True)
+    u16 = _COUNTS_U16[counts.dtype]
+    if u16 and size > np.iinfo(np.uint16).max:
+        raise ValueError(f"{what}: uint16 counts hold at most 65,535 entries per bin and the layers have {size}: "
+                         "pass uint32 counts")
+    i64 = functools.partial(pointer, ctype="int64_t *")
+    rc = lib.gb_histogram_fill(pointer(dW, "void *"), int(f32), m, size, i64(e), int(per_decade), int(bins), i64(top),
+                               pointer(counts, "void *"), u16, i64(below), i64(zeros), i64(nonfinite), int(isa))
+    check(rc, "gb_histogram_fill")

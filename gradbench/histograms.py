@@ -121,17 +121,36 @@ def count_window(idx: np.ndarray, lo, nbins: int) -> tuple[np.ndarray, np.ndarra
     return c[:, 1:nbins + 1], c[:, 0], c[:, nbins + 1]
 
 
+# Bytes per entry of one layer that the compiled fills hold: the Numba kernel's |v| (float64), its
+# mantissa (float64) and its slot (int32) (kernels/histogram.py TEMP_BYTES); the C one's none (a few KiB
+# of blocks on its stack and 32 (bins + 2) bytes of tallies, csrc/histogram.c). Here, so that the
+# memory estimate (gradbench.plan) reads them without importing Numba or the C extension.
+COMPILED_FILL_BYTES = {"numba": 20, "c": 0}
+FILLS = ("numpy", "numba", "c")
+
+
+def fill_for(backend: str | None) -> str:
+    """The fill of a ``stats_only`` run's streaming histograms on ``backend``: the backend's own
+    compiled one (``"c"``, ``"numba"``; each loaded with its backend: a C run imports no Numba),
+    NumPy's on the ``"numpy"`` backend or when the backend is not known (None)."""
+    return backend if backend in COMPILED_FILL_BYTES else "numpy"
+
+
 def fill_streaming(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, top, counts, below, zeros,
-                   nonfinite, compiled: bool = True) -> None:
+                   nonfinite, fill: str = "numba") -> None:
     """Fill the :class:`GradHistogram` rows of the layers of dW (m, ...) with exponents e (m,).
 
-    Layers with no non-zero finite entry get ``top = 0`` and empty counts. ``compiled``: use the
-    Numba twin (``gradbench.kernels.histogram_fill``: the same bins, from vectorised passes over
-    one layer at a time with that layer's temporaries) when the arrays suit it; this NumPy
-    version is the reference.
+    Layers with no non-zero finite entry get ``top = 0`` and empty counts. ``fill``
+    (:func:`fill_for`): ``"numba"`` the Numba twin (``gradbench.kernels.histogram_fill``: the same
+    bins, from vectorised passes over one layer at a time with that layer's temporaries), ``"c"``
+    its C twin (:func:`gradbench.cbackend.histogram_fill`), when the arrays suit them (dW
+    C-contiguous (m, N, D), and for C float64 or float32) and they can be loaded; ``"numpy"``
+    (and otherwise) this NumPy version, the reference.
     """
-    if compiled and dW.flags.c_contiguous and dW.ndim == 3:
-        kernel = _compiled()
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {', '.join(map(repr, FILLS))}, got {fill!r}")
+    if fill != "numpy" and dW.flags.c_contiguous and dW.ndim == 3:
+        kernel = _compiled(fill, dW.dtype)
         if kernel is not None:
             kernel(dW, np.ascontiguousarray(e, dtype=np.int64), int(per_decade), int(bins), top, counts, below,
                    zeros, nonfinite)
@@ -144,10 +163,17 @@ def fill_streaming(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, to
     counts[:], below[:], _ = count_window(idx, t - bins + 1, bins)
 
 
-def _compiled():
+def _compiled(fill: str = "numba", dtype=np.float64):
+    """The compiled fill ``fill`` for dW of ``dtype``, or None (not built, not installed, or
+    (C) a dtype other than float64 and float32)."""
     try:
-        from gradbench.kernels.histogram import histogram_fill
-    except ImportError:  # pragma: no cover - numba is a dependency
+        if fill == "c":
+            if np.dtype(dtype) not in (np.dtype(np.float64), np.dtype(np.float32)):
+                return None
+            from gradbench.cbackend import histogram_fill
+        else:
+            from gradbench.kernels.histogram import histogram_fill
+    except ImportError:  # pragma: no cover - numba is a dependency; the C extension may be missing
         return None
     return histogram_fill
 

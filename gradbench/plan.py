@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradbench.histograms import DEFAULT_BINS, MOVE_CHUNK
+from gradbench.histograms import COMPILED_FILL_BYTES, DEFAULT_BINS, MOVE_CHUNK, fill_for
 from gradbench.spec import Stack
 
 # Without memory_budget: checkpoint="auto" checkpoints when a plain run needs more than
@@ -66,7 +66,8 @@ def segment_candidates(stack: Stack) -> list[int]:
 # and a float64 copy of float32 targets). Measured: 2.8, 11.8 (12.9 in float32) and 5.8.
 HEAD_ARRAYS = {"mse": 3, "bce": 12, "softmax_ce": 6}
 # Bytes per entry of one segment's dW that the NumPy histogram fill holds (histograms.bin_rows'
-# float64 bin indices, count_window's int64 columns and its mask); the Numba kernel one layer's (TEMP_BYTES)
+# float64 bin indices, count_window's int64 columns and its mask); the compiled fills per entry of one
+# layer (histograms.COMPILED_FILL_BYTES: Numba's 20, C's none)
 NUMPY_HISTOGRAM_BYTES = 17
 # Copies of W^T (N, N) the C forward holds (csrc/stack_impl.h: three shared ones, or three per
 # thread at N <= 128 and B >= 32; none where BLAS does the products, counted anyway). One block,
@@ -75,16 +76,6 @@ C_FORWARD_WT = 3
 # Bytes per layer and unit the C drivers hold during a call: the backward's float64 column sums of
 # squares (8), the forward's dead-unit flags per thread (2)
 C_DRIVER_LAYER_BYTES = 10
-
-
-def _numpy_histograms(backend: str | None) -> bool:
-    """Whether a stats_only run's streaming histograms are filled by NumPy (with temporaries):
-    on the ``"numpy"`` backend, when Numba is missing, or when the backend is not known (None)."""
-    if backend is None or backend == "numpy":
-        return True
-    from gradbench.histograms import _compiled
-
-    return _compiled() is None
 
 
 def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, stats_only: bool = False,
@@ -102,7 +93,8 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
     segments' worth when ``stats_only``: the helper thread fills the histograms of one while
     the next is computed), the signal, dL/dx, what parameter-gradient clipping holds, and the
     NumPy histogram fill's temporaries on one segment (``backend`` ``"numpy"``, or None: not
-    known; the Numba kernel the other backends use holds one layer's), and the C forward's
+    known; the numba backend's Numba kernel holds one layer's, the C backend's C fill none per
+    entry: :func:`gradbench.histograms.fill_for`), and the C forward's
     copies of W^T and per-layer sums (``backend`` ``"c"``). ``diagnose_bins``: also what
     :func:`gradbench.diagnose` with that many bins allocates on the result (its (L, bins)
     counts and temporaries; for stored gradients a few copies of dW, for stored weights one of
@@ -143,12 +135,11 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
         backward += (seg if stats_only else L) * N * N * _clip_bytes(stack.clip, item, stats_only)
     if stats_only and hist_bins:
         stats += L * (8 * 4 + hist_bins * (2 if N * N < 2**16 else 4))
-        if _numpy_histograms(backend):
+        fill = fill_for(backend)
+        if fill == "numpy":
             backward += NUMPY_HISTOGRAM_BYTES * seg * N * N
-        else:  # the compiled fill's, in the helper thread while the backward computes
-            from gradbench.kernels.histogram import TEMP_BYTES
-
-            backward += TEMP_BYTES * N * N
+        else:  # the compiled fill's, in the helper thread while the backward computes (C: none per entry)
+            backward += COMPILED_FILL_BYTES[fill] * N * N
     if backend == "c":  # the C drivers' own: the forward's copies of W^T, a call's per-layer sums
         backward += item * C_FORWARD_WT * (2 if N <= 128 else 1) * N * N + C_DRIVER_LAYER_BYTES * seg * N
     return (item * (acts + weights + ends) + stats + max(top, backward)

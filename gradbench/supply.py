@@ -110,7 +110,7 @@ class LayerSupply:
     def background(self, fn, *args):
         """Run ``fn(*args)`` in the helper thread, after what is queued there; returns its future.
 
-        The engine queues each segment's gradient histograms here (numba and NumPy release the
+        The engine queues each segment's gradient histograms here (Numba, C and NumPy release the
         GIL): one helper thread for generation and statistics, in the order they were asked.
         Without a helper thread, ``fn`` runs now and the future is done: its result, or its
         error, raised by ``result()`` as the helper's future would.

@@ -24,6 +24,7 @@ import math
 import numpy as np
 from numba import njit
 
+from gradbench.histograms import COMPILED_FILL_BYTES
 from gradbench.logscaled import LOG10_2
 
 from ._config import JIT
@@ -34,7 +35,8 @@ _ONE = np.uint64(0x3FF0000000000000)  # 1.0: its exponent bits
 _INF = np.uint64(0x7FF0000000000000)  # the smallest non-finite |v|, as bits
 _SQRT2 = math.sqrt(2.0)
 # Bytes per entry of one layer that histogram_fill holds: |v| (float64), its mantissa (float64), its slot (int32)
-TEMP_BYTES = 20
+# (the number lives in gradbench.histograms: the memory estimate reads it without importing Numba)
+TEMP_BYTES = COMPILED_FILL_BYTES["numba"]
 
 
 @njit(**JIT)

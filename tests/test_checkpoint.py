@@ -211,7 +211,7 @@ def test_histogram_of_a_segment_with_every_kind_of_entry(compiled):
     h = {k: np.zeros(5, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
     counts = np.zeros((5, 40), np.uint16)
     histograms.fill_streaming(m, W.exponent, 4, 40, h["top"], counts, h["below"], h["zeros"], h["nonfinite"],
-                              compiled=compiled)
+                              fill="numba" if compiled else "numpy")
     _check_histogram(gb.GradHistogram(per_decade=4, bins=40, counts=counts, **h), W)
     assert list(h["nonfinite"]) == [0, 3, 0, 0, 0] and list(h["zeros"]) == [0, 0, 36, 6, 0]
     assert h["below"][4] >= 1
@@ -219,7 +219,7 @@ def test_histogram_of_a_segment_with_every_kind_of_entry(compiled):
     h2 = {k: np.zeros(3, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
     c2 = np.zeros((3, 40), np.uint16)
     histograms.fill_streaming(m[2:], W.exponent[2:], 4, 40, h2["top"], c2, h2["below"], h2["zeros"], h2["nonfinite"],
-                              compiled=compiled)
+                              fill="numba" if compiled else "numpy")
     np.testing.assert_array_equal(c2, counts[2:])
     for k in h2:
         np.testing.assert_array_equal(h2[k], h[k][2:], err_msg=k)
@@ -373,7 +373,7 @@ def test_compiled_histogram_bins_boundary_entries_by_log10(per_decade, bins, dty
     c_got, c_ref = np.zeros((L, bins), np.uint32), np.zeros((L, bins), np.uint32)
     for h, c, compiled in ((got, c_got, True), (ref, c_ref, False)):
         histograms.fill_streaming(m.reshape(L, 20, 30), exps, per_decade, bins, h["top"], c, h["below"],
-                                  h["zeros"], h["nonfinite"], compiled=compiled)
+                                  h["zeros"], h["nonfinite"], fill="numba" if compiled else "numpy")
     want, top, below = _histogram_by_log10(m, exps, per_decade, bins)
     np.testing.assert_array_equal(c_got, want)
     np.testing.assert_array_equal(got["top"], top)
