@@ -27,7 +27,7 @@ from gradbench.activations import saturation_uncountable
 from gradbench.backends import get_backend, resolve
 from gradbench.buffers import PREFAULTER, WORKSPACE, empty, held, take_internal
 from gradbench.clipping import LAYER_GROUPS, clip_param_grads, row_norms
-from gradbench.histograms import DEFAULT_BINS, DEFAULT_PER_DECADE, GradHistogram, fill_for, fill_streaming
+from gradbench.histograms import DEFAULT_BINS, DEFAULT_PER_DECADE, GradHistogram, fill_streaming
 from gradbench.inputs import check_inputs, check_progress
 from gradbench.logscaled import LogScaled
 from gradbench.loss import head_loss, top_signal
@@ -116,7 +116,7 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
     plan = plan_run(stack, x.shape[0], checkpoint=checkpoint, stats_only=stats_only,
                     generated=isinstance(params, GeneratedParams), memory_budget=memory_budget,
                     hist_bins=hist_bins, available=lambda: available_memory() + held(), backend=name)
-    run = _Run(stack, params, x, impl, plan, hist_bins, hist_per_decade, progress, fill_for(name))
+    run = _Run(stack, params, x, impl, plan, hist_bins, hist_per_decade, progress)
     try:
         # overflow in an exploding stack is a finding, reported as first_nonfinite_forward/backward
         with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
@@ -145,7 +145,6 @@ class _Run:
     hist_bins: int
     hist_per_decade: int
     progress: object
-    hist_fill: str = "numpy"  # the streaming histograms' fill (histograms.fill_for of the backend's name)
     seconds: dict = field(default_factory=lambda: dict(forward=0.0, backward=0.0, generate=0.0, stats=0.0))
 
     def __post_init__(self):
@@ -432,7 +431,8 @@ def _segment_statistics(run: _Run, s: int, e: int, seg_grads):
     h = run.hist
     return run.layers.background(
         fill_streaming, gm, e_w, run.hist_per_decade, run.hist_bins, h["top"][s:e], h["counts"][s:e],
-        h["below"][s:e], h["zeros"][s:e], h["nonfinite"][s:e], run.hist_fill)
+        h["below"][s:e], h["zeros"][s:e], h["nonfinite"][s:e],
+        getattr(run.impl, "histogram_fill", None))  # the backend's own fill (histograms.fill_for); numpy: NumPy
 
 
 def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_grads: dict,

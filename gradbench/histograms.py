@@ -126,56 +126,36 @@ def count_window(idx: np.ndarray, lo, nbins: int) -> tuple[np.ndarray, np.ndarra
 # of blocks on its stack and 32 (bins + 2) bytes of tallies, csrc/histogram.c). Here, so that the
 # memory estimate (gradbench.plan) reads them without importing Numba or the C extension.
 COMPILED_FILL_BYTES = {"numba": 20, "c": 0}
-FILLS = ("numpy", "numba", "c")
 
 
 def fill_for(backend: str | None) -> str:
     """The fill of a ``stats_only`` run's streaming histograms on ``backend``: the backend's own
-    compiled one (``"c"``, ``"numba"``; each loaded with its backend: a C run imports no Numba),
-    NumPy's on the ``"numpy"`` backend or when the backend is not known (None)."""
+    compiled one (``"c"``, ``"numba"``: its module's ``histogram_fill``, loaded with the backend, so
+    that a C run imports no Numba), NumPy's on the ``"numpy"`` backend or when the backend is not
+    known (None)."""
     return backend if backend in COMPILED_FILL_BYTES else "numpy"
 
 
 def fill_streaming(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, top, counts, below, zeros,
-                   nonfinite, fill: str = "numba") -> None:
+                   nonfinite, kernel=None) -> None:
     """Fill the :class:`GradHistogram` rows of the layers of dW (m, ...) with exponents e (m,).
 
-    Layers with no non-zero finite entry get ``top = 0`` and empty counts. ``fill``
-    (:func:`fill_for`): ``"numba"`` the Numba twin (``gradbench.kernels.histogram_fill``: the same
-    bins, from vectorised passes over one layer at a time with that layer's temporaries), ``"c"``
-    its C twin (:func:`gradbench.cbackend.histogram_fill`), when the arrays suit them (dW
-    C-contiguous (m, N, D), and for C float64 or float32) and they can be loaded; ``"numpy"``
-    (and otherwise) this NumPy version, the reference.
+    Layers with no non-zero finite entry get ``top = 0`` and empty counts. ``kernel``: a compiled
+    twin with these arguments (the same bins, from vectorised passes over one layer at a time),
+    used when dW is C-contiguous (m, N, D): the backend's own ``histogram_fill``
+    (``gradbench.kernels.histogram_fill``, Numba; :func:`gradbench.cbackend.histogram_fill`, C,
+    float64 and float32 dW). None: this NumPy version, the reference.
     """
-    if fill not in FILLS:
-        raise ValueError(f"fill must be one of {', '.join(map(repr, FILLS))}, got {fill!r}")
-    if fill != "numpy" and dW.flags.c_contiguous and dW.ndim == 3:
-        kernel = _compiled(fill, dW.dtype)
-        if kernel is not None:
-            kernel(dW, np.ascontiguousarray(e, dtype=np.int64), int(per_decade), int(bins), top, counts, below,
-                   zeros, nonfinite)
-            return
+    if kernel is not None and dW.flags.c_contiguous and dW.ndim == 3:
+        kernel(dW, np.ascontiguousarray(e, dtype=np.int64), int(per_decade), int(bins), top, counts, below, zeros,
+               nonfinite)
+        return
     idx, zeros[:], nonfinite[:] = bin_rows(dW.reshape(dW.shape[0], -1), e, 0.0, per_decade)
     with np.errstate(invalid="ignore"):
         t = np.max(idx, axis=1, where=np.isfinite(idx), initial=-np.inf)
     t[~np.isfinite(t)] = 0.0
     top[:] = t.astype(np.int64)
     counts[:], below[:], _ = count_window(idx, t - bins + 1, bins)
-
-
-def _compiled(fill: str = "numba", dtype=np.float64):
-    """The compiled fill ``fill`` for dW of ``dtype``, or None (not built, not installed, or
-    (C) a dtype other than float64 and float32)."""
-    try:
-        if fill == "c":
-            if np.dtype(dtype) not in (np.dtype(np.float64), np.dtype(np.float32)):
-                return None
-            from gradbench.cbackend import histogram_fill
-        else:
-            from gradbench.kernels.histogram import histogram_fill
-    except ImportError:  # pragma: no cover - numba is a dependency; the C extension may be missing
-        return None
-    return histogram_fill
 
 
 def checked_range(hist_range, bins: int) -> tuple[float, float]:

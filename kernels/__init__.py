@@ -54,11 +54,12 @@ from .chain import add_aligned, clip_signal, normalise  # noqa: E402 (after the 
 from .layers import (  # noqa: E402
     activation_backward, activation_forward, batchnorm_backward, batchnorm_forward, dense_backward, dense_forward,
 )
+from .histogram import histogram_fill  # noqa: E402  (stats_only runs' histograms, gradbench.histograms)
 from .stack import stack_backward_kernel, stack_forward_kernel  # noqa: E402
 
 __all__ = [
     "activation_backward", "activation_forward", "add_aligned", "batchnorm_backward",
-    "batchnorm_forward", "clip_signal", "dense_backward", "dense_forward", "normalise",
+    "batchnorm_forward", "clip_signal", "dense_backward", "dense_forward", "histogram_fill", "normalise",
     "stack_backward", "stack_forward",
 ]
 

@@ -22,6 +22,8 @@ KEYS = ("top", "below", "zeros", "nonfinite")
 
 
 def _fill(fill, dW, e, per_decade, bins, cdt, isa=0):
+    """The histograms of dW by fill "c" (cbackend.histogram_fill, instance ``isa``), "numba" or
+    "numpy" (histograms.fill_streaming with the Numba kernel or none)."""
     m = dW.shape[0]
     h = {k: np.full(m, -7, np.int64) for k in KEYS}  # every output written, whatever was there
     h["counts"] = np.full((m, bins), 7, cdt)
@@ -29,8 +31,11 @@ def _fill(fill, dW, e, per_decade, bins, cdt, isa=0):
         cb.histogram_fill(dW, e, per_decade, bins, h["top"], h["counts"], h["below"], h["zeros"], h["nonfinite"],
                           isa=isa)
     else:
+        kernel = None
+        if fill == "numba":
+            from gradbench.kernels import histogram_fill as kernel
         histograms.fill_streaming(dW, e, per_decade, bins, h["top"], h["counts"], h["below"], h["zeros"],
-                                  h["nonfinite"], fill=fill)
+                                  h["nonfinite"], kernel=kernel)
     return h
 
 
@@ -184,20 +189,23 @@ def test_c_fill_is_the_numba_kernel(dtype):
                 _assert_same(_fill("c", dW, e, per_decade, bins, cdt, isa), want, f"trial {trial}, isa {isa}")
 
 
-def test_fill_streaming_takes_the_fill_asked_for():
-    """fill_streaming's ``fill``: the C twin with "c", and a name it does not know refused;
-    fill_for maps a backend's name to its own fill (NumPy when not known)."""
+def test_each_backend_fills_the_histograms_with_its_own_kernel():
+    """fill_for maps a backend's name to its fill (NumPy when not known), the one the engine
+    takes from the backend's module (its histogram_fill) and the memory estimate counts; the C
+    backend's through fill_streaming gives the NumPy reference's arrays."""
+    from gradbench import reference
+    from gradbench.backends import get_backend
+
     assert [histograms.fill_for(b) for b in ("c", "numba", "numpy", None)] == ["c", "numba", "numpy", "numpy"]
+    assert not hasattr(reference, "histogram_fill")
+    assert get_backend("c").histogram_fill is cb.histogram_fill
     rng = np.random.default_rng(3)
     dW, e = _random_layers(rng, 3, 300, np.float32), np.array([0, 5, -7])
     want = _fill("numpy", dW, e, 4, 40, np.uint16)
-    _assert_same(_fill("c", dW, e, 4, 40, np.uint16), want, "cbackend")
     h = _fill("numpy", dW, e, 4, 40, np.uint16)
-    histograms.fill_streaming(dW, e, 4, 40, h["top"], h["counts"], h["below"], h["zeros"], h["nonfinite"], fill="c")
-    _assert_same(h, want, "fill_streaming(fill='c')")
-    with pytest.raises(ValueError, match="fill must be one of"):
-        histograms.fill_streaming(dW, e, 4, 40, h["top"], h["counts"], h["below"], h["zeros"], h["nonfinite"],
-                                  fill="C")
+    histograms.fill_streaming(dW, e, 4, 40, h["top"], h["counts"], h["below"], h["zeros"], h["nonfinite"],
+                              kernel=cb.histogram_fill)
+    _assert_same(h, want, "fill_streaming(kernel=cbackend.histogram_fill)")
 
 
 def test_c_fill_refuses_arrays_it_cannot_take_before_writing_anything():

@@ -201,6 +201,8 @@ def test_histogram_with_nonfinite_and_zero_gradients(backend, sigma_w):
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "numba"])
 def test_histogram_of_a_segment_with_every_kind_of_entry(compiled):
+    from gradbench.kernels import histogram_fill
+
     rng = np.random.default_rng(0)
     m = rng.standard_normal((5, 6, 6)) * 10.0 ** rng.uniform(-20, 0, (5, 6, 6))
     m[1, 0, :3] = [np.nan, np.inf, -np.inf]
@@ -211,7 +213,7 @@ def test_histogram_of_a_segment_with_every_kind_of_entry(compiled):
     h = {k: np.zeros(5, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
     counts = np.zeros((5, 40), np.uint16)
     histograms.fill_streaming(m, W.exponent, 4, 40, h["top"], counts, h["below"], h["zeros"], h["nonfinite"],
-                              fill="numba" if compiled else "numpy")
+                              kernel=histogram_fill if compiled else None)
     _check_histogram(gb.GradHistogram(per_decade=4, bins=40, counts=counts, **h), W)
     assert list(h["nonfinite"]) == [0, 3, 0, 0, 0] and list(h["zeros"]) == [0, 0, 36, 6, 0]
     assert h["below"][4] >= 1
@@ -219,7 +221,7 @@ def test_histogram_of_a_segment_with_every_kind_of_entry(compiled):
     h2 = {k: np.zeros(3, np.int64) for k in ("top", "below", "zeros", "nonfinite")}
     c2 = np.zeros((3, 40), np.uint16)
     histograms.fill_streaming(m[2:], W.exponent[2:], 4, 40, h2["top"], c2, h2["below"], h2["zeros"], h2["nonfinite"],
-                              fill="numba" if compiled else "numpy")
+                              kernel=histogram_fill if compiled else None)
     np.testing.assert_array_equal(c2, counts[2:])
     for k in h2:
         np.testing.assert_array_equal(h2[k], h[k][2:], err_msg=k)
@@ -353,6 +355,8 @@ def test_compiled_histogram_bins_boundary_entries_by_log10(per_decade, bins, dty
     boundaries must hand over to log10), at layer exponents up to 10^15, far below the window,
     subnormal: the compiled counts equal a per-entry math.log10 binning, and the NumPy reference's
     except where its vectorised log10 rounds the other way at a boundary."""
+    from gradbench.kernels import histogram_fill
+
     rng = np.random.default_rng(per_decade * 100 + bins)
     exps = np.array([0, -3000, 7, 10**6, -(10**6), 10**15, -(10**15) + 3, 1])
     L, M = len(exps), 600
@@ -373,7 +377,7 @@ def test_compiled_histogram_bins_boundary_entries_by_log10(per_decade, bins, dty
     c_got, c_ref = np.zeros((L, bins), np.uint32), np.zeros((L, bins), np.uint32)
     for h, c, compiled in ((got, c_got, True), (ref, c_ref, False)):
         histograms.fill_streaming(m.reshape(L, 20, 30), exps, per_decade, bins, h["top"], c, h["below"],
-                                  h["zeros"], h["nonfinite"], fill="numba" if compiled else "numpy")
+                                  h["zeros"], h["nonfinite"], kernel=histogram_fill if compiled else None)
     want, top, below = _histogram_by_log10(m, exps, per_decade, bins)
     np.testing.assert_array_equal(c_got, want)
     np.testing.assert_array_equal(got["top"], top)
