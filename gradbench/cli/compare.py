@@ -37,7 +37,8 @@ A named remedy fixes the fields it names: sigmoid-xavier, tanh-xavier and relu-h
 label "sigmoid + residual/1 (odd depth)" says), tanh-clip and relu-clip --clip,
 --clip-threshold and --clip-on. tanh-clip clips the backward signal dL/dh_l at every layer (--clip-on
 signal), which torch has no counterpart of; relu-clip clips each layer's dL/dW_l (--clip-on layer);
-torch's clip_grad_norm_ is --clip norm --clip-on global, which leaves the chain's norms as they are. Giving one of those options with such a configuration is refused
+torch's clip_grad_norm_ is --clip norm --clip-on global, which leaves the chain's norms as they are.
+Giving one of those options with such a configuration is refused
 (exit 2): use the plain activation instead (--configs relu --clip norm --clip-on layer
 --clip-threshold 100). Every other stack option applies to every configuration, and the header
 line of the table lists them.
