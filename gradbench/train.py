@@ -198,7 +198,8 @@ class TrainResult:
             lines.append(
                 f"  {first} change by {np.nanmean(ratio):.3g} % per epoch on average "
                 f"(max {np.nanmax(ratio):.3g} %{_one_epoch_words(ratio)}), layer {L - 1}'s (below the head) by "
-                f"{np.nanmean(self.update_ratio[:ran, -1]):.3g} %{_one_epoch_words(self.update_ratio[:ran, -1], short=True)}"
+                f"{np.nanmean(self.update_ratio[:ran, -1]):.3g} %"
+                f"{_one_epoch_words(self.update_ratio[:ran, -1], short=True)}"
             )
         rise = rising_words(self.eval_loss[:ran + 1] if self.diverged_epoch is None else [], s["lr"])
         if rise:

@@ -440,8 +440,8 @@ def _flat_weights_words(verdict: str, g, rate: float, signal_rate: float, L: int
     ok = np.flatnonzero(np.isfinite(g) & (g > -np.inf))
     lo, hi = int(ok[0]), int(ok[-1])
     slower = "slower" if verdict == "vanishing" else "faster"
-    text = (f"||dW_l|| has no trend, though: the first layers' weights get gradients within {abs(g[lo] - g[hi]):.2g} decades "
-            f"of the top's (10^{_num(g[lo])} at layer {lo}, 10^{_num(g[hi])} at layer {hi}), so under one learning "
+    text = (f"||dW_l|| has no trend, though: the first layers' weights get gradients within "
+            f"{abs(g[lo] - g[hi]):.2g} decades of the top's (10^{_num(g[lo])} at layer {lo}, 10^{_num(g[hi])} at layer {hi}), so under one learning "
             f"rate they do not learn {slower} than the top's, the symptom by which {verdict} gradients are usually "
             "seen in training")
     fwd = forward_span(act_log10)

@@ -280,7 +280,8 @@ def _net(args, cell: str | None = None):
         raise UsageError(f"--init {args.init}: --init draws W_ih (the input weights), one of {', '.join(INITS)}; "
                          f"{args.init} is an init of W_hh: --recurrent-init {args.init}")
     # compare: --activation (and its parameter) applies to its rnn line only, --forget-bias to its
-    # lstm line only and --update-bias to its gru line only (_compare_notes says so); run/theory: the spec refuses them on another cell
+    # lstm line only and --update-bias to its gru line only (_compare_notes says so); run/theory: the
+    # spec refuses them on another cell
     vanilla = cell is None or cell == "rnn"
     try:
         return gb.Recurrent(cell=cell or args.cell, steps=args.steps, hidden=args.hidden, input_dim=args.input_dim,
@@ -298,8 +299,8 @@ def _net(args, cell: str | None = None):
 
 # the Recurrent fields that are options, named in the spec's messages ("sigma_w=1e-50 is beyond ...")
 _NET_FIELD = field_words(("sigma_w", "sigma_b", "forget_bias", "update_bias", "recurrent_init", "activation_param",
-                          "clip_threshold", "clip_on", "input_dim", "hidden", "steps", "dtype", "activation", "cell", "init", "loss",
-                          "loss_on", "output_dim"))
+                          "clip_threshold", "clip_on", "input_dim", "hidden", "steps", "dtype", "activation", "cell",
+                          "init", "loss", "loss_on", "output_dim"))
 
 
 def _common(p, batch=16):

@@ -142,8 +142,9 @@ class Recurrent(_Net):
             _check_real("forget_bias", self.forget_bias)
         if self.update_bias is not None:
             if self.cell != "gru":
+                lstm = "; for the LSTM, forget_bias is its counterpart" if self.cell == "lstm" else ""
                 raise ValueError(f"update_bias is only valid for cell='gru' (it shifts the update gate); "
-                                 f"cell={self.cell!r} has none" + ("; for the LSTM, forget_bias is its counterpart" if self.cell == "lstm" else ""))
+                                 f"cell={self.cell!r} has none{lstm}")
             _check_real("update_bias", self.update_bias)
         check_choice("loss", self.loss, LOSSES)
         check_choice("loss_on", self.loss_on, LOSS_ON)
