@@ -419,3 +419,26 @@ def test_the_diagnosis_keeps_the_record_through_its_files(tmp_path):
     plain = gb.Recurrent(cell="gru", steps=3, hidden=2)
     d0 = diagnose(gb.backprop(plain, gb.init_params(plain, 0), np.ones((3, 2, 2)), backend="numpy"))
     assert d0.clip_acted.size == 0 and "clip_acted" not in d0.to_frame().columns
+
+
+@pytest.mark.parametrize("every", [False, True])
+def test_the_run_table_has_a_clipped_column_of_the_verdicts_pass(every):
+    """`gradbench run --cell` prints a `clipped` column, as the stacks' table: 'yes' at the steps
+    where the plain BPTT's clip changed the state of the pass the verdict reads (the carried one
+    with a loss at every step), '-' elsewhere."""
+    from gradbench.recurrent.diagnose import diagnose, format_report
+
+    rnn, params, xs, tg, want = problem("gru", "norm", every=every)
+    d = diagnose(run("numpy", rnn, params, xs, tg))
+    text = format_report(d, rows=100)
+    head = next(line for line in text.splitlines() if line.split()[:2] == ["step", "||dL/dh_t||"])
+    assert head.rstrip().endswith("clipped")
+    read = want["carried" if every else "full"][1:]
+    rows = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit() and len(line.split()) > 5]
+    assert len(rows) == rnn.steps
+    for r in rows:
+        assert r[-1] == ("yes" if read[int(r[0])] else "-"), (r, read)
+    assert ("the last step's loss alone" in text) == every
+    plain = gb.Recurrent(cell="gru", steps=3, hidden=2)
+    d0 = diagnose(gb.backprop(plain, gb.init_params(plain, 0), np.ones((3, 2, 2)), backend="numpy"))
+    assert "clipped" not in format_report(d0)

@@ -624,9 +624,12 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     lstm = len(d.cell_log10) > 0
     carried = len(d.carried_log10) > 0
     unknown = _term_not_a_number(d)
+    clip = d.carried_clip_acted if carried else d.clip_acted  # the verdict's pass: where the clip changed it
+    show_clip = len(clip) == T
     head = f"  {'step':>8} {'||dL/dh_t||':>12}" + (f" {'carried':>12}" if carried else "") + \
         (f" {'||dL/dc_t||':>12}" if lstm else "") + \
-        f" {'||dW_hh term||':>14} {'saturated':>9}" + (f" {'gate':>6} {'<0.1':>5}" if d.rnn["cell"] != "rnn" else "")
+        f" {'||dW_hh term||':>14} {'saturated':>9}" + (f" {'gate':>6} {'<0.1':>5}" if d.rnn["cell"] != "rnn" else "") + \
+        (f" {'clipped':>7}" if show_clip else "")
     lines += ["", head, "  " + "-" * (len(head) - 2)]
     for t in steps[::-1]:
         row = f"  {t:>8} {fmt_pow(d.signal_log10[t]):>12}" + (f" {fmt_pow(d.carried_log10[t]):>12}" if carried else "")
@@ -634,9 +637,14 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
         row += f" {fmt_pow(math.nan if unknown[t] else d.grad_log10[t]):>14} {fmt_percent(d.saturation[t], 9)}"
         if d.rnn["cell"] != "rnn":
             row += f" {d.gate_mean[t]:>6.3f} {fmt_percent(d.gate_low[t], 5, 0)}"
+        if show_clip:
+            row += f" {'yes' if clip[t] else '-':>7}"
         lines.append(row)
     if any(unknown[t] for t in steps):
         lines.append("  (||dW_hh term|| nan: that step's dL/dh_t or h_{t-1} is not finite, so its term is not a number)")
+    if show_clip and carried:
+        lines.append("  (clipped: where the clip changed the carried state, of the last step's loss alone, which the "
+                     "verdict reads; the whole loss's: the diagnosis' clip_acted)")
     return "\n".join(lines)
 
 
