@@ -268,24 +268,31 @@ def rate_outliers(grad_log10, group: int = 0) -> np.ndarray:
     return (far[:, None] * group + np.arange(group)[None, :]).ravel()
 
 
+def rate_points(grad_log10, group: int = 0) -> tuple[np.ndarray, int]:
+    """The points :func:`grad_rate` fits, NaN where it leaves one out (not finite, or
+    :func:`isolated`), and how many layers one point spans: every layer's log10 ||dL/dW_l|| and 1,
+    or with residual groups of ``group`` layers the groups' own norms and ``group``."""
+    g = np.asarray(grad_log10, dtype=np.float64)
+    if not (group > 1 and len(g) % group == 0):
+        y = np.where(np.isfinite(g), g, np.nan)
+        return np.where(isolated(y), np.nan, y), 1
+    norms = _group_norms(g, group)
+    return np.where(isolated(norms), np.nan, norms), group
+
+
 def grad_rate(grad_log10, group: int = 0) -> tuple[float, float]:
     """The rate (decades per layer going down) of ||dL/dW_l|| and its fit at layer 0: over every
     layer, or with residual groups of ``group`` layers over the groups' own norms (log10 of the
     root of the sum of their layers' squares, placed at each group's middle). The layers of a
     group sit at different places of the branch (a saturated branch: 10^-192 at one, 10^-1834
     at the next), and a fit through them measured that, not a trend; with one group there is no
-    trend to fit (rate 0)."""
-    g = np.asarray(grad_log10, dtype=np.float64)
-    L = len(g)
-    if not (group > 1 and L % group == 0):
-        y = np.where(np.isfinite(g) & (g > -np.inf), g, np.nan)
-        return decades_per_layer(np.where(isolated(y), np.nan, y))
-    norms = _group_norms(g, group)
-    rate, y0 = decades_per_layer(np.where(isolated(norms), np.nan, norms))
-    if not math.isfinite(rate):
+    trend to fit (rate 0). The points: :func:`rate_points`."""
+    y, span = rate_points(grad_log10, group)
+    rate, y0 = decades_per_layer(y)
+    if span == 1 or not math.isfinite(rate):
         return rate, y0
-    centre = (group - 1) / 2  # group 0's middle; y(layer x) = y0 - (rate / group) (x - centre)
-    return rate / group, y0 + rate / group * centre
+    centre = (span - 1) / 2  # group 0's middle; y(layer x) = y0 - (rate / group) (x - centre)
+    return rate / span, y0 + rate / span * centre
 
 
 def signal_rate(signal_log10, group: int = 0) -> float:

@@ -23,7 +23,7 @@ from gradbench.engine import backprop
 from gradbench.params import GeneratedParams, gaussian_input, init_params, random_targets
 from gradbench.plan import PlanRefused
 from gradbench.spec import Stack
-from gradbench.verdict import _group_norms, isolated
+from gradbench.verdict import rate_points
 
 MEASURED = ("decades_per_layer", "decades_per_layer_se", "signal_decades_per_layer", "log10_grad_first", "log10_grad_last", "loss_log10",
             "first_nonfinite", "verdict", "rule", "saturation", "dead")
@@ -50,15 +50,11 @@ def slope_se(y: np.ndarray) -> float:
 
 def rate_se(grad_log10, group: int = 0) -> float:
     """Standard error of the rate :func:`gradbench.verdict.grad_rate` fits (``decades_per_layer``),
-    over the very points of that fit: every finite layer, or with residual groups of ``group``
-    layers each group's norm (divided by ``group``: that fit's rate is per group), in both cases
-    without the points :func:`gradbench.verdict.isolated` leaves out. NaN with fewer than 3."""
-    g = np.asarray(grad_log10, dtype=np.float64)
-    if group > 1 and len(g) % group == 0:
-        y = _group_norms(g, group)
-        return slope_se(np.where(isolated(y), np.nan, y)) / group
-    y = np.where(np.isfinite(g), g, np.nan)
-    return slope_se(np.where(isolated(y), np.nan, y))
+    over the very points of that fit (:func:`gradbench.verdict.rate_points`: every finite layer,
+    or with residual groups of ``group`` layers each group's norm, divided by ``group``: that fit's
+    rate is per layer), without the isolated ones. NaN with fewer than 3."""
+    y, span = rate_points(grad_log10, group)
+    return slope_se(y) / span
 
 
 def mean_field_columns(stack: Stack) -> dict:
