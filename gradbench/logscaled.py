@@ -223,7 +223,7 @@ def from_log(ln: np.ndarray, sign) -> tuple[np.ndarray, int]:
         return sign * np.exp(ln - k * LN2_HI - k * LN2_LO), k
 
 
-def ldexp(m, e):
+def ldexp(m, e, out=None):
     """m * 2**e elementwise with int64 exponents, clamped to +-EXP_CLAMP (every float is 0 or
-    inf beyond it) so that NumPy's int32 ldexp never wraps."""
-    return np.ldexp(m, np.minimum(np.maximum(e, -EXP_CLAMP), EXP_CLAMP).astype(np.int32))  # np.clip: slower
+    inf beyond it) so that NumPy's int32 ldexp never wraps; into ``out`` when given."""
+    return np.ldexp(m, np.minimum(np.maximum(e, -EXP_CLAMP), EXP_CLAMP).astype(np.int32), out=out)  # np.clip: slower
