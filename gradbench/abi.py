@@ -270,20 +270,33 @@ def check(function: str, arrays: Mapping[str, object]) -> dict[str, int]:
         raise ValueError(f"{function}: every dimension must be >= 1, got {_fmt_dims(dims)}")
     for arg, want_dt, want, writes in _expected(function, tuple(dims.items()), T):
         a = arrays[arg.name]
-        if a.dtype != want_dt:
-            raise TypeError(f"{function}: {arg.name} has dtype {a.dtype}, expected {want_dt}"
-                            + (f" (the dtype of {contract.dtype_from})" if arg.kind == "T" else ""))
-        if a.shape != want:
-            raise ValueError(f"{function}: {arg.name} has shape {a.shape}, expected {want} = "
-                             f"({', '.join(arg.shape)}) with {_fmt_dims(dims)}")
         flags = a.flags
-        if not flags.c_contiguous:
-            raise ValueError(f"{function}: {arg.name} must be C-contiguous (pass np.ascontiguousarray({arg.name}))")
-        if writes and not flags.writeable:
-            raise ValueError(f"{function}: {arg.name} must be writeable (the kernel writes into it)")
+        if a.dtype != want_dt or a.shape != want or not flags.c_contiguous or (writes and not flags.writeable):
+            check_array(function, arg.name, a, (want_dt,), want, writes,  # raises, naming what is wrong
+                        dtype_note=f" (the dtype of {contract.dtype_from})" if arg.kind == "T" else "",
+                        shape_note=f" = ({', '.join(arg.shape)}) with {_fmt_dims(dims)}")
     if contract.check_config is not None:
         contract.check_config(function, arrays, dims)
     return dims
+
+
+def check_array(function: str, name: str, a, dtypes: tuple, shape: tuple, writes: bool, *, dtype_note: str = "",
+                shape_note: str = "") -> None:
+    """Refuse ``a`` (argument ``name`` of ``function``) unless it is a C-contiguous
+    ``numpy.ndarray`` of one of ``dtypes`` and of ``shape``, writeable when the kernel writes it
+    (:func:`check`'s rule for each array of a contract, and of calls outside the tables:
+    ``gradbench.cbackend.histogram_fill``); the message names the function, the array, the
+    expected and the actual value."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{function}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in dtypes:
+        raise TypeError(f"{function}: {name} has dtype {a.dtype}, expected {' or '.join(map(str, dtypes))}{dtype_note}")
+    if a.shape != shape:
+        raise ValueError(f"{function}: {name} has shape {a.shape}, expected {shape}{shape_note}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{function}: {name} must be C-contiguous (pass np.ascontiguousarray({name}))")
+    if writes and not a.flags.writeable:
+        raise ValueError(f"{function}: {name} must be writeable (the kernel writes into it)")
 
 
 def _check_stack_config(function: str, arrays, dims) -> None:

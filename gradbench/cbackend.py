@@ -591,19 +591,8 @@ _INT64 = np.dtype(np.int64)
 
 
 def _hist_array(name: str, a, dtypes, shape: tuple, writes: bool) -> None:
-    """Refuse ``a`` (argument ``name`` of histogram_fill) unless it is a C-contiguous ndarray of
-    one of ``dtypes`` and of ``shape`` (writeable when the kernel writes it), as abi.check does."""
-    what = "histogram_fill"
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{what}: {name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype not in dtypes:
-        raise TypeError(f"{what}: {name} has dtype {a.dtype}, expected {' or '.join(map(str, dtypes))}")
-    if a.shape != shape:
-        raise ValueError(f"{what}: {name} has shape {a.shape}, expected {shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{what}: {name} must be C-contiguous (pass np.ascontiguousarray({name}))")
-    if writes and not a.flags.writeable:
-        raise ValueError(f"{what}: {name} must be writeable (the kernel writes into it)")
+    """:func:`gradbench.abi.check_array` for an argument of histogram_fill."""
+    abi.check_array("histogram_fill", name, a, dtypes, shape, writes)
 
 
 def histogram_fill(dW, e, per_decade, bins, top, counts, below, zeros, nonfinite, isa: int = 0) -> None:
