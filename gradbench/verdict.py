@@ -448,9 +448,9 @@ def _flat_weights_words(verdict: str, g, rate: float, signal_rate: float, L: int
     lo, hi = int(ok[0]), int(ok[-1])
     slower = "slower" if verdict == "vanishing" else "faster"
     text = (f"||dW_l|| has no trend, though: the first layers' weights get gradients within "
-            f"{abs(g[lo] - g[hi]):.2g} decades of the top's (10^{_num(g[lo])} at layer {lo}, 10^{_num(g[hi])} at layer {hi}), so under one learning "
-            f"rate they do not learn {slower} than the top's, the symptom by which {verdict} gradients are usually "
-            "seen in training")
+            f"{abs(g[lo] - g[hi]):.2g} decades of the top's (10^{_num(g[lo])} at layer {lo}, 10^{_num(g[hi])} at "
+            f"layer {hi}), so under one learning rate they do not learn {slower} than the top's, the symptom by which "
+            f"{verdict} gradients are usually seen in training")
     fwd = forward_span(act_log10)
     if fwd is not None and fwd[2] * signal > 0 and abs(fwd[2]) >= 0.5 * abs(signal):
         size = "" if abs(fwd[2]) >= 3 else f" ({abs(fwd[2]):.3g} decades)"  # from 3 the forward's own sentence says it

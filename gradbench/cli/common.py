@@ -101,7 +101,8 @@ def add_parser(sub, name: str, *, help: str, epilog: str, **kw) -> argparse.Argu
 
 # ------------------------------------------------------------------ option types
 _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
-_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|infinity|nan)", re.ASCII | re.IGNORECASE)
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|infinity|nan)",
+                    re.ASCII | re.IGNORECASE)
 
 
 def strict_int(text: str) -> int:

@@ -194,8 +194,7 @@ def cli_words(words: str) -> str:
     None"; ``--init he_normal,kaiming_normal`` "grid['init'] names one scheme twice")."""
     words = words.replace("workers=", "--workers ").replace("(client=)", "(--scheduler)")
     words = re.sub(r"grid\['(\w+)'\]", lambda m: option(m.group(1)), words)
-    words = words.replace("a fixed value (depth=...) or a grid axis", "give it one value, or several to sweep it")
-    words = words.replace("a fixed value (width=...) or a grid axis", "give it one value, or several to sweep it")
+    words = re.sub(r"a fixed value \(\w+=\.\.\.\) or a grid axis", "give it one value, or several to sweep it", words)
     words = re.sub(r"(?<=, )None\b|(?<==)None\b", "none", words)
     words = re.sub(r"(?<==)(True|False)\b", lambda m: m.group(1).lower(), words)
     return in_option_words(words, _FIELD)
@@ -295,7 +294,8 @@ def register(sub) -> argparse.ArgumentParser:
     g = p.add_argument_group("Stack fields and batch (each: one value, a,b,c or a:b:n)")
     for name in _kinds():
         g.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUES", default=None, help=_help(name))
-    p.add_argument("--seeds", type=positive_int, default=1, metavar="N", help="seeds 0..N-1 of every configuration (default 1)")
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+                   help="seeds 0..N-1 of every configuration (default 1)")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"),
                    help="the backend of every run (default auto: the fastest built here)")
     p.add_argument("--out", metavar="DIR", help="write each finished task's rows there (Parquet; the directory is "

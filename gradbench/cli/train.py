@@ -8,8 +8,7 @@ from gradbench.cli import model
 from gradbench.cli.common import (
     BACKEND_CHOICES, STACK_FIELDS, UsageError, _typed, add_output_args, add_parser, add_stack_args, given, option,
     positive_float, positive_int, refuse_unused, refuse_unused_stack_options, resolve_backend, seed_int, split,
-    strict_int,
-    stack_from_args, unit_interval, nonneg_float,
+    stack_from_args, strict_int, unit_interval, nonneg_float,
 )
 from gradbench.cli.output import PLOTS, check_outputs, metadata, threads, write_json, write_plot
 from gradbench.report import count

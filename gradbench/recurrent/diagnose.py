@@ -626,10 +626,9 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     unknown = _term_not_a_number(d)
     clip = d.carried_clip_acted if carried else d.clip_acted  # the verdict's pass: where the clip changed it
     show_clip = len(clip) == T
-    head = f"  {'step':>8} {'||dL/dh_t||':>12}" + (f" {'carried':>12}" if carried else "") + \
-        (f" {'||dL/dc_t||':>12}" if lstm else "") + \
-        f" {'||dW_hh term||':>14} {'saturated':>9}" + (f" {'gate':>6} {'<0.1':>5}" if d.rnn["cell"] != "rnn" else "") + \
-        (f" {'clipped':>7}" if show_clip else "")
+    head = (f"  {'step':>8} {'||dL/dh_t||':>12}" + (f" {'carried':>12}" if carried else "")
+            + (f" {'||dL/dc_t||':>12}" if lstm else "") + f" {'||dW_hh term||':>14} {'saturated':>9}"
+            + (f" {'gate':>6} {'<0.1':>5}" if d.rnn["cell"] != "rnn" else "") + (f" {'clipped':>7}" if show_clip else ""))
     lines += ["", head, "  " + "-" * (len(head) - 2)]
     for t in steps[::-1]:
         row = f"  {t:>8} {fmt_pow(d.signal_log10[t]):>12}" + (f" {fmt_pow(d.carried_log10[t]):>12}" if carried else "")

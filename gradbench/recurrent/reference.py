@@ -22,7 +22,8 @@ The exact chain through time
     c_{t+1}) is a mantissa with one int64 exponent ``sig_e``: after every step both are scaled
     by one power of two so that the larger max|.| lies in [0.5, 1) (exact), and signal clipping
     acts on the true magnitude of both together (``clip_acted[j]``: whether it changed the state
-    at H[j], by its own test; the caller clips the top state and keeps its flag). A vanilla step whose every dz_t = dL/dh_t phi'(z_t) lies below
+    at H[j], by its own test; the caller clips the top state and keeps its flag). A vanilla step
+    whose every dz_t = dL/dh_t phi'(z_t) lies below
     ``RESCUE_BELOW`` (every unit saturated beyond the dtype: tanh'(z) underflows float64 beyond
     |z| ~ 354) is taken in log form as the stacks' saturated layers are
     (:func:`gradbench.reference.rescue_saturated`), its power of two added to the step's
