@@ -870,8 +870,8 @@ def test_sweep_json_has_the_head_of_every_file_and_still_refuses_another_grid(tm
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / MANIFEST).write_text(json.dumps({"gradbench": "0.1.0", **p.identity()}, indent=1))
     _rows(tmp_path / "old", p)
-    with pytest.raises(ValueError, match=rf"holds a sweep of gradbench 0\.1\.0 \(schema 1\) and this is gradbench "
-                                         rf"{gb.__version__} \(schema {SCHEMA}\)"):
+    with pytest.raises(ValueError, match=rf"holds a sweep of gradbench 0\.1\.0 \(schema 1, rows 1\) and this is "
+                                         rf"gradbench {gb.__version__} \(schema {SCHEMA}, rows 2\)"):
         check_out(tmp_path / "old", p)
 
 
@@ -886,7 +886,7 @@ def test_formats_md_describes_every_file_of_a_sweep():
     text = (Path(gb.__file__).resolve().parent.parent / "docs" / "formats.md").read_text()
     start = text.index("## `gradbench sweep`")
     section = text[start:text.index("\n## ", start + 1)]
-    missing = [k for k in (*COLUMNS, "seed", "run_key", "axes", "fixed", "backend", "schema", "command")
+    missing = [k for k in (*COLUMNS, "seed", "run_key", "axes", "fixed", "backend", "schema", "rows", "command")
                if f"`{k}`" not in section]
     assert not missing, missing
     assert all(w in section for w in ("rows-HASH.parquet", "sweep.json", "--csv", "--plot", "phase_diagram"))

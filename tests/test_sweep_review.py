@@ -167,21 +167,44 @@ def test_a_directory_of_another_gradbench_version_or_schema_is_refused(tmp_path,
     _write_sweep(out, {"sigma_w": [1.0, 2.0]}, dict(depth=6, width=4, batch=4))
     assert json.loads((out / MANIFEST).read_text())["gradbench"] == "0.1.9"
     monkeypatch.setattr(output, "__version__", "0.2.1")  # a later one resumes it
-    with pytest.raises(ValueError, match=r"holds a sweep of gradbench 0\.1\.9 \(schema 2\) and this is gradbench "
-                                         r"0\.2\.1 \(schema 2\): .*; give out a new directory"):
+    with pytest.raises(ValueError, match=r"holds a sweep of gradbench 0\.1\.9 \(schema 2, rows 2\) and this is "
+                                         r"gradbench 0\.2\.1 \(schema 2, rows 2\): .*; give out a new directory"):
         gb.sweep({"sigma_w": [1.0, 2.0]}, out=out, client=Tripwire(), depth=6, width=4, batch=4)
     argv = ["sweep", "--sigma-w", "1,2", "--depth", "6", "--width", "4", "--batch", "4", "--out", str(out)]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "gradbench 0.1.9 (schema 2) and this is gradbench 0.2.1" in err[0] \
+    assert len(err) == 1 and "gradbench 0.1.9 (schema 2, rows 2) and this is gradbench 0.2.1" in err[0] \
         and "give --out a new directory" in err[0], err
     monkeypatch.setattr(output, "SCHEMA", 3)  # the same version string, another schema
     monkeypatch.setattr(output, "__version__", "0.1.9")
-    with pytest.raises(ValueError, match=r"gradbench 0\.1\.9 \(schema 2\) and this is gradbench 0\.1\.9 \(schema 3\)"):
+    with pytest.raises(ValueError, match=r"gradbench 0\.1\.9 \(schema 2, rows 2\) and this is gradbench 0\.1\.9 "
+                                         r"\(schema 3, rows 2\)"):
         gb.sweep({"sigma_w": [1.0, 2.0]}, out=out, client=Tripwire(), depth=6, width=4, batch=4)
     monkeypatch.setattr(output, "SCHEMA", 2)
     assert gb.sweep({"sigma_w": [1.0, 2.0]}, out=out, client=Tripwire(), depth=6, width=4,
                     batch=4).attrs["sweep"]["resumed"] == 2
+
+
+def test_a_directory_of_rows_computed_before_the_se_fix_is_refused(tmp_path):
+    """A sweep.json of this version and schema without ``rows`` was written before a residual
+    stack's decades_per_layer_se became the SE of the fit its rate comes from (rows 1): resuming
+    it would put the old SEs beside the new ones; with ``rows`` 2 it resumes."""
+    import json
+
+    from gradbench.sweep.store import MANIFEST
+
+    out = tmp_path / "s"
+    grid, fixed = {"residual": [0, 2]}, dict(depth=8, width=4, batch=4, activation="tanh", batch_norm=True)
+    _write_sweep(out, grid, fixed)
+    doc = json.loads((out / MANIFEST).read_text())
+    assert doc["rows"] == 2
+    del doc["rows"]
+    (out / MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=rf"gradbench {gb.__version__} \(schema 2, rows 1\) and this is gradbench "
+                                         rf"{gb.__version__} \(schema 2, rows 2\)"):
+        gb.sweep(grid, out=out, client=Tripwire(), **fixed)
+    (out / MANIFEST).write_text(json.dumps({**doc, "rows": 2}))
+    assert gb.sweep(grid, out=out, client=Tripwire(), **fixed).attrs["sweep"]["resumed"] == 2
 
 
 # ---------------------------------------------------------------- 7. a sweep that never started

@@ -4,7 +4,8 @@
 ``schema``, ``command`` "sweep", ``argv``, ``created``, ``machine``; of the call that created
 the directory) and what identifies the sweep (``axes``: the set of values of every axis,
 ``fixed``: the fixed fields, ``backend``). A directory with rows resumes only in the same
-gradbench version and schema (a table must not mix two versions' numbers) and for the same
+gradbench version, schema and rows version (:data:`~gradbench.sweep.worker.ROWS`: a table must
+not mix two versions' numbers) and for the same
 effective sweep: every field at the value its runs get (a field not given at Stack's default,
 numbers compared as numbers, init names canonical: :func:`gradbench.sweep.grid.canonical`) and
 the same backend. A directory with ``sweep.json`` and no rows (a sweep that never started, e.g.
@@ -23,7 +24,7 @@ import os
 
 from gradbench import _atomic
 from gradbench.sweep.grid import DEFAULTS, FIELDS, Plan, canonical, canonical_key
-from gradbench.sweep.worker import COLUMNS
+from gradbench.sweep.worker import COLUMNS, ROWS
 
 MANIFEST = "sweep.json"
 
@@ -45,12 +46,12 @@ def check_out(out, p: Plan, label: str = "out=") -> bool:
         with open(manifest, encoding="utf-8") as f:
             have = json.load(f)
         where, cli = label.strip().rstrip("="), label.startswith("--")
-        version, schema = _version()
-        theirs = (have.get("gradbench", "unknown"), have.get("schema", 1))  # no schema: schema 1 (0.1.0)
-        if theirs != (version, schema):
-            raise ValueError(f"{label}{out!r} holds a sweep of gradbench {theirs[0]} (schema {theirs[1]}) and this is "
-                             f"gradbench {version} (schema {schema}): a resumed table would mix the two versions' "
-                             f"numbers; give {where} a new directory (or delete this one to start again)")
+        ours = (*_version(), ROWS)
+        theirs = (have.get("gradbench", "unknown"), have.get("schema", 1), have.get("rows", 1))  # none: 1 (0.1.0)
+        if theirs != ours:
+            raise ValueError(f"{label}{out!r} holds a sweep of {_edition(*theirs)} and this is {_edition(*ours)}: a "
+                             f"resumed table would mix the two versions' numbers; give {where} a new directory (or "
+                             "delete this one to start again)")
         diff = _differences(p.identity(), have, cli)
         if diff:
             raise ValueError(f"{label}{out!r} holds a sweep of a different grid or fixed fields (differs in "
@@ -67,6 +68,11 @@ def _rows_files(out: str) -> list[str]:
     return sorted(n for n in os.listdir(out) if n.startswith("rows-") and n.endswith(".parquet"))
 
 
+def _edition(version: str, schema: int, rows: int) -> str:
+    """``gradbench 0.2.0 (schema 2, rows 2)``: what wrote a sweep directory's numbers."""
+    return f"gradbench {version} (schema {schema}, rows {rows})"
+
+
 def _version() -> tuple[str, int]:
     """This gradbench's version and file schema, as the head of ``sweep.json`` records them."""
     from gradbench.cli import output  # the command line's package, loaded on use
@@ -80,7 +86,7 @@ def open_out(out, p: Plan, pandas) -> tuple[str, "object"]:
     ``pandas()`` returns the pandas module; it is called only when ``out`` holds rows."""
     out = os.fspath(out)
     if not check_out(out, p):
-        text = json.dumps({**head(), **p.identity()}, indent=1, allow_nan=False)
+        text = json.dumps({**head(), "rows": ROWS, **p.identity()}, indent=1, allow_nan=False)
         _atomic.write_atomic(os.path.join(out, MANIFEST), lambda f: f.write(text))
     files = _rows_files(out)
     if not files:

@@ -29,6 +29,11 @@ MEASURED = ("decades_per_layer", "decades_per_layer_se", "signal_decades_per_lay
             "first_nonfinite", "verdict", "rule", "saturation", "dead")
 THEORY = ("q_star", "chi1", "theory_decades_per_layer", "depth_scale", "phase")
 COLUMNS = MEASURED + THEORY + ("backend", "seconds")
+#: What the rows' numbers mean, recorded in ``sweep.json`` as ``rows`` (none: 1): raised when a
+#: column's number changes for the same run within one gradbench version, so that a resumed
+#: table does not mix the two. 2: a residual stack's ``decades_per_layer_se`` is the SE of the
+#: fit its rate comes from (:func:`rate_se`); rows 1 held that of a per-layer fit.
+ROWS = 2
 
 
 def slope_se(y: np.ndarray) -> float:
