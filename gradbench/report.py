@@ -17,6 +17,13 @@ def count(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
+def decades(v: float, spec: str = ".3g") -> str:
+    """``v`` formatted by ``spec`` and "decade", plural unless the number reads 1: "1 decade"
+    (0.999 at .2g), "0.45 decades", "+1 decade"."""
+    text = f"{v:{spec}}"
+    return f"{text} decade{'' if text.lstrip('+-') == '1' else 's'}"
+
+
 def fmt_pow(v: float) -> str:
     if math.isnan(v):
         return "nan"

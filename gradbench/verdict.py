@@ -81,7 +81,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradbench.activations import RESCUE
-from gradbench.report import count
+from gradbench.report import count, decades
 from gradbench.spec import RELU_FAMILY, SATURATING
 
 VERDICTS = ("vanishing", "exploding", "stable", "no gradient")
@@ -448,12 +448,12 @@ def _flat_weights_words(verdict: str, g, rate: float, signal_rate: float, L: int
     lo, hi = int(ok[0]), int(ok[-1])
     slower = "slower" if verdict == "vanishing" else "faster"
     text = (f"||dW_l|| has no trend, though: the first layers' weights get gradients within "
-            f"{abs(g[lo] - g[hi]):.2g} decades of the top's (10^{_num(g[lo])} at layer {lo}, 10^{_num(g[hi])} at "
+            f"{decades(abs(g[lo] - g[hi]), '.2g')} of the top's (10^{_num(g[lo])} at layer {lo}, 10^{_num(g[hi])} at "
             f"layer {hi}), so under one learning rate they do not learn {slower} than the top's, the symptom by which "
             f"{verdict} gradients are usually seen in training")
     fwd = forward_span(act_log10)
     if fwd is not None and fwd[2] * signal > 0 and abs(fwd[2]) >= 0.5 * abs(signal):
-        size = "" if abs(fwd[2]) >= 3 else f" ({abs(fwd[2]):.3g} decades)"  # from 3 the forward's own sentence says it
+        size = "" if abs(fwd[2]) >= 3 else f" ({decades(abs(fwd[2]))})"  # from 3 the forward's own sentence says it
         text += (f"; in dW_l = dz_l^T h_l the activations h_l {'shrink' if fwd[2] < 0 else 'grow'} up the stack{size} "
                  f"as the signal {'shrinks' if signal < 0 else 'grows'} down it")
     return text
@@ -942,10 +942,10 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
         ends = f"std 10^{_num(std[i0])} at layer {i0}, 10^{_num(std[i1])} at layer {i1}"
         away = _forward_excursions(std, i0, i1)
         if abs(grow) >= 3:
-            words.append(f"the forward activations {'grow' if grow > 0 else 'shrink'} by {abs(grow):.3g} decades "
+            words.append(f"the forward activations {'grow' if grow > 0 else 'shrink'} by {decades(abs(grow))} "
                          f"({ends}){away}")
         elif away:
-            words.append(f"the forward activations end within {abs(grow):.3g} decades of where they start ({ends})"
+            words.append(f"the forward activations end within {decades(abs(grow))} of where they start ({ends})"
                          f"{away}")
     if stack.activation in SATURATING:
         sat, where = countable_mean(res.saturation)

@@ -971,3 +971,12 @@ def test_a_vanishing_signal_over_flat_weight_gradients_says_the_first_layers_lea
     p2 = gb.init_params(sig, 0)
     d2 = gb.diagnose(gb.backprop(sig, p2, gb.gaussian_input(sig, 16, 0)), p2)
     assert d2.verdict == "vanishing" and "has no trend, though" not in d2.explanation, d2.explanation
+
+
+def test_a_number_that_reads_one_takes_the_singular_decade():
+    """'within 1 decades' was printed where .2g rounded 0.99 to 1 (session 28's review)."""
+    from gradbench.report import decades
+
+    assert decades(0.999, ".2g") == "1 decade" and decades(1.0) == "1 decade" and decades(-1.0, "+.3g") == "-1 decade"
+    assert decades(0.45, ".2g") == "0.45 decades" and decades(1.04, ".2g") == "1 decade"
+    assert decades(1.04) == "1.04 decades" and decades(10.0) == "10 decades" and decades(0.0) == "0 decades"
