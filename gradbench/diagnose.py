@@ -359,7 +359,10 @@ def _extrapolates(a: "Assessment", stack: Stack, act_std_log10: np.ndarray, act_
     that does not change to rounding (that stack's skip path read the same bits at h_0 and h_50),
     or a signal a clip can hold anywhere (a clipped chain's rate is the clip's there: a tanh stack
     at sigma_w = 2 whose norm clip at 30 binds at 29 of 40 layers said float64 "would overflow
-    after ~92388 layers", which the clip forbids)."""
+    after ~92388 layers", which the clip forbids). Nor towards overflow under any signal clip,
+    bound within the stack or not: more layers take the growing signal to the threshold, where
+    the clip holds it (40 tanh layers at sigma_w = 2.5 under a norm clip at 10^6 reach 10^4.6 and
+    said "would overflow after ~3420 layers"; 200 of them stay at 10^6)."""
     rate = a.decades_per_layer if rate is None else rate
     L = len(act_std_log10)
     group = stack.residual if stack.residual > 1 and L % stack.residual == 0 else 1
@@ -367,6 +370,8 @@ def _extrapolates(a: "Assessment", stack: Stack, act_std_log10: np.ndarray, act_
         return False
     if stack.clip is not None and stack.clip_on == "signal" and clip_binds(stack.clip_threshold, a.signal_log10,
                                                                            stack.dtype).size:
+        return False
+    if stack.clip is not None and stack.clip_on == "signal" and rate > 0:
         return False
     for act in (act_std_log10, act_rms_log10):
         fwd = decades_per_layer(act)[0] * (L - 1)

@@ -695,3 +695,30 @@ def test_the_diagnosis_keeps_where_the_clip_acted(tmp_path):
     plain = gb.diagnose(gb.backprop(st.replace(clip=None), p, x))
     plain_head = next(s for s in str(plain).splitlines() if s.lstrip().startswith("layer"))
     assert plain.clip_acted.size == 0 and "clipped" not in plain_head
+
+
+def test_no_overflow_extrapolation_under_a_signal_clip_that_has_not_bound_yet():
+    """40 tanh layers at sigma_w = 2.5 under a norm clip at 10^6 reach 10^4.6 without the clip
+    acting, and the diagnosis said plain float64 "would overflow after ~3420 layers": a deeper
+    stack's signal stops at the clip. Checked on the deeper stack itself (its signal norms at
+    most the threshold, every gradient finite in plain float32 too); without the clip the
+    extrapolation stays, and towards underflow a clip that does not bind leaves it alone."""
+    kw = dict(width=32, activation="tanh", init="normal", sigma_w=2.5)
+    for clip in ("norm", "value"):
+        stack = gb.Stack(depth=40, clip=clip, clip_threshold=1e6, **kw)
+        p = gb.init_params(stack, 0)
+        d = gb.diagnose(gb.backprop(stack, p, gb.gaussian_input(stack, 16, 1)), p)
+        assert d.verdict == "exploding" and not d.clip_acted.any()
+        assert all(d.float_limits[n]["layers_to_overflow"] is None for n in ("float64", "float32")), d.float_limits
+        assert "would overflow after" not in str(d)
+    deep = gb.Stack(depth=400, clip="norm", clip_threshold=1e6, **kw)  # ~4x past where float32 "would overflow"
+    r = gb.backprop(deep, gb.init_params(deep, 0), gb.gaussian_input(deep, 16, 1))
+    assert r.signal_norm.log10().max() <= 6 + 1e-9 and r.grad_norm.log10().max() < 8  # float32 holds 10^38
+    free = gb.Stack(depth=40, **kw)
+    p = gb.init_params(free, 0)
+    d = gb.diagnose(gb.backprop(free, p, gb.gaussian_input(free, 16, 1)), p)
+    assert d.float_limits["float32"]["layers_to_overflow"] is not None
+    sig = gb.Stack(depth=30, width=32, activation="sigmoid", clip="norm", clip_threshold=1e6)
+    p = gb.init_params(sig, 0)
+    d = gb.diagnose(gb.backprop(sig, p, gb.gaussian_input(sig, 16, 1)), p)
+    assert d.verdict == "vanishing" and d.float_limits["float64"]["layers_to_underflow"] is not None
