@@ -46,6 +46,9 @@ _Z_MAX = 12.0  # the normal tails beyond |z| = 12 weigh < 1e-32
 # the transition of phi(s z) in z is 40 / s wide and gets a panel of its own.
 _TRANSITION = 40.0
 _BOUNDED = frozenset({"sigmoid", "tanh"})  # q* <= sigma_w^2 + sigma_b^2: the length map cannot diverge
+# |phi'| of the bounded activations is at least half its largest value for |u| <= acosh(sqrt 2)
+# (tanh: sech^2 u >= 1/2) and twice that (sigmoid: phi' = sech^2(u / 2) / 4): a unit is "open" there
+_HALF_OPEN = {"tanh": math.acosh(math.sqrt(2.0)), "sigmoid": 2.0 * math.acosh(math.sqrt(2.0))}
 # past this q (for ELU with alpha > 1, alpha^2 times it: _ln_elu_scale), an unbounded activation's
 # length map is in its linear regime
 _LN_Q_LARGE = math.log(1e12)
@@ -527,6 +530,12 @@ class MeanField:
         return 1.0 / abs(ln_chi)
 
     @property
+    def open_fraction(self) -> float:
+        """The probability that a unit at q* is open (:func:`open_fraction`; NaN but for tanh and
+        sigmoid): mean field holds for widths well above its inverse."""
+        return open_fraction(self.activation, self.log10_q_star)
+
+    @property
     def phase(self) -> str:
         """"critical", "ordered (vanishing)" or "chaotic (exploding)" by chi_1; "unresolved" where
         chi_1 is NaN (its fixed point is not resolved in float64)."""
@@ -536,6 +545,24 @@ class MeanField:
         if abs(ln_chi) < 0.01 and abs(math.expm1(ln_chi)) < 1e-3:
             return "critical"
         return "ordered (vanishing)" if ln_chi < 0 else "chaotic (exploding)"
+
+
+def open_fraction(activation: str, log10_q: float) -> float:
+    """The probability that a unit whose pre-activation has variance q = 10^``log10_q`` is open:
+    |phi'(z)| at least half its largest value (tanh, sigmoid; NaN for the other activations,
+    whose phi' does not fade on both sides, and for a NaN q).
+
+    chi_1 = sigma_w^2 E[phi'(z)^2] of a saturating layer is an average dominated by its few open
+    units, so mean field, the limit of infinitely many of them, holds only where a layer has many:
+    widths well above 1 / open_fraction. Below that a stack's rate falls short of 0.5 log10 chi_1
+    (an average of logarithms against the logarithm of the average), to the other sign: tanh at
+    sigma_w = 1000 has q* = 10^6, one unit in ~1,400 open, and at width 64 its gradients vanish by
+    ~10 decades a layer where mean field says +1.36 (chaotic)."""
+    c = _HALF_OPEN.get(activation)
+    if c is None or math.isnan(log10_q):
+        return math.nan
+    x_log10 = math.log10(c / math.sqrt(2.0)) - 0.5 * log10_q  # the half-width in standard deviations, log10
+    return 1.0 if x_log10 > 2 else math.erf(10.0**x_log10)
 
 
 def mean_field(stack_or_activation, sigma_w: float | None = None, sigma_b: float | None = None,

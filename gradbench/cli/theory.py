@@ -145,6 +145,10 @@ def predictions(args, fitted: np.ndarray | None = None) -> tuple[dict, list[str]
                                                  if not unresolved else "not predicted (chi_1 is not resolved)"),
               f"  depth scale             " + (f"{mf.depth_scale:.4g} layers (1 / |ln chi_1|)"
                                                  if not unresolved else "not predicted")]
+    few = few_open_units(mf.open_fraction, args.width)
+    if few:
+        out["open_fraction"] = mf.open_fraction
+        lines.append(few)
     try:
         crit = theory.critical_sigma_w(args.activation, args.sigma_b, args.activation_param)
         out["critical_sigma_w"] = crit
@@ -183,6 +187,31 @@ def predictions(args, fitted: np.ndarray | None = None) -> tuple[dict, list[str]
                      "infinite-width limit")
     out["prediction_decades_per_layer"] = prediction
     return out, lines, prediction, curve
+
+
+# A layer with fewer open units than this (at the width given) gets the line of few_open_units: mean field is a poor guide there
+# (tanh at sigma_w = 100, width 256: 1.8 open units, +0.714 simulated against +0.864; at sigma_w =
+# 1000, width 64: 0.045, -11.6 against +1.36).
+FEW_OPEN = 10.0
+
+
+def few_open_units(p: float, width: int | None, where: str = "a layer's", what: str = "a stack's",
+                   size: str = "width") -> str:
+    """The line that says mean field needs more open units than a layer (``where``: "the
+    state's" for a recurrent net, ``what`` "a net's", ``size`` "hidden size") of ``width`` has
+    (:func:`gradbench.theory.open_fraction` ``p``), or "" where it has enough."""
+    if not p < 1.0 / 100:  # NaN (not tanh or sigmoid) or at least 1 unit in 100 open
+        return ""
+    need = f"mean field needs a {size} well above 1 / {p:.3g} = {1 / p:.3g}"
+    if width is None:
+        return (f"  open units              {p:.3g} of the units at q* (|phi'| at least half its largest): chi_1 is an "
+                f"average that its few open units dominate, and {need}; narrower, {what} rate falls below mean "
+                "field's, to the other sign where few are open (--depth and --width simulate one)")
+    if width * p >= FEW_OPEN:
+        return ""
+    return (f"  open units              {width * p:.3g} of {where} {width} at q* (|phi'| at least half its largest: "
+            f"probability {p:.3g}): chi_1 is an average that the open units dominate, and {need}; at {size} {width} "
+            f"{what} rate falls below mean field's, even to the other sign")
 
 
 def _limit_only(mf) -> str:
@@ -254,7 +283,9 @@ def fit_line(args, res, fitted: np.ndarray, prediction: float, out: dict) -> str
     slope = -float(np.polyfit(fitted, s[fitted], 1)[0])
     out["simulated_decades_per_layer"] = slope
     versus = f"prediction {_rate(prediction)}" if math.isfinite(prediction) else "no prediction: q* is not resolved"
-    if "finite_width_lambda1" not in out and "newman_lambda1" not in out:
+    if "open_fraction" in out:
+        versus += "; mean field is the infinite-width limit, and this width has few open units (above)"
+    elif "finite_width_lambda1" not in out and "newman_lambda1" not in out:
         versus += f"; mean field is the infinite-width limit: at width {args.width} a stack's rate differs by O(1 / N) a layer"
     return (f"simulated ({args.depth} layers, width {args.width}, batch {args.batch}, {res.backend}): "
             f"{slope:+.6g} decades per layer going down, fitted over layers {layer_ranges(fitted)} ({versus}){off}")

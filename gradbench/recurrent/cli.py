@@ -28,6 +28,7 @@ from gradbench.cli.common import (
     option, parse, positive_float, positive_int, refuse_unused, seed_int, split, typed_options,
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_file, write_json, write_plot
+from gradbench.cli.theory import few_open_units
 from gradbench.report import fmt_pow, fmt_rate
 from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, LOSS_ON, RECURRENT_INITS, RNN_ACTIVATIONS
 from gradbench.spec import CLIP_MODES, DTYPES, INITS, LOSSES
@@ -547,6 +548,10 @@ def cmd_theory(args) -> int:
             out["ensemble_decades_per_step"] = ens.decades_per_step
         if pred.chi1 is not None:
             print(f"  chi_1 = {pred.chi1:.6g} at input std {pred.input_std:.4g} (mean field, the input as the bias)")
+            few = few_open_units(pred.open_fraction, rnn.hidden, "the state's", "a net's", "hidden size")
+            if few:
+                print(few)
+                out["open_fraction"] = pred.open_fraction
         if pred.newman_untied is not None:
             print(f"  Newman lambda_1 (independent W_hh at every step, for contrast): {pred.newman_untied:+.6f}")
             out["newman_untied_decades_per_step"] = pred.newman_untied
@@ -563,8 +568,9 @@ def cmd_theory(args) -> int:
         diff = got - pred.decades_per_step
         rel = (f" ({abs(diff) / abs(pred.decades_per_step):.2%} of the prediction)"
                if abs(pred.decades_per_step) >= RELATIVE_FROM else "")
-        width = (f"; mean field is the infinite-width limit: at hidden {rnn.hidden} a net's rate differs by O(1 / N) "
-                 "a step" if pred.chi1 is not None else "")
+        width = ("" if pred.chi1 is None else "; mean field is the infinite-width limit, and this state has few open "
+                 "units (above)" if "open_fraction" in out else f"; mean field is the infinite-width limit: at hidden "
+                 f"{rnn.hidden} a net's rate differs by O(1 / N) a step")
         print(f"  difference  {diff:+.2e} decades per step{rel}{width}")
     _wrote(written)
     return 0

@@ -15,8 +15,12 @@ convention of :mod:`gradbench.recurrent.diagnose`.
   per unit (||row of W_ih||^2 + bias^2 for x ~ N(0, 1)), the length map started from
   q0 = sigma_b^2 (h_{-1} = 0: the first step's pre-activation is the input term alone; it decides
   the phase of gelu and swish cells where their map has two attractors): rate 0.5 log10 chi_1.
-  It treats the tied W_hh as if it were redrawn (the gradient independence assumption); at N = 64 it is within
-  ~15 % of the measured rate (tests/test_recurrent_theory.py).
+  It treats the tied W_hh as if it were redrawn (the gradient independence assumption). At N = 64
+  it is within ~15 % of the measured rate for tanh at gain 1.5 and seed 0 (tests/test_recurrent_theory.py),
+  ~30 % for ReLU, sigmoid at gain 4 and SELU, and closer as N grows (ReLU: 30, 5 and 1.7 % at
+  N = 64, 256 and 512); for tanh and sigmoid it needs many open units (``open_fraction``,
+  :func:`gradbench.theory.open_fraction`): tanh at gain 1000 reads +1.36 decades per step,
+  measured -14.6 at N = 64.
   Mean field assumes a *random* W_hh (Gaussian or orthogonal, :data:`MEAN_FIELD_INITS`): with
   ``recurrent_init="identity"`` (a deterministic W_hh) a nonlinear cell gets no prediction
   (``decades_per_step`` None, the reason in ``method``), not a number that does not apply.
@@ -48,6 +52,7 @@ class RatePrediction:
     newman_untied: float | None = None
     chi1: float | None = None
     input_std: float | None = None
+    open_fraction: float | None = None  # mean field's open units (gradbench.theory.open_fraction); NaN: not tanh/sigmoid
 
 
 def input_std(rnn: Recurrent, params=None) -> float:
@@ -92,7 +97,8 @@ def predicted_rate(rnn: Recurrent, params=None) -> RatePrediction:
     # length map starts; it decides the phase where the map has two attractors, gelu and swish)
     mf = theory.mean_field(rnn.act, gain, su, rnn.act_param if rnn.activation_param is not None else None, q0=su * su)
     return RatePrediction(rnn, mf.decades_per_layer, "mean field 0.5 log10 chi_1 (sigma_w = gain of W_hh, "
-                          "sigma_b = std of the input term)", newman_untied=newman, chi1=mf.chi1, input_std=su)
+                          "sigma_b = std of the input term)", newman_untied=newman, chi1=mf.chi1, input_std=su,
+                          open_fraction=mf.open_fraction)
 
 
 def measured_rate(res, skip: int | None = None) -> float:

@@ -1,0 +1,84 @@
+"""Mean field needs many open units: a saturating layer's chi_1 is an average that its few units
+near phi's linear part dominate (the theory review: tanh at sigma_w = 1000, width 64, was
+predicted +1.36 decades per layer, "chaotic (exploding)", and simulated -11.6, with only "O(1 /
+N)" said of the gap)."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import optimize, stats
+
+import gradbench as gb
+from gradbench import cli, theory
+
+
+def _open_half_width(activation: str) -> float:
+    """|u| where |phi'(u)| falls to half its largest value, found by root finding."""
+    if activation == "tanh":
+        return optimize.brentq(lambda u: 1 / np.cosh(u) ** 2 - 0.5, 0.0, 5.0, xtol=1e-15)
+    sig = lambda u: 1 / (1 + np.exp(-u))  # noqa: E731
+    return optimize.brentq(lambda u: sig(u) * (1 - sig(u)) - 0.125, 0.0, 10.0, xtol=1e-15)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("log10_q", [-3.0, 0.0, 0.5, 2.0, 6.0, 12.0, 300.0])
+def test_open_fraction_is_the_normal_probability_of_the_open_band(activation, log10_q):
+    c = _open_half_width(activation)
+    z = c / 10 ** (0.5 * log10_q)
+    want = stats.chi2.cdf(z * z, df=1)  # P(|Z| < z), by the regularised gamma function
+    assert theory.open_fraction(activation, log10_q) == pytest.approx(want, rel=1e-12, abs=1e-300)
+
+
+def test_open_fraction_ends_and_other_activations():
+    assert theory.open_fraction("tanh", math.inf) == 0.0 and theory.open_fraction("tanh", -math.inf) == 1.0
+    assert theory.open_fraction("tanh", -800.0) == 1.0
+    assert math.isnan(theory.open_fraction("tanh", math.nan))
+    for act in ("relu", "gelu", "swish", "elu", "selu", "identity"):
+        assert math.isnan(theory.open_fraction(act, 2.0))
+    mf = theory.mean_field("tanh", 1000.0, 0.0)
+    assert mf.open_fraction == pytest.approx(theory.open_fraction("tanh", mf.log10_q_star))
+    assert 1 / mf.open_fraction == pytest.approx(1422, rel=0.01)  # "one unit in ~1,400" (the docstring)
+
+
+def _measured_rate(sigma_w: float, width: int, depth: int = 50) -> float:
+    """The simulated decades per layer going down, by a least-squares fit written here."""
+    stack = gb.Stack(depth=depth, width=width, activation="tanh", init="normal", sigma_w=sigma_w)
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1), backend="numpy")
+    s = np.asarray(res.signal_norm.log10())
+    layers = np.arange(depth // 10, depth - depth // 10)
+    return -np.polyfit(layers, s[layers], 1)[0]
+
+
+def test_the_line_appears_where_the_simulation_leaves_mean_field_and_not_where_it_holds(capsys):
+    # few open units: mean field's sign is wrong at width 64
+    assert theory.mean_field("tanh", 1000.0, 0.0).decades_per_layer > 1 and _measured_rate(1000.0, 64) < -5
+    assert cli.main(["theory", "--activation", "tanh", "--sigma-w", "1000", "--depth", "50", "--width", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "open units              0.045 of a layer's 64 at q*" in text and "even to the other sign" in text
+    assert "this width has few open units (above)" in text and "O(1 / N)" not in text
+    # 1.8 open units at width 256: same sign, below mean field's (an average of logs below the log of the average)
+    assert _measured_rate(100.0, 256) < theory.mean_field("tanh", 100.0, 0.0).decades_per_layer
+    assert cli.main(["theory", "--activation", "tanh", "--sigma-w", "100", "--depth", "50", "--width", "256"]) == 0
+    assert "open units              1.81 of a layer's 256" in capsys.readouterr().out
+    # the README's edge of chaos: mean field holds, no line
+    assert cli.main(["theory", "--activation", "tanh", "--sigma-w", "1.5", "--sigma-b", "0.1", "--depth", "50",
+                     "--width", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "open units" not in text and "differs by O(1 / N) a layer" in text
+    # without a width: the width mean field needs
+    assert cli.main(["theory", "--activation", "tanh", "--sigma-w", "1e6"]) == 0
+    assert "mean field needs a width well above 1 / 7.03e-07 = 1.42e+06" in capsys.readouterr().out
+    assert cli.main(["theory", "--activation", "relu", "--sigma-w", "1e6"]) == 0
+    assert "open units" not in capsys.readouterr().out
+
+
+def test_a_recurrent_cell_gets_the_line_too(capsys):
+    assert cli.main(["theory", "--cell", "rnn", "--sigma-w", "1000", "--steps", "60"]) == 0
+    text = capsys.readouterr().out
+    got = float(next(l for l in text.splitlines() if l.strip().startswith("measured")).split()[1])
+    assert got < 0 < theory.mean_field("tanh", 1000.0, 1.0).decades_per_layer  # the sign mean field misses
+    assert "open units              0.045 of the state's 64" in text and "hidden size 64" in text
+    assert "this state has few open units (above)" in text
+    assert cli.main(["theory", "--cell", "rnn", "--steps", "60"]) == 0
+    assert "open units" not in capsys.readouterr().out
