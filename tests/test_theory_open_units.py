@@ -57,6 +57,8 @@ def test_the_line_appears_where_the_simulation_leaves_mean_field_and_not_where_i
     text = capsys.readouterr().out
     assert "open units              0.045 of a layer's 64 at q*" in text and "even to the other sign" in text
     assert "this width has few open units (above)" in text and "O(1 / N)" not in text
+    simulated = float(text.split("decades per layer going down, fitted")[-2].split()[-1])
+    assert -12.5 < simulated < -10.5  # the README: "at width 64 the gradients vanish by 11.6 a layer"
     # 1.8 open units at width 256: same sign, below mean field's (an average of logs below the log of the average)
     assert _measured_rate(100.0, 256) < theory.mean_field("tanh", 100.0, 0.0).decades_per_layer
     assert cli.main(["theory", "--activation", "tanh", "--sigma-w", "100", "--depth", "50", "--width", "256"]) == 0
