@@ -706,13 +706,22 @@ def _bistable_range(activation: str, param: float) -> tuple[float, float] | None
     return (lo, hi) if lo < hi else None
 
 
+# The default search of critical_sigma_w: this bracket, its upper end widened 100-fold at a time
+# up to _WIDEST while chi_1 - 1 keeps its sign (tanh at sigma_b = 1000 is critical at 43.4, at
+# sigma_b = 1e100 near 1.4e50: chi_1 ~ sigma_w^2 0.53 / sigma_b there)
+_BRACKET, _WIDEST = (0.05, 20.0), 1e150
+
+
 def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None = None,
-                     bracket: tuple[float, float] = (0.05, 20.0)) -> float:
+                     bracket: tuple[float, float] | None = None) -> float:
     """The sigma_w on the critical line chi_1(sigma_w, sigma_b) = 1 (Brent's method, to 1e-12, times
     hi where hi < 1), with the length map started at each sigma_w from q0 = sigma_w^2 + sigma_b^2
-    (a standard normal input), searched for within ``bracket``, two sigma_w with 0 < lo < hi."""
+    (a standard normal input), searched for within ``bracket``, two sigma_w with 0 < lo < hi; by
+    default within (0.05, 20), its upper end widened 100-fold at a time up to 1e150 while chi_1 - 1
+    does not change sign (the bounded activations' line rises with sigma_b: tanh 43.4 at
+    sigma_b = 1000)."""
     sigma_b, p = _activation_inputs(activation, sigma_b, param)
-    lo, hi = _bracket(bracket)
+    lo, hi = _bracket(_BRACKET if bracket is None else bracket)
 
     def f(s):
         value = chi1(activation, s, sigma_b, param)
@@ -721,8 +730,12 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None 
         # sigma_b = 1e-300; q* -> inf), and there chi_1 is that ratio: the point is on the line
         return 0.0 if math.isnan(value) else value - 1.0
 
+    f_lo = f(lo)
+    while bracket is None and f_lo * f(hi) > 0 and hi < _WIDEST:
+        lo, hi = hi, min(100.0 * hi, _WIDEST)
     if f(lo) * f(hi) > 0:
-        raise ValueError(f"chi_1 - 1 does not change sign for sigma_w in {bracket} ({activation}, sigma_b={sigma_b})")
+        searched = bracket if bracket is not None else (_BRACKET[0], hi)
+        raise ValueError(f"chi_1 - 1 does not change sign for sigma_w in {searched} ({activation}, sigma_b={sigma_b})")
     from scipy.optimize import brentq  # SciPy is imported where it is used (CLI start-up time)
 
     # xtol relative below 1 (leaky slope 1e160: ~1e-160)

@@ -84,3 +84,51 @@ def test_a_recurrent_cell_gets_the_line_too(capsys):
     assert "this state has few open units (above)" in text
     assert cli.main(["theory", "--cell", "rnn", "--steps", "60"]) == 0
     assert "open units" not in capsys.readouterr().out
+
+
+def test_the_exact_relu_drift_says_it_is_taken_given_a_live_unit(capsys):
+    """The review: at width 1 the "exact" -0.125 decades a layer was printed beside a simulation
+    whose every unit was dead from layer 2: the drift is E ln of a layer's gain given that some
+    unit is on (unconditioned it is -inf). Checked by sampling that conditioned gain here."""
+    n, sigma_w = 3, math.sqrt(2.0)
+    xi = np.random.default_rng(0).standard_normal((2_000_000, n))
+    S = np.sum(np.maximum(xi, 0.0) ** 2, axis=1)
+    on = S > 0
+    assert abs(on.mean() - (1 - 2.0**-n)) < 2e-3
+    sampled = 0.5 * (math.log(sigma_w**2 / n) + np.log(S[on]).mean())
+    assert theory.finite_width_lambda1("relu", n, sigma_w) == pytest.approx(sampled, abs=3e-3)
+    assert cli.main(["theory", "--activation", "relu", "--sigma-w", str(sigma_w), "--width", "3"]) == 0
+    assert "given that no layer turns all 3 units off for an input (each does with probability 2^-3 = 0.125" \
+        in capsys.readouterr().out
+    assert cli.main(["theory", "--activation", "relu", "--sigma-w", str(sigma_w), "--width", "32"]) == 0
+    assert "given that" not in capsys.readouterr().out
+
+
+def _tanh_chi1(sigma_w: float, sigma_b: float) -> float:
+    """chi_1 of tanh by quadrature written here: E over u = sqrt(q) z of sech^k(u), the length map
+    iterated to its fixed point from q0 = sigma_w^2 + sigma_b^2."""
+    from scipy import integrate
+
+    def e_sech(k, q):
+        w = lambda u: math.exp(-u * u / (2 * q)) / math.sqrt(2 * math.pi * q)  # noqa: E731
+        return integrate.quad(lambda u: w(u) / math.cosh(u) ** k, -60, 60, points=[0], limit=200, epsabs=0,
+                              epsrel=1e-12)[0]
+
+    q = sigma_w**2 + sigma_b**2
+    for _ in range(100):
+        q = sigma_w**2 * (1 - e_sech(2, q)) + sigma_b**2
+    return sigma_w**2 * e_sech(4, q)
+
+
+def test_the_critical_line_is_searched_beyond_sigma_w_20(capsys):
+    """`theory --activation tanh --sigma-b 1000` said "critical sigma_w none (chi_1 - 1 does not
+    change sign for sigma_w in (0.05, 20.0) ...)"; the line is at 43.4 there."""
+    for sigma_b in (1000.0, 1e6):
+        s = theory.critical_sigma_w("tanh", sigma_b)
+        assert s > 20 and _tanh_chi1(s, sigma_b) == pytest.approx(1.0, abs=1e-6)
+    assert theory.critical_sigma_w("sigmoid", 1000.0) == pytest.approx(122.867, rel=1e-5)  # the review's value
+    assert theory.critical_sigma_w("tanh", 0.1) == pytest.approx(1.19340, rel=1e-5)  # inside the first bracket
+    with pytest.raises(ValueError, match=r"does not change sign for sigma_w in \(0\.05, 20\.0\)"):
+        theory.critical_sigma_w("tanh", 1000.0, bracket=(0.05, 20.0))  # an explicit bracket is not widened
+    assert cli.main(["theory", "--activation", "tanh", "--sigma-b", "1000"]) == 0
+    assert "critical sigma_w        43.379 at sigma_b = 1000" in capsys.readouterr().out

@@ -182,8 +182,14 @@ def predictions(args, fitted: np.ndarray | None = None) -> tuple[dict, list[str]
         lam = theory.finite_width_lambda1(args.activation, args.width, args.sigma_w, args.activation_param)
         prediction, curve = lam / math.log(10), None
         out["finite_width_lambda1"], out["finite_width_decades_per_layer"] = lam, prediction
+        # relu's drift is taken given a live unit in every layer (theory.finite_width_lambda1):
+        # a layer turns every unit off with probability 2^-N, and the chain is 0 from there
+        units = "its unit" if args.width == 1 else f"all {args.width} units"
+        live = (f", given that no layer turns {units} off for an input (each does with probability "
+                f"2^-{args.width} = {2.0 ** -args.width:.3g}, and that input's chain is exactly 0 from there)"
+                if args.activation == "relu" and args.width <= 20 else "")
         lines.append(f"  {f'at width {args.width}':<23} {prediction:+.6g} decades per layer going down ({lam:+.6g} nats): "
-                     "exact for zero-bias Gaussian stacks of this width; mean field's 0.5 log10 chi_1 is its "
+                     f"exact for zero-bias Gaussian stacks of this width{live}; mean field's 0.5 log10 chi_1 is its "
                      "infinite-width limit")
     out["prediction_decades_per_layer"] = prediction
     return out, lines, prediction, curve
