@@ -856,9 +856,11 @@ def test_updates_driven_by_weight_decay_are_named():
     assert "mostly the weights shrinking" in text
 
 
-@pytest.mark.parametrize("wd, words", [(15.0, "which overshoots zero: every weight flips sign and shrinks"),
-                                       (20.0, "= -1, which flips every weight's sign at its size"),
-                                       (30.0, "so the weights flip sign and grow every step")])
+@pytest.mark.parametrize("wd, words", [(15.0, "which overshoots zero: every weight flips sign at every step"),
+                                       (20.0, "= -1 before the loss's step, which flips every weight's sign at its "
+                                              "size"),
+                                       (30.0, "so the weights flip sign and grow 2-fold every step (2^10 = "
+                                              "1.02e+03-fold per epoch of 10 steps)")])
 def test_weight_decay_beyond_one_over_lr_is_not_called_shrinking(wd, words):
     """lr wd = 3 multiplies every weight by -2 a step: the weights grew to 10^9.4, and the summary
     said the change was 'mostly the weights shrinking' beside ||dL/dW_l|| printed as
@@ -869,10 +871,35 @@ def test_weight_decay_beyond_one_over_lr_is_not_called_shrinking(wd, words):
     text = " ".join(r.summary().split())
     w0 = np.linalg.norm(np.asarray(gb.init_params(st, 0).W), axis=(1, 2))
     w = np.linalg.norm(np.asarray(r.params.W, dtype=np.float64), axis=(1, 2))
-    assert "weight decay drives the updates" in text and words in text and "shrinking" not in text
+    assert "weight decay rules every step" in text and words in text and "shrinking" not in text
     if wd != 20.0:
         assert np.all(w > w0) == (wd == 30.0)  # |1 - lr wd| = 2 grows them; 0.5 shrinks them
     assert not re.search(r"10\^-?\d{7,}\.\d", text), text  # huge exponents in e-notation
+
+
+def test_weight_decay_that_diverges_or_wipes_the_weights_is_named():
+    """The theory review: wd 30 at lr 0.1 (a factor -2 a step) DIVERGED in epoch 7 and the
+    summary never named weight decay; at lr wd = 1 nothing was said, though each step leaves
+    every weight -lr times that step's loss gradient (checked here against tests/naive.py's
+    gradient of the initial weights, one full-batch step)."""
+    import naive
+
+    st = gb.Stack(depth=10, width=16, activation="sigmoid", loss="bce", input_dim=2)
+    X, y = gb.datasets.moons(200, noise=0.1, seed=0)
+    r = gb.train(st, X, y, epochs=20, batch_size=20, lr=0.1, weight_decay=30.0, seed=0)
+    text = " ".join(r.summary().split())
+    assert r.diverged_epoch is not None and "DIVERGED" in text
+    assert "weight decay rules every step: lr wd = 3 >= 1" in text and "lr wd > 2 makes weight decay itself unstable" in text
+    one = gb.train(st, X, y, epochs=1, batch_size=200, lr=0.1, weight_decay=10.0, seed=0)
+    P0 = gb.init_params(st, 0)
+    P = {k: np.asarray(getattr(P0, k), dtype=np.float64) for k in ("W", "b", "W_in", "b_in", "W_out", "b_out")}
+    _, grads, _ = naive.backward(st, P, X, y.reshape(-1, 1).astype(np.float64))
+    # w - lr (g + wd w) cancels w to rounding: entries of ~1e-10 from weights of ~0.3
+    np.testing.assert_allclose(np.asarray(one.params.W), -0.1 * grads["W"], rtol=1e-9, atol=1e-15)
+    assert "every weight is -lr times that step's loss gradient (lr wd = 1 wipes the rest)" in " ".join(
+        one.summary().split())
+    mild = gb.train(st, X, y, epochs=2, batch_size=20, lr=0.1, weight_decay=0.01, seed=0)
+    assert "rules every step" not in mild.summary()
 
 
 def test_a_stopped_net_with_live_biases_above_the_dead_layer_says_what_still_moves():
