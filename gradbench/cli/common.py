@@ -286,16 +286,18 @@ def in_option_words(message: str, fields: re.Pattern) -> str:
 _FIELD = field_words(STACK_FIELDS)
 
 
-def stack_from_args(args, **overrides) -> Stack:
+def stack_from_args(args, *, gain_capped: bool = True, **overrides) -> Stack:
     """The Stack of the options (``overrides`` replace some); a bad value is a UsageError
-    naming the option (``--sigma-w must be > 0``)."""
+    naming the option (``--sigma-w must be > 0``). ``gain_capped``: the command reads --sigma-w
+    as a :data:`gain` (at most :data:`MAX_GAIN`), which the message then says beside the dtype's
+    range (theory reads any finite gain)."""
     kw = {f: getattr(args, f) for f in STACK_FIELDS}
     kw.update(overrides)
     try:
         return Stack(**kw)
     except (ValueError, TypeError) as exc:
         words = in_option_words(str(exc), _FIELD)
-        if "<= --sigma-w <= 1e290" in words:  # the dtype's range; the command line stops lower
+        if gain_capped and "<= --sigma-w <= 1e290" in words:  # the dtype's range; the command line stops lower
             words = words.replace("<= --sigma-w <= 1e290", f"<= --sigma-w <= 1e290 (the command line: <= {MAX_GAIN_TEXT})")
         raise UsageError(words) from None
 

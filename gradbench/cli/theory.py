@@ -80,9 +80,10 @@ def check_args(args):
             raise UsageError("--width without --depth is used only by the exact finite-width rates: --activation "
                              "identity (Newman's exponent), relu, leaky_relu or prelu, with --sigma-b 0")
         # the prediction alone draws no weights: any sigma_w > 0 and sigma_b >= 0 (the theory's range)
-        stack_from_args(_stack_options(args), depth=1, width=1, init="normal", sigma_w=None, sigma_b=0.0)
+        stack_from_args(_stack_options(args), gain_capped=False, depth=1, width=1, init="normal", sigma_w=None,
+                        sigma_b=0.0)
         return None
-    return stack_from_args(_stack_options(args), depth=args.depth, width=args.width, init="normal")
+    return stack_from_args(_stack_options(args), gain_capped=False, depth=args.depth, width=args.width, init="normal")
 
 
 def _stack_options(args):
@@ -261,10 +262,17 @@ def simulate(args, stack):
 def fit_line(args, res, fitted: np.ndarray, prediction: float, out: dict) -> str:
     """Fit the simulation's slope over the layers ``fitted`` (:func:`fitted_layers`) and say it,
     with the layers whose signal is exactly 0 or not finite; the slope goes into ``out``."""
+    from gradbench.verdict import floored_layers
+
     s = res.signal_norm.log10()
     zero, nonfinite = np.flatnonzero(s == -math.inf), np.flatnonzero(np.isnan(s) | (s == math.inf))
-    off = "".join(f"; ||dL/dh_l|| is {what} at layers {layer_ranges(ls)}" for what, ls in
-                  (("exactly 0", zero), ("not finite (NaN or inf)", nonfinite)) if ls.size)
+    # zeros below a layer whose every unit's phi' lies past 2^(-2^62): not 0, beyond any int64 exponent
+    floor = np.flatnonzero(floored_layers(args.activation, res.grad_norm.log10(), res.saturation, res.act_std.log10()))
+    beyond = (f", though not 0: every unit of layer {floor.max()} is saturated, its {args.activation}' below "
+              "2^(-2^62), which no int64 exponent holds" if floor.size else "")
+    zero_words = "reads 0" if floor.size else "is exactly 0"
+    off = "".join(f"; ||dL/dh_l|| {what} at layers {layer_ranges(ls)}{more}" for what, ls, more in
+                  ((zero_words, zero, beyond), ("is not finite (NaN or inf)", nonfinite, "")) if ls.size)
     if not fitted.size:
         # the dead layer that stops the signal, not the lowest dead one: a dead layer l zeroes dL/dh_{l-1}
         # and all below, so the one above the top zero layer m; a dead top layer (output 0) its own signal too
@@ -273,7 +281,7 @@ def fit_line(args, res, fitted: np.ndarray, prediction: float, out: dict) -> str
         cause = [l for l in (m + 1, m) if zero.size and l < len(dead) and dead[l]][:1]
         why = (f": every unit of layer {cause[0]} is dead (z <= 0 for the whole batch), so the signal is exactly 0 "
                f"from layer {m} down" if cause else
-               f": the signal is exactly 0 from layer {zero.max()} down" if zero.size else "")
+               f": the signal {zero_words} from layer {zero.max()} down{beyond}" if zero.size else "")
         first = int(np.flatnonzero(dead)[0]) if dead.any() else None
         with np.errstate(divide="ignore"):
             std = np.asarray(res.act_std.log10(), dtype=np.float64)

@@ -1,7 +1,8 @@
-"""Mean field needs many open units: a saturating layer's chi_1 is an average that its few units
-near phi's linear part dominate (the theory review: tanh at sigma_w = 1000, width 64, was
-predicted +1.36 decades per layer, "chaotic (exploding)", and simulated -11.6, with only "O(1 /
-N)" said of the gap)."""
+"""What a lecturer checking `gradbench theory` against their own mean-field code found (the theory
+review of session 29). First: mean field needs many open units, since a saturating layer's chi_1
+is an average that its few units near phi's linear part dominate (tanh at sigma_w = 1000, width
+64, was predicted +1.36 decades per layer, "chaotic (exploding)", and simulated -11.6, with only
+"O(1 / N)" said of the gap)."""
 
 import math
 
@@ -132,3 +133,28 @@ def test_the_critical_line_is_searched_beyond_sigma_w_20(capsys):
         theory.critical_sigma_w("tanh", 1000.0, bracket=(0.05, 20.0))  # an explicit bracket is not widened
     assert cli.main(["theory", "--activation", "tanh", "--sigma-b", "1000"]) == 0
     assert "critical sigma_w        43.379 at sigma_b = 1000" in capsys.readouterr().out
+
+
+def test_a_signal_beyond_the_exponent_range_is_not_called_exactly_0(capsys):
+    """tanh at sigma_b = 1e100 saturates every unit past 2^(-2^62): `run` said the true gradient is
+    not 0, `theory`'s simulation "the signal is exactly 0 from layer 29 down". A dead ReLU chain
+    is exactly 0 and still says so."""
+    assert cli.main(["theory", "--activation", "tanh", "--sigma-b", "1e100", "--depth", "30", "--width", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "the signal reads 0 from layer 29 down, though not 0: every unit of layer 29 is saturated, its tanh' " \
+           "below 2^(-2^62)" in text and "exactly 0" not in text
+    assert cli.main(["theory", "--activation", "relu", "--sigma-w", "1.4142135623730951", "--depth", "50",
+                     "--width", "1"]) == 0
+    assert "so the signal is exactly 0 from layer" in capsys.readouterr().out
+
+
+def test_theory_does_not_quote_the_other_commands_gain_cap(capsys):
+    """theory reads any finite --sigma-w, so its refusal of 1e295 (float64 draws overflow) said
+    "(the command line: <= 1e150)" while 1e200 ran; run caps at 1e150 and says so."""
+    assert cli.main(["theory", "--depth", "10", "--width", "8", "--sigma-w", "1e295"]) == 2
+    err = capsys.readouterr().err
+    assert "float64 holds 1e-290 <= --sigma-w <= 1e290" in err and "1e150" not in err
+    assert cli.main(["theory", "--depth", "10", "--width", "8", "--sigma-w", "1e200"]) == 0
+    capsys.readouterr()
+    assert cli.main(["run", "--depth", "10", "--width", "8", "--sigma-w", "1e-295"]) == 2
+    assert "(the command line: <= 1e150)" in capsys.readouterr().err
