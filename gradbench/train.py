@@ -875,8 +875,11 @@ class _History:
 def _why_loss(res, what: str = "loss", where: str = "") -> str:
     """Why a loss is not finite: where the forward pass turned non-finite, or, when it stayed
     finite, what overflowed after it (the head's outputs: logits of 3e232 times 7e232)."""
-    if res.first_nonfinite_forward is not None:
-        why = f"the forward pass first turned non-finite at layer {res.first_nonfinite_forward}"
+    first = res.first_nonfinite_forward
+    if first is not None:
+        why = f"the forward activations first turned non-finite at layer {first}'s output"
+        if first > 0 and res.stack.activation == "relu":
+            why += "; ReLU outputs 0 for z = -inf, so pre-activations below it may have overflowed already"
     else:  # training needs a head
         why = "the stack's forward pass is finite: the head's outputs, or the loss of them, overflowed"
     return f"{what} became {res.loss}{where} ({why})"
