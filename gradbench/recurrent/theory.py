@@ -52,7 +52,7 @@ class RatePrediction:
     newman_untied: float | None = None
     chi1: float | None = None
     input_std: float | None = None
-    open_fraction: float | None = None  # mean field's open units (gradbench.theory.open_fraction); NaN: not tanh/sigmoid
+    open_fraction: float | None = None  # gradbench.theory.open_fraction at q*; NaN: not tanh or sigmoid
 
 
 def input_std(rnn: Recurrent, params=None) -> float:
