@@ -97,6 +97,9 @@ void gb_barrier_wait(gb_barrier *b, int *sense);
 void gb_progress_set(gb_barrier *b, gb_progress *p, int64_t step);
 /* Wait until p[t].step >= step for every t < n (acquire): spin briefly, then sleep on b. */
 void gb_progress_wait(gb_barrier *b, gb_progress *p, int n, int64_t step);
+/* The same wait for one p, not counted toward going solo: a helper idle until its next job is
+ * posted (csrc/recurrent_impl.h) is not waiting for a late partner. b must not be NULL. */
+void gb_progress_await(gb_barrier *b, gb_progress *p, int64_t step);
 
 /* Where every thread's work of the previous step is complete in memory only after one more
  * barrier: if the team was asked to go solo, wait once more, then return 1 for the helpers

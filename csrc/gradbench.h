@@ -115,6 +115,12 @@ int gb_stack_threads(const gb_opts *opts, int64_t L, int64_t B, int64_t N, int f
 /* Whether the stack drivers call BLAS (on its own threads) for the products of width N. */
 int gb_stack_blas(const gb_opts *opts, int64_t N, int f32);
 
+/* The threads a recurrent driver starts with for T steps of batch B, width N and G gate blocks
+ * (f32: the float32 drivers): 1 where BLAS runs the products (from opts->blas_min_width), where a
+ * step's product B N GN is below opts->par_min_work or the call's T B N GN below
+ * opts->par_min_total. A team may still finish on one (csrc/team.c). */
+int gb_recurrent_threads(const gb_opts *opts, int64_t T, int64_t B, int64_t N, int64_t G, int f32);
+
 /* Every array of the stack contract (abi.FORWARD and abi.BACKWARD, shapes there), one pointer
  * each, and the dimensions. `void *` arrays are of the driver's dtype T (double for _f64, float
  * for _f32); the others are int64 or double whatever T. A driver reads only the fields of its

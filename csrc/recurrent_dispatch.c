@@ -3,6 +3,13 @@
  * gb_isa() of dispatch.c: the stack drivers' scheme, for gb_recurrent_arrays. */
 #include "gb_internal.h"
 
+int gb_recurrent_threads(const gb_opts *opts, int64_t T, int64_t B, int64_t N, int64_t G, int f32) {
+    if (!opts || opts->nthreads <= 1 || gb_blas_for(opts, N, f32)) return 1;
+    const double step = (double)B * (double)(G * N) * (double)N; /* a step's product, B x N x GN */
+    if (step < (double)opts->par_min_work || (double)T * step < (double)opts->par_min_total) return 1;
+    return opts->nthreads < GB_MAX_THREADS ? (int)opts->nthreads : GB_MAX_THREADS;
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define GB_RX86_VARIANTS 1
 #endif

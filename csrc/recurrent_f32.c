@@ -14,6 +14,7 @@
 #define REAL float
 #define SFX f32
 #define TLDEXP ldexpf
+#define TFMA fmaf
 #define TFABS fabsf
 #define T_MAX_EXP (FLT_MAX_EXP - 1)
 #define GEMM_FN gb_sgemm_fn

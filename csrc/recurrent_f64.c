@@ -14,6 +14,7 @@
 #define REAL double
 #define SFX f64
 #define TLDEXP ldexp
+#define TFMA fma
 #define TFABS fabs
 #define T_MAX_EXP (DBL_MAX_EXP - 1)
 #define GEMM_FN gb_dgemm_fn

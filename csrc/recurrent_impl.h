@@ -71,120 +71,164 @@ static void F(gb_rgemm)(GEMM_FN gemm, char ta, char tb, int64_t m, int64_t n, in
         }
 }
 
-/* Own products for narrow cells (N < gb_opts.blas_min_width), where BLAS spends more on packing
- * its operands (W_hh again at every step) than on the arithmetic:
- *   C (M,Nc) = A (M,K) Bm (K,Nc) [+ C], A(m,k) = A[m*sam + k*sak], Bm rows ldb apart, C rows ldc.
- * Register tiles of 4 rows x NV vectors of VL values (GCC/Clang vector extension), one FMA chain
- * per entry over k in order; column and row remainders by the same code with smaller tiles. */
-#if defined(__GNUC__) && !defined(GB_PLAIN_C)
-#define GB_RHAVE_VEC 1
-typedef REAL F(gb_rv) __attribute__((vector_size(64)));
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=fast")
-#define GB_RTILE(R, NV)                                                                        \
-    static void F(gb_rtile_##R##x##NV)(REAL *C, int64_t ldc, const REAL *A, int64_t sam, int64_t sak,  \
-                                       const REAL *Bm, int64_t ldb, int64_t K, int beta) {     \
-        typedef F(gb_rv) vt;                                                                   \
-        enum { VL = sizeof(vt) / sizeof(REAL) };                                               \
-        vt acc[R][NV];                                                                         \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                    \
-            _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[r][v] = (vt){0};          \
-        for (int64_t k = 0; k < K; k++) {                                                      \
-            vt bv[NV];                                                                         \
-            _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++)                               \
-                memcpy(&bv[v], Bm + k * ldb + v * VL, sizeof(vt));                             \
-            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                              \
-                const vt a = (vt){0} + A[r * sam + k * sak];                                   \
-                _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) acc[r][v] += a * bv[v];   \
-            }                                                                                  \
-        }                                                                                      \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                    \
-            _Pragma("GCC unroll 8") for (int v = 0; v < NV; v++) {                             \
-                vt out = acc[r][v];                                                            \
-                if (beta) {                                                                    \
-                    vt c;                                                                      \
-                    memcpy(&c, C + r * ldc + v * VL, sizeof(vt));                              \
-                    out = out + c;                                                             \
-                }                                                                              \
-                memcpy(C + r * ldc + v * VL, &out, sizeof(vt));                                \
-            }                                                                                  \
-    }
-GB_RTILE(4, 2)
-GB_RTILE(4, 1)
-GB_RTILE(1, 2)
-GB_RTILE(1, 1)
-#pragma GCC pop_options
-#endif
+/* The own products: the stack drivers' register tiles and blocks of k (gemm_impl.h, over T; T is
+ * REAL there and again the number of steps, a->T, after it). */
+#define T REAL
+#include "gemm_impl.h"
+#undef T
 
-/* the columns [c0, Nc) of rows [0, R) one value at a time (the remainder of the vector tiles) */
-static void F(gb_rtile_scalar)(REAL *C, int64_t ldc, const REAL *A, int64_t sam, int64_t sak, const REAL *Bm,
-                               int64_t ldb, int64_t K, int beta, int64_t R, int64_t c0, int64_t Nc) {
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t c = c0; c < Nc; c++) {
-            REAL acc = 0;
-            for (int64_t k = 0; k < K; k++) acc += A[r * sam + k * sak] * Bm[k * ldb + c];
-            C[r * ldc + c] = beta ? acc + C[r * ldc + c] : acc;
-        }
+/* An operand the own products read at every step (W_hh^T, W_hh; W_ih^T once) is packed once per
+ * call in column panels of GB_RPW columns (the last narrower), each panel its K rows of its
+ * width, next to each other: entry (k, c) of panel n0 at n0 K + k nw + c - n0. A panel's block
+ * of GB_KC rows (gemm_impl.h) stays in L2 while every row of the product goes by, where the
+ * operand's own rows, GN or N apart (a power of two), fell onto few cache sets. The threads of a
+ * call take whole panels (gb_rjob), so a panel's columns are cut into the same tiles whatever
+ * the thread count. 64 columns: two AVX-512 float64 tiles, a few panels even at N = 128. */
+#define GB_RPW 64
+
+/* The packed B (K, Nc) of W (trans: B = W^T, W (Nc, K); else B = W, (K, Nc)); NULL on ENOMEM */
+static REAL *F(gb_rpack)(const REAL *W, int64_t K, int64_t Nc, int trans) {
+    REAL *P = aligned_alloc(64, (sizeof(REAL) * (size_t)(K * Nc) + 63) / 64 * 64);
+    if (!P) return NULL;
+    for (int64_t n0 = 0; n0 < Nc; n0 += GB_RPW) {
+        const int64_t nw = GB_MIN(GB_RPW, Nc - n0);
+        REAL *p = P + n0 * K;
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t c = 0; c < nw; c++) p[k * nw + c] = trans ? W[(n0 + c) * K + k] : W[k * Nc + n0 + c];
+    }
+    return P;
 }
 
-static void F(gb_rgemm_own)(REAL *C, int64_t ldc, const REAL *A, int64_t sam, int64_t sak, const REAL *Bm,
-                            int64_t ldb, int64_t M, int64_t Nc, int64_t K, int beta) {
-    int64_t m = 0;
-#ifdef GB_RHAVE_VEC
-    const int64_t VL = 64 / sizeof(REAL);
-#define GB_RROWS(R)                                                                            \
-    {                                                                                          \
-        int64_t c = 0;                                                                         \
-        for (; c + 2 * VL <= Nc; c += 2 * VL)                                                  \
-            F(gb_rtile_##R##x2)(C + m * ldc + c, ldc, A + m * sam, sam, sak, Bm + c, ldb, K, beta); \
-        for (; c + VL <= Nc; c += VL)                                                          \
-            F(gb_rtile_##R##x1)(C + m * ldc + c, ldc, A + m * sam, sam, sak, Bm + c, ldb, K, beta); \
-        if (c < Nc) F(gb_rtile_scalar)(C + m * ldc, ldc, A + m * sam, sam, sak, Bm, ldb, K, beta, R, c, Nc); \
+/* One own product C (M,Nc) [+]= A (M,K) B (K,Nc), A(m,k) = A[m sam + k sak], C's rows ldc apart;
+ * B packed (pk, gb_rpack) or its rows ldb apart (Bm). The threads take blocks of 4 rows where
+ * there are more rows than columns (the input projection's T B, dW's GN), else panels of columns
+ * (a step's B rows: each thread reads only its share of W_hh). Every entry is computed by the same tile code and
+ * the same blocks of k whatever the split: the bits do not depend on the thread count. */
+typedef struct {
+    REAL *C;
+    const REAL *A, *Bm, *pk;
+    int64_t ldc, sam, sak, ldb, M, Nc, K;
+    int beta;
+} F(gb_rjob);
+
+/* rows [m0, m1) x column panels from n0 to n1 of a job: B's blocks of GB_KC rows x GB_RPW columns,
+ * from pk, or copied into the thread's scratch block (K > GB_KC), or read in place */
+static void F(gb_rjob_part)(const F(gb_rjob) *j, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const int64_t K = j->K;
+    REAL *pack = !j->pk && K > GB_KC ? gb_thread_scratch(GB_KC * GB_RPW * sizeof(REAL)) : NULL;
+    for (int64_t c0 = n0; c0 < n1; c0 += GB_RPW) {
+        const int64_t nw = GB_MIN(GB_RPW, j->Nc - c0);
+        int64_t k0 = 0;
+        do { /* K = 0 cannot occur (gb_rcheck): one pass at least */
+            const int64_t k1 = j->pk || pack ? GB_MIN(K, k0 + GB_KC) : K;
+            const REAL *b = j->pk ? j->pk + c0 * K + k0 * nw : pack ? pack : j->Bm + c0;
+            const int64_t ldb = j->pk || pack ? nw : j->ldb;
+            if (pack)
+                for (int64_t k = k0; k < k1; k++) memcpy(pack + (k - k0) * nw, j->Bm + k * j->ldb + c0, nw * sizeof(REAL));
+            for (int64_t m = m0; m < m1; m += 4)
+                F(gb_gemm_block)(j->C + m * j->ldc + c0, j->A + m * j->sam, j->sam, j->sak, b, NULL,
+                                 GB_MIN(4, m1 - m), nw, k0, k1, K, j->ldc, ldb, j->beta);
+            k0 = k1;
+        } while (k0 < K);
     }
-    for (; m + 4 <= M; m += 4) GB_RROWS(4)
-    for (; m < M; m++) GB_RROWS(1)
-#undef GB_RROWS
-#endif
-    if (m < M) F(gb_rtile_scalar)(C + m * ldc, ldc, A + m * sam, sam, sak, Bm, ldb, K, beta, M - m, 0, Nc);
 }
 
-/* Row-major products, named for what they compute (all alpha = 1); own: the kernels above
- * (narrow cells), else BLAS (or, without BLAS, the plain loops of gb_rgemm):
- *   rows_times_wT:  Y (R,GN) [+]= Xr (R,K) W^T, W (GN,K); WT = W^T (K,GN) for own  x W^T, h W_hh^T
- *   rows_times_w:   Y (R,K)  [+]= Z (R,GN) W,   W (GN,K)                           dz W_hh
+/* thread tid's share of n units (blocks of rows or panels): [n tid / nth, n (tid + 1) / nth) */
+static inline int64_t F(gb_rshare)(int64_t n, int tid, int nth) { return n * tid / nth; }
+
+static void F(gb_rjob_share)(const F(gb_rjob) *j, int tid, int nth) {
+    if (j->M > j->Nc) {
+        const int64_t nb = (j->M + 3) / 4, b0 = F(gb_rshare)(nb, tid, nth), b1 = F(gb_rshare)(nb, tid + 1, nth);
+        F(gb_rjob_part)(j, 4 * b0, GB_MIN(j->M, 4 * b1), 0, j->Nc);
+    } else {
+        const int64_t np = (j->Nc + GB_RPW - 1) / GB_RPW, p0 = F(gb_rshare)(np, tid, nth),
+                      p1 = F(gb_rshare)(np, tid + 1, nth);
+        F(gb_rjob_part)(j, 0, j->M, p0 * GB_RPW, GB_MIN(j->Nc, p1 * GB_RPW));
+    }
+}
+
+/* The call's team (csrc/team.c): thread 0 runs the driver and posts each own product as a job
+ * (gb_rrun); the helpers wait for it (gb_progress_await: an idle helper is not a late partner),
+ * take their share and meet thread 0 at a barrier, which judges the team (a partner without a
+ * CPU of its own: solo, the rest of the call on thread 0, the same bits). The element-wise work
+ * between products stays on thread 0: it is ~1/N of a step's work. */
+typedef struct {
+    gb_progress posted; /* the number of the last job posted (stop: the helpers leave) */
+    gb_barrier *bar;    /* NULL: thread 0 alone (no team, or solo) */
+    int nth, sense, stop;
+    F(gb_rjob) job;
+} F(gb_rteam);
+
+static void F(gb_rrun)(F(gb_rteam) *tm, const F(gb_rjob) *j) {
+    if (!tm || !tm->bar) {
+        F(gb_rjob_share)(j, 0, 1);
+        return;
+    }
+    tm->job = *j;
+    gb_progress_set(tm->bar, &tm->posted, atomic_load_explicit(&tm->posted.step, memory_order_relaxed) + 1);
+    F(gb_rjob_share)(&tm->job, 0, tm->nth);
+    gb_barrier_wait(tm->bar, &tm->sense); /* every share written; the job may change */
+    if (tm->bar->solo) tm->bar = NULL;   /* the helpers read the same flag after this barrier */
+}
+
+static void F(gb_rserve)(F(gb_rteam) *tm, int tid, int nth, gb_barrier *bar) {
+    int sense = 0;
+    for (int64_t seq = 1;; seq++) {
+        gb_progress_await(bar, &tm->posted, seq);
+        if (tm->stop) return;
+        F(gb_rjob_share)(&tm->job, tid, nth);
+        gb_barrier_wait(bar, &sense);
+        if (bar->solo) return;
+    }
+}
+
+/* Row-major products, named for what they compute (all alpha = 1); own (gb_rjob, on the team)
+ * or BLAS, mm->own as gb_blas_for decides for the cell's width N:
+ *   rows_times_wT:  Y (R,GN) [+]= Xr (R,K) W^T, W (GN,K); WTp = W^T packed for own   x W^T, h W_hh^T
+ *   rows_times_w:   Y (R,K)  [+]= Z (R,GN) W,   W (GN,K); Wp = W packed for own      dz W_hh
  *   zT_times_rows:  Y (GN,K)  = Z^T Xr, Z (R,GN), Xr (R,K)                         dW = dz^T x, dz^T h
  *   gram:           Y (R,R)   = Xr Xr^T, Xr (R,K)                                   the step norms */
-static void F(gb_rows_times_wT)(GEMM_FN g, REAL *Y, const REAL *Xr, const REAL *W, const REAL *WT, int64_t R,
-                                int64_t K, int64_t GN, int beta) {
+typedef struct {
+    GEMM_FN gemm;
+    int own;
+    F(gb_rteam) *tm;
+} F(gb_rmm);
+
+static void F(gb_rows_times_wT)(const F(gb_rmm) *mm, REAL *Y, const REAL *Xr, const REAL *W, const REAL *WTp,
+                                int64_t R, int64_t K, int64_t GN, int beta) {
+    if (mm->own) {
+        const F(gb_rjob) j = {Y, Xr, NULL, WTp, GN, K, 1, 0, R, GN, K, beta};
+        F(gb_rrun)(mm->tm, &j);
+        return;
+    }
     const int64_t CH = 1 << 20; /* rows per call: int dimensions for BLAS */
-    for (int64_t r0 = 0; r0 < R; r0 += CH) {
-        const int64_t n = GB_MIN(CH, R - r0);
-        if (WT)
-            F(gb_rgemm_own)(Y + r0 * GN, GN, Xr + r0 * K, K, 1, WT, GN, n, GN, K, beta);
-        else
-            F(gb_rgemm)(g, 'T', 'N', GN, n, K, W, K, Xr + r0 * K, K, beta, Y + r0 * GN, GN);
+    for (int64_t r0 = 0; r0 < R; r0 += CH)
+        F(gb_rgemm)(mm->gemm, 'T', 'N', GN, GB_MIN(CH, R - r0), K, W, K, Xr + r0 * K, K, beta, Y + r0 * GN, GN);
+}
+
+static void F(gb_rows_times_w)(const F(gb_rmm) *mm, REAL *Y, const REAL *Z, const REAL *W, const REAL *Wp, int64_t R,
+                               int64_t K, int64_t GN, int beta) {
+    if (mm->own) {
+        const F(gb_rjob) j = {Y, Z, NULL, Wp, K, GN, 1, 0, R, K, GN, beta};
+        F(gb_rrun)(mm->tm, &j);
+    } else {
+        F(gb_rgemm)(mm->gemm, 'N', 'N', K, R, GN, W, K, Z, GN, beta, Y, K);
     }
 }
 
-static void F(gb_rows_times_w)(GEMM_FN g, int own, REAL *Y, const REAL *Z, const REAL *W, int64_t R, int64_t K,
-                               int64_t GN, int beta) {
-    if (own)
-        F(gb_rgemm_own)(Y, K, Z, GN, 1, W, K, R, K, GN, beta);
-    else
-        F(gb_rgemm)(g, 'N', 'N', K, R, GN, W, K, Z, GN, beta, Y, K);
-}
-
-static void F(gb_zT_times_rows)(GEMM_FN g, int own, REAL *Y, const REAL *Z, const REAL *Xr, int64_t R, int64_t K,
+static void F(gb_zT_times_rows)(const F(gb_rmm) *mm, REAL *Y, const REAL *Z, const REAL *Xr, int64_t R, int64_t K,
                                 int64_t GN) {
-    if (own)
-        F(gb_rgemm_own)(Y, K, Z, 1, GN, Xr, K, GN, K, R, 0);
-    else
-        F(gb_rgemm)(g, 'N', 'T', K, GN, R, Xr, K, Z, GN, 0, Y, K);
+    if (mm->own) {
+        const F(gb_rjob) j = {Y, Z, Xr, NULL, K, 1, GN, K, GN, K, R, 0};
+        F(gb_rrun)(mm->tm, &j);
+    } else {
+        F(gb_rgemm)(mm->gemm, 'N', 'T', K, GN, R, Xr, K, Z, GN, 0, Y, K);
+    }
 }
 
-static void F(gb_gram)(GEMM_FN g, int own, REAL *Y, const REAL *Xr, int64_t R, int64_t K) {
-    if (!own) {
-        F(gb_rgemm)(g, 'T', 'N', R, R, K, Xr, K, Xr, K, 0, Y, R);
+static void F(gb_gram)(const F(gb_rmm) *mm, REAL *Y, const REAL *Xr, int64_t R, int64_t K) {
+    if (!mm->own) {
+        F(gb_rgemm)(mm->gemm, 'T', 'N', R, R, K, Xr, K, Xr, K, 0, Y, R);
         return;
     }
     for (int64_t i = 0; i < R; i++)
@@ -200,22 +244,16 @@ static void F(gb_gram)(GEMM_FN g, int own, REAL *Y, const REAL *Xr, int64_t R, i
         }
 }
 
-/* Own kernels for this width? (N below gb_opts.blas_min_width, or no BLAS) */
-static int F(gb_use_own)(const gb_opts *opts, int64_t N) {
-    return !opts || !opts->GEMM_FIELD || N < opts->BLAS_MIN_FIELD;
-}
+/* Own kernels for width N? (no BLAS, or N below the width from which the options use it) */
+static int F(gb_use_own)(const gb_opts *opts, int64_t N) { return !gb_blas_for(opts, N, sizeof(REAL) == sizeof(float)); }
 
-/* W^T (K, GN) of W (GN, K), for the own products; NULL when BLAS does them (or on ENOMEM: *rc) */
-static REAL *F(gb_transposed)(const REAL *W, int64_t GN, int64_t K, int own, int *rc) {
+/* The packed operand for the own products (gb_rpack), NULL when BLAS does them; *rc = GB_ENOMEM
+ * when it cannot be had */
+static REAL *F(gb_rpacked)(const REAL *W, int64_t K, int64_t Nc, int trans, int own, int *rc) {
     if (!own) return NULL;
-    REAL *WT = aligned_alloc(64, (sizeof(REAL) * (size_t)(GN * K) + 63) / 64 * 64);
-    if (!WT) {
-        *rc = GB_ENOMEM;
-        return NULL;
-    }
-    for (int64_t j = 0; j < GN; j++)
-        for (int64_t k = 0; k < K; k++) WT[k * GN + j] = W[j * K + k];
-    return WT;
+    REAL *P = F(gb_rpack)(W, K, Nc, trans);
+    if (!P) *rc = GB_ENOMEM;
+    return P;
 }
 
 /* ------------------------------------------------------------------ the exact chain */
@@ -417,7 +455,8 @@ static void F(gb_racc)(REAL *acc, int64_t *E, const REAL *term, int64_t e, int64
 
 /* ------------------------------------------------------------------ per-call state */
 typedef struct {
-    GEMM_FN gemm;
+    F(gb_rmm) mm;      /* BLAS or the own products (on the call's team) */
+    REAL *Wp;          /* W_hh packed for the own products (gb_rpack), else NULL */
     int64_t K;         /* steps per chunk of the parameter-gradient products */
     REAL *zx, *zh;        /* (K,B,GN) dz rows of the chunk for W_ih/b_ih and W_hh/b_hh (zh may be zx) */
     int64_t *ex, *eh;  /* (K,) their exponents */
@@ -429,7 +468,6 @@ typedef struct {
     REAL *ga, *gda;       /* (B, GN) gate values and derivatives recomputed from Z */
     REAL *tc, *dtc;       /* (B, N) tanh(c_t), tanh'(c_t) (then the LSTM backward's total dL/dc_t) */
     int gram_norms;    /* step norms from the Gram matrices */
-    int own;           /* own products (narrow cells) instead of BLAS */
 } F(gb_rctx);
 
 static void *F(gb_ralloc)(size_t bytes) {
@@ -449,12 +487,14 @@ static void F(gb_rctx_free)(F(gb_rctx) *cx) {
     free(cx->gg);
     free(cx->ga);
     free(cx->tc);
+    free(cx->Wp);
 }
 
-static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, const gb_recurrent_arrays *a, int separate_zh) {
+static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, F(gb_rteam) *tm, const gb_recurrent_arrays *a,
+                           int separate_zh) {
     const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = a->GN;
     memset(cx, 0, sizeof *cx);
-    cx->gemm = opts ? opts->GEMM_FIELD : NULL;
+    cx->mm = (F(gb_rmm)){opts ? opts->GEMM_FIELD : NULL, F(gb_use_own)(opts, N), tm};
     cx->K = a->icfg[GB_RI_CHUNK]; /* slot of step t: t % K; at most T slots are used */
     const size_t zrows = (size_t)(GB_MIN(cx->K, T_) * B * GN);
     cx->zx = F(gb_ralloc)(sizeof(REAL) * zrows);
@@ -471,8 +511,9 @@ static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, const gb_recurre
     cx->tc = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * N));
     cx->dtc = cx->tc ? cx->tc + B * N : NULL;
     cx->gram_norms = B * (GN + N) < 2 * GN * N; /* the Gram matrices are symmetric: half of each */
-    cx->own = F(gb_use_own)(opts, N);
-    if (!cx->zx || !cx->zh || !cx->ex || !cx->eh || !cx->nz || !cx->tmp || !cx->tb || !cx->gram || !cx->gg ||
+    int rc = GB_OK;
+    cx->Wp = F(gb_rpacked)(((const REAL *)a->W_hh), GN, N, 0, cx->mm.own, &rc);
+    if (rc || !cx->zx || !cx->zh || !cx->ex || !cx->eh || !cx->nz || !cx->tmp || !cx->tb || !cx->gram || !cx->gg ||
         !cx->ga || !cx->tc)
         return GB_ENOMEM;
     return GB_OK;
@@ -547,15 +588,15 @@ static void F(gb_record_forward)(const REAL *h, int64_t t, int64_t B, int64_t N,
 /* U (R,GN) = X (R,D) W_ih^T + bias */
 /* (one product over all T B rows: the own kernels for few inputs D, where BLAS would split the
  * thin product over threads, else BLAS) */
-static int F(gb_input_projection)(const gb_opts *opts, REAL *U, const REAL *X, const REAL *W_ih, const REAL *bias,
-                                  int64_t R, int64_t D, int64_t GN) {
+static int F(gb_input_projection)(const gb_opts *opts, F(gb_rteam) *tm, REAL *U, const REAL *X, const REAL *W_ih,
+                                  const REAL *bias, int64_t R, int64_t D, int64_t GN) {
     int rc = GB_OK;
-    GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
-    REAL *WT = F(gb_transposed)(W_ih, GN, D, F(gb_use_own)(opts, D), &rc);
+    const F(gb_rmm) mm = {opts ? opts->GEMM_FIELD : NULL, F(gb_use_own)(opts, D), tm};
+    REAL *WTp = F(gb_rpacked)(W_ih, D, GN, 1, mm.own, &rc);
     if (rc) return rc;
     for (int64_t r = 0; r < R; r++) memcpy(U + r * GN, bias, sizeof(REAL) * (size_t)GN);
-    F(gb_rows_times_wT)(g, U, X, W_ih, WT, R, D, GN, 1);
-    free(WT);
+    F(gb_rows_times_wT)(&mm, U, X, W_ih, WTp, R, D, GN, 1);
+    free(WTp);
     return GB_OK;
 }
 
@@ -595,9 +636,8 @@ static int64_t F(gb_rnn_rescue)(REAL *dz, const REAL *g, const REAL *z, int64_t 
     return k;
 }
 
-int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
-    int rc = F(gb_rcheck)(a, 1, 0);
-    if (rc) return rc;
+static int F(gb_rnn_forward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
+    int rc = GB_OK;
     const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, BN = B * N;
     const int act = (int)a->icfg[GB_RI_ACT], rescale = a->icfg[GB_RI_RESCALE_FWD] != 0;
     const REAL p = (REAL)a->fcfg[GB_RF_ACT_PARAM];
@@ -605,9 +645,9 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     const REAL *W_hh = ((REAL *)a->W_hh), *b_ih = ((REAL *)a->b_ih), *b_hh = ((REAL *)a->b_hh);
     REAL *H = ((REAL *)a->H), *Z = ((REAL *)a->Z);
     int64_t *fexp = a->fexp, *info = a->info;
-    GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
+    const F(gb_rmm) mm = {opts ? opts->GEMM_FIELD : NULL, F(gb_use_own)(opts, N), tm};
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)N), *zb = F(gb_ralloc)(sizeof(REAL) * (size_t)BN);
-    REAL *WT = F(gb_transposed)(W_hh, N, N, F(gb_use_own)(opts, N), &rc);
+    REAL *WT = F(gb_rpacked)(W_hh, N, N, 1, mm.own, &rc);
     if (!bias || !zb || rc) {
         free(bias);
         free(zb);
@@ -615,13 +655,13 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
         return GB_ENOMEM;
     }
     for (int64_t j = 0; j < N; j++) bias[j] = b_ih[j] + b_hh[j];
-    rc = F(gb_input_projection)(opts, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, N); /* U, then z_t */
+    rc = F(gb_input_projection)(opts, tm, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, N); /* U, then z_t */
     info[GB_INFO_FORWARD] = -1;
     for (int64_t t = 0; t < T_ && rc == GB_OK; t++) {
         REAL *hp = H + t * BN, *h = H + (t + 1) * BN, *z = Z + t * BN;
         int64_t e = fexp[t];
         if (rescale) { /* z = 2^-e U_t + 2^(fexp - e) h_{t-1} W_hh^T, e = max(0, fexp) */
-            F(gb_rows_times_wT)(g, zb, hp, W_hh, WT, B, N, N, 0);
+            F(gb_rows_times_wT)(&mm, zb, hp, W_hh, WT, B, N, N, 0);
             e = GB_MAX(0, fexp[t]);
             const int du = gb_clamp_exp(-e), dp = gb_clamp_exp(fexp[t] - e);
             const REAL su = F(gb_pow2)(du), sp = F(gb_pow2)(dp); /* one of du, dp is 0 */
@@ -631,7 +671,7 @@ int F(gb_rnn_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
                 for (int64_t i = 0; i < BN; i++) z[i] = TLDEXP(z[i], du) + TLDEXP(zb[i], dp);
             }
         } else {
-            F(gb_rows_times_wT)(g, z, hp, W_hh, WT, B, N, N, 1);
+            F(gb_rows_times_wT)(&mm, z, hp, W_hh, WT, B, N, N, 1);
         }
         F(gb_rnn_activation)(h, zb, z, BN, act, p); /* zb: phi'(z), for the saturated fraction */
         int64_t nsat = 0;
@@ -659,16 +699,15 @@ static void F(gb_gates_row)(REAL *a, REAL *da, const REAL *z, int64_t N, int G) 
     if (G == 4) FP(gb_sigmoid_grad)(a + 3 * N, da + 3 * N, z + 3 * N, N);
 }
 
-int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
-    int rc = F(gb_rcheck)(a, 4, 0);
-    if (rc) return rc;
+static int F(gb_lstm_forward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
+    int rc = GB_OK;
     const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = 4 * N, BN = B * N;
     const REAL *W_hh = ((REAL *)a->W_hh);
     REAL *H = ((REAL *)a->H), *C = ((REAL *)a->C), *Z = ((REAL *)a->Z);
-    GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
+    const F(gb_rmm) mm = {opts ? opts->GEMM_FIELD : NULL, F(gb_use_own)(opts, N), tm};
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN), *ga = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * GN));
     REAL *tc = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * BN));
-    REAL *WT = F(gb_transposed)(W_hh, GN, N, F(gb_use_own)(opts, N), &rc);
+    REAL *WT = F(gb_rpacked)(W_hh, N, GN, 1, mm.own, &rc);
     if (!bias || !ga || !tc || rc) {
         free(bias);
         free(ga);
@@ -678,13 +717,13 @@ int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     }
     REAL *gda = ga + B * GN;
     for (int64_t j = 0; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j] + ((REAL *)a->b_hh)[j];
-    rc = F(gb_input_projection)(opts, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
+    rc = F(gb_input_projection)(opts, tm, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
     a->info[GB_INFO_FORWARD] = -1;
     for (int64_t t = 0; t < T_ && rc == GB_OK; t++) {
         REAL *Zt = Z + t * B * GN;
         const REAL *cp = C + t * BN;
         REAL *c = C + (t + 1) * BN, *h = H + (t + 1) * BN;
-        F(gb_rows_times_wT)(g, Zt, H + t * BN, W_hh, WT, B, N, GN, 1); /* z_t = U_t + h_{t-1} W_hh^T */
+        F(gb_rows_times_wT)(&mm, Zt, H + t * BN, W_hh, WT, B, N, GN, 1); /* z_t = U_t + h_{t-1} W_hh^T */
         for (int64_t r = 0; r < B; r++) {
             REAL *ar = ga + r * GN;
             F(gb_gates_row)(ar, gda + r * GN, Zt + r * GN, N, 4);
@@ -706,15 +745,14 @@ int F(gb_lstm_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     return rc;
 }
 
-int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
-    int rc = F(gb_rcheck)(a, 3, 0);
-    if (rc) return rc;
+static int F(gb_gru_forward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
+    int rc = GB_OK;
     const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = 3 * N, BN = B * N;
     const REAL *W_hh = ((REAL *)a->W_hh), *b_hn = ((REAL *)a->b_hh) + 2 * N;
     REAL *H = ((REAL *)a->H), *Z = ((REAL *)a->Z), *HN = ((REAL *)a->HN);
-    GEMM_FN g = opts ? opts->GEMM_FIELD : NULL;
+    const F(gb_rmm) mm = {opts ? opts->GEMM_FIELD : NULL, F(gb_use_own)(opts, N), tm};
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN), *P = F(gb_ralloc)(sizeof(REAL) * (size_t)(3 * B * GN));
-    REAL *WT = F(gb_transposed)(W_hh, GN, N, F(gb_use_own)(opts, N), &rc);
+    REAL *WT = F(gb_rpacked)(W_hh, N, GN, 1, mm.own, &rc);
     if (!bias || !P || rc) {
         free(bias);
         free(P);
@@ -725,13 +763,13 @@ int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     /* b_hn stays inside r * (h W_hn^T + b_hn): the n block of the bias is b_in alone */
     for (int64_t j = 0; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j] + (j < 2 * N ? ((REAL *)a->b_hh)[j] : (REAL)0);
     for (int64_t j = 2 * N; j < GN; j++) bias[j] = ((REAL *)a->b_ih)[j];
-    rc = F(gb_input_projection)(opts, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
+    rc = F(gb_input_projection)(opts, tm, Z, ((REAL *)a->X), ((REAL *)a->W_ih), bias, T_ * B, D, GN); /* U, then z_t */
     free(bias);
     a->info[GB_INFO_FORWARD] = -1;
     for (int64_t t = 0; t < T_ && rc == GB_OK; t++) {
         REAL *Zt = Z + t * B * GN, *hn = HN + t * BN, *h = H + (t + 1) * BN;
         const REAL *hp = H + t * BN;
-        F(gb_rows_times_wT)(g, P, hp, W_hh, WT, B, N, GN, 0);
+        F(gb_rows_times_wT)(&mm, P, hp, W_hh, WT, B, N, GN, 0);
         for (int64_t r = 0; r < B; r++) {
             REAL *zr = Zt + r * GN, *ar = ga + r * GN, *dr = gda + r * GN, *hr = hn + r * N;
             const REAL *pr = P + r * GN;
@@ -756,12 +794,12 @@ int F(gb_gru_forward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
 static double F(gb_step_norm_plain)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, int64_t B, int64_t N,
                                     int64_t GN) {
     if (!cx->gram_norms) {
-        F(gb_zT_times_rows)(cx->gemm, cx->own, cx->tmp, dz, hp, B, N, GN);
+        F(gb_zT_times_rows)(&cx->mm, cx->tmp, dz, hp, B, N, GN);
         return F(gb_rnorm)(cx->tmp, GN, N);
     }
     REAL *zz = cx->gram, *hh = cx->gram + B * B;
-    F(gb_gram)(cx->gemm, cx->own, zz, dz, B, GN);
-    F(gb_gram)(cx->gemm, cx->own, hh, hp, B, N);
+    F(gb_gram)(&cx->mm, zz, dz, B, GN);
+    F(gb_gram)(&cx->mm, hh, hp, B, N);
     double s = 0;
     for (int64_t i = 0; i < B * B; i++) s += (double)zz[i] * (double)hh[i];
     if (s != s) return s; /* a NaN step stays NaN (the clamp below read it as 0) */
@@ -824,7 +862,7 @@ static void F(gb_chunk_flush)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int6
         F(gb_scale_into)(zx, zx, n, sx);
     }
     const int64_t R = m * B;
-    F(gb_zT_times_rows)(cx->gemm, cx->own, cx->tmp, cx->zx, ((REAL *)a->X) + t0 * B * D, R, D, GN);
+    F(gb_zT_times_rows)(&cx->mm, cx->tmp, cx->zx, ((REAL *)a->X) + t0 * B * D, R, D, GN);
     F(gb_racc)(a->dW_ih, a->dexp + GB_DE_W_IH, cx->tmp, Ex, GN * D);
     /* the bias terms carry sig_e alone; db_hh's are db_ih's unless zh has rows of its own (gru) */
     const int own_bias = cx->zh != cx->zx && !rescale_copy;
@@ -838,7 +876,7 @@ static void F(gb_chunk_flush)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int6
         if (!pass)
             F(gb_racc)(a->db_ih, a->dexp + GB_DE_B_IH, cx->tb, Ex, GN);
     }
-    F(gb_zT_times_rows)(cx->gemm, cx->own, cx->tmp, cx->zh, ((REAL *)a->H) + t0 * B * N, R, N, GN);
+    F(gb_zT_times_rows)(&cx->mm, cx->tmp, cx->zh, ((REAL *)a->H) + t0 * B * N, R, N, GN);
     F(gb_racc)(a->dW_hh, a->dexp + GB_DE_W_HH, cx->tmp, Eh, GN * N);
 }
 
@@ -876,13 +914,12 @@ static void F(gb_state_finish)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int
 }
 
 /* ------------------------------------------------------------------ backward: the cells */
-int F(gb_rnn_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
-    int rc = F(gb_rcheck)(a, 1, 1);
-    if (rc) return rc;
+static int F(gb_rnn_backward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
+    int rc;
     const int64_t T_ = a->T, B = a->B, N = a->N, BN = B * N;
     const int rescale = a->icfg[GB_RI_RESCALE_FWD] != 0;
     F(gb_rctx) cx;
-    rc = F(gb_rctx_init)(&cx, opts, a, rescale);
+    rc = F(gb_rctx_init)(&cx, opts, tm, a, rescale);
     if (rc) {
         F(gb_rctx_free)(&cx);
         return rc;
@@ -904,7 +941,7 @@ int F(gb_rnn_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
         const int rescue = rescue_act && (double)m < GB_RESCUE_BELOW(sizeof(REAL) == sizeof(float));
         const int64_t e = a->sig_e[t + 1] + (rescue ? F(gb_rnn_rescue)(dz, cx.gg, z, BN, act, a->fcfg[GB_RF_ACT_PARAM]) : 0);
         if (rescale) memcpy(cx.zh + k * BN, dz, sizeof(REAL) * (size_t)BN); /* scaled at the flush */
-        F(gb_rows_times_w)(cx.gemm, cx.own, cx.gg, dz, ((REAL *)a->W_hh), B, N, N, 0);
+        F(gb_rows_times_w)(&cx.mm, cx.gg, dz, ((REAL *)a->W_hh), cx.Wp, B, N, N, 0);
         F(gb_step_done)(&cx, a, t, e, e + a->fexp[t], rescale);
         F(gb_state_finish)(&cx, a, t, e, 0);
     }
@@ -913,12 +950,11 @@ int F(gb_rnn_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     return GB_OK;
 }
 
-int F(gb_lstm_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
-    int rc = F(gb_rcheck)(a, 4, 1);
-    if (rc) return rc;
+static int F(gb_lstm_backward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
+    int rc;
     const int64_t T_ = a->T, B = a->B, N = a->N, GN = 4 * N, BN = B * N;
     F(gb_rctx) cx;
-    rc = F(gb_rctx_init)(&cx, opts, a, 0);
+    rc = F(gb_rctx_init)(&cx, opts, tm, a, 0);
     if (rc) {
         F(gb_rctx_free)(&cx);
         return rc;
@@ -950,7 +986,7 @@ int F(gb_lstm_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
             }
         }
         a->csig_m[t + 1] = F(gb_rnorm)(dtc, B, N); /* ||total dL/dC[t+1]||, exponent e (the reference's) */
-        F(gb_rows_times_w)(cx.gemm, cx.own, gh, dz, ((REAL *)a->W_hh), B, N, GN, 0);
+        F(gb_rows_times_w)(&cx.mm, gh, dz, ((REAL *)a->W_hh), cx.Wp, B, N, GN, 0);
         F(gb_step_done)(&cx, a, t, e, e, 0);
         F(gb_state_finish)(&cx, a, t, e, 1);
     }
@@ -959,12 +995,11 @@ int F(gb_lstm_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     return GB_OK;
 }
 
-int F(gb_gru_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
-    int rc = F(gb_rcheck)(a, 3, 1);
-    if (rc) return rc;
+static int F(gb_gru_backward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
+    int rc;
     const int64_t T_ = a->T, B = a->B, N = a->N, GN = 3 * N, BN = B * N;
     F(gb_rctx) cx;
-    rc = F(gb_rctx_init)(&cx, opts, a, 1);
+    rc = F(gb_rctx_init)(&cx, opts, tm, a, 1);
     if (rc) {
         F(gb_rctx_free)(&cx);
         return rc;
@@ -994,7 +1029,7 @@ int F(gb_gru_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
                 gh[x] = g * z[j];
             }
         }
-        F(gb_rows_times_w)(cx.gemm, cx.own, gh, zh, ((REAL *)a->W_hh), B, N, GN, 1);
+        F(gb_rows_times_w)(&cx.mm, gh, zh, ((REAL *)a->W_hh), cx.Wp, B, N, GN, 1);
         F(gb_step_done)(&cx, a, t, e, e, 0);
         F(gb_state_finish)(&cx, a, t, e, 0);
     }
@@ -1002,6 +1037,62 @@ int F(gb_gru_backward)(const gb_recurrent_arrays *a, const gb_opts *opts) {
     F(gb_rctx_free)(&cx);
     return GB_OK;
 }
+
+/* ------------------------------------------------------------------ the drivers */
+/* A driver's body runs on thread 0 of the call's team (gb_rteam; NULL: one thread), whose
+ * helpers serve its own products (gb_rserve) until it posts `stop`. */
+typedef int (*F(gb_rbody))(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm);
+
+typedef struct {
+    F(gb_rteam) tm;
+    F(gb_rbody) body;
+    const gb_recurrent_arrays *a;
+    const gb_opts *opts;
+    int rc;
+} F(gb_rcall);
+
+static void F(gb_rmember)(void *arg, int tid, int nth, gb_barrier *bar) {
+    F(gb_rcall) *c = arg;
+    if (tid) {
+        F(gb_rserve)(&c->tm, tid, nth, bar);
+        return;
+    }
+    c->tm.bar = bar;
+    c->tm.nth = nth;
+    c->rc = c->body(c->a, c->opts, &c->tm);
+    if (c->tm.bar) { /* the helpers still serve (not solo): let them go */
+        c->tm.stop = 1;
+        gb_progress_set(bar, &c->tm.posted, atomic_load_explicit(&c->tm.posted.step, memory_order_relaxed) + 1);
+    }
+}
+
+/* Check the arrays (G gate blocks), then run the body on the threads gb_recurrent_threads gives
+ * (recurrent_dispatch.c) */
+static int F(gb_rdrive)(F(gb_rbody) body, const gb_recurrent_arrays *a, const gb_opts *opts, int G, int need_dh) {
+    const int rc = F(gb_rcheck)(a, G, need_dh);
+    if (rc) return rc;
+    F(gb_rcall) c;
+    memset(&c, 0, sizeof c);
+    atomic_init(&c.tm.posted.step, 0);
+    c.body = body;
+    c.a = a;
+    c.opts = opts;
+    const int nth = gb_recurrent_threads(opts, a->T, a->B, a->N, G, sizeof(REAL) == sizeof(float));
+    gb_team_run(nth, F(gb_rmember), &c, opts ? opts->solo_after : 0);
+    return c.rc;
+}
+
+#define GB_RDRIVER(cell, dir, G, need_dh)                                                        \
+    int F(gb_##cell##_##dir)(const gb_recurrent_arrays *a, const gb_opts *opts) {              \
+        return F(gb_rdrive)(F(gb_##cell##_##dir##_body), a, opts, G, need_dh);                 \
+    }
+GB_RDRIVER(rnn, forward, 1, 0)
+GB_RDRIVER(rnn, backward, 1, 1)
+GB_RDRIVER(lstm, forward, 4, 0)
+GB_RDRIVER(lstm, backward, 4, 1)
+GB_RDRIVER(gru, forward, 3, 0)
+GB_RDRIVER(gru, backward, 3, 1)
+#undef GB_RDRIVER
 
 /* ------------------------------------------------------------------ exported for tests */
 #ifdef GB_RECURRENT_EXPORTS

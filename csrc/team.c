@@ -129,12 +129,10 @@ static void gb_add_pwait(gb_barrier *b, int64_t w) {
     }
 }
 
-void gb_progress_wait(gb_barrier *b, gb_progress *p, int n, int64_t step) {
-    if (gb_progress_reached(p, n, step, memory_order_acquire)) return;
-    if (!b || b->n <= 1) return; /* alone: every step it waits for is its own, already set */
-    const int64_t t0 = gb_now_ns(); /* a wait: its time counts toward going solo (barrier) */
+/* spin, then sleep until p[t].step >= step for every t < n */
+static void gb_progress_sleep(gb_barrier *b, gb_progress *p, int n, int64_t step) {
     for (int i = 0; i < GB_SPIN; i++) {
-        if (gb_progress_reached(p, n, step, memory_order_acquire)) goto done;
+        if (gb_progress_reached(p, n, step, memory_order_acquire)) return;
         GB_PAUSE();
     }
     pthread_mutex_lock(&b->mu);
@@ -142,8 +140,18 @@ void gb_progress_wait(gb_barrier *b, gb_progress *p, int n, int64_t step) {
     while (!gb_progress_reached(p, n, step, memory_order_seq_cst)) pthread_cond_wait(&b->cv, &b->mu);
     atomic_fetch_sub(&b->sleepers, 1);
     pthread_mutex_unlock(&b->mu);
-done:
+}
+
+void gb_progress_wait(gb_barrier *b, gb_progress *p, int n, int64_t step) {
+    if (gb_progress_reached(p, n, step, memory_order_acquire)) return;
+    if (!b || b->n <= 1) return; /* alone: every step it waits for is its own, already set */
+    const int64_t t0 = gb_now_ns(); /* a wait: its time counts toward going solo (barrier) */
+    gb_progress_sleep(b, p, n, step);
     gb_add_pwait(b, gb_now_ns() - t0);
+}
+
+void gb_progress_await(gb_barrier *b, gb_progress *p, int64_t step) {
+    if (!gb_progress_reached(p, 1, step, memory_order_acquire)) gb_progress_sleep(b, p, 1, step);
 }
 
 typedef struct {
