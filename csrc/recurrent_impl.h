@@ -9,8 +9,8 @@
  * The contract is gradbench/recurrent/reference.py (the NumPy oracle, same names and steps) over
  * the arrays of gradbench/recurrent/abi.py (gb_recurrent_arrays). Dimension letters: T steps,
  * B batch, N hidden units, D inputs, GN = G N gate rows. The elementwise formulas are evaluated
- * in the reference's order; the matrix products go to BLAS (SciPy's, through gb_opts) or to
- * plain loops without it.
+ * in the reference's order; the matrix products go to the own kernels (the stacks' tiles, on the
+ * call's team of threads: gb_rjob, gb_rteam) or to BLAS (through gb_opts, where gb_blas_for says).
  *
  * Forward: the input projection of all steps is one product U = X W_ih^T + b (into Z, which then
  * holds the pre-activations step by step); per step only the recurrent product h_{t-1} W_hh^T.
@@ -48,27 +48,13 @@
 #define GB_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 /* ------------------------------------------------------------------ products */
-/* C (m,n) = op(A) op(Bm) + beta C in column-major (the Fortran BLAS contract, alpha = 1,
- * beta 0 or 1). Row-major X (r, c) is column-major X^T (c, r). Own loops without BLAS. */
+/* C (m,n) = op(A) op(Bm) + beta C in column-major through BLAS (the Fortran contract, alpha = 1,
+ * beta 0 or 1). Row-major X (r, c) is column-major X^T (c, r). */
 static void F(gb_rgemm)(GEMM_FN gemm, char ta, char tb, int64_t m, int64_t n, int64_t k, const REAL *A,
                         int64_t lda, const REAL *Bm, int64_t ldb, int beta, REAL *C, int64_t ldc) {
-    if (m <= 0 || n <= 0) return;
-    if (gemm && k > 0) {
-        int im = (int)m, in = (int)n, ik = (int)k, ia = (int)lda, ib = (int)ldb, ic = (int)ldc;
-        REAL one = 1, bt = (REAL)beta;
-        gemm(&ta, &tb, &im, &in, &ik, &one, (REAL *)A, &ia, (REAL *)Bm, &ib, &bt, C, &ic);
-        return;
-    }
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t i = 0; i < m; i++) {
-            REAL acc = 0;
-            for (int64_t l = 0; l < k; l++) {
-                const REAL a = ta == 'N' ? A[i + l * lda] : A[l + i * lda];
-                const REAL b = tb == 'N' ? Bm[l + j * ldb] : Bm[j + l * ldb];
-                acc += a * b;
-            }
-            C[i + j * ldc] = beta ? acc + C[i + j * ldc] : acc;
-        }
+    int im = (int)m, in = (int)n, ik = (int)k, ia = (int)lda, ib = (int)ldb, ic = (int)ldc;
+    REAL one = 1, bt = (REAL)beta;
+    gemm(&ta, &tb, &im, &in, &ik, &one, (REAL *)A, &ia, (REAL *)Bm, &ib, &bt, C, &ic);
 }
 
 /* The own products: the stack drivers' register tiles and blocks of k (gemm_impl.h, over T; T is

@@ -125,6 +125,18 @@ def test_design_environment_table_names_every_variable_the_package_reads_with_it
         base, exp = table[name].split("^")
         assert int(base) ** int(exp) == int(value), name
     assert float(table["GRADBENCH_PROGRESS_SECONDS"]) == float(progress)
+    code = ("import gradbench.recurrent.cbackend as r; "
+            "print(r.BLAS_MIN_WIDTH, r.BLAS_MIN_WIDTH_F32, r.PAR_MIN_WORK, r.PAR_MIN_TOTAL)")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rblas, rblas32, rpar, rtotal = map(int, proc.stdout.split())
+    assert table["GRADBENCH_C_RECURRENT_BLAS_MIN_WIDTH"] == "2^31 (never)" and rblas == 2**31
+    usual = re.fullmatch(r"(\d+) \(2\^31, never, when the OpenBLAS it calls runs more than one thread\)",
+                         table["GRADBENCH_C_RECURRENT_BLAS_MIN_WIDTH_F32"]).group(1)
+    assert rblas32 == (int(usual) if threads == "1" else 2**31)
+    for name, value in (("GRADBENCH_C_RECURRENT_PAR_MIN_WORK", rpar), ("GRADBENCH_C_RECURRENT_PAR_MIN_TOTAL", rtotal)):
+        base, exp = table[name].split("^")
+        assert int(base) ** int(exp) == value, name
 
 
 def test_readme_recurrent_diagnosis_quote_is_what_it_prints():

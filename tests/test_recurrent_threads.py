@@ -121,7 +121,7 @@ def test_blas_only_where_it_runs_one_thread():
         assert cb.default_blas_min_width(f32, blas_threads=1) == cb.ONE_THREAD_BLAS_FROM[f32]
         for threads in (2, 4, None):
             assert cb.default_blas_min_width(f32, blas_threads=threads) == NO_BLAS
-    assert cb.ONE_THREAD_BLAS_FROM == {False: NO_BLAS, True: 512}
+    assert cb.ONE_THREAD_BLAS_FROM == {False: NO_BLAS, True: 256}
 
 
 def test_threads_rule():

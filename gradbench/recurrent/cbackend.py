@@ -3,10 +3,12 @@
 Each function takes exactly the arguments of :mod:`gradbench.recurrent.reference` (the tables of
 :mod:`gradbench.recurrent.abi`), validates them with :func:`gradbench.abi.check`, fills one
 ``gb_recurrent_arrays`` struct of pointers (``ffi.from_buffer``, never copied) and makes one C
-call (cffi releases the GIL). From width :data:`BLAS_MIN_WIDTH` on the matrix products go to
-NumPy's BLAS (or SciPy's; :func:`gradbench.cbackend.make_opts`), below it to the kernels' own tiles.
+call (cffi releases the GIL). The matrix products run on the drivers' own kernels (the stacks'
+register tiles, csrc/gemm_impl.h, over W_hh packed once per call), on a team of
+``gradbench.cbackend.threads()`` threads from :data:`PAR_MIN_WORK` per step (csrc/recurrent_impl.h:
+the results do not depend on the thread count); NumPy's BLAS (or SciPy's) only where the OpenBLAS
+called runs one thread and was faster there (:func:`default_blas_min_width`), the stacks' rule.
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -18,9 +20,13 @@ from gradbench.recurrent.abi import TABLES
 
 _FIELD_TYPE = {name: field.type for name, field in ffi.typeof("gb_recurrent_arrays").fields}
 # The widths from which the cells give their products to BLAS where the OpenBLAS they call runs
-# one thread (float64, float32; NO_BLAS: never): the own products on one thread against it
-# (MEASURED).
-ONE_THREAD_BLAS_FROM = {False: NO_BLAS, True: 512}
+# one thread (float64, float32; NO_BLAS: never). Measured on the 2-core Zen 4 VM, pinned to one
+# core, one thread each, forward + backward (gb.backprop), minima of 3 processes, own / BLAS (s):
+# float64 GRU N = 256, B = 32, T = 300 0.332 / 0.365; LSTM 512, B = 64, T = 100 1.146 / 1.192;
+# RNN 512, B = 64, T = 300 0.763 / 0.850; LSTM 1024, B = 64, T = 20 0.85 / 0.86 (OpenBLAS's
+# AVX-512 kernels). float32: GRU 256 0.268 / 0.255, LSTM 512 0.731 / 0.666, LSTM 1024 0.505 /
+# 0.498: BLAS from 256.
+ONE_THREAD_BLAS_FROM = {False: NO_BLAS, True: 256}
 
 
 def default_blas_min_width(f32: bool = False, blas_threads: int | None = None) -> int:
@@ -30,9 +36,13 @@ def default_blas_min_width(f32: bool = False, blas_threads: int | None = None) -
     (gradbench.cbackend.default_blas_min_width).
 
     One thread, because OpenBLAS splits each of a run's thousands of per-step products over its
-    threads and waits for the slowest: on a shared machine one of them is often without a CPU
-    (MEASURED). The own products' team notices such waits and finishes on one thread
-    (csrc/team.c)."""
+    threads and waits for the slowest: on a shared machine one of them is often without a CPU. The
+    own products' team notices such waits and finishes on one thread (csrc/team.c). Measured on
+    the 2-core Zen 4 VM beside one busy loop, default threads, minima of 3 processes, BLAS on 2
+    threads from 256 (before) / the own kernels then (one thread) / the team (s): GRU N = 256,
+    B = 32, T = 300 0.80 / 0.41 / 0.35; LSTM 512, B = 64, T = 100 1.81 / 1.71 / 1.18; RNN 512,
+    B = 64, T = 300 1.74 / 1.14 / 0.76. Quiet, BLAS on 2 threads / the team: 0.256 / 0.235,
+    0.689 / 0.681, 0.513 / 0.483."""
     blas_threads = blas.gemm_threads() if blas_threads is None else blas_threads
     return ONE_THREAD_BLAS_FROM[bool(f32)] if blas_threads == 1 else NO_BLAS
 
@@ -41,8 +51,11 @@ BLAS_MIN_WIDTH = env_int("GRADBENCH_C_RECURRENT_BLAS_MIN_WIDTH", default_blas_mi
 BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_RECURRENT_BLAS_MIN_WIDTH_F32", default_blas_min_width(True), low=0)
 # B N GN of a step from which the own products run on several threads (csrc/recurrent_impl.h:
 # the helpers take shares of each product while thread 0 does the element-wise work between
-# them), and T B N GN of a call (MEASURED)
-PAR_MIN_WORK = env_int("GRADBENCH_C_RECURRENT_PAR_MIN_WORK", 1 << 20, low=0)
+# them). Measured quiet on 2 CPUs, two threads against one (s): LSTM N = 64, B = 16 (2^18)
+# 0.079 / 0.090; N = 64, B = 32 0.163 / 0.187; GRU 64, B = 64 0.290 / 0.308; LSTM 128, B = 32
+# 0.113 / 0.145; N = 32, B = 32 (2^17) 0.075-0.117 / 0.081. And T B N GN of a call, as the
+# stacks' PAR_MIN_TOTAL (a team's start and end).
+PAR_MIN_WORK = env_int("GRADBENCH_C_RECURRENT_PAR_MIN_WORK", 1 << 18, low=0)
 PAR_MIN_TOTAL = env_int("GRADBENCH_C_RECURRENT_PAR_MIN_TOTAL", 1 << 23, low=0)
 _OPTS = make_opts(par_min_work=PAR_MIN_WORK, par_min_total=PAR_MIN_TOTAL)
 _OPTS.blas_min_width, _OPTS.blas_min_width_f32 = BLAS_MIN_WIDTH, BLAS_MIN_WIDTH_F32
