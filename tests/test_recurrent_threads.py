@@ -102,15 +102,48 @@ def test_public_api_bits_do_not_depend_on_the_threads(monkeypatch):
     params, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, 16, 1)
     results = []
     for n in (1, 3):
-        opts = make_opts(nthreads=n, par_min_work=0, par_min_total=0)
-        opts.blas_min_width = opts.blas_min_width_f32 = NO_BLAS
-        monkeypatch.setattr(cb, "_OPTS", opts)
+        _library_opts(monkeypatch, n)
         results.append(gb.backprop(rnn, params, xs, backend="c"))
     a, b = results
     for name, g in a.grads.items():
         np.testing.assert_array_equal(getattr(b.grads, name).mantissa, g.mantissa, err_msg=name)
         np.testing.assert_array_equal(getattr(b.grads, name).exponent, g.exponent, err_msg=name)
     np.testing.assert_array_equal(b.signal_norm.mantissa, a.signal_norm.mantissa)
+
+
+def _library_opts(monkeypatch, nthreads):
+    """The C backend's options with nthreads own threads whatever the size, no BLAS."""
+    opts = make_opts(nthreads=nthreads, par_min_work=0, par_min_total=0)
+    opts.blas_min_width = opts.blas_min_width_f32 = NO_BLAS
+    monkeypatch.setattr(cb, "_OPTS", opts)
+
+
+def _same_result(a, b, what):
+    for name in ("signal_norm", "grad_norm", "act_mean", "act_std"):
+        x, y = getattr(a, name), getattr(b, name)
+        np.testing.assert_array_equal(x.exponent, y.exponent, err_msg=f"{what}: {name}")
+        assert x.mantissa.tobytes() == y.mantissa.tobytes(), f"{what}: {name}"
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_checkpointed_and_stats_only_runs_on_the_team_are_the_plain_run(cell, monkeypatch):
+    """A checkpointed run and a stats-only run on 3 threads (the every-step loss's rows where
+    there is a head): bitwise the plain run on one."""
+    fields = dict(cell=cell, steps=61, hidden=40, input_dim=3, loss="mse", loss_on="every", output_dim=2)
+    if cell == "rnn":
+        fields.update(loss="sum_squares", loss_on="last")
+    rnn = gb.Recurrent(**fields)
+    params, xs, t = problem(rnn, 9)
+    _library_opts(monkeypatch, 1)
+    plain = gb.backprop(rnn, params, xs, t, backend="c", checkpoint=None)
+    _library_opts(monkeypatch, 3)
+    ck = gb.backprop(rnn, params, xs, t, backend="c", checkpoint=29)
+    assert ck.extras["segments"] > 1
+    _same_result(ck, plain, "checkpointed")
+    for name, g in plain.grads.items():
+        c = getattr(ck.grads, name)
+        assert c.mantissa.tobytes() == g.mantissa.tobytes() and c.exponent == g.exponent, name
+    _same_result(gb.backprop(rnn, params, xs, t, backend="c", stats_only=True), plain, "stats_only")
 
 
 # ------------------------------------------------------------------ the rules
