@@ -32,7 +32,6 @@
 #define F(name) GB_CAT(GB_CAT(name, DT), GB_ISA) /* this instance's: gb_stack_forward_f64_v4 */
 #define FP(name) GB_CAT(name, DT)                /* the exported layer pairs: gb_dense_forward_f64 */
 
-
 #ifndef GB_AINLINE /* activations.h defines it with the vector code */
 #define GB_AINLINE inline
 #endif
@@ -41,7 +40,6 @@
 #define GB_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 #include "gemm_impl.h"
-
 
 /* Prefetch of the next layer's arrays, spread over the blocks of this layer's work: a deep
  * stack's layers do not stay in the caches (W, H, Z, dW of every layer are streamed from memory
