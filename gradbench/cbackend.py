@@ -183,9 +183,10 @@ def _default_threads() -> int:
 
 def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: int | None = None,
               par_min_work: int | None = None, par_min_total: int | None = None, isa: int = 0,
-              solo_after: int = 0, own_wt: int = 0):
+              solo_after: int = 0, own_wt: int = 0, blas_min_width_f32: int | None = None):
     """A ``gb_opts`` struct for the drivers (BLAS pointers, thresholds, thread count, and the
     instruction set: 0 the best this CPU runs, 1 baseline, 3 AVX2+FMA, 4 AVX-512 at most).
+    ``blas_min_width`` sets both dtypes' widths unless ``blas_min_width_f32`` sets float32's.
     ``solo_after`` and ``own_wt`` are for tests (csrc/gradbench.h): a hand-over to one thread,
     and the forward's copies of W^T (1 one per thread, -1 one shared, 0 by shape)."""
     o = ffi.new("gb_opts *")
@@ -194,7 +195,8 @@ def make_opts(nthreads: int | None = None, blas: bool = True, blas_min_width: in
         o.dgemm = ffi.cast("gb_dgemm_fn", d)
         o.sgemm = ffi.cast("gb_sgemm_fn", s)
     o.blas_min_width = BLAS_MIN_WIDTH if blas_min_width is None else int(blas_min_width)
-    o.blas_min_width_f32 = BLAS_MIN_WIDTH_F32 if blas_min_width is None else int(blas_min_width)
+    f32 = blas_min_width if blas_min_width_f32 is None else blas_min_width_f32
+    o.blas_min_width_f32 = BLAS_MIN_WIDTH_F32 if f32 is None else int(f32)
     o.nthreads = _default_threads() if nthreads is None else int(nthreads)
     o.par_min_work = PAR_MIN_WORK if par_min_work is None else int(par_min_work)
     o.par_min_total = PAR_MIN_TOTAL if par_min_total is None else int(par_min_total)

@@ -57,8 +57,8 @@ BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_RECURRENT_BLAS_MIN_WIDTH_F32", default
 # stacks' PAR_MIN_TOTAL (a team's start and end).
 PAR_MIN_WORK = env_int("GRADBENCH_C_RECURRENT_PAR_MIN_WORK", 1 << 18, low=0)
 PAR_MIN_TOTAL = env_int("GRADBENCH_C_RECURRENT_PAR_MIN_TOTAL", 1 << 23, low=0)
-_OPTS = make_opts(par_min_work=PAR_MIN_WORK, par_min_total=PAR_MIN_TOTAL)
-_OPTS.blas_min_width, _OPTS.blas_min_width_f32 = BLAS_MIN_WIDTH, BLAS_MIN_WIDTH_F32
+_OPTS = make_opts(blas_min_width=BLAS_MIN_WIDTH, blas_min_width_f32=BLAS_MIN_WIDTH_F32, par_min_work=PAR_MIN_WORK,
+                  par_min_total=PAR_MIN_TOTAL)
 
 
 def threads_for(T: int, B: int, N: int, gates: int, dtype=np.float64, opts=None) -> int:
