@@ -649,6 +649,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
         words.append(branch)
     bn = small_batch_norm(stack, res, verdict)
     words += bn or batch_norm_explodes(stack, res, verdict, signal_rate)
+    words += batch_norm_without_spread(stack, res)
     words += _findings(stack, g, res, verdict, forward_said, weight_log10)
     return "; ".join(words) + "."
 
@@ -712,6 +713,27 @@ def small_batch_norm(stack, res, verdict: str) -> list[str]:
                      f"of the most open unit of layer {top} and of every layer above add up to 1 or more"
                      + ("; float64 resolves 2.2e-16" if stack.dtype == "float32" else ""))
     return words
+
+
+def batch_norm_without_spread(stack, res) -> list[str]:
+    """The lowest batch-norm layer whose median unit's batch variance lies below eps times the
+    dtype's resolution (``res.bn_share``, eps / (var_B + eps), is 1 to rounding): the samples of the
+    batch are the same there, or nearly. Batch norm then divides z - mean by sqrt(eps) instead of
+    normalising, and for identical samples z - mean is rounding noise, and so is everything after
+    it: a batch of 8 copies of one input read VANISHING, ||dW|| ~ 10^-527 and the backends 1.5
+    decades apart, where the true gradient is 0 (every layer's output is phi(beta), whatever W)."""
+    share = getattr(res, "bn_share", None)
+    if not stack.batch_norm or share is None:
+        return []
+    u = float(np.finfo(stack.dtype).eps)
+    flat = np.flatnonzero(np.asarray(share, dtype=np.float64)[:, 0] >= 1 - u)
+    if not flat.size:
+        return []
+    return [f"batch norm finds no spread in the batch at layer {flat[0]}: most of its units have a batch variance "
+            f"below eps times {stack.dtype}'s resolution (eps / (var_B + eps) is 1 to rounding), as when the "
+            f"samples are the same there; it then divides z - mean by sqrt(eps) = {math.sqrt(stack.bn_eps):.3g} "
+            "instead of normalising, and for identical samples z - mean is rounding noise, and so is everything "
+            "above and every gradient: their true gradient is 0 (batch norm maps identical samples to beta)"]
 
 
 # A plain ReLU stack with batch norm at large batches: ||dL/dh||^2 grows by pi / (pi - 1) a layer

@@ -980,3 +980,23 @@ def test_a_number_that_reads_one_takes_the_singular_decade():
     assert decades(0.999, ".2g") == "1 decade" and decades(1.0) == "1 decade" and decades(-1.0, "+.3g") == "-1 decade"
     assert decades(0.45, ".2g") == "0.45 decades" and decades(1.04, ".2g") == "1 decade"
     assert decades(1.04) == "1.04 decades" and decades(10.0) == "10 decades" and decades(0.0) == "0 decades"
+
+
+def test_batch_norm_over_identical_samples_is_said_to_be_rounding_noise():
+    """A batch of 8 copies of one input: in exact arithmetic every batch-norm output is beta and the
+    gradient 0; the backends read VANISHING at ~10^-527 and disagree by more than a decade (rounding
+    noise amplified by 1 / sqrt(eps)). The diagnosis now says so; a batch of distinct samples does
+    not get the sentence."""
+    s = gb.Stack(depth=10, width=8, activation="tanh", batch_norm=True)
+    p = gb.init_params(s, 0)
+    same = np.repeat(gb.gaussian_input(s, 1, 1), 8, axis=0)
+    logs = {}
+    for backend in ("numpy", "numba", "c"):
+        d = gb.diagnose(gb.backprop(s, p, same, backend=backend), p)
+        logs[backend] = d.grad_log10
+        assert "batch norm finds no spread in the batch at layer 0" in d.explanation
+        assert "their true gradient is 0" in d.explanation
+    with np.errstate(invalid="ignore"):  # the top layer's exact zero: -inf in every backend
+        assert max(np.nanmax(np.abs(logs[a] - logs[b])) for a in logs for b in logs) > 1  # noise, not a gradient
+    d = gb.diagnose(gb.backprop(s, p, gb.gaussian_input(s, 8, 1)), p)
+    assert "no spread" not in d.explanation
