@@ -168,3 +168,14 @@ def test_a_relu_divergence_names_the_first_non_finite_output_not_the_first_overf
     text = " ".join(capsys.readouterr().out.split())
     assert "the forward activations first turned non-finite at layer 3's output; ReLU outputs 0 for z = -inf, so " \
            "pre-activations below it may have overflowed already" in text
+
+
+def test_few_open_units_under_a_vanishing_prediction_do_not_promise_a_sign_change(capsys):
+    """sigmoid at sigma_b = 1000: mean field -2.09 decades a layer with 0.09 open units at width
+    64; the simulation falls below it (-10.1 here), it cannot change sign."""
+    assert cli.main(["theory", "--activation", "sigmoid", "--sigma-b", "1000", "--depth", "30", "--width", "64"]) == 0
+    text = capsys.readouterr().out
+    line = next(l for l in text.splitlines() if "open units" in l)
+    assert "falls below mean field's" in line and "other sign" not in line
+    simulated = float(text.split("decades per layer going down, fitted")[-2].split()[-1])
+    assert simulated < theory.mean_field("sigmoid", 1.0, 1000.0).decades_per_layer < 0

@@ -146,7 +146,7 @@ def predictions(args, fitted: np.ndarray | None = None) -> tuple[dict, list[str]
                                                  if not unresolved else "not predicted (chi_1 is not resolved)"),
               f"  depth scale             " + (f"{mf.depth_scale:.4g} layers (1 / |ln chi_1|)"
                                                  if not unresolved else "not predicted")]
-    few = few_open_units(mf.open_fraction, args.width)
+    few = few_open_units(mf.open_fraction, args.width, mf.decades_per_layer)
     if few:
         out["open_fraction"] = mf.open_fraction
         lines.append(few)
@@ -203,23 +203,26 @@ def predictions(args, fitted: np.ndarray | None = None) -> tuple[dict, list[str]
 FEW_OPEN = 10.0
 
 
-def few_open_units(p: float, width: int | None, where: str = "a layer's", what: str = "a stack's",
+def few_open_units(p: float, width: int | None, rate: float, where: str = "a layer's", what: str = "a stack's",
                    size: str = "width") -> str:
     """The line that says mean field needs more open units than a layer (``where``: "the
     state's" for a recurrent net, ``what`` "a net's", ``size`` "hidden size") of ``width`` has
-    (:func:`gradbench.theory.open_fraction` ``p``), or "" where it has enough."""
+    (:func:`gradbench.theory.open_fraction` ``p``), or "" where it has enough. ``rate``: mean
+    field's decades per layer, which a narrower stack's falls below (to the other sign only where
+    it is positive)."""
     if not p < 1.0 / 100:  # NaN (not tanh or sigmoid) or at least 1 unit in 100 open
         return ""
     need = f"mean field needs a {size} well above 1 / {p:.3g} = {1 / p:.3g}"
+    flip = rate > 0
     if width is None:
         return (f"  open units              {p:.3g} of the units at q* (|phi'| at least half its largest): chi_1 is an "
                 f"average that its few open units dominate, and {need}; narrower, {what} rate falls below mean "
-                "field's, to the other sign where few are open (--depth and --width simulate one)")
+                f"field's{', to the other sign where few are open' if flip else ''} (--depth and --width simulate one)")
     if width * p >= FEW_OPEN:
         return ""
     return (f"  open units              {width * p:.3g} of {where} {width} at q* (|phi'| at least half its largest: "
             f"probability {p:.3g}): chi_1 is an average that the open units dominate, and {need}; at {size} {width} "
-            f"{what} rate falls below mean field's, even to the other sign")
+            f"{what} rate falls below mean field's{', even to the other sign' if flip else ''}")
 
 
 def _limit_only(mf) -> str:

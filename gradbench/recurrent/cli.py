@@ -548,7 +548,8 @@ def cmd_theory(args) -> int:
             out["ensemble_decades_per_step"] = ens.decades_per_step
         if pred.chi1 is not None:
             print(f"  chi_1 = {pred.chi1:.6g} at input std {pred.input_std:.4g} (mean field, the input as the bias)")
-            few = few_open_units(pred.open_fraction, rnn.hidden, "the state's", "a net's", "hidden size")
+            few = few_open_units(pred.open_fraction, rnn.hidden, pred.decades_per_step, "the state's", "a net's",
+                                 "hidden size")
             if few:
                 print(few)
                 out["open_fraction"] = pred.open_fraction
