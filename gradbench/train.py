@@ -267,7 +267,8 @@ def _decay_factor_words(f: float, lr: float, wd: float, n: int | None, batch: in
     head = (f"weight decay rules every step: lr wd = {lr * wd:.4g} >= 1, and under plain SGD each step multiplies "
             f"every weight by 1 - lr wd = {f:.4g} before the loss's step")
     if f == 0:
-        return head + ", so after each step every weight is -lr times that step's loss gradient (lr wd = 1 wipes the rest)"
+        return head + (", so after each step every weight is -lr times that step's loss gradient (lr wd = 1 wipes "
+                       "the rest)")
     if f > -1:
         return head + ", which overshoots zero: every weight flips sign at every step (lr wd < 2: it still shrinks)"
     if f == -1:

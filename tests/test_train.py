@@ -889,7 +889,8 @@ def test_weight_decay_that_diverges_or_wipes_the_weights_is_named():
     r = gb.train(st, X, y, epochs=20, batch_size=20, lr=0.1, weight_decay=30.0, seed=0)
     text = " ".join(r.summary().split())
     assert r.diverged_epoch is not None and "DIVERGED" in text
-    assert "weight decay rules every step: lr wd = 3 >= 1" in text and "lr wd > 2 makes weight decay itself unstable" in text
+    assert "weight decay rules every step: lr wd = 3 >= 1" in text
+    assert "lr wd > 2 makes weight decay itself unstable" in text
     one = gb.train(st, X, y, epochs=1, batch_size=200, lr=0.1, weight_decay=10.0, seed=0)
     P0 = gb.init_params(st, 0)
     P = {k: np.asarray(getattr(P0, k), dtype=np.float64) for k in ("W", "b", "W_in", "b_in", "W_out", "b_out")}
