@@ -368,10 +368,8 @@ def _extrapolates(a: "Assessment", stack: Stack, act_std_log10: np.ndarray, act_
     group = stack.residual if stack.residual > 1 and L % stack.residual == 0 else 1
     if L // group < 3 or abs(a.signal_decades_per_layer) * (L - 1) < MEASURABLE_DECADES:
         return False
-    if stack.clip is not None and stack.clip_on == "signal" and clip_binds(stack.clip_threshold, a.signal_log10,
-                                                                           stack.dtype).size:
-        return False
-    if stack.clip is not None and stack.clip_on == "signal" and rate > 0:
+    if stack.clip is not None and stack.clip_on == "signal" and (
+            rate > 0 or clip_binds(stack.clip_threshold, a.signal_log10, stack.dtype).size):
         return False
     for act in (act_std_log10, act_rms_log10):
         fwd = decades_per_layer(act)[0] * (L - 1)

@@ -730,10 +730,11 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None 
         # sigma_b = 1e-300; q* -> inf), and there chi_1 is that ratio: the point is on the line
         return 0.0 if math.isnan(value) else value - 1.0
 
-    f_lo = f(lo)
-    while bracket is None and f_lo * f(hi) > 0 and hi < _WIDEST:
-        lo, hi = hi, min(100.0 * hi, _WIDEST)
-    if f(lo) * f(hi) > 0:
+    f_lo, f_hi = f(lo), f(hi)
+    while bracket is None and f_lo * f_hi > 0 and hi < _WIDEST:
+        lo, f_lo, hi = hi, f_hi, min(100.0 * hi, _WIDEST)
+        f_hi = f(hi)
+    if f_lo * f_hi > 0:
         searched = bracket if bracket is not None else (_BRACKET[0], hi)
         raise ValueError(f"chi_1 - 1 does not change sign for sigma_w in {searched} ({activation}, sigma_b={sigma_b})")
     from scipy.optimize import brentq  # SciPy is imported where it is used (CLI start-up time)

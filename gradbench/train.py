@@ -237,7 +237,7 @@ class TrainResult:
         if plain and f <= 0:
             now = (f"; the weights end at ||W_l|| {_decades(np.min(w))} to {_decades(np.max(w))}"
                    if np.all(np.isfinite(w)) else "")
-            return _decay_factor_words(f, s["lr"], wd, s.get("n_samples"), s["batch_size"]) + now
+            return _decay_factor_words(f, s["lr"], wd, -(-s["n_samples"] // s["batch_size"])) + now
         if self.diverged_epoch is not None:
             return ""
         g = np.asarray(self.grad_log10[self.epochs_run], dtype=np.float64)
@@ -261,9 +261,10 @@ class TrainResult:
         return "" if ref is None else f" ({ref[0]}{' =' if ref[0].startswith('ln') else ':'} {ref[1]:.4f}{ref[2]})"
 
 
-def _decay_factor_words(f: float, lr: float, wd: float, n: int | None, batch: int) -> str:
+def _decay_factor_words(f: float, lr: float, wd: float, steps: int) -> str:
     """Plain SGD's weight decay at lr wd >= 1 (``f`` = 1 - lr wd <= 0): each step multiplies every
-    weight by f before the loss's gradient step, which no loss can outweigh for long."""
+    weight by f before the loss's gradient step, which no loss can outweigh for long (``steps``:
+    mini-batch steps per epoch)."""
     head = (f"weight decay rules every step: lr wd = {lr * wd:.4g} >= 1, and under plain SGD each step multiplies "
             f"every weight by 1 - lr wd = {f:.4g} before the loss's step")
     if f == 0:
@@ -273,10 +274,9 @@ def _decay_factor_words(f: float, lr: float, wd: float, n: int | None, batch: in
         return head + ", which overshoots zero: every weight flips sign at every step (lr wd < 2: it still shrinks)"
     if f == -1:
         return head + ", which flips every weight's sign at its size (lr wd = 2)"
-    steps = -(-n // batch) if n else None  # mini-batch steps per epoch
-    per_epoch = f" ({abs(f):.3g}^{steps} = {abs(f) ** steps:.3g}-fold per epoch of {steps} steps)" if steps else ""
-    return (head + f", so the weights flip sign and grow {abs(f):.3g}-fold every step{per_epoch}: lr wd > 2 makes "
-            "weight decay itself unstable; use a smaller weight decay or learning rate")
+    return (head + f", so the weights flip sign and grow {abs(f):.3g}-fold every step ({abs(f):.3g}^{steps} = "
+            f"{abs(f) ** steps:.3g}-fold per epoch of {steps} steps): lr wd > 2 makes weight decay itself unstable; "
+            "use a smaller weight decay or learning rate")
 
 
 def rising_words(losses, lr: float, held_out: bool = False) -> str:
