@@ -69,6 +69,13 @@ def test_the_line_appears_where_the_simulation_leaves_mean_field_and_not_where_i
                      "--width", "64"]) == 0
     text = capsys.readouterr().out
     assert "open units" not in text and "differs by O(1 / N) a layer" in text
+    # a narrow stack whose units are mostly open (1.9 of 8 at sigma_w = 3): finite width, not saturation
+    assert theory.mean_field("tanh", 3.0, 0.0).open_fraction > 0.01
+    assert cli.main(["theory", "--activation", "tanh", "--sigma-w", "3", "--depth", "30", "--width", "8"]) == 0
+    assert "open units" not in capsys.readouterr().out
+    # 1 in 142 open, but 14 of a layer's 2000: enough of them
+    assert cli.main(["theory", "--activation", "tanh", "--sigma-w", "100", "--depth", "10", "--width", "2000"]) == 0
+    assert "open units" not in capsys.readouterr().out
     # without a width: the width mean field needs
     assert cli.main(["theory", "--activation", "tanh", "--sigma-w", "1e6"]) == 0
     assert "mean field needs a width well above 1 / 7.03e-07 = 1.42e+06" in capsys.readouterr().out

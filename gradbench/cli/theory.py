@@ -196,8 +196,8 @@ def predictions(args, fitted: np.ndarray | None = None) -> tuple[dict, list[str]
     return out, lines, prediction, curve
 
 
-# A layer with fewer open units than this (at the width given) gets the line of few_open_units:
-# mean field is a poor guide there
+# Where fewer than 1 unit in 100 is open, a layer with fewer open units than this (at the width
+# given) gets the line of few_open_units: mean field is a poor guide there
 # (tanh at sigma_w = 100, width 256: 1.8 open units, +0.714 simulated against +0.864; at sigma_w =
 # 1000, width 64: 0.045, -11.6 against +1.36).
 FEW_OPEN = 10.0
