@@ -94,8 +94,11 @@ def _clip_value(g: LogScaled, c: float) -> LogScaled:
 
 
 def _scaled(m: np.ndarray, shift, t: float) -> np.ndarray:
-    """A float64 copy of ``m * 2**shift`` (row exponents), clipped to [-t, t] in place."""
-    x = m.astype(np.float64)
+    """A float64 copy of ``m * 2**shift`` (row exponents), clipped to [-t, t] in place.
+
+    ``m`` may be one row of a (L,) gradient (PReLU's slope): a 0-d array then, not a scalar.
+    """
+    x = np.array(m, dtype=np.float64)
     ldexp(x, shift, out=x)
     return np.clip(x, -t, t, out=x)
 

@@ -75,3 +75,36 @@ def test_the_value_clip_is_exact(dtype, c):
             got = Fraction(float(got_m)) * at
             assert got == want, (i, j, float(v), int(e[i]), c)
     assert out.mantissa.dtype == m.dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_value_clip_of_one_value_a_layer(dtype):
+    """PReLU's slope gradient is (L,): one entry a row. Rows that need the clip and rows that do
+    not, in one call (a scalar row once raised TypeError)."""
+    m = np.array([0.5, -0.75, 0.5, 0.0], dtype=dtype)
+    e = np.array([0, -20, 3000, -3000])
+    out = _clip_value(LogScaled(m, e), 1e-3)
+    got = [Fraction(float(out.mantissa[i])) * Fraction(2) ** int(out.exponent[i]) for i in range(4)]
+    C = Fraction(1e-3)
+    if dtype == np.float32:
+        C = Fraction(float(np.float32(float(C / Fraction(2) ** int(out.exponent[0]))))) * Fraction(2) ** int(out.exponent[0])
+    assert got == [C, Fraction(-0.75) * Fraction(2) ** -20, C, 0]
+    assert out.mantissa.shape == (4,) and out.mantissa.dtype == dtype
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
+def test_parameter_value_clip_of_prelu_slopes(backend):
+    """A PReLU stack clipped by value per layer, threshold between its layers' |d slope|: the
+    clipped slope gradients are np.clip of the unclipped ones (the same run without clip)."""
+    import gradbench as gb
+
+    if backend not in gb.backends():
+        pytest.skip(f"backend {backend} not available here")
+    s = gb.Stack(depth=4, width=6, activation="prelu")
+    p, x = gb.init_params(s, seed=0), gb.gaussian_input(s, batch=5, seed=1)
+    raw = gb.backprop(s, p, x, backend="numpy").grads.slope.to_float()
+    mags = np.sort(np.abs(raw))
+    assert mags[0] > 0 and mags[1] < mags[2]
+    c = float(np.sqrt(mags[1] * mags[2]))  # two layers clipped, two not
+    res = gb.backprop(s.replace(clip="value", clip_threshold=c, clip_on="layer"), p, x, backend=backend)
+    np.testing.assert_allclose(res.grads.slope.to_float(), np.clip(raw, -c, c), rtol=1e-12)
