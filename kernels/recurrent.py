@@ -331,7 +331,9 @@ def _step_norm(dz, hp, gram):
     ah = absmax(hp)
     S = 240.0 if dz.itemsize == 8 else 40.0
     lo, hi = 2.0**-S, 2.0**S
-    if not (az > 0 and ah > 0 and az < math.inf and ah < math.inf) or (lo <= az <= hi and lo <= ah <= hi):
+    # an all-zero side is in range: its partner may not be (h_0 ~ 1e155 with dz = 0: hp hp^T
+    # overflows, and 0 * inf in the Gram sum read NaN for a norm of 0); frexp(0) gives 0
+    if not (az < math.inf and ah < math.inf) or ((az == 0 or lo <= az <= hi) and (ah == 0 or lo <= ah <= hi)):
         return _step_norm_plain(dz, hp, gram), np.int64(0)
     ez = np.int64(math.frexp(az)[1])
     eh = np.int64(math.frexp(ah)[1])

@@ -429,3 +429,19 @@ def test_subnormal_inputs_and_states(fields, backend):
     # states of ~1e-312 (not rescaled: LSTM, GRU, swish) hold ~40 bits, and their mean is only good to a
     # unit of 2^-1074 (the C kernels' differs by one, 3e-12 of it): 1e-11 instead of 1e-12
     compare(backend, got, ref, 10 * TOL["float64"]["stack"], exact_exponents=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("dtype, h0", [("float64", 1e155), ("float32", 1e20)])
+@pytest.mark.parametrize("batch", [5, 40])  # 5: the norms from Gram matrices; 40: from dz^T h
+def test_a_zero_step_beside_a_huge_state_has_norm_zero(backend, cell, dtype, h0, batch):
+    """h_0 so large that h h^T overflows, and the first step's dz exactly 0 (its gates
+    saturated): ||dz^T h_0|| is 0, not 0 * inf = NaN; every step as the reference."""
+    rnn = gb.Recurrent(cell=cell, hidden=8, steps=4, input_dim=3, dtype=dtype)
+    params, xs, t = problem(rnn, batch)
+    h = np.full((batch, 8), h0, dtype=dtype)
+    got = gb.backprop(rnn, params, xs, t, backend=backend, h0=h)
+    ref = gb.backprop(rnn, params, xs, t, backend="numpy", h0=h)
+    assert got.grad_norm.mantissa[0] == 0 and ref.grad_norm.mantissa[0] == 0
+    assert_ls(backend, "grad_norm", got.grad_norm, ref.grad_norm, TOL[dtype]["stack"])
