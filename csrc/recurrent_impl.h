@@ -183,7 +183,8 @@ typedef struct {
 static void F(gb_rows_times_wT)(const F(gb_rmm) *mm, REAL *Y, const REAL *Xr, const REAL *W, const REAL *WTp,
                                 int64_t R, int64_t K, int64_t GN, int beta) {
     if (mm->own) {
-        const F(gb_rjob) j = {Y, Xr, NULL, WTp, GN, K, 1, 0, R, GN, K, beta};
+        const F(gb_rjob) j = {.C = Y, .A = Xr, .pk = WTp, .ldc = GN, .sam = K, .sak = 1,
+                              .M = R, .Nc = GN, .K = K, .beta = beta};
         F(gb_rrun)(mm->tm, &j);
         return;
     }
@@ -195,7 +196,8 @@ static void F(gb_rows_times_wT)(const F(gb_rmm) *mm, REAL *Y, const REAL *Xr, co
 static void F(gb_rows_times_w)(const F(gb_rmm) *mm, REAL *Y, const REAL *Z, const REAL *W, const REAL *Wp, int64_t R,
                                int64_t K, int64_t GN, int beta) {
     if (mm->own) {
-        const F(gb_rjob) j = {Y, Z, NULL, Wp, K, GN, 1, 0, R, K, GN, beta};
+        const F(gb_rjob) j = {.C = Y, .A = Z, .pk = Wp, .ldc = K, .sam = GN, .sak = 1,
+                              .M = R, .Nc = K, .K = GN, .beta = beta};
         F(gb_rrun)(mm->tm, &j);
     } else {
         F(gb_rgemm)(mm->gemm, 'N', 'N', K, R, GN, W, K, Z, GN, beta, Y, K);
@@ -205,7 +207,8 @@ static void F(gb_rows_times_w)(const F(gb_rmm) *mm, REAL *Y, const REAL *Z, cons
 static void F(gb_zT_times_rows)(const F(gb_rmm) *mm, REAL *Y, const REAL *Z, const REAL *Xr, int64_t R, int64_t K,
                                 int64_t GN) {
     if (mm->own) {
-        const F(gb_rjob) j = {Y, Z, Xr, NULL, K, 1, GN, K, GN, K, R, 0};
+        const F(gb_rjob) j = {.C = Y, .A = Z, .Bm = Xr, .ldc = K, .sam = 1, .sak = GN, .ldb = K,
+                              .M = GN, .Nc = K, .K = R};
         F(gb_rrun)(mm->tm, &j);
     } else {
         F(gb_rgemm)(mm->gemm, 'N', 'T', K, GN, R, Xr, K, Z, GN, 0, Y, K);
@@ -480,7 +483,7 @@ static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, F(gb_rteam) *tm,
                            int separate_zh) {
     const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = a->GN;
     memset(cx, 0, sizeof *cx);
-    cx->mm = (F(gb_rmm)){opts ? opts->GEMM_FIELD : NULL, F(gb_use_own)(opts, N), tm};
+    cx->mm = (F(gb_rmm)){.gemm = opts ? opts->GEMM_FIELD : NULL, .own = F(gb_use_own)(opts, N), .tm = tm};
     cx->K = a->icfg[GB_RI_CHUNK]; /* slot of step t: t % K; at most T slots are used */
     const size_t zrows = (size_t)(GB_MIN(cx->K, T_) * B * GN);
     cx->zx = F(gb_ralloc)(sizeof(REAL) * zrows);
@@ -577,7 +580,7 @@ static void F(gb_record_forward)(const REAL *h, int64_t t, int64_t B, int64_t N,
 static int F(gb_input_projection)(const gb_opts *opts, F(gb_rteam) *tm, REAL *U, const REAL *X, const REAL *W_ih,
                                   const REAL *bias, int64_t R, int64_t D, int64_t GN) {
     int rc = GB_OK;
-    const F(gb_rmm) mm = {opts ? opts->GEMM_FIELD : NULL, F(gb_use_own)(opts, D), tm};
+    const F(gb_rmm) mm = {.gemm = opts ? opts->GEMM_FIELD : NULL, .own = F(gb_use_own)(opts, D), .tm = tm};
     REAL *WTp = F(gb_rpacked)(W_ih, D, GN, 1, mm.own, &rc);
     if (rc) return rc;
     for (int64_t r = 0; r < R; r++) memcpy(U + r * GN, bias, sizeof(REAL) * (size_t)GN);
@@ -631,7 +634,7 @@ static int F(gb_rnn_forward_body)(const gb_recurrent_arrays *a, const gb_opts *o
     const REAL *W_hh = ((REAL *)a->W_hh), *b_ih = ((REAL *)a->b_ih), *b_hh = ((REAL *)a->b_hh);
     REAL *H = ((REAL *)a->H), *Z = ((REAL *)a->Z);
     int64_t *fexp = a->fexp, *info = a->info;
-    const F(gb_rmm) mm = {opts ? opts->GEMM_FIELD : NULL, F(gb_use_own)(opts, N), tm};
+    const F(gb_rmm) mm = {.gemm = opts ? opts->GEMM_FIELD : NULL, .own = F(gb_use_own)(opts, N), .tm = tm};
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)N), *zb = F(gb_ralloc)(sizeof(REAL) * (size_t)BN);
     REAL *WT = F(gb_rpacked)(W_hh, N, N, 1, mm.own, &rc);
     if (!bias || !zb || rc) {
@@ -690,7 +693,7 @@ static int F(gb_lstm_forward_body)(const gb_recurrent_arrays *a, const gb_opts *
     const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = 4 * N, BN = B * N;
     const REAL *W_hh = ((REAL *)a->W_hh);
     REAL *H = ((REAL *)a->H), *C = ((REAL *)a->C), *Z = ((REAL *)a->Z);
-    const F(gb_rmm) mm = {opts ? opts->GEMM_FIELD : NULL, F(gb_use_own)(opts, N), tm};
+    const F(gb_rmm) mm = {.gemm = opts ? opts->GEMM_FIELD : NULL, .own = F(gb_use_own)(opts, N), .tm = tm};
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN), *ga = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * GN));
     REAL *tc = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * BN));
     REAL *WT = F(gb_rpacked)(W_hh, N, GN, 1, mm.own, &rc);
@@ -736,7 +739,7 @@ static int F(gb_gru_forward_body)(const gb_recurrent_arrays *a, const gb_opts *o
     const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = 3 * N, BN = B * N;
     const REAL *W_hh = ((REAL *)a->W_hh), *b_hn = ((REAL *)a->b_hh) + 2 * N;
     REAL *H = ((REAL *)a->H), *Z = ((REAL *)a->Z), *HN = ((REAL *)a->HN);
-    const F(gb_rmm) mm = {opts ? opts->GEMM_FIELD : NULL, F(gb_use_own)(opts, N), tm};
+    const F(gb_rmm) mm = {.gemm = opts ? opts->GEMM_FIELD : NULL, .own = F(gb_use_own)(opts, N), .tm = tm};
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)GN), *P = F(gb_ralloc)(sizeof(REAL) * (size_t)(3 * B * GN));
     REAL *WT = F(gb_rpacked)(W_hh, N, GN, 1, mm.own, &rc);
     if (!bias || !P || rc) {
@@ -800,8 +803,10 @@ static double F(gb_step_norm)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, in
     const double az = (double)F(gb_rabsmax)(dz, B * GN), ah = (double)F(gb_rabsmax)(hp, B * N);
     const double lo = sizeof(REAL) == sizeof(float) ? 0x1p-40 : 0x1p-240, hi = 1.0 / lo;
     *e_out = 0;
-    if (!(az > 0 && ah > 0 && isfinite(az) && isfinite(ah)) || (az >= lo && az <= hi && ah >= lo && ah <= hi))
-        return F(gb_step_norm_plain)(cx, dz, hp, B, N, GN);
+    /* an all-zero side is in range, its partner may not be (h_0 ~ 1e155 with dz = 0: h h^T
+     * overflows, and 0 * inf in the Gram sum read NaN for a norm of 0); frexp(0) gives 0 */
+    const int zin = az == 0 || (az >= lo && az <= hi), hin = ah == 0 || (ah >= lo && ah <= hi);
+    if (!(isfinite(az) && isfinite(ah)) || (zin && hin)) return F(gb_step_norm_plain)(cx, dz, hp, B, N, GN);
     int ez, eh;
     frexp(az, &ez);
     frexp(ah, &eh);
