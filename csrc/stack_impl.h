@@ -360,7 +360,7 @@ static void F(gb_vf_fix)(const T *p, gb_vfi ok, const gb_scaled *s, const int ac
     gb_vf va, vd;
     for (int h = 0; h < 2; h++) {
         const T *q = p + h * GB_VL;
-        gb_vd ha, hd;
+        gb_vd ha = {0}, hd; /* ha unread when a is NULL (gcc cannot tell) */
         F(gb_tv) ta, td;
         if (gb_vact_scaled(F(gb_loadv)(q), s, act, a ? &ha : NULL, &hd)) {
             ta = F(gb_roundv)(a ? ha : hd);
@@ -694,8 +694,10 @@ static int64_t F(gb_scale_pow2)(T *g, int64_t n, T m) {
     return e;
 }
 
+#ifdef GB_LAYER_PAIRS /* the exported layer pairs alone use it (not the v3/v4 copies) */
 /* g (n,) normalised: max|g| in [0.5, 1) (see gb_scale_pow2); returns the exponent taken out */
 static int64_t F(gb_normalise_impl)(T *g, int64_t n) { return F(gb_scale_pow2)(g, n, F(gb_absmax)(g, n, 0)); }
+#endif
 
 /* scale * a * 2^da + s * 2^ds (a residual branch plus its skip, aligned at the larger of their
  * exponents) written into a[i0..i1).
@@ -797,10 +799,12 @@ static double F(gb_sumsq)(const T *x, int64_t M, int64_t N, double s1, double s2
     return total;
 }
 
+#ifdef GB_LAYER_PAIRS /* the exported layer pairs alone use it (not the v3/v4 copies) */
 /* sqrt(sum x^2) in double.    x (M,N) */
 static double F(gb_norm)(const T *x, int64_t M, int64_t N, double *rowacc) {
     return sqrt(F(gb_sumsq)(x, M, N, 1.0, 1.0, rowacc));
 }
+#endif
 
 /* ||x||_F = m 2^*e with no square lost to under- or overflow (reference.norm_scaled): the plain
  * sum of squares when it lies in [2^-960, 2^960] (then *e = 0), else the entries scaled by
@@ -836,6 +840,7 @@ static void F(gb_clip_values)(T *g, int64_t n, int sh, double t) {
     }
 }
 
+#ifdef GB_LAYER_PAIRS /* the exported layer pairs alone use it (not the v3/v4 copies) */
 /* Clip the true value g * 2^e (value: to [-c, c]; norm: norm <= c) in place; g normalised.
  * Returns the new exponent.    g (B,N) */
 static int64_t F(gb_clip_signal_impl)(T *g, int64_t e, int mode, double c, int64_t B, int64_t N,
@@ -860,6 +865,7 @@ static int64_t F(gb_clip_signal_impl)(T *g, int64_t e, int mode, double c, int64
     }
     return e;
 }
+#endif
 
 static int F(gb_all_finite)(const T *x, int64_t n) {
     for (int64_t i = 0; i < n; i++)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import gradbench as gb
+from gradbench import blas
 from gradbench.recurrent import abi as rabi
 from gradbench.recurrent import backends as rbackends
 from tests.helpers import assert_true_values
@@ -152,8 +153,11 @@ def test_blas_only_where_it_runs_one_thread():
     the widths where it beat the own products on one thread."""
     for f32 in (False, True):
         assert cb.default_blas_min_width(f32, blas_threads=1) == cb.ONE_THREAD_BLAS_FROM[f32]
-        for threads in (2, 4, None):
+        for threads in (2, 4):
             assert cb.default_blas_min_width(f32, blas_threads=threads) == NO_BLAS
+        # the default: the threads of the OpenBLAS this process calls (one under taskset -c 1)
+        one = blas.gemm_threads() == 1
+        assert cb.default_blas_min_width(f32) == (cb.ONE_THREAD_BLAS_FROM[f32] if one else NO_BLAS)
     assert cb.ONE_THREAD_BLAS_FROM == {False: NO_BLAS, True: 256}
 
 
