@@ -27,7 +27,8 @@ from gradbench.activations import saturation_uncountable
 from gradbench.backends import get_backend, resolve
 from gradbench.buffers import PREFAULTER, WORKSPACE, empty, held, take_internal
 from gradbench.clipping import LAYER_GROUPS, clip_param_grads, row_norms
-from gradbench.histograms import DEFAULT_BINS, DEFAULT_PER_DECADE, GradHistogram, fill_streaming
+from gradbench.histograms import (DEFAULT_BINS, DEFAULT_PER_DECADE, MAX_BINS, MAX_PER_DECADE, GradHistogram,
+                                  fill_streaming)
 from gradbench.inputs import check_inputs, check_progress
 from gradbench.logscaled import LogScaled
 from gradbench.loss import head_loss, top_signal
@@ -87,7 +88,8 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
         Bytes (a positive Python or NumPy number). Default: half of the available RAM for the "auto" decision, 90 % as the limit
         beyond which a run is refused (MemoryError naming the options that fit).
     hist_bins, hist_per_decade : int
-        The window and resolution of ``grad_hist`` (stats_only); ``hist_bins=0`` skips it.
+        The window and resolution of ``grad_hist`` (stats_only); ``hist_bins=0`` skips it. At
+        most 10^6 each.
     progress : callable or None
         Called as ``progress(done, total)`` after every segment of the forward and the backward
         pass (``total`` = twice the number of segments), e.g. to drive a progress bar; anything
@@ -100,9 +102,10 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
     """
     t_start = time.perf_counter()
     params, x, targets = check_inputs(stack, params, x, targets)
-    for name, v, low in (("hist_bins", hist_bins, 0), ("hist_per_decade", hist_per_decade, 1)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+    for name, v, low, high in (("hist_bins", hist_bins, 0, MAX_BINS),
+                               ("hist_per_decade", hist_per_decade, 1, MAX_PER_DECADE)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= high:
+            raise ValueError(f"{name} must be an int from {low} to {high:_}, got {v!r}")
     hist_bins, hist_per_decade = int(hist_bins), int(hist_per_decade)  # np.int16(30000) wrapped the estimate around
     if not isinstance(stats_only, (bool, np.bool_)):
         raise TypeError(f"stats_only must be a bool, got {stats_only!r}")

@@ -28,6 +28,12 @@ from gradbench.logscaled import LOG10_2
 # resolution (bins per decade).
 DEFAULT_BINS = 40
 DEFAULT_PER_DECADE = 4
+# The most of either a run takes: a window of 10^6 bins is 10^6 decades at one bin a decade, and at
+# 10^6 bins a decade a bin index stays far inside int64 at any exponent a run can reach (its C fill
+# refuses |index| >= 2^62 only after the pass; 2^31 bins passed the plan and ran out of memory in
+# the diagnosis)
+MAX_BINS = 10**6
+MAX_PER_DECADE = 10**6
 
 
 @dataclass(frozen=True, eq=False)

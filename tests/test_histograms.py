@@ -290,3 +290,32 @@ def test_every_accepted_hist_range_counts_every_entry():
             continue
         total = d.hist_counts.sum(axis=1) + d.hist_outside + d.hist_zeros + d.hist_nonfinite
         assert np.all(total == 36), (lo, width, bins)
+
+
+@pytest.mark.parametrize("name, bad", [("hist_bins", -1), ("hist_bins", 10**6 + 1), ("hist_bins", 2**31 - 3),
+                                       ("hist_bins", 4.0), ("hist_bins", True), ("hist_per_decade", 0),
+                                       ("hist_per_decade", np.int64(2**31 - 3)), ("hist_per_decade", 10**6 + 1)])
+def test_histogram_options_out_of_range_are_refused_before_the_run(name, bad):
+    """hist_bins = 2^31 - 3 passed and ran out of memory in the diagnosis; per decade of 2^31 made
+    the C fill refuse a bin index only after the backward pass."""
+    s = gb.Stack(depth=3, width=4, activation="tanh")
+    calls = []
+    with pytest.raises(ValueError, match=rf"{name} must be an int from \d+ to 1_000_000, got"):
+        gb.backprop(s, gb.init_params(s, 0), gb.gaussian_input(s, 2, 1), stats_only=True,
+                    progress=lambda done, total: calls.append(done), **{name: bad})
+    assert calls == []  # not a segment ran
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+def test_the_largest_histogram_options_bin_as_log10_says(backend):
+    """hist_per_decade = 10^6 (the most): each layer's top bin is floor(10^6 log10 max|dW_l|) of
+    the plain float64 dW, and a window of 10^6 bins holds every entry."""
+    s = gb.Stack(depth=6, width=5, activation="tanh")
+    p, x = gb.init_params(s, 0), gb.gaussian_input(s, 3, 1)
+    dW = _plain(s, p, x)
+    for kw in (dict(hist_per_decade=10**6, hist_bins=40), dict(hist_bins=10**6)):
+        h = gb.backprop(s, p, x, backend=backend, stats_only=True, **kw).grad_hist
+        want = np.floor(np.log10(np.abs(dW).max(axis=(1, 2))) * h.per_decade)
+        assert np.all(np.abs(h.top - want) <= 1)  # float64 log10 at a bin's edge: one bin either way
+        if h.bins == 10**6:
+            assert np.all(h.counts.sum(axis=1) + h.below + h.zeros == 25) and not h.below.any()
