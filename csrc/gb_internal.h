@@ -19,6 +19,16 @@ static inline int gb_clamp_exp(int64_t e) {
 #define GB_LN2 0.6931471805599453 /* math.log(2) */
 #define GB_RESCUE_LN_MIN (-0x1p62 * GB_LN2) /* gradbench.activations.RESCUE_LN_MIN */
 
+/* top - k ln 2 for k = floor(top / ln 2), put in [0, ln 2]: the log forms' entries are
+ * sign exp((ell - top) + gb_log_rem(top, k)), the largest in [1, 2]. Beyond |top| ~ 2^52 top holds
+ * whole units, k is off by some and ell - k ln 2 rounded anywhere within a few ulp(top): exp of it
+ * overflowed (float32 tanh of z ~ 1e19: a derivative of 2^(-1.5e18) read inf). The digits below
+ * the units are not there to keep; ell - top, exact between close values, keeps the rest. */
+static inline double gb_log_rem(double top, int64_t k) {
+    const double r = top - (double)k * GB_LN2_HI - (double)k * GB_LN2_LO;
+    return r < 0 ? 0 : (r > GB_LN2 ? GB_LN2 : r);
+}
+
 static inline int gb_rescue_act(int act) {
     return act == GB_SIGMOID || act == GB_TANH || act == GB_ELU || act == GB_SELU || act == GB_SWISH ||
            act == GB_GELU;

@@ -618,9 +618,10 @@ static int64_t F(gb_rnn_rescue)(REAL *dz, const REAL *g, const REAL *z, int64_t 
     }
     if (!(top >= GB_RESCUE_LN_MIN && top < INFINITY)) return 0; /* beyond any int64 exponent: stays 0 */
     const int64_t k = (int64_t)floor(top / GB_LN2);
+    const double rem = gb_log_rem(top, k);
     for (int64_t i = 0; i < n; i++) {
         const double ell = gb_rescue_term((double)g[i], (double)z[i], act, p, &sgn);
-        dz[i] = (REAL)(sgn * exp(ell - (double)k * GB_LN2));
+        dz[i] = (REAL)(sgn * exp((ell - top) + rem));
     }
     return k;
 }

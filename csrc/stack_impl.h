@@ -1100,13 +1100,15 @@ static double F(gb_fwd_ell_max)(const T *h, const T *z, int64_t n, const gb_scal
     return m;
 }
 
-static void F(gb_fwd_rescue_rows)(T *h, const T *z, int64_t n, const gb_scaled *s, int64_t f, int64_t k) {
+/* k = floor(top / ln 2), top the layer's largest ell */
+static void F(gb_fwd_rescue_rows)(T *h, const T *z, int64_t n, const gb_scaled *s, int64_t f, double top,
+                                  int64_t k) {
+    const double rem = gb_log_rem(top, k);
     double sgn;
     int lin;
     for (int64_t i = 0; i < n; i++) {
         const double ell = F(gb_fwd_ell)(h[i], z[i], s, f, &sgn, &lin);
-        h[i] = lin ? (T)ldexp((double)h[i], gb_clamp_exp(f - k))
-                   : (T)(sgn * exp(ell - (double)k * GB_LN2_HI - (double)k * GB_LN2_LO));
+        h[i] = lin ? (T)ldexp((double)h[i], gb_clamp_exp(f - k)) : (T)(sgn * exp((ell - top) + rem));
     }
 }
 
@@ -1327,7 +1329,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                     for (int t = 0; t < nth; t++) M = fr[nth + t] > M ? fr[nth + t] : M;
                     if (M >= GB_RESCUE_LN_MIN && M < INFINITY) {
                         const int64_t kf = (int64_t)floor(M / GB_LN2);
-                        F(gb_fwd_rescue_rows)(hn, zr, nr * N, &sc, f, kf);
+                        F(gb_fwd_rescue_rows)(hn, zr, nr * N, &sc, f, M, kf);
                         fn = kf;
                         fr[2 * nth + tid] = (double)F(gb_absmax)(hn, nr * N, 0);
                         gb_barrier_wait(bar, &sense); /* every thread's new max|h| */
@@ -1463,15 +1465,15 @@ static double F(gb_rescue_max)(const T *g, const T *zr, const T *gamma, const T 
     return m;
 }
 
-/* dz rows [r0, r1) = sgn exp(ell - k ln2), rounded once to T */
+/* dz rows [r0, r1) = sgn exp(ell - k ln2), rounded once to T; k = floor(top / ln 2), top the largest ell */
 static void F(gb_rescue_rows)(T *dz, const T *g, const T *zr, const T *gamma, const T *beta, int scale,
-                              T alpha, const gb_scaled *s, int64_t k, int64_t r0, int64_t r1, int64_t N) {
-    const double kl = (double)k * GB_LN2;
+                              T alpha, const gb_scaled *s, double top, int64_t k, int64_t r0, int64_t r1, int64_t N) {
+    const double rem = gb_log_rem(top, k);
     double sgn;
     for (int64_t r = r0; r < r1; r++)
         for (int64_t j = 0; j < N; j++) {
             const double ell = F(gb_rescue_ell)(g + r * N, zr + r * N, gamma, beta, scale, alpha, s, j, &sgn);
-            dz[r * N + j] = (T)(sgn * exp(ell - kl));
+            dz[r * N + j] = (T)(sgn * exp((ell - top) + rem));
         }
 }
 
@@ -1663,7 +1665,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
                 for (int t = 0; t < nth; t++) M = es[t] > M ? es[t] : M;
                 if (isfinite(M) && M >= GB_RESCUE_LN_MIN) { /* below: beyond any int64 exponent, stays 0 */
                     kr = (int64_t)floor(M / GB_LN2);
-                    F(gb_rescue_rows)(dz, st->gsave, Zl, gam, bet, scale, (T)st->cfg.alpha, &sc, kr, r0, r1, N);
+                    F(gb_rescue_rows)(dz, st->gsave, Zl, gam, bet, scale, (T)st->cfg.alpha, &sc, M, kr, r0, r1, N);
                     /* dz_l = dz 2^(e + k): dW_l, db_l and dh_l carry it */
                     el = F(gb_bwd_dh)(st, l, r0, r1, i0, i1, e + kr, skip_e, NULL, 0, 1, slot + tid, bar, &sense);
                     gb_barrier_wait(bar, &sense); /* every row of the rescued dz_l and every slot written */

@@ -210,6 +210,17 @@ LN2 = math.log(2.0)
 LN_MIN = -(2.0**62) * LN2
 
 
+def log_rem(top: float, k: int) -> float:
+    """``top - k ln 2`` for ``k = floor(top / ln 2)``, put in [0, ln 2]: the log forms' entries
+    are ``sign exp((ln - top) + log_rem(top, k))``, the largest in [1, 2]. Beyond |top| ~ 2^52
+    top holds whole units, k is off by some and ``ln - k ln 2`` rounded anywhere within a few
+    ulp(top): exp of it overflowed (float32 tanh of z ~ 1e19: a derivative of 2^(-1.5e18) read
+    inf). The digits below the units are not there to keep; ``ln - top``, exact between close
+    values, keeps the rest."""
+    r = top - k * LN2_HI - k * LN2_LO
+    return min(max(r, 0.0), LN2)
+
+
 def from_log(ln: np.ndarray, sign) -> tuple[np.ndarray, int]:
     """``sign * exp(ln)`` (float64 arrays; ln may be -inf) as (mantissas, k) with the largest
     mantissa in [1, 2): ``sign exp(ln) = mantissas 2**k``. (zeros, 0) when no ln is finite or
@@ -220,7 +231,7 @@ def from_log(ln: np.ndarray, sign) -> tuple[np.ndarray, int]:
         return np.zeros(np.shape(ln)), 0
     k = int(np.floor(top / LN2))  # ln 2 itself: top / LN2_HI is off by ~k LN2_LO / ln 2 steps at large k
     with np.errstate(under="ignore"):
-        return sign * np.exp(ln - k * LN2_HI - k * LN2_LO), k
+        return sign * np.exp((ln - top) + log_rem(top, k)), k
 
 
 def ldexp(m, e, out=None):

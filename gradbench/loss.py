@@ -14,7 +14,7 @@ import numpy as np
 
 from gradbench import abi, reference
 from gradbench.activations import _log_sigmoid
-from gradbench.logscaled import LN2, LN2_HI, LN2_LO, LN_MIN, LogScaled, from_log, ldexp
+from gradbench.logscaled import LN2, LN_MIN, LogScaled, from_log, ldexp, log_rem
 from gradbench.params import Params
 from gradbench.spec import Stack
 
@@ -149,8 +149,8 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
     lam = float(_logsumexp(loss_logs())) - float(np.log(norm))  # log of the loss
     if not LN_MIN <= lam < np.inf:  # beyond any int64 exponent (from_log): 0 like the float
         return loss_value, LogScaled.from_float(loss_value), dy, E
-    e = int(np.floor(lam / LN2)) + 1
-    return loss_value, LogScaled(np.array(np.exp(lam - e * LN2_HI - e * LN2_LO)), np.array(e)), dy, E
+    e = int(np.floor(lam / LN2)) + 1  # the mantissa exp(lam - e ln 2) in [1/2, 1]
+    return loss_value, LogScaled(np.array(np.exp(log_rem(lam, e - 1) - LN2)), np.array(e)), dy, E
 
 
 def head_loss(stack: Stack, h: np.ndarray, f: int, params: Params, t) -> tuple[float, LogScaled, np.ndarray, int, np.ndarray, np.ndarray]:

@@ -53,7 +53,7 @@ from gradbench.abi import CLIP_NORM, CLIP_VALUE, EXP_CLAMP, I_ACT, I_BN, I_CLIP,
 from gradbench.abi import F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, INFO_BACKWARD, INFO_FORWARD
 from gradbench.activations import (PHI_RESCUE, RESCUE, RESCUE_BELOW, RESCUE_LN_MIN, RESCUE_X, TINY, _clamp, dphi,
                                    dphi_scaled, log_dphi, log_phi, phi, phi_scaled)
-from gradbench.logscaled import from_log
+from gradbench.logscaled import from_log, log_rem
 from gradbench.spec import ACTIVATIONS
 
 PRELU = abi.ACT_CODE["prelu"]
@@ -220,7 +220,7 @@ def rescue_saturated(dz, da, z, code, param, f=None) -> int:
         if not np.isfinite(top) or top < RESCUE_LN_MIN:  # beyond any int64 exponent: stays 0
             return 0
         k = int(math.floor(top / math.log(2)))
-        dz[...] = np.sign(da64) * sign * np.exp(ell - k * math.log(2))
+        dz[...] = np.sign(da64) * sign * np.exp((ell - top) + log_rem(top, k))
     return k
 
 

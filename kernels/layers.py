@@ -658,12 +658,13 @@ def rescue_forward(a, z, f, code, param):
     if not (top >= RESCUE_LN_MIN and top < math.inf):
         return f
     k = int(math.floor(top / ln2))
+    rem = _log_rem(top, k)
     for i in range(B):
         for j in range(N):
             if lin[i, j]:
                 a[i, j] = _as(math.ldexp(np.float64(a[i, j]), _clamp_f(f - k)), z[i, j])
             else:
-                a[i, j] = _as(sgn[i, j] * math.exp(ell[i, j] - k * _LN2_HI - k * _LN2_LO), z[i, j])
+                a[i, j] = _as(sgn[i, j] * math.exp((ell[i, j] - top) + rem), z[i, j])
     return k
 
 
@@ -695,9 +696,10 @@ def rescue_saturated(dz, db, sum_db, da, z, code, param, f, scaled):
     if not (top >= RESCUE_LN_MIN and top < math.inf):  # beyond any int64 exponent: stays 0
         return 0
     k = int(math.floor(top / math.log(2.0)))
+    rem = _log_rem(top, k)
     for i in range(B):
         for j in range(N):
-            dz[i, j] = _as(sgn[i, j] * math.exp(ell[i, j] - k * math.log(2.0)), z[i, j])
+            dz[i, j] = _as(sgn[i, j] * math.exp((ell[i, j] - top) + rem), z[i, j])
     if sum_db:
         for j in range(N):
             db[j] = 0
@@ -705,6 +707,14 @@ def rescue_saturated(dz, db, sum_db, da, z, code, param, f, scaled):
             for j in range(N):
                 db[j] += dz[i, j]
     return k
+
+
+@njit(**JIT)
+def _log_rem(top, k):
+    """top - k ln 2 for k = floor(top / ln 2), put in [0, ln 2] (gradbench.logscaled.log_rem):
+    the rescues' entries are sign exp((ell - top) + _log_rem(top, k))."""
+    r = top - k * _LN2_HI - k * _LN2_LO
+    return min(max(r, 0.0), math.log(2.0))
 
 
 @njit(**JIT)

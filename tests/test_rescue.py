@@ -246,3 +246,36 @@ def test_every_sample_lost_to_a_dead_layer_is_not_blamed_on_the_batch_exponent(b
     assert np.all(norms == 0)
     d = gb.diagnose(gb.backprop(stack, params, x, backend=backend), params)
     assert d.verdict == "no gradient" and d.lost_samples == 4 and "lose their gradient" not in d.explanation
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_derivatives_beyond_2_to_the_minus_2_to_the_60_are_finite(backend, activation, seed):
+    """float32 x ~ 1e19: pre-activations of ~1e19 and derivatives of 2^(-1.5e18). ln|phi'| is
+    then a float whose unit is 128, and exp(ell - k ln 2) was rounded anywhere within a few of
+    those: inf on every backend (seed 3) or 0. Now the log form's entries are exp((ell - top) + r),
+    r in [0, ln 2]: finite, and the norms as mpmath's to float32's digits of z."""
+    stack = gb.Stack(depth=3, width=17, activation=activation, dtype="float32")
+    params = gb.init_params(stack, seed)
+    x = (gb.gaussian_input(stack, 1, seed + 1).astype(np.float64) * 1e19).astype(np.float32)
+    res = gb.backprop(stack, params, x, backend=backend)
+    got, sig = res.grad_norm.log10(), res.signal_norm.log10()
+    assert np.all(np.isfinite(got)) and np.all(np.isfinite(sig)), (got, sig)
+    _, gW, gh = chain(activation, stack.act_param, params.W, x)
+    np.testing.assert_allclose(got, np.asarray(gW, dtype=float), rtol=1e-5)
+    np.testing.assert_allclose(sig, np.asarray(gh, dtype=float), rtol=1e-5)
+    assert got.min() < -1e16
+
+
+def test_the_log_form_keeps_the_differences_at_any_magnitude():
+    """from_log at ln ~ -1e18 (ulp 128): the largest entry in [1, 2], the others its exact
+    ratio exp(ln - top) (was inf or 0: ln - k ln 2 rounded by hundreds)."""
+    from gradbench.logscaled import from_log
+
+    for top in (-1e18, -3.1e18, -3e15, -1000.5):  # down to LN_MIN, -3.2e18
+        ln = np.array([top, top - 512.0, -np.inf, top - 5000.0])  # 512: a multiple of ulp(top)
+        m, k = from_log(ln, np.array([1.0, -1.0, 1.0, 1.0]))
+        assert 1 <= m[0] <= 2 and m[2] == 0 and m[3] == 0
+        assert m[1] / -m[0] == pytest.approx(np.exp(-512.0), rel=1e-13)
+        assert abs(k - top / np.log(2)) <= 2 + abs(top) * 2**-50  # k = floor(top / ln 2), to top's digits
