@@ -3,15 +3,22 @@ their gradients, of a stack and of a recurrent net)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import fields
+
+# The ``metadata`` flag of a field that holds words, not an array (``Params.origin``):
+# ``items()`` leaves it out, so nothing that works on the arrays sees it, and ``copy()`` keeps it.
+WORDS = "words"
 
 
 class PresentFields:
-    """``items()`` over the fields of a dataclass that are not None."""
+    """``items()`` over the array fields of a dataclass that are not None."""
 
     def items(self):
         """(name, array) for every array present."""
         for f in fields(self):
+            if f.metadata.get(WORDS):
+                continue
             value = getattr(self, f.name)
             if value is not None:
                 yield f.name, value
@@ -21,5 +28,5 @@ class CopyableArrays(PresentFields):
     """:class:`PresentFields` whose arrays can be copied: ``copy()``."""
 
     def copy(self):
-        """The same class with a copy of every array present."""
-        return type(self)(**{name: a.copy() for name, a in self.items()})
+        """The same class with a copy of every array present (fields of words kept as they are)."""
+        return dataclasses.replace(self, **{name: a.copy() for name, a in self.items()})

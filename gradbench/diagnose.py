@@ -25,6 +25,9 @@ l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
   carry; the explanation then says that the norms below follow the other samples. When every
   sample is lost, the largest one (which sets each layer's exponent and is never flushed by it)
   was cut by an exact zero in the chain, and the explanation names that cause instead.
+- ``weights``: where the weights came from when they were not drawn for the stack (the params'
+  ``origin``, the Result's ``extras["weights"]``: "the weights of Sequential" for
+  :func:`gradbench.from_torch`), or None; the report's header says it in place of the init scheme.
 - Histograms of log10 |dW_l| entries with the same bin edges for every layer (default: the
   whole-decade range of all layers in ``bins`` bins; for a ``stats_only`` run, whole streaming
   bins from the lowest occupied one, :func:`gradbench.histograms.rebin_streaming`), computed
@@ -90,6 +93,7 @@ class Diagnosis:
     clip_acted: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=bool))
     lost_samples: int = 0
     hist_exact: bool = True
+    weights: str | None = None
 
     @property
     def depth(self) -> int:
@@ -129,7 +133,8 @@ class Diagnosis:
     def from_dict(cls, d: dict) -> "Diagnosis":
         kw = {}
         for f in dataclasses.fields(cls):
-            if f.name not in d and f.name in ("weight_log10", "clip_acted", "lost_samples", "hist_exact"):  # defaults
+            if f.name not in d and f.name in ("weight_log10", "clip_acted", "lost_samples", "hist_exact",
+                                              "weights"):  # defaults (older files)
                 continue
             if f.name not in d and f.name == "signal_decades_per_layer":  # files of gradbench < 0.2
                 kw[f.name] = math.nan
@@ -289,6 +294,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         first_nonfinite_forward=res.first_nonfinite_forward,
         lost_samples=int((res.extras or {}).get("lost_samples", 0)),
         hist_exact=exact,
+        weights=(res.extras or {}).get("weights"),
         first_nonfinite_backward=res.first_nonfinite_backward,
         decades_per_layer=rate,
         intercept=a.intercept,

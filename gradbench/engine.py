@@ -478,7 +478,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     extras = dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), stats_only=run.plan.stats_only,
                   generated=run.plan.generated, weights_kept=run.plan.keep_weights,
                   memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost,
-                  weights_probe=weights_probe(run.params))
+                  weights_probe=weights_probe(run.params), weights=getattr(run.params, "origin", None))
     if param_clip_acted is not None:  # whether clipping changed a parameter gradient of this pass
         extras["param_clip_acted"] = param_clip_acted
     run.tick(run.work)

@@ -63,13 +63,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradbench._fields import CopyableArrays
+from gradbench._fields import WORDS, CopyableArrays
 from gradbench.spec import Stack
 
 
 @dataclass(frozen=True, eq=False)
 class Params(CopyableArrays):
-    """The parameters of a :class:`~gradbench.Stack` (see the module docstring for shapes)."""
+    """The parameters of a :class:`~gradbench.Stack` (see the module docstring for shapes).
+
+    ``origin``: a few words on where the weights came from when they were not drawn for the
+    stack ("the weights of Sequential", :func:`gradbench.from_torch`); the report's header says
+    them in place of the stack's init scheme. Not an array: ``items()`` leaves it out, ``copy()``
+    and :func:`dataclasses.replace` keep it.
+    """
 
     W: np.ndarray
     b: np.ndarray
@@ -80,6 +86,12 @@ class Params(CopyableArrays):
     b_in: np.ndarray | None = None
     W_out: np.ndarray | None = None
     b_out: np.ndarray | None = None
+    origin: str | None = field(default=None, metadata={WORDS: True})
+
+    def __post_init__(self):
+        if self.origin is not None and not isinstance(self.origin, str):
+            raise TypeError(f"origin must be a str (words on where the weights came from) or None, "
+                            f"got {type(self.origin).__name__} {self.origin!r}")
 
     def segment(self, start: int, stop: int, out=None) -> tuple[np.ndarray, ...]:
         """W, b, gamma, beta, slope of layers [start, stop) (views; ``out`` is not used)."""

@@ -120,8 +120,10 @@ def activation_words(stack: dict, weights: str | None = None) -> str:
 
 
 def format_report(d, rows: int = 12, weights: str | None = None) -> str:
-    """The terminal text of a diagnosis (``weights``: see :func:`describe`)."""
+    """The terminal text of a diagnosis (``weights``: see :func:`describe`; default: the
+    diagnosis's own ``weights``, the params' origin)."""
     L = d.depth
+    weights = weights or getattr(d, "weights", None)
     out = [f"gradbench diagnosis: {describe(d.stack, weights)} (backend {d.backend})"]
     out.append(f"  verdict: {d.verdict.upper()}")
     for sentence in _wrap(d.explanation, 92):

@@ -78,8 +78,9 @@ class Result:
         How the run was done: ``checkpoint`` (segment length or None), ``segments``,
         ``stats_only``, ``generated`` (weights), ``weights_probe`` (the sums of each layer's first,
         middle and last row of W in float64, (L, 3), or the seed of generated weights: what
-        :func:`gradbench.diagnose` checks its ``params`` against), ``weights_kept`` (generated weights all kept,
-        each drawn once), ``memory_estimate`` (bytes) and ``seconds``
+        :func:`gradbench.diagnose` checks its ``params`` against), ``weights`` (the params'
+        ``origin``: where the weights came from, as "the weights of Sequential", or None),
+        ``weights_kept`` (generated weights all kept, each drawn once), ``memory_estimate`` (bytes) and ``seconds``
         spent in forward, backward (including recomputation), weight generation and statistics;
         ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and
         exactly zero at the input (dead units, or a signal more than 2^-1074 below the batch's

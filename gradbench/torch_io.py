@@ -172,8 +172,9 @@ def from_torch(model: nn.Module, dtype: str | None = None, *, loss=None) -> tupl
     Returns
     -------
     (Stack, Params)
-        The weights copied; ``Stack.init`` is left at its default (it only matters for
-        :func:`gradbench.init_params`).
+        The weights copied, with ``origin`` "the weights of CLASS" (the model's class name,
+        which the report names in place of an init scheme); ``Stack.init`` is left at its
+        default (it only matters for :func:`gradbench.init_params`).
 
     Raises
     ------

@@ -5,6 +5,7 @@ and the parser that reads a model into a stack (``from_torch``'s work; the mappi
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 
 import numpy as np
@@ -363,7 +364,9 @@ def _from_torch(model, dtype, loss):
         where = f"{_describe(blocks[0][2][1])} at {blocks[0][2][0]!r}: " if "activation_param" in str(exc) else ""
         raise _Refused(f"{where}{exc}") from None
     _warn_untrainable(items, input_layer, head)
-    return stack, _params_of(blocks, input_layer, head, act_name, width, dtype)
+    params = _params_of(blocks, input_layer, head, act_name, width, dtype)
+    # the report names these weights, not Stack.init's default, which never drew them
+    return stack, dataclasses.replace(params, origin=f"the weights of {type(model).__name__}")
 
 
 def _warn_untrainable(items, input_layer, head) -> None:

@@ -8,6 +8,7 @@ lines. Every check raises UsageError with one line (exit status 2) before any wo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from gradbench.cli.process import UsageError
@@ -112,13 +113,15 @@ def torch_stack(args):
     # the model's own dtype unless --dtype is typed (float64 too: torch models are float32)
     dtype = args.dtype if "dtype" in getattr(args, "typed", ()) else None
     try:
-        return torch_io.from_torch(model, dtype, loss=loss)
+        stack, params = torch_io.from_torch(model, dtype, loss=loss)
     except ValueError as exc:
         if loss is None and "give loss=" in str(exc):
             raise UsageError(f"{args.torch}: the model ends in a head: give --loss mse, bce or softmax_ce") from None
         # the API's words in the command's: dtype='float64' is --dtype float64
         raise UsageError(f"{args.torch}: " + str(exc).replace("pass dtype='float64' or 'float32'",
                                                               "pass --dtype float64 or --dtype float32")) from None
+    # the file's name rather than the model's class: the report and the --out diagnosis say it
+    return stack, dataclasses.replace(params, origin=f"the weights of {args.torch}")
 
 
 def write_tensorboard(args, d) -> list[str]:

@@ -80,7 +80,7 @@ def cmd_run(args) -> int:
     written += model.write_tensorboard(args, d)
     from gradbench.report import format_report
 
-    print(format_report(d, rows=args.rows, weights=f"the weights of {args.torch}" if args.torch else None))
+    print(format_report(d, rows=args.rows))  # with --torch the header names the file: the params' origin
     print(f"  ({seconds:.1f} s, batch {args.batch}, seed {args.seed}; weights from {weights}"
           + ("" if args.torch else ", the same with or without --stats-only") + ")")
     for path in written:

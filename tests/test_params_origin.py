@@ -1,0 +1,193 @@
+"""Params carry their origin: an imported model's report names its weights, not Stack.init's default.
+
+``Params.origin`` is words, not an array: ``items()`` leaves it out, copies keep it, the engine
+passes it on (``Result.extras["weights"]``), the diagnosis keeps it (``Diagnosis.weights``, in
+its JSON and .npz files) and the report's header says it in place of the init scheme.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench.diagnose import Diagnosis
+from gradbench.frames import write_npz
+from gradbench.inputs import check_inputs
+
+INIT_DEFAULT = next(f.default for f in dataclasses.fields(gb.Stack) if f.name == "init")
+ORIGIN = "the weights of my checkpoint"
+
+
+def header(d, **kw) -> str:
+    return gb.report.format_report(d, **kw).splitlines()[0]
+
+
+def _run(stack, params, seed=1):
+    x = gb.gaussian_input(stack, 8, seed=seed)
+    return gb.diagnose(gb.backprop(stack, params, x, backend="numpy"), params)
+
+
+@pytest.fixture
+def stack():
+    return gb.Stack(depth=6, width=8, activation="tanh", init="he_normal")
+
+
+@pytest.fixture
+def given(stack):
+    return dataclasses.replace(gb.init_params(stack, 0), origin=ORIGIN)
+
+
+# ---------------------------------------------------------------- Params
+def test_origin_is_no_array_and_copies_keep_it(stack, given):
+    assert gb.init_params(stack, 0).origin is None
+    names = [name for name, _ in given.items()]
+    assert names == ["W", "b", "gamma", "beta", "slope"]
+    c = given.copy()
+    assert c.origin == ORIGIN and c.W is not given.W
+    np.testing.assert_array_equal(c.W, given.W)
+    assert dataclasses.replace(given, W=given.W * 2).origin == ORIGIN
+    # what tests and users write to rebuild params from items() still works (and drops the words)
+    assert gb.Params(**dict(given.items())).origin is None
+    with pytest.raises(TypeError, match="origin must be a str"):
+        dataclasses.replace(given, origin=3)
+
+
+def test_recurrent_params_still_copy():
+    rnn = gb.Recurrent(cell="gru", hidden=4, steps=3, input_dim=2)
+    p = gb.init_params(rnn, 0)
+    c = p.copy()
+    assert [n for n, _ in c.items()] == [n for n, _ in p.items()]
+    assert all(a is not getattr(p, n) and np.array_equal(a, getattr(p, n)) for n, a in c.items())
+
+
+def test_check_inputs_keeps_origin_also_when_it_converts(stack, given):
+    x = gb.gaussian_input(stack, 4)
+    checked, _, _ = check_inputs(stack, given, x)
+    assert checked.origin == ORIGIN
+    # big-endian float64 arrays: the check converts them to the native order, a new Params
+    swapped = dataclasses.replace(given, W=given.W.astype(given.W.dtype.newbyteorder()))
+    checked, _, _ = check_inputs(stack, swapped, x)
+    assert checked.W.dtype == np.float64 and checked.W.dtype.isnative and checked.origin == ORIGIN
+
+
+# ---------------------------------------------------------------- engine, diagnosis, report
+def test_the_report_names_the_origin_not_the_init(stack, given):
+    res = gb.backprop(stack, given, gb.gaussian_input(stack, 8), backend="numpy")
+    assert res.extras["weights"] == ORIGIN
+    d = gb.diagnose(res, given)
+    assert d.weights == ORIGIN
+    head = str(d).splitlines()[0]
+    assert ORIGIN in head and "he_normal" not in head, head
+    # the command line's own words win
+    assert "the weights of m.pt" in header(d, weights="the weights of m.pt") and ORIGIN not in header(
+        d, weights="the weights of m.pt")
+
+
+def test_drawn_weights_have_no_origin_and_the_header_is_unchanged(stack):
+    params = gb.init_params(stack, 0)
+    d = _run(stack, params)
+    assert d.weights is None
+    assert header(d) == "gradbench diagnosis: depth 6, width 8, tanh, he_normal, float64 (backend numpy)"
+    res = gb.backprop(stack, gb.GeneratedParams(stack, 3), gb.gaussian_input(stack, 8), backend="numpy",
+                      stats_only=True)
+    assert res.extras["weights"] is None and gb.diagnose(res).weights is None
+
+
+def test_weights_round_trip_json_and_npz(stack, given, tmp_path):
+    d = _run(stack, given)
+    assert Diagnosis.from_json(d.to_json()).weights == ORIGIN
+    with open(tmp_path / "d.json", "w") as f:
+        d.write_json(f)
+    assert Diagnosis.from_json((tmp_path / "d.json").read_text()).weights == ORIGIN
+    write_npz(d, tmp_path / "d.npz")
+    back = Diagnosis.from_npz(tmp_path / "d.npz")
+    assert back.weights == ORIGIN and header(back) == header(d)
+    plain = _run(stack, gb.init_params(stack, 0))
+    write_npz(plain, tmp_path / "p.npz")
+    assert Diagnosis.from_npz(tmp_path / "p.npz").weights is None
+    assert Diagnosis.from_json(plain.to_json()).weights is None
+
+
+def test_files_written_before_the_field_load_with_none(stack, given, tmp_path):
+    d = _run(stack, given)
+    old = d.to_dict()
+    del old["weights"]
+    back = Diagnosis.from_dict(json.loads(json.dumps(old)))
+    assert back.weights is None and header(back) == header(dataclasses.replace(d, weights=None))
+    assert INIT_DEFAULT not in header(back) and "he_normal" in header(back)
+    # an .npz without it: no "weights" in meta and no 0-d "weights" array
+    write_npz(d, tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "weights"}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["weights"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez_compressed(tmp_path / "old.npz", **arrays)
+    assert Diagnosis.from_npz(tmp_path / "old.npz").weights is None
+
+
+# ---------------------------------------------------------------- PyTorch models
+def _model(torch, nn):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), *[m for _ in range(5) for m in (nn.Linear(8, 8), nn.Sigmoid())],
+                         nn.Linear(8, 1))
+
+
+def test_from_torch_params_carry_the_model_class():
+    torch = pytest.importorskip("torch", reason="torch is not installed: pip install 'gradbench[torch]'")
+    from torch import nn
+
+    stack, params = gb.from_torch(_model(torch, nn).double(), loss="bce")
+    assert params.origin == "the weights of Sequential"
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Tanh()
+
+        def forward(self, h):
+            return self.b(self.a(h))
+
+    assert gb.from_torch(Net().double())[1].origin == "the weights of Net"
+    # a dtype conversion on the way in (torch's float32 model as float64) keeps it
+    stack64, p64 = gb.from_torch(_model(torch, nn), "float64", loss="bce")
+    assert p64.W.dtype == np.float64 and p64.origin == "the weights of Sequential"
+
+
+def test_print_of_an_imported_model_names_its_weights():
+    torch = pytest.importorskip("torch", reason="torch is not installed: pip install 'gradbench[torch]'")
+    from torch import nn
+
+    stack, params = gb.from_torch(_model(torch, nn).double(), loss="bce")
+    assert stack.init == INIT_DEFAULT  # the stack still says the default: the header must not
+    x = gb.gaussian_input(stack, 8)
+    t = np.random.default_rng(0).integers(0, 2, (8, 1)).astype(np.float64)
+    d = gb.diagnose(gb.backprop(stack, params, x, t, backend="numpy"), params)
+    head = str(d).splitlines()[0]
+    assert "the weights of Sequential" in head and INIT_DEFAULT not in head, head
+    assert d.weights == "the weights of Sequential"
+    # the same stack with drawn weights names the init
+    drawn = gb.init_params(stack, 0)
+    assert INIT_DEFAULT in str(gb.diagnose(gb.backprop(stack, drawn, x, t, backend="numpy"), drawn)).splitlines()[0]
+
+
+def test_run_torch_out_file_names_the_file(tmp_path, capsys):
+    torch = pytest.importorskip("torch", reason="torch is not installed: pip install 'gradbench[torch]'")
+    from torch import nn
+
+    from gradbench import cli
+
+    path = tmp_path / "model.pt"
+    torch.save(_model(torch, nn).double(), path)
+    code = cli.main(["run", "--torch", str(path), "--loss", "bce", "--backend", "numpy", "--batch", "8",
+                     "--out", str(tmp_path / "d.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    d = Diagnosis.from_dict(json.loads((tmp_path / "d.json").read_text())["diagnosis"])
+    assert d.weights == f"the weights of {path}"
+    assert out.splitlines()[0] == str(d).splitlines()[0]  # the file read back prints the same header
+    assert INIT_DEFAULT not in out.splitlines()[0]
