@@ -4,7 +4,6 @@ their gradients, of a stack and of a recurrent net)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import fields
 
 # The ``metadata`` flag of a field that holds words, not an array (``Params.origin``):
 # ``items()`` leaves it out, so nothing that works on the arrays sees it, and ``copy()`` keeps it.
@@ -16,7 +15,7 @@ class PresentFields:
 
     def items(self):
         """(name, array) for every array present."""
-        for f in fields(self):
+        for f in dataclasses.fields(self):
             if f.metadata.get(WORDS):
                 continue
             value = getattr(self, f.name)
