@@ -89,8 +89,9 @@ bench: $(VENV)/.installed-test
 	[ $$rc1 -eq 0 ] && [ $$rc2 -eq 0 ]
 
 # The C kernels under AddressSanitizer and UBSan: the extension built again in build/asan (the
-# normal build is untouched) and put first on gradbench's package path, then tests/test_c.py and
-# the C part of the cross-check suite, the generated weights (tests/test_philox.py), the
+# normal build is untouched) and put first on gradbench's package path, then tests/test_c.py, the
+# misaligned arrays refused before C (tests/test_alignment.py) and the C part of the cross-check
+# suite, the generated weights (tests/test_philox.py), the
 # histogram fill (tests/test_c_histogram.py) and the recurrent cells' team
 # (tests/test_recurrent_threads.py), with libasan preloaded into the Python interpreter.
 ASAN_CFLAGS := -O1 -g -std=c11 -fno-math-errno -ffp-contract=fast -pthread -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
@@ -103,7 +104,7 @@ asan: $(VENV)/.installed-test
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(PY) -c "import sys, gradbench; gradbench.__path__.insert(0, 'build/asan/gradbench'); \
 	import gradbench._ckernels as k; print('C kernels under test:', k.__file__); assert 'build/asan' in k.__file__; \
-	import pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_c.py', 'tests/test_philox.py', 'tests/test_crosscheck.py', 'tests/test_exact.py', 'tests/test_recurrent_backends.py', 'tests/test_recurrent_abi.py', 'tests/test_recurrent_gates.py', 'tests/test_c_workspace.py', 'tests/test_clip_acted.py', 'tests/test_clip_acted_recurrent.py', 'tests/test_c_histogram.py', 'tests/test_recurrent_threads.py', '-k', 'not numba']))"
+	import pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_c.py', 'tests/test_alignment.py', 'tests/test_philox.py', 'tests/test_crosscheck.py', 'tests/test_exact.py', 'tests/test_recurrent_backends.py', 'tests/test_recurrent_abi.py', 'tests/test_recurrent_gates.py', 'tests/test_c_workspace.py', 'tests/test_clip_acted.py', 'tests/test_clip_acted_recurrent.py', 'tests/test_c_histogram.py', 'tests/test_recurrent_threads.py', '-k', 'not numba']))"
 
 # The C kernels' threads under ThreadSanitizer: the extension built again in build/tsan, then the
 # tests that run the drivers on 1-3 threads (bits across thread counts, hand-overs, the rescue,

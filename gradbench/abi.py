@@ -244,8 +244,8 @@ def bind(function: str, args: tuple, kwargs: dict) -> dict[str, object]:
 def check(function: str, arrays: Mapping[str, object]) -> dict[str, int]:
     """Validate the arrays of a call to ``function`` before any kernel runs; return the dims.
 
-    Every array must be a C-contiguous ``numpy.ndarray`` of its table dtype (T: float64 or
-    float32, the dtype of ``W``) and shape; written arrays must be writeable. Raises
+    Every array must be a C-contiguous, aligned ``numpy.ndarray`` of its table dtype (T: float64
+    or float32, the dtype of ``W``) and shape; written arrays must be writeable. Raises
     ``TypeError``/``ValueError`` naming the function, the array, the expected and the actual
     value; the configuration arrays are checked for valid codes too. A kernel behind this never
     reads or writes out of bounds.
@@ -271,7 +271,8 @@ def check(function: str, arrays: Mapping[str, object]) -> dict[str, int]:
     for arg, want_dt, want, writes in _expected(function, tuple(dims.items()), T):
         a = arrays[arg.name]
         flags = a.flags
-        if a.dtype != want_dt or a.shape != want or not flags.c_contiguous or (writes and not flags.writeable):
+        if (a.dtype != want_dt or a.shape != want or not flags.c_contiguous or not flags.aligned
+                or (writes and not flags.writeable)):
             check_array(function, arg.name, a, (want_dt,), want, writes,  # raises, naming what is wrong
                         dtype_note=f" (the dtype of {contract.dtype_from})" if arg.kind == "T" else "",
                         shape_note=f" = ({', '.join(arg.shape)}) with {_fmt_dims(dims)}")
@@ -282,11 +283,11 @@ def check(function: str, arrays: Mapping[str, object]) -> dict[str, int]:
 
 def check_array(function: str, name: str, a, dtypes: tuple, shape: tuple, writes: bool, *, dtype_note: str = "",
                 shape_note: str = "") -> None:
-    """Refuse ``a`` (argument ``name`` of ``function``) unless it is a C-contiguous
+    """Refuse ``a`` (argument ``name`` of ``function``) unless it is a C-contiguous, aligned
     ``numpy.ndarray`` of one of ``dtypes`` and of ``shape``, writeable when the kernel writes it
     (:func:`check`'s rule for each array of a contract, and of calls outside the tables:
-    ``gradbench.cbackend.histogram_fill``); the message names the function, the array, the
-    expected and the actual value."""
+    ``gradbench.cbackend.histogram_fill`` and the layer functions); the message names the
+    function, the array, the expected and the actual value."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{function}: {name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype not in dtypes:
@@ -295,8 +296,20 @@ def check_array(function: str, name: str, a, dtypes: tuple, shape: tuple, writes
         raise ValueError(f"{function}: {name} has shape {a.shape}, expected {shape}{shape_note}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{function}: {name} must be C-contiguous (pass np.ascontiguousarray({name}))")
+    if not a.flags.aligned:
+        raise ValueError(f"{function}: {misaligned(name, a)}")
     if writes and not a.flags.writeable:
         raise ValueError(f"{function}: {name} must be writeable (the kernel writes into it)")
+
+
+def misaligned(name: str, a: np.ndarray, fix: str | None = None) -> str:
+    """Why ``a`` (argument ``name``), whose address is not a multiple of its dtype's alignment
+    (a view at an odd byte offset of a buffer), is refused: the kernels load whole values (a
+    misaligned load is undefined behaviour in C), and NumPy's ascontiguousarray keeps such an
+    array as it is. ``fix``: what to pass instead (default: an aligned copy)."""
+    fix = fix or f"np.require({name}, requirements='AC') (an aligned C-contiguous copy)"
+    return (f"{name} is not aligned to its dtype ({a.dtype} needs an address that is a multiple of "
+            f"{a.dtype.alignment} bytes): pass {fix}")
 
 
 def _check_stack_config(function: str, arrays, dims) -> None:

@@ -252,7 +252,10 @@ def workspace_bytes() -> int:
 def all_finite(a: np.ndarray, opts=None) -> bool:
     """Whether every entry of the C-contiguous float64/float32 array ``a`` is finite: one pass on
     the kernels' threads (``gb_check_finite``; NumPy's ``np.all(np.isfinite(a))`` writes and
-    reads a bool per entry)."""
+    reads a bool per entry). Anything else is refused before C runs."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"all_finite: a must be a numpy.ndarray, got {type(a).__name__}")
+    abi.check_array("all_finite", "a", a, abi.FLOAT_DTYPES, a.shape, False)
     name = f"gb_check_finite_{suffix(a)}"
     rc = int(getattr(lib, name)(pointer(a, "double *" if a.dtype == np.float64 else "float *"), a.size,
                                 opts if opts is not None else _OPTS))
@@ -492,56 +495,88 @@ def backward_with(opts, *args, **kwargs):
 
 
 # ------------------------------------------------------------------ layer pairs (for tests)
-# The exported C layer functions with the reference's names and arguments (outputs first).
+# The exported C layer functions with the reference's names and arguments (outputs first). Each
+# array's shape in letters of the first array's axes (B rows, N columns; "*": the first array's
+# shape, whatever it is) and whether the function writes it: every array is checked against it
+# (abi.check_array) before C runs, which reads and writes exactly those entries.
+_LAYER_ARGS = {
+    "dense_forward": (("z", "B,N", True), ("h", "B,N", False), ("W", "N,N", False), ("b", "N", False)),
+    "dense_backward": (("dh", "B,N", True), ("dW", "N,N", True), ("db", "N", True), ("dz", "B,N", False),
+                       ("h", "B,N", False), ("W", "N,N", False)),
+    "batchnorm_forward": (("y", "B,N", True), ("xhat", "B,N", True), ("mean", "N", True), ("rstd", "N", True),
+                          ("z", "B,N", False), ("gamma", "N", False), ("beta", "N", False)),
+    "batchnorm_backward": (("dz", "B,N", True), ("dgamma", "N", True), ("dbeta", "N", True), ("dy", "B,N", False),
+                           ("xhat", "B,N", False), ("rstd", "N", False), ("gamma", "N", False)),
+    "activation_forward": (("a", "*", True), ("z", "*", False)),
+    "activation_backward": (("dz", "*", True), ("da", "*", False), ("z", "*", False)),
+    "normalise": (("g", "*", True),),
+    "add_aligned": (("a", "*", True), ("s", "*", False)),
+    "clip_signal": (("g", "B,N", True),),
+}
+
+
+def _check_layer(function: str, *arrays) -> None:
+    """Refuse the arrays of layer function ``function`` (:data:`_LAYER_ARGS`, in its order) unless
+    each is a C-contiguous, aligned float64 or float32 array of the first one's dtype and its
+    shape, writeable where written: a ValueError or TypeError naming it, before C runs."""
+    table = _LAYER_ARGS[function]
+    first, (name, letters, _) = arrays[0], table[0]
+    if not isinstance(first, np.ndarray):
+        raise TypeError(f"{function}: {name} must be a numpy.ndarray, got {type(first).__name__}")
+    abi.check_array(function, name, first, abi.FLOAT_DTYPES, first.shape, False)  # the dtype of them all
+    axes = letters.split(",")
+    if letters != "*" and first.ndim != len(axes):
+        raise ValueError(f"{function}: {name} has shape {first.shape}, expected ({letters})")
+    dims = dict(zip(axes, first.shape))
+    for (name, letters, writes), a in zip(table, arrays):
+        shape = first.shape if letters == "*" else tuple(dims[d] for d in letters.split(","))
+        abi.check_array(function, name, a, (first.dtype,), shape, writes)
+
+
 def _layer(name: str, like: np.ndarray, *args) -> None:
+    """Call ``gb_<name>_<f64|f32>`` (``like``'s dtype) with ``args``: arrays (checked by
+    :func:`_check_layer`) as pointers, the rest as they are."""
     full = f"gb_{name}_{suffix(like)}"
-    keep = [np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args]  # alive during the call
-    conv = [pointer(a, "void *") if isinstance(a, np.ndarray) else a for a in keep]
-    check(getattr(lib, full)(*conv), full)
-
-
-def _outputs(*arrays) -> None:
-    for a in arrays:
-        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable):
-            raise ValueError("output arrays must be C-contiguous, writeable numpy arrays")
+    conv = [pointer(a, "void *") if isinstance(a, np.ndarray) else a for a in args]
+    check(getattr(lib, full)(*conv), full)  # `args` keeps every buffer alive during the call
 
 
 def dense_forward(z, h, W, b):
     """z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,)"""
-    _outputs(z)
+    _check_layer("dense_forward", z, h, W, b)
     _layer("dense_forward", z, z, h, W, b, z.shape[0], z.shape[1])
 
 
 def dense_backward(dh, dW, db, dz, h, W):
     """dW = dz^T h, db = sum_B dz, dh = dz W."""
-    _outputs(dh, dW, db)
+    _check_layer("dense_backward", dh, dW, db, dz, h, W)
     _layer("dense_backward", dz, dh, dW, db, dz, h, W, dz.shape[0], dz.shape[1])
 
 
 def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
     """y = gamma * (z - mean_B) * rstd + beta (train mode, biased variance)."""
-    _outputs(y, xhat, mean, rstd)
+    _check_layer("batchnorm_forward", y, xhat, mean, rstd, z, gamma, beta)
     _layer("batchnorm_forward", z, y, xhat, mean, rstd, z, gamma, beta, float(eps), z.shape[0], z.shape[1])
 
 
 def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
     """dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat))."""
-    _outputs(dz, dgamma, dbeta)
+    _check_layer("batchnorm_backward", dz, dgamma, dbeta, dy, xhat, rstd, gamma)
     _layer("batchnorm_backward", dy, dz, dgamma, dbeta, dy, xhat, rstd, gamma, dy.shape[0], dy.shape[1])
 
 
 def activation_forward(a, z, code, param, f=None):
     """a = phi(z); with a forward exponent ``f``, phi_scaled (the mantissa of phi(z 2**f))."""
-    _outputs(a)
+    _check_layer("activation_forward", a, z)
     _layer("activation_forward", z, a, z, z.size, int(code), float(param), int(f is not None), int(f or 0))
 
 
 def activation_backward(dz, da, z, code, param, f=None) -> float:
     """dz = da * phi'(z) (dphi_scaled of z 2**f with ``f``); returns dL/dslope = sum(da * min(z,
     0)) for PReLU, else 0."""
-    _outputs(dz)
+    _check_layer("activation_backward", dz, da, z)
     ds = ffi.new("double *")
-    rows = z.shape[0] if z.ndim == 2 else 1
+    rows = max(1, z.shape[0]) if z.ndim == 2 else 1  # (0, N): C refuses B N = 0
     _layer("activation_backward", z, dz, ds, da, z, rows, z.size // rows, int(code), float(param),
            int(f is not None), int(f or 0))
     return float(ds[0])
@@ -549,7 +584,7 @@ def activation_backward(dz, da, z, code, param, f=None) -> float:
 
 def normalise(g) -> int:
     """g *= 2**-e in place with e the exponent of max|g|; returns e."""
-    _outputs(g)
+    _check_layer("normalise", g)
     e = ffi.new("int64_t *")
     _layer("normalise", g, g, g.size, e)
     return int(e[0])
@@ -557,7 +592,7 @@ def normalise(g) -> int:
 
 def add_aligned(a, ea, s, es, scale=1.0) -> int:
     """scale * a * 2**ea + s * 2**es, written into a, at the larger exponent; returns it."""
-    _outputs(a)
+    _check_layer("add_aligned", a, s)
     e = ffi.new("int64_t *")
     _layer("add_aligned", a, a, int(ea), s, int(es), float(scale), a.size, e)
     return int(e[0])
@@ -565,7 +600,7 @@ def add_aligned(a, ea, s, es, scale=1.0) -> int:
 
 def clip_signal(g, e, mode, c) -> int:
     """Clip the true value g * 2**e in place (value or norm); returns the new exponent."""
-    _outputs(g)
+    _check_layer("clip_signal", g)
     out = ffi.new("int64_t *")
     _layer("clip_signal", g, g, int(e), int(mode), float(c), g.shape[0], g.shape[1], out)
     return int(out[0])

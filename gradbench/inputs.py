@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradbench import spec
+from gradbench.abi import misaligned
 from gradbench.params import GeneratedParams, Params, expected_shapes
 from gradbench.spec import Stack
 
@@ -15,10 +16,12 @@ def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str =
 
     ``owner`` names what the dtype belongs to in the messages ("stack", "net") and ``kind`` the
     class to build with another dtype ("Stack", "Recurrent"). Non-contiguous input, and the
-    dtype in the other byte order (the same values), are accepted and copied.
+    dtype in the other byte order (the same values), are accepted and copied; a misaligned array
+    (a view at an odd byte offset of a buffer) is refused (:func:`check_aligned`).
     """
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    check_aligned(name, a)
     if a.dtype != dtype and a.dtype.newbyteorder("=") == dtype:  # big-endian float64: the same values, swapped
         a = a.astype(dtype)
     if a.dtype != dtype:
@@ -37,6 +40,14 @@ def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str =
     return a
 
 
+def check_aligned(name: str, a: np.ndarray) -> None:
+    """Refuse the array ``a`` (argument ``name``) unless its address is a multiple of its dtype's
+    alignment: the C kernels load whole floats (a misaligned load is undefined behaviour), and
+    every backend refuses what one does. Checked on the array as given, before any copy."""
+    if not a.flags.aligned:
+        raise ValueError(misaligned(name, a))
+
+
 # From this many entries the check runs in the C kernels (gradbench.cbackend.all_finite: one
 # pass on the kernels' threads; np.all(np.isfinite(W)) took 2.9 ms of a 43 ms backprop call at
 # L = 10^4, N = 32), below it in NumPy (the call costs more than it saves).
@@ -45,7 +56,8 @@ C_CHECK_FROM = 1 << 18
 
 def all_finite(a: np.ndarray) -> bool:
     """Whether every entry of ``a`` is finite (large float arrays: one pass in the C kernels)."""
-    if a.size >= C_CHECK_FROM and a.dtype in (np.float64, np.float32) and a.flags.c_contiguous:
+    if (a.size >= C_CHECK_FROM and a.dtype in (np.float64, np.float32) and a.flags.c_contiguous
+            and a.flags.aligned):
         try:
             from gradbench import cbackend
         except ImportError:  # no C extension built: NumPy's check
@@ -142,6 +154,7 @@ def check_targets(net, t, lead: tuple, *, where: str = "", owner: str = "stack",
         raise ValueError(f"loss={net.loss!r} needs targets")
     if not isinstance(t, np.ndarray):
         raise TypeError(f"targets must be a numpy.ndarray, got {type(t).__name__}")
+    check_aligned("targets", t)
     if net.loss == "softmax_ce":
         if t.shape != lead or not np.issubdtype(t.dtype, np.integer):
             raise ValueError(f"targets for softmax_ce{where} must be integer class labels of shape {lead}, "

@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench._fields import WORDS, CopyableArrays
+from gradbench.abi import misaligned
 from gradbench.spec import Stack
 
 
@@ -267,11 +268,12 @@ def _c_philox():
 def _c_normals(seed: int, kind: int, start: int, stop: int, shape: tuple, scale: float, out: np.ndarray) -> bool:
     """``out[l - start] = scale * stream(seed, l, kind).standard_normal(shape)`` for l in
     [start, stop), the float64 product cast to out's dtype, by csrc/philox.c. False (out
-    untouched) when the C extension is not built or ``out`` is not a C-contiguous float64/float32
-    array of shape (stop - start, *shape)."""
+    untouched) when the C extension is not built or ``out`` is not a C-contiguous, aligned,
+    writeable float64/float32 array of shape (stop - start, *shape)."""
     c = _c_philox()
     k = stop - start
-    if not c or out.shape != (k, *shape) or not out.flags.c_contiguous or not out.flags.writeable:
+    flags = out.flags
+    if not c or out.shape != (k, *shape) or not (flags.c_contiguous and flags.aligned and flags.writeable):
         return False
     if out.dtype == np.float64:
         fn, ctype = c[1].gb_philox_normals_f64, "double *"
@@ -403,8 +405,8 @@ class GeneratedParams:
         return int(start), int(stop)
 
     def _out(self, out: np.ndarray | None, shape: tuple[int, ...], contiguous: bool) -> np.ndarray:
-        """``out`` checked to be a writeable array of ``shape`` in the stack's dtype (C-contiguous
-        where ``contiguous``); a new one for None."""
+        """``out`` checked to be a writeable, aligned array of ``shape`` in the stack's dtype
+        (C-contiguous where ``contiguous``); a new one for None."""
         st = self.stack
         if out is None:
             return np.empty(shape, dtype=st.np_dtype)
@@ -413,6 +415,8 @@ class GeneratedParams:
             got = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__)
             kind = "C-contiguous " if contiguous else ""
             raise ValueError(f"out must be a writeable {kind}{st.dtype} array of shape {shape}, got {got}")
+        if not out.flags.aligned:  # the C generator writes whole floats into it
+            raise ValueError(misaligned("out", out, f"an aligned array such as np.empty({shape}, {st.dtype!r})"))
         return out
 
     def __repr__(self) -> str:

@@ -39,7 +39,7 @@ from gradbench import datasets
 from gradbench.activations import RESCUE
 from gradbench.diagnose import frobenius_log10
 from gradbench.engine import backprop
-from gradbench.inputs import all_finite, check_array, check_stored_params
+from gradbench.inputs import all_finite, check_aligned, check_array, check_stored_params
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum  # noqa: F401 (re-exported)
 from gradbench.params import Params, check_seed, init_params
 from gradbench.plan import check_history
@@ -737,6 +737,7 @@ def check_labels(stack, y, n: int, name: str = "y") -> None:
     output_dim and dtype); ``name`` names ``y`` in the messages."""
     if not isinstance(y, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+    check_aligned(name, y)
     if y.shape != (n,):
         raise ValueError(f"{name} must hold one label per row of X, shape ({n},), got {y.shape}")
     if stack.loss == "softmax_ce" or (stack.loss == "mse" and stack.output_dim > 1):

@@ -354,10 +354,18 @@ def slice_params(params, a, b):
     return gb.Params(**{n: np.ascontiguousarray(getattr(params, n)[a:b]) for n in ("W", "b", "gamma", "beta", "slope")})
 
 
+def misaligned(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` one byte into a buffer: C-contiguous, the same values, not aligned to its dtype."""
+    m = np.zeros(a.nbytes + 1, np.uint8)[1:].view(a.dtype).reshape(a.shape)
+    m[...] = a
+    assert m.flags.c_contiguous and not m.flags.aligned
+    return m
+
+
 def wrong_arrays(good: dict, args, *, short: bool = False):
     """(label, name, replacement) for every array of a contract's ``args``, from the valid
     arrays ``good``: wrong dtype, wrong shape (also a last axis of 1 with ``short``), not
-    contiguous, read-only (for the arrays the kernel writes), not an array."""
+    contiguous, not aligned, read-only (for the arrays the kernel writes), not an array."""
     for arg in args:
         a = good[arg.name]
         other = np.float32 if a.dtype == np.float64 else np.int32
@@ -367,6 +375,7 @@ def wrong_arrays(good: dict, args, *, short: bool = False):
             yield f"{arg.name}-shape-short", arg.name, np.zeros(a.shape[:-1] + (1,), a.dtype)
         wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
         yield f"{arg.name}-strided", arg.name, wide[..., ::2]
+        yield f"{arg.name}-misaligned", arg.name, misaligned(a)
         if "w" in arg.access:
             ro = a.copy()
             ro.flags.writeable = False

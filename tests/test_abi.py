@@ -35,7 +35,7 @@ def _arrays(function: str, L=3, B=2, N=4, dtype="float64") -> dict:
 # ------------------------------------------------------------------ one check for every backend
 def _wrong_inputs(function: str):
     """(label, name, replacement) for every array: wrong dtype, wrong shape, not contiguous,
-    read-only (for the arrays the kernel writes), not an array."""
+    not aligned, read-only (for the arrays the kernel writes), not an array."""
     return wrong_arrays(_arrays(function), abi.CONTRACTS[function].args, short=True)
 
 

@@ -19,7 +19,7 @@ from gradbench import reference as ref
 from gradbench import abi, spec
 from gradbench import activations as A
 from gradbench.activations import dphi_max
-from tests.helpers import FLOAT_LANES, team_opts
+from tests.helpers import FLOAT_LANES, misaligned, team_opts
 
 cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built", exc_type=ImportError)
 
@@ -731,6 +731,86 @@ def test_wrappers_validate_before_any_kernel_runs():
         cb.stack_forward(*bad_cfg)
     with pytest.raises(TypeError, match="float16"):
         cb.phi(np.zeros(3, np.float16), 2, 0.0)
+
+
+# The layer functions (cb.dense_forward, ...): their arrays in order, those they write, and the call with its other
+# arguments. Every array is (B, N) unless LAYER_SHAPES says otherwise.
+_TANH = abi.ACT_CODE["tanh"]
+LAYER_CALLS = {
+    "dense_forward": ("z h W b", "z", lambda f, a: f(*a)),
+    "dense_backward": ("dh dW db dz h W", "dh dW db", lambda f, a: f(*a)),
+    "batchnorm_forward": ("y xhat mean rstd z gamma beta", "y xhat mean rstd", lambda f, a: f(*a, 1e-5)),
+    "batchnorm_backward": ("dz dgamma dbeta dy xhat rstd gamma", "dz dgamma dbeta", lambda f, a: f(*a)),
+    "activation_forward": ("a z", "a", lambda f, a: f(*a, _TANH, 0.0)),
+    "activation_backward": ("dz da z", "dz", lambda f, a: f(*a, _TANH, 0.0)),
+    "normalise": ("g", "g", lambda f, a: f(*a)),
+    "add_aligned": ("a s", "a", lambda f, a: f(a[0], 0, a[1], -3)),
+    "clip_signal": ("g", "g", lambda f, a: f(a[0], 0, abi.CLIP_NORM, 0.5)),
+}
+_B, _N = 3, 4
+LAYER_SHAPES = {"W": (_N, _N), "dW": (_N, _N),
+                **{n: (_N,) for n in ("b", "db", "mean", "rstd", "gamma", "beta", "dgamma", "dbeta")}}
+
+
+def _bad_layer_arrays(names: list, written: list, good: dict):
+    """(label, name, replacement) for each array of a layer call: another dtype (int64; float32 beside float64
+    arrays), a shape one entry short and one long (where another array fixes it), strided, misaligned, read-only
+    (written arrays), a list."""
+    for name in names:
+        a = good[name]
+        yield "int64", name, a.astype(np.int64)
+        if len(names) > 1:
+            yield "float32", name, a.astype(np.float32)
+            for d in (-1, 1):
+                yield f"shape{d:+d}", name, np.zeros(a.shape[:-1] + (a.shape[-1] + d,))
+        yield "strided", name, np.zeros(a.shape[:-1] + (2 * a.shape[-1],))[..., ::2]
+        yield "misaligned", name, misaligned(a)
+        if name in written:
+            ro = a.copy()
+            ro.flags.writeable = False
+            yield "read-only", name, ro
+        yield "list", name, a.tolist()
+
+
+@pytest.mark.parametrize("function", list(LAYER_CALLS))
+def test_layer_functions_refuse_every_bad_array_before_c_runs(function):
+    """The C layer functions read and write the entries of the shapes their first array gives:
+    called with a wrong dtype, shape or layout they overflowed the heap (ASan). Each is refused
+    with a TypeError or ValueError naming the function, and nothing is written."""
+    names, written, call = LAYER_CALLS[function]
+    names, written = names.split(), written.split()
+    fn = getattr(cb, function)
+
+    def good():
+        rng = np.random.default_rng(0)
+        return {n: rng.uniform(0.1, 0.9, LAYER_SHAPES.get(n, (_B, _N))) for n in names}
+
+    call(fn, list(good().values()))  # the valid call runs
+    call(fn, [a.astype(np.float32) for a in good().values()])
+    cases = list(_bad_layer_arrays(names, written, good()))
+    assert len(cases) >= 5 * len(names)
+    for label, name, bad in cases:
+        arrays = good()
+        arrays[name] = bad
+        before = {k: np.copy(v) for k, v in arrays.items()}
+        with pytest.raises((TypeError, ValueError)) as err:
+            call(fn, list(arrays.values()))
+        assert str(err.value).startswith(f"{function}: "), (label, name, str(err.value))
+        for k, v in before.items():
+            np.testing.assert_array_equal(arrays[k], v, err_msg=f"{function} {label} {name}: {k} was written")
+    if function == "clip_signal":  # its g is (B, N)
+        with pytest.raises(ValueError, match=r"clip_signal: g has shape \(12,\), expected \(B,N\)"):
+            fn(np.full(12, 0.5), 0, abi.CLIP_NORM, 0.5)
+
+
+def test_all_finite_refuses_what_it_cannot_read():
+    base = np.zeros((3, 4))
+    assert cb.all_finite(base)
+    for bad in (base.astype(np.int64), base.astype(np.float16), base[:, ::2], misaligned(base)):
+        with pytest.raises((TypeError, ValueError), match="^all_finite: a "):
+            cb.all_finite(bad)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        cb.all_finite(base.tolist())
 
 
 # ------------------------------------------------------------------ the exact chain at the edge
