@@ -1,6 +1,7 @@
 """The streaming histograms of a ``stats_only`` run (log10 |dW| per layer, 180 bins of 1/10 decade):
-the C fill (``gradbench.cbackend.histogram_fill``), the Numba kernel (``gradbench.kernels``) and
-NumPy's reference (``gradbench.histograms.fill_streaming`` without a kernel), on the same layers.
+the C fill (``gradbench.cbackend.histogram_fill``), the Numba kernel (``gradbench.kernels.histogram_fill_kernel``,
+unchecked, as a Numba run's engine calls it) and NumPy's reference (``gradbench.histograms.fill_streaming``
+without a kernel), on the same layers.
 
 Group ``hist-fill-*`` per shape and dtype; every fill's counts are checked against NumPy's first.
 The C fill is what a C run uses (it imports no Numba: a first stats_only call at L = 300, N = 64,
@@ -26,7 +27,7 @@ def _kernel(name):
         cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built", exc_type=ImportError)
         return cb.histogram_fill
     pytest.importorskip("numba")
-    from gradbench.kernels import histogram_fill
+    from gradbench.kernels import histogram_fill_kernel as histogram_fill  # what the engine runs (unchecked)
 
     return histogram_fill
 

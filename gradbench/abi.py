@@ -285,8 +285,8 @@ def check_array(function: str, name: str, a, dtypes: tuple, shape: tuple, writes
                 shape_note: str = "") -> None:
     """Refuse ``a`` (argument ``name`` of ``function``) unless it is a C-contiguous, aligned
     ``numpy.ndarray`` of one of ``dtypes`` and of ``shape``, writeable when the kernel writes it
-    (:func:`check`'s rule for each array of a contract, and of calls outside the tables:
-    ``gradbench.cbackend.histogram_fill`` and the layer functions); the message names the
+    (:func:`check`'s rule for each array of a contract, and of calls outside them such as
+    :func:`check_layer` and :func:`check_histogram_fill`); the message names the
     function, the array, the expected and the actual value."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{function}: {name} must be a numpy.ndarray, got {type(a).__name__}")
@@ -310,6 +310,81 @@ def misaligned(name: str, a: np.ndarray, fix: str | None = None) -> str:
     fix = fix or f"np.require({name}, requirements='AC') (an aligned C-contiguous copy)"
     return (f"{name} is not aligned to its dtype ({a.dtype} needs an address that is a multiple of "
             f"{a.dtype.alignment} bytes): pass {fix}")
+
+
+# ------------------------------------------------------------------ the layer functions
+# The layer functions with the reference's names and arguments (outputs first), which the Numba
+# (gradbench.kernels) and C (gradbench.cbackend) backends export for tests and users: each array's
+# shape in letters of the first array's axes (B rows, N columns; "*": the first array's shape,
+# whatever it is) and whether the function writes it. Every array is checked against it
+# (:func:`check_layer`) before a kernel runs, which reads and writes exactly those entries.
+LAYER_ARGS = {
+    "dense_forward": (("z", "B,N", True), ("h", "B,N", False), ("W", "N,N", False), ("b", "N", False)),
+    "dense_backward": (("dh", "B,N", True), ("dW", "N,N", True), ("db", "N", True), ("dz", "B,N", False),
+                       ("h", "B,N", False), ("W", "N,N", False)),
+    "batchnorm_forward": (("y", "B,N", True), ("xhat", "B,N", True), ("mean", "N", True), ("rstd", "N", True),
+                          ("z", "B,N", False), ("gamma", "N", False), ("beta", "N", False)),
+    "batchnorm_backward": (("dz", "B,N", True), ("dgamma", "N", True), ("dbeta", "N", True), ("dy", "B,N", False),
+                           ("xhat", "B,N", False), ("rstd", "N", False), ("gamma", "N", False)),
+    "activation_forward": (("a", "*", True), ("z", "*", False)),
+    "activation_backward": (("dz", "*", True), ("da", "*", False), ("z", "*", False)),
+    "normalise": (("g", "*", True),),
+    "add_aligned": (("a", "*", True), ("s", "*", False)),
+    "clip_signal": (("g", "B,N", True),),
+}
+
+
+def check_layer(function: str, *arrays) -> None:
+    """Refuse the arrays of layer function ``function`` (all of them, in the order of
+    :data:`LAYER_ARGS`; the caller leaves out its scalars) unless each is a C-contiguous, aligned
+    float64 or float32 array of the first one's dtype and its shape, writeable where written: a
+    ValueError or TypeError naming the function, before any kernel runs."""
+    table = LAYER_ARGS[function]
+    if len(arrays) != len(table):
+        raise TypeError(f"{function} takes {len(table)} arrays ({', '.join(t[0] for t in table)}), got {len(arrays)}")
+    first, (name, letters, _) = arrays[0], table[0]
+    if not isinstance(first, np.ndarray):
+        raise TypeError(f"{function}: {name} must be a numpy.ndarray, got {type(first).__name__}")
+    check_array(function, name, first, FLOAT_DTYPES, first.shape, False)  # the dtype of them all
+    axes = letters.split(",")
+    if letters != "*" and first.ndim != len(axes):
+        raise ValueError(f"{function}: {name} has shape {first.shape}, expected ({letters})")
+    dims = dict(zip(axes, first.shape))
+    for (name, letters, writes), a in zip(table, arrays):
+        shape = first.shape if letters == "*" else tuple(dims[d] for d in letters.split(","))
+        check_array(function, name, a, (first.dtype,), shape, writes)
+
+
+# ------------------------------------------------------------------ histogram_fill
+HIST_COUNTS_DTYPES = (np.dtype(np.uint16), np.dtype(np.uint32))  # uint16: layers of at most 65,535 entries
+_INT64 = np.dtype(np.int64)
+
+
+def check_histogram_fill(dW, e, per_decade, bins, top, counts, below, zeros, nonfinite) -> tuple[int, int]:
+    """Refuse the arguments of ``histogram_fill`` (the streaming histograms of the m layers of dW,
+    Numba's kernels/histogram.py and C's csrc/histogram.c) unless ``dW`` is a float64 or float32
+    array (m, ...), ``e`` int64 (m,), ``per_decade`` and ``bins`` ints in 1 .. 2**31 - 3,
+    ``counts`` uint16 (layers of at most 65,535 entries) or uint32 (m, bins), ``top``, ``below``,
+    ``zeros`` and ``nonfinite`` int64 (m,), all C-contiguous and aligned, the outputs writeable:
+    a TypeError or ValueError naming the function, before any kernel runs. Returns m and the
+    entries of a layer."""
+    what = "histogram_fill"
+    if not isinstance(dW, np.ndarray) or dW.ndim < 1:
+        raise TypeError(f"{what}: dW must be a numpy.ndarray of one row per layer, got {type(dW).__name__}")
+    check_array(what, "dW", dW, FLOAT_DTYPES, dW.shape, False)
+    m = dW.shape[0]
+    size = int(np.prod(dW.shape[1:], dtype=np.int64))
+    for name, v in (("per_decade", per_decade), ("bins", bins)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 2**31 - 3:
+            raise ValueError(f"{what}: {name} must be an int in 1 .. 2**31 - 3, got {v!r}")
+    check_array(what, "e", e, (_INT64,), (m,), False)
+    check_array(what, "counts", counts, HIST_COUNTS_DTYPES, (m, int(bins)), True)
+    for name, a in (("top", top), ("below", below), ("zeros", zeros), ("nonfinite", nonfinite)):
+        check_array(what, name, a, (_INT64,), (m,), True)
+    if counts.dtype == np.uint16 and size > np.iinfo(np.uint16).max:
+        raise ValueError(f"{what}: uint16 counts hold at most 65,535 entries per bin and the layers have {size}: "
+                         "pass uint32 counts")
+    return m, size
 
 
 def _check_stack_config(function: str, arrays, dims) -> None:

@@ -495,47 +495,12 @@ def backward_with(opts, *args, **kwargs):
 
 
 # ------------------------------------------------------------------ layer pairs (for tests)
-# The exported C layer functions with the reference's names and arguments (outputs first). Each
-# array's shape in letters of the first array's axes (B rows, N columns; "*": the first array's
-# shape, whatever it is) and whether the function writes it: every array is checked against it
-# (abi.check_array) before C runs, which reads and writes exactly those entries.
-_LAYER_ARGS = {
-    "dense_forward": (("z", "B,N", True), ("h", "B,N", False), ("W", "N,N", False), ("b", "N", False)),
-    "dense_backward": (("dh", "B,N", True), ("dW", "N,N", True), ("db", "N", True), ("dz", "B,N", False),
-                       ("h", "B,N", False), ("W", "N,N", False)),
-    "batchnorm_forward": (("y", "B,N", True), ("xhat", "B,N", True), ("mean", "N", True), ("rstd", "N", True),
-                          ("z", "B,N", False), ("gamma", "N", False), ("beta", "N", False)),
-    "batchnorm_backward": (("dz", "B,N", True), ("dgamma", "N", True), ("dbeta", "N", True), ("dy", "B,N", False),
-                           ("xhat", "B,N", False), ("rstd", "N", False), ("gamma", "N", False)),
-    "activation_forward": (("a", "*", True), ("z", "*", False)),
-    "activation_backward": (("dz", "*", True), ("da", "*", False), ("z", "*", False)),
-    "normalise": (("g", "*", True),),
-    "add_aligned": (("a", "*", True), ("s", "*", False)),
-    "clip_signal": (("g", "B,N", True),),
-}
-
-
-def _check_layer(function: str, *arrays) -> None:
-    """Refuse the arrays of layer function ``function`` (:data:`_LAYER_ARGS`, in its order) unless
-    each is a C-contiguous, aligned float64 or float32 array of the first one's dtype and its
-    shape, writeable where written: a ValueError or TypeError naming it, before C runs."""
-    table = _LAYER_ARGS[function]
-    first, (name, letters, _) = arrays[0], table[0]
-    if not isinstance(first, np.ndarray):
-        raise TypeError(f"{function}: {name} must be a numpy.ndarray, got {type(first).__name__}")
-    abi.check_array(function, name, first, abi.FLOAT_DTYPES, first.shape, False)  # the dtype of them all
-    axes = letters.split(",")
-    if letters != "*" and first.ndim != len(axes):
-        raise ValueError(f"{function}: {name} has shape {first.shape}, expected ({letters})")
-    dims = dict(zip(axes, first.shape))
-    for (name, letters, writes), a in zip(table, arrays):
-        shape = first.shape if letters == "*" else tuple(dims[d] for d in letters.split(","))
-        abi.check_array(function, name, a, (first.dtype,), shape, writes)
-
-
+# The exported C layer functions with the reference's names and arguments (outputs first). Every
+# array is checked against its entry of abi.LAYER_ARGS (abi.check_layer) before C runs, which
+# reads and writes exactly those entries.
 def _layer(name: str, like: np.ndarray, *args) -> None:
     """Call ``gb_<name>_<f64|f32>`` (``like``'s dtype) with ``args``: arrays (checked by
-    :func:`_check_layer`) as pointers, the rest as they are."""
+    :func:`gradbench.abi.check_layer`) as pointers, the rest as they are."""
     full = f"gb_{name}_{suffix(like)}"
     conv = [pointer(a, "void *") if isinstance(a, np.ndarray) else a for a in args]
     check(getattr(lib, full)(*conv), full)  # `args` keeps every buffer alive during the call
@@ -543,38 +508,38 @@ def _layer(name: str, like: np.ndarray, *args) -> None:
 
 def dense_forward(z, h, W, b):
     """z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,)"""
-    _check_layer("dense_forward", z, h, W, b)
+    abi.check_layer("dense_forward", z, h, W, b)
     _layer("dense_forward", z, z, h, W, b, z.shape[0], z.shape[1])
 
 
 def dense_backward(dh, dW, db, dz, h, W):
     """dW = dz^T h, db = sum_B dz, dh = dz W."""
-    _check_layer("dense_backward", dh, dW, db, dz, h, W)
+    abi.check_layer("dense_backward", dh, dW, db, dz, h, W)
     _layer("dense_backward", dz, dh, dW, db, dz, h, W, dz.shape[0], dz.shape[1])
 
 
 def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
     """y = gamma * (z - mean_B) * rstd + beta (train mode, biased variance)."""
-    _check_layer("batchnorm_forward", y, xhat, mean, rstd, z, gamma, beta)
+    abi.check_layer("batchnorm_forward", y, xhat, mean, rstd, z, gamma, beta)
     _layer("batchnorm_forward", z, y, xhat, mean, rstd, z, gamma, beta, float(eps), z.shape[0], z.shape[1])
 
 
 def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
     """dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat))."""
-    _check_layer("batchnorm_backward", dz, dgamma, dbeta, dy, xhat, rstd, gamma)
+    abi.check_layer("batchnorm_backward", dz, dgamma, dbeta, dy, xhat, rstd, gamma)
     _layer("batchnorm_backward", dy, dz, dgamma, dbeta, dy, xhat, rstd, gamma, dy.shape[0], dy.shape[1])
 
 
 def activation_forward(a, z, code, param, f=None):
     """a = phi(z); with a forward exponent ``f``, phi_scaled (the mantissa of phi(z 2**f))."""
-    _check_layer("activation_forward", a, z)
+    abi.check_layer("activation_forward", a, z)
     _layer("activation_forward", z, a, z, z.size, int(code), float(param), int(f is not None), int(f or 0))
 
 
 def activation_backward(dz, da, z, code, param, f=None) -> float:
     """dz = da * phi'(z) (dphi_scaled of z 2**f with ``f``); returns dL/dslope = sum(da * min(z,
     0)) for PReLU, else 0."""
-    _check_layer("activation_backward", dz, da, z)
+    abi.check_layer("activation_backward", dz, da, z)
     ds = ffi.new("double *")
     rows = max(1, z.shape[0]) if z.ndim == 2 else 1  # (0, N): C refuses B N = 0
     _layer("activation_backward", z, dz, ds, da, z, rows, z.size // rows, int(code), float(param),
@@ -584,7 +549,7 @@ def activation_backward(dz, da, z, code, param, f=None) -> float:
 
 def normalise(g) -> int:
     """g *= 2**-e in place with e the exponent of max|g|; returns e."""
-    _check_layer("normalise", g)
+    abi.check_layer("normalise", g)
     e = ffi.new("int64_t *")
     _layer("normalise", g, g, g.size, e)
     return int(e[0])
@@ -592,7 +557,7 @@ def normalise(g) -> int:
 
 def add_aligned(a, ea, s, es, scale=1.0) -> int:
     """scale * a * 2**ea + s * 2**es, written into a, at the larger exponent; returns it."""
-    _check_layer("add_aligned", a, s)
+    abi.check_layer("add_aligned", a, s)
     e = ffi.new("int64_t *")
     _layer("add_aligned", a, a, int(ea), s, int(es), float(scale), a.size, e)
     return int(e[0])
@@ -600,7 +565,7 @@ def add_aligned(a, ea, s, es, scale=1.0) -> int:
 
 def clip_signal(g, e, mode, c) -> int:
     """Clip the true value g * 2**e in place (value or norm); returns the new exponent."""
-    _check_layer("clip_signal", g)
+    abi.check_layer("clip_signal", g)
     out = ffi.new("int64_t *")
     _layer("clip_signal", g, g, int(e), int(mode), float(c), g.shape[0], g.shape[1], out)
     return int(out[0])
@@ -623,40 +588,17 @@ def dphi(z: np.ndarray, code: int, param: float, f: int | None = None) -> np.nda
 
 
 # ------------------------------------------------------------------ streaming histograms
-_COUNTS_U16 = {np.dtype(np.uint16): 1, np.dtype(np.uint32): 0}
-_INT64 = np.dtype(np.int64)
-
-
-def _hist_array(name: str, a, dtypes, shape: tuple, writes: bool) -> None:
-    """:func:`gradbench.abi.check_array` for an argument of histogram_fill."""
-    abi.check_array("histogram_fill", name, a, dtypes, shape, writes)
-
-
 def histogram_fill(dW, e, per_decade, bins, top, counts, below, zeros, nonfinite, isa: int = 0) -> None:
     """The streaming histograms of the m layers of ``dW`` (m, ...) with exponents ``e`` (m,), in C
     (csrc/histogram.c): the twin of ``kernels/histogram.py histogram_fill``, the same top, counts,
     below, zeros and nonfinite. ``dW`` float64 or float32, ``counts`` (m, bins) uint16 (layers of
-    at most 65,535 entries) or uint32, the others int64 (m,); every array checked before the call.
-    ``isa`` as gb_opts.isa (tests: 1 the baseline instance, 3 AVX2). Releases the GIL (cffi).
-    Temporaries: 32 (bins + 2) bytes and ~12 KiB of stack, whatever the layers' size."""
-    what = "histogram_fill"
-    if not isinstance(dW, np.ndarray) or dW.ndim < 1:
-        raise TypeError(f"{what}: dW must be a numpy.ndarray of one row per layer, got {type(dW).__name__}")
+    at most 65,535 entries) or uint32, the others int64 (m,); every array checked before the call
+    (:func:`gradbench.abi.check_histogram_fill`). ``isa`` as gb_opts.isa (tests: 1 the baseline
+    instance, 3 AVX2). Releases the GIL (cffi). Temporaries: 32 (bins + 2) bytes and ~12 KiB of
+    stack, whatever the layers' size."""
+    m, size = abi.check_histogram_fill(dW, e, per_decade, bins, top, counts, below, zeros, nonfinite)
     f32 = suffix(dW) == "f32"
-    _hist_array("dW", dW, (dW.dtype,), dW.shape, False)
-    m = dW.shape[0]
-    size = int(np.prod(dW.shape[1:], dtype=np.int64))
-    for name, v in (("per_decade", per_decade), ("bins", bins)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 2**31 - 3:
-            raise ValueError(f"{what}: {name} must be an int in 1 .. 2**31 - 3, got {v!r}")
-    _hist_array("e", e, (_INT64,), (m,), False)
-    _hist_array("counts", counts, tuple(_COUNTS_U16), (m, int(bins)), True)
-    for name, a in (("top", top), ("below", below), ("zeros", zeros), ("nonfinite", nonfinite)):
-        _hist_array(name, a, (_INT64,), (m,), True)
-    u16 = _COUNTS_U16[counts.dtype]
-    if u16 and size > np.iinfo(np.uint16).max:
-        raise ValueError(f"{what}: uint16 counts hold at most 65,535 entries per bin and the layers have {size}: "
-                         "pass uint32 counts")
+    u16 = int(counts.dtype == np.uint16)
     i64 = functools.partial(pointer, ctype="int64_t *")
     rc = lib.gb_histogram_fill(pointer(dW, "void *"), int(f32), m, size, i64(e), int(per_decade), int(bins), i64(top),
                                pointer(counts, "void *"), u16, i64(below), i64(zeros), i64(nonfinite), int(isa))

@@ -149,7 +149,8 @@ def fill_streaming(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, to
     Layers with no non-zero finite entry get ``top = 0`` and empty counts. ``kernel``: a compiled
     twin with these arguments (the same bins, from vectorised passes over one layer at a time),
     used when dW is C-contiguous (m, N, D): the backend's own ``histogram_fill``
-    (``gradbench.kernels.histogram_fill``, Numba; :func:`gradbench.cbackend.histogram_fill`, C,
+    (``gradbench.kernels.histogram_fill``, Numba, or its unchecked ``histogram_fill_kernel``, which
+    the engine passes; :func:`gradbench.cbackend.histogram_fill`, C,
     float64 and float32 dW). None: this NumPy version, the reference.
     """
     if kernel is not None and dW.flags.c_contiguous and dW.ndim == 3:

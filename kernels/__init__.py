@@ -3,8 +3,11 @@ direction. Same functions and arguments as :mod:`gradbench.reference`.
 
 ``stack_forward`` / ``stack_backward`` validate every array with :func:`gradbench.abi.check`
 (the one check of every backend: Numba does no bounds checks, so nothing reaches a kernel
-unchecked) and call the trusting compiled drivers in :mod:`.stack`; the per-layer kernels are
-exported for tests.
+unchecked) and call the trusting compiled drivers in :mod:`.stack`. The layer functions
+(``dense_forward``, ..., ``clip_signal``, for tests and users) check their arrays with
+:func:`gradbench.abi.check_layer`, ``histogram_fill`` with :func:`gradbench.abi.check_histogram_fill`
+(the C backend's checks), then call the kernel of the same name; code inside this package imports
+the unchecked kernels from the submodules (:mod:`.layers`, :mod:`.chain`, :mod:`.histogram`).
 """
 
 from __future__ import annotations
@@ -50,12 +53,12 @@ def _drop_stale_cache(here: str | None = None) -> None:
 
 _drop_stale_cache()
 
-from .chain import add_aligned, clip_signal, normalise  # noqa: E402 (after the cache check)
-from .layers import (  # noqa: E402
-    activation_backward, activation_forward, batchnorm_backward, batchnorm_forward, dense_backward, dense_forward,
-)
-from .histogram import histogram_fill  # noqa: E402  (stats_only runs' histograms, gradbench.histograms)
+from . import chain as _chain, histogram as _histogram, layers as _layers  # noqa: E402 (after the cache check)
 from .stack import stack_backward_kernel, stack_forward_kernel  # noqa: E402
+
+# the unchecked histogram kernel, for the engine's stats_only runs (gradbench.engine._compiled_fill),
+# whose arrays it makes itself
+histogram_fill_kernel = _histogram.histogram_fill
 
 __all__ = [
     "activation_backward", "activation_forward", "add_aligned", "batchnorm_backward",
@@ -65,3 +68,66 @@ __all__ = [
 
 stack_forward = abi.checked("stack_forward", stack_forward_kernel)
 stack_backward = abi.checked("stack_backward", stack_backward_kernel)
+
+
+# ------------------------------------------------------------------ checked layer functions
+def dense_forward(z, h, W, b):
+    """z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,)"""
+    abi.check_layer("dense_forward", z, h, W, b)
+    _layers.dense_forward(z, h, W, b)
+
+
+def dense_backward(dh, dW, db, dz, h, W):
+    """dW = dz^T h, db = sum_B dz, dh = dz W."""
+    abi.check_layer("dense_backward", dh, dW, db, dz, h, W)
+    _layers.dense_backward(dh, dW, db, dz, h, W)
+
+
+def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
+    """y = gamma * (z - mean_B) * rstd + beta (train mode, biased variance)."""
+    abi.check_layer("batchnorm_forward", y, xhat, mean, rstd, z, gamma, beta)
+    _layers.batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps)
+
+
+def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
+    """dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat))."""
+    abi.check_layer("batchnorm_backward", dz, dgamma, dbeta, dy, xhat, rstd, gamma)
+    _layers.batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma)
+
+
+def activation_forward(a, z, code, param, f=None):
+    """a = phi(z); with a forward exponent ``f``, phi_scaled (the mantissa of phi(z 2**f))."""
+    abi.check_layer("activation_forward", a, z)
+    _layers.activation_forward(a, z, code, param, f)
+
+
+def activation_backward(dz, da, z, code, param, f=None) -> float:
+    """dz = da * phi'(z) (dphi_scaled of z 2**f with ``f``); returns dL/dslope = sum(da * min(z,
+    0)) for PReLU, else 0."""
+    abi.check_layer("activation_backward", dz, da, z)
+    return _layers.activation_backward(dz, da, z, code, param, f)
+
+
+def normalise(g) -> int:
+    """g *= 2**-e in place with e the exponent of max|g|; returns e."""
+    abi.check_layer("normalise", g)
+    return _chain.normalise(g)
+
+
+def add_aligned(a, ea, s, es, scale=1.0) -> int:
+    """scale * a * 2**ea + s * 2**es, written into a, at the larger exponent; returns it."""
+    abi.check_layer("add_aligned", a, s)
+    return _chain.add_aligned(a, ea, s, es, scale)
+
+
+def clip_signal(g, e, mode, c) -> int:
+    """Clip the true value g * 2**e in place (value or norm); returns the new exponent."""
+    abi.check_layer("clip_signal", g)
+    return _chain.clip_signal(g, e, mode, c)
+
+
+def histogram_fill(dW, e, per_decade, bins, top, counts, below, zeros, nonfinite) -> None:
+    """The streaming histograms of the m layers of ``dW`` (m, ...) with exponents ``e`` (m,): the
+    kernel :func:`.histogram.histogram_fill`, its arguments checked as the C twin's."""
+    abi.check_histogram_fill(dW, e, per_decade, bins, top, counts, below, zeros, nonfinite)
+    _histogram.histogram_fill(dW, e, per_decade, bins, top, counts, below, zeros, nonfinite)

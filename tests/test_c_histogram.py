@@ -191,14 +191,22 @@ def test_c_fill_is_the_numba_kernel(dtype):
 
 def test_each_backend_fills_the_histograms_with_its_own_kernel():
     """fill_for maps a backend's name to its fill (NumPy when not known), the one the engine
-    takes from the backend's module (its histogram_fill) and the memory estimate counts; the C
-    backend's through fill_streaming gives the NumPy reference's arrays."""
-    from gradbench import reference
-    from gradbench.backends import get_backend
+    takes from the backend's module (its histogram_fill; Numba's unchecked histogram_fill_kernel)
+    and the memory estimate counts; the C backend's through fill_streaming gives the NumPy
+    reference's arrays."""
+    from gradbench import engine, reference
+    from gradbench.backends import backends, get_backend
 
     assert [histograms.fill_for(b) for b in ("c", "numba", "numpy", None)] == ["c", "numba", "numpy", "numpy"]
     assert not hasattr(reference, "histogram_fill")
     assert get_backend("c").histogram_fill is cb.histogram_fill
+    # the engine's stats_only runs: C's checked fill, Numba's unchecked kernel (the engine makes the arrays)
+    assert engine._compiled_fill(get_backend("c")) is cb.histogram_fill
+    assert engine._compiled_fill(reference) is None
+    if "numba" in backends():
+        from gradbench.kernels import histogram
+
+        assert engine._compiled_fill(get_backend("numba")) is histogram.histogram_fill
     rng = np.random.default_rng(3)
     dW, e = _random_layers(rng, 3, 300, np.float32), np.array([0, 5, -7])
     want = _fill("numpy", dW, e, 4, 40, np.uint16)
@@ -208,7 +216,14 @@ def test_each_backend_fills_the_histograms_with_its_own_kernel():
     _assert_same(h, want, "fill_streaming(kernel=cbackend.histogram_fill)")
 
 
-def test_c_fill_refuses_arrays_it_cannot_take_before_writing_anything():
+@pytest.mark.parametrize("fill", ["c", "numba"])
+def test_compiled_fills_refuse_arrays_they_cannot_take_before_writing_anything(fill):
+    """The C fill and the Numba one (gradbench.kernels.histogram_fill, no bounds checks in the kernel) check every
+    argument alike (abi.check_histogram_fill)."""
+    if fill == "numba":
+        from gradbench.kernels import histogram_fill
+    else:
+        histogram_fill = cb.histogram_fill
     m, size, bins = 3, 20, 8
     good = dict(dW=np.ones((m, 4, 5)), e=np.zeros(m, np.int64), per_decade=4, bins=bins,
                 top=np.zeros(m, np.int64), counts=np.zeros((m, bins), np.uint16), below=np.zeros(m, np.int64),
@@ -236,7 +251,7 @@ def test_c_fill_refuses_arrays_it_cannot_take_before_writing_anything():
         args = {**good, **change}
         before = {k: v.copy() for k, v in args.items() if isinstance(v, np.ndarray)}
         with pytest.raises(kind, match=match):
-            cb.histogram_fill(**args)
+            histogram_fill(**args)
         for k, v in before.items():
             np.testing.assert_array_equal(args[k], v, err_msg=k)
 

@@ -1,5 +1,6 @@
 """Each layer kernel of the Numba and C backends against the reference's layer function on
-identical inputs (nasty values included): the layer pairs that the drivers call, one at a time."""
+identical inputs (nasty values included): the layer pairs that the drivers call, one at a time;
+and every bad array refused by both before a kernel runs."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 
 import gradbench as gb
 from gradbench import reference as R
-from gradbench.abi import ACT_CODE, CLIP_NORM, CLIP_VALUE
+from gradbench.abi import ACT_CODE, CLIP_NORM, CLIP_VALUE, LAYER_ARGS
 from gradbench.backends import get_backend
+from tests.helpers import misaligned
 
 # Every backend that exports the reference's layer functions: Numba (gradbench.kernels) and C
 # (gradbench.cbackend, the exported C layer pairs).
@@ -141,3 +143,87 @@ def test_clip_signal_equals_reference(K, mode, e, dtype):
         eg = K.clip_signal(b, e, mode, c)
         assert eg == er, f"clip mode {mode}, e={e}, c={c}: exponent {eg}, reference {er}"
         _close(f"clip mode {mode}, e={e}, c={c}", b, a, dtype)
+
+
+# The layer functions: their arrays in order, those they write, and the call with its other arguments. Every array
+# is (B, N) unless LAYER_SHAPES says otherwise.
+_TANH = ACT_CODE["tanh"]
+LAYER_CALLS = {
+    "dense_forward": ("z h W b", "z", lambda f, a: f(*a)),
+    "dense_backward": ("dh dW db dz h W", "dh dW db", lambda f, a: f(*a)),
+    "batchnorm_forward": ("y xhat mean rstd z gamma beta", "y xhat mean rstd", lambda f, a: f(*a, 1e-5)),
+    "batchnorm_backward": ("dz dgamma dbeta dy xhat rstd gamma", "dz dgamma dbeta", lambda f, a: f(*a)),
+    "activation_forward": ("a z", "a", lambda f, a: f(*a, _TANH, 0.0)),
+    "activation_backward": ("dz da z", "dz", lambda f, a: f(*a, _TANH, 0.0)),
+    "normalise": ("g", "g", lambda f, a: f(*a)),
+    "add_aligned": ("a s", "a", lambda f, a: f(a[0], 0, a[1], -3)),
+    "clip_signal": ("g", "g", lambda f, a: f(a[0], 0, CLIP_NORM, 0.5)),
+}
+_B, _N = 3, 4
+LAYER_SHAPES = {"W": (_N, _N), "dW": (_N, _N),
+                **{n: (_N,) for n in ("b", "db", "mean", "rstd", "gamma", "beta", "dgamma", "dbeta")}}
+
+
+def test_the_layer_table_is_the_layer_functions():
+    """abi.LAYER_ARGS, which both backends check against, lists every layer function's arrays in the order of its
+    arguments, and the reference's."""
+    import inspect
+
+    assert set(LAYER_ARGS) == set(LAYER_CALLS)
+    for function, table in LAYER_ARGS.items():
+        names, written = LAYER_CALLS[function][0].split(), LAYER_CALLS[function][1].split()
+        assert [t[0] for t in table] == names and [t[0] for t in table if t[2]] == written, function
+        params = list(inspect.signature(getattr(R, function)).parameters)
+        assert [p for p in params if p in names] == names, function
+
+
+def _bad_layer_arrays(names: list, written: list, good: dict):
+    """(label, name, replacement) for each array of a layer call: another dtype (int64; float32 beside float64
+    arrays), a shape one entry short and one long (where another array fixes it), strided, misaligned, read-only
+    (written arrays), a list."""
+    for name in names:
+        a = good[name]
+        yield "int64", name, a.astype(np.int64)
+        if len(names) > 1:
+            yield "float32", name, a.astype(np.float32)
+            for d in (-1, 1):
+                yield f"shape{d:+d}", name, np.zeros(a.shape[:-1] + (a.shape[-1] + d,))
+        yield "strided", name, np.zeros(a.shape[:-1] + (2 * a.shape[-1],))[..., ::2]
+        yield "misaligned", name, misaligned(a)
+        if name in written:
+            ro = a.copy()
+            ro.flags.writeable = False
+            yield "read-only", name, ro
+        yield "list", name, a.tolist()
+
+
+@pytest.mark.parametrize("function", list(LAYER_CALLS))
+def test_layer_functions_refuse_every_bad_array_before_a_kernel_runs(K, function):
+    """The layer functions read and write the entries of the shapes their first array gives: called with a wrong
+    dtype, shape or layout the C ones overflowed the heap (ASan) and the Numba ones (no bounds checks) read and
+    wrote out of bounds. Each is refused with a TypeError or ValueError naming the function, and nothing is
+    written."""
+    names, written, call = LAYER_CALLS[function]
+    names, written = names.split(), written.split()
+    fn = getattr(K, function)
+
+    def good():
+        rng = np.random.default_rng(0)
+        return {n: rng.uniform(0.1, 0.9, LAYER_SHAPES.get(n, (_B, _N))) for n in names}
+
+    call(fn, list(good().values()))  # the valid call runs
+    call(fn, [a.astype(np.float32) for a in good().values()])
+    cases = list(_bad_layer_arrays(names, written, good()))
+    assert len(cases) >= 5 * len(names)
+    for label, name, bad in cases:
+        arrays = good()
+        arrays[name] = bad
+        before = {k: np.copy(v) for k, v in arrays.items()}
+        with pytest.raises((TypeError, ValueError)) as err:
+            call(fn, list(arrays.values()))
+        assert str(err.value).startswith(f"{function}: "), (label, name, str(err.value))
+        for k, v in before.items():
+            np.testing.assert_array_equal(arrays[k], v, err_msg=f"{function} {label} {name}: {k} was written")
+    if function == "clip_signal":  # its g is (B, N)
+        with pytest.raises(ValueError, match=r"clip_signal: g has shape \(12,\), expected \(B,N\)"):
+            fn(np.full(12, 0.5), 0, CLIP_NORM, 0.5)
