@@ -337,7 +337,8 @@ LAYER_ARGS = {
 def check_layer(function: str, *arrays) -> None:
     """Refuse the arrays of layer function ``function`` (all of them, in the order of
     :data:`LAYER_ARGS`; the caller leaves out its scalars) unless each is a C-contiguous, aligned
-    float64 or float32 array of the first one's dtype and its shape, writeable where written: a
+    float64 or float32 array of the first one's dtype and its shape, writeable where written, and
+    none is empty (B and N at least 1: the kernels read a first entry, as C's gates refuse): a
     ValueError or TypeError naming the function, before any kernel runs."""
     table = LAYER_ARGS[function]
     if len(arrays) != len(table):
@@ -349,6 +350,9 @@ def check_layer(function: str, *arrays) -> None:
     axes = letters.split(",")
     if letters != "*" and first.ndim != len(axes):
         raise ValueError(f"{function}: {name} has shape {first.shape}, expected ({letters})")
+    if first.size == 0:
+        raise ValueError(f"{function}: {name} has shape {first.shape}, expected every axis at least 1 "
+                         "(a layer of no rows or no units)")
     dims = dict(zip(axes, first.shape))
     for (name, letters, writes), a in zip(table, arrays):
         shape = first.shape if letters == "*" else tuple(dims[d] for d in letters.split(","))

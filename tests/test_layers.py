@@ -224,6 +224,11 @@ def test_layer_functions_refuse_every_bad_array_before_a_kernel_runs(K, function
         assert str(err.value).startswith(f"{function}: "), (label, name, str(err.value))
         for k, v in before.items():
             np.testing.assert_array_equal(arrays[k], v, err_msg=f"{function} {label} {name}: {k} was written")
+    for shape in ((0, _N), (_B, 0), (0, 0)):  # empty layers: C refused them unnamed, Numba read entry 0
+        arrays = [np.zeros(LAYER_SHAPES.get(n, shape)) if n not in LAYER_SHAPES else
+                  np.zeros(tuple(shape[1] for _ in LAYER_SHAPES[n])) for n in names]
+        with pytest.raises(ValueError, match=rf"^{function}: {names[0]} has shape .*every axis at least 1"):
+            call(fn, arrays)
     if function == "clip_signal":  # its g is (B, N)
         with pytest.raises(ValueError, match=r"clip_signal: g has shape \(12,\), expected \(B,N\)"):
             fn(np.full(12, 0.5), 0, CLIP_NORM, 0.5)
