@@ -5,7 +5,8 @@
 MODE ``warm``: one untimed call, then REPS timed calls (the minimum is reported); ``first``: the
 first call of the process (kernels already compiled and cached on disk) and then the warm
 minimum; ``mixed``: like ``warm``, with a NumPy product of the layer's size just before each
-timed call (the user's own NumPy code between calls: its BLAS threads still spinning); ``fma``: one core's measured FMA peak (benchmarks/fma_peak.c compiled for this CPU);
+timed call (the user's own NumPy code between calls: its BLAS threads still spinning), and
+``spin``: how long NumPy's worker runs after that product (:func:`_spin`); ``fma``: one core's measured FMA peak (benchmarks/fma_peak.c compiled for this CPU);
 ``stats``: like ``first``, for a run with generated weights, statistics only and
 checkpoints every sqrt(L) layers (kernels warmed up on a small such run); ``peak``: the rate of a large float64 matrix product (2048^3) on the threads given, an
 achievable peak to state the kernels' efficiency against; ``race``: IMPL is a comma-separated
@@ -63,6 +64,26 @@ def _threads_ran(before, after, wall: float) -> int | None:
     if before is None or after is None or wall <= 0:
         return None
     return sum((ns - before.get(tid, 0)) >= 0.25 * wall * 1e9 for tid, ns in after.items())
+
+
+def _spin(product, rounds: int = 3) -> float | None:
+    """How long another thread of this process keeps running after ``product`` (NumPy's BLAS
+    worker spinning before it sleeps), the median of ``rounds``, s: polled with the C backend's
+    look at ``/proc`` (:func:`gradbench.cbackend.busy_threads`); None where it is not built, or
+    nothing ran after the product for 2 s (another thread that never stops)."""
+    try:
+        from gradbench import cbackend
+    except ImportError:
+        return None
+    spins = []
+    for _ in range(rounds):
+        product()
+        t = time.perf_counter()
+        while cbackend.busy_threads():
+            if time.perf_counter() - t > 2.0:
+                return None
+        spins.append(time.perf_counter() - t)
+    return sorted(spins)[len(spins) // 2]
 
 
 def main(argv):
@@ -151,6 +172,8 @@ def main(argv):
     ran = _threads_ran(before, _cpu_ns(), sum(times))
     if ran is not None:
         out["threads_ran"] = ran
+    if mode == "mixed":
+        out["spin"] = _spin(lambda: a @ w)
     out.update(first=first, min=min(times) if times else first, backend=getattr(res, "backend", impl))
     if out["backend"] == "c":  # the threads a warm call of the C drivers starts with here, or
         from gradbench import cbackend  # "blas" where BLAS runs the products on its own threads
