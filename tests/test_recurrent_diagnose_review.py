@@ -249,3 +249,23 @@ def test_a_sigmoid_state_that_underflows_is_said():
     assert "the forward state h_t is exactly 0 in every unit at every step: sigmoid(z) underflowed float32" \
         in runs["float32"].explanation
     assert "forward state h_t is exactly 0" not in runs["float64"].explanation
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
+def test_only_the_initial_states_gradient_non_finite_is_named_so(backend):
+    """A one-step identity cell whose W_hh entries are 1e308: dL/dh_{-1} = dz_0 W_hh overflows
+    (plain float64: every entry a sum of positive terms past the float range), while the one row
+    of the table, step 0, is finite. The report said "the backward signal turned non-finite at
+    step -1"; it names the initial state's gradient."""
+    rnn = gb.Recurrent(cell="rnn", activation="identity", steps=1, hidden=4, input_dim=2)
+    p = gb.init_params(rnn, 0)
+    p.W_hh[...], p.W_ih[...] = 1e308, 1.0
+    xs = np.ones((1, 3, 2))
+    h = xs[0] @ p.W_ih.T + p.b_ih + p.b_hh  # h_0 from h_{-1} = 0; the sum_squares loss's dL/dh_0 = h_0
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(h @ p.W_hh).any() and np.isfinite(h).all()  # the truth, independently
+    res = gb.backprop(rnn, p, xs, backend=backend)
+    assert res.first_nonfinite_backward == -1 and np.isfinite(res.signal_norm.log10()).all()
+    text = str(gb.diagnose(res))
+    assert "step -1" not in text
+    assert "non-finite only at the initial state: dL/dh_{-1}" in " ".join(text.split())

@@ -602,11 +602,9 @@ def _no_measurement(res) -> str:
     s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
     skip = len(s) // 20
     window = s[skip:len(s) - skip]
-    why = []
-    if res.first_nonfinite_forward is not None:
-        why.append(f"the forward state turned non-finite at step {res.first_nonfinite_forward}")
-    if res.first_nonfinite_backward is not None:
-        why.append(f"the backward signal turned non-finite at step {res.first_nonfinite_backward}")
+    from gradbench.recurrent.diagnose import nonfinite_words
+
+    why = nonfinite_words(res)
     zero = int(np.sum(window == -math.inf))
     if zero:
         why.append(f"||dL/dh_t|| is exactly 0 at {zero} of them")

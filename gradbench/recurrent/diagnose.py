@@ -198,6 +198,22 @@ def _changes(s: np.ndarray, per_step: float) -> dict:
     return {k: float(v) for k, v in out.items() if math.isfinite(v)}
 
 
+def nonfinite_words(res) -> list[str]:
+    """Where the forward state and the backward signal first turned non-finite, in words; step
+    -1 of the backward is the initial state's gradient dL/dh_{-1} (``h0_grad``: the last product,
+    dz_0 W_hh), which no row of the table shows."""
+    words = []
+    if res.first_nonfinite_forward is not None:
+        words.append(f"the forward state turned non-finite at step {res.first_nonfinite_forward}")
+    at = res.first_nonfinite_backward
+    if at == -1:
+        words.append("the backward signal turned non-finite only at the initial state: dL/dh_{-1} (h0_grad), "
+                     "dz_0 W_hh, overflowed")
+    elif at is not None:
+        words.append(f"the backward signal turned non-finite at step {at}")
+    return words
+
+
 def classify(signal_log10, decades_per_step: float, *, threshold: float = 2.0, nonfinite: bool = False) -> str:
     """The verdict of the rules in the module docstring, from log10 ||dL/dh_t|| (t = 0 .. T-1)
     and its fitted rate going back."""
@@ -503,10 +519,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     if sat > 0.1:
         words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (|phi'| < 1 % of its largest value)")
     words += _state_underflow_words(rnn, res)
-    if res.first_nonfinite_forward is not None:
-        words.append(f"the forward state turned non-finite at step {res.first_nonfinite_forward}")
-    if res.first_nonfinite_backward is not None:
-        words.append(f"the backward signal turned non-finite at step {res.first_nonfinite_backward}")
+    words += nonfinite_words(res)
     limits = float_limits(s)
     words += _limit_words(s, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||")
     return RecurrentDiagnosis(

@@ -69,7 +69,8 @@ class RecurrentResult:
         Mean forget gate (LSTM) / update gate z (GRU) and the fraction of them below 0.1; NaN
         for the vanilla cell, and where a gate is NaN.
     first_nonfinite_forward, first_nonfinite_backward : int or None
-        First step whose state (forward) or backpropagated signal (backward) is not finite.
+        First step whose state (forward) or backpropagated signal (backward) is not finite; the
+        backward's -1: only the initial state's gradient dL/dh_{-1} (``h0_grad``) is not.
     forward_rescaled : bool
         Whether the forward state carried power-of-two exponents (identity and ReLU-family cells
         with the sum_squares probe).
