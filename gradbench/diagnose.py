@@ -227,7 +227,10 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         confined to other rows goes unseen). With them the diagnosis also
         records log10 ||W_l|| (``weight_log10``) and the magnitude rule uses them: vanishing
         everywhere when every elasticity ||dW_l|| ||W_l|| / loss is below 10^-``tiny``, even
-        without a trend across layers. Without them ||W_l|| is taken as the init's sqrt(N) sigma_w.
+        without a trend across layers. Without them ||W_l|| is the estimate the result recorded
+        from each layer's first, middle and last row of W (``extras["weight_log10_sampled"]``;
+        exact where a layer's rows share one norm), or for generated weights the init's
+        sqrt(N) sigma_w.
     bins, hist_range
         Bin count and range (log10 units) of the per-layer histograms of log10 |dW_l|.
     threshold : float
@@ -435,7 +438,7 @@ def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> As
     w = np.zeros(0) if params is None else _weight_log10(params, stack, len(g))
     if params is not None:  # after _weight_log10 refused another stack's
         _check_same_weights(res, params)
-    w_ref = w if len(w) else np.full(len(g), math.log10(math.sqrt(stack.width) * stack.gain))
+    w_ref = w if len(w) else _weight_log10_without_params(res, stack, len(g))
     loss_log10 = float(res.loss_exact.log10())
     g_raw = _derivative_log10(res, g)  # clipping bounds the update, not the derivative
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -471,6 +474,17 @@ def _weight_log10(params, stack: Stack, L: int) -> np.ndarray:
                              f"needs {want}: pass the parameters of the pass that produced the result")
         out = frobenius_log10(np.asarray(W, dtype=np.float64))
     return out
+
+
+def _weight_log10_without_params(res, stack: Stack, L: int) -> np.ndarray:
+    """log10 ||W_l|| for the magnitude rule when :func:`diagnose` has no params: the estimate the
+    result recorded from three rows of each layer's W (``extras["weight_log10_sampled"]``,
+    :func:`gradbench.params.sampled_weight_log10`), else (generated weights, a result without
+    it) the init's sqrt(N) sigma_w."""
+    sampled = (getattr(res, "extras", None) or {}).get("weight_log10_sampled")
+    if sampled is not None and np.shape(sampled) == (L,):
+        return np.asarray(sampled, dtype=np.float64)
+    return np.full(L, math.log10(math.sqrt(stack.width) * stack.gain))
 
 
 def _check_same_weights(res, params) -> None:

@@ -435,5 +435,29 @@ def weights_probe(params) -> np.ndarray | int:
     if isinstance(params, GeneratedParams):
         return int(params.seed)
     W = np.asarray(params.W)
-    rows = sorted({0, W.shape[1] // 2, W.shape[1] - 1})
-    return W[:, rows, :].sum(axis=2, dtype=np.float64)
+    return W[:, _probe_rows(W.shape[1]), :].sum(axis=2, dtype=np.float64)
+
+
+def _probe_rows(N: int) -> list[int]:
+    """The rows of W that :func:`weights_probe` and :func:`sampled_weight_log10` read."""
+    return sorted({0, N // 2, N - 1})
+
+
+def sampled_weight_log10(params) -> np.ndarray | None:
+    """log10 ||W_l||_F per layer estimated from the rows :func:`weights_probe` reads (each
+    layer's first, middle and last row, their sum of squares scaled to the N rows), (L,): what
+    a Result keeps of its weights' size, for :func:`gradbench.diagnose` called without the
+    params (its magnitude rule needs ||W_l||: weights set or trained far from the init's
+    sqrt(N) sigma_w were judged at that size). Exact for weights whose rows have one norm (the
+    orthogonal init, a layer scaled as a whole); -inf for rows of zeros. None for generated
+    weights, which are the init's."""
+    if isinstance(params, GeneratedParams):
+        return None
+    W = np.asarray(params.W)
+    rows = W[:, _probe_rows(W.shape[1]), :]
+    m = np.max(np.abs(rows), axis=(1, 2), initial=0.0).astype(np.float64)  # scaled first: no overflow at 1e200
+    safe = np.where(m > 0, m, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sq = np.sum((rows / safe[:, None, None].astype(rows.dtype)).astype(np.float64) ** 2, axis=(1, 2))
+        out = np.log10(safe) + 0.5 * np.log10(sq * (W.shape[1] / rows.shape[1]))
+    return np.where(m > 0, out, -np.inf)

@@ -80,6 +80,8 @@ class Result:
         middle and last row of W in float64, (L, 3), or the seed of generated weights: what
         :func:`gradbench.diagnose` checks its ``params`` against), ``weights`` (the params'
         ``origin``: where the weights came from, as "the weights of Sequential", or None),
+        ``weight_log10_sampled`` (log10 ||W_l|| per layer estimated from those three rows, for
+        :func:`gradbench.diagnose` without params; None for generated weights),
         ``weights_kept`` (generated weights all kept, each drawn once), ``memory_estimate`` (bytes) and ``seconds``
         spent in forward, backward (including recomputation), weight generation and statistics;
         ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and

@@ -722,3 +722,26 @@ def test_no_overflow_extrapolation_under_a_signal_clip_that_has_not_bound_yet():
     p = gb.init_params(sig, 0)
     d = gb.diagnose(gb.backprop(sig, p, gb.gaussian_input(sig, 16, 1)), p)
     assert d.verdict == "vanishing" and d.float_limits["float64"]["layers_to_underflow"] is not None
+
+
+@pytest.mark.parametrize("c", [1e-20, 1e20, 1e150])
+def test_the_magnitude_rule_without_params_uses_the_weights_that_ran(c):
+    """A linear stack (identity, zero biases, batch 1) of orthogonal weights scaled by c: its
+    elasticity ||dW_l|| ||W_l|| / loss is 2 sqrt(N) = 4 at every layer whatever c (closed form:
+    ||dW_l|| = c^5 |x|^2, ||W_l|| = 2c, loss = c^6 |x|^2 / 2). diagnose(res) without the params
+    took ||W_l|| as the init's sqrt(N) sigma_w: 20 or 150 decades off, and at c = 1e20 and 1e150
+    said VANISHING ("changing any W_l by 100 % of itself would change the loss by at most 10^-19
+    %"). It now reads the size the result recorded from the weights that ran; the verdict is
+    the signal's trend, log10 c decades a layer."""
+    from gradbench.diagnose import assess
+
+    s = gb.Stack(depth=3, width=4, activation="identity", init="orthogonal", sigma_b=0.0)
+    p = gb.init_params(s, 0)
+    p.W[...] *= c
+    x = np.random.default_rng(0).standard_normal((1, 4))
+    for backend in ("numpy", "c"):
+        a = assess(gb.backprop(s, p, x, backend=backend))
+        np.testing.assert_allclose(a.elasticity_log10, math.log10(4.0), atol=1e-9)
+        assert a.rule != "insensitive", (c, backend, a.verdict, a.rule)  # the elasticity rule's name
+        # the signal ||dL/dh_l|| changes by log10 c a layer going down (its trend decides): 1e-20 vanishes
+        assert a.verdict == ("vanishing" if c < 1 else "exploding"), (c, backend, a.verdict, a.rule)
