@@ -275,7 +275,8 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
                           _extrapolates(a, stack, act_std_log10, act_rms_log10, threshold, rate_plain),
                           signal_log10=s, group=stack.residual, loss_log10=a.loss_log10)
     explanation = explain(a.verdict, stack, g, rate, a.signal_decades_per_layer, threshold, res, a.elasticity_log10,
-                          a.rule, a.loss_log10, tiny, a.weight_log10)
+                          a.rule, a.loss_log10, tiny, a.weight_log10 if len(a.weight_log10) else _sampled(res, len(g)),
+                          weights_sampled=not len(a.weight_log10))
     return Diagnosis(
         stack=dataclasses.asdict(stack),
         backend=res.backend,
@@ -476,15 +477,19 @@ def _weight_log10(params, stack: Stack, L: int) -> np.ndarray:
     return out
 
 
-def _weight_log10_without_params(res, stack: Stack, L: int) -> np.ndarray:
-    """log10 ||W_l|| for the magnitude rule when :func:`diagnose` has no params: the estimate the
-    result recorded from three rows of each layer's W (``extras["weight_log10_sampled"]``,
-    :func:`gradbench.params.sampled_weight_log10`), else (generated weights, a result without
-    it) the init's sqrt(N) sigma_w."""
+def _sampled(res, L: int) -> np.ndarray:
+    """The estimate of log10 ||W_l|| the result recorded from three rows of each layer's W
+    (``extras["weight_log10_sampled"]``, :func:`gradbench.params.sampled_weight_log10`); empty
+    where it has none (generated weights: the init's)."""
     sampled = (getattr(res, "extras", None) or {}).get("weight_log10_sampled")
-    if sampled is not None and np.shape(sampled) == (L,):
-        return np.asarray(sampled, dtype=np.float64)
-    return np.full(L, math.log10(math.sqrt(stack.width) * stack.gain))
+    return np.asarray(sampled, dtype=np.float64) if sampled is not None and np.shape(sampled) == (L,) else np.zeros(0)
+
+
+def _weight_log10_without_params(res, stack: Stack, L: int) -> np.ndarray:
+    """log10 ||W_l|| for the magnitude rule when :func:`diagnose` has no params: the result's
+    estimate (:func:`_sampled`), else the init's sqrt(N) sigma_w."""
+    sampled = _sampled(res, L)
+    return sampled if len(sampled) else np.full(L, math.log10(math.sqrt(stack.width) * stack.gain))
 
 
 def _check_same_weights(res, params) -> None:

@@ -538,12 +538,13 @@ def _ends_without_trend(g, rate: float, threshold: float, group: int) -> str:
 
 
 def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticity=None, rule: str | None = None,
-            loss_log10: float = math.nan, tiny: float = 8.0, weight_log10=None) -> str:
+            loss_log10: float = math.nan, tiny: float = 8.0, weight_log10=None, weights_sampled: bool = False) -> str:
     """The plain-language explanation of a verdict: what the rule that decided saw, where, and why.
 
     ``elasticity``: log10 e_l per layer (rule 5); ``rule``: :func:`judge`'s second value;
     ``weight_log10``: log10 ||W_l|| per layer of the parameters that ran (empty or None: unknown,
-    then the stack's sigma_w stands for the weights' gain).
+    then the stack's sigma_w stands for the weights' gain); ``weights_sampled``: those are the
+    result's estimates from three rows of each layer (the words say so).
     """
     g = np.asarray(g, dtype=np.float64)
     L = len(g)
@@ -650,7 +651,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     bn = small_batch_norm(stack, res, verdict)
     words += bn or batch_norm_explodes(stack, res, verdict, signal_rate)
     words += batch_norm_without_spread(stack, res)
-    words += _findings(stack, g, res, verdict, forward_said, weight_log10)
+    words += _findings(stack, g, res, verdict, forward_said, weight_log10, weights_sampled)
     return "; ".join(words) + "."
 
 
@@ -892,7 +893,8 @@ def _clip_words(stack, res) -> str:
     return clip_record_words(stack.clip, stack.clip_threshold, acted[:L], s, bool(acted[L]) and not acted[:L].any())
 
 
-def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=None) -> list[str]:
+def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=None,
+              weights_sampled: bool = False) -> list[str]:
     """The facts beside the verdict: non-finite layers, zeros, the forward, saturation, dead units."""
     words = []
     raw = getattr(res, "grad_norm_unclipped", None)
@@ -981,7 +983,9 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
             # width-8 stack lost 0.56 decades a layer beside "at least 0.63")
             words.append(f"sigmoid' <= 0.25 costs about {-math.log10(gain / 4):.2g} decades per layer "
                          f"at this weight gain (sigma_w = {gain:.3g}"
-                         + (" from the weights, ||W_l|| / sqrt(N), the median over the layers" if measured else "")
+                         + ((" from three rows of each layer's weights, ||W_l|| / sqrt(N) estimated, the median "
+                             "over the layers" if weights_sampled else
+                             " from the weights, ||W_l|| / sqrt(N), the median over the layers") if measured else "")
                          + ": log10(4 / sigma_w), a typical rate, not a bound)")
     if stack.activation in RELU_FAMILY:
         dead, where = countable_mean(res.dead)
