@@ -59,7 +59,7 @@ stacks small enough to store.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -436,6 +436,15 @@ def weights_probe(params) -> np.ndarray | int:
         return int(params.seed)
     W = np.asarray(params.W)
     return W[:, _probe_rows(W.shape[1]), :].sum(axis=2, dtype=np.float64)
+
+
+def after(params: Params, stack, what: str) -> Params:
+    """``params`` (the same arrays) with the origin words of weights changed by ``what`` ("20
+    epochs of training"): "he_normal weights after 20 epochs of training", "the weights of
+    Sequential after ...", "... after layer-wise pretraining (50 epochs a layer) and 20 epochs
+    of training". A report of trained weights named the init scheme they no longer follow."""
+    base = params.origin or f"{stack.init} weights"
+    return replace(params, origin=f"{base} {'and' if ' after ' in base else 'after'} {what}")
 
 
 def _probe_rows(N: int) -> list[int]:

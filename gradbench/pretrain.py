@@ -31,7 +31,7 @@ from gradbench import activations
 from gradbench.abi import ACT_CODE
 from gradbench.inputs import check_array, check_stored_params
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum
-from gradbench.params import Params, init_params
+from gradbench.params import Params, after, init_params
 from gradbench.plan import check_history
 from gradbench.spec import Stack, check_choice
 
@@ -162,7 +162,7 @@ def pretrain_with_history(stack: Stack, X: np.ndarray, *, epochs: int = 50, batc
         out.W[l] = p["W"].astype(out.W.dtype)
         out.b[l] = p["b"].astype(out.b.dtype)
         h = _phi(stack, h @ p["W"].T + p["b"], slope)[0]
-    return out, history
+    return after(out, stack, f"layer-wise pretraining ({epochs} epoch{'s' if epochs != 1 else ''} a layer)"), history
 
 
 def pretrain(stack: Stack, X: np.ndarray, *, epochs: int = 50, batch_size: int = 20, optimizer: str = "sgd",

@@ -41,7 +41,7 @@ from gradbench.diagnose import frobenius_log10
 from gradbench.engine import backprop
 from gradbench.inputs import all_finite, check_aligned, check_array, check_stored_params
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum  # noqa: F401 (re-exported)
-from gradbench.params import Params, check_seed, init_params
+from gradbench.params import Params, after, check_seed, init_params
 from gradbench.plan import check_history
 from gradbench.reference import norm_scaled
 from gradbench.report import count, describe
@@ -631,6 +631,8 @@ def train(
         bar.__exit__(None, None, None)
     if tb is not None:
         tb.close()
+    ran = epochs if hist.diverged is None else hist.diverged + 1  # the diverging epoch's steps were taken
+    params = after(params, stack, f"{ran} epoch{'s' if ran != 1 else ''} of training")
     return TrainResult(
         stack=stack, params=params, settings=settings, loss=hist.loss, eval_loss=hist.eval_loss,
         accuracy=hist.accuracy, grad_log10=hist.grad_log10, update_ratio=hist.ratio,
@@ -685,8 +687,9 @@ def _reference(stack: Stack, T: np.ndarray) -> dict:
     mse their variance, averaged over the outputs as the loss averages; bce the entropy of the
     mean target of each output, averaged likewise; softmax_ce the entropy of the class
     frequencies. Nothing for other losses."""
-    if stack.loss == "mse":
-        return {"mean_prediction_loss": float(np.mean(np.var(np.asarray(T, dtype=np.float64), axis=0)))}
+    if stack.loss == "mse":  # targets beyond ~1e154: a variance past float64's range, inf (no warning)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return {"mean_prediction_loss": float(np.mean(np.var(np.asarray(T, dtype=np.float64), axis=0)))}
     from scipy.special import entr  # -x ln x, 0 at x = 0 (SciPy is imported where it is used)
 
     if stack.loss == "bce":

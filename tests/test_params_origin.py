@@ -191,3 +191,30 @@ def test_run_torch_out_file_names_the_file(tmp_path, capsys):
     assert d.weights == f"the weights of {path}"
     assert out.splitlines()[0] == str(d).splitlines()[0]  # the file read back prints the same header
     assert INIT_DEFAULT not in out.splitlines()[0]
+
+
+def test_trained_and_pretrained_weights_are_named_so():
+    """Trained weights said the init scheme in the report's header ("tanh, he_normal, sigma_w=..."),
+    which they no longer follow: train and pretrain name what changed them, with the epochs run
+    (a diverged run: up to the epoch that diverged, whose steps were taken)."""
+    s = gb.Stack(depth=4, width=8, activation="tanh", init="he_normal", loss="mse", output_dim=1, input_dim=2)
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    y = X[:, 0]
+    start = gb.init_params(s, 0)
+    r = gb.train(s, X, y, epochs=3, params=start)
+    assert r.params.origin == "he_normal weights after 3 epochs of training"
+    assert start.origin is None  # the caller's params are not changed
+    assert not np.array_equal(r.params.W, start.W)  # trained, indeed
+    d = gb.diagnose(gb.backprop(s, r.params, X[:8], y[:8, None]), r.params)
+    assert "tanh, he_normal weights after 3 epochs of training," in header(d)
+    pre = gb.pretrain(s, X, epochs=2)
+    assert pre.origin == "he_normal weights after layer-wise pretraining (2 epochs a layer)"
+    fine = gb.train(s, X, y, epochs=1, params=pre)
+    assert fine.params.origin == ("he_normal weights after layer-wise pretraining (2 epochs a layer) "
+                                  "and 1 epoch of training")
+    given = dataclasses.replace(start, origin=ORIGIN)
+    assert gb.train(s, X, y, epochs=2, params=given).params.origin == f"{ORIGIN} after 2 epochs of training"
+    wild = gb.train(s, X, y * 1e200, epochs=5, lr=1e10)
+    assert wild.diverged_epoch is not None and wild.diverged_epoch < 5
+    ran = wild.diverged_epoch + 1
+    assert wild.params.origin == f"he_normal weights after {ran} epoch{'s' if ran > 1 else ''} of training"
