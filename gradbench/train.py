@@ -742,7 +742,8 @@ def check_labels(stack, y, n: int, name: str = "y") -> None:
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
     check_aligned(name, y)
     if y.shape != (n,):
-        raise ValueError(f"{name} must hold one label per row of X, shape ({n},), got {y.shape}")
+        col = f" (a column: pass {name}[:, 0])" if y.shape == (n, 1) else ""
+        raise ValueError(f"{name} must hold one label per row of X, shape ({n},), got {y.shape}{col}")
     if stack.loss == "softmax_ce" or (stack.loss == "mse" and stack.output_dim > 1):
         what = f"loss={stack.loss!r}" + (f" with output_dim={stack.output_dim} (one-hot)" if stack.loss == "mse" else "")
         if not np.issubdtype(y.dtype, np.integer):

@@ -240,6 +240,8 @@ def test_training_input_errors():
         gb.train(gb.Stack(depth=2, width=4, loss="bce"), X, y)
     with pytest.raises(ValueError, match="one label per row of X"):
         gb.train(moons_stack(), X, y[:-1])
+    with pytest.raises(ValueError, match=r"shape \(20,\), got \(20, 1\) \(a column: pass y\[:, 0\]\)"):
+        gb.train(moons_stack(), X, y[:, None])  # backprop's targets are (B, 1): a column is the likely mistake
     with pytest.raises(ValueError, match="epochs"):
         gb.train(moons_stack(), X, y, epochs=0)
     with pytest.raises(ValueError, match="optimizer"):
