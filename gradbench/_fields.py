@@ -10,6 +10,16 @@ import dataclasses
 WORDS = "words"
 
 
+def check_words(obj) -> None:
+    """Refuse a field of words (:data:`WORDS`) that is neither a str nor None: a TypeError
+    naming it."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get(WORDS) and value is not None and not isinstance(value, str):
+            raise TypeError(f"{f.name} must be a str (words on where the weights came from) or None, "
+                            f"got {type(value).__name__} {value!r}")
+
+
 class PresentFields:
     """``items()`` over the array fields of a dataclass that are not None."""
 

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gradbench._fields import WORDS, CopyableArrays
+from gradbench._fields import WORDS, CopyableArrays, check_words
 from gradbench.abi import misaligned
 from gradbench.spec import Stack
 
@@ -90,9 +90,7 @@ class Params(CopyableArrays):
     origin: str | None = field(default=None, metadata={WORDS: True})
 
     def __post_init__(self):
-        if self.origin is not None and not isinstance(self.origin, str):
-            raise TypeError(f"origin must be a str (words on where the weights came from) or None, "
-                            f"got {type(self.origin).__name__} {self.origin!r}")
+        check_words(self)
 
     def segment(self, start: int, stop: int, out=None) -> tuple[np.ndarray, ...]:
         """W, b, gamma, beta, slope of layers [start, stop) (views; ``out`` is not used)."""
@@ -438,12 +436,21 @@ def weights_probe(params) -> np.ndarray | int:
     return W[:, _probe_rows(W.shape[1]), :].sum(axis=2, dtype=np.float64)
 
 
-def after(params: Params, stack, what: str) -> Params:
-    """``params`` (the same arrays) with the origin words of weights changed by ``what`` ("20
-    epochs of training"): "he_normal weights after 20 epochs of training", "the weights of
+def initial_words(net) -> str:
+    """The weights a net's init draws, in words: "he_normal weights"; a recurrent net's "W_ih
+    xavier_normal, W_hh orthogonal (gain 1) weights"."""
+    if hasattr(net, "recurrent_init"):
+        gain = f" (gain {net.sigma_w:g})" if getattr(net, "sigma_w", None) else ""
+        return f"W_ih {net.init}, W_hh {net.recurrent_init}{gain} weights"
+    return f"{net.init} weights"
+
+
+def after(params, stack, what: str):
+    """``params`` (the same arrays; a stack's or a recurrent net's) with the origin words of
+    weights changed by ``what`` ("20 epochs of training"): "he_normal weights after 20 epochs of training", "the weights of
     Sequential after ...", "... after layer-wise pretraining (50 epochs a layer) and 20 epochs
     of training". A report of trained weights named the init scheme they no longer follow."""
-    base = params.origin or f"{stack.init} weights"
+    base = params.origin or initial_words(stack)
     return replace(params, origin=f"{base} {'and' if ' after ' in base else 'after'} {what}")
 
 

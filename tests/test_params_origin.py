@@ -218,3 +218,30 @@ def test_trained_and_pretrained_weights_are_named_so():
     assert wild.diverged_epoch is not None and wild.diverged_epoch < 5
     ran = wild.diverged_epoch + 1
     assert wild.params.origin == f"he_normal weights after {ran} epoch{'s' if ran > 1 else ''} of training"
+
+
+def test_trained_recurrent_weights_are_named_so(tmp_path):
+    """A recurrent net's report named W_ih's and W_hh's init schemes and gain for weights that
+    train_recurrent had changed: the trained params carry their origin, the engine and the
+    diagnosis pass it on (JSON and .npz too), and the header says it in place of the inits."""
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis, format_report
+    from gradbench.recurrent.train import first_symbol, train_recurrent
+
+    rnn = gb.Recurrent(cell="gru", steps=5, hidden=3, input_dim=2, loss="bce", sigma_w=0.9)
+    X, y = first_symbol(5, 16, seed=0)
+    start = gb.init_params(rnn, 0)
+    r = train_recurrent(rnn, X, y, X, y, epochs=2, params=start)
+    want = "W_ih xavier_normal, W_hh orthogonal (gain 0.9) weights after 2 epochs of training"
+    assert r.params.origin == want and start.origin is None
+    assert not np.array_equal(r.params.W_hh, start.W_hh)  # trained, indeed
+    res = gb.backprop(rnn, r.params, X, y.astype(float)[:, None])
+    d = gb.diagnose(res)
+    head = format_report(d).splitlines()[0]
+    assert want in head and "W_hh orthogonal," not in head.replace(want, ""), head
+    assert json.loads(d.to_json())["weights"] == want
+    gb.frames.write_npz(d, tmp_path / "d.npz")
+    assert RecurrentDiagnosis.from_npz(tmp_path / "d.npz").weights == want
+    plain = format_report(gb.diagnose(gb.backprop(rnn, start, X, y.astype(float)[:, None]))).splitlines()[0]
+    assert "W_ih xavier_normal, W_hh orthogonal (gain 0.9)" in plain and "after" not in plain
+    with pytest.raises(TypeError, match="origin must be a str"):
+        dataclasses.replace(start, origin=3)

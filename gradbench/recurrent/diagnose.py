@@ -108,6 +108,7 @@ class RecurrentDiagnosis:
     carried_grad_log10: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     clip_acted: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=bool))
     carried_clip_acted: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=bool))
+    weights: str | None = None  # the params' origin (Result.extras["weights"]): the header says it
 
     @property
     def steps(self) -> int:
@@ -531,7 +532,8 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         reach=int(reach), verdict=verdict, explanation="; ".join(words) + ".", float_limits=limits,
         threshold=float(threshold), carried_log10=s if carried else np.zeros(0),
         carried_grad_log10=g if carried else np.zeros(0), clip_acted=_steps_acted(res.signal_clip_acted),
-        carried_clip_acted=_steps_acted(res.carried_signal_clip_acted if carried else None))
+        carried_clip_acted=_steps_acted(res.carried_signal_clip_acted if carried else None),
+        weights=(getattr(res, "extras", None) or {}).get("weights"))
 
 
 def _steps_acted(record) -> np.ndarray:
@@ -584,22 +586,26 @@ def _every_step_words(total: np.ndarray, T: int, verdict: str, held: tuple | Non
             "the last step's loss alone, dL_{T-1}/dh_t")
 
 
-def describe(rnn: dict) -> str:
+def describe(rnn: dict, weights: str | None = None) -> str:
     """The net in words, every field that changes it, as :func:`gradbench.report.describe` says a
     stack (a float32 report's header was the float64 one's): cell, steps, hidden, the rnn's
     activation (with its parameter when not the default), the input dim when not hidden, W_ih's
     init, W_hh's init and gain, sigma_b when not 0, the LSTM's forget bias, the clip, the loss
-    and the dtype."""
+    and the dtype; ``weights`` (the params' origin, as trained weights): said in place of the
+    inits, the gain and sigma_b, which no longer describe them."""
     parts = [rnn["cell"], count(rnn["steps"], "step"), f"hidden {rnn['hidden']}"]
     if rnn["cell"] == "rnn":
         parts.append(activation_words({"activation": rnn.get("activation") or "tanh",
                                        "activation_param": rnn.get("activation_param")}))
     if rnn.get("input_dim") is not None and rnn["input_dim"] != rnn["hidden"]:
         parts.append(f"input dim {rnn['input_dim']}")
-    parts.append(f"W_ih {rnn['init']}")
-    parts.append(f"W_hh {rnn['recurrent_init']}" + (f" (gain {rnn['sigma_w']:g})" if rnn.get("sigma_w") else ""))
-    if rnn.get("sigma_b"):
-        parts.append(f"sigma_b={rnn['sigma_b']:g}")
+    if weights:
+        parts.append(weights)
+    else:
+        parts.append(f"W_ih {rnn['init']}")
+        parts.append(f"W_hh {rnn['recurrent_init']}" + (f" (gain {rnn['sigma_w']:g})" if rnn.get("sigma_w") else ""))
+        if rnn.get("sigma_b"):
+            parts.append(f"sigma_b={rnn['sigma_b']:g}")
     if rnn.get("forget_bias") is not None:
         parts.append(f"forget bias {rnn['forget_bias']:g}")
     if rnn.get("update_bias") is not None:
@@ -619,7 +625,7 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     import textwrap
 
     T = d.steps
-    lines = [f"{describe(d.rnn)} ({d.backend}): {d.verdict.upper()}"]
+    lines = [f"{describe(d.rnn, d.weights)} ({d.backend}): {d.verdict.upper()}"]
     lines += textwrap.wrap(d.explanation, 100, initial_indent="  ", subsequent_indent="  ")
     if T < 2:
         slope = "no slope to fit over one step"

@@ -60,7 +60,7 @@ def check_inputs(rnn, params, xs, targets=None, h0=None, c0=None):
                         f"got {type(params).__name__}")
     dt = rnn.np_dtype
     params = RecurrentParams(**check_param_arrays(params, expected_shapes(rnn), dt, owner="net",
-                                                  unused="has no head", kind="Recurrent"))
+                                                  unused="has no head", kind="Recurrent"), origin=params.origin)
     T, D = rnn.steps, rnn.d_in
     if isinstance(xs, GeneratedSequence):
         if xs.rnn != rnn:
@@ -643,7 +643,7 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
         first_nonfinite_backward=None if fbwd < 0 else fbwd - 1,
         forward_rescaled=run.rescale,
         extras=dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), memory_estimate=run.plan.estimate,
-                    seconds=run.seconds, **({"carried_cell_signal_norm": run.carried_norms[2]}
+                    seconds=run.seconds, weights=run.params.origin, **({"carried_cell_signal_norm": run.carried_norms[2]}
                                             if run.carried_norms and lstm else {})),
         carried_signal_norm=run.carried_norms[0] if run.carried_norms else None,
         carried_grad_norm=run.carried_norms[1] if run.carried_norms else None,

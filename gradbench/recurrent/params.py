@@ -16,14 +16,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradbench._fields import CopyableArrays
+from gradbench._fields import WORDS, CopyableArrays, check_words
 from gradbench.params import _orthogonal, _weights
 from gradbench.recurrent.spec import Recurrent
 
 
 @dataclass(frozen=True, eq=False)
 class RecurrentParams(CopyableArrays):
-    """The parameters of a :class:`Recurrent` net (shapes in the module docstring)."""
+    """The parameters of a :class:`Recurrent` net (shapes in the module docstring).
+
+    ``origin``: a few words on where the weights came from when they were not drawn for the net
+    as they are ("W_ih xavier_normal, W_hh orthogonal weights after 5 epochs of training",
+    :func:`gradbench.train_recurrent`); the report's header says them in place of the net's init
+    schemes. Not an array, as :attr:`gradbench.Params.origin`.
+    """
 
     W_ih: np.ndarray
     W_hh: np.ndarray
@@ -31,6 +37,10 @@ class RecurrentParams(CopyableArrays):
     b_hh: np.ndarray
     W_out: np.ndarray | None = None
     b_out: np.ndarray | None = None
+    origin: str | None = field(default=None, metadata={WORDS: True})
+
+    def __post_init__(self):
+        check_words(self)
 
 
 def expected_shapes(rnn: Recurrent) -> dict[str, tuple[int, ...] | None]:

@@ -75,7 +75,8 @@ class RecurrentResult:
         Whether the forward state carried power-of-two exponents (identity and ReLU-family cells
         with the sum_squares probe).
     extras : dict
-        ``checkpoint``, ``segments``, ``memory_estimate``, ``seconds``; for an LSTM with a
+        ``checkpoint``, ``segments``, ``memory_estimate``, ``seconds``, ``weights`` (the
+        params' ``origin``, as "... after 5 epochs of training", or None); for an LSTM with a
         carried pass also ``carried_cell_signal_norm`` (LogScaled (T,), as ``cell_signal_norm``
         for the last step's loss alone).
     carried_signal_norm, carried_grad_norm : LogScaled (T,) or None

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench.inputs import check_array
+from gradbench.params import after
 from gradbench.plan import check_history
 from gradbench.recurrent.engine import backprop
 from gradbench.recurrent.params import RecurrentParams, init_params
@@ -243,6 +244,8 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
     settings = dict(name=name, task=task, n_samples=n, epochs=epochs, batch_size=batch_size,
                     optimizer=optimizer, lr=float(lr), **optimizer_settings(opt), seed=seed,
                     gate_bias=float(gate_bias), backend=backend)
+    ran = epochs if diverged is None else diverged + 1  # the diverging epoch's steps were taken
+    params = after(params, rnn, f"{ran} epoch{'s' if ran != 1 else ''} of training")
     return RecurrentTrainResult(rnn=rnn, params=params, settings=settings, loss=loss, eval_loss=eval_loss,
                                 accuracy=accuracy, signal_start=signals["start"], signal_end=signals["end"],
                                 diverged_epoch=diverged, divergence=why, seconds=time.perf_counter() - t0)
