@@ -841,6 +841,25 @@ def finite_width_lambda1(activation: str, width: int, sigma_w: float = 1.0, para
     return 0.5 * (2 * math.log(sigma_w) + math.log((1 + a2) / 2) + part)
 
 
+def walk_slope_se(layers, log10_norm) -> float:
+    """The standard error of the least-squares slope of ``log10_norm`` against ``layers`` when
+    the log-norm is a random walk (each layer multiplies the signal by an independent random
+    factor: a finite-width stack's ||dL/dh_l||), decades per layer; NaN with fewer than 3 steps.
+
+    A walk's residuals about its line are correlated, so the textbook SE (independent errors)
+    understates the spread of the slope from seed to seed; for n equally spaced steps with
+    increments of variance s^2 the slope's variance is 6 s^2 / (5 n) (to O(1/n^2)), with s from
+    the increments between consecutive ``layers`` (each over its gap: s^2 per layer)."""
+    l = np.asarray(layers, dtype=np.float64)
+    y = np.asarray(log10_norm, dtype=np.float64)
+    gap = np.diff(l)
+    if len(gap) < 2 or not np.all(gap > 0):
+        return math.nan
+    inc = np.diff(y) / np.sqrt(gap)  # each of variance s^2 under the walk
+    s2 = float(np.var(inc - np.sum(np.diff(y)) / np.sum(gap) * np.sqrt(gap), ddof=1))
+    return math.sqrt(6.0 * s2 / (5.0 * (l[-1] - l[0])))
+
+
 def lyapunov_spectrum(stack: Stack, params, x: np.ndarray, k: int | None = None) -> np.ndarray:
     """Lyapunov exponents (natural log per layer) of the stack's Jacobians dh_{l+1}/dh_l at
     one input sample ``x`` (shape (N,) or (1, N)), by the QR (Benettin) method.

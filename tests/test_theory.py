@@ -865,3 +865,40 @@ def test_fitted_rate_refuses_a_window_it_would_slice_otherwise(lo, hi, err):
         along.fitted_rate(lo, hi)
     s = along.signal_log10()
     assert along.fitted_rate(20, 180) == pytest.approx(-np.polyfit(np.arange(160), s[20:180], 1)[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("gaps", ["even", "uneven"])
+def test_walk_slope_se_is_the_spread_of_random_walks_slopes(gaps):
+    """walk_slope_se against Monte Carlo: 4000 Gaussian random walks (drift -0.01, step sd 0.02
+    decades, 240 steps; "uneven": every third layer left out, as zero layers leave the fit) give
+    least-squares slopes whose standard deviation the median SE matches to 6 %; the textbook SE
+    of independent errors understates it several times."""
+    rng = np.random.default_rng(0)
+    n = 240
+    layers = np.arange(n) if gaps == "even" else np.array([l for l in range(n) if l % 3 != 2])
+    walks = np.cumsum(rng.normal(-0.01, 0.02, size=(4000, n)), axis=1)[:, layers]
+    slopes = np.polyfit(layers, walks.T, 1)[0]
+    se = np.median([theory.walk_slope_se(layers, w) for w in walks[:400]])
+    assert abs(se / np.std(slopes, ddof=1) - 1) < 0.06, (se, np.std(slopes, ddof=1))
+    assert abs(np.mean(slopes) + 0.01) < 4 * np.std(slopes) / np.sqrt(len(slopes))
+    resid = walks[0] - np.polyval(np.polyfit(layers, walks[0], 1), layers)
+    textbook = math.sqrt(resid @ resid / (len(layers) - 2) / np.sum((layers - layers.mean()) ** 2))
+    assert textbook < se / 3
+    assert math.isnan(theory.walk_slope_se([3, 4], [0.0, 1.0]))
+
+
+def test_the_cli_gives_the_simulated_slope_its_standard_error(tmp_path, capsys):
+    """`theory --depth --width` says the simulation's slope with the spread another seed's would have,
+    and writes it (simulated_decades_per_layer_se)."""
+    from gradbench import cli
+
+    out = tmp_path / "t.json"
+    assert cli.main(["theory", "--activation", "relu", "--sigma-w", "1.41421356", "--depth", "200", "--width", "32",
+                     "--batch", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    import json
+
+    d = json.loads(out.read_text())
+    assert (f"{d['simulated_decades_per_layer']:+.6g} decades per layer going down +- "
+            f"{d['simulated_decades_per_layer_se']:.2g} (one seed's") in text
+    assert 0.003 < d["simulated_decades_per_layer_se"] < 0.02  # ~0.0065 * sqrt(240 / 160) from 30 seeds by hand

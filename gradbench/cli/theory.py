@@ -265,7 +265,9 @@ def simulate(args, stack):
 
 def fit_line(args, res, fitted: np.ndarray, prediction: float, out: dict) -> str:
     """Fit the simulation's slope over the layers ``fitted`` (:func:`fitted_layers`) and say it,
-    with the layers whose signal is exactly 0 or not finite; the slope goes into ``out``."""
+    with the layers whose signal is exactly 0 or not finite; the slope and its standard error
+    (:func:`gradbench.theory.walk_slope_se`) go into ``out``."""
+    from gradbench import theory
     from gradbench.verdict import floored_layers
 
     s = res.signal_norm.log10()
@@ -299,14 +301,18 @@ def fit_line(args, res, fitted: np.ndarray, prediction: float, out: dict) -> str
         return (f"simulated ({args.depth} layers): too few layers with a finite, nonzero signal to fit a slope{why} "
                 f"({MIN_FIT} are needed, of layers {lo}-{hi - 1})")
     slope = -float(np.polyfit(fitted, s[fitted], 1)[0])
+    se = theory.walk_slope_se(fitted, s[fitted])
     out["simulated_decades_per_layer"] = slope
+    out["simulated_decades_per_layer_se"] = se
+    # one seed's slope: a finite-width signal is a random walk, so say how far another seed's lies
+    pm = f" +- {se:.2g} (one seed's: the standard error of a random walk's slope)" if math.isfinite(se) else ""
     versus = f"prediction {_rate(prediction)}" if math.isfinite(prediction) else "no prediction: q* is not resolved"
     if "open_fraction" in out:
         versus += "; mean field is the infinite-width limit, and this width has few open units (above)"
     elif "finite_width_lambda1" not in out and "newman_lambda1" not in out:
         versus += f"; mean field is the infinite-width limit: at width {args.width} a stack's rate differs by O(1 / N) a layer"
     return (f"simulated ({args.depth} layers, width {args.width}, batch {args.batch}, {res.backend}): "
-            f"{slope:+.6g} decades per layer going down, fitted over layers {layer_ranges(fitted)} ({versus}){off}")
+            f"{slope:+.6g} decades per layer going down{pm}, fitted over layers {layer_ranges(fitted)} ({versus}){off}")
 
 
 def cmd_theory(args) -> int:
