@@ -845,6 +845,8 @@ def walk_slope_se(layers, log10_norm) -> float:
     """The standard error of the least-squares slope of ``log10_norm`` against ``layers`` when
     the log-norm is a random walk (each layer multiplies the signal by an independent random
     factor: a finite-width stack's ||dL/dh_l||), decades per layer; NaN with fewer than 3 steps.
+    Not for ||dL/dW_l|| = ||dz_l^T h_l||, which adds each layer's own product to its walk: the
+    increments then overstate the walk (4x for a ReLU stack at width 64).
 
     A walk's residuals about its line are correlated, so the textbook SE (independent errors)
     understates the spread of the slope from seed to seed; for n equally spaced steps with

@@ -370,3 +370,14 @@ def test_an_axis_spanning_decades_is_not_drawn_linearly():
     table = table[table.sigma_w < 100].assign(sigma_w=lambda t: t.sigma_w.map({0.5: 0.1, 1.4: 1.0, 3.0: 10.0}))
     heat = phase_diagram(table).axes[0]
     assert heat.get_xscale() == "log" and heat.get_xlabel() == "sigma_w (log scale)"
+
+
+def test_the_se_column_is_the_fits_not_the_spread_across_seeds():
+    """decades_per_layer_se is the textbook SE of one run's line (the docs say so); the rates of
+    other seeds lie several times farther, as the docs warn (8-23x at depth 300 by hand): the
+    spread of 20 seeds against their median SE, sigmoid at width 16."""
+    stack = gb.Stack(depth=300, width=16, activation="sigmoid", init="normal")
+    rows = [run_one(stack, 16, seed) for seed in range(20)]
+    rates = np.array([r["decades_per_layer"] for r in rows])
+    se = np.median([r["decades_per_layer_se"] for r in rows])
+    assert np.std(rates, ddof=1) > 5 * se, (np.std(rates, ddof=1), se)

@@ -17,7 +17,9 @@ their ``Stack`` names (and ``batch``), ``seed``, then
 - measured: ``decades_per_layer`` (from ``diagnose``: its least-squares fit of
   log10 ||dL/dW_l|| against l, in its sign convention; with residual groups a fit over the
   groups' norms), ``decades_per_layer_se`` (the standard error of that very fit, over its
-  points: :func:`~gradbench.sweep.worker.rate_se`), ``signal_decades_per_layer`` (the same fit of log10 ||dL/dh_l||, the
+  points: :func:`~gradbench.sweep.worker.rate_se`, as if they scattered independently about
+  the line; they wander as a random walk does, so another seed's rate lies several times
+  farther: 30 seeds at depth 300 spread 8-23x that SE; sweep several ``seeds`` for the spread), ``signal_decades_per_layer`` (the same fit of log10 ||dL/dh_l||, the
   quantity mean field predicts, as the change per layer going down: negative = vanishing; see
   :class:`~gradbench.Diagnosis`), ``log10_grad_first`` (layer 0) and
   ``log10_grad_last`` (layer L - 1), ``loss_log10``, ``first_nonfinite`` (the first layer whose
