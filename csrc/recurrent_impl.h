@@ -10,7 +10,8 @@
  * the arrays of gradbench/recurrent/abi.py (gb_recurrent_arrays). Dimension letters: T steps,
  * B batch, N hidden units, D inputs, GN = G N gate rows. The elementwise formulas are evaluated
  * in the reference's order; the matrix products go to the own kernels (the stacks' tiles, on the
- * call's team of threads: gb_rjob, gb_rteam) or to BLAS (through gb_opts, where gb_blas_for says).
+ * call's team of threads: gb_rjob, gb_rteam) or to BLAS (through gb_opts, where gb_blas_for says);
+ * a step's element-wise gate work goes to the team by rows of the batch (gb_rstep, gb_rrows).
  *
  * Forward: the input projection of all steps is one product U = X W_ih^T + b (into Z, which then
  * holds the pre-activations step by step); per step only the recurrent product h_{t-1} W_hh^T.
@@ -136,14 +137,31 @@ static void F(gb_rjob_share)(const F(gb_rjob) *j, int tid, int nth) {
 /* The call's team (csrc/team.c): thread 0 runs the driver and posts each own product as a job
  * (gb_rrun); the helpers wait for it (gb_progress_await: an idle helper is not a late partner),
  * take their share and meet thread 0 at a barrier, which judges the team (a partner without a
- * CPU of its own: solo, the rest of the call on thread 0, the same bits). The element-wise work
- * between products stays on thread 0: it is ~1/N of a step's work. */
+ * CPU of its own: solo, the rest of the call on thread 0, the same bits). A step's element-wise
+ * work on the gates (rows of the batch, each computed by the same code whoever takes it: the
+ * same bits on any number of threads) and the Gram matrices of its norm are posted the same way
+ * (gb_rrun_fn: a function over thread tid's share); their sums over the batch stay on thread 0.
+ * Measured (GRU, B = 64, T = 100, float64, two threads, perf): that work was ~18 % of the
+ * samples, on thread 0 while its partner waited. */
+typedef void (*F(gb_rfn))(void *ctx, int tid, int nth);
+
 typedef struct {
     gb_progress posted; /* the number of the last job posted (stop: the helpers leave) */
     gb_barrier *bar;    /* NULL: thread 0 alone (no team, or solo) */
     int nth, sense, stop;
     F(gb_rjob) job;
+    F(gb_rfn) fn; /* non-NULL: the job is fn(ctx, tid, nth), not a product */
+    void *ctx;
 } F(gb_rteam);
+
+static void F(gb_rpost)(F(gb_rteam) *tm) {
+    gb_progress_set(tm->bar, &tm->posted, atomic_load_explicit(&tm->posted.step, memory_order_relaxed) + 1);
+}
+
+static void F(gb_rmeet)(F(gb_rteam) *tm) {
+    gb_barrier_wait(tm->bar, &tm->sense); /* every share written; the job may change */
+    if (tm->bar->solo) tm->bar = NULL;   /* the helpers read the same flag after this barrier */
+}
 
 static void F(gb_rrun)(F(gb_rteam) *tm, const F(gb_rjob) *j) {
     if (!tm || !tm->bar) {
@@ -151,10 +169,23 @@ static void F(gb_rrun)(F(gb_rteam) *tm, const F(gb_rjob) *j) {
         return;
     }
     tm->job = *j;
-    gb_progress_set(tm->bar, &tm->posted, atomic_load_explicit(&tm->posted.step, memory_order_relaxed) + 1);
+    tm->fn = NULL;
+    F(gb_rpost)(tm);
     F(gb_rjob_share)(&tm->job, 0, tm->nth);
-    gb_barrier_wait(tm->bar, &tm->sense); /* every share written; the job may change */
-    if (tm->bar->solo) tm->bar = NULL;   /* the helpers read the same flag after this barrier */
+    F(gb_rmeet)(tm);
+}
+
+/* fn(ctx, tid, nth) on every thread of the team (thread 0 alone: fn(ctx, 0, 1)) */
+static void F(gb_rrun_fn)(F(gb_rteam) *tm, F(gb_rfn) fn, void *ctx) {
+    if (!tm || !tm->bar) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    tm->fn = fn;
+    tm->ctx = ctx;
+    F(gb_rpost)(tm);
+    fn(ctx, 0, tm->nth);
+    F(gb_rmeet)(tm);
 }
 
 static void F(gb_rserve)(F(gb_rteam) *tm, int tid, int nth, gb_barrier *bar) {
@@ -162,7 +193,10 @@ static void F(gb_rserve)(F(gb_rteam) *tm, int tid, int nth, gb_barrier *bar) {
     for (int64_t seq = 1;; seq++) {
         gb_progress_await(bar, &tm->posted, seq);
         if (tm->stop) return;
-        F(gb_rjob_share)(&tm->job, tid, nth);
+        if (tm->fn)
+            tm->fn(tm->ctx, tid, nth);
+        else
+            F(gb_rjob_share)(&tm->job, tid, nth);
         gb_barrier_wait(bar, &sense);
         if (bar->solo) return;
     }
@@ -215,22 +249,42 @@ static void F(gb_zT_times_rows)(const F(gb_rmm) *mm, REAL *Y, const REAL *Z, con
     }
 }
 
-static void F(gb_gram)(const F(gb_rmm) *mm, REAL *Y, const REAL *Xr, int64_t R, int64_t K) {
-    if (!mm->own) {
-        F(gb_rgemm)(mm->gemm, 'T', 'N', R, R, K, Xr, K, Xr, K, 0, Y, R);
-        return;
-    }
-    for (int64_t i = 0; i < R; i++)
+/* The Gram matrix's rows [i0, i1): entries (i, j <= i) and their mirror images, each the same
+ * 8-lane dot product whoever computes it */
+typedef struct {
+    REAL *Y;
+    const REAL *Xr;
+    int64_t R, K;
+} F(gb_gram_job);
+
+/* the first row of thread tid's share of the lower triangle: about equal numbers of entries */
+static int64_t F(gb_gram_cut)(int64_t R, int tid, int nth) {
+    return tid >= nth ? R : (int64_t)((double)R * sqrt((double)tid / (double)nth));
+}
+
+static void F(gb_gram_rows)(void *ctx, int tid, int nth) {
+    const F(gb_gram_job) *g = ctx;
+    const int64_t K = g->K, R = g->R;
+    for (int64_t i = F(gb_gram_cut)(R, tid, nth); i < F(gb_gram_cut)(R, tid + 1, nth); i++)
         for (int64_t j = 0; j <= i; j++) {
-            const REAL *a = Xr + i * K, *b = Xr + j * K;
+            const REAL *a = g->Xr + i * K, *b = g->Xr + j * K;
             REAL lane[8] = {0}, s = 0;
             int64_t k = 0;
             for (; k + 8 <= K; k += 8)
                 for (int c = 0; c < 8; c++) lane[c] += a[k + c] * b[k + c];
             for (; k < K; k++) s += a[k] * b[k];
             for (int c = 0; c < 8; c++) s += lane[c];
-            Y[i * R + j] = Y[j * R + i] = s;
+            g->Y[i * R + j] = g->Y[j * R + i] = s;
         }
+}
+
+static void F(gb_gram)(const F(gb_rmm) *mm, REAL *Y, const REAL *Xr, int64_t R, int64_t K) {
+    if (!mm->own) {
+        F(gb_rgemm)(mm->gemm, 'T', 'N', R, R, K, Xr, K, Xr, K, 0, Y, R);
+        return;
+    }
+    F(gb_gram_job) g = {.Y = Y, .Xr = Xr, .R = R, .K = K};
+    F(gb_rrun_fn)(mm->tm, F(gb_gram_rows), &g);
 }
 
 /* Own kernels for width N? (no BLAS, or N below the width from which the options use it) */
@@ -689,6 +743,124 @@ static void F(gb_gates_row)(REAL *a, REAL *da, const REAL *z, int64_t N, int G) 
     if (G == 4) FP(gb_sigmoid_grad)(a + 3 * N, da + 3 * N, z + 3 * N, N);
 }
 
+/* One step's element-wise work on the gates, rows [r0, r1) of the batch (thread tid's share of
+ * B, gb_rrows): the loops of the bodies below, row by row, so that a row's values do not depend
+ * on who computes it. Arrays of the step (B rows): Z (B,GN) pre-activations, P (B,GN) the GRU's
+ * h W_hh^T, ga/gda (B,GN) gate values and derivatives, h/hp (B,N) h_t and h_{t-1}, hn (B,N) the
+ * GRU's h W_hn^T + b_hn, c/cp (B,N) c_t and c_{t-1}, tc/dtc (B,N) tanh(c_t) and tanh'(c_t) (the
+ * LSTM backward leaves its total dL/dc_t in dtc), g (B,N) dL/dh_t (then the part carried to
+ * h_{t-1}), gc (B,N) the LSTM's part of dL/dc_t carried through c_{t+1} (then to c_{t-1}), dz and
+ * dzh (B,GN) the backward's rows for W_ih and for W_hh. */
+typedef struct {
+    int64_t B, N;
+    REAL *Z, *P, *ga, *gda, *h, *hn, *c, *tc, *dtc, *g, *gc, *dz, *dzh;
+    const REAL *hp, *cp, *bias;
+} F(gb_rstep);
+
+static inline void F(gb_rrows_of)(const F(gb_rstep) *st, int tid, int nth, int64_t *r0, int64_t *r1) {
+    *r0 = F(gb_rshare)(st->B, tid, nth);
+    *r1 = F(gb_rshare)(st->B, tid + 1, nth);
+}
+
+/* GRU forward: z_r, z_z += P; hn = P_n + b_hn; r, z; z_n += r hn; n; h = (1 - z) n + z h_{t-1} */
+static void F(gb_gru_forward_rows)(void *ctx, int tid, int nth) {
+    const F(gb_rstep) *st = ctx;
+    const int64_t N = st->N, GN = 3 * N;
+    int64_t r0, r1;
+    F(gb_rrows_of)(st, tid, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        REAL *zr = st->Z + r * GN, *ar = st->ga + r * GN, *dr = st->gda + r * GN, *hr = st->hn + r * N;
+        const REAL *pr = st->P + r * GN;
+        for (int64_t j = 0; j < 2 * N; j++) zr[j] = zr[j] + pr[j];          /* z_r, z_z */
+        for (int64_t j = 0; j < N; j++) hr[j] = pr[2 * N + j] + st->bias[j]; /* hn */
+        FP(gb_sigmoid_grad)(ar, dr, zr, 2 * N);                              /* r, z */
+        for (int64_t j = 0; j < N; j++) zr[2 * N + j] = zr[2 * N + j] + ar[j] * hr[j]; /* z_n */
+        FP(gb_tanh_grad)(ar + 2 * N, dr + 2 * N, zr + 2 * N, N);            /* n */
+        const REAL *z = ar + N, *n = ar + 2 * N, *hpr = st->hp + r * N;
+        for (int64_t j = 0; j < N; j++) st->h[r * N + j] = F(gb_one_minus)(z[j], dr[N + j]) * n[j] + z[j] * hpr[j];
+    }
+}
+
+/* LSTM forward: the gates, c_t = f c_{t-1} + i g, tanh(c_t) as the backward recomputes it, h = o tanh(c_t) */
+static void F(gb_lstm_forward_rows)(void *ctx, int tid, int nth) {
+    const F(gb_rstep) *st = ctx;
+    const int64_t N = st->N, GN = 4 * N;
+    int64_t r0, r1;
+    F(gb_rrows_of)(st, tid, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        REAL *ar = st->ga + r * GN, *c = st->c + r * N, *tc = st->tc + r * N;
+        const REAL *cp = st->cp + r * N;
+        F(gb_gates_row)(ar, st->gda + r * GN, st->Z + r * GN, N, 4);
+        const REAL *i = ar, *f = ar + N, *gg = ar + 2 * N, *o = ar + 3 * N;
+        for (int64_t j = 0; j < N; j++) c[j] = f[j] * cp[j] + i[j] * gg[j];
+        FP(gb_tanh_grad)(tc, st->dtc + r * N, c, N);
+        for (int64_t j = 0; j < N; j++) st->h[r * N + j] = o[j] * tc[j];
+    }
+}
+
+/* LSTM backward: the gates and tanh(c_t) recomputed; dc = gc + g o tanh'(c_t); dz_i = dc g~ i',
+ * dz_f = dc c_{t-1} f', dz_g = dc i g~', dz_o = g tanh(c_t) o'; gc = dc f; dtc keeps dc */
+static void F(gb_lstm_backward_rows)(void *ctx, int tid, int nth) {
+    const F(gb_rstep) *st = ctx;
+    const int64_t N = st->N, GN = 4 * N;
+    int64_t r0, r1;
+    F(gb_rrows_of)(st, tid, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        F(gb_gates_row)(st->ga + r * GN, st->gda + r * GN, st->Z + r * GN, N, 4);
+        FP(gb_tanh_grad)(st->tc + r * N, st->dtc + r * N, st->c + r * N, N);
+        const REAL *i = st->ga + r * GN, *f = i + N, *gg = i + 2 * N, *o = i + 3 * N;
+        const REAL *di = st->gda + r * GN, *df = di + N, *dg = di + 2 * N, *dout = di + 3 * N;
+        REAL *zr = st->dz + r * GN;
+        for (int64_t j = 0; j < N; j++) {
+            const int64_t x = r * N + j;
+            const REAL g = st->g[x];
+            const REAL dc = st->gc[x] + g * o[j] * st->dtc[x];
+            zr[j] = dc * gg[j] * di[j];
+            zr[N + j] = dc * st->cp[x] * df[j];
+            zr[2 * N + j] = dc * i[j] * dg[j];
+            zr[3 * N + j] = g * st->tc[x] * dout[j];
+            st->gc[x] = dc * f[j];
+            st->dtc[x] = dc; /* tanh'(c_t) read above: the slot keeps the total dL/dc_t */
+        }
+    }
+}
+
+/* GRU backward: the gates recomputed; dn = g (1 - z) n'; dz rows for W_ih (dz) and W_hh (dzh:
+ * the n block times r); g = g z, the part carried straight to h_{t-1} */
+static void F(gb_gru_backward_rows)(void *ctx, int tid, int nth) {
+    const F(gb_rstep) *st = ctx;
+    const int64_t N = st->N, GN = 3 * N;
+    int64_t r0, r1;
+    F(gb_rrows_of)(st, tid, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        REAL *ar = st->ga + r * GN, *dr = st->gda + r * GN;
+        F(gb_gates_row)(ar, dr, st->Z + r * GN, N, 3);
+        const REAL *rr = ar, *z = ar + N, *n = ar + 2 * N, *dzg = dr + N, *dn_ = dr + 2 * N;
+        REAL *xr = st->dz + r * GN, *hr = st->dzh + r * GN;
+        for (int64_t j = 0; j < N; j++) {
+            const int64_t x = r * N + j;
+            const REAL g = st->g[x];
+            const REAL dn = g * F(gb_one_minus)(z[j], dzg[j]) * dn_[j];
+            xr[j] = dn * st->hn[x] * dr[j];
+            xr[N + j] = g * (st->hp[x] - n[j]) * dzg[j];
+            xr[2 * N + j] = dn;
+            hr[j] = xr[j];
+            hr[N + j] = xr[N + j];
+            hr[2 * N + j] = dn * rr[j];
+            st->g[x] = g * z[j];
+        }
+    }
+}
+
+/* a step's rows on the team where each thread gets GB_RROWS_MIN of them at least, else on thread 0 */
+#define GB_RROWS_MIN 2
+static void F(gb_rrows)(F(gb_rteam) *tm, F(gb_rfn) fn, F(gb_rstep) *st) {
+    if (tm && tm->bar && st->B >= GB_RROWS_MIN * tm->nth)
+        F(gb_rrun_fn)(tm, fn, st);
+    else
+        fn(st, 0, 1);
+}
+
 static int F(gb_lstm_forward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
     int rc = GB_OK;
     const int64_t T_ = a->T, B = a->B, N = a->N, D = a->D, GN = 4 * N, BN = B * N;
@@ -714,17 +886,9 @@ static int F(gb_lstm_forward_body)(const gb_recurrent_arrays *a, const gb_opts *
         const REAL *cp = C + t * BN;
         REAL *c = C + (t + 1) * BN, *h = H + (t + 1) * BN;
         F(gb_rows_times_wT)(&mm, Zt, H + t * BN, W_hh, WT, B, N, GN, 1); /* z_t = U_t + h_{t-1} W_hh^T */
-        for (int64_t r = 0; r < B; r++) {
-            REAL *ar = ga + r * GN;
-            F(gb_gates_row)(ar, gda + r * GN, Zt + r * GN, N, 4);
-            const REAL *i = ar, *f = ar + N, *gg = ar + 2 * N;
-            for (int64_t j = 0; j < N; j++) c[r * N + j] = f[j] * cp[r * N + j] + i[j] * gg[j];
-        }
-        FP(gb_tanh_grad)(tc, tc + BN, c, BN); /* tanh(c_t) as the backward recomputes it */
-        for (int64_t r = 0; r < B; r++) {
-            const REAL *o = ga + r * GN + 3 * N;
-            for (int64_t j = 0; j < N; j++) h[r * N + j] = o[j] * tc[r * N + j];
-        }
+        F(gb_rstep) st = {.B = B, .N = N, .Z = Zt, .ga = ga, .gda = gda, .h = h, .c = c, .cp = cp, .tc = tc,
+                          .dtc = tc + BN};
+        F(gb_rrows)(tm, F(gb_lstm_forward_rows), &st);
         F(gb_gate_stats)(ga, gda, B, N, 4, 2, a->fcfg, a->saturation + t, a->gate_mean + t, a->gate_low + t);
         F(gb_record_forward)(h, t, B, N, a->act_mean, a->act_std, a->info);
     }
@@ -760,17 +924,9 @@ static int F(gb_gru_forward_body)(const gb_recurrent_arrays *a, const gb_opts *o
         REAL *Zt = Z + t * B * GN, *hn = HN + t * BN, *h = H + (t + 1) * BN;
         const REAL *hp = H + t * BN;
         F(gb_rows_times_wT)(&mm, P, hp, W_hh, WT, B, N, GN, 0);
-        for (int64_t r = 0; r < B; r++) {
-            REAL *zr = Zt + r * GN, *ar = ga + r * GN, *dr = gda + r * GN, *hr = hn + r * N;
-            const REAL *pr = P + r * GN;
-            for (int64_t j = 0; j < 2 * N; j++) zr[j] = zr[j] + pr[j];      /* z_r, z_z */
-            for (int64_t j = 0; j < N; j++) hr[j] = pr[2 * N + j] + b_hn[j]; /* hn */
-            FP(gb_sigmoid_grad)(ar, dr, zr, 2 * N);                          /* r, z */
-            for (int64_t j = 0; j < N; j++) zr[2 * N + j] = zr[2 * N + j] + ar[j] * hr[j]; /* z_n */
-            FP(gb_tanh_grad)(ar + 2 * N, dr + 2 * N, zr + 2 * N, N);        /* n */
-            const REAL *z = ar + N, *n = ar + 2 * N, *hpr = hp + r * N;
-            for (int64_t j = 0; j < N; j++) h[r * N + j] = F(gb_one_minus)(z[j], dr[N + j]) * n[j] + z[j] * hpr[j];
-        }
+        F(gb_rstep) st = {.B = B, .N = N, .Z = Zt, .P = P, .ga = ga, .gda = gda, .h = h, .hp = hp, .hn = hn,
+                          .bias = b_hn};
+        F(gb_rrows)(tm, F(gb_gru_forward_rows), &st);
         F(gb_gate_stats)(ga, gda, B, N, 3, 2, a->fcfg, a->saturation + t, a->gate_mean + t, a->gate_low + t);
         F(gb_record_forward)(h, t, B, N, a->act_mean, a->act_std, a->info);
     }
@@ -959,24 +1115,9 @@ static int F(gb_lstm_backward_body)(const gb_recurrent_arrays *a, const gb_opts 
         const REAL *Zt = ((REAL *)a->Z) + t * B * GN, *cp = ((REAL *)a->C) + t * BN;
         const REAL *tc = cx.tc;
         REAL *dz = cx.zx + k * B * GN, *gh = cx.gg, *gc = cx.gg + BN, *dtc = cx.dtc;
-        for (int64_t r = 0; r < B; r++) F(gb_gates_row)(cx.ga + r * GN, cx.gda + r * GN, Zt + r * GN, N, 4);
-        FP(gb_tanh_grad)(cx.tc, cx.dtc, ((REAL *)a->C) + (t + 1) * BN, BN);
-        for (int64_t r = 0; r < B; r++) {
-            const REAL *i = cx.ga + r * GN, *f = i + N, *gg = i + 2 * N, *o = i + 3 * N;
-            const REAL *di = cx.gda + r * GN, *df = di + N, *dg = di + 2 * N, *dout = di + 3 * N;
-            REAL *zr = dz + r * GN;
-            for (int64_t j = 0; j < N; j++) {
-                const int64_t x = r * N + j;
-                const REAL g = gh[x];
-                const REAL dc = gc[x] + g * o[j] * dtc[x];
-                zr[j] = dc * gg[j] * di[j];
-                zr[N + j] = dc * cp[x] * df[j];
-                zr[2 * N + j] = dc * i[j] * dg[j];
-                zr[3 * N + j] = g * tc[x] * dout[j];
-                gc[x] = dc * f[j];
-                dtc[x] = dc; /* tanh'(c_t) read above: the slot keeps the total dL/dc_t */
-            }
-        }
+        F(gb_rstep) st = {.B = B, .N = N, .Z = (REAL *)Zt, .ga = cx.ga, .gda = cx.gda, .c = ((REAL *)a->C) + (t + 1) * BN,
+                          .cp = cp, .tc = (REAL *)tc, .dtc = dtc, .g = gh, .gc = gc, .dz = dz};
+        F(gb_rrows)(tm, F(gb_lstm_backward_rows), &st);
         a->csig_m[t + 1] = F(gb_rnorm)(dtc, B, N); /* ||total dL/dC[t+1]||, exponent e (the reference's) */
         F(gb_rows_times_w)(&cx.mm, gh, dz, ((REAL *)a->W_hh), cx.Wp, B, N, GN, 0);
         F(gb_step_done)(&cx, a, t, e, e, 0);
@@ -1003,24 +1144,9 @@ static int F(gb_gru_backward_body)(const gb_recurrent_arrays *a, const gb_opts *
         const int64_t e = a->sig_e[t + 1], k = t % cx.K;
         const REAL *Zt = ((REAL *)a->Z) + t * B * GN, *hn = ((REAL *)a->HN) + t * BN, *hp = ((REAL *)a->H) + t * BN;
         REAL *zx = cx.zx + k * B * GN, *zh = cx.zh + k * B * GN, *gh = cx.gg;
-        for (int64_t r = 0; r < B; r++) {
-            REAL *ar = cx.ga + r * GN, *dr = cx.gda + r * GN;
-            F(gb_gates_row)(ar, dr, Zt + r * GN, N, 3);
-            const REAL *rr = ar, *z = ar + N, *n = ar + 2 * N, *dzg = dr + N, *dn_ = dr + 2 * N;
-            REAL *xr = zx + r * GN, *hr = zh + r * GN;
-            for (int64_t j = 0; j < N; j++) {
-                const int64_t x = r * N + j;
-                const REAL g = gh[x];
-                const REAL dn = g * F(gb_one_minus)(z[j], dzg[j]) * dn_[j];
-                xr[j] = dn * hn[x] * dr[j];
-                xr[N + j] = g * (hp[x] - n[j]) * dzg[j];
-                xr[2 * N + j] = dn;
-                hr[j] = xr[j];
-                hr[N + j] = xr[N + j];
-                hr[2 * N + j] = dn * rr[j];
-                gh[x] = g * z[j];
-            }
-        }
+        F(gb_rstep) st = {.B = B, .N = N, .Z = (REAL *)Zt, .ga = cx.ga, .gda = cx.gda, .hp = hp, .hn = (REAL *)hn,
+                          .g = gh, .dz = zx, .dzh = zh};
+        F(gb_rrows)(tm, F(gb_gru_backward_rows), &st);
         F(gb_rows_times_w)(&cx.mm, gh, zh, ((REAL *)a->W_hh), cx.Wp, B, N, GN, 1);
         F(gb_step_done)(&cx, a, t, e, e, 0);
         F(gb_state_finish)(&cx, a, t, e, 0);

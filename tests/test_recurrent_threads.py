@@ -72,6 +72,20 @@ def test_bits_do_not_depend_on_the_threads(cell, dtype):
         _assert_same_bits(_run(rnn, params, xs, opts), one, what)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 13])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gate_rows_and_gram_on_the_team_keep_the_bits(cell, batch):
+    """A step's element-wise gate work runs on the team by rows of the batch where each thread gets
+    two at least (B = 13 on 2 and 3 threads: shares of 6/7 and 4/4/5; B = 2 and 1: thread 0 alone),
+    the Gram matrices of the step norms by rows of their lower triangle (B = 2 on 3 threads: one
+    thread with nothing to do): the one thread's bits every time."""
+    rnn = gb.Recurrent(cell=cell, steps=12, input_dim=3, sigma_b=0.2, hidden=24)
+    params, xs, _ = problem(rnn, batch)
+    one = _run(rnn, params, xs, _opts(1))
+    for n in (2, 3):
+        _assert_same_bits(_run(rnn, params, xs, _opts(n)), one, f"{n} threads, batch {batch}")
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_bits_under_a_clip(cell):
     """A signal clip and its record on the team (tanh cells): the one thread's bits."""

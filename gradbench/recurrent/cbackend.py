@@ -50,8 +50,8 @@ def default_blas_min_width(f32: bool = False, blas_threads: int | None = None) -
 BLAS_MIN_WIDTH = env_int("GRADBENCH_C_RECURRENT_BLAS_MIN_WIDTH", default_blas_min_width(False), low=0)
 BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_RECURRENT_BLAS_MIN_WIDTH_F32", default_blas_min_width(True), low=0)
 # B N GN of a step from which the own products run on several threads (csrc/recurrent_impl.h:
-# the helpers take shares of each product while thread 0 does the element-wise work between
-# them). Measured quiet on 2 CPUs, two threads against one (s): LSTM N = 64, B = 16 (2^18)
+# the helpers take shares of each product and, since 2026-12-05, of each step's element-wise gate
+# work and Gram matrices; the threshold was measured before, with that work on thread 0). Measured quiet on 2 CPUs, two threads against one (s): LSTM N = 64, B = 16 (2^18)
 # 0.079 / 0.090; N = 64, B = 32 0.163 / 0.187; GRU 64, B = 64 0.290 / 0.308; LSTM 128, B = 32
 # 0.113 / 0.145; N = 32, B = 32 (2^17) 0.075-0.117 / 0.081. And T B N GN of a call, as the
 # stacks' PAR_MIN_TOTAL (a team's start and end).
