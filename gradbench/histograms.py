@@ -154,15 +154,36 @@ def fill_streaming(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, to
     float64 and float32 dW). None: this NumPy version, the reference.
     """
     if kernel is not None and dW.flags.c_contiguous and dW.ndim == 3:
-        kernel(dW, np.ascontiguousarray(e, dtype=np.int64), int(per_decade), int(bins), top, counts, below, zeros,
-               nonfinite)
-        return
+        try:
+            kernel(dW, np.ascontiguousarray(e, dtype=np.int64), int(per_decade), int(bins), top, counts, below,
+                   zeros, nonfinite)
+            return
+        except ValueError:
+            # the C fill refuses a layer whose top bin index lies beyond 2^62 (|log10 dW| beyond ~1.15e18
+            # decades at 4 bins a decade: a zero-bias GELU stack at sigma_w = 3, depth 300, width 8, batch 1
+            # reaches 10^-1.4e18), where the NumPy and Numba fills go on: that run failed on C alone
+            # ("gb_histogram_fill: bad argument"); this fill takes those layers, as the numpy backend does
+            if not _top_bin_beyond(dW, e, per_decade, 2.0**62):
+                raise
     idx, zeros[:], nonfinite[:] = bin_rows(dW.reshape(dW.shape[0], -1), e, 0.0, per_decade)
     with np.errstate(invalid="ignore"):
         t = np.max(idx, axis=1, where=np.isfinite(idx), initial=-np.inf)
     t[~np.isfinite(t)] = 0.0
     top[:] = t.astype(np.int64)
     counts[:], below[:], _ = count_window(idx, t - bins + 1, bins)
+
+
+def _top_bin_beyond(dW: np.ndarray, e: np.ndarray, per_decade: int, limit: float) -> bool:
+    """Whether some layer of dW (m, ...) with exponents e (m,) has its largest non-zero finite |entry|
+    in a bin whose index, floor((log10 |v| + e log10 2) per_decade), is at least ``limit`` in
+    magnitude (only on the path where a compiled fill refused the layers: one pass over dW)."""
+    a = np.abs(dW.reshape(dW.shape[0], -1), dtype=np.float64)
+    a[~np.isfinite(a)] = 0.0
+    big = a.max(axis=1, initial=0.0)
+    has = big > 0
+    with np.errstate(divide="ignore"):
+        t = np.floor((np.log10(big[has]) + np.asarray(e, dtype=np.float64)[has] * LOG10_2) * per_decade)
+    return bool(np.any(np.abs(t) >= limit))
 
 
 def checked_range(hist_range, bins: int) -> tuple[float, float]:

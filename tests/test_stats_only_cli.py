@@ -61,3 +61,31 @@ def test_streamed_json_is_the_same_document():
     back = type(d).from_json(buf.getvalue())
     np.testing.assert_array_equal(back.hist_counts, d.hist_counts)
     np.testing.assert_array_equal(back.grad_log10, d.grad_log10)
+
+
+def test_a_c_stats_only_run_at_10_to_the_minus_1e18_fills_its_histograms(capsys):
+    """`gradbench run --depth 300 --width 8 --activation gelu --sigma-w 3 --batch 1 --stats-only
+    --seed 228` stopped with "internal error: ValueError: gb_histogram_fill: bad argument" on the C
+    backend (numpy and numba ran it): its gradients lie near 10^-1.4e18, whose quarter-decade bin
+    index passes 2^62, which the C fill refuses. The run's norms are mpmath's plain chain's (to
+    float64's resolution of a log10 that large), and every entry of every layer is counted once."""
+    import pytest
+
+    pytest.importorskip("gradbench.cbackend", reason="C extension not built", exc_type=ImportError)
+    import mpmath as mp
+    import naive_mp
+
+    stack = gb.Stack(depth=300, width=8, activation="gelu", sigma_w=3.0)
+    params = gb.GeneratedParams(stack, 228)
+    x = gb.gaussian_input(stack, 1, np.random.default_rng([228, 1]))  # the command line's probe
+    res = gb.backprop(stack, params, x, stats_only=True, backend="c")
+    _, gW, _ = naive_mp.chain("gelu", mp.mpf(1), params.materialize().W, x)
+    want = np.asarray(gW)
+    assert np.all(want < -1e18)  # bins beyond 2^62 at 4 a decade
+    np.testing.assert_allclose(res.grad_norm.log10(), want, rtol=1e-13)
+    h = res.grad_hist
+    per_layer = np.asarray(h.counts).sum(axis=1) + h.below + h.zeros + h.nonfinite
+    np.testing.assert_array_equal(per_layer, np.full(300, 8 * 8))
+    assert main(["run", "--depth", "300", "--width", "8", "--activation", "gelu", "--sigma-w", "3", "--batch", "1",
+                 "--stats-only", "--seed", "228", "--backend", "c"]) == 0
+    assert "VANISHING" in capsys.readouterr().out
