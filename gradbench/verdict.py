@@ -584,8 +584,11 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                          "below 2^(-2^62), which no int64 exponent holds; the true gradient is not 0, and every "
                          "layer below inherits the zero")
         else:
+            flush = (", or samples flushed by the batch's shared exponent in the forward pass: below"
+                     if forward_zeros(stack.activation, res.act_std.log10()).size and res.input_grad.mantissa.shape[0] > 1
+                     else "")
             words.append("no gradient at all: every ||dL/dW_l|| is exactly zero (an all-zero input or signal, or "
-                         "every unit dead)")
+                         f"every unit dead{flush})")
     elif rule == "zeros":
         top_nz = int(np.flatnonzero(g > -np.inf).max())
         below = np.flatnonzero(g[:top_nz] == -np.inf)[::-1]
@@ -956,9 +959,14 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
     zf = forward_zeros(stack.activation, std)
     if zf.size:
+        batch = res.input_grad.mantissa.shape[0]
+        flushed = (f", or, in a batch of {batch}, flushed: the batch shares one exponent per layer, so a sample "
+                   "more than 2^-1074 below the batch's largest at some layer reads 0 from there, though its own "
+                   "chain may be far larger (a sample that falls behind early can end above one that collapses "
+                   "later): run the samples one at a time (batch 1) for their exact chains") if batch > 1 else ""
         words.append(f"the forward activations of layer{'s' if zf.size > 1 else ''} {_layers(zf)} are exactly 0: "
                      f"every unit's {stack.activation}(z) is 0 or lies below 2^(-2^62) "
-                     f"({PHI_UNDERFLOW[stack.activation]}), beyond any int64 exponent; "
+                     f"({PHI_UNDERFLOW[stack.activation]}), beyond any int64 exponent{flushed}; "
                      "the gradients that depend on them read 0 where the exact ones may be tiny but not 0")
     fwd = forward_span(std)
     if fwd is not None and not forward_said:

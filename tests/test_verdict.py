@@ -1006,3 +1006,28 @@ def test_batch_norm_over_identical_samples_is_said_to_be_rounding_noise():
         assert max(np.nanmax(np.abs(logs[a] - logs[b])) for a in logs for b in logs) > 1  # noise, not a gradient
     d = gb.diagnose(gb.backprop(s, p, gb.gaussian_input(s, 8, 1)), p)
     assert "no spread" not in d.explanation
+
+
+def test_a_sample_flushed_by_the_batchs_shared_exponent_is_named_with_the_remedy():
+    """Zero-bias GELU at sigma_w = 4, depth 200, width 8, a batch of 4 (a reviewer's case): the
+    batch's loss reads exactly 0 and the verdict NO GRADIENT blamed GELU below 2^(-2^62) alone.
+    mpmath's plain chain (tests/naive_mp.py) gives 10^-1210.4: sample 3 fell more than 2^-1074
+    below the batch's largest early and was flushed, then the others collapsed beyond any
+    exponent. The text now names the flush and the remedy, batch 1, which gives sample 3's
+    exact loss; a batch of 1 is not told so."""
+    from tests import naive_mp
+
+    st = gb.Stack(depth=200, width=8, activation="gelu", sigma_w=4.0)
+    p = gb.init_params(st, 6)
+    x = gb.gaussian_input(st, 4, 106)
+    true_loss = float(naive_mp.chain("gelu", 0.0, p.W, x)[0])
+    assert -1211 < true_loss < -1210  # the batch's true loss, sample 3's
+    res = gb.backprop(st, p, x)
+    assert res.loss_exact.log10() == -math.inf  # what one shared exponent per layer reads
+    text = " ".join(gb.diagnose(res, p).explanation.split())
+    assert "or samples flushed by the batch's shared exponent in the forward pass" in text
+    assert "in a batch of 4, flushed" in text and "run the samples one at a time (batch 1)" in text
+    alone = gb.backprop(st, p, np.ascontiguousarray(x[3:4]))
+    assert alone.loss_exact.log10() == pytest.approx(true_loss, abs=1e-6)
+    one = " ".join(gb.diagnose(gb.backprop(st, p, np.ascontiguousarray(x[:1])), p).explanation.split())
+    assert "exactly 0" in one and "flushed" not in one and "batch 1" not in one
