@@ -59,6 +59,7 @@ stacks small enough to store.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -451,7 +452,14 @@ def after(params, stack, what: str):
     Sequential after ...", "... after layer-wise pretraining (50 epochs a layer) and 20 epochs
     of training". A report of trained weights named the init scheme they no longer follow."""
     base = params.origin or initial_words(stack)
+    m, more = _EPOCHS.search(base), _EPOCHS.fullmatch(what)
+    if m and more:  # training after training: one count ("after 5 epochs of training", not "3 ... and 2 ...")
+        n = int(m.group(1)) + int(more.group(1))
+        return replace(params, origin=f"{base[:m.start()]}{n} epoch{'s' if n != 1 else ''} of training")
     return replace(params, origin=f"{base} {'and' if ' after ' in base else 'after'} {what}")
+
+
+_EPOCHS = re.compile(r"(\d+) epochs? of training$")
 
 
 def _probe_rows(N: int) -> list[int]:

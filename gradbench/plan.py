@@ -269,7 +269,8 @@ def _check_checkpoint(stack: Stack, checkpoint) -> None:
     if checkpoint < 1 or checkpoint % r:
         raise ValueError(
             f"checkpoint={checkpoint} must be a positive multiple of the residual group size {r} "
-            "(a residual group must not straddle two segments)"
+            "(a residual group must not straddle two segments)" if r > 1 else
+            f"checkpoint={checkpoint} must be a positive int (layers per segment), 'auto' or None"
         )
 
 

@@ -212,6 +212,10 @@ def test_trained_and_pretrained_weights_are_named_so():
     fine = gb.train(s, X, y, epochs=1, params=pre)
     assert fine.params.origin == ("he_normal weights after layer-wise pretraining (2 epochs a layer) "
                                   "and 1 epoch of training")
+    again = gb.train(s, X, y, epochs=2, params=r.params)  # training after training: one count
+    assert again.params.origin == "he_normal weights after 5 epochs of training"
+    assert gb.train(s, X, y, epochs=1, params=fine.params).params.origin == (
+        "he_normal weights after layer-wise pretraining (2 epochs a layer) and 2 epochs of training")
     given = dataclasses.replace(start, origin=ORIGIN)
     assert gb.train(s, X, y, epochs=2, params=given).params.origin == f"{ORIGIN} after 2 epochs of training"
     wild = gb.train(s, X, y * 1e200, epochs=5, lr=1e10)

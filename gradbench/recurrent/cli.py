@@ -554,7 +554,8 @@ def cmd_theory(args) -> int:
                 print(few)
                 out["open_fraction"] = pred.open_fraction
         if pred.newman_untied is not None:
-            print(f"  Newman lambda_1 (independent W_hh at every step, for contrast): {pred.newman_untied:+.6f}")
+            print(f"  Newman lambda_1 (independent W_hh at every step, for contrast): {pred.newman_untied:+.6f} "
+                  "decades per step")
             out["newman_untied_decades_per_step"] = pred.newman_untied
     res, _ = run_one(probe, args, params)
     got = measured_rate(res)
