@@ -782,6 +782,17 @@ def weight_gain(stack, weight_log10=None) -> tuple[float, bool]:
     return float(10.0 ** (np.median(w) - 0.5 * math.log10(stack.width))), True
 
 
+def _sigmoid_rate(gain: float, sigma_b: float) -> float:
+    """Mean field's rate of ||dL/dh_l|| (decades per layer, going down) of a sigmoid stack at
+    weight gain ``gain`` and bias spread ``sigma_b``; NaN where it has none."""
+    from gradbench import theory  # the verdict needs it for sigmoid stacks only
+
+    try:
+        return float(theory.mean_field("sigmoid", gain, sigma_b).decades_per_layer)
+    except (ValueError, ArithmeticError):
+        return math.nan
+
+
 def clip_binds(threshold: float, signal_log10, dtype: str = "float64") -> np.ndarray:
     """The layers l whose backward signal a signal clip at ``threshold`` can have changed:
     ||dL/dh_l|| (after the clip; log10 in ``signal_log10``) at the threshold or above, to the
@@ -985,16 +996,19 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
             words.append(f"{100 * sat:.0f} % of the units{where} are saturated (|phi'| < 1 % of its largest value)")
     if stack.activation in ("sigmoid", "tanh"):
         gain, measured = weight_gain(stack, weight_log10)
-        if stack.activation == "sigmoid" and not stack.batch_norm and verdict == "vanishing" and gain < 4:
-            # sigmoid' <= 1/4: a factor of about sigma_w / 4 per layer, typically (sigma_w is the weights'
-            # typical gain; only the largest singular value bounds it, and narrow stacks lose less: a
-            # width-8 stack lost 0.56 decades a layer beside "at least 0.63")
-            words.append(f"sigmoid' <= 0.25 costs about {-math.log10(gain / 4):.2g} decades per layer "
+        rate = _sigmoid_rate(gain, stack.sigma_b) if stack.activation == "sigmoid" and gain < 4 else math.nan
+        if not stack.batch_norm and verdict == "vanishing" and rate < 0:
+            # sigmoid' <= 1/4, at z = 0: log10(4 / sigma_w) a layer counted that alone and said 0.012 beside
+            # a measured 0.215 at sigma_w = 3.9 (0.12 against 0.285 at 3): the larger the gain, the further
+            # the units saturate. Mean field's rate at the gain is the typical one (narrow stacks lose
+            # less: a width-8 stack lost 0.56 decades a layer beside its 0.63)
+            words.append(f"sigmoid' <= 0.25 costs about {-rate:.2g} decades per layer "
                          f"at this weight gain (sigma_w = {gain:.3g}"
                          + ((" from three rows of each layer's weights, ||W_l|| / sqrt(N) estimated, the median "
                              "over the layers" if weights_sampled else
                              " from the weights, ||W_l|| / sqrt(N), the median over the layers") if measured else "")
-                         + ": log10(4 / sigma_w), a typical rate, not a bound)")
+                         + ": mean field's rate at that gain, sigmoid' at the units' spread of z, a typical "
+                         "rate, not a bound)")
     if stack.activation in RELU_FAMILY:
         dead, where = countable_mean(res.dead)
         if dead > 0.1 and stack.dead_below_zero:
