@@ -743,31 +743,24 @@ static void F(gb_gates_row)(REAL *a, REAL *da, const REAL *z, int64_t N, int G) 
     if (G == 4) FP(gb_sigmoid_grad)(a + 3 * N, da + 3 * N, z + 3 * N, N);
 }
 
-/* One step's element-wise work on the gates, rows [r0, r1) of the batch (thread tid's share of
- * B, gb_rrows): the loops of the bodies below, row by row, so that a row's values do not depend
+/* One step's element-wise work on the gates, rows [r0, r1) of the batch (a thread's share of B,
+ * gb_rrows): the loops of the bodies below, row by row, so that a row's values do not depend
  * on who computes it. Arrays of the step (B rows): Z (B,GN) pre-activations, P (B,GN) the GRU's
  * h W_hh^T, ga/gda (B,GN) gate values and derivatives, h/hp (B,N) h_t and h_{t-1}, hn (B,N) the
  * GRU's h W_hn^T + b_hn, c/cp (B,N) c_t and c_{t-1}, tc/dtc (B,N) tanh(c_t) and tanh'(c_t) (the
  * LSTM backward leaves its total dL/dc_t in dtc), g (B,N) dL/dh_t (then the part carried to
  * h_{t-1}), gc (B,N) the LSTM's part of dL/dc_t carried through c_{t+1} (then to c_{t-1}), dz and
- * dzh (B,GN) the backward's rows for W_ih and for W_hh. */
+ * dzh (B,GN) the backward's rows for W_ih and for W_hh. Each function takes rows [r0, r1). */
 typedef struct {
     int64_t B, N;
     REAL *Z, *P, *ga, *gda, *h, *hn, *c, *tc, *dtc, *g, *gc, *dz, *dzh;
     const REAL *hp, *cp, *bias;
 } F(gb_rstep);
 
-static inline void F(gb_rrows_of)(const F(gb_rstep) *st, int tid, int nth, int64_t *r0, int64_t *r1) {
-    *r0 = F(gb_rshare)(st->B, tid, nth);
-    *r1 = F(gb_rshare)(st->B, tid + 1, nth);
-}
 
 /* GRU forward: z_r, z_z += P; hn = P_n + b_hn; r, z; z_n += r hn; n; h = (1 - z) n + z h_{t-1} */
-static void F(gb_gru_forward_rows)(void *ctx, int tid, int nth) {
-    const F(gb_rstep) *st = ctx;
+static void F(gb_gru_forward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r1) {
     const int64_t N = st->N, GN = 3 * N;
-    int64_t r0, r1;
-    F(gb_rrows_of)(st, tid, nth, &r0, &r1);
     for (int64_t r = r0; r < r1; r++) {
         REAL *zr = st->Z + r * GN, *ar = st->ga + r * GN, *dr = st->gda + r * GN, *hr = st->hn + r * N;
         const REAL *pr = st->P + r * GN;
@@ -782,11 +775,8 @@ static void F(gb_gru_forward_rows)(void *ctx, int tid, int nth) {
 }
 
 /* LSTM forward: the gates, c_t = f c_{t-1} + i g, tanh(c_t) as the backward recomputes it, h = o tanh(c_t) */
-static void F(gb_lstm_forward_rows)(void *ctx, int tid, int nth) {
-    const F(gb_rstep) *st = ctx;
+static void F(gb_lstm_forward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r1) {
     const int64_t N = st->N, GN = 4 * N;
-    int64_t r0, r1;
-    F(gb_rrows_of)(st, tid, nth, &r0, &r1);
     for (int64_t r = r0; r < r1; r++) {
         REAL *ar = st->ga + r * GN, *c = st->c + r * N, *tc = st->tc + r * N;
         const REAL *cp = st->cp + r * N;
@@ -800,11 +790,8 @@ static void F(gb_lstm_forward_rows)(void *ctx, int tid, int nth) {
 
 /* LSTM backward: the gates and tanh(c_t) recomputed; dc = gc + g o tanh'(c_t); dz_i = dc g~ i',
  * dz_f = dc c_{t-1} f', dz_g = dc i g~', dz_o = g tanh(c_t) o'; gc = dc f; dtc keeps dc */
-static void F(gb_lstm_backward_rows)(void *ctx, int tid, int nth) {
-    const F(gb_rstep) *st = ctx;
+static void F(gb_lstm_backward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r1) {
     const int64_t N = st->N, GN = 4 * N;
-    int64_t r0, r1;
-    F(gb_rrows_of)(st, tid, nth, &r0, &r1);
     for (int64_t r = r0; r < r1; r++) {
         F(gb_gates_row)(st->ga + r * GN, st->gda + r * GN, st->Z + r * GN, N, 4);
         FP(gb_tanh_grad)(st->tc + r * N, st->dtc + r * N, st->c + r * N, N);
@@ -827,11 +814,8 @@ static void F(gb_lstm_backward_rows)(void *ctx, int tid, int nth) {
 
 /* GRU backward: the gates recomputed; dn = g (1 - z) n'; dz rows for W_ih (dz) and W_hh (dzh:
  * the n block times r); g = g z, the part carried straight to h_{t-1} */
-static void F(gb_gru_backward_rows)(void *ctx, int tid, int nth) {
-    const F(gb_rstep) *st = ctx;
+static void F(gb_gru_backward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r1) {
     const int64_t N = st->N, GN = 3 * N;
-    int64_t r0, r1;
-    F(gb_rrows_of)(st, tid, nth, &r0, &r1);
     for (int64_t r = r0; r < r1; r++) {
         REAL *ar = st->ga + r * GN, *dr = st->gda + r * GN;
         F(gb_gates_row)(ar, dr, st->Z + r * GN, N, 3);
@@ -852,13 +836,26 @@ static void F(gb_gru_backward_rows)(void *ctx, int tid, int nth) {
     }
 }
 
+/* a step's rows [r0, r1) of one of the functions above, and thread tid's share of the B rows */
+typedef void (*F(gb_rrowfn))(const F(gb_rstep) *st, int64_t r0, int64_t r1);
+typedef struct {
+    const F(gb_rstep) *st;
+    F(gb_rrowfn) fn;
+} F(gb_rrowjob);
+
+static void F(gb_rrows_share)(void *ctx, int tid, int nth) {
+    const F(gb_rrowjob) *j = ctx;
+    j->fn(j->st, F(gb_rshare)(j->st->B, tid, nth), F(gb_rshare)(j->st->B, tid + 1, nth));
+}
+
 /* a step's rows on the team where each thread gets GB_RROWS_MIN of them at least, else on thread 0 */
 #define GB_RROWS_MIN 2
-static void F(gb_rrows)(F(gb_rteam) *tm, F(gb_rfn) fn, F(gb_rstep) *st) {
+static void F(gb_rrows)(F(gb_rteam) *tm, F(gb_rrowfn) fn, const F(gb_rstep) *st) {
+    F(gb_rrowjob) j = {.st = st, .fn = fn};
     if (tm && tm->bar && st->B >= GB_RROWS_MIN * tm->nth)
-        F(gb_rrun_fn)(tm, fn, st);
+        F(gb_rrun_fn)(tm, F(gb_rrows_share), &j);
     else
-        fn(st, 0, 1);
+        fn(st, 0, st->B);
 }
 
 static int F(gb_lstm_forward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {

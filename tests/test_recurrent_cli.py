@@ -542,3 +542,26 @@ def test_theory_names_the_finite_width_gap_where_mean_field_predicts(capsys):
     assert gaps[128] < gaps[16] / 4, gaps
     assert main(["theory", "--cell", "rnn", "--activation", "identity", "--hidden", "16", "--steps", "200"]) == 0
     assert "infinite-width" not in capsys.readouterr().out  # the linear cell's prediction is not mean field
+
+
+def test_a_recurrent_json_diagnosis_reads_back(tmp_path, capsys):
+    """docs/formats.md promises how to read every file back; `run --cell --out x.json` had no reader
+    (a reviewer's finding). RecurrentDiagnosis.from_dict gives the diagnosis whose report is the one
+    the command printed, and which writes the same JSON again; clip records come back as bools."""
+    import json
+
+    from gradbench import cli
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis
+
+    out = tmp_path / "d.json"
+    assert cli.main(["run", "--cell", "lstm", "--steps", "30", "--hidden", "6", "--clip", "norm", "--clip-threshold",
+                     "0.05", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    d = RecurrentDiagnosis.from_dict(data["diagnosis"])
+    assert str(d).splitlines()[0] in printed and str(d).splitlines()[-1] in printed
+    assert json.loads(d.to_json()) == data["diagnosis"]
+    assert d.clip_acted.dtype == bool and d.clip_acted.any()
+    assert RecurrentDiagnosis.from_json(d.to_json()).to_json() == d.to_json()
+    with pytest.raises(ValueError, match="no field 'rnn'"):
+        RecurrentDiagnosis.from_dict({k: v for k, v in data["diagnosis"].items() if k != "rnn"})

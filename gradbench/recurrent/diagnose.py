@@ -70,6 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradbench.activations import RESCUE
+from gradbench.diagnose import _from_jsonable as _from_json_value
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.report import activation_words, count, fmt_percent, fmt_pow, index_runs
 from gradbench.verdict import MEASURABLE_DECADES, ClipChain, acted_list, clip_record_words, countable_mean
@@ -120,6 +121,32 @@ class RecurrentDiagnosis:
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "RecurrentDiagnosis":
+        """The diagnosis :meth:`to_dict` wrote (``run --cell CELL --out x.json``'s ``"diagnosis"``):
+        arrays back as arrays (bool where they were), "nan"/"inf" back as floats; a field an older
+        file lacks takes its default."""
+        kw = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise ValueError(f"the diagnosis has no field {f.name!r}: not a RecurrentDiagnosis.to_dict()")
+                continue
+            v = _from_jsonable(d[f.name])
+            if f.name == "rnn":
+                v = dict(d[f.name])
+            if isinstance(v, list):
+                v = np.array(v, dtype=bool if f.name.endswith("clip_acted") else np.float64)
+            elif f.name in ("loss", "loss_log10", "decades_per_step", "ratio_log10", "threshold"):
+                v = float(v)
+            kw[f.name] = v
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, s: str) -> "RecurrentDiagnosis":
+        """:meth:`from_dict` of a JSON string (:meth:`to_json`)."""
+        return cls.from_dict(json.loads(s))
+
     def to_frame(self):
         """One row per time step as a pandas DataFrame (:func:`gradbench.frames.diagnosis_frame`):
         ``step`` and the per-step arrays; the other fields in ``df.attrs``."""
@@ -137,6 +164,13 @@ class RecurrentDiagnosis:
 
     def __str__(self) -> str:
         return format_report(self)
+
+
+def _from_jsonable(v):
+    """A value :func:`_jsonable` wrote, back: "nan"/"inf"/"-inf" as floats, in lists and dicts."""
+    if isinstance(v, dict):
+        return {k: _from_jsonable(x) for k, x in v.items()}
+    return _from_json_value(v)
 
 
 def _jsonable(v):
