@@ -453,12 +453,25 @@ def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=N
     return fig
 
 
+#: Panels (heat maps and the scatter) a new figure puts in one row; more wrap into rows of this
+#: many (32 panels in one row made an image 21,563 pixels wide).
+MAX_PANELS_A_ROW = 4
+
+
 def _axes(ax, n_groups: int) -> list:
-    """The Axes to draw on: given (one per heat map, then the scatter), or a new figure's row."""
+    """The Axes to draw on: given (one per heat map, then the scatter), or a new figure's row (rows
+    of :data:`MAX_PANELS_A_ROW` where there are more panels; the spare places of the last row stay
+    empty)."""
     if ax is None:
-        fig = Figure(figsize=(5.4 * n_groups + 5.8, 6.0), layout="constrained")
+        n = n_groups + 1
+        cols = min(n, MAX_PANELS_A_ROW)
+        rows = -(-n // cols)
+        fig = Figure(figsize=(5.4 * (cols - 1) + 5.8, 6.0 * rows), layout="constrained")
         fig.get_layout_engine().set(w_pad=0.08, wspace=0.06)
-        return list(fig.subplots(1, n_groups + 1, squeeze=False)[0])
+        grid = list(fig.subplots(rows, cols, squeeze=False).ravel())
+        for spare in grid[n:]:
+            fig.delaxes(spare)
+        return grid[:n]
     axes = [ax] if not isinstance(ax, Sequence) and not isinstance(ax, np.ndarray) else list(np.ravel(ax))
     if len(axes) not in (n_groups, n_groups + 1):
         raise ValueError(f"ax: {len(axes)} Axes given, the table needs {n_groups} heat map(s) "

@@ -1116,3 +1116,24 @@ def test_sweep_sizes_beyond_the_machine_are_usage_errors(argv, needle, capsys, t
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "sw").exists()
+
+
+def test_phase_diagram_of_many_panels_wraps_into_rows(tmp_path):
+    """A sweep varying several fields drew its 32 panels in one row, an image 21,563 pixels wide (a
+    reviewer's finding): a new figure holds at most MAX_PANELS_A_ROW panels a row, every heat map
+    and the scatter are drawn, and no empty axes are left."""
+    from gradbench.plot_sweep import MAX_PANELS_A_ROW, phase_diagram
+
+    acts = ("tanh", "relu", "sigmoid", "elu", "selu", "gelu", "swish")
+    fig = phase_diagram(_synthetic_table(acts), path=tmp_path / "many.png")
+    heat = [a for a in fig.axes if a.get_title().startswith("activation = ")]
+    assert sorted(a.get_title() for a in heat) == sorted(f"activation = {a}" for a in acts)
+    panels = heat + [a for a in fig.axes if any(ln.get_label() == "measured = predicted" for ln in a.lines)]
+    assert len(panels) == len(acts) + 1
+    width, height = fig.get_size_inches()
+    assert width <= 5.4 * (MAX_PANELS_A_ROW - 1) + 5.8 and height == 6.0 * 2
+    lefts = sorted({round(a.get_position().x0, 3) for a in panels})
+    assert len(lefts) == MAX_PANELS_A_ROW  # four columns, two rows
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "many.png").shape[1] < 3000
