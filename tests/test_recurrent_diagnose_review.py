@@ -269,3 +269,27 @@ def test_only_the_initial_states_gradient_non_finite_is_named_so(backend):
     text = str(gb.diagnose(res))
     assert "step -1" not in text
     assert "non-finite only at the initial state: dL/dh_{-1}" in " ".join(text.split())
+
+
+def test_samples_lost_on_the_way_back_are_counted_and_named():
+    """A GELU cell at gain 10 (300 steps, hidden 3, batch 3; a reviewer's finding): one exponent per
+    step for the batch flushes a sample more than 2^-1074 below the batch's largest, and nothing said
+    so (the stacks count such samples). Samples 0 and 2 reach the initial state as exactly 0 in the
+    batch, while each alone has a non-zero dL/dh_0 (10^-30984, 10^-25339): they were flushed, not
+    dead. The result counts them and the diagnosis names them with the remedy; the batch's norm at
+    step 0 (the largest sample's) is mpmath's; a batch of 1 has nothing to say."""
+    from tests.naive_mp import rnn_chain
+
+    rnn = gb.Recurrent(cell="rnn", activation="gelu", recurrent_init="orthogonal", sigma_w=10.0, steps=300, hidden=3)
+    p, xs = gb.init_params(rnn, 2), gb.sequence_input(rnn, 3, 2)
+    res = gb.backprop(rnn, p, xs)
+    zero_rows = ~np.logical_or.reduce(res.h0_grad.mantissa, axis=1)
+    alone = [gb.backprop(rnn, p, np.ascontiguousarray(xs[:, i:i + 1])) for i in range(3)]
+    flushed = [i for i in range(3) if zero_rows[i] and np.isfinite(alone[i].signal_norm.log10()[0])]
+    assert flushed == [0, 2] and res.extras["lost_samples"] == 2
+    assert all(a.extras["lost_samples"] == 0 for a in alone)
+    _, gh, _ = rnn_chain("gelu", rnn.act_param, p.W_ih, p.W_hh, p.b_ih + p.b_hh, xs)
+    assert res.signal_norm.log10()[0] == pytest.approx(gh[0], abs=1e-9)
+    text = " ".join(str(gb.diagnose(res)).split())
+    assert "2 of 3 samples lose their gradient on the way back" in text and "(batch 1)" in text
+    assert "lose their gradient" not in str(gb.diagnose(alone[0]))

@@ -233,6 +233,21 @@ def _changes(s: np.ndarray, per_step: float) -> dict:
     return {k: float(v) for k, v in out.items() if math.isfinite(v)}
 
 
+def lost_words(rnn, res) -> list[str]:
+    """The samples whose backward state reached the initial state as exactly 0 though it was not
+    at the last step (``extras["lost_samples"]``), with the remedy."""
+    lost = int((getattr(res, "extras", None) or {}).get("lost_samples") or 0)
+    if not lost:
+        return []
+    B = res.h0_grad.mantissa.shape[0]
+    dead = "dead units (z <= 0), or " if rnn.cell == "rnn" and rnn.act in ("relu", "leaky_relu") else ""
+    return [f"{lost} of {B} samples {'loses its' if lost == 1 else 'lose their'} gradient on the way back (non-zero at the last "
+            f"step, exactly 0 at the initial state): {dead}the batch shares one exponent per step, so a sample more than "
+            "2^-1074 below the batch's largest at some step is flushed there, and from there back the norms follow "
+            "the other samples and can be far from the batch's true ones: run such samples one at a time (batch 1) "
+            "for their exact chain"]
+
+
 def nonfinite_words(res) -> list[str]:
     """Where the forward state and the backward signal first turned non-finite, in words; step
     -1 of the backward is the initial state's gradient dL/dh_{-1} (``h0_grad``: the last product,
@@ -554,7 +569,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     if sat > 0.1:
         words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (|phi'| < 1 % of its largest value)")
     words += _state_underflow_words(rnn, res)
-    words += nonfinite_words(res)
+    words += nonfinite_words(res) + lost_words(rnn, res)
     limits = float_limits(s)
     words += _limit_words(s, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||")
     return RecurrentDiagnosis(

@@ -512,8 +512,22 @@ def _top(run: _Run) -> None:
         G, GC = np.ascontiguousarray(g[:B]), np.ascontiguousarray(g[B:])
     run.G, run.GC = G, GC
     run.sig_e[T] = e
+    run.live_top = np.logical_or.reduce(G, axis=1)  # samples with a gradient at the top (lost_samples)
     if not np.all(np.isfinite(g)):
         run.info[abi.INFO_BACKWARD] = T
+
+
+def _lost_samples(run: _Run) -> int | None:
+    """Samples whose backward state is non-zero at the top and exactly zero at the initial state
+    (dL/dh_{-1} and the LSTM's dL/dc_{-1}): dead units, or a signal more than 2^-1074 below the
+    batch's largest at some step (one exponent per step for the batch: the norms below follow the
+    other samples). None with a loss at every step, whose gradients enter at every step."""
+    if run.rnn.has_head and run.rnn.loss_on == "every":
+        return None
+    alive = np.logical_or.reduce(run.G, axis=1)
+    if run.GC is not None:
+        alive |= np.logical_or.reduce(run.GC, axis=1)
+    return int(np.count_nonzero(run.live_top & ~alive))
 
 
 def _backward(run: _Run, inject: bool = True) -> None:
@@ -643,7 +657,7 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
         first_nonfinite_backward=None if fbwd < 0 else fbwd - 1,
         forward_rescaled=run.rescale,
         extras=dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), memory_estimate=run.plan.estimate,
-                    seconds=run.seconds, weights=run.params.origin, **({"carried_cell_signal_norm": run.carried_norms[2]}
+                    seconds=run.seconds, weights=run.params.origin, lost_samples=_lost_samples(run), **({"carried_cell_signal_norm": run.carried_norms[2]}
                                             if run.carried_norms and lstm else {})),
         carried_signal_norm=run.carried_norms[0] if run.carried_norms else None,
         carried_grad_norm=run.carried_norms[1] if run.carried_norms else None,
