@@ -315,7 +315,18 @@ def _top(run: _Run, targets):
         run.info[abi.INFO_BACKWARD] = L
     run.G = G
     run.live_top = _rows_nonzero(G)  # samples with a gradient at the top (lost_samples)
+    run.forward_lost = _forward_lost(stack, run.x, hL)
     return loss, loss_exact, head_grads
+
+
+def _forward_lost(stack: Stack, x: np.ndarray, hL: np.ndarray) -> int:
+    """Samples whose top activations are exactly 0 though their input is not, in a batch: one
+    exponent per layer for the batch flushes a sample more than 2^-1074 below the batch's largest
+    (its own chain is tiny, not 0, and can end far above the others'). Not counted where a row of
+    zeros is a true value: units dead below zero (ReLU), batch norm."""
+    if len(x) < 2 or stack.dead_below_zero or stack.batch_norm:
+        return 0
+    return int(np.count_nonzero(_rows_nonzero(x) & ~_rows_nonzero(hL)))
 
 
 def _backward(run: _Run) -> None:
@@ -484,6 +495,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     extras = dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), stats_only=run.plan.stats_only,
                   generated=run.plan.generated, weights_kept=run.plan.keep_weights,
                   memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost,
+                  forward_lost_samples=run.forward_lost,
                   weights_probe=weights_probe(run.params), weights=getattr(run.params, "origin", None),
                   weight_log10_sampled=sampled_weight_log10(run.params))
     if param_clip_acted is not None:  # whether clipping changed a parameter gradient of this pass

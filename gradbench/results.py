@@ -87,7 +87,10 @@ class Result:
         ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and
         exactly zero at the input (dead units, or a signal more than 2^-1074 below the batch's
         largest at some layer: the chain carries one exponent per layer, so below that point
-        the norms follow the other samples; the diagnosis says so).
+        the norms follow the other samples; the diagnosis says so); ``forward_lost_samples``:
+        samples of a batch whose top activations are exactly 0 though their input is not (the
+        forward shares one exponent per layer too: flushed on the way up; not counted for ReLU
+        stacks, whose dead units give true zeros, nor under batch norm).
     grad_hist : GradHistogram or None
         Histograms of log10 |dW_l| (``stats_only=True`` runs; otherwise ``None``: use
         ``gradbench.diagnose`` on ``grads``).

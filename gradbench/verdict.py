@@ -969,6 +969,14 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
                          "their exact chain")
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
     zf = forward_zeros(stack.activation, std)
+    flat = int((getattr(res, "extras", None) or {}).get("forward_lost_samples") or 0)
+    if flat and not zf.size:  # (a layer of zeros says it below)
+        B = res.input_grad.mantissa.shape[0]
+        words.append(f"{flat} of {B} samples {'reaches' if flat == 1 else 'reach'} the top with activations exactly 0 "
+                     "though the input is not 0: the batch shares one exponent per layer, so a sample more than "
+                     "2^-1074 below the batch's largest at some layer is flushed to 0 there, though its own chain is "
+                     "tiny, not 0, and can end far above the others' (the loss and every norm then follow the others): "
+                     "run the samples one at a time (batch 1) for their exact chains")
     if zf.size:
         batch = res.input_grad.mantissa.shape[0]
         flushed = (f", or, in a batch of {batch}, flushed: the batch shares one exponent per layer, so a sample "

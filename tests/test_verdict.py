@@ -1051,3 +1051,26 @@ def test_a_sample_flushed_by_the_batchs_shared_exponent_is_named_with_the_remedy
     assert alone.loss_exact.log10() == pytest.approx(true_loss, abs=1e-6)
     one = " ".join(gb.diagnose(gb.backprop(st, p, np.ascontiguousarray(x[:1])), p).explanation.split())
     assert "exactly 0" in one and "flushed" not in one and "batch 1" not in one
+
+
+def test_a_sample_flushed_in_the_forward_pass_is_counted_and_named():
+    """Zero-bias GELU at sigma_w = 20, depth 40, width 3 (a reviewer's case), batch 2: the run reads a
+    loss of 10^-3.07e16, sample 0's alone; mpmath's chain gives 10^-2564.58, sample 1's, which the
+    batch's shared exponent flushed to 0 on the way up (sample 1 alone gives it exactly). The result
+    counts it (extras["forward_lost_samples"]) and the diagnosis names it with the remedy; a batch
+    of 1 and a ReLU stack (dead units are true zeros) count none."""
+    from tests import naive_mp
+
+    st = gb.Stack(depth=40, width=3, activation="gelu", sigma_w=20.0, init="normal")
+    p = gb.init_params(st, 3)
+    x = gb.gaussian_input(st, 2, 103)
+    true_loss = float(naive_mp.chain("gelu", 0.0, p.W, x)[0])
+    res = gb.backprop(st, p, x)
+    assert true_loss == pytest.approx(-2564.5758714514, abs=1e-6) and res.loss_exact.log10() < -1e16
+    assert gb.backprop(st, p, np.ascontiguousarray(x[1:])).loss_exact.log10() == pytest.approx(true_loss, abs=1e-6)
+    assert res.extras["forward_lost_samples"] == 1
+    text = " ".join(gb.diagnose(res, p).explanation.split())
+    assert "1 of 2 samples reaches the top with activations exactly 0" in text and "(batch 1)" in text
+    assert gb.backprop(st, p, np.ascontiguousarray(x[1:])).extras["forward_lost_samples"] == 0
+    relu = gb.Stack(depth=40, width=3, activation="relu", sigma_w=0.3, init="normal")
+    assert gb.backprop(relu, gb.init_params(relu, 0), gb.gaussian_input(relu, 8, 1)).extras["forward_lost_samples"] == 0
