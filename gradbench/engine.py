@@ -32,7 +32,7 @@ from gradbench.histograms import (DEFAULT_BINS, DEFAULT_PER_DECADE, MAX_BINS, MA
 from gradbench.inputs import check_inputs, check_progress
 from gradbench.logscaled import LogScaled
 from gradbench.loss import head_loss, top_signal
-from gradbench.params import GeneratedParams, Params, sampled_weight_log10, weights_probe
+from gradbench.params import GeneratedParams, Params, probe_and_size
 from gradbench.plan import Plan, available_memory, plan_run
 from gradbench.results import Grads, Result
 from gradbench.spec import RELU_FAMILY, Stack
@@ -492,12 +492,12 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     # samples whose signal was non-zero at the top and is exactly zero at the input: dead units, or
     # more than 2^-1074 below the batch's largest (one exponent per layer; verdict._findings)
     lost = int(np.count_nonzero(run.live_top & ~_rows_nonzero(G)))
+    probe, size = probe_and_size(run.params)
     extras = dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), stats_only=run.plan.stats_only,
                   generated=run.plan.generated, weights_kept=run.plan.keep_weights,
                   memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost,
                   forward_lost_samples=run.forward_lost,
-                  weights_probe=weights_probe(run.params), weights=getattr(run.params, "origin", None),
-                  weight_log10_sampled=sampled_weight_log10(run.params))
+                  weights_probe=probe, weights=getattr(run.params, "origin", None), weight_log10_sampled=size)
     if param_clip_acted is not None:  # whether clipping changed a parameter gradient of this pass
         extras["param_clip_acted"] = param_clip_acted
     run.tick(run.work)

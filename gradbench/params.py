@@ -431,10 +431,35 @@ def weights_probe(params) -> np.ndarray | int:
     weights. It tells another seed's weights, and weights changed in place in any of those rows
     (a layer rescaled, a column changed, every row but the first); a change confined to other
     rows goes unseen (checking every entry would cost a pass over all of W each call)."""
+    return probe_and_size(params)[0]
+
+
+def probe_and_size(params) -> tuple[np.ndarray | int, np.ndarray | None]:
+    """:func:`weights_probe` and :func:`sampled_weight_log10` from one gather of the probe's rows
+    (the engine takes both at every call: apart, the size cost 13.7 ms a call at L = 10^4, N = 64,
+    and 23 us at L = 10, N = 16, 4-8 % of those calls)."""
     if isinstance(params, GeneratedParams):
-        return int(params.seed)
+        return int(params.seed), None
     W = np.asarray(params.W)
-    return W[:, _probe_rows(W.shape[1]), :].sum(axis=2, dtype=np.float64)
+    rows = W[:, _probe_rows(W.shape[1]), :]
+    return rows.sum(axis=2, dtype=np.float64), _rows_log10(rows, W.shape[1])
+
+
+def _rows_log10(rows: np.ndarray, N: int) -> np.ndarray:
+    """log10 of sqrt(N / k) ||rows_l||_F for rows (L, k, N): the plain sum of squares in float64,
+    and where it over- or underflows (entries beyond ~1e154 or below ~1e-154) the rows scaled by
+    their largest entry first; -inf for rows of zeros."""
+    k = rows.shape[1]
+    sq = np.einsum("lkn,lkn->l", rows, rows, dtype=np.float64)
+    out = np.full(len(rows), -np.inf)
+    plain = np.isfinite(sq) & (sq >= 1e-300)
+    out[plain] = 0.5 * np.log10(sq[plain] * (N / k))
+    for l in np.flatnonzero(~plain):
+        m = float(np.max(np.abs(rows[l]), initial=0.0))
+        if m > 0:
+            scaled = (rows[l] / rows.dtype.type(m)).astype(np.float64)
+            out[l] = math.log10(m) + 0.5 * math.log10(float(np.sum(scaled * scaled)) * (N / k))
+    return out
 
 
 def initial_words(net) -> str:
@@ -475,13 +500,4 @@ def sampled_weight_log10(params) -> np.ndarray | None:
     sqrt(N) sigma_w were judged at that size). Exact for weights whose rows have one norm (the
     orthogonal init, a layer scaled as a whole); -inf for rows of zeros. None for generated
     weights, which are the init's."""
-    if isinstance(params, GeneratedParams):
-        return None
-    W = np.asarray(params.W)
-    rows = W[:, _probe_rows(W.shape[1]), :]
-    m = np.max(np.abs(rows), axis=(1, 2), initial=0.0).astype(np.float64)  # scaled first: no overflow at 1e200
-    safe = np.where(m > 0, m, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sq = np.sum((rows / safe[:, None, None].astype(rows.dtype)).astype(np.float64) ** 2, axis=(1, 2))
-        out = np.log10(safe) + 0.5 * np.log10(sq * (W.shape[1] / rows.shape[1]))
-    return np.where(m > 0, out, -np.inf)
+    return probe_and_size(params)[1]
