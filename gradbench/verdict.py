@@ -782,6 +782,14 @@ def weight_gain(stack, weight_log10=None) -> tuple[float, bool]:
     return float(10.0 ** (np.median(w) - 0.5 * math.log10(stack.width))), True
 
 
+# Why a sample of a batch reads 0 on the way up, and the remedy (verdict._findings says them for
+# samples counted at the top, extras["forward_lost_samples"], and for layers of zeros)
+FLUSHED_FORWARD = ("the batch shares one exponent per layer, so a sample more than 2^-1074 below the batch's largest "
+                   "at some layer is flushed to 0 there, though its own chain is tiny, not 0, and can end far above "
+                   "the others' (a sample that falls behind early can end above one that collapses later)")
+ONE_AT_A_TIME = "run the samples one at a time (batch 1) for their exact chains"
+
+
 def _sigmoid_rate(gain: float, sigma_b: float) -> float:
     """Mean field's rate of ||dL/dh_l|| (decades per layer, going down) of a sigmoid stack at
     weight gain ``gain`` and bias spread ``sigma_b``; NaN where it has none."""
@@ -973,16 +981,11 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
     if flat and not zf.size:  # (a layer of zeros says it below)
         B = res.input_grad.mantissa.shape[0]
         words.append(f"{flat} of {B} samples {'reaches' if flat == 1 else 'reach'} the top with activations exactly 0 "
-                     "though the input is not 0: the batch shares one exponent per layer, so a sample more than "
-                     "2^-1074 below the batch's largest at some layer is flushed to 0 there, though its own chain is "
-                     "tiny, not 0, and can end far above the others' (the loss and every norm then follow the others): "
-                     "run the samples one at a time (batch 1) for their exact chains")
+                     f"though the input is not 0: {FLUSHED_FORWARD} (the loss and every norm then follow the others): "
+                     f"{ONE_AT_A_TIME}")
     if zf.size:
         batch = res.input_grad.mantissa.shape[0]
-        flushed = (f", or, in a batch of {batch}, flushed: the batch shares one exponent per layer, so a sample "
-                   "more than 2^-1074 below the batch's largest at some layer reads 0 from there, though its own "
-                   "chain may be far larger (a sample that falls behind early can end above one that collapses "
-                   "later): run the samples one at a time (batch 1) for their exact chains") if batch > 1 else ""
+        flushed = f", or, in a batch of {batch}, flushed: {FLUSHED_FORWARD}: {ONE_AT_A_TIME}" if batch > 1 else ""
         words.append(f"the forward activations of layer{'s' if zf.size > 1 else ''} {_layers(zf)} are exactly 0: "
                      f"every unit's {stack.activation}(z) is 0 or lies below 2^(-2^62) "
                      f"({PHI_UNDERFLOW[stack.activation]}), beyond any int64 exponent{flushed}; "
