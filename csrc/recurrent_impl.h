@@ -643,6 +643,56 @@ static int F(gb_input_projection)(const gb_opts *opts, F(gb_rteam) *tm, REAL *U,
     return GB_OK;
 }
 
+/* ------------------------------------------------------------------ a step's rows on the team */
+/* One step's element-wise work, rows [r0, r1) of the batch (a thread's share of B, gb_rrows):
+ * the loops of the cells' bodies, row by row, so that a row's values do not depend
+ * on who computes it. Arrays of the step (B rows): Z (B,GN) pre-activations, P (B,GN) the GRU's
+ * h W_hh^T, ga/gda (B,GN) gate values and derivatives, h/hp (B,N) h_t and h_{t-1}, hn (B,N) the
+ * GRU's h W_hn^T + b_hn, c/cp (B,N) c_t and c_{t-1}, tc/dtc (B,N) tanh(c_t) and tanh'(c_t) (the
+ * LSTM backward leaves its total dL/dc_t in dtc), g (B,N) dL/dh_t (then the part carried to
+ * h_{t-1}), gc (B,N) the LSTM's part of dL/dc_t carried through c_{t+1} (then to c_{t-1}), dz and
+ * dzh (B,GN) the backward's rows for W_ih and for W_hh. The vanilla cell (GN = N): act and p its
+ * phi; the forward's Z z_t and P h_{t-1} W_hh^T where it rescales (z = su z + sp P, or by du and
+ * dp where a factor is not a normal number), then phi'(z_t); thr the saturation threshold and
+ * nsat (B,) each row's count below it; the backward's ga/gda phi and phi' recomputed from Z,
+ * dz = g phi', rmax (B,) each row's max|dz| (NaN ignored). Each function takes rows [r0, r1). */
+typedef struct {
+    int64_t B, N;
+    REAL *Z, *P, *ga, *gda, *h, *hn, *c, *tc, *dtc, *g, *gc, *dz, *dzh, *rmax;
+    const REAL *hp, *cp, *bias;
+    int64_t *nsat;
+    int act, rescale, du, dp;
+    REAL p, su, sp;
+    double thr;
+} F(gb_rstep);
+
+/* a step's rows [r0, r1) of one of the row functions below, and thread tid's share of the B rows */
+typedef void (*F(gb_rrowfn))(const F(gb_rstep) *st, int64_t r0, int64_t r1);
+typedef struct {
+    const F(gb_rstep) *st;
+    F(gb_rrowfn) fn;
+} F(gb_rrowjob);
+
+static void F(gb_rrows_share)(void *ctx, int tid, int nth) {
+    const F(gb_rrowjob) *j = ctx;
+    j->fn(j->st, F(gb_rshare)(j->st->B, tid, nth), F(gb_rshare)(j->st->B, tid + 1, nth));
+}
+
+/* a step's rows on the team where each thread gets GB_RROWS_MIN of them at least, else on thread 0.
+ * No bound on the work besides the team's own (B N GN, gradbench/recurrent/cbackend.py): the
+ * vanilla cell's rows, the least work a row, measured on two threads, the team's rows against
+ * thread 0's (ms, alternating processes, pairs where the team did not go solo): N = 256, B = 4,
+ * T = 1000 (1024 values a step) 38.7 / 39.2; N = 128, B = 16, T = 400 19.8, 20.3 / 21.6, 21.6;
+ * N = 64, B = 64, T = 100 9.4-10.0 / 9.3-10.3 (three pairs). */
+#define GB_RROWS_MIN 2
+static void F(gb_rrows)(F(gb_rteam) *tm, F(gb_rrowfn) fn, const F(gb_rstep) *st) {
+    F(gb_rrowjob) j = {.st = st, .fn = fn};
+    if (tm && tm->bar && st->B >= GB_RROWS_MIN * tm->nth)
+        F(gb_rrun_fn)(tm, F(gb_rrows_share), &j);
+    else
+        fn(st, 0, st->B);
+}
+
 /* ------------------------------------------------------------------ the vanilla cell */
 /* h = phi(z), da = phi'(z): the forward's h and the backward's phi', the same bits in both. */
 static void F(gb_rnn_activation)(REAL *h, REAL *da, const REAL *z, int64_t n, int act, REAL p) {
@@ -656,6 +706,48 @@ static void F(gb_rnn_activation)(REAL *h, REAL *da, const REAL *z, int64_t n, in
             h[i] = FP(gb_phi)(zi, act, p);
             da[i] = FP(gb_dphi)(zi, act, p);
         }
+    }
+}
+
+/* The vanilla forward's rows: z_t (rescaled: from 2^-e U_t and 2^(fexp - e) h_{t-1} W_hh^T),
+ * h = phi(z), phi'(z) and the row's count of |phi'| < thr (summed on thread 0: integers, any
+ * order). Row by row, the same bits as the whole B N array at once (gates.h: a row's tail takes
+ * the same 8-lane code; phi, phi' are per element). */
+static void F(gb_rnn_forward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r1) {
+    const int64_t N = st->N;
+    const REAL su = st->su, sp = st->sp; /* locals: a store to z may alias a REAL member */
+    const int du = st->du, dp = st->dp;
+    const double thr = st->thr;
+    for (int64_t r = r0; r < r1; r++) {
+        REAL *z = st->Z + r * N, *zb = st->P + r * N;
+        if (st->rescale) { /* one of du, dp is 0 */
+            if (su != 0 && sp != 0) {
+                for (int64_t j = 0; j < N; j++) z[j] = z[j] * su + zb[j] * sp;
+            } else {
+                for (int64_t j = 0; j < N; j++) z[j] = TLDEXP(z[j], du) + TLDEXP(zb[j], dp);
+            }
+        }
+        F(gb_rnn_activation)(st->h + r * N, zb, z, N, st->act, st->p); /* zb: phi'(z) */
+        int64_t nsat = 0;
+        for (int64_t j = 0; j < N; j++) nsat += fabs((double)zb[j]) < thr;
+        st->nsat[r] = nsat;
+    }
+}
+
+/* The vanilla backward's rows: phi' recomputed from z_t (ga: phi, unused), dz = g phi', the
+ * row's max|dz| (NaN ignored: the maximum of the rows' maxima is the whole array's, whatever
+ * the order) */
+static void F(gb_rnn_backward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r1) {
+    const int64_t N = st->N;
+    for (int64_t r = r0; r < r1; r++) {
+        const REAL *da = st->gda + r * N, *g = st->g + r * N;
+        REAL *dz = st->dz + r * N, m = 0;
+        F(gb_rnn_activation)(st->ga + r * N, st->gda + r * N, st->Z + r * N, N, st->act, st->p);
+        for (int64_t j = 0; j < N; j++) {
+            dz[j] = g[j] * da[j];
+            m = TFABS(dz[j]) > m ? TFABS(dz[j]) : m;
+        }
+        st->rmax[r] = m;
     }
 }
 
@@ -691,10 +783,12 @@ static int F(gb_rnn_forward_body)(const gb_recurrent_arrays *a, const gb_opts *o
     int64_t *fexp = a->fexp, *info = a->info;
     const F(gb_rmm) mm = {.gemm = opts ? opts->GEMM_FIELD : NULL, .own = F(gb_use_own)(opts, N), .tm = tm};
     REAL *bias = F(gb_ralloc)(sizeof(REAL) * (size_t)N), *zb = F(gb_ralloc)(sizeof(REAL) * (size_t)BN);
+    int64_t *nsat = F(gb_ralloc)(sizeof(int64_t) * (size_t)B); /* each row's saturated count */
     REAL *WT = F(gb_rpacked)(W_hh, N, N, 1, mm.own, &rc);
-    if (!bias || !zb || rc) {
+    if (!bias || !zb || !nsat || rc) {
         free(bias);
         free(zb);
+        free(nsat);
         free(WT);
         return GB_ENOMEM;
     }
@@ -704,29 +798,29 @@ static int F(gb_rnn_forward_body)(const gb_recurrent_arrays *a, const gb_opts *o
     for (int64_t t = 0; t < T_ && rc == GB_OK; t++) {
         REAL *hp = H + t * BN, *h = H + (t + 1) * BN, *z = Z + t * BN;
         int64_t e = fexp[t];
+        F(gb_rstep) st = {.B = B, .N = N, .Z = z, .P = zb, .h = h, .nsat = nsat, .act = act, .p = p, .thr = thr,
+                          .rescale = rescale};
         if (rescale) { /* z = 2^-e U_t + 2^(fexp - e) h_{t-1} W_hh^T, e = max(0, fexp) */
             F(gb_rows_times_wT)(&mm, zb, hp, W_hh, WT, B, N, N, 0);
             e = GB_MAX(0, fexp[t]);
-            const int du = gb_clamp_exp(-e), dp = gb_clamp_exp(fexp[t] - e);
-            const REAL su = F(gb_pow2)(du), sp = F(gb_pow2)(dp); /* one of du, dp is 0 */
-            if (su != 0 && sp != 0) {
-                for (int64_t i = 0; i < BN; i++) z[i] = z[i] * su + zb[i] * sp;
-            } else {
-                for (int64_t i = 0; i < BN; i++) z[i] = TLDEXP(z[i], du) + TLDEXP(zb[i], dp);
-            }
+            st.du = gb_clamp_exp(-e); /* one of du, dp is 0 */
+            st.dp = gb_clamp_exp(fexp[t] - e);
+            st.su = F(gb_pow2)(st.du);
+            st.sp = F(gb_pow2)(st.dp);
         } else {
             F(gb_rows_times_wT)(&mm, z, hp, W_hh, WT, B, N, N, 1);
         }
-        F(gb_rnn_activation)(h, zb, z, BN, act, p); /* zb: phi'(z), for the saturated fraction */
-        int64_t nsat = 0;
-        for (int64_t i = 0; i < BN; i++) nsat += fabs((double)zb[i]) < thr;
+        F(gb_rrows)(tm, F(gb_rnn_forward_rows), &st); /* zb: phi'(z), for the saturated fraction */
+        int64_t nsat_all = 0;
+        for (int64_t r = 0; r < B; r++) nsat_all += nsat[r];
         fexp[t + 1] = e + (rescale ? F(gb_rnormalise)(h, BN) : 0);
-        a->saturation[t] = (double)nsat / (double)BN;
+        a->saturation[t] = (double)nsat_all / (double)BN;
         a->gate_mean[t] = a->gate_low[t] = NAN;
         F(gb_record_forward)(h, t, B, N, a->act_mean, a->act_std, info);
     }
     free(bias);
     free(zb);
+    free(nsat);
     free(WT);
     return rc;
 }
@@ -743,19 +837,6 @@ static void F(gb_gates_row)(REAL *a, REAL *da, const REAL *z, int64_t N, int G) 
     if (G == 4) FP(gb_sigmoid_grad)(a + 3 * N, da + 3 * N, z + 3 * N, N);
 }
 
-/* One step's element-wise work on the gates, rows [r0, r1) of the batch (a thread's share of B,
- * gb_rrows): the loops of the bodies below, row by row, so that a row's values do not depend
- * on who computes it. Arrays of the step (B rows): Z (B,GN) pre-activations, P (B,GN) the GRU's
- * h W_hh^T, ga/gda (B,GN) gate values and derivatives, h/hp (B,N) h_t and h_{t-1}, hn (B,N) the
- * GRU's h W_hn^T + b_hn, c/cp (B,N) c_t and c_{t-1}, tc/dtc (B,N) tanh(c_t) and tanh'(c_t) (the
- * LSTM backward leaves its total dL/dc_t in dtc), g (B,N) dL/dh_t (then the part carried to
- * h_{t-1}), gc (B,N) the LSTM's part of dL/dc_t carried through c_{t+1} (then to c_{t-1}), dz and
- * dzh (B,GN) the backward's rows for W_ih and for W_hh. Each function takes rows [r0, r1). */
-typedef struct {
-    int64_t B, N;
-    REAL *Z, *P, *ga, *gda, *h, *hn, *c, *tc, *dtc, *g, *gc, *dz, *dzh;
-    const REAL *hp, *cp, *bias;
-} F(gb_rstep);
 
 
 /* GRU forward: z_r, z_z += P; hn = P_n + b_hn; r, z; z_n += r hn; n; h = (1 - z) n + z h_{t-1} */
@@ -836,27 +917,6 @@ static void F(gb_gru_backward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r
     }
 }
 
-/* a step's rows [r0, r1) of one of the functions above, and thread tid's share of the B rows */
-typedef void (*F(gb_rrowfn))(const F(gb_rstep) *st, int64_t r0, int64_t r1);
-typedef struct {
-    const F(gb_rstep) *st;
-    F(gb_rrowfn) fn;
-} F(gb_rrowjob);
-
-static void F(gb_rrows_share)(void *ctx, int tid, int nth) {
-    const F(gb_rrowjob) *j = ctx;
-    j->fn(j->st, F(gb_rshare)(j->st->B, tid, nth), F(gb_rshare)(j->st->B, tid + 1, nth));
-}
-
-/* a step's rows on the team where each thread gets GB_RROWS_MIN of them at least, else on thread 0 */
-#define GB_RROWS_MIN 2
-static void F(gb_rrows)(F(gb_rteam) *tm, F(gb_rrowfn) fn, const F(gb_rstep) *st) {
-    F(gb_rrowjob) j = {.st = st, .fn = fn};
-    if (tm && tm->bar && st->B >= GB_RROWS_MIN * tm->nth)
-        F(gb_rrun_fn)(tm, F(gb_rrows_share), &j);
-    else
-        fn(st, 0, st->B);
-}
 
 static int F(gb_lstm_forward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
     int rc = GB_OK;
@@ -1065,9 +1125,10 @@ static int F(gb_rnn_backward_body)(const gb_recurrent_arrays *a, const gb_opts *
     const int rescale = a->icfg[GB_RI_RESCALE_FWD] != 0;
     F(gb_rctx) cx;
     rc = F(gb_rctx_init)(&cx, opts, tm, a, rescale);
-    if (rc) {
+    REAL *rmax = rc ? NULL : F(gb_ralloc)(sizeof(REAL) * (size_t)B); /* each row's max|dz| */
+    if (rc || !rmax) {
         F(gb_rctx_free)(&cx);
-        return rc;
+        return rc ? rc : GB_ENOMEM;
     }
     a->info[GB_INFO_BACKWARD] = -1;
     F(gb_state_in)(&cx, a, 0);
@@ -1077,12 +1138,11 @@ static int F(gb_rnn_backward_body)(const gb_recurrent_arrays *a, const gb_opts *
         const int64_t k = t % cx.K;
         const REAL *z = ((REAL *)a->Z) + t * BN;
         REAL *dz = cx.zx + k * BN;
-        F(gb_rnn_activation)(cx.ga, cx.gda, z, BN, act, (REAL)a->fcfg[GB_RF_ACT_PARAM]); /* ga: unused phi(z) */
+        const F(gb_rstep) st = {.B = B, .N = N, .Z = (REAL *)z, .ga = cx.ga, .gda = cx.gda, .g = cx.gg, .dz = dz,
+                                .rmax = rmax, .act = act, .p = (REAL)a->fcfg[GB_RF_ACT_PARAM]};
+        F(gb_rrows)(tm, F(gb_rnn_backward_rows), &st); /* ga: unused phi(z) */
         REAL m = 0; /* max|dz|, NaN ignored */
-        for (int64_t i = 0; i < BN; i++) {
-            dz[i] = cx.gg[i] * cx.gda[i];
-            m = TFABS(dz[i]) > m ? TFABS(dz[i]) : m;
-        }
+        for (int64_t r = 0; r < B; r++) m = rmax[r] > m ? rmax[r] : m;
         const int rescue = rescue_act && (double)m < GB_RESCUE_BELOW(sizeof(REAL) == sizeof(float));
         const int64_t e = a->sig_e[t + 1] + (rescue ? F(gb_rnn_rescue)(dz, cx.gg, z, BN, act, a->fcfg[GB_RF_ACT_PARAM]) : 0);
         if (rescale) memcpy(cx.zh + k * BN, dz, sizeof(REAL) * (size_t)BN); /* scaled at the flush */
@@ -1092,6 +1152,7 @@ static int F(gb_rnn_backward_body)(const gb_recurrent_arrays *a, const gb_opts *
     }
     F(gb_state_out)(&cx, a, 0);
     F(gb_rctx_free)(&cx);
+    free(rmax);
     return GB_OK;
 }
 

@@ -86,6 +86,40 @@ def test_gate_rows_and_gram_on_the_team_keep_the_bits(cell, batch):
         _assert_same_bits(_run(rnn, params, xs, _opts(n)), one, f"{n} threads, batch {batch}")
 
 
+@pytest.mark.parametrize("batch", [1, 2, 13])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu"])
+def test_vanilla_rows_on_the_team_keep_the_bits(activation, batch):
+    """The vanilla cell's step rows on the team (phi, phi', the saturated count; the backward's
+    dz and each row's max|dz|): tanh (the 8-lane gates.h code, a row's tail of 24 = 3 x 8: none;
+    N = 21 below: a tail of 5), ReLU (the rescaled forward) and GELU (phi per element), B = 13 on
+    2 and 3 threads (shares of 6/7 and 4/4/5), B = 2 and 1 (thread 0 alone): the one thread's bits."""
+    for hidden in (24, 21):
+        rnn = gb.Recurrent(cell="rnn", steps=12, input_dim=3, sigma_b=0.2, hidden=hidden, activation=activation)
+        params, xs, _ = problem(rnn, batch)
+        one = _run(rnn, params, xs, _opts(1))
+        for n in (2, 3):
+            _assert_same_bits(_run(rnn, params, xs, _opts(n)), one, f"{n} threads, N {hidden}, batch {batch}")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_vanilla_rows_rescued_and_non_finite_keep_the_bits(dtype):
+    """A saturated tanh cell (sigma_w = 3000: every step's dz below the rescue's bound, taken in log
+    form on thread 0 after the team's rows) and a batch row gone NaN mid-sequence (each row's
+    max|dz| ignores it, as the whole array's did): the one thread's bits on 2 and 3 threads."""
+    rnn = gb.Recurrent(cell="rnn", steps=12, input_dim=3, hidden=24, sigma_w=3000.0, dtype=dtype)
+    params, xs, _ = problem(rnn, 13)
+    one = _run(rnn, params, xs, _opts(1))
+    assert one["bwd.sig_e"][0] < one["bwd.sig_e"][-1] - 200  # rescued: far below the dtype's range
+    for n in (2, 3):
+        _assert_same_bits(_run(rnn, params, xs, _opts(n)), one, f"{n} threads, rescued")
+    xs = xs.copy()
+    xs[4, 5, :] = np.nan
+    one = _run(rnn, params, xs, _opts(1))
+    assert np.isnan(one["fwd.H"][-1, 5]).all() and np.isfinite(one["fwd.H"][-1, 4]).all()
+    for n in (2, 3):
+        _assert_same_bits(_run(rnn, params, xs, _opts(n)), one, f"{n} threads, a NaN row")
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_bits_under_a_clip(cell):
     """A signal clip and its record on the team (tanh cells): the one thread's bits."""

@@ -51,10 +51,13 @@ BLAS_MIN_WIDTH = env_int("GRADBENCH_C_RECURRENT_BLAS_MIN_WIDTH", default_blas_mi
 BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_RECURRENT_BLAS_MIN_WIDTH_F32", default_blas_min_width(True), low=0)
 # B N GN of a step from which the own products run on several threads (csrc/recurrent_impl.h:
 # the helpers take shares of each product and, since 2026-12-05, of each step's element-wise gate
-# work and Gram matrices; the threshold was measured before, with that work on thread 0). Measured quiet on 2 CPUs, two threads against one (s): LSTM N = 64, B = 16 (2^18)
-# 0.079 / 0.090; N = 64, B = 32 0.163 / 0.187; GRU 64, B = 64 0.290 / 0.308; LSTM 128, B = 32
-# 0.113 / 0.145; N = 32, B = 32 (2^17) 0.075-0.117 / 0.081. And T B N GN of a call, as the
-# stacks' PAR_MIN_TOTAL (a team's start and end).
+# work (the vanilla cell's phi and dz too) and Gram matrices; the threshold was measured before,
+# with that work on thread 0; the vanilla cell at N = 64, B = 64, T = 100 (2^18) gains nothing
+# from the second thread, 9.4-10.2 ms on two against 9.5-10.4 on one, and was left at it).
+# Measured quiet on 2 CPUs, two threads against one (s): LSTM N = 64, B = 16 (2^18) 0.079 / 0.090;
+# N = 64, B = 32 0.163 / 0.187; GRU 64, B = 64 0.290 / 0.308; LSTM 128, B = 32 0.113 / 0.145;
+# N = 32, B = 32 (2^17) 0.075-0.117 / 0.081. And T B N GN of a call, as the stacks'
+# PAR_MIN_TOTAL (a team's start and end).
 PAR_MIN_WORK = env_int("GRADBENCH_C_RECURRENT_PAR_MIN_WORK", 1 << 18, low=0)
 PAR_MIN_TOTAL = env_int("GRADBENCH_C_RECURRENT_PAR_MIN_TOTAL", 1 << 23, low=0)
 _OPTS = make_opts(blas_min_width=BLAS_MIN_WIDTH, blas_min_width_f32=BLAS_MIN_WIDTH_F32, par_min_work=PAR_MIN_WORK,
