@@ -38,6 +38,7 @@
 #define GB_HONE 0x3FF0000000000000ull        /* 1.0 */
 #define GB_HINF 0x7FF0000000000000ull        /* the smallest non-finite |v|, as bits */
 #define GB_HABS 0x7FFFFFFFFFFFFFFFull
+#define GB_HTOP_LIMIT (0x1p63 - 0x1p40)      /* gradbench.histograms.TOP_BIN_LIMIT */
 
 /* a float64's bits and back (union punning: the loops still vectorise, as with no memcpy) */
 typedef union {
@@ -152,7 +153,7 @@ static int gb_hist_layer(const void *row, int f32, int64_t size, int64_t e, int6
         return GB_OK;
     }
     const double tf = gb_hist_bin(gb_hist_double(top_bits), shift, pd); /* log10 is monotonic: the top entry's bin */
-    if (!(fabs(tf) < 0x1p62)) return GB_EBADARG;        /* an exponent beyond any bin index */
+    if (!(fabs(tf) < GB_HTOP_LIMIT)) return GB_EBADARG; /* beyond int64 (fill_streaming names it) */
     const int64_t t = (int64_t)tf;
     *top = t;
     const double lo = (double)(t - bins + 1), last = (double)(bins - 1);

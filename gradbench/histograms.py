@@ -28,12 +28,16 @@ from gradbench.logscaled import LOG10_2
 # resolution (bins per decade).
 DEFAULT_BINS = 40
 DEFAULT_PER_DECADE = 4
-# The most of either a run takes: a window of 10^6 bins is 10^6 decades at one bin a decade, and at
-# 10^6 bins a decade a bin index stays far inside int64 at any exponent a run can reach (its C fill
-# refuses |index| >= 2^62 only after the pass; 2^31 bins passed the plan and ran out of memory in
-# the diagnosis)
+# The most of either a run takes: a window of 10^6 bins is 10^6 decades at one bin a decade (2^31
+# bins passed the plan and ran out of memory in the diagnosis)
 MAX_BINS = 10**6
 MAX_PER_DECADE = 10**6
+# The largest |top bin index| the three fills store (int64, with room below it for a layer's ~650
+# decades of entries at MAX_PER_DECADE bins a decade and its window of MAX_BINS). A run's exponents
+# reach ~2^62 (gradients near 10^-1.4e18: a zero-bias GELU stack at sigma_w = 3, depth 300, width 8,
+# batch 1), an index of ~5.6e18 at the default 4 bins a decade: inside; at 7 and more bins a decade
+# such a layer is refused by name (fill_streaming) where it had stored INT64_MIN (Numba, NumPy).
+TOP_BIN_LIMIT = 2.0**63 - 2.0**40
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,32 +162,44 @@ def fill_streaming(dW: np.ndarray, e: np.ndarray, per_decade: int, bins: int, to
             kernel(dW, np.ascontiguousarray(e, dtype=np.int64), int(per_decade), int(bins), top, counts, below,
                    zeros, nonfinite)
             return
-        except ValueError:
-            # the C fill refuses a layer whose top bin index lies beyond 2^62 (|log10 dW| beyond ~1.15e18
-            # decades at 4 bins a decade: a zero-bias GELU stack at sigma_w = 3, depth 300, width 8, batch 1
-            # reaches 10^-1.4e18), where the NumPy and Numba fills go on: that run failed on C alone
-            # ("gb_histogram_fill: bad argument"); this fill takes those layers, as the numpy backend does
-            if not _top_bin_beyond(dW, e, per_decade, 2.0**62):
-                raise
+        except ValueError:  # the compiled fills refuse a top bin beyond TOP_BIN_LIMIT: say which and why
+            _refuse_far_bins(dW, e, per_decade)
+            raise
     idx, zeros[:], nonfinite[:] = bin_rows(dW.reshape(dW.shape[0], -1), e, 0.0, per_decade)
     with np.errstate(invalid="ignore"):
         t = np.max(idx, axis=1, where=np.isfinite(idx), initial=-np.inf)
     t[~np.isfinite(t)] = 0.0
+    if not np.all(np.abs(t) < TOP_BIN_LIMIT):
+        _refuse_far_bins(dW, e, per_decade)
     top[:] = t.astype(np.int64)
     counts[:], below[:], _ = count_window(idx, t - bins + 1, bins)
 
 
-def _top_bin_beyond(dW: np.ndarray, e: np.ndarray, per_decade: int, limit: float) -> bool:
-    """Whether some layer of dW (m, ...) with exponents e (m,) has its largest non-zero finite |entry|
-    in a bin whose index, floor((log10 |v| + e log10 2) per_decade), is at least ``limit`` in
-    magnitude (only on the path where a compiled fill refused the layers: one pass over dW)."""
+def _refuse_far_bins(dW: np.ndarray, e: np.ndarray, per_decade: int) -> None:
+    """Raise the ValueError that names hist_per_decade when some layer of dW (m, ...) with exponents
+    e (m,) has its largest non-zero finite |entry| in a bin whose index, floor((log10 |v| + e log10 2)
+    per_decade), is beyond :data:`TOP_BIN_LIMIT` in magnitude (one pass over dW, on the failure
+    path only); return otherwise."""
     a = np.abs(dW.reshape(dW.shape[0], -1), dtype=np.float64)
     a[~np.isfinite(a)] = 0.0
     big = a.max(axis=1, initial=0.0)
     has = big > 0
     with np.errstate(divide="ignore"):
-        t = np.floor((np.log10(big[has]) + np.asarray(e, dtype=np.float64)[has] * LOG10_2) * per_decade)
-    return bool(np.any(np.abs(t) >= limit))
+        decades = np.log10(big[has]) + np.asarray(e, dtype=np.float64)[has] * LOG10_2
+    far = np.abs(np.floor(decades * per_decade)) >= TOP_BIN_LIMIT
+    if np.any(far):
+        x = decades[far][np.argmax(np.abs(decades[far]))]
+        raise ValueError(f"hist_per_decade={per_decade}: a layer's gradients lie near 10^{x:.4g}, whose "
+                         f"histogram bin index at {per_decade} bins a decade is beyond int64; pass "
+                         f"hist_per_decade={_finest(abs(x))} or less")
+
+
+def _finest(decades: float) -> int:
+    """The most bins a decade whose index at ``decades`` (> 0) stays below TOP_BIN_LIMIT (1 at least)."""
+    p = int(TOP_BIN_LIMIT // decades)
+    while p > 1 and math.floor(decades * p) >= TOP_BIN_LIMIT:
+        p -= 1
+    return max(p, 1)
 
 
 def checked_range(hist_range, bins: int) -> tuple[float, float]:

@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import njit
 
-from gradbench.histograms import COMPILED_FILL_BYTES
+from gradbench.histograms import COMPILED_FILL_BYTES, TOP_BIN_LIMIT
 from gradbench.logscaled import LOG10_2
 
 from ._config import JIT
@@ -41,8 +41,10 @@ TEMP_BYTES = COMPILED_FILL_BYTES["numba"]
 
 @njit(**JIT)
 def _bin(v, shift, per_decade):
-    """floor((log10 v + shift) * per_decade) for v > 0 finite (shift = e log10 2)."""
-    return math.floor((math.log10(v) + shift) * per_decade)
+    """floor((log10 v + shift) * per_decade) for v > 0 finite (shift = e log10 2), as a float64
+    (math.floor's int64 is undefined beyond 2^63, where an exponent near 2^62 takes an index at
+    7 bins a decade)."""
+    return np.floor((math.log10(v) + shift) * per_decade)
 
 
 @njit(**JIT)
@@ -86,7 +88,10 @@ def histogram_fill(dW, e, per_decade, bins, top, counts, below, zeros, nonfinite
             top[l] = 0
             continue
         word[0] = top_bits
-        t = _bin(wordf[0], shift, per_decade)  # log10 is monotonic: the top entry's bin is the top bin
+        tf = _bin(wordf[0], shift, per_decade)  # log10 is monotonic: the top entry's bin is the top bin
+        if not abs(tf) < TOP_BIN_LIMIT:
+            raise ValueError("histogram_fill: a layer's top bin index lies beyond int64")
+        t = np.int64(tf)
         top[l] = t
         lo = np.float64(t - bins + 1)
         tol = 1e-6 + 64.0 * 2.0**-52 * (abs(shift) + 340.0) * per_decade
@@ -117,8 +122,8 @@ def histogram_fill(dW, e, per_decade, bins, top, counts, below, zeros, nonfinite
                 if slot[i] == 0:
                     b = bits[i]
                     if b != 0 and b < _INF:
-                        j = _bin(x[i], shift, per_decade) - (t - bins + 1)
-                        slot[i] = min(max(j, -1), bins - 1) + 2
+                        j = _bin(x[i], shift, per_decade) - lo  # in float64, as the C fill
+                        slot[i] = np.int32(min(max(j, -1.0), bins - 1.0)) + 2
         for i in range(size):
             tally[slot[i]] += 1
         below[l] = tally[1]

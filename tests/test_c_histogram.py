@@ -293,3 +293,40 @@ def test_a_c_stats_only_run_imports_no_numba_and_gives_numpys_histograms(dtype):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fills_agree_past_2_to_the_62_and_refuse_beyond_int64_by_name(dtype):
+    """Layer exponents near 2^62 (a zero-bias GELU stack reaches gradients near 10^-1.4e18): at 4
+    bins a decade the top bin index is ~-5.6e18, past 2^62 (where the C fill refused and the NumPy
+    fill stood in) but inside int64: the three fills store the same arrays, and the top is the bin
+    of a layer of ones computed here in integer arithmetic from its exponent (to float64's
+    resolution of a log10 that large). At 7 bins a
+    decade the index passes 2^63, where Numba and NumPy stored INT64_MIN: each fill refuses with a
+    ValueError naming hist_per_decade and the finest that fits (6)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(5)
+    e = np.array([-(2**62), -(2**62) + 12345, 2**62 - 7, 17], np.int64)
+    dW = _random_layers(rng, 4, 600, dtype)
+    dW[0] = 1.0  # one layer of ones: log10 |v| + e log10 2 = e log10 2 exactly in integers below
+    bins = 40
+    want = _fill("numpy", dW, e, 4, bins, np.uint32)
+    for fill in ("numba", "c"):
+        _assert_same(_fill(fill, dW, e, 4, bins, np.uint32), want, fill)
+    # floor(-2^62 log10(2) 4) in integers (log10(2) to 40 digits), to float64's resolution there
+    # (an ulp of 5.5e18 is 1024: the bin of an exponent that large is as exact as its float64 log10)
+    log10_2 = 3010299956639811952137388947244930267681  # x 10^-40
+    exact = (-(2**62) * log10_2 * 4) // 10**40
+    assert abs(int(want["top"][0]) - exact) <= 2048
+    assert abs(want["top"][0]) > 2**62
+    # every entry counted (a window of 40 bins is below an ulp there: bins apart by less than 1024
+    # are one float64, as logscaled's log10 of such a number is off by up to 256 decades)
+    assert want["counts"][0].sum() == 600 and want["below"][0] == 0
+    for fill in ("numpy", "numba", "c"):
+        with pytest.raises(ValueError, match=r"hist_per_decade=7: .*10\^-?1\.388e\+18.*hist_per_decade=6 or less"):
+            if fill == "c":
+                histograms.fill_streaming(dW, e, 7, bins, *(np.zeros(4, np.int64),), np.zeros((4, bins), np.uint32),
+                                          np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64),
+                                          kernel=cb.histogram_fill)
+            else:
+                _fill(fill, dW, e, 7, bins, np.uint32)
