@@ -1074,3 +1074,51 @@ def test_a_sample_flushed_in_the_forward_pass_is_counted_and_named():
     assert gb.backprop(st, p, np.ascontiguousarray(x[1:])).extras["forward_lost_samples"] == 0
     relu = gb.Stack(depth=40, width=3, activation="relu", sigma_w=0.3, init="normal")
     assert gb.backprop(relu, gb.init_params(relu, 0), gb.gaussian_input(relu, 8, 1)).extras["forward_lost_samples"] == 0
+
+
+def test_lagging_layers_are_dips_below_both_sides_not_trends_or_ends():
+    from gradbench.verdict import LAGGING_DECADES, lagging
+
+    assert lagging(-0.9 * np.arange(60.0))[0].size == 0  # a steep trend: one side is always lower
+    y = np.full(40, -2.6)
+    y[[0, 12, 13, 30, 39]] = [-20.0, -3.1 - LAGGING_DECADES, -9.0, -2.6 - 0.99 * LAGGING_DECADES, -15.0]
+    idx, gap = lagging(y)
+    assert idx.tolist() == [12, 13]  # the ends (0, 39) have no layer on one side; 30 is under the bar
+    np.testing.assert_allclose(gap, [LAGGING_DECADES + 0.5, 6.4])
+    y[20], y[21] = -np.inf, np.nan  # zero or no gradient: not a dip, and not a neighbour either
+    assert 20 not in lagging(y)[0] and 21 not in lagging(y)[0]
+
+
+def test_a_stable_stack_names_its_saturated_branch_layers():
+    """A reviewer's stack: STABLE (the rate over the stack is flat), yet the bottom layers of
+    several saturated residual branches get ||dW_l|| of 10^-22..10^-5 between layers at ~10^-2.6
+    and the verdict said nothing of them. The layers it names are those the plain float64 chain
+    (tests/naive.py) puts 3 decades or more below both their neighbourhoods, and their units
+    are all saturated."""
+    import naive
+    from gradbench.params import random_targets
+
+    stack = gb.Stack(depth=300, width=8, activation="sigmoid", init="lecun_normal", sigma_b=1, residual=2,
+                     clip="norm", clip_threshold=0.00688, loss="bce")
+    params = gb.GeneratedParams(stack, 3).materialize()
+    x = gb.gaussian_input(stack, 2, seed=np.random.default_rng([3, 1]))
+    t = random_targets(stack, 2, 3)
+    res = gb.backprop(stack, params, x, t)
+    _, grads, _ = naive.backward(stack, {k: np.asarray(v) for k, v in params.items()}, x, t)
+    with np.errstate(divide="ignore"):
+        plain = np.log10(np.linalg.norm(grads["W"], axis=(1, 2)))
+    exact = res.grad_norm.log10()
+    # the plain chain reads 0 at a layer or two: there its sigmoid(z) rounds to 1 (z > 37), so
+    # s (1 - s) = 0 where sigmoid'(z) ~ 1e-17; the exact norms agree with it at the others
+    ok = np.isfinite(plain)
+    assert (~ok).sum() < 5
+    np.testing.assert_allclose(exact[ok], plain[ok], atol=1e-3)  # its s (1 - s) loses digits where saturated
+    want = [l for l in range(1, 299)  # the 5 layers on each side, fewer near the ends
+            if min(np.median(exact[max(l - 5, 0):l]), np.median(exact[l + 1:l + 6])) - exact[l] >= 3.0]
+    assert len(want) > 10
+    d = gb.diagnose(res, params)
+    text = " ".join(d.explanation.split())
+    assert d.verdict == "stable"
+    shown = ", ".join(map(str, want[:5]))
+    assert f"layers {shown}, ... ({len(want)} in all) get updates" in text
+    assert "100 % of their units are saturated" in text and "though the stack as a whole reads stable" in text
