@@ -16,6 +16,7 @@ bitwise those of the one-piece run, for every backend.
 
 from __future__ import annotations
 
+import math
 import time
 from functools import lru_cache, partial
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench import abi, reference
-from gradbench.activations import saturation_uncountable
+from gradbench.activations import dphi, saturation_uncountable
 from gradbench.backends import get_backend, resolve
 from gradbench.buffers import PREFAULTER, WORKSPACE, empty, held, take_internal
 from gradbench.clipping import LAYER_GROUPS, clip_param_grads, row_norms
@@ -184,6 +185,7 @@ class _Run:
         self.gnorm_e = np.zeros(L, dtype=np.int64)
         self.dz_e = np.zeros(L, dtype=np.int64)
         self.clip_acted = np.zeros(L + 1, dtype=np.int64)  # per signal dL/dh_l: did its clip act
+        self.bn_pair = None  # batch norm over 2 samples: bn_pair_difference of the top layer
         self.work = 2 * len(self.segments)
 
     def take(self, shape, dtype) -> np.ndarray:
@@ -373,6 +375,9 @@ def _backward(run: _Run) -> None:
         seg_grads = [grad_sets[k][name][lo:hi] for name in GRAD_NAMES]
         Hs, Zs, _, rs = run.seg_arrays(s, e)
         W, _, gamma, beta, slope = layer_params
+        if j == last and stack.batch_norm and run.B == 2:  # before the kernel overwrites G
+            param = slope[-1] if stack.activation == "prelu" else run.fcfg[abi.F_ACT_PARAM]
+            run.bn_pair = bn_pair_difference(run.G, Zs[-1], gamma[-1], beta[-1], int(run.icfg[abi.I_ACT]), param)
         seg_info[abi.INFO_BACKWARD] = -1
         run.impl.stack_backward(run.icfg, run.fcfg, W, gamma, beta, slope, Hs, Zs, rs, run.fexp[s:e + 1], run.G,
                                 *seg_grads, run.sig_m[s:e + 1], run.sig_e[s:e + 1], run.gnorm_m[s:e],
@@ -392,6 +397,30 @@ def _backward(run: _Run) -> None:
     run.seconds["backward"] = time.perf_counter() - t - run.seconds["stats"]
     run.seconds["generate"] = run.layers.seconds
     run.seconds["generate_cpu"] = run.layers.cpu_seconds
+
+
+def bn_pair_difference(G: np.ndarray, xhat: np.ndarray, gamma: np.ndarray, beta: np.ndarray, code: int,
+                       param: float) -> float:
+    """Over a batch of 2: how far apart the two samples' gradients into the top layer's batch norm
+    are, the largest over its units of |dy_1 - dy_2| / (|dy_1| + |dy_2|), dy_i = G_i phi'(gamma
+    xhat_i + beta) (G: dL/dh_L, clipped; in float64). Batch norm over two samples passes only
+    (dy_1 - dy_2) / 2 (docs/design.md section 6), so where this is within rounding of 0 the exact
+    gradient of every weight below is 0 (:func:`gradbench.verdict.bn_pair_cancels`). xhat is taken
+    as exact arithmetic has it, +-(xhat_1 - xhat_2) / 2: the stored pair differs from that by the
+    rounding of z - mean, which is not a difference of the samples' gradients. NaN where it is
+    not defined: a non-finite entry, a unit whose dy is 0 for both samples though G is not
+    (phi' below float64's range: the kernels rescue it), or G = 0 everywhere."""
+    G64 = np.asarray(G, dtype=np.float64)
+    half = 0.5 * (np.asarray(xhat[0], dtype=np.float64) - np.asarray(xhat[1], dtype=np.float64))
+    g, b = np.asarray(gamma, dtype=np.float64), np.asarray(beta, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        dy = G64 * dphi(np.stack([g * half + b, -g * half + b]), code, float(param))
+        size = np.abs(dy[0]) + np.abs(dy[1])
+        live = size > 0
+        unresolved = ~live & np.any(G64 != 0, axis=0)  # phi' beyond float64 where G is not 0
+        if not (np.all(np.isfinite(dy)) and np.all(np.isfinite(G64))) or unresolved.any() or not live.any():
+            return math.nan
+        return float(np.max(np.abs(dy[0] - dy[1])[live] / size[live]))
 
 
 GRAD_NAMES = ("dW", "db", "dgamma", "dbeta", "dslope")
@@ -498,6 +527,8 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
                   memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost,
                   forward_lost_samples=run.forward_lost,
                   weights_probe=probe, weights=getattr(run.params, "origin", None), weight_log10_sampled=size)
+    if run.bn_pair is not None:  # batch norm over 2 samples (verdict.bn_pair_cancels)
+        extras["bn_pair_difference"] = run.bn_pair
     if param_clip_acted is not None:  # whether clipping changed a parameter gradient of this pass
         extras["param_clip_acted"] = param_clip_acted
     run.tick(run.work)

@@ -90,7 +90,12 @@ class Result:
         the norms follow the other samples; the diagnosis says so); ``forward_lost_samples``:
         samples of a batch whose top activations are exactly 0 though their input is not (the
         forward shares one exponent per layer too: flushed on the way up; not counted for ReLU
-        stacks, whose dead units give true zeros, nor under batch norm).
+        stacks, whose dead units give true zeros, nor under batch norm); ``bn_pair_difference``
+        (batch norm over a batch of 2 only): how far apart the two samples' gradients into the top
+        layer's batch norm are, the largest over its units of |dy_1 - dy_2| / (|dy_1| + |dy_2|)
+        (:func:`gradbench.engine.bn_pair_difference`): over 2 samples batch norm passes only that
+        difference, and where it is rounding the diagnosis reads no gradient
+        (:func:`gradbench.verdict.bn_pair_cancels`).
     grad_hist : GradHistogram or None
         Histograms of log10 |dW_l| (``stats_only=True`` runs; otherwise ``None``: use
         ``gradbench.diagnose`` on ``grads``).

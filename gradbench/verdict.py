@@ -10,7 +10,12 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
 1. ``no gradient``: every ||dL/dW_l|| is exactly zero (an all-zero input, a 100 %-dead ReLU
    stack, units saturated beyond any int64 exponent: phi' < 2^(-2^62), or a bce/softmax_ce head
    right by a margin beyond ~3e18 for every sample: loss and dL/dy below 2^(-2^62)): nothing
-   reaches any weight.
+   reaches any weight. Also where every ||dL/dW_l|| is 0 in exact arithmetic and the computed
+   norms are rounding noise (``pair_cancelled``, :func:`bn_pair_cancels`): batch norm over a
+   batch of 2 passes only the difference of the two samples' gradients, and in a plain stack
+   whose top layer gets the same gradient from both (a value clip that sets dL/dh_L to the
+   threshold, under sigmoid's even derivative) no gradient reaches any weight; the rates of that
+   noise are not rates (NaN).
 2. ``exploding`` if the backward pass turned non-finite; else
 3. ``vanishing`` if a layer has an exactly zero gradient below a non-zero one and the backward
    signal died on the way (some ||dL/dh_l|| at or below the top non-zero layer is exactly zero:
@@ -343,17 +348,22 @@ def signal_rate(signal_log10, group: int = 0) -> float:
 
 
 def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_log10=None,
-          tiny: float = 8.0, nonfinite_backward: bool = False, group: int = 0) -> tuple[str, str]:
+          tiny: float = 8.0, nonfinite_backward: bool = False, group: int = 0,
+          pair_cancelled: bool = False) -> tuple[str, str]:
     """``(verdict, rule)`` by the rules of the module docstring. ``rule`` names the one that
-    decided: "no gradient", "non-finite", "zeros", "trend", "branch", "overflow", "underflow",
-    "insensitive" (every e_l < 10^-tiny) or "none" (stable).
+    decided: "no gradient", "pair" (no gradient: batch norm over 2 samples, ``pair_cancelled``),
+    "non-finite", "zeros", "trend", "branch", "overflow", "underflow", "insensitive" (every
+    e_l < 10^-tiny) or "none" (stable).
 
     ``elasticity_log10``: log10 e_l = log10 (||dW_l|| ||W_l|| / loss) per layer (nan where
     unknown); without it the elasticity rule is not applied. ``group``: the residual group size
-    (the signal's trend over the groups' ends, :func:`signal_rate`).
+    (the signal's trend over the groups' ends, :func:`signal_rate`). ``pair_cancelled``: every
+    ||dL/dW_l|| is 0 in exact arithmetic (:func:`bn_pair_cancels`), whatever the norms read.
     """
     g = np.asarray(grad_log10, dtype=np.float64)
     L = len(g)
+    if pair_cancelled and not (nonfinite_backward or np.any(np.isnan(g) | (g == np.inf))):
+        return "no gradient", "pair"  # (before the exact zeros: the rounding can leave 0 too, and this is why)
     if L and np.all(g == -np.inf):
         return "no gradient", "no gradient"
     if nonfinite_backward or np.any(np.isnan(g) | (g == np.inf)):
@@ -599,7 +609,11 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     no_trend = (f"no trend over {L} layers (change over the stack {rate * (L - 1):+.3g} decades for ||dW_l||, "
                 f"{signal_rate * (L - 1):+.3g} for the signal, threshold {threshold:g})" if span else
                 "one layer with a gradient, no trend to fit")
-    if verdict == "no gradient":
+    clip_said = False  # the signal clip is in the verdict's own sentence
+    if rule == "pair":
+        text, clip_said = _pair_words(stack, res, g)
+        words.append(text)
+    elif verdict == "no gradient":
         floor = floored_layers(stack.activation, g, sat, res.act_std.log10())
         if L and floor[-1]:
             words.append(f"no gradient at all: every ||dL/dW_l|| is exactly zero because the derivative of the "
@@ -688,8 +702,72 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     bn = small_batch_norm(stack, res, verdict)
     words += bn or batch_norm_explodes(stack, res, verdict, signal_rate)
     words += batch_norm_without_spread(stack, res)
-    words += _findings(stack, g, res, verdict, forward_said, weight_log10, weights_sampled)
+    words += _findings(stack, g, res, verdict, forward_said, weight_log10, weights_sampled, clip_said)
     return "; ".join(words) + "."
+
+
+# The two samples' gradients into the top layer's batch norm over a batch of 2 are the same when
+# they differ by at most this many units of the dtype's rounding (Result.extras["bn_pair_difference"],
+# relative): the kernels' dy and batch norm's backward round at that level, so what passes is noise.
+BN_PAIR_ROUNDING = 4
+
+
+def bn_pair_cancels(stack, res) -> bool:
+    """Whether every ||dL/dW_l|| of a plain stack with batch norm over a batch of 2 is 0 in exact
+    arithmetic: batch norm's backward over two samples is dz_1 = -dz_2 = gamma (dy_1 - dy_2) / 2
+    eps / (d^2 + eps)^(3/2), and at the top layer the two samples' dy agree to the dtype's rounding
+    (``res.extras["bn_pair_difference"]`` at most :data:`BN_PAIR_ROUNDING` times its epsilon). Then
+    dW_{L-1} = dz^T h_{L-1} = 0 and dL/dh_{L-1} = dz W = 0, and every layer below inherits the
+    zero; the kernels' norms are what is left of rounding errors (mpmath's plain chain gives 10^-52
+    at 50 digits and 10^-102 to 10^-108 at 100: tests/test_small_batch_norm.py). A reviewer's case:
+    2 sigmoid layers of width 2, a value clip at 0.05 that sets every entry of dL/dh_L to 0.05 for
+    both samples, and sigmoid' the same at +-xhat (beta = 0): VANISHING by 2 to 4 decades a layer
+    at 10^-17 to 10^-21, each backend's rounding another. Not with residual groups (the skip
+    carries dL/dh_L past the top layer)."""
+    pair = (getattr(res, "extras", None) or {}).get("bn_pair_difference")
+    if not stack.batch_norm or stack.residual or pair is None or res.input_grad.mantissa.shape[0] != 2:
+        return False
+    return bool(pair <= BN_PAIR_ROUNDING * float(np.finfo(stack.dtype).eps))  # NaN: no
+
+
+def _pair_words(stack, res, g) -> tuple[str, bool]:
+    """The explanation of the "pair" rule (:func:`bn_pair_cancels`), and whether it names the
+    signal clip (then the clip's own sentence, :func:`_clip_words`, is left out)."""
+    L = len(g)
+    finite = np.flatnonzero(np.isfinite(g) & (g > -np.inf))
+    if finite.size > 1:
+        noise = (f", and the norms computed (||dW_l|| 10^{_num(g[finite[-1]])} at layer {finite[-1]} to "
+                 f"10^{_num(g[finite[0]])} at layer {finite[0]}) are rounding noise, not a trend over depth")
+    elif finite.size:
+        noise = f", and the norm computed (||dW_{finite[0]}|| = 10^{_num(g[finite[0]])}) is rounding noise"
+    else:
+        noise = " (and reads 0 here)"
+    acted = getattr(res, "signal_clip_acted", None)
+    why, remedy = "", ""
+    clipped = stack.clip == "value" and stack.clip_on == "signal" and acted is not None and bool(acted[L])
+    if clipped:
+        c, act = stack.clip_threshold, stack.activation
+        even = (f" ({act}' is even: with beta = 0 it is the same at xhat_2 = -xhat_1)" if act in EVEN_DERIVATIVE
+                else "")
+        why = (f": the value clip at {c:g} set the entries of dL/dh_L beyond it to +-{c:g}, alike for both samples, "
+               f"and so is dy = dL/dh_L {act}'(gamma xhat + beta){even}")
+        remedy = (" or a clip that keeps the two samples' top gradients apart (a norm clip, a threshold above "
+                  "|dL/dh_L|, or clip_on or --clip-on \"layer\" or \"global\", which leave the derivative)")
+    pair = float(res.extras["bn_pair_difference"])
+    zero, apart = (("0 in exact arithmetic", "exactly") if pair == 0 else
+                   (f"0 in exact arithmetic or below what {stack.dtype} resolves",
+                    f"to {pair:.2g} of themselves, {stack.dtype}'s rounding"))
+    return (f"no gradient at all: every ||dL/dW_l|| is {zero}{noise}: batch norm over a batch of 2 passes only the "
+            "difference of its two samples' gradients (dz_1 = -dz_2 = gamma (dy_1 - dy_2) / 2 eps / (d^2 + "
+            f"eps)^(3/2), d half the difference of their z), and at the top layer ({L - 1}) the two samples' dy agree "
+            f"{apart}{why}; so dL/dW_{L - 1} = dz^T h_{L - 1} and dL/dh_{L - 1} = dz W_{L - 1} are 0, and every layer "
+            "below inherits the zero; use a larger batch (over B samples batch norm takes out only the batch mean of "
+            "the samples' gradients and passes the rest in full in B - 2 of the B - 1 directions it leaves: over 2 "
+            f"only the difference is left){remedy}"), clipped
+
+
+# activations whose phi' is even: phi'(-z) = phi'(z)
+EVEN_DERIVATIVE = ("identity", "sigmoid", "tanh")
 
 
 # Batch norm over a batch of 2 is named as what decides a vanishing or exploding gradient when a
@@ -978,8 +1056,9 @@ def _lagging_words(stack, g, res, verdict: str, far) -> list[str]:
 
 
 def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=None,
-              weights_sampled: bool = False) -> list[str]:
-    """The facts beside the verdict: non-finite layers, zeros, the forward, saturation, dead units."""
+              weights_sampled: bool = False, clip_said: bool = False) -> list[str]:
+    """The facts beside the verdict: non-finite layers, zeros, the forward, saturation, dead units
+    (``clip_said``: the verdict's sentence named the signal clip)."""
     words = []
     raw = getattr(res, "grad_norm_unclipped", None)
     if raw is not None and len(g):
@@ -989,7 +1068,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
         words.append(f"||dW_l|| is after the parameter-gradient clipping ({how}), which bounds the updates, not the "
                      f"derivative: before it ||dW_l|| runs from 10^{_num(r[-1])} at layer {len(r) - 1} to "
                      f"10^{_num(r[0])} at layer 0")
-    if stack.clip is not None and stack.clip_on == "signal" and not forward_said:
+    if stack.clip is not None and stack.clip_on == "signal" and not (forward_said or clip_said):
         words.append(_clip_words(stack, res))
     if res.first_nonfinite_forward is not None:
         words.append(f"the forward pass turned non-finite at layer {res.first_nonfinite_forward} (activations "

@@ -11,6 +11,7 @@ shares eps / (d^2 + eps), does not.
 
 from __future__ import annotations
 
+import math
 import re
 
 import mpmath as mp
@@ -248,3 +249,153 @@ def test_rounding_noise_of_the_batch_norm_backward_is_named(dtype, kw):
         res = gb.backprop(exact, p64, x64)
         assert np.max(_relative_error(res.grad_norm.log10(), grad64)) < 1e-6
         assert "rounding noise" not in gb.diagnose(res, p64).explanation
+
+
+# A reviewer's case: 2 sigmoid layers of width 2 with batch norm over 2 samples and a value clip at
+# 0.05 that sets every entry of dL/dh_L to 0.05 for both samples (the outputs lie in (0.27, 0.73))
+CLIPPED = dict(depth=2, width=2, activation="sigmoid", sigma_b=0.1, sigma_w=2.0, clip="value", clip_threshold=0.05)
+
+
+def _sigmoid_forward(stack, params, x):
+    """The top layer's pre-activations u = +-d / sqrt(d^2 + eps) (beta = 0, gamma = 1), the stack's
+    output h_L and the inputs h_l of every layer, in float64, with xhat written as the closed form
+    has it: exactly antisymmetric over the two samples."""
+    assert stack.activation == "sigmoid" and x.shape[0] == 2
+    assert np.all(np.asarray(params.gamma) == 1) and np.all(np.asarray(params.beta) == 0)
+    h, hs = np.asarray(x, dtype=np.float64), []
+    for l in range(stack.depth):
+        hs.append(h)
+        z = h @ np.asarray(params.W[l], dtype=np.float64).T + np.asarray(params.b[l], dtype=np.float64)
+        d = (z[0] - z[1]) / 2
+        u = np.stack([d, -d]) / np.sqrt(d * d + stack.bn_eps)
+        h = 1 / (1 + np.exp(-u))
+    return u, h, hs
+
+
+def _mp_clipped_grad_norms(stack, params, x, dps):
+    """||dL/dW_l|| of the clipped sigmoid stack from the textbook batch norm (mean, biased variance,
+    (z - mean) / sqrt(var + eps)) and its textbook backward dz = rstd (dy - mean(dy) - xhat
+    mean(dy xhat)) in mpmath at ``dps`` digits, the signal value-clipped at every layer as the
+    stack does (nothing shared with gradbench)."""
+    mp.mp.dps = dps
+    L, N, c, eps = stack.depth, stack.width, mp.mpf(stack.clip_threshold), mp.mpf(stack.bn_eps)
+    W = [[[mp.mpf(float(v)) for v in row] for row in Wl] for Wl in np.asarray(params.W)]
+    b = [[mp.mpf(float(v)) for v in bl] for bl in np.asarray(params.b)]
+    h = [[mp.mpf(float(v)) for v in row] for row in x]
+    hs, xs, rs = [h], [], []
+    for l in range(L):
+        z = [[mp.fsum(W[l][j][k] * h[i][k] for k in range(N)) + b[l][j] for j in range(N)] for i in range(2)]
+        xh, rstd = [[None] * N for _ in range(2)], [None] * N
+        for j in range(N):
+            m = (z[0][j] + z[1][j]) / 2
+            rstd[j] = 1 / mp.sqrt(((z[0][j] - m) ** 2 + (z[1][j] - m) ** 2) / 2 + eps)
+            for i in range(2):
+                xh[i][j] = (z[i][j] - m) * rstd[j]
+        h = [[1 / (1 + mp.exp(-xh[i][j])) for j in range(N)] for i in range(2)]
+        hs.append(h), xs.append(xh), rs.append(rstd)
+    clip = lambda v: max(-c, min(c, v))  # noqa: E731
+    G, norms = [[clip(v) for v in row] for row in h], [None] * L
+    for l in range(L - 1, -1, -1):
+        dy = [[G[i][j] * hs[l + 1][i][j] * (1 - hs[l + 1][i][j]) for j in range(N)] for i in range(2)]
+        dz = [[None] * N for _ in range(2)]
+        for j in range(N):
+            mdy = (dy[0][j] + dy[1][j]) / 2
+            mdyx = (dy[0][j] * xs[l][0][j] + dy[1][j] * xs[l][1][j]) / 2
+            for i in range(2):
+                dz[i][j] = rs[l][j] * (dy[i][j] - mdy - xs[l][i][j] * mdyx)
+        norms[l] = mp.sqrt(mp.fsum(mp.fsum(dz[i][j] * hs[l][i][k] for i in range(2)) ** 2
+                                   for j in range(N) for k in range(N)))
+        G = [[clip(mp.fsum(dz[i][j] * W[l][j][k] for j in range(N))) for k in range(N)] for i in range(2)]
+    return norms
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_reviewers_clipped_stack_has_no_gradient_in_exact_arithmetic(seed):
+    """The fact the diagnosis rests on, without gradbench's chain: over 2 samples batch norm's
+    backward is dz_1 = -dz_2 = gamma (dy_1 - dy_2) / 2 eps / (d^2 + eps)^(3/2), and here
+    dy = 0.05 sigmoid'(+-xhat) is the same for both samples to the last bit (sigmoid' is even), so
+    dz = 0 at the top and every dL/dW_l is 0. mpmath's textbook chain agrees: its ||dW_l|| shrink
+    with the working precision (10^-52 at 50 digits, 10^-102 to 10^-108 at 100), the rounding of an exact 0."""
+    stack = gb.Stack(batch_norm=True, **CLIPPED)
+    _, params, x = _problem(seed=seed, **CLIPPED)
+    u, h, _ = _sigmoid_forward(stack, params, x)
+    assert np.all(h > stack.clip_threshold)  # the clip sets every entry of dL/dh_L to 0.05
+    dy = np.minimum(h, stack.clip_threshold) * ((1 / (1 + np.exp(-u))) * (1 / (1 + np.exp(u))))
+    np.testing.assert_array_equal(dy[0], dy[1])  # dy_1 - dy_2 = 0: the closed form's dz is 0
+    for dps, below in ((50, -45), (100, -95)):
+        norms = _mp_clipped_grad_norms(stack, params, x, dps)
+        assert all(n == 0 or mp.log10(n) < below for n in norms), (dps, norms)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed, depth", [(0, 2), (1, 2), (1, 6)])
+def test_a_clip_that_sets_both_samples_alike_reads_no_gradient_not_vanishing(backend, dtype, seed, depth):
+    """The reviewer's finding: the kernels' ||dW_l|| there are rounding noise (10^-17 to 10^-21 at
+    depth 2, down to 10^-42 at depth 6, backends apart by up to 6 decades) and read VANISHING, "-3.8
+    decades per layer". The exact gradient is 0 (test above): the verdict is NO GRADIENT, with no
+    rate, no float limit read from the noise, batch norm over 2 and the clip named, and the remedies."""
+    stack, params, x = _problem(seed=seed, dtype=dtype, **{**CLIPPED, "depth": depth})
+    res = gb.backprop(stack, params, x, backend=backend)
+    assert res.extras["bn_pair_difference"] == 0
+    if dtype == "float64":  # not exact zeros (rule 1 would not see it); float32's noise can be 0
+        assert np.all(np.isfinite(res.grad_norm.log10()))
+    d = gb.diagnose(res, params)
+    text = " ".join(d.explanation.split())
+    assert d.verdict == "no gradient", text
+    assert math.isnan(d.decades_per_layer) and math.isnan(d.signal_decades_per_layer)
+    assert "vanish" not in text and "decades per layer" not in text
+    assert "every ||dL/dW_l|| is 0 in exact arithmetic" in text
+    if np.any(np.isfinite(res.grad_norm.log10())):
+        assert "are rounding noise, not a trend over depth" in text
+    else:  # the rounding left exact zeros (float32 at depth 2): no "all-zero input or dead units"
+        assert "(and reads 0 here)" in text and "all-zero input" not in text
+    assert "batch norm over a batch of 2 passes only the difference of its two samples' gradients" in text
+    assert "the value clip at 0.05 set the entries of dL/dh_L beyond it to +-0.05, alike for both samples" in text
+    assert "use a larger batch" in text and "a norm clip" in text
+    assert "it clipped only the top gradient" not in text  # the clip's own sentence: said above
+    for lim in d.float_limits.values():
+        assert lim["underflow_layer"] is None and lim["layers_to_underflow"] is None
+    assert "VANISHING" not in str(d) and "rate:" not in str(d)
+
+
+@pytest.mark.parametrize("seed", ["0", "1"])
+def test_the_readmes_clipped_command_reads_no_gradient(seed, capsys):
+    """README, "Diagnosis": the command of the reviewer's case read VANISHING (seeds 0 and 1, by 2.0
+    and 3.5 decades a layer); it now reads NO GRADIENT without a rate line."""
+    argv = ["run", "--depth", "2", "--width", "2", "--batch", "2", "--batch-norm", "--activation", "sigmoid",
+            "--sigma-w", "2", "--sigma-b", "0.1", "--clip", "value", "--clip-threshold", "0.05", "--seed", seed]
+    assert cli.main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "verdict: NO GRADIENT" in out and "rate:" not in out and "use a larger batch" in out
+
+
+def test_the_remedies_give_the_clipped_stack_a_gradient_again():
+    """A batch of 4, a norm clip, a threshold above the outputs, or clipping the parameter gradients
+    instead: a gradient the backends agree on (not noise), and no "no gradient"."""
+    for batch, kw in ((4, {}), (2, dict(clip="norm")), (2, dict(clip_threshold=0.9)), (2, dict(clip_on="layer"))):
+        stack, params, x = _problem(seed=1, batch=batch, **{**CLIPPED, **kw})
+        logs = [gb.backprop(stack, params, x, backend=b).grad_norm.log10() for b in BACKENDS]
+        np.testing.assert_allclose(logs[1:], [logs[0]] * 2, atol=1e-9)
+        res = gb.backprop(stack, params, x)
+        assert res.extras.get("bn_pair_difference", 1) > 0.1
+        assert gb.diagnose(res, params).verdict != "no gradient", (batch, kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bn_pair_difference_is_the_closed_forms(backend):
+    """Result.extras["bn_pair_difference"] without the clip: dL/dh_L = h_L = sigmoid(+-xhat), so
+    |dy_1 - dy_2| / (|dy_1| + |dy_2|) = |sigmoid(xhat) - sigmoid(-xhat)| = tanh(|xhat| / 2) per unit
+    (sigmoid' even), the largest over the top layer's units; the same with checkpoints and
+    stats_only; absent over a batch of 4 and without batch norm."""
+    stack, params, x = _problem(depth=6, width=4, seed=1, activation="sigmoid", sigma_b=0.1, sigma_w=2.0)
+    u = _sigmoid_forward(stack, params, x)[0]
+    want = float(np.max(np.tanh(np.abs(u[0]) / 2)))
+    res = gb.backprop(stack, params, x, backend=backend)
+    assert res.extras["bn_pair_difference"] == pytest.approx(want, rel=1e-12)
+    lean = gb.backprop(stack, gb.GeneratedParams(stack, 1), x, backend=backend, stats_only=True, checkpoint=2)
+    assert lean.extras["bn_pair_difference"] == res.extras["bn_pair_difference"]
+    x4 = gb.gaussian_input(stack, 4, seed=np.random.default_rng([1, 1]))
+    assert "bn_pair_difference" not in gb.backprop(stack, params, x4, backend=backend).extras
+    plain = stack.replace(batch_norm=False)
+    assert "bn_pair_difference" not in gb.backprop(plain, gb.init_params(plain, 0), x, backend=backend).extras
