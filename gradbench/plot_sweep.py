@@ -149,7 +149,7 @@ class Cells:
 
     ``mean``: the mean rate over the cell's seeds with a finite rate (NaN: none); ``finite``,
     ``runs``: how many seeds have a finite rate, of how many; ``zero``: seeds without any
-    gradient (verdict "no gradient": every ||dW_l|| exactly 0), ``nonfinite``: seeds whose
+    gradient (verdict "no gradient": every ||dW_l|| 0 in exact arithmetic), ``nonfinite``: seeds whose
     forward or backward pass was not finite (``first_nonfinite`` set), both among those without
     a finite rate."""
 
@@ -202,7 +202,7 @@ def cells(sub, x: str, y: str, value: str) -> Cells:
 
 # How cells without a finite rate look, and what the legend calls them.
 _EMPTY = {
-    "no gradient": dict(facecolor="0.86", hatch=None, label="no gradient: every $\\|dW_l\\|$ exactly 0"),
+    "no gradient": dict(facecolor="0.86", hatch=None, label="no gradient: every $\\|dW_l\\|$ 0 in exact arithmetic"),
     "non-finite": dict(facecolor="0.25", hatch="xx", label="non-finite: overflow (first_nonfinite set)"),
     "no rate": dict(facecolor="0.6", hatch="..", label="no finite rate"),
 }

@@ -1093,7 +1093,8 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
         words.append(f"layer{'s' if far.size > 1 else ''} {_layers(far)} lie far from their neighbours' ||dW_l|| "
                      f"(more than {ISOLATED_DECADES:g} decades) and are left out of the rate's fit: isolated {what}, "
                      "not a trend")
-    words += _lagging_words(stack, g, res, verdict, far)
+    if verdict != "no gradient":  # (nor rounding noise of an exact 0: rule "pair")
+        words += _lagging_words(stack, g, res, verdict, far)
     lost = int((getattr(res, "extras", None) or {}).get("lost_samples", 0))
     B = res.input_grad.mantissa.shape[0] if lost else 0  # (B, inputs): one row per sample
     if lost and not (lost == B and verdict == "no gradient"):  # then the verdict's sentence says it all
