@@ -50,16 +50,23 @@ def default_blas_min_width(f32: bool = False, blas_threads: int | None = None) -
 BLAS_MIN_WIDTH = env_int("GRADBENCH_C_RECURRENT_BLAS_MIN_WIDTH", default_blas_min_width(False), low=0)
 BLAS_MIN_WIDTH_F32 = env_int("GRADBENCH_C_RECURRENT_BLAS_MIN_WIDTH_F32", default_blas_min_width(True), low=0)
 # B N GN of a step from which the own products run on several threads (csrc/recurrent_impl.h:
-# the helpers take shares of each product and, since 2026-12-05, of each step's element-wise gate
-# work (the vanilla cell's phi and dz too) and Gram matrices; the threshold was measured before,
-# with that work on thread 0; the vanilla cell at N = 64, B = 64, T = 100 (2^18) gains nothing
-# from the second thread, 9.4-10.2 ms on two against 9.5-10.4 on one, and was left at it).
-# Measured quiet on 2 CPUs, two threads against one (s): LSTM N = 64, B = 16 (2^18) 0.079 / 0.090;
-# N = 64, B = 32 0.163 / 0.187; GRU 64, B = 64 0.290 / 0.308; LSTM 128, B = 32 0.113 / 0.145;
-# N = 32, B = 32 (2^17) 0.075-0.117 / 0.081. And T B N GN of a call, as the stacks'
-# PAR_MIN_TOTAL (a team's start and end).
-PAR_MIN_WORK = env_int("GRADBENCH_C_RECURRENT_PAR_MIN_WORK", 1 << 18, low=0)
-PAR_MIN_TOTAL = env_int("GRADBENCH_C_RECURRENT_PAR_MIN_TOTAL", 1 << 23, low=0)
+# the helpers take shares of each product, of each step's element-wise work and of the step
+# norms' Gram matrices), and T B N GN of a call, as the stacks' PAR_MIN_TOTAL (a team's start and
+# end). Re-measured 2026-12-05 (Zen 4 VM, 2 CPUs, quiet) once that element-wise work had moved to
+# the team: gb.backprop on C, minima of 9 calls, three alternating processes each, ms, the
+# thresholds then (2^18, 2^23) against a lower one. Steps of 2^16-2^17.6 gain from the team: GRU
+# N = 64, B = 16 (2^17.6) 22.1-23.2 / 18.4-19.4; GRU 32, B = 32 (2^16.6) 36.0-37.4 / 28.2-29.1;
+# GRU 32, B = 24 (2^16.2) 34.2-34.9 / 28.6-29.5; LSTM 64, B = 8 (2^17) 26.5-27.8 / 22.5-25.0;
+# LSTM 64, B = 4 (2^16) 21.4-23.1 / 19.9-20.4; vanilla 128, B = 4 (2^16) 17.6-18.2 / 14.5-16.2;
+# vanilla 64, B = 32 (2^17) 26.0-26.2 / 24.5-24.6. Steps of 2^13.6-2^15 do not: GRU 16, B = 16
+# 11.6-11.9 / 12.4-13.3; LSTM 32, B = 8 16.3-16.9 / 17.2-17.5; vanilla 32, B = 32 17.4-17.9 /
+# 17.0-17.6. Calls: at T B N GN of 2^21-2^23 the team gains (GRU 64, B = 16, T = 40 3.1-3.6 /
+# 2.7-2.9; vanilla 128, B = 16, T = 10 1.07-1.10 / 0.92-0.97); at 2^20 it does not (0.77-0.78
+# / 0.79-0.85 for GRU 64, B = 16, T = 6), and in some processes every call of vanilla 128, B = 4,
+# T = 16 took 3.3-3.5 ms against 0.67 (a helper thread slow to wake on an idle VM CPU): 2^22
+# keeps a factor of 4 from there. The element-wise rows go to the team only with two a thread.
+PAR_MIN_WORK = env_int("GRADBENCH_C_RECURRENT_PAR_MIN_WORK", 1 << 16, low=0)
+PAR_MIN_TOTAL = env_int("GRADBENCH_C_RECURRENT_PAR_MIN_TOTAL", 1 << 22, low=0)
 _OPTS = make_opts(blas_min_width=BLAS_MIN_WIDTH, blas_min_width_f32=BLAS_MIN_WIDTH_F32, par_min_work=PAR_MIN_WORK,
                   par_min_total=PAR_MIN_TOTAL)
 
