@@ -90,7 +90,9 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
         beyond which a run is refused (MemoryError naming the options that fit).
     hist_bins, hist_per_decade : int
         The window and resolution of ``grad_hist`` (stats_only); ``hist_bins=0`` skips it. At
-        most 10^6 each.
+        most 10^6 each. A layer whose gradients lie so far out that their bin index leaves int64
+        (10^-1.4e18 at 7 bins a decade) stops the run with a ValueError naming the finest
+        ``hist_per_decade`` that holds them.
     progress : callable or None
         Called as ``progress(done, total)`` after every segment of the forward and the backward
         pass (``total`` = twice the number of segments), e.g. to drive a progress bar; anything
