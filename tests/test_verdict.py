@@ -1122,3 +1122,17 @@ def test_a_stable_stack_names_its_saturated_branch_layers():
     shown = ", ".join(map(str, want[:5]))
     assert f"layers {shown}, ... ({len(want)} in all) get updates" in text
     assert "100 % of their units are saturated" in text and "though the stack as a whole reads stable" in text
+
+
+def test_finite_median_is_nanmedian():
+    import warnings
+
+    from gradbench.verdict import _finite_median
+
+    rng = np.random.default_rng(1)
+    for width in (1, 2, 5, 6):
+        r = rng.normal(size=(3000, width))
+        r[rng.random(r.shape) < 0.3] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+            np.testing.assert_array_equal(_finite_median(r), np.nanmedian(r, axis=1))
