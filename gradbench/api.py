@@ -43,7 +43,21 @@ def diagnose(res, *args, **options):
     if isinstance(res, RecurrentResult):
         from gradbench.recurrent import diagnose as _rdiagnose
 
-        return _rdiagnose.diagnose(res, *args, **options)
+        # a stack's diagnose takes params, bins, hist_range and tiny; said here, not as Python's
+        # "takes 1 positional argument but 2 were given" (gb.diagnose(res, params) as for a stack)
+        allowed = ("threshold", "reach_decades")
+        if args:
+            raise TypeError(f"gb.diagnose of a recurrent net's result takes the result alone ({len(args)} more "
+                            "positional argument(s) given, e.g. params: a stack's diagnose reads its weights' "
+                            "norms, a recurrent net's reads only the gradients through time, and the result "
+                            "records where the weights came from); its options are keywords: "
+                            + ", ".join(f"{k}=" for k in allowed))
+        other = [k for k in options if k not in allowed]
+        if other:
+            raise TypeError(f"gb.diagnose of a recurrent net's result takes the keywords "
+                            f"{', '.join(f'{k}=' for k in allowed)} only, got {', '.join(f'{k}=' for k in other)}"
+                            " (bins, hist_range and tiny are a stack's diagnosis options)")
+        return _rdiagnose.diagnose(res, **options)
     if not isinstance(res, Result):
         raise TypeError("diagnose takes the result of gradbench.backprop (a gradbench.Result or "
                         f"RecurrentResult), got {type(res).__name__}")

@@ -293,3 +293,19 @@ def test_samples_lost_on_the_way_back_are_counted_and_named():
     text = " ".join(str(gb.diagnose(res)).split())
     assert "2 of 3 samples lose their gradient on the way back" in text and "(batch 1)" in text
     assert "lose their gradient" not in str(gb.diagnose(alone[0]))
+
+
+def test_gb_diagnose_of_a_recurrent_result_with_a_stacks_arguments_says_what_it_takes():
+    # gb.diagnose(res, params), as the README's stack examples call it, raised Python's bare
+    # "diagnose() takes 1 positional argument but 2 were given" for a recurrent result (and
+    # "unexpected keyword argument 'bins'" for a stack's option): now it says what it takes
+    rnn = gb.Recurrent(cell="gru", steps=4, hidden=2)
+    p = gb.init_params(rnn, 0)
+    res = gb.backprop(rnn, p, gb.sequence_input(rnn, 2, 1), backend="numpy")
+    with pytest.raises(TypeError, match=r"takes the result alone .*threshold=, reach_decades="):
+        gb.diagnose(res, p)
+    for kw in ("bins", "hist_range", "tiny"):
+        with pytest.raises(TypeError, match=rf"threshold=, reach_decades= only, got {kw}="):
+            gb.diagnose(res, **{kw: 10})
+    # the keywords it takes still work: a 4-step GRU moves ||dL/dh_t|| by far less than 100 decades
+    assert gb.diagnose(res, threshold=100, reach_decades=3).verdict == "stable"
