@@ -123,8 +123,29 @@ def _activation_of(where: str, m: nn.Module) -> tuple[str, float | None]:
 _BLOCK = "Linear(N, N) [BatchNorm1d(N)] activation"
 
 
+def _recurrent_why(m: nn.Module) -> str:
+    """A torch recurrent layer: gradbench has its counterpart, gb.Recurrent, in torch's layout."""
+    name = type(m).__name__
+    cell = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}.get(name)
+    if cell is None or getattr(m, "num_layers", 1) != 1 or getattr(m, "bidirectional", False):
+        return (f"{name} is a recurrent layer; gb.from_torch maps feed-forward stacks, and gradbench's recurrent "
+                "nets (gb.Recurrent) are single-layer, one-direction nn.RNN, nn.LSTM and nn.GRU")
+    proj = f", proj_size={m.proj_size}" if getattr(m, "proj_size", 0) else ""
+    if proj:
+        return f"{name}({proj[2:]}) is a recurrent layer with a projection, which gb.Recurrent does not have"
+    act = ", activation='relu'" if getattr(m, "nonlinearity", "tanh") == "relu" else ""
+    bias = "bias_ih_l0, b_hh=bias_hh_l0" if m.bias else "zeros (bias=False), b_hh=zeros"
+    order = "; gradbench's sequences are (steps, batch, features): transpose batch_first input" if m.batch_first else ""
+    return (f"{name} is a recurrent layer; gb.from_torch maps feed-forward stacks. gradbench runs it as "
+            f"gb.Recurrent(cell={cell!r}, steps=T, hidden={m.hidden_size}, input_dim={m.input_size}{act}) with "
+            f"gb.RecurrentParams(W_ih=weight_ih_l0, W_hh=weight_hh_l0, b_ih={bias}, origin='the weights of my "
+            f"{name}') as NumPy arrays (torch's layout and gate order){order}")
+
+
 def _unsupported_why(m: nn.Module) -> str:
     name = type(m).__name__
+    if isinstance(m, nn.RNNBase):
+        return _recurrent_why(m)
     if isinstance(m, nn.modules.dropout._DropoutNd):
         if not m.training:
             return (f"{name} is not supported, in eval mode either (where it passes its input through): remove it "
@@ -204,6 +225,8 @@ def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
         return [("", model)]
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (an nn.Sequential), got {type(model).__name__}")
+    if isinstance(model, nn.RNNBase):  # its forward does not trace: said as what it is, not as fx's error
+        raise _Refused(_recurrent_why(model))
     import torch.fx
 
     class _Tracer(torch.fx.Tracer):

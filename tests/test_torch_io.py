@@ -693,3 +693,33 @@ def test_a_parametrized_weight_is_copied_as_computed_and_said():
     (0.5 * (out ** 2).sum()).backward()
     orig = sn.parametrizations.weight.original.grad.numpy()
     assert not np.allclose(orig, plain.weight.grad.numpy(), rtol=1e-3)
+
+
+# ------------------------------------------------------------------ torch's recurrent layers
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_a_torch_recurrent_layer_is_refused_with_the_way_gradbench_runs_it(cell):
+    # gb.from_torch(nn.LSTM(...)) raised torch.fx's "symbolically traced variables cannot be
+    # used as inputs to control flow", and an nn.RNN inside an nn.Sequential read "RNN has no
+    # gradbench counterpart", though gb.Recurrent is one. The refusal now says how to run it;
+    # done as it says, the run agrees with torch's autograd on the module itself.
+    torch.manual_seed(0)
+    m = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell](2, 3).double()
+    for model in (m, nn.Sequential(m)):
+        with pytest.raises(ValueError) as err:
+            gb.from_torch(model)
+        msg = str(err.value)
+        assert "recurrent layer" in msg and f"gb.Recurrent(cell={cell!r}, steps=T, hidden=3, input_dim=2)" in msg
+        assert "no gradbench counterpart" not in msg and "traced" not in msg
+    a = lambda t: t.detach().numpy().copy()  # noqa: E731
+    rnn = gb.Recurrent(cell=cell, steps=7, hidden=3, input_dim=2)
+    p = gb.RecurrentParams(W_ih=a(m.weight_ih_l0), W_hh=a(m.weight_hh_l0), b_ih=a(m.bias_ih_l0),
+                           b_hh=a(m.bias_hh_l0), origin=f"the weights of my {type(m).__name__}")
+    xs = np.random.default_rng(1).normal(size=(7, 4, 2))
+    res = gb.backprop(rnn, p, xs, backend="numpy")
+    out, _ = m(torch.tensor(xs))
+    loss = 0.5 * (out[-1] ** 2).sum()  # gradbench's probe: 0.5 ||h_{T-1}||^2
+    loss.backward()
+    assert abs(res.loss - loss.item()) <= RTOL * abs(loss.item())
+    ref = m.weight_hh_l0.grad.numpy()
+    assert np.max(np.abs(res.grads.W_hh.to_float() - ref)) <= RTOL * np.max(np.abs(ref))
+    assert f"input dim 2, the weights of my {type(m).__name__}, float64" in str(gb.diagnose(res)).splitlines()[0]
