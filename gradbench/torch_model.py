@@ -452,6 +452,18 @@ def _split_ends(items):
         raise _Refused(f"{_describe(m)} at {items[0][0]!r} is followed by {_describe(items[1][1])}: gradbench's "
                        f"input layer (D -> N) is linear; write it as Linear({m.in_features}, {m.out_features}) "
                        f"followed by the first block Linear({m.out_features}, {m.out_features}), ...")
+    if (len(items) >= 3 and isinstance(items[-1][1], _ACTIVATION_TYPES) and isinstance(items[-2][1], nn.Linear)
+            and items[-2][1].in_features != items[-2][1].out_features
+            and any(isinstance(m, nn.Linear) and m.out_features == items[-2][1].in_features for _, m in items[:-2])):
+        # a head Linear(N, O) followed by an activation (nn.Sigmoid() before nn.BCELoss): said as that, not as
+        # a width that changes inside the stack
+        (path, m), (apath, act) = items[-2], items[-1]
+        fix = ("gradbench's loss='bce' takes the head's outputs as logits, as nn.BCEWithLogitsLoss does (which is "
+               "nn.BCELoss after the sigmoid): remove the Sigmoid and pass loss='bce'" if isinstance(act, nn.Sigmoid)
+               else "gradbench's head is linear and its loss ('mse', 'bce' from logits, 'softmax_ce') reads the "
+               "head's outputs: remove it")
+        raise _Refused(f"{_describe(act)} at {apath!r} follows the head {_describe(m)} at {path!r} as the model's "
+                       f"last module; {fix}")
     if len(items) >= 2 and isinstance(items[-1][1], nn.Linear) and not isinstance(items[-2][1], nn.Linear):
         head = items.pop()
     elif len(items) == 1 and isinstance(items[0][1], nn.Linear):

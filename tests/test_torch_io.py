@@ -723,3 +723,24 @@ def test_a_torch_recurrent_layer_is_refused_with_the_way_gradbench_runs_it(cell)
     ref = m.weight_hh_l0.grad.numpy()
     assert np.max(np.abs(res.grads.W_hh.to_float() - ref)) <= RTOL * np.max(np.abs(ref))
     assert f"input dim 2, the weights of my {type(m).__name__}, float64" in str(gb.diagnose(res)).splitlines()[0]
+
+
+def test_a_sigmoid_after_the_head_is_refused_as_that_and_the_fix_it_names_gives_bce_loss():
+    # nn.Sequential(..., nn.Linear(N, 1), nn.Sigmoid()) for nn.BCELoss was refused with "Linear(8, 1)
+    # at '2': widths must be uniform inside the stack", which names neither the Sigmoid nor that
+    # bce takes logits. Done as the message now says, the loss is nn.BCELoss of the whole model.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(),
+                          nn.Linear(8, 1), nn.Sigmoid()).double()
+    with pytest.raises(ValueError, match=r"Sigmoid at '6' follows the head Linear\(8, 1\) at '5' .*remove the "
+                                         r"Sigmoid and pass loss='bce'") as err:
+        gb.from_torch(model, loss="bce")
+    assert "widths must be uniform" not in str(err.value)
+    with pytest.raises(ValueError, match=r"Tanh at '6' follows the head Linear\(8, 1\) at '5' .*remove it"):
+        gb.from_torch(nn.Sequential(*model[:6], nn.Tanh()).double(), loss="mse")
+    stack, params = gb.from_torch(model[:-1], loss="bce")
+    X = np.random.default_rng(0).normal(size=(9, 2))
+    y = np.random.default_rng(1).integers(0, 2, size=(9, 1)).astype(float)
+    res = gb.backprop(stack, params, X, y, backend="numpy")
+    ref = nn.BCELoss()(model(torch.tensor(X)), torch.tensor(y)).item()
+    assert abs(res.loss - ref) <= 1e-12 * ref
