@@ -69,14 +69,22 @@ from gradbench.abi import misaligned
 from gradbench.spec import Stack
 
 
+#: The origin of weights a caller builds (``gb.Params(W=...)``, ``gb.RecurrentParams(...)``) with
+#: no words of their own: the report says it in place of the init scheme, which did not draw them.
+GIVEN = "weights given by the caller"
+
+
 @dataclass(frozen=True, eq=False)
 class Params(CopyableArrays):
     """The parameters of a :class:`~gradbench.Stack` (see the module docstring for shapes).
 
     ``origin``: a few words on where the weights came from when they were not drawn for the
     stack ("the weights of Sequential", :func:`gradbench.from_torch`); the report's header says
-    them in place of the stack's init scheme. Not an array: ``items()`` leaves it out, ``copy()``
-    and :func:`dataclasses.replace` keep it.
+    them in place of the stack's init scheme. None: drawn for the stack's init scheme
+    (:func:`init_params`, :meth:`GeneratedParams.materialize`); Params built by a caller say
+    :data:`GIVEN` unless given their own words (a header that named the init scheme of weights
+    it never drew was untrue). Not an array: ``items()`` leaves it out, ``copy()`` and
+    :func:`dataclasses.replace` keep it.
     """
 
     W: np.ndarray
@@ -88,7 +96,7 @@ class Params(CopyableArrays):
     b_in: np.ndarray | None = None
     W_out: np.ndarray | None = None
     b_out: np.ndarray | None = None
-    origin: str | None = field(default=None, metadata={WORDS: True})
+    origin: str | None = field(default=GIVEN, metadata={WORDS: True})
 
     def __post_init__(self):
         check_words(self)
@@ -211,7 +219,7 @@ def init_params(stack: Stack, seed: int | np.random.Generator = 0) -> Params:
     if stack.has_head:
         p["W_out"] = arr(_weights(rng, stack.init, gain, (O, N), N, O))
         p["b_out"] = arr(bias(O))
-    return Params(**p)
+    return Params(**p, origin=None)  # drawn for the stack's init scheme
 
 
 def random_targets(stack: Stack, batch: int, seed: int):
@@ -392,7 +400,8 @@ class GeneratedParams:
         gamma, beta, slope = self.constants(0, L)
         kept = {k: None if a is None else a.copy() for k, a in  # copies: editing them leaves the seed's
                 (("W_in", self.W_in), ("b_in", self.b_in), ("W_out", self.W_out), ("b_out", self.b_out))}
-        return Params(W=self.weights(0, L), b=self.biases(0, L), gamma=gamma, beta=beta, slope=slope, **kept)
+        return Params(W=self.weights(0, L), b=self.biases(0, L), gamma=gamma, beta=beta, slope=slope, **kept,
+                      origin=None)
 
     def _check_range(self, start, stop) -> tuple[int, int]:
         L = self.stack.depth

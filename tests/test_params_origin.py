@@ -17,6 +17,7 @@ import gradbench as gb
 from gradbench.diagnose import Diagnosis
 from gradbench.frames import write_npz
 from gradbench.inputs import check_inputs
+from gradbench.params import GIVEN
 
 INIT_DEFAULT = next(f.default for f in dataclasses.fields(gb.Stack) if f.name == "init")
 ORIGIN = "the weights of my checkpoint"
@@ -50,8 +51,8 @@ def test_origin_is_no_array_and_copies_keep_it(stack, given):
     assert c.origin == ORIGIN and c.W is not given.W
     np.testing.assert_array_equal(c.W, given.W)
     assert dataclasses.replace(given, W=given.W * 2).origin == ORIGIN
-    # what tests and users write to rebuild params from items() still works (and drops the words)
-    assert gb.Params(**dict(given.items())).origin is None
+    # what tests and users write to rebuild params from items() still works (the words become the caller's)
+    assert gb.Params(**dict(given.items())).origin == GIVEN
     with pytest.raises(TypeError, match="origin must be a str"):
         dataclasses.replace(given, origin=3)
 
@@ -249,3 +250,27 @@ def test_trained_recurrent_weights_are_named_so(tmp_path):
     assert "W_ih xavier_normal, W_hh orthogonal (gain 0.9)" in plain and "after" not in plain
     with pytest.raises(TypeError, match="origin must be a str"):
         dataclasses.replace(start, origin=3)
+
+
+def test_weights_a_caller_builds_are_not_said_to_be_the_init_schemes():
+    """A reviewer's finding: gb.Params built by hand (weights 5x a standard normal) read
+    "tanh, xavier_normal" in the header, a scheme that never drew them; the recurrent header named
+    W_ih xavier_normal and W_hh orthogonal for an LSTM's weights copied in. Params a caller builds
+    say so (GIVEN) unless given words; init_params and GeneratedParams keep their scheme's name."""
+    stack = gb.Stack(depth=3, width=4)
+    rng = np.random.default_rng(0)
+    p = gb.Params(W=rng.normal(size=(3, 4, 4)) * 5, b=np.zeros((3, 4)), gamma=np.ones((3, 4)),
+                  beta=np.zeros((3, 4)), slope=np.zeros(3))
+    x = gb.gaussian_input(stack, 2, 0)
+    head = str(gb.diagnose(gb.backprop(stack, p, x), p)).splitlines()[0]
+    assert "weights given by the caller" in head and "xavier" not in head
+    for drawn in (gb.init_params(stack, 0), gb.GeneratedParams(stack, 0).materialize()):
+        assert drawn.origin is None
+        assert "xavier_normal" in str(gb.diagnose(gb.backprop(stack, drawn, x), drawn)).splitlines()[0]
+    rnn = gb.Recurrent(cell="lstm", hidden=3, steps=4, input_dim=2)
+    own = gb.init_params(rnn, 0)
+    assert own.origin is None
+    copied = gb.RecurrentParams(**{n: a * 3 for n, a in own.items()})
+    res = gb.backprop(rnn, copied, gb.sequence_input(rnn, 2, 1))
+    head = str(gb.diagnose(res)).splitlines()[0]
+    assert "weights given by the caller" in head and "orthogonal" not in head

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench._fields import WORDS, CopyableArrays, check_words
-from gradbench.params import _orthogonal, _weights
+from gradbench.params import GIVEN, _orthogonal, _weights
 from gradbench.recurrent.spec import Recurrent
 
 
@@ -28,7 +28,9 @@ class RecurrentParams(CopyableArrays):
     ``origin``: a few words on where the weights came from when they were not drawn for the net
     as they are ("W_ih xavier_normal, W_hh orthogonal weights after 5 epochs of training",
     :func:`gradbench.train_recurrent`); the report's header says them in place of the net's init
-    schemes. Not an array, as :attr:`gradbench.Params.origin`.
+    schemes. None: drawn for the net's schemes (:func:`init_params`); built by a caller,
+    :data:`gradbench.params.GIVEN` unless given words. Not an array, as
+    :attr:`gradbench.Params.origin`.
     """
 
     W_ih: np.ndarray
@@ -37,7 +39,7 @@ class RecurrentParams(CopyableArrays):
     b_hh: np.ndarray
     W_out: np.ndarray | None = None
     b_out: np.ndarray | None = None
-    origin: str | None = field(default=None, metadata={WORDS: True})
+    origin: str | None = field(default=GIVEN, metadata={WORDS: True})
 
     def __post_init__(self):
         check_words(self)
@@ -94,7 +96,7 @@ def init_params(rnn: Recurrent, seed: int | np.random.Generator = 0) -> Recurren
     if rnn.has_head:
         p["W_out"] = arr(_weights(rng, rnn.init, rnn.input_gain, (O, N), N, O))
         p["b_out"] = arr(bias(O))
-    return RecurrentParams(**p)
+    return RecurrentParams(**p, origin=None)  # drawn for the net's schemes
 
 
 def sequence_input(rnn: Recurrent, batch: int, seed: int | np.random.Generator = 1) -> np.ndarray:
