@@ -132,6 +132,11 @@ class Diagnosis:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Diagnosis":
+        if "stack" not in d:  # (a KeyError 'stack' said nothing of what the dict is)
+            other = ("a recurrent net's diagnosis: read it with "
+                     "gradbench.recurrent.diagnose.RecurrentDiagnosis.from_dict" if "rnn" in d else
+                     "not a Diagnosis.to_dict() (no field 'stack')")
+            raise ValueError(f"the dict is {other}")
         kw = {}
         for f in dataclasses.fields(cls):
             if f.name not in d and f.name in ("weight_log10", "clip_acted", "lost_samples", "hist_exact",

@@ -323,8 +323,10 @@ def npz_fields(path, name: str | None = None, kind: str = "stack") -> dict:
         pre = "" if name is None else f"{name}/"
         if pre + "meta" not in z.files:
             names = [str(n) for n in z["names"]] if "names" in z.files else []
-            raise ValueError(f"{path} holds the diagnoses {', '.join(names)}: pass name=" if names else
-                             f"{path} has no diagnosis {name!r}")
+            if name is None:  # (a file of one unnamed diagnosis has its meta at the top)
+                raise ValueError(f"{path} holds the diagnoses {', '.join(names)}: pass name= one of them")
+            raise ValueError(f"{path} has no diagnosis {name!r}: " + (f"it holds {', '.join(names)}" if names else
+                                                                      "it holds one, unnamed: read it without name="))
         meta = _decode(json.loads(str(z[pre + "meta"])))
         extra = {"layer", "step", "kind", "columns", "meta", "format", "head"} | set(meta)
         kw = {k[len(pre):]: (z[k].astype(np.int64) if z[k].dtype.kind in "iu" else z[k].copy())

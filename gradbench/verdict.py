@@ -902,9 +902,16 @@ def weight_gain(stack, weight_log10=None) -> tuple[float, bool]:
 
 # Why a sample of a batch reads 0 on the way up, and the remedy (verdict._findings says them for
 # samples counted at the top, extras["forward_lost_samples"], and for layers of zeros)
-FLUSHED_FORWARD = ("the batch shares one exponent per layer, so a sample more than 2^-1074 below the batch's largest "
-                   "at some layer is flushed to 0 there, though its own chain is tiny, not 0, and can end far above "
-                   "the others' (a sample that falls behind early can end above one that collapses later)")
+def flush_bound(dtype: str) -> str:
+    """How far below the batch's largest a sample is flushed by a shared exponent: the dtype's
+    smallest subnormal, 2^-1074 (float64) or 2^-149 (float32)."""
+    return "2^-149" if str(dtype) == "float32" else "2^-1074"
+
+
+def flushed_forward(dtype: str) -> str:
+    return (f"the batch shares one exponent per layer, so a sample more than {flush_bound(dtype)} below the batch's "
+            "largest at some layer is flushed to 0 there, though its own chain is tiny, not 0, and can end far above "
+            "the others' (a sample that falls behind early can end above one that collapses later)")
 ONE_AT_A_TIME = "run the samples one at a time (batch 1) for their exact chains"
 
 
@@ -1120,7 +1127,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
         else:
             why = "dead units (z <= 0) for those samples in some layer, or " if stack.dead_below_zero else ""
             words.append(f"{lost} of {B} samples lose their gradient on the way down (exactly 0 at the input, "
-                         f"non-zero at the top): {why}their signal fell more than 2^-1074 below the batch's largest at "
+                         f"non-zero at the top): {why}their signal fell more than {flush_bound(stack.dtype)} below the batch's largest at "
                          "some layer; one exponent per layer cannot carry both, so below that layer the norms follow "
                          "the other samples and can be far too small: run such samples one at a time (batch 1) for "
                          "their exact chain")
@@ -1130,11 +1137,11 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
     if flat and not zf.size:  # (a layer of zeros says it below)
         B = res.input_grad.mantissa.shape[0]
         words.append(f"{flat} of {B} samples {'reaches' if flat == 1 else 'reach'} the top with activations exactly 0 "
-                     f"though the input is not 0: {FLUSHED_FORWARD} (the loss and every norm then follow the others): "
+                     f"though the input is not 0: {flushed_forward(stack.dtype)} (the loss and every norm then follow the others): "
                      f"{ONE_AT_A_TIME}")
     if zf.size:
         batch = res.input_grad.mantissa.shape[0]
-        flushed = f", or, in a batch of {batch}, flushed: {FLUSHED_FORWARD}: {ONE_AT_A_TIME}" if batch > 1 else ""
+        flushed = f", or, in a batch of {batch}, flushed: {flushed_forward(stack.dtype)}: {ONE_AT_A_TIME}" if batch > 1 else ""
         words.append(f"the forward activations of layer{'s' if zf.size > 1 else ''} {_layers(zf)} are exactly 0: "
                      f"every unit's {stack.activation}(z) is 0 or lies below 2^(-2^62) "
                      f"({PHI_UNDERFLOW[stack.activation]}), beyond any int64 exponent{flushed}; "

@@ -309,3 +309,28 @@ def test_gb_diagnose_of_a_recurrent_result_with_a_stacks_arguments_says_what_it_
             gb.diagnose(res, **{kw: 10})
     # the keywords it takes still work: a 4-step GRU moves ||dL/dh_t|| by far less than 100 decades
     assert gb.diagnose(res, threshold=100, reach_decades=3).verdict == "stable"
+
+
+def test_readers_of_the_other_kind_or_a_missing_name_say_what_the_file_holds(tmp_path):
+    """A helper's findings: Diagnosis.from_dict of a recurrent diagnosis's dict raised a bare
+    KeyError 'stack'; RecurrentDiagnosis.from_npz(path, name='lstm') of a file holding only 'rnn'
+    said "pass name=" though a name was passed."""
+    from gradbench.frames import write_npz
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis
+
+    rnn = gb.Recurrent(cell="rnn", hidden=3, steps=4, input_dim=2)
+    p = gb.init_params(rnn, 0)
+    d = gb.diagnose(gb.backprop(rnn, p, gb.sequence_input(rnn, 2, 1)))
+    with pytest.raises(ValueError, match="a recurrent net's diagnosis: read it with .*RecurrentDiagnosis.from_dict"):
+        gb.Diagnosis.from_dict(d.to_dict())
+    with pytest.raises(ValueError, match="no field 'stack'"):
+        gb.Diagnosis.from_dict({"verdict": "stable"})
+    path = write_npz({"rnn": d}, tmp_path / "c.npz")
+    with pytest.raises(ValueError, match=r"has no diagnosis 'lstm': it holds rnn"):
+        RecurrentDiagnosis.from_npz(path, name="lstm")
+    with pytest.raises(ValueError, match=r"holds the diagnoses rnn: pass name= one of them"):
+        RecurrentDiagnosis.from_npz(path)
+    np.testing.assert_array_equal(RecurrentDiagnosis.from_npz(path, name="rnn").grad_log10, d.grad_log10)
+    one = write_npz(d, tmp_path / "one.npz")
+    with pytest.raises(ValueError, match="it holds one, unnamed: read it without name="):
+        RecurrentDiagnosis.from_npz(one, name="rnn")

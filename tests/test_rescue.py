@@ -279,3 +279,21 @@ def test_the_log_form_keeps_the_differences_at_any_magnitude():
         assert 1 <= m[0] <= 2 and m[2] == 0 and m[3] == 0
         assert m[1] / -m[0] == pytest.approx(np.exp(-512.0), rel=1e-13)
         assert abs(k - top / np.log(2)) <= 2 + abs(top) * 2**-50  # k = floor(top / ln 2), to top's digits
+
+
+def test_float32_lost_samples_are_said_with_float32s_bound():
+    """The sentence on samples lost to the batch's shared exponent said "more than 2^-1074 below
+    the batch's largest" in float32 runs too, whose smallest subnormal is 2^-149 (a helper's
+    finding). A float32 swish stack that loses 3 of 4 samples: each of them alone (batch 1)
+    reaches the input with a non-zero gradient, and the words name float32's bound."""
+    stack = gb.Stack(depth=60, width=6, activation="swish", sigma_w=4.0, dtype="float32")
+    params, x = gb.init_params(stack, 37), gb.gaussian_input(stack, 4, 37)
+    res = gb.backprop(stack, params, x)
+    assert res.extras["lost_samples"] == 3
+    gone = np.flatnonzero(~np.any(res.input_grad.mantissa != 0, axis=1))
+    assert len(gone) == 3
+    for i in gone:
+        alone = gb.backprop(stack, params, x[i:i + 1])
+        assert np.any(alone.input_grad.mantissa != 0)
+    text = gb.diagnose(res, params).explanation
+    assert "more than 2^-149 below the batch's largest" in text and "2^-1074" not in text
