@@ -230,7 +230,11 @@ def load(path) -> nn.Module:
         if marker in msg:
             what = msg.split(marker, 1)[1].split()[0]
             fix = ("; remove the Dropout (gradbench computes one deterministic pass) and save the model again"
-                   if "dropout" in what.lower() else "")
+                   if "dropout" in what.lower() else
+                   "; a recurrent layer runs as gb.Recurrent (cell, hidden, input_dim) with gb.RecurrentParams built "
+                   "from its weight_ih_l0, weight_hh_l0, bias_ih_l0 and bias_hh_l0 (gb.from_torch(module) prints the "
+                   "line); gradbench run --cell runs a cell of that shape with weights of its own"
+                   if what.rsplit(".", 1)[-1] in ("RNN", "LSTM", "GRU") else "")
             raise ValueError(f"{path}: the file holds {what}, which gradbench does not load (only nn.Sequential, "
                              "Linear, BatchNorm1d, the activations and gradbench.torch_io.Residual are allowed; "
                              f"torch.load weights_only=True){fix}") from None

@@ -502,6 +502,12 @@ def test_a_saved_file_with_other_classes_is_refused_before_it_runs(tmp_path):
     with pytest.raises(ValueError, match=r"holds torch.nn.modules.dropout.Dropout, which gradbench does not load.*"
                                          r"; remove the Dropout \(gradbench computes one deterministic pass\)"):
         torch_io.load(path)
+    for cls in (nn.RNN, nn.LSTM, nn.GRU):  # a recurrent layer: how gradbench runs it (no generic refusal only)
+        rec = tmp_path / f"{cls.__name__}.pt"
+        torch.save(cls(2, 3), rec)
+        with pytest.raises(ValueError, match=rf"holds torch.nn.modules.rnn.{cls.__name__}, which gradbench does not "
+                                             r"load.*a recurrent layer runs as gb.Recurrent"):
+            torch_io.load(rec)
     sd = tmp_path / "state.pt"
     torch.save(nn.Linear(3, 3).state_dict(), sd)
     with pytest.raises(ValueError, match="holds an OrderedDict, not a model"):
