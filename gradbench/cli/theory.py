@@ -178,7 +178,7 @@ def predictions(args, fitted: np.ndarray | None = None) -> tuple[dict, list[str]
         prediction, curve = lam / math.log(10), None
         out["newman_lambda1"] = lam
         lines.append(f"  Newman lambda_1 (N={args.width})  {lam:+.6g} nats = {prediction:+.6g} decades per layer "
-                     "(finite-width exact for linear Gaussian stacks)")
+                     f"(finite-width exact for the forward ||h_l|| of linear Gaussian stacks; {BACKWARD_FOLLOWS})")
     elif args.activation in spec.HOMOGENEOUS and args.width and args.sigma_b == 0:
         lam = theory.finite_width_lambda1(args.activation, args.width, args.sigma_w, args.activation_param)
         prediction, curve = lam / math.log(10), None
@@ -190,10 +190,20 @@ def predictions(args, fitted: np.ndarray | None = None) -> tuple[dict, list[str]
                 f"2^-{args.width} = {2.0 ** -args.width:.3g}, and that input's chain is exactly 0 from there)"
                 if args.activation == "relu" and args.width <= 20 else "")
         lines.append(f"  {f'at width {args.width}':<23} {prediction:+.6g} decades per layer going down ({lam:+.6g} nats): "
-                     f"exact for zero-bias Gaussian stacks of this width{live}; mean field's 0.5 log10 chi_1 is its "
-                     "infinite-width limit")
+                     f"exact for the forward ||h_l|| (going up) of zero-bias Gaussian stacks of this width{live}; "
+                     f"{BACKWARD_FOLLOWS}; mean field's 0.5 log10 chi_1 is its infinite-width limit")
     out["prediction_decades_per_layer"] = prediction
     return out, lines, prediction, curve
+
+
+# The finite-width rates are exact for the forward pass; the backward signal runs through the same
+# weights, whose rows the forward's signs select, and follows them only as far as they act as
+# fresh (mean field's assumption): ReLU at the He gain, width 256, depth 240, batch 1, 150 seeds,
+# slopes over layers 24-215: ||h_l|| -0.00242 +- 0.00020 (1.5 SEM from the exact -0.00213) and
+# ||dL/dh_l|| -0.00048 +- 0.00017 (9.7 SEM); a batch of 16's norm sits higher still (30 seeds:
+# -0.00040 +- 0.00027). At width 32 (60 seeds) ||dL/dh_l|| reads -0.0175 +- 0.0009 against -0.0179.
+BACKWARD_FOLLOWS = ("the backward ||dL/dh_l|| (going down) follows it as far as its weights act as independent of "
+                    "the forward's, as mean field assumes (they are the same weights)")
 
 
 # Where fewer than 1 unit in 100 is open, a layer with fewer open units than this (at the width
