@@ -902,3 +902,17 @@ def test_the_cli_gives_the_simulated_slope_its_standard_error(tmp_path, capsys):
     assert (f"{d['simulated_decades_per_layer']:+.6g} decades per layer going down +- "
             f"{d['simulated_decades_per_layer_se']:.2g} (one seed's") in text
     assert 0.003 < d["simulated_decades_per_layer_se"] < 0.02  # ~0.0065 * sqrt(240 / 160) from 30 seeds by hand
+
+
+def test_finite_width_rate_is_the_forward_norms_drift():
+    """The README: the finite-width rate is exact for the forward ||h_l|| (going up). ReLU at the
+    He gain, width 32, 8,000 layers of one sample: the slope of log10 of each layer's rms output
+    (from its mean and standard deviation) is lambda_32 = -0.0179 decades a layer, where mean
+    field says 0 (a random walk's slope: its standard error here ~0.001)."""
+    stack = gb.Stack(depth=8000, width=32, activation="relu", init="normal", sigma_w=math.sqrt(2))
+    lam = theory.finite_width_lambda1("relu", 32, stack.gain) / math.log(10)
+    res = gb.backprop(stack, gb.GeneratedParams(stack, 0), gb.gaussian_input(stack, 1, 0), stats_only=True)
+    m, sd = res.act_mean.log10(), res.act_std.log10()
+    top = np.maximum(m, sd)
+    rms = top + 0.5 * np.log10(10 ** (2 * (m - top)) + 10 ** (2 * (sd - top)))
+    assert np.polyfit(np.arange(len(rms)), rms, 1)[0] == pytest.approx(lam, abs=0.004)
