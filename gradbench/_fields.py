@@ -8,6 +8,9 @@ import dataclasses
 # The ``metadata`` flag of a field that holds words, not an array (``Params.origin``):
 # ``items()`` leaves it out, so nothing that works on the arrays sees it, and ``copy()`` keeps it.
 WORDS = "words"
+# The flag of a field that holds a record of the arrays, not a parameter (``Params.drawn``): left
+# out of ``items()`` as words are, and kept by ``copy()`` and ``dataclasses.replace``.
+RECORD = "record"
 
 
 def check_words(obj) -> None:
@@ -26,7 +29,7 @@ class PresentFields:
     def items(self):
         """(name, array) for every array present."""
         for f in dataclasses.fields(self):
-            if f.metadata.get(WORDS):
+            if f.metadata.get(WORDS) or f.metadata.get(RECORD):
                 continue
             value = getattr(self, f.name)
             if value is not None:

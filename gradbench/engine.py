@@ -33,7 +33,7 @@ from gradbench.histograms import (DEFAULT_BINS, DEFAULT_PER_DECADE, MAX_BINS, MA
 from gradbench.inputs import check_inputs, check_progress
 from gradbench.logscaled import LogScaled
 from gradbench.loss import head_loss, top_signal
-from gradbench.params import GeneratedParams, Params, probe_and_size
+from gradbench.params import GeneratedParams, Params, origin_words, probe_and_size
 from gradbench.plan import Plan, available_memory, plan_run
 from gradbench.results import Grads, Result
 from gradbench.spec import RELU_FAMILY, Stack
@@ -528,7 +528,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
                   generated=run.plan.generated, weights_kept=run.plan.keep_weights,
                   memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost,
                   forward_lost_samples=run.forward_lost,
-                  weights_probe=probe, weights=getattr(run.params, "origin", None), weight_log10_sampled=size)
+                  weights_probe=probe, weights=origin_words(run.params, run.stack, probe), weight_log10_sampled=size)
     if run.bn_pair is not None:  # batch norm over 2 samples (verdict.bn_pair_cancels)
         extras["bn_pair_difference"] = run.bn_pair
     if param_clip_acted is not None:  # whether clipping changed a parameter gradient of this pass

@@ -121,7 +121,7 @@ def check_inputs(stack: Stack, params: Params | GeneratedParams, x, targets=None
                         f"gradbench.GeneratedParams, got {type(params).__name__}")
     checked = check_param_arrays(params, expected_shapes(stack), stack.np_dtype)
     x, targets = _check_x(stack, x, targets)
-    return Params(**checked, origin=params.origin), x, targets
+    return Params(**checked, origin=params.origin, drawn=params.drawn), x, targets
 
 
 # Why batch norm needs two samples (the API's and the command line's refusals say it alike).

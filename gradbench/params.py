@@ -64,7 +64,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gradbench._fields import WORDS, CopyableArrays, check_words
+from gradbench._fields import RECORD, WORDS, CopyableArrays, check_words
 from gradbench.abi import misaligned
 from gradbench.spec import Stack
 
@@ -84,7 +84,9 @@ class Params(CopyableArrays):
     (:func:`init_params`, :meth:`GeneratedParams.materialize`); Params built by a caller say
     :data:`GIVEN` unless given their own words (a header that named the init scheme of weights
     it never drew was untrue). Not an array: ``items()`` leaves it out, ``copy()`` and
-    :func:`dataclasses.replace` keep it.
+    :func:`dataclasses.replace` keep it. ``drawn``: for drawn weights, :func:`weights_probe` of
+    them as drawn, so that a run of weights changed since (``p.W *= 7``, in any row the probe
+    reads) says so (:func:`origin_words`) instead of naming the scheme; not a parameter either.
     """
 
     W: np.ndarray
@@ -97,6 +99,7 @@ class Params(CopyableArrays):
     W_out: np.ndarray | None = None
     b_out: np.ndarray | None = None
     origin: str | None = field(default=GIVEN, metadata={WORDS: True})
+    drawn: np.ndarray | None = field(default=None, repr=False, metadata={RECORD: True})
 
     def __post_init__(self):
         check_words(self)
@@ -219,7 +222,7 @@ def init_params(stack: Stack, seed: int | np.random.Generator = 0) -> Params:
     if stack.has_head:
         p["W_out"] = arr(_weights(rng, stack.init, gain, (O, N), N, O))
         p["b_out"] = arr(bias(O))
-    return Params(**p, origin=None)  # drawn for the stack's init scheme
+    return _drawn(Params(**p, origin=None))  # drawn for the stack's init scheme
 
 
 def random_targets(stack: Stack, batch: int, seed: int):
@@ -400,8 +403,8 @@ class GeneratedParams:
         gamma, beta, slope = self.constants(0, L)
         kept = {k: None if a is None else a.copy() for k, a in  # copies: editing them leaves the seed's
                 (("W_in", self.W_in), ("b_in", self.b_in), ("W_out", self.W_out), ("b_out", self.b_out))}
-        return Params(W=self.weights(0, L), b=self.biases(0, L), gamma=gamma, beta=beta, slope=slope, **kept,
-                      origin=None)
+        return _drawn(Params(W=self.weights(0, L), b=self.biases(0, L), gamma=gamma, beta=beta, slope=slope, **kept,
+                             origin=None))
 
     def _check_range(self, start, stop) -> tuple[int, int]:
         L = self.stack.depth
@@ -469,6 +472,31 @@ def _rows_log10(rows: np.ndarray, N: int) -> np.ndarray:
             scaled = (rows[l] / rows.dtype.type(m)).astype(np.float64)
             out[l] = math.log10(m) + 0.5 * math.log10(float(np.sum(scaled * scaled)) * (N / k))
     return out
+
+
+def _drawn(params: Params) -> Params:
+    """Drawn ``params`` with the record of their weights as drawn (``Params.drawn``)."""
+    return replace(params, drawn=weights_probe(params))
+
+
+#: How a run names weights drawn for the init scheme and changed since (``Params.drawn``).
+CHANGED = "changed after they were drawn"
+
+
+def origin_words(params, net, probe=None) -> str | None:
+    """Where the weights of ``params`` (of ``net``) came from, in words, for a Result's
+    ``extras["weights"]``: their ``origin``; for drawn weights (origin None) whose
+    :func:`weights_probe` (``probe``, or taken here) differs from the one recorded when they were
+    drawn, "he_normal weights changed after they were drawn" (:func:`initial_words`); None for
+    drawn weights as drawn, and for GeneratedParams."""
+    origin = getattr(params, "origin", None)
+    drawn = getattr(params, "drawn", None)
+    if origin is not None or drawn is None:
+        return origin
+    now = weights_probe(params) if probe is None else probe
+    if isinstance(now, np.ndarray) and now.shape == drawn.shape and np.array_equal(now, drawn, equal_nan=True):
+        return None
+    return f"{initial_words(net)} {CHANGED}"
 
 
 def initial_words(net) -> str:

@@ -274,3 +274,25 @@ def test_weights_a_caller_builds_are_not_said_to_be_the_init_schemes():
     res = gb.backprop(rnn, copied, gb.sequence_input(rnn, 2, 1))
     head = str(gb.diagnose(res)).splitlines()[0]
     assert "weights given by the caller" in head and "orthogonal" not in head
+
+
+def test_drawn_weights_changed_in_place_are_not_said_to_be_the_schemes():
+    """A helper's finding: p = init_params(stack, 0); p.W *= 7 ran with the header "tanh,
+    xavier_normal", weights the scheme never drew. Drawn params record the probe of their weights
+    as drawn (Params.drawn); a run of changed ones (in a row the probe reads) says "xavier_normal
+    weights changed after they were drawn"; copies and unchanged weights keep the scheme's name."""
+    stack = gb.Stack(depth=3, width=4)
+    x = gb.gaussian_input(stack, 2, 0)
+
+    def head(p):
+        return str(gb.diagnose(gb.backprop(stack, p, x), p)).splitlines()[0]
+
+    p = gb.init_params(stack, 0)
+    assert "xavier_normal," in head(p) and "xavier_normal," in head(p.copy())
+    assert [n for n, _ in p.items()] == ["W", "b", "gamma", "beta", "slope"]  # drawn is no parameter
+    p.W[...] *= 7
+    assert "xavier_normal weights changed after they were drawn" in head(p)
+    q = gb.GeneratedParams(stack, 0).materialize()
+    assert "xavier_normal," in head(q)
+    assert "changed after" in head(dataclasses.replace(q, W=q.W * 2))
+    assert "changed after" not in head(gb.init_params(stack, 0))  # a fresh draw of the same seed
