@@ -474,9 +474,19 @@ def _rows_log10(rows: np.ndarray, N: int) -> np.ndarray:
     return out
 
 
-def _drawn(params: Params) -> Params:
-    """Drawn ``params`` with the record of their weights as drawn (``Params.drawn``)."""
-    return replace(params, drawn=weights_probe(params))
+def _drawn(params):
+    """Drawn ``params`` (Params or RecurrentParams) with the record of their weights as drawn
+    (``drawn``: :func:`drawn_probe`)."""
+    return replace(params, drawn=drawn_probe(params))
+
+
+def drawn_probe(params) -> np.ndarray:
+    """The probe of drawn weights: :func:`weights_probe` for a stack's; for a recurrent net's the
+    float64 sums of the first, middle and last row of W_ih and of W_hh (6 numbers)."""
+    if hasattr(params, "W"):
+        return weights_probe(params)
+    return np.concatenate([np.asarray(a)[_probe_rows(a.shape[0])].sum(axis=1, dtype=np.float64)
+                           for a in (params.W_ih, params.W_hh)])
 
 
 #: How a run names weights drawn for the init scheme and changed since (``Params.drawn``).
@@ -486,14 +496,14 @@ CHANGED = "changed after they were drawn"
 def origin_words(params, net, probe=None) -> str | None:
     """Where the weights of ``params`` (of ``net``) came from, in words, for a Result's
     ``extras["weights"]``: their ``origin``; for drawn weights (origin None) whose
-    :func:`weights_probe` (``probe``, or taken here) differs from the one recorded when they were
+    :func:`drawn_probe` (``probe``, or taken here) differs from the one recorded when they were
     drawn, "he_normal weights changed after they were drawn" (:func:`initial_words`); None for
     drawn weights as drawn, and for GeneratedParams."""
     origin = getattr(params, "origin", None)
     drawn = getattr(params, "drawn", None)
     if origin is not None or drawn is None:
         return origin
-    now = weights_probe(params) if probe is None else probe
+    now = drawn_probe(params) if probe is None else probe
     if isinstance(now, np.ndarray) and now.shape == drawn.shape and np.array_equal(now, drawn, equal_nan=True):
         return None
     return f"{initial_words(net)} {CHANGED}"

@@ -296,3 +296,17 @@ def test_drawn_weights_changed_in_place_are_not_said_to_be_the_schemes():
     assert "xavier_normal," in head(q)
     assert "changed after" in head(dataclasses.replace(q, W=q.W * 2))
     assert "changed after" not in head(gb.init_params(stack, 0))  # a fresh draw of the same seed
+
+
+def test_drawn_recurrent_weights_changed_in_place_say_so():
+    """The recurrent header named "W_ih xavier_normal, W_hh orthogonal" for drawn weights changed
+    since (p.W_hh *= 3): it now says they changed after they were drawn."""
+    rnn = gb.Recurrent(cell="gru", hidden=4, steps=5, input_dim=2)
+    xs = gb.sequence_input(rnn, 2, 1)
+    p = gb.init_params(rnn, 0)
+    assert [n for n, _ in p.items()] == ["W_ih", "W_hh", "b_ih", "b_hh"]
+    assert gb.backprop(rnn, p, xs).extras["weights"] is None
+    p.W_hh[...] *= 3
+    words = gb.backprop(rnn, p, xs).extras["weights"]
+    assert words.startswith("W_ih xavier_normal, W_hh orthogonal") and words.endswith("changed after they were drawn")
+    assert "changed after they were drawn" in str(gb.diagnose(gb.backprop(rnn, p, xs))).splitlines()[0]

@@ -27,6 +27,7 @@ from gradbench.clipping import _clip_value, _scale_rows, row_norms
 from gradbench.inputs import check_array, check_param_arrays, check_progress, check_targets
 from gradbench.logscaled import LogScaled, ldexp
 from gradbench.loss import head_dy, head_gradient
+from gradbench.params import origin_words
 from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, PlanRefused, available_memory, check_memory_budget, size_text
 from gradbench.recurrent import abi as rabi
 from gradbench.recurrent.backends import get_backend, resolve
@@ -60,7 +61,8 @@ def check_inputs(rnn, params, xs, targets=None, h0=None, c0=None):
                         f"got {type(params).__name__}")
     dt = rnn.np_dtype
     params = RecurrentParams(**check_param_arrays(params, expected_shapes(rnn), dt, owner="net",
-                                                  unused="has no head", kind="Recurrent"), origin=params.origin)
+                                                  unused="has no head", kind="Recurrent"), origin=params.origin,
+                             drawn=params.drawn)
     T, D = rnn.steps, rnn.d_in
     if isinstance(xs, GeneratedSequence):
         if xs.rnn != rnn:
@@ -657,7 +659,7 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
         first_nonfinite_backward=None if fbwd < 0 else fbwd - 1,
         forward_rescaled=run.rescale,
         extras=dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), memory_estimate=run.plan.estimate,
-                    seconds=run.seconds, weights=run.params.origin, lost_samples=_lost_samples(run), **({"carried_cell_signal_norm": run.carried_norms[2]}
+                    seconds=run.seconds, weights=origin_words(run.params, rnn), lost_samples=_lost_samples(run), **({"carried_cell_signal_norm": run.carried_norms[2]}
                                             if run.carried_norms and lstm else {})),
         carried_signal_norm=run.carried_norms[0] if run.carried_norms else None,
         carried_grad_norm=run.carried_norms[1] if run.carried_norms else None,

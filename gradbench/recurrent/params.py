@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradbench._fields import WORDS, CopyableArrays, check_words
-from gradbench.params import GIVEN, _orthogonal, _weights
+from gradbench._fields import RECORD, WORDS, CopyableArrays, check_words
+from gradbench.params import GIVEN, _drawn, _orthogonal, _weights
 from gradbench.recurrent.spec import Recurrent
 
 
@@ -29,7 +29,8 @@ class RecurrentParams(CopyableArrays):
     as they are ("W_ih xavier_normal, W_hh orthogonal weights after 5 epochs of training",
     :func:`gradbench.train_recurrent`); the report's header says them in place of the net's init
     schemes. None: drawn for the net's schemes (:func:`init_params`); built by a caller,
-    :data:`gradbench.params.GIVEN` unless given words. Not an array, as
+    :data:`gradbench.params.GIVEN` unless given words. ``drawn``: the probe of the weights as
+    drawn (:func:`gradbench.params.drawn_probe`), so that a run of weights changed since says so. Not an array, as
     :attr:`gradbench.Params.origin`.
     """
 
@@ -40,6 +41,7 @@ class RecurrentParams(CopyableArrays):
     W_out: np.ndarray | None = None
     b_out: np.ndarray | None = None
     origin: str | None = field(default=GIVEN, metadata={WORDS: True})
+    drawn: np.ndarray | None = field(default=None, repr=False, metadata={RECORD: True})
 
     def __post_init__(self):
         check_words(self)
@@ -96,7 +98,7 @@ def init_params(rnn: Recurrent, seed: int | np.random.Generator = 0) -> Recurren
     if rnn.has_head:
         p["W_out"] = arr(_weights(rng, rnn.init, rnn.input_gain, (O, N), N, O))
         p["b_out"] = arr(bias(O))
-    return RecurrentParams(**p, origin=None)  # drawn for the net's schemes
+    return _drawn(RecurrentParams(**p, origin=None))  # drawn for the net's schemes
 
 
 def sequence_input(rnn: Recurrent, batch: int, seed: int | np.random.Generator = 1) -> np.ndarray:
