@@ -125,9 +125,17 @@ def _axis(name: str, values) -> list:
     out = [_scalar(where, v) for v in values]
     if not out:
         raise ValueError(f"{where} is empty: give at least one value")
-    dup = sorted(v for v, n in collections.Counter(json.dumps(v) for v in out).items() if n > 1)
+    # numbers counted as the run sees them (canonical): sigma_w 1 and 1.0, or sigma_b 0 and -0.0,
+    # are one configuration (one run key), which ran twice and then read as a row missing ("a
+    # bug"); two names of one init are said below
+    seen = collections.defaultdict(list)
+    for v in out:
+        seen[json.dumps(v if name == "init" else canonical(name, v))].append(v)
+    dup = sorted(k for k, vs in seen.items() if len(vs) > 1)
     if dup:
-        raise ValueError(f"{where} has repeated values {', '.join(dup)}: each configuration is run once")
+        given = "; ".join(" and ".join(map(repr, seen[k])) for k in dup)
+        raise ValueError(f"{where} has repeated values {', '.join(dup)} ({given}: the same configuration): "
+                         "each configuration is run once")
     if name == "init":  # another name of the same scheme is the same configuration
         same = collections.defaultdict(list)
         for v in out:
