@@ -133,9 +133,9 @@ def _axis(name: str, values) -> list:
         seen[json.dumps(v if name == "init" else canonical(name, v))].append(v)
     dup = sorted(k for k, vs in seen.items() if len(vs) > 1)
     if dup:
-        given = "; ".join(" and ".join(map(repr, seen[k])) for k in dup)
-        raise ValueError(f"{where} has repeated values {', '.join(dup)} ({given}: the same configuration): "
-                         "each configuration is run once")
+        spelled = [" and ".join(map(repr, seen[k])) for k in dup if len({repr(v) for v in seen[k]}) > 1]
+        given = f" ({'; '.join(spelled)}: the same configuration)" if spelled else ""
+        raise ValueError(f"{where} has repeated values {', '.join(dup)}{given}: each configuration is run once")
     if name == "init":  # another name of the same scheme is the same configuration
         same = collections.defaultdict(list)
         for v in out:
