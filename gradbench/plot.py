@@ -290,8 +290,8 @@ def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bo
              # re-binned (a stats-only run): a bin across the edge is drawn whole in the lowest bin,
              # so only the bins wholly below it are counted here: a lower bound
              (f"entries below 10^{rel.edges[0]:g} of the norm" if rel.exact else
-              f"entries below 10^{rel.edges[0]:g} of the norm at least (those within a bin of it are in the lowest "
-              "bin)"): rel.outside,
+              f"or more entries below 10^{rel.edges[0]:g} of the norm (those within a bin of it are drawn in the "
+              "lowest bin)"): rel.outside,
              "entries of unknown place (outside the bins they were counted in, or in a layer with non-finite "
              "entries)": rel.unplaced}
     _heatmap(fig, ax, rel.edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), rows)

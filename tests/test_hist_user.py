@@ -17,9 +17,9 @@ pytest.importorskip("matplotlib")
 
 def _below(fig) -> tuple[int, float, bool]:
     text = fig.axes[0].get_xlabel()
-    m = re.search(r"(\d+) entries below 10\^(-?[\d.]+) of the norm( at least)?", text)
+    m = re.search(r"(\d+) (or more )?entries below 10\^(-?[\d.]+) of the norm", text)
     assert m, text
-    return int(m.group(1)), float(m.group(2)), bool(m.group(3))
+    return int(m.group(1)), float(m.group(3)), bool(m.group(2))
 
 
 def test_entries_below_the_grid_of_a_stats_only_heat_map_are_a_lower_bound_and_said_so():
