@@ -406,3 +406,14 @@ def assert_clip_record_refused(call, arrays: dict, function: str, size: int) -> 
     arrays["clip_acted"] = np.zeros(size, np.int32)
     with pytest.raises(TypeError, match="clip_acted has dtype int32"):
         call()
+
+
+class Tripwire:
+    """A Dask client stand-in that fails the test if a sweep touches it: validation (and a sweep
+    whose every run is resumed from its out directory) must finish before any client is used."""
+
+    def submit(self, *a, **k):
+        raise AssertionError("a task was submitted")
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the client was used ({name}) before validation finished")

@@ -28,6 +28,7 @@ from gradbench.diagnose import assess
 from gradbench.sweep import COLUMNS, task_size
 from gradbench.sweep.execute import execute, split
 from gradbench.sweep.grid import plan
+from tests.helpers import Tripwire
 
 GRID = {"activation": ["tanh", "relu"], "sigma_w": [0.8, 1.5, 1.8, 40.0]}
 FIXED = dict(depth=250, width=16, batch=8, sigma_b=0.1, init="normal")
@@ -114,16 +115,6 @@ def test_table_equals_a_serial_loop_on_a_local_cluster_of_two_worker_processes()
 
 
 # ---------------------------------------------------------------- validation before anything runs
-class Tripwire:
-    """A client that fails the test if the sweep touches it."""
-
-    def submit(self, *a, **k):
-        raise AssertionError("a task was submitted")
-
-    def __getattr__(self, name):
-        raise AssertionError(f"the client was used ({name}) before validation finished")
-
-
 @pytest.mark.parametrize("grid,kwargs,error,match", [
     ({"sigma": [1.0]}, {}, ValueError, r"grid field='sigma' is not one of .*did you mean"),
     ({"activation": "tanh"}, {}, TypeError, r"grid\['activation'\] must be a list"),

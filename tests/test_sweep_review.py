@@ -15,6 +15,7 @@ import gradbench as gb
 from gradbench.sweep import run_one
 from gradbench.sweep.worker import rate_se
 from gradbench.verdict import grad_rate
+from tests.helpers import Tripwire
 
 
 def _fit(x, y):
@@ -67,16 +68,6 @@ def test_the_se_leaves_out_the_points_the_rate_leaves_out():
 
 
 # ---------------------------------------------------------------- resuming an out directory
-class Tripwire:
-    """A client that fails the test if the sweep touches it (every run must be resumed)."""
-
-    def submit(self, *a, **k):
-        raise AssertionError("a task was submitted")
-
-    def __getattr__(self, name):
-        raise AssertionError(f"the client was used ({name})")
-
-
 def _write_sweep(out, grid, fixed, seeds=(0,)):
     """A sweep directory made without Dask: the manifest, then the runs of the worker's own
     task function in this process, in one rows file; returns the plan."""

@@ -7,16 +7,7 @@ import numpy as np
 import pytest
 
 import gradbench as gb
-
-
-class Tripwire:
-    """A client that fails the test if the sweep touches it."""
-
-    def submit(self, *a, **k):
-        raise AssertionError("a task was submitted")
-
-    def __getattr__(self, name):
-        raise AssertionError(f"the client was used ({name}) before validation finished")
+from tests.helpers import Tripwire
 
 
 @pytest.mark.parametrize("field,values,shown", [
