@@ -52,7 +52,7 @@ import numpy as np
 from gradbench.histograms import DEFAULT_BINS, checked_range, histograms, rebin_is_exact, rebin_streaming
 from gradbench.params import GeneratedParams, weights_probe
 from gradbench.spec import Stack
-from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, bn_pair_cancels, classify,  # noqa: F401
+from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, bn_identical, bn_pair_cancels, classify,  # noqa: F401
                                clip_binds, decades_per_layer, explain, float_limits, floored_layers, grad_rate, judge,
                                signal_rate)
 
@@ -274,7 +274,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     # what a plain chain computes: the derivative, before any parameter-gradient clipping (which
     # bounds the update after it: a float32 chain is inf at 10^48 whatever the clip then does)
     g_plain = _derivative_log10(res, g)
-    if a.rule == "pair":  # 0 in exact arithmetic (rounding noise computed): no layer where a plain chain loses it
+    if a.rule in ("pair", "identical"):  # 0 in exact arithmetic (rounding noise computed): no layer where a plain chain loses it
         g_plain = np.full(len(g), -np.inf)
     rate_plain = rate if g_plain is g else grad_rate(g_plain, stack.residual)[0]
     floored = floored_layers(stack.activation, g_plain, res.saturation, act_std_log10)
@@ -455,8 +455,8 @@ def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> As
         elasticity = g_raw + w_ref - loss_log10 if math.isfinite(loss_log10) else np.full(len(g), math.nan)
     verdict, rule = judge(g, s, threshold=threshold, elasticity_log10=elasticity, tiny=tiny,
                           nonfinite_backward=res.first_nonfinite_backward is not None, group=stack.residual,
-                          pair_cancelled=bn_pair_cancels(stack, res))
-    if rule == "pair":  # the norms are rounding noise of an exact 0: their rates are none
+                          pair_cancelled=bn_pair_cancels(stack, res), identical=bn_identical(stack, res))
+    if rule in ("pair", "identical"):  # the norms are rounding noise of an exact 0: their rates are none
         rate = intercept = s_rate = math.nan
     return Assessment(grad_log10=g, signal_log10=s, decades_per_layer=rate, intercept=intercept,
                       signal_decades_per_layer=s_rate, loss_log10=loss_log10, elasticity_log10=elasticity,

@@ -531,6 +531,8 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
                   weights_probe=probe, weights=origin_words(run.params, run.stack, probe), weight_log10_sampled=size)
     if run.bn_pair is not None:  # batch norm over 2 samples (verdict.bn_pair_cancels)
         extras["bn_pair_difference"] = run.bn_pair
+    if run.stack.batch_norm:  # one input repeated: batch norm passes nothing (verdict.bn_identical)
+        extras["identical_samples"] = bool(np.all(run.x == run.x[:1]))
     if param_clip_acted is not None:  # whether clipping changed a parameter gradient of this pass
         extras["param_clip_acted"] = param_clip_acted
     run.tick(run.work)

@@ -95,7 +95,9 @@ class Result:
         layer's batch norm are, the largest over its units of |dy_1 - dy_2| / (|dy_1| + |dy_2|)
         (:func:`gradbench.engine.bn_pair_difference`): over 2 samples batch norm passes only that
         difference, and where it is rounding the diagnosis reads no gradient
-        (:func:`gradbench.verdict.bn_pair_cancels`).
+        (:func:`gradbench.verdict.bn_pair_cancels`); ``identical_samples`` (batch norm only): every
+        sample of x is the same input, bit for bit, which batch norm maps to beta whatever the
+        weights (:func:`gradbench.verdict.bn_identical`: no gradient).
     grad_hist : GradHistogram or None
         Histograms of log10 |dW_l| (``stats_only=True`` runs; otherwise ``None``: use
         ``gradbench.diagnose`` on ``grads``).

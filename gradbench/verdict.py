@@ -355,21 +355,24 @@ def signal_rate(signal_log10, group: int = 0) -> float:
 
 def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_log10=None,
           tiny: float = 8.0, nonfinite_backward: bool = False, group: int = 0,
-          pair_cancelled: bool = False) -> tuple[str, str]:
+          pair_cancelled: bool = False, identical: bool = False) -> tuple[str, str]:
     """``(verdict, rule)`` by the rules of the module docstring. ``rule`` names the one that
     decided: "no gradient", "pair" (no gradient: batch norm over 2 samples, ``pair_cancelled``),
+    "identical" (no gradient: batch norm over a batch of one input repeated, ``identical``),
     "non-finite", "zeros", "trend", "branch", "overflow", "underflow", "insensitive" (every
     e_l < 10^-tiny) or "none" (stable).
 
     ``elasticity_log10``: log10 e_l = log10 (||dW_l|| ||W_l|| / loss) per layer (nan where
     unknown); without it the elasticity rule is not applied. ``group``: the residual group size
     (the signal's trend over the groups' ends, :func:`signal_rate`). ``pair_cancelled``: every
-    ||dL/dW_l|| is 0 in exact arithmetic (:func:`bn_pair_cancels`), whatever the norms read.
+    ||dL/dW_l|| is 0 in exact arithmetic (:func:`bn_pair_cancels`), whatever the norms read;
+    ``identical``: so is it because batch norm sees one input repeated (:func:`bn_identical`).
     """
     g = np.asarray(grad_log10, dtype=np.float64)
     L = len(g)
-    if pair_cancelled and not (nonfinite_backward or np.any(np.isnan(g) | (g == np.inf))):
-        return "no gradient", "pair"  # (before the exact zeros: the rounding can leave 0 too, and this is why)
+    if (pair_cancelled or identical) and not (nonfinite_backward or np.any(np.isnan(g) | (g == np.inf))):
+        # (before the exact zeros: the rounding can leave 0 too, and this is why)
+        return "no gradient", "identical" if identical else "pair"
     if L and np.all(g == -np.inf):
         return "no gradient", "no gradient"
     if nonfinite_backward or np.any(np.isnan(g) | (g == np.inf)):
@@ -619,6 +622,8 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     if rule == "pair":
         text, clip_said = _pair_words(stack, res, g)
         words.append(text)
+    elif rule == "identical":
+        words.append(_identical_words(res, g))
     elif verdict == "no gradient":
         floor = floored_layers(stack.activation, g, sat, res.act_std.log10())
         if L and floor[-1]:
@@ -707,7 +712,8 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
         words.append(branch)
     bn = small_batch_norm(stack, res, verdict)
     words += bn or batch_norm_explodes(stack, res, verdict, signal_rate)
-    words += batch_norm_without_spread(stack, res)
+    if rule != "identical":  # (its sentence says why)
+        words += batch_norm_without_spread(stack, res)
     words += _findings(stack, g, res, verdict, forward_said, weight_log10, weights_sampled, clip_said)
     return "; ".join(words) + "."
 
@@ -736,18 +742,39 @@ def bn_pair_cancels(stack, res) -> bool:
     return bool(pair <= BN_PAIR_ROUNDING * float(np.finfo(stack.dtype).eps))  # NaN: no
 
 
+def bn_identical(stack, res) -> bool:
+    """Whether a stack with batch norm ran on a batch of one input repeated (every row of x the
+    same bits, ``res.extras["identical_samples"]``): batch norm maps identical samples to beta
+    whatever the weights (z - mean = 0), so the loss depends on no W_l and every ||dL/dW_l|| is 0
+    in exact arithmetic; what the kernels compute there is rounding noise amplified by
+    1 / sqrt(eps) (a batch of 8 copies read VANISHING at ~10^-527, the backends a decade apart)."""
+    return bool(stack.batch_norm and (getattr(res, "extras", None) or {}).get("identical_samples"))
+
+
+def _noise_span(g) -> str:
+    """Where the norms computed run, in words, for a gradient that is 0 in exact arithmetic."""
+    finite = np.flatnonzero(np.isfinite(g) & (g > -np.inf))
+    if finite.size > 1:
+        return (f", and the norms computed (||dW_l|| 10^{_num(g[finite[-1]])} at layer {finite[-1]} to "
+                f"10^{_num(g[finite[0]])} at layer {finite[0]}) are rounding noise, not a trend over depth")
+    if finite.size:
+        return f", and the norm computed (||dW_{finite[0]}|| = 10^{_num(g[finite[0]])}) is rounding noise"
+    return " (and reads 0 here)"
+
+
+def _identical_words(res, g) -> str:
+    """The explanation of the "identical" rule (:func:`bn_identical`)."""
+    B = res.input_grad.mantissa.shape[0]
+    return (f"no gradient at all: every ||dL/dW_l|| is 0 in exact arithmetic{_noise_span(g)}: the {B} samples of "
+            "the batch are one input repeated, and batch norm maps identical samples to beta whatever the weights "
+            "(z - mean = 0 in every unit), so the loss depends on no W_l; give the batch distinct samples")
+
+
 def _pair_words(stack, res, g) -> tuple[str, bool]:
     """The explanation of the "pair" rule (:func:`bn_pair_cancels`), and whether it names the
     signal clip (then the clip's own sentence, :func:`_clip_words`, is left out)."""
     L = len(g)
-    finite = np.flatnonzero(np.isfinite(g) & (g > -np.inf))
-    if finite.size > 1:
-        noise = (f", and the norms computed (||dW_l|| 10^{_num(g[finite[-1]])} at layer {finite[-1]} to "
-                 f"10^{_num(g[finite[0]])} at layer {finite[0]}) are rounding noise, not a trend over depth")
-    elif finite.size:
-        noise = f", and the norm computed (||dW_{finite[0]}|| = 10^{_num(g[finite[0]])}) is rounding noise"
-    else:
-        noise = " (and reads 0 here)"
+    noise = _noise_span(g)
     acted = getattr(res, "signal_clip_acted", None)
     why, remedy = "", ""
     clipped = stack.clip == "value" and stack.clip_on == "signal" and acted is not None and bool(acted[L])
@@ -1106,7 +1133,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
         words.append(f"layer{'s' if far.size > 1 else ''} {_layers(far)} lie far from their neighbours' ||dW_l|| "
                      f"(more than {ISOLATED_DECADES:g} decades) and are left out of the rate's fit: isolated {what}, "
                      "not a trend")
-    if verdict != "no gradient":  # (nor rounding noise of an exact 0: rule "pair")
+    if verdict != "no gradient":  # (nor rounding noise of an exact 0: rules "pair" and "identical")
         words += _lagging_words(stack, g, res, verdict, far)
     lost = int((getattr(res, "extras", None) or {}).get("lost_samples", 0))
     B = res.input_grad.mantissa.shape[0] if lost else 0  # (B, inputs): one row per sample

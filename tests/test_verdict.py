@@ -1020,8 +1020,24 @@ def test_batch_norm_over_identical_samples_is_said_to_be_rounding_noise():
     for backend in ("numpy", "numba", "c"):
         d = gb.diagnose(gb.backprop(s, p, same, backend=backend), p)
         logs[backend] = d.grad_log10
-        assert "batch norm finds no spread in the batch at layer 0" in d.explanation
-        assert "their true gradient is 0" in d.explanation
+        # the verdict too (it read VANISHING beside the sentence): no gradient, no rate from the noise
+        assert d.verdict == "no gradient" and math.isnan(d.decades_per_layer)
+        assert "the 8 samples of the batch are one input repeated" in d.explanation
+        assert "no spread" not in d.explanation  # (the verdict's sentence says why)
+    # in exact arithmetic batch norm maps the 8 copies to beta whatever W (z - mean = 0), so the
+    # loss does not move with W: a forward by hand whose 8 rows are one row repeated (bit for bit,
+    # as exact arithmetic keeps them; a BLAS product of 8 rows can round them apart, and a float
+    # sum of them rounds their mean) gives the same loss at W and at 3 W
+    def loss(W):
+        h = same
+        for l in range(s.depth):
+            z = np.repeat(h[:1] @ W[l].T + p.b[l], 8, axis=0)
+            mean = z[0]  # the exact mean of 8 equal rows (a float sum of them rounds: 3 x, 5 x, ...)
+            var = np.mean((z - mean) ** 2, axis=0)
+            h = np.tanh(p.gamma[l] * (z - mean) / np.sqrt(var + s.bn_eps) + p.beta[l])
+        return 0.5 * float(np.sum(h * h))
+
+    assert loss(p.W) == loss(3 * p.W)
     with np.errstate(invalid="ignore"):  # the top layer's exact zero: -inf in every backend
         assert max(np.nanmax(np.abs(logs[a] - logs[b])) for a in logs for b in logs) > 1  # noise, not a gradient
     d = gb.diagnose(gb.backprop(s, p, gb.gaussian_input(s, 8, 1)), p)
