@@ -21,8 +21,8 @@ l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
   it would take at the fitted rate (:func:`gradbench.verdict.float_limits`).
 - ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and
   exactly zero at the input (the Result's ``extras["lost_samples"]``): dead units, or a signal
-  more than 2^-1074 below the batch's largest at some layer, which one exponent per layer cannot
-  carry; the explanation then says that the norms below follow the other samples. When every
+  more than 2^-1074 (float32: 2^-149) below the batch's largest at some layer, which one
+  exponent per layer cannot carry; the explanation then says that the norms below follow the other samples. When every
   sample is lost, the largest one (which sets each layer's exponent and is never flushed by it)
   was cut by an exact zero in the chain, and the explanation names that cause instead.
 - ``weights``: where the weights came from when they were not drawn for the stack (the params'

@@ -325,9 +325,9 @@ def _top(run: _Run, targets):
 
 def _forward_lost(stack: Stack, x: np.ndarray, hL: np.ndarray) -> int:
     """Samples whose top activations are exactly 0 though their input is not, in a batch: one
-    exponent per layer for the batch flushes a sample more than 2^-1074 below the batch's largest
-    (its own chain is tiny, not 0, and can end far above the others'). Not counted where a row of
-    zeros is a true value: units dead below zero (ReLU), batch norm."""
+    exponent per layer for the batch flushes a sample more than 2^-1074 (float32: 2^-149) below
+    the batch's largest (its own chain is tiny, not 0, and can end far above the others'). Not
+    counted where a row of zeros is a true value: units dead below zero (ReLU), batch norm."""
     if len(x) < 2 or stack.dead_below_zero or stack.batch_norm:
         return 0
     return int(np.count_nonzero(_rows_nonzero(x) & ~_rows_nonzero(hL)))
@@ -521,7 +521,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     ffwd, fbwd = (int(run.info[i]) for i in (abi.INFO_FORWARD, abi.INFO_BACKWARD))
     run.seconds["total"] = time.perf_counter() - t_start
     # samples whose signal was non-zero at the top and is exactly zero at the input: dead units, or
-    # more than 2^-1074 below the batch's largest (one exponent per layer; verdict._findings)
+    # more than 2^-1074 (float32: 2^-149) below the batch's largest (one exponent per layer; verdict._findings)
     lost = int(np.count_nonzero(run.live_top & ~_rows_nonzero(G)))
     probe, size = probe_and_size(run.params)
     extras = dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), stats_only=run.plan.stats_only,

@@ -85,9 +85,10 @@ class Result:
         ``weights_kept`` (generated weights all kept, each drawn once), ``memory_estimate`` (bytes) and ``seconds``
         spent in forward, backward (including recomputation), weight generation and statistics;
         ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and
-        exactly zero at the input (dead units, or a signal more than 2^-1074 below the batch's
-        largest at some layer: the chain carries one exponent per layer, so below that point
-        the norms follow the other samples; the diagnosis says so); ``forward_lost_samples``:
+        exactly zero at the input (dead units, or a signal more than 2^-1074 (float32: 2^-149)
+        below the batch's largest at some layer: the chain carries one exponent per layer, so
+        below that point the norms follow the other samples; the diagnosis says so);
+        ``forward_lost_samples``:
         samples of a batch whose top activations are exactly 0 though their input is not (the
         forward shares one exponent per layer too: flushed on the way up; not counted for ReLU
         stacks, whose dead units give true zeros, nor under batch norm); ``bn_pair_difference``

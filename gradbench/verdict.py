@@ -927,19 +927,23 @@ def weight_gain(stack, weight_log10=None) -> tuple[float, bool]:
     return float(10.0 ** (np.median(w) - 0.5 * math.log10(stack.width))), True
 
 
-# Why a sample of a batch reads 0 on the way up, and the remedy (verdict._findings says them for
-# samples counted at the top, extras["forward_lost_samples"], and for layers of zeros)
 def flush_bound(dtype: str) -> str:
     """How far below the batch's largest a sample is flushed by a shared exponent: the dtype's
     smallest subnormal, 2^-1074 (float64) or 2^-149 (float32)."""
     return "2^-149" if str(dtype) == "float32" else "2^-1074"
 
 
+# Why a sample of a batch reads 0 on the way up, and the remedy (verdict._findings says them for
+# samples counted at the top, extras["forward_lost_samples"], and for layers of zeros); the remedy
+# for samples lost on the way down (stacks) or back (recurrent nets)
 def flushed_forward(dtype: str) -> str:
     return (f"the batch shares one exponent per layer, so a sample more than {flush_bound(dtype)} below the batch's "
             "largest at some layer is flushed to 0 there, though its own chain is tiny, not 0, and can end far above "
             "the others' (a sample that falls behind early can end above one that collapses later)")
+
+
 ONE_AT_A_TIME = "run the samples one at a time (batch 1) for their exact chains"
+SUCH_ONE_AT_A_TIME = "run such samples one at a time (batch 1) for their exact chain"
 
 
 def _sigmoid_rate(gain: float, sigma_b: float) -> float:
@@ -1156,8 +1160,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
             words.append(f"{lost} of {B} samples lose their gradient on the way down (exactly 0 at the input, "
                          f"non-zero at the top): {why}their signal fell more than {flush_bound(stack.dtype)} below the batch's largest at "
                          "some layer; one exponent per layer cannot carry both, so below that layer the norms follow "
-                         "the other samples and can be far too small: run such samples one at a time (batch 1) for "
-                         "their exact chain")
+                         f"the other samples and can be far too small: {SUCH_ONE_AT_A_TIME}")
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
     zf = forward_zeros(stack.activation, std)
     flat = int((getattr(res, "extras", None) or {}).get("forward_lost_samples") or 0)

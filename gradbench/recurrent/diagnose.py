@@ -73,8 +73,8 @@ from gradbench.activations import RESCUE
 from gradbench.diagnose import _from_jsonable as _from_json_value
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.report import activation_words, count, fmt_percent, fmt_pow, index_runs
-from gradbench.verdict import (MEASURABLE_DECADES, ClipChain, acted_list, clip_record_words, countable_mean,
-                               flush_bound)
+from gradbench.verdict import (MEASURABLE_DECADES, SUCH_ONE_AT_A_TIME, ClipChain, acted_list, clip_record_words,
+                               countable_mean, flush_bound)
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -245,8 +245,7 @@ def lost_words(rnn, res) -> list[str]:
     return [f"{lost} of {B} samples {'loses its' if lost == 1 else 'lose their'} gradient on the way back (non-zero at the last "
             f"step, exactly 0 at the initial state): {dead}the batch shares one exponent per step, so a sample more than "
             f"{flush_bound(rnn.dtype)} below the batch's largest at some step is flushed there, and from there back the norms follow "
-            "the other samples and can be far from the batch's true ones: run such samples one at a time (batch 1) "
-            "for their exact chain"]
+            f"the other samples and can be far from the batch's true ones: {SUCH_ONE_AT_A_TIME}"]
 
 
 def nonfinite_words(res) -> list[str]:

@@ -521,9 +521,9 @@ def _top(run: _Run) -> None:
 
 def _lost_samples(run: _Run) -> int | None:
     """Samples whose backward state is non-zero at the top and exactly zero at the initial state
-    (dL/dh_{-1} and the LSTM's dL/dc_{-1}): dead units, or a signal more than 2^-1074 below the
-    batch's largest at some step (one exponent per step for the batch: the norms below follow the
-    other samples). None with a loss at every step, whose gradients enter at every step."""
+    (dL/dh_{-1} and the LSTM's dL/dc_{-1}): dead units, or a signal more than 2^-1074 (float32:
+    2^-149) below the batch's largest at some step (one exponent per step for the batch: the
+    norms below follow the other samples). None with a loss at every step, whose gradients enter at every step."""
     if run.rnn.has_head and run.rnn.loss_on == "every":
         return None
     alive = np.logical_or.reduce(run.G, axis=1)

@@ -30,8 +30,8 @@ class RecurrentParams(CopyableArrays):
     :func:`gradbench.train_recurrent`); the report's header says them in place of the net's init
     schemes. None: drawn for the net's schemes (:func:`init_params`); built by a caller,
     :data:`gradbench.params.GIVEN` unless given words. ``drawn``: the probe of the weights as
-    drawn (:func:`gradbench.params.drawn_probe`), so that a run of weights changed since says so. Not an array, as
-    :attr:`gradbench.Params.origin`.
+    drawn (:func:`gradbench.params.drawn_probe`), so that a run of weights changed since says so.
+    Neither is an array, as :attr:`gradbench.Params.origin`.
     """
 
     W_ih: np.ndarray
