@@ -9,7 +9,8 @@ once the guest has reported the free 2 MiB block to the host (after ~2 s; the ho
 it afresh on the next touch), against a steady ~0.35 s per GiB with 4 KiB pages, which are
 below the reporting order and stay backed. (On other machines memory compaction can stall huge
 pages in the same way.)
-gradbench does not change NumPy's global setting; its own arrays of 32 MiB and more come from
+gradbench does not change NumPy's global setting; its own arrays of 4 MiB and more (the size
+from which NumPy advises huge pages) come from
 :func:`empty`, an anonymous mapping advised ``MADV_NOHUGEPAGE`` (Linux; elsewhere
 ``numpy.empty``), and the internal ones (activations, pre-activations, batch-norm statistics,
 checkpoints: never returned to the caller) are kept in a :class:`Workspace` between calls of
@@ -42,7 +43,12 @@ import numpy as np
 
 from gradbench._env import available_cpus
 
-SMALL_PAGES_FROM = 32 * 2**20  # bytes: below this NumPy's own allocation is used
+# bytes: below this NumPy's own allocation is used. NumPy advises huge pages from 4 MiB on
+# (numpy/_core/src/multiarray/alloc.c), and so do we take over there: with 32 MiB, a first call at
+# L = 1000, n = 64, B = 64 (H, Z and dW of 31 MiB each, on NumPy's huge pages) took 0.11-0.46 s
+# against 0.06 s warm, and 0.07-0.10 s with them on small pages (alternating fresh processes,
+# 3 s apart, default threads, 2026-12-05); the warm calls were the same within the noise.
+SMALL_PAGES_FROM = 4 * 2**20
 
 
 def _small_pages(nbytes: int) -> bool:
