@@ -49,7 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradbench.histograms import DEFAULT_BINS, checked_range, histograms, rebin_is_exact, rebin_streaming
+from gradbench.histograms import (DEFAULT_BINS, HIST_CHUNK, entry_blocks, checked_range, histograms, rebin_is_exact,
+                                  rebin_streaming)
 from gradbench.params import GeneratedParams, weights_probe
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, bn_identical, bn_pair_cancels, classify,  # noqa: F401
@@ -527,10 +528,33 @@ def _check_same_weights(res, params) -> None:
                          "pass or drawn from another seed; pass the parameters of the pass that produced the result")
 
 
-def frobenius_log10(W: np.ndarray) -> np.ndarray:
-    """log10 ||W_l||_F per layer of (n, N, N), without overflow (W of 1e200) or underflow."""
-    m = np.max(np.abs(W), axis=(1, 2))
-    safe = np.where(m > 0, m, 1.0)
-    with np.errstate(divide="ignore"):
-        return np.where(m > 0, np.log10(safe) + 0.5 * np.log10(np.sum((W / safe[:, None, None]) ** 2, axis=(1, 2))),
-                        -np.inf)
+def frobenius_log10(W: np.ndarray, chunk: int = HIST_CHUNK) -> np.ndarray:
+    """log10 ||W_l||_F per layer of (n, N, N) (or (n, ...)), without overflow (W of 1e200) or underflow.
+
+    ``chunk`` entries at a time (whole layers, or one layer whose entries are more), each layer's
+    sum of squares by one dot product; a layer whose sum is not well inside float64's range is
+    summed again scaled by its largest entry. (Over a whole (300, 256, 256) W at once, the
+    scaled sum's temporaries cost a CLI run 0.36 s.)"""
+    W = np.asarray(W)
+    L = W.shape[0]
+    flat = W.reshape(L, -1)
+    M = flat.shape[1]
+    ss = np.zeros(L)
+    with np.errstate(over="ignore", invalid="ignore"):  # such layers are summed again below
+        for r0, r1, c0, c1 in entry_blocks(L, M, chunk):
+            w = flat[r0:r1, c0:c1].astype(np.float64, copy=False)
+            ss[r0:r1] += np.einsum("ij,ij->i", w, w)
+    out = np.empty(L)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fine = (ss > 2.0**-900) & (ss < 2.0**900)  # (NaN: not fine) no square lost to underflow that counts
+        out[fine] = 0.5 * np.log10(ss[fine])
+        for l in np.flatnonzero(~fine):
+            row = flat[l:l + 1]
+            parts = [(c0, c1) for _, _, c0, c1 in entry_blocks(1, M, chunk)]
+            m = max((float(np.max(np.abs(row[:, c0:c1], dtype=np.float64))) for c0, c1 in parts), default=0.0)
+            if not m > 0:  # all zeros, or NaN
+                out[l] = -np.inf
+                continue
+            total = sum(float(np.sum((row[:, c0:c1].astype(np.float64) / m) ** 2)) for c0, c1 in parts)
+            out[l] = math.log10(m) + 0.5 * math.log10(total)
+    return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradbench.histograms import COMPILED_FILL_BYTES, DEFAULT_BINS, MOVE_CHUNK, fill_for
+from gradbench.histograms import COMPILED_FILL_BYTES, DEFAULT_BINS, HIST_CHUNK, MOVE_CHUNK, fill_for
 from gradbench.spec import Stack
 
 # Without memory_budget: checkpoint="auto" checkpoints when a plain run needs more than
@@ -166,9 +166,12 @@ def _diagnose_bytes(stack: Stack, stats_only: bool, generated: bool, hist_bins: 
     if stats_only:  # rebinning the streaming histograms, MOVE_CHUNK layers at a time
         rows = min(L, MOVE_CHUNK)
         return per_layer + 8 * 6 * rows * max(int(hist_bins), 1) + 8 * rows * (int(bins) + 3)
-    rows = min(L, 4096)  # histograms of the stored dW, 4096 layers at a time (range, then counts)
-    chunked = rows * (17 * N * N + 16 * (int(bins) + 3))
-    weight_norms = 0 if generated else L * N * N * 8  # log10 ||W_l|| from the stored weights
+    # histograms of the stored dW (range, then counts) and log10 ||W_l|| of the stored weights: at
+    # most HIST_CHUNK entries at a time (histograms.entry_blocks), whole layers where they fit
+    entries = min(L * N * N, HIST_CHUNK)
+    rows = min(L, max(1, HIST_CHUNK // max(N * N, 1)))
+    chunked = 17 * entries + rows * 16 * (int(bins) + 3)
+    weight_norms = 0 if generated else 24 * entries  # a layer summed again scaled: |w|, w / m, its square
     return per_layer + max(chunked, weight_norms)
 
 

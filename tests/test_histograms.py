@@ -319,3 +319,48 @@ def test_the_largest_histogram_options_bin_as_log10_says(backend):
         assert np.all(np.abs(h.top - want) <= 1)  # float64 log10 at a bin's edge: one bin either way
         if h.bins == 10**6:
             assert np.all(h.counts.sum(axis=1) + h.below + h.zeros == 25) and not h.below.any()
+
+
+def test_diagnosis_histograms_and_weight_norms_work_in_blocks_as_np_histogram_counts():
+    """histograms() and frobenius_log10() take HIST_CHUNK entries at a time: whole layers, or slices
+    of one layer. Over a whole (300, 256, 256) dW at once their temporaries were twice the gradients
+    (gb.diagnose's traced peak 319 MiB there). The counts are np.histogram's of log10 |dW| on the
+    returned edges whatever the blocks, and the norms np.linalg.norm's."""
+    from gradbench.diagnose import frobenius_log10
+    from gradbench.histograms import histograms
+
+    rng = np.random.default_rng(3)
+    m = rng.standard_normal((5, 6, 7)) * 10.0 ** rng.uniform(-20, 20, (5, 1, 1))
+    m[1, 2] = 0.0
+    e = np.array([0, -700, 3, 0, 1500], dtype=np.int64)  # true values m 2^e, beyond float64 in layer 4
+    W = gb.LogScaled(m, e)
+    for chunk in (1, 5, 41, 42, 10**6):  # slices of a layer, whole layers, everything at once
+        edges, counts, zeros, nonfinite, outside = histograms(W, 9, chunk=chunk)
+        for l in range(5):
+            a = np.abs(m[l]).ravel()
+            logs = np.log10(a[a > 0]) + e[l] * math.log10(2.0)
+            np.testing.assert_array_equal(counts[l], np.histogram(logs, edges)[0])
+            assert zeros[l] == np.count_nonzero(a == 0) and nonfinite[l] == 0 and outside[l] == 0
+        w = m * 10.0 ** np.array([0, 250, -250, 0, 0])[:, None, None]  # a layer near 1e270, one near 1e-230
+        want = [math.log10(np.linalg.norm(w[l] / np.abs(w[l]).max())) + math.log10(np.abs(w[l]).max())
+                for l in range(5)]
+        np.testing.assert_allclose(frobenius_log10(w, chunk=chunk), want, rtol=1e-14)
+
+
+def test_a_diagnosis_holds_a_few_mib_beyond_the_gradients(monkeypatch):
+    import tracemalloc
+
+    from gradbench import buffers
+
+    monkeypatch.setattr(buffers, "SMALL_PAGES_FROM", 2**62)  # every array through NumPy, traced
+    stack = gb.Stack(depth=80, width=256, activation="tanh")  # dW and W: 40 MiB each
+    params = gb.init_params(stack, 0)
+    res = gb.backprop(stack, params, gb.gaussian_input(stack, 8, 1))
+    tracemalloc.start()
+    try:
+        gb.diagnose(res, params)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * 2**20, peak / 2**20  # 80 MiB when each pass took every layer at once
+    buffers.release()
