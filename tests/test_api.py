@@ -651,3 +651,40 @@ def test_fields_that_act_only_with_another_are_kept_and_do_nothing_without_it():
     a, b = gb.backprop(base, params, x, backend="numpy"), gb.backprop(odd, params, x, backend="numpy")
     assert np.array_equal(a.grad_norm.log10(), b.grad_norm.log10())
     assert odd.replace(batch_norm=True).bn_eps == 0.5 and odd.replace(residual=2).residual_scale == 0.25
+
+
+# The recurrent nets' seeded functions take their seeds by the stacks' rule. Before, gb.init_params
+# and gb.sequence_input of a Recurrent took seed=None (fresh OS entropy: other weights and inputs at
+# every call) and seed=True (as 1) without a word, and said "SeedSequence expects int or sequence
+# of ints for entropy not 1.5" for a float; first_symbol (the recurrent training task) likewise.
+def _recurrent_seeded_functions():
+    from gradbench.recurrent.train import first_symbol
+
+    rnn = gb.Recurrent(cell="lstm", steps=3, hidden=4, input_dim=2)
+    return {
+        "init_params": lambda s: gb.init_params(rnn, s),
+        "sequence_input": lambda s: gb.sequence_input(rnn, 2, s),
+        "first_symbol": lambda s: first_symbol(3, 4, seed=s),
+    }
+
+
+@pytest.mark.parametrize("bad,error", [(-1, ValueError), (1.5, TypeError), (True, TypeError), (None, TypeError),
+                                       ("3", TypeError), ([1, 2], TypeError)])
+@pytest.mark.parametrize("name", ["init_params", "sequence_input", "first_symbol"])
+def test_a_bad_recurrent_seed_is_refused_naming_seed_and_what_is_allowed(name, bad, error):
+    with pytest.raises(error) as info:
+        _recurrent_seeded_functions()[name](bad)
+    text = str(info.value)
+    assert text.startswith("seed must be an int"), text
+    assert repr(bad) in text or str(bad) in text, text
+    assert "or a numpy.random.Generator" in text
+
+
+def test_good_recurrent_seeds_are_unchanged():
+    rnn = gb.Recurrent(cell="gru", steps=3, hidden=4, input_dim=2)
+    # the same draws as numpy.random.default_rng(seed), NumPy integers and Generators included
+    for seed in (np.int64(7), 2**100):
+        assert np.array_equal(gb.sequence_input(rnn, 2, seed), np.random.default_rng(seed).standard_normal((3, 2, 2)))
+    first = np.random.default_rng(5).standard_normal((3 * 4, 2))  # W_ih: xavier_normal, std sqrt(2 / (2 + 4))
+    assert np.array_equal(gb.init_params(rnn, np.int64(5)).W_ih, first * np.sqrt(2.0 / (2 + 4)))
+    assert np.array_equal(gb.init_params(rnn, np.random.default_rng(5)).W_ih, gb.init_params(rnn, 5).W_ih)

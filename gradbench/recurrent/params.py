@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench._fields import RECORD, WORDS, CopyableArrays, check_words
-from gradbench.params import GIVEN, _drawn, _orthogonal, _weights
+from gradbench.params import GIVEN, _drawn, _orthogonal, _weights, seed_rng
 from gradbench.recurrent.spec import Recurrent
 
 
@@ -77,7 +77,7 @@ def init_params(rnn: Recurrent, seed: int | np.random.Generator = 0) -> Recurren
     """
     if not isinstance(rnn, Recurrent):
         raise TypeError(f"rnn must be a gradbench.Recurrent, got {type(rnn).__name__}")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = seed_rng(seed)
     G, N, D, O = rnn.gates, rnn.hidden, rnn.d_in, rnn.output_dim
     dt = rnn.np_dtype
 
@@ -106,7 +106,7 @@ def sequence_input(rnn: Recurrent, batch: int, seed: int | np.random.Generator =
     if not isinstance(rnn, Recurrent):
         raise TypeError(f"rnn must be a gradbench.Recurrent, got {type(rnn).__name__}")
     _check_batch(batch)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = seed_rng(seed)
     return np.ascontiguousarray(rng.standard_normal((rnn.steps, batch, rnn.d_in)), dtype=rnn.np_dtype)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench.inputs import check_array
-from gradbench.params import after
+from gradbench.params import after, seed_rng
 from gradbench.plan import check_history
 from gradbench.recurrent.engine import backprop
 from gradbench.recurrent.params import RecurrentParams, init_params
@@ -44,7 +44,7 @@ def first_symbol(steps: int, n: int, seed=0) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = seed_rng(seed)
     X = np.zeros((steps, n, 2))
     X[:, :, 0] = 2.0 * rng.integers(0, 2, (steps, n)) - 1.0
     X[0, :, 1] = 1.0
