@@ -59,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -311,6 +312,13 @@ def npz_fields(path, name: str | None = None, kind: str = "stack") -> dict:
     ``Diagnosis.from_npz(path)`` (``RecurrentDiagnosis.from_npz(path)``) builds the diagnosis
     from them; no pickles are loaded. A file of the other kind is refused, naming its reader.
     """
+    with open(os.fspath(path), "rb") as f:  # a missing file: FileNotFoundError, as before
+        is_zip = zipfile.is_zipfile(f)
+    if not is_zip:  # (NumPy spoke of pickles for a .json, a .npy had no .files)
+        json_reader = ("gradbench.recurrent.diagnose.RecurrentDiagnosis" if kind == RECURRENT
+                       else "gradbench.Diagnosis")
+        raise ValueError(f"{path} is not a gradbench diagnosis .npz (format {NPZ_FORMAT}): a .json file of "
+                         f"--out reads with {json_reader}.from_dict(json.load(f)['diagnosis'])")
     with np.load(os.fspath(path), allow_pickle=False) as z:
         if "format" not in z.files or int(z["format"]) != NPZ_FORMAT:
             raise ValueError(f"{path} is not a gradbench diagnosis .npz (format {NPZ_FORMAT})")

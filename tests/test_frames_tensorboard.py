@@ -198,6 +198,31 @@ def test_recurrent_npz_round_trip(tmp_path):
         RecurrentDiagnosis.from_npz(tmp_path / "s.npz")
 
 
+
+def test_a_file_that_is_no_npz_is_refused_naming_what_reads_it(tmp_path):
+    """Diagnosis.from_npz of a .json (what `gradbench run --out x.json` writes) said NumPy's "This file
+    contains pickled (object) data. If you trust the file you can load it unsafely using the
+    `allow_pickle=` keyword argument", and of a .npy an AttributeError ('numpy.ndarray' object has no
+    attribute 'files'); either is a ValueError naming the file, what it is not, and the JSON reader."""
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis
+
+    stack = gb.Stack(depth=3, width=4)
+    d = gb.diagnose(gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 2, 1)))
+    (tmp_path / "d.json").write_text('{"diagnosis": ' + d.to_json() + "}")
+    np.save(tmp_path / "a.npy", np.arange(3.0))
+    for name in ("d.json", "a.npy"):
+        for reader in (gb.Diagnosis.from_npz, RecurrentDiagnosis.from_npz):
+            with pytest.raises(ValueError, match="is not a gradbench diagnosis .npz") as info:
+                reader(tmp_path / name)
+            assert str(tmp_path / name) in str(info.value) and "from_dict" in str(info.value)
+            assert "pickle" not in str(info.value)
+    # the JSON file is read as the message says
+    import json
+
+    back = gb.Diagnosis.from_dict(json.loads((tmp_path / "d.json").read_text())["diagnosis"])
+    assert back.to_json() == d.to_json()
+
+
 # ------------------------------------------------------------------ TensorBoard
 def _events(logdir):
     ea_mod = pytest.importorskip(
