@@ -162,7 +162,11 @@ def _slopes(stack: Stack, k: int) -> np.ndarray:
 
 
 def _orthogonal(rng: np.random.Generator, shape) -> np.ndarray:
-    """(Semi-)orthogonal matrices by QR of a Gaussian with the sign of diag(R) fixed."""
+    """(Semi-)orthogonal matrices by QR of a Gaussian with the sign of diag(R) fixed.
+
+    NumPy's QR runs LAPACK on NumPy's BLAS, whose rounding can depend on the BLAS thread count
+    at some widths (300 and 1000 differ between OPENBLAS_NUM_THREADS=1 and 2; 256 and 512 do
+    not): the same seed gives the same bits for the same BLAS thread count (docs/design.md)."""
     *lead, rows, cols = shape
     g = rng.standard_normal((*lead, max(rows, cols), min(rows, cols)))
     q, r = np.linalg.qr(g)
