@@ -226,6 +226,34 @@ def forward_zeros(activation: str, act_log10) -> np.ndarray:
     return np.flatnonzero(a == -np.inf)
 
 
+# z below which sigmoid(z) rounds to 0 in each dtype (below half the smallest subnormal)
+SIGMOID_FLUSH_Z = {"float64": "-745", "float32": "-104"}
+
+
+def sigmoid_underflow(stack, res) -> np.ndarray:
+    """Layers of a sigmoid stack whose outputs h_{l+1} are all exactly 0 (mean and std 0: a std of 0
+    alone is a layer of equal outputs, all 1 in a saturated layer). sigmoid(z) > 0 for every z,
+    so such a zero is the dtype's underflow (every unit's z below :data:`SIGMOID_FLUSH_Z`): the
+    forward pass carries no exponent for sigmoid (:func:`gradbench.engine.can_rescale_forward`),
+    and the loss and gradients that depend on those outputs read 0 where the exact ones are tiny
+    but not 0. Not with ``residual_scale`` 0, where a zero skip path is a true zero."""
+    if stack.activation != "sigmoid" or (stack.residual and stack.residual_scale == 0):
+        return np.zeros(0, dtype=np.int64)
+    with np.errstate(divide="ignore"):
+        mean = np.asarray(res.act_mean.log10(), dtype=np.float64)
+        std = np.asarray(res.act_std.log10(), dtype=np.float64)
+    return np.flatnonzero((mean == -np.inf) & (std == -np.inf))
+
+
+def sigmoid_underflow_words(stack, layers) -> str:
+    """Why a sigmoid stack's exactly zero gradients are not the truth (:func:`sigmoid_underflow`)."""
+    many = len(layers) > 1
+    return (f"the sigmoid outputs of layer{'s' if many else ''} {_layers(layers)} are exactly 0 in {stack.dtype}: "
+            f"every unit's z lies below about {SIGMOID_FLUSH_Z[stack.dtype]}, where sigmoid(z) underflows, and the "
+            "forward pass carries no exponent for sigmoid; the true outputs are tiny, not 0, and so are the loss "
+            "and the gradients that read 0 because of them")
+
+
 # A point this many decades from the median of its six nearest neighbours (or 20 typical steps
 # between neighbours, if more), neighbours that agree among themselves to a quarter of that, is
 # left out of a rate's fit: a dead branch of a residual stack
@@ -642,6 +670,9 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                          "with a margin beyond ~3e18 for every sample, so its loss and dL/dy = exp(-margin) lie "
                          "below 2^(-2^62), which no int64 exponent holds; the true gradient is not 0, and every "
                          "layer below inherits the zero")
+        elif sigmoid_underflow(stack, res).size:
+            words.append("no gradient in the float computation: every ||dL/dW_l|| reads exactly zero because "
+                         + sigmoid_underflow_words(stack, sigmoid_underflow(stack, res)))
         else:
             flush = (", or samples flushed by the batch's shared exponent in the forward pass: below"
                      if forward_zeros(stack.activation, res.act_std.log10()).size and res.input_grad.mantissa.shape[0] > 1
@@ -1130,6 +1161,10 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
             dead_note = (f" (every unit of layer {top} is saturated so far that its {stack.activation}' is below "
                          "2^(-2^62), e.g. tanh at |z| ~ 1e200: the true gradient there is not 0, but beyond any "
                          "int64 exponent)")
+        under = sigmoid_underflow(stack, res)
+        if under.size and np.isin(zero - 1, under).any():
+            # dW_l = dz_l^T h_l with h_l the underflowed outputs of layer l - 1
+            dead_note = f" ({sigmoid_underflow_words(stack, under)})"
         words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
     far = rate_outliers(g, stack.residual)
     if far.size:

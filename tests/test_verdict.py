@@ -1152,3 +1152,39 @@ def test_finite_median_is_nanmedian():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
             np.testing.assert_array_equal(_finite_median(r), np.nanmedian(r, axis=1))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
+def test_sigmoid_outputs_that_underflow_are_not_called_no_gradient(backend):
+    """sigmoid(z) > 0 for every z, but the forward pass carries no exponent for sigmoid: at
+    sigma_w = 1e4 every unit of a layer can lie below z ~ -745, whose outputs read exactly 0 in
+    float64. mpmath's plain chain (tests/naive_mp.py) gives the true loss and gradients, tiny and
+    non-zero; the words must not call the zeros 'no gradient ... every unit dead' but say why."""
+    from tests import naive_mp
+
+    # depth 3, width 2, batch 1, seed 0: the top layer's outputs underflow, loss and every dW read 0
+    st = gb.Stack(depth=3, width=2, activation="sigmoid", init="normal", sigma_w=1e4)
+    p = gb.init_params(st, 0)
+    x = gb.gaussian_input(st, 1, 1)
+    true_loss, true_gw, _ = naive_mp.chain("sigmoid", 0.0, p.W, x)
+    assert true_loss == pytest.approx(-3574.54, abs=0.01) and np.all(np.isfinite(true_gw))
+    res = gb.backprop(st, p, x, backend=backend)
+    assert res.loss == 0.0 and np.all(res.grad_norm.log10() == -np.inf)  # the float limit, documented
+    text = " ".join(gb.diagnose(res, p).explanation.split())
+    assert "every unit dead" not in text and "an all-zero input" not in text
+    assert "sigmoid outputs of layer 2 are exactly 0 in float64" in text and "tiny, not 0" in text
+
+    # depth 10, width 4: layer 6's outputs underflow (mpmath: 10^-357 .. 10^-2913), so dW_7 reads 0
+    # where the truth is 10^-3787; layer 2's outputs are all 1 (std 0, mean 1): not an underflow
+    st = gb.Stack(depth=10, width=4, activation="sigmoid", init="normal", sigma_w=1e4)
+    p = gb.init_params(st, 0)
+    x = gb.gaussian_input(st, 1, 1)
+    _, true_gw, _ = naive_mp.chain("sigmoid", 0.0, p.W, x)
+    res = gb.backprop(st, p, x, backend=backend)
+    g = res.grad_norm.log10()
+    assert np.flatnonzero(g == -np.inf).tolist() == [7] and true_gw[7] == pytest.approx(-3786.954, abs=0.01)
+    ok = np.arange(10) != 7
+    assert np.max(np.abs(g[ok] - np.asarray(true_gw)[ok])) < 1e-9
+    text = " ".join(gb.diagnose(res, p).explanation.split())
+    assert "the highest is layer 7 (the sigmoid outputs of layer 6 are exactly 0 in float64" in text
+    assert "layers 2" not in text and "layer 2," not in text
