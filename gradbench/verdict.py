@@ -245,6 +245,16 @@ def sigmoid_underflow(stack, res) -> np.ndarray:
     return np.flatnonzero((mean == -np.inf) & (std == -np.inf))
 
 
+def sigmoid_underflow_inputs(stack, res) -> np.ndarray:
+    """(L,) bools: layers whose input h_l is a sigmoid layer's underflowed outputs
+    (:func:`sigmoid_underflow`), so that dW_l = dz_l^T h_l reads 0 where the truth is not 0."""
+    L = len(res.act_std.log10())
+    out = np.zeros(L, dtype=bool)
+    under = sigmoid_underflow(stack, res)
+    out[under[under + 1 < L] + 1] = True
+    return out
+
+
 def sigmoid_underflow_words(stack, layers) -> str:
     """Why a sigmoid stack's exactly zero gradients are not the truth (:func:`sigmoid_underflow`)."""
     many = len(layers) > 1
@@ -383,7 +393,7 @@ def signal_rate(signal_log10, group: int = 0) -> float:
 
 def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_log10=None,
           tiny: float = 8.0, nonfinite_backward: bool = False, group: int = 0,
-          pair_cancelled: bool = False, identical: bool = False) -> tuple[str, str]:
+          pair_cancelled: bool = False, identical: bool = False, float_zeros=None) -> tuple[str, str]:
     """``(verdict, rule)`` by the rules of the module docstring. ``rule`` names the one that
     decided: "no gradient", "pair" (no gradient: batch norm over 2 samples, ``pair_cancelled``),
     "identical" (no gradient: batch norm over a batch of one input repeated, ``identical``),
@@ -395,6 +405,9 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
     (the signal's trend over the groups' ends, :func:`signal_rate`). ``pair_cancelled``: every
     ||dL/dW_l|| is 0 in exact arithmetic (:func:`bn_pair_cancels`), whatever the norms read;
     ``identical``: so is it because batch norm sees one input repeated (:func:`bn_identical`).
+    ``float_zeros``: (L,) bools, layers whose exact 0 is the float forward's underflow, not the
+    chain's (:func:`sigmoid_underflow`: their true ||dW_l|| is tiny, not 0); the "zeros" rule
+    does not count them.
     """
     g = np.asarray(grad_log10, dtype=np.float64)
     L = len(g)
@@ -406,7 +419,10 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
     if nonfinite_backward or np.any(np.isnan(g) | (g == np.inf)):
         return "exploding", "non-finite"
     nz = np.flatnonzero(g > -np.inf)
-    zeros = bool(nz.size and np.any(g[: nz.max()] == -np.inf))  # exact zeros below a non-zero layer
+    true_zero = g == -np.inf
+    if float_zeros is not None:
+        true_zero &= ~np.asarray(float_zeros, dtype=bool)
+    zeros = bool(nz.size and np.any(true_zero[: nz.max()]))  # exact zeros below a non-zero layer
     if zeros:
         s = None if signal_log10 is None else np.asarray(signal_log10, dtype=np.float64)
         if s is not None and group > 1 and L % group == 0:  # residual: the chain is the skip path

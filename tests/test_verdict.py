@@ -1188,3 +1188,30 @@ def test_sigmoid_outputs_that_underflow_are_not_called_no_gradient(backend):
     text = " ".join(gb.diagnose(res, p).explanation.split())
     assert "the highest is layer 7 (the sigmoid outputs of layer 6 are exactly 0 in float64" in text
     assert "layers 2" not in text and "layer 2," not in text
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
+def test_sigmoid_underflow_zeros_do_not_decide_the_verdict(backend):
+    """A residual sigmoid stack at sigma_w = 1e3 (depth 20, width 3, batch 1, seed 3): the outputs of
+    branch layers 4 and 6 underflow to 0 in float64, so ||dW_5|| and ||dW_7|| read 0, where mpmath's
+    plain chain gives 10^-358.6 and 10^-349.5. The "zeros" rule ("no update reaches them") took those
+    zeros for the chain's and decided VANISHING by them; the verdict and its rule must be those of
+    the true norms (vanishing inside the branches: rule "branch")."""
+    from gradbench.diagnose import assess
+    from tests import naive_mp
+
+    st = gb.Stack(depth=20, width=3, activation="sigmoid", init="normal", sigma_w=1e3, residual=2)
+    p = gb.init_params(st, 3)
+    x = gb.gaussian_input(st, 1, 1)
+    true_loss, true_gw, true_gh = naive_mp.chain("sigmoid", 0.0, p.W, x, residual=2)
+    true_gw = np.asarray(true_gw)
+    assert np.all(np.isfinite(true_gw)) and true_gw[5] == pytest.approx(-358.6, abs=0.1)
+    res = gb.backprop(st, p, x, backend=backend)
+    g = res.grad_norm.log10()
+    assert np.flatnonzero(g == -np.inf).tolist() == [5, 7]  # the float forward's limit
+    a = assess(res, p)
+    w = np.log10(np.sqrt((np.asarray(p.W, dtype=np.float64) ** 2).sum(axis=(1, 2))))
+    truth = verdict.judge(true_gw, np.asarray(true_gh), group=2, elasticity_log10=true_gw + w - true_loss)
+    assert (a.verdict, a.rule) == truth == ("vanishing", "branch")
+    text = " ".join(gb.diagnose(res, p).explanation.split())
+    assert "no update reaches them" not in text and "the sigmoid outputs of layers 4 and 6 are exactly 0" in text
