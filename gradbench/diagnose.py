@@ -55,7 +55,7 @@ from gradbench.params import GeneratedParams, weights_probe
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, bn_identical, bn_pair_cancels, classify,  # noqa: F401
                                clip_binds, decades_per_layer, explain, float_limits, floored_layers, grad_rate, judge,
-                               sigmoid_underflow_inputs, signal_rate)
+                               float_underflow_inputs, signal_rate)
 
 @dataclass(frozen=True, eq=False)
 class Diagnosis:
@@ -457,7 +457,7 @@ def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> As
     verdict, rule = judge(g, s, threshold=threshold, elasticity_log10=elasticity, tiny=tiny,
                           nonfinite_backward=res.first_nonfinite_backward is not None, group=stack.residual,
                           pair_cancelled=bn_pair_cancels(stack, res), identical=bn_identical(stack, res),
-                          float_zeros=sigmoid_underflow_inputs(stack, res))
+                          float_zeros=float_underflow_inputs(stack, res))
     if rule in ("pair", "identical"):  # the norms are rounding noise of an exact 0: their rates are none
         rate = intercept = s_rate = math.nan
     return Assessment(grad_log10=g, signal_log10=s, decades_per_layer=rate, intercept=intercept,

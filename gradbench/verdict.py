@@ -226,41 +226,52 @@ def forward_zeros(activation: str, act_log10) -> np.ndarray:
     return np.flatnonzero(a == -np.inf)
 
 
-# z below which sigmoid(z) rounds to 0 in each dtype (below half the smallest subnormal)
-SIGMOID_FLUSH_Z = {"float64": "-745", "float32": "-104"}
+# z below which phi(z) rounds to 0 in each dtype (|phi(z)| below half the smallest subnormal; float32
+# stacks evaluate phi in float64 and round once), for the activations whose outputs reach 0 only so
+FLUSH_Z = {"sigmoid": {"float64": "-745", "float32": "-104"},
+           "gelu": {"float64": "-38.6", "float32": "-14.4"},
+           "swish": {"float64": "-752", "float32": "-109"}}
 
 
-def sigmoid_underflow(stack, res) -> np.ndarray:
-    """Layers of a sigmoid stack whose outputs h_{l+1} are all exactly 0 (mean and std 0: a std of 0
-    alone is a layer of equal outputs, all 1 in a saturated layer). sigmoid(z) > 0 for every z,
-    so such a zero is the dtype's underflow (every unit's z below :data:`SIGMOID_FLUSH_Z`): the
-    forward pass carries no exponent for sigmoid (:func:`gradbench.engine.can_rescale_forward`),
-    and the loss and gradients that depend on those outputs read 0 where the exact ones are tiny
-    but not 0. Not with ``residual_scale`` 0, where a zero skip path is a true zero."""
-    if stack.activation != "sigmoid" or (stack.residual and stack.residual_scale == 0):
+def float_underflow(stack, res) -> np.ndarray:
+    """Layers whose outputs h_{l+1} are all exactly 0 though phi(z) is not 0 in exact arithmetic:
+    sigmoid (> 0 for every z), and GELU and swish (0 only at z = 0) in a stack whose forward
+    carries no exponent (nonzero biases or batch norm; ``res.forward_rescaled`` False; a rescaled
+    forward's zeros are :func:`forward_zeros`). Every unit saturated and mean and std exactly 0 (a
+    std of 0 alone is a layer of equal outputs, all 1 in a saturated sigmoid layer): the dtype's
+    underflow, every unit's z below :data:`FLUSH_Z`, and the loss and gradients that depend on
+    those outputs read 0 where the exact ones are tiny but not 0. Not with ``residual_scale`` 0,
+    where a zero skip path is a true zero."""
+    act = stack.activation
+    if act not in FLUSH_Z or (act != "sigmoid" and getattr(res, "forward_rescaled", True)) or \
+            (stack.residual and stack.residual_scale == 0):
         return np.zeros(0, dtype=np.int64)
     with np.errstate(divide="ignore"):
         mean = np.asarray(res.act_mean.log10(), dtype=np.float64)
         std = np.asarray(res.act_std.log10(), dtype=np.float64)
-    return np.flatnonzero((mean == -np.inf) & (std == -np.inf))
+    with np.errstate(invalid="ignore"):
+        sat = np.asarray(res.saturation, dtype=np.float64) == 1.0
+    return np.flatnonzero((mean == -np.inf) & (std == -np.inf) & sat)
 
 
-def sigmoid_underflow_inputs(stack, res) -> np.ndarray:
-    """(L,) bools: layers whose input h_l is a sigmoid layer's underflowed outputs
-    (:func:`sigmoid_underflow`), so that dW_l = dz_l^T h_l reads 0 where the truth is not 0."""
+def float_underflow_inputs(stack, res) -> np.ndarray:
+    """(L,) bools: layers whose input h_l is a layer's underflowed outputs (:func:`float_underflow`),
+    so that dW_l = dz_l^T h_l reads 0 where the truth is not 0."""
     L = len(res.act_std.log10())
     out = np.zeros(L, dtype=bool)
-    under = sigmoid_underflow(stack, res)
+    under = float_underflow(stack, res)
     out[under[under + 1 < L] + 1] = True
     return out
 
 
-def sigmoid_underflow_words(stack, layers) -> str:
-    """Why a sigmoid stack's exactly zero gradients are not the truth (:func:`sigmoid_underflow`)."""
+def float_underflow_words(stack, layers) -> str:
+    """Why such exactly zero outputs and gradients are not the truth (:func:`float_underflow`)."""
     many = len(layers) > 1
-    return (f"the sigmoid outputs of layer{'s' if many else ''} {_layers(layers)} are exactly 0 in {stack.dtype}: "
-            f"every unit's z lies below about {SIGMOID_FLUSH_Z[stack.dtype]}, where sigmoid(z) underflows, and the "
-            "forward pass carries no exponent for sigmoid; the true outputs are tiny, not 0, and so are the loss "
+    act = stack.activation
+    why = "for sigmoid" if act == "sigmoid" else "in a stack with nonzero biases or batch norm"
+    return (f"the {act} outputs of layer{'s' if many else ''} {_layers(layers)} are exactly 0 in {stack.dtype}: "
+            f"every unit's z lies below about {FLUSH_Z[act][stack.dtype]}, where {act}(z) underflows, and the "
+            f"forward pass carries no exponent {why}; the true outputs are tiny, not 0, and so are the loss "
             "and the gradients that read 0 because of them")
 
 
@@ -406,7 +417,7 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
     ||dL/dW_l|| is 0 in exact arithmetic (:func:`bn_pair_cancels`), whatever the norms read;
     ``identical``: so is it because batch norm sees one input repeated (:func:`bn_identical`).
     ``float_zeros``: (L,) bools, layers whose exact 0 is the float forward's underflow, not the
-    chain's (:func:`sigmoid_underflow`: their true ||dW_l|| is tiny, not 0); the "zeros" rule
+    chain's (:func:`float_underflow`: their true ||dW_l|| is tiny, not 0); the "zeros" rule
     does not count them.
     """
     g = np.asarray(grad_log10, dtype=np.float64)
@@ -686,9 +697,9 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                          "with a margin beyond ~3e18 for every sample, so its loss and dL/dy = exp(-margin) lie "
                          "below 2^(-2^62), which no int64 exponent holds; the true gradient is not 0, and every "
                          "layer below inherits the zero")
-        elif sigmoid_underflow(stack, res).size:
+        elif float_underflow(stack, res).size:
             words.append("no gradient in the float computation: every ||dL/dW_l|| reads exactly zero because "
-                         + sigmoid_underflow_words(stack, sigmoid_underflow(stack, res)))
+                         + float_underflow_words(stack, float_underflow(stack, res)))
         else:
             flush = (", or samples flushed by the batch's shared exponent in the forward pass: below"
                      if forward_zeros(stack.activation, res.act_std.log10()).size and res.input_grad.mantissa.shape[0] > 1
@@ -1177,10 +1188,10 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
             dead_note = (f" (every unit of layer {top} is saturated so far that its {stack.activation}' is below "
                          "2^(-2^62), e.g. tanh at |z| ~ 1e200: the true gradient there is not 0, but beyond any "
                          "int64 exponent)")
-        under = sigmoid_underflow(stack, res)
+        under = float_underflow(stack, res)
         if under.size and np.isin(zero - 1, under).any():
             # dW_l = dz_l^T h_l with h_l the underflowed outputs of layer l - 1
-            dead_note = f" ({sigmoid_underflow_words(stack, under)})"
+            dead_note = f" ({float_underflow_words(stack, under)})"
         words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
     far = rate_outliers(g, stack.residual)
     if far.size:
@@ -1213,7 +1224,8 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
                          "some layer; one exponent per layer cannot carry both, so below that layer the norms follow "
                          f"the other samples and can be far too small: {SUCH_ONE_AT_A_TIME}")
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
-    zf = forward_zeros(stack.activation, std)
+    # (a forward without exponents underflows long before 2^(-2^62): float_underflow says that)
+    zf = forward_zeros(stack.activation, std) if getattr(res, "forward_rescaled", True) else np.zeros(0, dtype=np.int64)
     flat = int((getattr(res, "extras", None) or {}).get("forward_lost_samples") or 0)
     if flat and not zf.size:  # (a layer of zeros says it below)
         B = res.input_grad.mantissa.shape[0]

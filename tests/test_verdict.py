@@ -1215,3 +1215,30 @@ def test_sigmoid_underflow_zeros_do_not_decide_the_verdict(backend):
     assert (a.verdict, a.rule) == truth == ("vanishing", "branch")
     text = " ".join(gb.diagnose(res, p).explanation.split())
     assert "no update reaches them" not in text and "the sigmoid outputs of layers 4 and 6 are exactly 0" in text
+
+
+@pytest.mark.parametrize("activation, sigma_w, edge", [("gelu", 100.0, "-38.6"), ("swish", 2000.0, "-752")])
+def test_biased_gelu_swish_outputs_that_underflow_are_named(activation, sigma_w, edge):
+    """With nonzero biases the forward carries no exponent, so GELU and swish outputs underflow to 0
+    in float64 below z ~ -38.6 and -752, not at 2^(-2^62) as a zero-bias stack's rescued forward
+    does. Depth 4, width 2, sigma_b = 0.1, batch 1, seed 1: the top layer's outputs read 0, and so
+    do the loss and every ||dW_l||; mpmath's plain forward (biases included) gives a loss of
+    10^-3.5e12 (GELU) and 10^-4.0e11 (swish), tiny and non-zero, within the int64 exponent."""
+    import mpmath as mp
+
+    st = gb.Stack(depth=4, width=2, activation=activation, init="normal", sigma_w=sigma_w, sigma_b=0.1)
+    p = gb.init_params(st, 1)
+    x = gb.gaussian_input(st, 1, 1)
+    phi = ((lambda z: z * mp.erfc(-z / mp.sqrt(2)) / 2) if activation == "gelu" else (lambda z: z / (1 + mp.exp(-z))))
+    with mp.workdps(30):
+        h = [mp.mpf(float(v)) for v in x[0]]
+        for l in range(st.depth):
+            h = [phi(mp.fsum(mp.mpf(float(p.W[l][i][j])) * h[j] for j in range(2)) + mp.mpf(float(p.b[l][i])))
+                 for i in range(2)]
+        true_loss = float(mp.log10(mp.fsum(v * v for v in h) / 2))
+    assert -1e13 < true_loss < -1e11  # tiny, and far inside 2^(-2^62) ~ 10^-1.4e18
+    res = gb.backprop(st, p, x)
+    assert res.loss == 0.0 and np.all(res.grad_norm.log10() == -np.inf)  # the float forward's limit
+    text = " ".join(gb.diagnose(res, p).explanation.split())
+    assert "2^(-2^62)" not in text and "every unit dead" not in text
+    assert f"the {activation} outputs of layer 3 are exactly 0 in float64: every unit's z lies below about {edge}" in text
