@@ -194,6 +194,29 @@ def check_seed(seed, name: str = "seed", *, generator: bool = False) -> int:
     return int(seed)
 
 
+def _check_fits(stack: Stack) -> None:
+    """Refuse parameters larger than the available memory (NumPy's own MemoryError named no way
+    out, and parameters just below the physical memory were drawn into swap)."""
+    from gradbench.plan import PlanRefused, available_memory, size_text
+
+    L, N, D, O = stack.depth, stack.width, stack.d_in, stack.output_dim
+    count = L * N * N + 4 * L * N
+    if stack.has_input_layer:
+        count += N * D + N
+    if stack.has_head:
+        count += O * N + O
+    # the draws are float64 before a float32 stack's cast
+    need = count * (np.dtype(stack.np_dtype).itemsize + (8 if stack.np_dtype != np.float64 else 0))
+    limit = available_memory()
+    if need > limit:
+        raise PlanRefused(
+            f"init_params: the parameters of this stack (depth {L}, width {N}, {stack.dtype}) need about "
+            f"{size_text(need)} but {size_text(limit)} of memory is available; use "
+            "gradbench.GeneratedParams(stack, seed) in their place: it generates each layer's weights when a "
+            "pass needs them and never stores them all (with stats_only=True for a run this deep or wide)",
+            need=need, limit=limit, budget="available memory")
+
+
 def init_params(stack: Stack, seed: int | np.random.Generator = 0) -> Params:
     """Draw the parameters of ``stack`` from ``numpy.random.default_rng(seed)``.
 
@@ -201,9 +224,13 @@ def init_params(stack: Stack, seed: int | np.random.Generator = 0) -> Params:
     b_l ~ N(0, sigma_b^2), gamma = 1, beta = 0, PReLU slopes = ``activation_param``.
     The input layer and the head (when present) use the same scheme. Draw order: W, b,
     W_in, b_in, W_out, b_out.
+
+    Parameters that would not fit in the available memory are refused before anything is drawn
+    (:class:`gradbench.plan.PlanRefused`, naming :class:`GeneratedParams`, which never stores them).
     """
     rng = seed_rng(seed)
     L, N, D, O = stack.depth, stack.width, stack.d_in, stack.output_dim
+    _check_fits(stack)
     dt = stack.np_dtype
     gain = stack.gain
 

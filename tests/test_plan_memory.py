@@ -116,3 +116,19 @@ def test_a_wide_c_run_peaks_the_same_every_time():
     case = dict(depth=600, width=512, batch=8, generated=True, stats_only=True, backend="c", kw={})
     peaks = sorted(_measure(**case)[1] for _ in range(3))
     assert peaks[2] - peaks[1] <= 2**20 and peaks[2] - peaks[0] <= 8 * 2**20, peaks
+
+
+def test_init_params_refuses_parameters_beyond_the_available_memory(monkeypatch):
+    """init_params of a stack whose weights alone exceed the memory raised NumPy's bare
+    MemoryError ("Unable to allocate 1.19 PiB", naming no way out) or, just below the physical
+    memory, drew them into swap; it is refused first, naming GeneratedParams."""
+    import gradbench as gb
+    import gradbench.plan as plan
+
+    st = gb.Stack(depth=100, width=64)
+    assert 100 * 64 * 64 * 8 > 2**21  # W alone: 3.3 MB in float64
+    monkeypatch.setattr(plan, "available_memory", lambda: 2**21)
+    with pytest.raises(MemoryError, match=r"init_params: .*depth 100, width 64.*GeneratedParams\(stack, seed\)"):
+        gb.init_params(st, 0)
+    small = gb.Stack(depth=2, width=8)  # 2 * 8 * 8 * 8 bytes: fits
+    assert gb.init_params(small, 0).W.shape == (2, 8, 8)
