@@ -1242,3 +1242,32 @@ def test_biased_gelu_swish_outputs_that_underflow_are_named(activation, sigma_w,
     text = " ".join(gb.diagnose(res, p).explanation.split())
     assert "2^(-2^62)" not in text and "every unit dead" not in text
     assert f"the {activation} outputs of layer 3 are exactly 0 in float64: every unit's z lies below about {edge}" in text
+
+
+@pytest.mark.parametrize("kw, batch, chaotic", [
+    (dict(depth=300, width=64, activation="tanh", batch_norm=True), 16, True),
+    (dict(depth=1500, width=6, activation="sigmoid", init="normal", batch_norm=True), 3, True),
+    (dict(depth=60, width=64, activation="relu", init="normal", sigma_w=2.0), 16, False),  # explodes, not chaotic
+    (dict(depth=400, width=32, activation="tanh"), 16, False),
+])
+def test_a_chaotic_forward_is_said_where_a_last_bit_of_one_weight_moves_the_gradients(kw, batch, chaotic):
+    """A reviewer's sigmoid + batch norm stack (depth 1500, width 6, batch 3) printed ||dW_0|| of
+    10^15.59 (C), 10^16.9 (Numba), 10^17.9 (NumPy) and 10^25.5 (torch), to four decimals and
+    nothing said. The diagnosis now says when the forward amplifies rounding
+    (verdict.rounding_sensitivity); checked here against the reference backend run again with one
+    row of W at the named layer changed by one unit in the last place."""
+    from gradbench.verdict import rounding_sensitivity
+
+    stack = gb.Stack(**kw)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, batch, 1)
+    res = gb.backprop(stack, params, x)
+    said = "the forward pass is chaotic" in str(gb.diagnose(res, params))
+    assert said == chaotic
+    _, at = rounding_sensitivity(res)
+    W = params.W.copy()
+    W[at - 1, 0] *= 1 + 2.0**-52  # h_at = phi(W_{at-1} h_{at-1} ...)
+    a = np.asarray(gb.backprop(stack, params, x, backend="numpy").grad_norm.log10(), dtype=np.float64)
+    b = np.asarray(gb.backprop(stack, dataclasses.replace(params, W=W), x, backend="numpy").grad_norm.log10(),
+                   dtype=np.float64)
+    moved = float(np.max(np.abs(a - b)))
+    assert (moved > 1e-3) if chaotic else (moved < 1e-9), moved
