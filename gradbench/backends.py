@@ -13,6 +13,7 @@ import os
 from types import ModuleType
 
 from gradbench._env import EnvError
+from gradbench.spec import closest_hint
 
 # name -> module path. The order is the order of preference for backend="auto" (fastest first):
 # C wherever it is built. Measured with benchmarks/target_runner.py (tanh at the edge of chaos,
@@ -94,6 +95,7 @@ def get_backend(name: str) -> ModuleType:
     if name not in REGISTRY:
         raise ValueError(
             f"backend={name!r} is not one of {', '.join(map(repr, REGISTRY))} or 'auto'"
+            f"{closest_hint(name, (*REGISTRY, 'auto'))}"
         )
     module, reason = _load(name)
     if module is None:

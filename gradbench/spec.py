@@ -69,7 +69,7 @@ NO_COUNTERPART = {
 HINT_CUTOFF = 0.6
 
 
-def _closest(name: str, valid) -> str:
+def closest_hint(name: str, valid) -> str:
     """The hint for a wrong name: what other libraries call it (:data:`KNOWN_AS`), the valid name
     it matches ignoring case, else the closest one."""
     names = [v for v in valid if isinstance(v, str)]
@@ -100,7 +100,7 @@ def check_choice(param: str, value, valid) -> None:
     """Raise ``ValueError`` naming ``param``, the valid names and the closest one."""
     if value not in valid:
         raise ValueError(
-            f"{param}={value!r} is not one of {', '.join(map(repr, valid))}{_closest(value, valid)}"
+            f"{param}={value!r} is not one of {', '.join(map(repr, valid))}{closest_hint(value, valid)}"
         )
 
 

@@ -565,3 +565,11 @@ def test_a_recurrent_json_diagnosis_reads_back(tmp_path, capsys):
     assert RecurrentDiagnosis.from_json(d.to_json()).to_json() == d.to_json()
     with pytest.raises(ValueError, match="no field 'rnn'"):
         RecurrentDiagnosis.from_dict({k: v for k, v in data["diagnosis"].items() if k != "rnn"})
+
+
+def test_a_misspelt_cell_is_named_before_a_missing_option(capsys):
+    # `run --cell lsmt --steps 5` said only that --hidden is required
+    assert main(["run", "--cell", "lsmt", "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "'lsmt' is not one of 'rnn', 'lstm', 'gru'; did you mean 'lstm'?" in err and "--hidden" not in err
+

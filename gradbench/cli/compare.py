@@ -18,7 +18,7 @@ from gradbench.cli.common import (
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_diagnoses, write_plot
 from gradbench.report import BN_EPS_DEFAULT, fmt_rate
-from gradbench.spec import ACT_PARAM_DEFAULT, ACTIVATIONS, INIT_ALIASES, Stack, scheme_gain
+from gradbench.spec import ACT_PARAM_DEFAULT, ACTIVATIONS, INIT_ALIASES, Stack, closest_hint, scheme_gain
 
 EPILOG = """\
 configurations: any activation name (sigmoid, tanh, relu, ...), sigmoid-xavier, relu-he, sigmoid-bn,
@@ -206,7 +206,9 @@ def configurations(args, names: list[str]) -> dict[str, tuple[str, Stack]]:
     table = variants(base)
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise UsageError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(table)}")
+        hints = closest_hint(unknown[0], table) if len(unknown) == 1 else "".join(
+            f"; {n}: {h.removeprefix('; ')}" for n in unknown if (h := closest_hint(n, table)))
+        raise UsageError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(table)}{hints}")
     _refuse_fixed_fields(args, names, table)
     out = {}
     for name in names:

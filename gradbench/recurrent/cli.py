@@ -31,7 +31,7 @@ from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, thread
 from gradbench.cli.theory import few_open_units
 from gradbench.report import fmt_pow, fmt_rate
 from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, LOSS_ON, RECURRENT_INITS, RNN_ACTIVATIONS
-from gradbench.spec import CLIP_MODES, DTYPES, INITS, LOSSES
+from gradbench.spec import CLIP_MODES, DTYPES, INITS, LOSSES, check_choice
 
 _COMMANDS = ("run", "compare", "theory")
 # theory: the difference is also given relative to the prediction from this size of it on
@@ -227,6 +227,16 @@ def _backend(name: str) -> str:
     return concrete
 
 
+def _cell(text: str) -> str:
+    """--cell's value, refused as it is read (so before argparse's "--hidden is required" of a
+    command that also misspelt the cell: that message hid the misspelling)."""
+    try:
+        check_choice("--cell", text, CELLS)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--cell=")) from None  # argparse names it
+    return text
+
+
 def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None, recurrent_init="orthogonal", head: bool = True,
                   theory: bool = False):
     """The options of the net. ``head``: --loss, --loss-on, --output-dim (run and compare: the
@@ -234,7 +244,7 @@ def _add_net_args(p, *, cell: bool = True, steps=None, hidden=None, recurrent_in
     are parsed (to refuse them with a reason, :func:`_refuse_theory_clip`) but not listed."""
     g = p.add_argument_group("the recurrent net")
     if cell:
-        g.add_argument("--cell", required=True, metavar="CELL", help=f"one of {', '.join(CELLS)}")
+        g.add_argument("--cell", required=True, metavar="CELL", type=_cell, help=f"one of {', '.join(CELLS)}")
     g.add_argument("--steps", type=positive_int, default=steps, required=steps is None,
                    help="sequence length T" + ("" if steps is None else f" (default {steps})"))
     g.add_argument("--hidden", type=positive_int, default=hidden, required=hidden is None,
