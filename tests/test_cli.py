@@ -517,11 +517,11 @@ def test_compare_says_which_configurations_take_the_activation_param(capsys):
 
 
 def test_misspelt_configurations_and_backends_get_the_closest_name(capsys):
+    from gradbench.cli import main
+
     assert main(["compare", "--depth", "5", "--width", "4", "--configs", "relu-hee,sigmod"]) == 2
     err = capsys.readouterr().err
     assert "relu-hee: did you mean 'relu-he'?" in err and "sigmod: did you mean 'sigmoid'?" in err
-    import gradbench as gb
-
     st = gb.Stack(depth=2, width=2)
     with pytest.raises(ValueError, match=r"backend='C' is not one of .*; did you mean 'c'\?"):
         gb.backprop(st, gb.init_params(st), gb.gaussian_input(st, 1, 1), backend="C")
