@@ -55,7 +55,7 @@ from gradbench.params import GeneratedParams, weights_probe
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, bn_identical, bn_pair_cancels, classify,  # noqa: F401
                                clip_binds, decades_per_layer, explain, float_limits, floored_layers, grad_rate, judge,
-                               float_underflow_inputs, signal_rate)
+                               float_underflow, float_underflow_inputs, signal_rate)
 
 @dataclass(frozen=True, eq=False)
 class Diagnosis:
@@ -279,6 +279,8 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         g_plain = np.full(len(g), -np.inf)
     rate_plain = rate if g_plain is g else grad_rate(g_plain, stack.residual)[0]
     floored = floored_layers(stack.activation, g_plain, res.saturation, act_std_log10)
+    if float_underflow(stack, res).size:  # the forward's outputs underflowed: every exact 0 is the truth's
+        floored = floored | (g_plain == -np.inf)  # tiny value, read 0 by a plain chain too (not "fine")
     act_rms_log10 = _rms_log10(act_mean_log10, act_std_log10)
     limits = float_limits(g_plain, rate_plain, act_std_log10, floored,
                           _extrapolates(a, stack, act_std_log10, act_rms_log10, threshold, rate_plain),

@@ -1170,9 +1170,12 @@ def test_sigmoid_outputs_that_underflow_are_not_called_no_gradient(backend):
     assert true_loss == pytest.approx(-3574.54, abs=0.01) and np.all(np.isfinite(true_gw))
     res = gb.backprop(st, p, x, backend=backend)
     assert res.loss == 0.0 and np.all(res.grad_norm.log10() == -np.inf)  # the float limit, documented
-    text = " ".join(gb.diagnose(res, p).explanation.split())
+    d = gb.diagnose(res, p)
+    text = " ".join(d.explanation.split())
     assert "every unit dead" not in text and "an all-zero input" not in text
     assert "sigmoid outputs of layer 2 are exactly 0 in float64" in text and "tiny, not 0" in text
+    # a plain float chain reads the same zeros: not "plain float64 is fine here" (true norms < 10^-3574)
+    assert "is fine here" not in str(d) and d.float_limits["float64"]["underflow_layer"] == 2
 
     # depth 10, width 4: layer 6's outputs underflow (mpmath: 10^-357 .. 10^-2913), so dW_7 reads 0
     # where the truth is 10^-3787; layer 2's outputs are all 1 (std 0, mean 1): not an underflow
