@@ -1166,47 +1166,52 @@ def _lagging_words(stack, g, res, verdict: str, far) -> list[str]:
 CHAOTIC_LOG10 = -3.0
 
 
-def rounding_sensitivity(res) -> tuple[float, int] | None:
-    """How far the run's own rounding moves its loss: the largest over layers of
-    log10(u ||dL/dh_l||_F rms(h_l) / |L|), u the dtype's unit roundoff (float64 2^-53, float32
-    2^-24), rms(h_l) from the activations' mean and std; and that layer l (h_l the output of
-    layer l - 1). A first-order estimate: every entry of h_l moved by a relative u of random
-    sign moves L by about that share of itself (sqrt(sum_i (dL/dh_i h_i u)^2)); above 0 the
-    change saturates (the trajectory itself is another one). None where it cannot be formed (a
-    zero or non-finite loss, one layer)."""
-    loss = float(res.loss_exact.log10())
-    L = len(res.signal_norm.log10())
-    if not math.isfinite(loss) or L < 2:
+def rounding_share(signal_log10, mean_log10, std_log10, loss_log10: float, dtype: str) -> tuple[float, int] | None:
+    """The largest over states i of log10(u ||dL/dh_i||_F rms(h_i) / |L|) and that i: ``signal_log10``
+    log10 ||dL/dh_i||, ``mean_log10`` and ``std_log10`` those of h_i's entries (aligned), u the
+    dtype's unit roundoff (float64 2^-53, float32 2^-24). A first-order estimate: every entry of
+    h_i moved by a relative u of random sign moves L by about that share of itself
+    (sqrt(sum_j (dL/dh_j h_j u)^2)); above 0 the change saturates (the trajectory itself is
+    another one). None where it cannot be formed (a zero or non-finite loss, no state)."""
+    if not math.isfinite(loss_log10) or not len(signal_log10):
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
-        g = np.asarray(res.signal_norm.log10(), dtype=np.float64)[1:]  # ||dL/dh_l||, l = 1 .. L - 1
-        m = np.asarray(res.act_mean.log10(), dtype=np.float64)[:-1]  # h_l's mean and std
-        sd = np.asarray(res.act_std.log10(), dtype=np.float64)[:-1]
+        g, m, sd = (np.asarray(v, dtype=np.float64) for v in (signal_log10, mean_log10, std_log10))
         rms = 0.5 * np.logaddexp(2 * math.log(10) * m, 2 * math.log(10) * sd) / math.log(10)
-        k = g + rms - loss
+        k = g + rms - loss_log10
     k[~np.isfinite(k)] = -np.inf
     if not np.any(np.isfinite(k)):
         return None
     at = int(np.argmax(k))
-    u = float(np.finfo(res.stack.dtype).eps) / 2
-    return float(k[at] + math.log10(u)), at + 1
+    return float(k[at] + math.log10(float(np.finfo(dtype).eps) / 2)), at
 
 
-def _chaos_words(res) -> list[str]:
-    """The sentence for a chaotic forward pass (:func:`rounding_sensitivity` >= :data:`CHAOTIC_LOG10`)."""
-    sens = rounding_sensitivity(res)
-    if sens is None or sens[0] < CHAOTIC_LOG10:
+def rounding_sensitivity(res) -> tuple[float, int] | None:
+    """How far a stack run's own rounding moves its loss (:func:`rounding_share`) and at which h_l
+    (the output of layer l - 1; ||dL/dh_l|| is ``signal_norm[l]``, h_l's statistics
+    ``act_mean[l - 1]``, ``act_std[l - 1]``); None with one layer."""
+    if len(res.signal_norm.log10()) < 2:
+        return None
+    with np.errstate(divide="ignore"):
+        share = rounding_share(res.signal_norm.log10()[1:], res.act_mean.log10()[:-1], res.act_std.log10()[:-1],
+                               float(res.loss_exact.log10()), res.stack.dtype)
+    return None if share is None else (share[0], share[1] + 1)
+
+
+def chaos_words(share: tuple[float, int] | None, dtype: str, where: str) -> list[str]:
+    """The sentence for a chaotic forward pass (``share`` from :func:`rounding_share`, at or above
+    :data:`CHAOTIC_LOG10`); ``where`` names the state, as "h_34" or "h_t at step 12"."""
+    if share is None or share[0] < CHAOTIC_LOG10:
         return []
-    share, at = sens
-    dt = res.stack.dtype
+    share = share[0]
     moved = ("by more than itself (a first-order estimate of 10^" + _num(share) + ": the trajectory is another one)"
              if share >= 0 else f"by ~10^{_num(share)} of itself")
-    return [f"the forward pass is chaotic: {dt}'s rounding of h_{at} (one part in 10^{-math.log10(np.finfo(dt).eps / 2):.0f}) "
-            f"moves the loss {moved}, and the gradients more, so beyond their "
-            f"{'first digits' if share < -1 else 'direction and rough rate'} the printed norms are this run's "
-            "rounding, not the weights': another backend, framework or machine reads them "
-            f"{'decades' if share >= -1 else 'digits'} apart, as it amplifies the gradient (exact as the chain is, it is the "
-            "chain of the rounded forward)"]
+    return [f"the forward pass is chaotic: {dtype}'s rounding of {where} (one part in "
+            f"10^{-math.log10(np.finfo(dtype).eps / 2):.0f}) moves the loss {moved}, and the gradients more, so "
+            f"beyond their {'first digits' if share < -1 else 'direction and rough rate'} the printed norms are this "
+            "run's rounding, not the weights': another backend, framework or machine reads them "
+            f"{'decades' if share >= -1 else 'digits'} apart, as it amplifies the gradient (exact as the chain is, it "
+            "is the chain of the rounded forward)"]
 
 
 def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=None,
@@ -1276,7 +1281,8 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
                          "some layer; one exponent per layer cannot carry both, so below that layer the norms follow "
                          f"the other samples and can be far too small: {SUCH_ONE_AT_A_TIME}")
     if verdict != "no gradient":
-        words += _chaos_words(res)
+        sens = rounding_sensitivity(res)
+        words += chaos_words(sens, stack.dtype, f"h_{sens[1]}" if sens else "")
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
     # (a forward without exponents underflows long before 2^(-2^62): float_underflow says that)
     zf = forward_zeros(stack.activation, std) if getattr(res, "forward_rescaled", True) else np.zeros(0, dtype=np.int64)

@@ -73,8 +73,8 @@ from gradbench.activations import RESCUE
 from gradbench.diagnose import _from_jsonable as _from_json_value
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.report import activation_words, count, fmt_percent, fmt_pow, index_runs
-from gradbench.verdict import (MEASURABLE_DECADES, SUCH_ONE_AT_A_TIME, ClipChain, acted_list, clip_record_words,
-                               countable_mean, flush_bound)
+from gradbench.verdict import (MEASURABLE_DECADES, SUCH_ONE_AT_A_TIME, ClipChain, acted_list, chaos_words,
+                               clip_record_words, countable_mean, flush_bound, rounding_share)
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -570,6 +570,11 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (|phi'| < 1 % of its largest value)")
     words += _state_underflow_words(rnn, res)
     words += nonfinite_words(res) + lost_words(rnn, res)
+    if verdict != "no gradient":
+        with np.errstate(divide="ignore"):
+            share = rounding_share(res.signal_norm.log10(), res.act_mean.log10(), res.act_std.log10(),
+                                   float(res.loss_exact.log10()), rnn.dtype)
+        words += chaos_words(share, rnn.dtype, f"h_t at step {share[1]}" if share else "")
     limits = float_limits(s)
     words += _limit_words(s, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||")
     return RecurrentDiagnosis(
