@@ -1274,3 +1274,22 @@ def test_a_chaotic_forward_is_said_where_a_last_bit_of_one_weight_moves_the_grad
                    dtype=np.float64)
     moved = float(np.max(np.abs(a - b)))
     assert (moved > 1e-3) if chaotic else (moved < 1e-9), moved
+
+
+def test_leaky_relu_at_hes_relu_gain_names_the_gain_for_its_slope():
+    """he_normal draws ReLU's gain sqrt 2 (torch's kaiming_normal_, a = 0): a slope of 0.2 is then
+    chaotic (chi_1 = 1.04) and the stack reads EXPLODING. The diagnosis names the gain of the edge of
+    chaos for that slope, sqrt(2 / 1.04) = 1.387; a run there is checked to be stable."""
+    st = gb.Stack(depth=300, width=256, activation="leaky_relu", activation_param=0.2, init="he_normal")
+    p, x = gb.init_params(st, 0), gb.gaussian_input(st, 32, 1)
+    d = gb.diagnose(gb.backprop(st, p, x), p)
+    text = " ".join(d.explanation.split())
+    assert d.verdict == "exploding" and "the edge of chaos is at sigma_w = sqrt(2 / (1 + a^2)) = 1.387" in text
+    assert "he_normal's sqrt 2 is ReLU's" in text
+    at = st.replace(sigma_w=float(re.search(r"= (1\.387\d*), He et al", text).group(1)))
+    p2 = gb.init_params(at, 0)
+    d2 = gb.diagnose(gb.backprop(at, p2, x), p2)
+    assert d2.verdict == "stable" and abs(d2.signal_decades_per_layer) < 0.25 * abs(d.signal_decades_per_layer)
+    assert "edge of chaos is at" not in d2.explanation
+    relu = gb.Stack(depth=300, width=256, activation="relu", init="he_normal")
+    assert "edge of chaos is at" not in gb.diagnose(gb.backprop(relu, gb.init_params(relu, 0), x)).explanation
