@@ -172,3 +172,24 @@ def test_the_every_step_sentence_says_which_terms_make_the_total(init, sigma_w, 
         assert np.median(share) < 0.01 and "is mostly the later steps' loss terms, grown on the way back" in text
     else:
         assert "is the sum of step t's own loss term and every later step's carried back" in text
+
+
+def test_with_a_loss_at_every_step_the_carried_chains_lost_samples_are_counted():
+    """extras["lost_samples"] was None with loss_on="every"; it now counts the samples whose last
+    step's loss alone (the carried pass) reaches the initial state as exactly 0. Checked sample by
+    sample against runs of batch 1 with that loss only (loss_on="last", no exponent shared with
+    other samples): a ReLU cell of 2 units, whose dead steps cut some samples' chains."""
+    rnn = gb.Recurrent(cell="rnn", activation="relu", steps=40, hidden=2, input_dim=2, loss="mse", loss_on="every",
+                       output_dim=1, recurrent_init="normal", sigma_w=1.0)
+    p, xs = gb.init_params(rnn, 2), gb.sequence_input(rnn, 8, 3)
+    t = np.random.default_rng(4).uniform(0, 1, (40, 8, 1))
+    res = gb.backprop(rnn, p, xs, t)
+    last = rnn.replace(loss_on="last")
+    cut = 0
+    for b in range(8):
+        one = gb.backprop(last, p, np.ascontiguousarray(xs[:, b:b + 1]), t[-1, b:b + 1])
+        cut += not np.any(one.h0_grad.mantissa)
+    assert 0 < cut < 8 and res.extras["lost_samples"] == cut
+    assert f"{cut} of 8 samples lose the last step's loss's gradient on the way back" in " ".join(
+        gb.diagnose(res).explanation.split())
+    assert gb.backprop(rnn, p, xs, t, carried=False).extras["lost_samples"] is None

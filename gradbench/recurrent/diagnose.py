@@ -242,8 +242,10 @@ def lost_words(rnn, res) -> list[str]:
         return []
     B = res.h0_grad.mantissa.shape[0]
     dead = "dead units (z <= 0), or " if rnn.cell == "rnn" and rnn.act in ("relu", "leaky_relu") else ""
-    return [f"{lost} of {B} samples {'loses its' if lost == 1 else 'lose their'} gradient on the way back (non-zero at the last "
-            f"step, exactly 0 at the initial state): {dead}the batch shares one exponent per step, so a sample more than "
+    which = "the last step's loss's" if rnn.has_head and rnn.loss_on == "every" else ""
+    return [f"{lost} of {B} samples {'loses' if lost == 1 else 'lose'} {which or ('its' if lost == 1 else 'their')} "
+            f"gradient on the way back (non-zero at the last step, exactly 0 at the initial state"
+            f"{', carried back alone' if which else ''}): {dead}the batch shares one exponent per step, so a sample more than "
             f"{flush_bound(rnn.dtype)} below the batch's largest at some step is flushed there, and from there back the norms follow "
             f"the other samples and can be far from the batch's true ones: {SUCH_ONE_AT_A_TIME}"]
 

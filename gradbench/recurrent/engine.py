@@ -523,9 +523,11 @@ def _lost_samples(run: _Run) -> int | None:
     """Samples whose backward state is non-zero at the top and exactly zero at the initial state
     (dL/dh_{-1} and the LSTM's dL/dc_{-1}): dead units, or a signal more than 2^-1074 (float32:
     2^-149) below the batch's largest at some step (one exponent per step for the batch: the
-    norms below follow the other samples). None with a loss at every step, whose gradients enter at every step."""
+    norms below follow the other samples). With a loss at every step, whose gradients enter at
+    every step, those of the carried pass (the last step's loss alone, :func:`_carried`), None
+    without it."""
     if run.rnn.has_head and run.rnn.loss_on == "every":
-        return None
+        return getattr(run, "carried_lost", None)  # the last step's loss alone (the carried pass)
     alive = np.logical_or.reduce(run.G, axis=1)
     if run.GC is not None:
         alive |= np.logical_or.reduce(run.GC, axis=1)
@@ -592,8 +594,15 @@ def _carried(run: _Run, top: tuple, T: int) -> None:
     run.clip_acted = np.zeros(T + 1, dtype=np.int64)
     run.clip_acted[T] = top[3]  # the same top state as the first pass's, clipped once by _top
     run.gnorm_m, run.gnorm_e = np.empty(T), np.zeros(T, dtype=np.int64)
+    live = np.logical_or.reduce(top[0], axis=1)  # (before the pass: run.G is top[0], written in place)
+    if top[1] is not None:
+        live |= np.logical_or.reduce(top[1], axis=1)
     try:
         _backward(run, inject=False)
+        alive = np.logical_or.reduce(run.G, axis=1)
+        if run.GC is not None:
+            alive |= np.logical_or.reduce(run.GC, axis=1)
+        run.carried_lost = int(np.count_nonzero(live & ~alive))
         run.carried_norms = (LogScaled(run.sig_m[1:].copy(), run.sig_e[1:].copy()), LogScaled(run.gnorm_m, run.gnorm_e),
                              LogScaled(run.csig_m[1:].copy(), run.sig_e[1:].copy()) if run.rnn.cell == "lstm" else None,
                              run.clip_acted.astype(bool))

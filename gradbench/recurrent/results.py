@@ -78,8 +78,9 @@ class RecurrentResult:
         ``checkpoint``, ``segments``, ``memory_estimate``, ``seconds``, ``weights`` (the
         params' ``origin``, as "... after 5 epochs of training", or None), ``lost_samples``
         (samples whose backward state is non-zero at the last step and exactly 0 at the initial
-        state: dead units, or flushed by the batch's shared exponent; None with a loss at every
-        step); for an LSTM with a
+        state: dead units, or flushed by the batch's shared exponent; with a loss at every step,
+        those of the carried pass, the last step's loss alone, and None without that pass,
+        ``carried=False``); for an LSTM with a
         carried pass also ``carried_cell_signal_norm`` (LogScaled (T,), as ``cell_signal_norm``
         for the last step's loss alone).
     carried_signal_norm, carried_grad_norm : LogScaled (T,) or None
