@@ -1358,9 +1358,9 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
         dead, where = countable_mean(res.dead)
         if dead > 0.1 and stack.dead_below_zero:
             words.append(f"{100 * dead:.0f} % of the units{where} are dead (z <= 0 for the whole batch)")
-        elif dead > 0.1:  # a slope of their own on the negative side: not dead (a PReLU's is a parameter: unsaid)
-            slope = None if stack.activation == "prelu" else stack.act_param
+        elif dead > 0.1:  # a slope of their own on the negative side: not dead (a PReLU's is a parameter)
+            slope = (f" (a parameter, {stack.act_param:g} at init)" if stack.activation == "prelu"
+                     else f" {stack.act_param:g}")
             words.append(f"{100 * dead:.0f} % of the units{where} are on the negative side for the whole batch "
-                         f"(z <= 0: {stack.activation}'s negative slope{'' if slope is None else f' {slope:g}'} carries "
-                         "their gradient)")
+                         f"(z <= 0: {stack.activation}'s negative slope{slope} carries their gradient)")
     return words

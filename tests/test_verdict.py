@@ -1293,3 +1293,17 @@ def test_leaky_relu_at_hes_relu_gain_names_the_gain_for_its_slope():
     assert "edge of chaos is at" not in d2.explanation
     relu = gb.Stack(depth=300, width=256, activation="relu", init="he_normal")
     assert "edge of chaos is at" not in gb.diagnose(gb.backprop(relu, gb.init_params(relu, 0), x)).explanation
+
+
+@pytest.mark.parametrize("activation, param, slope_words", [("leaky_relu", 0.2, "negative slope 0.2 carries"),
+                                                            ("prelu", None, "negative slope (a parameter, 0.25 at init) carries")])
+def test_units_on_the_negative_side_are_counted_and_their_slope_named(activation, param, slope_words):
+    from tests import naive
+
+    st = gb.Stack(depth=100, width=32, activation=activation, activation_param=param, init="he_normal")
+    p, x = gb.init_params(st, 0), gb.gaussian_input(st, 16, 1)
+    text = " ".join(gb.diagnose(gb.backprop(st, p, x), p).explanation.split())
+    _, saved = naive.forward(st, {k: np.asarray(v, dtype=np.float64) for k, v in p.items()}, np.asarray(x, np.float64))
+    share = np.mean([np.mean(np.all(z <= 0, axis=0)) for z in saved["zs"]])  # units z <= 0 for the whole batch
+    assert f"{100 * share:.0f} % of the units are on the negative side for the whole batch (z <= 0: {activation}'s " \
+           f"{slope_words} their gradient)" in text
