@@ -272,3 +272,21 @@ def test_without_the_extension_the_numpy_path_is_taken(monkeypatch):
     assert not gparams._c_philox()
     assert_same_bits(gp.weights(0, 4), W)
     assert_same_bits(gp.biases(0, 4), b)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("group_bytes", [1, 2**20])  # one block at a time, several
+def test_generated_sequence_steps_are_numpys_blocks(monkeypatch, dtype, group_bytes):
+    """GeneratedSequence.steps draws its blocks in one C call (csrc/philox.c); every range, also
+    one that starts or ends inside a block, is the documented NumPy expression's, cast to the dtype."""
+    from gradbench.recurrent import params as rparams
+
+    monkeypatch.setattr(rparams, "GROUP_BYTES", group_bytes)
+    rnn = gb.Recurrent(cell="gru", steps=1500, hidden=4, input_dim=3, dtype=dtype)
+    seq = gb.GeneratedSequence(rnn, 5, seed=2**70 + 12345)
+    blocks = [np.random.Generator(np.random.Philox(key=2**70 + 12345, counter=[0, k, rparams.KIND_X, 0]))
+              .standard_normal((rparams.BLOCK, 5, 3)) for k in range(-(-1500 // rparams.BLOCK))]
+    want = np.concatenate(blocks)[:1500].astype(dtype)
+    for a, b in [(0, 1500), (0, 1), (255, 257), (300, 1100), (1499, 1500), (700, 700)]:
+        got = seq.steps(a, b)
+        assert got.dtype == np.dtype(dtype) and got.tobytes() == want[a:b].tobytes(), (a, b)
