@@ -770,7 +770,18 @@ static int64_t F(gb_add_aligned_impl)(T *a, int64_t ea, const T *s, int64_t es, 
 static double F(gb_sumsq_row)(const T *x, int64_t N, double s1, double s2) {
     double lane[8] = {0}, s = 0;
     int64_t j = 0;
-#ifdef GB_HAVE_VEC
+#if defined(GB_HAVE_VEC) && GB_VL == 4
+    /* the 8 lanes as two vectors of the instance's width: a 64-byte vector without AVX-512 went
+     * through the stack on every step (GCC 12; ~26 instructions per 8 entries, ~8 so) */
+    gb_vd acc0 = {0}, acc1 = {0};
+    for (; j + 8 <= N; j += 8) {
+        const gb_vd v0 = (F(gb_loadv)(x + j) * s1) * s2, v1 = (F(gb_loadv)(x + j + 4) * s1) * s2;
+        acc0 += v0 * v0;
+        acc1 += v1 * v1;
+    }
+    memcpy(lane, &acc0, sizeof acc0);
+    memcpy(lane + 4, &acc1, sizeof acc1);
+#elif defined(GB_HAVE_VEC)
     gb_vd8 acc = {0};
     for (; j + 8 <= N; j += 8) {
         const gb_vd8 v = (F(gb_load8)(x + j) * s1) * s2;
@@ -1136,19 +1147,54 @@ typedef struct {
  * two-vector shuffles (GCC), the rest element by element. */
 static void F(gb_transpose_rows)(T *wt, const T *W, int64_t N, int64_t j0, int64_t j1) {
     int64_t jb = j0;
-#if defined(GB_HAVE_VEC) && !defined(__clang__)
-    typedef F(gb_t8) tv; /* 8 lanes of T: one row of a block */
-    typedef TINT ti __attribute__((vector_size(8 * sizeof(T))));
-    const int64_t N8 = N / 8 * 8;
-    for (; jb + 8 <= j1; jb += 8) {
-        for (int64_t ib = 0; ib < N8; ib += 8) {
-            tv r[8], t[8], u[8], v[8];
-            for (int q = 0; q < 8; q++) memcpy(&r[q], W + (ib + q) * N + jb, sizeof(tv));
-            GB_TRANSPOSE8(r, t, u, v, ti);
-            for (int q = 0; q < 8; q++) memcpy(wt + (jb + q) * N + ib, &v[q], sizeof(tv));
+#if defined(GB_HAVE_VEC) && !defined(__clang__) && defined(__AVX__) && !defined(__AVX512F__)
+    /* float64 under AVX2: 4 x 4 blocks of one register per row (an 8 x 8 block is 8 vectors of
+     * 64 bytes, which GCC 12 copied lane by lane through the stack: 5.4k instructions per N = 32
+     * layer, 1.0k by these blocks) */
+    if (sizeof(T) == sizeof(double)) {
+        typedef T t4 __attribute__((vector_size(4 * sizeof(T))));
+        typedef TINT i4 __attribute__((vector_size(4 * sizeof(T))));
+        const int64_t N4 = N / 4 * 4;
+        for (; jb + 4 <= j1; jb += 4) {
+            for (int64_t ib = 0; ib < N4; ib += 4) {
+                t4 r0, r1, r2, r3; /* named, not an array: GCC kept arrays in memory */
+                memcpy(&r0, W + ib * N + jb, sizeof(t4));
+                memcpy(&r1, W + (ib + 1) * N + jb, sizeof(t4));
+                memcpy(&r2, W + (ib + 2) * N + jb, sizeof(t4));
+                memcpy(&r3, W + (ib + 3) * N + jb, sizeof(t4));
+                const t4 t0 = __builtin_shuffle(r0, r1, (i4){0, 4, 2, 6});
+                const t4 t1 = __builtin_shuffle(r0, r1, (i4){1, 5, 3, 7});
+                const t4 t2 = __builtin_shuffle(r2, r3, (i4){0, 4, 2, 6});
+                const t4 t3 = __builtin_shuffle(r2, r3, (i4){1, 5, 3, 7});
+                r0 = __builtin_shuffle(t0, t2, (i4){0, 1, 4, 5});
+                r1 = __builtin_shuffle(t1, t3, (i4){0, 1, 4, 5});
+                r2 = __builtin_shuffle(t0, t2, (i4){2, 3, 6, 7});
+                r3 = __builtin_shuffle(t1, t3, (i4){2, 3, 6, 7});
+                memcpy(wt + jb * N + ib, &r0, sizeof(t4));
+                memcpy(wt + (jb + 1) * N + ib, &r1, sizeof(t4));
+                memcpy(wt + (jb + 2) * N + ib, &r2, sizeof(t4));
+                memcpy(wt + (jb + 3) * N + ib, &r3, sizeof(t4));
+            }
+            for (int64_t j = jb; j < jb + 4; j++)
+                for (int64_t i = N4; i < N; i++) wt[j * N + i] = W[i * N + j];
         }
-        for (int64_t j = jb; j < jb + 8; j++)
-            for (int64_t i = N8; i < N; i++) wt[j * N + i] = W[i * N + j];
+    } else
+#endif
+#if defined(GB_HAVE_VEC) && !defined(__clang__)
+    {
+        typedef F(gb_t8) tv; /* 8 lanes of T: one row of a block */
+        typedef TINT ti __attribute__((vector_size(8 * sizeof(T))));
+        const int64_t N8 = N / 8 * 8;
+        for (; jb + 8 <= j1; jb += 8) {
+            for (int64_t ib = 0; ib < N8; ib += 8) {
+                tv r[8], t[8], u[8], v[8];
+                for (int q = 0; q < 8; q++) memcpy(&r[q], W + (ib + q) * N + jb, sizeof(tv));
+                GB_TRANSPOSE8(r, t, u, v, ti);
+                for (int q = 0; q < 8; q++) memcpy(wt + (jb + q) * N + ib, &v[q], sizeof(tv));
+            }
+            for (int64_t j = jb; j < jb + 8; j++)
+                for (int64_t i = N8; i < N; i++) wt[j * N + i] = W[i * N + j];
+        }
     }
 #endif
     for (; jb < j1; jb++)
@@ -1163,7 +1209,15 @@ static void F(gb_row_stats)(const T *h, int64_t r0, int64_t r1, int64_t N, doubl
         const T *hr = h + r * N;
         double ls[8] = {0}, lm[8] = {0}, s = 0, m2 = 0;
         int64_t j = 0;
-#ifdef GB_HAVE_VEC
+#if defined(GB_HAVE_VEC) && GB_VL == 4 /* two vectors of 4 lanes (see gb_sumsq_row) */
+        gb_vd a0 = {0}, a1 = {0};
+        for (; j + 8 <= N; j += 8) {
+            a0 += F(gb_loadv)(hr + j);
+            a1 += F(gb_loadv)(hr + j + 4);
+        }
+        memcpy(ls, &a0, sizeof a0);
+        memcpy(ls + 4, &a1, sizeof a1);
+#elif defined(GB_HAVE_VEC)
         gb_vd8 acc = {0};
         for (; j + 8 <= N; j += 8) acc += F(gb_load8)(hr + j);
         memcpy(ls, &acc, sizeof ls);
@@ -1172,7 +1226,16 @@ static void F(gb_row_stats)(const T *h, int64_t r0, int64_t r1, int64_t N, doubl
         for (int c = 0; c < 8; c++) s += ls[c];
         const double mean = s / (double)N;
         j = 0;
-#ifdef GB_HAVE_VEC
+#if defined(GB_HAVE_VEC) && GB_VL == 4
+        a0 = a1 = (gb_vd){0};
+        for (; j + 8 <= N; j += 8) {
+            const gb_vd d0 = F(gb_loadv)(hr + j) - mean, d1 = F(gb_loadv)(hr + j + 4) - mean;
+            a0 += d0 * d0;
+            a1 += d1 * d1;
+        }
+        memcpy(lm, &a0, sizeof a0);
+        memcpy(lm + 4, &a1, sizeof a1);
+#elif defined(GB_HAVE_VEC)
         acc = (gb_vd8){0};
         for (; j + 8 <= N; j += 8) {
             const gb_vd8 d = F(gb_load8)(hr + j) - mean;
