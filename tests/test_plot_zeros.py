@@ -329,3 +329,49 @@ def test_chi1_along_the_stack_does_not_claim_the_simulations_layers_when_they_ha
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "as the simulation" not in out and "fitted over layers 4-35 (the span of the simulation's" in out
+
+
+# ------------------------------------------------------------------ 2b. run --cell --plot (recurrent)
+def _plain_relu_rnn_signal(p, xs):
+    """||dL/dh_t|| of a vanilla relu RNN under 0.5 ||h_(T-1)||^2, by a plain float64 loop (no
+    rescaling: its exact zeros are the dead units' own, nothing here comes near underflow)."""
+    h, zs, hs = np.zeros((xs.shape[1], p.W_hh.shape[0])), [], []
+    for x in xs:
+        z = x @ p.W_ih.T + p.b_ih + h @ p.W_hh.T + p.b_hh
+        h = np.maximum(z, 0.0)
+        zs.append(z)
+        hs.append(h)
+    g, norms = hs[-1].copy(), np.empty(len(xs))
+    for t in range(len(xs) - 1, -1, -1):
+        norms[t] = np.linalg.norm(g)
+        g = (g * (zs[t] > 0)) @ p.W_hh
+    return norms
+
+
+@pytest.mark.parametrize("seed", [0, 3])  # seed 0: 20 of 30 steps exactly 0; seed 3: every step
+def test_run_figure_marks_the_steps_whose_norms_are_exactly_zero(seed):
+    """`gradbench run --cell rnn --activation relu ... --plot`: the steps whose ||dL/dh_t|| is exactly
+    0 were dropped from the line without a mark or a word, and a run without any finite norm drew an
+    empty panel over a made-up range (-0.04 ... 0.04)."""
+    from gradbench.recurrent import plot as rplot
+    from gradbench.recurrent.diagnose import diagnose
+
+    rnn = gb.Recurrent(cell="rnn", steps=30, hidden=2, activation="relu", recurrent_init="normal")
+    p, xs = gb.init_params(rnn, seed), gb.sequence_input(rnn, 1, seed)
+    plain = _plain_relu_rnn_signal(p, xs)
+    assert np.all((plain == 0) | (plain > 1e-200))
+    zero_steps = np.flatnonzero(plain == 0)
+    assert zero_steps.size == (20 if seed == 0 else 30)
+    ax = rplot.run_figure(diagnose(gb.backprop(rnn, p, xs))).axes[0]
+    signal = next(ln for ln in ax.lines if ln.get_label() == "||dL/dh_t||")
+    marks = [ln for ln in _markers(ax, "v") if ln.get_color() == signal.get_color()]
+    assert len(marks) == 1
+    np.testing.assert_array_equal(np.sort(marks[0].get_xdata()), zero_steps)
+    assert _below_axis(ax, marks[0])
+    # every step is either on the line or marked: none left out without a word
+    drawn = np.flatnonzero(np.isfinite(np.asarray(signal.get_ydata(), dtype=float)))
+    np.testing.assert_array_equal(np.sort(np.r_[drawn, zero_steps]), np.arange(30))
+    assert any(t.startswith("exact zero") and "below the axis" in t for t in _legend(ax))
+    if zero_steps.size == 30:
+        assert len(ax.get_yticks()) == 0
+        assert any("no finite" in t.get_text() for t in ax.texts)

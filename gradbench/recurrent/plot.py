@@ -11,7 +11,7 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from gradbench.plot import DPI, _chance_line, _diverged, _loss_line, _off_scale, _strip, save
+from gradbench.plot import DPI, _chance_line, _diverged, _loss_line, _no_finite_values, _off_scale, _strip, save
 from gradbench.report import fmt_rate
 from gradbench.recurrent.diagnose import FLOAT_LIMITS, RecurrentDiagnosis, diagnose
 
@@ -74,10 +74,19 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
     fig = Figure(figsize=(9.0, 6.5))
     ax, bx = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
     t = np.arange(d.steps)
+    strip, finite = [], False
     for y, label in ((d.signal_log10, "||dL/dh_t||"), (d.carried_log10, "||dL_{T-1}/dh_t|| (carried back)"),
                      (d.cell_log10, "||dL/dc_t||"), (d.grad_log10, "||step t's dW_hh term||")):
         if len(y):
-            ax.plot(t, np.where(np.isfinite(y), y, np.nan), lw=1.4, label=label)
+            y = np.asarray(y, dtype=np.float64)
+            (line,) = ax.plot(t, np.where(np.isfinite(y), y, np.nan), lw=1.4, label=label)
+            # steps exactly 0 or not finite have no place on the log scale: marked under the axis, as
+            # signal_vs_steps_back and the stacks' figures mark them (they were dropped without a word)
+            strip += _off_scale(y, line.get_color(), t)
+            finite = finite or bool(np.isfinite(y).any())
+    if not finite:
+        _no_finite_values(ax, "no finite, nonzero norm at any step: each is marked below the axis")
+    _strip(ax, strip, "norm")
     ax.set_ylabel("log10 (exact)")
     ax.set_title(title or f"{d.rnn['cell']}, {d.steps} steps: {d.verdict}")
     ax.grid(True, alpha=0.3)
