@@ -114,6 +114,7 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
         _no_finite_values(ax, "no finite, nonzero ||dW_l|| at any layer: each is marked below the axis")
     ax.set_xlim(-0.5 if depth <= 30 else 0, depth - 0.5 if depth <= 30 else depth - 1)
     ax.set_xlabel("layer l (0 = input side; backprop runs right to left)")
+    _whole_numbers(ax.xaxis)
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial W_l\|_F$ (exact)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -218,6 +219,12 @@ def _flow_line(ax, g: np.ndarray, i: int, n: int, label: str):
                       lw=1.3 + 1.5 * (n - 1 - i) / max(n - 1, 1), marker=_MARKERS[i % len(_MARKERS)],
                       markevery=(offset, every), ms=4, label=label)
     return line
+
+
+def _whole_numbers(axis) -> None:
+    """Ticks at whole numbers only on an axis of layers, steps or epochs (a depth-3 stack's axis
+    read 'layer 0.5', 1.5, 2.5)."""
+    axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True, min_n_ticks=1))
 
 
 def _float_limits(ax, ymin: float, ymax: float) -> None:
@@ -354,6 +361,7 @@ def _heatmap(fig, ax, edges, counts, totals, group: int) -> None:
         ax.text(0.5, 0.5, "no finite, nonzero entry to place in a cell: every entry is counted under the axis",
                 transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3")
     ax.set_ylabel("layer l (0 = input side)" + (f"; rows of {group} layers" if group > 1 else ""))
+    _whole_numbers(ax.yaxis)
 
 
 def _absolute_heatmap(d: Diagnosis, path, *, title, ax, dpi) -> Figure:
@@ -492,6 +500,7 @@ def update_ratio_curves(data, path=None, *,
                 fontsize=8, color="0.3")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    _whole_numbers(ax.xaxis)
     ax.set_ylabel(r"$100\,\|\Delta W_l\| / \|W_l\|$ per epoch  (%, log scale)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
@@ -546,6 +555,7 @@ def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None
                    label=f"fitted layers {used[0]}-{used[-1]}" + (" (the finite ones)" if gaps else ""))
     _strip(ax, _off_scale(s, sim.get_color()), r"$\|\partial L/\partial h_l\|$")
     ax.set_xlabel("layer l (0 = input side; backprop runs right to left)")
+    _whole_numbers(ax.xaxis)
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_l\|_F$ (exact)")
     stack = res.stack
     ax.set_title(title or f"Theory vs simulation: {stack.activation}, depth {stack.depth}, width {stack.width}")

@@ -416,3 +416,42 @@ def test_row_groups_sum_consecutive_layers_without_a_padded_copy(L):
     for r in range(rows.shape[0]):
         np.testing.assert_array_equal(rows[r], a[r * g:(r + 1) * g].sum(axis=0))
     assert rows.dtype == a.dtype  # integer counts stay exact
+
+
+def _visible_ticks(axis) -> np.ndarray:
+    """The major tick positions an axis shows (inside its view), after a draw."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(axis.axes.figure).draw()
+    lo, hi = sorted(axis.get_view_interval())
+    ticks = np.asarray(axis.get_majorticklocs(), dtype=float)
+    return ticks[(ticks >= lo - 1e-9) & (ticks <= hi + 1e-9)]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 7])
+def test_layer_axes_of_shallow_stacks_tick_whole_layers_only(depth):
+    """A depth-3 stack's layer axis read 'layer -0.5, 0.0, 0.5, 1.0, 1.5': no layer 0.5 exists."""
+    stack = gb.Stack(depth=depth, width=4, activation="tanh")
+    res = gb.backprop(stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1), backend="numpy")
+    axes = [plot.gradient_flow(res).axes[0].xaxis, plot.histogram_heatmap(res).axes[0].yaxis,
+            plot.histogram_heatmap(gb.diagnose(res), relative=False).axes[0].yaxis,
+            plot.theory_vs_simulation(res, 0.0).axes[0].xaxis]
+    for axis in axes:
+        ticks = _visible_ticks(axis)
+        assert ticks.size >= 1
+        np.testing.assert_array_equal(ticks, np.round(ticks), err_msg=axis.get_label_text())
+
+
+def test_epoch_and_step_axes_tick_whole_numbers_only(runs):
+    """Epochs 2.5, 7.5 and 'step t = 12.5' (8 epochs of training, a 20-step recurrent run)."""
+    from gradbench.recurrent import plot as rplot
+    from gradbench.recurrent.diagnose import diagnose
+
+    rnn = gb.Recurrent(cell="rnn", steps=20, hidden=4)
+    d = diagnose(gb.backprop(rnn, gb.init_params(rnn, 0), gb.sequence_input(rnn, 2, 0), backend="numpy"))
+    axes = [plot.update_ratio_curves(runs).axes[0].xaxis, rplot.run_figure(d).axes[1].xaxis,
+            rplot.signal_vs_steps_back({"rnn": d}).axes[0].xaxis]
+    for axis in axes:
+        ticks = _visible_ticks(axis)
+        assert ticks.size >= 2
+        np.testing.assert_array_equal(ticks, np.round(ticks), err_msg=axis.get_label_text())

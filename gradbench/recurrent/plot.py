@@ -11,7 +11,8 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from gradbench.plot import DPI, _chance_line, _diverged, _loss_line, _no_finite_values, _off_scale, _strip, save
+from gradbench.plot import (DPI, _chance_line, _diverged, _loss_line, _no_finite_values, _off_scale, _strip,
+                            _whole_numbers, save)
 from gradbench.report import fmt_rate
 from gradbench.recurrent.diagnose import FLOAT_LIMITS, RecurrentDiagnosis, diagnose
 
@@ -57,6 +58,7 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
             lo, hi = min(lo, s[ok].min()), max(hi, s[ok].max())
     _strip(ax, strip, "||dL/dh_t||")
     ax.set_xlabel("steps back from the last step (T - 1 - t)")
+    _whole_numbers(ax.xaxis)
     ax.set_ylabel("log10 ||dL/dh_t||  (exact)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -96,6 +98,7 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
         gate = "forget" if d.rnn["cell"] == "lstm" else "update"
         bx.plot(t, 100 * d.gate_mean, lw=1, label=f"mean {gate} gate x100")
     bx.set_xlabel("step t")
+    _whole_numbers(bx.xaxis)
     bx.grid(True, alpha=0.3)
     bx.legend(fontsize=7)
     if path is not None:
@@ -134,6 +137,7 @@ def training_figure(results: dict, path=None, *, title: str | None = None, dpi: 
     ax.set_ylabel("held-out loss (log scale)" + ("" if ref is None else f"; dashed: {ref[0]} = {ref[1]:.3g}"))
     ax.set_title("Held-out loss")
     bx.set_xlabel("steps back from the last step (T - 1 - t)")
+    _whole_numbers(bx.xaxis)
     bx.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_t\| - \log_{10}\,\|\partial L/\partial h_{T-1}\|$")
     bx.set_title("Gradient through time before training (exact)")
     fig.suptitle(title or "Training through time: " + ", ".join(results))
