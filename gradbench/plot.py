@@ -558,7 +558,11 @@ def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None
     _whole_numbers(ax.xaxis)
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_l\|_F$ (exact)")
     stack = res.stack
-    ax.set_title(title or f"Theory vs simulation: {stack.activation}, depth {stack.depth}, width {stack.width}")
+    # the gain and bias are what mean field's prediction is a function of: said, where the stack sets them
+    gains = ([f"sigma_w {stack.sigma_w:g}"] if stack.sigma_w is not None else []) + (
+        [f"sigma_b {stack.sigma_b:g}"] if stack.sigma_b else [])
+    ax.set_title(title or f"Theory vs simulation: {', '.join([stack.activation] + gains)}, depth {stack.depth}, "
+                          f"width {stack.width}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=9, loc="best")
     if path is not None:

@@ -455,3 +455,21 @@ def test_epoch_and_step_axes_tick_whole_numbers_only(runs):
         ticks = _visible_ticks(axis)
         assert ticks.size >= 2
         np.testing.assert_array_equal(ticks, np.round(ticks), err_msg=axis.get_label_text())
+
+
+def test_theory_figure_title_names_the_gain_and_bias_it_predicts_for(tmp_path, monkeypatch, capsys):
+    """`gradbench theory --activation tanh --sigma-w 1.5 --sigma-b 0.1 --depth 200 --width 128 --plot`
+    was titled 'tanh, depth 200, width 128': nothing on the figure said which sigma_w and sigma_b the
+    prediction (a function of them) was for."""
+    from gradbench import cli
+
+    seen = []
+    real = plot.theory_vs_simulation
+    monkeypatch.setattr(plot, "theory_vs_simulation", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    assert cli.main(["theory", "--activation", "tanh", "--sigma-w", "1.5", "--sigma-b", "0.1", "--depth", "20",
+                     "--width", "16", "--plot", str(tmp_path / "t.png")]) == 0
+    capsys.readouterr()
+    (fig,) = seen
+    title = fig.axes[0].get_title()
+    assert "tanh" in title and "sigma_w 1.5" in title and "sigma_b 0.1" in title, title
+    assert "depth 20" in title and "width 16" in title, title
