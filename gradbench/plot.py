@@ -481,30 +481,44 @@ def update_ratio_curves(data, path=None, *,
     curves without a finite point have no legend entry.
     """
     fig, ax = _axes(ax, (8.5, 5.0))
+    strip, any_shown = [], False
     for label, r in _curve_items(data):
         first = np.asarray(r.first_layer_ratio, dtype=np.float64)
         topl = np.asarray(r.update_ratio[:, -1], dtype=np.float64)
         epochs = np.arange(1, len(first) + 1)
         name = label or r.settings.get("name", "")
         diverged, color = r.diverged_epoch is not None, None
+        ran = epochs <= (r.diverged_epoch if diverged else len(epochs))  # the epochs that finished
         for ratio, what, style in ((first, "first layer", dict(lw=1.6)), (topl, "top layer", dict(lw=1.0, ls="--"))):
             shown = np.where(ratio > 0, ratio, np.nan)
             empty = diverged and not np.isfinite(shown).any()
-            (line,) = ax.plot(epochs, shown, color=color, **style, label="_nolegend_" if empty else f"{name}: {what}")
+            # every epoch on the axis and a dot on a ratio without a finite neighbour (a run that stopped
+            # after its first epoch drew nothing and an axis of epoch 1 alone)
+            line = _loss_line(ax, epochs, shown, "_nolegend_" if empty else f"{name}: {what}", color=color, **style)
             color = line.get_color()
+            any_shown = any_shown or bool(np.isfinite(shown).any())
+            # weights that did not move at all (ratio exactly 0) have no place on the log scale
+            if (zero := ran & (ratio == 0)).any():
+                strip.append((epochs[zero], color, "zero"))
         if diverged:
             e = r.diverged_epoch + 1
             ax.axvline(e, color=color, ls=":", lw=1.2, label=f"{name}: diverged in epoch {e} (no ratio from there on)")
-    ax.axhline(0.01, color="0.4", ls=":", lw=1)
-    ax.annotate("0.01 %", (0.99, 0.01), xycoords=("axes fraction", "data"), ha="right", va="bottom",
-                fontsize=8, color="0.3")
     ax.set_yscale("log")
+    if any_shown:
+        ax.axhline(0.01, color="0.4", ls=":", lw=1)
+        ax.annotate("0.01 %", (0.99, 0.01), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize=8, color="0.3")
+    else:  # no scale to give: the log axis's minor ticks read 9.6e-3 ... 1.04e-2 around the 0.01 % line
+        _no_finite_values(ax, "no weight moved in any epoch shown: every ratio is exactly 0 or not finite")
+        ax.set_yticks([], minor=True)
+    room = _strip(ax, strip, "ratio (the weights did not move)")
     ax.set_xlabel("epoch")
     _whole_numbers(ax.xaxis)
     ax.set_ylabel(r"$100\,\|\Delta W_l\| / \|W_l\|$ per epoch  (%, log scale)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False,
+              bbox_transform=offset_copy(ax.transAxes, fig=fig, y=-room, units="points"))
     if path is not None:
         save(fig, path, dpi)
     return fig

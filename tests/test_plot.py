@@ -473,3 +473,65 @@ def test_theory_figure_title_names_the_gain_and_bias_it_predicts_for(tmp_path, m
     title = fig.axes[0].get_title()
     assert "tanh" in title and "sigma_w 1.5" in title and "sigma_b 0.1" in title, title
     assert "depth 20" in title and "width 16" in title, title
+
+
+def test_update_ratio_curves_show_a_run_whose_weights_stopped_moving():
+    """`gradbench train --depth 6 --width 4 --activation relu --init he_normal --sigma-b 1 --lr 1
+    --epochs 10 --ratio-plot r.png`: STOPPED after epoch 1 (a layer died). Its ratio figure was blank:
+    epoch 1's ratios (one finite point each, no neighbour) drew nothing, epochs 2-10 (ratio exactly
+    0) were dropped without a mark, and the axis showed epoch 1 alone."""
+    X, y = gb.datasets.moons(200, seed=0)
+    stack = gb.Stack(depth=6, width=4, input_dim=2, loss="bce", activation="relu", init="he_normal", sigma_b=1.0)
+    p0 = gb.init_params(stack, 0)
+    kw = dict(batch_size=20, lr=1.0, backend="numpy")
+    r10 = gb.train(stack, X, y, epochs=10, params=p0.copy(), **kw)
+    r1 = gb.train(stack, X, y, epochs=1, params=p0.copy(), **kw)
+    # independently: the weights after epoch 1 are those after epoch 10, so epochs 2-10 moved nothing
+    np.testing.assert_array_equal(r1.params.W_in, r10.params.W_in)
+    np.testing.assert_array_equal(r1.params.W[-1], r10.params.W[-1])
+    moved = {"first layer": 100 * np.linalg.norm(r1.params.W_in - p0.W_in) / np.linalg.norm(p0.W_in),
+             "top layer": 100 * np.linalg.norm(r1.params.W[-1] - p0.W[-1]) / np.linalg.norm(p0.W[-1])}
+    assert all(v > 0 for v in moved.values())
+
+    ax = plot.update_ratio_curves({"stopped": r10}).axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo <= 1 and hi >= 10  # every epoch on the axis
+    for what, value in moved.items():
+        (line,) = [ln for ln in ax.lines if ln.get_label() == f"stopped: {what}"]
+        # epoch 1's ratio is drawn, visibly (a marker: a line through one point draws nothing)
+        dots = [ln for ln in ax.lines if ln.get_color() == line.get_color() and ln.get_marker() == "o"
+                and list(ln.get_xdata()) == [1] and np.isclose(ln.get_ydata()[0], value, rtol=1e-9)]
+        assert dots, what
+    zeros = _markers_below(ax, "v")
+    assert sorted(sorted(map(int, ln.get_xdata())) for ln in zeros) == [list(range(2, 11))] * 2
+    assert any(t.get_text().startswith("exact zero ratio") for t in ax.get_legend().get_texts())
+
+
+def test_update_ratio_curves_of_weights_that_never_moved_say_so():
+    """Every ratio exactly 0 (no gradient reaches any weight: layer 0 dead): the figure showed an
+    empty log axis 1e-3 ... 1e-2 with two legend entries and no epoch but '0'."""
+    X, y = gb.datasets.moons(60, seed=0)
+    stack = gb.Stack(depth=4, width=8, input_dim=2, loss="bce", activation="relu", init="he_normal")
+    p0 = gb.init_params(stack, 0)
+    p0.b[0] = -100.0
+    r = gb.train(stack, X, y, epochs=6, batch_size=20, lr=0.1, params=p0.copy(), backend="numpy")
+    np.testing.assert_array_equal(r.params.W_in, p0.W_in)  # independently: nothing moved
+    np.testing.assert_array_equal(r.params.W[-1], p0.W[-1])
+    ax = plot.update_ratio_curves({"dead": r}).axes[0]
+    assert any("no weight moved" in t.get_text() for t in ax.texts)
+    assert len(ax.get_yticks()) == 0
+    zeros = _markers_below(ax, "v")
+    assert sorted(sorted(map(int, ln.get_xdata())) for ln in zeros) == [list(range(1, 7))] * 2
+
+
+def _markers_below(ax, marker):
+    """The strip's marker rows of ``marker`` (drawn under the x axis, at no y value)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(ax.figure).draw()
+    bottom = ax.transAxes.transform([(0, 0)])[0][1]
+    rows = [ln for ln in ax.lines if ln.get_marker() == marker and ln.get_linestyle() == "None"]
+    for ln in rows:
+        py = ln.get_transform().transform(np.column_stack([ln.get_xdata(), ln.get_ydata()]).astype(float))[:, 1]
+        assert np.all(py < bottom)
+    return rows
