@@ -354,7 +354,10 @@ def _heatmap(fig, ax, edges, counts, totals, group: int) -> None:
         norm = LogNorm(vmin=max(positive.min(), 1e-4), vmax=positive.max())
         mesh = ax.pcolormesh(edges, rows, np.where(frac > 0, frac, np.nan), norm=norm, cmap="viridis",
                              shading="flat", rasterized=True)
-        fig.colorbar(mesh, ax=ax, label="fraction of the layer's entries")
+        # fractions below the scale's floor (1e-4: single entries of rows of many layers) take its lowest
+        # colour; the bar's pointed end says so
+        fig.colorbar(mesh, ax=ax, label="fraction of the layer's entries",
+                     extend="min" if positive.min() < norm.vmin else "neither")
     else:  # no colour scale to give (it read -0.1 ... 0.1)
         ax.set_xlim(edges[0], edges[-1])
         ax.set_ylim(rows[0], rows[-1])

@@ -535,3 +535,21 @@ def _markers_below(ax, marker):
         py = ln.get_transform().transform(np.column_stack([ln.get_xdata(), ln.get_ydata()]).astype(float))[:, 1]
         assert np.all(py < bottom)
     return rows
+
+
+def test_heatmap_colour_bar_says_when_fractions_lie_below_its_floor():
+    """Rows of 3 layers of width 64 hold 12,288 entries: one entry is 8.1e-5 of its row, below the
+    colour scale's floor of 1e-4, and was drawn in the floor's colour with nothing on the bar saying
+    so (the 100,000-layer run's heat map: rows of 50 layers of 256 entries)."""
+    stack = gb.Stack(depth=4001, width=64, activation="tanh")
+    res = gb.backprop(stack, gb.GeneratedParams(stack, 0), gb.gaussian_input(stack, 4, 1), stats_only=True)
+    fig = plot.histogram_heatmap(res)
+    mesh = fig.axes[0].collections[0]
+    frac = np.ma.filled(mesh.get_array(), np.nan).astype(float)
+    one_entry = 1 / (3 * 64 * 64)
+    assert np.isclose(np.nanmin(frac[frac > 0]), one_entry) and one_entry < mesh.norm.vmin
+    (bar_ax,) = [a for a in fig.axes if a is not fig.axes[0]]
+    assert bar_ax._colorbar.extend == "min"
+    # and a heat map whose every fraction is on the scale keeps a plain bar
+    fig = plot.histogram_heatmap(diag(depth=10, width=8, activation="tanh"))
+    assert fig.axes[1]._colorbar.extend == "neither"
