@@ -106,3 +106,38 @@ def test_bistable_cells_start_from_the_first_steps_input_variance(act, gain):
     assert two is not None and pred.input_std**2 < two.q_separatrix < gain**2  # (gelu: < 1 too)
     assert pred.decades_per_step < 0 and measured_rate(res) < -0.05
     assert abs(measured_rate(res) - pred.decades_per_step) < 0.04  # tied W_hh: mean field within ~40 %
+
+
+def test_theory_plot_draws_the_prediction_and_calls_one_number_measured(tmp_path, monkeypatch, capsys):
+    """`gradbench theory --cell rnn ... --plot`: the prediction was only in the title, and the title's
+    'measured' rate (fitted away from both ends) sat beside a legend entry 'measured (..., -0.0616
+    dec/step)', another fit of the same curve (tanh, gain 1.5, hidden 32: -0.06207 and -0.0616). A
+    linear cell with W_hh = 0.9 x orthogonal multiplies ||dL/dh|| by exactly 0.9 a step: log10 0.9."""
+    import re
+
+    from gradbench import cli
+    from gradbench.recurrent import plot as rplot
+
+    figs = []
+    real = rplot.save
+    monkeypatch.setattr(rplot, "save", lambda fig, path, dpi=120: figs.append(fig) or real(fig, path, dpi))
+    T = 100
+    assert cli.main(["theory", "--cell", "rnn", "--activation", "identity", "--recurrent-init", "orthogonal",
+                     "--sigma-w", "0.9", "--hidden", "8", "--steps", str(T), "--plot", str(tmp_path / "t.png")]) == 0
+    capsys.readouterr()
+    (fig,) = figs
+    ax = fig.axes[0]
+    rate = math.log10(0.9)
+    (dashed,) = [ln for ln in ax.lines if ln.get_linestyle() == "--" and len(ln.get_xdata()) == T]
+    np.testing.assert_allclose(np.polyfit(dashed.get_xdata(), dashed.get_ydata(), 1)[0], rate, rtol=1e-9)
+    (sim,) = [ln for ln in ax.lines if ln.get_label().startswith("simulated")]
+    back, s = np.asarray(sim.get_xdata(), dtype=float), np.asarray(sim.get_ydata(), dtype=float)
+    skip = T // 20
+    window = (back >= skip) & (back <= T - 1 - skip)
+    # the prediction sits on the simulated norms over the fitted steps (the same mean there)
+    np.testing.assert_allclose(np.mean(np.asarray(dashed.get_ydata())[window]), np.mean(s[window]), atol=1e-9)
+    # the title's measured rate is the fit of the drawn curve over those steps
+    measured = float(re.search(r"measured ([-+0-9.e]+)", ax.get_title()).group(1))
+    fitted = np.polyfit(back[window], s[window], 1)[0]
+    assert abs(measured - fitted) < 1e-3 and abs(fitted - rate) < 1e-9
+    assert not any("measured" in t.get_text() for t in ax.get_legend().get_texts())

@@ -600,11 +600,38 @@ def _theory_files(args, t0, res, out, pred, got, rnn) -> list[str]:
 
         d = diagnose(res)
         predicted = "none" if pred.decades_per_step is None else f"{pred.decades_per_step:+.4g}"
-        written.append(_write_plot(args, lambda path: plot.signal_vs_steps_back(
-            {"measured": d}, path, title=f"{rnn.cell}: measured {f'{got:+.4g}' if math.isfinite(got) else 'none'} "
-                                          f"vs predicted {predicted} dec/step",
-            dpi=args.dpi)))
+        T = rnn.steps
+        skip = T // 20  # measured_rate's window: away from both ends
+
+        def draw(path):
+            # the line's own legend rate is the diagnosis's, over every step: "simulated", so that the figure
+            # does not call two different numbers "measured" (the title's is fitted over the window)
+            fig = plot.signal_vs_steps_back(
+                {"simulated": d}, None, dpi=args.dpi,
+                title=f"{rnn.cell}: measured {f'{got:+.4g}' if math.isfinite(got) else 'none'} (steps back "
+                      f"{skip}-{T - 1 - skip}) vs predicted {predicted} dec/step")
+            if pred.decades_per_step is not None:
+                _prediction_line(fig.axes[0], res, pred.decades_per_step, skip)
+            return plot.save(fig, path, args.dpi)
+
+        written.append(_write_plot(args, draw))
     return written
+
+
+def _prediction_line(ax, res, rate: float, skip: int) -> None:
+    """The predicted rate as a dashed line against steps back, placed at the simulated norms' mean
+    height over the steps measured_rate fits (steps back skip .. T-1-skip): it was only in the title."""
+    s = np.asarray(res.signal_norm.log10(), dtype=np.float64)[::-1]  # against steps back
+    back = np.arange(len(s))
+    window = np.zeros(len(s), dtype=bool)
+    window[skip:len(s) - skip] = True
+    used = window & np.isfinite(s)
+    if not used.any():
+        return
+    anchor = float(np.mean(s[used] - rate * back[used]))
+    ax.plot(back, anchor + rate * back, ls="--", color="k", lw=1.2,
+            label=f"mean field: {rate:+.4g} dec/step going back (placed over the fitted steps)")
+    ax.legend(loc="best", fontsize=8)
 
 
 def _no_measurement(res) -> str:
