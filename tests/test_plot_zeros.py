@@ -375,3 +375,22 @@ def test_run_figure_marks_the_steps_whose_norms_are_exactly_zero(seed):
     if zero_steps.size == 30:
         assert len(ax.get_yticks()) == 0
         assert any("no finite" in t.get_text() for t in ax.texts)
+
+
+def test_float32_recurrent_runs_say_so_in_the_title():
+    """`compare --cells rnn,lstm,gru --dtype float32 --plot` and `run --cell gru --dtype float32 --plot`
+    said float32 nowhere (the stacks' figures put it in the title); a mixed pair says it per line."""
+    from gradbench.recurrent import plot as rplot
+    from gradbench.recurrent.diagnose import diagnose
+
+    def run(dtype):
+        rnn = gb.Recurrent(cell="gru", steps=12, hidden=4, dtype=dtype)
+        return diagnose(gb.backprop(rnn, gb.init_params(rnn, 0), gb.sequence_input(rnn, 2, 0), backend="numpy"))
+
+    f32, f64 = run("float32"), run("float64")
+    assert "float32" in rplot.signal_vs_steps_back({"gru": f32}).axes[0].get_title()
+    assert "float32" in rplot.run_figure(f32).axes[0].get_title()
+    assert "float32" not in rplot.signal_vs_steps_back({"gru": f64}).axes[0].get_title()
+    ax = rplot.signal_vs_steps_back({"a": f32, "b": f64}).axes[0]
+    labels = _legend(ax)
+    assert any(t.startswith("a, float32") for t in labels) and not any("float32" in t for t in labels if t.startswith("b"))

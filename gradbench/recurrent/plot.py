@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from gradbench.plot import (DPI, _chance_line, _diverged, _loss_line, _no_finite_values, _off_scale, _strip,
-                            _whole_numbers, save)
+                            _whole_numbers, _with_dtype, save)
 from gradbench.report import fmt_rate
 from gradbench.recurrent.diagnose import FLOAT_LIMITS, RecurrentDiagnosis, diagnose
 
@@ -41,8 +41,14 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
     ax = fig.add_subplot()
     lo, hi = math.inf, -math.inf
     strip = []
-    for i, (label, item) in enumerate(data.items()):
-        d = item if isinstance(item, RecurrentDiagnosis) else diagnose(item)
+    diags = {label: item if isinstance(item, RecurrentDiagnosis) else diagnose(item) for label, item in data.items()}
+    # a dtype other than float64 is said, as the stacks' figures say it: in the title when every net has it
+    dtypes = {label: d.rnn.get("dtype") or "float64" for label, d in diags.items()}
+    if len(set(dtypes.values())) == 1:
+        title = _with_dtype(title, next(iter(dtypes.values())))
+    for i, (label, d) in enumerate(diags.items()):
+        if len(set(dtypes.values())) > 1:
+            label = _with_dtype(label, dtypes[label])
         s = d.carried_log10 if len(d.carried_log10) else d.signal_log10
         if len(d.carried_log10):
             label = f"{label}, carried from the last step's loss"
@@ -90,7 +96,8 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
         _no_finite_values(ax, "no finite, nonzero norm at any step: each is marked below the axis")
     _strip(ax, strip, "norm")
     ax.set_ylabel("log10 (exact)")
-    ax.set_title(title or f"{d.rnn['cell']}, {d.steps} steps: {d.verdict}")
+    ax.set_title(title or _with_dtype(f"{d.rnn['cell']}, {d.steps} steps", d.rnn.get("dtype") or "float64")
+                 + f": {d.verdict}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     bx.plot(t, 100 * d.saturation, lw=1, label="saturated %")
