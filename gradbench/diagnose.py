@@ -278,7 +278,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     if a.rule in ("pair", "identical"):  # 0 in exact arithmetic (rounding noise computed): no layer where a plain chain loses it
         g_plain = np.full(len(g), -np.inf)
     rate_plain = rate if g_plain is g else grad_rate(g_plain, stack.residual)[0]
-    floored = floored_layers(stack.activation, g_plain, res.saturation, act_std_log10)
+    floored = floored_layers(stack.activation, g_plain, res.saturation, act_std_log10, act_mean_log10)
     if float_underflow(stack, res).size:  # the forward's outputs underflowed: every exact 0 is the truth's
         floored = floored | (g_plain == -np.inf)  # tiny value, read 0 by a plain chain too (not "fine")
     act_rms_log10 = _rms_log10(act_mean_log10, act_std_log10)

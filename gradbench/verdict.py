@@ -193,19 +193,24 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     return out
 
 
-def floored_layers(activation: str, g: np.ndarray, saturation: np.ndarray, act_log10=None) -> np.ndarray:
+def floored_layers(activation: str, g: np.ndarray, saturation: np.ndarray, act_log10=None,
+                   act_mean_log10=None) -> np.ndarray:
     """Layers whose exactly zero ||dW_l|| is the rescue's floor, not a true zero: an activation
     whose phi' vanishes only in a limit (:data:`~gradbench.activations.RESCUE`) and every unit of
     the layer saturated (|phi'| < 1 % of its largest value), so |phi'| fell below 2^(-2^62), beyond any int64 exponent (or the signal from such a
     layer above it was 0). ``act_log10`` (log10 of each layer's output std): not where the
     layer's input, or the stack's output, is exactly 0 (the zero then comes from the forward:
-    :func:`forward_zeros`)."""
+    :func:`forward_zeros`). ``act_mean_log10`` (log10 |mean| of each layer's output): with it, an
+    output is exactly 0 only where its mean is 0 too; a std of 0 alone is also every unit saturated
+    to one value (tanh's -1 at batch 1), which is not a zero output."""
     g = np.asarray(g, dtype=np.float64)
     if activation not in RESCUE:
         return np.zeros(len(g), dtype=bool)
     out = (g == -np.inf) & (np.asarray(saturation, dtype=np.float64) == 1.0)
     if act_log10 is not None:
         zero = np.asarray(act_log10, dtype=np.float64) == -np.inf
+        if act_mean_log10 is not None:
+            zero &= np.asarray(act_mean_log10, dtype=np.float64) == -np.inf
         if len(zero) and zero[-1]:
             return np.zeros(len(g), dtype=bool)
         out[1:] &= ~zero[:-1]
@@ -680,7 +685,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     elif rule == "identical":
         words.append(_identical_words(res, g))
     elif verdict == "no gradient":
-        floor = floored_layers(stack.activation, g, sat, res.act_std.log10())
+        floor = floored_layers(stack.activation, g, sat, res.act_std.log10(), res.act_mean.log10())
         if L and floor[-1]:
             words.append(f"no gradient at all: every ||dL/dW_l|| is exactly zero because the derivative of the "
                          f"saturated units underflowed beyond even the exponent range: every unit of layer {L - 1} "
@@ -1264,7 +1269,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
     if zero.size and zero.size < len(g):
         dead_note = " (dead units block the chain: z <= 0 passes no gradient)" if stack.dead_below_zero else ""
         top = int(zero.max())
-        if floored_layers(stack.activation, g, res.saturation, res.act_std.log10())[top]:
+        if floored_layers(stack.activation, g, res.saturation, res.act_std.log10(), res.act_mean.log10())[top]:
             # phi' > 0 (but at a point) and rescued down to 2^(-2^62): the zero is that floor, not the chain's
             dead_note = (f" (every unit of layer {top} is saturated so far that its {stack.activation}' is below "
                          "2^(-2^62), e.g. tanh at |z| ~ 1e200: the true gradient there is not 0, but beyond any "

@@ -297,3 +297,25 @@ def test_float32_lost_samples_are_said_with_float32s_bound():
         assert np.any(alone.input_grad.mantissa != 0)
     text = gb.diagnose(res, params).explanation
     assert "more than 2^-149 below the batch's largest" in text and "2^-1074" not in text
+
+
+def test_a_top_layer_saturated_to_one_value_is_named_as_the_floor_not_a_zero_input():
+    """tanh at sigma_w = 1e140, depth 3, width 4, batch 1: every top unit reads -1 (std 0 over the
+    layer), which the diagnosis took for an exactly zero output and said 'an all-zero input or
+    signal, or every unit dead', and 'plain float64 is fine here'. The zero is tanh' below
+    2^(-2^62) at |z| ~ 1e140 (checked here with a plain forward)."""
+    stack = gb.Stack(depth=3, width=4, activation="tanh", sigma_w=1e140)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 1, 1)
+    h = np.asarray(x, dtype=np.float64)
+    for l in range(3):
+        z = h @ params.W[l].T + params.b[l]
+        h = np.tanh(z)
+    # log10 tanh'(z) = log10(1 - tanh(z)^2) ~ log10 4 - 2 |z| log10 e, far below -2^62 log10 2 at every top unit
+    assert np.all(np.log10(4) - 2 * np.abs(z) * np.log10(np.e) < -(2.0 ** 62) * np.log10(2))
+    assert np.all(np.abs(h) == 1.0) and np.unique(h).size == 1  # one value: std 0, not a zero output
+    res = gb.backprop(stack, params, x)
+    d = gb.diagnose(res, params)
+    assert d.verdict == "no gradient"
+    text = str(d)
+    assert "2^(-2^62)" in text and "all-zero input" not in text
+    assert "plain float64 is fine here" not in text
