@@ -322,9 +322,17 @@ def _row_sums(counts) -> np.ndarray:
 def _not_shown(ax, counts: dict) -> None:
     """'not shown: 12 exact zeros, 3 non-finite entries (NaN or inf)' under the x axis, for
     the kinds (name -> per-layer counts) that occur."""
-    notes = [f"{int(v.sum())} {name}" for name, v in counts.items() if v.sum()]
+    notes = [f"{int(v.sum())} {_singular(name) if int(v.sum()) == 1 else name}" for name, v in counts.items() if v.sum()]
     if notes:
         _note_below(ax, "not shown: " + ", ".join(notes))
+
+
+def _singular(kind: str) -> str:
+    """'exact zero', 'entry below ...', 'non-finite entry (NaN or inf)' for a count of 1 ('1 or more
+    entries' stays)."""
+    if kind.startswith("or more"):
+        return kind
+    return kind.replace("exact zeros", "exact zero").replace("entries", "entry", 1)
 
 
 def _note_below(ax, text: str) -> None:

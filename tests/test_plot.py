@@ -553,3 +553,14 @@ def test_heatmap_colour_bar_says_when_fractions_lie_below_its_floor():
     # and a heat map whose every fraction is on the scale keeps a plain bar
     fig = plot.histogram_heatmap(diag(depth=10, width=8, activation="tanh"))
     assert fig.axes[1]._colorbar.extend == "neither"
+
+
+def test_a_count_of_one_not_shown_is_singular():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    plot._not_shown(ax, {"exact zeros": np.array([1, 0]), "non-finite entries (NaN or inf)": np.array([0, 2]),
+                         "or more entries below 10^-7 of the norm": np.array([1])})
+    assert ax.get_xlabel().endswith("not shown: 1 exact zero, 2 non-finite entries (NaN or inf), "
+                                     "1 or more entries below 10^-7 of the norm")
+    plt.close(fig)

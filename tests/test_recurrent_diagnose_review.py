@@ -354,3 +354,21 @@ def test_a_chaotic_recurrence_is_said_where_a_last_bit_of_w_hh_moves_the_gradien
                    dtype=np.float64)
     moved = float(np.nanmax(np.abs(a - b)))
     assert (moved > 1e-3) if chaotic else (moved < 1e-9), moved
+
+
+def test_a_lone_sample_that_loses_its_gradient_is_not_told_to_run_alone():
+    """A batch-1 ReLU cell whose single unit dies at some step: h0_grad exactly 0 (a plain loop
+    over the steps shows a step with z <= 0). The diagnosis said to run such samples one at a time
+    (batch 1), which this run is; it now names the dead unit."""
+    rnn = gb.Recurrent(cell="rnn", activation="relu", steps=20, hidden=1, recurrent_init="normal")
+    p, x = gb.init_params(rnn, 0), gb.sequence_input(rnn, 1, 0)
+    res = gb.backprop(rnn, p, x)
+    h, died = np.zeros((1, 1)), False
+    for t in range(20):  # z_t = x_t W_ih^T + b_ih + h W_hh^T + b_hh
+        z = x[t] @ p.W_ih.T + p.b_ih + h @ p.W_hh.T + p.b_hh
+        died |= bool(np.all(z <= 0))
+        h = np.maximum(z, 0)
+    assert died and not np.any(res.h0_grad.mantissa) and res.extras["lost_samples"] == 1
+    text = " ".join(gb.diagnose(res).explanation.split())
+    assert "with batch 1 that is not the batch's shared exponent but dead units (z <= 0) at some step" in text
+    assert "one at a time" not in text

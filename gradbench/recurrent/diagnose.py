@@ -243,6 +243,16 @@ def lost_words(rnn, res) -> list[str]:
     B = res.h0_grad.mantissa.shape[0]
     dead = "dead units (z <= 0), or " if rnn.cell == "rnn" and rnn.act in ("relu", "leaky_relu") else ""
     which = "the last step's loss's" if rnn.has_head and rnn.loss_on == "every" else ""
+    if lost == B:  # the batch's largest sets each step's exponent and is never flushed by it
+        cut = ("dead units (z <= 0) at some step" if dead else
+               "an exact zero in the chain (a derivative beyond any int64 exponent, or an exact 0 of the cell)")
+        alone = ", the last step's loss alone" if which else ""
+        if B == 1:
+            return [f"the sample's gradient is non-zero at the last step and exactly 0 at the initial state{alone}: "
+                    f"with batch 1 that is not the batch's shared exponent but {cut}"]
+        return [f"all {B} samples lose their gradient on the way back (non-zero at the last step, exactly 0 at the "
+                f"initial state{alone}): the largest sample sets each step's shared exponent and is never flushed by "
+                f"it, so what cuts the chain is {cut}, not that exponent"]
     return [f"{lost} of {B} samples {'loses' if lost == 1 else 'lose'} {which or ('its' if lost == 1 else 'their')} "
             f"gradient on the way back (non-zero at the last step, exactly 0 at the initial state"
             f"{', carried back alone' if which else ''}): {dead}the batch shares one exponent per step, so a sample more than "
