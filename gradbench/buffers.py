@@ -45,9 +45,11 @@ from gradbench._env import available_cpus
 
 # bytes: below this NumPy's own allocation is used. NumPy advises huge pages from 4 MiB on
 # (numpy/_core/src/multiarray/alloc.c), and so do we take over there: with 32 MiB, a first call at
-# L = 1000, n = 64, B = 64 (H, Z and dW of 31 MiB each, on NumPy's huge pages) took 0.11-0.46 s
-# against 0.06 s warm, and 0.07-0.10 s with them on small pages (alternating fresh processes,
-# 3 s apart, default threads, 2026-12-05); the warm calls were the same within the noise.
+# L = 1000, n = 64, B = 64 (H, Z and dW of 31 MiB each, on NumPy's huge pages) took 193-265 ms
+# against 35-39 ms warm, and 72-104 ms with them on small pages (alternating fresh processes 3 s
+# apart, default threads, a quiet machine, 2026-12-05). The price is the TLB's: warm calls pinned
+# to one thread 60.9-61.9 ms against 59.0-60.2 (+3 %); at L = 300 (10 MiB arrays) first calls
+# 26-36 against 17-46 ms, warm the same.
 SMALL_PAGES_FROM = 4 * 2**20
 
 
