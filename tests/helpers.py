@@ -417,3 +417,17 @@ class Tripwire:
 
     def __getattr__(self, name):
         raise AssertionError(f"the client was used ({name}) before validation finished")
+
+
+def last_bit_moves(spec, params, x, field: str, index: tuple) -> float:
+    """How far (decades) one weight's last bit moves the gradient norms: the largest change of
+    log10 grad_norm on the reference backend after ``params.<field>[index]`` is multiplied by
+    1 + 2^-52 (a stack's or a recurrent net's: the test of a chaotic forward pass's sentence)."""
+    import dataclasses
+
+    w = getattr(params, field).copy()
+    w[index] *= 1 + 2.0**-52
+    a = np.asarray(gb.backprop(spec, params, x, backend="numpy").grad_norm.log10(), dtype=np.float64)
+    b = np.asarray(gb.backprop(spec, dataclasses.replace(params, **{field: w}), x, backend="numpy").grad_norm.log10(),
+                   dtype=np.float64)
+    return float(np.nanmax(np.abs(a - b)))
