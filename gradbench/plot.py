@@ -99,7 +99,7 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
         g, verdict, rate, signal_rate = _flow_numbers(item)
         ok = np.isfinite(g)
         depth = max(depth, len(g))
-        rates = _rates(rate, signal_rate)
+        rates = _rates(rate, signal_rate) if np.count_nonzero(ok) >= 2 else ""  # one point: no trend (as the text)
         line = _flow_line(ax, g, i, len(items), f"{label}  ({verdict}{rates})" if label else f"{verdict}{rates}")
         if ok.any():
             lo, hi = min(lo, g[ok].min()), max(hi, g[ok].max())

@@ -564,3 +564,14 @@ def test_a_count_of_one_not_shown_is_singular():
     assert ax.get_xlabel().endswith("not shown: 1 exact zero, 2 non-finite entries (NaN or inf), "
                                      "1 or more entries below 10^-7 of the norm")
     plt.close(fig)
+
+
+def test_a_one_layer_flow_has_no_rate_in_its_legend(tmp_path):
+    # the text says "no trend to fit"; the legend said "+0.000 dec/layer"
+    st = gb.Stack(depth=1, width=4)
+    p = gb.init_params(st, 0)
+    d = gb.diagnose(gb.backprop(st, p, gb.gaussian_input(st, 2, 1)), p)
+    assert "no trend to fit" in d.explanation
+    fig = plot.gradient_flow(d, tmp_path / "one.png")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels and not any("dec/layer" in t for t in labels), labels
