@@ -105,6 +105,7 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
         gate = "forget" if d.rnn["cell"] == "lstm" else "update"
         bx.plot(t, 100 * d.gate_mean, lw=1, label=f"mean {gate} gate x100")
     bx.set_xlabel("step t")
+    bx.set_ylabel("%")  # saturated entries, and the gate's mean times 100
     _whole_numbers(bx.xaxis)
     bx.grid(True, alpha=0.3)
     bx.legend(fontsize=7)
