@@ -188,3 +188,19 @@ def test_plot_is_written_atomically(saved, tmp_path, capsys, monkeypatch):
     assert benchreport.main([str(saved), "--plot", str(png)]) == 1
     assert "cannot write" in capsys.readouterr().err
     assert png.read_bytes() == b"the previous figure" and sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "r.json"]
+
+
+def test_the_figure_is_one_panel_per_dtype_along_the_size_grid(saved, tmp_path, monkeypatch):
+    """The size grid moves depth, width and batch together: GF/s against width and against depth
+    were one curve drawn twice. One panel per dtype now, each tick naming its whole case."""
+    import matplotlib.pyplot as plt
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)  # keep the figure to look at
+    data = json.loads(saved.read_text())
+    assert benchreport.plot(data, str(tmp_path / "f.png"))
+    axes = figs[0].axes
+    assert len(axes) == len({b["extra_info"]["dtype"] for b in data["benchmarks"]
+                             if b["extra_info"].get("family") == "size"})
+    ticks = [t.get_text() for t in axes[0].get_xticklabels()]
+    assert ticks and all(t.startswith("N=") and "\nL=" in t and "\nB=" in t for t in ticks), ticks

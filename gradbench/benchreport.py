@@ -10,7 +10,7 @@ time (the minimum over rounds, the least disturbed on a shared machine), GF/s = 
 microseconds per layer, the speed-up against the NumPy reference and against the fastest peer
 (t_other / t_this: 2.0x means twice as fast), peak memory and the first (warm-up, compiling)
 call. Implementations that were skipped or failed their check are listed with the reason. Then one summary matrix of the speed-ups against NumPy,
-and a figure of GF/s against width and depth (one line per implementation).
+and a figure of GF/s along the size grid (one line per implementation).
 """
 
 from __future__ import annotations
@@ -290,7 +290,8 @@ def report(data: dict) -> str:
 
 
 def plot(data: dict, path: str) -> str | None:
-    """GF/s against width and against depth for the size-grid cases; returns the path written."""
+    """GF/s along the size grid's cases (width, depth and batch together, one tick each), one panel
+    per dtype; returns the path written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,35 +299,36 @@ def plot(data: dict, path: str) -> str | None:
     import matplotlib.ticker
 
     cases = rows_by_case(data)
-    points: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
+    points: dict[tuple[str, str], list[tuple[int, int, int, float]]] = {}
     for rows in cases.values():
         for r in rows:
             i = r["info"]
             if i.get("family") == "size" and r["gflops"]:
-                points.setdefault((i["dtype"], r["impl"]), []).append((i["n"], i["L"], r["gflops"]))
+                points.setdefault((i["dtype"], r["impl"]), []).append((i["n"], i["L"], i["B"], r["gflops"]))
     if not points:
         return None
     dtypes = sorted({d for d, _ in points}, reverse=True)
-    fig, axes = plt.subplots(len(dtypes), 2, figsize=(11, 4.2 * len(dtypes)), squeeze=False)
+    # one panel per dtype: the size grid moves depth, width and batch together (deep and narrow to
+    # shallow and wide), so GF/s against width and against depth were one curve drawn twice
+    fig, axes = plt.subplots(len(dtypes), 1, figsize=(9, 4.4 * len(dtypes)), squeeze=False)
     for row, dt in enumerate(dtypes):
-        for col, (label, key) in enumerate((("width N", 0), ("depth L", 1))):
-            ax = axes[row][col]
-            for (d, impl), pts in sorted(points.items()):
-                if d != dt:
-                    continue
-                pts = sorted(pts, key=lambda p: p[key])
-                ax.plot([p[key] for p in pts], [p[2] for p in pts], marker="o",
-                        linestyle="-" if impl in GRADBENCH else "--", label=impl)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            xs = sorted({p[key] for (d, _), pts in points.items() if d == dt for p in pts})
-            ax.set_xticks(xs, [f"{v:,}" for v in xs])
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_xlabel(label)
-            ax.set_ylabel("GF/s (6 B N^2 L / time)")
-            ax.set_title(f"{dt}: GF/s against {label}")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
+        ax = axes[row][0]
+        for (d, impl), pts in sorted(points.items()):
+            if d != dt:
+                continue
+            pts = sorted(pts)
+            ax.plot([p[0] for p in pts], [p[3] for p in pts], marker="o",
+                    linestyle="-" if impl in GRADBENCH else "--", label=impl)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        sizes = sorted({p[:3] for (d, _), pts in points.items() if d == dt for p in pts})
+        ax.set_xticks([n for n, _, _ in sizes], [f"N={n:,}\nL={L:,}\nB={B:,}" for n, L, B in sizes], fontsize=8)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("the size grid: width N, depth L, batch B")
+        ax.set_ylabel("GF/s (6 B N^2 L / time)")
+        ax.set_title(f"{dt}: GF/s from deep and narrow to shallow and wide")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     from gradbench.plot import save  # atomic: a temporary file beside it, then a rename
 
