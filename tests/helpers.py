@@ -419,14 +419,16 @@ class Tripwire:
         raise AssertionError(f"the client was used ({name}) before validation finished")
 
 
-def last_bit_moves(spec, params, x, field: str, index: tuple) -> float:
-    """How far (decades) one weight's last bit moves the gradient norms: the largest change of
-    log10 grad_norm on the reference backend after ``params.<field>[index]`` is multiplied by
-    1 + 2^-52 (a stack's or a recurrent net's: the test of a chaotic forward pass's sentence)."""
+def perturbation_moves(spec, params, x, field: str, index: tuple, rel: float = 1e-10) -> float:
+    """How far (decades) a relative change ``rel`` of one weight moves the gradient norms: the largest
+    change of log10 grad_norm on the reference backend after the entry ``params.<field>[index]`` is
+    multiplied by 1 + rel (a stack's or a recurrent net's: the test of a chaotic forward pass's
+    sentence). Not one unit in the last place: a sum can round such a change away (a chaotic
+    ReLU + batch norm stack read exactly the same after four such probes)."""
     import dataclasses
 
     w = getattr(params, field).copy()
-    w[index] *= 1 + 2.0**-52
+    w[index] *= 1 + rel
     a = np.asarray(gb.backprop(spec, params, x, backend="numpy").grad_norm.log10(), dtype=np.float64)
     b = np.asarray(gb.backprop(spec, dataclasses.replace(params, **{field: w}), x, backend="numpy").grad_norm.log10(),
                    dtype=np.float64)

@@ -16,7 +16,7 @@ import gradbench as gb
 from gradbench import theory, verdict
 from gradbench.verdict import FLOAT_LIMITS
 from tests import naive
-from tests.helpers import last_bit_moves
+from tests.helpers import perturbation_moves
 
 THRESHOLD = 2.0
 
@@ -1251,6 +1251,8 @@ def test_biased_gelu_swish_outputs_that_underflow_are_named(activation, sigma_w,
 @pytest.mark.parametrize("kw, batch, chaotic", [
     (dict(depth=300, width=64, activation="tanh", batch_norm=True), 16, True),
     (dict(depth=1500, width=6, activation="sigmoid", init="normal", batch_norm=True), 3, True),
+    # a survey's miss at the first threshold (estimate 10^-3.56; ||dW_l|| moved by 0.12 decades)
+    (dict(depth=266, width=24, activation="tanh", init="normal", sigma_w=1.2041, batch_norm=True, seed=46), 16, True),
     (dict(depth=60, width=64, activation="relu", init="normal", sigma_w=2.0), 16, False),  # explodes, not chaotic
     (dict(depth=400, width=32, activation="tanh"), 16, False),
 ])
@@ -1262,14 +1264,16 @@ def test_a_chaotic_forward_is_said_where_a_last_bit_of_one_weight_moves_the_grad
     row of W at the named layer changed by one unit in the last place."""
     from gradbench.verdict import rounding_sensitivity
 
+    kw = dict(kw)  # (the parametrized dict stays as it is)
+    seed = kw.pop("seed", 0)
     stack = gb.Stack(**kw)
-    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, batch, 1)
+    params, x = gb.init_params(stack, seed), gb.gaussian_input(stack, batch, seed + 1)
     res = gb.backprop(stack, params, x)
     said = "the forward pass is chaotic" in str(gb.diagnose(res, params))
     assert said == chaotic
     _, at = rounding_sensitivity(res)
-    moved = last_bit_moves(stack, params, x, "W", (at - 1, 0))  # h_at = phi(W_{at-1} h_{at-1} ...)
-    assert (moved > 1e-3) if chaotic else (moved < 1e-9), moved
+    moved = perturbation_moves(stack, params, x, "W", (at - 1, 0, 0))  # h_at = phi(W_{at-1} h_{at-1} ...)
+    assert (moved > 1e-3) if chaotic else (moved < 1e-6), moved
 
 
 def test_leaky_relu_at_hes_relu_gain_names_the_gain_for_its_slope():
