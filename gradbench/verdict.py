@@ -1226,13 +1226,14 @@ def chaos_words(share: tuple[float, int] | None, dtype: str, where: str) -> list
 
 
 def slope_gain_words(stack, verdict: str, weight_log10=None, res=None) -> list[str]:
-    """For a plain leaky-ReLU or PReLU stack that vanishes or explodes: its chi_1 = sigma_w^2
+    """For a plain leaky-ReLU stack that vanishes or explodes (not PReLU: its slopes are parameters,
+    which the result does not hold, trained or not): its chi_1 = sigma_w^2
     (1 + a^2) / 2 (any bias: phi'^2 averages (1 + a^2) / 2 over a symmetric z) and the gain of the
     edge of chaos, sqrt(2 / (1 + a^2)), He et al. (2015)'s for slope a; he_normal's sqrt 2 is
     ReLU's (torch's kaiming_normal_ with a = 0), so a slope of 0.2 reads chi_1 = 1.04, exploding
     by 0.0085 decades a layer: at depth 300, width 256 the signal grew by +0.0090 a layer, and at
     the gain named +0.0005 (stable)."""
-    if (stack.activation not in ("leaky_relu", "prelu") or verdict not in ("vanishing", "exploding")
+    if (stack.activation != "leaky_relu" or verdict not in ("vanishing", "exploding")
             or stack.batch_norm or stack.residual or stack.clip is not None
             or (res is not None and (res.first_nonfinite_forward is not None or res.first_nonfinite_backward is not None))):
         return []  # (a non-finite run's trouble is its overflow)

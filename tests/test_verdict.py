@@ -1293,6 +1293,11 @@ def test_leaky_relu_at_hes_relu_gain_names_the_gain_for_its_slope():
     assert "edge of chaos is at" not in d2.explanation
     relu = gb.Stack(depth=300, width=256, activation="relu", init="he_normal")
     assert "edge of chaos is at" not in gb.diagnose(gb.backprop(relu, gb.init_params(relu, 0), x)).explanation
+    # PReLU's slopes are parameters (trained, not the initial 0.25 the stack names): nothing said
+    prelu = gb.Stack(depth=60, width=64, activation="prelu", activation_param=0.0, init="normal", sigma_w=2.0)
+    pp = gb.init_params(prelu, 0)
+    d3 = gb.diagnose(gb.backprop(prelu, pp, gb.gaussian_input(prelu, 16, 1)), pp)
+    assert d3.verdict == "exploding" and "edge of chaos is at" not in d3.explanation
 
 
 @pytest.mark.parametrize("activation, param, slope_words", [("leaky_relu", 0.2, "negative slope 0.2 carries"),
