@@ -49,13 +49,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradbench.histograms import (DEFAULT_BINS, HIST_CHUNK, entry_blocks, checked_range, histograms, rebin_is_exact,
+from gradbench.histograms import (DEFAULT_BINS, HIST_CHUNK, checked_range, entry_blocks, histograms, rebin_is_exact,
                                   rebin_streaming)
 from gradbench.params import GeneratedParams, weights_probe
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, bn_identical, bn_pair_cancels, classify,  # noqa: F401
                                clip_binds, decades_per_layer, explain, float_limits, floored_layers, grad_rate, judge,
-                               float_underflow, float_underflow_inputs, signal_rate)
+                               float_underflow, float_underflow_inputs, rms_log10, signal_rate)
 
 @dataclass(frozen=True, eq=False)
 class Diagnosis:
@@ -281,7 +281,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     floored = floored_layers(stack.activation, g_plain, res.saturation, act_std_log10, act_mean_log10)
     if float_underflow(stack, res).size:  # the forward's outputs underflowed: every exact 0 is the truth's
         floored = floored | (g_plain == -np.inf)  # tiny value, read 0 by a plain chain too (not "fine")
-    act_rms_log10 = _rms_log10(act_mean_log10, act_std_log10)
+    act_rms_log10 = rms_log10(act_mean_log10, act_std_log10)
     limits = float_limits(g_plain, rate_plain, act_std_log10, floored,
                           _extrapolates(a, stack, act_std_log10, act_rms_log10, threshold, rate_plain),
                           signal_log10=s, group=stack.residual, loss_log10=a.loss_log10)
@@ -348,15 +348,6 @@ def _derivative_log10(res, g: np.ndarray) -> np.ndarray:
         return g
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.asarray(raw.log10(), dtype=np.float64)
-
-
-def _rms_log10(mean_log10, std_log10) -> np.ndarray:
-    """log10 of each layer's root mean square sqrt(mean^2 + std^2) from the logs of |mean| and std."""
-    m, sd = np.asarray(mean_log10, dtype=np.float64), np.asarray(std_log10, dtype=np.float64)
-    top = np.maximum(m, sd)
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = top + 0.5 * np.log10(1.0 + 10.0 ** (2 * (np.minimum(m, sd) - top)))
-    return np.where(np.isneginf(top), -np.inf, out)
 
 
 def _extrapolates(a: "Assessment", stack: Stack, act_std_log10: np.ndarray, act_rms_log10: np.ndarray,

@@ -702,9 +702,9 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                          "with a margin beyond ~3e18 for every sample, so its loss and dL/dy = exp(-margin) lie "
                          "below 2^(-2^62), which no int64 exponent holds; the true gradient is not 0, and every "
                          "layer below inherits the zero")
-        elif float_underflow(stack, res).size:
+        elif (under := float_underflow(stack, res)).size:
             words.append("no gradient in the float computation: every ||dL/dW_l|| reads exactly zero because "
-                         + float_underflow_words(stack, float_underflow(stack, res)))
+                         + float_underflow_words(stack, under))
         else:
             flush = (", or samples flushed by the batch's shared exponent in the forward pass: below"
                      if forward_zeros(stack.activation, res.act_std.log10()).size and res.input_grad.mantissa.shape[0] > 1
@@ -1176,6 +1176,15 @@ def _lagging_words(stack, g, res, verdict: str, far) -> list[str]:
 CHAOTIC_LOG10 = -4.0
 
 
+def rms_log10(mean_log10, std_log10) -> np.ndarray:
+    """log10 of each layer's root mean square sqrt(mean^2 + std^2) from the logs of |mean| and std."""
+    m, sd = np.asarray(mean_log10, dtype=np.float64), np.asarray(std_log10, dtype=np.float64)
+    top = np.maximum(m, sd)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = top + 0.5 * np.log10(1.0 + 10.0 ** (2 * (np.minimum(m, sd) - top)))
+    return np.where(np.isneginf(top), -np.inf, out)
+
+
 def rounding_share(signal_log10, mean_log10, std_log10, loss_log10: float, dtype: str) -> tuple[float, int] | None:
     """The largest over states i of log10(u ||dL/dh_i||_F rms(h_i) / |L|) and that i: ``signal_log10``
     log10 ||dL/dh_i||, ``mean_log10`` and ``std_log10`` those of h_i's entries (aligned), u the
@@ -1186,9 +1195,7 @@ def rounding_share(signal_log10, mean_log10, std_log10, loss_log10: float, dtype
     if not math.isfinite(loss_log10) or not len(signal_log10):
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
-        g, m, sd = (np.asarray(v, dtype=np.float64) for v in (signal_log10, mean_log10, std_log10))
-        rms = 0.5 * np.logaddexp(2 * math.log(10) * m, 2 * math.log(10) * sd) / math.log(10)
-        k = g + rms - loss_log10
+        k = np.asarray(signal_log10, dtype=np.float64) + rms_log10(mean_log10, std_log10) - loss_log10
     k[~np.isfinite(k)] = -np.inf
     if not np.any(np.isfinite(k)):
         return None

@@ -514,7 +514,7 @@ def _top(run: _Run) -> None:
         G, GC = np.ascontiguousarray(g[:B]), np.ascontiguousarray(g[B:])
     run.G, run.GC = G, GC
     run.sig_e[T] = e
-    run.live_top = np.logical_or.reduce(G, axis=1)  # samples with a gradient at the top (lost_samples)
+    run.live_top = _live_rows(G)  # samples with a gradient at the top (lost_samples)
     if not np.all(np.isfinite(g)):
         run.info[abi.INFO_BACKWARD] = T
 
@@ -528,10 +528,14 @@ def _lost_samples(run: _Run) -> int | None:
     without it."""
     if run.rnn.has_head and run.rnn.loss_on == "every":
         return getattr(run, "carried_lost", None)  # the last step's loss alone (the carried pass)
-    alive = np.logical_or.reduce(run.G, axis=1)
-    if run.GC is not None:
-        alive |= np.logical_or.reduce(run.GC, axis=1)
-    return int(np.count_nonzero(run.live_top & ~alive))
+    return int(np.count_nonzero(run.live_top & ~_live_rows(run.G, run.GC)))
+
+
+def _live_rows(G: np.ndarray, GC: np.ndarray | None = None) -> np.ndarray:
+    """Whether each sample's backward state (a row of G, and of the LSTM's GC) has an entry other
+    than 0 (NaN counts)."""
+    live = np.logical_or.reduce(G, axis=1)
+    return live if GC is None else live | np.logical_or.reduce(GC, axis=1)
 
 
 def _backward(run: _Run, inject: bool = True) -> None:
@@ -594,15 +598,10 @@ def _carried(run: _Run, top: tuple, T: int) -> None:
     run.clip_acted = np.zeros(T + 1, dtype=np.int64)
     run.clip_acted[T] = top[3]  # the same top state as the first pass's, clipped once by _top
     run.gnorm_m, run.gnorm_e = np.empty(T), np.zeros(T, dtype=np.int64)
-    live = np.logical_or.reduce(top[0], axis=1)  # (before the pass: run.G is top[0], written in place)
-    if top[1] is not None:
-        live |= np.logical_or.reduce(top[1], axis=1)
+    live = _live_rows(top[0], top[1])  # (before the pass: run.G is top[0], written in place)
     try:
         _backward(run, inject=False)
-        alive = np.logical_or.reduce(run.G, axis=1)
-        if run.GC is not None:
-            alive |= np.logical_or.reduce(run.GC, axis=1)
-        run.carried_lost = int(np.count_nonzero(live & ~alive))
+        run.carried_lost = int(np.count_nonzero(live & ~_live_rows(run.G, run.GC)))
         run.carried_norms = (LogScaled(run.sig_m[1:].copy(), run.sig_e[1:].copy()), LogScaled(run.gnorm_m, run.gnorm_e),
                              LogScaled(run.csig_m[1:].copy(), run.sig_e[1:].copy()) if run.rnn.cell == "lstm" else None,
                              run.clip_acted.astype(bool))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gradbench._fields import RECORD, WORDS, CopyableArrays, check_words
-from gradbench.params import GIVEN, _c_normals, _drawn, _orthogonal, _weights, seed_rng
+from gradbench.params import GIVEN, _c_normals, _drawn, _orthogonal, _weights, seed_rng, stream
 from gradbench.recurrent.spec import Recurrent
 
 
@@ -169,8 +169,7 @@ class GeneratedSequence:
             blocks = np.empty((g1 - g0, BLOCK, B, D))
             if not _c_normals(int(self.seed), KIND_X, g0, g1, (BLOCK, B, D), 1.0, blocks):
                 for k in range(g0, g1):
-                    rng = np.random.Generator(np.random.Philox(key=int(self.seed), counter=[0, k, KIND_X, 0]))
-                    blocks[k - g0] = rng.standard_normal((BLOCK, B, D))
+                    blocks[k - g0] = stream(int(self.seed), k, KIND_X).standard_normal((BLOCK, B, D))
             a, b = max(start, g0 * BLOCK), min(stop, g1 * BLOCK)
             out[a - start:b - start] = blocks.reshape(-1, B, D)[a - g0 * BLOCK:b - g0 * BLOCK]
         return out

@@ -44,10 +44,11 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
     diags = {label: item if isinstance(item, RecurrentDiagnosis) else diagnose(item) for label, item in data.items()}
     # a dtype other than float64 is said, as the stacks' figures say it: in the title when every net has it
     dtypes = {label: d.rnn.get("dtype") or "float64" for label, d in diags.items()}
-    if len(set(dtypes.values())) == 1:
+    mixed = len(set(dtypes.values())) > 1
+    if not mixed:
         title = _with_dtype(title, next(iter(dtypes.values())))
     for i, (label, d) in enumerate(diags.items()):
-        if len(set(dtypes.values())) > 1:
+        if mixed:
             label = _with_dtype(label, dtypes[label])
         s = d.carried_log10 if len(d.carried_log10) else d.signal_log10
         if len(d.carried_log10):
