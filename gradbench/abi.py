@@ -114,7 +114,10 @@ BACKWARD: tuple[Arg, ...] = (
     _arg("Z", "L,B,N", "T", "r", "the forward's Z"),
     _arg("bn_rstd", "L,N", "T", "r", "the forward's bn_rstd"),
     _arg("fexp", "L+1", "i8", "r", "the forward's exponents"),
-    _arg("G", "B,N", "T", "rw", "dL/dh_L (normalised) on entry, dL/dh_0 on exit"),
+    _arg("G", "B,N", "T", "rw", "dL/dh_L on entry, dL/dh_0 on exit: one power of two per row (row_e)"),
+    _arg("row_e", "B", "i8", "rw", "row i of G is G[i] * 2**(sig_e[L] + row_e[i]) on entry and "
+                                   "G[i] * 2**(sig_e[0] + row_e[i]) on exit; on exit each row is normalised "
+                                   "(max|G[i]| in [0.5, 1), or all 0 with row_e[i] = 0) and max(row_e) = 0"),
     _arg("dW", "L,N,N", "T", "w", "dL/dW_l mantissa (exponent dz_e[l] + fexp[l])"),
     _arg("db", "L,N", "T", "w", "dL/db_l mantissa (exponent dz_e[l])"),
     _arg("dgamma", "L,N", "T", "w", "dL/dgamma_l mantissa (exponent dz_e[l])"),

@@ -182,6 +182,7 @@ class _Run:
         self.act_mean, self.act_std, self.saturation, self.dead = (np.empty(L) for _ in range(4))
         self.bn_share = np.empty((L, 2)) if st.batch_norm else None  # median and largest, per layer
         self.sig_e = np.zeros(L + 1, dtype=np.int64)
+        self.row_e = np.zeros(B, dtype=np.int64)  # the backward signal's rows: 2**(sig_e + row_e) each
         self.sig_m = np.empty(L + 1)
         self.gnorm_m = np.empty(L)
         self.gnorm_e = np.zeros(L, dtype=np.int64)
@@ -382,6 +383,7 @@ def _backward(run: _Run) -> None:
             run.bn_pair = bn_pair_difference(run.G, Zs[-1], gamma[-1], beta[-1], int(run.icfg[abi.I_ACT]), param)
         seg_info[abi.INFO_BACKWARD] = -1
         run.impl.stack_backward(run.icfg, run.fcfg, W, gamma, beta, slope, Hs, Zs, rs, run.fexp[s:e + 1], run.G,
+                                run.row_e,
                                 *seg_grads, run.sig_m[s:e + 1], run.sig_e[s:e + 1], run.gnorm_m[s:e],
                                 run.gnorm_e[s:e], run.dz_e[s:e], run.clip_acted[s:e + 1], seg_info)
         if run.info[abi.INFO_BACKWARD] < 0 <= seg_info[abi.INFO_BACKWARD]:

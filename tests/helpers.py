@@ -336,7 +336,7 @@ def backward_arrays(stack, fwd, G, sig_e_top):
     info = fwd["info"].copy()
     out = {k: fwd[k] for k in ("icfg", "fcfg", "W", "gamma", "beta", "slope")}
     out.update(H=fwd["H"].copy(), Z=fwd["Z"].copy(), bn_rstd=fwd["bn_rstd"].copy(), fexp=fwd["fexp"].copy(),
-               G=np.array(G, dtype=dt, order="C"), dW=np.empty((L, N, N), dtype=dt),
+               G=np.array(G, dtype=dt, order="C"), row_e=np.zeros(B, dtype=np.int64), dW=np.empty((L, N, N), dtype=dt),
                db=np.empty((L, N), dtype=dt), dgamma=np.empty((L, N), dtype=dt),
                dbeta=np.empty((L, N), dtype=dt), dslope=np.empty(L, dtype=dt), sig_m=np.empty(L + 1),
                sig_e=sig_e, gnorm_m=np.empty(L), gnorm_e=np.zeros(L, np.int64), dz_e=np.zeros(L, np.int64),

@@ -21,7 +21,7 @@ def _arrays(function: str, L=3, B=2, N=4, dtype="float64") -> dict:
     stack = gb.Stack(depth=L, width=N)
     p = gb.init_params(stack, 0)
     icfg, fcfg = abi.kernel_config(stack, False)
-    a = abi.allocate(function, dict(L=L, B=B, N=N), dtype, fill=dict(bn_rstd=1.0, sig_e=0, fexp=0, info=-1))
+    a = abi.allocate(function, dict(L=L, B=B, N=N), dtype, fill=dict(bn_rstd=1.0, sig_e=0, row_e=0, fexp=0, info=-1))
     a.update(icfg=icfg, fcfg=fcfg, W=p.W.astype(dtype), gamma=p.gamma.astype(dtype), beta=p.beta.astype(dtype),
              slope=p.slope.astype(dtype))
     if "b" in a:

@@ -32,7 +32,7 @@ def _backward_top(module, G):
                             np.zeros((2, 4)), np.ones((2, 4)), fexp, *(np.empty(2) for _ in range(4)), info)
     sig_e, sig_m = np.zeros(3, dtype=np.int64), np.empty(3)
     module.stack_backward(icfg, fcfg, params.W, params.gamma, params.beta, params.slope, H, Z, np.ones((2, 4)),
-                          fexp, np.array(G, dtype=np.float64), np.empty((2, 4, 4)),
+                          fexp, np.array(G, dtype=np.float64), np.zeros(2, dtype=np.int64), np.empty((2, 4, 4)),
                           *(np.empty((2, 4)) for _ in range(3)), np.empty(2), sig_m, sig_e, np.empty(2),
                           np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.int64), np.zeros(3, dtype=np.int64), info)
     return sig_m[2], sig_e[2]
