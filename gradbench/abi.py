@@ -127,8 +127,9 @@ BACKWARD: tuple[Arg, ...] = (
     _arg("sig_e", "L+1", "i8", "rw", "signal exponents; sig_e[L] read"),
     _arg("gnorm_m", "L", "f8", "w", "||dL/dW_l|| = gnorm_m[l] * 2**gnorm_e[l] (scaled: no square underflows)"),
     _arg("gnorm_e", "L", "i8", "w", "the exponent of ||dL/dW_l||"),
-    _arg("dz_e", "L", "i8", "w", "exponent of dL/dz_l: sig_e[l+1] plus the saturated-derivative rescue's "
-                                 "shift; dW/dslope carry dz_e[l] + fexp[l], db/dgamma/dbeta dz_e[l]"),
+    _arg("dz_e", "L", "i8", "w", "exponent of dL/dz_l: the largest of its non-zero rows' (their signal's "
+                                 "plus the saturated-derivative rescue's shift); dW/dslope carry dz_e[l] + "
+                                 "fexp[l], db/dgamma/dbeta dz_e[l]"),
     _arg("clip_acted", "L+1", "i8", "w", "1 where signal clipping changed dL/dh_l (its own test: some "
                                          "|entry| > c, or ||dL/dh_l|| > c), else 0; written for l < L, "
                                          "clip_acted[L] (the top, clipped by the caller) left as it is"),

@@ -18,7 +18,8 @@ before the trusting ``stack_forward_kernel`` / ``stack_backward_kernel`` runs.
     every h_{l+1} is normalised (max |H[l+1]| in [0.5, 1)).
 
 ``stack_backward``
-    ``G`` (B, N) holds dL/dh_L on entry (true value ``G * 2**sig_e[L]``) and dL/dh_0 on exit.
+    ``G`` (B, N) holds dL/dh_L on entry (true value of row i ``G[i] * 2**(sig_e[L] + row_e[i])``)
+    and dL/dh_0 on exit (``G[i] * 2**(sig_e[0] + row_e[i])``, each row normalised).
     The caller hands over the top signal already normalised and, when signal clipping is on,
     already clipped (the engine does it once for the true dL/dh_L, :func:`top_signal`; at a
     checkpoint segment boundary the segment above has done it): the backward pass only
@@ -27,8 +28,8 @@ before the trusting ``stack_forward_kernel`` / ``stack_backward_kernel`` runs.
     clip would change the bits, so segmented and one-piece runs would differ.
     Writes the parameter-gradient mantissas (the true dW_l is ``dW[l] * 2**(dz_e[l] +
     fexp[l])``, db, dgamma, dbeta use ``dz_e[l]``, dslope ``dz_e[l] + fexp[l]``; ``dz_e[l]``, the
-    exponent of dL/dz_l, is ``sig_e[l+1]`` plus the shift of the saturated-derivative rescue,
-    :func:`rescue_saturated`, where it acted), the
+    exponent of dL/dz_l, is the largest of its rows' exponents: ``sig_e[l+1]`` plus the shifts
+    of the saturated-derivative rescue, :func:`rescue_rows`, where it acted), the
     signal norms ``sig_m[l] * 2**sig_e[l]`` = ||dL/dh_l|| for l = 0..L, ``gnorm_m[l] *
     2**gnorm_e[l]`` = ||dL/dW_l|| (:func:`norm_scaled`: no square lost to underflow),
     ``clip_acted[l]`` for l = 0..L-1 (1 where signal clipping changed dL/dh_l, by its own test in
@@ -36,9 +37,11 @@ before the trusting ``stack_forward_kernel`` / ``stack_backward_kernel`` runs.
     caller's, :func:`top_signal_acted`, and left as it is), and ``info[1]`` = first layer (counting down from the top)
     whose backpropagated signal is not finite.
 
-The exact chain: after every layer the signal g is replaced by ``g * 2**-e`` with e the
-exponent of max|g| (frexp), and e is added to the int64 exponent. Multiplication by a power of
-two is exact, so the mantissas are the numbers that unbounded-exponent arithmetic would give.
+The exact chain: after every layer each row g_i of the signal is replaced by ``g_i * 2**-e_i``
+with e_i the exponent of max|g_i| (frexp), and e_i is added to the row's int64 exponent; sums
+over the batch take the rows at the layer's largest exponent (:func:`scaled_rows`).
+Multiplication by a power of two is exact, so the mantissas are the numbers that
+unbounded-exponent arithmetic would give.
 Statistics are accumulated in float64 whatever the dtype.
 """
 
@@ -274,6 +277,85 @@ def add_aligned(a: np.ndarray, ea: int, s: np.ndarray, es: int, scale: float = 1
     return em
 
 
+# ------------------------------------------------------------------ one exponent per row
+# The backward signal carries a power of two per row (sample): row i of G is G[i] * 2**r[i].
+# Sums over the batch (dW, db, the norms) take the rows at the layer's exponent, the largest
+# row's (row_top), as plain arithmetic would round the far smaller rows away there and only there.
+def nonzero_rows(X: np.ndarray) -> np.ndarray:
+    """(B,) bool: rows with an entry other than 0 (NaN counts)."""
+    return np.any(X != 0, axis=1)
+
+
+def row_top(X: np.ndarray, r: np.ndarray) -> int:
+    """The largest row exponent among X's non-zero rows; of all rows when every row is 0."""
+    nz = nonzero_rows(X)
+    return int(r[nz].max()) if nz.any() else int(r.max())
+
+
+def _row_shift(d: np.ndarray) -> np.ndarray:
+    return np.clip(d, -EXP_CLAMP, EXP_CLAMP).astype(np.int64)[:, None]
+
+
+def scaled_rows(X: np.ndarray, r: np.ndarray, e: int) -> np.ndarray:
+    """A copy of X with row i times 2**(r[i] - e), rounded once (ldexp: exact while normal)."""
+    return np.ldexp(X, _row_shift(r - e))
+
+
+def normalise_rows(G: np.ndarray, r: np.ndarray) -> None:
+    """:func:`normalise` row by row: max|G[i]| in [0.5, 1), its exponent added to r[i] (rows of
+    zeros, or whose largest magnitude is not finite, unchanged)."""
+    with np.errstate(invalid="ignore"):
+        m = np.max(np.abs(G), axis=1, initial=0.0, where=~np.isnan(G)).astype(np.float64)
+    ok = np.isfinite(m) & (m > 0)
+    e = np.where(ok, np.frexp(np.where(ok, m, 1.0))[1], 0).astype(np.int64)
+    G[...] = np.ldexp(G, -e[:, None])  # exact for the largest entries; the others rounded once, as scale_pow2
+    r += e
+
+
+def clip_rows(G: np.ndarray, r: np.ndarray, mode: int, c: float) -> bool:
+    """:func:`clip_signal_acted` on the true rows G[i] * 2**r[i] (normalised), in place; whether
+    it acted. Value: each row over c clipped at 2**ec (c = t 2**ec); norm: the batch's norm."""
+    if mode == CLIP_VALUE:
+        ec = int(np.frexp(c)[1])
+        t = np.ldexp(c, -ec)
+        m = np.max(np.abs(G), axis=1, initial=0.0)
+        over = np.ldexp(m, _row_shift(r - ec)[:, 0]) > t
+        if over.any():
+            G[over] = np.clip(scaled_rows(G[over], r[over], ec), -t, t)
+            r[over] = ec
+        return bool(over.any())
+    if mode == CLIP_NORM:
+        e = row_top(G, r)
+        n = _norm(scaled_rows(G, r, e))
+        if np.ldexp(n, int(np.clip(e, -EXP_CLAMP, EXP_CLAMP))) > c:
+            G *= np.asarray(c / n, dtype=G.dtype)
+            r -= e
+            return True
+    return False
+
+
+def rescue_rows(dz, da, z, code, param, f=None) -> np.ndarray:
+    """:func:`rescue_saturated` row by row: each row of dz below ``RESCUE_BELOW`` (rows of zeros
+    included) recomputed in log form; returns the rows' shifts (B,) int64 (0 where untouched)."""
+    k = np.zeros(dz.shape[0], dtype=np.int64)
+    if ACTIVATIONS[code] not in RESCUE:
+        return k
+    with np.errstate(invalid="ignore"):
+        m = np.max(np.abs(dz), axis=1, initial=0.0, where=~np.isnan(dz))
+    for i in np.flatnonzero(m < RESCUE_BELOW[dz.dtype.name]):
+        k[i] = rescue_saturated(dz[i:i + 1], da[i:i + 1], z[i:i + 1], code, param, f)
+    return k
+
+
+def add_aligned_rows(G: np.ndarray, r: np.ndarray, s: np.ndarray, rs: np.ndarray) -> None:
+    """:func:`add_aligned` row by row (scale 1): G[i] 2**r[i] + s[i] 2**rs[i] at the larger of
+    the two exponents, into G and r; a row of zeros on one side takes the other side's exponent."""
+    gz, sz = ~nonzero_rows(G), ~nonzero_rows(s)
+    em = np.where(gz, rs, np.where(sz, r, np.maximum(r, rs)))
+    G[...] = np.ldexp(s, _row_shift(rs - em)) + np.ldexp(G, _row_shift(r - em))
+    r[...] = em
+
+
 def clip_signal(g: np.ndarray, e: int, mode: int, c: float) -> int:
     """Clip the true value g * 2**e (value: to [-c, c]; norm: Frobenius norm <= c) in place.
 
@@ -437,60 +519,71 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
             info[INFO_FORWARD] = l
 
 
-def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db, dgamma,
+def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, row_e, dW, db, dgamma,
                           dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, clip_acted, info):
-    """Backward through all L layers with the power-of-two rescaled chain (module docstring)."""
+    """Backward through all L layers with the power-of-two rescaled chain, one exponent per
+    row of the signal (module docstring)."""
     code, bn, k = int(icfg[I_ACT]), bool(icfg[I_BN]), int(icfg[I_RESIDUAL])
     clip_mode, c = int(icfg[I_CLIP]), float(fcfg[F_CLIP])
     rescale = bool(icfg[I_RESCALE_FWD])
     param, alpha = fcfg[F_ACT_PARAM], fcfg[F_RES_SCALE]
     L = W.shape[0]
     info[INFO_BACKWARD] = -1
+    r = int(sig_e[L]) + row_e.astype(np.int64)  # row i of the signal is G[i] * 2**r[i]
 
     def finish(l, clip=True):
-        """Normalise, clip (not at the top: the caller did) and record dL/dh_l, complete in G."""
-        e = int(sig_e[l]) + normalise(G)
+        """Normalise each row, clip (not at the top: the caller did) and record dL/dh_l, complete in G."""
+        normalise_rows(G, r)
         if clip:  # clip_acted[L] is the caller's (it clipped the top signal)
             acted = False
             if clip_mode:
-                e, acted = clip_signal_acted(G, e, clip_mode, c)
-                e += normalise(G)
+                acted = clip_rows(G, r, clip_mode, c)
+                normalise_rows(G, r)
             clip_acted[l] = acted
+        e = row_top(G, r)
+        r[~nonzero_rows(G)] = e  # a row of zeros holds no stale exponent
         sig_e[l] = e
-        sig_m[l] = _norm(G)
+        sig_m[l] = _norm(scaled_rows(G, r, e))
         if info[INFO_BACKWARD] < 0 and not np.all(np.isfinite(G)):
             info[INFO_BACKWARD] = l
 
     finish(L, clip=False)
-    skip, skip_e = np.zeros_like(G), 0
+    skip, skip_r = np.zeros_like(G), r.copy()
     da, dz, zl = np.empty_like(G), np.empty_like(G), np.empty_like(G)
     for l in range(L - 1, -1, -1):
-        e = int(sig_e[l + 1])
         layer_param = slope[l] if code == PRELU else param
         da[...] = G
         if k and (l + 1) % k == 0:  # end of a group: dL/dh_{l+1} also flows down the skip
-            skip[...], skip_e = G, e
+            skip[...], skip_r[...] = G, r
             da *= np.asarray(alpha, dtype=G.dtype)
         if bn:
             zl[...] = gamma[l] * Z[l] + beta[l]
         else:
             zl[...] = Z[l]
-        dslope[l] = activation_backward(dz, da, zl, code, layer_param, int(fexp[l]) if rescale else None)
-        e += rescue_saturated(dz, da, zl, code, layer_param, int(fexp[l]) if rescale else None)
-        if bn:
+        f = int(fexp[l]) if rescale else None
+        dslope[l] = activation_backward(dz, da, zl, code, layer_param, f)  # 0 but for PReLU
+        if code == PRELU:  # a sum over rows: at the layer's exponent (PReLU is never rescued)
+            dslope[l] = np.sum(scaled_rows(da, r, row_top(da, r)) * np.minimum(zl, 0), dtype=np.float64)
+        r += rescue_rows(dz, da, zl, code, layer_param, f)
+        if bn:  # batch norm mixes the rows: one exponent for the layer
+            e = row_top(dz, r)
+            dz[...] = scaled_rows(dz, r, e)
+            r[...] = e
             dy = dz.copy()
             batchnorm_backward(dz, dgamma[l], dbeta[l], dy, Z[l], bn_rstd[l], gamma[l])
         else:
             dgamma[l] = 0
             dbeta[l] = 0
-        dense_backward(G, dW[l], db[l], dz, H[l], W[l])
+        e = row_top(dz, r)
+        dense_backward(G, dW[l], db[l], scaled_rows(dz, r, e), H[l], W[l])  # sums over rows at e
+        np.matmul(dz, W[l], out=G)  # each row at its own exponent
         gnorm_m[l], ge = norm_scaled(dW[l])
         gnorm_e[l] = e + fexp[l] + ge
         dz_e[l] = e
-        sig_e[l] = e
         if k and l % k == 0:  # start of a group: add the skip path
-            sig_e[l] = add_aligned(G, e, skip, skip_e)
+            add_aligned_rows(G, r, skip, skip_r)
         finish(l)
+    row_e[...] = r - sig_e[0]
 
 
 stack_forward = abi.checked("stack_forward", stack_forward_kernel)

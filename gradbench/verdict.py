@@ -1304,25 +1304,18 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
     lost = int((getattr(res, "extras", None) or {}).get("lost_samples", 0))
     B = res.input_grad.mantissa.shape[0] if lost else 0  # (B, inputs): one row per sample
     if lost and not (lost == B and verdict == "no gradient"):  # then the verdict's sentence says it all
-        if lost == B:
-            # every sample (or the only one): the batch's largest signal sets each layer's exponent and
-            # is never flushed by it, so the last one to go is lost to an exact zero in the chain itself
-            why = ("dead units (z <= 0) in some layer" if stack.dead_below_zero else
-                   "units saturated beyond any int64 exponent (phi' < 2^(-2^62)) in some layer"
-                   if stack.activation in RESCUE else "an exact zero in the chain")
-            if B == 1:
-                words.append(f"the sample's gradient is non-zero at the top and exactly 0 at the input: with batch 1 "
-                             f"that is not the batch's shared exponent but {why}")
-            else:
-                words.append(f"all {B} samples lose their gradient on the way down (exactly 0 at the input, non-zero "
-                             "at the top): the largest sample sets each layer's shared exponent and is never flushed "
-                             f"by it, so what cuts the chain is {why}, not that exponent")
+        # each sample carries its own exponent in the backward: what cuts a sample's chain is an
+        # exact zero in it, never the batch's larger samples
+        why = ("dead units (z <= 0) in some layer" if stack.dead_below_zero else
+               "units saturated beyond any int64 exponent (phi' < 2^(-2^62)) in some layer"
+               if stack.activation in RESCUE else "an exact zero in the chain")
+        if B == 1:
+            words.append(f"the sample's gradient is non-zero at the top and exactly 0 at the input: {why}")
         else:
-            why = "dead units (z <= 0) for those samples in some layer, or " if stack.dead_below_zero else ""
-            words.append(f"{lost} of {B} samples lose their gradient on the way down (exactly 0 at the input, "
-                         f"non-zero at the top): {why}their signal fell more than {flush_bound(stack.dtype)} below the batch's largest at "
-                         "some layer; one exponent per layer cannot carry both, so below that layer the norms follow "
-                         f"the other samples and can be far too small: {SUCH_ONE_AT_A_TIME}")
+            which = f"all {B} samples" if lost == B else f"{lost} of {B} samples"
+            words.append(f"{which} lose their gradient on the way down (exactly 0 at the input, non-zero at the "
+                         f"top): {why} (each sample carries its own power of two, so the batch's other samples "
+                         "do not flush it)")
     words += slope_gain_words(stack, verdict, weight_log10, res)
     if verdict != "no gradient":
         sens = rounding_sensitivity(res)
