@@ -66,7 +66,9 @@ class Result:
         family (relu, leaky_relu, prelu); NaN for other activations, where z <= 0 kills nothing,
         and for a layer with a NaN z (z = +inf counts as live, -inf as dead).
     input_grad : LogScaled (B, D)
-        dL/dx, the gradient with respect to the input batch (through the input layer if any).
+        dL/dx, the gradient with respect to the input batch (through the input layer if any),
+        one exponent per sample (``exponent`` of shape (B,)): each sample's chain keeps its own
+        power of two through the backward, however far the samples drift apart.
     output : LogScaled (B, N)
         h_L, the output of the stack (before the head), with its forward exponent.
     first_nonfinite_forward, first_nonfinite_backward : int or None
