@@ -1,0 +1,114 @@
+"""One power of two per row of the backward signal (``stack_backward``'s ``row_e``), every backend.
+
+Without batch norm or a norm clip the backward is row-separable: a call on a batch must give
+each row the chain that row has alone (a call with that row only and its exponent as
+``sig_e[L]``: no other row shares an exponent with it), and the sums over rows (dW, the signal
+norms) the rows' own sums at the layer's exponent. Rows on entry lie 2^2000 apart (float32:
+2^300), beyond any one exponent's reach. Batch norm and a norm clip couple the rows: there the
+backends are held to the reference on the same arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench import reference
+from gradbench.backends import get_backend
+from tests.helpers import TOL, assert_true_values, backward_arrays, forward_arrays, run_backward, run_forward
+
+CASES = {
+    "tanh": dict(activation="tanh", sigma_w=2.0, sigma_b=0.1),
+    "relu-residual": dict(activation="relu", init="he_normal", residual=2, sigma_b=0.1),
+    "sigmoid-value-clip": dict(activation="sigmoid", sigma_w=3.0, clip="value", clip_threshold=0.05,
+                               clip_on="signal"),
+    "gelu-rescaled": dict(activation="gelu", sigma_w=1.5),  # zero biases: the forward's exponents too
+    "prelu": dict(activation="prelu", sigma_b=0.1),
+    "tanh-saturated": dict(activation="tanh", sigma_w=400.0),  # rows rescued one by one
+}
+COUPLED = {
+    "batch-norm": dict(activation="tanh", batch_norm=True),
+    "norm-clip": dict(activation="elu", clip="norm", clip_threshold=1e-3, clip_on="signal"),
+}
+ROW_E = {"float64": [0, -30, -2000, -7], "float32": [0, -12, -300, -3]}
+TOP = 3  # sig_e[L]
+
+
+def _problem(case: dict, dtype: str):
+    stack = gb.Stack(depth=6, width=5, dtype=dtype, **case)
+    params = gb.init_params(stack, 1)
+    x = np.ascontiguousarray(gb.gaussian_input(stack, 4, 2), dtype=stack.np_dtype)
+    rescale = stack.sigma_b == 0 and not stack.batch_norm and stack.activation != "sigmoid"
+    fwd = run_forward(reference, forward_arrays(stack, params, x, rescale=rescale))
+    G = np.random.default_rng(3).standard_normal(x.shape)
+    G = np.ldexp(G, -np.frexp(np.max(np.abs(G), axis=1))[1][:, None]).astype(stack.np_dtype)
+    return stack, fwd, G
+
+
+def _call(backend, stack, fwd, G, top, row_e):
+    a = backward_arrays(stack, fwd, G, top)
+    a["row_e"][:] = row_e
+    return run_backward(get_backend(backend), a)
+
+
+def _alone(backend, stack, fwd, G, i):
+    """The call on row i alone, its exponent as the top's."""
+    one = dict(fwd, H=np.ascontiguousarray(fwd["H"][:, i:i + 1]), Z=np.ascontiguousarray(fwd["Z"][:, i:i + 1]))
+    return _call(backend, stack, one, G[i:i + 1], TOP + ROW_E[stack.dtype][i], [0])
+
+
+def _sum_at(parts, e):
+    """sum of mantissa * 2**(exponent - e) over parts, in float64."""
+    return sum(np.ldexp(m.astype(np.float64), int(k) - e) for m, k in parts)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("backend", gb.backends())
+def test_each_row_carries_the_chain_it_has_alone(backend, name, dtype):
+    stack, fwd, G = _problem(CASES[name], dtype)
+    row_e = ROW_E[dtype]
+    got = _call(backend, stack, fwd, G, TOP, row_e)
+    alone = [_alone(backend, stack, fwd, G, i) for i in range(len(G))]
+    rtol = TOL[dtype]["stack"]
+    assert got["row_e"].max() == 0 and np.all(np.max(np.abs(got["G"]), axis=1) >= 0.5)
+    # dL/dh_0, row by row: each at its own exponent, however far below the others
+    assert_true_values(backend, "dL/dh_0 rows", got["G"], got["sig_e"][0] + got["row_e"],
+                       np.concatenate([a["G"] for a in alone]),
+                       np.array([a["sig_e"][0] + a["row_e"][0] for a in alone]), rtol)
+    for l in range(stack.depth):
+        e = int(got["dz_e"][l] + got["fexp"][l])
+        want = _sum_at([(a["dW"][l], a["dz_e"][l] + a["fexp"][l]) for a in alone], e)
+        assert_true_values(backend, f"dW[{l}] (the rows' sum)", got["dW"][l][None], np.array([e]), want[None],
+                           np.array([e]), rtol)
+        if stack.activation == "prelu":
+            want = _sum_at([(a["dslope"][l], a["dz_e"][l] + a["fexp"][l]) for a in alone], e)
+            assert abs(float(got["dslope"][l]) - want) <= rtol * abs(want), (backend, l, got["dslope"][l], want)
+    for l in range(stack.depth + 1):  # ||dL/dh_l||^2 is the rows' sum of squares
+        want = np.sqrt(_sum_at([(a["sig_m"][l] ** 2, 2 * a["sig_e"][l]) for a in alone], 2 * int(got["sig_e"][l])))
+        assert got["sig_m"][l] == pytest.approx(want, rel=rtol), (backend, l)
+    if stack.clip is not None:  # a value clip acts on each row's true magnitude
+        acted = np.any([a["clip_acted"][:stack.depth] for a in alone], axis=0)
+        assert np.array_equal(got["clip_acted"][:stack.depth], acted) and acted.any()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(CASES) + list(COUPLED))
+@pytest.mark.parametrize("backend", [b for b in gb.backends() if b != "numpy"])
+def test_backends_follow_the_reference_with_rows_far_apart(backend, name, dtype):
+    """Every backend against the reference on the same arrays, rows 2^2000 apart on entry."""
+    stack, fwd, G = _problem({**CASES, **COUPLED}[name], dtype)
+    want = _call("numpy", stack, fwd, G, TOP, ROW_E[dtype])
+    got = _call(backend, stack, fwd, G, TOP, ROW_E[dtype])
+    rtol = TOL[dtype]["layer"] * 10 * stack.depth
+    assert_true_values(backend, "dL/dh_0 rows", got["G"], got["sig_e"][0] + got["row_e"], want["G"],
+                       want["sig_e"][0] + want["row_e"], rtol)
+    assert_true_values(backend, "dW", got["dW"], got["dz_e"] + got["fexp"][:-1], want["dW"],
+                       want["dz_e"] + want["fexp"][:-1], rtol)
+    for k in ("db", "dgamma", "dbeta"):
+        if k == "db" and stack.batch_norm:
+            continue  # rounding noise of an exact 0 (tests/helpers.assert_bias_under_batchnorm)
+        assert_true_values(backend, k, got[k], got["dz_e"], want[k], want["dz_e"], rtol)
+    assert np.array_equal(got["clip_acted"], want["clip_acted"])
+    assert got["sig_m"] == pytest.approx(want["sig_m"], rel=rtol) and np.array_equal(got["sig_e"], want["sig_e"])
