@@ -303,11 +303,11 @@ def _top(run: _Run, targets):
     L = stack.depth
     head_grads: dict[str, LogScaled] = {}
     if stack.has_head:
-        loss, loss_exact, G, e_top, dW_out, db_out = head_loss(stack, hL, int(fexp[L]), run.params, targets)
-        G = np.ascontiguousarray(G, dtype=stack.np_dtype)  # dL/dh_L = G 2^e_top
-        # dy^T h_L, dL/dy = dy 2^e_top and h_L = H[L] 2^fexp[L]
-        head_grads["W_out"] = LogScaled(dW_out[None], fexp[L:] + e_top)
-        head_grads["b_out"] = LogScaled(db_out[None], np.full(1, e_top, dtype=np.int64))
+        loss, loss_exact, G, e_top, dW_out, db_out, e_sum = head_loss(stack, hL, int(fexp[L]), run.params, targets)
+        G = np.ascontiguousarray(G, dtype=stack.np_dtype)  # row i of dL/dh_L = G[i] 2^e_top[i]
+        # dy^T h_L, the rows of dL/dy at their largest exponent e_sum and h_L = H[L] 2^fexp[L]
+        head_grads["W_out"] = LogScaled(dW_out[None], fexp[L:] + e_sum)
+        head_grads["b_out"] = LogScaled(db_out[None], np.full(1, e_sum, dtype=np.int64))
     else:
         n, e = reference.norm_scaled(hL)  # 0.5 ||h_L||^2 with no square lost, exact at any depth
         m, e2 = np.frexp(0.5 * n * n)
@@ -315,7 +315,7 @@ def _top(run: _Run, targets):
         loss = float(loss_exact.to_float(warn=False))
         G = hL.copy()
         e_top = int(fexp[L])
-    run.sig_e[L], run.sig_m[L], run.clip_acted[L] = top_signal(stack, G, e_top)
+    run.sig_e[L], run.sig_m[L], run.clip_acted[L], run.row_e[:] = top_signal(stack, G, e_top)
     if not np.isfinite(G).all():
         run.info[abi.INFO_BACKWARD] = L
     run.G = G

@@ -60,6 +60,19 @@ def _exp_scaled(logs: np.ndarray, scale: bool) -> tuple[np.ndarray, int]:
     return from_log(logs, 1.0)
 
 
+def _exp_scaled_rows(logs: np.ndarray, scale: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_exp_scaled` sample by sample: ``logs`` (..., R, O), one exponent per row r
+    (over every leading index), (mantissas, E (R,) int64)."""
+    R = logs.shape[-2]
+    E = np.zeros(R, dtype=np.int64)
+    top = np.max(logs, axis=tuple(i for i in range(logs.ndim) if i != logs.ndim - 2)) if logs.size else np.full(R, -np.inf)
+    low = np.isfinite(top) & (top < _EXP_LOW) if scale else np.zeros(R, dtype=bool)
+    m = np.exp(logs)
+    for r in np.flatnonzero(low):
+        m[..., r, :], E[r] = from_log(logs[..., r, :], 1.0)
+    return m, E
+
+
 def _sum_exact(terms: np.ndarray, norm: int) -> LogScaled | None:
     """sum(terms) / norm as a LogScaled where the float sum overflows: every term finite (and
     >= 0), scaled by 2^-k (k the exponent of the largest) before they are added. None when a
@@ -73,7 +86,7 @@ def _sum_exact(terms: np.ndarray, norm: int) -> LogScaled | None:
 
 
 def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True,
-                  exact: bool | None = None) -> tuple[float, LogScaled, np.ndarray, int]:
+                  exact: bool | None = None, rows: bool = False) -> tuple[float, LogScaled, np.ndarray, int]:
     """The loss of head outputs ``y`` (float64, R x O) against targets ``t``, a mean over
     ``count`` samples (and the O outputs for mse and bce), and dL/dy without cancellation.
 
@@ -82,7 +95,9 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
     target entry p_t - 1 as -sum_{j != t} p_j: a confident right answer (a margin of 40) has
     a gradient of 1e-17, not the 0 or the rounding noise of 1 - p. Where it lies below exp(-600)
     the terms are evaluated from their logarithms and scaled by a power of two (``scale``; else
-    they underflow as in plain float64, E = 0). The loss as a LogScaled is exact where the float
+    they underflow as in plain float64, E = 0); with ``rows`` sample by sample, E an (R,) array
+    (a sample right by a margin of 800 beside one that is wrong keeps its 10^-347: one exponent
+    for the batch flushed it). The loss as a LogScaled is exact where the float
     is not (``exact``, default ``scale``): below float64's smallest normal from the terms'
     logarithms, and where the float sum overflows from terms scaled by a power of two (mse:
     from the differences, so no square is lost either way: a difference of 1e160 has a loss of
@@ -97,23 +112,25 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
         diff = y - t
         loss = float(np.sum(diff * diff)) / (count * O)
         dy = 2.0 * diff / (count * O)
+        E = np.zeros(R, dtype=np.int64) if rows else 0
         if not exact or tiny <= loss < np.inf or loss != loss:
-            return loss, LogScaled.from_float(loss), dy, 0
+            return loss, LogScaled.from_float(loss), dy, E
         s, e = reference.sumsq_scaled(diff)  # sum diff^2 = s 4^e, s in [0.25, R O] (or 0)
         if not math.isfinite(s):
-            return loss, LogScaled.from_float(loss), dy, 0
+            return loss, LogScaled.from_float(loss), dy, E
         m, e2 = np.frexp(s / (count * O))
         loss_exact = LogScaled(np.array(m), np.array(int(e2) + 2 * e))
         if loss == np.inf:  # the sum overflowed: the mean may still be a float
             loss = float(loss_exact.to_float(warn=False))
-        return loss, loss_exact, dy, 0
+        return loss, loss_exact, dy, E
+    scaled = _exp_scaled_rows if rows else _exp_scaled
     if kind == "bce":
         t = np.asarray(t, dtype=np.float64)
         with np.errstate(divide="ignore"):
             lt, l1t = np.log(t), np.log1p(-t)  # -inf where a term has no weight
         sp, sn = _softplus_pair(y)  # once each: the head of a small net is much of its call
         logs = np.stack([l1t - sn, lt - sp])  # log (1-t) sigmoid(y), log t sigmoid(-y)
-        m, E = _exp_scaled(logs, scale)
+        m, E = scaled(logs, scale)
         dy = (m[0] - m[1]) / (count * O)
         terms = (1 - t) * sp + t * sn  # the loss's terms
         loss_value = float(np.sum(terms)) / (count * O)
@@ -134,7 +151,7 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
 
         logs = s - lse[:, None]
         logs[rows, t] = margin + s[rows, t] - lse  # log sum_{j != t} p_j
-        m, E = _exp_scaled(logs, scale)
+        m, E = scaled(logs, scale)
         m[rows, t] = -m[rows, t]
         dy = m / count
         terms = _softplus(margin)  # the loss's terms
@@ -153,33 +170,46 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
     return loss_value, LogScaled(np.array(np.exp(log_rem(lam, e - 1) - LN2)), np.array(e)), dy, E
 
 
-def head_loss(stack: Stack, h: np.ndarray, f: int, params: Params, t) -> tuple[float, LogScaled, np.ndarray, int, np.ndarray, np.ndarray]:
+def head_loss(stack: Stack, h: np.ndarray, f: int, params: Params, t) -> tuple[float, LogScaled, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Loss of the head y = h_L W_out^T + b_out, h_L = h 2^f; returns (loss, loss as LogScaled,
-    dL/dh_L mantissas, their exponent E, dW_out (mantissa at exponent f + E), db_out (at E)).
+    dL/dh_L mantissas, their exponents E (one per sample, (B,)), dW_out (mantissa at exponent
+    f + max E), db_out (at max E), max E).
 
     mse: mean over the B x O elements of (y - t)^2; bce: mean over the B x O elements of
     softplus(y) - t y (from logits, stable); softmax_ce: mean over the batch of
     logsumexp(y) - y[t]. Computed in float64 (:func:`head_gradient`: no cancellation, a power
-    of two where dL/dy leaves float64's range); dL/dy is scaled to a largest entry in [0.5, 1)
-    (a power of two) and its mantissas rounded to the stack's dtype: a float32 stack's top
-    gradient of 1e-48 is not flushed to 0.
+    of two per sample where dL/dy leaves float64's range); each sample's dL/dy is scaled to a
+    largest entry in [0.5, 1) (a power of two) and its mantissas rounded to the stack's dtype: a
+    float32 stack's top gradient of 1e-48 is not flushed to 0, nor a sample right by a margin
+    of 800 beside one that is wrong. The sums over samples (dW_out, db_out) take the rows at the
+    largest exponent, as the stacks' backward does (:func:`gradbench.reference.scaled_rows`).
     """
-    loss, loss_exact, dy, E = head_dy(stack.loss, h, f, params.W_out, params.b_out, t)
-    return loss, loss_exact, dy @ params.W_out, E, dy.T @ h, dy.sum(axis=0)
+    loss, loss_exact, dy, E = head_dy(stack.loss, h, f, params.W_out, params.b_out, t, rows=True)
+    top = reference.row_top(dy, E)
+    dys = reference.scaled_rows(dy, E, top)
+    return loss, loss_exact, dy @ params.W_out, E, dys.T @ h, dys.sum(axis=0), top
 
 
-def head_dy(kind: str, h: np.ndarray, f: int, W_out, b_out, t) -> tuple[float, LogScaled, np.ndarray, int]:
+def head_dy(kind: str, h: np.ndarray, f: int, W_out, b_out, t, *, rows: bool = False) -> tuple[float, LogScaled, np.ndarray, int]:
     """The head y = h 2^f W_out^T + b_out on the rows of ``h`` (a mean over them): (loss, loss
     as LogScaled, dL/dy mantissas in h's dtype, E), dL/dy = mantissas 2^E from
     :func:`head_gradient`, its largest entry brought into [0.5, 1) before the rounding to h's
-    dtype (float32's 1e-48 is carried, not flushed). A stack's head (:func:`head_loss`) and a
-    recurrent net's head on its last step."""
+    dtype (float32's 1e-48 is carried, not flushed); with ``rows`` each sample's, E (B,) (rows
+    of zeros at the largest). A stack's head (:func:`head_loss`) and a recurrent net's head on
+    its last step (one exponent: its backward has one per step)."""
     if f == 0:
         y64 = (h @ W_out.T + b_out).astype(np.float64)
     else:  # a forward-rescaled stack: h_L W_out^T at its exponent, then the bias
         with np.errstate(under="ignore", over="ignore"):
             y64 = ldexp((h @ W_out.T).astype(np.float64), f) + b_out
-    loss, loss_exact, dy, E = head_gradient(kind, y64, t, len(y64))
+    loss, loss_exact, dy, E = head_gradient(kind, y64, t, len(y64), rows=rows)
+    if rows:
+        E = E + 0  # a copy
+        reference.normalise_rows(dy, E)  # float64, before the rounding to h's dtype
+        nz = reference.nonzero_rows(dy)
+        if nz.any() and not nz.all():
+            E[~nz] = E[nz].max()
+        return loss, loss_exact, dy.astype(h.dtype), E
     top = float(np.max(np.abs(dy))) if dy.size else 0.0
     if np.isfinite(top) and top > 0:  # max|dy| into [0.5, 1) before the rounding to float32
         shift = int(np.frexp(top)[1])
@@ -187,14 +217,24 @@ def head_dy(kind: str, h: np.ndarray, f: int, W_out, b_out, t) -> tuple[float, L
     return loss, loss_exact, dy.astype(h.dtype), E
 
 
-def top_signal(stack: Stack, G: np.ndarray, e: int) -> tuple[int, float, bool]:
-    """Normalise and (signal clipping) clip the true top gradient dL/dh_L = G * 2**e in place.
+def top_signal(stack: Stack, G: np.ndarray, e) -> tuple[int, float, bool, np.ndarray]:
+    """Normalise and (signal clipping) clip the true top gradient dL/dh_L in place, row i being
+    G[i] * 2**e[i] (``e`` one exponent per sample, or one for all).
 
-    Done once, here, with the reference's :func:`~gradbench.reference.normalise` and
-    :func:`~gradbench.reference.clip_signal` (:func:`gradbench.reference.top_signal_acted`); the
-    backends' ``stack_backward`` only normalise their top signal. Returns the new exponent,
-    the norm of the mantissas and whether the clip acted (``clip_acted[L]``; False without
-    signal clipping).
+    Done once, here, with the reference's per-row steps (:func:`gradbench.reference.normalise_rows`,
+    :func:`~gradbench.reference.clip_rows`) as every layer's signal is; the backends'
+    ``stack_backward`` only normalise their top signal. Returns the layer's exponent (the
+    largest row's), the norm of the mantissas at it, whether the clip acted (``clip_acted[L]``;
+    False without signal clipping) and the rows' exponents relative to it (``row_e``).
     """
-    e, acted = reference.top_signal_acted(G, e, abi.signal_clip(stack), stack.clip_threshold)
-    return e, math.sqrt(float(np.square(G, dtype=np.float64).sum())), acted
+    r = np.zeros(len(G), dtype=np.int64) + e
+    reference.normalise_rows(G, r)
+    acted = False
+    if abi.signal_clip(stack):
+        acted = reference.clip_rows(G, r, abi.signal_clip(stack), stack.clip_threshold)
+        reference.normalise_rows(G, r)
+    nz = reference.nonzero_rows(G)
+    top = reference.row_top(G, r)
+    r[~nz] = top
+    norm = math.sqrt(float(np.square(reference.scaled_rows(G, r, top), dtype=np.float64).sum()))
+    return top, norm, acted, r - top

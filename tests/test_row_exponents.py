@@ -112,3 +112,30 @@ def test_backends_follow_the_reference_with_rows_far_apart(backend, name, dtype)
         assert_true_values(backend, k, got[k], got["dz_e"], want[k], want["dz_e"], rtol)
     assert np.array_equal(got["clip_acted"], want["clip_acted"])
     assert got["sig_m"] == pytest.approx(want["sig_m"], rel=rtol) and np.array_equal(got["sig_e"], want["sig_e"])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("loss", ["bce", "softmax_ce"])
+@pytest.mark.parametrize("backend", gb.backends())
+def test_the_head_gives_each_sample_its_own_exponent(backend, loss, dtype):
+    """A sample right by a margin of 800 (bce; softmax_ce 900) beside one that is wrong: its
+    dL/dy of e^-800 lay more than 2^1074 below the other's, and one exponent for the batch sent
+    it down as 0 (dL/dx read -inf). Each row now carries its own: dL/dx of each sample is its
+    run alone's, halved (the loss is a mean over the batch of 2)."""
+    st = gb.Stack(depth=4, width=6, activation="tanh", loss=loss, output_dim=3 if loss == "softmax_ce" else 1,
+                  dtype=dtype)
+    p, x = gb.init_params(st, 0), gb.gaussian_input(st, 2, 1)
+    p.W_out[...] = 0.0
+    p.W_out[0, 0] = 1.0
+    if loss == "bce":  # every logit ~ 800: sample 0 (target 1) right, sample 1 (target 0) wrong
+        p.b_out[...] = 800.0
+        t = np.array([[1.0], [0.0]], dtype=st.np_dtype)
+    else:
+        p.b_out[...] = np.array([900.0, 0.0, 0.0], dtype=st.np_dtype)
+        t = np.array([0, 1])
+    res = gb.backprop(st, p, x, t, backend=backend)
+    alone = [gb.backprop(st, p, x[i:i + 1], t[i:i + 1], backend=backend) for i in range(2)]
+    got = res.input_grad.log10()
+    assert np.all(np.isfinite(got)) and np.max(got[0]) < -340
+    for i, a in enumerate(alone):
+        np.testing.assert_allclose(got[i], a.input_grad.log10()[0] - np.log10(2), atol=1e-12 if dtype == "float64" else 1e-5)
