@@ -380,7 +380,8 @@ def _backward(run: _Run) -> None:
         W, _, gamma, beta, slope = layer_params
         if j == last and stack.batch_norm and run.B == 2:  # before the kernel overwrites G
             param = slope[-1] if stack.activation == "prelu" else run.fcfg[abi.F_ACT_PARAM]
-            run.bn_pair = bn_pair_difference(run.G, Zs[-1], gamma[-1], beta[-1], int(run.icfg[abi.I_ACT]), param)
+            top = reference.scaled_rows(run.G, run.row_e, 0)  # the two rows at one exponent
+            run.bn_pair = bn_pair_difference(top, Zs[-1], gamma[-1], beta[-1], int(run.icfg[abi.I_ACT]), param)
         seg_info[abi.INFO_BACKWARD] = -1
         run.impl.stack_backward(run.icfg, run.fcfg, W, gamma, beta, slope, Hs, Zs, rs, run.fexp[s:e + 1], run.G,
                                 run.row_e,
