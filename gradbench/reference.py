@@ -562,7 +562,7 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         f = int(fexp[l]) if rescale else None
         dslope[l] = activation_backward(dz, da, zl, code, layer_param, f)  # 0 but for PReLU
         if code == PRELU:  # a sum over rows: at the layer's exponent (PReLU is never rescued)
-            dslope[l] = np.sum(scaled_rows(da, r, row_top(da, r)) * np.minimum(zl, 0), dtype=np.float64)
+            dslope[l] = np.sum(scaled_rows(da, r, row_top(dz, r)) * np.minimum(zl, 0), dtype=np.float64)
         r += rescue_rows(dz, da, zl, code, layer_param, f)
         if bn:  # batch norm mixes the rows: one exponent for the layer
             e = row_top(dz, r)

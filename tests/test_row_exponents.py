@@ -72,7 +72,9 @@ def test_each_row_carries_the_chain_it_has_alone(backend, name, dtype):
     got = _call(backend, stack, fwd, G, TOP, row_e)
     alone = [_alone(backend, stack, fwd, G, i) for i in range(len(G))]
     rtol = TOL[dtype]["stack"]
-    assert got["row_e"].max() == 0 and np.all(np.max(np.abs(got["G"]), axis=1) >= 0.5)
+    live = np.any(got["G"] != 0, axis=1)  # rows that reach the input (dead units cut the others)
+    assert live.any() and np.all(np.max(np.abs(got["G"][live]), axis=1) >= 0.5)
+    assert got["row_e"].max() == 0 and not np.any(got["row_e"][~live])
     # dL/dh_0, row by row: each at its own exponent, however far below the others
     assert_true_values(backend, "dL/dh_0 rows", got["G"], got["sig_e"][0] + got["row_e"],
                        np.concatenate([a["G"] for a in alone]),
@@ -139,3 +141,22 @@ def test_the_head_gives_each_sample_its_own_exponent(backend, loss, dtype):
     assert np.all(np.isfinite(got)) and np.max(got[0]) < -340
     for i, a in enumerate(alone):
         np.testing.assert_allclose(got[i], a.input_grad.log10()[0] - np.log10(2), atol=1e-12 if dtype == "float64" else 1e-5)
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+def test_prelu_slope_gradient_where_the_top_row_is_dead(backend):
+    """PReLU at slope 0 (depth 2, width 2, batch 3): the largest row's units are all negative in
+    layer 0 (row 1 not), so its dz is 0 there while its da is not. dL/dslope_0 must be at dz's exponent (the
+    reference took da's: 2^7 off, a helper's finding); here against the plain float64 chain."""
+    st = gb.Stack(depth=2, width=2, activation="prelu", activation_param=0.0, sigma_b=0.1)
+    p, x = gb.init_params(st, 0), gb.gaussian_input(st, 3, 0)
+    fwd = run_forward(reference, forward_arrays(st, p, x))
+    G = np.random.default_rng(0).standard_normal(x.shape)
+    G = np.ldexp(G, -np.frexp(np.max(np.abs(G), axis=1))[1][:, None])
+    row_e = np.array([0, -5, -9])
+    got = _call(backend, st, fwd, G, 0, row_e)
+    Z = fwd["Z"]
+    assert np.all(Z[0][0] <= 0) and np.any(Z[0][1] > 0)  # the largest row is dead in layer 0, row 1 not
+    da0 = (np.ldexp(G, row_e[:, None]) * (Z[1] > 0)) @ p.W[1]  # the plain chain
+    want = np.sum(da0 * np.minimum(Z[0], 0))
+    assert np.ldexp(float(got["dslope"][0]), int(got["dz_e"][0] + got["fexp"][0])) == pytest.approx(want, rel=1e-13)
