@@ -257,3 +257,191 @@ def moments(h):
     m = _sum_flat(x, 0.0, False, 1.0) / x.size
     v = _sum_flat(x, m, True, 1.0) / x.size
     return m, math.sqrt(v)
+
+
+# ------------------------------------------------------------------ per-row exponents (the backward signal)
+# The backward signal carries one exponent per row: row i is g[i] * 2**r[i] (r int64, (B,)).
+# What is summed over the batch is brought to one exponent E (rows_exponent) by scaled(x, E):
+# row i times 2**(r[i] - E), one rounding into the subnormals (gradbench.reference, "scaled").
+@njit(**JIT)
+def _pow2_range(x):
+    """(lo, hi): the exponents d for which 2**d is a number of x's dtype (subnormals included),
+    so that x * 2**d rounds once, as ldexp(x, d) does."""
+    return (-1074, 1023) if x.itemsize == 8 else (-149, 127)
+
+
+@njit(**JIT)
+def scale_row(x, i, d):
+    """x[i] = ldexp(x[i], d) in x's dtype (d already clamped): a multiplication by 2**d where
+    2**d is a number of the dtype (the same single rounding), ldexp entry by entry beyond."""
+    if d == 0:
+        return
+    N = x.shape[1]
+    lo, hi = _pow2_range(x)
+    if lo <= d <= hi:
+        s = _as(math.ldexp(1.0, int(d)), x[0, 0])
+        for j in range(N):
+            x[i, j] *= s
+    else:
+        for j in range(N):
+            x[i, j] = _ldexp(x[i, j], d)
+
+
+@njit(**JIT)
+def row_nonzero(x, i):
+    """Whether row i of x has an entry != 0 (NaN and inf count)."""
+    N = x.shape[1]
+    for j in range(N):
+        if x[i, j] != 0:
+            return True
+    return False
+
+
+@njit(**JIT)
+def rows_nonzero(x, nz):
+    """nz[i] = row i of x has an entry != 0 (NaN and inf count)."""
+    for i in range(x.shape[0]):
+        nz[i] = row_nonzero(x, i)
+
+
+@njit(**JIT)
+def rows_exponent(r, nz):
+    """E(rows): the largest r[i] over the nonzero rows (nz), over all rows when none is."""
+    B = r.shape[0]
+    E = np.int64(0)
+    have = False
+    for i in range(B):
+        if nz[i] and (not have or r[i] > E):
+            E = r[i]
+            have = True
+    if not have:
+        for i in range(B):
+            if i == 0 or r[i] > E:
+                E = r[i]
+    return E
+
+
+@njit(**JIT)
+def normalise_rows(g, r, nz):
+    """:func:`normalise` row by row: row i scaled by 2**-e_i (max|g[i]| in [0.5, 1); nothing
+    where it is 0 or not finite, NaN ignored), r[i] += e_i; nz[i] = the row has an entry != 0."""
+    B, N = g.shape
+    top = 1023 if g.itemsize == 8 else 127
+    for i in range(B):
+        m = 0.0
+        for j in range(N):
+            v = abs(np.float64(g[i, j]))
+            if v > m:  # False for NaN
+                m = v
+        if m == 0.0:
+            nz[i] = row_nonzero(g, i)  # all zero, or zeros and NaN
+            continue
+        nz[i] = True
+        if not math.isfinite(m):
+            continue
+        e = np.int64(math.frexp(m)[1])
+        if e == 0:
+            continue
+        # as normalise: 2**-e in float64, then the dtype; two exact steps for a subnormal max
+        k = int(-e)
+        k1 = k if k <= top else k // 2
+        s1 = _as(math.ldexp(1.0, k1), g[0, 0])
+        for j in range(N):
+            g[i, j] *= s1
+        if k1 != k:
+            s2 = _as(math.ldexp(1.0, k - k1), g[0, 0])
+            for j in range(N):
+                g[i, j] *= s2
+        r[i] += e
+
+
+@njit(**JIT)
+def sumsq_rows(g, r, nz, E, buf):
+    """sum over scaled(g, E) of the squares in float64: row i times 2**(r[i] - E) (the factor
+    in float64, ldexp beyond it), then the blocks of :func:`sumsq`, so that it is sumsq's value
+    of the batch-normalised array bit for bit. buf: float64 workspace of g.size entries."""
+    B, N = g.shape
+    same = True
+    for i in range(B):
+        if nz[i] and r[i] != E:
+            same = False
+    if same:  # zero rows add zeros at any exponent
+        return sumsq(g)
+    for i in range(B):
+        d = _clamp(r[i] - E) if nz[i] else np.int64(0)
+        if d >= -1074:
+            s = math.ldexp(1.0, int(d))
+            for j in range(N):
+                buf[i * N + j] = np.float64(g[i, j]) * s
+        else:
+            for j in range(N):
+                buf[i * N + j] = math.ldexp(np.float64(g[i, j]), int(d))
+    return _sum_flat(buf[:B * N], 0.0, True, 1.0)
+
+
+@njit(**JIT)
+def clip_rows_acted(g, r, nz, mode, c, buf):
+    """:func:`clip_signal_acted` of the per-row signal (rows normalised): value, row by row, on
+    the rows whose largest magnitude exceeds c (a row with NaN does not); norm, on the whole
+    batch's norm at E(rows). Updates g and r in place; returns 1 where it acted, else 0."""
+    B, N = g.shape
+    acted = np.int64(0)
+    if mode == CLIP_VALUE:
+        ec = np.int64(math.frexp(c)[1])
+        t = math.ldexp(c, int(-ec))  # c = t * 2**ec, t in [0.5, 1)
+        for i in range(B):
+            m = 0.0
+            for j in range(N):
+                v = abs(np.float64(g[i, j]))
+                if v > m or v != v:  # np.max propagates NaN and NaN > t is False: the row stays
+                    m = v
+            d = _clamp(r[i] - ec)
+            if math.ldexp(m, int(d)) > t:
+                for j in range(N):
+                    x = np.float64(_ldexp(g[i, j], d))
+                    if x > t:
+                        x = t
+                    elif x < -t:
+                        x = -t
+                    g[i, j] = x
+                r[i] = ec
+                acted = 1
+    elif mode == CLIP_NORM:
+        E = rows_exponent(r, nz)
+        n = math.sqrt(sumsq_rows(g, r, nz, E, buf))
+        if math.ldexp(n, int(_clamp(E))) > c:
+            s = _as(c / n, g[0, 0])
+            for i in range(B):
+                for j in range(N):
+                    g[i, j] *= s
+                r[i] -= E
+            acted = 1
+    return acted
+
+
+@njit(**JIT)
+def add_aligned_rows(a, ra, s, rs):
+    """a * 2**ra + s * 2**rs row by row (a residual branch plus its skip), written into a, at
+    em_i = max(ra[i], rs[i]) (a zero row of either side takes the other's exponent, so that it
+    flushes nothing); ra[i] = em_i. a, s (B,N); ra, rs (B,)"""
+    B, N = a.shape
+    one = _as(1.0, a[0, 0])
+    lo, hi = _pow2_range(a)
+    for i in range(B):
+        if not row_nonzero(a, i):
+            em = rs[i]
+        elif not row_nonzero(s, i):
+            em = ra[i]
+        else:
+            em = max(ra[i], rs[i])
+        da = _clamp(ra[i] - em)
+        ds = _clamp(rs[i] - em)
+        if lo <= da <= hi and lo <= ds <= hi:
+            fa = _as(math.ldexp(1.0, int(da)), a[0, 0])
+            fs = _as(math.ldexp(1.0, int(ds)), a[0, 0])
+            for j in range(N):
+                a[i, j] = s[i, j] * fs + one * (a[i, j] * fa)
+        else:
+            for j in range(N):
+                a[i, j] = _ldexp(s[i, j], ds) + one * _ldexp(a[i, j], da)
+        ra[i] = em

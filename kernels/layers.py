@@ -27,7 +27,7 @@ from .activations import (
     dphi, dphi_scaled, dsigmoid64, dtanh64, elu_pair64, gelu_pair64, log_dphi, log_phi, phi, phi_scaled,
     sigmoid_pair64, swish_pair64, tanh, tanh64, tiny_threshold,
 )
-from .chain import absmax
+from .chain import absmax, row_nonzero
 
 
 # ------------------------------------------------------------------ dense
@@ -146,11 +146,17 @@ def dense_backward(dh, dW, db, dz, h, W):
 @njit(**JIT)
 def matmul_backward(dh, dW, dz, h, W):
     """dW = dz^T h, dh = dz W (db is summed by the caller).    dh (B,D), dW (N,D), dz (B,N), h (B,D)"""
+    matmul_dw(dW, dz, h)
+    matmul_dh(dh, dz, W)
+
+
+@njit(**JIT)
+def matmul_dw(dW, dz, h):
+    """dW = dz^T h.    dW (N,D), dz (B,N), h (B,D)"""
     B, N = dz.shape
     D = h.shape[1]
     if N > NARROW:
         np.dot(dz.T, h, dW)
-        np.dot(dz, W, dh)
         return
     for j in range(N):
         for k in range(D):
@@ -159,6 +165,16 @@ def matmul_backward(dh, dW, dz, h, W):
             d = dz[i, j]
             for k in range(D):
                 dW[j, k] += d * h[i, k]
+
+
+@njit(**JIT)
+def matmul_dh(dh, dz, W):
+    """dh = dz W.    dh (B,D), dz (B,N), W (N,D)"""
+    B, N = dz.shape
+    D = W.shape[1]
+    if N > NARROW:
+        np.dot(dz, W, dh)
+        return
     for i in range(B):
         for k in range(D):
             dh[i, k] = 0
@@ -707,6 +723,50 @@ def rescue_saturated(dz, db, sum_db, da, z, code, param, f, scaled):
             for j in range(N):
                 db[j] += dz[i, j]
     return k
+
+
+@njit(**JIT)
+def rescue_saturated_rows(dz, da, z, code, param, f, scaled, r, nz):
+    """:func:`rescue_saturated` row by row (the backward signal's rows carry their own exponents
+    r): every row whose max|dz[i]| (NaN ignored) is below 2^-900 (float32: 2^-100), an all-zero
+    row included, recomputed in log form at its own k_i = floor(max ell_i / ln 2), r[i] += k_i;
+    a row whose largest ell is -inf, NaN or below RESCUE_LN_MIN stays. nz[i] (the row has an
+    entry != 0) is updated for the rows rewritten.    dz, da, z (B,N); r, nz (B,)"""
+    if not RESCUE_CODES[code]:
+        return
+    bound = RESCUE_BELOW64 if dz.itemsize == 8 else RESCUE_BELOW32
+    B, N = z.shape
+    ell = np.empty(0)  # the rare path may allocate, once
+    sgn = np.empty(0)
+    ln2 = math.log(2.0)
+    for i in range(B):
+        m = 0.0
+        for j in range(N):
+            v = abs(np.float64(dz[i, j]))
+            if v > m:  # False for NaN
+                m = v
+        if not m < bound:
+            continue
+        if ell.size == 0:
+            ell = np.empty(N)
+            sgn = np.empty(N)
+        top = -math.inf
+        for j in range(N):
+            x = math.ldexp(np.float64(z[i, j]), _clamp_f(f)) if scaled else np.float64(z[i, j])
+            ln, sg = log_dphi(x, code, param)
+            a = np.float64(da[i, j])
+            ell[j] = (math.log(abs(a)) if a != 0 else -math.inf) + ln
+            sgn[j] = (1.0 if a > 0 else (-1.0 if a < 0 else (0.0 if a == 0 else a))) * sg  # NaN stays
+            if ell[j] > top:
+                top = ell[j]
+        if not (top >= RESCUE_LN_MIN and top < math.inf):  # beyond any int64 exponent: stays
+            continue
+        k = int(math.floor(top / ln2))
+        rem = _log_rem(top, k)
+        for j in range(N):
+            dz[i, j] = _as(sgn[j] * math.exp((ell[j] - top) + rem), z[i, j])
+        r[i] += k
+        nz[i] = row_nonzero(dz, i)
 
 
 @njit(**JIT)

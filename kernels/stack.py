@@ -20,10 +20,13 @@ from gradbench.abi import (
 
 from ._config import JIT
 from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
-from .chain import add_aligned, all_finite, clip_signal_acted, moments, norm_scaled, normalise, sumsq
+from .chain import (
+    _clamp, _pow2_range, add_aligned, add_aligned_rows, all_finite, clip_rows_acted, moments, norm_scaled,
+    normalise, normalise_rows, rows_exponent, rows_nonzero, scale_row, sumsq_rows,
+)
 from .layers import (
     _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_backward,
-    dense_fix, dense_forward, matmul_backward, matmul_forward, rescue_forward, rescue_saturated,
+    dense_fix, dense_forward, matmul_dh, matmul_dw, matmul_forward, rescue_forward, rescue_saturated_rows,
 )
 
 
@@ -87,15 +90,21 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
 
 
 @njit(**JIT)
-def _finish(G, l, clip_mode, c, sig_m, sig_e, info):
-    """Normalise, clip and record dL/dh_l, now complete in G; returns whether the clip acted (1/0)."""
-    e = sig_e[l] + normalise(G)
+def _finish(G, r, nz, l, clip, clip_mode, c, sig_m, sig_e, info, buf):
+    """Normalise each row, clip (``clip``) and record dL/dh_l, now complete in G (row i at
+    exponent r[i]): zero rows take E(rows), sig_e[l] = E(rows), sig_m[l] = ||scaled(G, sig_e[l])||.
+    Returns whether the clip acted (1/0)."""
+    normalise_rows(G, r, nz)
     acted = np.int64(0)
-    if clip_mode != 0:
-        e, acted = clip_signal_acted(G, e, clip_mode, c)
-        e += normalise(G)
-    sig_e[l] = e
-    sig_m[l] = math.sqrt(sumsq(G))
+    if clip and clip_mode != 0:
+        acted = clip_rows_acted(G, r, nz, clip_mode, c, buf)
+        normalise_rows(G, r, nz)
+    E = rows_exponent(r, nz)
+    for i in range(r.shape[0]):
+        if not nz[i]:  # no stale exponents on zero rows
+            r[i] = E
+    sig_e[l] = E
+    sig_m[l] = math.sqrt(sumsq_rows(G, r, nz, E, buf))
     # a finite sum of squares means every entry is finite; otherwise look
     if info[INFO_BACKWARD] < 0 and not math.isfinite(sig_m[l]) and not all_finite(G):
         info[INFO_BACKWARD] = l
@@ -103,11 +112,54 @@ def _finish(G, l, clip_mode, c, sig_m, sig_e, info):
 
 
 @njit(**JIT)
-def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, dW, db,
+def _prelu_dslope(da, z, r, E):
+    """dL/dslope = sum over rows of 2**(r_i - E) sum_j da[i, j] min(z[i, j], 0), in float64, each
+    term scaled and added in order (the sum of the batch-normalised da bit for bit)."""
+    B, N = z.shape
+    s = 0.0
+    for i in range(B):
+        d = _clamp(r[i] - E)
+        f = math.ldexp(1.0, int(d)) if -1074 <= d <= 1023 else 0.0  # 0: ldexp entry by entry
+        for j in range(N):
+            zz = z[i, j]
+            m = zz if not (zz > 0) else _as(0.0, zz)  # min(z, 0), NaN stays NaN
+            v = np.float64(da[i, j] * m)
+            s += v * f if f != 0.0 else math.ldexp(v, int(d))
+    return s
+
+
+@njit(**JIT)
+def _scale_rows_sum(dz, db, r, nz, E):
+    """dz = scaled(dz, E) in place (row i times 2**(r_i - E); zero rows as they are) and
+    db = sum_B dz, rows in order."""
+    B, N = dz.shape
+    for j in range(N):
+        db[j] = 0
+    lo, hi = _pow2_range(dz)
+    for i in range(B):
+        d = _clamp(r[i] - E) if nz[i] else np.int64(0)
+        if d != 0 and not (lo <= d <= hi):
+            scale_row(dz, i, d)
+            d = 0
+        s = _as(math.ldexp(1.0, int(d)), dz[0, 0])
+        if d == 0:
+            for j in range(N):
+                db[j] += dz[i, j]
+        else:
+            for j in range(N):
+                v = dz[i, j] * s
+                dz[i, j] = v
+                db[j] += v
+
+
+@njit(**JIT)
+def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, row_e, dW, db,
                           dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, clip_acted, info):
-    """Backward through all L layers with the power-of-two rescaled chain.  G (B,N) holds
-    dL/dh_L on entry and dL/dh_0 on exit; dW (L,N,N), db/dgamma/dbeta (L,N), dslope (L,),
-    sig_m/sig_e (L+1,), gnorm_m/gnorm_e/dz_e (L,), clip_acted (L+1,: entry L the caller's)"""
+    """Backward through all L layers with the power-of-two rescaled chain, one exponent per row
+    of the signal.  G (B,N) holds dL/dh_L on entry (row i at 2**(sig_e[L] + row_e[i])) and
+    dL/dh_0 on exit (row i at 2**(sig_e[0] + row_e[i])); dW (L,N,N), db/dgamma/dbeta (L,N),
+    dslope (L,), sig_m/sig_e (L+1,), gnorm_m/gnorm_e/dz_e (L,), clip_acted (L+1,: entry L the
+    caller's)"""
     code = icfg[I_ACT]
     bn = icfg[I_BN] != 0
     k = icfg[I_RESIDUAL]
@@ -121,16 +173,20 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
     dz = np.empty_like(G)  # workspace, allocated once
     zl = np.empty_like(G)
     skip = np.zeros_like(G)
-    skip_e = np.int64(0)
+    r = np.empty(B, dtype=np.int64)  # row i of G is G[i] * 2**r[i]
+    skip_r = np.zeros(B, dtype=np.int64)
+    nz = np.empty(B, dtype=np.bool_)  # rows with an entry != 0
+    buf = np.empty(B * N)  # the norms' scaled copy
+    for i in range(B):
+        r[i] = sig_e[L] + row_e[i]
     # the caller normalised and clipped the top signal: normalise (a no-op) and record only
-    _finish(G, L, 0, c, sig_m, sig_e, info)
+    _finish(G, r, nz, L, False, clip_mode, c, sig_m, sig_e, info, buf)
     for l in range(L - 1, -1, -1):
-        e = sig_e[l + 1]
         p = np.float64(slope[l]) if code == PRELU else param
         end = k > 0 and (l + 1) % k == 0
         if end:  # end of a group: dL/dh_{l+1} also flows down the skip
-            skip_e = e
             for i in range(B):
+                skip_r[i] = r[i]
                 for j in range(N):
                     skip[i, j] = G[i, j]
                     G[i, j] *= alpha
@@ -144,22 +200,32 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
             z = zl
         else:
             z = Z[l]
-        # without batch norm db = sum_B dz is summed in the activation's pass
-        dslope[l] = _activation_backward(dz, db[l], not bn, G, z, code, p, fexp[l], _needs_scaled(code, rescale))
-        e += rescue_saturated(dz, db[l], not bn, G, z, code, p, fexp[l], _needs_scaled(code, rescale))
-        if bn:
+        scaled = _needs_scaled(code, rescale)
+        _activation_backward(dz, db[l], False, G, z, code, p, fexp[l], scaled)
+        rows_nonzero(dz, nz)
+        rescue_saturated_rows(dz, G, z, code, p, fexp[l], scaled, r, nz)
+        E = rows_exponent(r, nz)
+        dslope[l] = _prelu_dslope(G, z, r, E) if code == PRELU else 0.0
+        if bn:  # batch norm couples the rows: all at E
+            for i in range(B):
+                if nz[i]:
+                    scale_row(dz, i, _clamp(r[i] - E))
+                r[i] = E
             batchnorm_backward(dz, dgamma[l], dbeta[l], dz, Z[l], bn_rstd[l], gamma[l])
             dense_backward(G, dW[l], db[l], dz, H[l], W[l])
         else:
             for j in range(N):
                 dgamma[l, j] = 0
                 dbeta[l, j] = 0
-            matmul_backward(G, dW[l], dz, H[l], W[l])
+            matmul_dh(G, dz, W[l])  # the rows at their own exponents r
+            _scale_rows_sum(dz, db[l], r, nz, E)  # dW and db at E
+            matmul_dw(dW[l], dz, H[l])
         nm, ne = norm_scaled(dW[l])
         gnorm_m[l] = nm
-        gnorm_e[l] = e + fexp[l] + ne
-        dz_e[l] = e
-        sig_e[l] = e
+        gnorm_e[l] = E + fexp[l] + ne
+        dz_e[l] = E
         if k > 0 and l % k == 0:  # start of a group: add the skip path
-            sig_e[l] = add_aligned(G, e, skip, skip_e, 1.0)
-        clip_acted[l] = _finish(G, l, clip_mode, c, sig_m, sig_e, info)
+            add_aligned_rows(G, r, skip, skip_r)
+        clip_acted[l] = _finish(G, r, nz, l, True, clip_mode, c, sig_m, sig_e, info, buf)
+    for i in range(B):
+        row_e[i] = r[i] - sig_e[0]
