@@ -356,31 +356,94 @@ def normalise_rows(g, r, nz):
 
 
 @njit(**JIT)
-def sumsq_rows(g, r, nz, E, buf):
-    """sum over scaled(g, E) of the squares in float64: row i times 2**(r[i] - E) (the factor
-    in float64, ldexp beyond it), then the blocks of :func:`sumsq`, so that it is sumsq's value
-    of the batch-normalised array bit for bit. buf: float64 workspace of g.size entries."""
-    B, N = g.shape
-    same = True
-    for i in range(B):
-        if nz[i] and r[i] != E:
-            same = False
-    if same:  # zero rows add zeros at any exponent
-        return sumsq(g)
-    for i in range(B):
-        d = _clamp(r[i] - E) if nz[i] else np.int64(0)
-        if d >= -1074:
-            s = math.ldexp(1.0, int(d))
-            for j in range(N):
-                buf[i * N + j] = np.float64(g[i, j]) * s
-        else:
-            for j in range(N):
-                buf[i * N + j] = math.ldexp(np.float64(g[i, j]), int(d))
-    return _sum_flat(buf[:B * N], 0.0, True, 1.0)
+def _sum_block_rows(x, start, stop, sc, N):
+    """_sum_block of the squares of x[start:stop] (x flat, rows of N) with entry k taken as
+    x[k] * sc[k // N]: the same partial sums, each entry the value of the scaled copy."""
+    r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
+    n8 = start + ((stop - start) // 8) * 8
+    if N % 8 == 0:  # eight entries in one row: one factor
+        for i in range(start, n8, 8):
+            f = sc[i // N]
+            v0 = np.float64(x[i]) * f
+            v1 = np.float64(x[i + 1]) * f
+            v2 = np.float64(x[i + 2]) * f
+            v3 = np.float64(x[i + 3]) * f
+            v4 = np.float64(x[i + 4]) * f
+            v5 = np.float64(x[i + 5]) * f
+            v6 = np.float64(x[i + 6]) * f
+            v7 = np.float64(x[i + 7]) * f
+            r0 += v0 * v0
+            r1 += v1 * v1
+            r2 += v2 * v2
+            r3 += v3 * v3
+            r4 += v4 * v4
+            r5 += v5 * v5
+            r6 += v6 * v6
+            r7 += v7 * v7
+    else:
+        for i in range(start, n8, 8):
+            v0 = np.float64(x[i]) * sc[i // N]
+            v1 = np.float64(x[i + 1]) * sc[(i + 1) // N]
+            v2 = np.float64(x[i + 2]) * sc[(i + 2) // N]
+            v3 = np.float64(x[i + 3]) * sc[(i + 3) // N]
+            v4 = np.float64(x[i + 4]) * sc[(i + 4) // N]
+            v5 = np.float64(x[i + 5]) * sc[(i + 5) // N]
+            v6 = np.float64(x[i + 6]) * sc[(i + 6) // N]
+            v7 = np.float64(x[i + 7]) * sc[(i + 7) // N]
+            r0 += v0 * v0
+            r1 += v1 * v1
+            r2 += v2 * v2
+            r3 += v3 * v3
+            r4 += v4 * v4
+            r5 += v5 * v5
+            r6 += v6 * v6
+            r7 += v7 * v7
+    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for i in range(n8, stop):
+        v = np.float64(x[i]) * sc[i // N]
+        s += v * v
+    return s
 
 
 @njit(**JIT)
-def clip_rows_acted(g, r, nz, mode, c, buf):
+def sumsq_rows(g, r, nz, E, sc):
+    """sum over scaled(g, E) of the squares in float64: row i times 2**(r[i] - E) (a float64
+    factor; ldexp entry by entry below 2**-1074), in the blocks and partial sums of
+    :func:`sumsq`, so that it is sumsq's value of the batch-normalised array bit for bit.
+    sc: (B,) float64 workspace."""
+    B, N = g.shape
+    same = True
+    tiny = False
+    for i in range(B):
+        d = _clamp(r[i] - E) if nz[i] else np.int64(0)  # zero rows add zeros at any exponent
+        same &= d == 0
+        tiny |= d < -1074
+        sc[i] = math.ldexp(1.0, int(d)) if d >= -1074 else 0.0
+    if same:
+        return sumsq(g)
+    flat = g.reshape(g.size)
+    n = flat.size
+    s = 0.0
+    if not tiny:
+        for start in range(0, n, 128):
+            s += _sum_block_rows(flat, start, min(start + 128, n), sc, N)
+        return s
+    # a row beyond 2**-1074 of the top: its entries by ldexp (0, or inf/NaN as they are), in a
+    # copy of each block; the same partial sums
+    buf = np.empty(128)
+    ones = np.ones(1)
+    for start in range(0, n, 128):
+        stop = min(start + 128, n)
+        for k in range(start, stop):
+            i = k // N
+            d = _clamp(r[i] - E) if nz[i] else np.int64(0)
+            buf[k - start] = np.float64(flat[k]) * sc[i] if d >= -1074 else math.ldexp(np.float64(flat[k]), int(d))
+        s += _sum_block_rows(buf, 0, stop - start, ones, 128)
+    return s
+
+
+@njit(**JIT)
+def clip_rows_acted(g, r, nz, mode, c, sc):
     """:func:`clip_signal_acted` of the per-row signal (rows normalised): value, row by row, on
     the rows whose largest magnitude exceeds c (a row with NaN does not); norm, on the whole
     batch's norm at E(rows). Updates g and r in place; returns 1 where it acted, else 0."""
@@ -408,7 +471,7 @@ def clip_rows_acted(g, r, nz, mode, c, buf):
                 acted = 1
     elif mode == CLIP_NORM:
         E = rows_exponent(r, nz)
-        n = math.sqrt(sumsq_rows(g, r, nz, E, buf))
+        n = math.sqrt(sumsq_rows(g, r, nz, E, sc))
         if math.ldexp(n, int(_clamp(E))) > c:
             s = _as(c / n, g[0, 0])
             for i in range(B):

@@ -90,21 +90,21 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
 
 
 @njit(**JIT)
-def _finish(G, r, nz, l, clip, clip_mode, c, sig_m, sig_e, info, buf):
+def _finish(G, r, nz, l, clip, clip_mode, c, sig_m, sig_e, info, sc):
     """Normalise each row, clip (``clip``) and record dL/dh_l, now complete in G (row i at
     exponent r[i]): zero rows take E(rows), sig_e[l] = E(rows), sig_m[l] = ||scaled(G, sig_e[l])||.
     Returns whether the clip acted (1/0)."""
     normalise_rows(G, r, nz)
     acted = np.int64(0)
     if clip and clip_mode != 0:
-        acted = clip_rows_acted(G, r, nz, clip_mode, c, buf)
+        acted = clip_rows_acted(G, r, nz, clip_mode, c, sc)
         normalise_rows(G, r, nz)
     E = rows_exponent(r, nz)
     for i in range(r.shape[0]):
         if not nz[i]:  # no stale exponents on zero rows
             r[i] = E
     sig_e[l] = E
-    sig_m[l] = math.sqrt(sumsq_rows(G, r, nz, E, buf))
+    sig_m[l] = math.sqrt(sumsq_rows(G, r, nz, E, sc))
     # a finite sum of squares means every entry is finite; otherwise look
     if info[INFO_BACKWARD] < 0 and not math.isfinite(sig_m[l]) and not all_finite(G):
         info[INFO_BACKWARD] = l
@@ -176,11 +176,11 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
     r = np.empty(B, dtype=np.int64)  # row i of G is G[i] * 2**r[i]
     skip_r = np.zeros(B, dtype=np.int64)
     nz = np.empty(B, dtype=np.bool_)  # rows with an entry != 0
-    buf = np.empty(B * N)  # the norms' scaled copy
+    sc = np.empty(B)  # the norms' row factors
     for i in range(B):
         r[i] = sig_e[L] + row_e[i]
     # the caller normalised and clipped the top signal: normalise (a no-op) and record only
-    _finish(G, r, nz, L, False, clip_mode, c, sig_m, sig_e, info, buf)
+    _finish(G, r, nz, L, False, clip_mode, c, sig_m, sig_e, info, sc)
     for l in range(L - 1, -1, -1):
         p = np.float64(slope[l]) if code == PRELU else param
         end = k > 0 and (l + 1) % k == 0
@@ -226,6 +226,6 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         dz_e[l] = E
         if k > 0 and l % k == 0:  # start of a group: add the skip path
             add_aligned_rows(G, r, skip, skip_r)
-        clip_acted[l] = _finish(G, r, nz, l, True, clip_mode, c, sig_m, sig_e, info, buf)
+        clip_acted[l] = _finish(G, r, nz, l, True, clip_mode, c, sig_m, sig_e, info, sc)
     for i in range(B):
         row_e[i] = r[i] - sig_e[0]
