@@ -740,12 +740,12 @@ def rescue_saturated_rows(dz, da, z, code, param, f, scaled, r, nz):
     sgn = np.empty(0)
     ln2 = math.log(2.0)
     for i in range(B):
-        m = 0.0
+        below = True  # max|dz[i]| < bound, NaN ignored: no entry at or above it (found early)
         for j in range(N):
-            v = abs(np.float64(dz[i, j]))
-            if v > m:  # False for NaN
-                m = v
-        if not m < bound:
+            if abs(np.float64(dz[i, j])) >= bound:  # False for NaN
+                below = False
+                break
+        if not below:
             continue
         if ell.size == 0:
             ell = np.empty(N)
