@@ -144,6 +144,7 @@ typedef struct gb_stack_arrays {
     double *dead;            /* (L,) */
     int64_t *info;           /* (GB_INFO_SIZE,) */
     void *G;                 /* (B,N) */
+    int64_t *row_e;          /* (B,) */
     void *dW;                /* (L,N,N) */
     void *db;                /* (L,N) */
     void *dgamma;            /* (L,N) */

@@ -247,24 +247,43 @@ static void F(gb_dense_forward_ctx)(GEMM_FN gemm, T *wt, T *z, const T *h, const
     F(gb_dense_fix)(z, h, W, b, B, N);
 }
 
-/* dW = dz^T h, db = sum_B dz, dh = dz W.
- * dh (B,N), dW (N,N), db (N,), dz (B,N), h (B,N), W (N,N) */
-static void F(gb_dense_backward_ctx)(GEMM_FN gemm, T *dh, T *dW, T *db, const T *dz, const T *h,
-                                     const T *W, int64_t B, int64_t N) {
+/* dW = dz^T h, db = sum_B dz (BLAS or, gemm NULL, the own kernels).
+ * dW (N,N), db (N,), dz (B,N), h (B,N) */
+static void F(gb_dense_dw_ctx)(GEMM_FN gemm, T *dW, T *db, const T *dz, const T *h, int64_t B, int64_t N) {
     for (int64_t j = 0; j < N; j++) db[j] = 0;
     for (int64_t r = 0; r < B; r++)
         for (int64_t j = 0; j < N; j++) db[j] += dz[r * N + j];
-    if (gemm) { /* column major: dW^T = h^T dz, dh^T = W^T dz^T */
+    if (gemm) { /* column major: dW^T = h^T dz */
         char tn = 'N', tt = 'T';
         int n = (int)N, bb = (int)B, ld = (int)N;
         T one = 1, zero = 0;
         gemm(&tn, &tt, &n, &n, &bb, &one, (T *)h, &ld, (T *)dz, &ld, &zero, dW, &ld);
-        gemm(&tn, &tn, &n, &bb, &n, &one, (T *)W, &ld, (T *)dz, &ld, &zero, dh, &ld);
         return;
     }
     F(gb_gemm_own)(dW, dz, 1, N, h, NULL, N, N, B);
+}
+
+/* dh = dz W.    dh (B,N), dz (B,N), W (N,N) */
+static void F(gb_dense_dh_ctx)(GEMM_FN gemm, T *dh, const T *dz, const T *W, int64_t B, int64_t N) {
+    if (gemm) { /* column major: dh^T = W^T dz^T */
+        char tn = 'N';
+        int n = (int)N, bb = (int)B, ld = (int)N;
+        T one = 1, zero = 0;
+        gemm(&tn, &tn, &n, &bb, &n, &one, (T *)W, &ld, (T *)dz, &ld, &zero, dh, &ld);
+        return;
+    }
     F(gb_gemm_own)(dh, dz, N, 1, W, NULL, B, N, N);
 }
+
+#ifdef GB_LAYER_PAIRS /* the exported layer pairs alone use it (not the v3/v4 copies) */
+/* dW = dz^T h, db = sum_B dz, dh = dz W.
+ * dh (B,N), dW (N,N), db (N,), dz (B,N), h (B,N), W (N,N) */
+static void F(gb_dense_backward_ctx)(GEMM_FN gemm, T *dh, T *dW, T *db, const T *dz, const T *h,
+                                     const T *W, int64_t B, int64_t N) {
+    F(gb_dense_dw_ctx)(gemm, dW, db, dz, h, B, N);
+    F(gb_dense_dh_ctx)(gemm, dh, dz, W, B, N);
+}
+#endif
 
 /* y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance), for
  * the columns [j0, j1) (the drivers' threads each take a block of columns; every column is
@@ -1534,13 +1553,20 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
 }
 
 /* ---------------------------------------------------------------- backward */
-/* The saturated-derivative rescue (reference.rescue_saturated): a layer of one of these
- * activations whose dz = da phi'(zl) is below GB_RESCUE_BELOW everywhere (max|dz| over the whole
- * batch: underflowed, or subnormal with its digits lost) is recomputed in log form,
- * ell = ln|da| + ln|phi'(x)| (gb_log_dphi_f64), k = floor(max ell / ln2), dz = sign exp(ell - k ln2),
- * and k is added to the layer's exponent (dW_l, db_l, dh_l), for the activations of gb_rescue_act
- * (gb_internal.h). The driver decides it on the global maxima (per-thread slots and a barrier), so
- * every thread takes the same branch. */
+/* Per-row exponents (reference.stack_backward): the signal G carries one int64 exponent per
+ * batch row (st->rg: row i of dL/dh is G[i] 2^rg[i]), each row normalised on its own, so that
+ * samples thousands of decades apart keep their digits. What is summed over the batch (dW, db,
+ * dgamma, dbeta, dslope, the norms) has one exponent per layer: E(rows), the largest exponent
+ * of the rows that are not all zero (of all rows when every one is), the rows brought to it by
+ * a power of two (ldexp's rounding into the subnormals, flushed below) only there. Where nothing
+ * is subnormal this is the one-exponent chain's arithmetic bit for bit. */
+
+/* The saturated-derivative rescue (reference.rescue_saturated), row by row: a row of dz = da
+ * phi'(zl) whose max|dz| (NaN ignored) is below GB_RESCUE_BELOW (underflowed, or subnormal with
+ * its digits lost) is recomputed in log form, ell = ln|da| + ln|phi'(x)| (gb_log_dphi_f64),
+ * k = floor(max ell / ln2) of that row, dz = sign exp(ell - k ln2), and k is added to the row's
+ * exponent, for the activations of gb_rescue_act (gb_internal.h). A row decides alone: no
+ * barrier. */
 /* ell = ln|da| + ln|phi'(x)| of entry j of one row and its sign: da and zl in T as
  * gb_act_backward_row forms them, x = zl 2^f (the forward's exponent, clamped) under rescaling */
 static inline double F(gb_rescue_ell)(const T *g, const T *zr, const T *gamma, const T *beta, int scale,
@@ -1552,28 +1578,66 @@ static inline double F(gb_rescue_ell)(const T *g, const T *zr, const T *gamma, c
     return gb_rescue_term((double)da, x, s->act, s->p, sgn);
 }
 
-/* max of ell over rows [r0, r1) (NaN ignored; -inf when none). g, zr (B,N) from row 0 */
+/* max of ell over one row (NaN ignored; -inf when none). g, zr (N,) */
 static double F(gb_rescue_max)(const T *g, const T *zr, const T *gamma, const T *beta, int scale, T alpha,
-                               const gb_scaled *s, int64_t r0, int64_t r1, int64_t N) {
+                               const gb_scaled *s, int64_t N) {
     double m = -INFINITY, sgn;
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t j = 0; j < N; j++) {
-            const double ell = F(gb_rescue_ell)(g + r * N, zr + r * N, gamma, beta, scale, alpha, s, j, &sgn);
-            m = ell > m ? ell : m;
-        }
+    for (int64_t j = 0; j < N; j++) {
+        const double ell = F(gb_rescue_ell)(g, zr, gamma, beta, scale, alpha, s, j, &sgn);
+        m = ell > m ? ell : m;
+    }
     return m;
 }
 
-/* dz rows [r0, r1) = sgn exp(ell - k ln2), rounded once to T; k = floor(top / ln 2), top the largest ell */
-static void F(gb_rescue_rows)(T *dz, const T *g, const T *zr, const T *gamma, const T *beta, int scale,
-                              T alpha, const gb_scaled *s, double top, int64_t k, int64_t r0, int64_t r1, int64_t N) {
+/* one row of dz = sgn exp(ell - k ln2), rounded once to T; k = floor(top / ln 2), top the
+ * row's largest ell. dz, g, zr (N,) */
+static void F(gb_rescue_row)(T *dz, const T *g, const T *zr, const T *gamma, const T *beta, int scale,
+                             T alpha, const gb_scaled *s, double top, int64_t k, int64_t N) {
     const double rem = gb_log_rem(top, k);
     double sgn;
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t j = 0; j < N; j++) {
-            const double ell = F(gb_rescue_ell)(g + r * N, zr + r * N, gamma, beta, scale, alpha, s, j, &sgn);
-            dz[r * N + j] = (T)(sgn * exp((ell - top) + rem));
-        }
+    for (int64_t j = 0; j < N; j++) {
+        const double ell = F(gb_rescue_ell)(g, zr, gamma, beta, scale, alpha, s, j, &sgn);
+        dz[j] = (T)(sgn * exp((ell - top) + rem));
+    }
+}
+
+/* 1 when some entry of x (n,) is not 0 (NaN and inf are not) */
+static int F(gb_nonzero)(const T *x, int64_t n) {
+    int nz = 0;
+    for (int64_t i = 0; i < n; i++) nz |= x[i] != 0;
+    return nz;
+}
+
+/* x (n,) times 2^d, d <= 0 clamped at -GB_EXP_CLAMP: a product by a normal power of two
+ * (rounded once, as ldexp, where the result is subnormal), else ldexp per entry */
+static void F(gb_scale_down)(T *x, int64_t n, int64_t d) {
+    if (d == 0) return;
+    const int s = gb_clamp_exp(d);
+    if (s >= 1 - T_MAX_EXP && s <= T_MAX_EXP) {
+        const T p = TLDEXP((T)1, s);
+        for (int64_t i = 0; i < n; i++) x[i] *= p;
+    } else {
+        for (int64_t i = 0; i < n; i++) x[i] = TLDEXP(x[i], s);
+    }
+}
+
+/* The no-exponent mark of the slots below: INT64_MIN (no row of that kind) */
+#define GB_NOEXP INT64_MIN
+/* the slots' fields (GB_SLOT int64 per thread, one cache line): the largest exponent of the
+ * thread's non-zero rows and of all its rows, of G after the layer (0, 1), of dz (2, 3), of G
+ * after a norm clip (5, 6); 4: the value clip acted on one of its rows */
+enum { GB_SL_GNZ, GB_SL_GALL, GB_SL_DNZ, GB_SL_DALL, GB_SL_ACTED, GB_SL_CNZ, GB_SL_CALL, GB_SLOT = 8 };
+
+/* E over the threads' slots (each of stride GB_SLOT): the largest field nz, or of field all
+ * when no thread has a non-zero row */
+static inline int64_t gb_slots_e(const int64_t *slots, int nth, int nz, int all) {
+    int64_t m = GB_NOEXP, ma = GB_NOEXP;
+    for (int t = 0; t < nth; t++) {
+        const int64_t *s = slots + (size_t)t * GB_SLOT;
+        m = s[nz] > m ? s[nz] : m;
+        ma = s[all] > ma ? s[all] : ma;
+    }
+    return m != GB_NOEXP ? m : ma;
 }
 
 typedef struct {
@@ -1582,17 +1646,17 @@ typedef struct {
     F(gb_cfg) cfg;
     T *dz[2];             /* (B,N) dL/dz_l (layer parity) */
     T *skip;              /* (B,N) dL/dh at the end of the current residual group */
-    double *rsq;          /* (L+1,B) per row: sum of squares of the normalised dL/dh_l */
+    int64_t *rg;          /* (B,) the signal's row exponents */
+    unsigned char *gnz;   /* (B,) the signal's row is not all zero */
+    int64_t *skip_r;      /* (B,) the skip's row exponents */
+    unsigned char *skip_nz; /* (B,) the skip's row is not all zero */
+    int64_t *rdz;         /* (2,B) dz_l's row exponents (layer parity) */
+    double *rsq;          /* (L+1,B) per row: sum of squares of dL/dh_l 2^-sig_e[l] */
     unsigned char *rbad;  /* (L+1,B) per row: dL/dh_l has a non-finite entry */
-    double *rslope;       /* (L,B) per row: PReLU slope sums (PReLU only) */
+    double *rslope;       /* (L,B) per row: PReLU slope sums at exponent sig_e[l+1] (PReLU only) */
     double *gsq;          /* (L,N) per row of dW_l: sum of squares */
-    T *amax;              /* (2,nth) per thread: max|dL/dh_l| over its rows (layer parity) */
-    double *rmax;         /* (2,nth) per thread: max|dz_l| over its rows (rescue set; layer parity) */
-    double *rell;         /* (2,nth) per thread: max ell of dz_l over its rows (rescue; layer parity) */
-    T *gsave;             /* (B,N) dL/dh_{l+1} rows of a thread that may rescue layer l (rescue) */
-    int64_t *rk;          /* (L,) the rescue exponent k of layer l (0: not rescued) */
+    int64_t *slot;        /* (2,nth,GB_SLOT) per thread: exponents and flags (layer parity) */
     double *rowacc;       /* (max(B,N),) the rows' sums of squares (clipping by norm), scratch */
-    double *cslot;        /* (2,nth) per thread: max|g| over its rows (clipping, normalising) */
 } F(gb_bwd);
 
 #if defined(GB_HAVE_VEC) && GB_VL == 4
@@ -1648,79 +1712,103 @@ static void F(gb_row_sumsq)(const T *g, int64_t r0, int64_t r1, int64_t N, doubl
     }
 }
 
-/* Layer l's steps from dz_l (rows [r0, r1), at exponent e) to the slot: batch norm (columns
- * [i0, i1), between two barriers),
- * dh rows = dz rows W (or BLAS: dW, db and dh of all rows), the skip added, max|dh| of the rows
- * into *slot; returns the exponent of dh. pf (or NULL): prefetched from part nr of npf on. */
-static int64_t F(gb_bwd_dh)(F(gb_bwd) *st, int64_t l, int64_t r0, int64_t r1, int64_t i0, int64_t i1, int64_t e,
-                            int64_t skip_e, gb_pf *pf, int64_t nr, int64_t npf, T *slot, gb_barrier *bar,
-                            int *sense) {
-    const gb_stack_arrays *a = st->a;
-    const int64_t B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;
-    T *dz = st->dz[l & 1], *g = (T *)a->G + r0 * N, *dgamma = a->dgamma, *dbeta = a->dbeta;
-    if (st->cfg.bn) { /* by columns, between two barriers: every row of dz in, every column out */
-        gb_barrier_wait(bar, sense);
-        F(gb_batchnorm_backward_impl)(dz, dgamma + l * N, dbeta + l * N, dz, (const T *)a->Z + l * BN,
-                                      (const T *)a->bn_rstd + l * N, (const T *)a->gamma + l * N, B, N, i0, i1);
-        gb_barrier_wait(bar, sense);
-    } else {
-        for (int64_t i = i0; i < i1; i++) dgamma[l * N + i] = dbeta[l * N + i] = 0;
-    }
-    if (st->gemm) { /* one thread: dW, db and dh = dz W by BLAS */
-        F(gb_dense_backward_ctx)(st->gemm, a->G, (T *)a->dW + l * NN, (T *)a->db + l * N, dz,
-                                 (const T *)a->H + l * BN, (const T *)a->W + l * NN, B, N);
-    } else { /* dh rows = dz rows W */
-        F(gb_gemm_own_pf)(g, dz + r0 * N, N, 1, (const T *)a->W + l * NN, NULL, r1 - r0, N, N, pf, nr, npf);
-    }
-    int64_t el = e;
-    if (k && l % k == 0) el = F(gb_add_aligned_impl)(g, e, st->skip + r0 * N, skip_e, 1.0, (r1 - r0) * N);
-    *slot = F(gb_absmax)(g, (r1 - r0) * N, 0);
-    return el;
+/* normalise_row: row r of G scaled by 2^-e so that its max|.| (NaN ignored) lies in [0.5, 1),
+ * e added to its exponent (nothing for a row of zeros or with an infinity); whether the row is
+ * not all zero */
+static void F(gb_norm_row)(F(gb_bwd) *st, int64_t r) {
+    const int64_t N = st->a->N;
+    T *g = (T *)st->a->G + r * N;
+    const T m = F(gb_absmax)(g, N, 0);
+    st->rg[r] += F(gb_scale_pow2)(g, N, m);
+    st->gnz[r] = m > 0 || F(gb_nonzero)(g, N); /* m = 0: a NaN entry is not zero */
 }
 
-/* Signal clipping on the team (the reference's finish: clip, then normalise again), every
- * thread on its rows [r0, r1) of G (already scaled): the whole batch's max|g| (value) or ||g||
- * (norm: the rows' sums of squares added in order) and then max|g| again from the threads'
- * slots or rows after a barrier each, the values gb_clip_signal_impl and gb_normalise_impl
- * take on one thread, so the bits do not depend on the thread count. Returns the exponent;
- * *acted = whether the clip's test fired (the same decision on every thread). */
-static int64_t F(gb_clip_team)(F(gb_bwd) *st, int64_t e, int64_t r0, int64_t r1, int tid, int nth,
-                               gb_barrier *bar, int *sense, int64_t *acted) {
-    const int64_t B = st->a->B, N = st->a->N, n = (r1 - r0) * N;
-    T *G = st->a->G, *g = G + r0 * N;
-    double *slot = st->cslot, *slot2 = st->cslot + nth;
-    int64_t en = e;
-    if (st->cfg.clip == GB_CLIP_VALUE) {
-        int ec;
-        const double t = frexp(st->cfg.c, &ec); /* c = t * 2^ec, t in [0.5, 1) */
-        slot[tid] = (double)F(gb_absmax)(g, n, 1);
-        gb_barrier_wait(bar, sense);
-        double m = 0;
-        for (int q = 0; q < nth; q++) m = (slot[q] != slot[q] || m != m) ? NAN : (slot[q] > m ? slot[q] : m);
-        const int sh = gb_clamp_exp(e - ec);
-        if (ldexp(m, sh) > t) {
-            F(gb_clip_values)(g, n, sh, t);
-            en = ec;
-            *acted = 1;
-        }
-    } else {
-        for (int64_t r = r0; r < r1; r++) st->rowacc[r] = F(gb_sumsq_row)(G + r * N, N, 1.0, 1.0);
-        gb_barrier_wait(bar, sense);
-        double total = 0;
-        for (int64_t r = 0; r < B; r++) total += st->rowacc[r];
-        const double nrm = sqrt(total);
-        if (ldexp(nrm, gb_clamp_exp(e)) > st->cfg.c) {
-            const T s = (T)(st->cfg.c / nrm);
-            for (int64_t i = 0; i < n; i++) g[i] *= s;
-            en = 0;
-            *acted = 1;
-        }
+/* The thread's slot fields nz and all: the largest exponent of its non-zero rows and of its rows */
+static void F(gb_rows_e)(const int64_t *re, const unsigned char *nz, int64_t r0, int64_t r1, int64_t *s,
+                         int fnz, int fall) {
+    int64_t m = GB_NOEXP, ma = GB_NOEXP;
+    for (int64_t r = r0; r < r1; r++) {
+        if (nz[r] && re[r] > m) m = re[r];
+        ma = re[r] > ma ? re[r] : ma;
     }
-    slot2[tid] = (double)F(gb_absmax)(g, n, 0);
+    s[fnz] = m;
+    s[fall] = ma;
+}
+
+/* The value clip of one row (reference finish, step 2): the row's true max|g| 2^re above c =
+ * t 2^ec (a NaN entry: no) -> g = clamp(g 2^(re - ec), -t, t) (rounded to T first), re = ec.
+ * Returns whether it acted. g (N,) */
+static int F(gb_clip_value_row)(T *g, int64_t N, int64_t *re, int ec, double t) {
+    const double m = (double)F(gb_absmax)(g, N, 1);
+    const int sh = gb_clamp_exp(*re - ec);
+    if (!(ldexp(m, sh) > t)) return 0;
+    F(gb_clip_values)(g, N, sh, t);
+    *re = ec;
+    return 1;
+}
+
+/* The end of finish for rows [r0, r1) at the layer's exponent e: rows of zeros take e, the
+ * sums of squares of the rows times 4^(rg - e) (what ||G 2^(rg - e)|| sums, in row order after
+ * the layers), non-finite rows */
+static void F(gb_finish_rows)(F(gb_bwd) *st, int64_t l, int64_t e, int64_t r0, int64_t r1) {
+    const int64_t B = st->a->B, N = st->a->N;
+    double *rsq = st->rsq + l * B;
+    F(gb_row_sumsq)(st->a->G, r0, r1, N, rsq, st->rbad + l * B);
+    for (int64_t r = r0; r < r1; r++) {
+        if (!st->gnz[r]) st->rg[r] = e;
+        const int64_t d = st->rg[r] - e;
+        if (d) rsq[r] = ldexp(rsq[r], 2 * gb_clamp_exp(d));
+    }
+}
+
+/* dz columns [i0, i1) of every row r times 2^(rdz[r] - e) (the rows brought to the layer's
+ * exponent for dW and db, or for batch norm): each thread its columns, those of its dW rows */
+static void F(gb_dz_to_e)(T *dz, const int64_t *rdz, int64_t e, int64_t B, int64_t N, int64_t i0, int64_t i1) {
+    for (int64_t r = 0; r < B; r++) F(gb_scale_down)(dz + r * N + i0, i1 - i0, rdz[r] - e);
+}
+
+/* Signal clipping by norm on the team, after the layer's barrier (every thread on its rows
+ * [r0, r1) of G, normalised, at the layer's exponent e): ||G 2^(rg - e)|| from the rows' sums of
+ * squares times 4^(rg - e), added in order after a barrier; where 2^e times it exceeds c, every
+ * row G *= c / n, rg -= e, normalised again, and the new exponent from the slots after one
+ * more barrier (the decision is the same on every thread). Returns the exponent. */
+static int64_t F(gb_clip_norm_team)(F(gb_bwd) *st, int64_t e, int64_t r0, int64_t r1, int tid, int nth,
+                                    gb_barrier *bar, int *sense, int64_t *slots, int64_t *acted) {
+    const int64_t B = st->a->B, N = st->a->N;
+    T *G = st->a->G;
+    for (int64_t r = r0; r < r1; r++)
+        st->rowacc[r] = ldexp(F(gb_sumsq_row)(G + r * N, N, 1.0, 1.0), 2 * gb_clamp_exp(st->rg[r] - e));
     gb_barrier_wait(bar, sense);
-    double m = 0;
-    for (int q = 0; q < nth; q++) m = slot2[q] > m ? slot2[q] : m;
-    return en + F(gb_scale_pow2)(g, n, (T)m);
+    double total = 0;
+    for (int64_t r = 0; r < B; r++) total += st->rowacc[r];
+    const double nrm = sqrt(total);
+    if (!(ldexp(nrm, gb_clamp_exp(e)) > st->cfg.c)) return e;
+    const T s = (T)(st->cfg.c / nrm);
+    for (int64_t r = r0; r < r1; r++) {
+        T *g = G + r * N;
+        for (int64_t j = 0; j < N; j++) g[j] *= s;
+        st->rg[r] -= e;
+        F(gb_norm_row)(st, r);
+    }
+    *acted = 1;
+    F(gb_rows_e)(st->rg, st->gnz, r0, r1, slots + (size_t)tid * GB_SLOT, GB_SL_CNZ, GB_SL_CALL);
+    gb_barrier_wait(bar, sense);
+    return gb_slots_e(slots, nth, GB_SL_CNZ, GB_SL_CALL);
+}
+
+/* dW_l and db_l from dz_l (its rows at the layer's exponent): dW rows [i0, i1) and db's entries
+ * there (own kernels, pf from part q of npf), or all of them by BLAS */
+static void F(gb_bwd_dw)(F(gb_bwd) *st, int64_t l, int64_t i0, int64_t i1, gb_pf *pf, int64_t q, int64_t npf) {
+    const gb_stack_arrays *a = st->a;
+    const int64_t B = a->B, N = a->N, BN = B * N, NN = N * N;
+    T *dz = st->dz[l & 1], *dW = (T *)a->dW + l * NN, *db = (T *)a->db + l * N;
+    const T *h = (const T *)a->H + l * BN;
+    if (st->gemm) {
+        F(gb_dense_dw_ctx)(st->gemm, dW, db, dz, h, B, N);
+        return;
+    }
+    F(gb_gemm_own_pf)(dW + i0 * N, dz + i0, 1, N, h, NULL, i1 - i0, N, B, pf, q, npf);
+    F(gb_colsum)(db, dz, B, N, i0, i1);
 }
 
 static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
@@ -1729,37 +1817,45 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
     const int64_t L = a->L, B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;
     const T *W = a->W, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
     const T *H = a->H, *Z = a->Z;
-    T *G = a->G, *dW = a->dW, *db = a->db;
-    int64_t *sig_e = a->sig_e;
+    T *G = a->G, *dW = a->dW;
+    int64_t *sig_e = a->sig_e, *rg = st->rg;
     const int64_t *fexp = a->fexp;
     const int f32 = sizeof(T) == sizeof(float);
+    const int rescue = gb_rescue_act(st->cfg.act);
+    int ec = 0;
+    const double ct = st->cfg.clip == GB_CLIP_VALUE ? frexp(st->cfg.c, &ec) : 0; /* c = ct 2^ec */
     int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
     int64_t i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
-    T *g = G + r0 * N;
     int sense = 0;
-    /* the top signal: normalised (the caller has clipped it); its scaling is applied to this
-     * thread's rows where they are next read (the activation backward), as every later one */
-    T *slot = st->amax + (L & 1) * nth;
-    slot[tid] = F(gb_absmax)(g, nr * N, 0);
-    int64_t e = sig_e[L], skip_e = 0; /* read before the barrier: thread 0 writes it after */
+    /* the top signal: its rows normalised (the caller has clipped it), finish without the clip */
+    int64_t *slots = st->slot + (size_t)(L & 1) * nth * GB_SLOT;
+    const int64_t etop = sig_e[L]; /* read before the barrier: thread 0 writes it after */
+    for (int64_t r = r0; r < r1; r++) {
+        rg[r] = etop + a->row_e[r];
+        F(gb_norm_row)(st, r);
+    }
+    F(gb_rows_e)(rg, st->gnz, r0, r1, slots + (size_t)tid * GB_SLOT, GB_SL_GNZ, GB_SL_GALL);
     gb_barrier_wait(bar, &sense);
-    T m = 0;
-    for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
-    e += F(gb_scale_pow2)(g, nr * N, m);
-    F(gb_row_sumsq)(G, r0, r1, N, st->rsq + L * B, st->rbad + L * B);
+    int64_t e = gb_slots_e(slots, nth, GB_SL_GNZ, GB_SL_GALL); /* E(rows) of dL/dh_{l+1} */
+    F(gb_finish_rows)(st, L, e, r0, r1);
     if (tid == 0) sig_e[L] = e;
     for (int64_t l = L - 1; l >= 0; l--) {
         if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 */
         r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
         i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
-        g = G + r0 * N;
+        slots = st->slot + (size_t)(l & 1) * nth * GB_SLOT;
+        int64_t *my = slots + (size_t)tid * GB_SLOT;
+        T *g = G + r0 * N;
         const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
         const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, fexp[l], f32);
-        const int end_group = k && (l + 1) % k == 0;
+        const int end_group = k && (l + 1) % k == 0, start_group = k && l % k == 0;
+        const T alpha = (T)st->cfg.alpha;
+        const T *gam = st->cfg.bn ? gamma + l * N : NULL, *bet = st->cfg.bn ? beta + l * N : NULL;
         T *dz = st->dz[l & 1];
+        int64_t *rdz = st->rdz + (l & 1) * B;
         if (end_group) { /* dL/dh_{l+1} also flows down the skip */
             memcpy(st->skip + r0 * N, g, sizeof(T) * (size_t)(nr * N));
-            skip_e = e;
+            for (int64_t r = r0; r < r1; r++) st->skip_r[r] = rg[r], st->skip_nz[r] = st->gnz[r];
         }
         const T *Zl = Z + l * BN;
         /* layer l-1's W, z rows, h and dW rows, prefetched a share per activation row and per
@@ -1772,67 +1868,94 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             gb_pf_add(&pf, H + (l - 1) * BN, BN * (int64_t)sizeof(T), 0);
             gb_pf_add(&pf, dW + (l - 1) * NN + i0 * N, (i1 - i0) * N * (int64_t)sizeof(T), 1);
         }
-        double dzmax = 0; /* max|dz_l| over this thread's rows (the rescue's), NaN ignored */
+        /* dz rows = da phi'(zl), each at its row's exponent, rescued where saturated */
+        int64_t dnz = GB_NOEXP, dall = GB_NOEXP;
         for (int64_t r = r0; r < r1; r++) {
             gb_pf_part(&pf, r - r0, npf);
-            const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N,
-                                                    st->cfg.bn ? gamma + l * N : NULL,
-                                                    st->cfg.bn ? beta + l * N : NULL, end_group,
-                                                    (T)st->cfg.alpha, &sc, N, st->rmax ? &dzmax : NULL);
-            if (st->rslope) st->rslope[l * B + r] = s;
-        }
-        /* The rescue (st->rmax) is decided on the global max|dz_l|, known only after a barrier:
-         * dh is computed first as if no layer were rescued, and the max|dz_l| slots are
-         * exchanged in the barrier of the max|dh| slots. A thread whose own max|dz_l| is below
-         * the threshold (rare) first keeps its rows of g (dh overwrites them), which the rescue
-         * reads: when every thread's max is below (the same decision on every thread), the
-         * layer is rescued and its dz, dh rows and slots computed again (gb_bwd_dh). */
-        const int maybe = st->rmax && dzmax < GB_RESCUE_BELOW(f32);
-        if (maybe) memcpy(st->gsave + r0 * N, g, sizeof(T) * (size_t)(nr * N));
-        if (st->rmax) st->rmax[(l & 1) * nth + tid] = dzmax;
-        slot = st->amax + (l & 1) * nth;
-        int64_t el = F(gb_bwd_dh)(st, l, r0, r1, i0, i1, e, skip_e, &pf, nr, npf, slot + tid, bar, &sense);
-        gb_barrier_wait(bar, &sense); /* every row of dz_l, every max|dh| and max|dz_l| slot written */
-        if (st->rmax) {
-            const double *ms = st->rmax + (l & 1) * nth;
-            double mz = 0;
-            for (int t = 0; t < nth; t++) mz = ms[t] > mz ? ms[t] : mz;
-            int64_t kr = 0;
-            if (mz < GB_RESCUE_BELOW(f32)) { /* rare: every thread takes this branch (and kept g) */
-                const int scale = end_group;
-                const T *gam = st->cfg.bn ? gamma + l * N : NULL, *bet = st->cfg.bn ? beta + l * N : NULL;
-                double *es = st->rell + (l & 1) * nth;
-                es[tid] = F(gb_rescue_max)(st->gsave, Zl, gam, bet, scale, (T)st->cfg.alpha, &sc, r0, r1, N);
-                gb_barrier_wait(bar, &sense); /* every thread's max ell written */
-                double M = -INFINITY;
-                for (int t = 0; t < nth; t++) M = es[t] > M ? es[t] : M;
-                if (isfinite(M) && M >= GB_RESCUE_LN_MIN) { /* below: beyond any int64 exponent, stays 0 */
-                    kr = (int64_t)floor(M / GB_LN2);
-                    F(gb_rescue_rows)(dz, st->gsave, Zl, gam, bet, scale, (T)st->cfg.alpha, &sc, M, kr, r0, r1, N);
-                    /* dz_l = dz 2^(e + k): dW_l, db_l and dh_l carry it */
-                    el = F(gb_bwd_dh)(st, l, r0, r1, i0, i1, e + kr, skip_e, NULL, 0, 1, slot + tid, bar, &sense);
-                    gb_barrier_wait(bar, &sense); /* every row of the rescued dz_l and every slot written */
+            double mr = 0; /* max|dz row|, NaN ignored */
+            const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group,
+                                                    alpha, &sc, N, &mr);
+            if (st->rslope) st->rslope[l * B + r] = ldexp(s, gb_clamp_exp(rg[r] - e)); /* at E */
+            int64_t re = rg[r];
+            int nz = mr > 0;
+            if (rescue && mr < GB_RESCUE_BELOW(f32)) {
+                const double top = F(gb_rescue_max)(G + r * N, Zl + r * N, gam, bet, end_group, alpha, &sc, N);
+                if (isfinite(top) && top >= GB_RESCUE_LN_MIN) { /* below: beyond any int64 exponent */
+                    const int64_t kr = (int64_t)floor(top / GB_LN2);
+                    F(gb_rescue_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group, alpha, &sc, top, kr, N);
+                    re += kr;
+                    nz = 1;
                 }
             }
-            if (tid == 0) st->rk[l] = kr;
+            if (!nz) nz = F(gb_nonzero)(dz + r * N, N);
+            rdz[r] = re;
+            if (nz && re > dnz) dnz = re;
+            dall = re > dall ? re : dall;
         }
-        if (!st->gemm) { /* dW rows [i0, i1) = dz^T h over the whole batch, db likewise */
-            F(gb_gemm_own_pf)(dW + l * NN + i0 * N, dz + i0, 1, N, H + l * BN, NULL, i1 - i0, N, B, &pf,
-                              nr + nb1, npf);
-            F(gb_colsum)(db + l * N, dz, B, N, i0, i1);
+        my[GB_SL_DNZ] = dnz;
+        my[GB_SL_DALL] = dall;
+        int64_t edz = 0; /* E(rows) of dz_l: dz_e[l] */
+        if (st->cfg.bn) { /* couples rows: all brought to E first; by columns between two barriers */
+            gb_barrier_wait(bar, &sense);
+            edz = gb_slots_e(slots, nth, GB_SL_DNZ, GB_SL_DALL);
+            F(gb_dz_to_e)(dz, rdz, edz, B, N, i0, i1);
+            F(gb_batchnorm_backward_impl)(dz, (T *)a->dgamma + l * N, (T *)a->dbeta + l * N, dz, Zl,
+                                          (const T *)a->bn_rstd + l * N, gamma + l * N, B, N, i0, i1);
+            gb_barrier_wait(bar, &sense);
+        } else {
+            T *dgamma = a->dgamma, *dbeta = a->dbeta;
+            for (int64_t i = i0; i < i1; i++) dgamma[l * N + i] = dbeta[l * N + i] = 0;
         }
+        /* dh rows = dz rows W (each row keeps its exponent) */
+        if (st->gemm)
+            F(gb_dense_dh_ctx)(st->gemm, G, dz, W + l * NN, B, N);
+        else
+            F(gb_gemm_own_pf)(g, dz + r0 * N, N, 1, W + l * NN, NULL, nr, N, N, &pf, nr, npf);
+        /* the skip added row by row, at the larger exponent (a row of zeros takes the other's),
+         * then finish: normalise, the value clip */
+        int64_t acted = 0;
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t ea = st->cfg.bn ? edz : rdz[r];
+            if (start_group) {
+                int64_t es = st->skip_r[r];
+                T *gr = G + r * N;
+                if (ea > es) {
+                    if (!F(gb_nonzero)(gr, N)) ea = es; /* dh row of zeros: the skip's exponent */
+                } else if (es > ea && !st->skip_nz[r] && F(gb_nonzero)(gr, N)) {
+                    es = ea; /* skip row of zeros: dh's */
+                }
+                ea = F(gb_add_aligned_impl)(gr, ea, st->skip + r * N, es, 1.0, N);
+            }
+            rg[r] = ea;
+            F(gb_norm_row)(st, r);
+            if (st->cfg.clip == GB_CLIP_VALUE && F(gb_clip_value_row)(G + r * N, N, rg + r, ec, ct)) {
+                acted = 1;
+                F(gb_norm_row)(st, r);
+            }
+        }
+        F(gb_rows_e)(rg, st->gnz, r0, r1, my, GB_SL_GNZ, GB_SL_GALL);
+        my[GB_SL_ACTED] = acted;
+        gb_barrier_wait(bar, &sense); /* every row of dz_l and of dL/dh_l, every slot written */
+        if (!st->cfg.bn) {
+            edz = gb_slots_e(slots, nth, GB_SL_DNZ, GB_SL_DALL);
+            if (st->gemm)
+                F(gb_dz_to_e)(dz, rdz, edz, B, N, 0, N);
+            else
+                F(gb_dz_to_e)(dz, rdz, edz, B, N, i0, i1);
+        }
+        e = gb_slots_e(slots, nth, GB_SL_GNZ, GB_SL_GALL);
+        for (int t = 0; t < nth; t++) acted |= slots[(size_t)t * GB_SLOT + GB_SL_ACTED];
+        F(gb_bwd_dw)(st, l, i0, i1, &pf, nr + nb1, npf);
         for (int64_t i = F(gb_sumsq_rows4)(dW + l * NN, F(gb_sumsq_rows8)(dW + l * NN, i0, i1, N, st->gsq + l * N), i1,
                                            N, st->gsq + l * N);
              i < i1; i++)
             st->gsq[l * N + i] = F(gb_sumsq_row)(dW + l * NN + i * N, N, 1.0, 1.0);
-        m = 0;
-        for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
-        e = el + F(gb_scale_pow2)(g, nr * N, m);
-        int64_t acted = 0;
-        if (st->cfg.clip) e = F(gb_clip_team)(st, e, r0, r1, tid, nth, bar, &sense, &acted);
-        F(gb_row_sumsq)(G, r0, r1, N, st->rsq + l * B, st->rbad + l * B);
+        if (st->cfg.clip == GB_CLIP_NORM)
+            e = F(gb_clip_norm_team)(st, e, r0, r1, tid, nth, bar, &sense, slots, &acted);
+        F(gb_finish_rows)(st, l, e, r0, r1);
         if (tid == 0) {
             sig_e[l] = e;
+            a->dz_e[l] = edz;
             a->clip_acted[l] = acted; /* [L] is the caller's: it clipped the top signal */
         }
     }
@@ -1850,24 +1973,20 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.dz[0] = F(gb_alloc)(sizeof(T) * BN);
     st.dz[1] = F(gb_alloc)(sizeof(T) * BN);
     st.skip = st.cfg.k ? F(gb_alloc)(sizeof(T) * BN) : NULL;
+    st.rg = F(gb_alloc)(sizeof(int64_t) * (size_t)B);
+    st.gnz = F(gb_alloc)((size_t)B);
+    st.skip_r = F(gb_alloc)(sizeof(int64_t) * (size_t)B);
+    st.skip_nz = F(gb_alloc)((size_t)B);
+    st.rdz = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)B);
     st.rsq = F(gb_alloc)(sizeof(double) * L1B);
     st.rbad = F(gb_alloc)(L1B);
     st.rslope = st.cfg.act == GB_PRELU ? F(gb_alloc)(sizeof(double) * (size_t)(L * B)) : NULL;
     st.gsq = F(gb_alloc)(sizeof(double) * (size_t)(L * N));
-    st.amax = F(gb_alloc)(sizeof(T) * 2 * (size_t)nth);
-    const int rescue = gb_rescue_act(st.cfg.act);
-    if (rescue) {
-        st.rmax = F(gb_alloc)(sizeof(double) * 2 * (size_t)nth);
-        st.rell = F(gb_alloc)(sizeof(double) * 2 * (size_t)nth);
-        st.rk = F(gb_alloc)(sizeof(int64_t) * (size_t)L);
-        st.gsave = F(gb_alloc)(sizeof(T) * BN);
-    }
+    st.slot = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)nth * GB_SLOT);
     st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
-    st.cslot = F(gb_alloc)(sizeof(double) * 2 * (size_t)nth);
     rc = GB_ENOMEM;
-    if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rsq && st.rbad &&
-        (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.amax && st.rowacc && st.cslot &&
-        (!rescue || (st.rmax && st.rell && st.rk && st.gsave))) {
+    if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rg && st.gnz && st.skip_r && st.skip_nz && st.rdz &&
+        st.rsq && st.rbad && (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.slot && st.rowacc) {
         rc = GB_OK;
         gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
         /* norms, slope sums and the first non-finite signal: rows combined in order */
@@ -1895,24 +2014,24 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
                 a->gnorm_m[l] = sqrt(g);
             else
                 a->gnorm_m[l] = F(gb_norm_scaled)((const T *)a->dW + l * N * N, N, N, st.rowacc, &ge);
-            a->dz_e[l] = a->sig_e[l + 1] + (st.rk ? st.rk[l] : 0);
             a->gnorm_e[l] = a->dz_e[l] + a->fexp[l] + ge;
         }
+        for (int64_t r = 0; r < B; r++) a->row_e[r] = st.rg[r] - a->sig_e[0]; /* 0 for rows of zeros */
     }
     free(st.dz[0]);
     free(st.dz[1]);
     free(st.skip);
+    free(st.rg);
+    free(st.gnz);
+    free(st.skip_r);
+    free(st.skip_nz);
+    free(st.rdz);
     free(st.rsq);
     free(st.rbad);
     free(st.rslope);
     free(st.gsq);
-    free(st.amax);
-    free(st.rmax);
-    free(st.rell);
-    free(st.rk);
-    free(st.gsave);
+    free(st.slot);
     free(st.rowacc);
-    free(st.cslot);
     return rc;
 }
 
