@@ -15,13 +15,16 @@
  * forward, the activation rows, dh = dz W) and of 4 dW rows (dW = dz^T h, db). The forward
  * has no barrier but the rescaling's (the global max|h|): each thread transposes the W two
  * layers ahead, into its own buffer (narrow layers) or its share of a shared one, whose other
- * shares it waits for (gb_forward_member, GB_OWN_WT_MAX_N). The backward has one barrier per
- * layer (the global max|g| of the normalisation, all of dz before dW); that of
- * the saturating activations also exchanges the global max|dz| of the rescue (gb_rescue_act),
- * dh computed as if no layer were rescued, and a rescued layer is computed again behind two
- * more barriers. Every entry is computed by one thread with the same code whatever the thread
- * count, statistics are kept per row and combined in row order after the layers, so results
- * are bit-identical for any thread count, and a team may hand over to one thread mid-call.
+ * shares it waits for (gb_forward_member, GB_OWN_WT_MAX_N). The backward carries one exponent
+ * per batch row (gb_backward_member): normalising, the saturated-derivative rescue and the
+ * value clip are each row's own, so a thread's rows need nothing of the others'; it has one
+ * barrier per layer (the layer's exponents E of dz and of dh, the largest of the non-zero rows',
+ * from per-thread slots; all of dz before dW, whose columns each thread brings to E in place
+ * for its own dW rows), batch norm its two (the first also gives dz's E, which the rows take
+ * before it), the norm clip one or two. Every entry is computed by one thread with the same
+ * code whatever the thread count, statistics are kept per row and combined in row order after
+ * the layers, so results are bit-identical for any thread count, and a team may hand over to
+ * one thread mid-call.
  */
 #include <stdlib.h>
 #include <string.h>
