@@ -1617,11 +1617,19 @@ static void F(gb_scale_down)(T *x, int64_t n, int64_t d) {
     if (d == 0) return;
     const int s = gb_clamp_exp(d);
     if (s >= 1 - T_MAX_EXP && s <= T_MAX_EXP) {
-        const T p = TLDEXP((T)1, s);
+        const T p = (T)gb_pow2_f64(s); /* (no libm call per row) */
         for (int64_t i = 0; i < n; i++) x[i] *= p;
     } else {
         for (int64_t i = 0; i < n; i++) x[i] = TLDEXP(x[i], s);
     }
+}
+
+#ifndef GB_ROWS_DEFINED /* not per type */
+#define GB_ROWS_DEFINED
+/* ldexp(x, e): the product by 2^e where that is a normal double (rounded once, as ldexp; no
+ * libm call per row) */
+static inline double gb_ldexp_d(double x, int e) {
+    return e >= -1022 && e <= 1023 ? x * gb_pow2_f64(e) : ldexp(x, e);
 }
 
 /* The no-exponent mark of the slots below: INT64_MIN (no row of that kind) */
@@ -1642,6 +1650,7 @@ static inline int64_t gb_slots_e(const int64_t *slots, int nth, int nz, int all)
     }
     return m != GB_NOEXP ? m : ma;
 }
+#endif
 
 typedef struct {
     const gb_stack_arrays *a;
@@ -1744,7 +1753,7 @@ static void F(gb_rows_e)(const int64_t *re, const unsigned char *nz, int64_t r0,
 static int F(gb_clip_value_row)(T *g, int64_t N, int64_t *re, int ec, double t) {
     const double m = (double)F(gb_absmax)(g, N, 1);
     const int sh = gb_clamp_exp(*re - ec);
-    if (!(ldexp(m, sh) > t)) return 0;
+    if (!(gb_ldexp_d(m, sh) > t)) return 0;
     F(gb_clip_values)(g, N, sh, t);
     *re = ec;
     return 1;
@@ -1760,7 +1769,7 @@ static void F(gb_finish_rows)(F(gb_bwd) *st, int64_t l, int64_t e, int64_t r0, i
     for (int64_t r = r0; r < r1; r++) {
         if (!st->gnz[r]) st->rg[r] = e;
         const int64_t d = st->rg[r] - e;
-        if (d) rsq[r] = ldexp(rsq[r], 2 * gb_clamp_exp(d));
+        if (d) rsq[r] = gb_ldexp_d(rsq[r], 2 * gb_clamp_exp(d));
     }
 }
 
@@ -1780,7 +1789,7 @@ static int64_t F(gb_clip_norm_team)(F(gb_bwd) *st, int64_t e, int64_t r0, int64_
     const int64_t B = st->a->B, N = st->a->N;
     T *G = st->a->G;
     for (int64_t r = r0; r < r1; r++)
-        st->rowacc[r] = ldexp(F(gb_sumsq_row)(G + r * N, N, 1.0, 1.0), 2 * gb_clamp_exp(st->rg[r] - e));
+        st->rowacc[r] = gb_ldexp_d(F(gb_sumsq_row)(G + r * N, N, 1.0, 1.0), 2 * gb_clamp_exp(st->rg[r] - e));
     gb_barrier_wait(bar, sense);
     double total = 0;
     for (int64_t r = 0; r < B; r++) total += st->rowacc[r];
@@ -1878,7 +1887,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             double mr = 0; /* max|dz row|, NaN ignored */
             const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group,
                                                     alpha, &sc, N, &mr);
-            if (st->rslope) st->rslope[l * B + r] = ldexp(s, gb_clamp_exp(rg[r] - e)); /* at E */
+            if (st->rslope) st->rslope[l * B + r] = gb_ldexp_d(s, gb_clamp_exp(rg[r] - e)); /* at E */
             int64_t re = rg[r];
             int nz = mr > 0;
             if (rescue && mr < GB_RESCUE_BELOW(f32)) {
