@@ -233,7 +233,7 @@ def _run(forward, backward, stack, params, x, top=True, rescale=None):
     forward(icfg, fcfg, params.W, params.b, params.gamma, params.beta, params.slope, o["H"], o["Z"],
             o["bn_mean"], o["bn_rstd"], o["fexp"], o["act_mean"], o["act_std"], o["saturation"],
             o["dead"], o["info"])
-    o.update(G=o["H"][L].copy(), dW=np.empty((L, N, N), dt), db=np.empty((L, N), dt),
+    o.update(G=o["H"][L].copy(), row_e=np.zeros(o["H"].shape[1], np.int64), dW=np.empty((L, N, N), dt), db=np.empty((L, N), dt),
              dgamma=np.empty((L, N), dt), dbeta=np.empty((L, N), dt), dslope=np.empty(L, dt),
              sig_m=np.empty(L + 1), sig_e=np.zeros(L + 1, np.int64), gnorm_m=np.empty(L),
              gnorm_e=np.zeros(L, np.int64), dz_e=np.zeros(L, np.int64), clip_acted=np.zeros(L + 1, np.int64))
@@ -242,7 +242,7 @@ def _run(forward, backward, stack, params, x, top=True, rescale=None):
     if top:
         o["sig_e"][L] = ref.top_signal(o["G"], int(o["fexp"][L]), abi.signal_clip(stack), stack.clip_threshold)
     backward(icfg, fcfg, params.W, params.gamma, params.beta, params.slope, o["H"], o["Z"],
-             o["bn_rstd"], o["fexp"], o["G"], o["dW"], o["db"], o["dgamma"], o["dbeta"], o["dslope"],
+             o["bn_rstd"], o["fexp"], o["G"], o["row_e"], o["dW"], o["db"], o["dgamma"], o["dbeta"], o["dslope"],
              o["sig_m"], o["sig_e"], o["gnorm_m"], o["gnorm_e"], o["dz_e"], o["clip_acted"], o["info"])
     return o
 
