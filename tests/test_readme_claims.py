@@ -361,7 +361,7 @@ def test_confident_heads_send_down_what_the_readme_says():
     from gradbench.loss import head_gradient
 
     m = _find(r"a right answer at a margin of (\d+) sends down dL/dy = e\^-\d+ = ([\d.]+e-\d+), not 0\) and "
-              r"carries a power of two, so a margin of (\d+) gives 10\^(-\d+)")
+              r"carries a power of two per sample, so a margin of (\d+) gives 10\^(-\d+)")
     small, stated, big, decades = int(m.group(1)), float(m.group(2)), int(m.group(3)), int(m.group(4))
     _, _, dy, e = head_gradient("bce", np.array([[float(small)]]), np.array([[1.0]]), 1)
     assert float(-np.ldexp(dy[0, 0], e)) == pytest.approx(math.exp(-small), rel=1e-15)
