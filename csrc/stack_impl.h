@@ -1665,7 +1665,7 @@ typedef struct {
     int64_t *rdz;         /* (2,B) dz_l's row exponents (layer parity) */
     double *rsq;          /* (L+1,B) per row: sum of squares of dL/dh_l 2^-sig_e[l] */
     unsigned char *rbad;  /* (L+1,B) per row: dL/dh_l has a non-finite entry */
-    double *rslope;       /* (L,B) per row: PReLU slope sums at exponent sig_e[l+1] (PReLU only) */
+    double *rslope;       /* (L,B) per row: PReLU slope sums at exponent dz_e[l] (PReLU only) */
     double *gsq;          /* (L,N) per row of dW_l: sum of squares */
     int64_t *slot;        /* (2,nth,GB_SLOT) per thread: exponents and flags (layer parity) */
     double *rowacc;       /* (max(B,N),) the rows' sums of squares (clipping by norm), scratch */
@@ -1887,7 +1887,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             double mr = 0; /* max|dz row|, NaN ignored */
             const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group,
                                                     alpha, &sc, N, &mr);
-            if (st->rslope) st->rslope[l * B + r] = gb_ldexp_d(s, gb_clamp_exp(rg[r] - e)); /* at E */
+            if (st->rslope) st->rslope[l * B + r] = s; /* at the row's exponent: brought to dz_e[l] below */
             int64_t re = rg[r];
             int nz = mr > 0;
             if (rescue && mr < GB_RESCUE_BELOW(f32)) {
@@ -1955,6 +1955,9 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             else
                 F(gb_dz_to_e)(dz, rdz, edz, B, N, i0, i1);
         }
+        if (st->rslope) /* PReLU (never rescued): the rows' slope sums at dz's exponent, which labels them */
+            for (int64_t r = r0; r < r1; r++)
+                st->rslope[l * B + r] = gb_ldexp_d(st->rslope[l * B + r], gb_clamp_exp(rdz[r] - edz));
         e = gb_slots_e(slots, nth, GB_SL_GNZ, GB_SL_GALL);
         for (int t = 0; t < nth; t++) acted |= slots[(size_t)t * GB_SLOT + GB_SL_ACTED];
         F(gb_bwd_dw)(st, l, i0, i1, &pf, nr + nb1, npf);
