@@ -123,12 +123,11 @@ def test_every_activation_same_bits_for_any_thread_count(act, isa):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("act, sigma_w", [("tanh", 1e4), ("sigmoid", 3e3), ("tanh", 1e3)])
 def test_rescued_layers_same_bits_for_any_thread_count(act, sigma_w, dtype):
-    """The backward computes dh before it knows whether the layer is rescued (the max|dz| of the
-    whole batch comes with the max|dh| slots, one barrier) and computes the layer again when it
-    is: 1, 2 and 3 threads and hand-overs give the same bits, with and without residuals, on
-    stacks where layers are rescued (gnorm exponents far below the type's range) and where the
-    rows of only some threads are below the rescue threshold (B = 13: rows 4/4/5 on three
-    threads; sigma_w / 3: fewer layers rescued, more near the threshold)."""
+    """Each row is rescued on its own (its max|dz| below the bound), before dh = dz W, by the
+    thread that owns it: 1, 2 and 3 threads and hand-overs give the same bits, with and without
+    residuals, on stacks where rows are rescued (gnorm exponents far below the type's range) and
+    where the rows of only some threads are below the rescue threshold (B = 13: rows 4/4/5 on
+    three threads; sigma_w / 3: fewer rows rescued, more near the threshold)."""
     rescued = 0
     for residual, sw in ((0, sigma_w), (2, sigma_w), (0, sigma_w / 3)):
         stack = gb.Stack(depth=24, width=16, activation=act, init="normal", sigma_w=sw, sigma_b=0.0,
