@@ -53,6 +53,7 @@ def _call(opts, stack, params, icfg, fcfg, fwd, bwd):
     L = stack.depth
     bwd["G"][...] = fwd["H"][L]
     bwd["sig_e"][L] = fwd["fexp"][L]
+    bwd["row_e"][...] = 0  # the call writes dL/dh_0's row exponents into it
     arrays = {**fwd, **bwd}
     cb.backward_with(opts, icfg, fcfg, params.W, params.gamma, params.beta, params.slope,
                      *(arrays[a.name] for a in abi.BACKWARD[6:]))
