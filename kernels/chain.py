@@ -103,6 +103,18 @@ def clip_signal(g, e, mode, c):
 
 
 @njit(**JIT)
+def _clip_row(g, i, d, t):
+    """Row i of g times 2**d (rounded to g's dtype), clamped to [-t, t]."""
+    for j in range(g.shape[1]):
+        x = np.float64(_ldexp(g[i, j], d))
+        if x > t:
+            x = t
+        elif x < -t:
+            x = -t
+        g[i, j] = x
+
+
+@njit(**JIT)
 def clip_signal_acted(g, e, mode, c):
     """:func:`clip_signal`, and whether it acted (its own test, as
     :func:`gradbench.reference.clip_signal_acted`): (exponent, 1 or 0)."""
@@ -121,13 +133,7 @@ def clip_signal_acted(g, e, mode, c):
         d = _clamp(e - ec)
         if math.ldexp(m, int(d)) > t:
             for i in range(B):
-                for j in range(N):
-                    x = np.float64(_ldexp(g[i, j], d))
-                    if x > t:
-                        x = t
-                    elif x < -t:
-                        x = -t
-                    g[i, j] = x
+                _clip_row(g, i, d, t)
             return ec, np.int64(1)
     elif mode == CLIP_NORM:
         n = math.sqrt(sumsq(g))
@@ -361,43 +367,30 @@ def _sum_block_rows(x, start, stop, sc, N):
     x[k] * sc[k // N]: the same partial sums, each entry the value of the scaled copy."""
     r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
     n8 = start + ((stop - start) // 8) * 8
-    if N % 8 == 0:  # eight entries in one row: one factor
-        for i in range(start, n8, 8):
-            f = sc[i // N]
-            v0 = np.float64(x[i]) * f
-            v1 = np.float64(x[i + 1]) * f
-            v2 = np.float64(x[i + 2]) * f
-            v3 = np.float64(x[i + 3]) * f
-            v4 = np.float64(x[i + 4]) * f
-            v5 = np.float64(x[i + 5]) * f
-            v6 = np.float64(x[i + 6]) * f
-            v7 = np.float64(x[i + 7]) * f
-            r0 += v0 * v0
-            r1 += v1 * v1
-            r2 += v2 * v2
-            r3 += v3 * v3
-            r4 += v4 * v4
-            r5 += v5 * v5
-            r6 += v6 * v6
-            r7 += v7 * v7
-    else:
-        for i in range(start, n8, 8):
-            v0 = np.float64(x[i]) * sc[i // N]
-            v1 = np.float64(x[i + 1]) * sc[(i + 1) // N]
-            v2 = np.float64(x[i + 2]) * sc[(i + 2) // N]
-            v3 = np.float64(x[i + 3]) * sc[(i + 3) // N]
-            v4 = np.float64(x[i + 4]) * sc[(i + 4) // N]
-            v5 = np.float64(x[i + 5]) * sc[(i + 5) // N]
-            v6 = np.float64(x[i + 6]) * sc[(i + 6) // N]
-            v7 = np.float64(x[i + 7]) * sc[(i + 7) // N]
-            r0 += v0 * v0
-            r1 += v1 * v1
-            r2 += v2 * v2
-            r3 += v3 * v3
-            r4 += v4 * v4
-            r5 += v5 * v5
-            r6 += v6 * v6
-            r7 += v7 * v7
+    one = N % 8 == 0  # the eight entries of a block lie in one row: one factor
+    for i in range(start, n8, 8):
+        f0 = sc[i // N]
+        if one:
+            f1 = f2 = f3 = f4 = f5 = f6 = f7 = f0
+        else:
+            f1, f2, f3 = sc[(i + 1) // N], sc[(i + 2) // N], sc[(i + 3) // N]
+            f4, f5, f6, f7 = sc[(i + 4) // N], sc[(i + 5) // N], sc[(i + 6) // N], sc[(i + 7) // N]
+        v0 = np.float64(x[i]) * f0
+        v1 = np.float64(x[i + 1]) * f1
+        v2 = np.float64(x[i + 2]) * f2
+        v3 = np.float64(x[i + 3]) * f3
+        v4 = np.float64(x[i + 4]) * f4
+        v5 = np.float64(x[i + 5]) * f5
+        v6 = np.float64(x[i + 6]) * f6
+        v7 = np.float64(x[i + 7]) * f7
+        r0 += v0 * v0
+        r1 += v1 * v1
+        r2 += v2 * v2
+        r3 += v3 * v3
+        r4 += v4 * v4
+        r5 += v5 * v5
+        r6 += v6 * v6
+        r7 += v7 * v7
     s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
     for i in range(n8, stop):
         v = np.float64(x[i]) * sc[i // N]
@@ -460,13 +453,7 @@ def clip_rows_acted(g, r, nz, mode, c, sc):
                     m = v
             d = _clamp(r[i] - ec)
             if math.ldexp(m, int(d)) > t:
-                for j in range(N):
-                    x = np.float64(_ldexp(g[i, j], d))
-                    if x > t:
-                        x = t
-                    elif x < -t:
-                        x = -t
-                    g[i, j] = x
+                _clip_row(g, i, d, t)
                 r[i] = ec
                 acted = 1
     elif mode == CLIP_NORM:
