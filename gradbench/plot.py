@@ -118,14 +118,24 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial W_l\|_F$ (exact)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    if many:  # below the axes (and the strip), so that no curve hides behind it
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False,
-                  bbox_transform=offset_copy(ax.transAxes, fig=fig, y=-room, units="points"))
-    else:
-        ax.legend(fontsize=8, loc="best")
+    _legend(ax, room=room, ncol=2, below=many)  # many lines: below the axes, so that no curve hides behind it
     if path is not None:
         save(fig, path, dpi)
     return fig
+
+
+def _legend(ax, *, room: float = 0.0, ncol: int = 1, below: bool = False, fontsize: float = 8):
+    """The axes' legend: inside, at matplotlib's "best" place, when it fits there; else (or when
+    ``below``) under the axes, past the strip's ``room`` points (:func:`_strip`) and the x axis's
+    label, in ``ncol`` columns. A legend wider than the axes (one run whose label gives its whole
+    configuration, its verdict and both rates) reached out of them over the y tick labels."""
+    if not below:
+        legend = ax.legend(fontsize=fontsize, loc="best")
+        box, frame = legend.get_window_extent(), ax.get_window_extent()
+        if box.width <= 0.95 * frame.width and box.height <= 0.9 * frame.height:
+            return legend
+    return ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=ncol, frameon=False,
+                     bbox_transform=offset_copy(ax.transAxes, fig=ax.figure, y=-room, units="points"))
 
 
 def _dtype(item) -> str:
@@ -432,11 +442,7 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
                   + ("" if ref is None else f"; dashed: {ref[0]} = {ref[1]:.3g}"))
     ax.set_title(title)
     ax.grid(True, which="both" if log else "major", alpha=0.3)
-    if many:
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False,
-                  bbox_transform=offset_copy(ax.transAxes, fig=fig, y=-room, units="points"))
-    else:
-        ax.legend(fontsize=8, loc="best")
+    _legend(ax, room=room, ncol=3, below=many)
     if path is not None:
         save(fig, path, dpi)
     return fig
@@ -578,7 +584,7 @@ def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None
         gaps = used.size < used[-1] - used[0] + 1
         ax.axvspan(used[0], used[-1], color="0.9", zorder=0,
                    label=f"fitted layers {used[0]}-{used[-1]}" + (" (the finite ones)" if gaps else ""))
-    _strip(ax, _off_scale(s, sim.get_color()), r"$\|\partial L/\partial h_l\|$")
+    room = _strip(ax, _off_scale(s, sim.get_color()), r"$\|\partial L/\partial h_l\|$")
     ax.set_xlabel("layer l (0 = input side; backprop runs right to left)")
     _whole_numbers(ax.xaxis)
     ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_l\|_F$ (exact)")
@@ -589,7 +595,7 @@ def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None
     ax.set_title(title or f"Theory vs simulation: {', '.join([stack.activation] + gains)}, depth {stack.depth}, "
                           f"width {stack.width}")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=9, loc="best")
+    _legend(ax, room=room, fontsize=9)
     if path is not None:
         save(fig, path, dpi)
     return fig

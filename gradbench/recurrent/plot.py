@@ -11,8 +11,8 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from gradbench.plot import (DPI, _chance_line, _diverged, _loss_line, _no_finite_values, _off_scale, _strip,
-                            _whole_numbers, _with_dtype, save)
+from gradbench.plot import (DPI, _chance_line, _diverged, _legend, _loss_line, _no_finite_values, _off_scale,
+                            _strip, _whole_numbers, _with_dtype, save)
 from gradbench.report import fmt_rate
 from gradbench.recurrent.diagnose import FLOAT_LIMITS, RecurrentDiagnosis, diagnose
 
@@ -63,7 +63,7 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
         strip += _off_scale(s, line.get_color(), back)
         if ok.any():
             lo, hi = min(lo, s[ok].min()), max(hi, s[ok].max())
-    _strip(ax, strip, "||dL/dh_t||")
+    room = _strip(ax, strip, "||dL/dh_t||")
     ax.set_xlabel("steps back from the last step (T - 1 - t)")
     _whole_numbers(ax.xaxis)
     ax.set_ylabel("log10 ||dL/dh_t||  (exact)")
@@ -71,7 +71,7 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
     ax.grid(True, alpha=0.3)
     if math.isfinite(lo):
         _limits(ax, lo, hi)
-    ax.legend(loc="best", fontsize=8)
+    _legend(ax, room=room)  # under the axes when too wide for them (it covered the y tick labels)
     if path is not None:
         save(fig, path, dpi)
     return fig
@@ -139,8 +139,7 @@ def training_figure(results: dict, path=None, *, title: str | None = None, dpi: 
         (sline,) = bx.plot(back, np.where(np.isfinite(rel), rel, np.nan), color=line.get_color(), label=name, **style)
         back_strip += _off_scale(s, sline.get_color(), back)
     ref = _chance_line(ax, list(results.values()))
-    _strip(ax, strip, "loss")
-    _strip(bx, back_strip, "||dL/dh_t||")
+    rooms = _strip(ax, strip, "loss"), _strip(bx, back_strip, "||dL/dh_t||")
     ax.set_yscale("log")
     ax.set_xlabel("epoch (0: before training)")
     ax.set_ylabel("held-out loss (log scale)" + ("" if ref is None else f"; dashed: {ref[0]} = {ref[1]:.3g}"))
@@ -150,9 +149,9 @@ def training_figure(results: dict, path=None, *, title: str | None = None, dpi: 
     bx.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_t\| - \log_{10}\,\|\partial L/\partial h_{T-1}\|$")
     bx.set_title("Gradient through time before training (exact)")
     fig.suptitle(title or "Training through time: " + ", ".join(results))
-    for a in (ax, bx):
+    for a, room in zip((ax, bx), rooms):
         a.grid(True, alpha=0.3)
-        a.legend(fontsize=8)
+        _legend(a, room=room)
     if path is not None:
         save(fig, path, dpi)
     return fig
