@@ -421,17 +421,20 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
                 dpi: int = DPI) -> Figure:
     """Mean mini-batch loss per epoch of one or several :class:`~gradbench.train.TrainResult`.
 
-    A run that diverged has a cross below the x axis, in its colour, at the epoch where it did
-    (its loss is not finite there: it has no height on the scale) and says so in its legend
-    entry; a finite point without a finite neighbour has a dot.
+    Each run has, besides its colour, its own line style and marker shape (markers at a few
+    epochs, staggered from run to run), so that the runs are told apart in greyscale and without
+    telling colours apart. A run that diverged has a cross below the x axis, in its colour, at
+    the epoch where it did (its loss is not finite there: it has no height on the scale) and
+    says so in its legend entry; a finite point without a finite neighbour has a dot.
     """
     items = _curve_items(data)
     many = len(items) > 4
     fig, ax = _axes(ax, (8.5, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
     strip = []
-    for label, r in items:
+    for i, (label, r) in enumerate(items):
         loss = np.asarray(r.loss, dtype=np.float64)
-        line = _loss_line(ax, np.arange(1, len(loss) + 1), loss, label or r.settings.get("name", ""))
+        line = _loss_line(ax, np.arange(1, len(loss) + 1), loss, label or r.settings.get("name", ""),
+                          **_curve_style(i, len(items), len(loss)))
         strip += _diverged(line, r.diverged_epoch)
     ref = _chance_line(ax, [r for _, r in items])
     room = _strip(ax, strip, "loss")
@@ -446,6 +449,21 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
     if path is not None:
         save(fig, path, dpi)
     return fig
+
+
+# dashed ("--") is the loss that knows nothing (_chance_line)
+_CURVE_STYLES = ("-", "-.", ":")
+
+
+def _curve_style(i: int, n: int, epochs: int, marks: int = 8) -> dict:
+    """Curve i of n over ``epochs`` epochs: a line style and marker shape of its own (unique for
+    the first 30 curves; the colours repeat after 10), markers at about ``marks`` epochs, shifted
+    from curve to curve so that they do not sit on each other. Without them the demo's 10
+    training runs were told apart by colour alone."""
+    every = max(1, round(epochs / marks))
+    offset = (i * every) // max(n, 1) if every > 1 else 0
+    return dict(ls=_CURVE_STYLES[i % len(_CURVE_STYLES)], marker=_MARKERS[i % len(_MARKERS)],
+                markevery=(offset, every), ms=4.5)
 
 
 def _loss_line(ax, epochs: np.ndarray, loss: np.ndarray, label: str, **style):
