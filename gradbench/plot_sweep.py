@@ -378,7 +378,18 @@ def _scatter(ax, groups, value: str) -> None:
     ax.set_ylabel(f"measured {_LABELS.get(value, value)} (decades per layer)")
     ax.set_title("measured vs predicted, every run")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2, frameon=False)
+    _legend_below(ax)
+
+
+def _legend_below(ax, handles=None):
+    """The legend under the axes, in two columns, or one where two are wider than the axes (the
+    panels of a small figure of the caller's: constrained layout squeezed the maps to make room
+    for them)."""
+    style = dict(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
+    legend = ax.legend(ncols=2, **style)
+    if legend.get_window_extent().width > ax.get_window_extent().width:
+        legend = ax.legend(ncols=1, **style)
+    return legend
 
 
 def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=None, *,
@@ -396,7 +407,9 @@ def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=N
         Write the figure there (.png, .svg, .pdf), atomically.
     ax : Axes or sequence of Axes, optional
         Draw into these: one Axes per heat map, then one for measured vs predicted (a single
-        Axes takes the heat map of a table with one group, without the second panel).
+        Axes takes the heat map of a table with one group, without the second panel). A figure
+        without a layout engine (``plt.figure()``) is given constrained layout, so that the colour
+        bar, its label and the legends under the panels have room; one with its own is left so.
     value : str
         The measured rate: ``signal_decades_per_layer`` (of ||dL/dh_l||, what chi_1 predicts;
         the default) or ``decades_per_layer`` (diagnose's, of ||dL/dW_l|| = ||g_l|| ||h_l|| for one
@@ -435,11 +448,14 @@ def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=N
         a.set_title(name or "measured rate")
         handles = a.get_legend_handles_labels()[0] + _phase_keys(z, norm)
         # below the map, not on it: the legend covered cells (and the phase words, cells too)
-        a.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2,
-                 frameon=False)
+        _legend_below(a, handles)
     fig = axes[0].figure
+    if fig.get_layout_engine() is None:
+        # axes of the caller's plain figure (plt.figure(), no layout engine): the colour bar's label sat
+        # on the neighbouring panel's tick labels and the legends under the maps fell off the figure
+        fig.set_layout_engine("constrained")
     bar = fig.colorbar(mesh, ax=list(axes[: len(groups)]), fraction=0.05, pad=0.02)
-    bar.set_label(f"{_LABELS[value]}: decades per layer going down")
+    bar.set_label(f"{_LABELS[value]}:\ndecades per layer going down")  # two lines: as long as a short bar
     bar.ax.text(0.5, 1.01, "exploding", transform=bar.ax.transAxes, ha="center", va="bottom", color="darkred",
                 fontsize=9, fontweight="bold")
     bar.ax.text(0.5, -0.01, "vanishing", transform=bar.ax.transAxes, ha="center", va="top", color="navy",
