@@ -20,11 +20,11 @@ l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
   gradients (from the top) and the forward activations (from the input), or how many layers
   it would take at the fitted rate (:func:`gradbench.verdict.float_limits`).
 - ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and
-  exactly zero at the input (the Result's ``extras["lost_samples"]``): dead units, or a signal
-  more than 2^-1074 (float32: 2^-149) below the batch's largest at some layer, which one
-  exponent per layer cannot carry; the explanation then says that the norms below follow the other samples. When every
-  sample is lost, the largest one (which sets each layer's exponent and is never flushed by it)
-  was cut by an exact zero in the chain, and the explanation names that cause instead.
+  exactly zero at the input (the Result's ``extras["lost_samples"]``). Each sample carries its
+  own power of two in the backward, so only an exact zero in its own chain cuts it: dead units,
+  or units saturated beyond any int64 exponent (phi' < 2^(-2^62)); the explanation names the
+  cause. (Diagnoses written before 2026-12-06, when the backward shared one exponent per layer,
+  also counted samples flushed more than 2^-1074 below the batch's largest.)
 - ``weights``: where the weights came from when they were not drawn for the stack (the params'
   ``origin``, the Result's ``extras["weights"]``: "the weights of Sequential" for
   :func:`gradbench.from_torch`), or None; the report's header says it in place of the init scheme.

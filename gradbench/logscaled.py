@@ -1,8 +1,9 @@
 """``LogScaled``: numbers carried as a floating mantissa times an integer power of two.
 
-The backward signal is rescaled after every layer by ``2**-e`` (exact in floating point) and
-``e`` is added to an int64 exponent, so the true value is ``mantissa * 2**exponent`` at any
-depth: a gradient of 10^-30000 is reported as such, not as 0.
+Each row (sample) of a stack's backward signal is rescaled after every layer by ``2**-e`` (exact
+in floating point; a recurrent net's whole state after every step) and ``e`` is added to that
+row's int64 exponent, so the true value is
+``mantissa * 2**exponent`` at any depth: a gradient of 10^-30000 is reported as such, not as 0.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class LogScaled:
     """``mantissa * 2**exponent`` with an int64 exponent per leading index.
 
     ``exponent.shape`` is a prefix of ``mantissa.shape``: a gradient ``(L, N, N)`` carries one
-    exponent per layer ``(L,)``; a per-layer norm ``(L,)`` carries ``(L,)``. The exponent must
+    exponent per layer ``(L,)``; a per-layer norm ``(L,)`` carries ``(L,)``; a stack's input
+    gradient ``(B, D)`` (``Result.input_grad``) one per sample ``(B,)``. The exponent must
     hold integers: an integer array, or floats equal to integers (3.0); 2.5, NaN or a string is
     refused (it was truncated, so that the value silently changed).
 

@@ -87,12 +87,12 @@ class Result:
         ``weights_kept`` (generated weights all kept, each drawn once), ``memory_estimate`` (bytes) and ``seconds``
         spent in forward, backward (including recomputation), weight generation and statistics;
         ``lost_samples``: samples of the batch whose backward signal is non-zero at the top and
-        exactly zero at the input (dead units, or a signal more than 2^-1074 (float32: 2^-149)
-        below the batch's largest at some layer: the chain carries one exponent per layer, so
-        below that point the norms follow the other samples; the diagnosis says so);
+        exactly zero at the input (an exact zero in its own chain: dead units, or units saturated
+        beyond any int64 exponent; each sample carries its own power of two in the backward, so
+        the batch's other samples do not flush it; the diagnosis names the cause);
         ``forward_lost_samples``:
         samples of a batch whose top activations are exactly 0 though their input is not (the
-        forward shares one exponent per layer too: flushed on the way up; not counted for ReLU
+        forward, unlike the backward, shares one exponent per layer: flushed on the way up; not counted for ReLU
         stacks, whose dead units give true zeros, nor under batch norm); ``bn_pair_difference``
         (batch norm over a batch of 2 only): how far apart the two samples' gradients into the top
         layer's batch norm are, the largest over its units of |dy_1 - dy_2| / (|dy_1| + |dy_2|)

@@ -998,7 +998,8 @@ def flush_bound(dtype: str) -> str:
 
 # Why a sample of a batch reads 0 on the way up, and the remedy (verdict._findings says them for
 # samples counted at the top, extras["forward_lost_samples"], and for layers of zeros); the remedy
-# for samples lost on the way down (stacks) or back (recurrent nets)
+# also for samples lost on the way back through a recurrent net (one exponent per step there; a
+# stack's backward carries one per sample, so its lost samples are exact zeros, not flushes)
 def flushed_forward(dtype: str) -> str:
     return (f"the batch shares one exponent per layer, so a sample more than {flush_bound(dtype)} below the batch's "
             "largest at some layer is flushed to 0 there, though its own chain is tiny, not 0, and can end far above "

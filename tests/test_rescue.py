@@ -246,8 +246,8 @@ def _relu_chain(W, b, x):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_sample_lost_to_a_dead_layer_is_not_blamed_on_the_batch_exponent(backend):
     """Layer 5 of a ReLU stack is dead for every sample (bias -100): all 4 samples reach the input
-    as exact zeros. The batch's largest sample sets every layer's exponent and is never flushed
-    by it, so the explanation names the dead units and does not advise batch 1 (it said "4 of 4
+    as exact zeros. Each sample carries its own exponent and none is flushed by the others, so
+    the explanation names the dead units and does not advise batch 1 (it said "4 of 4
     samples ... fell more than 2^-1074 below the batch's largest ... run such samples one at a
     time (batch 1)"); by hand, each sample alone reads the same zeros."""
     stack = gb.Stack(depth=10, width=8, activation="relu", init="he_normal", sigma_b=0.5)
