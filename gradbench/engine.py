@@ -9,7 +9,9 @@ histograms (:mod:`gradbench.histograms`). Backends implement only the stack's fo
 backward over the arrays of :mod:`gradbench.abi`, and the engine calls them on segments of
 layers: slices of the layer arrays (``W[s:e]``, ``H[s:e+1]``, ``fexp[s:e+1]``, ``sig_e[s:e+1]``,
 ...). ``fexp[s]`` is the input exponent of a segment's forward, ``sig_e[e]`` the exponent of its
-top signal, which the segment above has already normalised and clipped (and whose ``clip_acted[e]``
+top signal (row i of G at ``sig_e[e] + row_e[i]``: ``row_e`` (B,) goes whole to every segment, and
+each segment leaves it relative to its ``sig_e[s]``), which the segment above has already
+normalised and clipped (and whose ``clip_acted[e]``
 it wrote; the top's is the engine's, :func:`gradbench.loss.top_signal`). The gradients are
 bitwise those of the one-piece run, for every backend.
 """
