@@ -205,10 +205,7 @@ def head_dy(kind: str, h: np.ndarray, f: int, W_out, b_out, t, *, rows: bool = F
     loss, loss_exact, dy, E = head_gradient(kind, y64, t, len(y64), rows=rows)
     if rows:
         E = E + 0  # a copy
-        reference.normalise_rows(dy, E)  # float64, before the rounding to h's dtype
-        nz = reference.nonzero_rows(dy)
-        if nz.any() and not nz.all():
-            E[~nz] = E[nz].max()
+        reference.signal_rows(dy, E)  # float64, before the rounding to h's dtype
         return loss, loss_exact, dy.astype(h.dtype), E
     top = float(np.max(np.abs(dy))) if dy.size else 0.0
     if np.isfinite(top) and top > 0:  # max|dy| into [0.5, 1) before the rounding to float32
@@ -221,20 +218,13 @@ def top_signal(stack: Stack, G: np.ndarray, e) -> tuple[int, float, bool, np.nda
     """Normalise and (signal clipping) clip the true top gradient dL/dh_L in place, row i being
     G[i] * 2**e[i] (``e`` one exponent per sample, or one for all).
 
-    Done once, here, with the reference's per-row steps (:func:`gradbench.reference.normalise_rows`,
-    :func:`~gradbench.reference.clip_rows`) as every layer's signal is; the backends'
+    Done once, here, with the reference's per-row steps (:func:`gradbench.reference.signal_rows`)
+    as every layer's signal is; the backends'
     ``stack_backward`` only normalise their top signal. Returns the layer's exponent (the
     largest row's), the norm of the mantissas at it, whether the clip acted (``clip_acted[L]``;
     False without signal clipping) and the rows' exponents relative to it (``row_e``).
     """
     r = np.zeros(len(G), dtype=np.int64) + e
-    reference.normalise_rows(G, r)
-    acted = False
-    if abi.signal_clip(stack):
-        acted = reference.clip_rows(G, r, abi.signal_clip(stack), stack.clip_threshold)
-        reference.normalise_rows(G, r)
-    nz = reference.nonzero_rows(G)
-    top = reference.row_top(G, r)
-    r[~nz] = top
+    top, acted = reference.signal_rows(G, r, abi.signal_clip(stack), stack.clip_threshold)
     norm = math.sqrt(float(np.square(reference.scaled_rows(G, r, top), dtype=np.float64).sum()))
     return top, norm, acted, r - top

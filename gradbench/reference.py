@@ -333,6 +333,21 @@ def clip_rows(G: np.ndarray, r: np.ndarray, mode: int, c: float) -> bool:
     return False
 
 
+def signal_rows(G: np.ndarray, r: np.ndarray, mode: int = 0, c: float = 0.0) -> tuple[int, bool]:
+    """A layer's signal made ready, in place: each row normalised, clipped (``mode``,
+    :func:`clip_rows`) and normalised again, rows of zeros given the layer's exponent (no stale
+    exponents), which it returns (:func:`row_top`) with whether the clip acted."""
+    normalise_rows(G, r)
+    acted = False
+    if mode:
+        acted = clip_rows(G, r, mode, c)
+        normalise_rows(G, r)
+    nz = nonzero_rows(G)
+    e = int(r[nz].max()) if nz.any() else int(r.max())  # row_top
+    r[~nz] = e
+    return e, acted
+
+
 def rescue_rows(dz, da, z, code, param, f=None) -> np.ndarray:
     """:func:`rescue_saturated` row by row: each row of dz below ``RESCUE_BELOW`` (rows of zeros
     included) recomputed in log form; returns the rows' shifts (B,) int64 (0 where untouched)."""
@@ -340,7 +355,7 @@ def rescue_rows(dz, da, z, code, param, f=None) -> np.ndarray:
     if ACTIVATIONS[code] not in RESCUE:
         return k
     small = np.fmax.reduce(np.abs(dz), axis=1, initial=0.0) < RESCUE_BELOW[dz.dtype.name]  # NaN ignored
-    for i in np.flatnonzero(small) if small.any() else ():
+    for i in np.flatnonzero(small):
         k[i] = rescue_saturated(dz[i:i + 1], da[i:i + 1], z[i:i + 1], code, param, f)
     return k
 
@@ -531,16 +546,9 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
 
     def finish(l, clip=True):
         """Normalise each row, clip (not at the top: the caller did) and record dL/dh_l, complete in G."""
-        normalise_rows(G, r)
+        e, acted = signal_rows(G, r, clip_mode if clip else 0, c)
         if clip:  # clip_acted[L] is the caller's (it clipped the top signal)
-            acted = False
-            if clip_mode:
-                acted = clip_rows(G, r, clip_mode, c)
-                normalise_rows(G, r)
             clip_acted[l] = acted
-        nz = nonzero_rows(G)
-        e = int(r[nz].max()) if nz.any() else int(r.max())  # row_top
-        r[~nz] = e  # a row of zeros holds no stale exponent
         sig_e[l] = e
         sig_m[l] = _norm(scaled_rows(G, r, e))
         if info[INFO_BACKWARD] < 0 and not np.all(np.isfinite(G)):

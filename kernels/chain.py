@@ -58,6 +58,8 @@ def normalise(g):
     if m == 0.0 or not math.isfinite(m):
         return 0
     e = np.int64(math.frexp(m)[1])
+    if e == 0:  # already in [0.5, 1)
+        return e
     # as the reference: 2**-e in float64, then the dtype; in two exact steps when 2**-e is not
     # a finite number of the dtype (a subnormal max|g|)
     top = 1023 if g.itemsize == 8 else 127
@@ -76,6 +78,13 @@ def normalise(g):
 
 
 @njit(**JIT)
+def _pow2_range(x):
+    """(lo, hi): the exponents d for which 2**d is a number of x's dtype (subnormals included),
+    so that x * 2**d rounds once, as ldexp(x, d) does."""
+    return (-1074, 1023) if x.itemsize == 8 else (-149, 127)
+
+
+@njit(**JIT)
 def add_aligned(a, ea, s, es, scale):
     """scale * a * 2**ea + s * 2**es (a residual branch plus its skip), written into a, at the
     larger exponent; returns it.
@@ -87,6 +96,14 @@ def add_aligned(a, ea, s, es, scale):
     da = _clamp(ea - em)
     ds = _clamp(es - em)
     sc = _as(scale, a[0, 0])
+    lo, hi = _pow2_range(a)
+    if lo <= da <= hi and lo <= ds <= hi:  # products by powers of two of the dtype: ldexp's bits
+        fa = _as(math.ldexp(1.0, int(da)), a[0, 0])
+        fs = _as(math.ldexp(1.0, int(ds)), a[0, 0])
+        for i in range(B):
+            for j in range(N):
+                a[i, j] = s[i, j] * fs + sc * (a[i, j] * fa)
+        return em
     for i in range(B):
         for j in range(N):
             a[i, j] = _ldexp(s[i, j], ds) + sc * _ldexp(a[i, j], da)
@@ -270,13 +287,6 @@ def moments(h):
 # What is summed over the batch is brought to one exponent E (rows_exponent) by scaled(x, E):
 # row i times 2**(r[i] - E), one rounding into the subnormals (gradbench.reference, "scaled").
 @njit(**JIT)
-def _pow2_range(x):
-    """(lo, hi): the exponents d for which 2**d is a number of x's dtype (subnormals included),
-    so that x * 2**d rounds once, as ldexp(x, d) does."""
-    return (-1074, 1023) if x.itemsize == 8 else (-149, 127)
-
-
-@njit(**JIT)
 def scale_row(x, i, d):
     """x[i] = ldexp(x[i], d) in x's dtype (d already clamped): a multiplication by 2**d where
     2**d is a number of the dtype (the same single rounding), ldexp entry by entry beyond."""
@@ -329,36 +339,12 @@ def rows_exponent(r, nz):
 
 @njit(**JIT)
 def normalise_rows(g, r, nz):
-    """:func:`normalise` row by row: row i scaled by 2**-e_i (max|g[i]| in [0.5, 1); nothing
-    where it is 0 or not finite, NaN ignored), r[i] += e_i; nz[i] = the row has an entry != 0."""
-    B, N = g.shape
-    top = 1023 if g.itemsize == 8 else 127
-    for i in range(B):
-        m = 0.0
-        for j in range(N):
-            v = abs(np.float64(g[i, j]))
-            if v > m:  # False for NaN
-                m = v
-        if m == 0.0:
-            nz[i] = row_nonzero(g, i)  # all zero, or zeros and NaN
-            continue
-        nz[i] = True
-        if not math.isfinite(m):
-            continue
-        e = np.int64(math.frexp(m)[1])
-        if e == 0:
-            continue
-        # as normalise: 2**-e in float64, then the dtype; two exact steps for a subnormal max
-        k = int(-e)
-        k1 = k if k <= top else k // 2
-        s1 = _as(math.ldexp(1.0, k1), g[0, 0])
-        for j in range(N):
-            g[i, j] *= s1
-        if k1 != k:
-            s2 = _as(math.ldexp(1.0, k - k1), g[0, 0])
-            for j in range(N):
-                g[i, j] *= s2
+    """:func:`normalise` row by row: r[i] += the exponent taken out of row i; nz[i] = the row
+    has an entry != 0 (NaN and inf count)."""
+    for i in range(g.shape[0]):
+        e = normalise(g[i:i + 1])
         r[i] += e
+        nz[i] = e != 0 or row_nonzero(g, i)
 
 
 @njit(**JIT)
@@ -471,27 +457,10 @@ def clip_rows_acted(g, r, nz, mode, c, sc):
 
 @njit(**JIT)
 def add_aligned_rows(a, ra, s, rs):
-    """a * 2**ra + s * 2**rs row by row (a residual branch plus its skip), written into a, at
-    em_i = max(ra[i], rs[i]) (a zero row of either side takes the other's exponent, so that it
-    flushes nothing); ra[i] = em_i. a, s (B,N); ra, rs (B,)"""
-    B, N = a.shape
-    one = _as(1.0, a[0, 0])
-    lo, hi = _pow2_range(a)
-    for i in range(B):
-        if not row_nonzero(a, i):
-            em = rs[i]
-        elif not row_nonzero(s, i):
-            em = ra[i]
-        else:
-            em = max(ra[i], rs[i])
-        da = _clamp(ra[i] - em)
-        ds = _clamp(rs[i] - em)
-        if lo <= da <= hi and lo <= ds <= hi:
-            fa = _as(math.ldexp(1.0, int(da)), a[0, 0])
-            fs = _as(math.ldexp(1.0, int(ds)), a[0, 0])
-            for j in range(N):
-                a[i, j] = s[i, j] * fs + one * (a[i, j] * fa)
-        else:
-            for j in range(N):
-                a[i, j] = _ldexp(s[i, j], ds) + one * _ldexp(a[i, j], da)
-        ra[i] = em
+    """:func:`add_aligned` row by row (scale 1): a[i] * 2**ra[i] + s[i] * 2**rs[i] at the larger
+    exponent, written into a and ra; a zero row of either side takes the other's exponent, so
+    that it flushes nothing. a, s (B,N); ra, rs (B,)"""
+    for i in range(a.shape[0]):
+        ea = ra[i] if row_nonzero(a, i) else rs[i]
+        es = rs[i] if row_nonzero(s, i) else ea
+        ra[i] = add_aligned(a[i:i + 1], ea, s[i:i + 1], es, 1.0)

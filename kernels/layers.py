@@ -729,44 +729,23 @@ def rescue_saturated(dz, db, sum_db, da, z, code, param, f, scaled):
 def rescue_saturated_rows(dz, da, z, code, param, f, scaled, r, nz):
     """:func:`rescue_saturated` row by row (the backward signal's rows carry their own exponents
     r): every row whose max|dz[i]| (NaN ignored) is below 2^-900 (float32: 2^-100), an all-zero
-    row included, recomputed in log form at its own k_i = floor(max ell_i / ln 2), r[i] += k_i;
-    a row whose largest ell is -inf, NaN or below RESCUE_LN_MIN stays. nz[i] (the row has an
-    entry != 0) is updated for the rows rewritten.    dz, da, z (B,N); r, nz (B,)"""
+    row included, recomputed in log form at its own k_i, r[i] += k_i; a row whose largest ell is
+    -inf, NaN or below RESCUE_LN_MIN stays. nz[i] (the row has an entry != 0) is updated for the
+    rows rewritten.    dz, da, z (B,N); r, nz (B,)"""
     if not RESCUE_CODES[code]:
         return
     bound = RESCUE_BELOW64 if dz.itemsize == 8 else RESCUE_BELOW32
     B, N = z.shape
-    ell = np.empty(0)  # the rare path may allocate, once
-    sgn = np.empty(0)
-    ln2 = math.log(2.0)
     for i in range(B):
         below = True  # max|dz[i]| < bound, NaN ignored: no entry at or above it (found early)
         for j in range(N):
             if abs(np.float64(dz[i, j])) >= bound:  # False for NaN
                 below = False
                 break
-        if not below:
-            continue
-        if ell.size == 0:
-            ell = np.empty(N)
-            sgn = np.empty(N)
-        top = -math.inf
-        for j in range(N):
-            x = math.ldexp(np.float64(z[i, j]), _clamp_f(f)) if scaled else np.float64(z[i, j])
-            ln, sg = log_dphi(x, code, param)
-            a = np.float64(da[i, j])
-            ell[j] = (math.log(abs(a)) if a != 0 else -math.inf) + ln
-            sgn[j] = (1.0 if a > 0 else (-1.0 if a < 0 else (0.0 if a == 0 else a))) * sg  # NaN stays
-            if ell[j] > top:
-                top = ell[j]
-        if not (top >= RESCUE_LN_MIN and top < math.inf):  # beyond any int64 exponent: stays
-            continue
-        k = int(math.floor(top / ln2))
-        rem = _log_rem(top, k)
-        for j in range(N):
-            dz[i, j] = _as(sgn[j] * math.exp((ell[j] - top) + rem), z[i, j])
-        r[i] += k
-        nz[i] = row_nonzero(dz, i)
+        if below:
+            row = dz[i:i + 1]
+            r[i] += rescue_saturated(row, row[0], False, da[i:i + 1], z[i:i + 1], code, param, f, scaled)
+            nz[i] = row_nonzero(dz, i)
 
 
 @njit(**JIT)
