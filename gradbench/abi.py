@@ -100,8 +100,11 @@ FORWARD: tuple[Arg, ...] = (
     _arg("Z", "L,B,N", "T", "w", "pre-activation z_l (xhat_l under batch norm) for the backward"),
     _arg("bn_mean", "L,N", "T", "w", "batch-norm mean per unit"),
     _arg("bn_rstd", "L,N", "T", "w", "batch-norm 1/std per unit"),
-    _arg("fexp", "L+1", "i8", "rw", "forward exponents: h_l = H[l] * 2**fexp[l]; fexp[0] read"),
-    _arg("act_mean", "L", "f8", "w", "mean of H[l+1] (true value times 2**fexp[l+1])"),
+    _arg("fexp", "L+1", "i8", "rw", "forward exponents: the layer's, its largest non-zero row's; fexp[0] read"),
+    _arg("frow", "L+1,B", "i8", "rw", "row i of h_l is H[l, i] * 2**(fexp[l] + frow[l, i]); frow[0] read; "
+                                      "written rows normalised (max|H[l, i]| in [0.5, 1)), max over non-zero "
+                                      "rows 0, rows of zeros (or not finite) 0; without rescaling all 0"),
+    _arg("act_mean", "L", "f8", "w", "mean of h_{l+1} (true value times 2**fexp[l+1])"),
     _arg("act_std", "L", "f8", "w", "standard deviation of H[l+1] (likewise)"),
     _arg("saturation", "L", "f8", "w", "fraction of z_l with |phi'(z)| < fcfg[F_SAT] (prelu: of slope[l])"),
     _arg("dead", "L", "f8", "w", "fraction of units with z <= 0 for the whole batch"),
@@ -114,22 +117,25 @@ BACKWARD: tuple[Arg, ...] = (
     _arg("Z", "L,B,N", "T", "r", "the forward's Z"),
     _arg("bn_rstd", "L,N", "T", "r", "the forward's bn_rstd"),
     _arg("fexp", "L+1", "i8", "r", "the forward's exponents"),
+    _arg("frow", "L+1,B", "i8", "r", "the forward's row exponents"),
     _arg("G", "B,N", "T", "rw", "dL/dh_L on entry, dL/dh_0 on exit: one power of two per row (row_e)"),
     _arg("row_e", "B", "i8", "rw", "row i of G is G[i] * 2**(sig_e[L] + row_e[i]) on entry and "
                                    "G[i] * 2**(sig_e[0] + row_e[i]) on exit; on exit each row is normalised "
                                    "(max|G[i]| in [0.5, 1), or all 0 with row_e[i] = 0) and max(row_e) = 0"),
-    _arg("dW", "L,N,N", "T", "w", "dL/dW_l mantissa (exponent dz_e[l] + fexp[l])"),
+    _arg("dW", "L,N,N", "T", "w", "dL/dW_l mantissa (exponent dw_e[l] + fexp[l])"),
     _arg("db", "L,N", "T", "w", "dL/db_l mantissa (exponent dz_e[l])"),
     _arg("dgamma", "L,N", "T", "w", "dL/dgamma_l mantissa (exponent dz_e[l])"),
     _arg("dbeta", "L,N", "T", "w", "dL/dbeta_l mantissa (exponent dz_e[l])"),
-    _arg("dslope", "L", "T", "w", "dL/dslope_l mantissa (exponent dz_e[l] + fexp[l])"),
+    _arg("dslope", "L", "T", "w", "dL/dslope_l mantissa (exponent dw_e[l] + fexp[l])"),
     _arg("sig_m", "L+1", "f8", "w", "||dL/dh_l|| = sig_m[l] * 2**sig_e[l]"),
     _arg("sig_e", "L+1", "i8", "rw", "signal exponents; sig_e[L] read"),
     _arg("gnorm_m", "L", "f8", "w", "||dL/dW_l|| = gnorm_m[l] * 2**gnorm_e[l] (scaled: no square underflows)"),
     _arg("gnorm_e", "L", "i8", "w", "the exponent of ||dL/dW_l||"),
     _arg("dz_e", "L", "i8", "w", "exponent of dL/dz_l: the largest of its non-zero rows' (their signal's "
-                                 "plus the saturated-derivative rescue's shift); dW/dslope carry dz_e[l] + "
-                                 "fexp[l], db/dgamma/dbeta dz_e[l]"),
+                                 "plus the saturated-derivative rescue's shift); db/dgamma/dbeta carry dz_e[l]"),
+    _arg("dw_e", "L", "i8", "w", "dW/dslope carry dw_e[l] + fexp[l]: dw_e[l] the largest r_i + frow[l, i] "
+                                 "over rows i where both dL/dz_l (row at r_i) and h_l are non-zero (none: "
+                                 "dz_e[l])"),
     _arg("clip_acted", "L+1", "i8", "w", "1 where signal clipping changed dL/dh_l (its own test: some "
                                          "|entry| > c, or ||dL/dh_l|| > c), else 0; written for l < L, "
                                          "clip_acted[L] (the top, clipped by the caller) left as it is"),

@@ -153,12 +153,15 @@ def linear_coefficients(code: int, param: float) -> tuple[float, float, float, f
     raise ValueError(f"activation {name!r} has no scaled form (homogeneous ones need none, sigmoid is O(1))")
 
 
-def _clamp(f: int) -> int:
-    """An exponent for np.ldexp (int32): beyond +-100000 every result is 0 or inf anyway."""
+def _clamp(f):
+    """An exponent for np.ldexp (int32): beyond +-100000 every result is 0 or inf anyway. ``f``
+    an int, or an int64 array (one exponent per row of a batch, shaped to broadcast: (B, 1))."""
+    if isinstance(f, np.ndarray):
+        return np.minimum(np.maximum(f, -100000), 100000)
     return int(min(max(int(f), -100000), 100000))
 
 
-def _regimes(u: np.ndarray, f: int, name: str):
+def _regimes(u: np.ndarray, f, name: str):
     """z = u 2^f (float64), and the masks of the tiny and the overflowing entries."""
     x = _as64(u)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
@@ -168,8 +171,9 @@ def _regimes(u: np.ndarray, f: int, name: str):
     return x, z, tiny, over
 
 
-def phi_scaled(u: np.ndarray, f: int, code: int, param: float) -> np.ndarray:
-    """The mantissa of phi(u 2^f) at exponent f (module docstring); u's dtype."""
+def phi_scaled(u: np.ndarray, f, code: int, param: float) -> np.ndarray:
+    """The mantissa of phi(u 2^f) at exponent f (module docstring); u's dtype. ``f`` an int, or
+    one per row of a batch u (B, N) as an int64 array (B, 1)."""
     name = ACTIVATIONS[code]
     if name in HOMOGENEOUS:
         return phi(u, code, param)  # phi(u 2^f) = phi(u) 2^f exactly
@@ -183,8 +187,8 @@ def phi_scaled(u: np.ndarray, f: int, code: int, param: float) -> np.ndarray:
     return out.astype(u.dtype)
 
 
-def dphi_scaled(u: np.ndarray, f: int, code: int, param: float) -> np.ndarray:
-    """phi'(u 2^f) (module docstring); u's dtype."""
+def dphi_scaled(u: np.ndarray, f, code: int, param: float) -> np.ndarray:
+    """phi'(u 2^f) (module docstring); u's dtype. ``f`` as in :func:`phi_scaled`."""
     name = ACTIVATIONS[code]
     if name in HOMOGENEOUS:
         return dphi(u, code, param)

@@ -167,11 +167,14 @@ class _Run:
         # internal arrays (never returned) come from the workspace (gradbench.buffers), and so
         # do the generated weights when the plan keeps them all
         kept = seg if self.plan.recompute else L
-        shapes = {"H": (kept + 1, B, N), "Z": (kept, B, N), "bn_mean": (kept, N), "bn_rstd": (kept, N)}
-        if self.plan.recompute:
+        shapes = {"H": (kept + 1, B, N), "Z": (kept, B, N), "bn_mean": (kept, N), "bn_rstd": (kept, N),
+                  "frow": (kept + 1, B)}
+        if self.plan.recompute:  # and the rows' exponents there
             shapes["ckpt"] = (len(self.segments) + 1, B, N)
+            shapes["ckpt_row"] = (len(self.segments) + 1, B)
         weight_shapes = buffer_shapes(st, L if self.plan.keep_weights else seg) if self.plan.generated else ()
-        WORKSPACE.retain([(shape, dt) for shape in (*shapes.values(), *weight_shapes)])
+        WORKSPACE.retain([(shape, np.int64 if name in ("frow", "ckpt_row") else dt)
+                          for name, shape in (*shapes.items(), *(("", w) for w in weight_shapes))])
         self.internal = []
         self.layers = LayerSupply(self.params, st, seg, keep=self.plan.keep_weights, empty=self.take)
         fwd = abi.allocate("stack_forward", dict(L=kept, B=B, N=N), dt,
@@ -179,7 +182,9 @@ class _Run:
                                  "act_mean", "act_std", "saturation", "dead", "info"),
                            fill=dict(bn_mean=0.0, bn_rstd=1.0), empty=self.take)
         self.H, self.Z, self.bn_mean, self.bn_rstd = fwd["H"], fwd["Z"], fwd["bn_mean"], fwd["bn_rstd"]
+        self.frow = fwd["frow"]  # row i of h_l at 2**(fexp[l] + frow[l, i]) (one exponent per sample)
         self.ckpt = self.take(shapes["ckpt"], dt) if self.plan.recompute else None
+        self.ckpt_row = self.take(shapes["ckpt_row"], np.int64) if self.plan.recompute else None
         self.fexp = np.zeros(L + 1, dtype=np.int64)
         self.act_mean, self.act_std, self.saturation, self.dead = (np.empty(L) for _ in range(4))
         self.bn_share = np.empty((L, 2)) if st.batch_norm else None  # median and largest, per layer
@@ -189,6 +194,7 @@ class _Run:
         self.gnorm_m = np.empty(L)
         self.gnorm_e = np.zeros(L, dtype=np.int64)
         self.dz_e = np.zeros(L, dtype=np.int64)
+        self.dw_e = np.zeros(L, dtype=np.int64)  # dW_l at 2**(dw_e[l] + fexp[l])
         self.clip_acted = np.zeros(L + 1, dtype=np.int64)  # per signal dL/dh_l: did its clip act
         self.bn_pair = None  # batch norm over 2 samples: bn_pair_difference of the top layer
         self.work = 2 * len(self.segments)
@@ -198,11 +204,11 @@ class _Run:
         return take_internal(shape, dtype, self.internal)
 
     def seg_arrays(self, s: int, e: int):
-        """H, Z, bn_mean, bn_rstd of the segment [s, e) (views)."""
+        """H, Z, bn_mean, bn_rstd, frow of the segment [s, e) (views)."""
         if self.plan.recompute:
             m = e - s
-            return self.H[:m + 1], self.Z[:m], self.bn_mean[:m], self.bn_rstd[:m]
-        return self.H[s:e + 1], self.Z[s:e], self.bn_mean[s:e], self.bn_rstd[s:e]
+            return self.H[:m + 1], self.Z[:m], self.bn_mean[:m], self.bn_rstd[:m], self.frow[:m + 1]
+        return self.H[s:e + 1], self.Z[s:e], self.bn_mean[s:e], self.bn_rstd[s:e], self.frow[s:e + 1]
 
     def tick(self, done: int) -> None:
         if self.progress is not None:
@@ -212,13 +218,19 @@ class _Run:
     def h_top(self) -> np.ndarray:
         return self.ckpt[-1] if self.plan.recompute else self.H[self.stack.depth]
 
+    @property
+    def h_top_exponents(self) -> np.ndarray:
+        """(B,) int64: row i of h_L is h_top[i] * 2**(fexp[L] + its entry)."""
+        rows = self.ckpt_row[-1] if self.plan.recompute else self.frow[self.stack.depth]
+        return self.fexp[self.stack.depth] + rows
+
 
 def _segment_forward(run: _Run, s: int, e: int, layer_params, fexp, stats, info) -> None:
     """One backend forward call over the segment [s, e) (H[0] of the segment already set)."""
-    Hs, Zs, ms, rs = run.seg_arrays(s, e)
-    run.impl.stack_forward(run.icfg, run.fcfg, *layer_params, Hs, Zs, ms, rs, fexp, *stats, info)
+    Hs, Zs, ms, rs, qs = run.seg_arrays(s, e)
+    run.impl.stack_forward(run.icfg, run.fcfg, *layer_params, Hs, Zs, ms, rs, fexp, qs, *stats, info)
     PREFAULTER.cancel(Hs, Zs)  # the pass has written them itself
-    reference.rescale_stats(stats[0], stats[1], Hs)  # sums or squares beyond float64: rare, so taken here
+    reference.rescale_stats(stats[0], stats[1], Hs, qs)  # sums or squares beyond float64: rare, so taken here
 
 
 def _uncountable_fractions(run: _Run, s: int, e: int, layer_params) -> None:
@@ -252,8 +264,10 @@ def _forward(run: _Run) -> None:
     p = run.params
     h0 = (run.ckpt if run.plan.recompute else run.H)[0]
     h0[...] = run.x if p.W_in is None else run.x @ p.W_in.T + p.b_in
-    if run.rescale:  # tiny or huge inputs too: h_0 = H[0] * 2**fexp[0] with max |H[0]| in [0.5, 1)
-        run.fexp[0] = reference.normalise(h0)
+    q0 = (run.ckpt_row if run.plan.recompute else run.frow)[0]
+    q0[...] = 0
+    if run.rescale:  # tiny or huge inputs too: row i of h_0 = H[0, i] * 2**(fexp[0] + frow[0, i]), normalised
+        run.fexp[0], q0[...] = reference.layer_rows(h0, np.zeros(run.B, dtype=np.int64))
     seg_info = _no_info()
     for j, (s, e) in enumerate(run.segments):
         if j:
@@ -262,7 +276,7 @@ def _forward(run: _Run) -> None:
         if j + 1 < len(run.segments):
             run.layers.prefetch(*run.segments[j + 1])
         if run.plan.recompute:
-            run.H[0] = run.ckpt[j]
+            run.H[0], run.frow[0] = run.ckpt[j], run.ckpt_row[j]
         stats = (run.act_mean[s:e], run.act_std[s:e], run.saturation[s:e], run.dead[s:e])
         _segment_forward(run, s, e, layer_params, run.fexp[s:e + 1], stats, seg_info)
         _uncountable_fractions(run, s, e, layer_params)
@@ -271,7 +285,7 @@ def _forward(run: _Run) -> None:
         if run.info[abi.INFO_FORWARD] < 0 <= seg_info[abi.INFO_FORWARD]:
             run.info[abi.INFO_FORWARD] = s + seg_info[abi.INFO_FORWARD]
         if run.plan.recompute:
-            run.ckpt[j + 1] = run.H[e - s]
+            run.ckpt[j + 1], run.ckpt_row[j + 1] = run.H[e - s], run.frow[e - s]
     run.seconds["forward"] = time.perf_counter() - t
 
 
@@ -301,22 +315,23 @@ def bn_shares(rstd: np.ndarray, eps: float) -> np.ndarray:
 
 def _top(run: _Run, targets):
     """The loss, dL/dh_L into run.G (normalised, clipped once) and the head's gradients."""
-    stack, hL, fexp = run.stack, run.h_top, run.fexp
+    stack, hL, f = run.stack, run.h_top, run.h_top_exponents  # row i of h_L: hL[i] 2^f[i]
     L = stack.depth
     head_grads: dict[str, LogScaled] = {}
     if stack.has_head:
-        loss, loss_exact, G, e_top, dW_out, db_out, e_sum = head_loss(stack, hL, int(fexp[L]), run.params, targets)
+        loss, loss_exact, G, e_top, dW_out, e_w, db_out, e_b = head_loss(stack, hL, f, run.params, targets)
         G = np.ascontiguousarray(G, dtype=stack.np_dtype)  # row i of dL/dh_L = G[i] 2^e_top[i]
-        # dy^T h_L, the rows of dL/dy at their largest exponent e_sum and h_L = H[L] 2^fexp[L]
-        head_grads["W_out"] = LogScaled(dW_out[None], fexp[L:] + e_sum)
-        head_grads["b_out"] = LogScaled(db_out[None], np.full(1, e_sum, dtype=np.int64))
+        head_grads["W_out"] = LogScaled(dW_out[None], np.full(1, e_w, dtype=np.int64))
+        head_grads["b_out"] = LogScaled(db_out[None], np.full(1, e_b, dtype=np.int64))
     else:
-        n, e = reference.norm_scaled(hL)  # 0.5 ||h_L||^2 with no square lost, exact at any depth
+        # 0.5 ||h_L||^2 with no square lost, exact at any depth: the rows at the layer's exponent
+        # (a row 2^-1074 below the largest adds nothing to the sum of squares)
+        n, e = reference.norm_scaled(reference.scaled_rows(hL, f, int(run.fexp[L])))
         m, e2 = np.frexp(0.5 * n * n)
-        loss_exact = LogScaled(np.array(m), np.array(int(e2) + 2 * (e + int(fexp[L]))))
+        loss_exact = LogScaled(np.array(m), np.array(int(e2) + 2 * (e + int(run.fexp[L]))))
         loss = float(loss_exact.to_float(warn=False))
         G = hL.copy()
-        e_top = int(fexp[L])
+        e_top = f
     run.sig_e[L], run.sig_m[L], run.clip_acted[L], run.row_e[:] = top_signal(stack, G, e_top)
     if not np.isfinite(G).all():
         run.info[abi.INFO_BACKWARD] = L
@@ -367,7 +382,7 @@ def _backward(run: _Run) -> None:
         if j > 0:
             run.layers.prefetch(*run.segments[j - 1])
         if run.plan.recompute and j != last:  # the top segment's activations are still in H, Z
-            run.H[0] = run.ckpt[j]
+            run.H[0], run.frow[0] = run.ckpt[j], run.ckpt_row[j]
             scratch = tuple(np.empty(e - s) for _ in range(4))
             _segment_forward(run, s, e, layer_params, run.fexp[s:e + 1].copy(), scratch,
                              _no_info())
@@ -378,17 +393,17 @@ def _backward(run: _Run) -> None:
             busy[k].result()
             run.seconds["stats"] += time.perf_counter() - ts
         seg_grads = [grad_sets[k][name][lo:hi] for name in GRAD_NAMES]
-        Hs, Zs, _, rs = run.seg_arrays(s, e)
+        Hs, Zs, _, rs, qs = run.seg_arrays(s, e)
         W, _, gamma, beta, slope = layer_params
         if j == last and stack.batch_norm and run.B == 2:  # before the kernel overwrites G
             param = slope[-1] if stack.activation == "prelu" else run.fcfg[abi.F_ACT_PARAM]
             top = reference.scaled_rows(run.G, run.row_e, 0)  # the two rows at one exponent
             run.bn_pair = bn_pair_difference(top, Zs[-1], gamma[-1], beta[-1], int(run.icfg[abi.I_ACT]), param)
         seg_info[abi.INFO_BACKWARD] = -1
-        run.impl.stack_backward(run.icfg, run.fcfg, W, gamma, beta, slope, Hs, Zs, rs, run.fexp[s:e + 1], run.G,
-                                run.row_e,
+        run.impl.stack_backward(run.icfg, run.fcfg, W, gamma, beta, slope, Hs, Zs, rs, run.fexp[s:e + 1], qs,
+                                run.G, run.row_e,
                                 *seg_grads, run.sig_m[s:e + 1], run.sig_e[s:e + 1], run.gnorm_m[s:e],
-                                run.gnorm_e[s:e], run.dz_e[s:e], run.clip_acted[s:e + 1], seg_info)
+                                run.gnorm_e[s:e], run.dz_e[s:e], run.dw_e[s:e], run.clip_acted[s:e + 1], seg_info)
         if run.info[abi.INFO_BACKWARD] < 0 <= seg_info[abi.INFO_BACKWARD]:
             run.info[abi.INFO_BACKWARD] = s + seg_info[abi.INFO_BACKWARD]
         if not keep:
@@ -464,7 +479,7 @@ def _new_histogram(L: int, N: int, bins: int) -> dict:
 def _segment_statistics(run: _Run, s: int, e: int, seg_grads):
     """stats_only: per-layer clipping of the segment's gradients, and their histograms queued
     in the helper thread (returns the job's future, None without histograms)."""
-    e_w = run.dz_e[s:e] + run.fexp[s:e]
+    e_w = run.dw_e[s:e] + run.fexp[s:e]
     gm = seg_grads[0]
     if run.layer_clip:
         e_p = run.dz_e[s:e]
@@ -496,7 +511,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     """The Result: gradients as LogScaled (parameter clipping applied), norms and statistics."""
     stack, p, G, L = run.stack, run.params, run.G, run.stack.depth
     sig_e, fexp = run.sig_e, run.fexp
-    e_param, e_weight = run.dz_e, run.dz_e + fexp[:-1]  # dz_e: sig_e[l+1] and the rescue's shift
+    e_param, e_weight = run.dz_e, run.dw_e + fexp[:-1]  # dz_e: sig_e[l+1] and the rescue's shift
     grads, grad_hist, unclipped, param_clip_acted = None, None, None, None
     if run.grads is not None:
         g = run.grads
@@ -551,7 +566,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         grad_norm=grad_norm,
         signal_norm=LogScaled._of(run.sig_m[:L].copy(), sig_e[:L].copy()),
         input_grad=LogScaled(input_grad, sig_e[0] + run.row_e),  # one exponent per sample
-        output=LogScaled(run.h_top.copy(), fexp[L]),  # a copy: H goes back to the workspace
+        output=LogScaled(run.h_top.copy(), run.h_top_exponents),  # a copy: H goes back to the workspace; per sample
         act_mean=LogScaled._of(run.act_mean, fexp[1:].copy()),
         act_std=LogScaled._of(run.act_std, fexp[1:].copy()),
         saturation=run.saturation,

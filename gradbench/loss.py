@@ -170,10 +170,10 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
     return loss_value, LogScaled(np.array(np.exp(log_rem(lam, e - 1) - LN2)), np.array(e)), dy, E
 
 
-def head_loss(stack: Stack, h: np.ndarray, f: int, params: Params, t) -> tuple[float, LogScaled, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Loss of the head y = h_L W_out^T + b_out, h_L = h 2^f; returns (loss, loss as LogScaled,
-    dL/dh_L mantissas, their exponents E (one per sample, (B,)), dW_out (mantissa at exponent
-    f + max E), db_out (at max E), max E).
+def head_loss(stack: Stack, h: np.ndarray, f, params: Params, t) -> tuple:
+    """Loss of the head y = h_L W_out^T + b_out, row i of h_L = h[i] 2^f[i] (``f`` (B,) int64, or
+    one int for all); returns (loss, loss as LogScaled, dL/dh_L mantissas, their exponents E (one
+    per sample, (B,)), dW_out's mantissa and exponent, db_out's mantissa and exponent).
 
     mse: mean over the B x O elements of (y - t)^2; bce: mean over the B x O elements of
     softplus(y) - t y (from logits, stable); softmax_ce: mean over the batch of
@@ -182,26 +182,31 @@ def head_loss(stack: Stack, h: np.ndarray, f: int, params: Params, t) -> tuple[f
     largest entry in [0.5, 1) (a power of two) and its mantissas rounded to the stack's dtype: a
     float32 stack's top gradient of 1e-48 is not flushed to 0, nor a sample right by a margin
     of 800 beside one that is wrong. The sums over samples (dW_out, db_out) take the rows at the
-    largest exponent, as the stacks' backward does (:func:`gradbench.reference.scaled_rows`).
+    largest exponent, as the stacks' backward does (:func:`gradbench.reference.scaled_rows`); dW_out
+    = dy^T h_L at the largest E[i] + f[i] over the rows where both are non-zero
+    (:func:`gradbench.reference.pair_top`).
     """
+    f = np.zeros(len(h), dtype=np.int64) + f
     loss, loss_exact, dy, E = head_dy(stack.loss, h, f, params.W_out, params.b_out, t, rows=True)
     top = reference.row_top(dy, E)
-    dys = reference.scaled_rows(dy, E, top)
-    return loss, loss_exact, dy @ params.W_out, E, dys.T @ h, dys.sum(axis=0), top
+    w = reference.pair_top(dy, E, h, f)
+    dW_out = reference.scaled_rows(dy, E + f, w).T @ h
+    return loss, loss_exact, dy @ params.W_out, E, dW_out, w, reference.scaled_rows(dy, E, top).sum(axis=0), top
 
 
-def head_dy(kind: str, h: np.ndarray, f: int, W_out, b_out, t, *, rows: bool = False) -> tuple[float, LogScaled, np.ndarray, int]:
-    """The head y = h 2^f W_out^T + b_out on the rows of ``h`` (a mean over them): (loss, loss
+def head_dy(kind: str, h: np.ndarray, f, W_out, b_out, t, *, rows: bool = False) -> tuple[float, LogScaled, np.ndarray, int]:
+    """The head y = h 2^f W_out^T + b_out on the rows of ``h`` (``f`` an int, or (R,) int64: one
+    per row) (a mean over them): (loss, loss
     as LogScaled, dL/dy mantissas in h's dtype, E), dL/dy = mantissas 2^E from
     :func:`head_gradient`, its largest entry brought into [0.5, 1) before the rounding to h's
     dtype (float32's 1e-48 is carried, not flushed); with ``rows`` each sample's, E (B,) (rows
     of zeros at the largest). A stack's head (:func:`head_loss`) and a recurrent net's head on
     its last step (one exponent: its backward has one per step)."""
-    if f == 0:
+    if not np.any(f):
         y64 = (h @ W_out.T + b_out).astype(np.float64)
-    else:  # a forward-rescaled stack: h_L W_out^T at its exponent, then the bias
+    else:  # a forward-rescaled stack: h_L W_out^T at its exponent (each row's), then the bias
         with np.errstate(under="ignore", over="ignore"):
-            y64 = ldexp((h @ W_out.T).astype(np.float64), f) + b_out
+            y64 = ldexp((h @ W_out.T).astype(np.float64), np.reshape(f, (-1, 1)) if np.ndim(f) else f) + b_out
     loss, loss_exact, dy, E = head_gradient(kind, y64, t, len(y64), rows=rows)
     if rows:
         E = E + 0  # a copy

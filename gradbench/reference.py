@@ -350,23 +350,61 @@ def signal_rows(G: np.ndarray, r: np.ndarray, mode: int = 0, c: float = 0.0) -> 
 
 def rescue_rows(dz, da, z, code, param, f=None) -> np.ndarray:
     """:func:`rescue_saturated` row by row: each row of dz below ``RESCUE_BELOW`` (rows of zeros
-    included) recomputed in log form; returns the rows' shifts (B,) int64 (0 where untouched)."""
+    included) recomputed in log form; returns the rows' shifts (B,) int64 (0 where untouched).
+    ``f``: None, or the rows' forward exponents (B,) (row i of z is z[i] * 2**f[i])."""
     k = np.zeros(dz.shape[0], dtype=np.int64)
     if ACTIVATIONS[code] not in RESCUE:
         return k
     small = np.fmax.reduce(np.abs(dz), axis=1, initial=0.0) < RESCUE_BELOW[dz.dtype.name]  # NaN ignored
     for i in np.flatnonzero(small):
-        k[i] = rescue_saturated(dz[i:i + 1], da[i:i + 1], z[i:i + 1], code, param, f)
+        k[i] = rescue_saturated(dz[i:i + 1], da[i:i + 1], z[i:i + 1], code, param, None if f is None else int(f[i]))
     return k
 
 
-def add_aligned_rows(G: np.ndarray, r: np.ndarray, s: np.ndarray, rs: np.ndarray) -> None:
-    """:func:`add_aligned` row by row (scale 1): G[i] 2**r[i] + s[i] 2**rs[i] at the larger of
-    the two exponents, into G and r; a row of zeros on one side takes the other side's exponent."""
+def add_aligned_rows(G: np.ndarray, r: np.ndarray, s: np.ndarray, rs: np.ndarray, scale: float = 1.0) -> None:
+    """:func:`add_aligned` row by row: scale G[i] 2**r[i] + s[i] 2**rs[i] at the larger of the
+    two exponents, into G and r; a row of zeros on one side takes the other side's exponent."""
     gz, sz = ~nonzero_rows(G), ~nonzero_rows(s)
     em = np.where(gz, rs, np.where(sz, r, np.maximum(r, rs)))
-    G[...] = np.ldexp(s, _row_shift(rs - em)) + np.ldexp(G, _row_shift(r - em))
+    branch = np.ldexp(G, _row_shift(r - em))
+    if scale != 1.0:
+        branch *= np.asarray(scale, dtype=G.dtype)
+    G[...] = np.ldexp(s, _row_shift(rs - em)) + branch
     r[...] = em
+
+
+def pair_top(X: np.ndarray, r: np.ndarray, Y: np.ndarray, q: np.ndarray) -> int:
+    """The exponent at which a sum over the rows of X^T Y (row i of X at 2**r[i], of Y at
+    2**q[i]) is taken: the largest r[i] + q[i] over the rows where both are non-zero, else
+    :func:`row_top` of X (nothing to add: any exponent would do)."""
+    both = nonzero_rows(X) & nonzero_rows(Y)
+    return int((r + q)[both].max()) if both.any() else row_top(X, r)
+
+
+def layer_rows(H: np.ndarray, g: np.ndarray) -> tuple[int, np.ndarray]:
+    """The forward's rows made ready, in place: each row normalised (its exponent added to the
+    absolute g (B,)); returns the layer's exponent (the largest non-zero row's, :func:`row_top`)
+    and the rows' exponents relative to it (0 for rows of zeros and for rows whose largest
+    magnitude is not finite, as :func:`normalise` leaves them)."""
+    normalise_rows(H, g)
+    nz = nonzero_rows(H)
+    e = row_top(H, g)
+    return e, np.where(nz, g - e, 0)
+
+
+def rescue_forward_rows(a, z, f, code, param) -> np.ndarray:
+    """:func:`rescue_forward` row by row (row i of z at exponent f[i]): returns the rows' exponents
+    (f where a row is not rescued). Rows whose largest |phi| is above the bound are not looked at."""
+    g = f.copy()
+    if ACTIVATIONS[code] not in PHI_RESCUE:
+        return g
+    below = math.frexp(RESCUE_BELOW[a.dtype.name])[1]
+    with np.errstate(invalid="ignore"):
+        m = np.max(np.abs(a), axis=1, initial=0.0)
+    top = np.frexp(m)[1].astype(np.int64) + f
+    for i in np.flatnonzero(np.isfinite(m) & ~((m > 0) & (top > below))):
+        g[i] = rescue_forward(a[i:i + 1], z[i:i + 1], int(f[i]), code, param)
+    return g
 
 
 def clip_signal(g: np.ndarray, e: int, mode: int, c: float) -> int:
@@ -451,7 +489,7 @@ def scaled_mean(h: np.ndarray) -> float:
     return math.ldexp(float(a.mean()), k)
 
 
-def rescale_stats(mean: np.ndarray, std: np.ndarray, H: np.ndarray) -> None:
+def rescale_stats(mean: np.ndarray, std: np.ndarray, H: np.ndarray, rows: np.ndarray | None = None) -> None:
     """``mean[l]`` and ``std[l]`` of ``H[l + 1]`` taken again by :func:`scaled_mean` and
     :func:`scaled_std` where the kernels' plain sums or squares overflowed (non-finite), in place:
     the stacks' and the recurrent engines' forward statistics (H[0] the input, as their arrays
@@ -459,7 +497,7 @@ def rescale_stats(mean: np.ndarray, std: np.ndarray, H: np.ndarray) -> None:
     for stat, again in ((mean, scaled_mean), (std, scaled_std)):
         if not np.all(np.isfinite(stat)):
             for l in np.flatnonzero(~np.isfinite(stat)):
-                stat[l] = again(H[l + 1])
+                stat[l] = again(H[l + 1] if rows is None else scaled_rows(H[l + 1].astype(np.float64), rows[l + 1], 0))
 
 
 def norm_scaled(x: np.ndarray) -> tuple[float, int]:
@@ -493,7 +531,7 @@ def top_signal_acted(G: np.ndarray, e: int, clip_mode: int, c: float) -> tuple[i
 
 
 # ------------------------------------------------------------------ drivers
-def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
+def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp, frow,
                          act_mean, act_std, saturation, dead, info):
     """Forward through all L layers, saving H and Z for the backward pass (module docstring)."""
     code, bn, k = int(icfg[I_ACT]), bool(icfg[I_BN]), int(icfg[I_RESIDUAL])
@@ -512,28 +550,34 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
             batchnorm_forward(z, Z[l], bn_mean[l], bn_rstd[l], z.copy(), gamma[l], beta[l], eps)
         else:
             Z[l] = z
-        f = int(fexp[l]) if rescale else None  # z is the mantissa of z 2^fexp[l] when rescaling
-        activation_forward(H[l + 1], z, code, layer_param, f)
-        fexp[l + 1] = fexp[l]
-        if rescale and not (k and (l + 1) % k == 0):  # a skip's add holds the layer otherwise
-            fexp[l + 1] = rescue_forward(H[l + 1], z, f, code, layer_param)
-        if k and (l + 1) % k == 0:
-            fexp[l + 1] = add_aligned(H[l + 1], fexp[l], H[l + 1 - k], fexp[l + 1 - k], alpha)
+        # z's row i is the mantissa of z_i 2^f[i] when rescaling: one exponent per sample
+        f = fexp[l] + frow[l] if rescale else None
+        fc = None if f is None else f[:, None]
+        activation_forward(H[l + 1], z, code, layer_param, fc)
+        end = k and (l + 1) % k == 0  # a skip's add holds the layer: no rescue there
         if rescale:
-            fexp[l + 1] += normalise(H[l + 1])
-        # statistics of h_{l+1} and of z_l
-        h = H[l + 1].astype(np.float64)
+            g = f if end else rescue_forward_rows(H[l + 1], z, f, code, layer_param)
+            if end:
+                g = g.copy()
+                add_aligned_rows(H[l + 1], g, H[l + 1 - k], fexp[l + 1 - k] + frow[l + 1 - k], alpha)
+            fexp[l + 1], frow[l + 1] = layer_rows(H[l + 1], g)
+        else:
+            fexp[l + 1], frow[l + 1] = fexp[l], 0
+            if end:
+                add_aligned(H[l + 1], 0, H[l + 1 - k], 0, alpha)
+        # statistics of h_{l+1} (at the layer's exponent) and of z_l
+        h = scaled_rows(H[l + 1].astype(np.float64), frow[l + 1], 0)
         act_mean[l] = h.mean()
         act_std[l] = np.sqrt(((h - act_mean[l]) ** 2).mean())
-        d = dphi(z, code, layer_param) if f is None else dphi_scaled(z, f, code, layer_param)
+        d = dphi(z, code, layer_param) if f is None else dphi_scaled(z, fc, code, layer_param)
         saturation[l] = np.mean(np.abs(d) < sat_threshold)  # GELU, swish, a negative slope: phi' < 0
         dead[l] = np.mean(np.all(z <= 0, axis=0))
         if info[INFO_FORWARD] < 0 and not np.all(np.isfinite(H[l + 1])):
             info[INFO_FORWARD] = l
 
 
-def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, row_e, dW, db, dgamma,
-                          dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, clip_acted, info):
+def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, frow, G, row_e, dW, db, dgamma,
+                          dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, dw_e, clip_acted, info):
     """Backward through all L layers with the power-of-two rescaled chain, one exponent per
     row of the signal (module docstring)."""
     code, bn, k = int(icfg[I_ACT]), bool(icfg[I_BN]), int(icfg[I_RESIDUAL])
@@ -567,10 +611,12 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
             zl[...] = gamma[l] * Z[l] + beta[l]
         else:
             zl[...] = Z[l]
-        f = int(fexp[l]) if rescale else None
-        dslope[l] = activation_backward(dz, da, zl, code, layer_param, f)  # 0 but for PReLU
-        if code == PRELU:  # a sum over rows: at the layer's exponent (PReLU is never rescued)
-            dslope[l] = np.sum(scaled_rows(da, r, row_top(dz, r)) * np.minimum(zl, 0), dtype=np.float64)
+        q = frow[l]  # row i of h_l (and of z_l) at fexp[l] + q[i]
+        f = fexp[l] + q if rescale else None
+        dslope[l] = activation_backward(dz, da, zl, code, layer_param, None if f is None else f[:, None])
+        if code == PRELU:  # a sum over rows, at dW's exponent (PReLU is never rescued)
+            dslope[l] = np.sum(scaled_rows(da, r + q, pair_top(dz, r, H[l], q)) * np.minimum(zl, 0),
+                               dtype=np.float64)
         r += rescue_rows(dz, da, zl, code, layer_param, f)
         if bn:  # batch norm mixes the rows: one exponent for the layer
             e = row_top(dz, r)
@@ -582,11 +628,14 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
             dgamma[l] = 0
             dbeta[l] = 0
         e = row_top(dz, r)
-        dense_backward(G, dW[l], db[l], scaled_rows(dz, r, e), H[l], W[l])  # sums over rows at e
+        w = pair_top(dz, r, H[l], q)  # dW = sum_i dz_i^T h_i at 2**(fexp[l] + w)
+        db[l] = scaled_rows(dz, r, e).sum(axis=0)  # sums over rows: db at e, dW at w
+        np.matmul(scaled_rows(dz, r + q, w).T, H[l], out=dW[l])
         np.matmul(dz, W[l], out=G)  # each row at its own exponent
         gnorm_m[l], ge = norm_scaled(dW[l])
-        gnorm_e[l] = e + fexp[l] + ge
+        gnorm_e[l] = w + fexp[l] + ge
         dz_e[l] = e
+        dw_e[l] = w
         if k and l % k == 0:  # start of a group: add the skip path
             add_aligned_rows(G, r, skip, skip_r)
         finish(l)
