@@ -103,7 +103,7 @@ FORWARD: tuple[Arg, ...] = (
     _arg("fexp", "L+1", "i8", "rw", "forward exponents: the layer's, its largest non-zero row's; fexp[0] read"),
     _arg("frow", "L+1,B", "i8", "rw", "row i of h_l is H[l, i] * 2**(fexp[l] + frow[l, i]); frow[0] read; "
                                       "written rows normalised (max|H[l, i]| in [0.5, 1)), max over non-zero "
-                                      "rows 0, rows of zeros (or not finite) 0; without rescaling all 0"),
+                                      "rows 0, rows of zeros 0; without rescaling all 0"),
     _arg("act_mean", "L", "f8", "w", "mean of h_{l+1} (true value times 2**fexp[l+1])"),
     _arg("act_std", "L", "f8", "w", "standard deviation of H[l+1] (likewise)"),
     _arg("saturation", "L", "f8", "w", "fraction of z_l with |phi'(z)| < fcfg[F_SAT] (prelu: of slope[l])"),

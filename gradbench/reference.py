@@ -384,8 +384,8 @@ def pair_top(X: np.ndarray, r: np.ndarray, Y: np.ndarray, q: np.ndarray) -> int:
 def layer_rows(H: np.ndarray, g: np.ndarray) -> tuple[int, np.ndarray]:
     """The forward's rows made ready, in place: each row normalised (its exponent added to the
     absolute g (B,)); returns the layer's exponent (the largest non-zero row's, :func:`row_top`)
-    and the rows' exponents relative to it (0 for rows of zeros and for rows whose largest
-    magnitude is not finite, as :func:`normalise` leaves them)."""
+    and the rows' exponents relative to it (0 for rows of zeros; a row whose largest magnitude
+    is not finite is left as it is, as :func:`normalise` leaves it, and counts as non-zero)."""
     normalise_rows(H, g)
     nz = nonzero_rows(H)
     e = row_top(H, g)

@@ -302,8 +302,9 @@ def _max_rel(a, b):
 
 
 # ------------------------------------------------------------------ the kernel contract
-def forward_arrays(stack, params, H0, fexp0=0, rescale=False):
-    """Arrays of ``stack_forward`` for the stack ``params`` (allocated as the engine does)."""
+def forward_arrays(stack, params, H0, fexp0=0, rescale=False, frow0=None):
+    """Arrays of ``stack_forward`` for the stack ``params`` (allocated as the engine does); row i
+    of the input at 2**(fexp0 + frow0[i]) (``frow0`` default 0)."""
     L, (B, N) = params.W.shape[0], H0.shape
     dt = stack.np_dtype
     icfg, fcfg = abi.kernel_config(stack, rescale)
@@ -311,9 +312,13 @@ def forward_arrays(stack, params, H0, fexp0=0, rescale=False):
     H[0] = H0
     fexp = np.zeros(L + 1, dtype=np.int64)
     fexp[0] = fexp0
+    frow = np.zeros((L + 1, B), dtype=np.int64)
+    if frow0 is not None:
+        frow[0] = frow0
     return dict(icfg=icfg, fcfg=fcfg, W=params.W, b=params.b, gamma=params.gamma, beta=params.beta,
                 slope=params.slope, H=H, Z=np.empty((L, B, N), dtype=dt),
                 bn_mean=np.zeros((L, N), dtype=dt), bn_rstd=np.ones((L, N), dtype=dt), fexp=fexp,
+                frow=frow,
                 act_mean=np.empty(L), act_std=np.empty(L), saturation=np.empty(L),
                 dead=np.empty(L), info=np.full(2, -1, dtype=np.int64))
 
@@ -336,11 +341,11 @@ def backward_arrays(stack, fwd, G, sig_e_top):
     info = fwd["info"].copy()
     out = {k: fwd[k] for k in ("icfg", "fcfg", "W", "gamma", "beta", "slope")}
     out.update(H=fwd["H"].copy(), Z=fwd["Z"].copy(), bn_rstd=fwd["bn_rstd"].copy(), fexp=fwd["fexp"].copy(),
-               G=np.array(G, dtype=dt, order="C"), row_e=np.zeros(B, dtype=np.int64), dW=np.empty((L, N, N), dtype=dt),
+               frow=fwd["frow"].copy(), G=np.array(G, dtype=dt, order="C"), row_e=np.zeros(B, dtype=np.int64), dW=np.empty((L, N, N), dtype=dt),
                db=np.empty((L, N), dtype=dt), dgamma=np.empty((L, N), dtype=dt),
                dbeta=np.empty((L, N), dtype=dt), dslope=np.empty(L, dtype=dt), sig_m=np.empty(L + 1),
                sig_e=sig_e, gnorm_m=np.empty(L), gnorm_e=np.zeros(L, np.int64), dz_e=np.zeros(L, np.int64),
-               clip_acted=np.zeros(L + 1, np.int64), info=info)
+               dw_e=np.zeros(L, np.int64), clip_acted=np.zeros(L + 1, np.int64), info=info)
     return out
 
 
