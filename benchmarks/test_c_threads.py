@@ -40,8 +40,8 @@ def _arrays(L, N, B, **variant):
     params_names = ("icfg", "fcfg", "W", "b", "gamma", "beta", "slope")
     dims = dict(L=L, B=B, N=N)
     fwd = abi.allocate("stack_forward", dims, np.float64, skip=params_names,
-                       fill=dict(fexp=0, info=-1, bn_mean=0.0, bn_rstd=1.0))
-    bwd = abi.allocate("stack_backward", dims, np.float64, skip=params_names + ("H", "Z", "bn_rstd", "fexp", "info"),
+                       fill=dict(fexp=0, frow=0, info=-1, bn_mean=0.0, bn_rstd=1.0))
+    bwd = abi.allocate("stack_backward", dims, np.float64, skip=params_names + ("H", "Z", "bn_rstd", "fexp", "frow", "info"),
                        fill=dict(sig_e=0, row_e=0))
     fwd["H"][0] = gb.gaussian_input(stack, B, 1)
     return stack, params, icfg, fcfg, fwd, bwd

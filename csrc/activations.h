@@ -277,6 +277,28 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
     return s;
 }
 
+/* s (from gb_scaled_init) made the setup for exponent f instead: the fields that depend on f,
+ * as gb_scaled_init sets them (the others, unused in the new mode, may keep old values). The
+ * stacks' rows each carry their own exponent (frow): a row whose f is the previous row's costs
+ * one comparison; homogeneous activations and unscaled layers ignore f. */
+static inline void gb_scaled_refit(gb_scaled *s, int64_t f) {
+    if (!s->on) return;
+    f = f > 100000 ? 100000 : (f < -100000 ? -100000 : f);
+    if ((int)f == s->f) return;
+    s->f = (int)f;
+    s->mf = (int)-f;
+    s->pf = gb_pow2_f64(s->f);
+    s->pmf = gb_pow2_f64(s->mf);
+    s->vmode = f < -2200 ? GB_VM_TINY : f > 2200 ? GB_VM_OVER : (f >= -1000 && f <= 1000) ? GB_VM_MUL : GB_VM_LDEXP;
+    s->tiny_u = s->f < -60 ? ldexp(s->tiny, s->mf) : 0;
+    if (s->vmode == GB_VM_LDEXP) {
+        gb_scaled_factors(s->f, s->zq);
+        gb_scaled_factors(s->mf, s->rq);
+        s->lkp = ldexp(s->kp, s->mf);
+        s->lkm = ldexp(s->km, s->mf);
+    }
+}
+
 static inline double gb_phi_scaled_f64(double u, const gb_scaled *s) {
     if (!s->on) return gb_phi_f64(u, s->act, s->p);
     const double z = ldexp(u, s->f);

@@ -138,6 +138,7 @@ typedef struct gb_stack_arrays {
     void *bn_mean;           /* (L,N) */
     void *bn_rstd;           /* (L,N) */
     int64_t *fexp;           /* (L+1,) */
+    int64_t *frow;           /* (L+1,B) */
     double *act_mean;        /* (L,) */
     double *act_std;         /* (L,) */
     double *saturation;      /* (L,) */
@@ -155,6 +156,7 @@ typedef struct gb_stack_arrays {
     double *gnorm_m;         /* (L,) */
     int64_t *gnorm_e;        /* (L,) */
     int64_t *dz_e;           /* (L,) */
+    int64_t *dw_e;           /* (L,) */
     int64_t *clip_acted;     /* (L+1,) */
     int64_t L, B, N;
 } gb_stack_arrays;

@@ -169,6 +169,52 @@ static void F(gb_colsum)(T *db, const T *dz, int64_t B, int64_t N, int64_t i0, i
     }
 }
 
+#ifndef GB_OPAQUE /* without the vector extension: a plain C build contracts nothing it is not told to */
+#define GB_OPAQUE(v) ((void)0)
+#endif
+/* db[i] = sum of dz[r][i] 2^sh[r] over the rows r in order (from 0), i in [i0, i1): gb_colsum of
+ * the rows brought to db's exponent one by one, each product rounded on its own (as ldexp, as
+ * gb_scale_down's in-place product; never fused into the sum, so the bits do not depend on
+ * which loop takes a column). p[r] = 2^sh[r] as a normal T, or 0 where it is none (a row far
+ * below: ldexp per entry).    db (N,), dz (B,N), p, sh (B,) */
+static void F(gb_colsum_rows)(T *db, const T *dz, const T *p, const int64_t *sh, int64_t B, int64_t N, int64_t i0,
+                              int64_t i1) {
+    int64_t i = i0;
+#ifdef GB_HAVE_VTILES
+    typedef F(gb_vw) vt;
+    enum { VL = sizeof(vt) / sizeof(T) };
+    for (; i + 4 * VL <= i1; i += 4 * VL) {
+        vt acc[4] = {{0}, {0}, {0}, {0}};
+        for (int64_t r = 0; r < B; r++) {
+            const T pr = p[r];
+            if (pr != 0) {
+                for (int v = 0; v < 4; v++) {
+                    vt x;
+                    memcpy(&x, dz + r * N + i + v * VL, sizeof x);
+                    x = x * pr;
+                    GB_OPAQUE(x);
+                    acc[v] += x;
+                }
+            } else {
+                const int e = gb_clamp_exp(sh[r]);
+                for (int v = 0; v < 4; v++)
+                    for (int c = 0; c < (int)VL; c++) acc[v][c] += TLDEXP(dz[r * N + i + v * VL + c], e);
+            }
+        }
+        memcpy(db + i, acc, sizeof acc);
+    }
+#endif
+    for (; i < i1; i++) {
+        T acc = 0;
+        for (int64_t r = 0; r < B; r++) {
+            T x = p[r] != 0 ? dz[r * N + i] * p[r] : TLDEXP(dz[r * N + i], gb_clamp_exp(sh[r]));
+            GB_OPAQUE(x);
+            acc += x;
+        }
+        db[i] = acc;
+    }
+}
+
 /* ------------------------------------------------------------------ layers */
 /* 1 and the binary exponent of max|x| (frexp; 0 for all zeros) in *e, or 0 when x is not all finite */
 static int F(gb_exp_of_max)(const T *x, int64_t n, int *e) {
@@ -1131,6 +1177,29 @@ static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, F(gb_cfg) 
 }
 
 /* ---------------------------------------------------------------- forward */
+#ifndef GB_LDEXP_D_DEFINED /* not per type */
+#define GB_LDEXP_D_DEFINED
+/* ldexp(x, e): the product by 2^e where that is a normal double (rounded once, as ldexp; no
+ * libm call per row) */
+static inline double gb_ldexp_d(double x, int e) {
+    return e >= -1022 && e <= 1023 ? x * gb_pow2_f64(e) : ldexp(x, e);
+}
+#endif
+
+/* 1 when some entry of x (n,) is not 0 (NaN and inf are not) */
+static int F(gb_nonzero)(const T *x, int64_t n) {
+    int nz = 0;
+    for (int64_t i = 0; i < n; i++) nz |= x[i] != 0;
+    return nz;
+}
+
+/* the forward's slots per thread (int64, one cache line): the largest absolute exponent of the
+ * thread's non-zero rows of h_{l+1} (GB_NOEXP_F: none) and of all its rows */
+#ifndef GB_FSLOT
+#define GB_FSLOT 8
+#define GB_NOEXP_F INT64_MIN
+#endif
+
 /* The forward's rescue (reference.rescue_forward): GELU and swish, whose phi itself underflows
  * for finite z (GELU below z = -37.5). Where a layer's largest |h| (mantissas at exponent f) lies
  * below GB_RESCUE_BELOW and some unit below GB_RESCUE_X, where |phi| is just above it, every unit
@@ -1169,7 +1238,7 @@ static double F(gb_fwd_ell_max)(const T *h, const T *z, int64_t n, const gb_scal
     return m;
 }
 
-/* k = floor(top / ln 2), top the layer's largest ell */
+/* k = floor(top / ln 2), top the row's largest ell */
 static void F(gb_fwd_rescue_rows)(T *h, const T *z, int64_t n, const gb_scaled *s, int64_t f, double top,
                                   int64_t k) {
     const double rem = gb_log_rem(top, k);
@@ -1179,6 +1248,26 @@ static void F(gb_fwd_rescue_rows)(T *h, const T *z, int64_t n, const gb_scaled *
         const double ell = F(gb_fwd_ell)(h[i], z[i], s, f, &sgn, &lin);
         h[i] = lin ? (T)ldexp((double)h[i], gb_clamp_exp(f - k)) : (T)(sgn * exp((ell - top) + rem));
     }
+}
+
+/* The forward's rescue of one row (reference.rescue_forward_rows: rescue_forward on the 1 x N
+ * block at the row's exponent f, s set for f): a row whose largest |h| (NaN: not looked at) lies
+ * below GB_RESCUE_BELOW with some unit beyond GB_RESCUE_X is taken from ln|phi|; returns the
+ * row's exponent (f when it is not rescued). A row decides alone. h, z (N,) */
+static int64_t F(gb_fwd_rescue_row)(T *h, const T *z, int64_t N, const gb_scaled *s, int64_t f, int f32) {
+    const double m = (double)F(gb_absmax)(h, N, 1);
+    if (!isfinite(m)) return f;
+    if (m > 0) {
+        int em;
+        frexp(m, &em);
+        if (em + f > GB_RESCUE_BELOW_EXP(f32)) return f;
+    }
+    if (!F(gb_fwd_deep)(z, N, ldexp(F(gb_rescue_x)(s->act, f32), gb_clamp_exp(-f)))) return f;
+    const double M = F(gb_fwd_ell_max)(h, z, N, s, f);
+    if (!(M >= GB_RESCUE_LN_MIN && M < INFINITY)) return f;
+    const int64_t kf = (int64_t)floor(M / GB_LN2);
+    F(gb_fwd_rescue_rows)(h, z, N, s, f, M, kf);
+    return kf;
 }
 
 typedef struct {
@@ -1195,9 +1284,11 @@ typedef struct {
     int64_t *rsat;        /* (L,B) per row: saturated entries of z_l */
     unsigned char *rbad;  /* (L,B) per row: h_{l+1} has a non-finite entry */
     unsigned char *dead;  /* (L,nth,N) per thread: z_l <= 0 on all its rows */
-    T *amax;              /* (2,nth) per thread: max|h_{l+1}| over its rows (layer parity) */
-    double *fres;         /* (2,3,nth) the forward's rescue (GELU, swish): per thread its tail flag,
-                             max ell and new max|h| (layer parity); NULL for other activations */
+    int64_t *eslot;       /* (2,nth,GB_FSLOT) per thread: the largest absolute exponent of its
+                             non-zero rows of h_{l+1} and of all its rows (layer parity) */
+    int64_t *gabs;        /* (B,) the rows' absolute exponents of h_{l+1} (rescaling) */
+    unsigned char *gnz;   /* (B,) the row of h_{l+1} is not all zero (rescaling) */
+    int frescue;          /* the forward's rescue (GELU, swish with rescaling) */
     int nth;
 } F(gb_fwd);
 
@@ -1337,12 +1428,13 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     const int64_t L = a->L, B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;
     const T *W = a->W, *b = a->b, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
     T *H = a->H, *Z = a->Z;
-    int64_t *fexp = a->fexp;
-    const int f32 = sizeof(T) == sizeof(float);
+    int64_t *fexp = a->fexp, *frow = a->frow;
+    const int f32 = sizeof(T) == sizeof(float), rescale = st->cfg.rescale;
     int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
     int64_t j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
     int sense = 0;
-    int64_t f = fexp[0]; /* exponent of h_l (every thread keeps its copy) */
+    /* exponent of h_l (every thread keeps its copy): row i of h_l at f + frow[l, i] */
+    int64_t f = fexp[0];
     int64_t fg = f;      /* exponent of the current residual group's input h (= fexp of its layer) */
     /* W^T without a barrier, one of two ways (st->own_wt, chosen per call: GB_OWN_WT_MAX_N).
      * Own copies: every thread transposes the whole W_{l+2} into its own buffers in layer l (W_0
@@ -1372,7 +1464,9 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         /* PReLU: 1 % of the largest |phi'| = max(1, |slope_l|) of the slope that runs, rounded to T
          * (abi.saturation_threshold); the others: fcfg[F_SAT] */
         const double thr = st->cfg.act == GB_PRELU ? (double)(T)(0.01 * fmax(1.0, fabs(p))) : st->cfg.thr;
-        const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, f, f32);
+        /* the scaled activation of each row at its own exponent f + frow[l, r] (gb_scaled_refit) */
+        gb_scaled sc = gb_scaled_init(st->cfg.act, p, rescale, f, f32);
+        const int64_t *ql = frow + l * B;
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
         unsigned char *dead = st->dead + (l * st->nth + tid) * N; /* all 1 for a thread that left */
         if (st->gemm || st->cfg.bn || N > GB_KC) { /* BLAS (one thread), batch norm or a product
@@ -1392,9 +1486,11 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                                              st->zb, gamma + l * N, beta + l * N, st->cfg.eps, B, N, j0, j1);
                 gb_barrier_wait(bar, &sense); /* every column normalised */
             }
-            for (int64_t r = r0; r < r1; r++)
+            for (int64_t r = r0; r < r1; r++) {
+                gb_scaled_refit(&sc, f + ql[r]);
                 st->rsat[l * B + r] = F(gb_act_forward_row)(hn + (r - r0) * N, zz + r * N, N, &sc,
                                                             thr, dead);
+            }
         } else { /* the activation as the epilogue of every block of 4 rows, while z is in L1 */
             gb_pf pf = {0}; /* W_{l+2} (transposed below), the next layer's z and h rows */
             if (l + 1 < L) {
@@ -1409,9 +1505,11 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 T *zq = Zl + (r0 + q) * N;
                 F(gb_gemm_own)(zq, h + q * N, N, 1, wtl, b + l * N, m, N, N);
                 F(gb_dense_fix)(zq, h + q * N, W + l * NN, b + l * N, m, N);
-                for (int64_t r = q; r < q + m; r++)
+                for (int64_t r = q; r < q + m; r++) {
+                    gb_scaled_refit(&sc, f + ql[r0 + r]);
                     st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, Zl + (r0 + r) * N, N, &sc,
                                                                      thr, dead);
+                }
             }
         }
         if (!st->gemm && own) {
@@ -1425,50 +1523,60 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
             }
         }
         int64_t fn = f;
-        if (k && (l + 1) % k == 0) /* fg, not fexp[l + 1 - k]: thread 0 may not have written it yet */
-            fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, fg, st->cfg.alpha, nr * N);
-        if (st->cfg.rescale) { /* normalise h_{l+1}: the global max|h| from every thread's rows */
-            T *slot = st->amax + (l & 1) * nth;
-            slot[tid] = F(gb_absmax)(hn, nr * N, 0);
-            gb_barrier_wait(bar, &sense);
-            T m = 0;
-            for (int t = 0; t < nth; t++) m = slot[t] > m ? slot[t] : m;
-            int em;
-            frexp((double)m, &em);
-            if (st->fres && !(k && (l + 1) % k == 0) && isfinite(m) && (m == 0 || em + f <= GB_RESCUE_BELOW_EXP(f32))) {
-                /* rare: every thread takes this branch (m and f are the same on each) */
-                double *fr = st->fres + (l & 1) * 3 * nth;
-                const T *zr = Zl + r0 * N;
-                fr[tid] = F(gb_fwd_deep)(zr, nr * N, ldexp(F(gb_rescue_x)(st->cfg.act, f32), gb_clamp_exp(-f)));
-                gb_barrier_wait(bar, &sense); /* every thread's tail flag */
-                int deep = 0;
-                for (int t = 0; t < nth; t++) deep |= fr[t] != 0;
-                if (deep) {
-                    fr[nth + tid] = F(gb_fwd_ell_max)(hn, zr, nr * N, &sc, f);
-                    gb_barrier_wait(bar, &sense); /* every thread's max ell */
-                    double M = -INFINITY;
-                    for (int t = 0; t < nth; t++) M = fr[nth + t] > M ? fr[nth + t] : M;
-                    if (M >= GB_RESCUE_LN_MIN && M < INFINITY) {
-                        const int64_t kf = (int64_t)floor(M / GB_LN2);
-                        F(gb_fwd_rescue_rows)(hn, zr, nr * N, &sc, f, M, kf);
-                        fn = kf;
-                        fr[2 * nth + tid] = (double)F(gb_absmax)(hn, nr * N, 0);
-                        gb_barrier_wait(bar, &sense); /* every thread's new max|h| */
-                        m = 0;
-                        for (int t = 0; t < nth; t++) m = fr[2 * nth + t] > m ? (T)fr[2 * nth + t] : m;
-                    }
+        const int end = k && (l + 1) % k == 0;
+        if (!rescale) { /* one exponent for every row: frow[l + 1] = 0 */
+            if (end) /* fg, not fexp[l + 1 - k]: thread 0 may not have written it yet */
+                fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, fg, st->cfg.alpha, nr * N);
+            F(gb_row_stats)(H + (l + 1) * BN, r0, r1, N, st->rsum + l * B, st->rm2 + l * B, st->rbad + l * B);
+            for (int64_t r = r0; r < r1; r++) frow[(l + 1) * B + r] = 0;
+        } else { /* row by row (reference stack_forward): each row at its absolute exponent g */
+            int64_t tnz = GB_NOEXP_F, tall = GB_NOEXP_F;
+            const int64_t *qs = end ? frow + (l + 1 - k) * B : NULL; /* the skip's rows (h_{l+1-k}) */
+            for (int64_t r = r0; r < r1; r++) {
+                T *hr = H + (l + 1) * BN + r * N;
+                int64_t g = f + ql[r];
+                if (end) { /* the skip added at the larger exponent; a row of zeros takes the other's */
+                    const T *sr = H + (l + 1 - k) * BN + r * N;
+                    int64_t es = fg + qs[r];
+                    if (!F(gb_nonzero)(hr, N))
+                        g = es;
+                    else if (!F(gb_nonzero)(sr, N))
+                        es = g;
+                    g = F(gb_add_aligned_impl)(hr, g, sr, es, st->cfg.alpha, N);
+                } else if (st->frescue) { /* GELU, swish: the row's rescue (its own decision) */
+                    gb_scaled_refit(&sc, g);
+                    g = F(gb_fwd_rescue_row)(hr, Zl + r * N, N, &sc, g, f32);
                 }
+                const T m = F(gb_absmax)(hr, N, 0); /* normalised: max|row| in [0.5, 1) */
+                g += F(gb_scale_pow2)(hr, N, m);
+                const int nz = m > 0 || F(gb_nonzero)(hr, N); /* m = 0: a NaN entry is not zero */
+                st->gabs[r] = g;
+                st->gnz[r] = (unsigned char)nz;
+                if (nz && g > tnz) tnz = g;
+                tall = g > tall ? g : tall;
             }
-            fn += F(gb_scale_pow2)(hn, nr * N, m);
+            F(gb_row_stats)(H + (l + 1) * BN, r0, r1, N, st->rsum + l * B, st->rm2 + l * B, st->rbad + l * B);
+            int64_t *slot = st->eslot + (size_t)(l & 1) * nth * GB_FSLOT;
+            slot[(size_t)tid * GB_FSLOT] = tnz;
+            slot[(size_t)tid * GB_FSLOT + 1] = tall;
+            gb_barrier_wait(bar, &sense); /* every thread's rows */
+            /* the layer's exponent: the largest non-zero row's (all rows zero: the largest) */
+            int64_t mz = GB_NOEXP_F, ma = GB_NOEXP_F;
+            for (int t = 0; t < nth; t++) {
+                const int64_t *sl = slot + (size_t)t * GB_FSLOT;
+                mz = sl[0] > mz ? sl[0] : mz;
+                ma = sl[1] > ma ? sl[1] : ma;
+            }
+            fn = mz != GB_NOEXP_F ? mz : ma;
+            for (int64_t r = r0; r < r1; r++) frow[(l + 1) * B + r] = st->gnz[r] ? st->gabs[r] - fn : 0;
         }
-        F(gb_row_stats)(H + (l + 1) * BN, r0, r1, N, st->rsum + l * B, st->rm2 + l * B, st->rbad + l * B);
         if (tid == 0) fexp[l + 1] = fn;
         f = fn;
         /* without batch norm or rescaling the forward has no barrier: one every GB_JUDGE_EVERY
          * layers, where the team is judged (csrc/team.c: a partner without a core of its own,
          * e.g. beside another library's spinning BLAS worker, makes the others wait for its
          * shares of W^T) and may go solo at the next layer */
-        if (!st->cfg.rescale && !st->cfg.bn && (l + 1) % GB_JUDGE_EVERY == 0) gb_barrier_wait(bar, &sense);
+        if (!rescale && !st->cfg.bn && (l + 1) % GB_JUDGE_EVERY == 0) gb_barrier_wait(bar, &sense);
     }
 }
 
@@ -1497,12 +1605,13 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.rsat = F(gb_alloc)(sizeof(int64_t) * LB);
     st.rbad = F(gb_alloc)(LB);
     st.dead = F(gb_alloc)((size_t)(L * nth * N));
-    st.amax = F(gb_alloc)(sizeof(T) * 2 * (size_t)nth);
-    const int frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH);
-    st.fres = frescue ? F(gb_alloc)(sizeof(double) * 6 * (size_t)nth) : NULL;
+    st.eslot = F(gb_alloc)(sizeof(int64_t) * 2 * GB_FSLOT * (size_t)nth);
+    st.gabs = F(gb_alloc)(sizeof(int64_t) * (size_t)B);
+    st.gnz = F(gb_alloc)((size_t)B);
+    st.frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH);
     rc = GB_ENOMEM;
     if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
-        st.rsat && st.rbad && st.dead && st.amax && st.tdone && st.rdone && (!frescue || st.fres)) {
+        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.tdone && st.rdone) {
         rc = GB_OK;
         for (int t = 0; t < nth; t++) {
             atomic_init(&st.tdone[t].step, -1);
@@ -1520,6 +1629,14 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
             double s = 0, m2 = 0;
             int64_t nsat = 0;
             int bad = 0;
+            /* the rows at the layer's exponent: row r's sums times 2^frow, its squares 4^frow
+             * (exact while normal: the rows' own sums of the entries scaled) */
+            const int64_t *q = a->frow + (l + 1) * B;
+            for (int64_t r = 0; r < B; r++)
+                if (q[r]) {
+                    st.rsum[l * B + r] = gb_ldexp_d(st.rsum[l * B + r], gb_clamp_exp(q[r]));
+                    st.rm2[l * B + r] = gb_ldexp_d(st.rm2[l * B + r], 2 * gb_clamp_exp(q[r]));
+                }
             for (int64_t r = 0; r < B; r++) s += st.rsum[l * B + r];
             const double mean = s / BN;
             for (int64_t r = 0; r < B; r++) {
@@ -1550,8 +1667,9 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.rsat);
     free(st.rbad);
     free(st.dead);
-    free(st.amax);
-    free(st.fres);
+    free(st.eslot);
+    free(st.gabs);
+    free(st.gnz);
     return rc;
 }
 
@@ -1604,13 +1722,6 @@ static void F(gb_rescue_row)(T *dz, const T *g, const T *zr, const T *gamma, con
     }
 }
 
-/* 1 when some entry of x (n,) is not 0 (NaN and inf are not) */
-static int F(gb_nonzero)(const T *x, int64_t n) {
-    int nz = 0;
-    for (int64_t i = 0; i < n; i++) nz |= x[i] != 0;
-    return nz;
-}
-
 /* x (n,) times 2^d, d <= 0 clamped at -GB_EXP_CLAMP: a product by a normal power of two
  * (rounded once, as ldexp, where the result is subnormal), else ldexp per entry */
 static void F(gb_scale_down)(T *x, int64_t n, int64_t d) {
@@ -1626,18 +1737,13 @@ static void F(gb_scale_down)(T *x, int64_t n, int64_t d) {
 
 #ifndef GB_ROWS_DEFINED /* not per type */
 #define GB_ROWS_DEFINED
-/* ldexp(x, e): the product by 2^e where that is a normal double (rounded once, as ldexp; no
- * libm call per row) */
-static inline double gb_ldexp_d(double x, int e) {
-    return e >= -1022 && e <= 1023 ? x * gb_pow2_f64(e) : ldexp(x, e);
-}
-
 /* The no-exponent mark of the slots below: INT64_MIN (no row of that kind) */
 #define GB_NOEXP INT64_MIN
 /* the slots' fields (GB_SLOT int64 per thread, one cache line): the largest exponent of the
  * thread's non-zero rows and of all its rows, of G after the layer (0, 1), of dz (2, 3), of G
- * after a norm clip (5, 6); 4: the value clip acted on one of its rows */
-enum { GB_SL_GNZ, GB_SL_GALL, GB_SL_DNZ, GB_SL_DALL, GB_SL_ACTED, GB_SL_CNZ, GB_SL_CALL, GB_SLOT = 8 };
+ * after a norm clip (5, 6); 4: the value clip acted on one of its rows; 7: the largest
+ * exponent r + frow[l] of its rows where both dz and h_l are not all zero (dW's, dw_e) */
+enum { GB_SL_GNZ, GB_SL_GALL, GB_SL_DNZ, GB_SL_DALL, GB_SL_ACTED, GB_SL_CNZ, GB_SL_CALL, GB_SL_WNZ, GB_SLOT = 8 };
 
 /* E over the threads' slots (each of stride GB_SLOT): the largest field nz, or of field all
  * when no thread has a non-zero row */
@@ -1663,6 +1769,8 @@ typedef struct {
     int64_t *skip_r;      /* (B,) the skip's row exponents */
     unsigned char *skip_nz; /* (B,) the skip's row is not all zero */
     int64_t *rdz;         /* (2,B) dz_l's row exponents (layer parity) */
+    int64_t *rsh;         /* (nth,B) per thread: the rows' shifts to db's exponent (two factors) */
+    T *rpw;               /* (nth,B) per thread: 2^rsh as a normal T, or 0 (gb_colsum_rows) */
     double *rsq;          /* (L+1,B) per row: sum of squares of dL/dh_l 2^-sig_e[l] */
     unsigned char *rbad;  /* (L+1,B) per row: dL/dh_l has a non-finite entry */
     double *rslope;       /* (L,B) per row: PReLU slope sums at exponent dz_e[l] (PReLU only) */
@@ -1808,19 +1916,36 @@ static int64_t F(gb_clip_norm_team)(F(gb_bwd) *st, int64_t e, int64_t r0, int64_
     return gb_slots_e(slots, nth, GB_SL_CNZ, GB_SL_CALL);
 }
 
-/* dW_l and db_l from dz_l (its rows at the layer's exponent): dW rows [i0, i1) and db's entries
- * there (own kernels, pf from part q of npf), or all of them by BLAS */
-static void F(gb_bwd_dw)(F(gb_bwd) *st, int64_t l, int64_t i0, int64_t i1, gb_pf *pf, int64_t q, int64_t npf) {
+/* dW_l from dz_l (its rows at dW's exponent) and, with_db, db_l (the rows at db's, the same
+ * then): dW rows [i0, i1) and db's entries there (own kernels, pf from part q of npf), or all of
+ * them by BLAS */
+static void F(gb_bwd_dw)(F(gb_bwd) *st, int64_t l, int64_t i0, int64_t i1, gb_pf *pf, int64_t q, int64_t npf,
+                         int with_db) {
     const gb_stack_arrays *a = st->a;
     const int64_t B = a->B, N = a->N, BN = B * N, NN = N * N;
     T *dz = st->dz[l & 1], *dW = (T *)a->dW + l * NN, *db = (T *)a->db + l * N;
     const T *h = (const T *)a->H + l * BN;
     if (st->gemm) {
-        F(gb_dense_dw_ctx)(st->gemm, dW, db, dz, h, B, N);
+        if (with_db) {
+            F(gb_dense_dw_ctx)(st->gemm, dW, db, dz, h, B, N);
+        } else { /* column major: dW^T = h^T dz */
+            char tn = 'N', tt = 'T';
+            int n = (int)N, bb = (int)B, ld = (int)N;
+            T one = 1, zero = 0;
+            st->gemm(&tn, &tt, &n, &n, &bb, &one, (T *)h, &ld, dz, &ld, &zero, dW, &ld);
+        }
         return;
     }
     F(gb_gemm_own_pf)(dW + i0 * N, dz + i0, 1, N, h, NULL, i1 - i0, N, B, pf, q, npf);
-    F(gb_colsum)(db, dz, B, N, i0, i1);
+    if (with_db) F(gb_colsum)(db, dz, B, N, i0, i1);
+}
+
+/* 1 when some entry of x (n,) is not 0 (NaN is not), looked at from the first on: a row of h
+ * has a non-zero first entry as a rule */
+static int F(gb_any_nonzero)(const T *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (x[i] != 0) return 1;
+    return 0;
 }
 
 static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
@@ -1859,7 +1984,9 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         int64_t *my = slots + (size_t)tid * GB_SLOT;
         T *g = G + r0 * N;
         const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
-        const gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, fexp[l], f32);
+        /* each row's phi' at its own forward exponent fexp[l] + frow[l, r] (gb_scaled_refit) */
+        gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, fexp[l], f32);
+        const int64_t *ql = a->frow + l * B;
         const int end_group = k && (l + 1) % k == 0, start_group = k && l % k == 0;
         const T alpha = (T)st->cfg.alpha;
         const T *gam = st->cfg.bn ? gamma + l * N : NULL, *bet = st->cfg.bn ? beta + l * N : NULL;
@@ -1881,9 +2008,10 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             gb_pf_add(&pf, dW + (l - 1) * NN + i0 * N, (i1 - i0) * N * (int64_t)sizeof(T), 1);
         }
         /* dz rows = da phi'(zl), each at its row's exponent, rescued where saturated */
-        int64_t dnz = GB_NOEXP, dall = GB_NOEXP;
+        int64_t dnz = GB_NOEXP, dall = GB_NOEXP, wnz = GB_NOEXP;
         for (int64_t r = r0; r < r1; r++) {
             gb_pf_part(&pf, r - r0, npf);
+            gb_scaled_refit(&sc, fexp[l] + ql[r]);
             double mr = 0; /* max|dz row|, NaN ignored */
             const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group,
                                                     alpha, &sc, N, &mr);
@@ -1903,6 +2031,8 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             rdz[r] = re;
             if (nz && re > dnz) dnz = re;
             dall = re > dall ? re : dall;
+            /* dW's exponent: the rows where dz and h_l are both not all zero (batch norm: below) */
+            if (nz && !st->cfg.bn && re + ql[r] > wnz && F(gb_any_nonzero)(H + l * BN + r * N, N)) wnz = re + ql[r];
         }
         my[GB_SL_DNZ] = dnz;
         my[GB_SL_DALL] = dall;
@@ -1914,6 +2044,9 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             F(gb_batchnorm_backward_impl)(dz, (T *)a->dgamma + l * N, (T *)a->dbeta + l * N, dz, Zl,
                                           (const T *)a->bn_rstd + l * N, gamma + l * N, B, N, i0, i1);
             gb_barrier_wait(bar, &sense);
+            for (int64_t r = r0; r < r1; r++) /* every row at edz now */
+                if (edz + ql[r] > wnz && F(gb_nonzero)(dz + r * N, N) && F(gb_any_nonzero)(H + l * BN + r * N, N))
+                    wnz = edz + ql[r];
         } else {
             T *dgamma = a->dgamma, *dbeta = a->dbeta;
             for (int64_t i = i0; i < i1; i++) dgamma[l * N + i] = dbeta[l * N + i] = 0;
@@ -1947,20 +2080,41 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         }
         F(gb_rows_e)(rg, st->gnz, r0, r1, my, GB_SL_GNZ, GB_SL_GALL);
         my[GB_SL_ACTED] = acted;
+        my[GB_SL_WNZ] = wnz;
         gb_barrier_wait(bar, &sense); /* every row of dz_l and of dL/dh_l, every slot written */
-        if (!st->cfg.bn) {
-            edz = gb_slots_e(slots, nth, GB_SL_DNZ, GB_SL_DALL);
-            if (st->gemm)
-                F(gb_dz_to_e)(dz, rdz, edz, B, N, 0, N);
-            else
-                F(gb_dz_to_e)(dz, rdz, edz, B, N, i0, i1);
+        if (!st->cfg.bn) edz = gb_slots_e(slots, nth, GB_SL_DNZ, GB_SL_DALL);
+        /* dW's exponent w (reference pair_top): the largest r + frow[l] over the rows where dz and
+         * h_l are both not all zero, else dz's. The rows of dz go to db at 2^(r - edz) and to dW at
+         * 2^(r + frow[l] - w) (batch norm: r = edz already), each shift at most 0 (a row of zeros
+         * takes any: 0; a row of h_l of zeros adds nothing to dW, and dz times more would
+         * overflow); one pass when the two agree on every row, else db from the rows as they are,
+         * then the rows scaled for dW */
+        int64_t w = GB_NOEXP;
+        for (int t = 0; t < nth; t++) w = GB_MAX(w, slots[(size_t)t * GB_SLOT + GB_SL_WNZ]);
+        if (w == GB_NOEXP) w = edz;
+        const int64_t c0 = st->gemm ? 0 : i0, c1 = st->gemm ? N : i1; /* this thread's columns of dz */
+#define GB_SH_DB(r) (st->cfg.bn ? 0 : GB_MIN(rdz[r] - edz, 0))
+#define GB_SH_DW(r) GB_MIN((st->cfg.bn ? edz : rdz[r]) + ql[r] - w, 0)
+        int same = 1;
+        for (int64_t r = 0; r < B && same; r++) same = GB_SH_DB(r) == GB_SH_DW(r);
+        if (!same) {
+            int64_t *sh = st->rsh + (size_t)tid * B;
+            T *pw = st->rpw + (size_t)tid * B;
+            for (int64_t r = 0; r < B; r++) {
+                sh[r] = GB_SH_DB(r);
+                pw[r] = sh[r] >= 1 - T_MAX_EXP ? (T)gb_pow2_f64((int)sh[r]) : (T)0;
+            }
+            F(gb_colsum_rows)((T *)a->db + l * N, dz, pw, sh, B, N, c0, c1);
         }
-        if (st->rslope) /* PReLU (never rescued): the rows' slope sums at dz's exponent, which labels them */
+        for (int64_t r = 0; r < B; r++) F(gb_scale_down)(dz + r * N + c0, c1 - c0, GB_SH_DW(r));
+#undef GB_SH_DB
+#undef GB_SH_DW
+        if (st->rslope) /* PReLU (never rescued): the rows' slope sums at dW's exponent, which labels them */
             for (int64_t r = r0; r < r1; r++)
-                st->rslope[l * B + r] = gb_ldexp_d(st->rslope[l * B + r], gb_clamp_exp(rdz[r] - edz));
+                st->rslope[l * B + r] = gb_ldexp_d(st->rslope[l * B + r], gb_clamp_exp(rdz[r] + ql[r] - w));
         e = gb_slots_e(slots, nth, GB_SL_GNZ, GB_SL_GALL);
         for (int t = 0; t < nth; t++) acted |= slots[(size_t)t * GB_SLOT + GB_SL_ACTED];
-        F(gb_bwd_dw)(st, l, i0, i1, &pf, nr + nb1, npf);
+        F(gb_bwd_dw)(st, l, i0, i1, &pf, nr + nb1, npf, same);
         for (int64_t i = F(gb_sumsq_rows4)(dW + l * NN, F(gb_sumsq_rows8)(dW + l * NN, i0, i1, N, st->gsq + l * N), i1,
                                            N, st->gsq + l * N);
              i < i1; i++)
@@ -1971,6 +2125,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         if (tid == 0) {
             sig_e[l] = e;
             a->dz_e[l] = edz;
+            a->dw_e[l] = w;
             a->clip_acted[l] = acted; /* [L] is the caller's: it clipped the top signal */
         }
     }
@@ -1993,6 +2148,8 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.skip_r = F(gb_alloc)(sizeof(int64_t) * (size_t)B);
     st.skip_nz = F(gb_alloc)((size_t)B);
     st.rdz = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)B);
+    st.rsh = F(gb_alloc)(sizeof(int64_t) * (size_t)nth * (size_t)B);
+    st.rpw = F(gb_alloc)(sizeof(T) * (size_t)nth * (size_t)B);
     st.rsq = F(gb_alloc)(sizeof(double) * L1B);
     st.rbad = F(gb_alloc)(L1B);
     st.rslope = st.cfg.act == GB_PRELU ? F(gb_alloc)(sizeof(double) * (size_t)(L * B)) : NULL;
@@ -2000,7 +2157,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.slot = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)nth * GB_SLOT);
     st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
     rc = GB_ENOMEM;
-    if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rg && st.gnz && st.skip_r && st.skip_nz && st.rdz &&
+    if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rg && st.gnz && st.skip_r && st.skip_nz && st.rdz && st.rsh && st.rpw &&
         st.rsq && st.rbad && (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.slot && st.rowacc) {
         rc = GB_OK;
         gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
@@ -2029,7 +2186,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
                 a->gnorm_m[l] = sqrt(g);
             else
                 a->gnorm_m[l] = F(gb_norm_scaled)((const T *)a->dW + l * N * N, N, N, st.rowacc, &ge);
-            a->gnorm_e[l] = a->dz_e[l] + a->fexp[l] + ge;
+            a->gnorm_e[l] = a->dw_e[l] + a->fexp[l] + ge;
         }
         for (int64_t r = 0; r < B; r++) a->row_e[r] = st.rg[r] - a->sig_e[0]; /* 0 for rows of zeros */
     }
@@ -2041,6 +2198,8 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.skip_r);
     free(st.skip_nz);
     free(st.rdz);
+    free(st.rsh);
+    free(st.rpw);
     free(st.rsq);
     free(st.rbad);
     free(st.rslope);

@@ -213,37 +213,41 @@ def _problem(stack, batch, seed=0):
     return params, x
 
 
-def _run(forward, backward, stack, params, x, top=True, rescale=None):
+def _run(forward, backward, stack, params, x, top=True, rescale=None, fexp0=0, frow0=None):
     """The engine's allocation and calls (sum_squares loss), returning every array written.
 
     ``top=False`` hands dL/dh_L to the backward pass as it is (not normalised beforehand);
-    ``rescale`` overrides the engine's choice of forward rescaling."""
+    ``rescale`` overrides the engine's choice of forward rescaling; row i of ``x`` is at
+    2**(fexp0 + frow0[i]) (``frow0`` default 0)."""
     L, N, B, dt = stack.depth, stack.width, x.shape[0], stack.np_dtype
     if rescale is None:
         rescale = gb.engine.can_rescale_forward(stack, params)
     icfg, fcfg = abi.kernel_config(stack, rescale)
     out = dict(
         H=np.empty((L + 1, B, N), dt), Z=np.empty((L, B, N), dt), bn_mean=np.zeros((L, N), dt),
-        bn_rstd=np.ones((L, N), dt), fexp=np.zeros(L + 1, np.int64), act_mean=np.empty(L),
+        bn_rstd=np.ones((L, N), dt), fexp=np.zeros(L + 1, np.int64), frow=np.zeros((L + 1, B), np.int64), act_mean=np.empty(L),
         act_std=np.empty(L), saturation=np.empty(L), dead=np.empty(L),
         info=np.full(2, -1, np.int64),
     )
     out["H"][0] = x
+    out["fexp"][0] = fexp0
+    if frow0 is not None:
+        out["frow"][0] = frow0
     o = out
     forward(icfg, fcfg, params.W, params.b, params.gamma, params.beta, params.slope, o["H"], o["Z"],
-            o["bn_mean"], o["bn_rstd"], o["fexp"], o["act_mean"], o["act_std"], o["saturation"],
+            o["bn_mean"], o["bn_rstd"], o["fexp"], o["frow"], o["act_mean"], o["act_std"], o["saturation"],
             o["dead"], o["info"])
     o.update(G=o["H"][L].copy(), row_e=np.zeros(o["H"].shape[1], np.int64), dW=np.empty((L, N, N), dt), db=np.empty((L, N), dt),
              dgamma=np.empty((L, N), dt), dbeta=np.empty((L, N), dt), dslope=np.empty(L, dt),
              sig_m=np.empty(L + 1), sig_e=np.zeros(L + 1, np.int64), gnorm_m=np.empty(L),
-             gnorm_e=np.zeros(L, np.int64), dz_e=np.zeros(L, np.int64), clip_acted=np.zeros(L + 1, np.int64))
+             gnorm_e=np.zeros(L, np.int64), dz_e=np.zeros(L, np.int64), dw_e=np.zeros(L, np.int64), clip_acted=np.zeros(L + 1, np.int64))
     # the engine normalises and (signal clipping) clips the top signal once, before the backward
     o["sig_e"][L] = o["fexp"][L]
     if top:
         o["sig_e"][L] = ref.top_signal(o["G"], int(o["fexp"][L]), abi.signal_clip(stack), stack.clip_threshold)
     backward(icfg, fcfg, params.W, params.gamma, params.beta, params.slope, o["H"], o["Z"],
-             o["bn_rstd"], o["fexp"], o["G"], o["row_e"], o["dW"], o["db"], o["dgamma"], o["dbeta"], o["dslope"],
-             o["sig_m"], o["sig_e"], o["gnorm_m"], o["gnorm_e"], o["dz_e"], o["clip_acted"], o["info"])
+             o["bn_rstd"], o["fexp"], o["frow"], o["G"], o["row_e"], o["dW"], o["db"], o["dgamma"], o["dbeta"], o["dslope"],
+             o["sig_m"], o["sig_e"], o["gnorm_m"], o["gnorm_e"], o["dz_e"], o["dw_e"], o["clip_acted"], o["info"])
     return o
 
 
@@ -259,7 +263,7 @@ def _compare(got, want, stack, label, rtol=None, truth=None):
     are held to that truth instead: each layer of C within ``rtol`` of it, or within 1.5 times
     the reference's own error there (two float32 computations can lie on either side of it)."""
     rtol = RTOL[stack.dtype] if rtol is None else rtol
-    for name in ("fexp", "sig_e", "gnorm_e", "dz_e", "clip_acted"):
+    for name in ("fexp", "frow", "sig_e", "gnorm_e", "dz_e", "dw_e", "clip_acted"):
         np.testing.assert_array_equal(got[name], want[name], err_msg=f"{label}: exponents {name}")
     np.testing.assert_array_equal(got["info"][:2], want["info"][:2], err_msg=f"{label}: info")
     arrays = ["H", "Z", "G", "dW", "gnorm_m", "sig_m", "act_std", "dslope"]
@@ -362,8 +366,8 @@ def _float64_truth(stack, params, x):
 def _true_values(out):
     """H_l, dL/dW_l (layer-wise) and dL/dh_0 with their exponents applied (float64)."""
     L = len(out["dW"])
-    return {"H": np.ldexp(np.asarray(out["H"], np.float64), out["fexp"][:, None, None]),
-            "dW": np.ldexp(np.asarray(out["dW"], np.float64), (out["dz_e"] + out["fexp"][:L])[:, None, None]),
+    return {"H": np.ldexp(np.asarray(out["H"], np.float64), (out["fexp"][:, None] + out["frow"])[:, :, None]),
+            "dW": np.ldexp(np.asarray(out["dW"], np.float64), (out["dw_e"] + out["fexp"][:L])[:, None, None]),
             "G": np.ldexp(np.asarray(out["G"], np.float64), int(out["sig_e"][0]))[None]}
 
 
@@ -430,6 +434,11 @@ def test_deep_exact_chain_matches_reference(act, depth, width, batch):
     _compare(got, want, stack, f"deep {act}", rtol=1e-11)
 
 
+def _at_layer(out):
+    """H's rows at their layer's exponent fexp (float64 mantissas times 2**frow)."""
+    return np.ldexp(np.asarray(out["H"], np.float64), out["frow"][:, :, None])
+
+
 def _aligned_error(got_m, got_e, want_m, want_e):
     """max over layers of |got - want| / max|want| with both at the reference's exponents."""
     shape = (-1,) + (1,) * (got_m.ndim - 1)
@@ -455,16 +464,16 @@ def test_deep_zero_bias_stack_tracks_reference_exponents(act, dtype):
     want = _run(ref.stack_forward, ref.stack_backward, stack, params, x)
     got = _run(cb.stack_forward, cb.stack_backward, stack, params, x)
     assert want["fexp"][L] < -3000 and want["sig_e"][0] < -6000  # far beyond float64
-    for name in ("fexp", "sig_e", "gnorm_e", "dz_e"):
+    for name in ("fexp", "frow", "sig_e", "gnorm_e", "dz_e", "dw_e"):
         if dtype == "float64":
             np.testing.assert_array_equal(got[name], want[name], err_msg=f"{act}: {name}")
         elif name != "gnorm_e":  # the sum of three exponents (sig_e, fexp, the norm's): by its value below
             d = np.abs(got[name] - want[name])
             assert d.max() <= 1, f"{act} {dtype}: {name} {d.max()} apart at layer {np.argmax(d)}"
     rtol = 100 * L * EPS[dtype] / 2
-    e_w = lambda o: o["sig_e"][1:] + o["fexp"][:-1]  # noqa: E731
+    e_w = lambda o: o["dw_e"] + o["fexp"][:-1]  # noqa: E731
     for what, gm, ge, wm, we in (
-            ("H", got["H"], got["fexp"], want["H"], want["fexp"]),
+            ("H", _at_layer(got), got["fexp"], _at_layer(want), want["fexp"]),
             ("dW", got["dW"], e_w(got), want["dW"], e_w(want)),
             ("||dW||", got["gnorm_m"], got["gnorm_e"], want["gnorm_m"], want["gnorm_e"]),
             ("||dL/dh||", got["sig_m"], got["sig_e"], want["sig_m"], want["sig_e"])):
@@ -481,8 +490,11 @@ def test_chaotic_stack_layer_by_layer():
     for l in range(0, 300, 37):
         one = gb.Stack(depth=1, width=24, activation="tanh")
         p1 = gb.Params(**{n: np.ascontiguousarray(a[l:l + 1]) for n, a in params.items()})
-        got = _run(cb.stack_forward, cb.stack_backward, one, p1, want["H"][l])
-        np.testing.assert_allclose(got["H"][1], want["H"][l + 1], rtol=1e-13, atol=1e-13 * np.abs(want["H"][l + 1]).max())
+        got = _run(cb.stack_forward, cb.stack_backward, one, p1, want["H"][l], fexp0=want["fexp"][l],
+                   frow0=want["frow"][l])  # the reference's h_l: its rows at their exponents
+        true = lambda o, i: np.ldexp(o["H"][i], (o["fexp"][i] + o["frow"][i])[:, None])  # noqa: E731
+        np.testing.assert_allclose(true(got, 1), true(want, l + 1), rtol=1e-13,
+                                   atol=1e-13 * np.abs(true(want, l + 1)).max())
 
 
 # ------------------------------------------------------------------ kernels, BLAS, threads
@@ -648,7 +660,7 @@ def test_gil_is_released_during_the_call():
     icfg, fcfg = abi.kernel_config(stack, False)
     H = np.empty((L + 1, B, N)); H[0] = x
     bufs = [np.empty((L, B, N)), np.zeros((L, N)), np.ones((L, N)), np.zeros(L + 1, np.int64),
-            np.empty(L), np.empty(L), np.empty(L), np.empty(L), np.full(2, -1, np.int64)]
+            np.zeros((L + 1, B), np.int64), np.empty(L), np.empty(L), np.empty(L), np.empty(L), np.full(2, -1, np.int64)]
     span = {}
 
     def call():
@@ -676,7 +688,7 @@ def _arrays(stack, batch=2):
     H = np.zeros((L + 1, batch, N)); H[0] = x
     fwd = [icfg, fcfg, params.W, params.b, params.gamma, params.beta, params.slope, H,
            np.empty((L, batch, N)), np.zeros((L, N)), np.ones((L, N)), np.zeros(L + 1, np.int64),
-           np.empty(L), np.empty(L), np.empty(L), np.empty(L), np.full(2, -1, np.int64)]
+           np.zeros((L + 1, batch), np.int64), np.empty(L), np.empty(L), np.empty(L), np.empty(L), np.full(2, -1, np.int64)]
     return fwd
 
 

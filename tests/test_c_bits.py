@@ -40,11 +40,11 @@ def _forward(opts, stack, params, x):
     rescale = gb.engine.can_rescale_forward(stack, params)
     icfg, fcfg = abi.kernel_config(stack, rescale)
     o = dict(H=np.empty((L + 1, B, N), dt), Z=np.empty((L, B, N), dt), bn_mean=np.zeros((L, N), dt),
-             bn_rstd=np.ones((L, N), dt), fexp=np.zeros(L + 1, np.int64), act_mean=np.empty(L),
+             bn_rstd=np.ones((L, N), dt), fexp=np.zeros(L + 1, np.int64), frow=np.zeros((L + 1, B), np.int64), act_mean=np.empty(L),
              act_std=np.empty(L), saturation=np.empty(L), dead=np.empty(L), info=np.full(2, -1, np.int64))
     o["H"][0] = x
     cb.forward_with(opts, icfg, fcfg, params.W, params.b, params.gamma, params.beta, params.slope, o["H"],
-                    o["Z"], o["bn_mean"], o["bn_rstd"], o["fexp"], o["act_mean"], o["act_std"],
+                    o["Z"], o["bn_mean"], o["bn_rstd"], o["fexp"], o["frow"], o["act_mean"], o["act_std"],
                     o["saturation"], o["dead"], o["info"])
     return o
 
@@ -56,12 +56,12 @@ def _backward(opts, stack, params, o):
     o.update(G=o["H"][L].copy(), row_e=np.zeros(o["H"].shape[1], np.int64), dW=np.empty((L, N, N), dt), db=np.empty((L, N), dt),
              dgamma=np.empty((L, N), dt), dbeta=np.empty((L, N), dt), dslope=np.empty(L, dt),
              sig_m=np.empty(L + 1), sig_e=np.zeros(L + 1, np.int64), gnorm_m=np.empty(L),
-             gnorm_e=np.zeros(L, np.int64), dz_e=np.zeros(L, np.int64), clip_acted=np.zeros(L + 1, np.int64))
+             gnorm_e=np.zeros(L, np.int64), dz_e=np.zeros(L, np.int64), dw_e=np.zeros(L, np.int64), clip_acted=np.zeros(L + 1, np.int64))
     with np.errstate(all="ignore"):
         o["sig_e"][L] = ref.top_signal(o["G"], int(o["fexp"][L]), abi.signal_clip(stack), stack.clip_threshold)
     cb.backward_with(opts, icfg, fcfg, params.W, params.gamma, params.beta, params.slope, o["H"], o["Z"],
-                     o["bn_rstd"], o["fexp"], o["G"], o["row_e"], o["dW"], o["db"], o["dgamma"], o["dbeta"], o["dslope"],
-                     o["sig_m"], o["sig_e"], o["gnorm_m"], o["gnorm_e"], o["dz_e"], o["clip_acted"], o["info"])
+                     o["bn_rstd"], o["fexp"], o["frow"], o["G"], o["row_e"], o["dW"], o["db"], o["dgamma"], o["dbeta"], o["dslope"],
+                     o["sig_m"], o["sig_e"], o["gnorm_m"], o["gnorm_e"], o["dz_e"], o["dw_e"], o["clip_acted"], o["info"])
 
 
 def _problem(stack, batch, seed):
