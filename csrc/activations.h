@@ -198,6 +198,8 @@ typedef struct gb_scaled {
                              form (f < -60; the float32 rows' float lanes, stack_impl.h) */
     double zq[3], rq[3];  /* ldexp(., f) and ldexp(., -f) as three products (gb_scaled_factors;
                              GB_VM_LDEXP) */
+    int layer_over;       /* the layer's exponent (gb_scaled_init's f) above 60: the float32 rows'
+                             float lanes stay off for every row of it (stack_impl.h gb_vf_mode) */
 } gb_scaled;
 
 /* ldexp(1, e): built from the bits for a normal result (a call per layer otherwise) */
@@ -268,6 +270,7 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
         break;
     }
     if (s.on && s.f < -60) s.tiny_u = ldexp(s.tiny, s.mf);
+    s.layer_over = s.on && s.f > 60;
     if (s.vmode == GB_VM_LDEXP) { /* (a few calls per layer: only where used) */
         gb_scaled_factors(s.f, s.zq);
         gb_scaled_factors(s.mf, s.rq);
@@ -278,9 +281,10 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
 }
 
 /* s (from gb_scaled_init) made the setup for exponent f instead: the fields that depend on f,
- * as gb_scaled_init sets them (the others, unused in the new mode, may keep old values). The
- * stacks' rows each carry their own exponent (frow): a row whose f is the previous row's costs
- * one comparison; homogeneous activations and unscaled layers ignore f. */
+ * as gb_scaled_init sets them (the others, unused in the new mode, may keep old values), but
+ * layer_over, the layer's. The stacks' rows each carry their own exponent (frow): a row whose f
+ * is the previous row's costs one comparison; homogeneous activations and unscaled layers
+ * ignore f. */
 static inline void gb_scaled_refit(gb_scaled *s, int64_t f) {
     if (!s->on) return;
     f = f > 100000 ? 100000 : (f < -100000 ? -100000 : f);

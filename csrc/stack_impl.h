@@ -452,6 +452,10 @@ static GB_AINLINE void F(gb_act_fwd_out)(T *a, unsigned char *dead, gb_vd u, gb_
  * the lanes with |u| < tiny 2^-f take the linear form in float (c0 u rounded once, as the double
  * rows round it), the others the double functions (gb_vf_fix) */
 static int gb_vf_mode(const gb_scaled *s, const int act) {
+    /* not for any row of a layer whose exponent is above 60 (its rows below it, from frow, at
+     * most 60 themselves: one exponent per layer took the double lanes for all of them; so the
+     * bits stay those of one exponent per layer) */
+    if (s->layer_over) return 0;
     return (gb_vf_has(act) &&
             (s->vmode == GB_VM_PLAIN || (s->vmode == GB_VM_MUL && s->f >= -60 && s->f <= 60))) ||
            (s->on && s->f < -60);
@@ -812,16 +816,39 @@ static int64_t F(gb_normalise_impl)(T *g, int64_t n) { return F(gb_scale_pow2)(g
  * float32, and the backward's every skip: float32 residual stacks at n = 64 ran 0.85x the
  * plain loop). Beyond it, ldexp.
  * a, s (n,) */
+/* fuse (instances with FMA): 1 rounds sc a 2^da + s 2^ds once, 0 rounds the product sc a 2^da
+ * first (as -ffp-contract=fast compiled the product loop below; the loops without a shift and
+ * with ldexp fused all of it), -1 as those loops did by the shifts: fused when da = ds = 0 or a
+ * shift is beyond T's normal powers of two. The forward's rows choose by the layer's exponents
+ * (one decision per layer as before, whatever each row's own shifts): the same bits as one
+ * exponent per layer gave wherever nothing is subnormal. Without FMA nothing is fused. */
 static GB_AINLINE void F(gb_add_aligned_range)(T *a, const T *s, T sc, int da, int ds, int64_t i0,
-                                               int64_t i1) {
+                                               int64_t i1, int fuse) {
+    const int normal = da >= 1 - T_MAX_EXP && ds >= 1 - T_MAX_EXP;
+#ifdef __FMA__
+    if (fuse < 0) fuse = (da == 0 && ds == 0) || !normal;
+    if (normal) {
+        const T pa = TLDEXP((T)1, da), ps = TLDEXP((T)1, ds);
+        if (fuse)
+            for (int64_t i = i0; i < i1; i++) a[i] = TFMA(sc, a[i] * pa, s[i] * ps);
+        else
+            for (int64_t i = i0; i < i1; i++) a[i] = TFMA(s[i], ps, sc * (a[i] * pa));
+    } else if (fuse) {
+        for (int64_t i = i0; i < i1; i++) a[i] = TFMA(sc, TLDEXP(a[i], da), TLDEXP(s[i], ds));
+    } else {
+        for (int64_t i = i0; i < i1; i++) a[i] = TFMA(TLDEXP(s[i], ds), (T)1, sc * TLDEXP(a[i], da));
+    }
+#else
+    (void)fuse;
     if (da == 0 && ds == 0) {
         for (int64_t i = i0; i < i1; i++) a[i] = s[i] + sc * a[i];
-    } else if (da >= 1 - T_MAX_EXP && ds >= 1 - T_MAX_EXP) {
+    } else if (normal) {
         const T pa = TLDEXP((T)1, da), ps = TLDEXP((T)1, ds);
         for (int64_t i = i0; i < i1; i++) a[i] = s[i] * ps + sc * (a[i] * pa);
     } else {
         for (int64_t i = i0; i < i1; i++) a[i] = TLDEXP(s[i], ds) + sc * TLDEXP(a[i], da);
     }
+#endif
 }
 
 /* The loops above round scale * a (the build's -ffp-contract=fast may fuse it into the sum);
@@ -830,7 +857,7 @@ static GB_AINLINE void F(gb_add_aligned_range)(T *a, const T *s, T sc, int da, i
  * +-inf, a fused one finite. There (rare: a residual scale above 1 in a stack that overflows
  * forward) those entries are taken as the reference does, the others keep the loops' bits.
  * a, s (n,) */
-static void F(gb_add_aligned_overflow)(T *a, const T *s, T sc, int da, int ds, int64_t n) {
+static void F(gb_add_aligned_overflow)(T *a, const T *s, T sc, int da, int ds, int64_t n, int fuse) {
     enum { CHUNK = 64 };
     T ref[CHUNK];
     unsigned char over[CHUNK];
@@ -842,17 +869,17 @@ static void F(gb_add_aligned_overflow)(T *a, const T *s, T sc, int da, int ds, i
             over[i - i0] = isfinite(a[i]) && !isfinite(pr);
             ref[i - i0] = TLDEXP(s[i], ds) + pr;
         }
-        F(gb_add_aligned_range)(a, s, sc, da, ds, i0, i1);
+        F(gb_add_aligned_range)(a, s, sc, da, ds, i0, i1, fuse);
         for (int64_t i = i0; i < i1; i++)
             if (over[i - i0]) a[i] = ref[i - i0];
     }
 }
 
 /* scale * a * 2^ea + s * 2^es written into a at the larger exponent, which it returns: the
- * loops of gb_add_aligned_range, or gb_add_aligned_overflow where a product may overflow.
- * a, s (n,) */
+ * loops of gb_add_aligned_range (fuse there), or gb_add_aligned_overflow where a product may
+ * overflow.    a, s (n,) */
 static int64_t F(gb_add_aligned_impl)(T *a, int64_t ea, const T *s, int64_t es, double scale,
-                                 int64_t n) {
+                                 int64_t n, int fuse) {
     const int64_t em = GB_MAX(ea, es);
     const int da = gb_clamp_exp(ea - em), ds = gb_clamp_exp(es - em);
     const T sc = (T)scale;
@@ -861,11 +888,11 @@ static int64_t F(gb_add_aligned_impl)(T *a, int64_t ea, const T *s, int64_t es, 
     if (TFABS(sc) > 1) {
         const T m = F(gb_absmax)(a, n, 0); /* NaN entries: NaN either way */
         if (!isfinite(TFABS(sc) * TLDEXP(m, da))) {
-            F(gb_add_aligned_overflow)(a, s, sc, da, ds, n);
+            F(gb_add_aligned_overflow)(a, s, sc, da, ds, n, fuse);
             return em;
         }
     }
-    F(gb_add_aligned_range)(a, s, sc, da, ds, 0, n);
+    F(gb_add_aligned_range)(a, s, sc, da, ds, 0, n, fuse);
     return em;
 }
 
@@ -1526,12 +1553,14 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         const int end = k && (l + 1) % k == 0;
         if (!rescale) { /* one exponent for every row: frow[l + 1] = 0 */
             if (end) /* fg, not fexp[l + 1 - k]: thread 0 may not have written it yet */
-                fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, fg, st->cfg.alpha, nr * N);
+                fn = F(gb_add_aligned_impl)(hn, f, H + (l + 1 - k) * BN + r0 * N, fg, st->cfg.alpha, nr * N, -1);
             F(gb_row_stats)(H + (l + 1) * BN, r0, r1, N, st->rsum + l * B, st->rm2 + l * B, st->rbad + l * B);
             for (int64_t r = r0; r < r1; r++) frow[(l + 1) * B + r] = 0;
         } else { /* row by row (reference stack_forward): each row at its absolute exponent g */
             int64_t tnz = GB_NOEXP_F, tall = GB_NOEXP_F;
             const int64_t *qs = end ? frow + (l + 1 - k) * B : NULL; /* the skip's rows (h_{l+1-k}) */
+            /* the skip add's rounding as one exponent per layer had it (gb_add_aligned_range) */
+            const int fuse = f == fg || f - fg > T_MAX_EXP - 1 || fg - f > T_MAX_EXP - 1;
             for (int64_t r = r0; r < r1; r++) {
                 T *hr = H + (l + 1) * BN + r * N;
                 int64_t g = f + ql[r];
@@ -1542,7 +1571,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                         g = es;
                     else if (!F(gb_nonzero)(sr, N))
                         es = g;
-                    g = F(gb_add_aligned_impl)(hr, g, sr, es, st->cfg.alpha, N);
+                    g = F(gb_add_aligned_impl)(hr, g, sr, es, st->cfg.alpha, N, fuse);
                 } else if (st->frescue) { /* GELU, swish: the row's rescue (its own decision) */
                     gb_scaled_refit(&sc, g);
                     g = F(gb_fwd_rescue_row)(hr, Zl + r * N, N, &sc, g, f32);
@@ -2069,7 +2098,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
                 } else if (es > ea && !st->skip_nz[r] && F(gb_nonzero)(gr, N)) {
                     es = ea; /* skip row of zeros: dh's */
                 }
-                ea = F(gb_add_aligned_impl)(gr, ea, st->skip + r * N, es, 1.0, N);
+                ea = F(gb_add_aligned_impl)(gr, ea, st->skip + r * N, es, 1.0, N, -1);
             }
             rg[r] = ea;
             F(gb_norm_row)(st, r);
@@ -2275,7 +2304,7 @@ int FP(gb_normalise)(T *g, int64_t n, int64_t *e) {
 
 int FP(gb_add_aligned)(T *a, int64_t ea, const T *s, int64_t es, double scale, int64_t n, int64_t *e) {
     if (n < 0) return GB_EBADARG;
-    *e = F(gb_add_aligned_impl)(a, ea, s, es, scale, n);
+    *e = F(gb_add_aligned_impl)(a, ea, s, es, scale, n, -1);
     return GB_OK;
 }
 
