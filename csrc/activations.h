@@ -303,6 +303,30 @@ static inline void gb_scaled_refit(gb_scaled *s, int64_t f) {
     }
 }
 
+/* The setups of a layer's rows (the stacks' frow: a few distinct exponents per layer, as a
+ * rule): direct-mapped by f mod 8, each made once per layer from the layer's (gb_scaled_refit);
+ * gb_scaled_rows_reset before a layer's first row. */
+typedef struct {
+    gb_scaled s[8];
+    int64_t key[8];
+} gb_scaled_rows;
+
+static inline void gb_scaled_rows_reset(gb_scaled_rows *c) {
+    for (int i = 0; i < 8; i++) c->key[i] = INT64_MIN;
+}
+
+/* the setup for exponent f: base itself when it ignores f (no rescaling, homogeneous) */
+static inline const gb_scaled *gb_scaled_row(gb_scaled_rows *c, const gb_scaled *base, int64_t f) {
+    if (!base->on) return base;
+    const int i = (int)(f & 7);
+    if (c->key[i] != f) {
+        c->s[i] = *base;
+        gb_scaled_refit(&c->s[i], f);
+        c->key[i] = f;
+    }
+    return &c->s[i];
+}
+
 static inline double gb_phi_scaled_f64(double u, const gb_scaled *s) {
     if (!s->on) return gb_phi_f64(u, s->act, s->p);
     const double z = ldexp(u, s->f);

@@ -176,18 +176,19 @@ static void F(gb_colsum)(T *db, const T *dz, int64_t B, int64_t N, int64_t i0, i
  * the rows brought to db's exponent one by one, each product rounded on its own (as ldexp, as
  * gb_scale_down's in-place product; never fused into the sum, so the bits do not depend on
  * which loop takes a column). p[r] = 2^sh[r] as a normal T, or 0 where it is none (a row far
- * below: ldexp per entry).    db (N,), dz (B,N), p, sh (B,) */
+ * below: ldexp per entry; far: some such row, then every column in the scalar loop).
+ * db (N,), dz (B,N), p, sh (B,) */
 static void F(gb_colsum_rows)(T *db, const T *dz, const T *p, const int64_t *sh, int64_t B, int64_t N, int64_t i0,
-                              int64_t i1) {
+                              int64_t i1, int far) {
     int64_t i = i0;
 #ifdef GB_HAVE_VTILES
     typedef F(gb_vw) vt;
     enum { VL = sizeof(vt) / sizeof(T) };
-    for (; i + 4 * VL <= i1; i += 4 * VL) {
-        vt acc[4] = {{0}, {0}, {0}, {0}};
-        for (int64_t r = 0; r < B; r++) {
-            const T pr = p[r];
-            if (pr != 0) {
+    if (!far)
+        for (; i + 4 * VL <= i1; i += 4 * VL) {
+            vt acc[4] = {{0}, {0}, {0}, {0}};
+            for (int64_t r = 0; r < B; r++) {
+                const T pr = p[r];
                 for (int v = 0; v < 4; v++) {
                     vt x;
                     memcpy(&x, dz + r * N + i + v * VL, sizeof x);
@@ -195,14 +196,11 @@ static void F(gb_colsum_rows)(T *db, const T *dz, const T *p, const int64_t *sh,
                     GB_OPAQUE(x);
                     acc[v] += x;
                 }
-            } else {
-                const int e = gb_clamp_exp(sh[r]);
-                for (int v = 0; v < 4; v++)
-                    for (int c = 0; c < (int)VL; c++) acc[v][c] += TLDEXP(dz[r * N + i + v * VL + c], e);
             }
+            memcpy(db + i, acc, sizeof acc);
         }
-        memcpy(db + i, acc, sizeof acc);
-    }
+#else
+    (void)far;
 #endif
     for (; i < i1; i++) {
         T acc = 0;
@@ -791,6 +789,7 @@ static int64_t F(gb_scale_pow2)(T *g, int64_t n, T m) {
         e = (int)(mb >> 52) - 1022;
     else
         frexp(md, &e); /* m is finite and non-zero here: frexp is well defined */
+    if (e == 0) return 0; /* max|g| in [0.5, 1) already: g * 1 is g */
     if (-e <= T_MAX_EXP) {
         const T s = (T)gb_pow2_f64(-e);
         for (int64_t i = 0; i < n; i++) g[i] *= s;
@@ -1314,6 +1313,7 @@ typedef struct {
     int64_t *eslot;       /* (2,nth,GB_FSLOT) per thread: the largest absolute exponent of its
                              non-zero rows of h_{l+1} and of all its rows (layer parity) */
     int64_t *gabs;        /* (B,) the rows' absolute exponents of h_{l+1} (rescaling) */
+    gb_scaled_rows *scr;  /* (nth) per thread: its rows' activation setups of the layer */
     unsigned char *gnz;   /* (B,) the row of h_{l+1} is not all zero (rescaling) */
     int frescue;          /* the forward's rescue (GELU, swish with rescaling) */
     int nth;
@@ -1491,8 +1491,9 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         /* PReLU: 1 % of the largest |phi'| = max(1, |slope_l|) of the slope that runs, rounded to T
          * (abi.saturation_threshold); the others: fcfg[F_SAT] */
         const double thr = st->cfg.act == GB_PRELU ? (double)(T)(0.01 * fmax(1.0, fabs(p))) : st->cfg.thr;
-        /* the scaled activation of each row at its own exponent f + frow[l, r] (gb_scaled_refit) */
-        gb_scaled sc = gb_scaled_init(st->cfg.act, p, rescale, f, f32);
+        /* the scaled activation of each row at its own exponent f + frow[l, r] (gb_scaled_row) */
+        const gb_scaled sc = gb_scaled_init(st->cfg.act, p, rescale, f, f32);
+        gb_scaled_rows_reset(&st->scr[tid]);
         const int64_t *ql = frow + l * B;
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
         unsigned char *dead = st->dead + (l * st->nth + tid) * N; /* all 1 for a thread that left */
@@ -1513,11 +1514,9 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                                              st->zb, gamma + l * N, beta + l * N, st->cfg.eps, B, N, j0, j1);
                 gb_barrier_wait(bar, &sense); /* every column normalised */
             }
-            for (int64_t r = r0; r < r1; r++) {
-                gb_scaled_refit(&sc, f + ql[r]);
-                st->rsat[l * B + r] = F(gb_act_forward_row)(hn + (r - r0) * N, zz + r * N, N, &sc,
-                                                            thr, dead);
-            }
+            for (int64_t r = r0; r < r1; r++)
+                st->rsat[l * B + r] = F(gb_act_forward_row)(hn + (r - r0) * N, zz + r * N, N,
+                                                            gb_scaled_row(&st->scr[tid], &sc, f + ql[r]), thr, dead);
         } else { /* the activation as the epilogue of every block of 4 rows, while z is in L1 */
             gb_pf pf = {0}; /* W_{l+2} (transposed below), the next layer's z and h rows */
             if (l + 1 < L) {
@@ -1532,11 +1531,10 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 T *zq = Zl + (r0 + q) * N;
                 F(gb_gemm_own)(zq, h + q * N, N, 1, wtl, b + l * N, m, N, N);
                 F(gb_dense_fix)(zq, h + q * N, W + l * NN, b + l * N, m, N);
-                for (int64_t r = q; r < q + m; r++) {
-                    gb_scaled_refit(&sc, f + ql[r0 + r]);
-                    st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, Zl + (r0 + r) * N, N, &sc,
+                for (int64_t r = q; r < q + m; r++)
+                    st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, Zl + (r0 + r) * N, N,
+                                                                     gb_scaled_row(&st->scr[tid], &sc, f + ql[r0 + r]),
                                                                      thr, dead);
-                }
             }
         }
         if (!st->gemm && own) {
@@ -1573,8 +1571,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                         es = g;
                     g = F(gb_add_aligned_impl)(hr, g, sr, es, st->cfg.alpha, N, fuse);
                 } else if (st->frescue) { /* GELU, swish: the row's rescue (its own decision) */
-                    gb_scaled_refit(&sc, g);
-                    g = F(gb_fwd_rescue_row)(hr, Zl + r * N, N, &sc, g, f32);
+                    g = F(gb_fwd_rescue_row)(hr, Zl + r * N, N, gb_scaled_row(&st->scr[tid], &sc, g), g, f32);
                 }
                 const T m = F(gb_absmax)(hr, N, 0); /* normalised: max|row| in [0.5, 1) */
                 g += F(gb_scale_pow2)(hr, N, m);
@@ -1637,10 +1634,11 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.eslot = F(gb_alloc)(sizeof(int64_t) * 2 * GB_FSLOT * (size_t)nth);
     st.gabs = F(gb_alloc)(sizeof(int64_t) * (size_t)B);
     st.gnz = F(gb_alloc)((size_t)B);
+    st.scr = F(gb_alloc)(sizeof(gb_scaled_rows) * (size_t)nth);
     st.frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH);
     rc = GB_ENOMEM;
     if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
-        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.tdone && st.rdone) {
+        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.scr && st.tdone && st.rdone) {
         rc = GB_OK;
         for (int t = 0; t < nth; t++) {
             atomic_init(&st.tdone[t].step, -1);
@@ -1699,6 +1697,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.eslot);
     free(st.gabs);
     free(st.gnz);
+    free(st.scr);
     return rc;
 }
 
@@ -1800,6 +1799,7 @@ typedef struct {
     int64_t *rdz;         /* (2,B) dz_l's row exponents (layer parity) */
     int64_t *rsh;         /* (nth,B) per thread: the rows' shifts to db's exponent (two factors) */
     T *rpw;               /* (nth,B) per thread: 2^rsh as a normal T, or 0 (gb_colsum_rows) */
+    gb_scaled_rows *scr;  /* (nth) per thread: its rows' activation setups of the layer */
     double *rsq;          /* (L+1,B) per row: sum of squares of dL/dh_l 2^-sig_e[l] */
     unsigned char *rbad;  /* (L+1,B) per row: dL/dh_l has a non-finite entry */
     double *rslope;       /* (L,B) per row: PReLU slope sums at exponent dz_e[l] (PReLU only) */
@@ -2013,8 +2013,10 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         int64_t *my = slots + (size_t)tid * GB_SLOT;
         T *g = G + r0 * N;
         const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
-        /* each row's phi' at its own forward exponent fexp[l] + frow[l, r] (gb_scaled_refit) */
-        gb_scaled sc = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, fexp[l], f32);
+        /* each row's phi' at its own forward exponent fexp[l] + frow[l, r] (gb_scaled_row) */
+        const gb_scaled sc0 = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, fexp[l], f32);
+        gb_scaled_rows *scr = &st->scr[tid];
+        gb_scaled_rows_reset(scr);
         const int64_t *ql = a->frow + l * B;
         const int end_group = k && (l + 1) % k == 0, start_group = k && l % k == 0;
         const T alpha = (T)st->cfg.alpha;
@@ -2040,18 +2042,18 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         int64_t dnz = GB_NOEXP, dall = GB_NOEXP, wnz = GB_NOEXP;
         for (int64_t r = r0; r < r1; r++) {
             gb_pf_part(&pf, r - r0, npf);
-            gb_scaled_refit(&sc, fexp[l] + ql[r]);
+            const gb_scaled *sc = gb_scaled_row(scr, &sc0, fexp[l] + ql[r]);
             double mr = 0; /* max|dz row|, NaN ignored */
             const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group,
-                                                    alpha, &sc, N, &mr);
+                                                    alpha, sc, N, &mr);
             if (st->rslope) st->rslope[l * B + r] = s; /* at the row's exponent: brought to dz_e[l] below */
             int64_t re = rg[r];
             int nz = mr > 0;
             if (rescue && mr < GB_RESCUE_BELOW(f32)) {
-                const double top = F(gb_rescue_max)(G + r * N, Zl + r * N, gam, bet, end_group, alpha, &sc, N);
+                const double top = F(gb_rescue_max)(G + r * N, Zl + r * N, gam, bet, end_group, alpha, sc, N);
                 if (isfinite(top) && top >= GB_RESCUE_LN_MIN) { /* below: beyond any int64 exponent */
                     const int64_t kr = (int64_t)floor(top / GB_LN2);
-                    F(gb_rescue_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group, alpha, &sc, top, kr, N);
+                    F(gb_rescue_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group, alpha, sc, top, kr, N);
                     re += kr;
                     nz = 1;
                 }
@@ -2129,11 +2131,13 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         if (!same) {
             int64_t *sh = st->rsh + (size_t)tid * B;
             T *pw = st->rpw + (size_t)tid * B;
+            int far = 0;
             for (int64_t r = 0; r < B; r++) {
                 sh[r] = GB_SH_DB(r);
                 pw[r] = sh[r] >= 1 - T_MAX_EXP ? (T)gb_pow2_f64((int)sh[r]) : (T)0;
+                far |= pw[r] == 0;
             }
-            F(gb_colsum_rows)((T *)a->db + l * N, dz, pw, sh, B, N, c0, c1);
+            F(gb_colsum_rows)((T *)a->db + l * N, dz, pw, sh, B, N, c0, c1, far);
         }
         for (int64_t r = 0; r < B; r++) F(gb_scale_down)(dz + r * N + c0, c1 - c0, GB_SH_DW(r));
 #undef GB_SH_DB
@@ -2179,6 +2183,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.rdz = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)B);
     st.rsh = F(gb_alloc)(sizeof(int64_t) * (size_t)nth * (size_t)B);
     st.rpw = F(gb_alloc)(sizeof(T) * (size_t)nth * (size_t)B);
+    st.scr = F(gb_alloc)(sizeof(gb_scaled_rows) * (size_t)nth);
     st.rsq = F(gb_alloc)(sizeof(double) * L1B);
     st.rbad = F(gb_alloc)(L1B);
     st.rslope = st.cfg.act == GB_PRELU ? F(gb_alloc)(sizeof(double) * (size_t)(L * B)) : NULL;
@@ -2186,7 +2191,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.slot = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)nth * GB_SLOT);
     st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
     rc = GB_ENOMEM;
-    if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rg && st.gnz && st.skip_r && st.skip_nz && st.rdz && st.rsh && st.rpw &&
+    if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rg && st.gnz && st.skip_r && st.skip_nz && st.rdz && st.rsh && st.rpw && st.scr &&
         st.rsq && st.rbad && (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.slot && st.rowacc) {
         rc = GB_OK;
         gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
@@ -2229,6 +2234,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.rdz);
     free(st.rsh);
     free(st.rpw);
+    free(st.scr);
     free(st.rsq);
     free(st.rbad);
     free(st.rslope);
