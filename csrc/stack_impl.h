@@ -776,6 +776,30 @@ static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
     return (propagate_nan && nan) ? (T)NAN : (T)m;
 }
 
+/* m[r] = gb_absmax(h + r N, N, 0) for the nr rows of h, in one call (the forward's rows, one
+ * call per layer and thread rather than per row; the max is exact in any order).    h (nr,N) */
+static void F(gb_rows_absmax)(const T *h, int64_t nr, int64_t N, T *m) {
+    for (int64_t r = 0; r < nr; r++) {
+        const T *x = h + r * N;
+        double mx = 0;
+        int64_t j = 0;
+#ifdef GB_HAVE_VEC
+        gb_vd a0 = {0}, a1 = {0};
+        for (; j + 2 * GB_VL <= N; j += 2 * GB_VL) {
+            a0 = gb_vmax_keep(gb_vabs(F(gb_loadv)(x + j)), a0);
+            a1 = gb_vmax_keep(gb_vabs(F(gb_loadv)(x + j + GB_VL)), a1);
+        }
+        for (; j + GB_VL <= N; j += GB_VL) a0 = gb_vmax_keep(gb_vabs(F(gb_loadv)(x + j)), a0);
+        mx = gb_hmax_nonneg(gb_vmax_keep(a1, a0));
+#endif
+        for (; j < N; j++) {
+            const double v = (double)TFABS(x[j]);
+            mx = v > mx ? v : mx;
+        }
+        m[r] = (T)mx;
+    }
+}
+
 /* Scale g (n,) in place by 2^-e, e the exponent of m (m = max|g|, maybe over several threads'
  * rows), so that max|g| lies in [0.5, 1); return e (0 when m is 0 or not finite). Exact: 2^-e
  * is applied in two steps when it is not a finite T (max|g| subnormal). */
@@ -1313,6 +1337,7 @@ typedef struct {
     int64_t *eslot;       /* (2,nth,GB_FSLOT) per thread: the largest absolute exponent of its
                              non-zero rows of h_{l+1} and of all its rows (layer parity) */
     int64_t *gabs;        /* (B,) the rows' absolute exponents of h_{l+1} (rescaling) */
+    T *rmax;              /* (B,) the rows' max|h_{l+1}| (rescaling) */
     gb_scaled_rows *scr;  /* (nth) per thread: its rows' activation setups of the layer */
     unsigned char *gnz;   /* (B,) the row of h_{l+1} is not all zero (rescaling) */
     int frescue;          /* the forward's rescue (GELU, swish with rescaling) */
@@ -1557,6 +1582,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         } else { /* row by row (reference stack_forward): each row at its absolute exponent g */
             int64_t tnz = GB_NOEXP_F, tall = GB_NOEXP_F;
             const int64_t *qs = end ? frow + (l + 1 - k) * B : NULL; /* the skip's rows (h_{l+1-k}) */
+            const int pre = !end && !st->frescue; /* the rows as the activation left them: their maxima at once */
+            if (pre) F(gb_rows_absmax)(hn, nr, N, st->rmax + r0);
             /* the skip add's rounding as one exponent per layer had it (gb_add_aligned_range) */
             const int fuse = f == fg || f - fg > T_MAX_EXP - 1 || fg - f > T_MAX_EXP - 1;
             for (int64_t r = r0; r < r1; r++) {
@@ -1573,7 +1600,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 } else if (st->frescue) { /* GELU, swish: the row's rescue (its own decision) */
                     g = F(gb_fwd_rescue_row)(hr, Zl + r * N, N, gb_scaled_row(&st->scr[tid], &sc, g), g, f32);
                 }
-                const T m = F(gb_absmax)(hr, N, 0); /* normalised: max|row| in [0.5, 1) */
+                const T m = pre ? st->rmax[r] : F(gb_absmax)(hr, N, 0); /* normalised: max|row| in [0.5, 1) */
                 g += F(gb_scale_pow2)(hr, N, m);
                 const int nz = m > 0 || F(gb_nonzero)(hr, N); /* m = 0: a NaN entry is not zero */
                 st->gabs[r] = g;
@@ -1634,11 +1661,12 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.eslot = F(gb_alloc)(sizeof(int64_t) * 2 * GB_FSLOT * (size_t)nth);
     st.gabs = F(gb_alloc)(sizeof(int64_t) * (size_t)B);
     st.gnz = F(gb_alloc)((size_t)B);
+    st.rmax = F(gb_alloc)(sizeof(T) * (size_t)B);
     st.scr = F(gb_alloc)(sizeof(gb_scaled_rows) * (size_t)nth);
     st.frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH);
     rc = GB_ENOMEM;
     if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
-        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.scr && st.tdone && st.rdone) {
+        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.rmax && st.scr && st.tdone && st.rdone) {
         rc = GB_OK;
         for (int t = 0; t < nth; t++) {
             atomic_init(&st.tdone[t].step, -1);
@@ -1660,7 +1688,11 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
              * (exact while normal: the rows' own sums of the entries scaled) */
             const int64_t *q = a->frow + (l + 1) * B;
             for (int64_t r = 0; r < B; r++)
-                if (q[r]) {
+                if (q[r] < 0 && q[r] >= -511) { /* 2^q and its square normal doubles */
+                    const double p = gb_pow2_f64((int)q[r]);
+                    st.rsum[l * B + r] *= p;
+                    st.rm2[l * B + r] *= p * p;
+                } else if (q[r]) {
                     st.rsum[l * B + r] = gb_ldexp_d(st.rsum[l * B + r], gb_clamp_exp(q[r]));
                     st.rm2[l * B + r] = gb_ldexp_d(st.rm2[l * B + r], 2 * gb_clamp_exp(q[r]));
                 }
@@ -1697,6 +1729,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.eslot);
     free(st.gabs);
     free(st.gnz);
+    free(st.rmax);
     free(st.scr);
     return rc;
 }
