@@ -777,33 +777,45 @@ static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
 }
 
 /* m[r] = gb_absmax(h + r N, N, 0) for the nr rows of h, in one call (the forward's rows, one
- * call per layer and thread rather than per row; the max is exact in any order).    h (nr,N) */
-static void F(gb_rows_absmax)(const T *h, int64_t nr, int64_t N, T *m) {
+ * call per layer and thread rather than per row; the max is exact in any order), and nan[r]
+ * whether the row has a NaN entry.    h (nr,N) */
+static void F(gb_rows_absmax)(const T *h, int64_t nr, int64_t N, T *m, unsigned char *nan) {
     for (int64_t r = 0; r < nr; r++) {
         const T *x = h + r * N;
         double mx = 0;
+        int isnan_ = 0;
         int64_t j = 0;
 #ifdef GB_HAVE_VEC
         gb_vd a0 = {0}, a1 = {0};
+        gb_vi vn = {0};
         for (; j + 2 * GB_VL <= N; j += 2 * GB_VL) {
-            a0 = gb_vmax_keep(gb_vabs(F(gb_loadv)(x + j)), a0);
-            a1 = gb_vmax_keep(gb_vabs(F(gb_loadv)(x + j + GB_VL)), a1);
+            const gb_vd v0 = gb_vabs(F(gb_loadv)(x + j)), v1 = gb_vabs(F(gb_loadv)(x + j + GB_VL));
+            vn |= (v0 != v0) | (v1 != v1);
+            a0 = gb_vmax_keep(v0, a0);
+            a1 = gb_vmax_keep(v1, a1);
         }
-        for (; j + GB_VL <= N; j += GB_VL) a0 = gb_vmax_keep(gb_vabs(F(gb_loadv)(x + j)), a0);
+        for (; j + GB_VL <= N; j += GB_VL) {
+            const gb_vd v = gb_vabs(F(gb_loadv)(x + j));
+            vn |= v != v;
+            a0 = gb_vmax_keep(v, a0);
+        }
         mx = gb_hmax_nonneg(gb_vmax_keep(a1, a0));
+        isnan_ = gb_any(vn);
 #endif
         for (; j < N; j++) {
             const double v = (double)TFABS(x[j]);
+            isnan_ |= v != v;
             mx = v > mx ? v : mx;
         }
         m[r] = (T)mx;
+        nan[r] = (unsigned char)isnan_;
     }
 }
 
 /* Scale g (n,) in place by 2^-e, e the exponent of m (m = max|g|, maybe over several threads'
  * rows), so that max|g| lies in [0.5, 1); return e (0 when m is 0 or not finite). Exact: 2^-e
  * is applied in two steps when it is not a finite T (max|g| subnormal). */
-static int64_t F(gb_scale_pow2)(T *g, int64_t n, T m) {
+static GB_AINLINE int64_t F(gb_scale_pow2)(T *g, int64_t n, T m) {
     if (!(m > 0) || !isfinite(m)) return 0;
     int e;
     const double md = (double)m;
@@ -1304,12 +1316,19 @@ static void F(gb_fwd_rescue_rows)(T *h, const T *z, int64_t n, const gb_scaled *
  * block at the row's exponent f, s set for f): a row whose largest |h| (NaN: not looked at) lies
  * below GB_RESCUE_BELOW with some unit beyond GB_RESCUE_X is taken from ln|phi|; returns the
  * row's exponent (f when it is not rescued). A row decides alone. h, z (N,) */
-static int64_t F(gb_fwd_rescue_row)(T *h, const T *z, int64_t N, const gb_scaled *s, int64_t f, int f32) {
-    const double m = (double)F(gb_absmax)(h, N, 1);
+static int64_t F(gb_fwd_rescue_row)(T *h, const T *z, int64_t N, const gb_scaled *s, int64_t f, int f32,
+                                    double m, int *rescued) {
+    /* m: max|h| (gb_absmax(h, N, 1): NaN for a row with a NaN entry) */
+    *rescued = 0;
     if (!isfinite(m)) return f;
     if (m > 0) {
         int em;
-        frexp(m, &em);
+        uint64_t mb;
+        memcpy(&mb, &m, sizeof mb);
+        if (mb >> 52) /* normal: frexp's exponent from the bits (no libm call per row) */
+            em = (int)(mb >> 52) - 1022;
+        else
+            frexp(m, &em);
         if (em + f > GB_RESCUE_BELOW_EXP(f32)) return f;
     }
     if (!F(gb_fwd_deep)(z, N, ldexp(F(gb_rescue_x)(s->act, f32), gb_clamp_exp(-f)))) return f;
@@ -1317,6 +1336,7 @@ static int64_t F(gb_fwd_rescue_row)(T *h, const T *z, int64_t N, const gb_scaled
     if (!(M >= GB_RESCUE_LN_MIN && M < INFINITY)) return f;
     const int64_t kf = (int64_t)floor(M / GB_LN2);
     F(gb_fwd_rescue_rows)(h, z, N, s, f, M, kf);
+    *rescued = 1;
     return kf;
 }
 
@@ -1338,6 +1358,7 @@ typedef struct {
                              non-zero rows of h_{l+1} and of all its rows (layer parity) */
     int64_t *gabs;        /* (B,) the rows' absolute exponents of h_{l+1} (rescaling) */
     T *rmax;              /* (B,) the rows' max|h_{l+1}| (rescaling) */
+    unsigned char *rnan;  /* (B,) the row of h_{l+1} has a NaN entry (rescaling) */
     gb_scaled_rows *scr;  /* (nth) per thread: its rows' activation setups of the layer */
     unsigned char *gnz;   /* (B,) the row of h_{l+1} is not all zero (rescaling) */
     int frescue;          /* the forward's rescue (GELU, swish with rescaling) */
@@ -1582,8 +1603,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         } else { /* row by row (reference stack_forward): each row at its absolute exponent g */
             int64_t tnz = GB_NOEXP_F, tall = GB_NOEXP_F;
             const int64_t *qs = end ? frow + (l + 1 - k) * B : NULL; /* the skip's rows (h_{l+1-k}) */
-            const int pre = !end && !st->frescue; /* the rows as the activation left them: their maxima at once */
-            if (pre) F(gb_rows_absmax)(hn, nr, N, st->rmax + r0);
+            /* the rows as the activation left them (not at a group's end): their maxima at once */
+            if (!end) F(gb_rows_absmax)(hn, nr, N, st->rmax + r0, st->rnan + r0);
             /* the skip add's rounding as one exponent per layer had it (gb_add_aligned_range) */
             const int fuse = f == fg || f - fg > T_MAX_EXP - 1 || fg - f > T_MAX_EXP - 1;
             for (int64_t r = r0; r < r1; r++) {
@@ -1597,10 +1618,12 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                     else if (!F(gb_nonzero)(sr, N))
                         es = g;
                     g = F(gb_add_aligned_impl)(hr, g, sr, es, st->cfg.alpha, N, fuse);
-                } else if (st->frescue) { /* GELU, swish: the row's rescue (its own decision) */
-                    g = F(gb_fwd_rescue_row)(hr, Zl + r * N, N, gb_scaled_row(&st->scr[tid], &sc, g), g, f32);
                 }
-                const T m = pre ? st->rmax[r] : F(gb_absmax)(hr, N, 0); /* normalised: max|row| in [0.5, 1) */
+                int fresh = end; /* the row changed since gb_rows_absmax */
+                if (!end && st->frescue) /* GELU, swish: the row's rescue (its own decision) */
+                    g = F(gb_fwd_rescue_row)(hr, Zl + r * N, N, gb_scaled_row(&st->scr[tid], &sc, g), g, f32,
+                                             st->rnan[r] ? (double)NAN : (double)st->rmax[r], &fresh);
+                const T m = fresh ? F(gb_absmax)(hr, N, 0) : st->rmax[r]; /* normalised: max|row| in [0.5, 1) */
                 g += F(gb_scale_pow2)(hr, N, m);
                 const int nz = m > 0 || F(gb_nonzero)(hr, N); /* m = 0: a NaN entry is not zero */
                 st->gabs[r] = g;
@@ -1662,11 +1685,12 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.gabs = F(gb_alloc)(sizeof(int64_t) * (size_t)B);
     st.gnz = F(gb_alloc)((size_t)B);
     st.rmax = F(gb_alloc)(sizeof(T) * (size_t)B);
+    st.rnan = F(gb_alloc)((size_t)B);
     st.scr = F(gb_alloc)(sizeof(gb_scaled_rows) * (size_t)nth);
     st.frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH);
     rc = GB_ENOMEM;
     if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
-        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.rmax && st.scr && st.tdone && st.rdone) {
+        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.rmax && st.rnan && st.scr && st.tdone && st.rdone) {
         rc = GB_OK;
         for (int t = 0; t < nth; t++) {
             atomic_init(&st.tdone[t].step, -1);
@@ -1730,6 +1754,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.gabs);
     free(st.gnz);
     free(st.rmax);
+    free(st.rnan);
     free(st.scr);
     return rc;
 }
