@@ -13,7 +13,10 @@
  *
  * Threads (team.c, one team per driver call): each thread owns blocks of 4 batch rows (the
  * forward, the activation rows, dh = dz W) and of 4 dW rows (dW = dz^T h, db). The forward
- * has no barrier but the rescaling's (the global max|h|): each thread transposes the W two
+ * carries one exponent per batch row too (frow: row i of h_l at fexp[l] + frow[l, i]; each row's
+ * activation, tail rescue, skip add and normalisation its own), and has no barrier but the
+ * rescaling's (the layer's exponent fexp[l+1], the largest of the non-zero rows', from
+ * per-thread slots, to which frow[l+1] is relative): each thread transposes the W two
  * layers ahead, into its own buffer (narrow layers) or its share of a shared one, whose other
  * shares it waits for (gb_forward_member, GB_OWN_WT_MAX_N). The backward carries one exponent
  * per batch row (gb_backward_member): normalising, the saturated-derivative rescue and the
@@ -1262,13 +1265,13 @@ static int F(gb_nonzero)(const T *x, int64_t n) {
 #define GB_NOEXP_F INT64_MIN
 #endif
 
-/* The forward's rescue (reference.rescue_forward): GELU and swish, whose phi itself underflows
- * for finite z (GELU below z = -37.5). Where a layer's largest |h| (mantissas at exponent f) lies
- * below GB_RESCUE_BELOW and some unit below GB_RESCUE_X, where |phi| is just above it, every unit
- * is taken from ell = ln|phi(z 2^f)| (gb_log_phi_f64; the linear regime keeps its exact
- * mantissa, ell = ln|h| + f ln 2), k = floor(max ell / ln2), h = sign exp(ell - k ln2), and the
- * layer's exponent becomes k. The driver decides it on global values (slots and barriers), so
- * every thread takes the same branch. */
+/* The forward's rescue (reference.rescue_forward_rows): GELU and swish, whose phi itself
+ * underflows for finite z (GELU below z = -37.5). Where a row's largest |h| (mantissas at the
+ * row's exponent f) lies below GB_RESCUE_BELOW and some unit below GB_RESCUE_X, where |phi| is
+ * just above it, every unit of the row is taken from ell = ln|phi(z 2^f)| (gb_log_phi_f64; the
+ * linear regime keeps its exact mantissa, ell = ln|h| + f ln 2), k = floor(max ell / ln2),
+ * h = sign exp(ell - k ln2), and the row's exponent becomes k. Each row decides alone: no
+ * barrier. */
 static inline double F(gb_rescue_x)(int act, int f32) {
     return act == GB_GELU ? (f32 ? -11.0 : -35.0) : (f32 ? -65.0 : -620.0); /* activations.RESCUE_X */
 }
@@ -1765,8 +1768,11 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
  * samples thousands of decades apart keep their digits. What is summed over the batch (dW, db,
  * dgamma, dbeta, dslope, the norms) has one exponent per layer: E(rows), the largest exponent
  * of the rows that are not all zero (of all rows when every one is), the rows brought to it by
- * a power of two (ldexp's rounding into the subnormals, flushed below) only there. Where nothing
- * is subnormal this is the one-exponent chain's arithmetic bit for bit. */
+ * a power of two (ldexp's rounding into the subnormals, flushed below) only there; dW and dslope,
+ * sums of dz_i^T h_i with h_l's rows at their own exponents (frow), at w = dw_e[l], the largest
+ * r_i + frow[l, i] over the rows where both are not all zero, each dz row brought to it by
+ * 2^(r_i + frow[l, i] - w). Where nothing is subnormal this is the one-exponent chain's
+ * arithmetic bit for bit. */
 
 /* The saturated-derivative rescue (reference.rescue_saturated), row by row: a row of dz = da
  * phi'(zl) whose max|dz| (NaN ignored) is below GB_RESCUE_BELOW (underflowed, or subnormal with
@@ -1860,7 +1866,7 @@ typedef struct {
     gb_scaled_rows *scr;  /* (nth) per thread: its rows' activation setups of the layer */
     double *rsq;          /* (L+1,B) per row: sum of squares of dL/dh_l 2^-sig_e[l] */
     unsigned char *rbad;  /* (L+1,B) per row: dL/dh_l has a non-finite entry */
-    double *rslope;       /* (L,B) per row: PReLU slope sums at exponent dz_e[l] (PReLU only) */
+    double *rslope;       /* (L,B) per row: PReLU slope sums at exponent dw_e[l] (PReLU only) */
     double *gsq;          /* (L,N) per row of dW_l: sum of squares */
     int64_t *slot;        /* (2,nth,GB_SLOT) per thread: exponents and flags (layer parity) */
     double *rowacc;       /* (max(B,N),) the rows' sums of squares (clipping by norm), scratch */

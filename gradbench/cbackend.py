@@ -430,9 +430,9 @@ def _work(function: str, arrays: tuple) -> tuple[int, int, int]:
 # of about RELOOK_TOTAL (whole residual groups) and looks again before each; once the CPUs are
 # free, the rest runs as one piece on the whole team. A piece is a driver call over layers
 # [a, b) of the arrays, the engine's segments in small: it reads what the piece before wrote
-# (H[a] and fexp[a] going up; G, its rows' exponents row_e (B,), not per layer, so every piece
-# gets the whole array, and sig_e[b] going down), so the results are those of one call, bit for
-# bit (tests/test_c_bits.py).
+# (H[a], fexp[a] and frow[a] going up; G, its rows' exponents row_e (B,), not per layer, so
+# every piece gets the whole array, and sig_e[b] going down), so the results are those of one
+# call, bit for bit (tests/test_c_bits.py).
 RELOOK_TOTAL = env_int("GRADBENCH_C_RELOOK_TOTAL", 1 << 28, low=1)
 
 # per array of each driver: None (not per layer), or the extra rows of its layer axis (0: L, 1: L+1)
