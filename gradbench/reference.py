@@ -622,10 +622,8 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         q = frow[l]  # row i of h_l (and of z_l) at fexp[l] + q[i]
         f = fexp[l] + q if rescale else None
         dslope[l] = activation_backward(dz, da, zl, code, layer_param, None if f is None else f[:, None])
-        if code == PRELU:  # a sum over rows, at dW's exponent (PReLU is never rescued)
-            dslope[l] = np.sum(scaled_rows(da, r + q, pair_top(dz, r, H[l], q)) * np.minimum(zl, 0),
-                               dtype=np.float64)
         r += rescue_rows(dz, da, zl, code, layer_param, f)
+        r_act = r.copy()  # da's rows (PReLU is never rescued), before batch norm brings them to one
         if bn:  # batch norm mixes the rows: one exponent for the layer
             e = row_top(dz, r)
             dz[...] = scaled_rows(dz, r, e)
@@ -637,6 +635,8 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
             dbeta[l] = 0
         e = row_top(dz, r)
         w = pair_top(dz, r, H[l], q)  # dW = sum_i dz_i^T h_i at 2**(fexp[l] + w)
+        if code == PRELU:  # a sum over rows, at dW's exponent
+            dslope[l] = np.sum(scaled_rows(da, r_act + q, w) * np.minimum(zl, 0), dtype=np.float64)
         db[l] = scaled_rows(dz, r, e).sum(axis=0)  # sums over rows: db at e, dW at w
         np.matmul(scaled_rows(dz, r + q, w).T, H[l], out=dW[l])
         np.matmul(dz, W[l], out=G)  # each row at its own exponent
