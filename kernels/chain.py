@@ -348,9 +348,10 @@ def normalise_rows(g, r, nz):
 
 
 @njit(**JIT)
-def _sum_block_rows(x, start, stop, sc, N):
-    """_sum_block of the squares of x[start:stop] (x flat, rows of N) with entry k taken as
-    x[k] * sc[k // N]: the same partial sums, each entry the value of the scaled copy."""
+def _sum_block_rows(x, start, stop, sc, N, mean, square):
+    """_sum_block of x[start:stop] (x flat, rows of N) with entry k taken as x[k] * sc[k // N]:
+    the same partial sums of (value - mean) or its square, each entry the value of the scaled
+    copy."""
     r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
     n8 = start + ((stop - start) // 8) * 8
     one = N % 8 == 0  # the eight entries of a block lie in one row: one factor
@@ -361,26 +362,35 @@ def _sum_block_rows(x, start, stop, sc, N):
         else:
             f1, f2, f3 = sc[(i + 1) // N], sc[(i + 2) // N], sc[(i + 3) // N]
             f4, f5, f6, f7 = sc[(i + 4) // N], sc[(i + 5) // N], sc[(i + 6) // N], sc[(i + 7) // N]
-        v0 = np.float64(x[i]) * f0
-        v1 = np.float64(x[i + 1]) * f1
-        v2 = np.float64(x[i + 2]) * f2
-        v3 = np.float64(x[i + 3]) * f3
-        v4 = np.float64(x[i + 4]) * f4
-        v5 = np.float64(x[i + 5]) * f5
-        v6 = np.float64(x[i + 6]) * f6
-        v7 = np.float64(x[i + 7]) * f7
-        r0 += v0 * v0
-        r1 += v1 * v1
-        r2 += v2 * v2
-        r3 += v3 * v3
-        r4 += v4 * v4
-        r5 += v5 * v5
-        r6 += v6 * v6
-        r7 += v7 * v7
+        v0 = np.float64(x[i]) * f0 - mean
+        v1 = np.float64(x[i + 1]) * f1 - mean
+        v2 = np.float64(x[i + 2]) * f2 - mean
+        v3 = np.float64(x[i + 3]) * f3 - mean
+        v4 = np.float64(x[i + 4]) * f4 - mean
+        v5 = np.float64(x[i + 5]) * f5 - mean
+        v6 = np.float64(x[i + 6]) * f6 - mean
+        v7 = np.float64(x[i + 7]) * f7 - mean
+        if square:
+            v0 *= v0
+            v1 *= v1
+            v2 *= v2
+            v3 *= v3
+            v4 *= v4
+            v5 *= v5
+            v6 *= v6
+            v7 *= v7
+        r0 += v0
+        r1 += v1
+        r2 += v2
+        r3 += v3
+        r4 += v4
+        r5 += v5
+        r6 += v6
+        r7 += v7
     s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
     for i in range(n8, stop):
-        v = np.float64(x[i]) * sc[i // N]
-        s += v * v
+        v = np.float64(x[i]) * sc[i // N] - mean
+        s += v * v if square else v
     return s
 
 
@@ -390,6 +400,13 @@ def sumsq_rows(g, r, nz, E, sc):
     factor; ldexp entry by entry below 2**-1074), in the blocks and partial sums of
     :func:`sumsq`, so that it is sumsq's value of the batch-normalised array bit for bit.
     sc: (B,) float64 workspace."""
+    return _sum_rows(g, r, nz, E, sc, 0.0, True)
+
+
+@njit(**JIT)
+def _sum_rows(g, r, nz, E, sc, mean, square):
+    """:func:`_sum_flat` (sum of (value - mean) or its square) over scaled(g, E): row i times
+    2**(r[i] - E), zero rows (not nz[i]) as they are; see :func:`sumsq_rows`."""
     B, N = g.shape
     same = True
     tiny = False
@@ -398,14 +415,14 @@ def sumsq_rows(g, r, nz, E, sc):
         same &= d == 0
         tiny |= d < -1074
         sc[i] = math.ldexp(1.0, int(d)) if d >= -1074 else 0.0
-    if same:
-        return sumsq(g)
     flat = g.reshape(g.size)
+    if same:
+        return _sum_flat(flat, mean, square, 1.0)
     n = flat.size
     s = 0.0
     if not tiny:
         for start in range(0, n, 128):
-            s += _sum_block_rows(flat, start, min(start + 128, n), sc, N)
+            s += _sum_block_rows(flat, start, min(start + 128, n), sc, N, mean, square)
         return s
     # a row beyond 2**-1074 of the top: its entries by ldexp (0, or inf/NaN as they are), in a
     # copy of each block; the same partial sums
@@ -417,8 +434,19 @@ def sumsq_rows(g, r, nz, E, sc):
             i = k // N
             d = _clamp(r[i] - E) if nz[i] else np.int64(0)
             buf[k - start] = np.float64(flat[k]) * sc[i] if d >= -1074 else math.ldexp(np.float64(flat[k]), int(d))
-        s += _sum_block_rows(buf, 0, stop - start, ones, 128)
+        s += _sum_block_rows(buf, 0, stop - start, ones, 128, mean, square)
     return s
+
+
+@njit(**JIT)
+def moments_rows(h, q, nz, sc):
+    """:func:`moments` of the rows taken at one exponent: entry (i, j) as h[i, j] * 2**q[i]
+    (rows of zeros, not nz[i], as they are; q <= 0 the rows' exponents below the layer's), in
+    float64, the same blocks and passes (moments' bits where every q is 0).    sc (B,) workspace"""
+    n = h.size
+    m = _sum_rows(h, q, nz, 0, sc, 0.0, False) / n
+    v = _sum_rows(h, q, nz, 0, sc, m, True) / n
+    return m, math.sqrt(v)
 
 
 @njit(**JIT)
@@ -456,11 +484,24 @@ def clip_rows_acted(g, r, nz, mode, c, sc):
 
 
 @njit(**JIT)
-def add_aligned_rows(a, ra, s, rs):
-    """:func:`add_aligned` row by row (scale 1): a[i] * 2**ra[i] + s[i] * 2**rs[i] at the larger
+def add_aligned_rows(a, ra, s, rs, scale):
+    """:func:`add_aligned` row by row: scale * a[i] * 2**ra[i] + s[i] * 2**rs[i] at the larger
     exponent, written into a and ra; a zero row of either side takes the other's exponent, so
     that it flushes nothing. a, s (B,N); ra, rs (B,)"""
     for i in range(a.shape[0]):
         ea = ra[i] if row_nonzero(a, i) else rs[i]
         es = rs[i] if row_nonzero(s, i) else ea
-        ra[i] = add_aligned(a[i:i + 1], ea, s[i:i + 1], es, 1.0)
+        ra[i] = add_aligned(a[i:i + 1], ea, s[i:i + 1], es, scale)
+
+
+@njit(**JIT)
+def layer_rows(h, g, nz, q):
+    """The forward's rows made ready (gradbench.reference.layer_rows), in place: each row of h
+    normalised, its exponent added to the absolute g (B,); returns the layer's exponent (the
+    largest non-zero row's) and writes q (B,) = the rows' exponents relative to it (0 for rows of
+    zeros); nz[i] = row i has an entry != 0 (NaN and inf count)."""
+    normalise_rows(h, g, nz)
+    e = rows_exponent(g, nz)
+    for i in range(h.shape[0]):
+        q[i] = g[i] - e if nz[i] else 0
+    return e
