@@ -307,7 +307,7 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
     if code == TANH and scaled:  # phi_scaled of tanh, vectorised (scaled_regime's regimes), row by row
         tiny = tiny_threshold(a[0, 0], code)
         for i in range(B):
-            if not -1000 <= f[i] <= 1000:
+            if not _vector_row(f[i], scaled):
                 nsat += _scalar_row(a, z, b, add_bias, i, code, param, f[i], scaled, sat_threshold, alive)
                 continue
             sc, isc = math.ldexp(1.0, int(f[i])), math.ldexp(1.0, int(-f[i]))
@@ -373,6 +373,13 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
     for i in range(B):
         nsat += _scalar_row(a, z, b, add_bias, i, code, param, f[i] if scaled else 0, scaled, sat_threshold, alive)
     return nsat
+
+
+@njit(inline="always", **JIT)
+def _vector_row(f, scaled):
+    """Whether a row at exponent f takes the vector paths: plain, or 2^f a normal number
+    (|f| <= 1000); else the scalar forms."""
+    return not scaled or -1000 <= f <= 1000
 
 
 @njit(**JIT)
@@ -454,13 +461,6 @@ def _smooth_rare(zt, lowest):
     infinite (phi_scaled's limit form where x 2^f overflows): phi_scaled/dphi_scaled (phi/dphi)
     instead."""
     return not (lowest[0] <= zt < math.inf or -math.inf < zt < lowest[1])
-
-
-@njit(inline="always", **JIT)
-def _vector_row(f, scaled):
-    """Whether a row at exponent f takes the vector paths: plain, or 2^f a normal number
-    (|f| <= 1000); else the scalar forms."""
-    return not scaled or -1000 <= f <= 1000
 
 
 @njit(**JIT)
