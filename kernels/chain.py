@@ -170,9 +170,28 @@ def clip_signal_acted(g, e, mode, c):
 def _sum_block(x, start, stop, mean, square, scale):
     """sum over x[start:stop] of (x scale - mean) or (x scale - mean)**2, 8 partial sums
     (scale: a power of two, 1 except for scaled norms)."""
-    r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
     n8 = start + ((stop - start) // 8) * 8
-    for i in range(start, n8, 8):
+    r = _add_eights(x, start, n8, mean, square, scale, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    return _close_block(x, n8, stop, mean, square, scale, r)
+
+
+@njit(inline="always", **JIT)
+def _close_block(x, n8, stop, mean, square, scale, r):
+    """A block's sum: its 8 partial sums r paired, then the entries n8..stop (fewer than 8)."""
+    r0, r1, r2, r3, r4, r5, r6, r7 = r
+    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for i in range(n8, stop):
+        v = np.float64(x[i]) * scale - mean
+        s += v * v if square else v
+    return s
+
+
+@njit(inline="always", **JIT)
+def _add_eights(x, start, stop, mean, square, scale, r):
+    """The 8 partial sums r plus the entries start..stop (a multiple of 8 of them), lane k taking
+    entries start + k, start + 8 + k, ...: (x scale - mean) or its square."""
+    r0, r1, r2, r3, r4, r5, r6, r7 = r
+    for i in range(start, stop, 8):
         v0 = np.float64(x[i]) * scale - mean
         v1 = np.float64(x[i + 1]) * scale - mean
         v2 = np.float64(x[i + 2]) * scale - mean
@@ -198,11 +217,7 @@ def _sum_block(x, start, stop, mean, square, scale):
         r5 += v5
         r6 += v6
         r7 += v7
-    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    for i in range(n8, stop):
-        v = np.float64(x[i]) * scale - mean
-        s += v * v if square else v
-    return s
+    return r0, r1, r2, r3, r4, r5, r6, r7
 
 
 @njit(**JIT)
@@ -349,49 +364,18 @@ def normalise_rows(g, r, nz):
 
 @njit(**JIT)
 def _sum_block_rows(x, start, stop, sc, N, mean, square):
-    """_sum_block of x[start:stop] (x flat, rows of N) with entry k taken as x[k] * sc[k // N]:
-    the same partial sums of (value - mean) or its square, each entry the value of the scaled
-    copy."""
-    r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
+    """_sum_block of x[start:stop] (x flat, rows of N, N a multiple of 8) with entry k taken as
+    x[k] * sc[k // N]: the same partial sums of (value - mean) or its square, each entry the
+    value of the scaled copy; a row's part of the block at a time (eight entries lie in one row)."""
     n8 = start + ((stop - start) // 8) * 8
-    one = N % 8 == 0  # the eight entries of a block lie in one row: one factor
-    for i in range(start, n8, 8):
-        f0 = sc[i // N]
-        if one:
-            f1 = f2 = f3 = f4 = f5 = f6 = f7 = f0
-        else:
-            f1, f2, f3 = sc[(i + 1) // N], sc[(i + 2) // N], sc[(i + 3) // N]
-            f4, f5, f6, f7 = sc[(i + 4) // N], sc[(i + 5) // N], sc[(i + 6) // N], sc[(i + 7) // N]
-        v0 = np.float64(x[i]) * f0 - mean
-        v1 = np.float64(x[i + 1]) * f1 - mean
-        v2 = np.float64(x[i + 2]) * f2 - mean
-        v3 = np.float64(x[i + 3]) * f3 - mean
-        v4 = np.float64(x[i + 4]) * f4 - mean
-        v5 = np.float64(x[i + 5]) * f5 - mean
-        v6 = np.float64(x[i + 6]) * f6 - mean
-        v7 = np.float64(x[i + 7]) * f7 - mean
-        if square:
-            v0 *= v0
-            v1 *= v1
-            v2 *= v2
-            v3 *= v3
-            v4 *= v4
-            v5 *= v5
-            v6 *= v6
-            v7 *= v7
-        r0 += v0
-        r1 += v1
-        r2 += v2
-        r3 += v3
-        r4 += v4
-        r5 += v5
-        r6 += v6
-        r7 += v7
-    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    for i in range(n8, stop):
-        v = np.float64(x[i]) * sc[i // N] - mean
-        s += v * v if square else v
-    return s
+    r = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    i = start
+    while i < n8:
+        row = i // N
+        end = min((row + 1) * N, n8)
+        r = _add_eights(x, i, end, mean, square, sc[row], r)
+        i = end
+    return _close_block(x, n8, stop, mean, square, 1.0, r)  # nothing left: stop - start is a multiple of 8
 
 
 @njit(**JIT)
@@ -400,41 +384,50 @@ def sumsq_rows(g, r, nz, E, sc):
     factor; ldexp entry by entry below 2**-1074), in the blocks and partial sums of
     :func:`sumsq`, so that it is sumsq's value of the batch-normalised array bit for bit.
     sc: (B,) float64 workspace."""
-    return _sum_rows(g, r, nz, E, sc, 0.0, True)
+    same, tiny = _row_factors(r, nz, E, sc)
+    return _sum_rows(g, r, nz, E, sc, same, tiny, 0.0, True)
 
 
 @njit(**JIT)
-def _sum_rows(g, r, nz, E, sc, mean, square):
-    """:func:`_sum_flat` (sum of (value - mean) or its square) over scaled(g, E): row i times
-    2**(r[i] - E), zero rows (not nz[i]) as they are; see :func:`sumsq_rows`."""
-    B, N = g.shape
+def _row_factors(r, nz, E, sc):
+    """sc[i] = 2**(r[i] - E) in float64 (0 below 2**-1074; 1 for zero rows, not nz[i]: they add
+    zeros at any exponent); returns (every factor 1, some row below 2**-1074)."""
     same = True
     tiny = False
-    for i in range(B):
-        d = _clamp(r[i] - E) if nz[i] else np.int64(0)  # zero rows add zeros at any exponent
+    for i in range(r.shape[0]):
+        d = _clamp(r[i] - E) if nz[i] else np.int64(0)
         same &= d == 0
         tiny |= d < -1074
         sc[i] = math.ldexp(1.0, int(d)) if d >= -1074 else 0.0
+    return same, tiny
+
+
+@njit(**JIT)
+def _sum_rows(g, r, nz, E, sc, same, tiny, mean, square):
+    """:func:`_sum_flat` (sum of (value - mean) or its square) over scaled(g, E): row i times
+    2**(r[i] - E), zero rows (not nz[i]) as they are, sc, same and tiny from
+    :func:`_row_factors`; see :func:`sumsq_rows`."""
+    N = g.shape[1]
     flat = g.reshape(g.size)
     if same:
         return _sum_flat(flat, mean, square, 1.0)
     n = flat.size
     s = 0.0
-    if not tiny:
+    if not tiny and N % 8 == 0:
         for start in range(0, n, 128):
             s += _sum_block_rows(flat, start, min(start + 128, n), sc, N, mean, square)
         return s
-    # a row beyond 2**-1074 of the top: its entries by ldexp (0, or inf/NaN as they are), in a
-    # copy of each block; the same partial sums
+    # a row beyond 2**-1074 of the top (its entries by ldexp: 0, or inf/NaN as they are), or
+    # eight entries that span two rows: the scaled values in a copy of each block; the same
+    # partial sums
     buf = np.empty(128)
-    ones = np.ones(1)
     for start in range(0, n, 128):
         stop = min(start + 128, n)
         for k in range(start, stop):
             i = k // N
             d = _clamp(r[i] - E) if nz[i] else np.int64(0)
             buf[k - start] = np.float64(flat[k]) * sc[i] if d >= -1074 else math.ldexp(np.float64(flat[k]), int(d))
-        s += _sum_block_rows(buf, 0, stop - start, ones, 128, mean, square)
+        s += _sum_block(buf, 0, stop - start, mean, square, 1.0)
     return s
 
 
@@ -444,8 +437,9 @@ def moments_rows(h, q, nz, sc):
     (rows of zeros, not nz[i], as they are; q <= 0 the rows' exponents below the layer's), in
     float64, the same blocks and passes (moments' bits where every q is 0).    sc (B,) workspace"""
     n = h.size
-    m = _sum_rows(h, q, nz, 0, sc, 0.0, False) / n
-    v = _sum_rows(h, q, nz, 0, sc, m, True) / n
+    same, tiny = _row_factors(q, nz, 0, sc)
+    m = _sum_rows(h, q, nz, 0, sc, same, tiny, 0.0, False) / n
+    v = _sum_rows(h, q, nz, 0, sc, same, tiny, m, True) / n
     return m, math.sqrt(v)
 
 
