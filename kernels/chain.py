@@ -16,6 +16,20 @@ from ._config import EXP_CLAMP, JIT
 from .activations import _as
 
 
+# 2**k for every k whose power of two is a float64 (subnormals included), looked up: the per-row
+# passes take a power of two per row (B a layer, several times), and a call of ldexp cost more
+# than a row's multiplications
+_POW2 = np.ldexp(1.0, np.arange(-1074, 1024))
+
+
+@njit(inline="always", **JIT)
+def pow2(k):
+    """2.0**k in float64, ldexp's value (0 below 2**-1074, inf above 2**1023)."""
+    if -1074 <= k <= 1023:
+        return _POW2[k + 1074]
+    return math.ldexp(1.0, int(k))
+
+
 @njit(**JIT)
 def _clamp(e):
     if e > EXP_CLAMP:
@@ -34,7 +48,7 @@ def _ldexp(x, e):
 
 
 # ------------------------------------------------------------------ the exact chain
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def absmax(g):
     """max |g| in float64 over a (B, N) array, NaN ignored (0 when all NaN or empty). Four
     running maxima (four chains of compare-and-select, not one): the same maximum."""
@@ -59,7 +73,7 @@ def absmax(g):
     return m2 if m2 > m0 else m0
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def normalise(g):
     """Scale g in place by 2**-e so that max|g| lies in [0.5, 1); return e.
 
@@ -77,12 +91,12 @@ def normalise(g):
     top = 1023 if g.itemsize == 8 else 127
     k = int(-e)
     k1 = k if k <= top else k // 2
-    s1 = _as(math.ldexp(1.0, k1), g[0, 0])
-    s2 = _as(math.ldexp(1.0, k - k1), g[0, 0])
+    s1 = _as(pow2(k1), g[0, 0])
     for i in range(B):
         for j in range(N):
             g[i, j] *= s1
     if k1 != k:
+        s2 = _as(pow2(k - k1), g[0, 0])
         for i in range(B):
             for j in range(N):
                 g[i, j] *= s2
@@ -110,8 +124,8 @@ def add_aligned(a, ea, s, es, scale):
     sc = _as(scale, a[0, 0])
     lo, hi = _pow2_range(a)
     if lo <= da <= hi and lo <= ds <= hi:  # products by powers of two of the dtype: ldexp's bits
-        fa = _as(math.ldexp(1.0, int(da)), a[0, 0])
-        fs = _as(math.ldexp(1.0, int(ds)), a[0, 0])
+        fa = _as(pow2(da), a[0, 0])
+        fs = _as(pow2(ds), a[0, 0])
         for i in range(B):
             for j in range(N):
                 a[i, j] = s[i, j] * fs + sc * (a[i, j] * fa)
@@ -322,7 +336,7 @@ def scale_row(x, i, d):
     N = x.shape[1]
     lo, hi = _pow2_range(x)
     if lo <= d <= hi:
-        s = _as(math.ldexp(1.0, int(d)), x[0, 0])
+        s = _as(pow2(d), x[0, 0])
         for j in range(N):
             x[i, j] *= s
     else:
@@ -410,7 +424,7 @@ def _row_factors(r, nz, E, sc):
         d = _clamp(r[i] - E) if nz[i] else np.int64(0)
         same &= d == 0
         tiny |= d < -1074
-        sc[i] = math.ldexp(1.0, int(d)) if d >= -1074 else 0.0
+        sc[i] = pow2(d) if d >= -1074 else 0.0
     return same, tiny
 
 

@@ -27,7 +27,7 @@ from .activations import (
     dphi, dphi_scaled, dsigmoid64, dtanh64, elu_pair64, gelu_pair64, log_dphi, log_phi, phi, phi_scaled,
     sigmoid_pair64, swish_pair64, tanh, tanh64, tiny_threshold,
 )
-from .chain import absmax, all_finite, row_nonzero
+from .chain import absmax, all_finite, pow2, row_nonzero
 
 
 # ------------------------------------------------------------------ dense
@@ -310,7 +310,7 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
             if not _vector_row(f[i], scaled):
                 nsat += _scalar_row(a, z, b, add_bias, i, code, param, f[i], scaled, sat_threshold, alive)
                 continue
-            sc, isc = math.ldexp(1.0, int(f[i])), math.ldexp(1.0, int(-f[i]))
+            sc, isc = pow2(f[i]), pow2(-f[i])
             for j in range(N):
                 zz = z[i, j] + b[j] if add_bias else z[i, j]
                 z[i, j] = zz
@@ -431,7 +431,7 @@ def _smooth_setup(code, param, f, scaled, like):
     if not scaled:
         sc, isc, tiny = 1.0, 1.0, 0.0
     else:  # |f| <= 1000
-        sc, isc, tiny = math.ldexp(1.0, int(f)), math.ldexp(1.0, int(-f)), tiny_threshold(like, code)
+        sc, isc, tiny = pow2(f), pow2(-f), tiny_threshold(like, code)
     if code == GELU:
         return sc, isc, tiny, 0.5, 1.0, (GELU_MIN, GELU_ZERO)
     if code == SWISH:
@@ -604,7 +604,7 @@ def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
             if not _vector_row(f[i], scaled):
                 _scalar_dphi_row(dz, da, z, i, code, param, f[i], scaled)
                 continue
-            sc = math.ldexp(1.0, int(f[i]))
+            sc = pow2(f[i])
             for j in range(N):
                 zt = np.float64(z[i, j]) * sc
                 d = 1.0 if abs(zt) < tiny else dtanh64(zt)
@@ -784,8 +784,9 @@ def rescue_saturated(dz, db, sum_db, da, z, code, param, f, scaled):
 @njit(**JIT)
 def rescue_saturated_rows(dz, da, z, code, param, f, scaled, r, nz):
     """:func:`rescue_saturated` row by row (the backward signal's rows carry their own exponents
-    r, z's rows theirs, f (B,), read when ``scaled``): every row whose max|dz[i]| (NaN ignored) is below 2^-900 (float32: 2^-100), an all-zero
-    row included, recomputed in log form at its own k_i, r[i] += k_i; a row whose largest ell is
+    r, z's rows theirs, f (B,), read when ``scaled``): every row whose max|dz[i]| (NaN ignored)
+    is below 2^-900 (float32: 2^-100), an all-zero row included, recomputed in log form at its
+    own k_i (z's row at f[i]), r[i] += k_i; a row whose largest ell is
     -inf, NaN or below RESCUE_LN_MIN stays. nz[i] (the row has an entry != 0) is updated for the
     rows rewritten.    dz, da, z (B,N); r, nz (B,)"""
     if not RESCUE_CODES[code]:

@@ -22,7 +22,8 @@ from ._config import JIT
 from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
 from .chain import (
     _clamp, _ldexp, _pow2_range, add_aligned, add_aligned_rows, all_finite, clip_rows_acted, layer_rows,
-    moments_rows, norm_scaled, normalise_rows, row_nonzero, rows_exponent, rows_nonzero, scale_row, sumsq_rows,
+    moments_rows, norm_scaled, normalise_rows, pow2, row_nonzero, rows_exponent, rows_nonzero, scale_row,
+    sumsq_rows,
 )
 from .layers import (
     _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_fix,
@@ -135,7 +136,7 @@ def _prelu_dslope(da, z, r, q, w):
     s = 0.0
     for i in range(B):
         d = _clamp(r[i] + q[i] - w)
-        f = math.ldexp(1.0, int(d)) if -1074 <= d <= 1023 else 0.0  # 0: ldexp entry by entry
+        f = pow2(d) if -1074 <= d <= 1023 else 0.0  # 0: ldexp entry by entry
         for j in range(N):
             zz = z[i, j]
             m = zz if not (zz > 0) else _as(0.0, zz)  # min(z, 0), NaN stays NaN
@@ -171,8 +172,8 @@ def _scale_rows_sum(dz, db, r, nz, E, q, w):
         dw = _clamp(r[i] + q[i] - w) if nz[i] else np.int64(0)
         if d != dw:  # db's row at E, dW's at w
             if lo <= d <= hi and lo <= dw <= hi:
-                s1 = _as(math.ldexp(1.0, int(d)), dz[0, 0])
-                s2 = _as(math.ldexp(1.0, int(dw)), dz[0, 0])
+                s1 = _as(pow2(d), dz[0, 0])
+                s2 = _as(pow2(dw), dz[0, 0])
                 for j in range(N):
                     v = dz[i, j]
                     db[j] += v * s1
@@ -186,7 +187,7 @@ def _scale_rows_sum(dz, db, r, nz, E, q, w):
         if d != 0 and not (lo <= d <= hi):
             scale_row(dz, i, d)
             d = 0
-        s = _as(math.ldexp(1.0, int(d)), dz[0, 0])
+        s = _as(pow2(d), dz[0, 0])
         if d == 0:
             for j in range(N):
                 db[j] += dz[i, j]
