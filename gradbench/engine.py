@@ -342,9 +342,9 @@ def _top(run: _Run, targets):
 
 
 def _forward_lost(stack: Stack, x: np.ndarray, hL: np.ndarray) -> int:
-    """Samples whose top activations are exactly 0 though their input is not, in a batch: one
-    exponent per layer for the batch flushes a sample more than 2^-1074 (float32: 2^-149) below
-    the batch's largest (its own chain is tiny, not 0, and can end far above the others'). Not
+    """Samples whose top activations are exactly 0 though their input is not, in a batch (a batch
+    of 1 has a layer of zeros, which the diagnosis names by itself): each sample carries its own
+    exponent, so only its own chain can do it (GELU or swish below 2^(-2^62), an exact 0). Not
     counted where a row of zeros is a true value: units dead below zero (ReLU), batch norm."""
     if len(x) < 2 or stack.dead_below_zero or stack.batch_norm:
         return 0

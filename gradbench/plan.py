@@ -117,8 +117,10 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
     layer = N * N + 4 * N + 1  # W (N, N); b, gamma, beta (N,); slope
     if checkpoint is None:
         acts = (2 * L + 1) * B * N + 2 * L * N
+        row_exps = (L + 1) * B  # frow: the activations' row exponents (int64)
     else:
         acts = (L // checkpoint + 2) * B * N + (2 * seg + 1) * B * N + 2 * seg * N
+        row_exps = (L // checkpoint + 2 + seg + 1) * B
     weights = (2 * seg if generated and not keep_weights else L) * layer
     ends = B * D  # x
     if stack.has_input_layer:
@@ -128,7 +130,7 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
         ends += 2 * (O * N + O) + (B if stack.loss == "softmax_ce" else B * O)
         top = 8 * (HEAD_ARRAYS[stack.loss] + (stack.loss == "bce" and item != 8)) * B * O
     # norms, exponents, activation statistics, info (float64/int64 each); batch norm's shares (bn_share)
-    stats = 8 * L * (12 + 2 * stack.batch_norm)
+    stats = 8 * L * (13 + 2 * stack.batch_norm) + 8 * row_exps
     rows = 2 * seg if stats_only else L  # of gradients held at once
     backward = item * (rows * layer + 3 * B * N + B * D)  # the gradients, the signal and its copies, dL/dx
     if stack.clip is not None and stack.clip_on != "signal":

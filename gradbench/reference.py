@@ -8,14 +8,19 @@ and :data:`gradbench.abi.BACKWARD`, in that order, validated by :func:`gradbench
 before the trusting ``stack_forward_kernel`` / ``stack_backward_kernel`` runs.
 
 ``stack_forward``
-    reads ``H[0]`` (the input h_0) and ``fexp[0]``; writes ``H[1:]`` (B, N) per layer,
+    reads ``H[0]`` (the input h_0), ``fexp[0]`` and ``frow[0]``; writes ``H[1:]`` (B, N) per layer,
     ``Z`` (the pre-activation z_l, or the normalised xhat_l under batch norm), the batch-norm
-    mean and 1/std per unit, the forward exponents ``fexp[1:]`` (all equal to ``fexp[0]`` unless
-    forward rescaling is on), the statistics of h_{l+1} and ``info[0]`` = first layer whose
-    output is not finite (-1: none). With forward rescaling (``icfg[I_RESCALE_FWD]``: zero
-    biases, no batch norm, any activation but sigmoid) H[l] and Z[l] are mantissas at exponent
-    ``fexp[l]``, the activation is evaluated by :func:`gradbench.activations.phi_scaled`, and
-    every h_{l+1} is normalised (max |H[l+1]| in [0.5, 1)).
+    mean and 1/std per unit, the forward exponents ``fexp[1:]`` and ``frow[1:]`` (all equal to
+    ``fexp[0]`` and 0 unless forward rescaling is on), the statistics of h_{l+1} and ``info[0]``
+    = first layer whose output is not finite (-1: none). With forward rescaling
+    (``icfg[I_RESCALE_FWD]``: zero biases, no batch norm, any activation but sigmoid) each
+    sample carries its own exponent: row i of H[l] and of Z[l] is a mantissa at exponent
+    ``fexp[l] + frow[l, i]``, the activation is evaluated by
+    :func:`gradbench.activations.phi_scaled` with the row's exponent, the forward's tail rescue
+    decides row by row (:func:`rescue_forward_rows`), a residual add aligns row by row
+    (:func:`add_aligned_rows`), and every row of h_{l+1} is normalised (max |H[l+1, i]| in
+    [0.5, 1)); ``fexp[l+1]`` is the largest non-zero row's exponent and ``frow[l+1]`` the rows'
+    offsets from it (:func:`layer_rows`); the statistics are taken at ``fexp[l+1]``.
 
 ``stack_backward``
     ``G`` (B, N) holds dL/dh_L on entry (true value of row i ``G[i] * 2**(sig_e[L] + row_e[i])``)
@@ -26,8 +31,10 @@ before the trusting ``stack_forward_kernel`` / ``stack_backward_kernel`` runs.
     normalises it again (a no-op on normalised input) and records ``sig_m[L]``. It must not clip
     it again: norm clipping ``g * (c / ||g||)`` can leave ``||g|| = c (1 + 1 ulp)``, and a second
     clip would change the bits, so segmented and one-piece runs would differ.
-    Writes the parameter-gradient mantissas (the true dW_l is ``dW[l] * 2**(dz_e[l] +
-    fexp[l])``, db, dgamma, dbeta use ``dz_e[l]``, dslope ``dz_e[l] + fexp[l]``; ``dz_e[l]``, the
+    Writes the parameter-gradient mantissas (the true dW_l is ``dW[l] * 2**(dw_e[l] +
+    fexp[l])``, db, dgamma, dbeta use ``dz_e[l]``, dslope ``dw_e[l] + fexp[l]``; ``dw_e[l]``, the
+    largest r_i + frow[l, i] over the rows where dL/dz_l and h_l are both non-zero,
+    :func:`pair_top`; ``dz_e[l]``, the
     exponent of dL/dz_l, is the largest of its rows' exponents: ``sig_e[l+1]`` plus the shifts
     of the saturated-derivative rescue, :func:`rescue_rows`, where it acted), the
     signal norms ``sig_m[l] * 2**sig_e[l]`` = ||dL/dh_l|| for l = 0..L, ``gnorm_m[l] *
@@ -493,7 +500,8 @@ def rescale_stats(mean: np.ndarray, std: np.ndarray, H: np.ndarray, rows: np.nda
     """``mean[l]`` and ``std[l]`` of ``H[l + 1]`` taken again by :func:`scaled_mean` and
     :func:`scaled_std` where the kernels' plain sums or squares overflowed (non-finite), in place:
     the stacks' and the recurrent engines' forward statistics (H[0] the input, as their arrays
-    hold it). Nothing to do is one check each."""
+    hold it; ``rows``, a stack's ``frow``: row i of H[l] taken at 2**rows[l, i]). Nothing to do
+    is one check each."""
     for stat, again in ((mean, scaled_mean), (std, scaled_std)):
         if not np.all(np.isfinite(stat)):
             for l in np.flatnonzero(~np.isfinite(stat)):
@@ -614,10 +622,8 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         q = frow[l]  # row i of h_l (and of z_l) at fexp[l] + q[i]
         f = fexp[l] + q if rescale else None
         dslope[l] = activation_backward(dz, da, zl, code, layer_param, None if f is None else f[:, None])
-        if code == PRELU:  # a sum over rows, at dW's exponent (PReLU is never rescued)
-            dslope[l] = np.sum(scaled_rows(da, r + q, pair_top(dz, r, H[l], q)) * np.minimum(zl, 0),
-                               dtype=np.float64)
         r += rescue_rows(dz, da, zl, code, layer_param, f)
+        r_act = r.copy()  # da's rows (PReLU is never rescued), before batch norm brings them to one
         if bn:  # batch norm mixes the rows: one exponent for the layer
             e = row_top(dz, r)
             dz[...] = scaled_rows(dz, r, e)
@@ -629,6 +635,8 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
             dbeta[l] = 0
         e = row_top(dz, r)
         w = pair_top(dz, r, H[l], q)  # dW = sum_i dz_i^T h_i at 2**(fexp[l] + w)
+        if code == PRELU:  # a sum over rows, at dW's exponent
+            dslope[l] = np.sum(scaled_rows(da, r_act + q, w) * np.minimum(zl, 0), dtype=np.float64)
         db[l] = scaled_rows(dz, r, e).sum(axis=0)  # sums over rows: db at e, dW at w
         np.matmul(scaled_rows(dz, r + q, w).T, H[l], out=dW[l])
         np.matmul(dz, W[l], out=G)  # each row at its own exponent

@@ -70,7 +70,8 @@ class Result:
         one exponent per sample (``exponent`` of shape (B,)): each sample's chain keeps its own
         power of two through the backward, however far the samples drift apart.
     output : LogScaled (B, N)
-        h_L, the output of the stack (before the head), with its forward exponent.
+        h_L, the output of the stack (before the head), with its forward exponents: one per
+        sample (exponent (B,), row i at ``exponent[i]``).
     first_nonfinite_forward, first_nonfinite_backward : int or None
         First layer whose output (forward) or backpropagated signal (backward) is not finite.
     forward_rescaled : bool
@@ -91,8 +92,9 @@ class Result:
         beyond any int64 exponent; each sample carries its own power of two in the backward, so
         the batch's other samples do not flush it; the diagnosis names the cause);
         ``forward_lost_samples``:
-        samples of a batch whose top activations are exactly 0 though their input is not (the
-        forward, unlike the backward, shares one exponent per layer: flushed on the way up; not counted for ReLU
+        samples of a batch whose top activations are exactly 0 though their input is not (an
+        exact zero in the sample's own chain: GELU or swish below 2^(-2^62); each sample carries
+        its own power of two in the forward too; not counted for ReLU
         stacks, whose dead units give true zeros, nor under batch norm); ``bn_pair_difference``
         (batch norm over a batch of 2 only): how far apart the two samples' gradients into the top
         layer's batch norm are, the largest over its units of |dy_1 - dy_2| / (|dy_1| + |dy_2|)

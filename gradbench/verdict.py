@@ -587,8 +587,11 @@ def _out_of_reach(stack, res, loss_log10: float) -> str:
     m = np.asarray(res.output.mantissa, dtype=np.float64)
     if not m.size or not np.all(np.isfinite(m)) or not np.any(m):
         return ""
-    with np.errstate(divide="ignore"):
-        out = 0.5 * math.log10(float(np.mean(np.square(m)))) + float(np.max(res.output.exponent)) * math.log10(2)
+    e = np.broadcast_to(np.asarray(res.output.exponent, dtype=np.int64), m.shape[:1])  # one per sample
+    top = int(np.max(e))
+    with np.errstate(divide="ignore", under="ignore"):
+        m = np.ldexp(m, np.maximum(e - top, -2000)[:, None].astype(np.int32))  # the samples at the largest's exponent
+        out = 0.5 * math.log10(float(np.mean(np.square(m)))) + top * math.log10(2)
     residual = 0.5 * loss_log10  # the loss is the mean of (y - t)^2
     if residual - out < OUT_OF_REACH_DECADES or residual < OUT_OF_REACH_DECADES:
         return ""
@@ -706,11 +709,10 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
             words.append("no gradient in the float computation: every ||dL/dW_l|| reads exactly zero because "
                          + float_underflow_words(stack, under))
         else:
-            flush = (", or samples flushed by the batch's shared exponent in the forward pass: below"
-                     if forward_zeros(stack.activation, res.act_std.log10()).size and res.input_grad.mantissa.shape[0] > 1
-                     else "")
+            zeros = (", or forward activations beyond any int64 exponent: below"
+                     if forward_zeros(stack.activation, res.act_std.log10()).size else "")
             words.append("no gradient at all: every ||dL/dW_l|| is exactly zero (an all-zero input or signal, or "
-                         f"every unit dead{flush})")
+                         f"every unit dead{zeros})")
     elif rule == "zeros":
         top_nz = int(np.flatnonzero(g > -np.inf).max())
         below = np.flatnonzero(g[:top_nz] == -np.inf)[::-1]
@@ -996,17 +998,9 @@ def flush_bound(dtype: str) -> str:
     return "2^-149" if str(dtype) == "float32" else "2^-1074"
 
 
-# Why a sample of a batch reads 0 on the way up, and the remedy (verdict._findings says them for
-# samples counted at the top, extras["forward_lost_samples"], and for layers of zeros); the remedy
-# also for samples lost on the way back through a recurrent net (one exponent per step there; a
-# stack's backward carries one per sample, so its lost samples are exact zeros, not flushes)
-def flushed_forward(dtype: str) -> str:
-    return (f"the batch shares one exponent per layer, so a sample more than {flush_bound(dtype)} below the batch's "
-            "largest at some layer is flushed to 0 there, though its own chain is tiny, not 0, and can end far above "
-            "the others' (a sample that falls behind early can end above one that collapses later)")
-
-
-ONE_AT_A_TIME = "run the samples one at a time (batch 1) for their exact chains"
+# The remedy for samples lost on the way back through a recurrent net (one exponent per step
+# there); a stack carries one exponent per sample forward and back, so its lost samples are
+# exact zeros of their own chains, not flushes by the batch
 SUCH_ONE_AT_A_TIME = "run such samples one at a time (batch 1) for their exact chain"
 
 
@@ -1327,15 +1321,17 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
     flat = int((getattr(res, "extras", None) or {}).get("forward_lost_samples") or 0)
     if flat and not zf.size:  # (a layer of zeros says it below)
         B = res.input_grad.mantissa.shape[0]
+        why = (f"every unit's {stack.activation}(z) of such a sample is 0 or lies below 2^(-2^62) at some layer "
+               f"({PHI_UNDERFLOW[stack.activation]}), beyond any int64 exponent" if stack.activation in PHI_UNDERFLOW
+               else "its activations are exactly 0 at some layer")
         words.append(f"{flat} of {B} samples {'reaches' if flat == 1 else 'reach'} the top with activations exactly 0 "
-                     f"though the input is not 0: {flushed_forward(stack.dtype)} (the loss and every norm then follow the others): "
-                     f"{ONE_AT_A_TIME}")
+                     f"though the input is not 0: {why} (each sample carries its own power of two, so the batch's other "
+                     "samples do not flush it); the loss and every gradient then come from the other samples, and the "
+                     "exact ones of such a sample may be tiny but not 0")
     if zf.size:
-        batch = res.input_grad.mantissa.shape[0]
-        flushed = f", or, in a batch of {batch}, flushed: {flushed_forward(stack.dtype)}: {ONE_AT_A_TIME}" if batch > 1 else ""
         words.append(f"the forward activations of layer{'s' if zf.size > 1 else ''} {_layers(zf)} are exactly 0: "
                      f"every unit's {stack.activation}(z) is 0 or lies below 2^(-2^62) "
-                     f"({PHI_UNDERFLOW[stack.activation]}), beyond any int64 exponent{flushed}; "
+                     f"({PHI_UNDERFLOW[stack.activation]}), beyond any int64 exponent, for every sample; "
                      "the gradients that depend on them read 0 where the exact ones may be tiny but not 0")
     fwd = forward_span(std)
     if fwd is not None and not forward_said:

@@ -16,6 +16,20 @@ from ._config import EXP_CLAMP, JIT
 from .activations import _as
 
 
+# 2**k for every k whose power of two is a float64 (subnormals included), looked up: the per-row
+# passes take a power of two per row (B a layer, several times), and a call of ldexp cost more
+# than a row's multiplications
+_POW2 = np.ldexp(1.0, np.arange(-1074, 1024))
+
+
+@njit(inline="always", **JIT)
+def pow2(k):
+    """2.0**k in float64, ldexp's value (0 below 2**-1074, inf above 2**1023)."""
+    if -1074 <= k <= 1023:
+        return _POW2[k + 1074]
+    return math.ldexp(1.0, int(k))
+
+
 @njit(**JIT)
 def _clamp(e):
     if e > EXP_CLAMP:
@@ -34,20 +48,32 @@ def _ldexp(x, e):
 
 
 # ------------------------------------------------------------------ the exact chain
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def absmax(g):
-    """max |g| in float64 over a (B, N) array, NaN ignored (0 when all NaN or empty)."""
+    """max |g| in float64 over a (B, N) array, NaN ignored (0 when all NaN or empty). Four
+    running maxima (four chains of compare-and-select, not one): the same maximum."""
     B, N = g.shape
-    m = 0.0
+    m0 = m1 = m2 = m3 = 0.0
+    n4 = N - N % 4
     for i in range(B):
-        for j in range(N):
-            v = abs(np.float64(g[i, j]))
-            if v > m:  # False for NaN
-                m = v
-    return m
+        for j in range(0, n4, 4):
+            v0 = abs(np.float64(g[i, j]))
+            v1 = abs(np.float64(g[i, j + 1]))
+            v2 = abs(np.float64(g[i, j + 2]))
+            v3 = abs(np.float64(g[i, j + 3]))
+            m0 = v0 if v0 > m0 else m0  # False for NaN
+            m1 = v1 if v1 > m1 else m1
+            m2 = v2 if v2 > m2 else m2
+            m3 = v3 if v3 > m3 else m3
+        for j in range(n4, N):
+            v0 = abs(np.float64(g[i, j]))
+            m0 = v0 if v0 > m0 else m0
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    return m2 if m2 > m0 else m0
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def normalise(g):
     """Scale g in place by 2**-e so that max|g| lies in [0.5, 1); return e.
 
@@ -65,12 +91,12 @@ def normalise(g):
     top = 1023 if g.itemsize == 8 else 127
     k = int(-e)
     k1 = k if k <= top else k // 2
-    s1 = _as(math.ldexp(1.0, k1), g[0, 0])
-    s2 = _as(math.ldexp(1.0, k - k1), g[0, 0])
+    s1 = _as(pow2(k1), g[0, 0])
     for i in range(B):
         for j in range(N):
             g[i, j] *= s1
     if k1 != k:
+        s2 = _as(pow2(k - k1), g[0, 0])
         for i in range(B):
             for j in range(N):
                 g[i, j] *= s2
@@ -98,8 +124,8 @@ def add_aligned(a, ea, s, es, scale):
     sc = _as(scale, a[0, 0])
     lo, hi = _pow2_range(a)
     if lo <= da <= hi and lo <= ds <= hi:  # products by powers of two of the dtype: ldexp's bits
-        fa = _as(math.ldexp(1.0, int(da)), a[0, 0])
-        fs = _as(math.ldexp(1.0, int(ds)), a[0, 0])
+        fa = _as(pow2(da), a[0, 0])
+        fs = _as(pow2(ds), a[0, 0])
         for i in range(B):
             for j in range(N):
                 a[i, j] = s[i, j] * fs + sc * (a[i, j] * fa)
@@ -170,9 +196,28 @@ def clip_signal_acted(g, e, mode, c):
 def _sum_block(x, start, stop, mean, square, scale):
     """sum over x[start:stop] of (x scale - mean) or (x scale - mean)**2, 8 partial sums
     (scale: a power of two, 1 except for scaled norms)."""
-    r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
     n8 = start + ((stop - start) // 8) * 8
-    for i in range(start, n8, 8):
+    r = _add_eights(x, start, n8, mean, square, scale, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    return _close_block(x, n8, stop, mean, square, scale, r)
+
+
+@njit(inline="always", **JIT)
+def _close_block(x, n8, stop, mean, square, scale, r):
+    """A block's sum: its 8 partial sums r paired, then the entries n8..stop (fewer than 8)."""
+    r0, r1, r2, r3, r4, r5, r6, r7 = r
+    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for i in range(n8, stop):
+        v = np.float64(x[i]) * scale - mean
+        s += v * v if square else v
+    return s
+
+
+@njit(inline="always", **JIT)
+def _add_eights(x, start, stop, mean, square, scale, r):
+    """The 8 partial sums r plus the entries start..stop (a multiple of 8 of them), lane k taking
+    entries start + k, start + 8 + k, ...: (x scale - mean) or its square."""
+    r0, r1, r2, r3, r4, r5, r6, r7 = r
+    for i in range(start, stop, 8):
         v0 = np.float64(x[i]) * scale - mean
         v1 = np.float64(x[i + 1]) * scale - mean
         v2 = np.float64(x[i + 2]) * scale - mean
@@ -198,11 +243,7 @@ def _sum_block(x, start, stop, mean, square, scale):
         r5 += v5
         r6 += v6
         r7 += v7
-    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    for i in range(n8, stop):
-        v = np.float64(x[i]) * scale - mean
-        s += v * v if square else v
-    return s
+    return r0, r1, r2, r3, r4, r5, r6, r7
 
 
 @njit(**JIT)
@@ -295,7 +336,7 @@ def scale_row(x, i, d):
     N = x.shape[1]
     lo, hi = _pow2_range(x)
     if lo <= d <= hi:
-        s = _as(math.ldexp(1.0, int(d)), x[0, 0])
+        s = _as(pow2(d), x[0, 0])
         for j in range(N):
             x[i, j] *= s
     else:
@@ -348,40 +389,19 @@ def normalise_rows(g, r, nz):
 
 
 @njit(**JIT)
-def _sum_block_rows(x, start, stop, sc, N):
-    """_sum_block of the squares of x[start:stop] (x flat, rows of N) with entry k taken as
-    x[k] * sc[k // N]: the same partial sums, each entry the value of the scaled copy."""
-    r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
+def _sum_block_rows(x, start, stop, sc, N, mean, square):
+    """_sum_block of x[start:stop] (x flat, rows of N, N a multiple of 8) with entry k taken as
+    x[k] * sc[k // N]: the same partial sums of (value - mean) or its square, each entry the
+    value of the scaled copy; a row's part of the block at a time (eight entries lie in one row)."""
     n8 = start + ((stop - start) // 8) * 8
-    one = N % 8 == 0  # the eight entries of a block lie in one row: one factor
-    for i in range(start, n8, 8):
-        f0 = sc[i // N]
-        if one:
-            f1 = f2 = f3 = f4 = f5 = f6 = f7 = f0
-        else:
-            f1, f2, f3 = sc[(i + 1) // N], sc[(i + 2) // N], sc[(i + 3) // N]
-            f4, f5, f6, f7 = sc[(i + 4) // N], sc[(i + 5) // N], sc[(i + 6) // N], sc[(i + 7) // N]
-        v0 = np.float64(x[i]) * f0
-        v1 = np.float64(x[i + 1]) * f1
-        v2 = np.float64(x[i + 2]) * f2
-        v3 = np.float64(x[i + 3]) * f3
-        v4 = np.float64(x[i + 4]) * f4
-        v5 = np.float64(x[i + 5]) * f5
-        v6 = np.float64(x[i + 6]) * f6
-        v7 = np.float64(x[i + 7]) * f7
-        r0 += v0 * v0
-        r1 += v1 * v1
-        r2 += v2 * v2
-        r3 += v3 * v3
-        r4 += v4 * v4
-        r5 += v5 * v5
-        r6 += v6 * v6
-        r7 += v7 * v7
-    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    for i in range(n8, stop):
-        v = np.float64(x[i]) * sc[i // N]
-        s += v * v
-    return s
+    r = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    i = start
+    while i < n8:
+        row = i // N
+        end = min((row + 1) * N, n8)
+        r = _add_eights(x, i, end, mean, square, sc[row], r)
+        i = end
+    return _close_block(x, n8, stop, mean, square, 1.0, r)  # nothing left: stop - start is a multiple of 8
 
 
 @njit(**JIT)
@@ -390,35 +410,63 @@ def sumsq_rows(g, r, nz, E, sc):
     factor; ldexp entry by entry below 2**-1074), in the blocks and partial sums of
     :func:`sumsq`, so that it is sumsq's value of the batch-normalised array bit for bit.
     sc: (B,) float64 workspace."""
-    B, N = g.shape
+    same, tiny = _row_factors(r, nz, E, sc)
+    return _sum_rows(g, r, nz, E, sc, same, tiny, 0.0, True)
+
+
+@njit(**JIT)
+def _row_factors(r, nz, E, sc):
+    """sc[i] = 2**(r[i] - E) in float64 (0 below 2**-1074; 1 for zero rows, not nz[i]: they add
+    zeros at any exponent); returns (every factor 1, some row below 2**-1074)."""
     same = True
     tiny = False
-    for i in range(B):
-        d = _clamp(r[i] - E) if nz[i] else np.int64(0)  # zero rows add zeros at any exponent
+    for i in range(r.shape[0]):
+        d = _clamp(r[i] - E) if nz[i] else np.int64(0)
         same &= d == 0
         tiny |= d < -1074
-        sc[i] = math.ldexp(1.0, int(d)) if d >= -1074 else 0.0
-    if same:
-        return sumsq(g)
+        sc[i] = pow2(d) if d >= -1074 else 0.0
+    return same, tiny
+
+
+@njit(**JIT)
+def _sum_rows(g, r, nz, E, sc, same, tiny, mean, square):
+    """:func:`_sum_flat` (sum of (value - mean) or its square) over scaled(g, E): row i times
+    2**(r[i] - E), zero rows (not nz[i]) as they are, sc, same and tiny from
+    :func:`_row_factors`; see :func:`sumsq_rows`."""
+    N = g.shape[1]
     flat = g.reshape(g.size)
+    if same:
+        return _sum_flat(flat, mean, square, 1.0)
     n = flat.size
     s = 0.0
-    if not tiny:
+    if not tiny and N % 8 == 0:
         for start in range(0, n, 128):
-            s += _sum_block_rows(flat, start, min(start + 128, n), sc, N)
+            s += _sum_block_rows(flat, start, min(start + 128, n), sc, N, mean, square)
         return s
-    # a row beyond 2**-1074 of the top: its entries by ldexp (0, or inf/NaN as they are), in a
-    # copy of each block; the same partial sums
+    # a row beyond 2**-1074 of the top (its entries by ldexp: 0, or inf/NaN as they are), or
+    # eight entries that span two rows: the scaled values in a copy of each block; the same
+    # partial sums
     buf = np.empty(128)
-    ones = np.ones(1)
     for start in range(0, n, 128):
         stop = min(start + 128, n)
         for k in range(start, stop):
             i = k // N
             d = _clamp(r[i] - E) if nz[i] else np.int64(0)
             buf[k - start] = np.float64(flat[k]) * sc[i] if d >= -1074 else math.ldexp(np.float64(flat[k]), int(d))
-        s += _sum_block_rows(buf, 0, stop - start, ones, 128)
+        s += _sum_block(buf, 0, stop - start, mean, square, 1.0)
     return s
+
+
+@njit(**JIT)
+def moments_rows(h, q, nz, sc):
+    """:func:`moments` of the rows taken at one exponent: entry (i, j) as h[i, j] * 2**q[i]
+    (rows of zeros, not nz[i], as they are; q <= 0 the rows' exponents below the layer's), in
+    float64, the same blocks and passes (moments' bits where every q is 0).    sc (B,) workspace"""
+    n = h.size
+    same, tiny = _row_factors(q, nz, 0, sc)
+    m = _sum_rows(h, q, nz, 0, sc, same, tiny, 0.0, False) / n
+    v = _sum_rows(h, q, nz, 0, sc, same, tiny, m, True) / n
+    return m, math.sqrt(v)
 
 
 @njit(**JIT)
@@ -456,11 +504,24 @@ def clip_rows_acted(g, r, nz, mode, c, sc):
 
 
 @njit(**JIT)
-def add_aligned_rows(a, ra, s, rs):
-    """:func:`add_aligned` row by row (scale 1): a[i] * 2**ra[i] + s[i] * 2**rs[i] at the larger
+def add_aligned_rows(a, ra, s, rs, scale):
+    """:func:`add_aligned` row by row: scale * a[i] * 2**ra[i] + s[i] * 2**rs[i] at the larger
     exponent, written into a and ra; a zero row of either side takes the other's exponent, so
     that it flushes nothing. a, s (B,N); ra, rs (B,)"""
     for i in range(a.shape[0]):
         ea = ra[i] if row_nonzero(a, i) else rs[i]
         es = rs[i] if row_nonzero(s, i) else ea
-        ra[i] = add_aligned(a[i:i + 1], ea, s[i:i + 1], es, 1.0)
+        ra[i] = add_aligned(a[i:i + 1], ea, s[i:i + 1], es, scale)
+
+
+@njit(**JIT)
+def layer_rows(h, g, nz, q):
+    """The forward's rows made ready (gradbench.reference.layer_rows), in place: each row of h
+    normalised, its exponent added to the absolute g (B,); returns the layer's exponent (the
+    largest non-zero row's) and writes q (B,) = the rows' exponents relative to it (0 for rows of
+    zeros); nz[i] = row i has an entry != 0 (NaN and inf count)."""
+    normalise_rows(h, g, nz)
+    e = rows_exponent(g, nz)
+    for i in range(h.shape[0]):
+        q[i] = g[i] - e if nz[i] else 0
+    return e

@@ -27,7 +27,7 @@ from .activations import (
     dphi, dphi_scaled, dsigmoid64, dtanh64, elu_pair64, gelu_pair64, log_dphi, log_phi, phi, phi_scaled,
     sigmoid_pair64, swish_pair64, tanh, tanh64, tiny_threshold,
 )
-from .chain import absmax, row_nonzero
+from .chain import absmax, all_finite, pow2, row_nonzero
 
 
 # ------------------------------------------------------------------ dense
@@ -239,16 +239,20 @@ def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
 # ------------------------------------------------------------------ activations
 @njit(**JIT)
 def _all_linear(z, b, add_bias, f, tiny):
-    """Whether every entry x of z (+ b) is finite with |x 2^f| < tiny: phi_scaled's linear form
-    for the whole layer, which then skips the polynomials. Asked where f < -24: a signal that
-    has vanished (zero-bias tanh, ELU, swish, GELU stacks at or below the edge of chaos), where
-    it holds but for the rare mantissa beyond tiny 2^-f or a non-finite one. Below f = -1000
-    the vector paths' z 2^f = z sc would need a subnormal sc: such layers take the scalar forms."""
+    """Whether every row's exponent f[i] is below -24 and every entry x of z (+ b) finite with
+    |x 2^f[i]| < tiny: phi_scaled's linear form for the whole layer, which then skips the
+    polynomials. Asked where the signal has vanished (zero-bias tanh, ELU, swish, GELU stacks at
+    or below the edge of chaos), where it holds but for the rare mantissa beyond tiny 2^-f or a
+    non-finite one. Below f = -1000 the vector paths' z 2^f = z sc would need a subnormal sc:
+    such rows take the scalar forms.    z (B,N), f (B,) int64"""
     B, N = z.shape
-    e = math.frexp(tiny)[1] - f  # tiny 2^-f < 2^e; beyond the largest float from e = 1025 on
-    lim = math.inf if e > 1024 else math.ldexp(tiny, int(-f))
+    for i in range(B):
+        if f[i] >= -24:
+            return False
     out = 0
     for i in range(B):
+        e = math.frexp(tiny)[1] - f[i]  # tiny 2^-f < 2^e; beyond the largest float from e = 1025 on
+        lim = math.inf if e > 1024 else math.ldexp(tiny, int(-f[i]))
         for j in range(N):
             out += not (abs(np.float64(z[i, j] + b[j] if add_bias else z[i, j])) < lim)
     return out == 0
@@ -267,10 +271,11 @@ def _alive(alive, z):
 @njit(**JIT)
 def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_threshold, alive):
     """z += b (when ``add_bias``: the dense layer's bias, fused here) and a = phi(z) (``scaled``:
-    the mantissa of phi(z 2^f), :func:`.activations.phi_scaled`); returns the number of entries
-    with phi' < sat_threshold and sets alive[j] = some z[:, j] is not <= 0 (NaN counts as
-    alive, as in the reference). One pass over z for the common activations; the switch is
-    outside the element loops.
+    row i the mantissa of phi(z 2^f[i]), :func:`.activations.phi_scaled`, at the row's exponent
+    f[i]: f (B,) int64, read only when ``scaled``); returns the number of entries with
+    phi' < sat_threshold and sets alive[j] = some z[:, j] is not <= 0 (NaN counts as alive, as
+    in the reference). One pass over z for the common activations; the switch is outside the
+    element loops, the row's powers of two outside the entry loops.
     """
     B, N = z.shape
     nsat = 0
@@ -287,8 +292,7 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
                 nsat += (one - t * t) < sat_threshold
                 alive[j] = alive[j] or not (zz <= 0)
         return nsat
-    if scaled and f < -24 and _SCALED_FORM[code] and _all_linear(z, b, add_bias, f,
-                                                                    tiny_threshold(a[0, 0], code)):
+    if scaled and _SCALED_FORM[code] and _all_linear(z, b, add_bias, f, tiny_threshold(a[0, 0], code)):
         c0p, c0m, _, _, _, _ = _coefficients(code, param)  # phi_scaled's linear form, entry by entry
         for i in range(B):
             for j in range(N):
@@ -300,10 +304,13 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
                 nsat += abs(_as(c0, zz)) < sat_threshold
                 alive[j] = alive[j] or not (zz <= 0)
         return nsat
-    if code == TANH and scaled and -1000 <= f <= 1000:  # phi_scaled of tanh, vectorised (scaled_regime's regimes)
+    if code == TANH and scaled:  # phi_scaled of tanh, vectorised (scaled_regime's regimes), row by row
         tiny = tiny_threshold(a[0, 0], code)
-        sc, isc = math.ldexp(1.0, int(f)), math.ldexp(1.0, int(-f))
         for i in range(B):
+            if not _vector_row(f[i], scaled):
+                nsat += _scalar_row(a, z, b, add_bias, i, code, param, f[i], scaled, sat_threshold, alive)
+                continue
+            sc, isc = pow2(f[i]), pow2(-f[i])
             for j in range(N):
                 zz = z[i, j] + b[j] if add_bias else z[i, j]
                 z[i, j] = zz
@@ -361,16 +368,33 @@ def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thr
                 nsat += abs(one if pos else d_neg) < sat_threshold  # a negative slope: phi' < 0
                 alive[j] = alive[j] or not (zz <= 0)
         return nsat
-    if _SMOOTH[code] and (not scaled or -1000 <= f <= 1000):
+    if _SMOOTH[code]:
         return _smooth_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_threshold, alive)
     for i in range(B):
-        for j in range(N):
-            zz = z[i, j] + b[j] if add_bias else z[i, j]
-            z[i, j] = zz
-            a[i, j], d = _scalar_pair(zz, f, code, param, scaled)
-            nsat += abs(d) < sat_threshold  # GELU, swish, a negative slope: phi' < 0
-            if not (zz <= 0):
-                alive[j] = True
+        nsat += _scalar_row(a, z, b, add_bias, i, code, param, f[i] if scaled else 0, scaled, sat_threshold, alive)
+    return nsat
+
+
+@njit(inline="always", **JIT)
+def _vector_row(f, scaled):
+    """Whether a row at exponent f takes the vector paths: plain, or 2^f a normal number
+    (|f| <= 1000); else the scalar forms."""
+    return not scaled or -1000 <= f <= 1000
+
+
+@njit(**JIT)
+def _scalar_row(a, z, b, add_bias, i, code, param, f, scaled, sat_threshold, alive):
+    """_activation_forward_stats of row i by the scalar forms (at its exponent f): the layers
+    without a vector path, and the scaled rows whose 2^f is not a normal number. Returns the
+    row's count of phi' < sat_threshold."""
+    nsat = 0
+    for j in range(z.shape[1]):
+        zz = z[i, j] + b[j] if add_bias else z[i, j]
+        z[i, j] = zz
+        a[i, j], d = _scalar_pair(zz, f, code, param, scaled)
+        nsat += abs(d) < sat_threshold  # GELU, swish, a negative slope: phi' < 0
+        if not (zz <= 0):
+            alive[j] = True
     return nsat
 
 
@@ -407,7 +431,7 @@ def _smooth_setup(code, param, f, scaled, like):
     if not scaled:
         sc, isc, tiny = 1.0, 1.0, 0.0
     else:  # |f| <= 1000
-        sc, isc, tiny = math.ldexp(1.0, int(f)), math.ldexp(1.0, int(-f)), tiny_threshold(like, code)
+        sc, isc, tiny = pow2(f), pow2(-f), tiny_threshold(like, code)
     if code == GELU:
         return sc, isc, tiny, 0.5, 1.0, (GELU_MIN, GELU_ZERO)
     if code == SWISH:
@@ -441,37 +465,44 @@ def _smooth_rare(zt, lowest):
 
 @njit(**JIT)
 def _smooth_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_threshold, alive):
-    """_activation_forward_stats of ELU, SELU, swish and GELU (see above)."""
+    """_activation_forward_stats of ELU, SELU, swish and GELU (see above), row by row at the
+    rows' exponents f (B,)."""
     B, N = z.shape
-    v = _smooth_setup(code, param, f, scaled, a[0, 0])
-    sc, lowest = v[0], v[5]
     # one loop per polynomial, the code a constant in each (the loop is inlined): with the code
     # tested per entry, LLVM kept GELU's table reads behind a branch and no loop vectorised
     if code == GELU:
-        nsat, rare = _smooth_forward_loop(a, z, b, add_bias, GELU, v, sat_threshold, alive)
+        nsat, rare = _smooth_forward_loop(a, z, b, add_bias, GELU, code, param, f, scaled, sat_threshold, alive)
     elif code == SWISH:
-        nsat, rare = _smooth_forward_loop(a, z, b, add_bias, SWISH, v, sat_threshold, alive)
+        nsat, rare = _smooth_forward_loop(a, z, b, add_bias, SWISH, code, param, f, scaled, sat_threshold, alive)
     else:
-        nsat, rare = _smooth_forward_loop(a, z, b, add_bias, ELU, v, sat_threshold, alive)
+        nsat, rare = _smooth_forward_loop(a, z, b, add_bias, ELU, code, param, f, scaled, sat_threshold, alive)
     if rare:
         for i in range(B):
+            if not _vector_row(f[i], scaled):  # done by the scalar forms already
+                continue
+            v = _smooth_setup(code, param, f[i], scaled, a[0, 0])
+            sc, lowest = v[0], v[5]
             for j in range(N):
                 zz = z[i, j]
                 if _smooth_rare(np.float64(zz) * sc, lowest):
-                    a[i, j], d = _scalar_pair(zz, f, code, param, scaled)
+                    a[i, j], d = _scalar_pair(zz, f[i], code, param, scaled)
                     nsat += abs(d) < sat_threshold
     return nsat
 
 
 @njit(inline="always", **JIT)
-def _smooth_forward_loop(a, z, b, add_bias, kind, v, sat_threshold, alive):
+def _smooth_forward_loop(a, z, b, add_bias, kind, code, param, f, scaled, sat_threshold, alive):
     """The vector loop of _smooth_forward_stats (kind: GELU, SWISH, or ELU for ELU and SELU;
-    v: _smooth_setup's values); returns (nsat, rare)."""
+    each row with _smooth_setup's values at its exponent, or by the scalar forms where 2^f[i] is
+    not a normal number); returns (nsat, rare)."""
     B, N = z.shape
-    sc, isc, tiny, outer, inner, lowest = v
     nsat = 0
     rare = 0
     for i in range(B):
+        if not _vector_row(f[i], scaled):
+            nsat += _scalar_row(a, z, b, add_bias, i, code, param, f[i], scaled, sat_threshold, alive)
+            continue
+        sc, isc, tiny, outer, inner, lowest = _smooth_setup(code, param, f[i], scaled, a[0, 0])
         for j in range(N):
             zz = z[i, j] + b[j] if add_bias else z[i, j]
             z[i, j] = zz
@@ -486,31 +517,49 @@ def _smooth_forward_loop(a, z, b, add_bias, kind, v, sat_threshold, alive):
 
 @njit(**JIT)
 def _smooth_backward(dz, da, z, code, param, f, scaled):
-    """dz = da phi'(z 2^f) of ELU, SELU, swish and GELU (see above)."""
+    """dz = da phi'(z 2^f[i]) of ELU, SELU, swish and GELU (see above), row by row."""
     B, N = z.shape
-    v = _smooth_setup(code, param, f, scaled, z[0, 0])
-    sc, lowest = v[0], v[5]
     if code == GELU:  # one loop per polynomial, as in _smooth_forward_stats
-        rare = _smooth_backward_loop(dz, da, z, GELU, v)
+        rare = _smooth_backward_loop(dz, da, z, GELU, code, param, f, scaled)
     elif code == SWISH:
-        rare = _smooth_backward_loop(dz, da, z, SWISH, v)
+        rare = _smooth_backward_loop(dz, da, z, SWISH, code, param, f, scaled)
     else:
-        rare = _smooth_backward_loop(dz, da, z, ELU, v)
+        rare = _smooth_backward_loop(dz, da, z, ELU, code, param, f, scaled)
     if rare:
         for i in range(B):
+            if not _vector_row(f[i], scaled):
+                continue
+            v = _smooth_setup(code, param, f[i], scaled, z[0, 0])
+            sc, lowest = v[0], v[5]
             for j in range(N):
                 zz = z[i, j]
                 if _smooth_rare(np.float64(zz) * sc, lowest):
-                    dz[i, j] = da[i, j] * (dphi_scaled(zz, f, code, param) if scaled else dphi(zz, code, param))
+                    dz[i, j] = da[i, j] * _scalar_dphi(zz, f[i], code, param, scaled)
 
 
 @njit(inline="always", **JIT)
-def _smooth_backward_loop(dz, da, z, kind, v):
+def _scalar_dphi(zz, f, code, param, scaled):
+    """phi'(zz 2^f) by the scalar forms (phi'(zz) without ``scaled``)."""
+    return dphi_scaled(zz, f, code, param) if scaled else dphi(zz, code, param)
+
+
+@njit(**JIT)
+def _scalar_dphi_row(dz, da, z, i, code, param, f, scaled):
+    """dz[i] = da[i] * phi'(z[i] 2^f) by the scalar forms (phi'(z[i]) without ``scaled``)."""
+    for j in range(z.shape[1]):
+        dz[i, j] = da[i, j] * _scalar_dphi(z[i, j], f, code, param, scaled)
+
+
+@njit(inline="always", **JIT)
+def _smooth_backward_loop(dz, da, z, kind, code, param, f, scaled):
     """The vector loop of _smooth_backward (see _smooth_forward_loop); returns rare."""
     B, N = z.shape
-    sc, isc, tiny, outer, inner, lowest = v
     rare = 0
     for i in range(B):
+        if not _vector_row(f[i], scaled):
+            _scalar_dphi_row(dz, da, z, i, code, param, f[i], scaled)
+            continue
+        sc, isc, tiny, outer, inner, lowest = _smooth_setup(code, param, f[i], scaled, z[0, 0])
         for j in range(N):
             x = np.float64(z[i, j])
             _, d, odd = _smooth_pair(x, x * sc, kind, isc, tiny, outer, inner, lowest)
@@ -533,15 +582,14 @@ def activation_forward(a, z, code, param, f=None):  # noqa: D401 (the reference'
 
 @njit(**JIT)
 def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
-    """dz = da * phi'(z) (``scaled``: phi'(z 2^f)); with ``sum_db`` also db = sum_B dz (rows in
-    order, as dense_backward sums it), fused into the same pass. Returns sum(da * min(z, 0))
-    for PReLU, else 0.  dz, da, z (B,N); db (N,)"""
+    """dz = da * phi'(z) (``scaled``: row i phi'(z 2^f[i]), f (B,) int64 the rows' exponents);
+    with ``sum_db`` also db = sum_B dz (rows in order, as dense_backward sums it), fused into the
+    same pass. Returns sum(da * min(z, 0)) for PReLU, else 0.  dz, da, z (B,N); db (N,)"""
     B, N = z.shape
     if sum_db:
         for j in range(N):
             db[j] = 0
-    if scaled and f < -24 and _SCALED_FORM[code] and _all_linear(z, z[0], False, f,
-                                                                    tiny_threshold(dz[0, 0], code)):
+    if scaled and _SCALED_FORM[code] and _all_linear(z, z[0], False, f, tiny_threshold(dz[0, 0], code)):
         c0p, c0m, _, _, _, _ = _coefficients(code, param)  # dphi_scaled's linear form
         for i in range(B):
             for j in range(N):
@@ -550,23 +598,24 @@ def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
                 if sum_db:
                     db[j] += v
         return 0.0
-    if code == TANH and scaled and -1000 <= f <= 1000:  # dphi_scaled of tanh, vectorised; |z| > 20, NaN fixed up
+    if code == TANH and scaled:  # dphi_scaled of tanh, vectorised row by row; |z 2^f| > 20, NaN fixed up
         tiny = tiny_threshold(dz[0, 0], code)
-        sc = math.ldexp(1.0, int(f))
         for i in range(B):
+            if not _vector_row(f[i], scaled):
+                _scalar_dphi_row(dz, da, z, i, code, param, f[i], scaled)
+                continue
+            sc = pow2(f[i])
             for j in range(N):
                 zt = np.float64(z[i, j]) * sc
                 d = 1.0 if abs(zt) < tiny else dtanh64(zt)
                 dz[i, j] = da[i, j] * _as(d, z[i, j])
-        rare = 0
-        for i in range(B):
+            rare = 0
             for j in range(N):
                 rare += not (abs(np.float64(z[i, j]) * sc) <= DTANH_MAX)
-        if rare:
-            for i in range(B):
+            if rare:
                 for j in range(N):
                     if not (abs(np.float64(z[i, j]) * sc) <= DTANH_MAX):
-                        dz[i, j] = da[i, j] * dphi_scaled(z[i, j], f, code, param)
+                        dz[i, j] = da[i, j] * dphi_scaled(z[i, j], f[i], code, param)
         if sum_db:
             for i in range(B):
                 for j in range(N):
@@ -598,7 +647,7 @@ def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
                 for j in range(N):
                     db[j] += dz[i, j]
         return 0.0
-    if _SMOOTH[code] and (not scaled or -1000 <= f <= 1000):
+    if _SMOOTH[code]:
         _smooth_backward(dz, da, z, code, param, f, scaled)
         if sum_db:
             for i in range(B):
@@ -616,13 +665,10 @@ def _activation_backward(dz, db, sum_db, da, z, code, param, f, scaled):
                     db[j] += v
     else:
         for i in range(B):
-            for j in range(N):
-                zz = z[i, j]
-                d = dphi_scaled(zz, f, code, param) if scaled else dphi(zz, code, param)
-                v = da[i, j] * d
-                dz[i, j] = v
-                if sum_db:
-                    db[j] += v
+            _scalar_dphi_row(dz, da, z, i, code, param, f[i] if scaled else 0, scaled)
+            if sum_db:
+                for j in range(N):
+                    db[j] += dz[i, j]
     if code != PRELU:
         return 0.0
     s = 0.0
@@ -643,8 +689,8 @@ def rescue_forward(a, z, f, code, param):
         return f
     m = absmax(a)
     below = _BELOW_EXP64 if a.itemsize == 8 else _BELOW_EXP32
-    if not math.isfinite(m) or (m > 0 and math.frexp(m)[1] + f > below):
-        return f
+    if not math.isfinite(m) or (m > 0 and math.frexp(m)[1] + f > below) or not all_finite(a):
+        return f  # a NaN too: the reference's max|a| is NaN there
     xlim = (_RESCUE_X64 if a.itemsize == 8 else _RESCUE_X32)[code]
     B, N = z.shape
     deep = False
@@ -688,6 +734,16 @@ _BELOW_EXP64, _BELOW_EXP32 = math.frexp(RESCUE_BELOW64)[1], math.frexp(RESCUE_BE
 
 
 @njit(**JIT)
+def rescue_forward_rows(a, z, f, code, param):
+    """:func:`rescue_forward` row by row (gradbench.reference.rescue_forward_rows): row i, at
+    exponent f[i], rescued alone (a 1 x N block), f[i] set to its exponent.    a, z (B,N); f (B,)"""
+    if not PHI_RESCUE_CODES[code]:
+        return
+    for i in range(a.shape[0]):
+        f[i] = rescue_forward(a[i:i + 1], z[i:i + 1], f[i], code, param)
+
+
+@njit(**JIT)
 def rescue_saturated(dz, db, sum_db, da, z, code, param, f, scaled):
     """The reference's rescue_saturated (gradbench.reference): a layer whose every dz fell below
     2^-900 (float32: 2^-100) recomputed in log form, scaled by 2^-k; returns k (0: untouched).
@@ -728,8 +784,9 @@ def rescue_saturated(dz, db, sum_db, da, z, code, param, f, scaled):
 @njit(**JIT)
 def rescue_saturated_rows(dz, da, z, code, param, f, scaled, r, nz):
     """:func:`rescue_saturated` row by row (the backward signal's rows carry their own exponents
-    r): every row whose max|dz[i]| (NaN ignored) is below 2^-900 (float32: 2^-100), an all-zero
-    row included, recomputed in log form at its own k_i, r[i] += k_i; a row whose largest ell is
+    r, z's rows theirs, f (B,), read when ``scaled``): every row whose max|dz[i]| (NaN ignored)
+    is below 2^-900 (float32: 2^-100), an all-zero row included, recomputed in log form at its
+    own k_i (z's row at f[i]), r[i] += k_i; a row whose largest ell is
     -inf, NaN or below RESCUE_LN_MIN stays. nz[i] (the row has an entry != 0) is updated for the
     rows rewritten.    dz, da, z (B,N); r, nz (B,)"""
     if not RESCUE_CODES[code]:
@@ -744,7 +801,7 @@ def rescue_saturated_rows(dz, da, z, code, param, f, scaled, r, nz):
                 break
         if below:
             row = dz[i:i + 1]
-            r[i] += rescue_saturated(row, row[0], False, da[i:i + 1], z[i:i + 1], code, param, f, scaled)
+            r[i] += rescue_saturated(row, row[0], False, da[i:i + 1], z[i:i + 1], code, param, f[i], scaled)
             nz[i] = row_nonzero(dz, i)
 
 
@@ -761,5 +818,5 @@ def activation_backward(dz, da, z, code, param, f=None):
     """dz = da * phi'(z) (with ``f``: phi'(z 2^f)); returns dL/dslope = sum(da * min(z, 0)) for
     PReLU, else 0.    dz, da, z (B,N)"""
     if f is None:
-        return _activation_backward(dz, dz[0], False, da, z, code, param, 0, False)
-    return _activation_backward(dz, dz[0], False, da, z, code, param, f, True)
+        return _activation_backward(dz, dz[0], False, da, z, code, param, np.zeros(z.shape[0], np.int64), False)
+    return _activation_backward(dz, dz[0], False, da, z, code, param, np.full(z.shape[0], f, np.int64), True)

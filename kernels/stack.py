@@ -21,12 +21,13 @@ from gradbench.abi import (
 from ._config import JIT
 from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
 from .chain import (
-    _clamp, _pow2_range, add_aligned, add_aligned_rows, all_finite, clip_rows_acted, moments, norm_scaled,
-    normalise, normalise_rows, rows_exponent, rows_nonzero, scale_row, sumsq_rows,
+    _clamp, _ldexp, _pow2_range, add_aligned, add_aligned_rows, all_finite, clip_rows_acted, layer_rows,
+    moments_rows, norm_scaled, normalise_rows, pow2, row_nonzero, rows_exponent, rows_nonzero, scale_row,
+    sumsq_rows,
 )
 from .layers import (
-    _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_backward,
-    dense_fix, dense_forward, matmul_dh, matmul_dw, matmul_forward, rescue_forward, rescue_saturated_rows,
+    _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_fix,
+    dense_forward, matmul_dh, matmul_dw, matmul_forward, rescue_forward_rows, rescue_saturated_rows,
 )
 
 
@@ -37,10 +38,11 @@ def _needs_scaled(code, rescale):
 
 
 @njit(**JIT)
-def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp,
+def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn_rstd, fexp, frow,
                          act_mean, act_std, saturation, dead, info):
     """Forward through all L layers.  W (L,N,N), b/gamma/beta (L,N), slope (L,), H (L+1,B,N),
-    Z (L,B,N), bn_mean/bn_rstd (L,N), fexp (L+1,), statistics (L,), info (>=1,)"""
+    Z (L,B,N), bn_mean/bn_rstd (L,N), fexp (L+1,), frow (L+1,B) (row i of h_l at
+    2**(fexp[l] + frow[l, i])), statistics (L,), info (>=1,)"""
     code = icfg[I_ACT]
     bn = icfg[I_BN] != 0
     k = icfg[I_RESIDUAL]
@@ -53,6 +55,10 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
     info[INFO_FORWARD] = -1
     y = np.empty_like(H[0])  # workspace: the batch-normalised pre-activation
     alive = np.empty(N, dtype=np.bool_)
+    f = np.zeros(B, dtype=np.int64)  # the rows' absolute exponents: of z_l's rows, then of h_{l+1}'s
+    fs = np.empty(B, dtype=np.int64)  # the skip's rows' (end of a residual group)
+    nz = np.ones(B, dtype=np.bool_)  # rows of h_{l+1} with an entry != 0
+    sc = np.empty(B)  # the statistics' row factors
     for l in range(L):
         p = np.float64(slope[l]) if code == PRELU else param
         if code == PRELU:  # abi.saturation_threshold of the slope that runs, rounded to the dtype
@@ -64,19 +70,30 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         else:
             z = Z[l]
             matmul_forward(z, H[l], W[l])  # + b[l], fused into the activation's pass
-        nsat = _activation_forward_stats(H[l + 1], z, b[l], not bn, code, p, fexp[l],
-                                         _needs_scaled(code, rescale), sat_threshold, alive)
+        if rescale:  # row i of z_l is the mantissa of z_i 2^f[i]: one exponent per sample
+            for i in range(B):
+                f[i] = fexp[l] + frow[l, i]
+        scaled = _needs_scaled(code, rescale)
+        nsat = _activation_forward_stats(H[l + 1], z, b[l], not bn, code, p, f, scaled, sat_threshold, alive)
         if not bn and not all_finite(z) and dense_fix(z, H[l], W[l], b[l]):  # z now has its bias
-            nsat = _activation_forward_stats(H[l + 1], z, b[l], False, code, p, fexp[l],
-                                             _needs_scaled(code, rescale), sat_threshold, alive)
-        fexp[l + 1] = fexp[l]
-        if rescale and not (k > 0 and (l + 1) % k == 0):  # a skip's add holds the layer otherwise
-            fexp[l + 1] = rescue_forward(H[l + 1], z, fexp[l], code, p)
-        if k > 0 and (l + 1) % k == 0:
-            fexp[l + 1] = add_aligned(H[l + 1], fexp[l], H[l + 1 - k], fexp[l + 1 - k], alpha)
+            nsat = _activation_forward_stats(H[l + 1], z, b[l], False, code, p, f, scaled, sat_threshold, alive)
+        end = k > 0 and (l + 1) % k == 0  # a skip's add holds the layer: no rescue there
         if rescale:
-            fexp[l + 1] += normalise(H[l + 1])
-        m, s = moments(H[l + 1])
+            if end:
+                for i in range(B):
+                    fs[i] = fexp[l + 1 - k] + frow[l + 1 - k, i]
+                add_aligned_rows(H[l + 1], f, H[l + 1 - k], fs, alpha)
+            else:
+                rescue_forward_rows(H[l + 1], z, f, code, p)
+            fexp[l + 1] = layer_rows(H[l + 1], f, nz, frow[l + 1])
+        else:
+            fexp[l + 1] = fexp[l]
+            for i in range(B):
+                frow[l + 1, i] = 0
+            if end:
+                add_aligned(H[l + 1], 0, H[l + 1 - k], 0, alpha)
+        # statistics of h_{l+1} at the layer's exponent (moments' bits when every row is at it)
+        m, s = moments_rows(H[l + 1], frow[l + 1], nz, sc)
         act_mean[l] = m
         act_std[l] = s
         # finite moments mean every entry is finite; otherwise look (a huge finite sum can overflow)
@@ -112,14 +129,14 @@ def _finish(G, r, nz, l, clip, clip_mode, c, sig_m, sig_e, info, sc):
 
 
 @njit(**JIT)
-def _prelu_dslope(da, z, r, E):
-    """dL/dslope = sum over rows of 2**(r_i - E) sum_j da[i, j] min(z[i, j], 0), in float64, each
-    term scaled and added in order (the sum of the batch-normalised da bit for bit)."""
+def _prelu_dslope(da, z, r, q, w):
+    """dL/dslope = sum over rows of 2**(r_i + q_i - w) sum_j da[i, j] min(z[i, j], 0), in float64,
+    each term scaled and added in order (row i of da at r_i, of z at q_i, the sum at w: dW's)."""
     B, N = z.shape
     s = 0.0
     for i in range(B):
-        d = _clamp(r[i] - E)
-        f = math.ldexp(1.0, int(d)) if -1074 <= d <= 1023 else 0.0  # 0: ldexp entry by entry
+        d = _clamp(r[i] + q[i] - w)
+        f = pow2(d) if -1074 <= d <= 1023 else 0.0  # 0: ldexp entry by entry
         for j in range(N):
             zz = z[i, j]
             m = zz if not (zz > 0) else _as(0.0, zz)  # min(z, 0), NaN stays NaN
@@ -129,19 +146,48 @@ def _prelu_dslope(da, z, r, E):
 
 
 @njit(**JIT)
-def _scale_rows_sum(dz, db, r, nz, E):
-    """dz = scaled(dz, E) in place (row i times 2**(r_i - E); zero rows as they are) and
-    db = sum_B dz, rows in order."""
+def _pair_exponent(r, q, nz, h, E):
+    """dW's exponent (gradbench.reference.pair_top): the largest r[i] + q[i] over the rows where
+    both dL/dz (nz) and h have an entry != 0; E (dL/dz's) where there is none."""
+    w = np.int64(0)
+    have = False
+    for i in range(r.shape[0]):
+        if nz[i] and (not have or r[i] + q[i] > w) and row_nonzero(h, i):
+            w = r[i] + q[i]
+            have = True
+    return w if have else E
+
+
+@njit(**JIT)
+def _scale_rows_sum(dz, db, r, nz, E, q, w):
+    """db = sum_B scaled(dz, E) (row i times 2**(r_i - E), rows in order) and, in place, dz row i
+    times 2**(r_i + q_i - w): dW's rows (zero rows as they are). One factor per row where the two
+    agree (every row when the forward's rows share one exponent), two where they differ."""
     B, N = dz.shape
     for j in range(N):
         db[j] = 0
     lo, hi = _pow2_range(dz)
     for i in range(B):
         d = _clamp(r[i] - E) if nz[i] else np.int64(0)
+        dw = _clamp(r[i] + q[i] - w) if nz[i] else np.int64(0)
+        if d != dw:  # db's row at E, dW's at w
+            if lo <= d <= hi and lo <= dw <= hi:
+                s1 = _as(pow2(d), dz[0, 0])
+                s2 = _as(pow2(dw), dz[0, 0])
+                for j in range(N):
+                    v = dz[i, j]
+                    db[j] += v * s1
+                    dz[i, j] = v * s2
+            else:
+                for j in range(N):
+                    v = dz[i, j]
+                    db[j] += _ldexp(v, d)
+                    dz[i, j] = _ldexp(v, dw)
+            continue
         if d != 0 and not (lo <= d <= hi):
             scale_row(dz, i, d)
             d = 0
-        s = _as(math.ldexp(1.0, int(d)), dz[0, 0])
+        s = _as(pow2(d), dz[0, 0])
         if d == 0:
             for j in range(N):
                 db[j] += dz[i, j]
@@ -153,13 +199,14 @@ def _scale_rows_sum(dz, db, r, nz, E):
 
 
 @njit(**JIT)
-def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, G, row_e, dW, db,
-                          dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, clip_acted, info):
+def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp, frow, G, row_e, dW, db,
+                          dgamma, dbeta, dslope, sig_m, sig_e, gnorm_m, gnorm_e, dz_e, dw_e, clip_acted, info):
     """Backward through all L layers with the power-of-two rescaled chain, one exponent per row
     of the signal.  G (B,N) holds dL/dh_L on entry (row i at 2**(sig_e[L] + row_e[i])) and
-    dL/dh_0 on exit (row i at 2**(sig_e[0] + row_e[i])); dW (L,N,N), db/dgamma/dbeta (L,N),
-    dslope (L,), sig_m/sig_e (L+1,), gnorm_m/gnorm_e/dz_e (L,), clip_acted (L+1,: entry L the
-    caller's)"""
+    dL/dh_0 on exit (row i at 2**(sig_e[0] + row_e[i])); frow (L+1,B) the forward's rows'
+    exponents (row i of h_l and z_l at fexp[l] + frow[l, i]); dW (L,N,N), db/dgamma/dbeta (L,N),
+    dslope (L,), sig_m/sig_e (L+1,), gnorm_m/gnorm_e/dz_e/dw_e (L,), clip_acted (L+1,: entry L
+    the caller's)"""
     code = icfg[I_ACT]
     bn = icfg[I_BN] != 0
     k = icfg[I_RESIDUAL]
@@ -175,6 +222,8 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
     skip = np.zeros_like(G)
     r = np.empty(B, dtype=np.int64)  # row i of G is G[i] * 2**r[i]
     skip_r = np.zeros(B, dtype=np.int64)
+    rp = np.empty(B, dtype=np.int64)  # PReLU under batch norm: da's rows' exponents
+    f = np.zeros(B, dtype=np.int64)  # the forward's rows' absolute exponents (z_l's rows)
     nz = np.empty(B, dtype=np.bool_)  # rows with an entry != 0
     sc = np.empty(B)  # the norms' row factors
     for i in range(B):
@@ -183,6 +232,7 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
     _finish(G, r, nz, L, False, clip_mode, c, sig_m, sig_e, info, sc)
     for l in range(L - 1, -1, -1):
         p = np.float64(slope[l]) if code == PRELU else param
+        q = frow[l]  # row i of h_l (and of z_l) at fexp[l] + q[i]
         end = k > 0 and (l + 1) % k == 0
         if end:  # end of a group: dL/dh_{l+1} also flows down the skip
             for i in range(B):
@@ -200,32 +250,40 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
             z = zl
         else:
             z = Z[l]
+        if rescale:
+            for i in range(B):
+                f[i] = fexp[l] + q[i]
         scaled = _needs_scaled(code, rescale)
-        _activation_backward(dz, db[l], False, G, z, code, p, fexp[l], scaled)
+        _activation_backward(dz, db[l], False, G, z, code, p, f, scaled)
         rows_nonzero(dz, nz)
-        rescue_saturated_rows(dz, G, z, code, p, fexp[l], scaled, r, nz)
+        rescue_saturated_rows(dz, G, z, code, p, f, scaled, r, nz)
         E = rows_exponent(r, nz)
-        dslope[l] = _prelu_dslope(G, z, r, E) if code == PRELU else 0.0
         if bn:  # batch norm couples the rows: all at E
             for i in range(B):
+                rp[i] = r[i]
                 if nz[i]:
                     scale_row(dz, i, _clamp(r[i] - E))
                 r[i] = E
             batchnorm_backward(dz, dgamma[l], dbeta[l], dz, Z[l], bn_rstd[l], gamma[l])
-            dense_backward(G, dW[l], db[l], dz, H[l], W[l])
+            rows_nonzero(dz, nz)
+            E = rows_exponent(r, nz)
         else:
             for j in range(N):
                 dgamma[l, j] = 0
                 dbeta[l, j] = 0
-            matmul_dh(G, dz, W[l])  # the rows at their own exponents r
-            _scale_rows_sum(dz, db[l], r, nz, E)  # dW and db at E
-            matmul_dw(dW[l], dz, H[l])
+        w = _pair_exponent(r, q, nz, H[l], E)  # dW = sum_i dz_i^T h_i at 2**(fexp[l] + w)
+        # PReLU is never rescued: da's rows are at r (before batch norm's common exponent)
+        dslope[l] = _prelu_dslope(G, z, rp if bn else r, q, w) if code == PRELU else 0.0
+        matmul_dh(G, dz, W[l])  # the rows at their own exponents r
+        _scale_rows_sum(dz, db[l], r, nz, E, q, w)  # db at E, dW at w
+        matmul_dw(dW[l], dz, H[l])
         nm, ne = norm_scaled(dW[l])
         gnorm_m[l] = nm
-        gnorm_e[l] = E + fexp[l] + ne
+        gnorm_e[l] = w + fexp[l] + ne
         dz_e[l] = E
+        dw_e[l] = w
         if k > 0 and l % k == 0:  # start of a group: add the skip path
-            add_aligned_rows(G, r, skip, skip_r)
+            add_aligned_rows(G, r, skip, skip_r, 1.0)
         clip_acted[l] = _finish(G, r, nz, l, True, clip_mode, c, sig_m, sig_e, info, sc)
     for i in range(B):
         row_e[i] = r[i] - sig_e[0]

@@ -318,9 +318,9 @@ def test_1200_layer_linear_stack_rescales_forward(backend, dtype):
     stack = gb.Stack(depth=1200, width=3, activation="identity", sigma_w=0.6, dtype=dtype)
     params, x, _ = problem(stack, batch=2, seed=7)
     ref = gb.backprop(stack, params, x, backend="numpy")
-    assert ref.forward_rescaled and ref.output.exponent < -1100
+    assert ref.forward_rescaled and np.all(ref.output.exponent < -1100)  # one exponent per sample
     got = gb.backprop(stack, params, x, backend=backend)
-    assert got.output.exponent == ref.output.exponent
+    assert np.array_equal(got.output.exponent, ref.output.exponent)
     check_problem(backend, stack, params, x, max_chunks=16)
 
 

@@ -393,8 +393,8 @@ def test_mse_head_whose_squares_overflow_equals_mpmath(backend):
     params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 4, 1)
     t = np.random.default_rng(0).uniform(0, 1, (4, 2))
     res = gb.backprop(stack, params, x, t, backend=backend)
-    h, f = res.output.mantissa, int(res.output.exponent)
-    y = [[mp.fsum([mp.mpf(float(params.b_out[o]))] + [mp.ldexp(mp.mpf(float(h[b, k])), f) * mp.mpf(float(params.W_out[o, k]))
+    h, f = res.output.mantissa, res.output.exponent  # one exponent per sample
+    y = [[mp.fsum([mp.mpf(float(params.b_out[o]))] + [mp.ldexp(mp.mpf(float(h[b, k])), int(f[b])) * mp.mpf(float(params.W_out[o, k]))
                                                         for k in range(8)]) for o in range(2)] for b in range(4)]
     want = mp.fsum((y[b][o] - mp.mpf(float(t[b, o]))) ** 2 for b in range(4) for o in range(2)) / 8
     assert mp.log10(want) > 320 and res.loss == math.inf and res.first_nonfinite_backward is None

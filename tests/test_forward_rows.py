@@ -18,7 +18,8 @@ import pytest
 import gradbench as gb
 from gradbench import reference
 from gradbench.backends import get_backend
-from tests.helpers import TOL, assert_true_values, backward_arrays, forward_arrays, run_backward, run_forward
+from tests.helpers import (TOL, assert_true_values, backward_arrays, forward_arrays, run_backward, run_forward,
+                           slice_params)
 
 CASES = {  # zero biases throughout: the rescaled forward
     "tanh": dict(activation="tanh", sigma_w=2.0),
@@ -95,16 +96,34 @@ def test_backends_follow_the_reference_with_rows_far_apart(backend, name, dtype)
     statistics, then the backward on the reference's forward (dW at dw_e + fexp)."""
     stack, p, x = _problem(name, dtype)
     want = _forward("numpy", stack, p, x, FROW0[dtype])
-    got = _forward(backend, stack, p, x, FROW0[dtype])
     rtol = TOL[dtype]["layer"] * 10 * stack.depth
-    assert_true_values(backend, "h rows", *_rows_of(got), *_rows_of(want), rtol)
-    if dtype == "float64":  # float32: a last-bit difference may move a row's normalisation by one
-        assert np.array_equal(got["fexp"], want["fexp"]) and np.array_equal(got["frow"], want["frow"])
-    for k in ("act_mean", "act_std"):
-        assert got[k] == pytest.approx(want[k], rel=rtol, abs=rtol), k
-    assert np.array_equal(got["saturation"], want["saturation"]) or dtype == "float32"
+    if name not in LOOSE:  # free-running; in GELU's tail rounding is amplified: layer by layer only
+        got = _forward(backend, stack, p, x, FROW0[dtype])
+        assert_true_values(backend, "h rows", *_rows_of(got), *_rows_of(want), rtol)
+        if dtype == "float64":  # float32: a last-bit difference may move a row's normalisation by one
+            assert np.array_equal(got["fexp"], want["fexp"]) and np.array_equal(got["frow"], want["frow"])
+        for k in ("act_mean", "act_std"):
+            assert got[k] == pytest.approx(want[k], rel=rtol, abs=rtol), k
+        assert np.array_equal(got["saturation"], want["saturation"]) or dtype == "float32"
+    for l in range(stack.depth):  # each layer on the reference's input to it (residual groups whole)
+        a = l - l % stack.residual if stack.residual else l
+        if stack.residual and l != a:
+            continue
+        b = a + (stack.residual or 1)
+        one = run_forward(get_backend(backend), forward_arrays(stack, slice_params(p, a, b), want["H"][a],
+                                                               fexp0=int(want["fexp"][a]), rescale=True,
+                                                               frow0=want["frow"][a]))
+        ref = {k: v[a:b + 1] for k, v in want.items() if k in ("H", "fexp", "frow")}
+        # in GELU's tail ln phi(z) ~ -z^2 / 2: one ulp of z is z^2 ulps of phi, however it is evaluated
+        z = np.ldexp(want["Z"][a:b].astype(np.float64), np.clip(want["fexp"][a:b, None] + want["frow"][a:b], -2000,
+                                                                 2000)[:, :, None])
+        cond = float(np.max(np.square(z[np.isfinite(z)]), initial=1.0))
+        assert_true_values(backend, f"h rows of layers {a}..{b - 1}", *_rows_of(one), *_rows_of(ref),
+                           TOL[dtype]["layer"] * 10 + 4 * TOL[dtype]["eps"] * cond, layer_offset=a)
     G = np.random.default_rng(3).standard_normal(x.shape)
     G = np.ldexp(G, -np.frexp(np.max(np.abs(G), axis=1))[1][:, None]).astype(stack.np_dtype)
+    z = np.ldexp(want["Z"].astype(np.float64), np.clip(want["fexp"][:-1, None] + want["frow"][:-1], -2000, 2000)[:, :, None])
+    rtol += 4 * stack.depth * TOL[dtype]["eps"] * float(np.max(np.square(z[np.isfinite(z)]), initial=1.0))  # the tail's
     bw = run_backward(reference, backward_arrays(stack, want, G, 0))
     bg = run_backward(get_backend(backend), backward_arrays(stack, want, G, 0))
     assert np.array_equal(bg["dz_e"], bw["dz_e"]) and np.array_equal(bg["dw_e"], bw["dw_e"])

@@ -180,7 +180,8 @@ def test_sigmoid_forward_beyond_the_polynomial_and_non_finite_entries():
         z = z0.astype(dtype)
         a = np.empty_like(z)
         alive = np.empty(8, dtype=np.bool_)
-        nsat = _activation_forward_stats(a, z.copy(), b.astype(dtype), True, code, 0.0, 0, False, 1e-3, alive)
+        nsat = _activation_forward_stats(a, z.copy(), b.astype(dtype), True, code, 0.0, _rows(z, 0), False, 1e-3,
+                                         alive)
         zb = z + b.astype(dtype)
         with np.errstate(all="ignore"):
             want = A.phi(zb, code, 0.0)
@@ -289,9 +290,9 @@ def test_smooth_layers_against_the_scalar_forms(name, dtype):
         a, dz, alive = np.empty_like(z), np.empty_like(z), np.empty(n, dtype=np.bool_)
         scaled, fe = f is not None, (0 if f is None else f)
         with np.errstate(all="ignore"):
-            nsat = _activation_forward_stats(a, z.copy(), np.zeros(n, dtype), False, code, param, fe, scaled, 1e-3,
-                                             alive)
-            _activation_backward(dz, dz[0], False, np.ones_like(z), z, code, param, fe, scaled)
+            nsat = _activation_forward_stats(a, z.copy(), np.zeros(n, dtype), False, code, param, _rows(z, fe), scaled,
+                                             1e-3, alive)
+            _activation_backward(dz, dz[0], False, np.ones_like(z), z, code, param, _rows(z, fe), scaled)
         want_a = np.array([phi(v, code, param) if f is None else phi_scaled(v, f, code, param) for v in z[0]])
         want_d = np.array([dphi(v, code, param) if f is None else dphi_scaled(v, f, code, param) for v in z[0]])
         if name == "gelu" and fe >= -1000:  # below, a layer not all linear takes the scalar forms
@@ -338,7 +339,7 @@ def test_piecewise_linear_layers_against_the_scalar_forms(name, dtype):
         b[:2] = -0.0
         z, a, alive = z0.copy(), np.empty_like(z0), np.empty(N, dtype=np.bool_)
         with np.errstate(all="ignore"):
-            nsat = _activation_forward_stats(a, z, b, True, code, param, 0, False, 0.02, alive)
+            nsat = _activation_forward_stats(a, z, b, True, code, param, _rows(z, 0), False, 0.02, alive)
             zb = z0 + b
         np.testing.assert_array_equal(z.view(np.uint8), zb.view(np.uint8))
         want_a = np.array([phi(v, code, param) for v in zb.ravel()], dtype=dtype).reshape(B, N)
@@ -350,7 +351,7 @@ def test_piecewise_linear_layers_against_the_scalar_forms(name, dtype):
         da = rng.standard_normal((B, N)).astype(dtype)
         dz, db = np.empty_like(da), np.empty(N, dtype)
         with np.errstate(all="ignore"):
-            s = _activation_backward(dz, db, True, da, zb, code, param, 0, False)
+            s = _activation_backward(dz, db, True, da, zb, code, param, _rows(zb, 0), False)
             want_dz = da * want_d
             want_db = np.zeros(N, dtype)
             for row in want_dz:
@@ -359,10 +360,15 @@ def test_piecewise_linear_layers_against_the_scalar_forms(name, dtype):
         np.testing.assert_array_equal(db.view(np.uint8), want_db.view(np.uint8))
         assert math.isnan(s) if name == "prelu" else s == 0.0  # NaN in z: dL/dslope is NaN
         zf = np.where(np.isfinite(zb), zb, -0.5).astype(dtype)
-        s = _activation_backward(dz, db, False, da, zf, code, param, 0, False)
+        s = _activation_backward(dz, db, False, da, zf, code, param, _rows(zf, 0), False)
         np.testing.assert_array_equal(dz, da * A.dphi(zf, code, param).astype(dtype))
         want_s = math.fsum(float(x) for x in (da * np.minimum(zf, 0)).ravel()) if name == "prelu" else 0.0
         assert s == pytest.approx(want_s, rel=1e-5 if dtype == "float32" else 1e-12, abs=0)
+
+
+def _rows(z, f):
+    """The layer kernels' exponents: one per row of z (B,) int64, here all f."""
+    return np.full(z.shape[0], f, dtype=np.int64)
 
 
 def _pair_check(z, code, param, f):
@@ -373,8 +379,9 @@ def _pair_check(z, code, param, f):
     z = z.reshape(1, -1)
     n = z.shape[1]
     a, dz, alive = np.empty_like(z), np.empty_like(z), np.empty(n, dtype=np.bool_)
-    nsat = _activation_forward_stats(a, z.copy(), np.zeros(n, z.dtype), False, code, param, f, True, 0.6, alive)
-    _activation_backward(dz, dz[0], False, np.ones_like(z), z, code, param, f, True)
+    nsat = _activation_forward_stats(a, z.copy(), np.zeros(n, z.dtype), False, code, param, _rows(z, f), True, 0.6,
+                                     alive)
+    _activation_backward(dz, dz[0], False, np.ones_like(z), z, code, param, _rows(z, f), True)
     want_a = np.array([phi_scaled(v, f, code, param) for v in z[0]], dtype=z.dtype)
     want_d = np.array([dphi_scaled(v, f, code, param) for v in z[0]], dtype=z.dtype)
     np.testing.assert_array_equal(a[0].view(np.uint8), want_a.view(np.uint8))
@@ -383,9 +390,9 @@ def _pair_check(z, code, param, f):
     if z.dtype == np.float64 and -1020 < f < -1000:  # mantissas beyond TINY 2^-f there: the scalar forms
         big = np.concatenate([z[0], np.ldexp([-3.0, 1.5, 40.0], -f)]).reshape(1, -1)
         a, dz = np.empty_like(big), np.empty_like(big)
-        _activation_forward_stats(a, big.copy(), np.zeros(big.shape[1]), False, code, param, f, True, 0.6,
-                                  np.empty(big.shape[1], dtype=np.bool_))
-        _activation_backward(dz, dz[0], False, np.ones_like(big), big, code, param, f, True)
+        _activation_forward_stats(a, big.copy(), np.zeros(big.shape[1]), False, code, param, _rows(big, f), True,
+                                  0.6, np.empty(big.shape[1], dtype=np.bool_))
+        _activation_backward(dz, dz[0], False, np.ones_like(big), big, code, param, _rows(big, f), True)
         np.testing.assert_array_equal(a[0], [phi_scaled(v, f, code, param) for v in big[0]])
         np.testing.assert_array_equal(dz[0], [dphi_scaled(v, f, code, param) for v in big[0]])
 
