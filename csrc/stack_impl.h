@@ -743,8 +743,9 @@ static double F(gb_act_backward_row)(T *d, const T *g, const T *zr, const T *gam
 }
 
 /* ------------------------------------------------------------------ the exact chain */
-/* max |g| ignoring NaN (propagate_nan = 0) or NaN if any entry is NaN (propagate_nan = 1). */
-static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
+/* max |g| (NaN entries ignored); with track_nan, *nan |= whether an entry is NaN (a constant
+ * at every call: inlined, the loop is unswitched). */
+static GB_AINLINE double F(gb_absmax_core)(const T *g, int64_t n, int track_nan, int *nan_out) {
     double m = 0;
     int nan = 0;
     int64_t i = 0;
@@ -754,7 +755,7 @@ static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
     for (; i + 4 * GB_VL <= n; i += 4 * GB_VL) {
         const gb_vd v0 = gb_vabs(F(gb_loadv)(g + i)), v1 = gb_vabs(F(gb_loadv)(g + i + GB_VL));
         const gb_vd v2 = gb_vabs(F(gb_loadv)(g + i + 2 * GB_VL)), v3 = gb_vabs(F(gb_loadv)(g + i + 3 * GB_VL));
-        if (propagate_nan) vnan |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3); /* (loop unswitched) */
+        if (track_nan) vnan |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3);
         acc = gb_vmax_keep(v0, acc);
         acc1 = gb_vmax_keep(v1, acc1);
         acc2 = gb_vmax_keep(v2, acc2);
@@ -765,7 +766,7 @@ static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
     acc = gb_vmax_keep(acc2, acc);
     for (; i + GB_VL <= n; i += GB_VL) {
         const gb_vd v = gb_vabs(F(gb_loadv)(g + i));
-        if (propagate_nan) vnan |= v != v;
+        if (track_nan) vnan |= v != v;
         acc = gb_vmax_keep(v, acc);
     }
     nan = gb_any(vnan);
@@ -776,7 +777,15 @@ static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
         nan |= v != v;
         m = v > m ? v : m;
     }
-    return (propagate_nan && nan) ? (T)NAN : (T)m;
+    if (track_nan) *nan_out |= nan;
+    return m;
+}
+
+/* max |g| ignoring NaN (propagate_nan = 0) or NaN if any entry is NaN (propagate_nan = 1). */
+static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
+    int nan = 0;
+    const double m = propagate_nan ? F(gb_absmax_core)(g, n, 1, &nan) : F(gb_absmax_core)(g, n, 0, &nan);
+    return nan ? (T)NAN : (T)m;
 }
 
 /* m[r] = gb_absmax(h + r N, N, 0) for the nr rows of h, in one call (the forward's rows, one
@@ -784,33 +793,8 @@ static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
  * whether the row has a NaN entry.    h (nr,N) */
 static void F(gb_rows_absmax)(const T *h, int64_t nr, int64_t N, T *m, unsigned char *nan) {
     for (int64_t r = 0; r < nr; r++) {
-        const T *x = h + r * N;
-        double mx = 0;
         int isnan_ = 0;
-        int64_t j = 0;
-#ifdef GB_HAVE_VEC
-        gb_vd a0 = {0}, a1 = {0};
-        gb_vi vn = {0};
-        for (; j + 2 * GB_VL <= N; j += 2 * GB_VL) {
-            const gb_vd v0 = gb_vabs(F(gb_loadv)(x + j)), v1 = gb_vabs(F(gb_loadv)(x + j + GB_VL));
-            vn |= (v0 != v0) | (v1 != v1);
-            a0 = gb_vmax_keep(v0, a0);
-            a1 = gb_vmax_keep(v1, a1);
-        }
-        for (; j + GB_VL <= N; j += GB_VL) {
-            const gb_vd v = gb_vabs(F(gb_loadv)(x + j));
-            vn |= v != v;
-            a0 = gb_vmax_keep(v, a0);
-        }
-        mx = gb_hmax_nonneg(gb_vmax_keep(a1, a0));
-        isnan_ = gb_any(vn);
-#endif
-        for (; j < N; j++) {
-            const double v = (double)TFABS(x[j]);
-            isnan_ |= v != v;
-            mx = v > mx ? v : mx;
-        }
-        m[r] = (T)mx;
+        m[r] = (T)F(gb_absmax_core)(h + r * N, N, 1, &isnan_);
         nan[r] = (unsigned char)isnan_;
     }
 }
