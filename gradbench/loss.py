@@ -190,8 +190,11 @@ def head_loss(stack: Stack, h: np.ndarray, f, params: Params, t) -> tuple:
     loss, loss_exact, dy, E = head_dy(stack.loss, h, f, params.W_out, params.b_out, t, rows=True)
     top = reference.row_top(dy, E)
     w = reference.pair_top(dy, E, h, f)
-    dW_out = reference.scaled_rows(dy, E + f, w).T @ h
-    return loss, loss_exact, dy @ params.W_out, E, dW_out, w, reference.scaled_rows(dy, E, top).sum(axis=0), top
+    dys = reference.scaled_rows(dy, E, top)
+    # h's rows at one exponent (no forward rescaling, or no spread): db_out's rows are dW_out's
+    same = w == top + f[0] and np.all(f == f[0]) if len(f) else True
+    dW_out = (dys if same else reference.scaled_rows(dy, E + f, w)).T @ h
+    return loss, loss_exact, dy @ params.W_out, E, dW_out, w, dys.sum(axis=0), top
 
 
 def head_dy(kind: str, h: np.ndarray, f, W_out, b_out, t, *, rows: bool = False) -> tuple[float, LogScaled, np.ndarray, int]:
