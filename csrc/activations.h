@@ -241,6 +241,26 @@ static inline void gb_scaled_factors(int e, double q[3]) {
 
 /* The scaled-evaluation setup for one layer: activation, parameter, rescaling on/off, exponent
  * f of the layer's pre-activation mantissas, dtype (f32 = 1 for float). */
+/* The fields of s that depend on the exponent f (s->on, tiny and the constants already set). */
+static inline void gb_scaled_set_f(gb_scaled *s, int64_t f) {
+    f = f > 100000 ? 100000 : (f < -100000 ? -100000 : f);
+    s->f = (int)f;
+    s->mf = (int)-f;
+    s->pf = gb_pow2_f64(s->f);
+    s->pmf = gb_pow2_f64(s->mf);
+    s->vmode = !s->on ? GB_VM_PLAIN
+               : f < -2200 ? GB_VM_TINY
+               : f > 2200 ? GB_VM_OVER
+               : (f >= -1000 && f <= 1000) ? GB_VM_MUL : GB_VM_LDEXP;
+    s->tiny_u = s->on && s->f < -60 ? ldexp(s->tiny, s->mf) : 0;
+    if (s->vmode == GB_VM_LDEXP) { /* (a few calls per layer: only where used) */
+        gb_scaled_factors(s->f, s->zq);
+        gb_scaled_factors(s->mf, s->rq);
+        s->lkp = ldexp(s->kp, s->mf);
+        s->lkm = ldexp(s->km, s->mf);
+    }
+}
+
 static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f, int f32) {
     gb_scaled s;
     memset(&s, 0, sizeof s);
@@ -248,16 +268,7 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
     s.p = p;
     s.on = rescale && (act == GB_TANH || act == GB_ELU || act == GB_SELU || act == GB_SWISH ||
                        act == GB_GELU);
-    f = f > 100000 ? 100000 : (f < -100000 ? -100000 : f);
-    s.f = (int)f;
-    s.mf = (int)-f;
     s.tiny = gb_tiny(act, f32);
-    s.pf = gb_pow2_f64(s.f);
-    s.pmf = gb_pow2_f64(s.mf);
-    s.vmode = !s.on ? GB_VM_PLAIN
-              : f < -2200 ? GB_VM_TINY
-              : f > 2200 ? GB_VM_OVER
-              : (f >= -1000 && f <= 1000) ? GB_VM_MUL : GB_VM_LDEXP;
     switch (act) {
     case GB_TANH: s.c0p = s.c0m = 1.0; s.kp = 1.0; s.km = -1.0; break;
     case GB_GELU:
@@ -269,14 +280,8 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
         s.km = -GB_SELU_LAMBDA * GB_SELU_ALPHA;
         break;
     }
-    if (s.on && s.f < -60) s.tiny_u = ldexp(s.tiny, s.mf);
+    gb_scaled_set_f(&s, f);
     s.layer_over = s.on && s.f > 60;
-    if (s.vmode == GB_VM_LDEXP) { /* (a few calls per layer: only where used) */
-        gb_scaled_factors(s.f, s.zq);
-        gb_scaled_factors(s.mf, s.rq);
-        s.lkp = ldexp(s.kp, s.mf);
-        s.lkm = ldexp(s.km, s.mf);
-    }
     return s;
 }
 
@@ -287,20 +292,8 @@ static inline gb_scaled gb_scaled_init(int act, double p, int rescale, int64_t f
  * ignore f. */
 static inline void gb_scaled_refit(gb_scaled *s, int64_t f) {
     if (!s->on) return;
-    f = f > 100000 ? 100000 : (f < -100000 ? -100000 : f);
-    if ((int)f == s->f) return;
-    s->f = (int)f;
-    s->mf = (int)-f;
-    s->pf = gb_pow2_f64(s->f);
-    s->pmf = gb_pow2_f64(s->mf);
-    s->vmode = f < -2200 ? GB_VM_TINY : f > 2200 ? GB_VM_OVER : (f >= -1000 && f <= 1000) ? GB_VM_MUL : GB_VM_LDEXP;
-    s->tiny_u = s->f < -60 ? ldexp(s->tiny, s->mf) : 0;
-    if (s->vmode == GB_VM_LDEXP) {
-        gb_scaled_factors(s->f, s->zq);
-        gb_scaled_factors(s->mf, s->rq);
-        s->lkp = ldexp(s->kp, s->mf);
-        s->lkm = ldexp(s->km, s->mf);
-    }
+    if ((f > 100000 ? 100000 : (f < -100000 ? -100000 : f)) == s->f) return;
+    gb_scaled_set_f(s, f);
 }
 
 /* The setups of a layer's rows (the stacks' frow: a few distinct exponents per layer, as a
