@@ -167,14 +167,14 @@ class _Run:
         # internal arrays (never returned) come from the workspace (gradbench.buffers), and so
         # do the generated weights when the plan keeps them all
         kept = seg if self.plan.recompute else L
-        shapes = {"H": (kept + 1, B, N), "Z": (kept, B, N), "bn_mean": (kept, N), "bn_rstd": (kept, N),
-                  "frow": (kept + 1, B)}
+        shapes = {"H": (kept + 1, B, N), "Z": (kept, B, N), "bn_mean": (kept, N), "bn_rstd": (kept, N)}
+        row_shapes = [(kept + 1, B)]  # frow: the rows' exponents of H (int64)
         if self.plan.recompute:  # and the rows' exponents there
             shapes["ckpt"] = (len(self.segments) + 1, B, N)
-            shapes["ckpt_row"] = (len(self.segments) + 1, B)
+            row_shapes.append((len(self.segments) + 1, B))
         weight_shapes = buffer_shapes(st, L if self.plan.keep_weights else seg) if self.plan.generated else ()
-        WORKSPACE.retain([(shape, np.int64 if name in ("frow", "ckpt_row") else dt)
-                          for name, shape in (*shapes.items(), *(("", w) for w in weight_shapes))])
+        WORKSPACE.retain([(shape, dt) for shape in (*shapes.values(), *weight_shapes)]
+                         + [(shape, np.int64) for shape in row_shapes])
         self.internal = []
         self.layers = LayerSupply(self.params, st, seg, keep=self.plan.keep_weights, empty=self.take)
         fwd = abi.allocate("stack_forward", dict(L=kept, B=B, N=N), dt,
@@ -184,7 +184,7 @@ class _Run:
         self.H, self.Z, self.bn_mean, self.bn_rstd = fwd["H"], fwd["Z"], fwd["bn_mean"], fwd["bn_rstd"]
         self.frow = fwd["frow"]  # row i of h_l at 2**(fexp[l] + frow[l, i]) (one exponent per sample)
         self.ckpt = self.take(shapes["ckpt"], dt) if self.plan.recompute else None
-        self.ckpt_row = self.take(shapes["ckpt_row"], np.int64) if self.plan.recompute else None
+        self.ckpt_row = self.take(row_shapes[-1], np.int64) if self.plan.recompute else None
         self.fexp = np.zeros(L + 1, dtype=np.int64)
         self.act_mean, self.act_std, self.saturation, self.dead = (np.empty(L) for _ in range(4))
         self.bn_share = np.empty((L, 2)) if st.batch_norm else None  # median and largest, per layer

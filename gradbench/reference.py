@@ -293,9 +293,10 @@ def nonzero_rows(X: np.ndarray) -> np.ndarray:
     return np.any(X != 0, axis=1)
 
 
-def row_top(X: np.ndarray, r: np.ndarray) -> int:
-    """The largest row exponent among X's non-zero rows; of all rows when every row is 0."""
-    nz = nonzero_rows(X)
+def row_top(X: np.ndarray, r: np.ndarray, nz: np.ndarray | None = None) -> int:
+    """The largest row exponent among X's non-zero rows; of all rows when every row is 0 (``nz``:
+    :func:`nonzero_rows` of X, when the caller has it)."""
+    nz = nonzero_rows(X) if nz is None else nz
     return int(r[nz].max()) if nz.any() else int(r.max())
 
 
@@ -350,7 +351,7 @@ def signal_rows(G: np.ndarray, r: np.ndarray, mode: int = 0, c: float = 0.0) -> 
         acted = clip_rows(G, r, mode, c)
         normalise_rows(G, r)
     nz = nonzero_rows(G)
-    e = int(r[nz].max()) if nz.any() else int(r.max())  # row_top
+    e = row_top(G, r, nz)
     r[~nz] = e
     return e, acted
 
@@ -395,7 +396,7 @@ def layer_rows(H: np.ndarray, g: np.ndarray) -> tuple[int, np.ndarray]:
     is not finite is left as it is, as :func:`normalise` leaves it, and counts as non-zero)."""
     normalise_rows(H, g)
     nz = nonzero_rows(H)
-    e = row_top(H, g)
+    e = row_top(H, g, nz)
     return e, np.where(nz, g - e, 0)
 
 
