@@ -1235,11 +1235,12 @@ static inline double gb_ldexp_d(double x, int e) {
 }
 #endif
 
-/* 1 when some entry of x (n,) is not 0 (NaN and inf are not) */
+/* 1 when some entry of x (n,) is not 0 (NaN and inf are not), looked at from the first on (a
+ * non-zero row has a non-zero first entry as a rule; rows of zeros are rare) */
 static int F(gb_nonzero)(const T *x, int64_t n) {
-    int nz = 0;
-    for (int64_t i = 0; i < n; i++) nz |= x[i] != 0;
-    return nz;
+    for (int64_t i = 0; i < n; i++)
+        if (x[i] != 0) return 1;
+    return 0;
 }
 
 /* the forward's slots per thread (int64, one cache line): the largest absolute exponent of the
@@ -2017,14 +2018,6 @@ static void F(gb_bwd_dw)(F(gb_bwd) *st, int64_t l, int64_t i0, int64_t i1, gb_pf
     if (with_db) F(gb_colsum)(db, dz, B, N, i0, i1);
 }
 
-/* 1 when some entry of x (n,) is not 0 (NaN is not), looked at from the first on: a row of h
- * has a non-zero first entry as a rule */
-static int F(gb_any_nonzero)(const T *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++)
-        if (x[i] != 0) return 1;
-    return 0;
-}
-
 static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     F(gb_bwd) *st = arg;
     const gb_stack_arrays *a = st->a;
@@ -2111,7 +2104,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             if (nz && re > dnz) dnz = re;
             dall = re > dall ? re : dall;
             /* dW's exponent: the rows where dz and h_l are both not all zero (batch norm: below) */
-            if (nz && !st->cfg.bn && re + ql[r] > wnz && F(gb_any_nonzero)(H + l * BN + r * N, N)) wnz = re + ql[r];
+            if (nz && !st->cfg.bn && re + ql[r] > wnz && F(gb_nonzero)(H + l * BN + r * N, N)) wnz = re + ql[r];
         }
         my[GB_SL_DNZ] = dnz;
         my[GB_SL_DALL] = dall;
@@ -2124,7 +2117,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
                                           (const T *)a->bn_rstd + l * N, gamma + l * N, B, N, i0, i1);
             gb_barrier_wait(bar, &sense);
             for (int64_t r = r0; r < r1; r++) /* every row at edz now */
-                if (edz + ql[r] > wnz && F(gb_nonzero)(dz + r * N, N) && F(gb_any_nonzero)(H + l * BN + r * N, N))
+                if (edz + ql[r] > wnz && F(gb_nonzero)(dz + r * N, N) && F(gb_nonzero)(H + l * BN + r * N, N))
                     wnz = edz + ql[r];
         } else {
             T *dgamma = a->dgamma, *dbeta = a->dbeta;
