@@ -297,12 +297,14 @@ static void F(gb_dense_forward_ctx)(GEMM_FN gemm, T *wt, T *z, const T *h, const
     F(gb_dense_fix)(z, h, W, b, B, N);
 }
 
-/* dW = dz^T h, db = sum_B dz (BLAS or, gemm NULL, the own kernels).
+/* dW = dz^T h, db = sum_B dz (BLAS or, gemm NULL, the own kernels; db NULL: dW only).
  * dW (N,N), db (N,), dz (B,N), h (B,N) */
 static void F(gb_dense_dw_ctx)(GEMM_FN gemm, T *dW, T *db, const T *dz, const T *h, int64_t B, int64_t N) {
-    for (int64_t j = 0; j < N; j++) db[j] = 0;
-    for (int64_t r = 0; r < B; r++)
-        for (int64_t j = 0; j < N; j++) db[j] += dz[r * N + j];
+    if (db) {
+        for (int64_t j = 0; j < N; j++) db[j] = 0;
+        for (int64_t r = 0; r < B; r++)
+            for (int64_t j = 0; j < N; j++) db[j] += dz[r * N + j];
+    }
     if (gemm) { /* column major: dW^T = h^T dz */
         char tn = 'N', tt = 'T';
         int n = (int)N, bb = (int)B, ld = (int)N;
@@ -2004,14 +2006,7 @@ static void F(gb_bwd_dw)(F(gb_bwd) *st, int64_t l, int64_t i0, int64_t i1, gb_pf
     T *dz = st->dz[l & 1], *dW = (T *)a->dW + l * NN, *db = (T *)a->db + l * N;
     const T *h = (const T *)a->H + l * BN;
     if (st->gemm) {
-        if (with_db) {
-            F(gb_dense_dw_ctx)(st->gemm, dW, db, dz, h, B, N);
-        } else { /* column major: dW^T = h^T dz */
-            char tn = 'N', tt = 'T';
-            int n = (int)N, bb = (int)B, ld = (int)N;
-            T one = 1, zero = 0;
-            st->gemm(&tn, &tt, &n, &n, &bb, &one, (T *)h, &ld, dz, &ld, &zero, dW, &ld);
-        }
+        F(gb_dense_dw_ctx)(st->gemm, dW, with_db ? db : NULL, dz, h, B, N);
         return;
     }
     F(gb_gemm_own_pf)(dW + i0 * N, dz + i0, 1, N, h, NULL, i1 - i0, N, B, pf, q, npf);
