@@ -510,6 +510,19 @@ def test_blas_and_own_kernels_agree(width, dtype):
     _compare(blas, want, stack, "BLAS")
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_blas_with_the_forward_rows_apart(dtype):
+    """The BLAS path where dW's rows and db's are at different exponents (a zero-bias stack whose
+    samples enter 2^40 apart: dW alone by BLAS, db by the own sums), against the reference."""
+    stack = gb.Stack(depth=4, width=64, activation="gelu", sigma_w=1.5, dtype=dtype)
+    params, x = _problem(stack, 9)
+    frow0 = np.array([0, -40, -3][: len(x)] + [0] * max(0, len(x) - 3))
+    blas = _run(*_c_with(cb.make_opts(nthreads=1, blas_min_width=1)), stack, params, x, frow0=frow0)
+    want = _run(ref.stack_forward, ref.stack_backward, stack, params, x, frow0=frow0)
+    assert np.any(want["frow"][:-1] != 0)
+    _compare(blas, want, stack, "BLAS")
+
+
 def _chain(A, Bm, dtype):
     """A @ Bm as one chain per entry over k in order, each product rounded and then added (the
     layer pairs are the baseline instance: no FMA); float32 in blocks of 64 k, each a chain from
