@@ -13,11 +13,15 @@ features, GN = G * N rows of the weights (G = 1, 4, 3 gates), S rows of ``DH`` (
 head reads every step, else 1 and unused). Dtype kinds: ``T`` the net's dtype, ``f8``, ``i8``.
 
 Indexing: ``H[0]`` is h_{-1} (the initial state), ``H[t + 1]`` = h_t is written by step t;
-``sig_m[j] * 2**sig_e[j]`` = ||dL/dH[j]|| for j = 0..T. Step t's parameter-gradient terms carry
-the exponent ``sig_e[t + 1]`` (plus ``fexp[t]`` for dW_hh, whose term is dz_t^T h_{t-1}), plus the
-power of two of a vanilla step rescued in log form (every unit saturated beyond the dtype); the
-norm of its dW_hh term is ``gnorm_m[t] * 2**gnorm_e[t]``. ``clip_acted[j]`` (j < T) records whether
-the backward's signal clip changed the state at H[j] (the caller clips the top, H[T], and keeps its own).
+``sig_m[j] * 2**sig_e[j]`` = ||dL/dH[j]|| for j = 0..T. The backward state carries one power of
+two per row (sample): row i at ``2**(sig_e[j] + r_i)``, ``sig_e[j]`` the largest non-zero row's
+(``row_e``: the rows' r on entry and exit). A sum over the batch (step t's parameter-gradient
+terms) is taken at the largest exponent of the rows it adds (for dW_ih and dW_hh, of the rows
+whose partner x_t or h_{t-1} is non-zero too; plus ``fexp[t]`` for dW_hh, whose term is dz_t^T
+h_{t-1}; a vanilla row rescued in log form, every unit saturated beyond the dtype, carries its
+power of two); the norm of its dW_hh term is ``gnorm_m[t] * 2**gnorm_e[t]``. ``clip_acted[j]``
+(j < T) records whether the backward's signal clip changed the state at H[j] (the caller clips
+the top, H[T], and keeps its own).
 """
 
 from __future__ import annotations
@@ -68,7 +72,10 @@ _STATS = (
 )
 _INFO = info_arg("step")
 _DH = _arg("DH", "S,B,N", "T", "r", "the head's direct dL/dH[j] for j = 0..T-1 (every-step loss; else unused)")
-_G = _arg("G", "B,N", "T", "rw", "dL/dH[T] (normalised) on entry, dL/dH[0] on exit")
+_G = _arg("G", "B,N", "T", "rw", "dL/dH[T] on entry, dL/dH[0] on exit: one power of two per row (row_e)")
+_ROW_E = _arg("row_e", "B", "i8", "rw", "row i of G (and of the lstm's GC) is G[i] * 2**(sig_e[T] + row_e[i]) on "
+              "entry and G[i] * 2**(sig_e[0] + row_e[i]) on exit; on exit each row is normalised (max over G[i] "
+              "and GC[i] in [0.5, 1), or all 0 with row_e[i] = 0) and max(row_e) = 0")
 _GRADS = (
     _arg("dW_ih", "GN,D", "T", "rw", "accumulated dL/dW_ih mantissa (exponent dexp[DE_W_IH])"),
     _arg("dW_hh", "GN,N", "T", "rw", "accumulated dL/dW_hh mantissa (exponent dexp[DE_W_HH])"),
@@ -82,7 +89,7 @@ _SIG = (
 )
 _GNORM = (
     _arg("gnorm_m", "T", "f8", "w", "||dz_t^T h_{t-1}|| = gnorm_m[t] * 2**gnorm_e[t]"),
-    _arg("gnorm_e", "T", "i8", "w", "sig_e[t+1] + fexp[t], plus the power of two of a rescued vanilla step"),
+    _arg("gnorm_e", "T", "i8", "w", "the W_hh term's exponent (its rows' largest, plus fexp[t]) plus the norm's own"),
 )
 _CLIP_ACTED = _arg("clip_acted", "T+1", "i8", "w", "1 where signal clipping changed the backward state at H[j] (its own "
                    "test: some |entry| > c, or its norm > c, of dL/dH[j] and the lstm's carried part of dL/dC[j], "
@@ -98,7 +105,7 @@ RNN_FORWARD: tuple[Arg, ...] = (
 RNN_BACKWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_HH, _H_BWD, _arg("Z", "T,B,GN", "T", "r", "the forward's Z"),
     _arg("fexp", "T+1", "i8", "r", "the forward's exponents"),
-    _DH, _G, *_GRADS, *_SIG, *_GNORM, _CLIP_ACTED, _INFO,
+    _DH, _G, _ROW_E, *_GRADS, *_SIG, *_GNORM, _CLIP_ACTED, _INFO,
 )
 LSTM_FORWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_IH, _W_HH, _B_IH, _B_HH, _H_FWD,
@@ -109,9 +116,9 @@ LSTM_BACKWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_HH, _H_BWD,
     _arg("C", "T+1,B,N", "T", "r", "the forward's C"),
     _Z_BWD, _DH, _G,
-    _arg("GC", "B,N", "T", "rw", "the part of dL/dc_{T-1} carried back through c_T on entry (exponent sig_e[T], shared "
-         "with G), dL/dc_{-1} on exit"),
-    *_GRADS, *_SIG,
+    _arg("GC", "B,N", "T", "rw", "the part of dL/dc_{T-1} carried back through c_T on entry (row i at G[i]'s exponent, "
+         "sig_e + row_e[i]), dL/dc_{-1} on exit"),
+    _ROW_E, *_GRADS, *_SIG,
     _arg("csig_m", "T+1", "f8", "w", "||dL/dC[j]|| = csig_m[j] * 2**sig_e[j], the total (through H[j] and C[j+1])"),
     *_GNORM, _CLIP_ACTED, _INFO,
 )
@@ -123,7 +130,7 @@ GRU_FORWARD: tuple[Arg, ...] = (
 GRU_BACKWARD: tuple[Arg, ...] = (
     _ICFG, _FCFG, _X, _W_HH, _H_BWD, _Z_BWD,
     _arg("HN", "T,B,N", "T", "r", "the forward's HN"),
-    _DH, _G, *_GRADS, *_SIG, *_GNORM, _CLIP_ACTED, _INFO,
+    _DH, _G, _ROW_E, *_GRADS, *_SIG, *_GNORM, _CLIP_ACTED, _INFO,
 )
 
 TABLES = {
