@@ -244,6 +244,7 @@ typedef struct gb_recurrent_arrays {
     int64_t *info;           /* (GB_INFO_SIZE,) */
     const void *DH;          /* (S,B,N) */
     void *G;                 /* (B,N) */
+    int64_t *row_e;          /* (B,) */
     void *dW_ih;             /* (GN,D) */
     void *dW_hh;             /* (GN,N) */
     void *db_ih;             /* (GN,) */

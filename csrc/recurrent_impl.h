@@ -321,7 +321,7 @@ static REAL F(gb_rabsmax)(const REAL *g, int64_t n) {
 /* g *= 2^k exactly (in two steps when 2^k is not a finite REAL) */
 static void F(gb_rscale_pow2)(REAL *g, int64_t n, int k) {
     if (k <= T_MAX_EXP) {
-        const REAL s = (REAL)ldexp(1.0, k);
+        const REAL s = (REAL)gb_pow2_f64(k); /* 2^k below REAL's range: rounded as ldexp rounds it */
         for (int64_t i = 0; i < n; i++) g[i] *= s;
     } else {
         const int k1 = k / 2;
@@ -333,7 +333,7 @@ static void F(gb_rscale_pow2)(REAL *g, int64_t n, int k) {
 /* 2^k as a REAL when it is a normal number of REAL (then x * 2^k is exactly ldexp(x, k), the
  * correctly rounded x 2^k), else 0 */
 static inline REAL F(gb_pow2)(int k) {
-    return (k >= 1 - T_MAX_EXP && k <= T_MAX_EXP) ? (REAL)ldexp(1.0, k) : (REAL)0;
+    return (k >= 1 - T_MAX_EXP && k <= T_MAX_EXP) ? (REAL)gb_pow2_f64(k) : (REAL)0;
 }
 
 /* y = x 2^k for n values, with ldexp's rounding (y may be x) */
@@ -394,84 +394,130 @@ static double F(gb_rnorm)(const REAL *x, int64_t M, int64_t N) {
     return ldexp(sqrt(F(gb_rsumsq)(x, M, N, ldexp(1.0, e1), ldexp(1.0, e2))), e);
 }
 
-/* Clip the true value g 2^e (g normalised): value, every entry to [-c, c]; norm, the norm of
- * all n entries to <= c. Returns the new exponent; *acted = 1 where the clip's test fired, else
- * left (the reference's clip_signal_acted).    g (M,N) */
-static int64_t F(gb_rclip)(REAL *g, int64_t M, int64_t N, int64_t e, int mode, double c, int64_t *acted) {
-    const int64_t n = M * N;
-    if (mode == GB_CLIP_VALUE) {
-        int ec;
-        const double t = frexp(c, &ec);
-        double m = 0;
-        for (int64_t i = 0; i < n; i++) {
-            const double v = fabs((double)g[i]);
-            if (v != v) return e; /* NaN: np.max is NaN and NaN > t is false */
-            m = v > m ? v : m;
-        }
-        const int sh = gb_clamp_exp(e - ec);
-        if (ldexp(m, sh) > t) {
-            for (int64_t i = 0; i < n; i++) {
-                const double v = (double)TLDEXP(g[i], sh);
-                g[i] = (REAL)(v > t ? t : (v < -t ? -t : v));
-            }
-            *acted = 1;
-            return ec;
-        }
-    } else if (mode == GB_CLIP_NORM) {
-        const double nrm = F(gb_rnorm)(g, M, N);
-        if (ldexp(nrm, gb_clamp_exp(e)) > c) {
-            const REAL s = (REAL)(c / nrm);
-            for (int64_t i = 0; i < n; i++) g[i] *= s;
-            *acted = 1;
-            return 0;
-        }
-    }
-    return e;
-}
-
 static int F(gb_rall_finite)(const REAL *x, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         if (!isfinite(x[i])) return 0;
     return 1;
 }
 
-/* The reference's finish_state: normalise the state gg = [dL/dh; dL/dc] (rows, N) jointly,
- * clip it, record ||dL/dh|| (the first B rows), ||dL/dc|| (the rest: the part carried through
- * c_{t+1}, which the LSTM's next step replaces by the total's norm), their exponent and, unless
- * clip_acted is NULL (the top: the caller's), whether the clip changed the state. */
-static void F(gb_rfinish)(REAL *gg, int64_t rows, int64_t B, int64_t N, int64_t j, int clip, double c, double *sig_m,
-                          int64_t *sig_e, double *csig_m, int64_t *clip_acted, int64_t *info) {
-    const int64_t n = rows * N;
-    int64_t e = sig_e[j] + F(gb_rnormalise)(gg, n), acted = 0;
-    if (clip) {
-        e = F(gb_rclip)(gg, rows, N, e, clip, c, &acted);
-        e += F(gb_rnormalise)(gg, n);
-    }
-    if (clip_acted) clip_acted[j] = acted;
-    sig_e[j] = e;
-    sig_m[j] = F(gb_rnorm)(gg, B, N);
-    if (csig_m) csig_m[j] = F(gb_rnorm)(gg + B * N, rows - B, N);
-    if (info[GB_INFO_BACKWARD] < 0 && !F(gb_rall_finite)(gg, n)) info[GB_INFO_BACKWARD] = j;
+/* ------------------------------------------------------------------ one exponent per row
+ * The backward state carries a power of two per row (sample) of the batch: row i of dL/dh (and
+ * of the LSTM's carried dL/dc, which shares it) is its mantissas times 2^r[i] (the reference's
+ * signal_rows, normalise_rows, clip_rows, scaled_rows, row_top). A row's operations are its
+ * own; sums over the batch (norms, the parameter gradients) take the rows at the largest
+ * exponent of those they add, each row scaled by 2^(r[i] - that) <= 1. */
+#define GB_RNOEXP INT64_MIN /* no row yet */
+
+/* 1 when some entry of x (n,) is not 0 (NaN counts), looked at from the first on */
+static int F(gb_rnonzero)(const REAL *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (x[i] != 0) return 1;
+    return 0;
 }
 
-/* The every-step loss: gg 2^e + dh 2^0 at the larger exponent, e or max|dh|'s (NaN ignored;
- * e when dh is all zero, as in the carried pass, whose gg 2^e would otherwise be scaled below
- * the float range; 0 for an infinite dh: the reference's loss_exponent). Only the first B rows
- * get dh; the LSTM's dL/dc moves with them. Returns the exponent. */
-static int64_t F(gb_radd_loss)(REAL *gg, int64_t rows, int64_t B, int64_t N, int64_t e, const REAL *dh) {
-    const double m = (double)F(gb_rabsmax)(dh, B * N);
-    int ed = 0;
-    if (m > 0 && isfinite(m)) frexp(m, &ed);
-    const int64_t em = m > 0 ? GB_MAX(e, (int64_t)ed) : e;
-    const int dg = gb_clamp_exp(e - em), dd = gb_clamp_exp(-em);
-    const REAL sd = F(gb_pow2)(dd), sg = F(gb_pow2)(dg); /* 0 where 2^k is not a normal float */
-    if (sd != 0 && sg != 0) {
-        for (int64_t i = 0; i < B * N; i++) gg[i] = dh[i] * sd + gg[i] * sg;
+/* sum (y s1 s2)^2 in double of one row, y = x 2^d rounded to REAL (reference.scaled_rows: ldexp,
+ * here the product by 2^d where that is a normal REAL), 8 lane sums then the tail and the lanes
+ * in order (gb_rsumsq's) */
+static double F(gb_rsumsq_row)(const REAL *x, int64_t N, int d, double s1, double s2) {
+    const REAL p = F(gb_pow2)(d);
+    double lane[8] = {0}, s = 0;
+    int64_t j = 0;
+    if (p != 0) {
+        for (; j + 8 <= N; j += 8)
+            for (int c = 0; c < 8; c++) {
+                const double v = ((double)(x[j + c] * p) * s1) * s2;
+                lane[c] += v * v;
+            }
+        for (; j < N; j++) {
+            const double v = ((double)(x[j] * p) * s1) * s2;
+            s += v * v;
+        }
     } else {
-        for (int64_t i = 0; i < B * N; i++) gg[i] = TLDEXP(dh[i], dd) + TLDEXP(gg[i], dg);
+        for (; j < N; j++) {
+            const double v = ((double)TLDEXP(x[j], d) * s1) * s2;
+            s += v * v;
+        }
     }
-    F(gb_scale_into)(gg + B * N, gg + B * N, (rows - B) * N, dg);
-    return em;
+    for (int c = 0; c < 8; c++) s += lane[c];
+    return s;
+}
+
+/* ||rows of x (B,N) each times 2^(r[i] - e)|| (rounded to REAL row by row, as scaled_rows), one
+ * double with no square lost: the plain sum of squares when it lies in [2^-960, 2^960], else
+ * the scaled rows once more times 2^-m (m the exponent of their largest entry, two exact steps)
+ * and the norm times 2^m (gb_rnorm's rule) */
+static double F(gb_rrows_norm)(const REAL *x, int64_t B, int64_t N, const int64_t *r, int64_t e) {
+    double s = 0;
+    for (int64_t i = 0; i < B; i++) s += F(gb_rsumsq_row)(x + i * N, N, gb_clamp_exp(r[i] - e), 1.0, 1.0);
+    if (s >= 0x1p-960 && s <= 0x1p960) return sqrt(s);
+    double a = 0;
+    for (int64_t i = 0; i < B; i++) {
+        const REAL m = F(gb_rabsmax)(x + i * N, N);
+        const double y = fabs((double)TLDEXP(m, gb_clamp_exp(r[i] - e))); /* the row's scaled max */
+        a = y > a ? y : a;
+    }
+    if (!(a > 0) || !isfinite(a)) return sqrt(s);
+    int m;
+    frexp(a, &m);
+    const int m1 = -m / 2, m2 = -m - m1;
+    s = 0;
+    for (int64_t i = 0; i < B; i++)
+        s += F(gb_rsumsq_row)(x + i * N, N, gb_clamp_exp(r[i] - e), ldexp(1.0, m1), ldexp(1.0, m2));
+    return ldexp(sqrt(s), m);
+}
+
+/* normalise_rows on one joint row [g | gc] (gc NULL: g alone): max|.| (NaN ignored) brought to
+ * [0.5, 1), its exponent added to *r; a row of zeros, or whose max is not finite, unchanged.
+ * Returns whether the row is not all zero (NaN is not zero). */
+static int F(gb_rrow_normalise)(REAL *g, REAL *gc, int64_t N, int64_t *r) {
+    REAL m = F(gb_rabsmax)(g, N);
+    if (gc) {
+        const REAL mc = F(gb_rabsmax)(gc, N);
+        m = mc > m ? mc : m;
+    }
+    if (!(m > 0)) return F(gb_rnonzero)(g, N) || (gc && F(gb_rnonzero)(gc, N)); /* NaN entries alone */
+    if (!isfinite(m)) return 1;
+    int e;
+    frexp((double)m, &e);
+    if (e == 0) return 1; /* in [0.5, 1) already: times 1 */
+    F(gb_rscale_pow2)(g, N, -e);
+    if (gc) F(gb_rscale_pow2)(gc, N, -e);
+    *r += e;
+    return 1;
+}
+
+/* max|x| of n entries in double, NaN when one is NaN (np.max) */
+static double F(gb_rabsmax_nan)(const REAL *x, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double v = fabs((double)x[i]);
+        if (v != v) return v;
+        m = v > m ? v : m;
+    }
+    return m;
+}
+
+/* clip_rows' value clip of one joint row at 2^*r (normalised): where its true max exceeds
+ * c = t 2^ec (a NaN entry: no), the row times 2^(*r - ec) (ldexp's rounding) clipped to
+ * [-t, t] and *r = ec; returns whether it acted */
+static int F(gb_rclip_value_row)(REAL *g, REAL *gc, int64_t N, int64_t *r, int ec, double t) {
+    double m = F(gb_rabsmax_nan)(g, N);
+    if (gc) {
+        const double mc = F(gb_rabsmax_nan)(gc, N);
+        m = (mc > m || mc != mc) ? mc : m;
+    }
+    const int sh = gb_clamp_exp(*r - ec);
+    if (!(ldexp(m, sh) > t)) return 0;
+    for (int part = 0; part < 1 + (gc != NULL); part++) {
+        REAL *x = part ? gc : g;
+        F(gb_scale_into)(x, x, N, sh);
+        for (int64_t j = 0; j < N; j++) {
+            const double v = (double)x[j];
+            x[j] = (REAL)(v > t ? t : (v < -t ? -t : v));
+        }
+    }
+    *r = ec;
+    return 1;
 }
 
 /* acc 2^E + term 2^e into acc at the larger exponent (E = GB_EXP_EMPTY: acc becomes the term);
@@ -497,19 +543,28 @@ static void F(gb_racc)(REAL *acc, int64_t *E, const REAL *term, int64_t e, int64
 }
 
 /* ------------------------------------------------------------------ per-call state */
+/* The chunk's flags of a (step, row) pair (cx->fl): its dz row for W_ih/b_ih not all zero, its
+ * dz row for W_hh/b_hh not all zero, its x_t row and its h_{t-1} row not all zero */
+enum { GB_RF_ZX = 1, GB_RF_ZH = 2, GB_RF_X = 4, GB_RF_H = 8 };
+
 typedef struct {
     F(gb_rmm) mm;      /* BLAS or the own products (on the call's team) */
     REAL *Wp;          /* W_hh packed for the own products (gb_rpack), else NULL */
     int64_t K;         /* steps per chunk of the parameter-gradient products */
-    REAL *zx, *zh;        /* (K,B,GN) dz rows of the chunk for W_ih/b_ih and W_hh/b_hh (zh may be zx) */
-    int64_t *ex, *eh;  /* (K,) their exponents */
-    unsigned char *nz; /* (K,) the step's rows are not all zero */
-    REAL *tmp;            /* (GN, max(N, D)) */
-    REAL *tb;             /* (GN,) */
-    REAL *gram;           /* (2, B, B) */
-    REAL *gg;             /* (2, B, N) the state [dL/dh; dL/dc] */
-    REAL *ga, *gda;       /* (B, GN) gate values and derivatives recomputed from Z */
-    REAL *tc, *dtc;       /* (B, N) tanh(c_t), tanh'(c_t) (then the LSTM backward's total dL/dc_t) */
+    REAL *zx, *zh;     /* (K,B,GN) dz rows of the chunk for W_ih/b_ih and W_hh/b_hh (zh may be zx) */
+    int64_t *rd, *rdh; /* (K,B) their rows' exponents (rdh is rd where zh is zx) */
+    unsigned char *fl; /* (K,B) the pairs' flags (GB_RF_*) */
+    int64_t *fe;       /* (K,) the steps' fexp[t] (the vanilla cell's h_{t-1}; else 0) */
+    REAL *zs;          /* (K,B,GN) rows scaled to a sum's exponent (the chunk's products, a step's norm) */
+    REAL *tmp;         /* (GN, max(N, D)) */
+    REAL *tb;          /* (GN,) */
+    REAL *gram;        /* (2, B, B) */
+    REAL *gg;          /* (2, B, N) the state [dL/dh; dL/dc] */
+    int64_t *r;        /* (B,) its rows' exponents */
+    int64_t *rt;       /* (B,) a step's dz rows' exponents (the vanilla cell's rescue shifts first) */
+    unsigned char *nz; /* (B,) the state's row not all zero */
+    REAL *ga, *gda;    /* (B, GN) gate values and derivatives recomputed from Z */
+    REAL *tc, *dtc;    /* (B, N) tanh(c_t), tanh'(c_t) (then the LSTM backward's total dL/dc_t) */
     int gram_norms;    /* step norms from the Gram matrices */
 } F(gb_rctx);
 
@@ -521,13 +576,18 @@ static void *F(gb_ralloc)(size_t bytes) {
 static void F(gb_rctx_free)(F(gb_rctx) *cx) {
     if (cx->zh != cx->zx) free(cx->zh);
     free(cx->zx);
-    free(cx->ex);
-    free(cx->eh);
-    free(cx->nz);
+    if (cx->rdh != cx->rd) free(cx->rdh);
+    free(cx->rd);
+    free(cx->fl);
+    free(cx->fe);
+    free(cx->zs);
     free(cx->tmp);
     free(cx->tb);
     free(cx->gram);
     free(cx->gg);
+    free(cx->r);
+    free(cx->rt);
+    free(cx->nz);
     free(cx->ga);
     free(cx->tc);
     free(cx->Wp);
@@ -539,16 +599,22 @@ static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, F(gb_rteam) *tm,
     memset(cx, 0, sizeof *cx);
     cx->mm = (F(gb_rmm)){.gemm = opts ? opts->GEMM_FIELD : NULL, .own = F(gb_use_own)(opts, N), .tm = tm};
     cx->K = a->icfg[GB_RI_CHUNK]; /* slot of step t: t % K; at most T slots are used */
-    const size_t zrows = (size_t)(GB_MIN(cx->K, T_) * B * GN);
+    const int64_t slots = GB_MIN(cx->K, T_);
+    const size_t zrows = (size_t)(slots * B * GN);
     cx->zx = F(gb_ralloc)(sizeof(REAL) * zrows);
     cx->zh = separate_zh ? F(gb_ralloc)(sizeof(REAL) * zrows) : cx->zx;
-    cx->ex = F(gb_ralloc)(sizeof(int64_t) * (size_t)GB_MIN(cx->K, T_));
-    cx->eh = F(gb_ralloc)(sizeof(int64_t) * (size_t)GB_MIN(cx->K, T_));
-    cx->nz = F(gb_ralloc)((size_t)GB_MIN(cx->K, T_));
+    cx->rd = F(gb_ralloc)(sizeof(int64_t) * (size_t)(slots * B));
+    cx->rdh = separate_zh ? F(gb_ralloc)(sizeof(int64_t) * (size_t)(slots * B)) : cx->rd;
+    cx->fl = F(gb_ralloc)((size_t)(slots * B));
+    cx->fe = F(gb_ralloc)(sizeof(int64_t) * (size_t)slots);
+    cx->zs = F(gb_ralloc)(sizeof(REAL) * zrows);
     cx->tmp = F(gb_ralloc)(sizeof(REAL) * (size_t)(GN * GB_MAX(N, D)));
     cx->tb = F(gb_ralloc)(sizeof(REAL) * (size_t)GN);
     cx->gram = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * B));
     cx->gg = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * N));
+    cx->r = F(gb_ralloc)(sizeof(int64_t) * (size_t)B);
+    cx->rt = F(gb_ralloc)(sizeof(int64_t) * (size_t)B);
+    cx->nz = F(gb_ralloc)((size_t)B);
     cx->ga = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * GN));
     cx->gda = cx->ga ? cx->ga + B * GN : NULL;
     cx->tc = F(gb_ralloc)(sizeof(REAL) * (size_t)(2 * B * N));
@@ -556,9 +622,10 @@ static int F(gb_rctx_init)(F(gb_rctx) *cx, const gb_opts *opts, F(gb_rteam) *tm,
     cx->gram_norms = B * (GN + N) < 2 * GN * N; /* the Gram matrices are symmetric: half of each */
     int rc = GB_OK;
     cx->Wp = F(gb_rpacked)(((const REAL *)a->W_hh), GN, N, 0, cx->mm.own, &rc);
-    if (rc || !cx->zx || !cx->zh || !cx->ex || !cx->eh || !cx->nz || !cx->tmp || !cx->tb || !cx->gram || !cx->gg ||
-        !cx->ga || !cx->tc)
+    if (rc || !cx->zx || !cx->zh || !cx->rd || !cx->rdh || !cx->fl || !cx->fe || !cx->zs || !cx->tmp || !cx->tb || !cx->gram ||
+        !cx->gg || !cx->r || !cx->rt || !cx->nz || !cx->ga || !cx->tc)
         return GB_ENOMEM;
+    for (int64_t i = 0; i < B; i++) cx->rt[i] = 0;
     return GB_OK;
 }
 
@@ -655,15 +722,16 @@ static int F(gb_input_projection)(const gb_opts *opts, F(gb_rteam) *tm, REAL *U,
  * phi; the forward's Z z_t and P h_{t-1} W_hh^T where it rescales (z = su z + sp P, or by du and
  * dp where a factor is not a normal number), then phi'(z_t); thr the saturation threshold and
  * nsat (B,) each row's count below it; the backward's ga/gda phi and phi' recomputed from Z,
- * dz = g phi', rmax (B,) each row's max|dz| (NaN ignored). Each function takes rows [r0, r1). */
+ * dz = g phi', each row rescued on its own where rescue (pd: the activation's parameter in
+ * double) and kr (B,) its shift. Each function takes rows [r0, r1). */
 typedef struct {
     int64_t B, N;
-    REAL *Z, *P, *ga, *gda, *h, *hn, *c, *tc, *dtc, *g, *gc, *dz, *dzh, *rmax;
+    REAL *Z, *P, *ga, *gda, *h, *hn, *c, *tc, *dtc, *g, *gc, *dz, *dzh;
     const REAL *hp, *cp, *bias;
-    int64_t *nsat;
-    int act, rescale, du, dp;
+    int64_t *nsat, *kr;
+    int act, rescale, du, dp, rescue;
     REAL p, su, sp;
-    double thr;
+    double thr, pd;
 } F(gb_rstep);
 
 /* a step's rows [r0, r1) of one of the row functions below, and thread tid's share of the B rows */
@@ -734,28 +802,11 @@ static void F(gb_rnn_forward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r1
     }
 }
 
-/* The vanilla backward's rows: phi' recomputed from z_t (ga: phi, unused), dz = g phi', the
- * row's max|dz| (NaN ignored: the maximum of the rows' maxima is the whole array's, whatever
- * the order) */
-static void F(gb_rnn_backward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r1) {
-    const int64_t N = st->N;
-    for (int64_t r = r0; r < r1; r++) {
-        const REAL *da = st->gda + r * N, *g = st->g + r * N;
-        REAL *dz = st->dz + r * N, m = 0;
-        F(gb_rnn_activation)(st->ga + r * N, st->gda + r * N, st->Z + r * N, N, st->act, st->p);
-        for (int64_t j = 0; j < N; j++) {
-            dz[j] = g[j] * da[j];
-            m = TFABS(dz[j]) > m ? TFABS(dz[j]) : m;
-        }
-        st->rmax[r] = m;
-    }
-}
-
-/* The saturated-derivative rescue of a vanilla step (reference.rescue_saturated, as the stacks'
- * layers): when every dz = g phi'(z) lies below GB_RESCUE_BELOW (NaN ignored), dz is recomputed
- * in log form, ell = ln|g| + ln|phi'(z)|, k = floor(max ell / ln2), dz = sign exp(ell - k ln2),
- * rounded once; returns k, which the step's exponent takes (0: dz untouched). The caller decides
- * on max|dz|, found while forming dz.    dz, g, z (n,) */
+/* The saturated-derivative rescue of a vanilla row (reference.rescue_rows, as the stacks'
+ * layers): when every dz = g phi'(z) of the row lies below GB_RESCUE_BELOW (NaN ignored), dz is
+ * recomputed in log form, ell = ln|g| + ln|phi'(z)|, k = floor(max ell / ln2), dz = sign
+ * exp(ell - k ln2), rounded once; returns k, which the row's exponent takes (0: dz untouched).
+ * The caller decides on max|dz|, found while forming dz.    dz, g, z (n,) */
 static int64_t F(gb_rnn_rescue)(REAL *dz, const REAL *g, const REAL *z, int64_t n, int act, double p) {
     double top = -INFINITY, sgn;
     for (int64_t i = 0; i < n; i++) {
@@ -770,6 +821,24 @@ static int64_t F(gb_rnn_rescue)(REAL *dz, const REAL *g, const REAL *z, int64_t 
         dz[i] = (REAL)(sgn * exp((ell - top) + rem));
     }
     return k;
+}
+
+/* The vanilla backward's rows: phi' recomputed from z_t (ga: phi, unused), dz = g phi', the
+ * row's max|dz| (NaN ignored) and, where every entry lies below GB_RESCUE_BELOW (rescue), the row
+ * in log form (gb_rnn_rescue): its shift in kr */
+static void F(gb_rnn_backward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r1) {
+    const int64_t N = st->N;
+    const double below = GB_RESCUE_BELOW(sizeof(REAL) == sizeof(float));
+    for (int64_t r = r0; r < r1; r++) {
+        const REAL *da = st->gda + r * N, *g = st->g + r * N;
+        REAL *dz = st->dz + r * N, m = 0;
+        F(gb_rnn_activation)(st->ga + r * N, st->gda + r * N, st->Z + r * N, N, st->act, st->p);
+        for (int64_t j = 0; j < N; j++) {
+            dz[j] = g[j] * da[j];
+            m = TFABS(dz[j]) > m ? TFABS(dz[j]) : m;
+        }
+        st->kr[r] = st->rescue && (double)m < below ? F(gb_rnn_rescue)(dz, g, st->Z + r * N, N, st->act, st->pd) : 0;
+    }
 }
 
 static int F(gb_rnn_forward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
@@ -1031,155 +1100,331 @@ static double F(gb_step_norm)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, in
     return F(gb_step_norm_plain)(cx, zs, hs, B, N, GN);
 }
 
-/* Mark chunk slot k (step t) after its rows were written: exponents and whether non-zero. */
-static void F(gb_chunk_mark)(F(gb_rctx) *cx, int64_t k, int64_t e, int64_t eh, int64_t n) {
-    const REAL *zx = cx->zx + k * n, *zh = cx->zh + k * n;
-    int nz = 0;
-    for (int64_t i = 0; i < n; i++) nz |= (zx[i] != 0) | (zh[i] != 0);
-    cx->ex[k] = e;
-    cx->eh[k] = eh;
-    cx->nz[k] = (unsigned char)nz;
+/* The shift of the chunk's row q toward a sum at 2^e: rd (+ fexp, with_fe) - e where its flag f
+ * is set, never above 0 (a row whose partner is all zero may lie above e: it adds 0 to the
+ * product whatever its scale, and more could overflow); 0 for the other rows (zeros). */
+static inline int F(gb_chunk_shift)(const F(gb_rctx) *cx, int64_t q, int64_t B, unsigned f, int64_t e, int with_fe) {
+    if (!(cx->fl[q] & f)) return 0;
+    const int64_t rq = f == GB_RF_ZH ? cx->rdh[q] : cx->rd[q]; /* zh's rows: rdh */
+    return gb_clamp_exp(GB_MIN(rq + (with_fe ? cx->fe[q / B] : 0) - e, 0));
 }
 
-/* The chunk of steps [t0, t0 + m): scale the rows to the chunk's exponents and add Z^T X,
- * Z^T H and the row sums to the accumulators. rescale_copy: zh is zx scaled differently. */
-static void F(gb_chunk_flush)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t t0, int64_t m, int rescale_copy) {
-    const int64_t B = a->B, N = a->N, D = a->D, GN = a->GN, n = B * GN;
-    int64_t Ex = GB_EXP_EMPTY, Eh = GB_EXP_EMPTY;
-    for (int64_t k = 0; k < m; k++)
-        if (cx->nz[k]) {
-            Ex = GB_MAX(Ex, cx->ex[k]);
-            Eh = GB_MAX(Eh, cx->eh[k]);
+/* The chunk's R = m B rows z, each times 2^(its gb_chunk_shift), into cx->zs; z itself where no
+ * row moves */
+static const REAL *F(gb_chunk_scaled)(F(gb_rctx) *cx, const REAL *z, int64_t R, int64_t B, int64_t GN, unsigned f,
+                                      int64_t e, int with_fe) {
+    int any = 0;
+    for (int64_t q = 0; q < R && !any; q++) any = F(gb_chunk_shift)(cx, q, B, f, e, with_fe) != 0;
+    if (!any) return z;
+    for (int64_t q = 0; q < R; q++)
+        F(gb_scale_into)(cx->zs + q * GN, z + q * GN, GN, F(gb_chunk_shift)(cx, q, B, f, e, with_fe));
+    return cx->zs;
+}
+
+/* cx->tb = the sum of the chunk's R rows z whose flag f is set, each times 2^(rd - e) <= 1
+ * (ldexp's rounding: the product by 2^(rd - e) where that is a normal REAL), rows in order */
+static void F(gb_chunk_bias)(F(gb_rctx) *cx, const REAL *z, const int64_t *rd, int64_t R, int64_t GN, unsigned f,
+                             int64_t e) {
+    REAL *tb = cx->tb;
+    for (int64_t j = 0; j < GN; j++) tb[j] = 0;
+    for (int64_t q = 0; q < R; q++) {
+        if (!(cx->fl[q] & f)) continue;
+        const REAL *zq = z + q * GN;
+        const int sh = gb_clamp_exp(GB_MIN(rd[q] - e, 0));
+        const REAL p = F(gb_pow2)(sh);
+        if (sh == 0) {
+            for (int64_t j = 0; j < GN; j++) tb[j] += zq[j];
+        } else if (p != 0) {
+            for (int64_t j = 0; j < GN; j++) tb[j] += zq[j] * p;
+        } else {
+            for (int64_t j = 0; j < GN; j++) tb[j] += TLDEXP(zq[j], sh);
         }
-    if (Ex == GB_EXP_EMPTY) return;
-    for (int64_t k = 0; k < m; k++) {
-        REAL *zx = cx->zx + k * n, *zh = cx->zh + k * n;
-        if (!cx->nz[k]) { /* zero rows: keep them zero whatever the exponents */
-            memset(zx, 0, sizeof(REAL) * (size_t)n);
-            if (zh != zx) memset(zh, 0, sizeof(REAL) * (size_t)n);
-            continue;
+    }
+}
+
+/* The chunk of steps [t0, t0 + m): each sum's exponent is the largest over the chunk's
+ * (step, row) pairs it adds (W_ih: the rows where dz and x_t are both not all zero; W_hh: dzh
+ * and h_{t-1}, plus fexp[t]; b_ih, b_hh: dz's, dzh's rows not all zero; with no pair: dz's, the
+ * term then 0 but for a non-finite dz, and skipped), each row brought to it (gb_chunk_scaled,
+ * gb_chunk_bias), one product over the chunk's m B rows, added to the accumulators by the
+ * aligned rule (gb_racc). db_hh is db_ih's term unless zh has rows of its own (the GRU). */
+static void F(gb_chunk_flush)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t t0, int64_t m) {
+    const int64_t B = a->B, N = a->N, D = a->D, GN = a->GN, R = m * B;
+    const int own_bias = cx->zh != cx->zx;
+    int64_t wx = GB_RNOEXP, wh = GB_RNOEXP, bx = GB_RNOEXP, bh = GB_RNOEXP, bhf = GB_RNOEXP;
+    for (int64_t q = 0; q < R; q++) {
+        const unsigned f = cx->fl[q];
+        const int64_t e = cx->rd[q], eh = cx->rdh[q], ef = eh + cx->fe[q / B];
+        if (f & GB_RF_ZX) {
+            bx = GB_MAX(bx, e);
+            if (f & GB_RF_X) wx = GB_MAX(wx, e);
         }
-        const int sh = gb_clamp_exp(cx->eh[k] - Eh), sx = gb_clamp_exp(cx->ex[k] - Ex);
-        if (rescale_copy)
-            F(gb_scale_into)(zh, zx, n, sh);
-        else if (zh != zx)
-            F(gb_scale_into)(zh, zh, n, sh);
-        F(gb_scale_into)(zx, zx, n, sx);
+        if (f & GB_RF_ZH) {
+            bh = GB_MAX(bh, eh);
+            bhf = GB_MAX(bhf, ef);
+            if (f & GB_RF_H) wh = GB_MAX(wh, ef);
+        }
     }
-    const int64_t R = m * B;
-    F(gb_zT_times_rows)(&cx->mm, cx->tmp, cx->zx, ((REAL *)a->X) + t0 * B * D, R, D, GN);
-    F(gb_racc)(a->dW_ih, a->dexp + GB_DE_W_IH, cx->tmp, Ex, GN * D);
-    /* the bias terms carry sig_e alone; db_hh's are db_ih's unless zh has rows of its own (gru) */
-    const int own_bias = cx->zh != cx->zx && !rescale_copy;
-    for (int pass = 0; pass < 1 + own_bias; pass++) {
-        const REAL *z = pass ? cx->zh : cx->zx;
-        for (int64_t j = 0; j < GN; j++) cx->tb[j] = 0;
-        for (int64_t r = 0; r < R; r++)
-            for (int64_t j = 0; j < GN; j++) cx->tb[j] += z[r * GN + j];
-        if (pass || !own_bias)
-            F(gb_racc)(a->db_hh, a->dexp + GB_DE_B_HH, cx->tb, pass ? Eh : Ex, GN);
-        if (!pass)
-            F(gb_racc)(a->db_ih, a->dexp + GB_DE_B_IH, cx->tb, Ex, GN);
+    if (bx != GB_RNOEXP) {
+        F(gb_chunk_bias)(cx, cx->zx, cx->rd, R, GN, GB_RF_ZX, bx);
+        F(gb_racc)(a->db_ih, a->dexp + GB_DE_B_IH, cx->tb, bx, GN);
+        if (!own_bias) F(gb_racc)(a->db_hh, a->dexp + GB_DE_B_HH, cx->tb, bx, GN);
+        if (wx == GB_RNOEXP) wx = bx;
     }
-    F(gb_zT_times_rows)(&cx->mm, cx->tmp, cx->zh, ((REAL *)a->H) + t0 * B * N, R, N, GN);
-    F(gb_racc)(a->dW_hh, a->dexp + GB_DE_W_HH, cx->tmp, Eh, GN * N);
+    if (bh != GB_RNOEXP) {
+        if (own_bias) {
+            F(gb_chunk_bias)(cx, cx->zh, cx->rdh, R, GN, GB_RF_ZH, bh);
+            F(gb_racc)(a->db_hh, a->dexp + GB_DE_B_HH, cx->tb, bh, GN);
+        }
+        if (wh == GB_RNOEXP) wh = bhf;
+    }
+    /* one set of scaled rows for both products where zh is zx and every row's two shifts agree */
+    int same = !own_bias && bx != GB_RNOEXP;
+    for (int64_t q = 0; q < R && same; q++)
+        same = F(gb_chunk_shift)(cx, q, B, GB_RF_ZX, wx, 0) == F(gb_chunk_shift)(cx, q, B, GB_RF_ZH, wh, 1);
+    if (bx != GB_RNOEXP) {
+        const REAL *z = F(gb_chunk_scaled)(cx, cx->zx, R, B, GN, GB_RF_ZX, wx, 0);
+        F(gb_zT_times_rows)(&cx->mm, cx->tmp, z, ((REAL *)a->X) + t0 * B * D, R, D, GN);
+        F(gb_racc)(a->dW_ih, a->dexp + GB_DE_W_IH, cx->tmp, wx, GN * D);
+        if (same) {
+            F(gb_zT_times_rows)(&cx->mm, cx->tmp, z, ((REAL *)a->H) + t0 * B * N, R, N, GN);
+            F(gb_racc)(a->dW_hh, a->dexp + GB_DE_W_HH, cx->tmp, wh, GN * N);
+        }
+    }
+    if (bh != GB_RNOEXP && !same) {
+        const REAL *z = F(gb_chunk_scaled)(cx, cx->zh, R, B, GN, GB_RF_ZH, wh, 1);
+        F(gb_zT_times_rows)(&cx->mm, cx->tmp, z, ((REAL *)a->H) + t0 * B * N, R, N, GN);
+        F(gb_racc)(a->dW_hh, a->dexp + GB_DE_W_HH, cx->tmp, wh, GN * N);
+    }
 }
 
-/* After step t's rows are in the chunk slot: the step's norm, then the flush at a chunk start. */
-static void F(gb_step_done)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t t, int64_t e, int64_t eh,
-                            int rescale_copy) {
-    const int64_t B = a->B, N = a->N, GN = a->GN, k = t % cx->K, n = B * GN;
-    F(gb_chunk_mark)(cx, k, e, eh, n);
-    int64_t en;
-    a->gnorm_m[t] = F(gb_step_norm)(cx, cx->zh + k * n, ((REAL *)a->H) + t * B * N, B, N, GN, &en);
-    a->gnorm_e[t] = eh + en;
-    if (k == 0) F(gb_chunk_flush)(cx, a, t, GB_MIN(cx->K, a->T - t), rescale_copy);
+/* Step t's dz rows are in chunk slot k = t % K at exponents rd (B,); fe = fexp[t] for the
+ * vanilla cell (h_{t-1}'s, which its W_hh term carries), else 0. The pairs' flags, the norm of
+ * the step's W_hh term (its rows brought to the largest exponent w of a pair of dzh and h_{t-1}
+ * rows, never up), then the chunk's sums where it starts (the backward runs down). The rows are
+ * brought to w in place (their exponents set to w: the same values, the chunk's sums scale them
+ * again) where every sum that adds them is taken at w or above: zh's own rows (the GRU), or, zh
+ * being zx, no row of dz with a zero x_t row (W_ih's pairs could lie below w); else a copy. */
+static void F(gb_step_done)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t t, const int64_t *rd, int64_t fe) {
+    const int64_t B = a->B, N = a->N, D = a->D, GN = a->GN, k = t % cx->K, n = B * GN;
+    const REAL *zx = cx->zx + k * n, *x = ((const REAL *)a->X) + t * B * D, *hp = ((const REAL *)a->H) + t * B * N;
+    REAL *zh = cx->zh + k * n;
+    int64_t *rk = cx->rd + k * B, *rkh = cx->rdh + k * B;
+    unsigned char *fl = cx->fl + k * B;
+    int64_t w = GB_RNOEXP, wz = GB_RNOEXP; /* the largest exponent of a pair, of a row of dzh */
+    int xall = 1;                          /* every row of dz not all zero has an x_t row that is not */
+    for (int64_t i = 0; i < B; i++) {
+        const int nx = F(gb_rnonzero)(zx + i * GN, GN), nh = zh == zx ? nx : F(gb_rnonzero)(zh + i * GN, GN);
+        const int px = F(gb_rnonzero)(x + i * D, D), ph = F(gb_rnonzero)(hp + i * N, N);
+        rk[i] = rkh[i] = rd[i];
+        fl[i] = (unsigned char)((nx ? GB_RF_ZX : 0) | (nh ? GB_RF_ZH : 0) | (px ? GB_RF_X : 0) | (ph ? GB_RF_H : 0));
+        xall &= px || !nx;
+        if (nh && rd[i] > wz) wz = rd[i];
+        if (nh && ph && rd[i] > w) w = rd[i];
+    }
+    cx->fe[k] = fe;
+    if (wz == GB_RNOEXP) { /* dzh all zero: so is the term */
+        a->gnorm_m[t] = 0;
+        a->gnorm_e[t] = 0;
+    } else {
+        if (w == GB_RNOEXP) w = wz; /* no pair: 0 but for a non-finite dzh */
+        const REAL *z = zh;
+        int any = 0;
+        for (int64_t i = 0; i < B && !any; i++) any = (fl[i] & GB_RF_ZH) && rd[i] < w;
+        if (any) {
+            const int inplace = zh != zx || xall;
+            REAL *zs = inplace ? zh : cx->zs;
+            for (int64_t i = 0; i < B; i++) {
+                const int sh = (fl[i] & GB_RF_ZH) && rd[i] < w ? gb_clamp_exp(rd[i] - w) : 0;
+                if (inplace && sh) rkh[i] = w;
+                if (!inplace || sh) F(gb_scale_into)(zs + i * GN, zh + i * GN, GN, sh);
+            }
+            z = zs;
+        }
+        int64_t en;
+        a->gnorm_m[t] = F(gb_step_norm)(cx, z, hp, B, N, GN, &en);
+        a->gnorm_e[t] = w + fe + en;
+    }
+    if (k == 0) F(gb_chunk_flush)(cx, a, t, GB_MIN(cx->K, a->T - t));
 }
 
-/* The state [dL/dh; dL/dc] into the workspace and back. */
+/* The state [dL/dh; dL/dc] into the workspace (rows at sig_e[T] + row_e) and back (row_e
+ * relative to sig_e[0]). */
 static void F(gb_state_in)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int lstm) {
-    const int64_t BN = a->B * a->N;
+    const int64_t BN = a->B * a->N, top = a->sig_e[a->T];
     memcpy(cx->gg, ((REAL *)a->G), sizeof(REAL) * (size_t)BN);
     if (lstm) memcpy(cx->gg + BN, ((REAL *)a->GC), sizeof(REAL) * (size_t)BN);
+    for (int64_t i = 0; i < a->B; i++) cx->r[i] = top + a->row_e[i];
 }
 
 static void F(gb_state_out)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int lstm) {
     const int64_t BN = a->B * a->N;
     memcpy(a->G, cx->gg, sizeof(REAL) * (size_t)BN);
     if (lstm) memcpy(a->GC, cx->gg + BN, sizeof(REAL) * (size_t)BN);
+    for (int64_t i = 0; i < a->B; i++) a->row_e[i] = cx->r[i] - a->sig_e[0];
 }
 
-/* After the recurrence: the every-step loss, normalise, clip, record dL/dH[t]. */
-static void F(gb_state_finish)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t t, int64_t e, int lstm) {
-    const int64_t B = a->B, N = a->N, rows = lstm ? 2 * B : B;
-    if (a->icfg[GB_RI_LOSS_EVERY]) e = F(gb_radd_loss)(cx->gg, rows, B, N, e, ((REAL *)a->DH) + t * B * N);
-    a->sig_e[t] = e;
-    F(gb_rfinish)(cx->gg, rows, B, N, t, (int)a->icfg[GB_RI_CLIP], a->fcfg[GB_RF_CLIP], a->sig_m, a->sig_e,
-                  lstm ? a->csig_m : NULL, a->clip_acted, a->info);
+/* row_top of the state: the largest exponent of its rows not all zero (cx->nz: which), else
+ * of all rows */
+static int64_t F(gb_rrow_top)(const F(gb_rctx) *cx, int64_t B) {
+    int64_t e = GB_RNOEXP, ea = GB_RNOEXP;
+    for (int64_t i = 0; i < B; i++) {
+        if (cx->nz[i] && cx->r[i] > e) e = cx->r[i];
+        ea = GB_MAX(ea, cx->r[i]);
+    }
+    return e != GB_RNOEXP ? e : ea;
+}
+
+/* every row of the state [G | GC] normalised (gb_rrow_normalise), cx->nz whether it is not zero */
+static void F(gb_rrows_normalise)(F(gb_rctx) *cx, int64_t B, int64_t N, REAL *g, REAL *gc) {
+    for (int64_t i = 0; i < B; i++)
+        cx->nz[i] = (unsigned char)F(gb_rrow_normalise)(g + i * N, gc ? gc + i * N : NULL, N, cx->r + i);
+}
+
+/* finish(j), the state dL/dH[j] complete (the reference's signal_rows and norms): each row of
+ * [G | GC] normalised, then for j < T the signal clip (clip_rows: value, each row on its own;
+ * norm, the batch's norm) and the rows normalised again, clip_acted[j] whether it acted; rows
+ * of zeros given the largest non-zero row's exponent, sig_e[j]; sig_m[j] (csig_m[j]) the norm
+ * of G's (GC's) rows at it; info's first non-finite j. */
+static void F(gb_rfinish)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t j, int lstm) {
+    const int64_t B = a->B, N = a->N, BN = B * N, n = lstm ? 2 * BN : BN;
+    const int clip = j < a->T ? (int)a->icfg[GB_RI_CLIP] : GB_CLIP_NONE;
+    const double c = a->fcfg[GB_RF_CLIP];
+    REAL *g = cx->gg, *gc = lstm ? cx->gg + BN : NULL;
+    int64_t *r = cx->r;
+    F(gb_rrows_normalise)(cx, B, N, g, gc);
+    int64_t acted = 0;
+    if (clip == GB_CLIP_VALUE) {
+        int ec;
+        const double t = frexp(c, &ec); /* c = t 2^ec, t in [0.5, 1) */
+        for (int64_t i = 0; i < B; i++) acted |= F(gb_rclip_value_row)(g + i * N, gc ? gc + i * N : NULL, N, r + i, ec, t);
+    } else if (clip == GB_CLIP_NORM) {
+        const int64_t e = F(gb_rrow_top)(cx, B);
+        double s = 0;
+        for (int64_t i = 0; i < B; i++) {
+            const int d = gb_clamp_exp(r[i] - e);
+            s += F(gb_rsumsq_row)(g + i * N, N, d, 1.0, 1.0);
+            if (gc) s += F(gb_rsumsq_row)(gc + i * N, N, d, 1.0, 1.0);
+        }
+        const double nrm = sqrt(s);
+        if (ldexp(nrm, gb_clamp_exp(e)) > c) {
+            const REAL sc = (REAL)(c / nrm);
+            for (int64_t k = 0; k < n; k++) g[k] *= sc;
+            for (int64_t i = 0; i < B; i++) r[i] -= e;
+            acted = 1;
+        }
+    }
+    if (clip) F(gb_rrows_normalise)(cx, B, N, g, gc);
+    if (j < a->T) a->clip_acted[j] = acted; /* [T] is the caller's: it clipped the top */
+    const int64_t e = F(gb_rrow_top)(cx, B);
+    for (int64_t i = 0; i < B; i++)
+        if (!cx->nz[i]) r[i] = e;
+    a->sig_e[j] = e;
+    a->sig_m[j] = F(gb_rrows_norm)(g, B, N, r, e);
+    if (lstm) a->csig_m[j] = F(gb_rrows_norm)(gc, B, N, r, e);
+    /* every row normalised (|entries| < 1) or holding a non-finite entry: the norms are finite
+     * exactly where every entry is */
+    if (a->info[GB_INFO_BACKWARD] < 0 && !(isfinite(a->sig_m[j]) && (!lstm || isfinite(a->csig_m[j]))))
+        a->info[GB_INFO_BACKWARD] = j;
+}
+
+/* The every-step loss: dL/dH[t] = dh (B,N), at exponent 0, added to the state row by row (the
+ * reference's rule): q the exponent of max|dh row| (NaN ignored; 0 where it is not finite), the
+ * sum at q where the state's row (G's and GC's) is all zero, at r where dh's row is (NaN is
+ * not zero), else at max(r, q); G = dh 2^-em + G 2^(r - em), GC's row times 2^(r - em). */
+static void F(gb_radd_loss)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t t, int lstm) {
+    const int64_t B = a->B, N = a->N, BN = B * N;
+    const REAL *dh = ((const REAL *)a->DH) + t * BN;
+    REAL *g = cx->gg, *gc = lstm ? cx->gg + BN : NULL;
+    for (int64_t i = 0; i < B; i++) {
+        REAL *gi = g + i * N, *gci = gc ? gc + i * N : NULL;
+        const REAL *di = dh + i * N;
+        const REAL m = F(gb_rabsmax)(di, N);
+        int q = 0;
+        if (m > 0 && isfinite(m)) frexp((double)m, &q);
+        const int64_t ri = cx->r[i];
+        int64_t em;
+        if (!F(gb_rnonzero)(gi, N) && !(gci && F(gb_rnonzero)(gci, N)))
+            em = q;
+        else if (!F(gb_rnonzero)(di, N))
+            em = ri;
+        else
+            em = GB_MAX(ri, (int64_t)q);
+        const int dg = gb_clamp_exp(ri - em), dd = gb_clamp_exp(-em);
+        const REAL sd = F(gb_pow2)(dd), sg = F(gb_pow2)(dg); /* 0 where 2^k is not a normal REAL */
+        if (sd != 0 && sg != 0) {
+            for (int64_t j = 0; j < N; j++) gi[j] = di[j] * sd + gi[j] * sg;
+        } else {
+            for (int64_t j = 0; j < N; j++) gi[j] = TLDEXP(di[j], dd) + TLDEXP(gi[j], dg);
+        }
+        if (gci) F(gb_scale_into)(gci, gci, N, dg);
+        cx->r[i] = em;
+    }
+}
+
+/* After the recurrence of step t: the every-step loss, then finish(t). */
+static void F(gb_state_finish)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t t, int lstm) {
+    if (a->icfg[GB_RI_LOSS_EVERY]) F(gb_radd_loss)(cx, a, t, lstm);
+    F(gb_rfinish)(cx, a, t, lstm);
 }
 
 /* ------------------------------------------------------------------ backward: the cells */
+/* The state's rows at cx.r; a step's dz rows at cx.rt (the vanilla cell: r plus each rescued
+ * row's shift; the gated cells: r), which dL/dh_{t-1} = dz W_hh (+ the GRU's g z) keeps. */
 static int F(gb_rnn_backward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
-    int rc;
     const int64_t T_ = a->T, B = a->B, N = a->N, BN = B * N;
-    const int rescale = a->icfg[GB_RI_RESCALE_FWD] != 0;
     F(gb_rctx) cx;
-    rc = F(gb_rctx_init)(&cx, opts, tm, a, rescale);
-    REAL *rmax = rc ? NULL : F(gb_ralloc)(sizeof(REAL) * (size_t)B); /* each row's max|dz| */
-    if (rc || !rmax) {
+    const int rc = F(gb_rctx_init)(&cx, opts, tm, a, 0);
+    if (rc) {
         F(gb_rctx_free)(&cx);
-        return rc ? rc : GB_ENOMEM;
+        return rc;
     }
     a->info[GB_INFO_BACKWARD] = -1;
     F(gb_state_in)(&cx, a, 0);
-    F(gb_rfinish)(cx.gg, B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, NULL, NULL, a->info);
-    const int act = (int)a->icfg[GB_RI_ACT], rescue_act = gb_rescue_act(act);
+    F(gb_rfinish)(&cx, a, T_, 0);
+    const int act = (int)a->icfg[GB_RI_ACT];
     for (int64_t t = T_ - 1; t >= 0; t--) {
         const int64_t k = t % cx.K;
         const REAL *z = ((REAL *)a->Z) + t * BN;
         REAL *dz = cx.zx + k * BN;
         const F(gb_rstep) st = {.B = B, .N = N, .Z = (REAL *)z, .ga = cx.ga, .gda = cx.gda, .g = cx.gg, .dz = dz,
-                                .rmax = rmax, .act = act, .p = (REAL)a->fcfg[GB_RF_ACT_PARAM]};
-        F(gb_rrows)(tm, F(gb_rnn_backward_rows), &st); /* ga: unused phi(z) */
-        REAL m = 0; /* max|dz|, NaN ignored */
-        for (int64_t r = 0; r < B; r++) m = rmax[r] > m ? rmax[r] : m;
-        const int rescue = rescue_act && (double)m < GB_RESCUE_BELOW(sizeof(REAL) == sizeof(float));
-        const int64_t e = a->sig_e[t + 1] + (rescue ? F(gb_rnn_rescue)(dz, cx.gg, z, BN, act, a->fcfg[GB_RF_ACT_PARAM]) : 0);
-        if (rescale) memcpy(cx.zh + k * BN, dz, sizeof(REAL) * (size_t)BN); /* scaled at the flush */
+                                .kr = cx.rt, .act = act, .rescue = gb_rescue_act(act),
+                                .p = (REAL)a->fcfg[GB_RF_ACT_PARAM], .pd = a->fcfg[GB_RF_ACT_PARAM]};
+        F(gb_rrows)(tm, F(gb_rnn_backward_rows), &st); /* ga: unused phi(z); rt: the rows' rescue shifts */
+        for (int64_t i = 0; i < B; i++) cx.rt[i] += cx.r[i];
         F(gb_rows_times_w)(&cx.mm, cx.gg, dz, ((REAL *)a->W_hh), cx.Wp, B, N, N, 0);
-        F(gb_step_done)(&cx, a, t, e, e + a->fexp[t], rescale);
-        F(gb_state_finish)(&cx, a, t, e, 0);
+        F(gb_step_done)(&cx, a, t, cx.rt, a->fexp[t]);
+        memcpy(cx.r, cx.rt, sizeof(int64_t) * (size_t)B);
+        F(gb_state_finish)(&cx, a, t, 0);
     }
     F(gb_state_out)(&cx, a, 0);
     F(gb_rctx_free)(&cx);
-    free(rmax);
     return GB_OK;
 }
 
 static int F(gb_lstm_backward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
-    int rc;
     const int64_t T_ = a->T, B = a->B, N = a->N, GN = 4 * N, BN = B * N;
     F(gb_rctx) cx;
-    rc = F(gb_rctx_init)(&cx, opts, tm, a, 0);
+    const int rc = F(gb_rctx_init)(&cx, opts, tm, a, 0);
     if (rc) {
         F(gb_rctx_free)(&cx);
         return rc;
     }
     a->info[GB_INFO_BACKWARD] = -1;
     F(gb_state_in)(&cx, a, 1);
-    F(gb_rfinish)(cx.gg, 2 * B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, a->csig_m, NULL, a->info);
+    F(gb_rfinish)(&cx, a, T_, 1);
     for (int64_t t = T_ - 1; t >= 0; t--) {
-        const int64_t e = a->sig_e[t + 1], k = t % cx.K;
+        const int64_t k = t % cx.K;
         const REAL *Zt = ((REAL *)a->Z) + t * B * GN, *cp = ((REAL *)a->C) + t * BN;
-        const REAL *tc = cx.tc;
         REAL *dz = cx.zx + k * B * GN, *gh = cx.gg, *gc = cx.gg + BN, *dtc = cx.dtc;
         F(gb_rstep) st = {.B = B, .N = N, .Z = (REAL *)Zt, .ga = cx.ga, .gda = cx.gda, .c = ((REAL *)a->C) + (t + 1) * BN,
-                          .cp = cp, .tc = (REAL *)tc, .dtc = dtc, .g = gh, .gc = gc, .dz = dz};
+                          .cp = cp, .tc = cx.tc, .dtc = dtc, .g = gh, .gc = gc, .dz = dz};
         F(gb_rrows)(tm, F(gb_lstm_backward_rows), &st);
-        a->csig_m[t + 1] = F(gb_rnorm)(dtc, B, N); /* ||total dL/dC[t+1]||, exponent e (the reference's) */
+        /* ||total dL/dC[t+1]||, its rows at the state's exponents, relative to sig_e[t+1] */
+        a->csig_m[t + 1] = F(gb_rrows_norm)(dtc, B, N, cx.r, a->sig_e[t + 1]);
         F(gb_rows_times_w)(&cx.mm, gh, dz, ((REAL *)a->W_hh), cx.Wp, B, N, GN, 0);
-        F(gb_step_done)(&cx, a, t, e, e, 0);
-        F(gb_state_finish)(&cx, a, t, e, 1);
+        F(gb_step_done)(&cx, a, t, cx.r, 0);
+        F(gb_state_finish)(&cx, a, t, 1);
     }
     F(gb_state_out)(&cx, a, 1);
     F(gb_rctx_free)(&cx);
@@ -1187,27 +1432,26 @@ static int F(gb_lstm_backward_body)(const gb_recurrent_arrays *a, const gb_opts 
 }
 
 static int F(gb_gru_backward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
-    int rc;
     const int64_t T_ = a->T, B = a->B, N = a->N, GN = 3 * N, BN = B * N;
     F(gb_rctx) cx;
-    rc = F(gb_rctx_init)(&cx, opts, tm, a, 1);
+    const int rc = F(gb_rctx_init)(&cx, opts, tm, a, 1);
     if (rc) {
         F(gb_rctx_free)(&cx);
         return rc;
     }
     a->info[GB_INFO_BACKWARD] = -1;
     F(gb_state_in)(&cx, a, 0);
-    F(gb_rfinish)(cx.gg, B, B, N, T_, GB_CLIP_NONE, 0.0, a->sig_m, a->sig_e, NULL, NULL, a->info);
+    F(gb_rfinish)(&cx, a, T_, 0);
     for (int64_t t = T_ - 1; t >= 0; t--) {
-        const int64_t e = a->sig_e[t + 1], k = t % cx.K;
+        const int64_t k = t % cx.K;
         const REAL *Zt = ((REAL *)a->Z) + t * B * GN, *hn = ((REAL *)a->HN) + t * BN, *hp = ((REAL *)a->H) + t * BN;
         REAL *zx = cx.zx + k * B * GN, *zh = cx.zh + k * B * GN, *gh = cx.gg;
         F(gb_rstep) st = {.B = B, .N = N, .Z = (REAL *)Zt, .ga = cx.ga, .gda = cx.gda, .hp = hp, .hn = (REAL *)hn,
                           .g = gh, .dz = zx, .dzh = zh};
         F(gb_rrows)(tm, F(gb_gru_backward_rows), &st);
         F(gb_rows_times_w)(&cx.mm, gh, zh, ((REAL *)a->W_hh), cx.Wp, B, N, GN, 1);
-        F(gb_step_done)(&cx, a, t, e, e, 0);
-        F(gb_state_finish)(&cx, a, t, e, 0);
+        F(gb_step_done)(&cx, a, t, cx.r, 0);
+        F(gb_state_finish)(&cx, a, t, 0);
     }
     F(gb_state_out)(&cx, a, 0);
     F(gb_rctx_free)(&cx);
