@@ -522,11 +522,10 @@ def _top(run: _Run) -> None:
 
 def _lost_samples(run: _Run) -> int | None:
     """Samples whose backward state is non-zero at the top and exactly zero at the initial state
-    (dL/dh_{-1} and the LSTM's dL/dc_{-1}): dead units, or a signal more than 2^-1074 (float32:
-    2^-149) below the batch's largest at some step (one exponent per step for the batch: the
-    norms below follow the other samples). With a loss at every step, whose gradients enter at
-    every step, those of the carried pass (the last step's loss alone, :func:`_carried`), None
-    without it."""
+    (dL/dh_{-1} and the LSTM's dL/dc_{-1}): dead units, or an exact zero of the sample's own
+    chain (each row carries its own exponent: never flushed by the batch's larger samples). With
+    a loss at every step, whose gradients enter at every step, those of the carried pass (the
+    last step's loss alone, :func:`_carried`), None without it."""
     if run.rnn.has_head and run.rnn.loss_on == "every":
         return getattr(run, "carried_lost", None)  # the last step's loss alone (the carried pass)
     return int(np.count_nonzero(run.live_top & ~_live_rows(run.G, run.GC)))
