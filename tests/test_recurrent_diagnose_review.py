@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import gradbench as gb
+from gradbench.recurrent import backends as rbackends
 from tests.helpers import perturbation_moves
 
 LSTM_CASE = dict(cell="lstm", steps=6, hidden=3, sigma_w=1000.0, recurrent_init="normal")
@@ -288,18 +289,19 @@ def test_samples_far_below_the_others_keep_their_own_chain_back_through_time():
 
     rnn = gb.Recurrent(cell="rnn", activation="gelu", recurrent_init="orthogonal", sigma_w=10.0, steps=300, hidden=3)
     p, xs = gb.init_params(rnn, 2), gb.sequence_input(rnn, 3, 2)
-    res = gb.backprop(rnn, p, xs)
-    alone = [gb.backprop(rnn, p, np.ascontiguousarray(xs[:, i:i + 1])) for i in range(3)]
-    assert res.extras["lost_samples"] == 0 and np.all(np.logical_or.reduce(res.h0_grad.mantissa, axis=1))
-    for i in range(3):
-        assert _row_log10(res.h0_grad, i) == pytest.approx(_row_log10(alone[i].h0_grad, 0), abs=1e-9)
-    assert _row_log10(res.h0_grad, 0) < _row_log10(res.h0_grad, 1) - 1000  # beyond 2^-1074 below: it was flushed
     _, gh, _ = rnn_chain("gelu", rnn.act_param, p.W_ih, p.W_hh, p.b_ih + p.b_hh, xs)
-    assert res.signal_norm.log10()[0] == pytest.approx(gh[0], abs=1e-9)
     _, gh0, _ = rnn_chain("gelu", rnn.act_param, p.W_ih, p.W_hh, p.b_ih + p.b_hh, np.ascontiguousarray(xs[:, :1]))
-    assert alone[0].signal_norm.log10()[0] == pytest.approx(gh0[0], abs=1e-9)
     assert gh0[0] < -25000
-    assert "lose their gradient" not in " ".join(str(gb.diagnose(res)).split())
+    for backend in rbackends.backends():
+        res = gb.backprop(rnn, p, xs, backend=backend)
+        alone = [gb.backprop(rnn, p, np.ascontiguousarray(xs[:, i:i + 1]), backend=backend) for i in range(3)]
+        assert res.extras["lost_samples"] == 0 and np.all(np.logical_or.reduce(res.h0_grad.mantissa, axis=1))
+        for i in range(3):
+            assert _row_log10(res.h0_grad, i) == pytest.approx(_row_log10(alone[i].h0_grad, 0), abs=1e-9), backend
+        assert _row_log10(res.h0_grad, 0) < _row_log10(res.h0_grad, 1) - 1000  # beyond 2^-1074 below: was flushed
+        assert res.signal_norm.log10()[0] == pytest.approx(gh[0], abs=1e-9), backend
+        assert alone[0].signal_norm.log10()[0] == pytest.approx(gh0[0], abs=1e-9), backend
+        assert "lose their gradient" not in " ".join(str(gb.diagnose(res)).split())
 
 
 def test_gb_diagnose_of_a_recurrent_result_with_a_stacks_arguments_says_what_it_takes():
