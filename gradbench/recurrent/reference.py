@@ -72,7 +72,7 @@ SIGMOID, TANH = abi.ACT_CODE["sigmoid"], abi.ACT_CODE["tanh"]
 
 
 def _ldexp(x: np.ndarray, e: int) -> np.ndarray:
-    return np.ldexp(x, int(np.clip(e, -EXP_CLAMP, EXP_CLAMP))).astype(x.dtype)
+    return np.ldexp(x, min(max(int(e), -EXP_CLAMP), EXP_CLAMP))  # (np.clip of a scalar costs 10 us)
 
 
 # ------------------------------------------------------------------ shared pieces
@@ -93,7 +93,9 @@ def accumulate(acc: np.ndarray, E: int, term: np.ndarray, e: int) -> int:
         acc[...] = term
         return e
     em = max(E, e)
-    acc[...] = _ldexp(acc, E - em) + _ldexp(term, e - em)
+    if E != em:
+        acc[...] = _ldexp(acc, E - em)
+    acc += term if e == em else _ldexp(term, e - em)
     return em
 
 
