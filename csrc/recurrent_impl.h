@@ -16,25 +16,34 @@
  * Forward: the input projection of all steps is one product U = X W_ih^T + b (into Z, which then
  * holds the pre-activations step by step); per step only the recurrent product h_{t-1} W_hh^T.
  *
- * Backward: per step the elementwise backward of the cell (phi' and the gates recomputed from Z;
- * a vanilla step whose every dz lies below GB_RESCUE_BELOW taken in log form, gb_rnn_rescue),
- * the recurrent product dz W_hh and the
- * exact chain (joint power-of-two normalisation of dL/dh and the LSTM's part of dL/dc carried
- * back through c_{t+1}, signal clipping on the true magnitude, recorded in clip_acted[t] where it
- * changed the state; the recorded ||dL/dc_t|| is the
- * total's, dc = that part + dL/dh_t o_t tanh'(c_t)). The parameter gradients are sums over steps of terms with different exponents;
- * the steps' dz rows are collected in chunks of K steps (icfg[GB_RI_CHUNK]; chunk c holds the
- * steps [cK, cK + K), so a call over a segment of a multiple of K steps chunks as the whole run), each row scaled by 2^(e_t - E_chunk)
- * (E_chunk the largest exponent of a non-zero row: the reference's aligned add, applied before
- * instead of after the product, which is the same numbers unless a product is subnormal), and
- * dW_ih = Z^T X, dW_hh = Z^T H become products over K*B rows, added to the running
- * (mantissa, exponent) accumulators by the aligned rule. The norm of step t's dW_hh term,
- * ||dz_t^T h_{t-1}||_F, is computed from the B x B Gram matrices, sum((dz dz^T) o (h h^T)),
- * when that is cheaper than the (GN, N) product itself (B (GN + N) / 2 < GN N), else directly.
+ * Backward: the state (dL/dh_t, and the LSTM's part of dL/dc_t carried back through c_{t+1})
+ * carries one power of two per row (sample) of the batch, cx->r (on entry sig_e[T] + row_e, on
+ * exit row_e = r - sig_e[0]), as the stacks' backward signal does. Per step the elementwise
+ * backward of the cell (phi' and the gates recomputed from Z; a vanilla row whose every dz lies
+ * below GB_RESCUE_BELOW taken in log form, gb_rnn_rescue, its shift added to the row's exponent),
+ * the recurrent product dz W_hh (each row keeps its exponent) and the exact chain, row by row:
+ * each row of [dL/dh | dL/dc] normalised jointly, signal clipping on the true magnitudes (by value
+ * each row, by norm the batch's), recorded in clip_acted[t] where it changed the state, the
+ * every-step loss's dL/dh_t added to each row at the larger of the two exponents (gb_rfinish,
+ * gb_radd_loss). sig_e[t] is the largest non-zero row's exponent, and the recorded norms
+ * (||dL/dh_t||, the LSTM's ||dL/dc_t|| of the total dc = carried part + dL/dh_t o_t tanh'(c_t))
+ * take every row at it. The parameter gradients are sums over steps and rows of terms with
+ * different exponents: the steps' dz rows are collected in chunks of K steps (icfg[GB_RI_CHUNK];
+ * chunk c holds the steps [cK, cK + K), so a call over a segment of a multiple of K steps chunks
+ * as the whole run); each accumulator's exponent for the chunk is the largest over the chunk's
+ * (step, row) pairs it adds (dW_ih: rows whose dz and x_t rows are both not all zero; dW_hh: dz
+ * and h_{t-1}, plus the vanilla cell's fexp[t]; the biases: dz's non-zero rows), each row scaled
+ * by 2^(its exponent - that) <= 1 (the reference's aligned add, applied before instead of after
+ * the product, which is the same numbers unless a product is subnormal), and dW_ih = Z^T X,
+ * dW_hh = Z^T H become products over K*B rows, added to the running (mantissa, exponent)
+ * accumulators by the aligned rule (gb_chunk_flush). The norm of step t's dW_hh term,
+ * ||dz_t^T h_{t-1}||_F (its rows at the step's largest pair exponent), is computed from the
+ * B x B Gram matrices, sum((dz dz^T) o (h h^T)), when that is cheaper than the (GN, N) product
+ * itself (B (GN + N) / 2 < GN N), else directly.
  *
- * The exact-chain helpers (normalise, clip, norm) repeat those of stack_impl.h over one
- * contiguous state [dL/dh; dL/dc], so that the LSTM's two parts share one exponent; they are
- * static there, and this file is a separate translation unit.
+ * The exact-chain helpers (normalise, clip, norm) repeat those of stack_impl.h over the joint
+ * rows [dL/dh | dL/dc], so that the LSTM's two parts share each row's exponent; they are static
+ * there, and this file is a separate translation unit.
  */
 #include <stdlib.h>
 #include <string.h>
