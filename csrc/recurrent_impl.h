@@ -309,22 +309,39 @@ static REAL *F(gb_rpacked)(const REAL *W, int64_t K, int64_t Nc, int trans, int 
 }
 
 /* ------------------------------------------------------------------ the exact chain */
-/* max |g| ignoring NaN */
+/* max |g| ignoring NaN: the vector helpers of activations.h where the instance has them (four
+ * chains of GB_VL lanes, widened to double: max is exact in any order, the same value as the
+ * scalar loop's), then the tail */
+#ifdef GB_HAVE_VEC
+typedef REAL F(gb_rtv) __attribute__((vector_size(GB_VL * sizeof(REAL)))); /* GB_VL lanes of REAL */
+static inline gb_vd F(gb_rloadv)(const REAL *x) {
+    F(gb_rtv) v;
+    memcpy(&v, x, sizeof v);
+    return __builtin_convertvector(v, gb_vd);
+}
+#endif
 static REAL F(gb_rabsmax)(const REAL *g, int64_t n) {
-    REAL lane[8] = {0};
+    double m = 0;
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int c = 0; c < 8; c++) {
-            const REAL v = TFABS(g[i + c]);
-            lane[c] = v > lane[c] ? v : lane[c];
-        }
-    REAL m = 0;
+#ifdef GB_HAVE_VEC
+    gb_vd acc = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
+    for (; i + 4 * GB_VL <= n; i += 4 * GB_VL) {
+        acc = gb_vmax_keep(gb_vabs(F(gb_rloadv)(g + i)), acc);
+        acc1 = gb_vmax_keep(gb_vabs(F(gb_rloadv)(g + i + GB_VL)), acc1);
+        acc2 = gb_vmax_keep(gb_vabs(F(gb_rloadv)(g + i + 2 * GB_VL)), acc2);
+        acc3 = gb_vmax_keep(gb_vabs(F(gb_rloadv)(g + i + 3 * GB_VL)), acc3);
+    }
+    acc = gb_vmax_keep(acc1, acc);
+    acc2 = gb_vmax_keep(acc3, acc2);
+    acc = gb_vmax_keep(acc2, acc);
+    for (; i + GB_VL <= n; i += GB_VL) acc = gb_vmax_keep(gb_vabs(F(gb_rloadv)(g + i)), acc);
+    m = gb_hmax_nonneg(acc);
+#endif
     for (; i < n; i++) {
-        const REAL v = TFABS(g[i]);
+        const double v = (double)TFABS(g[i]);
         m = v > m ? v : m;
     }
-    for (int c = 0; c < 8; c++) m = lane[c] > m ? lane[c] : m;
-    return m;
+    return (REAL)m;
 }
 
 /* g *= 2^k exactly (in two steps when 2^k is not a finite REAL) */
@@ -1118,16 +1135,16 @@ static inline int F(gb_chunk_shift)(const F(gb_rctx) *cx, int64_t q, int64_t B, 
     return gb_clamp_exp(GB_MIN(rq + (with_fe ? cx->fe[q / B] : 0) - e, 0));
 }
 
-/* The chunk's R = m B rows z, each times 2^(its gb_chunk_shift), into cx->zs; z itself where no
- * row moves */
-static const REAL *F(gb_chunk_scaled)(F(gb_rctx) *cx, const REAL *z, int64_t R, int64_t B, int64_t GN, unsigned f,
-                                      int64_t e, int with_fe) {
+/* The chunk's R = m B rows z, each times 2^(its gb_chunk_shift): in place (inplace: z is not
+ * read again), else into cx->zs; z itself where no row moves */
+static const REAL *F(gb_chunk_scaled)(F(gb_rctx) *cx, REAL *z, int64_t R, int64_t B, int64_t GN, unsigned f, int64_t e,
+                                      int with_fe, int inplace) {
     int any = 0;
     for (int64_t q = 0; q < R && !any; q++) any = F(gb_chunk_shift)(cx, q, B, f, e, with_fe) != 0;
     if (!any) return z;
-    for (int64_t q = 0; q < R; q++)
-        F(gb_scale_into)(cx->zs + q * GN, z + q * GN, GN, F(gb_chunk_shift)(cx, q, B, f, e, with_fe));
-    return cx->zs;
+    REAL *y = inplace ? z : cx->zs;
+    for (int64_t q = 0; q < R; q++) F(gb_scale_into)(y + q * GN, z + q * GN, GN, F(gb_chunk_shift)(cx, q, B, f, e, with_fe));
+    return y;
 }
 
 /* cx->tb = the sum of the chunk's R rows z whose flag f is set, each times 2^(rd - e) <= 1
@@ -1187,23 +1204,24 @@ static void F(gb_chunk_flush)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int6
         }
         if (wh == GB_RNOEXP) wh = bhf;
     }
-    /* one set of scaled rows for both products where zh is zx and every row's two shifts agree */
+    /* one set of scaled rows for both products where zh is zx and every row's two shifts agree;
+     * else dW_hh's first, from a copy where zh is zx (dW_ih's rows then scaled in place) */
     int same = !own_bias && bx != GB_RNOEXP;
     for (int64_t q = 0; q < R && same; q++)
         same = F(gb_chunk_shift)(cx, q, B, GB_RF_ZX, wx, 0) == F(gb_chunk_shift)(cx, q, B, GB_RF_ZH, wh, 1);
+    if (bh != GB_RNOEXP && !same) {
+        const REAL *z = F(gb_chunk_scaled)(cx, cx->zh, R, B, GN, GB_RF_ZH, wh, 1, own_bias);
+        F(gb_zT_times_rows)(&cx->mm, cx->tmp, z, ((REAL *)a->H) + t0 * B * N, R, N, GN);
+        F(gb_racc)(a->dW_hh, a->dexp + GB_DE_W_HH, cx->tmp, wh, GN * N);
+    }
     if (bx != GB_RNOEXP) {
-        const REAL *z = F(gb_chunk_scaled)(cx, cx->zx, R, B, GN, GB_RF_ZX, wx, 0);
+        const REAL *z = F(gb_chunk_scaled)(cx, cx->zx, R, B, GN, GB_RF_ZX, wx, 0, 1);
         F(gb_zT_times_rows)(&cx->mm, cx->tmp, z, ((REAL *)a->X) + t0 * B * D, R, D, GN);
         F(gb_racc)(a->dW_ih, a->dexp + GB_DE_W_IH, cx->tmp, wx, GN * D);
         if (same) {
             F(gb_zT_times_rows)(&cx->mm, cx->tmp, z, ((REAL *)a->H) + t0 * B * N, R, N, GN);
             F(gb_racc)(a->dW_hh, a->dexp + GB_DE_W_HH, cx->tmp, wh, GN * N);
         }
-    }
-    if (bh != GB_RNOEXP && !same) {
-        const REAL *z = F(gb_chunk_scaled)(cx, cx->zh, R, B, GN, GB_RF_ZH, wh, 1);
-        F(gb_zT_times_rows)(&cx->mm, cx->tmp, z, ((REAL *)a->H) + t0 * B * N, R, N, GN);
-        F(gb_racc)(a->dW_hh, a->dexp + GB_DE_W_HH, cx->tmp, wh, GN * N);
     }
 }
 
