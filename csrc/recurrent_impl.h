@@ -56,6 +56,17 @@
 #define FP(name) GB_CAT(name, SFX)                /* the headers' and the exported ones: gb_tanh_grad_f64 */
 #define GB_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define GB_MAX(a, b) ((a) > (b) ? (a) : (b))
+/* c + a b of the sums below, fused in every instance with FMA (v3, v4) however the compiler
+ * vectorises the loop (-ffp-contract=fast left it to that: AVX-512 vectorised the products of
+ * a sum apart from its in-order additions, unfused, where AVX2 fused them: the two instances'
+ * step norms differed in the last bits), the plain expression without */
+#ifdef __FMA__
+#define GB_RFMA(a, b, c) TFMA(a, b, c)
+#define GB_RFMAD(a, b, c) fma(a, b, c)
+#else
+#define GB_RFMA(a, b, c) ((a) * (b) + (c))
+#define GB_RFMAD(a, b, c) ((a) * (b) + (c))
+#endif
 
 /* ------------------------------------------------------------------ products */
 /* C (m,n) = op(A) op(Bm) + beta C in column-major through BLAS (the Fortran contract, alpha = 1,
@@ -280,8 +291,8 @@ static void F(gb_gram_rows)(void *ctx, int tid, int nth) {
             REAL lane[8] = {0}, s = 0;
             int64_t k = 0;
             for (; k + 8 <= K; k += 8)
-                for (int c = 0; c < 8; c++) lane[c] += a[k + c] * b[k + c];
-            for (; k < K; k++) s += a[k] * b[k];
+                for (int c = 0; c < 8; c++) lane[c] = GB_RFMA(a[k + c], b[k + c], lane[c]);
+            for (; k < K; k++) s = GB_RFMA(a[k], b[k], s);
             for (int c = 0; c < 8; c++) s += lane[c];
             g->Y[i * R + j] = g->Y[j * R + i] = s;
         }
@@ -394,11 +405,11 @@ static double F(gb_rsumsq)(const REAL *x, int64_t M, int64_t N, double s1, doubl
         for (; j + 8 <= N; j += 8)
             for (int c = 0; c < 8; c++) {
                 const double v = ((double)xr[j + c] * s1) * s2;
-                lane[c] += v * v;
+                lane[c] = GB_RFMAD(v, v, lane[c]);
             }
         for (; j < N; j++) {
             const double v = ((double)xr[j] * s1) * s2;
-            s += v * v;
+            s = GB_RFMAD(v, v, s);
         }
         for (int c = 0; c < 8; c++) s += lane[c];
         total += s;
@@ -452,16 +463,16 @@ static double F(gb_rsumsq_row)(const REAL *x, int64_t N, int d, double s1, doubl
         for (; j + 8 <= N; j += 8)
             for (int c = 0; c < 8; c++) {
                 const double v = ((double)(x[j + c] * p) * s1) * s2;
-                lane[c] += v * v;
+                lane[c] = GB_RFMAD(v, v, lane[c]);
             }
         for (; j < N; j++) {
             const double v = ((double)(x[j] * p) * s1) * s2;
-            s += v * v;
+            s = GB_RFMAD(v, v, s);
         }
     } else {
         for (; j < N; j++) {
             const double v = ((double)TLDEXP(x[j], d) * s1) * s2;
-            s += v * v;
+            s = GB_RFMAD(v, v, s);
         }
     }
     for (int c = 0; c < 8; c++) s += lane[c];
@@ -1099,7 +1110,7 @@ static double F(gb_step_norm_plain)(F(gb_rctx) *cx, const REAL *dz, const REAL *
     F(gb_gram)(&cx->mm, zz, dz, B, GN);
     F(gb_gram)(&cx->mm, hh, hp, B, N);
     double s = 0;
-    for (int64_t i = 0; i < B * B; i++) s += (double)zz[i] * (double)hh[i];
+    for (int64_t i = 0; i < B * B; i++) s = GB_RFMAD((double)zz[i], (double)hh[i], s);
     if (s != s) return s; /* a NaN step stays NaN (the clamp below read it as 0) */
     return sqrt(s > 0 ? s : 0); /* the Gram sum's rounding can fall just below 0 */
 }
@@ -1161,7 +1172,7 @@ static void F(gb_chunk_bias)(F(gb_rctx) *cx, const REAL *z, const int64_t *rd, i
         if (sh == 0) {
             for (int64_t j = 0; j < GN; j++) tb[j] += zq[j];
         } else if (p != 0) {
-            for (int64_t j = 0; j < GN; j++) tb[j] += zq[j] * p;
+            for (int64_t j = 0; j < GN; j++) tb[j] = GB_RFMA(zq[j], p, tb[j]);
         } else {
             for (int64_t j = 0; j < GN; j++) tb[j] += TLDEXP(zq[j], sh);
         }
@@ -1557,3 +1568,5 @@ int FP(gb_gates)(REAL *a, REAL *da, const REAL *z, int64_t n, int kind) {
 #undef FP
 #undef GB_MIN
 #undef GB_MAX
+#undef GB_RFMA
+#undef GB_RFMAD
