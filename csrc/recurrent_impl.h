@@ -59,7 +59,9 @@
 /* c + a b of the sums below, fused in every instance with FMA (v3, v4) however the compiler
  * vectorises the loop (-ffp-contract=fast left it to that: AVX-512 vectorised the products of
  * a sum apart from its in-order additions, unfused, where AVX2 fused them: the two instances'
- * step norms differed in the last bits), the plain expression without */
+ * step norms differed in the last bits), the plain expression without. The 8-lane sums are
+ * written on vectors of 8 lanes (GB_HAVE_VEC): acc = a b + acc, one contraction per lane in
+ * every instance with FMA (the scalar fma of each lane was not vectorised). */
 #ifdef __FMA__
 #define GB_RFMA(a, b, c) TFMA(a, b, c)
 #define GB_RFMAD(a, b, c) fma(a, b, c)
@@ -269,6 +271,10 @@ static void F(gb_zT_times_rows)(const F(gb_rmm) *mm, REAL *Y, const REAL *Z, con
     }
 }
 
+#ifdef GB_HAVE_VEC
+typedef REAL F(gb_rv8) __attribute__((vector_size(8 * sizeof(REAL)))); /* 8 lanes of REAL */
+#endif
+
 /* The Gram matrix's rows [i0, i1): entries (i, j <= i) and their mirror images, each the same
  * 8-lane dot product whoever computes it */
 typedef struct {
@@ -290,8 +296,19 @@ static void F(gb_gram_rows)(void *ctx, int tid, int nth) {
             const REAL *a = g->Xr + i * K, *b = g->Xr + j * K;
             REAL lane[8] = {0}, s = 0;
             int64_t k = 0;
+#ifdef GB_HAVE_VEC
+            F(gb_rv8) acc = {0};
+            for (; k + 8 <= K; k += 8) {
+                F(gb_rv8) va, vb;
+                memcpy(&va, a + k, sizeof va);
+                memcpy(&vb, b + k, sizeof vb);
+                acc = va * vb + acc;
+            }
+            memcpy(lane, &acc, sizeof lane);
+#else
             for (; k + 8 <= K; k += 8)
                 for (int c = 0; c < 8; c++) lane[c] = GB_RFMA(a[k + c], b[k + c], lane[c]);
+#endif
             for (; k < K; k++) s = GB_RFMA(a[k], b[k], s);
             for (int c = 0; c < 8; c++) s += lane[c];
             g->Y[i * R + j] = g->Y[j * R + i] = s;
@@ -395,25 +412,11 @@ static int64_t F(gb_rnormalise)(REAL *g, int64_t n) {
     return e;
 }
 
-/* sum (x s1 s2)^2 in double, rows of N in order.    x (M,N) */
+/* sum (x s1 s2)^2 in double, rows of N in order (gb_rsumsq_row's sums).    x (M,N) */
+static double F(gb_rsumsq_row)(const REAL *x, int64_t N, int d, double s1, double s2);
 static double F(gb_rsumsq)(const REAL *x, int64_t M, int64_t N, double s1, double s2) {
     double total = 0;
-    for (int64_t r = 0; r < M; r++) {
-        double lane[8] = {0}, s = 0;
-        const REAL *xr = x + r * N;
-        int64_t j = 0;
-        for (; j + 8 <= N; j += 8)
-            for (int c = 0; c < 8; c++) {
-                const double v = ((double)xr[j + c] * s1) * s2;
-                lane[c] = GB_RFMAD(v, v, lane[c]);
-            }
-        for (; j < N; j++) {
-            const double v = ((double)xr[j] * s1) * s2;
-            s = GB_RFMAD(v, v, s);
-        }
-        for (int c = 0; c < 8; c++) s += lane[c];
-        total += s;
-    }
+    for (int64_t r = 0; r < M; r++) total += F(gb_rsumsq_row)(x + r * N, N, 0, s1, s2);
     return total;
 }
 
@@ -460,11 +463,24 @@ static double F(gb_rsumsq_row)(const REAL *x, int64_t N, int d, double s1, doubl
     double lane[8] = {0}, s = 0;
     int64_t j = 0;
     if (p != 0) {
+#ifdef GB_HAVE_VEC
+        const F(gb_rv8) vp = {p, p, p, p, p, p, p, p};
+        const gb_vd8 v1 = {s1, s1, s1, s1, s1, s1, s1, s1}, v2 = {s2, s2, s2, s2, s2, s2, s2, s2};
+        gb_vd8 acc = {0};
+        for (; j + 8 <= N; j += 8) {
+            F(gb_rv8) xv;
+            memcpy(&xv, x + j, sizeof xv);
+            const gb_vd8 v = (__builtin_convertvector(xv * vp, gb_vd8) * v1) * v2;
+            acc = v * v + acc;
+        }
+        memcpy(lane, &acc, sizeof lane);
+#else
         for (; j + 8 <= N; j += 8)
             for (int c = 0; c < 8; c++) {
                 const double v = ((double)(x[j + c] * p) * s1) * s2;
                 lane[c] = GB_RFMAD(v, v, lane[c]);
             }
+#endif
         for (; j < N; j++) {
             const double v = ((double)(x[j] * p) * s1) * s2;
             s = GB_RFMAD(v, v, s);
