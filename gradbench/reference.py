@@ -644,7 +644,7 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         e = row_top(dz, r)
         w = pair_top(dz, r, H[l], q)  # dW = sum_i dz_i^T h_i at 2**(fexp[l] + w)
         if code == PRELU:  # a sum over rows, at dW's exponent
-            dslope[l] = np.sum(pair_rows(da, r_act + q, w) * np.minimum(zl, 0), dtype=np.float64)
+            dslope[l] = np.sum(scaled_rows(da, r_act + q, w) * np.minimum(zl, 0), dtype=np.float64)
         db[l] = scaled_rows(dz, r, e).sum(axis=0)  # sums over rows: db at e, dW at w
         np.matmul(pair_rows(dz, r + q, w).T, H[l], out=dW[l])
         np.matmul(dz, W[l], out=G)  # each row at its own exponent
