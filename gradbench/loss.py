@@ -171,7 +171,8 @@ def head_gradient(kind: str, y: np.ndarray, t, count: int, *, scale: bool = True
 
 
 def head_loss(stack: Stack, h: np.ndarray, f, params: Params, t) -> tuple:
-    """Loss of the head y = h_L W_out^T + b_out, row i of h_L = h[i] 2^f[i] (``f`` (B,) int64, or
+    """Loss of the head y = h_L W_out^T + b_out (a stack's, or a recurrent net's on its last
+    step: only ``stack.loss`` is read), row i of h_L = h[i] 2^f[i] (``f`` (B,) int64, or
     one int for all); returns (loss, loss as LogScaled, dL/dh_L mantissas, their exponents E (one
     per sample, (B,)), dW_out's mantissa and exponent, db_out's mantissa and exponent).
 
@@ -187,7 +188,7 @@ def head_loss(stack: Stack, h: np.ndarray, f, params: Params, t) -> tuple:
     (:func:`gradbench.reference.pair_top`).
     """
     f = np.zeros(len(h), dtype=np.int64) + f
-    loss, loss_exact, dy, E = head_dy(stack.loss, h, f, params.W_out, params.b_out, t, rows=True)
+    loss, loss_exact, dy, E = head_dy(stack.loss, h, f, params.W_out, params.b_out, t)
     top = reference.row_top(dy, E)
     w = reference.pair_top(dy, E, h, f)
     dys = reference.scaled_rows(dy, E, top)
@@ -197,28 +198,20 @@ def head_loss(stack: Stack, h: np.ndarray, f, params: Params, t) -> tuple:
     return loss, loss_exact, dy @ params.W_out, E, dW_out, w, dys.sum(axis=0), top
 
 
-def head_dy(kind: str, h: np.ndarray, f, W_out, b_out, t, *, rows: bool = False) -> tuple[float, LogScaled, np.ndarray, int]:
+def head_dy(kind: str, h: np.ndarray, f, W_out, b_out, t) -> tuple[float, LogScaled, np.ndarray, np.ndarray]:
     """The head y = h 2^f W_out^T + b_out on the rows of ``h`` (``f`` an int, or (R,) int64: one
-    per row) (a mean over them): (loss, loss
-    as LogScaled, dL/dy mantissas in h's dtype, E), dL/dy = mantissas 2^E from
-    :func:`head_gradient`, its largest entry brought into [0.5, 1) before the rounding to h's
-    dtype (float32's 1e-48 is carried, not flushed); with ``rows`` each sample's, E (B,) (rows
-    of zeros at the largest). A stack's head (:func:`head_loss`) and a recurrent net's head on
-    its last step (one exponent: its backward has one per step)."""
+    per row) (a mean over them): (loss, loss as LogScaled, dL/dy mantissas in h's dtype, E (R,)),
+    row i of dL/dy = mantissas[i] 2^E[i] from :func:`head_gradient`, each row's largest entry
+    brought into [0.5, 1) before the rounding to h's dtype (float32's 1e-48 is carried, not
+    flushed; rows of zeros at the largest row's exponent)."""
     if not np.any(f):
         y64 = (h @ W_out.T + b_out).astype(np.float64)
     else:  # a forward-rescaled stack: h_L W_out^T at its exponent (each row's), then the bias
         with np.errstate(under="ignore", over="ignore"):
             y64 = ldexp((h @ W_out.T).astype(np.float64), np.reshape(f, (-1, 1)) if np.ndim(f) else f) + b_out
-    loss, loss_exact, dy, E = head_gradient(kind, y64, t, len(y64), rows=rows)
-    if rows:
-        E = E + 0  # a copy
-        reference.signal_rows(dy, E)  # float64, before the rounding to h's dtype
-        return loss, loss_exact, dy.astype(h.dtype), E
-    top = float(np.max(np.abs(dy))) if dy.size else 0.0
-    if np.isfinite(top) and top > 0:  # max|dy| into [0.5, 1) before the rounding to float32
-        shift = int(np.frexp(top)[1])
-        dy, E = np.ldexp(dy, -shift), E + shift
+    loss, loss_exact, dy, E = head_gradient(kind, y64, t, len(y64), rows=True)
+    E = E + 0  # a copy
+    reference.signal_rows(dy, E)  # float64, before the rounding to h's dtype
     return loss, loss_exact, dy.astype(h.dtype), E
 
 

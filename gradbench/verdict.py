@@ -992,18 +992,6 @@ def weight_gain(stack, weight_log10=None) -> tuple[float, bool]:
     return float(10.0 ** (np.median(w) - 0.5 * math.log10(stack.width))), True
 
 
-def flush_bound(dtype: str) -> str:
-    """How far below the batch's largest a sample is flushed by a shared exponent: the dtype's
-    smallest subnormal, 2^-1074 (float64) or 2^-149 (float32)."""
-    return "2^-149" if str(dtype) == "float32" else "2^-1074"
-
-
-# The remedy for samples lost on the way back through a recurrent net (one exponent per step
-# there); a stack carries one exponent per sample forward and back, so its lost samples are
-# exact zeros of their own chains, not flushes by the batch
-SUCH_ONE_AT_A_TIME = "run such samples one at a time (batch 1) for their exact chain"
-
-
 def _sigmoid_rate(gain: float, sigma_b: float) -> float:
     """Mean field's rate of ||dL/dh_l|| (decades per layer, going down) of a sigmoid stack at
     weight gain ``gain`` and bias spread ``sigma_b``; NaN where it has none."""

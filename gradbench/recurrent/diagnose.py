@@ -37,7 +37,7 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
   explanation names every dtype whose range is exceeded and the steps it would have lost ("from
   step t down" only when every step below t is lost too, else "at steps 1-3 and 7").
 - exact zeros inside the chain (||dL/dh_t|| = 0 while an earlier step's is not, rule 2) are named;
-  in the LSTM they are not true zeros: dL/dh_t and dL/dc_t share one exponent per step
+  in the LSTM they are not true zeros: a sample's dL/dh_t and dL/dc_t share one exponent per step
   (:func:`gradbench.recurrent.reference.finish_state`), and a dL/dh_t beyond the dtype's range
   below dL/dc_t reads 0. A gated cell's step term of dL/dW_hh that reads 0 beside non-zero ones is
   named too (its saturated gates' derivatives have no log-form rescue). "Falls to" names the lowest
@@ -73,8 +73,8 @@ from gradbench.activations import RESCUE
 from gradbench.diagnose import _from_jsonable as _from_json_value
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.report import activation_words, count, fmt_percent, fmt_pow, index_runs
-from gradbench.verdict import (MEASURABLE_DECADES, SUCH_ONE_AT_A_TIME, ClipChain, acted_list, chaos_words,
-                               clip_record_words, countable_mean, flush_bound, rounding_share)
+from gradbench.verdict import (MEASURABLE_DECADES, ClipChain, acted_list, chaos_words, clip_record_words, countable_mean,
+                               rounding_share)
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -236,28 +236,21 @@ def _changes(s: np.ndarray, per_step: float) -> dict:
 
 def lost_words(rnn, res) -> list[str]:
     """The samples whose backward state reached the initial state as exactly 0 though it was not
-    at the last step (``extras["lost_samples"]``), with the remedy."""
+    at the last step (``extras["lost_samples"]``), and what cuts their chains: each sample carries
+    its own power of two back through time, so never the batch's other samples."""
     lost = int((getattr(res, "extras", None) or {}).get("lost_samples") or 0)
     if not lost:
         return []
     B = res.h0_grad.mantissa.shape[0]
-    dead = "dead units (z <= 0), or " if rnn.cell == "rnn" and rnn.act in ("relu", "leaky_relu") else ""
-    which = "the last step's loss's" if rnn.has_head and rnn.loss_on == "every" else ""
-    if lost == B:  # the batch's largest sets each step's exponent and is never flushed by it
-        cut = ("dead units (z <= 0) at some step" if dead else
-               "an exact zero in the chain (a derivative beyond any int64 exponent, or an exact 0 of the cell)")
-        alone = ", the last step's loss alone" if which else ""
-        if B == 1:
-            return [f"the sample's gradient is non-zero at the last step and exactly 0 at the initial state{alone}: "
-                    f"with batch 1 that is not the batch's shared exponent but {cut}"]
-        return [f"all {B} samples lose their gradient on the way back (non-zero at the last step, exactly 0 at the "
-                f"initial state{alone}): the largest sample sets each step's shared exponent and is never flushed by "
-                f"it, so what cuts the chain is {cut}, not that exponent"]
-    return [f"{lost} of {B} samples {'loses' if lost == 1 else 'lose'} {which or ('its' if lost == 1 else 'their')} "
-            f"gradient on the way back (non-zero at the last step, exactly 0 at the initial state"
-            f"{', carried back alone' if which else ''}): {dead}the batch shares one exponent per step, so a sample more than "
-            f"{flush_bound(rnn.dtype)} below the batch's largest at some step is flushed there, and from there back the norms follow "
-            f"the other samples and can be far from the batch's true ones: {SUCH_ONE_AT_A_TIME}"]
+    cut = ("dead units (z <= 0) at some step" if rnn.cell == "rnn" and rnn.act in ("relu", "leaky_relu") else
+           "an exact zero in the chain (a derivative beyond any int64 exponent, or an exact 0 of the cell)")
+    alone = ", the last step's loss alone" if rnn.has_head and rnn.loss_on == "every" else ""
+    if B == 1:
+        return [f"the sample's gradient is non-zero at the last step and exactly 0 at the initial state{alone}: {cut}"]
+    which = f"all {B} samples" if lost == B else f"{lost} of {B} samples"
+    return [f"{which} lose their gradient on the way back "
+            f"(non-zero at the last step, exactly 0 at the initial state{alone}): {cut} (each sample carries its own "
+            "power of two, so the batch's other samples do not flush it)"]
 
 
 def nonfinite_words(res) -> list[str]:
@@ -431,7 +424,7 @@ def _zeros_inside(rnn, s: np.ndarray, cell: np.ndarray, g: np.ndarray, saturatio
     """Sentences for exact zeros inside the chain: steps whose ||dL/dh_t|| is exactly 0 while an
     earlier step's is not (rule 2 of the verdict), and, for the gated cells, steps t >= 1 whose
     contribution to dL/dW_hh is exactly 0 while others are not. Neither is a true 0 in the LSTM:
-    it keeps dL/dh_t and dL/dc_t with one exponent per step (:func:`reference.finish_state`), so a
+    it keeps a sample's dL/dh_t and dL/dc_t with one exponent per step (:func:`reference.finish_state`), so a
     dL/dh_t more than the dtype's range below dL/dc_t reads 0 although dL/dc_t carries the gradient
     on to the earlier steps; and the gated cells compute a step's term in the dtype below that
     exponent, with no log-form rescue of their gates' derivatives (an LSTM at gain 1000 in float32:
@@ -448,7 +441,7 @@ def _zeros_inside(rnn, s: np.ndarray, cell: np.ndarray, g: np.ndarray, saturatio
         why = ""
         if rnn.cell == "lstm" and len(cell) == T and np.all(np.isfinite(cell[zero])):
             lo = FLOAT_LIMITS[rnn.dtype][0] - (16 if rnn.dtype == "float64" else 7)  # the subnormals' reach
-            why = (f": the LSTM keeps d{loss}/dh_t and d{loss}/dc_t with one exponent per step, and d{loss}/dc_t there "
+            why = (f": the LSTM keeps a sample's d{loss}/dh_t and d{loss}/dc_t with one exponent per step, and d{loss}/dc_t there "
                    f"({', '.join(f'10^{_num(float(cell[t]))}' for t in zero[:3])}{', ...' if zero.size > 3 else ''}) "
                    f"carries the gradient on to step {first}, so ||d{loss}/dh_t|| read 0 because it lay more than "
                    f"about {-lo:.0f} decades below it, beyond {rnn.dtype}'s subnormals: the exact value is tiny, not 0")

@@ -26,7 +26,8 @@ from gradbench.buffers import WORKSPACE, held, take_internal
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
 from gradbench.inputs import check_array, check_param_arrays, check_progress, check_targets
 from gradbench.logscaled import LogScaled, ldexp
-from gradbench.loss import head_dy, head_gradient
+from gradbench import loss as head_rows
+from gradbench.loss import head_gradient
 from gradbench.params import origin_words
 from gradbench.plan import AUTO_FRACTION, LIMIT_FRACTION, PlanRefused, available_memory, check_memory_budget, size_text
 from gradbench.recurrent import abi as rabi
@@ -34,7 +35,7 @@ from gradbench.recurrent.backends import get_backend, resolve
 from gradbench.recurrent.params import GeneratedSequence, RecurrentParams, expected_shapes
 from gradbench.recurrent.results import RecurrentGrads, RecurrentResult
 from gradbench.recurrent.spec import Recurrent
-from gradbench.reference import clip_signal_acted, normalise, rescale_stats, sumsq_scaled
+from gradbench.reference import rescale_stats, signal_rows, sumsq_scaled
 
 # What a step saves for the backward pass (arrays of the forward table), per cell.
 SAVED = {"rnn": ("H", "Z"), "lstm": ("H", "C", "Z"), "gru": ("H", "Z", "HN")}
@@ -222,14 +223,14 @@ def head_loss(rnn: Recurrent, h: np.ndarray, W_out, b_out, t, count: int, exact:
 
 
 def _last_head(rnn: Recurrent, h: np.ndarray, f: int, params, t):
-    """The head on the last state h_{T-1} = h 2^f alone (``loss_on="last"``): as
-    :func:`head_loss`, but dL/dy carries a power of two as a stack's head's does
-    (:func:`gradbench.loss.head_dy`): a confident right answer's 1e-48 in float32, or e^-760 in
-    float64, is carried, not flushed to 0 (it read 0 at every step, and "stable"). Returns
-    (loss, loss as LogScaled, dL/dh mantissas, dW_out, db_out, E): dL/dh, dW_out and db_out are
-    at exponent E (dW_out at E + f); the loss is a mean over the batch, the rows of ``h``."""
-    loss, loss_exact, dy, E = head_dy(rnn.loss, h, f, params.W_out, params.b_out, t)
-    return (loss, loss_exact, dy @ params.W_out, (dy.T @ h).astype(np.float64), dy.sum(axis=0, dtype=np.float64), E)
+    """The head on the last state h_{T-1} = h 2^f alone (``loss_on="last"``): the stacks' head
+    (:func:`gradbench.loss.head_loss`), dL/dy carrying a power of two per sample: a confident
+    right answer's 1e-48 in float32, or e^-760 in float64, is carried, not flushed to 0 (it read
+    0 at every step, and "stable"), nor a sample right by a margin of 800 beside one that is
+    wrong. Returns (loss, loss as LogScaled, dL/dh mantissas, their exponents (B,), dW_out and its
+    exponent, db_out and its exponent); the loss is a mean over the batch, the rows of ``h``."""
+    loss, loss_exact, G, E, dW_out, e_w, db_out, e_b = head_rows.head_loss(rnn, h, f, params, t)
+    return loss, loss_exact, G, E, dW_out.astype(np.float64), e_w, db_out.astype(np.float64), e_b
 
 
 def _add_exact(a: LogScaled, b: LogScaled) -> LogScaled:
@@ -309,7 +310,8 @@ def backprop(rnn: Recurrent, params: RecurrentParams, xs, targets=None, *, backe
             _forward(run)
             _top(run)
             T = rnn.steps
-            top = (run.G.copy(), None if run.GC is None else run.GC.copy(), int(run.sig_e[T]), int(run.clip_acted[T]))
+            top = (run.G.copy(), None if run.GC is None else run.GC.copy(), int(run.sig_e[T]), int(run.clip_acted[T]),
+                   run.row_e.copy())
             _backward(run)
             if run.carried:
                 _carried(run, top, T)
@@ -368,7 +370,8 @@ class _Run:
         self.carried_norms = None
         self.loss_every = 0.0
         self.loss_every_exact = LogScaled(np.array(0.0), np.array(0))  # its exact sum (where the float is not)
-        self.e_out = 0  # the power of two of a last-step head's dL/dy, dW_out and db_out (_last_head)
+        self.e_out = (0, 0)  # the powers of two of a last-step head's dW_out and db_out (_last_head)
+        self.row_e = np.zeros(B, dtype=np.int64)  # the backward state's rows: 2**(sig_e + row_e) each
         self.x_buf = np.empty((k, B, D), dtype=dt) if isinstance(self.xs, GeneratedSequence) else None
 
     def _take(self, shape, dtype) -> np.ndarray:
@@ -494,9 +497,9 @@ def _top(run: _Run) -> None:
         if every:
             loss, loss_exact, G, run.dW_out, run.db_out = head_loss(rnn, hT, p.W_out, p.b_out, t, T * B)
             e_top = 0
-        else:  # one head at the end: its dL/dy carries a power of two, as a stack's head does
-            loss, loss_exact, G, run.dW_out, run.db_out, e_top = _last_head(rnn, hT, int(run.fexp[T]), p, t)
-        run.e_out = e_top
+        else:  # one head at the end: its dL/dy carries a power of two per sample, as a stack's head does
+            loss, loss_exact, G, e_top, run.dW_out, e_w, run.db_out, e_b = _last_head(rnn, hT, int(run.fexp[T]), p, t)
+            run.e_out = (e_w, e_b)
         run.loss = run.loss_every if every else loss
         run.loss_exact = loss_exact
         if every:  # the float sum where it is a normal float, else the exact sum of the shares
@@ -504,16 +507,14 @@ def _top(run: _Run) -> None:
             run.loss_exact = LogScaled.from_float(run.loss) if tiny_ok else run.loss_every_exact
         G = np.ascontiguousarray(G, dtype=rnn.np_dtype)
     GC = np.zeros((B, N), dtype=rnn.np_dtype) if rnn.cell == "lstm" else None
-    g = G if GC is None else np.concatenate([G, GC])
-    e = e_top + normalise(g)
-    clip_mode = int(run.icfg[rabi.RI_CLIP])
-    if clip_mode:
-        e, run.clip_acted[T] = clip_signal_acted(g, e, clip_mode, rnn.clip_threshold)
-        e += normalise(g)
+    g = G if GC is None else np.concatenate([G, GC], axis=1)
+    r = np.zeros(B, dtype=np.int64) + e_top
+    e, run.clip_acted[T] = signal_rows(g, r, int(run.icfg[rabi.RI_CLIP]), rnn.clip_threshold)
     if GC is not None:
-        G, GC = np.ascontiguousarray(g[:B]), np.ascontiguousarray(g[B:])
+        G, GC = np.ascontiguousarray(g[:, :N]), np.ascontiguousarray(g[:, N:])
     run.G, run.GC = G, GC
     run.sig_e[T] = e
+    run.row_e[:] = r - e
     run.live_top = _live_rows(G)  # samples with a gradient at the top (lost_samples)
     if not np.all(np.isfinite(g)):
         run.info[abi.INFO_BACKWARD] = T
@@ -521,11 +522,10 @@ def _top(run: _Run) -> None:
 
 def _lost_samples(run: _Run) -> int | None:
     """Samples whose backward state is non-zero at the top and exactly zero at the initial state
-    (dL/dh_{-1} and the LSTM's dL/dc_{-1}): dead units, or a signal more than 2^-1074 (float32:
-    2^-149) below the batch's largest at some step (one exponent per step for the batch: the
-    norms below follow the other samples). With a loss at every step, whose gradients enter at
-    every step, those of the carried pass (the last step's loss alone, :func:`_carried`), None
-    without it."""
+    (dL/dh_{-1} and the LSTM's dL/dc_{-1}): dead units, or an exact zero of the sample's own
+    chain (each row carries its own exponent: never flushed by the batch's larger samples). With
+    a loss at every step, whose gradients enter at every step, those of the carried pass (the
+    last step's loss alone, :func:`_carried`), None without it."""
     if run.rnn.has_head and run.rnn.loss_on == "every":
         return getattr(run, "carried_lost", None)  # the last step's loss alone (the carried pass)
     return int(np.count_nonzero(run.live_top & ~_live_rows(run.G, run.GC)))
@@ -573,7 +573,7 @@ def _backward(run: _Run, inject: bool = True) -> None:
                 run.db_out += db
         seg_info[abi.INFO_BACKWARD] = -1
         arrays = dict(seg, icfg=run.icfg, fcfg=run.fcfg, X=run.x(s, e), W_hh=run.params.W_hh,
-                      fexp=run.fexp[s:e + 1], DH=DH, G=run.G, GC=run.GC, dexp=run.dexp, sig_m=run.sig_m[s:e + 1],
+                      fexp=run.fexp[s:e + 1], DH=DH, G=run.G, GC=run.GC, row_e=run.row_e, dexp=run.dexp, sig_m=run.sig_m[s:e + 1],
                       sig_e=run.sig_e[s:e + 1], csig_m=run.csig_m[s:e + 1], gnorm_m=run.gnorm_m[s:e],
                       gnorm_e=run.gnorm_e[s:e], clip_acted=run.clip_acted[s:e + 1], info=seg_info,
                       **run.grads)
@@ -585,13 +585,14 @@ def _backward(run: _Run, inject: bool = True) -> None:
 
 def _carried(run: _Run, top: tuple, T: int) -> None:
     """The backward pass again from the last step's loss alone (``top``: dL/dh_{T-1}, dL/dc_{T-1},
-    their exponent and whether the clip acted on them, as :func:`_top` left them), into
+    their exponent, whether the clip acted on them and their rows' exponents, as :func:`_top`
+    left them), into
     run.carried_norms: what the recurrence carries back, without the every-step loss's own
     gradients, and where the signal clip acted on it. The first pass's results stay."""
-    first = {k: getattr(run, k) for k in ("G", "GC", "sig_m", "sig_e", "csig_m", "gnorm_m", "gnorm_e", "grads", "dexp",
-                                          "clip_acted")}
+    first = {k: getattr(run, k) for k in ("G", "GC", "row_e", "sig_m", "sig_e", "csig_m", "gnorm_m", "gnorm_e", "grads",
+                                          "dexp", "clip_acted")}
     info = int(run.info[abi.INFO_BACKWARD])
-    run.G, run.GC = top[0], top[1]
+    run.G, run.GC, run.row_e = top[0], top[1], top[4]
     run.sig_m, run.csig_m = np.empty(T + 1), np.full(T + 1, np.nan)
     run.sig_e = np.zeros(T + 1, dtype=np.int64)
     run.sig_e[T] = top[2]
@@ -643,9 +644,9 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
          "b_ih": LogScaled(run.grads["db_ih"], dexp[rabi.DE_B_IH]), "b_hh": LogScaled(run.grads["db_hh"], dexp[rabi.DE_B_HH])}
     if rnn.has_head:
         dt = rnn.np_dtype
-        e_out = int(run.e_out)
-        g["W_out"] = LogScaled(run.dW_out.astype(dt), np.int64(e_out + (0 if rnn.loss_on == "every" else int(fexp[T]))))
-        g["b_out"] = LogScaled(run.db_out.astype(dt), np.int64(e_out))
+        e_w, e_b = (int(e) for e in run.e_out)
+        g["W_out"] = LogScaled(run.dW_out.astype(dt), np.int64(e_w))
+        g["b_out"] = LogScaled(run.db_out.astype(dt), np.int64(e_b))
     if rnn.clip is not None and rnn.clip_on != "signal":
         g = clip_param_grads(rnn, g)
     ffwd, fbwd = (int(run.info[i]) for i in (abi.INFO_FORWARD, abi.INFO_BACKWARD))
@@ -659,7 +660,8 @@ def _assemble(run: _Run, name: str, t_start: float) -> RecurrentResult:
         signal_norm=LogScaled(run.sig_m[1:].copy(), sig_e[1:].copy()),
         cell_signal_norm=LogScaled(run.csig_m[1:].copy(), sig_e[1:].copy()) if lstm else None,
         grad_norm=LogScaled(run.gnorm_m, run.gnorm_e),
-        h0_grad=LogScaled(run.G, sig_e[0]), c0_grad=LogScaled(run.GC, sig_e[0]) if lstm else None,
+        h0_grad=LogScaled(run.G, sig_e[0] + run.row_e),  # one exponent per sample
+        c0_grad=LogScaled(run.GC, sig_e[0] + run.row_e) if lstm else None,
         output=LogScaled(run.h_top.copy(), fexp[T]),
         act_mean=LogScaled(st["act_mean"], fexp[1:].copy()), act_std=LogScaled(st["act_std"], fexp[1:].copy()),
         saturation=st["saturation"], gate_mean=st["gate_mean"], gate_low=st["gate_low"],

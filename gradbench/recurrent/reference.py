@@ -19,21 +19,27 @@ Forward
 
 The exact chain through time
     The backward state (dL/dh_t, and for the LSTM the part of dL/dc_t carried back through
-    c_{t+1}) is a mantissa with one int64 exponent ``sig_e``: after every step both are scaled
-    by one power of two so that the larger max|.| lies in [0.5, 1) (exact), and signal clipping
-    acts on the true magnitude of both together (``clip_acted[j]``: whether it changed the state
-    at H[j], by its own test; the caller clips the top state and keeps its flag). A vanilla step
-    whose every dz_t = dL/dh_t phi'(z_t) lies below
-    ``RESCUE_BELOW`` (every unit saturated beyond the dtype: tanh'(z) underflows float64 beyond
-    |z| ~ 354) is taken in log form as the stacks' saturated layers are
-    (:func:`gradbench.reference.rescue_saturated`), its power of two added to the step's
-    exponent, so the signal below it stays exact (down to 2^(-2^62)). The LSTM's recorded ||dL/dc_t|| is that of the total, the
-    carried part plus dL/dh_t o_t tanh'(c_t), at the same exponent. A parameter gradient is a
-    sum over the steps of terms with different exponents; it is kept as a running
-    (mantissa, exponent) accumulator, each term brought to the larger exponent before it is added
-    (the residual-add rule of the stacks), so the total is right to rounding at any length. Zero
-    terms are skipped (they would only move the accumulator's exponent). The every-step loss adds
-    its direct gradient dL/dh_t (exponent 0) to the state by the same rule.
+    c_{t+1}) carries one int64 exponent per row (sample), as a stack's backward signal does
+    (:func:`gradbench.reference.signal_rows`): after every step each row (G[i] with GC[i]) is
+    scaled by one power of two so that its max|.| lies in [0.5, 1) (exact); ``sig_e[j]`` is
+    the largest non-zero row's exponent and ``row_e`` the rows' exponents relative to it on entry
+    and exit. So a sample 10^-400 below another at some step keeps its own chain. Signal
+    clipping acts on the true magnitudes (:func:`gradbench.reference.clip_rows`: by value each
+    row, by norm the batch's; ``clip_acted[j]``: whether it changed the state at H[j], by its own
+    test; the caller clips the top state and keeps its flag). A vanilla row whose every
+    dz_t = dL/dh_t phi'(z_t) lies below ``RESCUE_BELOW`` (every unit saturated beyond the dtype:
+    tanh'(z) underflows float64 beyond |z| ~ 354) is taken in log form as the stacks' saturated
+    rows are (:func:`gradbench.reference.rescue_rows`), its power of two added to the row's
+    exponent, so the signal below it stays exact (down to 2^(-2^62)). The LSTM's recorded
+    ||dL/dc_t|| is that of the total, the carried part plus dL/dh_t o_t tanh'(c_t). A parameter
+    gradient is a sum over the steps and the rows of terms with different exponents: a step's
+    sum over its rows is taken at the largest exponent among them (for dW_ih and dW_hh among the
+    rows whose x_t or h_{t-1} is non-zero too: :func:`gradbench.reference.pair_top`), and the
+    steps' sums go into a running (mantissa, exponent) accumulator, each term brought to the
+    larger exponent before it is added (the residual-add rule of the stacks), so the total is
+    right to rounding at any length. Zero terms are skipped (they would only move the
+    accumulator's exponent). The every-step loss adds its direct gradient dL/dh_t (exponent 0)
+    to each row of the state by the same rule (:func:`loss_exponents`).
 
 Forward exponents (vanilla cells with identity, relu or leaky_relu)
     ``h_t = H[t+1] * 2**fexp[t+1]``: the pre-activation is formed at the larger of the input's
@@ -58,13 +64,15 @@ from gradbench.recurrent.abi import (
     DE_B_HH, DE_B_IH, DE_W_HH, DE_W_IH, EXP_EMPTY, RF_ACT_PARAM, RF_CLIP, RF_GATE_LOW, RF_SAT, RF_SAT_GATE,
     RI_ACT, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
 )
-from gradbench.reference import clip_signal_acted, norm_scaled, normalise, rescue_saturated
+from gradbench.reference import (
+    nonzero_rows, norm_scaled, normalise, pair_top, rescue_rows, row_top, scaled_rows, signal_rows,
+)
 
 SIGMOID, TANH = abi.ACT_CODE["sigmoid"], abi.ACT_CODE["tanh"]
 
 
 def _ldexp(x: np.ndarray, e: int) -> np.ndarray:
-    return np.ldexp(x, int(np.clip(e, -EXP_CLAMP, EXP_CLAMP))).astype(x.dtype)
+    return np.ldexp(x, min(max(int(e), -EXP_CLAMP), EXP_CLAMP))  # (np.clip of a scalar costs 10 us)
 
 
 # ------------------------------------------------------------------ shared pieces
@@ -85,50 +93,57 @@ def accumulate(acc: np.ndarray, E: int, term: np.ndarray, e: int) -> int:
         acc[...] = term
         return e
     em = max(E, e)
-    acc[...] = _ldexp(acc, E - em) + _ldexp(term, e - em)
+    if E != em:
+        acc[...] = _ldexp(acc, E - em)
+    acc += term if e == em else _ldexp(term, e - em)
     return em
 
 
-def loss_exponent(e: int, m: float) -> int:
-    """The exponent of G 2**e + dh (G normalised, max|dh| = ``m``, NaN ignored): the larger of
-    e and max|dh|'s, so that neither part is scaled below the float range (a carried pass's dh
-    is all zero; its G of 2^-2000 was scaled by 2^-2000 into 0); an infinite dh keeps 0."""
-    if m == 0:
-        return e
-    return max(e, int(np.frexp(m)[1]) if math.isfinite(m) else 0)
+def loss_exponents(r: np.ndarray, state: np.ndarray, dh: np.ndarray) -> np.ndarray:
+    """The rows' exponents of G 2**r + dh (the state's rows, ``state`` the joint [G | GC]
+    rows): the larger of r[i] and max|dh[i]|'s (NaN ignored; 0 when that is not finite), so
+    that neither part is scaled below the float range (a carried pass's dh is all zero; its G
+    of 2^-2000 was scaled by 2^-2000 into 0); a row of zeros on one side takes the other's."""
+    with np.errstate(invalid="ignore"):
+        m = np.fmax.reduce(np.abs(dh), axis=1, initial=0.0)
+    q = np.frexp(m)[1].astype(np.int64) * np.isfinite(m)
+    return np.where(~nonzero_rows(state), q, np.where(~nonzero_rows(dh), r, np.maximum(r, q)))
 
 
-def add_loss_gradient(G, GC, e, dh):
-    """G * 2**e + dh * 2**0 (the every-step loss's direct gradient) at the larger exponent
-    (:func:`loss_exponent`); GC (the LSTM's dL/dc, sharing G's exponent; None otherwise) moves
-    with G. Returns it."""
-    em = loss_exponent(e, float(np.max(np.abs(dh), initial=0.0, where=~np.isnan(dh))))
-    G[...] = _ldexp(dh, -em) + _ldexp(G, e - em)
+def add_loss_gradient(G, GC, r, dh):
+    """G * 2**r + dh * 2**0 (the every-step loss's direct gradient) row by row at
+    :func:`loss_exponents`, into G and r; GC (the LSTM's dL/dc, sharing G's rows' exponents;
+    None otherwise) moves with G."""
+    em = loss_exponents(r, G if GC is None else np.concatenate([G, GC], axis=1), dh)
+    G[...] = np.ldexp(dh, _shift(-em)) + np.ldexp(G, _shift(r - em))
     if GC is not None:
-        GC[...] = _ldexp(GC, e - em)
-    return em
+        GC[...] = np.ldexp(GC, _shift(r - em))
+    r[...] = em
 
 
-def finish_state(G, GC, j, clip_mode, c, sig_m, sig_e, csig_m, info, clip_acted=None):
-    """Normalise (jointly with GC), clip and record dL/dH[j] (complete in G, exponent sig_e[j]).
+def _shift(d: np.ndarray) -> np.ndarray:
+    return np.clip(d, -EXP_CLAMP, EXP_CLAMP)[:, None]
 
+
+def finish_state(G, GC, r, j, clip_mode, c, sig_m, sig_e, csig_m, info, clip_acted=None):
+    """Normalise each row (jointly with GC's), clip and record dL/dH[j] (complete in G, row i at
+    2**r[i]): :func:`gradbench.reference.signal_rows` on the joint rows [G | GC].
+
+    sig_e[j] is the largest non-zero row's exponent, sig_m[j] the norm of G's rows at it;
     csig_m[j] gets ||GC||, the part of dL/dC[j] carried through C[j+1]: the LSTM's backward
     replaces it by the total's norm (lstm_backward_kernel) except at j = 0, where it is the total.
     clip_acted[j] (unless None: the top's is the caller's) gets whether the clip changed the state
-    [G; GC], by its own test (:func:`gradbench.reference.clip_signal_acted`); 0 without a clip."""
-    g = G if GC is None else np.concatenate([G, GC])
-    e = int(sig_e[j]) + normalise(g)
-    acted = False
-    if clip_mode:
-        e, acted = clip_signal_acted(g, e, clip_mode, c)
-        e += normalise(g)
+    [G | GC], by its own test (:func:`gradbench.reference.clip_rows`); 0 without a clip."""
+    g = G if GC is None else np.concatenate([G, GC], axis=1)
+    e, acted = signal_rows(g, r, clip_mode, c)
     if clip_acted is not None:
         clip_acted[j] = acted
     if GC is not None:
-        G[...], GC[...] = g[: len(G)], g[len(G):]
-        csig_m[j] = _snorm(GC)
+        N = G.shape[1]
+        G[...], GC[...] = g[:, :N], g[:, N:]
+        csig_m[j] = rows_norm(GC, r, e)
     sig_e[j] = e
-    sig_m[j] = _snorm(G)
+    sig_m[j] = rows_norm(G, r, e)
     if info[INFO_BACKWARD] < 0 and not np.all(np.isfinite(g)):
         info[INFO_BACKWARD] = j
 
@@ -141,11 +156,11 @@ def record_forward(t, h, act_mean, act_std, info):
         info[INFO_FORWARD] = t
 
 
-def _snorm(x: np.ndarray) -> float:
-    """||x|| as one float64 with no square lost to underflow (a joint exponent can leave dL/dh
-    or the LSTM's dL/dc 10^-200 below the other part): exact down to float64's subnormals."""
-    m, e = norm_scaled(x)
-    return float(np.ldexp(m, e))
+def rows_norm(X: np.ndarray, r: np.ndarray, e: int) -> float:
+    """||X|| of rows X[i] 2**(r[i] - e), as one float64 with no square lost to underflow (a joint
+    exponent can leave dL/dh or the LSTM's dL/dc 10^-200 below the other part)."""
+    m, k = norm_scaled(scaled_rows(X.astype(np.float64), r, e))
+    return float(np.ldexp(m, k))
 
 
 def step_norm(dz: np.ndarray, hp: np.ndarray) -> tuple[float, int]:
@@ -161,16 +176,20 @@ def step_norm(dz: np.ndarray, hp: np.ndarray) -> tuple[float, int]:
     return float(np.sqrt(np.sum(np.square(zs.T @ hs)))), ez + eh
 
 
-def accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dzx, dzh, x, hp, e, e_h):
-    """Step t's parameter-gradient terms (dzx for W_ih/b_ih, dzh for W_hh/b_hh) into the
-    accumulators; e = sig_e[t+1], e_h = e + fexp[t] (h_{t-1}'s exponent)."""
-    term_hh = dzh.T @ hp
-    m, e_n = step_norm(dzh, hp)
-    gnorm_m[t], gnorm_e[t] = m, e_h + e_n
-    dexp[DE_W_HH] = accumulate(dW_hh, int(dexp[DE_W_HH]), term_hh, e_h)
-    dexp[DE_W_IH] = accumulate(dW_ih, int(dexp[DE_W_IH]), dzx.T @ x, e)
-    dexp[DE_B_IH] = accumulate(db_ih, int(dexp[DE_B_IH]), dzx.sum(axis=0), e)
-    dexp[DE_B_HH] = accumulate(db_hh, int(dexp[DE_B_HH]), dzh.sum(axis=0), e)
+def accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dzx, dzh, x, hp, r, f):
+    """Step t's parameter-gradient terms (dzx for W_ih/b_ih, dzh for W_hh/b_hh; row i at
+    2**r[i]) into the accumulators, each a sum over the rows taken at the largest exponent of the
+    rows it adds (:func:`gradbench.reference.pair_top`; x's rows at 0, h_{t-1}'s at f = fexp[t])."""
+    zero = np.zeros_like(r)
+    wx, wh = pair_top(dzx, r, x, zero), pair_top(dzh, r, hp, zero)
+    bx, bh = row_top(dzx, r), row_top(dzh, r)
+    zh = scaled_rows(dzh, r, wh)
+    m, e_n = step_norm(zh, hp)
+    gnorm_m[t], gnorm_e[t] = m, wh + f + e_n
+    dexp[DE_W_HH] = accumulate(dW_hh, int(dexp[DE_W_HH]), zh.T @ hp, wh + f)
+    dexp[DE_W_IH] = accumulate(dW_ih, int(dexp[DE_W_IH]), scaled_rows(dzx, r, wx).T @ x, wx)
+    dexp[DE_B_IH] = accumulate(db_ih, int(dexp[DE_B_IH]), scaled_rows(dzx, r, bx).sum(axis=0), bx)
+    dexp[DE_B_HH] = accumulate(db_hh, int(dexp[DE_B_HH]), scaled_rows(dzh, r, bh).sum(axis=0), bh)
 
 
 # ------------------------------------------------------------------ vanilla rnn
@@ -180,12 +199,12 @@ def rnn_step_forward(h, z, code, param):
     return dphi(z, code, param)
 
 
-def rnn_step_backward(dz, g, z, code, param) -> int:
-    """dz = dL/dh_t * phi'(z_t), in log form when every entry lies below ``RESCUE_BELOW``
-    (:func:`gradbench.reference.rescue_saturated`); returns the exponent k the step's dz carries
-    (dz's true value is dz * 2**k; 0 unless rescued).    dz, g, z (B,N)"""
+def rnn_step_backward(dz, g, z, code, param) -> np.ndarray:
+    """dz = dL/dh_t * phi'(z_t), each row whose every entry lies below ``RESCUE_BELOW`` in log
+    form (:func:`gradbench.reference.rescue_rows`); returns the rows' shifts k (B,) (row i of
+    dz's true value is dz[i] * 2**(r[i] + k[i]); 0 where not rescued).    dz, g, z (B,N)"""
     dz[...] = g * dphi(z, code, param)
-    return rescue_saturated(dz, g, z, code, param)
+    return rescue_rows(dz, g, z, code, param)
 
 
 def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, fexp, act_mean, act_std, saturation,
@@ -210,21 +229,24 @@ def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, fexp, act_me
         record_forward(t, H[t + 1], act_mean, act_std, info)
 
 
-def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, Z, fexp, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
+def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, Z, fexp, DH, G, row_e, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
                         sig_e, gnorm_m, gnorm_e, clip_acted, info):
     """Backward through T steps of the vanilla cell (module docstring)."""
     clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
     code, param = int(icfg[RI_ACT]), fcfg[RF_ACT_PARAM]
     T = X.shape[0]
     info[INFO_BACKWARD] = -1
-    finish_state(G, None, T, CLIP_NONE, c, sig_m, sig_e, None, info)  # the caller clipped it
+    r = int(sig_e[T]) + row_e.astype(np.int64)  # row i of the state is G[i] * 2**r[i]
+    finish_state(G, None, r, T, CLIP_NONE, c, sig_m, sig_e, None, info)  # the caller clipped it
     dz = np.empty_like(G)
     for t in range(T - 1, -1, -1):
-        e = int(sig_e[t + 1]) + rnn_step_backward(dz, G, Z[t], code, param)
-        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dz, dz, X[t], H[t], e, e + int(fexp[t]))
+        r += rnn_step_backward(dz, G, Z[t], code, param)
+        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dz, dz, X[t], H[t], r, int(fexp[t]))
         np.matmul(dz, W_hh, out=G)
-        sig_e[t] = add_loss_gradient(G, None, e, DH[t]) if every else e
-        finish_state(G, None, t, clip_mode, c, sig_m, sig_e, None, info, clip_acted)
+        if every:
+            add_loss_gradient(G, None, r, DH[t])
+        finish_state(G, None, r, t, clip_mode, c, sig_m, sig_e, None, info, clip_acted)
+    row_e[...] = r - sig_e[0]
 
 
 # ------------------------------------------------------------------ lstm
@@ -302,9 +324,9 @@ def lstm_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, C, Z, act_mean
         record_forward(t, H[t + 1], act_mean, act_std, info)
 
 
-def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                         csig_m, gnorm_m, gnorm_e, clip_acted, info):
-    """Backward through T steps of the LSTM; (G, GC) share one exponent (module docstring).
+def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, row_e, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
+                         sig_e, csig_m, gnorm_m, gnorm_e, clip_acted, info):
+    """Backward through T steps of the LSTM; row i of G and of GC share one exponent (module docstring).
 
     GC holds the part of dL/dC[j] carried back through C[j+1] (0 at j = T on entry, the whole of
     dL/dC[0] on exit). csig_m[j] is the norm of the total dL/dC[j], the carried part plus
@@ -317,16 +339,18 @@ def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, 
     clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
     T, N = X.shape[0], W_hh.shape[1]
     info[INFO_BACKWARD] = -1
-    finish_state(G, GC, T, CLIP_NONE, c, sig_m, sig_e, csig_m, info)
+    r = int(sig_e[T]) + row_e.astype(np.int64)  # row i of G and of GC at 2**r[i]
+    finish_state(G, GC, r, T, CLIP_NONE, c, sig_m, sig_e, csig_m, info)
     dz = np.empty((G.shape[0], 4 * N), dtype=G.dtype)
     for t in range(T - 1, -1, -1):
-        e = int(sig_e[t + 1])
         dc = lstm_step_backward(dz, GC, G, GC, Z[t], C[t + 1], C[t], N)
-        csig_m[t + 1] = _snorm(dc)  # the total dL/dC[t+1], exponent sig_e[t+1] = e
-        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dz, dz, X[t], H[t], e, e)
+        csig_m[t + 1] = rows_norm(dc, r, int(sig_e[t + 1]))  # the total dL/dC[t+1]
+        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dz, dz, X[t], H[t], r, 0)
         np.matmul(dz, W_hh, out=G)
-        sig_e[t] = add_loss_gradient(G, GC, e, DH[t]) if every else e
-        finish_state(G, GC, t, clip_mode, c, sig_m, sig_e, csig_m, info, clip_acted)
+        if every:
+            add_loss_gradient(G, GC, r, DH[t])
+        finish_state(G, GC, r, t, clip_mode, c, sig_m, sig_e, csig_m, info, clip_acted)
+    row_e[...] = r - sig_e[0]
 
 
 # ------------------------------------------------------------------ gru
@@ -388,22 +412,24 @@ def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, HN, act_mean
         record_forward(t, H[t + 1], act_mean, act_std, info)
 
 
-def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
+def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, row_e, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
                         gnorm_m, gnorm_e, clip_acted, info):
     """Backward through T steps of the GRU (module docstring)."""
     clip_mode, c, every = int(icfg[RI_CLIP]), float(fcfg[RF_CLIP]), bool(icfg[RI_LOSS_EVERY])
     T, N = X.shape[0], W_hh.shape[1]
     info[INFO_BACKWARD] = -1
-    finish_state(G, None, T, CLIP_NONE, c, sig_m, sig_e, None, info)
+    r = int(sig_e[T]) + row_e.astype(np.int64)
+    finish_state(G, None, r, T, CLIP_NONE, c, sig_m, sig_e, None, info)
     dzx = np.empty((G.shape[0], 3 * N), dtype=G.dtype)
     dzh = np.empty_like(dzx)
     for t in range(T - 1, -1, -1):
-        e = int(sig_e[t + 1])
         z = gru_step_backward(dzx, dzh, G, Z[t], HN[t], H[t], N)
-        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dzx, dzh, X[t], H[t], e, e)
+        accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dzx, dzh, X[t], H[t], r, 0)
         G[...] = G * z + dzh @ W_hh
-        sig_e[t] = add_loss_gradient(G, None, e, DH[t]) if every else e
-        finish_state(G, None, t, clip_mode, c, sig_m, sig_e, None, info, clip_acted)
+        if every:
+            add_loss_gradient(G, None, r, DH[t])
+        finish_state(G, None, r, t, clip_mode, c, sig_m, sig_e, None, info, clip_acted)
+    row_e[...] = r - sig_e[0]
 
 
 rnn_forward = abi.checked("rnn_forward", rnn_forward_kernel)

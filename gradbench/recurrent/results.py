@@ -57,7 +57,8 @@ class RecurrentResult:
         ||dz_t^T h_{t-1}||_F: the norm of step t's contribution to dL/dW_hh, "how far back
         learning reaches".
     h0_grad, c0_grad : LogScaled (B, N)
-        dL/dh_{-1} (and dL/dc_{-1} for the LSTM; None otherwise).
+        dL/dh_{-1} (and dL/dc_{-1} for the LSTM; None otherwise), one exponent per sample (B,):
+        each sample's chain through time is its own, however far below the others it falls.
     output : LogScaled (B, N)
         h_{T-1} with its forward exponent.
     act_mean, act_std : LogScaled (T,)
@@ -78,7 +79,8 @@ class RecurrentResult:
         ``checkpoint``, ``segments``, ``memory_estimate``, ``seconds``, ``weights`` (the
         params' ``origin``, as "... after 5 epochs of training", or None), ``lost_samples``
         (samples whose backward state is non-zero at the last step and exactly 0 at the initial
-        state: dead units, or flushed by the batch's shared exponent; with a loss at every step,
+        state: dead units, or an exact zero of the sample's own chain, never the batch's other
+        samples (each carries its own power of two); with a loss at every step,
         those of the carried pass, the last step's loss alone, and None without that pass,
         ``carried=False``); for an LSTM with a
         carried pass also ``carried_cell_signal_norm`` (LogScaled (T,), as ``cell_signal_norm``
