@@ -233,8 +233,9 @@ def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, HN, act_mean
 # The backward state carries one power of two per row (sample): row i of dL/dh (and of the
 # LSTM's carried dL/dc, [G | GC] side by side in one (B, 2N) array, normalised together) is
 # gg[i] * 2**r[i]. What is summed over the batch is taken at the largest exponent of the rows it
-# adds (their pair rule: for W_ih the rows whose x_t row is non-zero too, for W_hh those whose
-# h_{t-1} row is), each row scaled down to it; excluded rows add exactly 0.
+# adds (the pair rule: for W_ih of the rows whose x_t row is non-zero too, for W_hh of those
+# whose h_{t-1} row is; of all non-zero rows where none is), each row scaled down to it; a row
+# above it (its partner row is 0) is not scaled up: it adds exactly 0 (NaN from its own NaN).
 @njit(**JIT)
 def _acc(acc, dexp, k, term, e):
     """acc 2**dexp[k] + term 2**e into acc at the larger exponent (EXP_EMPTY: acc = term); an
@@ -296,11 +297,19 @@ def _add_scaled(tb, src, i, d):
 
 @njit(**JIT)
 def _rows_norm(g, r, E, buf):
-    """||g's rows scaled to 2**E|| (row i times 2**(r[i] - E), in the dtype, as the reference's
-    scaled rows) as one float64, no square lost (the LSTM's dL/dh part may lie far below its
-    joint exponent).    g (B, n) (any layout), buf (B, n) C-contiguous workspace"""
-    for i in range(g.shape[0]):
-        _scale_into(buf, g, i, _clamp(r[i] - E))
+    """||g's rows scaled to 2**E|| (row i times 2**(r[i] - E) in float64, as the reference's
+    rows_norm) as one float64, no square lost (the LSTM's dL/dh part may lie far below its
+    joint exponent).    g (B, n) (any layout), buf (B, n) float64 C-contiguous workspace"""
+    B, n = g.shape
+    for i in range(B):
+        d = _clamp(r[i] - E)
+        if -1074 <= d <= 1023:  # a float64 power of two: ldexp's bits
+            s = pow2(d)
+            for j in range(n):
+                buf[i, j] = np.float64(g[i, j]) * s
+        else:
+            for j in range(n):
+                buf[i, j] = math.ldexp(np.float64(g[i, j]), int(d))
     m, e = norm_scaled(buf)
     return math.ldexp(m, int(e))
 
@@ -415,12 +424,20 @@ def _step_norm(dz, hp, gram):
 
 
 @njit(**JIT)
+def _top(a, b):
+    """The larger of two exponents (EXP_EMPTY: none yet)."""
+    return a if a > b else b
+
+
+@njit(**JIT)
 def _step_rows(t, k, dzx, dzh, X, H, r, fx, fh, nbx, nbh, gru):
     """Step t's rows (slot k): nbx/nbh[k, i] = dzx/dzh row i non-zero, fx/fh[k, i] = and x_t's /
-    h_{t-1}'s row non-zero too (the rows that count for dW_ih's / dW_hh's exponent); returns the
-    W_hh term's exponent (without fexp), EXP_EMPTY when no row counts."""
+    h_{t-1}'s row non-zero too (the rows whose exponents count for dW_ih's / dW_hh's); returns
+    the W_hh term's exponent (without fexp): the largest r[i] over the fh rows, over the nbh rows
+    where there is none (the reference's pair_top), EXP_EMPTY when dzh is all 0."""
     B = dzx.shape[0]
     wh = np.int64(EXP_EMPTY)
+    wb = np.int64(EXP_EMPTY)
     Xt = X[t]
     Ht = H[t]
     for i in range(B):
@@ -431,44 +448,62 @@ def _step_rows(t, k, dzx, dzh, X, H, r, fx, fh, nbx, nbh, gru):
         fx[k, i] = ax and row_nonzero(Xt, i)
         hin = ah and row_nonzero(Ht, i)
         fh[k, i] = hin
-        if hin and r[i] > wh:
-            wh = r[i]
-    return wh
+        if hin:
+            wh = _top(wh, r[i])
+        if ah:
+            wb = _top(wb, r[i])
+    return wh if wh != EXP_EMPTY else wb
+
+
+@njit(inline="always", **JIT)
+def _down(e, E):
+    """A row's shift to a sum's exponent E: e - E, never up (a row above E is one whose partner
+    row is 0: it adds exactly 0 as it is, or NaN from an inf or NaN of its own, as plain
+    arithmetic gives; scaled up it could overflow, and inf * 0 read NaN)."""
+    return _clamp(min(e - E, np.int64(0)))
 
 
 @njit(**JIT)
 def _flush(zx, zh, rk, fx, fh, nbx, nbh, m, t0, X, H, fexp, vanilla, gru, dW_ih, dW_hh, db_ih, db_hh, dexp, tbx,
            tbh):
     """Chunk of steps [t0, t0+m) (slot k = step t0 + k): each (step, row) at its own exponent
-    rk[k, i] (plus fexp for the vanilla W_hh term) scaled to the chunk's largest of the rows that
-    count for each sum (excluded rows 0), one product per weight, the aligned adds. zx holds the
-    raw dzx rows (and dzh but for the GRU, whose zh holds its own); the W_hh rows go to zh."""
+    rk[k, i] (plus fexp for the vanilla W_hh term) scaled to the chunk's largest exponent of the
+    rows that count for each sum (:func:`_step_rows`; a row above it, whose partner is 0, as it
+    is: :func:`_down`), one product per weight, the aligned adds. zx holds the raw dzx rows (and
+    dzh but for the GRU, whose zh holds its own); the W_hh rows are scaled into zh unless they
+    take the W_ih rows' factors."""
     B, GN = zx.shape[1], zx.shape[2]
     Ewx = np.int64(EXP_EMPTY)
     Ewh = np.int64(EXP_EMPTY)
     Ebx = np.int64(EXP_EMPTY)
     Ebh = np.int64(EXP_EMPTY)
+    Eh = np.int64(EXP_EMPTY)  # the W_hh rows' largest, fexp included (no row with a partner)
     for k in range(m):
         fe = fexp[t0 + k] if vanilla else np.int64(0)
         for i in range(B):
             e = rk[k, i]
             if nbx[k, i]:
-                Ebx = max(Ebx, e)
+                Ebx = _top(Ebx, e)
             if nbh[k, i]:
-                Ebh = max(Ebh, e)
+                Ebh = _top(Ebh, e)
+                Eh = _top(Eh, e + fe)
             if fx[k, i]:
-                Ewx = max(Ewx, e)
+                Ewx = _top(Ewx, e)
             if fh[k, i]:
-                Ewh = max(Ewh, e + fe)
+                Ewh = _top(Ewh, e + fe)
     if Ebx == EXP_EMPTY and Ebh == EXP_EMPTY:
         return
+    if Ewx == EXP_EMPTY:  # no row with a partner: the term is 0 (or NaN), at the rows' largest
+        Ewx = Ebx
+    if Ewh == EXP_EMPTY:
+        Ewh = Eh
     # one scaled copy serves both products where every row takes the same factor in both
     shared = not gru
     if shared:
         for k in range(m):
             fe = fexp[t0 + k] if vanilla else np.int64(0)
             for i in range(B):
-                if fx[k, i] != fh[k, i] or (fx[k, i] and rk[k, i] - Ewx != rk[k, i] + fe - Ewh):
+                if nbx[k, i] and _down(rk[k, i], Ewx) != _down(rk[k, i] + fe, Ewh):
                     shared = False
     tbx[:] = 0
     tbh[:] = 0
@@ -481,36 +516,29 @@ def _flush(zx, zh, rk, fx, fh, nbx, nbh, m, t0, X, H, fexp, vanilla, gru, dW_ih,
             if gru:
                 if nbh[k, i]:
                     _add_scaled(tbh, Hk, i, _clamp(e - Ebh))
-                    if fh[k, i]:
-                        scale_row(Hk, i, _clamp(e + fe - Ewh))
-                    else:
-                        Hk[i, :] = 0
+                    scale_row(Hk, i, _down(e + fe, Ewh))
             elif not shared:
-                if fh[k, i]:
-                    _scale_into(Hk, Zk, i, _clamp(e + fe - Ewh))
+                if nbx[k, i]:
+                    _scale_into(Hk, Zk, i, _down(e + fe, Ewh))
                 else:
                     Hk[i, :] = 0
             if nbx[k, i]:
                 _add_scaled(tbx, Zk, i, _clamp(e - Ebx))
-                if fx[k, i]:
-                    scale_row(Zk, i, _clamp(e - Ewx))
-                else:
-                    Zk[i, :] = 0
+                scale_row(Zk, i, _down(e, Ewx))
     R = m * B
     Zx = zx[:m].reshape(R, GN)
     Zh = zx[:m].reshape(R, GN) if shared else zh[:m].reshape(R, GN)
     D = X.shape[2]
     N = H.shape[2]
-    if Ewx != EXP_EMPTY:
-        _acc(dW_ih.reshape(GN * D), dexp, DE_W_IH, np.dot(Zx.T, X[t0:t0 + m].reshape(R, D)).reshape(GN * D), Ewx)
     if Ebx != EXP_EMPTY:
+        _acc(dW_ih.reshape(GN * D), dexp, DE_W_IH, np.dot(Zx.T, X[t0:t0 + m].reshape(R, D)).reshape(GN * D), Ewx)
         _acc(db_ih, dexp, DE_B_IH, tbx, Ebx)
     if gru:
         if Ebh != EXP_EMPTY:
             _acc(db_hh, dexp, DE_B_HH, tbh, Ebh)
     elif Ebx != EXP_EMPTY:
         _acc(db_hh, dexp, DE_B_HH, tbx, Ebx)
-    if Ewh != EXP_EMPTY:
+    if Ebh != EXP_EMPTY:
         _acc(dW_hh.reshape(GN * N), dexp, DE_W_HH, np.dot(Zh.T, H[t0:t0 + m].reshape(R, N)).reshape(GN * N), Ewh)
 
 
@@ -553,7 +581,7 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, row_e, dW
         r[i] = sig_e[T] + row_e[i]
     nz = np.empty(B, dtype=np.bool_)
     sc = np.empty(B)
-    buf = np.empty((B, N), dtype=G.dtype)  # the norms' scaled rows
+    buf = np.empty((B, N))  # the norms' scaled rows (float64)
     zs = np.empty((B, GN), dtype=G.dtype)  # the step norm's scaled rows
     P = np.empty((B, N), dtype=G.dtype)
     one = _as(1.0, G[0, 0])
@@ -625,19 +653,19 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, row_e, dW
             rk[k, i] = r[i]
         fe = fexp[t] if vanilla else np.int64(0)
         wh = _step_rows(t, k, dzx, dzh, X, H, r, fx, fh, nbx, nbh, gru)
-        if wh == EXP_EMPTY:  # no row counts: the term is 0
+        if wh == EXP_EMPTY:  # dzh all 0: the term is 0
             gnorm_m[t] = 0.0
             gnorm_e[t] = sig_e[t + 1] + fe
         else:
-            same = True  # every row at wh, none excluded: the rows as they are
+            same = True  # no non-zero row below wh: the rows as they are
             for i in range(B):
-                if nbh[k, i] and (not fh[k, i] or r[i] != wh):
+                if nbh[k, i] and r[i] < wh:
                     same = False
             src = dzh
             if not same:
                 for i in range(B):
-                    if fh[k, i]:
-                        _scale_into(zs, dzh, i, _clamp(r[i] - wh))
+                    if nbh[k, i]:
+                        _scale_into(zs, dzh, i, _down(r[i], wh))
                     else:
                         zs[i, :] = 0
                 src = zs
