@@ -3,12 +3,15 @@
 Same functions and arguments (the tables of :mod:`gradbench.recurrent.abi`), validated once by
 :func:`gradbench.abi.check` before the trusting ``*_kernel`` runs. The algorithm is that of the C
 kernels (``csrc/recurrent_impl.h``): the input projection of all steps is one product, each step
-adds the recurrent product; in the backward pass the steps' dz rows are collected in chunks of
-K steps (``icfg[RI_CHUNK]``) scaled to the chunk's largest exponent, dW_ih = Z^T X and dW_hh = Z^T H are products over
-the chunk, added to the running (mantissa, exponent) accumulators by the aligned rule, and the
-norm of a step's dW_hh term comes from the B x B Gram matrices when that is cheaper. Matrix
-products go through ``np.dot`` (BLAS); phi and phi' are :mod:`.activations`' (``dphi`` from z).
-One compiled kernel per cell, direction and dtype.
+adds the recurrent product. The backward state carries one power of two per row (sample,
+``row_e``), made ready after every step by the stacks' row helpers (:mod:`.chain`:
+normalise_rows, clip_rows_acted, rows_exponent); the steps' dz rows, each at its own exponent,
+are collected in chunks of K steps (``icfg[RI_CHUNK]``) and scaled to the chunk's largest
+exponent of the rows each sum counts (the pair rule), dW_ih = Z^T X and dW_hh = Z^T H are
+products over the chunk, added to the running (mantissa, exponent) accumulators by the aligned
+rule, and the norm of a step's dW_hh term comes from the B x B Gram matrices when that is
+cheaper. Matrix products go through ``np.dot`` (BLAS); phi and phi' are :mod:`.activations`'
+(``dphi`` from z). One compiled kernel per cell, direction and dtype.
 """
 
 from __future__ import annotations
