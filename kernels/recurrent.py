@@ -34,7 +34,7 @@ from .activations import TANH as _TANH_CODE
 from .activations import RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, _as, dphi, phi
 from .chain import (
     _clamp, _ldexp, _pow2_range, absmax, all_finite, clip_rows_acted, moments, norm_scaled, normalise,
-    normalise_rows, pow2, row_nonzero, rows_exponent, scale_row, sumsq,
+    normalise_rows, pow2, row_nonzero, rows_exponent, scale_row, sumsq, sumsq_rows,
 )
 from .layers import rescue_saturated
 
@@ -333,11 +333,13 @@ def _finish(gg, r, nz, N, j, clip_mode, c, sig_m, sig_e, csig_m, lstm, info, sc,
         if not nz[i]:  # no stale exponents on zero rows
             r[i] = E
     sig_e[j] = E
-    sig_m[j] = _rows_norm(gg[:, :N], r, E, buf)
-    fin = math.isfinite(sig_m[j])
-    if lstm:
+    if lstm:  # dL/dh's part of a row may lie far below the row's joint exponent: no square lost
+        sig_m[j] = _rows_norm(gg[:, :N], r, E, buf)
         csig_m[j] = _rows_norm(gg[:, N:], r, E, buf)
-        fin = fin and math.isfinite(csig_m[j])
+        fin = math.isfinite(sig_m[j]) and math.isfinite(csig_m[j])
+    else:  # every row normalised, the top one at E: the plain sum of squares loses none that counts
+        sig_m[j] = math.sqrt(sumsq_rows(gg, r, nz, E, sc))
+        fin = math.isfinite(sig_m[j])
     # a finite norm means every entry is finite (an inf or NaN stays one at any row factor)
     if info[INFO_BACKWARD] < 0 and not fin and not all_finite(gg):
         info[INFO_BACKWARD] = j
