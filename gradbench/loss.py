@@ -194,7 +194,7 @@ def head_loss(stack: Stack, h: np.ndarray, f, params: Params, t) -> tuple:
     dys = reference.scaled_rows(dy, E, top)
     # h's rows at one exponent (no forward rescaling, or no spread): db_out's rows are dW_out's
     same = w == top + f[0] and np.all(f == f[0]) if len(f) else True
-    dW_out = (dys if same else reference.scaled_rows(dy, E + f, w)).T @ h
+    dW_out = (dys if same else reference.pair_rows(dy, E + f, w)).T @ h
     return loss, loss_exact, dy @ params.W_out, E, dW_out, w, dys.sum(axis=0), top
 
 

@@ -309,6 +309,13 @@ def scaled_rows(X: np.ndarray, r: np.ndarray, e: int) -> np.ndarray:
     return np.ldexp(X, _row_shift(r - e))
 
 
+def pair_rows(X: np.ndarray, r: np.ndarray, e: int) -> np.ndarray:
+    """:func:`scaled_rows` for a sum over rows taken at a pair exponent e (:func:`pair_top`): a row
+    above e (its partner row is 0) is not scaled up, where 2^(r - e) could overflow and inf * 0
+    read NaN; it adds exactly 0 (a NaN row still NaN), as in exact arithmetic."""
+    return scaled_rows(X, np.minimum(r, e), e)
+
+
 def normalise_rows(G: np.ndarray, r: np.ndarray) -> None:
     """:func:`normalise` row by row: max|G[i]| in [0.5, 1), its exponent added to r[i] (rows of
     zeros, or whose largest magnitude is not finite, unchanged)."""
@@ -639,7 +646,7 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         if code == PRELU:  # a sum over rows, at dW's exponent
             dslope[l] = np.sum(scaled_rows(da, r_act + q, w) * np.minimum(zl, 0), dtype=np.float64)
         db[l] = scaled_rows(dz, r, e).sum(axis=0)  # sums over rows: db at e, dW at w
-        np.matmul(scaled_rows(dz, r + q, w).T, H[l], out=dW[l])
+        np.matmul(pair_rows(dz, r + q, w).T, H[l], out=dW[l])
         np.matmul(dz, W[l], out=G)  # each row at its own exponent
         gnorm_m[l], ge = norm_scaled(dW[l])
         gnorm_e[l] = w + fexp[l] + ge

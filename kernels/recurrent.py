@@ -3,12 +3,15 @@
 Same functions and arguments (the tables of :mod:`gradbench.recurrent.abi`), validated once by
 :func:`gradbench.abi.check` before the trusting ``*_kernel`` runs. The algorithm is that of the C
 kernels (``csrc/recurrent_impl.h``): the input projection of all steps is one product, each step
-adds the recurrent product; in the backward pass the steps' dz rows are collected in chunks of
-K steps (``icfg[RI_CHUNK]``) scaled to the chunk's largest exponent, dW_ih = Z^T X and dW_hh = Z^T H are products over
-the chunk, added to the running (mantissa, exponent) accumulators by the aligned rule, and the
-norm of a step's dW_hh term comes from the B x B Gram matrices when that is cheaper. Matrix
-products go through ``np.dot`` (BLAS); phi and phi' are :mod:`.activations`' (``dphi`` from z).
-One compiled kernel per cell, direction and dtype.
+adds the recurrent product. The backward state carries one power of two per row (sample,
+``row_e``), made ready after every step by the stacks' row helpers (:mod:`.chain`:
+normalise_rows, clip_rows_acted, rows_exponent); the steps' dz rows, each at its own exponent,
+are collected in chunks of K steps (``icfg[RI_CHUNK]``) and scaled to the chunk's largest
+exponent of the rows each sum counts (the pair rule), dW_ih = Z^T X and dW_hh = Z^T H are
+products over the chunk, added to the running (mantissa, exponent) accumulators by the aligned
+rule, and the norm of a step's dW_hh term comes from the B x B Gram matrices when that is
+cheaper. Matrix products go through ``np.dot`` (BLAS); phi and phi' are :mod:`.activations`'
+(``dphi`` from z). One compiled kernel per cell, direction and dtype.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from gradbench.recurrent.abi import (
 from ._config import JIT
 from .activations import SIGMOID as _SIGMOID_CODE
 from .activations import TANH as _TANH_CODE
-from .activations import RESCUE_BELOW32, RESCUE_BELOW64, _as, dphi, phi
-from .chain import _clamp, _ldexp, absmax, all_finite, clip_signal_acted, moments, norm_scaled, normalise, sumsq
+from .activations import RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, _as, dphi, phi
+from .chain import (
+    _clamp, _ldexp, _pow2_range, absmax, all_finite, clip_rows_acted, moments, norm_scaled, normalise,
+    normalise_rows, pow2, row_nonzero, rows_exponent, scale_row, sumsq, sumsq_rows,
+)
 from .layers import rescue_saturated
 
 
@@ -227,6 +233,12 @@ def gru_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, HN, act_mean
 
 
 # ------------------------------------------------------------------ backward: the exact chain
+# The backward state carries one power of two per row (sample): row i of dL/dh (and of the
+# LSTM's carried dL/dc, [G | GC] side by side in one (B, 2N) array, normalised together) is
+# gg[i] * 2**r[i]. What is summed over the batch is taken at the largest exponent of the rows it
+# adds (the pair rule: for W_ih of the rows whose x_t row is non-zero too, for W_hh of those
+# whose h_{t-1} row is; of all non-zero rows where none is), each row scaled down to it; a row
+# above it (its partner row is 0) is not scaled up: it adds exactly 0 (NaN from its own NaN).
 @njit(**JIT)
 def _acc(acc, dexp, k, term, e):
     """acc 2**dexp[k] + term 2**e into acc at the larger exponent (EXP_EMPTY: acc = term); an
@@ -251,50 +263,126 @@ def _acc(acc, dexp, k, term, e):
     dexp[k] = em
 
 
+@njit(inline="always", **JIT)
+def _scale_into(dst, src, i, d):
+    """dst[i] = src[i] * 2**d in the dtype (d clamped): one rounding, ldexp's bits (a product by
+    2**d where that is a number of the dtype, ldexp entry by entry beyond)."""
+    N = src.shape[1]
+    lo, hi = _pow2_range(src)
+    if d == 0:
+        for j in range(N):
+            dst[i, j] = src[i, j]
+    elif lo <= d <= hi:
+        s = _as(pow2(d), src[0, 0])
+        for j in range(N):
+            dst[i, j] = src[i, j] * s
+    else:
+        for j in range(N):
+            dst[i, j] = _ldexp(src[i, j], d)
+
+
+@njit(inline="always", **JIT)
+def _add_scaled(tb, src, i, d):
+    """tb += src[i] * 2**d (each entry scaled as :func:`_scale_into`, then added in the dtype)."""
+    N = src.shape[1]
+    lo, hi = _pow2_range(src)
+    if d == 0:
+        for j in range(N):
+            tb[j] += src[i, j]
+    elif lo <= d <= hi:
+        s = _as(pow2(d), src[0, 0])
+        for j in range(N):
+            tb[j] += src[i, j] * s
+    else:
+        for j in range(N):
+            tb[j] += _ldexp(src[i, j], d)
+
+
 @njit(**JIT)
-def _snorm(x):
-    """||x|| as one float64 with no square lost to underflow (the reference's _snorm)."""
-    m, e = norm_scaled(x)
+def _rows_norm(g, r, E, buf):
+    """||g's rows scaled to 2**E|| (row i times 2**(r[i] - E) in float64, as the reference's
+    rows_norm) as one float64, no square lost (the LSTM's dL/dh part may lie far below its
+    joint exponent).    g (B, n) (any layout), buf (B, n) float64 C-contiguous workspace"""
+    B, n = g.shape
+    for i in range(B):
+        d = _clamp(r[i] - E)
+        if -1074 <= d <= 1023:  # a float64 power of two: ldexp's bits
+            s = pow2(d)
+            for j in range(n):
+                buf[i, j] = np.float64(g[i, j]) * s
+        else:
+            for j in range(n):
+                buf[i, j] = math.ldexp(np.float64(g[i, j]), int(d))
+    m, e = norm_scaled(buf)
     return math.ldexp(m, int(e))
 
 
 @njit(**JIT)
-def _finish(gg, B, j, clip_mode, c, sig_m, sig_e, csig_m, lstm, info):
-    """Normalise the state gg = [dL/dh; dL/dc] (rows, N) jointly, clip, record dL/dH[j] (and
-    the norm of the carried dL/dc, which the LSTM's next step replaces by the total's); returns
-    whether the clip changed the state (1/0, its own test: the reference's clip_acted[j])."""
-    e = sig_e[j] + normalise(gg)
+def _finish(gg, r, nz, N, j, clip_mode, c, sig_m, sig_e, csig_m, lstm, info, sc, buf):
+    """dL/dH[j] made ready (gg = [dL/dh | dL/dc] (B, N or 2N), row i at r[i]): each row
+    normalised jointly, clipped (clip_rows_acted: value row by row, norm over the batch) and
+    normalised again, rows of zeros given the largest non-zero row's exponent sig_e[j]; records
+    ||dL/dh|| (and the LSTM's carried ||dL/dc||) at it. Returns whether the clip acted (1/0)."""
+    normalise_rows(gg, r, nz)
     acted = np.int64(0)
     if clip_mode != 0:
-        e, acted = clip_signal_acted(gg, e, clip_mode, c)
-        e += normalise(gg)
-    sig_e[j] = e
-    sig_m[j] = _snorm(gg[:B])
-    if lstm:
-        csig_m[j] = _snorm(gg[B:])
-    if info[INFO_BACKWARD] < 0 and not all_finite(gg):
+        acted = clip_rows_acted(gg, r, nz, clip_mode, c, sc)
+        normalise_rows(gg, r, nz)
+    E = rows_exponent(r, nz)
+    for i in range(r.shape[0]):
+        if not nz[i]:  # no stale exponents on zero rows
+            r[i] = E
+    sig_e[j] = E
+    if lstm:  # dL/dh's part of a row may lie far below the row's joint exponent: no square lost
+        sig_m[j] = _rows_norm(gg[:, :N], r, E, buf)
+        csig_m[j] = _rows_norm(gg[:, N:], r, E, buf)
+        fin = math.isfinite(sig_m[j]) and math.isfinite(csig_m[j])
+    else:  # every row normalised, the top one at E: the plain sum of squares loses none that counts
+        sig_m[j] = math.sqrt(sumsq_rows(gg, r, nz, E, sc))
+        fin = math.isfinite(sig_m[j])
+    # a finite norm means every entry is finite (an inf or NaN stays one at any row factor)
+    if info[INFO_BACKWARD] < 0 and not fin and not all_finite(gg):
         info[INFO_BACKWARD] = j
     return acted
 
 
 @njit(**JIT)
-def _add_loss(gg, B, e, dh):
-    """gg 2**e + dh 2**0 (first B rows) at the larger exponent (the reference's loss_exponent);
-    the LSTM's dL/dc moves along."""
-    m = absmax(dh)
-    em = e
-    if m > 0:
-        em = max(e, np.int64(math.frexp(m)[1]) if math.isfinite(m) else np.int64(0))
-    dg = _clamp(e - em)
-    dd = _clamp(-em)
-    rows, N = gg.shape
-    for i in range(rows):
+def _add_loss_rows(gg, r, N, dh):
+    """Row by row, gg[i] 2**r[i] + dh[i] 2**0 (first N columns; the LSTM's dL/dc moves along) at
+    em_i: the exponent q_i of max|dh[i]| (NaN ignored, 0 if not finite) where the state row is
+    all 0, r[i] where dh[i] is all 0, else the larger of the two (the reference's rule)."""
+    B, W = gg.shape
+    for i in range(B):
+        m = 0.0
+        zero = True
         for j in range(N):
-            if i < B:
+            v = abs(np.float64(dh[i, j]))
+            if v > m:
+                m = v
+            zero = zero and dh[i, j] == 0
+        q = np.int64(math.frexp(m)[1]) if math.isfinite(m) else np.int64(0)
+        if not row_nonzero(gg, i):
+            em = q
+        elif zero:
+            continue
+        else:
+            em = max(r[i], q)
+        dd = _clamp(-em)
+        dg = _clamp(r[i] - em)
+        lo, hi = _pow2_range(gg)
+        if lo <= dd <= hi and lo <= dg <= hi:  # products by powers of two of the dtype: ldexp's bits
+            sd = _as(pow2(dd), gg[0, 0])
+            sg = _as(pow2(dg), gg[0, 0])
+            for j in range(N):
+                gg[i, j] = dh[i, j] * sd + gg[i, j] * sg
+            for j in range(N, W):
+                gg[i, j] = gg[i, j] * sg
+        else:
+            for j in range(N):
                 gg[i, j] = _ldexp(dh[i, j], dd) + _ldexp(gg[i, j], dg)
-            else:
+            for j in range(N, W):
                 gg[i, j] = _ldexp(gg[i, j], dg)
-    return em
+        r[i] = em
 
 
 @njit(**JIT)
@@ -341,95 +429,166 @@ def _step_norm(dz, hp, gram):
 
 
 @njit(**JIT)
-def _flush(zx, zh, ex, eh, nz, m, t0, X, H, dW_ih, dW_hh, db_ih, db_hh, dexp, separate, rescale_copy):
-    """Chunk of steps [t0, t0+m): rows scaled to the chunk's exponents, products, accumulators."""
-    Ex = np.int64(EXP_EMPTY)
-    Eh = np.int64(EXP_EMPTY)
-    for k in range(m):
-        if nz[k]:
-            Ex = max(Ex, ex[k])
-            Eh = max(Eh, eh[k])
-    if Ex == EXP_EMPTY:
-        return
+def _top(a, b):
+    """The larger of two exponents (EXP_EMPTY: none yet)."""
+    return a if a > b else b
+
+
+@njit(**JIT)
+def _step_rows(t, k, dzx, dzh, X, H, r, fx, fh, nbx, nbh, gru):
+    """Step t's rows (slot k): nbx/nbh[k, i] = dzx/dzh row i non-zero, fx/fh[k, i] = and x_t's /
+    h_{t-1}'s row non-zero too (the rows whose exponents count for dW_ih's / dW_hh's); returns
+    the W_hh term's exponent (without fexp): the largest r[i] over the fh rows, over the nbh rows
+    where there is none (the reference's pair_top), EXP_EMPTY when dzh is all 0."""
+    B = dzx.shape[0]
+    wh = np.int64(EXP_EMPTY)
+    wb = np.int64(EXP_EMPTY)
+    Xt = X[t]
+    Ht = H[t]
+    for i in range(B):
+        ax = row_nonzero(dzx, i)
+        ah = row_nonzero(dzh, i) if gru else ax
+        nbx[k, i] = ax
+        nbh[k, i] = ah
+        fx[k, i] = ax and row_nonzero(Xt, i)
+        hin = ah and row_nonzero(Ht, i)
+        fh[k, i] = hin
+        if hin:
+            wh = _top(wh, r[i])
+        if ah:
+            wb = _top(wb, r[i])
+    return wh if wh != EXP_EMPTY else wb
+
+
+@njit(inline="always", **JIT)
+def _down(e, E):
+    """A row's shift to a sum's exponent E: e - E, never up (a row above E is one whose partner
+    row is 0: it adds exactly 0 as it is, or NaN from an inf or NaN of its own, as plain
+    arithmetic gives; scaled up it could overflow, and inf * 0 read NaN)."""
+    return _clamp(min(e - E, np.int64(0)))
+
+
+@njit(**JIT)
+def _flush(zx, zh, rk, fx, fh, nbx, nbh, m, t0, X, H, fexp, vanilla, gru, dW_ih, dW_hh, db_ih, db_hh, dexp, tbx,
+           tbh):
+    """Chunk of steps [t0, t0+m) (slot k = step t0 + k): each (step, row) at its own exponent
+    rk[k, i] (plus fexp for the vanilla W_hh term) scaled to the chunk's largest exponent of the
+    rows that count for each sum (:func:`_step_rows`; a row above it, whose partner is 0, as it
+    is: :func:`_down`), one product per weight, the aligned adds. zx holds the raw dzx rows (and
+    dzh but for the GRU, whose zh holds its own); the W_hh rows are scaled into zh unless they
+    take the W_ih rows' factors."""
     B, GN = zx.shape[1], zx.shape[2]
+    Ewx = np.int64(EXP_EMPTY)
+    Ewh = np.int64(EXP_EMPTY)
+    Ebx = np.int64(EXP_EMPTY)
+    Ebh = np.int64(EXP_EMPTY)
+    Eh = np.int64(EXP_EMPTY)  # the W_hh rows' largest, fexp included (no row with a partner)
     for k in range(m):
-        if not nz[k]:
-            zx[k, :, :] = 0
-            zh[k, :, :] = 0
-            continue
-        sh = _clamp(eh[k] - Eh)
-        sx = _clamp(ex[k] - Ex)
+        fe = fexp[t0 + k] if vanilla else np.int64(0)
         for i in range(B):
-            for j in range(GN):
-                if rescale_copy:
-                    zh[k, i, j] = _ldexp(zx[k, i, j], sh)
-                elif separate:
-                    zh[k, i, j] = _ldexp(zh[k, i, j], sh)
-                zx[k, i, j] = _ldexp(zx[k, i, j], sx)
+            e = rk[k, i]
+            if nbx[k, i]:
+                Ebx = _top(Ebx, e)
+            if nbh[k, i]:
+                Ebh = _top(Ebh, e)
+                Eh = _top(Eh, e + fe)
+            if fx[k, i]:
+                Ewx = _top(Ewx, e)
+            if fh[k, i]:
+                Ewh = _top(Ewh, e + fe)
+    if Ebx == EXP_EMPTY and Ebh == EXP_EMPTY:
+        return
+    if Ewx == EXP_EMPTY:  # no row with a partner: the term is 0 (or NaN), at the rows' largest
+        Ewx = Ebx
+    if Ewh == EXP_EMPTY:
+        Ewh = Eh
+    # one scaled copy serves both products where every row takes the same factor in both
+    shared = not gru
+    if shared:
+        for k in range(m):
+            fe = fexp[t0 + k] if vanilla else np.int64(0)
+            for i in range(B):
+                if nbx[k, i] and _down(rk[k, i], Ewx) != _down(rk[k, i] + fe, Ewh):
+                    shared = False
+    tbx[:] = 0
+    tbh[:] = 0
+    for k in range(m):
+        fe = fexp[t0 + k] if vanilla else np.int64(0)
+        Zk = zx[k]
+        Hk = zh[k]
+        for i in range(B):
+            e = rk[k, i]
+            if gru:
+                if nbh[k, i]:
+                    _add_scaled(tbh, Hk, i, _clamp(e - Ebh))
+                    scale_row(Hk, i, _down(e + fe, Ewh))
+            elif not shared:
+                if nbx[k, i]:
+                    _scale_into(Hk, Zk, i, _down(e + fe, Ewh))
+                else:
+                    Hk[i, :] = 0
+            if nbx[k, i]:
+                _add_scaled(tbx, Zk, i, _clamp(e - Ebx))
+                scale_row(Zk, i, _down(e, Ewx))
     R = m * B
     Zx = zx[:m].reshape(R, GN)
-    Zh = (zh if separate or rescale_copy else zx)[:m].reshape(R, GN)
+    Zh = zx[:m].reshape(R, GN) if shared else zh[:m].reshape(R, GN)
     D = X.shape[2]
     N = H.shape[2]
-    _acc(dW_ih.reshape(GN * D), dexp, DE_W_IH, np.dot(Zx.T, X[t0:t0 + m].reshape(R, D)).reshape(GN * D), Ex)
-    own_bias = separate and not rescale_copy
-    tb = np.zeros(GN, dtype=zx.dtype)
-    for r in range(R):
-        for j in range(GN):
-            tb[j] += Zx[r, j]
-    _acc(db_ih, dexp, DE_B_IH, tb, Ex)
-    if own_bias:
-        tb[:] = 0
-        for r in range(R):
-            for j in range(GN):
-                tb[j] += Zh[r, j]
-        _acc(db_hh, dexp, DE_B_HH, tb, Eh)
-    else:
-        _acc(db_hh, dexp, DE_B_HH, tb, Ex)
-    _acc(dW_hh.reshape(GN * N), dexp, DE_W_HH, np.dot(Zh.T, H[t0:t0 + m].reshape(R, N)).reshape(GN * N), Eh)
+    if Ebx != EXP_EMPTY:
+        _acc(dW_ih.reshape(GN * D), dexp, DE_W_IH, np.dot(Zx.T, X[t0:t0 + m].reshape(R, D)).reshape(GN * D), Ewx)
+        _acc(db_ih, dexp, DE_B_IH, tbx, Ebx)
+    if gru:
+        if Ebh != EXP_EMPTY:
+            _acc(db_hh, dexp, DE_B_HH, tbh, Ebh)
+    elif Ebx != EXP_EMPTY:
+        _acc(db_hh, dexp, DE_B_HH, tbx, Ebx)
+    if Ebh != EXP_EMPTY:
+        _acc(dW_hh.reshape(GN * N), dexp, DE_W_HH, np.dot(Zh.T, H[t0:t0 + m].reshape(R, N)).reshape(GN * N), Ewh)
 
 
 @njit(**JIT)
-def _mark(zx, zh, ex, eh, nz, k, e, e_h):
-    any_nz = False
-    B, GN = zx.shape[1], zx.shape[2]
-    for i in range(B):
-        for j in range(GN):
-            if zx[k, i, j] != 0 or zh[k, i, j] != 0:
-                any_nz = True
-    ex[k] = e
-    eh[k] = e_h
-    nz[k] = any_nz
-
-
-@njit(**JIT)
-def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
-              sig_e, csig_m, gnorm_m, gnorm_e, clip_acted, info):
-    """Backward through T steps of cell 0 (rnn), 1 (lstm) or 2 (gru) (module docstring)."""
+def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, row_e, dW_ih, dW_hh, db_ih, db_hh, dexp,
+              sig_m, sig_e, csig_m, gnorm_m, gnorm_e, clip_acted, info):
+    """Backward through T steps of cell 0 (rnn), 1 (lstm) or 2 (gru) (module docstring), one
+    exponent per row of the state."""
     clip_mode = icfg[RI_CLIP]
     c = fcfg[RF_CLIP]
     every = icfg[RI_LOSS_EVERY] != 0
-    rescale = icfg[RI_RESCALE_FWD] != 0
     code = icfg[RI_ACT]
     p = fcfg[RF_ACT_PARAM]
     below = RESCUE_BELOW64 if G.itemsize == 8 else RESCUE_BELOW32
     T, B, D = X.shape
     GN, N = W_hh.shape
+    vanilla = cell == 0
     lstm = cell == 1
-    separate = cell == 2 or rescale
+    gru = cell == 2
+    rescue = vanilla and RESCUE_CODES[code]
     K = icfg[RI_CHUNK]  # steps per chunk; step t's slot is t % K
     slots = min(K, T)
-    zx = np.zeros((slots, B, GN), dtype=G.dtype)
-    zh = np.zeros((slots, B, GN), dtype=G.dtype) if separate else zx
-    ex = np.zeros(slots, dtype=np.int64)
-    eh = np.zeros(slots, dtype=np.int64)
-    nz = np.zeros(slots, dtype=np.bool_)
+    zx = np.zeros((slots, B, GN), dtype=G.dtype)  # the steps' dzx (and dzh but for the GRU) rows
+    zh = np.zeros((slots, B, GN), dtype=G.dtype)  # the GRU's dzh rows; the W_hh rows at the flush
+    rk = np.zeros((slots, B), dtype=np.int64)  # the rows' exponents
+    fx = np.zeros((slots, B), dtype=np.bool_)
+    fh = np.zeros((slots, B), dtype=np.bool_)
+    nbx = np.zeros((slots, B), dtype=np.bool_)
+    nbh = np.zeros((slots, B), dtype=np.bool_)
+    tbx = np.zeros(GN, dtype=G.dtype)
+    tbh = np.zeros(GN, dtype=G.dtype)
     gram = B * (GN + N) < 2 * GN * N
-    rows = 2 * B if lstm else B
-    gg = np.empty((rows, N), dtype=G.dtype)
-    gg[:B] = G
+    gg = np.empty((B, 2 * N if lstm else N), dtype=G.dtype)  # [dL/dh | dL/dc]
+    gg[:, :N] = G
     if lstm:
-        gg[B:] = GC
+        gg[:, N:] = GC
+    gh = gg[:, :N]
+    r = np.empty(B, dtype=np.int64)  # row i of the state is gg[i] * 2**r[i]
+    for i in range(B):
+        r[i] = sig_e[T] + row_e[i]
+    nz = np.empty(B, dtype=np.bool_)
+    sc = np.empty(B)
+    buf = np.empty((B, N))  # the norms' scaled rows (float64)
+    zs = np.empty((B, GN), dtype=G.dtype)  # the step norm's scaled rows
+    P = np.empty((B, N), dtype=G.dtype)
     one = _as(1.0, G[0, 0])
     SIGMOID, TANH = _codes()
     a = np.empty((B, GN), dtype=G.dtype)  # gates and derivatives recomputed from Z
@@ -437,32 +596,30 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, dW_ih, dW
     tc = np.empty((B, N), dtype=G.dtype)
     dtc = np.empty((B, N), dtype=G.dtype)
     info[INFO_BACKWARD] = -1
-    _finish(gg, B, T, CLIP_NONE, c, sig_m, sig_e, csig_m, lstm, info)
+    _finish(gg, r, nz, N, T, CLIP_NONE, c, sig_m, sig_e, csig_m, lstm, info, sc, buf)
     for t in range(T - 1, -1, -1):
-        e = sig_e[t + 1]
         k = t % K
         dzx = zx[k]
-        dzh = zh[k]
-        gh = gg[:B]
-        if cell == 0:
+        dzh = zh[k] if gru else zx[k]
+        if vanilla:
             zt = Z[t]
-            m = 0.0  # max|dz|, NaN ignored: the rescue's test, found while forming dz
             for i in range(B):
+                m = 0.0  # max|dz[i]|, NaN ignored: the row's rescue test, found while forming it
                 for j in range(N):
                     v = gh[i, j] * dphi(zt[i, j], code, p)
                     dzx[i, j] = v
                     if abs(v) > m:
                         m = abs(v)
-            if m < below:
-                e += rescue_saturated(dzx, dtc[0], False, gh, zt, code, p, 0, False)
-            if rescale:
-                dzh[:, :] = dzx
-            gh[:, :] = np.dot(dzx, W_hh)
-        elif cell == 1:
+                # a row below the bound is taken in log form (a row of da = 0 would stay 0)
+                if rescue and m < below and row_nonzero(gh, i):
+                    r[i] += rescue_saturated(dzx[i:i + 1], tc[0], False, gh[i:i + 1], zt[i:i + 1], code, p, 0, False)
+            np.dot(dzx, W_hh, P)
+            gh[:, :] = P
+        elif lstm:
             Zt, cp = Z[t], C[t]
             _gates_row(a, ga, Zt, N, 4)
             _gate(tc, dtc, C[t + 1], TANH)
-            gc = gg[B:]
+            gc = gg[:, N:]
             for i in range(B):
                 for j in range(N):
                     g = gh[i, j]
@@ -473,8 +630,9 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, dW_ih, dW
                     dzx[i, 3 * N + j] = g * tc[i, j] * ga[i, 3 * N + j]
                     gc[i, j] = dc * a[i, N + j]
                     dtc[i, j] = dc  # tanh'(c_t) read above: the slot keeps the total dL/dc_t
-            csig_m[t + 1] = _snorm(dtc)  # ||total dL/dC[t+1]||, exponent e (reference)
-            gh[:, :] = np.dot(dzx, W_hh)
+            csig_m[t + 1] = _rows_norm(dtc, r, sig_e[t + 1], buf)  # ||total dL/dC[t+1]|| (reference)
+            np.dot(dzx, W_hh, P)
+            gh[:, :] = P
         else:
             hn, hp = HN[t], H[t]
             _gates_row(a, ga, Z[t], N, 3)
@@ -490,43 +648,64 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, dW_ih, dW
                     dzh[i, N + j] = dzx[i, N + j]
                     dzh[i, 2 * N + j] = dn * a[i, j]
                     gh[i, j] = g * z
-            P = np.dot(dzh, W_hh)
+            np.dot(dzh, W_hh, P)
             for i in range(B):
                 for j in range(N):
                     gh[i, j] = gh[i, j] + P[i, j]
-        e_h = e + fexp[t] if cell == 0 else e
-        _mark(zx, zh, ex, eh, nz, k, e, e_h)
-        gm, ge = _step_norm(dzh if separate else dzx, H[t], gram)
-        gnorm_m[t] = gm
-        gnorm_e[t] = e_h + ge
+        # the step's rows: their exponents (the state's, rescued rows' shifts included) and
+        # which of them count for the sums; the W_hh term's norm at its own exponent
+        for i in range(B):
+            rk[k, i] = r[i]
+        fe = fexp[t] if vanilla else np.int64(0)
+        wh = _step_rows(t, k, dzx, dzh, X, H, r, fx, fh, nbx, nbh, gru)
+        if wh == EXP_EMPTY:  # dzh all 0: the term is 0
+            gnorm_m[t] = 0.0
+            gnorm_e[t] = sig_e[t + 1] + fe
+        else:
+            same = True  # no non-zero row below wh: the rows as they are
+            for i in range(B):
+                if nbh[k, i] and r[i] < wh:
+                    same = False
+            src = dzh
+            if not same:
+                for i in range(B):
+                    if nbh[k, i]:
+                        _scale_into(zs, dzh, i, _down(r[i], wh))
+                    else:
+                        zs[i, :] = 0
+                src = zs
+            gm, ge = _step_norm(src, H[t], gram)
+            gnorm_m[t] = gm
+            gnorm_e[t] = wh + fe + ge
         if k == 0:
-            _flush(zx, zh, ex, eh, nz, min(K, T - t), t, X, H, dW_ih, dW_hh, db_ih, db_hh, dexp, cell == 2,
-                   cell == 0 and rescale)
+            _flush(zx, zh, rk, fx, fh, nbx, nbh, min(K, T - t), t, X, H, fexp, vanilla, gru, dW_ih, dW_hh, db_ih,
+                   db_hh, dexp, tbx, tbh)
         if every:
-            e = _add_loss(gg, B, e, DH[t])
-        sig_e[t] = e
-        clip_acted[t] = _finish(gg, B, t, clip_mode, c, sig_m, sig_e, csig_m, lstm, info)
-    G[:, :] = gg[:B]
+            _add_loss_rows(gg, r, N, DH[t])
+        clip_acted[t] = _finish(gg, r, nz, N, t, clip_mode, c, sig_m, sig_e, csig_m, lstm, info, sc, buf)
+    G[:, :] = gg[:, :N]
     if lstm:
-        GC[:, :] = gg[B:]
+        GC[:, :] = gg[:, N:]
+    for i in range(B):
+        row_e[i] = r[i] - sig_e[0]
 
 
-def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, Z, fexp, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
+def rnn_backward_kernel(icfg, fcfg, X, W_hh, H, Z, fexp, DH, G, row_e, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
+                        sig_e, gnorm_m, gnorm_e, clip_acted, info):
+    _backward(0, icfg, fcfg, X, W_hh, H, H, Z, H[1:], fexp, DH, G, G, row_e, dW_ih, dW_hh, db_ih, db_hh, dexp,
+              sig_m, sig_e, sig_m, gnorm_m, gnorm_e, clip_acted, info)
+
+
+def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, row_e, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
+                         sig_e, csig_m, gnorm_m, gnorm_e, clip_acted, info):
+    _backward(1, icfg, fcfg, X, W_hh, H, C, Z, C[1:], np.zeros(len(sig_e), dtype=np.int64), DH, G, GC, row_e, dW_ih,
+              dW_hh, db_ih, db_hh, dexp, sig_m, sig_e, csig_m, gnorm_m, gnorm_e, clip_acted, info)
+
+
+def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, row_e, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
                         gnorm_m, gnorm_e, clip_acted, info):
-    _backward(0, icfg, fcfg, X, W_hh, H, H, Z, H[1:], fexp, DH, G, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m,
-              sig_e, sig_m, gnorm_m, gnorm_e, clip_acted, info)
-
-
-def lstm_backward_kernel(icfg, fcfg, X, W_hh, H, C, Z, DH, G, GC, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                         csig_m, gnorm_m, gnorm_e, clip_acted, info):
-    _backward(1, icfg, fcfg, X, W_hh, H, C, Z, C[1:], np.zeros(len(sig_e), dtype=np.int64), DH, G, GC, dW_ih, dW_hh,
-              db_ih, db_hh, dexp, sig_m, sig_e, csig_m, gnorm_m, gnorm_e, clip_acted, info)
-
-
-def gru_backward_kernel(icfg, fcfg, X, W_hh, H, Z, HN, DH, G, dW_ih, dW_hh, db_ih, db_hh, dexp, sig_m, sig_e,
-                        gnorm_m, gnorm_e, clip_acted, info):
-    _backward(2, icfg, fcfg, X, W_hh, H, H, Z, HN, np.zeros(len(sig_e), dtype=np.int64), DH, G, G, dW_ih, dW_hh,
-              db_ih, db_hh, dexp, sig_m, sig_e, sig_m, gnorm_m, gnorm_e, clip_acted, info)
+    _backward(2, icfg, fcfg, X, W_hh, H, H, Z, HN, np.zeros(len(sig_e), dtype=np.int64), DH, G, G, row_e, dW_ih,
+              dW_hh, db_ih, db_hh, dexp, sig_m, sig_e, sig_m, gnorm_m, gnorm_e, clip_acted, info)
 
 
 rnn_forward = abi.checked("rnn_forward", rnn_forward_kernel)

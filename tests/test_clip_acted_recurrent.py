@@ -302,7 +302,7 @@ def test_clip_acted_of_the_wrong_size_is_refused_before_any_kernel(backend, cell
                        skip=("icfg", "fcfg", "X", "W_ih", "W_hh", "b_ih", "b_hh"), fill=dict(H=0.0, C=0.0, fexp=0, info=-1))
     getattr(impl, fname)(icfg=icfg, fcfg=fcfg, X=xs, W_ih=p.W_ih, W_hh=p.W_hh, b_ih=p.b_ih, b_hh=p.b_hh, **fwd)
     bwd = abi.allocate(bname, dict(T=T, B=B, N=N, D=D, GN=rnn.gates * N, S=1), "float64",
-                       fill=dict(dW_ih=0.0, dW_hh=0.0, db_ih=0.0, db_hh=0.0, DH=0.0, dexp=rabi.EXP_EMPTY, sig_e=0,
+                       fill=dict(dW_ih=0.0, dW_hh=0.0, db_ih=0.0, db_hh=0.0, DH=0.0, dexp=rabi.EXP_EMPTY, sig_e=0, row_e=0,
                                  info=-1, GC=0.0))
     bwd.update({k: v for k, v in fwd.items() if k in bwd})
     bwd.update(icfg=icfg, fcfg=fcfg, X=xs, W_hh=p.W_hh)

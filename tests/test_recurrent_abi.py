@@ -21,7 +21,7 @@ def _arrays(function: str, T=3, B=2, N=4, D=3, dtype="float64") -> dict:
     p = gb.init_params(rnn, 0)
     icfg, fcfg = rabi.kernel_config(rnn, False, B)
     dims = dict(T=T, B=B, N=N, D=D, GN=rnn.gates * N, S=1)
-    a = abi.allocate(function, dims, dtype, fill=dict(sig_e=0, fexp=0, info=-1, dexp=rabi.EXP_EMPTY))
+    a = abi.allocate(function, dims, dtype, fill=dict(sig_e=0, row_e=0, fexp=0, info=-1, dexp=rabi.EXP_EMPTY))
     for k, v in a.items():
         if v.dtype.kind == "f" and k not in ("icfg", "fcfg"):
             v[...] = np.random.default_rng(1).standard_normal(v.shape) * 0.5

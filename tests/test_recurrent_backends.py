@@ -171,7 +171,8 @@ def run_cell(module, rnn, params, xs, G=None, GC=None, DH=None, fwd=None):
     fwd = {k: v.copy() for k, v in fwd.items()}
     every = rnn.has_head and rnn.loss_on == "every"
     bwd = abi.allocate(bname, dict(T=T, B=B, N=N, D=D, GN=GN, S=T if every else 1), dt,
-                       fill=dict(dW_ih=0.0, dW_hh=0.0, db_ih=0.0, db_hh=0.0, dexp=rabi.EXP_EMPTY, sig_e=0, info=-1))
+                       fill=dict(dW_ih=0.0, dW_hh=0.0, db_ih=0.0, db_hh=0.0, dexp=rabi.EXP_EMPTY, sig_e=0, row_e=0,
+                                 info=-1))
     bwd["G"][...] = fwd["H"][-1] if G is None else G
     if "GC" in bwd:
         bwd["GC"][...] = 0 if GC is None else GC

@@ -244,13 +244,15 @@ def lost_words(rnn, res) -> list[str]:
     B = res.h0_grad.mantissa.shape[0]
     cut = ("dead units (z <= 0) at some step" if rnn.cell == "rnn" and rnn.act in ("relu", "leaky_relu") else
            "an exact zero in the chain (a derivative beyond any int64 exponent, or an exact 0 of the cell)")
-    alone = ", the last step's loss alone" if rnn.has_head and rnn.loss_on == "every" else ""
+    every = rnn.has_head and rnn.loss_on == "every"
+    alone = ", the last step's loss alone" if every else ""
     if B == 1:
         return [f"the sample's gradient is non-zero at the last step and exactly 0 at the initial state{alone}: {cut}"]
     which = f"all {B} samples" if lost == B else f"{lost} of {B} samples"
-    return [f"{which} lose their gradient on the way back "
-            f"(non-zero at the last step, exactly 0 at the initial state{alone}): {cut} (each sample carries its own "
-            "power of two, so the batch's other samples do not flush it)"]
+    what = "the last step's loss's gradient" if every else "their gradient"
+    return [f"{which} lose {what} on the way back (non-zero at the last step, exactly 0 at the initial state"
+            f"{', carried back alone' if every else ''}): {cut} (each sample carries its own power of two, so the "
+            "batch's other samples do not flush it)"]
 
 
 def nonfinite_words(res) -> list[str]:

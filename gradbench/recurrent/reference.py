@@ -65,7 +65,7 @@ from gradbench.recurrent.abi import (
     RI_ACT, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
 )
 from gradbench.reference import (
-    nonzero_rows, norm_scaled, normalise, pair_top, rescue_rows, row_top, scaled_rows, signal_rows,
+    nonzero_rows, norm_scaled, normalise, pair_rows, pair_top, rescue_rows, row_top, scaled_rows, signal_rows,
 )
 
 SIGMOID, TANH = abi.ACT_CODE["sigmoid"], abi.ACT_CODE["tanh"]
@@ -183,11 +183,11 @@ def accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dzx, 
     zero = np.zeros_like(r)
     wx, wh = pair_top(dzx, r, x, zero), pair_top(dzh, r, hp, zero)
     bx, bh = row_top(dzx, r), row_top(dzh, r)
-    zh = scaled_rows(dzh, r, wh)
+    zh = pair_rows(dzh, r, wh)
     m, e_n = step_norm(zh, hp)
     gnorm_m[t], gnorm_e[t] = m, wh + f + e_n
     dexp[DE_W_HH] = accumulate(dW_hh, int(dexp[DE_W_HH]), zh.T @ hp, wh + f)
-    dexp[DE_W_IH] = accumulate(dW_ih, int(dexp[DE_W_IH]), scaled_rows(dzx, r, wx).T @ x, wx)
+    dexp[DE_W_IH] = accumulate(dW_ih, int(dexp[DE_W_IH]), pair_rows(dzx, r, wx).T @ x, wx)
     dexp[DE_B_IH] = accumulate(db_ih, int(dexp[DE_B_IH]), scaled_rows(dzx, r, bx).sum(axis=0), bx)
     dexp[DE_B_HH] = accumulate(db_hh, int(dexp[DE_B_HH]), scaled_rows(dzh, r, bh).sum(axis=0), bh)
 
