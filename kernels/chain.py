@@ -504,6 +504,23 @@ def clip_rows_acted(g, r, nz, mode, c, sc):
 
 
 @njit(**JIT)
+def signal_rows(g, r, nz, mode, c, sc):
+    """A backward signal made ready (gradbench.reference.signal_rows), in place: each row
+    normalised, clipped (``mode``, :func:`clip_rows_acted`; 0: no clip) and normalised again, rows
+    of zeros given E(rows), which it returns with whether the clip acted (1/0)."""
+    normalise_rows(g, r, nz)
+    acted = np.int64(0)
+    if mode != 0:
+        acted = clip_rows_acted(g, r, nz, mode, c, sc)
+        normalise_rows(g, r, nz)
+    E = rows_exponent(r, nz)
+    for i in range(r.shape[0]):
+        if not nz[i]:  # no stale exponents on zero rows
+            r[i] = E
+    return E, acted
+
+
+@njit(**JIT)
 def add_aligned_rows(a, ra, s, rs, scale):
     """:func:`add_aligned` row by row: scale * a[i] * 2**ra[i] + s[i] * 2**rs[i] at the larger
     exponent, written into a and ra; a zero row of either side takes the other's exponent, so

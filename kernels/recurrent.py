@@ -5,7 +5,7 @@ Same functions and arguments (the tables of :mod:`gradbench.recurrent.abi`), val
 kernels (``csrc/recurrent_impl.h``): the input projection of all steps is one product, each step
 adds the recurrent product. The backward state carries one power of two per row (sample,
 ``row_e``), made ready after every step by the stacks' row helpers (:mod:`.chain`:
-normalise_rows, clip_rows_acted, rows_exponent); the steps' dz rows, each at its own exponent,
+signal_rows); the steps' dz rows, each at its own exponent,
 are collected in chunks of K steps (``icfg[RI_CHUNK]``) and scaled to the chunk's largest
 exponent of the rows each sum counts (the pair rule), dW_ih = Z^T X and dW_hh = Z^T H are
 products over the chunk, added to the running (mantissa, exponent) accumulators by the aligned
@@ -33,8 +33,8 @@ from .activations import SIGMOID as _SIGMOID_CODE
 from .activations import TANH as _TANH_CODE
 from .activations import RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, _as, dphi, phi
 from .chain import (
-    _clamp, _ldexp, _pow2_range, absmax, all_finite, clip_rows_acted, moments, norm_scaled, normalise,
-    normalise_rows, pow2, row_nonzero, rows_exponent, scale_row, sumsq, sumsq_rows,
+    _clamp, _ldexp, _pow2_range, absmax, all_finite, moments, norm_scaled, normalise, pow2, row_nonzero,
+    rows_exponent, scale_row, signal_rows, sumsq, sumsq_rows,
 )
 from .layers import rescue_saturated
 
@@ -323,15 +323,7 @@ def _finish(gg, r, nz, N, j, clip_mode, c, sig_m, sig_e, csig_m, lstm, info, sc,
     normalised jointly, clipped (clip_rows_acted: value row by row, norm over the batch) and
     normalised again, rows of zeros given the largest non-zero row's exponent sig_e[j]; records
     ||dL/dh|| (and the LSTM's carried ||dL/dc||) at it. Returns whether the clip acted (1/0)."""
-    normalise_rows(gg, r, nz)
-    acted = np.int64(0)
-    if clip_mode != 0:
-        acted = clip_rows_acted(gg, r, nz, clip_mode, c, sc)
-        normalise_rows(gg, r, nz)
-    E = rows_exponent(r, nz)
-    for i in range(r.shape[0]):
-        if not nz[i]:  # no stale exponents on zero rows
-            r[i] = E
+    E, acted = signal_rows(gg, r, nz, clip_mode, c, sc)
     sig_e[j] = E
     if lstm:  # dL/dh's part of a row may lie far below the row's joint exponent: no square lost
         sig_m[j] = _rows_norm(gg[:, :N], r, E, buf)

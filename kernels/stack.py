@@ -21,9 +21,8 @@ from gradbench.abi import (
 from ._config import JIT
 from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
 from .chain import (
-    _clamp, _ldexp, _pow2_range, add_aligned, add_aligned_rows, all_finite, clip_rows_acted, layer_rows,
-    moments_rows, norm_scaled, normalise_rows, pow2, row_nonzero, rows_exponent, rows_nonzero, scale_row,
-    sumsq_rows,
+    _clamp, _ldexp, _pow2_range, add_aligned, add_aligned_rows, all_finite, layer_rows, moments_rows, norm_scaled,
+    pow2, row_nonzero, rows_exponent, rows_nonzero, scale_row, signal_rows, sumsq_rows,
 )
 from .layers import (
     _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_fix,
@@ -111,15 +110,7 @@ def _finish(G, r, nz, l, clip, clip_mode, c, sig_m, sig_e, info, sc):
     """Normalise each row, clip (``clip``) and record dL/dh_l, now complete in G (row i at
     exponent r[i]): zero rows take E(rows), sig_e[l] = E(rows), sig_m[l] = ||scaled(G, sig_e[l])||.
     Returns whether the clip acted (1/0)."""
-    normalise_rows(G, r, nz)
-    acted = np.int64(0)
-    if clip and clip_mode != 0:
-        acted = clip_rows_acted(G, r, nz, clip_mode, c, sc)
-        normalise_rows(G, r, nz)
-    E = rows_exponent(r, nz)
-    for i in range(r.shape[0]):
-        if not nz[i]:  # no stale exponents on zero rows
-            r[i] = E
+    E, acted = signal_rows(G, r, nz, clip_mode if clip else 0, c, sc)
     sig_e[l] = E
     sig_m[l] = math.sqrt(sumsq_rows(G, r, nz, E, sc))
     # a finite sum of squares means every entry is finite; otherwise look
