@@ -183,3 +183,36 @@ def test_prelu_slope_gradient_under_batch_norm_with_a_zero_input_row(backend):
             down.slope[l] -= h
             fd = (gb.backprop(st, up, x, backend="numpy").loss - gb.backprop(st, down, x, backend="numpy").loss) / (2 * h)
             assert got[l] == pytest.approx(fd, rel=1e-6, abs=1e-9), (seed, l, got[l], fd)
+
+
+# inside the dtype's range below the top row, and beyond its smallest subnormal (2^-1074, 2^-149)
+BOUND_ROWS = {"float64": (1000, 1100), "float32": (100, 160)}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("backend", gb.backends())
+def test_a_row_beyond_the_dtypes_range_below_the_top_adds_nothing_to_the_sums(backend, dtype):
+    """The README's bound: a sum over the batch takes the rows at the layer's largest exponent, so
+    a sample more than about 2^1074 (float32 2^149) below the largest adds nothing there, and one
+    within that range adds its own share. Depth 1, two rows, unit 2 of the top row's signal 0:
+    row 2 of dW is the lower sample's alone, G[1, 2] tanh'(z_12) h_1 2^-k, checked against that
+    product in float64 (nonzero at k = 1000 / 100, exactly 0 at k = 1100 / 160)."""
+    st = gb.Stack(depth=1, width=5, activation="tanh", sigma_b=0.1, dtype=dtype)
+    p = gb.init_params(st, 1)
+    x = np.ascontiguousarray(gb.gaussian_input(st, 2, 2), dtype=st.np_dtype)
+    fwd = run_forward(reference, forward_arrays(st, p, x))
+    G = np.random.default_rng(3).uniform(0.5, 0.99, (2, 5)).astype(st.np_dtype)
+    G[0, 2] = 0
+    z, h = fwd["Z"][0].astype(np.float64), fwd["H"][0].astype(np.float64)
+    share = G[1, 2] * (1 - np.tanh(z[1, 2]) ** 2) * h[1]  # times 2^(TOP - k)
+    inside, beyond = BOUND_ROWS[dtype]
+    for k in (inside, beyond):
+        got = _call(backend, st, fwd, G, TOP, [0, -k])
+        e = int(got["dw_e"][0] + got["fexp"][0])
+        assert e <= TOP + 1 and np.any(got["dW"][0][0])  # the sum is at the top row's exponent
+        row2 = got["dW"][0][2].astype(np.float64)
+        if k == inside:
+            want = np.ldexp(share, TOP - k - e)
+            assert np.all(row2 != 0) and np.allclose(row2, want, rtol=10 * TOL[dtype]["stack"], atol=0), (row2, want)
+        else:
+            assert not np.any(row2), row2
