@@ -300,13 +300,14 @@ def row_top(X: np.ndarray, r: np.ndarray, nz: np.ndarray | None = None) -> int:
     return int(r[nz].max()) if nz.any() else int(r.max())
 
 
-def _row_shift(d: np.ndarray) -> np.ndarray:
+def row_shift(d: np.ndarray) -> np.ndarray:
+    """Rows' shifts d (B,) clamped to the exponent range ldexp takes, as a (B, 1) column."""
     return np.minimum(np.maximum(d, -EXP_CLAMP), EXP_CLAMP)[:, None]  # (np.clip costs more)
 
 
 def scaled_rows(X: np.ndarray, r: np.ndarray, e: int) -> np.ndarray:
     """A copy of X with row i times 2**(r[i] - e), rounded once (ldexp: exact while normal)."""
-    return np.ldexp(X, _row_shift(r - e))
+    return np.ldexp(X, row_shift(r - e))
 
 
 def pair_rows(X: np.ndarray, r: np.ndarray, e: int) -> np.ndarray:
@@ -333,7 +334,7 @@ def clip_rows(G: np.ndarray, r: np.ndarray, mode: int, c: float) -> bool:
         ec = int(np.frexp(c)[1])
         t = np.ldexp(c, -ec)
         m = np.max(np.abs(G), axis=1, initial=0.0)
-        over = np.ldexp(m, _row_shift(r - ec)[:, 0]) > t
+        over = np.ldexp(m, row_shift(r - ec)[:, 0]) > t
         if over.any():
             G[over] = np.clip(scaled_rows(G[over], r[over], ec), -t, t)
             r[over] = ec
@@ -381,10 +382,10 @@ def add_aligned_rows(G: np.ndarray, r: np.ndarray, s: np.ndarray, rs: np.ndarray
     two exponents, into G and r; a row of zeros on one side takes the other side's exponent."""
     gz, sz = ~nonzero_rows(G), ~nonzero_rows(s)
     em = np.where(gz, rs, np.where(sz, r, np.maximum(r, rs)))
-    branch = np.ldexp(G, _row_shift(r - em))
+    branch = np.ldexp(G, row_shift(r - em))
     if scale != 1.0:
         branch *= np.asarray(scale, dtype=G.dtype)
-    G[...] = np.ldexp(s, _row_shift(rs - em)) + branch
+    G[...] = np.ldexp(s, row_shift(rs - em)) + branch
     r[...] = em
 
 

@@ -328,20 +328,26 @@ def moments(h):
 # What is summed over the batch is brought to one exponent E (rows_exponent) by scaled(x, E):
 # row i times 2**(r[i] - E), one rounding into the subnormals (gradbench.reference, "scaled").
 @njit(**JIT)
-def scale_row(x, i, d):
-    """x[i] = ldexp(x[i], d) in x's dtype (d already clamped): a multiplication by 2**d where
-    2**d is a number of the dtype (the same single rounding), ldexp entry by entry beyond."""
-    if d == 0:
-        return
-    N = x.shape[1]
-    lo, hi = _pow2_range(x)
+def scale_row_into(dst, src, i, d):
+    """dst[i] = ldexp(src[i], d) in the dtype (d already clamped; dst may be src): a
+    multiplication by 2**d where 2**d is a number of the dtype (the same single rounding; a copy
+    for d = 0), ldexp entry by entry beyond."""
+    N = src.shape[1]
+    lo, hi = _pow2_range(src)
     if lo <= d <= hi:
-        s = _as(pow2(d), x[0, 0])
+        s = _as(pow2(d), src[0, 0])
         for j in range(N):
-            x[i, j] *= s
+            dst[i, j] = src[i, j] * s
     else:
         for j in range(N):
-            x[i, j] = _ldexp(x[i, j], d)
+            dst[i, j] = _ldexp(src[i, j], d)
+
+
+@njit(**JIT)
+def scale_row(x, i, d):
+    """x[i] = ldexp(x[i], d) in place (:func:`scale_row_into`; nothing to do for d = 0)."""
+    if d != 0:
+        scale_row_into(x, x, i, d)
 
 
 @njit(**JIT)

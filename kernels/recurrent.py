@@ -34,7 +34,7 @@ from .activations import TANH as _TANH_CODE
 from .activations import RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, _as, dphi, phi
 from .chain import (
     _clamp, _ldexp, _pow2_range, absmax, all_finite, moments, norm_scaled, normalise, pow2, row_nonzero,
-    rows_exponent, scale_row, signal_rows, sumsq, sumsq_rows,
+    rows_exponent, scale_row, scale_row_into, signal_rows, sumsq, sumsq_rows,
 )
 from .layers import rescue_saturated
 
@@ -264,26 +264,8 @@ def _acc(acc, dexp, k, term, e):
 
 
 @njit(inline="always", **JIT)
-def _scale_into(dst, src, i, d):
-    """dst[i] = src[i] * 2**d in the dtype (d clamped): one rounding, ldexp's bits (a product by
-    2**d where that is a number of the dtype, ldexp entry by entry beyond)."""
-    N = src.shape[1]
-    lo, hi = _pow2_range(src)
-    if d == 0:
-        for j in range(N):
-            dst[i, j] = src[i, j]
-    elif lo <= d <= hi:
-        s = _as(pow2(d), src[0, 0])
-        for j in range(N):
-            dst[i, j] = src[i, j] * s
-    else:
-        for j in range(N):
-            dst[i, j] = _ldexp(src[i, j], d)
-
-
-@njit(inline="always", **JIT)
 def _add_scaled(tb, src, i, d):
-    """tb += src[i] * 2**d (each entry scaled as :func:`_scale_into`, then added in the dtype)."""
+    """tb += src[i] * 2**d (each entry scaled as :func:`.chain.scale_row_into`, then added in the dtype)."""
     N = src.shape[1]
     lo, hi = _pow2_range(src)
     if d == 0:
@@ -421,12 +403,6 @@ def _step_norm(dz, hp, gram):
 
 
 @njit(**JIT)
-def _top(a, b):
-    """The larger of two exponents (EXP_EMPTY: none yet)."""
-    return a if a > b else b
-
-
-@njit(**JIT)
 def _step_rows(t, k, dzx, dzh, X, H, r, fx, fh, nbx, nbh, gru):
     """Step t's rows (slot k): nbx/nbh[k, i] = dzx/dzh row i non-zero, fx/fh[k, i] = and x_t's /
     h_{t-1}'s row non-zero too (the rows whose exponents count for dW_ih's / dW_hh's); returns
@@ -446,9 +422,9 @@ def _step_rows(t, k, dzx, dzh, X, H, r, fx, fh, nbx, nbh, gru):
         hin = ah and row_nonzero(Ht, i)
         fh[k, i] = hin
         if hin:
-            wh = _top(wh, r[i])
+            wh = max(wh, r[i])
         if ah:
-            wb = _top(wb, r[i])
+            wb = max(wb, r[i])
     return wh if wh != EXP_EMPTY else wb
 
 
@@ -480,14 +456,14 @@ def _flush(zx, zh, rk, fx, fh, nbx, nbh, m, t0, X, H, fexp, vanilla, gru, dW_ih,
         for i in range(B):
             e = rk[k, i]
             if nbx[k, i]:
-                Ebx = _top(Ebx, e)
+                Ebx = max(Ebx, e)
             if nbh[k, i]:
-                Ebh = _top(Ebh, e)
-                Eh = _top(Eh, e + fe)
+                Ebh = max(Ebh, e)
+                Eh = max(Eh, e + fe)
             if fx[k, i]:
-                Ewx = _top(Ewx, e)
+                Ewx = max(Ewx, e)
             if fh[k, i]:
-                Ewh = _top(Ewh, e + fe)
+                Ewh = max(Ewh, e + fe)
     if Ebx == EXP_EMPTY and Ebh == EXP_EMPTY:
         return
     if Ewx == EXP_EMPTY:  # no row with a partner: the term is 0 (or NaN), at the rows' largest
@@ -516,7 +492,7 @@ def _flush(zx, zh, rk, fx, fh, nbx, nbh, m, t0, X, H, fexp, vanilla, gru, dW_ih,
                     scale_row(Hk, i, _down(e + fe, Ewh))
             elif not shared:
                 if nbx[k, i]:
-                    _scale_into(Hk, Zk, i, _down(e + fe, Ewh))
+                    scale_row_into(Hk, Zk, i, _down(e + fe, Ewh))
                 else:
                     Hk[i, :] = 0
             if nbx[k, i]:
@@ -662,7 +638,7 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, row_e, dW
             if not same:
                 for i in range(B):
                     if nbh[k, i]:
-                        _scale_into(zs, dzh, i, _down(r[i], wh))
+                        scale_row_into(zs, dzh, i, _down(r[i], wh))
                     else:
                         zs[i, :] = 0
                 src = zs

@@ -65,7 +65,8 @@ from gradbench.recurrent.abi import (
     RI_ACT, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
 )
 from gradbench.reference import (
-    nonzero_rows, norm_scaled, normalise, pair_rows, pair_top, rescue_rows, row_top, scaled_rows, signal_rows,
+    nonzero_rows, norm_scaled, normalise, pair_rows, pair_top, rescue_rows, row_shift, row_top, scaled_rows,
+    signal_rows,
 )
 
 SIGMOID, TANH = abi.ACT_CODE["sigmoid"], abi.ACT_CODE["tanh"]
@@ -115,14 +116,10 @@ def add_loss_gradient(G, GC, r, dh):
     :func:`loss_exponents`, into G and r; GC (the LSTM's dL/dc, sharing G's rows' exponents;
     None otherwise) moves with G."""
     em = loss_exponents(r, G if GC is None else np.concatenate([G, GC], axis=1), dh)
-    G[...] = np.ldexp(dh, _shift(-em)) + np.ldexp(G, _shift(r - em))
+    G[...] = np.ldexp(dh, row_shift(-em)) + np.ldexp(G, row_shift(r - em))
     if GC is not None:
-        GC[...] = np.ldexp(GC, _shift(r - em))
+        GC[...] = np.ldexp(GC, row_shift(r - em))
     r[...] = em
-
-
-def _shift(d: np.ndarray) -> np.ndarray:
-    return np.clip(d, -EXP_CLAMP, EXP_CLAMP)[:, None]
 
 
 def finish_state(G, GC, r, j, clip_mode, c, sig_m, sig_e, csig_m, info, clip_acted=None):
