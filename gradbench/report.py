@@ -177,7 +177,7 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
 
 def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
     parts = []
-    below = ("the signal on the skip path ||dL/dh|| < " if residual > 1 else "||dW|| < ")
+    below = ("the signal on the skip path ||dL/dh|| < " if residual >= 1 else "||dW|| < ")
     if lim.get("forward_underflow_layer") is not None:
         parts.append(f"plain {name} would lose the forward activations at layer {lim['forward_underflow_layer']} "
                      f"(their spread falls below 10^{lim['min_log10']:.2f}, the smallest normal: most entries 0 or subnormal from there up)")

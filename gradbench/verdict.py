@@ -32,7 +32,8 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
    residual groups of k layers the rates compare like places: the signal at the groups' inputs
    (the skip path), ||dW|| as each group's norm (:func:`signal_rate`, :func:`grad_rate`). The
    ||dW|| fit leaves out isolated points, far from their neighbours (:func:`isolated`: a dead
-   branch at 10^-1e17 among groups at 10^30 is not a trend, and the explanation names them). An
+   branch at 10^-1e17 among groups at 10^30 is not a trend, and the explanation names them), and
+   with residual=1 the :func:`lagging` layers too (saturated one-layer branches). An
    exploding trend among gradients none of which can move the loss (every elasticity of rule 5
    below 10^-``tiny``) is ``vanishing``. When the signal has no trend and the activations change
    the other way by at least half as much (:func:`forward_cause`: a clipped signal under an exploding
@@ -151,7 +152,7 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     finite = np.isfinite(g)
     top = float(g[finite][-1]) if finite.any() else math.nan
     out = {}
-    skip = group > 1 and len(g) % group == 0 and signal_log10 is not None
+    skip = group >= 1 and len(g) % group == 0 and signal_log10 is not None
     if skip:
         s = np.asarray(signal_log10, dtype=np.float64)
         on_skip = np.arange(len(g)) % group == 0  # group inputs h_0, h_k, ...
@@ -369,12 +370,17 @@ def rate_outliers(grad_log10, group: int = 0) -> np.ndarray:
 
 def rate_points(grad_log10, group: int = 0) -> tuple[np.ndarray, int]:
     """The points :func:`grad_rate` fits, NaN where it leaves one out (not finite, or
-    :func:`isolated`), and how many layers one point spans: every layer's log10 ||dL/dW_l|| and 1,
-    or with residual groups of ``group`` layers the groups' own norms and ``group``."""
+    :func:`isolated`; with ``group`` 1, residual=1, also :func:`lagging`: a saturated branch of one
+    layer dips below its neighbours while the skip path carries the signal past it, where a
+    group's norm hides such a layer), and how many layers one point spans: every layer's log10
+    ||dL/dW_l|| and 1, or with residual groups of ``group`` layers the groups' own norms and ``group``."""
     g = np.asarray(grad_log10, dtype=np.float64)
     if not (group > 1 and len(g) % group == 0):
         y = np.where(np.isfinite(g), g, np.nan)
-        return np.where(isolated(y), np.nan, y), 1
+        out = isolated(y)
+        if group == 1:  # residual=1: the skip path carries the signal past a branch's dip
+            out[lagging(y)[0]] = True
+        return np.where(out, np.nan, y), 1
     norms = _group_norms(g, group)
     return np.where(isolated(norms), np.nan, norms), group
 
@@ -1139,10 +1145,14 @@ def _lagging_words(stack, g, res, verdict: str, far) -> list[str]:
                 "dead (z <= 0 for the whole batch)"
             why = f"; {100 * part:.0f} % of their units are {what}"
     though = f", though the stack as a whole reads {verdict}" if verdict == "stable" else ""
+    # residual=1: each is a branch of its own, past which the skip path carries the signal; the
+    # rate's fit leaves them out (:func:`rate_points`), as a group's norm hides a saturated layer
+    skip = ("; each is a residual branch the skip path carries the signal past, and the rate's fit leaves "
+            f"{'them' if many else 'it'} out" if stack.residual == 1 else "")
     return [f"layer{'s' if many else ''} {_layers(idx)} {'get' if many else 'gets'} updates {size} smaller than the "
             f"layers on both sides (||dW_l|| below the median of the {LAGGING_WINDOW} layers above and of the "
             f"{LAGGING_WINDOW} below){why}: at a learning rate that suits their neighbours "
-            f"{'they learn' if many else 'it learns'} next to nothing{though}"]
+            f"{'they learn' if many else 'it learns'} next to nothing{though}{skip}"]
 
 
 # A forward pass whose own rounding moves the loss by this share or more (log10) is called chaotic
@@ -1278,7 +1288,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
         words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
     far = rate_outliers(g, stack.residual)
     if far.size:
-        what = "branches of their residual groups" if stack.residual > 1 else "layers"
+        what = "branches of their residual groups" if stack.residual >= 1 else "layers"
         words.append(f"layer{'s' if far.size > 1 else ''} {_layers(far)} lie far from their neighbours' ||dW_l|| "
                      f"(more than {ISOLATED_DECADES:g} decades) and are left out of the rate's fit: isolated {what}, "
                      "not a trend")

@@ -388,6 +388,33 @@ def test_a_residual_stack_of_saturated_branches_is_not_called_exploding():
     assert gb.diagnose(gb.backprop(boom, p, gb.gaussian_input(boom, 8, 1), backend="numpy"), p).verdict == "exploding"
 
 
+@pytest.mark.parametrize("seed", [0, 2])
+def test_saturated_single_layer_branches_do_not_make_a_trend(seed):
+    """residual=1 (what `gradbench compare` runs for sigmoid-residual at an odd depth): sigmoid at
+    sigma_w = sqrt(32), depth 201. The skip path carries the signal (it changes by < 1 decade over
+    the stack) and ||dW_l|| at the two ends differ by < 1 decade, but some 30 layers whose units
+    are all saturated dip 3-19 decades below their neighbours. A least-squares fit through them
+    read +4 to +5 decades over the stack: "EXPLODING". Those branches are left out of the fit
+    (as a residual group's norm hides such a layer) and named; the plain float64 chain
+    (tests/naive.py) says the same of the ends and the signal."""
+    import naive
+
+    from gradbench.verdict import decades_per_layer, lagging
+
+    stack = gb.Stack(depth=201, width=32, activation="sigmoid", init="normal", sigma_w=math.sqrt(32), residual=1)
+    params, x = gb.init_params(stack, seed), gb.gaussian_input(stack, 16, seed + 1)
+    d = gb.diagnose(gb.backprop(stack, params, x), params)
+    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
+    _, grads, signal = naive.backward(stack, P, x)
+    plain = np.log10(np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2))))
+    idx, _ = lagging(plain)
+    assert idx.size >= 10 and np.mean(d.saturation[idx]) > 0.9  # saturated branches, 3 decades or more below
+    assert decades_per_layer(plain)[0] * 200 > THRESHOLD  # what a fit through them says
+    assert abs(plain[0] - plain[-1]) < 1 and abs(np.log10(signal[0] / signal[-1])) < 1  # what the chain says
+    assert d.verdict == "stable", d.explanation
+    assert "the rate's fit leaves them out" in " ".join(d.explanation.split())
+
+
 # ---------------------------------------------------------------- parameter-gradient clipping
 @pytest.mark.parametrize("clip, clip_on, stats_only", [  # stats_only refuses norm on global (a factor known at the end)
     ("norm", "global", False), ("norm", "layer", False), ("value", "layer", False), ("value", "global", False),
@@ -518,18 +545,21 @@ def test_a_trend_of_the_signal_is_not_put_on_the_forward_pass():
 
 
 # ---------------------------------------------------------------- residual stacks with dead branches
+@pytest.mark.parametrize("residual", [1, 2])
 @pytest.mark.parametrize("seed", range(6))
-def test_a_residual_stack_with_dead_branches_reads_as_plain_float64_runs_it(seed):
+def test_a_residual_stack_with_dead_branches_reads_as_plain_float64_runs_it(seed, residual):
     """README's GELU residual stack (depth 300, width 4, residual 2): some branches saturate so
     deeply that their ||dW|| is 10^-1e15 or 0 while the skip path carries 10^30. One such group
     dominated the least-squares fit (+5.4e12 decades per layer), a dead branch's signal counted as
     a dead chain, and the verdict flipped between exploding and vanishing with the seed; the float
     limits said plain float64 would lose every layer below the first dead branch and the forward
     from layer 156 up. The plain float64 chain (tests/naive.py, an independent implementation)
-    keeps every group's skip path: only the branch layers the diagnosis counts are lost."""
+    keeps every group's skip path: only the branch layers the diagnosis counts are lost.
+    residual=1 (every layer a group of its own) read as a plain stack: "plain float64 would
+    underflow the gradient at layer 297; that layer and every one below would read 0"."""
     import naive
 
-    stack = gb.Stack(depth=300, width=4, activation="gelu", residual=2)
+    stack = gb.Stack(depth=300, width=4, activation="gelu", residual=residual)
     params, x = gb.init_params(stack, seed), gb.gaussian_input(stack, 4, seed + 1)
     d = gb.diagnose(gb.backprop(stack, params, x), params)
     P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
@@ -544,7 +574,7 @@ def test_a_residual_stack_with_dead_branches_reads_as_plain_float64_runs_it(seed
     assert d.verdict == "exploding" and abs(d.decades_per_layer) < 0.01, (d.verdict, d.decades_per_layer)
     lim = d.float_limits["float64"]
     assert lim["underflow_layer"] is None and plain[0] > lo  # the skip path reaches layer 0 in plain float64
-    assert lim["forward_underflow_layer"] is None and np.all(plain_std[1::2] > lo)  # group outputs
+    assert lim["forward_underflow_layer"] is None and np.all(plain_std[residual - 1::residual] > lo)  # group outputs
     from gradbench.verdict import floored_layers
 
     own = (np.isfinite(g) & (g < lo)) | floored_layers("gelu", g, d.saturation, d.act_std_log10)
