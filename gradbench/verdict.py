@@ -35,7 +35,10 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
    branch at 10^-1e17 among groups at 10^30 is not a trend, and the explanation names them), and
    with residual=1 the :func:`lagging` layers too (saturated one-layer branches). An
    exploding trend among gradients none of which can move the loss (every elasticity of rule 5
-   below 10^-``tiny``) is ``vanishing``. When the signal has no trend and the activations change
+   below 10^-``tiny``) is ``vanishing``. With residual groups (k >= 1) a trend of ||dW_l|| under a
+   skip path without one is the branches' own: where most units of the quarter of the stack at its
+   low end are saturated or dead (:func:`stuck_end`), ``vanishing`` in those branches (rule
+   "saturated"), whichever way the fit points, and no extrapolation to more layers. When the signal has no trend and the activations change
    the other way by at least half as much (:func:`forward_cause`: a clipped signal under an exploding
    forward pass), the trend of ||dW_l|| is the forward pass's, and the explanation leads with it;
    without a trend along the skip path, ``vanishing`` (``exploding``) where ||dW_l|| falls (grows)
@@ -413,14 +416,50 @@ def signal_rate(signal_log10, group: int = 0) -> float:
     return decades_per_layer(s)[0]
 
 
+# With residual groups (k >= 1) the skip path is the chain. Where its signal has no trend and
+# ||dW_l|| has one, the trend is the branches' own; where the layers at its low end (the quarter of
+# the stack where the fit lies lower) have more than this share of their units saturated or dead,
+# it is those branches' gradients vanishing through their units, not a chain exploding the other
+# way: sigmoid-residual at 401 layers (N(0, 1) weights) ran 10^-31.7 at the top to 10^0.28 at
+# layer 0 with the skip path flat and the top's units saturated, and read EXPLODING; tanh branches
+# at sigma_w = 1e4, all saturated at random depths, read EXPLODING or VANISHING by the seed.
+STUCK_SHARE = 0.5
+
+
+def stuck_state(stack, res) -> np.ndarray | None:
+    """Per layer, the share of units that pass (next to) no gradient: saturated for a saturating
+    activation, dead for the ReLU family (leaky and PReLU's negative side is not dead); None for
+    the others."""
+    if stack.activation in SATURATING:
+        return np.asarray(res.saturation, dtype=np.float64)
+    if stack.dead_below_zero:
+        return np.asarray(res.dead, dtype=np.float64)
+    return None
+
+
+def stuck_end(L: int, change: float, stuck) -> tuple[int, int, float] | None:
+    """The low end of a ||dW_l|| trend (``change`` over the stack, going down: > 0 is the top)
+    as ``(first layer, last layer, share of its units stuck)`` (:func:`stuck_state`): the quarter
+    of the stack there (at least one layer); None without states."""
+    if stuck is None or not L:
+        return None
+    n = max(1, L // 4)
+    i0, i1 = (L - n, L - 1) if change > 0 else (0, n - 1)
+    part = np.asarray(stuck, dtype=np.float64)[i0 : i1 + 1]
+    share = float(np.nanmean(part)) if np.isfinite(part).any() else math.nan
+    return i0, i1, share
+
+
 def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_log10=None,
           tiny: float = 8.0, nonfinite_backward: bool = False, group: int = 0,
-          pair_cancelled: bool = False, identical: bool = False, float_zeros=None) -> tuple[str, str]:
+          pair_cancelled: bool = False, identical: bool = False, float_zeros=None,
+          stuck=None) -> tuple[str, str]:
     """``(verdict, rule)`` by the rules of the module docstring. ``rule`` names the one that
     decided: "no gradient", "pair" (no gradient: batch norm over 2 samples, ``pair_cancelled``),
     "identical" (no gradient: batch norm over a batch of one input repeated, ``identical``),
-    "non-finite", "zeros", "trend", "branch", "overflow", "underflow", "insensitive" (every
-    e_l < 10^-tiny) or "none" (stable).
+    "non-finite", "zeros", "trend", "saturated" (residual: a flat skip path, and the trend's low
+    end stuck, :data:`STUCK_SHARE`), "branch", "overflow", "underflow", "insensitive" (every
+    e_l < 10^-tiny) or "none" (stable). ``stuck``: :func:`stuck_state` per layer (or None).
 
     ``elasticity_log10``: log10 e_l = log10 (||dW_l|| ||W_l|| / loss) per layer (nan where
     unknown); without it the elasticity rule is not applied. ``group``: the residual group size
@@ -451,10 +490,9 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
             s = np.where(np.arange(L) % group == 0, s, 0.0)  # (a branch's own signal may die under it)
         if s is None or np.any(s[: nz.max() + 1] == -np.inf):  # the chain died there
             return "vanishing", "zeros"
-    changes = [grad_rate(g, group)[0] * (L - 1)]
-    if signal_log10 is not None:
-        changes.append(signal_rate(signal_log10, group) * (L - 1))
-    changes = [c for c in changes if math.isfinite(c)]
+    grad_change = grad_rate(g, group)[0] * (L - 1)
+    signal_change = math.nan if signal_log10 is None else signal_rate(signal_log10, group) * (L - 1)
+    changes = [c for c in (grad_change, signal_change) if math.isfinite(c)]
     trend = max(changes, key=abs) if changes else 0.0
     insensitive = False
     if elasticity_log10 is not None:
@@ -464,6 +502,10 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
     if abs(trend) >= threshold:
         if trend > 0 and insensitive:  # growth among gradients none of which can move the loss
             return "vanishing", "insensitive"
+        if group >= 1 and L % group == 0 and abs(signal_change) < threshold and trend == grad_change:
+            end = stuck_end(L, grad_change, stuck)  # the skip path is flat: the branches' own trend
+            if end is not None and end[2] > STUCK_SHARE:
+                return "vanishing", "saturated"
         return ("vanishing" if trend < 0 else "exploding"), "trend"
     if zeros:  # under a live signal, and no trend
         return "vanishing", "zeros"
@@ -744,6 +786,18 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
         flat = _flat_weights_words(verdict, g, rate, signal_rate, L, threshold, std)
         if flat:
             words.append(flat)
+    elif rule == "saturated":
+        i0, i1, share = stuck_end(L, rate * (L - 1), stuck_state(stack, res))
+        where = "top" if rate > 0 else "bottom"
+        what = "saturated (|phi'| < 1 % of its largest value)" if stack.activation in SATURATING else \
+            "dead (z <= 0 for the whole batch)"
+        words.append(f"gradients vanish in the residual branches at the {where} of the stack, where the units are "
+                     f"{what.split(' (')[0]}, while the skip path carries the signal with no trend: ||dL/dh_l|| "
+                     f"changes by {signal_rate * (L - 1):+.3g} decades over the stack (threshold {threshold:g}), "
+                     f"||dW_l|| by {rate * (L - 1):+.3g} going down ({span}); {100 * share:.0f} % of the units of "
+                     f"layers {i0}-{i1} are {what}, so those branches learn next to nothing"
+                     + (" (the forward activations grow along the skip path, which no normalisation holds)"
+                        if where == "top" and not stack.batch_norm else ""))
     elif rule == "branch" and L // stack.residual == 1:
         words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'} inside the residual branch: "
                      f"the stack is one branch of {L} layers around one skip, so the skip path has no trend to "

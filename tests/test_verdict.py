@@ -405,14 +405,64 @@ def test_saturated_single_layer_branches_do_not_make_a_trend(seed):
     params, x = gb.init_params(stack, seed), gb.gaussian_input(stack, 16, seed + 1)
     d = gb.diagnose(gb.backprop(stack, params, x), params)
     P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
-    _, grads, signal = naive.backward(stack, P, x)
-    plain = np.log10(np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2))))
+    with np.errstate(all="ignore"):
+        _, grads, signal = naive.backward(stack, P, x)
+        plain = np.log10(np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2))))
     idx, _ = lagging(plain)
     assert idx.size >= 10 and np.mean(d.saturation[idx]) > 0.9  # saturated branches, 3 decades or more below
     assert decades_per_layer(plain)[0] * 200 > THRESHOLD  # what a fit through them says
     assert abs(plain[0] - plain[-1]) < 1 and abs(np.log10(signal[0] / signal[-1])) < 1  # what the chain says
     assert d.verdict == "stable", d.explanation
     assert "the rate's fit leaves them out" in " ".join(d.explanation.split())
+
+
+@pytest.mark.parametrize("residual", [1, 2, 4])
+@pytest.mark.parametrize("seed", range(3))
+def test_saturated_branches_under_a_flat_skip_path_vanish(seed, residual):
+    """tanh at sigma_w = 1e4, depth 40: every branch saturated to a depth of its own (||dW_l||
+    from 10^-20 to 10^-1300) while the skip path carries the signal unchanged. A fit through the
+    branches' norms has a sign by chance: it read EXPLODING for seeds 0-3 at residual=4 and 1,
+    VANISHING at 2. The plain float64 chain (tests/naive.py) shows the flat skip path and the
+    saturated units (tanh' < 1 % of its largest value, from its own pre-activations)."""
+    import naive
+
+    stack = gb.Stack(depth=40, width=16, activation="tanh", init="normal", sigma_w=1e4, residual=residual)
+    params, x = gb.init_params(stack, seed), gb.gaussian_input(stack, 16, seed + 1)
+    d = gb.diagnose(gb.backprop(stack, params, x), params)
+    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
+    with np.errstate(all="ignore"):
+        _, grads, signal = naive.backward(stack, P, x)
+        _, saved = naive.forward(stack, P, x)
+    skip = signal[::residual]  # the groups' inputs
+    assert np.ptp(np.log10(skip)) < THRESHOLD  # the chain has no trend
+    sat = np.mean([np.mean(1 - np.tanh(z) ** 2 < 0.01) for z in saved["zs"]])
+    assert sat > 0.95
+    assert d.verdict == "vanishing", d.explanation
+    assert "explode" not in d.explanation.split(";")[0]  # nor said as an exploding chain
+
+
+def test_a_flat_skip_path_does_not_forecast_an_overflow():
+    """1000 sigmoid layers of width 4, residual=1: the top branches saturate as the skip path's
+    activations grow, ||dW_l|| runs from 10^-59 at the top to 10^3.5 at layer 0 over a flat signal,
+    and the diagnosis said EXPLODING and float64 "would overflow after ~7381 layers". The plain
+    float64 chain at 8000 layers (tests/naive.py) overflows nothing: its ||dW_0|| is ~10^4.4."""
+    import naive
+
+    def run(depth):
+        stack = gb.Stack(depth=depth, width=4, activation="sigmoid", residual=1)
+        return stack, gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
+
+    stack, params, x = run(1000)
+    d = gb.diagnose(gb.backprop(stack, params, x), params)
+    assert d.verdict == "vanishing" and d.decades_per_layer > 0, (d.verdict, d.decades_per_layer)
+    assert d.float_limits["float64"]["layers_to_overflow"] is None and "would overflow" not in str(d)
+    assert "gradients vanish in the residual branches at the top" in " ".join(d.explanation.split())
+    stack, params, x = run(8000)
+    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
+    with np.errstate(all="ignore"):
+        _, grads, signal = naive.backward(stack, P, x)
+    norms = np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2)))
+    assert np.all(np.isfinite(norms)) and np.all(np.isfinite(signal)) and 1 < norms[0] < 1e8
 
 
 # ---------------------------------------------------------------- parameter-gradient clipping
