@@ -182,7 +182,11 @@ def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
         parts.append(f"plain {name} would lose the forward activations at layer {lim['forward_underflow_layer']} "
                      f"(their spread falls below 10^{lim['min_log10']:.2f}, the smallest normal: most entries 0 or subnormal from there up)")
     if lim.get("forward_overflow_layer") is not None:
-        parts.append(f"plain {name} would overflow the forward activations at layer {lim['forward_overflow_layer']}")
+        # judged on their spread (std <= the largest |entry|): the largest entries can pass the limit a
+        # layer or two earlier (ReLU, N(0, 1) weights, width 32: spread 1.2e38 and an entry 6.4e38 at 64)
+        parts.append(f"plain {name} would overflow the forward activations by layer {lim['forward_overflow_layer']} "
+                     f"at the latest (their spread passes 10^{lim['max_log10']:.2f} there; the largest entries may "
+                     "do so a layer or two earlier)")
     if lim["underflow_layer"] is not None:
         parts.append(
             f"plain {name} would underflow the gradient at layer {lim['underflow_layer']} "

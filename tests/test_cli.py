@@ -185,6 +185,29 @@ def test_compare_sigmoid_residual_at_an_odd_depth_says_it_skips_every_layer(caps
     assert code == 2 and "configuration sigmoid-residual sets --residual 1 itself" in err
 
 
+def test_compare_names_where_a_plain_run_fails_first(capsys):
+    """ReLU with N(0, 1) weights, depth 100, width 32: the "plain float fails" column read only
+    "f32 over @99" (the gradient), where a plain float32 run's forward is inf by layer ~64 and its
+    loss inf. A plain float32 forward on the same weights (written here) goes inf at or before the
+    layer the column names; float64 holds it all."""
+    from gradbench.params import GeneratedParams, random_targets
+
+    code, out, err = run(["compare", "--depth", "100", "--width", "32", "--configs", "relu"], capsys)
+    assert code == 0, err
+    m = re.search(r"f32 fwd over <=@(\d+), f32 loss over, f32 over @99$", out.splitlines()[3])
+    assert m, out
+    stack = gb.Stack(depth=100, width=32, activation="relu", init="normal", sigma_w=math.sqrt(32), loss="bce")
+    P = GeneratedParams(stack, 0).materialize()
+    h = gb.gaussian_input(stack, 16, np.random.default_rng([0, 1])).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for first in range(100):
+            h = np.maximum(h @ P.W[first].T.astype(np.float32) + P.b[first].astype(np.float32), np.float32(0))
+            if not np.all(np.isfinite(h)):
+                break
+    assert first <= int(m.group(1)) < 100
+    assert "f64" not in out.splitlines()[3] and "plain float fails: where a plain float32 (f32)" in out
+
+
 def test_demo_writes_the_flow_plot_and_says_where(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     code, out, err = run(["demo", "--no-train", "--no-cells", "--out-dir", str(out_dir), "--depth", "20", "--width", "8"],

@@ -135,6 +135,10 @@ def compare_table(diags: dict, layers: list[int]) -> str:
         lines.append(row)
     lines.append("rates: decades per layer going down the stack (negative: shrinking towards the input); the "
                  "verdict follows the one that changes more over the stack")
+    if any(_float_failures(d) != "-" for d in diags.values()):
+        lines.append("plain float fails: where a plain float32 (f32) or float64 (f64) run would fail: its forward "
+                     "activations (fwd; over <=@l: by layer l at the latest), its loss, its gradient ||dW_l|| "
+                     "(the highest layer that under- or overflows)")
     return "\n".join(lines)
 
 
@@ -143,6 +147,13 @@ def _float_failures(d) -> str:
     for name in ("float32", "float64"):
         lim = d.float_limits[name]
         short = name.replace("float", "f")
+        # the forward first (a plain run fails there before any gradient), then the loss, then the backward
+        if lim.get("forward_overflow_layer") is not None:
+            fails.append(f"{short} fwd over <=@{lim['forward_overflow_layer']}")
+        if lim.get("forward_underflow_layer") is not None:
+            fails.append(f"{short} fwd under @{lim['forward_underflow_layer']}")
+        if lim.get("loss_overflow"):
+            fails.append(f"{short} loss over")
         if lim["underflow_layer"] is not None:
             fails.append(f"{short} under @{lim['underflow_layer']}")
         if lim["overflow_layer"] is not None:
