@@ -55,7 +55,8 @@ from gradbench.params import GeneratedParams, weights_probe
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, bn_identical, bn_pair_cancels, classify,  # noqa: F401
                                clip_binds, decades_per_layer, explain, float_limits, floored_layers, grad_rate, judge,
-                               float_underflow, float_underflow_inputs, rms_log10, signal_rate, stuck_state)
+                               float_underflow, float_underflow_inputs, rms_log10, signal_rate, stuck_state,
+                               within_walk)
 
 @dataclass(frozen=True, eq=False)
 class Diagnosis:
@@ -379,6 +380,10 @@ def _extrapolates(a: "Assessment", stack: Stack, act_std_log10: np.ndarray, act_
     L = len(act_std_log10)
     group = stack.residual if stack.residual > 1 and L % stack.residual == 0 else 1
     if L // group < 3 or abs(a.signal_decades_per_layer) * (L - 1) < MEASURABLE_DECADES:
+        return False
+    if within_walk(a.grad_log10, rate, stack.residual) is not None:
+        # a random walk's slope, not a trend (tanh, He init, width 16, 20,000 layers: -1.7e-4 decades
+        # a layer, standard error 1.1e-3, said float64 "would underflow after ~2849384 layers")
         return False
     if stack.residual and abs(a.signal_decades_per_layer) * (L - 1) < threshold:
         # the skip path is the chain, and it has no trend: more layers do not take the gradient out of
