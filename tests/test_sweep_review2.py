@@ -1,0 +1,136 @@
+"""Findings of a second review of sweeps: a grid point that can never fit refused only when a
+worker reached it, temporary files of a killed sweep left in its directory, ``--out sw.json``
+made a directory of that name."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+
+import distributed
+import numpy as np
+import pytest
+
+import gradbench as gb
+from gradbench.plan import PlanRefused, available_memory, plan_run
+from gradbench.backends import resolve
+from gradbench.sweep.grid import plan
+
+sweep_module = importlib.import_module("gradbench.sweep")  # gb.sweep is the function of the same name
+
+
+@pytest.fixture(scope="module")
+def threads_cluster():
+    """A LocalCluster of threads in this process: what is patched here reaches its workers."""
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, \
+            distributed.Client(lc) as client:
+        yield client
+
+
+def _no_cluster(*args, **kwargs):
+    raise AssertionError("a cluster was started for a sweep that cannot run")
+
+
+def _worker_refusal(settings: dict, batch: int, available: float) -> str:
+    """What the worker's backprop says of that run: plan_run as engine.backprop calls it for a
+    sweep's run (run_one: generated weights, stats_only, no histograms, checkpoint and budget default)."""
+    with pytest.raises(PlanRefused) as exc:
+        plan_run(gb.Stack(**settings), batch, stats_only=True, generated=True, hist_bins=0,
+                 available=lambda: available, backend=resolve("auto"))
+    return str(exc.value)
+
+
+# ---------------------------------------------------------------- 1. a point that can never fit, refused up front
+def test_a_point_that_can_never_fit_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    # the review's case: --width 64,30000 at depth 3000 ran 17 runs, then "needs about 1496 GiB"
+    monkeypatch.setattr(sweep_module, "connect", _no_cluster)
+    out = tmp_path / "sw"
+    t0 = time.perf_counter()
+    with pytest.raises(PlanRefused) as exc:
+        gb.sweep({"width": [64, 30000], "sigma_w": [0.5, 1.0]}, depth=3000, seeds=range(3), out=out, workers=1)
+    seconds = time.perf_counter() - t0
+    assert seconds < 2.0
+    assert not out.exists()  # no directory, no sweep.json, no rows
+    text = str(exc.value)
+    assert text.endswith(" (at grid point width=30000, sigma_w=0.5)")  # the first point that cannot fit
+    # the worker's own message for that run, word for word
+    assert text.startswith(_worker_refusal(dict(depth=3000, width=30000, sigma_w=0.5), 16, available_memory()))
+    assert "1496" in text and exc.value.need > 1000 * 2**30
+
+
+def test_the_command_line_refuses_it_before_any_row_with_exit_2(tmp_path, capsys, monkeypatch):
+    from gradbench import cli
+
+    monkeypatch.setattr(sweep_module, "connect", _no_cluster)
+    out = tmp_path / "swbig"
+    assert cli.main(["sweep", "--depth", "3000", "--width", "64,30000", "--sigma-w", "0.5:2:6", "--seeds", "3",
+                     "--workers", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs about 1496" in err[0] and "(at grid point width=30000, sigma_w=0.5)" in err[0]
+    assert not out.exists()
+
+
+def test_the_check_uses_the_memory_the_local_workers_plan_with(tmp_path, monkeypatch):
+    """A LocalCluster's workers plan with 90 % of this machine's available memory: with 40 MiB
+    available, width 512 at depth 200 (~58 MiB) is refused, as the worker would refuse it;
+    width 64 (~1 MiB) is not."""
+    monkeypatch.setattr(sweep_module, "connect", _no_cluster)
+    monkeypatch.setattr(sweep_module, "available_memory", lambda: 40 * 2**20, raising=False)
+    with pytest.raises(PlanRefused) as exc:
+        gb.sweep({"width": [64, 512]}, depth=200, batch=8, out=tmp_path / "sw")
+    assert str(exc.value) == _worker_refusal(dict(depth=200, width=512), 8, 40 * 2**20) + " (at grid point width=512)"
+    assert "36.00 MiB (90% of the available RAM)" in str(exc.value)
+    assert not (tmp_path / "sw").exists()
+
+
+def test_check_memory_refuses_exactly_the_points_the_worker_refuses():
+    from gradbench.sweep.grid import check_memory
+
+    p = plan({"width": [16, 128, 256, 512], "batch": [4, 64]}, {"depth": 300}, range(2))
+    backend = resolve("auto")
+    for available in (2e6, 8e6, 3e7, 1e8, 1e9):
+        refused = []
+        for point in p.points():
+            settings = {**p.fixed, **point}
+            batch = settings.pop("batch")
+            try:
+                plan_run(gb.Stack(**settings), batch, stats_only=True, generated=True, hist_bins=0,
+                         available=lambda: available, backend=backend)
+            except PlanRefused:
+                refused.append(point)
+        if refused:
+            with pytest.raises(PlanRefused, match=r"\(at grid point width=(\d+), batch=(\d+)\)$") as exc:
+                check_memory(p, available, backend)
+            first = refused[0]
+            assert str(exc.value).endswith(f"(at grid point width={first['width']}, batch={first['batch']})")
+        else:
+            check_memory(p, available, backend)
+    assert available == 1e9 and not refused  # the last budget fits every point, the first do not
+
+
+def test_a_grid_of_thousands_of_points_checks_well_under_a_second():
+    from gradbench.sweep.grid import check_memory
+
+    p = plan({"sigma_w": list(np.linspace(0.5, 3, 40)), "sigma_b": [0.0, 0.1, 0.2, 0.3, 0.4],
+              "width": [64, 128, 256, 512, 1024]}, {"depth": 3000}, range(3))
+    assert len(p.points()) == 1000
+    backend = resolve("auto")
+    t0 = time.perf_counter()
+    check_memory(p, available_memory(), backend)
+    assert time.perf_counter() - t0 < 0.5  # measured 0.04 s (35 us a point)
+
+
+def test_a_cluster_given_is_checked_with_its_workers_memory_before_any_run_is_submitted(threads_cluster, tmp_path,
+                                                                                         monkeypatch):
+    """With client=, the memory is the workers' (here patched to 40 MiB in the worker's module,
+    which the in-process workers run), not this machine's, and nothing is submitted."""
+    from gradbench.sweep import worker
+
+    monkeypatch.setattr(worker, "available_memory", lambda: 40 * 2**20, raising=False)
+    monkeypatch.setattr("gradbench.buffers.held", lambda: 0)  # what an engine of this process keeps
+    monkeypatch.setattr(threads_cluster, "submit", _no_cluster)
+    with pytest.raises(PlanRefused) as exc:
+        gb.sweep({"width": [64, 512]}, depth=200, batch=8, client=threads_cluster, out=tmp_path / "sw")
+    assert str(exc.value).endswith("(at grid point width=512)") and "36.00 MiB" in str(exc.value)
+    assert not list((tmp_path / "sw").glob("rows-*"))
