@@ -134,3 +134,81 @@ def test_a_cluster_given_is_checked_with_its_workers_memory_before_any_run_is_su
         gb.sweep({"width": [64, 512]}, depth=200, batch=8, client=threads_cluster, out=tmp_path / "sw")
     assert str(exc.value).endswith("(at grid point width=512)") and "36.00 MiB" in str(exc.value)
     assert not list((tmp_path / "sw").glob("rows-*"))
+
+
+# ---------------------------------------------------------------- 2. a killed sweep's temporary files
+GRID, FIXED = {"sigma_w": [0.9, 1.1]}, dict(depth=6, width=4, batch=2)
+STALE = (".gradbench-0123456789ab.parquet.tmp", ".gradbench-ba9876543210.sweep.json.tmp")  # the sweep's names
+OTHERS = {  # not the sweep's: another writer's temporary file (a --csv there), the user's files
+    ".gradbench-0123456789ab.tmp": b"", ".gradbench-0123456789ab.csv": b"x", "notes.txt": b"mine",
+    ".gradbench-xyz.parquet.tmp": b"", "rows-notes.txt": b"kept", "gradbench-0123456789ab.parquet.tmp": b"",
+}
+
+
+def _plant(out, names=STALE, others=OTHERS):
+    for name in names:
+        (out / name).write_bytes(b"")  # SIGKILL between creating it and writing: empty, as the review found
+    for name, data in others.items():
+        (out / name).write_bytes(data)
+
+
+def _untouched(out, others=OTHERS):
+    return all((out / name).read_bytes() == data for name, data in others.items())
+
+
+def test_a_resumed_sweep_removes_the_temporary_files_a_killed_one_left(threads_cluster, tmp_path):
+    out = tmp_path / "sw6"
+    gb.sweep(GRID, client=threads_cluster, out=out, **FIXED)
+    _plant(out)
+    table = gb.sweep(GRID, client=threads_cluster, out=out, **FIXED)  # resumed: nothing to run
+    assert table.attrs["sweep"]["resumed"] == 2 and table.attrs["sweep"]["computed"] == 0
+    assert not [name for name in STALE if (out / name).exists()]
+    assert _untouched(out)
+
+
+def test_a_directory_left_by_a_sweep_killed_before_its_manifest_is_taken_over(threads_cluster, tmp_path):
+    """Killed before sweep.json was written: the directory holds only the sweep's own files."""
+    out = tmp_path / "sw"
+    out.mkdir()
+    _plant(out, others={})
+    (out / ".gradbench-sweep.lock").write_bytes(b"")
+    table = gb.sweep(GRID, client=threads_cluster, out=out, **FIXED)
+    assert len(table) == 2 and (out / "sweep.json").exists()
+    assert not [name for name in STALE if (out / name).exists()]
+
+
+def test_a_temporary_file_of_this_sweep_is_removed_at_its_end(threads_cluster, tmp_path, monkeypatch):
+    """One a write could not remove (planted by a wrapped write_rows) is gone once the sweep ends."""
+    from gradbench.sweep import execute
+
+    real = execute.write_rows
+
+    def leaky(out, table):
+        _plant(tmp_path / "sw", names=STALE[:1], others={})
+        return real(out, table)
+
+    monkeypatch.setattr(execute, "write_rows", leaky)
+    out = tmp_path / "sw"
+    table = gb.sweep(GRID, client=threads_cluster, out=out, **FIXED)
+    assert len(table) == 2 and len(list(out.glob("rows-*.parquet"))) >= 1
+    assert not (out / STALE[0]).exists()
+
+
+def test_a_sweep_running_in_a_directory_keeps_another_out_and_its_files(threads_cluster, tmp_path, capsys):
+    """Two sweeps of one grid could share a directory (the resume check lets them): the second
+    would delete the first's temporary file while it writes it. The second is refused."""
+    from gradbench import cli
+    from gradbench.sweep import store
+
+    out = tmp_path / "sw"
+    gb.sweep(GRID, client=threads_cluster, out=out, **FIXED)
+    with store.hold(str(out)):  # a sweep running there now, writing a rows file
+        _plant(out, names=STALE[:1], others={})
+        with pytest.raises(store.OutInUse, match="is in use by a sweep running now"):
+            gb.sweep(GRID, client=threads_cluster, out=out, **FIXED)
+        argv = ["sweep", "--sigma-w", "0.9,1.1", "--depth", "6", "--width", "4", "--batch", "2", "--out", str(out),
+                "--scheduler", threads_cluster.scheduler.address]
+        assert cli.main(argv) == 2
+        assert "error: --out " in capsys.readouterr().err and (out / STALE[0]).exists()  # its file kept
+    assert gb.sweep(GRID, client=threads_cluster, out=out, **FIXED).attrs["sweep"]["resumed"] == 2
+    assert not (out / STALE[0]).exists()

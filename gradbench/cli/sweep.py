@@ -208,7 +208,7 @@ def cmd_sweep(args) -> int:
     _check_plot(args, grid, fixed)
     import gradbench as gb
     from gradbench.sweep.execute import SchedulerError, check_address, check_options
-    from gradbench.sweep.store import UnreadableRows
+    from gradbench.sweep.store import OutInUse, UnreadableRows
     from gradbench.sweep.worker import RunFailed
     from gradbench.sweep.grid import plan
     from gradbench.sweep.store import check_out
@@ -230,6 +230,8 @@ def cmd_sweep(args) -> int:
                          backend=args.backend, runs_per_task=args.runs_per_task, progress=True, **fixed)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
+    except OutInUse as exc:
+        raise UsageError(f"--out {exc}") from None
     except SchedulerError as exc:
         raise UsageError(f"cannot reach the scheduler {args.scheduler!r}: {exc}") from None
     except UnreadableRows as exc:

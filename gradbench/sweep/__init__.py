@@ -51,7 +51,9 @@ refuses a ``DIR`` of another grid.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -63,7 +65,7 @@ from gradbench.sweep.execute import Progress, check_options, connect, task_size
 from gradbench.sweep.execute import execute as _execute  # the name `execute` stays the module's
 from gradbench.plan import available_memory
 from gradbench.sweep.grid import FIELDS, Plan, Run, check_memory, plan, run_key
-from gradbench.sweep.store import MANIFEST, as_planned, frame, open_out
+from gradbench.sweep.store import MANIFEST, as_planned, check_out, frame, hold, open_out
 from gradbench.sweep.worker import COLUMNS, MEASURED, THEORY, mean_field_columns, rate_se, run_one, slope_se
 
 __all__ = ["COLUMNS", "FIELDS", "MANIFEST", "MEASURED", "THEORY", "Plan", "Run", "mean_field_columns", "plan",
@@ -157,6 +159,16 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
     if client is None:  # the LocalCluster's workers plan with this machine's memory: refused before it starts
         check_memory(p, available_memory(), local_backend(backend))
     _require()
+    with contextlib.ExitStack() as held:
+        if out is not None:
+            check_out(out, p)  # first: nothing is made in a directory that is refused
+            out = os.fspath(out)
+            held.enter_context(hold(out))  # the directory's lock; a killed sweep's temporary files removed
+        return _run(p, out, client, workers, runs_per_task, progress)
+
+
+def _run(p: Plan, out: str | None, client, workers, runs_per_task, progress):
+    """The sweep, ``out`` (if any) held."""
     runs = p.runs()
     frames, rows = [], []
     if out is not None:
