@@ -212,3 +212,31 @@ def test_a_sweep_running_in_a_directory_keeps_another_out_and_its_files(threads_
         assert "error: --out " in capsys.readouterr().err and (out / STALE[0]).exists()  # its file kept
     assert gb.sweep(GRID, client=threads_cluster, out=out, **FIXED).attrs["sweep"]["resumed"] == 2
     assert not (out / STALE[0]).exists()
+
+
+# ---------------------------------------------------------------- 3. --out sw.json
+@pytest.mark.parametrize("name", ["sw.json", "sw.CSV", "table.parquet", "g.npz", "sw.json/"])
+def test_an_out_named_as_a_file_is_refused(tmp_path, capsys, monkeypatch, name):
+    """Every other command's --out is a file (.json, .npz); the sweep made a directory sw.json."""
+    from gradbench import cli
+
+    monkeypatch.setattr(sweep_module, "connect", _no_cluster)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sweep", "--sigma-w", "0.9,1.1", "--depth", "6", "--width", "4", "--out", name]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"error: --out {name!r} is named as a" in err[0]
+    assert "the sweep's --out is a directory: it will hold sweep.json and a rows-<hash>.parquet file" in err[0]
+    assert "--csv " in err[0] and not os.listdir(tmp_path)
+
+
+def test_a_sweep_directory_named_as_a_file_still_resumes(threads_cluster, tmp_path, capsys):
+    """One made before (gb.sweep's out= takes any name) is the user's sweep: resumed, not refused."""
+    from gradbench import cli
+
+    out = tmp_path / "old.json"
+    gb.sweep(GRID, client=threads_cluster, out=out, **FIXED)
+    argv = ["sweep", "--sigma-w", "0.9,1.1", "--depth", "6", "--width", "4", "--batch", "2", "--out", str(out),
+            "--scheduler", threads_cluster.scheduler.address]
+    assert cli.main(argv) == 0 and "(2 resumed from " in capsys.readouterr().out
+    (tmp_path / "empty.json").mkdir()  # a directory, but not a sweep's: named as a file, refused
+    assert cli.main(argv[:-3] + [str(tmp_path / "empty.json")] + argv[-2:]) == 2
