@@ -171,7 +171,7 @@ def test_a_directory_left_by_a_sweep_killed_before_its_manifest_is_taken_over(th
     out = tmp_path / "sw"
     out.mkdir()
     _plant(out, others={})
-    (out / ".gradbench-sweep.lock").write_bytes(b"")
+    (out / ".sweep.lock").write_bytes(b"")
     table = gb.sweep(GRID, client=threads_cluster, out=out, **FIXED)
     assert len(table) == 2 and (out / "sweep.json").exists()
     assert not [name for name in STALE if (out / name).exists()]

@@ -14,6 +14,8 @@ written anew.
 ``DIR/rows-<hash>.parquet`` holds one finished task's rows, written at once and atomically
 (temporary file + ``os.replace``), so the table is their union whatever was interrupted, and a
 second call loads them and runs only what is missing.
+``DIR/.sweep.lock``: the lock a running sweep holds (:func:`hold`): a second sweep there
+meanwhile is refused, and the temporary files of a killed sweep are removed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from gradbench.sweep.worker import COLUMNS, ROWS
 
 MANIFEST = "sweep.json"
 #: The lock a running sweep holds on its directory (``flock``; the file stays, empty).
-LOCK = ".gradbench-sweep.lock"
+LOCK = ".sweep.lock"
 # Suffixes of the sweep's temporary files (gradbench._atomic: ``.gradbench-<12 hex><suffix>``):
 # rows files, and the manifest. No other writer of gradbench uses them (a --csv in the directory
 # makes ``.gradbench-<hex>.tmp``, which is not the sweep's and is left alone).
