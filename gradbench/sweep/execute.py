@@ -192,7 +192,8 @@ def execute(client, todo: list[Run], p: Plan, out: str | None, runs_per_task: in
             report: Callable[[int], None], check_workers: bool = False) -> list[dict]:
     """Submit ``todo`` in tasks; write (``out``) each task's rows as it finishes; return every
     row. ``check_workers``: first plan every configuration with the memory of the worker that has
-    the most (:func:`~gradbench.sweep.grid.check_memory`; PlanRefused before any run is submitted). ``pandas()`` returns the pandas module: it is called once every task is submitted, so
+    the most (:func:`~gradbench.sweep.grid.check_memory`; PlanRefused before any run is submitted).
+    ``pandas()`` returns the pandas module: it is called once every task is submitted, so
     that its first import overlaps the workers' first runs."""
     from distributed import as_completed
 
