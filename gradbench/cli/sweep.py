@@ -155,8 +155,28 @@ def _check_files(args) -> None:
         out = os.path.abspath(args.out)
         if os.path.exists(out) and not os.path.isdir(out):
             raise UsageError(f"--out {args.out!r} is a file, not a directory")
+        _check_out_name(args.out, out)
         if not os.path.isdir(out):  # the directory itself is created; its parent must exist (or --mkdir)
             check_directory("--out", os.path.dirname(out), args.mkdir, of=args.out)
+
+
+# Suffixes of a file: what `--out` of the other commands writes (.json, .npz), the sweep's own
+# --csv and --plot, its rows' format. `gradbench sweep --out sw.json` made a directory sw.json.
+FILE_SUFFIXES = (".json", ".npz", ".csv", ".parquet", ".png", ".svg", ".pdf", ".txt")
+
+
+def _check_out_name(given: str, out: str) -> None:
+    """Refuse an --out named as a file (``sw.json``), unless it is a sweep's directory already
+    (one that an earlier gradbench made, to resume): the sweep's --out is a directory."""
+    from gradbench.sweep.store import MANIFEST
+
+    suffix = os.path.splitext(out)[1]
+    if suffix.lower() not in FILE_SUFFIXES or os.path.isfile(os.path.join(out, MANIFEST)):
+        return
+    stem = os.path.splitext(given.rstrip("/" + os.sep))[0] or "sweep"
+    raise UsageError(f"--out {given!r} is named as a {suffix} file, and the sweep's --out is a directory: it will "
+                     f"hold {MANIFEST} and a rows-<hash>.parquet file per finished task; give a directory, e.g. --out "
+                     f"{stem}/ (the table as one file: --csv {stem}.csv)")
 
 
 def _check_plot(args, grid: dict, fixed: dict) -> None:
@@ -208,7 +228,7 @@ def cmd_sweep(args) -> int:
     _check_plot(args, grid, fixed)
     import gradbench as gb
     from gradbench.sweep.execute import SchedulerError, check_address, check_options
-    from gradbench.sweep.store import UnreadableRows
+    from gradbench.sweep.store import OutInUse, UnreadableRows
     from gradbench.sweep.worker import RunFailed
     from gradbench.sweep.grid import plan
     from gradbench.sweep.store import check_out
@@ -230,6 +250,8 @@ def cmd_sweep(args) -> int:
                          backend=args.backend, runs_per_task=args.runs_per_task, progress=True, **fixed)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
+    except OutInUse as exc:
+        raise UsageError(f"--out {exc}") from None
     except SchedulerError as exc:
         raise UsageError(f"cannot reach the scheduler {args.scheduler!r}: {exc}") from None
     except UnreadableRows as exc:
@@ -298,8 +320,9 @@ def register(sub) -> argparse.ArgumentParser:
                    help="seeds 0..N-1 of every configuration (default 1)")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba", "c"),
                    help="the backend of every run (default auto: the fastest built here)")
-    p.add_argument("--out", metavar="DIR", help="write each finished task's rows there (Parquet; the directory is "
-                   "created, its parent must exist); rerun the same command to resume (default: nothing saved)")
+    p.add_argument("--out", metavar="DIR", help="write each finished task's rows there (a directory, created, "
+                   "its parent must exist: sweep.json and Parquet files; not a name such as sw.json); rerun the same "
+                   "command to resume (default: nothing saved)")
     p.add_argument("--csv", metavar="PATH", help="write the table as CSV (default: none)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786 "
                    "(default: a LocalCluster for this command)")

@@ -51,7 +51,9 @@ refuses a ``DIR`` of another grid.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -61,8 +63,9 @@ import numpy as np
 from gradbench.backends import backends
 from gradbench.sweep.execute import Progress, check_options, connect, task_size
 from gradbench.sweep.execute import execute as _execute  # the name `execute` stays the module's
-from gradbench.sweep.grid import FIELDS, Plan, Run, plan, run_key
-from gradbench.sweep.store import MANIFEST, as_planned, frame, open_out
+from gradbench.plan import available_memory
+from gradbench.sweep.grid import FIELDS, Plan, Run, check_memory, plan, run_key
+from gradbench.sweep.store import MANIFEST, as_planned, check_out, frame, hold, open_out
 from gradbench.sweep.worker import COLUMNS, MEASURED, THEORY, mean_field_columns, rate_se, run_one, slope_se
 
 __all__ = ["COLUMNS", "FIELDS", "MANIFEST", "MEASURED", "THEORY", "Plan", "Run", "mean_field_columns", "plan",
@@ -142,13 +145,30 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
         ``attrs["sweep"]``: ``runs``, ``resumed`` (found in ``out``), ``computed``, ``workers``,
         ``dashboard`` (the Dask dashboard's address) and ``seconds`` of this call.
 
-    Every value is validated (each configuration through ``Stack``) before anything starts.
+    Every value is validated (each configuration through ``Stack``) before anything starts, and
+    every configuration is planned as its runs will be (:func:`gradbench.plan.plan_run`: one
+    that would not fit in the memory its workers plan with raises
+    :class:`~gradbench.plan.PlanRefused` naming the grid point): with a LocalCluster before the
+    cluster starts and ``out`` is created, with ``client=`` before any run is submitted (the
+    largest memory available on one of its workers).
     """
     p = plan(grid, fixed, seeds, backend)
     check_options(client, workers, runs_per_task, progress, out)
-    _require()
     if client is None and backend != "auto" and backend not in backends():
         raise ValueError(f"backend={backend!r} is not available here (available: {', '.join(backends())})")
+    if client is None:  # the LocalCluster's workers plan with this machine's memory: refused before it starts
+        check_memory(p, available_memory(), local_backend(backend))
+    _require()
+    with contextlib.ExitStack() as held:
+        if out is not None:
+            check_out(out, p)  # first: nothing is made in a directory that is refused
+            out = os.fspath(out)
+            held.enter_context(hold(out))  # the directory's lock; a killed sweep's temporary files removed
+        return _run(p, out, client, workers, runs_per_task, progress)
+
+
+def _run(p: Plan, out: str | None, client, workers, runs_per_task, progress):
+    """The sweep, ``out`` (if any) held."""
     runs = p.runs()
     frames, rows = [], []
     if out is not None:
@@ -165,7 +185,7 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
             with connect(client, workers) as c:
                 info.update(workers=len(c.nthreads()), dashboard=c.dashboard_link)
                 bar.start(len(done), c)
-                rows = _execute(c, todo, p, out, runs_per_task, _pandas, bar)
+                rows = _execute(c, todo, p, out, runs_per_task, _pandas, bar, check_workers=client is not None)
         else:
             bar.start(len(done))
     finally:
@@ -176,6 +196,17 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
     table = _assemble(frames, runs, p, pd)
     table.attrs["sweep"] = info | {"seconds": time.perf_counter() - t0}
     return table
+
+
+def local_backend(backend: str) -> str | None:
+    """The concrete backend of ``backend`` in a LocalCluster's workers (this machine's
+    environment): "auto" is the fastest here; None if it cannot be used (the run says why)."""
+    from gradbench.backends import resolve
+
+    try:
+        return resolve(backend)
+    except (RuntimeError, ValueError):
+        return None
 
 
 def _assemble(frames: list, runs: list[Run], p: Plan, pd):

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import numpy as np
 
 from gradbench._env import available_cpus
-from gradbench.sweep.grid import Plan, Run
+from gradbench.sweep.grid import Plan, Run, check_memory
 from gradbench.sweep.store import frame, write_rows
-from gradbench.sweep.worker import run_task
+from gradbench.sweep.worker import run_task, worker_memory
 
 # Task sizing (task_size): tasks per worker for load balance, the longest task we aim for (what a
 # crash can lose), and a conservative FLOP rate of one core to estimate a run's time from its size.
@@ -189,9 +189,11 @@ def split(todo: list, k: int, n_workers: int, guided: bool = True) -> list[list]
 
 
 def execute(client, todo: list[Run], p: Plan, out: str | None, runs_per_task: int | None, pandas,
-            report: Callable[[int], None]) -> list[dict]:
+            report: Callable[[int], None], check_workers: bool = False) -> list[dict]:
     """Submit ``todo`` in tasks; write (``out``) each task's rows as it finishes; return every
-    row. ``pandas()`` returns the pandas module: it is called once every task is submitted, so
+    row. ``check_workers``: first plan every configuration with the memory of the worker that has
+    the most (:func:`~gradbench.sweep.grid.check_memory`; PlanRefused before any run is submitted).
+    ``pandas()`` returns the pandas module: it is called once every task is submitted, so
     that its first import overlaps the workers' first runs."""
     from distributed import as_completed
 
@@ -201,6 +203,9 @@ def execute(client, todo: list[Run], p: Plan, out: str | None, runs_per_task: in
               "(start one with `dask worker ADDRESS`; Ctrl-C stops)", file=sys.stderr, flush=True)
         client.wait_for_workers(1)
         n_workers = len(client.nthreads())
+    if check_workers:  # a cluster the caller gave: its workers' memory, not this machine's
+        available, name = max(client.run(worker_memory, p.backend).values(), key=lambda m: m[0])
+        check_memory(p, available, name)
     k = runs_per_task or task_size(todo, n_workers)
     tasks = [[(r.key, r.config, r.batch, r.seed) for r in t]
              for t in split(todo, k, n_workers, guided=runs_per_task is None)]

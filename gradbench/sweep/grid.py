@@ -164,6 +164,39 @@ def check_size(runs: int, what: str = "the sweep") -> None:
                          f"{int(limit // RUN_BYTES)} runs fit in one sweep")
 
 
+def point_text(point: Mapping) -> str:
+    """`` (at grid point sigma_w=1.0, width=30000)``: where a message about one configuration
+    is from (empty for a sweep without axes); the command line keeps it as it is."""
+    return f" (at grid point {', '.join(f'{k}={v!r}' for k, v in point.items())})" if point else ""
+
+
+def check_memory(p: Plan, available, backend: str | None) -> None:
+    """Refuse a sweep with a configuration whose runs would not fit in memory, before anything
+    starts: :class:`~gradbench.plan.PlanRefused` with the message the worker's run would raise
+    (:func:`gradbench.sweep.worker.plan_of`) and the grid point. ``available``: the bytes the
+    workers plan with (90 % of them is the refusal limit, as for the run; read once by the
+    caller), ``backend``: the concrete backend they run (None: not known).
+
+    Arithmetic only, once per configuration (the seeds' runs are planned alike): a grid of
+    5000 configurations checks in ~0.1 s, nothing is allocated. A run that is not refused here
+    can still be refused by its worker when the memory available there has shrunk since
+    (other workers' runs, other processes)."""
+    from gradbench.plan import PlanRefused
+    from gradbench.sweep.worker import plan_of
+
+    def budget():  # a callable: a small run's plan is the same on any machine, read nothing for it
+        return available
+
+    for point in p.points():
+        settings = {**p.fixed, **point}
+        batch = settings.pop("batch")
+        try:
+            plan_of(Stack(**settings), batch, backend, budget)
+        except PlanRefused as exc:
+            raise PlanRefused(f"{exc}{point_text(point)}", need=exc.need, limit=exc.limit,
+                              budget=exc.budget) from None
+
+
 def _length(seeds) -> int:
     """len(seeds), also for a range beyond sys.maxsize (whose len() raises OverflowError)."""
     try:
@@ -232,6 +265,5 @@ def plan(grid: Mapping, fixed: Mapping, seeds, backend: str = "auto") -> Plan:
                 raise ValueError("clip='norm' with clip_on='global' needs every gradient; sweeps keep "
                                  "statistics only: use clip_on='layer'")
         except (TypeError, ValueError) as exc:
-            at = f" (at grid point {', '.join(f'{k}={v!r}' for k, v in point.items())})" if point else ""
-            raise type(exc)(f"{exc}{at}") from None
+            raise type(exc)(f"{exc}{point_text(point)}") from None
     return p

@@ -14,19 +14,93 @@ written anew.
 ``DIR/rows-<hash>.parquet`` holds one finished task's rows, written at once and atomically
 (temporary file + ``os.replace``), so the table is their union whatever was interrupted, and a
 second call loads them and runs only what is missing.
+``DIR/.sweep.lock``: the lock a running sweep holds (:func:`hold`): a second sweep there
+meanwhile is refused, and the temporary files of a killed sweep are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 
 from gradbench import _atomic
 from gradbench.sweep.grid import DEFAULTS, FIELDS, Plan, canonical, canonical_key
 from gradbench.sweep.worker import COLUMNS, ROWS
 
 MANIFEST = "sweep.json"
+#: The lock a running sweep holds on its directory (``flock``; the file stays, empty).
+LOCK = ".sweep.lock"
+# Suffixes of the sweep's temporary files (gradbench._atomic: ``.gradbench-<12 hex><suffix>``):
+# rows files, and the manifest. No other writer of gradbench uses them (a --csv in the directory
+# makes ``.gradbench-<hex>.tmp``, which is not the sweep's and is left alone).
+ROWS_TEMP, MANIFEST_TEMP = ".parquet.tmp", ".sweep.json.tmp"
+_TEMP = re.compile(re.escape(_atomic.TEMP_PREFIX) + r"[0-9a-f]{12}(?:" + re.escape(ROWS_TEMP) + "|"
+                   + re.escape(MANIFEST_TEMP) + r")\Z")
+
+
+def _ours(name: str) -> bool:
+    """A file a sweep makes in its directory besides sweep.json and rows: its lock, its temporary files."""
+    return name == LOCK or bool(_TEMP.match(name))
+
+
+class OutInUse(ValueError):
+    """A sweep directory another sweep is writing to now (it holds the directory's lock)."""
+
+
+@contextlib.contextmanager
+def hold(out: str):
+    """Create ``out``, hold its lock for the sweep, and remove the temporary files a killed sweep
+    left there (``.gradbench-<hex>.parquet.tmp``: SIGKILL or a power cut between creating one
+    and renaming it), now and when the sweep ends.
+
+    Deleting them is safe only because no other sweep writes there meanwhile: the lock
+    (``flock`` on :data:`LOCK`, released by the kernel when its process dies, however) refuses a
+    second sweep on the same directory (:class:`OutInUse`) while this one runs. The resume check
+    would not: two calls of the same grid may share a directory (and two new grids may both take
+    over an empty one). Only the sweep's own names are removed (:data:`ROWS_TEMP`,
+    :data:`MANIFEST_TEMP`), never another file. Where there are no locks (no ``fcntl``, a file
+    system that refuses them) nothing is removed."""
+    os.makedirs(out, exist_ok=True)
+    fd = _lock(out)
+    try:
+        if fd is not None:
+            _remove_temps(out)
+        yield
+        if fd is not None:  # the end of a sweep: what a write of this call could not remove
+            _remove_temps(out)
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def _lock(out: str) -> int | None:
+    """An open descriptor of ``out``'s lock file, locked; None where locks are not available."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    path = os.path.join(out, LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutInUse(f"{out!r} is in use by a sweep running now (it holds {path}): wait for it to end, or give "
+                       "another directory") from None
+    except OSError:  # a file system without locks (ENOLCK): no lock, so no cleaning
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_temps(out: str) -> None:
+    for name in os.listdir(out):
+        if _TEMP.match(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(out, name))
 
 
 def check_out(out, p: Plan, label: str = "out=") -> bool:
@@ -57,7 +131,7 @@ def check_out(out, p: Plan, label: str = "out=") -> bool:
             raise ValueError(f"{label}{out!r} holds a sweep of a different grid or fixed fields (differs in "
                              f"{'; '.join(diff)}): use another directory, or delete it to start again")
         return True
-    if os.path.isdir(out) and os.listdir(out):
+    if os.path.isdir(out) and any(not _ours(name) for name in os.listdir(out)):  # a killed sweep's lock and temp files
         raise ValueError(f"{label}{out!r} is a non-empty directory without {MANIFEST}: not a sweep's; "
                          "give a new or empty directory")
     return False
@@ -87,7 +161,7 @@ def open_out(out, p: Plan, pandas) -> tuple[str, "object"]:
     out = os.fspath(out)
     if not check_out(out, p):
         text = json.dumps({**head(), "rows": ROWS, **p.identity()}, indent=1, allow_nan=False)
-        _atomic.write_atomic(os.path.join(out, MANIFEST), lambda f: f.write(text))
+        _atomic.write_atomic(os.path.join(out, MANIFEST), lambda f: f.write(text), suffix=MANIFEST_TEMP)
     files = _rows_files(out)
     if not files:
         return out, None
@@ -222,7 +296,7 @@ def write_rows(out: str, table) -> str:
     digest = hashlib.sha1("\n".join(table["run_key"]).encode()).hexdigest()[:16]
     path = os.path.join(out, f"rows-{digest}.parquet")
     return _atomic.write_atomic(path, lambda f: table.to_parquet(f, index=False, engine="pyarrow"),
-                                binary=True, suffix=".parquet.tmp")
+                                binary=True, suffix=ROWS_TEMP)
 
 
 def frame(rows: list[dict], p: Plan, pd):

@@ -21,7 +21,7 @@ from gradbench import theory
 from gradbench.diagnose import assess
 from gradbench.engine import backprop
 from gradbench.params import GeneratedParams, gaussian_input, init_params, random_targets
-from gradbench.plan import PlanRefused
+from gradbench.plan import PlanRefused, available_memory, plan_run
 from gradbench.spec import Stack
 from gradbench.verdict import rate_points
 
@@ -110,6 +110,37 @@ def warm_up(backend: str, dtype: str) -> str:
     return backprop(s, init_params(s, 0), gaussian_input(s, 2, 0), backend=backend, stats_only=True).backend
 
 
+#: How a sweep's run calls backprop, beside its generated weights (:class:`GeneratedParams`) and
+#: the default ``checkpoint="auto"`` and ``memory_budget=None``: what :func:`run_one` and
+#: :func:`plan_of` (the check of every grid point before a sweep starts) share.
+RUN_OPTIONS = dict(stats_only=True, hist_bins=0)
+
+
+def plan_of(stack: Stack, batch: int, backend: str | None, available):
+    """The plan of a sweep's run (:func:`gradbench.plan.plan_run`), as the worker's backprop
+    makes it: stats-only, generated weights, ``checkpoint="auto"``, no ``memory_budget`` (the
+    refusal limit is 90 % of ``available`` bytes: a number, or a callable read only for a run
+    that is not small), for the concrete ``backend`` (None: not known). Raises
+    :class:`~gradbench.plan.PlanRefused` with the message the worker would raise. Arithmetic
+    only: nothing is allocated."""
+    return plan_run(stack, batch, generated=True, available=available, backend=backend, **RUN_OPTIONS)
+
+
+def worker_memory(backend: str) -> tuple[int, str | None]:
+    """What a worker plans its runs with: the bytes available to it (:func:`available_memory`
+    and what its engine keeps for later calls, as backprop counts them) and the concrete backend
+    ``backend`` is there (None if it cannot be used there: the run says why). Run on every
+    worker of a scheduler the caller gave, before any run is submitted."""
+    from gradbench.backends import resolve
+    from gradbench.buffers import held
+
+    try:
+        name = resolve(backend)
+    except (RuntimeError, ValueError):
+        name = None
+    return available_memory() + held(), name
+
+
 def run_one(stack: Stack, batch: int, seed: int, backend: str = "auto") -> dict:
     """One run's measured columns, ``backend`` and ``seconds``: what a sweep's worker computes."""
     t0 = time.perf_counter()
@@ -117,8 +148,7 @@ def run_one(stack: Stack, batch: int, seed: int, backend: str = "auto") -> dict:
     x = gaussian_input(stack, batch, seed=np.random.default_rng([seed, 1]))
     # as `gradbench run --stats-only` (the weights are generated, not stored), without the
     # histograms of log10 |dW| that no column holds (a quarter of a run's time at depth 500)
-    res = backprop(stack, params, x, random_targets(stack, batch, seed), backend=backend, stats_only=True,
-                   hist_bins=0)
+    res = backprop(stack, params, x, random_targets(stack, batch, seed), backend=backend, **RUN_OPTIONS)
     a = assess(res)  # diagnose's rates and verdict
     seconds = time.perf_counter() - t0
     nonfinite = res.first_nonfinite_forward if res.first_nonfinite_forward is not None else \
