@@ -50,7 +50,9 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
   gradient of the last step's loss alone, and ``carried_grad_log10`` the norms of that loss's
   step terms of dL_{T-1}/dW_hh; ``decades_per_step``, ``ratio_log10``, the verdict and
   ``float_limits`` are read from the first, ``reach`` from the second; ``signal_log10`` and
-  ``grad_log10`` stay the whole loss's.
+  ``grad_log10`` stay the whole loss's. A result without that pass (``backprop(..., carried=False)``)
+  is refused: its ||dL/dh_t|| says nothing of what the recurrence carries (it read STABLE where the
+  carried gradient vanished at 0.535 decades a step).
 - signal clipping (``clip_on="signal"``): where the clip changed the backward state is read from
   the kernels' record (``RecurrentResult.signal_clip_acted``, the carried pass's
   ``carried_signal_clip_acted``), never guessed from the norms: "the clip changed it at 5 of the
@@ -504,6 +506,15 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
             raise ValueError(f"{name} must be a finite number > 0 ({what}), got {v!r}")
     rnn = res.rnn
     T = rnn.steps
+    if rnn.has_head and rnn.loss_on == "every" and res.carried_signal_norm is None:
+        raise ValueError(
+            "this result has a loss at every step (loss_on='every') but no carried pass: it came from "
+            "gb.backprop(..., carried=False). With a loss at every step ||dL/dh_t|| sums step t's own loss term and "
+            "every later step's carried back, and stays flat however fast the carried gradient vanishes, so no "
+            "verdict, rate or reach can be read from it (the README's every-step example, vanishing at -0.535 "
+            "decades a step, read STABLE from it). Run gb.backprop with carried=True (the default for "
+            "loss_on='every') to diagnose it; this result's signal_norm and grad_norm, the whole loss's, are "
+            "still there to read")
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
         g = np.asarray(res.grad_norm.log10(), dtype=np.float64)
