@@ -34,8 +34,12 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
   4. otherwise ``stable``.
 - ``float_limits[dtype]``: the first step, going back, at which a plain float32 / float64 chain
   would have lost ||dL/dh_t|| to underflow (below the smallest normal) or overflow; the
-  explanation names every dtype whose range is exceeded and the steps it would have lost ("from
-  step t down" only when every step below t is lost too, else "at steps 1-3 and 7").
+  explanation names every dtype whose range is exceeded and the steps it would have lost
+  (:func:`_limit_words`): an overflow from that step down (a plain chain's inf never turns finite
+  again); an underflow "from step t down" only when every step below t is lost too, else "at steps
+  1-3 and 7" (an LSTM's dL/dc_t carries the gradient past an underflowed dL/dh_t), but for the rnn
+  and the GRU every step below one whose ||dL/dh_t|| lies below half the smallest subnormal (a
+  state of zeros stays zero).
 - exact zeros inside the chain (||dL/dh_t|| = 0 while an earlier step's is not, rule 2) are named;
   in the LSTM they are not true zeros: a sample's dL/dh_t and dL/dc_t share one exponent per step
   (:func:`gradbench.recurrent.reference.finish_state`), and a dL/dh_t beyond the dtype's range
@@ -330,18 +334,46 @@ def _steps_words(steps, T: int) -> str:
     return f"at steps {_runs(steps.tolist())}"
 
 
-def _limit_words(s: np.ndarray, T: int, signal: str = "||dL/dh_t||") -> list[str]:
+# log10 of half the smallest subnormal: an entry below it rounds to 0, so a state whose norm lies
+# below it is all 0 in a plain chain of that dtype
+FLUSH_LOG10 = {"float64": -1075 * math.log10(2), "float32": -150 * math.log10(2)}
+
+
+def _limit_words(s: np.ndarray, T: int, signal: str = "||dL/dh_t||", cell: str | None = None) -> list[str]:
     """One sentence per kind (underflow, overflow) naming every dtype whose range ``signal``
-    (log10 in ``s``) leaves and the steps it would have lost: "from step t down" only when every
-    step below t is lost too (an LSTM's ||dL/dh_t|| can fall below float32's range at step 1 and be
-    back at 10^-6.6 at step 0)."""
+    (log10 in ``s``) leaves and the steps a plain chain of it would have lost.
+
+    Overflow: from the highest step above the largest finite down, for every cell. A plain
+    chain's state, once an entry is inf, is inf or NaN at every earlier step (inf times a
+    derivative, inf - inf, inf times 0). Its first inf lies within a step or so of the norm's
+    crossing: the largest entry can lie a little below the norm, and a product inside dz_t W_hh
+    can overflow where the sum would not (a linear rnn whose exact norm is above float32's range
+    at steps 0-33, 35-36 and 39: torch's float32 chain is inf from step 38 down). A tanh RNN at
+    gain 3 over 1000 steps read "at steps 0-594 and 599-601", as if the chain came back in range
+    at 595-598.
+
+    Underflow: the steps below the smallest normal (subnormal or 0), "from step t down" only when
+    every step below is lost too. ``cell`` "rnn" or "gru" (a single backward state, dL/dh_t, fed by
+    one loss: the last step's, or the carried pass's): where ||.|| lies below half the smallest
+    subnormal (:data:`FLUSH_LOG10`) every entry is 0, and 0 stays 0, so every step below is lost
+    even where the exact gradient grows back into range. Not so for the LSTM, whose dL/dc_t can
+    carry the gradient past a dL/dh_t that underflows (one at step 1 below float32's range is back
+    at 10^-6.6 at step 0), nor for an every-step loss's total, which each step's own loss term
+    refills (``cell`` None)."""
     words = []
     s = np.asarray(s, dtype=np.float64)
     for kind, what in (("underflow", f"lost {signal} to underflow"), ("overflow", f"overflowed {signal}")):
         hit = []
         for name in ("float32", "float64"):
             lo, hi = FLOAT_LIMITS[name]
-            steps = np.flatnonzero(np.isfinite(s) & (s < lo)) if kind == "underflow" else np.flatnonzero(s > hi)
+            if kind == "underflow":
+                steps = np.flatnonzero(np.isfinite(s) & (s < lo))
+                flushed = np.flatnonzero(np.isfinite(s) & (s < FLUSH_LOG10[name]))
+                if cell in ("rnn", "gru") and flushed.size:  # all 0 there, and 0 times anything stays 0
+                    steps = np.union1d(steps, np.arange(int(flushed.max()) + 1))
+            else:
+                over = np.flatnonzero(s > hi)
+                steps = np.arange(int(over.max()) + 1) if over.size else over
             if steps.size:
                 hit.append((name, _steps_words(steps, T)))
         if not hit:
@@ -594,7 +626,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
                                    float(res.loss_exact.log10()), rnn.dtype)
         words += chaos_words(share, rnn.dtype, f"h_t at step {share[1]}" if share else "")
     limits = float_limits(s)
-    words += _limit_words(s, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||")
+    words += _limit_words(s, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||", rnn.cell)
     return RecurrentDiagnosis(
         rnn=dataclasses.asdict(rnn), backend=res.backend, loss=float(res.loss),
         loss_log10=float(res.loss_exact.log10()), signal_log10=total, cell_log10=c, grad_log10=total_g, act_std_log10=std,
