@@ -15,6 +15,7 @@ in torch), never against the code's own numbers alone.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -209,3 +210,39 @@ def test_an_rnn_state_of_zeros_stays_zero():
     np.testing.assert_allclose(d.signal_log10, exact, atol=1e-3)  # (the forward at gain 3 is mildly chaotic)
     assert _plain(d) == ["plain float32 would have lost ||dL/dh_t|| to underflow from step 99 down (30 steps back)"], \
         d.explanation
+
+
+# ------------------------------------------------------------------ 3. words
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_a_saturated_cell_names_its_own_activation(act):
+    # sigmoid cells said "(e.g. tanh at |z| ~ 1e19)"; the |z| named is where mpmath's ln phi'(z)
+    # crosses -2^62 ln 2 (2^(-2^62), beyond any int64 exponent)
+    import warnings
+
+    import mpmath as mp
+
+    rnn = gb.Recurrent(cell="rnn", steps=50, hidden=4, activation=act, sigma_w=1e100)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        d = gb.diagnose(gb.backprop(rnn, gb.init_params(rnn, 0), gb.sequence_input(rnn, 16, 0)))
+    e = d.explanation
+    assert d.verdict == "vanishing" and f"its {act}'(z) lies below 2^(-2^62)" in e, e
+    other = {"sigmoid": "tanh", "tanh": "sigmoid"}[act]
+    assert other not in e, e
+    m = re.search(rf"as {act}' does at \|z\| ~ ([\d.]+e\d+)\)", e)
+    assert m, e
+    mp.mp.dps = 30
+    floor = -(mp.mpf(2) ** 62) * mp.log(2)
+    lnd = {"sigmoid": lambda z: -z - 2 * mp.log1p(mp.exp(-z)),
+           "tanh": lambda z: mp.log(4) - 2 * z - 2 * mp.log1p(mp.exp(-2 * z))}[act]
+    z = mp.findroot(lambda z: lnd(z) - floor, mp.mpf(1e18))
+    assert float(m.group(1)) == pytest.approx(float(z), rel=0.05)
+
+
+def test_one_step_and_one_epoch_are_singular(capsys):
+    from gradbench.cli import main
+
+    assert main(["train", "--demo", "memory-rnn", "--steps", "1", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "rnn, 1 step, hidden 16" in out and "batch 32, 1 epoch, seed" in out and "after 1 epoch 10^" in out, out
+    assert not re.search(r"\b1 (steps|epochs)\b", out), out

@@ -190,7 +190,7 @@ def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False,
         hint = f"; it fits with checkpoint={fits} (about {size_text(est(fits))})" if (
             fits is not None and fits != ck) else "; reduce steps, hidden or batch"
         exc = PlanRefused(
-            f"this run ({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, batch {batch}, checkpoint={ck}) needs "
+            f"this run ({rnn.cell}, {rnn.steps} step{'s' if rnn.steps != 1 else ''}, hidden {rnn.hidden}, batch {batch}, checkpoint={ck}) needs "
             f"about {size_text(need)} but the budget is {size_text(limit)} ({budget}){hint}",
             need=need, limit=limit, budget=budget)
         exc.checkpoint, exc.fits = ck, (fits if fits != ck else None)
