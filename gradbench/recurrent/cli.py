@@ -29,7 +29,7 @@ from gradbench.cli.common import (
 )
 from gradbench.cli.output import PLOTS, RESULTS, check_outputs, metadata, threads, write_file, write_json, write_plot
 from gradbench.cli.theory import few_open_units
-from gradbench.report import fmt_pow, fmt_rate
+from gradbench.report import count, fmt_pow, fmt_rate
 from gradbench.recurrent.spec import CELLS, CLIP_TARGETS, LOSS_ON, RECURRENT_INITS, RNN_ACTIVATIONS
 from gradbench.spec import CLIP_MODES, DTYPES, INITS, LOSSES, check_choice
 
@@ -77,7 +77,7 @@ def list_demos(out=None) -> None:
     for name, d in RECURRENT_DEMOS.items():
         t = d.train
         print(f"  {name:22s} {d.title}  [{t['optimizer']} lr={t['lr']:g}, batch {t['batch_size']}, "
-              f"{t['epochs']} epochs]", file=out)
+              f"{count(t['epochs'], 'epoch')}]", file=out)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -380,7 +380,7 @@ def _refusal(rnn, args, exc) -> str:
     from gradbench.recurrent.engine import memory_estimate
 
     given = {None: "", 0: ", --checkpoint 0"}.get(args.checkpoint, f", --checkpoint {args.checkpoint}")
-    auto = f" (checkpointed every {exc.checkpoint} steps)" if args.checkpoint is None and exc.checkpoint else ""
+    auto = f" (checkpointed every {count(exc.checkpoint, 'step')})" if args.checkpoint is None and exc.checkpoint else ""
     if exc.fits is not None:
         est = memory_estimate(rnn, args.batch, checkpoint=exc.fits, generated=True)
         hint = f"; it fits with --checkpoint {exc.fits} (about {size_text(est)})"
@@ -401,7 +401,7 @@ def run_one(probe: Probe, args, params=None):
         params = gb.init_params(rnn, args.seed)
     xs = gb.GeneratedSequence(rnn, args.batch, args.seed)
     targets = probe_targets(rnn, args.batch, args.seed)
-    desc = f"backprop {label + ' ' if label else ''}({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, {probe.backend})"
+    desc = f"backprop {label + ' ' if label else ''}({rnn.cell}, {count(rnn.steps, 'step')}, hidden {rnn.hidden}, {probe.backend})"
     try:
         with Progress(desc, unit="segments (forward + backward)") as bar:
             res = gb.backprop(rnn, params, xs, targets, backend=probe.backend, checkpoint=probe.checkpoint,
@@ -476,8 +476,8 @@ def cmd_compare(args) -> int:
         from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
 
         written.append(_write_plot(args, lambda path: plot.signal_vs_steps_back(
-            diags, path, title=f"{'||dL_(T-1)/dh_t||' if args.loss_on == 'every' else '||dL/dh_t||'} through {T} "
-                               f"steps, hidden {args.hidden}", dpi=args.dpi)))
+            diags, path, title=f"{'||dL_(T-1)/dh_t||' if args.loss_on == 'every' else '||dL/dh_t||'} through "
+                               f"{count(T, 'step')}, hidden {args.hidden}", dpi=args.dpi)))
     for note in _compare_notes(args, nets):
         print(note)
     backs = sorted({b for b in (0, 1, 10, 100, 1000, 10_000, 100_000, T - 1) if b < T})
@@ -572,10 +572,10 @@ def cmd_theory(args) -> int:
     out["measured_decades_per_step"] = got
     written = _theory_files(args, t0, res, out, pred, got, rnn)
     if math.isfinite(got):
-        print(f"  measured    {got:+.6f} decades per step going back ({rnn.steps} steps, batch {args.batch}, "
+        print(f"  measured    {got:+.6f} decades per step going back ({count(rnn.steps, 'step')}, batch {args.batch}, "
               f"{res.backend}, least squares away from both ends)")
     else:  # it printed "measured +nan" with no reason
-        print(f"  measured    none ({rnn.steps} steps, batch {args.batch}, {res.backend}): {_no_measurement(res)}")
+        print(f"  measured    none ({count(rnn.steps, 'step')}, batch {args.batch}, {res.backend}): {_no_measurement(res)}")
     if pred.decades_per_step is not None and math.isfinite(got):
         diff = got - pred.decades_per_step
         rel = (f" ({abs(diff) / abs(pred.decades_per_step):.2%} of the prediction)"

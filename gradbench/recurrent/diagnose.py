@@ -34,8 +34,12 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
   4. otherwise ``stable``.
 - ``float_limits[dtype]``: the first step, going back, at which a plain float32 / float64 chain
   would have lost ||dL/dh_t|| to underflow (below the smallest normal) or overflow; the
-  explanation names every dtype whose range is exceeded and the steps it would have lost ("from
-  step t down" only when every step below t is lost too, else "at steps 1-3 and 7").
+  explanation names every dtype whose range is exceeded and the steps it would have lost
+  (:func:`_limit_words`): an overflow from that step down (a plain chain's inf never turns finite
+  again); an underflow "from step t down" only when every step below t is lost too, else "at steps
+  1-3 and 7" (an LSTM's dL/dc_t carries the gradient past an underflowed dL/dh_t), but for the rnn
+  and the GRU every step below one whose ||dL/dh_t|| lies below half the smallest subnormal (a
+  state of zeros stays zero).
 - exact zeros inside the chain (||dL/dh_t|| = 0 while an earlier step's is not, rule 2) are named;
   in the LSTM they are not true zeros: a sample's dL/dh_t and dL/dc_t share one exponent per step
   (:func:`gradbench.recurrent.reference.finish_state`), and a dL/dh_t beyond the dtype's range
@@ -50,7 +54,9 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
   gradient of the last step's loss alone, and ``carried_grad_log10`` the norms of that loss's
   step terms of dL_{T-1}/dW_hh; ``decades_per_step``, ``ratio_log10``, the verdict and
   ``float_limits`` are read from the first, ``reach`` from the second; ``signal_log10`` and
-  ``grad_log10`` stay the whole loss's.
+  ``grad_log10`` stay the whole loss's. A result without that pass (``backprop(..., carried=False)``)
+  is refused: its ||dL/dh_t|| says nothing of what the recurrence carries (it read STABLE where the
+  carried gradient vanished at 0.535 decades a step).
 - signal clipping (``clip_on="signal"``): where the clip changed the backward state is read from
   the kernels' record (``RecurrentResult.signal_clip_acted``, the carried pass's
   ``carried_signal_clip_acted``), never guessed from the norms: "the clip changed it at 5 of the
@@ -328,18 +334,46 @@ def _steps_words(steps, T: int) -> str:
     return f"at steps {_runs(steps.tolist())}"
 
 
-def _limit_words(s: np.ndarray, T: int, signal: str = "||dL/dh_t||") -> list[str]:
+# log10 of half the smallest subnormal: an entry below it rounds to 0, so a state whose norm lies
+# below it is all 0 in a plain chain of that dtype
+FLUSH_LOG10 = {"float64": -1075 * math.log10(2), "float32": -150 * math.log10(2)}
+
+
+def _limit_words(s: np.ndarray, T: int, signal: str = "||dL/dh_t||", cell: str | None = None) -> list[str]:
     """One sentence per kind (underflow, overflow) naming every dtype whose range ``signal``
-    (log10 in ``s``) leaves and the steps it would have lost: "from step t down" only when every
-    step below t is lost too (an LSTM's ||dL/dh_t|| can fall below float32's range at step 1 and be
-    back at 10^-6.6 at step 0)."""
+    (log10 in ``s``) leaves and the steps a plain chain of it would have lost.
+
+    Overflow: from the highest step above the largest finite down, for every cell. A plain
+    chain's state, once an entry is inf, is inf or NaN at every earlier step (inf times a
+    derivative, inf - inf, inf times 0). Its first inf lies within a step or so of the norm's
+    crossing: the largest entry can lie a little below the norm, and a product inside dz_t W_hh
+    can overflow where the sum would not (a linear rnn whose exact norm is above float32's range
+    at steps 0-33, 35-36 and 39: torch's float32 chain is inf from step 38 down). A tanh RNN at
+    gain 3 over 1000 steps read "at steps 0-594 and 599-601", as if the chain came back in range
+    at 595-598.
+
+    Underflow: the steps below the smallest normal (subnormal or 0), "from step t down" only when
+    every step below is lost too. ``cell`` "rnn" or "gru" (a single backward state, dL/dh_t, fed by
+    one loss: the last step's, or the carried pass's): where ||.|| lies below half the smallest
+    subnormal (:data:`FLUSH_LOG10`) every entry is 0, and 0 stays 0, so every step below is lost
+    even where the exact gradient grows back into range. Not so for the LSTM, whose dL/dc_t can
+    carry the gradient past a dL/dh_t that underflows (one at step 1 below float32's range is back
+    at 10^-6.6 at step 0), nor for an every-step loss's total, which each step's own loss term
+    refills (``cell`` None)."""
     words = []
     s = np.asarray(s, dtype=np.float64)
     for kind, what in (("underflow", f"lost {signal} to underflow"), ("overflow", f"overflowed {signal}")):
         hit = []
         for name in ("float32", "float64"):
             lo, hi = FLOAT_LIMITS[name]
-            steps = np.flatnonzero(np.isfinite(s) & (s < lo)) if kind == "underflow" else np.flatnonzero(s > hi)
+            if kind == "underflow":
+                steps = np.flatnonzero(np.isfinite(s) & (s < lo))
+                flushed = np.flatnonzero(np.isfinite(s) & (s < FLUSH_LOG10[name]))
+                if cell in ("rnn", "gru") and flushed.size:  # all 0 there, and 0 times anything stays 0
+                    steps = np.union1d(steps, np.arange(int(flushed.max()) + 1))
+            else:
+                over = np.flatnonzero(s > hi)
+                steps = np.arange(int(over.max()) + 1) if over.size else over
             if steps.size:
                 hit.append((name, _steps_words(steps, T)))
         if not hit:
@@ -408,17 +442,28 @@ def _back(n: int) -> str:
     return "the last step" if n == 0 else f"{n} step{'s' if n != 1 else ''} back"
 
 
+# Where each rescued activation's ln|phi'(z)| falls below -2^62 ln 2 (2^(-2^62), beyond any int64
+# exponent): tanh' ~ 4 e^(-2|z|), sigmoid' ~ e^(-|z|), the ELU family's and swish's negative side
+# ~ e^z, gelu's ~ e^(-z^2 / 2)
+_LN_FLOOR = 2.0**62 * math.log(2.0)
+_SATURATED_AT = {"tanh": f"|z| ~ {_LN_FLOOR / 2:.2g}", "sigmoid": f"|z| ~ {_LN_FLOOR:.2g}",
+                 "elu": f"z ~ {-_LN_FLOOR:.2g}", "selu": f"z ~ {-_LN_FLOOR:.2g}", "swish": f"z ~ {-_LN_FLOOR:.2g}",
+                 "gelu": f"z ~ {-math.sqrt(2 * _LN_FLOOR):.2g}"}
+
+
 def _saturated_zero(rnn, s: np.ndarray, saturation) -> str:
     """Why the signal reads 0 below some step, when it is the vanilla cell's saturation: every
-    unit's phi'(z) lies below 2^(-2^62) there (tanh at |z| ~ 1.6e18), beyond the int64 exponent
-    of the step's log-form rescue: the true gradient is tiny, not 0."""
+    unit's phi'(z) lies below 2^(-2^62) there (tanh at |z| ~ 1.6e18, sigmoid at 3.2e18: the
+    cell's own activation is named, :data:`_SATURATED_AT`), beyond the int64 exponent of the
+    step's log-form rescue: the true gradient is tiny, not 0."""
     zero = np.flatnonzero(s == -math.inf)
     sat = np.asarray(saturation, dtype=np.float64)
     t = int(zero.max()) + 1 if zero.size else -1
     if rnn.cell != "rnn" or rnn.act not in RESCUE or not (0 < t < len(sat)) or sat[t] < 1.0:
         return ""
-    return (f": every unit of step {t} is saturated so far that its {rnn.act}'(z) lies below 2^(-2^62) (e.g. tanh "
-            "at |z| ~ 1e19), which no int64 exponent holds: the true gradient below is tiny, not 0")
+    at = _SATURATED_AT[rnn.act].replace("e+", "e")
+    return (f": every unit of step {t} is saturated so far that its {rnn.act}'(z) lies below 2^(-2^62) (as "
+            f"{rnn.act}' does at {at}), which no int64 exponent holds: the true gradient below is tiny, not 0")
 
 
 def _zeros_inside(rnn, s: np.ndarray, cell: np.ndarray, g: np.ndarray, saturation, verdict: str,
@@ -504,6 +549,15 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
             raise ValueError(f"{name} must be a finite number > 0 ({what}), got {v!r}")
     rnn = res.rnn
     T = rnn.steps
+    if rnn.has_head and rnn.loss_on == "every" and res.carried_signal_norm is None:
+        raise ValueError(
+            "this result has a loss at every step (loss_on='every') but no carried pass: it came from "
+            "gb.backprop(..., carried=False). With a loss at every step ||dL/dh_t|| sums step t's own loss term and "
+            "every later step's carried back, and stays flat however fast the carried gradient vanishes, so no "
+            "verdict, rate or reach can be read from it (the README's every-step example, vanishing at -0.535 "
+            "decades a step, read STABLE from it). Run gb.backprop with carried=True (the default for "
+            "loss_on='every') to diagnose it; this result's signal_norm and grad_norm, the whole loss's, are "
+            "still there to read")
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
         g = np.asarray(res.grad_norm.log10(), dtype=np.float64)
@@ -583,7 +637,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
                                    float(res.loss_exact.log10()), rnn.dtype)
         words += chaos_words(share, rnn.dtype, f"h_t at step {share[1]}" if share else "")
     limits = float_limits(s)
-    words += _limit_words(s, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||")
+    words += _limit_words(s, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||", rnn.cell)
     return RecurrentDiagnosis(
         rnn=dataclasses.asdict(rnn), backend=res.backend, loss=float(res.loss),
         loss_log10=float(res.loss_exact.log10()), signal_log10=total, cell_log10=c, grad_log10=total_g, act_std_log10=std,

@@ -190,7 +190,7 @@ def plan_run(rnn: Recurrent, batch: int, *, checkpoint="auto", stats_only=False,
         hint = f"; it fits with checkpoint={fits} (about {size_text(est(fits))})" if (
             fits is not None and fits != ck) else "; reduce steps, hidden or batch"
         exc = PlanRefused(
-            f"this run ({rnn.cell}, {rnn.steps} steps, hidden {rnn.hidden}, batch {batch}, checkpoint={ck}) needs "
+            f"this run ({rnn.cell}, {rnn.steps} step{'s' if rnn.steps != 1 else ''}, hidden {rnn.hidden}, batch {batch}, checkpoint={ck}) needs "
             f"about {size_text(need)} but the budget is {size_text(limit)} ({budget}){hint}",
             need=need, limit=limit, budget=budget)
         exc.checkpoint, exc.fits = ck, (fits if fits != ck else None)
@@ -282,8 +282,9 @@ def backprop(rnn: Recurrent, params: RecurrentParams, xs, targets=None, *, backe
         step's loss alone, the gradient that the recurrence carries back
         (``carried_signal_norm``, ``carried_grad_norm``). ||dL/dh_t|| of the every-step loss is
         mostly step t's own loss term and stays flat however fast the carried part vanishes;
-        how far back credit reaches is the carried part's. False skips it (a third less work).
-        True needs ``loss_on="every"``; False is accepted for any net.
+        how far back credit reaches is the carried part's. False skips it (a third less work),
+        and :func:`gradbench.diagnose` then refuses the result (its verdict would be read from the
+        flat every-step ||dL/dh_t||). True needs ``loss_on="every"``; False is accepted for any net.
     """
     t_start = time.perf_counter()
     params, xs, targets, h0, c0 = check_inputs(rnn, params, xs, targets, h0, c0)

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from gradbench.plot import (DPI, _chance_line, _diverged, _legend, _loss_line, _no_finite_values, _off_scale,
                             _strip, _whole_numbers, _with_dtype, save)
-from gradbench.report import fmt_rate
+from gradbench.report import count, fmt_rate
 from gradbench.recurrent.diagnose import FLOAT_LIMITS, RecurrentDiagnosis, diagnose
 
 _STYLES = ("-", "--", "-.", ":")
@@ -56,7 +56,7 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
         back = np.arange(len(s))[::-1]  # step t is T-1-t steps back
         ok = np.isfinite(s)
         notes = [fmt_rate(d.decades_per_step, 4) + " dec/step"] if math.isfinite(d.decades_per_step) else []
-        notes += [f"{n} steps {what}" for n, what in ((int(np.sum(s == -np.inf)), "exactly 0"),
+        notes += [f"{count(n, 'step')} {what}" for n, what in ((int(np.sum(s == -np.inf)), "exactly 0"),
                                                        (int(np.sum(np.isnan(s) | (s == np.inf))), "not finite")) if n]
         (line,) = ax.plot(back, np.where(ok, s, np.nan), lw=1.6, ls=_STYLES[i % len(_STYLES)],
                           label=f"{label}  ({', '.join([d.verdict] + notes)})")
@@ -97,7 +97,7 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
         _no_finite_values(ax, "no finite, nonzero norm at any step: each is marked below the axis")
     _strip(ax, strip, "norm")
     ax.set_ylabel("log10 (exact)")
-    ax.set_title(title or _with_dtype(f"{d.rnn['cell']}, {d.steps} steps", d.rnn.get("dtype") or "float64")
+    ax.set_title(title or _with_dtype(f"{d.rnn['cell']}, {count(d.steps, 'step')}", d.rnn.get("dtype") or "float64")
                  + f": {d.verdict}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

@@ -89,7 +89,8 @@ class RecurrentResult:
         With ``loss_on="every"`` (unless ``backprop(..., carried=False)``): ||dL_{T-1}/dh_t|| and
         the norm of step t's contribution to dL_{T-1}/dW_hh for the last step's loss L_{T-1}
         alone, exact: the gradient that the recurrence carries back, without each step's own
-        loss term (which keeps ``signal_norm`` flat however fast this vanishes). None otherwise.
+        loss term (which keeps ``signal_norm`` flat however fast this vanishes). None otherwise
+        (:func:`gradbench.diagnose` refuses an every-step result without them).
     signal_clip_acted : ndarray (T + 1,) of bool, or None
         With signal clipping (``clip_on="signal"``): whether the clip changed the backward state
         at each place of the chain, by the clip's own test on the state it clips (value: some

@@ -30,6 +30,7 @@ from gradbench.plan import check_history
 from gradbench.recurrent.engine import backprop
 from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
+from gradbench.report import count
 from gradbench.spec import check_choice
 from gradbench.train import OPTIMIZERS, accuracy_text, chance_loss, class_labels, make_optimizer, resolve_momentum
 from gradbench.train import check_labels, final_accuracy_text, optimizer_settings, optimizer_words, rising_words
@@ -90,14 +91,14 @@ class RecurrentTrainResult:
 
     def summary(self) -> str:
         s, r = self.settings, self.rnn
-        lines = [f"{s.get('name') or 'training'}: {r.cell}, {r.steps} steps, hidden {r.hidden}"
+        lines = [f"{s.get('name') or 'training'}: {r.cell}, {count(r.steps, 'step')}, hidden {r.hidden}"
                  + (f", {r.act}" if r.cell == "rnn" else "") + f", W_hh {r.recurrent_init}"
                  + (f" gain {r.sigma_w:g}" if r.sigma_w is not None else "")
                  + (f", forget bias {r.lstm_forget_bias:g}" if r.cell == "lstm" else "")
                  + (f", update-gate bias {r.gru_update_bias:g}" if r.gru_update_bias else "")
                  + (f", clip {r.clip} {r.clip_threshold:g} on {r.clip_on}" if r.clip else ""),
                  f"  task {s['task']} ({s['n_samples']} sequences), {s['optimizer']} lr={s['lr']:g}{optimizer_words(s)}, batch "
-                 f"{s['batch_size']}, {s['epochs']} epochs, seed {s['seed']}"]
+                 f"{s['batch_size']}, {count(s['epochs'], 'epoch')}, seed {s['seed']}"]
         if self.diverged_epoch is not None:
             lines.append(f"  DIVERGED in epoch {self.diverged_epoch + 1}: {self.divergence}")
         ran = self.epochs_run
@@ -112,7 +113,7 @@ class RecurrentTrainResult:
         s0 = self.signal_start
         if len(s0) and np.isfinite(s0[-1]):
             lines.append(f"  at the start the gradient reaching step 0 was 10^{s0[0] - s0[-1]:.1f} of the one at the "
-                         f"last step" + (f"; after {ran} epochs 10^{self.signal_end[0] - self.signal_end[-1]:.1f}"
+                         f"last step" + (f"; after {count(ran, 'epoch')} 10^{self.signal_end[0] - self.signal_end[-1]:.1f}"
                                          if np.isfinite(self.signal_end[-1]) and np.isfinite(self.signal_end[0]) else ""))
         return "\n".join(lines)
 
