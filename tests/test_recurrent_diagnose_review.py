@@ -28,8 +28,9 @@ LSTM_CASE = dict(cell="lstm", steps=6, hidden=3, sigma_w=1000.0, recurrent_init=
 
 
 def _mp_lstm(rnn, p, xs):
-    """log10 ||dL/dh_t|| and log10 of step t's dW_hh term of an LSTM with sum_squares loss, in
-    mpmath at 60 digits (torch's gate order i, f, g, o; h_{-1} = c_{-1} = 0)."""
+    """log10 ||dL/dh_t||, log10 of step t's dW_hh term and log10 of the backward state's norm
+    sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2) (dL/dc_t the total, through h_t and c_{t+1}) of an LSTM
+    with sum_squares loss, in mpmath at 60 digits (torch's gate order i, f, g, o; h_{-1} = c_{-1} = 0)."""
     mp.mp.dps = 60
     T, B, _ = xs.shape
     N = rnn.hidden
@@ -53,7 +54,7 @@ def _mp_lstm(rnn, p, xs):
         Z.append(zs), H.append(hs), C.append(cs)
     gh = [list(H[-1][b]) for b in range(B)]
     gc = [[mp.mpf(0)] * N for _ in range(B)]
-    s, w = [None] * T, [None] * T
+    s, w, st = [None] * T, [None] * T, [None] * T
     for t in range(T - 1, -1, -1):
         s[t] = mp.sqrt(sum(v ** 2 for b in range(B) for v in gh[b]))
         dW = [[mp.mpf(0)] * N for _ in range(4 * N)]
@@ -72,10 +73,12 @@ def _mp_lstm(rnn, p, xs):
                     dW[k][j] += dz[k] * H[t][b][j]
             ngh.append([sum(dz[k] * Whh[k][j] for k in range(4 * N)) for j in range(N)])
             ngc.append([dc[k] * f[k] for k in range(N)])
+            st[t] = (st[t] or 0) + sum(v ** 2 for v in dc)
+        st[t] = mp.sqrt(st[t] + s[t] ** 2)
         w[t] = mp.sqrt(sum(v ** 2 for row in dW for v in row))
         gh, gc = ngh, ngc
     l10 = lambda v: float(mp.log10(v)) if v != 0 else -math.inf
-    return np.array([l10(v) for v in s]), np.array([l10(v) for v in w])
+    return np.array([l10(v) for v in s]), np.array([l10(v) for v in w]), np.array([l10(v) for v in st])
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,7 @@ def lstm_case():
 
 
 def test_lstm_float32_names_the_exact_zeros_inside_the_chain(lstm_case):
-    s_true, w_true = lstm_case["mp"]
+    s_true, w_true, _ = lstm_case["mp"]
     res, d = lstm_case["float32"]
     s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
     w = np.asarray(res.grad_norm.log10(), dtype=np.float64)
@@ -111,18 +114,21 @@ def test_lstm_float32_names_the_exact_zeros_inside_the_chain(lstm_case):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_falls_to_names_the_true_lowest_point(lstm_case, dtype):
-    s_true, _ = lstm_case["mp"]
+    """Of the LSTM's backward state (dL/dh_t and dL/dc_t together): dL/dh_1 is 10^-65.9, but
+    dL/dc_1 carries the gradient past it."""
+    s_true, _, state_true = lstm_case["mp"]
     e = lstm_case[dtype][1].explanation
-    low = int(np.argmin(s_true))  # step 1: 10^-65.9
+    low = int(np.argmin(state_true))
+    assert state_true[low] > s_true[1] + 60  # the cell's path, not dL/dh_1's 10^-65.9
     for m in re.finditer(r"falls to 10\^(-?[\d.]+) of the last step's at step (\d+)", e):
         assert int(m.group(2)) == low, (dtype, e)
-        assert float(m.group(1)) == pytest.approx(s_true[low] - s_true[-1], abs=0.01), (dtype, e)
+        assert float(m.group(1)) == pytest.approx(state_true[low] - state_true[-1], abs=0.01), (dtype, e)
     if dtype == "float64":
         assert "falls to" in e, e
 
 
 def test_float_limit_names_only_the_steps_below_float32(lstm_case):
-    s_true, _ = lstm_case["mp"]
+    s_true = lstm_case["mp"][0]
     e = lstm_case["float64"][1].explanation
     lo32 = math.log10(np.finfo(np.float32).tiny)
     under = np.flatnonzero(s_true < lo32)

@@ -9,7 +9,10 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
   log10 ||dL/dc_t|| (the total: through h_t and through c_{t+1}).
 - ``decades_per_step``: the least-squares slope of ``signal_log10`` going *back* in time, from
   step T-1 towards step 0: the change per step, negative = vanishing (the stacks' convention,
-  "going down towards the input").
+  "going down towards the input"). For the LSTM this, ``ratio_log10`` and the verdict read its
+  backward state's norm sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2) (:func:`state_log10`) in place of
+  ||dL/dh_t||: the pair is what the backward carries, and dL/dc_t reaches step t's gates whatever
+  dL/dh_t does; ``signal_log10`` and ``cell_log10`` stay the two norms.
 - ``ratio_log10`` = log10(||dL/dh_0|| / ||dL/dh_{T-1}||): "the gradient reaching step 0 is
   10^ratio of the one at the last step".
 - ``reach``: the number of consecutive steps around the largest step contribution to dL/dW_hh,
@@ -275,6 +278,20 @@ def nonfinite_words(res) -> list[str]:
     elif at is not None:
         words.append(f"the backward signal turned non-finite at step {at}")
     return words
+
+
+def state_log10(h_log10, c_log10) -> np.ndarray:
+    """log10 of the LSTM's backward state norm sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2) per step, from
+    the two norms' log10 (-inf: 0; NaN stays NaN). The state the backward carries is the pair:
+    dL/dc_t reaches step t's gates (the input gate and the candidate) whatever dL/dh_t does. A
+    forget gate near 1 under a small W_hh keeps dL/dc_t flat over 300 steps while dL/dh_t drops
+    two decades in the first step back (it reaches the loss only through W_hh): that read
+    VANISHING, and "no gradient reaches step 0" with W_hh = 0, where dL/dc_0 was 10^-3."""
+    h = np.asarray(h_log10, dtype=np.float64)
+    c = np.asarray(c_log10, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        joint = np.logaddexp(2 * math.log(10) * h, 2 * math.log(10) * c) / (2 * math.log(10))
+    return np.where(np.isnan(h) | np.isnan(c), np.nan, joint)
 
 
 def classify(signal_log10, decades_per_step: float, *, threshold: float = 2.0, nonfinite: bool = False) -> str:
@@ -569,6 +586,14 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         if carried:  # every-step loss: what the recurrence carries back from the last step's loss decides
             s = np.asarray(res.carried_signal_norm.log10(), dtype=np.float64)
             g = np.asarray(res.carried_grad_norm.log10(), dtype=np.float64)
+    zc = c
+    if carried:  # the carried pass's own ||dL_{T-1}/dc_t||, when the result has it
+        zc = res.extras.get("carried_cell_signal_norm")
+        with np.errstate(divide="ignore"):
+            zc = np.asarray(zc.log10(), dtype=np.float64) if zc is not None else np.zeros(0)
+    h_signal = s
+    if rnn.cell == "lstm" and len(zc) == len(s):
+        s = state_log10(s, zc)  # the LSTM's backward state is the pair: the verdict reads both
     slope = _fit(np.where(np.isfinite(s), s, np.nan))
     per_step = -slope if math.isfinite(slope) else math.nan
     ratio = float(s[0] - s[-1]) if (math.isfinite(s[0]) or s[0] == -math.inf) and math.isfinite(s[-1]) else math.nan
@@ -587,6 +612,8 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         words.append(_every_step_words(total, T, verdict, (rnn.clip, rnn.clip_threshold) if held else None))
     if math.isfinite(ratio):
         gradient = "the gradient of the last step's loss" if carried else "the gradient"
+        if s is not h_signal:
+            gradient += " (the state's: dL/dh_t and dL/dc_t together)"
         if abs(ratio) < MEASURABLE_DECADES:  # rounding: 10^5.551e-17 read as a change
             words.append(f"{gradient} reaching step 0 is the one at step {T - 1}, unchanged to rounding")
         else:
@@ -604,12 +631,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
                      + (": the head is right by a margin so large that its loss and dL/dy lie below 2^(-2^62), "
                         "which no int64 exponent holds (the true gradient is not 0)" if loss_zero else
                         " (an all-zero loss gradient, or every path from the loss cut)"))
-    zc = c
-    if carried:  # the carried pass's own ||dL_{T-1}/dc_t||, when the result has it
-        zc = res.extras.get("carried_cell_signal_norm")
-        with np.errstate(divide="ignore"):
-            zc = np.asarray(zc.log10(), dtype=np.float64) if zc is not None else np.zeros(0)
-    words += _zeros_inside(rnn, s, zc, g, res.saturation, verdict, "L_{T-1}" if carried else "L")
+    words += _zeros_inside(rnn, h_signal, zc, g, res.saturation, verdict, "L_{T-1}" if carried else "L")
     words += _extremes(s, threshold)
     if fin.size:
         words.append(_reach_words(g, top, first, last, reach_decades, "dL_{T-1}/dW_hh" if carried else "dL/dW_hh"))
@@ -636,8 +658,8 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
             share = rounding_share(res.signal_norm.log10(), res.act_mean.log10(), res.act_std.log10(),
                                    float(res.loss_exact.log10()), rnn.dtype)
         words += chaos_words(share, rnn.dtype, f"h_t at step {share[1]}" if share else "")
-    limits = float_limits(s)
-    words += _limit_words(s, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||", rnn.cell)
+    limits = float_limits(h_signal)
+    words += _limit_words(h_signal, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||", rnn.cell)
     return RecurrentDiagnosis(
         rnn=dataclasses.asdict(rnn), backend=res.backend, loss=float(res.loss),
         loss_log10=float(res.loss_exact.log10()), signal_log10=total, cell_log10=c, grad_log10=total_g, act_std_log10=std,
@@ -645,7 +667,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         gate_low=np.asarray(res.gate_low, dtype=np.float64), first_nonfinite_forward=res.first_nonfinite_forward,
         first_nonfinite_backward=res.first_nonfinite_backward, decades_per_step=per_step, ratio_log10=ratio,
         reach=int(reach), verdict=verdict, explanation="; ".join(words) + ".", float_limits=limits,
-        threshold=float(threshold), carried_log10=s if carried else np.zeros(0),
+        threshold=float(threshold), carried_log10=h_signal if carried else np.zeros(0),
         carried_grad_log10=g if carried else np.zeros(0), clip_acted=_steps_acted(res.signal_clip_acted),
         carried_clip_acted=_steps_acted(res.carried_signal_clip_acted if carried else None),
         weights=(getattr(res, "extras", None) or {}).get("weights"))
