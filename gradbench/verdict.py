@@ -89,7 +89,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradbench.activations import RESCUE
+from gradbench.activations import RESCUE, SATURATED_AT
 from gradbench.report import count, decades
 from gradbench.spec import RELU_FAMILY, SATURATING
 
@@ -778,7 +778,8 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
         if L and floor[-1]:
             words.append(f"no gradient at all: every ||dL/dW_l|| is exactly zero because the derivative of the "
                          f"saturated units underflowed beyond even the exponent range: every unit of layer {L - 1} "
-                         f"(the top) has {stack.activation}' below 2^(-2^62) (e.g. tanh at |z| ~ 1e200), which no "
+                         f"(the top) has {stack.activation}' below 2^(-2^62) (as {stack.activation}' does at "
+                         f"{SATURATED_AT.get(stack.activation, 'its limit')}), which no "
                          "int64 exponent holds; the true gradient is not 0, and every layer below inherits the zero")
         elif stack.residual and stack.residual_scale == 0:
             words.append("no gradient at all: every ||dL/dW_l|| is exactly zero because residual_scale is 0: every "
@@ -1373,7 +1374,8 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
         if floored_layers(stack.activation, g, res.saturation, res.act_std.log10(), res.act_mean.log10())[top]:
             # phi' > 0 (but at a point) and rescued down to 2^(-2^62): the zero is that floor, not the chain's
             dead_note = (f" (every unit of layer {top} is saturated so far that its {stack.activation}' is below "
-                         "2^(-2^62), e.g. tanh at |z| ~ 1e200: the true gradient there is not 0, but beyond any "
+                         f"2^(-2^62), as {stack.activation}' does at {SATURATED_AT.get(stack.activation, 'its limit')}: "
+                         "the true gradient there is not 0, but beyond any "
                          "int64 exponent)")
         under = float_underflow(stack, res)
         if under.size and np.isin(zero - 1, under).any():

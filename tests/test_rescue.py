@@ -9,6 +9,9 @@ exact, and backend against backend at larger batches, residual groups and float3
 
 from __future__ import annotations
 
+import math
+import re
+
 import numpy as np
 import pytest
 
@@ -344,3 +347,11 @@ def test_a_top_layer_saturated_to_one_value_is_named_as_the_floor_not_a_zero_inp
     text = str(d)
     assert "2^(-2^62)" in text and "all-zero input" not in text
     assert "plain float64 is fine here" not in text
+    # where tanh' leaves the int64 exponent: ln 4 - 2|z| = -2^62 ln 2 (it said "e.g. tanh at |z| ~ 1e200")
+    edge = (math.log(4) + 2.0**62 * math.log(2)) / 2
+    m = re.search(r"as tanh' does at \|z\| ~ ([\d.]+e\d+)", " ".join(text.split()))
+    assert m and float(m.group(1)) == pytest.approx(edge, rel=0.05), text
+    sig = gb.Stack(depth=3, width=4, activation="sigmoid", sigma_w=1e140)  # sigmoid' ~ e^-|z|: twice as far
+    ds = gb.diagnose(gb.backprop(sig, gb.init_params(sig, 0), x), gb.init_params(sig, 0))
+    m = re.search(r"as sigmoid' does at \|z\| ~ ([\d.]+e\d+)", " ".join(str(ds).split()))
+    assert ds.verdict == "no gradient" and m and float(m.group(1)) == pytest.approx(2 * edge, rel=0.05), str(ds)

@@ -78,7 +78,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradbench.activations import RESCUE
+from gradbench.activations import RESCUE, SATURATED_AT
 from gradbench.diagnose import _from_jsonable as _from_json_value
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.report import activation_words, count, fmt_percent, fmt_pow, index_runs
@@ -459,26 +459,17 @@ def _back(n: int) -> str:
     return "the last step" if n == 0 else f"{n} step{'s' if n != 1 else ''} back"
 
 
-# Where each rescued activation's ln|phi'(z)| falls below -2^62 ln 2 (2^(-2^62), beyond any int64
-# exponent): tanh' ~ 4 e^(-2|z|), sigmoid' ~ e^(-|z|), the ELU family's and swish's negative side
-# ~ e^z, gelu's ~ e^(-z^2 / 2)
-_LN_FLOOR = 2.0**62 * math.log(2.0)
-_SATURATED_AT = {"tanh": f"|z| ~ {_LN_FLOOR / 2:.2g}", "sigmoid": f"|z| ~ {_LN_FLOOR:.2g}",
-                 "elu": f"z ~ {-_LN_FLOOR:.2g}", "selu": f"z ~ {-_LN_FLOOR:.2g}", "swish": f"z ~ {-_LN_FLOOR:.2g}",
-                 "gelu": f"z ~ {-math.sqrt(2 * _LN_FLOOR):.2g}"}
-
-
 def _saturated_zero(rnn, s: np.ndarray, saturation) -> str:
     """Why the signal reads 0 below some step, when it is the vanilla cell's saturation: every
     unit's phi'(z) lies below 2^(-2^62) there (tanh at |z| ~ 1.6e18, sigmoid at 3.2e18: the
-    cell's own activation is named, :data:`_SATURATED_AT`), beyond the int64 exponent of the
+    cell's own activation is named, :data:`gradbench.activations.SATURATED_AT`), beyond the int64 exponent of the
     step's log-form rescue: the true gradient is tiny, not 0."""
     zero = np.flatnonzero(s == -math.inf)
     sat = np.asarray(saturation, dtype=np.float64)
     t = int(zero.max()) + 1 if zero.size else -1
     if rnn.cell != "rnn" or rnn.act not in RESCUE or not (0 < t < len(sat)) or sat[t] < 1.0:
         return ""
-    at = _SATURATED_AT[rnn.act].replace("e+", "e")
+    at = SATURATED_AT[rnn.act]
     return (f": every unit of step {t} is saturated so far that its {rnn.act}'(z) lies below 2^(-2^62) (as "
             f"{rnn.act}' does at {at}), which no int64 exponent holds: the true gradient below is tiny, not 0")
 
