@@ -161,7 +161,11 @@ class Diagnosis:
 
     @classmethod
     def from_json(cls, s: str) -> "Diagnosis":
-        return cls.from_dict(json.loads(s))
+        """:meth:`from_dict` of a JSON text (:meth:`to_json`, or the text of a ``gradbench run
+        --out x.json`` file); a path is refused, naming how to read it."""
+        from gradbench.frames import json_fields
+
+        return cls.from_dict(json_fields(s, "gradbench.Diagnosis"))
 
     def to_frame(self):
         """One row per layer as a pandas DataFrame (:func:`gradbench.frames.diagnosis_frame`)."""

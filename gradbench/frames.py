@@ -304,6 +304,29 @@ def write_npz(d, path, head: dict | None = None) -> str:
     return _atomic.write_atomic(path, lambda f: save_npz(f, d, head), binary=True, suffix=".npz")
 
 
+def json_fields(s, reader: str) -> dict:
+    """The diagnosis dict of a JSON text (``to_json``'s, or the whole text of a ``--out x.json``
+    file of one diagnosis, whose ``"diagnosis"`` it takes). A path is refused, naming how to read
+    the file (``Diagnosis.from_json('r.json')`` failed with a bare JSONDecodeError); ``reader``:
+    the class's name for the message."""
+    text = s.decode() if isinstance(s, (bytes, bytearray)) else s
+    if isinstance(text, os.PathLike) or (isinstance(text, str) and not text.lstrip().startswith("{")
+                                         and os.path.isfile(text)):
+        raise ValueError(f"{reader}.from_json takes the JSON text, not a path ({os.fspath(text)!r}): read the file "
+                         f"with {reader}.from_json(open(path).read()), or an .npz with {reader}.from_npz(path)")
+    if not isinstance(text, str):
+        raise TypeError(f"{reader}.from_json takes the JSON text (a str), got {type(s).__name__}")
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{reader}.from_json: not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if isinstance(d, dict) and "diagnosis" in d and isinstance(d["diagnosis"], dict):
+        d = d["diagnosis"]  # the text of a --out file of one diagnosis
+    if not isinstance(d, dict):
+        raise ValueError(f"{reader}.from_json: the JSON is a {type(d).__name__}, not a diagnosis")
+    return d
+
+
 def npz_fields(path, name: str | None = None, kind: str = "stack") -> dict:
     """The fields of the :class:`~gradbench.Diagnosis` written by :func:`write_npz` (``name``:
     one of a file of several, ``gradbench compare --out x.npz``; ``kind="recurrent"``: of a

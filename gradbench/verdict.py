@@ -560,10 +560,13 @@ def classify(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticit
 
 def _num(v: float) -> str:
     """A decade count without scientific notation (10^-64411.7, not 10^-6.441e+04; 10^-0.0000047,
-    not 10^-4.724e-06)."""
+    not 10^-4.724e-06). Below 1e-12 decades (a relative 2.3e-12: a norm of 1 after rounding, a
+    norm clip's threshold) it is 0 (it printed 10^-0.00000000000000005551)."""
     if abs(v) >= 1000:
         return f"{v:.1f}"
-    if v == 0 or abs(v) >= 1e-4 or not math.isfinite(v):
+    if abs(v) < 1e-12:
+        return "0"
+    if abs(v) >= 1e-4 or not math.isfinite(v):
         return f"{v:.4g}"
     return f"{v:.{3 - math.floor(math.log10(abs(v)))}f}"
 

@@ -745,3 +745,28 @@ def test_the_magnitude_rule_without_params_uses_the_weights_that_ran(c):
         assert a.rule != "insensitive", (c, backend, a.verdict, a.rule)  # the elasticity rule's name
         # the signal ||dL/dh_l|| changes by log10 c a layer going down (its trend decides): 1e-20 vanishes
         assert a.verdict == ("vanishing" if c < 1 else "exploding"), (c, backend, a.verdict, a.rule)
+
+
+def test_from_json_reads_an_out_files_text_and_refuses_a_path(tmp_path, capsys):
+    """Diagnosis.from_json('r.json') failed with a bare JSONDecodeError ('Expecting value: line 1
+    column 1'); the text of a `gradbench run --out r.json` file failed too (its diagnosis sits
+    under "diagnosis"). Both kinds of diagnosis, against the file's own dict."""
+    import json
+
+    from gradbench.cli import main
+    from gradbench.recurrent.diagnose import RecurrentDiagnosis
+
+    for cls, argv in ((Diagnosis, ["run", "--depth", "5", "--width", "4"]),
+                      (RecurrentDiagnosis, ["run", "--cell", "gru", "--steps", "5", "--hidden", "3"])):
+        path = tmp_path / f"{cls.__name__}.json"
+        assert main(argv + ["--backend", "numpy", "--out", str(path)]) == 0
+        capsys.readouterr()
+        with pytest.raises(ValueError, match=r"takes the JSON text, not a path .*from_json\(open\(path\)\.read\(\)\)"):
+            cls.from_json(str(path))
+        with pytest.raises(ValueError, match="not a path"):
+            cls.from_json(path)
+        d = cls.from_json(path.read_text())
+        want = json.loads(path.read_text())["diagnosis"]
+        assert d.verdict == want["verdict"] and np.allclose(d.signal_log10, np.array(want["signal_log10"], dtype=float))
+        with pytest.raises(ValueError, match=r"not JSON \(Expecting value at line 1 column 1\)"):
+            cls.from_json("no such file")

@@ -353,6 +353,13 @@ def test_decade_counts_are_written_without_scientific_notation():
     assert _num(-4.724e-06) == "-0.000004724" and float(_num(-4.724e-06)) == -4.724e-06
     assert _num(-64411.73) == "-64411.7" and _num(-0.02148) == "-0.02148" and _num(0.0) == "0"
     assert "e" not in _num(3.1e-9)
+    # a norm clipped to 1 reads log10 = -5.55e-17 after rounding: it printed 10^-0.00000000000000005551
+    assert _num(math.log10(1 - 2.0**-53)) == "0" and _num(2e-12) == "0.000000000002000"
+    stack = gb.Stack(depth=20, width=16, activation="relu", init="normal", sigma_w=4.0, clip="norm", clip_threshold=1.0,
+                     clip_on="layer")
+    params = gb.init_params(stack, 0)
+    text = " ".join(gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 16, 1)), params).explanation.split())
+    assert "10^0 at layer 19 (the top)" in text and "0.0000000000" not in text, text
 
 
 def test_residual_rates_compare_like_places():

@@ -154,8 +154,11 @@ class RecurrentDiagnosis:
 
     @classmethod
     def from_json(cls, s: str) -> "RecurrentDiagnosis":
-        """:meth:`from_dict` of a JSON string (:meth:`to_json`)."""
-        return cls.from_dict(json.loads(s))
+        """:meth:`from_dict` of a JSON text (:meth:`to_json`, or the text of a ``gradbench run
+        --cell ... --out x.json`` file); a path is refused, naming how to read it."""
+        from gradbench.frames import json_fields
+
+        return cls.from_dict(json_fields(s, "gradbench.recurrent.diagnose.RecurrentDiagnosis"))
 
     def to_frame(self):
         """One row per time step as a pandas DataFrame (:func:`gradbench.frames.diagnosis_frame`):
