@@ -1131,9 +1131,25 @@ static double F(gb_step_norm_plain)(F(gb_rctx) *cx, const REAL *dz, const REAL *
     return sqrt(s > 0 ? s : 0); /* the Gram sum's rounding can fall just below 0 */
 }
 
+/* ||dz^T h||_F with the product formed in double, entry by entry: the reference's when a side
+ * holds an inf (it forms the product in float64, unscaled). The norm is then inf, or NaN where an
+ * entry is (inf * 0, inf - inf): the Gram sum's cross terms meet infs that cancel in dz^T h (NaN
+ * for inf), and a float product's finite terms can overflow (inf - inf for a finite sum). */
+static double F(gb_step_norm_wide)(const REAL *dz, const REAL *hp, int64_t B, int64_t N, int64_t GN) {
+    double s = 0;
+    for (int64_t i = 0; i < GN; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double p = 0;
+            for (int64_t b = 0; b < B; b++) p += (double)dz[b * GN + i] * (double)hp[b * N + j];
+            s += p * p;
+        }
+    return sqrt(s);
+}
+
 /* ||dz^T h||_F = m 2^*e: in REAL while max|dz| and max|h| lie in [2^-S, 2^S] (S = 240; float32:
  * 40: no product or square under- or overflows), else from copies scaled by the powers of two
- * of their largest entries (the reference's step_norm; the copies in cx->ga, free by now). */
+ * of their largest entries (the reference's step_norm; the copies in cx->ga, free by now); with an
+ * inf on either side from the product in double (gb_step_norm_wide), as the reference. */
 static double F(gb_step_norm)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, int64_t B, int64_t N, int64_t GN,
                               int64_t *e_out) {
     const double az = (double)F(gb_rabsmax)(dz, B * GN), ah = (double)F(gb_rabsmax)(hp, B * N);
@@ -1142,7 +1158,8 @@ static double F(gb_step_norm)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, in
     /* an all-zero side is in range, its partner may not be (h_0 ~ 1e155 with dz = 0: h h^T
      * overflows, and 0 * inf in the Gram sum read NaN for a norm of 0); frexp(0) gives 0 */
     const int zin = az == 0 || (az >= lo && az <= hi), hin = ah == 0 || (ah >= lo && ah <= hi);
-    if (!(isfinite(az) && isfinite(ah)) || (zin && hin)) return F(gb_step_norm_plain)(cx, dz, hp, B, N, GN);
+    if (!(isfinite(az) && isfinite(ah))) return F(gb_step_norm_wide)(dz, hp, B, N, GN); /* an inf (NaN: any path) */
+    if (zin && hin) return F(gb_step_norm_plain)(cx, dz, hp, B, N, GN);
     int ez, eh;
     frexp(az, &ez);
     frexp(ah, &eh);
