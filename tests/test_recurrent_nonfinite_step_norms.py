@@ -27,8 +27,7 @@ import gradbench as gb
 from gradbench import abi
 from gradbench.recurrent import abi as rabi
 from gradbench.recurrent import backends as rbackends
-from gradbench.recurrent import reference as rref
-from tests.helpers import TOL, assert_true_values
+from tests.helpers import TOL, assert_true_values, recurrent_reference_forward
 
 STEPS, HIDDEN, D = 9, 5, 3
 BATCH = {"gram": 4, "direct": 64}
@@ -45,23 +44,13 @@ def _net(cell, dtype):
 def _problem(rnn, B, scenario):
     """The reference's forward on a batch of B, then the state edited: (backward name, arrays)."""
     p = gb.init_params(rnn, 3)
-    xs = np.array(gb.sequence_input(rnn, B, 4))
-    rescale = rnn.cell == "rnn" and rnn.act in ("relu", "identity") and not rnn.has_head
-    icfg, fcfg = rabi.kernel_config(rnn, rescale, B)
-    fwd, bwd = rabi.CELL_FUNCTIONS[rnn.cell]
+    bwd, dims, arrays = recurrent_reference_forward(rnn, p, np.array(gb.sequence_input(rnn, B, 4)))
     N, dt = HIDDEN, rnn.np_dtype
-    dims = dict(T=STEPS, B=B, N=N, D=D, GN=rnn.gates * N, S=1)
-    a = abi.allocate(fwd, dims, dt, skip=("icfg", "fcfg", "X", "W_ih", "W_hh", "b_ih", "b_hh"),
-                     fill=dict(fexp=0, info=-1))
-    a["H"][0] = 0
-    if "C" in a:
-        a["C"][0] = 0
-    getattr(rref, fwd)(icfg=icfg, fcfg=fcfg, X=xs, W_ih=p.W_ih, W_hh=p.W_hh, b_ih=p.b_ih, b_hh=p.b_hh, **a)
     rng = np.random.default_rng(11)
     G = rng.standard_normal((B, N))
     G = np.ldexp(G, -np.frexp(np.max(np.abs(G), axis=1))[1][:, None])  # rows' maxima in [0.5, 1)
     GC = (0.5 * rng.standard_normal((B, N))).clip(-0.99, 0.99) if rnn.cell == "lstm" else None
-    H = a["H"]  # H[t] = h_{t-1}, read by step t's norm
+    H = arrays["H"]  # H[t] = h_{t-1}, read by step t's norm
     if scenario in ("inf", "-inf", "nan"):
         for t in (TOP, MIDDLE):
             H[t][1, 2] = float(scenario)
@@ -74,7 +63,7 @@ def _problem(rnn, B, scenario):
         elif rnn.cell == "lstm":  # the forget gate's dz = dc c_{t-1} sigma': 1.8e29 (dc's sign is GC's)
             G[:, 0] = 0.01
             GC[:, 0] = 0.9
-            a["C"][TOP][:, 0] = 1e30
+            arrays["C"][TOP][:, 0] = 1e30
             H[TOP][:, 0] = 1e30  # terms 1.8e59
             H[TOP][B - 1, 0] = -np.inf
         else:  # the update gate's dz = g (h_{t-1} - n) sigma': 1e29 with h_{t-1} at 1e30, -inf with g < 0 at inf
@@ -83,8 +72,7 @@ def _problem(rnn, B, scenario):
             H[TOP][:, 0] = 1e30
             H[TOP][B - 1, 0] = np.inf
     T, GN = STEPS, dims["GN"]
-    arrays = {k: a[k] for k in ("H", "Z", "C", "HN", "fexp") if k in a}
-    arrays.update(icfg=icfg, fcfg=fcfg, X=xs, W_hh=p.W_hh, DH=np.zeros((1, B, N), dt), G=G.astype(dt),
+    arrays.update(DH=np.zeros((dims["S"], B, N), dt), G=G.astype(dt),
                   row_e=np.zeros(B, dtype=np.int64), dW_ih=np.zeros((GN, D), dt), dW_hh=np.zeros((GN, N), dt),
                   db_ih=np.zeros(GN, dt), db_hh=np.zeros(GN, dt),
                   dexp=np.full(rabi.DE_SIZE, rabi.EXP_EMPTY, dtype=np.int64), sig_m=np.empty(T + 1),
