@@ -56,18 +56,17 @@
 #define FP(name) GB_CAT(name, SFX)                /* the headers' and the exported ones: gb_tanh_grad_f64 */
 #define GB_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define GB_MAX(a, b) ((a) > (b) ? (a) : (b))
-/* c + a b of the sums below, fused in every instance with FMA (v3, v4) however the compiler
- * vectorises the loop (-ffp-contract=fast left it to that: AVX-512 vectorised the products of
- * a sum apart from its in-order additions, unfused, where AVX2 fused them: the two instances'
- * step norms differed in the last bits), the plain expression without. The 8-lane sums are
- * written on vectors of 8 lanes (GB_HAVE_VEC): acc = a b + acc, one contraction per lane in
- * every instance with FMA (the scalar fma of each lane was not vectorised). */
+/* c + a b of the sums below (in double: GB_FMAD, rows_impl.h), fused in every instance with FMA
+ * (v3, v4) however the compiler vectorises the loop (-ffp-contract=fast left it to that: AVX-512
+ * vectorised the products of a sum apart from its in-order additions, unfused, where AVX2 fused
+ * them: the two instances' step norms differed in the last bits), the plain expression without.
+ * The 8-lane sums are written on vectors (GB_HAVE_VEC; the Gram matrices' of 8 lanes, the rows'
+ * sums of squares in rows_impl.h of the instance's width): acc = a b + acc, one contraction per
+ * lane in every instance with FMA (the scalar fma of each lane was not vectorised). */
 #ifdef __FMA__
 #define GB_RFMA(a, b, c) TFMA(a, b, c)
-#define GB_RFMAD(a, b, c) fma(a, b, c)
 #else
 #define GB_RFMA(a, b, c) ((a) * (b) + (c))
-#define GB_RFMAD(a, b, c) ((a) * (b) + (c))
 #endif
 
 /* ------------------------------------------------------------------ products */
@@ -84,6 +83,7 @@ static void F(gb_rgemm)(GEMM_FN gemm, char ta, char tb, int64_t m, int64_t n, in
  * REAL there and again the number of steps, a->T, after it). */
 #define T REAL
 #include "gemm_impl.h"
+#include "rows_impl.h" /* the row helpers, shared with the stacks (one segment there, two here) */
 #undef T
 
 /* An operand the own products read at every step (W_hh^T, W_hh; W_ih^T once) is packed once per
@@ -271,10 +271,6 @@ static void F(gb_zT_times_rows)(const F(gb_rmm) *mm, REAL *Y, const REAL *Z, con
     }
 }
 
-#ifdef GB_HAVE_VEC
-typedef REAL F(gb_rv8) __attribute__((vector_size(8 * sizeof(REAL)))); /* 8 lanes of REAL */
-#endif
-
 /* The Gram matrix's rows [i0, i1): entries (i, j <= i) and their mirror images, each the same
  * 8-lane dot product whoever computes it */
 typedef struct {
@@ -297,9 +293,9 @@ static void F(gb_gram_rows)(void *ctx, int tid, int nth) {
             REAL lane[8] = {0}, s = 0;
             int64_t k = 0;
 #ifdef GB_HAVE_VEC
-            F(gb_rv8) acc = {0};
+            F(gb_t8) acc = {0};
             for (; k + 8 <= K; k += 8) {
-                F(gb_rv8) va, vb;
+                F(gb_t8) va, vb;
                 memcpy(&va, a + k, sizeof va);
                 memcpy(&vb, b + k, sizeof vb);
                 acc = va * vb + acc;
@@ -337,59 +333,6 @@ static REAL *F(gb_rpacked)(const REAL *W, int64_t K, int64_t Nc, int trans, int 
 }
 
 /* ------------------------------------------------------------------ the exact chain */
-/* max |g| ignoring NaN: the vector helpers of activations.h where the instance has them (four
- * chains of GB_VL lanes, widened to double: max is exact in any order, the same value as the
- * scalar loop's), then the tail */
-#ifdef GB_HAVE_VEC
-typedef REAL F(gb_rtv) __attribute__((vector_size(GB_VL * sizeof(REAL)))); /* GB_VL lanes of REAL */
-static inline gb_vd F(gb_rloadv)(const REAL *x) {
-    F(gb_rtv) v;
-    memcpy(&v, x, sizeof v);
-    return __builtin_convertvector(v, gb_vd);
-}
-#endif
-static REAL F(gb_rabsmax)(const REAL *g, int64_t n) {
-    double m = 0;
-    int64_t i = 0;
-#ifdef GB_HAVE_VEC
-    gb_vd acc = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
-    for (; i + 4 * GB_VL <= n; i += 4 * GB_VL) {
-        acc = gb_vmax_keep(gb_vabs(F(gb_rloadv)(g + i)), acc);
-        acc1 = gb_vmax_keep(gb_vabs(F(gb_rloadv)(g + i + GB_VL)), acc1);
-        acc2 = gb_vmax_keep(gb_vabs(F(gb_rloadv)(g + i + 2 * GB_VL)), acc2);
-        acc3 = gb_vmax_keep(gb_vabs(F(gb_rloadv)(g + i + 3 * GB_VL)), acc3);
-    }
-    acc = gb_vmax_keep(acc1, acc);
-    acc2 = gb_vmax_keep(acc3, acc2);
-    acc = gb_vmax_keep(acc2, acc);
-    for (; i + GB_VL <= n; i += GB_VL) acc = gb_vmax_keep(gb_vabs(F(gb_rloadv)(g + i)), acc);
-    m = gb_hmax_nonneg(acc);
-#endif
-    for (; i < n; i++) {
-        const double v = (double)TFABS(g[i]);
-        m = v > m ? v : m;
-    }
-    return (REAL)m;
-}
-
-/* g *= 2^k exactly (in two steps when 2^k is not a finite REAL) */
-static void F(gb_rscale_pow2)(REAL *g, int64_t n, int k) {
-    if (k <= T_MAX_EXP) {
-        const REAL s = (REAL)gb_pow2_f64(k); /* 2^k below REAL's range: rounded as ldexp rounds it */
-        for (int64_t i = 0; i < n; i++) g[i] *= s;
-    } else {
-        const int k1 = k / 2;
-        const REAL s1 = (REAL)ldexp(1.0, k1), s2 = (REAL)ldexp(1.0, k - k1);
-        for (int64_t i = 0; i < n; i++) g[i] = (g[i] * s1) * s2;
-    }
-}
-
-/* 2^k as a REAL when it is a normal number of REAL (then x * 2^k is exactly ldexp(x, k), the
- * correctly rounded x 2^k), else 0 */
-static inline REAL F(gb_pow2)(int k) {
-    return (k >= 1 - T_MAX_EXP && k <= T_MAX_EXP) ? (REAL)gb_pow2_f64(k) : (REAL)0;
-}
-
 /* y = x 2^k for n values, with ldexp's rounding (y may be x) */
 static void F(gb_scale_into)(REAL *y, const REAL *x, int64_t n, int k) {
     const REAL s = F(gb_pow2)(k);
@@ -402,21 +345,10 @@ static void F(gb_scale_into)(REAL *y, const REAL *x, int64_t n, int k) {
     }
 }
 
-/* g *= 2^-e with e the exponent of max|g| (0 for all-zero or non-finite max); returns e */
-static int64_t F(gb_rnormalise)(REAL *g, int64_t n) {
-    const REAL m = F(gb_rabsmax)(g, n);
-    if (!(m > 0) || !isfinite(m)) return 0;
-    int e;
-    frexp((double)m, &e);
-    F(gb_rscale_pow2)(g, n, -e);
-    return e;
-}
-
-/* sum (x s1 s2)^2 in double, rows of N in order (gb_rsumsq_row's sums).    x (M,N) */
-static double F(gb_rsumsq_row)(const REAL *x, int64_t N, int d, double s1, double s2);
+/* sum (x s1 s2)^2 in double, rows of N in order (gb_sumsq_row_at's sums, rows_impl.h).    x (M,N) */
 static double F(gb_rsumsq)(const REAL *x, int64_t M, int64_t N, double s1, double s2) {
     double total = 0;
-    for (int64_t r = 0; r < M; r++) total += F(gb_rsumsq_row)(x + r * N, N, 0, s1, s2);
+    for (int64_t r = 0; r < M; r++) total += F(gb_sumsq_row_at)(x + r * N, N, 0, s1, s2);
     return total;
 }
 
@@ -426,7 +358,7 @@ static double F(gb_rsumsq)(const REAL *x, int64_t M, int64_t N, double s1, doubl
 static double F(gb_rnorm)(const REAL *x, int64_t M, int64_t N) {
     const double s = F(gb_rsumsq)(x, M, N, 1.0, 1.0);
     if (s >= 0x1p-960 && s <= 0x1p960) return sqrt(s);
-    const double a = (double)F(gb_rabsmax)(x, M * N);
+    const double a = (double)F(gb_absmax)(x, M * N, 0);
     if (!(a > 0) || !isfinite(a)) return sqrt(s);
     int e;
     frexp(a, &e);
@@ -448,64 +380,17 @@ static int F(gb_rall_finite)(const REAL *x, int64_t n) {
  * exponent of those they add, each row scaled by 2^(r[i] - that) <= 1. */
 #define GB_RNOEXP INT64_MIN /* no row yet */
 
-/* 1 when some entry of x (n,) is not 0 (NaN counts), looked at from the first on */
-static int F(gb_rnonzero)(const REAL *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++)
-        if (x[i] != 0) return 1;
-    return 0;
-}
-
-/* sum (y s1 s2)^2 in double of one row, y = x 2^d rounded to REAL (reference.scaled_rows: ldexp,
- * here the product by 2^d where that is a normal REAL), 8 lane sums then the tail and the lanes
- * in order (gb_rsumsq's) */
-static double F(gb_rsumsq_row)(const REAL *x, int64_t N, int d, double s1, double s2) {
-    const REAL p = F(gb_pow2)(d);
-    double lane[8] = {0}, s = 0;
-    int64_t j = 0;
-    if (p != 0) {
-#ifdef GB_HAVE_VEC
-        const F(gb_rv8) vp = {p, p, p, p, p, p, p, p};
-        const gb_vd8 v1 = {s1, s1, s1, s1, s1, s1, s1, s1}, v2 = {s2, s2, s2, s2, s2, s2, s2, s2};
-        gb_vd8 acc = {0};
-        for (; j + 8 <= N; j += 8) {
-            F(gb_rv8) xv;
-            memcpy(&xv, x + j, sizeof xv);
-            const gb_vd8 v = (__builtin_convertvector(xv * vp, gb_vd8) * v1) * v2;
-            acc = v * v + acc;
-        }
-        memcpy(lane, &acc, sizeof lane);
-#else
-        for (; j + 8 <= N; j += 8)
-            for (int c = 0; c < 8; c++) {
-                const double v = ((double)(x[j + c] * p) * s1) * s2;
-                lane[c] = GB_RFMAD(v, v, lane[c]);
-            }
-#endif
-        for (; j < N; j++) {
-            const double v = ((double)(x[j] * p) * s1) * s2;
-            s = GB_RFMAD(v, v, s);
-        }
-    } else {
-        for (; j < N; j++) {
-            const double v = ((double)TLDEXP(x[j], d) * s1) * s2;
-            s = GB_RFMAD(v, v, s);
-        }
-    }
-    for (int c = 0; c < 8; c++) s += lane[c];
-    return s;
-}
-
 /* ||rows of x (B,N) each times 2^(r[i] - e)|| (rounded to REAL row by row, as scaled_rows), one
  * double with no square lost: the plain sum of squares when it lies in [2^-960, 2^960], else
  * the scaled rows once more times 2^-m (m the exponent of their largest entry, two exact steps)
  * and the norm times 2^m (gb_rnorm's rule) */
 static double F(gb_rrows_norm)(const REAL *x, int64_t B, int64_t N, const int64_t *r, int64_t e) {
     double s = 0;
-    for (int64_t i = 0; i < B; i++) s += F(gb_rsumsq_row)(x + i * N, N, gb_clamp_exp(r[i] - e), 1.0, 1.0);
+    for (int64_t i = 0; i < B; i++) s += F(gb_sumsq_row_at)(x + i * N, N, gb_clamp_exp(r[i] - e), 1.0, 1.0);
     if (s >= 0x1p-960 && s <= 0x1p960) return sqrt(s);
     double a = 0;
     for (int64_t i = 0; i < B; i++) {
-        const REAL m = F(gb_rabsmax)(x + i * N, N);
+        const REAL m = F(gb_absmax)(x + i * N, N, 0);
         const double y = fabs((double)TLDEXP(m, gb_clamp_exp(r[i] - e))); /* the row's scaled max */
         a = y > a ? y : a;
     }
@@ -515,62 +400,8 @@ static double F(gb_rrows_norm)(const REAL *x, int64_t B, int64_t N, const int64_
     const int m1 = -m / 2, m2 = -m - m1;
     s = 0;
     for (int64_t i = 0; i < B; i++)
-        s += F(gb_rsumsq_row)(x + i * N, N, gb_clamp_exp(r[i] - e), ldexp(1.0, m1), ldexp(1.0, m2));
+        s += F(gb_sumsq_row_at)(x + i * N, N, gb_clamp_exp(r[i] - e), ldexp(1.0, m1), ldexp(1.0, m2));
     return ldexp(sqrt(s), m);
-}
-
-/* normalise_rows on one joint row [g | gc] (gc NULL: g alone): max|.| (NaN ignored) brought to
- * [0.5, 1), its exponent added to *r; a row of zeros, or whose max is not finite, unchanged.
- * Returns whether the row is not all zero (NaN is not zero). */
-static int F(gb_rrow_normalise)(REAL *g, REAL *gc, int64_t N, int64_t *r) {
-    REAL m = F(gb_rabsmax)(g, N);
-    if (gc) {
-        const REAL mc = F(gb_rabsmax)(gc, N);
-        m = mc > m ? mc : m;
-    }
-    if (!(m > 0)) return F(gb_rnonzero)(g, N) || (gc && F(gb_rnonzero)(gc, N)); /* NaN entries alone */
-    if (!isfinite(m)) return 1;
-    int e;
-    frexp((double)m, &e);
-    if (e == 0) return 1; /* in [0.5, 1) already: times 1 */
-    F(gb_rscale_pow2)(g, N, -e);
-    if (gc) F(gb_rscale_pow2)(gc, N, -e);
-    *r += e;
-    return 1;
-}
-
-/* max|x| of n entries in double, NaN when one is NaN (np.max) */
-static double F(gb_rabsmax_nan)(const REAL *x, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const double v = fabs((double)x[i]);
-        if (v != v) return v;
-        m = v > m ? v : m;
-    }
-    return m;
-}
-
-/* clip_rows' value clip of one joint row at 2^*r (normalised): where its true max exceeds
- * c = t 2^ec (a NaN entry: no), the row times 2^(*r - ec) (ldexp's rounding) clipped to
- * [-t, t] and *r = ec; returns whether it acted */
-static int F(gb_rclip_value_row)(REAL *g, REAL *gc, int64_t N, int64_t *r, int ec, double t) {
-    double m = F(gb_rabsmax_nan)(g, N);
-    if (gc) {
-        const double mc = F(gb_rabsmax_nan)(gc, N);
-        m = (mc > m || mc != mc) ? mc : m;
-    }
-    const int sh = gb_clamp_exp(*r - ec);
-    if (!(ldexp(m, sh) > t)) return 0;
-    for (int part = 0; part < 1 + (gc != NULL); part++) {
-        REAL *x = part ? gc : g;
-        F(gb_scale_into)(x, x, N, sh);
-        for (int64_t j = 0; j < N; j++) {
-            const double v = (double)x[j];
-            x[j] = (REAL)(v > t ? t : (v < -t ? -t : v));
-        }
-    }
-    *r = ec;
-    return 1;
 }
 
 /* acc 2^E + term 2^e into acc at the larger exponent (E = GB_EXP_EMPTY: acc becomes the term);
@@ -935,7 +766,7 @@ static int F(gb_rnn_forward_body)(const gb_recurrent_arrays *a, const gb_opts *o
         F(gb_rrows)(tm, F(gb_rnn_forward_rows), &st); /* zb: phi'(z), for the saturated fraction */
         int64_t nsat_all = 0;
         for (int64_t r = 0; r < B; r++) nsat_all += nsat[r];
-        fexp[t + 1] = e + (rescale ? F(gb_rnormalise)(h, BN) : 0);
+        fexp[t + 1] = e + (rescale ? F(gb_normalise)(h, BN) : 0);
         a->saturation[t] = (double)nsat_all / (double)BN;
         a->gate_mean[t] = a->gate_low[t] = NAN;
         F(gb_record_forward)(h, t, B, N, a->act_mean, a->act_std, info);
@@ -1126,23 +957,40 @@ static double F(gb_step_norm_plain)(F(gb_rctx) *cx, const REAL *dz, const REAL *
     F(gb_gram)(&cx->mm, zz, dz, B, GN);
     F(gb_gram)(&cx->mm, hh, hp, B, N);
     double s = 0;
-    for (int64_t i = 0; i < B * B; i++) s = GB_RFMAD((double)zz[i], (double)hh[i], s);
+    for (int64_t i = 0; i < B * B; i++) s = GB_FMAD((double)zz[i], (double)hh[i], s);
     if (s != s) return s; /* a NaN step stays NaN (the clamp below read it as 0) */
     return sqrt(s > 0 ? s : 0); /* the Gram sum's rounding can fall just below 0 */
 }
 
+/* ||dz^T h||_F with the product formed in double, entry by entry: the reference's when a side
+ * holds an inf (it forms the product in float64, unscaled). The norm is then inf, or NaN where an
+ * entry is (inf * 0, inf - inf): the Gram sum's cross terms meet infs that cancel in dz^T h (NaN
+ * for inf), and a float product's finite terms can overflow (inf - inf for a finite sum). */
+static double F(gb_step_norm_wide)(const REAL *dz, const REAL *hp, int64_t B, int64_t N, int64_t GN) {
+    double s = 0;
+    for (int64_t i = 0; i < GN; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double p = 0;
+            for (int64_t b = 0; b < B; b++) p += (double)dz[b * GN + i] * (double)hp[b * N + j];
+            s += p * p;
+        }
+    return sqrt(s);
+}
+
 /* ||dz^T h||_F = m 2^*e: in REAL while max|dz| and max|h| lie in [2^-S, 2^S] (S = 240; float32:
  * 40: no product or square under- or overflows), else from copies scaled by the powers of two
- * of their largest entries (the reference's step_norm; the copies in cx->ga, free by now). */
+ * of their largest entries (the reference's step_norm; the copies in cx->ga, free by now); with an
+ * inf on either side from the product in double (gb_step_norm_wide), as the reference. */
 static double F(gb_step_norm)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, int64_t B, int64_t N, int64_t GN,
                               int64_t *e_out) {
-    const double az = (double)F(gb_rabsmax)(dz, B * GN), ah = (double)F(gb_rabsmax)(hp, B * N);
+    const double az = (double)F(gb_absmax)(dz, B * GN, 0), ah = (double)F(gb_absmax)(hp, B * N, 0);
     const double lo = sizeof(REAL) == sizeof(float) ? 0x1p-40 : 0x1p-240, hi = 1.0 / lo;
     *e_out = 0;
     /* an all-zero side is in range, its partner may not be (h_0 ~ 1e155 with dz = 0: h h^T
      * overflows, and 0 * inf in the Gram sum read NaN for a norm of 0); frexp(0) gives 0 */
     const int zin = az == 0 || (az >= lo && az <= hi), hin = ah == 0 || (ah >= lo && ah <= hi);
-    if (!(isfinite(az) && isfinite(ah)) || (zin && hin)) return F(gb_step_norm_plain)(cx, dz, hp, B, N, GN);
+    if (!(isfinite(az) && isfinite(ah))) return F(gb_step_norm_wide)(dz, hp, B, N, GN); /* an inf (NaN: any path) */
+    if (zin && hin) return F(gb_step_norm_plain)(cx, dz, hp, B, N, GN);
     int ez, eh;
     frexp(az, &ez);
     frexp(ah, &eh);
@@ -1268,8 +1116,8 @@ static void F(gb_step_done)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_
     int64_t w = GB_RNOEXP, wz = GB_RNOEXP; /* the largest exponent of a pair, of a row of dzh */
     int xall = 1;                          /* every row of dz not all zero has an x_t row that is not */
     for (int64_t i = 0; i < B; i++) {
-        const int nx = F(gb_rnonzero)(zx + i * GN, GN), nh = zh == zx ? nx : F(gb_rnonzero)(zh + i * GN, GN);
-        const int px = F(gb_rnonzero)(x + i * D, D), ph = F(gb_rnonzero)(hp + i * N, N);
+        const int nx = F(gb_nonzero)(zx + i * GN, GN), nh = zh == zx ? nx : F(gb_nonzero)(zh + i * GN, GN);
+        const int px = F(gb_nonzero)(x + i * D, D), ph = F(gb_nonzero)(hp + i * N, N);
         rk[i] = rkh[i] = rd[i];
         fl[i] = (unsigned char)((nx ? GB_RF_ZX : 0) | (nh ? GB_RF_ZH : 0) | (px ? GB_RF_X : 0) | (ph ? GB_RF_H : 0));
         xall &= px || !nx;
@@ -1329,10 +1177,10 @@ static int64_t F(gb_rrow_top)(const F(gb_rctx) *cx, int64_t B) {
     return e != GB_RNOEXP ? e : ea;
 }
 
-/* every row of the state [G | GC] normalised (gb_rrow_normalise), cx->nz whether it is not zero */
+/* every row of the state [G | GC] normalised (gb_row_normalise), cx->nz whether it is not zero */
 static void F(gb_rrows_normalise)(F(gb_rctx) *cx, int64_t B, int64_t N, REAL *g, REAL *gc) {
     for (int64_t i = 0; i < B; i++)
-        cx->nz[i] = (unsigned char)F(gb_rrow_normalise)(g + i * N, gc ? gc + i * N : NULL, N, cx->r + i);
+        cx->nz[i] = (unsigned char)F(gb_row_normalise)(g + i * N, gc ? gc + i * N : NULL, N, cx->r + i);
 }
 
 /* finish(j), the state dL/dH[j] complete (the reference's signal_rows and norms): each row of
@@ -1351,14 +1199,14 @@ static void F(gb_rfinish)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_t 
     if (clip == GB_CLIP_VALUE) {
         int ec;
         const double t = frexp(c, &ec); /* c = t 2^ec, t in [0.5, 1) */
-        for (int64_t i = 0; i < B; i++) acted |= F(gb_rclip_value_row)(g + i * N, gc ? gc + i * N : NULL, N, r + i, ec, t);
+        for (int64_t i = 0; i < B; i++) acted |= F(gb_clip_value_row)(g + i * N, gc ? gc + i * N : NULL, N, r + i, ec, t);
     } else if (clip == GB_CLIP_NORM) {
         const int64_t e = F(gb_rrow_top)(cx, B);
         double s = 0;
         for (int64_t i = 0; i < B; i++) {
             const int d = gb_clamp_exp(r[i] - e);
-            s += F(gb_rsumsq_row)(g + i * N, N, d, 1.0, 1.0);
-            if (gc) s += F(gb_rsumsq_row)(gc + i * N, N, d, 1.0, 1.0);
+            s += F(gb_sumsq_row_at)(g + i * N, N, d, 1.0, 1.0);
+            if (gc) s += F(gb_sumsq_row_at)(gc + i * N, N, d, 1.0, 1.0);
         }
         const double nrm = sqrt(s);
         if (ldexp(nrm, gb_clamp_exp(e)) > c) {
@@ -1393,14 +1241,14 @@ static void F(gb_radd_loss)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_
     for (int64_t i = 0; i < B; i++) {
         REAL *gi = g + i * N, *gci = gc ? gc + i * N : NULL;
         const REAL *di = dh + i * N;
-        const REAL m = F(gb_rabsmax)(di, N);
+        const REAL m = F(gb_absmax)(di, N, 0);
         int q = 0;
         if (m > 0 && isfinite(m)) frexp((double)m, &q);
         const int64_t ri = cx->r[i];
         int64_t em;
-        if (!F(gb_rnonzero)(gi, N) && !(gci && F(gb_rnonzero)(gci, N)))
+        if (!F(gb_nonzero)(gi, N) && !(gci && F(gb_nonzero)(gci, N)))
             em = q;
-        else if (!F(gb_rnonzero)(di, N))
+        else if (!F(gb_nonzero)(di, N))
             em = ri;
         else
             em = GB_MAX(ri, (int64_t)q);
@@ -1585,4 +1433,3 @@ int FP(gb_gates)(REAL *a, REAL *da, const REAL *z, int64_t n, int kind) {
 #undef GB_MIN
 #undef GB_MAX
 #undef GB_RFMA
-#undef GB_RFMAD

@@ -46,6 +46,7 @@
 #define GB_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 #include "gemm_impl.h"
+#include "rows_impl.h" /* the row helpers, shared with the recurrent cells */
 
 /* Prefetch of the next layer's arrays, spread over the blocks of this layer's work: a deep
  * stack's layers do not stay in the caches (W, H, Z, dW of every layer are streamed from memory
@@ -387,15 +388,7 @@ static void F(gb_batchnorm_backward_impl)(T *dz, T *dgamma, T *dbeta, const T *d
 
 /* ------------------------------------------------------------------ activation rows */
 #ifdef GB_HAVE_VEC
-typedef T F(gb_tv) __attribute__((vector_size(GB_VL * sizeof(T)))); /* GB_VL lanes of T */
-typedef T F(gb_t8) __attribute__((vector_size(8 * sizeof(T))));     /* 8 lanes of T */
-
-static inline gb_vd F(gb_loadv)(const T *x) { /* GB_VL entries, widened to double */
-    F(gb_tv) v;
-    memcpy(&v, x, sizeof v);
-    return __builtin_convertvector(v, gb_vd);
-}
-
+/* (gb_tv, gb_t8, gb_loadv, gb_load8: rows_impl.h) */
 /* GB_VL entries of gamma * xhat + beta (batch norm's y, rounded to T as the scalar loops round
  * it), widened to double */
 static inline gb_vd F(gb_load_bn)(const T *xhat, const T *gamma, const T *beta) {
@@ -405,12 +398,6 @@ static inline gb_vd F(gb_load_bn)(const T *xhat, const T *gamma, const T *beta) 
     memcpy(&b, beta, sizeof b);
     const F(gb_tv) y = g * x + b;
     return __builtin_convertvector(y, gb_vd);
-}
-
-static inline gb_vd8 F(gb_load8)(const T *x) { /* 8 entries, widened (the reductions) */
-    F(gb_t8) v;
-    memcpy(&v, x, sizeof v);
-    return __builtin_convertvector(v, gb_vd8);
 }
 
 static inline F(gb_tv) F(gb_roundv)(gb_vd v) { return __builtin_convertvector(v, F(gb_tv)); }
@@ -745,51 +732,6 @@ static double F(gb_act_backward_row)(T *d, const T *g, const T *zr, const T *gam
 }
 
 /* ------------------------------------------------------------------ the exact chain */
-/* max |g| (NaN entries ignored); with track_nan, *nan |= whether an entry is NaN (a constant
- * at every call: inlined, the loop is unswitched). */
-static GB_AINLINE double F(gb_absmax_core)(const T *g, int64_t n, int track_nan, int *nan_out) {
-    double m = 0;
-    int nan = 0;
-    int64_t i = 0;
-#ifdef GB_HAVE_VEC
-    gb_vd acc = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0}; /* four chains: max is exact, any order */
-    gb_vi vnan = {0};
-    for (; i + 4 * GB_VL <= n; i += 4 * GB_VL) {
-        const gb_vd v0 = gb_vabs(F(gb_loadv)(g + i)), v1 = gb_vabs(F(gb_loadv)(g + i + GB_VL));
-        const gb_vd v2 = gb_vabs(F(gb_loadv)(g + i + 2 * GB_VL)), v3 = gb_vabs(F(gb_loadv)(g + i + 3 * GB_VL));
-        if (track_nan) vnan |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3);
-        acc = gb_vmax_keep(v0, acc);
-        acc1 = gb_vmax_keep(v1, acc1);
-        acc2 = gb_vmax_keep(v2, acc2);
-        acc3 = gb_vmax_keep(v3, acc3);
-    }
-    acc = gb_vmax_keep(acc1, acc);
-    acc2 = gb_vmax_keep(acc3, acc2);
-    acc = gb_vmax_keep(acc2, acc);
-    for (; i + GB_VL <= n; i += GB_VL) {
-        const gb_vd v = gb_vabs(F(gb_loadv)(g + i));
-        if (track_nan) vnan |= v != v;
-        acc = gb_vmax_keep(v, acc);
-    }
-    nan = gb_any(vnan);
-    m = gb_hmax_nonneg(acc);
-#endif
-    for (; i < n; i++) {
-        const double v = (double)TFABS(g[i]);
-        nan |= v != v;
-        m = v > m ? v : m;
-    }
-    if (track_nan) *nan_out |= nan;
-    return m;
-}
-
-/* max |g| ignoring NaN (propagate_nan = 0) or NaN if any entry is NaN (propagate_nan = 1). */
-static T F(gb_absmax)(const T *g, int64_t n, int propagate_nan) {
-    int nan = 0;
-    const double m = propagate_nan ? F(gb_absmax_core)(g, n, 1, &nan) : F(gb_absmax_core)(g, n, 0, &nan);
-    return nan ? (T)NAN : (T)m;
-}
-
 /* m[r] = gb_absmax(h + r N, N, 0) for the nr rows of h, in one call (the forward's rows, one
  * call per layer and thread rather than per row; the max is exact in any order), and nan[r]
  * whether the row has a NaN entry.    h (nr,N) */
@@ -800,36 +742,6 @@ static void F(gb_rows_absmax)(const T *h, int64_t nr, int64_t N, T *m, unsigned 
         nan[r] = (unsigned char)isnan_;
     }
 }
-
-/* Scale g (n,) in place by 2^-e, e the exponent of m (m = max|g|, maybe over several threads'
- * rows), so that max|g| lies in [0.5, 1); return e (0 when m is 0 or not finite). Exact: 2^-e
- * is applied in two steps when it is not a finite T (max|g| subnormal). */
-static GB_AINLINE int64_t F(gb_scale_pow2)(T *g, int64_t n, T m) {
-    if (!(m > 0) || !isfinite(m)) return 0;
-    int e;
-    const double md = (double)m;
-    uint64_t mb;
-    memcpy(&mb, &md, sizeof mb);
-    if (mb >> 52) /* normal (m > 0): frexp's exponent from the bits */
-        e = (int)(mb >> 52) - 1022;
-    else
-        frexp(md, &e); /* m is finite and non-zero here: frexp is well defined */
-    if (e == 0) return 0; /* max|g| in [0.5, 1) already: g * 1 is g */
-    if (-e <= T_MAX_EXP) {
-        const T s = (T)gb_pow2_f64(-e);
-        for (int64_t i = 0; i < n; i++) g[i] *= s;
-    } else {
-        const int e1 = e / 2;
-        const T s1 = (T)ldexp(1.0, -e1), s2 = (T)ldexp(1.0, e1 - e);
-        for (int64_t i = 0; i < n; i++) g[i] = (g[i] * s1) * s2;
-    }
-    return e;
-}
-
-#ifdef GB_LAYER_PAIRS /* the exported layer pairs alone use it (not the v3/v4 copies) */
-/* g (n,) normalised: max|g| in [0.5, 1) (see gb_scale_pow2); returns the exponent taken out */
-static int64_t F(gb_normalise_impl)(T *g, int64_t n) { return F(gb_scale_pow2)(g, n, F(gb_absmax)(g, n, 0)); }
-#endif
 
 /* scale * a * 2^da + s * 2^ds (a residual branch plus its skip, aligned at the larger of their
  * exponents) written into a[i0..i1).
@@ -920,44 +832,6 @@ static int64_t F(gb_add_aligned_impl)(T *a, int64_t ea, const T *s, int64_t es, 
     return em;
 }
 
-/* sum (x 2^k)^2 in double of one row: 8 lane sums (entries j = c mod 8), then the tail and the
- * lanes in order; 2^k = s1 s2 (both 1 but in the scaled norm), applied to each entry exactly. */
-static double F(gb_sumsq_row)(const T *x, int64_t N, double s1, double s2) {
-    double lane[8] = {0}, s = 0;
-    int64_t j = 0;
-#if defined(GB_HAVE_VEC) && GB_VL == 4
-    /* the 8 lanes as two vectors of the instance's width: a 64-byte vector without AVX-512 went
-     * through the stack on every step (GCC 12; ~26 instructions per 8 entries, ~8 so) */
-    gb_vd acc0 = {0}, acc1 = {0};
-    for (; j + 8 <= N; j += 8) {
-        const gb_vd v0 = (F(gb_loadv)(x + j) * s1) * s2, v1 = (F(gb_loadv)(x + j + 4) * s1) * s2;
-        acc0 += v0 * v0;
-        acc1 += v1 * v1;
-    }
-    memcpy(lane, &acc0, sizeof acc0);
-    memcpy(lane + 4, &acc1, sizeof acc1);
-#elif defined(GB_HAVE_VEC)
-    gb_vd8 acc = {0};
-    for (; j + 8 <= N; j += 8) {
-        const gb_vd8 v = (F(gb_load8)(x + j) * s1) * s2;
-        acc += v * v;
-    }
-    memcpy(lane, &acc, sizeof lane);
-#else
-    for (; j + 8 <= N; j += 8)
-        for (int c = 0; c < 8; c++) {
-            const double v = ((double)x[j + c] * s1) * s2;
-            lane[c] += v * v;
-        }
-#endif
-    for (; j < N; j++) {
-        const double v = ((double)x[j] * s1) * s2;
-        s += v * v;
-    }
-    for (int c = 0; c < 8; c++) s += lane[c];
-    return s;
-}
-
 /* the same over the rows of x (M,N), the row sums (kept in rowacc) added in order */
 static double F(gb_sumsq)(const T *x, int64_t M, int64_t N, double s1, double s2, double *rowacc) {
     double total = 0;
@@ -987,23 +861,6 @@ static double F(gb_norm_scaled)(const T *x, int64_t M, int64_t N, double *rowacc
     const int e1 = -e / 2, e2 = -e - e1;
     *e_out = e;
     return sqrt(F(gb_sumsq)(x, M, N, ldexp(1.0, e1), ldexp(1.0, e2), rowacc));
-}
-
-/* g = clamp(g 2^sh, -t, t), g 2^sh rounded to T first. 2^sh as a normal power of two of T
- * (the product rounds as ldexp does, and the loop vectorises), else ldexp per entry. g (n,) */
-static void F(gb_clip_values)(T *g, int64_t n, int sh, double t) {
-    if (sh >= 1 - T_MAX_EXP && sh <= T_MAX_EXP) {
-        const T p = TLDEXP((T)1, sh);
-        for (int64_t i = 0; i < n; i++) {
-            const double v = (double)(g[i] * p);
-            g[i] = (T)(v > t ? t : (v < -t ? -t : v));
-        }
-        return;
-    }
-    for (int64_t i = 0; i < n; i++) {
-        const double v = (double)TLDEXP(g[i], sh);
-        g[i] = (T)(v > t ? t : (v < -t ? -t : v));
-    }
 }
 
 #ifdef GB_LAYER_PAIRS /* the exported layer pairs alone use it (not the v3/v4 copies) */
@@ -1228,23 +1085,6 @@ static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, F(gb_cfg) 
 }
 
 /* ---------------------------------------------------------------- forward */
-#ifndef GB_LDEXP_D_DEFINED /* not per type */
-#define GB_LDEXP_D_DEFINED
-/* ldexp(x, e): the product by 2^e where that is a normal double (rounded once, as ldexp; no
- * libm call per row) */
-static inline double gb_ldexp_d(double x, int e) {
-    return e >= -1022 && e <= 1023 ? x * gb_pow2_f64(e) : ldexp(x, e);
-}
-#endif
-
-/* 1 when some entry of x (n,) is not 0 (NaN and inf are not), looked at from the first on (a
- * non-zero row has a non-zero first entry as a rule; rows of zeros are rare) */
-static int F(gb_nonzero)(const T *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++)
-        if (x[i] != 0) return 1;
-    return 0;
-}
-
 /* the forward's slots per thread (int64, one cache line): the largest absolute exponent of the
  * thread's non-zero rows of h_{l+1} (GB_NOEXP_F: none) and of all its rows */
 #ifndef GB_FSLOT
@@ -1917,10 +1757,7 @@ static void F(gb_row_sumsq)(const T *g, int64_t r0, int64_t r1, int64_t N, doubl
  * not all zero */
 static void F(gb_norm_row)(F(gb_bwd) *st, int64_t r) {
     const int64_t N = st->a->N;
-    T *g = (T *)st->a->G + r * N;
-    const T m = F(gb_absmax)(g, N, 0);
-    st->rg[r] += F(gb_scale_pow2)(g, N, m);
-    st->gnz[r] = m > 0 || F(gb_nonzero)(g, N); /* m = 0: a NaN entry is not zero */
+    st->gnz[r] = (unsigned char)F(gb_row_normalise)((T *)st->a->G + r * N, NULL, N, st->rg + r);
 }
 
 /* The thread's slot fields nz and all: the largest exponent of its non-zero rows and of its rows */
@@ -1933,18 +1770,6 @@ static void F(gb_rows_e)(const int64_t *re, const unsigned char *nz, int64_t r0,
     }
     s[fnz] = m;
     s[fall] = ma;
-}
-
-/* The value clip of one row (reference finish, step 2): the row's true max|g| 2^re above c =
- * t 2^ec (a NaN entry: no) -> g = clamp(g 2^(re - ec), -t, t) (rounded to T first), re = ec.
- * Returns whether it acted. g (N,) */
-static int F(gb_clip_value_row)(T *g, int64_t N, int64_t *re, int ec, double t) {
-    const double m = (double)F(gb_absmax)(g, N, 1);
-    const int sh = gb_clamp_exp(*re - ec);
-    if (!(gb_ldexp_d(m, sh) > t)) return 0;
-    F(gb_clip_values)(g, N, sh, t);
-    *re = ec;
-    return 1;
 }
 
 /* The end of finish for rows [r0, r1) at the layer's exponent e: rows of zeros take e, the
@@ -2140,7 +1965,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             }
             rg[r] = ea;
             F(gb_norm_row)(st, r);
-            if (st->cfg.clip == GB_CLIP_VALUE && F(gb_clip_value_row)(G + r * N, N, rg + r, ec, ct)) {
+            if (st->cfg.clip == GB_CLIP_VALUE && F(gb_clip_value_row)(G + r * N, NULL, N, rg + r, ec, ct)) {
                 acted = 1;
                 F(gb_norm_row)(st, r);
             }
@@ -2340,7 +2165,7 @@ int FP(gb_activation_backward)(T *dz, double *dslope, const T *da, const T *z, i
 
 int FP(gb_normalise)(T *g, int64_t n, int64_t *e) {
     if (n < 0) return GB_EBADARG;
-    *e = F(gb_normalise_impl)(g, n);
+    *e = F(gb_normalise)(g, n);
     return GB_OK;
 }
 

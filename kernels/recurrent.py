@@ -385,17 +385,38 @@ def _scaled_copy(x, e):
 
 
 @njit(**JIT)
+def _step_norm_wide(dz, hp):
+    """||dz^T hp||_F with the product formed in float64, entry by entry (the reference's, which
+    forms it in float64 unscaled when a side is not finite: then the norm is inf, or NaN where an
+    entry is, from inf * 0 or inf - inf; neither the Gram sum, whose cross terms meet infs that
+    cancel in dz^T hp, nor a float32 product, whose finite terms can overflow, says which)."""
+    B, GN = dz.shape
+    N = hp.shape[1]
+    s = 0.0
+    for i in range(GN):
+        for j in range(N):
+            p = 0.0
+            for b in range(B):
+                p += np.float64(dz[b, i]) * np.float64(hp[b, j])
+            s += p * p
+    return math.sqrt(s)
+
+
+@njit(**JIT)
 def _step_norm(dz, hp, gram):
     """||dz^T hp||_F = m 2^e (dz (B,GN), hp (B,N)), from the Gram matrices or directly: in the
     dtype while max|dz| and max|hp| lie in [2^-S, 2^S] (S = 240; float32: 40), else from float64
-    copies scaled by the powers of two of their largest entries (nothing lost to underflow)."""
+    copies scaled by the powers of two of their largest entries (nothing lost to underflow); with
+    an inf on either side from the product in float64 (:func:`_step_norm_wide`), as the reference."""
     az = absmax(dz)
     ah = absmax(hp)
     S = 240.0 if dz.itemsize == 8 else 40.0
     lo, hi = 2.0**-S, 2.0**S
     # an all-zero side is in range: its partner may not be (h_0 ~ 1e155 with dz = 0: hp hp^T
     # overflows, and 0 * inf in the Gram sum read NaN for a norm of 0); frexp(0) gives 0
-    if not (az < math.inf and ah < math.inf) or ((az == 0 or lo <= az <= hi) and (ah == 0 or lo <= ah <= hi)):
+    if not (az < math.inf and ah < math.inf):  # an inf (absmax ignores NaN, which any path keeps)
+        return _step_norm_wide(dz, hp), np.int64(0)
+    if (az == 0 or lo <= az <= hi) and (ah == 0 or lo <= ah <= hi):
         return _step_norm_plain(dz, hp, gram), np.int64(0)
     ez = np.int64(math.frexp(az)[1])
     eh = np.int64(math.frexp(ah)[1])

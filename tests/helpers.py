@@ -388,6 +388,31 @@ def wrong_arrays(good: dict, args, *, short: bool = False):
         yield f"{arg.name}-list", arg.name, a.tolist()
 
 
+def recurrent_reference_forward(rnn, params, xs):
+    """The recurrent reference's forward of ``rnn`` on the inputs ``xs`` (T, B, D) from h_{-1} = 0
+    (and c_{-1} = 0), configured as the engine configures it: (the backward function's name, the
+    dimensions, the backward's arrays of the forward: H, Z, C or HN, fexp, icfg, fcfg, X, W_hh)."""
+    from gradbench.recurrent import abi as rabi
+    from gradbench.recurrent import reference as rref
+
+    T, B, D = xs.shape
+    N = rnn.hidden
+    rescale = rnn.cell == "rnn" and rnn.act in ("relu", "identity") and not rnn.has_head
+    icfg, fcfg = rabi.kernel_config(rnn, rescale, B)
+    fwd, bwd = rabi.CELL_FUNCTIONS[rnn.cell]
+    dims = dict(T=T, B=B, N=N, D=D, GN=rnn.gates * N, S=T if icfg[rabi.RI_LOSS_EVERY] else 1)
+    a = abi.allocate(fwd, dims, rnn.dtype, skip=("icfg", "fcfg", "X", "W_ih", "W_hh", "b_ih", "b_hh"),
+                     fill=dict(fexp=0, info=-1))
+    a["H"][0] = 0
+    if "C" in a:
+        a["C"][0] = 0
+    getattr(rref, fwd)(icfg=icfg, fcfg=fcfg, X=xs, W_ih=params.W_ih, W_hh=params.W_hh, b_ih=params.b_ih,
+                       b_hh=params.b_hh, **a)
+    saved = {k: a[k] for k in ("H", "Z", "C", "HN", "fexp") if k in a}
+    saved.update(icfg=icfg, fcfg=fcfg, X=xs, W_hh=params.W_hh)
+    return bwd, dims, saved
+
+
 def team_opts(nthreads: int, **options):
     """C driver options (``cbackend.make_opts``) that start a team of ``nthreads`` on the own
     kernels whatever the call's size: no BLAS, no per-layer or per-call threshold. ``options``:

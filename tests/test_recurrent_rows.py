@@ -18,8 +18,7 @@ import gradbench as gb
 from gradbench import abi
 from gradbench.recurrent import abi as rabi
 from gradbench.recurrent import backends as rbackends
-from gradbench.recurrent import reference as rref
-from tests.helpers import TOL, assert_true_values
+from tests.helpers import TOL, assert_true_values, recurrent_reference_forward
 
 ROW_E = {"float64": [0, -2000, -1, -37], "float32": [0, -300, -1, -20]}
 SIG_E_TOP = 5
@@ -53,20 +52,9 @@ def _forward(rnn):
     xs = np.array(gb.sequence_input(rnn, B, 4))
     xs[5, [0, 2, 3]] = 0  # at step 5 only the lowest row has an input: dW_ih's sum is at its exponent, and the
     # rows above it (2^2000: 2^300) must add exactly 0, not inf * 0 = NaN (the reference scaled them up)
-    rescale = rnn.cell == "rnn" and rnn.act in ("relu", "identity") and not rnn.has_head
-    icfg, fcfg = rabi.kernel_config(rnn, rescale, B)
-    fwd, bwd = rabi.CELL_FUNCTIONS[rnn.cell]
-    dims = dict(T=STEPS, B=B, N=HIDDEN, D=D, GN=rnn.gates * HIDDEN, S=STEPS if icfg[rabi.RI_LOSS_EVERY] else 1)
-    a = abi.allocate(fwd, dims, rnn.dtype, skip=("icfg", "fcfg", "X", "W_ih", "W_hh", "b_ih", "b_hh"),
-                     fill=dict(fexp=0, info=-1))
-    a["H"][0] = 0
-    if "C" in a:
-        a["C"][0] = 0
-    getattr(rref, fwd)(icfg=icfg, fcfg=fcfg, X=xs, W_ih=p.W_ih, W_hh=p.W_hh, b_ih=p.b_ih, b_hh=p.b_hh, **a)
+    bwd, dims, out = recurrent_reference_forward(rnn, p, xs)
     rng = np.random.default_rng(7)
-    out = {k: a[k] for k in ("H", "Z", "C", "HN", "fexp") if k in a}
-    out.update(icfg=icfg, fcfg=fcfg, X=xs, W_hh=p.W_hh,
-               DH=rng.standard_normal((dims["S"], B, HIDDEN)).astype(rnn.dtype))
+    out["DH"] = rng.standard_normal((dims["S"], B, HIDDEN)).astype(rnn.dtype)
     return bwd, dims, out
 
 
