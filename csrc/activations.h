@@ -355,6 +355,12 @@ static inline float gb_dphi_scaled_f32(float u, const gb_scaled *s) { return (fl
  *   tanh: -m/(2 + m), m = expm1(-2|x|), sign restored; sech^2 = 4e/(1+e)^2, e = exp(-2|x|).
  * NaN stays NaN. Without the vector extension (GB_PLAIN_C) the layer loops call the scalar
  * functions. */
+/* Cody-Waite: ln2 = GB_LN2_HI + GB_LN2_LO, GB_LN2_HI with 32 significant bits (k GB_LN2_HI is
+ * exact for |k| < 2^21); outside the vector code: gb_internal.h's gb_log_rem needs them too */
+#define GB_INV_LN2 0x1.71547652b82fep0
+#define GB_LN2_HI 0x1.62e42fee00000p-1
+#define GB_LN2_LO 0x1.a39ef35793c76p-33
+
 #if defined(__GNUC__) && !defined(GB_PLAIN_C)
 #define GB_HAVE_VEC 1
 #if !defined(__clang__)
@@ -465,12 +471,6 @@ static GB_AINLINE gb_vd gb_vpow2(gb_vi k) { /* 2^k for k in [-1022, 1023] */
     memcpy(&out, &b, sizeof out);
     return out;
 }
-
-/* Cody-Waite: ln2 = GB_LN2_HI + GB_LN2_LO, GB_LN2_HI with 32 significant bits (k GB_LN2_HI is
- * exact for |k| < 2^21) */
-#define GB_INV_LN2 0x1.71547652b82fep0
-#define GB_LN2_HI 0x1.62e42fee00000p-1
-#define GB_LN2_LO 0x1.a39ef35793c76p-33
 
 /* exp(r) - 1 for |r| <= ln2/2 (and a little beyond): r P(r), P(r) = sum_{n=0..12} r^n / (n+1)!,
  * by Estrin's scheme (a few dependent steps instead of Horner's 13: the lanes' latency, not the

@@ -91,3 +91,20 @@ def test_a_bad_environment_value_names_the_default_exactly(monkeypatch):
     monkeypatch.setenv("GRADBENCH_TEST_FLOAT", "-1")
     with pytest.raises(EnvError, match=r"must be a number > 0 \(unset it for the default 30\)"):
         env_float("GRADBENCH_TEST_FLOAT", 30.0)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+@pytest.mark.parametrize("source", sorted(p.name for p in (ROOT / "csrc").glob("*.c")))
+def test_the_sources_compile_without_the_vector_extension(source):
+    """GB_PLAIN_C (what a compiler without GCC's vector extension gets: the scalar loops) did not
+    compile: gb_internal.h's gb_log_rem used GB_LN2_HI/LO, defined only inside the vector code of
+    activations.h. Each source alone, syntax and types only (a full plain-C build passed the C
+    cross-checks: tests/test_c.py, test_crosscheck.py, test_recurrent_backends.py, test_exact.py,
+    test_rescue.py, 1053 cases)."""
+    import subprocess
+    import sysconfig
+
+    out = subprocess.run(["gcc", "-std=c11", "-fsyntax-only", "-DGB_PLAIN_C", "-Werror=implicit-function-declaration",
+                          f"-I{ROOT / 'csrc'}", f"-I{sysconfig.get_paths()['include']}", str(ROOT / "csrc" / source)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
