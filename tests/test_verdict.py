@@ -27,6 +27,19 @@ def _diagnose(stack, batch=16, seed=0, x=None, params=None):
     return gb.diagnose(gb.backprop(stack, params, x), threshold=THRESHOLD)
 
 
+def _plain_chain(stack, params, x):
+    """The plain float64 chain of tests/naive.py (an independent implementation) on these weights:
+    its gradients, its signal norms ||dL/dh_l||, its forward's saved values and log10 ||dW_l||."""
+    import naive
+
+    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
+    with np.errstate(all="ignore"):
+        _, grads, signal = naive.backward(stack, P, x)
+        _, saved = naive.forward(stack, P, x)
+        dw = np.log10(np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2))))
+    return grads, signal, saved, dw
+
+
 def test_verdict_agrees_with_the_mean_field_phase():
     """The rule (gradbench.verdict): wherever the predicted change over the stack,
     |0.5 log10 chi_1| (L - 1), is at least 3 x threshold, the verdict is the phase's."""
@@ -404,17 +417,13 @@ def test_saturated_single_layer_branches_do_not_make_a_trend(seed):
     read +4 to +5 decades over the stack: "EXPLODING". Those branches are left out of the fit
     (as a residual group's norm hides such a layer) and named; the plain float64 chain
     (tests/naive.py) says the same of the ends and the signal."""
-    import naive
 
     from gradbench.verdict import decades_per_layer, lagging
 
     stack = gb.Stack(depth=201, width=32, activation="sigmoid", init="normal", sigma_w=math.sqrt(32), residual=1)
     params, x = gb.init_params(stack, seed), gb.gaussian_input(stack, 16, seed + 1)
     d = gb.diagnose(gb.backprop(stack, params, x), params)
-    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
-    with np.errstate(all="ignore"):
-        _, grads, signal = naive.backward(stack, P, x)
-        plain = np.log10(np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2))))
+    _, signal, _, plain = _plain_chain(stack, params, x)
     idx, _ = lagging(plain)
     assert idx.size >= 10 and np.mean(d.saturation[idx]) > 0.9  # saturated branches, 3 decades or more below
     assert decades_per_layer(plain)[0] * 200 > THRESHOLD  # what a fit through them says
@@ -431,15 +440,11 @@ def test_saturated_branches_under_a_flat_skip_path_vanish(seed, residual):
     branches' norms has a sign by chance: it read EXPLODING for seeds 0-3 at residual=4 and 1,
     VANISHING at 2. The plain float64 chain (tests/naive.py) shows the flat skip path and the
     saturated units (tanh' < 1 % of its largest value, from its own pre-activations)."""
-    import naive
 
     stack = gb.Stack(depth=40, width=16, activation="tanh", init="normal", sigma_w=1e4, residual=residual)
     params, x = gb.init_params(stack, seed), gb.gaussian_input(stack, 16, seed + 1)
     d = gb.diagnose(gb.backprop(stack, params, x), params)
-    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
-    with np.errstate(all="ignore"):
-        _, grads, signal = naive.backward(stack, P, x)
-        _, saved = naive.forward(stack, P, x)
+    _, signal, saved, _ = _plain_chain(stack, params, x)
     skip = signal[::residual]  # the groups' inputs
     assert np.ptp(np.log10(skip)) < THRESHOLD  # the chain has no trend
     sat = np.mean([np.mean(1 - np.tanh(z) ** 2 < 0.01) for z in saved["zs"]])
@@ -453,7 +458,6 @@ def test_a_flat_skip_path_does_not_forecast_an_overflow():
     activations grow, ||dW_l|| runs from 10^-59 at the top to 10^3.5 at layer 0 over a flat signal,
     and the diagnosis said EXPLODING and float64 "would overflow after ~7381 layers". The plain
     float64 chain at 8000 layers (tests/naive.py) overflows nothing: its ||dW_0|| is ~10^4.4."""
-    import naive
 
     def run(depth):
         stack = gb.Stack(depth=depth, width=4, activation="sigmoid", residual=1)
@@ -465,11 +469,8 @@ def test_a_flat_skip_path_does_not_forecast_an_overflow():
     assert d.float_limits["float64"]["layers_to_overflow"] is None and "would overflow" not in str(d)
     assert "gradients vanish in the residual branches at the top" in " ".join(d.explanation.split())
     stack, params, x = run(8000)
-    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
-    with np.errstate(all="ignore"):
-        _, grads, signal = naive.backward(stack, P, x)
-    norms = np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2)))
-    assert np.all(np.isfinite(norms)) and np.all(np.isfinite(signal)) and 1 < norms[0] < 1e8
+    _, signal, _, plain = _plain_chain(stack, params, x)
+    assert not np.any(np.isnan(plain) | (plain == np.inf)) and np.all(np.isfinite(signal)) and 0 < plain[0] < 8
 
 
 # ---------------------------------------------------------------- parameter-gradient clipping
@@ -524,7 +525,6 @@ def test_a_clipped_signal_under_an_exploding_forward_names_the_forward_pass(clip
     layer..." and named the forward growth only at its end; it now leads with the cause, with the
     numbers of the plain float64 chain (tests/naive.py, an independent implementation, which
     float64 holds here). Without the clip the signal explodes and the sentence is the trend's."""
-    import naive
 
     base = gb.Stack(depth=300, width=64, activation="relu", init="he_normal", residual=2)
     stack = base.replace(clip=clip, clip_threshold=1.0)
@@ -535,10 +535,7 @@ def test_a_clipped_signal_under_an_exploding_forward_names_the_forward_pass(clip
     assert text.startswith("gradients vanish towards the input because the forward pass explodes"), text
     assert f"clipped ({clip} at 1) at every layer" in text and "does not bound the forward pass" in text, text
     assert text.count("forward activations") == 1, text  # said once, in the verdict's sentence
-    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
-    _, grads, _ = naive.backward(stack, P, x)
-    _, saved = naive.forward(stack, P, x)
-    dw = np.log10(np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2))))
+    _, _, saved, dw = _plain_chain(stack, params, x)
     std = np.log10([np.std(h) for h in saved["hs"][1:]])
     from gradbench.verdict import decades_per_layer
 
@@ -614,17 +611,12 @@ def test_a_residual_stack_with_dead_branches_reads_as_plain_float64_runs_it(seed
     keeps every group's skip path: only the branch layers the diagnosis counts are lost.
     residual=1 (every layer a group of its own) read as a plain stack: "plain float64 would
     underflow the gradient at layer 297; that layer and every one below would read 0"."""
-    import naive
 
     stack = gb.Stack(depth=300, width=4, activation="gelu", residual=residual)
     params, x = gb.init_params(stack, seed), gb.gaussian_input(stack, 4, seed + 1)
     d = gb.diagnose(gb.backprop(stack, params, x), params)
-    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
-    with np.errstate(all="ignore"):
-        _, grads, _ = naive.backward(stack, P, x)
-        plain = np.log10(np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2))))
-        _, saved = naive.forward(stack, P, x)
-        plain_std = np.log10([np.std(h) for h in saved["hs"][1:]])
+    _, _, saved, plain = _plain_chain(stack, params, x)
+    plain_std = np.log10([np.std(h) for h in saved["hs"][1:]])
     lo = -307.65
     g = d.grad_log10
     assert np.any(g < -1000) and np.all(g[:20] > 20)  # dead branches, and a live skip path
@@ -1089,15 +1081,12 @@ def test_a_vanishing_signal_over_flat_weight_gradients_says_the_first_layers_lea
     at the top): the early layers do not learn slower, the symptom the lecture calls vanishing.
     The explanation says so with the plain float64 chain's numbers (tests/naive.py); a stack whose
     ||dW_l|| falls too (sigmoid, Xavier) does not get the sentence."""
-    import naive
     from gradbench.verdict import decades_per_layer
 
     stack = gb.Stack(depth=1000, width=64, activation="tanh", init="xavier_normal")
     params, x = gb.init_params(stack, 1), gb.gaussian_input(stack, 16, 0)  # (weights of seed 0: -1.9, STABLE)
     d = gb.diagnose(gb.backprop(stack, params, x), params)
-    P = {k: np.asarray(getattr(params, k), dtype=np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
-    _, grads, signal = naive.backward(stack, P, x)
-    dw = np.log10(np.sqrt(np.sum(grads["W"] ** 2, axis=(1, 2))))
+    _, signal, _, dw = _plain_chain(stack, params, x)
     L = len(dw)
     assert abs(decades_per_layer(dw)[0] * (L - 1)) < 2 < -decades_per_layer(np.log10(signal))[0] * (L - 1)
     assert d.verdict == "vanishing", d.explanation
