@@ -616,7 +616,8 @@ def test_a_residual_stack_with_dead_branches_reads_as_plain_float64_runs_it(seed
     params, x = gb.init_params(stack, seed), gb.gaussian_input(stack, 4, seed + 1)
     d = gb.diagnose(gb.backprop(stack, params, x), params)
     _, _, saved, plain = _plain_chain(stack, params, x)
-    plain_std = np.log10([np.std(h) for h in saved["hs"][1:]])
+    with np.errstate(divide="ignore"):  # a group output of exact zeros
+        plain_std = np.log10([np.std(h) for h in saved["hs"][1:]])
     lo = -307.65
     g = d.grad_log10
     assert np.any(g < -1000) and np.all(g[:20] > 20)  # dead branches, and a live skip path
