@@ -212,10 +212,9 @@ RESCUE_LN_MIN = -(2.0**62) * math.log(2.0)
 # Where each rescued activation's ln|phi'(z)| falls below RESCUE_LN_MIN (2^(-2^62), beyond any int64
 # exponent), in words for the diagnoses: tanh' ~ 4 e^(-2|z|), sigmoid' ~ e^(-|z|), the ELU family's
 # and swish's negative side ~ e^z, gelu's ~ e^(-z^2 / 2)
-SATURATED_AT = {"tanh": f"|z| ~ {-RESCUE_LN_MIN / 2:.2g}", "sigmoid": f"|z| ~ {-RESCUE_LN_MIN:.2g}",
-                "elu": f"z ~ {RESCUE_LN_MIN:.2g}", "selu": f"z ~ {RESCUE_LN_MIN:.2g}", "swish": f"z ~ {RESCUE_LN_MIN:.2g}",
-                "gelu": f"z ~ {-math.sqrt(-2 * RESCUE_LN_MIN):.2g}"}
-SATURATED_AT = {k: v.replace("e+", "e") for k, v in SATURATED_AT.items()}
+SATURATED_AT = {name: f"{where} ~ {edge:.2g}".replace("e+", "e") for name, where, edge in (
+    ("tanh", "|z|", -RESCUE_LN_MIN / 2), ("sigmoid", "|z|", -RESCUE_LN_MIN), ("elu", "z", RESCUE_LN_MIN),
+    ("selu", "z", RESCUE_LN_MIN), ("swish", "z", RESCUE_LN_MIN), ("gelu", "z", -math.sqrt(-2 * RESCUE_LN_MIN)))}
 _LN4 = math.log(4.0)
 _HALF_LN_2PI = 0.5 * math.log(2 * math.pi)
 _GELU_ASYMPTOTIC = -30.0  # below: gelu'(x) from the asymptotic Mills ratio, in log form

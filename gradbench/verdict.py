@@ -489,6 +489,12 @@ def stuck_state(stack, res) -> np.ndarray | None:
     return None
 
 
+def stuck_words(stack) -> str:
+    """What :func:`stuck_state` counts, in the diagnosis's words."""
+    return ("saturated (|phi'| < 1 % of its largest value)" if stack.activation in SATURATING else
+            "dead (z <= 0 for the whole batch)")
+
+
 def stuck_end(L: int, change: float, stuck) -> tuple[int, int, float] | None:
     """The low end of a ||dW_l|| trend (``change`` over the stack, going down: > 0 is the top)
     as ``(first layer, last layer, share of its units stuck)`` (:func:`stuck_state`): the quarter
@@ -551,7 +557,7 @@ def judge(grad_log10, signal_log10=None, *, threshold: float = 2.0, elasticity_l
     if walk is not None and not zeros:  # a random walk: this run's ends, not a fit whose sign is the seed's
         if abs(walk) >= threshold:
             return ("vanishing" if walk < 0 else "exploding"), "walk"
-        trend = min(changes + [0.0], key=abs)  # neither fit is a trend: the stable words say why
+        trend = 0.0  # neither fit is a trend: the stable words say why
     insensitive = False
     if elasticity_log10 is not None:
         e = np.asarray(elasticity_log10, dtype=np.float64)
@@ -871,8 +877,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     elif rule == "saturated":
         i0, i1, share = stuck_end(L, rate * (L - 1), stuck_state(stack, res))
         where = "top" if rate > 0 else "bottom"
-        what = "saturated (|phi'| < 1 % of its largest value)" if stack.activation in SATURATING else \
-            "dead (z <= 0 for the whole batch)"
+        what = stuck_words(stack)
         words.append(f"gradients vanish in the residual branches at the {where} of the stack, where the units are "
                      f"{what.split(' (')[0]}, while the skip path carries the signal with no trend: ||dL/dh_l|| "
                      f"changes by {signal_rate * (L - 1):+.3g} decades over the stack (threshold {threshold:g}), "
@@ -1272,15 +1277,12 @@ def _lagging_words(stack, g, res, verdict: str, far) -> list[str]:
     size = f"{gap.min():.2g} to {gap.max():.2g} decades" if many and f"{gap.min():.2g}" != f"{gap.max():.2g}" \
         else f"{gap.max():.2g} decades"
     why = ""
-    state = res.saturation if stack.activation in SATURATING else res.dead if stack.dead_below_zero else None
+    state = stuck_state(stack, res)
     if state is not None:
-        with np.errstate(invalid="ignore"):
-            f = np.asarray(state, dtype=np.float64)[idx]
+        f = state[idx]
         part = float(np.nanmean(f)) if np.isfinite(f).any() else math.nan
         if part > 0.5:
-            what = "saturated (|phi'| < 1 % of its largest value)" if stack.activation in SATURATING else \
-                "dead (z <= 0 for the whole batch)"
-            why = f"; {100 * part:.0f} % of their units are {what}"
+            why = f"; {100 * part:.0f} % of their units are {stuck_words(stack)}"
     though = f", though the stack as a whole reads {verdict}" if verdict == "stable" else ""
     # residual=1: each is a branch of its own, past which the skip path carries the signal; the
     # rate's fit leaves them out (:func:`rate_points`), as a group's norm hides a saturated layer
@@ -1312,7 +1314,7 @@ def rms_log10(mean_log10, std_log10) -> np.ndarray:
     top = np.maximum(m, sd)
     with np.errstate(invalid="ignore", over="ignore"):
         out = top + 0.5 * np.log10(1.0 + 10.0 ** (2 * (np.minimum(m, sd) - top)))
-    return np.where(np.isneginf(top), -np.inf, out)
+    return np.where(np.isinf(top), top, out)  # both -inf: 0; both inf: inf (inf - inf read NaN)
 
 
 def rounding_share(signal_log10, mean_log10, std_log10, loss_log10: float, dtype: str) -> tuple[float, int] | None:

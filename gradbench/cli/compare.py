@@ -127,15 +127,16 @@ def compare_table(diags: dict, layers: list[int]) -> str:
     head = f"{'configuration':<{name_w}}  {'verdict':<9} {'dL/dh rate':>10} {'dW rate':>8}" + "".join(
         f" {'||dW_' + str(l) + '||':>11}" for l in layers) + "  plain float fails"
     lines = [head, "-" * len(head)]
+    fails = {label: _float_failures(d) for label, d in diags.items()}
     for label, d in diags.items():
         row = (f"{label:<{name_w}}  {d.verdict:<9} {fmt_rate(d.signal_decades_per_layer):>10} "
                f"{fmt_rate(d.decades_per_layer):>8}")
         row += "".join(f" {fmt_pow(d.grad_log10[l]):>11}" for l in layers)
-        row += "  " + _float_failures(d)
+        row += "  " + fails[label]
         lines.append(row)
     lines.append("rates: decades per layer going down the stack (negative: shrinking towards the input); the "
                  "verdict follows the one that changes more over the stack")
-    if any(_float_failures(d) != "-" for d in diags.values()):
+    if any(f != "-" for f in fails.values()):
         lines.append("plain float fails: where a plain float32 (f32) or float64 (f64) run would fail: its forward "
                      "activations (fwd; over <=@l: by layer l at the latest), its loss, its gradient ||dW_l|| "
                      "(the highest layer that under- or overflows)")

@@ -83,7 +83,7 @@ from gradbench.diagnose import _from_jsonable as _from_json_value
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.report import activation_words, count, fmt_percent, fmt_pow, index_runs
 from gradbench.verdict import (MEASURABLE_DECADES, ClipChain, acted_list, chaos_words, clip_record_words, countable_mean,
-                               rounding_share)
+                               rms_log10, rounding_share)
 
 FLOAT_LIMITS = {
     name: (float(np.log10(np.finfo(name).tiny)), float(np.log10(np.finfo(name).max)))
@@ -290,11 +290,7 @@ def state_log10(h_log10, c_log10) -> np.ndarray:
     forget gate near 1 under a small W_hh keeps dL/dc_t flat over 300 steps while dL/dh_t drops
     two decades in the first step back (it reaches the loss only through W_hh): that read
     VANISHING, and "no gradient reaches step 0" with W_hh = 0, where dL/dc_0 was 10^-3."""
-    h = np.asarray(h_log10, dtype=np.float64)
-    c = np.asarray(c_log10, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        joint = np.logaddexp(2 * math.log(10) * h, 2 * math.log(10) * c) / (2 * math.log(10))
-    return np.where(np.isnan(h) | np.isnan(c), np.nan, joint)
+    return rms_log10(h_log10, c_log10)  # log10 sqrt(10^2a + 10^2b), the stacks' root mean square's
 
 
 def classify(signal_log10, decades_per_step: float, *, threshold: float = 2.0, nonfinite: bool = False) -> str:
