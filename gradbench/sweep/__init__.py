@@ -66,7 +66,8 @@ from gradbench.sweep.execute import execute as _execute  # the name `execute` st
 from gradbench.plan import available_memory
 from gradbench.sweep.grid import FIELDS, Plan, Run, check_memory, plan, run_key
 from gradbench.sweep.store import MANIFEST, as_planned, check_out, frame, hold, open_out
-from gradbench.sweep.worker import COLUMNS, MEASURED, THEORY, mean_field_columns, rate_se, run_one, slope_se
+from gradbench.sweep.worker import (COLUMNS, MEASURED, THEORY, concrete_backend, mean_field_columns, rate_se,
+                                    run_one, slope_se)
 
 __all__ = ["COLUMNS", "FIELDS", "MANIFEST", "MEASURED", "THEORY", "Plan", "Run", "mean_field_columns", "plan",
            "rate_se", "run_key", "run_one", "slope_se", "sweep", "task_size"]
@@ -157,7 +158,7 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
     if client is None and backend != "auto" and backend not in backends():
         raise ValueError(f"backend={backend!r} is not available here (available: {', '.join(backends())})")
     if client is None:  # the LocalCluster's workers plan with this machine's memory: refused before it starts
-        check_memory(p, available_memory(), local_backend(backend))
+        check_memory(p, available_memory(), concrete_backend(backend))  # (this machine's environment)
     _require()
     with contextlib.ExitStack() as held:
         if out is not None:
@@ -196,17 +197,6 @@ def _run(p: Plan, out: str | None, client, workers, runs_per_task, progress):
     table = _assemble(frames, runs, p, pd)
     table.attrs["sweep"] = info | {"seconds": time.perf_counter() - t0}
     return table
-
-
-def local_backend(backend: str) -> str | None:
-    """The concrete backend of ``backend`` in a LocalCluster's workers (this machine's
-    environment): "auto" is the fastest here; None if it cannot be used (the run says why)."""
-    from gradbench.backends import resolve
-
-    try:
-        return resolve(backend)
-    except (RuntimeError, ValueError):
-        return None
 
 
 def _assemble(frames: list, runs: list[Run], p: Plan, pd):

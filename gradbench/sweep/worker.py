@@ -126,19 +126,25 @@ def plan_of(stack: Stack, batch: int, backend: str | None, available):
     return plan_run(stack, batch, generated=True, available=available, backend=backend, **RUN_OPTIONS)
 
 
+def concrete_backend(backend: str) -> str | None:
+    """The backend ``backend`` is in this process ("auto": the fastest built here); None if it
+    cannot be used here (the run says why)."""
+    from gradbench.backends import resolve
+
+    try:
+        return resolve(backend)
+    except (RuntimeError, ValueError):
+        return None
+
+
 def worker_memory(backend: str) -> tuple[int, str | None]:
     """What a worker plans its runs with: the bytes available to it (:func:`available_memory`
     and what its engine keeps for later calls, as backprop counts them) and the concrete backend
-    ``backend`` is there (None if it cannot be used there: the run says why). Run on every
-    worker of a scheduler the caller gave, before any run is submitted."""
-    from gradbench.backends import resolve
+    ``backend`` is there (:func:`concrete_backend`). Run on every worker of a scheduler the
+    caller gave, before any run is submitted."""
     from gradbench.buffers import held
 
-    try:
-        name = resolve(backend)
-    except (RuntimeError, ValueError):
-        name = None
-    return available_memory() + held(), name
+    return available_memory() + held(), concrete_backend(backend)
 
 
 def run_one(stack: Stack, batch: int, seed: int, backend: str = "auto") -> dict:
