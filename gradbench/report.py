@@ -204,6 +204,9 @@ def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
         )
     if lim.get("loss_overflow"):
         parts.append(f"plain {name} would overflow the loss (> 10^{lim['max_log10']:.2f}: inf)")
+    if lim.get("forward_unknown_layer") is not None:
+        parts.append(f"plain {name}: not known from layer {lim['forward_unknown_layer']} up (this run's own forward "
+                     f"overflowed there, below {name}'s range; run it in {name} to see)")
     if not parts:
         if lim["layers_to_underflow"] is not None:
             parts.append(f"plain {name} is fine here; at this rate its gradient would underflow after "

@@ -133,7 +133,8 @@ MEASURABLE_DECADES = 1e-9
 
 def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | None = None,
                  floored: np.ndarray | None = None, extrapolate: bool = True, *,
-                 signal_log10: np.ndarray | None = None, group: int = 0, loss_log10: float | None = None) -> dict:
+                 signal_log10: np.ndarray | None = None, group: int = 0, loss_log10: float | None = None,
+                 dtype: str | None = None) -> dict:
     """Where plain float64 / float32 would have under- or overflowed, per dtype.
 
     ``underflow_layer`` / ``overflow_layer``: the first layer from the top whose ||dL/dW_l||
@@ -148,6 +149,10 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     range, the forward at the first group output (a branch's own zeros stop nothing).
     ``loss_overflow``: whether the loss (its exact ``loss_log10``) lies above the largest finite
     number: a plain run prints an infinite loss (0.5 ||h_L||^2 overflows long before h_L does).
+    ``forward_unknown_layer``: for a dtype wider than the run's own ``dtype``, the first layer
+    whose activations the run could not compute (their std NaN: the run's forward overflowed
+    there); whether that dtype overflows there or above is not known (a float32 ReLU stack at
+    sigma_w = 3 overflows at layer 123 where float64 stays below 10^92), so it is not said.
     ``layers_to_underflow`` / ``layers_to_overflow``: when the gradient never gets there, how
     many layers from the top it would take at the fitted ``rate`` (only with ``extrapolate``:
     the caller says whether the rate within the stack is one that more layers would continue,
@@ -175,6 +180,7 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
             "overflow_layer": int(over.max()) if over.size else None,
             "forward_underflow_layer": None,
             "forward_overflow_layer": None,
+            "forward_unknown_layer": None,
             "layers_to_underflow": None,
             "layers_to_overflow": None,
             # residual groups: layers above underflow_layer whose own gradient is lost (a branch)
@@ -184,9 +190,14 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
         }
         if a is not None:
             fu = np.flatnonzero(np.isfinite(a) & (a < lo) & (out_skip if skip else True))
-            fo = np.flatnonzero((a > hi) | (a == np.inf) | np.isnan(a))  # NaN: an entry overflowed to inf
+            # NaN: an entry overflowed to inf in the run's own dtype, which says so for a dtype no wider
+            wider = dtype is not None and hi > FLOAT_LIMITS[dtype][1]
+            nan = np.flatnonzero(np.isnan(a))
+            fo = np.flatnonzero((a > hi) | (a == np.inf) | (np.isnan(a) & (not wider)))
             entry["forward_underflow_layer"] = int(fu.min()) if fu.size else None
             entry["forward_overflow_layer"] = int(fo.min()) if fo.size else None
+            if wider and nan.size and (not fo.size or nan.min() < fo.min()):
+                entry["forward_unknown_layer"] = int(nan.min())
         # a change over the stack below MEASURABLE_DECADES is rounding (an orthogonal identity stack's
         # 1e-19 a layer said "underflow after ~2.4e21 layers"), not a rate to extrapolate
         if (extrapolate and math.isfinite(rate) and math.isfinite(top)

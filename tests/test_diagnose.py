@@ -770,3 +770,31 @@ def test_from_json_reads_an_out_files_text_and_refuses_a_path(tmp_path, capsys):
         assert d.verdict == want["verdict"] and np.allclose(d.signal_log10, np.array(want["signal_log10"], dtype=float))
         with pytest.raises(ValueError, match=r"not JSON \(Expecting value at line 1 column 1\)"):
             cls.from_json("no such file")
+
+
+@pytest.mark.parametrize("backend", gb.backends())
+def test_a_float32_forward_overflow_says_nothing_of_float64(backend):
+    """A float32 ReLU stack at sigma_w = 3 overflows its forward at layer ~123; the same weights in
+    float64 stay below 10^100 (an independent plain float64 forward, tests/naive.py). The float32
+    run's NaN was read as an overflow in every dtype: "plain float64 would overflow the forward
+    activations by layer 123", while the float64 run says float64 is fine. float64's line now says
+    it is not known from that layer up, and names no overflow."""
+    import naive
+
+    stack = gb.Stack(depth=300, width=32, activation="relu", sigma_w=3.0, sigma_b=0.01, dtype="float32")
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 8, 1)
+    with np.errstate(all="ignore"):
+        d = gb.diagnose(gb.backprop(stack, params, x, backend=backend), params)
+        _, saved = naive.forward(stack, {k: np.asarray(getattr(params, k), np.float64)
+                                         for k in ("W", "b", "gamma", "beta", "slope")}, x.astype(np.float64))
+    top = max(float(np.max(np.abs(h))) for h in saved["hs"])
+    assert np.isfinite(top) and top < 1e300  # float64 holds this forward everywhere
+    f32 = next(l for l, h in enumerate(saved["hs"][1:]) if np.max(np.abs(h)) > np.finfo(np.float32).max)
+    first = d.first_nonfinite_forward
+    assert first is not None and abs(first - f32) <= 2  # where float32 itself overflows
+    assert d.float_limits["float32"]["forward_overflow_layer"] == first
+    f64 = d.float_limits["float64"]
+    assert f64["forward_overflow_layer"] is None and f64["forward_unknown_layer"] == first
+    text = str(d)
+    assert "plain float64 would overflow" not in text and "plain float64 is fine" not in text
+    assert f"plain float64: not known from layer {first} up" in text
