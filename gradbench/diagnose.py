@@ -28,6 +28,9 @@ l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
 - ``weights``: where the weights came from when they were not drawn for the stack (the params'
   ``origin``, the Result's ``extras["weights"]``: "the weights of Sequential" for
   :func:`gradbench.from_torch`), or None; the report's header says it in place of the init scheme.
+- ``dead_below_zero``: whether units with z <= 0 pass no gradient with these weights (ReLU, or
+  PReLU whose slopes are all 0: :func:`gradbench.spec.units_die`), so that ``dead`` counts dead
+  units rather than units on a negative slope (None in diagnoses read from files without it).
 - Histograms of log10 |dW_l| entries with the same bin edges for every layer (default: the
   whole-decade range of all layers in ``bins`` bins; for a ``stats_only`` run, whole streaming
   bins from the lowest occupied one, :func:`gradbench.histograms.rebin_streaming`), computed
@@ -55,7 +58,7 @@ from gradbench.params import GeneratedParams, weights_probe
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, bn_identical, bn_pair_cancels, classify,  # noqa: F401
                                clip_binds, decades_per_layer, explain, float_limits, floored_layers, grad_rate, judge,
-                               float_underflow, float_underflow_inputs, rms_log10, signal_rate, stuck_state,
+                               dies, float_underflow, float_underflow_inputs, rms_log10, signal_rate, stuck_state,
                                within_walk)
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +100,7 @@ class Diagnosis:
     lost_samples: int = 0
     hist_exact: bool = True
     weights: str | None = None
+    dead_below_zero: bool | None = None
 
     @property
     def depth(self) -> int:
@@ -315,6 +319,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         lost_samples=int((res.extras or {}).get("lost_samples", 0)),
         hist_exact=exact,
         weights=(res.extras or {}).get("weights"),
+        dead_below_zero=dies(stack, res),
         first_nonfinite_backward=res.first_nonfinite_backward,
         decades_per_layer=rate,
         intercept=a.intercept,

@@ -38,7 +38,7 @@ from gradbench.loss import head_loss, top_signal
 from gradbench.params import GeneratedParams, Params, origin_words, probe_and_size
 from gradbench.plan import Plan, available_memory, plan_run
 from gradbench.results import Grads, Result
-from gradbench.spec import RELU_FAMILY, Stack
+from gradbench.spec import RELU_FAMILY, Stack, units_die
 from gradbench.supply import LayerSupply, buffer_shapes
 
 
@@ -337,16 +337,18 @@ def _top(run: _Run, targets):
         run.info[abi.INFO_BACKWARD] = L
     run.G = G
     run.live_top = _rows_nonzero(G)  # samples with a gradient at the top (lost_samples)
-    run.forward_lost = _forward_lost(stack, run.x, hL)
+    run.dies = units_die(stack, getattr(run.params, "slope", None))  # GeneratedParams: the stack's slope
+    run.forward_lost = _forward_lost(stack, run.x, hL, run.dies)
     return loss, loss_exact, head_grads
 
 
-def _forward_lost(stack: Stack, x: np.ndarray, hL: np.ndarray) -> int:
+def _forward_lost(stack: Stack, x: np.ndarray, hL: np.ndarray, dies: bool) -> int:
     """Samples whose top activations are exactly 0 though their input is not, in a batch (a batch
     of 1 has a layer of zeros, which the diagnosis names by itself): each sample carries its own
     exponent, so only its own chain can do it (GELU or swish below 2^(-2^62), an exact 0). Not
-    counted where a row of zeros is a true value: units dead below zero (ReLU), batch norm."""
-    if len(x) < 2 or stack.dead_below_zero or stack.batch_norm:
+    counted where a row of zeros is a true value: units dead below zero (``dies``: ReLU, a PReLU
+    whose slopes are 0), batch norm."""
+    if len(x) < 2 or dies or stack.batch_norm:
         return 0
     return int(np.count_nonzero(_rows_nonzero(x) & ~_rows_nonzero(hL)))
 
@@ -548,8 +550,12 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     extras = dict(checkpoint=run.plan.checkpoint, segments=len(run.segments), stats_only=run.plan.stats_only,
                   generated=run.plan.generated, weights_kept=run.plan.keep_weights,
                   memory_estimate=run.plan.estimate, seconds=run.seconds, lost_samples=lost,
-                  forward_lost_samples=run.forward_lost,
+                  forward_lost_samples=run.forward_lost, dead_below_zero=run.dies,
                   weights_probe=probe, weights=origin_words(run.params, run.stack, probe), weight_log10_sampled=size)
+    if run.stack.activation == "prelu":  # the slopes the weights have (verdict: which units are dead)
+        slopes = getattr(run.params, "slope", None)
+        slopes = np.full(1, run.stack.act_param) if slopes is None else np.asarray(slopes, dtype=np.float64)
+        extras["prelu_slopes"] = (float(np.min(slopes)), float(np.max(slopes)))
     if run.bn_pair is not None:  # batch norm over 2 samples (verdict.bn_pair_cancels)
         extras["bn_pair_difference"] = run.bn_pair
     if run.stack.batch_norm:  # one input repeated: batch norm passes nothing (verdict.bn_identical)

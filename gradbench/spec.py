@@ -96,6 +96,16 @@ def dead_below_zero(activation: str, activation_param: float | None) -> bool:
     return activation == "relu" or (activation in RELU_FAMILY and activation_param == 0)
 
 
+def units_die(stack, slopes=None) -> bool:
+    """:func:`dead_below_zero` of ``stack`` with the slopes the weights actually have: for PReLU,
+    ``slopes`` (``params.slope``, a model's own or trained ones; None: the stack's
+    ``activation_param``, which drawn weights take) all 0. A model's PReLU(init=0) whose slopes
+    are 0.5 has no dead units."""
+    if stack.activation == "prelu" and slopes is not None:
+        return bool(np.all(np.asarray(slopes) == 0))
+    return stack.dead_below_zero
+
+
 def check_choice(param: str, value, valid) -> None:
     """Raise ``ValueError`` naming ``param``, the valid names and the closest one."""
     if value not in valid:

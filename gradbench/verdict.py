@@ -489,13 +489,19 @@ def signal_rate(signal_log10, group: int = 0) -> float:
 STUCK_SHARE = 0.5
 
 
+def dies(stack, res) -> bool:
+    """Whether units with z <= 0 pass no gradient in the run ``res`` (:func:`gradbench.spec.units_die`
+    of the weights it ran with, ``extras["dead_below_zero"]``; the stack's own for a result without it)."""
+    return bool((getattr(res, "extras", None) or {}).get("dead_below_zero", stack.dead_below_zero))
+
+
 def stuck_state(stack, res) -> np.ndarray | None:
     """Per layer, the share of units that pass (next to) no gradient: saturated for a saturating
     activation, dead for the ReLU family (leaky and PReLU's negative side is not dead); None for
     the others."""
     if stack.activation in SATURATING:
         return np.asarray(res.saturation, dtype=np.float64)
-    if stack.dead_below_zero:
+    if dies(stack, res):
         return np.asarray(res.dead, dtype=np.float64)
     return None
 
@@ -1424,7 +1430,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
                      else f"the backward signal turned non-finite at layer {at}")
     zero = np.flatnonzero(g == -np.inf)
     if zero.size and zero.size < len(g):
-        dead_note = " (dead units block the chain: z <= 0 passes no gradient)" if stack.dead_below_zero else ""
+        dead_note = " (dead units block the chain: z <= 0 passes no gradient)" if dies(stack, res) else ""
         top = int(zero.max())
         if floored_layers(stack.activation, g, res.saturation, res.act_std.log10(), res.act_mean.log10())[top]:
             # phi' > 0 (but at a point) and rescued down to 2^(-2^62): the zero is that floor, not the chain's
@@ -1450,7 +1456,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
     if lost and not (lost == B and verdict == "no gradient"):  # then the verdict's sentence says it all
         # each sample carries its own exponent in the backward: what cuts a sample's chain is an
         # exact zero in it, never the batch's larger samples
-        why = ("dead units (z <= 0) in some layer" if stack.dead_below_zero else
+        why = ("dead units (z <= 0) in some layer" if dies(stack, res) else
                "units saturated beyond any int64 exponent (phi' < 2^(-2^62)) in some layer"
                if stack.activation in RESCUE else "an exact zero in the chain")
         if B == 1:
@@ -1514,10 +1520,12 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
                          "rate, not a bound)")
     if stack.activation in RELU_FAMILY:
         dead, where = countable_mean(res.dead)
-        if dead > 0.1 and stack.dead_below_zero:
+        if dead > 0.1 and dies(stack, res):
             words.append(f"{100 * dead:.0f} % of the units{where} are dead (z <= 0 for the whole batch)")
         elif dead > 0.1:  # a slope of their own on the negative side: not dead (a PReLU's is a parameter)
-            slope = (f" (a parameter, {stack.act_param:g} at init)" if stack.activation == "prelu"
+            lo, hi = (getattr(res, "extras", None) or {}).get("prelu_slopes", (stack.act_param,) * 2)
+            slope = ((f" (a parameter: {lo:g} in every layer)" if lo == hi else
+                      f" (a parameter: {lo:g} to {hi:g} over the layers)") if stack.activation == "prelu"
                      else f" {stack.act_param:g}")
             words.append(f"{100 * dead:.0f} % of the units{where} are on the negative side for the whole batch "
                          f"(z <= 0: {stack.activation}'s negative slope{slope} carries their gradient)")

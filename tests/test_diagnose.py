@@ -798,3 +798,33 @@ def test_a_float32_forward_overflow_says_nothing_of_float64(backend):
     text = str(d)
     assert "plain float64 would overflow" not in text and "plain float64 is fine" not in text
     assert f"plain float64: not known from layer {first} up" in text
+
+
+@pytest.mark.parametrize("init_slope, slope, dead", [(0.0, 0.5, False), (0.25, 0.0, True)])
+def test_prelu_units_are_dead_by_the_weights_slopes_not_the_stacks_init(init_slope, slope, dead):
+    """A PReLU's slope is a parameter: a model's PReLU(init=0) trained to 0.5 has no dead units,
+    and one whose slopes are 0 does, whatever ``activation_param`` (the init) says. The words and
+    the table's column went by the init: "91 % of the units are dead" with every slope 0.5. Which
+    units with z <= 0 for the whole batch pass a gradient: a plain float64 backward (tests/naive.py)."""
+    import dataclasses
+    import naive
+
+    stack = gb.Stack(depth=10, width=8, activation="prelu", activation_param=init_slope, sigma_b=0.5)
+    params = gb.init_params(stack, 0)
+    params = dataclasses.replace(params, b=np.full_like(params.b, -0.5), slope=np.full(10, slope))
+    x = gb.gaussian_input(stack, 8, 1)
+    d = gb.diagnose(gb.backprop(stack, params, x), params)
+    P = {k: np.asarray(getattr(params, k), np.float64) for k in ("W", "b", "gamma", "beta", "slope")}
+    _, s = naive.forward(stack, P, x)
+    neg = [np.all(z <= 0, axis=0) for z in s["zs"]]
+    assert np.mean([n.mean() for n in neg]) > 0.5  # most units sit below zero for the whole batch
+    # their dz: phi'(z) = slope there, so they pass a gradient exactly when the slope is not 0
+    passes = [np.any(naive.dphi("prelu", z, slope)[:, n] != 0) for z, n in zip(s["zs"], neg) if n.any()]
+    assert all(p != dead for p in passes)
+    assert d.dead_below_zero is dead
+    text = str(d)
+    assert ("are dead (z <= 0" in text) is dead
+    assert ("dead" if dead else "neg side") in text.splitlines()[next(i for i, l in enumerate(text.splitlines())
+                                                                      if l.strip().startswith("layer"))]
+    if not dead:
+        assert "(a parameter: 0.5 in every layer)" in text
