@@ -1394,7 +1394,7 @@ def test_leaky_relu_at_hes_relu_gain_names_the_gain_for_its_slope():
 
 
 @pytest.mark.parametrize("activation, param, slope_words", [("leaky_relu", 0.2, "negative slope 0.2 carries"),
-                                                            ("prelu", None, "negative slope (a parameter, 0.25 at init) carries")])
+                                                            ("prelu", None, "negative slope (a parameter: 0.25 in every layer) carries")])
 def test_units_on_the_negative_side_are_counted_and_their_slope_named(activation, param, slope_words):
     from tests import naive
 
