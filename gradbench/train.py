@@ -231,7 +231,7 @@ class TrainResult:
         s, wd = self.settings, self.settings.get("weight_decay", 0.0)
         if not wd:
             return ""
-        plain = s["optimizer"] == "sgd" and not s.get("momentum")
+        plain = not _is_adam(s) and not s.get("momentum")
         f = 1 - s["lr"] * wd
         w = frobenius_log10(np.asarray(self.params.W, dtype=np.float64))  # without overflow (W of 1e157)
         if plain and f <= 0:
@@ -320,10 +320,16 @@ def _decades(v: float) -> str:
 DECAY_DOMINATES = 10.0
 
 
+def _is_adam(settings: dict) -> bool:
+    """Whether a run's ``settings`` are Adam's: by name (``optimizer="adam"``) or an ``Adam(...)``
+    object (recorded as "Adam", with its betas); "SGD" with momentum 0 is plain SGD like "sgd"."""
+    return str(settings.get("optimizer", "")).lower() == "adam" or "beta1" in settings
+
+
 def _optimizer_state(settings: dict) -> str | None:
     """What keeps moving the weights after their gradient is 0: momentum's velocity, Adam's
     moments (None for plain SGD)."""
-    if settings.get("optimizer") == "adam":
+    if _is_adam(settings):
         return "Adam's moments"
     return "momentum's velocity" if settings.get("momentum") else None
 

@@ -1225,3 +1225,33 @@ def test_one_epoch_that_holds_most_of_the_change_is_named_beside_the_average():
     k = int(np.nanargmax(r))
     assert r[k] >= 0.5 * np.nansum(r)  # this net moves most in one epoch, then its ReLUs die
     assert f"(max {r[k]:.3g} %, in epoch {k + 1}: {100 * r[k] / np.nansum(r):.0f} % of the summed changes" in res.summary()
+
+
+def test_an_adam_object_is_named_as_what_moves_the_weights_of_a_stopped_run():
+    """optimizer=Adam(...) is recorded as "Adam": the STOPPED sentence tested the name "adam" and
+    said "the last 3 epochs changed no weight of the stack" while the weights moved by up to 11.7 %
+    an epoch. The weights' own change after the gradient stopped: read from the parameters."""
+    X, y = datasets.moons(60, noise=0.1, seed=0)
+    st = gb.Stack(depth=4, width=8, activation="relu", init="he_normal", sigma_w=4, input_dim=2, loss="bce",
+                  output_dim=1)
+    r3 = gb.train(st, X, y, epochs=3, batch_size=20, optimizer=gb.optim.Adam(lr=0.3))
+    r = gb.train(st, X, y, epochs=6, batch_size=20, optimizer=gb.optim.Adam(lr=0.3))
+    moved = np.linalg.norm(np.asarray(r.params.W) - np.asarray(r3.params.W))  # epochs 4-6, gradient 0
+    assert moved > 0.01 * np.linalg.norm(np.asarray(r3.params.W))
+    text = r.summary()
+    assert "STOPPED" in text and "only Adam's moments moved its weights" in text
+    assert "changed no weight" not in text
+
+
+def test_an_sgd_object_with_lr_wd_above_one_names_the_decays_growth():
+    """optimizer=SGD(lr=0.1, weight_decay=30) is recorded as "SGD": the words tested the name "sgd"
+    and said "the change per epoch above is mostly the weights shrinking" while every weight grew
+    64-fold. The weights' growth: read from the parameters."""
+    X, y = datasets.moons(60, noise=0.1, seed=0)
+    st = gb.Stack(depth=4, width=8, activation="tanh", init="xavier_normal", input_dim=2, loss="bce", output_dim=1)
+    p0 = gb.init_params(st, 0)
+    r = gb.train(st, X, y, epochs=3, optimizer=gb.optim.SGD(lr=0.1, weight_decay=30.0), params=p0)
+    grow = [np.linalg.norm(np.asarray(a)) / np.linalg.norm(np.asarray(b)) for a, b in zip(r.params.W, p0.W)]
+    assert min(grow) > 30
+    text = r.summary()
+    assert "shrinking" not in text and "flip sign and grow 2-fold every step" in text
