@@ -14,7 +14,8 @@ Recorded per epoch (E epochs, L layers):
   against ``y >= 0.5`` (a soft target counts for its nearer class), softmax_ce and one-hot mse
   against the labels, mse with one output only when every target is 0 or 1 (regression
   targets have no accuracy: NaN); NaN also when a logit is not finite;
-- ``grad_log10`` (E + 1, L): log10 ||dL/dW_l|| on the whole data set, exact;
+- ``grad_log10`` (E + 1, L): log10 ||dL/dW_l|| on the whole data set, exact (under a clip of the
+  backward signal, of the clipped chain with the whole data set as one batch: docs/formats.md);
 - ``update_ratio`` (E, L): 100 * ||W_l(after) - W_l(before)|| / ||W_l(before)|| over the
   epoch, in percent: the net change of all the epoch's steps (norms scaled, so that no square
   overflows). For one plain SGD step this is ``||lr * dL/dW_l|| / ||W_l||``
