@@ -62,7 +62,8 @@ KNOWN_AS = {"silu": "swish", "logistic": "sigmoid", "linear": "identity",
 NO_COUNTERPART = {
     "gelu_tanh": "gradbench's gelu is the exact erf form; the tanh approximation has no counterpart",
     "rmsprop": "gradbench's optimizers are sgd, momentum and adam",
-    "adamw": "gradbench's adam takes weight_decay as coupled L2 (adam's, not AdamW's decoupled decay)",
+    "adamw": "gradbench has no AdamW (decoupled weight decay); gb.train's adam takes weight_decay as coupled L2, "
+             "as torch.optim.Adam does",
     "nll": "use softmax_ce on the logits (log-softmax and NLL in one)",
 }
 # A misspelling is corrected to a name at least this similar (difflib's ratio); nothing below it

@@ -193,15 +193,11 @@ class TrainResult:
             lines.append("  " + stopped_words(stopped, self.epochs_run, self.stack.has_head, s["weight_decay"] > 0,
                                               self.stack.depth, moved, _optimizer_state(s), self.stack.dtype))
         ratio = self.first_layer_ratio[:ran]
-        if np.any(np.isfinite(ratio)):
+        if ratio.size:
             first = "the input layer's weights (W_in)" if self.stack.has_input_layer else "layer 0's weights"
             L = self.stack.depth
-            lines.append(
-                f"  {first} change by {np.nanmean(ratio):.3g} % per epoch on average "
-                f"(max {np.nanmax(ratio):.3g} %{_one_epoch_words(ratio)}), layer {L - 1}'s (below the head) by "
-                f"{np.nanmean(self.update_ratio[:ran, -1]):.3g} %"
-                f"{_one_epoch_words(self.update_ratio[:ran, -1], short=True)}"
-            )
+            lines.append(f"  {first} change by {_ratio_words(ratio)}, layer {L - 1}'s (below the head) by "
+                         f"{_ratio_words(self.update_ratio[:ran, -1], short=True)}")
         rise = rising_words(self.eval_loss[:ran + 1] if self.diverged_epoch is None else [], s["lr"])
         if rise:
             lines.append("  " + rise)
@@ -509,6 +505,31 @@ def _layer_ratios(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 # An epoch that holds at least this share of the summed per-epoch changes is named beside the
 # average, which it would otherwise hide (a net that moved 2.6e34 % in one epoch and 0 after).
 ONE_EPOCH_SHARE = 0.5
+
+
+def _ratio_words(ratio, short: bool = False) -> str:
+    """The per-epoch changes ``ratio`` (%, one per epoch run) in words: their average and (unless
+    ``short``) largest over the epochs that have one, and the epochs that have none: weights that
+    start an epoch at norm 0 (a zero-initialised branch or input layer) move by inf % of it, or by
+    0 / 0 (NaN) where they stay at 0 (the review: "by inf %", and "by nan %" with a warning)."""
+    r = np.asarray(ratio, dtype=np.float64)
+    fin = np.isfinite(r)
+    none = []
+    for mask, why in ((np.isinf(r), "from weights of norm 0"), (np.isnan(r), "weights of norm 0 that stay 0")):
+        k = np.flatnonzero(mask) + 1
+        if k.size:
+            which = f"epoch {k[0]}" if k.size == 1 else ("every epoch" if k.size == len(r) else
+                                                          f"epochs {', '.join(map(str, k))}")
+            none.append(f"{which}: {why}")
+    if not fin.any():
+        return f"no ratio ({'; '.join(none)})"
+    words = f"{np.mean(r[fin]):.3g} %" + ("" if short else " per epoch on average")
+    inner = "" if short else f"max {np.max(r[fin]):.3g} %{_one_epoch_words(r)}"
+    if none:
+        inner += ("; " if inner else "") + f"no ratio in {'; '.join(none)}"
+    if inner:
+        return f"{words} ({inner})"
+    return words + _one_epoch_words(r, short=True)
 
 
 def _one_epoch_words(ratio, short: bool = False) -> str:

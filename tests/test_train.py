@@ -1279,3 +1279,55 @@ def test_under_a_signal_clip_the_recorded_norms_are_the_clipped_chains_over_the_
     want = np.log10([np.linalg.norm(w) for w in clipped["W"]])
     assert np.max(np.abs(r.grad_log10[0] - want)) < 1e-10
     assert np.log10(np.linalg.norm(plain["W"][0])) - want[0] > 0.5  # not the derivative
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_weights_that_start_at_norm_zero_have_no_ratio_and_the_others_average_without_them(activation):
+    """A zero-initialised last residual branch moves by inf % of its norm 0 in epoch 1 (tanh), or
+    stays 0 (ReLU: relu'(0) = 0, no gradient reaches it): the summary said "by inf %" and "by nan %"
+    (with a RuntimeWarning). The ratios are read from the parameters of one-epoch runs, in turn."""
+    import warnings
+
+    X, y = datasets.moons(60, noise=0.1, seed=0)
+    st = gb.Stack(depth=4, width=8, activation=activation, init="xavier_normal", residual=1, input_dim=2,
+                  loss="bce", output_dim=1)
+    p = gb.init_params(st, 0)
+    p.W[3] = 0
+    ratios, start = [], p
+    for _ in range(4):  # the same steps, one epoch at a time (the mini-batches' rng restarts: seed per epoch)
+        r1 = gb.train(st, X, y, params=start, epochs=1, batch_size=20, lr=0.1, seed=len(ratios))
+        before, after = np.asarray(start.W[3]), np.asarray(r1.params.W[3])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios.append(100 * np.linalg.norm(after - before) / np.linalg.norm(before))
+        start = r1.params
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = gb.train(st, X, y, params=p, epochs=4, batch_size=20, lr=0.1).summary()
+    line = next(l for l in text.splitlines() if "change by" in l)
+    assert "inf %" not in line and "nan %" not in line
+    if activation == "tanh":
+        assert math.isinf(ratios[0]) and all(map(math.isfinite, ratios[1:]))
+        assert "no ratio in epoch 1: from weights of norm 0" in line
+    else:
+        assert all(math.isnan(v) for v in ratios)
+        assert "layer 3's (below the head) by no ratio (every epoch: weights of norm 0 that stay 0)" in line
+
+
+@pytest.mark.parametrize("lr", [np.float32(0.01), np.float64(0.01), np.int64(1)])
+def test_train_recurrent_takes_a_numpy_learning_rate_as_gb_train_does(lr):
+    """train_recurrent refused np.float32(0.01) with "lr must be > 0, got np.float32(0.01)"."""
+    from gradbench.recurrent.train import first_symbol, train_recurrent
+
+    X, y = first_symbol(6, 16, seed=0)
+    rnn = gb.Recurrent(cell="rnn", steps=6, hidden=4, input_dim=2, loss="softmax_ce", output_dim=2)
+    r = train_recurrent(rnn, X, y, X, y, epochs=1, lr=lr, backend="numpy")
+    assert r.settings["lr"] == float(lr)
+    with pytest.raises(ValueError, match="lr must be > 0, got 0"):
+        train_recurrent(rnn, X, y, X, y, epochs=1, lr=np.float32(0), backend="numpy")
+
+
+def test_the_adamw_hint_names_where_weight_decay_is_taken():
+    """'adamw' said "gradbench's adam takes weight_decay" to gb.pretrain and train_recurrent, which
+    take no weight_decay (TypeError when tried)."""
+    with pytest.raises(ValueError, match="no AdamW .* gb.train's adam takes weight_decay"):
+        gb.pretrain(gb.Stack(depth=2, width=4, input_dim=2), np.zeros((4, 2)), optimizer="adamw")

@@ -123,9 +123,7 @@ def _optimizer(name, lr, momentum):
     beside sgd/adam refused (:func:`gradbench.train.resolve_momentum`)."""
     check_choice("optimizer", name, OPTIMIZERS)
     momentum = resolve_momentum(name, momentum)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    return make_optimizer(name, lr, momentum)
+    return make_optimizer(name, lr, momentum)  # checks lr (a real number > 0: NumPy scalars too)
 
 
 def _targets(rnn: Recurrent, y: np.ndarray) -> np.ndarray:
