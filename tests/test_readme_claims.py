@@ -434,3 +434,63 @@ def test_float32_batch_normed_linear_output_under_the_probe_loss_keeps_about_two
     worst = max(float(np.max(np.abs(10.0 ** (np.asarray(gb.backprop(s32, p32, x32, backend=b).grad_norm.log10(),
                                                               dtype=np.float64) - ref) - 1))) for b in gb.backends())
     assert 1e-4 < worst < pct / 100, worst  # beyond float32's usual 1e-4, within the README's bound
+
+
+def test_a_chaotic_batch_norm_stack_reads_decades_apart_across_the_backends():
+    """"sigmoid with batch norm, init normal, depth 1,500, width 6, batch 3: ||dW_0|| from 10^A to
+    10^B over the three backends in one run": the backends' rounding moves the chain by decades
+    (here at least one; the README's A and B said 10^25.5 where no backend goes)."""
+    lo, hi = map(float, _find(r"depth 1,500, width 6, batch 3: \|\|dW_0\|\| from 10\^([\d.]+) to 10\^([\d.]+) over "
+                              r"the three backends", _flat()).groups())
+    stack = gb.Stack(depth=1500, width=6, activation="sigmoid", init="normal", batch_norm=True)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 3, 1)
+    at0 = [float(gb.backprop(stack, params, x, backend=b).grad_norm.log10()[0]) for b in gb.backends()]
+    assert max(at0) - min(at0) > 1.0, at0
+    assert lo - 1 < min(at0) and max(at0) < hi + 1, (lo, hi, at0)
+
+
+def test_a_chaotic_he_tanh_stack_of_20000_layers_is_said_to_be_so():
+    """"(*) He-initialised tanh at width 64 is chaotic: ... the backends' ||dW_0|| lie decades apart
+    here ...; print(gb.diagnose(res)) says so" (the example's comment said "exact")."""
+    stack = gb.Stack(depth=20_000, width=64, activation="tanh", init="he_normal")
+    runs = {b: gb.backprop(stack, gb.GeneratedParams(stack, seed=0), gb.gaussian_input(stack, 64, 1),
+                           stats_only=True, checkpoint=100, backend=b) for b in ("numba", "c") if b in gb.backends()}
+    if len(runs) == 2:
+        a, b = (float(r.grad_norm.log10()[0]) for r in runs.values())
+        assert abs(a - b) > 1.0, (a, b)
+    assert "the forward pass is chaotic" in str(gb.diagnose(next(iter(runs.values()))))
+
+
+@pytest.mark.slow
+def test_relu_at_the_he_gain_backward_follows_the_forward_drift_only_partly():
+    """"ReLU at the He gain, width 256, depth 240, batch 1, fitted over layers 24-215, 150 seeds:
+    ||h_l|| -0.00242 +- 0.00020, ||dL/dh_l|| -0.00048 +- 0.00017 decades a layer, exact -0.00213":
+    a plain float64 loop on GeneratedParams' weights (tests/naive.py), the slopes of log10 ||h_l||
+    (going up, as a loss per layer) and log10 ||dL/dh_l|| (going down), and theory's exact rate."""
+    import naive
+
+    from gradbench import theory
+
+    text = _flat()
+    m = _find(r"150 seeds: \|\|h_l\|\| (-[\d.]+) \+- ([\d.]+), \|\|dL/dh_l\|\| (-[\d.]+) \+- ([\d.]+)\s*decades a "
+              r"layer, exact (-[\d.]+)", text)
+    fwd, fwd_se, bwd, bwd_se, exact = map(float, m.groups())
+    stack = gb.Stack(depth=240, width=256, activation="relu", init="he_normal", sigma_b=0.0)
+    lam = theory.finite_width_lambda1("relu", 256, stack.gain, None) / math.log(10)
+    assert abs(lam - exact) < 5e-6, lam
+    layers = np.arange(24, 216)
+    f, g = [], []
+    for seed in range(150):
+        P = {k: np.asarray(v, np.float64) for k, v in dataclasses.asdict(gb.GeneratedParams(stack, seed).materialize()).items()
+             if k in ("W", "b", "gamma", "beta", "slope")}
+        x = gb.gaussian_input(stack, 1, seed + 1)
+        _, _, signal = naive.backward(stack, P, x)
+        _, saved = naive.forward(stack, P, x)
+        h = np.log10([np.linalg.norm(saved["hs"][l + 1]) for l in layers])
+        f.append(np.polyfit(layers, h, 1)[0])  # going up
+        g.append(-np.polyfit(layers, np.log10(signal[layers]), 1)[0])  # going down
+    for got, se, said in ((f, fwd_se, fwd), (g, bwd_se, bwd)):
+        mean, sem = float(np.mean(got)), float(np.std(got, ddof=1) / math.sqrt(len(got)))
+        assert abs(mean - said) < 3 * sem and abs(sem - se) < 0.5 * se, (mean, sem, said, se)
+    assert abs(np.mean(f) - lam) < 3 * fwd_se  # the forward follows the exact rate
+    assert abs(np.mean(g) - lam) > 5 * bwd_se  # the backward does not
