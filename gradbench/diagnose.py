@@ -338,16 +338,10 @@ def _check_bins_fit(res, bins: int) -> None:
     """Refuse ``bins`` whose histograms do not fit in half the available memory, before any work
     (``bins=10**9`` of 8 layers asked for 60 GB and ran out of memory, or on for minutes);
     the command line refuses them in its plan (``--bins``)."""
-    from gradbench.plan import _diagnose_bytes, available_memory, size_text
+    from gradbench.plan import check_bins
 
-    stack = res.stack
     hist_bins = res.grad_hist.counts.shape[1] if getattr(res, "grad_hist", None) is not None else 1
-    need = _diagnose_bytes(stack, res.grads is None, True, hist_bins, bins)
-    budget = available_memory() // 2
-    if need > budget:  # the need grows about linearly with bins
-        raise ValueError(f"bins={bins} needs about {size_text(need)} for the histograms of {stack.depth} layers, more "
-                         f"than half the available memory ({size_text(budget)}): pass fewer bins (up to about "
-                         f"{max(1, int(bins * budget / need)):,})")
+    check_bins(res.stack, res.grads is None, hist_bins, bins)
 
 
 def _derivative_log10(res, g: np.ndarray) -> np.ndarray:

@@ -177,6 +177,23 @@ def _diagnose_bytes(stack: Stack, stats_only: bool, generated: bool, hist_bins: 
     return per_layer + max(chunked, weight_norms)
 
 
+def check_bins(stack: Stack, stats_only: bool, hist_bins: int, bins: int, available: int | None = None,
+               name: str = "bins", held: int = 0) -> None:
+    """Refuse ``bins`` whose diagnosis histograms (:func:`_diagnose_bytes`) need more than half the
+    ``available`` memory (default: now) less ``held`` (bytes the run itself will hold by then),
+    naming ``name`` (``bins``, or the command line's ``--bins``): :func:`gradbench.diagnose` checks
+    it before any work, and the command line before the run, with the run's own estimate held
+    (``--bins 14000`` of 10^5 layers ran, then stopped as an internal error)."""
+    need = _diagnose_bytes(stack, stats_only, True, hist_bins, bins)
+    budget = max((available_memory() if available is None else available) - held, 0) // 2
+    if need > budget:  # the need grows about linearly with bins
+        sep = " " if name.startswith("-") else "="
+        room = "the available memory" if not held else "the memory available beside the run's own"
+        raise ValueError(f"{name}{sep}{bins} needs about {size_text(need)} for the histograms of {stack.depth} layers, "
+                         f"more than half {room} ({size_text(budget)}): pass fewer bins (up to about "
+                         f"{max(1, int(bins * budget / need)):,})")
+
+
 @functools.lru_cache(maxsize=256)
 def _free_plan(stack: Stack, batch: int, checkpoint, stats_only: bool, generated: bool, hist_bins: int,
                diagnose_bins: int | None, backend: str | None, settings: tuple) -> Plan | None:

@@ -1015,3 +1015,19 @@ def test_a_training_file_says_how_its_data_were_drawn(argv, tmp_path, capsys):
     again = gb.train(gb.Stack(**r["stack"]), X, y, epochs=s["epochs"], batch_size=s["batch_size"],
                      optimizer=s["optimizer"], lr=s["lr"], seed=s["seed"], backend=s["backend"])
     assert again.loss.tolist() == r["loss"]
+
+
+def test_bins_the_diagnosis_would_refuse_are_refused_before_the_run(capsys, monkeypatch):
+    """The plan took up to 90 % of the memory and the diagnosis refused histograms above half of
+    what was left after the run: `run --depth 100000 --width 16 --bins 14000` ran, then stopped
+    as "internal error" with exit 1. Memory where the plan fits and the histograms do not: exit 2
+    before any backward pass (gb.backprop is replaced by one that fails the test)."""
+    stack = gb.Stack(depth=12, width=4)
+    bins = 10**6
+    need = plan._diagnose_bytes(stack, False, False, plan.DEFAULT_BINS, bins)  # about 8 L bins bytes
+    assert need > 8 * 12 * bins
+    monkeypatch.setattr(plan, "available_memory", lambda: int(1.6 * need))  # the plan's 90 % holds it
+    monkeypatch.setattr(gb, "backprop", lambda *a, **k: pytest.fail("the run started"))
+    code, _, err = run(["run", *SMALL, "--bins", str(bins)], capsys)
+    assert code == 2 and "internal error" not in err, err
+    assert f"--bins {bins:,}".replace(",", "") in err and "more than half the memory available" in err, err
