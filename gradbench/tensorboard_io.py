@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -68,9 +70,10 @@ def refuse_old_events(logdir, name: str = "tensorboard=") -> None:
                          "old events")
 
 
-def summary_writer(logdir):
+def summary_writer(logdir, check_only: bool = False):
     """A ``tensorboardX.SummaryWriter`` on ``logdir`` (created; refused where it already holds
-    events: :func:`refuse_old_events`), or a clear ImportError."""
+    events: :func:`refuse_old_events`), or a clear ImportError; with ``check_only``, the checks
+    alone (None)."""
     if not isinstance(logdir, (str, os.PathLike)) or not os.fspath(logdir):
         raise TypeError(f"tensorboard must be a directory path (str or os.PathLike), got {logdir!r}")
     if os.path.exists(logdir) and not os.path.isdir(logdir):
@@ -81,7 +84,7 @@ def summary_writer(logdir):
     except ImportError as exc:
         raise ImportError("TensorBoard output needs tensorboardX: pip install tensorboardX "
                           "(or pip install 'gradbench[tensorboard]')") from exc
-    return SummaryWriter(logdir=os.fspath(logdir))
+    return None if check_only else SummaryWriter(logdir=os.fspath(logdir))
 
 
 def _layer_tag(prefix: str, l: int, L: int) -> str:
@@ -150,12 +153,23 @@ def write_diagnosis(d, logdir) -> str:
     """
     from gradbench.recurrent.diagnose import RecurrentDiagnosis
 
-    w = summary_writer(logdir)
+    summary_writer(logdir, check_only=True)
+    os.makedirs(logdir, exist_ok=True)
+    # written whole into a hidden directory inside, then moved in: an interrupted write (Ctrl-C,
+    # SIGTERM while the events of 10^4 layers are written) left a part of a file, which then
+    # refused the rerun as a directory that holds events
+    stage = tempfile.mkdtemp(prefix=".partial-", dir=logdir)
     try:
-        rate = (_recurrent_events if isinstance(d, RecurrentDiagnosis) else _depth_events)(w, d)
-        w.add_text("verdict", f"**{d.verdict}** ({rate}; negative: vanishing): {d.explanation}", 0)
+        w = summary_writer(stage)
+        try:
+            rate = (_recurrent_events if isinstance(d, RecurrentDiagnosis) else _depth_events)(w, d)
+            w.add_text("verdict", f"**{d.verdict}** ({rate}; negative: vanishing): {d.explanation}", 0)
+        finally:
+            w.close()
+        for name in os.listdir(stage):
+            os.replace(os.path.join(stage, name), os.path.join(logdir, name))
     finally:
-        w.close()
+        shutil.rmtree(stage, ignore_errors=True)
     return os.fspath(logdir)
 
 
