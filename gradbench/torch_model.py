@@ -62,8 +62,31 @@ _TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 _LOSS_MODULES = {"mse": nn.MSELoss, "bce": nn.BCEWithLogitsLoss, "softmax_ce": nn.CrossEntropyLoss}
 
 
-def _np(t: torch.Tensor, dtype: str) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=dtype)
+def _np(t: torch.Tensor, dtype: str, where: str = "the tensor") -> np.ndarray:
+    """``t`` (the parameter ``where``) as a NumPy array of ``dtype``, or refuse it: a tensor not
+    on the CPU (a meta tensor has no values; a CUDA one is not moved behind the caller's back),
+    NaN or Inf (which the run refused later as "params.W contains NaN", an array the caller
+    never named), or a value beyond float32's range when converting to float32 (NumPy's cast
+    made 1e39 inf with only a RuntimeWarning). The conversion goes through float64 in torch:
+    NumPy has no bfloat16 (``.numpy()`` raised TypeError), and bfloat16, float16 and float32
+    are exact in float64."""
+    if t.device.type != "cpu":
+        fix = ("the meta device, which holds no values: create or load the model on the CPU (or "
+               "model.to_empty(device='cpu') and set its weights)" if t.device.type == "meta" else
+               f"device {str(t.device)!r}: the model must be on the CPU; move it yourself with model.cpu()")
+        raise _Refused(f"{where} is on {fix} (gradbench reads the weights on the CPU and moves nothing)")
+    a = t.detach().to(torch.float64).numpy()
+    if not np.isfinite(a).all():
+        i = tuple(int(j) for j in np.argwhere(~np.isfinite(a))[0])
+        raise _Refused(f"{where} contains {float(a[i])!r} (first at index {i}): gradbench maps finite weights only")
+    if np.dtype(dtype) == np.float32:
+        big = np.abs(a) > float(np.finfo(np.float32).max)
+        if big.any():
+            i = tuple(int(j) for j in np.argwhere(big)[0])
+            raise _Refused(f"{where} holds {float(a[i])!r} at index {i}, beyond float32's range (magnitudes up to "
+                           f"{float(np.finfo(np.float32).max):.8g}): converting to float32 would make it inf; "
+                           "keep dtype='float64' or scale the weights")
+    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def _tensor(a: np.ndarray, dtype) -> torch.Tensor:
@@ -566,28 +589,31 @@ def _check_ends(input_layer, head, loss, width, blocks):
 
 def _params_of(blocks, input_layer, head, act_name, width, dtype) -> Params:
     """The weights, copied into gradbench's layout."""
-    def bias(m, n):
-        return _np(m.bias, dtype) if m.bias is not None else np.zeros(n, dtype=dtype)
+    def name(path, attr):
+        return f"{path}.{attr}" if path else attr
+
+    def bias(path, m, n):
+        return _np(m.bias, dtype, name(path, "bias")) if m.bias is not None else np.zeros(n, dtype=dtype)
 
     L, N = len(blocks), width
-    W = np.stack([_np(lin[1].weight, dtype) for lin, _, _ in blocks])
-    b = np.stack([bias(lin[1], N) for lin, _, _ in blocks])
+    W = np.stack([_np(lin[1].weight, dtype, name(lin[0], "weight")) for lin, _, _ in blocks])
+    b = np.stack([bias(*lin, N) for lin, _, _ in blocks])
     gamma = np.ones((L, N), dtype=dtype)
     beta = np.zeros((L, N), dtype=dtype)
     for l, (_, bn, _) in enumerate(blocks):
         if bn is not None and bn[1].affine:
-            gamma[l] = _np(bn[1].weight, dtype)
-            beta[l] = _np(bn[1].bias, dtype)
+            gamma[l] = _np(bn[1].weight, dtype, name(bn[0], "weight"))
+            beta[l] = _np(bn[1].bias, dtype, name(bn[0], "bias"))
     slope = np.zeros(L, dtype=dtype)
     if act_name == "prelu":
-        slope[:] = [float(act[1].weight.detach().reshape(())) for _, _, act in blocks]
+        slope[:] = [_np(act[1].weight, dtype, name(act[0], "weight")).reshape(()) for _, _, act in blocks]
     p = dict(W=np.ascontiguousarray(W), b=np.ascontiguousarray(b), gamma=gamma, beta=beta, slope=slope)
     if input_layer is not None:
-        p["W_in"] = _np(input_layer[1].weight, dtype)
-        p["b_in"] = bias(input_layer[1], N)
+        p["W_in"] = _np(input_layer[1].weight, dtype, name(input_layer[0], "weight"))
+        p["b_in"] = bias(*input_layer, N)
     if head is not None:
-        p["W_out"] = _np(head[1].weight, dtype)
-        p["b_out"] = bias(head[1], head[1].out_features)
+        p["W_out"] = _np(head[1].weight, dtype, name(head[0], "weight"))
+        p["b_out"] = bias(*head, head[1].out_features)
     return Params(**p)
 
 
