@@ -6,6 +6,7 @@ and the parser that reads a model into a stack (``from_torch``'s work; the mappi
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 
 import numpy as np
@@ -406,13 +407,28 @@ def _from_torch(model, dtype, loss):
             output_dim=1 if head is None else head[1].out_features,
             dtype=dtype,
         )
-    except ValueError as exc:  # a value gradbench does not take (ELU alpha 0): said as the model's
-        where = f"{_describe(blocks[0][2][1])} at {blocks[0][2][0]!r}: " if "activation_param" in str(exc) else ""
-        raise _Refused(f"{where}{exc}") from None
+    except ValueError as exc:  # a value gradbench does not take (ELU alpha 0): said as the model's module
+        raise _Refused(f"{_module_of(str(exc), blocks, items, head)}{exc}") from None
     _warn_untrainable(items, input_layer, head)
     params = _params_of(blocks, input_layer, head, act_name, width, dtype)
     # the report names these weights, not Stack.init's default, which never drew them
     return stack, dataclasses.replace(params, origin=f"the weights of {type(model).__name__}")
+
+
+def _module_of(msg: str, blocks, items, head) -> str:
+    """"KIND at 'PATH': " of the module holding the Stack field that ``msg`` (Stack's refusal)
+    names: the first activation, batch norm or residual group (they agree on the value), or the
+    head; "" for a field no module holds."""
+    at = None
+    if "activation_param" in msg:
+        at = blocks[0][2]
+    elif "bn_eps" in msg and blocks[0][1] is not None:
+        at = blocks[0][1]
+    elif "residual_scale" in msg and items and isinstance(items[0][1], Residual):
+        at = items[0]
+    elif "output_dim" in msg and head is not None:
+        at = head
+    return "" if at is None else f"{_describe(at[1])} at {at[0]!r}: "
 
 
 def _warn_untrainable(items, input_layer, head) -> None:
@@ -523,7 +539,7 @@ def _blocks_of(items):
         elif len(inner) != k:
             raise _Refused(f"{_describe(r)} at {path!r} holds {len(inner)} blocks, the first group {k}: "
                            "residual groups must all have the same size")
-        elif r.scale != scale:
+        elif r.scale != scale and not (math.isnan(r.scale) and math.isnan(scale)):  # NaN: Stack refuses it
             raise _Refused(f"{_describe(r)} at {path!r}: residual scales must be equal (first group: {scale})")
         blocks.extend(inner)
     return blocks, width, k, scale

@@ -97,6 +97,26 @@ def test_a_weight_beyond_float32_is_refused_not_made_inf(tmp_path, capsys):
     assert code == 2 and "0.weight holds 1e+39" in err, err
 
 
+def _blocks(n=2, bn=False):
+    out = []
+    for _ in range(n):
+        out += [nn.Linear(4, 4)] + ([nn.BatchNorm1d(4, eps=0.0)] if bn else []) + [nn.Tanh()]
+    return out
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: nn.Sequential(*_blocks(2, bn=True)), r"BatchNorm1d\(4\) at '1': bn_eps must be > 0, got 0\.0"),
+    (lambda: nn.Sequential(Residual(nn.Sequential(*_blocks(1)), float("nan")),
+                           Residual(nn.Sequential(*_blocks(1)), float("nan"))),
+     r"Residual\(scale=nan\) at '0': residual_scale must be finite"),
+    (lambda: nn.Sequential(*_blocks(2), nn.Linear(4, 1)),
+     r"Linear\(4, 1\) at '4': loss='softmax_ce' needs output_dim >= 2"),
+])
+def test_stack_refusals_name_the_module(make, message):
+    with pytest.raises(ValueError, match=message):
+        gb.from_torch(make(), loss="softmax_ce" if "softmax" in message else None)
+
+
 def test_a_meta_model_is_refused_naming_the_parameter_and_device():
     m = nn.Sequential(nn.Linear(4, 4, device="meta"), nn.Tanh())
     with pytest.raises(ValueError, match=r"0\.weight is on the meta device, which holds no values"):
