@@ -162,7 +162,9 @@ def from_torch(model: nn.Module, dtype: str | None = None, *, loss=None) -> tupl
         An ``nn.Sequential`` (nested ``nn.Sequential`` containers are flattened) or a module
         whose forward is a plain chain of submodules (traced with ``torch.fx``).
     dtype : {"float64", "float32"}, optional
-        Of the returned parameters; default: the model's (which must then be one of these).
+        Of the returned parameters (or the NumPy dtype, ``np.float32``, or the torch dtype,
+        ``torch.float32``); default: the model's (which must then be one of these). The weights
+        are converted through float64, which holds bfloat16, float16 and float32 exactly.
     loss : str or torch loss module, optional
         Required when the model ends in a head ``Linear(N, O)``: ``"mse"``, ``"bce"`` (from
         logits) or ``"softmax_ce"``, or ``nn.MSELoss()``, ``nn.BCEWithLogitsLoss()``,
@@ -180,15 +182,35 @@ def from_torch(model: nn.Module, dtype: str | None = None, *, loss=None) -> tupl
     ------
     ValueError
         Naming the module that cannot be mapped, what was expected there and what to use (a module
-        of a kind gradbench does not have before a structural problem, the dtype last).
+        of a kind gradbench does not have before a structural problem, the dtype last), or the
+        parameter (``'2.weight'``) that holds NaN or Inf, a value beyond float32's range when
+        converting to float32, or that is not on the CPU (a meta or CUDA tensor: nothing is moved).
     """
-    if dtype is not None:
-        check_choice("dtype", dtype, tuple(_TORCH_DTYPES))
+    dtype = _dtype_name(dtype)
     loss = _loss_name(loss)
     try:
         return _from_torch(model, dtype, loss)
     except _Refused as exc:
         raise ValueError(f"cannot map the model to a gradbench stack: {exc}") from None
+
+
+def _dtype_name(dtype) -> str | None:
+    """gradbench's name of ``dtype``: "float64" or "float32" as given, or as a NumPy dtype or type
+    (``np.float32``, ``np.dtype("float32")``, as :class:`gradbench.Stack` takes them) or a torch
+    dtype (``torch.float32``); anything else is refused saying what was given."""
+    if dtype is None or isinstance(dtype, str):
+        if dtype is not None:
+            check_choice("dtype", dtype, tuple(_TORCH_DTYPES))
+        return dtype
+    for name, td in _TORCH_DTYPES.items():
+        if dtype is td:
+            return name
+    if isinstance(dtype, np.dtype) or (isinstance(dtype, type) and issubclass(dtype, np.generic)):
+        name = np.dtype(dtype).name
+        if name in _TORCH_DTYPES:
+            return name
+    raise ValueError(f"dtype={dtype!r} is not one of 'float64', 'float32' (also accepted: np.float64, np.float32, "
+                     "np.dtype('float64'), np.dtype('float32'), torch.float64, torch.float32)")
 
 
 def _loss_name(loss) -> str | None:

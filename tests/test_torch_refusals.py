@@ -97,6 +97,31 @@ def test_a_weight_beyond_float32_is_refused_not_made_inf(tmp_path, capsys):
     assert code == 2 and "0.weight holds 1e+39" in err, err
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.dtype("float32"), torch.float32, "float32"])
+def test_numpy_and_torch_dtypes_are_accepted_as_gb_stack_accepts_them(dtype):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.Tanh()).double()
+    stack, params = gb.from_torch(m, dtype=dtype)
+    assert stack.dtype == "float32" and stack == gb.Stack(depth=1, width=4, activation="tanh", dtype="float32")
+    np.testing.assert_array_equal(params.W[0], copy.deepcopy(m).float()[0].weight.detach().numpy())  # torch's own conversion
+
+
+@pytest.mark.parametrize("dtype", [np.float64, torch.float64])
+def test_float64_as_numpy_or_torch_dtype(dtype):
+    m = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    assert gb.from_torch(m, dtype=dtype)[0].dtype == "float64"
+
+
+@pytest.mark.parametrize("dtype,shown", [(torch.float16, "torch.float16"), (np.int32, "numpy.int32"),
+                                         (np.dtype("float16"), "float16")])
+def test_other_dtypes_are_refused_saying_what_was_given_and_how_to_spell_it(dtype, shown):
+    m = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    with pytest.raises(ValueError) as e:
+        gb.from_torch(m, dtype=dtype)
+    msg = str(e.value)
+    assert shown in msg and "'float64', 'float32'" in msg and "np.float32" in msg and "torch.float32" in msg, msg
+
+
 def _blocks(n=2, bn=False):
     out = []
     for _ in range(n):
