@@ -30,7 +30,13 @@ would use its running statistics is refused. Anything else (``Dropout``, ``Layer
 ``Linear`` of another width, mixed activations, ...) is refused with a message naming a module
 (its path), what was expected there and what to use. The most fundamental problem comes first:
 a module of a kind gradbench does not have (``Dropout``, ``Softmax``, a ``Residual`` inside a
-``Residual``), then the structure, then the loss and the dtype.
+``Residual``), then the structure, then the loss and the dtype. A value of a module that gradbench
+does not take (``BatchNorm1d(eps=0)``, a NaN residual scale, a ``softmax_ce`` head with one
+output) is refused naming that module. The weights are read through float64 in torch (exact
+for bfloat16, float16 and float32, which NumPy's ``.numpy()`` could not take for bfloat16); a
+parameter holding NaN or Inf, one beyond float32's range (magnitude above 3.4028235e38) when
+converting to float32, or one not on the CPU (a meta tensor, a CUDA tensor: nothing is moved)
+is refused naming the parameter (``'2.weight'``) and, for values, the first index.
 """
 
 from __future__ import annotations
