@@ -103,7 +103,8 @@ def test_numpy_and_torch_dtypes_are_accepted_as_gb_stack_accepts_them(dtype):
     m = nn.Sequential(nn.Linear(4, 4), nn.Tanh()).double()
     stack, params = gb.from_torch(m, dtype=dtype)
     assert stack.dtype == "float32" and stack == gb.Stack(depth=1, width=4, activation="tanh", dtype="float32")
-    np.testing.assert_array_equal(params.W[0], copy.deepcopy(m).float()[0].weight.detach().numpy())  # torch's own conversion
+    ref = copy.deepcopy(m).float()  # torch's own conversion
+    np.testing.assert_array_equal(params.W[0], ref[0].weight.detach().numpy())
 
 
 @pytest.mark.parametrize("dtype", [np.float64, torch.float64])
@@ -147,3 +148,15 @@ def test_a_meta_model_is_refused_naming_the_parameter_and_device():
     with pytest.raises(ValueError, match=r"0\.weight is on the meta device, which holds no values"):
         gb.from_torch(m)  # was NotImplementedError: Cannot copy out of meta tensor
     assert m[0].weight.device.type == "meta"  # nothing moved
+
+
+def test_a_cuda_tensor_is_refused_not_moved():
+    # no CUDA device here: a stand-in with a CUDA device, which _np looks at before any value
+    from types import SimpleNamespace
+
+    from gradbench.torch_model import _np, _Refused
+
+    fake = SimpleNamespace(device=torch.device("cuda", 0))
+    with pytest.raises(_Refused, match=r"3\.weight is on device 'cuda:0': the model must be on the CPU; move it "
+                                       r"yourself with model\.cpu\(\)"):
+        _np(fake, "float64", "3.weight")
