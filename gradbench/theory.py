@@ -240,6 +240,7 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
             return math.inf
         return -math.inf if sigma_b == 0 else t_b - math.log(-math.expm1(ln_r))  # sigma_b^2 / (1 - r)
     phi0_zero = _phi(activation, param)[0](0.0) == 0
+    shrinks_to_zero = phi0_zero and _ln_ratio_at_zero(activation, sigma_w, param) <= 0
     t_linear = _LN_Q_LARGE + _ln_elu_scale(activation, param)
     for _ in range(max_iter):
         t_w = _log_variance(t, activation, sigma_w, param)
@@ -249,12 +250,23 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
         if activation not in _BOUNDED and t_new > t_linear and t_w > t:
             return math.inf  # linear regime and the weights alone enlarge q: it grows without bound
         # before the convergence test, which a start q0 below tol passed in one step (q* = q_1, not 0)
-        if sigma_b == 0 and phi0_zero and t_new < math.log(1e-3) and t_new < t:
+        if sigma_b == 0 and phi0_zero and t_new < math.log(1e-3) and t_new < t and shrinks_to_zero:
             return -math.inf  # (with phi(0) != 0, sigmoid, q stays near sigma_w^2 phi(0)^2 instead)
         if t_new == t or _converged(t, t_new, tol):
             return t_new
         t = t_new
     return _log_root(activation, sigma_w, sigma_b, param, t)
+
+
+def _ln_ratio_at_zero(activation: str, sigma_w: float, param: float) -> float:
+    """ln of the length map's ratio q_{l+1} / q_l as q -> 0 without bias, for phi(0) = 0:
+    sigma_w^2 (phi'(0-)^2 + phi'(0+)^2) / 2 (phi ~ its slopes on either side of 0; SELU's differ).
+    At most 0: lengths shrink to zero (tanh at sigma_w <= 1, algebraically at 1); above, q = 0
+    repels and q* > 0, however small: ELU at sigma_w = 1.01 has q* = 6.4e-4 (chi_1 = 1.00008), which
+    the rule "below q = 1e-3 and still falling" read as 0 (chi_1 = 1.0201, "chaotic")."""
+    dphi = _phi(activation, param)[1]
+    left, right = (2 * _ln(abs(float(dphi(z)))) for z in (-1e-300, 1e-300))  # ELU's alpha up to 1e160
+    return 2 * _ln(sigma_w) + float(np.logaddexp(left, right)) - math.log(2)
 
 
 def _ln_elu_scale(activation: str, param: float) -> float:
@@ -314,8 +326,9 @@ def _log_root(activation: str, sigma_w: float, sigma_b: float, param: float, t: 
             # bias adds sigma_b^2 a layer, as a homogeneous map at r = 1 does (GELU at sigma_w = sqrt 2)
             if t_w > b or (sigma_b > 0 and t_w > b - 1e-12):
                 return math.inf
-        if not up and sigma_b == 0 and b < _LN_Q_TINY and _phi(activation, param)[0](0.0) == 0:
-            return -math.inf  # the ratio's q -> 0 limit is below 1: lengths shrink to zero
+        if (not up and sigma_b == 0 and b < _LN_Q_TINY and _phi(activation, param)[0](0.0) == 0
+                and _ln_ratio_at_zero(activation, sigma_w, param) <= 0):
+            return -math.inf  # the ratio's q -> 0 limit is at most 1: lengths shrink to zero
         a, step = b, 2 * step
     from scipy.optimize import brentq
 
@@ -344,7 +357,9 @@ def fixed_point(activation: str, sigma_w: float, sigma_b: float = 0.0, param: fl
     swish for sqrt(2) < sigma_w < 2) the result depends on ``q0``.
 
     Returns 0 where lengths shrink to zero (e.g. tanh with sigma_b = 0 and sigma_w <= 1, where
-    the approach is algebraic, q_l ~ 1/l, and is recognised once q < 1e-3 and still falling),
+    the approach is algebraic, q_l ~ 1/l, and is recognised once q < 1e-3 and still falling, where
+    the ratio q_{l+1} / q_l tends to at most 1 as q -> 0: :func:`_ln_ratio_at_zero`; above, q* > 0
+    however small, as ELU's 6.4e-4 at sigma_w = 1.01),
     and ``inf`` where they grow without bound (e.g. ReLU above sigma_w^2 = 2; recognised once
     q > 1e12, for ELU with alpha > 1 once q > 1e12 alpha^2, and the weights alone still enlarge
     it). ``inf`` also reads a finite q* past the largest float (tanh at sigma_b = 1e160: q* = 1e320;

@@ -1,0 +1,63 @@
+"""Mean field's fixed point where the length map's q = 0 repels: zero-bias ELU, SELU and tanh just
+above their critical gain have a small q* > 0, which the rule "below q = 1e-3 and still falling"
+read as 0 (ELU at sigma_w = 1.01: q* = 0, chi_1 = 1.0201, "chaotic", a depth scale of 50 layers,
+where q* = 6.4e-4, chi_1 = 1.00008 and the depth scale is ~12,800). Against the length map
+iterated with scipy's quadrature (an independent implementation of the Gaussian expectations)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, optimize
+
+from gradbench import theory
+
+SELU_L, SELU_A = 1.0507009873554805, 1.6732632423543772
+PHI = {
+    "tanh": (np.tanh, lambda z: 1 / np.cosh(z) ** 2),
+    "elu": (lambda z: z if z > 0 else math.expm1(z), lambda z: 1.0 if z > 0 else math.exp(z)),
+    "selu": (lambda z: SELU_L * (z if z > 0 else SELU_A * math.expm1(z)),
+             lambda z: SELU_L * (1.0 if z > 0 else SELU_A * math.exp(z))),
+}
+
+
+def _gauss(f, q):
+    """E[f(z)], z ~ N(0, q), by quadrature on each side of 0 (the kink of ELU and SELU)."""
+    s = math.sqrt(q)
+    dens = lambda u: math.exp(-u * u / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    return sum(integrate.quad(lambda u: f(s * u) * dens(u), a, b, epsabs=0, epsrel=1e-13, limit=200)[0]
+               for a, b in ((-np.inf, 0), (0, np.inf)))
+
+
+def _q_star(activation, sigma_w):
+    """The positive root of sigma_w^2 E[phi(z)^2] / q = 1 (q = 0 repels here: the ratio's q -> 0
+    limit is above 1), bracketed between 1e-12 and 1."""
+    phi = PHI[activation][0]
+    g = lambda lq: math.log(sigma_w ** 2 * _gauss(lambda z: phi(z) ** 2, math.exp(lq))) - lq  # noqa: E731
+    return math.exp(optimize.brentq(g, math.log(1e-12), 0.0, xtol=1e-14))
+
+
+@pytest.mark.parametrize("activation, sigma_w", [("elu", 1.01), ("elu", 1.005), ("selu", 0.7), ("selu", 0.695),
+                                                 ("tanh", 1.0005)])
+def test_a_small_positive_fixed_point_is_found_where_q_zero_repels(activation, sigma_w):
+    want = _q_star(activation, sigma_w)
+    chi1 = sigma_w ** 2 * _gauss(lambda z: PHI[activation][1](z) ** 2, want)
+    m = theory.mean_field(activation, sigma_w=sigma_w)
+    assert 0 < want < 1e-3
+    assert m.q_star == pytest.approx(want, rel=1e-6)  # the iteration stops at a step below 1e-13: ~1e-7 here
+    assert m.chi1 == pytest.approx(chi1, rel=1e-8)
+    assert abs(chi1 - 1) < 2e-4 and m.phase.startswith("critical")
+
+
+@pytest.mark.parametrize("activation, lo, hi", [("elu", 0.995, 1.03), ("selu", 0.68, 0.72), ("tanh", 0.999, 1.003)])
+def test_chi1_rises_with_the_gain_through_the_edge_of_chaos(activation, lo, hi):
+    """The phase ran backwards: ELU read "chaotic" from 1.001 to 1.011, then "critical" from 1.013."""
+    gains = np.linspace(lo, hi, 41)
+    chi = [theory.mean_field(activation, sigma_w=float(w)).chi1 for w in gains]
+    assert all(b >= a - 1e-12 for a, b in zip(chi, chi[1:])), chi
+    # q* = 0 exactly where the ratio's limit sigma_w^2 (phi'(0-)^2 + phi'(0+)^2) / 2 is at most 1
+    slope0 = {"tanh": 1.0, "elu": 1.0, "selu": SELU_L ** 2 * (1 + SELU_A ** 2) / 2}[activation]
+    for w in gains:
+        assert (theory.mean_field(activation, sigma_w=float(w)).q_star == 0) == (w * w * slope0 <= 1), w
