@@ -761,6 +761,16 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None 
                          f"chi_1 - 1 is rounding noise near sigma_w = {found.root:.6g} (its fixed point q* is "
                          "where the length map's ratio is 1 to rounding)")
     root = float(found.root)
+    for _ in range(8):
+        # a point where f reads 0 from a NaN can be a touch, not a crossing: GELU at sigma_b = 0.5
+        # and swish at 0.8-1.2 have chi_1 -> 1 from above where q* -> inf at sqrt 2, and chi_1 > 1 on
+        # both sides of it; their line crosses below it (GELU at sigma_b = 0.5: 1.399868, not sqrt 2)
+        f_below, f_above = f(root * (1 - 1e-6)), f(root * (1 + 1e-6))
+        if not (f_below > 0 and f_above > 0 and f_lo < 0) and not (f_below < 0 and f_above < 0 and f_hi > 0):
+            break
+        a, b = (lo, root * (1 - 1e-6)) if f_below > 0 else (root * (1 + 1e-6), hi)
+        found = brentq(f, a, b, xtol=1e-12 * min(1.0, b), maxiter=200, full_output=True, disp=False)[1]
+        root = float(found.root)
     below, above = chi1(activation, root * (1 - 1e-6), sigma_b, param), chi1(activation, root * (1 + 1e-6), sigma_b, param)
     if abs(above - below) > 1e-2:
         q_lo = fixed_point(activation, root * (1 - 1e-6), sigma_b, param)

@@ -54,10 +54,40 @@ def test_a_small_positive_fixed_point_is_found_where_q_zero_repels(activation, s
 @pytest.mark.parametrize("activation, lo, hi", [("elu", 0.995, 1.03), ("selu", 0.68, 0.72), ("tanh", 0.999, 1.003)])
 def test_chi1_rises_with_the_gain_through_the_edge_of_chaos(activation, lo, hi):
     """The phase ran backwards: ELU read "chaotic" from 1.001 to 1.011, then "critical" from 1.013."""
-    gains = np.linspace(lo, hi, 41)
+    gains = np.linspace(lo, hi, 21)
     chi = [theory.mean_field(activation, sigma_w=float(w)).chi1 for w in gains]
     assert all(b >= a - 1e-12 for a, b in zip(chi, chi[1:])), chi
     # q* = 0 exactly where the ratio's limit sigma_w^2 (phi'(0-)^2 + phi'(0+)^2) / 2 is at most 1
     slope0 = {"tanh": 1.0, "elu": 1.0, "selu": SELU_L ** 2 * (1 + SELU_A ** 2) / 2}[activation]
     for w in gains:
         assert (theory.mean_field(activation, sigma_w=float(w)).q_star == 0) == (w * w * slope0 <= 1), w
+
+
+def _chi1_quad(activation, sigma_w, sigma_b):
+    """chi_1 at the fixed point reached from q0 = sigma_w^2 + sigma_b^2, the length map iterated
+    with quadrature (GELU and swish, smooth: one quad over the line)."""
+    from scipy.special import erf, expit
+
+    phi, dphi = {
+        "gelu": (lambda z: 0.5 * z * (1 + erf(z / math.sqrt(2))),
+                 lambda z: 0.5 * (1 + erf(z / math.sqrt(2))) + z * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)),
+        "swish": (lambda z: z * expit(z), lambda z: expit(z) * (1 + z * (1 - expit(z)))),
+    }[activation]
+    q = sigma_w ** 2 + sigma_b ** 2
+    for _ in range(20_000):
+        new = sigma_w ** 2 * _gauss(lambda z: phi(z) ** 2, q) + sigma_b ** 2
+        if abs(new - q) < 1e-13 * q:
+            break
+        q = new
+    return sigma_w ** 2 * _gauss(lambda z: dphi(z) ** 2, q)
+
+
+@pytest.mark.parametrize("activation, sigma_b", [("gelu", 0.5), ("swish", 1.0)])
+def test_the_critical_line_crosses_below_sqrt2_where_chi1_only_touches_1_there(activation, sigma_b):
+    """critical_sigma_w returned sqrt 2, where q* -> inf and chi_1 -> 1 from above without crossing
+    (its NaN read as "on the line"), while `theory --activation gelu --sigma-w 1.405 --sigma-b 0.5`
+    printed chi_1 = 1.00918, chaotic, beside "critical sigma_w 1.41421". The crossing: chi_1 by
+    quadrature below and above the root."""
+    root = theory.critical_sigma_w(activation, sigma_b)
+    assert root < math.sqrt(2) - 5e-3
+    assert _chi1_quad(activation, root * (1 - 1e-3), sigma_b) < 1 < _chi1_quad(activation, root * (1 + 1e-3), sigma_b)
