@@ -68,7 +68,7 @@ def _np(t: torch.Tensor, dtype: str, where: str = "the tensor") -> np.ndarray:
     on the CPU (a meta tensor has no values; a CUDA one is not moved behind the caller's back),
     NaN or Inf (which the run refused later as "params.W contains NaN", an array the caller
     never named), or a value beyond float32's range when converting to float32 (NumPy's cast
-    made 1e39 inf with only a RuntimeWarning). The conversion goes through float64 in torch:
+    made 1e39 inf with only a RuntimeWarning, and 1e-50 0 without a word). The conversion goes through float64 in torch:
     NumPy has no bfloat16 (``.numpy()`` raised TypeError), and bfloat16, float16 and float32
     are exact in float64."""
     if t.device.type != "cpu":
@@ -87,6 +87,12 @@ def _np(t: torch.Tensor, dtype: str, where: str = "the tensor") -> np.ndarray:
             raise _Refused(f"{where} holds {float(a[i])!r} at index {i}, beyond float32's range (magnitudes up to "
                            f"{float(np.finfo(np.float32).max):.8g}): converting to float32 would make it inf; "
                            "keep dtype='float64' or scale the weights")
+        lost = (a != 0) & (a.astype(np.float32) == 0)
+        if lost.any():
+            i = tuple(int(j) for j in np.argwhere(lost)[0])
+            raise _Refused(f"{where} holds {float(a[i])!r} at index {i}, below float32's smallest number (about "
+                           f"{float(np.finfo(np.float32).smallest_subnormal):.3g}): converting to float32 would make "
+                           "it 0; keep dtype='float64' or set such weights to 0 yourself")
     return np.ascontiguousarray(a, dtype=dtype)
 
 

@@ -97,6 +97,20 @@ def test_a_weight_beyond_float32_is_refused_not_made_inf(tmp_path, capsys):
     assert code == 2 and "0.weight holds 1e+39" in err, err
 
 
+def test_a_weight_below_float32_is_refused_not_made_zero():
+    """A float64 weight of 1e-50 became 0 in float32 without a word (torch's own .float() too)."""
+    m = nn.Sequential(nn.Linear(4, 4), nn.Tanh()).double()
+    with torch.no_grad():
+        m[0].weight[1, 3] = 1e-50
+    assert copy.deepcopy(m).float()[0].weight[1, 3] == 0
+    with pytest.raises(ValueError, match=r"0\.weight holds 1e-50 at index \(1, 3\), below float32's smallest number"):
+        gb.from_torch(m, "float32")
+    assert gb.from_torch(m)[1].W[0, 1, 3] == 1e-50
+    with torch.no_grad():
+        m[0].weight[1, 3] = 1e-40  # a float32 subnormal: kept, rounded as float32 holds it
+    assert gb.from_torch(m, "float32")[1].W[0, 1, 3] == np.float32(1e-40)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.dtype("float32"), torch.float32, "float32"])
 def test_numpy_and_torch_dtypes_are_accepted_as_gb_stack_accepts_them(dtype):
     torch.manual_seed(0)
