@@ -691,7 +691,10 @@ def test_ctrl_c_in_a_terminal_keeps_finished_rows_and_prints_no_dask_tracebacks(
     argv = [sys.executable, "-m", "gradbench", "sweep", "--activation", "tanh,relu", "--sigma-w", "0.5:3.0:40",
             "--sigma-b", "0,0.1", "--depth", "3000", "--width", "64", "--batch", "16", "--workers", "2",
             "--out", str(out)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # SIGINT at its default in the child: a test run started in the background by a shell (`make test &`)
+    # inherits it ignored, and then Python installs no KeyboardInterrupt handler (the sweep ran on, status 0)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(out.glob("rows-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
