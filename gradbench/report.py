@@ -145,7 +145,9 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
     # units with z <= 0 for the whole batch: dead at slope 0 (relu); leaky_relu and prelu still
     # pass a gradient there, on the negative side
     dies = getattr(d, "dead_below_zero", None)  # the weights' own slopes (None: a diagnosis read from older JSON)
-    dead_head = "dead" if (dead_below_zero(act, d.stack.get("activation_param")) if dies is None else dies) else "neg side"
+    if dies is None:
+        dies = dead_below_zero(act, d.stack.get("activation_param"))
+    dead_head = "dead" if dies else "neg side"
     dead_w = max(6, len(dead_head))
     clip = getattr(d, "clip_acted", None)
     show_clip = clip is not None and len(clip) == L  # signal clipping: where it changed dL/dh_l

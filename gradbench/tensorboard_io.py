@@ -70,10 +70,15 @@ def refuse_old_events(logdir, name: str = "tensorboard=") -> None:
                          "old events")
 
 
-def summary_writer(logdir, check_only: bool = False):
-    """A ``tensorboardX.SummaryWriter`` on ``logdir`` (created; refused where it already holds
-    events: :func:`refuse_old_events`), or a clear ImportError; with ``check_only``, the checks
-    alone (None)."""
+def summary_writer(logdir):
+    """A ``tensorboardX.SummaryWriter`` on ``logdir`` (created) once :func:`check_logdir` passes."""
+    return check_logdir(logdir)(logdir=os.fspath(logdir))
+
+
+def check_logdir(logdir):
+    """Refuse ``logdir`` where it is no directory path or already holds events
+    (:func:`refuse_old_events`), or where tensorboardX is missing (a clear ImportError); returns
+    tensorboardX's ``SummaryWriter``."""
     if not isinstance(logdir, (str, os.PathLike)) or not os.fspath(logdir):
         raise TypeError(f"tensorboard must be a directory path (str or os.PathLike), got {logdir!r}")
     if os.path.exists(logdir) and not os.path.isdir(logdir):
@@ -84,7 +89,7 @@ def summary_writer(logdir, check_only: bool = False):
     except ImportError as exc:
         raise ImportError("TensorBoard output needs tensorboardX: pip install tensorboardX "
                           "(or pip install 'gradbench[tensorboard]')") from exc
-    return None if check_only else SummaryWriter(logdir=os.fspath(logdir))
+    return SummaryWriter
 
 
 def _layer_tag(prefix: str, l: int, L: int) -> str:
@@ -153,7 +158,7 @@ def write_diagnosis(d, logdir) -> str:
     """
     from gradbench.recurrent.diagnose import RecurrentDiagnosis
 
-    summary_writer(logdir, check_only=True)
+    check_logdir(logdir)
     os.makedirs(logdir, exist_ok=True)
     # written whole into a hidden directory inside, then moved in: an interrupted write (Ctrl-C,
     # SIGTERM while the events of 10^4 layers are written) left a part of a file, which then

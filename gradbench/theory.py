@@ -239,8 +239,7 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
         if ln_r > 0:
             return math.inf
         return -math.inf if sigma_b == 0 else t_b - math.log(-math.expm1(ln_r))  # sigma_b^2 / (1 - r)
-    phi0_zero = _phi(activation, param)[0](0.0) == 0
-    shrinks_to_zero = phi0_zero and _ln_ratio_at_zero(activation, sigma_w, param) <= 0
+    shrinks = _shrinks_to_zero(activation, sigma_w, param)
     t_linear = _LN_Q_LARGE + _ln_elu_scale(activation, param)
     for _ in range(max_iter):
         t_w = _log_variance(t, activation, sigma_w, param)
@@ -250,12 +249,18 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
         if activation not in _BOUNDED and t_new > t_linear and t_w > t:
             return math.inf  # linear regime and the weights alone enlarge q: it grows without bound
         # before the convergence test, which a start q0 below tol passed in one step (q* = q_1, not 0)
-        if sigma_b == 0 and phi0_zero and t_new < math.log(1e-3) and t_new < t and shrinks_to_zero:
+        if sigma_b == 0 and shrinks and t_new < math.log(1e-3) and t_new < t:
             return -math.inf  # (with phi(0) != 0, sigmoid, q stays near sigma_w^2 phi(0)^2 instead)
         if t_new == t or _converged(t, t_new, tol):
             return t_new
         t = t_new
     return _log_root(activation, sigma_w, sigma_b, param, t)
+
+
+def _shrinks_to_zero(activation: str, sigma_w: float, param: float) -> bool:
+    """Whether without bias q = 0 attracts the length map from below q ~ 1e-3: phi(0) = 0 and the
+    ratio's q -> 0 limit (:func:`_ln_ratio_at_zero`) is at most 1."""
+    return _phi(activation, param)[0](0.0) == 0 and _ln_ratio_at_zero(activation, sigma_w, param) <= 0
 
 
 def _ln_ratio_at_zero(activation: str, sigma_w: float, param: float) -> float:
@@ -326,8 +331,7 @@ def _log_root(activation: str, sigma_w: float, sigma_b: float, param: float, t: 
             # bias adds sigma_b^2 a layer, as a homogeneous map at r = 1 does (GELU at sigma_w = sqrt 2)
             if t_w > b or (sigma_b > 0 and t_w > b - 1e-12):
                 return math.inf
-        if (not up and sigma_b == 0 and b < _LN_Q_TINY and _phi(activation, param)[0](0.0) == 0
-                and _ln_ratio_at_zero(activation, sigma_w, param) <= 0):
+        if not up and sigma_b == 0 and b < _LN_Q_TINY and _shrinks_to_zero(activation, sigma_w, param):
             return -math.inf  # the ratio's q -> 0 limit is at most 1: lengths shrink to zero
         a, step = b, 2 * step
     from scipy.optimize import brentq
