@@ -493,7 +493,7 @@ def _weight_log10(params, stack: Stack, L: int) -> np.ndarray:
         if shape != want:
             raise ValueError(f"params.W has shape {shape}, but the result's stack (depth {L}, width {stack.width}) "
                              f"needs {want}: pass the parameters of the pass that produced the result")
-        out = frobenius_log10(np.asarray(W, dtype=np.float64))
+        out = frobenius_log10(np.asarray(W))  # float64 chunk by chunk: no float64 copy of a float32 W
     return out
 
 

@@ -105,9 +105,10 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
     checkpointed, stats_only and generated-weight runs of depth 200-4000 and width 64-512,
     1.00-1.04 for heads of 3000 outputs, 1.00-1.03 for clipped gradients (1.15 for a stats_only
     run's norm clipping, 1.09 for a wide float32 stats_only run on the C backend), never below
-    0.998 (tests/test_plan_memory.py); the same to 0.1 % from run to run. Not counted: what a
-    process's first calls of the C backend's own kernels (and OpenBLAS's buffers) keep once
-    (~12 MB at width 384).
+    0.998 (tests/test_plan_memory.py); the same to 0.1 % from run to run. A deep, narrow
+    stats_only run (300,000 layers of width 8) 1.03 times it, and 1.19 with its diagnosis. Not
+    counted: what a process's first calls keep once: the C backend's own kernels and OpenBLAS's
+    buffers (~12 MB at width 384), the Numba backend's kernels loaded from its cache (~70 MB).
     """
     L, N, B = int(stack.depth), int(stack.width), int(batch)
     D, O = int(stack.d_in), int(stack.output_dim)
@@ -130,7 +131,9 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
         ends += 2 * (O * N + O) + (B if stack.loss == "softmax_ce" else B * O)
         top = 8 * (HEAD_ARRAYS[stack.loss] + (stack.loss == "bce" and item != 8)) * B * O
     # norms, exponents, activation statistics, info (float64/int64 each); batch norm's shares (bn_share)
-    stats = 8 * L * (13 + 2 * stack.batch_norm) + 8 * row_exps
+    # and the Result's own copies of five of them (the signal's mantissas and exponents, the
+    # forward's exponents twice, dead), taken from the workspace's arrays at the end
+    stats = 8 * L * (13 + 5 + 2 * stack.batch_norm) + 8 * row_exps
     rows = 2 * seg if stats_only else L  # of gradients held at once
     backward = item * (rows * layer + 3 * B * N + B * D)  # the gradients, the signal and its copies, dL/dx
     if stack.clip is not None and stack.clip_on != "signal":
@@ -159,12 +162,18 @@ def _clip_bytes(clip: str, item: int, stats_only: bool) -> int:
     return item * (2 if stats_only else 1) + extra
 
 
+DIAGNOSE_VECTORS = 40
+
+
 def _diagnose_bytes(stack: Stack, stats_only: bool, generated: bool, hist_bins: int, bins: int | None) -> int:
     """What :func:`gradbench.diagnose` allocates at its peak (see :func:`memory_estimate`)."""
     if bins is None:
         return 0
     L, N = int(stack.depth), int(stack.width)
-    per_layer = 8 * 16 * L + 8 * L * int(bins)  # its L-vectors and the (L, bins) counts
+    # its L-vectors (the Diagnosis's fields and their temporaries: 37-39.4 float64 ones measured
+    # with tracemalloc at 2e4-2e5 layers, stats_only or not; 16 were counted, and a 10^6-layer
+    # diagnosis took 583 MiB against 445 estimated) and the (L, bins) counts
+    per_layer = 8 * DIAGNOSE_VECTORS * L + 8 * L * int(bins)
     if stats_only:  # rebinning the streaming histograms, MOVE_CHUNK layers at a time
         rows = min(L, MOVE_CHUNK)
         return per_layer + 8 * 6 * rows * max(int(hist_bins), 1) + 8 * rows * (int(bins) + 3)

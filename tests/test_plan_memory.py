@@ -22,6 +22,8 @@ MEASURE = r"""
 import json, re, sys
 import numpy as np
 import gradbench as gb
+from gradbench.histograms import DEFAULT_BINS
+from gradbench.plan import memory_estimate
 
 def status(key):
     return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
@@ -41,9 +43,15 @@ def inputs(stack, B):
         t = rng.uniform(0, 1, (B, stack.output_dim)).astype(stack.np_dtype)
     return p, x, t
 
+def warm_up(small, B):  # imports and compiled kernels of this mode
+    p, x, t = inputs(small, B)
+    res = gb.backprop(small, p, x, t, **run)
+    if case.get("diagnose"):  # gradbench.diagnose as the command line calls it: with the weights given
+        gb.diagnose(res, p, bins=DEFAULT_BINS)
+
 small = gb.Stack(depth=2, width=case["width"], **kw)
-for _ in range(2):  # imports and compiled kernels of this mode
-    gb.backprop(small, *inputs(small, case["batch"]), **run)
+for _ in range(2):
+    warm_up(small, case["batch"])
 stack = gb.Stack(depth=case["depth"], width=case["width"], **kw)
 p, x, t = inputs(stack, case["batch"])
 given = [x, t] + [getattr(p, k) for k in ("W_in", "b_in", "W_out", "b_out")]
@@ -52,8 +60,15 @@ if not case["generated"]:
 open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
 before = status("VmRSS")
 res = gb.backprop(stack, p, x, t, **run)
+estimate = res.extras["memory_estimate"]
+if case.get("diagnose"):  # the run's plan with the diagnosis counted, as the command line plans it
+    gb.diagnose(res, p, bins=DEFAULT_BINS)
+    same = dict(checkpoint=res.extras["checkpoint"], stats_only=case["stats_only"], generated=case["generated"],
+                keep_weights=res.extras["weights_kept"], backend=case["backend"])
+    assert memory_estimate(stack, case["batch"], **same) == estimate
+    estimate = memory_estimate(stack, case["batch"], diagnose_bins=DEFAULT_BINS, **same)
 peak = status("VmHWM") - before + sum(a.nbytes for a in given if a is not None)
-print(json.dumps({"estimate": res.extras["memory_estimate"], "peak": peak}))
+print(json.dumps({"estimate": estimate, "peak": peak}))
 """
 
 
@@ -83,13 +98,22 @@ def _measure(**case) -> tuple[int, int]:
          kw=dict(clip="value", clip_on="layer", clip_threshold=1e-3)),
     dict(depth=600, width=512, batch=8, generated=True, stats_only=True, backend="c",
          kw=dict(clip="value", clip_on="layer", clip_threshold=1e-3)),
+    # a deep, narrow stats_only run: its O(L) vectors (the Result's copies of five were not
+    # counted: 0.87 of the peak), and its diagnosis (16 vectors a layer counted, ~37 used: 0.91)
+    dict(depth=300_000, width=8, batch=4, generated=True, stats_only=True, backend="c", kw={}, diagnose=True),
+    # a float32 diagnosis of stored weights: log10 ||W_l|| took a float64 copy of all of W (0.58)
+    dict(depth=100, width=512, batch=16, generated=False, stats_only=False, backend="c", kw=dict(dtype="float32"),
+         diagnose=True),
 ], ids=["stats-only-c", "stats-only-numpy", "stats-only-c-f32", "softmax-ce-head", "mse-head-and-input-layer",
-        "bce-head-f32", "value-clipping", "stats-only-value-clipping"])
+        "bce-head-f32", "value-clipping", "stats-only-value-clipping", "deep-stats-only-diagnosed",
+        "f32-weights-diagnosed"])
 def test_memory_estimate_bounds_the_measured_peak(case):
     estimate, peak = _measure(**case)
     # an upper bound (but for a few MB of page rounding and small arrays) of every measured peak
     assert peak <= 1.02 * estimate, (estimate / peak, estimate, peak)
-    close = 1.3 if case["stats_only"] and "clip" in case["kw"] else 1.15
+    # the diagnosis's vectors are counted at the most measured (tracemalloc, gradbench.plan), which a
+    # deep run's resident set stays below: 1.19 of its peak at 300,000 layers
+    close = 1.3 if (case["stats_only"] and "clip" in case["kw"]) or case.get("diagnose") else 1.15
     if estimate > close * peak:
         # and close to the peak. A run's measured growth (VmHWM over VmRSS before) is at times
         # ~10 % below its usual: stats-only value clipping gave estimate / peak 1.03-1.05 in
