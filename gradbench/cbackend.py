@@ -14,7 +14,9 @@ NumPy products), or, for another NumPy, SciPy's (``scipy.linalg.cython_blas``); 
 taken at import and passed into C (``BLAS_SOURCE`` says whose); narrower ones use the
 register-blocked kernels in ``csrc/``.
 ``GRADBENCH_C_THREADS`` sets the number of threads of the own kernels (else ``OMP_NUM_THREADS``,
-else the cores this process may run on); results do not depend on it. The helper threads are
+else the cores this process may run on); results do not depend on it. (OpenBLAS's own thread count
+does decide whether products from ``BLAS_MIN_WIDTH`` on are BLAS's, whose sums round differently:
+``OMP_NUM_THREADS=1`` changes the last bits of runs of width >= 512.) The helper threads are
 kept between calls (csrc/team.c: they spin at most 0.2 ms after a call, then sleep; a forked
 child builds its own) and never run beside BLAS: a layer that calls BLAS runs
 the rest of its work on one thread and leaves the parallelism to BLAS's own threads (its
