@@ -43,7 +43,7 @@ def env_int(name: str, default: int, low: int = 0, high: int = ENV_INT_MAX) -> i
 
 def env_float(name: str, default: float, low: float = 0.0) -> float:
     """``float(os.environ[name])`` (``default`` when unset or empty): finite and > ``low``."""
-    return _env_number(name, default, float, lambda v: math.isfinite(v) and v > low, f"must be a number > {low:g}")
+    return _env_number(name, default, float, lambda v: math.isfinite(v) and v > low, f"must be a finite number > {low:g}")
 
 
 def env_flag(name: str) -> bool:

@@ -51,6 +51,25 @@ def _drop_stale_cache(here: str | None = None) -> None:
         pass
 
 
+def _check_numba_threads() -> None:
+    """Refuse ``NUMBA_NUM_THREADS`` that Numba's own import would stop on (0 or below: a bare
+    ``ValueError: Number of threads specified must be > 0.`` naming no variable, which
+    ``gradbench.backend_status()`` could not report) or ignore with a warning (not an int)."""
+    text = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    if not text:
+        return
+    try:
+        ok = int(text) >= 1
+    except ValueError:
+        ok = False
+    if not ok:
+        from gradbench._env import EnvError
+
+        raise EnvError(f"environment variable NUMBA_NUM_THREADS={text!r} must be an int >= 1 "
+                       "(unset it for Numba's default: one thread per CPU)")
+
+
+_check_numba_threads()
 _drop_stale_cache()
 
 from . import chain as _chain, histogram as _histogram, layers as _layers  # noqa: E402 (after the cache check)

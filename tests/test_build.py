@@ -89,7 +89,7 @@ def test_a_bad_environment_value_names_the_default_exactly(monkeypatch):
     monkeypatch.setenv("GRADBENCH_TEST_INT", str(2**62))
     assert env_int("GRADBENCH_TEST_INT", 0, low=1) == 2**62
     monkeypatch.setenv("GRADBENCH_TEST_FLOAT", "-1")
-    with pytest.raises(EnvError, match=r"must be a number > 0 \(unset it for the default 30\)"):
+    with pytest.raises(EnvError, match=r"must be a finite number > 0 \(unset it for the default 30\)"):
         env_float("GRADBENCH_TEST_FLOAT", 30.0)
 
 

@@ -325,6 +325,21 @@ def test_environment_variables_are_validated_by_name():
         assert len(done.stderr.strip().splitlines()) == 1
     done = gradbench("run", *SMALL, env={"GRADBENCH_PROGRESS_SECONDS": "soon"})
     assert done.returncode == 2 and "GRADBENCH_PROGRESS_SECONDS='soon'" in done.stderr
+    # before any work: a run the plan would refuse for its memory is refused for the variable
+    # (it was read once the weights were drawn: 4.6-6 s into a 1000 x 256 run), and inf, which
+    # "a number > 0" seemed to allow, is refused as not finite
+    for value in ("soon", "inf"):
+        done = gradbench("run", "--depth", "1000000", "--width", "4096", env={"GRADBENCH_PROGRESS_SECONDS": value})
+        assert done.returncode == 2 and f"GRADBENCH_PROGRESS_SECONDS={value!r} must be a finite number > 0" in done.stderr
+    # Numba's own import stopped on NUMBA_NUM_THREADS=0 with a bare ValueError naming no variable
+    check = "import gradbench as gb; print(gb.backend_status()['numba'])"
+    for value in ("0", "-2", "two"):
+        done = subprocess.run([PY, "-c", check], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "NUMBA_NUM_THREADS": value})
+        assert done.returncode == 0, done.stderr
+        assert f"NUMBA_NUM_THREADS={value!r} must be an int >= 1" in done.stdout
+    done = gradbench("run", *SMALL[:4], "--backend", "numba", env={"NUMBA_NUM_THREADS": "0"})
+    assert done.returncode == 2 and "NUMBA_NUM_THREADS='0'" in done.stderr and "internal error" not in done.stderr
 
 
 def test_a_rejected_build_flag_is_recorded_and_shown(tmp_path):

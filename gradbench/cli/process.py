@@ -137,12 +137,14 @@ def run_guarded(command: str, call, debug: bool) -> int:
     ``debug``.
     """
     from gradbench._env import EnvError
+    from gradbench.cli.progress import interval_from_env
     from gradbench.plan import PlanRefused
 
     prog = f"gradbench {command}" if command else "gradbench"
     try:
         with guarded_process():
             try:
+                interval_from_env()  # a malformed GRADBENCH_PROGRESS_SECONDS, before any work
                 code = call()
                 sys.stdout.flush()
                 return code

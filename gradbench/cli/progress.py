@@ -17,6 +17,13 @@ from gradbench._env import env_float
 PROGRESS_SECONDS = 30.0
 
 
+def interval_from_env() -> float:
+    """``GRADBENCH_PROGRESS_SECONDS`` (default :data:`PROGRESS_SECONDS`), refused by name when it
+    is not a finite number > 0: every command reads it before any work (``run`` read it only
+    once the weights were drawn, seconds into a large run)."""
+    return env_float("GRADBENCH_PROGRESS_SECONDS", PROGRESS_SECONDS)
+
+
 def _elapsed(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
@@ -53,7 +60,7 @@ class Progress:
                  unit: str = "layers (forward + backward)"):
         self.desc, self.delay, self.quiet, self.unit = desc, delay, quiet, unit
         self.stream = stream if stream is not None else sys.stderr
-        self.interval = env_float("GRADBENCH_PROGRESS_SECONDS", PROGRESS_SECONDS) if interval is None else interval
+        self.interval = interval_from_env() if interval is None else interval
         self.total = 2 * sum(segments) if segments else total
         # layers done after k work items: the forward segments bottom-up, then backward top-down
         order = list(segments or []) + list(reversed(segments or []))
