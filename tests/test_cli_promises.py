@@ -1046,3 +1046,23 @@ def test_bins_the_diagnosis_would_refuse_are_refused_before_the_run(capsys, monk
     code, _, err = run(["run", *SMALL, "--bins", str(bins)], capsys)
     assert code == 2 and "internal error" not in err, err
     assert f"--bins {bins:,}".replace(",", "") in err and "more than half the memory available" in err, err
+
+
+def test_a_long_write_of_the_output_files_shows_progress(tmp_path, capsys, monkeypatch):
+    """A 10^6-layer run's --out JSON (238 MB) took 41 s to write after the last progress line,
+    with nothing on the terminal: the writing has its own line, as the run and diagnosis have."""
+    import time as _time
+
+    import gradbench.cli.run as run_cmd
+
+    slow = run_cmd.write_diagnoses
+
+    def write_slowly(*args, **kw):
+        _time.sleep(1.6)  # past the progress line's 1 s delay
+        return slow(*args, **kw)
+
+    monkeypatch.setattr(run_cmd, "write_diagnoses", write_slowly)
+    monkeypatch.setenv("GRADBENCH_PROGRESS_SECONDS", "0.2")
+    code, out, err = run(["run", *SMALL, "--out", str(tmp_path / "r.json")], capsys)
+    assert code == 0 and (tmp_path / "r.json").exists()
+    assert "writing" in err, err

@@ -75,9 +75,10 @@ def cmd_run(args) -> int:
         d = diagnose(res, params, bins=args.bins)
     seconds = time.perf_counter() - t0
     weights = f"the model in {args.torch}" if args.torch else WEIGHTS
-    written = _write(args, stack, res, d, metadata("run", args, seed=args.seed, batch=args.batch, weights=weights,
-                                                   threads=threads(res.backend), seconds=round(seconds, 3)))
-    written += model.write_tensorboard(args, d)
+    with Progress("writing"):  # a 10^6-layer --out JSON took 41 s, with no line on the terminal
+        written = _write(args, stack, res, d, metadata("run", args, seed=args.seed, batch=args.batch, weights=weights,
+                                                       threads=threads(res.backend), seconds=round(seconds, 3)))
+        written += model.write_tensorboard(args, d)
     from gradbench.report import format_report
 
     print(format_report(d, rows=args.rows))  # with --torch the header names the file: the params' origin
