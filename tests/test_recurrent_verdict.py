@@ -347,6 +347,17 @@ def test_the_clip_sentence_names_the_steps_where_the_clip_acted(cell, mode, c, s
             assert named[1:] == on.tolist(), d.explanation
         first = f"and at none before step {on.min()}, so before it the rates are the loss derivative's chain"
         assert (first in " ".join(d.explanation.split())) == (on.min() > 0), d.explanation
+    # the largest ||dL/dh_t|| the clip left alone, as the sentence names it: the hand BPTT's (the
+    # LSTM's sentence named its pair norm sqrt(||dL/dh||^2 + ||dL/dc||^2) under that label, 10^-0.08
+    # above a 0.8 clip that rightly changed nothing, its ||dL/dh_29|| being 10^-0.12)
+    m = re.search(r"\(\|\|dL/dh_t\|\| at most 10\^(-?[\d.]+), at step (\d+)\)", " ".join(d.explanation.split()))
+    free = np.flatnonzero(~acted)
+    assert (m is not None) == (on.size == 0 or on.tolist() == [rnn.steps - 1]), d.explanation
+    if m:
+        k = int(free[np.argmax(s[free])])
+        want = float(np.log10(s[k]))  # printed to 4 significant digits
+        half_digit = 0.51 * 10.0 ** (np.floor(np.log10(abs(want))) - 3)
+        assert int(m.group(2)) == k and abs(float(m.group(1)) - want) <= half_digit, (m.group(0), want)
 
 
 def test_an_lstm_with_a_loss_at_every_step_keeps_the_carried_passs_cell_norms():
