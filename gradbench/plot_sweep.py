@@ -433,8 +433,12 @@ def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=N
                              f"{', '.join(c for c in cols if is_numeric_dtype(table[c]))}")
     if x == y:
         raise ValueError(f"x and y must differ, both are {x!r}")
-    if value not in table.columns or value not in _LABELS:
+    if value not in _LABELS:
         raise ValueError(f"value={value!r} is not one of {', '.join(map(repr, _LABELS))}")
+    if value not in table.columns:  # a valid name that this table lacks (it said "is not one of" it)
+        have = [v for v in _LABELS if v in table.columns]
+        raise ValueError(f"value={value!r}: the table has no {value!r} column"
+                         + (f"; it has {', '.join(map(repr, have))}" if have else ""))
     groups = _groups(table, x, y)
     axes = _axes(ax, len(groups))
     finite = np.abs(table[value].to_numpy(float))

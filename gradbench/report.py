@@ -128,9 +128,13 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
     out.append(f"  verdict: {d.verdict.upper()}")
     for sentence in _wrap(d.explanation, 92):
         out.append("    " + sentence)
-    if math.isfinite(d.decades_per_layer):
-        out.append(f"  rate: {d.decades_per_layer:+.4g} decades per layer for ||dW_l||, "
-                   f"{d.signal_decades_per_layer:+.4g} for ||dL/dh_l||")
+    if math.isfinite(d.decades_per_layer) or math.isfinite(d.signal_decades_per_layer):
+        # one finite ||dW_l|| has no slope (a dead ReLU stack's top layer alone): said so, the signal's kept
+        finite = int(np.count_nonzero(np.isfinite(np.asarray(d.grad_log10, dtype=np.float64))))
+        grad = (f"{d.decades_per_layer:+.4g} decades per layer" if math.isfinite(d.decades_per_layer)
+                else f"no slope ({count(finite, 'layer')} with a non-zero gradient)")
+        sig = f"{d.signal_decades_per_layer:+.4g}" if math.isfinite(d.signal_decades_per_layer) else "no slope"
+        out.append(f"  rate: {grad} for ||dW_l||, {sig} for ||dL/dh_l||")
         out.append("        (least-squares change per layer going down towards the input; negative: vanishing)")
     out.append(f"  loss: {fmt_pow(d.loss_log10) if not math.isfinite(d.loss) or abs(d.loss_log10) > 300 else f'{d.loss:.6g}'}")
     for name, lim in d.float_limits.items():

@@ -111,7 +111,9 @@ def decades_per_layer(y: np.ndarray) -> tuple[float, float]:
     stack, over the finite entries; returns ``(rate, fitted y at layer 0)``.
 
     A rate of -0.3 means the norm shrinks by a factor 2 per layer towards the input. ``(0.0,
-    y)`` with a single point, ``(nan, nan)`` with none.
+    y)`` for a stack of one layer, ``(nan, y)`` for one finite point among more (no slope: a
+    ReLU stack whose ||dW_l|| is exactly 0 below its top layer read "+0 decades per layer", and a
+    sweep averaged that 0 into its phase diagram), ``(nan, nan)`` with none.
     """
     y = np.asarray(y, dtype=np.float64)
     l = np.arange(len(y), dtype=np.float64)
@@ -119,7 +121,7 @@ def decades_per_layer(y: np.ndarray) -> tuple[float, float]:
     if ok.sum() == 0:
         return math.nan, math.nan
     if ok.sum() == 1:
-        return 0.0, float(y[ok][0])
+        return (0.0 if len(y) == 1 else math.nan), float(y[ok][0])
     lm, ym = l[ok].mean(), y[ok].mean()
     dl = l[ok] - lm
     slope = float(np.dot(dl, y[ok] - ym) / np.dot(dl, dl))  # per layer going UP

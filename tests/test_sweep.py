@@ -139,7 +139,9 @@ def test_table_equals_a_serial_loop_on_a_local_cluster_of_two_worker_processes()
      r"batch_norm=True needs a batch of at least 2, got batch=1: .* \(at grid point batch_norm=True\)"),
     ({"sigma_w": [1.0]}, {"seeds": 3}, TypeError, r"seeds must be an iterable of ints such as range\(3\)"),
     ({"sigma_w": [1.0]}, {"seeds": [0, 0]}, ValueError, r"seeds has repeated values"),
-    ({"sigma_w": [1.0]}, {"seeds": [-1]}, ValueError, r"seeds must be ints >= 0"),
+    ({"sigma_w": [1.0]}, {"seeds": [-1]}, ValueError, r"seeds must be ints in \[0, 2\*\*63\)"),
+    # checked before any run: 2**64 ran the sweep, then failed building the table; 2**64 - 1 read -1 there
+    ({"sigma_w": [1.0]}, {"seeds": [2**63]}, ValueError, r"seeds must be ints in \[0, 2\*\*63\) .*got 9223372036854775808"),
     ({"sigma_w": [1.0]}, {"backend": "cuda"}, ValueError, r"backend='cuda' is not one of"),
     ({"sigma_w": [1.0]}, {"runs_per_task": 0}, ValueError, r"runs_per_task must be an int >= 1"),
     ({"sigma_w": [1.0]}, {"progress": "yes"}, TypeError, r"progress must be a bool or a callable"),
@@ -521,6 +523,10 @@ def test_phase_diagram_into_given_axes_and_bad_arguments():
         phase_diagram(table, x="activation")
     with pytest.raises(ValueError, match="value='loss' is not one of"):
         phase_diagram(table, value="loss")
+    # a valid value that the table lacks: said so (it said the value was "not one of" the two it names)
+    with pytest.raises(ValueError, match="value='signal_decades_per_layer': the table has no "
+                                         "'signal_decades_per_layer' column; it has 'decades_per_layer'"):
+        phase_diagram(table.drop(columns="signal_decades_per_layer"), value="signal_decades_per_layer")
     with pytest.raises(ValueError, match=r"ax: 3 Axes given, the table needs 1 heat map"):
         phase_diagram(table, ax=Figure().subplots(1, 3))
     with pytest.raises(ValueError, match="must be a gb.sweep"):

@@ -1405,3 +1405,24 @@ def test_units_on_the_negative_side_are_counted_and_their_slope_named(activation
     share = np.mean([np.mean(np.all(z <= 0, axis=0)) for z in saved["zs"]])  # units z <= 0 for the whole batch
     assert f"{100 * share:.0f} % of the units are on the negative side for the whole batch (z <= 0: {activation}'s " \
            f"{slope_words} their gradient)" in text
+
+
+def test_one_layer_with_a_gradient_has_no_rate():
+    """A ReLU stack whose ||dW_l|| is exactly 0 below its top layer (a reviewer's width-2 stack at
+    sigma_w 100): its rate read "+0 decades per layer", and a sweep averaged that 0 into its phase
+    diagram as a stable cell. One finite point has no slope: NaN, said as such; the signal's rate,
+    over its finite layers, stays. Checked against the plain float64 chain of tests/naive.py."""
+    from gradbench.report import format_report
+
+    stack = gb.Stack(depth=300, width=2, activation="relu", sigma_w=100.0, sigma_b=0.5)
+    params, x = gb.init_params(stack, 1), gb.gaussian_input(stack, 2, 2)
+    dw = _plain_chain(stack, params, x)[3]
+    assert np.count_nonzero(np.isfinite(dw)) == 1  # the case: one layer with a non-zero gradient
+    d = gb.diagnose(gb.backprop(stack, params, x))
+    np.testing.assert_allclose(d.grad_log10, dw, rtol=0, atol=1e-9)
+    assert math.isnan(d.decades_per_layer)
+    text = format_report(d)
+    assert "rate: no slope (1 layer with a non-zero gradient) for ||dW_l||" in text, text
+    assert np.count_nonzero(np.isfinite(d.signal_log10)) >= 2 and math.isfinite(d.signal_decades_per_layer)
+    # a one-layer stack keeps its rate of 0 (nothing to fall through)
+    assert verdict.decades_per_layer(np.array([1.5]))[0] == 0.0

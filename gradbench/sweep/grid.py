@@ -212,8 +212,10 @@ def _seeds(seeds) -> tuple:
         raise TypeError(f"seeds must be an iterable of ints such as range(3), got {type(seeds).__name__} {seeds!r}")
     out = tuple(_scalar("seeds", s) for s in seeds)
     for s in out:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ValueError(f"seeds must be ints >= 0, got {s!r}")
+        # the table's seed column is int64: 2**64 ran every run and then failed building it, and
+        # 2**64 - 1 read -1 there
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63:
+            raise ValueError(f"seeds must be ints in [0, 2**63) (the table's int64 column), got {s!r}")
     if not out:
         raise ValueError("seeds is empty: give at least one seed, e.g. range(3)")
     if len(set(out)) != len(out):
