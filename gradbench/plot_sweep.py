@@ -303,7 +303,11 @@ def _critical_line(ax, sub, x: str, y: str, ax_x: _Axis, ax_y: _Axis) -> bool:
     if activation in HOMOGENEOUS:  # chi_1 = sigma_w^2 E[phi'(z)^2] whatever q*: a vertical line
         sb = sb[[0, -1]]
     sw = np.array([_critical(activation, float(b), param) for b in sb])
-    if not np.isfinite(sw).any():
+    # not drawn (nor named in the legend) where it lies outside the map: the legend named a line
+    # that tanh's sigma_w 0.5-0.9 map did not show (its chi_1 = 1 near 1)
+    axis = ax_x if x == "sigma_w" else ax_y  # its edges are in placed coordinates
+    at = axis.place(np.where(np.isfinite(sw), sw, np.nan))
+    if not np.any((at >= min(axis.edges[0], axis.edges[-1])) & (at <= max(axis.edges[0], axis.edges[-1]))):
         return False
     style = dict(color="k", lw=2.2, ls="--", label=r"mean field: $\chi_1 = 1$ (edge of chaos)")
     if other == "sigma_b" and len(sb) > 1:
@@ -368,10 +372,14 @@ def _scatter(ax, groups, value: str) -> None:
     if math.isfinite(lo):
         pad = 0.05 * (hi - lo or 1.0)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="k", lw=1, ls="--", label="measured = predicted")
-        ax.annotate("exploding", (hi, hi), xytext=(-6, 0), textcoords="offset points", ha="right", va="bottom",
-                    color="darkred", fontsize=9, fontweight="bold")
-        ax.annotate("vanishing", (lo, lo), xytext=(6, 0), textcoords="offset points", ha="left", va="top",
-                    color="navy", fontsize=9, fontweight="bold")
+        # each label where its rates are (a map of vanishing runs only put "exploding" at its top
+        # corner, below 0)
+        if hi > 0:
+            ax.annotate("exploding", (hi, hi), xytext=(-6, 0), textcoords="offset points", ha="right", va="bottom",
+                        color="darkred", fontsize=9, fontweight="bold")
+        if lo < 0:
+            ax.annotate("vanishing", (lo, lo), xytext=(6, 0), textcoords="offset points", ha="left", va="top",
+                        color="navy", fontsize=9, fontweight="bold")
     ax.axhline(0, color="0.6", lw=0.8)
     ax.axvline(0, color="0.6", lw=0.8)
     ax.set_xlabel(r"mean field $\frac{1}{2}\log_{10}\chi_1$ (decades per layer)")

@@ -1138,3 +1138,25 @@ def test_phase_diagram_of_many_panels_wraps_into_rows(tmp_path):
     import matplotlib.image
 
     assert matplotlib.image.imread(tmp_path / "many.png").shape[1] < 3000
+
+
+def test_phase_diagram_of_vanishing_runs_only_labels_and_lines_what_it_shows():
+    """A sweep of tanh at sigma_w 0.5-0.9 (every run vanishing; the critical sigma_w, 1.0 at sigma_b
+    0 by mean field, off the map): the scatter put a red "exploding" label at its top corner, at
+    rates below 0, and the legend named the chi_1 = 1 line, which the map did not show."""
+    from gradbench.plot_sweep import phase_diagram
+
+    table = _synthetic_table(("tanh",))
+    table = table[table.sigma_w < 0.95].copy()
+    # the rates the table holds are mean field's, all below 0, and the line lies beyond the map
+    assert (table.signal_decades_per_layer < 0).all() and theory.critical_sigma_w("tanh", 0.0) > 0.95
+    fig = phase_diagram(table)
+    heat, scatter = fig.axes[:2]
+    assert [t.get_text() for t in scatter.texts] == ["vanishing"]
+    assert not any("chi_1" in ln.get_label() for ln in heat.lines)
+    legend = heat.get_legend()
+    assert legend is None or not any("chi_1" in t.get_text() for t in legend.get_texts())
+    # the whole table (sigma_w up to 2, both signs): both labels, and the line
+    fig = phase_diagram(_synthetic_table(("tanh",)))
+    assert sorted(t.get_text() for t in fig.axes[1].texts) == ["exploding", "vanishing"]
+    assert any("chi_1" in ln.get_label() for ln in fig.axes[0].lines)
