@@ -383,3 +383,23 @@ def test_a_lone_sample_that_loses_its_gradient_is_not_told_to_run_alone():
     text = " ".join(gb.diagnose(res).explanation.split())
     assert "exactly 0 at the initial state: dead units (z <= 0) at some step" in text
     assert "one at a time" not in text
+
+
+def test_an_lstm_whose_forward_state_underflowed_is_not_said_to_have_a_zero_loss_gradient():
+    """An LSTM at recurrent gain 1e4 (a reviewer's case): the output gate underflows float64 at
+    step 5, h_5 reads 0, the loss 0 and every gradient 0. The words read "no gradient at all ...
+    (an all-zero loss gradient, or every path from the loss cut)"; mpmath's chain is non-zero at
+    every step (||dL/dh_5|| ~ 10^-669). They now name the underflow and the step, as they did
+    for the sigmoid cell only."""
+    from tests.naive_mp import lstm_chain
+
+    rnn = gb.Recurrent(cell="lstm", steps=6, hidden=3, sigma_w=1e4, recurrent_init="normal")
+    p, xs = gb.init_params(rnn, 1), gb.sequence_input(rnn, 1, 1)
+    gh, _ = lstm_chain(p.W_ih, p.W_hh, p.b_ih + p.b_hh, xs)
+    assert all(math.isfinite(v) for v in gh) and gh[5] < -300  # the true gradient: tiny, not 0
+    d = gb.diagnose(gb.backprop(rnn, p, xs))
+    text = " ".join(d.explanation.split())
+    assert np.all(np.asarray(d.signal_log10) == -np.inf)  # what float64's forward leaves
+    assert "an all-zero loss gradient" not in text, text
+    assert "the forward state h_t is exactly 0 in every unit at step 5 (the last step)" in text, text
+    assert "output gate sigmoid(z) or the cell state c_t underflowed float64" in text, text

@@ -620,6 +620,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         words.append("no gradient at all: ||dL/dh_t|| is exactly zero at every step"
                      + (": the head is right by a margin so large that its loss and dL/dy lie below 2^(-2^62), "
                         "which no int64 exponent holds (the true gradient is not 0)" if loss_zero else
+                        " (the forward state underflowed to 0 on the way: see below)" if _underflowed_steps(rnn, res).size else
                         " (an all-zero loss gradient, or every path from the loss cut)"))
     words += _zeros_inside(rnn, h_signal, zc, g, res.saturation, verdict, "L_{T-1}" if carried else "L")
     words += _extremes(s, threshold)
@@ -671,21 +672,32 @@ def _steps_acted(record) -> np.ndarray:
     return np.zeros(0, dtype=bool) if record is None else np.asarray(record[1:], dtype=bool)
 
 
-def _state_underflow_words(rnn, res) -> list[str]:
-    """A sigmoid cell's state is never 0 for a finite z: a step whose every entry of h_t is 0
-    (its mean is exactly 0) underflowed, and the forward pass carries no exponent for sigmoid
-    cells, so the loss and the gradients through it are the dtype's, not exact (biases of -400 in
-    float32: loss 0 and no gradient, where float64 gives h_t ~ 10^-173)."""
-    if rnn.cell != "rnn" or rnn.act != "sigmoid":
-        return []
+def _underflowed_steps(rnn, res) -> np.ndarray:
+    """The steps whose forward state h_t is 0 in every unit (its mean is exactly 0) where that is
+    an underflow, not an exact 0: a sigmoid cell's h_t = sigmoid(z) > 0, and an LSTM's h_t =
+    o_t tanh(c_t) with o_t = sigmoid(z) > 0 (its c_t is 0 only through underflow too, but for a
+    step whose inputs and state are all exactly 0). Neither carries an exponent in the forward pass."""
+    if not ((rnn.cell == "rnn" and rnn.act == "sigmoid") or rnn.cell == "lstm"):
+        return np.zeros(0, dtype=int)
     with np.errstate(divide="ignore"):
-        zero = np.flatnonzero(np.asarray(res.act_mean.log10(), dtype=np.float64) == -math.inf)
+        return np.flatnonzero(np.asarray(res.act_mean.log10(), dtype=np.float64) == -math.inf)
+
+
+def _state_underflow_words(rnn, res) -> list[str]:
+    """A sigmoid cell's or an LSTM's state read 0 at some steps (:func:`_underflowed_steps`): the loss
+    and the gradients through them are the dtype's, not exact (a sigmoid cell with biases of -400
+    in float32: loss 0 and no gradient, where float64 gives h_t ~ 10^-173; an LSTM at sigma_w 1e4,
+    whose output gate underflowed float64 at step 5: "no gradient at all", blaming the loss, where
+    the exact h_5 is 10^-669)."""
+    zero = _underflowed_steps(rnn, res)
     if not zero.size:
         return []
-    wider = " (float64 holds sigmoid(z) much further: run it with dtype float64)" if rnn.dtype == "float32" else ""
+    sig = "sigmoid(z)" if rnn.cell == "rnn" else "the output gate sigmoid(z) or the cell state c_t"
+    wider = (f" (float64 holds {sig} much further: run it with dtype float64)" if rnn.dtype == "float32" else "")
     where = "at every step" if zero.size == rnn.steps else _steps_words(zero, rnn.steps)
-    return [f"the forward state h_t is exactly 0 in every unit {where}: sigmoid(z) underflowed "
-            f"{rnn.dtype} (a z far below 0), and a sigmoid cell's state carries no exponent, so the loss and the "
+    cell = "a sigmoid cell's state" if rnn.cell == "rnn" else "an LSTM's forward state"
+    return [f"the forward state h_t is exactly 0 in every unit {where}: {sig} underflowed "
+            f"{rnn.dtype} (a z far below 0), and {cell} carries no exponent, so the loss and the "
             f"gradients through {'that step' if zero.size == 1 else 'those steps'} are {rnn.dtype}'s, not exact{wider}"]
 
 
