@@ -749,6 +749,14 @@ def critical_sigma_w(activation: str, sigma_b: float = 0.0, param: float | None 
         # sigma_b = 1e-300; q* -> inf), and there chi_1 is that ratio: the point is on the line
         return 0.0 if math.isnan(value) else value - 1.0
 
+    if sigma_b == 0 and activation not in spec.HOMOGENEOUS and _phi(activation, p)[0](0.0) == 0:
+        # without bias the line is where q = 0 stops attracting (_ln_ratio_at_zero = 0): below it
+        # q* = 0 and chi_1 is that ratio, < 1; above it chi_1 > 1 where it is read. Brent's method
+        # probed there at ~0.5 s a point (q* > 0 tiny, a slow approach): tanh took 10 s and gave
+        # 1.0000000000367 for 1
+        edge = math.exp(-0.5 * _ln_ratio_at_zero(activation, 1.0, p))
+        if lo < edge * (1 - 1e-9) and edge * (1 + 1e-6) < hi and f(edge * (1 - 1e-9)) < 0 < f(edge * (1 + 1e-6)):
+            return edge
     f_lo, f_hi = f(lo), f(hi)
     while bracket is None and f_lo * f_hi > 0 and hi < _WIDEST:
         lo, f_lo, hi = hi, f_hi, min(100.0 * hi, _WIDEST)

@@ -91,3 +91,30 @@ def test_the_critical_line_crosses_below_sqrt2_where_chi1_only_touches_1_there(a
     root = theory.critical_sigma_w(activation, sigma_b)
     assert root < math.sqrt(2) - 5e-3
     assert _chi1_quad(activation, root * (1 - 1e-3), sigma_b) < 1 < _chi1_quad(activation, root * (1 + 1e-3), sigma_b)
+
+
+@pytest.mark.parametrize("activation, edge", [
+    ("tanh", "1"), ("elu", "1"),
+    # sqrt(2 / (lambda^2 + (lambda alpha)^2)): SELU's slopes either side of 0
+    ("selu", "0.690486073634184817713072285211")])
+def test_the_critical_sigma_w_without_bias_is_where_zero_stops_attracting(activation, edge):
+    """Without bias the critical line is where q = 0 stops attracting the length map: sigma_w^2
+    (phi'(0-)^2 + phi'(0+)^2) / 2 = 1 (below it q* = 0 and chi_1 is that ratio; above it chi_1 > 1).
+    Brent's method found it to 4e-11 (tanh: 1.0000000000367) and 3e-9 (SELU), probing a region
+    where each chi_1 took ~0.5 s (10 s for tanh). Checked against the closed form in mpmath, and
+    chi_1 by quadrature on either side."""
+    import mpmath as mp
+
+    mp.mp.dps = 30
+    if activation == "selu":  # the constant above is the closed form's with the exact lambda and alpha
+        lam, alpha = mp.mpf("1.0507009873554804934193349852946"), mp.mpf("1.6732632423543772848170429916717")
+        assert abs(mp.sqrt(2 / (lam ** 2 * (1 + alpha ** 2))) - mp.mpf(edge)) < mp.mpf("1e-29")
+    want = float(mp.mpf(edge))
+    got = theory.critical_sigma_w(activation, 0.0)
+    assert abs(got - want) <= 2.3e-16 * want, (got, want)  # an ulp (float lambda, alpha)
+    # a crossing: below, q* = 0 and chi_1 is the ratio at 0, below 1; above, chi_1 > 1 by quadrature at
+    # the small positive q* (the ratio at 0 is then above 1: q = 0 repels)
+    dphi = PHI[activation][1]
+    below, above = got * (1 - 1e-6), got * (1 + 1e-3)
+    assert below ** 2 * (dphi(-1e-300) ** 2 + dphi(1e-300) ** 2) / 2 < 1
+    assert above ** 2 * _gauss(lambda z: dphi(z) ** 2, _q_star(activation, above)) > 1
