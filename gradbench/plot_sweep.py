@@ -151,7 +151,10 @@ class Cells:
     ``runs``: how many seeds have a finite rate, of how many; ``zero``: seeds without any
     gradient (verdict "no gradient": every ||dW_l|| 0 in exact arithmetic), ``nonfinite``: seeds whose
     forward or backward pass was not finite (``first_nonfinite`` set), both among those without
-    a finite rate."""
+    a finite rate; ``dies``: seeds whose gradient is exactly 0 at layer 0 though not everywhere
+    (``log10_grad_first`` -inf: dead units cut the chain), whose rate, fitted over the few
+    layers above the cut, is left out of the mean (a width-2 ReLU stack's last 2-4 of 1,500
+    layers coloured its cells deep red, "exploding", for runs whose verdict was vanishing)."""
 
     xs: np.ndarray
     ys: np.ndarray
@@ -160,6 +163,7 @@ class Cells:
     runs: np.ndarray
     zero: np.ndarray
     nonfinite: np.ndarray
+    dies: np.ndarray | None = None
 
     def kind(self) -> np.ndarray:
         """Each cell's kind: "rate" (some seed has a finite rate), "partial" (a rate from only
@@ -172,6 +176,8 @@ class Cells:
         out[none] = "no rate"
         out[none & (self.zero == self.runs)] = "no gradient"
         out[none & (self.nonfinite > 0) & (self.zero + self.nonfinite == self.runs)] = "non-finite"
+        if self.dies is not None:
+            out[none & (self.dies > 0) & (self.zero + self.dies == self.runs)] = "dies"
         return out
 
 
@@ -179,7 +185,9 @@ def cells(sub, x: str, y: str, value: str) -> Cells:
     """The cells of a heat map of ``sub`` (one group of a sweep table) over ``x`` and ``y``: the
     mean of the finite rates and how many seeds have none, and why (:class:`Cells`)."""
     rate = sub[value].to_numpy(float)
-    ok = np.isfinite(rate)
+    # a chain cut to exactly 0 below its top layers: no rate of the stack (Cells.dies)
+    dies = (sub["log10_grad_first"].to_numpy(float) == -np.inf) if "log10_grad_first" in sub else np.zeros(len(sub), bool)
+    ok = np.isfinite(rate) & ~dies
     verdict = sub["verdict"].to_numpy(object) if "verdict" in sub else np.full(len(sub), None)
     first = sub["first_nonfinite"].notna().to_numpy() if "first_nonfinite" in sub else np.zeros(len(sub), bool)
     xs, ys = np.unique(sub[x].to_numpy(float)), np.unique(sub[y].to_numpy(float))
@@ -197,7 +205,7 @@ def cells(sub, x: str, y: str, value: str) -> Cells:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(finite > 0, total / np.maximum(finite, 1), np.nan)
     return Cells(xs, ys, mean, finite, count(np.ones(len(sub), bool)), count(~ok & (verdict == "no gradient")),
-                 count(~ok & first & (verdict != "no gradient")))
+                 count(~ok & first & (verdict != "no gradient")), count(dies & (verdict != "no gradient")))
 
 
 # How cells without a finite rate look, and what the legend calls them.
@@ -205,6 +213,7 @@ _EMPTY = {
     "no gradient": dict(facecolor="0.86", hatch=None, label="no gradient: every $\\|dW_l\\|$ 0 in exact arithmetic"),
     "non-finite": dict(facecolor="0.25", hatch="xx", label="non-finite: overflow (first_nonfinite set)"),
     "no rate": dict(facecolor="0.6", hatch="..", label="no finite rate"),
+    "dies": dict(facecolor="#08306b", hatch="\\\\", label="dies: $\\|dW_0\\|$ exactly 0 (dead units cut the chain)"),
 }
 _PARTIAL = "rate of k of n seeds (k/n): the others have none"
 # Cells at most this many get their "k/n" written in; beyond, the hatch alone marks them.
@@ -219,7 +228,7 @@ def _heatmap(ax, sub, x: str, y: str, value: str, norm):
     kind = c.kind()
     for name, style in _EMPTY.items():
         _mark(ax, ax_x, ax_y, kind == name, dict(facecolor=style["facecolor"], hatch=style["hatch"],
-                                                   edgecolor="0.95" if style["facecolor"] == "0.25" else "0.35",
+                                                   edgecolor="0.95" if style["facecolor"] in ("0.25", "#08306b") else "0.35",
                                                    linewidth=0.0, label=style["label"]))
     partial = kind == "partial"
     _mark(ax, ax_x, ax_y, partial, dict(facecolor="none", hatch="///", edgecolor="0.2", linewidth=0.0,
@@ -366,6 +375,8 @@ def _scatter(ax, groups, value: str) -> None:
         t = sub["theory_decades_per_layer"].to_numpy(float)
         m = sub[value].to_numpy(float)
         ok = np.isfinite(t) & np.isfinite(m)
+        if "log10_grad_first" in sub:  # not a chain cut to 0 (Cells.dies): its fit is over the layers above
+            ok &= sub["log10_grad_first"].to_numpy(float) != -np.inf
         if ok.any():
             ax.scatter(t[ok], m[ok], s=12, alpha=0.7, label=title or None)
             lo, hi = min(lo, t[ok].min(), m[ok].min()), max(hi, t[ok].max(), m[ok].max())
@@ -450,6 +461,8 @@ def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=N
     groups = _groups(table, x, y)
     axes = _axes(ax, len(groups))
     finite = np.abs(table[value].to_numpy(float))
+    if "log10_grad_first" in table:  # not the rates of chains cut to 0 (Cells.dies), which no cell shows
+        finite = finite[table["log10_grad_first"].to_numpy(float) != -np.inf]
     finite = finite[np.isfinite(finite)]
     norm = CenteredNorm(0.0, float(np.percentile(finite, 98)) if finite.size and finite.max() > 0 else 1.0)
     mesh = None

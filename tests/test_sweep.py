@@ -1160,3 +1160,32 @@ def test_phase_diagram_of_vanishing_runs_only_labels_and_lines_what_it_shows():
     fig = phase_diagram(_synthetic_table(("tanh",)))
     assert sorted(t.get_text() for t in fig.axes[1].texts) == ["exploding", "vanishing"]
     assert any("chi_1" in ln.get_label() for ln in fig.axes[0].lines)
+
+
+def test_phase_diagram_does_not_colour_chains_cut_to_zero_by_the_rate_above_the_cut():
+    """A width-2 ReLU sweep at sigma_w 10-100, sigma_b 0.5 and 1: every run's ||dW_0|| is exactly 0
+    (dead units), its verdict vanishing, and its rate a fit over the last 2-4 of 1,500 layers (up to
+    +2.2). Those cells were deep red under "exploding". Such runs now count apart (Cells.dies):
+    left out of the mean, the colour scale and the scatter, their cells marked as such."""
+    from gradbench.plot_sweep import cells, phase_diagram
+
+    table = _synthetic_table(("tanh",))
+    table["log10_grad_first"] = 0.0
+    table["verdict"] = np.where(table.signal_decades_per_layer < 0, "vanishing", "exploding")
+    cut = (table.sigma_b == 0.3) & (table.sigma_w > 1.5)
+    table.loc[cut, "log10_grad_first"] = -np.inf
+    table.loc[cut, "signal_decades_per_layer"] = 2.2  # a fit above the cut
+    table.loc[cut, "verdict"] = "vanishing"
+    one = cut & (table.seed == 1) & (table.sigma_w == table.sigma_w.max())
+    table.loc[one, "log10_grad_first"] = 0.0  # in one cell a seed keeps its chain: a rate of 1 of 2
+    c = cells(table, "sigma_w", "sigma_b", "signal_decades_per_layer")
+    kind, row = c.kind(), list(c.ys).index(0.3)
+    cols = [j for j, v in enumerate(c.xs) if v > 1.5]
+    assert all(kind[row, j] == "dies" for j in cols[:-1]) and kind[row, cols[-1]] == "partial"
+    assert np.all(np.isnan(c.mean[row, cols[:-1]])) and c.mean[row, cols[-1]] == 2.2  # the kept seed's
+    fig = phase_diagram(table)
+    heat, scatter = fig.axes[:2]
+    assert heat.collections[0].norm.vmax < 2.2  # the scale is the other runs'
+    assert any("dies" in t.get_text() for t in heat.get_legend().get_texts())
+    shown = np.concatenate([col.get_offsets()[:, 1] for col in scatter.collections])
+    assert np.count_nonzero(shown == 2.2) == 1  # only the seed that keeps its chain
