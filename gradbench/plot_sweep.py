@@ -181,12 +181,19 @@ class Cells:
         return out
 
 
+def _cut(table) -> np.ndarray:
+    """Per row: a chain cut to exactly 0 below its top layers (``log10_grad_first`` -inf; dead
+    units), whose rate is a fit over the layers above the cut, not the stack's (Cells.dies)."""
+    if "log10_grad_first" not in table:
+        return np.zeros(len(table), bool)
+    return table["log10_grad_first"].to_numpy(float) == -np.inf
+
+
 def cells(sub, x: str, y: str, value: str) -> Cells:
     """The cells of a heat map of ``sub`` (one group of a sweep table) over ``x`` and ``y``: the
     mean of the finite rates and how many seeds have none, and why (:class:`Cells`)."""
     rate = sub[value].to_numpy(float)
-    # a chain cut to exactly 0 below its top layers: no rate of the stack (Cells.dies)
-    dies = (sub["log10_grad_first"].to_numpy(float) == -np.inf) if "log10_grad_first" in sub else np.zeros(len(sub), bool)
+    dies = _cut(sub)
     ok = np.isfinite(rate) & ~dies
     verdict = sub["verdict"].to_numpy(object) if "verdict" in sub else np.full(len(sub), None)
     first = sub["first_nonfinite"].notna().to_numpy() if "first_nonfinite" in sub else np.zeros(len(sub), bool)
@@ -375,8 +382,7 @@ def _scatter(ax, groups, value: str) -> None:
         t = sub["theory_decades_per_layer"].to_numpy(float)
         m = sub[value].to_numpy(float)
         ok = np.isfinite(t) & np.isfinite(m)
-        if "log10_grad_first" in sub:  # not a chain cut to 0 (Cells.dies): its fit is over the layers above
-            ok &= sub["log10_grad_first"].to_numpy(float) != -np.inf
+        ok &= ~_cut(sub)  # not a chain cut to 0: its fit is over the layers above the cut
         if ok.any():
             ax.scatter(t[ok], m[ok], s=12, alpha=0.7, label=title or None)
             lo, hi = min(lo, t[ok].min(), m[ok].min()), max(hi, t[ok].max(), m[ok].max())
@@ -461,9 +467,7 @@ def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=N
     groups = _groups(table, x, y)
     axes = _axes(ax, len(groups))
     finite = np.abs(table[value].to_numpy(float))
-    if "log10_grad_first" in table:  # not the rates of chains cut to 0 (Cells.dies), which no cell shows
-        finite = finite[table["log10_grad_first"].to_numpy(float) != -np.inf]
-    finite = finite[np.isfinite(finite)]
+    finite = finite[np.isfinite(finite) & ~_cut(table)]  # not the rates of chains cut to 0, which no cell shows
     norm = CenteredNorm(0.0, float(np.percentile(finite, 98)) if finite.size and finite.max() > 0 else 1.0)
     mesh = None
     for a, (name, sub) in zip(axes, groups):
