@@ -32,7 +32,7 @@ $(VENV)/.kernels: $(VENV)/.created $(wildcard kernels/*.py)
 	rm -rf kernels/__pycache__
 	touch $@
 
-# The suite runs on TEST_WORKERS processes (pytest-xdist; 2 = CI's cores): 8 min instead of 18 on
+# The suite runs on TEST_WORKERS processes (pytest-xdist; 2 = CI's cores): 9 min instead of 20 on
 # this project's 2-core machine. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 PYTEST_N := -n $(TEST_WORKERS)

@@ -403,3 +403,22 @@ def test_an_lstm_whose_forward_state_underflowed_is_not_said_to_have_a_zero_loss
     assert "an all-zero loss gradient" not in text, text
     assert "the forward state h_t is exactly 0 in every unit at step 5 (the last step)" in text, text
     assert "output gate sigmoid(z) or the cell state c_t underflowed float64" in text, text
+
+
+def test_an_lstm_whose_dh_reads_zero_from_step_0_beside_its_dc_is_said_so():
+    """An LSTM with W_hh of gain 1e-290 (a reviewer's case): ||dL/dh_t|| reads 0 at steps 0-4 beside
+    ||dL/dc_t|| = 10^-4.6, beyond the shared exponent's reach (mpmath: 10^-409.8), and the words said
+    nothing of it (zeros inside the chain were named; zeros from step 0 were not). With W_hh = 0
+    the same zeros are exact, so the sentence names both causes."""
+    from tests.naive_mp import lstm_chain
+
+    rnn = gb.Recurrent(cell="lstm", steps=6, hidden=2, sigma_w=1e-290, sigma_b=300.0, recurrent_init="normal")
+    p, xs = gb.init_params(rnn, 0), gb.sequence_input(rnn, 1, 1)
+    gh, _ = lstm_chain(p.W_ih, p.W_hh, p.b_ih + p.b_hh, xs)
+    assert all(math.isfinite(v) and v < -400 for v in gh[:5])  # tiny, not 0
+    d = gb.diagnose(gb.backprop(rnn, p, xs))
+    assert np.all(np.asarray(d.signal_log10)[:5] == -np.inf)
+    text = " ".join(d.explanation.split())
+    assert "||dL/dh_t|| reads 0 at steps 0-4 while dL/dc_t there (10^-4.609" in text, text
+    assert "either it is exactly 0 (W_hh = 0 passes nothing back through h_t)" in text, text
+    assert "it lay more than about 324 decades below dL/dc_t" in text, text

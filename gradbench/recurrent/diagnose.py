@@ -502,6 +502,21 @@ def _zeros_inside(rnn, s: np.ndarray, cell: np.ndarray, g: np.ndarray, saturatio
         words.append(f"||d{loss}/dh_t|| is exactly 0 at {where} although step {first}, earlier, has a gradient "
                      f"(10^{_num(float(s[first]))}){why}"
                      + ("; an exact 0 inside the chain makes the verdict vanishing" if verdict == "vanishing" else ""))
+    # zeros from step 0 on beside a non-zero dL/dc_t: the table showed 0 at steps 0-4 beside
+    # ||dL/dc_t|| = 10^-4.61 and the words said nothing (W_hh of gain 1e-290; mpmath: 10^-409.8
+    # there). Unlike zeros inside the chain these can be exact: W_hh = 0 passes nothing back
+    # through h, and the result does not hold W_hh to tell the two apart
+    lead = np.flatnonzero(s == -math.inf)
+    lead = lead[lead < nonzero.min()] if nonzero.size else lead[:0]
+    if rnn.cell == "lstm" and lead.size and len(cell) == T and np.all(np.isfinite(cell[lead])):
+        lo = FLOAT_LIMITS[rnn.dtype][0] - (16 if rnn.dtype == "float64" else 7)
+        where = "step 0" if lead.size == 1 else f"steps {_runs(lead.tolist())}"
+        words.append(f"||d{loss}/dh_t|| reads 0 at {where} while d{loss}/dc_t there "
+                     f"({', '.join(f'10^{_num(float(cell[t]))}' for t in lead[:3])}{', ...' if lead.size > 3 else ''}) "
+                     f"does not: either it is exactly 0 (W_hh = 0 passes nothing back through h_t) or, as the LSTM "
+                     f"keeps a sample's d{loss}/dh_t and d{loss}/dc_t with one exponent per step, it lay more than "
+                     f"about {-lo:.0f} decades below d{loss}/dc_t, beyond {rnn.dtype}'s subnormals, and its exact value "
+                     "is tiny, not 0")
     if rnn.cell != "rnn" and T > 1 and np.any(np.isfinite(g)):
         gz = np.flatnonzero(g[1:] == -math.inf) + 1  # step 0's term is exactly 0 when h_{-1} = 0
         gz = gz[s[gz] > -math.inf] if rnn.cell != "lstm" else gz
