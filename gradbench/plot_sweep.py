@@ -163,7 +163,7 @@ class Cells:
     runs: np.ndarray
     zero: np.ndarray
     nonfinite: np.ndarray
-    dies: np.ndarray | None = None
+    dies: np.ndarray
 
     def kind(self) -> np.ndarray:
         """Each cell's kind: "rate" (some seed has a finite rate), "partial" (a rate from only
@@ -176,8 +176,7 @@ class Cells:
         out[none] = "no rate"
         out[none & (self.zero == self.runs)] = "no gradient"
         out[none & (self.nonfinite > 0) & (self.zero + self.nonfinite == self.runs)] = "non-finite"
-        if self.dies is not None:
-            out[none & (self.dies > 0) & (self.zero + self.dies == self.runs)] = "dies"
+        out[none & (self.dies > 0) & (self.zero + self.dies == self.runs)] = "dies"
         return out
 
 

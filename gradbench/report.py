@@ -130,9 +130,12 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
         out.append("    " + sentence)
     if math.isfinite(d.decades_per_layer) or math.isfinite(d.signal_decades_per_layer):
         # one finite ||dW_l|| has no slope (a dead ReLU stack's top layer alone): said so, the signal's kept
-        finite = int(np.count_nonzero(np.isfinite(np.asarray(d.grad_log10, dtype=np.float64))))
-        grad = (f"{d.decades_per_layer:+.4g} decades per layer" if math.isfinite(d.decades_per_layer)
-                else f"no slope ({count(finite, 'layer')} with a non-zero gradient)")
+        if math.isfinite(d.decades_per_layer):
+            grad = f"{d.decades_per_layer:+.4g} decades per layer"
+        else:
+            finite = int(np.count_nonzero(np.isfinite(np.asarray(d.grad_log10, dtype=np.float64))))
+            grad = f"no slope ({count(finite, 'layer')} with a non-zero gradient)"
+
         sig = f"{d.signal_decades_per_layer:+.4g}" if math.isfinite(d.signal_decades_per_layer) else "no slope"
         out.append(f"  rate: {grad} for ||dW_l||, {sig} for ||dL/dh_l||")
         out.append("        (least-squares change per layer going down towards the input; negative: vanishing)")

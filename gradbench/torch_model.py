@@ -77,23 +77,29 @@ def _np(t: torch.Tensor, dtype: str, where: str = "the tensor") -> np.ndarray:
                f"device {str(t.device)!r}: the model must be on the CPU; move it yourself with model.cpu()")
         raise _Refused(f"{where} is on {fix} (gradbench reads the weights on the CPU and moves nothing)")
     a = t.detach().to(torch.float64).numpy()
+
+    def first(mask) -> tuple:  # the index of the first True entry
+        return tuple(int(j) for j in np.argwhere(mask)[0])
+
     if not np.isfinite(a).all():
-        i = tuple(int(j) for j in np.argwhere(~np.isfinite(a))[0])
+        i = first(~np.isfinite(a))
         raise _Refused(f"{where} contains {float(a[i])!r} (first at index {i}): gradbench maps finite weights only")
-    if np.dtype(dtype) == np.float32:
-        big = np.abs(a) > float(np.finfo(np.float32).max)
-        if big.any():
-            i = tuple(int(j) for j in np.argwhere(big)[0])
-            raise _Refused(f"{where} holds {float(a[i])!r} at index {i}, beyond float32's range (magnitudes up to "
-                           f"{float(np.finfo(np.float32).max):.8g}): converting to float32 would make it inf; "
-                           "keep dtype='float64' or scale the weights")
-        lost = (a != 0) & (a.astype(np.float32) == 0)
-        if lost.any():
-            i = tuple(int(j) for j in np.argwhere(lost)[0])
-            raise _Refused(f"{where} holds {float(a[i])!r} at index {i}, below float32's smallest number (about "
-                           f"{float(np.finfo(np.float32).smallest_subnormal):.3g}): converting to float32 would make "
-                           "it 0; keep dtype='float64' or set such weights to 0 yourself")
-    return np.ascontiguousarray(a, dtype=dtype)
+    if np.dtype(dtype) != np.float32:
+        return np.ascontiguousarray(a, dtype=dtype)
+    big = np.abs(a) > float(np.finfo(np.float32).max)
+    if big.any():
+        i = first(big)
+        raise _Refused(f"{where} holds {float(a[i])!r} at index {i}, beyond float32's range (magnitudes up to "
+                       f"{float(np.finfo(np.float32).max):.8g}): converting to float32 would make it inf; "
+                       "keep dtype='float64' or scale the weights")
+    a32 = np.ascontiguousarray(a, dtype=np.float32)  # cast once: checked for lost values, then returned
+    lost = (a != 0) & (a32 == 0)
+    if lost.any():
+        i = first(lost)
+        raise _Refused(f"{where} holds {float(a[i])!r} at index {i}, below float32's smallest number (about "
+                       f"{float(np.finfo(np.float32).smallest_subnormal):.3g}): converting to float32 would make "
+                       "it 0; keep dtype='float64' or set such weights to 0 yourself")
+    return a32
 
 
 def _tensor(a: np.ndarray, dtype) -> torch.Tensor:

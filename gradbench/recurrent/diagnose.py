@@ -485,20 +485,24 @@ def _zeros_inside(rnn, s: np.ndarray, cell: np.ndarray, g: np.ndarray, saturatio
     ||dL/dh_1|| reads 0, exactly 10^-65.9, and step 2's term reads 0, exactly 10^-68.6)."""
     words = []
     nonzero = np.flatnonzero(s > -math.inf)
-    zero = np.flatnonzero(s == -math.inf)
-    zero = zero[zero > nonzero.min()] if nonzero.size else zero[:0]
+    zeros = np.flatnonzero(s == -math.inf)
+    zero = zeros[zeros > nonzero.min()] if nonzero.size else zeros[:0]
     T = len(s)
+    # how far below dL/dc_t the shared exponent reaches: the dtype's subnormals
+    reach = -(FLOAT_LIMITS[rnn.dtype][0] - (16 if rnn.dtype == "float64" else 7))
+
+    def cell_values(steps) -> str:  # dL/dc_t at the first three of ``steps``
+        return ", ".join(f"10^{_num(float(cell[t]))}" for t in steps[:3]) + (", ..." if steps.size > 3 else "")
     if zero.size:
         where = (f"step {int(zero[0])} ({_back(T - 1 - int(zero[0]))})" if zero.size == 1
                  else f"steps {_runs(zero.tolist())}")
         first = int(nonzero[nonzero < zero.max()].max())
         why = ""
         if rnn.cell == "lstm" and len(cell) == T and np.all(np.isfinite(cell[zero])):
-            lo = FLOAT_LIMITS[rnn.dtype][0] - (16 if rnn.dtype == "float64" else 7)  # the subnormals' reach
             why = (f": the LSTM keeps a sample's d{loss}/dh_t and d{loss}/dc_t with one exponent per step, and d{loss}/dc_t there "
-                   f"({', '.join(f'10^{_num(float(cell[t]))}' for t in zero[:3])}{', ...' if zero.size > 3 else ''}) "
+                   f"({cell_values(zero)}) "
                    f"carries the gradient on to step {first}, so ||d{loss}/dh_t|| read 0 because it lay more than "
-                   f"about {-lo:.0f} decades below it, beyond {rnn.dtype}'s subnormals: the exact value is tiny, not 0")
+                   f"about {reach:.0f} decades below it, beyond {rnn.dtype}'s subnormals: the exact value is tiny, not 0")
         words.append(f"||d{loss}/dh_t|| is exactly 0 at {where} although step {first}, earlier, has a gradient "
                      f"(10^{_num(float(s[first]))}){why}"
                      + ("; an exact 0 inside the chain makes the verdict vanishing" if verdict == "vanishing" else ""))
@@ -506,16 +510,13 @@ def _zeros_inside(rnn, s: np.ndarray, cell: np.ndarray, g: np.ndarray, saturatio
     # ||dL/dc_t|| = 10^-4.61 and the words said nothing (W_hh of gain 1e-290; mpmath: 10^-409.8
     # there). Unlike zeros inside the chain these can be exact: W_hh = 0 passes nothing back
     # through h, and the result does not hold W_hh to tell the two apart
-    lead = np.flatnonzero(s == -math.inf)
-    lead = lead[lead < nonzero.min()] if nonzero.size else lead[:0]
+    lead = zeros[zeros < nonzero.min()] if nonzero.size else zeros[:0]
     if rnn.cell == "lstm" and lead.size and len(cell) == T and np.all(np.isfinite(cell[lead])):
-        lo = FLOAT_LIMITS[rnn.dtype][0] - (16 if rnn.dtype == "float64" else 7)
         where = "step 0" if lead.size == 1 else f"steps {_runs(lead.tolist())}"
-        words.append(f"||d{loss}/dh_t|| reads 0 at {where} while d{loss}/dc_t there "
-                     f"({', '.join(f'10^{_num(float(cell[t]))}' for t in lead[:3])}{', ...' if lead.size > 3 else ''}) "
+        words.append(f"||d{loss}/dh_t|| reads 0 at {where} while d{loss}/dc_t there ({cell_values(lead)}) "
                      f"does not: either it is exactly 0 (W_hh = 0 passes nothing back through h_t) or, as the LSTM "
                      f"keeps a sample's d{loss}/dh_t and d{loss}/dc_t with one exponent per step, it lay more than "
-                     f"about {-lo:.0f} decades below d{loss}/dc_t, beyond {rnn.dtype}'s subnormals, and its exact value "
+                     f"about {reach:.0f} decades below d{loss}/dc_t, beyond {rnn.dtype}'s subnormals, and its exact value "
                      "is tiny, not 0")
     if rnn.cell != "rnn" and T > 1 and np.any(np.isfinite(g)):
         gz = np.flatnonzero(g[1:] == -math.inf) + 1  # step 0's term is exactly 0 when h_{-1} = 0
