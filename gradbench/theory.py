@@ -241,7 +241,13 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
         return -math.inf if sigma_b == 0 else t_b - math.log(-math.expm1(ln_r))  # sigma_b^2 / (1 - r)
     shrinks = _shrinks_to_zero(activation, sigma_w, param)
     t_linear = _LN_Q_LARGE + _ln_elu_scale(activation, param)
-    for _ in range(max_iter):
+    for i in range(max_iter):
+        if i == _SLOW_AFTER and max_iter > 2 * _SLOW_AFTER:
+            # a slow approach (a ratio near 1: near the critical line, tiny sigma_b): the root the
+            # iteration is approaching, where float64 resolves it (else iterate on as before)
+            root = _log_root(activation, sigma_w, sigma_b, param, t)
+            if math.isfinite(root):
+                return root
         t_w = _log_variance(t, activation, sigma_w, param)
         t_new = float(np.logaddexp(t_w, t_b))
         if math.isnan(t_new) or t_new == math.inf:
@@ -255,6 +261,11 @@ def _log_fixed_point(activation: str, sigma_w: float, sigma_b: float, param: flo
             return t_new
         t = t_new
     return _log_root(activation, sigma_w, sigma_b, param, t)
+
+
+# iterations of the length map after which a fixed point still moving is found by its root
+# (_log_root): tanh at sigma_b = 1e-8 took ~3300 a point near sigma_w = 1, 4 s for its critical line
+_SLOW_AFTER = 200
 
 
 def _shrinks_to_zero(activation: str, sigma_w: float, param: float) -> bool:
@@ -372,7 +383,8 @@ def fixed_point(activation: str, sigma_w: float, sigma_b: float = 0.0, param: fl
     of q (relative above q = 1, absolute below) at which the iteration stops; ``max_iter``: the
     steps after which an iteration still moving (a slow approach: tanh at sigma_w = 1 with
     sigma_b = 1e-5 has q_l ~ 1 / (2 l) until q* = 7.07e-6) has its fixed point found by bracketing
-    instead. NaN where that fixed point is not resolved in float64: the map's ratio
+    instead; with ``max_iter`` above 400 that is tried after 200 steps already, and kept where it
+    is resolved (finite: the iteration goes on otherwise). NaN where that fixed point is not resolved in float64: the map's ratio
     q_{l+1} / q_l is 1 to rounding around it (ELU at sigma_w = 1 with sigma_b = 1e-300, whose
     q* ~ 1e-400 is set by a term 1e-200 of the ratio).
     """

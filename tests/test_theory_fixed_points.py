@@ -118,3 +118,27 @@ def test_the_critical_sigma_w_without_bias_is_where_zero_stops_attracting(activa
     below, above = got * (1 - 1e-6), got * (1 + 1e-3)
     assert below ** 2 * (dphi(-1e-300) ** 2 + dphi(1e-300) ** 2) / 2 < 1
     assert above ** 2 * _gauss(lambda z: dphi(z) ** 2, _q_star(activation, above)) > 1
+
+
+def test_the_critical_sigma_w_at_a_small_bias_is_the_crossing_mpmath_finds():
+    """tanh at sigma_b = 1e-3: near the line the length map approaches q* ~ 0.009 slowly, and the
+    iteration's stopping rule (a step below 1e-13) stopped short of it: critical_sigma_w returned
+    1.0090850405742, where chi_1 - 1 = +1.0e-11 by mpmath (the crossing is at 1.00908504027722),
+    and took 0.37 s (4 s at sigma_b = 1e-8, ~3300 steps a point). Independent: q* and chi_1 by
+    mpmath quadrature at 30 digits, chi_1 - 1 changing sign within 1e-11 of the returned value."""
+    import mpmath as mp
+
+    mp.mp.dps = 30
+    sb = mp.mpf("1e-3")
+
+    def expect(f, q):  # E[f(sqrt(q) z)^2], z ~ N(0, 1)
+        s = mp.sqrt(q)
+        return mp.quad(lambda z: f(s * z) ** 2 * mp.exp(-z * z / 2), [-mp.inf, -5, 0, 5, mp.inf]) / mp.sqrt(2 * mp.pi)
+
+    def chi1_minus_1(sw):
+        sw = mp.mpf(sw)
+        q = mp.findroot(lambda q: sw ** 2 * expect(mp.tanh, q) + sb ** 2 - q, mp.mpf("0.00925"))
+        return sw ** 2 * expect(lambda x: 1 / mp.cosh(x) ** 2, q) - 1  # phi' = sech^2
+
+    got = theory.critical_sigma_w("tanh", 1e-3)
+    assert chi1_minus_1(got * (1 - 1e-11)) < 0 < chi1_minus_1(got * (1 + 1e-11)), got
