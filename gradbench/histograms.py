@@ -319,7 +319,7 @@ def _default_range(m2: np.ndarray, e: np.ndarray, chunk: int = HIST_CHUNK) -> tu
     return float(lo), float(hi if hi > lo else lo + 1), offset
 
 
-# Layers whose counts _move_whole_bins moves at a time (plan._diagnose_bytes counts its temporaries)
+# Layers whose counts _move_whole_bins moves at a time (plan.diagnose_bytes counts its temporaries)
 MOVE_CHUNK = 8192
 
 

@@ -148,7 +148,7 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
     if backend == "c":  # the C drivers' own: the forward's copies of W^T, a call's per-layer sums
         backward += item * C_FORWARD_WT * (2 if N <= 128 else 1) * N * N + C_DRIVER_LAYER_BYTES * seg * N
     return (item * (acts + weights + ends) + stats + max(top, backward)
-            + _diagnose_bytes(stack, stats_only, generated, hist_bins, diagnose_bins))
+            + diagnose_bytes(stack, stats_only, generated, hist_bins, diagnose_bins))
 
 
 def _clip_bytes(clip: str, item: int, stats_only: bool) -> int:
@@ -165,7 +165,7 @@ def _clip_bytes(clip: str, item: int, stats_only: bool) -> int:
 DIAGNOSE_VECTORS = 40
 
 
-def _diagnose_bytes(stack: Stack, stats_only: bool, generated: bool, hist_bins: int, bins: int | None) -> int:
+def diagnose_bytes(stack: Stack, stats_only: bool, generated: bool, hist_bins: int, bins: int | None) -> int:
     """What :func:`gradbench.diagnose` allocates at its peak (see :func:`memory_estimate`)."""
     if bins is None:
         return 0
@@ -188,12 +188,12 @@ def _diagnose_bytes(stack: Stack, stats_only: bool, generated: bool, hist_bins: 
 
 def check_bins(stack: Stack, stats_only: bool, hist_bins: int, bins: int, available: int | None = None,
                name: str = "bins", held: int = 0) -> None:
-    """Refuse ``bins`` whose diagnosis histograms (:func:`_diagnose_bytes`) need more than half the
+    """Refuse ``bins`` whose diagnosis histograms (:func:`diagnose_bytes`) need more than half the
     ``available`` memory (default: now) less ``held`` (bytes the run itself will hold by then),
     naming ``name`` (``bins``, or the command line's ``--bins``): :func:`gradbench.diagnose` checks
     it before any work, and the command line before the run, with the run's own estimate held
     (``--bins 14000`` of 10^5 layers ran, then stopped as an internal error)."""
-    need = _diagnose_bytes(stack, stats_only, True, hist_bins, bins)
+    need = diagnose_bytes(stack, stats_only, True, hist_bins, bins)
     budget = max((available_memory() if available is None else available) - held, 0) // 2
     if need > budget:  # the need grows about linearly with bins
         sep = " " if name.startswith("-") else "="
@@ -298,10 +298,11 @@ def _check_checkpoint(stack: Stack, checkpoint) -> None:
         raise TypeError(f"checkpoint must be 'auto', None or an int, got {type(checkpoint).__name__} {checkpoint!r}")
     r = stack.residual or 1
     if checkpoint < 1 or checkpoint % r:
+        none = "; None keeps every layer in memory (the command line's --checkpoint 0)" if checkpoint == 0 else ""
         raise ValueError(
-            f"checkpoint={checkpoint} must be a positive multiple of the residual group size {r} "
-            "(a residual group must not straddle two segments)" if r > 1 else
-            f"checkpoint={checkpoint} must be a positive int (layers per segment), 'auto' or None"
+            (f"checkpoint={checkpoint} must be a positive multiple of the residual group size {r} "
+             "(a residual group must not straddle two segments)" if r > 1 else
+             f"checkpoint={checkpoint} must be a positive int (layers per segment), 'auto' or None") + none
         )
 
 

@@ -315,13 +315,16 @@ def test_bad_checkpoint_arguments():
         gb.backprop(stack, params, x, checkpoint=4)
     with pytest.raises(TypeError, match="checkpoint must be"):
         gb.backprop(stack, params, x, checkpoint=2.5)
-    with pytest.raises(ValueError, match="checkpoint"):
+    none = r"; None keeps every layer in memory \(the command line's --checkpoint 0\)$"
+    with pytest.raises(ValueError, match=r"group size 3 \(a residual group must not straddle two segments\)" + none):
         gb.backprop(stack, params, x, checkpoint=0)
     with pytest.raises(ValueError, match="memory_budget"):
         gb.backprop(stack, params, x, memory_budget=-1)
     plain, params, x, _ = _problem(dict(depth=12, width=4))  # no residual groups: no "group size 1"
-    with pytest.raises(ValueError, match=r"^checkpoint=0 must be a positive int \(layers per segment\), 'auto' or None$"):
+    with pytest.raises(ValueError, match=r"^checkpoint=0 must be a positive int \(layers per segment\), 'auto' or None" + none):
         gb.backprop(plain, params, x, checkpoint=0)
+    with pytest.raises(ValueError, match=r"^checkpoint=-3 must be a positive int \(layers per segment\), 'auto' or None$"):
+        gb.backprop(plain, params, x, checkpoint=-3)
 
 
 def test_reference_backward_leaves_a_clipped_top_alone():

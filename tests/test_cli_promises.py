@@ -1039,7 +1039,7 @@ def test_bins_the_diagnosis_would_refuse_are_refused_before_the_run(capsys, monk
     before any backward pass (gb.backprop is replaced by one that fails the test)."""
     stack = gb.Stack(depth=12, width=4)
     bins = 10**6
-    need = plan._diagnose_bytes(stack, False, False, plan.DEFAULT_BINS, bins)  # about 8 L bins bytes
+    need = plan.diagnose_bytes(stack, False, False, plan.DEFAULT_BINS, bins)  # about 8 L bins bytes
     assert need > 8 * 12 * bins
     monkeypatch.setattr(plan, "available_memory", lambda: int(1.6 * need))  # the plan's 90 % holds it
     monkeypatch.setattr(gb, "backprop", lambda *a, **k: pytest.fail("the run started"))

@@ -395,7 +395,7 @@ def plan_probe(stack: Stack, batch: int, seed: int, backend: str, *, stats_only:
             text += f"; any K >= --depth {stack.depth} is one segment"
         raise UsageError(text) from None
     try:  # the diagnosis's own limit on its histograms, checked before the run, not after it
-        diag = planning._diagnose_bytes(stack, stats_only, stats_only, planning.DEFAULT_BINS, bins)
+        diag = planning.diagnose_bytes(stack, stats_only, stats_only, planning.DEFAULT_BINS, bins)
         planning.check_bins(stack, stats_only, planning.DEFAULT_BINS, bins, available, name="--bins",
                             held=p.estimate - diag)
     except ValueError as exc:
