@@ -1063,6 +1063,7 @@ def test_a_long_write_of_the_output_files_shows_progress(tmp_path, capsys, monke
 
     monkeypatch.setattr(run_cmd, "write_diagnoses", write_slowly)
     monkeypatch.setenv("GRADBENCH_PROGRESS_SECONDS", "0.2")
-    code, out, err = run(["run", *SMALL, "--out", str(tmp_path / "r.json")], capsys)
-    assert code == 0 and (tmp_path / "r.json").exists()
-    assert "writing" in err, err
+    code, out, err = run(["run", *SMALL, "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "f.png")], capsys)
+    assert code == 0 and (tmp_path / "r.json").exists() and (tmp_path / "f.png").exists()
+    # which file, and how many of them are done
+    assert "writing: 0 of 2 files, " in err and str(tmp_path / "r.json") in err, err

@@ -75,9 +75,13 @@ def cmd_run(args) -> int:
         d = diagnose(res, params, bins=args.bins)
     seconds = time.perf_counter() - t0
     weights = f"the model in {args.torch}" if args.torch else WEIGHTS
-    with Progress("writing"):  # a 10^6-layer --out JSON took 41 s, with no line on the terminal
+    # a 10^6-layer --out JSON took 41 s, with no line on the terminal: the files done, the one being written
+    files = [f for f in (args.out, args.plot, args.hist, args.tensorboard) if f]
+    with Progress("writing", total=len(files), unit="files") as progress:
         written = _write(args, stack, res, d, metadata("run", args, seed=args.seed, batch=args.batch, weights=weights,
-                                                       threads=threads(res.backend), seconds=round(seconds, 3)))
+                                                       threads=threads(res.backend), seconds=round(seconds, 3)),
+                         progress)
+        progress.count(len(written), note=args.tensorboard)
         written += model.write_tensorboard(args, d)
     from gradbench.report import format_report
 
@@ -89,17 +93,20 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _write(args, stack, res, d, head: dict) -> list[str]:
-    """The result file first, then the plots; returns what was written."""
+def _write(args, stack, res, d, head: dict, progress) -> list[str]:
+    """The result file first, then the plots; returns what was written (``progress`` counts them)."""
     written = []
     if args.out:
+        progress.count(0, note=args.out)
         written.append(write_diagnoses(args.out, head, {"": d}, mkdir=args.mkdir))
     if args.plot or args.hist:
         from gradbench import plot  # matplotlib only when a plot is asked for (~0.19 s to import)
     if args.plot:
+        progress.count(len(written), note=args.plot)
         written.append(write_plot(args.plot, lambda path: plot.gradient_flow(
             {stack_label(stack): d}, path, title=f"Gradient flow, depth {stack.depth}", dpi=args.dpi), mkdir=args.mkdir))
     if args.hist:
+        progress.count(len(written), note=args.hist)
         written.append(write_plot(args.hist, lambda path: plot.histogram_heatmap(
             res, path, verdict=d.verdict, dpi=args.dpi), mkdir=args.mkdir))
     return written
