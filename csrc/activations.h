@@ -152,6 +152,11 @@ static inline double gb_log_dphi_f64(double x, int act, double p, double *sign) 
 static inline double gb_log_phi_f64(double x, int act, double p, double *sign) {
     *sign = x > 0 ? 1.0 : (x < 0 ? -1.0 : (x == 0 ? 0.0 : NAN));
     if (x == 0) return -INFINITY;
+    if (act == GB_ELU || act == GB_SELU) { /* ln(lambda x) above 0, ln(lambda alpha) + ln(-expm1 x) below */
+        const double lam = act == GB_ELU ? 1.0 : GB_SELU_LAMBDA;
+        if (x > 0) return log(x) + log(lam);
+        return log(lam * (act == GB_ELU ? p : GB_SELU_ALPHA)) + log(-expm1(x)); /* -inf: the limit */
+    }
     if (isinf(x)) return x;
     const double a = fabs(x);
     if (act == GB_SWISH) return log(a) + (x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x)));

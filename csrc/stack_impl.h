@@ -29,6 +29,7 @@
  * the layers, so results are bit-identical for any thread count, and a team may hand over to
  * one thread mid-call.
  */
+#include <float.h>
 #include <stdlib.h>
 #include <string.h>
 #include "gb_internal.h"
@@ -1099,8 +1100,9 @@ static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, F(gb_cfg) 
  * linear regime keeps its exact mantissa, ell = ln|h| + f ln 2), k = floor(max ell / ln2),
  * h = sign exp(ell - k ln2), and the row's exponent becomes k. Each row decides alone: no
  * barrier. */
-static inline double F(gb_rescue_x)(int act, int f32) {
-    return act == GB_GELU ? (f32 ? -11.0 : -35.0) : (f32 ? -65.0 : -620.0); /* activations.RESCUE_X */
+static inline double F(gb_rescue_x)(int act, int f32) { /* activations.RESCUE_X */
+    if (act == GB_ELU || act == GB_SELU) return -1.0;
+    return act == GB_GELU ? (f32 ? -11.0 : -35.0) : (f32 ? -65.0 : -620.0);
 }
 
 /* the tail test: some z 2^f <= RESCUE_X, as z <= RESCUE_X 2^-f (one product per entry) */
@@ -1112,7 +1114,7 @@ static int F(gb_fwd_deep)(const T *z, int64_t n, double thr) {
 
 static inline double F(gb_fwd_ell)(T h, T z, const gb_scaled *s, int64_t f, double *sgn, int *lin) {
     const double x = ldexp((double)z, s->f);
-    *lin = fabs(x) < s->tiny;
+    *lin = fabs(x) < s->tiny || (x > 0 && (s->act == GB_ELU || s->act == GB_SELU)); /* ELU, SELU: lambda x */
     if (*lin) {
         *sgn = 1.0;
         return (h != 0 ? log(fabs((double)h)) : -INFINITY) + (double)f * GB_LN2;
@@ -1159,7 +1161,9 @@ static int64_t F(gb_fwd_rescue_row)(T *h, const T *z, int64_t N, const gb_scaled
             em = (int)(mb >> 52) - 1022;
         else
             frexp(m, &em);
-        if (em + f > GB_RESCUE_BELOW_EXP(f32)) return f;
+        /* ELU, SELU (activations.LIMIT_RESCUE): a row whose |h| are subnormal at f is looked at too */
+        const int limit = s->act == GB_ELU || s->act == GB_SELU;
+        if (em + f > GB_RESCUE_BELOW_EXP(f32) && !(limit && m < (f32 ? (double)FLT_MIN : DBL_MIN))) return f;
     }
     if (!F(gb_fwd_deep)(z, N, ldexp(F(gb_rescue_x)(s->act, f32), gb_clamp_exp(-f)))) return f;
     const double M = F(gb_fwd_ell_max)(h, z, N, s, f);
@@ -1191,7 +1195,7 @@ typedef struct {
     unsigned char *rnan;  /* (B,) the row of h_{l+1} has a NaN entry (rescaling) */
     gb_scaled_rows *scr;  /* (nth) per thread: its rows' activation setups of the layer */
     unsigned char *gnz;   /* (B,) the row of h_{l+1} is not all zero (rescaling) */
-    int frescue;          /* the forward's rescue (GELU, swish with rescaling) */
+    int frescue;          /* the forward's rescue (GELU, swish, ELU, SELU with rescaling) */
     int nth;
 } F(gb_fwd);
 
@@ -1450,7 +1454,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                     g = F(gb_add_aligned_impl)(hr, g, sr, es, st->cfg.alpha, N, fuse);
                 }
                 int fresh = end; /* the row changed since gb_rows_absmax */
-                if (!end && st->frescue) /* GELU, swish: the row's rescue (its own decision) */
+                if (!end && st->frescue) /* GELU, swish, ELU, SELU: the row's rescue (its own decision) */
                     g = F(gb_fwd_rescue_row)(hr, Zl + r * N, N, gb_scaled_row(&st->scr[tid], &sc, g), g, f32,
                                              st->rnan[r] ? (double)NAN : (double)st->rmax[r], &fresh);
                 const T m = fresh ? F(gb_absmax)(hr, N, 0) : st->rmax[r]; /* normalised: max|row| in [0.5, 1) */
@@ -1517,7 +1521,8 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.rmax = F(gb_alloc)(sizeof(T) * (size_t)B);
     st.rnan = F(gb_alloc)((size_t)B);
     st.scr = F(gb_alloc)(sizeof(gb_scaled_rows) * (size_t)nth);
-    st.frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH);
+    st.frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH || st.cfg.act == GB_ELU ||
+                                    st.cfg.act == GB_SELU);
     rc = GB_ENOMEM;
     if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
         st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.rmax && st.rnan && st.scr && st.tdone && st.rdone) {

@@ -275,21 +275,33 @@ def log_dphi(x: np.ndarray, code: int, param: float) -> tuple[np.ndarray, np.nda
 # log form (reference.rescue_forward) where the layer's largest |h| lies below RESCUE_BELOW and
 # some unit lies below RESCUE_X, where |phi| is just above RESCUE_BELOW (every unit that
 # underflows lies below it).
-PHI_RESCUE = frozenset({"gelu", "swish"})
-RESCUE_X = {"float64": {"gelu": -35.0, "swish": -620.0}, "float32": {"gelu": -11.0, "swish": -65.0}}
+# ELU and SELU (LIMIT_RESCUE) have no underflowing tail, but at a large exponent f their
+# negative side, phi -> -alpha (SELU: -lambda alpha), has the mantissa -alpha 2^-f, which is
+# subnormal from f ~ 1022 (float32: 126) and 0 from f ~ 1075 (150): a sample whose every unit is
+# negative there lost its row (zero-bias ELU at width 1, h = 1e30 then z = -1e30 in float32 read
+# the loss 0, not 0.1998). Their rows whose largest |h| is subnormal or 0 are looked at too, with
+# any unit below -1; the positive side is linear (phi = lambda x: its mantissa is exact).
+LIMIT_RESCUE = frozenset({"elu", "selu"})
+PHI_RESCUE = frozenset({"gelu", "swish"}) | LIMIT_RESCUE
+RESCUE_X = {"float64": {"gelu": -35.0, "swish": -620.0, "elu": -1.0, "selu": -1.0},
+            "float32": {"gelu": -11.0, "swish": -65.0, "elu": -1.0, "selu": -1.0}}
 
 
 def log_phi(x: np.ndarray, code: int, param: float) -> tuple[np.ndarray, np.ndarray]:
     """(ln |phi(x)|, sign of phi(x)) in float64 for the :data:`PHI_RESCUE` activations at any
     float64 x, +-inf included: swish as ln|x| + ln s(x); gelu as ln|x Phi(x)| from x = -30 up,
     below as -x^2/2 - ln sqrt(2 pi) + ln(a m(a)) (a = |x|, m the asymptotic Mills ratio, 6
-    terms: relative error below 1e-14 there)."""
+    terms: relative error below 1e-14 there); ELU and SELU as ln(lambda x) above 0 and
+    ln(lambda alpha) + ln(-expm1(x)) below (at -inf ln(lambda alpha), their limit)."""
     name = ACTIVATIONS[code]
     x = _as64(x)
     with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
         a = np.abs(x)
         sign = np.sign(x)
-        if name == "swish":
+        if name in LIMIT_RESCUE:
+            lam, c = (1.0, param) if name == "elu" else (SELU_LAMBDA, SELU_ALPHA)
+            ln = np.where(x > 0, np.log(a) + math.log(lam), math.log(lam * c) + np.log(-np.expm1(np.minimum(x, 0.0))))
+        elif name == "swish":
             ln = np.where(np.isneginf(x), -np.inf, np.log(a) + _log_sigmoid(x))
         elif name == "gelu":
             mid = np.maximum(x, _GELU_ASYMPTOTIC)

@@ -61,7 +61,7 @@ import numpy as np
 from gradbench import abi
 from gradbench.abi import CLIP_NORM, CLIP_VALUE, EXP_CLAMP, I_ACT, I_BN, I_CLIP, I_RESCALE_FWD, I_RESIDUAL
 from gradbench.abi import F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, INFO_BACKWARD, INFO_FORWARD
-from gradbench.activations import (PHI_RESCUE, RESCUE, RESCUE_BELOW, RESCUE_LN_MIN, RESCUE_X, TINY, _clamp, dphi,
+from gradbench.activations import (LIMIT_RESCUE, PHI_RESCUE, RESCUE, RESCUE_BELOW, RESCUE_LN_MIN, RESCUE_X, TINY, _clamp, dphi,
                                    dphi_scaled, log_dphi, log_phi, phi, phi_scaled)
 from gradbench.logscaled import from_log, log_rem
 from gradbench.spec import ACTIVATIONS
@@ -173,7 +173,9 @@ def rescue_forward(a, z, f, code, param):
     with np.errstate(invalid="ignore"):
         m = float(np.max(np.abs(a), initial=0.0))
     below = math.frexp(RESCUE_BELOW[dt])[1]
-    if name not in PHI_RESCUE or not math.isfinite(m) or (m > 0 and math.frexp(m)[1] + f > below):
+    limit = name in LIMIT_RESCUE  # ELU, SELU: a row whose |h| are subnormal or 0 at f, too
+    healthy = m > 0 and math.frexp(m)[1] + f > below and not (limit and m < np.finfo(a.dtype).tiny)
+    if name not in PHI_RESCUE or not math.isfinite(m) or healthy:
         return f
     with np.errstate(over="ignore", under="ignore"):
         x = np.ldexp(z.astype(np.float64), _clamp(f))
@@ -181,6 +183,8 @@ def rescue_forward(a, z, f, code, param):
         return f
     a64 = a.astype(np.float64)
     linear = np.abs(x) < TINY[dt][name]  # exact mantissas at exponent f: phi = c z to the last bit
+    if limit:
+        linear |= x > 0  # phi = lambda x
     ln, sign = log_phi(x, code, param)
     with np.errstate(divide="ignore"):
         ln = np.where(linear, np.log(np.abs(a64)) + f * math.log(2.0), ln)
@@ -418,7 +422,10 @@ def rescue_forward_rows(a, z, f, code, param) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         m = np.max(np.abs(a), axis=1, initial=0.0)
     top = np.frexp(m)[1].astype(np.int64) + f
-    for i in np.flatnonzero(np.isfinite(m) & ~((m > 0) & (top > below))):
+    healthy = (m > 0) & (top > below)
+    if ACTIVATIONS[code] in LIMIT_RESCUE:  # and not subnormal (rescue_forward)
+        healthy &= m >= np.finfo(a.dtype).tiny
+    for i in np.flatnonzero(np.isfinite(m) & ~healthy):
         g[i] = rescue_forward(a[i:i + 1], z[i:i + 1], int(f[i]), code, param)
     return g
 

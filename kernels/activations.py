@@ -453,14 +453,23 @@ def log_dphi(x, code, p):
 # The twin of gradbench.activations.log_phi: ln|phi(x)| and its sign at any float64 x for the
 # activations whose phi itself underflows (the forward's rescue, layers.rescue_forward).
 PHI_RESCUE_CODES = np.array([n in A.PHI_RESCUE for n in ACTIVATIONS])
+LIMIT_RESCUE_CODES = np.array([n in A.LIMIT_RESCUE for n in ACTIVATIONS])  # ELU, SELU
 _RESCUE_X64 = np.array([A.RESCUE_X["float64"].get(n, 0.0) for n in ACTIVATIONS])
 _RESCUE_X32 = np.array([A.RESCUE_X["float32"].get(n, 0.0) for n in ACTIVATIONS])
 
 
 @njit(**JIT)
 def log_phi(x, code, p):
-    """(ln |phi(x)|, sign of phi(x)), x float64 (may be +-inf): swish and gelu."""
+    """(ln |phi(x)|, sign of phi(x)), x float64 (may be +-inf): swish, gelu, elu and selu."""
     sg = 1.0 if x > 0 else (-1.0 if x < 0 else 0.0)
+    if code == ELU or code == SELU:  # ln(lambda x) above 0, ln(lambda alpha) + ln(-expm1(x)) below
+        lam = 1.0 if code == ELU else SELU_LAMBDA
+        if x > 0:
+            return math.log(x) + math.log(lam), sg
+        if x == 0:
+            return -math.inf, 0.0
+        c = p if code == ELU else SELU_ALPHA
+        return math.log(lam * c) + math.log(-math.expm1(x)), sg
     if x == -math.inf:
         return -math.inf, -1.0
     if x == math.inf:

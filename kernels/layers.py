@@ -22,7 +22,7 @@ from gradbench.spec import ACTIVATIONS
 from ._config import JIT
 from .activations import (
     _LN2_HI, _LN2_LO, _RESCUE_X32, _RESCUE_X64, DSIGMOID_MAX, DTANH_MAX, ELU, ELU_FAMILY_MIN, EXP_ZERO, GELU,
-    GELU_MIN, GELU_ZERO, IDENTITY, LEAKY, PHI_RESCUE_CODES, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64,
+    GELU_MIN, GELU_ZERO, IDENTITY, LEAKY, LIMIT_RESCUE_CODES, PHI_RESCUE_CODES, PRELU, RELU, RESCUE_BELOW32, RESCUE_BELOW64,
     RESCUE_CODES, RESCUE_LN_MIN, SELU, SELU_ALPHA, SELU_LAMBDA, SIGMOID, SWISH, TANH, _as, _clamp_f, _coefficients,
     dphi, dphi_scaled, dsigmoid64, dtanh64, elu_pair64, gelu_pair64, log_dphi, log_phi, phi, phi_scaled,
     sigmoid_pair64, swish_pair64, tanh, tanh64, tiny_threshold,
@@ -689,7 +689,10 @@ def rescue_forward(a, z, f, code, param):
         return f
     m = absmax(a)
     below = _BELOW_EXP64 if a.itemsize == 8 else _BELOW_EXP32
-    if not math.isfinite(m) or (m > 0 and math.frexp(m)[1] + f > below) or not all_finite(a):
+    limit = LIMIT_RESCUE_CODES[code]  # ELU, SELU: a row whose |h| are subnormal or 0 at f, too
+    healthy = m > 0 and math.frexp(m)[1] + f > below and not (limit and m < (_TINY_NORMAL64 if a.itemsize == 8
+                                                                             else _TINY_NORMAL32))
+    if not math.isfinite(m) or healthy or not all_finite(a):
         return f  # a NaN too: the reference's max|a| is NaN there
     xlim = (_RESCUE_X64 if a.itemsize == 8 else _RESCUE_X32)[code]
     B, N = z.shape
@@ -708,7 +711,7 @@ def rescue_forward(a, z, f, code, param):
     for i in range(B):
         for j in range(N):
             x = math.ldexp(np.float64(z[i, j]), _clamp_f(f))
-            if abs(x) < tiny_threshold(z[i, j], code):  # the linear form: a's mantissa is exact
+            if abs(x) < tiny_threshold(z[i, j], code) or (limit and x > 0):  # the linear form: a's mantissa is exact
                 lin[i, j] = True
                 v = np.float64(a[i, j])
                 ell[i, j] = (math.log(abs(v)) if v != 0 else -math.inf) + f * ln2
@@ -731,6 +734,7 @@ def rescue_forward(a, z, f, code, param):
 
 
 _BELOW_EXP64, _BELOW_EXP32 = math.frexp(RESCUE_BELOW64)[1], math.frexp(RESCUE_BELOW32)[1]  # -899, -99
+_TINY_NORMAL64, _TINY_NORMAL32 = float(np.finfo(np.float64).tiny), float(np.finfo(np.float32).tiny)
 
 
 @njit(**JIT)
