@@ -21,6 +21,10 @@ def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str =
     """
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if isinstance(a, np.ma.MaskedArray):  # its mask would be dropped: the hidden values computed with
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray: gradbench reads no masks (the masked entries' "
+                        f"hidden values would be used); pass {name}.filled(value) with the value you mean, or an array "
+                        "without a mask")
     check_aligned(name, a)
     if a.dtype != dtype and a.dtype.newbyteorder("=") == dtype:  # big-endian float64: the same values, swapped
         a = a.astype(dtype)
