@@ -82,9 +82,11 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     finite (crosses: NaN or inf) have no place on the log scale: they are marked in a strip
     below the x axis, a row per line and kind, in the line's colour (one legend entry each).
     A dtype other than float64 is said: in the title when every line has it, else in the
-    labels of the lines that have it.
+    labels of the lines that have it. A label naming the stack's init scheme (``stack_label``)
+    names instead where the weights came from when the scheme did not draw them
+    (:func:`_origin_label`: a torch model's file, weights given by the caller).
     """
-    items = _items(data)
+    items = [(_origin_label(label, item), item) for label, item in _items(data)]  # never an init that drew nothing
     dtypes = [_dtype(item) for _, item in items]
     if len(set(dtypes)) == 1:
         title = _with_dtype(title, dtypes[0])
@@ -149,6 +151,33 @@ def _dtype(item) -> str:
 def _with_dtype(text: str, dtype: str) -> str:
     """``text`` with ', float32' (any dtype but float64) unless it names it already."""
     return text if dtype == "float64" or dtype in text or not text else f"{text}, {dtype}"
+
+
+def _weights_origin(item) -> str | None:
+    """Where the weights of a Result or Diagnosis came from when ``Stack.init`` did not draw them
+    (the params' ``origin``: "the weights of model.pt"; the Result's ``extras["weights"]``, the
+    Diagnosis's ``weights``), None when it did."""
+    w = getattr(item, "weights", None)
+    if not isinstance(w, str):
+        w = (getattr(item, "extras", None) or {}).get("weights")
+    return w if isinstance(w, str) and w else None
+
+
+def _origin_label(label: str, item) -> str:
+    """``label`` with the stack's init scheme, where it names it as one of its comma-separated
+    parts (:func:`gradbench.cli.common.stack_label`), replaced by the weights' origin when the
+    scheme did not draw them (:func:`_weights_origin`), and the gains it drew with left out:
+    ``run --torch model.pt --plot`` drew "depth 10, width 16, sigmoid, xavier_normal, ..." for a
+    model with torch's default init."""
+    origin = _weights_origin(item)
+    stack = getattr(item, "stack", None)
+    init = stack.get("init") if isinstance(stack, dict) else getattr(stack, "init", None)
+    if origin is None or not label or not init or origin in label:
+        return label
+    parts = label.split(", ")
+    if init not in parts:
+        return label
+    return ", ".join(origin if p == init else p for p in parts if not p.startswith(("sigma_w=", "sigma_b=")))
 
 
 def _flow_numbers(item) -> tuple[np.ndarray, str, float, float]:
