@@ -340,7 +340,7 @@ def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bo
               "lowest bin)"): rel.outside,
              "entries of unknown place (outside the bins they were counted in, or in a layer with non-finite "
              "entries)": rel.unplaced}
-    _heatmap(fig, ax, rel.edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), rows)
+    _heatmap(fig, ax, rel.edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), rows, rel.counts.shape[0])
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l| - \log_{10}\,\|\partial L/\partial W_l\|_F$"
                   " per entry " + ("(exact)" if rel.exact else "(each at most one bin from its own)"))
     act = stack["activation"] if isinstance(stack, dict) else getattr(stack, "activation", "")
@@ -392,11 +392,14 @@ def _row_groups(a: np.ndarray, most: int = 2000) -> tuple[np.ndarray, int]:
     return rows, g
 
 
-def _heatmap(fig, ax, edges, counts, totals, group: int) -> None:
-    """Fractions of each row's entries as a log-coloured mesh with a colour bar."""
+def _heatmap(fig, ax, edges, counts, totals, group: int, layers: int) -> None:
+    """Fractions of each row's entries (rows of ``group`` of the ``layers`` layers) as a
+    log-coloured mesh with a colour bar."""
     frac = counts / np.maximum(totals, 1)[:, None]
     positive = frac[frac > 0]
-    rows = np.arange(counts.shape[0] + 1) * group - 0.5
+    # each row spans its own layers: the last, partial group ends at the last layer (layer 2000 alone
+    # of depth 2001 in rows of 2 spanned 1999.5-2001.5, the axis going to 2001.5)
+    rows = np.minimum(np.arange(counts.shape[0] + 1) * group, layers) - 0.5
     if positive.size:
         norm = LogNorm(vmin=max(positive.min(), 1e-4), vmax=positive.max())
         mesh = ax.pcolormesh(edges, rows, np.where(frac > 0, frac, np.nan), norm=norm, cmap="viridis",
@@ -420,7 +423,8 @@ def _absolute_heatmap(d: Diagnosis, path, *, title, ax, dpi) -> Figure:
     counts = counts.astype(np.float64)
     apart = {"exact zeros": d.hist_zeros, "non-finite entries (NaN or inf)": d.hist_nonfinite,
              f"entries outside the bins' range [10^{d.hist_edges[0]:.4g}, 10^{d.hist_edges[-1]:.4g}]": d.hist_outside}
-    _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), group)
+    _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), group,
+             d.hist_counts.shape[0])
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l|$ per entry "
                   + ("(exact)" if d.hist_exact else "(each within one streaming bin of its own)"))
     what = f"Gradient histograms per layer: {d.stack['activation']}, depth {d.depth}"
