@@ -54,6 +54,21 @@ def _nets(data, name: str = "data") -> dict:
     return {str(k): v for k, v in data.items()}
 
 
+def _one_net(item, name: str) -> RecurrentDiagnosis:
+    """``item``'s diagnosis (a RecurrentResult is diagnosed), else a TypeError naming ``name``."""
+    from gradbench.recurrent.results import RecurrentResult
+
+    if isinstance(item, RecurrentResult):
+        return diagnose(item)
+    if not isinstance(item, RecurrentDiagnosis):
+        raise TypeError(f"{name} must be a RecurrentDiagnosis or RecurrentResult (gb.diagnose / gb.backprop of a "
+                        f"gb.Recurrent), got {type(item).__name__}" + (" (a feed-forward stack's: gradbench.plot."
+                                                                      "gradient_flow draws it)"
+                                                                      if type(item).__name__ in ("Diagnosis", "Result")
+                                                                      else ""))
+    return item
+
+
 def signal_vs_steps_back(data, path=None, *, title: str = "Gradient through time", dpi: int = DPI) -> Figure:
     """log10 of the gradient each net's verdict reads against the number of steps back from the
     last step, one line per net.
@@ -131,7 +146,10 @@ def signal_vs_steps_back(data, path=None, *, title: str = "Gradient through time
 
 def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dpi: int = DPI) -> Figure:
     """One run: log10 ||dL/dh_t|| (and ||dL/dc_t|| for the LSTM) and log10 of step t's
-    contribution to dL/dW_hh against t; gate statistics below."""
+    contribution to dL/dW_hh against t; gate statistics below. ``d``: a RecurrentDiagnosis, or the
+    RecurrentResult it is read from (anything else is refused naming ``d``; a stack's Diagnosis was
+    an AttributeError)."""
+    d = _one_net(d, "d")
     fig = Figure(figsize=(9.0, 6.5))
     ax, bx = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
     t = np.arange(d.steps)
@@ -176,6 +194,15 @@ def training_figure(results: dict, path=None, *, title: str | None = None, dpi: 
     (ln 2 for bce) is dashed where every run has the same one (mse without its targets' mean
     has none).
     """
+    from gradbench.recurrent.train import RecurrentTrainResult
+
+    if not isinstance(results, dict) or not results:
+        raise TypeError(f"results must be a non-empty dict name -> RecurrentTrainResult (gb.train of a gb.Recurrent), "
+                        f"got {type(results).__name__}" + (" (empty)" if isinstance(results, dict) else ""))
+    for name, r in results.items():
+        if not isinstance(r, RecurrentTrainResult):
+            raise TypeError(f"results[{name!r}] must be a RecurrentTrainResult (gb.train of a gb.Recurrent), got "
+                            f"{type(r).__name__}")
     fig = Figure(figsize=(12.0, 4.8))
     ax, bx = fig.subplots(1, 2)
     n = len(results)
