@@ -98,3 +98,15 @@ def test_compare_cells_columns_are_the_verdicts_curve(tmp_path, capsys):
         assert float(row.split()[2]) == round(_slope_back(want), 4)
     # the lstm row read "back 1 10^-3.07" (its ||dL/dh_t||) beside the pair's "stable -0.0049"
     assert "lstm: log10 ||(dL/dh_t, dL/dc_t)||" in " ".join(text.split())
+
+
+def test_run_figure_draws_the_pair_its_title_verdict_reads():
+    from gradbench.recurrent import plot as rplot
+
+    rnn, p, xs = _reviewer_case()
+    d = gb.diagnose(gb.backprop(rnn, p, xs, backend="numpy"))
+    h, c = _torch_norms(p, xs)
+    ax = rplot.run_figure(d).axes[0]
+    assert ax.get_title().endswith(": stable")
+    (line,) = [ln for ln in ax.lines if ln.get_label() == "||(dL/dh_t, dL/dc_t)||: the verdict's"]
+    np.testing.assert_allclose(line.get_ydata(), np.log10(np.sqrt(10.0 ** (2 * h) + 10.0 ** (2 * c))), atol=1e-9)

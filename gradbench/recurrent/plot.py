@@ -145,20 +145,27 @@ def signal_vs_steps_back(data, path=None, *, title: str = "Gradient through time
 
 
 def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dpi: int = DPI) -> Figure:
-    """One run: log10 ||dL/dh_t|| (and ||dL/dc_t|| for the LSTM) and log10 of step t's
-    contribution to dL/dW_hh against t; gate statistics below. ``d``: a RecurrentDiagnosis, or the
+    """One run: log10 ||dL/dh_t|| (and for the LSTM ||dL/dc_t|| and the pair's norm
+    sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2), which its verdict in the title reads) and log10 of step
+    t's contribution to dL/dW_hh against t; gate statistics below. ``d``: a RecurrentDiagnosis, or the
     RecurrentResult it is read from (anything else is refused naming ``d``; a stack's Diagnosis was
     an AttributeError)."""
     d = _one_net(d, "d")
     fig = Figure(figsize=(9.0, 6.5))
     ax, bx = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
+    from gradbench.recurrent.cli import verdict_signal
+
     t = np.arange(d.steps)
     strip, finite = [], False
+    state, name, read = verdict_signal(d)
+    # an LSTM's verdict reads its state pair: drawn too, so that the title's verdict has its curve
+    pair = (state, f"{name}: the verdict's") if read and "dc_t" in name else (np.zeros(0), "")
     for y, label in ((d.signal_log10, "||dL/dh_t||"), (d.carried_log10, "||dL_{T-1}/dh_t|| (carried back)"),
-                     (d.cell_log10, "||dL/dc_t||"), (d.grad_log10, "||step t's dW_hh term||")):
+                     (d.cell_log10, "||dL/dc_t||"), pair, (d.grad_log10, "||step t's dW_hh term||")):
         if len(y):
             y = np.asarray(y, dtype=np.float64)
-            (line,) = ax.plot(t, np.where(np.isfinite(y), y, np.nan), lw=1.4, label=label)
+            (line,) = ax.plot(t, np.where(np.isfinite(y), y, np.nan), lw=1.4, label=label,
+                              ls="--" if pair[1] and label == pair[1] else "-")  # dashed: it lies on ||dL/dc_t|| where that leads
             # steps exactly 0 or not finite have no place on the log scale: marked under the axis, as
             # signal_vs_steps_back and the stacks' figures mark them (they were dropped without a word)
             strip += _off_scale(y, line.get_color(), t)
