@@ -27,7 +27,9 @@ diagnosis' bins (counts exact; TensorBoard's sum and sum of squares from the bin
 the verdict as text. A recurrent net's diagnosis (``gradbench run --cell ... --tensorboard DIR``,
 the same function) has the time step t as the step: ``time/signal_log10`` (||dL/dh_t||),
 ``time/grad_log10`` (the norm of step t's dW_hh term), ``time/cell_log10`` (the LSTM's
-||dL/dc_t||), ``time/carried_log10`` (with a loss at every step: ||dL_{T-1}/dh_t||, what the
+||dL/dc_t||), ``time/state_log10`` (the LSTM's sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2), what its
+verdict and rate read; not with a loss at every step, whose carried ||dL_{T-1}/dc_t|| the
+diagnosis does not keep), ``time/carried_log10`` (with a loss at every step: ||dL_{T-1}/dh_t||, what the
 verdict reads, and ``time/carried_grad_log10``, its dW_hh step terms, what the reach reads), ``time/act_std_log10``, ``time/saturation``, ``time/gate_mean`` and
 ``time/gate_low`` (gated cells), and the verdict as text.
 
@@ -234,6 +236,11 @@ def _recurrent_events(w, d) -> str:
               "saturation": d.saturation}
     if len(d.cell_log10):
         series["cell_log10"] = d.cell_log10
+    from gradbench.recurrent.cli import verdict_signal
+
+    state, name, read = verdict_signal(d)
+    if read and "dc_t" in name:  # the LSTM's state pair: the curve its verdict and rate (the text's) read
+        series["state_log10"] = state
     if len(d.carried_log10):  # a loss at every step: the verdict's signal, the last step's loss alone
         series["carried_log10"] = d.carried_log10
         series["carried_grad_log10"] = d.carried_grad_log10  # its dW_hh step terms, which the reach reads

@@ -110,3 +110,19 @@ def test_run_figure_draws_the_pair_its_title_verdict_reads():
     assert ax.get_title().endswith(": stable")
     (line,) = [ln for ln in ax.lines if ln.get_label() == "||(dL/dh_t, dL/dc_t)||: the verdict's"]
     np.testing.assert_allclose(line.get_ydata(), np.log10(np.sqrt(10.0 ** (2 * h) + 10.0 ** (2 * c))), atol=1e-9)
+
+
+def test_tensorboard_has_the_lstm_state_curve_its_verdict_text_reads(tmp_path):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed")
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from gradbench.tensorboard_io import write_diagnosis
+
+    rnn, p, xs = _reviewer_case()
+    write_diagnosis(gb.diagnose(gb.backprop(rnn, p, xs, backend="numpy")), tmp_path / "tb")
+    acc = ea.EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    got = np.array([e.value for e in sorted(acc.Scalars("time/state_log10"), key=lambda e: e.step)])
+    h, c = _torch_norms(p, xs)
+    pair = np.log10(np.sqrt(10.0 ** (2 * h) + 10.0 ** (2 * c)))
+    np.testing.assert_allclose(got, pair, rtol=1e-6, atol=1e-6)  # float32 scalars
+    assert round(_slope_back(got), 4) == -0.0057  # the verdict text's rate is this curve's
