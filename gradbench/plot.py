@@ -4,7 +4,11 @@ Built on :class:`matplotlib.figure.Figure` without pyplot, so no window opens an
 backend is switched (the Agg canvas renders PNG, SVG and PDF). Every function draws into
 ``ax`` when given (a matplotlib Axes: for subplots of your own), else into a new figure;
 returns the figure; and, given ``path``, writes it atomically (temporary file +
-``os.replace``) in the format of the path's suffix, at ``dpi`` for PNG.
+``os.replace``) in the format of the path's suffix, at ``dpi`` for PNG. An argument of the wrong
+kind (a recurrent net's diagnosis to :func:`gradient_flow`, a backprop Result to
+:func:`loss_curves`) or out of range (:func:`theory_vs_simulation`'s ``window`` outside the
+stack) is refused with a TypeError or ValueError naming the parameter and what it takes, before
+anything is drawn.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from gradbench._atomic import write_atomic
 from gradbench.diagnose import Diagnosis, assess, diagnose
 from gradbench.histograms import RelativeHistograms, check_has_histograms
 from gradbench.report import fmt_rate
+from gradbench.results import Result
 from gradbench.verdict import FLOAT_LIMITS
 
 DPI = 120
@@ -59,6 +64,35 @@ def _items(data) -> list[tuple[str, object]]:
     return [("", data)]
 
 
+def _hint(item) -> str:
+    """Where an item of the wrong kind is drawn instead, for the refusals of :func:`_checked_items`."""
+    kind = type(item).__name__
+    if kind in ("RecurrentDiagnosis", "RecurrentResult"):
+        return " (a recurrent net's: gradbench.recurrent.plot.signal_vs_steps_back and run_figure draw it)"
+    if kind in ("TrainResult", "RecurrentTrainResult"):
+        return " (a training run's: loss_curves draws it)"
+    if kind in ("Diagnosis", "Result"):
+        return " (a backprop pass's: gradient_flow draws it)"
+    return ""
+
+
+def _checked_items(data, name: str, kinds: tuple, what: str) -> list[tuple[str, object]]:
+    """:func:`_items` of ``data``, each an instance of ``kinds``: else a TypeError naming the
+    parameter (``name``, ``name[label]`` for an item of a dict or list) and ``what`` it takes,
+    before anything is drawn (a recurrent diagnosis given to gradient_flow was an AttributeError
+    from inside matplotlib's drawing); an empty dict or list is a ValueError."""
+    items = _items(data)
+    several = isinstance(data, (Mapping, list, tuple))
+    if several and not items:
+        raise ValueError(f"{name} is empty: give {what}, or a dict label -> one of them")
+    for label, item in items:
+        if not isinstance(item, kinds):
+            where = (f"{name}[{label!r}]" if isinstance(data, Mapping) else f"{name}[{label}]") if several else name
+            raise TypeError(f"{where} must be {what}" + ("" if several else ", or a dict label -> one of them")
+                            + f", got {type(item).__name__}{_hint(item)}")
+    return items
+
+
 def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool = True, ax=None,
                   dpi: int = DPI) -> Figure:
     """log10 ||dL/dW_l|| against layer l, one line per configuration.
@@ -82,9 +116,13 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     finite (crosses: NaN or inf) have no place on the log scale: they are marked in a strip
     below the x axis, a row per line and kind, in the line's colour (one legend entry each).
     A dtype other than float64 is said: in the title when every line has it, else in the
-    labels of the lines that have it.
+    labels of the lines that have it. A label naming the stack's init scheme (``stack_label``)
+    names instead where the weights came from when the scheme did not draw them
+    (:func:`_origin_label`: a torch model's file, weights given by the caller).
     """
-    items = _items(data)
+    items = _checked_items(data, "data", (Diagnosis, Result), "a Diagnosis or Result (gb.diagnose / gb.backprop of a "
+                                                              "gb.Stack)")
+    items = [(_origin_label(label, item), item) for label, item in items]  # never an init that drew nothing
     dtypes = [_dtype(item) for _, item in items]
     if len(set(dtypes)) == 1:
         title = _with_dtype(title, dtypes[0])
@@ -149,6 +187,33 @@ def _dtype(item) -> str:
 def _with_dtype(text: str, dtype: str) -> str:
     """``text`` with ', float32' (any dtype but float64) unless it names it already."""
     return text if dtype == "float64" or dtype in text or not text else f"{text}, {dtype}"
+
+
+def _weights_origin(item) -> str | None:
+    """Where the weights of a Result or Diagnosis came from when ``Stack.init`` did not draw them
+    (the params' ``origin``: "the weights of model.pt"; the Result's ``extras["weights"]``, the
+    Diagnosis's ``weights``), None when it did."""
+    w = getattr(item, "weights", None)
+    if not isinstance(w, str):
+        w = (getattr(item, "extras", None) or {}).get("weights")
+    return w if isinstance(w, str) and w else None
+
+
+def _origin_label(label: str, item) -> str:
+    """``label`` with the stack's init scheme, where it names it as one of its comma-separated
+    parts (:func:`gradbench.cli.common.stack_label`), replaced by the weights' origin when the
+    scheme did not draw them (:func:`_weights_origin`), and the gains it drew with left out:
+    ``run --torch model.pt --plot`` drew "depth 10, width 16, sigmoid, xavier_normal, ..." for a
+    model with torch's default init."""
+    origin = _weights_origin(item)
+    stack = getattr(item, "stack", None)
+    init = stack.get("init") if isinstance(stack, dict) else getattr(stack, "init", None)
+    if origin is None or not label or not init or origin in label:
+        return label
+    parts = label.split(", ")
+    if init not in parts:
+        return label
+    return ", ".join(origin if p == init else p for p in parts if not p.startswith(("sigma_w=", "sigma_b=")))
 
 
 def _flow_numbers(item) -> tuple[np.ndarray, str, float, float]:
@@ -288,6 +353,9 @@ def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bo
     non-finite entries, entries outside the bins or below the relative grid, entries whose
     place is unknown) are counted under the x axis.
     """
+    if not isinstance(item, (Result, Diagnosis, RelativeHistograms)):  # one item: its own map
+        raise TypeError(f"item must be a Result, Diagnosis or RelativeHistograms of a gb.Stack (one of them: a map "
+                        f"each), got {type(item).__name__}{_hint(item)}")
     stack = item.stack if hasattr(item, "stack") else None
     if isinstance(item, Diagnosis):
         verdict = verdict or item.verdict
@@ -311,7 +379,7 @@ def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bo
               "lowest bin)"): rel.outside,
              "entries of unknown place (outside the bins they were counted in, or in a layer with non-finite "
              "entries)": rel.unplaced}
-    _heatmap(fig, ax, rel.edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), rows)
+    _heatmap(fig, ax, rel.edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), rows, rel.counts.shape[0])
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l| - \log_{10}\,\|\partial L/\partial W_l\|_F$"
                   " per entry " + ("(exact)" if rel.exact else "(each at most one bin from its own)"))
     act = stack["activation"] if isinstance(stack, dict) else getattr(stack, "activation", "")
@@ -363,11 +431,14 @@ def _row_groups(a: np.ndarray, most: int = 2000) -> tuple[np.ndarray, int]:
     return rows, g
 
 
-def _heatmap(fig, ax, edges, counts, totals, group: int) -> None:
-    """Fractions of each row's entries as a log-coloured mesh with a colour bar."""
+def _heatmap(fig, ax, edges, counts, totals, group: int, layers: int) -> None:
+    """Fractions of each row's entries (rows of ``group`` of the ``layers`` layers) as a
+    log-coloured mesh with a colour bar."""
     frac = counts / np.maximum(totals, 1)[:, None]
     positive = frac[frac > 0]
-    rows = np.arange(counts.shape[0] + 1) * group - 0.5
+    # each row spans its own layers: the last, partial group ends at the last layer (layer 2000 alone
+    # of depth 2001 in rows of 2 spanned 1999.5-2001.5, the axis going to 2001.5)
+    rows = np.minimum(np.arange(counts.shape[0] + 1) * group, layers) - 0.5
     if positive.size:
         norm = LogNorm(vmin=max(positive.min(), 1e-4), vmax=positive.max())
         mesh = ax.pcolormesh(edges, rows, np.where(frac > 0, frac, np.nan), norm=norm, cmap="viridis",
@@ -391,7 +462,8 @@ def _absolute_heatmap(d: Diagnosis, path, *, title, ax, dpi) -> Figure:
     counts = counts.astype(np.float64)
     apart = {"exact zeros": d.hist_zeros, "non-finite entries (NaN or inf)": d.hist_nonfinite,
              f"entries outside the bins' range [10^{d.hist_edges[0]:.4g}, 10^{d.hist_edges[-1]:.4g}]": d.hist_outside}
-    _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), group)
+    _heatmap(fig, ax, d.hist_edges, counts, counts.sum(axis=1) + _row_sums(apart.values()), group,
+             d.hist_counts.shape[0])
     ax.set_xlabel(r"$\log_{10}\,|\partial L/\partial W_l|$ per entry "
                   + ("(exact)" if d.hist_exact else "(each within one streaming bin of its own)"))
     what = f"Gradient histograms per layer: {d.stack['activation']}, depth {d.depth}"
@@ -403,8 +475,18 @@ def _absolute_heatmap(d: Diagnosis, path, *, title, ax, dpi) -> Figure:
     return fig
 
 
-def _curve_items(data):
-    return _items(data)
+def _curve_items(data, kinds: str = "any"):
+    """The training runs of ``data`` (:func:`_items`): TrainResult or RecurrentTrainResult, or
+    ``kinds="stack"`` TrainResult only (the update ratios are the stacks' layers'); else a
+    TypeError naming ``data`` and what it takes (loss_curves of a backprop Result was a TypeError
+    from inside NumPy)."""
+    from gradbench.recurrent.train import RecurrentTrainResult
+    from gradbench.train import TrainResult
+
+    if kinds == "stack":
+        return _checked_items(data, "data", (TrainResult,), "a TrainResult (gb.train of a gb.Stack)")
+    return _checked_items(data, "data", (TrainResult, RecurrentTrainResult),
+                          "a TrainResult or RecurrentTrainResult (gb.train)")
 
 
 def _chance(r):
@@ -515,9 +597,10 @@ def update_ratio_curves(data, path=None, *,
     vertical line in its colour marks that epoch (legend: "diverged in epoch N"), and its
     curves without a finite point have no legend entry.
     """
+    items = _curve_items(data, "stack")
     fig, ax = _axes(ax, (8.5, 5.0))
     strip, any_shown = [], False
-    for label, r in _curve_items(data):
+    for label, r in items:
         first = np.asarray(r.first_layer_ratio, dtype=np.float64)
         topl = np.asarray(r.update_ratio[:, -1], dtype=np.float64)
         epochs = np.arange(1, len(first) + 1)
@@ -559,6 +642,46 @@ def update_ratio_curves(data, path=None, *,
     return fig
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _theory_args(res, prediction, curve, window):
+    """(log10 ||dL/dh_l||, prediction, curve as float64 or None, window) of
+    :func:`theory_vs_simulation`'s arguments, each refused naming it before anything is drawn: a
+    Diagnosis was an AttributeError, a prediction "0.1" a NumPy ufunc error and NaN drew no line
+    beside "+nan decades per layer", a curve of the wrong length a broadcast error; window (3, 99)
+    of 10 layers was cut to "fitted layers 3-9" and (7, 2) or (-5, 4) ignored."""
+    if not isinstance(res, Result):
+        raise TypeError(f"res must be a Result (gb.backprop of a gb.Stack), got {type(res).__name__}{_hint(res)}")
+    s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    L = len(s)
+    if isinstance(prediction, (bool, np.bool_)) or not isinstance(prediction, (int, float, np.integer, np.floating)):
+        raise TypeError(f"prediction must be a real number (decades per layer going down, e.g. "
+                        f"theory.mean_field(...).decades_per_layer), got {type(prediction).__name__} {prediction!r}")
+    prediction = float(prediction)
+    if curve is None and not math.isfinite(prediction):
+        raise ValueError(f"prediction must be finite (decades per layer going down): {prediction!r} draws no line")
+    if curve is not None:
+        try:
+            curve = np.asarray(curve, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"curve must be an array of {L} numbers (the predicted log10 ||dL/dh_l||, one per layer), "
+                            f"got {type(curve).__name__}") from None
+        if curve.shape != (L,):
+            raise ValueError(f"curve must have shape ({L},), one predicted log10 ||dL/dh_l|| per layer of the "
+                             f"result, got shape {curve.shape}")
+        if not np.isfinite(curve).any():
+            raise ValueError("curve has no finite entry: nothing to draw")
+    if window is not None:
+        ok = isinstance(window, (tuple, list)) and len(window) == 2 and all(_is_int(v) for v in window)
+        if not ok or not 0 <= window[0] < window[1] <= L:
+            raise ValueError(f"window must be None or a pair of whole numbers (lo, hi): the layers [lo, hi) fitted, "
+                             f"0 <= lo < hi <= {L} (the result's depth), got {window!r}")
+        window = (int(window[0]), int(window[1]))
+    return s, prediction, curve, window
+
+
 def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None, ax=None,
                          dpi: int = DPI, curve=None, window: tuple[int, int] | None = None) -> Figure:
     """Simulated log10 ||dL/dh_l|| against layer with the theory's prediction.
@@ -576,14 +699,18 @@ def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None
         ``theory.along_stack(stack).signal_log10()``: chi_1 at each layer's own length), drawn
         instead of the straight line.
     window : (lo, hi), optional
-        The layers [lo, hi) a slope was fitted over; the prediction is placed at the simulation's
-        height there (least squares: the same mean over those layers), not at the top layer,
-        whose signal carries the loss's own start. Default: every layer.
+        The layers [lo, hi) a slope was fitted over, 0 <= lo < hi <= depth; the prediction is
+        placed at the simulation's height there (least squares: the same mean over those layers),
+        not at the top layer, whose signal carries the loss's own start. Default: every layer.
+
+    Each argument of the wrong type or out of range is refused naming it (TypeError, ValueError)
+    before anything is drawn: a ``prediction`` that is not finite without a ``curve`` (no line
+    to draw), a ``curve`` of another length than the result's depth, a ``window`` outside it.
     """
-    s = res.signal_norm.log10()
+    s, prediction, curve, window = _theory_args(res, prediction, curve, window)
     L = len(s)
     l = np.arange(L)
-    predicted = (L - 1 - l) * prediction if curve is None else np.asarray(curve, dtype=np.float64)
+    predicted = (L - 1 - l) * prediction if curve is None else curve
     lo, hi = window or (0, L)
     used = lo + np.flatnonzero(np.isfinite(s[lo:hi]) & np.isfinite(predicted[lo:hi]))  # the layers placed over
     anchor = float(np.mean(s[used] - predicted[used])) if used.size else s[L - 1] - predicted[L - 1]
@@ -591,7 +718,8 @@ def theory_vs_simulation(res, prediction, path=None, *, title: str | None = None
     fig, ax = _axes(ax, (9.0, 5.0))
     (sim,) = ax.plot(l, np.where(np.isfinite(s), s, np.nan), lw=1.6, label="simulated (exact chain)")
     label = (f"theory: {prediction:+.4g} decades per layer going down" if curve is None else
-             f"theory: chi_1 at each layer's own length ({prediction:+.4g} decades per layer fitted)")
+             "theory: chi_1 at each layer's own length"
+             + (f" ({prediction:+.4g} decades per layer fitted)" if math.isfinite(prediction) else ""))
     if np.isfinite(s).any():
         ax.plot(l, predicted, ls="--", color="k", lw=1.2, label=label)
     else:

@@ -18,13 +18,18 @@ epoch (0: before training, e: after epoch e), L layers, tags with zero-padded la
 
 A diagnosis (``gradbench run --tensorboard DIR``, :func:`write_diagnosis`), step = layer l so
 that the depth profile shows as a curve: ``depth/grad_log10``, ``depth/signal_log10``,
-``depth/act_mean``, ``depth/act_std_log10``, ``depth/saturation``, ``depth/dead`` (and
+``depth/act_mean`` (the mean of h_{l+1}, only at layers where float32 holds it: it wrote inf for
+3.4e+44 and 0 for 7.2e-52), ``depth/act_mean_log10`` (log10 |mean|, exact) with
+``depth/act_mean_sign`` (+1, -1; 0 for an exact 0), ``depth/act_std_log10``,
+``depth/saturation``, ``depth/dead`` (and
 ``depth/weight_log10`` when recorded), the histogram ``depth/grad_hist_log10`` of the
 diagnosis' bins (counts exact; TensorBoard's sum and sum of squares from the bin centres) and
 the verdict as text. A recurrent net's diagnosis (``gradbench run --cell ... --tensorboard DIR``,
 the same function) has the time step t as the step: ``time/signal_log10`` (||dL/dh_t||),
 ``time/grad_log10`` (the norm of step t's dW_hh term), ``time/cell_log10`` (the LSTM's
-||dL/dc_t||), ``time/carried_log10`` (with a loss at every step: ||dL_{T-1}/dh_t||, what the
+||dL/dc_t||), ``time/state_log10`` (the LSTM's sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2), what its
+verdict and rate read; not with a loss at every step, whose carried ||dL_{T-1}/dc_t|| the
+diagnosis does not keep), ``time/carried_log10`` (with a loss at every step: ||dL_{T-1}/dh_t||, what the
 verdict reads, and ``time/carried_grad_log10``, its dW_hh step terms, what the reach reads), ``time/act_std_log10``, ``time/saturation``, ``time/gate_mean`` and
 ``time/gate_low`` (gated cells), and the verdict as text.
 
@@ -178,9 +183,35 @@ def write_diagnosis(d, logdir) -> str:
     return os.fspath(logdir)
 
 
+# float32's smallest normal and largest finite: TensorBoard's scalars are float32
+_F32 = np.finfo(np.float32)
+
+
+def float32_faithful(values) -> np.ndarray:
+    """``values`` (float64) where float32 holds them (0, or a magnitude within float32's normal
+    range), NaN elsewhere: TensorBoard stores scalars as float32, and ``depth/act_mean`` read inf
+    at layers 31-59 of a ReLU stack at sigma_w 30 whose means were 3.386e+44 .. 8.662e+74, and 0.0
+    at layers 29-39 at sigma_w 0.05 (7.2e-52 at layer 32)."""
+    v = np.asarray(values, dtype=np.float64)
+    a = np.abs(v)
+    ok = (v == 0) | ((a >= float(_F32.tiny)) & (a <= float(_F32.max)))
+    return np.where(ok, v, np.nan)
+
+
+def mean_sign(mean, mean_log10) -> np.ndarray:
+    """+1, -1 or 0 for each mean: the sign of ``mean`` (float64; an underflowed one keeps its sign as
+    -0.0), 0 where ``mean_log10`` is -inf (exactly 0), NaN where it is NaN."""
+    m = np.asarray(mean, dtype=np.float64)
+    lg = np.asarray(mean_log10, dtype=np.float64)
+    return np.where(lg == -np.inf, 0.0, np.where(np.isnan(lg), np.nan, np.copysign(1.0, m)))
+
+
 def _depth_events(w, d) -> str:
     """A stack's profile over the layers; returns its rate in words."""
-    series = {"grad_log10": d.grad_log10, "signal_log10": d.signal_log10, "act_mean": d.act_mean,
+    series = {"grad_log10": d.grad_log10, "signal_log10": d.signal_log10,
+              # the mean itself only where float32 holds it; its exact size and sign as log10 |mean| and +-1
+              "act_mean": float32_faithful(d.act_mean), "act_mean_log10": d.act_mean_log10,
+              "act_mean_sign": mean_sign(d.act_mean, d.act_mean_log10),
               "act_std_log10": d.act_std_log10, "saturation": d.saturation, "dead": d.dead}
     if len(d.weight_log10) == d.depth:
         series["weight_log10"] = d.weight_log10
@@ -205,6 +236,11 @@ def _recurrent_events(w, d) -> str:
               "saturation": d.saturation}
     if len(d.cell_log10):
         series["cell_log10"] = d.cell_log10
+    from gradbench.recurrent.cli import verdict_signal
+
+    state, name, read = verdict_signal(d)
+    if read and "dc_t" in name:  # the LSTM's state pair: the curve its verdict and rate (the text's) read
+        series["state_log10"] = state
     if len(d.carried_log10):  # a loss at every step: the verdict's signal, the last step's loss alone
         series["carried_log10"] = d.carried_log10
         series["carried_grad_log10"] = d.carried_grad_log10  # its dW_hh step terms, which the reach reads

@@ -326,11 +326,13 @@ def refuse_unused_stack_options(args, stacks: list[Stack], several: bool = False
                          + " (give --loss mse, bce or softmax_ce)")
 
 
-def stack_label(stack: Stack) -> str:
-    """The stack in words, without its dtype."""
+def stack_label(stack: Stack, weights: str | None = None) -> str:
+    """The stack in words, without its dtype; ``weights``: where the weights came from when its
+    init scheme did not draw them (a Diagnosis's ``weights``: "the weights of model.pt"), said in
+    place of the scheme (:func:`gradbench.report.describe`)."""
     from gradbench.report import describe
 
-    return describe(asdict(stack)).rsplit(", ", 1)[0]
+    return describe(asdict(stack), weights).rsplit(", ", 1)[0]
 
 
 # ------------------------------------------------------------------ one probe run

@@ -443,6 +443,38 @@ def cmd_run(args) -> int:
 
 
 # ------------------------------------------------------------------ compare
+def verdict_signal(d, res=None) -> tuple[np.ndarray, str, bool]:
+    """(log10 per step, its name, whether the verdict and rate read it): the curve a diagnosis's
+    verdict and ``decades_per_step`` are read from, for the compare table's columns and
+    :func:`gradbench.recurrent.plot.signal_vs_steps_back`'s lines.
+
+    ``||dL/dh_t||``, or with a loss at every step ``||dL_{T-1}/dh_t||`` (``carried_log10``). For the
+    LSTM the verdict reads the backward state's norm sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2)
+    (:func:`gradbench.recurrent.diagnose.state_log10`), named ``||(dL/dh_t, dL/dc_t)||``: drawing
+    ||dL/dh_t|| beside the pair's verdict and rate showed a curve falling 3.6 decades in one step
+    (a least-squares slope of -0.0300 dec/step) labelled "stable, -0.0057 dec/step". A diagnosis
+    with a loss at every step keeps no carried ||dL_{T-1}/dc_t||: without ``res`` (its result) an
+    LSTM's carried ||dL_{T-1}/dh_t|| is returned with False (the verdict's curve is not drawn)."""
+    from gradbench.recurrent.diagnose import state_log10
+
+    carried = len(d.carried_log10) > 0
+    h = np.asarray(d.carried_log10 if carried else d.signal_log10, dtype=np.float64)
+    name = "||dL_{T-1}/dh_t||" if carried else "||dL/dh_t||"
+    if d.rnn.get("cell") != "lstm":
+        return h, name, True
+    c = np.asarray(d.cell_log10, dtype=np.float64)
+    if carried:
+        zc = None if res is None else (getattr(res, "extras", None) or {}).get("carried_cell_signal_norm")
+        if zc is None:
+            return h, name, False
+        with np.errstate(divide="ignore"):
+            c = np.asarray(zc.log10(), dtype=np.float64)
+    if len(c) != len(h):
+        return h, name, False
+    pair = "||(dL_{T-1}/dh_t, dL_{T-1}/dc_t)||" if carried else "||(dL/dh_t, dL/dc_t)||"
+    return state_log10(h, c), pair, True
+
+
 def cmd_compare(args) -> int:
     from gradbench.recurrent.diagnose import diagnose
 
@@ -461,10 +493,13 @@ def cmd_compare(args) -> int:
     nets = {cell: _net(args, cell) for cell in cells}  # every refusal before the first run
     backend, avail = _backend(args.backend), available()
     probes = [plan_one(rnn, args, backend, label=cell, avail=avail) for cell, rnn in nets.items()]
-    diags = {}
+    diags, results, shown = {}, {}, {}
     for probe in probes:
         res, _ = run_one(probe, args)
         diags[probe.label] = diagnose(res)
+        results[probe.label] = res  # an LSTM's carried ||dL_{T-1}/dc_t|| (loss at every step) is the result's only
+        # what the table and the plot show: the curve the verdict and rate read (an LSTM's state pair)
+        shown[probe.label] = verdict_signal(diags[probe.label], res)
     T = args.steps
     written = []
     if args.out:
@@ -475,8 +510,10 @@ def cmd_compare(args) -> int:
     if args.plot:
         from gradbench.recurrent import plot  # matplotlib only when a plot is asked for
 
+        # the result where only it holds the verdict's curve (an LSTM's carried dL_{T-1}/dc_t): the figure diagnoses it
+        drawn = {k: d if verdict_signal(d)[2] else results[k] for k, d in diags.items()}
         written.append(_write_plot(args, lambda path: plot.signal_vs_steps_back(
-            diags, path, title=f"{'||dL_(T-1)/dh_t||' if args.loss_on == 'every' else '||dL/dh_t||'} through "
+            drawn, path, title=f"{'Last step loss gradient' if args.loss_on == 'every' else 'Gradient'} through "
                                f"{count(T, 'step')}, hidden {args.hidden}", dpi=args.dpi)))
     for note in _compare_notes(args, nets):
         print(note)
@@ -490,18 +527,26 @@ def cmd_compare(args) -> int:
         if not math.isfinite(d.decades_per_step):  # it printed "+nan", where run says why
             no_slope.append(cell)
         row = f"{cell:<6} {d.verdict:<10} {rate}"
-        # a loss at every step: the columns are what the verdict, rate and reach read, the last step's
-        # loss carried back (the whole loss's ||dL/dh_t|| is mostly each step's own term: flat)
-        shown = d.carried_log10 if len(d.carried_log10) else d.signal_log10
-        row += "".join(f" {fmt_pow(shown[T - 1 - b]):>12}" for b in backs)
+        # the columns are what the verdict and rate read (verdict_signal): with a loss at every step the last
+        # step's loss carried back (the whole loss's ||dL/dh_t|| is mostly each step's own term: flat); for the
+        # LSTM its state pair (its ||dL/dh_t|| read 10^-3.07 one step back beside "stable, -0.0049")
+        values = shown[cell][0]
+        row += "".join(f" {fmt_pow(values[T - 1 - b]):>12}" for b in backs)
         print(row + f"  {d.reach}")
-    if args.loss_on == "every":
-        print("(log10 ||dL_{T-1}/dh_t||, the gradient of the last step's loss alone, at that many steps back from the "
+    every = args.loss_on == "every"
+    h = "||dL_{T-1}/dh_t||" if every else "||dL/dh_t||"
+    lstm = "lstm" in diags
+    norm = f"log10 {h}" + (" (lstm: log10 " + ("||(dL_{T-1}/dh_t, dL_{T-1}/dc_t)||" if every else
+                                             "||(dL/dh_t, dL/dc_t)||")
+                           + ", its backward state's norm sqrt(" + h + "^2 + " + h.replace("dh_t", "dc_t")
+                           + "^2), which its verdict and rate read)" if lstm else "")
+    if every:
+        print(f"({norm}, the gradient of the last step's loss alone, at that many steps back from the "
               "last step, exact; reach: consecutive steps around the largest contribution to dL_{T-1}/dW_hh whose "
               "contributions stay within 8 decades of it; with a loss at every step ||dL/dh_t|| is mostly each "
               "step's own term: run --cell shows both)")
     else:
-        print("(log10 ||dL/dh_t|| at that many steps back from the last step, exact; reach: consecutive steps "
+        print(f"({norm} at that many steps back from the last step, exact; reach: consecutive steps "
               "around the largest contribution to dL/dW_hh whose contributions stay within 8 decades of it)")
     if no_slope:
         print("(dec/step -: no slope to fit over one step)" if T < 2 else

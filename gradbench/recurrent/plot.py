@@ -1,4 +1,5 @@
-"""Figures of recurrent runs: ||dL/dh_t|| through time, one line per net, and training curves.
+"""Figures of recurrent runs: the gradient through time (||dL/dh_t||; an LSTM's state pair), one
+line per net, and training curves.
 
 Built on :class:`matplotlib.figure.Figure` (no pyplot, no window) and written atomically through
 :func:`gradbench.plot.save`, like the stacks' figures.
@@ -27,47 +28,113 @@ def _limits(ax, lo, hi):
                 ax.text(ax.get_xlim()[1], v, f" {name} {what}", va="center", ha="left", fontsize=7, color="grey")
 
 
-def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient through time", dpi: int = DPI) -> Figure:
-    """log10 ||dL/dh_t|| against the number of steps back from the last step, one line per net.
+PAIR_WORDS = "||(dL/dh_t, dL/dc_t)|| = sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2): the LSTM's backward state, which its verdict reads"
 
-    ``data``: label -> RecurrentDiagnosis or RecurrentResult. A net with a loss at every step
-    shows what its recurrence carries back from the last step's loss (``carried_log10``, which
-    its verdict and rate read), not each step's own loss term. Its rate is given as the compare
-    table gives it (4 decimals). Steps whose ||dL/dh_t|| is exactly 0 (triangles) or not finite
-    (crosses) have no place on the log scale: they are marked below the x axis in the line's
-    colour, as :func:`gradbench.plot.gradient_flow` marks layers, and counted in its legend entry.
+
+def _nets(data, name: str = "data") -> dict:
+    """label -> RecurrentDiagnosis or RecurrentResult from a dict of them, or one of them alone
+    (label ""), as :func:`gradbench.plot.gradient_flow` takes one item; anything else is refused
+    naming what is taken."""
+    from gradbench.recurrent.results import RecurrentResult
+
+    kinds = (RecurrentDiagnosis, RecurrentResult)
+    if isinstance(data, kinds):
+        return {"": data}
+    if not isinstance(data, dict):
+        raise TypeError(f"{name} must be a RecurrentDiagnosis or RecurrentResult (gb.diagnose / gb.backprop of a "
+                        f"gb.Recurrent) or a dict label -> one of them, got {type(data).__name__}")
+    if not data:
+        raise ValueError(f"{name} is an empty dict: give at least one label -> RecurrentDiagnosis or RecurrentResult")
+    bad = {k: type(v).__name__ for k, v in data.items() if not isinstance(v, kinds)}
+    if bad:
+        k, t = next(iter(bad.items()))
+        raise TypeError(f"{name}[{k!r}] must be a RecurrentDiagnosis or RecurrentResult (gb.diagnose / gb.backprop of "
+                        f"a gb.Recurrent), got {t}" + (" (a feed-forward stack's: gradbench.plot.gradient_flow draws it)"
+                                                      if t in ("Diagnosis", "Result") else ""))
+    return {str(k): v for k, v in data.items()}
+
+
+def _one_net(item, name: str) -> RecurrentDiagnosis:
+    """``item``'s diagnosis (a RecurrentResult is diagnosed), else a TypeError naming ``name``."""
+    from gradbench.recurrent.results import RecurrentResult
+
+    if isinstance(item, RecurrentResult):
+        return diagnose(item)
+    if not isinstance(item, RecurrentDiagnosis):
+        raise TypeError(f"{name} must be a RecurrentDiagnosis or RecurrentResult (gb.diagnose / gb.backprop of a "
+                        f"gb.Recurrent), got {type(item).__name__}" + (" (a feed-forward stack's: gradbench.plot."
+                                                                      "gradient_flow draws it)"
+                                                                      if type(item).__name__ in ("Diagnosis", "Result")
+                                                                      else ""))
+    return item
+
+
+def signal_vs_steps_back(data, path=None, *, title: str = "Gradient through time", dpi: int = DPI) -> Figure:
+    """log10 of the gradient each net's verdict reads against the number of steps back from the
+    last step, one line per net.
+
+    ``data``: label -> RecurrentDiagnosis or RecurrentResult, or one of them alone. Each line is
+    the curve its verdict and rate are read from (:func:`gradbench.recurrent.cli.verdict_signal`):
+    ||dL/dh_t||, but for the LSTM its backward state's norm sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2),
+    named ||(dL/dh_t, dL/dc_t)|| on the y axis or, beside other cells, in its legend entry, and
+    defined under the title (an
+    LSTM's ||dL/dh_t|| fell 3.6 decades in its first step back under a legend "stable, -0.0057
+    dec/step", the pair's). A net with a loss at every step shows what its recurrence carries back
+    from the last step's loss (``carried_log10``, which its verdict and rate read), not each
+    step's own loss term; such an LSTM's carried ||dL_{T-1}/dc_t|| is in its result, not its
+    diagnosis: from a diagnosis its ||dL_{T-1}/dh_t|| is drawn and its legend entry says that its
+    rate is the pair's, not drawn. Its rate is given as the compare table gives it (4 decimals).
+    Steps whose norm is exactly 0 (triangles) or not finite (crosses) have no place on the log
+    scale: they are marked below the x axis in the line's colour, as
+    :func:`gradbench.plot.gradient_flow` marks layers, and counted in its legend entry.
     """
+    from gradbench.recurrent.cli import verdict_signal
+
+    nets = _nets(data)
     fig = Figure(figsize=(9.0, 5.0))
     ax = fig.add_subplot()
     lo, hi = math.inf, -math.inf
     strip = []
-    diags = {label: item if isinstance(item, RecurrentDiagnosis) else diagnose(item) for label, item in data.items()}
+    diags, curves = {}, {}
+    for label, item in nets.items():
+        d = item if isinstance(item, RecurrentDiagnosis) else diagnose(item)
+        diags[label] = d
+        curves[label] = verdict_signal(d, None if item is d else item)
+    names = {name for _, name, _ in curves.values()}
+    common = names.pop() if len(names) == 1 else None
     # a dtype other than float64 is said, as the stacks' figures say it: in the title when every net has it
     dtypes = {label: d.rnn.get("dtype") or "float64" for label, d in diags.items()}
     mixed = len(set(dtypes.values())) > 1
     if not mixed:
         title = _with_dtype(title, next(iter(dtypes.values())))
     for i, (label, d) in enumerate(diags.items()):
+        s, name, read = curves[label]
+        shown = label
         if mixed:
-            label = _with_dtype(label, dtypes[label])
-        s = d.carried_log10 if len(d.carried_log10) else d.signal_log10
+            shown = _with_dtype(shown, dtypes[label])
+        if common is None or not read:  # the norm drawn, where the y axis cannot name it for every line
+            shown = f"{shown}: {name}" if shown else name
         if len(d.carried_log10):
-            label = f"{label}, carried from the last step's loss"
+            shown = f"{shown}, carried from the last step's loss"
         back = np.arange(len(s))[::-1]  # step t is T-1-t steps back
         ok = np.isfinite(s)
         notes = [fmt_rate(d.decades_per_step, 4) + " dec/step"] if math.isfinite(d.decades_per_step) else []
+        if notes and not read:
+            notes[0] += " of ||(dL_{T-1}/dh_t, dL_{T-1}/dc_t)||, not drawn (its dL_{T-1}/dc_t is in the result)"
         notes += [f"{count(n, 'step')} {what}" for n, what in ((int(np.sum(s == -np.inf)), "exactly 0"),
                                                        (int(np.sum(np.isnan(s) | (s == np.inf))), "not finite")) if n]
         (line,) = ax.plot(back, np.where(ok, s, np.nan), lw=1.6, ls=_STYLES[i % len(_STYLES)],
-                          label=f"{label}  ({', '.join([d.verdict] + notes)})")
+                          label=f"{shown}  ({', '.join([d.verdict] + notes)})" if shown else ", ".join([d.verdict] + notes))
         strip += _off_scale(s, line.get_color(), back)
         if ok.any():
             lo, hi = min(lo, s[ok].min()), max(hi, s[ok].max())
-    room = _strip(ax, strip, "||dL/dh_t||")
+    room = _strip(ax, strip, common or "norm")
     ax.set_xlabel("steps back from the last step (T - 1 - t)")
     _whole_numbers(ax.xaxis)
-    ax.set_ylabel("log10 ||dL/dh_t||  (exact)")
-    ax.set_title(title)
+    pair = any("dc_t" in name for _, name, _ in curves.values())
+    ax.set_ylabel(f"log10 {common}  (exact)" if common else "log10 of the norm its legend entry names  (exact)")
+    # the pair's definition under the title (beside the y axis's label it ran out of the figure)
+    ax.set_title(f"{title}\n{PAIR_WORDS}" if pair else title, fontsize=10 if pair else None)
     ax.grid(True, alpha=0.3)
     if math.isfinite(lo):
         _limits(ax, lo, hi)
@@ -78,17 +145,27 @@ def signal_vs_steps_back(data: dict, path=None, *, title: str = "Gradient throug
 
 
 def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dpi: int = DPI) -> Figure:
-    """One run: log10 ||dL/dh_t|| (and ||dL/dc_t|| for the LSTM) and log10 of step t's
-    contribution to dL/dW_hh against t; gate statistics below."""
+    """One run: log10 ||dL/dh_t|| (and for the LSTM ||dL/dc_t|| and the pair's norm
+    sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2), which its verdict in the title reads) and log10 of step
+    t's contribution to dL/dW_hh against t; gate statistics below. ``d``: a RecurrentDiagnosis, or the
+    RecurrentResult it is read from (anything else is refused naming ``d``; a stack's Diagnosis was
+    an AttributeError)."""
+    d = _one_net(d, "d")
     fig = Figure(figsize=(9.0, 6.5))
     ax, bx = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
+    from gradbench.recurrent.cli import verdict_signal
+
     t = np.arange(d.steps)
     strip, finite = [], False
+    state, name, read = verdict_signal(d)
+    # an LSTM's verdict reads its state pair: drawn too, so that the title's verdict has its curve
+    pair = (state, f"{name}: the verdict's") if read and "dc_t" in name else (np.zeros(0), "")
     for y, label in ((d.signal_log10, "||dL/dh_t||"), (d.carried_log10, "||dL_{T-1}/dh_t|| (carried back)"),
-                     (d.cell_log10, "||dL/dc_t||"), (d.grad_log10, "||step t's dW_hh term||")):
+                     (d.cell_log10, "||dL/dc_t||"), pair, (d.grad_log10, "||step t's dW_hh term||")):
         if len(y):
             y = np.asarray(y, dtype=np.float64)
-            (line,) = ax.plot(t, np.where(np.isfinite(y), y, np.nan), lw=1.4, label=label)
+            (line,) = ax.plot(t, np.where(np.isfinite(y), y, np.nan), lw=1.4, label=label,
+                              ls="--" if pair[1] and label == pair[1] else "-")  # dashed: it lies on ||dL/dc_t|| where that leads
             # steps exactly 0 or not finite have no place on the log scale: marked under the axis, as
             # signal_vs_steps_back and the stacks' figures mark them (they were dropped without a word)
             strip += _off_scale(y, line.get_color(), t)
@@ -124,6 +201,15 @@ def training_figure(results: dict, path=None, *, title: str | None = None, dpi: 
     (ln 2 for bce) is dashed where every run has the same one (mse without its targets' mean
     has none).
     """
+    from gradbench.recurrent.train import RecurrentTrainResult
+
+    if not isinstance(results, dict) or not results:
+        raise TypeError(f"results must be a non-empty dict name -> RecurrentTrainResult (gb.train of a gb.Recurrent), "
+                        f"got {type(results).__name__}" + (" (empty)" if isinstance(results, dict) else ""))
+    for name, r in results.items():
+        if not isinstance(r, RecurrentTrainResult):
+            raise TypeError(f"results[{name!r}] must be a RecurrentTrainResult (gb.train of a gb.Recurrent), got "
+                            f"{type(r).__name__}")
     fig = Figure(figsize=(12.0, 4.8))
     ax, bx = fig.subplots(1, 2)
     n = len(results)
