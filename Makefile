@@ -109,7 +109,7 @@ asan: $(VENV)/.installed-test
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(PY) -c "import sys, gradbench; gradbench.__path__.insert(0, 'build/asan/gradbench'); \
 	import gradbench._ckernels as k; print('C kernels under test:', k.__file__); assert 'build/asan' in k.__file__; \
-	import pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_c.py', 'tests/test_alignment.py', 'tests/test_philox.py', 'tests/test_crosscheck.py', 'tests/test_exact.py', 'tests/test_recurrent_backends.py', 'tests/test_recurrent_abi.py', 'tests/test_recurrent_gates.py', 'tests/test_c_workspace.py', 'tests/test_clip_acted.py', 'tests/test_clip_acted_recurrent.py', 'tests/test_c_histogram.py', 'tests/test_recurrent_threads.py', 'tests/test_recurrent_rows.py', 'tests/test_forward_rows.py', 'tests/test_row_exponents.py', 'tests/test_recurrent_nonfinite_step_norms.py', '-k', 'not numba']))"
+	import pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_c.py', 'tests/test_alignment.py', 'tests/test_philox.py', 'tests/test_crosscheck.py', 'tests/test_exact.py', 'tests/test_recurrent_backends.py', 'tests/test_recurrent_abi.py', 'tests/test_recurrent_gates.py', 'tests/test_c_workspace.py', 'tests/test_clip_acted.py', 'tests/test_clip_acted_recurrent.py', 'tests/test_c_histogram.py', 'tests/test_recurrent_threads.py', 'tests/test_recurrent_rows.py', 'tests/test_forward_rows.py', 'tests/test_row_exponents.py', 'tests/test_recurrent_nonfinite_step_norms.py', 'tests/test_limit_rescue.py', '-k', 'not numba']))"
 
 # The C kernels' threads under ThreadSanitizer: the extension built again in build/tsan, then the
 # tests that run the drivers on 1-3 threads (bits across thread counts, hand-overs, the rescue,
