@@ -33,7 +33,8 @@ def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str =
             f"{name} has dtype {a.dtype}, the {owner}'s dtype is {dtype}: "
             f"pass {name}.astype({str(dtype)!r}) or a {kind} with dtype={a.dtype.name!r}"
             if a.dtype.name in spec.DTYPES
-            else f"{name} has dtype {a.dtype}; supported dtypes are {', '.join(spec.DTYPES)}"
+            else f"{name} has dtype {a.dtype}; supported dtypes are {', '.join(spec.DTYPES)}, and the {owner}'s is "
+                 f"{dtype}: pass {name}.astype({str(dtype)!r})"
         )
     if shape is not None and a.shape != tuple(shape):
         raise ValueError(f"{name} has shape {a.shape}, expected {tuple(shape)}")

@@ -140,6 +140,12 @@ def test_unsupported_or_mismatched_dtype():
         gb.backprop(stack, params, x.astype(np.float16), backend="numpy")
     with pytest.raises(TypeError, match="supported dtypes"):
         gb.backprop(stack, params, x.astype(np.int64), backend="numpy")
+    # the cast that works, named (an int64 mse target read only "supported dtypes are float64, float32",
+    # and its float32 cast was then refused on a float64 stack)
+    mse = gb.Stack(depth=3, width=4, loss="mse")
+    with pytest.raises(TypeError, match=r"^targets has dtype int64; supported dtypes are float64, float32, and the "
+                                        r"stack's is float64: pass targets\.astype\('float64'\)$"):
+        gb.backprop(mse, gb.init_params(mse, 0), gb.gaussian_input(mse, 3, 1), np.zeros((3, 4), np.int64))
 
 
 def test_mismatched_params_and_stack():
