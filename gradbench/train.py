@@ -1062,9 +1062,14 @@ _register(Demo("layerwise-pretraining", "10 sigmoid layers pretrained one at a t
                _DEEP, _SGD, pretrain=dict(epochs=100, optimizer="adam", lr=0.01)))
 
 
-def run_demo(name: str, /, *, backend: str = "auto", progress: bool = False, **overrides) -> TrainResult:
+def run_demo(name: str, /, *, backend: str = "auto", progress: bool = False, dtype: str | None = None,
+             **overrides) -> TrainResult:
     """Run one of :data:`DEMOS` (``overrides`` change training settings, e.g. ``epochs``: the
     keywords of :func:`train` but ``name`` and ``dataset``, which the demo brings).
+
+    ``dtype`` ("float64" or "float32"; None: the demo's, float64) is the stack's: the weights are
+    drawn and trained in it, on the demo's data points cast to it (drawn in float64 by the
+    recorded ``data`` call), as ``gradbench train --dtype float32`` trains your own stack.
 
     layerwise-pretraining pretrains first (``gradbench.pretrain(stack, X, seed=seed, **demo.pretrain)``,
     from ``params`` when they are given, else from ``init_params(stack, seed)``) and fine-tunes
@@ -1097,7 +1102,8 @@ def run_demo(name: str, /, *, backend: str = "auto", progress: bool = False, **o
     X, y = demo.data()
     kw = dict(demo.train)
     kw.update(overrides)
-    stack = demo.make_stack()
+    stack = demo.make_stack() if dtype is None else demo.make_stack(dtype=dtype)
+    X = X.astype(stack.np_dtype, copy=False)
     if demo.pretrain is None:
         r = train(stack, X, y, backend=backend, progress=progress, name=name, dataset=demo.dataset, **kw)
         r.settings["data"] = demo.data_recipe()
