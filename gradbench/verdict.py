@@ -1322,7 +1322,8 @@ def _lagging_words(stack, g, res, verdict: str, far) -> list[str]:
 # decades; sigmoid with batch norm, depth 1500, width 6, batch 3 (+0.7): 2.7 % and 3.5 decades;
 # tanh at sigma_w = 1.5, depth 400, width 256 (-6.5): 1.6e-6 and 3e-4 decades; ReLU at
 # sigma_w = 2 (exploding, not chaotic), He ReLU, Xavier tanh: -15 to -17, nothing moved.
-# Not seen by it: a signal clip (the clipped ||dL/dh_l|| is not the loss's derivative), and
+# Not seen by it: a signal clip (the clipped ||dL/dh_l|| is not the loss's derivative: for a plain
+# stack clipped_rounding_sensitivity estimates the unclipped chain from mean field), and
 # float32 batch norm over 2-4 samples, whose backward is a cancellation the loss does not show.
 CHAOTIC_LOG10 = -4.0
 
@@ -1366,14 +1367,64 @@ def rounding_sensitivity(res) -> tuple[float, int] | None:
     return None if share is None else (share[0], share[1] + 1)
 
 
-def chaos_words(share: tuple[float, int] | None, dtype: str, where: str) -> list[str]:
+def clipped_rounding_sensitivity(res, weight_log10=None) -> tuple[float, int, float, float] | None:
+    """:func:`rounding_sensitivity` of the chain a signal clip changed, from mean field's rate:
+    (share, l, rate, sigma_w), or None where it does not apply.
+
+    A signal clip changes only the backward: the forward, and how far its rounding moves the loss,
+    are those of the stack without the clip, whose ||dL/dh_l|| the clipped signal no longer shows
+    (tanh at N(0, 1) entries, depth 200, width 32: the unclipped chain grows +0.203 decades a
+    layer, a share of 10^23.4; clipped at 1 the signal is flat and the share read 10^-15.7, while
+    the C and NumPy backends and torch put the loss at 1.928, 1.799 and 2.807 and the clip left
+    25, 32 and 38 layers alone). Where the clip changed the signal at some layer of a plain
+    stack (no batch norm or residual, an activation of :mod:`gradbench.theory`), the unclipped
+    ||dL/dh_l|| is estimated as the clipped top layer's (the clip only shrinks) growing at mean
+    field's rate ``rate`` (decades per layer going down) at the weights' gain ``sigma_w``
+    (:func:`weight_gain`) and the stack's sigma_b; None where that rate is not positive (the
+    clipped signal's own share is then no smaller than the estimate's)."""
+    stack = res.stack
+    acted = getattr(res, "signal_clip_acted", None)
+    if (stack.clip is None or stack.clip_on != "signal" or acted is None or not np.any(acted)
+            or stack.batch_norm or stack.residual or len(res.signal_norm.log10()) < 2):
+        return None
+    from gradbench import theory  # here: only a clipped signal needs it
+
+    gain, _ = weight_gain(stack, weight_log10)
+    try:
+        rate = float(theory.mean_field(stack.activation, gain, stack.sigma_b, stack.activation_param).decades_per_layer)
+    except (ValueError, ArithmeticError):
+        return None
+    if not rate > 0:
+        return None
+    s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    if not math.isfinite(s[-1]):
+        return None
+    L = len(s)
+    est = s[-1] + rate * (L - 1 - np.arange(L))
+    with np.errstate(divide="ignore"):
+        share = rounding_share(est[1:], res.act_mean.log10()[:-1], res.act_std.log10()[:-1],
+                               float(res.loss_exact.log10()), stack.dtype)
+    return None if share is None else (share[0], share[1] + 1, rate, gain)
+
+
+def chaos_words(share: tuple[float, int] | None, dtype: str, where: str, clipped=None) -> list[str]:
     """The sentence for a chaotic forward pass (``share`` from :func:`rounding_share`, at or above
-    :data:`CHAOTIC_LOG10`); ``where`` names the state, as "h_34" or "h_t at step 12"."""
+    :data:`CHAOTIC_LOG10`); ``where`` names the state, as "h_34" or "h_t at step 12". ``clipped``:
+    (rate, sigma_w) where the share is :func:`clipped_rounding_sensitivity`'s estimate."""
     if share is None or share[0] < CHAOTIC_LOG10:
         return []
     share = share[0]
     moved = ("by more than itself (a first-order estimate of 10^" + _num(share) + ": the trajectory is another one)"
              if share >= 0 else f"by ~10^{_num(share)} of itself")
+    if clipped:
+        rate, gain = clipped
+        return [f"the forward pass is chaotic, as without the clip (a signal clip changes only the backward): mean "
+                f"field's rate of the unclipped chain at this weight gain (sigma_w = {gain:.3g}) is {rate:+.3g} decades "
+                f"per layer, which the clip keeps out of the signal, so {dtype}'s rounding of {where} (one part in "
+                f"10^{-math.log10(np.finfo(dtype).eps / 2):.0f}) moves the loss {moved}; the loss "
+                f"{'beyond its first digits ' if share < -1 else ''}and where the clip acts are this run's rounding, "
+                "not the weights': another backend, framework or machine reads them apart (clipped as it is, the "
+                "chain is that of the rounded forward)"]
     return [f"the forward pass is chaotic: {dtype}'s rounding of {where} (one part in "
             f"10^{-math.log10(np.finfo(dtype).eps / 2):.0f}) moves the loss {moved}, and the gradients "
             f"{'by decades' if share >= 0 else 'some 1000 times more'}, so "
@@ -1471,7 +1522,11 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
     words += slope_gain_words(stack, verdict, weight_log10, res)
     if verdict != "no gradient":
         sens = rounding_sensitivity(res)
-        words += chaos_words(sens, stack.dtype, f"h_{sens[1]}" if sens else "")
+        said = chaos_words(sens, stack.dtype, f"h_{sens[1]}" if sens else "")
+        if not said:  # a signal clip hides the forward's chaos from its own signal: mean field's estimate
+            est = clipped_rounding_sensitivity(res, weight_log10)
+            said = chaos_words(est and est[:2], stack.dtype, f"h_{est[1]}" if est else "", clipped=est and est[2:])
+        words += said
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
     # (a forward without exponents underflows long before 2^(-2^62): float_underflow says that)
     zf = forward_zeros(stack.activation, std) if getattr(res, "forward_rescaled", True) else np.zeros(0, dtype=np.int64)
