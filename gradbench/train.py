@@ -573,10 +573,11 @@ def _then(words: str, stop: dict | None, value: float | None, short: bool = Fals
     else:
         what = {"loss": "the loss", "gradient": "a gradient", "parameters": "the weights"}[cause]
         k, n, steps = stop["mini_batch"], stop["batches"], stop["steps"]
-        if short:
+        if steps == 0:
+            said = f"nothing in epoch {e}" + ("" if short else f": {what} turned non-finite in its first mini-batch, "
+                                                               "before any step")
+        elif short:
             said = f"{value:.3g} % in epoch {e}'s {count(steps, 'step')}"
-        elif steps == 0:
-            said = f"nothing in epoch {e}: {what} turned non-finite in its first mini-batch, before any step"
         else:
             said = (f"{value:.3g} % in the {count(steps, 'step')} of epoch {e} before it stopped in mini-batch {k} "
                     f"of {n}, where {what} turned non-finite")
