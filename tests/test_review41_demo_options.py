@@ -67,3 +67,18 @@ def test_demo_seed_and_dtype_reach_the_cells(tmp_path, capsys):
         assert got["diagnoses"][cell]["signal_log10"] == ref["diagnoses"][cell]["signal_log10"]
         assert got["diagnoses"][cell]["rnn"]["dtype"] == "float32"
     assert "over 1000 steps (hidden 32, batch 4, seed 3, float32;" in text
+
+
+def test_train_demo_takes_dtype_as_demo_does(tmp_path, capsys):
+    """`train --demo relu-he --dtype float32` refused --dtype as ignored; run_demo now takes it."""
+    path = tmp_path / "t.json"
+    assert main(["train", "--demo", "relu-he", "--dtype", "float32", "--epochs", "1", "--backend", "numpy",
+                 "--out", str(path)]) == 0
+    capsys.readouterr()
+    run = json.loads(path.read_text())["runs"]["relu-he"]
+    demo = DEMOS["relu-he"]
+    stack = demo.make_stack(dtype="float32")
+    X, y = demo.data()
+    ref32 = torch_bce_loss(stack, gb.init_params(stack, 0), X.astype(np.float32), y, torch.float32)
+    assert run["stack"]["dtype"] == "float32"
+    assert run["eval_loss"][0] == pytest.approx(ref32, rel=2e-6)
