@@ -771,18 +771,17 @@ def branch_words(g, group: int, threshold: float) -> str:
             "layer, while the skip path carries the signal past the branches")
 
 
-def _walk_words(g, rate: float, group: int, L: int, threshold: float = 0.0, stack=None,
-                weight_log10=None) -> list[str]:
+def _walk_words(g, rate: float, group: int, L: int, threshold: float = 0.0) -> list[str]:
     """Where the fitted rate lies within the random walk of the layers' norms (:func:`within_walk`)
     and the walk spans ``threshold`` decades or more over the stack: the words that say so.
 
     Within two standard errors one run does not settle the rate; that is not the absence of a
     trend. The sign is called the seed's only within one standard error (He tanh at width 16 over
-    2,000 layers: fits of both signs), and mean field's rate at the weights' gain is named where
-    it has the fit's sign and lies beyond two standard errors (:func:`_mean_field_rate`): SELU at
-    lecun_normal, depth 300, width 32, read "+0.00813, its size and even its sign are the seed's"
-    (1.8 standard errors of 0.0045) where ||dW_l|| grew towards the input in 12 of 12 seeds, by
-    +1.4 to +5.3 decades, and mean field's chi_1 = 1.0716 is +0.0150 decades a layer."""
+    2,000 layers: fits of both signs): SELU at lecun_normal, depth 300, width 32, read "+0.00813,
+    its size and even its sign are the seed's" (1.8 standard errors of 0.0045) where ||dW_l||
+    grew towards the input in 12 of 12 seeds, by +1.4 to +5.3 decades (mean field's chi_1 =
+    1.0716: +0.0150 decades a layer). Mean field is not asked here: its first use imports SciPy,
+    some 23 MB that the plan's memory estimate of a diagnosis does not hold."""
     se = within_walk(g, rate, group)
     if se is None or se * (L - 1) < max(threshold, 0.5):
         return []
@@ -790,32 +789,9 @@ def _walk_words(g, rate: float, group: int, L: int, threshold: float = 0.0, stac
     settled = ("so its size and even its sign are the seed's" if t < 1 else
                f"so one run does not settle its size, nor surely its sign ({t:.2g} standard errors from 0, short of "
                "two): that is not the absence of a trend")
-    mf = _mean_field_rate(stack, weight_log10) if stack is not None else None
-    theory = ""
-    if mf is not None and mf[0] * rate > 0 and abs(mf[0]) >= 2 * se:
-        theory = (f"; mean field at this weight gain (sigma_w = {mf[2]:.3g}) expects {mf[0]:+.3g} decades per layer "
-                  f"(chi_1 = {mf[1]:.5g}), the fit's sign, beyond the walk's two standard errors: a trend the walk "
-                  "blurs, which a finite width's typical rate can lie below")
     return [f"the layers' ||dW_l|| wander like a random walk, as a product of random layers at a finite width does: "
             f"the fit's standard error is {se:.2g} decades per layer ({se * (L - 1):.2g} over the stack), more than "
-            f"half its rate, {settled}{theory}"]
-
-
-def _mean_field_rate(stack, weight_log10=None) -> tuple[float, float, float] | None:
-    """Mean field's rate of ||dL/dh_l|| (decades per layer going down), chi_1 and the gain sigma_w
-    (:func:`weight_gain`) of a plain stack (no batch norm, residual or clip; an activation of
-    :mod:`gradbench.theory`), else None."""
-    if stack.batch_norm or stack.residual or stack.clip is not None or stack.activation == "prelu":
-        return None
-    from gradbench import theory  # here: only a walk's words need it
-
-    gain, _ = weight_gain(stack, weight_log10)
-    try:
-        mf = theory.mean_field(stack.activation, gain, stack.sigma_b, stack.activation_param)
-    except (ValueError, ArithmeticError):
-        return None
-    rate = float(mf.decades_per_layer)
-    return (rate, float(mf.chi1), gain) if math.isfinite(rate) else None
+            f"half its rate, {settled}"]
 
 
 def _ends_without_trend(g, rate: float, threshold: float, group: int) -> str:
@@ -932,7 +908,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
         flat = _flat_weights_words(verdict, g, rate, signal_rate, L, threshold, std)
         if flat:
             words.append(flat)
-        words += _walk_words(g, rate, stack.residual, L, stack=stack, weight_log10=weight_log10)
+        words += _walk_words(g, rate, stack.residual, L)
     elif rule == "saturated":
         i0, i1, share = stuck_end(L, rate * (L - 1), stuck_state(stack, res))
         where = "top" if rate > 0 else "bottom"
@@ -977,7 +953,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     elif span:
         words.append(f"gradients are stable: {sig}, ||dW_l|| by {rate:+.3g} (threshold {threshold:g} decades "
                      f"over the stack); {span}" + ("" if branch else _ends_without_trend(g, rate, threshold, stack.residual)))
-        words += _walk_words(g, rate, stack.residual, L, threshold, stack=stack, weight_log10=weight_log10)
+        words += _walk_words(g, rate, stack.residual, L, threshold)
     elif finite.sum() == 1:
         words.append(f"one layer with a gradient: ||dW|| = 10^{_num(g[finite][0])}; no trend to fit")
     if branch:
