@@ -1384,43 +1384,68 @@ def rounding_sensitivity(res) -> tuple[float, int] | None:
 
 
 def clipped_rounding_sensitivity(res, weight_log10=None) -> tuple[float, int, float, float] | None:
-    """:func:`rounding_sensitivity` of the chain a signal clip changed, from mean field's rate:
-    (share, l, rate, sigma_w), or None where it does not apply.
+    """:func:`rounding_sensitivity` of the chain a signal clip changed, from mean field's growth
+    per layer at this run's forward: (share, l, rate, sigma_w), or None where it does not apply.
 
     A signal clip changes only the backward: the forward, and how far its rounding moves the loss,
     are those of the stack without the clip, whose ||dL/dh_l|| the clipped signal no longer shows
     (tanh at N(0, 1) entries, depth 200, width 32: the unclipped chain grows +0.203 decades a
-    layer, a share of 10^23.4; clipped at 1 the signal is flat and the share read 10^-15.7, while
+    layer, a share of 10^23.4; clipped at 1 the signal is flat and the share read 10^-16.3, while
     the C and NumPy backends and torch put the loss at 1.928, 1.799 and 2.807 and the clip left
     25, 32 and 38 layers alone). Where the clip changed the signal at some layer of a plain
-    stack (no batch norm or residual, an activation of :mod:`gradbench.theory`), the unclipped
-    ||dL/dh_l|| is estimated as the clipped top layer's (the clip only shrinks) growing at mean
-    field's rate ``rate`` (decades per layer going down) at the weights' gain ``sigma_w``
-    (:func:`weight_gain`) and the stack's sigma_b; None where that rate is not positive (the
-    clipped signal's own share is then no smaller than the estimate's)."""
+    stack (no batch norm or residual; not PReLU, whose slopes are parameters), the unclipped
+    ||dL/dh_l|| is estimated as the clipped top layer's (the clip only shrinks) times, layer by
+    layer going down, mean field's sqrt(chi_l) = sigma_w sqrt(E[phi'(z)^2]) over z ~ N(0, q_l),
+    q_l = sigma_w^2 ms(h_l) + sigma_b^2 from the mean square of the layer's recorded input
+    (layer 0: E[x^2] = 1, the probe's standard normal input), ``sigma_w`` the weights' gain
+    (:func:`weight_gain`); ``rate`` is the average growth, decades per layer. NumPy's
+    Gauss-Hermite nodes, not :mod:`gradbench.theory` (whose first use imports SciPy, some 23 MB
+    beyond the plan's memory estimate of a diagnosis). None where that growth is not positive
+    (the clipped signal's own share is then no smaller than the estimate's)."""
     stack = res.stack
     acted = getattr(res, "signal_clip_acted", None)
     if (stack.clip is None or stack.clip_on != "signal" or acted is None or not np.any(acted)
-            or stack.batch_norm or stack.residual or len(res.signal_norm.log10()) < 2):
+            or stack.batch_norm or stack.residual or stack.activation == "prelu"
+            or len(res.signal_norm.log10()) < 2):
         return None
-    from gradbench import theory  # here: only a clipped signal needs it
+    from gradbench.abi import ACT_CODE
+    from gradbench.activations import dphi
 
+    s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    L = len(s)
     gain, _ = weight_gain(stack, weight_log10)
-    try:
-        rate = float(theory.mean_field(stack.activation, gain, stack.sigma_b, stack.activation_param).decades_per_layer)
-    except (ValueError, ArithmeticError):
+    ms_log10 = 2 * np.asarray(rms_log10(res.act_mean.log10(), res.act_std.log10()), dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        q = gain * gain * np.concatenate([[1.0], 10.0 ** ms_log10[:-1]]) + stack.sigma_b ** 2  # z_l's variance
+        key = np.round(np.log10(q), 3)  # E[phi'^2] once per 0.001 decades of q
+        if not np.all(np.isfinite(key)):
+            return None
+        uniq, inv = np.unique(key, return_inverse=True)
+        ms_dphi = np.array([_mean_square_dphi(stack, math.sqrt(10.0 ** k), dphi, ACT_CODE) for k in uniq])[inv]
+        grow = 0.5 * np.log10(gain * gain * ms_dphi)  # per layer
+    if not math.isfinite(s[-1]) or not np.all(np.isfinite(grow[:-1])):
         return None
+    rate = float(np.mean(grow[:-1]))
     if not rate > 0:
         return None
-    s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
-    if not math.isfinite(s[-1]):
-        return None
-    L = len(s)
-    est = s[-1] + rate * (L - 1 - np.arange(L))
+    # ||dL/dh_i|| = ||dL/dh_{L-1}|| times the growth of layers i .. L-2 (dL/dh_l = W_l^T (phi'(z_l) dL/dh_{l+1}))
+    est = s[-1] + np.concatenate([np.cumsum(grow[:-1][::-1])[::-1], [0.0]])
     with np.errstate(divide="ignore"):
         share = rounding_share(est[1:], res.act_mean.log10()[:-1], res.act_std.log10()[:-1],
                                float(res.loss_exact.log10()), stack.dtype)
     return None if share is None else (share[0], share[1] + 1, rate, gain)
+
+
+def _mean_square_dphi(stack, sd: float, dphi, act_code) -> float:
+    """E[phi'(z)^2] over z ~ N(0, sd^2) by the trapezoid rule on the union of two grids, one in
+    z / sd (the Gaussian's width) and one in z (phi''s own: tanh' is sech^2, whose width is 1
+    whatever sd; 64 Gauss-Hermite nodes read half of E[sech^4] at sd = 5)."""
+    x = np.linspace(-9.0, 9.0, 1801)
+    z = np.linspace(-40.0, 40.0, 8001) / sd
+    x = np.unique(np.concatenate([x, z[np.abs(z) <= 9.0]]))
+    d = np.asarray(dphi(sd * x, act_code[stack.activation], stack.act_param), dtype=np.float64)
+    f = d * d * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return float(np.sum(0.5 * (f[1:] + f[:-1]) * np.diff(x)))
 
 
 def chaos_words(share: tuple[float, int] | None, dtype: str, where: str, clipped=None) -> list[str]:
@@ -1435,8 +1460,9 @@ def chaos_words(share: tuple[float, int] | None, dtype: str, where: str, clipped
     if clipped:
         rate, gain = clipped
         return [f"the forward pass is chaotic, as without the clip (a signal clip changes only the backward): mean "
-                f"field's rate of the unclipped chain at this weight gain (sigma_w = {gain:.3g}) is {rate:+.3g} decades "
-                f"per layer, which the clip keeps out of the signal, so {dtype}'s rounding of {where} (one part in "
+                f"field puts the unclipped chain's growth at this run's forward and weight gain (sigma_w = {gain:.3g}) "
+                f"at {rate:+.3g} decades per layer, which the clip keeps out of the signal, so {dtype}'s rounding of "
+                f"{where} (one part in "
                 f"10^{-math.log10(np.finfo(dtype).eps / 2):.0f}) moves the loss {moved}; the loss "
                 f"{'beyond its first digits ' if share < -1 else ''}and where the clip acts are this run's rounding, "
                 "not the weights': another backend, framework or machine reads them apart (clipped as it is, the "

@@ -63,7 +63,7 @@ def test_a_signal_clipped_chaotic_forward_carries_the_chaos_warning():
     assert res.signal_clip_acted.sum() > 100  # the clip changed the signal at most layers
     text = diagnose(res, params).explanation.replace("\n", " ")
     assert "the forward pass is chaotic, as without the clip" in text, text
-    assert "(sigma_w = 5.66) is +0.256 decades per layer" in text  # mean field's chi_1 of tanh at sqrt(32)
+    assert "weight gain (sigma_w = 5.66) at +0.256 decades per layer" in text  # mean field: sqrt(chi_1) of tanh at sqrt(32)
     # the unclipped stack's own warning stays as it was
     plain = stack.replace(clip=None)
     d = diagnose(gb.backprop(plain, params, x, t, backend="numpy"), params)
