@@ -1383,9 +1383,10 @@ def rounding_sensitivity(res) -> tuple[float, int] | None:
     return None if share is None else (share[0], share[1] + 1)
 
 
-def clipped_rounding_sensitivity(res, weight_log10=None) -> tuple[float, int, float, float] | None:
+def clipped_rounding_sensitivity(res, weight_log10=None) -> tuple[float, int, float, float, int] | None:
     """:func:`rounding_sensitivity` of the chain a signal clip changed, from mean field's growth
-    per layer at this run's forward: (share, l, rate, sigma_w), or None where it does not apply.
+    per layer at this run's forward where the clip acted: (share, l, rate, sigma_w, layers where
+    it acted), or None where it does not apply.
 
     A signal clip changes only the backward: the forward, and how far its rounding moves the loss,
     are those of the stack without the clip, whose ||dL/dh_l|| the clipped signal no longer shows
@@ -1395,10 +1396,12 @@ def clipped_rounding_sensitivity(res, weight_log10=None) -> tuple[float, int, fl
     25, 32 and 38 layers alone). Where the clip changed the signal at some layer of a plain
     stack (no batch norm or residual; not PReLU, whose slopes are parameters), the unclipped
     ||dL/dh_l|| is estimated as the clipped top layer's (the clip only shrinks) times, layer by
-    layer going down, mean field's sqrt(chi_l) = sigma_w sqrt(E[phi'(z)^2]) over z ~ N(0, q_l),
+    layer going down, the measured step where the clip left dL/dh_l alone (the chain's own) and,
+    where it acted, mean field's sqrt(chi_l) = sigma_w sqrt(E[phi'(z)^2]) over z ~ N(0, q_l),
     q_l = sigma_w^2 ms(h_l) + sigma_b^2 from the mean square of the layer's recorded input
     (layer 0: E[x^2] = 1, the probe's standard normal input), ``sigma_w`` the weights' gain
-    (:func:`weight_gain`); ``rate`` is the average growth, decades per layer. NumPy's
+    (:func:`weight_gain`); ``rate`` is its average over the layers where the clip acted, decades
+    per layer. NumPy's
     Gauss-Hermite nodes, not :mod:`gradbench.theory` (whose first use imports SciPy, some 23 MB
     beyond the plan's memory estimate of a diagnosis). None where that growth is not positive
     (the clipped signal's own share is then no smaller than the estimate's)."""
@@ -1423,17 +1426,22 @@ def clipped_rounding_sensitivity(res, weight_log10=None) -> tuple[float, int, fl
         uniq, inv = np.unique(key, return_inverse=True)
         ms_dphi = np.array([_mean_square_dphi(stack, math.sqrt(10.0 ** k), dphi, ACT_CODE) for k in uniq])[inv]
         grow = 0.5 * np.log10(gain * gain * ms_dphi)  # per layer
-    if not math.isfinite(s[-1]) or not np.all(np.isfinite(grow[:-1])):
+    # the step from dL/dh_{l+1} (after the clip) to dL/dh_l is the chain's own where the clip left dL/dh_l
+    # alone: measured there, mean field's where it acted (He tanh at width 16, 20,000 layers, clipped at
+    # 23: mean field's +0.026 a layer everywhere read 10^505 of a forward no rounding moves)
+    hit = np.asarray(acted, dtype=bool)[:L - 1]
+    steps = np.where(hit, grow[:-1], s[:-1] - s[1:])
+    if not math.isfinite(s[-1]) or not np.all(np.isfinite(steps)):
         return None
-    rate = float(np.mean(grow[:-1]))
+    rate = float(np.mean(grow[:-1][hit])) if hit.any() else 0.0
     if not rate > 0:
         return None
-    # ||dL/dh_i|| = ||dL/dh_{L-1}|| times the growth of layers i .. L-2 (dL/dh_l = W_l^T (phi'(z_l) dL/dh_{l+1}))
-    est = s[-1] + np.concatenate([np.cumsum(grow[:-1][::-1])[::-1], [0.0]])
+    # ||dL/dh_i|| = ||dL/dh_{L-1}|| times the steps of layers i .. L-2 (dL/dh_l = W_l^T (phi'(z_l) dL/dh_{l+1}))
+    est = s[-1] + np.concatenate([np.cumsum(steps[::-1])[::-1], [0.0]])
     with np.errstate(divide="ignore"):
         share = rounding_share(est[1:], res.act_mean.log10()[:-1], res.act_std.log10()[:-1],
                                float(res.loss_exact.log10()), stack.dtype)
-    return None if share is None else (share[0], share[1] + 1, rate, gain)
+    return None if share is None else (share[0], share[1] + 1, rate, gain, int(hit.sum()))
 
 
 def _mean_square_dphi(stack, sd: float, dphi, act_code) -> float:
@@ -1458,11 +1466,12 @@ def chaos_words(share: tuple[float, int] | None, dtype: str, where: str, clipped
     moved = ("by more than itself (a first-order estimate of 10^" + _num(share) + ": the trajectory is another one)"
              if share >= 0 else f"by ~10^{_num(share)} of itself")
     if clipped:
-        rate, gain = clipped
-        return [f"the forward pass is chaotic, as without the clip (a signal clip changes only the backward): mean "
-                f"field puts the unclipped chain's growth at this run's forward and weight gain (sigma_w = {gain:.3g}) "
-                f"at {rate:+.3g} decades per layer, which the clip keeps out of the signal, so {dtype}'s rounding of "
-                f"{where} (one part in "
+        rate, gain, n = clipped
+        return [f"the forward pass is chaotic, as without the clip (a signal clip changes only the backward): the "
+                f"unclipped chain grows by the measured steps where the clip left the signal and, at the {n} "
+                f"layer{'s' if n != 1 else ''} below the top where it acted, by mean field's {rate:+.3g} decades per layer at this "
+                f"run's forward and weight gain (sigma_w = {gain:.3g}), which the clip keeps out of the signal, so "
+                f"{dtype}'s rounding of {where} (one part in "
                 f"10^{-math.log10(np.finfo(dtype).eps / 2):.0f}) moves the loss {moved}; the loss "
                 f"{'beyond its first digits ' if share < -1 else ''}and where the clip acts are this run's rounding, "
                 "not the weights': another backend, framework or machine reads them apart (clipped as it is, the "

@@ -63,7 +63,7 @@ def test_a_signal_clipped_chaotic_forward_carries_the_chaos_warning():
     assert res.signal_clip_acted.sum() > 100  # the clip changed the signal at most layers
     text = diagnose(res, params).explanation.replace("\n", " ")
     assert "the forward pass is chaotic, as without the clip" in text, text
-    assert "weight gain (sigma_w = 5.66) at +0.256 decades per layer" in text  # mean field: sqrt(chi_1) of tanh at sqrt(32)
+    assert "by mean field's +0.256 decades per layer at this run's forward and weight gain (sigma_w = 5.66)" in text
     # the unclipped stack's own warning stays as it was
     plain = stack.replace(clip=None)
     d = diagnose(gb.backprop(plain, params, x, t, backend="numpy"), params)
@@ -80,4 +80,23 @@ def test_a_signal_clipped_forward_that_is_not_chaotic_gets_no_warning(sigma_w):
     assert res.signal_clip_acted.any()
     assert last_bit_moves(params, x, t, 200) < 1e-9
     assert torch_loss(params, x, t, 200) == pytest.approx(numpy_loss(params, x, t, 200), rel=1e-10)
+    assert "chaotic" not in diagnose(res, params).explanation
+
+
+def test_where_the_clip_left_the_signal_the_measured_steps_count_not_mean_field():
+    """He tanh at width 16 over 2,000 layers, clipped at 1 (the clip acts at a few dozen layers):
+    mean field puts chi_1 at 1.1 (+0.026 decades a layer at this run's forward), but a finite
+    width's chain does not grow, and the forward is not chaotic: the NumPy loss moves by less
+    than 1e-9 under the input's ulps and torch agrees with it to 1e-10. Mean field applied at
+    every layer read a share of 10^36; the measured steps where the clip left the signal read
+    none."""
+    stack = gb.Stack(depth=2000, width=16, activation="tanh", init="he_normal", loss="bce", clip="norm",
+                     clip_threshold=1.0, clip_on="signal")
+    params = gb.GeneratedParams(stack, 0).materialize()
+    x = gb.gaussian_input(stack, 16, seed=np.random.default_rng([0, 1]))
+    t = random_targets(stack, 16, 0)
+    res = gb.backprop(stack, params, x, t, backend="numpy")
+    assert 0 < res.signal_clip_acted.sum() < 200
+    assert last_bit_moves(params, x, t, 2000) < 1e-9
+    assert torch_loss(params, x, t, 2000) == pytest.approx(numpy_loss(params, x, t, 2000), rel=1e-10)
     assert "chaotic" not in diagnose(res, params).explanation
