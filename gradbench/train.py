@@ -24,7 +24,11 @@ Recorded per epoch (E epochs, L layers):
 Training stops at the first non-finite mini-batch loss, gradient or parameter, or non-finite
 loss on the whole data set after an epoch (the parameters can still be finite, 1e134, while
 the forward pass of the whole data overflows): ``diverged_epoch`` is that epoch, and nothing
-of it is recorded but its non-finite loss.
+of it is recorded in these arrays but its non-finite loss. What that epoch did is in
+``extras["diverged_steps"]``: the mini-batch where it stopped, the steps it applied, and the
+update ratios of those steps where the weights are still finite (the summary says them: the
+NaN of that epoch read as 0 / 0, "weights of norm 0 that stay 0", of weights of norm 13.4 that
+moved 1.7e126 % in three steps).
 """
 
 from __future__ import annotations
@@ -184,7 +188,9 @@ class TrainResult:
         ran = max(self.epochs_run, 1)
         line = f"  loss {loss_text(self.eval_loss[0])} -> {loss_text(self.final_loss)}{self._chance()}"
         if self.extras.get("class_labels", True):  # regression targets have no accuracy
-            line += f", accuracy {accuracy_text(self.accuracy[0])} -> {final_accuracy_text(self.accuracy, self.diverged_epoch)}"
+            evaluated = (self.extras.get("diverged_steps") or {}).get("cause") == "evaluation"
+            line += (f", accuracy {accuracy_text(self.accuracy[0])} -> "
+                     f"{final_accuracy_text(self.accuracy, self.diverged_epoch, evaluated)}")
         lines.append(line)
         stopped = self.extras.get("stopped")
         if stopped:
@@ -192,12 +198,20 @@ class TrainResult:
             moved = float(np.nanmax(after)) if after.size and np.any(np.isfinite(after)) else 0.0
             lines.append("  " + stopped_words(stopped, self.epochs_run, self.stack.has_head, s["weight_decay"] > 0,
                                               self.stack.depth, moved, _optimizer_state(s), self.stack.dtype))
-        ratio = self.first_layer_ratio[:ran]
-        if ratio.size:
-            first = "the input layer's weights (W_in)" if self.stack.has_input_layer else "layer 0's weights"
-            L = self.stack.depth
-            lines.append(f"  {first} change by {_ratio_words(ratio)}, layer {L - 1}'s (below the head) by "
-                         f"{_ratio_words(self.update_ratio[:ran, -1], short=True)}")
+        # the epochs that finished have a ratio; the one that diverged is said apart (it read as 0 / 0:
+        # "weights of norm 0 that stay 0" of weights of norm 13.4 that blew up)
+        done = self.epochs_run if self.diverged_epoch is None else self.diverged_epoch
+        first = "the input layer's weights (W_in)" if self.stack.has_input_layer else "layer 0's weights"
+        L = self.stack.depth
+        stop = self.extras.get("diverged_steps") if self.diverged_epoch is not None else None
+        if stop is None and self.diverged_epoch is not None:  # a history without the record of that epoch
+            stop = dict(epoch=self.diverged_epoch, cause="unknown")
+        last_first = None if stop is None else (stop.get("update_ratio_input") if self.stack.has_input_layer else
+                                                (stop.get("update_ratio") or [None])[0])
+        last_top = None if stop is None else (stop.get("update_ratio") or [None])[-1]
+        words = [_then(_ratio_words(self.first_layer_ratio[:done]) if done else "", stop, last_first),
+                 _then(_ratio_words(self.update_ratio[:done, -1], short=True) if done else "", stop, last_top, short=True)]
+        lines.append(f"  {first} change by {words[0]}, layer {L - 1}'s (below the head) by {words[1]}")
         rise = rising_words(self.eval_loss[:ran + 1] if self.diverged_epoch is None else [], s["lr"])
         if rise:
             lines.append("  " + rise)
@@ -469,15 +483,17 @@ def loss_text(v: float) -> str:
     return f"{v:.4g}"
 
 
-def final_accuracy_text(accuracy: np.ndarray, diverged_epoch: int | None) -> str:
+def final_accuracy_text(accuracy: np.ndarray, diverged_epoch: int | None, evaluated: bool = False) -> str:
     """The accuracy a run ended with, for a summary (``accuracy[e]``: after epoch e, 0 before
     training). After a divergence the parameters are what overflowed: the last accuracy before
     it is given as such ("0.86 after epoch 2, the last before the divergence"), none when the
-    first epoch diverged."""
+    first epoch diverged: it stopped before its end, or, ``evaluated``, all its steps finished
+    and the loss on the whole data set after it was not finite (its logits name no class)."""
     if diverged_epoch is None:
         return accuracy_text(accuracy[-1])
     if diverged_epoch == 0:
-        return "- (no epoch finished)"
+        return ("- (epoch 1's steps all finished; the loss on the whole data set after it is not finite)" if evaluated
+                else "- (no epoch finished)")
     return f"{accuracy_text(accuracy[diverged_epoch])} after epoch {diverged_epoch}, the last before the divergence"
 
 
@@ -530,6 +546,42 @@ def _ratio_words(ratio, short: bool = False) -> str:
     if inner:
         return f"{words} ({inner})"
     return words + _one_epoch_words(r, short=True)
+
+
+def _then(words: str, stop: dict | None, value: float | None, short: bool = False) -> str:
+    """``words`` (the finished epochs' changes, :func:`_ratio_words`; "" without one) and then what
+    the epoch that diverged did (``stop``: :func:`_diverged_steps`, None when none did) to these
+    weights, whose change over its steps is ``value`` (%; None where a weight is not finite): the
+    steps it took before the mini-batch where it stopped, or, when all its steps finished, the
+    change of the whole epoch, whose evaluation was not finite; ``short`` leaves out the why."""
+    if stop is None:
+        return words
+    e, cause = stop["epoch"] + 1, stop.get("cause")
+    if cause == "unknown":
+        said = f"no ratio in epoch {e}, which diverged"
+    elif value is None:
+        said = f"no ratio in epoch {e}" + ("" if short else ": the weights turned non-finite"
+                                           + (f" in mini-batch {stop['mini_batch']} of {stop['batches']}"
+                                              if stop.get("mini_batch") else ""))
+    elif not math.isfinite(value):  # weights of norm 0 before the epoch (0 / 0, or x / 0)
+        said = f"no ratio in epoch {e}: " + ("weights of norm 0 that stay 0" if math.isnan(value) else
+                                              "from weights of norm 0")
+    elif cause == "evaluation":
+        steps = "its one step" if stop["steps"] == 1 else f"all its {stop['steps']} steps"
+        said = f"{value:.3g} % in epoch {e}" + ("" if short else f" ({steps}; then the loss on the whole data set "
+                                                 "was not finite)")
+    else:
+        what = {"loss": "the loss", "gradient": "a gradient", "parameters": "the weights"}[cause]
+        k, n, steps = stop["mini_batch"], stop["batches"], stop["steps"]
+        if steps == 0:
+            said = f"nothing in epoch {e}" + ("" if short else f": {what} turned non-finite in its first mini-batch, "
+                                                               "before any step")
+        elif short:
+            said = f"{value:.3g} % in epoch {e}'s {count(steps, 'step')}"
+        else:
+            said = (f"{value:.3g} % in the {count(steps, 'step')} of epoch {e} before it stopped in mini-batch {k} "
+                    f"of {n}, where {what} turned non-finite")
+    return f"{words}; then {said}" if words else said
 
 
 def _one_epoch_words(ratio, short: bool = False) -> str:
@@ -646,12 +698,15 @@ def train(
         hist.evaluate(0, hist.full_pass())
         for epoch in range(epochs):
             before = (params.W.copy(), None if params.W_in is None else params.W_in.copy(), params.W_out.copy())
-            hist.loss[epoch], why = _epoch(stack, params, X, hist.T, rng.permutation(len(X)), batch_size, opt,
-                                           backend, clip_tally)
+            hist.loss[epoch], why, stop = _epoch(stack, params, X, hist.T, rng.permutation(len(X)), batch_size,
+                                                 opt, backend, clip_tally)
             if not why:
                 why = hist.after_epoch(epoch, before)
+                stop = dict(mini_batch=None, batches=-(-len(X) // batch_size), cause="evaluation")
+                stop["steps"] = stop["batches"]
             if why:
                 hist.diverged, hist.why = epoch, why
+                hist.diverged_steps = _diverged_steps(stack, params, epoch, before, stop)
                 break
             if bar is not None:
                 bar.count(epoch + 1, note=f"loss {hist.loss[epoch]:.4f}")
@@ -667,8 +722,29 @@ def train(
         update_ratio_input=hist.ratio_in, update_ratio_head=hist.ratio_out, diverged_epoch=hist.diverged,
         divergence=hist.why, seconds=time.perf_counter() - t0,
         extras={**_reference(stack, hist.T), "class_labels": labels is not None, "stopped": hist.stopped(),
-                "clip_acted_steps": clip_tally if stack.clip is not None else None},
+                "clip_acted_steps": clip_tally if stack.clip is not None else None,
+                "diverged_steps": hist.diverged_steps},
     )
+
+
+def _diverged_steps(stack: Stack, params: Params, epoch: int, before, stop: dict) -> dict:
+    """What the epoch that diverged did before it stopped (``stop`` from :func:`_epoch`, or the
+    evaluation after all its steps): ``epoch`` (0-based), ``mini_batch`` where it stopped (None
+    when every step finished and the loss on the whole data set was not finite), ``batches``,
+    ``steps`` applied, ``cause`` ("loss", "gradient", "parameters", "evaluation") and the update
+    ratios of those steps, as ``update_ratio`` (per layer), ``update_ratio_input`` (None without
+    an input layer) and ``update_ratio_head``, in percent; all None where a weight is not finite.
+    The history's arrays keep NaN for that epoch: its ratio, of a part of an epoch or of weights
+    whose loss is not finite, is not one of the per-epoch ratios."""
+    W0, Win0, Wout0 = before
+    finite = all(all_finite(getattr(params, k)) for k in learnable(stack))
+    out = dict(epoch=epoch, **stop, update_ratio=None, update_ratio_input=None, update_ratio_head=None)
+    if finite:
+        out["update_ratio"] = _layer_ratios(W0, params.W).tolist()
+        if Win0 is not None:
+            out["update_ratio_input"] = float(_layer_ratios(Win0[None], params.W_in[None])[0])
+        out["update_ratio_head"] = float(_layer_ratios(Wout0[None], params.W_out[None])[0])
+    return out
 
 
 def _optimizer_for(optimizer, lr, momentum, weight_decay):
@@ -798,8 +874,10 @@ def check_labels(stack, y, n: int, name: str = "y") -> None:
 
 
 def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, backend: str,
-           clip_tally: list | None = None) -> tuple[float, str]:
-    """One pass over the mini-batches in ``order``; returns (mean loss, why it diverged or "").
+           clip_tally: list | None = None) -> tuple[float, str, dict | None]:
+    """One pass over the mini-batches in ``order``; returns (mean loss, why it diverged or "",
+    where it stopped or None: ``mini_batch`` (1-based) of ``batches``, the ``steps`` applied
+    before it stopped and the ``cause``, "loss", "gradient" or "parameters").
 
     Stops at the first non-finite loss, gradient or parameter (the loss is then NaN unless the
     loss itself was the first to go). ``clip_tally`` [steps where the stack's clip changed a
@@ -814,8 +892,9 @@ def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, back
         total += res.loss * len(idx)
         count += len(idx)
         where = f" in mini-batch {j + 1} of {batches}"
+        stop = dict(mini_batch=j + 1, batches=batches, steps=j)
         if not math.isfinite(res.loss):
-            return total / count, _why_loss(res, where=where)
+            return total / count, _why_loss(res, where=where), {**stop, "cause": "loss"}
         if clip_tally is not None and stack.clip is not None:
             acted = (res.signal_clip_acted.any() if stack.clip_on == "signal" else
                      res.extras.get("param_clip_acted", False))
@@ -824,12 +903,13 @@ def _epoch(stack: Stack, params: Params, X, T, order, batch_size: int, opt, back
         grads = {k: g.to_float(stack.np_dtype, warn=False) for k, g in res.grads.items() if k in names}
         bad = [k for k, g in grads.items() if not all_finite(g)]
         if bad:
-            return math.nan, f"gradient of {', '.join(bad)} overflowed {stack.dtype}{where}"
+            return math.nan, f"gradient of {', '.join(bad)} overflowed {stack.dtype}{where}", {**stop, "cause": "gradient"}
         opt.step(pdict, grads)
         bad = [k for k in names if not all_finite(pdict[k])]
         if bad:
-            return math.nan, f"parameters {', '.join(bad)} became non-finite after the update{where}"
-    return total / max(count, 1), ""
+            return (math.nan, f"parameters {', '.join(bad)} became non-finite after the update{where}",
+                    {**stop, "steps": j + 1, "cause": "parameters"})
+    return total / max(count, 1), "", None
 
 
 class _History:
@@ -847,6 +927,7 @@ class _History:
         self.ratio_in = np.full(epochs, np.nan)
         self.ratio_out = np.full(epochs, np.nan)
         self.diverged, self.why = None, ""
+        self.diverged_steps: dict | None = None  # what the epoch that diverged did (_diverged_steps)
         self.dead_layers: dict[int, list[int]] = {}  # epoch -> layers with every unit dead, where no gradient is left
         self.saturated_layers: dict[int, list[int]] = {}  # ... and with every unit saturated (RESCUE activations)
         self.underflowed: dict[int, dict] = {}  # ... and the dead layers whose z is 0 by underflow (underflowed_layers)
@@ -982,9 +1063,14 @@ _register(Demo("layerwise-pretraining", "10 sigmoid layers pretrained one at a t
                _DEEP, _SGD, pretrain=dict(epochs=100, optimizer="adam", lr=0.01)))
 
 
-def run_demo(name: str, /, *, backend: str = "auto", progress: bool = False, **overrides) -> TrainResult:
+def run_demo(name: str, /, *, backend: str = "auto", progress: bool = False, dtype: str | None = None,
+             **overrides) -> TrainResult:
     """Run one of :data:`DEMOS` (``overrides`` change training settings, e.g. ``epochs``: the
     keywords of :func:`train` but ``name`` and ``dataset``, which the demo brings).
+
+    ``dtype`` ("float64" or "float32"; None: the demo's, float64) is the stack's: the weights are
+    drawn and trained in it, on the demo's data points cast to it (drawn in float64 by the
+    recorded ``data`` call), as ``gradbench train --dtype float32`` trains your own stack.
 
     layerwise-pretraining pretrains first (``gradbench.pretrain(stack, X, seed=seed, **demo.pretrain)``,
     from ``params`` when they are given, else from ``init_params(stack, seed)``) and fine-tunes
@@ -1017,7 +1103,8 @@ def run_demo(name: str, /, *, backend: str = "auto", progress: bool = False, **o
     X, y = demo.data()
     kw = dict(demo.train)
     kw.update(overrides)
-    stack = demo.make_stack()
+    stack = demo.make_stack() if dtype is None else demo.make_stack(dtype=dtype)
+    X = X.astype(stack.np_dtype, copy=False)
     if demo.pretrain is None:
         r = train(stack, X, y, backend=backend, progress=progress, name=name, dataset=demo.dataset, **kw)
         r.settings["data"] = demo.data_recipe()

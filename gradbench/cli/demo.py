@@ -31,10 +31,16 @@ training.json) unless --no-train; then through time (unless --no-cells): a vanil
 and a GRU over {CELL_STEPS} steps, the exact ||dL/dh_t|| against steps back (cells.png, cells.json; the
 same as `gradbench compare --cells rnn,lstm,gru --steps {CELL_STEPS}`). File formats: docs/formats.md.
 
+--seed and --dtype apply to all three parts: the stack's weights, input and targets; each training
+demo's weights and shuffling (its data set stays the demo's, data seed 0, cast to --dtype); the
+cells' parameters and inputs. --batch is the stack's and the cells' probe batch (the training demos
+bring their own mini-batches). The other stack options (--depth, --width, ...) shape the stack only.
+
 examples:
   gradbench demo                                   everything, into ./{DEFAULT_DEMO_DIR}/
   gradbench demo --out-dir figures --no-train      the stacks and the cells only
   gradbench demo --depth 100 --width 64 --no-cells     a deeper, wider stack
+  gradbench demo --seed 3 --dtype float32          all three parts at seed 3 in float32
 """
 
 FILES = ("flow.png", "histograms.png", "gradients.json")
@@ -99,17 +105,19 @@ def _check_out_dir(args) -> list[str]:
     return files
 
 
-def _train_demos(backend: str) -> dict:
+def _train_demos(args, backend: str) -> dict:
+    """Every training demo at --seed (its weights and shuffling) and in --dtype."""
     from gradbench.train import DEMOS, run_demo
 
-    return {name: run_demo(name, backend=backend, progress=True) for name in DEMOS}
+    return {name: run_demo(name, backend=backend, progress=True, seed=args.seed, dtype=args.dtype) for name in DEMOS}
 
 
 def _heads(args, backend: str, seconds: float, results: dict) -> tuple[dict, dict]:
     """The heads of gradients.json (the probe runs: --seed, --batch, generated weights) and of
-    training.json (the training demos ``results``, which bring their own seed and batch size, in
-    each run's ``settings``: the head is the one ``train --out`` writes, weights from init_params
-    and, for layerwise-pretraining, gradbench.pretrain)."""
+    training.json (the training demos ``results``, run at --seed and --dtype, which bring their
+    own batch size; each run's ``settings`` and ``stack`` record its seed and dtype: the head is
+    the one ``train --out`` writes, weights from init_params and, for layerwise-pretraining,
+    gradbench.pretrain)."""
     shared = dict(threads=threads(backend), seconds=round(seconds, 3))
     return (metadata("demo", args, seed=args.seed, batch=args.batch, weights=WEIGHTS, **shared),
             metadata("demo", args, weights=weights_of(results) if results else None, **shared))
@@ -150,6 +158,7 @@ def _cells(args, backend: str) -> list[str]:
 
     plot = os.path.join(args.out_dir, "cells.png")
     argv = ["compare", "--cells", "rnn,lstm,gru", "--steps", str(CELL_STEPS), "--seed", str(args.seed),
+            "--dtype", args.dtype, "--batch", str(args.batch),
             "--backend", backend, "--plot", plot, "--out", os.path.join(args.out_dir, "cells.json")]
     recurrent_cli.cmd_compare(recurrent_cli.build_parser().parse_args(argv))
     return [plot]
@@ -164,17 +173,18 @@ def cmd_demo(args) -> int:
     backend = resolve_backend(args.backend)
     relative = {}
     diags, labels = compare_stacks(args, list(DEMO_CONFIGS), backend, relative)
-    results = {} if args.no_train else _train_demos(backend)
+    results = {} if args.no_train else _train_demos(args, backend)
     heads = _heads(args, backend, time.perf_counter() - t0, results)
     written = _write(args, diags, labels, relative, results, heads)
     print(f"gradbench demo: one deep stack, {len(DEMO_CONFIGS)} configurations (backend {backend})\n")
     print_comparison(args, diags, labels)
     if results:
-        print("\ntraining on two moons (bce; full-data loss; `gradbench train --list` for each demo's optimiser and "
-              "settings):")
+        print(f"\ntraining on two moons (bce; full-data loss; seed {args.seed}, {args.dtype}; `gradbench train --list` "
+              "for each demo's optimiser and settings):")
         print(training_table(results))
     if not args.no_cells:
-        print(f"\nthrough time: vanilla tanh RNN, LSTM and GRU over {CELL_STEPS} steps (hidden 32, batch 16; gate "
+        print(f"\nthrough time: vanilla tanh RNN, LSTM and GRU over {CELL_STEPS} steps (hidden 32, batch {args.batch}, "
+              f"seed {args.seed}, {args.dtype}; gate "
               "biases at their defaults, LSTM forget 1 and GRU update 0: the training demos' gated cells start at 5, "
               f"`gradbench compare --cells lstm,gru --steps {CELL_STEPS} --forget-bias 5 --update-bias 5`):")
         written += _cells(args, backend)

@@ -23,7 +23,8 @@ examples:
   gradbench train --dataset circles --depth 6 --width 16 --activation relu --init he_normal --optimizer adam --lr 0.01
 
 A demo brings its own stack and data (--list shows them); --epochs, --lr, --batch-size, --seed,
---optimizer, --momentum and --weight-decay change its training. The recurrent demos (memory-rnn, ...)
+--optimizer, --momentum and --weight-decay change its training, --dtype its stack's floating-point
+type (the demo's data points cast to it). The recurrent demos (memory-rnn, ...)
 take --epochs, --lr, --seed, --steps, --backend, --out, --plot, --mkdir and --dpi only
 (gradbench train --demo memory-rnn --help). The weights are gradbench.init_params(stack, seed), as
 gradbench.train draws them; layerwise-pretraining's are then pretrained by gradbench.pretrain (its
@@ -84,7 +85,7 @@ def train_to_dict(r) -> dict:
         eval_loss=r.eval_loss, accuracy=r.accuracy, grad_log10=r.grad_log10,
         update_ratio_percent=r.update_ratio, update_ratio_input_percent=r.update_ratio_input,
         update_ratio_head_percent=r.update_ratio_head, diverged_epoch=r.diverged_epoch,
-        divergence=r.divergence, stopped=r.extras.get("stopped"), clip_acted_steps=r.extras.get("clip_acted_steps"),
+        divergence=r.divergence, diverged_steps=r.extras.get("diverged_steps"), stopped=r.extras.get("stopped"), clip_acted_steps=r.extras.get("clip_acted_steps"),
         seconds=r.seconds,
     ))
 
@@ -104,7 +105,7 @@ def demo_names(args) -> list[str]:
     """The demos of --demo, after refusing the options a demo would ignore."""
     from gradbench.train import DEMOS
 
-    ignored = given(args, *STACK_FIELDS, *DATA_OPTIONS)
+    ignored = given(args, *(f for f in STACK_FIELDS if f != "dtype"), *DATA_OPTIONS)  # run_demo takes a dtype
     if ignored:
         raise UsageError(f"--demo brings its own stack and data: {', '.join(map(option, ignored))} would be ignored "
                          "(drop --demo to train your own stack)")
@@ -184,7 +185,8 @@ def check_runs(args) -> None:
         for name in demo_names(args):
             demo = DEMOS[name]
             X, y = demo.data()
-            _check_training(demo.make_stack(), X, y, {**demo.train, **_overrides(args)}, f"demo {name}")
+            _check_training(demo.make_stack(dtype=args.dtype), X.astype(args.dtype), y, {**demo.train, **_overrides(args)},
+                            f"demo {name}")
         return
     stack, X, y = custom_stack(args)
     _check_momentum(args, args.optimizer or "sgd")
@@ -200,7 +202,7 @@ def train_runs(args, backend: str) -> dict:
     overrides = _overrides(args)
     if args.demo:
         return {name: run_demo(name, backend=backend, progress=True, tensorboard=model.train_tensorboard_dir(args, name),
-                               **overrides) for name in demo_names(args)}
+                               dtype=args.dtype, **overrides) for name in demo_names(args)}
     stack, X, y = custom_stack(args)
     kw = {**CUSTOM_TRAINING, **overrides}
     r = train(stack, X, y, backend=backend, progress=True, name="custom", dataset=args.dataset,
