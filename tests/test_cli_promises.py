@@ -880,7 +880,8 @@ def test_demo_training_json_has_the_head_of_train_out(tmp_path, capsys, monkeypa
     """training.json describes the training runs as `train --out` does: weights from
     init_params(stack, seed) and, for layerwise-pretraining, gradbench.pretrain (the head said
     init_params for it too), no probe seed or batch (each run's settings carry its own); the
-    demo's --seed and --batch are those of gradients.json's probe runs only."""
+    demo's --seed reaches the training runs too (their settings say seed 3), --batch only the
+    probe runs (training uses its own mini-batches)."""
     train_module = importlib.import_module("gradbench.train")  # gb.train is the function
     real = train_module.run_demo
     monkeypatch.setattr(train_module, "run_demo", lambda name, **kw: real(name, **{**kw, "epochs": 1}))
@@ -894,10 +895,10 @@ def test_demo_training_json_has_the_head_of_train_out(tmp_path, capsys, monkeypa
     assert training["weights"] == f"gradbench.init_params(stack, seed); layerwise-pretraining: {pretraining}"
     assert training["command"] == "demo"
     assert "seed" not in training and "batch" not in training
-    assert all(r["settings"]["seed"] == 0 for r in training["runs"].values())
+    assert all(r["settings"]["seed"] == 3 for r in training["runs"].values())
     runs = training["runs"]
     assert runs["layerwise-pretraining"]["settings"]["weights"] == pretraining
-    assert runs["layerwise-pretraining"]["settings"]["pretrain"] == dict(epochs=100, optimizer="adam", lr=0.01, seed=0)
+    assert runs["layerwise-pretraining"]["settings"]["pretrain"] == dict(epochs=100, optimizer="adam", lr=0.01, seed=3)
     assert all(r["settings"]["pretrain"] is None for k, r in runs.items() if k != "layerwise-pretraining")
     code, _, err = run(["train", "--demo", "adam,layerwise-pretraining", "--epochs", "1", "--backend", "numpy",
                         "--out", str(tmp_path / "t.json")], capsys)
