@@ -28,7 +28,9 @@ of it is recorded in these arrays but its non-finite loss. What that epoch did i
 ``extras["diverged_steps"]``: the mini-batch where it stopped, the steps it applied, and the
 update ratios of those steps where the weights are still finite (the summary says them: the
 NaN of that epoch read as 0 / 0, "weights of norm 0 that stay 0", of weights of norm 13.4 that
-moved 1.7e126 % in three steps).
+moved 1.7e126 % in three steps). ``extras["weights_origin"]``: where given starting weights came
+from (:func:`gradbench.params.origin_words`; None when the init scheme drew them), which the
+summary says in place of the scheme.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from gradbench.diagnose import frobenius_log10
 from gradbench.engine import backprop
 from gradbench.inputs import all_finite, check_aligned, check_array, check_stored_params
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum  # noqa: F401 (re-exported)
-from gradbench.params import Params, after, check_seed, init_params
+from gradbench.params import Params, after, check_seed, init_params, origin_words
 from gradbench.plan import check_history
 from gradbench.reference import norm_scaled
 from gradbench.report import count, describe
@@ -177,7 +179,7 @@ class TrainResult:
         n, bs = s["n_samples"], s["batch_size"]
         batch = f"batch {bs}" if bs <= n else f"batch {n} (all {n} samples: the batch size {bs} is larger)"
         lines = [
-            f"{s.get('name') or 'training'}: {_describe(self.stack)}",
+            f"{s.get('name') or 'training'}: {_describe(self.stack, self.extras.get('weights_origin'))}",
             f"  data {s['dataset']} ({n} samples), {s['optimizer']} lr={s['lr']:g}{optimizer_words(s)}, "
             f"{batch}, {count(s['epochs'], 'epoch')}, seed {s['seed']}",
         ]
@@ -456,11 +458,11 @@ def chance_loss(loss: str, output_dim: int, mean_prediction_loss: float | None =
     return "predicting the label frequencies", mean_prediction_loss, f"; {name} = {uniform:.4f} for balanced labels"
 
 
-def _describe(stack: Stack) -> str:
+def _describe(stack: Stack, weights: str | None = None) -> str:
     """The stack in words, as the run report says it (:func:`gradbench.report.describe`: every
-    field that changes the network when it differs from its default), the dtype when it is
-    not float64."""
-    return describe(asdict(stack), dtype=stack.dtype != "float64")
+    field that changes the network when it differs from its default; ``weights``, where the
+    starting weights came from, in place of the init scheme), the dtype when it is not float64."""
+    return describe(asdict(stack), weights, dtype=stack.dtype != "float64")
 
 
 def optimizer_words(settings: dict) -> str:
@@ -674,6 +676,9 @@ def train(
     check_seed(seed)  # the shuffling is default_rng([seed, 1]): an int, not a Generator
     opt = _optimizer_for(optimizer, lr, momentum, weight_decay)
     weights = INIT_WEIGHTS if params is None else GIVEN_WEIGHTS
+    # the summary names where given weights came from in place of the init scheme that did not draw
+    # them (a model's from_torch weights read "sigmoid, xavier_normal")
+    origin = None if params is None else origin_words(params, stack)
     params = _start_params(stack, params, seed)
     tb = None
     if tensorboard is not None:  # checked (path, tensorboardX installed) before any work
@@ -723,7 +728,7 @@ def train(
         divergence=hist.why, seconds=time.perf_counter() - t0,
         extras={**_reference(stack, hist.T), "class_labels": labels is not None, "stopped": hist.stopped(),
                 "clip_acted_steps": clip_tally if stack.clip is not None else None,
-                "diverged_steps": hist.diverged_steps},
+                "diverged_steps": hist.diverged_steps, "weights_origin": origin},
     )
 
 
