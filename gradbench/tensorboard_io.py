@@ -236,7 +236,7 @@ def _recurrent_events(w, d) -> str:
               "saturation": d.saturation}
     if len(d.cell_log10):
         series["cell_log10"] = d.cell_log10
-    from gradbench.recurrent.cli import verdict_signal
+    from gradbench.recurrent.diagnose import verdict_signal
 
     state, name, read = verdict_signal(d)
     if read and "dc_t" in name:  # the LSTM's state pair: the curve its verdict and rate (the text's) read

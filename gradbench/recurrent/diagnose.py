@@ -293,6 +293,36 @@ def state_log10(h_log10, c_log10) -> np.ndarray:
     return rms_log10(h_log10, c_log10)  # log10 sqrt(10^2a + 10^2b), the stacks' root mean square's
 
 
+def verdict_signal(d, res=None) -> tuple[np.ndarray, str, bool]:
+    """(log10 per step, its name, whether the verdict and rate read it): the curve a diagnosis's
+    verdict and ``decades_per_step`` are read from, for the compare table's columns (``gradbench compare --cells``),
+    :func:`gradbench.recurrent.plot.signal_vs_steps_back`'s lines and the TensorBoard events.
+
+    ``||dL/dh_t||``, or with a loss at every step ``||dL_{T-1}/dh_t||`` (``carried_log10``). For the
+    LSTM the verdict reads the backward state's norm sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2)
+    (:func:`state_log10`), named ``||(dL/dh_t, dL/dc_t)||``: drawing
+    ||dL/dh_t|| beside the pair's verdict and rate showed a curve falling 3.6 decades in one step
+    (a least-squares slope of -0.0300 dec/step) labelled "stable, -0.0057 dec/step". A diagnosis
+    with a loss at every step keeps no carried ||dL_{T-1}/dc_t||: without ``res`` (its result) an
+    LSTM's carried ||dL_{T-1}/dh_t|| is returned with False (the verdict's curve is not drawn)."""
+    carried = len(d.carried_log10) > 0
+    h = np.asarray(d.carried_log10 if carried else d.signal_log10, dtype=np.float64)
+    name = "||dL_{T-1}/dh_t||" if carried else "||dL/dh_t||"
+    if d.rnn.get("cell") != "lstm":
+        return h, name, True
+    c = np.asarray(d.cell_log10, dtype=np.float64)
+    if carried:
+        zc = None if res is None else (getattr(res, "extras", None) or {}).get("carried_cell_signal_norm")
+        if zc is None:
+            return h, name, False
+        with np.errstate(divide="ignore"):
+            c = np.asarray(zc.log10(), dtype=np.float64)
+    if len(c) != len(h):
+        return h, name, False
+    pair = "||(dL_{T-1}/dh_t, dL_{T-1}/dc_t)||" if carried else "||(dL/dh_t, dL/dc_t)||"
+    return state_log10(h, c), pair, True
+
+
 def classify(signal_log10, decades_per_step: float, *, threshold: float = 2.0, nonfinite: bool = False) -> str:
     """The verdict of the rules in the module docstring, from log10 ||dL/dh_t|| (t = 0 .. T-1)
     and its fitted rate going back."""

@@ -74,7 +74,7 @@ def signal_vs_steps_back(data, path=None, *, title: str = "Gradient through time
     last step, one line per net.
 
     ``data``: label -> RecurrentDiagnosis or RecurrentResult, or one of them alone. Each line is
-    the curve its verdict and rate are read from (:func:`gradbench.recurrent.cli.verdict_signal`):
+    the curve its verdict and rate are read from (:func:`gradbench.recurrent.diagnose.verdict_signal`):
     ||dL/dh_t||, but for the LSTM its backward state's norm sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2),
     named ||(dL/dh_t, dL/dc_t)|| on the y axis or, beside other cells, in its legend entry, and
     defined under the title (an
@@ -88,7 +88,7 @@ def signal_vs_steps_back(data, path=None, *, title: str = "Gradient through time
     scale: they are marked below the x axis in the line's colour, as
     :func:`gradbench.plot.gradient_flow` marks layers, and counted in its legend entry.
     """
-    from gradbench.recurrent.cli import verdict_signal
+    from gradbench.recurrent.diagnose import verdict_signal
 
     nets = _nets(data)
     fig = Figure(figsize=(9.0, 5.0))
@@ -153,7 +153,7 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
     d = _one_net(d, "d")
     fig = Figure(figsize=(9.0, 6.5))
     ax, bx = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
-    from gradbench.recurrent.cli import verdict_signal
+    from gradbench.recurrent.diagnose import verdict_signal
 
     t = np.arange(d.steps)
     strip, finite = [], False
