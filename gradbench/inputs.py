@@ -21,10 +21,7 @@ def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str =
     """
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if isinstance(a, np.ma.MaskedArray):  # its mask would be dropped: the hidden values computed with
-        raise TypeError(f"{name} is a numpy.ma.MaskedArray: gradbench reads no masks (the masked entries' "
-                        f"hidden values would be used); pass {name}.filled(value) with the value you mean, or an array "
-                        "without a mask")
+    refuse_masked(name, a)
     check_aligned(name, a)
     if a.dtype != dtype and a.dtype.newbyteorder("=") == dtype:  # big-endian float64: the same values, swapped
         a = a.astype(dtype)
@@ -43,6 +40,15 @@ def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str =
         bad = np.argwhere(~np.isfinite(a))[0]
         raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
     return a
+
+
+def refuse_masked(name: str, a: np.ndarray) -> None:
+    """Refuse a ``numpy.ma.MaskedArray`` given as ``name``: its mask would be dropped and the
+    masked entries' hidden values computed with (a masked x read the loss of x.data)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray: gradbench reads no masks (the masked entries' "
+                        f"hidden values would be used); pass {name}.filled(value) with the value you mean, or an array "
+                        "without a mask")
 
 
 def check_aligned(name: str, a: np.ndarray) -> None:

@@ -46,7 +46,7 @@ from gradbench import datasets
 from gradbench.activations import RESCUE
 from gradbench.diagnose import frobenius_log10
 from gradbench.engine import backprop
-from gradbench.inputs import all_finite, check_aligned, check_array, check_stored_params
+from gradbench.inputs import all_finite, check_aligned, check_array, check_stored_params, refuse_masked
 from gradbench.optim import OPTIMIZERS, SGD, Adam, resolve_momentum  # noqa: F401 (re-exported)
 from gradbench.params import Params, after, check_seed, init_params, origin_words
 from gradbench.plan import check_history
@@ -849,6 +849,7 @@ def check_labels(stack, y, n: int, name: str = "y") -> None:
     output_dim and dtype); ``name`` names ``y`` in the messages."""
     if not isinstance(y, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+    refuse_masked(name, y)
     check_aligned(name, y)
     if y.shape != (n,):
         col = f" (a column: pass {name}[:, 0])" if y.shape == (n, 1) else ""

@@ -29,3 +29,13 @@ def test_masked_inputs_and_weights_are_refused_by_name(backend):
     xs = gb.sequence_input(net, 2, 1)
     with pytest.raises(TypeError, match=r"^xs is a numpy\.ma\.MaskedArray"):
         gb.backprop(net, gb.init_params(net, 0), _masked(xs), backend=backend)
+
+
+def test_masked_training_data_and_labels_are_refused_by_name():
+    stack = gb.Stack(depth=3, width=4, input_dim=2, loss="bce")
+    X = np.random.default_rng(0).standard_normal((20, 2))
+    y = (X[:, 0] > 0).astype(np.float64)
+    with pytest.raises(TypeError, match=r"^X is a numpy\.ma\.MaskedArray"):
+        gb.train(stack, _masked(X), y, epochs=1)
+    with pytest.raises(TypeError, match=r"^y is a numpy\.ma\.MaskedArray"):
+        gb.train(stack, X, _masked(y), epochs=1)
