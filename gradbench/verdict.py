@@ -1338,8 +1338,7 @@ def _lagging_words(stack, g, res, verdict: str, far) -> list[str]:
 # decades; sigmoid with batch norm, depth 1500, width 6, batch 3 (+0.7): 2.7 % and 3.5 decades;
 # tanh at sigma_w = 1.5, depth 400, width 256 (-6.5): 1.6e-6 and 3e-4 decades; ReLU at
 # sigma_w = 2 (exploding, not chaotic), He ReLU, Xavier tanh: -15 to -17, nothing moved.
-# Not seen by it: a signal clip (the clipped ||dL/dh_l|| is not the loss's derivative: for a plain
-# stack clipped_rounding_sensitivity estimates the unclipped chain from mean field), and
+# Not seen by it: a signal clip (the clipped ||dL/dh_l|| is not the loss's derivative), and
 # float32 batch norm over 2-4 samples, whose backward is a cancellation the loss does not show.
 CHAOTIC_LOG10 = -4.0
 
@@ -1383,99 +1382,14 @@ def rounding_sensitivity(res) -> tuple[float, int] | None:
     return None if share is None else (share[0], share[1] + 1)
 
 
-def clipped_rounding_sensitivity(res, weight_log10=None) -> tuple[float, int, float, float, int] | None:
-    """:func:`rounding_sensitivity` of the chain a signal clip changed, from mean field's growth
-    per layer at this run's forward where the clip acted: (share, l, rate, sigma_w, layers where
-    it acted), or None where it does not apply.
-
-    A signal clip changes only the backward: the forward, and how far its rounding moves the loss,
-    are those of the stack without the clip, whose ||dL/dh_l|| the clipped signal no longer shows
-    (tanh at N(0, 1) entries, depth 200, width 32: the unclipped chain grows +0.203 decades a
-    layer, a share of 10^23.4; clipped at 1 the signal is flat and the share read 10^-16.3, while
-    the C and NumPy backends and torch put the loss at 1.928, 1.799 and 2.807 and the clip left
-    25, 32 and 38 layers alone). Where the clip changed the signal at some layer of a plain
-    stack (no batch norm or residual; not PReLU, whose slopes are parameters), the unclipped
-    ||dL/dh_l|| is estimated as the clipped top layer's (the clip only shrinks) times, layer by
-    layer going down, the measured step where the clip left dL/dh_l alone (the chain's own) and,
-    where it acted, mean field's sqrt(chi_l) = sigma_w sqrt(E[phi'(z)^2]) over z ~ N(0, q_l),
-    q_l = sigma_w^2 ms(h_l) + sigma_b^2 from the mean square of the layer's recorded input
-    (layer 0: E[x^2] = 1, the probe's standard normal input), ``sigma_w`` the weights' gain
-    (:func:`weight_gain`); ``rate`` is its average over the layers where the clip acted, decades
-    per layer. NumPy's
-    Gauss-Hermite nodes, not :mod:`gradbench.theory` (whose first use imports SciPy, some 23 MB
-    beyond the plan's memory estimate of a diagnosis). None where that growth is not positive
-    (the clipped signal's own share is then no smaller than the estimate's)."""
-    stack = res.stack
-    acted = getattr(res, "signal_clip_acted", None)
-    if (stack.clip is None or stack.clip_on != "signal" or acted is None or not np.any(acted)
-            or stack.batch_norm or stack.residual or stack.activation == "prelu"
-            or len(res.signal_norm.log10()) < 2):
-        return None
-    from gradbench.abi import ACT_CODE
-    from gradbench.activations import dphi
-
-    s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
-    L = len(s)
-    gain, _ = weight_gain(stack, weight_log10)
-    ms_log10 = 2 * np.asarray(rms_log10(res.act_mean.log10(), res.act_std.log10()), dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        q = gain * gain * np.concatenate([[1.0], 10.0 ** ms_log10[:-1]]) + stack.sigma_b ** 2  # z_l's variance
-        key = np.round(np.log10(q), 3)  # E[phi'^2] once per 0.001 decades of q
-        if not np.all(np.isfinite(key)):
-            return None
-        uniq, inv = np.unique(key, return_inverse=True)
-        ms_dphi = np.array([_mean_square_dphi(stack, math.sqrt(10.0 ** k), dphi, ACT_CODE) for k in uniq])[inv]
-        grow = 0.5 * np.log10(gain * gain * ms_dphi)  # per layer
-    # the step from dL/dh_{l+1} (after the clip) to dL/dh_l is the chain's own where the clip left dL/dh_l
-    # alone: measured there, mean field's where it acted (He tanh at width 16, 20,000 layers, clipped at
-    # 23: mean field's +0.026 a layer everywhere read 10^505 of a forward no rounding moves)
-    hit = np.asarray(acted, dtype=bool)[:L - 1]
-    steps = np.where(hit, grow[:-1], s[:-1] - s[1:])
-    if not math.isfinite(s[-1]) or not np.all(np.isfinite(steps)):
-        return None
-    rate = float(np.mean(grow[:-1][hit])) if hit.any() else 0.0
-    if not rate > 0:
-        return None
-    # ||dL/dh_i|| = ||dL/dh_{L-1}|| times the steps of layers i .. L-2 (dL/dh_l = W_l^T (phi'(z_l) dL/dh_{l+1}))
-    est = s[-1] + np.concatenate([np.cumsum(steps[::-1])[::-1], [0.0]])
-    with np.errstate(divide="ignore"):
-        share = rounding_share(est[1:], res.act_mean.log10()[:-1], res.act_std.log10()[:-1],
-                               float(res.loss_exact.log10()), stack.dtype)
-    return None if share is None else (share[0], share[1] + 1, rate, gain, int(hit.sum()))
-
-
-def _mean_square_dphi(stack, sd: float, dphi, act_code) -> float:
-    """E[phi'(z)^2] over z ~ N(0, sd^2) by the trapezoid rule on the union of two grids, one in
-    z / sd (the Gaussian's width) and one in z (phi''s own: tanh' is sech^2, whose width is 1
-    whatever sd; 64 Gauss-Hermite nodes read half of E[sech^4] at sd = 5)."""
-    x = np.linspace(-9.0, 9.0, 1801)
-    z = np.linspace(-40.0, 40.0, 8001) / sd
-    x = np.unique(np.concatenate([x, z[np.abs(z) <= 9.0]]))
-    d = np.asarray(dphi(sd * x, act_code[stack.activation], stack.act_param), dtype=np.float64)
-    f = d * d * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-    return float(np.sum(0.5 * (f[1:] + f[:-1]) * np.diff(x)))
-
-
-def chaos_words(share: tuple[float, int] | None, dtype: str, where: str, clipped=None) -> list[str]:
+def chaos_words(share: tuple[float, int] | None, dtype: str, where: str) -> list[str]:
     """The sentence for a chaotic forward pass (``share`` from :func:`rounding_share`, at or above
-    :data:`CHAOTIC_LOG10`); ``where`` names the state, as "h_34" or "h_t at step 12". ``clipped``:
-    (rate, sigma_w) where the share is :func:`clipped_rounding_sensitivity`'s estimate."""
+    :data:`CHAOTIC_LOG10`); ``where`` names the state, as "h_34" or "h_t at step 12"."""
     if share is None or share[0] < CHAOTIC_LOG10:
         return []
     share = share[0]
     moved = ("by more than itself (a first-order estimate of 10^" + _num(share) + ": the trajectory is another one)"
              if share >= 0 else f"by ~10^{_num(share)} of itself")
-    if clipped:
-        rate, gain, n = clipped
-        return [f"the forward pass is chaotic, as without the clip (a signal clip changes only the backward): the "
-                f"unclipped chain grows by the measured steps where the clip left the signal and, at the {n} "
-                f"layer{'s' if n != 1 else ''} below the top where it acted, by mean field's {rate:+.3g} decades per layer at this "
-                f"run's forward and weight gain (sigma_w = {gain:.3g}), which the clip keeps out of the signal, so "
-                f"{dtype}'s rounding of {where} (one part in "
-                f"10^{-math.log10(np.finfo(dtype).eps / 2):.0f}) moves the loss {moved}; the loss "
-                f"{'beyond its first digits ' if share < -1 else ''}and where the clip acts are this run's rounding, "
-                "not the weights': another backend, framework or machine reads them apart (clipped as it is, the "
-                "chain is that of the rounded forward)"]
     return [f"the forward pass is chaotic: {dtype}'s rounding of {where} (one part in "
             f"10^{-math.log10(np.finfo(dtype).eps / 2):.0f}) moves the loss {moved}, and the gradients "
             f"{'by decades' if share >= 0 else 'some 1000 times more'}, so "
@@ -1573,11 +1487,7 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
     words += slope_gain_words(stack, verdict, weight_log10, res)
     if verdict != "no gradient":
         sens = rounding_sensitivity(res)
-        said = chaos_words(sens, stack.dtype, f"h_{sens[1]}" if sens else "")
-        if not said:  # a signal clip hides the forward's chaos from its own signal: mean field's estimate
-            est = clipped_rounding_sensitivity(res, weight_log10)
-            said = chaos_words(est and est[:2], stack.dtype, f"h_{est[1]}" if est else "", clipped=est and est[2:])
-        words += said
+        words += chaos_words(sens, stack.dtype, f"h_{sens[1]}" if sens else "")
     std = np.asarray(res.act_std.log10(), dtype=np.float64)
     # (a forward without exponents underflows long before 2^(-2^62): float_underflow says that)
     zf = forward_zeros(stack.activation, std) if getattr(res, "forward_rescaled", True) else np.zeros(0, dtype=np.int64)
