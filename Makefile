@@ -38,6 +38,7 @@ TEST_WORKERS ?= 2
 PYTEST_N := -n $(TEST_WORKERS)
 
 test: $(VENV)/.installed-test $(VENV)/.kernels
+	$(PY) tests/compile_kernels.py
 	$(PY) -m pytest -q $(PYTEST_N)
 
 # Everything with the optional extras too, nothing skipped for want of torch: the test extras
