@@ -33,7 +33,9 @@ $(VENV)/.kernels: $(VENV)/.created $(wildcard kernels/*.py)
 	touch $@
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist; 2 = CI's cores): 9 min instead of 20 on
-# this project's 2-core machine. TEST_WORKERS=0 runs it in one process.
+# this project's 2-core machine. TEST_WORKERS=0 runs it in one process. The Numba kernels are
+# compiled into their cache first, two parts side by side (tests/compile_kernels.py: 1 min 48 s
+# cold, then the suite 7 min 8 s, where both workers had compiled them at their start).
 TEST_WORKERS ?= 2
 PYTEST_N := -n $(TEST_WORKERS)
 
