@@ -1100,8 +1100,12 @@ static int F(gb_setup)(const gb_stack_arrays *a, const gb_opts *opts, F(gb_cfg) 
  * linear regime keeps its exact mantissa, ell = ln|h| + f ln 2), k = floor(max ell / ln2),
  * h = sign exp(ell - k ln2), and the row's exponent becomes k. Each row decides alone: no
  * barrier. */
+/* ELU and SELU (activations.LIMIT_RESCUE): rows whose |h| are subnormal at f are rescued too, their
+ * limit -alpha 2^-f having lost its digits there; their positive side, lambda x, is linear */
+static inline int F(gb_limit_rescue)(int act) { return act == GB_ELU || act == GB_SELU; }
+
 static inline double F(gb_rescue_x)(int act, int f32) { /* activations.RESCUE_X */
-    if (act == GB_ELU || act == GB_SELU) return -1.0;
+    if (F(gb_limit_rescue)(act)) return -1.0;
     return act == GB_GELU ? (f32 ? -11.0 : -35.0) : (f32 ? -65.0 : -620.0);
 }
 
@@ -1114,7 +1118,7 @@ static int F(gb_fwd_deep)(const T *z, int64_t n, double thr) {
 
 static inline double F(gb_fwd_ell)(T h, T z, const gb_scaled *s, int64_t f, double *sgn, int *lin) {
     const double x = ldexp((double)z, s->f);
-    *lin = fabs(x) < s->tiny || (x > 0 && (s->act == GB_ELU || s->act == GB_SELU)); /* ELU, SELU: lambda x */
+    *lin = fabs(x) < s->tiny || (x > 0 && F(gb_limit_rescue)(s->act)); /* ELU, SELU: lambda x */
     if (*lin) {
         *sgn = 1.0;
         return (h != 0 ? log(fabs((double)h)) : -INFINITY) + (double)f * GB_LN2;
@@ -1161,9 +1165,9 @@ static int64_t F(gb_fwd_rescue_row)(T *h, const T *z, int64_t N, const gb_scaled
             em = (int)(mb >> 52) - 1022;
         else
             frexp(m, &em);
-        /* ELU, SELU (activations.LIMIT_RESCUE): a row whose |h| are subnormal at f is looked at too */
-        const int limit = s->act == GB_ELU || s->act == GB_SELU;
-        if (em + f > GB_RESCUE_BELOW_EXP(f32) && !(limit && m < (f32 ? (double)FLT_MIN : DBL_MIN))) return f;
+        /* ELU, SELU: a row whose |h| are subnormal at f is looked at too */
+        if (em + f > GB_RESCUE_BELOW_EXP(f32) && !(F(gb_limit_rescue)(s->act) && m < (f32 ? (double)FLT_MIN : DBL_MIN)))
+            return f;
     }
     if (!F(gb_fwd_deep)(z, N, ldexp(F(gb_rescue_x)(s->act, f32), gb_clamp_exp(-f)))) return f;
     const double M = F(gb_fwd_ell_max)(h, z, N, s, f);
@@ -1521,8 +1525,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.rmax = F(gb_alloc)(sizeof(T) * (size_t)B);
     st.rnan = F(gb_alloc)((size_t)B);
     st.scr = F(gb_alloc)(sizeof(gb_scaled_rows) * (size_t)nth);
-    st.frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH || st.cfg.act == GB_ELU ||
-                                    st.cfg.act == GB_SELU);
+    st.frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH || F(gb_limit_rescue)(st.cfg.act));
     rc = GB_ENOMEM;
     if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
         st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.rmax && st.rnan && st.scr && st.tdone && st.rdone) {

@@ -300,7 +300,8 @@ def log_phi(x: np.ndarray, code: int, param: float) -> tuple[np.ndarray, np.ndar
         sign = np.sign(x)
         if name in LIMIT_RESCUE:
             lam, c = (1.0, param) if name == "elu" else (SELU_LAMBDA, SELU_ALPHA)
-            ln = np.where(x > 0, np.log(a) + math.log(lam), math.log(lam * c) + np.log(-np.expm1(np.minimum(x, 0.0))))
+            ln = np.where(x > 0, np.log(a) + math.log(lam),
+                          math.log(lam * c) + np.log(-np.expm1(np.minimum(x, 0.0))))
         elif name == "swish":
             ln = np.where(np.isneginf(x), -np.inf, np.log(a) + _log_sigmoid(x))
         elif name == "gelu":

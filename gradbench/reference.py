@@ -61,8 +61,8 @@ import numpy as np
 from gradbench import abi
 from gradbench.abi import CLIP_NORM, CLIP_VALUE, EXP_CLAMP, I_ACT, I_BN, I_CLIP, I_RESCALE_FWD, I_RESIDUAL
 from gradbench.abi import F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, INFO_BACKWARD, INFO_FORWARD
-from gradbench.activations import (LIMIT_RESCUE, PHI_RESCUE, RESCUE, RESCUE_BELOW, RESCUE_LN_MIN, RESCUE_X, TINY, _clamp, dphi,
-                                   dphi_scaled, log_dphi, log_phi, phi, phi_scaled)
+from gradbench.activations import (LIMIT_RESCUE, PHI_RESCUE, RESCUE, RESCUE_BELOW, RESCUE_LN_MIN, RESCUE_X, TINY,
+                                   _clamp, dphi, dphi_scaled, log_dphi, log_phi, phi, phi_scaled)
 from gradbench.logscaled import from_log, log_rem
 from gradbench.spec import ACTIVATIONS
 
@@ -172,10 +172,7 @@ def rescue_forward(a, z, f, code, param):
     name = ACTIVATIONS[code]
     with np.errstate(invalid="ignore"):
         m = float(np.max(np.abs(a), initial=0.0))
-    below = math.frexp(RESCUE_BELOW[dt])[1]
-    limit = name in LIMIT_RESCUE  # ELU, SELU: a row whose |h| are subnormal or 0 at f, too
-    healthy = m > 0 and math.frexp(m)[1] + f > below and not (limit and m < np.finfo(a.dtype).tiny)
-    if name not in PHI_RESCUE or not math.isfinite(m) or healthy:
+    if name not in PHI_RESCUE or not _rescue_looks_at(m, f, name, a.dtype):
         return f
     with np.errstate(over="ignore", under="ignore"):
         x = np.ldexp(z.astype(np.float64), _clamp(f))
@@ -183,7 +180,7 @@ def rescue_forward(a, z, f, code, param):
         return f
     a64 = a.astype(np.float64)
     linear = np.abs(x) < TINY[dt][name]  # exact mantissas at exponent f: phi = c z to the last bit
-    if limit:
+    if name in LIMIT_RESCUE:
         linear |= x > 0  # phi = lambda x
     ln, sign = log_phi(x, code, param)
     with np.errstate(divide="ignore"):
@@ -412,20 +409,29 @@ def layer_rows(H: np.ndarray, g: np.ndarray) -> tuple[int, np.ndarray]:
     return e, np.where(nz, g - e, 0)
 
 
+def _rescue_looks_at(m, f, name: str, dtype) -> np.ndarray:
+    """Whether the forward's rescue looks at a row (or each row) whose largest |h| is ``m``, a
+    mantissa at exponent ``f``: a finite one below RESCUE_BELOW (0 included), and for ELU and
+    SELU (LIMIT_RESCUE) a subnormal one too, whose limit -alpha 2^-f lost digits at f.
+    :func:`rescue_forward` and :func:`rescue_forward_rows` decide by it."""
+    m = np.asarray(m, dtype=np.float64)
+    below = math.frexp(RESCUE_BELOW[np.dtype(dtype).name])[1]
+    healthy = (m > 0) & (np.frexp(m)[1].astype(np.int64) + f > below)
+    if name in LIMIT_RESCUE:
+        healthy &= m >= np.finfo(dtype).tiny
+    return np.isfinite(m) & ~healthy
+
+
 def rescue_forward_rows(a, z, f, code, param) -> np.ndarray:
     """:func:`rescue_forward` row by row (row i of z at exponent f[i]): returns the rows' exponents
-    (f where a row is not rescued). Rows whose largest |phi| is above the bound are not looked at."""
+    (f where a row is not rescued). Rows the rescue does not look at (:func:`_rescue_looks_at`)
+    are left alone."""
     g = f.copy()
     if ACTIVATIONS[code] not in PHI_RESCUE:
         return g
-    below = math.frexp(RESCUE_BELOW[a.dtype.name])[1]
     with np.errstate(invalid="ignore"):
         m = np.max(np.abs(a), axis=1, initial=0.0)
-    top = np.frexp(m)[1].astype(np.int64) + f
-    healthy = (m > 0) & (top > below)
-    if ACTIVATIONS[code] in LIMIT_RESCUE:  # and not subnormal (rescue_forward)
-        healthy &= m >= np.finfo(a.dtype).tiny
-    for i in np.flatnonzero(np.isfinite(m) & ~healthy):
+    for i in np.flatnonzero(_rescue_looks_at(m, f, ACTIVATIONS[code], a.dtype)):
         g[i] = rescue_forward(a[i:i + 1], z[i:i + 1], int(f[i]), code, param)
     return g
 

@@ -85,7 +85,8 @@ def train_to_dict(r) -> dict:
         eval_loss=r.eval_loss, accuracy=r.accuracy, grad_log10=r.grad_log10,
         update_ratio_percent=r.update_ratio, update_ratio_input_percent=r.update_ratio_input,
         update_ratio_head_percent=r.update_ratio_head, diverged_epoch=r.diverged_epoch,
-        divergence=r.divergence, diverged_steps=r.extras.get("diverged_steps"), stopped=r.extras.get("stopped"), clip_acted_steps=r.extras.get("clip_acted_steps"),
+        divergence=r.divergence, diverged_steps=r.extras.get("diverged_steps"), stopped=r.extras.get("stopped"),
+        clip_acted_steps=r.extras.get("clip_acted_steps"),
         seconds=r.seconds,
     ))
 

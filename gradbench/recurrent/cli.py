@@ -443,8 +443,6 @@ def cmd_run(args) -> int:
 
 
 # ------------------------------------------------------------------ compare
-
-
 def cmd_compare(args) -> int:
     from gradbench.recurrent.diagnose import diagnose, verdict_signal
 

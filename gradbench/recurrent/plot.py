@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from gradbench.plot import (DPI, _chance_line, _diverged, _legend, _loss_line, _no_finite_values, _off_scale,
                             _strip, _whole_numbers, _with_dtype, save)
 from gradbench.report import count, fmt_rate
-from gradbench.recurrent.diagnose import FLOAT_LIMITS, RecurrentDiagnosis, diagnose
+from gradbench.recurrent.diagnose import FLOAT_LIMITS, RecurrentDiagnosis, diagnose, verdict_signal
 
 _STYLES = ("-", "--", "-.", ":")
 
@@ -31,6 +31,16 @@ def _limits(ax, lo, hi):
 PAIR_WORDS = "||(dL/dh_t, dL/dc_t)|| = sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2): the LSTM's backward state, which its verdict reads"
 
 
+_NET_WORDS = "a RecurrentDiagnosis or RecurrentResult (gb.diagnose / gb.backprop of a gb.Recurrent)"
+
+
+def _not_a_net(where: str, item) -> TypeError:
+    """The refusal of ``item`` given as ``where`` (a stack's Diagnosis or Result: where it is drawn)."""
+    kind = type(item).__name__
+    hint = " (a feed-forward stack's: gradbench.plot.gradient_flow draws it)" if kind in ("Diagnosis", "Result") else ""
+    return TypeError(f"{where} must be {_NET_WORDS}, got {kind}{hint}")
+
+
 def _nets(data, name: str = "data") -> dict:
     """label -> RecurrentDiagnosis or RecurrentResult from a dict of them, or one of them alone
     (label ""), as :func:`gradbench.plot.gradient_flow` takes one item; anything else is refused
@@ -41,16 +51,12 @@ def _nets(data, name: str = "data") -> dict:
     if isinstance(data, kinds):
         return {"": data}
     if not isinstance(data, dict):
-        raise TypeError(f"{name} must be a RecurrentDiagnosis or RecurrentResult (gb.diagnose / gb.backprop of a "
-                        f"gb.Recurrent) or a dict label -> one of them, got {type(data).__name__}")
+        raise TypeError(f"{name} must be {_NET_WORDS} or a dict label -> one of them, got {type(data).__name__}")
     if not data:
         raise ValueError(f"{name} is an empty dict: give at least one label -> RecurrentDiagnosis or RecurrentResult")
-    bad = {k: type(v).__name__ for k, v in data.items() if not isinstance(v, kinds)}
-    if bad:
-        k, t = next(iter(bad.items()))
-        raise TypeError(f"{name}[{k!r}] must be a RecurrentDiagnosis or RecurrentResult (gb.diagnose / gb.backprop of "
-                        f"a gb.Recurrent), got {t}" + (" (a feed-forward stack's: gradbench.plot.gradient_flow draws it)"
-                                                      if t in ("Diagnosis", "Result") else ""))
+    for k, v in data.items():
+        if not isinstance(v, kinds):
+            raise _not_a_net(f"{name}[{k!r}]", v)
     return {str(k): v for k, v in data.items()}
 
 
@@ -61,11 +67,7 @@ def _one_net(item, name: str) -> RecurrentDiagnosis:
     if isinstance(item, RecurrentResult):
         return diagnose(item)
     if not isinstance(item, RecurrentDiagnosis):
-        raise TypeError(f"{name} must be a RecurrentDiagnosis or RecurrentResult (gb.diagnose / gb.backprop of a "
-                        f"gb.Recurrent), got {type(item).__name__}" + (" (a feed-forward stack's: gradbench.plot."
-                                                                      "gradient_flow draws it)"
-                                                                      if type(item).__name__ in ("Diagnosis", "Result")
-                                                                      else ""))
+        raise _not_a_net(name, item)
     return item
 
 
@@ -88,8 +90,6 @@ def signal_vs_steps_back(data, path=None, *, title: str = "Gradient through time
     scale: they are marked below the x axis in the line's colour, as
     :func:`gradbench.plot.gradient_flow` marks layers, and counted in its legend entry.
     """
-    from gradbench.recurrent.diagnose import verdict_signal
-
     nets = _nets(data)
     fig = Figure(figsize=(9.0, 5.0))
     ax = fig.add_subplot()
@@ -153,8 +153,6 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
     d = _one_net(d, "d")
     fig = Figure(figsize=(9.0, 6.5))
     ax, bx = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
-    from gradbench.recurrent.diagnose import verdict_signal
-
     t = np.arange(d.steps)
     strip, finite = [], False
     state, name, read = verdict_signal(d)
