@@ -1068,3 +1068,16 @@ def test_a_long_write_of_the_output_files_shows_progress(tmp_path, capsys, monke
     assert code == 0 and (tmp_path / "r.json").exists() and (tmp_path / "f.png").exists()
     # which file, and how many of them are done
     assert "writing: 0 of 2 files, " in err and str(tmp_path / "r.json") in err, err
+
+
+def test_the_readme_says_chaos_under_a_signal_clip_is_not_seen_and_it_is_not(capsys):
+    """README: a chaotic stack under a signal clip is not seen (the clipped signal is not the
+    loss's derivative): tanh at N(0, 1) entries, depth 200, width 32, clipped at 1, is not said
+    chaotic while the same forward without the clip is. This test fails once the clipped row is
+    said chaotic, and the README's sentence must change with it."""
+    argv = ["compare", "--depth", "200", "--width", "32", "--configs", "tanh,tanh-clip"]
+    code, out, err = run(argv + ["--backend", "c"], capsys)
+    assert code == 0, err
+    plain, clipped = out.split("tanh + signal clip ||dL/dh_l|| <= 1: STABLE")
+    assert "the forward pass is chaotic" in plain.split("tanh, base init: EXPLODING")[1]
+    assert "chaotic" not in clipped
