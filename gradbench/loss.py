@@ -194,8 +194,24 @@ def head_loss(stack: Stack, h: np.ndarray, f, params: Params, t) -> tuple:
     dys = reference.scaled_rows(dy, E, top)
     # h's rows at one exponent (no forward rescaling, or no spread): db_out's rows are dW_out's
     same = w == top + f[0] and np.all(f == f[0]) if len(f) else True
-    dW_out = (dys if same else reference.pair_rows(dy, E + f, w)).T @ h
+    rows = dys if same else reference.pair_rows(dy, E + f, w)
+    if h.dtype == np.float64:
+        dW_out = rows.T @ h
+    else:  # sums of up to B products of mantissas <= 1 and entries of h_L up to 3.4e38: in float64,
+        # then a power of two into the dtype's range (the largest entry in [0.5, 1))
+        dW_out, w = _into_dtype(rows.T.astype(np.float64) @ h.astype(np.float64), w, h.dtype)
     return loss, loss_exact, dy @ params.W_out, E, dW_out, w, dys.sum(axis=0), top
+
+
+def _into_dtype(m: np.ndarray, e: int, dtype) -> tuple[np.ndarray, int]:
+    """m 2^e (float64 m) as mantissas of ``dtype`` and an exponent: m scaled by a power of two so
+    that its largest finite |entry| lies in [0.5, 1) (none: as it is), then rounded to ``dtype``."""
+    finite = np.abs(m[np.isfinite(m)])
+    top = float(finite.max()) if finite.size else 0.0
+    if top == 0.0:
+        return m.astype(dtype), e
+    k = math.frexp(top)[1]
+    return ldexp(m, -k).astype(dtype), e + k
 
 
 def head_dy(kind: str, h: np.ndarray, f, W_out, b_out, t) -> tuple[float, LogScaled, np.ndarray, np.ndarray]:
@@ -203,12 +219,14 @@ def head_dy(kind: str, h: np.ndarray, f, W_out, b_out, t) -> tuple[float, LogSca
     per row) (a mean over them): (loss, loss as LogScaled, dL/dy mantissas in h's dtype, E (R,)),
     row i of dL/dy = mantissas[i] 2^E[i] from :func:`head_gradient`, each row's largest entry
     brought into [0.5, 1) before the rounding to h's dtype (float32's 1e-48 is carried, not
-    flushed; rows of zeros at the largest row's exponent)."""
-    if not np.any(f):
-        y64 = (h @ W_out.T + b_out).astype(np.float64)
-    else:  # a forward-rescaled stack: h_L W_out^T at its exponent (each row's), then the bias
+    flushed; rows of zeros at the largest row's exponent). The product and the bias in float64
+    for a float32 stack too: its h_L of 1.9e38 times W_out can pass float32's 3.4e38 (the loss
+    read inf and every gradient NaN where float64 holds 4.09e76)."""
+    y64 = h.astype(np.float64) @ W_out.T.astype(np.float64)
+    if np.any(f):  # a forward-rescaled stack: h_L W_out^T at its exponent (each row's), then the bias
         with np.errstate(under="ignore", over="ignore"):
-            y64 = ldexp((h @ W_out.T).astype(np.float64), np.reshape(f, (-1, 1)) if np.ndim(f) else f) + b_out
+            y64 = ldexp(y64, np.reshape(f, (-1, 1)) if np.ndim(f) else f)
+    y64 = y64 + b_out.astype(np.float64)
     loss, loss_exact, dy, E = head_gradient(kind, y64, t, len(y64), rows=True)
     E = E + 0  # a copy
     reference.signal_rows(dy, E)  # float64, before the rounding to h's dtype
