@@ -10,7 +10,8 @@ l = 0 at the input, l = L - 1 at the top; docs/design.md section 6):
   ``signal_log10``): the least-squares change per layer going DOWN the stack, towards the
   input, over the layers with a finite non-zero norm. Negative = vanishing, positive =
   exploding: the one convention of the package (:mod:`gradbench.verdict`, :mod:`gradbench.theory`).
-  ``intercept`` is the fitted log10 ||dL/dW_0||.
+  ``intercept`` is the fitted log10 ||dL/dW_0|| (with residual groups the fit runs through the
+  groups' own norms, :func:`gradbench.verdict.grad_rate`: about log10 sqrt(k) above the layers').
 - ``verdict``: vanishing, exploding, stable or no gradient, by the rules of
   :mod:`gradbench.verdict` (trends of the signal and of ||dW_l||, exact zeros, and magnitudes
   only where extreme: beyond the float64 range, or an elasticity ||dW_l|| ||W_l|| / loss below

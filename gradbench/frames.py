@@ -39,7 +39,7 @@ int64 exponent, so -30000.5 is a value like any other, and -inf means an exact z
 - :func:`train_frame` (``TrainResult.to_frame()``): one row per epoch and layer, ``epoch`` 0
   (before training) to E and ``layer`` 0 to L - 1: ``grad_log10`` (full data set, before
   epoch 1 / after epoch e), ``update_ratio_percent`` (100 ||Delta W_l|| / ||W_l|| during
-  epoch e; NaN at epoch 0), ``loss`` (mean mini-batch loss during epoch e; NaN at 0),
+  epoch e; NaN at epoch 0), ``loss`` (training loss during epoch e, its mini-batches' mean losses weighted by their sizes; NaN at 0),
   ``eval_loss``, ``accuracy`` (after epoch e), ``update_ratio_input_percent`` and
   ``update_ratio_head_percent`` (the input layer's and the head's, repeated per layer).
 

@@ -501,7 +501,8 @@ def _chance(r):
 
 def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = True, ax=None,
                 dpi: int = DPI) -> Figure:
-    """Mean mini-batch loss per epoch of one or several :class:`~gradbench.train.TrainResult`.
+    """Training loss per epoch (the mean per sample: mini-batches weighted by their sizes) of one
+    or several :class:`~gradbench.train.TrainResult`.
 
     Each run has, besides its colour, its own line style and marker shape (markers at a few
     epochs, staggered from run to run), so that the runs are told apart in greyscale and without
@@ -523,7 +524,7 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mean mini-batch loss" + (" (log scale)" if log else "")
+    ax.set_ylabel("training loss, mean per sample" + (" (log scale)" if log else "")
                   + ("" if ref is None else f"; dashed: {ref[0]} = {ref[1]:.3g}"))
     ax.set_title(title)
     ax.grid(True, which="both" if log else "major", alpha=0.3)

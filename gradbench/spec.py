@@ -265,8 +265,9 @@ class Stack(_Net):
         One of :data:`ACTIVATIONS` (formulas in :mod:`gradbench.activations`). The ReLU family
         (relu, leaky_relu, prelu) uses its left derivative at 0: phi'(0) = 0 (relu) or the slope.
     activation_param : float, optional
-        Leaky-ReLU slope (default 0.01), initial PReLU slope (0.25) or ELU alpha (1.0): 0 or, in
-        magnitude, within :data:`SCALE_RANGE` of the dtype (1e-30 .. 1e30 in float32).
+        Leaky-ReLU slope (default 0.01), initial PReLU slope (0.25) or ELU alpha (1.0): for
+        leaky_relu and prelu 0 or, in magnitude, within :data:`SCALE_RANGE` of the dtype (1e-30 ..
+        1e30 in float32); ELU's alpha > 0 within it.
     init : str
         Weight initialisation, one of :data:`INITS` (or a PyTorch/Keras name of
         :data:`INIT_ALIASES`, stored as the canonical name). Each scheme is a distribution family

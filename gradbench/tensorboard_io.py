@@ -7,7 +7,7 @@ Training (``gb.train(..., tensorboard=DIR)``, ``gradbench train --tensorboard DI
 epoch (0: before training, e: after epoch e), L layers, tags with zero-padded layer numbers:
 
 ==================================== =========================================================
-``loss/train``                       mean mini-batch loss during epoch e (steps 1..E)
+``loss/train``                       training loss during epoch e, its mini-batches weighted by size (steps 1..E)
 ``loss/eval``, ``accuracy``          on the whole data set (steps 0..E)
 ``grad_log10/layer_LL``              log10 ||dL/dW_l|| on the whole data set, exact
 ``update_ratio_percent/layer_LL``    100 ||Delta W_l|| / ||W_l|| during epoch e (steps 1..E);
