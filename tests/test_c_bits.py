@@ -21,6 +21,7 @@ import pytest
 import gradbench as gb
 from gradbench import abi
 from gradbench import reference as ref
+from tests import test_c
 from tests.helpers import team_opts
 
 cb = pytest.importorskip("gradbench.cbackend", reason="C extension not built", exc_type=ImportError)
@@ -100,6 +101,37 @@ def test_residual_groups_of_one_layer_do_not_race(act, dtype):
         one = _run(team_opts(1), stack, params, x)
         runs = [one] + [_run(o, stack, params, x) for o in _teams([(t, 0) for t in (3, 2, 3, 3, 2, 3)])]
         _same(runs)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("scale", [0.6, 0.0])
+def test_rows_of_zeros_same_bits_for_any_thread_count(scale, dtype):
+    """A sample whose every ReLU unit is dead at layer m has a signal of zeros below m, and such
+    a row takes the layer's exponent, which only the whole team knows: a thread with such a row
+    runs the layer's second part (dW) before the next layer's first, the others after it
+    (csrc/stack_impl.h, gb_backward_member); the exponents are the reference's. Weights near the identity and biases of -0.01 kill
+    sample r near layer x_r / 0.01, so the rows die at many layers, on some threads and not
+    others (scale 0: every row is zero from the start). 1, 2 and 3 threads and hand-overs give
+    the same bits."""
+    L, N, B = 60, 4, 13
+    stack = gb.Stack(depth=L, width=N, activation="relu", init="he_normal", dtype=dtype)
+    params, _ = _problem(stack, B, 4)
+    rng = np.random.default_rng(9)
+    params.W[...] = np.eye(N) + 0.01 * rng.standard_normal((L, N, N))
+    params.b[...] = -0.01
+    x = (scale * rng.uniform(0.02, 1.0, (B, 1)) * np.ones((1, N))).astype(dtype)
+    one = _run(team_opts(1), stack, params, x)
+    dead = np.all(one["H"][1:] == 0, axis=2)  # (L, B): every unit of the row dead after layer l
+    first = [int(np.argmax(dead[:, r])) if dead[:, r].any() else L for r in range(B)]
+    if scale:
+        assert len(set(first) - {0, L}) >= 6, f"rows die at layers {first}: too few to test"
+    else:
+        assert first == [0] * B
+    # the exponents of the rows of zeros as the reference gives them, on one thread too
+    want = test_c._run(ref.stack_forward, ref.stack_backward, stack, params, x)
+    test_c._compare(one, want, stack, "one thread")
+    runs = [one] + [_run(o, stack, params, x) for o in _teams(((2, 0), (3, 0), (2, 2), (3, 3)))]
+    _same(runs)
 
 
 ISAS = [i for i in (1, 3, 4) if i <= cb.isa()]
