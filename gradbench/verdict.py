@@ -137,7 +137,7 @@ MEASURABLE_DECADES = 1e-9
 def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | None = None,
                  floored: np.ndarray | None = None, extrapolate: bool = True, *,
                  signal_log10: np.ndarray | None = None, group: int = 0, loss_log10: float | None = None,
-                 dtype: str | None = None) -> dict:
+                 dtype: str | None = None, flushed: np.ndarray | None = None, flushed_at: int | None = None) -> dict:
     """Where plain float64 / float32 would have under- or overflowed, per dtype.
 
     ``underflow_layer`` / ``overflow_layer``: the first layer from the top whose ||dL/dW_l||
@@ -156,6 +156,13 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     whose activations the run could not compute (their std NaN: the run's forward overflowed
     there); whether that dtype overflows there or above is not known (a float32 ReLU stack at
     sigma_w = 3 overflows at layer 123 where float64 stays below 10^92), so it is not said.
+    ``flushed`` (bool per layer, among the ``floored`` ones): layers whose ||dW_l|| reads 0 only
+    because the run's own ``dtype`` flushed a layer's outputs to 0 (the first: ``flushed_at``,
+    :func:`float_underflow`: sigmoid outputs below z ~ -104 in float32). They count as lost for
+    that dtype and any narrower one; for a wider one they are ``underflow_unknown_layers``, with
+    ``forward_flushed_layer`` = ``flushed_at``: the wider dtype may hold those outputs (a float32
+    sigmoid stack whose run read ||dW_2|| = 0 said "plain float64 would underflow the gradient at
+    layer 2", where mpmath gives 10^-53.97 on the same weights), so nothing is said of them.
     ``layers_to_underflow`` / ``layers_to_overflow``: when the gradient never gets there, how
     many layers from the top it would take at the fitted ``rate`` (only with ``extrapolate``:
     the caller says whether the rate within the stack is one that more layers would continue,
@@ -164,6 +171,7 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     g = np.asarray(grad_log10, dtype=np.float64)
     a = None if act_log10 is None else np.asarray(act_log10, dtype=np.float64)
     fl = np.zeros(len(g), dtype=bool) if floored is None else np.asarray(floored, dtype=bool)
+    fz = np.zeros(len(g), dtype=bool) if flushed is None else np.asarray(flushed, dtype=bool)
     finite = np.isfinite(g)
     top = float(g[finite][-1]) if finite.any() else math.nan
     out = {}
@@ -173,7 +181,10 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
         on_skip = np.arange(len(g)) % group == 0  # group inputs h_0, h_k, ...
         out_skip = np.arange(len(g)) % group == group - 1  # group outputs (act_log10[l]: h_{l+1})
     for name, (lo, hi) in FLOAT_LIMITS.items():
-        own = np.flatnonzero((finite & (g < lo)) | fl)  # layers whose own ||dW|| a plain chain loses
+        # wider than the run's own dtype: its zeros and infinities need not be this dtype's
+        wider = dtype is not None and hi > FLOAT_LIMITS[dtype][1]
+        unknown = fz if wider else np.zeros(len(g), dtype=bool)
+        own = np.flatnonzero((finite & (g < lo)) | (fl & ~unknown))  # layers whose own ||dW|| a plain chain loses
         under = np.flatnonzero(on_skip & (s < lo)) if skip else own
         over = np.flatnonzero((g > hi) | (g == np.inf))
         entry = {
@@ -184,6 +195,8 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
             "forward_underflow_layer": None,
             "forward_overflow_layer": None,
             "forward_unknown_layer": None,
+            "underflow_unknown_layers": np.flatnonzero(unknown).tolist(),
+            "forward_flushed_layer": flushed_at if unknown.any() else None,
             "layers_to_underflow": None,
             "layers_to_overflow": None,
             # residual groups: layers above underflow_layer whose own gradient is lost (a branch)
@@ -194,7 +207,6 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
         if a is not None:
             fu = np.flatnonzero(np.isfinite(a) & (a < lo) & (out_skip if skip else True))
             # NaN: an entry overflowed to inf in the run's own dtype, which says so for a dtype no wider
-            wider = dtype is not None and hi > FLOAT_LIMITS[dtype][1]
             nan = np.flatnonzero(np.isnan(a))
             fo = np.flatnonzero((a > hi) | (a == np.inf) | (np.isnan(a) & (not wider)))
             entry["forward_underflow_layer"] = int(fu.min()) if fu.size else None
@@ -207,7 +219,7 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
                 and abs(rate) * max(len(g) - 1, 1) >= MEASURABLE_DECADES):
             # only where the stack never gets there (a 600-layer sigmoid stack underflowing at layer 121
             # also said it would "after 480 layers")
-            if rate < 0 and top > lo and entry["underflow_layer"] is None:
+            if rate < 0 and top > lo and entry["underflow_layer"] is None and not unknown.any():
                 entry["layers_to_underflow"] = int(math.ceil((top - lo) / -rate))
             elif rate > 0 and top < hi and entry["overflow_layer"] is None:
                 entry["layers_to_overflow"] = int(math.ceil((hi - top) / rate))
