@@ -297,7 +297,9 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     limits = float_limits(g_plain, rate_plain, act_std_log10, floored,
                           _extrapolates(a, stack, act_std_log10, act_rms_log10, threshold, rate_plain),
                           signal_log10=s, group=stack.residual, loss_log10=a.loss_log10, dtype=stack.dtype,
-                          flushed=flushed, flushed_at=int(flushed_out.min()) if flushed_out.size else None)
+                          flushed=flushed, flushed_at=int(flushed_out.min()) if flushed_out.size else None,
+                          act_mean_log10=act_mean_log10, count=int(np.prod(res.output.shape)),
+                          plain_forward=not res.forward_rescaled)
     explanation = explain(a.verdict, stack, g, rate, a.signal_decades_per_layer, threshold, res, a.elasticity_log10,
                           a.rule, a.loss_log10, tiny, a.weight_log10 if len(a.weight_log10) else _sampled(res, len(g)),
                           weights_sampled=not len(a.weight_log10))
