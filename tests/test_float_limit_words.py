@@ -116,6 +116,16 @@ def test_the_forward_overflow_is_bracketed_by_what_the_statistics_prove():
     text = str(d)
     assert "a layer or two" not in text
     assert "plain float32 would overflow the forward activations at a layer from 309 to 322" in text
+    # a diagnosis written before the bound (no forward_judged_on): its std-based layer, said as a latest one only
+    old = d.to_dict()
+    for lim_old in old["float_limits"].values():
+        for key in ("forward_judged_on", "forward_overflow_earliest", "forward_underflow_all_layer",
+                    "forward_underflow_stays", "underflow_unknown_layers", "forward_flushed_layer"):
+            lim_old.pop(key)
+    text = str(gb.Diagnosis.from_dict(old))
+    assert "a layer or two" not in text
+    assert ("plain float32 would overflow the forward activations by layer 322 at the latest (their spread passes "
+            "10^38.53 there; the largest entries may do so earlier)") in text
 
 
 def test_a_run_that_overflowed_in_its_own_dtype_names_that_layer():
