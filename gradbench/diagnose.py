@@ -289,12 +289,18 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
         g_plain = np.full(len(g), -np.inf)
     rate_plain = rate if g_plain is g else grad_rate(g_plain, stack.residual)[0]
     floored = floored_layers(stack.activation, g_plain, res.saturation, act_std_log10, act_mean_log10)
-    if float_underflow(stack, res).size:  # the forward's outputs underflowed: every exact 0 is the truth's
-        floored = floored | (g_plain == -np.inf)  # tiny value, read 0 by a plain chain too (not "fine")
+    flushed_out = float_underflow(stack, res)
+    flushed = None
+    if flushed_out.size:  # the forward's outputs underflowed: every exact 0 is the truth's tiny value, read 0
+        flushed = (g_plain == -np.inf) & ~floored  # by a plain chain of this dtype too (not "fine"); a wider
+        floored = floored | flushed  # dtype may hold it (float_limits: not known there)
     act_rms_log10 = rms_log10(act_mean_log10, act_std_log10)
     limits = float_limits(g_plain, rate_plain, act_std_log10, floored,
                           _extrapolates(a, stack, act_std_log10, act_rms_log10, threshold, rate_plain),
-                          signal_log10=s, group=stack.residual, loss_log10=a.loss_log10, dtype=stack.dtype)
+                          signal_log10=s, group=stack.residual, loss_log10=a.loss_log10, dtype=stack.dtype,
+                          flushed=flushed, flushed_at=int(flushed_out.min()) if flushed_out.size else None,
+                          act_mean_log10=act_mean_log10, count=int(np.prod(res.output.shape)),
+                          plain_forward=not res.forward_rescaled)
     explanation = explain(a.verdict, stack, g, rate, a.signal_decades_per_layer, threshold, res, a.elasticity_log10,
                           a.rule, a.loss_log10, tiny, a.weight_log10 if len(a.weight_log10) else _sampled(res, len(g)),
                           weights_sampled=not len(a.weight_log10))

@@ -189,14 +189,9 @@ def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
     parts = []
     below = ("the signal on the skip path ||dL/dh|| < " if residual >= 1 else "||dW|| < ")
     if lim.get("forward_underflow_layer") is not None:
-        parts.append(f"plain {name} would lose the forward activations at layer {lim['forward_underflow_layer']} "
-                     f"(their spread falls below 10^{lim['min_log10']:.2f}, the smallest normal: most entries 0 or subnormal from there up)")
+        parts.append(_forward_underflow_words(name, lim))
     if lim.get("forward_overflow_layer") is not None:
-        # judged on their spread (std <= the largest |entry|): the largest entries can pass the limit a
-        # layer or two earlier (ReLU, N(0, 1) weights, width 32: spread 1.2e38 and an entry 6.4e38 at 64)
-        parts.append(f"plain {name} would overflow the forward activations by layer {lim['forward_overflow_layer']} "
-                     f"at the latest (their spread passes 10^{lim['max_log10']:.2f} there; the largest entries may "
-                     "do so a layer or two earlier)")
+        parts.append(_forward_overflow_words(name, lim))
     if lim["underflow_layer"] is not None:
         parts.append(
             f"plain {name} would underflow the gradient at layer {lim['underflow_layer']} "
@@ -217,6 +212,12 @@ def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
     if lim.get("forward_unknown_layer") is not None:
         parts.append(f"plain {name}: not known from layer {lim['forward_unknown_layer']} up (this run's own forward "
                      f"overflowed there, below {name}'s range; run it in {name} to see)")
+    if lim.get("underflow_unknown_layers"):
+        layers = lim["underflow_unknown_layers"]
+        parts.append(f"plain {name}: not known for the gradient at layer{'s' if len(layers) > 1 else ''} "
+                     f"{', '.join(index_runs(layers))} (this run reads 0 there because its own forward underflowed to 0 "
+                     f"at the outputs of layer {lim['forward_flushed_layer']}, which {name} may hold; run it in {name} "
+                     "to see)")
     if not parts:
         if lim["layers_to_underflow"] is not None:
             parts.append(f"plain {name} is fine here; at this rate its gradient would underflow after "
@@ -227,6 +228,36 @@ def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
         else:
             parts.append(f"plain {name} is fine here")
     return "; ".join(parts)
+
+
+def _forward_overflow_words(name: str, lim: dict) -> str:
+    """Where the forward activations pass the largest finite number (verdict.float_limits): by the
+    layer where their root mean square does at the latest, and not before the layer where the
+    bound on their largest entry does (equal: that layer)."""
+    at, earliest, hi = lim["forward_overflow_layer"], lim.get("forward_overflow_earliest"), lim["max_log10"]
+    if lim.get("forward_judged_on", "spread") == "spread":  # no bound (a diagnosis written before 2026-12-06)
+        return (f"plain {name} would overflow the forward activations by layer {at} at the latest (their spread "
+                f"passes 10^{hi:.2f} there; the largest entries may do so earlier)")
+    if earliest is None or earliest >= at:
+        return f"plain {name} would overflow the forward activations at layer {at} (an entry passes 10^{hi:.2f}: inf)"
+    return (f"plain {name} would overflow the forward activations at a layer from {earliest} to {at} (the first "
+            f"entry above 10^{hi:.2f} turns inf: their root mean square passes that at layer {at}, and no entry can "
+            f"before layer {earliest}, where the bound on the largest entry from their mean, spread and count first does)")
+
+
+def _forward_underflow_words(name: str, lim: dict) -> str:
+    """Where the forward activations fall below the smallest normal number (verdict.float_limits):
+    more than half the entries by the layer named, every entry by the bound's layer."""
+    at, lo = lim["forward_underflow_layer"], lim["min_log10"]
+    if lim.get("forward_judged_on", "spread") == "spread":  # no bound (a diagnosis written before 2026-12-06)
+        return (f"plain {name} would lose the forward activations from about layer {at} (their spread falls below "
+                f"10^{lo:.2f}, the smallest normal, there; how many entries are 0 or subnormal is not known)")
+    every = lim.get("forward_underflow_all_layer")
+    up = " from there up" if lim.get("forward_underflow_stays") else ""
+    return (f"plain {name} would lose the forward activations by layer {at} at the latest (their root mean square "
+            f"falls below 10^{lo - 0.5 * math.log10(2.0):.2f}, the smallest normal over sqrt(2), there: most entries 0 "
+            f"or subnormal{up}; single entries can go earlier"
+            + (f", every entry by layer {every} at the latest)" if every is not None else ")"))
 
 
 def _wrap(text: str, width: int) -> list[str]:

@@ -137,7 +137,9 @@ MEASURABLE_DECADES = 1e-9
 def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | None = None,
                  floored: np.ndarray | None = None, extrapolate: bool = True, *,
                  signal_log10: np.ndarray | None = None, group: int = 0, loss_log10: float | None = None,
-                 dtype: str | None = None) -> dict:
+                 dtype: str | None = None, flushed: np.ndarray | None = None, flushed_at: int | None = None,
+                 act_mean_log10: np.ndarray | None = None, count: int | None = None,
+                 plain_forward: bool = False) -> dict:
     """Where plain float64 / float32 would have under- or overflowed, per dtype.
 
     ``underflow_layer`` / ``overflow_layer``: the first layer from the top whose ||dL/dW_l||
@@ -145,17 +147,43 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     above the largest finite one. ``floored`` (bool per layer): layers whose exact zero stands
     for a non-zero gradient beyond any int64 exponent (phi' < 2^(-2^62), :func:`floored_layers`);
     they count as below every dtype's range (plain float reads 0 there too), other exact zeros
-    do not. ``forward_underflow_layer`` / ``forward_overflow_layer``: the first layer from the
-    input whose activations (their standard deviation ``act_log10``) do. With residual groups
-    of ``group`` layers both follow the skip path, the only way every layer below depends on:
-    the underflow at the highest group input whose ``signal_log10`` ||dL/dh_l|| is below the
-    range, the forward at the first group output (a branch's own zeros stop nothing).
+    do not. The forward activations h_{l+1} (layer l's outputs, from the input) are judged on
+    what their statistics prove of their entries (``forward_judged_on``): their root mean square
+    r (from ``act_mean_log10`` and the standard deviation ``act_log10``, biased) is at most the
+    largest |entry|, and with ``count`` entries (B N) that entry is at most
+    min(sqrt(count) r, |mean| + sqrt(count - 1) std) (:func:`largest_entry_bound`).
+    ``forward_overflow_layer``: the first layer whose r passes the largest finite number, where
+    an entry has by then; ``forward_overflow_earliest``: the first whose bound does, before which
+    no entry can (a NaN or infinite statistic is an overflow of the run's own ``dtype``, and so of
+    any narrower one; where that dtype is this one and ``plain_forward``, a forward without
+    exponents, every entry below that layer was a finite number of it: the layer itself). A ReLU
+    stack of width 16 at sigma_w = 2, batch 4, float32: r passes 10^38.53 at layer 322, the bound
+    at 309, and a float64 forward on the same weights has its first entry beyond float32's
+    largest at 313 (the std-based "a layer or two earlier" said before was 9 layers short).
+    ``forward_underflow_layer``: the first layer whose r falls below the smallest normal over
+    sqrt(2), where more than half the entries are 0 or subnormal (at most count r^2 / tiny^2 of
+    them are not); ``forward_underflow_stays``: whether every later layer's r stays there; ``forward_underflow_all_layer``: the first whose bound falls below the
+    smallest normal, where every entry is 0 or subnormal (single entries go earlier: a float32
+    tanh stack at sigma_w = 0.5, width 32, batch 16 has its first subnormal at layer 112, more
+    than half at 123, all at 127; these limits say 125 and 129). Without ``act_mean_log10`` and
+    ``count``, the standard deviation alone (``forward_judged_on`` "spread": the layers where it
+    passes the limits, no bound). With residual groups of ``group`` layers the underflows follow
+    the skip path, the only way every layer below depends on: the gradient's at the highest group
+    input whose ``signal_log10`` ||dL/dh_l|| is below the range, the forward's at group outputs (a
+    branch's own zeros stop nothing).
     ``loss_overflow``: whether the loss (its exact ``loss_log10``) lies above the largest finite
     number: a plain run prints an infinite loss (0.5 ||h_L||^2 overflows long before h_L does).
     ``forward_unknown_layer``: for a dtype wider than the run's own ``dtype``, the first layer
-    whose activations the run could not compute (their std NaN: the run's forward overflowed
-    there); whether that dtype overflows there or above is not known (a float32 ReLU stack at
+    whose activations the run could not compute (their std NaN or inf: the run's forward
+    overflowed there); whether that dtype overflows there or above is not known (a float32 ReLU stack at
     sigma_w = 3 overflows at layer 123 where float64 stays below 10^92), so it is not said.
+    ``flushed`` (bool per layer, among the ``floored`` ones): layers whose ||dW_l|| reads 0 only
+    because the run's own ``dtype`` flushed a layer's outputs to 0 (the first: ``flushed_at``,
+    :func:`float_underflow`: sigmoid outputs below z ~ -104 in float32). They count as lost for
+    that dtype and any narrower one; for a wider one they are ``underflow_unknown_layers``, with
+    ``forward_flushed_layer`` = ``flushed_at``: the wider dtype may hold those outputs (a float32
+    sigmoid stack whose run read ||dW_2|| = 0 said "plain float64 would underflow the gradient at
+    layer 2", where mpmath gives 10^-53.97 on the same weights), so nothing is said of them.
     ``layers_to_underflow`` / ``layers_to_overflow``: when the gradient never gets there, how
     many layers from the top it would take at the fitted ``rate`` (only with ``extrapolate``:
     the caller says whether the rate within the stack is one that more layers would continue,
@@ -164,6 +192,11 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     g = np.asarray(grad_log10, dtype=np.float64)
     a = None if act_log10 is None else np.asarray(act_log10, dtype=np.float64)
     fl = np.zeros(len(g), dtype=bool) if floored is None else np.asarray(floored, dtype=bool)
+    fz = np.zeros(len(g), dtype=bool) if flushed is None else np.asarray(flushed, dtype=bool)
+    rms = big = None
+    if a is not None and act_mean_log10 is not None and count is not None:
+        m = np.asarray(act_mean_log10, dtype=np.float64)
+        rms, big = rms_log10(m, a), largest_entry_bound(m, a, count)
     finite = np.isfinite(g)
     top = float(g[finite][-1]) if finite.any() else math.nan
     out = {}
@@ -173,7 +206,10 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
         on_skip = np.arange(len(g)) % group == 0  # group inputs h_0, h_k, ...
         out_skip = np.arange(len(g)) % group == group - 1  # group outputs (act_log10[l]: h_{l+1})
     for name, (lo, hi) in FLOAT_LIMITS.items():
-        own = np.flatnonzero((finite & (g < lo)) | fl)  # layers whose own ||dW|| a plain chain loses
+        # wider than the run's own dtype: its zeros and infinities need not be this dtype's
+        wider = dtype is not None and hi > FLOAT_LIMITS[dtype][1]
+        unknown = fz if wider else np.zeros(len(g), dtype=bool)
+        own = np.flatnonzero((finite & (g < lo)) | (fl & ~unknown))  # layers whose own ||dW|| a plain chain loses
         under = np.flatnonzero(on_skip & (s < lo)) if skip else own
         over = np.flatnonzero((g > hi) | (g == np.inf))
         entry = {
@@ -184,6 +220,8 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
             "forward_underflow_layer": None,
             "forward_overflow_layer": None,
             "forward_unknown_layer": None,
+            "underflow_unknown_layers": np.flatnonzero(unknown).tolist(),
+            "forward_flushed_layer": flushed_at if unknown.any() else None,
             "layers_to_underflow": None,
             "layers_to_overflow": None,
             # residual groups: layers above underflow_layer whose own gradient is lost (a branch)
@@ -192,26 +230,66 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
             "loss_overflow": bool(loss_log10 is not None and math.isfinite(loss_log10) and loss_log10 > hi),
         }
         if a is not None:
-            fu = np.flatnonzero(np.isfinite(a) & (a < lo) & (out_skip if skip else True))
-            # NaN: an entry overflowed to inf in the run's own dtype, which says so for a dtype no wider
-            wider = dtype is not None and hi > FLOAT_LIMITS[dtype][1]
-            nan = np.flatnonzero(np.isnan(a))
-            fo = np.flatnonzero((a > hi) | (a == np.inf) | (np.isnan(a) & (not wider)))
-            entry["forward_underflow_layer"] = int(fu.min()) if fu.size else None
-            entry["forward_overflow_layer"] = int(fo.min()) if fo.size else None
-            if wider and nan.size and (not fo.size or nan.min() < fo.min()):
-                entry["forward_unknown_layer"] = int(nan.min())
+            entry.update(_forward_limits(a, rms, big, lo, hi, wider, out_skip if skip else None,
+                                         plain_forward and dtype == name))
         # a change over the stack below MEASURABLE_DECADES is rounding (an orthogonal identity stack's
         # 1e-19 a layer said "underflow after ~2.4e21 layers"), not a rate to extrapolate
         if (extrapolate and math.isfinite(rate) and math.isfinite(top)
                 and abs(rate) * max(len(g) - 1, 1) >= MEASURABLE_DECADES):
             # only where the stack never gets there (a 600-layer sigmoid stack underflowing at layer 121
             # also said it would "after 480 layers")
-            if rate < 0 and top > lo and entry["underflow_layer"] is None:
+            if rate < 0 and top > lo and entry["underflow_layer"] is None and not unknown.any():
                 entry["layers_to_underflow"] = int(math.ceil((top - lo) / -rate))
             elif rate > 0 and top < hi and entry["overflow_layer"] is None:
                 entry["layers_to_overflow"] = int(math.ceil((hi - top) / rate))
         out[name] = entry
+    return out
+
+
+def largest_entry_bound(mean_log10, std_log10, count: int) -> np.ndarray:
+    """log10 of a bound on each layer's largest |entry| from the logs of its |mean| and (biased)
+    standard deviation over ``count`` entries: min(sqrt(count) rms, |mean| + sqrt(count - 1) std)
+    (the sum of squares is count rms^2; no entry lies further than sqrt(count - 1) std from the
+    mean). NaN where a statistic is NaN."""
+    m, sd = np.asarray(mean_log10, dtype=np.float64), np.asarray(std_log10, dtype=np.float64)
+    ln10 = math.log(10.0)
+    with np.errstate(invalid="ignore"):
+        spread = sd + 0.5 * math.log10(count - 1) if count > 1 else np.full(len(sd), -np.inf)
+        sum_bound = np.logaddexp(m * ln10, spread * ln10) / ln10
+        out = np.fmin(rms_log10(m, sd) + 0.5 * math.log10(max(count, 1)), sum_bound)
+    return np.where(np.isnan(m) | np.isnan(sd), np.nan, out)
+
+
+def _forward_limits(std, rms, big, lo: float, hi: float, wider: bool, sel, held: bool = False) -> dict:
+    """The forward keys of one dtype's :func:`float_limits` entry (``rms``, ``big``: None without
+    the mean and count: then the standard deviation alone; ``sel``: the layers the underflow
+    counts, None for all; ``held``: the run held its activations in this dtype, plainly)."""
+    sel = np.ones(len(std), dtype=bool) if sel is None else sel
+    judged = "spread" if rms is None else "root mean square"
+    r = std if rms is None else rms
+    # NaN or inf: an entry overflowed to inf in the run's own dtype, which says so for a dtype no wider
+    nan = np.flatnonzero(np.isnan(std) | (std == np.inf))
+    lost = (np.isnan(std) | (std == np.inf)) & (not wider)
+    first = (lambda c: int(np.flatnonzero(c)[0]) if c.any() else None)
+    with np.errstate(invalid="ignore"):
+        over = first((r > hi) | lost)
+        half = lo - 0.5 * math.log10(2.0)  # r below it: fewer than half the entries reach the smallest normal
+        under = first(sel & np.isfinite(r) & (r < (lo if rms is None else half)))
+        out = {"forward_judged_on": judged, "forward_overflow_layer": over, "forward_overflow_earliest": None,
+               "forward_underflow_layer": under, "forward_underflow_all_layer": None,
+               "forward_underflow_stays": None, "forward_unknown_layer": None}
+        if big is not None:
+            # a run that held its activations in this dtype overflowed where it did: no entry before
+            out["forward_overflow_earliest"] = over if held and over is not None and lost[over] else \
+                first((big > hi) | lost)
+            out["forward_underflow_all_layer"] = first(sel & np.isfinite(big) & (big < lo))
+            if under is not None:
+                later = sel & (np.arange(len(r)) > under) & ~np.isnan(r)
+                out["forward_underflow_stays"] = bool(np.all(r[later] < half))
+    if wider and nan.size and (over is None or nan.min() < over):
+        out["forward_unknown_layer"] = int(nan.min())
+        if out["forward_overflow_earliest"] is not None and out["forward_overflow_earliest"] >= nan.min():
+            out["forward_overflow_earliest"] = None
     return out
 
 
