@@ -67,6 +67,10 @@ def test_a_float32_sigmoid_run_does_not_infer_a_float64_underflow_from_its_own_f
     # float32's own zero is the documented limit: said as before
     assert d.float_limits["float32"]["underflow_layer"] == 2
     assert "plain float32 would underflow the gradient at layer 2" in text
+    # compare's column: float64 not known there, float32 lost
+    from gradbench.cli.compare import _float_failures
+    fails = _float_failures(d)
+    assert "f64 not known @2" in fails and "f64 under" not in fails and "f32 under @2" in fails, fails
 
 
 def _torch_forward(stack, params, x, dtype):

@@ -138,8 +138,9 @@ def compare_table(diags: dict, layers: list[int]) -> str:
                  "verdict follows the one that changes more over the stack")
     if any(f != "-" for f in fails.values()):
         lines.append("plain float fails: where a plain float32 (f32) or float64 (f64) run would fail: its forward "
-                     "activations (fwd; over <=@l: by layer l at the latest), its loss, its gradient ||dW_l|| "
-                     "(the highest layer that under- or overflows)")
+                     "activations (fwd; over / under <=@l: by layer l at the latest), its loss, its gradient "
+                     "||dW_l|| (the highest layer that under- or overflows; not known @l: a float64 gradient this "
+                     "float32 run lost to its own flushed outputs)")
     return "\n".join(lines)
 
 
@@ -152,11 +153,13 @@ def _float_failures(d) -> str:
         if lim.get("forward_overflow_layer") is not None:
             fails.append(f"{short} fwd over <=@{lim['forward_overflow_layer']}")
         if lim.get("forward_underflow_layer") is not None:
-            fails.append(f"{short} fwd under @{lim['forward_underflow_layer']}")
+            fails.append(f"{short} fwd under <=@{lim['forward_underflow_layer']}")
         if lim.get("loss_overflow"):
             fails.append(f"{short} loss over")
         if lim["underflow_layer"] is not None:
             fails.append(f"{short} under @{lim['underflow_layer']}")
+        if lim.get("underflow_unknown_layers"):
+            fails.append(f"{short} not known @{max(lim['underflow_unknown_layers'])}")
         if lim["overflow_layer"] is not None:
             fails.append(f"{short} over @{lim['overflow_layer']}")
     return ", ".join(fails) if fails else "-"
