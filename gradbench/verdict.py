@@ -60,7 +60,9 @@ Rules (:func:`classify`; L layers, ``threshold`` decades, default 2 = a factor 1
    (default 8): changing any W_l by 100 % of itself would change the loss by less than
    10^-``tiny`` of itself, to first order ("vanishing everywhere", e.g. ||dW_l|| at 10^-119
    for a loss of order 1, or units saturated at depth 1). ||W_l|| is the parameters' norm when
-   given, else the init's expected sqrt(N) sigma_w; ||dW_l|| is the derivative, before any
+   given, else estimated from each layer's first, middle and last row as the run sampled them
+   (``Result.extras["weight_log10_sampled"]``); for generated weights the init's
+   expected sqrt(N) sigma_w; ||dW_l|| is the derivative, before any
    parameter-gradient clipping (``Result.grad_norm_unclipped``: clipping bounds the update).
    With mse, residuals more than 3 decades above the stack's outputs (targets of 1e12 for
    outputs of order 1) make every e_l small as well (each scales as 1 / the residual): the
