@@ -218,6 +218,11 @@ def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
                      f"{', '.join(index_runs(layers))} (this run reads 0 there because its own forward underflowed to 0 "
                      f"at the outputs of layer {lim['forward_flushed_layer']}, which {name} may hold; run it in {name} "
                      "to see)")
+    if lim.get("overflow_unknown_layers"):
+        layers = lim["overflow_unknown_layers"]
+        parts.append(f"plain {name}: not known for the gradient at layer{'s' if len(layers) > 1 else ''} "
+                     f"{', '.join(index_runs(layers))} (this run's own ||dW|| is inf there, an overflow of its "
+                     f"own arithmetic, which {name} may hold; run it in {name} to see)")
     if not parts:
         if lim["layers_to_underflow"] is not None:
             parts.append(f"plain {name} is fine here; at this rate its gradient would underflow after "

@@ -186,6 +186,9 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     ``forward_flushed_layer`` = ``flushed_at``: the wider dtype may hold those outputs (a float32
     sigmoid stack whose run read ||dW_2|| = 0 said "plain float64 would underflow the gradient at
     layer 2", where mpmath gives 10^-53.97 on the same weights), so nothing is said of them.
+    ``overflow_unknown_layers``: the same for a wider dtype where the run's own ||dW_l|| is inf,
+    its own arithmetic's overflow (a float32 ReLU stack with biases, h_167 up to 1.9e38: dW_167
+    read inf, torch float64 10^78), not a gradient beyond that dtype's range.
     ``layers_to_underflow`` / ``layers_to_overflow``: when the gradient never gets there, how
     many layers from the top it would take at the fitted ``rate`` (only with ``extrapolate``:
     the caller says whether the rate within the stack is one that more layers would continue,
@@ -213,7 +216,10 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
         unknown = fz if wider else np.zeros(len(g), dtype=bool)
         own = np.flatnonzero((finite & (g < lo)) | (fl & ~unknown))  # layers whose own ||dW|| a plain chain loses
         under = np.flatnonzero(on_skip & (s < lo)) if skip else own
-        over = np.flatnonzero((g > hi) | (g == np.inf))
+        # the run's own ||dW|| = inf (its mantissa arithmetic overflowed: a float32 ReLU stack's h of
+        # 1.9e38 times dz summed over the batch, where torch float64 has 10^78): not known for a wider one
+        inf_own = (g == np.inf) & wider
+        over = np.flatnonzero((g > hi) & ~inf_own)
         entry = {
             "min_log10": lo,
             "max_log10": hi,
@@ -223,6 +229,7 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
             "forward_overflow_layer": None,
             "forward_unknown_layer": None,
             "underflow_unknown_layers": np.flatnonzero(unknown).tolist(),
+            "overflow_unknown_layers": np.flatnonzero(inf_own).tolist(),
             "forward_flushed_layer": flushed_at if unknown.any() else None,
             "layers_to_underflow": None,
             "layers_to_overflow": None,
@@ -242,7 +249,7 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
             # also said it would "after 480 layers")
             if rate < 0 and top > lo and entry["underflow_layer"] is None and not unknown.any():
                 entry["layers_to_underflow"] = int(math.ceil((top - lo) / -rate))
-            elif rate > 0 and top < hi and entry["overflow_layer"] is None:
+            elif rate > 0 and top < hi and entry["overflow_layer"] is None and not inf_own.any():
                 entry["layers_to_overflow"] = int(math.ceil((hi - top) / rate))
         out[name] = entry
     return out

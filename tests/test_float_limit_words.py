@@ -11,6 +11,7 @@ import pytest
 import gradbench as gb
 
 F64_TINY_LOG10 = math.log10(np.finfo(np.float64).tiny)
+F64_MAX_LOG10 = math.log10(np.finfo(np.float64).max)
 
 
 def _mp_sigmoid_grads(W, x, digits: int = 50) -> list[float]:
@@ -175,3 +176,34 @@ def test_the_forward_underflow_layers_are_where_half_and_every_entry_are_gone():
     assert (f"plain float32 would lose the forward activations by layer {at} at the latest" in text
             and "most entries 0 or subnormal from there up; single entries can go earlier, "
                 f"every entry by layer {every} at the latest" in text)
+
+
+def test_a_float32_run_whose_own_dw_overflowed_says_nothing_of_float64():
+    """`run --dtype float32 --depth 168 --width 16 --activation relu --sigma-w 2.5 --sigma-b 0.1
+    --loss mse --seed 1`: h_167 reaches 1.9e38 and the run's float32 dW_167 = dz^T h_167 overflows
+    (||dW_167|| inf), where float64 on the same weights holds it (a plain float64 loop here:
+    10^78.2). It said "plain float64 would overflow the gradient at layer 167"; now not known."""
+    from gradbench.cli.compare import _float_failures
+    from gradbench.params import random_targets
+
+    stack = gb.Stack(depth=168, width=16, activation="relu", sigma_w=2.5, sigma_b=0.1, loss="mse", dtype="float32")
+    params = gb.GeneratedParams(stack, 1)
+    x = gb.gaussian_input(stack, 16, seed=np.random.default_rng([1, 1]))
+    t = random_targets(stack, 16, 1)
+    d = gb.diagnose(gb.backprop(stack, params, x, targets=t))
+    P = params.materialize()
+    h = [np.asarray(x, np.float64)]
+    for l in range(stack.depth):  # the plain float64 forward on the float32 weights
+        h.append(np.maximum(h[-1] @ P.W[l].astype(np.float64).T + P.b[l], 0.0))
+    y = h[-1] @ P.W_out.astype(np.float64).T + P.b_out
+    dy = 2 * (y - t) / y.size
+    dz = (dy @ P.W_out.astype(np.float64)) * (h[-1] > 0)
+    top = math.log10(np.linalg.norm(dz.T @ h[-2]))
+    assert 70 < top < F64_MAX_LOG10, top  # finite in float64, far past float32
+    assert d.grad_log10[-1] == math.inf  # the run's own float32 arithmetic
+    f64 = d.float_limits["float64"]
+    assert f64["overflow_layer"] is None and f64["overflow_unknown_layers"] == [167]
+    text = str(d)
+    assert "plain float64 would overflow the gradient" not in text, text
+    assert "plain float64: not known for the gradient at layer 167" in text
+    assert "f64 not known @167" in _float_failures(d)

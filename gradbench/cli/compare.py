@@ -140,7 +140,7 @@ def compare_table(diags: dict, layers: list[int]) -> str:
         lines.append("plain float fails: where a plain float32 (f32) or float64 (f64) run would fail: its forward "
                      "activations (fwd; over / under <=@l: by layer l at the latest), its loss, its gradient "
                      "||dW_l|| (the highest layer that under- or overflows; not known @l: a float64 gradient this "
-                     "float32 run lost to its own flushed outputs)")
+                     "float32 run lost to its own flushed outputs or own overflow)")
     return "\n".join(lines)
 
 
@@ -158,8 +158,9 @@ def _float_failures(d) -> str:
             fails.append(f"{short} loss over")
         if lim["underflow_layer"] is not None:
             fails.append(f"{short} under @{lim['underflow_layer']}")
-        if lim.get("underflow_unknown_layers"):
-            fails.append(f"{short} not known @{max(lim['underflow_unknown_layers'])}")
+        unknown = (lim.get("underflow_unknown_layers") or []) + (lim.get("overflow_unknown_layers") or [])
+        if unknown:
+            fails.append(f"{short} not known @{max(unknown)}")
         if lim["overflow_layer"] is not None:
             fails.append(f"{short} over @{lim['overflow_layer']}")
     return ", ".join(fails) if fails else "-"
