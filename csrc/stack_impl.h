@@ -1689,16 +1689,13 @@ typedef struct {
     const gb_stack_arrays *a;
     GEMM_FN gemm;
     F(gb_cfg) cfg;
-    T *dz[3];             /* (B,N) dL/dz_l (layer mod 3: gb_backward_member) */
+    T *dz[2];             /* (B,N) dL/dz_l (layer parity) */
     T *skip;              /* (B,N) dL/dh at the end of the current residual group */
     int64_t *rg;          /* (B,) the signal's row exponents */
     unsigned char *gnz;   /* (B,) the signal's row is not all zero */
     int64_t *skip_r;      /* (B,) the skip's row exponents */
     unsigned char *skip_nz; /* (B,) the skip's row is not all zero */
-    int64_t *rdz;         /* (3,B) dz_l's row exponents (layer mod 3) */
-    int64_t *rgs;         /* (2,B) the signal's row exponents after part 1 of layer l (parity) */
-    unsigned char *gnzs;  /* (2,B) and its rows not all zero (parity) */
-    gb_progress *arrive;  /* (nth) per thread: L - l for the last layer l whose part 1 it finished */
+    int64_t *rdz;         /* (2,B) dz_l's row exponents (layer parity) */
     int64_t *rsh;         /* (nth,B) per thread: the rows' shifts to db's exponent (two factors) */
     T *rpw;               /* (nth,B) per thread: 2^rsh as a normal T, or 0 (gb_colsum_rows) */
     gb_scaled_rows *scr;  /* (nth) per thread: its rows' activation setups of the layer */
@@ -1706,7 +1703,7 @@ typedef struct {
     unsigned char *rbad;  /* (L+1,B) per row: dL/dh_l has a non-finite entry */
     double *rslope;       /* (L,B) per row: PReLU slope sums at exponent dw_e[l] (PReLU only) */
     double *gsq;          /* (L,N) per row of dW_l: sum of squares */
-    int64_t *slot;        /* (3,nth,GB_SLOT) per thread: exponents and flags (layer mod 3) */
+    int64_t *slot;        /* (2,nth,GB_SLOT) per thread: exponents and flags (layer parity) */
     double *rowacc;       /* (max(B,N),) the rows' sums of squares (clipping by norm), scratch */
 } F(gb_bwd);
 
@@ -1783,28 +1780,16 @@ static void F(gb_rows_e)(const int64_t *re, const unsigned char *nz, int64_t r0,
     s[fall] = ma;
 }
 
-/* The start of finish for rows [r0, r1) of dL/dh_l: their sums of squares and non-finite rows,
- * and the rows' exponents and zero marks as they are (for gb_finish_scale: part 2 of the layer
- * may run after the next layer's part 1 has moved rg and gnz on) */
-static void F(gb_finish_raw)(F(gb_bwd) *st, int64_t l, int64_t r0, int64_t r1) {
-    const int64_t B = st->a->B;
-    F(gb_row_sumsq)(st->a->G, r0, r1, st->a->N, st->rsq + l * B, st->rbad + l * B);
-    for (int64_t r = r0; r < r1; r++) {
-        st->rgs[(l & 1) * B + r] = st->rg[r];
-        st->gnzs[(l & 1) * B + r] = st->gnz[r];
-    }
-}
-
-/* The end of finish for rows [r0, r1) at the layer's exponent e: rows of zeros take e (set_rg:
- * in rg, which still holds layer l's rows), the sums of squares of the rows times 4^(rg - e)
- * (what ||G 2^(rg - e)|| sums, in row order after the layers) */
-static void F(gb_finish_scale)(F(gb_bwd) *st, int64_t l, int64_t e, int64_t r0, int64_t r1, int set_rg) {
-    const int64_t B = st->a->B;
+/* The end of finish for rows [r0, r1) at the layer's exponent e: rows of zeros take e, the
+ * sums of squares of the rows times 4^(rg - e) (what ||G 2^(rg - e)|| sums, in row order after
+ * the layers), non-finite rows */
+static void F(gb_finish_rows)(F(gb_bwd) *st, int64_t l, int64_t e, int64_t r0, int64_t r1) {
+    const int64_t B = st->a->B, N = st->a->N;
     double *rsq = st->rsq + l * B;
+    F(gb_row_sumsq)(st->a->G, r0, r1, N, rsq, st->rbad + l * B);
     for (int64_t r = r0; r < r1; r++) {
-        const int zero = !st->gnzs[(l & 1) * B + r];
-        if (zero && set_rg) st->rg[r] = e;
-        const int64_t d = (zero ? e : st->rgs[(l & 1) * B + r]) - e;
+        if (!st->gnz[r]) st->rg[r] = e;
+        const int64_t d = st->rg[r] - e;
         if (d) rsq[r] = gb_ldexp_d(rsq[r], 2 * gb_clamp_exp(d));
     }
 }
@@ -1851,7 +1836,7 @@ static void F(gb_bwd_dw)(F(gb_bwd) *st, int64_t l, int64_t i0, int64_t i1, gb_pf
                          int with_db) {
     const gb_stack_arrays *a = st->a;
     const int64_t B = a->B, N = a->N, BN = B * N, NN = N * N;
-    T *dz = st->dz[l % 3], *dW = (T *)a->dW + l * NN, *db = (T *)a->db + l * N;
+    T *dz = st->dz[l & 1], *dW = (T *)a->dW + l * NN, *db = (T *)a->db + l * N;
     const T *h = (const T *)a->H + l * BN;
     if (st->gemm) {
         F(gb_dense_dw_ctx)(st->gemm, dW, with_db ? db : NULL, dz, h, B, N);
@@ -1861,235 +1846,24 @@ static void F(gb_bwd_dw)(F(gb_bwd) *st, int64_t l, int64_t i0, int64_t i1, gb_pf
     if (with_db) F(gb_colsum)(db, dz, B, N, i0, i1);
 }
 
-/* Part 1 of the backward's layer l on thread tid, its rows [r0, r1): dz rows = dL/dh_{l+1} rows
- * phi'(z_l) (rescued where saturated), batch norm's backward (two barriers), dh rows = dz rows
- * W_l, the skip, normalisation and the value clip; the thread's slot of layer l; without a norm
- * clip also the rows' sums of squares of dL/dh_l (gb_finish_raw). Reads the signal's rows of
- * this thread only: rg and G as part 2 of layer l + 1 leaves them where this thread has a row
- * of zeros (such a row takes that layer's exponent there), else as part 1 left them. pf: the
- * prefetches of layer l - 1's data, parts [0, nr + nb1) used here and the rest by a part 2. */
-static void F(gb_bwd_part1)(F(gb_bwd) *st, int64_t l, int tid, int nth, gb_barrier *bar, int *sense, gb_pf *pf,
-                            int64_t *pf_q, int64_t *pf_n) {
+static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
+    F(gb_bwd) *st = arg;
     const gb_stack_arrays *a = st->a;
-    const int64_t B = a->B, N = a->N, BN = B * N, NN = N * N;
+    const int64_t L = a->L, B = a->B, N = a->N, BN = B * N, NN = N * N, k = st->cfg.k;
     const T *W = a->W, *gamma = a->gamma, *beta = a->beta, *slope = a->slope;
     const T *H = a->H, *Z = a->Z;
     T *G = a->G, *dW = a->dW;
-    int64_t *rg = st->rg;
+    int64_t *sig_e = a->sig_e, *rg = st->rg;
     const int64_t *fexp = a->fexp;
     const int f32 = sizeof(T) == sizeof(float);
     const int rescue = gb_rescue_act(st->cfg.act);
     int ec = 0;
     const double ct = st->cfg.clip == GB_CLIP_VALUE ? frexp(st->cfg.c, &ec) : 0; /* c = ct 2^ec */
-    const int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
-    const int64_t i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
-    int64_t *slots = st->slot + (size_t)(l % 3) * nth * GB_SLOT;
-    int64_t *my = slots + (size_t)tid * GB_SLOT;
-    T *g = G + r0 * N;
-    const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
-    /* each row's phi' at its own forward exponent fexp[l] + frow[l, r] (gb_scaled_row) */
-    const gb_scaled sc0 = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, fexp[l], f32);
-    gb_scaled_rows *scr = &st->scr[tid];
-    gb_scaled_rows_reset(scr);
-    const int64_t *ql = a->frow + l * B;
-    const int end_group = st->cfg.k && (l + 1) % st->cfg.k == 0, start_group = st->cfg.k && l % st->cfg.k == 0;
-    const T alpha = (T)st->cfg.alpha;
-    const T *gam = st->cfg.bn ? gamma + l * N : NULL, *bet = st->cfg.bn ? beta + l * N : NULL;
-    T *dz = st->dz[l % 3];
-    int64_t *rdz = st->rdz + (l % 3) * B;
-    if (end_group) { /* dL/dh_{l+1} also flows down the skip */
-        memcpy(st->skip + r0 * N, g, sizeof(T) * (size_t)(nr * N));
-        for (int64_t r = r0; r < r1; r++) st->skip_r[r] = rg[r], st->skip_nz[r] = st->gnz[r];
-    }
-    const T *Zl = Z + l * BN;
-    /* layer l-1's W, z rows, h and dW rows, prefetched a share per activation row and per
-     * block of the two products (own kernels) */
-    memset(pf, 0, sizeof *pf);
-    const int64_t nb1 = (nr + 3) / 4, nb2 = (i1 - i0 + 3) / 4, npf = nr + nb1 + nb2;
-    *pf_q = nr + nb1;
-    *pf_n = npf;
-    if (l > 0 && !st->gemm) {
-        gb_pf_add(pf, W + (l - 1) * NN, NN * (int64_t)sizeof(T), 0);
-        gb_pf_add(pf, Zl - BN + r0 * N, nr * N * (int64_t)sizeof(T), 0);
-        gb_pf_add(pf, H + (l - 1) * BN, BN * (int64_t)sizeof(T), 0);
-        gb_pf_add(pf, dW + (l - 1) * NN + i0 * N, (i1 - i0) * N * (int64_t)sizeof(T), 1);
-    }
-    /* dz rows = da phi'(zl), each at its row's exponent, rescued where saturated */
-    int64_t dnz = GB_NOEXP, dall = GB_NOEXP, wnz = GB_NOEXP;
-    for (int64_t r = r0; r < r1; r++) {
-        gb_pf_part(pf, r - r0, npf);
-        const gb_scaled *sc = gb_scaled_row(scr, &sc0, fexp[l] + ql[r]);
-        double mr = 0; /* max|dz row|, NaN ignored */
-        const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group,
-                                                alpha, sc, N, &mr);
-        if (st->rslope) st->rslope[l * B + r] = s; /* at the row's exponent: brought to dz_e[l] in part 2 */
-        int64_t re = rg[r];
-        int nz = mr > 0;
-        if (rescue && mr < GB_RESCUE_BELOW(f32)) {
-            const double top = F(gb_rescue_max)(G + r * N, Zl + r * N, gam, bet, end_group, alpha, sc, N);
-            if (isfinite(top) && top >= GB_RESCUE_LN_MIN) { /* below: beyond any int64 exponent */
-                const int64_t kr = (int64_t)floor(top / GB_LN2);
-                F(gb_rescue_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group, alpha, sc, top, kr, N);
-                re += kr;
-                nz = 1;
-            }
-        }
-        if (!nz) nz = F(gb_nonzero)(dz + r * N, N);
-        rdz[r] = re;
-        if (nz && re > dnz) dnz = re;
-        dall = re > dall ? re : dall;
-        /* dW's exponent: the rows where dz and h_l are both not all zero (batch norm: below) */
-        if (nz && !st->cfg.bn && re + ql[r] > wnz && F(gb_nonzero)(H + l * BN + r * N, N)) wnz = re + ql[r];
-    }
-    my[GB_SL_DNZ] = dnz;
-    my[GB_SL_DALL] = dall;
-    int64_t edz = 0; /* E(rows) of dz_l: dz_e[l] */
-    if (st->cfg.bn) { /* couples rows: all brought to E first; by columns between two barriers */
-        gb_barrier_wait(bar, sense);
-        edz = gb_slots_e(slots, nth, GB_SL_DNZ, GB_SL_DALL);
-        F(gb_dz_to_e)(dz, rdz, edz, B, N, i0, i1);
-        F(gb_batchnorm_backward_impl)(dz, (T *)a->dgamma + l * N, (T *)a->dbeta + l * N, dz, Zl,
-                                      (const T *)a->bn_rstd + l * N, gamma + l * N, B, N, i0, i1);
-        gb_barrier_wait(bar, sense);
-        for (int64_t r = r0; r < r1; r++) /* every row at edz now */
-            if (edz + ql[r] > wnz && F(gb_nonzero)(dz + r * N, N) && F(gb_nonzero)(H + l * BN + r * N, N))
-                wnz = edz + ql[r];
-    } else {
-        T *dgamma = a->dgamma, *dbeta = a->dbeta;
-        for (int64_t i = i0; i < i1; i++) dgamma[l * N + i] = dbeta[l * N + i] = 0;
-    }
-    /* dh rows = dz rows W (each row keeps its exponent) */
-    if (st->gemm)
-        F(gb_dense_dh_ctx)(st->gemm, G, dz, W + l * NN, B, N);
-    else
-        F(gb_gemm_own_pf)(g, dz + r0 * N, N, 1, W + l * NN, NULL, nr, N, N, pf, nr, npf);
-    /* the skip added row by row, at the larger exponent (a row of zeros takes the other's),
-     * then finish: normalise, the value clip */
-    int64_t acted = 0;
-    for (int64_t r = r0; r < r1; r++) {
-        int64_t ea = st->cfg.bn ? edz : rdz[r];
-        if (start_group) {
-            int64_t es = st->skip_r[r];
-            T *gr = G + r * N;
-            if (ea > es) {
-                if (!F(gb_nonzero)(gr, N)) ea = es; /* dh row of zeros: the skip's exponent */
-            } else if (es > ea && !st->skip_nz[r] && F(gb_nonzero)(gr, N)) {
-                es = ea; /* skip row of zeros: dh's */
-            }
-            ea = F(gb_add_aligned_impl)(gr, ea, st->skip + r * N, es, 1.0, N, -1);
-        }
-        rg[r] = ea;
-        F(gb_norm_row)(st, r);
-        if (st->cfg.clip == GB_CLIP_VALUE && F(gb_clip_value_row)(G + r * N, NULL, N, rg + r, ec, ct)) {
-            acted = 1;
-            F(gb_norm_row)(st, r);
-        }
-    }
-    F(gb_rows_e)(rg, st->gnz, r0, r1, my, GB_SL_GNZ, GB_SL_GALL);
-    my[GB_SL_ACTED] = acted;
-    my[GB_SL_WNZ] = wnz;
-    if (st->cfg.clip != GB_CLIP_NORM) F(gb_finish_raw)(st, l, r0, r1); /* G's rows are final */
-}
-
-/* Part 2 of the backward's layer l on thread tid, once every thread's part 1 of it is done (a
- * barrier, or each thread's `arrive` at l): the exponents of dz_l (dz_e), of dW_l (dw_e) and of
- * dL/dh_l (sig_e) from the slots, db_l and dW_l on the thread's columns of dz_l (every row) and
- * its rows of dW_l, the norm clip (two barriers), and the end of finish for its rows. set_rg:
- * the signal's rows are still layer l's (no part 1 of layer l - 1 ran on this thread since), so
- * its rows of zeros take the layer's exponent; else the thread has none (gb_backward_member).
- * pf, q, npf: prefetches from part q of npf on. Returns the layer's exponent. */
-static int64_t F(gb_bwd_part2)(F(gb_bwd) *st, int64_t l, int tid, int nth, gb_barrier *bar, int *sense,
-                               gb_pf *pf, int64_t q, int64_t npf, int set_rg) {
-    const gb_stack_arrays *a = st->a;
-    const int64_t B = a->B, N = a->N;
-    const int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth);
-    const int64_t i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
-    int64_t *slots = st->slot + (size_t)(l % 3) * nth * GB_SLOT;
-    const int64_t *ql = a->frow + l * B, *rdz = st->rdz + (l % 3) * B;
-    T *dz = st->dz[l % 3], *dW = a->dW;
-    const int64_t edz = gb_slots_e(slots, nth, GB_SL_DNZ, GB_SL_DALL); /* E(rows) of dz_l */
-    /* dW's exponent w (reference pair_top): the largest r + frow[l] over the rows where dz and
-     * h_l are both not all zero, else dz's. The rows of dz go to db at 2^(r - edz) and to dW at
-     * 2^(r + frow[l] - w) (batch norm: r = edz already), each shift at most 0 (a row of zeros
-     * takes any: 0; a row of h_l of zeros adds nothing to dW, and dz times more would
-     * overflow); one pass when the two agree on every row, else db from the rows as they are,
-     * then the rows scaled for dW */
-    int64_t w = GB_NOEXP;
-    for (int t = 0; t < nth; t++) w = GB_MAX(w, slots[(size_t)t * GB_SLOT + GB_SL_WNZ]);
-    if (w == GB_NOEXP) w = edz;
-    const int64_t c0 = st->gemm ? 0 : i0, c1 = st->gemm ? N : i1; /* this thread's columns of dz */
-#define GB_SH_DB(r) (st->cfg.bn ? 0 : GB_MIN(rdz[r] - edz, 0))
-#define GB_SH_DW(r) GB_MIN((st->cfg.bn ? edz : rdz[r]) + ql[r] - w, 0)
-    int same = 1;
-    for (int64_t r = 0; r < B && same; r++) same = GB_SH_DB(r) == GB_SH_DW(r);
-    if (!same) {
-        int64_t *sh = st->rsh + (size_t)tid * B;
-        T *pw = st->rpw + (size_t)tid * B;
-        int far = 0;
-        for (int64_t r = 0; r < B; r++) {
-            sh[r] = GB_SH_DB(r);
-            pw[r] = sh[r] >= 1 - T_MAX_EXP ? (T)gb_pow2_f64((int)sh[r]) : (T)0;
-            far |= pw[r] == 0;
-        }
-        F(gb_colsum_rows)((T *)a->db + l * N, dz, pw, sh, B, N, c0, c1, far);
-    }
-    for (int64_t r = 0; r < B; r++) F(gb_scale_down)(dz + r * N + c0, c1 - c0, GB_SH_DW(r));
-#undef GB_SH_DB
-#undef GB_SH_DW
-    if (st->rslope) /* PReLU (never rescued): the rows' slope sums at dW's exponent, which labels them */
-        for (int64_t r = r0; r < r1; r++)
-            st->rslope[l * B + r] = gb_ldexp_d(st->rslope[l * B + r], gb_clamp_exp(rdz[r] + ql[r] - w));
-    int64_t e = gb_slots_e(slots, nth, GB_SL_GNZ, GB_SL_GALL);
-    int64_t acted = 0;
-    for (int t = 0; t < nth; t++) acted |= slots[(size_t)t * GB_SLOT + GB_SL_ACTED];
-    F(gb_bwd_dw)(st, l, i0, i1, pf, q, npf, same);
-    for (int64_t i = F(gb_sumsq_rows4)(dW + l * N * N, F(gb_sumsq_rows8)(dW + l * N * N, i0, i1, N, st->gsq + l * N),
-                                       i1, N, st->gsq + l * N);
-         i < i1; i++)
-        st->gsq[l * N + i] = F(gb_sumsq_row)(dW + l * N * N + i * N, N, 1.0, 1.0);
-    if (st->cfg.clip == GB_CLIP_NORM) { /* always with set_rg (a barrier per layer) */
-        e = F(gb_clip_norm_team)(st, e, r0, r1, tid, nth, bar, sense, slots, &acted);
-        F(gb_finish_raw)(st, l, r0, r1);
-    }
-    F(gb_finish_scale)(st, l, e, r0, r1, set_rg);
-    if (tid == 0) {
-        a->sig_e[l] = e;
-        a->dz_e[l] = edz;
-        a->dw_e[l] = w;
-        a->clip_acted[l] = acted; /* [L] is the caller's: it clipped the top signal */
-    }
-    return e;
-}
-
-/* any of the thread's signal rows [r0, r1) all zero */
-static int F(gb_any_zero_row)(const unsigned char *gnz, int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r++)
-        if (!gnz[r]) return 1;
-    return 0;
-}
-
-/* The backward on the team. Each layer is part 1 (the thread's rows: dz, dh) and part 2 (its
- * columns of dz and rows of dW, after every thread's part 1). Part 2 of layer l waits for every
- * thread's part 1 of l by a barrier at batch norm, the norm clip and every GB_JUDGE_EVERY-th
- * layer (where the team is judged and may go solo, csrc/team.c), and elsewhere by each thread's
- * `arrive` at l, which a thread sets after its part 1 of l and runs part 2 of l after its part 1
- * of l - 1: a thread late at one layer no longer stops its partner there (one barrier a layer
- * made each thread wait ~10 % of its time at L = 1,000, N = 64, B = 64 on two threads, the
- * partner ahead at one layer and behind at the next). dz, its row exponents and the slots have
- * three buffers (layer mod 3): a thread's part 1 of l - 3 comes after its part 2 of l - 1, after
- * every thread's arrive at l - 1, after their part 2 of l, the last reader of l's. A thread with
- * a row of zeros in the signal of layer l + 1 runs part 2 of l + 1 before its part 1 of l (such
- * a row takes that layer's exponent, which part 2 sets). The order does not change a value: the
- * same bits for any thread count. */
-static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
-    F(gb_bwd) *st = arg;
-    const gb_stack_arrays *a = st->a;
-    const int64_t L = a->L, B = a->B;
-    int64_t *sig_e = a->sig_e, *rg = st->rg;
-    int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth);
+    int64_t r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
+    int64_t i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
     int sense = 0;
     /* the top signal: its rows normalised (the caller has clipped it), finish without the clip */
-    int64_t *slots = st->slot + (size_t)(L % 3) * nth * GB_SLOT;
+    int64_t *slots = st->slot + (size_t)(L & 1) * nth * GB_SLOT;
     const int64_t etop = sig_e[L]; /* read before the barrier: thread 0 writes it after */
     for (int64_t r = r0; r < r1; r++) {
         rg[r] = etop + a->row_e[r];
@@ -2097,34 +1871,164 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
     }
     F(gb_rows_e)(rg, st->gnz, r0, r1, slots + (size_t)tid * GB_SLOT, GB_SL_GNZ, GB_SL_GALL);
     gb_barrier_wait(bar, &sense);
-    const int64_t e = gb_slots_e(slots, nth, GB_SL_GNZ, GB_SL_GALL); /* E(rows) of dL/dh_{l+1} */
-    F(gb_finish_raw)(st, L, r0, r1);
-    F(gb_finish_scale)(st, L, e, r0, r1, 1);
+    int64_t e = gb_slots_e(slots, nth, GB_SL_GNZ, GB_SL_GALL); /* E(rows) of dL/dh_{l+1} */
+    F(gb_finish_rows)(st, L, e, r0, r1);
     if (tid == 0) sig_e[L] = e;
-    const int meet = st->cfg.bn || st->cfg.clip == GB_CLIP_NORM; /* a barrier every layer */
-    gb_pf pf;
-    int64_t pf_q = 0, pf_n = 0, pending = -1; /* the layer whose part 2 is still to run */
     for (int64_t l = L - 1; l >= 0; l--) {
-        if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 (none pending) */
-        r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth);
-        const int barrier = meet || nth == 1 || l % GB_JUDGE_EVERY == 0; /* one thread: part 2 while dz is in L1 */
-        if (pending >= 0 && (barrier || F(gb_any_zero_row)(st->gnz, r0, r1))) {
-            gb_progress_wait(bar, st->arrive, nth, L - pending);
-            F(gb_bwd_part2)(st, pending, tid, nth, bar, &sense, &pf, pf_q, pf_n, 1);
-            pending = -1;
+        if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 */
+        r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
+        i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
+        slots = st->slot + (size_t)(l & 1) * nth * GB_SLOT;
+        int64_t *my = slots + (size_t)tid * GB_SLOT;
+        T *g = G + r0 * N;
+        const double p = st->cfg.act == GB_PRELU ? (double)slope[l] : st->cfg.param;
+        /* each row's phi' at its own forward exponent fexp[l] + frow[l, r] (gb_scaled_row) */
+        const gb_scaled sc0 = gb_scaled_init(st->cfg.act, p, st->cfg.rescale, fexp[l], f32);
+        gb_scaled_rows *scr = &st->scr[tid];
+        gb_scaled_rows_reset(scr);
+        const int64_t *ql = a->frow + l * B;
+        const int end_group = k && (l + 1) % k == 0, start_group = k && l % k == 0;
+        const T alpha = (T)st->cfg.alpha;
+        const T *gam = st->cfg.bn ? gamma + l * N : NULL, *bet = st->cfg.bn ? beta + l * N : NULL;
+        T *dz = st->dz[l & 1];
+        int64_t *rdz = st->rdz + (l & 1) * B;
+        if (end_group) { /* dL/dh_{l+1} also flows down the skip */
+            memcpy(st->skip + r0 * N, g, sizeof(T) * (size_t)(nr * N));
+            for (int64_t r = r0; r < r1; r++) st->skip_r[r] = rg[r], st->skip_nz[r] = st->gnz[r];
         }
-        F(gb_bwd_part1)(st, l, tid, nth, bar, &sense, &pf, &pf_q, &pf_n);
-        if (pending >= 0) {
-            gb_progress_wait(bar, st->arrive, nth, L - pending);
-            F(gb_bwd_part2)(st, pending, tid, nth, bar, &sense, &pf, pf_q, pf_n, 0);
-            pending = -1;
+        const T *Zl = Z + l * BN;
+        /* layer l-1's W, z rows, h and dW rows, prefetched a share per activation row and per
+         * block of the two products (own kernels) */
+        gb_pf pf = {0};
+        const int64_t nb1 = (nr + 3) / 4, nb2 = (i1 - i0 + 3) / 4, npf = nr + nb1 + nb2;
+        if (l > 0 && !st->gemm) {
+            gb_pf_add(&pf, W + (l - 1) * NN, NN * (int64_t)sizeof(T), 0);
+            gb_pf_add(&pf, Zl - BN + r0 * N, nr * N * (int64_t)sizeof(T), 0);
+            gb_pf_add(&pf, H + (l - 1) * BN, BN * (int64_t)sizeof(T), 0);
+            gb_pf_add(&pf, dW + (l - 1) * NN + i0 * N, (i1 - i0) * N * (int64_t)sizeof(T), 1);
         }
-        if (barrier) {
-            gb_barrier_wait(bar, &sense); /* every row of dz_l and of dL/dh_l, every slot written */
-            F(gb_bwd_part2)(st, l, tid, nth, bar, &sense, &pf, pf_q, pf_n, 1);
+        /* dz rows = da phi'(zl), each at its row's exponent, rescued where saturated */
+        int64_t dnz = GB_NOEXP, dall = GB_NOEXP, wnz = GB_NOEXP;
+        for (int64_t r = r0; r < r1; r++) {
+            gb_pf_part(&pf, r - r0, npf);
+            const gb_scaled *sc = gb_scaled_row(scr, &sc0, fexp[l] + ql[r]);
+            double mr = 0; /* max|dz row|, NaN ignored */
+            const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group,
+                                                    alpha, sc, N, &mr);
+            if (st->rslope) st->rslope[l * B + r] = s; /* at the row's exponent: brought to dz_e[l] below */
+            int64_t re = rg[r];
+            int nz = mr > 0;
+            if (rescue && mr < GB_RESCUE_BELOW(f32)) {
+                const double top = F(gb_rescue_max)(G + r * N, Zl + r * N, gam, bet, end_group, alpha, sc, N);
+                if (isfinite(top) && top >= GB_RESCUE_LN_MIN) { /* below: beyond any int64 exponent */
+                    const int64_t kr = (int64_t)floor(top / GB_LN2);
+                    F(gb_rescue_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group, alpha, sc, top, kr, N);
+                    re += kr;
+                    nz = 1;
+                }
+            }
+            if (!nz) nz = F(gb_nonzero)(dz + r * N, N);
+            rdz[r] = re;
+            if (nz && re > dnz) dnz = re;
+            dall = re > dall ? re : dall;
+            /* dW's exponent: the rows where dz and h_l are both not all zero (batch norm: below) */
+            if (nz && !st->cfg.bn && re + ql[r] > wnz && F(gb_nonzero)(H + l * BN + r * N, N)) wnz = re + ql[r];
+        }
+        my[GB_SL_DNZ] = dnz;
+        my[GB_SL_DALL] = dall;
+        int64_t edz = 0; /* E(rows) of dz_l: dz_e[l] */
+        if (st->cfg.bn) { /* couples rows: all brought to E first; by columns between two barriers */
+            gb_barrier_wait(bar, &sense);
+            edz = gb_slots_e(slots, nth, GB_SL_DNZ, GB_SL_DALL);
+            F(gb_dz_to_e)(dz, rdz, edz, B, N, i0, i1);
+            F(gb_batchnorm_backward_impl)(dz, (T *)a->dgamma + l * N, (T *)a->dbeta + l * N, dz, Zl,
+                                          (const T *)a->bn_rstd + l * N, gamma + l * N, B, N, i0, i1);
+            gb_barrier_wait(bar, &sense);
+            for (int64_t r = r0; r < r1; r++) /* every row at edz now */
+                if (edz + ql[r] > wnz && F(gb_nonzero)(dz + r * N, N) && F(gb_nonzero)(H + l * BN + r * N, N))
+                    wnz = edz + ql[r];
         } else {
-            gb_progress_set(bar, &st->arrive[tid], L - l);
-            pending = l;
+            T *dgamma = a->dgamma, *dbeta = a->dbeta;
+            for (int64_t i = i0; i < i1; i++) dgamma[l * N + i] = dbeta[l * N + i] = 0;
+        }
+        /* dh rows = dz rows W (each row keeps its exponent) */
+        if (st->gemm)
+            F(gb_dense_dh_ctx)(st->gemm, G, dz, W + l * NN, B, N);
+        else
+            F(gb_gemm_own_pf)(g, dz + r0 * N, N, 1, W + l * NN, NULL, nr, N, N, &pf, nr, npf);
+        /* the skip added row by row, at the larger exponent (a row of zeros takes the other's),
+         * then finish: normalise, the value clip */
+        int64_t acted = 0;
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t ea = st->cfg.bn ? edz : rdz[r];
+            if (start_group) {
+                int64_t es = st->skip_r[r];
+                T *gr = G + r * N;
+                if (ea > es) {
+                    if (!F(gb_nonzero)(gr, N)) ea = es; /* dh row of zeros: the skip's exponent */
+                } else if (es > ea && !st->skip_nz[r] && F(gb_nonzero)(gr, N)) {
+                    es = ea; /* skip row of zeros: dh's */
+                }
+                ea = F(gb_add_aligned_impl)(gr, ea, st->skip + r * N, es, 1.0, N, -1);
+            }
+            rg[r] = ea;
+            F(gb_norm_row)(st, r);
+            if (st->cfg.clip == GB_CLIP_VALUE && F(gb_clip_value_row)(G + r * N, NULL, N, rg + r, ec, ct)) {
+                acted = 1;
+                F(gb_norm_row)(st, r);
+            }
+        }
+        F(gb_rows_e)(rg, st->gnz, r0, r1, my, GB_SL_GNZ, GB_SL_GALL);
+        my[GB_SL_ACTED] = acted;
+        my[GB_SL_WNZ] = wnz;
+        gb_barrier_wait(bar, &sense); /* every row of dz_l and of dL/dh_l, every slot written */
+        if (!st->cfg.bn) edz = gb_slots_e(slots, nth, GB_SL_DNZ, GB_SL_DALL);
+        /* dW's exponent w (reference pair_top): the largest r + frow[l] over the rows where dz and
+         * h_l are both not all zero, else dz's. The rows of dz go to db at 2^(r - edz) and to dW at
+         * 2^(r + frow[l] - w) (batch norm: r = edz already), each shift at most 0 (a row of zeros
+         * takes any: 0; a row of h_l of zeros adds nothing to dW, and dz times more would
+         * overflow); one pass when the two agree on every row, else db from the rows as they are,
+         * then the rows scaled for dW */
+        int64_t w = GB_NOEXP;
+        for (int t = 0; t < nth; t++) w = GB_MAX(w, slots[(size_t)t * GB_SLOT + GB_SL_WNZ]);
+        if (w == GB_NOEXP) w = edz;
+        const int64_t c0 = st->gemm ? 0 : i0, c1 = st->gemm ? N : i1; /* this thread's columns of dz */
+#define GB_SH_DB(r) (st->cfg.bn ? 0 : GB_MIN(rdz[r] - edz, 0))
+#define GB_SH_DW(r) GB_MIN((st->cfg.bn ? edz : rdz[r]) + ql[r] - w, 0)
+        int same = 1;
+        for (int64_t r = 0; r < B && same; r++) same = GB_SH_DB(r) == GB_SH_DW(r);
+        if (!same) {
+            int64_t *sh = st->rsh + (size_t)tid * B;
+            T *pw = st->rpw + (size_t)tid * B;
+            int far = 0;
+            for (int64_t r = 0; r < B; r++) {
+                sh[r] = GB_SH_DB(r);
+                pw[r] = sh[r] >= 1 - T_MAX_EXP ? (T)gb_pow2_f64((int)sh[r]) : (T)0;
+                far |= pw[r] == 0;
+            }
+            F(gb_colsum_rows)((T *)a->db + l * N, dz, pw, sh, B, N, c0, c1, far);
+        }
+        for (int64_t r = 0; r < B; r++) F(gb_scale_down)(dz + r * N + c0, c1 - c0, GB_SH_DW(r));
+#undef GB_SH_DB
+#undef GB_SH_DW
+        if (st->rslope) /* PReLU (never rescued): the rows' slope sums at dW's exponent, which labels them */
+            for (int64_t r = r0; r < r1; r++)
+                st->rslope[l * B + r] = gb_ldexp_d(st->rslope[l * B + r], gb_clamp_exp(rdz[r] + ql[r] - w));
+        e = gb_slots_e(slots, nth, GB_SL_GNZ, GB_SL_GALL);
+        for (int t = 0; t < nth; t++) acted |= slots[(size_t)t * GB_SLOT + GB_SL_ACTED];
+        F(gb_bwd_dw)(st, l, i0, i1, &pf, nr + nb1, npf, same);
+        for (int64_t i = F(gb_sumsq_rows4)(dW + l * NN, F(gb_sumsq_rows8)(dW + l * NN, i0, i1, N, st->gsq + l * N), i1,
+                                           N, st->gsq + l * N);
+             i < i1; i++)
+            st->gsq[l * N + i] = F(gb_sumsq_row)(dW + l * NN + i * N, N, 1.0, 1.0);
+        if (st->cfg.clip == GB_CLIP_NORM)
+            e = F(gb_clip_norm_team)(st, e, r0, r1, tid, nth, bar, &sense, slots, &acted);
+        F(gb_finish_rows)(st, l, e, r0, r1);
+        if (tid == 0) {
+            sig_e[l] = e;
+            a->dz_e[l] = edz;
+            a->dw_e[l] = w;
+            a->clip_acted[l] = acted; /* [L] is the caller's: it clipped the top signal */
         }
     }
 }
@@ -2138,16 +2042,14 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     int nth, rc = F(gb_setup)(a, opts, &st.cfg, &st.gemm, &nth);
     if (rc) return rc;
     const size_t BN = (size_t)(B * N), L1B = (size_t)((L + 1) * B);
-    for (int q = 0; q < 3; q++) st.dz[q] = F(gb_alloc)(sizeof(T) * BN);
+    st.dz[0] = F(gb_alloc)(sizeof(T) * BN);
+    st.dz[1] = F(gb_alloc)(sizeof(T) * BN);
     st.skip = st.cfg.k ? F(gb_alloc)(sizeof(T) * BN) : NULL;
     st.rg = F(gb_alloc)(sizeof(int64_t) * (size_t)B);
     st.gnz = F(gb_alloc)((size_t)B);
     st.skip_r = F(gb_alloc)(sizeof(int64_t) * (size_t)B);
     st.skip_nz = F(gb_alloc)((size_t)B);
-    st.rdz = F(gb_alloc)(sizeof(int64_t) * 3 * (size_t)B);
-    st.rgs = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)B);
-    st.gnzs = F(gb_alloc)(2 * (size_t)B);
-    st.arrive = F(gb_alloc)(sizeof(gb_progress) * (size_t)nth);
+    st.rdz = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)B);
     st.rsh = F(gb_alloc)(sizeof(int64_t) * (size_t)nth * (size_t)B);
     st.rpw = F(gb_alloc)(sizeof(T) * (size_t)nth * (size_t)B);
     st.scr = F(gb_alloc)(sizeof(gb_scaled_rows) * (size_t)nth);
@@ -2155,14 +2057,12 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.rbad = F(gb_alloc)(L1B);
     st.rslope = st.cfg.act == GB_PRELU ? F(gb_alloc)(sizeof(double) * (size_t)(L * B)) : NULL;
     st.gsq = F(gb_alloc)(sizeof(double) * (size_t)(L * N));
-    st.slot = F(gb_alloc)(sizeof(int64_t) * 3 * (size_t)nth * GB_SLOT);
+    st.slot = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)nth * GB_SLOT);
     st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
     rc = GB_ENOMEM;
-    if (st.dz[0] && st.dz[1] && st.dz[2] && (!st.cfg.k || st.skip) && st.rg && st.gnz && st.skip_r && st.skip_nz &&
-        st.rdz && st.rgs && st.gnzs && st.arrive && st.rsh && st.rpw && st.scr && st.rsq && st.rbad &&
-        (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.slot && st.rowacc) {
+    if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rg && st.gnz && st.skip_r && st.skip_nz && st.rdz && st.rsh && st.rpw && st.scr &&
+        st.rsq && st.rbad && (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.slot && st.rowacc) {
         rc = GB_OK;
-        for (int t = 0; t < nth; t++) atomic_init(&st.arrive[t].step, -1);
         gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
         /* norms, slope sums and the first non-finite signal: rows combined in order */
         a->info[GB_INFO_BACKWARD] = -1;
@@ -2193,16 +2093,14 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
         }
         for (int64_t r = 0; r < B; r++) a->row_e[r] = st.rg[r] - a->sig_e[0]; /* 0 for rows of zeros */
     }
-    for (int q = 0; q < 3; q++) free(st.dz[q]);
+    free(st.dz[0]);
+    free(st.dz[1]);
     free(st.skip);
     free(st.rg);
     free(st.gnz);
     free(st.skip_r);
     free(st.skip_nz);
     free(st.rdz);
-    free(st.rgs);
-    free(st.gnzs);
-    free(st.arrive);
     free(st.rsh);
     free(st.rpw);
     free(st.scr);

@@ -107,9 +107,8 @@ def test_residual_groups_of_one_layer_do_not_race(act, dtype):
 @pytest.mark.parametrize("scale", [0.6, 0.0])
 def test_rows_of_zeros_same_bits_for_any_thread_count(scale, dtype):
     """A sample whose every ReLU unit is dead at layer m has a signal of zeros below m, and such
-    a row takes the layer's exponent, which only the whole team knows: a thread with such a row
-    runs the layer's second part (dW) before the next layer's first, the others after it
-    (csrc/stack_impl.h, gb_backward_member); the exponents are the reference's. Weights near the identity and biases of -0.01 kill
+    a row takes the layer's exponent, which only the whole team knows (after the layer's barrier,
+    csrc/stack_impl.h gb_finish_rows); the exponents are the reference's. Weights near the identity and biases of -0.01 kill
     sample r near layer x_r / 0.01, so the rows die at many layers, on some threads and not
     others (scale 0: every row is zero from the start). 1, 2 and 3 threads and hand-overs give
     the same bits."""
