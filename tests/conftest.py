@@ -31,16 +31,19 @@ def pytest_runtest_makereport(item, call):
             rep.longrepr = f"skipped for want of torch under GRADBENCH_REQUIRE_TORCH=1 (make test-all): {reason}"
 
 
-# pytest-xdist (make test: -n 2): these modules run on one worker each, the other tests one by
-# one on whichever worker is free (xdist's default, --dist load). Their module-scoped fixtures
+# pytest-xdist (make test: -n 2, no --dist): these modules run on one worker each, the other
+# tests are handed out one at a time to the worker with the fewest left. Their module-scoped fixtures
 # are costly and were made on both workers: the C test extension compiled and mpmath's GELU grid
 # (test_vact: 43 s and 33 s of setup in a make test's --durations), three training demos
 # (test_pretrain, 16 s), the training demos (test_demos), Dask clusters of worker processes
 # (test_sweep), an LSTM's mpmath truth (test_recurrent_diagnose_review), two recurrent demos
-# trained (test_plot_zeros). --dist loadgroup with xdist_group marks would say the same, but
-# pytest-xdist 3.8 marks a group in the test's nodeid, which pytest 9 no longer lets it change.
+# trained (test_plot_zeros); test_exact's mpmath chains, kept per process for every backend's
+# test of a case (test_exact alone on -n 2: 71 s user split over both workers, 51 s on one).
+# --dist loadgroup with xdist_group marks would say the same, but pytest-xdist 3.8 marks a group
+# in the test's nodeid, which pytest 9 no longer lets it change.
 ONE_WORKER_MODULES = frozenset(f"tests/{name}.py" for name in (
     "test_vact", "test_pretrain", "test_demos", "test_sweep", "test_recurrent_diagnose_review", "test_plot_zeros",
+    "test_exact",
 ))
 
 try:
