@@ -17,17 +17,9 @@ $(VENV)/.installed: $(VENV)/.created $(SOURCES)
 	$(PIP) install --quiet -e .
 	touch $@
 
-# The test extras' dependencies first, alone (tests/compile_kernels.py --requirements reads them
-# from pyproject.toml): `make test` then compiles the Numba kernels while pip builds the C
-# extension (one process, 2 min).
-$(VENV)/.deps-test: $(VENV)/.created pyproject.toml
-	$(PY) tests/compile_kernels.py --requirements > $(VENV)/requirements-test.txt
-	$(PIP) install --quiet -r $(VENV)/requirements-test.txt
-	touch $@
-
 # The test extras in the same install (an editable install builds the C extension every time:
 # one build for a fresh `make test`, not two); it counts as the plain install too.
-$(VENV)/.installed-test: $(VENV)/.deps-test $(SOURCES)
+$(VENV)/.installed-test: $(VENV)/.created $(SOURCES)
 	$(PIP) install --quiet -e ".[test]"
 	touch $(VENV)/.installed $@
 
@@ -47,11 +39,8 @@ $(VENV)/.kernels: $(VENV)/.created $(wildcard kernels/*.py)
 TEST_WORKERS ?= 2
 PYTEST_N := -n $(TEST_WORKERS)
 
-# The kernels compile from the source tree (PYTHONPATH) while the install builds the C extension.
-test: $(VENV)/.deps-test $(VENV)/.kernels
-	PYTHONPATH=$(CURDIR) $(PY) tests/compile_kernels.py & kernels=$$!; \
-	$(MAKE) --no-print-directory $(VENV)/.installed-test; built=$$?; \
-	wait $$kernels && [ $$built -eq 0 ]
+test: $(VENV)/.installed-test $(VENV)/.kernels
+	$(PY) tests/compile_kernels.py
 	$(PY) -m pytest -q $(PYTEST_N)
 
 # Everything with the optional extras too, nothing skipped for want of torch: the test extras

@@ -2,7 +2,6 @@
 
     python tests/compile_kernels.py            # both parts at once, one process each
     python tests/compile_kernels.py stack      # one part (what each process runs)
-    python tests/compile_kernels.py --requirements   # the test extras' requirements, one a line
 
 A cold cache (a fresh clone) had both pytest-xdist workers compile the same kernels at their
 start, ~2.7 min each (one process, measured 2026-12-06: the stack's float64 drivers 57 s,
@@ -14,12 +13,8 @@ Measured back to back on this 2-core machine, cold: stack 138 s wall (111 s user
 cells and layer functions 132 s (109 s); the cells alone had taken 83 s (80 s) beside the
 stack's 125 s (107 s). One process per dtype instead was slower, 151 s (124 s and 117 s user):
 most helpers take float64 scalars in both dtypes, and both processes compiled them. Kernels the
-parts do not reach are compiled by the tests as before. A warm cache makes it a few seconds.
-
-`make test` runs this while pip builds the C extension (one process, ~2 min: 118 s measured
-alone), the dependencies installed first (--requirements): gradbench is imported from the source
-tree, its Numba kernels (kernels/, gradbench.kernels once installed) from the same files, so the
-cache written is the one the installed package reads.
+parts do not reach are compiled by the tests as before. `make test` runs this first; a warm
+cache makes it a few seconds.
 
 Both processes write the index files of the helpers they share (the chain, layer and activation
 helpers, one index per function holding every signature). Numba updates an index by reading it,
@@ -30,41 +25,12 @@ entry; without fcntl (Windows) the parts run one after the other in one process.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 import time
 
 PARTS = ("stack", "recurrent")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _requirements() -> list[str]:
-    """pyproject.toml's dependencies and test extras (gradbench[...] among them expanded)."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
-        project = tomllib.load(f)["project"]
-    extras, out, todo = project["optional-dependencies"], list(project["dependencies"]), ["test"]
-    while todo:
-        for req in extras[todo.pop()]:
-            if req.startswith("gradbench["):
-                todo += [e.strip() for e in req[len("gradbench["):].rstrip("]").split(",")]
-            elif req not in out:
-                out.append(req)
-    return out
-
-
-def _from_source() -> None:
-    """Import gradbench.kernels from kernels/ when the package is not installed yet (pyproject's
-    package-dir maps it there once it is): the same files, so the same cache."""
-    import gradbench
-
-    if importlib.util.find_spec("gradbench.kernels") is None:
-        gradbench.__path__.append(ROOT)
 
 
 def _lock_cache_saves() -> None:
@@ -121,10 +87,6 @@ def _part(name: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv == ["--requirements"]:
-        print("\n".join(_requirements()))
-        return 0
-    _from_source()
     if argv:
         _lock_cache_saves()
         _part(argv[0])
