@@ -1,6 +1,6 @@
 """The "plain float32 / float64 would ..." sentences of the report (gradbench.report._limit_sentence,
 the limits of gradbench.verdict.float_limits), against independent computations: mpmath on the
-run's own weights, plain torch forwards."""
+run's own weights, plain NumPy forwards."""
 
 import math
 
@@ -74,31 +74,29 @@ def test_a_float32_sigmoid_run_does_not_infer_a_float64_underflow_from_its_own_f
     assert "f64 not known @2" in fails and "f64 under" not in fails and "f32 under @2" in fails, fails
 
 
-def _torch_forward(stack, params, x, dtype):
-    """Each layer's output h_{l+1} of a plain torch forward on the given weights (zero-bias stacks
-    also with biases), in ``dtype``."""
-    torch = pytest.importorskip("torch")
-    act = {"relu": torch.relu, "tanh": torch.tanh}[stack.activation]
+def _plain_forward(stack, params, x, dtype):
+    """Each layer's output h_{l+1} of a plain NumPy forward on the given weights (zero-bias stacks
+    also with biases), in ``dtype`` (float32: inf where an entry passes its largest number)."""
+    act = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh}[stack.activation]
     W = np.asarray(params.W if hasattr(params, "W") else params.weights(0, stack.depth), dtype=np.float64)
     b = np.asarray(getattr(params, "b", np.zeros((stack.depth, stack.width))), dtype=np.float64)
-    h = torch.tensor(np.asarray(x, dtype=np.float64), dtype=dtype)
+    h = np.asarray(x, dtype=dtype)
     out = []
-    with torch.no_grad():
+    with np.errstate(over="ignore", invalid="ignore"):
         for l in range(stack.depth):
-            h = act(h @ torch.tensor(W[l], dtype=dtype).T + torch.tensor(b[l], dtype=dtype))
-            out.append(h.clone())
+            h = act(h @ W[l].astype(dtype).T + b[l].astype(dtype)).astype(dtype)
+            out.append(h.copy())
     return out
 
 
 def test_the_forward_overflow_is_bracketed_by_what_the_statistics_prove():
     """gradbench run --dtype float32 --depth 1000 --width 16 --activation relu --sigma-w 2 --batch 4
     said float32 overflows the forward "by layer 322 at the latest (...; the largest entries may do
-    so a layer or two earlier)": a float64 torch forward on the same weights has its first entry
-    beyond float32's largest at layer 313, and a float32 torch forward turns non-finite there. The
+    so a layer or two earlier)": a float64 NumPy forward on the same weights has its first entry
+    beyond float32's largest at layer 313, and a float32 NumPy forward turns non-finite there. The
     limit is now a range whose ends the statistics prove: the root mean square passes at 322, the
     bound on the largest entry (mean, spread, B N entries) at 309; each layer's largest |h| from
-    torch lies between the two."""
-    import torch
+    that forward lies between the two."""
 
     from gradbench.verdict import largest_entry_bound, rms_log10
 
@@ -107,10 +105,10 @@ def test_the_forward_overflow_is_bracketed_by_what_the_statistics_prove():
     x = gb.gaussian_input(stack, 4, seed=np.random.default_rng([0, 1]))
     d = gb.diagnose(gb.backprop(stack, params, x))
     f32max = float(np.finfo(np.float32).max)
-    largest = np.array([float(h.abs().max()) for h in _torch_forward(stack, params, x, torch.float64)])
+    largest = np.array([float(np.abs(h).max()) for h in _plain_forward(stack, params, x, np.float64)])
     first = int(np.flatnonzero(largest > f32max)[0])
-    plain32 = _torch_forward(stack, params, x, torch.float32)
-    assert first == 313 and int(next(l for l, h in enumerate(plain32) if not torch.isfinite(h).all())) == first
+    plain32 = _plain_forward(stack, params, x, np.float32)
+    assert first == 313 and int(next(l for l, h in enumerate(plain32) if not np.isfinite(h).all())) == first
     lim = d.float_limits["float32"]
     assert lim["forward_overflow_earliest"] <= first <= lim["forward_overflow_layer"]
     assert (lim["forward_overflow_earliest"], lim["forward_overflow_layer"]) == (309, 322)
@@ -135,16 +133,15 @@ def test_the_forward_overflow_is_bracketed_by_what_the_statistics_prove():
 
 def test_a_run_that_overflowed_in_its_own_dtype_names_that_layer():
     """A float32 ReLU stack with biases (no forward exponents) overflows in its own forward: that
-    layer is float32's limit, no range (every entry below it was a finite float32); a plain torch
+    layer is float32's limit, no range (every entry below it was a finite float32); a plain NumPy
     float32 forward on the same weights turns non-finite at the same layer."""
-    import torch
 
     stack = gb.Stack(depth=200, width=8, activation="relu", sigma_w=3, sigma_b=1, dtype="float32")
     params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
     with np.errstate(all="ignore"):
         d = gb.diagnose(gb.backprop(stack, params, x))
-    plain32 = _torch_forward(stack, params, x, torch.float32)
-    first = next(l for l, h in enumerate(plain32) if not torch.isfinite(h).all())
+    plain32 = _plain_forward(stack, params, x, np.float32)
+    first = next(l for l, h in enumerate(plain32) if not np.isfinite(h).all())
     lim = d.float_limits["float32"]
     assert lim["forward_overflow_earliest"] == lim["forward_overflow_layer"] == first
     assert f"plain float32 would overflow the forward activations at layer {first} (" in str(d)
@@ -155,17 +152,16 @@ def test_the_forward_underflow_layers_are_where_half_and_every_entry_are_gone():
     up"), which proves nothing of the entries (a layer whose mean lies far above a tiny spread has
     no subnormal entry). Now by the root mean square r below the smallest normal over sqrt(2) (more
     than half the entries 0 or subnormal there: at most B N r^2 / tiny^2 are not) and by the bound on
-    the largest entry (every one): a float64 torch forward on the same weights (float32 tanh,
+    the largest entry (every one): a float64 NumPy forward on the same weights (float32 tanh,
     sigma_w 0.5, width 32, batch 16) has its first subnormal entry at layer 112, more than half at
     123, all at 127; the limits say 125 (where the spread said it too) and 129, and the words say
     single entries can go earlier."""
-    import torch
 
     stack = gb.Stack(depth=300, width=32, activation="tanh", init="normal", sigma_w=0.5, dtype="float32")
     params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
     d = gb.diagnose(gb.backprop(stack, params, x))
     tiny = float(np.finfo(np.float32).tiny)
-    gone = np.array([float((h.abs() < tiny).double().mean()) for h in _torch_forward(stack, params, x, torch.float64)])
+    gone = np.array([float((np.abs(h) < tiny).mean()) for h in _plain_forward(stack, params, x, np.float64)])
     lim = d.float_limits["float32"]
     at, every = lim["forward_underflow_layer"], lim["forward_underflow_all_layer"]
     assert (int(np.flatnonzero(gone > 0)[0]), int(np.flatnonzero(gone > 0.5)[0]), int(np.flatnonzero(gone == 1)[0])) \
