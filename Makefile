@@ -35,8 +35,9 @@ $(VENV)/.kernels: $(VENV)/.created $(wildcard kernels/*.py)
 # The suite runs on TEST_WORKERS processes (pytest-xdist; 2 = CI's cores): 9 min instead of 20 on
 # this project's 2-core machine. TEST_WORKERS=0 runs it in one process. The Numba kernels are
 # compiled into their cache first, two parts side by side (tests/compile_kernels.py). A clean
-# clone on 2026-12-06 at d5e0a71: install 2 min 3 s (the C build nearly all of it), kernels
-# 121 s, suite 6 min 31 s; 10 min 46 s in all, 5530 passed, 168 skipped, peak RSS 1.86 GB.
+# clone on 2026-12-06 at ca2ee0e, quiet machine: kernels 102 s, suite 5 min 50 s; 9 min 8 s in
+# all, 5548 passed, 168 skipped, peak RSS 1.67 GB (the install, nearly all the C build, the rest;
+# 10 min 46 s at d5e0a71 beside other work).
 TEST_WORKERS ?= 2
 PYTEST_N := -n $(TEST_WORKERS)
 
