@@ -199,19 +199,10 @@ def head_loss(stack: Stack, h: np.ndarray, f, params: Params, t) -> tuple:
         dW_out = rows.T @ h
     else:  # sums of up to B products of mantissas <= 1 and entries of h_L up to 3.4e38: in float64,
         # then a power of two into the dtype's range (the largest entry in [0.5, 1))
-        dW_out, w = _into_dtype(rows.T.astype(np.float64) @ h.astype(np.float64), w, h.dtype)
+        dW64 = rows.T.astype(np.float64) @ h.astype(np.float64)
+        w += reference.normalise(dW64)
+        dW_out = dW64.astype(h.dtype)
     return loss, loss_exact, dy @ params.W_out, E, dW_out, w, dys.sum(axis=0), top
-
-
-def _into_dtype(m: np.ndarray, e: int, dtype) -> tuple[np.ndarray, int]:
-    """m 2^e (float64 m) as mantissas of ``dtype`` and an exponent: m scaled by a power of two so
-    that its largest finite |entry| lies in [0.5, 1) (none: as it is), then rounded to ``dtype``."""
-    finite = np.abs(m[np.isfinite(m)])
-    top = float(finite.max()) if finite.size else 0.0
-    if top == 0.0:
-        return m.astype(dtype), e
-    k = math.frexp(top)[1]
-    return ldexp(m, -k).astype(dtype), e + k
 
 
 def head_dy(kind: str, h: np.ndarray, f, W_out, b_out, t) -> tuple[float, LogScaled, np.ndarray, np.ndarray]:

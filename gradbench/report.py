@@ -212,17 +212,13 @@ def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
     if lim.get("forward_unknown_layer") is not None:
         parts.append(f"plain {name}: not known from layer {lim['forward_unknown_layer']} up (this run's own forward "
                      f"overflowed there, below {name}'s range; run it in {name} to see)")
-    if lim.get("underflow_unknown_layers"):
-        layers = lim["underflow_unknown_layers"]
-        parts.append(f"plain {name}: not known for the gradient at layer{'s' if len(layers) > 1 else ''} "
-                     f"{', '.join(index_runs(layers))} (this run reads 0 there because its own forward underflowed to 0 "
-                     f"at the outputs of layer {lim['forward_flushed_layer']}, which {name} may hold; run it in {name} "
-                     "to see)")
-    if lim.get("overflow_unknown_layers"):
-        layers = lim["overflow_unknown_layers"]
-        parts.append(f"plain {name}: not known for the gradient at layer{'s' if len(layers) > 1 else ''} "
-                     f"{', '.join(index_runs(layers))} (this run's own ||dW|| is inf there, an overflow of its "
-                     f"own arithmetic, which {name} may hold; run it in {name} to see)")
+    for key, why in (("underflow_unknown_layers", "this run reads 0 there because its own forward underflowed to 0 "
+                                                  f"at the outputs of layer {lim.get('forward_flushed_layer')}"),
+                     ("overflow_unknown_layers", "this run's own ||dW|| is inf there, an overflow of its own arithmetic")):
+        if lim.get(key):
+            layers = lim[key]
+            parts.append(f"plain {name}: not known for the gradient at layer{'s' if len(layers) > 1 else ''} "
+                         f"{', '.join(index_runs(layers))} ({why}, which {name} may hold; run it in {name} to see)")
     if not parts:
         if lim["layers_to_underflow"] is not None:
             parts.append(f"plain {name} is fine here; at this rate its gradient would underflow after "

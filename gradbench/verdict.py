@@ -277,8 +277,9 @@ def _forward_limits(std, rms, big, lo: float, hi: float, wider: bool, sel, held:
     judged = "spread" if rms is None else "root mean square"
     r = std if rms is None else rms
     # NaN or inf: an entry overflowed to inf in the run's own dtype, which says so for a dtype no wider
-    nan = np.flatnonzero(np.isnan(std) | (std == np.inf))
-    lost = (np.isnan(std) | (std == np.inf)) & (not wider)
+    bad = np.isnan(std) | (std == np.inf)
+    nan = np.flatnonzero(bad)
+    lost = bad & (not wider)
     first = (lambda c: int(np.flatnonzero(c)[0]) if c.any() else None)
     with np.errstate(invalid="ignore"):
         over = first((r > hi) | lost)
