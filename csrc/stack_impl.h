@@ -178,39 +178,44 @@ static void F(gb_colsum)(T *db, const T *dz, int64_t B, int64_t N, int64_t i0, i
 #define GB_OPAQUE(v) ((void)0)
 #endif
 /* db[i] = sum of dz[r][i] 2^sh[r] over the rows r in order (from 0), i in [i0, i1): gb_colsum of
- * the rows brought to db's exponent one by one, each product rounded on its own (as ldexp, as
- * gb_scale_down's in-place product; never fused into the sum, so the bits do not depend on
- * which loop takes a column). p[r] = 2^sh[r] as a normal T, or 0 where it is none (a row far
- * below: ldexp per entry; far: some such row, then every column in the scalar loop).
- * db (N,), dz (B,N), p, sh (B,) */
-static void F(gb_colsum_rows)(T *db, const T *dz, const T *p, const int64_t *sh, int64_t B, int64_t N, int64_t i0,
-                              int64_t i1, int far) {
+ * the rows brought to db's exponent one by one, each rounded on its own as ldexp (as
+ * gb_scale_down's in-place products; never fused into the sum, so the bits do not depend on
+ * which loop takes a column). p[r], p[B + r]: the two factors of 2^sh[r] (gb_pow2_down), the
+ * second 1 but for a row far below (far: some such row, whose second product every row takes).
+ * db (N,), dz (B,N), p (2B,) */
+static void F(gb_colsum_rows)(T *db, const T *dz, const T *p, int64_t B, int64_t N, int64_t i0, int64_t i1,
+                              int far) {
     int64_t i = i0;
 #ifdef GB_HAVE_VTILES
     typedef F(gb_vw) vt;
     enum { VL = sizeof(vt) / sizeof(T) };
-    if (!far)
-        for (; i + 4 * VL <= i1; i += 4 * VL) {
-            vt acc[4] = {{0}, {0}, {0}, {0}};
-            for (int64_t r = 0; r < B; r++) {
-                const T pr = p[r];
-                for (int v = 0; v < 4; v++) {
-                    vt x;
-                    memcpy(&x, dz + r * N + i + v * VL, sizeof x);
-                    x = x * pr;
+    for (; i + 4 * VL <= i1; i += 4 * VL) {
+        vt acc[4] = {{0}, {0}, {0}, {0}};
+        for (int64_t r = 0; r < B; r++) {
+            const T pr = p[r], pr2 = p[B + r];
+            for (int v = 0; v < 4; v++) {
+                vt x;
+                memcpy(&x, dz + r * N + i + v * VL, sizeof x);
+                x = x * pr;
+                if (far) {
                     GB_OPAQUE(x);
-                    acc[v] += x;
+                    x = x * pr2;
                 }
+                GB_OPAQUE(x);
+                acc[v] += x;
             }
-            memcpy(db + i, acc, sizeof acc);
         }
-#else
-    (void)far;
+        memcpy(db + i, acc, sizeof acc);
+    }
 #endif
     for (; i < i1; i++) {
         T acc = 0;
         for (int64_t r = 0; r < B; r++) {
-            T x = p[r] != 0 ? dz[r * N + i] * p[r] : TLDEXP(dz[r * N + i], gb_clamp_exp(sh[r]));
+            T x = dz[r * N + i] * p[r];
+            if (far) {
+                GB_OPAQUE(x);
+                x = x * p[B + r];
+            }
             GB_OPAQUE(x);
             acc += x;
         }
@@ -1649,16 +1654,16 @@ static void F(gb_rescue_row)(T *dz, const T *g, const T *zr, const T *gamma, con
     }
 }
 
-/* x (n,) times 2^d, d <= 0 clamped at -GB_EXP_CLAMP: a product by a normal power of two
- * (rounded once, as ldexp, where the result is subnormal), else ldexp per entry */
+/* x (n,) times 2^d, d <= 0, with ldexp's rounding: one or two products by powers of two
+ * (gb_pow2_down), in loops that vectorise */
 static void F(gb_scale_down)(T *x, int64_t n, int64_t d) {
     if (d == 0) return;
-    const int s = gb_clamp_exp(d);
-    if (s >= 1 - T_MAX_EXP && s <= T_MAX_EXP) {
-        const T p = (T)gb_pow2_f64(s); /* (no libm call per row) */
-        for (int64_t i = 0; i < n; i++) x[i] *= p;
+    T p[2];
+    F(gb_pow2_down)(gb_clamp_exp(d), p);
+    if (p[1] == 1) {
+        for (int64_t i = 0; i < n; i++) x[i] *= p[0];
     } else {
-        for (int64_t i = 0; i < n; i++) x[i] = TLDEXP(x[i], s);
+        for (int64_t i = 0; i < n; i++) x[i] = (x[i] * p[0]) * p[1];
     }
 }
 
@@ -1696,8 +1701,7 @@ typedef struct {
     int64_t *skip_r;      /* (B,) the skip's row exponents */
     unsigned char *skip_nz; /* (B,) the skip's row is not all zero */
     int64_t *rdz;         /* (2,B) dz_l's row exponents (layer parity) */
-    int64_t *rsh;         /* (nth,B) per thread: the rows' shifts to db's exponent (two factors) */
-    T *rpw;               /* (nth,B) per thread: 2^rsh as a normal T, or 0 (gb_colsum_rows) */
+    T *rpw;               /* (nth,2B) per thread: the rows' two factors to db's exponent (gb_colsum_rows) */
     gb_scaled_rows *scr;  /* (nth) per thread: its rows' activation setups of the layer */
     double *rsq;          /* (L+1,B) per row: sum of squares of dL/dh_l 2^-sig_e[l] */
     unsigned char *rbad;  /* (L+1,B) per row: dL/dh_l has a non-finite entry */
@@ -1998,15 +2002,16 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         int same = 1;
         for (int64_t r = 0; r < B && same; r++) same = GB_SH_DB(r) == GB_SH_DW(r);
         if (!same) {
-            int64_t *sh = st->rsh + (size_t)tid * B;
-            T *pw = st->rpw + (size_t)tid * B;
+            T *pw = st->rpw + (size_t)tid * 2 * B;
             int far = 0;
             for (int64_t r = 0; r < B; r++) {
-                sh[r] = GB_SH_DB(r);
-                pw[r] = sh[r] >= 1 - T_MAX_EXP ? (T)gb_pow2_f64((int)sh[r]) : (T)0;
-                far |= pw[r] == 0;
+                T q[2];
+                F(gb_pow2_down)(gb_clamp_exp(GB_SH_DB(r)), q);
+                pw[r] = q[0];
+                pw[B + r] = q[1];
+                far |= q[1] != 1;
             }
-            F(gb_colsum_rows)((T *)a->db + l * N, dz, pw, sh, B, N, c0, c1, far);
+            F(gb_colsum_rows)((T *)a->db + l * N, dz, pw, B, N, c0, c1, far);
         }
         for (int64_t r = 0; r < B; r++) F(gb_scale_down)(dz + r * N + c0, c1 - c0, GB_SH_DW(r));
 #undef GB_SH_DB
@@ -2050,8 +2055,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.skip_r = F(gb_alloc)(sizeof(int64_t) * (size_t)B);
     st.skip_nz = F(gb_alloc)((size_t)B);
     st.rdz = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)B);
-    st.rsh = F(gb_alloc)(sizeof(int64_t) * (size_t)nth * (size_t)B);
-    st.rpw = F(gb_alloc)(sizeof(T) * (size_t)nth * (size_t)B);
+    st.rpw = F(gb_alloc)(sizeof(T) * (size_t)nth * 2 * (size_t)B);
     st.scr = F(gb_alloc)(sizeof(gb_scaled_rows) * (size_t)nth);
     st.rsq = F(gb_alloc)(sizeof(double) * L1B);
     st.rbad = F(gb_alloc)(L1B);
@@ -2060,7 +2064,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.slot = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)nth * GB_SLOT);
     st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
     rc = GB_ENOMEM;
-    if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rg && st.gnz && st.skip_r && st.skip_nz && st.rdz && st.rsh && st.rpw && st.scr &&
+    if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rg && st.gnz && st.skip_r && st.skip_nz && st.rdz && st.rpw && st.scr &&
         st.rsq && st.rbad && (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.slot && st.rowacc) {
         rc = GB_OK;
         gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
@@ -2101,7 +2105,6 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.skip_r);
     free(st.skip_nz);
     free(st.rdz);
-    free(st.rsh);
     free(st.rpw);
     free(st.scr);
     free(st.rsq);
