@@ -340,6 +340,10 @@ static void F(gb_scale_into)(REAL *y, const REAL *x, int64_t n, int k) {
         if (y != x) memcpy(y, x, sizeof(REAL) * (size_t)n);
     } else if (s != 0) {
         for (int64_t i = 0; i < n; i++) y[i] = x[i] * s;
+    } else if (k < 0) { /* below REAL's normal powers of two: two products (gb_pow2_down) */
+        REAL p[2];
+        F(gb_pow2_down)(k, p);
+        for (int64_t i = 0; i < n; i++) y[i] = (x[i] * p[0]) * p[1];
     } else {
         for (int64_t i = 0; i < n; i++) y[i] = TLDEXP(x[i], k);
     }
@@ -420,8 +424,12 @@ static void F(gb_racc)(REAL *acc, int64_t *E, const REAL *term, int64_t e, int64
     const REAL sa = F(gb_pow2)(da), ss = F(gb_pow2)(ds); /* one of da, ds is 0 */
     if (sa != 0 && ss != 0) {
         for (int64_t i = 0; i < n; i++) acc[i] = acc[i] * sa + term[i] * ss;
-    } else {
-        for (int64_t i = 0; i < n; i++) acc[i] = TLDEXP(acc[i], da) + TLDEXP(term[i], ds);
+    } else { /* a shift below REAL's normal powers of two: two products each (gb_pow2_down), no ldexp call
+              * per entry (15 % of a float32 LSTM's time at T = 20,000, 2026-12-07) */
+        REAL pa[2], ps[2];
+        F(gb_pow2_down)(da, pa);
+        F(gb_pow2_down)(ds, ps);
+        for (int64_t i = 0; i < n; i++) acc[i] = F(gb_times_down)(acc[i], pa) + F(gb_times_down)(term[i], ps);
     }
     *E = em;
 }
@@ -1038,7 +1046,9 @@ static void F(gb_chunk_bias)(F(gb_rctx) *cx, const REAL *z, const int64_t *rd, i
         } else if (p != 0) {
             for (int64_t j = 0; j < GN; j++) tb[j] = GB_RFMA(zq[j], p, tb[j]);
         } else {
-            for (int64_t j = 0; j < GN; j++) tb[j] += TLDEXP(zq[j], sh);
+            REAL p2[2];
+            F(gb_pow2_down)(sh, p2);
+            for (int64_t j = 0; j < GN; j++) tb[j] += F(gb_times_down)(zq[j], p2);
         }
     }
 }

@@ -148,6 +148,17 @@ static inline void F(gb_pow2_down)(int s, T p[2]) {
     p[1] = s >= m ? (T)1 : (T)gb_pow2_f64(m);
 }
 
+#ifndef GB_OPAQUE /* without the vector extension: a plain C build contracts nothing it is not told to */
+#define GB_OPAQUE(v) ((void)0)
+#endif
+/* x 2^s (s <= 0) from gb_pow2_down's factors p, rounded as ldexp rounds it and kept apart from
+ * what it is added to (GB_OPAQUE: never fused into a sum, as an ldexp call's result is not) */
+static GB_AINLINE T F(gb_times_down)(T x, const T p[2]) {
+    T y = (x * p[0]) * p[1];
+    GB_OPAQUE(y);
+    return y;
+}
+
 /* 2^k as a T when it is a normal number of T (then x * 2^k is exactly ldexp(x, k), the
  * correctly rounded x 2^k), else 0 */
 static inline T F(gb_pow2)(int k) {
