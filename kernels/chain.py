@@ -323,6 +323,19 @@ def moments(h):
     return m, math.sqrt(v)
 
 
+@njit(inline="always", **JIT)
+def pow2_down(d, lo, like):
+    """(p1, p2) in the dtype of ``like`` (``lo``: its :func:`_pow2_range`'s first, the smallest
+    subnormal's exponent), each a power of two of it (subnormals included), with
+    (x * p1) * p2 == ldexp(x, d) for every x of that dtype and d <= 0: (2**d, 1) where 2**d is one;
+    below, (2**(d - lo), 2**lo) (d clamped at 2 lo, below
+    which every finite product is 0 as for ldexp): the first product is exact while it stays
+    normal, and where it does not, both give 0 (the C kernels' gb_pow2_down)."""
+    if d >= lo:
+        return _as(pow2(d), like), _as(1.0, like)
+    return _as(pow2(max(d, 2 * lo) - lo), like), _as(pow2(lo), like)
+
+
 # ------------------------------------------------------------------ per-row exponents (the backward signal)
 # The backward signal carries one exponent per row: row i is g[i] * 2**r[i] (r int64, (B,)).
 # What is summed over the batch is brought to one exponent E (rows_exponent) by scaled(x, E):
@@ -344,8 +357,7 @@ def scale_row_into(dst, src, i, d):
         for j in range(N):
             dst[i, j] = src[i, j] * s
     elif d < lo:
-        s1 = _as(pow2(max(d, 2 * lo) - lo), src[0, 0])
-        s2 = _as(pow2(lo), src[0, 0])
+        s1, s2 = pow2_down(d, lo, src[0, 0])
         for j in range(N):
             dst[i, j] = (src[i, j] * s1) * s2
     else:
