@@ -259,16 +259,6 @@ def _all_linear(z, b, add_bias, f, tiny):
 
 
 @njit(**JIT)
-def _alive(alive, z):
-    """alive[j] = some z[:, j] is not <= 0."""
-    B, N = z.shape
-    for i in range(B):
-        for j in range(N):
-            if not (z[i, j] <= 0):
-                alive[j] = True
-
-
-@njit(**JIT)
 def _activation_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_threshold, alive):
     """z += b (when ``add_bias``: the dense layer's bias, fused here) and a = phi(z) (``scaled``:
     row i the mantissa of phi(z 2^f[i]), :func:`.activations.phi_scaled`, at the row's exponent
