@@ -171,6 +171,24 @@ def test_c_fill_bins_entries_at_and_around_bin_edges_by_log10(dtype, cdt):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_c_fill_bins_edges_by_log10_at_huge_exponents(dtype):
+    """The same edges at exponents 2^33 to 2^44, where the tolerance of the series' hand-over to
+    log10 grows with |e log10 2| (a fixed 1e-6 binned 12 of 24 such layers otherwise: review 43's
+    mutant C29, which the exponents up to 3000 above and near 2^62 below did not see)."""
+    rng = np.random.default_rng(3 + (dtype == np.float32))
+    for e in (2**33, -(2**35) + 17, 2**40 + 5, -(2**44)):
+        for per_decade in (4, 10, 50):
+            v = _edge_entries(rng, e, per_decade, dtype)
+            layers = np.stack([v, v[::-1]]).reshape(2, 1, -1)
+            for isa in ISAS:
+                got = _fill("c", layers, np.full(2, e, np.int64), per_decade, 400, np.uint32, isa)
+                for l in range(2):
+                    want = _by_log10(layers[l], e, per_decade, 400)
+                    assert list(got["counts"][l]) == want.pop("counts"), (e, per_decade, isa, l)
+                    assert {k: int(got[k][l]) for k in want} == want, (e, per_decade, isa, l)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_c_fill_is_the_numba_kernel(dtype):
     """The C twin and the Numba kernel: the same arrays on random layers and on edge entries,
     at exponents up to 2^45 too (where tol covers more and more entries)."""
