@@ -157,7 +157,7 @@ def _clamp(f):
     """An exponent for np.ldexp (int32): beyond +-100000 every result is 0 or inf anyway. ``f``
     an int, or an int64 array (one exponent per row of a batch, shaped to broadcast: (B, 1))."""
     if isinstance(f, np.ndarray):
-        return np.minimum(np.maximum(f, -100000), 100000)
+        return np.minimum(np.maximum(f, -100000), 100000).astype(np.int32)  # ldexp's vector loop
     return int(min(max(int(f), -100000), 100000))
 
 

@@ -302,8 +302,9 @@ def row_top(X: np.ndarray, r: np.ndarray, nz: np.ndarray | None = None) -> int:
 
 
 def row_shift(d: np.ndarray) -> np.ndarray:
-    """Rows' shifts d (B,) clamped to the exponent range ldexp takes, as a (B, 1) column."""
-    return np.minimum(np.maximum(d, -EXP_CLAMP), EXP_CLAMP)[:, None]  # (np.clip costs more)
+    """Rows' shifts d (B,) clamped to the exponent range ldexp takes, as a (B, 1) int32 column
+    (NumPy's ldexp has a vector loop for int32 exponents only: with int64 it took 7x longer)."""
+    return np.minimum(np.maximum(d, -EXP_CLAMP), EXP_CLAMP).astype(np.int32)[:, None]  # (np.clip costs more)
 
 
 def scaled_rows(X: np.ndarray, r: np.ndarray, e: int) -> np.ndarray:
@@ -324,7 +325,7 @@ def normalise_rows(G: np.ndarray, r: np.ndarray) -> None:
     m = np.fmax.reduce(np.abs(G), axis=1, initial=0.0)  # NaN ignored (a row of NaN: NaN)
     with np.errstate(invalid="ignore"):
         e = np.frexp(m)[1].astype(np.int64) * np.isfinite(m)  # frexp: exponent 0 for 0
-    np.ldexp(G, -e[:, None], out=G)  # exact for the largest entries; the others rounded once, as scale_pow2
+    np.ldexp(G, -e.astype(np.int32)[:, None], out=G)  # exact for the largest entries; the others rounded once, as scale_pow2
     r += e
 
 
