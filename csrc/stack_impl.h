@@ -564,6 +564,57 @@ static GB_AINLINE void F(gb_vf_backward)(T *d, const T *g, const T *zr, int scal
     }
     *jp = j;
 }
+/* gb_vf_forward for ReLU and the identity, which take z itself or 0 (gb_vact's: z where z > 0 or
+ * NaN), phi' 1 or 0: the same bits as the double lanes without their conversions */
+static GB_AINLINE int64_t F(gb_vf_forward_lin)(T *a, const T *z, int64_t N, double thr, unsigned char *dead,
+                                               int64_t *jp, const int act) {
+    const float thrf = gb_float_ceil(thr);
+    const gb_vf zero = {0}, one = zero + 1.0f;
+    gb_vfi vcnt = {0};
+    int64_t j = *jp, cnt = 0;
+    for (; j + GB_VFL <= N; j += GB_VFL) {
+        gb_vf u;
+        memcpy(&u, z + j, sizeof u);
+        const gb_vfi keep = (u > 0.0f) | (u != u);
+        const gb_vf va = act == GB_IDENTITY ? u : gb_vf_blend(keep, u, zero);
+        const gb_vf vd = act == GB_IDENTITY ? one : gb_vf_blend(u > 0.0f, one, zero);
+        memcpy(a + j, &va, sizeof va);
+        vcnt += (vd < thrf) & (vd > -thrf);
+        gb_vfb dv;
+        memcpy(&dv, dead + j, sizeof dv);
+        dv &= __builtin_convertvector(u <= 0.0f, gb_vfb);
+        memcpy(dead + j, &dv, sizeof dv);
+    }
+    for (int i = 0; i < GB_VFL; i++) cnt -= vcnt[i];
+    *jp = j;
+    return cnt;
+}
+
+/* gb_vf_backward for ReLU, leaky ReLU and the identity (phi' is 1, or 0 / the slope p where
+ * z > 0 fails, NaN included: gb_vact's), whose phi' in double rounds to these floats: the same
+ * bits as the double lanes without their conversions (float32 ReLU at N = 64 ran its backward
+ * rows in double lanes, z and dz converted each way) */
+static GB_AINLINE void F(gb_vf_backward_lin)(T *d, const T *g, const T *zr, int scale, T alpha, float p,
+                                             int64_t N, double *mx, int64_t *jp, const int act) {
+    const gb_vf one = (gb_vf){0} + 1.0f, low = (gb_vf){0} + (act == GB_RELU ? 0.0f : p);
+    gb_vf macc = {0};
+    int64_t j = *jp;
+    for (; j + GB_VFL <= N; j += GB_VFL) {
+        gb_vf u, da;
+        memcpy(&u, zr + j, sizeof u);
+        const gb_vf vd = act == GB_IDENTITY ? one : gb_vf_blend(u > 0.0f, one, low);
+        memcpy(&da, g + j, sizeof da);
+        if (scale) da = da * alpha;
+        const gb_vf out = da * vd;
+        memcpy(d + j, &out, sizeof out);
+        if (mx) macc = gb_vf_max_keep(gb_vf_from_bits(gb_vf_bits(out) & 0x7fffffff), macc);
+    }
+    if (mx) {
+        const double m = gb_vf_hmax_nonneg(macc);
+        *mx = m > *mx ? m : *mx;
+    }
+    *jp = j;
+}
 #endif
 
 /* One row of the activation forward: a = phi(z) (phi_scaled with rescaling); returns the
@@ -578,6 +629,8 @@ static GB_AINLINE int64_t F(gb_act_forward_row_k)(T *a, const T *z, int64_t N, c
 #if T_F32
     if (gb_vf_mode(s, act)) /* float lanes (vact_f32.h) */
         cnt += F(gb_vf_forward)(a, z, N, s, thr, dead, &j, act);
+    else if (s->vmode == GB_VM_PLAIN && (act == GB_RELU || act == GB_IDENTITY))
+        cnt += F(gb_vf_forward_lin)(a, z, N, thr, dead, &j, act);
 #endif
     if (s->vmode == GB_VM_PLAIN) { /* no scalar fallback: no call in the loop, constants stay in registers */
         /* two vectors per step, their instructions interleaved: the lanes' long dependency
@@ -686,6 +739,8 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
 #if T_F32
     if (!gamma && gb_vf_mode(s, act)) /* float lanes (vact_f32.h); the loops below take the rest */
         F(gb_vf_backward)(d, g, zr, scale, alpha, s, N, mx, &j, act);
+    else if (!gamma && s->vmode == GB_VM_PLAIN && (act == GB_RELU || act == GB_LEAKY_RELU || act == GB_IDENTITY))
+        F(gb_vf_backward_lin)(d, g, zr, scale, alpha, (float)s->p, N, mx, &j, act);
 #endif
     if (s->vmode == GB_VM_PLAIN) { /* no call in the loop; batch norm (never rescaled) and
                                     * PReLU (homogeneous) always come here */
@@ -1916,9 +1971,9 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         for (int64_t r = r0; r < r1; r++) {
             gb_pf_part(&pf, r - r0, npf);
             const gb_scaled *sc = gb_scaled_row(scr, &sc0, fexp[l] + ql[r]);
-            double mr = 0; /* max|dz row|, NaN ignored */
+            double mr = 0; /* max|dz row|, NaN ignored: the rescue's (without it, not tracked) */
             const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group,
-                                                    alpha, sc, N, &mr);
+                                                    alpha, sc, N, rescue ? &mr : NULL);
             if (st->rslope) st->rslope[l * B + r] = s; /* at the row's exponent: brought to dz_e[l] below */
             int64_t re = rg[r];
             int nz = mr > 0;
