@@ -69,8 +69,10 @@ def _rho(z):
     return np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
-def _log_expect(g, log_s: float) -> float:
-    """ln E_z[g(s z)^2], z ~ N(0, 1), for the scale s = exp(log_s) (0 <= s <= inf).
+def _log_expect(g, log_s: float, relative: bool = False) -> float:
+    """ln E_z[g(s z)^2], z ~ N(0, 1), for the scale s = exp(log_s) (0 <= s <= inf); with
+    ``relative`` ln E_z[(g(s z) / s)^2], what the length map's ratio q_{l+1} / q_l needs
+    (:func:`_log_ratio`).
 
     Gauss-Hermite converges slowly for the kinks of the ReLU family, ELU and SELU at z = 0
     (201 Hermite points give chi_1 = 0.91 instead of 1 for ReLU at sigma_w^2 = 2), so every panel
@@ -81,13 +83,28 @@ def _log_expect(g, log_s: float) -> float:
     [0, 40] with the factor 1/s carried as a logarithm, and [40 / s, 12] a second. So the result
     holds for any s up to and past the largest float (bounded activations at sigma_w ~ 1e300).
     Each panel's squares are summed by :func:`_log_panel`, which keeps them in the float range.
+
+    ``relative`` divides the values by s before they are squared, so the result carries no
+    2 ln s: near a fixed point at a tiny (or huge) q the ratio differs from 1 by far less than the
+    rounding of ln q (tanh at sigma_w = 1, sigma_b = 1e-12: q* = 7.07e-13, the ratio moves by
+    2.8e-12 per unit of ln q, an ulp of |ln q| = 28 is 3.6e-15). It is normalised by the
+    quadrature's own E[z^2] (the mass of the weight z^2 rho) rather than its E[1]: the two differ by
+    6.7e-15 with these nodes, and only the first gives the limit s -> 0 of a phi with phi(0) = 0,
+    (phi'(0-)^2 + phi'(0+)^2) / 2 (:func:`_ln_ratio_at_zero`), to rounding (s -> inf alike for the
+    activations that tend to linear), where a bias of 6.7e-15 moved tanh's q* at sigma_b = 1e-9 by
+    2e-6. Near the ends of the floats (s < 1e-299 or s > 1e304, where s z or g(s z) / s leave
+    them) it is the plain form less 2 ln s.
     """
+    if relative and not -690.0 < log_s < 700.0:
+        return _log_expect(g, log_s) - 2 * log_s
     x, w = _legendre()
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         if log_s <= math.log(_TRANSITION / _Z_MAX):
             s = math.exp(log_s)
             z = 0.5 * _Z_MAX * (x + 1.0)
             wz = 0.5 * _Z_MAX * w * _rho(z)
+            if relative:
+                return float(_log_panel(wz, g(s * z) / s, g(-s * z) / s) - np.log(2 * np.sum(wz * z * z)))
             return float(_log_panel(wz, g(s * z), g(-s * z)) - np.log(2 * np.sum(wz)))
         inv_s = math.exp(-log_s)
         s = math.exp(log_s) if log_s < 709.0 else math.inf
@@ -96,6 +113,10 @@ def _log_expect(g, log_s: float) -> float:
         a = _TRANSITION * inv_s  # panel 2, in z: the asymptotes
         z = a + 0.5 * (_Z_MAX - a) * (x + 1.0)
         wz = 0.5 * (_Z_MAX - a) * w * _rho(z)
+        if relative:  # panel 1's dz = dx / s and its values / s: 3 ln s; panel 2's values / s
+            value = np.logaddexp(_log_panel(wx, g(xs), g(-xs)) - 3 * log_s, _log_panel(wz, g(s * z) / s, g(-s * z) / s))
+            norm = np.logaddexp(np.log(2 * np.sum(wx * xs * xs)) - 3 * log_s, np.log(2 * np.sum(wz * z * z)))
+            return float(value - norm)
         gz = (g(s * z), g(-s * z)) if math.isfinite(s) else (g(np.full_like(z, np.inf)), g(np.full_like(z, -np.inf)))
         value = np.logaddexp(_log_panel(wx, g(xs), g(-xs)) - log_s, _log_panel(wz, *gz))
         norm = np.logaddexp(np.log(2 * np.sum(wx)) - log_s, np.log(2 * np.sum(wz)))
@@ -176,6 +197,16 @@ def _log_variance(t: float, activation: str, sigma_w: float, param: float) -> fl
     if activation in spec.HOMOGENEOUS:  # E[phi(s z)^2] = s^2 E[phi(z)^2], without overflowing s^2
         return 2 * _ln(sigma_w) + t + _log_expect(f, 0.0)
     return 2 * _ln(sigma_w) + _log_expect(f, 0.5 * t)
+
+
+def _log_ratio(u: float, activation: str, sigma_w: float, sigma_b: float, param: float) -> float:
+    """ln(q_{l+1} / q_l) at q_l = e^u: ln(sigma_w^2 E[(phi(s z) / s)^2] + sigma_b^2 / q_l), s = sqrt(q_l),
+    without ln q_l taken from ln q_{l+1} (:func:`_log_expect`'s ``relative``). That difference of two
+    logarithms of size |u| carries their rounding, ~|u| ulps of 1, which hid a ratio within ~1e-13 of 1
+    (tanh at sigma_w = 1 with sigma_b = 1e-12, ELU at sigma_w = 1 with sigma_b = 1e-15: q* NaN)."""
+    f, _ = _phi(activation, param)
+    log_s = 0.0 if activation in spec.HOMOGENEOUS else 0.5 * u  # E[phi(s z)^2] / s^2 = E[phi(z)^2]
+    return float(np.logaddexp(2 * _ln(sigma_w) + _log_expect(f, log_s, relative=True), 2 * _ln(sigma_b) - u))
 
 
 def length_map(q: float, activation: str, sigma_w: float, sigma_b: float = 0.0, param: float | None = None) -> float:
@@ -320,7 +351,7 @@ def _log_root(activation: str, sigma_w: float, sigma_b: float, param: float, t: 
     t_linear = _LN_Q_LARGE + _ln_elu_scale(activation, param)
 
     def g(u):
-        return float(np.logaddexp(_log_variance(u, activation, sigma_w, param), t_b)) - u
+        return _log_ratio(u, activation, sigma_w, sigma_b, param)
 
     g_t = g(t)
     if g_t == 0:
@@ -348,7 +379,10 @@ def _log_root(activation: str, sigma_w: float, sigma_b: float, param: float, t: 
     from scipy.optimize import brentq
 
     root = float(brentq(g, min(a, b), max(a, b), xtol=1e-13))
-    noise = 4e-15 * (1 + abs(root) + abs(2 * _ln(sigma_w)))  # rounding of g: ~18 ulps of its logarithms
+    # rounding of g (:func:`_log_ratio`): ~9 ulps of 1, and of 2 ln sigma_w, which cancels against the
+    # ratio's own logarithm at the root (tanh at sigma_w = 1e50). Around 504 roots (7 activations,
+    # sigma_w 0.5 to 1e50, sigma_b 1e-300 to 1e100) g scattered by at most 3.1 ulps (1 + |2 ln sigma_w|)
+    noise = 2e-15 * (1 + abs(2 * _ln(sigma_w)))
     if g(root - 1e-3) > noise and g(root + 1e-3) < -noise:
         return root
     return math.nan
@@ -385,8 +419,12 @@ def fixed_point(activation: str, sigma_w: float, sigma_b: float = 0.0, param: fl
     sigma_b = 1e-5 has q_l ~ 1 / (2 l) until q* = 7.07e-6) has its fixed point found by bracketing
     instead; with ``max_iter`` above 400 that is tried after 200 steps already, and kept where it
     is resolved (finite: the iteration goes on otherwise). NaN where that fixed point is not resolved in float64: the map's ratio
-    q_{l+1} / q_l is 1 to rounding around it (ELU at sigma_w = 1 with sigma_b = 1e-300, whose
-    q* ~ 1e-400 is set by a term 1e-200 of the ratio).
+    q_{l+1} / q_l is 1 to rounding around it, so that it cannot be placed to 0.1 % (ELU at sigma_w = 1
+    with sigma_b = 1e-300, whose q* ~ 1e-400 is set by a term 1e-200 of the ratio). The ratio is
+    taken without ln q (:func:`_log_ratio`) and resolved to ~1e-15: tanh at sigma_w = 1 (ratio
+    1 - 2 q + sigma_b^2 / q) has its q* ~ sigma_b / sqrt 2 down to sigma_b = 1e-12 (7.07e-13) and NaN
+    from ~3e-13 on, ELU at sigma_w = 1 (1 - sqrt(2 / pi) q^0.5 + sigma_b^2 / q) down to sigma_b ~ 3e-18
+    (q* ~ 5e-24).
     """
     sigma_w, sigma_b, param = _inputs(activation, sigma_w, sigma_b, param)
     tol = _real("tol", tol, positive=True)
@@ -467,7 +505,7 @@ def _log_bistable(activation: str, sigma_w: float, sigma_b: float, param: float)
     t_b = 2 * _ln(sigma_b)
 
     def g(t):  # ln(q_{l+1} / q_l) at q = e^t
-        return float(np.logaddexp(_log_variance(t, activation, sigma_w, param), t_b)) - t
+        return _log_ratio(t, activation, sigma_w, sigma_b, param)
 
     t_huge = _ln_q_huge(activation, sigma_b, param)
     if not g(t_huge) > 0:  # q -> inf does not attract

@@ -144,3 +144,95 @@ def test_the_critical_sigma_w_at_a_small_bias_is_the_crossing_mpmath_finds():
 
     got = theory.critical_sigma_w("tanh", 1e-3)
     assert chi1_minus_1(got * (1 - 1e-11)) < 0 < chi1_minus_1(got * (1 + 1e-11)), got
+
+
+# A fixed point at a tiny q where the map's ratio is 1 - O(q) or 1 - O(sqrt q) (tanh at sigma_w = 1:
+# q' = q - 2 q^2 + sigma_b^2 + ..., q* ~ sigma_b / sqrt 2; ELU at sigma_w = 1 and SELU at its critical
+# gain: q' = q - c q^1.5 + sigma_b^2, q* = (sigma_b^2 / c)^(2/3)). Their references: mpmath at 40 to
+# 80 digits, the map's root in q (tanh by quadrature, ELU and SELU in closed form), never fixed_point.
+SELU_CRITICAL = 0.690486073634184817713072285211  # sqrt(2 / (lambda^2 (1 + alpha^2))): q = 0 marginal
+
+
+def _mp_tanh_q_star(sigma_b):
+    """q* of tanh at sigma_w = 1: the root of E[tanh(sqrt(q) z)^2] + sigma_b^2 - q, scaled by sigma_b^2
+    (its terms cancel to O(q^2) = O(sigma_b^2)), by mpmath quadrature at 40 digits; and chi_1 there."""
+    import mpmath as mp
+
+    with mp.workdps(40):
+        b = mp.mpf(sigma_b)
+
+        def expect(f, q):  # E[f(sqrt(q) z)], z ~ N(0, 1)
+            s = mp.sqrt(q)
+            return mp.quad(lambda z: f(s * z) * mp.exp(-z * z / 2), [-mp.inf, -4, 0, 4, mp.inf]) / mp.sqrt(2 * mp.pi)
+
+        # in x = q / (sigma_b / sqrt 2): near 1
+        q0 = b / mp.sqrt(2)
+        x = mp.findroot(lambda x: (expect(lambda u: mp.tanh(u) ** 2, x * q0) + b * b - x * q0) / (b * b), mp.mpf(1))
+        q = x * q0
+        return q, expect(lambda u: 1 / mp.cosh(u) ** 4, q)
+
+
+@pytest.mark.parametrize("sigma_b", [1e-6, 1e-9, 1e-12])
+def test_tanh_at_sigma_w_1_has_its_tiny_fixed_point_where_float64_resolves_it(sigma_b):
+    """tanh at sigma_w = 1 with sigma_b = 1e-12 read NaN ("not resolved"), where q* = 7.07e-13 and the
+    map's ratio falls by 4 q* = 2.8e-12 per unit of ln q through it (2.8e-15, ~13 ulps of 1, over 0.1 %
+    of q* either side); the ratio was taken as ln q_{l+1} - ln q_l at |ln q| = 28, whose rounding (and
+    a quadrature bias of 6.7e-15) hid that. At 1e-9 and 1e-6 q* was off by 2.0e-6 and 2.3e-9 (mostly
+    that bias over 4 q*). Against mpmath; the reference itself against the series q* = q0 (1 + 17/12 q0),
+    q0 = sigma_b / sqrt 2, good to O(q0^2)."""
+    import mpmath as mp
+
+    want, chi = _mp_tanh_q_star(sigma_b)
+    q0 = sigma_b / math.sqrt(2)
+    assert abs(float(want) / (q0 * (1 + 17 / 12 * q0)) - 1) < 10 * q0 * q0 + 1e-15
+    # float64 places q* to ~1e-16 of the ratio over its slope 4 q*: 4e-5 at 1e-12, 4e-11 at 1e-6
+    rel = 1e-15 / (4 * q0)
+    assert theory.fixed_point("tanh", 1.0, sigma_b) == pytest.approx(float(want), rel=rel, abs=0)
+    assert theory.mean_field("tanh", 1.0, sigma_b).q_star == pytest.approx(float(want), rel=rel, abs=0)
+    # chi_1 = 1 - 2 q* + ...: its distance from 1 to ~1e-16 (the error of q* times 2 q*)
+    got = theory.chi1("tanh", 1.0, sigma_b)
+    assert abs((got - 1) - float(chi - 1)) < 4e-16 + 4 * q0 * rel, (got, chi)
+    assert mp.mpf(got) < 1
+
+
+@pytest.mark.parametrize("activation, sigma_w", [("elu", 1.0), ("selu", SELU_CRITICAL)])
+def test_elu_and_selu_at_their_critical_gain_have_their_tiny_fixed_point(activation, sigma_w):
+    """ELU at sigma_w = 1 and SELU at sqrt(2 / (lambda^2 (1 + alpha^2))) with sigma_b = 1e-15 read NaN:
+    there q' = q - c q^1.5 + sigma_b^2 (the kink at 0), q* ~ 1e-20 and the ratio falls by 1.5 c sqrt(q*)
+    ~ 1.3e-10 per unit of ln q through it, far above rounding. Against mpmath's closed form of the
+    ELU map, E[phi(s z)^2] = lambda^2 (s^2 / 2 + alpha^2 (1/2 - erfcx(s / sqrt 2) + erfcx(sqrt 2 s) / 2)),
+    at 80 digits (its terms cancel to q^1.5)."""
+    import mpmath as mp
+
+    with mp.workdps(80):
+        if activation == "elu":
+            lam, alpha = mp.mpf(1), mp.mpf(1)
+        else:
+            lam, alpha = mp.mpf(SELU_L), mp.mpf(SELU_A)  # the floats gradbench's SELU uses
+        sw2, b2 = mp.mpf(sigma_w) ** 2, mp.mpf("1e-15") ** 2
+
+        def step(q):
+            s = mp.sqrt(q)
+            neg = mp.mpf(1) / 2 - mp.erfc(s / mp.sqrt(2)) * mp.exp(q / 2) + mp.erfc(mp.sqrt(2) * s) * mp.exp(2 * q) / 2
+            return sw2 * lam ** 2 * (q / 2 + alpha ** 2 * neg) + b2
+
+        # q' - q ~ -c q^1.5 + sigma_b^2 (the ratio's q -> 0 limit is 1 to the rounding of the float
+        # sigma_w): the root near (sigma_b^2 / c)^(2/3), with c = sigma_w^2 lambda^2 alpha^2 E[|z|^3] / 2
+        guess = (b2 / (sw2 * lam ** 2 * alpha ** 2 * mp.sqrt(2 / mp.pi))) ** (mp.mpf(2) / 3)
+        x = mp.findroot(lambda x: (step(x * guess) - x * guess) / b2, mp.mpf(1))
+        want = float(x * guess)
+    assert 1e-21 < want < 1e-19
+    # the ratio's slope 1.5 c sqrt(q*) ~ 1e-10 places q* to ~1e-5
+    assert theory.fixed_point(activation, sigma_w, 1e-15) == pytest.approx(want, rel=1e-4, abs=0)
+
+
+def test_a_fixed_point_where_the_ratio_is_1_to_rounding_stays_nan():
+    """Below float64's resolution NaN stays: tanh at sigma_w = 1 with sigma_b = 1e-20 has q* ~ 7.1e-21,
+    where the ratio moves by 4 q* 1e-3 = 2.8e-23 over 0.1 % of q* (the series of the tests above),
+    far below an ulp of 1; ELU at sigma_w = 1 with sigma_b = 1e-50, q* ~ 1e-67: 1.5 sqrt(2 / pi) sqrt(q*)
+    1e-3 ~ 4e-37. Both below a thousandth of an ulp of 1."""
+    ulp = np.finfo(np.float64).eps
+    assert 4 * (1e-20 / math.sqrt(2)) * 1e-3 < 1e-3 * ulp and 1.5 * 0.8 * math.sqrt(1.2e-67) * 1e-3 < 1e-3 * ulp
+    for activation, sigma_b in (("tanh", 1e-20), ("elu", 1e-50)):
+        assert math.isnan(theory.fixed_point(activation, 1.0, sigma_b)), activation
+        assert theory.mean_field(activation, 1.0, sigma_b).phase == "unresolved"
