@@ -517,6 +517,21 @@ static float gb_float_ceil(double t) {
     return c;
 }
 
+/* ReLU and the identity forward, ReLU, leaky ReLU and the identity backward take float lanes too
+ * (gb_vf_lin): phi is z where z > 0 or NaN, else 0; phi' 1, else 0 or the slope p (NaN included),
+ * gb_vact's values, which its double lanes round to these very floats: the same bits without the
+ * conversions each way (float32 ReLU layers ran in double lanes). Not leaky ReLU's forward, whose
+ * p z the double lanes round twice. */
+static inline int gb_vf_lin(int act, int forward) {
+    return act == GB_RELU || act == GB_IDENTITY || (!forward && act == GB_LEAKY_RELU);
+}
+
+static GB_AINLINE void gb_vf_lin_act(gb_vf u, int act, float p, gb_vf *a, gb_vf *d) {
+    const gb_vf zero = {0}, one = zero + 1.0f;
+    if (a) *a = act == GB_IDENTITY ? u : gb_vf_blend((u > 0.0f) | (u != u), u, zero);
+    *d = act == GB_IDENTITY ? one : gb_vf_blend(u > 0.0f, one, zero + (act == GB_RELU ? 0.0f : p));
+}
+
 /* The float32 forward in float lanes (gb_vf_mode) over the row's whole float vectors from *jp
  * on (gb_act_forward_row_k's outputs; *jp advanced past them): returns the count of phi' < thr */
 static GB_AINLINE int64_t F(gb_vf_forward)(T *a, const T *z, int64_t N, const gb_scaled *s, double thr,
@@ -527,8 +542,12 @@ static GB_AINLINE int64_t F(gb_vf_forward)(T *a, const T *z, int64_t N, const gb
     for (; j + GB_VFL <= N; j += GB_VFL) {
         gb_vf u, va, vd;
         memcpy(&u, z + j, sizeof u);
-        const gb_vfi ok = gb_vf_layer(u, s, act, &va, &vd);
-        if (gb_vf_any(~ok)) F(gb_vf_fix)(z + j, ok, s, act, &va, &vd);
+        if (gb_vf_lin(act, 1)) {
+            gb_vf_lin_act(u, act, (float)s->p, &va, &vd);
+        } else {
+            const gb_vfi ok = gb_vf_layer(u, s, act, &va, &vd);
+            if (gb_vf_any(~ok)) F(gb_vf_fix)(z + j, ok, s, act, &va, &vd);
+        }
         memcpy(a + j, &va, sizeof va);
         vcnt += (vd < thrf) & (vd > -thrf);
         gb_vfb dv;
@@ -550,59 +569,12 @@ static GB_AINLINE void F(gb_vf_backward)(T *d, const T *g, const T *zr, int scal
     for (; j + GB_VFL <= N; j += GB_VFL) {
         gb_vf u, vd, da;
         memcpy(&u, zr + j, sizeof u);
-        const gb_vfi ok = gb_vf_layer(u, s, act, NULL, &vd);
-        if (gb_vf_any(~ok)) F(gb_vf_fix)(zr + j, ok, s, act, NULL, &vd);
-        memcpy(&da, g + j, sizeof da);
-        if (scale) da = da * alpha;
-        const gb_vf out = da * vd;
-        memcpy(d + j, &out, sizeof out);
-        if (mx) macc = gb_vf_max_keep(gb_vf_from_bits(gb_vf_bits(out) & 0x7fffffff), macc);
-    }
-    if (mx) {
-        const double m = gb_vf_hmax_nonneg(macc);
-        *mx = m > *mx ? m : *mx;
-    }
-    *jp = j;
-}
-/* gb_vf_forward for ReLU and the identity, which take z itself or 0 (gb_vact's: z where z > 0 or
- * NaN), phi' 1 or 0: the same bits as the double lanes without their conversions */
-static GB_AINLINE int64_t F(gb_vf_forward_lin)(T *a, const T *z, int64_t N, double thr, unsigned char *dead,
-                                               int64_t *jp, const int act) {
-    const float thrf = gb_float_ceil(thr);
-    const gb_vf zero = {0}, one = zero + 1.0f;
-    gb_vfi vcnt = {0};
-    int64_t j = *jp, cnt = 0;
-    for (; j + GB_VFL <= N; j += GB_VFL) {
-        gb_vf u;
-        memcpy(&u, z + j, sizeof u);
-        const gb_vfi keep = (u > 0.0f) | (u != u);
-        const gb_vf va = act == GB_IDENTITY ? u : gb_vf_blend(keep, u, zero);
-        const gb_vf vd = act == GB_IDENTITY ? one : gb_vf_blend(u > 0.0f, one, zero);
-        memcpy(a + j, &va, sizeof va);
-        vcnt += (vd < thrf) & (vd > -thrf);
-        gb_vfb dv;
-        memcpy(&dv, dead + j, sizeof dv);
-        dv &= __builtin_convertvector(u <= 0.0f, gb_vfb);
-        memcpy(dead + j, &dv, sizeof dv);
-    }
-    for (int i = 0; i < GB_VFL; i++) cnt -= vcnt[i];
-    *jp = j;
-    return cnt;
-}
-
-/* gb_vf_backward for ReLU, leaky ReLU and the identity (phi' is 1, or 0 / the slope p where
- * z > 0 fails, NaN included: gb_vact's), whose phi' in double rounds to these floats: the same
- * bits as the double lanes without their conversions (float32 ReLU at N = 64 ran its backward
- * rows in double lanes, z and dz converted each way) */
-static GB_AINLINE void F(gb_vf_backward_lin)(T *d, const T *g, const T *zr, int scale, T alpha, float p,
-                                             int64_t N, double *mx, int64_t *jp, const int act) {
-    const gb_vf one = (gb_vf){0} + 1.0f, low = (gb_vf){0} + (act == GB_RELU ? 0.0f : p);
-    gb_vf macc = {0};
-    int64_t j = *jp;
-    for (; j + GB_VFL <= N; j += GB_VFL) {
-        gb_vf u, da;
-        memcpy(&u, zr + j, sizeof u);
-        const gb_vf vd = act == GB_IDENTITY ? one : gb_vf_blend(u > 0.0f, one, low);
+        if (gb_vf_lin(act, 0)) {
+            gb_vf_lin_act(u, act, (float)s->p, NULL, &vd);
+        } else {
+            const gb_vfi ok = gb_vf_layer(u, s, act, NULL, &vd);
+            if (gb_vf_any(~ok)) F(gb_vf_fix)(zr + j, ok, s, act, NULL, &vd);
+        }
         memcpy(&da, g + j, sizeof da);
         if (scale) da = da * alpha;
         const gb_vf out = da * vd;
@@ -627,10 +599,8 @@ static GB_AINLINE int64_t F(gb_act_forward_row_k)(T *a, const T *z, int64_t N, c
 #ifdef GB_HAVE_VEC
     gb_vi vcnt = {0}; /* minus the count per lane */
 #if T_F32
-    if (gb_vf_mode(s, act)) /* float lanes (vact_f32.h) */
+    if (gb_vf_mode(s, act) || (s->vmode == GB_VM_PLAIN && gb_vf_lin(act, 1))) /* float lanes (vact_f32.h) */
         cnt += F(gb_vf_forward)(a, z, N, s, thr, dead, &j, act);
-    else if (s->vmode == GB_VM_PLAIN && (act == GB_RELU || act == GB_IDENTITY))
-        cnt += F(gb_vf_forward_lin)(a, z, N, thr, dead, &j, act);
 #endif
     if (s->vmode == GB_VM_PLAIN) { /* no scalar fallback: no call in the loop, constants stay in registers */
         /* two vectors per step, their instructions interleaved: the lanes' long dependency
@@ -737,10 +707,8 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
 #ifdef GB_HAVE_VEC
     gb_vd macc = {0};
 #if T_F32
-    if (!gamma && gb_vf_mode(s, act)) /* float lanes (vact_f32.h); the loops below take the rest */
-        F(gb_vf_backward)(d, g, zr, scale, alpha, s, N, mx, &j, act);
-    else if (!gamma && s->vmode == GB_VM_PLAIN && (act == GB_RELU || act == GB_LEAKY_RELU || act == GB_IDENTITY))
-        F(gb_vf_backward_lin)(d, g, zr, scale, alpha, (float)s->p, N, mx, &j, act);
+    if (!gamma && (gb_vf_mode(s, act) || (s->vmode == GB_VM_PLAIN && gb_vf_lin(act, 0))))
+        F(gb_vf_backward)(d, g, zr, scale, alpha, s, N, mx, &j, act); /* float lanes (vact_f32.h); the loops below take the rest */
 #endif
     if (s->vmode == GB_VM_PLAIN) { /* no call in the loop; batch norm (never rescaled) and
                                     * PReLU (homogeneous) always come here */
