@@ -324,8 +324,8 @@ def normalise_rows(G: np.ndarray, r: np.ndarray) -> None:
     zeros, or whose largest magnitude is not finite, unchanged)."""
     m = np.fmax.reduce(np.abs(G), axis=1, initial=0.0)  # NaN ignored (a row of NaN: NaN)
     with np.errstate(invalid="ignore"):
-        e = np.frexp(m)[1].astype(np.int64) * np.isfinite(m)  # frexp: exponent 0 for 0
-    np.ldexp(G, -e.astype(np.int32)[:, None], out=G)  # exact for the largest entries; the others rounded once, as scale_pow2
+        e = np.frexp(m)[1] * np.isfinite(m)  # frexp: exponent 0 for 0; int32, ldexp's vector loop
+    np.ldexp(G, -e[:, None], out=G)  # exact for the largest entries; the others rounded once, as scale_pow2
     r += e
 
 
