@@ -340,10 +340,8 @@ static void F(gb_scale_into)(REAL *y, const REAL *x, int64_t n, int k) {
         if (y != x) memcpy(y, x, sizeof(REAL) * (size_t)n);
     } else if (s != 0) {
         for (int64_t i = 0; i < n; i++) y[i] = x[i] * s;
-    } else if (k < 0) { /* below REAL's normal powers of two: two products (gb_pow2_down) */
-        REAL p[2];
-        F(gb_pow2_down)(k, p);
-        for (int64_t i = 0; i < n; i++) y[i] = (x[i] * p[0]) * p[1];
+    } else if (k < 0) { /* below REAL's normal powers of two */
+        F(gb_scale_down_into)(y, x, n, k);
     } else {
         for (int64_t i = 0; i < n; i++) y[i] = TLDEXP(x[i], k);
     }

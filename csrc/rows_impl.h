@@ -7,6 +7,7 @@
  * normalise_rows and clip_rows (value) row by row, the sums of squares of its norms.
  *   gb_absmax:         max|g|, NaN ignored or propagated
  *   gb_times_pow2:     g *= 2^k exactly; gb_scale_pow2: g brought to max|g| in [0.5, 1)
+ *   gb_pow2_down, gb_scale_down_into, gb_times_down: x 2^d (d <= 0) as ldexp rounds it, by products
  *   gb_row_normalise:  one row normalised, its exponent added to *r
  *   gb_clip_values / gb_clip_value_row: the value clip of one row at 2^*r
  *   gb_sumsq_row (the stacks'), gb_sumsq_row_at (the recurrent cells', rows at 2^d): sums of
@@ -146,6 +147,18 @@ static inline void F(gb_pow2_down)(int s, T p[2]) {
     s = s < 2 * m ? 2 * m : s;
     p[0] = (T)gb_pow2_f64(s >= m ? s : s - m);
     p[1] = s >= m ? (T)1 : (T)gb_pow2_f64(m);
+}
+
+/* y (n,) = x 2^d for d <= 0 with ldexp's rounding (y may be x): one or two products by powers of
+ * two (gb_pow2_down), in loops that vectorise */
+GB_ROWS_UNUSED static void F(gb_scale_down_into)(T *y, const T *x, int64_t n, int d) {
+    T p[2];
+    F(gb_pow2_down)(d, p);
+    if (p[1] == 1) {
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] * p[0];
+    } else {
+        for (int64_t i = 0; i < n; i++) y[i] = (x[i] * p[0]) * p[1];
+    }
 }
 
 #ifndef GB_OPAQUE /* without the vector extension: a plain C build contracts nothing it is not told to */

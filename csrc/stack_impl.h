@@ -1680,14 +1680,7 @@ static void F(gb_rescue_row)(T *dz, const T *g, const T *zr, const T *gamma, con
 /* x (n,) times 2^d, d <= 0, with ldexp's rounding: one or two products by powers of two
  * (gb_pow2_down), in loops that vectorise */
 static void F(gb_scale_down)(T *x, int64_t n, int64_t d) {
-    if (d == 0) return;
-    T p[2];
-    F(gb_pow2_down)(gb_clamp_exp(d), p);
-    if (p[1] == 1) {
-        for (int64_t i = 0; i < n; i++) x[i] *= p[0];
-    } else {
-        for (int64_t i = 0; i < n; i++) x[i] = (x[i] * p[0]) * p[1];
-    }
+    if (d != 0) F(gb_scale_down_into)(x, x, n, gb_clamp_exp(d));
 }
 
 #ifndef GB_ROWS_DEFINED /* not per type */
