@@ -151,6 +151,65 @@ def test_every_activation_same_bits_for_any_thread_count(act, isa):
 
 
 
+def _exact_float32_problem(act, width, sigma_b, seed, nan=False):
+    """A float32 stack whose forward and signal products are exact: each W_l permutes the units
+    and scales them by +-2^k (one term of each sum is not zero, whatever the summation order; few
+    signs flipped, so that ReLU keeps a signal), biases 0 or 1/4; an input with +-0, float32
+    subnormals, entries near the smallest normal and far above 1, and every sign; nan: a NaN in
+    row 7 (every later layer's row 7 NaN, and dW, db)."""
+    L = 7
+    stack = gb.Stack(depth=L, width=width, activation=act, init="normal", sigma_w=1.0, sigma_b=sigma_b,
+                     dtype="float32")
+    params = gb.init_params(stack, seed=seed)
+    rng = np.random.default_rng(seed)
+    for l in range(L):
+        W = np.zeros((width, width))
+        signs = rng.choice([-1.0, 1.0], width, p=[0.1, 0.9])
+        W[np.arange(width), rng.permutation(width)] = signs * 2.0 ** rng.integers(-2, 3, width)
+        params.W[l] = W
+    params.b[...] = sigma_b and 0.25
+    B = 9
+    x = rng.standard_normal((B, width))
+    x[1, ::3] = 0.0
+    x[1, 1::3] = -0.0
+    x[2] = rng.choice([-1.0, 1.0], width) * 2.0 ** rng.integers(-149, -126, width)  # subnormal
+    x[3] = rng.choice([-1.0, 1.0], width) * 2.0 ** rng.integers(-126, -120, width)  # near the smallest normal
+    x[4] = rng.choice([-1.0, 1.0], width) * 2.0 ** rng.integers(100, 106, width)  # far above 1
+    x[5] = 0.0
+    x[6, :5] = [np.float32(1.5), -0.0, np.float32(2.0 ** -149), np.float32(-(2.0 ** -149)), 0.0]
+    if nan:
+        x[7, 4] = np.nan
+    return stack, params, x.astype(np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("width, nan", [(37, False), (64, False), (37, True)])
+@pytest.mark.parametrize("sigma_b", [0.0, 0.25])
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "identity"])
+def test_float32_float_lanes_give_the_references_bits(act, sigma_b, width, nan, isa):
+    """float32 ReLU and the identity (forward and backward) and leaky ReLU (backward) run in float
+    lanes in C (csrc/stack_impl.h gb_vf_lin; docs/design.md section 2), said to give the very bits
+    of the double evaluation. Where every product is exact (_exact_float32_problem), C and the
+    NumPy reference must then agree bit for bit on H, Z, the signal (dh = dz W: dz's bits), every
+    exponent, flag and count (rows at their own exponents with zero biases; one exponent per layer
+    with 1/4), at each instruction set, on whole float vectors and the tail (width 37), and with
+    a NaN row. dW, db and the double statistics add many terms (their order is each backend's):
+    the tolerance comparison of tests/test_c.py; with the NaN row they are NaN, the same NaN
+    entries on both sides."""
+    stack, params, x = _exact_float32_problem(act, width, sigma_b, seed=3 + width, nan=nan)
+    want = test_c._run(ref.stack_forward, ref.stack_backward, stack, params, x)
+    got = _run(team_opts(1, isa=isa), stack, params, x)
+    live = np.delete(want["H"], 7, axis=1)
+    assert np.isfinite(live).all() and np.any(live[-1] != 0), "the problem lost its signal"
+    assert np.isnan(want["H"][1:, 7]).all() == nan
+    exact = ("H", "Z", "G", "fexp", "frow", "sig_e", "row_e", "gnorm_e", "dz_e", "dw_e", "clip_acted", "info",
+             "saturation", "dead")
+    for name in want if nan else exact:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=f"{act} isa {isa}: {name}")
+    if not nan:
+        test_c._compare(got, want, stack, f"{act} isa {isa}")
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("act, sigma_w", [("tanh", 1e4), ("sigmoid", 3e3), ("tanh", 1e3)])
 def test_rescued_layers_same_bits_for_any_thread_count(act, sigma_w, dtype):
