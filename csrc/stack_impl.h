@@ -440,14 +440,26 @@ static GB_AINLINE void F(gb_act_fwd_out)(T *a, unsigned char *dead, gb_vd u, gb_
 #if defined(GB_HAVE_VEC) && T_F32
 #include "vact_f32.h"
 
-/* The float lanes' layer modes: GB_VM_PLAIN (z as it is) and GB_VM_MUL with |f| <= 60, where
+/* ReLU and the identity forward, ReLU, leaky ReLU and the identity backward take float lanes too
+ * (gb_vf_lin): phi is z where z > 0 or NaN, else 0; phi' 1, else 0 or the slope p (NaN included),
+ * gb_vact's values, which its double lanes round to these very floats: the same bits without the
+ * conversions each way (float32 ReLU layers ran in double lanes). Not leaky ReLU's forward, whose
+ * p z the double lanes round twice. */
+static inline int gb_vf_lin(int act, int forward) {
+    return act == GB_RELU || act == GB_IDENTITY || (!forward && act == GB_LEAKY_RELU);
+}
+
+/* Whether a row's activation runs in float lanes, in the forward (forward = 1) or the backward:
+ * ReLU and its kin in GB_VM_PLAIN (gb_vf_lin); the others in the float lanes' layer modes:
+ * GB_VM_PLAIN (z as it is) and GB_VM_MUL with |f| <= 60, where
  * z = u 2^f of a lane at or beyond TINY (float32: 2^-16 tanh, 2^-28 ELU, SELU) is a normal
  * float, exact (or inf: the double functions take that lane), and so is phi(z) 2^-f: the
  * products of the double rows, in float; lanes below TINY take the linear form c0 u, c0, as
  * the double rows do (bitwise). And f < -60 for every scaled activation (a vanished signal):
  * the lanes with |u| < tiny 2^-f take the linear form in float (c0 u rounded once, as the double
  * rows round it), the others the double functions (gb_vf_fix) */
-static int gb_vf_mode(const gb_scaled *s, const int act) {
+static int gb_vf_mode(const gb_scaled *s, const int act, const int forward) {
+    if (s->vmode == GB_VM_PLAIN && gb_vf_lin(act, forward)) return 1;
     /* not for any row of a layer whose exponent is above 60 (its rows below it, from frow, at
      * most 60 themselves: one exponent per layer took the double lanes for all of them; so the
      * bits stay those of one exponent per layer) */
@@ -515,15 +527,6 @@ static float gb_float_ceil(double t) {
     float c = (float)t;
     if ((double)c < t) c = nextafterf(c, INFINITY);
     return c;
-}
-
-/* ReLU and the identity forward, ReLU, leaky ReLU and the identity backward take float lanes too
- * (gb_vf_lin): phi is z where z > 0 or NaN, else 0; phi' 1, else 0 or the slope p (NaN included),
- * gb_vact's values, which its double lanes round to these very floats: the same bits without the
- * conversions each way (float32 ReLU layers ran in double lanes). Not leaky ReLU's forward, whose
- * p z the double lanes round twice. */
-static inline int gb_vf_lin(int act, int forward) {
-    return act == GB_RELU || act == GB_IDENTITY || (!forward && act == GB_LEAKY_RELU);
 }
 
 static GB_AINLINE void gb_vf_lin_act(gb_vf u, int act, float p, gb_vf *a, gb_vf *d) {
@@ -599,7 +602,7 @@ static GB_AINLINE int64_t F(gb_act_forward_row_k)(T *a, const T *z, int64_t N, c
 #ifdef GB_HAVE_VEC
     gb_vi vcnt = {0}; /* minus the count per lane */
 #if T_F32
-    if (gb_vf_mode(s, act) || (s->vmode == GB_VM_PLAIN && gb_vf_lin(act, 1))) /* float lanes (vact_f32.h) */
+    if (gb_vf_mode(s, act, 1)) /* float lanes (vact_f32.h) */
         cnt += F(gb_vf_forward)(a, z, N, s, thr, dead, &j, act);
 #endif
     if (s->vmode == GB_VM_PLAIN) { /* no scalar fallback: no call in the loop, constants stay in registers */
@@ -707,7 +710,7 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
 #ifdef GB_HAVE_VEC
     gb_vd macc = {0};
 #if T_F32
-    if (!gamma && (gb_vf_mode(s, act) || (s->vmode == GB_VM_PLAIN && gb_vf_lin(act, 0))))
+    if (!gamma && gb_vf_mode(s, act, 0))
         F(gb_vf_backward)(d, g, zr, scale, alpha, s, N, mx, &j, act); /* float lanes (vact_f32.h); the loops below take the rest */
 #endif
     if (s->vmode == GB_VM_PLAIN) { /* no call in the loop; batch norm (never rescaled) and
