@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
-import re
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import gradbench as gb
+from gradbench._procstat import reset_peak, status_bytes
 from gradbench.logscaled import LogScaled
 
 from bench_cases import Case
@@ -94,12 +94,6 @@ def check_backend(name: str, case: Case, res, ref: Reference) -> None:
 
 
 # ------------------------------------------------------------------ memory
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        m = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
-    return int(m.group(1)) if m else -1
-
-
 def _reset_peak() -> bool:
     gc.collect()
     from gradbench import buffers
@@ -109,12 +103,7 @@ def _reset_peak() -> bool:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
+    return reset_peak()
 
 
 def measure(fn, trace_numpy: bool, memory: bool = True):
@@ -128,7 +117,7 @@ def measure(fn, trace_numpy: bool, memory: bool = True):
         out = fn()
         return out, time.perf_counter() - t0, {}
     can_reset = _reset_peak()
-    rss0 = _status_kib("VmRSS")
+    rss0 = status_bytes("VmRSS")
     if trace_numpy:
         tracemalloc.start()
     t0 = time.perf_counter()
@@ -142,7 +131,7 @@ def measure(fn, trace_numpy: bool, memory: bool = True):
         if trace_numpy:
             tracemalloc.stop()
     if can_reset and rss0 >= 0:
-        mem["peak_rss_mib"] = round(max(_status_kib("VmHWM") - rss0, 0) / 1024, 3)
+        mem["peak_rss_mib"] = round(max(status_bytes("VmHWM") - rss0, 0) / 2**20, 3)
     return out, seconds, mem
 
 

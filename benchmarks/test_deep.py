@@ -21,22 +21,12 @@ import sys
 import pytest
 
 SCRIPT = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 import gradbench as gb
+from gradbench._procstat import own_peak_bytes, reset_peak
 
-def peak_mib():  # this process's own peak (the fork it came from counts in ru_maxrss)
-    try:
-        with open("/proc/self/status") as f:
-            return int(f.read().split("VmHWM:")[1].split()[0]) / 1024
-    except (OSError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-try:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := the current RSS (imports included), not the parent's at fork
-except OSError:
-    pass
+reset_peak()  # VmHWM := the current RSS (imports included)
 L, N, B, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 stack = gb.Stack(depth=L, width=N, activation="tanh", init="he_normal")
 x = gb.gaussian_input(stack, B, seed=1)
@@ -53,7 +43,7 @@ else:
     res = gb.backprop(stack, params, x, stats_only=True, checkpoint=max(1, round(L ** 0.5)))
 seconds = time.perf_counter() - t
 g = res.grad_norm.log10()
-print(json.dumps(dict(seconds=seconds, maxrss_mib=peak_mib(),
+print(json.dumps(dict(seconds=seconds, maxrss_mib=own_peak_bytes() / 2**20,
                       backend=res.backend, finite=bool(np.all(np.isfinite(g))), log10_first=float(g[0]),
                       log10_last=float(g[-1]))))
 """

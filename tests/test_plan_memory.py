@@ -19,14 +19,13 @@ import sys
 import pytest
 
 MEASURE = r"""
-import json, re, sys
+import json, sys
 import numpy as np
 import gradbench as gb
+from gradbench._procstat import reset_peak, status_bytes
 from gradbench.histograms import DEFAULT_BINS
 from gradbench.plan import memory_estimate
 
-def status(key):
-    return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
 
 case = json.loads(sys.argv[1])
 kw = {"activation": "tanh", "init": "he_normal", **case["kw"]}
@@ -57,8 +56,8 @@ p, x, t = inputs(stack, case["batch"])
 given = [x, t] + [getattr(p, k) for k in ("W_in", "b_in", "W_out", "b_out")]
 if not case["generated"]:
     given += [getattr(p, k) for k in ("W", "b", "gamma", "beta", "slope")]
-open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
-before = status("VmRSS")
+assert reset_peak()  # VmHWM := VmRSS
+before = status_bytes("VmRSS")
 res = gb.backprop(stack, p, x, t, **run)
 estimate = res.extras["memory_estimate"]
 if case.get("diagnose"):  # the run's plan with the diagnosis counted, as the command line plans it
@@ -67,7 +66,7 @@ if case.get("diagnose"):  # the run's plan with the diagnosis counted, as the co
                 keep_weights=res.extras["weights_kept"], backend=case["backend"])
     assert memory_estimate(stack, case["batch"], **same) == estimate
     estimate = memory_estimate(stack, case["batch"], diagnose_bins=DEFAULT_BINS, **same)
-peak = status("VmHWM") - before + sum(a.nbytes for a in given if a is not None)
+peak = status_bytes("VmHWM") - before + sum(a.nbytes for a in given if a is not None)
 print(json.dumps({"estimate": estimate, "peak": peak}))
 """
 

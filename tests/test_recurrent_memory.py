@@ -11,7 +11,6 @@ import pytest
 
 import gradbench as gb
 from gradbench.recurrent.engine import memory_estimate, plan_run
-from tests.peak_memory import PEAK_BYTES
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -69,9 +68,10 @@ def test_estimate_tracks_a_real_run():
     assert res.extras["segments"] > 1 and 0.5 * est < peak < 1.5 * est, (peak, est)
 
 
-# the CLI, then the process's own peak resident memory on its last line of stderr (tests/peak_memory.py)
-_MILLION = PEAK_BYTES + """
+# the CLI, then the process's own peak resident memory on its last line of stderr (gradbench/_procstat.py)
+_MILLION = """
 import sys
+from gradbench._procstat import own_peak_bytes
 from gradbench.cli import main
 code = main(sys.argv[1:])
 print(own_peak_bytes(), file=sys.stderr)
