@@ -55,6 +55,10 @@ _LN_Q_LARGE = math.log(1e12)
 # The length map's ratio q_{l+1} / q_l in its limits q -> 0 and q -> inf is read at these q (the
 # limits of phi(s z) / s in z are reached there; past a large sigma_b or ELU alpha: _ln_q_huge).
 _LN_Q_TINY, _LN_Q_HUGE = math.log(1e-200), math.log(1e200)
+# Past |x| = _X_TAIL every activation here is its asymptote to double precision, a line (c x) or a
+# constant (_tail): where s z passes it (s > ~1e298) phi(s z) / s is read from the asymptote instead
+# of from phi at s z, which overflows (ELU, SELU, GELU and swish read inf or NaN for s > 1e307).
+_X_TAIL = 1e300
 # Values of phi or phi' whose squares, times the quadrature weights, stay normal floats when the
 # largest of them lies in this range; beyond it they are summed relative to the largest (_log_panel).
 _SQUARE_RANGE = (1e-150, 1e150)
@@ -93,7 +97,10 @@ def _log_expect(g, log_s: float, relative: bool = False) -> float:
     (phi'(0-)^2 + phi'(0+)^2) / 2 (:func:`_ln_ratio_at_zero`), to rounding (s -> inf alike for the
     activations that tend to linear), where a bias of 6.7e-15 moved tanh's q* at sigma_b = 1e-9 by
     2e-6. Near the ends of the floats (s < 1e-299 or s > 1e304, where s z or g(s z) / s leave
-    them) it is the plain form less 2 ln s.
+    them) it is the plain form less 2 ln s. Where s z passes _X_TAIL the second panel reads g from
+    its asymptotes there (:func:`_tail`): where g tends to a line on a side (ELU, SELU, GELU, swish
+    to +inf) it sums g(s z) / s and adds 2 ln s (g(s z) itself overflows), else g(X) stands for
+    g(s z) (GELU' and swish' read NaN at inf).
     """
     if relative and not -690.0 < log_s < 700.0:
         return _log_expect(g, log_s) - 2 * log_s
@@ -117,10 +124,35 @@ def _log_expect(g, log_s: float, relative: bool = False) -> float:
             value = np.logaddexp(_log_panel(wx, g(xs), g(-xs)) - 3 * log_s, _log_panel(wz, g(s * z) / s, g(-s * z) / s))
             norm = np.logaddexp(np.log(2 * np.sum(wx * xs * xs)) - 3 * log_s, np.log(2 * np.sum(wz * z * z)))
             return float(value - norm)
-        gz = (g(s * z), g(-s * z)) if math.isfinite(s) else (g(np.full_like(z, np.inf)), g(np.full_like(z, -np.inf)))
-        value = np.logaddexp(_log_panel(wx, g(xs), g(-xs)) - log_s, _log_panel(wz, *gz))
+        tails = (_tail(g, 1.0), _tail(g, -1.0)) if s * _Z_MAX > _X_TAIL else (None, None)
+        if None not in tails and "line" in (tails[0][0], tails[1][0]):  # phi(s z) / s, then 2 ln s
+            panel2 = _log_panel(wz, *(_over_s(g, sign, s, inv_s, z, tail) for sign, tail in zip((1.0, -1.0), tails)))
+            value = np.logaddexp(_log_panel(wx, g(xs), g(-xs)) - log_s, panel2 + 2 * log_s)
+        else:  # both asymptotes flat: g there is g(X) (GELU' at inf itself reads NaN)
+            x = np.minimum(s * z, _X_TAIL) if None not in tails else s * z
+            gz = (g(x), g(-x)) if math.isfinite(s) or None not in tails else (g(np.full_like(z, np.inf)), g(np.full_like(z, -np.inf)))
+            value = np.logaddexp(_log_panel(wx, g(xs), g(-xs)) - log_s, _log_panel(wz, *gz))
         norm = np.logaddexp(np.log(2 * np.sum(wx)) - log_s, np.log(2 * np.sum(wz)))
         return float(value - norm)
+
+
+def _tail(g, sign: float):
+    """g's asymptote towards sign * inf, read at _X_TAIL: ("flat", g(X)) where g(2X) = g(X) (tanh,
+    sigmoid; ELU and SELU to -inf; 0 for GELU and swish there), ("line", g(X) / X) where
+    g(2X) = 2 g(X) (to +inf: ELU, SELU, GELU, swish; leaky ReLU both ways), else None."""
+    a, b = (float(g(np.array([k * sign * _X_TAIL]))[0]) for k in (1.0, 2.0))
+    if b == a:
+        return "flat", a
+    return ("line", a / _X_TAIL) if b == 2 * a else None
+
+
+def _over_s(g, sign: float, s: float, inv_s: float, z, tail):
+    """g(sign s z) / s at the nodes z > 0: from g where s z <= _X_TAIL, from the asymptote past it
+    (z times the line's g(sign X) / X, or the constant times 1 / s); s may be inf."""
+    x = s * z
+    near = x <= _X_TAIL
+    far = z * tail[1] if tail[0] == "line" else np.full_like(z, tail[1] * inv_s)
+    return np.where(near, g(sign * np.where(near, x, 0.0)) * inv_s, far)
 
 
 def _log_panel(w, g_pos, g_neg):

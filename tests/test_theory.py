@@ -792,6 +792,39 @@ def test_along_stack_of_relu_is_the_closed_form(sigma_w):
     np.testing.assert_allclose(along.decades, 0.5 * r, rtol=1e-12, atol=1e-15)
 
 
+SELU_LAMBDA = 1.0507009873554805
+# E[phi(s z)^2] / s^2 and E[phi'(s z)^2] as s -> inf: (c+^2 + c-^2) / 2 for phi -> c+ x at +inf
+# and c- x at -inf (a constant there weighs alpha^2 / s^2: nothing at these s)
+LINEAR_TAILS = {"elu": 0.5, "selu": 0.5 * SELU_LAMBDA**2, "gelu": 0.5, "swish": 0.5,
+                "leaky_relu": 0.5 * (1 + 0.01**2), "identity": 1.0}
+
+
+@pytest.mark.parametrize("log_s", [700.0, 707.5, 709.5, 720.0, 5000.0])
+@pytest.mark.parametrize("activation", sorted(LINEAR_TAILS))
+def test_mean_squares_past_the_largest_float_are_the_asymptotes(activation, log_s):
+    """At s = e^log_s past ~1e307, phi(s z) overflows for the activations that tend to a line:
+    E[phi(s z)^2] read inf (ELU, SELU) or NaN (GELU, swish) and E[phi'(s z)^2] NaN (GELU, swish).
+    Both are the asymptotes' closed forms, in logarithms."""
+    f, df = theory._phi(activation, theory._param(activation, None))
+    want = math.log(LINEAR_TAILS[activation])
+    tol = 1e-12 + 4e-16 * 2 * log_s  # the value less 2 ln s: its rounding
+    assert theory._log_expect(f, log_s) - 2 * log_s == pytest.approx(want, abs=tol)
+    assert theory._log_expect(df, log_s) == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["elu", "selu", "gelu", "swish"])
+def test_along_stack_follows_lengths_past_the_largest_float(activation):
+    """sigma_w = 4 makes the lengths grow ~0.9 decades a layer: past layer ~680 q_l passes
+    e^1414 (s = sqrt(q) past the largest float), where the lengths read inf and, for GELU and
+    swish, the lengths and the decades NaN. In the linear regime each layer multiplies q by
+    sigma_w^2 (c+^2 + c-^2) / 2 and chi_1 is that same factor."""
+    along = theory.along_stack(activation, 1500, sigma_w=4.0, sigma_b=0.1)
+    assert np.all(np.isfinite(along.log10_q)) and np.all(np.isfinite(along.decades))
+    r = math.log10(16.0 * LINEAR_TAILS[activation])
+    np.testing.assert_allclose(np.diff(along.log10_q)[600:], r, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(along.decades[600:], 0.5 * r, rtol=0, atol=1e-9)
+
+
 def test_along_stack_reaches_the_fixed_point_prediction():
     stack = gb.Stack(depth=300, width=8, activation="tanh", init="normal", sigma_w=1.5, sigma_b=0.1)
     along = theory.along_stack(stack)
