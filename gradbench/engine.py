@@ -49,7 +49,11 @@ def can_rescale_forward(stack: Stack, params: Params | GeneratedParams) -> bool:
     their activations can shrink or grow without bound (phi(0) = 0), and only exponents keep
     them exact (positively homogeneous activations are rescaled exactly; tanh, ELU, SELU, swish
     and GELU through :func:`gradbench.activations.phi_scaled`). Sigmoid (phi(0) = 1/2), nonzero
-    biases and batch norm keep the signal O(1) and need nothing.
+    biases and batch norm keep a vanishing forward signal O(1) and the activations of a bounded
+    one; they are not rescaled. An exploding stack with biases (ReLU at sigma_w = 3 grows ~0.32
+    decades a layer) therefore overflows the forward as plain float64 would (past ~10^308, layer
+    961 of that stack): the run reports that layer as the first non-finite one, and the diagnosis
+    says so.
     """
     return params.zero_bias and not stack.batch_norm and stack.activation != "sigmoid"
 
