@@ -747,6 +747,26 @@ def test_theory_cli_simulates_where_q_star_is_not_resolved(capsys):
     assert "critical sigma_w        1 at sigma_b = 1e-20 (sigma_w^2 = 1)" in text
 
 
+def test_theory_cli_says_a_biased_simulation_overflowed_in_the_forward(capsys):
+    """GELU at sigma_w = 4 with a bias: q_l grows ~0.9 decades a layer, and a stack with biases is
+    not rescaled, so the simulated forward overflows where the activations' mean square q_l passes
+    float64's largest squared (mean field: ~layer 680). The simulation line said only that the
+    signal was not finite at every layer; it names the forward's first non-finite layer, near the
+    mean-field crossing (a finite width grows a little slower: layer 693 at width 64, 732 at 16),
+    and why."""
+    from gradbench.cli import main
+
+    assert main(["theory", "--activation", "gelu", "--sigma-w", "4", "--sigma-b", "0.1", "--depth", "800",
+                 "--width", "64"]) == 0
+    simulated = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("simulated"))
+    m = re.search(r"the forward pass having turned non-finite at layer (\d+) \(a stack with biases is not "
+                  r"rescaled: its activations overflow as plain float64's do\)", simulated)
+    assert m, simulated
+    along = theory.along_stack("gelu", 800, sigma_w=4.0, sigma_b=0.1)
+    crossing = int(np.argmax(along.log10_q > 2 * math.log10(np.finfo(np.float64).max)))
+    assert abs(int(m.group(1)) - crossing) <= 40, (m.group(1), crossing)
+
+
 def _elu_path_by_quadrature(sigma_w, q0, depth):
     """ELU (alpha 1) lengths and 0.5 log10 chi_1 layer by layer, by SciPy's adaptive quadrature
     split at the kink: the check of theory.along_stack."""
