@@ -103,6 +103,12 @@ typedef struct {
 
 int gb_team_run(int nth, gb_team_fn fn, void *arg, int64_t solo_after);
 void gb_barrier_wait(gb_barrier *b, int *sense);
+/* gb_barrier_wait in two halves, for work that can fill the wait: arrive (1 when the barrier
+ * is complete: this thread came last, or there is no team), whether it is complete (sense as
+ * arrive left it), and the wait itself (spin, then sleep). */
+int gb_barrier_arrive(gb_barrier *b, int *sense);
+int gb_barrier_passed(gb_barrier *b, int sense);
+void gb_barrier_finish(gb_barrier *b, int sense);
 /* p->step = step (release), waking the team's threads asleep in gb_progress_wait. */
 void gb_progress_set(gb_barrier *b, gb_progress *p, int64_t step);
 /* Wait until p[t].step >= step for every t < n (acquire): spin briefly, then sleep on b. */

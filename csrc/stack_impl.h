@@ -1395,8 +1395,20 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
             F(gb_transpose_rows)(wt[q], W + q * NN, N, own ? 0 : j0, own ? N : j1);
         if (!own) gb_progress_set(bar, &st->tdone[tid], GB_MIN(2, L) - 1);
     }
+    /* Work the layers' barriers can wait on (rescaling: one a layer, where the first to arrive
+     * spun for the last): the own copy of W^T up to W_{l+2} (tw: the next to write; W_l^T is
+     * written before layer l's product at the latest) and the row statistics of the thread's
+     * rows of the layer before (ps: the layer, its rows ps0 to ps1; written at the next barrier
+     * at the latest). Same values, in a wait that was spent spinning. */
+    int64_t tw = own && !st->gemm ? GB_MIN(2, L) : L, ps = -1, ps0 = 0, ps1 = 0;
+#define GB_FWD_STATS() (F(gb_row_stats)(H + (ps + 1) * BN, ps0, ps1, N, st->rsum + ps * B, st->rm2 + ps * B, \
+                                        st->rbad + ps * B), ps = -1)
     for (int64_t l = 0; l < L; l++) {
-        if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 */
+        if (gb_team_solo(tid, &nth, &bar, &sense)) { /* the rest on thread 0 */
+            if (ps >= 0) GB_FWD_STATS();
+            return;
+        }
+        for (; tw <= l; tw++) F(gb_transpose_rows)(wt[tw % 3], W + tw * NN, N, 0, N);
         r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
         j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
         if (k && l % k == 0) fg = f; /* h_l starts a group: its skip is added at this exponent */
@@ -1453,7 +1465,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
             }
         }
         if (!st->gemm && own) {
-            if (l + 2 < L) F(gb_transpose_rows)(wt[(l + 2) % 3], W + (l + 2) * NN, N, 0, N);
+            if (!rescale || !bar) /* no barrier at this layer to wait on */
+                for (; tw <= l + 2 && tw < L; tw++) F(gb_transpose_rows)(wt[tw % 3], W + tw * NN, N, 0, N);
         } else if (!st->gemm) {
             gb_progress_set(bar, &st->rdone[tid], l); /* done with W_l^T */
             if (l + 2 < L) {
@@ -1500,11 +1513,22 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 if (nz && g > tnz) tnz = g;
                 tall = g > tall ? g : tall;
             }
-            F(gb_row_stats)(H + (l + 1) * BN, r0, r1, N, st->rsum + l * B, st->rm2 + l * B, st->rbad + l * B);
             int64_t *slot = st->eslot + (size_t)(l & 1) * nth * GB_FSLOT;
             slot[(size_t)tid * GB_FSLOT] = tnz;
             slot[(size_t)tid * GB_FSLOT + 1] = tall;
-            gb_barrier_wait(bar, &sense); /* every thread's rows */
+            if (ps >= 0) GB_FWD_STATS(); /* at most one layer's statistics pending */
+            ps = l, ps0 = r0, ps1 = r1;
+            if (!bar) /* alone: nothing to wait on, the rows still in L1 */
+                GB_FWD_STATS();
+            else if (!gb_barrier_arrive(bar, &sense)) { /* every thread's rows; meanwhile the pending work */
+                while (!gb_barrier_passed(bar, sense) && (ps >= 0 || (tw <= l + 2 && tw < L))) {
+                    if (ps >= 0)
+                        GB_FWD_STATS();
+                    else
+                        F(gb_transpose_rows)(wt[tw % 3], W + tw * NN, N, 0, N), tw++;
+                }
+                gb_barrier_finish(bar, sense);
+            }
             /* the layer's exponent: the largest non-zero row's (all rows zero: the largest) */
             int64_t mz = GB_NOEXP_F, ma = GB_NOEXP_F;
             for (int t = 0; t < nth; t++) {
@@ -1523,6 +1547,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
          * shares of W^T) and may go solo at the next layer */
         if (!rescale && !st->cfg.bn && (l + 1) % GB_JUDGE_EVERY == 0) gb_barrier_wait(bar, &sense);
     }
+    if (ps >= 0) GB_FWD_STATS();
+#undef GB_FWD_STATS
 }
 
 /* The forward driver: the contract of reference.stack_forward (arrays: abi.FORWARD). */
@@ -1804,12 +1830,12 @@ static void F(gb_rows_e)(const int64_t *re, const unsigned char *nz, int64_t r0,
 }
 
 /* The end of finish for rows [r0, r1) at the layer's exponent e: rows of zeros take e, the
- * sums of squares of the rows times 4^(rg - e) (what ||G 2^(rg - e)|| sums, in row order after
- * the layers), non-finite rows */
-static void F(gb_finish_rows)(F(gb_bwd) *st, int64_t l, int64_t e, int64_t r0, int64_t r1) {
+ * sums of squares of the rows (unless summed: taken already) times 4^(rg - e) (what
+ * ||G 2^(rg - e)|| sums, in row order after the layers), non-finite rows */
+static void F(gb_finish_rows)(F(gb_bwd) *st, int64_t l, int64_t e, int64_t r0, int64_t r1, int summed) {
     const int64_t B = st->a->B, N = st->a->N;
     double *rsq = st->rsq + l * B;
-    F(gb_row_sumsq)(st->a->G, r0, r1, N, rsq, st->rbad + l * B);
+    if (!summed) F(gb_row_sumsq)(st->a->G, r0, r1, N, rsq, st->rbad + l * B);
     for (int64_t r = r0; r < r1; r++) {
         if (!st->gnz[r]) st->rg[r] = e;
         const int64_t d = st->rg[r] - e;
@@ -1869,6 +1895,15 @@ static void F(gb_bwd_dw)(F(gb_bwd) *st, int64_t l, int64_t i0, int64_t i1, gb_pf
     if (with_db) F(gb_colsum)(db, dz, B, N, i0, i1);
 }
 
+/* The sums of squares of dW_l's rows [i0, i1) into gsq (8 or 4 rows at a time, then one by one) */
+static void F(gb_dw_sumsq)(F(gb_bwd) *st, int64_t l, int64_t i0, int64_t i1) {
+    const int64_t N = st->a->N;
+    const T *dW = (const T *)st->a->dW + l * N * N;
+    double *gsq = st->gsq + l * N;
+    for (int64_t i = F(gb_sumsq_rows4)(dW, F(gb_sumsq_rows8)(dW, i0, i1, N, gsq), i1, N, gsq); i < i1; i++)
+        gsq[i] = F(gb_sumsq_row)(dW + i * N, N, 1.0, 1.0);
+}
+
 static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     F(gb_bwd) *st = arg;
     const gb_stack_arrays *a = st->a;
@@ -1895,10 +1930,19 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
     F(gb_rows_e)(rg, st->gnz, r0, r1, slots + (size_t)tid * GB_SLOT, GB_SL_GNZ, GB_SL_GALL);
     gb_barrier_wait(bar, &sense);
     int64_t e = gb_slots_e(slots, nth, GB_SL_GNZ, GB_SL_GALL); /* E(rows) of dL/dh_{l+1} */
-    F(gb_finish_rows)(st, L, e, r0, r1);
+    F(gb_finish_rows)(st, L, e, r0, r1, 0);
     if (tid == 0) sig_e[L] = e;
+    /* Work the layer's barrier can wait on (the first to arrive spun for the last): the sums of
+     * squares of the thread's rows of dW of the layer before (pg: the layer, its rows pg0 to pg1;
+     * taken at the next barrier at the latest) and of its rows of G once they are final (no
+     * clipping by norm). Same values, in a wait that was spent spinning. */
+    int64_t pg = -1, pg0 = 0, pg1 = 0;
+#define GB_BWD_GSQ() (F(gb_dw_sumsq)(st, pg, pg0, pg1), pg = -1)
     for (int64_t l = L - 1; l >= 0; l--) {
-        if (gb_team_solo(tid, &nth, &bar, &sense)) return; /* the rest on thread 0 */
+        if (gb_team_solo(tid, &nth, &bar, &sense)) { /* the rest on thread 0 */
+            if (pg >= 0) GB_BWD_GSQ();
+            return;
+        }
         r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
         i0 = F(gb_part)(N, tid, nth), i1 = F(gb_part)(N, tid + 1, nth);
         slots = st->slot + (size_t)(l & 1) * nth * GB_SLOT;
@@ -2004,7 +2048,18 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         F(gb_rows_e)(rg, st->gnz, r0, r1, my, GB_SL_GNZ, GB_SL_GALL);
         my[GB_SL_ACTED] = acted;
         my[GB_SL_WNZ] = wnz;
-        gb_barrier_wait(bar, &sense); /* every row of dz_l and of dL/dh_l, every slot written */
+        int summed = 0; /* G's rows' sums of squares taken (gb_finish_rows) */
+        if (bar && !gb_barrier_arrive(bar, &sense)) { /* every row of dz_l and of dL/dh_l, every slot written */
+            while (!gb_barrier_passed(bar, sense) && (pg >= 0 || (!summed && st->cfg.clip != GB_CLIP_NORM))) {
+                if (pg >= 0) {
+                    GB_BWD_GSQ();
+                } else {
+                    F(gb_row_sumsq)(G, r0, r1, N, st->rsq + l * B, st->rbad + l * B);
+                    summed = 1;
+                }
+            }
+            gb_barrier_finish(bar, sense);
+        }
         if (!st->cfg.bn) edz = gb_slots_e(slots, nth, GB_SL_DNZ, GB_SL_DALL);
         /* dW's exponent w (reference pair_top): the largest r + frow[l] over the rows where dz and
          * h_l are both not all zero, else dz's. The rows of dz go to db at 2^(r - edz) and to dW at
@@ -2041,13 +2096,12 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         e = gb_slots_e(slots, nth, GB_SL_GNZ, GB_SL_GALL);
         for (int t = 0; t < nth; t++) acted |= slots[(size_t)t * GB_SLOT + GB_SL_ACTED];
         F(gb_bwd_dw)(st, l, i0, i1, &pf, nr + nb1, npf, same);
-        for (int64_t i = F(gb_sumsq_rows4)(dW + l * NN, F(gb_sumsq_rows8)(dW + l * NN, i0, i1, N, st->gsq + l * N), i1,
-                                           N, st->gsq + l * N);
-             i < i1; i++)
-            st->gsq[l * N + i] = F(gb_sumsq_row)(dW + l * NN + i * N, N, 1.0, 1.0);
+        if (pg >= 0) GB_BWD_GSQ(); /* at most one layer's pending */
+        pg = l, pg0 = i0, pg1 = i1;
+        if (!bar) GB_BWD_GSQ(); /* alone: nothing to wait on, the rows still in cache */
         if (st->cfg.clip == GB_CLIP_NORM)
             e = F(gb_clip_norm_team)(st, e, r0, r1, tid, nth, bar, &sense, slots, &acted);
-        F(gb_finish_rows)(st, l, e, r0, r1);
+        F(gb_finish_rows)(st, l, e, r0, r1, summed);
         if (tid == 0) {
             sig_e[l] = e;
             a->dz_e[l] = edz;
@@ -2055,6 +2109,8 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             a->clip_acted[l] = acted; /* [L] is the caller's: it clipped the top signal */
         }
     }
+    if (pg >= 0) GB_BWD_GSQ();
+#undef GB_BWD_GSQ
 }
 
 /* The backward driver: the contract of reference.stack_backward (arrays: abi.BACKWARD). */

@@ -57,8 +57,8 @@ static int64_t gb_now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-void gb_barrier_wait(gb_barrier *b, int *sense) {
-    if (!b || b->n <= 1) return;
+int gb_barrier_arrive(gb_barrier *b, int *sense) {
+    if (!b || b->n <= 1) return 1;
     const int s = !*sense;
     *sense = s;
     const int64_t now = gb_now_ns();
@@ -90,17 +90,30 @@ void gb_barrier_wait(gb_barrier *b, int *sense) {
             pthread_cond_broadcast(&b->cv);
             pthread_mutex_unlock(&b->mu);
         }
-        return;
+        return 1;
     }
+    return 0;
+}
+
+int gb_barrier_passed(gb_barrier *b, int sense) {
+    return !b || b->n <= 1 || atomic_load_explicit(&b->sense, memory_order_acquire) == sense;
+}
+
+void gb_barrier_finish(gb_barrier *b, int sense) {
+    if (!b || b->n <= 1) return;
     for (int i = 0; i < GB_SPIN; i++) {
-        if (atomic_load_explicit(&b->sense, memory_order_acquire) == s) return;
+        if (atomic_load_explicit(&b->sense, memory_order_acquire) == sense) return;
         GB_PAUSE();
     }
     pthread_mutex_lock(&b->mu);
     atomic_fetch_add(&b->sleepers, 1);
-    while (atomic_load(&b->sense) != s) pthread_cond_wait(&b->cv, &b->mu);
+    while (atomic_load(&b->sense) != sense) pthread_cond_wait(&b->cv, &b->mu);
     atomic_fetch_sub(&b->sleepers, 1);
     pthread_mutex_unlock(&b->mu);
+}
+
+void gb_barrier_wait(gb_barrier *b, int *sense) {
+    if (!gb_barrier_arrive(b, sense)) gb_barrier_finish(b, *sense);
 }
 
 /* The same protocol as the barrier's sense: the setter stores then loads the sleepers, a
