@@ -128,9 +128,14 @@ def _log_expect(g, log_s: float, relative: bool = False) -> float:
         if None not in tails and "line" in (tails[0][0], tails[1][0]):  # phi(s z) / s, then 2 ln s
             panel2 = _log_panel(wz, *(_over_s(g, sign, s, inv_s, z, tail) for sign, tail in zip((1.0, -1.0), tails)))
             value = np.logaddexp(_log_panel(wx, g(xs), g(-xs)) - log_s, panel2 + 2 * log_s)
-        else:  # both asymptotes flat: g there is g(X) (GELU' at inf itself reads NaN)
-            x = np.minimum(s * z, _X_TAIL) if None not in tails else s * z
-            gz = (g(x), g(-x)) if math.isfinite(s) or None not in tails else (g(np.full_like(z, np.inf)), g(np.full_like(z, -np.inf)))
+        else:
+            if None not in tails:  # both asymptotes flat: g(s z) is g(X) past X (GELU' at inf reads NaN)
+                x = np.minimum(s * z, _X_TAIL)
+                gz = (g(x), g(-x))
+            elif math.isfinite(s):
+                gz = (g(s * z), g(-s * z))
+            else:
+                gz = (g(np.full_like(z, np.inf)), g(np.full_like(z, -np.inf)))
             value = np.logaddexp(_log_panel(wx, g(xs), g(-xs)) - log_s, _log_panel(wz, *gz))
         norm = np.logaddexp(np.log(2 * np.sum(wx)) - log_s, np.log(2 * np.sum(wz)))
         return float(value - norm)
