@@ -1403,12 +1403,13 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     int64_t tw = own && !st->gemm ? GB_MIN(2, L) : L, ps = -1, ps0 = 0, ps1 = 0;
 #define GB_FWD_STATS() (F(gb_row_stats)(H + (ps + 1) * BN, ps0, ps1, N, st->rsum + ps * B, st->rm2 + ps * B, \
                                         st->rbad + ps * B), ps = -1)
+#define GB_FWD_WT() (F(gb_transpose_rows)(wt[tw % 3], W + tw * NN, N, 0, N), tw++)
     for (int64_t l = 0; l < L; l++) {
         if (gb_team_solo(tid, &nth, &bar, &sense)) { /* the rest on thread 0 */
             if (ps >= 0) GB_FWD_STATS();
             return;
         }
-        for (; tw <= l; tw++) F(gb_transpose_rows)(wt[tw % 3], W + tw * NN, N, 0, N);
+        while (tw <= l) GB_FWD_WT();
         r0 = F(gb_part)(B, tid, nth), r1 = F(gb_part)(B, tid + 1, nth), nr = r1 - r0;
         j0 = F(gb_part)(N, tid, nth), j1 = F(gb_part)(N, tid + 1, nth);
         if (k && l % k == 0) fg = f; /* h_l starts a group: its skip is added at this exponent */
@@ -1466,7 +1467,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         }
         if (!st->gemm && own) {
             if (!rescale || !bar) /* no barrier at this layer to wait on */
-                for (; tw <= l + 2 && tw < L; tw++) F(gb_transpose_rows)(wt[tw % 3], W + tw * NN, N, 0, N);
+                while (tw <= l + 2 && tw < L) GB_FWD_WT();
         } else if (!st->gemm) {
             gb_progress_set(bar, &st->rdone[tid], l); /* done with W_l^T */
             if (l + 2 < L) {
@@ -1525,7 +1526,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                     if (ps >= 0)
                         GB_FWD_STATS();
                     else
-                        F(gb_transpose_rows)(wt[tw % 3], W + tw * NN, N, 0, N), tw++;
+                        GB_FWD_WT();
                 }
                 gb_barrier_finish(bar, sense);
             }
@@ -1549,6 +1550,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     }
     if (ps >= 0) GB_FWD_STATS();
 #undef GB_FWD_STATS
+#undef GB_FWD_WT
 }
 
 /* The forward driver: the contract of reference.stack_forward (arrays: abi.FORWARD). */
