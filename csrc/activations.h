@@ -329,8 +329,10 @@ static inline double gb_phi_scaled_f64(double u, const gb_scaled *s) {
     if (!s->on) return gb_phi_f64(u, s->act, s->p);
     const double z = ldexp(u, s->f);
     if (fabs(z) < s->tiny) return (u > 0 ? s->c0p : s->c0m) * u;
-    if (isinf(z) && isfinite(u)) return (u > 0 ? s->cip : s->cim) * u + ldexp(u > 0 ? s->kp : s->km, s->mf);
-    return ldexp(gb_phi_f64(z, s->act, s->p), s->mf);
+    const double pz = isinf(z) ? 0.0 : gb_phi_f64(z, s->act, s->p);
+    if ((isinf(z) || isinf(pz)) && isfinite(u)) /* SELU: lambda z overflows below z's overflow */
+        return (u > 0 ? s->cip : s->cim) * u + ldexp(u > 0 ? s->kp : s->km, s->mf);
+    return ldexp(pz, s->mf);
 }
 
 static inline double gb_dphi_scaled_f64(double u, const gb_scaled *s) {
@@ -777,7 +779,8 @@ static __attribute__((noinline)) int gb_vact_ldexp(gb_vd u, const gb_scaled *s, 
     gb_vact(gb_blend(tiny | over, zero, z), s->act, s->p, a ? &pa : NULL, &pd);
     if (a) {
         const gb_vd lim = ci * u + gb_blend(pos, gb_splat(s->lkp), gb_splat(s->lkm)); /* -0 kept */
-        *a = gb_blend(tiny, c0 * u, gb_blend(over, lim, gb_vldexp(pa, s->rq)));
+        const gb_vi big = over | (gb_vabs(pa) > 0x1.fffffffffffffp1023); /* SELU's lambda z past the max */
+        *a = gb_blend(tiny, c0 * u, gb_blend(big, lim, gb_vldexp(pa, s->rq)));
     }
     if (s->act == GB_GELU) pd = pd + 0.0; /* gelu' +0 where gb_vgelu has -0 (the far lower tail) */
     *d = gb_blend(tiny, c0, gb_blend(over, ci, pd));
@@ -793,9 +796,12 @@ static GB_AINLINE void gb_vact_mul(gb_vd u, const gb_scaled *s, const int act, g
     gb_vd pa = zero, pd = zero;
     if (!gb_any(tiny | over)) { /* the usual vector: the blends below would pick these */
         gb_vact(z, act, s->p, a ? &pa : NULL, d ? &pd : NULL);
-        if (a) *a = pa * s->pmf;
-        if (d) *d = pd;
-        return;
+        /* SELU: lambda z overflows for z up to 1.05x below the max (the limit form below) */
+        if (act != GB_SELU || !a || !gb_any(gb_vabs(pa) > 0x1.fffffffffffffp1023)) {
+            if (a) *a = pa * s->pmf;
+            if (d) *d = pd;
+            return;
+        }
     }
     const gb_vi pos = u > 0.0;
     const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
@@ -808,7 +814,7 @@ static GB_AINLINE void gb_vact_mul(gb_vd u, const gb_scaled *s, const int act, g
     const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
     const gb_vd lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
     gb_vact(gb_blend(tiny | over, zero, z), act, s->p, a ? &pa : NULL, d ? &pd : NULL);
-    if (a) *a = gb_blend(tiny, c0 * u, gb_blend(over, lim, pa * s->pmf));
+    if (a) *a = gb_blend(tiny, c0 * u, gb_blend(over | (gb_vabs(pa) > 0x1.fffffffffffffp1023), lim, pa * s->pmf));
     if (d) *d = gb_blend(tiny, c0, gb_blend(over, ci, pd));
 }
 

@@ -286,22 +286,24 @@ static void F(gb_dense_fix)(T *z, const T *h, const T *W, const T *b, int64_t nr
     }
 }
 
-/* z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,) */
+/* z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,); b NULL: z = h W^T, not fixed (the
+ * caller adds each row's bias and fixes the rows: gb_add_bias_rows) */
 /* gemm: BLAS, or NULL: the own kernels with wt (N,N) as workspace for W^T */
 static void F(gb_dense_forward_ctx)(GEMM_FN gemm, T *wt, T *z, const T *h, const T *W, const T *b,
                                     int64_t B, int64_t N) {
     if (gemm) { /* column major: z^T (N,B) = W (N,N) h^T (N,B) + b */
-        for (int64_t r = 0; r < B; r++) memcpy(z + r * N, b, (size_t)N * sizeof(T));
+        if (b)
+            for (int64_t r = 0; r < B; r++) memcpy(z + r * N, b, (size_t)N * sizeof(T));
         char ta = 'T', tb = 'N';
         int m = (int)N, n = (int)B, k = (int)N, ld = (int)N;
-        T one = 1;
-        gemm(&ta, &tb, &m, &n, &k, &one, (T *)W, &ld, (T *)h, &ld, &one, z, &ld);
+        T one = 1, beta = b ? 1 : 0;
+        gemm(&ta, &tb, &m, &n, &k, &one, (T *)W, &ld, (T *)h, &ld, &beta, z, &ld);
     } else {
         for (int64_t i = 0; i < N; i++)
             for (int64_t j = 0; j < N; j++) wt[j * N + i] = W[i * N + j];
         F(gb_gemm_own)(z, h, N, 1, wt, b, B, N, N);
     }
-    F(gb_dense_fix)(z, h, W, b, B, N);
+    if (b) F(gb_dense_fix)(z, h, W, b, B, N);
 }
 
 /* dW = dz^T h, db = sum_B dz (BLAS or, gemm NULL, the own kernels; db NULL: dW only).
@@ -1231,8 +1233,34 @@ typedef struct {
     gb_scaled_rows *scr;  /* (nth) per thread: its rows' activation setups of the layer */
     unsigned char *gnz;   /* (B,) the row of h_{l+1} is not all zero (rescaling) */
     int frescue;          /* the forward's rescue (GELU, swish, ELU, SELU with rescaling) */
+    T *bsr;               /* (nth,N) per thread: a row's bias b 2^-f (rescaling with biases) */
     int nth;
 } F(gb_fwd);
+
+/* bs = b 2^-f, the bias of a forward-rescaled row at its exponent f (reference.bias_rows: ldexp's
+ * value, rounded once where subnormal, +-inf where it overflows): a product by 2^-f where that
+ * is a normal double (in double for float too: exact, then rounded once to T), else ldexp.
+ * bs, b (N,) */
+static void F(gb_bias_row)(T *bs, const T *b, int64_t f, int64_t N) {
+    if (f >= -1023 && f <= 1022) {
+        const double s = gb_pow2_f64((int)-f);
+        for (int64_t j = 0; j < N; j++) bs[j] = (T)((double)b[j] * s);
+    } else {
+        for (int64_t j = 0; j < N; j++) bs[j] = (T)ldexp((double)b[j], gb_clamp_exp(-f));
+    }
+}
+
+/* z rows [0, m) (row r at the absolute exponent f + q[r]) += their bias at that exponent
+ * (gb_bias_row), then reference.dense_fix on each with it: the product ran without the bias */
+static void F(gb_add_bias_rows)(T *z, const T *h, const T *W, const T *b, const int64_t *q, int64_t f,
+                                T *bs, int64_t m, int64_t N) {
+    for (int64_t r = 0; r < m; r++) {
+        F(gb_bias_row)(bs, b, f + q[r], N);
+        T *zr = z + r * N;
+        for (int64_t j = 0; j < N; j++) zr[j] += bs[j];
+        F(gb_dense_fix)(zr, h + r * N, W, bs, 1, N);
+    }
+}
 
 /* W^T rows [j0, j1) of one layer: wt[j][i] = W[i][j]. Whole 8 x 8 blocks by three rounds of
  * two-vector shuffles (GCC), the rest element by element. */
@@ -1424,13 +1452,23 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         gb_scaled_rows_reset(&st->scr[tid]);
         const int64_t *ql = frow + l * B;
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
+        /* rescaling with biases (unbounded activations): each row's bias at its exponent */
+        const int rbias = rescale && !st->cfg.bn && F(gb_nonzero)(b + l * N, N);
         unsigned char *dead = st->dead + (l * st->nth + tid) * N; /* all 1 for a thread that left */
         if (st->gemm || st->cfg.bn || N > GB_KC) { /* BLAS (one thread), batch norm or a product
             * of packed panels (N > GB_KC: packed once for all the thread's rows, not for each block
             * of 4): pass by pass, z by rows, the batch statistics by columns (every thread a block
             * of them, between two barriers), the activation by rows */
             T *zz = st->cfg.bn ? st->zb : Zl;
-            if (st->gemm)
+            if (rbias) { /* rows at their own exponents: the product, then each row's bias */
+                if (st->gemm)
+                    F(gb_dense_forward_ctx)(st->gemm, NULL, zz, h, W + l * NN, NULL, B, N);
+                else
+                    F(gb_gemm_own)(zz + r0 * N, h, N, 1, wtl, NULL, nr, N, N);
+                const int64_t a0 = st->gemm ? 0 : r0;
+                F(gb_add_bias_rows)(zz + a0 * N, H + l * BN + a0 * N, W + l * NN, b + l * N, ql + a0, f,
+                                    st->bsr + tid * N, st->gemm ? B : nr, N);
+            } else if (st->gemm)
                 F(gb_dense_forward_ctx)(st->gemm, NULL, zz, h, W + l * NN, b + l * N, B, N);
             else {
                 F(gb_gemm_own)(zz + r0 * N, h, N, 1, wtl, b + l * N, nr, N, N);
@@ -1457,8 +1495,13 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 const int64_t m = GB_MIN(4, nr - q);
                 gb_pf_part(&pf, q / 4, nb);
                 T *zq = Zl + (r0 + q) * N;
-                F(gb_gemm_own)(zq, h + q * N, N, 1, wtl, b + l * N, m, N, N);
-                F(gb_dense_fix)(zq, h + q * N, W + l * NN, b + l * N, m, N);
+                if (rbias) {
+                    F(gb_gemm_own)(zq, h + q * N, N, 1, wtl, NULL, m, N, N);
+                    F(gb_add_bias_rows)(zq, h + q * N, W + l * NN, b + l * N, ql + r0 + q, f, st->bsr + tid * N, m, N);
+                } else {
+                    F(gb_gemm_own)(zq, h + q * N, N, 1, wtl, b + l * N, m, N, N);
+                    F(gb_dense_fix)(zq, h + q * N, W + l * NN, b + l * N, m, N);
+                }
                 for (int64_t r = q; r < q + m; r++)
                     st->rsat[l * B + r0 + r] = F(gb_act_forward_row)(hn + r * N, Zl + (r0 + r) * N, N,
                                                                      gb_scaled_row(&st->scr[tid], &sc, f + ql[r0 + r]),
@@ -1584,10 +1627,12 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.rmax = F(gb_alloc)(sizeof(T) * (size_t)B);
     st.rnan = F(gb_alloc)((size_t)B);
     st.scr = F(gb_alloc)(sizeof(gb_scaled_rows) * (size_t)nth);
+    st.bsr = F(gb_alloc)(sizeof(T) * (size_t)(nth * N));
     st.frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH || F(gb_limit_rescue)(st.cfg.act));
     rc = GB_ENOMEM;
     if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
-        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.rmax && st.rnan && st.scr && st.tdone && st.rdone) {
+        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.rmax && st.rnan && st.scr && st.bsr && st.tdone &&
+        st.rdone) {
         rc = GB_OK;
         for (int t = 0; t < nth; t++) {
             atomic_init(&st.tdone[t].step, -1);
@@ -1653,6 +1698,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.rmax);
     free(st.rnan);
     free(st.scr);
+    free(st.bsr);
     return rc;
 }
 

@@ -180,7 +180,9 @@ def phi_scaled(u: np.ndarray, f, code: int, param: float) -> np.ndarray:
     x, z, tiny, over = _regimes(u, f, name)
     c0p, c0m, cip, cim, kp, km = linear_coefficients(code, param)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        out = np.ldexp(phi(z, code, param), _clamp(-f)) if (tiny | over).sum() < z.size else np.zeros_like(x)
+        pz = phi(z, code, param) if (tiny | over).sum() < z.size else np.zeros_like(x)
+        over = over | (np.isinf(pz) & np.isfinite(x))  # SELU: lambda z overflows for z up to 1.05x below the max
+        out = np.ldexp(pz, _clamp(-f))
         out = np.where(tiny, np.where(x > 0, c0p, c0m) * x, out)
         limit = np.where(x > 0, cip, cim) * x + np.ldexp(np.where(x > 0, kp, km), _clamp(-f))
         out = np.where(over, limit, out)

@@ -42,20 +42,37 @@ from gradbench.spec import RELU_FAMILY, Stack, units_die
 from gradbench.supply import LayerSupply, buffer_shapes
 
 
+# Activations under which a row of h stays within ~2^1000 of the layer's bias: their outputs are
+# not far smaller than their inputs (ELU and SELU saturate at -alpha), so z = W h + b ~ b keeps
+# h ~ phi(b). GELU and swish are not among them: their negative tails are far below float64
+# (GELU(-110) ~ 2^-8740), and a row deep in them puts b 2^-f past any dtype.
+BIAS_ROWS = frozenset({"identity", "relu", "leaky_relu", "prelu", "elu", "selu"})
+
+
 def can_rescale_forward(stack: Stack, params: Params | GeneratedParams) -> bool:
     """Whether the forward pass carries power-of-two exponents (h_l = H[l] * 2**fexp[l]).
 
-    True for stacks with zero biases and no batch norm, whatever the activation but sigmoid:
-    their activations can shrink or grow without bound (phi(0) = 0), and only exponents keep
-    them exact (positively homogeneous activations are rescaled exactly; tanh, ELU, SELU, swish
-    and GELU through :func:`gradbench.activations.phi_scaled`). Sigmoid (phi(0) = 1/2), nonzero
-    biases and batch norm keep a vanishing forward signal O(1) and the activations of a bounded
-    one; they are not rescaled. An exploding stack with biases (ReLU at sigma_w = 3 grows ~0.32
-    decades a layer) therefore overflows the forward as plain float64 would (past ~10^308, layer
-    961 of that stack): the run reports that layer as the first non-finite one, and the diagnosis
-    says so.
+    True for stacks without batch norm whose activations can shrink or grow without bound:
+    with zero biases every activation but sigmoid; with biases identity, the ReLU family, ELU
+    and SELU (:data:`BIAS_ROWS`). Only exponents keep these exact (positively homogeneous
+    activations are rescaled exactly; tanh, ELU, SELU, swish and GELU through
+    :func:`gradbench.activations.phi_scaled`); a bias enters each row at that row's exponent (b
+    2^-f, :func:`gradbench.reference.bias_rows`), so an exploding stack with biases (ReLU at
+    sigma_w = 3 grows ~0.32 decades a layer, past 10^308 at layer ~960) is exact as a zero-bias
+    one is. Not rescaled: sigmoid (phi(0) = 1/2) and batch norm, which keep the forward signal
+    O(1); tanh with biases (bounded); GELU and swish with biases, whose rows can fall far below
+    the bias (their negative tails) where b 2^-f leaves the dtype: such a stack that explodes
+    overflows the forward as plain arithmetic does, and the run reports that layer as the first
+    non-finite one.
+
+    A row of h_l more than ~2^1020 (float32 2^124) below its bias (inputs that tiny beside a
+    bias) also puts b 2^-f past the dtype's range: such a forward turns non-finite, and
+    :func:`backprop` runs it again without rescaling, as plain arithmetic (the bias holds that
+    row's z).
     """
-    return params.zero_bias and not stack.batch_norm and stack.activation != "sigmoid"
+    if stack.batch_norm or stack.activation == "sigmoid":
+        return False
+    return params.zero_bias or stack.activation in BIAS_ROWS
 
 
 # ------------------------------------------------------------------ the pass
@@ -133,6 +150,8 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
         # overflow in an exploding stack is a finding, reported as first_nonfinite_forward/backward
         with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
             _forward(run)
+            if run.rescale and not run.params.zero_bias and run.info[abi.INFO_FORWARD] >= 0:
+                _forward_again_unscaled(run)
             loss, loss_exact, head_grads = _top(run, targets)
             _backward(run)
             return _assemble(run, name, loss, loss_exact, head_grads, t_start)
@@ -291,6 +310,21 @@ def _forward(run: _Run) -> None:
         if run.plan.recompute:
             run.ckpt[j + 1], run.ckpt_row[j + 1] = run.H[e - s], run.frow[e - s]
     run.seconds["forward"] = time.perf_counter() - t
+
+
+def _forward_again_unscaled(run: _Run) -> None:
+    """The forward pass again without rescaling, after a rescaled one with biases turned non-finite.
+
+    With exponents a stack's own arithmetic cannot overflow: what did is a bias at a row's
+    exponent (b 2^-f past the dtype's range, a row of h ~2^1020 below it: tiny inputs beside a
+    bias) or a true NaN. Plain arithmetic holds the first (the bias is that row's z) and gives the
+    second as well; the rescaled pass's statistics and exponents are replaced (docs/design.md
+    section 2)."""
+    run.rescale = False
+    run.icfg, run.fcfg = (a.copy() for a in _kernel_config(run.stack, False))
+    run.info = _no_info()
+    run.fexp[...] = 0
+    _forward(run)
 
 
 SHARE_CHUNK = 1 << 16  # entries of rstd that bn_shares partitions at once

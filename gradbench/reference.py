@@ -71,7 +71,7 @@ PRELU = abi.ACT_CODE["prelu"]
 
 # ------------------------------------------------------------------ layers
 def dense_forward(z, h, W, b):
-    """z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,)
+    """z = h W^T + b.    z (B,N), h (B,N), W (N,N), b (N,), or (B,N): a bias per row (:func:`bias_rows`)
 
     The product in any order (BLAS), then :func:`dense_fix` on the entries that are not finite."""
     np.matmul(h, W.T, out=z)
@@ -88,7 +88,7 @@ def _exp_of_max(x: np.ndarray) -> int | None:
 
 def dense_fix(z, h, W, b):
     """Recompute, exactly scaled, every entry z[r, j] that is not finite while h[r], W[j] and b[j]
-    are: its products overflowed one by one (or their sum did), so its sign, or whether it is
+    are (b (N,), or (B,N): row r's own b[r]): its products overflowed one by one (or their sum did), so its sign, or whether it is
     finite at all, would depend on the order of the sum and on fused multiply-adds.
 
         eh, ew = exponents of max|h[r]|, max|W[j]|  (frexp; powers of two are exact)
@@ -102,7 +102,8 @@ def dense_fix(z, h, W, b):
         eh = _exp_of_max(h[r])
         if eh is None:
             continue
-        exps = {j: _exp_of_max(W[j]) for j in np.flatnonzero(~np.isfinite(z[r])) if math.isfinite(b[j])}
+        br = b[r] if b.ndim == 2 else b
+        exps = {j: _exp_of_max(W[j]) for j in np.flatnonzero(~np.isfinite(z[r])) if math.isfinite(br[j])}
         js = [j for j, e in exps.items() if e is not None]  # W[j] all finite too
         if not js:
             continue
@@ -112,7 +113,7 @@ def dense_fix(z, h, W, b):
         s = np.zeros(len(js))
         for k in range(P.shape[1]):  # sequential in k, for every entry at once
             s += P[:, k]
-        s += np.ldexp(b[js].astype(np.float64), -(eh + ew))
+        s += np.ldexp(br[js].astype(np.float64), -(eh + ew))
         with np.errstate(over="ignore"):
             z[r, js] = np.ldexp(s, eh + ew).astype(z.dtype)
 
@@ -305,6 +306,13 @@ def row_shift(d: np.ndarray) -> np.ndarray:
     """Rows' shifts d (B,) clamped to the exponent range ldexp takes, as a (B, 1) int32 column
     (NumPy's ldexp has a vector loop for int32 exponents only: with int64 it took 7x longer)."""
     return np.minimum(np.maximum(d, -EXP_CLAMP), EXP_CLAMP).astype(np.int32)[:, None]  # (np.clip costs more)
+
+
+def bias_rows(b: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """A forward-rescaled layer's bias for each row, (B,N): row i is b 2^-f[i] (ldexp: exact while
+    normal, rounded once where subnormal, +-inf where it overflows), as row i of z_l is the
+    mantissa of z_i 2^f[i] (f (B,), the rows' absolute exponents of h_l)."""
+    return np.ldexp(b, row_shift(-f))
 
 
 def scaled_rows(X: np.ndarray, r: np.ndarray, e: int) -> np.ndarray:
@@ -576,13 +584,14 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         layer_param = slope[l] if code == PRELU else param
         if code == PRELU:  # 1 % of the largest |phi'| = max(1, |slope_l|) of the slope that runs
             sat_threshold = abi.saturation_threshold("prelu", float(slope[l]), H.dtype)
-        dense_forward(z, H[l], W[l], b[l])
+        # z's row i is the mantissa of z_i 2^f[i] when rescaling: one exponent per sample, the
+        # bias too (b 2^-f[i]: biased stacks of unbounded activations, can_rescale_forward)
+        f = fexp[l] + frow[l] if rescale else None
+        dense_forward(z, H[l], W[l], b[l] if f is None or not b[l].any() else bias_rows(b[l], f))
         if bn:
             batchnorm_forward(z, Z[l], bn_mean[l], bn_rstd[l], z.copy(), gamma[l], beta[l], eps)
         else:
             Z[l] = z
-        # z's row i is the mantissa of z_i 2^f[i] when rescaling: one exponent per sample
-        f = fexp[l] + frow[l] if rescale else None
         fc = None if f is None else f[:, None]
         activation_forward(H[l + 1], z, code, layer_param, fc)
         end = k and (l + 1) % k == 0  # a skip's add holds the layer: no rescue there

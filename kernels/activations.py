@@ -374,11 +374,12 @@ def phi_scaled(u, f, code, p):
     c0p, c0m, cip, cim, kp, km = _coefficients(code, p)
     if regime == 1:
         return _as((c0p if x > 0 else c0m) * x, u)
-    if regime == 2:
+    v = np.float64(phi(z, code, p)) if regime == 0 else 0.0
+    if regime == 2 or (math.isinf(v) and math.isfinite(x)):  # SELU: lambda z overflows below z's overflow
         if x > 0:
             return _as(cip * x + math.ldexp(kp, _clamp_f(-f)), u)
         return _as(cim * x + math.ldexp(km, _clamp_f(-f)), u)
-    return _as(math.ldexp(np.float64(phi(z, code, p)), _clamp_f(-f)), u)
+    return _as(math.ldexp(v, _clamp_f(-f)), u)
 
 
 @njit(**JIT)

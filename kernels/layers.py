@@ -82,35 +82,69 @@ def _ldexp_inf(x, e):
 
 
 @njit(**JIT)
+def _fix_row(z, h, W, b, i):
+    """:func:`dense_fix` on row i of z, with the bias b (N,) of that row; whether it changed an entry."""
+    N = z.shape[1]
+    D = h.shape[1]
+    bad = False
+    for j in range(N):
+        bad |= not math.isfinite(z[i, j])
+    if not bad:
+        return False
+    okh, eh = _exp_of_max(h[i])
+    if not okh:
+        return False
+    fixed = False
+    for j in range(N):
+        if math.isfinite(z[i, j]) or not math.isfinite(b[j]):
+            continue
+        okw, ew = _exp_of_max(W[j])
+        if not okw:
+            continue
+        s = 0.0
+        for k in range(D):  # sequential, each product rounded (no fastmath: no FMA)
+            s += math.ldexp(np.float64(h[i, k]), -eh) * math.ldexp(np.float64(W[j, k]), -ew)
+        s += _ldexp_inf(np.float64(b[j]), -(eh + ew))
+        z[i, j] = _as(_ldexp_inf(s, eh + ew), z[i, j])
+        fixed = True
+    return fixed
+
+
+@njit(**JIT)
 def dense_fix(z, h, W, b):
     """Recompute, exactly scaled, every z[i, j] that is not finite while h[i], W[j] and b[j] are
     (reference.dense_fix, operation by operation); returns whether it changed an entry.
     z (B,N), h (B,D), W (N,D), b (N,)"""
-    B, N = z.shape
-    D = h.shape[1]
     fixed = False
-    for i in range(B):
-        bad = False
-        for j in range(N):
-            bad |= not math.isfinite(z[i, j])
-        if not bad:
-            continue
-        okh, eh = _exp_of_max(h[i])
-        if not okh:
-            continue
-        for j in range(N):
-            if math.isfinite(z[i, j]) or not math.isfinite(b[j]):
-                continue
-            okw, ew = _exp_of_max(W[j])
-            if not okw:
-                continue
-            s = 0.0
-            for k in range(D):  # sequential, each product rounded (no fastmath: no FMA)
-                s += math.ldexp(np.float64(h[i, k]), -eh) * math.ldexp(np.float64(W[j, k]), -ew)
-            s += _ldexp_inf(np.float64(b[j]), -(eh + ew))
-            z[i, j] = _as(_ldexp_inf(s, eh + ew), z[i, j])
-            fixed = True
+    for i in range(z.shape[0]):
+        fixed |= _fix_row(z, h, W, b, i)
     return fixed
+
+
+@njit(**JIT)
+def dense_fix_rows(z, h, W, bz):
+    """:func:`dense_fix` with a bias per row, bz (B,N) (:func:`add_bias_rows`'s)."""
+    fixed = False
+    for i in range(z.shape[0]):
+        fixed |= _fix_row(z, h, W, bz[i], i)
+    return fixed
+
+
+@njit(**JIT)
+def bias_rows(bz, b, f):
+    """bz[i] = b 2^-f[i] (reference.bias_rows: ldexp's value, rounded once where subnormal, +-inf
+    where it overflows): b times 2^-f[i] where that is a normal float64 (a product rounded once,
+    in float64 for float32 too, then to the dtype), else ldexp. bz (B,N), b (N,), f (B,) int64."""
+    B, N = bz.shape
+    for i in range(B):
+        d = -f[i]
+        if -1022 <= d <= 1023:
+            s = pow2(d)
+            for j in range(N):
+                bz[i, j] = _as(np.float64(b[j]) * s, bz[i, j])
+        else:
+            for j in range(N):
+                bz[i, j] = _as(_ldexp_inf(np.float64(b[j]), d), bz[i, j])
 
 
 @njit(**JIT)
@@ -474,7 +508,8 @@ def _smooth_forward_stats(a, z, b, add_bias, code, param, f, scaled, sat_thresho
             sc, lowest = v[0], v[5]
             for j in range(N):
                 zz = z[i, j]
-                if _smooth_rare(np.float64(zz) * sc, lowest):
+                # rare, or phi itself past the max (SELU's lambda z: phi_scaled's limit form)
+                if _smooth_rare(np.float64(zz) * sc, lowest) or (math.isinf(a[i, j]) and math.isfinite(zz)):
                     a[i, j], d = _scalar_pair(zz, f[i], code, param, scaled)
                     nsat += abs(d) < sat_threshold
     return nsat
@@ -498,6 +533,7 @@ def _smooth_forward_loop(a, z, b, add_bias, kind, code, param, f, scaled, sat_th
             z[i, j] = zz
             x = np.float64(zz)
             m, d, odd = _smooth_pair(x, x * sc, kind, isc, tiny, outer, inner, lowest)
+            odd = odd or (abs(m) == math.inf and math.isfinite(x))  # SELU's lambda z past the max
             a[i, j] = _as(m, zz)
             nsat += not odd and abs(_as(d, zz)) < sat_threshold
             rare += odd

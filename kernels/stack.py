@@ -25,8 +25,8 @@ from .chain import (
     pow2, row_nonzero, rows_exponent, rows_nonzero, scale_row, signal_rows, sumsq_rows,
 )
 from .layers import (
-    _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_fix,
-    dense_forward, matmul_dh, matmul_dw, matmul_forward, rescue_forward_rows, rescue_saturated_rows,
+    _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, bias_rows, dense_fix,
+    dense_fix_rows, dense_forward, matmul_dh, matmul_dw, matmul_forward, rescue_forward_rows, rescue_saturated_rows,
 )
 
 
@@ -58,6 +58,7 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
     fs = np.empty(B, dtype=np.int64)  # the skip's rows' (end of a residual group)
     nz = np.ones(B, dtype=np.bool_)  # rows of h_{l+1} with an entry != 0
     sc = np.empty(B)  # the statistics' row factors
+    bz = np.empty_like(H[0])  # rescaling with biases: each row's b 2^-f[i]
     for l in range(L):
         p = np.float64(slope[l]) if code == PRELU else param
         if code == PRELU:  # abi.saturation_threshold of the slope that runs, rounded to the dtype
@@ -73,8 +74,17 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
             for i in range(B):
                 f[i] = fexp[l] + frow[l, i]
         scaled = _needs_scaled(code, rescale)
-        nsat = _activation_forward_stats(H[l + 1], z, b[l], not bn, code, p, f, scaled, sat_threshold, alive)
-        if not bn and not all_finite(z) and dense_fix(z, H[l], W[l], b[l]):  # z now has its bias
+        # the bias: fused into the activation's pass, or (rescaling with biases) b 2^-f[i] per row
+        row_bias = rescale and not bn and row_nonzero(b, l)
+        if row_bias:
+            bias_rows(bz, b[l], f)
+            for i in range(B):
+                for j in range(N):
+                    z[i, j] += bz[i, j]
+        nsat = _activation_forward_stats(H[l + 1], z, b[l], not bn and not row_bias, code, p, f, scaled,
+                                         sat_threshold, alive)
+        if not bn and not all_finite(z) and (dense_fix_rows(z, H[l], W[l], bz) if row_bias
+                                             else dense_fix(z, H[l], W[l], b[l])):  # z now has its bias
             nsat = _activation_forward_stats(H[l + 1], z, b[l], False, code, p, f, scaled, sat_threshold, alive)
         end = k > 0 and (l + 1) % k == 0  # a skip's add holds the layer: no rescue there
         if rescale:

@@ -66,3 +66,19 @@ if LoadScopeScheduling is not None:
         if config.getvalue("dist") == "load":  # -n without --dist (make test); any other --dist as asked
             return _ModulesOnOneWorker(config, log)
         return None
+
+
+def _plain_biased_rule(stack, params) -> bool:
+    """engine.can_rescale_forward as it was until 2026-12-07: no exponents with biases."""
+    return params.zero_bias and not stack.batch_norm and stack.activation != "sigmoid"
+
+
+@pytest.fixture
+def plain_biased_forward(monkeypatch):
+    """Stacks with biases run their forward without exponents, as GELU and swish with biases,
+    batch norm and a run whose rescaled forward left the range do (the engine's fallback): the
+    tests of a forward that overflows build it from a biased stack of the ReLU family or
+    identity, which since 2026-12-07 is carried by exponents and no longer overflows."""
+    from gradbench import engine
+
+    monkeypatch.setattr(engine, "can_rescale_forward", _plain_biased_rule)

@@ -76,19 +76,21 @@ def _log10_norm(rows):
     return float(mp.log10(mp.sqrt(s))) if s > 0 else float("-inf")
 
 
-def chain(activation, p, W, x, residual=0):
-    """Plain forward and backward of h_{l+1} = phi(h_l W_l^T) (zero biases), loss 0.5 ||h_L||^2;
-    with ``residual`` = k, h_{l+1} = h_{l+1-k} + phi(h_l W_l^T) at the end of every group of k.
+def chain(activation, p, W, x, residual=0, b=None):
+    """Plain forward and backward of h_{l+1} = phi(h_l W_l^T + b_l) (``b`` (L, N), default zero
+    biases), loss 0.5 ||h_L||^2; with ``residual`` = k, h_{l+1} = h_{l+1-k} + phi(h_l W_l^T + b_l)
+    at the end of every group of k.
 
     W: (L, N, N) floats, x: (B, N). Returns log10 of the loss, of ||dL/dW_l|| (L,) and of
     ||dL/dh_l|| (L,), all exact to mpmath's precision whatever the depth.
     """
     L, N = len(W), len(W[0])
     Wm = [[[mp.mpf(float(W[l][i][j])) for j in range(N)] for i in range(N)] for l in range(L)]
+    bm = [[mp.mpf(float(b[l][i])) if b is not None else mp.mpf(0) for i in range(N)] for l in range(L)]
     H = [[[mp.mpf(float(v)) for v in row] for row in x]]
     Z = []
     for l in range(L):
-        z = [[mp.fsum(h[k] * Wm[l][i][k] for k in range(N)) for i in range(N)] for h in H[-1]]
+        z = [[mp.fsum(h[k] * Wm[l][i][k] for k in range(N)) + bm[l][i] for i in range(N)] for h in H[-1]]
         Z.append(z)
         a = [[phi(activation, v, p) for v in row] for row in z]
         if residual and (l + 1) % residual == 0:

@@ -284,6 +284,7 @@ def test_signal_clipping_decided_on_the_whole_batch(clip, dtype):
     _same(runs)
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 def test_forward_hands_over_at_its_judging_barriers(act, dtype):
@@ -535,6 +536,7 @@ PIECE_CASES = {
 }
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 @pytest.mark.parametrize("case", sorted(PIECE_CASES))
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_a_call_beside_running_threads_runs_in_pieces_that_look_again(monkeypatch, case):

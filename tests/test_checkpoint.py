@@ -184,6 +184,7 @@ def _check_histogram(h, W, per_decade=4, bins=40):
         np.testing.assert_allclose(h.edges(l)[[0, -1]], [lo / per_decade, (top + 1) / per_decade])
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("sigma_w", [1e12, 1.5])
 def test_histogram_with_nonfinite_and_zero_gradients(backend, sigma_w):

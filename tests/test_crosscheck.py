@@ -412,6 +412,7 @@ def test_chaotic_stack_is_checked_layer_by_layer(backend):
     assert growth[0] * TOL["float64"]["stack"] > MAX_STACK_RTOL["float64"]  # chaotic indeed
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_first_nonfinite_layers(backend):

@@ -284,6 +284,7 @@ def test_statistics_are_those_of_the_result():
     assert d.stack["activation"] == "tanh" and d.backend == "numpy"
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 def test_nonfinite_forward_is_reported():
     # biases: the forward is not rescaled, so plain float64 overflows
     stack = gb.Stack(depth=6, width=4, activation="relu", init="normal", sigma_w=1e80, sigma_b=0.1, loss="mse")
@@ -459,6 +460,7 @@ def test_rebinned_streaming_histograms_far_out_count_as_near_zero(far):
     np.testing.assert_array_equal(got[0], np.linspace(*near[0][[0, -1]], 12) + far / h.per_decade)
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 def test_activation_std_beyond_1e154_is_exact_and_the_forward_overflow_is_where_it_happens():
     """A biased leaky-ReLU stack (sigma_w = 30, sigma_b = 1e-3) grows to 1e307 before it overflows
     at layer 250. The std squared plain floats and read inf from layer 126 on (activations of
@@ -486,6 +488,7 @@ def test_activation_std_beyond_1e154_is_exact_and_the_forward_overflow_is_where_
     assert d.float_limits["float64"]["forward_overflow_layer"] == first
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 @pytest.mark.parametrize("backend", gb.backends())
 def test_activation_mean_is_finite_wherever_the_activations_are(backend):
     """A biased ReLU stack at sigma_w = 3 reaches 1e307 before its forward overflows: the plain sum
@@ -544,6 +547,7 @@ _FORWARD = {  # phi, and the saturated entries (|phi'| < 1 % of its largest valu
 }
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 @pytest.mark.parametrize("stats_only", [False, True])
 @pytest.mark.parametrize("backend", gb.backends())
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "swish"])
@@ -772,6 +776,7 @@ def test_from_json_reads_an_out_files_text_and_refuses_a_path(tmp_path, capsys):
             cls.from_json("no such file")
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 @pytest.mark.parametrize("backend", gb.backends())
 def test_a_float32_forward_overflow_says_nothing_of_float64(backend):
     """A float32 ReLU stack at sigma_w = 3 overflows its forward at layer ~123; the same weights in

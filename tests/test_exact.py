@@ -440,22 +440,88 @@ def test_limit_head_output_beyond_float64_is_non_finite():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_limit_a_biased_exploding_homogeneous_stack_overflows_in_the_forward(backend):
-    """README: a nonzero bias carries no forward exponent, so a biased leaky-ReLU stack that
-    explodes overflows where plain arithmetic would, and says so; with zero biases the same
-    stack is exact (the README had said that nonzero biases keep the forward O(1))."""
+def test_a_biased_exploding_stack_is_exact_beyond_float64(backend):
+    """README: a bias enters each row at the row's exponent, so a biased leaky-ReLU stack that
+    explodes past 10^308 (layer ~1190 here) is exact as the zero-bias one is (until 2026-12-07 its
+    forward overflowed at layer 1189 as plain float64 does, every gradient NaN)."""
     kw = dict(depth=1700, width=6, activation="leaky_relu", activation_param=0.3, init="he_normal", sigma_w=3.0)
-    exact = gb.Stack(**kw)
-    params, x = gb.init_params(exact, 0), gb.gaussian_input(exact, 1, 1)
-    res = gb.backprop(exact, params, x, backend=backend)
-    assert res.forward_rescaled and float(res.loss_exact.log10()) == pytest.approx(888.9967, abs=1e-3)
     biased = gb.Stack(**kw, sigma_b=1e-3)
-    with np.errstate(all="ignore"):
-        res = gb.backprop(biased, gb.init_params(biased, 0), x, backend=backend)
-    assert not res.forward_rescaled and res.first_nonfinite_forward == 1189
-    assert res.first_nonfinite_backward == 1700  # the top signal, from the loss
-    text = gb.diagnose(res).explanation
-    assert "forward pass turned non-finite at layer 1189" in text and "non-finite from the top (dL/dh_L" in text
+    params = gb.init_params(biased, 0)
+    x = gb.gaussian_input(biased, 1, 1)
+    key = (biased, params.W.tobytes(), params.b.tobytes(), x.tobytes())
+    if key not in _MP:
+        _MP[key] = chain(biased.activation, biased.act_param, params.W, x, b=params.b)
+    lo, gW, gh = _MP[key]
+    res = gb.backprop(biased, params, x, backend=backend)
+    assert res.forward_rescaled and res.first_nonfinite_forward is None and res.first_nonfinite_backward is None
+    assert lo > 888  # 10^889, far beyond float64
+    tol = _tol("float64", biased.depth)
+    assert abs(float(res.loss_exact.log10()) - lo) <= tol
+    assert np.max(np.abs(res.grad_norm.log10() - gW)) <= tol
+    assert np.max(np.abs(res.signal_norm.log10() - gh)) <= tol
+    assert gb.diagnose(res).verdict == "exploding"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ["elu", "selu", "relu"])
+def test_a_biased_exploding_float32_stack_is_exact_beyond_float32(activation, backend):
+    """float32 stacks with biases at sigma_w = 3 pass 3.4e38 by layer ~110 (and read non-finite
+    from there): carried by exponents, ELU, SELU and the ReLU family follow mpmath."""
+    stack = gb.Stack(depth=250, width=8, activation=activation, init="normal", sigma_w=3.0, sigma_b=0.1,
+                     dtype="float32")
+    params, x = gb.init_params(stack, 1), gb.gaussian_input(stack, 2, 1)
+    key = (stack, params.W.tobytes(), params.b.tobytes(), x.tobytes())
+    if key not in _MP:
+        _MP[key] = chain(stack.activation, stack.act_param, params.W, x, b=params.b)
+    lo, gW, gh = _MP[key]
+    res = gb.backprop(stack, params, x, backend=backend)
+    assert res.forward_rescaled and res.first_nonfinite_forward is None
+    assert lo > 100  # past float32's 10^38.5 by far
+    tol = _tol("float32", stack.depth)
+    assert abs(float(res.loss_exact.log10()) - lo) <= tol
+    assert np.max(np.abs(res.grad_norm.log10() - gW)) <= tol
+    assert np.max(np.abs(res.signal_norm.log10() - gh)) <= tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_selu_just_below_float64s_max_is_exact(dtype, backend):
+    """SELU's lambda z overflows for z in (max / 1.0507, max] though z and the exponents carrying
+    it do not: an exploding SELU stack read non-finite from the layer where an entry landed
+    there (layer 977 of a width-16 stack at sigma_w = 3, with or without biases). Here the
+    input puts one there at once (identity weights); phi_scaled's limit form takes it."""
+    stack = gb.Stack(depth=3, width=2, activation="selu", dtype=dtype)
+    q = gb.init_params(stack, 0)
+    W = np.broadcast_to(np.eye(2, dtype=stack.np_dtype), (3, 2, 2)).copy()
+    params = gb.Params(W=W, b=q.b, gamma=q.gamma, beta=q.beta, slope=q.slope)
+    big = 1.75e308 if dtype == "float64" else 3.3e38  # float32: the same window of its own max
+    x = np.array([[big, -1.0]], dtype=stack.np_dtype)
+    lo, gW, gh = chain("selu", stack.act_param, W, x)
+    res = gb.backprop(stack, params, x, backend=backend)
+    assert res.first_nonfinite_forward is None and res.first_nonfinite_backward is None
+    tol = 1e-11 if dtype == "float64" else 2e-5
+    assert abs(float(res.loss_exact.log10()) - lo) <= tol
+    assert np.max(np.abs(res.grad_norm.log10() - gW)) <= tol
+    assert np.max(np.abs(res.signal_norm.log10() - gh)) <= tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype, scale", [("float64", 1e-310), ("float32", 1e-42)])
+def test_inputs_far_below_the_bias_run_as_plain_arithmetic(dtype, scale, backend):
+    """A row of h_0 ~2^1030 below the bias puts b 2^-f past float64 (the bias at that row's
+    exponent): the rescaled forward turns non-finite, and the run takes the forward again
+    without exponents, where the bias holds z (engine._forward_again_unscaled). Its result is
+    the plain run's, value for value."""
+    stack = gb.Stack(depth=30, width=8, activation="relu", init="normal", sigma_w=1.5, sigma_b=0.1, dtype=dtype)
+    params = gb.init_params(stack, 0)
+    x = (gb.gaussian_input(stack, 4, 1) * np.asarray(scale, dtype=dtype)).astype(dtype)
+    res = gb.backprop(stack, params, x, backend=backend)
+    assert not res.forward_rescaled and res.first_nonfinite_forward is None and np.isfinite(res.loss)
+    # the plain chain, independently: float64 NumPy, the bias holding every layer's z
+    h = x.astype(np.float64)
+    for W, b in zip(params.W.astype(np.float64), params.b.astype(np.float64)):
+        h = np.maximum(h @ W.T + b, 0)
+    assert float(res.loss_exact.log10()) == pytest.approx(math.log10(0.5 * np.sum(h * h)), abs=1e-5)
 
 
 def _tail_stack(activation, dtype, depth=3):

@@ -131,6 +131,7 @@ def test_the_forward_overflow_is_bracketed_by_what_the_statistics_prove():
             "10^38.53 there; the largest entries may do so earlier)") in text
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 def test_a_run_that_overflowed_in_its_own_dtype_names_that_layer():
     """A float32 ReLU stack with biases (no forward exponents) overflows in its own forward: that
     layer is float32's limit, no range (every entry below it was a finite float32); a plain NumPy
@@ -174,6 +175,7 @@ def test_the_forward_underflow_layers_are_where_half_and_every_entry_are_gone():
                 f"every entry by layer {every} at the latest" in text)
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 def test_a_float32_run_whose_own_dw_overflowed_says_nothing_of_float64():
     """`run --dtype float32 --depth 168 --width 16 --activation relu --sigma-w 2.5 --sigma-b 0.1
     --loss mse --seed 1`: h_167 reaches 1.9e38 and the run's float32 dW_167 = dz^T h_167 overflows

@@ -320,6 +320,7 @@ def test_the_heatmap_of_a_run_without_histograms_says_to_run_with_hist_bins():
             plot.histogram_heatmap(res, relative=relative)
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 def test_heatmaps_count_non_finite_entries():
     """A run whose forward overflows: every dW entry is NaN. Both heat maps were empty with no
     word of the 3,840 entries; now the note under the axis counts them (as an independent plain

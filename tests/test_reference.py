@@ -212,6 +212,7 @@ def test_dead_relu_layer_is_reported_and_gradients_are_exact_zeros():
     assert np.all(res.grads.b.to_float()[:3] == 0) and np.any(res.grads.b.to_float()[3] != 0)
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_first_nonfinite_layer_forward_and_backward():
     stack = gb.Stack(depth=12, width=4, activation="identity", sigma_w=1e40, sigma_b=1.0)

@@ -108,9 +108,11 @@ def test_table_equals_a_serial_loop_on_a_local_cluster_of_two_worker_processes()
     assert table.dtypes["first_nonfinite"] == "Int64"
     ref = serial(GRID, SEEDS, **FIXED)
     assert_matches_serial(table, ref, list(GRID))
-    # the grid covers every phase, and the exploding ReLU (sigma_w = 40) overflows the forward pass
+    # the grid covers every phase, and the exploding ReLU (sigma_w = 40, biases) is carried past
+    # float64 by the forward's exponents (its forward overflowed until 2026-12-07)
     assert set(table.verdict) == {"vanishing", "stable", "exploding"}
-    assert table.loc[(table.activation == "relu") & (table.sigma_w == 40.0), "first_nonfinite"].notna().all()
+    blown = table.loc[(table.activation == "relu") & (table.sigma_w == 40.0)]
+    assert blown.first_nonfinite.isna().all() and (blown.loss_log10 > 400).all()
     assert (table.seconds > 0).all()
 
 

@@ -1128,6 +1128,7 @@ def test_a_loss_that_rises_from_its_lowest_is_named_and_a_falling_one_is_not():
     assert calm.final_loss < 0.01 and "the loss" not in calm.summary().split("\n", 3)[-1]
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 def test_a_forward_pass_that_underflows_is_not_called_dead():
     """sigma_w 1e-200: after one step a bias is no longer 0, the forward pass carries no
     exponents and z ~ 1e-400 rounds to 0 in layers 0 and 1. The summary called them dead (z <= 0);
