@@ -286,7 +286,7 @@ def test_statistics_are_those_of_the_result():
 
 @pytest.mark.usefixtures("plain_biased_forward")
 def test_nonfinite_forward_is_reported():
-    # biases: the forward is not rescaled, so plain float64 overflows
+    # biases, run without exponents (plain_biased_forward): plain float64 overflows
     stack = gb.Stack(depth=6, width=4, activation="relu", init="normal", sigma_w=1e80, sigma_b=0.1, loss="mse")
     params = gb.init_params(stack, 0)
     x = gb.gaussian_input(stack, 3, 1)

@@ -218,7 +218,7 @@ def test_first_nonfinite_layer_forward_and_backward():
     stack = gb.Stack(depth=12, width=4, activation="identity", sigma_w=1e40, sigma_b=1.0)
     params, x, _ = _problem(stack)
     res = gb.backprop(stack, params, x, backend="numpy")
-    # with a bias the forward pass is not rescaled; h grows ~1e15 per layer and overflows
+    # with a bias and no exponents (plain_biased_forward) h grows ~1e15 per layer and overflows
     hs = naive.forward(stack, _as_dict(params), x)[1]["hs"]
     first = next(l for l in range(stack.depth) if not np.all(np.isfinite(hs[l + 1])))
     assert res.first_nonfinite_forward == first

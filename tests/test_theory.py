@@ -753,18 +753,22 @@ def test_theory_cli_says_a_biased_simulation_overflowed_in_the_forward(capsys):
     float64's largest squared (mean field: ~layer 680). The simulation line said only that the
     signal was not finite at every layer; it names the forward's first non-finite layer, near the
     mean-field crossing (a finite width grows a little slower: layer 693 at width 64, 732 at 16),
-    and why."""
+    and why. (A ReLU stack with biases carries exponents since 2026-12-07: its simulation fits.)"""
     from gradbench.cli import main
 
     assert main(["theory", "--activation", "gelu", "--sigma-w", "4", "--sigma-b", "0.1", "--depth", "800",
                  "--width", "64"]) == 0
     simulated = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("simulated"))
-    m = re.search(r"the forward pass having turned non-finite at layer (\d+) \(a stack with biases is not "
+    m = re.search(r"the forward pass having turned non-finite at layer (\d+) \(a gelu stack with biases is not "
                   r"rescaled: its activations overflow as plain float64's do\)", simulated)
     assert m, simulated
     along = theory.along_stack("gelu", 800, sigma_w=4.0, sigma_b=0.1)
     crossing = int(np.argmax(along.log10_q > 2 * math.log10(np.finfo(np.float64).max)))
     assert abs(int(m.group(1)) - crossing) <= 40, (m.group(1), crossing)
+    assert main(["theory", "--activation", "relu", "--sigma-w", "4", "--sigma-b", "0.1", "--depth", "1500",
+                 "--width", "64"]) == 0
+    simulated = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("simulated"))
+    assert "non-finite" not in simulated and re.search(r"\(prediction \+0\.45", simulated), simulated
 
 
 def _elu_path_by_quadrature(sigma_w, q0, depth):

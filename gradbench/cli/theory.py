@@ -310,8 +310,8 @@ def fit_line(args, res, fitted: np.ndarray, prediction: float, out: dict) -> str
             f = res.first_nonfinite_forward
             if f is not None:  # the cause: the forward overflowed first
                 why += (f", the forward pass having turned non-finite at layer {f}" +
-                        (" (a stack with biases is not rescaled: its activations overflow as plain "
-                         f"{res.stack.dtype}'s do)" if res.stack.sigma_b else ""))
+                        (f" (a {res.stack.activation} stack with biases is not rescaled: its activations overflow "
+                         f"as plain {res.stack.dtype}'s do)" if res.stack.sigma_b and not res.forward_rescaled else ""))
         lo, hi = fit_window(args.depth)
         return (f"simulated ({args.depth} layers): too few layers with a finite, nonzero signal to fit a slope{why} "
                 f"({MIN_FIT} are needed, of layers {lo}-{hi - 1})")
