@@ -1234,8 +1234,35 @@ typedef struct {
     unsigned char *gnz;   /* (B,) the row of h_{l+1} is not all zero (rescaling) */
     int frescue;          /* the forward's rescue (GELU, swish, ELU, SELU with rescaling) */
     T *bsr;               /* (nth,N) per thread: a row's bias b 2^-f (rescaling with biases) */
+    unsigned char *qdone; /* (L,B) the row's statistics taken at the layer's exponent already (a
+                             row of h_{l+1} raised to the next bias's floor: frow changed after) */
     int nth;
 } F(gb_fwd);
+
+#ifndef GB_STATS_AT_DEFINED /* not per type */
+#define GB_STATS_AT_DEFINED
+/* A row's statistics (its sum and squared deviations) at the layer's exponent: times 2^q and 4^q
+ * (q: the row's exponent relative to the layer's; exact while normal) */
+static inline void gb_stats_at(double *rsum, double *rm2, int64_t q) {
+    if (q < 0 && q >= -511) { /* 2^q and its square normal doubles */
+        const double p = gb_pow2_f64((int)q);
+        *rsum *= p;
+        *rm2 *= p * p;
+    } else if (q) {
+        *rsum = gb_ldexp_d(*rsum, gb_clamp_exp(q));
+        *rm2 = gb_ldexp_d(*rm2, 2 * gb_clamp_exp(q));
+    }
+}
+#endif
+
+/* reference.bias_floor of a bias with a nonzero entry: the exponent of max|b| less T_MAX_EXP - 3 */
+static int64_t F(gb_bias_floor)(const T *b, int64_t N) {
+    double m = 0;
+    for (int64_t j = 0; j < N; j++) m = fmax(m, fabs((double)b[j]));
+    int e;
+    frexp(m, &e);
+    return (int64_t)e - (T_MAX_EXP - 3);
+}
 
 /* z rows [0, m) (row r at the absolute exponent f + q[r]) += their bias at that exponent, b
  * 2^-(f + q[r]) (reference.bias_rows: ldexp's value, rounded once where subnormal, +-inf where it
@@ -1453,8 +1480,25 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         gb_scaled_rows_reset(&st->scr[tid]);
         const int64_t *ql = frow + l * B;
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
-        /* rescaling with biases (unbounded activations): each row's bias at its exponent */
+        /* rescaling with biases (unbounded activations): each row's bias at its exponent, the
+         * rows first brought up to the bias's floor (reference.raise_rows) */
         const int rbias = rescale && !st->cfg.bn && F(gb_nonzero)(b + l * N, N);
+        if (rbias) {
+            const int64_t ra = st->gemm ? 0 : r0, rb = st->gemm ? B : r1; /* BLAS: one thread, every row */
+            const int64_t floor = F(gb_bias_floor)(b + l * N, N);
+            int64_t *qw = frow + l * B;
+            for (int64_t r = ra; r < rb; r++) {
+                const int64_t d = f + qw[r] - floor;
+                if (d >= 0) continue;
+                if (ps >= 0) GB_FWD_STATS(); /* the layer before's statistics read these rows */
+                if (l > 0) { /* ... and are taken at the layer's exponent with the row's own, not the raised one */
+                    gb_stats_at(st->rsum + (l - 1) * B + r, st->rm2 + (l - 1) * B + r, qw[r]);
+                    st->qdone[(l - 1) * B + r] = 1;
+                }
+                F(gb_scale_down_into)(H + l * BN + r * N, H + l * BN + r * N, N, (int)gb_clamp_exp(d));
+                qw[r] = floor - f;
+            }
+        }
         unsigned char *dead = st->dead + (l * st->nth + tid) * N; /* all 1 for a thread that left */
         if (st->gemm || st->cfg.bn || N > GB_KC) { /* BLAS (one thread), batch norm or a product
             * of packed panels (N > GB_KC: packed once for all the thread's rows, not for each block
@@ -1629,11 +1673,13 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.rnan = F(gb_alloc)((size_t)B);
     st.scr = F(gb_alloc)(sizeof(gb_scaled_rows) * (size_t)nth);
     st.bsr = F(gb_alloc)(sizeof(T) * (size_t)(nth * N));
+    st.qdone = F(gb_alloc)(LB);
     st.frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH || F(gb_limit_rescue)(st.cfg.act));
     rc = GB_ENOMEM;
     if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
-        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.rmax && st.rnan && st.scr && st.bsr && st.tdone &&
-        st.rdone) {
+        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.rmax && st.rnan && st.scr && st.bsr && st.qdone &&
+        st.tdone && st.rdone) {
+        memset(st.qdone, 0, LB);
         rc = GB_OK;
         for (int t = 0; t < nth; t++) {
             atomic_init(&st.tdone[t].step, -1);
@@ -1655,14 +1701,8 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
              * (exact while normal: the rows' own sums of the entries scaled) */
             const int64_t *q = a->frow + (l + 1) * B;
             for (int64_t r = 0; r < B; r++)
-                if (q[r] < 0 && q[r] >= -511) { /* 2^q and its square normal doubles */
-                    const double p = gb_pow2_f64((int)q[r]);
-                    st.rsum[l * B + r] *= p;
-                    st.rm2[l * B + r] *= p * p;
-                } else if (q[r]) {
-                    st.rsum[l * B + r] = gb_ldexp_d(st.rsum[l * B + r], gb_clamp_exp(q[r]));
-                    st.rm2[l * B + r] = gb_ldexp_d(st.rm2[l * B + r], 2 * gb_clamp_exp(q[r]));
-                }
+                if (!st.qdone[l * B + r]) /* (a row raised to a bias's floor: taken then) */
+                    gb_stats_at(st.rsum + l * B + r, st.rm2 + l * B + r, q[r]);
             for (int64_t r = 0; r < B; r++) s += st.rsum[l * B + r];
             const double mean = s / BN;
             for (int64_t r = 0; r < B; r++) {
@@ -1700,6 +1740,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.rnan);
     free(st.scr);
     free(st.bsr);
+    free(st.qdone);
     return rc;
 }
 

@@ -42,33 +42,30 @@ from gradbench.spec import RELU_FAMILY, Stack, units_die
 from gradbench.supply import LayerSupply, buffer_shapes
 
 
-# Activations under which a row of h stays within ~2^1000 of the layer's bias: their outputs are
-# not far smaller than their inputs (ELU and SELU saturate at -alpha), so z = W h + b ~ b keeps
-# h ~ phi(b). GELU and swish are not among them: their negative tails are far below float64
-# (GELU(-110) ~ 2^-8740), and a row deep in them puts b 2^-f past any dtype.
-BIAS_ROWS = frozenset({"identity", "relu", "leaky_relu", "prelu", "elu", "selu"})
+# Activations that can grow (or shrink) without bound under biases: rescaled with or without them.
+# tanh and sigmoid are bounded; with biases they keep the forward signal O(1).
+BIAS_ROWS = frozenset({"identity", "relu", "leaky_relu", "prelu", "elu", "selu", "swish", "gelu"})
 
 
 def can_rescale_forward(stack: Stack, params: Params | GeneratedParams) -> bool:
     """Whether the forward pass carries power-of-two exponents (h_l = H[l] * 2**fexp[l]).
 
     True for stacks without batch norm whose activations can shrink or grow without bound:
-    with zero biases every activation but sigmoid; with biases identity, the ReLU family, ELU
-    and SELU (:data:`BIAS_ROWS`). Only exponents keep these exact (positively homogeneous
-    activations are rescaled exactly; tanh, ELU, SELU, swish and GELU through
-    :func:`gradbench.activations.phi_scaled`); a bias enters each row at that row's exponent (b
+    with zero biases every activation but sigmoid; with biases every one but sigmoid and tanh
+    (:data:`BIAS_ROWS`). Only exponents keep these exact (positively homogeneous activations are
+    rescaled exactly; tanh, ELU, SELU, swish and GELU through
+    :func:`gradbench.activations.phi_scaled`). A bias enters each row at that row's exponent (b
     2^-f, :func:`gradbench.reference.bias_rows`), so an exploding stack with biases (ReLU at
     sigma_w = 3 grows ~0.32 decades a layer, past 10^308 at layer ~960) is exact as a zero-bias
-    one is. Not rescaled: sigmoid (phi(0) = 1/2) and batch norm, which keep the forward signal
-    O(1); tanh with biases (bounded); GELU and swish with biases, whose rows can fall far below
-    the bias (their negative tails) where b 2^-f leaves the dtype: such a stack that explodes
-    overflows the forward as plain arithmetic does, and the run reports that layer as the first
-    non-finite one.
+    one is. A row more than ~2^1020 (float32 2^124) below the bias (inputs that tiny, a GELU or
+    swish row deep in its negative tail) is first brought up to that floor
+    (:func:`gradbench.reference.raise_rows`): its leading bits are kept down to the dtype's
+    smallest subnormal there, as plain arithmetic keeps them beside the bias. Not rescaled:
+    sigmoid (phi(0) = 1/2) and batch norm, which keep the forward signal O(1), and tanh with
+    biases (bounded).
 
-    A row of h_l more than ~2^1020 (float32 2^124) below its bias (inputs that tiny beside a
-    bias) also puts b 2^-f past the dtype's range: such a forward turns non-finite, and
-    :func:`backprop` runs it again without rescaling, as plain arithmetic (the bias holds that
-    row's z).
+    Should a rescaled forward with biases still turn non-finite (a NaN), :func:`backprop` runs
+    it again without rescaling, as plain arithmetic, and reports that run.
     """
     if stack.batch_norm or stack.activation == "sigmoid":
         return False

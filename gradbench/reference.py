@@ -315,6 +315,30 @@ def bias_rows(b: np.ndarray, f: np.ndarray) -> np.ndarray:
     return np.ldexp(b, row_shift(-f))
 
 
+def bias_floor(b: np.ndarray) -> int | None:
+    """The lowest row exponent f at which a layer's bias b 2^-f stays below 2^(T_MAX_EXP - 3)
+    (2^1020 in float64, 2^124 in float32: b 2^-f and the product beside it add without
+    overflowing): the exponent of max|b| less T_MAX_EXP - 3; None for a bias of zeros."""
+    m = float(np.max(np.abs(b))) if b.size else 0.0
+    if m == 0:
+        return None
+    return math.frexp(m)[1] - (np.finfo(b.dtype).maxexp - 4)
+
+
+def raise_rows(H: np.ndarray, q: np.ndarray, e: int, floor: int) -> None:
+    """Rows of a rescaled h_l (row i = H[i] 2^(e + q[i])) below the bias's floor
+    (:func:`bias_floor`) brought up to it, in place: H[i] times 2^(e + q[i] - floor) (ldexp,
+    rounded once; a row that far below keeps its leading bits down to the dtype's smallest
+    subnormal, 2^-1074 of the floor in float64, and reads 0 below that, as plain arithmetic reads
+    it beside the bias), q[i] = floor - e. Only rows ~2^1020 below the bias (float32 2^124):
+    inputs that tiny, a GELU or swish row deep in its negative tail."""
+    f = e + q
+    low = f < floor
+    if low.any():
+        H[low] = np.ldexp(H[low], row_shift(f[low] - floor))
+        q[low] = floor - e
+
+
 def scaled_rows(X: np.ndarray, r: np.ndarray, e: int) -> np.ndarray:
     """A copy of X with row i times 2**(r[i] - e), rounded once (ldexp: exact while normal)."""
     return np.ldexp(X, row_shift(r - e))
@@ -585,9 +609,13 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         if code == PRELU:  # 1 % of the largest |phi'| = max(1, |slope_l|) of the slope that runs
             sat_threshold = abi.saturation_threshold("prelu", float(slope[l]), H.dtype)
         # z's row i is the mantissa of z_i 2^f[i] when rescaling: one exponent per sample, the
-        # bias too (b 2^-f[i]: biased stacks of unbounded activations, can_rescale_forward)
+        # bias too (b 2^-f[i]: biased stacks of unbounded activations, can_rescale_forward), each
+        # row first brought up to where that stays in range (raise_rows)
+        floor = bias_floor(b[l]) if rescale else None
+        if floor is not None:
+            raise_rows(H[l], frow[l], int(fexp[l]), floor)
         f = fexp[l] + frow[l] if rescale else None
-        dense_forward(z, H[l], W[l], b[l] if f is None or not b[l].any() else bias_rows(b[l], f))
+        dense_forward(z, H[l], W[l], b[l] if floor is None else bias_rows(b[l], f))
         if bn:
             batchnorm_forward(z, Z[l], bn_mean[l], bn_rstd[l], z.copy(), gamma[l], beta[l], eps)
         else:

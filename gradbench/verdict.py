@@ -332,6 +332,20 @@ def floored_layers(activation: str, g: np.ndarray, saturation: np.ndarray, act_l
 PHI_UNDERFLOW = {"gelu": "GELU below z ~ -2.5e9", "swish": "swish below z ~ -3.2e18"}
 
 
+def bias_floor_zeros(res, zero: np.ndarray) -> np.ndarray:
+    """Of the layers ``zero`` whose ||dW_l|| is exactly 0, those whose input h_l is not 0 and whose
+    signal dL/dh_l is not 0 either, in a forward with exponents: dW_l = dz_l^T h_l can then read 0
+    only where every row of h_l lay so far below the layer's bias that, brought up to the bias's
+    floor (gradbench.reference.raise_rows), its entries fell below the dtype's smallest subnormal."""
+    if not getattr(res, "forward_rescaled", False) or not zero.size:
+        return np.zeros(0, dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = np.asarray(res.act_std.log10(), dtype=np.float64)
+        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+    z = zero[zero >= 1]
+    return z[np.isfinite(h[z - 1]) & np.isfinite(s[z])]
+
+
 def forward_zeros(activation: str, act_log10) -> np.ndarray:
     """Layers whose every output activation is exactly 0 though no unit is dead: GELU and swish
     units whose phi(z) lies beyond any int64 exponent (:data:`PHI_UNDERFLOW`), or z = 0."""
@@ -351,8 +365,8 @@ FLUSH_Z = {"sigmoid": {"float64": "-745", "float32": "-104"},
 def float_underflow(stack, res) -> np.ndarray:
     """Layers whose outputs h_{l+1} are all exactly 0 though phi(z) is not 0 in exact arithmetic:
     sigmoid (> 0 for every z), and GELU and swish (0 only at z = 0) in a stack whose forward
-    carries no exponent (nonzero biases or batch norm; ``res.forward_rescaled`` False; a rescaled
-    forward's zeros are :func:`forward_zeros`). Every unit saturated and mean and std exactly 0 (a
+    carries no exponent (batch norm, or a forward taken again without them; ``res.forward_rescaled``
+    False; a rescaled forward's zeros are :func:`forward_zeros`). Every unit saturated and mean and std exactly 0 (a
     std of 0 alone is a layer of equal outputs, all 1 in a saturated sigmoid layer): the dtype's
     underflow, every unit's z below :data:`FLUSH_Z`, and the loss and gradients that depend on
     those outputs read 0 where the exact ones are tiny but not 0. Not with ``residual_scale`` 0,
@@ -1548,6 +1562,15 @@ def _findings(stack, g, res, verdict, forward_said: bool = False, weight_log10=N
         if under.size and np.isin(zero - 1, under).any():
             # dW_l = dz_l^T h_l with h_l the underflowed outputs of layer l - 1
             dead_note = f" ({float_underflow_words(stack, under)})"
+        floor = bias_floor_zeros(res, zero)
+        if floor.size and top in floor:
+            far = 2094 if stack.dtype == "float64" else 273  # the floor's 2^1020 (2^124) and the subnormals'
+            how = (f"a {stack.activation} row deep in its negative tail" if stack.activation in PHI_UNDERFLOW
+                   else "inputs that small")
+            dead_note = (f" (h_{top}, the input of layer {top}, is not 0 (std 10^{_num(res.act_std.log10()[top - 1])}) "
+                         f"nor is dL/dh there: every row lies more than 2^{far} below the layer's bias ({how}), so "
+                         "that carried at the bias's floor its entries read 0, as plain arithmetic reads them beside "
+                         "the bias; the exact gradient is tiny but not 0)")
         words.append(f"{zero.size} layer(s) have an exactly zero gradient, the highest is layer {zero.max()}{dead_note}")
     far = rate_outliers(g, stack.residual)
     if far.size:

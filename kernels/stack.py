@@ -31,6 +31,16 @@ from .layers import (
 
 
 @njit(**JIT)
+def _bias_floor(b):
+    """reference.bias_floor of a bias with a nonzero entry: the exponent of max|b| less
+    T_MAX_EXP - 3 (1020 in float64, 124 in float32)."""
+    m = 0.0
+    for j in range(b.shape[0]):
+        m = max(m, abs(np.float64(b[j])))
+    return math.frexp(m)[1] - (1020 if b.itemsize == 8 else 124)
+
+
+@njit(**JIT)
 def _needs_scaled(code, rescale):
     """Forward rescaling of an activation that is not positively homogeneous: phi_scaled."""
     return rescale and not (code == IDENTITY or code == RELU or code == LEAKY or code == PRELU)
@@ -63,6 +73,15 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         p = np.float64(slope[l]) if code == PRELU else param
         if code == PRELU:  # abi.saturation_threshold of the slope that runs, rounded to the dtype
             sat_threshold = np.float64(_as(0.01 * max(1.0, abs(p)), H[0, 0, 0]))
+        # rescaling with biases: rows far below the bias brought up to its floor (reference.raise_rows)
+        row_bias = rescale and not bn and row_nonzero(b, l)
+        if row_bias:
+            floor = _bias_floor(b[l])
+            for i in range(B):
+                d = fexp[l] + frow[l, i] - floor
+                if d < 0:
+                    scale_row(H[l], i, _clamp(d))
+                    frow[l, i] = floor - fexp[l]
         if bn:
             dense_forward(y, H[l], W[l], b[l])
             batchnorm_forward(y, Z[l], bn_mean[l], bn_rstd[l], y, gamma[l], beta[l], eps)
@@ -75,7 +94,6 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
                 f[i] = fexp[l] + frow[l, i]
         scaled = _needs_scaled(code, rescale)
         # the bias: fused into the activation's pass, or (rescaling with biases) b 2^-f[i] per row
-        row_bias = rescale and not bn and row_nonzero(b, l)
         if row_bias:
             bias_rows(bz, b[l], f)
             for i in range(B):
@@ -162,15 +180,17 @@ def _pair_exponent(r, q, nz, h, E):
 @njit(**JIT)
 def _scale_rows_sum(dz, db, r, nz, E, q, w):
     """db = sum_B scaled(dz, E) (row i times 2**(r_i - E), rows in order) and, in place, dz row i
-    times 2**(r_i + q_i - w): dW's rows (zero rows as they are). One factor per row where the two
-    agree (every row when the forward's rows share one exponent), two where they differ."""
+    times 2**min(r_i + q_i - w, 0): dW's rows (zero rows as they are; a row above w, whose h_i is
+    0, not scaled up: reference.pair_rows, where 2^(r_i + q_i - w) could overflow and inf * 0
+    read NaN). One factor per row where the two agree (every row when the forward's rows share
+    one exponent), two where they differ."""
     B, N = dz.shape
     for j in range(N):
         db[j] = 0
     lo, hi = _pow2_range(dz)
     for i in range(B):
         d = _clamp(r[i] - E) if nz[i] else np.int64(0)
-        dw = _clamp(r[i] + q[i] - w) if nz[i] else np.int64(0)
+        dw = min(_clamp(r[i] + q[i] - w), np.int64(0)) if nz[i] else np.int64(0)
         if d != dw:  # db's row at E, dW's at w
             if lo <= d <= hi and lo <= dw <= hi:
                 s1 = _as(pow2(d), dz[0, 0])

@@ -367,6 +367,7 @@ def _assert_subnormal_layer_agrees(backend, stack, params, x, layer):
     check_problem(backend, stack, params, x)
 
 
+@pytest.mark.usefixtures("plain_biased_forward")  # subnormal dW mantissas: a forward without exponents
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_subnormal_weight_gradient_hand_set(backend):
     """b_0 = -716 puts h_1 = swish(-716) ~ 1e-308 at the subnormal boundary, so dW_1's entries
@@ -383,6 +384,7 @@ def test_subnormal_weight_gradient_hand_set(backend):
     _assert_subnormal_layer_agrees(backend, stack, params, x, 1)
 
 
+@pytest.mark.usefixtures("plain_biased_forward")  # subnormal dW mantissas: a forward without exponents
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_subnormal_weight_gradient_orthogonal_swish(backend):
     """Initialised weights that reach a subnormal dW_21 on their own (Numba gave NaN there: 0 * inf)."""

@@ -463,10 +463,11 @@ def test_a_biased_exploding_stack_is_exact_beyond_float64(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("activation", ["elu", "selu", "relu"])
+@pytest.mark.parametrize("activation", ["elu", "selu", "relu", "gelu", "swish"])
 def test_a_biased_exploding_float32_stack_is_exact_beyond_float32(activation, backend):
     """float32 stacks with biases at sigma_w = 3 pass 3.4e38 by layer ~110 (and read non-finite
-    from there): carried by exponents, ELU, SELU and the ReLU family follow mpmath."""
+    from there: GELU from layer 126 on every backend): carried by exponents, they follow mpmath,
+    GELU and swish with rows deep in their negative tails brought up to the bias's floor."""
     stack = gb.Stack(depth=250, width=8, activation=activation, init="normal", sigma_w=3.0, sigma_b=0.1,
                      dtype="float32")
     params, x = gb.init_params(stack, 1), gb.gaussian_input(stack, 2, 1)
@@ -507,21 +508,70 @@ def test_selu_just_below_float64s_max_is_exact(dtype, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype, scale", [("float64", 1e-310), ("float32", 1e-42)])
-def test_inputs_far_below_the_bias_run_as_plain_arithmetic(dtype, scale, backend):
-    """A row of h_0 ~2^1030 below the bias puts b 2^-f past float64 (the bias at that row's
-    exponent): the rescaled forward turns non-finite, and the run takes the forward again
-    without exponents, where the bias holds z (engine._forward_again_unscaled). Its result is
-    the plain run's, value for value."""
+def test_inputs_far_below_the_bias_are_carried_at_its_floor(dtype, scale, backend):
+    """Rows of h_0 ~2^1030 below the bias (float32 2^139; subnormal inputs) would put b 2^-f past
+    the dtype's range: each is brought up to the bias's floor first (reference.raise_rows), its
+    mantissas kept. z is then the plain chain's (the bias holds it), and dW_0 = dz_0^T x keeps the
+    inputs' digits, where plain arithmetic rounds a subnormal product: both against a float64
+    chain that scales x by 2^1100 (float32: 2^200) for that one product."""
     stack = gb.Stack(depth=30, width=8, activation="relu", init="normal", sigma_w=1.5, sigma_b=0.1, dtype=dtype)
     params = gb.init_params(stack, 0)
     x = (gb.gaussian_input(stack, 4, 1) * np.asarray(scale, dtype=dtype)).astype(dtype)
     res = gb.backprop(stack, params, x, backend=backend)
-    assert not res.forward_rescaled and res.first_nonfinite_forward is None and np.isfinite(res.loss)
-    # the plain chain, independently: float64 NumPy, the bias holding every layer's z
-    h = x.astype(np.float64)
-    for W, b in zip(params.W.astype(np.float64), params.b.astype(np.float64)):
-        h = np.maximum(h @ W.T + b, 0)
-    assert float(res.loss_exact.log10()) == pytest.approx(math.log10(0.5 * np.sum(h * h)), abs=1e-5)
+    assert res.forward_rescaled and res.first_nonfinite_forward is None
+    # the plain chain in float64, loss 0.5 ||h_L||^2; x enters z_0 below any rounding of the bias
+    Ws, bs = params.W.astype(np.float64), params.b.astype(np.float64)
+    hs, zs = [x.astype(np.float64)], []
+    for W, b in zip(Ws, bs):
+        zs.append(hs[-1] @ W.T + b)
+        hs.append(np.maximum(zs[-1], 0))
+    g = hs[-1]
+    for l in range(stack.depth - 1, -1, -1):
+        dz = g * (zs[l] > 0)
+        g = dz @ Ws[l]
+    k = 1100 if dtype == "float64" else 200
+    dw0 = dz.T @ np.ldexp(hs[0], k)  # exact scaling: the digits of x kept
+    tol = 1e-9 if dtype == "float64" else 1e-4
+    assert float(res.loss_exact.log10()) == pytest.approx(math.log10(0.5 * np.sum(hs[-1] ** 2)), abs=tol)
+    assert float(res.grad_norm.log10()[0]) == pytest.approx(math.log10(np.linalg.norm(dw0)) - k * math.log10(2),
+                                                            abs=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gelu_rows_deep_in_the_tail_beside_a_bias_meet_its_floor(backend, monkeypatch):
+    """A biased GELU stack at width 4 whose rows fall deep into GELU's negative tail (h ~2^-6.2e6
+    beside a bias of 0.1): b 2^-f of such a row is past float64 (until the floor, the forward was
+    taken again without exponents). Rows below the bias's floor are brought up to it
+    (reference.raise_rows): the signal follows mpmath (to the rounding of z that the tail
+    amplifies), the statistics of those rows are their own (the C drivers took them after the
+    rows' exponents changed: 0 at four layers), and a layer whose every row lay more than 2^2094
+    below the bias reads dW_l = 0 where mpmath has 10^-2e6, which the diagnosis explains."""
+    from gradbench import reference
+
+    raised = []
+    orig = reference.raise_rows
+    monkeypatch.setattr(reference, "raise_rows", lambda H, q, e, floor: (raised.append(int(((e + q) < floor).sum())),
+                                                                          orig(H, q, e, floor))[1])
+    stack = gb.Stack(depth=300, width=4, activation="gelu", init="normal", sigma_w=3.0, sigma_b=0.1)
+    params, x = gb.init_params(stack, 1), gb.gaussian_input(stack, 2, 1)
+    key = (stack, params.W.tobytes(), params.b.tobytes(), x.tobytes())
+    if key not in _MP:
+        _MP[key] = chain(stack.activation, stack.act_param, params.W, x, b=params.b)
+    lo, gW, gh = _MP[key]
+    ref = gb.backprop(stack, params, x, backend="numpy")
+    assert sum(raised) > 0 and ref.forward_rescaled
+    res = gb.backprop(stack, params, x, backend=backend)
+    assert res.first_nonfinite_forward is None and min(gh) < -2e6
+    assert np.max(np.abs(res.signal_norm.log10() - gh)) <= 1e-5
+    got, want = res.act_std.log10(), ref.act_std.log10()
+    assert np.all(np.isfinite(got)) and np.max(np.abs(got - want)) <= 1e-6
+    g = res.grad_norm.log10()
+    zero = np.flatnonzero(g == -np.inf)
+    assert zero.size and np.all(np.isfinite(np.asarray(gW)[zero]))  # mpmath: tiny, not 0
+    fin = np.isfinite(g)
+    assert np.max(np.abs(g[fin] - np.asarray(gW)[fin])) <= 1e-5
+    text = gb.diagnose(res, params).explanation
+    assert "carried at the bias's floor its entries read 0, as plain arithmetic reads them beside the bias" in text
 
 
 def _tail_stack(activation, dtype, depth=3):

@@ -747,13 +747,15 @@ def test_theory_cli_simulates_where_q_star_is_not_resolved(capsys):
     assert "critical sigma_w        1 at sigma_b = 1e-20 (sigma_w^2 = 1)" in text
 
 
+@pytest.mark.usefixtures("plain_biased_forward")
 def test_theory_cli_says_a_biased_simulation_overflowed_in_the_forward(capsys):
-    """GELU at sigma_w = 4 with a bias: q_l grows ~0.9 decades a layer, and a stack with biases is
-    not rescaled, so the simulated forward overflows where the activations' mean square q_l passes
-    float64's largest squared (mean field: ~layer 680). The simulation line said only that the
-    signal was not finite at every layer; it names the forward's first non-finite layer, near the
-    mean-field crossing (a finite width grows a little slower: layer 693 at width 64, 732 at 16),
-    and why. (A ReLU stack with biases carries exponents since 2026-12-07: its simulation fits.)"""
+    """GELU at sigma_w = 4 with a bias, its forward taken without exponents (as every biased GELU
+    stack's was until 2026-12-07; batch norm, a forward taken again without them): q_l grows ~0.9
+    decades a layer, so the simulated forward overflows where the activations' mean square q_l
+    passes float64's largest squared (mean field: ~layer 680). The simulation line said only that
+    the signal was not finite at every layer; it names the forward's first non-finite layer, near
+    the mean-field crossing (a finite width grows a little slower: layer 693 at width 64, 732 at
+    16), and why."""
     from gradbench.cli import main
 
     assert main(["theory", "--activation", "gelu", "--sigma-w", "4", "--sigma-b", "0.1", "--depth", "800",
@@ -765,10 +767,18 @@ def test_theory_cli_says_a_biased_simulation_overflowed_in_the_forward(capsys):
     along = theory.along_stack("gelu", 800, sigma_w=4.0, sigma_b=0.1)
     crossing = int(np.argmax(along.log10_q > 2 * math.log10(np.finfo(np.float64).max)))
     assert abs(int(m.group(1)) - crossing) <= 40, (m.group(1), crossing)
-    assert main(["theory", "--activation", "relu", "--sigma-w", "4", "--sigma-b", "0.1", "--depth", "1500",
+
+
+@pytest.mark.parametrize("activation, predicted", [("relu", "+0.45"), ("gelu", "+0.4")])
+def test_theory_cli_fits_a_biased_exploding_simulation_past_float64(capsys, activation, predicted):
+    """The same stacks with their forward exponents (since 2026-12-07 with biases too): the
+    simulation runs past 10^308 and fits its slope beside mean field's prediction."""
+    from gradbench.cli import main
+
+    assert main(["theory", "--activation", activation, "--sigma-w", "4", "--sigma-b", "0.1", "--depth", "1500",
                  "--width", "64"]) == 0
     simulated = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("simulated"))
-    assert "non-finite" not in simulated and re.search(r"\(prediction \+0\.45", simulated), simulated
+    assert "non-finite" not in simulated and f"(prediction {predicted}" in simulated, simulated
 
 
 def _elu_path_by_quadrature(sigma_w, q0, depth):

@@ -1320,12 +1320,15 @@ def test_sigmoid_underflow_zeros_do_not_decide_the_verdict(backend):
 
 
 @pytest.mark.parametrize("activation, sigma_w, edge", [("gelu", 100.0, "-38.6"), ("swish", 2000.0, "-752")])
-def test_biased_gelu_swish_outputs_that_underflow_are_named(activation, sigma_w, edge):
-    """With nonzero biases the forward carries no exponent, so GELU and swish outputs underflow to 0
-    in float64 below z ~ -38.6 and -752, not at 2^(-2^62) as a zero-bias stack's rescued forward
-    does. Depth 4, width 2, sigma_b = 0.1, batch 1, seed 1: the top layer's outputs read 0, and so
-    do the loss and every ||dW_l||; mpmath's plain forward (biases included) gives a loss of
-    10^-3.5e12 (GELU) and 10^-4.0e11 (swish), tiny and non-zero, within the int64 exponent."""
+def test_biased_gelu_swish_outputs_that_underflow_are_named(activation, sigma_w, edge, monkeypatch):
+    """In a forward without exponents (batch norm; a biased stack's until 2026-12-07, here by the
+    plain_biased_forward rule), GELU and swish outputs underflow to 0 in float64 below z ~ -38.6
+    and -752, not at 2^(-2^62) as a rescued forward does. Depth 4, width 2, sigma_b = 0.1, batch
+    1, seed 1: the top layer's outputs read 0, and so do the loss and every ||dW_l||; mpmath's
+    plain forward (biases included) gives a loss of 10^-3.5e12 (GELU) and 10^-4.0e11 (swish), tiny
+    and non-zero, within the int64 exponent, which the forward with exponents now gives."""
+    from gradbench import engine
+    from tests.conftest import _plain_biased_rule
     import mpmath as mp
 
     st = gb.Stack(depth=4, width=2, activation=activation, init="normal", sigma_w=sigma_w, sigma_b=0.1)
@@ -1339,6 +1342,9 @@ def test_biased_gelu_swish_outputs_that_underflow_are_named(activation, sigma_w,
                  for i in range(2)]
         true_loss = float(mp.log10(mp.fsum(v * v for v in h) / 2))
     assert -1e13 < true_loss < -1e11  # tiny, and far inside 2^(-2^62) ~ 10^-1.4e18
+    exact = gb.backprop(st, p, x)  # with exponents: the loss itself
+    assert exact.forward_rescaled and float(exact.loss_exact.log10()) == pytest.approx(true_loss, rel=1e-9)
+    monkeypatch.setattr(engine, "can_rescale_forward", _plain_biased_rule)
     res = gb.backprop(st, p, x)
     assert res.loss == 0.0 and np.all(res.grad_norm.log10() == -np.inf)  # the float forward's limit
     text = " ".join(gb.diagnose(res, p).explanation.split())
