@@ -1491,7 +1491,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 const int64_t d = f + qw[r] - floor;
                 if (d >= 0) continue;
                 if (ps >= 0) GB_FWD_STATS(); /* the layer before's statistics read these rows */
-                if (l > 0) { /* ... and are taken at the layer's exponent with the row's own, not the raised one */
+                if (l > 0) { /* ... taken at the layer's exponent with the row's own, not the raised one */
                     gb_stats_at(st->rsum + (l - 1) * B + r, st->rm2 + (l - 1) * B + r, qw[r]);
                     st->qdone[(l - 1) * B + r] = 1;
                 }
@@ -1542,7 +1542,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 T *zq = Zl + (r0 + q) * N;
                 if (rbias) {
                     F(gb_gemm_own)(zq, h + q * N, N, 1, wtl, NULL, m, N, N);
-                    F(gb_add_bias_rows)(zq, h + q * N, W + l * NN, b + l * N, ql + r0 + q, f, st->bsr + tid * N, m, N);
+                    F(gb_add_bias_rows)(zq, h + q * N, W + l * NN, b + l * N, ql + r0 + q, f, st->bsr + tid * N,
+                                        m, N);
                 } else {
                     F(gb_gemm_own)(zq, h + q * N, N, 1, wtl, b + l * N, m, N, N);
                     F(gb_dense_fix)(zq, h + q * N, W + l * NN, b + l * N, m, N);
@@ -1677,8 +1678,8 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.frescue = st.cfg.rescale && (st.cfg.act == GB_GELU || st.cfg.act == GB_SWISH || F(gb_limit_rescue)(st.cfg.act));
     rc = GB_ENOMEM;
     if ((st.gemm || (st.wt[0] && st.wt[1] && st.wt[2])) && (!st.cfg.bn || st.zb) && st.rsum && st.rm2 &&
-        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.rmax && st.rnan && st.scr && st.bsr && st.qdone &&
-        st.tdone && st.rdone) {
+        st.rsat && st.rbad && st.dead && st.eslot && st.gabs && st.gnz && st.rmax && st.rnan && st.scr && st.bsr &&
+        st.qdone && st.tdone && st.rdone) {
         memset(st.qdone, 0, LB);
         rc = GB_OK;
         for (int t = 0; t < nth; t++) {

@@ -88,8 +88,9 @@ def _exp_of_max(x: np.ndarray) -> int | None:
 
 def dense_fix(z, h, W, b):
     """Recompute, exactly scaled, every entry z[r, j] that is not finite while h[r], W[j] and b[j]
-    are (b (N,), or (B,N): row r's own b[r]): its products overflowed one by one (or their sum did), so its sign, or whether it is
-    finite at all, would depend on the order of the sum and on fused multiply-adds.
+    are (b (N,), or (B,N): row r's own b[r]): its products overflowed one by one (or their sum
+    did), so its sign, or whether it is finite at all, would depend on the order of the sum and
+    on fused multiply-adds.
 
         eh, ew = exponents of max|h[r]|, max|W[j]|  (frexp; powers of two are exact)
         s = 0;  for k = 0..K-1: s += (h[r,k] 2^-eh) * (W[j,k] 2^-ew)     float64, each product
