@@ -733,6 +733,17 @@ static GB_AINLINE double F(gb_act_backward_row_k)(T *d, const T *g, const T *zr,
         if (act == GB_PRELU)
             for (int q = 0; q < GB_VL; q++) sum += acc[q];
     }
+    if (!gamma && act != GB_PRELU && s->vmode == GB_VM_MUL) /* the rescaled chain's usual mode: two
+        * vectors a step while every lane is finite, as the forward's (their long chains overlap) */
+        for (; j + 2 * GB_VL <= N; j += 2 * GB_VL) {
+            const gb_vd u0 = F(gb_loadv)(zr + j), u1 = F(gb_loadv)(zr + j + GB_VL);
+            if (!gb_vfinite(u0) || !gb_vfinite(u1)) break; /* the loop below takes them */
+            gb_vd d0, d1;
+            gb_vact_mul(u0, s, act, NULL, &d0);
+            gb_vact_mul(u1, s, act, NULL, &d1);
+            F(gb_store_dz)(d + j, g + j, d0, scale, alpha, mx != NULL, &macc);
+            F(gb_store_dz)(d + j + GB_VL, g + j + GB_VL, d1, scale, alpha, mx != NULL, &macc);
+        }
     if (!gamma && act != GB_PRELU)
         for (; j + GB_VL <= N; j += GB_VL) {
             gb_vd vd;
