@@ -333,20 +333,6 @@ static REAL *F(gb_rpacked)(const REAL *W, int64_t K, int64_t Nc, int trans, int 
 }
 
 /* ------------------------------------------------------------------ the exact chain */
-/* y = x 2^k for n values, with ldexp's rounding (y may be x) */
-static void F(gb_scale_into)(REAL *y, const REAL *x, int64_t n, int k) {
-    const REAL s = F(gb_pow2)(k);
-    if (k == 0) {
-        if (y != x) memcpy(y, x, sizeof(REAL) * (size_t)n);
-    } else if (s != 0) {
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] * s;
-    } else if (k < 0) { /* below REAL's normal powers of two */
-        F(gb_scale_down_into)(y, x, n, k);
-    } else {
-        for (int64_t i = 0; i < n; i++) y[i] = TLDEXP(x[i], k);
-    }
-}
-
 /* sum (x s1 s2)^2 in double, rows of N in order (gb_sumsq_row_at's sums, rows_impl.h).    x (M,N) */
 static double F(gb_rsumsq)(const REAL *x, int64_t M, int64_t N, double s1, double s2) {
     double total = 0;

@@ -8,6 +8,7 @@
  *   gb_absmax:         max|g|, NaN ignored or propagated
  *   gb_times_pow2:     g *= 2^k exactly; gb_scale_pow2: g brought to max|g| in [0.5, 1)
  *   gb_pow2_down, gb_scale_down_into, gb_times_down: x 2^d (d <= 0) as ldexp rounds it, by products
+ *   gb_scale_into:     y = x 2^k (either sign) as ldexp rounds it
  *   gb_row_normalise:  one row normalised, its exponent added to *r
  *   gb_clip_values / gb_clip_value_row: the value clip of one row at 2^*r
  *   gb_sumsq_row (the stacks'), gb_sumsq_row_at (the recurrent cells', rows at 2^d): sums of
@@ -176,6 +177,20 @@ static GB_AINLINE T F(gb_times_down)(T x, const T p[2]) {
  * correctly rounded x 2^k), else 0 */
 static inline T F(gb_pow2)(int k) {
     return (k >= 1 - T_MAX_EXP && k <= T_MAX_EXP) ? (T)gb_pow2_f64(k) : (T)0;
+}
+
+/* y = x 2^k for n values, with ldexp's rounding (y may be x) */
+GB_ROWS_UNUSED static void F(gb_scale_into)(T *y, const T *x, int64_t n, int k) {
+    const T s = F(gb_pow2)(k);
+    if (k == 0) {
+        if (y != x) memcpy(y, x, sizeof(T) * (size_t)n);
+    } else if (s != 0) {
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] * s;
+    } else if (k < 0) { /* below T's normal powers of two */
+        F(gb_scale_down_into)(y, x, n, k);
+    } else {
+        for (int64_t i = 0; i < n; i++) y[i] = TLDEXP(x[i], k);
+    }
 }
 
 /* Scale g (n,) in place by 2^-e, e the exponent of m (m = max|g|, maybe over several threads'

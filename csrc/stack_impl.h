@@ -1277,26 +1277,14 @@ static int64_t F(gb_bias_floor)(const T *b, int64_t N) {
 
 /* z rows [0, m) (row r at the absolute exponent f + q[r]) += their bias at that exponent, b
  * 2^-(f + q[r]) (reference.bias_rows: ldexp's value, rounded once where subnormal, +-inf where it
- * overflows): a product by 2^-f where that is a normal double (in double for float too: exact,
- * then rounded once to T), else ldexp; then reference.dense_fix on a row that is not finite,
- * with its bias (the product ran without it). bs (N,) scratch */
+ * overflows: gb_scale_into); then reference.dense_fix on a row that is not finite, with its bias
+ * (the product ran without it). bs (N,) scratch */
 static void F(gb_add_bias_rows)(T *z, const T *h, const T *W, const T *b, const int64_t *q, int64_t f,
                                 T *bs, int64_t m, int64_t N) {
     for (int64_t r = 0; r < m; r++) {
-        const int64_t e = f + q[r];
         T *zr = z + r * N;
-        if (e >= -1023 && e <= 1022) {
-            const double s = gb_pow2_f64((int)-e);
-            for (int64_t j = 0; j < N; j++) {
-                bs[j] = (T)((double)b[j] * s);
-                zr[j] += bs[j];
-            }
-        } else {
-            for (int64_t j = 0; j < N; j++) {
-                bs[j] = (T)ldexp((double)b[j], gb_clamp_exp(-e));
-                zr[j] += bs[j];
-            }
-        }
+        F(gb_scale_into)(bs, b, N, (int)gb_clamp_exp(-(f + q[r])));
+        for (int64_t j = 0; j < N; j++) zr[j] += bs[j];
         if (!F(gb_finite_block)(zr, N)) F(gb_dense_fix)(zr, h + r * N, W, bs, 1, N);
     }
 }

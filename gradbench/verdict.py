@@ -365,12 +365,12 @@ FLUSH_Z = {"sigmoid": {"float64": "-745", "float32": "-104"},
 def float_underflow(stack, res) -> np.ndarray:
     """Layers whose outputs h_{l+1} are all exactly 0 though phi(z) is not 0 in exact arithmetic:
     sigmoid (> 0 for every z), and GELU and swish (0 only at z = 0) in a stack whose forward
-    carries no exponent (batch norm, or a forward taken again without them; ``res.forward_rescaled``
-    False; a rescaled forward's zeros are :func:`forward_zeros`). Every unit saturated and mean and std exactly 0 (a
-    std of 0 alone is a layer of equal outputs, all 1 in a saturated sigmoid layer): the dtype's
-    underflow, every unit's z below :data:`FLUSH_Z`, and the loss and gradients that depend on
-    those outputs read 0 where the exact ones are tiny but not 0. Not with ``residual_scale`` 0,
-    where a zero skip path is a true zero."""
+    carries no exponent (batch norm, or a forward taken again without them;
+    ``res.forward_rescaled`` False; a rescaled forward's zeros are :func:`forward_zeros`). Every
+    unit saturated and mean and std exactly 0 (a std of 0 alone is a layer of equal outputs, all 1
+    in a saturated sigmoid layer): the dtype's underflow, every unit's z below :data:`FLUSH_Z`,
+    and the loss and gradients that depend on those outputs read 0 where the exact ones are tiny
+    but not 0. Not with ``residual_scale`` 0, where a zero skip path is a true zero."""
     act = stack.activation
     if act not in FLUSH_Z or (act != "sigmoid" and getattr(res, "forward_rescaled", True)) or \
             (stack.residual and stack.residual_scale == 0):

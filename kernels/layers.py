@@ -123,28 +123,11 @@ def dense_fix(z, h, W, b):
 
 @njit(**JIT)
 def dense_fix_rows(z, h, W, bz):
-    """:func:`dense_fix` with a bias per row, bz (B,N) (:func:`add_bias_rows`'s)."""
+    """:func:`dense_fix` with a bias per row, bz (B,N) (the stack's forward with exponents)."""
     fixed = False
     for i in range(z.shape[0]):
         fixed |= _fix_row(z, h, W, bz[i], i)
     return fixed
-
-
-@njit(**JIT)
-def bias_rows(bz, b, f):
-    """bz[i] = b 2^-f[i] (reference.bias_rows: ldexp's value, rounded once where subnormal, +-inf
-    where it overflows): b times 2^-f[i] where that is a normal float64 (a product rounded once,
-    in float64 for float32 too, then to the dtype), else ldexp. bz (B,N), b (N,), f (B,) int64."""
-    B, N = bz.shape
-    for i in range(B):
-        d = -f[i]
-        if -1022 <= d <= 1023:
-            s = pow2(d)
-            for j in range(N):
-                bz[i, j] = _as(np.float64(b[j]) * s, bz[i, j])
-        else:
-            for j in range(N):
-                bz[i, j] = _as(_ldexp_inf(np.float64(b[j]), d), bz[i, j])
 
 
 @njit(**JIT)

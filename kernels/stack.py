@@ -25,8 +25,7 @@ from .chain import (
     pow2, row_nonzero, rows_exponent, rows_nonzero, scale_row, signal_rows, sumsq_rows,
 )
 from .layers import (
-    _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, bias_rows, dense_fix,
-    dense_fix_rows, dense_forward, matmul_dh, matmul_dw, matmul_forward, rescue_forward_rows, rescue_saturated_rows,
+    _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_fix, dense_fix_rows, dense_forward, matmul_dh, matmul_dw, matmul_forward, rescue_forward_rows, rescue_saturated_rows,
 )
 
 
@@ -94,9 +93,11 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
                 f[i] = fexp[l] + frow[l, i]
         scaled = _needs_scaled(code, rescale)
         # the bias: fused into the activation's pass, or (rescaling with biases) b 2^-f[i] per row
-        if row_bias:
-            bias_rows(bz, b[l], f)
+        if row_bias:  # reference.bias_rows: ldexp's value (scale_row)
             for i in range(B):
+                for j in range(N):
+                    bz[i, j] = b[l, j]
+                scale_row(bz, i, _clamp(-f[i]))
                 for j in range(N):
                     z[i, j] += bz[i, j]
         nsat = _activation_forward_stats(H[l + 1], z, b[l], not bn and not row_bias, code, p, f, scaled,
