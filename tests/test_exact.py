@@ -462,6 +462,18 @@ def test_a_biased_exploding_stack_is_exact_beyond_float64(backend):
     assert gb.diagnose(res).verdict == "exploding"
 
 
+@pytest.mark.parametrize("activation", gb.ACTIVATIONS)
+def test_which_forwards_carry_exponents(activation):
+    """README: every stack without batch norm carries forward exponents, with zero biases whatever
+    the activation but sigmoid, with biases every one but sigmoid and tanh; batch norm never."""
+    for sigma_b, batch_norm in ((0.0, False), (0.1, False), (0.0, True), (0.1, True)):
+        stack = gb.Stack(depth=3, width=4, activation=activation, sigma_b=sigma_b, batch_norm=batch_norm)
+        params = gb.init_params(stack, 0)
+        res = gb.backprop(stack, params, gb.gaussian_input(stack, 2, 1), backend="numpy")
+        want = not batch_norm and activation != "sigmoid" and (sigma_b == 0 or activation != "tanh")
+        assert res.forward_rescaled == want, (activation, sigma_b, batch_norm)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("activation", ["elu", "selu", "relu", "gelu", "swish"])
 def test_a_biased_exploding_float32_stack_is_exact_beyond_float32(activation, backend):
