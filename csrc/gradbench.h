@@ -64,6 +64,10 @@
 /* exponent differences are clamped to +-GB_EXP_CLAMP before ldexp (abi.EXP_CLAMP) */
 #define GB_EXP_CLAMP 4000
 
+/* batch norm sums the batch in blocks of GB_BN_ROWS rows (abi.BN_ROWS, reference.batchnorm_mean);
+ * the drivers' threads share rows in whole blocks */
+#define GB_BN_ROWS 4
+
 /* Fortran BLAS gemm (column major): NumPy's (below) or scipy.linalg.cython_blas's; NULL: own kernels. */
 typedef void (*gb_dgemm_fn)(char *transa, char *transb, int *m, int *n, int *k, double *alpha,
                             double *a, int *lda, double *b, int *ldb, double *beta, double *c,

@@ -346,53 +346,130 @@ static void F(gb_dense_backward_ctx)(GEMM_FN gemm, T *dh, T *dW, T *db, const T 
 }
 #endif
 
-/* y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance), for
- * the columns [j0, j1) (the drivers' threads each take a block of columns; every column is
- * computed by the same code whatever the split, so the bits do not depend on it).
- * y, xhat, z (B,N); mean, rstd, gamma, beta (N,). y may be z. */
-static void F(gb_batchnorm_forward_impl)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma,
-                                    const T *beta, double eps, int64_t B, int64_t N, int64_t j0, int64_t j1) {
-    T *var = rstd; /* the variance lives in rstd until rstd is computed */
-    for (int64_t j = j0; j < j1; j++) mean[j] = var[j] = 0;
-    for (int64_t r = 0; r < B; r++)
-        for (int64_t j = j0; j < j1; j++) mean[j] += z[r * N + j];
-    for (int64_t j = j0; j < j1; j++) mean[j] /= (T)B;
-    for (int64_t r = 0; r < B; r++)
-        for (int64_t j = j0; j < j1; j++) {
-            T d = z[r * N + j] - mean[j];
-            var[j] += d * d;
-        }
-    for (int64_t j = j0; j < j1; j++) {
-        T v = var[j] / (T)B;
-        rstd[j] = (T)(1.0 / sqrt((double)v + eps));
+/* Train-mode batch norm, written so that a thread touches only its own batch rows: the
+ * statistics are column sums over the batch, taken per block of GB_BN_ROWS rows (each block's
+ * rows added in order, by the thread that owns them: the drivers share rows in whole blocks,
+ * F(gb_part)), then the blocks' sums added in block order (every thread the same totals); the
+ * mean as reference.batchnorm_mean takes it. The bits do not depend on the number of threads,
+ * and only the blocks' sums cross between them.
+ * (Columns shared between threads instead, every thread read the others' rows of z twice a
+ * layer: two threads ran the forward at 1.25x one thread's speed, L = 1,000, N = B = 64.) */
+
+/* Blocks' parts of the mean (reference.batchnorm_mean) for the rows [r0, r1) (r0 a multiple of
+ * GB_BN_ROWS; r1 one, or the batch's end): part[2q] = c_q (block q's first row), part[2q + 1] =
+ * S_q (its rows' differences from c_q, summed in row order). z (B,N); part (2 nq,N) */
+static void F(gb_bn_mean_blocks)(T *part, const T *z, int64_t r0, int64_t r1, int64_t N) {
+    for (int64_t ra = r0; ra < r1; ra += GB_BN_ROWS) {
+        T *c = part + 2 * (ra / GB_BN_ROWS) * N, *S = c + N;
+        const T *z0 = z + ra * N;
+        const int64_t rb = GB_MIN(r1, ra + GB_BN_ROWS);
+        for (int64_t j = 0; j < N; j++) c[j] = z0[j], S[j] = z0[j] - z0[j]; /* 0 (NaN where z0 is not finite) */
+        for (int64_t r = ra + 1; r < rb; r++)
+            for (int64_t j = 0; j < N; j++) S[j] += z[r * N + j] - c[j];
     }
-    for (int64_t r = 0; r < B; r++)
-        for (int64_t j = j0; j < j1; j++) {
-            T x = (z[r * N + j] - mean[j]) * rstd[j];
+}
+
+/* mean = c_0 + sum_q (n_q (c_q - c_0) + S_q) / B from the blocks' parts, the blocks in order:
+ * exactly the value of a column whose entries are all equal */
+static void F(gb_bn_mean)(T *mean, const T *part, int64_t B, int64_t N) {
+    const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+    const T *c0 = part;
+    for (int64_t j = 0; j < N; j++) mean[j] = 0;
+    for (int64_t q = 0; q < nq; q++) {
+        const T *c = part + 2 * q * N, *S = c + N, n = (T)GB_MIN(GB_BN_ROWS, B - q * GB_BN_ROWS);
+        for (int64_t j = 0; j < N; j++) mean[j] += n * (c[j] - c0[j]) + S[j];
+    }
+    for (int64_t j = 0; j < N; j++) mean[j] = c0[j] + mean[j] / (T)B;
+}
+
+/* The blocks' sums for the rows [r0, r1) (as gb_bn_mean_blocks): part[q] (N entries) for block
+ * q, the sum over its rows of (x - c)^2 (c given: the variance) or of x y (c NULL: batch norm
+ * backward's dy xhat), in row order. x, y (B,N); c (N,); part (nq,N) */
+static void F(gb_bn_blocks)(T *part, const T *x, const T *y, const T *c, int64_t r0, int64_t r1, int64_t N) {
+    for (int64_t ra = r0; ra < r1; ra += GB_BN_ROWS) {
+        T *p = part + ra / GB_BN_ROWS * N;
+        const int64_t rb = GB_MIN(r1, ra + GB_BN_ROWS);
+        for (int64_t j = 0; j < N; j++) p[j] = 0;
+        for (int64_t r = ra; r < rb; r++) {
+            const T *xr = x + r * N;
+            if (c)
+                for (int64_t j = 0; j < N; j++) {
+                    const T d = xr[j] - c[j];
+                    p[j] += d * d;
+                }
+            else
+                for (int64_t j = 0; j < N; j++) p[j] += xr[j] * y[r * N + j];
+        }
+    }
+}
+
+/* out = the sum of the nq blocks' sums, in block order, divided by B. out, part[q] (N,) */
+static void F(gb_bn_total)(T *out, const T *part, int64_t nq, int64_t B, int64_t N) {
+    for (int64_t j = 0; j < N; j++) out[j] = part[j];
+    for (int64_t q = 1; q < nq; q++)
+        for (int64_t j = 0; j < N; j++) out[j] += part[q * N + j];
+    for (int64_t j = 0; j < N; j++) out[j] /= (T)B;
+}
+
+/* rstd = 1/sqrt(var + eps) from var (N,), in place */
+static void F(gb_bn_rstd)(T *rstd, double eps, int64_t N) {
+    for (int64_t j = 0; j < N; j++) rstd[j] = (T)(1.0 / sqrt((double)rstd[j] + eps));
+}
+
+/* Rows [r0, r1): xhat = (z - mean) rstd, y = gamma xhat + beta. y, xhat, z (B,N); y may be z */
+static void F(gb_bn_normalise)(T *y, T *xhat, const T *z, const T *mean, const T *rstd, const T *gamma,
+                               const T *beta, int64_t r0, int64_t r1, int64_t N) {
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t j = 0; j < N; j++) {
+            const T x = (z[r * N + j] - mean[j]) * rstd[j];
             xhat[r * N + j] = x;
             y[r * N + j] = gamma[j] * x + beta[j];
         }
 }
 
-/* Train-mode batch norm backward, linear in dy, for the columns [j0, j1):
- * dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat)).
- * dz, dy, xhat (B,N); dgamma, dbeta, rstd, gamma (N,). dz may be dy. */
-static void F(gb_batchnorm_backward_impl)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat,
-                                     const T *rstd, const T *gamma, int64_t B, int64_t N, int64_t j0,
-                                     int64_t j1) {
-    for (int64_t j = j0; j < j1; j++) dgamma[j] = dbeta[j] = 0;
-    for (int64_t r = 0; r < B; r++)
-        for (int64_t j = j0; j < j1; j++) {
-            dbeta[j] += dy[r * N + j];
-            dgamma[j] += dy[r * N + j] * xhat[r * N + j];
-        }
-    for (int64_t r = 0; r < B; r++)
-        for (int64_t j = j0; j < j1; j++) {
-            T gr = gamma[j] * rstd[j];
-            dz[r * N + j] =
-                gr * (dy[r * N + j] - dbeta[j] / (T)B - xhat[r * N + j] * (dgamma[j] / (T)B));
+/* Rows [r0, r1): dz = gamma rstd (dy - mean_B(dy) - xhat mean_B(dy xhat)), from the means
+ * mdy = mean_B(dy) and mdx = mean_B(dy xhat). dz may be dy */
+static void F(gb_bn_dz)(T *dz, const T *dy, const T *xhat, const T *mdy, const T *mdx, const T *rstd,
+                        const T *gamma, int64_t r0, int64_t r1, int64_t N) {
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t j = 0; j < N; j++) {
+            const T gr = gamma[j] * rstd[j];
+            dz[r * N + j] = gr * (dy[r * N + j] - mdy[j] - xhat[r * N + j] * mdx[j]);
         }
 }
+
+#ifdef GB_LAYER_PAIRS /* the exported layer pairs alone use them (not the v3/v4 copies) */
+/* The whole batch on one thread, the drivers' code and bits:
+ * y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance).
+ * y, xhat, z (B,N); mean, rstd, gamma, beta (N,); part (2 ceil(B / GB_BN_ROWS), N) scratch.
+ * y may be z. */
+static void F(gb_batchnorm_forward_impl)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma,
+                                         const T *beta, double eps, int64_t B, int64_t N, T *part) {
+    const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+    F(gb_bn_mean_blocks)(part, z, 0, B, N);
+    F(gb_bn_mean)(mean, part, B, N);
+    F(gb_bn_blocks)(part, z, NULL, mean, 0, B, N);
+    F(gb_bn_total)(rstd, part, nq, B, N);
+    F(gb_bn_rstd)(rstd, eps, N);
+    F(gb_bn_normalise)(y, xhat, z, mean, rstd, gamma, beta, 0, B, N);
+}
+
+/* Train-mode batch norm backward on one thread, linear in dy (reference.batchnorm_backward):
+ * dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat)), dbeta = B mean_B(dy),
+ * dgamma = sum_B dy xhat. dz, dy, xhat (B,N); dgamma, dbeta, rstd, gamma (N,); part
+ * (2 ceil(B / GB_BN_ROWS) + 2, N) scratch. dz may be dy. */
+static void F(gb_batchnorm_backward_impl)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat,
+                                          const T *rstd, const T *gamma, int64_t B, int64_t N, T *part) {
+    const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+    T *mdy = part + 2 * nq * N, *mdx = mdy + N;
+    F(gb_bn_mean_blocks)(part, dy, 0, B, N);
+    F(gb_bn_mean)(mdy, part, B, N);
+    F(gb_bn_blocks)(part, dy, xhat, NULL, 0, B, N);
+    F(gb_bn_total)(dgamma, part, nq, 1, N);
+    for (int64_t j = 0; j < N; j++) dbeta[j] = mdy[j] * (T)B, mdx[j] = dgamma[j] / (T)B;
+    F(gb_bn_dz)(dz, dy, xhat, mdy, mdx, rstd, gamma, 0, B, N);
+}
+#endif
 
 /* ------------------------------------------------------------------ activation rows */
 #ifdef GB_HAVE_VEC
@@ -1231,7 +1308,10 @@ typedef struct {
     int own_wt;           /* every thread transposes the whole W into its own copy (GB_OWN_WT_MAX_N) */
     gb_progress *tdone;   /* (nth) shared W^T, per thread: the last layer whose share of W^T it wrote */
     gb_progress *rdone;   /* (nth) shared W^T, per thread: the last layer whose W^T it has read */
-    T *zb;                /* (B,N) pre-normalisation z under batch norm (rows, then columns) */
+    T *zb;                /* (B,N) pre-normalisation z under batch norm, then y */
+    T *bnq;               /* (3,nq,N) batch norm: the blocks' parts of the mean of z_l (2) and
+                             their sums of squared deviations (1) */
+    T *bnm;               /* (nth,2,N) batch norm, per thread: the layer's mean and rstd */
     double *rsum, *rm2;   /* (L,B) per row of h_{l+1}: sum, sum of squared deviations from its mean */
     int64_t *rsat;        /* (L,B) per row: saturated entries of z_l */
     unsigned char *rbad;  /* (L,B) per row: h_{l+1} has a non-finite entry */
@@ -1518,11 +1598,21 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 F(gb_gemm_own)(zz + r0 * N, h, N, 1, wtl, b + l * N, nr, N, N);
                 F(gb_dense_fix)(zz + r0 * N, h, W + l * NN, b + l * N, nr, N);
             }
-            if (st->cfg.bn) {
-                gb_barrier_wait(bar, &sense); /* every row of z_l */
-                F(gb_batchnorm_forward_impl)(st->zb, Zl, (T *)a->bn_mean + l * N, (T *)a->bn_rstd + l * N,
-                                             st->zb, gamma + l * N, beta + l * N, st->cfg.eps, B, N, j0, j1);
-                gb_barrier_wait(bar, &sense); /* every column normalised */
+            if (st->cfg.bn) { /* the thread's rows, the statistics through the blocks' sums (gb_bn_blocks) */
+                const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+                T *mean = st->bnm + (size_t)tid * 2 * N, *rstd = mean + N, *sq = st->bnq + 2 * nq * N;
+                F(gb_bn_mean_blocks)(st->bnq, zz, r0, r1, N);
+                gb_barrier_wait(bar, &sense); /* every block's part of the mean of z_l */
+                F(gb_bn_mean)(mean, st->bnq, B, N);
+                F(gb_bn_blocks)(sq, zz, NULL, mean, r0, r1, N); /* (another buffer: the sums are being read) */
+                gb_barrier_wait(bar, &sense); /* every block's squared deviations */
+                F(gb_bn_total)(rstd, sq, nq, B, N);
+                F(gb_bn_rstd)(rstd, st->cfg.eps, N);
+                for (int64_t j = j0; j < j1; j++) { /* every thread has them: each writes its share */
+                    ((T *)a->bn_mean)[l * N + j] = mean[j];
+                    ((T *)a->bn_rstd)[l * N + j] = rstd[j];
+                }
+                F(gb_bn_normalise)(zz, Zl, zz, mean, rstd, gamma + l * N, beta + l * N, r0, r1, N);
             }
             for (int64_t r = r0; r < r1; r++)
                 st->rsat[l * B + r] = F(gb_act_forward_row)(hn + (r - r0) * N, zz + r * N, N,
@@ -1660,7 +1750,12 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     }
     st.tdone = F(gb_alloc)(sizeof(gb_progress) * (size_t)nth);
     st.rdone = F(gb_alloc)(sizeof(gb_progress) * (size_t)nth);
-    st.zb = st.cfg.bn ? F(gb_alloc)(sizeof(T) * (size_t)(B * N)) : NULL;
+    if (st.cfg.bn) { /* z, the blocks' sums (GB_BN_ROWS rows each), the threads' mean and rstd */
+        const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+        st.zb = F(gb_alloc)(sizeof(T) * (size_t)(B * N + 3 * nq * N + 2 * nth * N));
+        st.bnq = st.zb ? st.zb + B * N : NULL;
+        st.bnm = st.zb ? st.bnq + 3 * nq * N : NULL;
+    }
     st.rsum = F(gb_alloc)(sizeof(double) * LB);
     st.rm2 = F(gb_alloc)(sizeof(double) * LB);
     st.rsat = F(gb_alloc)(sizeof(int64_t) * LB);
@@ -1844,6 +1939,9 @@ typedef struct {
     double *gsq;          /* (L,N) per row of dW_l: sum of squares */
     int64_t *slot;        /* (2,nth,GB_SLOT) per thread: exponents and flags (layer parity) */
     double *rowacc;       /* (max(B,N),) the rows' sums of squares (clipping by norm), scratch */
+    T *bnq;               /* (3,nq,N) batch norm: the blocks' parts of the mean of dy (2) and
+                             their sums of dy xhat (1) */
+    T *bnm;               /* (nth,2,N) batch norm, per thread: the layer's mean_B(dy), mean_B(dy xhat) */
 } F(gb_bwd);
 
 #if defined(GB_HAVE_VEC) && GB_VL == 4
@@ -2094,13 +2192,22 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         my[GB_SL_DNZ] = dnz;
         my[GB_SL_DALL] = dall;
         int64_t edz = 0; /* E(rows) of dz_l: dz_e[l] */
-        if (st->cfg.bn) { /* couples rows: all brought to E first; by columns between two barriers */
-            gb_barrier_wait(bar, &sense);
+        if (st->cfg.bn) { /* couples rows: all brought to E first; the column sums through the
+            * blocks' sums (gb_bn_blocks), each thread on its rows */
+            const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+            T *mdy = st->bnm + (size_t)tid * 2 * N, *mdx = mdy + N, *px = st->bnq + 2 * nq * N;
+            T *dgamma = (T *)a->dgamma + l * N, *dbeta = (T *)a->dbeta + l * N;
+            gb_barrier_wait(bar, &sense); /* every row's exponent */
             edz = gb_slots_e(slots, nth, GB_SL_DNZ, GB_SL_DALL);
-            F(gb_dz_to_e)(dz, rdz, edz, B, N, i0, i1);
-            F(gb_batchnorm_backward_impl)(dz, (T *)a->dgamma + l * N, (T *)a->dbeta + l * N, dz, Zl,
-                                          (const T *)a->bn_rstd + l * N, gamma + l * N, B, N, i0, i1);
-            gb_barrier_wait(bar, &sense);
+            F(gb_dz_to_e)(dz + r0 * N, rdz + r0, edz, nr, N, 0, N);
+            F(gb_bn_mean_blocks)(st->bnq, dz, r0, r1, N);
+            F(gb_bn_blocks)(px, dz, Zl, NULL, r0, r1, N);
+            gb_barrier_wait(bar, &sense); /* every block's parts of the means of dy and dy xhat */
+            F(gb_bn_mean)(mdy, st->bnq, B, N);
+            F(gb_bn_total)(mdx, px, nq, 1, N); /* dgamma, then its mean */
+            for (int64_t i = i0; i < i1; i++) dbeta[i] = mdy[i] * (T)B, dgamma[i] = mdx[i];
+            for (int64_t j = 0; j < N; j++) mdx[j] /= (T)B;
+            F(gb_bn_dz)(dz, dz, Zl, mdy, mdx, (const T *)a->bn_rstd + l * N, gamma + l * N, r0, r1, N);
             for (int64_t r = r0; r < r1; r++) /* every row at edz now */
                 if (edz + ql[r] > wnz && F(gb_nonzero)(dz + r * N, N) && F(gb_nonzero)(H + l * BN + r * N, N))
                     wnz = edz + ql[r];
@@ -2228,9 +2335,15 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.gsq = F(gb_alloc)(sizeof(double) * (size_t)(L * N));
     st.slot = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)nth * GB_SLOT);
     st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
+    if (st.cfg.bn) { /* the blocks' sums (GB_BN_ROWS rows each) and the threads' means */
+        const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+        st.bnq = F(gb_alloc)(sizeof(T) * (size_t)(3 * nq * N + 2 * nth * N));
+        st.bnm = st.bnq ? st.bnq + 3 * nq * N : NULL;
+    }
     rc = GB_ENOMEM;
     if (st.dz[0] && st.dz[1] && (!st.cfg.k || st.skip) && st.rg && st.gnz && st.skip_r && st.skip_nz && st.rdz && st.rpw && st.scr &&
-        st.rsq && st.rbad && (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.slot && st.rowacc) {
+        st.rsq && st.rbad && (st.cfg.act != GB_PRELU || st.rslope) && st.gsq && st.slot && st.rowacc &&
+        (!st.cfg.bn || st.bnq)) {
         rc = GB_OK;
         gb_team_run(nth, F(gb_backward_member), &st, opts ? opts->solo_after : 0);
         /* norms, slope sums and the first non-finite signal: rows combined in order */
@@ -2271,6 +2384,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     free(st.skip_nz);
     free(st.rdz);
     free(st.rpw);
+    free(st.bnq);
     free(st.scr);
     free(st.rsq);
     free(st.rbad);
@@ -2303,14 +2417,20 @@ int FP(gb_dense_backward)(T *dh, T *dW, T *db, const T *dz, const T *h, const T 
 int FP(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma, const T *beta,
                             double eps, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
-    F(gb_batchnorm_forward_impl)(y, xhat, mean, rstd, z, gamma, beta, eps, B, N, 0, N);
+    T *part = F(gb_alloc)(sizeof(T) * (size_t)(2 * ((B + GB_BN_ROWS - 1) / GB_BN_ROWS) * N));
+    if (!part) return GB_ENOMEM;
+    F(gb_batchnorm_forward_impl)(y, xhat, mean, rstd, z, gamma, beta, eps, B, N, part);
+    free(part);
     return GB_OK;
 }
 
 int FP(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat, const T *rstd,
                              const T *gamma, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
-    F(gb_batchnorm_backward_impl)(dz, dgamma, dbeta, dy, xhat, rstd, gamma, B, N, 0, N);
+    T *part = F(gb_alloc)(sizeof(T) * (size_t)((2 * ((B + GB_BN_ROWS - 1) / GB_BN_ROWS) + 2) * N));
+    if (!part) return GB_ENOMEM;
+    F(gb_batchnorm_backward_impl)(dz, dgamma, dbeta, dy, xhat, rstd, gamma, B, N, part);
+    free(part);
     return GB_OK;
 }
 

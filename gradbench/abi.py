@@ -48,6 +48,11 @@ OK, EBADACT, EBADARG, ENOMEM = 0, 1, 2, 3
 # every float is 0 or inf already, and NumPy's ldexp takes int32 exponents.
 EXP_CLAMP = 4000
 
+#: Batch norm sums the batch in blocks of BN_ROWS rows (GB_BN_ROWS in C;
+#: :func:`gradbench.reference.batchnorm_mean`): the compiled kernels' threads share a batch in
+#: whole blocks, each summing its own, so the bits do not depend on the thread count.
+BN_ROWS = 4
+
 # info[INFO_FORWARD] / info[INFO_BACKWARD]: first layer whose output / backpropagated signal is
 # not finite (-1: none).
 INFO_FORWARD, INFO_BACKWARD, INFO_SIZE = 0, 1, 2

@@ -126,12 +126,30 @@ def dense_backward(dh, dW, db, dz, h, W):
     np.matmul(dz, W, out=dh)
 
 
+def batchnorm_mean(z):
+    """The mean over the batch of each column of z (B,N), exact where a column is constant: per
+    block of :data:`gradbench.abi.BN_ROWS` rows, the sum S_q of its rows' differences from its
+    first row c_q (in row order); then mean = c_0 + sum_q (n_q (c_q - c_0) + S_q) / B, the blocks
+    in order (n_q rows in block q). A column whose entries are all equal (a unit whose weights
+    are zero, one sample repeated) has mean exactly that value, xhat exactly 0 and y exactly
+    beta, where the plain sum / B rounds and leaves xhat at rounding times 1/sqrt(eps). Every
+    backend sums in this order, so a thread computes its blocks without the others' rows."""
+    B, N = z.shape
+    k = abi.BN_ROWS
+    nq = -(-B // k)
+    c = z[::k]  # (nq, N): each block's first row
+    blocks = np.concatenate([z, np.repeat(c[-1:], nq * k - B, axis=0)])  # the last block padded: + 0
+    S = (blocks.reshape(nq, k, N) - c[:, None, :]).sum(axis=1)  # in row order
+    n = np.minimum(k, B - k * np.arange(nq)).astype(z.dtype)
+    return c[0] + (n[:, None] * (c - c[0]) + S).sum(axis=0) / z.dtype.type(B)  # the blocks in order
+
+
 def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
     """y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance).
 
-    y, xhat, z (B,N); mean, rstd, gamma, beta (N,)
+    y, xhat, z (B,N); mean, rstd, gamma, beta (N,); mean_B as :func:`batchnorm_mean` takes it.
     """
-    mean[...] = z.mean(axis=0)
+    mean[...] = batchnorm_mean(z)
     var = ((z - mean) ** 2).mean(axis=0)
     rstd[...] = 1.0 / np.sqrt(var + eps)
     xhat[...] = (z - mean) * rstd
@@ -141,13 +159,16 @@ def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
 def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
     """Train-mode batch norm backward, linear in dy.
 
-    dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat)).
+    dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat)), dbeta = sum_B dy = B mean_B(dy),
+    dgamma = sum_B dy xhat; mean_B(dy) as :func:`batchnorm_mean` takes it (a column of dy whose
+    entries are all equal, as one sample repeated gives, has dz exactly 0 there).
     dz, dy, xhat (B,N); dgamma, dbeta, rstd, gamma (N,)
     """
-    dbeta[...] = dy.sum(axis=0)
-    dgamma[...] = (dy * xhat).sum(axis=0)
     B = dy.shape[0]
-    dz[...] = gamma * rstd * (dy - dbeta / B - xhat * (dgamma / B))
+    mdy = batchnorm_mean(dy)
+    dbeta[...] = mdy * B
+    dgamma[...] = (dy * xhat).sum(axis=0)
+    dz[...] = gamma * rstd * (dy - mdy - xhat * (dgamma / B))
 
 
 def activation_forward(a, z, code, param, f=None):

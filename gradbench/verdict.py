@@ -1220,7 +1220,8 @@ def batch_norm_without_spread(stack, res) -> list[str]:
     batch are the same there, or nearly. Batch norm then divides z - mean by sqrt(eps) instead of
     normalising, and for identical samples z - mean is rounding noise, and so is everything after
     it: a batch of 8 copies of one input read VANISHING, ||dW|| ~ 10^-527 and the backends 1.5
-    decades apart, where the true gradient is 0 (every layer's output is phi(beta), whatever W)."""
+    decades apart, where the true gradient is 0 (every layer's output is phi(beta), whatever W),
+    until batch norm's mean took a unit whose samples are all equal exactly (now it reads 0)."""
     share = getattr(res, "bn_share", None)
     if not stack.batch_norm or share is None:
         return []

@@ -17,6 +17,7 @@ import math
 import numpy as np
 from numba import njit
 
+from gradbench.abi import BN_ROWS
 from gradbench.spec import ACTIVATIONS
 
 from ._config import JIT
@@ -203,6 +204,27 @@ def matmul_dh(dh, dz, W):
 
 # ------------------------------------------------------------------ batch norm
 @njit(**JIT)
+def _batchnorm_mean(mean, z):
+    """mean (N,) = mean_B of z (B,N) as gradbench.reference.batchnorm_mean takes it: per block of
+    BN_ROWS rows, the sum S_q of the differences from its first row c_q, then c_0 + sum_q (n_q
+    (c_q - c_0) + S_q) / B (exact for a column whose entries are all equal)."""
+    B, N = z.shape
+    for j in range(N):
+        mean[j] = 0
+    for q0 in range(0, B, BN_ROWS):
+        nq = _as(min(BN_ROWS, B - q0), mean[0])
+        for j in range(N):
+            c = z[q0, j]
+            s = z[q0, j] - c
+            for i in range(q0 + 1, min(q0 + BN_ROWS, B)):
+                s += z[i, j] - c
+            mean[j] += nq * (c - z[0, j]) + s
+    nb = _as(B, mean[0])
+    for j in range(N):
+        mean[j] = z[0, j] + mean[j] / nb
+
+
+@njit(**JIT)
 def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
     """y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance).
 
@@ -210,13 +232,8 @@ def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
     """
     B, N = z.shape
     nb = _as(B, mean[0])
+    _batchnorm_mean(mean, z)
     for j in range(N):
-        mean[j] = 0
-    for i in range(B):
-        for j in range(N):
-            mean[j] += z[i, j]
-    for j in range(N):
-        mean[j] = mean[j] / nb
         rstd[j] = 0  # the variance first
     for i in range(B):
         for j in range(N):
@@ -240,17 +257,18 @@ def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):
     """
     B, N = dy.shape
     nb = _as(B, dbeta[0])
+    _batchnorm_mean(dbeta, dy)  # mean_B(dy) first (gradbench.reference.batchnorm_mean)
     for j in range(N):
-        dbeta[j] = 0
         dgamma[j] = 0
     for i in range(B):
         for j in range(N):
-            dbeta[j] += dy[i, j]
             dgamma[j] += dy[i, j] * xhat[i, j]
     for i in range(B):
         for j in range(N):
             gr = gamma[j] * rstd[j]
-            dz[i, j] = gr * ((dy[i, j] - dbeta[j] / nb) - xhat[i, j] * (dgamma[j] / nb))
+            dz[i, j] = gr * ((dy[i, j] - dbeta[j]) - xhat[i, j] * (dgamma[j] / nb))
+    for j in range(N):
+        dbeta[j] = dbeta[j] * nb
 
 
 # ------------------------------------------------------------------ activations

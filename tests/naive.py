@@ -15,6 +15,23 @@ SELU_L = 1.0507009873554804934193349852946
 SELU_A = 1.6732632423543772848170429916717
 
 
+def bn_mean(z, rows=4):
+    """The batch mean as docs/design.md takes it: per block of 4 samples the sum of their
+    differences from the block's first, then the first sample plus the blocks' sums (each block's
+    count times its first's difference from the first sample, plus its sum) over B; exact for a
+    unit whose samples are all equal. Written again here, sample by sample, so that a chaotic
+    stack's rounding here is the reference's."""
+    B = len(z)
+    total = np.zeros_like(z[0])
+    for q0 in range(0, B, rows):
+        c, n = z[q0], min(rows, B - q0)
+        s = z[q0] - c
+        for i in range(q0 + 1, q0 + n):
+            s = s + (z[i] - c)
+        total = total + (n * (c - z[0]) + s)
+    return z[0] + total / B
+
+
 def phi(name, z, p):
     if name == "identity":
         return z
@@ -71,8 +88,8 @@ def forward(stack, P, x, t=None):
     for l in range(stack.depth):
         z = h @ P["W"][l].T + P["b"][l]
         if stack.batch_norm:
-            mu = z.mean(axis=0)
-            var = z.var(axis=0)
+            mu = bn_mean(z)
+            var = np.mean((z - mu) ** 2, axis=0)
             rstd = 1 / np.sqrt(var + stack.bn_eps)
             xhat = (z - mu) * rstd
             z = P["gamma"][l] * xhat + P["beta"][l]

@@ -120,7 +120,7 @@ def test_c_header_declares_the_table_and_the_codes():
         assert getattr(lib, f"GB_{name.upper()}") == code, name
     consts = ["CLIP_NONE", "CLIP_VALUE", "CLIP_NORM", "I_ACT", "I_BN", "I_RESIDUAL", "I_CLIP", "I_RESCALE_FWD",
               "I_SIZE", "F_ACT_PARAM", "F_RES_SCALE", "F_CLIP", "F_BN_EPS", "F_SAT", "F_SIZE", "INFO_FORWARD",
-              "INFO_BACKWARD", "INFO_SIZE", "EXP_CLAMP", "OK", "EBADACT", "EBADARG", "ENOMEM"]
+              "INFO_BACKWARD", "INFO_SIZE", "EXP_CLAMP", "BN_ROWS", "OK", "EBADACT", "EBADARG", "ENOMEM"]
     for c in consts:
         assert getattr(lib, f"GB_{c}") == getattr(abi, c), c
 

@@ -234,9 +234,10 @@ def test_rescued_layers_same_bits_for_any_thread_count(act, sigma_w, dtype):
 @pytest.mark.parametrize("act", ["tanh", "relu", "prelu", "gelu"])
 def test_batch_norm_same_bits_for_any_thread_count(act, dtype, isa):
     """Batch norm on several threads: the rows' products and activations per thread, the batch
-    statistics (forward) and the batch-norm backward by blocks of columns between barriers.
-    1, 2 and 3 threads and hand-overs give the one-thread bits, with and without residuals (N =
-    37: column blocks 12/12/13 on three threads; B = 18: rows 4/4/10)."""
+    statistics (forward) and the batch-norm backward's sums per block of 4 rows, each thread its
+    own, added in block order after barriers. 1, 2 and 3 threads and hand-overs give the
+    one-thread bits, with and without residuals (N = 37: dW's row blocks 12/12/13 on three
+    threads; B = 18: rows 4/4/10, the last block of 2 rows)."""
     for residual in (0, 2):
         stack = gb.Stack(depth=12, width=37, activation=act, init="normal", sigma_w=1.3, sigma_b=0.2,
                          batch_norm=True, residual=residual, residual_scale=0.5, dtype=dtype)

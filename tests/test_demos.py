@@ -214,7 +214,7 @@ def test_readme_table_states_what_the_demos_print(demos):
 
 @pytest.mark.parametrize("backend", ["numpy", "numba", "c"])
 def test_the_batchnorm_demos_range_holds_on_every_backend(backend):
-    """The README's range for the batchnorm demo (0.015-0.017) is every backend's, not one's."""
+    """The README's range for the batchnorm demo (0.016-0.019) is every backend's, not one's."""
     if backend != "numpy":
         pytest.importorskip("numba" if backend == "numba" else "cffi")
     section = README.read_text().split("## Training demonstrations", 1)[1]

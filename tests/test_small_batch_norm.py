@@ -338,9 +338,7 @@ def test_a_clip_that_sets_both_samples_alike_reads_no_gradient_not_vanishing(bac
     stack, params, x = _problem(seed=seed, dtype=dtype, **{**CLIPPED, "depth": depth})
     res = gb.backprop(stack, params, x, backend=backend)
     assert res.extras["bn_pair_difference"] == 0
-    if dtype == "float64":  # not exact zeros (rule 1 would not see it); float32's noise can be 0
-        assert np.all(np.isfinite(res.grad_norm.log10()))
-    d = gb.diagnose(res, params)
+    d = gb.diagnose(res, params)  # (the noise can be 0 too: numba float64 at depth 6 reads 0)
     text = " ".join(d.explanation.split())
     assert d.verdict == "no gradient", text
     assert math.isnan(d.decades_per_layer) and math.isnan(d.signal_decades_per_layer)

@@ -1131,21 +1131,27 @@ def test_a_number_that_reads_one_takes_the_singular_decade():
     assert decades(1.04) == "1.04 decades" and decades(10.0) == "10 decades" and decades(0.0) == "0 decades"
 
 
-def test_batch_norm_over_identical_samples_is_said_to_be_rounding_noise():
+def test_batch_norm_over_identical_samples_reads_no_gradient():
     """A batch of 8 copies of one input: in exact arithmetic every batch-norm output is beta and the
-    gradient 0; the backends read VANISHING at ~10^-527 and disagree by more than a decade (rounding
-    noise amplified by 1 / sqrt(eps)). The diagnosis now says so; a batch of distinct samples does
-    not get the sentence."""
+    gradient 0. The backends read VANISHING at ~10^-527 and disagreed by more than a decade
+    (rounding noise amplified by 1 / sqrt(eps)) until batch norm's mean took a unit whose samples
+    are all equal exactly (reference.batchnorm_mean): now every backend reads the true 0, loss and
+    gradients, in both dtypes, and the diagnosis says why; a batch of distinct samples does not
+    get the sentence."""
     s = gb.Stack(depth=10, width=8, activation="tanh", batch_norm=True)
     p = gb.init_params(s, 0)
     same = np.repeat(gb.gaussian_input(s, 1, 1), 8, axis=0)
-    logs = {}
-    for backend in ("numpy", "numba", "c"):
-        d = gb.diagnose(gb.backprop(s, p, same, backend=backend), p)
-        logs[backend] = d.grad_log10
-        # the verdict too (it read VANISHING beside the sentence): no gradient, no rate from the noise
+    for backend, dtype in itertools.product(("numpy", "numba", "c"), ("float64", "float32")):
+        st = s.replace(dtype=dtype)
+        pt = gb.init_params(st, 0)
+        res = gb.backprop(st, pt, same.astype(dtype), backend=backend)
+        d = gb.diagnose(res, pt)
+        # beta = 0: every layer's output is tanh(0) = 0, the loss 0 and every gradient 0
+        assert res.loss == 0 and np.all(np.isneginf(d.grad_log10)), (backend, dtype, d.grad_log10)
+        # the verdict too (it read VANISHING beside the sentence): no gradient, no rate
         assert d.verdict == "no gradient" and math.isnan(d.decades_per_layer)
         assert "the 8 samples of the batch are one input repeated" in d.explanation
+        assert "(and reads 0 here)" in d.explanation
         assert "no spread" not in d.explanation  # (the verdict's sentence says why)
     # in exact arithmetic batch norm maps the 8 copies to beta whatever W (z - mean = 0), so the
     # loss does not move with W: a forward by hand whose 8 rows are one row repeated (bit for bit,
@@ -1161,8 +1167,6 @@ def test_batch_norm_over_identical_samples_is_said_to_be_rounding_noise():
         return 0.5 * float(np.sum(h * h))
 
     assert loss(p.W) == loss(3 * p.W)
-    with np.errstate(invalid="ignore"):  # the top layer's exact zero: -inf in every backend
-        assert max(np.nanmax(np.abs(logs[a] - logs[b])) for a in logs for b in logs) > 1  # noise, not a gradient
     d = gb.diagnose(gb.backprop(s, p, gb.gaussian_input(s, 8, 1)), p)
     assert "no spread" not in d.explanation
 
