@@ -106,6 +106,42 @@ def test_batchnorm_kernels_equal_reference(K, B, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B", [2, 3, 5, 8, 13, 64])
+@pytest.mark.parametrize("backend", ["numpy", *LAYER_BACKENDS])
+def test_batchnorm_takes_a_unit_whose_samples_are_equal_exactly(backend, B, dtype):
+    """A unit whose batch entries are all equal (zero weights into it, one input repeated): the
+    mean is that value, xhat exactly 0, y exactly beta, and a backward signal equal across the
+    batch gives dz exactly 0 and dbeta = B dy, on every backend. The plain sum / B rounds: its
+    xhat was rounding times 1 / sqrt(eps), decades apart between backends deep in a stack. The
+    other units' means against math.fsum's (correctly rounded sum) within a few roundings."""
+    import math
+
+    mod = R if backend == "numpy" else get_backend(backend)
+    N = 5
+    rng = np.random.default_rng(B)
+    z = (rng.standard_normal((B, N)) * 3 + 1).astype(dtype)
+    const = [np.float64(0.1), np.float64(-7.3e-5), np.float64(2.0) / 3]  # not sums of exact halves
+    for j, c in enumerate(const):
+        z[:, j] = c
+    gamma, beta = rng.standard_normal(N).astype(dtype), rng.standard_normal(N).astype(dtype)
+    y, xhat, mean, rstd = np.empty_like(z), np.empty_like(z), np.empty(N, dtype), np.empty(N, dtype)
+    mod.batchnorm_forward(y, xhat, mean, rstd, z.copy(), gamma, beta, np.float64(1e-5))
+    k = len(const)
+    assert np.array_equal(mean[:k], z[0, :k]) and not np.any(xhat[:, :k]), (mean, xhat)
+    assert np.array_equal(y[:, :k], np.broadcast_to(beta[:k], (B, k)))
+    assert np.array_equal(rstd[:k], (1 / np.sqrt(np.float64(1e-5))).astype(dtype).repeat(k))
+    u = float(np.finfo(dtype).eps)
+    for j in range(k, N):
+        exact = math.fsum(map(float, z[:, j])) / B
+        assert abs(float(mean[j]) - exact) <= 4 * u * float(np.max(np.abs(z[:, j]))), (j, mean[j], exact)
+    dy = np.repeat(rng.standard_normal((1, N)).astype(dtype), B, axis=0)
+    dz, dgamma, dbeta = np.empty_like(z), np.empty(N, dtype), np.empty(N, dtype)
+    mod.batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma)
+    assert not np.any(dz[:, :k]) and not np.any(dgamma[:k]), (dz, dgamma)
+    assert np.array_equal(dbeta[:k], dy[0, :k] * np.asarray(B, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_normalise_and_add_aligned_equal_reference(K, dtype):
     rng = np.random.default_rng(3)
     cases = [rng.standard_normal((3, 4)) * 1e-200, np.zeros((2, 2)), rng.standard_normal((2, 3)) * 1e30]
