@@ -382,24 +382,35 @@ static void F(gb_bn_mean)(T *mean, const T *part, int64_t B, int64_t N) {
     for (int64_t j = 0; j < N; j++) mean[j] = c0[j] + mean[j] / (T)B;
 }
 
-/* The blocks' sums for the rows [r0, r1) (as gb_bn_mean_blocks): part[q] (N entries) for block
- * q, the sum over its rows of (x - c)^2 (c given: the variance) or of x y (c NULL: batch norm
- * backward's dy xhat), in row order. x, y (B,N); c (N,); part (nq,N) */
-static void F(gb_bn_blocks)(T *part, const T *x, const T *y, const T *c, int64_t r0, int64_t r1, int64_t N) {
+/* The blocks' sums of squared deviations (x - c)^2 for the rows [r0, r1) (as
+ * gb_bn_mean_blocks), in row order: part[q] (N entries) for block q. x (B,N); c (N,); part (nq,N) */
+static void F(gb_bn_var_blocks)(T *part, const T *x, const T *c, int64_t r0, int64_t r1, int64_t N) {
     for (int64_t ra = r0; ra < r1; ra += GB_BN_ROWS) {
         T *p = part + ra / GB_BN_ROWS * N;
         const int64_t rb = GB_MIN(r1, ra + GB_BN_ROWS);
         for (int64_t j = 0; j < N; j++) p[j] = 0;
-        for (int64_t r = ra; r < rb; r++) {
-            const T *xr = x + r * N;
-            if (c)
-                for (int64_t j = 0; j < N; j++) {
-                    const T d = xr[j] - c[j];
-                    p[j] += d * d;
-                }
-            else
-                for (int64_t j = 0; j < N; j++) p[j] += xr[j] * y[r * N + j];
-        }
+        for (int64_t r = ra; r < rb; r++)
+            for (int64_t j = 0; j < N; j++) {
+                const T d = x[r * N + j] - c[j];
+                p[j] += d * d;
+            }
+    }
+}
+
+/* The backward's blocks for the rows [r0, r1), one pass: the parts of mean_B(dy) (pm, as
+ * gb_bn_mean_blocks) and the sums of dy xhat in row order (px[q], N entries for block q).
+ * dy, xhat (B,N); pm (2 nq,N); px (nq,N) */
+static void F(gb_bn_dy_blocks)(T *pm, T *px, const T *dy, const T *xhat, int64_t r0, int64_t r1, int64_t N) {
+    for (int64_t ra = r0; ra < r1; ra += GB_BN_ROWS) {
+        const int64_t q = ra / GB_BN_ROWS, rb = GB_MIN(r1, ra + GB_BN_ROWS);
+        T *c = pm + 2 * q * N, *S = c + N, *P = px + q * N;
+        const T *d0 = dy + ra * N, *x0 = xhat + ra * N;
+        for (int64_t j = 0; j < N; j++) c[j] = d0[j], S[j] = d0[j] - d0[j], P[j] = 0 + d0[j] * x0[j];
+        for (int64_t r = ra + 1; r < rb; r++)
+            for (int64_t j = 0; j < N; j++) {
+                S[j] += dy[r * N + j] - c[j];
+                P[j] += dy[r * N + j] * xhat[r * N + j];
+            }
     }
 }
 
@@ -448,7 +459,7 @@ static void F(gb_batchnorm_forward_impl)(T *y, T *xhat, T *mean, T *rstd, const 
     const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
     F(gb_bn_mean_blocks)(part, z, 0, B, N);
     F(gb_bn_mean)(mean, part, B, N);
-    F(gb_bn_blocks)(part, z, NULL, mean, 0, B, N);
+    F(gb_bn_var_blocks)(part, z, mean, 0, B, N);
     F(gb_bn_total)(rstd, part, nq, B, N);
     F(gb_bn_rstd)(rstd, eps, N);
     F(gb_bn_normalise)(y, xhat, z, mean, rstd, gamma, beta, 0, B, N);
@@ -457,15 +468,14 @@ static void F(gb_batchnorm_forward_impl)(T *y, T *xhat, T *mean, T *rstd, const 
 /* Train-mode batch norm backward on one thread, linear in dy (reference.batchnorm_backward):
  * dz = gamma * rstd * (dy - mean_B(dy) - xhat * mean_B(dy * xhat)), dbeta = B mean_B(dy),
  * dgamma = sum_B dy xhat. dz, dy, xhat (B,N); dgamma, dbeta, rstd, gamma (N,); part
- * (2 ceil(B / GB_BN_ROWS) + 2, N) scratch. dz may be dy. */
+ * (3 ceil(B / GB_BN_ROWS) + 2, N) scratch. dz may be dy. */
 static void F(gb_batchnorm_backward_impl)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat,
                                           const T *rstd, const T *gamma, int64_t B, int64_t N, T *part) {
     const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
     T *mdy = part + 2 * nq * N, *mdx = mdy + N;
-    F(gb_bn_mean_blocks)(part, dy, 0, B, N);
+    F(gb_bn_dy_blocks)(part, mdy + 2 * N, dy, xhat, 0, B, N);
     F(gb_bn_mean)(mdy, part, B, N);
-    F(gb_bn_blocks)(part, dy, xhat, NULL, 0, B, N);
-    F(gb_bn_total)(dgamma, part, nq, 1, N);
+    F(gb_bn_total)(dgamma, mdy + 2 * N, nq, 1, N);
     for (int64_t j = 0; j < N; j++) dbeta[j] = mdy[j] * (T)B, mdx[j] = dgamma[j] / (T)B;
     F(gb_bn_dz)(dz, dy, xhat, mdy, mdx, rstd, gamma, 0, B, N);
 }
@@ -1598,13 +1608,13 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 F(gb_gemm_own)(zz + r0 * N, h, N, 1, wtl, b + l * N, nr, N, N);
                 F(gb_dense_fix)(zz + r0 * N, h, W + l * NN, b + l * N, nr, N);
             }
-            if (st->cfg.bn) { /* the thread's rows, the statistics through the blocks' sums (gb_bn_blocks) */
+            if (st->cfg.bn) { /* the thread's rows, the statistics through the blocks' sums (gb_bn_mean_blocks) */
                 const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
                 T *mean = st->bnm + (size_t)tid * 2 * N, *rstd = mean + N, *sq = st->bnq + 2 * nq * N;
                 F(gb_bn_mean_blocks)(st->bnq, zz, r0, r1, N);
                 gb_barrier_wait(bar, &sense); /* every block's part of the mean of z_l */
                 F(gb_bn_mean)(mean, st->bnq, B, N);
-                F(gb_bn_blocks)(sq, zz, NULL, mean, r0, r1, N); /* (another buffer: the sums are being read) */
+                F(gb_bn_var_blocks)(sq, zz, mean, r0, r1, N); /* (another buffer: the sums are being read) */
                 gb_barrier_wait(bar, &sense); /* every block's squared deviations */
                 F(gb_bn_total)(rstd, sq, nq, B, N);
                 F(gb_bn_rstd)(rstd, st->cfg.eps, N);
@@ -2193,15 +2203,14 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         my[GB_SL_DALL] = dall;
         int64_t edz = 0; /* E(rows) of dz_l: dz_e[l] */
         if (st->cfg.bn) { /* couples rows: all brought to E first; the column sums through the
-            * blocks' sums (gb_bn_blocks), each thread on its rows */
+            * blocks' sums (gb_bn_dy_blocks), each thread on its rows */
             const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
             T *mdy = st->bnm + (size_t)tid * 2 * N, *mdx = mdy + N, *px = st->bnq + 2 * nq * N;
             T *dgamma = (T *)a->dgamma + l * N, *dbeta = (T *)a->dbeta + l * N;
             gb_barrier_wait(bar, &sense); /* every row's exponent */
             edz = gb_slots_e(slots, nth, GB_SL_DNZ, GB_SL_DALL);
             F(gb_dz_to_e)(dz + r0 * N, rdz + r0, edz, nr, N, 0, N);
-            F(gb_bn_mean_blocks)(st->bnq, dz, r0, r1, N);
-            F(gb_bn_blocks)(px, dz, Zl, NULL, r0, r1, N);
+            F(gb_bn_dy_blocks)(st->bnq, px, dz, Zl, r0, r1, N);
             gb_barrier_wait(bar, &sense); /* every block's parts of the means of dy and dy xhat */
             F(gb_bn_mean)(mdy, st->bnq, B, N);
             F(gb_bn_total)(mdx, px, nq, 1, N); /* dgamma, then its mean */
@@ -2427,7 +2436,7 @@ int FP(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const 
 int FP(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat, const T *rstd,
                              const T *gamma, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
-    T *part = F(gb_alloc)(sizeof(T) * (size_t)((2 * ((B + GB_BN_ROWS - 1) / GB_BN_ROWS) + 2) * N));
+    T *part = F(gb_alloc)(sizeof(T) * (size_t)((3 * ((B + GB_BN_ROWS - 1) / GB_BN_ROWS) + 2) * N));
     if (!part) return GB_ENOMEM;
     F(gb_batchnorm_backward_impl)(dz, dgamma, dbeta, dy, xhat, rstd, gamma, B, N, part);
     free(part);
