@@ -23,8 +23,8 @@
  * value clip are each row's own, so a thread's rows need nothing of the others'; it has one
  * barrier per layer (the layer's exponents E of dz and of dh, the largest of the non-zero rows',
  * from per-thread slots; all of dz before dW, whose columns each thread brings to E in place
- * for its own dW rows), batch norm its two (the first also gives dz's E, which the rows take
- * before it), the norm clip one or two. Every entry is computed by one thread with the same
+ * for its own dW rows), batch norm its two (the first gives dz's E, which the rows take before
+ * their blocks' sums; the second, after those sums), the norm clip one or two. Every entry is computed by one thread with the same
  * code whatever the thread count, statistics are kept per row and combined in row order after
  * the layers, so results are bit-identical for any thread count, and a team may hand over to
  * one thread mid-call.
@@ -1530,8 +1530,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
      * (done a layer earlier: a thread may run a layer ahead of another without waiting), and,
      * before writing W_{l+2}^T into wt[(l+2) % 3], for every thread to have read that buffer's
      * W_{l-1}^T (rdone). The rows of a thread are independent of the others' in the forward
-     * (batch norm: two barriers around its statistics, by columns), so the only barrier is the
-     * rescaling's. */
+     * (batch norm: two barriers, after the blocks' sums of its mean and of its variance), so
+     * the only barrier is the rescaling's. */
     const int own = st->own_wt;
     const int64_t off = own ? tid * NN : 0; /* this thread's copy, or the shared one */
     T *wt[3] = {st->wt[0] + off, st->wt[1] + off, st->wt[2] + off};
@@ -1591,8 +1591,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         unsigned char *dead = st->dead + (l * st->nth + tid) * N; /* all 1 for a thread that left */
         if (st->gemm || st->cfg.bn || N > GB_KC) { /* BLAS (one thread), batch norm or a product
             * of packed panels (N > GB_KC: packed once for all the thread's rows, not for each block
-            * of 4): pass by pass, z by rows, the batch statistics by columns (every thread a block
-            * of them, between two barriers), the activation by rows */
+            * of 4): pass by pass, z by rows, the batch statistics from the blocks' sums of every
+            * thread's rows (two barriers), the activation by rows */
             T *zz = st->cfg.bn ? st->zb : Zl;
             if (rbias) { /* rows at their own exponents: the product, then each row's bias */
                 if (st->gemm)
