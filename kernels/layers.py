@@ -209,16 +209,18 @@ def _batchnorm_mean(mean, z):
     BN_ROWS rows, the sum S_q of the differences from its first row c_q, then c_0 + sum_q (n_q
     (c_q - c_0) + S_q) / B (exact for a column whose entries are all equal)."""
     B, N = z.shape
+    s = np.empty_like(mean)  # a block's S_q
     for j in range(N):
         mean[j] = 0
     for q0 in range(0, B, BN_ROWS):
         nq = _as(min(BN_ROWS, B - q0), mean[0])
+        for j in range(N):  # row by row (the inner loops over a row vectorise)
+            s[j] = z[q0, j] - z[q0, j]
+        for i in range(q0 + 1, min(q0 + BN_ROWS, B)):
+            for j in range(N):
+                s[j] += z[i, j] - z[q0, j]
         for j in range(N):
-            c = z[q0, j]
-            s = z[q0, j] - c
-            for i in range(q0 + 1, min(q0 + BN_ROWS, B)):
-                s += z[i, j] - c
-            mean[j] += nq * (c - z[0, j]) + s
+            mean[j] += nq * (z[q0, j] - z[0, j]) + s[j]
     nb = _as(B, mean[0])
     for j in range(N):
         mean[j] = z[0, j] + mean[j] / nb
