@@ -355,6 +355,9 @@ static void F(gb_dense_backward_ctx)(GEMM_FN gemm, T *dh, T *dW, T *db, const T 
  * (Columns shared between threads instead, every thread read the others' rows of z twice a
  * layer: two threads ran the forward at 1.25x one thread's speed, L = 1,000, N = B = 64.) */
 
+/* batch norm's blocks over a batch of B rows */
+#define GB_BN_NQ(B) (((B) + GB_BN_ROWS - 1) / GB_BN_ROWS)
+
 /* Blocks' parts of the mean (reference.batchnorm_mean) for the rows [r0, r1) (r0 a multiple of
  * GB_BN_ROWS; r1 one, or the batch's end): part[2q] = c_q (block q's first row), part[2q + 1] =
  * S_q (its rows' differences from c_q, summed in row order). z (B,N); part (2 nq,N) */
@@ -372,7 +375,7 @@ static void F(gb_bn_mean_blocks)(T *part, const T *z, int64_t r0, int64_t r1, in
 /* mean = c_0 + sum_q (n_q (c_q - c_0) + S_q) / B from the blocks' parts, the blocks in order:
  * exactly the value of a column whose entries are all equal */
 static void F(gb_bn_mean)(T *mean, const T *part, int64_t B, int64_t N) {
-    const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+    const int64_t nq = GB_BN_NQ(B);
     const T *c0 = part;
     for (int64_t j = 0; j < N; j++) mean[j] = 0;
     for (int64_t q = 0; q < nq; q++) {
@@ -414,17 +417,16 @@ static void F(gb_bn_dy_blocks)(T *pm, T *px, const T *dy, const T *xhat, int64_t
     }
 }
 
-/* out = the sum of the nq blocks' sums, in block order, divided by B. out, part[q] (N,) */
-static void F(gb_bn_total)(T *out, const T *part, int64_t nq, int64_t B, int64_t N) {
+/* out = the sum of the nq blocks' sums, in block order. out, part[q] (N,) */
+static void F(gb_bn_total)(T *out, const T *part, int64_t nq, int64_t N) {
     for (int64_t j = 0; j < N; j++) out[j] = part[j];
     for (int64_t q = 1; q < nq; q++)
         for (int64_t j = 0; j < N; j++) out[j] += part[q * N + j];
-    for (int64_t j = 0; j < N; j++) out[j] /= (T)B;
 }
 
-/* rstd = 1/sqrt(var + eps) from var (N,), in place */
-static void F(gb_bn_rstd)(T *rstd, double eps, int64_t N) {
-    for (int64_t j = 0; j < N; j++) rstd[j] = (T)(1.0 / sqrt((double)rstd[j] + eps));
+/* rstd = 1/sqrt(var + eps), var = the squared deviations' sum / B, from that sum (N,), in place */
+static void F(gb_bn_rstd)(T *rstd, double eps, int64_t B, int64_t N) {
+    for (int64_t j = 0; j < N; j++) rstd[j] = (T)(1.0 / sqrt((double)(rstd[j] / (T)B) + eps));
 }
 
 /* Rows [r0, r1): xhat = (z - mean) rstd, y = gamma xhat + beta. y, xhat, z (B,N); y may be z */
@@ -456,12 +458,12 @@ static void F(gb_bn_dz)(T *dz, const T *dy, const T *xhat, const T *mdy, const T
  * y may be z. */
 static void F(gb_batchnorm_forward_impl)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma,
                                          const T *beta, double eps, int64_t B, int64_t N, T *part) {
-    const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+    const int64_t nq = GB_BN_NQ(B);
     F(gb_bn_mean_blocks)(part, z, 0, B, N);
     F(gb_bn_mean)(mean, part, B, N);
     F(gb_bn_var_blocks)(part, z, mean, 0, B, N);
-    F(gb_bn_total)(rstd, part, nq, B, N);
-    F(gb_bn_rstd)(rstd, eps, N);
+    F(gb_bn_total)(rstd, part, nq, N);
+    F(gb_bn_rstd)(rstd, eps, B, N);
     F(gb_bn_normalise)(y, xhat, z, mean, rstd, gamma, beta, 0, B, N);
 }
 
@@ -471,11 +473,11 @@ static void F(gb_batchnorm_forward_impl)(T *y, T *xhat, T *mean, T *rstd, const 
  * (3 ceil(B / GB_BN_ROWS) + 2, N) scratch. dz may be dy. */
 static void F(gb_batchnorm_backward_impl)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat,
                                           const T *rstd, const T *gamma, int64_t B, int64_t N, T *part) {
-    const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+    const int64_t nq = GB_BN_NQ(B);
     T *mdy = part + 2 * nq * N, *mdx = mdy + N;
     F(gb_bn_dy_blocks)(part, mdy + 2 * N, dy, xhat, 0, B, N);
     F(gb_bn_mean)(mdy, part, B, N);
-    F(gb_bn_total)(dgamma, mdy + 2 * N, nq, 1, N);
+    F(gb_bn_total)(dgamma, mdy + 2 * N, nq, N);
     for (int64_t j = 0; j < N; j++) dbeta[j] = mdy[j] * (T)B, mdx[j] = dgamma[j] / (T)B;
     F(gb_bn_dz)(dz, dy, xhat, mdy, mdx, rstd, gamma, 0, B, N);
 }
@@ -1609,15 +1611,15 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 F(gb_dense_fix)(zz + r0 * N, h, W + l * NN, b + l * N, nr, N);
             }
             if (st->cfg.bn) { /* the thread's rows, the statistics through the blocks' sums (gb_bn_mean_blocks) */
-                const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+                const int64_t nq = GB_BN_NQ(B);
                 T *mean = st->bnm + (size_t)tid * 2 * N, *rstd = mean + N, *sq = st->bnq + 2 * nq * N;
                 F(gb_bn_mean_blocks)(st->bnq, zz, r0, r1, N);
                 gb_barrier_wait(bar, &sense); /* every block's part of the mean of z_l */
                 F(gb_bn_mean)(mean, st->bnq, B, N);
                 F(gb_bn_var_blocks)(sq, zz, mean, r0, r1, N); /* (another buffer: the sums are being read) */
                 gb_barrier_wait(bar, &sense); /* every block's squared deviations */
-                F(gb_bn_total)(rstd, sq, nq, B, N);
-                F(gb_bn_rstd)(rstd, st->cfg.eps, N);
+                F(gb_bn_total)(rstd, sq, nq, N);
+                F(gb_bn_rstd)(rstd, st->cfg.eps, B, N);
                 for (int64_t j = j0; j < j1; j++) { /* every thread has them: each writes its share */
                     ((T *)a->bn_mean)[l * N + j] = mean[j];
                     ((T *)a->bn_rstd)[l * N + j] = rstd[j];
@@ -1761,7 +1763,7 @@ int F(gb_stack_forward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.tdone = F(gb_alloc)(sizeof(gb_progress) * (size_t)nth);
     st.rdone = F(gb_alloc)(sizeof(gb_progress) * (size_t)nth);
     if (st.cfg.bn) { /* z, the blocks' sums (GB_BN_ROWS rows each), the threads' mean and rstd */
-        const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+        const int64_t nq = GB_BN_NQ(B);
         st.zb = F(gb_alloc)(sizeof(T) * (size_t)(B * N + 3 * nq * N + 2 * nth * N));
         st.bnq = st.zb ? st.zb + B * N : NULL;
         st.bnm = st.zb ? st.bnq + 3 * nq * N : NULL;
@@ -2204,7 +2206,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         int64_t edz = 0; /* E(rows) of dz_l: dz_e[l] */
         if (st->cfg.bn) { /* couples rows: all brought to E first; the column sums through the
             * blocks' sums (gb_bn_dy_blocks), each thread on its rows */
-            const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+            const int64_t nq = GB_BN_NQ(B);
             T *mdy = st->bnm + (size_t)tid * 2 * N, *mdx = mdy + N, *px = st->bnq + 2 * nq * N;
             T *dgamma = (T *)a->dgamma + l * N, *dbeta = (T *)a->dbeta + l * N;
             gb_barrier_wait(bar, &sense); /* every row's exponent */
@@ -2213,7 +2215,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             F(gb_bn_dy_blocks)(st->bnq, px, dz, Zl, r0, r1, N);
             gb_barrier_wait(bar, &sense); /* every block's parts of the means of dy and dy xhat */
             F(gb_bn_mean)(mdy, st->bnq, B, N);
-            F(gb_bn_total)(mdx, px, nq, 1, N); /* dgamma, then its mean */
+            F(gb_bn_total)(mdx, px, nq, N); /* dgamma, then its mean */
             for (int64_t i = i0; i < i1; i++) dbeta[i] = mdy[i] * (T)B, dgamma[i] = mdx[i];
             for (int64_t j = 0; j < N; j++) mdx[j] /= (T)B;
             F(gb_bn_dz)(dz, dz, Zl, mdy, mdx, (const T *)a->bn_rstd + l * N, gamma + l * N, r0, r1, N);
@@ -2345,7 +2347,7 @@ int F(gb_stack_backward)(const gb_stack_arrays *a, const gb_opts *opts) {
     st.slot = F(gb_alloc)(sizeof(int64_t) * 2 * (size_t)nth * GB_SLOT);
     st.rowacc = F(gb_alloc)(sizeof(double) * (size_t)GB_MAX(B, N));
     if (st.cfg.bn) { /* the blocks' sums (GB_BN_ROWS rows each) and the threads' means */
-        const int64_t nq = (B + GB_BN_ROWS - 1) / GB_BN_ROWS;
+        const int64_t nq = GB_BN_NQ(B);
         st.bnq = F(gb_alloc)(sizeof(T) * (size_t)(3 * nq * N + 2 * nth * N));
         st.bnm = st.bnq ? st.bnq + 3 * nq * N : NULL;
     }
@@ -2426,7 +2428,7 @@ int FP(gb_dense_backward)(T *dh, T *dW, T *db, const T *dz, const T *h, const T 
 int FP(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const T *gamma, const T *beta,
                             double eps, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
-    T *part = F(gb_alloc)(sizeof(T) * (size_t)(2 * ((B + GB_BN_ROWS - 1) / GB_BN_ROWS) * N));
+    T *part = F(gb_alloc)(sizeof(T) * (size_t)(2 * GB_BN_NQ(B) * N));
     if (!part) return GB_ENOMEM;
     F(gb_batchnorm_forward_impl)(y, xhat, mean, rstd, z, gamma, beta, eps, B, N, part);
     free(part);
@@ -2436,7 +2438,7 @@ int FP(gb_batchnorm_forward)(T *y, T *xhat, T *mean, T *rstd, const T *z, const 
 int FP(gb_batchnorm_backward)(T *dz, T *dgamma, T *dbeta, const T *dy, const T *xhat, const T *rstd,
                              const T *gamma, int64_t B, int64_t N) {
     if (B < 1 || N < 1) return GB_EBADARG;
-    T *part = F(gb_alloc)(sizeof(T) * (size_t)((3 * ((B + GB_BN_ROWS - 1) / GB_BN_ROWS) + 2) * N));
+    T *part = F(gb_alloc)(sizeof(T) * (size_t)((3 * GB_BN_NQ(B) + 2) * N));
     if (!part) return GB_ENOMEM;
     F(gb_batchnorm_backward_impl)(dz, dgamma, dbeta, dy, xhat, rstd, gamma, B, N, part);
     free(part);

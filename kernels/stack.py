@@ -25,7 +25,9 @@ from .chain import (
     pow2, row_nonzero, rows_exponent, rows_nonzero, scale_row, signal_rows, sumsq_rows,
 )
 from .layers import (
-    _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_fix, dense_fix_rows, dense_forward, matmul_dh, matmul_dw, matmul_forward, rescue_forward_rows, rescue_saturated_rows,
+    _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_fix,
+    dense_fix_rows, dense_forward, matmul_dh, matmul_dw, matmul_forward, rescue_forward_rows,
+    rescue_saturated_rows,
 )
 
 

@@ -4,6 +4,8 @@ and every bad array refused by both before a kernel runs."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -114,8 +116,6 @@ def test_batchnorm_takes_a_unit_whose_samples_are_equal_exactly(backend, B, dtyp
     batch gives dz exactly 0 and dbeta = B dy, on every backend. The plain sum / B rounds: its
     xhat was rounding times 1 / sqrt(eps), decades apart between backends deep in a stack. The
     other units' means against math.fsum's (correctly rounded sum) within a few roundings."""
-    import math
-
     mod = R if backend == "numpy" else get_backend(backend)
     N = 5
     rng = np.random.default_rng(B)
