@@ -273,6 +273,11 @@ def all_finite(a: np.ndarray, opts=None) -> bool:
 # a fresh process, 2 CPUs): first call 0.44-0.51 s on two threads beside the prefaulter, 0.38-0.46
 # s on two without it, 0.35 s on one beside it (two threads faulting pages in at the same time
 # spend 0.76-0.80 CPU-seconds against one's 0.58). Warm calls fault nothing in: every thread.
+# The prefaulter stops when its pages are in, so such a call looks again between pieces, as
+# beside a spinning BLAS worker (RELOOK_TOTAL), and runs the rest on every thread from there:
+# the backward's dW (a third of the fresh memory) is in after ~0.1 s of a ~0.2 s pass on one
+# thread. Measured (the same case, fresh processes, alternating, 6 each): first call 0.372-0.403 s
+# against 0.411-0.431 s as one piece, warm 0.20-0.22 s either way.
 PREFAULT_SHARE_FROM = 32 * 2**20
 _OPTS_SHARED = make_opts(nthreads=_OPTS.nthreads - 1) if _OPTS.nthreads >= available_cpus() >= 2 else None
 
@@ -293,7 +298,7 @@ def _choose(work: int | None, total: int | None, itemsize: int):
             or (total is not None and total < _OPTS.par_min_total)):
         return _OPTS, False  # one thread whatever happens
     if _OPTS_SHARED is not None and buffers.PREFAULTER.pending() >= PREFAULT_SHARE_FROM:
-        return _OPTS_SHARED, False
+        return _OPTS_SHARED, True  # the prefaulter stops when its pages are in: look again
     if not _EXPLICIT_THREADS and not outlasts_a_spin(work, total, itemsize):
         busy = busy_threads()
         cpus = available_cpus()
@@ -428,7 +433,7 @@ def _work(function: str, arrays: tuple) -> tuple[int, int, int]:
 
 # A call that found other threads of the process running took fewer CPUs (call_opts) and would
 # keep them to its end; but the usual such thread, a BLAS worker spinning after the user's own
-# product, stops within ~0.1 s. So a call of at least twice RELOOK_TOTAL = L B N^2 runs in pieces
+# product, stops within ~0.1 s, and the prefaulter once a first call's pages are in. So a call of at least twice RELOOK_TOTAL = L B N^2 runs in pieces
 # of about RELOOK_TOTAL (whole residual groups) and looks again before each; once the CPUs are
 # free, the rest runs as one piece on the whole team. A piece is a driver call over layers
 # [a, b) of the arrays, the engine's segments in small: it reads what the piece before wrote

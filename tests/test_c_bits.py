@@ -577,3 +577,40 @@ def test_a_call_beside_running_threads_runs_in_pieces_that_look_again(monkeypatc
     assert_bitwise(got, whole)
     if case == "a non-finite forward":  # found in a piece after the first: its offset added
         assert whole.first_nonfinite_forward is not None and whole.first_nonfinite_forward >= 2 * k
+
+
+def test_a_first_call_beside_the_prefaulter_takes_the_whole_team_once_its_pages_are_in(monkeypatch):
+    """A pass that leaves a CPU to the prefaulter (a first call's fresh pages) runs in pieces too,
+    and once the prefaulter has less than PREFAULT_SHARE_FROM left the rest runs on every thread:
+    the prefaulter stops when its pages are in, as a spinning BLAS worker does. Same bits as one
+    call on the whole team."""
+    from tests.test_checkpoint import assert_bitwise
+
+    stack = gb.Stack(depth=24, width=8, activation="tanh", init="he_normal", sigma_b=0.3)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 5, 1)
+    monkeypatch.setattr(cb, "_OPTS", team_opts(2))
+    monkeypatch.setattr(cb, "_OPTS_SHARED", team_opts(1))
+    monkeypatch.setattr(cb, "available_cpus", lambda: 2)
+    monkeypatch.setattr(cb, "_EXPLICIT_THREADS", False)
+    monkeypatch.setattr(cb, "busy_threads", lambda: 0)
+    whole = gb.backprop(stack, params, x, backend="c")
+    # the bytes the prefaulter has left at the start of each pass and at each look again
+    left = [cb.PREFAULT_SHARE_FROM, cb.PREFAULT_SHARE_FROM, 0] * 2
+    monkeypatch.setattr(cb.buffers.PREFAULTER, "pending", lambda: left.pop(0) if left else 0)
+    monkeypatch.setattr(cb, "RELOOK_TOTAL", 5 * stack.width**2 * 2)  # two layers a piece
+    calls = []
+    driver = cb._driver
+
+    def watch(function, opts, arrays):
+        calls.append((function, int(opts.nthreads), int(arrays[2].shape[0])))
+        driver(function, opts, arrays)
+
+    monkeypatch.setattr(cb, "_driver", watch)
+    got = gb.backprop(stack, params, x, backend="c")
+    assert not left, "every look taken"
+    for function in ("stack_forward", "stack_backward"):
+        pieces = [(n, layers) for f, n, layers in calls if f == function]
+        assert [n for n, _ in pieces] == [1, 1, 2], pieces
+        assert [layers for _, layers in pieces[:2]] == [2, 2], pieces
+        assert sum(layers for _, layers in pieces) == stack.depth
+    assert_bitwise(got, whole)
