@@ -36,7 +36,7 @@ from gradbench.inputs import check_inputs, check_progress
 from gradbench.logscaled import LogScaled
 from gradbench.loss import head_loss, top_signal
 from gradbench.params import GeneratedParams, Params, origin_words, probe_and_size
-from gradbench.plan import Plan, available_memory, plan_run
+from gradbench.plan import Plan, available_memory, plan_run, z_in_gradients
 from gradbench.results import Grads, Result
 from gradbench.spec import RELU_FAMILY, Stack, units_die
 from gradbench.supply import LayerSupply, buffer_shapes
@@ -187,7 +187,13 @@ class _Run:
         # internal arrays (never returned) come from the workspace (gradbench.buffers), and so
         # do the generated weights when the plan keeps them all
         kept = seg if self.plan.recompute else L
-        shapes = {"H": (kept + 1, B, N), "Z": (kept, B, N), "bn_mean": (kept, N), "bn_rstd": (kept, N)}
+        # the returned gradients, made here when Z lives in their dW (plan.z_in_gradients), else
+        # by the backward pass
+        self.z_in_grads = z_in_gradients(B, N, checkpoint=self.plan.checkpoint, stats_only=self.plan.stats_only)
+        self.grads = _gradient_arrays(L, B, N, dt) if self.z_in_grads else None
+        shapes = {"H": (kept + 1, B, N), "bn_mean": (kept, N), "bn_rstd": (kept, N)}
+        if not self.z_in_grads:
+            shapes["Z"] = (kept, B, N)
         row_shapes = [(kept + 1, B)]  # frow: the rows' exponents of H (int64)
         if self.plan.recompute:  # and the rows' exponents there
             shapes["ckpt"] = (len(self.segments) + 1, B, N)
@@ -199,8 +205,11 @@ class _Run:
         self.layers = LayerSupply(self.params, st, seg, keep=self.plan.keep_weights, empty=self.take)
         fwd = abi.allocate("stack_forward", dict(L=kept, B=B, N=N), dt,
                            skip=("icfg", "fcfg", "W", "b", "gamma", "beta", "slope", "fexp",
-                                 "act_mean", "act_std", "saturation", "dead", "info"),
+                                 "act_mean", "act_std", "saturation", "dead", "info")
+                           + (("Z",) if self.z_in_grads else ()),
                            fill=dict(bn_mean=0.0, bn_rstd=1.0), empty=self.take)
+        if self.z_in_grads:  # contiguous: the first L B N entries of dW
+            fwd["Z"] = self.grads["dW"].reshape(-1)[:L * B * N].reshape(L, B, N)
         self.H, self.Z, self.bn_mean, self.bn_rstd = fwd["H"], fwd["Z"], fwd["bn_mean"], fwd["bn_rstd"]
         self.frow = fwd["frow"]  # row i of h_l at 2**(fexp[l] + frow[l, i]) (one exponent per sample)
         self.ckpt = self.take(shapes["ckpt"], dt) if self.plan.recompute else None
@@ -249,7 +258,8 @@ def _segment_forward(run: _Run, s: int, e: int, layer_params, fexp, stats, info)
     """One backend forward call over the segment [s, e) (H[0] of the segment already set)."""
     Hs, Zs, ms, rs, qs = run.seg_arrays(s, e)
     run.impl.stack_forward(run.icfg, run.fcfg, *layer_params, Hs, Zs, ms, rs, fexp, qs, *stats, info)
-    PREFAULTER.cancel(Hs, Zs)  # the pass has written them itself
+    # the pass has written them itself (Z in dW: the rest of dW, B < N, is still to fault in)
+    PREFAULTER.cancel(Hs, *((Zs,) if not run.z_in_grads or run.B == run.stack.width else ()))
     reference.rescale_stats(stats[0], stats[1], Hs, qs)  # sums or squares beyond float64: rare, so taken here
 
 
@@ -393,15 +403,11 @@ def _backward(run: _Run) -> None:
     t = time.perf_counter()
     stack, L, N, dt, seg = run.stack, run.stack.depth, run.stack.width, run.stack.np_dtype, run.plan.segment
     keep = not run.plan.stats_only
-    kept = L if keep else seg
-
-    def gradient_arrays(alloc):
-        return abi.allocate("stack_backward", dict(L=kept, B=run.B, N=N), dt, skip=_NOT_GRADS, empty=alloc)
-
-    if keep:  # returned: fresh (on small pages when large), written from the top
-        grad_sets = [gradient_arrays(partial(empty, prefault="descending"))]
+    if keep:  # returned (made before the forward when Z lives in them)
+        grad_sets = [run.grads if run.grads is not None else _gradient_arrays(L, run.B, N, dt)]
     else:  # stats_only: one segment's, internal; two sets, so that the helper thread can take
-        grad_sets = [gradient_arrays(run.take) for _ in range(2)]  # the histograms of one meanwhile
+        grad_sets = [abi.allocate("stack_backward", dict(L=seg, B=run.B, N=N), dt, skip=_NOT_GRADS, empty=run.take)
+                     for _ in range(2)]  # the histograms of one meanwhile
     busy = [None, None]  # the histogram job still reading each set
     run.grads = grad_sets[0] if keep else None
     run.hist = None if keep or not run.hist_bins else _new_histogram(L, N, run.hist_bins)
@@ -484,6 +490,13 @@ def bn_pair_difference(G: np.ndarray, xhat: np.ndarray, gamma: np.ndarray, beta:
 
 GRAD_NAMES = ("dW", "db", "dgamma", "dbeta", "dslope")
 _NOT_GRADS = tuple(a.name for a in abi.BACKWARD if a.name not in GRAD_NAMES)  # the backward's other arrays
+
+
+def _gradient_arrays(L: int, B: int, N: int, dt) -> dict[str, np.ndarray]:
+    """The gradients a run returns: fresh (on small pages when large), faulted in from the top,
+    the order the backward writes them."""
+    return abi.allocate("stack_backward", dict(L=L, B=B, N=N), dt, skip=_NOT_GRADS,
+                        empty=partial(empty, prefault="descending"))
 
 
 @lru_cache(maxsize=256)

@@ -1,6 +1,7 @@
 """Memory planning: how a run is segmented, what it keeps, and whether it fits.
 
-A plain run stores every activation: (2L+1) B N numbers, plus weights and gradients 2 L N^2.
+A plain run stores every activation: (2L+1) B N numbers, plus weights and gradients 2 L N^2;
+the pre-activations' L B N of them in the gradients' dW where B <= N (:func:`z_in_gradients`).
 ``checkpoint=k`` stores only h_0, h_k, h_2k, ... and, in the backward pass, recomputes each
 segment of k layers from its checkpoint (Chen et al. 2016; one extra forward pass): O(L/k + k)
 B N memory; k ~ sqrt(L) by default, a multiple of the residual group size so that no group
@@ -78,12 +79,24 @@ C_FORWARD_WT = 3
 C_DRIVER_LAYER_BYTES = 10
 
 
+def z_in_gradients(batch: int, width: int, *, checkpoint: int | None, stats_only: bool) -> bool:
+    """Whether a run keeps its pre-activations Z (L, B, N) in the first L B N entries of the
+    gradients' dW (L, N, N) it returns, instead of an array of their own: where it keeps every
+    layer's activations (``checkpoint`` None), returns its gradients (not ``stats_only``) and
+    B <= N. The backward reads z_l before it writes dW_l (every backend), from the top down, and
+    z_l sits at or below dW_l (l B N <= l N^2): no dW written ever covers a z still to be read.
+    A first call faults a third less fresh memory in at B = N (the forward writes those pages,
+    the backward finds them in); every call holds a third less."""
+    return checkpoint is None and not stats_only and batch <= width
+
+
 def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, stats_only: bool = False,
                     generated: bool = False, keep_weights: bool = False, hist_bins: int = DEFAULT_BINS,
                     diagnose_bins: int | None = None, backend: str | None = None) -> int:
     """Bytes a run allocates at its peak: an upper bound, within a few per cent at large depth.
 
-    Held throughout: the activations H, Z ((2L+1) B N with ``checkpoint=None``; with
+    Held throughout: the activations H, Z ((2L+1) B N with ``checkpoint=None``, of which Z's L B N
+    are part of the gradients where :func:`z_in_gradients`; with
     ``checkpoint=k`` the L/k checkpoints and one segment's H, Z), the weights W, b, gamma, beta,
     slope (all L of them, or two segments' worth when ``generated`` and not ``keep_weights``),
     the input x, the input layer and the head with their gradients, the targets, the O(L)
@@ -136,6 +149,8 @@ def memory_estimate(stack: Stack, batch: int, *, checkpoint: int | None = None, 
     stats = 8 * L * (13 + 5 + 2 * stack.batch_norm) + 8 * row_exps
     rows = 2 * seg if stats_only else L  # of gradients held at once
     backward = item * (rows * layer + 3 * B * N + B * D)  # the gradients, the signal and its copies, dL/dx
+    if z_in_gradients(B, N, checkpoint=checkpoint, stats_only=stats_only):  # Z (in acts) is part of dW
+        backward -= item * L * B * N
     if stack.clip is not None and stack.clip_on != "signal":
         backward += (seg if stats_only else L) * N * N * _clip_bytes(stack.clip, item, stats_only)
     if stats_only and hist_bins:

@@ -71,10 +71,10 @@ def test_workspace_reuses_hands_back_and_respects_its_limit():
 def test_repeated_calls_reuse_the_workspace_and_give_the_same_bits():
     buffers.release()
     stack = gb.Stack(depth=50, width=32, activation="tanh", batch_norm=True)
-    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 16, 1)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 40, 1)  # B > N: Z apart from dW
     first = gb.backprop(stack, params, x)
     kept = buffers.WORKSPACE.bytes()
-    assert kept >= (51 + 50) * 16 * 32 * 8  # H and Z stay for the next call
+    assert kept >= (51 + 50) * 40 * 32 * 8  # H and Z stay for the next call
     second = gb.backprop(stack, params, x)
     assert buffers.WORKSPACE.bytes() == kept
     for name, g in first.grads.items():
@@ -284,7 +284,7 @@ def test_a_pass_that_faults_pages_in_leaves_a_cpu_to_the_prefaulter(monkeypatch)
     monkeypatch.setattr(cbackend, "_driver", lambda fn, opts, arrays: (seen.append((fn, opts.nthreads)),
                                                                        driver(fn, opts, arrays)))
     stack = gb.Stack(depth=2000, width=64, activation="tanh")  # H, Z, dW ~62 MiB each: >= 32 MiB left to fault
-    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 64, 1)
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 65, 1)  # B > N: Z apart from dW
     buffers.release()  # no workspace, nothing to recycle: a first call's fresh memory
     if not buffers.PREFAULTER.enabled:
         pytest.skip("the prefaulter is off here")
@@ -297,3 +297,23 @@ def test_a_pass_that_faults_pages_in_leaves_a_cpu_to_the_prefaulter(monkeypatch)
     assert fresh == [("stack_forward", full - 1), ("stack_backward", full - 1)]
     assert seen == [("stack_forward", full), ("stack_backward", full)]
     assert np.array_equal(m, warm.grads.W.mantissa) and np.array_equal(e, warm.grads.W.exponent)
+
+
+def test_a_first_call_whose_z_fills_its_gradients_runs_its_backward_on_every_thread(monkeypatch):
+    """At B = N the forward writes Z into every page of the gradients' dW (plan.z_in_gradients):
+    the backward of a first call finds its fresh memory in and runs on every thread."""
+    cbackend = pytest.importorskip("gradbench.cbackend")
+    if cbackend._OPTS_SHARED is None:
+        pytest.skip("the drivers do not take every CPU here (or there is only one)")
+    full = cbackend.threads()
+    seen = []
+    driver = cbackend._driver
+    monkeypatch.setattr(cbackend, "_driver", lambda fn, opts, arrays: (seen.append((fn, opts.nthreads)),
+                                                                       driver(fn, opts, arrays)))
+    stack = gb.Stack(depth=2000, width=64, activation="tanh")  # H and dW ~62 MiB each
+    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 64, 1)
+    buffers.release()
+    if not buffers.PREFAULTER.enabled:
+        pytest.skip("the prefaulter is off here")
+    gb.backprop(stack, params, x, backend="c")
+    assert seen == [("stack_forward", full - 1), ("stack_backward", full)]

@@ -103,9 +103,11 @@ def _measure(**case) -> tuple[int, int]:
     # a float32 diagnosis of stored weights: log10 ||W_l|| took a float64 copy of all of W (0.58)
     dict(depth=100, width=512, batch=16, generated=False, stats_only=False, backend="c", kw=dict(dtype="float32"),
          diagnose=True),
+    # B = N: the pre-activations live in the gradients' dW (plan.z_in_gradients; 1.004 measured)
+    dict(depth=400, width=256, batch=256, generated=False, stats_only=False, backend="c", kw={}),
 ], ids=["stats-only-c", "stats-only-numpy", "stats-only-c-f32", "softmax-ce-head", "mse-head-and-input-layer",
         "bce-head-f32", "value-clipping", "stats-only-value-clipping", "deep-stats-only-diagnosed",
-        "f32-weights-diagnosed"])
+        "f32-weights-diagnosed", "z-in-gradients"])
 def test_memory_estimate_bounds_the_measured_peak(case):
     estimate, peak = _measure(**case)
     # an upper bound (but for a few MB of page rounding and small arrays) of every measured peak

@@ -141,7 +141,7 @@ def test_small_internal_arrays_bypass_the_workspace():
     assert buffers.WORKSPACE.bytes() == 0
     wide = gb.Stack(depth=10, width=64)
     gb.backprop(wide, gb.init_params(wide, 0), gb.gaussian_input(wide, 64, 1))
-    assert buffers.WORKSPACE.bytes() >= (11 + 10) * 64 * 64 * 8  # H and Z
+    assert buffers.WORKSPACE.bytes() >= 11 * 64 * 64 * 8  # H (Z lives in the gradients' dW: B <= N)
     buffers.release()
 
 
