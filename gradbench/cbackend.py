@@ -433,7 +433,8 @@ def _work(function: str, arrays: tuple) -> tuple[int, int, int]:
 
 # A call that found other threads of the process running took fewer CPUs (call_opts) and would
 # keep them to its end; but the usual such thread, a BLAS worker spinning after the user's own
-# product, stops within ~0.1 s, and the prefaulter once a first call's pages are in. So a call of at least twice RELOOK_TOTAL = L B N^2 runs in pieces
+# product, stops within ~0.1 s, and the prefaulter once a first call's pages are in. So a call
+# of at least twice RELOOK_TOTAL = L B N^2 runs in pieces
 # of about RELOOK_TOTAL (whole residual groups) and looks again before each; once the CPUs are
 # free, the rest runs as one piece on the whole team. A piece is a driver call over layers
 # [a, b) of the arrays, the engine's segments in small: it reads what the piece before wrote

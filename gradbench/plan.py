@@ -85,8 +85,9 @@ def z_in_gradients(batch: int, width: int, *, checkpoint: int | None, stats_only
     layer's activations (``checkpoint`` None), returns its gradients (not ``stats_only``) and
     B <= N. The backward reads z_l before it writes dW_l (every backend), from the top down, and
     z_l sits at or below dW_l (l B N <= l N^2): no dW written ever covers a z still to be read.
-    A first call faults a third less fresh memory in at B = N (the forward writes those pages,
-    the backward finds them in); every call holds a third less."""
+    A run holds L B N fewer numbers, a third of its activations and gradients at B = N, and a
+    first call faults that much less fresh memory in (the forward writes those pages of dW, the
+    backward finds them in)."""
     return checkpoint is None and not stats_only and batch <= width
 
 
