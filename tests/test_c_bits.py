@@ -537,6 +537,37 @@ PIECE_CASES = {
 }
 
 
+def _on_two_cpus(monkeypatch, stack, x):
+    """A team of two on two CPUs, nothing else running: the call of ``stack`` on ``x`` as one
+    piece on the whole team (the reference of the pieces)."""
+    monkeypatch.setattr(cb, "_OPTS", team_opts(2))
+    monkeypatch.setattr(cb, "available_cpus", lambda: 2)
+    monkeypatch.setattr(cb, "_EXPLICIT_THREADS", False)
+    monkeypatch.setattr(cb, "busy_threads", lambda: 0)
+    return gb.backprop(stack, gb.init_params(stack, 0), x, backend="c")
+
+
+def _in_pieces(monkeypatch, stack, x, group: int):
+    """The call in pieces of two residual groups (``group`` layers each; RELOOK_TOTAL), each
+    pass's pieces checked: one thread, one thread, then the rest on the team."""
+    monkeypatch.setattr(cb, "RELOOK_TOTAL", len(x) * stack.width**2 * 2 * group)
+    calls = []
+    driver = cb._driver
+
+    def watch(function, opts, arrays):
+        calls.append((function, int(opts.nthreads), int(arrays[2].shape[0])))
+        driver(function, opts, arrays)
+
+    monkeypatch.setattr(cb, "_driver", watch)
+    got = gb.backprop(stack, gb.init_params(stack, 0), x, backend="c")
+    for function in ("stack_forward", "stack_backward"):
+        pieces = [(n, layers) for f, n, layers in calls if f == function]
+        assert [n for n, _ in pieces] == [1, 1, 2], pieces
+        assert [layers for _, layers in pieces[:2]] == [2 * group, 2 * group], pieces
+        assert sum(layers for _, layers in pieces) == stack.depth
+    return got
+
+
 @pytest.mark.usefixtures("plain_biased_forward")
 @pytest.mark.parametrize("case", sorted(PIECE_CASES))
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -548,32 +579,14 @@ def test_a_call_beside_running_threads_runs_in_pieces_that_look_again(monkeypatc
     from tests.test_checkpoint import assert_bitwise
 
     stack = gb.Stack(**PIECE_CASES[case])
-    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 5, 1)
-    monkeypatch.setattr(cb, "_OPTS", team_opts(2))
-    monkeypatch.setattr(cb, "available_cpus", lambda: 2)
-    monkeypatch.setattr(cb, "_EXPLICIT_THREADS", False)
-    monkeypatch.setattr(cb, "busy_threads", lambda: 0)
-    whole = gb.backprop(stack, params, x, backend="c")
+    x = gb.gaussian_input(stack, 5, 1)
+    whole = _on_two_cpus(monkeypatch, stack, x)
     # busy at the start of each pass and at its first look again, free at the second
     looks = [1, 1, 0, 1, 1, 0]
     monkeypatch.setattr(cb, "busy_threads", lambda: looks.pop(0))
     k = max(1, stack.residual)
-    monkeypatch.setattr(cb, "RELOOK_TOTAL", 5 * stack.width**2 * 2 * k)  # two groups a piece
-    calls = []
-    driver = cb._driver
-
-    def watch(function, opts, arrays):
-        calls.append((function, int(opts.nthreads), int(arrays[2].shape[0])))
-        driver(function, opts, arrays)
-
-    monkeypatch.setattr(cb, "_driver", watch)
-    got = gb.backprop(stack, params, x, backend="c")
+    got = _in_pieces(monkeypatch, stack, x, k)
     assert not looks, "every look taken"
-    for function in ("stack_forward", "stack_backward"):
-        pieces = [(n, layers) for f, n, layers in calls if f == function]
-        assert [n for n, _ in pieces] == [1, 1, 2], pieces
-        assert [layers for _, layers in pieces[:2]] == [2 * k, 2 * k], pieces
-        assert sum(layers for _, layers in pieces) == stack.depth
     assert_bitwise(got, whole)
     if case == "a non-finite forward":  # found in a piece after the first: its offset added
         assert whole.first_nonfinite_forward is not None and whole.first_nonfinite_forward >= 2 * k
@@ -587,30 +600,12 @@ def test_a_first_call_beside_the_prefaulter_takes_the_whole_team_once_its_pages_
     from tests.test_checkpoint import assert_bitwise
 
     stack = gb.Stack(depth=24, width=8, activation="tanh", init="he_normal", sigma_b=0.3)
-    params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 5, 1)
-    monkeypatch.setattr(cb, "_OPTS", team_opts(2))
+    x = gb.gaussian_input(stack, 5, 1)
+    whole = _on_two_cpus(monkeypatch, stack, x)
     monkeypatch.setattr(cb, "_OPTS_SHARED", team_opts(1))
-    monkeypatch.setattr(cb, "available_cpus", lambda: 2)
-    monkeypatch.setattr(cb, "_EXPLICIT_THREADS", False)
-    monkeypatch.setattr(cb, "busy_threads", lambda: 0)
-    whole = gb.backprop(stack, params, x, backend="c")
     # the bytes the prefaulter has left at the start of each pass and at each look again
     left = [cb.PREFAULT_SHARE_FROM, cb.PREFAULT_SHARE_FROM, 0] * 2
     monkeypatch.setattr(cb.buffers.PREFAULTER, "pending", lambda: left.pop(0) if left else 0)
-    monkeypatch.setattr(cb, "RELOOK_TOTAL", 5 * stack.width**2 * 2)  # two layers a piece
-    calls = []
-    driver = cb._driver
-
-    def watch(function, opts, arrays):
-        calls.append((function, int(opts.nthreads), int(arrays[2].shape[0])))
-        driver(function, opts, arrays)
-
-    monkeypatch.setattr(cb, "_driver", watch)
-    got = gb.backprop(stack, params, x, backend="c")
+    got = _in_pieces(monkeypatch, stack, x, 1)
     assert not left, "every look taken"
-    for function in ("stack_forward", "stack_backward"):
-        pieces = [(n, layers) for f, n, layers in calls if f == function]
-        assert [n for n, _ in pieces] == [1, 1, 2], pieces
-        assert [layers for _, layers in pieces[:2]] == [2, 2], pieces
-        assert sum(layers for _, layers in pieces) == stack.depth
     assert_bitwise(got, whole)
