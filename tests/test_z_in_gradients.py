@@ -26,11 +26,6 @@ CASES = {  # (stack, batch): B = N, B < N, and every path of the backward that r
 }
 
 
-def _apart(monkeypatch):
-    """Z in an array of its own whatever the shapes (the engine as it was)."""
-    monkeypatch.setattr(engine, "z_in_gradients", lambda *a, **k: False)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_z_in_the_gradients_gives_the_bits_of_z_apart(monkeypatch, backend, case):
@@ -44,7 +39,7 @@ def test_z_in_the_gradients_gives_the_bits_of_z_apart(monkeypatch, backend, case
     assert seen == [True]
     seen.clear()
     monkeypatch.setattr(engine, "_forward", lambda run: (seen.append(run.grads is None), forward(run)))
-    _apart(monkeypatch)
+    monkeypatch.setattr(engine, "z_in_gradients", lambda *a, **k: False)  # Z apart, as the engine had it
     ref = gb.backprop(stack, params, x, t, backend=backend)
     assert seen == [True]
     assert_bitwise(got, ref)
