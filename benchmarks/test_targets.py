@@ -29,7 +29,7 @@ Targets (t = time):
   while the worker spins, the team after (t(one piece) / t(pieces), reported, was the target
   until 2026-12-05);
 - ``first call``: t(first call in a fresh process, kernels cached) / t(warm) <= 1.5 at
-  L = 10^4, n = 64, B = 64;
+  L = 10^4, n = 64, B = 64, the minima over three fresh processes;
 - ``million layers``: time per layer of a stats-only run with generated weights and
   checkpoints (L = 10^5, n = 64, B = 64, fresh process) / of the warm in-memory run (L = 10^4)
   <= 1.8, one kernel thread with the second CPU free for the helper thread (weights, histograms);
@@ -274,10 +274,16 @@ def test_target_auto_picks_the_fastest(benchmark):
 def test_target_first_call(benchmark):
     L, N, B = (200, 16, 8) if benchmark.disabled else (10_000, 64, 64)
     # 6 warm calls: the first of them writes fresh gradients (the first call's result is still
-    # held), and on this shared VM a process sometimes gets the second CPU only part of the time
-    r = run("first", "auto", L, N, B, reps=1 if benchmark.disabled else 6, threads="default")
-    ratio = r["first"] / r["min"]
-    record(benchmark, "first call / warm call (auto, L=10^4 n=64 B=64)", ratio, "<= 1.5", ratio <= 1.5, **r)
+    # held), and on this shared VM a process sometimes gets the second CPU only part of the time.
+    # A first call is one sample a process: the minima over three, as the other targets take
+    # theirs over rounds (one process read 2.02x where 12 alternating ones read 1.80-1.96x)
+    runs = [run("first", "auto", L, N, B, reps=1 if benchmark.disabled else 6, threads="default")
+            for _ in range(1 if benchmark.disabled else 3)]
+    first, warm = min(r["first"] for r in runs), min(r["min"] for r in runs)
+    ratio = first / warm
+    record(benchmark, "first call / warm call (auto, L=10^4 n=64 B=64)", ratio, "<= 1.5", ratio <= 1.5,
+           first=first, min=warm, firsts=[round(r["first"], 4) for r in runs], warms=[round(r["min"], 4) for r in runs],
+           backend=runs[0]["backend"], c_threads=runs[0].get("c_threads"))
 
 
 @pytest.mark.parametrize("backend", FAST or ["none"])
