@@ -15,19 +15,19 @@
  * forward, the activation rows, dh = dz W) and of 4 dW rows (dW = dz^T h, db). The forward
  * carries one exponent per batch row too (frow: row i of h_l at fexp[l] + frow[l, i]; each row's
  * activation, tail rescue, skip add and normalisation its own), and has no barrier but the
- * rescaling's (the layer's exponent fexp[l+1], the largest of the non-zero rows', from
- * per-thread slots, to which frow[l+1] is relative): each thread transposes the W two
- * layers ahead, into its own buffer (narrow layers) or its share of a shared one, whose other
- * shares it waits for (gb_forward_member, GB_OWN_WT_MAX_N). The backward carries one exponent
- * per batch row (gb_backward_member): normalising, the saturated-derivative rescue and the
- * value clip are each row's own, so a thread's rows need nothing of the others'; it has one
- * barrier per layer (the layer's exponents E of dz and of dh, the largest of the non-zero rows',
- * from per-thread slots; all of dz before dW, whose columns each thread brings to E in place
- * for its own dW rows), batch norm its two (the first gives dz's E, which the rows take before
- * their blocks' sums; the second, after those sums), the norm clip one or two. Every entry is computed by one thread with the same
- * code whatever the thread count, statistics are kept per row and combined in row order after
- * the layers, so results are bit-identical for any thread count, and a team may hand over to
- * one thread mid-call.
+ * rescaling's (the layer's exponent fexp[l+1], the largest of the non-zero rows', from per-thread
+ * slots, to which frow[l+1] is relative): each thread transposes the W two layers ahead, into its
+ * own buffer (narrow layers) or its share of a shared one, whose other shares it waits for
+ * (gb_forward_member, GB_OWN_WT_MAX_N). The backward carries one exponent per batch row
+ * (gb_backward_member): normalising, the saturated-derivative rescue and the value clip are each
+ * row's own, so a thread's rows need nothing of the others'; it has one barrier per layer (the
+ * layer's exponents E of dz and of dh, the largest of the non-zero rows', from per-thread slots;
+ * all of dz before dW, whose columns each thread brings to E in place for its own dW rows), batch
+ * norm its two (the first gives dz's E, which the rows take before their blocks' sums; the second,
+ * after those sums), the norm clip one or two. Every entry is computed by one thread with the same
+ * code whatever the thread count, statistics are kept per row and combined in row order after the
+ * layers, so results are bit-identical for any thread count, and a team may hand over to one
+ * thread mid-call.
  */
 #include <float.h>
 #include <stdlib.h>

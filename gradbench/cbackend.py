@@ -431,16 +431,15 @@ def _work(function: str, arrays: tuple) -> tuple[int, int, int]:
     return layer, layer * int(W.shape[0]), int(W.itemsize)
 
 
-# A call that found other threads of the process running took fewer CPUs (call_opts) and would
-# keep them to its end; but the usual such thread, a BLAS worker spinning after the user's own
-# product, stops within ~0.1 s, and the prefaulter once a first call's pages are in. So a call
-# of at least twice RELOOK_TOTAL = L B N^2 runs in pieces
-# of about RELOOK_TOTAL (whole residual groups) and looks again before each; once the CPUs are
-# free, the rest runs as one piece on the whole team. A piece is a driver call over layers
-# [a, b) of the arrays, the engine's segments in small: it reads what the piece before wrote
-# (H[a], fexp[a] and frow[a] going up; G, its rows' exponents row_e (B,), not per layer, so
-# every piece gets the whole array, and sig_e[b] going down), so the results are those of one
-# call, bit for bit (tests/test_c_bits.py).
+# A call that found other threads of the process running took fewer CPUs (call_opts) and would keep
+# them to its end; but the usual such thread, a BLAS worker spinning after the user's own product,
+# stops within ~0.1 s, and the prefaulter once a first call's pages are in. So a call of at least
+# twice RELOOK_TOTAL = L B N^2 runs in pieces of about RELOOK_TOTAL (whole residual groups) and
+# looks again before each; once the CPUs are free, the rest runs as one piece on the whole team. A
+# piece is a driver call over layers [a, b) of the arrays, the engine's segments in small: it reads
+# what the piece before wrote (H[a], fexp[a] and frow[a] going up; G, its rows' exponents row_e
+# (B,), not per layer, so every piece gets the whole array, and sig_e[b] going down), so the
+# results are those of one call, bit for bit (tests/test_c_bits.py).
 RELOOK_TOTAL = env_int("GRADBENCH_C_RELOOK_TOTAL", 1 << 28, low=1)
 
 # per array of each driver: None (not per layer), or the extra rows of its layer axis (0: L, 1: L+1)

@@ -406,8 +406,7 @@ def _backward(run: _Run) -> None:
     if keep:  # returned (made before the forward when Z lives in them)
         grad_sets = [run.grads if run.grads is not None else _gradient_arrays(L, run.B, N, dt)]
     else:  # stats_only: one segment's, internal; two sets, so that the helper thread can take
-        grad_sets = [abi.allocate("stack_backward", dict(L=seg, B=run.B, N=N), dt, skip=_NOT_GRADS, empty=run.take)
-                     for _ in range(2)]  # the histograms of one meanwhile
+        grad_sets = [_gradient_arrays(seg, run.B, N, dt, run.take) for _ in range(2)]  # the histograms of one meanwhile
     busy = [None, None]  # the histogram job still reading each set
     run.grads = grad_sets[0] if keep else None
     run.hist = None if keep or not run.hist_bins else _new_histogram(L, N, run.hist_bins)
@@ -492,11 +491,10 @@ GRAD_NAMES = ("dW", "db", "dgamma", "dbeta", "dslope")
 _NOT_GRADS = tuple(a.name for a in abi.BACKWARD if a.name not in GRAD_NAMES)  # the backward's other arrays
 
 
-def _gradient_arrays(L: int, B: int, N: int, dt) -> dict[str, np.ndarray]:
-    """The gradients a run returns: fresh (on small pages when large), faulted in from the top,
-    the order the backward writes them."""
-    return abi.allocate("stack_backward", dict(L=L, B=B, N=N), dt, skip=_NOT_GRADS,
-                        empty=partial(empty, prefault="descending"))
+def _gradient_arrays(L: int, B: int, N: int, dt, alloc=partial(empty, prefault="descending")) -> dict[str, np.ndarray]:
+    """The gradient arrays of L layers from ``alloc``; by default those a run returns: fresh (on
+    small pages when large), faulted in from the top, the order the backward writes them."""
+    return abi.allocate("stack_backward", dict(L=L, B=B, N=N), dt, skip=_NOT_GRADS, empty=alloc)
 
 
 @lru_cache(maxsize=256)
