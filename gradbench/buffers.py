@@ -160,6 +160,11 @@ class Prefaulter:
                 if job[2] != stop and self.enabled:
                     self._jobs.append(job)  # in turn with the other pending mappings
 
+    def native_id(self) -> int | None:
+        """The helper thread's id (as in ``/proc/self/task``), or None while there is none."""
+        thread = self._thread
+        return None if thread is None else thread.native_id
+
     def pending(self) -> int:
         """Bytes still to fault in."""
         with self._cond:

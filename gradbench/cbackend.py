@@ -358,27 +358,31 @@ def _opts_for(nthreads: int):
 
 # The C drivers' own helper threads (csrc/team.c, GB_HELPER_NAME in csrc/gb_internal.h): kept
 # between calls, they spin ~0.2 ms after a team before sleeping, so the next call finds them
-# awake. busy_threads does not count them: they are the team's, not a competitor.
+# awake. busy_threads does not count them: they are the team's, not a competitor. Nor the
+# prefaulter's thread: its share is decided by what it has left (PREFAULT_SHARE_FROM), and once a
+# pass has cancelled its work it still finishes the chunk in hand (2 MiB, ~1 ms; longer on a
+# loaded machine, where it waits for a CPU in state R), which sent the whole backward of a first
+# call (L = 2,000, n = B = 64, beside a busy process) to one thread for it.
 HELPER_NAME = b"gradbench-team"
 
 
 def busy_threads() -> int:
-    """Threads of this process, other than the calling one and the drivers' own helpers
-    (:data:`HELPER_NAME`), that are running or ready to run now (state R in
+    """Threads of this process, other than the calling one, the drivers' own helpers
+    (:data:`HELPER_NAME`) and the prefaulter's, that are running or ready to run now (state R in
     ``/proc/self/task/*/stat``); 0 where there is no such file."""
     return len(running_threads())
 
 
 def running_threads() -> list[int]:
     """The thread ids :func:`busy_threads` counts."""
-    me = threading.get_native_id()
+    mine = (threading.get_native_id(), buffers.PREFAULTER.native_id())
     busy = []
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
         return busy
     for tid in tasks:
-        if int(tid) == me:
+        if int(tid) in mine:
             continue
         try:
             with open(f"/proc/self/task/{tid}/stat", "rb") as f:

@@ -267,6 +267,27 @@ def test_cancel_drops_only_the_work_on_the_given_arrays():
     buffers.PREFAULTER.cancel(b, None)  # nothing pending: no effect, no error
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux")
+def test_the_prefaulter_is_not_a_busy_thread():
+    """The drivers leave the prefaulter a CPU by what it has left to fault in, not by its state:
+    running (or waiting for a CPU) it is not one of the threads a call makes room for, else the
+    chunk in hand after a cancel sent a whole pass to one thread fewer."""
+    cbackend = pytest.importorskip("gradbench.cbackend")
+    if not buffers.PREFAULTER.enabled:
+        pytest.skip("one CPU in this process's affinity: the prefaulter is off")
+    a = buffers.empty((64, 2**20), np.float64, recycle=False)  # 512 MiB to fault in
+    tid, running, samples = buffers.PREFAULTER.native_id(), 0, 0
+    assert tid is not None
+    while buffers.PREFAULTER.pending() and samples < 10**5:
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            stat = f.read()
+        running += stat[stat.rindex(b")") + 2:][:1] == b"R"
+        assert tid not in cbackend.running_threads()
+        samples += 1
+    buffers.PREFAULTER.cancel(a)
+    assert running > 0, "the prefaulter was never seen running: nothing tested"
+
+
 @pytest.mark.parametrize("batch", [65, 64])
 def test_a_pass_that_faults_pages_in_leaves_a_cpu_to_the_prefaulter(monkeypatch, batch):
     """The C drivers run on one thread fewer while the prefaulter has fresh pages to fault in
