@@ -9,6 +9,7 @@
 #ifndef GB_ACTIVATIONS_H
 #define GB_ACTIVATIONS_H
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -763,9 +764,9 @@ static GB_AINLINE gb_vd gb_vldexp(gb_vd x, const double q[3]) { return ((x * q[0
 #define GB_SATURATED 1024.0
 static __attribute__((noinline)) int gb_vact_ldexp(gb_vd u, const gb_scaled *s, gb_vd *a, gb_vd *d) {
     const gb_vd zero = {0};
-    if (gb_any(~(gb_vabs(u) <= 0x1.fffffffffffffp1023))) return 0;
+    if (gb_any(~(gb_vabs(u) <= DBL_MAX))) return 0;
     const gb_vd z = gb_vldexp(u, s->zq), az = gb_vabs(z);
-    const gb_vi tiny = az < s->tiny, over = az > 0x1.fffffffffffffp1023;
+    const gb_vi tiny = az < s->tiny, over = az > DBL_MAX;
     if (gb_any(~(tiny | over) & (az < GB_SATURATED))) return 0;
     const gb_vi pos = u > 0.0;
     const gb_vd c0 = gb_blend(pos, zero + s->c0p, zero + s->c0m);
@@ -779,7 +780,7 @@ static __attribute__((noinline)) int gb_vact_ldexp(gb_vd u, const gb_scaled *s, 
     gb_vact(gb_blend(tiny | over, zero, z), s->act, s->p, a ? &pa : NULL, &pd);
     if (a) {
         const gb_vd lim = ci * u + gb_blend(pos, gb_splat(s->lkp), gb_splat(s->lkm)); /* -0 kept */
-        const gb_vi big = over | (gb_vabs(pa) > 0x1.fffffffffffffp1023); /* SELU's lambda z past the max */
+        const gb_vi big = over | (gb_vabs(pa) > DBL_MAX); /* SELU's lambda z past the max */
         *a = gb_blend(tiny, c0 * u, gb_blend(big, lim, gb_vldexp(pa, s->rq)));
     }
     if (s->act == GB_GELU) pd = pd + 0.0; /* gelu' +0 where gb_vgelu has -0 (the far lower tail) */
@@ -792,12 +793,12 @@ static __attribute__((noinline)) int gb_vact_ldexp(gb_vd u, const gb_scaled *s, 
 static GB_AINLINE void gb_vact_mul(gb_vd u, const gb_scaled *s, const int act, gb_vd *a, gb_vd *d) {
     const gb_vd zero = {0};
     const gb_vd z = u * s->pf;
-    const gb_vi tiny = gb_vabs(z) < s->tiny, over = gb_vabs(z) > 0x1.fffffffffffffp1023;
+    const gb_vi tiny = gb_vabs(z) < s->tiny, over = gb_vabs(z) > DBL_MAX;
     gb_vd pa = zero, pd = zero;
     if (!gb_any(tiny | over)) { /* the usual vector: the blends below would pick these */
         gb_vact(z, act, s->p, a ? &pa : NULL, d ? &pd : NULL);
         /* SELU: lambda z overflows for z up to 1.05x below the max (the limit form below) */
-        if (act != GB_SELU || !a || !gb_any(gb_vabs(pa) > 0x1.fffffffffffffp1023)) {
+        if (act != GB_SELU || !a || !gb_any(gb_vabs(pa) > DBL_MAX)) {
             if (a) *a = pa * s->pmf;
             if (d) *d = pd;
             return;
@@ -814,12 +815,12 @@ static GB_AINLINE void gb_vact_mul(gb_vd u, const gb_scaled *s, const int act, g
     const gb_vd ci = gb_blend(pos, zero + s->cip, zero + s->cim);
     const gb_vd lim = ci * u + gb_blend(pos, zero + s->kp, zero + s->km) * s->pmf;
     gb_vact(gb_blend(tiny | over, zero, z), act, s->p, a ? &pa : NULL, d ? &pd : NULL);
-    if (a) *a = gb_blend(tiny, c0 * u, gb_blend(over | (gb_vabs(pa) > 0x1.fffffffffffffp1023), lim, pa * s->pmf));
+    if (a) *a = gb_blend(tiny, c0 * u, gb_blend(over | (gb_vabs(pa) > DBL_MAX), lim, pa * s->pmf));
     if (d) *d = gb_blend(tiny, c0, gb_blend(over, ci, pd));
 }
 
 /* every lane of u finite */
-static GB_AINLINE int gb_vfinite(gb_vd u) { return !gb_any(~(gb_vabs(u) <= 0x1.fffffffffffffp1023)); }
+static GB_AINLINE int gb_vfinite(gb_vd u) { return !gb_any(~(gb_vabs(u) <= DBL_MAX)); }
 
 /* phi_scaled and dphi_scaled of GB_VL mantissas u (gb_scaled's vector modes): the bits of the
  * scalar functions but for phi(z) itself (from gb_vact) in GB_VM_MUL; 0 when these lanes need
