@@ -1191,3 +1191,39 @@ def test_phase_diagram_does_not_colour_chains_cut_to_zero_by_the_rate_above_the_
     assert any("dies" in t.get_text() for t in heat.get_legend().get_texts())
     shown = np.concatenate([col.get_offsets()[:, 1] for col in scatter.collections])
     assert np.count_nonzero(shown == 2.2) == 1  # only the seed that keeps its chain
+
+
+@pytest.mark.parametrize("args,axes", [
+    (["--sigma-w", "0.8,1.6", "--depth", "6,10"], ("sigma_w", "depth")),  # no sigma_b: the other swept field
+    (["--sigma-b", "0,0.1", "--depth", "6,10"], ("depth", "sigma_b")),  # no sigma_w: likewise across
+    (["--sigma-w", "0.8,1.6", "--sigma-b", "0,0.1", "--depth", "6,10"], ("sigma_w", "sigma_b")),  # the defaults
+    (["--sigma-w", "0.8,1.6", "--depth", "6,10", "--batch-norm", "true,false"], ("sigma_w", "depth")),  # not a bool
+])
+def test_cli_sweep_plot_takes_the_other_swept_field_for_a_default_axis_it_lacks(args, axes, monkeypatch, tmp_path):
+    """`sweep --sigma-w 0.5:2.5:9 --depth 10,50,100 --plot phase.png` stopped with "--plot-y sigma_b:
+    give --sigma-b" though the sweep has a second axis: an axis left to its default that is no
+    field of the sweep is the one other numeric field swept (checked before any run)."""
+    from gradbench import cli
+    from gradbench.cli import sweep as cli_sweep
+
+    seen = []
+
+    def stop(args, grid, fixed):
+        check(args, grid, fixed)
+        seen.append((args.plot_x, args.plot_y))
+        raise cli_sweep.UsageError("stop here")
+
+    check = cli_sweep._check_plot
+    monkeypatch.setattr(cli_sweep, "_check_plot", stop)
+    assert cli.main(["sweep", "--width", "4", *(["--depth", "6"] if "--depth" not in args else []), *args,
+                     "--plot", str(tmp_path / "p.png")]) == 2
+    assert seen == [axes]
+
+
+def test_cli_sweep_plot_names_both_ways_out_when_a_default_axis_is_missing(capsys):
+    from gradbench import cli
+
+    # two other numeric fields swept: which one would be a guess
+    assert cli.main(["sweep", "--sigma-w", "1,2", "--depth", "6,8", "--width", "4,8", "--plot", "p.png"]) == 2
+    err = capsys.readouterr().err
+    assert "--plot-y sigma_b: give --sigma-b" in err and "without --plot-y the axis is sigma_b, or the one other" in err

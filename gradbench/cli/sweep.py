@@ -189,14 +189,26 @@ def _check_plot(args, grid: dict, fixed: dict) -> None:
         return
     kinds = _kinds()
     numeric = [name for name, kind in kinds.items() if kind is not str]
-    for flag, axis in (("--plot-x", args.plot_x), ("--plot-y", args.plot_y)):
+    typed = given(args, "plot_x", "plot_y")
+    for dest, across in (("plot_x", "plot_y"), ("plot_y", "plot_x")):
+        # a default axis that is no field of this sweep: the one other numeric field swept, if
+        # there is exactly one (--sigma-w 0.5:2.5:9 --depth 10,50,100 draws sigma_w x depth)
+        if dest not in typed and getattr(args, dest) not in grid and getattr(args, dest) not in fixed:
+            other = getattr(args, across)
+            swept = [n for n in grid if kinds.get(n) in (int, float) and n != other
+                     and any(v is not None for v in grid[n])]
+            if len(swept) == 1:
+                setattr(args, dest, swept[0])
+    for dest, axis in (("plot_x", args.plot_x), ("plot_y", args.plot_y)):
+        flag = "--" + dest.replace("_", "-")
         if axis not in kinds:
             raise UsageError(f"{flag} {axis!r} is not a field; one of {', '.join(numeric)}")
         if kinds[axis] is str:
             raise UsageError(f"{flag} {axis}: the phase diagram's axes are numeric fields, one of {', '.join(numeric)}")
         if axis not in grid and axis not in fixed:
+            default = "" if dest in typed else f"; without {flag} the axis is {axis}, or the one other numeric field swept"
             raise UsageError(f"{flag} {axis}: give --{axis.replace('_', '-')} (the phase diagram's axes "
-                             "must be fields of the sweep)")
+                             f"must be fields of the sweep{default})")
         if all(v is None for v in grid.get(axis, [fixed.get(axis)])):
             raise UsageError(f"{flag} {axis}: --{axis.replace('_', '-')} is none, and the phase diagram's axes "
                              "need numbers")
@@ -331,8 +343,12 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--runs-per-task", type=positive_int, default=None, metavar="K",
                    help="runs batched into one task (default: chosen from the number of runs and workers)")
     p.add_argument("--plot", metavar="PATH", help="write the phase diagram (.png, .svg or .pdf; default: none)")
-    p.add_argument("--plot-x", default="sigma_w", metavar="FIELD", help="its x axis (default sigma_w)")
-    p.add_argument("--plot-y", default="sigma_b", metavar="FIELD", help="its y axis (default sigma_b)")
+    p.add_argument("--plot-x", default="sigma_w", metavar="FIELD",
+                   help="its x axis (default sigma_w; if the sweep has no sigma_w, its one other numeric field "
+                   "swept)")
+    p.add_argument("--plot-y", default="sigma_b", metavar="FIELD",
+                   help="its y axis (default sigma_b; if the sweep has no sigma_b, its one other numeric field "
+                   "swept, e.g. --depth 10,50,100)")
     p.add_argument("--plot-value", default="signal_decades_per_layer",
                    choices=("signal_decades_per_layer", "decades_per_layer"),
                    help="the measured rate shown: of ||dL/dh_l|| (what chi_1 predicts; the default) or of "
