@@ -206,7 +206,8 @@ def _check_plot(args, grid: dict, fixed: dict) -> None:
         if kinds[axis] is str:
             raise UsageError(f"{flag} {axis}: the phase diagram's axes are numeric fields, one of {', '.join(numeric)}")
         if axis not in grid and axis not in fixed:
-            default = "" if dest in typed else f"; without {flag} the axis is {axis}, or the one other numeric field swept"
+            default = "" if dest in typed else (f"; without {flag} the axis is {axis}, or the one other "
+                                                "numeric field swept")
             raise UsageError(f"{flag} {axis}: give --{axis.replace('_', '-')} (the phase diagram's axes "
                              f"must be fields of the sweep{default})")
         if all(v is None for v in grid.get(axis, [fixed.get(axis)])):
