@@ -191,16 +191,15 @@ def _check_plot(args, grid: dict, fixed: dict) -> None:
     numeric = [name for name, kind in kinds.items() if kind is not str]
     typed = given(args, "plot_x", "plot_y")
     for dest, across in (("plot_x", "plot_y"), ("plot_y", "plot_x")):
-        # a default axis that is no field of this sweep: the one other numeric field swept, if
-        # there is exactly one (--sigma-w 0.5:2.5:9 --depth 10,50,100 draws sigma_w x depth)
-        if dest not in typed and getattr(args, dest) not in grid and getattr(args, dest) not in fixed:
-            other = getattr(args, across)
-            swept = [n for n in grid if kinds.get(n) in (int, float) and n != other
+        flag, axis = "--" + dest.replace("_", "-"), getattr(args, dest)
+        if dest not in typed and axis not in grid and axis not in fixed:
+            # a default axis that is no field of this sweep: the one other numeric field swept, if
+            # there is exactly one (--sigma-w 0.5:2.5:9 --depth 10,50,100 draws sigma_w x depth)
+            swept = [n for n in grid if kinds.get(n) in (int, float) and n != getattr(args, across)
                      and any(v is not None for v in grid[n])]
             if len(swept) == 1:
-                setattr(args, dest, swept[0])
-    for dest, axis in (("plot_x", args.plot_x), ("plot_y", args.plot_y)):
-        flag = "--" + dest.replace("_", "-")
+                axis = swept[0]
+                setattr(args, dest, axis)
         if axis not in kinds:
             raise UsageError(f"{flag} {axis!r} is not a field; one of {', '.join(numeric)}")
         if kinds[axis] is str:
