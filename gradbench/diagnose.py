@@ -55,7 +55,7 @@ import numpy as np
 
 from gradbench.histograms import (DEFAULT_BINS, HIST_CHUNK, checked_range, entry_blocks, histograms, rebin_is_exact,
                                   rebin_streaming)
-from gradbench.params import GeneratedParams, weights_probe
+from gradbench.params import GeneratedParams, layer_probe, weights_probe
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, bn_identical, bn_pair_cancels, classify,  # noqa: F401
                                clip_binds, decades_per_layer, explain, float_limits, floored_layers, grad_rate, judge,
@@ -237,11 +237,12 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
     ----------
     res : Result
         From :func:`gradbench.backprop`.
-    params : Params, optional
+    params : Params or GeneratedParams, optional
         The parameters of that pass (of the same stack, and the weights that ran: checked against
         the result's ``extras["weights_probe"]``, so weights drawn from another seed, or changed
         in place after the pass in a layer's first, middle or last row, are refused: a change
-        confined to other rows goes unseen). With them the diagnosis also
+        confined to other rows goes unseen; generated weights and stored ones are compared
+        through the weights the seed generates). With them the diagnosis also
         records log10 ||W_l|| (``weight_log10``) and the magnitude rule uses them: vanishing
         everywhere when every elasticity ||dW_l|| ||W_l|| / loss is below 10^-``tiny``, even
         without a trend across layers. Without them ||W_l|| is the estimate the result recorded
@@ -459,9 +460,9 @@ def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> As
         s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
     rate, intercept = grad_rate(g, stack.residual)
     s_rate = signal_rate(s, stack.residual)
-    w = np.zeros(0) if params is None else _weight_log10(params, stack, len(g))
+    w, generated_probe = (np.zeros(0), None) if params is None else _weight_log10(params, stack, len(g))
     if params is not None:  # after _weight_log10 refused another stack's
-        _check_same_weights(res, params)
+        _check_same_weights(res, params, generated_probe)
     w_ref = w if len(w) else _weight_log10_without_params(res, stack, len(g))
     loss_log10 = float(res.loss_exact.log10())
     g_raw = _derivative_log10(res, g)  # clipping bounds the update, not the derivative
@@ -479,29 +480,44 @@ def assess(res, params=None, *, threshold: float = 2.0, tiny: float = 8.0) -> As
                       weight_log10=w, verdict=verdict, rule=rule)
 
 
-def _weight_log10(params, stack: Stack, L: int) -> np.ndarray:
+def _weight_log10(params, stack: Stack, L: int) -> tuple[np.ndarray, np.ndarray | None]:
     """log10 ||W_l||_F per layer of ``params``, refused with a clear message when they are not
-    the parameters of ``stack`` (another depth or width, or a GeneratedParams of another stack)."""
+    the parameters of ``stack`` (another depth or width, or a GeneratedParams of another stack);
+    and for a GeneratedParams the probe of the weights it generates (:func:`weights_probe`'s
+    sums, from the same pass over them), else None."""
     other = getattr(params, "stack", None)
     if other is not None and other != stack:
-        raise ValueError(f"params are for another stack (depth {other.depth}, width {other.width}) than the "
-                         f"result's (depth {stack.depth}, width {stack.width}): pass the parameters of the pass "
-                         "that produced the result")
+        raise ValueError(f"params are for another stack ({_stack_difference(other, stack)}) than the result's: "
+                         "pass the parameters of the pass that produced the result")
     want = (L, stack.width, stack.width)
     if other is not None and not hasattr(params, "W"):  # GeneratedParams: layer by layer, in chunks
-        out = np.empty(L)
-        step = max(1, (1 << 22) // max(1, stack.width * stack.width))
-        for a in range(0, L, step):
-            Wc = np.asarray(params.weights(a, min(L, a + step)), dtype=np.float64)
+        out, probe = np.empty(L), None
+        for a, Wc in _generated_chunks(params, L):
             out[a : a + len(Wc)] = frobenius_log10(Wc)
-    else:
-        W = getattr(params, "W", None)
-        shape = np.shape(W) if W is not None else None
-        if shape != want:
-            raise ValueError(f"params.W has shape {shape}, but the result's stack (depth {L}, width {stack.width}) "
-                             f"needs {want}: pass the parameters of the pass that produced the result")
-        out = frobenius_log10(np.asarray(W))  # float64 chunk by chunk: no float64 copy of a float32 W
-    return out
+            part = layer_probe(Wc)
+            probe = np.empty((L, part.shape[1])) if probe is None else probe
+            probe[a : a + len(Wc)] = part
+        return out, probe
+    W = getattr(params, "W", None)
+    shape = np.shape(W) if W is not None else None
+    if shape != want:
+        raise ValueError(f"params.W has shape {shape}, but the result's stack (depth {L}, width {stack.width}) "
+                         f"needs {want}: pass the parameters of the pass that produced the result")
+    return frobenius_log10(np.asarray(W)), None  # float64 chunk by chunk: no float64 copy of a float32 W
+
+
+def _generated_chunks(params: GeneratedParams, L: int):
+    """(first layer, W of a chunk of layers) over the L layers ``params`` generates, ~4 M entries a chunk."""
+    step = max(1, (1 << 22) // max(1, params.stack.width ** 2))
+    for a in range(0, L, step):
+        yield a, params.weights(a, min(L, a + step))
+
+
+def _stack_difference(given: Stack, ran: Stack) -> str:
+    """The settings in which ``given`` differs from ``ran``, e.g. "sigma_w=5.0 (the result's: None)"."""
+    diff = [f"{f.name}={getattr(given, f.name)!r} (the result's: {getattr(ran, f.name)!r})"
+            for f in dataclasses.fields(Stack) if getattr(given, f.name) != getattr(ran, f.name)]
+    return "; ".join(diff) or "another stack"
 
 
 def _sampled(res, L: int) -> np.ndarray:
@@ -519,28 +535,34 @@ def _weight_log10_without_params(res, stack: Stack, L: int) -> np.ndarray:
     return sampled if len(sampled) else np.full(L, math.log10(math.sqrt(stack.width) * stack.gain))
 
 
-def _check_same_weights(res, params) -> None:
-    """Refuse ``params`` that are not the weights ``res`` ran with (their probe differs: changed in
-    place after the pass, or another seed); a result without a probe, or generated weights given
-    beside a materialised result, is not checked."""
+def _check_same_weights(res, params, generated_probe: np.ndarray | None = None) -> None:
+    """Refuse ``params`` that are not the weights ``res`` ran with: their probe differs (changed
+    in place after the pass, another seed, weights drawn otherwise). ``generated_probe``: the
+    probe of ``params`` when they are a GeneratedParams (:func:`_weight_log10`). A result from
+    generated weights keeps their seed: another seed is refused at once, and stored weights are
+    compared with those the seed generates. A result without a probe is not checked."""
     ran = (getattr(res, "extras", None) or {}).get("weights_probe")
     if ran is None:
         return
+    ran_words = ""
     if isinstance(ran, int):
-        if isinstance(params, GeneratedParams) and params.seed != ran:
-            raise ValueError(f"params are generated from seed {params.seed}, but the result ran with seed {ran}: pass "
-                             "the parameters of the pass that produced the result")
-        return
-    if isinstance(params, GeneratedParams):
-        return
-    now = weights_probe(params)
+        if isinstance(params, GeneratedParams):
+            if params.seed != ran:
+                raise ValueError(f"params are generated from seed {params.seed}, but the result ran with seed {ran}: "
+                                 "pass the parameters of the pass that produced the result")
+            return
+        ran_words = f" (generated from seed {ran})"
+        seeded = GeneratedParams(res.stack, ran)
+        ran = np.concatenate([layer_probe(Wc) for _, Wc in _generated_chunks(seeded, res.stack.depth)])
+    now = generated_probe if isinstance(params, GeneratedParams) else weights_probe(params)
     ran = np.asarray(ran)
     differ = (np.flatnonzero((now != ran).reshape(len(ran), -1).any(axis=1)) if now.shape == ran.shape
               else np.zeros(1, dtype=np.intp))  # another shape: another stack, from layer 0
     if differ.size:
-        raise ValueError(f"params are not the weights the result ran with: layer {int(differ[0])}'s differ"
-                         f"{f' (and {differ.size - 1} more)' if differ.size > 1 else ''}, changed in place after the "
-                         "pass or drawn from another seed; pass the parameters of the pass that produced the result")
+        given = f" (generated from seed {params.seed})" if isinstance(params, GeneratedParams) else ""
+        raise ValueError(f"params{given} are not the weights the result ran with{ran_words}: layer {int(differ[0])}'s "
+                         f"differ{f' (and {differ.size - 1} more)' if differ.size > 1 else ''}, changed in place after "
+                         "the pass or drawn from another seed; pass the parameters of the pass that produced the result")
 
 
 def frobenius_log10(W: np.ndarray, chunk: int = HIST_CHUNK) -> np.ndarray:

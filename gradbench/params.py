@@ -477,6 +477,12 @@ def weights_probe(params) -> np.ndarray | int:
     return probe_and_size(params)[0]
 
 
+def layer_probe(W: np.ndarray) -> np.ndarray:
+    """:func:`weights_probe`'s sums of the layers ``W`` (n, N, N): (n, k) float64, k <= 3 (so
+    generated weights, drawn a chunk at a time, are probed as stored ones are)."""
+    return W[:, _probe_rows(W.shape[1]), :].sum(axis=2, dtype=np.float64)
+
+
 def probe_and_size(params) -> tuple[np.ndarray | int, np.ndarray | None]:
     """:func:`weights_probe` and :func:`sampled_weight_log10` from one gather of the probe's rows
     (the engine takes both at every call: apart, the size cost 13.7 ms a call at L = 10^4, N = 64,

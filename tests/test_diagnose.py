@@ -653,6 +653,33 @@ def test_params_that_did_not_produce_the_result_are_refused():
         gb.diagnose(made, gb.GeneratedParams(stack, 4))
 
 
+def test_generated_weights_that_did_not_produce_the_result_are_refused():
+    """Where generated weights met stored ones, diagnose took them unchecked and reported their
+    norms: another seed's GeneratedParams beside a result of stored weights (log10 ||W_0|| 0.6207
+    where the run's was 0.6072), stored weights of another seed or sigma_w beside a result of
+    generated ones ("sigma_w = 0.994 from the weights", the run's 0.987). Both are compared with
+    the weights the seed generates; its own weights, stored (materialize) or generated, pass."""
+    stack = gb.Stack(depth=12, width=8, activation="sigmoid")
+    x = gb.gaussian_input(stack, 4, 1)
+    stored, gen = gb.init_params(stack, 0), gb.GeneratedParams(stack, 5)
+    res, made = gb.backprop(stack, stored, x), gb.backprop(stack, gen, x)
+    with pytest.raises(ValueError, match=r"params \(generated from seed 3\) are not the weights the result ran "
+                                         r"with: layer 0's differ \(and 11 more\)"):
+        gb.diagnose(res, gb.GeneratedParams(stack, 3))
+    for other in (gb.init_params(stack, 7), gb.init_params(stack.replace(sigma_w=5.0), 5), stored):
+        with pytest.raises(ValueError, match=r"not the weights the result ran with \(generated from seed 5\)"):
+            gb.diagnose(made, other)
+    changed = gen.materialize()
+    changed.W[4, 4] *= 2  # a probed row (the middle one, N // 2) of one layer
+    with pytest.raises(ValueError, match=r"\(generated from seed 5\): layer 4's differ,"):
+        gb.diagnose(made, changed)
+    want = np.log10([np.linalg.norm(w) for w in gen.materialize().W])
+    for params in (gen, gen.materialize()):  # the run's own weights: taken, their norms reported
+        np.testing.assert_allclose(gb.diagnose(made, params).weight_log10, want, rtol=1e-12)
+    from_stored = gb.backprop(stack, gen.materialize(), x)
+    np.testing.assert_allclose(gb.diagnose(from_stored, gen).weight_log10, want, rtol=1e-12)
+
+
 @pytest.mark.parametrize("stats_only", [False, True])
 def test_bins_that_do_not_fit_in_memory_are_refused_before_any_work(monkeypatch, stats_only):
     """gb.diagnose(res, bins=10**9) ran out of memory (or on for minutes); the command line

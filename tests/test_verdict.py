@@ -356,11 +356,15 @@ def test_params_of_another_stack_are_refused_by_name():
         gb.diagnose(res, gb.init_params(gb.Stack(depth=5, width=4), 0))
     with pytest.raises(ValueError, match=r"params\.W has shape \(3, 6, 6\)"):
         gb.diagnose(res, gb.init_params(gb.Stack(depth=3, width=6), 0))
-    with pytest.raises(ValueError, match="another stack"):
+    with pytest.raises(ValueError, match=r"another stack \(depth=5 \(the result's: 3\)\)"):
         gb.diagnose(res, gb.GeneratedParams(gb.Stack(depth=5, width=4), 0))
+    with pytest.raises(ValueError, match=r"another stack \(sigma_w=5.0 \(the result's: None\); "
+                                         r"sigma_b=0.1 \(the result's: 0.0\)\)"):
+        gb.diagnose(res, gb.GeneratedParams(small.replace(sigma_w=5.0, sigma_b=0.1), 0))
     gen = gb.GeneratedParams(small, 0)
     ref = np.log10([np.linalg.norm(w) for w in gen.materialize().W])
-    np.testing.assert_allclose(gb.diagnose(res, gen).weight_log10, ref, rtol=1e-12)
+    made = gb.backprop(small, gen, gb.gaussian_input(small, 2, 1))
+    np.testing.assert_allclose(gb.diagnose(made, gen).weight_log10, ref, rtol=1e-12)
 
 
 def test_decade_counts_are_written_without_scientific_notation():
