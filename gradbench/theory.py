@@ -713,6 +713,9 @@ def _resolve(stack_or_activation, sigma_w, sigma_b, param, q0, x) -> tuple[str, 
         sigma_b = stack.sigma_b if sigma_b is None else sigma_b
     else:
         activation = stack_or_activation
+        if not isinstance(activation, str):  # mean_field(42) said "sigma_w is required when an activation name is given"
+            raise TypeError(f"the first argument must be a gradbench.Stack or an activation name ("
+                            f"{', '.join(spec.ACTIVATIONS)}), got {type(activation).__name__}")
         if sigma_w is None:
             raise ValueError("sigma_w is required when an activation name is given")
         sigma_b = 0.0 if sigma_b is None else sigma_b

@@ -671,6 +671,12 @@ def train(
         loss (of a mini-batch, or of the whole data set after an epoch), gradient or parameter
         and says where (``diverged_epoch``, ``divergence``); later entries of the history are NaN.
     """
+    if not isinstance(stack, Stack):  # a Recurrent failed deep inside (no attribute 'depth'), a demo's name too
+        from gradbench.recurrent import Recurrent
+
+        hint = (": a recurrent net trains with gradbench.recurrent.train.train_recurrent" if isinstance(stack, Recurrent)
+                else ": a demo runs by name with gradbench.run_demo" if isinstance(stack, str) else "")
+        raise TypeError(f"stack must be a gradbench.Stack, got {type(stack).__name__}{hint}")
     X = _check_data(stack, X, y, epochs, batch_size)
     epochs, batch_size = int(epochs), int(batch_size)  # np.uint8(5) would wrap around in the batch arithmetic
     check_seed(seed)  # the shuffling is default_rng([seed, 1]): an int, not a Generator

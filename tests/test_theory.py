@@ -409,6 +409,11 @@ def _lyapunov(**kw):
     (lambda: theory.newman_lambda1(True), TypeError, "width must be an int, got bool"),
     (lambda: theory.newman_lambda1(4, sigma_w=-1.0), ValueError, "sigma_w must be > 0"),
     (lambda: theory.first_q("tanh"), TypeError, "stack must be a gradbench.Stack"),
+    # "sigma_w is required when an activation name is given", where none was
+    (lambda: theory.mean_field(42), TypeError, r"first argument must be a gradbench.Stack or an activation name "
+                                               r"\(identity, sigmoid, .*gelu\), got int"),
+    (lambda: theory.mean_field(gb.Recurrent(cell="rnn", steps=3, hidden=2), 1.0), TypeError, "got Recurrent"),
+    (lambda: theory.along_stack(None, depth=3, sigma_w=1.0), TypeError, "got NoneType"),
     (lambda: _lyapunov(k=True), TypeError, "k must be an int"),
     (lambda: _lyapunov(k=4), ValueError, r"k must be in \[1, 3\]"),
 ])

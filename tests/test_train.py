@@ -724,6 +724,13 @@ def test_params_and_data_that_training_cannot_use_are_refused_naming_them():
                                     r"momentum, weight_decay, seed, params, tensorboard")):
         with pytest.raises(ValueError, match=match):
             gb.run_demo("deep-sigmoid", **kw)
+    # not a Stack: AttributeError 'Recurrent' object has no attribute 'depth' (or 'str' ... 'has_head')
+    lstm = gb.Recurrent(cell="lstm", steps=5, hidden=3, input_dim=2, loss="bce")
+    for net, match in ((lstm, r"got Recurrent: a recurrent net trains with gradbench\.recurrent\.train\.train_recurrent"),
+                       ("deep-sigmoid", "got str: a demo runs by name with gradbench.run_demo"),
+                       (None, "got NoneType$")):
+        with pytest.raises(TypeError, match=r"stack must be a gradbench\.Stack, " + match):
+            gb.train(net, X, y, epochs=1)
 
 
 def test_pretraining_refuses_a_diverging_layer_without_numpy_warnings():
