@@ -42,7 +42,8 @@ def _axes(ax, figsize):
 
 
 def save(fig: Figure, path, dpi: int = DPI) -> str:
-    """Write ``fig`` to ``path`` atomically; the format is the suffix (.png, .svg, .pdf)."""
+    """Write ``fig`` to ``path`` atomically; the format is the suffix (.png, .svg, .pdf). Missing
+    directories are created (:func:`gradbench._atomic.write_atomic`)."""
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower().lstrip(".")
     if suffix not in ("png", "svg", "pdf"):

@@ -428,7 +428,8 @@ def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=N
     x, y : str
         Two swept numeric columns (default ``sigma_w`` across, ``sigma_b`` up).
     path : str, optional
-        Write the figure there (.png, .svg, .pdf), atomically.
+        Write the figure there (.png, .svg, .pdf), atomically (missing directories are created,
+        as by every writer of the API; the command line asks for ``--mkdir``).
     ax : Axes or sequence of Axes, optional
         Draw into these: one Axes per heat map, then one for measured vs predicted (a single
         Axes takes the heat map of a table with one group, without the second panel). A figure
@@ -463,6 +464,8 @@ def phase_diagram(table, x: str = "sigma_w", y: str = "sigma_b", path=None, ax=N
         have = [v for v in _LABELS if v in table.columns]
         raise ValueError(f"value={value!r}: the table has no {value!r} column"
                          + (f"; it has {', '.join(map(repr, have))}" if have else ""))
+    if not len(table):  # it failed in the cell edges with "index 0 is out of bounds"
+        raise ValueError("table has no rows: nothing to draw (a sweep's table, or a selection of it, with runs)")
     groups = _groups(table, x, y)
     axes = _axes(ax, len(groups))
     finite = np.abs(table[value].to_numpy(float))

@@ -533,6 +533,8 @@ def test_phase_diagram_into_given_axes_and_bad_arguments():
         phase_diagram(table, ax=Figure().subplots(1, 3))
     with pytest.raises(ValueError, match="must be a gb.sweep"):
         phase_diagram(table.drop(columns="seed"))
+    with pytest.raises(ValueError, match="table has no rows"):  # IndexError in the cell edges
+        phase_diagram(table.iloc[:0])
 
 
 # ---------------------------------------------------------------- the command line
