@@ -160,7 +160,24 @@ class LogScaled:
             e = np.ravel(np.broadcast_to(self._broadcast_exponent(), self.mantissa.shape))
             body = ", ".join(_entry(mi, ei) for mi, ei in zip(m, e))
             return f"LogScaled([{body}])"
-        return f"LogScaled(shape={self.shape}, exponent range [{self.exponent.min()}, {self.exponent.max()}])"
+        return f"LogScaled(shape={self.shape}, {_spread(self.log10())})"
+
+
+def _spread(d: np.ndarray) -> str:
+    """What the repr of many values says of them, from their log10 |value| ``d``: the range of the
+    non-zero finite ones and how many are 0 or not finite ("exponent range [176, 348]", the
+    power-of-two exponents per leading index, was printed for 400 norms that were all 0)."""
+    finite = d[np.isfinite(d)]
+    zeros, bad = int(np.count_nonzero(d == -np.inf)), int(d.size - finite.size - np.count_nonzero(d == -np.inf))
+    if not finite.size:
+        parts = ["all 0" if zeros == d.size else "none finite"] if not (zeros and bad) else []
+    else:
+        parts = [f"|values| 10^{finite.min():.4g} to 10^{finite.max():.4g}"]
+    if zeros and (finite.size or bad):
+        parts.append(f"{zeros} zero")
+    if bad and (finite.size or zeros):
+        parts.append(f"{bad} not finite")
+    return ", ".join(parts)
 
 
 def _entry(m, e) -> str:

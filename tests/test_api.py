@@ -257,7 +257,13 @@ def test_logscaled_repr_of_an_array_prints_each_entry_or_a_summary():
          math.log10(0.6) + 3000 * math.log10(2)]
     assert repr(v) == f"LogScaled([10^{d[0]:.4f}, -10^{d[1]:.4f}, 10^{d[2]:.4f}, 10^-inf])"
     big = gb.LogScaled(np.full((4, 3, 3), 0.5), np.array([-7, 0, 5, 2]))
-    assert repr(big) == "LogScaled(shape=(4, 3, 3), exponent range [-7, 5])"
+    # the values' range in decades (0.5 2^-7 = 2^-8 to 0.5 2^5 = 2^4), not the binary exponents
+    assert repr(big) == f"LogScaled(shape=(4, 3, 3), |values| 10^{-8 * math.log10(2):.4g} to 10^{4 * math.log10(2):.4g})"
+    # 400 norms of 0 printed "exponent range [176, 348]"
+    assert repr(gb.LogScaled(np.zeros(400), np.arange(176, 576))) == "LogScaled(shape=(400,), all 0)"
+    mixed = gb.LogScaled(np.array([0.5, 0.0, 0.0, np.nan, -np.inf, 0.5, 0.5]), np.array([1, 2, 3, 4, 5, 6, 7]))
+    assert repr(mixed) == "LogScaled(shape=(7,), |values| 10^0 to 10^1.806, 2 zero, 2 not finite)"
+    assert repr(gb.LogScaled(np.full(7, np.nan), np.zeros(7, dtype=np.int64))) == "LogScaled(shape=(7,), none finite)"
 
 
 def test_logscaled_is_not_converted_to_a_numpy_array_implicitly():
