@@ -548,3 +548,28 @@ def test_misspelt_configurations_and_backends_get_the_closest_name(capsys):
     st = gb.Stack(depth=2, width=2)
     with pytest.raises(ValueError, match=r"backend='C' is not one of .*; did you mean 'c'\?"):
         gb.backprop(st, gb.init_params(st), gb.gaussian_input(st, 1, 1), backend="C")
+
+
+def test_a_run_is_the_python_call_the_readme_gives(tmp_path, capsys):
+    """The README gives the Python call a `gradbench run` is (the seed's weights, input and
+    targets); a user could not reproduce a run's loss from the README before (the input's seed
+    was not said)."""
+    from pathlib import Path
+
+    import gradbench
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    call = ("gb.backprop(stack, gb.GeneratedParams(stack, seed), gb.gaussian_input(stack, batch, "
+            "seed=np.random.default_rng([seed, 1])), gradbench.params.random_targets(stack, batch, seed))")
+    assert call in re.sub(r"\s+", " ", readme)
+    path = tmp_path / "r.json"
+    code, _, _ = run(["run", "--depth", "30", "--width", "32", "--activation", "relu", "--init", "he_normal", "--loss",
+                      "mse", "--output-dim", "3", "--batch", "5", "--seed", "4", "--out",
+                      str(path)], capsys)
+    assert code == 0
+    d = json.loads(path.read_text())["diagnosis"]
+    stack, seed, batch = gb.Stack(depth=30, width=32, activation="relu", init="he_normal", loss="mse", output_dim=3), 4, 5
+    res = eval(call)  # the README's call, as written there
+    assert res.loss == d["loss"]
+    np.testing.assert_array_equal(gb.diagnose(res).grad_log10, d["grad_log10"])  # both backend "auto"
+    assert gradbench  # (the README's call names the package)
