@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradbench._fields import PresentFields
+from gradbench._fields import PresentFields, short_repr
 from gradbench.histograms import GradHistogram
 from gradbench.logscaled import LogScaled
 from gradbench.spec import Stack
@@ -125,6 +125,8 @@ class Result:
         every backend, dtype, segmentation and thread count. ``None`` when the stack does not
         clip its signal (no clip, or ``clip_on`` "layer"/"global": see ``extras["param_clip_acted"]``).
     """
+
+    __repr__ = short_repr  # arrays as their shapes (gradbench._fields.short_repr)
 
     stack: Stack
     backend: str

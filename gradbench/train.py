@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from gradbench import datasets
+from gradbench._fields import short_repr
 from gradbench.activations import RESCUE
 from gradbench.diagnose import frobenius_log10
 from gradbench.engine import backprop
@@ -136,6 +137,8 @@ def learnable(stack: Stack) -> tuple[str, ...]:
 @dataclass(frozen=True, eq=False)
 class TrainResult:
     """The history of one training run (see the module docstring for the shapes)."""
+
+    __repr__ = short_repr  # arrays as their shapes (gradbench._fields.short_repr)
 
     stack: Stack
     params: Params

@@ -690,3 +690,21 @@ def test_good_recurrent_seeds_are_unchanged():
     first = np.random.default_rng(5).standard_normal((3 * 4, 2))  # W_ih: xavier_normal, std sqrt(2 / (2 + 4))
     assert np.array_equal(gb.init_params(rnn, np.int64(5)).W_ih, first * np.sqrt(2.0 / (2 + 4)))
     assert np.array_equal(gb.init_params(rnn, np.random.default_rng(5)).W_ih, gb.init_params(rnn, 5).W_ih)
+
+
+def test_result_reprs_show_arrays_by_their_shapes():
+    """print(res) dumped every per-layer array and the weights' probe (5 kB at 50 layers), a
+    500-step LSTM result 19 kB, a training result every weight: arrays beyond a few entries are
+    now their shape and dtype, whatever the depth."""
+    st = gb.Stack(depth=2000, width=8, activation="tanh")
+    res = gb.backprop(st, gb.init_params(st, 0), gb.gaussian_input(st, 4, 1))
+    text = repr(res)
+    assert len(text) < 3000 and "saturation=array(shape=(2000,), dtype=float64)" in text
+    assert "'weights_probe': array(shape=(2000, 3), dtype=float64)" in text and f"loss={res.loss!r}" in text
+    rnn = gb.Recurrent(cell="lstm", steps=3000, hidden=8)
+    text = repr(gb.backprop(rnn, gb.init_params(rnn, 0), gb.sequence_input(rnn, 2, 1)))
+    assert len(text) < 3000 and "gate_mean=array(shape=(3000,), dtype=float64)" in text
+    trained = gb.run_demo("relu-he", epochs=2)
+    text = repr(trained)
+    assert len(text) < 3000 and "params=Params(W=array(shape=(10, 16, 16), dtype=float64)" in text
+    assert "accuracy=array([" in text  # three entries: shown

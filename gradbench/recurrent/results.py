@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradbench._fields import PresentFields
+from gradbench._fields import PresentFields, short_repr
 from gradbench.logscaled import LogScaled
 from gradbench.recurrent.spec import Recurrent
 
@@ -107,6 +107,8 @@ class RecurrentResult:
         alone), indexed the same way; its entry T is ``signal_clip_acted[T]`` (both passes start
         from the same clipped state). None without a carried pass or without signal clipping.
     """
+
+    __repr__ = short_repr  # arrays as their shapes (gradbench._fields.short_repr)
 
     rnn: Recurrent
     backend: str
