@@ -896,6 +896,29 @@ def _walk_words(g, rate: float, group: int, L: int, threshold: float = 0.0) -> l
             f"half its rate, {settled}"]
 
 
+# A stable stack whose fitted rate is at least SHALLOW_RATE decades per layer and adds up to at
+# least SHALLOW_SHARE of the threshold over the stack is stable by its depth: the words say so.
+SHALLOW_RATE = 0.1
+SHALLOW_SHARE = 0.5
+
+
+def _shallow_words(g, rate: float, signal_rate: float, L: int, threshold: float, group: int) -> list[str]:
+    """Where a stable verdict holds by the stack's depth, not by its rate: the words that say at
+    which depth the rate reaches the threshold (else []). "gradients are stable" for 3 sigmoid
+    layers at -0.81 decades per layer, the rate that 50 such layers are judged vanishing by, read
+    as if the rate were harmless; a rate within the layers' random walk (:func:`within_walk`) is
+    the seed's, and not extrapolated."""
+    name, r = max((("||dW_l||", rate), ("||dL/dh_l||", signal_rate)),
+                  key=lambda p: abs(p[1]) if math.isfinite(p[1]) else -1.0)
+    if (not math.isfinite(r) or abs(r) < SHALLOW_RATE or abs(r) * (L - 1) < SHALLOW_SHARE * threshold
+            or within_walk(g, rate, group) is not None):
+        return []
+    kind = "vanishing" if r < 0 else "exploding"
+    return [f"stable by its depth, not by its rate: at {r:+.3g} decades per layer {name} changes by the threshold's "
+            f"{threshold:g} decades over {threshold / abs(r) + 1:.1f} layers, so a deeper stack of this kind would be "
+            f"{kind} (few layers are the remedy here: reduced depth)"]
+
+
 def _ends_without_trend(g, rate: float, threshold: float, group: int) -> str:
     """Where the two ends of ||dW_l|| differ by ``threshold`` or more under a change of the fit
     below it: the words that say so (else ""). The layers scatter around the fitted line (a
@@ -1056,6 +1079,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
         words.append(f"gradients are stable: {sig}, ||dW_l|| by {rate:+.3g} (threshold {threshold:g} decades "
                      f"over the stack); {span}" + ("" if branch else _ends_without_trend(g, rate, threshold, stack.residual)))
         words += _walk_words(g, rate, stack.residual, L, threshold)
+        words += _shallow_words(g, rate, signal_rate, L, threshold, stack.residual)
     elif finite.sum() == 1:
         words.append(f"one layer with a gradient: ||dW|| = 10^{_num(g[finite][0])}; no trend to fit")
     if branch:

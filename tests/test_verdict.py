@@ -1445,3 +1445,25 @@ def test_one_layer_with_a_gradient_has_no_rate():
     assert np.count_nonzero(np.isfinite(d.signal_log10)) >= 2 and math.isfinite(d.signal_decades_per_layer)
     # a one-layer stack keeps its rate of 0 (nothing to fall through)
     assert verdict.decades_per_layer(np.array([1.5]))[0] == 0.0
+
+
+def test_a_stack_stable_by_its_depth_says_so():
+    """3 sigmoid layers at -0.81 decades per layer read "gradients are stable", the rate 50 such
+    layers are judged vanishing by; now the words say that the depth, not the rate, keeps it under
+    the threshold, and at which depth that rate reaches it: a stack that deep is judged so."""
+    def run(depth, **kw):
+        stack = gb.Stack(depth=depth, width=64, **{"activation": "sigmoid", **kw})
+        params = gb.init_params(stack, 0)
+        return gb.diagnose(gb.backprop(stack, params, gb.gaussian_input(stack, 16, 1)), params)
+
+    d = run(3)
+    assert d.verdict == "stable"
+    rate = d.decades_per_layer if abs(d.decades_per_layer) >= abs(d.signal_decades_per_layer) else \
+        d.signal_decades_per_layer
+    assert rate < -0.5
+    reach = 2.0 / abs(rate) + 1
+    assert (f"stable by its depth, not by its rate: at {rate:+.3g} decades per layer" in d.explanation
+            and f"over {reach:.1f} layers, so a deeper stack of this kind would be vanishing" in d.explanation)
+    assert run(math.ceil(reach) + 1).verdict == "vanishing"
+    for calm in (run(3, init="xavier_normal", activation="tanh"), run(2, activation="identity", init="orthogonal")):
+        assert calm.verdict == "stable" and "stable by its depth" not in calm.explanation  # rates of a few hundredths
