@@ -272,6 +272,10 @@ def random_targets(stack: Stack, batch: int, seed: int):
 
 def gaussian_input(stack: Stack, batch: int, seed: int | np.random.Generator = 1) -> np.ndarray:
     """A standard normal input x of shape (batch, input_dim) in the stack's dtype."""
+    if not isinstance(stack, Stack):  # a Recurrent got a (batch, input_dim) array its backprop cannot take
+        hint = (": a recurrent net's input sequence is gradbench.sequence_input(rnn, batch, seed)"
+                if type(stack).__name__ == "Recurrent" else "")
+        raise TypeError(f"stack must be a gradbench.Stack, got {type(stack).__name__}{hint}")
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     rng = seed_rng(seed)

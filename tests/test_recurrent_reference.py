@@ -420,6 +420,10 @@ def test_params_follow_the_init():
     assert xs.shape == (3, 4, 2) and xs.dtype == np.float64
     with pytest.raises(ValueError, match="batch must be an int >= 1"):
         gb.sequence_input(r, 0)
+    # a stack's input for a recurrent net: it gave a (batch, input_dim) array its backprop cannot take
+    with pytest.raises(TypeError, match=r"got Recurrent: a recurrent net's input sequence is "
+                                        r"gradbench\.sequence_input\(rnn, batch, seed\)"):
+        gb.gaussian_input(r, 4, 1)
 
 
 _NOJIT = textwrap.dedent("""
