@@ -576,3 +576,20 @@ def test_a_one_layer_flow_has_no_rate_in_its_legend(tmp_path):
     fig = plot.gradient_flow(d, tmp_path / "one.png")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels and not any("dec/layer" in t for t in labels), labels
+
+
+def test_a_small_rate_is_not_read_as_zero_in_the_legend(tmp_path):
+    """An orthogonal tanh stack at width 8 over 3,000 layers climbs ~1.3 decades at -0.00042 a
+    layer; its legend read "||dW|| +0.000 dec/layer". A rate that is rounding's (below
+    report.VISIBLE_RATE) still reads +0.000."""
+    from gradbench.report import fmt_rate
+
+    assert (fmt_rate(-0.00042), fmt_rate(-9.4e-6), fmt_rate(-0.00042, 4)) == ("-4.2e-04", "-9.4e-06", "-0.0004")
+    assert fmt_rate(-1e-16) == fmt_rate(3e-7) == "+0.000" and fmt_rate(-0.1234) == "-0.123"
+    st = gb.Stack(depth=3000, width=8, activation="tanh", init="orthogonal")
+    p = gb.init_params(st, 0)
+    d = gb.diagnose(gb.backprop(st, p, gb.gaussian_input(st, 16, 1)), p)
+    assert 1e-6 < abs(d.decades_per_layer) < 5e-4
+    fig = plot.gradient_flow(d, tmp_path / "small.png")
+    label = fig.axes[0].get_legend().get_texts()[0].get_text()
+    assert f"||dW|| {d.decades_per_layer:+.1e} dec/layer" in label, label
