@@ -914,9 +914,9 @@ def _shallow_words(g, rate: float, signal_rate: float, L: int, threshold: float,
             or within_walk(g, rate, group) is not None):
         return []
     kind = "vanishing" if r < 0 else "exploding"
-    return [f"stable by its depth, not by its rate: at {r:+.3g} decades per layer {name} changes by the threshold's "
-            f"{threshold:g} decades over {threshold / abs(r) + 1:.1f} layers, so a deeper stack of this kind would be "
-            f"{kind} (few layers are the remedy here: reduced depth)"]
+    return [f"stable by its depth, not by its rate: at {r:+.3g} decades per layer {name} would change by the "
+            f"threshold's {threshold:g} decades in a stack of {threshold / abs(r) + 1:.1f} layers, so a deeper stack "
+            f"of this kind would be {kind} (few layers are the remedy here: reduced depth)"]
 
 
 def _ends_without_trend(g, rate: float, threshold: float, group: int) -> str:

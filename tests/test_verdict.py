@@ -1463,7 +1463,7 @@ def test_a_stack_stable_by_its_depth_says_so():
     assert rate < -0.5
     reach = 2.0 / abs(rate) + 1
     assert (f"stable by its depth, not by its rate: at {rate:+.3g} decades per layer" in d.explanation
-            and f"over {reach:.1f} layers, so a deeper stack of this kind would be vanishing" in d.explanation)
+            and f"in a stack of {reach:.1f} layers, so a deeper stack of this kind would be vanishing" in d.explanation)
     assert run(math.ceil(reach) + 1).verdict == "vanishing"
     for calm in (run(3, init="xavier_normal", activation="tanh"), run(2, activation="identity", init="orthogonal")):
         assert calm.verdict == "stable" and "stable by its depth" not in calm.explanation  # rates of a few hundredths
