@@ -141,3 +141,20 @@ def test_theory_plot_draws_the_prediction_and_calls_one_number_measured(tmp_path
     fitted = np.polyfit(back[window], s[window], 1)[0]
     assert abs(measured - fitted) < 1e-3 and abs(fitted - rate) < 1e-9
     assert not any("measured" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_theory_plot_of_a_cell_without_a_prediction_says_so(tmp_path, monkeypatch, capsys):
+    import re
+
+    # the title read "lstm: measured -0.08 (steps back 10-189) vs predicted none dec/step"
+    from gradbench import cli
+    from gradbench.recurrent import plot as rplot
+
+    figs = []
+    real = rplot.save
+    monkeypatch.setattr(rplot, "save", lambda fig, path, dpi=120: figs.append(fig) or real(fig, path, dpi))
+    assert cli.main(["theory", "--cell", "lstm", "--hidden", "8", "--steps", "200", "--plot", str(tmp_path / "t.png")]) == 0
+    assert "prediction: none: no closed form for the lstm cell" in capsys.readouterr().out
+    title = figs[0].axes[0].get_title()
+    assert "vs no prediction for the lstm cell\n" in title and "none" not in title, title
+    assert re.search(r"measured [-+0-9.e]+ dec/step \(steps back 10-189\)", title), title

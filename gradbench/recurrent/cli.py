@@ -612,7 +612,9 @@ def _theory_files(args, t0, res, out, pred, got, rnn) -> list[str]:
         from gradbench.recurrent.diagnose import diagnose
 
         d = diagnose(res)
-        predicted = "none" if pred.decades_per_step is None else f"{pred.decades_per_step:+.4g}"
+        # no prediction: said so, not "vs predicted none dec/step"
+        predicted = (f"no prediction for the {rnn.cell} cell" if pred.decades_per_step is None
+                     else f"predicted {pred.decades_per_step:+.4g} dec/step")
         T = rnn.steps
         skip = T // 20  # measured_rate's window: away from both ends
 
@@ -621,8 +623,8 @@ def _theory_files(args, t0, res, out, pred, got, rnn) -> list[str]:
             # does not call two different numbers "measured" (the title's is fitted over the window)
             fig = plot.signal_vs_steps_back(
                 {"simulated": d}, None, dpi=args.dpi,
-                title=f"{rnn.cell}: measured {f'{got:+.4g}' if math.isfinite(got) else 'none'} (steps back "
-                      f"{skip}-{T - 1 - skip}) vs predicted {predicted} dec/step")
+                title=f"{rnn.cell}: measured {f'{got:+.4g} dec/step' if math.isfinite(got) else 'none'} (steps back "
+                      f"{skip}-{T - 1 - skip}) vs {predicted}")
             if pred.decades_per_step is not None:
                 _prediction_line(fig.axes[0], res, pred.decades_per_step, skip)
             return plot.save(fig, path, args.dpi)
