@@ -502,8 +502,11 @@ def _chance(r):
 
 def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = True, ax=None,
                 dpi: int = DPI) -> Figure:
-    """Training loss per epoch (the mean per sample: mini-batches weighted by their sizes) of one
-    or several :class:`~gradbench.train.TrainResult`.
+    """The loss before training and after each epoch (``eval_loss``: a stack's on the whole data
+    set, a recurrent net's on its held-out data; epoch 0 is before training) of one or several
+    :class:`~gradbench.train.TrainResult` (or recurrent ones): the numbers the summaries and the
+    demo table print. (The mean of an epoch's mini-batch losses, ``loss``, was drawn: 0.081 where
+    the batchnorm demo's summary said 0.0168, the weights moving during the epoch.)
 
     Each run has, besides its colour, its own line style and marker shape (markers at a few
     epochs, staggered from run to run), so that the runs are told apart in greyscale and without
@@ -516,16 +519,21 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
     fig, ax = _axes(ax, (8.5, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
     strip = []
     for i, (label, r) in enumerate(items):
-        loss = np.asarray(r.loss, dtype=np.float64)
-        line = _loss_line(ax, np.arange(1, len(loss) + 1), loss, label or r.settings.get("name", ""),
+        loss = np.asarray(r.eval_loss, dtype=np.float64)
+        line = _loss_line(ax, np.arange(len(loss)), loss, label or r.settings.get("name", ""),
                           **_curve_style(i, len(items), len(loss)))
         strip += _diverged(line, r.diverged_epoch)
     ref = _chance_line(ax, [r for _, r in items])
     room = _strip(ax, strip, "loss")
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss, mean per sample" + (" (log scale)" if log else "")
+    from gradbench.train import TrainResult
+
+    ax.set_xlabel("epoch (0: before training)")
+    kinds = {isinstance(r, TrainResult) for _, r in items}
+    what = ("loss on the whole data set" if kinds == {True} else "held-out loss" if kinds == {False}
+            else "loss on the whole data set (recurrent nets: held-out)")
+    ax.set_ylabel(f"{what}, mean per sample" + (" (log scale)" if log else "")
                   + ("" if ref is None else f"; dashed: {ref[0]} = {ref[1]:.3g}"))
     ax.set_title(title)
     ax.grid(True, which="both" if log else "major", alpha=0.3)

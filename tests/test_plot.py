@@ -101,11 +101,16 @@ def test_loss_and_update_ratio_curves(tmp_path, runs):
     fig = plot.loss_curves(runs, tmp_path / "loss.png")
     assert is_png(tmp_path / "loss.png")
     ax = fig.axes[0]
-    assert ax.get_yscale() == "log" and ax.get_xlabel() == "epoch" and ax.get_title()
+    assert ax.get_yscale() == "log" and ax.get_xlabel() == "epoch (0: before training)" and ax.get_title()
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "deep" in labels and any("diverged" in t for t in labels)
     deep_line = next(ln for ln in ax.lines if ln.get_label() == "deep")
-    np.testing.assert_allclose(deep_line.get_ydata(), runs["deep"].loss)
+    # the whole data set's loss before training and after each epoch, as the summary prints it (the
+    # mean of an epoch's mini-batch losses was drawn: 0.081 where the batchnorm demo printed 0.0168)
+    np.testing.assert_allclose(deep_line.get_ydata(), runs["deep"].eval_loss)
+    np.testing.assert_allclose(deep_line.get_xdata(), np.arange(len(runs["deep"].eval_loss)))
+    assert runs["deep"].final_loss == deep_line.get_ydata()[-1]
+    assert ax.get_ylabel().startswith("loss on the whole data set, mean per sample")
     assert any(abs(ln.get_ydata()[0] - np.log(2)) < 1e-12 for ln in ax.lines if len(ln.get_ydata()) == 2)
 
     fig = plot.update_ratio_curves({k: runs[k] for k in ("deep", "relu")}, tmp_path / "ratio.pdf")

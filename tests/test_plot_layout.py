@@ -112,8 +112,9 @@ def test_ten_loss_curves_differ_in_more_than_colour(trained):
     assert all(ln.get_marker() not in ("None", "", None, " ") for ln in lines)
     assert "--" not in {ln.get_linestyle() for ln in lines}  # dashed is the chance line's
     for i, ln in enumerate(lines):
-        np.testing.assert_array_equal(ln.get_ydata(), np.asarray(trained[i % len(trained)].loss))
-        np.testing.assert_array_equal(ln.get_xdata(), np.arange(1, len(trained[i % len(trained)].loss) + 1))
+        want = np.asarray(trained[i % len(trained)].eval_loss)  # before training and after each epoch
+        np.testing.assert_array_equal(ln.get_ydata(), want)
+        np.testing.assert_array_equal(ln.get_xdata(), np.arange(len(want)))
     # the legend shows each entry's marker too
     handles = ax.get_legend().legend_handles
     assert {h.get_marker() for h in handles if h.get_label().startswith("run ")} == {ln.get_marker() for ln in lines}
