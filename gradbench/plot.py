@@ -95,8 +95,9 @@ def _checked_items(data, name: str, kinds: tuple, what: str) -> list[tuple[str, 
 
 
 def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool = True, ax=None,
-                  dpi: int = DPI) -> Figure:
-    """log10 ||dL/dW_l|| against layer l, one line per configuration.
+                  dpi: int = DPI, signal: bool = True) -> Figure:
+    """log10 ||dL/dW_l|| against layer l, one line per configuration, and beside it the backward
+    signal log10 ||dL/dh_l||.
 
     Parameters
     ----------
@@ -107,16 +108,21 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
         Draw the smallest normal and largest finite float64/float32 where they fall inside the
         plotted range (a plain chain loses gradients beyond them); limits closer together than
         2 % of the axis are drawn as one band.
-    ax : matplotlib Axes, optional
+    ax : matplotlib Axes, or a pair of them, optional
+        One Axes takes ||dL/dW_l|| alone; a pair takes both panels.
+    signal : bool
+        Draw the second panel, ||dL/dh_l|| (default; a figure of its own only: see ``ax``).
 
     Each line's legend entry gives its verdict and both rates in decades per layer going down
-    (:mod:`gradbench.verdict`): of the backward signal ||dL/dh_l|| and of ||dL/dW_l||, the
-    plotted line (a flat line can explode: the signal's rate decides). Lines that coincide
-    stay distinguishable: each has its own dash pattern, marker shape (at positions staggered
-    from line to line) and width. Layers whose gradient is exactly 0 (triangles) or not
-    finite (crosses: NaN or inf) have no place on the log scale: they are marked in a strip
-    below the x axis, a row per line and kind, in the line's colour (one legend entry each).
-    A dtype other than float64 is said: in the title when every line has it, else in the
+    (:mod:`gradbench.verdict`): of the backward signal ||dL/dh_l|| and of ||dL/dW_l||. The signal
+    has a panel of its own because ||dL/dW_l|| = ||dL/dz_l|| ||h_l|| for one sample also follows
+    the forward norm: in a zero-bias ReLU stack it is flat while the signal, whose rate decides
+    the verdict, explodes (the demo's "relu, base init" read "exploding" beside a flat line).
+    Lines that coincide stay distinguishable: each has its own dash pattern, marker shape (at
+    positions staggered from line to line) and width. Layers whose value is exactly 0 (triangles)
+    or not finite (crosses: NaN or inf) have no place on the log scale: they are marked in a
+    strip below the x axis, a row per line and kind, in the line's colour (one legend entry
+    each). A dtype other than float64 is said: in the title when every line has it, else in the
     labels of the lines that have it. A label naming the stack's init scheme (``stack_label``)
     names instead where the weights came from when the scheme did not draw them
     (:func:`_origin_label`: a torch model's file, weights given by the caller).
@@ -130,34 +136,56 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     else:
         items = [(_with_dtype(label, dt), item) for (label, item), dt in zip(items, dtypes)]
     many = len(items) > 4
-    fig, ax = _axes(ax, (9.0, 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)))
-    lo, hi = math.inf, -math.inf
-    depth = 1
-    strip = []  # (layers, colour, kind): exact zeros and non-finite gradients, drawn under the axis
-    for i, (label, item) in enumerate(items):
-        g, verdict, rate, signal_rate = _flow_numbers(item)
-        ok = np.isfinite(g)
-        depth = max(depth, len(g))
-        rates = _rates(rate, signal_rate) if np.count_nonzero(ok) >= 2 else ""  # one point: no trend (as the text)
-        line = _flow_line(ax, g, i, len(items), f"{label}  ({verdict}{rates})" if label else f"{verdict}{rates}")
-        if ok.any():
-            lo, hi = min(lo, g[ok].min()), max(hi, g[ok].max())
-        strip += _off_scale(g, line.get_color())
-    room = _strip(ax, strip)
-    if math.isfinite(lo):
-        pad = max(0.5, 0.05 * (hi - lo))
-        ax.set_ylim(lo - pad, hi + pad)
-        if limits:
-            _float_limits(ax, lo - pad, hi + pad)
+    height = 5.0 + (0.22 * ((len(items) + 1) // 2) if many else 0)
+    if ax is None and signal:
+        fig = Figure(figsize=(15.0, height))
+        axes = list(fig.subplots(1, 2))
+    elif ax is not None and not hasattr(ax, "plot"):  # a pair of Axes
+        axes = list(ax)
+        if len(axes) != 2:
+            raise ValueError(f"ax: give one Axes (||dL/dW_l|| alone) or two (both panels), got {len(axes)}")
+        fig = axes[0].figure
     else:
-        _no_finite_values(ax, "no finite, nonzero ||dW_l|| at any layer: each is marked below the axis")
-    ax.set_xlim(-0.5 if depth <= 30 else 0, depth - 0.5 if depth <= 30 else depth - 1)
-    ax.set_xlabel("layer l (0 = input side; backprop runs right to left)")
-    _whole_numbers(ax.xaxis)
-    ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial W_l\|_F$ (exact)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    _legend(ax, room=room, ncol=2, below=many)  # many lines: below the axes, so that no curve hides behind it
+        fig, one = _axes(ax, (9.0, height))
+        axes = [one]
+    numbers = [(label, _flow_numbers(item)) for label, item in items]
+    rooms = []
+    for k, a in enumerate(axes):
+        strip = []  # (layers, colour, kind): exact zeros and non-finite values, drawn under the axis
+        lo, hi, depth = math.inf, -math.inf, 1
+        for i, (label, (g, s, verdict, rate, signal_rate)) in enumerate(numbers):
+            y = g if k == 0 else s
+            ok = np.isfinite(y)
+            depth = max(depth, len(y))
+            rates = _rates(rate, signal_rate) if np.count_nonzero(np.isfinite(g)) >= 2 else ""  # one point: no trend
+            line = _flow_line(a, y, i, len(items), f"{label}  ({verdict}{rates})" if label else f"{verdict}{rates}")
+            if ok.any():
+                lo, hi = min(lo, y[ok].min()), max(hi, y[ok].max())
+            strip += _off_scale(y, line.get_color())
+        rooms.append(_strip(a, strip, "gradient" if k == 0 else "signal"))
+        quantity = "||dW_l||" if k == 0 else "||dL/dh_l||"
+        if math.isfinite(lo):
+            pad = max(0.5, 0.05 * (hi - lo))
+            a.set_ylim(lo - pad, hi + pad)
+            if limits:
+                _float_limits(a, lo - pad, hi + pad)
+        else:
+            _no_finite_values(a, f"no finite, nonzero {quantity} at any layer: each is marked below the axis")
+        a.set_xlim(-0.5 if depth <= 30 else 0, depth - 0.5 if depth <= 30 else depth - 1)
+        a.set_xlabel("layer l (0 = input side; backprop runs right to left)")
+        _whole_numbers(a.xaxis)
+        a.grid(True, alpha=0.3)
+    axes[0].set_ylabel(r"$\log_{10}\,\|\partial L/\partial W_l\|_F$ (exact)")
+    axes[0].set_title(title)
+    if len(axes) == 2:
+        axes[1].set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_l\|_F$ (exact)")
+        axes[1].set_title("the backward signal, whose rate the verdict reads")
+        # the lines' entries are the first panel's legend; this one says what its strip's marks are
+        marks = [(h, t) for h, t in zip(*axes[1].get_legend_handles_labels()) if ": below the axis" in t]
+        if marks:
+            axes[1].legend(*zip(*marks), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False,
+                           bbox_transform=offset_copy(axes[1].transAxes, fig=fig, y=-rooms[1], units="points"))
+    _legend(axes[0], room=rooms[0], ncol=2, below=many)  # many lines: below the axes, so that no curve hides
     if path is not None:
         save(fig, path, dpi)
     return fig
@@ -217,11 +245,13 @@ def _origin_label(label: str, item) -> str:
     return ", ".join(origin if p == init else p for p in parts if not p.startswith(("sigma_w=", "sigma_b=")))
 
 
-def _flow_numbers(item) -> tuple[np.ndarray, str, float, float]:
-    """(grad_log10, verdict, rate of ||dW_l||, rate of the signal) of a Diagnosis, or of a Result
-    by :func:`gradbench.diagnose.assess` (the same numbers as its diagnosis, without histograms)."""
+def _flow_numbers(item) -> tuple[np.ndarray, np.ndarray, str, float, float]:
+    """(grad_log10, signal_log10, verdict, rate of ||dW_l||, rate of the signal) of a Diagnosis,
+    or of a Result by :func:`gradbench.diagnose.assess` (the same numbers as its diagnosis,
+    without histograms)."""
     d = item if isinstance(item, Diagnosis) else assess(item)
-    return np.asarray(d.grad_log10, dtype=np.float64), d.verdict, d.decades_per_layer, d.signal_decades_per_layer
+    return (np.asarray(d.grad_log10, dtype=np.float64), np.asarray(d.signal_log10, dtype=np.float64), d.verdict,
+            d.decades_per_layer, d.signal_decades_per_layer)
 
 
 def _rates(rate: float, signal_rate: float) -> str:

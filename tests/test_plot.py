@@ -598,3 +598,30 @@ def test_a_small_rate_is_not_read_as_zero_in_the_legend(tmp_path):
     fig = plot.gradient_flow(d, tmp_path / "small.png")
     label = fig.axes[0].get_legend().get_texts()[0].get_text()
     assert f"||dW|| {d.decades_per_layer:+.1e} dec/layer" in label, label
+
+
+def test_the_gradient_flow_draws_the_signal_whose_rate_the_verdict_reads(tmp_path):
+    """A zero-bias ReLU stack's ||dW_l|| is flat while its signal explodes: the demo's flow.png drew
+    one flat line labelled "exploding". The figure now has the signal ||dL/dh_l|| in a panel of
+    its own; one Axes given takes ||dW_l|| alone, a pair both."""
+    from matplotlib.figure import Figure
+
+    st = gb.Stack(depth=60, width=32, activation="relu", init="normal", sigma_w=2.0)
+    p = gb.init_params(st, 0)
+    d = gb.diagnose(gb.backprop(st, p, gb.gaussian_input(st, 16, 1)), p)
+    assert d.verdict == "exploding" and abs(d.decades_per_layer) < 0.02 < d.signal_decades_per_layer
+    fig = plot.gradient_flow({"relu": d}, tmp_path / "flow.png")
+    assert is_png(tmp_path / "flow.png") and len(fig.axes) == 2
+    (dw,) = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("relu")]
+    (sig,) = [ln for ln in fig.axes[1].lines if ln.get_label().startswith("relu")]
+    np.testing.assert_array_equal(dw.get_ydata(), d.grad_log10)
+    np.testing.assert_array_equal(sig.get_ydata(), d.signal_log10)
+    assert "partial h_l" in fig.axes[1].get_ylabel() and "verdict" in fig.axes[1].get_title()
+    one = Figure().add_subplot()
+    assert plot.gradient_flow(d, ax=one).axes == [one]  # one Axes: ||dW_l|| alone, as before
+    pair = Figure().subplots(1, 2)
+    fig2 = plot.gradient_flow(d, ax=pair)
+    assert len(fig2.axes) == 2 and [ln.get_label() for ln in pair[1].lines][0].startswith("exploding")
+    with pytest.raises(ValueError, match="give one Axes .* or two .*, got 3"):
+        plot.gradient_flow(d, ax=Figure().subplots(1, 3))
+    assert len(plot.gradient_flow(d, signal=False).axes) == 1
