@@ -422,3 +422,25 @@ def test_an_lstm_whose_dh_reads_zero_from_step_0_beside_its_dc_is_said_so():
     assert "||dL/dh_t|| reads 0 at steps 0-4 while dL/dc_t there (10^-4.609" in text, text
     assert "either it is exactly 0 (W_hh = 0 passes nothing back through h_t)" in text, text
     assert "it lay more than about 324 decades below dL/dc_t" in text, text
+
+
+def test_a_sequence_stable_by_its_length_says_so():
+    """STABLE at 0.19 decades lost a step over 8 steps (or 0.88 over 3), which a longer sequence
+    through the same net reads VANISHING, said nothing of it (the stacks' verdict now says it)."""
+    import math
+
+    def run(steps):
+        rnn = gb.Recurrent(cell="rnn", steps=steps, hidden=32, recurrent_init="normal")
+        return gb.diagnose(gb.backprop(rnn, gb.init_params(rnn, 0), gb.sequence_input(rnn, 4, 1)))
+
+    d = run(8)
+    r = d.decades_per_step
+    assert d.verdict == "stable" and r < -0.1
+    reach = 2.0 / abs(r) + 1
+    assert (f"stable by the sequence's length, not by its rate: at {r:+.3g} decades per step the gradient would "
+            f"change by the threshold's 2 decades over a sequence of {reach:.1f} steps, so a longer sequence through "
+            "this net would be vanishing") in d.explanation
+    assert run(math.ceil(reach) + 2).verdict == "vanishing"
+    calm = gb.Recurrent(cell="rnn", steps=8, hidden=8, activation="identity", recurrent_init="orthogonal")
+    c = gb.diagnose(gb.backprop(calm, gb.init_params(calm, 0), gb.sequence_input(calm, 4, 1)))
+    assert c.verdict == "stable" and "stable by the sequence's length" not in c.explanation

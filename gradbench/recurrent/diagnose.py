@@ -34,7 +34,8 @@ Definitions (steps t = 0 .. T-1, h_t the state written by step t):
      least ``+threshold`` -> ``exploding``; if both fire, the larger change wins (as for the
      stacks). A collapse in a few steps followed by a flat stretch has a small fitted slope but
      a large drop: it vanishes;
-  4. otherwise ``stable``.
+  4. otherwise ``stable`` (a rate that would reach the threshold over a sequence not much longer
+     is said to be held by the sequence's length, with that length: :func:`_short_words`).
 - ``float_limits[dtype]``: the first step, going back, at which a plain float32 / float64 chain
   would have lost ||dL/dh_t|| to underflow (below the smallest normal) or overflow; the
   explanation names every dtype whose range is exceeded and the steps it would have lost
@@ -339,6 +340,20 @@ def classify(signal_log10, decades_per_step: float, *, threshold: float = 2.0, n
     if low <= -threshold or high >= threshold:
         return "vanishing" if -low >= high else "exploding"
     return "stable"
+
+
+def _short_words(per_step: float, T: int, threshold: float) -> list[str]:
+    """A stable verdict that holds by the sequence's length, not by its rate (the stacks'
+    gradbench.verdict._shallow_words): "STABLE" for 3 steps at 0.884 decades lost a step, where 4
+    steps of the same net read VANISHING, said nothing of it."""
+    from gradbench.verdict import SHALLOW_RATE, SHALLOW_SHARE
+
+    if not math.isfinite(per_step) or abs(per_step) < SHALLOW_RATE or abs(per_step) * (T - 1) < SHALLOW_SHARE * threshold:
+        return []
+    kind = "vanishing" if per_step < 0 else "exploding"
+    return [f"stable by the sequence's length, not by its rate: at {per_step:+.3g} decades per step the gradient "
+            f"would change by the threshold's {threshold:g} decades over a sequence of {threshold / abs(per_step) + 1:.1f} "
+            f"steps, so a longer sequence through this net would be {kind}"]
 
 
 def _extremes(s: np.ndarray, threshold: float) -> list[str]:
@@ -668,6 +683,8 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
                         "which no int64 exponent holds (the true gradient is not 0)" if loss_zero else
                         " (the forward state underflowed to 0 on the way: see below)" if _underflowed_steps(rnn, res).size else
                         " (an all-zero loss gradient, or every path from the loss cut)"))
+    if verdict == "stable":
+        words += _short_words(per_step, T, threshold)
     words += _zeros_inside(rnn, h_signal, zc, g, res.saturation, verdict, "L_{T-1}" if carried else "L")
     words += _extremes(s, threshold)
     if fin.size:
