@@ -137,7 +137,9 @@ def format_report(d, rows: int = 12, weights: str | None = None) -> str:
     out.append(f"  verdict: {d.verdict.upper()}")
     for sentence in _wrap(d.explanation, 92):
         out.append("    " + sentence)
-    if math.isfinite(d.decades_per_layer) or math.isfinite(d.signal_decades_per_layer):
+    if len(d.grad_log10) == 1:  # one layer: no slope ("rate: +0 decades per layer" beside "no trend to fit")
+        out.append("  rate: none (one layer: no slope to fit)")
+    elif math.isfinite(d.decades_per_layer) or math.isfinite(d.signal_decades_per_layer):
         # one finite ||dW_l|| has no slope (a dead ReLU stack's top layer alone): said so, the signal's kept
         if math.isfinite(d.decades_per_layer):
             grad = f"{d.decades_per_layer:+.4g} decades per layer"

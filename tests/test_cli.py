@@ -573,3 +573,13 @@ def test_a_run_is_the_python_call_the_readme_gives(tmp_path, capsys):
     assert res.loss == d["loss"]
     np.testing.assert_array_equal(gb.diagnose(res).grad_log10, d["grad_log10"])  # both backend "auto"
     assert gradbench  # (the README's call names the package)
+
+
+def test_one_layer_has_no_rate_in_the_report_or_the_compare_table(capsys):
+    # "rate: +0 decades per layer" beside "no trend to fit"; compare printed +0.000 in both rate columns
+    code, out, _ = run(["run", "--depth", "1", "--width", "4"], capsys)
+    assert code == 0 and "no trend to fit" in out and "  rate: none (one layer: no slope to fit)" in out
+    assert "rate: +0" not in out
+    code, out, _ = run(["compare", "--depth", "1", "--width", "2", "--configs", "sigmoid,relu"], capsys)
+    rows = [line.split() for line in out.splitlines() if line.startswith(("sigmoid", "relu"))]
+    assert code == 0 and len(rows) == 2 and all(r[3:6] == ["stable", "-", "-"] for r in rows), rows
