@@ -357,6 +357,13 @@ def _float_limits(ax, ymin: float, ymax: float) -> None:
             text = f"{names} limits: 10^{v:.1f} ... 10^{top:.1f}"
         ax.annotate(text, (0.01, v), xycoords=("axes fraction", "data"), textcoords="offset points", xytext=(2, 3),
                     fontsize=8, color="0.3")
+    # a range wholly beyond a dtype's limits: said, as no line of it falls inside (a float32 run at
+    # 10^98 everywhere showed no limit and no word)
+    beyond = [f"above {name}'s largest (10^{big:.1f})" if ymin > big else f"below {name}'s smallest normal (10^{tiny:.1f})"
+              for name, (tiny, big) in FLOAT_LIMITS.items() if ymin > big or ymax < tiny]
+    if beyond:
+        ax.annotate("every value lies " + "; ".join(beyond), (0.01, 0.98), xycoords="axes fraction", va="top",
+                    fontsize=8, color="0.3")
 
 
 def histogram_heatmap(item, path=None, *, title: str | None = None, relative: bool = True, verdict: str | None = None,

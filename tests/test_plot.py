@@ -625,3 +625,18 @@ def test_the_gradient_flow_draws_the_signal_whose_rate_the_verdict_reads(tmp_pat
     with pytest.raises(ValueError, match="give one Axes .* or two .*, got 3"):
         plot.gradient_flow(d, ax=Figure().subplots(1, 3))
     assert len(plot.gradient_flow(d, signal=False).axes) == 1
+
+
+def test_a_flow_wholly_beyond_a_dtypes_range_says_so():
+    # a float32 run at 10^98 everywhere showed no limit line (none inside the range) and no word
+    st = gb.Stack(depth=400, width=16, activation="relu", init="he_normal", sigma_w=2.0, dtype="float32")
+    p = gb.init_params(st, 0)
+    d = gb.diagnose(gb.backprop(st, p, gb.gaussian_input(st, 4, 1)), p)
+    assert np.min(d.grad_log10) > 38.6  # float32's largest is 10^38.53
+    texts = [t.get_text() for t in plot.gradient_flow(d).axes[0].texts]
+    assert "every value lies above float32's largest (10^38.5)" in texts, texts
+    calm = gb.Stack(depth=5, width=8)
+    q = gb.init_params(calm, 0)
+    texts = [t.get_text() for t in plot.gradient_flow(gb.diagnose(gb.backprop(calm, q, gb.gaussian_input(calm, 4, 1)),
+                                                                  q)).axes[0].texts]
+    assert not any(t.startswith("every value lies") for t in texts), texts
