@@ -158,6 +158,8 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
             ok = np.isfinite(y)
             depth = max(depth, len(y))
             rates = _rates(rate, signal_rate) if np.count_nonzero(np.isfinite(g)) >= 2 else ""  # one point: no trend
+            if verdict == "no gradient" and np.isfinite(g).any():  # batch norm over 2 equal or cancelling samples
+                rates = "; the norms drawn are rounding of an exact 0"  # (they were drawn as an exact slope)
             line = _flow_line(a, y, i, len(items), f"{label}  ({verdict}{rates})" if label else f"{verdict}{rates}")
             if ok.any():
                 lo, hi = min(lo, y[ok].min()), max(hi, y[ok].max())

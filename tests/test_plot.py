@@ -640,3 +640,15 @@ def test_a_flow_wholly_beyond_a_dtypes_range_says_so():
     texts = [t.get_text() for t in plot.gradient_flow(gb.diagnose(gb.backprop(calm, q, gb.gaussian_input(calm, 4, 1)),
                                                                   q)).axes[0].texts]
     assert not any(t.startswith("every value lies") for t in texts), texts
+
+
+def test_a_no_gradient_flow_says_its_norms_are_rounding():
+    """Batch norm over two samples passes no gradient in exact arithmetic; the computed norms
+    (10^-17, 10^-19) were drawn as a slope on an axis labelled "(exact)" with "(no gradient)"."""
+    st = gb.Stack(depth=2, width=2, batch_norm=True, activation="sigmoid", sigma_w=2.0, sigma_b=0.1, clip="value",
+                  clip_threshold=0.05)
+    p = gb.init_params(st, 0)
+    d = gb.diagnose(gb.backprop(st, p, gb.gaussian_input(st, 2, 1)), p)
+    assert d.verdict == "no gradient" and np.isfinite(d.grad_log10).all()
+    labels = [t.get_text() for t in plot.gradient_flow(d).axes[0].get_legend().get_texts()]
+    assert labels[0] == "no gradient; the norms drawn are rounding of an exact 0", labels
