@@ -146,3 +146,19 @@ def test_phase_diagram_colour_bar_label_clear_of_the_callers_axes(figsize):
     # the values drawn are the table's
     values = np.ma.filled(a1.collections[0].get_array(), np.nan).ravel()
     assert np.isfinite(values).all()
+
+
+def test_recurrent_training_runs_are_never_dashed_like_the_chance_line():
+    # memory-lstm and exploding-rnn-clipped (the second run) were dashed beside "dashed: ln 2"
+    from gradbench.recurrent.plot import training_figure
+    from gradbench.recurrent.train import first_symbol, train_recurrent
+
+    X, y = first_symbol(6, 16, seed=0)
+    runs = {}
+    for i, cell in enumerate(("rnn", "lstm", "gru", "rnn")):
+        rnn = gb.Recurrent(cell=cell, steps=6, hidden=4, input_dim=2, loss="bce")
+        runs[f"{cell} {i}"] = train_recurrent(rnn, X, y, X, y, epochs=1, backend="numpy")
+    ax = training_figure(runs).axes[0]
+    styles = {ln.get_label(): ln.get_linestyle() for ln in ax.get_lines() if ln.get_label() in runs}
+    assert len(styles) == 4 and "--" not in styles.values(), styles
+    assert [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]  # the chance line, alone dashed

@@ -12,8 +12,8 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from gradbench.plot import (DPI, _chance_line, _diverged, _legend, _loss_line, _no_finite_values, _off_scale,
-                            _strip, _whole_numbers, _with_dtype, save)
+from gradbench.plot import (_CURVE_STYLES, DPI, _chance_line, _diverged, _legend, _loss_line, _no_finite_values,
+                            _off_scale, _strip, _whole_numbers, _with_dtype, save)
 from gradbench.report import count, fmt_rate
 from gradbench.recurrent.diagnose import FLOAT_LIMITS, RecurrentDiagnosis, diagnose, verdict_signal
 
@@ -213,7 +213,9 @@ def training_figure(results: dict, path=None, *, title: str | None = None, dpi: 
     n = len(results)
     strip, back_strip = [], []
     for i, (name, r) in enumerate(results.items()):
-        style = dict(ls=_STYLES[i % len(_STYLES)], lw=1.3 + 1.5 * (n - 1 - i) / max(n - 1, 1))  # coinciding lines show
+        # coinciding lines show; never dashed, the chance line's style (memory-lstm's run was dashed beside
+        # "dashed: ln 2")
+        style = dict(ls=_CURVE_STYLES[i % len(_CURVE_STYLES)], lw=1.3 + 1.5 * (n - 1 - i) / max(n - 1, 1))
         loss = np.asarray(r.eval_loss, dtype=np.float64)
         line = _loss_line(ax, np.arange(len(loss)), loss, name, **style)
         strip += _diverged(line, r.diverged_epoch)
