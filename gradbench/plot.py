@@ -361,7 +361,8 @@ def _float_limits(ax, ymin: float, ymax: float) -> None:
                     fontsize=8, color="0.3")
     # a range wholly beyond a dtype's limits: said, as no line of it falls inside (a float32 run at
     # 10^98 everywhere showed no limit and no word)
-    beyond = [f"above {name}'s largest (10^{big:.1f})" if ymin > big else f"below {name}'s smallest normal (10^{tiny:.1f})"
+    beyond = [f"above {name}'s largest (10^{big:.1f})" if ymin > big
+              else f"below {name}'s smallest normal (10^{tiny:.1f})"
               for name, (tiny, big) in FLOAT_LIMITS.items() if ymin > big or ymax < tiny]
     if beyond:
         ax.annotate("every value lies " + "; ".join(beyond), (0.01, 0.98), xycoords="axes fraction", va="top",

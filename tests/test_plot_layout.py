@@ -162,3 +162,15 @@ def test_recurrent_training_runs_are_never_dashed_like_the_chance_line():
     styles = {ln.get_label(): ln.get_linestyle() for ln in ax.get_lines() if ln.get_label() in runs}
     assert len(styles) == 4 and "--" not in styles.values(), styles
     assert [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]  # the chance line, alone dashed
+
+
+def test_a_recurrent_run_figure_keeps_coinciding_curves_visible_and_says_why_step_0_is_zero():
+    """An rnn's ||dL/dh_t|| lay exactly under its dW_hh terms (same width): invisible; the exact
+    zero of step 0's term (h_{-1} = 0) was a triangle with no word."""
+    from gradbench.recurrent.plot import run_figure
+
+    rnn = gb.Recurrent(cell="rnn", steps=300, hidden=8)
+    fig = run_figure(gb.backprop(rnn, gb.init_params(rnn, 0), gb.sequence_input(rnn, 2, 1)))
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("||")]
+    assert [ln.get_label() for ln in lines] == ["||dL/dh_t||", "||step t's dW_hh term|| (0 at step 0 from h_{-1} = 0)"]
+    assert lines[0].get_linewidth() > lines[1].get_linewidth()  # the one drawn first is wider

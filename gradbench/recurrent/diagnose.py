@@ -348,12 +348,13 @@ def _short_words(per_step: float, T: int, threshold: float) -> list[str]:
     steps of the same net read VANISHING, said nothing of it."""
     from gradbench.verdict import SHALLOW_RATE, SHALLOW_SHARE
 
-    if not math.isfinite(per_step) or abs(per_step) < SHALLOW_RATE or abs(per_step) * (T - 1) < SHALLOW_SHARE * threshold:
+    r = per_step
+    if not math.isfinite(r) or abs(r) < SHALLOW_RATE or abs(r) * (T - 1) < SHALLOW_SHARE * threshold:
         return []
     kind = "vanishing" if per_step < 0 else "exploding"
     return [f"stable by the sequence's length, not by its rate: at {per_step:+.3g} decades per step the gradient "
-            f"would change by the threshold's {threshold:g} decades over a sequence of {threshold / abs(per_step) + 1:.1f} "
-            f"steps, so a longer sequence through this net would be {kind}"]
+            f"would change by the threshold's {threshold:g} decades over a sequence of "
+            f"{threshold / abs(per_step) + 1:.1f} steps, so a longer sequence through this net would be {kind}"]
 
 
 def _extremes(s: np.ndarray, threshold: float) -> list[str]:

@@ -158,16 +158,23 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
     state, name, read = verdict_signal(d)
     # an LSTM's verdict reads its state pair: drawn too, so that the title's verdict has its curve
     pair = (state, f"{name}: the verdict's") if read and "dc_t" in name else (np.zeros(0), "")
-    for y, label in ((d.signal_log10, "||dL/dh_t||"), (d.carried_log10, "||dL_{T-1}/dh_t|| (carried back)"),
-                     (d.cell_log10, "||dL/dc_t||"), pair, (d.grad_log10, "||step t's dW_hh term||")):
-        if len(y):
-            y = np.asarray(y, dtype=np.float64)
-            (line,) = ax.plot(t, np.where(np.isfinite(y), y, np.nan), lw=1.4, label=label,
-                              ls="--" if pair[1] and label == pair[1] else "-")  # dashed: it lies on ||dL/dc_t|| where that leads
-            # steps exactly 0 or not finite have no place on the log scale: marked under the axis, as
-            # signal_vs_steps_back and the stacks' figures mark them (they were dropped without a word)
-            strip += _off_scale(y, line.get_color(), t)
-            finite = finite or bool(np.isfinite(y).any())
+    g = np.asarray(d.grad_log10, dtype=np.float64)
+    # step 0's term dz_0 h_{-1}^T is exactly 0 from a zero initial state: its triangle said nothing of why
+    term = "||step t's dW_hh term||" + (" (0 at step 0 from h_{-1} = 0)" if len(g) > 1 and g[0] == -np.inf
+                                        and np.isfinite(g[1:]).any() else "")
+    curves = [(np.asarray(y, dtype=np.float64), label) for y, label in (
+        (d.signal_log10, "||dL/dh_t||"), (d.carried_log10, "||dL_{T-1}/dh_t|| (carried back)"),
+        (d.cell_log10, "||dL/dc_t||"), pair, (g, term)) if len(y)]
+    for i, (y, label) in enumerate(curves):
+        # the first curves widest: one lying on an earlier one (an rnn's ||dL/dh_t|| under its dW_hh terms over
+        # 10^4 steps, the LSTM's pair under ||dL/dc_t||) leaves that one's edges visible
+        dashed = pair[1] and label == pair[1]  # it lies on ||dL/dc_t|| where that leads
+        (line,) = ax.plot(t, np.where(np.isfinite(y), y, np.nan), lw=1.2 + 1.2 * (len(curves) - 1 - i), label=label,
+                          ls="--" if dashed else "-")
+        # steps exactly 0 or not finite have no place on the log scale: marked under the axis, as
+        # signal_vs_steps_back and the stacks' figures mark them (they were dropped without a word)
+        strip += _off_scale(y, line.get_color(), t)
+        finite = finite or bool(np.isfinite(y).any())
     if not finite:
         _no_finite_values(ax, "no finite, nonzero norm at any step: each is marked below the axis")
     _strip(ax, strip, "norm")
