@@ -113,9 +113,31 @@ def describe(stack: dict, weights: str | None = None, *, dtype: bool = True) -> 
     if stack.get("loss", "sum_squares") != "sum_squares":
         outputs = stack.get("output_dim", 1)
         parts.append(f"loss {stack['loss']}" + (f" ({outputs} outputs)" if outputs != 1 else ""))
+    inactive = _inactive(stack)
+    if inactive:  # kept by the Stack for replace(), doing nothing: said, not silently left out
+        parts.append(f"no effect: {', '.join(inactive)}")
     if dtype:  # (a training summary says its stack without it)
         parts.append(stack.get("dtype", "float64"))
     return ", ".join(parts)
+
+
+def _inactive(stack: dict) -> list[str]:
+    """The stack's settings given without the one that makes them act (the Stack keeps them, so that
+    ``replace(batch_norm=False)`` and back keeps bn_eps; the command line refuses them): a header
+    that left out ``residual_scale=5.0`` of a stack without residual read as if it had been taken."""
+    out = []
+    if not stack.get("batch_norm") and stack.get("bn_eps", BN_EPS_DEFAULT) != BN_EPS_DEFAULT:
+        out.append(f"bn_eps {stack['bn_eps']:g} without batch norm")
+    if not stack.get("residual") and stack.get("residual_scale", 1.0) != 1.0:
+        out.append(f"residual_scale {stack['residual_scale']:g} without residual")
+    if not stack.get("clip"):
+        if stack.get("clip_threshold", 1.0) != 1.0:
+            out.append(f"clip_threshold {stack['clip_threshold']:g} without clip")
+        if stack.get("clip_on", "signal") != "signal":
+            out.append(f"clip_on {stack['clip_on']} without clip")
+    if stack.get("loss", "sum_squares") == "sum_squares" and stack.get("output_dim", 1) != 1:
+        out.append(f"output_dim {stack['output_dim']} without a head")
+    return out
 
 
 def activation_words(stack: dict, weights: str | None = None) -> str:

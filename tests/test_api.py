@@ -708,3 +708,19 @@ def test_result_reprs_show_arrays_by_their_shapes():
     text = repr(trained)
     assert len(text) < 3000 and "params=Params(W=array(shape=(10, 16, 16), dtype=float64)" in text
     assert "accuracy=array([" in text  # three entries: shown
+
+
+def test_a_setting_without_its_switch_is_said_to_have_no_effect():
+    """The Stack keeps residual_scale without residual (and bn_eps without batch norm, ...) so that
+    replace() round trips keep them; the report's header left them out, reading as if taken."""
+    cases = {"residual_scale 5 without residual": dict(residual_scale=5.0),
+             "bn_eps 0.001 without batch norm": dict(bn_eps=1e-3),
+             "clip_threshold 0.01 without clip, clip_on global without clip": dict(clip_on="global", clip_threshold=0.01),
+             "output_dim 7 without a head": dict(output_dim=7)}
+    for words, kw in cases.items():
+        st = gb.Stack(depth=4, width=4, **kw)
+        head = str(gb.diagnose(gb.backprop(st, gb.init_params(st, 0), gb.gaussian_input(st, 2, 1)))).splitlines()[0]
+        assert f", no effect: {words}, float64" in head, head
+    st = gb.Stack(depth=4, width=4, residual=1, residual_scale=0.5, batch_norm=True, bn_eps=1e-3)
+    head = str(gb.diagnose(gb.backprop(st, gb.init_params(st, 0), gb.gaussian_input(st, 2, 1)))).splitlines()[0]
+    assert "no effect" not in head and "residual every 1 (scale 0.5)" in head and "batch norm (eps 0.001)" in head
