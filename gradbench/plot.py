@@ -148,19 +148,17 @@ def gradient_flow(data, path=None, *, title: str = "Gradient flow", limits: bool
     else:
         fig, one = _axes(ax, (9.0, height))
         axes = [one]
-    numbers = [(label, _flow_numbers(item)) for label, item in items]
+    numbers = [_flow_numbers(item) for _, item in items]
+    labels = [_flow_label(label, *n) for (label, _), n in zip(items, numbers)]
     rooms = []
     for k, a in enumerate(axes):
         strip = []  # (layers, colour, kind): exact zeros and non-finite values, drawn under the axis
         lo, hi, depth = math.inf, -math.inf, 1
-        for i, (label, (g, s, verdict, rate, signal_rate)) in enumerate(numbers):
+        for i, ((g, s, *_), label) in enumerate(zip(numbers, labels)):
             y = g if k == 0 else s
             ok = np.isfinite(y)
             depth = max(depth, len(y))
-            rates = _rates(rate, signal_rate) if np.count_nonzero(np.isfinite(g)) >= 2 else ""  # one point: no trend
-            if verdict == "no gradient" and np.isfinite(g).any():  # batch norm over 2 equal or cancelling samples
-                rates = "; the norms drawn are rounding of an exact 0"  # (they were drawn as an exact slope)
-            line = _flow_line(a, y, i, len(items), f"{label}  ({verdict}{rates})" if label else f"{verdict}{rates}")
+            line = _flow_line(a, y, i, len(items), label)
             if ok.any():
                 lo, hi = min(lo, y[ok].min()), max(hi, y[ok].max())
             strip += _off_scale(y, line.get_color())
@@ -254,6 +252,17 @@ def _flow_numbers(item) -> tuple[np.ndarray, np.ndarray, str, float, float]:
     d = item if isinstance(item, Diagnosis) else assess(item)
     return (np.asarray(d.grad_log10, dtype=np.float64), np.asarray(d.signal_log10, dtype=np.float64), d.verdict,
             d.decades_per_layer, d.signal_decades_per_layer)
+
+
+def _flow_label(label: str, g, s, verdict: str, rate: float, signal_rate: float) -> str:
+    """A gradient-flow line's legend entry: its label, verdict and rates (none for one finite
+    ||dW_l||: no trend, as the text says); a "no gradient" run's finite norms (batch norm over 2
+    equal or cancelling samples) said to be rounding of an exact 0 (they were drawn as an exact slope)."""
+    finite = np.isfinite(g)
+    rates = _rates(rate, signal_rate) if np.count_nonzero(finite) >= 2 else ""
+    if verdict == "no gradient" and finite.any():
+        rates = "; the norms drawn are rounding of an exact 0"
+    return f"{label}  ({verdict}{rates})" if label else f"{verdict}{rates}"
 
 
 def _rates(rate: float, signal_rate: float) -> str:

@@ -58,7 +58,8 @@ def table_layers(L: int, rows: int = 12) -> list[int]:
 
 # The name of each activation's own parameter, as the header says it when it is not the default.
 ACT_PARAM_NAMES = {"leaky_relu": "slope", "prelu": "initial slope", "elu": "alpha"}
-BN_EPS_DEFAULT = next(f.default for f in dataclasses.fields(Stack) if f.name == "bn_eps")
+STACK_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Stack) if f.default is not dataclasses.MISSING}
+BN_EPS_DEFAULT = STACK_DEFAULTS["bn_eps"]
 
 
 # A rate below this (decades per layer or step) is rounding's, e.g. an orthogonal identity chain's
@@ -125,19 +126,17 @@ def _inactive(stack: dict) -> list[str]:
     """The stack's settings given without the one that makes them act (the Stack keeps them, so that
     ``replace(batch_norm=False)`` and back keeps bn_eps; the command line refuses them): a header
     that left out ``residual_scale=5.0`` of a stack without residual read as if it had been taken."""
-    out = []
-    if not stack.get("batch_norm") and stack.get("bn_eps", BN_EPS_DEFAULT) != BN_EPS_DEFAULT:
-        out.append(f"bn_eps {stack['bn_eps']:g} without batch norm")
-    if not stack.get("residual") and stack.get("residual_scale", 1.0) != 1.0:
-        out.append(f"residual_scale {stack['residual_scale']:g} without residual")
-    if not stack.get("clip"):
-        if stack.get("clip_threshold", 1.0) != 1.0:
-            out.append(f"clip_threshold {stack['clip_threshold']:g} without clip")
-        if stack.get("clip_on", "signal") != "signal":
-            out.append(f"clip_on {stack['clip_on']} without clip")
-    if stack.get("loss", "sum_squares") == "sum_squares" and stack.get("output_dim", 1) != 1:
-        out.append(f"output_dim {stack['output_dim']} without a head")
-    return out
+    switches = (("bn_eps", not stack.get("batch_norm"), "without batch norm"),
+                ("residual_scale", not stack.get("residual"), "without residual"),
+                ("clip_threshold", not stack.get("clip"), "without clip"),
+                ("clip_on", not stack.get("clip"), "without clip"),
+                ("output_dim", stack.get("loss", STACK_DEFAULTS["loss"]) == "sum_squares", "without a head"))
+    return [f"{name} {_setting(stack[name])} {why}" for name, off, why in switches
+            if off and stack.get(name, STACK_DEFAULTS[name]) != STACK_DEFAULTS[name]]
+
+
+def _setting(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def activation_words(stack: dict, weights: str | None = None) -> str:

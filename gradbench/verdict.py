@@ -902,6 +902,16 @@ SHALLOW_RATE = 0.1
 SHALLOW_SHARE = 0.5
 
 
+def threshold_length(rate: float, n: int, threshold: float) -> float | None:
+    """The length (layers, or steps through time) at which ``rate`` decades a layer or step changes
+    by ``threshold`` decades, where a stable verdict over ``n`` holds by that length, not by the
+    rate (the rate at least :data:`SHALLOW_RATE` and adding up to at least :data:`SHALLOW_SHARE`
+    of the threshold over ``n``); else None. The stacks' and the recurrent nets' verdicts say it."""
+    if not math.isfinite(rate) or abs(rate) < SHALLOW_RATE or abs(rate) * (n - 1) < SHALLOW_SHARE * threshold:
+        return None
+    return threshold / abs(rate) + 1
+
+
 def _shallow_words(g, rate: float, signal_rate: float, L: int, threshold: float, group: int) -> list[str]:
     """Where a stable verdict holds by the stack's depth, not by its rate: the words that say at
     which depth the rate reaches the threshold (else []). "gradients are stable" for 3 sigmoid
@@ -910,12 +920,12 @@ def _shallow_words(g, rate: float, signal_rate: float, L: int, threshold: float,
     the seed's, and not extrapolated."""
     name, r = max((("||dW_l||", rate), ("||dL/dh_l||", signal_rate)),
                   key=lambda p: abs(p[1]) if math.isfinite(p[1]) else -1.0)
-    if (not math.isfinite(r) or abs(r) < SHALLOW_RATE or abs(r) * (L - 1) < SHALLOW_SHARE * threshold
-            or within_walk(g, rate, group) is not None):
+    depth = threshold_length(r, L, threshold)
+    if depth is None or within_walk(g, rate, group) is not None:
         return []
     kind = "vanishing" if r < 0 else "exploding"
     return [f"stable by its depth, not by its rate: at {r:+.3g} decades per layer {name} would change by the "
-            f"threshold's {threshold:g} decades in a stack of {threshold / abs(r) + 1:.1f} layers, so a deeper stack "
+            f"threshold's {threshold:g} decades in a stack of {depth:.1f} layers, so a deeper stack "
             f"of this kind would be {kind} (few layers are the remedy here: reduced depth)"]
 
 

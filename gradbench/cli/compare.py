@@ -129,10 +129,10 @@ def compare_table(diags: dict, layers: list[int]) -> str:
     lines = [head, "-" * len(head)]
     fails = {label: _float_failures(d) for label, d in diags.items()}
     for label, d in diags.items():
-        def rate(v, d=d):  # one layer has no slope (it read +0.000)
-            return fmt_rate(v) if len(d.grad_log10) > 1 and math.isfinite(v) else "-"
-
-        row = f"{label:<{name_w}}  {d.verdict:<9} {rate(d.signal_decades_per_layer):>10} {rate(d.decades_per_layer):>8}"
+        # one layer has no slope (it read +0.000)
+        sig, dw = (fmt_rate(v) if len(d.grad_log10) > 1 and math.isfinite(v) else "-"
+                   for v in (d.signal_decades_per_layer, d.decades_per_layer))
+        row = f"{label:<{name_w}}  {d.verdict:<9} {sig:>10} {dw:>8}"
         row += "".join(f" {fmt_pow(d.grad_log10[l]):>11}" for l in layers)
         row += "  " + fails[label]
         lines.append(row)

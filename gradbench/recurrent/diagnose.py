@@ -346,15 +346,15 @@ def _short_words(per_step: float, T: int, threshold: float) -> list[str]:
     """A stable verdict that holds by the sequence's length, not by its rate (the stacks'
     gradbench.verdict._shallow_words): "STABLE" for 3 steps at 0.884 decades lost a step, where 4
     steps of the same net read VANISHING, said nothing of it."""
-    from gradbench.verdict import SHALLOW_RATE, SHALLOW_SHARE
+    from gradbench.verdict import threshold_length
 
-    r = per_step
-    if not math.isfinite(r) or abs(r) < SHALLOW_RATE or abs(r) * (T - 1) < SHALLOW_SHARE * threshold:
+    steps = threshold_length(per_step, T, threshold)
+    if steps is None:
         return []
     kind = "vanishing" if per_step < 0 else "exploding"
     return [f"stable by the sequence's length, not by its rate: at {per_step:+.3g} decades per step the gradient "
-            f"would change by the threshold's {threshold:g} decades over a sequence of "
-            f"{threshold / abs(per_step) + 1:.1f} steps, so a longer sequence through this net would be {kind}"]
+            f"would change by the threshold's {threshold:g} decades over a sequence of {steps:.1f} steps, so a "
+            f"longer sequence through this net would be {kind}"]
 
 
 def _extremes(s: np.ndarray, threshold: float) -> list[str]:
