@@ -126,13 +126,19 @@ def _inactive(stack: dict) -> list[str]:
     """The stack's settings given without the one that makes them act (the Stack keeps them, so that
     ``replace(batch_norm=False)`` and back keeps bn_eps; the command line refuses them): a header
     that left out ``residual_scale=5.0`` of a stack without residual read as if it had been taken."""
-    switches = (("bn_eps", not stack.get("batch_norm"), "without batch norm"),
-                ("residual_scale", not stack.get("residual"), "without residual"),
-                ("clip_threshold", not stack.get("clip"), "without clip"),
-                ("clip_on", not stack.get("clip"), "without clip"),
-                ("output_dim", stack.get("loss", STACK_DEFAULTS["loss"]) == "sum_squares", "without a head"))
-    return [f"{name} {_setting(stack[name])} {why}" for name, off, why in switches
-            if off and stack.get(name, STACK_DEFAULTS[name]) != STACK_DEFAULTS[name]]
+    return inactive_settings(stack, STACK_DEFAULTS, (
+        ("bn_eps", not stack.get("batch_norm"), "without batch norm"),
+        ("residual_scale", not stack.get("residual"), "without residual"),
+        ("clip_threshold", not stack.get("clip"), "without clip"),
+        ("clip_on", not stack.get("clip"), "without clip"),
+        ("output_dim", stack.get("loss", STACK_DEFAULTS["loss"]) == "sum_squares", "without a head")))
+
+
+def inactive_settings(settings: dict, defaults: dict, switches) -> list[str]:
+    """"NAME VALUE WHY" for each ``(name, off, why)`` of ``switches`` that is off while the setting
+    differs from its default (a stack's or a recurrent net's header, "no effect: ...")."""
+    return [f"{name} {_setting(settings[name])} {why}" for name, off, why in switches
+            if off and settings.get(name, defaults[name]) != defaults[name]]
 
 
 def _setting(v) -> str:

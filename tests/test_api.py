@@ -724,3 +724,17 @@ def test_a_setting_without_its_switch_is_said_to_have_no_effect():
     st = gb.Stack(depth=4, width=4, residual=1, residual_scale=0.5, batch_norm=True, bn_eps=1e-3)
     head = str(gb.diagnose(gb.backprop(st, gb.init_params(st, 0), gb.gaussian_input(st, 2, 1)))).splitlines()[0]
     assert "no effect" not in head and "residual every 1 (scale 0.5)" in head and "batch norm (eps 0.001)" in head
+
+
+def test_a_recurrent_setting_without_its_switch_is_said_to_have_no_effect():
+    """Recurrent keeps clip_threshold / clip_on without a clip and output_dim without a head, as
+    Stack does; its report's header left them out, as the stack's did before."""
+    cases = {"clip_threshold 3 without clip, clip_on global without clip": dict(clip_threshold=3.0, clip_on="global"),
+             "output_dim 3 without a head": dict(output_dim=3)}
+    for words, kw in cases.items():
+        rnn = gb.Recurrent(cell="gru", steps=5, hidden=4, **kw)
+        head = str(gb.diagnose(gb.backprop(rnn, gb.init_params(rnn, 0), gb.sequence_input(rnn, 2, 1)))).splitlines()[0]
+        assert f", no effect: {words}, float64" in head, head
+    rnn = gb.Recurrent(cell="gru", steps=5, hidden=4, clip="norm", clip_threshold=3.0)
+    head = str(gb.diagnose(gb.backprop(rnn, gb.init_params(rnn, 0), gb.sequence_input(rnn, 2, 1)))).splitlines()[0]
+    assert "no effect" not in head and "clip norm 3 on signal" in head, head

@@ -82,7 +82,8 @@ import numpy as np
 from gradbench.activations import RESCUE, SATURATED_AT
 from gradbench.diagnose import _from_jsonable as _from_json_value
 from gradbench.recurrent.results import RecurrentResult
-from gradbench.report import activation_words, count, fmt_percent, fmt_pow, index_runs
+from gradbench.recurrent.spec import Recurrent
+from gradbench.report import activation_words, count, fmt_percent, fmt_pow, index_runs, inactive_settings
 from gradbench.verdict import (MEASURABLE_DECADES, ClipChain, acted_list, chaos_words, clip_record_words, countable_mean,
                                rms_log10, rounding_share)
 
@@ -791,6 +792,9 @@ def _every_step_words(total: np.ndarray, T: int, verdict: str, held: tuple | Non
             "the last step's loss alone, dL_{T-1}/dh_t")
 
 
+RECURRENT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recurrent) if f.default is not dataclasses.MISSING}
+
+
 def describe(rnn: dict, weights: str | None = None) -> str:
     """The net in words, every field that changes it, as :func:`gradbench.report.describe` says a
     stack (a float32 report's header was the float64 one's): cell, steps, hidden, the rnn's
@@ -821,6 +825,12 @@ def describe(rnn: dict, weights: str | None = None) -> str:
         outputs = rnn.get("output_dim", 1)
         parts.append(f"loss {rnn['loss']} on {'every step' if rnn.get('loss_on') == 'every' else 'the last step'}"
                      + (f" ({outputs} outputs)" if outputs != 1 else ""))
+    inactive = inactive_settings(rnn, RECURRENT_DEFAULTS, (
+        ("clip_threshold", not rnn.get("clip"), "without clip"),
+        ("clip_on", not rnn.get("clip"), "without clip"),
+        ("output_dim", rnn.get("loss", RECURRENT_DEFAULTS["loss"]) == "sum_squares", "without a head")))
+    if inactive:  # kept by Recurrent for replace(), doing nothing: said, as a stack's header says them
+        parts.append(f"no effect: {', '.join(inactive)}")
     parts.append(rnn.get("dtype", "float64"))
     return ", ".join(parts)
 
