@@ -295,6 +295,16 @@ def state_log10(h_log10, c_log10) -> np.ndarray:
     return rms_log10(h_log10, c_log10)  # log10 sqrt(10^2a + 10^2b), the stacks' root mean square's
 
 
+def state_norm_log10(res) -> np.ndarray:
+    """log10 of the backward state's norm per step of a result: ||dL/dh_t||, the LSTM's pair
+    sqrt(||dL/dh_t||^2 + ||dL/dc_t||^2) (:func:`state_log10`), as its verdict reads it."""
+    with np.errstate(divide="ignore"):
+        h = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+        if res.cell_signal_norm is None:
+            return h
+        return state_log10(h, np.asarray(res.cell_signal_norm.log10(), dtype=np.float64))
+
+
 def verdict_signal(d, res=None) -> tuple[np.ndarray, str, bool]:
     """(log10 per step, its name, whether the verdict and rate read it): the curve a diagnosis's
     verdict and ``decades_per_step`` are read from, for the compare table's columns (``gradbench compare --cells``),

@@ -197,6 +197,15 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
     return fig
 
 
+def _state_label(lstm: bool) -> str:
+    """The y label of the training figure's right panel: log10 of the backward state's norm
+    relative to the last step's (signal_start; an LSTM's is the pair with dL/dc_t)."""
+    h = r"$\log_{10}\,\|\partial L/\partial h_t\| - \log_{10}\,\|\partial L/\partial h_{T-1}\|$"
+    if not lstm:
+        return h
+    return h + "\n" + r"(lstm: of $\|(\partial L/\partial h_t, \partial L/\partial c_t)\|$)"
+
+
 def training_figure(results: dict, path=None, *, title: str | None = None, dpi: int = DPI) -> Figure:
     """Held-out loss per epoch (left; epoch 0: before training) and, at the start of training,
     log10 ||dL/dh_t|| against steps back (right): the curve that explains who learns.
@@ -239,7 +248,7 @@ def training_figure(results: dict, path=None, *, title: str | None = None, dpi: 
     ax.set_title("Held-out loss")
     bx.set_xlabel("steps back from the last step (T - 1 - t)")
     _whole_numbers(bx.xaxis)
-    bx.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_t\| - \log_{10}\,\|\partial L/\partial h_{T-1}\|$")
+    bx.set_ylabel(_state_label(any(r.rnn.cell == "lstm" for r in results.values())))
     bx.set_title("Gradient through time before training (exact)")
     fig.suptitle(title or "Training through time: " + ", ".join(results))
     for a, room in zip((ax, bx), rooms):

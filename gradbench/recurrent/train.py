@@ -27,6 +27,7 @@ import numpy as np
 from gradbench.inputs import check_array
 from gradbench.params import after, seed_rng
 from gradbench.plan import check_history
+from gradbench.recurrent.diagnose import state_norm_log10
 from gradbench.recurrent.engine import backprop
 from gradbench.recurrent.params import RecurrentParams, init_params
 from gradbench.recurrent.spec import Recurrent
@@ -68,7 +69,7 @@ class RecurrentTrainResult:
     loss: np.ndarray          # (E,) mean mini-batch loss per epoch
     eval_loss: np.ndarray     # (E + 1,) held-out loss before training and after each epoch
     accuracy: np.ndarray      # (E + 1,)
-    signal_start: np.ndarray  # (T,) log10 ||dL/dh_t|| on the held-out set before training
+    signal_start: np.ndarray  # (T,) log10 ||dL/dh_t|| (LSTM: of the pair with dL/dc_t) held out, before training
     signal_end: np.ndarray    # (T,) ... after training (or when it stopped)
     diverged_epoch: int | None = None
     divergence: str = ""
@@ -193,8 +194,8 @@ def train_recurrent(rnn: Recurrent, X: np.ndarray, y: np.ndarray, X_eval: np.nda
             return res
         eval_loss[e] = res.loss
         accuracy[e] = accuracy_of(rnn, params, res.output.to_float(np.float64, warn=False), labels)
-        if keep:
-            signals[keep] = res.signal_norm.log10()
+        if keep:  # the backward state's norm, as run and compare read it (the LSTM: the pair with dL/dc_t)
+            signals[keep] = state_norm_log10(res)
         return res
 
     from gradbench.cli.progress import epochs as progress_of_epochs  # here: the CLI package loads on use
