@@ -193,3 +193,27 @@ def test_with_a_loss_at_every_step_the_carried_chains_lost_samples_are_counted()
     assert f"{cut} of 8 samples lose the last step's loss's gradient on the way back" in " ".join(
         gb.diagnose(res).explanation.split())
     assert gb.backprop(rnn, p, xs, t, carried=False).extras["lost_samples"] is None
+
+
+def test_report_table_and_run_figure_show_the_carried_terms_the_reach_reads():
+    """The reach sentence is the carried pass's (dL_{T-1}/dW_hh) while the table's and the figure's
+    dW_hh terms were the whole loss's only (flat at 10^-2 where the reach said 16 steps): the table's
+    carried column and the figure's curve are the last-step net's terms / T (the NumPy reference)."""
+    from gradbench.recurrent.plot import run_figure
+
+    rnn, p, xs, y = _pair("rnn")
+    res = gb.backprop(rnn, p, xs, y)
+    last = gb.backprop(rnn.replace(loss_on="last"), p, xs, y[-1], backend="numpy")
+    want = last.grad_norm.log10() - math.log10(T)
+    lines = str(gb.diagnose(res)).splitlines()
+    head = next(i for i, line in enumerate(lines) if "carried term" in line)
+    col = 4  # step, ||dL/dh_t||, carried, ||dW_hh term||, carried term, saturated
+    rows = [line.split() for line in lines[head + 2:] if line.split() and line.split()[0].isdigit()]
+    assert len(rows) == 12
+    for row in rows:
+        t, shown = int(row[0]), row[col]
+        assert shown == ("0" if t == 0 else f"10^{want[t]:.2f}"), (t, shown, want[t])
+    fig = run_figure(gb.diagnose(res))
+    curve = [ln for ln in fig.axes[0].get_lines() if "dL_{T-1}/dW_hh" in ln.get_label()]
+    assert len(curve) == 1
+    np.testing.assert_allclose(curve[0].get_ydata()[1:], want[1:], rtol=0, atol=1e-12)

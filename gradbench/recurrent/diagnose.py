@@ -871,13 +871,16 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
     clip = d.carried_clip_acted if carried else d.clip_acted  # the verdict's pass: where the clip changed it
     show_clip = len(clip) == T
     head = (f"  {'step':>8} {'||dL/dh_t||':>12}" + (f" {'carried':>12}" if carried else "")
-            + (f" {'||dL/dc_t||':>12}" if lstm else "") + f" {'||dW_hh term||':>14} {'saturated':>9}"
+            + (f" {'||dL/dc_t||':>12}" if lstm else "") + f" {'||dW_hh term||':>14}"
+            + (f" {'carried term':>13}" if carried else "") + f" {'saturated':>9}"
             + (f" {'gate':>6} {'<0.1':>5}" if d.rnn["cell"] != "rnn" else "") + (f" {'clipped':>7}" if show_clip else ""))
     lines += ["", head, "  " + "-" * (len(head) - 2)]
     for t in steps[::-1]:
         row = f"  {t:>8} {fmt_pow(d.signal_log10[t]):>12}" + (f" {fmt_pow(d.carried_log10[t]):>12}" if carried else "")
         row += f" {fmt_pow(d.cell_log10[t]):>12}" if lstm else ""
-        row += f" {fmt_pow(math.nan if unknown[t] else d.grad_log10[t]):>14} {fmt_percent(d.saturation[t], 9)}"
+        row += f" {fmt_pow(math.nan if unknown[t] else d.grad_log10[t]):>14}"
+        row += f" {fmt_pow(d.carried_grad_log10[t]):>13}" if carried else ""
+        row += f" {fmt_percent(d.saturation[t], 9)}"
         if d.rnn["cell"] != "rnn":
             row += f" {d.gate_mean[t]:>6.3f} {fmt_percent(d.gate_low[t], 5, 0)}"
         if show_clip:
@@ -885,6 +888,9 @@ def format_report(d: RecurrentDiagnosis, rows: int = 12) -> str:
         lines.append(row)
     if any(unknown[t] for t in steps):
         lines.append("  (||dW_hh term|| nan: that step's dL/dh_t or h_{t-1} is not finite, so its term is not a number)")
+    if carried:  # the reach above is the carried column's: the whole loss's terms stay flat like ||dL/dh_t||
+        lines += ["  (carried: of the last step's loss alone, dL_{T-1}/dh_t and step t's term of dL_{T-1}/dW_hh, which",
+                  "  the verdict and reach read; ||dL/dh_t|| and ||dW_hh term||: of the loss at every step)"]
     if show_clip and carried:
         lines.append("  (clipped: where the clip changed the carried state, of the last step's loss alone, which the "
                      "verdict reads; the whole loss's: the diagnosis' clip_acted)")

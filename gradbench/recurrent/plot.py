@@ -164,7 +164,8 @@ def run_figure(d: RecurrentDiagnosis, path=None, *, title: str | None = None, dp
                                         and np.isfinite(g[1:]).any() else "")
     curves = [(np.asarray(y, dtype=np.float64), label) for y, label in (
         (d.signal_log10, "||dL/dh_t||"), (d.carried_log10, "||dL_{T-1}/dh_t|| (carried back)"),
-        (d.cell_log10, "||dL/dc_t||"), pair, (g, term)) if len(y)]
+        (d.cell_log10, "||dL/dc_t||"), pair, (g, term),
+        (d.carried_grad_log10, "||step t's dL_{T-1}/dW_hh term|| (carried back; the reach's)")) if len(y)]
     for i, (y, label) in enumerate(curves):
         # the first curves widest: one lying on an earlier one (an rnn's ||dL/dh_t|| under its dW_hh terms over
         # 10^4 steps, the LSTM's pair under ||dL/dc_t||) leaves that one's edges visible
