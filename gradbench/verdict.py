@@ -1028,12 +1028,20 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
                      + ("; clipping the backward signal does not bound the forward pass" if clipped else ""))
         forward_said = True
     elif rule == "walk":
-        ends = walk_ends(g, res.signal_norm.log10(), stack.residual)
+        s = np.asarray(res.signal_norm.log10(), dtype=np.float64)
+        ends = walk_ends(g, s, stack.residual)
+        # the ends quoted are those of the curve whose change decided (float32 tanh, depth 200: "||dW|| from
+        # 10^-2.041 ... to 10^-2.123 ..., -2.18 decades going down", the -2.18 being the signal's)
+        ok = np.flatnonzero(np.isfinite(s))
+        by_signal = ok.size >= 2 and ends == float(s[ok[0]] - s[ok[-1]])
+        ends_span = (f"||dL/dh_l|| from 10^{_num(s[ok[-1]])} at layer {ok[-1]} to 10^{_num(s[ok[0]])} at layer "
+                     f"{ok[0]}, {ends:+.3g} decades going down (the signal's ends; ||dW_l||'s, {span}, change "
+                     "less)" if by_signal else f"{span}, {ends:+.3g} decades going down (||dW_l||'s ends; the "
+                     "signal's change less)")
         # (one run's fits within two standard errors do not tell a walk from a trend: Xavier tanh, depth 200,
         # width 32, said "another seed can end the other way" where the signal ended lower in 16 of 16 seeds)
         words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'} in this run, by its ends, not "
-                     f"by a fitted trend: {span}, {ends:+.3g} decades going down (the larger of ||dW_l||'s and the "
-                     f"signal's), while the fitted rates ({rate:+.3g} for ||dW_l||, {signal_rate:+.3g} for the signal, "
+                     f"by a fitted trend: {ends_span}, while the fitted rates ({rate:+.3g} for ||dW_l||, {signal_rate:+.3g} for the signal, "
                      "decades per layer) lie within two standard errors of the random walk that a product of random "
                      "layers at a finite width takes: one run does not tell the stack's trend from this seed's walk, "
                      "so whether another seed ends the same way, or more layers continue it in a line, is not known "

@@ -66,6 +66,11 @@ def test_xavier_tanh_signal_ends_lower_in_every_seed_and_no_other_way_is_promise
     assert "VANISH" in text.upper() and "by its ends, not by a fitted trend" in text, text
     assert "can end the other way" not in text and "random walk, not a trend" not in text
     assert "one run does not tell the stack's trend from this seed's walk" in text
+    # the ends quoted are the signal's, the curve that changed more (the sentence quoted ||dW||'s ends
+    # beside the signal's change): NumPy's own ||dL/dh_l|| at the top and at layer 0
+    dw, sig = numpy_norms(stack, 0)
+    assert abs(sig[0] - sig[-1]) > abs(dw[0] - dw[-1])
+    assert f"||dL/dh_l|| from 10^{sig[-1]:.4g} at layer 199 to 10^{sig[0]:.4g} at layer 0, {sig[0] - sig[-1]:+.3g}" in text, text
 
 
 def test_the_seeds_sign_is_still_said_where_the_fit_lies_within_one_standard_error():
