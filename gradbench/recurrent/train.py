@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -293,9 +293,9 @@ _MEMORY = dict(steps=100, hidden=16, clip="norm", clip_threshold=1.0, clip_on="g
 _ADAM = dict(optimizer="adam", lr=0.002, batch_size=32, epochs=32, seed=0)
 _register(RecurrentDemo("memory-rnn", "recall the first of 100 symbols: vanilla tanh RNN (Gaussian W_hh)",
                         {**_MEMORY, "cell": "rnn", "recurrent_init": "normal"}, _ADAM))
-_register(RecurrentDemo("memory-lstm", "the same with an LSTM (forget-gate bias 5)",
+_register(RecurrentDemo("memory-lstm", "the same task with an LSTM (orthogonal W_hh, forget-gate bias 5)",
                         {**_MEMORY, "cell": "lstm", "forget_bias": 5.0}, _ADAM))
-_register(RecurrentDemo("memory-gru", "the same with a GRU (update-gate bias 5)",
+_register(RecurrentDemo("memory-gru", "the same task with a GRU (orthogonal W_hh, update-gate bias 5)",
                         {**_MEMORY, "cell": "gru", "update_bias": 5.0}, _ADAM))
 _EXPLODE = dict(cell="rnn", activation="identity", recurrent_init="identity", sigma_w=1.5, steps=20, hidden=16)
 _SGD = dict(optimizer="sgd", lr=0.1, batch_size=32, epochs=30, seed=0)
@@ -327,10 +327,11 @@ def check_demo_names(names: list[str]) -> None:
 def run_recurrent_demo(name: str, *, backend: str = "auto", progress: bool = False, seed: int | None = None,
                        **overrides) -> RecurrentTrainResult:
     """Run one of :data:`RECURRENT_DEMOS`; ``overrides`` change training settings (``epochs``,
-    ``lr``, ...) or the net (``steps``, ``hidden``)."""
+    ``lr``, ...; :func:`train_recurrent`'s keywords) or the net (any :class:`Recurrent` field:
+    ``steps``, ``hidden``, ``recurrent_init``, ``forget_bias``, ...)."""
     check_choice("demo", name, tuple(RECURRENT_DEMOS))
     demo = RECURRENT_DEMOS[name]
-    net_keys = {"steps", "hidden"}
+    net_keys = {f.name for f in fields(Recurrent)}
     rnn = demo.make_rnn(**{k: v for k, v in overrides.items() if k in net_keys})
     kw = dict(demo.train)
     kw.update({k: v for k, v in overrides.items() if k not in net_keys})
