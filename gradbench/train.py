@@ -1103,9 +1103,9 @@ def run_demo(name: str, /, *, backend: str = "auto", progress: bool = False, dty
     residual           final loss 0.009-0.31                   accuracy 0.86-1.00
     xavier-tanh        final loss 0.0008-0.0011                accuracy 1.00
     exploding          loss NaN in epoch 1 (initial loss 307)
-    exploding-clipped  307 -> 0.094-0.41 (seeds 0-4; chaotic: accuracy 0.78-0.96
-                       last bits of a gradient move it),
-                       finite
+    exploding-clipped  finite; 307 -> 100x lower or more       chaotic: the last bits of a gradient
+                       (the README's table: where it ends      move it, with NumPy's BLAS kernels
+                       depends on NumPy's BLAS kernels)        (Haswell: seed 0 0.68, at chance)
     adam               final loss 0.345-0.355 (PyTorch's Adam:  first layer moves ~1 % per epoch
                        the same to 1e-10)
     layerwise-         pretrained (gradbench.pretrain), then   log10 ||dW_0|| -1.5..-1.8 at the

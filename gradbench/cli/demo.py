@@ -146,7 +146,7 @@ def _write(args, diags, labels, relative, results, heads) -> list[str]:
     ]
     if results:
         written.append(write_plot(path(out_dir, "loss.png"), lambda p: plot.loss_curves(
-            results, p, title="Two moons: deep sigmoid stuck at ln 2, the remedies train", dpi=args.dpi)))
+            results, p, title="Two moons: deep sigmoid stuck at ln 2, beside the remedies", dpi=args.dpi)))
         written.append(write_plot(path(out_dir, "update_ratio.png"), lambda p: plot.update_ratio_curves(
             {k: results[k] for k in ("deep-sigmoid", "shallow-sigmoid", "relu-he", "batchnorm")}, p, dpi=args.dpi)))
     return written
