@@ -30,7 +30,10 @@ update ratios of those steps where the weights are still finite (the summary say
 NaN of that epoch read as 0 / 0, "weights of norm 0 that stay 0", of weights of norm 13.4 that
 moved 1.7e126 % in three steps). ``extras["weights_origin"]``: where given starting weights came
 from (:func:`gradbench.params.origin_words`; None when the init scheme drew them), which the
-summary says in place of the scheme.
+summary says in place of the scheme. ``extras["first_unchanged"]``: [entries of the first weight
+matrix (W_in, or layer 0's W) that had a gradient at the start and never changed, entries that
+had one]; the summary says it when that is at least half of them (updates below half a unit in
+the last place of the weights, rounded away: float32 deep-sigmoid moved 2 of 32).
 """
 
 from __future__ import annotations
@@ -217,6 +220,9 @@ class TrainResult:
         words = [_then(_ratio_words(self.first_layer_ratio[:done]) if done else "", stop, last_first),
                  _then(_ratio_words(self.update_ratio[:done, -1], short=True) if done else "", stop, last_top, short=True)]
         lines.append(f"  {first} change by {words[0]}, layer {L - 1}'s (below the head) by {words[1]}")
+        unchanged = self._unchanged_words(done)
+        if unchanged:
+            lines.append("  " + unchanged)
         rise = rising_words(self.eval_loss[:ran + 1] if self.diverged_epoch is None else [], s["lr"])
         if rise:
             lines.append("  " + rise)
@@ -227,6 +233,20 @@ class TrainResult:
         if decay:
             lines.append("  " + decay)
         return "\n".join(lines)
+
+    def _unchanged_words(self, done: int) -> str:
+        """How many entries of the first weight matrix never changed over ``done`` epochs, when it
+        is at least half of them and the gradient reached that layer: a float32 run's per-epoch change of
+        3.3e-07 % was the few entries that moved (31 of 32 never did; float64 moved all 32 by
+        1.9e-06 %), its other updates being below half a unit in the last place of their weights."""
+        kept, size = self.extras.get("first_unchanged") or (0, 0)
+        if not done or not size or 2 * kept < size:
+            return ""
+        which = "W_in" if self.stack.has_input_layer else "layer 0's weights"
+        eps = float(np.finfo(self.stack.np_dtype).eps) / 2  # a unit roundoff: 2^-24, 2^-53
+        return (f"{kept} of the {size} entries of {which} with a gradient at the start never changed in "
+                f"{count(done, 'epoch')}: a step below half a unit in the last place of its weight ({self.stack.dtype}: "
+                f"about {100 * eps:.2g} % of it) is rounded away, so the change above is that of the entries that moved")
 
     def _clip_words(self) -> str:
         """In how many mini-batch steps the stack's clip changed a gradient."""
@@ -707,9 +727,13 @@ def train(
     bar = progress_of_epochs(progress, epochs, name)
     rng = np.random.default_rng([seed, 1])
     clip_tally = [0, 0]  # mini-batch steps where the clip acted, steps
+    start_first = _first_weights(params).copy()  # which of its entries ever moved (_unchanged_words)
     t0 = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        hist.evaluate(0, hist.full_pass())
+        first = hist.full_pass()
+        hist.evaluate(0, first)
+        # the entries of the first weight matrix with a gradient at the start (_unchanged_words)
+        pulled = _first_grad(first) != 0
         for epoch in range(epochs):
             before = (params.W.copy(), None if params.W_in is None else params.W_in.copy(), params.W_out.copy())
             hist.loss[epoch], why, stop = _epoch(stack, params, X, hist.T, rng.permutation(len(X)), batch_size,
@@ -737,8 +761,22 @@ def train(
         divergence=hist.why, seconds=time.perf_counter() - t0,
         extras={**_reference(stack, hist.T), "class_labels": labels is not None, "stopped": hist.stopped(),
                 "clip_acted_steps": clip_tally if stack.clip is not None else None,
-                "diverged_steps": hist.diverged_steps, "weights_origin": origin},
+                "diverged_steps": hist.diverged_steps, "weights_origin": origin,
+                "first_unchanged": [int(np.count_nonzero((_first_weights(params) == start_first) & pulled)),
+                                    int(np.count_nonzero(pulled))]},
     )
+
+
+def _first_grad(res) -> np.ndarray:
+    """The gradient of the first weight matrix (W_in, or layer 0's W) of a result, as mantissas:
+    nonzero exactly where the gradient is."""
+    g = res.grads
+    return g.W_in.mantissa if g.W_in is not None else g.W.mantissa[0]
+
+
+def _first_weights(params: Params) -> np.ndarray:
+    """The first weight matrix the input meets: W_in, or layer 0's W."""
+    return params.W_in if params.W_in is not None else params.W[0]
 
 
 def _diverged_steps(stack: Stack, params: Params, epoch: int, before, stop: dict) -> dict:

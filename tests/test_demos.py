@@ -266,3 +266,25 @@ def test_readme_states_the_spread_of_the_clipped_demo_over_seeds_0_to_7():
         lo, hi = ends[1:]
         got = [r.final_loss for r in runs]
         assert abs(min(got) - lo) <= 0.005 and abs(max(got) - hi) <= 0.005, (_kernels(), got)
+
+
+def test_float32_updates_rounded_away_are_said():
+    """float32 deep-sigmoid: the per-epoch change of W_in (3.3e-07 %) was that of the 2 entries
+    that moved; 30 of 32 never changed, their steps below half an ulp. Counted here from the
+    weights at the start (init_params with the demo's seed) and the NumPy reference's gradient."""
+    import gradbench as gb
+    from gradbench.train import DEMOS, targets_for
+
+    r = run_demo("deep-sigmoid", dtype="float32")
+    demo = DEMOS["deep-sigmoid"]
+    stack = demo.make_stack(dtype="float32")
+    start = gb.init_params(stack, r.settings["seed"])
+    X, y = demo.data()
+    res = gb.backprop(stack, start, X.astype(np.float32), targets_for(stack, y), backend="numpy")
+    pulled = res.grads.W_in.mantissa != 0
+    kept = int(np.count_nonzero((r.params.W_in == start.W_in) & pulled))
+    assert 2 * kept >= pulled.sum() > 0, (kept, pulled.sum())
+    assert f"{kept} of the {pulled.sum()} entries of W_in with a gradient at the start never changed in 100 epochs" \
+        in r.summary(), r.summary()
+    r64 = run_demo("deep-sigmoid", epochs=3)
+    assert "never changed" not in r64.summary() and np.all(r64.params.W_in != gb.init_params(r64.stack, 0).W_in)
