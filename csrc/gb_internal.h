@@ -16,6 +16,9 @@ static inline int gb_clamp_exp(int64_t e) {
  * GB_RESCUE_LN_MIN (beyond any int64 exponent), for the activations of gradbench.activations.RESCUE. */
 #define GB_RESCUE_BELOW(f32) ((f32) ? 0x1p-100 : 0x1p-900)
 #define GB_RESCUE_BELOW_EXP(f32) ((f32) ? -99 : -899) /* frexp's exponent of GB_RESCUE_BELOW */
+/* reference.DZ_FAR_EXP: a stack's row of dz (no batch norm) whose max|.| has a frexp exponent
+ * beyond +-this is brought to [0.5, 1) before dz W_l (its product with tiny weights underflowed) */
+#define GB_DZ_FAR_EXP(f32) ((f32) ? 24 : 64)
 #define GB_LN2 0.6931471805599453 /* math.log(2) */
 #define GB_RESCUE_LN_MIN (-0x1p62 * GB_LN2) /* gradbench.activations.RESCUE_LN_MIN */
 

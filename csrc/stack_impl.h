@@ -2179,12 +2179,13 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
         for (int64_t r = r0; r < r1; r++) {
             gb_pf_part(&pf, r - r0, npf);
             const gb_scaled *sc = gb_scaled_row(scr, &sc0, fexp[l] + ql[r]);
-            double mr = 0; /* max|dz row|, NaN ignored: the rescue's (without it, not tracked) */
+            /* max|dz row|, NaN ignored: the rescue's and far rows' (batch norm and PReLU without the rescue: not tracked) */
+            double mr = 0;
             const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group,
-                                                    alpha, sc, N, rescue ? &mr : NULL);
+                                                    alpha, sc, N, (rescue || (!st->cfg.bn && st->cfg.act != GB_PRELU)) ? &mr : NULL);
             if (st->rslope) st->rslope[l * B + r] = s; /* at the row's exponent: brought to dz_e[l] below */
             int64_t re = rg[r];
-            int nz = mr > 0;
+            int nz = mr > 0, rescued = 0;
             if (rescue && mr < GB_RESCUE_BELOW(f32)) {
                 const double top = F(gb_rescue_max)(G + r * N, Zl + r * N, gam, bet, end_group, alpha, sc, N);
                 if (isfinite(top) && top >= GB_RESCUE_LN_MIN) { /* below: beyond any int64 exponent */
@@ -2192,6 +2193,16 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
                     F(gb_rescue_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group, alpha, sc, top, kr, N);
                     re += kr;
                     nz = 1;
+                    rescued = 1;
+                }
+            }
+            /* reference.far_rows (not PReLU: its slope gradient shares dW's exponent) */
+            if (!st->cfg.bn && st->cfg.act != GB_PRELU && !rescued && mr > 0 && isfinite(mr)) {
+                int ex;
+                frexp(mr, &ex);
+                if (ex > GB_DZ_FAR_EXP(f32) || ex < -GB_DZ_FAR_EXP(f32)) {
+                    F(gb_times_pow2)(dz + r * N, N, -ex);
+                    re += ex;
                 }
             }
             if (!nz) nz = F(gb_nonzero)(dz + r * N, N);

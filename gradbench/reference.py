@@ -433,6 +433,30 @@ def rescue_rows(dz, da, z, code, param, f=None) -> np.ndarray:
     return k
 
 
+#: A row of dz (a stack's backward without batch norm, after the derivative and its rescue) whose
+#: largest |entry| lies below 2^-DZ_FAR_EXP or at or above 2^DZ_FAR_EXP (frexp's exponent beyond
+#: +-DZ_FAR_EXP) is brought to [0.5, 1) by a power of two, its exponent added to the row's,
+#: before dz W_l: a row of tanh' at |z| ~ 23 (float32 10^-20) times weights of 10^-30 underflowed
+#: to 0 in the product, and every layer below read 0 where the exact gradient is 10^-1015
+#: (the rescue acts only below 2^-100). Exact (a power of two), so bitwise nothing changes where
+#: nothing under- or overflows. Not for PReLU: its slope gradient is labelled with dW's exponent,
+#: which the raised rows would lower beyond what the slope sums' mantissas hold.
+DZ_FAR_EXP = {"float64": 64, "float32": 24}
+
+
+def far_rows(dz: np.ndarray) -> np.ndarray:
+    """Scale the rows of dz (in place) whose largest |entry| (NaN ignored; finite and not 0) has
+    a frexp exponent beyond +-``DZ_FAR_EXP`` into [0.5, 1); returns the exponents taken out (B,)
+    int64, 0 for the other rows."""
+    m = np.fmax.reduce(np.abs(dz), axis=1, initial=0.0)
+    e = np.frexp(m)[1].astype(np.int64)
+    far = (m > 0) & np.isfinite(m) & (np.abs(e) > DZ_FAR_EXP[dz.dtype.name])
+    k = np.where(far, e, 0)
+    if far.any():
+        dz[far] = np.ldexp(dz[far], (-k[far])[:, None].astype(np.int32)).astype(dz.dtype)
+    return k
+
+
 def add_aligned_rows(G: np.ndarray, r: np.ndarray, s: np.ndarray, rs: np.ndarray, scale: float = 1.0) -> None:
     """:func:`add_aligned` row by row: scale G[i] 2**r[i] + s[i] 2**rs[i] at the larger of the
     two exponents, into G and r; a row of zeros on one side takes the other side's exponent."""
@@ -715,6 +739,8 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
         else:
             dgamma[l] = 0
             dbeta[l] = 0
+            if code != PRELU:  # (PReLU's slope gradient shares dW's exponent: its rows stay)
+                r += far_rows(dz)  # a row far from 1 in [0.5, 1), so that dz W_l neither under- nor overflows
         e = row_top(dz, r)
         w = pair_top(dz, r, H[l], q)  # dW = sum_i dz_i^T h_i at 2**(fexp[l] + w)
         if code == PRELU:  # a sum over rows, at dW's exponent
