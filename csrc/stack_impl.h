@@ -2104,6 +2104,18 @@ static void F(gb_dw_sumsq)(F(gb_bwd) *st, int64_t l, int64_t i0, int64_t i1) {
         gsq[i] = F(gb_sumsq_row)(dW + i * N, N, 1.0, 1.0);
 }
 
+/* Whether a row d (N,) of dz = da phi' for the identity and the ReLUs (da a normalised signal
+ * row times alpha, |dz| < up) may have its max|d| beyond reference.DZ_FAR_EXP (far_rows): not
+ * when up is below 2^far and an entry reaches 2^-far, found at the first entries of a usual row
+ * (tracking the max in the activation's vector loop cost the ReLU stack 2-3 %). */
+static int F(gb_may_be_far)(const T *d, int64_t N, double up, int f32) {
+    const double lo = f32 ? 0x1p-24 : 0x1p-64, hi = f32 ? 0x1p23 : 0x1p63;
+    if (!(up < hi)) return 1;
+    for (int64_t j = 0; j < N; j++)
+        if (fabs((double)d[j]) >= lo) return 0; /* NaN: False */
+    return 1;
+}
+
 static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
     F(gb_bwd) *st = arg;
     const gb_stack_arrays *a = st->a;
@@ -2174,15 +2186,21 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             gb_pf_add(&pf, H + (l - 1) * BN, BN * (int64_t)sizeof(T), 0);
             gb_pf_add(&pf, dW + (l - 1) * NN + i0 * N, (i1 - i0) * N * (int64_t)sizeof(T), 1);
         }
-        /* dz rows = da phi'(zl), each at its row's exponent, rescued where saturated */
+        /* dz rows = da phi'(zl), each at its row's exponent, rescued where saturated; a row far
+         * from 1 brought to [0.5, 1) (reference.far_rows; not PReLU, whose slope gradient shares
+         * dW's exponent, nor batch norm). |dz| <= |da| max(1, |slope|) bounds the ReLUs' rows */
+        const int far = !st->cfg.bn && st->cfg.act != GB_PRELU;
+        const double far_up = st->cfg.act == GB_LEAKY_RELU ? GB_MAX(1.0, fabs(st->cfg.param)) : 1.0;
+        const double far_up_group = far_up * fabs((double)alpha);
         int64_t dnz = GB_NOEXP, dall = GB_NOEXP, wnz = GB_NOEXP;
         for (int64_t r = r0; r < r1; r++) {
             gb_pf_part(&pf, r - r0, npf);
             const gb_scaled *sc = gb_scaled_row(scr, &sc0, fexp[l] + ql[r]);
-            /* max|dz row|, NaN ignored: the rescue's and far rows' (batch norm and PReLU without the rescue: not tracked) */
-            double mr = 0;
+            double mr = 0; /* max|dz row|, NaN ignored: the rescue's (without it, not tracked) */
             const double s = F(gb_act_backward_row)(dz + r * N, G + r * N, Zl + r * N, gam, bet, end_group,
-                                                    alpha, sc, N, (rescue || (!st->cfg.bn && st->cfg.act != GB_PRELU)) ? &mr : NULL);
+                                                    alpha, sc, N, rescue ? &mr : NULL);
+            if (far && !rescue && F(gb_may_be_far)(dz + r * N, N, end_group ? far_up_group : far_up, f32))
+                mr = (double)F(gb_absmax)(dz + r * N, N, 0); /* the identity and the ReLUs: see gb_may_be_far */
             if (st->rslope) st->rslope[l * B + r] = s; /* at the row's exponent: brought to dz_e[l] below */
             int64_t re = rg[r];
             int nz = mr > 0, rescued = 0;
@@ -2196,8 +2214,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
                     rescued = 1;
                 }
             }
-            /* reference.far_rows (not PReLU: its slope gradient shares dW's exponent) */
-            if (!st->cfg.bn && st->cfg.act != GB_PRELU && !rescued && mr > 0 && isfinite(mr)) {
+            if (far && !rescued && mr > 0 && isfinite(mr)) { /* reference.far_rows */
                 int ex;
                 frexp(mr, &ex);
                 if (ex > GB_DZ_FAR_EXP(f32) || ex < -GB_DZ_FAR_EXP(f32)) {
