@@ -2,7 +2,8 @@
 
 A run that is interrupted (an exception, Ctrl-C, or SIGTERM under the command line, which turns
 it into an exception) never leaves half a file behind, and a finished result is never lost to
-a crash while the next one is being written.
+a crash while the next one is being written. The file is fsynced before the rename and the
+directory after it, so a power cut leaves the old file or the new one, never an empty one.
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ def _create_temp(directory: str, suffix: str) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary file name in {directory}")
 
 
+def _sync_directory(directory: str) -> None:
+    """fsync the directory (the rename's entry), where the platform allows it (not on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path, write: Callable[[IO], None], *, binary: bool = False, suffix: str = ".tmp",
                  mkdir: bool = True) -> str:
     """Create ``path`` atomically with ``write(file)``; returns the path.
@@ -50,7 +65,10 @@ def write_atomic(path, write: Callable[[IO], None], *, binary: bool = False, suf
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a power cut cannot leave the name on an empty file
         os.replace(tmp, path)
+        _sync_directory(directory)
     except BaseException:
         try:
             os.unlink(tmp)
