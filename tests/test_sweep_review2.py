@@ -240,3 +240,45 @@ def test_a_sweep_directory_named_as_a_file_still_resumes(threads_cluster, tmp_pa
     assert cli.main(argv) == 0 and "(2 resumed from " in capsys.readouterr().out
     (tmp_path / "empty.json").mkdir()  # a directory, but not a sweep's: named as a file, refused
     assert cli.main(argv[:-3] + [str(tmp_path / "empty.json")] + argv[-2:]) == 2
+
+
+def test_range_values_without_linspace_noise_and_no_gain_run_refuses():
+    """Review 51: 0.5:3.0:26 stored 1.2000000000000002 (a table filter `== 1.2` found nothing), and
+    --sigma-w 1e151 was swept where `gradbench run` refuses it."""
+    from gradbench.cli.common import UsageError
+    from gradbench.cli.sweep import parse_values
+
+    values = parse_values("sigma_w", "0.5:3.0:26")
+    assert values == [round(0.5 + 0.1 * i, 10) for i in range(26)] and 1.2 in values
+    assert parse_values("sigma_b", "0:1e-17:3") == [0.0, 5e-18, 1e-17]
+    with pytest.raises(UsageError, match=r"1e\+151 is above 1e150"):
+        parse_values("sigma_w", "1,1e151")
+
+
+def test_numpy_dtypes_are_taken_by_name():
+    """Review 51: gb.sweep(..., dtype=np.float32) was a TypeError where Stack takes it (README: a
+    NumPy dtype is stored as its name)."""
+    from gradbench.sweep.grid import plan
+
+    p = plan({"sigma_w": [1.0], "dtype": [np.float64, np.dtype("float32")]}, dict(depth=3, width=2), [0])
+    assert p.axes["dtype"] == ["float64", "float32"]
+    assert plan({"sigma_w": [1.0]}, dict(depth=3, width=2, dtype=np.float32), [0]).fixed["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("stop, code, word", [(KeyboardInterrupt, 130, "interrupted"), ("terminated", 143, "terminated")])
+def test_sigterm_says_where_the_finished_runs_are_as_ctrl_c_does(monkeypatch, tmp_path, capsys, stop, code, word):
+    """Review 51: SIGTERM printed only "terminated" where Ctrl-C says where the finished runs are."""
+    from gradbench import cli
+    from gradbench.cli.process import Terminated
+
+    exc = Terminated if stop == "terminated" else stop
+
+    def stopped(*args, **kwargs):
+        raise exc()
+
+    monkeypatch.setattr(gb, "sweep", stopped)
+    out = tmp_path / "sw"
+    rc = cli.main(["sweep", "--sigma-w", "1,2", "--depth", "3", "--width", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == code and f"{word}: the finished runs are saved in {out}; run the same command again" in err, err
+    assert err.count(word) == 1, err

@@ -22,7 +22,7 @@ import numpy as np
 from gradbench import _atomic
 from gradbench.cli.common import (NEGATIVE_VALUE, STACK_FIELDS, field_words, given, in_option_words, option,
                                   positive_int, refuse_unused_stack_options, strict_float, strict_int)
-from gradbench.cli.process import OutputError, UsageError  # one line, exit 1 / 2
+from gradbench.cli.process import INTERRUPTED, TERMINATED, OutputError, Terminated, UsageError  # one line, exit 1 / 2
 from gradbench.report import count
 from gradbench.spec import Stack
 
@@ -96,6 +96,11 @@ def _range(option: str, text: str, kind: type) -> list:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     values = np.linspace(a, b, n).tolist()
+    # linspace's last bit (0.5:3.0:26 gave 1.2000000000000002: a table that `rows.sigma_w == 1.2`
+    # missed) rounded to 15 significant digits, where that keeps the n values apart
+    short = [float(f"{v:.15g}") for v in values]
+    if len(set(short)) == len(short):
+        values = short
     if kind is int:
         if not all(float(v).is_integer() for v in values):
             raise UsageError(f"{option} {text!r}: the range's values are not integers ({values[1]:g}, ...)")
@@ -126,6 +131,13 @@ def parse_values(name: str, text: str, kinds: dict | None = None) -> list:
             out.extend(_range(option, item, kind))
         else:
             out.append(_number(option, item, kind))
+    if name == "sigma_w":  # as `gradbench run` takes it: a row's values run there reproduce its numbers
+        from gradbench.cli.common import MAX_GAIN, MAX_GAIN_TEXT
+
+        big = [v for v in out if v is not None and v > MAX_GAIN]
+        if big:
+            raise UsageError(f"{option} {text!r}: {big[0]:g} is above {MAX_GAIN_TEXT}, the command line's largest gain "
+                             "(squared weight norms must stay finite in its reports; `gradbench run` refuses it too)")
     return out
 
 
@@ -274,7 +286,12 @@ def cmd_sweep(args) -> int:
         if not args.out:
             raise  # main says "interrupted" (once)
         print(f"interrupted{_saved(args.out)}", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except Terminated:  # SIGTERM: the same words as Ctrl-C (it said only "terminated")
+        if not args.out:
+            raise
+        print(f"terminated{_saved(args.out)}", file=sys.stderr)
+        return TERMINATED
     except RunFailed:
         if args.out:
             print(f"a run failed{_saved(args.out)}", file=sys.stderr)

@@ -108,7 +108,10 @@ def canonical_key(key: str) -> str:
 
 
 def _scalar(where: str, v):
-    """A grid value as a plain Python scalar (NumPy scalars are converted losslessly)."""
+    """A grid value as a plain Python scalar (NumPy scalars are converted losslessly; a NumPy
+    dtype, or a type such as ``np.float32``, of the ``dtype`` field as its name, as Stack takes it)."""
+    if where in ("dtype", "grid['dtype']") and (isinstance(v, np.dtype) or (isinstance(v, type) and issubclass(v, np.generic))):
+        v = np.dtype(v).name
     if isinstance(v, np.generic):
         v = v.item()
     if v is not None and not isinstance(v, (bool, int, float, str)):
