@@ -553,7 +553,7 @@ def test_cli_sweep_runs_writes_and_resumes(cluster, tmp_path, capsys):
     assert " on 2 workers; " in lines[0] and "wrote " in lines[0]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     got = pd.read_csv(csv)
-    ref = gb.sweep({"activation": ["tanh", "relu"], "sigma_w": list(np.linspace(0.8, 1.6, 3)), "sigma_b": [0.0, 0.1]},
+    ref = gb.sweep({"activation": ["tanh", "relu"], "sigma_w": [0.8, 1.2, 1.6], "sigma_b": [0.0, 0.1]},
                    depth=20, width=8, batch=4, init="normal", seeds=range(2), client=cluster)
     assert list(got.columns) == list(ref.columns)
     for name in MEASURED_EXACT + ["signal_decades_per_layer", "theory_decades_per_layer"]:
