@@ -607,7 +607,8 @@ def test_a_sweep_point_with_its_bn_eps_is_reproduced_by_gradbench_run(cluster, t
     (["--output-dim", "3"], "--output-dim sizes the head, and no configuration has one"),
     (["--seeds", "0"], "argument --seeds: must be an integer >= 1, got '0'"),
     (["--plot", "phase.gif"], "must end in .png, .svg or .pdf"),
-    (["--plot", "phase.png", "--sigma-w", "1,2"], "--plot-y sigma_b: give --sigma-b"),
+    (["--plot", "phase.png", "--sigma-w", "1,2"], "--plot-y: a phase diagram needs two numeric fields swept, and "
+                                                  "this sweep has one besides sigma_w"),
     (["--plot", "phase.png", "--sigma-w", "1,2", "--plot-y", "sigma_w"], "--plot-x and --plot-y must differ"),
     (["--plot", "phase.png", "--activation", "tanh,relu", "--sigma-w", "1", "--plot-y", "activation"],
      "--plot-y activation: the phase diagram's axes are numeric fields, one of depth,"),
@@ -1228,4 +1229,6 @@ def test_cli_sweep_plot_names_both_ways_out_when_a_default_axis_is_missing(capsy
     # two other numeric fields swept: which one would be a guess
     assert cli.main(["sweep", "--sigma-w", "1,2", "--depth", "6,8", "--width", "4,8", "--plot", "p.png"]) == 2
     err = capsys.readouterr().err
-    assert "--plot-y sigma_b: give --sigma-b" in err and "without --plot-y the axis is sigma_b, or the one other" in err
+    # review 51: it said "give --sigma-b"; the candidates are named
+    assert "--plot-y: this sweep has 2 other numeric fields swept (depth, width): choose one with --plot-y depth or " \
+        "--plot-y width" in err, err

@@ -217,10 +217,19 @@ def _check_plot(args, grid: dict, fixed: dict) -> None:
         if kinds[axis] is str:
             raise UsageError(f"{flag} {axis}: the phase diagram's axes are numeric fields, one of {', '.join(numeric)}")
         if axis not in grid and axis not in fixed:
-            default = "" if dest in typed else (f"; without {flag} the axis is {axis}, or the one other "
-                                                "numeric field swept")
-            raise UsageError(f"{flag} {axis}: give --{axis.replace('_', '-')} (the phase diagram's axes "
-                             f"must be fields of the sweep{default})")
+            if dest in typed:
+                raise UsageError(f"{flag} {axis}: give --{axis.replace('_', '-')} (the phase diagram's axes "
+                                 "must be fields of the sweep)")
+            # the default axis is no field here and no single other numeric field stands in: name
+            # the candidates (it said "give --sigma-b" of a sweep over depth and residual)
+            swept = [n for n in grid if kinds.get(n) in (int, float) and n != getattr(args, across)
+                     and any(v is not None for v in grid[n])]
+            if swept:
+                raise UsageError(f"{flag}: this sweep has {len(swept)} other numeric fields swept "
+                                 f"({', '.join(swept)}): choose one with {' or '.join(f'{flag} {n}' for n in swept)}")
+            raise UsageError(f"{flag}: a phase diagram needs two numeric fields swept, and this sweep has one besides "
+                             f"{getattr(args, across)} (give a second, e.g. --depth 10,50,100 or --sigma-b 0,0.05,0.1; "
+                             f"or set {flag} to a fixed numeric field)")
         if all(v is None for v in grid.get(axis, [fixed.get(axis)])):
             raise UsageError(f"{flag} {axis}: --{axis.replace('_', '-')} is none, and the phase diagram's axes "
                              "need numbers")
