@@ -396,13 +396,18 @@ def _scatter(ax, groups, value: str) -> None:
         if lo < 0:
             ax.annotate("vanishing", (lo, lo), xytext=(6, 0), textcoords="offset points", ha="left", va="top",
                         color="navy", fontsize=9, fontweight="bold")
+    else:  # an empty box and matplotlib's "No artists with labels" warning said nothing of why
+        ax.text(0.5, 0.5, "no run has both a finite measured rate\nand a prediction (every chain cut to 0,\n"
+                "or no mean-field prediction for these runs)", transform=ax.transAxes, ha="center", va="center",
+                fontsize=9, color="0.3")
     ax.axhline(0, color="0.6", lw=0.8)
     ax.axvline(0, color="0.6", lw=0.8)
     ax.set_xlabel(r"mean field $\frac{1}{2}\log_{10}\chi_1$ (decades per layer)")
     ax.set_ylabel(f"measured {_LABELS.get(value, value)} (decades per layer)")
     ax.set_title("measured vs predicted, every run")
     ax.grid(True, alpha=0.3)
-    _legend_below(ax)
+    if math.isfinite(lo):
+        _legend_below(ax)
 
 
 def _legend_below(ax, handles=None):

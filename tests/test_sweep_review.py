@@ -372,3 +372,19 @@ def test_the_se_column_is_the_fits_not_the_spread_across_seeds():
     rates = np.array([r["decades_per_layer"] for r in rows])
     se = np.median([r["decades_per_layer_se"] for r in rows])
     assert np.std(rates, ddof=1) > 5 * se, (np.std(rates, ddof=1), se)
+
+
+def test_a_scatter_without_a_finite_run_says_why_and_warns_nothing(recwarn):
+    """Review 51: a sweep whose every run had no gradient drew an empty 0-1 box, with matplotlib's
+    "No artists with labels found to put in legend" on stderr."""
+    table = _plot_table()
+    table["signal_decades_per_layer"] = math.nan
+    table["decades_per_layer"] = math.nan
+    table["verdict"] = "no gradient"
+    from gradbench.plot_sweep import phase_diagram
+
+    scatter = next(a for a in phase_diagram(table).axes if a.get_title() == "measured vs predicted, every run")
+    texts = " ".join(t.get_text() for t in scatter.texts)
+    assert "no run has both a finite measured rate" in texts, texts
+    assert scatter.get_legend() is None
+    assert not [w for w in recwarn if "No artists with labels" in str(w.message)]
