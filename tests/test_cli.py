@@ -583,3 +583,26 @@ def test_one_layer_has_no_rate_in_the_report_or_the_compare_table(capsys):
     code, out, _ = run(["compare", "--depth", "1", "--width", "2", "--configs", "sigmoid,relu"], capsys)
     rows = [line.split() for line in out.splitlines() if line.startswith(("sigmoid", "relu"))]
     assert code == 0 and len(rows) == 2 and all(r[3:6] == ["stable", "-", "-"] for r in rows), rows
+
+
+def test_demo_histograms_show_the_absolute_bands_beside_the_relative_shapes(tmp_path):
+    """Review 51: the demo's histograms were relative to each layer's norm only: every layer of
+    the vanishing sigmoid stack sat in one band, and the figure showed nothing of the vanishing.
+    The absolute panel spans the layers' norms (the rows' modes follow ||dW_l||)."""
+    import numpy as np
+
+    from gradbench import plot
+    from gradbench.cli.demo import _histograms
+    from gradbench.histograms import RelativeHistograms
+    from gradbench.params import random_targets
+
+    st = gb.Stack(depth=30, width=16, activation="sigmoid", init="xavier_normal", loss="bce")
+    res = gb.backprop(st, gb.GeneratedParams(st, 0), gb.gaussian_input(st, 8, 1), random_targets(st, 8, 0))
+    d = gb.diagnose(res)
+    fig = _histograms(plot, d, RelativeHistograms.from_result(res), "sigmoid", tmp_path / "h.png", 60)
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    absolute, relative = (a for a in fig.axes if a.get_title())
+    assert "relative" in relative.get_title() and "relative" not in absolute.get_title()
+    lo, hi = absolute.get_xlim()
+    g = res.grad_norm.log10()
+    assert lo <= g.min() - 2 and hi >= g.max() - 2 and g.max() - g.min() > 10  # every layer's band on one axis
