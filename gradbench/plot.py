@@ -364,8 +364,10 @@ def _float_limits(ax, ymin: float, ymax: float) -> None:
         else:
             v, top = group[0][0], group[-1][0]
             ax.axhspan(v, top, color="0.85", lw=0, zorder=0)
-            names = " / ".join(sorted({name for _, name, _ in group}, reverse=True))
-            text = f"{names} limits: 10^{v:.1f} ... 10^{top:.1f}"
+            # each dtype's own (the band's ends alone were float64's, read as both dtypes')
+            text = "limits: " + ", ".join(
+                f"{name} " + " ... ".join(f"10^{u:.1f}" for u, n, _ in group if n == name)
+                for name in sorted({n for _, n, _ in group}, reverse=True))
         ax.annotate(text, (0.01, v), xycoords=("axes fraction", "data"), textcoords="offset points", xytext=(2, 3),
                     fontsize=8, color="0.3")
     # a range wholly beyond a dtype's limits: said, as no line of it falls inside (a float32 run at
@@ -582,8 +584,9 @@ def loss_curves(data, path=None, *, title: str = "Training loss", log: bool = Tr
     kinds = {isinstance(r, TrainResult) for _, r in items}
     what = ("loss on the whole data set" if kinds == {True} else "held-out loss" if kinds == {False}
             else "loss on the whole data set (recurrent nets: held-out)")
-    ax.set_ylabel(f"{what}, mean per sample" + (" (log scale)" if log else "")
-                  + ("" if ref is None else f"; dashed: {ref[0]} = {ref[1]:.3g}"))
+    # two lines: in one, the label ran past the axes' height (and off the figure) at the default size
+    tail = "; ".join((["log scale"] if log else []) + ([] if ref is None else [f"dashed: {ref[0]} = {ref[1]:.3g}"]))
+    ax.set_ylabel(f"{what}, mean per sample" + (f"\n({tail})" if tail else ""))
     ax.set_title(title)
     ax.grid(True, which="both" if log else "major", alpha=0.3)
     _legend(ax, room=room, ncol=3, below=many)

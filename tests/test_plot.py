@@ -369,6 +369,9 @@ def test_float_limits_only_where_visible():
     assert limit_lines(deep) == []  # four limits within 700 of 64,000 decades: one band
     bands = [p for p in deep.patches if isinstance(p, Rectangle)]
     assert len(bands) == 1 and sum("limits" in t.get_text() for t in deep.texts) == 1
+    # each dtype's own limits (review 51: the band's text gave float64's ends as both dtypes')
+    text = next(t.get_text() for t in deep.texts if "limits" in t.get_text())
+    assert "float64 10^-307.7 ... 10^308.3" in text and "float32 10^-37.9 ... 10^38.5" in text, text
     mid = plot.gradient_flow(_synthetic(np.linspace(-400, 0, 100))).axes[0]
     assert sorted(round(ln.get_ydata()[0], 1) for ln in limit_lines(mid)) == [-307.7, -37.9]
 
@@ -652,3 +655,17 @@ def test_a_no_gradient_flow_says_its_norms_are_rounding():
     assert d.verdict == "no gradient" and np.isfinite(d.grad_log10).all()
     labels = [t.get_text() for t in plot.gradient_flow(d).axes[0].get_legend().get_texts()]
     assert labels[0] == "no gradient; the norms drawn are rounding of an exact 0", labels
+
+
+def test_loss_curves_label_fits_the_axes_height():
+    """Review 51: the loss axis's label (what, the log scale and the chance line) ran off the top
+    of a default-size figure in one line: it is two lines, each shorter than the axes are tall."""
+    r = gb.run_demo("deep-sigmoid", epochs=2)
+    fig = plot.loss_curves({"deep-sigmoid": r})
+    ax = fig.axes[0]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    label = ax.yaxis.label
+    assert "\n" in label.get_text() and "dashed: ln 2" in label.get_text()
+    assert label.get_window_extent(renderer).height <= ax.get_window_extent(renderer).height

@@ -132,7 +132,8 @@ def signal_vs_steps_back(data, path=None, *, title: str = "Gradient through time
     ax.set_xlabel("steps back from the last step (T - 1 - t)")
     _whole_numbers(ax.xaxis)
     pair = any("dc_t" in name for _, name, _ in curves.values())
-    ax.set_ylabel(f"log10 {common}  (exact)" if common else "log10 of the norm its legend entry names  (exact)")
+    ax.set_ylabel(f"log10 {common}  (exact)" if common else
+                  "log10 of the backward state's norm, as each legend entry names it  (exact)")
     # the pair's definition under the title (beside the y axis's label it ran out of the figure)
     ax.set_title(f"{title}\n{PAIR_WORDS}" if pair else title, fontsize=10 if pair else None)
     ax.grid(True, alpha=0.3)
