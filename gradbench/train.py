@@ -245,8 +245,9 @@ class TrainResult:
         which = "W_in" if self.stack.has_input_layer else "layer 0's weights"
         eps = float(np.finfo(self.stack.np_dtype).eps) / 2  # a unit roundoff: 2^-24, 2^-53
         return (f"{kept} of the {size} entries of {which} with a gradient at the start never changed in "
-                f"{count(done, 'epoch')}: a step below half a unit in the last place of its weight ({self.stack.dtype}: "
-                f"about {100 * eps:.2g} % of it) is rounded away, so the change above is that of the entries that moved")
+                f"{count(done, 'epoch')}: a step below half a unit in the last place of its weight "
+                f"({self.stack.dtype}: about {100 * eps:.2g} % of it) is rounded away, so the change above is that "
+                "of the entries that moved")
 
     def _clip_words(self) -> str:
         """In how many mini-batch steps the stack's clip changed a gradient."""

@@ -110,7 +110,8 @@ def canonical_key(key: str) -> str:
 def _scalar(where: str, v):
     """A grid value as a plain Python scalar (NumPy scalars are converted losslessly; a NumPy
     dtype, or a type such as ``np.float32``, of the ``dtype`` field as its name, as Stack takes it)."""
-    if where in ("dtype", "grid['dtype']") and (isinstance(v, np.dtype) or (isinstance(v, type) and issubclass(v, np.generic))):
+    numpy_type = isinstance(v, np.dtype) or (isinstance(v, type) and issubclass(v, np.generic))
+    if where in ("dtype", "grid['dtype']") and numpy_type:
         v = np.dtype(v).name
     if isinstance(v, np.generic):
         v = v.item()
