@@ -13,11 +13,11 @@ import math
 import numpy as np
 from numba import njit
 
-from gradbench.reference import DZ_FAR_EXP
 from gradbench.abi import (
     F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, I_ACT, I_BN, I_CLIP, I_RESCALE_FWD,
     I_RESIDUAL, INFO_BACKWARD, INFO_FORWARD,
 )
+from gradbench.reference import DZ_FAR_EXP
 
 from ._config import JIT
 from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
