@@ -2109,7 +2109,7 @@ static void F(gb_dw_sumsq)(F(gb_bwd) *st, int64_t l, int64_t i0, int64_t i1) {
  * when up is below 2^far and an entry reaches 2^-far, found at the first entries of a usual row
  * (tracking the max in the activation's vector loop cost the ReLU stack 2-3 %). */
 static int F(gb_may_be_far)(const T *d, int64_t N, double up, int f32) {
-    const double lo = f32 ? 0x1p-24 : 0x1p-64, hi = f32 ? 0x1p23 : 0x1p63;
+    const double lo = ldexp(1.0, -GB_DZ_FAR_EXP(f32)), hi = ldexp(1.0, GB_DZ_FAR_EXP(f32) - 1);
     if (!(up < hi)) return 1;
     for (int64_t j = 0; j < N; j++)
         if (fabs((double)d[j]) >= lo) return 0; /* NaN: False */
@@ -2217,10 +2217,8 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
             if (far && !rescued && mr > 0 && isfinite(mr)) { /* reference.far_rows */
                 int ex;
                 frexp(mr, &ex);
-                if (ex > GB_DZ_FAR_EXP(f32) || ex < -GB_DZ_FAR_EXP(f32)) {
-                    F(gb_times_pow2)(dz + r * N, N, -ex);
-                    re += ex;
-                }
+                if (ex > GB_DZ_FAR_EXP(f32) || ex < -GB_DZ_FAR_EXP(f32))
+                    re += F(gb_scale_pow2)(dz + r * N, N, (T)mr); /* mr: the row's max, a T */
             }
             if (!nz) nz = F(gb_nonzero)(dz + r * N, N);
             rdz[r] = re;

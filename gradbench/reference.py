@@ -373,12 +373,18 @@ def pair_rows(X: np.ndarray, r: np.ndarray, e: int) -> np.ndarray:
     return scaled_rows(X, np.minimum(r, e), e)
 
 
+def row_exponents(G: np.ndarray) -> np.ndarray:
+    """frexp's exponent of each row's max|G[i]| (NaN ignored), int32 (ldexp's vector loop); 0 for
+    rows of zeros and rows whose largest magnitude is not finite."""
+    m = np.fmax.reduce(np.abs(G), axis=1, initial=0.0)  # NaN ignored (a row of NaN: NaN)
+    with np.errstate(invalid="ignore"):
+        return np.frexp(m)[1] * np.isfinite(m)  # frexp: exponent 0 for 0
+
+
 def normalise_rows(G: np.ndarray, r: np.ndarray) -> None:
     """:func:`normalise` row by row: max|G[i]| in [0.5, 1), its exponent added to r[i] (rows of
     zeros, or whose largest magnitude is not finite, unchanged)."""
-    m = np.fmax.reduce(np.abs(G), axis=1, initial=0.0)  # NaN ignored (a row of NaN: NaN)
-    with np.errstate(invalid="ignore"):
-        e = np.frexp(m)[1] * np.isfinite(m)  # frexp: exponent 0 for 0; int32, ldexp's vector loop
+    e = row_exponents(G)
     np.ldexp(G, -e[:, None], out=G)  # exact for the largest entries; the others rounded once, as scale_pow2
     r += e
 
@@ -448,13 +454,11 @@ def far_rows(dz: np.ndarray) -> np.ndarray:
     """Scale the rows of dz (in place) whose largest |entry| (NaN ignored; finite and not 0) has
     a frexp exponent beyond +-``DZ_FAR_EXP`` into [0.5, 1); returns the exponents taken out (B,)
     int64, 0 for the other rows."""
-    m = np.fmax.reduce(np.abs(dz), axis=1, initial=0.0)
-    e = np.frexp(m)[1].astype(np.int64)
-    far = (m > 0) & np.isfinite(m) & (np.abs(e) > DZ_FAR_EXP[dz.dtype.name])
-    k = np.where(far, e, 0)
-    if far.any():
-        dz[far] = np.ldexp(dz[far], (-k[far])[:, None].astype(np.int32)).astype(dz.dtype)
-    return k
+    e = row_exponents(dz)
+    e *= np.abs(e) > DZ_FAR_EXP[dz.dtype.name]  # the other rows keep theirs
+    if e.any():
+        np.ldexp(dz, -e[:, None], out=dz)  # exact: powers of two, rows far from 1 only (0 elsewhere)
+    return e.astype(np.int64)
 
 
 def add_aligned_rows(G: np.ndarray, r: np.ndarray, s: np.ndarray, rs: np.ndarray, scale: float = 1.0) -> None:

@@ -22,7 +22,7 @@ from gradbench.reference import DZ_FAR_EXP
 from ._config import JIT
 from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
 from .chain import (
-    _clamp, _ldexp, _pow2_range, add_aligned, add_aligned_rows, all_finite, layer_rows, moments_rows, norm_scaled,
+    _clamp, _ldexp, _pow2_range, absmax, add_aligned, add_aligned_rows, all_finite, layer_rows, moments_rows, norm_scaled,
     pow2, row_nonzero, rows_exponent, rows_nonzero, scale_row, signal_rows, sumsq_rows,
 )
 from .layers import (
@@ -40,15 +40,10 @@ def _far_rows(dz, r, nz):
     """reference.far_rows: each row of dz whose largest |entry| (NaN ignored; finite, not 0) has a
     frexp exponent beyond +-DZ_FAR_EXP brought into [0.5, 1), that exponent added to r[i]."""
     far = _FAR64 if dz.itemsize == 8 else _FAR32
-    B, N = dz.shape
-    for i in range(B):
+    for i in range(dz.shape[0]):
         if not nz[i]:
             continue
-        m = 0.0
-        for j in range(N):
-            a = abs(np.float64(dz[i, j]))
-            if a > m:  # False for NaN
-                m = a
+        m = absmax(dz[i:i + 1])  # NaN ignored
         if m > 0.0 and m < math.inf:
             e = math.frexp(m)[1]
             if e > far or e < -far:
