@@ -424,9 +424,42 @@ static void F(gb_bn_total)(T *out, const T *part, int64_t nq, int64_t N) {
         for (int64_t j = 0; j < N; j++) out[j] += part[q * N + j];
 }
 
-/* rstd = 1/sqrt(var + eps), var = the squared deviations' sum / B, from that sum (N,), in place */
-static void F(gb_bn_rstd)(T *rstd, double eps, int64_t B, int64_t N) {
-    for (int64_t j = 0; j < N; j++) rstd[j] = (T)(1.0 / sqrt((double)(rstd[j] / (T)B) + eps));
+/* rstd of a column (z: its first entry, stride N) whose squared deviations' sum overflowed
+ * (|z - mean| beyond ~1e154, float32 ~1e19), from the deviations scaled by 2^-k, k the exponent
+ * of the largest (reference.batchnorm_far_columns): all B rows in order, whatever the thread.
+ * 0, as 1/sqrt(inf), where the largest deviation is not finite. */
+static T F(gb_bn_far_rstd)(const T *z, T mean, double eps, int64_t B, int64_t N) {
+    double top = 0;
+    for (int64_t r = 0; r < B; r++) {
+        const double a = fabs((double)(z[r * N] - mean));
+        if (a > top) top = a;
+    }
+    if (!isfinite(top)) return 0;
+    int k;
+    frexp(top, &k);
+    const T sc = (T)gb_ldexp_d(1.0, -k);
+    T v = 0;
+    for (int64_t r = 0; r < B; r++) {
+        const T d = (z[r * N] - mean) * sc;
+        v += d * d;
+    }
+    v = v / (T)B;
+    return (T)gb_ldexp_d(1.0 / sqrt((double)v + gb_ldexp_d(eps, -2 * k)), -k);
+}
+
+/* rstd = 1/sqrt(var + eps), var = the squared deviations' sum / B, from that sum (N,), in place;
+ * a column whose sum overflowed from z (B,N) and its mean (gb_bn_far_rstd). Returns how many
+ * did: the caller's threads must all have read z before any writes it. */
+static int64_t F(gb_bn_rstd)(T *rstd, const T *z, const T *mean, double eps, int64_t B, int64_t N) {
+    int64_t far = 0;
+    for (int64_t j = 0; j < N; j++) {
+        if (isinf(rstd[j])) {
+            rstd[j] = F(gb_bn_far_rstd)(z + j, mean[j], eps, B, N);
+            far++;
+        } else
+            rstd[j] = (T)(1.0 / sqrt((double)(rstd[j] / (T)B) + eps));
+    }
+    return far;
 }
 
 /* Rows [r0, r1): xhat = (z - mean) rstd, y = gamma xhat + beta. y, xhat, z (B,N); y may be z */
@@ -463,7 +496,7 @@ static void F(gb_batchnorm_forward_impl)(T *y, T *xhat, T *mean, T *rstd, const 
     F(gb_bn_mean)(mean, part, B, N);
     F(gb_bn_var_blocks)(part, z, mean, 0, B, N);
     F(gb_bn_total)(rstd, part, nq, N);
-    F(gb_bn_rstd)(rstd, eps, B, N);
+    F(gb_bn_rstd)(rstd, z, mean, eps, B, N);
     F(gb_bn_normalise)(y, xhat, z, mean, rstd, gamma, beta, 0, B, N);
 }
 
@@ -1619,7 +1652,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 F(gb_bn_var_blocks)(sq, zz, mean, r0, r1, N); /* (another buffer: the sums are being read) */
                 gb_barrier_wait(bar, &sense); /* every block's squared deviations */
                 F(gb_bn_total)(rstd, sq, nq, N);
-                F(gb_bn_rstd)(rstd, st->cfg.eps, B, N);
+                if (F(gb_bn_rstd)(rstd, zz, mean, st->cfg.eps, B, N))
+                    gb_barrier_wait(bar, &sense); /* every thread has read z (all rows) before any normalises its own in place */
                 for (int64_t j = j0; j < j1; j++) { /* every thread has them: each writes its share */
                     ((T *)a->bn_mean)[l * N + j] = mean[j];
                     ((T *)a->bn_rstd)[l * N + j] = rstd[j];

@@ -301,7 +301,8 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
                           signal_log10=s, group=stack.residual, loss_log10=a.loss_log10, dtype=stack.dtype,
                           flushed=flushed, flushed_at=int(flushed_out.min()) if flushed_out.size else None,
                           act_mean_log10=act_mean_log10, count=int(np.prod(res.output.shape)),
-                          plain_forward=not res.forward_rescaled)
+                          plain_forward=not res.forward_rescaled,
+                          bn_var_log10=(res.extras or {}).get("bn_var_log10"), batch=res.output.shape[0])
     explanation = explain(a.verdict, stack, g, rate, a.signal_decades_per_layer, threshold, res, a.elasticity_log10,
                           a.rule, a.loss_log10, tiny, a.weight_log10 if len(a.weight_log10) else _sampled(res, len(g)),
                           weights_sampled=not len(a.weight_log10))

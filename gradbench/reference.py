@@ -150,10 +150,28 @@ def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
     y, xhat, z (B,N); mean, rstd, gamma, beta (N,); mean_B as :func:`batchnorm_mean` takes it.
     """
     mean[...] = batchnorm_mean(z)
-    var = ((z - mean) ** 2).mean(axis=0)
+    with np.errstate(over="ignore"):
+        var = ((z - mean) ** 2).mean(axis=0)
     rstd[...] = 1.0 / np.sqrt(var + eps)
+    batchnorm_far_columns(rstd, var, z - mean, eps)
     xhat[...] = (z - mean) * rstd
     y[...] = gamma * xhat + beta
+
+
+def batchnorm_far_columns(rstd, var, d, eps):
+    """rstd of the columns whose sum of squared deviations overflowed (``var`` inf, the
+    deviations ``d`` = z - mean_B (B,N) finite: |d| beyond ~1e154, float32 ~1e19), from the
+    deviations scaled by 2^-k, k the exponent of the column's largest |d| (frexp):
+    rstd = 2^-k / sqrt(sum_B (d 2^-k)^2 / B + eps 2^-2k), the sum in the dtype in row order,
+    the rest in float64 as the plain formula. Exact scaling, so only the overflow changes;
+    columns whose variance is finite are left as they are (their bits too)."""
+    with np.errstate(invalid="ignore"):
+        top = np.max(np.abs(d), axis=0, initial=0.0)
+    for j in np.flatnonzero(np.isinf(var) & np.isfinite(top)):
+        k = math.frexp(float(top[j]))[1]
+        s = np.ldexp(d[:, j], -k)
+        v = np.sum(s * s, dtype=d.dtype) / d.dtype.type(d.shape[0])
+        rstd[j] = math.ldexp(1.0 / math.sqrt(float(v) + math.ldexp(float(eps), -2 * k)), -k)
 
 
 def batchnorm_backward(dz, dgamma, dbeta, dy, xhat, rstd, gamma):

@@ -230,6 +230,10 @@ def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
         parts.append(_forward_underflow_words(name, lim))
     if lim.get("forward_overflow_layer") is not None:
         parts.append(_forward_overflow_words(name, lim))
+    if lim.get("bn_overflow_layer") is not None:
+        parts.append(f"plain {name} would overflow batch norm's variance at layer {lim['bn_overflow_layer']} (a unit's "
+                     f"squared deviations from the batch mean sum beyond 10^{lim['max_log10']:.2f}: inf, and its "
+                     "normalised outputs 0)")
     if lim["underflow_layer"] is not None:
         parts.append(
             f"plain {name} would underflow the gradient at layer {lim['underflow_layer']} "

@@ -227,6 +227,28 @@ def _batchnorm_mean(mean, z):
 
 
 @njit(**JIT)
+def _batchnorm_far_column(rstd, z, mean, j, eps):
+    """rstd[j] of a column whose sum of squared deviations overflowed, from the deviations scaled
+    by 2^-k (k: the exponent of the largest): gradbench.reference.batchnorm_far_columns. A column
+    whose largest deviation is not finite keeps rstd = 1/sqrt(inf) = 0, as the plain formula."""
+    B = z.shape[0]
+    top = 0.0
+    for i in range(B):
+        top = max(top, abs(float(z[i, j] - mean[j])))
+    if not math.isfinite(top):
+        rstd[j] = 0.0
+        return
+    k = math.frexp(top)[1]
+    sc = _as(pow2(-k), mean[0])
+    v = _as(0.0, mean[0])
+    for i in range(B):
+        d = (z[i, j] - mean[j]) * sc
+        v += d * d
+    v = v / _as(B, mean[0])
+    rstd[j] = pow2(-k) / math.sqrt(float(v) + eps * pow2(-2 * k))
+
+
+@njit(**JIT)
 def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
     """y = gamma * (z - mean_B) * rstd + beta, rstd = 1/sqrt(var_B + eps) (biased variance).
 
@@ -242,8 +264,11 @@ def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
             d = z[i, j] - mean[j]
             rstd[j] += d * d
     for j in range(N):
-        # eps is a float64: the reference computes var + eps, sqrt and 1/ in float64
-        rstd[j] = 1.0 / math.sqrt((rstd[j] / nb) + eps)
+        if math.isinf(rstd[j]):
+            _batchnorm_far_column(rstd, z, mean, j, eps)
+        else:
+            # eps is a float64: the reference computes var + eps, sqrt and 1/ in float64
+            rstd[j] = 1.0 / math.sqrt((rstd[j] / nb) + eps)
     for i in range(B):
         for j in range(N):
             x = (z[i, j] - mean[j]) * rstd[j]

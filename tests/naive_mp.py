@@ -113,6 +113,39 @@ def chain(activation, p, W, x, residual=0, b=None):
     return float(mp.log10(loss)), gW, gh
 
 
+def bn_chain(activation, p, W, b, gamma, beta, eps, x):
+    """Plain forward and backward of h_{l+1} = phi(BN(h_l W_l^T + b_l)) with train-mode batch norm
+    (batch mean, biased batch variance, y = gamma (z - mean) / sqrt(var + eps) + beta), loss
+    0.5 ||h_L||^2. Returns log10 of the loss, of ||dL/dW_l|| (L,) and of ||dL/dh_l|| (L,)."""
+    L, N, B = len(W), len(W[0]), len(x)
+    f = lambda v: mp.mpf(float(v))  # noqa: E731
+    H = [[[f(v) for v in row] for row in x]]
+    saved = []
+    for l in range(L):
+        z = [[mp.fsum(h[k] * f(W[l][i][k]) for k in range(N)) + f(b[l][i]) for i in range(N)] for h in H[-1]]
+        mean = [mp.fsum(z[r][i] for r in range(B)) / B for i in range(N)]
+        rstd = [1 / mp.sqrt(mp.fsum((z[r][i] - mean[i]) ** 2 for r in range(B)) / B + f(eps)) for i in range(N)]
+        xhat = [[(z[r][i] - mean[i]) * rstd[i] for i in range(N)] for r in range(B)]
+        y = [[f(gamma[l][i]) * xhat[r][i] + f(beta[l][i]) for i in range(N)] for r in range(B)]
+        saved.append((xhat, rstd, y))
+        H.append([[phi(activation, v, p) for v in row] for row in y])
+    loss = mp.fsum(v * v for row in H[-1] for v in row) / 2
+    g = [row[:] for row in H[-1]]
+    gW, gh = [None] * L, [None] * L
+    for l in range(L - 1, -1, -1):
+        xhat, rstd, y = saved[l]
+        dy = [[g[r][i] * dphi(activation, y[r][i], p) for i in range(N)] for r in range(B)]
+        mdy = [mp.fsum(dy[r][i] for r in range(B)) / B for i in range(N)]
+        mdx = [mp.fsum(dy[r][i] * xhat[r][i] for r in range(B)) / B for i in range(N)]
+        dz = [[f(gamma[l][i]) * rstd[i] * (dy[r][i] - mdy[i] - xhat[r][i] * mdx[i]) for i in range(N)]
+              for r in range(B)]
+        gW[l] = _log10_norm([[mp.fsum(dz[r][i] * H[l][r][k] for r in range(B)) for k in range(N)]
+                             for i in range(N)])
+        g = [[mp.fsum(dz[r][i] * f(W[l][i][k]) for i in range(N)) for k in range(N)] for r in range(B)]
+        gh[l] = _log10_norm(g)
+    return float(mp.log10(loss)), gW, gh
+
+
 def rnn_chain(activation, p, W_ih, W_hh, bias, X):
     """Plain forward and backward through time of the vanilla cell
     h_t = phi(x_t W_ih^T + h_{t-1} W_hh^T + bias), h_{-1} = 0, loss 0.5 ||h_{T-1}||^2.

@@ -249,6 +249,20 @@ def test_batch_norm_same_bits_for_any_thread_count(act, dtype, isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype, sigma_w", [("float64", 1e170), ("float32", 1e25)])
+def test_batch_norm_far_columns_same_bits_for_any_thread_count(dtype, sigma_w, isa):
+    """Columns whose squared deviations overflow (tests/test_bn_far.py): every thread recomputes
+    them from all B rows, and waits for the others before normalising its rows of z in place (a
+    thread that went on at once could overwrite rows another is still reading)."""
+    stack = gb.Stack(depth=6, width=37, activation="tanh", init="normal", sigma_w=sigma_w, sigma_b=0.2,
+                     batch_norm=True, dtype=dtype)
+    params, x = _problem(stack, 18, 7)
+    runs = [_run(o, stack, params, x) for o in _teams(((1, 0), (2, 0), (3, 0), (2, 3)), isa=isa)]
+    assert np.all(np.isfinite(runs[0]["bn_rstd"])) and np.all(runs[0]["bn_rstd"] > 0)
+    _same(runs)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("clip, threshold", [("value", 0.01), ("norm", 0.05), ("norm", 1e6)])
 def test_signal_clipping_same_bits_for_any_thread_count(clip, threshold, dtype, isa):
