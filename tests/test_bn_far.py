@@ -82,3 +82,21 @@ def test_diagnosis_says_where_a_plain_batch_norm_overflows(dtype, sigma_w):
     said = f"plain {dtype} would overflow batch norm's variance at layer 0" in text
     assert said == plain_inf, text
     assert plain_inf == (sigma_w > 1e19 if dtype == "float32" else sigma_w > 1e154)
+
+
+def test_peers_know_a_plain_batch_norm_cannot_hold_it():
+    """peers.representable (the benchmarks' guard before checking a peer) says a plain float32
+    run cannot reproduce batch norm at sigma_w = 1e20, and the plain NumPy loop indeed misses the
+    exact loss there (its variance is inf); at sigma_w = 1 it says nothing and the loop agrees."""
+    from gradbench import peers
+    for sigma_w, holds in ((1.0, True), (1e20, False)):
+        stack = gb.Stack(depth=3, width=4, activation="tanh", sigma_w=sigma_w, sigma_b=0.5, batch_norm=True,
+                         dtype="float32")
+        params, x = gb.init_params(stack, 0), gb.gaussian_input(stack, 3, 1)
+        ref = gb.backprop(stack, params, x, backend="numpy")
+        why = peers.representable(stack, ref)
+        assert (why is None) == holds, why
+        with np.errstate(all="ignore"):
+            got = peers.prepare("numpy-loop", stack, params, x)()
+        close = np.isclose(got.loss, float(ref.loss), rtol=1e-4)
+        assert close == holds, (got.loss, float(ref.loss))
