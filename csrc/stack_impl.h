@@ -1605,7 +1605,7 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
         const int64_t *ql = frow + l * B;
         T *h = H + l * BN + r0 * N, *hn = H + (l + 1) * BN + r0 * N, *Zl = Z + l * BN;
         /* rescaling with biases (unbounded activations): each row's bias at its exponent, the
-         * rows first brought up to the bias's floor (reference.raise_rows) */
+         * rows first brought up to the bias's floor, rows of zeros put there (reference.raise_rows) */
         const int rbias = rescale && !st->cfg.bn && F(gb_nonzero)(b + l * N, N);
         if (rbias) {
             const int64_t ra = st->gemm ? 0 : r0, rb = st->gemm ? B : r1; /* BLAS: one thread, every row */
@@ -1613,13 +1613,13 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
             int64_t *qw = frow + l * B;
             for (int64_t r = ra; r < rb; r++) {
                 const int64_t d = f + qw[r] - floor;
-                if (d >= 0) continue;
+                if (d == 0 || (d > 0 && F(gb_nonzero)(H + l * BN + r * N, N))) continue;
                 if (ps >= 0) GB_FWD_STATS(); /* the layer before's statistics read these rows */
                 if (l > 0) { /* ... taken at the layer's exponent with the row's own, not the raised one */
                     gb_stats_at(st->rsum + (l - 1) * B + r, st->rm2 + (l - 1) * B + r, qw[r]);
                     st->qdone[(l - 1) * B + r] = 1;
                 }
-                F(gb_scale_down_into)(H + l * BN + r * N, H + l * BN + r * N, N, (int)gb_clamp_exp(d));
+                if (d < 0) F(gb_scale_down_into)(H + l * BN + r * N, H + l * BN + r * N, N, (int)gb_clamp_exp(d));
                 qw[r] = floor - f;
             }
         }

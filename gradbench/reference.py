@@ -371,11 +371,14 @@ def raise_rows(H: np.ndarray, q: np.ndarray, e: int, floor: int) -> None:
     rounded once; a row that far below keeps its leading bits down to the dtype's smallest
     subnormal, 2^-1074 of the floor in float64, and reads 0 below that, as plain arithmetic reads
     it beside the bias), q[i] = floor - e. Only rows ~2^1020 below the bias (float32 2^124):
-    inputs that tiny, a GELU or swish row deep in its negative tail."""
+    inputs that tiny, a GELU or swish row deep in its negative tail. A row of zeros (every unit
+    dead) is put at the floor too, wherever it was: any exponent holds it, and at its old one, up
+    to ~2^1990 above the bias after huge activations, b 2^-f read 0 (loss and gradients -inf
+    where the exact chain is finite)."""
     f = e + q
-    low = f < floor
+    low = (f < floor) | ~nonzero_rows(H)
     if low.any():
-        H[low] = np.ldexp(H[low], row_shift(f[low] - floor))
+        H[low] = np.ldexp(H[low], row_shift(np.minimum(f[low] - floor, 0)))
         q[low] = floor - e
 
 

@@ -94,7 +94,8 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
         p = np.float64(slope[l]) if code == PRELU else param
         if code == PRELU:  # abi.saturation_threshold of the slope that runs, rounded to the dtype
             sat_threshold = np.float64(_as(0.01 * max(1.0, abs(p)), H[0, 0, 0]))
-        # rescaling with biases: rows far below the bias brought up to its floor (reference.raise_rows)
+        # rescaling with biases: rows far below the bias brought up to its floor, rows of zeros
+        # put there (reference.raise_rows)
         row_bias = rescale and not bn and row_nonzero(b, l)
         if row_bias:
             floor = _bias_floor(b[l])
@@ -102,6 +103,8 @@ def stack_forward_kernel(icfg, fcfg, W, b, gamma, beta, slope, H, Z, bn_mean, bn
                 d = fexp[l] + frow[l, i] - floor
                 if d < 0:
                     scale_row(H[l], i, _clamp(d))
+                    frow[l, i] = floor - fexp[l]
+                elif d > 0 and not row_nonzero(H[l], i):
                     frow[l, i] = floor - fexp[l]
         if bn:
             dense_forward(y, H[l], W[l], b[l])
