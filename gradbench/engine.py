@@ -218,6 +218,7 @@ class _Run:
         self.act_mean, self.act_std, self.saturation, self.dead = (np.empty(L) for _ in range(4))
         self.bn_share = np.empty((L, 2)) if st.batch_norm else None  # median and largest, per layer
         self.bn_var_log10 = np.empty(L) if st.batch_norm else None  # log10 of the largest var_B, per layer
+        self.flushed = np.zeros(L, dtype=np.int64) if st.activation == "sigmoid" else None  # (flushed_outputs)
         self.sig_e = np.zeros(L + 1, dtype=np.int64)
         self.row_e = np.zeros(B, dtype=np.int64)  # the backward signal's rows: 2**(sig_e + row_e) each
         self.sig_m = np.empty(L + 1)
@@ -311,6 +312,8 @@ def _forward(run: _Run) -> None:
         stats = (run.act_mean[s:e], run.act_std[s:e], run.saturation[s:e], run.dead[s:e])
         _segment_forward(run, s, e, layer_params, run.fexp[s:e + 1], stats, seg_info)
         _uncountable_fractions(run, s, e, layer_params)
+        if run.flushed is not None:
+            run.flushed[s:e] = flushed_outputs(run, s, e)
         if run.bn_share is not None:
             rstd = run.seg_arrays(s, e)[3]
             run.bn_share[s:e] = bn_shares(rstd, run.stack.bn_eps)
@@ -359,6 +362,28 @@ def bn_shares(rstd: np.ndarray, eps: float) -> np.ndarray:
         out[a : a + step, 0] = np.partition(r, mid, axis=1)[:, mid]
         out[a : a + step, 1] = np.max(r, axis=1)
     return eps * np.square(out)
+
+
+def flushed_outputs(run: _Run, s: int, e: int) -> np.ndarray:
+    """(e - s,): how many outputs h_{l+1} of each of the segment's sigmoid layers are 0 or
+    subnormal. sigmoid(z) > 0 for every z, and a sigmoid forward carries no exponent: such an
+    output is sigmoid(z) underflowed (z below ~-745, float32 ~-104), whose true value, tiny, can
+    carry the larger term of the next layer's dW (its sigmoid' is larger than a unit near 1's;
+    verdict.partial_underflow_words). Only layers with a saturated unit can hold one (an
+    underflowed unit is saturated): no pass over a stack without. A residual group's output is
+    the skip plus the branch, no sigmoid output, and is not counted."""
+    out = np.zeros(e - s, dtype=np.int64)
+    if not np.any(run.saturation[s:e] > 0):
+        return out
+    H = run.seg_arrays(s, e)[0][1:]
+    tiny = np.finfo(H.dtype).tiny
+    k = run.stack.residual
+    with np.errstate(invalid="ignore"):
+        low = np.flatnonzero(np.min(H.reshape(e - s, -1), axis=1) < tiny)  # NaN: not low
+    for i in low:
+        if not (k and (s + i + 1) % k == 0):
+            out[i] = np.count_nonzero(H[i] < tiny)
+    return out
 
 
 def bn_var_log10(rstd: np.ndarray, eps: float) -> np.ndarray:
@@ -620,6 +645,8 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
     if run.stack.batch_norm:  # one input repeated: batch norm passes nothing (verdict.bn_identical)
         extras["identical_samples"] = bool(np.all(run.x == run.x[:1]))
         extras["bn_var_log10"] = run.bn_var_log10  # where a plain batch norm overflows (verdict.float_limits)
+    if run.flushed is not None:  # sigmoid outputs that underflowed (verdict.partial_underflow_words)
+        extras["flushed_outputs"] = run.flushed
     if param_clip_acted is not None:  # whether clipping changed a parameter gradient of this pass
         extras["param_clip_acted"] = param_clip_acted
     run.tick(run.work)

@@ -393,6 +393,36 @@ def float_underflow(stack, res) -> np.ndarray:
     return np.flatnonzero((mean == -np.inf) & (std == -np.inf) & sat)
 
 
+def partial_underflow_words(stack, res) -> list[str]:
+    """Sigmoid outputs that underflowed in layers where others did not (``res.extras
+    ["flushed_outputs"]``, :func:`gradbench.engine.flushed_outputs`; whole layers are
+    :func:`float_underflow`'s). One exponent per sample cannot hold an output of 10^-1132 beside
+    one near 1, and the smaller can carry the larger term of dW: its sigmoid' is e^z, the unit near
+    1's e^-z far smaller (sigma_w = 1e4, depth 1, width 2: ||dW_0|| read 10^-3428.81 where mpmath
+    gives 10^-2265.16). The numbers that read such outputs are not the exact ones: the dW of the
+    layer above, and every gradient when the top layer's outputs are among them (dL/dh_L = h_L)."""
+    n = np.asarray((getattr(res, "extras", None) or {}).get("flushed_outputs", []), dtype=np.int64)
+    whole = set(float_underflow(stack, res).tolist())
+    layers = [int(l) for l in np.flatnonzero(n) if l not in whole]
+    if not layers:
+        return []
+    L = len(n)
+    above = [l + 1 for l in layers if l + 1 < L]
+    total = int(n[layers].sum())
+    if L - 1 in layers:
+        reach = "every gradient (the top layer's outputs are among them, and the loss's dL/dh_L is h_L)"
+    else:
+        reach = (f"the ||dW|| of layer{'s' if len(above) > 1 else ''} {_layers(above)}, which take"
+                 f"{'' if len(above) > 1 else 's'} them in,")
+    many = len(layers) > 1
+    return [f"not exact here: {total} sigmoid output{'s' if total > 1 else ''} of layer{'s' if many else ''} "
+            f"{_layers(layers)} underflowed in {stack.dtype} (z below about {FLUSH_Z['sigmoid'][stack.dtype]}: 0 or "
+            "subnormal, and a sigmoid forward carries no exponent) beside outputs that did not; "
+            "their true values are tiny, not 0, and can carry the larger share of a gradient (their sigmoid' is "
+            f"larger than a saturated unit's near 1), so {reach} may be far from the exact values "
+            "(a smaller sigma_w keeps z within range)"]
+
+
 def float_underflow_inputs(stack, res) -> np.ndarray:
     """(L,) bools: layers whose input h_l is a layer's underflowed outputs (:func:`float_underflow`),
     so that dW_l = dz_l^T h_l reads 0 where the truth is not 0."""
@@ -1117,6 +1147,7 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
     if rule != "identical":  # (its sentence says why)
         words += batch_norm_without_spread(stack, res)
     words += _findings(stack, g, res, verdict, forward_said, weight_log10, weights_sampled, clip_said)
+    words += partial_underflow_words(stack, res)
     return "; ".join(words) + "."
 
 
