@@ -61,7 +61,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from gradbench.backends import backends
-from gradbench.sweep.execute import Progress, check_options, connect, task_size
+from gradbench.sweep.execute import Progress, check_options, connect, refuse_in_bootstrap, task_size
 from gradbench.sweep.execute import execute as _execute  # the name `execute` stays the module's
 from gradbench.plan import available_memory
 from gradbench.sweep.grid import FIELDS, Plan, Run, check_memory, plan, run_key
@@ -153,6 +153,8 @@ def sweep(grid: Mapping, *, seeds: Iterable[int] = (0,), out=None, client=None, 
     cluster starts and ``out`` is created, with ``client=`` before any run is submitted (the
     largest memory available on one of its workers).
     """
+    if client is None:
+        refuse_in_bootstrap()
     p = plan(grid, fixed, seeds, backend)
     check_options(client, workers, runs_per_task, progress, out)
     if client is None and backend != "auto" and backend not in backends():

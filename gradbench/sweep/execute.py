@@ -163,8 +163,11 @@ def connect(client, workers: int | None):
             # "Port 8787 is already in use ... Hosting the HTTP server on port N instead": the
             # address it took is printed with the progress (client.dashboard_link)
             warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                   silence_logs=logging.CRITICAL)
+            try:
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                       silence_logs=logging.CRITICAL)
+            except RuntimeError as exc:
+                raise _workers_failed(exc) from (None if _run_from_script() else exc)
         with cluster, Client(cluster) as c:
             yield c
     elif isinstance(client, str):
@@ -173,6 +176,33 @@ def connect(client, workers: int | None):
             yield c
     else:
         yield client
+
+
+def refuse_in_bootstrap() -> None:
+    """A RuntimeError when called while this process is a new process importing the main script
+    (multiprocessing's bootstrapping, as a LocalCluster's worker does): a script that calls
+    gb.sweep without ``if __name__ == "__main__":`` would start a sweep in every worker."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(f"gradbench.sweep was called in a new process importing the main script; {GUARD_HINT}")
+
+
+GUARD_HINT = ("a script that calls gradbench.sweep must call it under `if __name__ == \"__main__\":` (the "
+              "LocalCluster's workers are new processes that import the script, and without the guard each starts "
+              "the sweep again), or give client= a running cluster")
+
+
+def _run_from_script() -> bool:
+    """Whether the main module is a file (a script, whose missing main guard is the likely cause)."""
+    return getattr(sys.modules.get("__main__"), "__file__", None) is not None
+
+
+def _workers_failed(exc: BaseException) -> RuntimeError:
+    """The error for a LocalCluster whose worker processes did not start (Dask's own is a
+    page of tracebacks ending in "Nanny failed to start")."""
+    hint = f"; {GUARD_HINT}" if _run_from_script() else ""
+    return RuntimeError(f"gradbench.sweep could not start its LocalCluster's worker processes (Dask: {exc}){hint}")
 
 
 def split(todo: list, k: int, n_workers: int, guided: bool = True) -> list[list]:
