@@ -282,3 +282,14 @@ def test_sigterm_says_where_the_finished_runs_are_as_ctrl_c_does(monkeypatch, tm
     err = capsys.readouterr().err
     assert rc == code and f"{word}: the finished runs are saved in {out}; run the same command again" in err, err
     assert err.count(word) == 1, err
+
+
+def test_a_fixed_value_refused_alone_names_no_grid_point():
+    """A fixed value that no grid point can take is the fixed value's fault: the message named
+    the first grid point ("clip_threshold must be > 0, got -1.0 (at grid point clip=None)"), a
+    field that has nothing to do with it; a value on the grid still names its point."""
+    with pytest.raises(ValueError) as info:
+        gb.sweep({"clip": [None, "norm"]}, depth=3, width=4, clip_threshold=-1.0)
+    assert str(info.value) == "clip_threshold must be > 0, got -1.0"
+    with pytest.raises(ValueError, match=r"\(at grid point clip=None, clip_threshold=0\.0\)$"):
+        gb.sweep({"clip": [None, "norm"], "clip_threshold": [0.0, 1.0]}, depth=3, width=4)

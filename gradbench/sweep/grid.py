@@ -271,5 +271,9 @@ def plan(grid: Mapping, fixed: Mapping, seeds, backend: str = "auto") -> Plan:
                 raise ValueError("clip='norm' with clip_on='global' needs every gradient; sweeps keep "
                                  "statistics only: use clip_on='layer'")
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{exc}{point_text(point)}") from None
+            # a message about a fixed value alone ("clip_threshold must be > 0, got -1.0") holds at
+            # every point: naming the first one ("at grid point clip=None") pointed at the wrong field
+            field = str(exc).split(" ", 1)[0]
+            alone = field in p.fixed and field not in p.axes
+            raise type(exc)(f"{exc}{'' if alone else point_text(point)}") from None
     return p
