@@ -102,7 +102,12 @@ class Result:
         difference, and where it is rounding the diagnosis reads no gradient
         (:func:`gradbench.verdict.bn_pair_cancels`); ``identical_samples`` (batch norm only): every
         sample of x is the same input, bit for bit, which batch norm maps to beta whatever the
-        weights (:func:`gradbench.verdict.bn_identical`: no gradient).
+        weights (:func:`gradbench.verdict.bn_identical`: no gradient); ``bn_var_log10`` (batch
+        norm only, (L,)): log10 of each layer's largest batch variance, where a plain batch norm's
+        sum of squares overflows (:func:`gradbench.engine.bn_var_log10`); ``flushed_outputs``
+        (sigmoid only, (L,) ints): how many of each layer's outputs underflowed to 0 or a
+        subnormal, where the numbers that read them are not exact
+        (:func:`gradbench.engine.flushed_outputs`, :func:`gradbench.verdict.partial_underflow_words`).
     grad_hist : GradHistogram or None
         Histograms of log10 |dW_l| (``stats_only=True`` runs; otherwise ``None``: use
         ``gradbench.diagnose`` on ``grads``).
