@@ -412,6 +412,23 @@ def _steps_words(steps, T: int) -> str:
 FLUSH_LOG10 = {"float64": -1075 * math.log10(2), "float32": -150 * math.log10(2)}
 
 
+def _value_limit_words(loss_log10: float, w_log10: float | None) -> list[str]:
+    """Which dtypes a plain run would overflow or underflow the loss or dL/dW_hh in (exact here):
+    an identity cell on inputs of 1e200 has a loss of 10^399.4, and the words named only float32's
+    ||dL/dh_t||, where a plain float64 run reads inf for both."""
+    words = []
+    for what, v in (("the loss", loss_log10), ("dL/dW_hh", w_log10)):
+        if v is None or not math.isfinite(v):
+            continue
+        over = [n for n in ("float32", "float64") if v > FLOAT_LIMITS[n][1]]
+        under = [n for n in ("float32", "float64") if v < FLOAT_LIMITS[n][0]]
+        if over:
+            words.append(f"plain {' and '.join(over)} would overflow {what} (10^{_num(v)}: inf)")
+        if under:
+            words.append(f"plain {' and '.join(under)} would lose {what} to underflow (10^{_num(v)}: 0 or subnormal)")
+    return words
+
+
 def _limit_words(s: np.ndarray, T: int, signal: str = "||dL/dh_t||", cell: str | None = None) -> list[str]:
     """One sentence per kind (underflow, overflow) naming every dtype whose range ``signal``
     (log10 in ``s``) leaves and the steps a plain chain of it would have lost.
@@ -701,7 +718,15 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     words += _extremes(s, threshold)
     if fin.size:
         words.append(_reach_words(g, top, first, last, reach_decades, "dL_{T-1}/dW_hh" if carried else "dL/dW_hh"))
-    if not fin.size and T > 1 and np.any(np.isfinite(s)):
+    total_w = None if carried else _norm_log10(getattr(getattr(res, "grads", None), "W_hh", None))
+    if not fin.size and T > 1 and np.any(np.isfinite(s)) and total_w is not None and total_w > -math.inf:
+        # the terms' norms lost them, not the terms: their sum is not 0 (a GRU whose other sample's
+        # state was 10^200 above blamed underflowed gates for terms of 10^-12.8)
+        words.append(f"every step's term of dL/dW_hh reads 0 while their sum, dL/dW_hh, is 10^{_num(total_w)}: the step "
+                     "norms take every sample at the batch's largest exponent of h_{t-1} and square its share, so a "
+                     f"sample more than ~10^{STEP_NORM_REACH[rnn.dtype]} below the largest adds nothing to them; "
+                     "the terms are not 0")
+    elif not fin.size and T > 1 and np.any(np.isfinite(s)):
         words.append("every step's contribution to dL/dW_hh is exactly 0"
                      + (f": the gates' derivatives underflowed {rnn.dtype} (saturated gates; the gated cells have no "
                         "log-form rescue), so the true contributions are tiny, not 0"
@@ -719,7 +744,7 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     sat, where = countable_mean(res.saturation, "steps")
     if sat > 0.1:
         words.append(f"{100 * sat:.0f} % of the activation entries{where} are saturated (|phi'| < 1 % of its largest value)")
-    words += _state_underflow_words(rnn, res)
+    words += _state_underflow_words(rnn, res) + _partial_state_words(rnn, res)
     words += nonfinite_words(res) + lost_words(rnn, res)
     if verdict != "no gradient":
         with np.errstate(divide="ignore"):
@@ -728,6 +753,8 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         words += chaos_words(share, rnn.dtype, f"h_t at step {share[1]}" if share else "")
     limits = float_limits(h_signal)
     words += _limit_words(h_signal, T, "dL_{T-1}/dh_t" if carried else "||dL/dh_t||", rnn.cell)
+    words += _value_limit_words(float(res.loss_exact.log10()),
+                                _norm_log10(getattr(getattr(res, "grads", None), "W_hh", None)))
     return RecurrentDiagnosis(
         rnn=dataclasses.asdict(rnn), backend=res.backend, loss=float(res.loss),
         loss_log10=float(res.loss_exact.log10()), signal_log10=total, cell_log10=c, grad_log10=total_g, act_std_log10=std,
@@ -747,33 +774,94 @@ def _steps_acted(record) -> np.ndarray:
     return np.zeros(0, dtype=bool) if record is None else np.asarray(record[1:], dtype=bool)
 
 
+# cells whose state is 0 in every unit only by underflow (but for a step whose inputs and state
+# are all exactly 0), and what underflowed
+UNDERFLOW_CAUSE = {"sigmoid": "sigmoid(z) underflowed {dt} (a z far below 0)",
+                   "gelu": "gelu(z) underflowed {dt} (a z far below 0)",
+                   "swish": "swish(z) underflowed {dt} (a z far below 0)",
+                   "lstm": "the output gate sigmoid(z) or the cell state c_t underflowed {dt} (a z far below 0)",
+                   "gru": "the update gate's 1 - z_t or the candidate state underflowed {dt} (an update gate "
+                          "within the dtype's range of 1, or a candidate far below 0)"}
+
+
+# How far below the batch's largest h_{t-1} a sample's share of a step norm reaches: its square
+# must stay above the dtype's smallest subnormal (float64 2^-1074: 10^161.6 apart at most)
+STEP_NORM_REACH = {"float64": 161, "float32": 22}
+
+
+def _norm_log10(W) -> float | None:
+    """log10 of the Frobenius norm of a LogScaled with one exponent (None: no such array)."""
+    if W is None:
+        return None
+    m = np.asarray(W.mantissa, dtype=np.float64)
+    top = float(np.max(np.abs(m), initial=0.0))
+    if not top > 0 or not math.isfinite(top):
+        return -math.inf if top == 0 else None
+    k = math.frexp(top)[1]
+    e = int(np.max(np.asarray(W.exponent)))
+    return math.log10(math.sqrt(float(np.sum(np.square(np.ldexp(m, -k)))))) + (k + e) * math.log10(2.0)
+
+
 def _underflowed_steps(rnn, res) -> np.ndarray:
-    """The steps whose forward state h_t is 0 in every unit (its mean is exactly 0) where that is
-    an underflow, not an exact 0: a sigmoid cell's h_t = sigmoid(z) > 0, and an LSTM's h_t =
-    o_t tanh(c_t) with o_t = sigmoid(z) > 0 (its c_t is 0 only through underflow too, but for a
-    step whose inputs and state are all exactly 0). Neither carries an exponent in the forward pass."""
-    if not ((rnn.cell == "rnn" and rnn.act == "sigmoid") or rnn.cell == "lstm"):
+    """The steps whose forward state h_t is 0 in every unit (its mean and its spread exactly 0)
+    where that is an underflow, not an exact 0: a sigmoid cell's h_t = sigmoid(z) > 0; a GELU or
+    swish cell's phi(z) is 0 only at z = 0; an LSTM's h_t = o_t tanh(c_t) with o_t = sigmoid(z) > 0
+    and a GRU's h_t = (1 - z_t) n_t + z_t h_{t-1} are 0 only through underflow too, but for a step
+    whose inputs and state are all exactly 0. None carries an exponent in the forward pass."""
+    if _cause_key(rnn) not in UNDERFLOW_CAUSE:
         return np.zeros(0, dtype=int)
     with np.errstate(divide="ignore"):
-        return np.flatnonzero(np.asarray(res.act_mean.log10(), dtype=np.float64) == -math.inf)
+        mean = np.asarray(res.act_mean.log10(), dtype=np.float64)
+        std = np.asarray(res.act_std.log10(), dtype=np.float64)
+    return np.flatnonzero((mean == -math.inf) & (std == -math.inf))
+
+
+def _cause_key(rnn) -> str:
+    return rnn.act if rnn.cell == "rnn" else rnn.cell
 
 
 def _state_underflow_words(rnn, res) -> list[str]:
-    """A sigmoid cell's or an LSTM's state read 0 at some steps (:func:`_underflowed_steps`): the loss
-    and the gradients through them are the dtype's, not exact (a sigmoid cell with biases of -400
-    in float32: loss 0 and no gradient, where float64 gives h_t ~ 10^-173; an LSTM at sigma_w 1e4,
+    """A cell's state read 0 at some steps (:func:`_underflowed_steps`): the loss and the
+    gradients through them are the dtype's, not exact (a sigmoid cell with biases of -400 in
+    float32: loss 0 and no gradient, where float64 gives h_t ~ 10^-173; an LSTM at sigma_w 1e4,
     whose output gate underflowed float64 at step 5: "no gradient at all", blaming the loss, where
-    the exact h_5 is 10^-669)."""
+    the exact h_5 is 10^-669; a GELU cell at gain 100: loss 0 where mpmath gives 10^-13768.5, a GRU
+    with update-gate bias 800: 10^-694.7)."""
     zero = _underflowed_steps(rnn, res)
     if not zero.size:
         return []
-    sig = "sigmoid(z)" if rnn.cell == "rnn" else "the output gate sigmoid(z) or the cell state c_t"
-    wider = (f" (float64 holds {sig} much further: run it with dtype float64)" if rnn.dtype == "float32" else "")
+    cause = UNDERFLOW_CAUSE[_cause_key(rnn)].format(dt=rnn.dtype)
+    wider = (" (float64 holds it much further: run it with dtype float64)" if rnn.dtype == "float32" else "")
     where = "at every step" if zero.size == rnn.steps else _steps_words(zero, rnn.steps)
-    cell = "a sigmoid cell's state" if rnn.cell == "rnn" else "an LSTM's forward state"
-    return [f"the forward state h_t is exactly 0 in every unit {where}: {sig} underflowed "
-            f"{rnn.dtype} (a z far below 0), and {cell} carries no exponent, so the loss and the "
-            f"gradients through {'that step' if zero.size == 1 else 'those steps'} are {rnn.dtype}'s, not exact{wider}"]
+    cell = f"a {rnn.act} cell's state" if rnn.cell == "rnn" else f"a{'n' if rnn.cell == 'lstm' else ''} {rnn.cell.upper()}'s forward state"
+    return [f"the forward state h_t is exactly 0 in every unit {where}: {cause}, and {cell} carries no "
+            f"exponent, so the loss and the gradients through {'that step' if zero.size == 1 else 'those steps'} "
+            f"are {rnn.dtype}'s, not exact{wider}"]
+
+
+def _partial_state_words(rnn, res) -> list[str]:
+    """A sigmoid cell's state entries that underflowed beside entries that did not
+    (``extras["flushed_states"]``, :func:`gradbench.recurrent.engine.flushed_states`; whole states
+    are :func:`_state_underflow_words`'): their true values are tiny and can carry the larger share
+    of a gradient, as in the stacks (:func:`gradbench.verdict.partial_underflow_words`): a sigmoid
+    cell at gain 1e4 read ||dL/dh_1|| = 10^-5522.57 where mpmath gives 10^-1995.82."""
+    n = np.asarray((getattr(res, "extras", None) or {}).get("flushed_states", []), dtype=np.int64)
+    whole = set(_underflowed_steps(rnn, res).tolist())
+    steps = [int(t) for t in np.flatnonzero(n) if t not in whole]
+    if not steps:
+        return []
+    T, total = len(n), int(n[steps].sum())
+    if T - 1 in steps:
+        reach = "every gradient (the last state's entries are among them, and the loss reads h_{T-1})"
+    else:
+        later = [t + 1 for t in steps]
+        reach = (f"the terms of dL/dW_hh at step{'s' if len(later) > 1 else ''} {_runs(later)}, which read "
+                 f"{'them' if len(later) > 1 else 'it'}, and so dL/dW_hh,")
+    return [f"not exact here: {total} entr{'ies' if total > 1 else 'y'} of the state h_t at step{'s' if len(steps) > 1 else ''} "
+            f"{_runs(steps)} underflowed {rnn.dtype} (sigmoid(z) below the smallest normal number, and a sigmoid "
+            "cell's forward carries no exponent) beside entries that did not; their true values are tiny, not 0, and "
+            "can carry the larger share of a gradient (their sigmoid' is larger than a saturated unit's near 1), so "
+            f"{reach} may be far from the exact values"]
 
 
 def _every_step_words(total: np.ndarray, T: int, verdict: str, held: tuple | None = None) -> str:

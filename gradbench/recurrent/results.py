@@ -58,7 +58,11 @@ class RecurrentResult:
         learning reaches".
     h0_grad, c0_grad : LogScaled (B, N)
         dL/dh_{-1} (and dL/dc_{-1} for the LSTM; None otherwise), one exponent per sample (B,):
-        each sample's chain through time is its own, however far below the others it falls.
+        each sample's backward chain through time is its own, however far below the others it
+        falls. The forward of identity/ReLU/leaky-ReLU cells (with the sum_squares probe) carries
+        one exponent per step for the whole batch, so a sample whose state lies more than the
+        dtype's range below the batch's largest reads 0 from that step on (inputs of 1e200 and
+        1e-200 in one batch: the second sample's dL/dh_{-1} reads 0, 10^-201.03 when run alone).
     output : LogScaled (B, N)
         h_{T-1} with its forward exponent.
     act_mean, act_std : LogScaled (T,)

@@ -1,0 +1,139 @@
+"""Review 52 (an mpmath stress test of the recurrent cells): what the diagnosis says of states
+that underflow, of step terms that read 0, of values beyond float64, and the documented limits
+of one forward exponent per step and of the Gram-matrix step norms.
+
+Each check compares with an independent computation: the plain chain rule in mpmath
+(tests/naive_mp.py), a plain NumPy forward, or the same sample run alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import gradbench as gb
+from tests.naive_mp import gru_chain, rnn_chain
+
+BACKENDS = gb.backends()
+
+
+def _words(res) -> str:
+    return " ".join(gb.diagnose(res).explanation.split())
+
+
+def _plain_gelu_states(rnn, P, X):
+    """h_t of a vanilla GELU cell in plain float64 (scipy-free erfc form), (T, B, N)."""
+    from math import erfc
+    h, out = np.zeros((X.shape[1], rnn.hidden)), []
+    for t in range(rnn.steps):
+        z = X[t] @ P.W_ih.T + P.b_ih + h @ P.W_hh.T + P.b_hh
+        h = z * 0.5 * np.vectorize(erfc)(-z / math.sqrt(2.0))
+        out.append(h)
+    return np.array(out)
+
+
+def test_a_gelu_cell_state_that_underflows_is_named():
+    """GELU(z) underflows below z ~ -38.6; the cell carries no forward exponent: the state reads 0
+    at steps 2 and 5 and so do the loss and every gradient (mpmath: loss 10^-13768.5). The words
+    blamed "an all-zero loss gradient, or every path from the loss cut"."""
+    rnn = gb.Recurrent(cell="rnn", steps=6, hidden=2, activation="gelu", recurrent_init="normal", sigma_w=100.0,
+                       sigma_b=0.3)
+    P, X = gb.init_params(rnn, 11), gb.sequence_input(rnn, 1, 1)
+    loss, _, _ = rnn_chain("gelu", 0.0, P.W_ih, P.W_hh, P.b_ih.astype(np.float64) + P.b_hh, X)
+    assert -14000 < loss < -13000  # the exact loss is tiny, not 0
+    plain = _plain_gelu_states(rnn, P, X)
+    assert [t for t in range(rnn.steps) if not plain[t].any()] == [2, 5]
+    res = gb.backprop(rnn, P, X)
+    words = _words(res)
+    assert ("the forward state h_t is exactly 0 in every unit at steps 2 and 5: gelu(z) underflowed float64"
+            in words), words
+    assert "an all-zero loss gradient" not in words
+
+
+def test_a_gru_state_that_underflows_is_named():
+    """A GRU with update-gate bias 800: 1 - z_t = sigmoid(-800) underflows, the state stays 0;
+    mpmath's loss is 10^-694.7."""
+    rnn = gb.Recurrent(cell="gru", steps=5, hidden=2, recurrent_init="normal", sigma_w=1.0, sigma_b=0.3,
+                       update_bias=800.0)
+    P, X = gb.init_params(rnn, 0), gb.sequence_input(rnn, 1, 1)
+    loss, _, _ = gru_chain(P.W_ih, P.W_hh, P.b_ih, P.b_hh, X)
+    assert -700 < loss < -690
+    words = _words(gb.backprop(rnn, P, X))
+    assert "exactly 0 in every unit at every step: the update gate's 1 - z_t or the candidate state underflowed" in words
+    assert "a GRU's forward state carries no exponent" in words
+
+
+def _plain_sigmoid_count(rnn, P, X):
+    h, out = np.zeros((X.shape[1], rnn.hidden)), []
+    with np.errstate(over="ignore", under="ignore"):
+        for t in range(rnn.steps):
+            h = 1 / (1 + np.exp(-(X[t] @ P.W_ih.T + P.b_ih + h @ P.W_hh.T + P.b_hh)))
+            out.append(int(np.count_nonzero(h < np.finfo(np.float64).tiny)))
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigmoid_cell_entries_that_underflow_are_flagged(backend):
+    """Some units of a sigmoid cell's state underflow beside others: the numbers that read them
+    are thousands of decades off (||dL/dh_1|| 10^-5522.57, mpmath 10^-1995.82), and the words say so."""
+    rnn = gb.Recurrent(cell="rnn", activation="sigmoid", steps=3, hidden=2, recurrent_init="normal", sigma_w=1e4)
+    P, X = gb.init_params(rnn, 2), gb.sequence_input(rnn, 1, 1)
+    _, gh, _ = rnn_chain("sigmoid", 0.0, P.W_ih, P.W_hh, P.b_ih.astype(np.float64) + P.b_hh, X)
+    res = gb.backprop(rnn, P, X, backend=backend)
+    assert abs(float(res.signal_norm.log10()[1]) - gh[1]) > 1000  # what the words say is true
+    np.testing.assert_array_equal(res.extras["flushed_states"], _plain_sigmoid_count(rnn, P, X))
+    assert "not exact here: 1 entry of the state h_t at step 2 underflowed float64" in _words(res)
+    calm = gb.Recurrent(cell="rnn", activation="sigmoid", steps=3, hidden=2, recurrent_init="normal", sigma_w=3.0)
+    res = gb.backprop(calm, gb.init_params(calm, 2), X, backend=backend)
+    assert not res.extras["flushed_states"].any() and "not exact here" not in _words(res)
+
+
+def test_step_terms_lost_beside_a_far_larger_sample_are_not_blamed_on_the_gates():
+    """One sample's state 10^200 above the other's: every step term reads 0 (the step norms square
+    each sample's share at the largest exponent), while dL/dW_hh, their sum, is 10^-12.24; the
+    words blamed underflowed gate derivatives. The terms are not 0: the small sample alone has
+    them, and the far sample adds nothing (its gates saturated)."""
+    rnn = gb.Recurrent(cell="gru", steps=4, hidden=2, recurrent_init="normal", sigma_w=1.0, update_bias=30.0)
+    P, X = gb.init_params(rnn, 0), gb.sequence_input(rnn, 2, 1)
+    h0 = np.array([[1e200, 1e200], [1.0, 0.5]])
+    res = gb.backprop(rnn, P, X, h0=h0)
+    alone = gb.backprop(rnn, P, X[:, 1:].copy(), h0=h0[1:])
+    assert np.all(np.isfinite(alone.grad_norm.log10()[1:]))
+    total = float(np.log10(np.linalg.norm(res.grads.W_hh.to_float())))
+    np.testing.assert_allclose(total, np.log10(np.linalg.norm(alone.grads.W_hh.to_float())), rtol=0, atol=1e-9)
+    words = _words(res)
+    assert f"every step's term of dL/dW_hh reads 0 while their sum, dL/dW_hh, is 10^{total:.2f}" in words, words
+    assert "gates' derivatives underflowed" not in words
+
+
+def test_values_beyond_float64_are_said():
+    """An identity cell on inputs of 1e200: loss 10^399.4 (mpmath) and dL/dW_hh beyond float64;
+    the words named only float32's ||dL/dh_t||."""
+    rnn = gb.Recurrent(cell="rnn", activation="identity", steps=3, hidden=2, recurrent_init="identity", sigma_w=1.0)
+    P, X = gb.init_params(rnn, 0), gb.sequence_input(rnn, 1, 1) * 1e200
+    loss, _, _ = rnn_chain("identity", 0.0, P.W_ih, P.W_hh, P.b_ih.astype(np.float64) + P.b_hh, X)
+    words = _words(gb.backprop(rnn, P, X))
+    assert loss > 308.26
+    assert f"plain float32 and float64 would overflow the loss (10^{loss:.1f}: inf)" in words, words
+    assert "plain float32 and float64 would overflow dL/dW_hh" in words
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_forward_exponent_per_step_loses_a_sample_far_below(backend):
+    """README: the identity cell's forward exponent is one per step for the whole batch: inputs of
+    1e200 and 1e-200 in one batch, the second sample's h0_grad reads 0; alone, 10^-201.03."""
+    rnn = gb.Recurrent(cell="rnn", activation="identity", steps=3, hidden=2, recurrent_init="identity", sigma_w=1.0)
+    P = gb.init_params(rnn, 0)
+    X = gb.sequence_input(rnn, 2, 1)
+    X[:, 0] *= 1e200
+    X[:, 1] *= 1e-200
+    _, gh, _ = rnn_chain("identity", 0.0, P.W_ih, P.W_hh, P.b_ih.astype(np.float64) + P.b_hh, X[:, 1:])
+    res = gb.backprop(rnn, P, X, backend=backend)
+    alone = gb.backprop(rnn, P, X[:, 1:].copy(), backend=backend)
+    g = res.h0_grad.log10()
+    assert np.all(g[1] == -np.inf) and np.all(np.isfinite(g[0]))
+    m, e = alone.h0_grad.mantissa[0], int(alone.h0_grad.exponent[0])
+    assert abs(np.log10(np.linalg.norm(m)) + e * np.log10(2.0) - (-201.03)) < 0.01
+    assert gh[0] < -200  # mpmath: step 0's signal for that sample alone (dL/dh_0 = dL/dh_-1 here)
