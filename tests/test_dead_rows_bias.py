@@ -42,3 +42,10 @@ def test_a_dead_sample_meets_the_next_bias(backend, dtype, sigma_w, depth, seed)
     assert abs(float(res.loss_exact.log10()) - loss) < tol
     np.testing.assert_allclose(res.grad_norm.log10(), gW, rtol=0, atol=tol)  # -inf where mpmath has 0
     np.testing.assert_allclose(res.signal_norm.log10()[:depth], gh, rtol=0, atol=tol)
+
+
+def test_the_readme_numbers():
+    """README: ReLU, sigma_w = 1e200, sigma_b = 1, depth 5, width 3: mpmath's loss 10^398.79."""
+    stack, params, x, (loss, _, _) = _case("float64", 1e200, 5, 7)
+    assert round(loss, 2) == 398.79
+    assert round(float(gb.backprop(stack, params, x).loss_exact.log10()), 2) == 398.79

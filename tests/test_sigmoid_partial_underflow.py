@@ -82,3 +82,11 @@ def test_checkpointed_and_stats_only_runs_count_the_same():
     for options in (dict(checkpoint=1), dict(stats_only=True)):
         other = gb.backprop(stack, params, x, **options)
         np.testing.assert_array_equal(other.extras["flushed_outputs"], res.extras["flushed_outputs"])
+
+
+def test_the_readme_numbers():
+    """README: sigma_w = 1e4, depth 1, width 2: ||dW_0|| 10^-3428.81 where mpmath gives 10^-2265.16."""
+    stack, params, x, res = _run(OFF[0], "numpy")
+    _, gW, _ = chain("sigmoid", 0.0, params.W, x, b=params.b)
+    assert round(float(res.grad_norm.log10()[0]), 2) == -3428.81
+    assert round(gW[0], 2) == -2265.16
