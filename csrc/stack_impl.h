@@ -1652,8 +1652,8 @@ static void F(gb_forward_member)(void *arg, int tid, int nth, gb_barrier *bar) {
                 F(gb_bn_var_blocks)(sq, zz, mean, r0, r1, N); /* (another buffer: the sums are being read) */
                 gb_barrier_wait(bar, &sense); /* every block's squared deviations */
                 F(gb_bn_total)(rstd, sq, nq, N);
-                if (F(gb_bn_rstd)(rstd, zz, mean, st->cfg.eps, B, N))
-                    gb_barrier_wait(bar, &sense); /* every thread has read z (all rows) before any normalises its own in place */
+                if (F(gb_bn_rstd)(rstd, zz, mean, st->cfg.eps, B, N)) /* a unit's squares overflowed: */
+                    gb_barrier_wait(bar, &sense); /* all rows of z read before any is normalised in place */
                 for (int64_t j = j0; j < j1; j++) { /* every thread has them: each writes its share */
                     ((T *)a->bn_mean)[l * N + j] = mean[j];
                     ((T *)a->bn_rstd)[l * N + j] = rstd[j];

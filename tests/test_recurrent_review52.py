@@ -61,7 +61,8 @@ def test_a_gru_state_that_underflows_is_named():
     loss, _, _ = gru_chain(P.W_ih, P.W_hh, P.b_ih, P.b_hh, X)
     assert -700 < loss < -690
     words = _words(gb.backprop(rnn, P, X))
-    assert "exactly 0 in every unit at every step: the update gate's 1 - z_t or the candidate state underflowed" in words
+    assert ("exactly 0 in every unit at every step: the update gate's 1 - z_t or the candidate state underflowed"
+            in words)
     assert "a GRU's forward state carries no exponent" in words
 
 

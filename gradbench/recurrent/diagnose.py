@@ -722,10 +722,10 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     if not fin.size and T > 1 and np.any(np.isfinite(s)) and total_w is not None and total_w > -math.inf:
         # the terms' norms lost them, not the terms: their sum is not 0 (a GRU whose other sample's
         # state was 10^200 above blamed underflowed gates for terms of 10^-12.8)
-        words.append(f"every step's term of dL/dW_hh reads 0 while their sum, dL/dW_hh, is 10^{_num(total_w)}: the step "
-                     "norms take every sample at the batch's largest exponent of h_{t-1} and square its share, so a "
-                     f"sample more than ~10^{STEP_NORM_REACH[rnn.dtype]} below the largest adds nothing to them; "
-                     "the terms are not 0")
+        words.append(f"every step's term of dL/dW_hh reads 0 while their sum, dL/dW_hh, is 10^{_num(total_w)}: "
+                     "the step norms take every sample at the batch's largest exponent of h_{t-1} and square its "
+                     f"share, so a sample more than ~10^{STEP_NORM_REACH[rnn.dtype]} below the largest adds nothing to "
+                     "them; the terms are not 0")
     elif not fin.size and T > 1 and np.any(np.isfinite(s)):
         words.append("every step's contribution to dL/dW_hh is exactly 0"
                      + (f": the gates' derivatives underflowed {rnn.dtype} (saturated gates; the gated cells have no "
@@ -833,7 +833,8 @@ def _state_underflow_words(rnn, res) -> list[str]:
     cause = UNDERFLOW_CAUSE[_cause_key(rnn)].format(dt=rnn.dtype)
     wider = (" (float64 holds it much further: run it with dtype float64)" if rnn.dtype == "float32" else "")
     where = "at every step" if zero.size == rnn.steps else _steps_words(zero, rnn.steps)
-    cell = f"a {rnn.act} cell's state" if rnn.cell == "rnn" else f"a{'n' if rnn.cell == 'lstm' else ''} {rnn.cell.upper()}'s forward state"
+    cell = {"rnn": f"a {rnn.act} cell's state", "lstm": "an LSTM's forward state",
+            "gru": "a GRU's forward state"}[rnn.cell]
     return [f"the forward state h_t is exactly 0 in every unit {where}: {cause}, and {cell} carries no "
             f"exponent, so the loss and the gradients through {'that step' if zero.size == 1 else 'those steps'} "
             f"are {rnn.dtype}'s, not exact{wider}"]
@@ -857,7 +858,8 @@ def _partial_state_words(rnn, res) -> list[str]:
         later = [t + 1 for t in steps]
         reach = (f"the terms of dL/dW_hh at step{'s' if len(later) > 1 else ''} {_runs(later)}, which read "
                  f"{'them' if len(later) > 1 else 'it'}, and so dL/dW_hh,")
-    return [f"not exact here: {total} entr{'ies' if total > 1 else 'y'} of the state h_t at step{'s' if len(steps) > 1 else ''} "
+    many = len(steps) > 1
+    return [f"not exact here: {total} entr{'ies' if total > 1 else 'y'} of the state h_t at step{'s' if many else ''} "
             f"{_runs(steps)} underflowed {rnn.dtype} (sigmoid(z) below the smallest normal number, and a sigmoid "
             "cell's forward carries no exponent) beside entries that did not; their true values are tiny, not 0, and "
             "can carry the larger share of a gradient (their sigmoid' is larger than a saturated unit's near 1), so "
