@@ -19,9 +19,10 @@ def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str =
     dtype in the other byte order (the same values), are accepted and copied; a misaligned array
     (a view at an odd byte offset of a buffer) is refused (:func:`check_aligned`).
     """
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    refuse_masked(name, a)
+    if type(a) is not np.ndarray:  # a plain ndarray (the usual case) is neither of these
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+        refuse_masked(name, a)
     check_aligned(name, a)
     if a.dtype != dtype and a.dtype.newbyteorder("=") == dtype:  # big-endian float64: the same values, swapped
         a = a.astype(dtype)
@@ -132,6 +133,8 @@ def check_inputs(stack: Stack, params: Params | GeneratedParams, x, targets=None
                         f"gradbench.GeneratedParams, got {type(params).__name__}")
     checked = check_param_arrays(params, expected_shapes(stack), stack.np_dtype)
     x, targets = _check_x(stack, x, targets)
+    if type(params) is Params and all(a is getattr(params, name) for name, a in checked.items()):
+        return params, x, targets  # nothing copied: the same arrays (and words), no new Params to build
     return Params(**checked, origin=params.origin, drawn=params.drawn), x, targets
 
 

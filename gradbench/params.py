@@ -504,8 +504,10 @@ def _rows_log10(rows: np.ndarray, N: int) -> np.ndarray:
     their largest entry first; -inf for rows of zeros."""
     k = rows.shape[1]
     sq = np.einsum("lkn,lkn->l", rows, rows, dtype=np.float64)
-    out = np.full(len(rows), -np.inf)
     plain = np.isfinite(sq) & (sq >= 1e-300)
+    if plain.all():  # the usual case: the same values as the masked assignment below, without the masks
+        return 0.5 * np.log10(sq * (N / k))
+    out = np.full(len(rows), -np.inf)
     out[plain] = 0.5 * np.log10(sq[plain] * (N / k))
     for l in np.flatnonzero(~plain):
         m = float(np.max(np.abs(rows[l]), initial=0.0))
@@ -545,7 +547,9 @@ def origin_words(params, net, probe=None) -> str | None:
     if origin is not None or drawn is None:
         return origin
     now = drawn_probe(params) if probe is None else probe
-    if isinstance(now, np.ndarray) and now.shape == drawn.shape and np.array_equal(now, drawn, equal_nan=True):
+    if isinstance(now, np.ndarray) and now.shape == drawn.shape and (
+            bool(np.equal(now, drawn).all())  # the usual case, faster than array_equal (no NaN can be equal here)
+            or np.array_equal(now, drawn, equal_nan=True)):
         return None
     return f"{initial_words(net)} {CHANGED}"
 
