@@ -154,7 +154,8 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
             return _assemble(run, name, loss, loss_exact, head_grads, t_start)
     finally:
         run.layers.close()
-        WORKSPACE.give(run.internal)
+        if run.internal:  # a small call takes none (plain np.empty below buffers.WORKSPACE_FROM): nothing to give back
+            WORKSPACE.give(run.internal)
         release = getattr(impl, "release_workspace", None)  # the C drivers' block, kept for the run
         if release is not None:
             release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -122,6 +123,11 @@ def check_stored_params(stack: Stack, params, what: str) -> None:
     check_param_arrays(params, expected_shapes(stack), stack.np_dtype)
 
 
+# The parameters' shapes of a stack, worked out once per stack (a Stack is frozen and hashable; the
+# dict is shared by the calls: read, never changed)
+_expected_shapes = functools.lru_cache(maxsize=256)(expected_shapes)
+
+
 def check_inputs(stack: Stack, params: Params | GeneratedParams, x, targets=None):
     """Check everything before any kernel runs; return contiguous params, x and targets."""
     if not isinstance(stack, Stack):
@@ -137,7 +143,7 @@ def check_inputs(stack: Stack, params: Params | GeneratedParams, x, targets=None
     if not isinstance(params, Params):
         raise TypeError("params must be gradbench.Params (from gb.init_params) or "
                         f"gradbench.GeneratedParams, got {type(params).__name__}")
-    checked = check_param_arrays(params, expected_shapes(stack), stack.np_dtype)
+    checked = check_param_arrays(params, _expected_shapes(stack), stack.np_dtype)
     x, targets = _check_x(stack, x, targets)
     if type(params) is Params and all(a is getattr(params, name) for name, a in checked.items()):
         return params, x, targets  # nothing copied: the same arrays (and words), no new Params to build

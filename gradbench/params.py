@@ -58,6 +58,7 @@ stacks small enough to store.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -579,9 +580,14 @@ def after(params, stack, what: str):
 _EPOCHS = re.compile(r"(\d+) epochs? of training$")
 
 
-def _probe_rows(N: int) -> list[int]:
-    """The rows of W that :func:`weights_probe` and :func:`sampled_weight_log10` read."""
-    return sorted({0, N // 2, N - 1})
+@functools.lru_cache(maxsize=64)
+def _probe_rows(N: int) -> np.ndarray:
+    """The rows of W that :func:`weights_probe` and :func:`sampled_weight_log10` read, as an index
+    array made once per width (read-only: shared by every call; indexing with it gathers what the
+    list [0, N // 2, N - 1] did, in the same layout, ~1 us sooner)."""
+    rows = np.array(sorted({0, N // 2, N - 1}), dtype=np.intp)
+    rows.flags.writeable = False
+    return rows
 
 
 def sampled_weight_log10(params) -> np.ndarray | None:
