@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 
@@ -79,10 +78,6 @@ def all_finite(a: np.ndarray) -> bool:
             pass
         else:
             return cbackend.all_finite(a)
-    # One reduction where it settles it: a sum of floats is finite only if every entry is (a NaN or an inf
-    # carries through every addition); a sum that overflowed from finite entries gets the entry-wise check.
-    if a.dtype.kind == "f" and math.isfinite(np.add.reduce(a, axis=None)):
-        return True
     return bool(np.logical_and.reduce(np.isfinite(a), axis=None))  # no ndarray.all wrapper: small arrays
 
 
