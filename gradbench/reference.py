@@ -321,7 +321,8 @@ def row_top(X: np.ndarray, r: np.ndarray, nz: np.ndarray | None = None) -> int:
     """The largest row exponent among X's non-zero rows; of all rows when every row is 0 (``nz``:
     :func:`nonzero_rows` of X, when the caller has it)."""
     nz = nonzero_rows(X) if nz is None else nz
-    return int(r[nz].max()) if nz.any() else int(r.max())
+    live = r[nz]
+    return int(live.max()) if live.size else int(r.max())  # live.size: nz.any() without another pass
 
 
 def row_shift(d: np.ndarray) -> np.ndarray:
