@@ -496,7 +496,8 @@ def probe_and_size(params) -> tuple[np.ndarray | int, np.ndarray | None]:
         return int(params.seed), None
     W = np.asarray(params.W)
     rows = W[:, _probe_rows(W.shape[1]), :]
-    return np.add.reduce(rows, axis=2, dtype=np.float64), _rows_log10(rows, W.shape[1])  # rows.sum(...) without its wrapper
+    sums = np.add.reduce(rows, axis=2, dtype=np.float64)  # rows.sum(axis=2, ...) without ndarray.sum's wrapper
+    return sums, _rows_log10(rows, W.shape[1])
 
 
 def _rows_log10(rows: np.ndarray, N: int) -> np.ndarray:
@@ -549,7 +550,7 @@ def origin_words(params, net, probe=None) -> str | None:
         return origin
     now = drawn_probe(params) if probe is None else probe
     if isinstance(now, np.ndarray) and now.shape == drawn.shape and (
-            bool(np.equal(now, drawn).all())  # the usual case, faster than array_equal (no NaN can be equal here)
+            bool(np.equal(now, drawn).all())  # the usual case: all equal, so no NaN anywhere (array_equal's own pass)
             or np.array_equal(now, drawn, equal_nan=True)):
         return None
     return f"{initial_words(net)} {CHANGED}"
