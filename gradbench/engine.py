@@ -69,7 +69,7 @@ def can_rescale_forward(stack: Stack, params: Params | GeneratedParams) -> bool:
     """
     if stack.batch_norm or stack.activation == "sigmoid":
         return False
-    return params.zero_bias or stack.activation in BIAS_ROWS
+    return stack.activation in BIAS_ROWS or params.zero_bias  # the name first: zero_bias reads every bias
 
 
 # ------------------------------------------------------------------ the pass
@@ -147,7 +147,7 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
         # overflow in an exploding stack is a finding, reported as first_nonfinite_forward/backward
         with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
             _forward(run)
-            if run.rescale and not run.params.zero_bias and run.info[abi.INFO_FORWARD] >= 0:
+            if run.rescale and run.info[abi.INFO_FORWARD] >= 0 and not run.params.zero_bias:  # biases read last
                 _forward_again_unscaled(run)
             loss, loss_exact, head_grads = _top(run, targets)
             _backward(run)
