@@ -43,8 +43,10 @@ class Case:
     """One unit of work: a stack, its batch, and in which suites it runs.
 
     ``family``: "size" (the depth x width grid, drawn in the report's figure), "option"
-    (activation, batch norm, residual at one size) or "subnormal" (the plain float32 chain
-    sinks into subnormals; peers are timed there with and without flush-to-zero).
+    (activation, batch norm, residual at one size), "subnormal" (the plain float32 chain
+    sinks into subnormals; peers are timed there with and without flush-to-zero) or "small"
+    (calls of ~0.1-1 ms, where the Python around the kernels is most of a call: timed over
+    :data:`SMALL_ROUNDS` rounds, the summary's "best gradbench vs plain loop" is the small-call ratio).
     ``quick``: part of ``make bench-quick``; every case runs in ``make bench``.
     """
 
@@ -92,6 +94,13 @@ class Case:
         return replace(self, depth=min(self.depth, 12), width=min(self.width, 8), batch=min(self.batch, 4))
 
 
+# (L, N, B) of the small calls: a 10-layer net of width 16 over 20 samples (the training demos'
+# size), ten times deeper, and a 10-layer net of width 64 over 64 samples
+SMALL_SIZES = [(10, 16, 20), (100, 16, 20), (10, 64, 64)]
+# Rounds of a small case: its call takes ~0.1-1 ms, so the grid's 20 would be a minimum over a few
+# ms of a shared machine's time; 2,000 rounds take ~1 s (the plain loop's ~0.1 ms calls: 0.2 s).
+SMALL_ROUNDS = 2_000
+
 SIZES = [  # (L, N, B): very deep and narrow ... wide
     (100_000, 8, 4),
     (10_000, 32, 16),
@@ -130,6 +139,8 @@ def _cases() -> list[Case]:
     # Plain float32 sinks below 1.2e-38 about 3800 layers from the top and spends the last
     # ~15 % of the depth in subnormals (the exact chain reaches ~1e-48 at layer 0).
     cases.append(Case(4_800, 32, 16, "float32", family="subnormal"))
+    # small calls (sweeps, teaching notebooks: thousands of them), the plain loop's ground
+    cases.extend(Case(L, N, B, family="small") for L, N, B in SMALL_SIZES)
     return cases
 
 

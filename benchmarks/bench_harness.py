@@ -135,13 +135,14 @@ def measure(fn, trace_numpy: bool, memory: bool = True):
     return out, seconds, mem
 
 
-def rounds_for(seconds: float, disabled: bool) -> int:
-    """Rounds so that a case takes about GRADBENCH_BENCH_BUDGET seconds (1..20)."""
+def rounds_for(seconds: float, disabled: bool, most: int = 20) -> int:
+    """Rounds so that a case takes about GRADBENCH_BENCH_BUDGET seconds (1..``most``; the small
+    calls' cases allow more, bench_cases.SMALL_ROUNDS)."""
     if disabled:
         return 1
     budget = float(os.environ.get("GRADBENCH_BENCH_BUDGET", "3"))
     least = 2 if seconds < 5 else 1  # a minimum over at least two rounds unless a call is slow
-    return int(min(20, max(least, round(budget / max(seconds, 1e-6)))))
+    return int(min(most, max(least, round(budget / max(seconds, 1e-6)))))
 
 
 def threads_info() -> dict:

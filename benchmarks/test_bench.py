@@ -27,7 +27,7 @@ import gradbench as gb
 from gradbench import peers
 from gradbench.backends import REGISTRY
 
-from bench_cases import CASES, Case
+from bench_cases import CASES, SMALL_ROUNDS, Case
 from bench_harness import check_backend, inputs, measure, reference, rounds_for, threads_info, tolerance
 
 # The registry drives the benchmarks: the reference first, then every other registered backend.
@@ -57,6 +57,11 @@ def _info(benchmark, case: Case, work: Case, impl: str, kind: str, **more) -> No
         B=work.batch, dtype=work.dtype, activation=work.activation, batch_norm=work.batch_norm,
         residual=work.residual, flops=work.flops, threads=threads_info(), **more,
     )
+
+
+def _most_rounds(case: Case) -> int:
+    """The grid's 20 rounds; a small call's case many more (a minimum over ~1 s of calls)."""
+    return SMALL_ROUNDS if case.family == "small" else 20
 
 
 def _subnormal_layers(ref, dtype) -> int:
@@ -98,7 +103,7 @@ def _bench_backend(benchmark, case: Case, work: Case, impl: str) -> None:
     ref = reference(work, res if impl == "numpy" else None)
     check_backend(impl, work, res, ref)  # before timing: no one wins by doing less
     del res
-    rounds = rounds_for(seconds, benchmark.disabled)
+    rounds = rounds_for(seconds, benchmark.disabled, _most_rounds(case))
     _info(benchmark, case, work, impl, "backend", first_call_s=first,
           checked_call_s=seconds, rounds=rounds, check="reference", rtol=tolerance(work), **mem,
           **({"plain_subnormal_layers": _subnormal_layers(ref, work.dtype)} if case.family == "subnormal" else {}))
@@ -123,7 +128,7 @@ def _bench_peer(benchmark, case: Case, work: Case, impl: str, base: str, options
     first = time.perf_counter() - t0
     got, seconds, mem = measure(run, trace_numpy=False, memory=not benchmark.disabled)
     peers.check(impl, stack, got, ref, rtol=tolerance(work), partial=partial)
-    rounds = rounds_for(seconds, benchmark.disabled)
+    rounds = rounds_for(seconds, benchmark.disabled, _most_rounds(case))
     more = {}
     if partial:  # what the plain chain gave at the bottom: exact zeros, or tiny (subnormal) norms
         tiny = float(np.finfo(work.dtype).tiny)

@@ -32,7 +32,7 @@ from gradbench.buffers import PREFAULTER, WORKSPACE, empty, held, take_internal
 from gradbench.clipping import LAYER_GROUPS, clip_param_grads, row_norms
 from gradbench.histograms import (DEFAULT_BINS, DEFAULT_PER_DECADE, MAX_BINS, MAX_PER_DECADE, GradHistogram,
                                   fill_streaming)
-from gradbench.inputs import check_inputs, check_progress
+from gradbench.inputs import all_finite, check_inputs, check_progress
 from gradbench.logscaled import LogScaled
 from gradbench.loss import head_loss, top_signal
 from gradbench.params import GeneratedParams, Params, origin_words, probe_and_size
@@ -69,7 +69,7 @@ def can_rescale_forward(stack: Stack, params: Params | GeneratedParams) -> bool:
     """
     if stack.batch_norm or stack.activation == "sigmoid":
         return False
-    return params.zero_bias or stack.activation in BIAS_ROWS
+    return stack.activation in BIAS_ROWS or params.zero_bias  # the name first: zero_bias reads every bias
 
 
 # ------------------------------------------------------------------ the pass
@@ -147,14 +147,15 @@ def backprop(stack: Stack, params: Params | GeneratedParams, x: np.ndarray, targ
         # overflow in an exploding stack is a finding, reported as first_nonfinite_forward/backward
         with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
             _forward(run)
-            if run.rescale and not run.params.zero_bias and run.info[abi.INFO_FORWARD] >= 0:
+            if run.rescale and run.info[abi.INFO_FORWARD] >= 0 and not run.params.zero_bias:  # biases read last
                 _forward_again_unscaled(run)
             loss, loss_exact, head_grads = _top(run, targets)
             _backward(run)
             return _assemble(run, name, loss, loss_exact, head_grads, t_start)
     finally:
         run.layers.close()
-        WORKSPACE.give(run.internal)
+        if run.internal:  # a small call takes none (plain np.empty below buffers.WORKSPACE_FROM): nothing to give back
+            WORKSPACE.give(run.internal)
         release = getattr(impl, "release_workspace", None)  # the C drivers' block, kept for the run
         if release is not None:
             release()
@@ -256,13 +257,17 @@ class _Run:
         return self.fexp[self.stack.depth] + rows
 
 
-def _segment_forward(run: _Run, s: int, e: int, layer_params, fexp, stats, info) -> None:
-    """One backend forward call over the segment [s, e) (H[0] of the segment already set)."""
+def _segment_forward(run: _Run, s: int, e: int, layer_params, fexp, stats, info) -> bool:
+    """One backend forward call over the segment [s, e) (H[0] of the segment already set); returns
+    whether the kernels' means and standard deviations (``stats[0]``, ``stats[1]``) were all finite."""
     Hs, Zs, ms, rs, qs = run.seg_arrays(s, e)
     run.impl.stack_forward(run.icfg, run.fcfg, *layer_params, Hs, Zs, ms, rs, fexp, qs, *stats, info)
     # the pass has written them itself (Z in dW: the rest of dW, B < N, is still to fault in)
     PREFAULTER.cancel(Hs, *((Zs,) if not run.z_in_grads or run.B == run.stack.width else ()))
+    if all_finite(stats[0]) and all_finite(stats[1]):  # the usual case: rescale_stats would change nothing
+        return True
     reference.rescale_stats(stats[0], stats[1], Hs, qs)  # sums or squares beyond float64: rare, so taken here
+    return False
 
 
 def _uncountable_fractions(run: _Run, s: int, e: int, layer_params) -> None:
@@ -310,8 +315,8 @@ def _forward(run: _Run) -> None:
         if run.plan.recompute:
             run.H[0], run.frow[0] = run.ckpt[j], run.ckpt_row[j]
         stats = (run.act_mean[s:e], run.act_std[s:e], run.saturation[s:e], run.dead[s:e])
-        _segment_forward(run, s, e, layer_params, run.fexp[s:e + 1], stats, seg_info)
-        _uncountable_fractions(run, s, e, layer_params)
+        if not _segment_forward(run, s, e, layer_params, run.fexp[s:e + 1], stats, seg_info):
+            _uncountable_fractions(run, s, e, layer_params)  # only where a mean or std was not finite (a NaN)
         if run.flushed is not None:
             run.flushed[s:e] = flushed_outputs(run, s, e)
         if run.bn_share is not None:
@@ -658,8 +663,8 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         grads=grads,
         grad_norm=grad_norm,
         signal_norm=LogScaled._of(run.sig_m[:L].copy(), sig_e[:L].copy()),
-        input_grad=LogScaled(input_grad, sig_e[0] + run.row_e),  # one exponent per sample
-        output=LogScaled(run.h_top.copy(), run.h_top_exponents),  # a copy: H goes back to the workspace; per sample
+        input_grad=LogScaled._of(input_grad, sig_e[0] + run.row_e),  # one int64 exponent per sample
+        output=LogScaled._of(run.h_top.copy(), run.h_top_exponents),  # a copy: H goes back to the workspace; per sample
         act_mean=LogScaled._of(run.act_mean, fexp[1:].copy()),
         act_std=LogScaled._of(run.act_std, fexp[1:].copy()),
         saturation=run.saturation,

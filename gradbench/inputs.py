@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from gradbench import spec
@@ -19,9 +21,10 @@ def check_array(name: str, a, shape, dtype, *, owner: str = "stack", kind: str =
     dtype in the other byte order (the same values), are accepted and copied; a misaligned array
     (a view at an odd byte offset of a buffer) is refused (:func:`check_aligned`).
     """
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    refuse_masked(name, a)
+    if type(a) is not np.ndarray:  # a plain ndarray (the usual case) is neither of these
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+        refuse_masked(name, a)
     check_aligned(name, a)
     if a.dtype != dtype and a.dtype.newbyteorder("=") == dtype:  # big-endian float64: the same values, swapped
         a = a.astype(dtype)
@@ -115,6 +118,11 @@ def check_stored_params(stack: Stack, params, what: str) -> None:
     check_param_arrays(params, expected_shapes(stack), stack.np_dtype)
 
 
+# The parameters' shapes of a stack, worked out once per stack (a Stack is frozen and hashable; the
+# dict is shared by the calls: read, never changed)
+_expected_shapes = functools.lru_cache(maxsize=256)(expected_shapes)
+
+
 def check_inputs(stack: Stack, params: Params | GeneratedParams, x, targets=None):
     """Check everything before any kernel runs; return contiguous params, x and targets."""
     if not isinstance(stack, Stack):
@@ -130,8 +138,10 @@ def check_inputs(stack: Stack, params: Params | GeneratedParams, x, targets=None
     if not isinstance(params, Params):
         raise TypeError("params must be gradbench.Params (from gb.init_params) or "
                         f"gradbench.GeneratedParams, got {type(params).__name__}")
-    checked = check_param_arrays(params, expected_shapes(stack), stack.np_dtype)
+    checked = check_param_arrays(params, _expected_shapes(stack), stack.np_dtype)
     x, targets = _check_x(stack, x, targets)
+    if type(params) is Params and all(a is getattr(params, name) for name, a in checked.items()):
+        return params, x, targets  # nothing copied: the same arrays (and words), no new Params to build
     return Params(**checked, origin=params.origin, drawn=params.drawn), x, targets
 
 

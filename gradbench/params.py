@@ -58,6 +58,7 @@ stacks small enough to store.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -495,7 +496,8 @@ def probe_and_size(params) -> tuple[np.ndarray | int, np.ndarray | None]:
         return int(params.seed), None
     W = np.asarray(params.W)
     rows = W[:, _probe_rows(W.shape[1]), :]
-    return rows.sum(axis=2, dtype=np.float64), _rows_log10(rows, W.shape[1])
+    sums = np.add.reduce(rows, axis=2, dtype=np.float64)  # rows.sum(axis=2, ...) without ndarray.sum's wrapper
+    return sums, _rows_log10(rows, W.shape[1])
 
 
 def _rows_log10(rows: np.ndarray, N: int) -> np.ndarray:
@@ -504,8 +506,10 @@ def _rows_log10(rows: np.ndarray, N: int) -> np.ndarray:
     their largest entry first; -inf for rows of zeros."""
     k = rows.shape[1]
     sq = np.einsum("lkn,lkn->l", rows, rows, dtype=np.float64)
-    out = np.full(len(rows), -np.inf)
     plain = np.isfinite(sq) & (sq >= 1e-300)
+    if plain.all():  # the usual case: the same values as the masked assignment below, without the masks
+        return 0.5 * np.log10(sq * (N / k))
+    out = np.full(len(rows), -np.inf)
     out[plain] = 0.5 * np.log10(sq[plain] * (N / k))
     for l in np.flatnonzero(~plain):
         m = float(np.max(np.abs(rows[l]), initial=0.0))
@@ -545,7 +549,9 @@ def origin_words(params, net, probe=None) -> str | None:
     if origin is not None or drawn is None:
         return origin
     now = drawn_probe(params) if probe is None else probe
-    if isinstance(now, np.ndarray) and now.shape == drawn.shape and np.array_equal(now, drawn, equal_nan=True):
+    if isinstance(now, np.ndarray) and now.shape == drawn.shape and (
+            bool(np.equal(now, drawn).all())  # the usual case: all equal, so no NaN anywhere (array_equal's own pass)
+            or np.array_equal(now, drawn, equal_nan=True)):
         return None
     return f"{initial_words(net)} {CHANGED}"
 
@@ -575,9 +581,14 @@ def after(params, stack, what: str):
 _EPOCHS = re.compile(r"(\d+) epochs? of training$")
 
 
-def _probe_rows(N: int) -> list[int]:
-    """The rows of W that :func:`weights_probe` and :func:`sampled_weight_log10` read."""
-    return sorted({0, N // 2, N - 1})
+@functools.lru_cache(maxsize=64)
+def _probe_rows(N: int) -> np.ndarray:
+    """The rows of W that :func:`weights_probe` and :func:`sampled_weight_log10` read, as an index
+    array made once per width (read-only: shared by every call; indexing with it gathers what the
+    list [0, N // 2, N - 1] did, in the same layout, ~1 us sooner)."""
+    rows = np.array(sorted({0, N // 2, N - 1}), dtype=np.intp)
+    rows.flags.writeable = False
+    return rows
 
 
 def sampled_weight_log10(params) -> np.ndarray | None:

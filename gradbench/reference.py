@@ -332,14 +332,15 @@ def add_aligned(a: np.ndarray, ea: int, s: np.ndarray, es: int, scale: float = 1
 # row's (row_top), as plain arithmetic would round the far smaller rows away there and only there.
 def nonzero_rows(X: np.ndarray) -> np.ndarray:
     """(B,) bool: rows with an entry other than 0 (NaN counts)."""
-    return np.any(X != 0, axis=1)
+    return np.logical_or.reduce(X, axis=1)  # X != 0 row by row, without the (B, N) temporary
 
 
 def row_top(X: np.ndarray, r: np.ndarray, nz: np.ndarray | None = None) -> int:
     """The largest row exponent among X's non-zero rows; of all rows when every row is 0 (``nz``:
     :func:`nonzero_rows` of X, when the caller has it)."""
     nz = nonzero_rows(X) if nz is None else nz
-    return int(r[nz].max()) if nz.any() else int(r.max())
+    live = r[nz]
+    return int(live.max()) if live.size else int(r.max())  # live.size: nz.any() without another pass
 
 
 def row_shift(d: np.ndarray) -> np.ndarray:
