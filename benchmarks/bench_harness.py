@@ -48,10 +48,12 @@ class Reference:
     grad_norm: LogScaled
     signal_norm: LogScaled
     act_std: LogScaled
+    extras: dict  # only what peers.representable reads (bn_sumsq_log10)
 
     @classmethod
     def of(cls, res) -> "Reference":
-        return cls(res.loss, res.grad_norm, res.signal_norm, res.act_std)
+        keep = {k: v for k, v in (res.extras or {}).items() if k == "bn_sumsq_log10"}
+        return cls(res.loss, res.grad_norm, res.signal_norm, res.act_std, keep)
 
 
 _inputs: dict = {}       # only the current case: big cases hold GBs of weights

@@ -302,7 +302,7 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
                           flushed=flushed, flushed_at=int(flushed_out.min()) if flushed_out.size else None,
                           act_mean_log10=act_mean_log10, count=int(np.prod(res.output.shape)),
                           plain_forward=not res.forward_rescaled,
-                          bn_var_log10=(res.extras or {}).get("bn_var_log10"), batch=res.output.shape[0])
+                          bn_sumsq_log10=(res.extras or {}).get("bn_sumsq_log10"))
     explanation = explain(a.verdict, stack, g, rate, a.signal_decades_per_layer, threshold, res, a.elasticity_log10,
                           a.rule, a.loss_log10, tiny, a.weight_log10 if len(a.weight_log10) else _sampled(res, len(g)),
                           weights_sampled=not len(a.weight_log10))

@@ -218,7 +218,7 @@ class _Run:
         self.fexp = np.zeros(L + 1, dtype=np.int64)
         self.act_mean, self.act_std, self.saturation, self.dead = (np.empty(L) for _ in range(4))
         self.bn_share = np.empty((L, 2)) if st.batch_norm else None  # median and largest, per layer
-        self.bn_var_log10 = np.empty(L) if st.batch_norm else None  # log10 of the largest var_B, per layer
+        self.bn_sumsq_log10 = np.empty(L) if st.batch_norm else None  # log10 of the largest B var_B, per layer
         self.flushed = np.zeros(L, dtype=np.int64) if st.activation == "sigmoid" else None  # (flushed_outputs)
         self.sig_e = np.zeros(L + 1, dtype=np.int64)
         self.row_e = np.zeros(B, dtype=np.int64)  # the backward signal's rows: 2**(sig_e + row_e) each
@@ -322,7 +322,7 @@ def _forward(run: _Run) -> None:
         if run.bn_share is not None:
             rstd = run.seg_arrays(s, e)[3]
             run.bn_share[s:e] = bn_shares(rstd, run.stack.bn_eps)
-            run.bn_var_log10[s:e] = bn_var_log10(rstd, run.stack.bn_eps)
+            run.bn_sumsq_log10[s:e] = bn_sumsq_log10(rstd, run.stack.bn_eps, run.B)
         if run.info[abi.INFO_FORWARD] < 0 <= seg_info[abi.INFO_FORWARD]:
             run.info[abi.INFO_FORWARD] = s + seg_info[abi.INFO_FORWARD]
         if run.plan.recompute:
@@ -391,14 +391,15 @@ def flushed_outputs(run: _Run, s: int, e: int) -> np.ndarray:
     return out
 
 
-def bn_var_log10(rstd: np.ndarray, eps: float) -> np.ndarray:
-    """(layers,): log10 of the largest batch variance over each layer's units, var_B =
-    1 / rstd^2 - eps from its smallest ``rstd`` (layers, N), in float64 (inf where rstd is 0:
-    the batch's deviations were not finite). Where B var_B passes a dtype's largest number, a
-    plain batch norm's sum of squares overflows (verdict.float_limits)."""
+def bn_sumsq_log10(rstd: np.ndarray, eps: float, batch: int) -> np.ndarray:
+    """(layers,): log10 of the largest sum of squared deviations from the batch mean over each
+    layer's units, B var_B with var_B = 1 / rstd^2 - eps from its smallest ``rstd`` (layers, N),
+    in float64 (inf where rstd is 0: the batch's deviations were not finite). Where it passes a
+    dtype's largest number, a plain batch norm's sum of squares overflows (verdict.float_limits,
+    peers.representable)."""
     r = np.min(rstd, axis=1).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log10(np.maximum(1.0 / np.square(r) - eps, 0.0))
+        return np.log10(np.maximum(1.0 / np.square(r) - eps, 0.0)) + math.log10(batch)
 
 
 def _top(run: _Run, targets):
@@ -649,7 +650,7 @@ def _assemble(run: _Run, name: str, loss: float, loss_exact: LogScaled, head_gra
         extras["bn_pair_difference"] = run.bn_pair
     if run.stack.batch_norm:  # one input repeated: batch norm passes nothing (verdict.bn_identical)
         extras["identical_samples"] = bool(np.all(run.x == run.x[:1]))
-        extras["bn_var_log10"] = run.bn_var_log10  # where a plain batch norm overflows (verdict.float_limits)
+        extras["bn_sumsq_log10"] = run.bn_sumsq_log10  # where a plain batch norm overflows (verdict.float_limits)
     if run.flushed is not None:  # sigmoid outputs that underflowed (verdict.partial_underflow_words)
         extras["flushed_outputs"] = run.flushed
     if param_clip_acted is not None:  # whether clipping changed a parameter gradient of this pass

@@ -104,10 +104,10 @@ def representable(stack: Stack, reference) -> str | None:
                     f"10^{lg.max():.0f}, outside [10^{lo:.0f}, 10^{hi:.0f}]")
     if not np.isfinite(reference.loss):
         return "the loss overflows"
-    var = (reference.extras or {}).get("bn_var_log10")
-    if var is not None and np.max(var, initial=-np.inf) + np.log10(reference.output.shape[0]) > hi:
+    sumsq = (getattr(reference, "extras", None) or {}).get("bn_sumsq_log10")
+    if sumsq is not None and np.max(sumsq, initial=-np.inf) > hi:
         return (f"plain {stack.dtype} cannot hold this case: batch norm's sum of squared deviations reaches "
-                f"10^{np.max(var) + np.log10(reference.output.shape[0]):.0f}, beyond 10^{hi:.0f}")
+                f"10^{np.max(sumsq):.0f}, beyond 10^{hi:.0f}")
     return None
 
 

@@ -102,9 +102,9 @@ class Result:
         difference, and where it is rounding the diagnosis reads no gradient
         (:func:`gradbench.verdict.bn_pair_cancels`); ``identical_samples`` (batch norm only): every
         sample of x is the same input, bit for bit, which batch norm maps to beta whatever the
-        weights (:func:`gradbench.verdict.bn_identical`: no gradient); ``bn_var_log10`` (batch
-        norm only, (L,)): log10 of each layer's largest batch variance, where a plain batch norm's
-        sum of squares overflows (:func:`gradbench.engine.bn_var_log10`); ``flushed_outputs``
+        weights (:func:`gradbench.verdict.bn_identical`: no gradient); ``bn_sumsq_log10`` (batch
+        norm only, (L,)): log10 of each layer's largest sum of squared deviations from the batch
+        mean, where a plain batch norm's overflows (:func:`gradbench.engine.bn_sumsq_log10`); ``flushed_outputs``
         (sigmoid only, (L,) ints): how many of each layer's outputs underflowed to 0 or a
         subnormal, where the numbers that read them are not exact
         (:func:`gradbench.engine.flushed_outputs`, :func:`gradbench.verdict.partial_underflow_words`).

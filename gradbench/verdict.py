@@ -141,8 +141,7 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
                  signal_log10: np.ndarray | None = None, group: int = 0, loss_log10: float | None = None,
                  dtype: str | None = None, flushed: np.ndarray | None = None, flushed_at: int | None = None,
                  act_mean_log10: np.ndarray | None = None, count: int | None = None,
-                 plain_forward: bool = False, bn_var_log10: np.ndarray | None = None,
-                 batch: int | None = None) -> dict:
+                 plain_forward: bool = False, bn_sumsq_log10: np.ndarray | None = None) -> dict:
     """Where plain float64 / float32 would have under- or overflowed, per dtype.
 
     ``underflow_layer`` / ``overflow_layer``: the first layer from the top whose ||dL/dW_l||
@@ -195,10 +194,10 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
     the caller says whether the rate within the stack is one that more layers would continue,
     see :func:`gradbench.diagnose.diagnose`).
     ``bn_overflow_layer``: under batch norm, the first layer (from the input) where some unit's
-    batch variance (``bn_var_log10``, log10 of each layer's largest, :func:`gradbench.engine.bn_var_log10`)
-    times the ``batch`` size passes the largest finite number: a plain batch norm's sum of squared
-    deviations is inf there and the unit's normalised output 0 (float32 tanh at sigma_w = 1e20:
-    var ~ 10^40 from layer 0), however fine its gradients' range.
+    sum of squared deviations from the batch mean (``bn_sumsq_log10``, log10 of each layer's
+    largest, :func:`gradbench.engine.bn_sumsq_log10`) passes the largest finite number: a plain
+    batch norm's sum is inf there and the unit's normalised output 0 (float32 tanh at sigma_w =
+    1e20: ~10^41 from layer 0), however fine its gradients' range.
     """
     g = np.asarray(grad_log10, dtype=np.float64)
     a = None if act_log10 is None else np.asarray(act_log10, dtype=np.float64)
@@ -245,8 +244,8 @@ def float_limits(grad_log10: np.ndarray, rate: float, act_log10: np.ndarray | No
             "loss_overflow": bool(loss_log10 is not None and math.isfinite(loss_log10) and loss_log10 > hi),
             "bn_overflow_layer": None,
         }
-        if bn_var_log10 is not None and batch:
-            bn_over = np.flatnonzero(np.asarray(bn_var_log10, dtype=np.float64) + math.log10(batch) > hi)
+        if bn_sumsq_log10 is not None:
+            bn_over = np.flatnonzero(np.asarray(bn_sumsq_log10, dtype=np.float64) > hi)
             entry["bn_overflow_layer"] = int(bn_over[0]) if bn_over.size else None
         if a is not None:
             entry.update(_forward_limits(a, rms, big, lo, hi, wider, out_skip if skip else None,
