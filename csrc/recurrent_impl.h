@@ -1094,10 +1094,23 @@ static void F(gb_chunk_flush)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int6
     }
 }
 
+/* A step's dz row z (n,) far from 1 (reference.far_rows, as the stacks' rows: max|z| finite,
+ * not 0, its frexp exponent beyond +-GB_DZ_FAR_EXP) brought to [0.5, 1) in place; returns the
+ * exponent taken out (0: untouched), which the row's exponent takes. */
+static int64_t F(gb_far_row)(REAL *z, int64_t n) {
+    const REAL m = F(gb_absmax)(z, n, 0); /* NaN ignored */
+    if (!(m > 0) || !isfinite((double)m)) return 0;
+    int ex;
+    frexp((double)m, &ex);
+    const int far = GB_DZ_FAR_EXP(sizeof(REAL) == sizeof(float));
+    return ex > far || ex < -far ? F(gb_scale_pow2)(z, n, m) : 0;
+}
+
 /* Step t's dz rows are in chunk slot k = t % K at exponents rd (B,); fe = fexp[t] for the
  * vanilla cell (h_{t-1}'s, which its W_hh term carries), else 0. The pairs' flags, the norm of
  * the step's W_hh term (its rows brought to the largest exponent w of a pair of dzh and h_{t-1}
- * rows, never up), then the chunk's sums where it starts (the backward runs down). The rows are
+ * rows, never up), the rows far from 1 normalised (gb_far_row), then the chunk's sums where it
+ * starts (the backward runs down). The rows are
  * brought to w in place (their exponents set to w: the same values, the chunk's sums scale them
  * again) where every sum that adds them is taken at w or above: zh's own rows (the GRU), or, zh
  * being zx, no row of dz with a zero x_t row (W_ih's pairs could lie below w); else a copy. */
@@ -1140,6 +1153,14 @@ static void F(gb_step_done)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_
         int64_t en;
         a->gnorm_m[t] = F(gb_step_norm)(cx, z, hp, B, N, GN, &en);
         a->gnorm_e[t] = w + fe + en;
+    }
+    /* rows far from 1 (a gate's derivative of 1e-174 times the normalised state) to [0.5, 1)
+     * for the chunk's products, their shifts into the rows' exponents (the reference's
+     * accumulate_step): dz 2^-580 times h_{t-1} 1e-174 underflowed to 0 there. The state took
+     * dz W_hh already; zh's rows (the GRU's) their own, else rkh is rk. */
+    for (int64_t i = 0; i < B; i++) {
+        if (fl[i] & GB_RF_ZX) rk[i] += F(gb_far_row)(cx->zx + k * n + i * GN, GN);
+        if (zh != zx && (fl[i] & GB_RF_ZH)) rkh[i] += F(gb_far_row)(zh + i * GN, GN);
     }
     if (k == 0) F(gb_chunk_flush)(cx, a, t, GB_MIN(cx->K, a->T - t));
 }

@@ -27,6 +27,7 @@ from gradbench.recurrent.abi import (
     DE_B_HH, DE_B_IH, DE_W_HH, DE_W_IH, EXP_EMPTY, RF_ACT_PARAM, RF_CLIP, RF_GATE_LOW, RF_SAT, RF_SAT_GATE,
     RI_ACT, RI_CHUNK, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
 )
+from gradbench.reference import DZ_FAR_EXP
 
 from ._config import JIT
 from .activations import SIGMOID as _SIGMOID_CODE
@@ -37,6 +38,8 @@ from .chain import (
     rows_exponent, scale_row, scale_row_into, signal_rows, sumsq, sumsq_rows,
 )
 from .layers import rescue_saturated
+
+_FAR64, _FAR32 = DZ_FAR_EXP["float64"], DZ_FAR_EXP["float32"]
 
 
 # The gate codes as entries of an array: an integer constant would reach phi/dphi as a literal
@@ -449,6 +452,24 @@ def _step_rows(t, k, dzx, dzh, X, H, r, fx, fh, nbx, nbh, gru):
     return wh if wh != EXP_EMPTY else wb
 
 
+@njit(**JIT)
+def _far_rows(dz, r, nz):
+    """reference.far_rows on a step's rows in its chunk slot (the reference's accumulate_step):
+    each row of dz (nz[i]: not all zero) whose largest |entry| (NaN ignored; finite, not 0) has
+    a frexp exponent beyond +-DZ_FAR_EXP brought into [0.5, 1), that exponent added to r[i]; so
+    a row of 2^-580 meets h_{t-1} of 1e-174 without the product underflowing."""
+    far = _FAR64 if dz.itemsize == 8 else _FAR32
+    for i in range(dz.shape[0]):
+        if not nz[i]:
+            continue
+        m = absmax(dz[i:i + 1])  # NaN ignored
+        if m > 0.0 and m < math.inf:
+            e = math.frexp(m)[1]
+            if e > far or e < -far:
+                scale_row(dz, i, -e)
+                r[i] += e
+
+
 @njit(inline="always", **JIT)
 def _down(e, E):
     """A row's shift to a sum's exponent E: e - E, never up (a row above E is one whose partner
@@ -458,10 +479,10 @@ def _down(e, E):
 
 
 @njit(**JIT)
-def _flush(zx, zh, rk, fx, fh, nbx, nbh, m, t0, X, H, fexp, vanilla, gru, dW_ih, dW_hh, db_ih, db_hh, dexp, tbx,
-           tbh):
+def _flush(zx, zh, rk, rkh, fx, fh, nbx, nbh, m, t0, X, H, fexp, vanilla, gru, dW_ih, dW_hh, db_ih, db_hh, dexp,
+           tbx, tbh):
     """Chunk of steps [t0, t0+m) (slot k = step t0 + k): each (step, row) at its own exponent
-    rk[k, i] (plus fexp for the vanilla W_hh term) scaled to the chunk's largest exponent of the
+    rk[k, i] (the GRU's dzh rows: rkh[k, i]; else rkh is rk) (plus fexp for the vanilla W_hh term) scaled to the chunk's largest exponent of the
     rows that count for each sum (:func:`_step_rows`; a row above it, whose partner is 0, as it
     is: :func:`_down`), one product per weight, the aligned adds. zx holds the raw dzx rows (and
     dzh but for the GRU, whose zh holds its own); the W_hh rows are scaled into zh unless they
@@ -476,15 +497,16 @@ def _flush(zx, zh, rk, fx, fh, nbx, nbh, m, t0, X, H, fexp, vanilla, gru, dW_ih,
         fe = fexp[t0 + k] if vanilla else np.int64(0)
         for i in range(B):
             e = rk[k, i]
+            eh = rkh[k, i]
             if nbx[k, i]:
                 Ebx = max(Ebx, e)
             if nbh[k, i]:
-                Ebh = max(Ebh, e)
-                Eh = max(Eh, e + fe)
+                Ebh = max(Ebh, eh)
+                Eh = max(Eh, eh + fe)
             if fx[k, i]:
                 Ewx = max(Ewx, e)
             if fh[k, i]:
-                Ewh = max(Ewh, e + fe)
+                Ewh = max(Ewh, eh + fe)
     if Ebx == EXP_EMPTY and Ebh == EXP_EMPTY:
         return
     if Ewx == EXP_EMPTY:  # no row with a partner: the term is 0 (or NaN), at the rows' largest
@@ -497,7 +519,7 @@ def _flush(zx, zh, rk, fx, fh, nbx, nbh, m, t0, X, H, fexp, vanilla, gru, dW_ih,
         for k in range(m):
             fe = fexp[t0 + k] if vanilla else np.int64(0)
             for i in range(B):
-                if nbx[k, i] and _down(rk[k, i], Ewx) != _down(rk[k, i] + fe, Ewh):
+                if nbx[k, i] and _down(rk[k, i], Ewx) != _down(rkh[k, i] + fe, Ewh):
                     shared = False
     tbx[:] = 0
     tbh[:] = 0
@@ -507,13 +529,14 @@ def _flush(zx, zh, rk, fx, fh, nbx, nbh, m, t0, X, H, fexp, vanilla, gru, dW_ih,
         Hk = zh[k]
         for i in range(B):
             e = rk[k, i]
+            eh = rkh[k, i]
             if gru:
                 if nbh[k, i]:
-                    _add_scaled(tbh, Hk, i, _clamp(e - Ebh))
-                    scale_row(Hk, i, _down(e + fe, Ewh))
+                    _add_scaled(tbh, Hk, i, _clamp(eh - Ebh))
+                    scale_row(Hk, i, _down(eh + fe, Ewh))
             elif not shared:
                 if nbx[k, i]:
-                    scale_row_into(Hk, Zk, i, _down(e + fe, Ewh))
+                    scale_row_into(Hk, Zk, i, _down(eh + fe, Ewh))
                 else:
                     Hk[i, :] = 0
             if nbx[k, i]:
@@ -558,6 +581,7 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, row_e, dW
     zx = np.zeros((slots, B, GN), dtype=G.dtype)  # the steps' dzx (and dzh but for the GRU) rows
     zh = np.zeros((slots, B, GN), dtype=G.dtype)  # the GRU's dzh rows; the W_hh rows at the flush
     rk = np.zeros((slots, B), dtype=np.int64)  # the rows' exponents
+    rkh = np.zeros((slots, B), dtype=np.int64) if gru else rk  # the GRU's dzh rows' (far_rows: their own)
     fx = np.zeros((slots, B), dtype=np.bool_)
     fh = np.zeros((slots, B), dtype=np.bool_)
     nbx = np.zeros((slots, B), dtype=np.bool_)
@@ -645,6 +669,7 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, row_e, dW
         # which of them count for the sums; the W_hh term's norm at its own exponent
         for i in range(B):
             rk[k, i] = r[i]
+            rkh[k, i] = r[i]
         fe = fexp[t] if vanilla else np.int64(0)
         wh = _step_rows(t, k, dzx, dzh, X, H, r, fx, fh, nbx, nbh, gru)
         if wh == EXP_EMPTY:  # dzh all 0: the term is 0
@@ -666,8 +691,12 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, row_e, dW
             gm, ge = _step_norm(src, H[t], gram)
             gnorm_m[t] = gm
             gnorm_e[t] = wh + fe + ge
+        # rows far from 1 to [0.5, 1) for the chunk's products (the state took dz W_hh already)
+        _far_rows(dzx, rk[k], nbx[k])
+        if gru:
+            _far_rows(dzh, rkh[k], nbh[k])
         if k == 0:
-            _flush(zx, zh, rk, fx, fh, nbx, nbh, min(K, T - t), t, X, H, fexp, vanilla, gru, dW_ih, dW_hh, db_ih,
+            _flush(zx, zh, rk, rkh, fx, fh, nbx, nbh, min(K, T - t), t, X, H, fexp, vanilla, gru, dW_ih, dW_hh, db_ih,
                    db_hh, dexp, tbx, tbh)
         if every:
             _add_loss_rows(gg, r, N, DH[t])

@@ -256,3 +256,90 @@ def gru_chain(W_ih, W_hh, b_ih, b_hh, X):
                              for i in range(3 * N)])
         g = ng
     return float(mp.log10(loss)), gh_, gW
+
+
+def recurrent_grads(cell, activation, p, W_ih, W_hh, b_ih, b_hh, X):
+    """The totals of the parameter gradients through time, plain in mpmath: the vanilla cell
+    (h_t = phi(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)), the LSTM (gates i, f, g, o) or the
+    GRU (r, z, n; b_hn inside r (h W_hn^T + b_hn)), torch's equations, h_{-1} = c_{-1} = 0, loss
+    0.5 ||h_{T-1}||^2. Returns log10 of ||dL/dW_hh||, ||dL/dW_ih||, ||dL/db_ih||, ||dL/db_hh||
+    (keys "W_hh", "W_ih", "b_ih", "b_hh"; -inf for a gradient of zeros): the sums over the
+    steps and samples of dz_t^T h_{t-1}, dz_t^T x_t and dz_t, at any magnitude."""
+    T, B, D = len(X), len(X[0]), len(X[0][0])
+    N = len(W_hh[0])
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    mpf = lambda v: mp.mpf(float(v))  # noqa: E731
+    Wi, Wh = [[mpf(v) for v in row] for row in W_ih], [[mpf(v) for v in row] for row in W_hh]
+    bi, bh = [mpf(v) for v in b_ih], [mpf(v) for v in b_hh]
+    p = mpf(p)
+    sig = lambda z: 1 / (1 + mp.exp(-z))  # noqa: E731
+    dsig = lambda z: dphi("sigmoid", z, 0)  # noqa: E731
+    x = [[[mpf(v) for v in row] for row in X[t]] for t in range(T)]
+    H, C, S = [[[mp.mpf(0)] * N for _ in range(B)]], [[[mp.mpf(0)] * N for _ in range(B)]], []
+    for t in range(T):
+        hs, cs, saved = [], [], []
+        for r in range(B):
+            hp = H[-1][r]
+            ui = [mp.fsum([bi[i]] + [x[t][r][k] * Wi[i][k] for k in range(D)]) for i in range(G * N)]
+            uh = [mp.fsum([bh[i]] + [hp[k] * Wh[i][k] for k in range(N)]) for i in range(G * N)]
+            if cell == "rnn":
+                z = [ui[i] + uh[i] for i in range(N)]
+                hs.append([phi(activation, v, p) for v in z])
+                saved.append(z)
+            elif cell == "lstm":
+                z = [ui[i] + uh[i] for i in range(4 * N)]
+                c = [sig(z[N + j]) * C[-1][r][j] + sig(z[j]) * mp.tanh(z[2 * N + j]) for j in range(N)]
+                cs.append(c)
+                hs.append([sig(z[3 * N + j]) * mp.tanh(c[j]) for j in range(N)])
+                saved.append(z)
+            else:
+                zr = [ui[j] + uh[j] for j in range(N)]
+                zz = [ui[N + j] + uh[N + j] for j in range(N)]
+                hn = uh[2 * N:]
+                zn = [ui[2 * N + j] + sig(zr[j]) * hn[j] for j in range(N)]
+                hs.append([sig(-zz[j]) * mp.tanh(zn[j]) + sig(zz[j]) * hp[j] for j in range(N)])
+                saved.append((zr, zz, zn, hn))
+        H.append(hs)
+        C.append(cs)
+        S.append(saved)
+    g = [row[:] for row in H[-1]]
+    gc = [[mp.mpf(0)] * N for _ in range(B)]
+    dWh = [[mp.mpf(0)] * N for _ in range(G * N)]
+    dWi = [[mp.mpf(0)] * D for _ in range(G * N)]
+    dbi, dbh = [mp.mpf(0)] * (G * N), [mp.mpf(0)] * (G * N)
+    for t in range(T - 1, -1, -1):
+        ng, ngc = [], []
+        for r in range(B):
+            hp = H[t][r]
+            if cell == "rnn":
+                z = S[t][r]
+                dx = [g[r][i] * dphi(activation, z[i], p) for i in range(N)]
+                dh = dx
+                ng.append([mp.fsum(dh[i] * Wh[i][k] for i in range(N)) for k in range(N)])
+            elif cell == "lstm":
+                z, c, cp = S[t][r], C[t + 1][r], C[t][r]
+                dc = [gc[r][j] + g[r][j] * sig(z[3 * N + j]) * mp.sech(c[j]) ** 2 for j in range(N)]
+                dx = ([dc[j] * mp.tanh(z[2 * N + j]) * dsig(z[j]) for j in range(N)]
+                      + [dc[j] * cp[j] * dsig(z[N + j]) for j in range(N)]
+                      + [dc[j] * sig(z[j]) * mp.sech(z[2 * N + j]) ** 2 for j in range(N)]
+                      + [g[r][j] * mp.tanh(c[j]) * dsig(z[3 * N + j]) for j in range(N)])
+                dh = dx
+                ng.append([mp.fsum(dh[i] * Wh[i][k] for i in range(4 * N)) for k in range(N)])
+                ngc.append([dc[j] * sig(z[N + j]) for j in range(N)])
+            else:
+                zr, zz, zn, hn = S[t][r]
+                dn = [g[r][j] * sig(-zz[j]) * mp.sech(zn[j]) ** 2 for j in range(N)]
+                dr = [dn[j] * hn[j] * dsig(zr[j]) for j in range(N)]
+                du = [g[r][j] * (hp[j] - mp.tanh(zn[j])) * dsig(zz[j]) for j in range(N)]
+                dx = dr + du + dn
+                dh = dr + du + [dn[j] * sig(zr[j]) for j in range(N)]
+                ng.append([g[r][k] * sig(zz[k]) + mp.fsum(dh[i] * Wh[i][k] for i in range(3 * N)) for k in range(N)])
+            for i in range(G * N):
+                for k in range(N):
+                    dWh[i][k] += dh[i] * hp[k]
+                for k in range(D):
+                    dWi[i][k] += dx[i] * x[t][r][k]
+                dbi[i] += dx[i]
+                dbh[i] += dh[i]
+        g, gc = ng, (ngc if cell == "lstm" else gc)
+    return {"W_hh": _log10_norm(dWh), "W_ih": _log10_norm(dWi), "b_ih": _log10_norm([dbi]), "b_hh": _log10_norm([dbh])}

@@ -19,7 +19,10 @@ two per row (sample): row i at ``2**(sig_e[j] + r_i)``, ``sig_e[j]`` the largest
 terms) is taken at the largest exponent of the rows it adds (for dW_ih and dW_hh, of the rows
 whose partner x_t or h_{t-1} is non-zero too; plus ``fexp[t]`` for dW_hh, whose term is dz_t^T
 h_{t-1}; a vanilla row rescued in log form, every unit saturated beyond the dtype, carries its
-power of two); the norm of its dW_hh term is ``gnorm_m[t] * 2**gnorm_e[t]``. ``clip_acted[j]``
+power of two); the norm of its dW_hh term is ``gnorm_m[t] * 2**gnorm_e[t]``. For the sums
+themselves (not the norm) a row far from 1 is first brought to [0.5, 1) by a power of two, added
+to its exponent (``gradbench.reference.far_rows``; the GRU's rows for W_ih and for W_hh each on
+their own), so that dz_t^T h_{t-1} does not underflow where its value is representable. ``clip_acted[j]``
 (j < T) records whether the backward's signal clip changed the state at H[j] (the caller clips
 the top, H[T], and keeps its own).
 """

@@ -34,7 +34,8 @@ The exact chain through time
     ||dL/dc_t|| is that of the total, the carried part plus dL/dh_t o_t tanh'(c_t). A parameter
     gradient is a sum over the steps and the rows of terms with different exponents: a step's
     sum over its rows is taken at the largest exponent among them (for dW_ih and dW_hh among the
-    rows whose x_t or h_{t-1} is non-zero too: :func:`gradbench.reference.pair_top`), and the
+    rows whose x_t or h_{t-1} is non-zero too: :func:`gradbench.reference.pair_top`; each row far
+    from 1 first brought to [0.5, 1), :func:`gradbench.reference.far_rows`), and the
     steps' sums go into a running (mantissa, exponent) accumulator, each term brought to the
     larger exponent before it is added (the residual-add rule of the stacks), so the total is
     right to rounding at any length. Zero terms are skipped (they would only move the
@@ -65,7 +66,7 @@ from gradbench.recurrent.abi import (
     RI_ACT, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
 )
 from gradbench.reference import (
-    nonzero_rows, norm_scaled, normalise, pair_rows, pair_top, rescue_rows, row_shift, row_top, scaled_rows,
+    far_rows, nonzero_rows, norm_scaled, normalise, pair_rows, pair_top, rescue_rows, row_shift, row_top, scaled_rows,
     signal_rows,
 )
 
@@ -176,17 +177,33 @@ def step_norm(dz: np.ndarray, hp: np.ndarray) -> tuple[float, int]:
 def accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dzx, dzh, x, hp, r, f):
     """Step t's parameter-gradient terms (dzx for W_ih/b_ih, dzh for W_hh/b_hh; row i at
     2**r[i]) into the accumulators, each a sum over the rows taken at the largest exponent of the
-    rows it adds (:func:`gradbench.reference.pair_top`; x's rows at 0, h_{t-1}'s at f = fexp[t])."""
+    rows it adds (:func:`gradbench.reference.pair_top`; x's rows at 0, h_{t-1}'s at f = fexp[t]).
+    The W_hh term's norm from dzh as it is; the sums from copies whose rows far from 1 are in
+    [0.5, 1) (:func:`gradbench.reference.far_rows`), so that they meet x_t and h_{t-1} unflushed."""
     zero = np.zeros_like(r)
-    wx, wh = pair_top(dzx, r, x, zero), pair_top(dzh, r, hp, zero)
-    bx, bh = row_top(dzx, r), row_top(dzh, r)
-    zh = pair_rows(dzh, r, wh)
-    m, e_n = step_norm(zh, hp)
+    wh = pair_top(dzh, r, hp, zero)
+    m, e_n = step_norm(pair_rows(dzh, r, wh), hp)
     gnorm_m[t], gnorm_e[t] = m, wh + f + e_n
+    # Rows far from 1 (a gate's or phi's derivative of 1e-174 times the normalised state) brought
+    # to [0.5, 1) by a power of two, their exponents added to the rows' (far_rows, the stacks'
+    # rule), before they meet x_t and h_{t-1}: dz 2^-580 times h 1e-174 underflowed to 0 in the
+    # products. Copies: the state's dz W_hh takes dz as it is. dzx and dzh (the GRU's differ in
+    # the n block) each their own.
+    sx = dzx.copy()
+    rx = r + far_rows(sx)
+    if dzh is dzx:
+        sh, rh = sx, rx
+    else:
+        sh = dzh.copy()
+        rh = r + far_rows(sh)
+    wx, wh = pair_top(sx, rx, x, zero), pair_top(sh, rh, hp, zero)
+    bx, bh = row_top(sx, rx), row_top(sh, rh)
+    dzx, dzh = sx, sh
+    zh = pair_rows(dzh, rh, wh)
     dexp[DE_W_HH] = accumulate(dW_hh, int(dexp[DE_W_HH]), zh.T @ hp, wh + f)
-    dexp[DE_W_IH] = accumulate(dW_ih, int(dexp[DE_W_IH]), pair_rows(dzx, r, wx).T @ x, wx)
-    dexp[DE_B_IH] = accumulate(db_ih, int(dexp[DE_B_IH]), scaled_rows(dzx, r, bx).sum(axis=0), bx)
-    dexp[DE_B_HH] = accumulate(db_hh, int(dexp[DE_B_HH]), scaled_rows(dzh, r, bh).sum(axis=0), bh)
+    dexp[DE_W_IH] = accumulate(dW_ih, int(dexp[DE_W_IH]), pair_rows(dzx, rx, wx).T @ x, wx)
+    dexp[DE_B_IH] = accumulate(db_ih, int(dexp[DE_B_IH]), scaled_rows(dzx, rx, bx).sum(axis=0), bx)
+    dexp[DE_B_HH] = accumulate(db_hh, int(dexp[DE_B_HH]), scaled_rows(dzh, rh, bh).sum(axis=0), bh)
 
 
 # ------------------------------------------------------------------ vanilla rnn
