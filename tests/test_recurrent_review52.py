@@ -138,3 +138,14 @@ def test_one_forward_exponent_per_step_loses_a_sample_far_below(backend):
     m, e = alone.h0_grad.mantissa[0], int(alone.h0_grad.exponent[0])
     assert abs(np.log10(np.linalg.norm(m)) + e * np.log10(2.0) - (-201.03)) < 0.01
     assert gh[0] < -200  # mpmath: step 0's signal for that sample alone (dL/dh_0 = dL/dh_-1 here)
+
+
+def test_the_state_signal_under_tiny_recurrent_weights_is_still_lost():
+    """README (a documented limit, not rescaled yet): a sigmoid cell with biases of -400 and W_hh
+    of 1e-200 reads dL/dh_1 = 0 where mpmath gives 10^-547.01 (its dW_hh is exact)."""
+    rnn = gb.Recurrent(cell="rnn", steps=3, hidden=2, activation="sigmoid", recurrent_init="normal", sigma_w=1e-200)
+    P, X = gb.init_params(rnn, 0), gb.sequence_input(rnn, 1, 1)
+    P.b_ih[:] = -400.0
+    _, gh, _ = rnn_chain("sigmoid", 0.0, P.W_ih, P.W_hh, P.b_ih.astype(np.float64) + P.b_hh, X)
+    assert round(gh[1], 2) == -547.01
+    assert gb.backprop(rnn, P, X).signal_norm.log10()[1] == -np.inf
