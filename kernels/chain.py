@@ -11,9 +11,12 @@ import numpy as np
 from numba import njit
 
 from gradbench.abi import CLIP_NORM, CLIP_VALUE
+from gradbench.reference import DZ_FAR_EXP
 
 from ._config import EXP_CLAMP, JIT
 from .activations import _as
+
+_FAR64, _FAR32 = DZ_FAR_EXP["float64"], DZ_FAR_EXP["float32"]
 
 
 # 2**k for every k whose power of two is a float64 (subnormals included), looked up: the per-row
@@ -370,6 +373,25 @@ def scale_row(x, i, d):
     """x[i] = ldexp(x[i], d) in place (:func:`scale_row_into`; nothing to do for d = 0)."""
     if d != 0:
         scale_row_into(x, x, i, d)
+
+
+@njit(**JIT)
+def far_rows(dz, r, nz):
+    """gradbench.reference.far_rows: each row of dz (nz[i]: not all zero) whose largest |entry|
+    (NaN ignored; finite, not 0) has a frexp exponent beyond +-DZ_FAR_EXP brought into [0.5, 1),
+    that exponent added to r[i], so that the row meets the weights (a stack's dz W_l) or a
+    recurrent step's x_t and h_{t-1} (a row of 2^-580 beside h ~ 1e-174) without the products
+    under- or overflowing."""
+    far = _FAR64 if dz.itemsize == 8 else _FAR32
+    for i in range(dz.shape[0]):
+        if not nz[i]:
+            continue
+        m = absmax(dz[i:i + 1])  # NaN ignored
+        if m > 0.0 and m < math.inf:
+            e = math.frexp(m)[1]
+            if e > far or e < -far:
+                scale_row(dz, i, -e)
+                r[i] += e
 
 
 @njit(**JIT)

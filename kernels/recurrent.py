@@ -27,19 +27,17 @@ from gradbench.recurrent.abi import (
     DE_B_HH, DE_B_IH, DE_W_HH, DE_W_IH, EXP_EMPTY, RF_ACT_PARAM, RF_CLIP, RF_GATE_LOW, RF_SAT, RF_SAT_GATE,
     RI_ACT, RI_CHUNK, RI_CLIP, RI_LOSS_EVERY, RI_RESCALE_FWD,
 )
-from gradbench.reference import DZ_FAR_EXP
 
 from ._config import JIT
 from .activations import SIGMOID as _SIGMOID_CODE
 from .activations import TANH as _TANH_CODE
 from .activations import RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, _as, dphi, phi
 from .chain import (
-    _clamp, _ldexp, _pow2_range, absmax, all_finite, moments, norm_scaled, normalise, pow2, row_nonzero,
+    _clamp, _ldexp, _pow2_range, absmax, all_finite, far_rows, moments, norm_scaled, normalise, pow2, row_nonzero,
     rows_exponent, scale_row, scale_row_into, signal_rows, sumsq, sumsq_rows,
 )
 from .layers import rescue_saturated
 
-_FAR64, _FAR32 = DZ_FAR_EXP["float64"], DZ_FAR_EXP["float32"]
 
 
 # The gate codes as entries of an array: an integer constant would reach phi/dphi as a literal
@@ -452,24 +450,6 @@ def _step_rows(t, k, dzx, dzh, X, H, r, fx, fh, nbx, nbh, gru):
     return wh if wh != EXP_EMPTY else wb
 
 
-@njit(**JIT)
-def _far_rows(dz, r, nz):
-    """reference.far_rows on a step's rows in its chunk slot (the reference's accumulate_step):
-    each row of dz (nz[i]: not all zero) whose largest |entry| (NaN ignored; finite, not 0) has
-    a frexp exponent beyond +-DZ_FAR_EXP brought into [0.5, 1), that exponent added to r[i]; so
-    a row of 2^-580 meets h_{t-1} of 1e-174 without the product underflowing."""
-    far = _FAR64 if dz.itemsize == 8 else _FAR32
-    for i in range(dz.shape[0]):
-        if not nz[i]:
-            continue
-        m = absmax(dz[i:i + 1])  # NaN ignored
-        if m > 0.0 and m < math.inf:
-            e = math.frexp(m)[1]
-            if e > far or e < -far:
-                scale_row(dz, i, -e)
-                r[i] += e
-
-
 @njit(inline="always", **JIT)
 def _down(e, E):
     """A row's shift to a sum's exponent E: e - E, never up (a row above E is one whose partner
@@ -692,9 +672,9 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, row_e, dW
             gnorm_m[t] = gm
             gnorm_e[t] = wh + fe + ge
         # rows far from 1 to [0.5, 1) for the chunk's products (the state took dz W_hh already)
-        _far_rows(dzx, rk[k], nbx[k])
+        far_rows(dzx, rk[k], nbx[k])
         if gru:
-            _far_rows(dzh, rkh[k], nbh[k])
+            far_rows(dzh, rkh[k], nbh[k])
         if k == 0:
             _flush(zx, zh, rk, rkh, fx, fh, nbx, nbh, min(K, T - t), t, X, H, fexp, vanilla, gru, dW_ih, dW_hh, db_ih,
                    db_hh, dexp, tbx, tbh)

@@ -17,38 +17,18 @@ from gradbench.abi import (
     F_ACT_PARAM, F_BN_EPS, F_CLIP, F_RES_SCALE, F_SAT, I_ACT, I_BN, I_CLIP, I_RESCALE_FWD,
     I_RESIDUAL, INFO_BACKWARD, INFO_FORWARD,
 )
-from gradbench.reference import DZ_FAR_EXP
 
 from ._config import JIT
 from .activations import IDENTITY, LEAKY, PRELU, RELU, _as
 from .chain import (
-    _clamp, _ldexp, _pow2_range, absmax, add_aligned, add_aligned_rows, all_finite, layer_rows, moments_rows, norm_scaled,
-    pow2, row_nonzero, rows_exponent, rows_nonzero, scale_row, signal_rows, sumsq_rows,
+    _clamp, _ldexp, _pow2_range, add_aligned, add_aligned_rows, all_finite, far_rows, layer_rows, moments_rows,
+    norm_scaled, pow2, row_nonzero, rows_exponent, rows_nonzero, scale_row, signal_rows, sumsq_rows,
 )
 from .layers import (
     _activation_backward, _activation_forward_stats, batchnorm_backward, batchnorm_forward, dense_fix,
     dense_fix_rows, dense_forward, matmul_dh, matmul_dw, matmul_forward, rescue_forward_rows,
     rescue_saturated_rows,
 )
-
-
-_FAR64, _FAR32 = DZ_FAR_EXP["float64"], DZ_FAR_EXP["float32"]
-
-
-@njit(**JIT)
-def _far_rows(dz, r, nz):
-    """reference.far_rows: each row of dz whose largest |entry| (NaN ignored; finite, not 0) has a
-    frexp exponent beyond +-DZ_FAR_EXP brought into [0.5, 1), that exponent added to r[i]."""
-    far = _FAR64 if dz.itemsize == 8 else _FAR32
-    for i in range(dz.shape[0]):
-        if not nz[i]:
-            continue
-        m = absmax(dz[i:i + 1])  # NaN ignored
-        if m > 0.0 and m < math.inf:
-            e = math.frexp(m)[1]
-            if e > far or e < -far:
-                scale_row(dz, i, -e)
-                r[i] += e
 
 
 @njit(**JIT)
@@ -319,7 +299,7 @@ def stack_backward_kernel(icfg, fcfg, W, gamma, beta, slope, H, Z, bn_rstd, fexp
                 dgamma[l, j] = 0
                 dbeta[l, j] = 0
             if code != PRELU:  # (reference.DZ_FAR_EXP: PReLU's slope gradient shares dW's exponent)
-                _far_rows(dz, r, nz)  # a row far from 1 in [0.5, 1): dz W_l neither under- nor overflows
+                far_rows(dz, r, nz)  # a row far from 1 in [0.5, 1): dz W_l neither under- nor overflows
                 E = rows_exponent(r, nz)
         w = _pair_exponent(r, q, nz, H[l], E)  # dW = sum_i dz_i^T h_i at 2**(fexp[l] + w)
         # PReLU is never rescued: da's rows are at r (before batch norm's common exponent)
