@@ -84,6 +84,7 @@ def test_sigmoid_cell_entries_that_underflow_are_flagged(backend):
     _, gh, _ = rnn_chain("sigmoid", 0.0, P.W_ih, P.W_hh, P.b_ih.astype(np.float64) + P.b_hh, X)
     res = gb.backprop(rnn, P, X, backend=backend)
     assert abs(float(res.signal_norm.log10()[1]) - gh[1]) > 1000  # what the words say is true
+    assert round(float(res.signal_norm.log10()[1]), 2) == -5522.57 and round(gh[1], 2) == -1995.82  # README
     np.testing.assert_array_equal(res.extras["flushed_states"], _plain_sigmoid_count(rnn, P, X))
     assert "not exact here: 1 entry of the state h_t at step 2 underflowed float64" in _words(res)
     calm = gb.Recurrent(cell="rnn", activation="sigmoid", steps=3, hidden=2, recurrent_init="normal", sigma_w=3.0)
