@@ -59,8 +59,8 @@ from gradbench.params import GeneratedParams, layer_probe, weights_probe
 from gradbench.spec import Stack
 from gradbench.verdict import (FLOAT_LIMITS, MEASURABLE_DECADES, bn_identical, bn_pair_cancels, classify,  # noqa: F401
                                clip_binds, decades_per_layer, explain, float_limits, floored_layers, grad_rate, judge,
-                               dies, float_underflow, float_underflow_inputs, rms_log10, signal_rate, stuck_state,
-                               within_walk)
+                               dies, float_underflow, float_underflow_inputs, partial_underflow_words, rms_log10,
+                               signal_rate, stuck_state, within_walk)
 
 @dataclass(frozen=True, eq=False)
 class Diagnosis:
@@ -303,6 +303,9 @@ def diagnose(res, params=None, *, bins: int = DEFAULT_BINS, hist_range: tuple[fl
                           act_mean_log10=act_mean_log10, count=int(np.prod(res.output.shape)),
                           plain_forward=not res.forward_rescaled,
                           bn_sumsq_log10=(res.extras or {}).get("bn_sumsq_log10"))
+    if partial_underflow_words(stack, res):  # judged on numbers that are not exact: the sentences say so
+        for lim in limits.values():
+            lim["inexact"] = True
     explanation = explain(a.verdict, stack, g, rate, a.signal_decades_per_layer, threshold, res, a.elasticity_log10,
                           a.rule, a.loss_log10, tiny, a.weight_log10 if len(a.weight_log10) else _sampled(res, len(g)),
                           weights_sampled=not len(a.weight_log10))

@@ -270,6 +270,8 @@ def _limit_sentence(name: str, lim: dict, residual: int = 0) -> str:
                          f"~{lim['layers_to_overflow']} layers")
         else:
             parts.append(f"plain {name} is fine here")
+    if lim.get("inexact"):
+        parts.append("judged on this run's numbers, which are not exact here (see the verdict)")
     return "; ".join(parts)
 
 

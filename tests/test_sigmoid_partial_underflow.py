@@ -56,6 +56,7 @@ def test_the_diagnosis_says_which_numbers_are_not_exact(backend, case):
     assert off.any()
     np.testing.assert_array_equal(res.extras["flushed_outputs"], _plain_count(stack, params, x))
     text = " ".join(str(gb.diagnose(res)).split())
+    assert text.count("judged on this run's numbers, which are not exact here") == 2  # each dtype's limits
     assert "not exact here" in text and "may be far from the exact values" in text, text
     n = res.extras["flushed_outputs"]
     if n[-1]:
@@ -74,7 +75,7 @@ def test_no_word_where_nothing_underflowed(backend, case):
     np.testing.assert_allclose(res.grad_norm.log10(), gW, rtol=0, atol=1e-3)
     assert _plain_count(stack, params, x) == [0] * stack.depth
     assert not res.extras["flushed_outputs"].any()
-    assert "not exact here" not in str(gb.diagnose(res))
+    assert "not exact here" not in str(gb.diagnose(res))  # nor in the limits' sentences
 
 
 def test_checkpointed_and_stats_only_runs_count_the_same():
