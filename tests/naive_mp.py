@@ -213,6 +213,16 @@ def lstm_chain(W_ih, W_hh, bias, X):
     return gh, gW
 
 
+def _gru_cell(gi, gh, hp, N, sig):
+    """One GRU state from the input's and the state's pre-activations gi, gh (3N each: r, z, n)
+    and h_{t-1} = hp: (h_t, (z_r, z_z, z_n, h W_hn^T + b_hn))."""
+    zr = [gi[j] + gh[j] for j in range(N)]
+    zz = [gi[N + j] + gh[N + j] for j in range(N)]
+    hn = gh[2 * N:]
+    zn = [gi[2 * N + j] + sig(zr[j]) * hn[j] for j in range(N)]
+    return [sig(-zz[j]) * mp.tanh(zn[j]) + sig(zz[j]) * hp[j] for j in range(N)], (zr, zz, zn, hn)
+
+
 def gru_chain(W_ih, W_hh, b_ih, b_hh, X):
     """The GRU (torch's equations: r, z, n; n = tanh(x W_in^T + b_in + r (h W_hn^T + b_hn)),
     h' = (1 - z) n + z h; h_{-1} = 0), loss 0.5 ||h_{T-1}||^2: log10 of the loss, of
@@ -230,11 +240,9 @@ def gru_chain(W_ih, W_hh, b_ih, b_hh, X):
             hp = H[-1][r]
             gi = [mp.fsum([bi[i]] + [mpf(X[t][r][k]) * Wi[i][k] for k in range(D)]) for i in range(3 * N)]
             gh = [mp.fsum([bh[i]] + [hp[k] * Wh[i][k] for k in range(N)]) for i in range(3 * N)]
-            zr, zz = [gi[j] + gh[j] for j in range(N)], [gi[N + j] + gh[N + j] for j in range(N)]
-            hn = gh[2 * N:]
-            zn = [gi[2 * N + j] + sig(zr[j]) * hn[j] for j in range(N)]
-            rows.append([sig(-zz[j]) * mp.tanh(zn[j]) + sig(zz[j]) * hp[j] for j in range(N)])
-            saved.append((zr, zz, zn, hn))
+            h, keep = _gru_cell(gi, gh, hp, N, sig)
+            rows.append(h)
+            saved.append(keep)
         H.append(rows)
         S.append(saved)
     loss = mp.fsum(v * v for row in H[-1] for v in row) / 2
@@ -293,12 +301,9 @@ def recurrent_grads(cell, activation, p, W_ih, W_hh, b_ih, b_hh, X):
                 hs.append([sig(z[3 * N + j]) * mp.tanh(c[j]) for j in range(N)])
                 saved.append(z)
             else:
-                zr = [ui[j] + uh[j] for j in range(N)]
-                zz = [ui[N + j] + uh[N + j] for j in range(N)]
-                hn = uh[2 * N:]
-                zn = [ui[2 * N + j] + sig(zr[j]) * hn[j] for j in range(N)]
-                hs.append([sig(-zz[j]) * mp.tanh(zn[j]) + sig(zz[j]) * hp[j] for j in range(N)])
-                saved.append((zr, zz, zn, hn))
+                h, keep = _gru_cell(ui, uh, hp, N, sig)
+                hs.append(h)
+                saved.append(keep)
         H.append(hs)
         C.append(cs)
         S.append(saved)
