@@ -293,3 +293,13 @@ def test_a_fixed_value_refused_alone_names_no_grid_point():
     assert str(info.value) == "clip_threshold must be > 0, got -1.0"
     with pytest.raises(ValueError, match=r"\(at grid point clip=None, clip_threshold=0\.0\)$"):
         gb.sweep({"clip": [None, "norm"], "clip_threshold": [0.0, 1.0]}, depth=3, width=4)
+
+
+def test_an_activation_param_beside_activations_without_one_says_what_to_do():
+    """activation_param fixed over an activation axis whose members do not all take one: the
+    refusal says how to get both (two sweeps) instead of leaving the user without a way."""
+    with pytest.raises(ValueError) as info:
+        gb.sweep({"activation": ["tanh", "elu"]}, depth=3, width=4, activation_param=0.2)
+    assert str(info.value) == ("activation_param is only used by leaky_relu, prelu, elu; activation='tanh' takes none; "
+                               "sweep the activations that take it on their own, and the others in a second sweep "
+                               "(the two tables concatenate)")

@@ -275,5 +275,7 @@ def plan(grid: Mapping, fixed: Mapping, seeds, backend: str = "auto") -> Plan:
             # every point: naming the first one ("at grid point clip=None") pointed at the wrong field
             field = str(exc).split(" ", 1)[0]
             alone = field in p.fixed and field not in p.axes
-            raise type(exc)(f"{exc}{'' if alone else point_text(point)}") from None
+            hint = ("; sweep the activations that take it on their own, and the others in a second sweep (the two "
+                    "tables concatenate)" if field == "activation_param" and "activation" in p.axes else "")
+            raise type(exc)(f"{exc}{hint}{'' if alone else point_text(point)}") from None
     return p
