@@ -289,3 +289,12 @@ def test_float32_updates_rounded_away_are_said():
         in r.summary(), r.summary()
     r64 = run_demo("deep-sigmoid", epochs=3)
     assert "never changed" not in r64.summary() and np.all(r64.params.W_in != gb.init_params(r64.stack, 0).W_in)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weight_decay_does_not_rescue_a_net_that_explodes_at_init(seed):
+    """README: weight decay does not rescue the exploding demo (it turns non-finite in epoch 1,
+    as without it), where the global-norm clip does (exploding-clipped stays finite)."""
+    for lr in (0.1, 0.01):
+        r = run_demo("exploding", weight_decay=0.1, lr=lr, seed=seed)
+        assert r.diverged_epoch == 0, (lr, r.diverged_epoch, r.divergence)
