@@ -392,6 +392,10 @@ def float_underflow(stack, res) -> np.ndarray:
     return np.flatnonzero((mean == -np.inf) & (std == -np.inf) & sat)
 
 
+# where sigmoid(z) = e^z / (1 + e^z) falls below the smallest normal number (ln of it)
+SUBNORMAL_Z = {"float64": "-708", "float32": "-87"}
+
+
 def partial_underflow_words(stack, res) -> list[str]:
     """Sigmoid outputs that underflowed in layers where others did not (``res.extras
     ["flushed_outputs"]``, :func:`gradbench.engine.flushed_outputs`; whole layers are
@@ -415,8 +419,9 @@ def partial_underflow_words(stack, res) -> list[str]:
                  f"{'' if len(above) > 1 else 's'} them in,")
     many = len(layers) > 1
     return [f"not exact here: {total} sigmoid output{'s' if total > 1 else ''} of layer{'s' if many else ''} "
-            f"{_layers(layers)} underflowed in {stack.dtype} (z below about {FLUSH_Z['sigmoid'][stack.dtype]}: 0 or "
-            "subnormal, and a sigmoid forward carries no exponent) beside outputs that did not; "
+            f"{_layers(layers)} underflowed in {stack.dtype} (z below about {SUBNORMAL_Z[stack.dtype]}: subnormal, "
+            f"0 below {FLUSH_Z['sigmoid'][stack.dtype]}, and a sigmoid forward carries no exponent) beside outputs "
+            "that did not; "
             "their true values are tiny, not 0, and can carry the larger share of a gradient (their sigmoid' is "
             f"larger than a saturated unit's near 1), so {reach} may be far from the exact values "
             "(a smaller sigma_w keeps z within range)"]
