@@ -39,7 +39,8 @@
  * accumulators by the aligned rule (gb_chunk_flush). The norm of step t's dW_hh term,
  * ||dz_t^T h_{t-1}||_F (its rows at the step's largest pair exponent), is computed from the
  * B x B Gram matrices, sum((dz dz^T) o (h h^T)), when that is cheaper than the (GN, N) product
- * itself (B (GN + N) / 2 < GN N), else directly.
+ * itself (B (GN + N) / 2 < GN N) and their sum keeps more than 2^-26 of its terms' magnitudes
+ * (gb_step_norm_plain), else directly.
  *
  * The exact-chain helpers (normalise, clip, norm) repeat those of stack_impl.h over the joint
  * rows [dL/dh | dL/dc], so that the LSTM's two parts share each row's exponent; they are static
@@ -938,20 +939,28 @@ static int F(gb_gru_forward_body)(const gb_recurrent_arrays *a, const gb_opts *o
 }
 
 /* ------------------------------------------------------------------ backward: shared */
-/* ||dz^T h||_F for one step: from the Gram matrices (dz dz^T) o (h h^T) or directly. */
+/* ||dz^T h||_F for one step: from the Gram matrices (dz dz^T) o (h h^T), where their sum keeps
+ * more than 2^-26 of its terms' magnitudes (kernels/recurrent.py GRAM_TRUST); else, and without
+ * the Gram matrices, from the product dz^T h (gb_rnorm: nothing lost to its squares). Below that
+ * share the samples' terms cancel (one input twice with opposite targets: the Gram sum gave sqrt
+ * of rounding noise, 1e-8 of the terms, where the product gives 1e-16) or underflowed in h h^T
+ * (a sample 10^200 below another's h_{t-1}: 0 where the product holds 10^-213). */
 static double F(gb_step_norm_plain)(F(gb_rctx) *cx, const REAL *dz, const REAL *hp, int64_t B, int64_t N,
                                     int64_t GN) {
-    if (!cx->gram_norms) {
-        F(gb_zT_times_rows)(&cx->mm, cx->tmp, dz, hp, B, N, GN);
-        return F(gb_rnorm)(cx->tmp, GN, N);
+    if (cx->gram_norms) {
+        REAL *zz = cx->gram, *hh = cx->gram + B * B;
+        F(gb_gram)(&cx->mm, zz, dz, B, GN);
+        F(gb_gram)(&cx->mm, hh, hp, B, N);
+        double s = 0, a = 0;
+        for (int64_t i = 0; i < B * B; i++) {
+            s = GB_FMAD((double)zz[i], (double)hh[i], s);
+            a += fabs((double)zz[i] * (double)hh[i]);
+        }
+        if (s != s) return s; /* a NaN step stays NaN */
+        if (s > a * 0x1p-26) return sqrt(s);
     }
-    REAL *zz = cx->gram, *hh = cx->gram + B * B;
-    F(gb_gram)(&cx->mm, zz, dz, B, GN);
-    F(gb_gram)(&cx->mm, hh, hp, B, N);
-    double s = 0;
-    for (int64_t i = 0; i < B * B; i++) s = GB_FMAD((double)zz[i], (double)hh[i], s);
-    if (s != s) return s; /* a NaN step stays NaN (the clamp below read it as 0) */
-    return sqrt(s > 0 ? s : 0); /* the Gram sum's rounding can fall just below 0 */
+    F(gb_zT_times_rows)(&cx->mm, cx->tmp, dz, hp, B, N, GN);
+    return F(gb_rnorm)(cx->tmp, GN, N);
 }
 
 /* ||dz^T h||_F with the product formed in double, entry by entry: the reference's when a side

@@ -10,7 +10,7 @@ are collected in chunks of K steps (``icfg[RI_CHUNK]``) and scaled to the chunk'
 exponent of the rows each sum counts (the pair rule), dW_ih = Z^T X and dW_hh = Z^T H are
 products over the chunk, added to the running (mantissa, exponent) accumulators by the aligned
 rule, and the norm of a step's dW_hh term comes from the B x B Gram matrices when that is
-cheaper. Matrix products go through ``np.dot`` (BLAS); phi and phi' are :mod:`.activations`'
+cheaper and their sum trustworthy (GRAM_TRUST), else from the product. Matrix products go through ``np.dot`` (BLAS); phi and phi' are :mod:`.activations`'
 (``dphi`` from z). One compiled kernel per cell, direction and dtype.
 """
 
@@ -34,7 +34,7 @@ from .activations import TANH as _TANH_CODE
 from .activations import RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, _as, dphi, phi
 from .chain import (
     _clamp, _ldexp, _pow2_range, absmax, all_finite, far_rows, moments, norm_scaled, normalise, pow2, row_nonzero,
-    rows_exponent, scale_row, scale_row_into, signal_rows, sumsq, sumsq_rows,
+    rows_exponent, scale_row, scale_row_into, signal_rows, sumsq_rows,
 )
 from .layers import rescue_saturated
 
@@ -360,6 +360,22 @@ def _add_loss_rows(gg, r, N, dh):
         r[i] = em
 
 
+# The Gram sum is trusted where it keeps more than this share of its terms' magnitudes; below,
+# the samples' terms cancel (one input twice with opposite targets: sqrt of rounding noise, 1e-8
+# of the terms, where the product gives 1e-16) or underflowed in h h^T (a sample 10^200 below
+# another's h_{t-1}): the norm is taken from the product dz^T h instead.
+GRAM_TRUST = 2.0**-26
+
+
+@njit(**JIT)
+def _product_norm(P):
+    """||P||_F in float64 with nothing lost: the plain sum of squares where it lies in
+    [SUMSQ_LO, SUMSQ_HI] (its bits as before), else from P scaled by its largest power of two
+    (:func:`.chain.norm_scaled`; C's gb_rnorm)."""
+    m, e = norm_scaled(P)
+    return _ldexp(m, e)
+
+
 @njit(**JIT)
 def _step_norm_plain(dz, hp, gram):
     B = dz.shape[0]
@@ -367,11 +383,15 @@ def _step_norm_plain(dz, hp, gram):
         zz = np.dot(dz, dz.T)
         hh = np.dot(hp, hp.T)
         s = 0.0
+        a = 0.0
         for i in range(B):
             for j in range(B):
-                s += np.float64(zz[i, j]) * np.float64(hh[i, j])
-        return math.sqrt(max(s, 0.0))
-    return math.sqrt(sumsq(np.dot(dz.T, hp)))
+                t = np.float64(zz[i, j]) * np.float64(hh[i, j])
+                s += t
+                a += abs(t)
+        if not (s <= a * GRAM_TRUST):  # (a NaN stays NaN)
+            return math.sqrt(max(s, 0.0))
+    return _product_norm(np.dot(dz.T, hp))
 
 
 @njit(**JIT)

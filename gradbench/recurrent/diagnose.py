@@ -721,11 +721,10 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
     total_w = None if carried else _norm_log10(getattr(getattr(res, "grads", None), "W_hh", None))
     if not fin.size and T > 1 and np.any(np.isfinite(s)) and total_w is not None and total_w > -math.inf:
         # the terms' norms lost them, not the terms: their sum is not 0 (a GRU whose other sample's
-        # state was 10^200 above blamed underflowed gates for terms of 10^-12.8)
+        # state was far above blamed underflowed gates for terms of 10^-12.8)
         words.append(f"every step's term of dL/dW_hh reads 0 while their sum, dL/dW_hh, is 10^{_num(total_w)}: "
-                     "the step norms take every sample at the batch's largest exponent of h_{t-1} and square its "
-                     f"share, so a sample more than ~10^{STEP_NORM_REACH[rnn.dtype]} below the largest adds nothing to "
-                     "them; the terms are not 0")
+                     "the step norms take every sample at the batch's largest exponent of h_{t-1}, so a sample more "
+                     f"than ~10^{STEP_NORM_REACH[rnn.dtype]} below the largest adds nothing to them; the terms are not 0")
     elif not fin.size and T > 1 and np.any(np.isfinite(s)):
         words.append("every step's contribution to dL/dW_hh is exactly 0"
                      + (f": the gates' derivatives underflowed {rnn.dtype} (saturated gates; the gated cells have no "
@@ -784,9 +783,10 @@ UNDERFLOW_CAUSE = {"sigmoid": "sigmoid(z) underflowed {dt} (a z far below 0)",
                           "within the dtype's range of 1, or a candidate far below 0)"}
 
 
-# How far below the batch's largest h_{t-1} a sample's share of a step norm reaches: its square
-# must stay above the dtype's smallest subnormal (float64 2^-1074: 10^161.6 apart at most)
-STEP_NORM_REACH = {"float64": 161, "float32": 22}
+# How far below the batch's largest h_{t-1} a sample's share of a step norm reaches: its row
+# scaled to that exponent must stay above the dtype's smallest normal number (C forms the scaled
+# copies in the dtype)
+STEP_NORM_REACH = {"float64": 307, "float32": 37}
 
 
 def _norm_log10(W) -> float | None:
