@@ -1103,18 +1103,6 @@ static void F(gb_chunk_flush)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int6
     }
 }
 
-/* A step's dz row z (n,) far from 1 (reference.far_rows, as the stacks' rows: max|z| finite,
- * not 0, its frexp exponent beyond +-GB_DZ_FAR_EXP) brought to [0.5, 1) in place; returns the
- * exponent taken out (0: untouched), which the row's exponent takes. */
-static int64_t F(gb_far_row)(REAL *z, int64_t n) {
-    const REAL m = F(gb_absmax)(z, n, 0); /* NaN ignored */
-    if (!(m > 0) || !isfinite((double)m)) return 0;
-    int ex;
-    frexp((double)m, &ex);
-    const int far = GB_DZ_FAR_EXP(sizeof(REAL) == sizeof(float));
-    return ex > far || ex < -far ? F(gb_scale_pow2)(z, n, m) : 0;
-}
-
 /* Step t's dz rows are in chunk slot k = t % K at exponents rd (B,); fe = fexp[t] for the
  * vanilla cell (h_{t-1}'s, which its W_hh term carries), else 0. The pairs' flags, the norm of
  * the step's W_hh term (its rows brought to the largest exponent w of a pair of dzh and h_{t-1}
@@ -1168,8 +1156,9 @@ static void F(gb_step_done)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_
      * accumulate_step): dz 2^-580 times h_{t-1} 1e-174 underflowed to 0 there. The state took
      * dz W_hh already; zh's rows (the GRU's) their own, else rkh is rk. */
     for (int64_t i = 0; i < B; i++) {
-        if (fl[i] & GB_RF_ZX) rk[i] += F(gb_far_row)(cx->zx + k * n + i * GN, GN);
-        if (zh != zx && (fl[i] & GB_RF_ZH)) rkh[i] += F(gb_far_row)(zh + i * GN, GN);
+        REAL *zxi = cx->zx + k * n + i * GN, *zhi = zh + i * GN; /* (max|.|: NaN ignored) */
+        if (fl[i] & GB_RF_ZX) rk[i] += F(gb_far_row)(zxi, GN, F(gb_absmax)(zxi, GN, 0));
+        if (zh != zx && (fl[i] & GB_RF_ZH)) rkh[i] += F(gb_far_row)(zhi, GN, F(gb_absmax)(zhi, GN, 0));
     }
     if (k == 0) F(gb_chunk_flush)(cx, a, t, GB_MIN(cx->K, a->T - t));
 }

@@ -214,6 +214,18 @@ static GB_AINLINE int64_t F(gb_scale_pow2)(T *g, int64_t n, T m) {
 /* g (n,) normalised: max|g| in [0.5, 1) (see gb_scale_pow2); returns the exponent taken out */
 GB_ROWS_UNUSED static int64_t F(gb_normalise)(T *g, int64_t n) { return F(gb_scale_pow2)(g, n, F(gb_absmax)(g, n, 0)); }
 
+/* reference.far_rows on one row g (n,) of dz whose max|g| is m: where m is finite, not 0, and its
+ * frexp exponent lies beyond +-GB_DZ_FAR_EXP, g brought to [0.5, 1) in place (gb_scale_pow2);
+ * returns the exponent taken out (0: untouched), which the row's exponent takes. The stacks' rows
+ * before dz W_l, a recurrent step's before they meet x_t and h_{t-1}. */
+GB_ROWS_UNUSED static int64_t F(gb_far_row)(T *g, int64_t n, T m) {
+    if (!(m > 0) || !isfinite((double)m)) return 0;
+    int ex;
+    frexp((double)m, &ex);
+    const int far = GB_DZ_FAR_EXP(sizeof(T) == sizeof(float));
+    return ex > far || ex < -far ? F(gb_scale_pow2)(g, n, m) : 0;
+}
+
 /* normalise_rows on one row [g | gc] (gc NULL: g alone): max|.| (NaN ignored) brought to
  * [0.5, 1), its exponent added to *r; a row of zeros, or whose max is not finite, unchanged.
  * Returns whether the row is not all zero (NaN is not zero). */

@@ -2248,12 +2248,7 @@ static void F(gb_backward_member)(void *arg, int tid, int nth, gb_barrier *bar) 
                     rescued = 1;
                 }
             }
-            if (far && !rescued && mr > 0 && isfinite(mr)) { /* reference.far_rows */
-                int ex;
-                frexp(mr, &ex);
-                if (ex > GB_DZ_FAR_EXP(f32) || ex < -GB_DZ_FAR_EXP(f32))
-                    re += F(gb_scale_pow2)(dz + r * N, N, (T)mr); /* mr: the row's max, a T */
-            }
+            if (far && !rescued) re += F(gb_far_row)(dz + r * N, N, (T)mr); /* mr: the row's max, a T */
             if (!nz) nz = F(gb_nonzero)(dz + r * N, N);
             rdz[r] = re;
             if (nz && re > dnz) dnz = re;

@@ -369,25 +369,31 @@ def bn_shares(rstd: np.ndarray, eps: float) -> np.ndarray:
     return eps * np.square(out)
 
 
-def flushed_outputs(run: _Run, s: int, e: int) -> np.ndarray:
-    """(e - s,): how many outputs h_{l+1} of each of the segment's sigmoid layers are 0 or
-    subnormal. sigmoid(z) > 0 for every z, and a sigmoid forward carries no exponent: such an
-    output is sigmoid(z) underflowed (z below ~-745, float32 ~-104), whose true value, tiny, can
-    carry the larger term of the next layer's dW (its sigmoid' is larger than a unit near 1's;
-    verdict.partial_underflow_words). Only layers with a saturated unit can hold one (an
-    underflowed unit is saturated): no pass over a stack without. A residual group's output is
-    the skip plus the branch, no sigmoid output, and is not counted."""
-    out = np.zeros(e - s, dtype=np.int64)
-    if not np.any(run.saturation[s:e] > 0):
+def underflowed_entries(H: np.ndarray, saturation: np.ndarray) -> np.ndarray:
+    """(len(H),): how many entries of each sigmoid output H[i] (a layer's h_{l+1}, a cell's h_t)
+    are 0 or subnormal. sigmoid(z) > 0 for every z, and a sigmoid forward carries no exponent:
+    each is sigmoid(z) underflowed (z below ~-708, float32 ~-87), whose true value, tiny, can carry
+    the larger term of a gradient (its sigmoid' is larger than a unit near 1's;
+    verdict.partial_underflow_words). Only an H[i] with a saturated unit (``saturation[i]`` > 0)
+    can hold one: no pass where none is saturated."""
+    out = np.zeros(len(H), dtype=np.int64)
+    if not np.any(np.asarray(saturation) > 0):
         return out
-    H = run.seg_arrays(s, e)[0][1:]
     tiny = np.finfo(H.dtype).tiny
-    k = run.stack.residual
     with np.errstate(invalid="ignore"):
-        low = np.flatnonzero(np.min(H.reshape(e - s, -1), axis=1) < tiny)  # NaN: not low
+        low = np.flatnonzero(np.min(H.reshape(len(H), -1), axis=1) < tiny)  # NaN: not low
     for i in low:
-        if not (k and (s + i + 1) % k == 0):
-            out[i] = np.count_nonzero(H[i] < tiny)
+        out[i] = np.count_nonzero(H[i] < tiny)
+    return out
+
+
+def flushed_outputs(run: _Run, s: int, e: int) -> np.ndarray:
+    """(e - s,): :func:`underflowed_entries` of the segment's sigmoid layers. A residual group's
+    output is the skip plus the branch, no sigmoid output, and is not counted."""
+    out = underflowed_entries(run.seg_arrays(s, e)[0][1:], run.saturation[s:e])
+    k = run.stack.residual
+    if k:
+        out[(np.arange(s, e) + 1) % k == 0] = 0
     return out
 
 

@@ -150,11 +150,12 @@ def batchnorm_forward(y, xhat, mean, rstd, z, gamma, beta, eps):
     y, xhat, z (B,N); mean, rstd, gamma, beta (N,); mean_B as :func:`batchnorm_mean` takes it.
     """
     mean[...] = batchnorm_mean(z)
+    d = z - mean
     with np.errstate(over="ignore"):
-        var = ((z - mean) ** 2).mean(axis=0)
+        var = (d ** 2).mean(axis=0)
     rstd[...] = 1.0 / np.sqrt(var + eps)
-    batchnorm_far_columns(rstd, var, z - mean, eps)
-    xhat[...] = (z - mean) * rstd
+    batchnorm_far_columns(rstd, var, d, eps)
+    xhat[...] = d * rstd
     y[...] = gamma * xhat + beta
 
 

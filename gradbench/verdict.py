@@ -1087,8 +1087,8 @@ def explain(verdict: str, stack, g, rate, signal_rate, threshold, res, elasticit
         words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'} in this run, by its ends, not "
                      f"by a fitted trend: {ends_span}, while the fitted rates ({rate:+.3g} for ||dW_l||, "
                      f"{signal_rate:+.3g} for the signal, decades per layer) lie within two standard errors of the "
-                     "random walk that a product of random layers at a finite width takes: one run does not tell the stack's trend from this seed's walk, "
-                     "so whether another seed ends the same way, or more layers continue it in a line, is not known "
+                     "random walk that a product of random layers at a finite width takes: one run does not tell the "
+                     "stack's trend from this seed's walk, so whether another seed ends the same way, or more layers continue it in a line, is not known "
                      "from it")
     elif rule == "trend":
         words.append(f"gradients {'vanish' if verdict == 'vanishing' else 'explode'}: {trends}")

@@ -10,8 +10,9 @@ are collected in chunks of K steps (``icfg[RI_CHUNK]``) and scaled to the chunk'
 exponent of the rows each sum counts (the pair rule), dW_ih = Z^T X and dW_hh = Z^T H are
 products over the chunk, added to the running (mantissa, exponent) accumulators by the aligned
 rule, and the norm of a step's dW_hh term comes from the B x B Gram matrices when that is
-cheaper and their sum trustworthy (GRAM_TRUST), else from the product. Matrix products go through ``np.dot`` (BLAS); phi and phi' are :mod:`.activations`'
-(``dphi`` from z). One compiled kernel per cell, direction and dtype.
+cheaper and their sum trustworthy (GRAM_TRUST), else from the product. Matrix products go
+through ``np.dot`` (BLAS); phi and phi' are :mod:`.activations`' (``dphi`` from z). One compiled
+kernel per cell, direction and dtype.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from .chain import (
     rows_exponent, scale_row, scale_row_into, signal_rows, sumsq_rows,
 )
 from .layers import rescue_saturated
-
 
 
 # The gate codes as entries of an array: an integer constant would reach phi/dphi as a literal
@@ -482,11 +482,11 @@ def _down(e, E):
 def _flush(zx, zh, rk, rkh, fx, fh, nbx, nbh, m, t0, X, H, fexp, vanilla, gru, dW_ih, dW_hh, db_ih, db_hh, dexp,
            tbx, tbh):
     """Chunk of steps [t0, t0+m) (slot k = step t0 + k): each (step, row) at its own exponent
-    rk[k, i] (the GRU's dzh rows: rkh[k, i]; else rkh is rk) (plus fexp for the vanilla W_hh term) scaled to the chunk's largest exponent of the
-    rows that count for each sum (:func:`_step_rows`; a row above it, whose partner is 0, as it
-    is: :func:`_down`), one product per weight, the aligned adds. zx holds the raw dzx rows (and
-    dzh but for the GRU, whose zh holds its own); the W_hh rows are scaled into zh unless they
-    take the W_ih rows' factors."""
+    rk[k, i] (the GRU's dzh rows: rkh[k, i]; else rkh is rk) (plus fexp for the vanilla W_hh term)
+    scaled to the chunk's largest exponent of the rows that count for each sum (:func:`_step_rows`;
+    a row above it, whose partner is 0, as it is: :func:`_down`), one product per weight, the
+    aligned adds. zx holds the raw dzx rows (and dzh but for the GRU, whose zh holds its own);
+    the W_hh rows are scaled into zh unless they take the W_ih rows' factors."""
     B, GN = zx.shape[1], zx.shape[2]
     Ewx = np.int64(EXP_EMPTY)
     Ewh = np.int64(EXP_EMPTY)

@@ -81,6 +81,7 @@ import numpy as np
 
 from gradbench.activations import RESCUE, SATURATED_AT
 from gradbench.diagnose import _from_jsonable as _from_json_value
+from gradbench.diagnose import frobenius_log10
 from gradbench.recurrent.results import RecurrentResult
 from gradbench.recurrent.spec import Recurrent
 from gradbench.report import activation_words, count, fmt_percent, fmt_pow, index_runs, inactive_settings
@@ -724,7 +725,8 @@ def diagnose(res: RecurrentResult, *, threshold: float = 2.0, reach_decades: flo
         # state was far above blamed underflowed gates for terms of 10^-12.8)
         words.append(f"every step's term of dL/dW_hh reads 0 while their sum, dL/dW_hh, is 10^{_num(total_w)}: "
                      "the step norms take every sample at the batch's largest exponent of h_{t-1}, so a sample more "
-                     f"than ~10^{STEP_NORM_REACH[rnn.dtype]} below the largest adds nothing to them; the terms are not 0")
+                     f"than ~10^{STEP_NORM_REACH[rnn.dtype]} below the largest adds nothing to them; the terms are "
+                     "not 0")
     elif not fin.size and T > 1 and np.any(np.isfinite(s)):
         words.append("every step's contribution to dL/dW_hh is exactly 0"
                      + (f": the gates' derivatives underflowed {rnn.dtype} (saturated gates; the gated cells have no "
@@ -790,16 +792,11 @@ STEP_NORM_REACH = {"float64": 307, "float32": 37}
 
 
 def _norm_log10(W) -> float | None:
-    """log10 of the Frobenius norm of a LogScaled with one exponent (None: no such array)."""
+    """log10 of the Frobenius norm of a LogScaled with one exponent (None: no such array; -inf for
+    zeros or NaN), its mantissa's by :func:`gradbench.diagnose.frobenius_log10`."""
     if W is None:
         return None
-    m = np.asarray(W.mantissa, dtype=np.float64)
-    top = float(np.max(np.abs(m), initial=0.0))
-    if not top > 0 or not math.isfinite(top):
-        return -math.inf if top == 0 else None
-    k = math.frexp(top)[1]
-    e = int(np.max(np.asarray(W.exponent)))
-    return math.log10(math.sqrt(float(np.sum(np.square(np.ldexp(m, -k)))))) + (k + e) * math.log10(2.0)
+    return float(frobenius_log10(W.mantissa[None])[0]) + int(np.max(W.exponent)) * math.log10(2.0)
 
 
 def _underflowed_steps(rnn, res) -> np.ndarray:
@@ -842,7 +839,7 @@ def _state_underflow_words(rnn, res) -> list[str]:
 
 def _partial_state_words(rnn, res) -> list[str]:
     """A sigmoid cell's state entries that underflowed beside entries that did not
-    (``extras["flushed_states"]``, :func:`gradbench.recurrent.engine.flushed_states`; whole states
+    (``extras["flushed_states"]``, :func:`gradbench.engine.underflowed_entries`; whole states
     are :func:`_state_underflow_words`'): their true values are tiny and can carry the larger share
     of a gradient, as in the stacks (:func:`gradbench.verdict.partial_underflow_words`): a sigmoid
     cell at gain 1e4 read ||dL/dh_1|| = 10^-5522.57 where mpmath gives 10^-1995.82."""

@@ -24,6 +24,7 @@ from gradbench import abi
 from gradbench.activations import saturation_uncountable
 from gradbench.buffers import WORKSPACE, held, take_internal
 from gradbench.clipping import _clip_value, _scale_rows, row_norms
+from gradbench.engine import underflowed_entries
 from gradbench.inputs import check_array, check_param_arrays, check_progress, check_targets
 from gradbench.logscaled import LogScaled, ldexp
 from gradbench import loss as head_rows
@@ -361,7 +362,7 @@ class _Run:
             first_c[...] = 0 if c0 is None else c0
         self.fexp = np.zeros(T + 1, dtype=np.int64)
         self.stats = {n: np.empty(T) for n in _STAT_NAMES}
-        # sigmoid cell states that underflowed (flushed_states)
+        # sigmoid cell state entries that underflowed (engine.underflowed_entries)
         self.flushed = np.zeros(T, dtype=np.int64) if rnn.cell == "rnn" and rnn.act == "sigmoid" else None
         self.sig_m, self.csig_m = np.empty(T + 1), np.full(T + 1, np.nan)
         self.sig_e = np.zeros(T + 1, dtype=np.int64)
@@ -421,22 +422,6 @@ def _segment_forward(run: _Run, j: int, stats: dict, info: np.ndarray) -> dict:
     return seg
 
 
-def flushed_states(H: np.ndarray, saturation: np.ndarray) -> np.ndarray:
-    """(steps,): how many entries of a sigmoid cell's states h_t (H (steps, B, N)) are 0 or
-    subnormal: sigmoid(z) > 0 and the cell's forward carries no exponent, so each is an underflow
-    (the stacks' :func:`gradbench.engine.flushed_outputs`; only steps with a saturated unit can
-    hold one). The diagnosis says which numbers read them (``extras["flushed_states"]``)."""
-    out = np.zeros(len(H), dtype=np.int64)
-    if not np.any(np.asarray(saturation) > 0):
-        return out
-    tiny = np.finfo(H.dtype).tiny
-    with np.errstate(invalid="ignore"):
-        low = np.flatnonzero(np.min(H.reshape(len(H), -1), axis=1) < tiny)  # NaN: not low
-    for i in low:
-        out[i] = np.count_nonzero(H[i] < tiny)
-    return out
-
-
 def _uncountable_fractions(run: _Run, s: int, e: int, Z: np.ndarray) -> None:
     """NaN for ``saturation`` and ``gate_low`` of the segment's steps whose entries the kernels
     cannot count, in place (the stacks' :func:`gradbench.engine._uncountable_fractions`).
@@ -468,7 +453,8 @@ def _forward(run: _Run) -> None:
         seg = _segment_forward(run, j, {n: a[s:e] for n, a in run.stats.items()}, seg_info)
         _uncountable_fractions(run, s, e, seg["Z"])
         if run.flushed is not None:
-            run.flushed[s:e] = flushed_states(seg["H"][1:e - s + 1], run.stats["saturation"][s:e])
+            # a sigmoid cell's state entries that underflowed (extras["flushed_states"])
+            run.flushed[s:e] = underflowed_entries(seg["H"][1:e - s + 1], run.stats["saturation"][s:e])
         if run.info[abi.INFO_FORWARD] < 0 <= seg_info[abi.INFO_FORWARD]:
             run.info[abi.INFO_FORWARD] = s + seg_info[abi.INFO_FORWARD]
         if run.plan.recompute:
