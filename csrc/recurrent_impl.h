@@ -702,7 +702,8 @@ static int64_t F(gb_rnn_rescue)(REAL *dz, const REAL *g, const REAL *z, int64_t 
 
 /* The vanilla backward's rows: phi' recomputed from z_t (ga: phi, unused), dz = g phi', the
  * row's max|dz| (NaN ignored) and, where every entry lies below GB_RESCUE_BELOW (rescue), the row
- * in log form (gb_rnn_rescue): its shift in kr */
+ * in log form (gb_rnn_rescue), then a row far from 1 brought to [0.5, 1) (gb_far_row): their
+ * shifts in kr */
 static void F(gb_rnn_backward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r1) {
     const int64_t N = st->N;
     const double below = GB_RESCUE_BELOW(sizeof(REAL) == sizeof(float));
@@ -714,7 +715,10 @@ static void F(gb_rnn_backward_rows)(const F(gb_rstep) *st, int64_t r0, int64_t r
             dz[j] = g[j] * da[j];
             m = TFABS(dz[j]) > m ? TFABS(dz[j]) : m;
         }
-        st->kr[r] = st->rescue && (double)m < below ? F(gb_rnn_rescue)(dz, g, st->Z + r * N, N, st->act, st->pd) : 0;
+        const int rescued = st->rescue && (double)m < below;
+        st->kr[r] = rescued ? F(gb_rnn_rescue)(dz, g, st->Z + r * N, N, st->act, st->pd) : 0;
+        /* a row far from 1 to [0.5, 1) before it meets W_hh (the reference's rnn_step_backward) */
+        st->kr[r] += F(gb_far_row)(dz, N, rescued ? F(gb_absmax)(dz, N, 0) : m);
     }
 }
 
@@ -1153,8 +1157,9 @@ static void F(gb_step_done)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int64_
     }
     /* rows far from 1 (a gate's derivative of 1e-174 times the normalised state) to [0.5, 1)
      * for the chunk's products, their shifts into the rows' exponents (the reference's
-     * accumulate_step): dz 2^-580 times h_{t-1} 1e-174 underflowed to 0 there. The state took
-     * dz W_hh already; zh's rows (the GRU's) their own, else rkh is rk. */
+     * accumulate_step): dz 2^-580 times h_{t-1} 1e-174 underflowed to 0 there. The gated cells'
+     * state took dz W_hh as it was (the vanilla cell's rows are there already,
+     * gb_rnn_backward_rows); zh's rows (the GRU's) their own, else rkh is rk. */
     for (int64_t i = 0; i < B; i++) {
         REAL *zxi = cx->zx + k * n + i * GN, *zhi = zh + i * GN; /* (max|.|: NaN ignored) */
         if (fl[i] & GB_RF_ZX) rk[i] += F(gb_far_row)(zxi, GN, F(gb_absmax)(zxi, GN, 0));
@@ -1285,7 +1290,7 @@ static void F(gb_state_finish)(F(gb_rctx) *cx, const gb_recurrent_arrays *a, int
 
 /* ------------------------------------------------------------------ backward: the cells */
 /* The state's rows at cx.r; a step's dz rows at cx.rt (the vanilla cell: r plus each rescued
- * row's shift; the gated cells: r), which dL/dh_{t-1} = dz W_hh (+ the GRU's g z) keeps. */
+ * or far row's shift; the gated cells: r), which dL/dh_{t-1} = dz W_hh (+ the GRU's g z) keeps. */
 static int F(gb_rnn_backward_body)(const gb_recurrent_arrays *a, const gb_opts *opts, F(gb_rteam) *tm) {
     const int64_t T_ = a->T, B = a->B, N = a->N, BN = B * N;
     F(gb_rctx) cx;

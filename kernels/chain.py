@@ -382,16 +382,20 @@ def far_rows(dz, r, nz):
     that exponent added to r[i], so that the row meets the weights (a stack's dz W_l) or a
     recurrent step's x_t and h_{t-1} (a row of 2^-580 beside h ~ 1e-174) without the products
     under- or overflowing."""
-    far = _FAR64 if dz.itemsize == 8 else _FAR32
     for i in range(dz.shape[0]):
-        if not nz[i]:
-            continue
-        m = absmax(dz[i:i + 1])  # NaN ignored
-        if m > 0.0 and m < math.inf:
-            e = math.frexp(m)[1]
-            if e > far or e < -far:
-                scale_row(dz, i, -e)
-                r[i] += e
+        if nz[i]:
+            far_row(dz, i, absmax(dz[i:i + 1]), r)  # NaN ignored
+
+
+@njit(**JIT)
+def far_row(dz, i, m, r):
+    """:func:`far_rows` on row i of dz, whose largest |entry| (NaN ignored) is m."""
+    far = _FAR64 if dz.itemsize == 8 else _FAR32
+    if m > 0.0 and m < math.inf:
+        e = math.frexp(m)[1]
+        if e > far or e < -far:
+            scale_row(dz, i, -e)
+            r[i] += e
 
 
 @njit(**JIT)

@@ -34,8 +34,8 @@ from .activations import SIGMOID as _SIGMOID_CODE
 from .activations import TANH as _TANH_CODE
 from .activations import RESCUE_BELOW32, RESCUE_BELOW64, RESCUE_CODES, _as, dphi, phi
 from .chain import (
-    _clamp, _ldexp, _pow2_range, absmax, all_finite, far_rows, moments, norm_scaled, normalise, pow2, row_nonzero,
-    rows_exponent, scale_row, scale_row_into, signal_rows, sumsq_rows,
+    _clamp, _ldexp, _pow2_range, absmax, all_finite, far_row, far_rows, moments, norm_scaled, normalise, pow2,
+    row_nonzero, rows_exponent, scale_row, scale_row_into, signal_rows, sumsq_rows,
 )
 from .layers import rescue_saturated
 
@@ -626,6 +626,8 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, row_e, dW
                 # a row below the bound is taken in log form (a row of da = 0 would stay 0)
                 if rescue and m < below and row_nonzero(gh, i):
                     r[i] += rescue_saturated(dzx[i:i + 1], tc[0], False, gh[i:i + 1], zt[i:i + 1], code, p, 0, False)
+                    m = absmax(dzx[i:i + 1])
+                far_row(dzx, i, m, r)  # a row far from 1 to [0.5, 1) before it meets W_hh
             np.dot(dzx, W_hh, P)
             gh[:, :] = P
         elif lstm:
@@ -691,7 +693,8 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, row_e, dW
             gm, ge = _step_norm(src, H[t], gram)
             gnorm_m[t] = gm
             gnorm_e[t] = wh + fe + ge
-        # rows far from 1 to [0.5, 1) for the chunk's products (the state took dz W_hh already)
+        # rows far from 1 to [0.5, 1) for the chunk's products (the gated cells' state took dz W_hh
+        # as it was; the vanilla cell's rows are there already)
         far_rows(dzx, rk[k], nbx[k])
         if gru:
             far_rows(dzh, rkh[k], nbh[k])

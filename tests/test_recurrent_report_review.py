@@ -154,8 +154,38 @@ def test_overflow_is_from_the_highest_step_down():
     assert not finite32[[t for t in range(top) if t not in over]].any()
     d = gb.diagnose(gb.backprop(rnn, p, xs))
     np.testing.assert_allclose(d.signal_log10, exact, atol=1e-9)
-    assert _plain(d) == [f"plain float32 would have overflowed ||dL/dh_t|| from step {top} down "
-                         f"({rnn.steps - 1 - top} steps back)"], d.explanation
+    words = _plain(d)
+    assert words[0] == (f"plain float32 would have overflowed ||dL/dh_t|| from step {top} down "
+                        f"({rnn.steps - 1 - top} steps back)"), d.explanation
+    # and the loss and dL/dW_hh beyond float32 (not float64), at torch float64 autograd's values
+    loss, dw = _torch_loss_and_dw(p, xs)
+    assert loss > F32_MAX and dw > F32_MAX
+    assert _overflow_values(words[1:]) == pytest.approx({"the loss": loss, "dL/dW_hh": dw}, abs=6e-3), d.explanation
+
+
+def _torch_loss_and_dw(p, xs):
+    """log10 of 0.5 ||h_{T-1}||^2 and of ||dL/dW_hh|| for the identity cell, torch float64
+    autograd (neither overflows float64 here)."""
+    t = lambda a: torch.tensor(np.asarray(a, dtype=np.float64))
+    W_ih, W_hh, b = t(p.W_ih), t(p.W_hh).requires_grad_(True), t(p.b_ih + p.b_hh)
+    X = t(xs)
+    h = torch.zeros(xs.shape[1], p.W_hh.shape[0], dtype=torch.float64)
+    for s in range(xs.shape[0]):
+        h = X[s] @ W_ih.T + h @ W_hh.T + b
+    loss = 0.5 * (h ** 2).sum()
+    loss.backward()
+    return math.log10(loss.item()), math.log10(W_hh.grad.norm().item())
+
+
+def _overflow_values(words):
+    """{"the loss" | "dL/dW_hh": log10 value} of the words "plain float32 would overflow X (10^v:
+    inf)"; any other word fails."""
+    out = {}
+    for w in words:
+        m = re.fullmatch(r"plain float32 would overflow (the loss|dL/dW_hh) \(10\^([-0-9.]+): inf\)", w)
+        assert m, w
+        out[m.group(1)] = float(m.group(2))
+    return out
 
 
 def test_the_reviewed_tanh_overflow_reads_from_one_step_down():
@@ -167,12 +197,18 @@ def test_the_reviewed_tanh_overflow_reads_from_one_step_down():
     _, finite32 = _torch_chain(p, xs, torch.tanh, torch.float32, lambda z: 1 - torch.tanh(z) ** 2)
     lost = np.flatnonzero(~finite32)
     assert lost.size and lost.tolist() == list(range(int(lost.max()) + 1))
-    d = gb.diagnose(gb.backprop(rnn, p, xs))
+    res = gb.backprop(rnn, p, xs)
+    d = gb.diagnose(res)
     over = np.flatnonzero(np.asarray(d.signal_log10) > F32_MAX)
     assert len(index_runs(over.tolist())) > 1  # the exact norm dips back below float32's largest
     words = _plain(d)
-    assert len(words) == 1 and words[0].startswith(
+    assert words[0].startswith(
         f"plain float32 would have overflowed ||dL/dh_t|| from step {int(over.max())} down"), d.explanation
+    # dL/dW_hh beyond float32 too (the loss, 0.5 ||h||^2 <= 256 with |tanh| <= 1, is not), at the
+    # norm of the gradient's own entries
+    m = np.asarray(res.grads.W_hh.mantissa, dtype=np.float64)
+    dw = math.log10(np.linalg.norm(m)) + int(res.grads.W_hh.exponent) * math.log10(2.0)
+    assert dw > F32_MAX and _overflow_values(words[1:]) == pytest.approx({"dL/dW_hh": dw}, abs=6e-3), d.explanation
 
 
 def _pinned(p, xs, at, m):

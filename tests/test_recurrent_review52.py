@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import gradbench as gb
-from tests.naive_mp import gru_chain, rnn_chain
+from tests.naive_mp import gru_chain, recurrent_grads, rnn_chain
+from tests.test_recurrent_far_rows import _log10_norm
 
 BACKENDS = gb.backends()
 
@@ -164,12 +165,25 @@ def test_one_forward_exponent_per_step_loses_a_sample_far_below(backend):
     assert gh[0] < -200  # mpmath: step 0's signal for that sample alone (dL/dh_0 = dL/dh_-1 here)
 
 
-def test_the_state_signal_under_tiny_recurrent_weights_is_still_lost():
-    """README (a documented limit, not rescaled yet): a sigmoid cell with biases of -400 and W_hh
-    of 1e-200 reads dL/dh_1 = 0 where mpmath gives 10^-547.01 (its dW_hh is exact)."""
-    rnn = gb.Recurrent(cell="rnn", steps=3, hidden=2, activation="sigmoid", recurrent_init="normal", sigma_w=1e-200)
-    P, X = gb.init_params(rnn, 0), gb.sequence_input(rnn, 1, 1)
-    P.b_ih[:] = -400.0
-    _, gh, _ = rnn_chain("sigmoid", 0.0, P.W_ih, P.W_hh, P.b_ih.astype(np.float64) + P.b_hh, X)
-    assert round(gh[1], 2) == -547.01
-    assert gb.backprop(rnn, P, X).signal_norm.log10()[1] == -np.inf
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype, bias, gain", [("float64", -400.0, 1e-200), ("float32", -60.0, 1e-30)])
+def test_the_state_signal_under_tiny_recurrent_weights(backend, dtype, bias, gain):
+    """A sigmoid cell with biases of -400 (float32 -60) and W_hh of 1e-200 (1e-30): dz_t =
+    dL/dh_t sigmoid'(z_t) is 10^-174 (10^-26) of the normalised state, and dz W_hh flushed to 0,
+    so dL/dh_1 read 0 where mpmath gives 10^-547.01 (until 2026-12-08: the vanilla cell's dz rows
+    far from 1 now meet W_hh in [0.5, 1)). Every step's ||dL/dh_t||, the step terms and the
+    totals against the plain chain rule in mpmath; two samples, four steps."""
+    rnn = gb.Recurrent(cell="rnn", steps=4, hidden=2, activation="sigmoid", recurrent_init="normal",
+                       sigma_w=gain, dtype=dtype)
+    P, X = gb.init_params(rnn, 0), gb.sequence_input(rnn, 2, 1)
+    P.b_ih[:] = bias
+    b = P.b_ih.astype(np.float64) + P.b_hh
+    _, gh, gw = rnn_chain("sigmoid", 0.0, P.W_ih, P.W_hh, b, X)
+    ref = recurrent_grads("rnn", "sigmoid", 0.0, P.W_ih, P.W_hh, P.b_ih, P.b_hh, X)
+    res = gb.backprop(rnn, P, X, backend=backend)
+    tol = 1e-9 if dtype == "float64" else 1e-4
+    assert gh[1] < (-547 if dtype == "float64" else -80)  # beyond the dtype: plain arithmetic reads 0
+    np.testing.assert_allclose(res.signal_norm.log10(), gh, rtol=0, atol=tol)
+    np.testing.assert_allclose(res.grad_norm.log10(), gw, rtol=0, atol=tol)
+    for name in ("W_hh", "W_ih", "b_ih", "b_hh"):
+        assert abs(_log10_norm(getattr(res.grads, name)) - ref[name]) < tol, name

@@ -30,7 +30,10 @@ The exact chain through time
     dz_t = dL/dh_t phi'(z_t) lies below ``RESCUE_BELOW`` (every unit saturated beyond the dtype:
     tanh'(z) underflows float64 beyond |z| ~ 354) is taken in log form as the stacks' saturated
     rows are (:func:`gradbench.reference.rescue_rows`), its power of two added to the row's
-    exponent, so the signal below it stays exact (down to 2^(-2^62)). The LSTM's recorded
+    exponent, so the signal below it stays exact (down to 2^(-2^62)); a vanilla row of dz_t far
+    from 1 is brought to [0.5, 1) before it meets W_hh (:func:`gradbench.reference.far_rows`; the
+    gated cells' state row holds dz W_hh beside dL/dc_t or the GRU's g z at one exponent, so
+    theirs is not). The LSTM's recorded
     ||dL/dc_t|| is that of the total, the carried part plus dL/dh_t o_t tanh'(c_t). A parameter
     gradient is a sum over the steps and the rows of terms with different exponents: a step's
     sum over its rows is taken at the largest exponent among them (for dW_ih and dW_hh among the
@@ -191,7 +194,8 @@ def accumulate_step(dW_ih, dW_hh, db_ih, db_hh, dexp, gnorm_m, gnorm_e, t, dzx, 
     # Rows far from 1 (a gate's or phi's derivative of 1e-174 times the normalised state) brought
     # to [0.5, 1) by a power of two, their exponents added to the rows' (far_rows, the stacks'
     # rule), before they meet x_t and h_{t-1}: dz 2^-580 times h 1e-174 underflowed to 0 in the
-    # products. Copies: the state's dz W_hh takes dz as it is. dzx and dzh (the GRU's differ in
+    # products. Copies: the gated cells' dz W_hh takes dz as it is (the vanilla cell's rows are
+    # brought there already, rnn_step_backward). dzx and dzh (the GRU's differ in
     # the n block) each their own.
     sx = dzx.copy()
     rx = r + far_rows(sx)
@@ -219,10 +223,13 @@ def rnn_step_forward(h, z, code, param):
 
 def rnn_step_backward(dz, g, z, code, param) -> np.ndarray:
     """dz = dL/dh_t * phi'(z_t), each row whose every entry lies below ``RESCUE_BELOW`` in log
-    form (:func:`gradbench.reference.rescue_rows`); returns the rows' shifts k (B,) (row i of
-    dz's true value is dz[i] * 2**(r[i] + k[i]); 0 where not rescued).    dz, g, z (B,N)"""
+    form (:func:`gradbench.reference.rescue_rows`), then each row far from 1 brought to [0.5, 1)
+    (:func:`gradbench.reference.far_rows`: phi' of 1e-174 times the normalised state, which dz
+    W_hh of 1e-200 flushed to 0); returns the rows' shifts k (B,) (row i of dz's true value is
+    dz[i] * 2**(r[i] + k[i]); 0 where neither acted).    dz, g, z (B,N)"""
     dz[...] = g * dphi(z, code, param)
-    return rescue_rows(dz, g, z, code, param)
+    k = rescue_rows(dz, g, z, code, param)
+    return k + far_rows(dz)
 
 
 def rnn_forward_kernel(icfg, fcfg, X, W_ih, W_hh, b_ih, b_hh, H, Z, fexp, act_mean, act_std, saturation,
