@@ -187,3 +187,19 @@ def test_the_state_signal_under_tiny_recurrent_weights(backend, dtype, bias, gai
     np.testing.assert_allclose(res.grad_norm.log10(), gw, rtol=0, atol=tol)
     for name in ("W_hh", "W_ih", "b_ih", "b_hh"):
         assert abs(_log10_norm(getattr(res.grads, name)) - ref[name]) < tol, name
+
+
+def test_learning_that_reaches_one_step_is_said_so():
+    """The sigmoid cell above: mpmath's step terms of dL/dW_hh lie ~374 decades apart, so only the
+    last step is within 8 decades of the largest. The words said "learning reaches over 1 step,
+    from step 3, the largest contribution ..., down to step 3"."""
+    rnn = gb.Recurrent(cell="rnn", steps=4, hidden=2, activation="sigmoid", recurrent_init="normal", sigma_w=1e-200)
+    P, X = gb.init_params(rnn, 0), gb.sequence_input(rnn, 2, 1)
+    P.b_ih[:] = -400.0
+    _, _, gw = rnn_chain("sigmoid", 0.0, P.W_ih, P.W_hh, P.b_ih.astype(np.float64) + P.b_hh, X)
+    top = int(np.nanargmax(gw))
+    assert top == 3 and gw[2] < gw[3] - 8  # mpmath: the step before lies more than 8 decades below
+    words = _words(gb.backprop(rnn, P, X))
+    assert (f"learning reaches only step 3, the largest contribution to dL/dW_hh (10^{gw[3]:.4g}): the steps next "
+            "to it are not within 8 decades of it") in words, words
+    assert "over 1 step" not in words

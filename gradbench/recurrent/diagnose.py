@@ -624,7 +624,10 @@ def _reach_words(g: np.ndarray, top: int, first: int, last: int, decades: float,
     if last == T - 1 and (first == 0 or (first == 1 and g[0] == -math.inf)):  # step 0's term is 0 when h_{-1} = 0
         return (f"learning reaches over the whole sequence: every step's contribution to {dw} lies within "
                 f"{decades:g} decades of the largest ({big}, at step {top})")
-    steps = f"learning reaches over {n} step{'s' if n != 1 else ''}"
+    if n == 1:  # "over 1 step, from step 3, ..., down to step 3" said one step three ways
+        return (f"learning reaches only step {top}, the largest contribution to {dw} ({big}): the steps next to it "
+                f"are not within {decades:g} decades of it")
+    steps = f"learning reaches over {n} steps"
     there = f"the contributions stay within {decades:g} decades of it there"
     if last == top:
         return f"{steps}, from step {top}, the largest contribution to {dw} ({big}), down to step {first}: {there}"
