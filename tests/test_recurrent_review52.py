@@ -189,6 +189,18 @@ def test_the_state_signal_under_tiny_recurrent_weights(backend, dtype, bias, gai
         assert abs(_log10_norm(getattr(res.grads, name)) - ref[name]) < tol, name
 
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_readme_case_reads_mpmaths_value(backend):
+    """README: that sigmoid cell (three steps, one sample) reads ||dL/dh_1|| = 10^-547.01, as
+    mpmath, where it read 0."""
+    rnn = gb.Recurrent(cell="rnn", steps=3, hidden=2, activation="sigmoid", recurrent_init="normal", sigma_w=1e-200)
+    P, X = gb.init_params(rnn, 0), gb.sequence_input(rnn, 1, 1)
+    P.b_ih[:] = -400.0
+    _, gh, _ = rnn_chain("sigmoid", 0.0, P.W_ih, P.W_hh, P.b_ih.astype(np.float64) + P.b_hh, X)
+    got = gb.backprop(rnn, P, X, backend=backend).signal_norm.log10()[1]
+    assert round(gh[1], 2) == -547.01 and abs(got - gh[1]) < 1e-9
+
 def test_learning_that_reaches_one_step_is_said_so():
     """The sigmoid cell above: mpmath's step terms of dL/dW_hh lie ~374 decades apart, so only the
     last step is within 8 decades of the largest. The words said "learning reaches over 1 step,
