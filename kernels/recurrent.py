@@ -694,8 +694,9 @@ def _backward(cell, icfg, fcfg, X, W_hh, H, C, Z, HN, fexp, DH, G, GC, row_e, dW
             gnorm_m[t] = gm
             gnorm_e[t] = wh + fe + ge
         # rows far from 1 to [0.5, 1) for the chunk's products (the gated cells' state took dz W_hh
-        # as it was; the vanilla cell's rows are there already)
-        far_rows(dzx, rk[k], nbx[k])
+        # as it was; the vanilla cell's rows are there already, and the step norm above read a copy)
+        if not vanilla:
+            far_rows(dzx, rk[k], nbx[k])
         if gru:
             far_rows(dzh, rkh[k], nbh[k])
         if k == 0:

@@ -22,6 +22,7 @@ import pytest
 
 import gradbench as gb
 from gradbench.report import index_runs
+from tests.test_recurrent_far_rows import _log10_norm
 
 torch = pytest.importorskip("torch")
 
@@ -206,8 +207,7 @@ def test_the_reviewed_tanh_overflow_reads_from_one_step_down():
         f"plain float32 would have overflowed ||dL/dh_t|| from step {int(over.max())} down"), d.explanation
     # dL/dW_hh beyond float32 too (the loss, 0.5 ||h||^2 <= 256 with |tanh| <= 1, is not), at the
     # norm of the gradient's own entries
-    m = np.asarray(res.grads.W_hh.mantissa, dtype=np.float64)
-    dw = math.log10(np.linalg.norm(m)) + int(res.grads.W_hh.exponent) * math.log10(2.0)
+    dw = _log10_norm(res.grads.W_hh)
     assert dw > F32_MAX and _overflow_values(words[1:]) == pytest.approx({"dL/dW_hh": dw}, abs=6e-3), d.explanation
 
 
